@@ -1,0 +1,1160 @@
+//! The operator admin API: tenants, workers, instances, bindings and write-only secrets.
+//!
+//! Every admin request (reads included, refusals included) leaves one audit record. A change
+//! is planned under the admin lock (validated against the current store, sealed if it
+//! carries a secret), its audit record is made durable, and only then is it committed as one
+//! atomic store batch — so there is never an unaudited change. If the commit itself fails
+//! after the record was written, a second record says so.
+//!
+//! Secrets are write-only: nothing here returns a secret value; list and detail responses
+//! show secret field names and version metadata only.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use credbroker_providers::{BindingContext, SecretFields, SecretRequirement};
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::{AuditEvent, AuditReceipt};
+use crate::broker::{error_answer, json_error, Answer, Broker};
+use crate::identity::PeerIdentity;
+use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
+use crate::model::{
+    now_rfc3339, Binding, Instance, SecretState, SecretVersion, SecretVersionView, Status, Tenant,
+    Worker,
+};
+use crate::seal::seal_secret;
+use crate::store::records::{secret_key, BatchExt};
+use crate::store::{Batch, StoreError, Table};
+
+/// A record collection of the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    /// `/v1/admin/tenants`
+    Tenants,
+    /// `/v1/admin/workers`
+    Workers,
+    /// `/v1/admin/instances`
+    Instances,
+    /// `/v1/admin/bindings`
+    Bindings,
+}
+
+impl Collection {
+    fn parse(s: &str) -> Option<Collection> {
+        match s {
+            "tenants" => Some(Collection::Tenants),
+            "workers" => Some(Collection::Workers),
+            "instances" => Some(Collection::Instances),
+            "bindings" => Some(Collection::Bindings),
+            _ => None,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Collection::Tenants => "tenant",
+            Collection::Workers => "worker",
+            Collection::Instances => "instance",
+            Collection::Bindings => "binding",
+        }
+    }
+
+    fn table(self) -> Table {
+        match self {
+            Collection::Tenants => Table::Tenants,
+            Collection::Workers => Table::Workers,
+            Collection::Instances => Table::Instances,
+            Collection::Bindings => Table::Bindings,
+        }
+    }
+}
+
+/// `POST /v1/admin/tenants`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// Id.
+    pub id: TenantId,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `POST /v1/admin/workers`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorker {
+    /// Worker name from its certificate.
+    pub id: WorkerId,
+    /// Tenants it may serve.
+    pub tenants: Vec<TenantId>,
+    /// Connector kinds it may serve (empty: any).
+    #[serde(default)]
+    pub connector_kinds: Vec<String>,
+}
+
+/// `POST /v1/admin/instances`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInstance {
+    /// Id.
+    pub id: InstanceId,
+    /// Owning tenant.
+    pub tenant: TenantId,
+    /// Connector kind.
+    pub connector_kind: String,
+    /// Binding of the same tenant.
+    pub binding: BindingId,
+}
+
+/// `POST /v1/admin/bindings`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBinding {
+    /// Id.
+    pub id: BindingId,
+    /// Owning tenant.
+    pub tenant: TenantId,
+    /// Provider name.
+    pub provider: String,
+    /// Non-secret configuration.
+    #[serde(default)]
+    pub config: Value,
+    /// Ceiling.
+    #[serde(default)]
+    pub ceiling: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretBody {
+    fields: BTreeMap<String, Zeroizing<String>>,
+}
+
+/// One admin operation.
+pub enum AdminOp {
+    /// List a collection.
+    List(Collection),
+    /// Show one record.
+    Show(Collection, String),
+    /// Add a tenant.
+    AddTenant(NewTenant),
+    /// Add a worker.
+    AddWorker(NewWorker),
+    /// Add an instance.
+    AddInstance(NewInstance),
+    /// Add a binding.
+    AddBinding(NewBinding),
+    /// Enable or disable a record.
+    SetStatus(Collection, String, Status),
+    /// Remove a record.
+    Remove(Collection, String),
+    /// Set the first secret version of a binding.
+    SecretSet(String, SecretFields),
+    /// Write a new secret version; the previous one is kept as superseded.
+    SecretRotate(String, SecretFields),
+    /// Destroy every version (None) or one version of a binding's secret.
+    SecretDestroy(String, Option<u32>),
+}
+
+impl AdminOp {
+    fn action(&self) -> String {
+        match self {
+            AdminOp::List(c) => format!("{}.list", c.noun()),
+            AdminOp::Show(c, _) => format!("{}.show", c.noun()),
+            AdminOp::AddTenant(_) => "tenant.add".into(),
+            AdminOp::AddWorker(_) => "worker.add".into(),
+            AdminOp::AddInstance(_) => "instance.add".into(),
+            AdminOp::AddBinding(_) => "binding.add".into(),
+            AdminOp::SetStatus(c, _, Status::Active) => format!("{}.enable", c.noun()),
+            AdminOp::SetStatus(c, _, Status::Disabled) => format!("{}.disable", c.noun()),
+            AdminOp::Remove(c, _) => format!("{}.remove", c.noun()),
+            AdminOp::SecretSet(..) => "secret.set".into(),
+            AdminOp::SecretRotate(..) => "secret.rotate".into(),
+            AdminOp::SecretDestroy(..) => "secret.destroy".into(),
+        }
+    }
+
+    fn is_read(&self) -> bool {
+        matches!(self, AdminOp::List(_) | AdminOp::Show(..))
+    }
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", json_error(&e))))
+}
+
+fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
+    let parsed: SecretBody = serde_json::from_slice(body).map_err(|_| {
+        ApiError::bad_request("secret body must be {\"fields\": {\"name\": \"value\", …}}")
+    })?;
+    if parsed.fields.is_empty() {
+        return Err(ApiError::bad_request("a secret needs at least one field"));
+    }
+    let mut fields = SecretFields::new();
+    for (name, value) in &parsed.fields {
+        credbroker_providers_field_name(name)?;
+        if value.len() > 16 * 1024 {
+            return Err(ApiError::bad_request(format!(
+                "secret field {name:?} is longer than 16 KiB"
+            )));
+        }
+        fields.insert(name.clone(), SecretString::from(value.as_str()));
+    }
+    Ok(fields)
+}
+
+fn credbroker_providers_field_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "secret field names are 1-64 characters of [A-Za-z0-9_.-]",
+        ))
+    }
+}
+
+/// Parses method + path (below `/v1/admin/`) + body into an operation.
+///
+/// # Errors
+/// `not_found`, `method_not_allowed` or `bad_request`.
+pub fn parse_admin_request(
+    method: &http::Method,
+    path: &str,
+    body: &[u8],
+) -> Result<AdminOp, ApiError> {
+    use http::Method;
+    let rest = path.strip_prefix("/v1/admin/").unwrap_or("");
+    let segs: Vec<&str> = rest.split('/').collect();
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such admin route");
+    let wrong_method = || {
+        ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this admin route",
+        )
+    };
+    let collection = segs
+        .first()
+        .and_then(|s| Collection::parse(s))
+        .ok_or_else(not_found)?;
+    match (segs.len(), segs.as_slice()) {
+        (1, _) => match *method {
+            Method::GET => Ok(AdminOp::List(collection)),
+            Method::POST => match collection {
+                Collection::Tenants => parse_body(body).map(AdminOp::AddTenant),
+                Collection::Workers => parse_body(body).map(AdminOp::AddWorker),
+                Collection::Instances => parse_body(body).map(AdminOp::AddInstance),
+                Collection::Bindings => parse_body(body).map(AdminOp::AddBinding),
+            },
+            _ => Err(wrong_method()),
+        },
+        (2, [_, id]) => match *method {
+            Method::GET => Ok(AdminOp::Show(collection, (*id).to_owned())),
+            Method::DELETE => Ok(AdminOp::Remove(collection, (*id).to_owned())),
+            _ => Err(wrong_method()),
+        },
+        (3, [_, id, action]) if *action == "enable" || *action == "disable" => {
+            if *method != Method::POST {
+                return Err(wrong_method());
+            }
+            let status = if *action == "enable" {
+                Status::Active
+            } else {
+                Status::Disabled
+            };
+            Ok(AdminOp::SetStatus(collection, (*id).to_owned(), status))
+        }
+        (3, [_, id, "secret"]) if collection == Collection::Bindings => match *method {
+            Method::PUT => Ok(AdminOp::SecretSet((*id).to_owned(), parse_secret(body)?)),
+            Method::DELETE => Ok(AdminOp::SecretDestroy((*id).to_owned(), None)),
+            _ => Err(wrong_method()),
+        },
+        (4, [_, id, "secret", "rotate"]) if collection == Collection::Bindings => {
+            if *method != Method::POST {
+                return Err(wrong_method());
+            }
+            Ok(AdminOp::SecretRotate((*id).to_owned(), parse_secret(body)?))
+        }
+        (4, [_, id, "secret", version]) if collection == Collection::Bindings => {
+            if *method != Method::DELETE {
+                return Err(wrong_method());
+            }
+            let v: u32 = version
+                .parse()
+                .map_err(|_| ApiError::bad_request("secret version must be a positive integer"))?;
+            Ok(AdminOp::SecretDestroy((*id).to_owned(), Some(v)))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+fn validate_kind(kind: &str) -> Result<(), ApiError> {
+    let ok = !kind.is_empty()
+        && kind.len() <= 32
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "connector kinds are 1-32 characters of [a-z0-9_-]",
+        ))
+    }
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Precondition {
+            table,
+            key,
+            expected,
+        } => ApiError::new(
+            ErrorCode::Conflict,
+            format!("{table}/{key} must be {expected} (changed concurrently)"),
+        ),
+        other => {
+            tracing::error!(error = %other, "store failure in admin request");
+            ApiError::new(ErrorCode::Internal, "store failure")
+        }
+    }
+}
+
+fn unknown(c: Collection, id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownRecord,
+        format!("no such {} {id:?}", c.noun()),
+    )
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// What a planned change writes, and what it tells the caller and the audit log.
+struct Plan {
+    batch: Batch,
+    response: Value,
+    created: bool,
+    detail: String,
+    tenant: Option<String>,
+    binding: Option<String>,
+    invalidate_binding: Option<String>,
+}
+
+impl Plan {
+    fn new(detail: String, response: Value) -> Plan {
+        Plan {
+            batch: Batch::new(),
+            response,
+            created: false,
+            detail,
+            tenant: None,
+            binding: None,
+            invalidate_binding: None,
+        }
+    }
+}
+
+/// The result of an admin operation as the caller sees it.
+pub struct AdminOutcome {
+    /// Response body.
+    pub response: Value,
+    /// Whether a record was created (201).
+    pub created: bool,
+    /// Audit receipt.
+    pub receipt: AuditReceipt,
+}
+
+impl Broker {
+    /// Handles one HTTP admin request: identity check, parse, run, audit.
+    pub async fn admin_http(
+        self: &Arc<Self>,
+        peer: Option<&PeerIdentity>,
+        method: &http::Method,
+        path: &str,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        self.metrics.admin_requests.inc();
+        let actor = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
+        let parsed = match peer {
+            Some(PeerIdentity::Operator(_)) => {
+                body.and_then(|b| parse_admin_request(method, path, &b))
+            }
+            _ => Err(ApiError::new(
+                ErrorCode::OperatorRequired,
+                "the admin API requires an operator certificate",
+            )),
+        };
+        let result = match parsed {
+            Ok(op) => self.admin(&actor, op, request_id).await,
+            Err(err) => {
+                let event = AuditEvent {
+                    kind: "admin".into(),
+                    action: format!("admin {method} {}", sanitize_path(path)),
+                    request_id: request_id.to_owned(),
+                    actor: actor.clone(),
+                    outcome: "denied".into(),
+                    error_code: Some(err.code.as_str().to_owned()),
+                    ..Default::default()
+                };
+                match self.audit.append(event).await {
+                    Ok(r) => Err((err, Some(r))),
+                    Err(_) => Err((
+                        ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
+                        None,
+                    )),
+                }
+            }
+        };
+        match result {
+            Ok(outcome) => {
+                let mut body = outcome.response;
+                if let Value::Object(map) = &mut body {
+                    map.insert("audit_id".into(), json!(outcome.receipt.audit_id));
+                    map.insert("request_id".into(), json!(request_id));
+                }
+                Answer {
+                    status: if outcome.created {
+                        http::StatusCode::CREATED
+                    } else {
+                        http::StatusCode::OK
+                    },
+                    body: Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default()),
+                }
+            }
+            Err((err, receipt)) => error_answer(
+                &err,
+                receipt.as_ref().map(|r| r.audit_id.as_str()),
+                request_id,
+            ),
+        }
+    }
+
+    /// Runs one admin operation as `actor`, auditing it.
+    ///
+    /// # Errors
+    /// The API error, with the audit receipt of the refusal when it could be recorded.
+    pub async fn admin(
+        self: &Arc<Self>,
+        actor: &str,
+        op: AdminOp,
+        request_id: &str,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        let started = Instant::now();
+        let mut event = AuditEvent {
+            kind: "admin".into(),
+            action: op.action(),
+            request_id: request_id.to_owned(),
+            actor: actor.to_owned(),
+            ..Default::default()
+        };
+        let _guard = if op.is_read() {
+            None
+        } else {
+            Some(self.admin_lock.lock().await)
+        };
+        let planned = self.plan(op);
+        event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(err) => {
+                event.outcome = "denied".into();
+                event.error_code = Some(err.code.as_str().to_owned());
+                return match self.audit.append(event).await {
+                    Ok(r) => Err((err, Some(r))),
+                    Err(_) => Err((
+                        ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
+                        None,
+                    )),
+                };
+            }
+        };
+        event.outcome = "allowed".into();
+        event.detail = Some(plan.detail.clone());
+        event.tenant = plan.tenant.clone();
+        event.binding = plan.binding.clone();
+        let receipt = self.audit.append(event.clone()).await.map_err(|e| {
+            tracing::error!(error = %e, "admin change refused: audit unavailable");
+            (
+                ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "audit log unavailable; nothing was changed",
+                ),
+                None,
+            )
+        })?;
+        if let Err(e) = self.records.store().commit(plan.batch) {
+            let err = store_err(e);
+            event.outcome = "failed".into();
+            event.error_code = Some(err.code.as_str().to_owned());
+            event.detail = Some(format!("commit of {} failed after audit", receipt.audit_id));
+            let second = self.audit.append(event).await.ok();
+            return Err((err, second));
+        }
+        if let Some(b) = plan.invalidate_binding {
+            self.cache.invalidate_binding(&b);
+        }
+        tracing::info!(request_id, actor, action = %event.action, audit_id = %receipt.audit_id, "admin change committed");
+        Ok(AdminOutcome {
+            response: plan.response,
+            created: plan.created,
+            receipt,
+        })
+    }
+
+    fn plan(&self, op: AdminOp) -> Result<Plan, ApiError> {
+        let r = &self.records;
+        match op {
+            AdminOp::List(c) => {
+                let items: Vec<Value> = match c {
+                    Collection::Tenants => r
+                        .tenants()
+                        .map_err(store_err)?
+                        .iter()
+                        .map(to_value)
+                        .collect(),
+                    Collection::Workers => r
+                        .workers()
+                        .map_err(store_err)?
+                        .iter()
+                        .map(to_value)
+                        .collect(),
+                    Collection::Instances => r
+                        .instances()
+                        .map_err(store_err)?
+                        .iter()
+                        .map(to_value)
+                        .collect(),
+                    Collection::Bindings => r
+                        .bindings()
+                        .map_err(store_err)?
+                        .iter()
+                        .map(to_value)
+                        .collect(),
+                };
+                let key = format!("{}s", c.noun());
+                Ok(Plan::new(
+                    format!("{} records", items.len()),
+                    json!({ key: items }),
+                ))
+            }
+            AdminOp::Show(c, id) => {
+                let value = match c {
+                    Collection::Tenants => to_value(&self.tenant_or_404(&id)?),
+                    Collection::Workers => {
+                        let wid = WorkerId::parse(&id).map_err(ApiError::bad_request)?;
+                        to_value(
+                            &r.worker(&wid)
+                                .map_err(store_err)?
+                                .ok_or_else(|| unknown(c, &id))?,
+                        )
+                    }
+                    Collection::Instances => {
+                        let iid = InstanceId::parse(&id).map_err(ApiError::bad_request)?;
+                        to_value(
+                            &r.instance(&iid)
+                                .map_err(store_err)?
+                                .ok_or_else(|| unknown(c, &id))?,
+                        )
+                    }
+                    Collection::Bindings => {
+                        let b = self.binding_or_404(&id)?;
+                        let versions: Vec<SecretVersionView> = r
+                            .secret_versions(&b.id)
+                            .map_err(store_err)?
+                            .iter()
+                            .map(SecretVersionView::from)
+                            .collect();
+                        let ceiling = self.registry.get(&b.provider).map(|p| {
+                            p.describe_ceiling(&BindingContext {
+                                tenant_id: b.tenant.as_str(),
+                                binding_id: b.id.as_str(),
+                                config: &b.config,
+                                ceiling: &b.ceiling,
+                            })
+                        });
+                        let mut v = to_value(&b);
+                        if let Value::Object(m) = &mut v {
+                            m.insert("secret_versions".into(), to_value(&versions));
+                            m.insert("effective_ceiling".into(), ceiling.unwrap_or(Value::Null));
+                        }
+                        v
+                    }
+                };
+                let noun = c.noun();
+                Ok(Plan::new(format!("{noun}={id}"), json!({ noun: value })))
+            }
+            AdminOp::AddTenant(t) => {
+                let tenant = Tenant {
+                    id: t.id,
+                    name: t.name,
+                    status: Status::Active,
+                    created_at: now_rfc3339(),
+                };
+                if r.tenant(&tenant.id).map_err(store_err)?.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("tenant {} already exists", tenant.id),
+                    ));
+                }
+                let mut plan = Plan::new(
+                    format!("tenant={}", tenant.id),
+                    json!({ "tenant": to_value(&tenant) }),
+                );
+                plan.batch
+                    .create(Table::Tenants, tenant.id.as_str(), &tenant);
+                plan.tenant = Some(tenant.id.to_string());
+                plan.created = true;
+                Ok(plan)
+            }
+            AdminOp::AddWorker(w) => {
+                if w.tenants.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "a worker must be allowed at least one tenant",
+                    ));
+                }
+                for k in &w.connector_kinds {
+                    validate_kind(k)?;
+                }
+                if r.worker(&w.id).map_err(store_err)?.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("worker {} already exists", w.id),
+                    ));
+                }
+                let mut tenants = w.tenants.clone();
+                tenants.sort();
+                tenants.dedup();
+                let mut plan = Plan::new(String::new(), Value::Null);
+                for t in &tenants {
+                    self.tenant_or_404(t.as_str())?;
+                    plan.batch.push(crate::store::Op::ExpectPresent(
+                        Table::Tenants,
+                        t.to_string(),
+                    ));
+                }
+                let worker = Worker {
+                    id: w.id,
+                    tenants,
+                    connector_kinds: w.connector_kinds,
+                    status: Status::Active,
+                    created_at: now_rfc3339(),
+                };
+                plan.batch
+                    .create(Table::Workers, worker.id.as_str(), &worker);
+                plan.detail = format!(
+                    "worker={} tenants=[{}] connector_kinds=[{}]",
+                    worker.id,
+                    worker
+                        .tenants
+                        .iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    worker.connector_kinds.join(",")
+                );
+                plan.response = json!({ "worker": to_value(&worker) });
+                plan.created = true;
+                Ok(plan)
+            }
+            AdminOp::AddInstance(i) => {
+                validate_kind(&i.connector_kind)?;
+                if r.instance(&i.id).map_err(store_err)?.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("instance {} already exists", i.id),
+                    ));
+                }
+                self.tenant_or_404(i.tenant.as_str())?;
+                let binding = self.binding_or_404(i.binding.as_str())?;
+                if binding.tenant != i.tenant {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        "the binding belongs to another tenant; an instance can only use its own tenant's bindings",
+                    ));
+                }
+                let instance = Instance {
+                    id: i.id,
+                    tenant: i.tenant,
+                    connector_kind: i.connector_kind,
+                    binding: i.binding,
+                    status: Status::Active,
+                    created_at: now_rfc3339(),
+                };
+                let mut plan = Plan::new(
+                    format!(
+                        "instance={} binding={} kind={}",
+                        instance.id, instance.binding, instance.connector_kind
+                    ),
+                    json!({ "instance": to_value(&instance) }),
+                );
+                plan.batch
+                    .push(crate::store::Op::ExpectPresent(
+                        Table::Tenants,
+                        instance.tenant.to_string(),
+                    ))
+                    .push(crate::store::Op::ExpectPresent(
+                        Table::Bindings,
+                        instance.binding.to_string(),
+                    ));
+                plan.batch
+                    .create(Table::Instances, instance.id.as_str(), &instance);
+                plan.tenant = Some(instance.tenant.to_string());
+                plan.binding = Some(instance.binding.to_string());
+                plan.created = true;
+                Ok(plan)
+            }
+            AdminOp::AddBinding(b) => {
+                if r.binding(&b.id).map_err(store_err)?.is_some() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("binding {} already exists", b.id),
+                    ));
+                }
+                self.tenant_or_404(b.tenant.as_str())?;
+                let provider = self.registry.get(&b.provider).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "provider {:?} is not available in this build (available: {})",
+                        b.provider.chars().take(48).collect::<String>(),
+                        self.registry.names().collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                provider
+                    .validate_binding(&b.config, &b.ceiling)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let binding = Binding {
+                    id: b.id,
+                    tenant: b.tenant,
+                    provider: b.provider,
+                    config: b.config,
+                    ceiling: b.ceiling,
+                    status: Status::Active,
+                    active_secret_version: None,
+                    last_secret_version: 0,
+                    created_at: now_rfc3339(),
+                };
+                let mut plan = Plan::new(
+                    format!("binding={} provider={}", binding.id, binding.provider),
+                    json!({ "binding": to_value(&binding) }),
+                );
+                plan.batch.push(crate::store::Op::ExpectPresent(
+                    Table::Tenants,
+                    binding.tenant.to_string(),
+                ));
+                plan.batch
+                    .create(Table::Bindings, binding.id.as_str(), &binding);
+                plan.tenant = Some(binding.tenant.to_string());
+                plan.binding = Some(binding.id.to_string());
+                plan.created = true;
+                Ok(plan)
+            }
+            AdminOp::SetStatus(c, id, status) => self.plan_status(c, &id, status),
+            AdminOp::Remove(c, id) => self.plan_remove(c, &id),
+            AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false),
+            AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true),
+            AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version),
+        }
+    }
+
+    fn tenant_or_404(&self, id: &str) -> Result<Tenant, ApiError> {
+        let tid = TenantId::parse(id).map_err(ApiError::bad_request)?;
+        self.records
+            .tenant(&tid)
+            .map_err(store_err)?
+            .ok_or_else(|| unknown(Collection::Tenants, id))
+    }
+
+    fn binding_or_404(&self, id: &str) -> Result<Binding, ApiError> {
+        let bid = BindingId::parse(id).map_err(ApiError::bad_request)?;
+        self.records
+            .binding(&bid)
+            .map_err(store_err)?
+            .ok_or_else(|| unknown(Collection::Bindings, id))
+    }
+
+    fn plan_status(&self, c: Collection, id: &str, status: Status) -> Result<Plan, ApiError> {
+        let r = &self.records;
+        let word = if status == Status::Active {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        let mut plan = Plan::new(format!("{}={id} status={word}", c.noun()), Value::Null);
+        match c {
+            Collection::Tenants => {
+                let mut t = self.tenant_or_404(id)?;
+                t.status = status;
+                plan.batch.replace(c.table(), id, &t);
+                plan.tenant = Some(id.to_owned());
+                plan.response = json!({ "tenant": to_value(&t) });
+            }
+            Collection::Workers => {
+                let wid = WorkerId::parse(id).map_err(ApiError::bad_request)?;
+                let mut w = r
+                    .worker(&wid)
+                    .map_err(store_err)?
+                    .ok_or_else(|| unknown(c, id))?;
+                w.status = status;
+                plan.batch.replace(c.table(), id, &w);
+                plan.response = json!({ "worker": to_value(&w) });
+            }
+            Collection::Instances => {
+                let iid = InstanceId::parse(id).map_err(ApiError::bad_request)?;
+                let mut i = r
+                    .instance(&iid)
+                    .map_err(store_err)?
+                    .ok_or_else(|| unknown(c, id))?;
+                i.status = status;
+                plan.batch.replace(c.table(), id, &i);
+                plan.tenant = Some(i.tenant.to_string());
+                plan.response = json!({ "instance": to_value(&i) });
+            }
+            Collection::Bindings => {
+                let mut b = self.binding_or_404(id)?;
+                b.status = status;
+                plan.batch.replace(c.table(), id, &b);
+                plan.tenant = Some(b.tenant.to_string());
+                plan.binding = Some(id.to_owned());
+                plan.invalidate_binding = Some(id.to_owned());
+                plan.response = json!({ "binding": to_value(&b) });
+            }
+        }
+        Ok(plan)
+    }
+
+    fn plan_remove(&self, c: Collection, id: &str) -> Result<Plan, ApiError> {
+        let r = &self.records;
+        let mut plan = Plan::new(
+            format!("{}={id} removed", c.noun()),
+            json!({ "removed": id }),
+        );
+        match c {
+            Collection::Tenants => {
+                let t = self.tenant_or_404(id)?;
+                let in_use: Vec<String> = r
+                    .instances()
+                    .map_err(store_err)?
+                    .iter()
+                    .filter(|i| i.tenant == t.id)
+                    .map(|i| format!("instance {}", i.id))
+                    .chain(
+                        r.bindings()
+                            .map_err(store_err)?
+                            .iter()
+                            .filter(|b| b.tenant == t.id)
+                            .map(|b| format!("binding {}", b.id)),
+                    )
+                    .chain(
+                        r.workers()
+                            .map_err(store_err)?
+                            .iter()
+                            .filter(|w| w.tenants.contains(&t.id))
+                            .map(|w| format!("worker {}", w.id)),
+                    )
+                    .collect();
+                if !in_use.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("tenant {id} is still referenced by: {}", in_use.join(", ")),
+                    ));
+                }
+                plan.batch.remove(c.table(), id);
+                plan.tenant = Some(id.to_owned());
+            }
+            Collection::Workers => {
+                let wid = WorkerId::parse(id).map_err(ApiError::bad_request)?;
+                r.worker(&wid)
+                    .map_err(store_err)?
+                    .ok_or_else(|| unknown(c, id))?;
+                plan.batch.remove(c.table(), id);
+            }
+            Collection::Instances => {
+                let iid = InstanceId::parse(id).map_err(ApiError::bad_request)?;
+                let i = r
+                    .instance(&iid)
+                    .map_err(store_err)?
+                    .ok_or_else(|| unknown(c, id))?;
+                plan.batch.remove(c.table(), id);
+                plan.tenant = Some(i.tenant.to_string());
+            }
+            Collection::Bindings => {
+                let b = self.binding_or_404(id)?;
+                let users: Vec<String> = r
+                    .instances()
+                    .map_err(store_err)?
+                    .iter()
+                    .filter(|i| i.binding == b.id)
+                    .map(|i| i.id.to_string())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "binding {id} is still used by instances: {}",
+                            users.join(", ")
+                        ),
+                    ));
+                }
+                // The binding and every sealed version go together.
+                for v in r.secret_versions(&b.id).map_err(store_err)? {
+                    plan.batch
+                        .remove(Table::Secrets, &secret_key(&b.id, v.version));
+                }
+                plan.batch.remove(c.table(), id);
+                plan.tenant = Some(b.tenant.to_string());
+                plan.binding = Some(id.to_owned());
+                plan.invalidate_binding = Some(id.to_owned());
+            }
+        }
+        Ok(plan)
+    }
+
+    fn plan_secret_write(
+        &self,
+        id: &str,
+        fields: SecretFields,
+        rotate: bool,
+    ) -> Result<Plan, ApiError> {
+        let mut binding = self.binding_or_404(id)?;
+        let provider = self.registry.get(&binding.provider).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BindingInactive,
+                "binding's provider is not available in this build",
+            )
+        })?;
+        if provider.secret_requirement() != SecretRequirement::Required {
+            return Err(ApiError::bad_request(format!(
+                "provider {} is federated and takes no secret",
+                binding.provider
+            )));
+        }
+        let mut plan = Plan::new(String::new(), Value::Null);
+        match (rotate, binding.active_secret_version) {
+            (false, Some(v)) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("binding {id} already has active secret version {v}; use rotate"),
+                ))
+            }
+            (true, None) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("binding {id} has no active secret to rotate; use set"),
+                ))
+            }
+            (true, Some(old)) => {
+                let mut previous = self
+                    .records
+                    .secret_version(&binding.id, old)
+                    .map_err(store_err)?
+                    .ok_or_else(|| {
+                        ApiError::new(ErrorCode::Internal, "active secret version is missing")
+                    })?;
+                previous.state = SecretState::Superseded;
+                plan.batch
+                    .replace(Table::Secrets, &secret_key(&binding.id, old), &previous);
+            }
+            (false, None) => {}
+        }
+        let version = binding
+            .last_secret_version
+            .checked_add(1)
+            .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "secret version space exhausted"))?;
+        let sealed = seal_secret(
+            &self.keyring,
+            &binding.tenant,
+            &binding.id,
+            version,
+            &fields,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "sealing failed");
+            ApiError::new(ErrorCode::Internal, "sealing failed")
+        })?;
+        let names: Vec<String> = fields.names().map(str::to_owned).collect();
+        let record = SecretVersion {
+            binding: binding.id.clone(),
+            version,
+            state: SecretState::Active,
+            field_names: names.clone(),
+            kek_version: sealed.kek_version,
+            wrapped_dek: sealed.wrapped_dek,
+            sealed_payload: sealed.sealed_payload,
+            created_at: now_rfc3339(),
+        };
+        plan.batch
+            .create(Table::Secrets, &secret_key(&binding.id, version), &record);
+        binding.active_secret_version = Some(version);
+        binding.last_secret_version = version;
+        plan.batch
+            .replace(Table::Bindings, binding.id.as_str(), &binding);
+        plan.detail = format!(
+            "binding={} version={version} fields=[{}]",
+            binding.id,
+            names.join(",")
+        );
+        plan.response = json!({
+            "binding": binding.id.as_str(),
+            "version": version,
+            "field_names": names,
+            "superseded": if rotate { json!(version - 1) } else { Value::Null },
+        });
+        plan.tenant = Some(binding.tenant.to_string());
+        plan.binding = Some(binding.id.to_string());
+        plan.invalidate_binding = Some(binding.id.to_string());
+        plan.created = !rotate;
+        Ok(plan)
+    }
+
+    fn plan_secret_destroy(&self, id: &str, version: Option<u32>) -> Result<Plan, ApiError> {
+        let mut binding = self.binding_or_404(id)?;
+        let versions = self
+            .records
+            .secret_versions(&binding.id)
+            .map_err(store_err)?;
+        let doomed: Vec<&SecretVersion> = match version {
+            None => versions.iter().collect(),
+            Some(v) => {
+                let found: Vec<&SecretVersion> =
+                    versions.iter().filter(|s| s.version == v).collect();
+                if found.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::UnknownRecord,
+                        format!("binding {id} has no secret version {v}"),
+                    ));
+                }
+                found
+            }
+        };
+        if doomed.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::UnknownRecord,
+                format!("binding {id} has no secret"),
+            ));
+        }
+        let mut plan = Plan::new(String::new(), Value::Null);
+        let mut destroyed = Vec::new();
+        for v in &doomed {
+            plan.batch
+                .remove(Table::Secrets, &secret_key(&binding.id, v.version));
+            destroyed.push(v.version);
+            if binding.active_secret_version == Some(v.version) {
+                binding.active_secret_version = None;
+            }
+        }
+        plan.batch
+            .replace(Table::Bindings, binding.id.as_str(), &binding);
+        plan.detail = format!(
+            "binding={} destroyed_versions=[{}]",
+            binding.id,
+            destroyed
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        plan.response = json!({
+            "binding": binding.id.as_str(),
+            "destroyed_versions": destroyed,
+            "active_secret_version": binding.active_secret_version,
+        });
+        plan.tenant = Some(binding.tenant.to_string());
+        plan.binding = Some(binding.id.to_string());
+        plan.invalidate_binding = Some(binding.id.to_string());
+        Ok(plan)
+    }
+}
+
+/// The path with anything that is not an id-safe character replaced, for audit records.
+fn sanitize_path(path: &str) -> String {
+    path.chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "/_.-".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(
+            parse_admin_request(&Method::GET, "/v1/admin/tenants", b""),
+            Ok(AdminOp::List(Collection::Tenants))
+        ));
+        assert!(matches!(
+            parse_admin_request(&Method::POST, "/v1/admin/bindings/b1/disable", b""),
+            Ok(AdminOp::SetStatus(
+                Collection::Bindings,
+                _,
+                Status::Disabled
+            ))
+        ));
+        assert!(matches!(
+            parse_admin_request(&Method::DELETE, "/v1/admin/bindings/b1/secret/3", b""),
+            Ok(AdminOp::SecretDestroy(_, Some(3)))
+        ));
+        let e = parse_admin_request(&Method::PATCH, "/v1/admin/tenants", b"")
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::MethodNotAllowed);
+        let e = parse_admin_request(&Method::GET, "/v1/admin/nothing", b"")
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        let e = parse_admin_request(&Method::POST, "/v1/admin/tenants", br#"{"id":"a","x":1}"#)
+            .err()
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn secret_bodies_are_validated_without_echoing_values() {
+        let e = parse_admin_request(
+            &Method::PUT,
+            "/v1/admin/bindings/b/secret",
+            br#"{"fields":{"a":7}}"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(!e.message.contains('7'));
+        let e = parse_admin_request(
+            &Method::PUT,
+            "/v1/admin/bindings/b/secret",
+            br#"{"fields":{}}"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(parse_admin_request(
+            &Method::PUT,
+            "/v1/admin/bindings/b/secret",
+            br#"{"fields":{"t":"v"}}"#
+        )
+        .is_ok());
+    }
+}

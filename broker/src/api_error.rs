@@ -1,0 +1,205 @@
+//! The closed set of error codes the HTTP API answers with. Every failure of every layer is
+//! mapped here exactly once; README's "Error codes" table lists the same set.
+
+use http::StatusCode;
+
+use credbroker_providers::ProviderError;
+
+/// One API failure: a code from the closed set plus an operator/worker-facing message that
+/// never contains secret material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    /// The error code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// The closed set of error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed request: bad JSON, unknown field, invalid identifier, wrong content type.
+    BadRequest,
+    /// Body larger than the configured limit.
+    PayloadTooLarge,
+    /// No such route.
+    NotFound,
+    /// Route exists, method does not.
+    MethodNotAllowed,
+    /// The instance id is not in the store.
+    UnknownInstance,
+    /// The caller is not a worker, the worker is unknown or disabled, or it may not act for
+    /// the instance's tenant or connector kind.
+    WorkerNotAuthorized,
+    /// The caller is not an operator (admin API).
+    OperatorRequired,
+    /// The request's `tenant_id` disagrees with the tenant the store derives.
+    TenantMismatch,
+    /// The connector instance is disabled.
+    InstanceInactive,
+    /// The tenant is disabled.
+    TenantInactive,
+    /// The binding is disabled, missing, or its provider is not available in this build.
+    BindingInactive,
+    /// The binding has no active secret version.
+    SecretMissing,
+    /// The narrowing asks for more than the binding's ceiling.
+    NarrowingExceedsCeiling,
+    /// The customer has not granted consent.
+    ConsentMissing,
+    /// The upstream refused.
+    ProviderDenied,
+    /// The upstream could not be reached in time.
+    ProviderUnavailable,
+    /// The audit record could not be made durable: nothing was handed out.
+    AuditUnavailable,
+    /// Admin: the record does not exist.
+    UnknownRecord,
+    /// Admin: the change conflicts with existing records (duplicate id, still referenced).
+    Conflict,
+    /// A stored record could not be read or opened (corruption, missing KEK version).
+    Internal,
+    /// The daemon is shutting down or overloaded.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation tests.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadRequest,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UnknownInstance,
+        ErrorCode::WorkerNotAuthorized,
+        ErrorCode::OperatorRequired,
+        ErrorCode::TenantMismatch,
+        ErrorCode::InstanceInactive,
+        ErrorCode::TenantInactive,
+        ErrorCode::BindingInactive,
+        ErrorCode::SecretMissing,
+        ErrorCode::NarrowingExceedsCeiling,
+        ErrorCode::ConsentMissing,
+        ErrorCode::ProviderDenied,
+        ErrorCode::ProviderUnavailable,
+        ErrorCode::AuditUnavailable,
+        ErrorCode::UnknownRecord,
+        ErrorCode::Conflict,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnknownInstance => "unknown_instance",
+            ErrorCode::WorkerNotAuthorized => "worker_not_authorized",
+            ErrorCode::OperatorRequired => "operator_required",
+            ErrorCode::TenantMismatch => "tenant_mismatch",
+            ErrorCode::InstanceInactive => "instance_inactive",
+            ErrorCode::TenantInactive => "tenant_inactive",
+            ErrorCode::BindingInactive => "binding_inactive",
+            ErrorCode::SecretMissing => "secret_missing",
+            ErrorCode::NarrowingExceedsCeiling => "narrowing_exceeds_ceiling",
+            ErrorCode::ConsentMissing => "consent_missing",
+            ErrorCode::ProviderDenied => "provider_denied",
+            ErrorCode::ProviderUnavailable => "provider_unavailable",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::UnknownRecord => "unknown_record",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status this code is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::NotFound | ErrorCode::UnknownInstance | ErrorCode::UnknownRecord => {
+                StatusCode::NOT_FOUND
+            }
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::WorkerNotAuthorized
+            | ErrorCode::OperatorRequired
+            | ErrorCode::TenantMismatch
+            | ErrorCode::InstanceInactive
+            | ErrorCode::TenantInactive
+            | ErrorCode::BindingInactive
+            | ErrorCode::NarrowingExceedsCeiling
+            | ErrorCode::ConsentMissing => StatusCode::FORBIDDEN,
+            ErrorCode::SecretMissing | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::ProviderDenied => StatusCode::BAD_GATEWAY,
+            ErrorCode::ProviderUnavailable => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::AuditUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        let code = match &e {
+            ProviderError::InvalidConfig(_) => ErrorCode::BindingInactive,
+            ProviderError::InvalidNarrowing(_) => ErrorCode::BadRequest,
+            ProviderError::NarrowingExceedsCeiling(_) => ErrorCode::NarrowingExceedsCeiling,
+            ProviderError::SecretMissing => ErrorCode::SecretMissing,
+            ProviderError::ConsentMissing(_) => ErrorCode::ConsentMissing,
+            ProviderError::Denied { .. } => ErrorCode::ProviderDenied,
+            ProviderError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
+            ProviderError::Internal(_) => ErrorCode::Internal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_snake_case() {
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(n, names.len());
+        assert!(names
+            .iter()
+            .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    }
+
+    #[test]
+    fn every_code_is_an_error_status() {
+        for c in ErrorCode::ALL {
+            assert!(c.status().is_client_error() || c.status().is_server_error());
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The tamper-evident audit log.
+//!
+//! Records live in an append-only segment file beside the store (`<data>/audit/audit.log`),
+//! one canonical JSON object per line, each carrying the hash of its predecessor and its own
+//! SHA-256 hash. A separate file (`checkpoints.log`) holds Ed25519-signed (sequence, hash)
+//! checkpoints, so an auditor holding only the public key can verify an export, and a log
+//! rewritten from some point on is caught at the first checkpoint after it.
+//!
+//! Why a file and not a sled tree: the file is readable by `credbroker audit verify|export`
+//! while the daemon holds sled's exclusive lock, and appending with one `fdatasync` per
+//! batch is the cheapest durable write there is (BENCHMARKING.md). Appends from concurrent
+//! requests are group-committed by one writer thread: nothing is acknowledged before the
+//! batch holding it is on disk, and if the write fails every request in the batch fails
+//! closed with `audit_unavailable`.
+
+mod export;
+mod record;
+mod verify;
+mod writer;
+
+pub use export::{export, ExportFilter};
+pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
+pub use verify::{verify_export, verify_log, VerifyFailure, VerifySummary};
+pub use writer::{AuditConfig, AuditError, AuditLog, AuditReceipt};
+
+use std::path::{Path, PathBuf};
+
+/// File holding the records.
+pub fn log_path(audit_dir: &Path) -> PathBuf {
+    audit_dir.join("audit.log")
+}
+
+/// File holding the signed checkpoints.
+pub fn checkpoints_path(audit_dir: &Path) -> PathBuf {
+    audit_dir.join("checkpoints.log")
+}

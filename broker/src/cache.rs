@@ -1,0 +1,296 @@
+//! The in-memory token cache with single flight.
+//!
+//! Keyed by (binding, secret version, normalized narrowing): a token minted for one subset is
+//! never handed to a request for another, and rotating a binding's secret stops serving
+//! tokens minted from the old one. A token is served while its remaining lifetime exceeds the
+//! caller's `min_ttl_s`. Concurrent misses for one key share one upstream mint: the first
+//! caller spawns it (so it completes even if that caller goes away), everyone awaits the same
+//! shared result. Memory only: nothing here is ever written to disk.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use time::OffsetDateTime;
+
+use credbroker_providers::{IssuedCredential, ProviderError};
+
+/// Identifies one cacheable credential.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// Binding id.
+    pub binding: String,
+    /// Active secret version the credential was minted from (0 for pure federation).
+    pub secret_version: u32,
+    /// Canonical narrowing.
+    pub narrowing: String,
+}
+
+type MintResult = Result<Arc<IssuedCredential>, ProviderError>;
+type InFlight = Shared<BoxFuture<'static, MintResult>>;
+
+/// How a credential was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Served from the cache.
+    Cached,
+    /// Minted for this request.
+    Minted,
+    /// Minted once for several concurrent requests; this one waited on another's mint.
+    Shared,
+}
+
+/// The cache.
+pub struct TokenCache {
+    max_entries: usize,
+    entries: Mutex<HashMap<CacheKey, Arc<IssuedCredential>>>,
+    in_flight: Mutex<HashMap<CacheKey, InFlight>>,
+}
+
+fn fresh(cred: &IssuedCredential, now: OffsetDateTime, min_ttl_s: u64) -> bool {
+    match cred.expires_at {
+        Some(exp) => (exp - now).whole_seconds() > i64::try_from(min_ttl_s).unwrap_or(i64::MAX),
+        None => false,
+    }
+}
+
+impl TokenCache {
+    /// An empty cache holding at most `max_entries` tokens.
+    pub fn new(max_entries: usize) -> Arc<TokenCache> {
+        Arc::new(TokenCache {
+            max_entries: max_entries.max(1),
+            entries: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lookup(&self, key: &CacheKey, min_ttl_s: u64) -> Option<Arc<IssuedCredential>> {
+        let entries = self.entries.lock().ok()?;
+        let cred = entries.get(key)?;
+        fresh(cred, OffsetDateTime::now_utc(), min_ttl_s).then(|| cred.clone())
+    }
+
+    fn insert(&self, key: CacheKey, cred: Arc<IssuedCredential>) {
+        if cred.expires_at.is_none() {
+            return;
+        }
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
+            let now = OffsetDateTime::now_utc();
+            entries.retain(|_, c| fresh(c, now, 0));
+            if entries.len() >= self.max_entries {
+                // Evict the token closest to expiry.
+                if let Some(victim) = entries
+                    .iter()
+                    .min_by_key(|(_, c)| c.expires_at)
+                    .map(|(k, _)| k.clone())
+                {
+                    entries.remove(&victim);
+                }
+            }
+        }
+        entries.insert(key, cred);
+    }
+
+    /// Returns a credential for `key` with more than `min_ttl_s` seconds left, minting with
+    /// `mint` on a miss. A freshly minted credential is returned even if it is shorter-lived
+    /// than `min_ttl_s`: it is the best the upstream gives.
+    ///
+    /// # Errors
+    /// The mint's [`ProviderError`] (shared by every waiter of that mint).
+    pub async fn get_or_mint<F>(
+        self: &Arc<Self>,
+        key: CacheKey,
+        min_ttl_s: u64,
+        mint: F,
+    ) -> Result<(Arc<IssuedCredential>, Source), ProviderError>
+    where
+        F: std::future::Future<Output = Result<IssuedCredential, ProviderError>> + Send + 'static,
+    {
+        if let Some(cred) = self.lookup(&key, min_ttl_s) {
+            return Ok((cred, Source::Cached));
+        }
+        let (shared, leader) = {
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .map_err(|_| ProviderError::Unavailable {
+                    message: "token cache lock poisoned".into(),
+                    upstream_request_id: None,
+                })?;
+            // Re-check under the in-flight lock: a mint may have finished meanwhile.
+            if let Some(cred) = self.lookup(&key, min_ttl_s) {
+                return Ok((cred, Source::Cached));
+            }
+            match in_flight.get(&key) {
+                Some(existing) => (existing.clone(), false),
+                None => {
+                    let cache = Arc::clone(self);
+                    let task_key = key.clone();
+                    let handle = tokio::spawn(async move {
+                        let result = mint.await.map(Arc::new);
+                        if let Ok(cred) = &result {
+                            cache.insert(task_key.clone(), cred.clone());
+                        }
+                        if let Ok(mut in_flight) = cache.in_flight.lock() {
+                            in_flight.remove(&task_key);
+                        }
+                        result
+                    });
+                    let fut: BoxFuture<'static, MintResult> = async move {
+                        handle.await.unwrap_or_else(|_| {
+                            Err(ProviderError::Unavailable {
+                                message: "mint task failed".into(),
+                                upstream_request_id: None,
+                            })
+                        })
+                    }
+                    .boxed();
+                    let shared = fut.shared();
+                    in_flight.insert(key, shared.clone());
+                    (shared, true)
+                }
+            }
+        };
+        let cred = shared.await?;
+        Ok((
+            cred,
+            if leader {
+                Source::Minted
+            } else {
+                Source::Shared
+            },
+        ))
+    }
+
+    /// Drops every cached token of a binding (disable, remove, secret change).
+    pub fn invalidate_binding(&self, binding: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|k, _| k.binding != binding);
+        }
+    }
+
+    /// Number of cached tokens.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use credbroker_providers::SecretFields;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    fn key(n: &str) -> CacheKey {
+        CacheKey {
+            binding: "b".into(),
+            secret_version: 0,
+            narrowing: n.into(),
+        }
+    }
+
+    fn cred(ttl_s: i64) -> IssuedCredential {
+        IssuedCredential {
+            kind: "test",
+            credentials: SecretFields::new(),
+            expires_at: Some(OffsetDateTime::now_utc() + time::Duration::seconds(ttl_s)),
+            upstream_request_id: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_mint() {
+        let cache = TokenCache::new(10);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_mint(key(""), 60, async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(cred(3600))
+                    })
+                    .await
+                    .map(|(_, s)| s)
+            }));
+        }
+        let mut minted = 0;
+        for t in tasks {
+            if t.await.unwrap().unwrap() == Source::Minted {
+                minted += 1;
+            }
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(minted, 1);
+        // A later call is a cache hit; a different narrowing is a different key.
+        let (_, s) = cache
+            .get_or_mint(key(""), 60, async { Ok(cred(3600)) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Cached);
+        let (_, s) = cache
+            .get_or_mint(key("x"), 60, async { Ok(cred(3600)) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Minted);
+    }
+
+    #[tokio::test]
+    async fn min_ttl_forces_a_new_mint_and_errors_are_not_cached() {
+        let cache = TokenCache::new(10);
+        cache
+            .get_or_mint(key(""), 0, async { Ok(cred(100)) })
+            .await
+            .unwrap();
+        let (_, s) = cache
+            .get_or_mint(key(""), 50, async { Ok(cred(100)) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Cached);
+        let (_, s) = cache
+            .get_or_mint(key(""), 200, async { Ok(cred(3600)) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Minted);
+        let err = cache
+            .get_or_mint(key("e"), 0, async {
+                Err(ProviderError::Unavailable {
+                    message: "down".into(),
+                    upstream_request_id: None,
+                })
+            })
+            .await;
+        assert!(err.is_err());
+        let (_, s) = cache
+            .get_or_mint(key("e"), 0, async { Ok(cred(100)) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Minted);
+        cache.invalidate_binding("b");
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn bounded_size() {
+        let cache = TokenCache::new(2);
+        for i in 0..5 {
+            cache
+                .get_or_mint(key(&i.to_string()), 0, async move { Ok(cred(100 + i)) })
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 2);
+    }
+}

@@ -1,0 +1,162 @@
+//! A small mTLS HTTP/1.1 client for the CLI's admin commands (and for anyone scripting the
+//! API from Rust). One kept-alive connection, re-established when the server closes it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::{client_config, TlsError};
+
+/// Client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Bad server URL.
+    #[error("server URL must look like https://host:port ({0})")]
+    Url(String),
+    /// Certificate or key files.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// Connection or protocol failure.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// A connection to the broker presenting one client certificate.
+pub struct BrokerClient {
+    config: Arc<ClientConfig>,
+    authority: String,
+    server_name: ServerName<'static>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    timeout: Duration,
+}
+
+impl BrokerClient {
+    /// A client for `server` (`https://host:port`) trusting `ca` and presenting `cert`/`key`.
+    ///
+    /// # Errors
+    /// On a malformed URL or unreadable certificate files.
+    pub fn new(
+        server: &str,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<BrokerClient, ClientError> {
+        Self::with_config(server, client_config(ca, cert, key)?)
+    }
+
+    /// A client with a prepared TLS config.
+    ///
+    /// # Errors
+    /// On a malformed URL.
+    pub fn with_config(
+        server: &str,
+        config: Arc<ClientConfig>,
+    ) -> Result<BrokerClient, ClientError> {
+        let authority = server
+            .strip_prefix("https://")
+            .ok_or_else(|| ClientError::Url(server.to_owned()))?
+            .trim_end_matches('/')
+            .to_owned();
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if port.parse::<u16>().is_ok() => {
+                h.trim_start_matches('[').trim_end_matches(']').to_owned()
+            }
+            _ => return Err(ClientError::Url(server.to_owned())),
+        };
+        let server_name =
+            ServerName::try_from(host).map_err(|_| ClientError::Url(server.to_owned()))?;
+        Ok(BrokerClient {
+            config,
+            authority,
+            server_name,
+            sender: None,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let t = |e: std::io::Error| ClientError::Transport(e.to_string());
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| {
+                ClientError::Transport(format!("connect to {} timed out", self.authority))
+            })?
+            .map_err(t)?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(
+            self.timeout,
+            TlsConnector::from(self.config.clone()).connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| ClientError::Transport("TLS handshake timed out".into()))?
+        .map_err(|e| ClientError::Transport(format!("TLS handshake failed: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends one request; returns status and body.
+    ///
+    /// # Errors
+    /// On connection, TLS or protocol failure, or after the request timeout.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let mut sender = match self.sender.take() {
+            Some(mut s) => {
+                if s.ready().await.is_ok() {
+                    s
+                } else {
+                    self.connect().await?
+                }
+            }
+            None => self.connect().await?,
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.authority);
+        if body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let exchange = async {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?
+                .to_bytes();
+            Ok::<_, ClientError>((status, bytes.to_vec()))
+        };
+        let result = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Transport("request timed out".into()))??;
+        self.sender = Some(sender);
+        Ok(result)
+    }
+}

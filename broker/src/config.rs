@@ -1,0 +1,367 @@
+//! The production configuration file (`credbroker serve --config FILE`), TOML.
+//!
+//! Unknown keys are errors, so a misspelt limit never silently falls back to a default.
+//! Relative paths are resolved against the directory of the config file. Every key is
+//! documented in README.md ("Configuration").
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding `store/`, `audit/` and (by default) `keys/`.
+    pub data_dir: PathBuf,
+    /// mTLS listener address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// SPIFFE trust domain of worker and operator certificates.
+    pub trust_domain: String,
+    /// Listener certificates and client trust.
+    pub tls: TlsSettings,
+    /// Key material locations.
+    #[serde(default)]
+    pub keys: KeySettings,
+    /// Connection and request limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Audit log settings.
+    #[serde(default)]
+    pub audit: AuditSettings,
+    /// Token cache and minting.
+    #[serde(default)]
+    pub cache: CacheSettings,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM, PKCS#8/PKCS#1/SEC1).
+    pub key: PathBuf,
+    /// CA bundle that worker and operator certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+    /// Optional CRL file (PEM, one or more CRLs) checked on every handshake.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// KEK keyring file (default `<data_dir>/keys/kek.json`).
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Name of an environment variable holding the keyring JSON instead of a file.
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// Audit signing key (default `<data_dir>/keys/audit-signing.key`).
+    #[serde(default)]
+    pub audit_key_file: Option<PathBuf>,
+    /// Audit public key (default `<data_dir>/keys/audit-signing.pub`).
+    #[serde(default)]
+    pub audit_public_key_file: Option<PathBuf>,
+    /// Token fingerprint HMAC key (default `<data_dir>/keys/fingerprint.key`).
+    #[serde(default)]
+    pub fingerprint_key_file: Option<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent connections; further connections are closed at accept.
+    pub max_connections: usize,
+    /// Largest request head (HTTP/1 buffer, HTTP/2 header list), bytes; at least 8192.
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// TLS handshake deadline, milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Deadline for a request head (and for the next one on a kept-alive connection), ms.
+    pub header_read_timeout_ms: u64,
+    /// Deadline for reading a request body, milliseconds.
+    pub body_read_timeout_ms: u64,
+    /// HTTP/2 concurrent streams per connection.
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024,
+            handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
+            http2_max_concurrent_streams: 64,
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Most records per group commit (one fdatasync).
+    pub max_batch: usize,
+    /// Sign a checkpoint after this many records.
+    pub checkpoint_every_records: u64,
+    /// …or after this many seconds with unanchored records.
+    pub checkpoint_interval_s: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            max_batch: 128,
+            checkpoint_every_records: 1000,
+            checkpoint_interval_s: 60,
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Most cached tokens.
+    pub max_entries: usize,
+    /// Deadline for one upstream mint, retries included, milliseconds.
+    pub mint_timeout_ms: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_entries: 100_000,
+            mint_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Format.
+    pub format: LogFormat,
+    /// `tracing` filter directive (overridden by `RUST_LOG`).
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+
+/// A configuration problem, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// When the file is unreadable, not valid TOML, has unknown keys or invalid values.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+            // Drop `.` components so paths print the way operators wrote them.
+            *p = p
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.tls.client_ca);
+        for p in [
+            self.tls.crl.as_mut(),
+            self.keys.kek_file.as_mut(),
+            self.keys.audit_key_file.as_mut(),
+            self.keys.audit_public_key_file.as_mut(),
+            self.keys.fingerprint_key_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+    }
+
+    /// Checks values that TOML types alone do not constrain.
+    ///
+    /// # Errors
+    /// On an invalid trust domain or a zero limit.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let td = &self.trust_domain;
+        let td_ok = !td.is_empty()
+            && td.len() <= 255
+            && td.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+            });
+        if !td_ok {
+            return Err(ConfigError(format!(
+                "trust_domain {td:?} must be lower-case letters, digits, '.', '-', '_'"
+            )));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_header_bytes < 8192
+            || l.max_body_bytes == 0
+            || l.handshake_timeout_ms == 0
+            || l.header_read_timeout_ms == 0
+            || l.body_read_timeout_ms == 0
+            || l.http2_max_concurrent_streams == 0
+        {
+            return Err(ConfigError(
+                "limits must be positive (max_header_bytes at least 8192, hyper's minimum buffer)"
+                    .into(),
+            ));
+        }
+        if self.audit.max_batch == 0 || self.audit.checkpoint_every_records == 0 {
+            return Err(ConfigError(
+                "audit.max_batch and audit.checkpoint_every_records must be positive".into(),
+            ));
+        }
+        if self.keys.kek_file.is_some() && self.keys.kek_env.is_some() {
+            return Err(ConfigError(
+                "set keys.kek_file or keys.kek_env, not both".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `<data_dir>/store`
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    /// `<data_dir>/audit`
+    pub fn audit_dir(&self) -> PathBuf {
+        self.data_dir.join("audit")
+    }
+
+    /// KEK keyring file (when not taken from the environment).
+    pub fn kek_file(&self) -> PathBuf {
+        self.keys
+            .kek_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys/kek.json"))
+    }
+
+    /// Audit signing key file.
+    pub fn audit_key_file(&self) -> PathBuf {
+        self.keys
+            .audit_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys/audit-signing.key"))
+    }
+
+    /// Audit public key file.
+    pub fn audit_public_key_file(&self) -> PathBuf {
+        self.keys
+            .audit_public_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys/audit-signing.pub"))
+    }
+
+    /// Fingerprint key file.
+    pub fn fingerprint_key_file(&self) -> PathBuf {
+        self.keys
+            .fingerprint_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys/fingerprint.key"))
+    }
+
+    /// Timeouts as durations.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.handshake_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("c.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    const MIN: &str = r#"
+data_dir = "data"
+trust_domain = "example.org"
+[tls]
+cert = "s.crt"
+key = "s.key"
+client_ca = "ca.crt"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&write(dir.path(), MIN)).unwrap();
+        assert_eq!(c.limits.max_body_bytes, 65536);
+        assert!(c.data_dir.is_absolute());
+        assert_eq!(c.kek_file(), dir.path().join("data/keys/kek.json"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = format!("{MIN}\n[limits]\nmax_conections = 5\n");
+        assert!(Config::load(&write(dir.path(), &bad)).is_err());
+        let bad = MIN.replace("example.org", "Example.org");
+        assert!(Config::load(&write(dir.path(), &bad)).is_err());
+        let bad = format!("{MIN}\n[limits]\nmax_body_bytes = 0\n");
+        assert!(Config::load(&write(dir.path(), &bad)).is_err());
+    }
+}

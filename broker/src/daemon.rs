@@ -1,0 +1,74 @@
+//! Running the daemon: broker, listener, signals.
+//!
+//! SIGHUP reloads the listener certificate, key, client CA bundle and CRL without dropping
+//! the process or open connections (a failed reload keeps the old config and logs why).
+//! SIGTERM/SIGINT stop accepting, let in-flight requests finish (up to 10 s), write a final
+//! audit checkpoint and exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use credbroker_providers::ProviderRegistry;
+
+use crate::broker::{Broker, StartError};
+use crate::config::Config;
+use crate::server;
+use crate::tls::ReloadableTls;
+
+/// Starts the daemon for `config`, calls `on_ready` once the listener accepts connections,
+/// and runs until SIGTERM or SIGINT.
+///
+/// # Errors
+/// When the broker, TLS config or listener cannot be set up.
+pub async fn run(
+    config: Config,
+    registry: ProviderRegistry,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), StartError> {
+    let broker = Broker::open_with_config(&config, registry)?;
+    run_with_broker(config, broker, on_ready).await
+}
+
+/// As [`run`], with a broker already opened (dev mode seeds it first).
+///
+/// # Errors
+/// When the TLS config or listener cannot be set up.
+pub async fn run_with_broker(
+    config: Config,
+    broker: Arc<Broker>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), StartError> {
+    let tls = Arc::new(
+        ReloadableTls::new(config.tls.clone())
+            .map_err(|e| StartError::Other(format!("tls: {e}")))?,
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
+    let running = server::spawn(listener, broker.clone(), tls.clone(), config.limits.clone())
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    tracing::info!(listen = %running.local_addr, trust_domain = %config.trust_domain, "credbroker listening (mTLS)");
+    on_ready(running.local_addr);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates, client CA and CRL reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: draining connections");
+    running.shutdown(Duration::from_secs(10)).await;
+    broker.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! `credbroker dev`: a complete broker on one machine, no cloud account needed.
+//!
+//! Creates (or reuses) a data directory holding a dev CA, a server certificate for localhost,
+//! a worker and an operator client certificate, the KEK, audit and fingerprint keys, and a
+//! config file; seeds a demo tenant, a worker allowed for it and a demo instance bound to a
+//! pasted secret — through the same audited admin operations operators use. Everything it
+//! generates is for development only.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use serde_json::json;
+
+use credbroker_providers::SecretFields;
+
+use crate::admin::{AdminOp, NewBinding, NewInstance, NewTenant, NewWorker};
+use crate::broker::{Broker, BrokerKeys};
+use crate::config::Config;
+use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
+use crate::keys::write_private_file;
+use crate::pki::CertAuthority;
+use crate::server::new_request_id;
+
+/// Trust domain of dev certificates.
+pub const DEV_TRUST_DOMAIN: &str = "credbroker.dev";
+/// Demo tenant id.
+pub const DEMO_TENANT: &str = "demo";
+/// Demo instance id.
+pub const DEMO_INSTANCE: &str = "demo-instance";
+/// Demo binding id.
+pub const DEMO_BINDING: &str = "demo-binding";
+/// Dev worker name.
+pub const DEV_WORKER: &str = "dev-worker";
+/// Dev operator name.
+pub const DEV_OPERATOR: &str = "dev-operator";
+
+/// A dev-mode set-up failure.
+#[derive(Debug, thiserror::Error)]
+#[error("dev mode: {0}")]
+pub struct DevError(pub String);
+
+fn dev_err(e: impl std::fmt::Display) -> DevError {
+    DevError(e.to_string())
+}
+
+/// `<data-dir>/pki`
+pub fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki")
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), DevError> {
+    std::fs::write(path, text).map_err(|e| DevError(format!("{}: {e}", path.display())))
+}
+
+fn ensure_pki(data_dir: &Path) -> Result<(), DevError> {
+    let pki = pki_dir(data_dir);
+    let names = [
+        "ca.crt",
+        "server.crt",
+        "server.key",
+        "worker.crt",
+        "worker.key",
+        "operator.crt",
+        "operator.key",
+    ];
+    if names.iter().all(|n| pki.join(n).exists()) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&pki).map_err(dev_err)?;
+    let ca = CertAuthority::generate("credbroker dev CA").map_err(dev_err)?;
+    let server = ca.issue_server(&[], 2).map_err(dev_err)?;
+    let worker = ca
+        .issue_client_now(
+            &format!("spiffe://{DEV_TRUST_DOMAIN}/worker/{DEV_WORKER}"),
+            3,
+        )
+        .map_err(dev_err)?;
+    let operator = ca
+        .issue_client_now(
+            &format!("spiffe://{DEV_TRUST_DOMAIN}/operator/{DEV_OPERATOR}"),
+            4,
+        )
+        .map_err(dev_err)?;
+    write_public(&pki.join("ca.crt"), &ca.cert_pem)?;
+    write_private_file(&pki.join("ca.key"), ca.key_pem.as_bytes()).map_err(dev_err)?;
+    write_public(&pki.join("server.crt"), &server.cert_pem)?;
+    write_private_file(&pki.join("server.key"), server.key_pem.as_bytes()).map_err(dev_err)?;
+    write_public(&pki.join("worker.crt"), &worker.cert_pem)?;
+    write_private_file(&pki.join("worker.key"), worker.key_pem.as_bytes()).map_err(dev_err)?;
+    write_public(&pki.join("operator.crt"), &operator.cert_pem)?;
+    write_private_file(&pki.join("operator.key"), operator.key_pem.as_bytes()).map_err(dev_err)?;
+    Ok(())
+}
+
+/// Creates the data directory, PKI, keys and `credbroker.toml`; returns the loaded config.
+///
+/// # Errors
+/// On I/O or key generation failure.
+pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> {
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| DevError(format!("{}: {e}", data_dir.display())))?;
+    }
+    let data_dir = data_dir.canonicalize().map_err(dev_err)?;
+    ensure_pki(&data_dir)?;
+    let config_text = format!(
+        "# Written by `credbroker dev`: development only.\n\
+         data_dir = \".\"\n\
+         listen = \"{listen}\"\n\
+         trust_domain = \"{DEV_TRUST_DOMAIN}\"\n\n\
+         [tls]\n\
+         cert = \"pki/server.crt\"\n\
+         key = \"pki/server.key\"\n\
+         client_ca = \"pki/ca.crt\"\n"
+    );
+    let config_path = data_dir.join("credbroker.toml");
+    write_public(&config_path, &config_text)?;
+    let config = Config::load(&config_path).map_err(dev_err)?;
+    BrokerKeys::init(&config).map_err(dev_err)?;
+    Ok(config)
+}
+
+async fn apply(broker: &Arc<Broker>, op: AdminOp) -> Result<(), DevError> {
+    broker
+        .admin("cli:dev-bootstrap", op, &new_request_id())
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| DevError(format!("seeding failed: {e}")))
+}
+
+/// Seeds the demo records that are missing (each step is skipped when already present, so
+/// an interrupted seed completes on the next start). Returns whether anything was added.
+///
+/// # Errors
+/// When an admin operation fails.
+pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
+    let r = broker.records();
+    let tenant = TenantId::parse(DEMO_TENANT).map_err(DevError)?;
+    let binding = BindingId::parse(DEMO_BINDING).map_err(DevError)?;
+    let worker = WorkerId::parse(DEV_WORKER).map_err(DevError)?;
+    let instance = InstanceId::parse(DEMO_INSTANCE).map_err(DevError)?;
+    let mut added = false;
+    if r.tenant(&tenant).map_err(dev_err)?.is_none() {
+        apply(
+            broker,
+            AdminOp::AddTenant(NewTenant {
+                id: tenant.clone(),
+                name: "Demo tenant".into(),
+            }),
+        )
+        .await?;
+        added = true;
+    }
+    let existing = r.binding(&binding).map_err(dev_err)?;
+    if existing.is_none() {
+        apply(
+            broker,
+            AdminOp::AddBinding(NewBinding {
+                id: binding.clone(),
+                tenant: tenant.clone(),
+                provider: "pasted_secret".into(),
+                config: json!({ "note": "demo pasted secret created by credbroker dev" }),
+                ceiling: serde_json::Value::Null,
+            }),
+        )
+        .await?;
+        added = true;
+    }
+    if r.binding(&binding)
+        .map_err(dev_err)?
+        .and_then(|b| b.active_secret_version)
+        .is_none()
+    {
+        let password = crate::keys::random_bytes(18).map_err(dev_err)?;
+        let mut fields = SecretFields::new();
+        fields.insert("username", SecretString::from("demo-user"));
+        fields.insert(
+            "password",
+            SecretString::from(hex::encode(password.as_slice())),
+        );
+        apply(broker, AdminOp::SecretSet(DEMO_BINDING.into(), fields)).await?;
+        added = true;
+    }
+    if r.worker(&worker).map_err(dev_err)?.is_none() {
+        apply(
+            broker,
+            AdminOp::AddWorker(NewWorker {
+                id: worker,
+                tenants: vec![tenant.clone()],
+                connector_kinds: vec![],
+            }),
+        )
+        .await?;
+        added = true;
+    }
+    if r.instance(&instance).map_err(dev_err)?.is_none() {
+        apply(
+            broker,
+            AdminOp::AddInstance(NewInstance {
+                id: instance,
+                tenant,
+                connector_kind: "demo".into(),
+                binding,
+            }),
+        )
+        .await?;
+        added = true;
+    }
+    Ok(added)
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-:".contains(&b))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The `curl` command that resolves the demo instance with the dev worker certificate.
+pub fn demo_curl(data_dir: &Path, addr: SocketAddr) -> String {
+    let pki = pki_dir(data_dir);
+    let p = |n: &str| shell_quote(&pki.join(n).display().to_string());
+    let host = if addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        addr.to_string()
+    };
+    let host = if addr.ip().is_unspecified() {
+        format!("{host}:{}", addr.port())
+    } else {
+        host
+    };
+    format!(
+        "curl --cacert {} --cert {} --key {} -H 'content-type: application/json' -d '{{\"instance_id\":\"{DEMO_INSTANCE}\"}}' https://{host}/v1/resolve",
+        p("ca.crt"),
+        p("worker.crt"),
+        p("worker.key"),
+    )
+}

@@ -1,0 +1,436 @@
+//! Key material the broker holds outside its store: the versioned key-encryption key (KEK)
+//! ring, the Ed25519 audit checkpoint key and the HMAC key for token fingerprints.
+//!
+//! Key files are JSON, created with mode 0600, replaced atomically (write, fsync, rename,
+//! fsync the directory) so a crash never leaves a half-written key file. In-memory key bytes
+//! are zeroizing and no type here implements `Debug` or `Display` over key bytes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// A failure to load, parse or write key material. Never carries key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path concerned.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The content is not a valid key file of the expected kind.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Fills `n` bytes from the system CSPRNG.
+///
+/// # Errors
+/// When the CSPRNG fails (the daemon then refuses to start or to seal).
+pub fn random_bytes(n: usize) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let mut out = Zeroizing::new(vec![0u8; n]);
+    aws_lc_rs::rand::fill(&mut out)
+        .map_err(|_| KeyError::Invalid("system CSPRNG failed".into()))?;
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600.
+///
+/// # Errors
+/// On any I/O failure; the previous file (if any) is then left untouched.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    active: u32,
+    keys: BTreeMap<u32, String>,
+}
+
+/// The versioned key-encryption keys. Data keys are wrapped with the active version; older
+/// versions stay so existing wraps open until `keys rotate-kek` has re-wrapped them.
+pub struct Keyring {
+    active: u32,
+    keys: BTreeMap<u32, Zeroizing<Vec<u8>>>,
+}
+
+impl Keyring {
+    /// A new keyring with one random version 1.
+    ///
+    /// # Errors
+    /// When the CSPRNG fails.
+    pub fn generate() -> Result<Keyring, KeyError> {
+        let mut keys = BTreeMap::new();
+        keys.insert(1, random_bytes(32)?);
+        Ok(Keyring { active: 1, keys })
+    }
+
+    /// Parses the JSON keyring format `{"active": N, "keys": {"N": "<base64 32 bytes>"}}`.
+    ///
+    /// # Errors
+    /// When the JSON is malformed, a key is not 32 bytes, or the active version is missing.
+    pub fn parse(text: &[u8]) -> Result<Keyring, KeyError> {
+        let file: KeyringFile = serde_json::from_slice(text)
+            .map_err(|_| KeyError::Invalid("KEK keyring is not valid keyring JSON".into()))?;
+        let mut keys = BTreeMap::new();
+        for (version, b64) in &file.keys {
+            let bytes = Zeroizing::new(B64.decode(b64).map_err(|_| {
+                KeyError::Invalid(format!("KEK version {version} is not valid base64"))
+            })?);
+            if bytes.len() != 32 {
+                return Err(KeyError::Invalid(format!(
+                    "KEK version {version} must be 32 bytes"
+                )));
+            }
+            keys.insert(*version, bytes);
+        }
+        if !keys.contains_key(&file.active) {
+            return Err(KeyError::Invalid(format!(
+                "active KEK version {} is not in the keyring",
+                file.active
+            )));
+        }
+        Ok(Keyring {
+            active: file.active,
+            keys,
+        })
+    }
+
+    /// Loads a keyring file.
+    ///
+    /// # Errors
+    /// See [`Keyring::parse`]; also I/O errors.
+    pub fn load(path: &Path) -> Result<Keyring, KeyError> {
+        let text = Zeroizing::new(fs::read(path).map_err(io_err(path))?);
+        Keyring::parse(&text)
+    }
+
+    /// Serializes to the keyring JSON format (zeroizing buffer).
+    pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
+        let file = KeyringFile {
+            active: self.active,
+            keys: self
+                .keys
+                .iter()
+                .map(|(v, k)| (*v, B64.encode(k.as_slice())))
+                .collect(),
+        };
+        let out = Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default());
+        for (_, mut b64) in file.keys {
+            zeroize::Zeroize::zeroize(&mut b64);
+        }
+        out
+    }
+
+    /// Writes the keyring atomically (mode 0600).
+    ///
+    /// # Errors
+    /// On I/O failure.
+    pub fn save(&self, path: &Path) -> Result<(), KeyError> {
+        write_private_file(path, &self.to_json())
+    }
+
+    /// Adds a new random version and makes it active; returns the new version.
+    ///
+    /// # Errors
+    /// When the CSPRNG fails.
+    pub fn rotate(&mut self) -> Result<u32, KeyError> {
+        let next = self.keys.keys().next_back().copied().unwrap_or(0) + 1;
+        self.keys.insert(next, random_bytes(32)?);
+        self.active = next;
+        Ok(next)
+    }
+
+    /// The active version.
+    pub fn active_version(&self) -> u32 {
+        self.active
+    }
+
+    /// All versions held.
+    pub fn versions(&self) -> impl Iterator<Item = u32> + '_ {
+        self.keys.keys().copied()
+    }
+
+    /// The key bytes of one version.
+    pub(crate) fn key(&self, version: u32) -> Option<&[u8]> {
+        self.keys.get(&version).map(|k| k.as_slice())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningKeyFile {
+    algorithm: String,
+    pkcs8: String,
+}
+
+/// Public key file format: `{"algorithm":"ed25519","public_key":"<base64>"}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublicKeyFile {
+    algorithm: String,
+    public_key: String,
+}
+
+/// The Ed25519 key that signs audit checkpoints.
+pub struct AuditSigner {
+    pair: Ed25519KeyPair,
+}
+
+impl AuditSigner {
+    /// Generates a key and writes the private (0600) and public key files.
+    ///
+    /// # Errors
+    /// On CSPRNG or I/O failure.
+    pub fn generate(private_path: &Path, public_path: &Path) -> Result<AuditSigner, KeyError> {
+        let pair = Ed25519KeyPair::generate()
+            .map_err(|_| KeyError::Invalid("could not generate Ed25519 key".into()))?;
+        let pkcs8 = pair
+            .to_pkcs8()
+            .map_err(|_| KeyError::Invalid("could not encode Ed25519 key".into()))?;
+        let file = SigningKeyFile {
+            algorithm: "ed25519".into(),
+            pkcs8: B64.encode(pkcs8.as_ref()),
+        };
+        let text = Zeroizing::new(serde_json::to_vec(&file).unwrap_or_default());
+        write_private_file(private_path, &text)?;
+        let signer = AuditSigner { pair };
+        write_private_file(public_path, signer.public_key_json().as_bytes())?;
+        Ok(signer)
+    }
+
+    /// Loads the private key file.
+    ///
+    /// # Errors
+    /// When the file is missing or not an Ed25519 PKCS#8 key file.
+    pub fn load(path: &Path) -> Result<AuditSigner, KeyError> {
+        let text = Zeroizing::new(fs::read(path).map_err(io_err(path))?);
+        let file: SigningKeyFile = serde_json::from_slice(&text)
+            .map_err(|_| KeyError::Invalid(format!("{}: not an audit key file", path.display())))?;
+        if file.algorithm != "ed25519" {
+            return Err(KeyError::Invalid(
+                "audit key algorithm must be ed25519".into(),
+            ));
+        }
+        let der = Zeroizing::new(
+            B64.decode(&file.pkcs8)
+                .map_err(|_| KeyError::Invalid("audit key is not valid base64".into()))?,
+        );
+        let pair = Ed25519KeyPair::from_pkcs8(&der)
+            .map_err(|_| KeyError::Invalid("audit key is not Ed25519 PKCS#8".into()))?;
+        Ok(AuditSigner { pair })
+    }
+
+    /// Signs `message`.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
+    }
+
+    /// The public key in its file format.
+    pub fn public_key_json(&self) -> String {
+        let file = PublicKeyFile {
+            algorithm: "ed25519".into(),
+            public_key: B64.encode(self.pair.public_key().as_ref()),
+        };
+        serde_json::to_string(&file).unwrap_or_default()
+    }
+
+    /// The verifier for this key.
+    pub fn verifier(&self) -> AuditVerifier {
+        AuditVerifier {
+            public_key: self.pair.public_key().as_ref().to_vec(),
+        }
+    }
+}
+
+/// Verifies audit checkpoint signatures with only the public key.
+#[derive(Clone)]
+pub struct AuditVerifier {
+    public_key: Vec<u8>,
+}
+
+impl AuditVerifier {
+    /// Parses the public key file format.
+    ///
+    /// # Errors
+    /// When the content is not an Ed25519 public key file.
+    pub fn parse(text: &[u8]) -> Result<AuditVerifier, KeyError> {
+        let file: PublicKeyFile = serde_json::from_slice(text)
+            .map_err(|_| KeyError::Invalid("not an audit public key file".into()))?;
+        let public_key = B64
+            .decode(&file.public_key)
+            .map_err(|_| KeyError::Invalid("public key is not valid base64".into()))?;
+        if file.algorithm != "ed25519" || public_key.len() != 32 {
+            return Err(KeyError::Invalid(
+                "public key must be a 32-byte ed25519 key".into(),
+            ));
+        }
+        Ok(AuditVerifier { public_key })
+    }
+
+    /// Loads a public key file.
+    ///
+    /// # Errors
+    /// See [`AuditVerifier::parse`].
+    pub fn load(path: &Path) -> Result<AuditVerifier, KeyError> {
+        AuditVerifier::parse(&fs::read(path).map_err(io_err(path))?)
+    }
+
+    /// Whether `signature` is valid for `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.public_key)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// The HMAC-SHA256 key used to fingerprint issued tokens in audit records (so an auditor can
+/// match a token they hold against the log without the log holding tokens).
+pub struct FingerprintKey {
+    key: aws_lc_rs::hmac::Key,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FingerprintKeyFile {
+    hmac_sha256: String,
+}
+
+impl FingerprintKey {
+    /// Generates a key and writes it (0600).
+    ///
+    /// # Errors
+    /// On CSPRNG or I/O failure.
+    pub fn generate(path: &Path) -> Result<FingerprintKey, KeyError> {
+        let bytes = random_bytes(32)?;
+        let file = FingerprintKeyFile {
+            hmac_sha256: B64.encode(bytes.as_slice()),
+        };
+        let text = Zeroizing::new(serde_json::to_vec(&file).unwrap_or_default());
+        write_private_file(path, &text)?;
+        Ok(FingerprintKey::from_bytes(&bytes))
+    }
+
+    /// Loads a key file.
+    ///
+    /// # Errors
+    /// When missing or malformed.
+    pub fn load(path: &Path) -> Result<FingerprintKey, KeyError> {
+        let text = Zeroizing::new(fs::read(path).map_err(io_err(path))?);
+        let file: FingerprintKeyFile = serde_json::from_slice(&text).map_err(|_| {
+            KeyError::Invalid(format!("{}: not a fingerprint key file", path.display()))
+        })?;
+        let bytes = Zeroizing::new(
+            B64.decode(&file.hmac_sha256)
+                .map_err(|_| KeyError::Invalid("fingerprint key is not valid base64".into()))?,
+        );
+        if bytes.len() < 32 {
+            return Err(KeyError::Invalid(
+                "fingerprint key must be at least 32 bytes".into(),
+            ));
+        }
+        Ok(FingerprintKey::from_bytes(&bytes))
+    }
+
+    fn from_bytes(bytes: &[u8]) -> FingerprintKey {
+        FingerprintKey {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, bytes),
+        }
+    }
+
+    /// `hmac-sha256:<first 16 bytes, hex>` of the credential bytes.
+    pub fn fingerprint(&self, credential: &[u8]) -> String {
+        let tag = aws_lc_rs::hmac::sign(&self.key, credential);
+        format!("hmac-sha256:{}", hex::encode(&tag.as_ref()[..16]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_round_trip_and_rotation() {
+        let mut k = Keyring::generate().unwrap();
+        assert_eq!(k.active_version(), 1);
+        assert_eq!(k.rotate().unwrap(), 2);
+        let again = Keyring::parse(&k.to_json()).unwrap();
+        assert_eq!(again.active_version(), 2);
+        assert_eq!(again.key(1), k.key(1));
+        assert_eq!(again.versions().collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn keyring_rejects_bad_input() {
+        assert!(Keyring::parse(b"{}").is_err());
+        assert!(Keyring::parse(br#"{"active":2,"keys":{"1":"AAAA"}}"#).is_err());
+        assert!(Keyring::parse(br#"{"active":1,"keys":{"1":"AAAA"}}"#).is_err());
+    }
+
+    #[test]
+    fn audit_key_signs_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let s =
+            AuditSigner::generate(&dir.path().join("a.key"), &dir.path().join("a.pub")).unwrap();
+        let sig = s.sign(b"msg");
+        let v = AuditVerifier::load(&dir.path().join("a.pub")).unwrap();
+        assert!(v.verify(b"msg", &sig));
+        assert!(!v.verify(b"msh", &sig));
+        let s2 = AuditSigner::load(&dir.path().join("a.key")).unwrap();
+        assert!(v.verify(b"x", &s2.sign(b"x")));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(dir.path().join("a.key"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn fingerprints_are_keyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FingerprintKey::generate(&dir.path().join("a")).unwrap();
+        let b = FingerprintKey::generate(&dir.path().join("b")).unwrap();
+        assert_eq!(a.fingerprint(b"t"), a.fingerprint(b"t"));
+        assert_ne!(a.fingerprint(b"t"), b.fingerprint(b"t"));
+        let a2 = FingerprintKey::load(&dir.path().join("a")).unwrap();
+        assert_eq!(a.fingerprint(b"t"), a2.fingerprint(b"t"));
+    }
+}

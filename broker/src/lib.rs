@@ -1,0 +1,24 @@
+//! credbroker: a federation-first credential broker daemon.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api_error;
+pub mod audit;
+pub mod body;
+pub mod broker;
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod dev;
+pub mod identity;
+pub mod ids;
+pub mod keys;
+pub mod metrics;
+pub mod model;
+pub mod pki;
+pub mod seal;
+pub mod server;
+pub mod store;
+pub mod tls;

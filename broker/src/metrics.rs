@@ -1,0 +1,150 @@
+//! Prometheus metrics (text exposition format via `prometheus-client`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a resolve outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResolveLabels {
+    /// `allowed`, `denied` or `failed`.
+    pub outcome: String,
+    /// Provider name or `none`.
+    pub provider: String,
+    /// Error code or `none`.
+    pub code: String,
+}
+
+/// Labels carrying a provider name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    /// Provider name.
+    pub provider: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Resolves by outcome, provider and code.
+    pub resolves: Family<ResolveLabels, Counter>,
+    /// Resolve handling latency (seconds), audit included.
+    pub resolve_latency: Histogram,
+    /// Cache hits.
+    pub cache_hits: Counter,
+    /// Cache misses (mints started or joined).
+    pub cache_misses: Counter,
+    /// Upstream mint latency by provider.
+    pub mint_latency: Family<ProviderLabel, Histogram>,
+    /// Records per audit group commit.
+    pub audit_batch_size: Histogram,
+    /// 1 when the last audit write succeeded.
+    pub audit_healthy: Gauge,
+    /// Audit write failures.
+    pub audit_failures: Gauge,
+    /// Open connections.
+    pub connections: Gauge,
+    /// Connections refused at the limit.
+    pub connections_refused: Counter,
+    /// Failed TLS handshakes (no/invalid/revoked client certificate, timeouts).
+    pub handshake_failures: Counter,
+    /// Admin requests.
+    pub admin_requests: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("credbroker");
+        let resolves = Family::<ResolveLabels, Counter>::default();
+        registry.register("resolves", "Resolve requests by outcome", resolves.clone());
+        let resolve_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "resolve_duration_seconds",
+            "Resolve handling time including the durable audit append",
+            resolve_latency.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register("cache_hits", "Token cache hits", cache_hits.clone());
+        let cache_misses = Counter::default();
+        registry.register("cache_misses", "Token cache misses", cache_misses.clone());
+        let mint_latency = Family::<ProviderLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+        });
+        registry.register(
+            "mint_duration_seconds",
+            "Upstream mint time by provider",
+            mint_latency.clone(),
+        );
+        let audit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        registry.register(
+            "audit_batch_size",
+            "Records per audit group commit",
+            audit_batch_size.clone(),
+        );
+        let audit_healthy = Gauge::default();
+        registry.register(
+            "audit_healthy",
+            "1 when the last audit write succeeded",
+            audit_healthy.clone(),
+        );
+        let audit_failures = Gauge::default();
+        registry.register(
+            "audit_write_failures",
+            "Failed audit batches since start",
+            audit_failures.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register("connections", "Open connections", connections.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because the limit was reached",
+            connections_refused.clone(),
+        );
+        let handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            handshake_failures.clone(),
+        );
+        let admin_requests = Counter::default();
+        registry.register(
+            "admin_requests",
+            "Admin API requests",
+            admin_requests.clone(),
+        );
+        Metrics {
+            registry,
+            resolves,
+            resolve_latency,
+            cache_hits,
+            cache_misses,
+            mint_latency,
+            audit_batch_size,
+            audit_healthy,
+            audit_failures,
+            connections,
+            connections_refused,
+            handshake_failures,
+            admin_requests,
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,176 @@
+//! The records the store keeps. None of them holds secret material in the clear: secret
+//! versions are sealed (see `seal`), everything else is configuration and status.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
+
+/// Whether a record takes part in resolves. Disabling keeps configuration intact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// In service.
+    Active,
+    /// Kept but refused by every resolve.
+    Disabled,
+}
+
+/// A customer tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Tenant id.
+    pub id: TenantId,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Status.
+    pub status: Status,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// A connector worker, identified by its certificate, and what it may act for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Worker {
+    /// Worker name (the last segment of `spiffe://<trust-domain>/worker/<name>`).
+    pub id: WorkerId,
+    /// Tenants this worker may resolve for. Explicit list only: there is no wildcard.
+    pub tenants: Vec<TenantId>,
+    /// Connector kinds this worker may resolve for; empty means any kind.
+    #[serde(default)]
+    pub connector_kinds: Vec<String>,
+    /// Status.
+    pub status: Status,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// One connector instance (e.g. "scan of account 1234 for tenant acme").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    /// Instance id.
+    pub id: InstanceId,
+    /// Owning tenant: read from the store on every resolve, never from the request.
+    pub tenant: TenantId,
+    /// Connector kind (`aws`, `servicenow`, `jira`…), matched against worker policy.
+    pub connector_kind: String,
+    /// The tenant's binding this instance resolves through.
+    pub binding: BindingId,
+    /// Status.
+    pub status: Status,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// A tenant's trust relationship or pasted secret with one provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// Binding id.
+    pub id: BindingId,
+    /// Owning tenant.
+    pub tenant: TenantId,
+    /// Provider name (a registry key).
+    pub provider: String,
+    /// Non-secret, provider-specific configuration.
+    #[serde(default)]
+    pub config: Value,
+    /// The most a resolve may obtain through this binding.
+    #[serde(default)]
+    pub ceiling: Value,
+    /// Status.
+    pub status: Status,
+    /// Version number of the active sealed secret, if any.
+    #[serde(default)]
+    pub active_secret_version: Option<u32>,
+    /// Highest secret version ever written (versions are never reused).
+    #[serde(default)]
+    pub last_secret_version: u32,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// Lifecycle of one sealed secret version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretState {
+    /// The version resolves hand out.
+    Active,
+    /// Replaced by a newer version; kept for the overlap window until destroyed.
+    Superseded,
+}
+
+/// One sealed secret version of a binding.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretVersion {
+    /// Owning binding.
+    pub binding: BindingId,
+    /// Version number, from 1.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: SecretState,
+    /// Names of the sealed fields (names are not secret; values are).
+    pub field_names: Vec<String>,
+    /// KEK version that wraps the data key.
+    pub kek_version: u32,
+    /// Data key wrapped by the KEK (nonce ‖ ciphertext ‖ tag), base64.
+    pub wrapped_dek: String,
+    /// Payload sealed by the data key (nonce ‖ ciphertext ‖ tag), base64.
+    pub sealed_payload: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+impl std::fmt::Debug for SecretVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretVersion")
+            .field("binding", &self.binding)
+            .field("version", &self.version)
+            .field("state", &self.state)
+            .field("kek_version", &self.kek_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What operators see of a secret version: never the value.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretVersionView {
+    /// Version number.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: SecretState,
+    /// Field names.
+    pub field_names: Vec<String>,
+    /// KEK version wrapping it.
+    pub kek_version: u32,
+    /// Creation time.
+    pub created_at: String,
+}
+
+impl From<&SecretVersion> for SecretVersionView {
+    fn from(v: &SecretVersion) -> Self {
+        SecretVersionView {
+            version: v.version,
+            state: v.state,
+            field_names: v.field_names.clone(),
+            kek_version: v.kek_version,
+            created_at: v.created_at.clone(),
+        }
+    }
+}
+
+/// The current UTC time in RFC 3339.
+pub fn now_rfc3339() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// Formats an instant in RFC 3339 (UTC).
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}

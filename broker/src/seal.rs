@@ -1,0 +1,272 @@
+//! Envelope encryption of secret versions.
+//!
+//! Each version gets a fresh 256-bit data key. The payload is AES-256-GCM sealed with
+//! additional authenticated data binding it to (tenant, binding, version), so ciphertext
+//! copied onto another record fails to open. The data key is itself AES-256-GCM wrapped by the
+//! active KEK, with AAD binding the wrap to the same record and the KEK version. Rotating the
+//! KEK re-wraps data keys and never touches payloads.
+
+use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+use credbroker_providers::SecretFields;
+
+use crate::ids::{BindingId, TenantId};
+use crate::keys::{random_bytes, Keyring};
+
+/// Why a secret could not be sealed or opened. Carries no key or plaintext bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The KEK version that wrapped this data key is not in the keyring.
+    #[error("KEK version {0} is not loaded")]
+    MissingKek(u32),
+    /// Authentication failed: wrong record, wrong key, or tampered ciphertext.
+    #[error("sealed secret failed to authenticate (moved, tampered or wrong key)")]
+    Authentication,
+    /// The stored encoding is malformed.
+    #[error("sealed secret is malformed")]
+    Malformed,
+    /// The CSPRNG or cipher failed.
+    #[error("cryptographic failure while sealing")]
+    Crypto,
+}
+
+/// The sealed parts of one secret version.
+pub struct Sealed {
+    /// KEK version used to wrap the data key.
+    pub kek_version: u32,
+    /// Wrapped data key (base64 of nonce ‖ ciphertext ‖ tag).
+    pub wrapped_dek: String,
+    /// Sealed payload (base64 of nonce ‖ ciphertext ‖ tag).
+    pub sealed_payload: String,
+}
+
+fn payload_aad(tenant: &TenantId, binding: &BindingId, version: u32) -> Vec<u8> {
+    let mut aad = b"credbroker/secret-payload/v1\0".to_vec();
+    aad.extend_from_slice(tenant.as_str().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(binding.as_str().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+fn dek_aad(tenant: &TenantId, binding: &BindingId, version: u32, kek_version: u32) -> Vec<u8> {
+    let mut aad = b"credbroker/data-key/v1\0".to_vec();
+    aad.extend_from_slice(tenant.as_str().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(binding.as_str().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad.extend_from_slice(&kek_version.to_be_bytes());
+    aad
+}
+
+fn seal_with(key: &[u8], aad: Vec<u8>, plaintext: &[u8]) -> Result<String, SealError> {
+    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| SealError::Crypto)?;
+    let mut buf = Zeroizing::new(plaintext.to_vec());
+    let nonce = key
+        .seal_in_place_append_tag(Aad::from(aad), &mut *buf)
+        .map_err(|_| SealError::Crypto)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
+    out.extend_from_slice(nonce.as_ref());
+    out.extend_from_slice(&buf);
+    Ok(B64.encode(out))
+}
+
+fn open_with(key: &[u8], aad: Vec<u8>, sealed_b64: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| SealError::Crypto)?;
+    let raw = B64.decode(sealed_b64).map_err(|_| SealError::Malformed)?;
+    if raw.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+        return Err(SealError::Malformed);
+    }
+    let (nonce, ct) = raw.split_at(NONCE_LEN);
+    let nonce_bytes: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError::Malformed)?;
+    let mut buf = Zeroizing::new(ct.to_vec());
+    let len = key
+        .open_in_place(Nonce::from(nonce_bytes), Aad::from(aad), &mut buf)
+        .map_err(|_| SealError::Authentication)?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Seals `fields` as version `version` of (tenant, binding) under the active KEK.
+///
+/// # Errors
+/// [`SealError::Crypto`] when the CSPRNG or cipher fails.
+pub fn seal_secret(
+    keyring: &Keyring,
+    tenant: &TenantId,
+    binding: &BindingId,
+    version: u32,
+    fields: &SecretFields,
+) -> Result<Sealed, SealError> {
+    let kek_version = keyring.active_version();
+    let kek = keyring
+        .key(kek_version)
+        .ok_or(SealError::MissingKek(kek_version))?;
+    let dek = random_bytes(32).map_err(|_| SealError::Crypto)?;
+    let plaintext = fields.to_json_zeroizing();
+    let sealed_payload = seal_with(&dek, payload_aad(tenant, binding, version), &plaintext)?;
+    let wrapped_dek = seal_with(kek, dek_aad(tenant, binding, version, kek_version), &dek)?;
+    Ok(Sealed {
+        kek_version,
+        wrapped_dek,
+        sealed_payload,
+    })
+}
+
+fn unwrap_dek(
+    keyring: &Keyring,
+    tenant: &TenantId,
+    binding: &BindingId,
+    version: u32,
+    kek_version: u32,
+    wrapped_dek: &str,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let kek = keyring
+        .key(kek_version)
+        .ok_or(SealError::MissingKek(kek_version))?;
+    let dek = open_with(
+        kek,
+        dek_aad(tenant, binding, version, kek_version),
+        wrapped_dek,
+    )?;
+    if dek.len() != 32 {
+        return Err(SealError::Malformed);
+    }
+    Ok(dek)
+}
+
+/// Opens a sealed version of (tenant, binding).
+///
+/// # Errors
+/// [`SealError::Authentication`] when the ciphertext belongs to another record or was altered;
+/// [`SealError::MissingKek`] when its KEK version is not loaded.
+pub fn open_secret(
+    keyring: &Keyring,
+    tenant: &TenantId,
+    binding: &BindingId,
+    version: u32,
+    kek_version: u32,
+    wrapped_dek: &str,
+    sealed_payload: &str,
+) -> Result<SecretFields, SealError> {
+    let dek = unwrap_dek(keyring, tenant, binding, version, kek_version, wrapped_dek)?;
+    let plaintext = open_with(&dek, payload_aad(tenant, binding, version), sealed_payload)?;
+    SecretFields::from_json(&plaintext).map_err(|_| SealError::Malformed)
+}
+
+/// Re-wraps a data key under the active KEK without touching the payload.
+///
+/// # Errors
+/// As [`open_secret`] for the unwrap; [`SealError::Crypto`] for the wrap.
+pub fn rewrap_data_key(
+    keyring: &Keyring,
+    tenant: &TenantId,
+    binding: &BindingId,
+    version: u32,
+    kek_version: u32,
+    wrapped_dek: &str,
+) -> Result<(u32, String), SealError> {
+    let dek = unwrap_dek(keyring, tenant, binding, version, kek_version, wrapped_dek)?;
+    let active = keyring.active_version();
+    let kek = keyring.key(active).ok_or(SealError::MissingKek(active))?;
+    let wrapped = seal_with(kek, dek_aad(tenant, binding, version, active), &dek)?;
+    Ok((active, wrapped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(t: &str, b: &str) -> (TenantId, BindingId) {
+        (TenantId::parse(t).unwrap(), BindingId::parse(b).unwrap())
+    }
+
+    fn fields() -> SecretFields {
+        SecretFields::from_json(br#"{"token":"s3cr3t-canary"}"#).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = Keyring::generate().unwrap();
+        let (t, b) = ids("t1", "b1");
+        let s = seal_secret(&k, &t, &b, 1, &fields()).unwrap();
+        assert!(!s.sealed_payload.contains("canary"));
+        let out = open_secret(
+            &k,
+            &t,
+            &b,
+            1,
+            s.kek_version,
+            &s.wrapped_dek,
+            &s.sealed_payload,
+        )
+        .unwrap();
+        assert_eq!(out.expose("token"), Some("s3cr3t-canary"));
+    }
+
+    #[test]
+    fn moved_ciphertext_fails() {
+        let k = Keyring::generate().unwrap();
+        let (t, b) = ids("t1", "b1");
+        let s = seal_secret(&k, &t, &b, 1, &fields()).unwrap();
+        let (t2, b2) = ids("t2", "b2");
+        for (tt, bb, v) in [(&t2, &b, 1), (&t, &b2, 1), (&t, &b, 2)] {
+            assert_eq!(
+                open_secret(
+                    &k,
+                    tt,
+                    bb,
+                    v,
+                    s.kek_version,
+                    &s.wrapped_dek,
+                    &s.sealed_payload
+                )
+                .err(),
+                Some(SealError::Authentication)
+            );
+        }
+    }
+
+    #[test]
+    fn tampered_payload_fails() {
+        let k = Keyring::generate().unwrap();
+        let (t, b) = ids("t1", "b1");
+        let s = seal_secret(&k, &t, &b, 1, &fields()).unwrap();
+        let mut raw = B64.decode(&s.sealed_payload).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        let tampered = B64.encode(raw);
+        assert_eq!(
+            open_secret(&k, &t, &b, 1, 1, &s.wrapped_dek, &tampered).err(),
+            Some(SealError::Authentication)
+        );
+        assert_eq!(
+            open_secret(&k, &t, &b, 1, 1, &s.wrapped_dek, "!!").err(),
+            Some(SealError::Malformed)
+        );
+    }
+
+    #[test]
+    fn rewrap_keeps_payload_and_needs_old_kek_only_for_unwrap() {
+        let mut k = Keyring::generate().unwrap();
+        let (t, b) = ids("t1", "b1");
+        let s = seal_secret(&k, &t, &b, 1, &fields()).unwrap();
+        k.rotate().unwrap();
+        let (kv, wrapped) = rewrap_data_key(&k, &t, &b, 1, s.kek_version, &s.wrapped_dek).unwrap();
+        assert_eq!(kv, 2);
+        let out = open_secret(&k, &t, &b, 1, kv, &wrapped, &s.sealed_payload).unwrap();
+        assert_eq!(out.expose("token"), Some("s3cr3t-canary"));
+        // The old wrap names KEK 1; a keyring without it cannot open it.
+        let fresh = Keyring::generate().unwrap();
+        assert_eq!(
+            open_secret(&fresh, &t, &b, 1, 3, &wrapped, &s.sealed_payload).err(),
+            Some(SealError::MissingKek(3))
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! The mTLS listener: accept with a connection limit, TLS handshake with a deadline and a
+//! required client certificate, identity from the SPIFFE URI SAN, HTTP/1.1 or HTTP/2 with
+//! header/body limits and read deadlines, then routing to resolve, admin, health and metrics.
+//! There is no plaintext listener.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use zeroize::Zeroizing;
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::body::ZeroizingBody;
+use crate::broker::{error_answer, Answer, Broker};
+use crate::config::Limits;
+use crate::identity::{peer_identity, PeerIdentity};
+use crate::tls::ReloadableTls;
+
+/// A running listener.
+pub struct RunningServer {
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    accept_task: tokio::task::JoinHandle<()>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl RunningServer {
+    /// Stops accepting, asks open connections to finish their requests, and waits up to
+    /// `grace` for them.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        self.accept_task.abort();
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(grace, self.connections.acquire_many(all)).await;
+    }
+}
+
+/// A fresh request id: `req_` and 16 random bytes in hex.
+pub fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // Uniqueness still holds well enough from the clock when the CSPRNG fails; the id is
+        // a correlation handle, not a secret.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b.copy_from_slice(&t.to_be_bytes());
+    }
+    format!("req_{}", hex::encode(b))
+}
+
+/// Starts serving on `listener`.
+pub fn spawn(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    tls: Arc<ReloadableTls>,
+    limits: Limits,
+) -> std::io::Result<RunningServer> {
+    let local_addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(100);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(64))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let limits = Arc::new(limits);
+    let sem = connections.clone();
+    let max_connections = limits.max_connections;
+    let accept_task = tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = sem.clone().try_acquire_owned() else {
+                broker.metrics.connections_refused.inc();
+                tracing::warn!(%remote, "connection limit reached; closing new connection");
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let broker = broker.clone();
+            let tls = tls.clone();
+            let builder = builder.clone();
+            let limits = limits.clone();
+            let mut shutdown_rx = shutdown_rx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                broker.metrics.connections.inc();
+                let _gauge = GaugeGuard(broker.clone());
+                let acceptor = TlsAcceptor::from(tls.current());
+                let handshake = Duration::from_millis(limits.handshake_timeout_ms);
+                let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        broker.metrics.handshake_failures.inc();
+                        tracing::info!(%remote, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        broker.metrics.handshake_failures.inc();
+                        tracing::info!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let peer = match stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                {
+                    Some(cert) => match peer_identity(cert.as_ref(), broker.trust_domain()) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            tracing::warn!(%remote, error = %e, "verified client certificate names no usable identity");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let service = service_fn(move |req| {
+                    let broker = broker.clone();
+                    let peer = peer.clone();
+                    let limits = limits.clone();
+                    async move { Ok::<_, Infallible>(handle(broker, peer, &limits, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = shutdown_rx.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(RunningServer {
+        local_addr,
+        shutdown,
+        accept_task,
+        connections,
+        max_connections,
+    })
+}
+
+struct GaugeGuard(Arc<Broker>);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connections.dec();
+    }
+}
+
+async fn read_body(
+    req: Request<Incoming>,
+    limits: &Limits,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let max = limits.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body exceeds {max} bytes"),
+        )
+    };
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::bad_request("invalid content-length"))?;
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    let deadline = Duration::from_millis(limits.body_read_timeout_ms);
+    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), max).collect())
+        .await
+        .map_err(|_| ApiError::bad_request("request body was not received in time"))?
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                ApiError::bad_request("request body could not be read")
+            }
+        })?;
+    Ok(Zeroizing::new(Vec::from(collected.to_bytes())))
+}
+
+fn json_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
+    match req.headers().get(header::CONTENT_TYPE) {
+        None => Ok(()),
+        Some(v) => {
+            let ok = v
+                .to_str()
+                .map(|s| {
+                    s.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case("application/json")
+                })
+                .unwrap_or(false);
+            if ok {
+                Ok(())
+            } else {
+                Err(ApiError::bad_request(
+                    "content-type must be application/json",
+                ))
+            }
+        }
+    }
+}
+
+async fn handle(
+    broker: Arc<Broker>,
+    peer: Option<PeerIdentity>,
+    limits: &Limits,
+    req: Request<Incoming>,
+) -> Response<ZeroizingBody> {
+    let request_id = new_request_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut content_type = "application/json";
+    let answer = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => plain_json(StatusCode::OK, json!({ "status": "ok" })),
+        (&Method::GET, "/readyz") => {
+            if broker.ready() {
+                plain_json(StatusCode::OK, json!({ "status": "ready" }))
+            } else {
+                plain_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "status": "audit_unavailable" }),
+                )
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            content_type = "text/plain; version=0.0.4; charset=utf-8";
+            Answer {
+                status: StatusCode::OK,
+                body: Zeroizing::new(broker.metrics_text().into_bytes()),
+            }
+        }
+        (&Method::POST, "/v1/resolve") => {
+            let body = match json_content_type(&req) {
+                Ok(()) => read_body(req, limits).await,
+                Err(e) => Err(e),
+            };
+            broker.resolve(peer.as_ref(), body, &request_id).await
+        }
+        (_, "/v1/resolve") => error_answer(
+            &ApiError::new(ErrorCode::MethodNotAllowed, "use POST /v1/resolve"),
+            None,
+            &request_id,
+        ),
+        (_, p) if p.starts_with("/v1/admin/") => {
+            let body = if method == Method::GET || method == Method::DELETE {
+                Ok(Zeroizing::new(Vec::new()))
+            } else {
+                match json_content_type(&req) {
+                    Ok(()) => read_body(req, limits).await,
+                    Err(e) => Err(e),
+                }
+            };
+            broker
+                .admin_http(peer.as_ref(), &method, &path, body, &request_id)
+                .await
+        }
+        _ => error_answer(
+            &ApiError::new(ErrorCode::NotFound, "no such route"),
+            None,
+            &request_id,
+        ),
+    };
+    let mut response = Response::new(ZeroizingBody::new(answer.body));
+    *response.status_mut() = answer.status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    response
+}
+
+fn plain_json(status: StatusCode, value: serde_json::Value) -> Answer {
+    Answer {
+        status,
+        body: Zeroizing::new(serde_json::to_vec(&value).unwrap_or_default()),
+    }
+}

@@ -1,0 +1,204 @@
+//! [`Store`] on sled 0.34.
+//!
+//! sled writes are durable only after `flush`, so every commit flushes before returning.
+//! sled holds an exclusive lock on its directory: a second process opening the same store
+//! gets a clear "locked" error instead of corrupting it.
+
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::{Batch, Op, Store, StoreError, Table, SCHEMA_VERSION};
+
+/// The sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    trees: Vec<(Table, sled::Tree)>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir` and checks the schema version.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the directory cannot be opened or is locked by another
+    /// process; [`StoreError::Schema`] on a version mismatch.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| {
+                // sled reports a held directory lock as an I/O error ("could not acquire
+                // lock", EWOULDBLOCK underneath).
+                let text = e.to_string();
+                let locked = matches!(&e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+                    || text.contains("could not acquire lock");
+                if locked {
+                    StoreError::Backend(format!(
+                        "store {} is locked by another process (is the daemon running? stop it first)",
+                        dir.display()
+                    ))
+                } else {
+                    backend(format!("cannot open store {}: {text}", dir.display()))
+                }
+            })?;
+        let mut trees = Vec::with_capacity(Table::ALL.len());
+        for t in Table::ALL {
+            trees.push((*t, db.open_tree(t.name()).map_err(backend)?));
+        }
+        let store = SledStore { db, trees };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn tree(&self, table: Table) -> &sled::Tree {
+        // Every table is opened in `open`; the index is the table's position in Table::ALL.
+        let idx = Table::ALL.iter().position(|t| *t == table).unwrap_or(0);
+        &self.trees[idx].1
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let meta = self.tree(Table::Meta);
+        match meta.get("schema_version").map_err(backend)? {
+            Some(v) => {
+                let found = String::from_utf8_lossy(&v).into_owned();
+                if found != SCHEMA_VERSION.to_string() {
+                    return Err(StoreError::Schema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                let mut b = Batch::new();
+                b.push(Op::Put(
+                    Table::Meta,
+                    "schema_version".into(),
+                    SCHEMA_VERSION.to_string().into_bytes(),
+                ));
+                self.commit(b)
+            }
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree(table)
+            .get(key.as_bytes())
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree(table).scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item.map_err(backend)?;
+            let key = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
+                table: table.name(),
+                key: String::from_utf8_lossy(&k).into_owned(),
+            })?;
+            out.push((key, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        let trees: Vec<sled::Tree> = self.trees.iter().map(|(_, t)| t.clone()).collect();
+        let index = |t: Table| Table::ALL.iter().position(|x| *x == t).unwrap_or(0);
+        let result = trees.as_slice().transaction(|txs| {
+            for op in &batch.ops {
+                match op {
+                    Op::ExpectAbsent(t, k) => {
+                        if txs[index(*t)].get(k.as_bytes())?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::Precondition {
+                                    table: t.name(),
+                                    key: k.clone(),
+                                    expected: "absent",
+                                },
+                            ));
+                        }
+                    }
+                    Op::ExpectPresent(t, k) => {
+                        if txs[index(*t)].get(k.as_bytes())?.is_none() {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::Precondition {
+                                    table: t.name(),
+                                    key: k.clone(),
+                                    expected: "present",
+                                },
+                            ));
+                        }
+                    }
+                    Op::Put(t, k, v) => {
+                        txs[index(*t)].insert(k.as_bytes(), v.as_slice())?;
+                    }
+                    Op::Delete(t, k) => {
+                        txs[index(*t)].remove(k.as_bytes())?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(backend(e)),
+        }
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut b = Batch::new();
+        b.push(Op::Put(Table::Tenants, "a".into(), b"1".to_vec()));
+        s.commit(b).unwrap();
+        let mut b = Batch::new();
+        b.push(Op::Put(Table::Tenants, "b".into(), b"2".to_vec()))
+            .push(Op::ExpectAbsent(Table::Tenants, "a".into()));
+        assert!(matches!(s.commit(b), Err(StoreError::Precondition { .. })));
+        assert!(s.get(Table::Tenants, "b").unwrap().is_none());
+        assert_eq!(s.scan(Table::Tenants, "").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn schema_version_is_checked_and_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            assert!(
+                SledStore::open(dir.path()).is_err(),
+                "second open must fail"
+            );
+            let mut b = Batch::new();
+            b.push(Op::Put(
+                Table::Meta,
+                "schema_version".into(),
+                b"99".to_vec(),
+            ));
+            s.commit(b).unwrap();
+        }
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(StoreError::Schema { .. })
+        ));
+    }
+}

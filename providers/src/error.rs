@@ -1,0 +1,60 @@
+//! Errors a provider reports to the core. Each variant maps to exactly one code of the closed
+//! resolve error set (see the broker's `ApiError`), so callers can act on the variant.
+
+/// Why a provider could not produce a credential, probe a binding or accept its configuration.
+///
+/// Messages are written for operators and workers: they never contain secret material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The binding's non-secret configuration is invalid for this provider.
+    #[error("invalid binding configuration: {0}")]
+    InvalidConfig(String),
+    /// The `narrow` object of a resolve request is malformed.
+    #[error("invalid narrowing request: {0}")]
+    InvalidNarrowing(String),
+    /// The narrowing asks for more than the binding's ceiling allows.
+    #[error("narrowing exceeds the binding's ceiling: {0}")]
+    NarrowingExceedsCeiling(String),
+    /// The binding needs a secret and none is active.
+    #[error("binding has no active secret version")]
+    SecretMissing,
+    /// The customer has not (or no longer) granted consent to our application.
+    #[error("customer consent missing: {0}")]
+    ConsentMissing(String),
+    /// The upstream refused: the trust relationship or the credential is no longer valid.
+    #[error("upstream denied the request: {message}")]
+    Denied {
+        /// Operator-facing explanation, free of secret material.
+        message: String,
+        /// The upstream's request id, for the audit log.
+        upstream_request_id: Option<String>,
+    },
+    /// The broker could not prepare the mint (a stored secret failed to open, a task died).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The upstream could not be reached, timed out or answered with a server error.
+    #[error("upstream unavailable: {message}")]
+    Unavailable {
+        /// Operator-facing explanation.
+        message: String,
+        /// The upstream's request id, for the audit log.
+        upstream_request_id: Option<String>,
+    },
+}
+
+impl ProviderError {
+    /// The upstream request id carried by the error, if any.
+    pub fn upstream_request_id(&self) -> Option<&str> {
+        match self {
+            ProviderError::Denied {
+                upstream_request_id,
+                ..
+            }
+            | ProviderError::Unavailable {
+                upstream_request_id,
+                ..
+            } => upstream_request_id.as_deref(),
+            _ => None,
+        }
+    }
+}

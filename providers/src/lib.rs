@@ -1,0 +1,30 @@
+//! Credential providers for credbroker.
+//!
+//! The broker core never knows which upstream it talks to: every way of producing a credential
+//! (minting from a trust relationship, or opening a pasted secret) sits behind the one
+//! [`Provider`] trait, and the only place that maps a provider name to code is the
+//! [`ProviderRegistry`]. This mirrors rustls' `CryptoProvider`: one small documented seam,
+//! many backends.
+//!
+//! Guarantees every provider gives the core:
+//! - it never logs, formats or returns secret material except inside [`IssuedCredential`],
+//!   whose fields are zeroizing and do not implement `Debug`/`Display`;
+//! - every upstream call is bounded by the deadline in [`MintRequest`];
+//! - a narrowing request outside the binding's ceiling is refused with
+//!   [`ProviderError::NarrowingExceedsCeiling`] before any upstream is called.
+#![forbid(unsafe_code)]
+
+mod error;
+mod pasted_secret;
+mod provider;
+mod registry;
+mod secret;
+
+pub use error::ProviderError;
+pub use pasted_secret::PastedSecret;
+pub use provider::{
+    BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
+    SecretRequirement,
+};
+pub use registry::{ProviderId, ProviderRegistry, KNOWN_PROVIDERS};
+pub use secret::SecretFields;

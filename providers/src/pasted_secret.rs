@@ -1,0 +1,226 @@
+//! `pasted_secret`: the fallback for systems with no federation (Atlassian Data Center PATs,
+//! generic SaaS keys). The secret is envelope-decrypted on demand by the core and handed back
+//! as-is, optionally restricted to a subset of its fields. It is never cached: plaintext
+//! should not outlive one resolve response.
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use crate::{
+    BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
+    ProviderError, SecretRequirement,
+};
+
+/// Returns the decrypted secret fields of the binding's active version.
+///
+/// Configuration: any JSON object (free-form, non-secret notes such as the target URL).
+/// Ceiling: optional `{"fields": ["name", …]}` — the fields a resolve may receive; absent
+/// means every field. Narrowing: `{"fields": ["name", …]}` — a subset of the ceiling.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PastedSecret;
+
+fn field_list(value: &Value, what: &str) -> Result<Vec<String>, String> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| format!("{what} must be a JSON object"))?;
+    for key in obj.keys() {
+        if key != "fields" {
+            return Err(format!("{what} has unknown key {key:?}"));
+        }
+    }
+    let Some(fields) = obj.get("fields") else {
+        return Ok(Vec::new());
+    };
+    let arr = fields
+        .as_array()
+        .ok_or_else(|| format!("{what}.fields must be an array of field names"))?;
+    let mut names = Vec::with_capacity(arr.len());
+    for v in arr {
+        let name = v
+            .as_str()
+            .ok_or_else(|| format!("{what}.fields must be an array of field names"))?;
+        crate::secret::validate_field_name(name)?;
+        names.push(name.to_owned());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn ceiling_fields(ceiling: &Value) -> Result<Option<Vec<String>>, ProviderError> {
+    if ceiling.is_null() {
+        return Ok(None);
+    }
+    let names = field_list(ceiling, "ceiling").map_err(ProviderError::InvalidConfig)?;
+    Ok(if names.is_empty() { None } else { Some(names) })
+}
+
+#[async_trait]
+impl Provider for PastedSecret {
+    fn id(&self) -> &'static str {
+        "pasted_secret"
+    }
+
+    fn secret_requirement(&self) -> SecretRequirement {
+        SecretRequirement::Required
+    }
+
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy::Never
+    }
+
+    fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError> {
+        if !(config.is_null() || config.is_object()) {
+            return Err(ProviderError::InvalidConfig(
+                "pasted_secret config must be a JSON object".into(),
+            ));
+        }
+        ceiling_fields(ceiling).map(|_| ())
+    }
+
+    fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value {
+        match ceiling_fields(binding.ceiling) {
+            Ok(Some(names)) => json!({ "fields": names }),
+            _ => json!({ "fields": "all" }),
+        }
+    }
+
+    fn normalize_narrowing(
+        &self,
+        binding: &BindingContext<'_>,
+        narrow: Option<&Value>,
+    ) -> Result<Narrowing, ProviderError> {
+        let Some(narrow) = narrow else {
+            return Ok(Narrowing::none());
+        };
+        let wanted = field_list(narrow, "narrow").map_err(ProviderError::InvalidNarrowing)?;
+        if wanted.is_empty() {
+            return Ok(Narrowing::none());
+        }
+        if let Some(allowed) = ceiling_fields(binding.ceiling)? {
+            if let Some(extra) = wanted.iter().find(|w| !allowed.contains(w)) {
+                return Err(ProviderError::NarrowingExceedsCeiling(format!(
+                    "field {extra:?} is not in the binding's ceiling"
+                )));
+            }
+        }
+        Ok(Narrowing {
+            canonical: format!("fields={}", wanted.join(",")),
+            value: Some(json!({ "fields": wanted })),
+        })
+    }
+
+    async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
+        let secret = request.secret.ok_or(ProviderError::SecretMissing)?;
+        let ceiling = ceiling_fields(request.binding.ceiling)?;
+        let wanted: Option<Vec<String>> = match &request.narrowing.value {
+            Some(v) => Some(field_list(v, "narrow").map_err(ProviderError::InvalidNarrowing)?),
+            None => ceiling,
+        };
+        let credentials = match wanted {
+            None => secret.clone(),
+            Some(names) => secret
+                .subset(names.iter().map(String::as_str))
+                .ok_or_else(|| {
+                    ProviderError::NarrowingExceedsCeiling(
+                        "a requested field is not present in the secret".into(),
+                    )
+                })?,
+        };
+        Ok(IssuedCredential {
+            kind: "secret_fields",
+            credentials,
+            expires_at: None,
+            upstream_request_id: None,
+        })
+    }
+
+    async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
+        let secret = request.secret.ok_or(ProviderError::SecretMissing)?;
+        if secret.is_empty() {
+            return Err(ProviderError::SecretMissing);
+        }
+        Ok(ProbeReport {
+            summary: format!("secret opens; {} field(s)", secret.len()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SecretFields;
+    use std::time::Duration;
+
+    fn ctx<'a>(config: &'a Value, ceiling: &'a Value) -> BindingContext<'a> {
+        BindingContext {
+            tenant_id: "t1",
+            binding_id: "b1",
+            config,
+            ceiling,
+        }
+    }
+
+    #[tokio::test]
+    async fn narrowing_selects_fields_and_respects_ceiling() {
+        let config = json!({});
+        let ceiling = json!({"fields": ["token", "user"]});
+        let b = ctx(&config, &ceiling);
+        let p = PastedSecret;
+        let n = p
+            .normalize_narrowing(&b, Some(&json!({"fields": ["token"]})))
+            .unwrap();
+        assert_eq!(n.canonical, "fields=token");
+        let err = p
+            .normalize_narrowing(&b, Some(&json!({"fields": ["admin"]})))
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::NarrowingExceedsCeiling(_)));
+        assert!(matches!(
+            p.normalize_narrowing(&b, Some(&json!({"scopes": []}))),
+            Err(ProviderError::InvalidNarrowing(_))
+        ));
+
+        let secret = SecretFields::from_json(br#"{"token":"t","user":"u","extra":"e"}"#).unwrap();
+        let req = MintRequest {
+            binding: b,
+            instance_id: "i",
+            worker: "w",
+            narrowing: &n,
+            secret: Some(&secret),
+            timeout: Duration::from_secs(1),
+        };
+        let out = p.mint(&req).await.unwrap();
+        assert_eq!(out.credentials.names().collect::<Vec<_>>(), vec!["token"]);
+
+        // Without narrowing, the ceiling still restricts what is handed out.
+        let none = Narrowing::none();
+        let req = MintRequest {
+            narrowing: &none,
+            ..req
+        };
+        let out = p.mint(&req).await.unwrap();
+        assert_eq!(
+            out.credentials.names().collect::<Vec<_>>(),
+            vec!["token", "user"]
+        );
+    }
+
+    #[tokio::test]
+    async fn mint_without_secret_is_secret_missing() {
+        let config = json!({});
+        let ceiling = Value::Null;
+        let n = Narrowing::none();
+        let req = MintRequest {
+            binding: ctx(&config, &ceiling),
+            instance_id: "i",
+            worker: "w",
+            narrowing: &n,
+            secret: None,
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(
+            PastedSecret.mint(&req).await.err(),
+            Some(ProviderError::SecretMissing)
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Secret field maps held only in zeroizing memory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+/// A set of named secret values (e.g. `client_id`, `client_secret`, `token`).
+///
+/// Values are [`SecretString`]s: zeroized on drop, and neither this type nor its values
+/// implement `Display`; `Debug` prints field names only. The only ways to read a value are
+/// [`SecretFields::expose`] and [`SecretFields::to_json_zeroizing`], which the core calls
+/// while sealing a secret or writing one resolve response.
+#[derive(Default, Clone)]
+pub struct SecretFields {
+    fields: BTreeMap<String, SecretString>,
+}
+
+impl fmt::Debug for SecretFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretFields")
+            .field("names", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SecretFields {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces one field.
+    pub fn insert(&mut self, name: impl Into<String>, value: SecretString) {
+        self.fields.insert(name.into(), value);
+    }
+
+    /// Field names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.fields.keys().map(String::as_str)
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The value of one field, to be used immediately (e.g. in an upstream request).
+    pub fn expose(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(|v| v.expose_secret())
+    }
+
+    /// A copy restricted to `names`; `None` when a name is not present.
+    pub fn subset<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Option<SecretFields> {
+        let mut out = SecretFields::new();
+        for name in names {
+            let value = self.fields.get(name)?;
+            out.fields.insert(name.to_owned(), value.clone());
+        }
+        Some(out)
+    }
+
+    /// Parses a JSON object of string values. The input buffer is the caller's to zeroize.
+    ///
+    /// # Errors
+    /// When the input is not a JSON object whose values are all strings, or a name is empty.
+    pub fn from_json(bytes: &[u8]) -> Result<SecretFields, String> {
+        // Values are zeroized on drop; names are not secret.
+        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_slice(bytes)
+            .map_err(|_| "secret fields must be a JSON object of strings".to_owned())?;
+        let mut out = SecretFields::new();
+        for (name, value) in map.iter() {
+            validate_field_name(name)?;
+            out.insert(name.clone(), SecretString::from(value.as_str()));
+        }
+        Ok(out)
+    }
+
+    /// Serializes to a JSON object inside a zeroizing buffer.
+    pub fn to_json_zeroizing(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(64 * self.fields.len() + 2));
+        out.push(b'{');
+        for (i, (name, value)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_string(&mut out, name);
+            out.push(b':');
+            write_json_string(&mut out, value.expose_secret());
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// Field names are identifiers: 1–64 characters of `[A-Za-z0-9_.-]`.
+///
+/// # Errors
+/// When the name is empty, too long or has another character.
+pub fn validate_field_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err("secret field names are 1-64 characters of [A-Za-z0-9_.-]".to_owned())
+    }
+}
+
+/// Writes `s` as a JSON string literal without an intermediate allocation that would escape
+/// zeroization.
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if (c as u32) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let v = c as u32;
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(v >> 4) as usize]);
+                out.push(HEX[(v & 0xf) as usize]);
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_escapes_control_characters() {
+        let input = br#"{"a":"x\"y\\z\n\u0001","b":"plain"}"#;
+        let fields = SecretFields::from_json(input).unwrap();
+        let out = fields.to_json_zeroizing();
+        let again = SecretFields::from_json(&out).unwrap();
+        assert_eq!(again.expose("a"), Some("x\"y\\z\n\u{1}"));
+        assert_eq!(again.expose("b"), Some("plain"));
+    }
+
+    #[test]
+    fn debug_never_prints_values() {
+        let fields = SecretFields::from_json(br#"{"password":"hunter2-canary"}"#).unwrap();
+        let dbg = format!("{fields:?}");
+        assert!(dbg.contains("password"));
+        assert!(!dbg.contains("hunter2"));
+    }
+
+    #[test]
+    fn rejects_non_string_values_and_bad_names() {
+        assert!(SecretFields::from_json(br#"{"a":1}"#).is_err());
+        assert!(SecretFields::from_json(br#"["a"]"#).is_err());
+        assert!(SecretFields::from_json(br#"{"":"x"}"#).is_err());
+        assert!(SecretFields::from_json(br#"{"a b":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn subset_requires_every_name() {
+        let fields = SecretFields::from_json(br#"{"a":"1","b":"2"}"#).unwrap();
+        assert_eq!(fields.subset(["a"]).unwrap().len(), 1);
+        assert!(fields.subset(["a", "c"]).is_none());
+    }
+}

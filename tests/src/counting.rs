@@ -1,0 +1,71 @@
+//! A test provider that counts its mints: a minting provider with a cacheable, expiring
+//! credential, used to observe caching and single flight from outside the core.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use credbroker_providers::{
+    BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
+    ProviderError, SecretFields, SecretRequirement,
+};
+use secrecy::SecretString;
+use serde_json::Value;
+
+/// Mints `{"token": "minted-<n>"}` valid for an hour, after `delay`.
+pub struct CountingProvider {
+    /// Mints performed.
+    pub mints: Arc<AtomicUsize>,
+    /// Simulated upstream latency.
+    pub delay: Duration,
+}
+
+#[async_trait]
+impl Provider for CountingProvider {
+    fn id(&self) -> &'static str {
+        "test_counting"
+    }
+    fn secret_requirement(&self) -> SecretRequirement {
+        SecretRequirement::None
+    }
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy::UntilExpiry
+    }
+    fn validate_binding(&self, _: &Value, _: &Value) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn describe_ceiling(&self, _: &BindingContext<'_>) -> Value {
+        Value::Null
+    }
+    fn normalize_narrowing(
+        &self,
+        _: &BindingContext<'_>,
+        narrow: Option<&Value>,
+    ) -> Result<Narrowing, ProviderError> {
+        Ok(match narrow {
+            None => Narrowing::none(),
+            Some(v) => Narrowing {
+                canonical: v.to_string(),
+                value: Some(v.clone()),
+            },
+        })
+    }
+    async fn mint(&self, _: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
+        let n = self.mints.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(self.delay).await;
+        let mut credentials = SecretFields::new();
+        credentials.insert("token", SecretString::from(format!("minted-{n}")));
+        Ok(IssuedCredential {
+            kind: "test_token",
+            credentials,
+            expires_at: Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
+            upstream_request_id: Some(format!("upstream-{n}")),
+        })
+    }
+    async fn probe(&self, _: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
+        Ok(ProbeReport {
+            summary: "ok".into(),
+        })
+    }
+}

@@ -1,0 +1,408 @@
+//! Test harness: a PKI generated at test time, the real daemon started as a process on
+//! loopback with real TLS, and mTLS clients for workers and operators.
+//!
+//! Nothing here talks to anything but 127.0.0.1.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use credbroker::client::BrokerClient;
+use credbroker::pki::CertAuthority;
+use http::Method;
+use serde_json::Value;
+
+pub mod counting;
+
+/// The trust domain of every test certificate.
+pub const TD: &str = "test.credbroker";
+
+/// Path of the daemon binary under test: `target/<profile>/credbroker-it`, beside the
+/// `deps/` directory holding the running test executable (Cargo builds the package's
+/// binaries before its integration tests).
+pub fn daemon_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    dir.join("credbroker-it")
+}
+
+/// Installs the process-wide rustls provider once (clients build explicit configs anyway).
+pub fn init_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Files of a test PKI, written under one directory.
+pub struct TestPki {
+    /// Directory.
+    pub dir: PathBuf,
+    /// The trusted client/server CA.
+    pub ca: CertAuthority,
+    next_serial: std::sync::atomic::AtomicU64,
+}
+
+impl TestPki {
+    /// A CA plus a localhost server certificate, written to `dir`.
+    pub fn new(dir: &Path) -> TestPki {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = CertAuthority::generate("test CA").unwrap();
+        std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+        let server = ca.issue_server(&[], 1).unwrap();
+        std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
+        std::fs::write(dir.join("server.key"), &server.key_pem).unwrap();
+        TestPki {
+            dir: dir.to_owned(),
+            ca,
+            next_serial: std::sync::atomic::AtomicU64::new(100),
+        }
+    }
+
+    fn serial(&self) -> u64 {
+        self.next_serial
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Writes a client certificate for `spiffe_id` as `<name>.crt/.key`; returns its serial.
+    pub fn client(&self, name: &str, spiffe_id: &str) -> u64 {
+        let serial = self.serial();
+        let c = self.ca.issue_client_now(spiffe_id, serial).unwrap();
+        self.write(name, &c.cert_pem, &c.key_pem);
+        serial
+    }
+
+    /// A worker certificate `spiffe://TD/worker/<name>`.
+    pub fn worker(&self, name: &str) -> u64 {
+        self.client(name, &format!("spiffe://{TD}/worker/{name}"))
+    }
+
+    /// An operator certificate `spiffe://TD/operator/<name>`.
+    pub fn operator(&self, name: &str) -> u64 {
+        self.client(name, &format!("spiffe://{TD}/operator/{name}"))
+    }
+
+    /// A worker certificate that expired yesterday.
+    pub fn expired_worker(&self, name: &str) {
+        let now = time::OffsetDateTime::now_utc();
+        let c = self
+            .ca
+            .issue_client(
+                &format!("spiffe://{TD}/worker/{name}"),
+                now - time::Duration::days(30),
+                now - time::Duration::days(1),
+                self.serial(),
+            )
+            .unwrap();
+        self.write(name, &c.cert_pem, &c.key_pem);
+    }
+
+    /// A worker certificate from a CA the broker does not trust.
+    pub fn foreign_worker(&self, name: &str) {
+        let other = CertAuthority::generate("untrusted CA").unwrap();
+        let c = other
+            .issue_client_now(&format!("spiffe://{TD}/worker/{name}"), 7)
+            .unwrap();
+        self.write(name, &c.cert_pem, &c.key_pem);
+    }
+
+    /// Writes `crl.pem` revoking `serials`.
+    pub fn write_crl(&self, serials: &[u64]) -> PathBuf {
+        let path = self.dir.join("crl.pem");
+        std::fs::write(&path, self.ca.crl(serials).unwrap()).unwrap();
+        path
+    }
+
+    fn write(&self, name: &str, cert: &str, key: &str) {
+        std::fs::write(self.dir.join(format!("{name}.crt")), cert).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), key).unwrap();
+    }
+
+    /// A client presenting `<name>.crt` to `server`.
+    pub fn client_for(&self, name: &str, server: &str) -> BrokerClient {
+        BrokerClient::new(
+            server,
+            &self.dir.join("ca.crt"),
+            &self.dir.join(format!("{name}.crt")),
+            &self.dir.join(format!("{name}.key")),
+        )
+        .unwrap()
+    }
+}
+
+/// Options for a daemon.
+#[derive(Default, Clone)]
+pub struct DaemonOptions {
+    /// CRL file to configure.
+    pub crl: Option<PathBuf>,
+    /// Extra TOML appended to the config.
+    pub extra_toml: String,
+}
+
+/// A daemon process under test.
+pub struct Daemon {
+    /// Test root directory.
+    pub root: PathBuf,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Config file.
+    pub config: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// Captured stderr (logs).
+    pub stderr_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes a config under `root` and starts the daemon; waits for `ready`.
+    pub fn start(root: &Path, pki: &TestPki, options: &DaemonOptions) -> Daemon {
+        let data_dir = root.join("data");
+        let config = root.join("credbroker.toml");
+        let crl = options
+            .crl
+            .as_ref()
+            .map(|p| format!("crl = {:?}\n", p.display().to_string()))
+            .unwrap_or_default();
+        let text = format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntrust_domain = \"{TD}\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n{crl}\n{}\n",
+            data_dir.display().to_string(),
+            pki.dir.join("server.crt").display().to_string(),
+            pki.dir.join("server.key").display().to_string(),
+            pki.dir.join("ca.crt").display().to_string(),
+            options.extra_toml,
+        );
+        std::fs::write(&config, text).unwrap();
+        let status = Command::new(daemon_bin())
+            .args(["init", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "credbroker init failed");
+        let mut d = Daemon {
+            root: root.to_owned(),
+            data_dir,
+            config,
+            url: String::new(),
+            stderr_path: root.join("daemon.stderr"),
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .unwrap();
+        let mut child = Command::new(daemon_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut addr = None;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("listening ") {
+                    addr = Some(a.to_owned());
+                }
+                if line == "ready" {
+                    let _ = tx.send(addr.clone());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                panic!(
+                    "daemon did not become ready; stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+                )
+            });
+        self.url = format!("https://{addr}");
+        self.child = Some(child);
+    }
+
+    /// Restarts on the same data directory (new port).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -{sig} failed");
+        }
+    }
+
+    /// SIGKILL, no cleanup at all.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if self.child.is_some() {
+            self.signal("TERM");
+        }
+        if let Some(mut c) = self.child.take() {
+            let status = c.wait().unwrap();
+            assert!(status.success(), "daemon exited with {status}");
+        }
+    }
+
+    /// Logs written so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Runs `credbroker-it <args>`; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        run_cli(args)
+    }
+
+    /// Audit log lines (complete ones).
+    pub fn audit_records(&self) -> Vec<Value> {
+        let text =
+            std::fs::read_to_string(self.data_dir.join("audit/audit.log")).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+/// Runs the CLI; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(daemon_bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends a JSON request; returns (status, parsed body).
+pub async fn call(
+    client: &mut BrokerClient,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| serde_json::to_vec(&b).unwrap());
+    let (status, bytes) = client.request(method, path, body).await.unwrap();
+    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status.as_u16(), v)
+}
+
+/// `POST /v1/resolve` with a raw body.
+pub async fn resolve_raw(client: &mut BrokerClient, body: Vec<u8>) -> (u16, Value) {
+    let (status, bytes) = client
+        .request(Method::POST, "/v1/resolve", Some(body))
+        .await
+        .unwrap();
+    (
+        status.as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// `POST /v1/resolve`.
+pub async fn resolve(client: &mut BrokerClient, body: Value) -> (u16, Value) {
+    resolve_raw(client, serde_json::to_vec(&body).unwrap()).await
+}
+
+/// The error code of an error body.
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Sets up the usual records through the admin API: tenants `t1`,`t2`; pasted-secret
+/// bindings `b1`,`b2` (secrets `{"token": "<tenant>-token"}`); instances `i1`,`i2`; worker
+/// `w1` allowed for `t1` only.
+pub async fn seed_two_tenants(op: &mut BrokerClient) {
+    use serde_json::json;
+    for t in ["t1", "t2"] {
+        let (s, v) = call(
+            op,
+            Method::POST,
+            "/v1/admin/tenants",
+            Some(json!({"id": t})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let b = format!("b{}", &t[1..]);
+        let (s, v) = call(
+            op,
+            Method::POST,
+            "/v1/admin/bindings",
+            Some(json!({"id": b, "tenant": t, "provider": "pasted_secret"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = call(
+            op,
+            Method::PUT,
+            &format!("/v1/admin/bindings/{b}/secret"),
+            Some(json!({"fields": {"token": format!("{t}-token")}})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let i = format!("i{}", &t[1..]);
+        let (s, v) = call(
+            op,
+            Method::POST,
+            "/v1/admin/instances",
+            Some(json!({"id": i, "tenant": t, "binding": b, "connector_kind": "jira"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"id": "w1", "tenants": ["t1"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+/// A tempdir plus a PKI with worker `w1`, operator `op`.
+pub fn setup() -> (tempfile::TempDir, Arc<TestPki>) {
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&tmp.path().join("pki"));
+    pki.worker("w1");
+    pki.operator("op");
+    (tmp, Arc::new(pki))
+}

@@ -1,0 +1,103 @@
+//! SIGKILL under resolve load: after each restart every resolve that returned 200 has its
+//! audit record (same audit id, request id and outcome) and the chain verifies.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use credbroker_tests::*;
+use serde_json::json;
+
+fn jitter_ms(round: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    150 + (nanos ^ round.wrapping_mul(0x9e37_79b9)) % 500
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut acknowledged: HashMap<String, String> = HashMap::new();
+    for round in 0..5u64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let pki = pki.clone();
+            let url = daemon.url.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acks = Vec::new();
+                let mut c = pki.client_for("w1", &url);
+                while !stop.load(Ordering::Relaxed) {
+                    let body = serde_json::to_vec(&json!({"instance_id": "i1"})).unwrap();
+                    match c
+                        .request(http::Method::POST, "/v1/resolve", Some(body))
+                        .await
+                    {
+                        Ok((s, bytes)) if s.as_u16() == 200 => {
+                            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                            acks.push((
+                                v["audit_id"].as_str().unwrap().to_owned(),
+                                v["request_id"].as_str().unwrap().to_owned(),
+                            ));
+                        }
+                        Ok((s, _)) => panic!("unexpected status {s}"),
+                        Err(_) => break, // the daemon died under us
+                    }
+                }
+                acks
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(jitter_ms(round))).await;
+        daemon.kill_hard();
+        stop.store(true, Ordering::Relaxed);
+        let mut this_round = 0;
+        for t in tasks {
+            for (audit_id, request_id) in t.await.unwrap() {
+                acknowledged.insert(audit_id, request_id);
+                this_round += 1;
+            }
+        }
+        assert!(
+            this_round > 0,
+            "round {round}: no resolve completed before the kill"
+        );
+
+        daemon.restart();
+        let records: HashMap<String, serde_json::Value> = daemon
+            .audit_records()
+            .into_iter()
+            .map(|r| (format!("aud_{:012}", r["seq"].as_u64().unwrap()), r))
+            .collect();
+        for (audit_id, request_id) in &acknowledged {
+            let rec = records
+                .get(audit_id)
+                .unwrap_or_else(|| panic!("round {round}: {audit_id} acknowledged but missing"));
+            assert_eq!(rec["request_id"], request_id.as_str(), "{audit_id}");
+            assert_eq!(rec["outcome"], "allowed");
+        }
+        let (c, out, err) = daemon.cli(&[
+            "audit",
+            "verify",
+            "--config",
+            daemon.config.to_str().unwrap(),
+        ]);
+        assert_eq!(c, 0, "round {round}: {out}{err}");
+        // Still serving, secrets intact.
+        let mut w = pki.client_for("w1", &daemon.url);
+        let (s, v) = resolve(&mut w, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["credentials"]["token"], "t1-token");
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "only {} acknowledged resolves",
+        acknowledged.len()
+    );
+}

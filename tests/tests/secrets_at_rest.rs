@@ -1,0 +1,266 @@
+//! Envelope encryption seen from outside: ciphertext bound to its record, KEK rotation that
+//! keeps every secret resolvable, and a canary value that never leaks.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use credbroker::model::SecretVersion;
+use credbroker::store::records::{secret_key, BatchExt, Records};
+use credbroker::store::{Batch, SledStore, Store, Table};
+use credbroker_tests::*;
+use http::Method;
+use serde_json::json;
+
+fn open_records(daemon: &Daemon) -> Records {
+    Records::new(
+        Arc::new(SledStore::open(&daemon.data_dir.join("store")).unwrap()) as Arc<dyn Store>,
+    )
+}
+
+async fn worker_for_both(op: &mut credbroker::client::BrokerClient, pki: &TestPki) {
+    pki.worker("both");
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"id": "both", "tenants": ["t1", "t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ciphertext_copied_onto_another_binding_fails_to_open() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    worker_for_both(&mut op, &pki).await;
+    daemon.stop();
+
+    {
+        let records = open_records(&daemon);
+        let b1 = credbroker::ids::BindingId::parse("b1").unwrap();
+        let b2 = credbroker::ids::BindingId::parse("b2").unwrap();
+        let from: SecretVersion = records.secret_version(&b1, 1).unwrap().unwrap();
+        let mut onto: SecretVersion = records.secret_version(&b2, 1).unwrap().unwrap();
+        onto.wrapped_dek = from.wrapped_dek.clone();
+        onto.sealed_payload = from.sealed_payload.clone();
+        let mut batch = Batch::new();
+        batch.replace(Table::Secrets, &secret_key(&b2, 1), &onto);
+        records.store().commit(batch).unwrap();
+    }
+
+    daemon.restart();
+    let mut both = pki.client_for("both", &daemon.url);
+    let (s, v) = resolve(&mut both, json!({"instance_id": "i2"})).await;
+    assert_eq!((s, code(&v)), (500, "internal"), "{v}");
+    assert!(!v.to_string().contains("t1-token"));
+    let (s, v) = resolve(&mut both, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["credentials"]["token"], "t1-token");
+    assert!(daemon.logs().contains("stored secret failed to open"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    worker_for_both(&mut op, &pki).await;
+    // A superseded version must survive rotation too.
+    let (s, _) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/b2/secret/rotate",
+        Some(json!({"fields": {"token": "t2-token-v2"}})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let before: Vec<SecretVersion> = {
+        daemon.stop();
+        open_records(&daemon).all_secret_versions().unwrap()
+    };
+    assert_eq!(before.len(), 3);
+    assert!(before.iter().all(|v| v.kek_version == 1));
+
+    // While the daemon runs the store is locked: rotation refuses clearly.
+    daemon.restart();
+    let (c, _, err) = daemon.cli(&[
+        "keys",
+        "rotate-kek",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_ne!(c, 0);
+    assert!(err.contains("locked"), "{err}");
+    daemon.stop();
+
+    let (c, out, err) = daemon.cli(&[
+        "keys",
+        "rotate-kek",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(
+        out.contains("version 1 -> 2; 3 data key(s) re-wrapped"),
+        "{out}"
+    );
+    let after = open_records(&daemon).all_secret_versions().unwrap();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.kek_version, 2);
+        assert_ne!(a.wrapped_dek, b.wrapped_dek, "data key re-wrapped");
+        assert_eq!(a.sealed_payload, b.sealed_payload, "payload untouched");
+    }
+    let keyring: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daemon.data_dir.join("keys/kek.json")).unwrap())
+            .unwrap();
+    assert_eq!(keyring["active"], 2);
+
+    daemon.restart();
+    let mut both = pki.client_for("both", &daemon.url);
+    let (s, v) = resolve(&mut both, json!({"instance_id": "i1"})).await;
+    assert_eq!(
+        (s, v["credentials"]["token"].as_str()),
+        (200, Some("t1-token"))
+    );
+    let (s, v) = resolve(&mut both, json!({"instance_id": "i2"})).await;
+    assert_eq!(
+        (s, v["credentials"]["token"].as_str()),
+        (200, Some("t2-token-v2"))
+    );
+    // New secrets are sealed under the new KEK.
+    let mut op = pki.client_for("op", &daemon.url);
+    call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/b1/secret/rotate",
+        Some(json!({"fields": {"token": "t1-v2"}})),
+    )
+    .await;
+    let (_, v) = call(&mut op, Method::GET, "/v1/admin/bindings/b1", None).await;
+    assert_eq!(v["binding"]["secret_versions"][1]["kek_version"], 2);
+    // The rotation itself is in the audit log, and the chain still verifies.
+    assert!(daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "keys.rotate_kek"));
+    let (c, out, _) = daemon.cli(&[
+        "audit",
+        "verify",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}");
+}
+
+fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            grep_tree(&path, needle, hits);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_secret_never_leaks() {
+    const CANARY: &str = "CANARY-q7Zx9v2Lk4Pw";
+    const CANARY2: &str = "CANARY-rotated-m3Nb8";
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut responses = String::new();
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/b1/secret/rotate",
+        Some(json!({"fields": {"token": CANARY, "user": "svc"}})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    responses.push_str(&v.to_string());
+    for path in [
+        "/v1/admin/bindings",
+        "/v1/admin/bindings/b1",
+        "/v1/admin/tenants",
+        "/v1/admin/instances",
+    ] {
+        let (_, v) = call(&mut op, Method::GET, path, None).await;
+        responses.push_str(&v.to_string());
+    }
+    let (_, v) = call(
+        &mut op,
+        Method::PUT,
+        "/v1/admin/bindings/b1/secret",
+        Some(json!({"fields": {"token": CANARY2}})),
+    )
+    .await;
+    responses.push_str(&v.to_string());
+    // A malformed secret body must not echo the value either.
+    let (s, v) = call(
+        &mut op,
+        Method::PUT,
+        "/v1/admin/bindings/b2/secret",
+        Some(json!({"fields": {"token": [CANARY]}})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    responses.push_str(&v.to_string());
+
+    // Its own resolve is the one place the value appears.
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["credentials"]["token"], CANARY);
+    // Narrowed to another field, the token is not handed out.
+    let (s, v) = resolve(
+        &mut w1,
+        json!({"instance_id": "i1", "narrow": {"fields": ["user"]}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["credentials"], json!({"user": "svc"}));
+    responses.push_str(&v.to_string());
+    let (s, v) = resolve(
+        &mut w1,
+        json!({"instance_id": "i1", "narrow": {"fields": ["nope"]}}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "narrowing_exceeds_ceiling"));
+    responses.push_str(&v.to_string());
+    let (_, metrics) = w1.request(Method::GET, "/metrics", None).await.unwrap();
+    responses.push_str(&String::from_utf8_lossy(&metrics));
+
+    let (c, export, _) = daemon.cli(&[
+        "audit",
+        "export",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0);
+    daemon.stop();
+
+    for canary in [CANARY, CANARY2] {
+        assert!(
+            !responses.contains(canary),
+            "admin/other responses leak {canary}"
+        );
+        assert!(!export.contains(canary), "audit export leaks {canary}");
+        assert!(!daemon.logs().contains(canary), "logs leak {canary}");
+        let mut hits = Vec::new();
+        grep_tree(&daemon.data_dir, canary.as_bytes(), &mut hits);
+        assert!(hits.is_empty(), "{canary} in raw data files: {hits:?}");
+    }
+    assert!(
+        daemon.logs().contains("resolve allowed"),
+        "logs were captured"
+    );
+}

@@ -1,0 +1,144 @@
+//! Client certificates are required and verified at the handshake: no certificate, another
+//! CA, an expired certificate and a revoked one (CRL) never reach HTTP. A new CRL is picked
+//! up on SIGHUP without restarting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use credbroker::client::BrokerClient;
+use credbroker_tests::*;
+use http::Method;
+use serde_json::json;
+
+async fn refused(client: &mut BrokerClient) -> bool {
+    client.request(Method::GET, "/healthz", None).await.is_err()
+}
+
+fn no_cert_client(pki: &TestPki, url: &str) -> BrokerClient {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in credbroker::tls::load_certs(&pki.dir.join("ca.crt")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(credbroker::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    BrokerClient::with_config(url, Arc::new(config)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_clients_are_refused_at_the_handshake() {
+    let (tmp, pki) = setup();
+    pki.foreign_worker("foreign");
+    pki.expired_worker("expired");
+    let revoked_serial = pki.worker("revoked");
+    let crl = pki.write_crl(&[revoked_serial]);
+    let mut daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            crl: Some(crl),
+            ..Default::default()
+        },
+    );
+
+    assert!(
+        refused(&mut no_cert_client(&pki, &daemon.url)).await,
+        "no client certificate"
+    );
+    assert!(
+        refused(&mut pki.client_for("foreign", &daemon.url)).await,
+        "certificate from another CA"
+    );
+    assert!(
+        refused(&mut pki.client_for("expired", &daemon.url)).await,
+        "expired certificate"
+    );
+    assert!(
+        refused(&mut pki.client_for("revoked", &daemon.url)).await,
+        "revoked certificate"
+    );
+    // None of them left an audit record: they never reached HTTP.
+    assert!(daemon.audit_records().is_empty());
+
+    // A good certificate is served.
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
+    assert_eq!(s, 200);
+    let (s, v) = call(&mut w1, Method::GET, "/metrics", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v, serde_json::Value::Null, "metrics are text, not JSON");
+    let (status, body) = w1.request(Method::GET, "/metrics", None).await.unwrap();
+    assert_eq!(status.as_u16(), 200);
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("credbroker_tls_handshake_failures_total"),
+        "{text}"
+    );
+
+    // SIGHUP with a CRL that now also revokes w1: new handshakes are refused, the process
+    // keeps running.
+    let w1_serial = 100; // first serial the PKI issued
+    pki.write_crl(&[revoked_serial, w1_serial]);
+    daemon.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..50 {
+        if daemon
+            .logs()
+            .contains("SIGHUP: TLS certificates, client CA and CRL reloaded")
+        {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "no reload log line");
+    assert!(
+        refused(&mut pki.client_for("w1", &daemon.url)).await,
+        "w1 revoked after SIGHUP"
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, _) = call(&mut op, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(s, 200, "operator still served after reload");
+
+    // A broken CRL on reload keeps the previous config.
+    std::fs::write(pki.dir.join("crl.pem"), "garbage").unwrap();
+    daemon.signal("HUP");
+    for _ in 0..50 {
+        if daemon.logs().contains("reload failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(daemon
+        .logs()
+        .contains("reload failed; keeping the previous TLS config"));
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "after-reload"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_without_a_usable_identity_get_no_access() {
+    let (tmp, pki) = setup();
+    pki.client("other-domain", "spiffe://evil.example/worker/w1");
+    pki.client("bad-role", &format!("spiffe://{TD}/admin/w1"));
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    for name in ["other-domain", "bad-role"] {
+        let mut c = pki.client_for(name, &daemon.url);
+        let (s, v) = resolve(&mut c, json!({"instance_id": "i1"})).await;
+        assert_eq!((s, code(&v)), (403, "worker_not_authorized"), "{name}");
+        let (s, v) = call(&mut c, Method::GET, "/v1/admin/tenants", None).await;
+        assert_eq!((s, code(&v)), (403, "operator_required"), "{name}");
+    }
+}
