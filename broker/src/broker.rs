@@ -229,6 +229,17 @@ impl Broker {
         registry: ProviderRegistry,
         settings: BrokerSettings,
     ) -> Result<Arc<Broker>, StartError> {
+        if let Some(meta) = store.get(crate::store::Table::KeyMeta, "kek")? {
+            let required = serde_json::from_slice::<Value>(&meta)
+                .ok()
+                .and_then(|m| m["active_version"].as_u64())
+                .unwrap_or(0);
+            if !keys.keyring.versions().any(|v| u64::from(v) == required) {
+                return Err(StartError::Other(format!(
+                    "the store was last rotated to KEK version {required}, which the keyring does not hold (stale keyring file?)"
+                )));
+            }
+        }
         let records = Records::new(store);
         let held: Vec<u32> = keys.keyring.versions().collect();
         for v in records.all_secret_versions()? {

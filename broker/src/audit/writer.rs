@@ -207,6 +207,16 @@ fn open_tail(path: &Path) -> Result<(File, Tail), AuditError> {
     Ok((file, tail))
 }
 
+/// Opens the checkpoint file (repairing a torn tail) and reads the last checkpoint's sequence.
+fn open_checkpoints(path: &Path) -> Result<(File, u64), AuditError> {
+    let mut file = open_append(path)?;
+    let (_, last) = recover_tail(&mut file, path)?;
+    let seq = last
+        .and_then(|l| serde_json::from_str::<Checkpoint>(&l).ok())
+        .map_or(0, |c| c.seq);
+    Ok((file, seq))
+}
+
 struct Writer {
     config: AuditConfig,
     log_path: PathBuf,
@@ -216,6 +226,7 @@ struct Writer {
     signer: AuditSigner,
     last_checkpoint_seq: u64,
     last_checkpoint_at: Instant,
+    needs_reopen: bool,
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     batch_hist: Arc<Mutex<Vec<u64>>>,
@@ -223,6 +234,17 @@ struct Writer {
 
 impl Writer {
     fn commit(&mut self, events: Vec<(Box<AuditEvent>, Waiter)>) {
+        if self.needs_reopen {
+            if let Err(e) = self.reopen() {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, records = events.len(), "audit log still unavailable; failing requests closed");
+                let err = AuditError::Write(e.to_string());
+                for (_, done) in events {
+                    let _ = done.send(Err(err.clone()));
+                }
+                return;
+            }
+        }
         let mut buf = Vec::with_capacity(events.len() * 512);
         let mut receipts = Vec::with_capacity(events.len());
         let mut seq = self.tail.seq;
@@ -286,23 +308,43 @@ impl Writer {
     }
 
     /// Restores the file to the last durable length so a later batch never chains onto
-    /// records nobody was told about. If that fails, reopen and re-read the tail before the
-    /// next batch.
+    /// records nobody was told about, and marks the files for re-opening before the next
+    /// batch (the disk may have been repaired or the file replaced meanwhile).
     fn roll_back(&mut self) {
-        let ok = self
+        let truncated = self
             .file
             .set_len(self.tail.len)
-            .and_then(|()| self.file.sync_all())
-            .is_ok();
-        if !ok {
-            match open_tail(&self.log_path) {
-                Ok((file, tail)) => {
-                    self.file = file;
-                    self.tail = tail;
-                }
-                Err(e) => tracing::error!(error = %e, "audit log reopen failed"),
-            }
+            .and_then(|()| self.file.sync_all());
+        if let Err(e) = truncated {
+            tracing::error!(error = %e, "could not truncate the failed audit batch; will re-read the tail");
         }
+        self.needs_reopen = true;
+    }
+
+    /// Re-opens both files and re-reads their tails (after a failed batch).
+    fn reopen(&mut self) -> Result<(), AuditError> {
+        let (file, tail) = open_tail(&self.log_path)?;
+        let cp_path = checkpoints_path(&self.config.dir);
+        let (checkpoints, last_checkpoint_seq) = open_checkpoints(&cp_path)?;
+        if last_checkpoint_seq > tail.seq {
+            return Err(AuditError::Inconsistent {
+                path: self.log_path.display().to_string(),
+                reason: format!(
+                    "a checkpoint covers record {last_checkpoint_seq} but the log ends at {}",
+                    tail.seq
+                ),
+            });
+        }
+        self.file = file;
+        self.tail = tail;
+        self.checkpoints = checkpoints;
+        self.last_checkpoint_seq = last_checkpoint_seq;
+        self.needs_reopen = false;
+        tracing::info!(
+            seq = self.tail.seq,
+            "audit log re-opened after a failed write"
+        );
+        Ok(())
     }
 
     fn maybe_checkpoint(&mut self, force: bool) {
@@ -400,12 +442,7 @@ impl AuditLog {
         })?;
         let log = log_path(&config.dir);
         let (file, tail) = open_tail(&log)?;
-        let cp_path = checkpoints_path(&config.dir);
-        let mut checkpoints = open_append(&cp_path)?;
-        let (_, last_cp) = recover_tail(&mut checkpoints, &cp_path)?;
-        let last_checkpoint_seq = last_cp
-            .and_then(|l| serde_json::from_str::<Checkpoint>(&l).ok())
-            .map_or(0, |c| c.seq);
+        let (checkpoints, last_checkpoint_seq) = open_checkpoints(&checkpoints_path(&config.dir))?;
         if last_checkpoint_seq > tail.seq {
             return Err(AuditError::Inconsistent {
                 path: log.display().to_string(),
@@ -427,6 +464,7 @@ impl AuditLog {
             signer,
             last_checkpoint_seq,
             last_checkpoint_at: Instant::now(),
+            needs_reopen: false,
             healthy: healthy.clone(),
             stats: stats.clone(),
             batch_hist: batch_hist.clone(),

@@ -1,0 +1,92 @@
+//! When the audit log cannot be written, nothing is handed out or changed: resolves and admin
+//! changes fail closed with `audit_unavailable`, readiness drops, and service comes back by
+//! itself once the disk does. The log is pointed at /dev/full, whose writes fail with ENOSPC.
+
+use std::path::Path;
+
+use credbroker_tests::*;
+use http::Method;
+use serde_json::json;
+
+fn point_audit_at_dev_full(data_dir: &Path) {
+    let audit = data_dir.join("audit");
+    std::fs::rename(&audit, data_dir.join("audit.saved")).unwrap();
+    std::fs::create_dir(&audit).unwrap();
+    std::os::unix::fs::symlink("/dev/full", audit.join("audit.log")).unwrap();
+}
+
+fn restore_audit(data_dir: &Path) {
+    std::fs::remove_dir_all(data_dir.join("audit")).unwrap();
+    std::fs::rename(data_dir.join("audit.saved"), data_dir.join("audit")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_resolves_closed_and_service_recovers() {
+    if !Path::new("/dev/full").exists() {
+        panic!("this test needs /dev/full");
+    }
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    daemon.stop();
+    let before = daemon.audit_records().len();
+
+    point_audit_at_dev_full(&daemon.data_dir);
+    daemon.restart();
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    assert!(
+        !v.to_string().contains("t1-token"),
+        "credential sent without an audit record"
+    );
+    assert!(v["error"]["audit_id"].is_null());
+    let (s, _) = call(&mut w1, Method::GET, "/readyz", None).await;
+    assert_eq!(s, 503);
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    let (_, metrics) = w1.request(Method::GET, "/metrics", None).await.unwrap();
+    assert!(String::from_utf8(metrics)
+        .unwrap()
+        .contains("credbroker_audit_healthy 0"));
+
+    // Space returns: the next batch re-opens the log and continues the chain.
+    restore_audit(&daemon.data_dir);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["credentials"]["token"], "t1-token");
+    let (s, _) = call(&mut w1, Method::GET, "/readyz", None).await;
+    assert_eq!(s, 200);
+    let (_, v) = call(&mut op, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(
+        v["tenants"].as_array().unwrap().len(),
+        2,
+        "the refused change did not happen: {v}"
+    );
+    daemon.stop();
+
+    let records = daemon.audit_records();
+    assert_eq!(
+        records.len(),
+        before + 2,
+        "only the two acknowledged requests were recorded"
+    );
+    assert!(daemon
+        .logs()
+        .contains("audit log re-opened after a failed write"));
+    let (c, out, err) = daemon.cli(&[
+        "audit",
+        "verify",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+}
