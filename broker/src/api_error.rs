@@ -58,6 +58,12 @@ pub enum ErrorCode {
     UnknownRecord,
     /// Admin: the change conflicts with existing records (duplicate id, still referenced).
     Conflict,
+    /// Activation probe: the customer's role accepts AssumeRole without the ExternalId.
+    ExternalIdNotEnforced,
+    /// Activation probe: the assumed role is in another account than the binding names.
+    AccountMismatch,
+    /// Activation probe failed for another stated reason.
+    ActivationFailed,
     /// A stored record could not be read or opened (corruption, missing KEK version).
     Internal,
     /// The daemon is shutting down or overloaded.
@@ -86,6 +92,9 @@ impl ErrorCode {
         ErrorCode::AuditUnavailable,
         ErrorCode::UnknownRecord,
         ErrorCode::Conflict,
+        ErrorCode::ExternalIdNotEnforced,
+        ErrorCode::AccountMismatch,
+        ErrorCode::ActivationFailed,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
     ];
@@ -112,6 +121,9 @@ impl ErrorCode {
             ErrorCode::AuditUnavailable => "audit_unavailable",
             ErrorCode::UnknownRecord => "unknown_record",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::ExternalIdNotEnforced => "external_id_not_enforced",
+            ErrorCode::AccountMismatch => "account_mismatch",
+            ErrorCode::ActivationFailed => "activation_failed",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -135,6 +147,9 @@ impl ErrorCode {
             | ErrorCode::NarrowingExceedsCeiling
             | ErrorCode::ConsentMissing => StatusCode::FORBIDDEN,
             ErrorCode::SecretMissing | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::ExternalIdNotEnforced
+            | ErrorCode::AccountMismatch
+            | ErrorCode::ActivationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::ProviderDenied => StatusCode::BAD_GATEWAY,
             ErrorCode::ProviderUnavailable => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::AuditUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -175,6 +190,11 @@ impl From<ProviderError> for ApiError {
             ProviderError::Denied { .. } => ErrorCode::ProviderDenied,
             ProviderError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
             ProviderError::Internal(_) => ErrorCode::Internal,
+            ProviderError::ActivationRefused { code, .. } => match *code {
+                "external_id_not_enforced" => ErrorCode::ExternalIdNotEnforced,
+                "account_mismatch" => ErrorCode::AccountMismatch,
+                _ => ErrorCode::ActivationFailed,
+            },
         };
         ApiError::new(code, e.to_string())
     }

@@ -174,6 +174,9 @@ struct ResolveRequest {
     narrow: Option<Value>,
 }
 
+/// Audit detail of a resolve whose upstream said the customer withdrew the trust.
+const TRUST_BROKEN_DETAIL: &str = "upstream denied: binding flagged trust_broken";
+
 /// Longest `min_ttl_s` accepted (AWS's 12 h maximum session).
 pub const MAX_MIN_TTL_S: u64 = 43_200;
 
@@ -264,6 +267,11 @@ impl Broker {
         }))
     }
 
+    /// Deadline for one upstream mint or probe.
+    pub fn mint_timeout(&self) -> Duration {
+        self.settings.mint_timeout
+    }
+
     /// The SPIFFE trust domain.
     pub fn trust_domain(&self) -> &str {
         &self.settings.trust_domain
@@ -348,6 +356,9 @@ impl Broker {
         };
         let provider_label = event.provider.clone().unwrap_or_else(|| "none".into());
         let receipt = self.audit.append(event.clone()).await;
+        if receipt.is_ok() && event.detail.as_deref() == Some(TRUST_BROKEN_DETAIL) {
+            self.flag_trust_broken(event.binding.as_deref()).await;
+        }
         let answer = match (receipt, result, credentials_json) {
             (Err(audit_err), _, _) => {
                 tracing::error!(request_id, error = %audit_err, "resolve failed closed: audit unavailable");
@@ -560,15 +571,35 @@ impl Broker {
             worker: worker_id.to_string(),
             narrowing: narrowing.clone(),
         };
+        let note = |event: &mut AuditEvent, e: ProviderError| -> ApiError {
+            event.upstream_request_id = e.upstream_request_id().map(str::to_owned);
+            if matches!(
+                e,
+                ProviderError::Denied {
+                    trust_broken: true,
+                    ..
+                }
+            ) {
+                event.detail = Some(TRUST_BROKEN_DETAIL.to_owned());
+            }
+            e.into()
+        };
         let (credential, source) = match provider.cache_policy() {
-            CachePolicy::Never => (Arc::new(job.run().await?), Source::Minted),
+            CachePolicy::Never => (
+                Arc::new(job.run().await.map_err(|e| note(event, e))?),
+                Source::Minted,
+            ),
             CachePolicy::UntilExpiry => {
                 let key = CacheKey {
                     binding: binding.id.to_string(),
                     secret_version: binding.active_secret_version.unwrap_or(0),
                     narrowing: narrowing.canonical.clone(),
                 };
-                let (cred, source) = self.cache.get_or_mint(key, min_ttl_s, job.run()).await?;
+                let (cred, source) = self
+                    .cache
+                    .get_or_mint(key, min_ttl_s, job.run())
+                    .await
+                    .map_err(|e| note(event, e))?;
                 if source == Source::Cached {
                     self.metrics.cache_hits.inc();
                 } else {
@@ -582,6 +613,37 @@ impl Broker {
             credential,
             source,
         })
+    }
+
+    /// Marks a binding `trust_broken` for operators (its resolve record, already durable,
+    /// says so). Failures are logged: the flag is advisory, the denial itself is audited.
+    async fn flag_trust_broken(&self, binding: Option<&str>) {
+        let Some(id) = binding.and_then(|b| crate::ids::BindingId::parse(b).ok()) else {
+            return;
+        };
+        let _guard = self.admin_lock.lock().await;
+        let Ok(Some(mut b)) = self.records.binding(&id) else {
+            return;
+        };
+        if b.trust_broken {
+            return;
+        }
+        b.trust_broken = true;
+        let mut batch = crate::store::Batch::new();
+        crate::store::records::BatchExt::replace(
+            &mut batch,
+            crate::store::Table::Bindings,
+            id.as_str(),
+            &b,
+        );
+        match self.records.store().commit(batch) {
+            Ok(()) => {
+                tracing::warn!(binding = %id, tenant = %b.tenant, "upstream denied: binding flagged trust_broken; the customer may have removed or changed the trust")
+            }
+            Err(e) => {
+                tracing::error!(binding = %id, error = %e, "could not flag binding trust_broken")
+            }
+        }
     }
 
     /// Opens the active secret version of `binding`.

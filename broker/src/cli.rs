@@ -13,8 +13,6 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use credbroker_providers::ProviderRegistry;
-
 use crate::audit::{self, AuditEvent, AuditLog, ExportFilter};
 use crate::broker::{Broker, BrokerKeys, BrokerSettings};
 use crate::client::BrokerClient;
@@ -58,7 +56,15 @@ enum Command {
     /// Manage connector instances (admin API, operator certificate).
     Instance(RecordCmd<InstanceAdd>),
     /// Manage bindings (admin API, operator certificate).
-    Binding(RecordCmd<BindingAdd>),
+    Binding(BindingCmd),
+    /// Start onboarding a tenant with a federated provider: prints what the customer runs.
+    #[command(subcommand)]
+    Onboard(OnboardCmd),
+    /// Worker-side helpers that resolve through the broker with a worker certificate.
+    #[command(subcommand)]
+    Client(ClientCmd),
+    /// Check shipped onboarding templates against the policies/ ceilings.
+    LintTemplates(LintArgs),
     /// Set, rotate or destroy a binding's secret fields (write-only; admin API).
     #[command(subcommand)]
     Secret(SecretCmd),
@@ -231,21 +237,131 @@ struct InstanceAdd {
 }
 
 #[derive(Args, Debug)]
-struct BindingAdd {
+struct BindingCmd {
+    #[command(subcommand)]
+    action: BindingAction,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand, Debug)]
+enum BindingAction {
+    /// Create a binding.
+    #[command(subcommand)]
+    Add(BindingKind),
+    /// List bindings.
+    List,
+    /// Show one binding: status, last probe, ceiling, secret version metadata (never values).
+    Show(IdArg),
+    /// Stop resolves through the binding; configuration is kept.
+    Disable(IdArg),
+    /// Re-enable; a binding whose provider needs activation is probed first.
+    Enable(IdArg),
+    /// Delete (refused while instances use it); frees its exclusive identifiers.
+    Remove(IdArg),
+    /// Re-run the provider's probe and stamp last_tested_at; activates a pending binding.
+    Probe(IdArg),
+}
+
+#[derive(Subcommand, Debug)]
+enum BindingKind {
+    /// AWS AssumeRole into the customer's role (the ExternalId is the broker's, per tenant).
+    Aws(AwsBindingAdd),
+    /// A pasted secret (set its fields with `credbroker secret set`).
+    PastedSecret(PastedBindingAdd),
+}
+
+#[derive(Args, Debug)]
+struct AwsBindingAdd {
     /// Binding id.
     id: String,
     /// Owning tenant.
     #[arg(long)]
     tenant: String,
-    /// Provider (this build: pasted_secret).
+    /// The RoleArn output of the customer's stack.
     #[arg(long)]
-    provider: String,
-    /// Non-secret provider configuration, JSON.
-    #[arg(long, default_value = "{}")]
-    config: String,
-    /// Ceiling, JSON (pasted_secret: {"fields": [...]}).
+    role_arn: String,
+    /// Session length in seconds (900..=the platform maximum).
+    #[arg(long)]
+    duration_s: Option<u32>,
+    /// Pass the worker name as SourceIdentity (the role must trust sts:SetSourceIdentity).
+    #[arg(long)]
+    source_identity: bool,
+    /// Ceiling within the platform's policies/aws.json, JSON.
     #[arg(long)]
     ceiling: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct PastedBindingAdd {
+    /// Binding id.
+    id: String,
+    /// Owning tenant.
+    #[arg(long)]
+    tenant: String,
+    /// Non-secret notes, JSON object.
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// Ceiling, JSON: {"fields": [...]}.
+    #[arg(long)]
+    ceiling: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum OnboardCmd {
+    /// Print the tenant's ExternalId, the vendor account id and the template parameters.
+    Aws(OnboardArgs),
+}
+
+#[derive(Args, Debug)]
+struct OnboardArgs {
+    /// Tenant id.
+    #[arg(long)]
+    tenant: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCmd {
+    /// Print AWS `credential_process` JSON (Version 1) for an instance, minted by the broker.
+    AwsCredentialProcess(ClientArgs),
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// Connector instance id.
+    #[arg(long)]
+    instance: String,
+    /// Broker URL.
+    #[arg(
+        long,
+        env = "CREDBROKER_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    server: String,
+    /// CA bundle of the broker's server certificate.
+    #[arg(long, env = "CREDBROKER_CA")]
+    ca: PathBuf,
+    /// Worker certificate.
+    #[arg(long, env = "CREDBROKER_WORKER_CERT")]
+    cert: PathBuf,
+    /// Worker private key.
+    #[arg(long, env = "CREDBROKER_WORKER_KEY")]
+    key: PathBuf,
+    /// Job id recorded in the audit log.
+    #[arg(long)]
+    job_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct LintArgs {
+    /// Onboarding templates directory.
+    #[arg(long, default_value = "onboarding-templates")]
+    templates: PathBuf,
+    /// Policies directory.
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -343,7 +459,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let config = Config::load(&args.config).map_err(|e| e.to_string())?;
             init_logging(config.log.format, &config.log.level);
             runtime()?.block_on(async {
-                crate::daemon::run(config, ProviderRegistry::builtin(), |addr| {
+                let registry = crate::registry::from_config(&config).await?;
+                crate::daemon::run(config, registry, |addr| {
                     println!("listening {addr}");
                     announce_ready();
                 })
@@ -376,19 +493,27 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 json!({ "id": a.id, "tenant": a.tenant, "binding": a.binding, "connector_kind": a.connector_kind }),
             )
         }),
-        Command::Binding(cmd) => run_record(cmd, "bindings", |a: BindingAdd| {
-            let config: Value = serde_json::from_str(&a.config)
-                .map_err(|e| format!("--config is not JSON: {e}"))?;
-            let ceiling: Value = match a.ceiling {
-                Some(c) => {
-                    serde_json::from_str(&c).map_err(|e| format!("--ceiling is not JSON: {e}"))?
+        Command::Binding(cmd) => run_binding(cmd),
+        Command::Onboard(OnboardCmd::Aws(a)) => call(
+            &a.conn,
+            Method::POST,
+            "/v1/admin/onboard/aws_assume_role",
+            Some(serde_json::to_vec(&json!({ "tenant": a.tenant })).map_err(|e| e.to_string())?),
+        ),
+        Command::Client(ClientCmd::AwsCredentialProcess(a)) => aws_credential_process(&a),
+        Command::LintTemplates(a) => {
+            let findings = crate::lint::lint_templates(&a.templates, &a.policies)?;
+            if findings.is_empty() {
+                println!("templates OK");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for f in &findings {
+                    println!("{f}");
                 }
-                None => Value::Null,
-            };
-            Ok(
-                json!({ "id": a.id, "tenant": a.tenant, "provider": a.provider, "config": config, "ceiling": ceiling }),
-            )
-        }),
+                println!("{} problem(s)", findings.len());
+                Ok(ExitCode::from(1))
+            }
+        }
         Command::Secret(cmd) => run_secret(cmd),
     }
 }
@@ -404,7 +529,8 @@ fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
     let config = dev::prepare(&args.data_dir, args.listen).map_err(|e| e.to_string())?;
     let data_dir = config.data_dir.clone();
     runtime()?.block_on(async move {
-        let broker = Broker::open_with_config(&config, ProviderRegistry::builtin()).map_err(|e| e.to_string())?;
+        let registry = crate::registry::from_config(&config).await?;
+        let broker = Broker::open_with_config(&config, registry).map_err(|e| e.to_string())?;
         let seeded = dev::seed(&broker).await.map_err(|e| e.to_string())?;
         crate::daemon::run_with_broker(config, broker, |addr| {
             let mut out = std::io::stdout().lock();
@@ -733,6 +859,128 @@ fn run_record<A: Args>(
             None,
         ),
     }
+}
+
+fn json_arg(flag: &str, value: Option<&str>) -> Result<Value, String> {
+    match value {
+        Some(c) => serde_json::from_str(c).map_err(|e| format!("{flag} is not JSON: {e}")),
+        None => Ok(Value::Null),
+    }
+}
+
+fn run_binding(cmd: BindingCmd) -> Result<ExitCode, String> {
+    let base = "/v1/admin/bindings";
+    let conn = &cmd.conn;
+    match cmd.action {
+        BindingAction::Add(kind) => {
+            let body = match kind {
+                BindingKind::Aws(a) => {
+                    let mut config = json!({ "role_arn": a.role_arn });
+                    if let Some(d) = a.duration_s {
+                        config["duration_s"] = json!(d);
+                    }
+                    if a.source_identity {
+                        config["source_identity"] = json!(true);
+                    }
+                    json!({ "id": a.id, "tenant": a.tenant, "provider": "aws_assume_role", "config": config,
+                            "ceiling": json_arg("--ceiling", a.ceiling.as_deref())? })
+                }
+                BindingKind::PastedSecret(a) => json!({
+                    "id": a.id, "tenant": a.tenant, "provider": "pasted_secret",
+                    "config": json_arg("--config", Some(&a.config))?,
+                    "ceiling": json_arg("--ceiling", a.ceiling.as_deref())?,
+                }),
+            };
+            call(
+                conn,
+                Method::POST,
+                base,
+                Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+            )
+        }
+        BindingAction::List => call(conn, Method::GET, base, None),
+        BindingAction::Show(i) => call(
+            conn,
+            Method::GET,
+            &format!("{base}/{}", path_segment(&i.id)?),
+            None,
+        ),
+        BindingAction::Disable(i) => call(
+            conn,
+            Method::POST,
+            &format!("{base}/{}/disable", path_segment(&i.id)?),
+            Some(b"{}".to_vec()),
+        ),
+        BindingAction::Enable(i) => call(
+            conn,
+            Method::POST,
+            &format!("{base}/{}/enable", path_segment(&i.id)?),
+            Some(b"{}".to_vec()),
+        ),
+        BindingAction::Remove(i) => call(
+            conn,
+            Method::DELETE,
+            &format!("{base}/{}", path_segment(&i.id)?),
+            None,
+        ),
+        BindingAction::Probe(i) => call(
+            conn,
+            Method::POST,
+            &format!("{base}/{}/probe", path_segment(&i.id)?),
+            Some(b"{}".to_vec()),
+        ),
+    }
+}
+
+/// `credential_process` output: the AWS CLI and every AWS SDK run this command and read
+/// `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}`.
+fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
+    let mut client =
+        BrokerClient::new(&a.server, &a.ca, &a.cert, &a.key).map_err(|e| e.to_string())?;
+    let mut body = json!({ "instance_id": a.instance, "min_ttl_s": 300 });
+    if let Some(job) = &a.job_id {
+        body["job_id"] = json!(job);
+    }
+    let (status, bytes) = runtime()?
+        .block_on(client.request(
+            Method::POST,
+            "/v1/resolve",
+            Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+        ))
+        .map_err(|e| e.to_string())?;
+    let bytes = Zeroizing::new(bytes);
+    let v: Value =
+        serde_json::from_slice(&bytes).map_err(|_| "broker answered with non-JSON".to_owned())?;
+    if !status.is_success() {
+        return Err(format!(
+            "resolve refused: {} ({}): {} [audit_id {}]",
+            v["error"]["code"].as_str().unwrap_or("unknown"),
+            status.as_u16(),
+            v["error"]["message"].as_str().unwrap_or(""),
+            v["error"]["audit_id"].as_str().unwrap_or("-")
+        ));
+    }
+    if v["kind"] != "aws_sts" {
+        return Err(format!(
+            "instance {} does not resolve to AWS credentials (kind {})",
+            a.instance, v["kind"]
+        ));
+    }
+    let c = &v["credentials"];
+    let out = json!({
+        "Version": 1,
+        "AccessKeyId": c["AccessKeyId"],
+        "SecretAccessKey": c["SecretAccessKey"],
+        "SessionToken": c["SessionToken"],
+        "Expiration": c["Expiration"],
+    });
+    let text = Zeroizing::new(serde_json::to_string(&out).map_err(|e| e.to_string())?);
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    stdout.write_all(b"\n").map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {

@@ -38,6 +38,18 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
+    /// Federated providers; each is enabled by its section.
+    #[serde(default)]
+    pub providers: ProviderSettings,
+}
+
+/// `[providers.*]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// `[providers.aws_assume_role]`: enables AWS AssumeRole bindings.
+    #[serde(default)]
+    pub aws_assume_role: Option<credbroker_providers::aws::AwsSettings>,
 }
 
 /// `[tls]`
@@ -222,6 +234,10 @@ impl Config {
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
         for p in [
+            self.providers
+                .aws_assume_role
+                .as_mut()
+                .map(|a| &mut a.ceiling_file),
             self.tls.crl.as_mut(),
             self.keys.kek_file.as_mut(),
             self.keys.audit_key_file.as_mut(),

@@ -14,6 +14,8 @@ pub enum Status {
     Active,
     /// Kept but refused by every resolve.
     Disabled,
+    /// A new binding whose provider requires an activation probe that has not passed yet.
+    PendingActivation,
 }
 
 /// A customer tenant.
@@ -90,6 +92,16 @@ pub struct Binding {
     /// Highest secret version ever written (versions are never reused).
     #[serde(default)]
     pub last_secret_version: u32,
+    /// When the last probe ran, RFC 3339.
+    #[serde(default)]
+    pub last_tested_at: Option<String>,
+    /// What the last probe found (no secrets).
+    #[serde(default)]
+    pub last_probe: Option<String>,
+    /// Set when the upstream denied us in a way that means the customer changed or removed
+    /// the trust relationship; cleared by a passing probe.
+    #[serde(default)]
+    pub trust_broken: bool,
     /// Creation time, RFC 3339.
     pub created_at: String,
 }

@@ -21,10 +21,23 @@ pub enum ProviderError {
     /// The customer has not (or no longer) granted consent to our application.
     #[error("customer consent missing: {0}")]
     ConsentMissing(String),
-    /// The upstream refused: the trust relationship or the credential is no longer valid.
+    /// The upstream refused.
     #[error("upstream denied the request: {message}")]
     Denied {
         /// Operator-facing explanation, free of secret material.
+        message: String,
+        /// The upstream's request id, for the audit log.
+        upstream_request_id: Option<String>,
+        /// Whether the refusal means the customer removed or changed the trust relationship
+        /// (the core then flags the binding `trust_broken` for operators).
+        trust_broken: bool,
+    },
+    /// An activation probe found the binding unsafe or wrong; it stays inactive.
+    #[error("activation refused ({code}): {message}")]
+    ActivationRefused {
+        /// Stable reason code, e.g. `external_id_not_enforced`, `account_mismatch`.
+        code: &'static str,
+        /// What the customer must fix.
         message: String,
         /// The upstream's request id, for the audit log.
         upstream_request_id: Option<String>,
@@ -47,6 +60,10 @@ impl ProviderError {
     pub fn upstream_request_id(&self) -> Option<&str> {
         match self {
             ProviderError::Denied {
+                upstream_request_id,
+                ..
+            }
+            | ProviderError::ActivationRefused {
                 upstream_request_id,
                 ..
             }

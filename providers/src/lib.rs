@@ -14,6 +14,7 @@
 //!   [`ProviderError::NarrowingExceedsCeiling`] before any upstream is called.
 #![forbid(unsafe_code)]
 
+pub mod aws;
 mod error;
 mod pasted_secret;
 mod provider;
@@ -24,7 +25,7 @@ pub use error::ProviderError;
 pub use pasted_secret::PastedSecret;
 pub use provider::{
     BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
-    SecretRequirement,
+    SecretRequirement, TenantParameter,
 };
 pub use registry::{ProviderId, ProviderRegistry, KNOWN_PROVIDERS};
 pub use secret::SecretFields;

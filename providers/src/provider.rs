@@ -96,6 +96,17 @@ pub struct ProbeReport {
     pub summary: String,
 }
 
+/// A value the broker generates once per tenant for a provider and injects into every
+/// binding's configuration under `config.broker.<name>` — never accepted from an operator,
+/// a customer or a request (e.g. AWS's ExternalId: confused-deputy defence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantParameter {
+    /// Name under `config.broker`.
+    pub name: &'static str,
+    /// Length of the random value (alphanumeric).
+    pub length: usize,
+}
+
 /// One credential source. Implementations must be cheap to share (`Arc<dyn Provider>`).
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -133,6 +144,32 @@ pub trait Provider: Send + Sync + 'static {
     /// # Errors
     /// Any [`ProviderError`]; upstream failures are `Denied` or `Unavailable`.
     async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError>;
+
+    /// Identifiers in `config` that may be bound to one tenant only (role ARN, installation
+    /// id…). The core refuses a binding whose identifier another tenant already holds.
+    fn exclusive_identifiers(&self, _config: &Value) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Values the broker generates per tenant and injects under `config.broker`.
+    fn tenant_parameters(&self) -> &'static [TenantParameter] {
+        &[]
+    }
+
+    /// Whether a new binding stays inactive until [`Provider::probe`] passes.
+    fn requires_activation(&self) -> bool {
+        false
+    }
+
+    /// Non-secret facts an operator hands to the customer for onboarding (vendor account id,
+    /// template parameters), given the tenant's generated parameters.
+    fn onboarding(
+        &self,
+        _tenant_id: &str,
+        _parameters: &serde_json::Map<String, Value>,
+    ) -> Option<Value> {
+        None
+    }
 
     /// Checks that the binding works end to end without handing out a credential.
     ///

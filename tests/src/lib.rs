@@ -15,6 +15,8 @@ use http::Method;
 use serde_json::Value;
 
 pub mod counting;
+pub mod fake_sts;
+pub mod sts_shim;
 
 /// The trust domain of every test certificate.
 pub const TD: &str = "test.credbroker";
@@ -139,6 +141,8 @@ pub struct DaemonOptions {
     pub crl: Option<PathBuf>,
     /// Extra TOML appended to the config.
     pub extra_toml: String,
+    /// Extra environment variables for the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A daemon process under test.
@@ -153,6 +157,7 @@ pub struct Daemon {
     pub url: String,
     /// Captured stderr (logs).
     pub stderr_path: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -176,6 +181,7 @@ impl Daemon {
         );
         std::fs::write(&config, text).unwrap();
         let status = Command::new(daemon_bin())
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["init", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -188,6 +194,7 @@ impl Daemon {
             config,
             url: String::new(),
             stderr_path: root.join("daemon.stderr"),
+            env: options.env.clone(),
             child: None,
         };
         d.spawn();
@@ -204,6 +211,7 @@ impl Daemon {
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -395,6 +403,34 @@ pub async fn seed_two_tenants(op: &mut BrokerClient) {
     )
     .await;
     assert_eq!(s, 201, "{v}");
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Environment for a daemon whose AWS caller identity is a static test key: only the
+/// environment credential provider can answer, so nothing ever reaches a metadata service
+/// or a real endpoint.
+pub fn aws_test_env(access_key: &str, secret: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", access_key),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent/credbroker-test"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/credbroker-test",
+        ),
+        ("AWS_REGION", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 /// A tempdir plus a PKI with worker `w1`, operator `op`.

@@ -27,6 +27,9 @@ pub enum Table {
     Secrets,
     /// Key metadata (KEK versions in use, audit key id).
     KeyMeta,
+    /// Exclusive identifiers (`exclusive:<identifier>` → owning tenant and binding) and
+    /// broker-generated tenant parameters (`tenant-param:<provider>:<name>:<tenant>`).
+    Identifiers,
 }
 
 impl Table {
@@ -39,6 +42,7 @@ impl Table {
         Table::Bindings,
         Table::Secrets,
         Table::KeyMeta,
+        Table::Identifiers,
     ];
 
     /// The table's name in the backend.
@@ -51,6 +55,7 @@ impl Table {
             Table::Bindings => "bindings",
             Table::Secrets => "secrets",
             Table::KeyMeta => "key_meta",
+            Table::Identifiers => "identifiers",
         }
     }
 }

@@ -33,6 +33,8 @@ use crate::seal::seal_secret;
 use crate::store::records::{secret_key, BatchExt};
 use crate::store::{Batch, StoreError, Table};
 
+mod federation;
+
 /// A record collection of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collection {
@@ -162,6 +164,10 @@ pub enum AdminOp {
     SecretRotate(String, SecretFields),
     /// Destroy every version (None) or one version of a binding's secret.
     SecretDestroy(String, Option<u32>),
+    /// Run a binding's probe; a binding pending activation becomes active when it passes.
+    Probe(String),
+    /// Onboarding facts for a tenant with a federated provider (generates tenant parameters).
+    Onboard(String, TenantId),
 }
 
 impl AdminOp {
@@ -174,11 +180,13 @@ impl AdminOp {
             AdminOp::AddInstance(_) => "instance.add".into(),
             AdminOp::AddBinding(_) => "binding.add".into(),
             AdminOp::SetStatus(c, _, Status::Active) => format!("{}.enable", c.noun()),
-            AdminOp::SetStatus(c, _, Status::Disabled) => format!("{}.disable", c.noun()),
+            AdminOp::SetStatus(c, _, _) => format!("{}.disable", c.noun()),
             AdminOp::Remove(c, _) => format!("{}.remove", c.noun()),
             AdminOp::SecretSet(..) => "secret.set".into(),
             AdminOp::SecretRotate(..) => "secret.rotate".into(),
             AdminOp::SecretDestroy(..) => "secret.destroy".into(),
+            AdminOp::Probe(_) => "binding.probe".into(),
+            AdminOp::Onboard(p, _) => format!("onboard.{p}"),
         }
     }
 
@@ -239,6 +247,21 @@ pub fn parse_admin_request(
     use http::Method;
     let rest = path.strip_prefix("/v1/admin/").unwrap_or("");
     let segs: Vec<&str> = rest.split('/').collect();
+    if let ["onboard", provider] = segs.as_slice() {
+        if *method != Method::POST {
+            return Err(ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "use POST to onboard",
+            ));
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct OnboardBody {
+            tenant: TenantId,
+        }
+        let body: OnboardBody = parse_body(body)?;
+        return Ok(AdminOp::Onboard((*provider).to_owned(), body.tenant));
+    }
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such admin route");
     let wrong_method = || {
         ApiError::new(
@@ -266,6 +289,12 @@ pub fn parse_admin_request(
             Method::DELETE => Ok(AdminOp::Remove(collection, (*id).to_owned())),
             _ => Err(wrong_method()),
         },
+        (3, [_, id, "probe"]) if collection == Collection::Bindings => {
+            if *method != Method::POST {
+                return Err(wrong_method());
+            }
+            Ok(AdminOp::Probe((*id).to_owned()))
+        }
         (3, [_, id, action]) if *action == "enable" || *action == "disable" => {
             if *method != Method::POST {
                 return Err(wrong_method());
@@ -468,7 +497,22 @@ impl Broker {
         } else {
             Some(self.admin_lock.lock().await)
         };
-        let planned = self.plan(op);
+        let op = match op {
+            AdminOp::SetStatus(Collection::Bindings, id, Status::Active)
+                if self.needs_activation(&id) =>
+            {
+                event.action = "binding.enable".into();
+                AdminOp::Probe(id)
+            }
+            other => other,
+        };
+        if let AdminOp::Probe(id) = &op {
+            return self.probe_binding(id, event, started).await;
+        }
+        let planned = match op {
+            AdminOp::Onboard(provider, tenant) => self.plan_onboard(&provider, &tenant),
+            op => self.plan(op),
+        };
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let plan = match planned {
             Ok(plan) => plan,
@@ -719,55 +763,16 @@ impl Broker {
                 plan.created = true;
                 Ok(plan)
             }
-            AdminOp::AddBinding(b) => {
-                if r.binding(&b.id).map_err(store_err)?.is_some() {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("binding {} already exists", b.id),
-                    ));
-                }
-                self.tenant_or_404(b.tenant.as_str())?;
-                let provider = self.registry.get(&b.provider).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "provider {:?} is not available in this build (available: {})",
-                        b.provider.chars().take(48).collect::<String>(),
-                        self.registry.names().collect::<Vec<_>>().join(", ")
-                    ))
-                })?;
-                provider
-                    .validate_binding(&b.config, &b.ceiling)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
-                let binding = Binding {
-                    id: b.id,
-                    tenant: b.tenant,
-                    provider: b.provider,
-                    config: b.config,
-                    ceiling: b.ceiling,
-                    status: Status::Active,
-                    active_secret_version: None,
-                    last_secret_version: 0,
-                    created_at: now_rfc3339(),
-                };
-                let mut plan = Plan::new(
-                    format!("binding={} provider={}", binding.id, binding.provider),
-                    json!({ "binding": to_value(&binding) }),
-                );
-                plan.batch.push(crate::store::Op::ExpectPresent(
-                    Table::Tenants,
-                    binding.tenant.to_string(),
-                ));
-                plan.batch
-                    .create(Table::Bindings, binding.id.as_str(), &binding);
-                plan.tenant = Some(binding.tenant.to_string());
-                plan.binding = Some(binding.id.to_string());
-                plan.created = true;
-                Ok(plan)
-            }
+            AdminOp::AddBinding(b) => self.plan_add_binding(b),
             AdminOp::SetStatus(c, id, status) => self.plan_status(c, &id, status),
             AdminOp::Remove(c, id) => self.plan_remove(c, &id),
             AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false),
             AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true),
             AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version),
+            AdminOp::Probe(_) | AdminOp::Onboard(..) => Err(ApiError::new(
+                ErrorCode::Internal,
+                "probe and onboarding are not planned operations",
+            )),
         }
     }
 
@@ -910,7 +915,10 @@ impl Broker {
                         ),
                     ));
                 }
-                // The binding and every sealed version go together.
+                // The binding, its exclusive identifiers and every sealed version go together.
+                for key in self.identifiers_of(&b.id)? {
+                    plan.batch.remove(Table::Identifiers, &key);
+                }
                 for v in r.secret_versions(&b.id).map_err(store_err)? {
                     plan.batch
                         .remove(Table::Secrets, &secret_key(&b.id, v.version));

@@ -1,0 +1,547 @@
+//! `aws_assume_role`: short-lived AWS credentials from `sts:AssumeRole` into the customer's
+//! role, with the tenant's broker-generated ExternalId.
+//!
+//! The platform's own caller identity comes from the standard AWS credential chain; the
+//! customer's role trusts only the vendor account and only with the tenant's ExternalId
+//! (confused-deputy defence). Before a binding is activated, [`Provider::probe`] proves the
+//! trust is what we expect: AssumeRole with the ExternalId succeeds, the assumed role's
+//! account is the bound account, and AssumeRole *without* the ExternalId is denied — AWS
+//! accepts any ExternalId when a role does not require one.
+
+mod ceiling;
+mod params;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sts::config::retry::RetryConfig;
+use aws_sdk_sts::config::timeout::TimeoutConfig;
+use aws_sdk_sts::config::{BehaviorVersion, Region};
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
+use aws_sdk_sts::operation::RequestId;
+use aws_sdk_sts::types::PolicyDescriptorType;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+pub use ceiling::{action_within, AwsCeiling, AwsNarrowing};
+pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
+
+use crate::{
+    BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
+    ProviderError, SecretFields, SecretRequirement, TenantParameter,
+};
+
+/// Platform-side settings (`[providers.aws_assume_role]` in the broker config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// STS region (regional endpoint).
+    pub region: String,
+    /// Custom STS endpoint (tests, GovCloud-style partitions); default: the regional one.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// The vendor (platform) AWS account customers' roles trust.
+    pub vendor_account_id: String,
+    /// Session length when the binding does not say (clamped to 900..=max).
+    #[serde(default = "default_duration")]
+    pub default_duration_s: u32,
+    /// Longest session any binding may request (the shipped roles allow 3600).
+    #[serde(default = "default_duration")]
+    pub max_duration_s: u32,
+    /// Per-attempt deadline for one STS call, milliseconds.
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_ms: u64,
+    /// Attempts per call (1 = no retry); throttling and 5xx are retried with jittered backoff.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// The platform ceiling file (policies/aws.json).
+    pub ceiling_file: std::path::PathBuf,
+}
+
+fn default_duration() -> u32 {
+    3600
+}
+fn default_attempt_timeout() -> u64 {
+    3000
+}
+fn default_attempts() -> u32 {
+    3
+}
+
+/// The provider.
+pub struct AwsAssumeRole {
+    client: aws_sdk_sts::Client,
+    settings: AwsSettings,
+    ceiling: AwsCeiling,
+}
+
+/// Binding configuration: `{"role_arn", "duration_s"?, "source_identity"?, "broker": {"external_id"}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindingConfig {
+    role_arn: String,
+    #[serde(default)]
+    duration_s: Option<u32>,
+    #[serde(default)]
+    source_identity: bool,
+    #[serde(default)]
+    broker: Option<BrokerParams>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrokerParams {
+    external_id: String,
+}
+
+/// The per-call parameters of one AssumeRole.
+struct AssumeCall<'a> {
+    session: &'a str,
+    duration_s: u32,
+    with_external_id: bool,
+    source_identity: Option<String>,
+    narrowing: Option<&'a AwsNarrowing>,
+}
+
+/// A probe call: shortest session, no narrowing, with or without the ExternalId.
+fn probe_call(session: &str, with_external_id: bool) -> AssumeCall<'_> {
+    AssumeCall {
+        session,
+        duration_s: params::MIN_DURATION_S,
+        with_external_id,
+        source_identity: None,
+        narrowing: None,
+    }
+}
+
+struct Parsed {
+    role: RoleArn,
+    external_id: ExternalId,
+    duration_s: Option<u32>,
+    source_identity: bool,
+}
+
+fn parse_config(config: &Value) -> Result<Parsed, ProviderError> {
+    let c: BindingConfig = serde_json::from_value(config.clone())
+        .map_err(|e| ProviderError::InvalidConfig(format!("aws_assume_role config: {e}")))?;
+    let role = RoleArn::parse(&c.role_arn).map_err(ProviderError::InvalidConfig)?;
+    let broker = c.broker.ok_or_else(|| {
+        ProviderError::InvalidConfig("the broker-generated external id is missing".into())
+    })?;
+    let external_id =
+        ExternalId::parse(&broker.external_id).map_err(ProviderError::InvalidConfig)?;
+    Ok(Parsed {
+        role,
+        external_id,
+        duration_s: c.duration_s,
+        source_identity: c.source_identity,
+    })
+}
+
+/// The managed policies a `PolicyArns` entry needs.
+fn descriptors(arns: &[String]) -> Vec<PolicyDescriptorType> {
+    arns.iter()
+        .map(|a| PolicyDescriptorType::builder().arn(a).build())
+        .collect()
+}
+
+fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    err: SdkError<E>,
+) -> ProviderError {
+    let request_id = err.request_id().map(str::to_owned);
+    match &err {
+        // An error body the SDK cannot read: key on the status. STS answers refusals with 403
+        // (some STS-compatible services wrap the error differently); anything else is an
+        // unusable answer.
+        SdkError::ServiceError(ctx)
+            if ctx.err().code().is_none() && ctx.raw().status().as_u16() == 403 =>
+        {
+            ProviderError::Denied {
+                message: "STS refused with HTTP 403 (error body not in the STS format)".into(),
+                upstream_request_id: request_id,
+                trust_broken: false,
+            }
+        }
+        SdkError::ServiceError(ctx) if ctx.err().code().is_none() => ProviderError::Unavailable {
+            message: format!(
+                "STS answered HTTP {} without a recognizable error or result (malformed)",
+                ctx.raw().status().as_u16()
+            ),
+            upstream_request_id: request_id,
+        },
+        SdkError::ServiceError(ctx) => {
+            let code = ctx.err().code().unwrap_or("Unknown").to_owned();
+            let message = ctx.err().message().unwrap_or("").to_owned();
+            let status = ctx.raw().status().as_u16();
+            if code == "AccessDenied" {
+                ProviderError::Denied {
+                    message: format!("STS AccessDenied: {message} (the customer's role no longer trusts the vendor account with this ExternalId, or the role is gone)"),
+                    upstream_request_id: request_id,
+                    trust_broken: true,
+                }
+            } else if status >= 500 || code.contains("Throttl") || code == "RequestLimitExceeded" {
+                ProviderError::Unavailable {
+                    message: format!("STS {code} (HTTP {status}) after retries"),
+                    upstream_request_id: request_id,
+                }
+            } else {
+                ProviderError::Denied {
+                    message: format!("STS {code}: {message}"),
+                    upstream_request_id: request_id,
+                    trust_broken: false,
+                }
+            }
+        }
+        SdkError::TimeoutError(_) => ProviderError::Unavailable {
+            message: "STS did not answer in time".into(),
+            upstream_request_id: request_id,
+        },
+        SdkError::DispatchFailure(_) => ProviderError::Unavailable {
+            message: "cannot reach STS".into(),
+            upstream_request_id: request_id,
+        },
+        SdkError::ResponseError(_) => ProviderError::Unavailable {
+            message: "STS answered with a malformed response".into(),
+            upstream_request_id: request_id,
+        },
+        _ => ProviderError::Internal("could not build the STS request".into()),
+    }
+}
+
+fn to_credential(out: &AssumeRoleOutput) -> Result<IssuedCredential, ProviderError> {
+    let malformed = || ProviderError::Unavailable {
+        message: "STS answer lacks credentials".into(),
+        upstream_request_id: out.request_id().map(str::to_owned),
+    };
+    let c = out.credentials().ok_or_else(malformed)?;
+    let expires_at = OffsetDateTime::from_unix_timestamp(c.expiration().secs())
+        .map_err(|_| malformed())?
+        + time::Duration::nanoseconds(i64::from(c.expiration().subsec_nanos()));
+    if expires_at <= OffsetDateTime::now_utc() {
+        return Err(ProviderError::Unavailable {
+            message: "STS returned credentials that are already expired".into(),
+            upstream_request_id: out.request_id().map(str::to_owned),
+        });
+    }
+    let expiration = expires_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|_| malformed())?;
+    let mut credentials = SecretFields::new();
+    credentials.insert("AccessKeyId", SecretString::from(c.access_key_id()));
+    credentials.insert("SecretAccessKey", SecretString::from(c.secret_access_key()));
+    credentials.insert("SessionToken", SecretString::from(c.session_token()));
+    credentials.insert("Expiration", SecretString::from(expiration));
+    Ok(IssuedCredential {
+        kind: "aws_sts",
+        credentials,
+        expires_at: Some(expires_at),
+        upstream_request_id: out.request_id().map(str::to_owned),
+    })
+}
+
+impl AwsAssumeRole {
+    /// Builds the STS client from the standard AWS credential chain and `settings`.
+    ///
+    /// # Errors
+    /// When the ceiling file is unreadable or invalid (a missing policy denies: the provider
+    /// is not started), or the settings are out of range.
+    pub async fn new(settings: AwsSettings) -> Result<AwsAssumeRole, String> {
+        let text = std::fs::read(&settings.ceiling_file)
+            .map_err(|e| format!("{}: {e}", settings.ceiling_file.display()))?;
+        let value: Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("{}: {e}", settings.ceiling_file.display()))?;
+        let ceiling = AwsCeiling::from_value(&value)?;
+        let account_ok = settings.vendor_account_id.len() == 12
+            && settings
+                .vendor_account_id
+                .bytes()
+                .all(|b| b.is_ascii_digit());
+        if !account_ok {
+            return Err(
+                "providers.aws_assume_role.vendor_account_id must be a 12-digit account id".into(),
+            );
+        }
+        if !(params::MIN_DURATION_S..=43_200).contains(&settings.max_duration_s)
+            || settings.max_attempts == 0
+        {
+            return Err("providers.aws_assume_role: max_duration_s must be 900..=43200 and max_attempts at least 1".into());
+        }
+        let attempt = Duration::from_millis(settings.attempt_timeout_ms.max(100));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(settings.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(100))
+                    .with_max_backoff(Duration::from_secs(2)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(attempt)
+                    .operation_attempt_timeout(attempt)
+                    .operation_timeout(attempt * settings.max_attempts + Duration::from_secs(5))
+                    .build(),
+            );
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let shared = loader.load().await;
+        Ok(AwsAssumeRole {
+            client: aws_sdk_sts::Client::new(&shared),
+            settings,
+            ceiling,
+        })
+    }
+
+    fn binding_ceiling(&self, ceiling: &Value) -> Result<AwsCeiling, ProviderError> {
+        if ceiling.is_null() {
+            return Ok(self.ceiling.clone());
+        }
+        let c = AwsCeiling::from_value(ceiling).map_err(ProviderError::InvalidConfig)?;
+        c.within(&self.ceiling)
+            .map_err(ProviderError::InvalidConfig)?;
+        Ok(c)
+    }
+
+    async fn assume(
+        &self,
+        parsed: &Parsed,
+        call: AssumeCall<'_>,
+        timeout: Duration,
+    ) -> Result<AssumeRoleOutput, ProviderError> {
+        let AssumeCall {
+            session,
+            duration_s,
+            with_external_id,
+            source_identity,
+            narrowing,
+        } = call;
+        let mut call = self
+            .client
+            .assume_role()
+            .role_arn(parsed.role.as_str())
+            .role_session_name(session)
+            .duration_seconds(i32::try_from(duration_s).unwrap_or(3600));
+        if with_external_id {
+            call = call.external_id(parsed.external_id.as_str());
+        }
+        if let Some(si) = source_identity {
+            call = call.source_identity(si);
+        }
+        if let Some(n) = narrowing {
+            if let Some(p) = &n.policy {
+                call = call.policy(p);
+            }
+            if !n.policy_arns.is_empty() {
+                call = call.set_policy_arns(Some(descriptors(&n.policy_arns)));
+            }
+        }
+        match tokio::time::timeout(timeout, call.send()).await {
+            Ok(result) => result.map_err(sdk_error),
+            Err(_) => Err(ProviderError::Unavailable {
+                message: format!("STS did not answer within {} ms", timeout.as_millis()),
+                upstream_request_id: None,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for AwsAssumeRole {
+    fn id(&self) -> &'static str {
+        "aws_assume_role"
+    }
+
+    fn secret_requirement(&self) -> SecretRequirement {
+        SecretRequirement::None
+    }
+
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy::UntilExpiry
+    }
+
+    fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError> {
+        let parsed = parse_config(config)?;
+        if let Some(d) = parsed.duration_s {
+            if !(params::MIN_DURATION_S..=self.settings.max_duration_s).contains(&d) {
+                return Err(ProviderError::InvalidConfig(format!(
+                    "duration_s must be {}..={}",
+                    params::MIN_DURATION_S,
+                    self.settings.max_duration_s
+                )));
+            }
+        }
+        self.binding_ceiling(ceiling).map(|_| ())
+    }
+
+    fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value {
+        match self.binding_ceiling(binding.ceiling) {
+            Ok(c) => json!({ "managed_policy_arns": c.managed_policy_arns, "actions": c.actions }),
+            Err(e) => json!({ "error": e.to_string() }),
+        }
+    }
+
+    fn exclusive_identifiers(&self, config: &Value) -> Vec<String> {
+        config
+            .get("role_arn")
+            .and_then(Value::as_str)
+            .map(|arn| vec![format!("aws_role_arn:{arn}")])
+            .unwrap_or_default()
+    }
+
+    fn tenant_parameters(&self) -> &'static [TenantParameter] {
+        &[TenantParameter {
+            name: "external_id",
+            length: 40,
+        }]
+    }
+
+    fn requires_activation(&self) -> bool {
+        true
+    }
+
+    fn onboarding(
+        &self,
+        tenant_id: &str,
+        parameters: &serde_json::Map<String, Value>,
+    ) -> Option<Value> {
+        let external_id = parameters.get("external_id")?.as_str()?;
+        Some(json!({
+            "provider": "aws_assume_role",
+            "tenant": tenant_id,
+            "vendor_account_id": self.settings.vendor_account_id,
+            "external_id": external_id,
+            "templates": {
+                "single_account": "onboarding-templates/aws/credbroker-role.json",
+                "organization_stackset": "onboarding-templates/aws/credbroker-stackset.json"
+            },
+            "template_parameters": {
+                "VendorAccountId": self.settings.vendor_account_id,
+                "ExternalId": external_id,
+                "RoleName": "CredbrokerAccess"
+            },
+            "hand_back": "the RoleArn stack output",
+            "then": format!("credbroker binding add aws BINDING_ID --tenant {tenant_id} --role-arn ROLE_ARN, then credbroker binding probe BINDING_ID")
+        }))
+    }
+
+    fn normalize_narrowing(
+        &self,
+        binding: &BindingContext<'_>,
+        narrow: Option<&Value>,
+    ) -> Result<Narrowing, ProviderError> {
+        let Some(narrow) = narrow else {
+            return Ok(Narrowing::none());
+        };
+        let parsed = parse_config(binding.config)?;
+        let ceiling = self.binding_ceiling(binding.ceiling)?;
+        let n = ceiling::narrow(narrow, &ceiling, parsed.role.partition()).map_err(
+            |(exceeds, m)| {
+                if exceeds {
+                    ProviderError::NarrowingExceedsCeiling(m)
+                } else {
+                    ProviderError::InvalidNarrowing(m)
+                }
+            },
+        )?;
+        let value = json!({ "policy": n.policy, "policy_arns": n.policy_arns });
+        Ok(Narrowing {
+            canonical: value.to_string(),
+            value: Some(value),
+        })
+    }
+
+    async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
+        let parsed = parse_config(request.binding.config)?;
+        let narrowing = request.narrowing.value.as_ref().map(|v| AwsNarrowing {
+            policy: v.get("policy").and_then(Value::as_str).map(str::to_owned),
+            policy_arns: v
+                .get("policy_arns")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+        let duration = params::clamp_duration(
+            parsed.duration_s,
+            self.settings.default_duration_s,
+            self.settings.max_duration_s,
+        );
+        let source_identity = if parsed.source_identity {
+            Some(params::source_identity(request.worker).map_err(ProviderError::InvalidConfig)?)
+        } else {
+            None
+        };
+        let session = session_name(request.binding.tenant_id, request.instance_id);
+        let out = self
+            .assume(
+                &parsed,
+                AssumeCall {
+                    session: &session,
+                    duration_s: duration,
+                    with_external_id: true,
+                    source_identity,
+                    narrowing: narrowing.as_ref(),
+                },
+                request.timeout,
+            )
+            .await?;
+        to_credential(&out)
+    }
+
+    async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
+        let parsed = parse_config(request.binding.config)?;
+        let session = session_name(request.binding.tenant_id, "activation-probe");
+        let out = self
+            .assume(&parsed, probe_call(&session, true), request.timeout)
+            .await?;
+        let request_id = out.request_id().map(str::to_owned);
+        let assumed = out
+            .assumed_role_user()
+            .map(|u| u.arn().to_owned())
+            .unwrap_or_default();
+        match assumed_role_account(&assumed) {
+            Some(account) if account == parsed.role.account() => {}
+            other => {
+                return Err(ProviderError::ActivationRefused {
+                    code: "account_mismatch",
+                    message: format!(
+                        "AssumeRole returned a session in account {} but the binding names account {}",
+                        other.unwrap_or("(unparseable)"),
+                        parsed.role.account()
+                    ),
+                    upstream_request_id: request_id,
+                });
+            }
+        }
+        // The trap: AssumeRole succeeds with any ExternalId when the role does not require
+        // one. Without it, the call must be denied.
+        match self
+            .assume(&parsed, probe_call(&session, false), request.timeout)
+            .await
+        {
+            Err(ProviderError::Denied { trust_broken: true, .. }) => Ok(ProbeReport {
+                summary: format!("assumed {assumed} with the ExternalId; AssumeRole without it is denied"),
+            }),
+            Ok(out) => Err(ProviderError::ActivationRefused {
+                code: "external_id_not_enforced",
+                message: format!(
+                    "AssumeRole into {} succeeds WITHOUT the ExternalId: the role's trust policy must require it. \
+                     Add to the statement trusting account {}: \"Condition\": {{\"StringEquals\": {{\"sts:ExternalId\": \"<the tenant's ExternalId>\"}}}} \
+                     (the shipped CloudFormation template does this), then re-run the probe.",
+                    parsed.role.as_str(),
+                    self.settings.vendor_account_id
+                ),
+                upstream_request_id: out.request_id().map(str::to_owned),
+            }),
+            Err(other) => Err(other),
+        }
+    }
+}

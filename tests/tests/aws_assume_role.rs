@@ -1,0 +1,570 @@
+//! `aws_assume_role` end to end against the local fake STS: activation probe, minting,
+//! narrowing, caching and single flight, failure handling, trust withdrawal, audit records,
+//! and the `credential_process` client mode.
+
+use std::time::{Duration, Instant};
+
+use credbroker::client::BrokerClient;
+use credbroker_tests::fake_sts::{FakeRole, FakeSts};
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+const VENDOR: &str = "111111111111";
+const CUSTOMER: &str = "222222222222";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    pki: std::sync::Arc<TestPki>,
+    daemon: Daemon,
+    sts: FakeSts,
+    op: BrokerClient,
+    w1: BrokerClient,
+}
+
+async fn start() -> Env {
+    let (tmp, pki) = setup();
+    let sts = FakeSts::start(VENDOR).await;
+    let extra = format!(
+        "[cache]\nmint_timeout_ms = 4000\n\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = 400\nmax_attempts = 3\nceiling_file = {:?}\n",
+        sts.url,
+        repo_root().join("policies/aws.json").display().to_string()
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            env: aws_test_env("AKIAVENDORTESTKEY000", "vendor-test-secret"),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let w1 = pki.client_for("w1", &daemon.url);
+    Env {
+        _tmp: tmp,
+        pki,
+        daemon,
+        sts,
+        op,
+        w1,
+    }
+}
+
+async fn onboard(op: &mut BrokerClient, tenant: &str) -> Value {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/onboard/aws_assume_role",
+        Some(json!({"tenant": tenant})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn role(external_id: Option<&str>) -> FakeRole {
+    FakeRole {
+        account: CUSTOMER.into(),
+        trusted_account: VENDOR.into(),
+        external_id: external_id.map(str::to_owned),
+        max_session_s: 3600,
+        report_account: None,
+    }
+}
+
+/// Binds `arn` for t1 as binding `bid` with instance `iid`; returns the add response.
+async fn bind(env: &mut Env, bid: &str, iid: &str, arn: &str) -> (u16, Value) {
+    let r = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": bid, "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
+    if r.0 == 201 {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/instances",
+            Some(json!({"id": iid, "tenant": "t1", "binding": bid, "connector_kind": "aws"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_minting_narrowing_and_caching() {
+    let mut env = start().await;
+    let facts = onboard(&mut env.op, "t1").await;
+    let external_id = facts["external_id"].as_str().unwrap().to_owned();
+    assert_eq!(external_id.len(), 40);
+    assert!(external_id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_eq!(facts["vendor_account_id"], VENDOR);
+    assert_eq!(
+        facts["template_parameters"]["ExternalId"],
+        external_id.as_str()
+    );
+    // Onboarding again gives the same ExternalId; another tenant gets another one.
+    assert_eq!(
+        onboard(&mut env.op, "t1").await["external_id"],
+        external_id.as_str()
+    );
+    assert_ne!(
+        onboard(&mut env.op, "t2").await["external_id"],
+        external_id.as_str()
+    );
+
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (s, v) = bind(&mut env, "aws1", "i-aws", &arn).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["binding"]["status"], "pending_activation");
+    assert_eq!(
+        v["binding"]["config"]["broker"]["external_id"],
+        external_id.as_str()
+    );
+
+    // Pending bindings do not resolve.
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"));
+
+    // The probe passes: with ExternalId accepted, without it denied, account matches.
+    let calls = env.sts.state.calls();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/aws1/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"]["status"], "active");
+    assert!(v["binding"]["last_tested_at"].is_string());
+    assert_eq!(env.sts.state.calls() - calls, 2);
+    let probe_calls = env.sts.state.requests.lock().unwrap().clone();
+    assert!(probe_calls[probe_calls.len() - 2].get("ExternalId") == Some(&external_id));
+    assert!(!probe_calls[probe_calls.len() - 1].contains_key("ExternalId"));
+
+    // Minting.
+    let calls = env.sts.state.calls();
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "job_id": "scan-42"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["kind"], "aws_sts");
+    assert_eq!(v["provider"], "aws_assume_role");
+    assert!(v["credentials"]["AccessKeyId"]
+        .as_str()
+        .unwrap()
+        .starts_with("ASIA"));
+    assert!(v["credentials"]["SessionToken"].is_string());
+    assert!(v["credentials"]["Expiration"].is_string());
+    assert!(v["expires_at"].is_string());
+    assert_eq!(v["cached"], false);
+    let sent = env.sts.state.last_request();
+    assert_eq!(sent["RoleArn"], arn);
+    assert_eq!(sent["ExternalId"], external_id);
+    assert_eq!(sent["RoleSessionName"], "cb.t1.i-aws");
+    assert_eq!(sent["DurationSeconds"], "3600");
+    assert!(!sent.contains_key("SourceIdentity"));
+    let token = v["credentials"]["SessionToken"].clone();
+
+    // Cached: no STS call; same token.
+    let (_, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!(
+        (v["cached"].as_bool(), &v["credentials"]["SessionToken"]),
+        (Some(true), &token)
+    );
+    assert_eq!(env.sts.state.calls() - calls, 1);
+
+    // Narrowing beyond the ceiling is refused before STS is called.
+    for narrow in [
+        json!({"policy_arns": ["arn:aws:iam::aws:policy/AdministratorAccess"]}),
+        json!({"policy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}}),
+    ] {
+        let (s, v) = resolve(
+            &mut env.w1,
+            json!({"instance_id": "i-aws", "narrow": narrow}),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (403, "narrowing_exceeds_ceiling"), "{v}");
+    }
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": {"roles": []}}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"));
+    assert_eq!(env.sts.state.calls() - calls, 1);
+
+    // Narrowing within the ceiling: separate cache entry, session policy sent.
+    let narrow = json!({"policy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}]},
+                        "policy_arns": ["arn:aws:iam::aws:policy/SecurityAudit"]});
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["cached"], false);
+    assert_ne!(v["credentials"]["SessionToken"], token);
+    let sent = env.sts.state.last_request();
+    assert!(sent["Policy"].contains("ec2:DescribeInstances"));
+    assert_eq!(
+        sent["PolicyArns.member.1.arn"],
+        "arn:aws:iam::aws:policy/SecurityAudit"
+    );
+    let (_, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow}),
+    )
+    .await;
+    assert_eq!(v["cached"], true);
+    assert_eq!(env.sts.state.calls() - calls, 2);
+
+    // Single flight against the fake's counter: 50 concurrent cold resolves, one call.
+    env.sts.faults().delay = Duration::from_millis(200);
+    let cold = json!({"policy_arns": ["arn:aws:iam::aws:policy/job-function/ViewOnlyAccess"]});
+    let before = env.sts.state.calls();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let pki = env.pki.clone();
+        let url = env.daemon.url.clone();
+        let cold = cold.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = pki.client_for("w1", &url);
+            resolve(&mut c, json!({"instance_id": "i-aws", "narrow": cold}))
+                .await
+                .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(
+        env.sts.state.calls() - before,
+        1,
+        "concurrent cold misses share one STS call"
+    );
+    env.sts.faults().delay = Duration::ZERO;
+
+    // Audit: the minted resolve carries the STS request id and a fingerprint, never the token.
+    let records = env.daemon.audit_records();
+    let minted: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "resolve"
+                && r["outcome"] == "allowed"
+                && r["cached"] == false
+                && r["provider"] == "aws_assume_role"
+        })
+        .collect();
+    assert!(!minted.is_empty());
+    assert!(minted.iter().all(|r| r["upstream_request_id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("c6104cbe-"))));
+    assert!(records.iter().any(|r| r["job_id"] == "scan-42"));
+    let log = std::fs::read_to_string(env.daemon.data_dir.join("audit/audit.log")).unwrap();
+    assert!(!log.contains(token.as_str().unwrap()));
+    assert!(
+        !env.daemon.logs().contains(token.as_str().unwrap()),
+        "session token in logs"
+    );
+
+    // The credential_process client mode prints AWS's Version 1 JSON.
+    let pki = &env.pki;
+    let (c, out, err) = run_cli(&[
+        "client",
+        "aws-credential-process",
+        "--instance",
+        "i-aws",
+        "--server",
+        &env.daemon.url,
+        "--ca",
+        pki.dir.join("ca.crt").to_str().unwrap(),
+        "--cert",
+        pki.dir.join("w1.crt").to_str().unwrap(),
+        "--key",
+        pki.dir.join("w1.key").to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Version"], 1);
+    for k in [
+        "AccessKeyId",
+        "SecretAccessKey",
+        "SessionToken",
+        "Expiration",
+    ] {
+        assert!(v[k].is_string(), "{k}");
+    }
+    // …and fails clearly for an instance that is not AWS.
+    let (c, _, err) = run_cli(&[
+        "client",
+        "aws-credential-process",
+        "--instance",
+        "i1",
+        "--server",
+        &env.daemon.url,
+        "--ca",
+        pki.dir.join("ca.crt").to_str().unwrap(),
+        "--cert",
+        pki.dir.join("w1.crt").to_str().unwrap(),
+        "--key",
+        pki.dir.join("w1.key").to_str().unwrap(),
+    ]);
+    assert_ne!(c, 0);
+    assert!(err.contains("does not resolve to AWS credentials"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_refusals_and_identifier_rules() {
+    let mut env = start().await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A role that does not require the ExternalId: AssumeRole succeeds either way (the trap).
+    let lax = format!("arn:aws:iam::{CUSTOMER}:role/Lax");
+    env.sts.add_role(&lax, role(None));
+    bind(&mut env, "lax", "i-lax", &lax).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/lax/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (422, "external_id_not_enforced"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sts:ExternalId"));
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/lax", None).await;
+    assert_eq!(v["binding"]["status"], "pending_activation");
+    assert!(v["binding"]["last_probe"]
+        .as_str()
+        .unwrap()
+        .contains("external_id_not_enforced"));
+    assert!(v["binding"]["last_tested_at"].is_string());
+    // Enabling runs the same probe and refuses the same way.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/lax/enable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (422, "external_id_not_enforced"));
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-lax"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"));
+
+    // A role that answers from another account than the ARN names.
+    let odd = format!("arn:aws:iam::{CUSTOMER}:role/Odd");
+    env.sts.add_role(
+        &odd,
+        FakeRole {
+            report_account: Some("333333333333".into()),
+            ..role(Some(&external_id))
+        },
+    );
+    bind(&mut env, "odd", "i-odd", &odd).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/odd/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
+
+    // A role that trusts the vendor but with another ExternalId (e.g. copied from another
+    // tenant's onboarding): denied.
+    let other = format!("arn:aws:iam::{CUSTOMER}:role/Other");
+    env.sts
+        .add_role(&other, role(Some("SomeoneElsesExternalId0123456789abcdef")));
+    bind(&mut env, "other", "i-other", &other).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/other/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+
+    // One role ARN, one tenant.
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "steal", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    // The ExternalId is never accepted from an operator.
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "forced", "tenant": "t2", "provider": "aws_assume_role",
+        "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/X"), "broker": {"external_id": "chosen-by-the-customer-0123456789abcdef"}}}))).await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    // Malformed ARNs and durations are refused before anything is stored.
+    for config in [
+        json!({"role_arn": "arn:aws:iam::1234:role/X"}),
+        json!({"role_arn": lax, "duration_s": 43200}),
+        json!({"role_arn": lax, "extra": 1}),
+    ] {
+        let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "bad", "tenant": "t1", "provider": "aws_assume_role", "config": config}))).await;
+        assert_eq!(s, 400, "{v}");
+    }
+    // Removing the binding frees the ARN for another tenant.
+    call(
+        &mut env.op,
+        Method::DELETE,
+        "/v1/admin/instances/i-lax",
+        None,
+    )
+    .await;
+    let (s, _) = call(&mut env.op, Method::DELETE, "/v1/admin/bindings/lax", None).await;
+    assert_eq!(s, 200);
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "lax2", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
+    assert_eq!(s, 201, "{v}");
+    // Every refusal above is in the audit log.
+    let records = env.daemon.audit_records();
+    assert!(records
+        .iter()
+        .any(|r| r["action"] == "binding.probe" && r["error_code"] == "external_id_not_enforced"));
+    assert!(records
+        .iter()
+        .any(|r| r["action"] == "binding.add" && r["error_code"] == "conflict"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_bounded_and_cached_tokens_survive_outages() {
+    let mut env = start().await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    bind(&mut env, "aws1", "i-aws", &arn).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/aws1/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
+
+    // Throttling twice, then success: retried with backoff, 3 calls.
+    let before = env.sts.state.calls();
+    env.sts.faults().throttle_next = 2;
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(1)}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(env.sts.state.calls() - before, 3);
+
+    // Persistent 500s: bounded retries, then provider_unavailable.
+    let before = env.sts.state.calls();
+    env.sts.faults().fail_next = 100;
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(2)}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert_eq!(
+        env.sts.state.calls() - before,
+        3,
+        "max_attempts bounds the retries"
+    );
+    env.sts.faults().fail_next = 0;
+
+    // Slow answers: the per-attempt timeout bounds the wait (3 attempts × 400 ms + backoff).
+    env.sts.faults().delay = Duration::from_secs(3);
+    let started = Instant::now();
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(3)}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        started.elapsed() < Duration::from_millis(4000),
+        "took {:?}",
+        started.elapsed()
+    );
+    env.sts.faults().delay = Duration::ZERO;
+
+    // Malformed XML and credentials expired on arrival are upstream failures, not tokens.
+    env.sts.faults().malformed = true;
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(4)}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    env.sts.faults().malformed = false;
+    env.sts.faults().expired = true;
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(5)}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    env.sts.faults().expired = false;
+
+    // Outage: a still-valid cached token is served; a cold key fails.
+    let (s, _) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!(s, 200);
+    env.sts.faults().down = true;
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)));
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(6)}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"));
+    env.sts.faults().down = false;
+
+    // The customer withdraws the trust: AccessDenied -> provider_denied, binding flagged.
+    env.sts
+        .add_role(&arn, role(Some("RotatedAwayExternalId0123456789abcdefgh")));
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(7)}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/aws1", None).await;
+    assert_eq!(v["binding"]["trust_broken"], true, "{v}");
+    let records = env.daemon.audit_records();
+    let denied = records
+        .iter()
+        .rev()
+        .find(|r| r["error_code"] == "provider_denied")
+        .unwrap();
+    assert!(denied["upstream_request_id"].is_string());
+    assert_eq!(
+        denied["detail"],
+        "upstream denied: binding flagged trust_broken"
+    );
+    // Restoring the trust and re-probing clears the flag.
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/aws1/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"]["trust_broken"], false);
+    let (c, out, err) = env.daemon.cli(&[
+        "audit",
+        "verify",
+        "--config",
+        env.daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+}

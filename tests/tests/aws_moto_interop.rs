@@ -1,0 +1,210 @@
+//! Interop with the real third-party STS implementation `moto` (server mode, trust policies
+//! enforced via INITIAL_NO_AUTH_ACTION_COUNT) and the real AWS SDK for Python: boto3,
+//! configured only with `credential_process = credbroker client aws-credential-process`,
+//! sees the assumed-role identity minted through the daemon.
+//!
+//! Needs Python with moto[server] and boto3: `bash tests/run` installs them in a venv and sets
+//! CREDBROKER_TEST_PYTHON.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use credbroker_tests::sts_shim::StsShim;
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    let py = std::env::var("CREDBROKER_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("CREDBROKER_TEST_PYTHON is not set: run the suite with `bash tests/run`, which installs moto and boto3 in a venv")
+    });
+    PathBuf::from(py)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn setup_script() -> PathBuf {
+    repo_root().join("tests/interop/moto_setup.py")
+}
+
+fn py(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(python())
+        .arg(setup_script())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "moto_setup.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_gets_broker_minted_credentials_from_moto() {
+    let port = free_port();
+    // vendor user, its policy and key (3) + two roles (2): then every call is authenticated.
+    let moto = Moto(
+        Command::new(python())
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let moto_url = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "moto did not start");
+    let vendor: Value = serde_json::from_str(&py(&["vendor", &moto_url], &[])).unwrap();
+
+    let shim = StsShim::start(&format!("127.0.0.1:{port}")).await;
+    let (tmp, pki) = setup();
+    let extra = format!(
+        "[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"123456789012\"\nceiling_file = {:?}\n",
+        shim.url,
+        repo_root().join("policies/aws.json").display().to_string()
+    );
+    let env = aws_test_env(
+        vendor["access_key_id"].as_str().unwrap(),
+        vendor["secret_access_key"].as_str().unwrap(),
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            env,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let (s, facts) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/onboard/aws_assume_role",
+        Some(json!({"tenant": "t1"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{facts}");
+    let external_id = facts["external_id"].as_str().unwrap();
+    let roles: Value = serde_json::from_str(&py(&["roles", &moto_url, external_id], &[])).unwrap();
+    let role_arn = roles["role_arn"].as_str().unwrap();
+
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "moto", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": role_arn}}))).await;
+    assert_eq!(s, 201, "{v}");
+    call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-moto", "tenant": "t1", "binding": "moto", "connector_kind": "aws"})),
+    )
+    .await;
+
+    // Plain moto accepts AssumeRole without the ExternalId even though the role requires it:
+    // the activation probe catches that and refuses.
+    shim.enforce.store(false, Ordering::SeqCst);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/moto/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (422, "external_id_not_enforced"), "{v}");
+
+    // With the real rule restored in front of moto, activation passes.
+    shim.enforce.store(true, Ordering::SeqCst);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/moto/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // boto3 configured only with credential_process pointing at the client mode.
+    let aws_config = tmp.path().join("aws-config");
+    std::fs::write(
+        &aws_config,
+        format!(
+            "[profile broker]\nregion = us-east-1\ncredential_process = {} client aws-credential-process --instance i-moto --server {} --ca {} --cert {} --key {}\n",
+            daemon_bin().display(),
+            daemon.url,
+            pki.dir.join("ca.crt").display(),
+            pki.dir.join("w1.crt").display(),
+            pki.dir.join("w1.key").display(),
+        ),
+    )
+    .unwrap();
+    let clean_env = [
+        ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/credbroker-test",
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+    ];
+    let arn = py(&["whoami", &moto_url, "broker"], &clean_env);
+    assert_eq!(
+        arn,
+        "arn:aws:sts::123456789012:assumed-role/CredbrokerAccess/cb.t1.i-moto"
+    );
+    let minted = daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["instance"] == "i-moto" && r["outcome"] == "allowed")
+        .count();
+    assert!(minted >= 1);
+
+    // A role that trusts the vendor with another tenant's ExternalId: moto denies ours.
+    let wrong = roles["wrong_role_arn"].as_str().unwrap();
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "moto-wrong", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": wrong}}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/moto-wrong/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    drop(moto);
+}

@@ -1,0 +1,105 @@
+//! The shipped onboarding templates pass `credbroker lint-templates`; a deliberately bad
+//! template (wildcard principal, no ExternalId condition, AdministratorAccess, 12 h sessions)
+//! fails it on every count; a missing policy file fails closed.
+
+use credbroker_tests::*;
+
+#[test]
+fn shipped_templates_pass_the_lint() {
+    let root = repo_root();
+    let (c, out, err) = run_cli(&[
+        "lint-templates",
+        "--templates",
+        root.join("onboarding-templates").to_str().unwrap(),
+        "--policies",
+        root.join("policies").to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("templates OK"));
+}
+
+#[test]
+fn the_bad_fixture_fails_on_every_count() {
+    let root = repo_root();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("aws")).unwrap();
+    std::fs::copy(
+        root.join("tests/fixtures/aws/bad-role.json"),
+        tmp.path().join("aws/bad-role.json"),
+    )
+    .unwrap();
+    let (c, out, _) = run_cli(&[
+        "lint-templates",
+        "--templates",
+        tmp.path().to_str().unwrap(),
+        "--policies",
+        root.join("policies").to_str().unwrap(),
+    ]);
+    assert_eq!(c, 1, "{out}");
+    for expected in [
+        "is not exactly the VendorAccountId parameter",
+        "lacks Condition StringEquals sts:ExternalId",
+        "AdministratorAccess is outside policies/aws.json",
+        "MaxSessionDuration 43200 exceeds 3600",
+    ] {
+        assert!(
+            out.contains(expected),
+            "missing finding {expected:?} in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn a_stackset_that_drifts_from_the_role_template_fails() {
+    let root = repo_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let aws = tmp.path().join("aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::copy(
+        root.join("onboarding-templates/aws/credbroker-role.json"),
+        aws.join("credbroker-role.json"),
+    )
+    .unwrap();
+    let mut stackset: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("onboarding-templates/aws/credbroker-stackset.json")).unwrap(),
+    )
+    .unwrap();
+    let body = stackset["Resources"]["CredbrokerRoleStackSet"]["Properties"]["TemplateBody"]
+        .as_str()
+        .unwrap()
+        .replace("SecurityAudit", "AdministratorAccess");
+    stackset["Resources"]["CredbrokerRoleStackSet"]["Properties"]["TemplateBody"] = body.into();
+    std::fs::write(
+        aws.join("credbroker-stackset.json"),
+        serde_json::to_vec_pretty(&stackset).unwrap(),
+    )
+    .unwrap();
+    let (c, out, _) = run_cli(&[
+        "lint-templates",
+        "--templates",
+        tmp.path().to_str().unwrap(),
+        "--policies",
+        root.join("policies").to_str().unwrap(),
+    ]);
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("TemplateBody differs from credbroker-role.json"),
+        "{out}"
+    );
+    assert!(out.contains("AdministratorAccess is outside"), "{out}");
+}
+
+#[test]
+fn a_missing_policy_fails_closed() {
+    let root = repo_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _, err) = run_cli(&[
+        "lint-templates",
+        "--templates",
+        root.join("onboarding-templates").to_str().unwrap(),
+        "--policies",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_ne!(c, 0);
+    assert!(err.contains("aws.json"), "{err}");
+}
