@@ -549,6 +549,60 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
         denied["detail"],
         "upstream denied: binding flagged trust_broken"
     );
+    // DurationSeconds above the role's MaxSessionDuration: STS's ValidationError is a denial
+    // that is not the customer's doing (no trust_broken flag).
+    let short = format!("arn:aws:iam::{CUSTOMER}:role/ShortSessions");
+    env.sts.add_role(
+        &short,
+        FakeRole {
+            max_session_s: 1800,
+            ..role(Some(&external_id))
+        },
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "short", "tenant": "t1", "provider": "aws_assume_role",
+        "config": {"role_arn": short, "duration_s": 3600, "source_identity": true}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-short", "tenant": "t1", "binding": "short", "connector_kind": "aws"})),
+    )
+    .await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/short/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-short"})).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MaxSessionDuration"),
+        "{v}"
+    );
+    let sent = env.sts.state.last_request();
+    assert_eq!(sent["DurationSeconds"], "3600");
+    assert_eq!(
+        sent["SourceIdentity"], "w1",
+        "worker name as SourceIdentity"
+    );
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/short", None).await;
+    assert_eq!(v["binding"]["trust_broken"], false);
+
     // Restoring the trust and re-probing clears the flag.
     env.sts.add_role(&arn, role(Some(&external_id)));
     let (s, v) = call(
