@@ -64,6 +64,8 @@ pub enum ErrorCode {
     AccountMismatch,
     /// Activation probe failed for another stated reason.
     ActivationFailed,
+    /// A provider callback failed verification (state, signature) and changed nothing.
+    CallbackRejected,
     /// A stored record could not be read or opened (corruption, missing KEK version).
     Internal,
     /// The daemon is shutting down or overloaded.
@@ -95,6 +97,7 @@ impl ErrorCode {
         ErrorCode::ExternalIdNotEnforced,
         ErrorCode::AccountMismatch,
         ErrorCode::ActivationFailed,
+        ErrorCode::CallbackRejected,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
     ];
@@ -124,6 +127,7 @@ impl ErrorCode {
             ErrorCode::ExternalIdNotEnforced => "external_id_not_enforced",
             ErrorCode::AccountMismatch => "account_mismatch",
             ErrorCode::ActivationFailed => "activation_failed",
+            ErrorCode::CallbackRejected => "callback_rejected",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -145,7 +149,8 @@ impl ErrorCode {
             | ErrorCode::TenantInactive
             | ErrorCode::BindingInactive
             | ErrorCode::NarrowingExceedsCeiling
-            | ErrorCode::ConsentMissing => StatusCode::FORBIDDEN,
+            | ErrorCode::ConsentMissing
+            | ErrorCode::CallbackRejected => StatusCode::FORBIDDEN,
             ErrorCode::SecretMissing | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::ExternalIdNotEnforced
             | ErrorCode::AccountMismatch

@@ -44,6 +44,8 @@ pub struct BrokerSettings {
     pub cache_max_entries: usize,
     /// Audit writer settings.
     pub audit: AuditConfig,
+    /// Lifetime of install `state`s, seconds.
+    pub callback_state_ttl_s: u64,
 }
 
 impl BrokerSettings {
@@ -59,6 +61,10 @@ impl BrokerSettings {
                 checkpoint_every_records: config.audit.checkpoint_every_records,
                 checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_s.max(1)),
             },
+            callback_state_ttl_s: config
+                .public
+                .as_ref()
+                .map_or(3600, |p| p.state_ttl_s.max(1)),
         }
     }
 }
@@ -254,7 +260,7 @@ impl Broker {
             }
         }
         let audit = AuditLog::open(settings.audit.clone(), keys.audit_signer)?;
-        Ok(Arc::new(Broker {
+        let broker = Arc::new(Broker {
             records,
             keyring: keys.keyring,
             audit,
@@ -264,7 +270,16 @@ impl Broker {
             metrics: Metrics::new(),
             admin_lock: tokio::sync::Mutex::new(()),
             settings,
-        }))
+        });
+        broker
+            .load_all_platform_keys()
+            .map_err(|e| StartError::Other(format!("platform keys: {}", e.message)))?;
+        Ok(broker)
+    }
+
+    /// Lifetime of install `state`s.
+    pub fn callback_state_ttl_s(&self) -> u64 {
+        self.settings.callback_state_ttl_s
     }
 
     /// Deadline for one upstream mint or probe.
@@ -714,6 +729,18 @@ impl MintJob {
                     upstream_request_id: None,
                 })
             });
+        if let Ok(cred) = &result {
+            if let Some(subject) = &cred.subject {
+                self.broker
+                    .metrics
+                    .mints
+                    .get_or_create(&crate::metrics::SubjectLabels {
+                        provider: self.provider.id().to_owned(),
+                        subject: subject.clone(),
+                    })
+                    .inc();
+            }
+        }
         self.broker
             .metrics
             .mint_latency
@@ -749,7 +776,7 @@ fn success_answer(
     request_id: &str,
 ) -> Answer {
     let cred = &granted.credential;
-    let head = json!({
+    let mut head = json!({
         "provider": granted.provider,
         "kind": cred.kind,
         "expires_at": cred.expires_at.map(rfc3339),
@@ -757,6 +784,9 @@ fn success_answer(
         "audit_id": audit_id,
         "request_id": request_id,
     });
+    if !cred.details.is_null() {
+        head["details"] = cred.details.clone();
+    }
     let head = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
     // Splice `"credentials":{…}` into the object without copying the secret into a
     // non-zeroizing buffer.

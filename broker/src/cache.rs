@@ -172,6 +172,19 @@ impl TokenCache {
         }
     }
 
+    /// Removes and returns every cached token of the given bindings.
+    pub fn drain_bindings(&self, bindings: &[String]) -> Vec<Arc<IssuedCredential>> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return Vec::new();
+        };
+        let keys: Vec<CacheKey> = entries
+            .keys()
+            .filter(|k| bindings.contains(&k.binding))
+            .cloned()
+            .collect();
+        keys.iter().filter_map(|k| entries.remove(k)).collect()
+    }
+
     /// Number of cached tokens.
     pub fn len(&self) -> usize {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)
@@ -204,6 +217,8 @@ mod tests {
             credentials: SecretFields::new(),
             expires_at: Some(OffsetDateTime::now_utc() + time::Duration::seconds(ttl_s)),
             upstream_request_id: None,
+            details: serde_json::Value::Null,
+            subject: None,
         }
     }
 

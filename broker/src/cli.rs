@@ -143,6 +143,45 @@ enum KeysCmd {
     /// Add a new KEK version and re-wrap every data key with it (payloads untouched).
     /// Offline: stop the daemon first (the store is locked while it runs).
     RotateKek(LocalArgs),
+    /// GitHub App private keys (platform secret, sealed in the store; admin API).
+    Github(GithubKeysArgs),
+}
+
+#[derive(Args, Debug)]
+struct GithubKeysArgs {
+    #[command(subcommand)]
+    action: GithubKeysAction,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand, Debug)]
+enum GithubKeysAction {
+    /// Store a new App private key (PEM) as staged; read from a file, never the command line.
+    Add(KeyFile),
+    /// List keys: version, state, fingerprint (never the key).
+    List,
+    /// Make a staged key active: it becomes the preferred signing key; other active keys stay
+    /// as fallbacks until retired.
+    Activate(KeyVersion),
+    /// Stop using a key and destroy its sealed material.
+    Retire(KeyVersion),
+    /// Revoke every installation token the broker still caches (DELETE /installation/token)
+    /// and drop them, so the next resolves mint fresh ones.
+    RevokeTokens,
+}
+
+#[derive(Args, Debug)]
+struct KeyFile {
+    /// PEM file downloaded from the GitHub App settings.
+    #[arg(long)]
+    from_file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct KeyVersion {
+    /// Key version (from `credbroker keys github list`).
+    version: u32,
 }
 
 /// How admin commands reach the daemon.
@@ -269,6 +308,23 @@ enum BindingKind {
     Aws(AwsBindingAdd),
     /// A pasted secret (set its fields with `credbroker secret set`).
     PastedSecret(PastedBindingAdd),
+    /// A GitHub App installation (normally bound by the install redirect; this binds by hand).
+    Github(GithubBindingAdd),
+}
+
+#[derive(Args, Debug)]
+struct GithubBindingAdd {
+    /// Binding id.
+    id: String,
+    /// Owning tenant.
+    #[arg(long)]
+    tenant: String,
+    /// The installation id.
+    #[arg(long)]
+    installation_id: u64,
+    /// Ceiling within policies/github.json, JSON: {"permissions": {...}, "repositories": [...]}.
+    #[arg(long)]
+    ceiling: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -311,6 +367,8 @@ struct PastedBindingAdd {
 enum OnboardCmd {
     /// Print the tenant's ExternalId, the vendor account id and the template parameters.
     Aws(OnboardArgs),
+    /// Print the App's install URL carrying a single-use state bound to the tenant (1 h).
+    Github(OnboardArgs),
 }
 
 #[derive(Args, Debug)]
@@ -482,6 +540,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Audit(cmd) => run_audit(cmd),
         Command::Keys(KeysCmd::RotateKek(local)) => rotate_kek(&local),
+        Command::Keys(KeysCmd::Github(k)) => run_github_keys(k),
         Command::Tenant(cmd) => run_record(cmd, "tenants", |a: TenantAdd| {
             Ok(json!({ "id": a.id, "name": a.name }))
         }),
@@ -494,6 +553,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             )
         }),
         Command::Binding(cmd) => run_binding(cmd),
+        Command::Onboard(OnboardCmd::Github(a)) => call(
+            &a.conn,
+            Method::POST,
+            "/v1/admin/onboard/github_app",
+            Some(serde_json::to_vec(&json!({ "tenant": a.tenant })).map_err(|e| e.to_string())?),
+        ),
         Command::Onboard(OnboardCmd::Aws(a)) => call(
             &a.conn,
             Method::POST,
@@ -861,6 +926,45 @@ fn run_record<A: Args>(
     }
 }
 
+fn run_github_keys(k: GithubKeysArgs) -> Result<ExitCode, String> {
+    let base = "/v1/admin/keys/github_app";
+    match k.action {
+        GithubKeysAction::Add(f) => {
+            let pem = Zeroizing::new(
+                std::fs::read_to_string(&f.from_file)
+                    .map_err(|e| format!("{}: {e}", f.from_file.display()))?,
+            );
+            let mut fields = credbroker_providers::SecretFields::new();
+            fields.insert("private_key_pem", secrecy::SecretString::from(pem.as_str()));
+            let inner = fields.to_json_zeroizing();
+            let mut body = Zeroizing::new(Vec::with_capacity(inner.len() + 12));
+            body.extend_from_slice(b"{\"fields\":");
+            body.extend_from_slice(&inner);
+            body.push(b'}');
+            call(&k.conn, Method::POST, base, Some(body.to_vec()))
+        }
+        GithubKeysAction::List => call(&k.conn, Method::GET, base, None),
+        GithubKeysAction::Activate(v) => call(
+            &k.conn,
+            Method::POST,
+            &format!("{base}/{}/activate", v.version),
+            Some(b"{}".to_vec()),
+        ),
+        GithubKeysAction::Retire(v) => call(
+            &k.conn,
+            Method::POST,
+            &format!("{base}/{}/retire", v.version),
+            Some(b"{}".to_vec()),
+        ),
+        GithubKeysAction::RevokeTokens => call(
+            &k.conn,
+            Method::POST,
+            "/v1/admin/providers/github_app/revoke-cached",
+            Some(b"{}".to_vec()),
+        ),
+    }
+}
+
 fn json_arg(flag: &str, value: Option<&str>) -> Result<Value, String> {
     match value {
         Some(c) => serde_json::from_str(c).map_err(|e| format!("{flag} is not JSON: {e}")),
@@ -885,6 +989,11 @@ fn run_binding(cmd: BindingCmd) -> Result<ExitCode, String> {
                     json!({ "id": a.id, "tenant": a.tenant, "provider": "aws_assume_role", "config": config,
                             "ceiling": json_arg("--ceiling", a.ceiling.as_deref())? })
                 }
+                BindingKind::Github(a) => json!({
+                    "id": a.id, "tenant": a.tenant, "provider": "github_app",
+                    "config": { "installation_id": a.installation_id },
+                    "ceiling": json_arg("--ceiling", a.ceiling.as_deref())?,
+                }),
                 BindingKind::PastedSecret(a) => json!({
                     "id": a.id, "tenant": a.tenant, "provider": "pasted_secret",
                     "config": json_arg("--config", Some(&a.config))?,

@@ -119,6 +119,20 @@ impl BrokerClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        self.request_with_headers(method, path, &[], body).await
+    }
+
+    /// As [`BrokerClient::request`], with extra request headers.
+    ///
+    /// # Errors
+    /// As [`BrokerClient::request`].
+    pub async fn request_with_headers(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let mut sender = match self.sender.take() {
             Some(mut s) => {
                 if s.ready().await.is_ok() {
@@ -135,6 +149,9 @@ impl BrokerClient {
             .header(http::header::HOST, &self.authority);
         if body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
         }
         let req = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

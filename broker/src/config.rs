@@ -41,6 +41,9 @@ pub struct Config {
     /// Federated providers; each is enabled by its section.
     #[serde(default)]
     pub providers: ProviderSettings,
+    /// The public callback listener (optional).
+    #[serde(default)]
+    pub public: Option<PublicSettings>,
 }
 
 /// `[providers.*]`
@@ -50,6 +53,29 @@ pub struct ProviderSettings {
     /// `[providers.aws_assume_role]`: enables AWS AssumeRole bindings.
     #[serde(default)]
     pub aws_assume_role: Option<credbroker_providers::aws::AwsSettings>,
+    /// `[providers.github_app]`: enables GitHub App bindings.
+    #[serde(default)]
+    pub github_app: Option<credbroker_providers::github::GithubSettings>,
+}
+
+/// `[public]`: the optional public TLS listener for provider callbacks (install redirects,
+/// webhooks). No client certificates; every callback is verified before it changes anything.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicSettings {
+    /// Listener address.
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// Lifetime of an install `state` issued by `credbroker onboard`, seconds.
+    #[serde(default = "default_state_ttl")]
+    pub state_ttl_s: u64,
+}
+
+fn default_state_ttl() -> u64 {
+    3600
 }
 
 /// `[tls]`

@@ -55,18 +55,49 @@ pub async fn run_with_broker(
     let running = server::spawn(listener, broker.clone(), tls.clone(), config.limits.clone())
         .map_err(|e| StartError::Other(e.to_string()))?;
     tracing::info!(listen = %running.local_addr, trust_domain = %config.trust_domain, "credbroker listening (mTLS)");
+    let mut public = None;
+    if let Some(p) = &config.public {
+        let ptls = Arc::new(
+            ReloadableTls::public(p.cert.clone(), p.key.clone())
+                .map_err(|e| StartError::Other(format!("public tls: {e}")))?,
+        );
+        let plistener = TcpListener::bind(p.listen)
+            .await
+            .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", p.listen)))?;
+        let srv = server::spawn_role(
+            server::Role::Public,
+            plistener,
+            broker.clone(),
+            ptls.clone(),
+            config.limits.clone(),
+        )
+        .map_err(|e| StartError::Other(e.to_string()))?;
+        tracing::info!(listen = %srv.local_addr, "public callback listener (TLS, no client certificates)");
+        println!("public {}", srv.local_addr);
+        public = Some((srv, ptls));
+    }
     on_ready(running.local_addr);
     loop {
         tokio::select! {
-            _ = hup.recv() => match tls.reload() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificates, client CA and CRL reloaded"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config"),
-            },
+            _ = hup.recv() => {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates, client CA and CRL reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config"),
+                }
+                if let Some((_, ptls)) = &public {
+                    if let Err(e) = ptls.reload() {
+                        tracing::error!(error = %e, "SIGHUP: public listener reload failed; keeping its previous TLS config");
+                    }
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("shutting down: draining connections");
+    if let Some((srv, _)) = public {
+        srv.shutdown(Duration::from_secs(5)).await;
+    }
     running.shutdown(Duration::from_secs(10)).await;
     broker.shutdown();
     tracing::info!("stopped");

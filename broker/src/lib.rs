@@ -7,6 +7,7 @@ pub mod audit;
 pub mod body;
 pub mod broker;
 pub mod cache;
+pub mod callbacks;
 pub mod cli;
 pub mod client;
 pub mod config;

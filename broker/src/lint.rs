@@ -241,6 +241,76 @@ pub fn load_aws_ceiling(policies: &Path) -> Result<AwsCeiling, String> {
     AwsCeiling::from_value(&v).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Loads policies/github.json.
+///
+/// # Errors
+/// When missing or malformed (the lint then fails: no ceiling, no pass).
+pub fn load_github_ceiling(
+    policies: &Path,
+) -> Result<credbroker_providers::github::GithubCeiling, String> {
+    let path = policies.join("github.json");
+    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    credbroker_providers::github::GithubCeiling::from_value(&v)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Lints a GitHub App manifest: default permissions within policies/github.json (names valid,
+/// levels not higher), every URL https, the webhook and setup URLs on the broker's callback
+/// paths, and no OAuth-on-install (the broker uses installation tokens only).
+pub fn lint_github_manifest(
+    file: &str,
+    m: &Value,
+    ceiling: &credbroker_providers::github::GithubCeiling,
+    out: &mut Vec<String>,
+) {
+    let mut say = |msg: String| out.push(format!("{file}: {msg}"));
+    match m
+        .get("default_permissions")
+        .map(credbroker_providers::github::parse_permissions)
+    {
+        Some(Ok(p)) => {
+            for (name, level) in &p {
+                match ceiling.permissions.get(name) {
+                    Some(max) if level <= max => {}
+                    Some(max) => say(format!(
+                        "permission {name}: {} exceeds policies/github.json ({})",
+                        level.as_str(),
+                        max.as_str()
+                    )),
+                    None => say(format!("permission {name} is outside policies/github.json")),
+                }
+            }
+        }
+        Some(Err(e)) => say(format!("default_permissions: {e}")),
+        None => say("default_permissions is missing".into()),
+    }
+    for (ptr, suffix) in [
+        ("/url", None),
+        (
+            "/hook_attributes/url",
+            Some("/callbacks/github_app/webhook"),
+        ),
+        ("/setup_url", Some("/callbacks/github_app/setup")),
+        ("/redirect_url", None),
+    ] {
+        match m.pointer(ptr).and_then(Value::as_str) {
+            Some(u) if !u.starts_with("https://") => say(format!("{ptr} must be https")),
+            Some(u) => {
+                if let Some(sfx) = suffix {
+                    if !u.ends_with(sfx) {
+                        say(format!("{ptr} must end with {sfx}"));
+                    }
+                }
+            }
+            None => say(format!("{ptr} is missing")),
+        }
+    }
+    if m.get("request_oauth_on_install") == Some(&Value::Bool(true)) {
+        say("request_oauth_on_install must be false (installation tokens only)".into());
+    }
+}
+
 /// Lints every template under `templates`; returns the findings (empty: all good).
 ///
 /// # Errors
@@ -249,7 +319,8 @@ pub fn lint_templates(templates: &Path, policies: &Path) -> Result<Vec<String>, 
     let ceiling = load_aws_ceiling(policies)?;
     let aws = templates.join("aws");
     let mut files: Vec<_> = std::fs::read_dir(&aws)
-        .map_err(|e| format!("{}: {e}", aws.display()))?
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -266,8 +337,8 @@ pub fn lint_templates(templates: &Path, policies: &Path) -> Result<Vec<String>, 
         None
     };
     let mut out = Vec::new();
-    if files.is_empty() {
-        out.push(format!("{}: no templates", aws.display()));
+    if files.is_empty() && !templates.join("github").exists() {
+        out.push(format!("{}: no templates", templates.display()));
     }
     for f in files {
         let doc = read(&f)?;
@@ -278,6 +349,24 @@ pub fn lint_templates(templates: &Path, policies: &Path) -> Result<Vec<String>, 
             single_doc.as_ref(),
             &mut out,
         );
+    }
+    let github = templates.join("github");
+    if github.exists() {
+        let gh_ceiling = load_github_ceiling(policies)?;
+        let mut manifests: Vec<_> = std::fs::read_dir(&github)
+            .map_err(|e| format!("{}: {e}", github.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        manifests.sort();
+        if manifests.is_empty() {
+            out.push(format!("{}: no manifest", github.display()));
+        }
+        for f in manifests {
+            let doc = read(&f)?;
+            lint_github_manifest(&f.display().to_string(), &doc, &gh_ceiling, &mut out);
+        }
     }
     Ok(out)
 }

@@ -25,6 +25,15 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
+/// Labels of a per-subject mint counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubjectLabels {
+    /// Provider name.
+    pub provider: String,
+    /// What was minted for (e.g. a GitHub installation id).
+    pub subject: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +61,10 @@ pub struct Metrics {
     pub handshake_failures: Counter,
     /// Admin requests.
     pub admin_requests: Counter,
+    /// Upstream mints by provider and subject (e.g. GitHub installation).
+    pub mints: Family<SubjectLabels, Counter>,
+    /// Provider callbacks by outcome.
+    pub callbacks: Family<ResolveLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -122,7 +135,21 @@ impl Metrics {
             "Admin API requests",
             admin_requests.clone(),
         );
+        let mints = Family::<SubjectLabels, Counter>::default();
+        registry.register(
+            "mints",
+            "Upstream mints by provider and subject",
+            mints.clone(),
+        );
+        let callbacks = Family::<ResolveLabels, Counter>::default();
+        registry.register(
+            "callbacks",
+            "Provider callbacks (install redirects, webhooks) by outcome",
+            callbacks.clone(),
+        );
         Metrics {
+            mints,
+            callbacks,
             registry,
             resolves,
             resolve_latency,

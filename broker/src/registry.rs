@@ -21,5 +21,10 @@ pub async fn from_config(config: &Config) -> Result<ProviderRegistry, String> {
             .map_err(|e| format!("providers.aws_assume_role: {e}"))?;
         registry.register(Arc::new(provider));
     }
+    if let Some(gh) = &config.providers.github_app {
+        let provider = credbroker_providers::github::GithubApp::new(gh.clone())
+            .map_err(|e| format!("providers.github_app: {e}"))?;
+        registry.register(Arc::new(provider));
+    }
     Ok(registry)
 }

@@ -27,6 +27,15 @@ use crate::config::Limits;
 use crate::identity::{peer_identity, PeerIdentity};
 use crate::tls::ReloadableTls;
 
+/// Which listener a server is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// mTLS: resolve, admin, health, metrics.
+    Mtls,
+    /// Public TLS: provider callbacks and health only.
+    Public,
+}
+
 /// A running listener.
 pub struct RunningServer {
     /// The bound address.
@@ -64,6 +73,17 @@ pub fn new_request_id() -> String {
 
 /// Starts serving on `listener`.
 pub fn spawn(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    tls: Arc<ReloadableTls>,
+    limits: Limits,
+) -> std::io::Result<RunningServer> {
+    spawn_role(Role::Mtls, listener, broker, tls, limits)
+}
+
+/// Starts serving `role` on `listener`.
+pub fn spawn_role(
+    role: Role,
     listener: TcpListener,
     broker: Arc<Broker>,
     tls: Arc<ReloadableTls>,
@@ -153,7 +173,12 @@ pub fn spawn(
                     let broker = broker.clone();
                     let peer = peer.clone();
                     let limits = limits.clone();
-                    async move { Ok::<_, Infallible>(handle(broker, peer, &limits, req).await) }
+                    async move {
+                        Ok::<_, Infallible>(match role {
+                            Role::Mtls => handle(broker, peer, &limits, req).await,
+                            Role::Public => handle_public(broker, &limits, req).await,
+                        })
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
@@ -312,6 +337,52 @@ async fn handle(
     h.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    response
+}
+
+/// The public listener: callbacks and health, nothing else.
+async fn handle_public(
+    broker: Arc<Broker>,
+    limits: &Limits,
+    req: Request<Incoming>,
+) -> Response<ZeroizingBody> {
+    let request_id = new_request_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let headers = req.headers().clone();
+    let answer = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => plain_json(StatusCode::OK, json!({ "status": "ok" })),
+        (_, p) if p.starts_with("/callbacks/") => {
+            let body = if method == Method::POST {
+                read_body(req, limits).await
+            } else {
+                Ok(Zeroizing::new(Vec::new()))
+            };
+            broker
+                .callback_http(&method, &path, &query, &headers, body, &request_id)
+                .await
+        }
+        _ => error_answer(
+            &ApiError::new(ErrorCode::NotFound, "no such route"),
+            None,
+            &request_id,
+        ),
+    };
+    let mut response = Response::new(ZeroizingBody::new(answer.body));
+    *response.status_mut() = answer.status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
     );
     h.insert(
         header::CACHE_CONTROL,

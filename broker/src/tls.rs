@@ -121,9 +121,44 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
     Ok(Arc::new(config))
 }
 
+/// Builds the public listener config: server certificate only, no client authentication
+/// (callbacks are verified by state, signature or token instead), ALPN http/1.1.
+///
+/// # Errors
+/// When a file is missing or invalid.
+pub fn public_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Where a reloadable config comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    Mtls(TlsSettings),
+    Public {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+}
+
+impl Source {
+    fn build(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        match self {
+            Source::Mtls(s) => server_config(s),
+            Source::Public { cert, key } => public_server_config(cert, key),
+        }
+    }
+}
+
 /// A server config that can be replaced while the daemon runs.
 pub struct ReloadableTls {
-    settings: TlsSettings,
+    source: Source,
     current: RwLock<Arc<ServerConfig>>,
 }
 
@@ -133,8 +168,19 @@ impl ReloadableTls {
     /// # Errors
     /// As [`server_config`].
     pub fn new(settings: TlsSettings) -> Result<Self, TlsError> {
-        let current = RwLock::new(server_config(&settings)?);
-        Ok(ReloadableTls { settings, current })
+        let source = Source::Mtls(settings);
+        let current = RwLock::new(source.build()?);
+        Ok(ReloadableTls { source, current })
+    }
+
+    /// The public (callback) listener's config.
+    ///
+    /// # Errors
+    /// As [`public_server_config`].
+    pub fn public(cert: std::path::PathBuf, key: std::path::PathBuf) -> Result<Self, TlsError> {
+        let source = Source::Public { cert, key };
+        let current = RwLock::new(source.build()?);
+        Ok(ReloadableTls { source, current })
     }
 
     /// The config for the next handshake.
@@ -150,7 +196,7 @@ impl ReloadableTls {
     /// # Errors
     /// As [`server_config`].
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = server_config(&self.settings)?;
+        let fresh = self.source.build()?;
         match self.current.write() {
             Ok(mut c) => *c = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,

@@ -16,6 +16,7 @@
 
 pub mod aws;
 mod error;
+pub mod github;
 mod pasted_secret;
 mod provider;
 mod registry;
@@ -24,8 +25,9 @@ mod secret;
 pub use error::ProviderError;
 pub use pasted_secret::PastedSecret;
 pub use provider::{
-    BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
-    SecretRequirement, TenantParameter,
+    BindingContext, CachePolicy, CallbackEvent, Callbacks, IssuedCredential, MintRequest,
+    Narrowing, PlatformKey, ProbeReport, Provider, SecretRequirement, SetupRedirect,
+    TenantParameter,
 };
 pub use registry::{ProviderId, ProviderRegistry, KNOWN_PROVIDERS};
 pub use secret::SecretFields;

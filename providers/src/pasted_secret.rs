@@ -132,6 +132,8 @@ impl Provider for PastedSecret {
             credentials,
             expires_at: None,
             upstream_request_id: None,
+            details: serde_json::Value::Null,
+            subject: None,
         })
     }
 

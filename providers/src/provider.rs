@@ -87,6 +87,88 @@ pub struct IssuedCredential {
     pub expires_at: Option<OffsetDateTime>,
     /// The upstream's request id, recorded in the audit log.
     pub upstream_request_id: Option<String>,
+    /// Non-secret facts returned beside the credentials (granted permissions, repository
+    /// selection…), `null` when there are none.
+    pub details: Value,
+    /// What the credential was minted for (e.g. a GitHub installation id), for the
+    /// per-subject mint volume metric.
+    pub subject: Option<String>,
+}
+
+/// One platform key (the broker's own secret for a provider, e.g. the GitHub App private key),
+/// opened from the store for the provider to use.
+pub struct PlatformKey {
+    /// Version.
+    pub version: u32,
+    /// The key material (field names are provider-specific).
+    pub material: SecretFields,
+}
+
+/// A normalized event from a verified provider callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackEvent {
+    /// The customer removed the installation / trust.
+    Removed {
+        /// Exclusive identifier of the binding concerned.
+        identifier: String,
+    },
+    /// The installation was suspended.
+    Suspended {
+        /// Exclusive identifier.
+        identifier: String,
+    },
+    /// The installation was unsuspended.
+    Unsuspended {
+        /// Exclusive identifier.
+        identifier: String,
+    },
+    /// The customer changed what the installation grants (drift).
+    Changed {
+        /// Exclusive identifier.
+        identifier: String,
+        /// What changed (no secrets).
+        detail: String,
+    },
+    /// A verified event that changes nothing here.
+    Ignored {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A verified setup redirect after a customer installed our app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupRedirect {
+    /// The `state` the broker issued.
+    pub state: String,
+    /// The binding configuration the redirect establishes (e.g. `{"installation_id": 42}`).
+    pub config: Value,
+    /// What the customer did (`install`, `update`…).
+    pub action: String,
+}
+
+/// Inbound callbacks of a provider (install redirects, webhooks). Every method verifies or
+/// parses only; the core decides what changes.
+pub trait Callbacks: Send + Sync {
+    /// Where to send a customer to install, carrying the broker's single-use `state`.
+    fn install_url(&self, state: &str) -> String;
+
+    /// Parses a setup redirect's query string.
+    ///
+    /// # Errors
+    /// A message naming what is missing or malformed.
+    fn parse_setup(&self, query: &str) -> Result<SetupRedirect, String>;
+
+    /// Verifies a webhook (signature checked in constant time before the body is parsed) and
+    /// normalizes it.
+    ///
+    /// # Errors
+    /// A message when the signature is missing or wrong, or the body malformed.
+    fn verify_webhook(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<CallbackEvent, String>;
 }
 
 /// Result of an activation or on-demand probe.
@@ -159,6 +241,53 @@ pub trait Provider: Send + Sync + 'static {
     /// Whether a new binding stays inactive until [`Provider::probe`] passes.
     fn requires_activation(&self) -> bool {
         false
+    }
+
+    /// The name of the platform key this provider signs with (e.g. `github_app`), if any.
+    fn platform_key_kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Checks a platform key before it is stored; returns a non-secret fingerprint.
+    ///
+    /// # Errors
+    /// [`ProviderError::InvalidConfig`] when the material is not a usable key.
+    fn check_platform_key(&self, _material: &SecretFields) -> Result<String, ProviderError> {
+        Err(ProviderError::InvalidConfig(
+            "this provider uses no platform key".into(),
+        ))
+    }
+
+    /// Installs the active platform keys, preferred (most recently activated) first.
+    ///
+    /// # Errors
+    /// When a key cannot be used.
+    fn set_platform_keys(&self, _keys: Vec<PlatformKey>) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    /// Whether issued credentials can be revoked upstream before they expire.
+    fn can_revoke(&self) -> bool {
+        false
+    }
+
+    /// Revokes one issued credential upstream (e.g. after a platform key compromise).
+    ///
+    /// # Errors
+    /// When the upstream refuses or cannot be reached, or revocation is unsupported.
+    async fn revoke(
+        &self,
+        _credential: &IssuedCredential,
+        _timeout: Duration,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Internal(
+            "this provider cannot revoke credentials".into(),
+        ))
+    }
+
+    /// Inbound callbacks, when the provider has any.
+    fn callbacks(&self) -> Option<&dyn Callbacks> {
+        None
     }
 
     /// Non-secret facts an operator hands to the customer for onboarding (vendor account id,

@@ -61,6 +61,8 @@ impl Provider for CountingProvider {
             credentials,
             expires_at: Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
             upstream_request_id: Some(format!("upstream-{n}")),
+            details: serde_json::Value::Null,
+            subject: None,
         })
     }
     async fn probe(&self, _: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {

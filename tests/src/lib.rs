@@ -15,6 +15,7 @@ use http::Method;
 use serde_json::Value;
 
 pub mod counting;
+pub mod fake_github;
 pub mod fake_sts;
 pub mod sts_shim;
 
@@ -157,6 +158,8 @@ pub struct Daemon {
     pub url: String,
     /// Captured stderr (logs).
     pub stderr_path: PathBuf,
+    /// `https://127.0.0.1:PORT` of the public callback listener, when configured.
+    pub public_url: Option<String>,
     env: Vec<(String, String)>,
     child: Option<Child>,
 }
@@ -194,6 +197,7 @@ impl Daemon {
             config,
             url: String::new(),
             stderr_path: root.join("daemon.stderr"),
+            public_url: None,
             env: options.env.clone(),
             child: None,
         };
@@ -220,13 +224,17 @@ impl Daemon {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut addr = None;
+            let mut public = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(a) = line.strip_prefix("listening ") {
                     addr = Some(a.to_owned());
                 }
+                if let Some(a) = line.strip_prefix("public ") {
+                    public = Some(a.to_owned());
+                }
                 if line == "ready" {
-                    let _ = tx.send(addr.clone());
+                    let _ = tx.send(addr.clone().map(|a| (a, public.clone())));
                 }
             }
         });
@@ -240,7 +248,8 @@ impl Daemon {
                     std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
                 )
             });
-        self.url = format!("https://{addr}");
+        self.url = format!("https://{}", addr.0);
+        self.public_url = addr.1.map(|p| format!("https://{p}"));
         self.child = Some(child);
     }
 
@@ -431,6 +440,20 @@ pub fn aws_test_env(access_key: &str, secret: &str) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
+}
+
+/// A client of the public listener: trusts the test CA, presents no certificate.
+pub fn public_client(pki: &TestPki, url: &str) -> BrokerClient {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in credbroker::tls::load_certs(&pki.dir.join("ca.crt")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(credbroker::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    BrokerClient::with_config(url, Arc::new(config)).unwrap()
 }
 
 /// A tempdir plus a PKI with worker `w1`, operator `op`.

@@ -103,3 +103,30 @@ fn a_missing_policy_fails_closed() {
     assert_ne!(c, 0);
     assert!(err.contains("aws.json"), "{err}");
 }
+
+#[test]
+fn a_github_manifest_beyond_the_ceiling_fails() {
+    let root = repo_root();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("github")).unwrap();
+    std::fs::copy(
+        root.join("tests/fixtures/github/bad-manifest.json"),
+        tmp.path().join("github/app-manifest.json"),
+    )
+    .unwrap();
+    let (c, out, _) = run_cli(&[
+        "lint-templates",
+        "--templates",
+        tmp.path().to_str().unwrap(),
+        "--policies",
+        root.join("policies").to_str().unwrap(),
+    ]);
+    assert_eq!(c, 1, "{out}");
+    for expected in [
+        "permission contents: write exceeds policies/github.json (read)",
+        "permission administration: write exceeds",
+        "/hook_attributes/url must be https",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}

@@ -28,12 +28,17 @@ fn tenant_param_key(provider: &str, name: &str, tenant: &TenantId) -> String {
     format!("tenant-param:{provider}:{name}:{tenant}")
 }
 
-fn exclusive_key(identifier: &str) -> String {
+/// Store key of an install `state`.
+pub(crate) fn callback_state_key(state: &str) -> String {
+    format!("callback-state:{state}")
+}
+
+pub(crate) fn exclusive_key(identifier: &str) -> String {
     format!("exclusive:{identifier}")
 }
 
 /// `length` random characters of `[A-Za-z0-9]`, from the system CSPRNG.
-fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
+pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(length);
     while out.len() < length {
@@ -248,6 +253,25 @@ impl Broker {
             .ok_or_else(|| {
                 ApiError::bad_request(format!("provider {} has no onboarding flow", provider.id()))
             })?;
+        if let Some(callbacks) = provider.callbacks() {
+            // A single-use, expiring state binds the install redirect to this tenant.
+            let state = random_alphanumeric(40)?;
+            let expires = time::OffsetDateTime::now_utc()
+                + time::Duration::seconds(
+                    i64::try_from(self.callback_state_ttl_s()).unwrap_or(3600),
+                );
+            let record = json!({ "provider": provider.id(), "tenant": tenant.as_str(), "expires_at": expires.unix_timestamp() });
+            let key = callback_state_key(&state);
+            plan.batch
+                .push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+                .push(Op::Put(
+                    Table::Identifiers,
+                    key,
+                    serde_json::to_vec(&record).unwrap_or_default(),
+                ));
+            plan.response["install_url"] = json!(callbacks.install_url(&state));
+            plan.response["state_expires_at"] = json!(crate::model::rfc3339(expires));
+        }
         plan.tenant = Some(tenant.to_string());
         Ok(plan)
     }

@@ -35,6 +35,9 @@ use crate::store::{Batch, StoreError, Table};
 
 mod federation;
 
+pub(crate) use federation::{callback_state_key, exclusive_key};
+mod platform_keys;
+
 /// A record collection of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collection {
@@ -168,6 +171,16 @@ pub enum AdminOp {
     Probe(String),
     /// Onboarding facts for a tenant with a federated provider (generates tenant parameters).
     Onboard(String, TenantId),
+    /// List a provider's platform keys (metadata only).
+    KeysList(String),
+    /// Store a new platform key (staged).
+    KeysAdd(String, SecretFields),
+    /// Make a staged key active (it becomes the preferred signing key).
+    KeysActivate(String, u32),
+    /// Retire a key: it stops signing and its sealed material is destroyed.
+    KeysRetire(String, u32),
+    /// Drop every cached token of a provider and revoke it upstream.
+    RevokeCached(String),
 }
 
 impl AdminOp {
@@ -187,11 +200,19 @@ impl AdminOp {
             AdminOp::SecretDestroy(..) => "secret.destroy".into(),
             AdminOp::Probe(_) => "binding.probe".into(),
             AdminOp::Onboard(p, _) => format!("onboard.{p}"),
+            AdminOp::KeysList(k) => format!("keys.{k}.list"),
+            AdminOp::KeysAdd(k, _) => format!("keys.{k}.add"),
+            AdminOp::KeysActivate(k, _) => format!("keys.{k}.activate"),
+            AdminOp::KeysRetire(k, _) => format!("keys.{k}.retire"),
+            AdminOp::RevokeCached(p) => format!("provider.{p}.revoke_cached"),
         }
     }
 
     fn is_read(&self) -> bool {
-        matches!(self, AdminOp::List(_) | AdminOp::Show(..))
+        matches!(
+            self,
+            AdminOp::List(_) | AdminOp::Show(..) | AdminOp::KeysList(_)
+        )
     }
 }
 
@@ -247,6 +268,33 @@ pub fn parse_admin_request(
     use http::Method;
     let rest = path.strip_prefix("/v1/admin/").unwrap_or("");
     let segs: Vec<&str> = rest.split('/').collect();
+    match segs.as_slice() {
+        ["keys", kind] => {
+            return match *method {
+                Method::GET => Ok(AdminOp::KeysList((*kind).to_owned())),
+                Method::POST => Ok(AdminOp::KeysAdd((*kind).to_owned(), parse_secret(body)?)),
+                _ => Err(ApiError::new(ErrorCode::MethodNotAllowed, "GET or POST")),
+            };
+        }
+        ["providers", provider, "revoke-cached"] => {
+            return if *method == Method::POST {
+                Ok(AdminOp::RevokeCached((*provider).to_owned()))
+            } else {
+                Err(ApiError::new(ErrorCode::MethodNotAllowed, "POST"))
+            };
+        }
+        ["keys", kind, version, action] if *method == Method::POST => {
+            let v: u32 = version
+                .parse()
+                .map_err(|_| ApiError::bad_request("key version must be a number"))?;
+            return match *action {
+                "activate" => Ok(AdminOp::KeysActivate((*kind).to_owned(), v)),
+                "retire" => Ok(AdminOp::KeysRetire((*kind).to_owned(), v)),
+                _ => Err(ApiError::new(ErrorCode::NotFound, "no such key action")),
+            };
+        }
+        _ => {}
+    }
     if let ["onboard", provider] = segs.as_slice() {
         if *method != Method::POST {
             return Err(ApiError::new(
@@ -382,6 +430,7 @@ struct Plan {
     tenant: Option<String>,
     binding: Option<String>,
     invalidate_binding: Option<String>,
+    reload_keys: Option<String>,
 }
 
 impl Plan {
@@ -394,6 +443,7 @@ impl Plan {
             tenant: None,
             binding: None,
             invalidate_binding: None,
+            reload_keys: None,
         }
     }
 }
@@ -509,8 +559,15 @@ impl Broker {
         if let AdminOp::Probe(id) = &op {
             return self.probe_binding(id, event, started).await;
         }
+        if let AdminOp::RevokeCached(provider) = &op {
+            return self.revoke_cached(provider, event).await;
+        }
         let planned = match op {
             AdminOp::Onboard(provider, tenant) => self.plan_onboard(&provider, &tenant),
+            AdminOp::KeysList(kind) => self.plan_keys_list(&kind),
+            AdminOp::KeysAdd(kind, material) => self.plan_keys_add(&kind, material),
+            AdminOp::KeysActivate(kind, v) => self.plan_keys_state(&kind, v, true),
+            AdminOp::KeysRetire(kind, v) => self.plan_keys_state(&kind, v, false),
             op => self.plan(op),
         };
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -552,6 +609,11 @@ impl Broker {
         }
         if let Some(b) = plan.invalidate_binding {
             self.cache.invalidate_binding(&b);
+        }
+        if let Some(kind) = plan.reload_keys {
+            if let Err(e) = self.load_platform_keys(&kind) {
+                tracing::error!(kind, error = %e, "platform keys could not be loaded after a change");
+            }
         }
         tracing::info!(request_id, actor, action = %event.action, audit_id = %receipt.audit_id, "admin change committed");
         Ok(AdminOutcome {
@@ -769,7 +831,13 @@ impl Broker {
             AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false),
             AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true),
             AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version),
-            AdminOp::Probe(_) | AdminOp::Onboard(..) => Err(ApiError::new(
+            AdminOp::Probe(_)
+            | AdminOp::Onboard(..)
+            | AdminOp::KeysList(_)
+            | AdminOp::KeysAdd(..)
+            | AdminOp::KeysActivate(..)
+            | AdminOp::KeysRetire(..)
+            | AdminOp::RevokeCached(_) => Err(ApiError::new(
                 ErrorCode::Internal,
                 "probe and onboarding are not planned operations",
             )),

@@ -30,6 +30,8 @@ pub enum Table {
     /// Exclusive identifiers (`exclusive:<identifier>` → owning tenant and binding) and
     /// broker-generated tenant parameters (`tenant-param:<provider>:<name>:<tenant>`).
     Identifiers,
+    /// Sealed platform keys (`<kind>/<version, 10 digits>`), e.g. the GitHub App key.
+    PlatformKeys,
 }
 
 impl Table {
@@ -43,6 +45,7 @@ impl Table {
         Table::Secrets,
         Table::KeyMeta,
         Table::Identifiers,
+        Table::PlatformKeys,
     ];
 
     /// The table's name in the backend.
@@ -56,6 +59,7 @@ impl Table {
             Table::Secrets => "secrets",
             Table::KeyMeta => "key_meta",
             Table::Identifiers => "identifiers",
+            Table::PlatformKeys => "platform_keys",
         }
     }
 }

@@ -239,6 +239,8 @@ fn to_credential(out: &AssumeRoleOutput) -> Result<IssuedCredential, ProviderErr
         credentials,
         expires_at: Some(expires_at),
         upstream_request_id: out.request_id().map(str::to_owned),
+        details: serde_json::Value::Null,
+        subject: None,
     })
 }
 

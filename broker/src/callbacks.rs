@@ -1,0 +1,398 @@
+//! Provider callbacks on the public listener: install redirects and webhooks.
+//!
+//! `GET /callbacks/{provider}/setup?…` — the customer comes back from installing our app. The
+//! redirect's `state` must be one the broker issued (`credbroker onboard …`), unexpired and
+//! unused; it names the tenant. It is consumed on first use. The installation is then bound
+//! to that tenant (an installation already bound to another tenant is refused) and activated
+//! by the provider's probe.
+//!
+//! `POST /callbacks/{provider}/webhook` — verified by the provider (signature, constant time)
+//! before the body is parsed; a removal or suspension deactivates the binding, a permission
+//! change is recorded as drift.
+//!
+//! Every callback leaves an audit record (actor `callback:<provider>`), rejected ones too, and
+//! the record is durable before anything it describes is committed.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use credbroker_providers::{CallbackEvent, Callbacks, Provider};
+
+use crate::admin::{AdminOp, NewBinding};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::AuditEvent;
+use crate::broker::{error_answer, Answer, Broker};
+use crate::ids::{BindingId, TenantId};
+use crate::model::{now_rfc3339, Binding, Status};
+use crate::store::records::BatchExt;
+use crate::store::{Batch, Table};
+
+fn rejected(m: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::CallbackRejected, m)
+}
+
+/// A callback failure; `audit_id` is set when its audit record is already written.
+struct Failure {
+    err: ApiError,
+    audit_id: Option<String>,
+}
+
+impl From<ApiError> for Failure {
+    fn from(err: ApiError) -> Self {
+        Failure {
+            err,
+            audit_id: None,
+        }
+    }
+}
+
+type CallbackResult = Result<(Value, String), Failure>;
+
+/// What a webhook changes, committed only after its audit record is durable.
+struct Change {
+    response: Value,
+    detail: String,
+    tenant: Option<String>,
+    binding: Option<String>,
+    batch: Batch,
+    reprobe: Option<String>,
+}
+
+impl Broker {
+    /// Handles one request below `/callbacks/` on the public listener.
+    pub async fn callback_http(
+        self: &Arc<Self>,
+        method: &Method,
+        path: &str,
+        query: &str,
+        headers: &HeaderMap,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        let segs: Vec<&str> = path.trim_start_matches("/callbacks/").split('/').collect();
+        let found = match segs.as_slice() {
+            [name, kind] => self
+                .registry
+                .get(name)
+                .cloned()
+                .filter(|p| p.callbacks().is_some())
+                .map(|p| (p, kind.to_string())),
+            _ => None,
+        };
+        let Some((provider, kind)) = found else {
+            return error_answer(
+                &ApiError::new(ErrorCode::NotFound, "no such callback"),
+                None,
+                request_id,
+            );
+        };
+        let outcome_label = |ok: bool| if ok { "allowed" } else { "denied" };
+        let mut event = AuditEvent {
+            kind: "callback".into(),
+            action: format!("callback.{kind}"),
+            request_id: request_id.to_owned(),
+            actor: format!("callback:{}", provider.id()),
+            provider: Some(provider.id().to_owned()),
+            ..Default::default()
+        };
+        let result = match (method, kind.as_str()) {
+            (&Method::GET, "setup") => self.handle_setup(provider.clone(), query, &mut event).await,
+            (&Method::POST, "webhook") => match body {
+                Ok(b) => {
+                    self.handle_webhook(provider.as_ref(), headers, &b, &mut event)
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            },
+            (_, "setup" | "webhook") => {
+                Err(ApiError::new(ErrorCode::MethodNotAllowed, "GET setup, POST webhook").into())
+            }
+            _ => Err(ApiError::new(ErrorCode::NotFound, "no such callback").into()),
+        };
+        self.metrics
+            .callbacks
+            .get_or_create(&crate::metrics::ResolveLabels {
+                outcome: outcome_label(result.is_ok()).into(),
+                provider: provider.id().into(),
+                code: result
+                    .as_ref()
+                    .err()
+                    .map_or("none".into(), |f| f.err.code.as_str().to_owned()),
+            })
+            .inc();
+        match result {
+            Ok((response, audit_id)) => {
+                let mut body = response;
+                body["audit_id"] = json!(audit_id);
+                body["request_id"] = json!(request_id);
+                Answer {
+                    status: http::StatusCode::OK,
+                    body: Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default()),
+                }
+            }
+            Err(Failure { err, audit_id }) => {
+                tracing::warn!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, "callback rejected");
+                let audit_id = match audit_id {
+                    Some(id) => Some(id),
+                    None => {
+                        event.outcome = "denied".into();
+                        event.error_code = Some(err.code.as_str().to_owned());
+                        event.detail = Some(err.message.chars().take(300).collect());
+                        self.audit.append(event).await.ok().map(|r| r.audit_id)
+                    }
+                };
+                error_answer(&err, audit_id.as_deref(), request_id)
+            }
+        }
+    }
+
+    /// Returns the response and the audit id of the callback's own record.
+    async fn handle_setup(
+        self: &Arc<Self>,
+        provider: Arc<dyn Provider>,
+        query: &str,
+        event: &mut AuditEvent,
+    ) -> CallbackResult {
+        let Some(cb) = provider.callbacks() else {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such callback").into());
+        };
+        let redirect = cb.parse_setup(query).map_err(rejected)?;
+        let identifiers = provider.exclusive_identifiers(&redirect.config);
+        let identifier = identifiers
+            .first()
+            .cloned()
+            .ok_or_else(|| rejected("redirect names no installation"))?;
+        let state_key = crate::admin::callback_state_key(&redirect.state);
+        let tenant = {
+            let _guard = self.admin_lock.lock().await;
+            let raw = self
+                .records
+                .store()
+                .get(Table::Identifiers, &state_key)
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+                .ok_or_else(|| rejected("unknown or already used state"))?;
+            let rec: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            let expired = rec["expires_at"]
+                .as_i64()
+                .is_none_or(|e| e < time::OffsetDateTime::now_utc().unix_timestamp());
+            if rec["provider"] != provider.id() {
+                return Err(rejected("state was issued for another provider").into());
+            }
+            let tenant = TenantId::parse(rec["tenant"].as_str().unwrap_or(""))
+                .map_err(|_| rejected("state record is corrupt"))?;
+            event.tenant = Some(tenant.to_string());
+            // The state is consumed now, whatever follows: single use. The record saying so is
+            // durable first.
+            event.outcome = if expired { "denied" } else { "allowed" }.into();
+            event.detail = Some(format!(
+                "state for tenant {tenant} {}; {identifier} action={}",
+                if expired {
+                    "expired"
+                } else {
+                    "accepted and consumed"
+                },
+                redirect.action
+            ));
+            if expired {
+                event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
+            }
+            let receipt = self.audit.append(event.clone()).await.map_err(|_| {
+                ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "audit log unavailable; nothing was changed",
+                )
+            })?;
+            let mut batch = Batch::new();
+            batch.remove(Table::Identifiers, &state_key);
+            self.records
+                .store()
+                .commit(batch)
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "could not consume the state"))?;
+            if expired {
+                // Already audited above: no second record.
+                return Err(Failure {
+                    err: rejected("state expired; start onboarding again"),
+                    audit_id: Some(receipt.audit_id),
+                });
+            }
+            (tenant, receipt.audit_id)
+        };
+        let (tenant, audit_id) = tenant;
+        let actor = event.actor.clone();
+        // Already bound? To this tenant: re-probe; to another: refuse.
+        let owner = self
+            .records
+            .store()
+            .get(
+                Table::Identifiers,
+                &crate::admin::exclusive_key(&identifier),
+            )
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+            .and_then(|v| serde_json::from_slice::<Value>(&v).ok());
+        let binding_id = match owner {
+            Some(o) if o["tenant"] == tenant.as_str() => {
+                o["binding"].as_str().unwrap_or("").to_owned()
+            }
+            Some(_) => {
+                return Err(rejected("this installation is already bound to another tenant").into())
+            }
+            None => {
+                let id = format!(
+                    "{}-{}",
+                    provider.id().replace('_', "-"),
+                    identifier.rsplit(':').next().unwrap_or("x")
+                );
+                let id = BindingId::parse(&id)
+                    .map_err(|_| rejected("installation id cannot form a binding id"))?;
+                let op = AdminOp::AddBinding(NewBinding {
+                    id: id.clone(),
+                    tenant: tenant.clone(),
+                    provider: provider.id().to_owned(),
+                    config: redirect.config.clone(),
+                    ceiling: Value::Null,
+                });
+                self.admin(&actor, op, &event.request_id)
+                    .await
+                    .map_err(|(e, _)| e)?;
+                id.to_string()
+            }
+        };
+        let probe = self
+            .admin(
+                &actor,
+                AdminOp::Probe(binding_id.clone()),
+                &event.request_id,
+            )
+            .await;
+        let (status, summary) = match probe {
+            Ok(o) => (
+                "active",
+                o.response["probe"]["summary"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            Err((e, _)) => (
+                "pending_activation",
+                format!("probe failed ({}): {}", e.code, e.message),
+            ),
+        };
+        Ok((
+            json!({ "result": "installation linked", "tenant": tenant.as_str(), "binding": binding_id, "status": status, "probe": summary }),
+            audit_id,
+        ))
+    }
+
+    async fn handle_webhook(
+        self: &Arc<Self>,
+        provider: &dyn Provider,
+        headers: &HeaderMap,
+        body: &[u8],
+        event: &mut AuditEvent,
+    ) -> CallbackResult {
+        let cb: &dyn Callbacks = provider
+            .callbacks()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such callback"))?;
+        // Verified (constant-time signature) before the body is parsed.
+        let verified = cb.verify_webhook(headers, body).map_err(rejected)?;
+        let guard = self.admin_lock.lock().await;
+        let change = self.plan_webhook(verified)?;
+        event.outcome = "allowed".into();
+        event.detail = Some(change.detail.clone());
+        event.tenant = change.tenant.clone();
+        event.binding = change.binding.clone();
+        let receipt = self.audit.append(event.clone()).await.map_err(|_| {
+            ApiError::new(
+                ErrorCode::AuditUnavailable,
+                "audit log unavailable; nothing was changed",
+            )
+        })?;
+        if !change.batch.ops.is_empty() {
+            self.records
+                .store()
+                .commit(change.batch)
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "store write failed"))?;
+        }
+        if let Some(b) = &change.binding {
+            self.cache.invalidate_binding(b);
+        }
+        drop(guard);
+        if let Some(b) = change.reprobe {
+            let _ = self
+                .admin(&event.actor, AdminOp::Probe(b), &event.request_id)
+                .await;
+        }
+        Ok((change.response, receipt.audit_id))
+    }
+
+    fn plan_webhook(&self, verified: CallbackEvent) -> Result<Change, ApiError> {
+        let (identifier, what) = match &verified {
+            CallbackEvent::Ignored { reason } => {
+                return Ok(Change {
+                    response: json!({ "result": "ignored", "reason": reason }),
+                    detail: format!("ignored: {reason}"),
+                    tenant: None,
+                    binding: None,
+                    batch: Batch::new(),
+                    reprobe: None,
+                })
+            }
+            CallbackEvent::Removed { identifier } => (identifier, "removed"),
+            CallbackEvent::Suspended { identifier } => (identifier, "suspended"),
+            CallbackEvent::Unsuspended { identifier } => (identifier, "unsuspended"),
+            CallbackEvent::Changed { identifier, .. } => (identifier, "changed"),
+        };
+        let owner = self
+            .records
+            .store()
+            .get(Table::Identifiers, &crate::admin::exclusive_key(identifier))
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+            .and_then(|v| serde_json::from_slice::<Value>(&v).ok());
+        let Some(owner) = owner else {
+            return Ok(Change {
+                response: json!({ "result": "ignored", "reason": "not bound here" }),
+                detail: format!("{identifier} {what}: not bound to any tenant"),
+                tenant: None,
+                binding: None,
+                batch: Batch::new(),
+                reprobe: None,
+            });
+        };
+        let bid = BindingId::parse(owner["binding"].as_str().unwrap_or(""))
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt identifier owner"))?;
+        let mut binding: Binding = self
+            .records
+            .binding(&bid)
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "identifier owner has no binding"))?;
+        let mut reprobe = None;
+        let note = match verified {
+            CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. } => {
+                binding.status = Status::Disabled;
+                binding.trust_broken = true;
+                format!("customer {what} the installation (webhook): binding deactivated")
+            }
+            CallbackEvent::Unsuspended { .. } => {
+                binding.status = Status::PendingActivation;
+                reprobe = Some(binding.id.to_string());
+                "customer unsuspended the installation (webhook): re-probing".to_owned()
+            }
+            CallbackEvent::Changed { detail, .. } => format!("drift: {detail}"),
+            CallbackEvent::Ignored { .. } => String::new(),
+        };
+        binding.last_probe = Some(format!("{} at {}", note, now_rfc3339()));
+        let mut batch = Batch::new();
+        batch.replace(Table::Bindings, binding.id.as_str(), &binding);
+        Ok(Change {
+            response: json!({ "result": what, "binding": binding.id.as_str(), "status": binding.status }),
+            detail: format!("binding={} {note}", binding.id),
+            tenant: Some(binding.tenant.to_string()),
+            binding: Some(binding.id.to_string()),
+            batch,
+            reprobe,
+        })
+    }
+}

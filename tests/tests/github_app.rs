@@ -1,0 +1,658 @@
+//! `github_app` end to end against the local fake GitHub API: install flow bound to a tenant
+//! by a single-use state, minting with caching and single flight, narrowing, key rotation
+//! with two active keys, and verified webhooks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use credbroker::client::BrokerClient;
+use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation};
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+const APP_ID: u64 = 424242;
+const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789abcdef";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    pki: std::sync::Arc<TestPki>,
+    daemon: Daemon,
+    gh: FakeGithub,
+    op: BrokerClient,
+    public: BrokerClient,
+    key_a: AppKey,
+}
+
+fn policy_permissions() -> BTreeMap<String, String> {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join("policies/github.json")).unwrap())
+            .unwrap();
+    v["permissions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn installation(login: &str) -> FakeInstallation {
+    let mut permissions = policy_permissions();
+    permissions.insert("contents".into(), "write".into());
+    FakeInstallation {
+        login: login.into(),
+        permissions,
+        repositories: vec!["api".into(), "web".into(), "infra".into()],
+        suspended: false,
+    }
+}
+
+async fn start(state_ttl_s: u64) -> Env {
+    let (tmp, pki) = setup();
+    let gh = FakeGithub::start(APP_ID).await;
+    let key_a = AppKey::generate();
+    gh.register_key("A", &key_a);
+    gh.install(1001, installation("acme-org"));
+    gh.install(2002, installation("globex"));
+    let secret_file = tmp.path().join("webhook.secret");
+    std::fs::write(&secret_file, WEBHOOK_SECRET).unwrap();
+    let extra = format!(
+        "[public]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\nstate_ttl_s = {state_ttl_s}\n\n[providers.github_app]\napp_id = {APP_ID}\napi_base_url = \"{}\"\ninstall_url = \"https://github.com/apps/credbroker-test/installations/new\"\nwebhook_secret_file = {:?}\nceiling_file = {:?}\ntimeout_ms = 3000\nmint_rate_warning_per_minute = 5\n",
+        pki.dir.join("server.crt").display().to_string(),
+        pki.dir.join("server.key").display().to_string(),
+        gh.url,
+        secret_file.display().to_string(),
+        repo_root().join("policies/github.json").display().to_string(),
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let public = public_client(&pki, daemon.public_url.as_ref().expect("public listener"));
+    Env {
+        _tmp: tmp,
+        pki,
+        daemon,
+        gh,
+        op,
+        public,
+        key_a,
+    }
+}
+
+async fn add_key(op: &mut BrokerClient, key: &AppKey) -> u64 {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/keys/github_app",
+        Some(json!({"fields": {"private_key_pem": key.private_pem}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(
+        !v.to_string().contains("PRIVATE KEY"),
+        "key material echoed"
+    );
+    let version = v["key"]["version"].as_u64().unwrap();
+    let (s, v) = call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/keys/github_app/{version}/activate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    version
+}
+
+/// Onboards `tenant` and returns the state from the install URL.
+async fn state_for(op: &mut BrokerClient, tenant: &str) -> String {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/onboard/github_app",
+        Some(json!({"tenant": tenant})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["install_url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://github.com/apps/credbroker-test/installations/new?state="),
+        "{url}"
+    );
+    url.rsplit("state=").next().unwrap().to_owned()
+}
+
+async fn setup_redirect(public: &mut BrokerClient, query: &str) -> (u16, Value) {
+    call(
+        public,
+        Method::GET,
+        &format!("/callbacks/github_app/setup?{query}"),
+        None,
+    )
+    .await
+}
+
+fn sign(body: &[u8]) -> String {
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, WEBHOOK_SECRET.as_bytes()),
+        body,
+    );
+    format!(
+        "sha256={}",
+        tag.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+async fn webhook(public: &mut BrokerClient, body: &Value, signature: Option<&str>) -> (u16, Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let sig = signature.map(str::to_owned).unwrap_or_else(|| sign(&bytes));
+    let mut headers = vec![
+        ("x-github-event", "installation"),
+        ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+    ];
+    if signature != Some("") {
+        headers.push(("x-hub-signature-256", sig.as_str()));
+    }
+    let (status, out) = public
+        .request_with_headers(
+            Method::POST,
+            "/callbacks/github_app/webhook",
+            &headers,
+            Some(bytes),
+        )
+        .await
+        .unwrap();
+    (
+        status.as_u16(),
+        serde_json::from_slice(&out).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_flow_minting_narrowing_and_key_rotation() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+
+    // The install redirect binds installation 1001 to t1 and activates it with a probe.
+    let state = state_for(&mut env.op, "t1").await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["tenant"].as_str(), v["status"].as_str()),
+        (Some("t1"), Some("active")),
+        "{v}"
+    );
+    let binding = v["binding"].as_str().unwrap().to_owned();
+    assert!(v["probe"].as_str().unwrap().contains("acme-org"), "{v}");
+    // The probe's token was revoked right away.
+    assert_eq!(env.gh.state.revoked.lock().unwrap().len(), 1);
+    // Replaying the same state is refused and changes nothing.
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &format!("installation_id=2002&setup_action=install&state={state}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    // Forged and missing states too.
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        "installation_id=2002&setup_action=install&state=forgedforgedforgedforged",
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"));
+    let (s, v) = setup_redirect(&mut env.public, "installation_id=2002&setup_action=install").await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"));
+    // One installation, one tenant: t2's valid state cannot take installation 1001.
+    let state2 = state_for(&mut env.op, "t2").await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state2}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("another tenant"));
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert_eq!(
+        v["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["provider"] == "github_app")
+            .count(),
+        1
+    );
+
+    // Minting: the full ceiling is requested, never more.
+    call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-gh", "tenant": "t1", "binding": binding, "connector_kind": "github"})),
+    )
+    .await;
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["kind"], "github_installation");
+    assert!(v["credentials"]["token"]
+        .as_str()
+        .unwrap()
+        .starts_with("ghs_"));
+    assert_eq!(v["details"]["installation_id"], 1001);
+    assert_eq!(v["details"]["repository_selection"], "all");
+    assert_eq!(
+        v["details"]["permissions"]["contents"], "read",
+        "ceiling, not the installation's write"
+    );
+    let posts = env
+        .gh
+        .state
+        .requests_to("/app/installations/1001/access_tokens");
+    let sent = &posts.last().unwrap().body;
+    assert_eq!(sent["permissions"]["contents"], "read");
+    assert!(sent.get("repositories").is_none());
+    let token = v["credentials"]["token"].clone();
+
+    // Cached.
+    let before = env.gh.state.requests_to("/access_tokens").len();
+    let (_, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(
+        (&v["cached"], &v["credentials"]["token"]),
+        (&json!(true), &token)
+    );
+    assert_eq!(env.gh.state.requests_to("/access_tokens").len(), before);
+
+    // Narrowing within the ceiling: exact body sent.
+    let narrow = json!({"permissions": {"contents": "read", "metadata": "read"}, "repositories": ["web", "api"]});
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-gh", "narrow": narrow}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["details"]["repository_selection"], "selected");
+    assert_eq!(
+        v["details"]["repositories"],
+        json!(["acme-org/api", "acme-org/web"])
+    );
+    let sent = env
+        .gh
+        .state
+        .requests_to("/access_tokens")
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(
+        sent,
+        json!({"permissions": {"contents": "read", "metadata": "read"}, "repositories": ["api", "web"]})
+    );
+    // Beyond the ceiling: refused before GitHub is called.
+    let before = env.gh.state.requests_to("/access_tokens").len();
+    for n in [
+        json!({"permissions": {"contents": "write"}}),
+        json!({"permissions": {"administration": "write"}}),
+    ] {
+        let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh", "narrow": n})).await;
+        assert_eq!((s, code(&v)), (403, "narrowing_exceeds_ceiling"), "{v}");
+    }
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-gh", "narrow": {"permissions": {"pull-requests": "read"}}}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert_eq!(env.gh.state.requests_to("/access_tokens").len(), before);
+
+    // Single flight: 30 concurrent cold resolves of one narrowing, one POST.
+    let cold = json!({"permissions": {"issues": "read"}, "repositories": ["infra"]});
+    let before = env.gh.state.requests_to("/access_tokens").len();
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let (pki, url, cold) = (env.pki.clone(), env.daemon.url.clone(), cold.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = pki.client_for("w1", &url);
+            resolve(&mut c, json!({"instance_id": "i-gh", "narrow": cold}))
+                .await
+                .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(env.gh.state.requests_to("/access_tokens").len() - before, 1);
+
+    // Key rotation with two active keys: B is activated before GitHub knows it; the mint
+    // falls back to A. Then GitHub gets B, A is deleted and retired: B alone works.
+    let key_b = AppKey::generate();
+    let b_version = add_key(&mut env.op, &key_b).await;
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-gh", "narrow": {"repositories": ["api"]}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let last_two: Vec<_> = env
+        .gh
+        .state
+        .requests_to("/access_tokens")
+        .iter()
+        .rev()
+        .take(2)
+        .map(|r| r.verified_by.clone())
+        .collect();
+    assert_eq!(
+        last_two,
+        vec![Some("A".to_owned()), None],
+        "B tried first (unknown to GitHub), then A"
+    );
+    env.gh.register_key("B", &key_b);
+    env.gh.delete_key("A");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/keys/github_app/1/retire",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-gh", "narrow": {"repositories": ["web"]}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        env.gh
+            .state
+            .requests_to("/access_tokens")
+            .last()
+            .unwrap()
+            .verified_by
+            .as_deref(),
+        Some("B")
+    );
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/keys/github_app", None).await;
+    let states: Vec<_> = v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["version"].as_u64().unwrap(),
+                k["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![(1, "retired".to_owned()), (b_version, "active".to_owned())]
+    );
+    assert!(!v.to_string().contains("PRIVATE KEY"));
+
+    // Revoke every cached token (key compromise runbook): GitHub sees DELETE /installation/token
+    // for each, and the next resolve mints a new one.
+    let revoked_before = env.gh.state.revoked.lock().unwrap().len();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/providers/github_app/revoke-cached",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let dropped = v["dropped"].as_u64().unwrap();
+    assert!(dropped >= 4, "{v}");
+    assert_eq!(v["failed"], 0);
+    assert_eq!(
+        env.gh.state.revoked.lock().unwrap().len() - revoked_before,
+        dropped as usize
+    );
+    assert!(env
+        .gh
+        .state
+        .revoked
+        .lock()
+        .unwrap()
+        .contains(token.as_str().unwrap()));
+    let (_, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(v["cached"], false);
+    assert_ne!(v["credentials"]["token"], token);
+    assert!(
+        env.daemon
+            .logs()
+            .contains("anomalous GitHub token mint rate"),
+        "rate warning logged"
+    );
+
+    // The installation lacking a permission the binding asks for: GitHub's 422 surfaces.
+    let mut poor = installation("globex");
+    poor.permissions.remove("issues");
+    env.gh.install(2002, poor);
+    let state3 = state_for(&mut env.op, "t2").await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &format!("installation_id=2002&setup_action=install&state={state3}"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["status"], "pending_activation",
+        "probe refused by GitHub's 422: {v}"
+    );
+    assert!(
+        v["probe"].as_str().unwrap().contains("provider_denied"),
+        "{v}"
+    );
+
+    // Metrics: mint volume per installation.
+    let (_, m) = env
+        .w1()
+        .request(Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.contains("credbroker_mints_total{provider=\"github_app\",subject=\"1001\"}"),
+        "{m}"
+    );
+    // Tokens never reach logs or the audit log.
+    assert!(!env.daemon.logs().contains(token.as_str().unwrap()));
+    assert!(
+        !std::fs::read_to_string(env.daemon.data_dir.join("audit/audit.log"))
+            .unwrap()
+            .contains(token.as_str().unwrap())
+    );
+    let (c, out, err) = env.daemon.cli(&[
+        "audit",
+        "verify",
+        "--config",
+        env.daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+}
+
+impl Env {
+    fn w1(&self) -> BrokerClient {
+        self.pki.client_for("w1", &self.daemon.url)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_states_and_verified_webhooks() {
+    let mut env = start(1).await;
+    add_key(&mut env.op, &env.key_a).await;
+    // Expired state.
+    let stale = state_for(&mut env.op, "t1").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={stale}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("expired"));
+    // A fresh one works (states live 1 s here).
+    let state = state_for(&mut env.op, "t1").await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let binding = v["binding"].as_str().unwrap().to_owned();
+    call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-gh", "tenant": "t1", "binding": binding, "connector_kind": "github"})),
+    )
+    .await;
+    let (s, _) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200);
+
+    let suspend = json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}});
+    // Missing and wrong signatures change nothing and are audited.
+    let before = env.daemon.audit_records().len();
+    let (s, v) = webhook(&mut env.public, &suspend, Some("")).await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    let (s, v) = webhook(
+        &mut env.public,
+        &suspend,
+        Some("sha256=0000000000000000000000000000000000000000000000000000000000000000"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    let records = env.daemon.audit_records();
+    assert_eq!(records.len(), before + 2);
+    assert!(records[before..]
+        .iter()
+        .all(|r| r["action"] == "callback.webhook" && r["outcome"] == "denied"));
+    let (s, _) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "binding still active");
+
+    // Valid suspend: binding deactivated, even a cached token is refused.
+    let (s, v) = webhook(&mut env.public, &suspend, None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+    // Unsuspend: re-probed and active again.
+    let (s, v) = webhook(
+        &mut env.public,
+        &json!({"action": "unsuspend", "installation": {"id": 1001}}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "{v}");
+    // Permission changes are recorded as drift.
+    let (s, _) = webhook(&mut env.public, &json!({"action": "new_permissions_accepted", "installation": {"id": 1001, "permissions": {"contents": "write"}}}), None).await;
+    assert_eq!(s, 200);
+    let (_, v) = call(
+        &mut env.op,
+        Method::GET,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    assert!(
+        v["binding"]["last_probe"]
+            .as_str()
+            .unwrap()
+            .starts_with("drift:"),
+        "{v}"
+    );
+    // Other events are verified and ignored.
+    let (s, v) = webhook(
+        &mut env.public,
+        &json!({"action": "created", "installation": {"id": 5}}),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("ignored")));
+    // Deleted: binding inactive, resolves refused with binding_inactive.
+    let (s, _) = webhook(
+        &mut env.public,
+        &json!({"action": "deleted", "installation": {"id": 1001}}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+    let (_, v) = call(
+        &mut env.op,
+        Method::GET,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    assert_eq!(v["binding"]["trust_broken"], true);
+    // The public listener serves nothing else.
+    let (s, _) = call(
+        &mut env.public,
+        Method::POST,
+        "/v1/resolve",
+        Some(json!({"instance_id": "i-gh"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_enforces_githubs_rules() {
+    let gh = FakeGithub::start(APP_ID).await;
+    let key = AppKey::generate();
+    gh.register_key("A", &key);
+    gh.install(7, installation("o"));
+    let enc = jsonwebtoken::EncodingKey::from_rsa_pem(key.private_pem.as_bytes()).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let jwt = |exp: i64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &json!({"iat": now - 60, "exp": exp, "iss": APP_ID}),
+            &enc,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        gh.state
+            .verify_app_jwt(&format!("Bearer {}", jwt(now + 540))),
+        Ok("A".into())
+    );
+    assert_eq!(
+        gh.state
+            .verify_app_jwt(&format!("Bearer {}", jwt(now + 1200))),
+        Err("'Expiration time' claim ('exp') is too far in the future")
+    );
+    let other = AppKey::generate();
+    let enc2 = jsonwebtoken::EncodingKey::from_rsa_pem(other.private_pem.as_bytes()).unwrap();
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"iat": now - 60, "exp": now + 500, "iss": APP_ID}),
+        &enc2,
+    )
+    .unwrap();
+    assert!(gh
+        .state
+        .verify_app_jwt(&format!("Bearer {forged}"))
+        .is_err());
+}
