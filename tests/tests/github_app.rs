@@ -442,6 +442,21 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
         "rate warning logged"
     );
 
+    // An installation GitHub does not know (e.g. uninstalled before the redirect): 404 surfaces
+    // as provider_denied and the binding stays pending.
+    let state4 = state_for(&mut env.op, "t2").await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &format!("installation_id=31337&setup_action=install&state={state4}"),
+    )
+    .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (200, Some("pending_activation")),
+        "{v}"
+    );
+    assert!(v["probe"].as_str().unwrap().contains("not found"), "{v}");
+
     // The installation lacking a permission the binding asks for: GitHub's 422 surfaces.
     let mut poor = installation("globex");
     poor.permissions.remove("issues");
