@@ -331,21 +331,7 @@ async fn handle(
             &request_id,
         ),
     };
-    let mut response = Response::new(ZeroizingBody::new(answer.body));
-    *response.status_mut() = answer.status;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&request_id) {
-        h.insert("x-request-id", v);
-    }
-    response
+    respond(answer, content_type, &request_id)
 }
 
 /// The public listener: callbacks and health, nothing else.
@@ -377,18 +363,28 @@ async fn handle_public(
             &request_id,
         ),
     };
+    respond(answer, "application/json", &request_id)
+}
+
+/// The HTTP response for an answer: its body zeroized after sending, never cached, carrying
+/// the request id.
+fn respond(
+    answer: Answer,
+    content_type: &'static str,
+    request_id: &str,
+) -> Response<ZeroizingBody> {
     let mut response = Response::new(ZeroizingBody::new(answer.body));
     *response.status_mut() = answer.status;
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
+        header::HeaderValue::from_static(content_type),
     );
     h.insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
-    if let Ok(v) = header::HeaderValue::from_str(&request_id) {
+    if let Ok(v) = header::HeaderValue::from_str(request_id) {
         h.insert("x-request-id", v);
     }
     response

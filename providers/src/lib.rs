@@ -30,4 +30,4 @@ pub use provider::{
     TenantParameter,
 };
 pub use registry::{ProviderId, ProviderRegistry, KNOWN_PROVIDERS};
-pub use secret::SecretFields;
+pub use secret::{validate_field_name, SecretFields};

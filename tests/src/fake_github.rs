@@ -5,8 +5,6 @@
 //! GET instead of POST → 404. Records every request so tests can assert the exact body sent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,12 +14,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 /// An RSA App key generated for a test.
 pub struct AppKey {
@@ -313,10 +308,6 @@ impl GithubState {
 impl FakeGithub {
     /// Starts the fake for App `app_id`.
     pub async fn start(app_id: u64) -> FakeGithub {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(GithubState {
             app_id,
             keys: Mutex::new(Vec::new()),
@@ -327,23 +318,7 @@ impl FakeGithub {
             counter: AtomicU64::new(1),
         });
         let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let s = s.clone();
-                        async move { Ok::<_, Infallible>(s.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
+        let (url, task) = crate::loopback::serve(move |req| s.clone().handle(req)).await;
         FakeGithub { url, state, task }
     }
 

@@ -6,8 +6,6 @@
 //! plus injectable throttling, 5xx, latency, outages, expired credentials and malformed XML.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,10 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 /// One customer role.
 #[derive(Clone, Debug)]
@@ -384,30 +379,10 @@ impl State {
 impl FakeSts {
     /// Starts the fake on 127.0.0.1 with `caller_account` as the vendor account.
     pub async fn start(caller_account: &str) -> FakeSts {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(State::default());
         *state.caller_account.lock().unwrap() = caller_account.to_owned();
         let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let s = s.clone();
-                        async move { Ok::<_, Infallible>(s.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
+        let (url, task) = crate::loopback::serve(move |req| s.clone().handle(req)).await;
         FakeSts { url, state, task }
     }
 

@@ -17,6 +17,7 @@ use serde_json::Value;
 pub mod counting;
 pub mod fake_github;
 pub mod fake_sts;
+pub mod loopback;
 pub mod sts_shim;
 
 /// The trust domain of every test certificate.
@@ -442,7 +443,8 @@ pub fn aws_test_env(access_key: &str, secret: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// A client of the public listener: trusts the test CA, presents no certificate.
+/// A client that trusts the test CA and presents no certificate (the public listener, or a
+/// refused handshake on the mTLS listener).
 pub fn public_client(pki: &TestPki, url: &str) -> BrokerClient {
     let mut roots = rustls::RootCertStore::empty();
     for c in credbroker::tls::load_certs(&pki.dir.join("ca.crt")).unwrap() {

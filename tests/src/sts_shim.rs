@@ -7,18 +7,15 @@
 //! forwarded to moto byte for byte (SigV4 headers included), and moto's answer relayed
 //! unchanged. With `enforce` off it is a transparent proxy.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::fake_sts::parse_form;
 
@@ -86,49 +83,31 @@ fn access_denied(role: &str) -> Response<Full<Bytes>> {
 impl StsShim {
     /// Starts a shim forwarding to `upstream` (`127.0.0.1:PORT`).
     pub async fn start(upstream: &str) -> StsShim {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let enforce = Arc::new(AtomicBool::new(true));
         let upstream = upstream.to_owned();
         let flag = enforce.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let upstream = upstream.clone();
-                let flag = flag.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let upstream = upstream.clone();
-                        let flag = flag.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let form = parse_form(&String::from_utf8_lossy(&body));
-                            let resp = if flag.load(Ordering::SeqCst)
-                                && form.get("Action").map(String::as_str) == Some("AssumeRole")
-                                && !form.contains_key("ExternalId")
-                            {
-                                access_denied(form.get("RoleArn").map_or("", String::as_str))
-                            } else {
-                                forward(&upstream, parts, body).await
-                            };
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
+        let (url, task) = crate::loopback::serve(move |req: Request<Incoming>| {
+            let upstream = upstream.clone();
+            let flag = flag.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let form = parse_form(&String::from_utf8_lossy(&body));
+                if flag.load(Ordering::SeqCst)
+                    && form.get("Action").map(String::as_str) == Some("AssumeRole")
+                    && !form.contains_key("ExternalId")
+                {
+                    access_denied(form.get("RoleArn").map_or("", String::as_str))
+                } else {
+                    forward(&upstream, parts, body).await
+                }
             }
-        });
+        })
+        .await;
         StsShim { url, enforce, task }
     }
 }

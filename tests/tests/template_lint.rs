@@ -2,18 +2,26 @@
 //! template (wildcard principal, no ExternalId condition, AdministratorAccess, 12 h sessions)
 //! fails it on every count; a missing policy file fails closed.
 
+use std::path::Path;
+
 use credbroker_tests::*;
+
+/// Runs `credbroker lint-templates` on `templates` with the repository's policies.
+fn lint(templates: &Path) -> (i32, String, String) {
+    let policies = repo_root().join("policies");
+    run_cli(&[
+        "lint-templates",
+        "--templates",
+        templates.to_str().unwrap(),
+        "--policies",
+        policies.to_str().unwrap(),
+    ])
+}
 
 #[test]
 fn shipped_templates_pass_the_lint() {
     let root = repo_root();
-    let (c, out, err) = run_cli(&[
-        "lint-templates",
-        "--templates",
-        root.join("onboarding-templates").to_str().unwrap(),
-        "--policies",
-        root.join("policies").to_str().unwrap(),
-    ]);
+    let (c, out, err) = lint(&root.join("onboarding-templates"));
     assert_eq!(c, 0, "{out}{err}");
     assert!(out.contains("templates OK"));
 }
@@ -28,13 +36,7 @@ fn the_bad_fixture_fails_on_every_count() {
         tmp.path().join("aws/bad-role.json"),
     )
     .unwrap();
-    let (c, out, _) = run_cli(&[
-        "lint-templates",
-        "--templates",
-        tmp.path().to_str().unwrap(),
-        "--policies",
-        root.join("policies").to_str().unwrap(),
-    ]);
+    let (c, out, _) = lint(tmp.path());
     assert_eq!(c, 1, "{out}");
     for expected in [
         "is not exactly the VendorAccountId parameter",
@@ -74,13 +76,7 @@ fn a_stackset_that_drifts_from_the_role_template_fails() {
         serde_json::to_vec_pretty(&stackset).unwrap(),
     )
     .unwrap();
-    let (c, out, _) = run_cli(&[
-        "lint-templates",
-        "--templates",
-        tmp.path().to_str().unwrap(),
-        "--policies",
-        root.join("policies").to_str().unwrap(),
-    ]);
+    let (c, out, _) = lint(tmp.path());
     assert_eq!(c, 1, "{out}");
     assert!(
         out.contains("TemplateBody differs from credbroker-role.json"),
@@ -114,13 +110,7 @@ fn a_github_manifest_beyond_the_ceiling_fails() {
         tmp.path().join("github/app-manifest.json"),
     )
     .unwrap();
-    let (c, out, _) = run_cli(&[
-        "lint-templates",
-        "--templates",
-        tmp.path().to_str().unwrap(),
-        "--policies",
-        root.join("policies").to_str().unwrap(),
-    ]);
+    let (c, out, _) = lint(tmp.path());
     assert_eq!(c, 1, "{out}");
     for expected in [
         "permission contents: write exceeds policies/github.json (read)",

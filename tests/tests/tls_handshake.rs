@@ -2,7 +2,6 @@
 //! CA, an expired certificate and a revoked one (CRL) never reach HTTP. A new CRL is picked
 //! up on SIGHUP without restarting.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker::client::BrokerClient;
@@ -12,19 +11,6 @@ use serde_json::json;
 
 async fn refused(client: &mut BrokerClient) -> bool {
     client.request(Method::GET, "/healthz", None).await.is_err()
-}
-
-fn no_cert_client(pki: &TestPki, url: &str) -> BrokerClient {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in credbroker::tls::load_certs(&pki.dir.join("ca.crt")).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(credbroker::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    BrokerClient::with_config(url, Arc::new(config)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +30,7 @@ async fn untrusted_clients_are_refused_at_the_handshake() {
     );
 
     assert!(
-        refused(&mut no_cert_client(&pki, &daemon.url)).await,
+        refused(&mut public_client(&pki, &daemon.url)).await,
         "no client certificate"
     );
     assert!(

@@ -230,7 +230,7 @@ fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
     }
     let mut fields = SecretFields::new();
     for (name, value) in &parsed.fields {
-        credbroker_providers_field_name(name)?;
+        credbroker_providers::validate_field_name(name).map_err(ApiError::bad_request)?;
         if value.len() > 16 * 1024 {
             return Err(ApiError::bad_request(format!(
                 "secret field {name:?} is longer than 16 KiB"
@@ -239,21 +239,6 @@ fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
         fields.insert(name.clone(), SecretString::from(value.as_str()));
     }
     Ok(fields)
-}
-
-fn credbroker_providers_field_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "secret field names are 1-64 characters of [A-Za-z0-9_.-]",
-        ))
-    }
 }
 
 /// Parses method + path (below `/v1/admin/`) + body into an operation.
