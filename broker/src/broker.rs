@@ -46,6 +46,8 @@ pub struct BrokerSettings {
     pub audit: AuditConfig,
     /// Lifetime of install `state`s, seconds.
     pub callback_state_ttl_s: u64,
+    /// Circuit breaker: consecutive failures, open duration.
+    pub breaker: (u32, Duration),
 }
 
 impl BrokerSettings {
@@ -65,6 +67,10 @@ impl BrokerSettings {
                 .public
                 .as_ref()
                 .map_or(3600, |p| p.state_ttl_s.max(1)),
+            breaker: (
+                config.cache.breaker_failures,
+                Duration::from_millis(config.cache.breaker_open_ms),
+            ),
         }
     }
 }
@@ -151,6 +157,7 @@ pub struct Broker {
     pub(crate) audit: AuditLog,
     fingerprint: FingerprintKey,
     pub(crate) cache: Arc<TokenCache>,
+    breakers: crate::breaker::Breakers,
     pub(crate) registry: ProviderRegistry,
     /// Metrics.
     pub metrics: Metrics,
@@ -266,6 +273,7 @@ impl Broker {
             audit,
             fingerprint: keys.fingerprint,
             cache: TokenCache::new(settings.cache_max_entries),
+            breakers: crate::breaker::Breakers::new(settings.breaker.0, settings.breaker.1),
             registry,
             metrics: Metrics::new(),
             admin_lock: tokio::sync::Mutex::new(()),
@@ -315,6 +323,15 @@ impl Broker {
         self.metrics
             .audit_healthy
             .set(i64::from(self.audit.healthy()));
+        let open = self.breakers.open_providers();
+        for name in self.registry.names() {
+            self.metrics
+                .circuit_open
+                .get_or_create(&crate::metrics::ProviderLabel {
+                    provider: name.to_owned(),
+                })
+                .set(i64::from(open.iter().any(|p| p == name)));
+        }
         self.metrics.audit_failures.set(
             i64::try_from(
                 self.audit
@@ -720,6 +737,16 @@ impl MintJob {
             secret: secret.as_ref(),
             timeout,
         };
+        let provider_id = self.provider.id();
+        if let crate::breaker::Admission::Open(retry) = self.broker.breakers.admit(provider_id) {
+            return Err(ProviderError::Unavailable {
+                message: format!(
+                    "{provider_id} upstream is failing; circuit open, next attempt in {} ms",
+                    retry.as_millis()
+                ),
+                upstream_request_id: None,
+            });
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(timeout, self.provider.mint(&request))
             .await
@@ -729,6 +756,13 @@ impl MintJob {
                     upstream_request_id: None,
                 })
             });
+        let unavailable = matches!(result, Err(ProviderError::Unavailable { .. }));
+        if self.broker.breakers.record(provider_id, unavailable) {
+            tracing::warn!(
+                provider = provider_id,
+                "upstream failing repeatedly: circuit opened, cold mints fail fast"
+            );
+        }
         if let Ok(cred) = &result {
             if let Some(subject) = &cred.subject {
                 self.broker

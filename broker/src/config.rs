@@ -178,6 +178,10 @@ pub struct CacheSettings {
     pub max_entries: usize,
     /// Deadline for one upstream mint, retries included, milliseconds.
     pub mint_timeout_ms: u64,
+    /// Consecutive unavailable mints of one provider that open its circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit fails mints fast before one trial, milliseconds.
+    pub breaker_open_ms: u64,
 }
 
 impl Default for CacheSettings {
@@ -185,6 +189,8 @@ impl Default for CacheSettings {
         CacheSettings {
             max_entries: 100_000,
             mint_timeout_ms: 10_000,
+            breaker_failures: 5,
+            breaker_open_ms: 30_000,
         }
     }
 }

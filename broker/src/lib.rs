@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api_error;
 pub mod audit;
 pub mod body;
+pub mod breaker;
 pub mod broker;
 pub mod cache;
 pub mod callbacks;

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub mints: Family<SubjectLabels, Counter>,
     /// Provider callbacks by outcome.
     pub callbacks: Family<ResolveLabels, Counter>,
+    /// 1 while a provider's circuit is open.
+    pub circuit_open: Family<ProviderLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -147,7 +149,14 @@ impl Metrics {
             "Provider callbacks (install redirects, webhooks) by outcome",
             callbacks.clone(),
         );
+        let circuit_open = Family::<ProviderLabel, Gauge>::default();
+        registry.register(
+            "circuit_open",
+            "1 while a provider's circuit breaker is open",
+            circuit_open.clone(),
+        );
         Metrics {
+            circuit_open,
             mints,
             callbacks,
             registry,

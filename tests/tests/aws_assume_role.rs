@@ -23,10 +23,14 @@ struct Env {
 }
 
 async fn start() -> Env {
+    start_with("").await
+}
+
+async fn start_with(cache_extra: &str) -> Env {
     let (tmp, pki) = setup();
     let sts = FakeSts::start(VENDOR).await;
     let extra = format!(
-        "[cache]\nmint_timeout_ms = 4000\n\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = 400\nmax_attempts = 3\nceiling_file = {:?}\n",
+        "[cache]\nmint_timeout_ms = 4000\n{cache_extra}\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = 400\nmax_attempts = 3\nceiling_file = {:?}\n",
         sts.url,
         repo_root().join("policies/aws.json").display().to_string()
     );
@@ -621,4 +625,84 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
         env.daemon.config.to_str().unwrap(),
     ]);
     assert_eq!(c, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_breaker_stops_hammering_a_dead_upstream() {
+    let mut env = start_with("breaker_failures = 2\nbreaker_open_ms = 1500\n").await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    bind(&mut env, "aws1", "i-aws", &arn).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/aws1/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!(s, 200, "warm the cache");
+    let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
+
+    env.sts.faults().down = true;
+    // Two failing mints (3 attempts each) open the circuit…
+    for n in 0..2 {
+        let (s, v) = resolve(
+            &mut env.w1,
+            json!({"instance_id": "i-aws", "narrow": narrow(n)}),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (504, "provider_unavailable"));
+    }
+    // …after which cold mints fail fast without touching STS, while the cached token is
+    // still served.
+    let calls = env.sts.state.calls();
+    for n in 2..6 {
+        let (s, v) = resolve(
+            &mut env.w1,
+            json!({"instance_id": "i-aws", "narrow": narrow(n)}),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (504, "provider_unavailable"));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("circuit open"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        env.sts.state.calls(),
+        calls,
+        "no upstream call while the circuit is open"
+    );
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)));
+    let (_, m) = env.w1.request(Method::GET, "/metrics", None).await.unwrap();
+    assert!(String::from_utf8(m)
+        .unwrap()
+        .contains("credbroker_circuit_open{provider=\"aws_assume_role\"} 1"));
+
+    // The upstream recovers: after the open period one trial goes through and closes it.
+    env.sts.faults().down = false;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(7)}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(8)}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(env.daemon.logs().contains("circuit opened"));
 }
