@@ -1,0 +1,274 @@
+//! Hostile clients: slow-loris (headers and body), oversized headers, more connections than
+//! the limit, a handshake flood, and an HTTP/2 stream flood. Throughout, a well-behaved worker
+//! keeps being served and the daemon's memory stays bounded. Loopback only; every loop is
+//! bounded in count and time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credbroker_tests::*;
+use http::Method;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMITS: &str = "[limits]\nmax_connections = 48\nmax_header_bytes = 8192\nhandshake_timeout_ms = 1000\nheader_read_timeout_ms = 1000\nbody_read_timeout_ms = 1000\nhttp2_max_concurrent_streams = 16\n";
+
+fn worker_tls(pki: &TestPki, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut config = (*credbroker::tls::client_config(
+        &pki.dir.join("ca.crt"),
+        &pki.dir.join("w1.crt"),
+        &pki.dir.join("w1.key"),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_stream(
+    pki: &TestPki,
+    url: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let addr = url.trim_start_matches("https://");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    worker_tls(pki, alpn)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+/// Reads until EOF, an error, or `limit`; returns what was read and how long it took.
+async fn read_all(stream: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match tokio::time::timeout(limit - started.elapsed(), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+async fn h2_sender(
+    pki: &TestPki,
+    url: &str,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tls = tls_stream(pki, url, b"h2").await;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// GET /healthz on an HTTP/2 connection; the status, or 0 when the stream was refused or the
+/// connection closed.
+async fn h2_get(
+    mut sender: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) -> u16 {
+    let req = http::Request::builder()
+        .method("GET")
+        .uri("https://localhost/healthz")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    sender
+        .send_request(req)
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn good_worker_is_served(pki: &TestPki, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut w = pki.client_for("w1", url);
+        if let Ok((s, body)) = w
+            .request(
+                Method::POST,
+                "/v1/resolve",
+                Some(serde_json::to_vec(&json!({"instance_id": "i1"})).unwrap()),
+            )
+            .await
+        {
+            assert_eq!(s.as_u16(), 200, "{}", String::from_utf8_lossy(&body));
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a well-behaved worker was not served within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_do_not_starve_workers() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: LIMITS.into(),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    good_worker_is_served(&pki, &daemon.url).await;
+    let rss_before = daemon.rss_kib().unwrap_or(0);
+
+    // Slow-loris on headers: a header line every 300 ms never completes the head; the
+    // connection is closed after header_read_timeout.
+    let mut slow = tls_stream(&pki, &daemon.url, b"http/1.1").await;
+    slow.write_all(b"POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let drip = tokio::spawn(async move {
+        let started = Instant::now();
+        for i in 0..20 {
+            if slow
+                .write_all(format!("X-Drip-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let _ = read_all(&mut slow, Duration::from_secs(1)).await;
+        started.elapsed()
+    });
+    good_worker_is_served(&pki, &daemon.url).await;
+    let dripped = drip.await.unwrap();
+    assert!(
+        dripped < Duration::from_millis(4000),
+        "slow header connection kept open for {dripped:?}"
+    );
+
+    // Slow-loris on the body: the head promises 100 bytes, 10 arrive.
+    let mut slow_body = tls_stream(&pki, &daemon.url, b"http/1.1").await;
+    slow_body
+        .write_all(b"POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"instance")
+        .await
+        .unwrap();
+    let (answer, took) = read_all(&mut slow_body, Duration::from_secs(4)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("bad_request") && answer.contains("not received in time"),
+        "{answer}"
+    );
+    assert!(took < Duration::from_millis(3000), "{took:?}");
+
+    // Oversized headers: refused, nothing else affected.
+    let mut big = tls_stream(&pki, &daemon.url, b"http/1.1").await;
+    let huge = "a".repeat(20_000);
+    let _ = big
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {huge}\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let (answer, _) = read_all(&mut big, Duration::from_secs(3)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    good_worker_is_served(&pki, &daemon.url).await;
+
+    // More connections than the limit, none of which ever says hello: the extras are closed at
+    // accept, the rest by the handshake deadline; workers get through once slots free.
+    let addr = daemon.url.trim_start_matches("https://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = TcpStream::connect(&addr).await {
+            idle.push(s);
+        }
+    }
+    good_worker_is_served(&pki, &daemon.url).await;
+    drop(idle);
+
+    // Handshake flood: 200 handshakes without a client certificate, 20 at a time.
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        for _ in 0..20 {
+            let pki = pki.clone();
+            let url = daemon.url.clone();
+            flood.push(tokio::spawn(async move {
+                let mut c = public_client(&pki, &url);
+                c.request(Method::GET, "/healthz", None).await.is_err()
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    good_worker_is_served(&pki, &daemon.url).await;
+    for f in flood {
+        assert!(
+            f.await.unwrap(),
+            "a certificate-less handshake was accepted"
+        );
+    }
+
+    // HTTP/2 stream flood on one connection: 300 streams at once against a limit of 16.
+    // Streams beyond the limit are refused, and a connection that keeps provoking resets is
+    // closed (GOAWAY) — either way no stream hangs and workers elsewhere are served.
+    let flood_conn = h2_sender(&pki, &daemon.url).await;
+    let streams: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(h2_get(flood_conn.clone())))
+        .collect();
+    good_worker_is_served(&pki, &daemon.url).await;
+    for s in streams {
+        tokio::time::timeout(Duration::from_secs(10), s)
+            .await
+            .expect("a stream hung")
+            .unwrap();
+    }
+    // A well-behaved HTTP/2 client (first request, then 100 concurrent within the advertised
+    // limit's queueing) is answered in full.
+    let polite = h2_sender(&pki, &daemon.url).await;
+    assert_eq!(h2_get(polite.clone()).await, 200);
+    let second: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(h2_get(polite.clone())))
+        .collect();
+    for s in second {
+        assert_eq!(
+            s.await.unwrap(),
+            200,
+            "well-behaved HTTP/2 streams are served"
+        );
+    }
+
+    // Counters saw it; memory stayed bounded.
+    let mut w = pki.client_for("w1", &daemon.url);
+    let (_, m) = w.request(Method::GET, "/metrics", None).await.unwrap();
+    let m = String::from_utf8(m).unwrap();
+    let counter = |name: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    assert!(counter("credbroker_connections_refused_total") > 0, "{m}");
+    assert!(
+        counter("credbroker_tls_handshake_failures_total") >= 200,
+        "{m}"
+    );
+    if let Some(after) = daemon.rss_kib() {
+        assert!(
+            after < rss_before + 96 * 1024,
+            "RSS grew from {rss_before} KiB to {after} KiB"
+        );
+    }
+}
