@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-pub use ceiling::{action_within, AwsCeiling, AwsNarrowing};
+pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
 pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
 
 use crate::{

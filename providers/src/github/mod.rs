@@ -657,25 +657,7 @@ impl Callbacks for GithubApp {
     }
 
     fn parse_setup(&self, query: &str) -> Result<SetupRedirect, String> {
-        let state = query_param(query, "state")
-            .filter(|s| !s.is_empty())
-            .ok_or("state is missing")?;
-        if !state.bytes().all(|b| b.is_ascii_alphanumeric()) || state.len() > 128 {
-            return Err("state is malformed".into());
-        }
-        let installation: u64 = query_param(query, "installation_id")
-            .and_then(|v| v.parse().ok())
-            .filter(|v| *v > 0)
-            .ok_or("installation_id is missing or not a number")?;
-        let action = query_param(query, "setup_action").unwrap_or_else(|| "install".into());
-        if !matches!(action.as_str(), "install" | "update" | "request") {
-            return Err("setup_action is not install, update or request".into());
-        }
-        Ok(SetupRedirect {
-            state,
-            config: json!({ "installation_id": installation }),
-            action,
-        })
+        parse_setup_query(query)
     }
 
     fn verify_webhook(
@@ -701,43 +683,85 @@ impl Callbacks for GithubApp {
             .get("x-github-event")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let v: Value =
-            serde_json::from_slice(body).map_err(|_| "webhook body is not JSON".to_owned())?;
-        if event != "installation" {
-            return Ok(CallbackEvent::Ignored {
-                reason: format!("event {event:?} is not handled"),
-            });
-        }
-        let id = v
-            .pointer("/installation/id")
-            .and_then(Value::as_u64)
-            .ok_or("installation.id is missing")?;
-        let identifier = installation_identifier(id);
-        let action = v.get("action").and_then(Value::as_str).unwrap_or("");
-        Ok(match action {
-            "deleted" => CallbackEvent::Removed { identifier },
-            "suspend" => CallbackEvent::Suspended { identifier },
-            "unsuspend" => CallbackEvent::Unsuspended { identifier },
-            "new_permissions_accepted" => CallbackEvent::Changed {
-                identifier,
-                detail: format!(
-                    "customer accepted new permissions: {}",
-                    v.pointer("/installation/permissions")
-                        .map(Value::to_string)
-                        .unwrap_or_default()
-                        .chars()
-                        .take(500)
-                        .collect::<String>()
-                ),
-            },
-            "created" => CallbackEvent::Ignored {
-                reason: "installation created: bound by the setup redirect".into(),
-            },
-            other => CallbackEvent::Ignored {
-                reason: format!("installation action {other:?} is not handled"),
-            },
-        })
+        parse_installation_event(event, body)
     }
+}
+
+/// Parses a setup redirect's query (`installation_id`, `setup_action`, `state`). Never panics
+/// on any input (fuzzed).
+///
+/// # Errors
+/// A message naming what is missing or malformed.
+pub fn parse_setup_query(query: &str) -> Result<SetupRedirect, String> {
+    let state = query_param(query, "state")
+        .filter(|s| !s.is_empty())
+        .ok_or("state is missing")?;
+    if !state.bytes().all(|b| b.is_ascii_alphanumeric()) || state.len() > 128 {
+        return Err("state is malformed".into());
+    }
+    let installation: u64 = query_param(query, "installation_id")
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v > 0)
+        .ok_or("installation_id is missing or not a number")?;
+    let action = query_param(query, "setup_action").unwrap_or_else(|| "install".into());
+    if !matches!(action.as_str(), "install" | "update" | "request") {
+        return Err("setup_action is not install, update or request".into());
+    }
+    Ok(SetupRedirect {
+        state,
+        config: json!({ "installation_id": installation }),
+        action,
+    })
+}
+
+/// Normalizes a webhook body whose signature was already verified. Never panics on any input
+/// (fuzzed).
+///
+/// # Errors
+/// A message when the body is malformed.
+pub fn parse_installation_event(event: &str, body: &[u8]) -> Result<CallbackEvent, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| "webhook body is not JSON".to_owned())?;
+    if event != "installation" {
+        return Ok(CallbackEvent::Ignored {
+            reason: format!(
+                "event {:?} is not handled",
+                event.chars().take(64).collect::<String>()
+            ),
+        });
+    }
+    let id = v
+        .pointer("/installation/id")
+        .and_then(Value::as_u64)
+        .ok_or("installation.id is missing")?;
+    let identifier = installation_identifier(id);
+    let action = v.get("action").and_then(Value::as_str).unwrap_or("");
+    Ok(match action {
+        "deleted" => CallbackEvent::Removed { identifier },
+        "suspend" => CallbackEvent::Suspended { identifier },
+        "unsuspend" => CallbackEvent::Unsuspended { identifier },
+        "new_permissions_accepted" => CallbackEvent::Changed {
+            identifier,
+            detail: format!(
+                "customer accepted new permissions: {}",
+                v.pointer("/installation/permissions")
+                    .map(Value::to_string)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(500)
+                    .collect::<String>()
+            ),
+        },
+        "created" => CallbackEvent::Ignored {
+            reason: "installation created: bound by the setup redirect".into(),
+        },
+        other => CallbackEvent::Ignored {
+            reason: format!(
+                "installation action {:?} is not handled",
+                other.chars().take(64).collect::<String>()
+            ),
+        },
+    })
 }
 
 #[cfg(test)]
