@@ -28,11 +28,15 @@ pub const TD: &str = "test.credbroker";
 /// binaries before its integration tests).
 pub fn daemon_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    dir.join("credbroker-it")
+    let here = exe.parent().expect("executable directory");
+    // Binaries of this package (the bench) sit beside it; test executables one level down.
+    let beside = here.join("credbroker-it");
+    if beside.exists() {
+        return beside;
+    }
+    here.parent()
+        .expect("test executable lives in target/<profile>/deps")
+        .join("credbroker-it")
 }
 
 /// Installs the process-wide rustls provider once (clients build explicit configs anyway).

@@ -1,0 +1,524 @@
+//! `credbroker-bench`: measures, in one run on this machine, how close credbroker's resolve
+//! path comes to a bare mTLS server, what a cold mint costs over calling the upstream directly,
+//! single flight under 1,000 concurrent cold resolves, and `audit verify` throughput.
+//!
+//! Method (../shared/BENCHMARKING.md): servers run as separate processes pinned to core 0,
+//! the load generator to core 1 (`taskset`, when present); systems are interleaved over
+//! `--rounds` rounds of `--seconds` each; throughput is reported as min/median/max and per
+//! server CPU-second; latency percentiles come from the median round. Loopback only.
+//!
+//!     cargo run --release -p credbroker-tests --bin credbroker-bench -- --rounds 3 --seconds 10
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credbroker_tests::fake_sts::{FakeRole, FakeSts};
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+struct Args {
+    rounds: usize,
+    seconds: u64,
+    connections: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        rounds: 3,
+        seconds: 10,
+        connections: 32,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let v = argv.get(i + 1).and_then(|v| v.parse::<u64>().ok());
+        match (argv[i].as_str(), v) {
+            ("--rounds", Some(v)) => a.rounds = v.max(1) as usize,
+            ("--seconds", Some(v)) => a.seconds = v.max(1),
+            ("--connections", Some(v)) => a.connections = v.max(1) as usize,
+            ("ceiling-server", _) => return a,
+            (other, _) => {
+                eprintln!("unknown argument {other}; use --rounds N --seconds N --connections N");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn has_taskset() -> bool {
+    Command::new("taskset").arg("--version").output().is_ok()
+}
+
+fn pinned(core: &str, program: &Path) -> Command {
+    if has_taskset() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(core).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// utime+stime of a process, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// The ceiling: hyper 1 + rustls (aws-lc-rs), client certificates required, a fixed JSON body.
+async fn ceiling_server(pki_dir: PathBuf) {
+    use credbroker::tls::ReloadableTls;
+    let tls = ReloadableTls::new(credbroker::config::TlsSettings {
+        cert: pki_dir.join("server.crt"),
+        key: pki_dir.join("server.key"),
+        client_ca: pki_dir.join("ca.crt"),
+        crl: None,
+    })
+    .expect("tls");
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("listening {}", listener.local_addr().unwrap());
+    println!("ready");
+    let body = bytes::Bytes::from(serde_json::to_vec(&json!({
+        "provider": "pasted_secret", "kind": "secret_fields", "expires_at": null, "cached": false,
+        "audit_id": "aud_000000000001", "request_id": "req_00000000000000000000000000000000",
+        "credentials": {"password": "0123456789abcdef0123456789abcdef0123", "username": "demo-user"},
+        "details": {"pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}
+    })).unwrap());
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let body = body.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(move |_req| {
+                let body = body.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(body),
+                    ))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+struct Round {
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    cpu: f64,
+    latencies_us: Vec<u32>,
+}
+
+impl Round {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+/// Keep-alive load: `connections` clients each sending `body` to `path` for `seconds`.
+async fn load(
+    pki: &Arc<TestPki>,
+    url: &str,
+    path: &'static str,
+    body: Option<Value>,
+    connections: usize,
+    seconds: u64,
+    server_pid: u32,
+) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = cpu_seconds(server_pid);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (pki, url, body, stop) = (pki.clone(), url.to_owned(), body.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = pki.client_for("w1", &url);
+            let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+            let (mut n, mut err, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let method = if bytes.is_some() {
+                    Method::POST
+                } else {
+                    Method::GET
+                };
+                match c.request(method, path, bytes.clone()).await {
+                    Ok((s, _)) if s.is_success() => {
+                        n += 1;
+                        lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    }
+                    _ => err += 1,
+                }
+            }
+            (n, err, lat)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut r = Round {
+        requests: 0,
+        errors: 0,
+        seconds: 0.0,
+        cpu: 0.0,
+        latencies_us: Vec::new(),
+    };
+    for t in tasks {
+        let (n, e, l) = t.await.unwrap();
+        r.requests += n;
+        r.errors += e;
+        r.latencies_us.extend(l);
+    }
+    r.seconds = started.elapsed().as_secs_f64();
+    r.cpu = cpu_seconds(server_pid) - cpu0;
+    r.latencies_us.sort_unstable();
+    r
+}
+
+fn summary(name: &str, rounds: &mut [Round]) -> f64 {
+    rounds.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
+    let med = &rounds[rounds.len() / 2];
+    println!(
+        "| {name:<40} | {:>8.0} | {:>8.0} | {:>8.0} | {:>9.0} | {:>6.2} | {:>6.2} | {:>5} |",
+        rounds[0].rps(),
+        med.rps(),
+        rounds[rounds.len() - 1].rps(),
+        if med.cpu > 0.0 {
+            med.requests as f64 / med.cpu
+        } else {
+            0.0
+        },
+        med.pct(0.5),
+        med.pct(0.99),
+        rounds.iter().map(|r| r.errors).sum::<u64>(),
+    );
+    med.rps()
+}
+
+fn spawn_ready(mut cmd: Command) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("listening ") {
+            addr = a.to_owned();
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    (child, format!("https://{addr}"))
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    init_crypto();
+    if argv.get(1).map(String::as_str) == Some("ceiling-server") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(ceiling_server(PathBuf::from(&argv[2])));
+        return;
+    }
+    let args = parse_args();
+    // The load generator runs on core 1: re-run this process under taskset once.
+    if has_taskset() && std::env::var_os("CREDBROKER_BENCH_PINNED").is_none() {
+        let status = Command::new("taskset")
+            .arg("-c")
+            .arg("1")
+            .arg(std::env::current_exe().unwrap())
+            .args(&argv[1..])
+            .env("CREDBROKER_BENCH_PINNED", "1")
+            .status()
+            .expect("re-run under taskset");
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    let (tmp, pki) = setup();
+    let me = std::env::current_exe().unwrap();
+    println!(
+        "credbroker-bench: {} round(s) x {} s, {} keep-alive mTLS connections; servers on core 0, load on core 1{}",
+        args.rounds,
+        args.seconds,
+        args.connections,
+        if has_taskset() { "" } else { " (taskset missing: not pinned)" }
+    );
+    println!(
+        "cores: {}, load average: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+
+    // The ceiling server.
+    let mut ceiling_cmd = pinned("0", &me);
+    ceiling_cmd.arg("ceiling-server").arg(&pki.dir);
+    let (mut ceiling, ceiling_url) = spawn_ready(ceiling_cmd);
+
+    // credbroker with a pasted secret and an AWS binding against the fake STS.
+    let sts = FakeSts::start("111111111111").await;
+    let root = tmp.path().join("broker");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = root.join("credbroker.toml");
+    std::fs::write(&config, format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntrust_domain = \"{TD}\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[limits]\nmax_connections = 4096\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"111111111111\"\nceiling_file = {:?}\n",
+        root.join("data").display().to_string(), pki.dir.join("server.crt").display().to_string(), pki.dir.join("server.key").display().to_string(),
+        pki.dir.join("ca.crt").display().to_string(), sts.url, repo_root().join("policies/aws.json").display().to_string()
+    )).unwrap();
+    let env = aws_test_env("AKIABENCHVENDOR00000", "bench-secret");
+    let status = Command::new(daemon_bin())
+        .args(["init", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut broker_cmd = pinned("0", &daemon_bin());
+    broker_cmd
+        .args(["serve", "--config"])
+        .arg(&config)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "warn");
+    let (mut broker, broker_url) = spawn_ready(broker_cmd);
+    let mut op = pki.client_for("op", &broker_url);
+    seed_two_tenants(&mut op).await;
+    let ext = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/onboard/aws_assume_role",
+        Some(json!({"tenant": "t1"})),
+    )
+    .await
+    .1["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = "arn:aws:iam::222222222222:role/Bench";
+    sts.add_role(
+        arn,
+        FakeRole {
+            account: "222222222222".into(),
+            trusted_account: "111111111111".into(),
+            external_id: Some(ext),
+            max_session_s: 3600,
+            report_account: None,
+        },
+    );
+    call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "aws", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
+    call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-aws", "tenant": "t1", "binding": "aws", "connector_kind": "aws"})),
+    )
+    .await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/aws/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // Interleaved rounds.
+    let mut ceiling_rounds = Vec::new();
+    let mut pasted_rounds = Vec::new();
+    let mut aws_rounds = Vec::new();
+    for _ in 0..args.rounds {
+        ceiling_rounds.push(
+            load(
+                &pki,
+                &ceiling_url,
+                "/",
+                None,
+                args.connections,
+                args.seconds,
+                ceiling.id(),
+            )
+            .await,
+        );
+        pasted_rounds.push(
+            load(
+                &pki,
+                &broker_url,
+                "/v1/resolve",
+                Some(json!({"instance_id": "i1"})),
+                args.connections,
+                args.seconds,
+                broker.id(),
+            )
+            .await,
+        );
+        aws_rounds.push(
+            load(
+                &pki,
+                &broker_url,
+                "/v1/resolve",
+                Some(json!({"instance_id": "i-aws"})),
+                args.connections,
+                args.seconds,
+                broker.id(),
+            )
+            .await,
+        );
+    }
+    println!();
+    println!(
+        "| {:<40} | min r/s  | med r/s  | max r/s  | r/CPU-s   | p50 ms | p99 ms | errs  |",
+        "system"
+    );
+    println!(
+        "|{}|----------|----------|----------|-----------|--------|--------|-------|",
+        "-".repeat(42)
+    );
+    let c = summary(
+        "ceiling: hyper+rustls mTLS, fixed JSON",
+        &mut ceiling_rounds,
+    );
+    let p = summary("credbroker resolve, pasted secret", &mut pasted_rounds);
+    let a = summary("credbroker resolve, AWS token cached", &mut aws_rounds);
+    println!();
+    println!("ratio credbroker/ceiling (medians): pasted {:.2}, cached AWS {:.2} (target >= 0.70); every 200 is backed by a durable audit record", p / c, a / c);
+
+    // Cold mint: broker resolve with a new narrowing each time vs the same STS call direct.
+    let provider =
+        credbroker_providers::aws::AwsAssumeRole::new(credbroker_providers::aws::AwsSettings {
+            region: "us-east-1".into(),
+            endpoint_url: Some(sts.url.clone()),
+            vendor_account_id: "111111111111".into(),
+            default_duration_s: 3600,
+            max_duration_s: 3600,
+            attempt_timeout_ms: 3000,
+            max_attempts: 1,
+            ceiling_file: repo_root().join("policies/aws.json"),
+        })
+        .await
+        .unwrap();
+    for (k, v) in &env {
+        std::env::set_var(k, v);
+    }
+    let (_, binding) = call(&mut op, Method::GET, "/v1/admin/bindings/aws", None).await;
+    let cfg = binding["binding"]["config"].clone();
+    let n = 200;
+    let mut direct = Vec::new();
+    for i in 0..n {
+        let narrowing = credbroker_providers::Narrowing {
+            canonical: format!("{i}"),
+            value: None,
+        };
+        let req = credbroker_providers::MintRequest {
+            binding: credbroker_providers::BindingContext {
+                tenant_id: "t1",
+                binding_id: "aws",
+                config: &cfg,
+                ceiling: &Value::Null,
+            },
+            instance_id: "i-aws",
+            worker: "w1",
+            narrowing: &narrowing,
+            secret: None,
+            timeout: Duration::from_secs(5),
+        };
+        let t = Instant::now();
+        use credbroker_providers::Provider;
+        provider.mint(&req).await.unwrap();
+        direct.push(t.elapsed().as_micros() as u32);
+    }
+    let mut through = Vec::new();
+    let mut w = pki.client_for("w1", &broker_url);
+    for i in 0..n {
+        let narrow = json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Cold{i}"), "Resource": "*"}}});
+        let t = Instant::now();
+        let (s, v) = resolve(&mut w, json!({"instance_id": "i-aws", "narrow": narrow})).await;
+        assert_eq!(s, 200, "{v}");
+        through.push(t.elapsed().as_micros() as u32);
+    }
+    direct.sort_unstable();
+    through.sort_unstable();
+    let med = |v: &[u32]| f64::from(v[v.len() / 2]) / 1000.0;
+    println!("cold mint via fake STS: direct SDK call p50 {:.2} ms, through credbroker p50 {:.2} ms, overhead {:.2} ms (target <= 1 ms)", med(&direct), med(&through), med(&through) - med(&direct));
+
+    // Single flight: 1,000 concurrent resolves of one cold key.
+    sts.faults().delay = Duration::from_millis(300);
+    let before = sts.state.calls();
+    let cold = json!({"policy": {"Statement": {"Effect": "Deny", "Action": "s3:SingleFlight", "Resource": "*"}}});
+    let mut tasks = Vec::new();
+    for chunk in 0..1000 {
+        let (pki, url, cold) = (pki.clone(), broker_url.clone(), cold.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(chunk)).await;
+            let mut c = pki.client_for("w1", &url);
+            resolve(&mut c, json!({"instance_id": "i-aws", "narrow": cold}))
+                .await
+                .0
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    println!("single flight: 1000 concurrent cold resolves -> {ok} x 200, {} upstream call(s) (target 1)", sts.state.calls() - before);
+
+    // audit verify throughput on the log these runs wrote.
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let _ = ceiling.kill();
+    let verifier =
+        credbroker::keys::AuditVerifier::load(&root.join("data/keys/audit-signing.pub")).unwrap();
+    let t = Instant::now();
+    let summary = credbroker::audit::verify_log(&root.join("data/audit"), &verifier).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "audit verify: {} records in {:.2} s = {:.0} records/s (target >= 200000)",
+        summary.records,
+        secs,
+        summary.records as f64 / secs
+    );
+    drop(tmp);
+}
