@@ -436,16 +436,16 @@ async fn activation_refusals_and_identifier_rules() {
         .any(|r| r["action"] == "binding.add" && r["error_code"] == "conflict"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_are_bounded_and_cached_tokens_survive_outages() {
-    let mut env = start().await;
+/// Onboards t1, creates its role in the fake, binds it as `aws1` (instance `i-aws`) and
+/// activates it; returns the ExternalId and role ARN.
+async fn active_aws_binding(env: &mut Env) -> (String, String) {
     let external_id = onboard(&mut env.op, "t1").await["external_id"]
         .as_str()
         .unwrap()
         .to_owned();
     let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
     env.sts.add_role(&arn, role(Some(&external_id)));
-    bind(&mut env, "aws1", "i-aws", &arn).await;
+    bind(env, "aws1", "i-aws", &arn).await;
     let (s, v) = call(
         &mut env.op,
         Method::POST,
@@ -454,6 +454,13 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
+    (external_id, arn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_bounded_and_cached_tokens_survive_outages() {
+    let mut env = start().await;
+    let (external_id, arn) = active_aws_binding(&mut env).await;
     let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
 
     // Throttling twice, then success: retried with backoff, 3 calls.
@@ -630,21 +637,7 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_circuit_breaker_stops_hammering_a_dead_upstream() {
     let mut env = start_with("breaker_failures = 2\nbreaker_open_ms = 1500\n").await;
-    let external_id = onboard(&mut env.op, "t1").await["external_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
-    env.sts.add_role(&arn, role(Some(&external_id)));
-    bind(&mut env, "aws1", "i-aws", &arn).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/aws1/probe",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    active_aws_binding(&mut env).await;
     let (s, _) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!(s, 200, "warm the cache");
     let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
