@@ -19,6 +19,7 @@ pub mod fake_github;
 pub mod fake_sts;
 pub mod loopback;
 pub mod sts_shim;
+pub mod tcp_fault;
 
 /// The trust domain of every test certificate.
 pub const TD: &str = "test.credbroker";

@@ -699,3 +699,77 @@ async fn a_circuit_breaker_stops_hammering_a_dead_upstream() {
     assert_eq!(s, 200);
     assert!(env.daemon.logs().contains("circuit opened"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_resets_are_bounded_upstream_failures() {
+    // STS behind a proxy that can reset connections.
+    let (tmp, pki) = setup();
+    let sts = FakeSts::start(VENDOR).await;
+    let proxy =
+        credbroker_tests::tcp_fault::TcpFault::start(sts.url.trim_start_matches("http://")).await;
+    let extra = format!(
+        "[cache]\nmint_timeout_ms = 4000\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = 400\nmax_attempts = 3\nceiling_file = {:?}\n",
+        proxy.url,
+        repo_root().join("policies/aws.json").display().to_string()
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            env: aws_test_env("AKIAVENDORTESTKEY000", "vendor-test-secret"),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut env = Env {
+        _tmp: tmp,
+        pki: pki.clone(),
+        daemon,
+        sts,
+        op,
+        w1: pki.client_for("w1", "https://127.0.0.1:1"),
+    };
+    env.w1 = env.pki.client_for("w1", &env.daemon.url);
+    active_aws_binding(&mut env).await;
+    let (s, _) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!(s, 200, "warm the cache");
+
+    proxy.set_reset(true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = env.sts.state.calls();
+    let started = Instant::now();
+    let narrow =
+        json!({"policy": {"Statement": {"Effect": "Deny", "Action": "s3:Reset", "Resource": "*"}}});
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    // Live pooled connections were cut (at least one: the warm-up's), then every new attempt
+    // was reset: max_attempts (3) new connections at most.
+    let resets = proxy.resets.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=3 + 2).contains(&resets),
+        "retries bounded by max_attempts: {resets} resets"
+    );
+    assert_eq!(env.sts.state.calls(), before, "nothing reached STS");
+    // The cached token is still served.
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)));
+    // Connections recover with the network.
+    proxy.set_reset(false);
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
