@@ -20,6 +20,8 @@ struct Env {
     sts: FakeSts,
     op: BrokerClient,
     w1: BrokerClient,
+    /// STS is reached through this proxy when the test asked for one.
+    proxy: Option<credbroker_tests::tcp_fault::TcpFault>,
 }
 
 async fn start() -> Env {
@@ -27,11 +29,26 @@ async fn start() -> Env {
 }
 
 async fn start_with(cache_extra: &str) -> Env {
+    start_full(cache_extra, false).await
+}
+
+/// A daemon with the AWS provider on the fake STS, optionally reached through a TCP proxy
+/// that can reset connections.
+async fn start_full(cache_extra: &str, through_proxy: bool) -> Env {
     let (tmp, pki) = setup();
     let sts = FakeSts::start(VENDOR).await;
+    let proxy = if through_proxy {
+        Some(
+            credbroker_tests::tcp_fault::TcpFault::start(sts.url.trim_start_matches("http://"))
+                .await,
+        )
+    } else {
+        None
+    };
+    let endpoint = proxy.as_ref().map_or(sts.url.clone(), |p| p.url.clone());
     let extra = format!(
         "[cache]\nmint_timeout_ms = 4000\n{cache_extra}\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = 400\nmax_attempts = 3\nceiling_file = {:?}\n",
-        sts.url,
+        endpoint,
         repo_root().join("policies/aws.json").display().to_string()
     );
     let daemon = Daemon::start(
@@ -53,6 +70,7 @@ async fn start_with(cache_extra: &str) -> Env {
         sts,
         op,
         w1,
+        proxy,
     }
 }
 
@@ -703,40 +721,12 @@ async fn a_circuit_breaker_stops_hammering_a_dead_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_resets_are_bounded_upstream_failures() {
     // STS behind a proxy that can reset connections.
-    let (tmp, pki) = setup();
-    let sts = FakeSts::start(VENDOR).await;
-    let proxy =
-        credbroker_tests::tcp_fault::TcpFault::start(sts.url.trim_start_matches("http://")).await;
-    let extra = format!(
-        "[cache]\nmint_timeout_ms = 4000\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = 400\nmax_attempts = 3\nceiling_file = {:?}\n",
-        proxy.url,
-        repo_root().join("policies/aws.json").display().to_string()
-    );
-    let daemon = Daemon::start(
-        tmp.path(),
-        &pki,
-        &DaemonOptions {
-            extra_toml: extra,
-            env: aws_test_env("AKIAVENDORTESTKEY000", "vendor-test-secret"),
-            ..Default::default()
-        },
-    );
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    let mut env = Env {
-        _tmp: tmp,
-        pki: pki.clone(),
-        daemon,
-        sts,
-        op,
-        w1: pki.client_for("w1", "https://127.0.0.1:1"),
-    };
-    env.w1 = env.pki.client_for("w1", &env.daemon.url);
+    let mut env = start_full("", true).await;
     active_aws_binding(&mut env).await;
     let (s, _) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!(s, 200, "warm the cache");
 
-    proxy.set_reset(true);
+    env.proxy.as_ref().unwrap().set_reset(true);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = env.sts.state.calls();
     let started = Instant::now();
@@ -755,7 +745,12 @@ async fn connection_resets_are_bounded_upstream_failures() {
     );
     // Live pooled connections were cut (at least one: the warm-up's), then every new attempt
     // was reset: max_attempts (3) new connections at most.
-    let resets = proxy.resets.load(std::sync::atomic::Ordering::SeqCst);
+    let resets = env
+        .proxy
+        .as_ref()
+        .unwrap()
+        .resets
+        .load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         (2..=3 + 2).contains(&resets),
         "retries bounded by max_attempts: {resets} resets"
@@ -765,7 +760,7 @@ async fn connection_resets_are_bounded_upstream_failures() {
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(true)));
     // Connections recover with the network.
-    proxy.set_reset(false);
+    env.proxy.as_ref().unwrap().set_reset(false);
     let (s, v) = resolve(
         &mut env.w1,
         json!({"instance_id": "i-aws", "narrow": narrow}),
