@@ -42,6 +42,8 @@ pub struct BrokerSettings {
     pub mint_timeout: Duration,
     /// Token cache bound.
     pub cache_max_entries: usize,
+    /// Decoded records cached per store table (`[cache] record_entries`).
+    pub record_cache_entries: usize,
     /// Audit writer settings.
     pub audit: AuditConfig,
     /// Lifetime of install `state`s, seconds.
@@ -57,6 +59,7 @@ impl BrokerSettings {
             trust_domain: config.trust_domain.clone(),
             mint_timeout: Duration::from_millis(config.cache.mint_timeout_ms),
             cache_max_entries: config.cache.max_entries,
+            record_cache_entries: config.cache.record_entries,
             audit: AuditConfig {
                 dir: config.audit_dir(),
                 max_batch: config.audit.max_batch,
@@ -308,7 +311,7 @@ impl Broker {
                 )));
             }
         }
-        let records = Records::new(store);
+        let records = Records::with_cache(store, settings.record_cache_entries);
         let held: Vec<u32> = keys.keyring.versions().collect();
         for v in records.all_secret_versions()? {
             if !held.contains(&v.kek_version) {
@@ -318,7 +321,12 @@ impl Broker {
                 )));
             }
         }
-        let audit = AuditLog::open(settings.audit.clone(), keys.audit_signer)?;
+        let metrics = Metrics::new();
+        let audit = AuditLog::open_observed(
+            settings.audit.clone(),
+            keys.audit_signer,
+            Some(metrics.audit_batch_size.clone()),
+        )?;
         let broker = Arc::new(Broker {
             records,
             keyring: keys.keyring,
@@ -327,7 +335,7 @@ impl Broker {
             cache: TokenCache::new(settings.cache_max_entries),
             breakers: crate::breaker::Breakers::new(settings.breaker.0, settings.breaker.1),
             registry,
-            metrics: Metrics::new(),
+            metrics,
             admin_lock: tokio::sync::Mutex::new(()),
             settings,
         });
@@ -369,9 +377,6 @@ impl Broker {
 
     /// Refreshes gauges that are read rather than counted, then encodes all metrics.
     pub fn metrics_text(&self) -> String {
-        for size in self.audit.drain_batch_sizes() {
-            self.metrics.audit_batch_size.observe(size as f64);
-        }
         self.metrics
             .audit_healthy
             .set(i64::from(self.audit.healthy()));
@@ -534,7 +539,7 @@ impl Broker {
         // Worker record: known and active.
         let worker = self
             .records
-            .worker(&worker_id)
+            .shared_worker(&worker_id)
             .map_err(store_err)?
             .filter(|w| w.status == Status::Active)
             .ok_or_else(|| {
@@ -547,7 +552,7 @@ impl Broker {
         // Instance, and the tenant the store (not the request) says it belongs to.
         let instance = self
             .records
-            .instance(&instance_id)
+            .shared_instance(&instance_id)
             .map_err(store_err)?
             .ok_or_else(|| {
                 ApiError::new(ErrorCode::UnknownInstance, "no such connector instance")
@@ -583,14 +588,14 @@ impl Broker {
         }
         let tenant = self
             .records
-            .tenant(&instance.tenant)
+            .shared_tenant(&instance.tenant)
             .map_err(store_err)?
             .filter(|t| t.status == Status::Active)
             .ok_or_else(|| ApiError::new(ErrorCode::TenantInactive, "tenant is disabled"))?;
         event.binding = Some(instance.binding.to_string());
         let binding = self
             .records
-            .binding(&instance.binding)
+            .shared_binding(&instance.binding)
             .map_err(store_err)?
             .filter(|b| b.tenant == tenant.id)
             .ok_or_else(|| {
@@ -632,7 +637,7 @@ impl Broker {
         let job = MintJob {
             broker: Arc::clone(self),
             provider: provider.clone(),
-            binding: binding.clone(),
+            binding: Arc::clone(&binding),
             instance: instance_id.to_string(),
             worker: worker_id.to_string(),
             narrowing: narrowing.clone(),
@@ -722,7 +727,7 @@ impl Broker {
             .ok_or(ProviderError::SecretMissing)?;
         let stored = self
             .records
-            .secret_version(&binding.id, version)
+            .shared_secret_version(&binding.id, version)
             .map_err(|e| ProviderError::Internal(format!("store: {e}")))?
             .ok_or(ProviderError::SecretMissing)?;
         open_secret(
@@ -745,7 +750,7 @@ impl Broker {
 struct MintJob {
     broker: Arc<Broker>,
     provider: Arc<dyn Provider>,
-    binding: Binding,
+    binding: Arc<Binding>,
     instance: String,
     worker: String,
     narrowing: Narrowing,

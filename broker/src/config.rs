@@ -176,6 +176,9 @@ impl Default for AuditSettings {
 pub struct CacheSettings {
     /// Most cached tokens.
     pub max_entries: usize,
+    /// Decoded store records (worker, instance, tenant, binding, sealed secret version) kept
+    /// in memory per table for the resolve path; every store write empties them. 0 disables.
+    pub record_entries: usize,
     /// Deadline for one upstream mint, retries included, milliseconds.
     pub mint_timeout_ms: u64,
     /// Consecutive unavailable mints of one provider that open its circuit.
@@ -188,6 +191,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             max_entries: 100_000,
+            record_entries: crate::store::records::DEFAULT_RECORD_CACHE,
             mint_timeout_ms: 10_000,
             breaker_failures: 5,
             breaker_open_ms: 30_000,

@@ -74,6 +74,25 @@ impl AuditRecord {
         hex::encode(digest(&SHA256, &bytes).as_ref())
     }
 
+    /// Sets `hash` and returns the canonical line (without newline), serializing once: the
+    /// canonical form with `hash` emptied ends in `"hash":""}`, so the line is that form with
+    /// the digest spliced in. Same bytes as [`AuditRecord::compute_hash`] + [`AuditRecord::to_line`].
+    pub fn seal(&mut self) -> Vec<u8> {
+        const EMPTY_HASH_TAIL: &[u8] = b"\"hash\":\"\"}";
+        self.hash = String::new();
+        let mut bytes = serde_json::to_vec(&*self).unwrap_or_default();
+        self.hash = hex::encode(digest(&SHA256, &bytes).as_ref());
+        if bytes.ends_with(EMPTY_HASH_TAIL) {
+            bytes.truncate(bytes.len() - 2);
+            bytes.extend_from_slice(self.hash.as_bytes());
+            bytes.extend_from_slice(b"\"}");
+            bytes
+        } else {
+            // Not reached while `hash` is the last field; stays correct if that ever changes.
+            self.to_line().into_bytes()
+        }
+    }
+
     /// The canonical line (without newline).
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -134,6 +153,25 @@ mod tests {
         r.event.tenant = None;
         r.prev_hash = "1".repeat(64);
         assert_ne!(h, r.compute_hash());
+    }
+
+    #[test]
+    fn seal_matches_hash_and_line() {
+        let mut r = AuditRecord {
+            seq: 9,
+            time: "2026-01-01T00:00:00Z".into(),
+            event: AuditEvent {
+                kind: "resolve".into(),
+                detail: Some("\"hash\":\"\"}".into()),
+                latency_us: 12,
+                ..Default::default()
+            },
+            prev_hash: GENESIS_HASH.into(),
+            hash: "stale".into(),
+        };
+        let line = r.seal();
+        assert_eq!(r.hash, r.compute_hash());
+        assert_eq!(line, r.to_line().into_bytes());
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct AuditStats {
     pub last_batch: AtomicU64,
 }
 
+/// Where the writer reports each group commit's size (the metrics histogram).
+pub type BatchObserver = prometheus_client::metrics::histogram::Histogram;
+
 /// Handle to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -99,7 +102,6 @@ pub struct AuditLog {
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-    batch_hist: Arc<Mutex<Vec<u64>>>,
 }
 
 struct Tail {
@@ -229,7 +231,7 @@ struct Writer {
     needs_reopen: bool,
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
-    batch_hist: Arc<Mutex<Vec<u64>>>,
+    batch_sizes: Option<BatchObserver>,
 }
 
 impl Writer {
@@ -245,27 +247,28 @@ impl Writer {
                 return;
             }
         }
-        let mut buf = Vec::with_capacity(events.len() * 512);
+        let mut buf = Vec::with_capacity(events.len() * 640);
         let mut receipts = Vec::with_capacity(events.len());
+        let mut waiters = Vec::with_capacity(events.len());
         let mut seq = self.tail.seq;
         let mut prev = self.tail.hash.clone();
         let time = now_rfc3339();
-        for (event, _) in &events {
+        for (event, done) in events {
             seq += 1;
             let mut rec = AuditRecord {
                 seq,
                 time: time.clone(),
-                event: (**event).clone(),
+                event: *event,
                 prev_hash: prev,
                 hash: String::new(),
             };
-            rec.hash = rec.compute_hash();
-            buf.extend_from_slice(rec.to_line().as_bytes());
+            buf.extend_from_slice(&rec.seal());
             buf.push(b'\n');
             receipts.push(AuditReceipt {
                 seq,
                 audit_id: audit_id(seq),
             });
+            waiters.push(done);
             prev = rec.hash;
         }
         let result = self
@@ -283,24 +286,24 @@ impl Writer {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .records
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    .fetch_add(waiters.len() as u64, Ordering::Relaxed);
                 self.stats
                     .last_batch
-                    .store(events.len() as u64, Ordering::Relaxed);
-                if let Ok(mut h) = self.batch_hist.lock() {
-                    h.push(events.len() as u64);
+                    .store(waiters.len() as u64, Ordering::Relaxed);
+                if let Some(h) = &self.batch_sizes {
+                    h.observe(waiters.len() as f64);
                 }
-                for ((_, done), receipt) in events.into_iter().zip(receipts) {
+                for (done, receipt) in waiters.into_iter().zip(receipts) {
                     let _ = done.send(Ok(receipt));
                 }
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 self.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(error = %e, records = events.len(), "audit batch failed; failing its requests closed");
+                tracing::error!(error = %e, records = waiters.len(), "audit batch failed; failing its requests closed");
                 self.roll_back();
                 let err = AuditError::Write(e.to_string());
-                for (_, done) in events {
+                for done in waiters {
                     let _ = done.send(Err(err.clone()));
                 }
             }
@@ -436,6 +439,18 @@ impl AuditLog {
     /// # Errors
     /// When the files cannot be opened or the last record is inconsistent.
     pub fn open(config: AuditConfig, signer: AuditSigner) -> Result<AuditLog, AuditError> {
+        Self::open_observed(config, signer, None)
+    }
+
+    /// As [`AuditLog::open`], reporting every group commit's size to `batch_sizes`.
+    ///
+    /// # Errors
+    /// When the files cannot be opened or the last record is inconsistent.
+    pub fn open_observed(
+        config: AuditConfig,
+        signer: AuditSigner,
+        batch_sizes: Option<BatchObserver>,
+    ) -> Result<AuditLog, AuditError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| AuditError::Open {
             path: config.dir.display().to_string(),
             reason: e.to_string(),
@@ -454,7 +469,6 @@ impl AuditLog {
         }
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
-        let batch_hist = Arc::new(Mutex::new(Vec::new()));
         let writer = Writer {
             config,
             log_path: log,
@@ -467,7 +481,7 @@ impl AuditLog {
             needs_reopen: false,
             healthy: healthy.clone(),
             stats: stats.clone(),
-            batch_hist: batch_hist.clone(),
+            batch_sizes,
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -482,7 +496,6 @@ impl AuditLog {
             healthy,
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
-            batch_hist,
         })
     }
 
@@ -518,14 +531,6 @@ impl AuditLog {
     /// Commit counters.
     pub fn stats(&self) -> &AuditStats {
         &self.stats
-    }
-
-    /// Batch sizes committed since the last call (for the batch-size histogram).
-    pub fn drain_batch_sizes(&self) -> Vec<u64> {
-        self.batch_hist
-            .lock()
-            .map(|mut h| std::mem::take(&mut *h))
-            .unwrap_or_default()
     }
 
     /// Writes a final checkpoint and stops the writer; queued appends are refused.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::cache::{Invalidating, RecordCache};
 use super::{Batch, Op, Store, StoreError, Table};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use crate::model::{Binding, Instance, SecretVersion, Tenant, Worker};
@@ -14,7 +15,11 @@ use crate::model::{Binding, Instance, SecretVersion, Tenant, Worker};
 #[derive(Clone)]
 pub struct Records {
     store: Arc<dyn Store>,
+    cache: Arc<RecordCache>,
 }
+
+/// Records cached per table by [`Records::new`].
+pub const DEFAULT_RECORD_CACHE: usize = 10_000;
 
 fn decode<T: DeserializeOwned>(table: Table, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt {
@@ -34,14 +39,93 @@ pub fn secret_key(binding: &BindingId, version: u32) -> String {
 }
 
 impl Records {
-    /// Typed access over `store`.
+    /// Typed access over `store`, with a decoded-record cache of the default size.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Records { store }
+        Self::with_cache(store, DEFAULT_RECORD_CACHE)
     }
 
-    /// The underlying store.
+    /// Typed access over `store`, caching up to `per_table` decoded records per table for the
+    /// `shared_*` reads (0 disables the cache). See [`super::cache`].
+    pub fn with_cache(store: Arc<dyn Store>, per_table: usize) -> Self {
+        let cache = Arc::new(RecordCache::new(per_table));
+        Records {
+            store: Arc::new(Invalidating::new(store, cache.clone())),
+            cache,
+        }
+    }
+
+    /// The underlying store. Its commits empty the record cache.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Records currently held by the decoded-record cache.
+    pub fn cached_records(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// A record as of the last commit, from the cache or decoded from the store (and cached).
+    fn shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<Arc<T>>, StoreError> {
+        if let Some(hit) = self.cache.get::<T>(table, key) {
+            return Ok(Some(hit));
+        }
+        let generation = self.cache.generation();
+        match self.store.get(table, key)? {
+            Some(bytes) => {
+                let value = Arc::new(decode::<T>(table, key, &bytes)?);
+                self.cache.insert(table, key, generation, value.clone());
+                Ok(Some(value))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// One worker, shared (see [`Records::with_cache`]).
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub fn shared_worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
+        self.shared(Table::Workers, id.as_str())
+    }
+
+    /// One instance, shared.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub fn shared_instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
+        self.shared(Table::Instances, id.as_str())
+    }
+
+    /// One tenant, shared.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub fn shared_tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        self.shared(Table::Tenants, id.as_str())
+    }
+
+    /// One binding, shared.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub fn shared_binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
+        self.shared(Table::Bindings, id.as_str())
+    }
+
+    /// One sealed secret version, shared (still encrypted).
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub fn shared_secret_version(
+        &self,
+        binding: &BindingId,
+        version: u32,
+    ) -> Result<Option<Arc<SecretVersion>>, StoreError> {
+        self.shared(Table::Secrets, &secret_key(binding, version))
     }
 
     fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {

@@ -51,6 +51,22 @@ fn parse_args() -> Args {
     a
 }
 
+/// Cores of the machine (not of this process's affinity mask, which taskset narrows).
+fn online_cores() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split(',')
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => Some(b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1),
+                    None => r.parse::<usize>().ok().map(|_| 1),
+                })
+                .sum::<Option<usize>>()
+        })
+        .unwrap_or(0)
+}
+
 fn has_taskset() -> bool {
     Command::new("taskset").arg("--version").output().is_ok()
 }
@@ -287,7 +303,7 @@ async fn run(args: Args) {
     );
     println!(
         "cores: {}, load average: {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        online_cores(),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
@@ -423,6 +439,22 @@ async fn run(args: Args) {
     let a = summary("credbroker resolve, AWS token cached", &mut aws_rounds);
     println!();
     println!("ratio credbroker/ceiling (medians): pasted {:.2}, cached AWS {:.2} (target >= 0.70); every 200 is backed by a durable audit record", p / c, a / c);
+    let (_, metrics) = op.request(Method::GET, "/metrics", None).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (sum, count) = (
+        metric("credbroker_audit_batch_size_sum "),
+        metric("credbroker_audit_batch_size_count "),
+    );
+    println!(
+        "audit group commit: {count:.0} fdatasyncs for {sum:.0} records, {:.1} records per batch",
+        if count > 0.0 { sum / count } else { 0.0 }
+    );
 
     // Cold mint: broker resolve with a new narrowing each time vs the same STS call direct.
     let provider =

@@ -1,0 +1,190 @@
+//! Decoded records of the resolve chain, kept in memory between commits.
+//!
+//! Every resolve checks worker, instance, tenant, binding and (for pasted secrets) the sealed
+//! secret version. Reading and JSON-decoding them from sled on every call was a third of the
+//! resolve path's CPU. This cache holds the decoded records and is emptied by every store
+//! commit, before [`Store::commit`] returns, so a resolve never sees a state older than the
+//! last acknowledged write — the same answer as reading the store, without the decode.
+//!
+//! It is correct because this process is the store's only writer (sled holds an exclusive
+//! lock on the directory, and every write goes through the [`Invalidating`] store below). A
+//! backend shared by several broker processes must not use it without change notification.
+//!
+//! Race between a reader filling the cache and a writer: the reader notes the generation
+//! before reading the store and inserts only if it is unchanged, checked under the table's
+//! lock; the writer bumps the generation after its commit and then clears each table under
+//! the same lock. Either the reader's insert is refused, or it lands before the clear and is
+//! removed by it. Absent records are never cached.
+//!
+//! Only non-secret records and sealed (still encrypted) secret versions are held; plaintext is
+//! never cached.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::{Batch, Store, StoreError, Table};
+
+type Entry = Arc<dyn Any + Send + Sync>;
+
+/// The decoded-record cache: one map per table, bounded per table.
+pub struct RecordCache {
+    generation: AtomicU64,
+    tables: Vec<RwLock<HashMap<String, Entry>>>,
+    capacity: usize,
+}
+
+fn index(table: Table) -> usize {
+    Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
+}
+
+impl RecordCache {
+    /// A cache holding at most `capacity` records per table (0 disables it).
+    pub fn new(capacity: usize) -> Self {
+        RecordCache {
+            generation: AtomicU64::new(0),
+            tables: Table::ALL
+                .iter()
+                .map(|_| RwLock::new(HashMap::new()))
+                .collect(),
+            capacity,
+        }
+    }
+
+    /// The generation to pass to [`RecordCache::insert`] for a value read after this call.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The cached record at `key`, if any and of type `T`.
+    pub fn get<T: Send + Sync + 'static>(&self, table: Table, key: &str) -> Option<Arc<T>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let map = self.tables.get(index(table))?.read().ok()?;
+        let entry = map.get(key)?.clone();
+        drop(map);
+        entry.downcast::<T>().ok()
+    }
+
+    /// Caches `value`, read from the store after [`RecordCache::generation`] returned
+    /// `generation`, unless a commit happened since.
+    pub fn insert<T: Send + Sync + 'static>(
+        &self,
+        table: Table,
+        key: &str,
+        generation: u64,
+        value: Arc<T>,
+    ) {
+        if self.capacity == 0 {
+            return;
+        }
+        let Some(lock) = self.tables.get(index(table)) else {
+            return;
+        };
+        let Ok(mut map) = lock.write() else {
+            return;
+        };
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if map.len() >= self.capacity && !map.contains_key(key) {
+            // Bounded memory: drop some entry (the next miss reads it from the store again).
+            if let Some(victim) = map.keys().next().cloned() {
+                map.remove(&victim);
+            }
+        }
+        map.insert(key.to_owned(), value);
+    }
+
+    /// Forgets everything (after a commit).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for lock in &self.tables {
+            match lock.write() {
+                Ok(mut map) => map.clear(),
+                Err(poisoned) => poisoned.into_inner().clear(),
+            }
+        }
+    }
+
+    /// Records currently cached, all tables.
+    pub fn len(&self) -> usize {
+        self.tables
+            .iter()
+            .map(|l| l.read().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A store whose every commit empties the [`RecordCache`] before returning — including a
+/// commit that failed, whose outcome may be unknown.
+pub struct Invalidating {
+    inner: Arc<dyn Store>,
+    cache: Arc<RecordCache>,
+}
+
+impl Invalidating {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>, cache: Arc<RecordCache>) -> Self {
+        Invalidating { inner, cache }
+    }
+}
+
+impl Store for Invalidating {
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(table, key)
+    }
+
+    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan(table, prefix)
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let result = self.inner.commit(batch);
+        self.cache.invalidate();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_insert_after_commit_is_refused() {
+        let cache = RecordCache::new(10);
+        let g = cache.generation();
+        cache.invalidate();
+        cache.insert(Table::Workers, "w1", g, Arc::new(1u32));
+        assert!(cache.get::<u32>(Table::Workers, "w1").is_none());
+        let g = cache.generation();
+        cache.insert(Table::Workers, "w1", g, Arc::new(2u32));
+        assert_eq!(cache.get::<u32>(Table::Workers, "w1").as_deref(), Some(&2));
+        assert!(
+            cache.get::<u64>(Table::Workers, "w1").is_none(),
+            "wrong type is a miss"
+        );
+        cache.invalidate();
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn bounded_per_table() {
+        let cache = RecordCache::new(3);
+        let g = cache.generation();
+        for i in 0..10u32 {
+            cache.insert(Table::Bindings, &format!("b{i}"), g, Arc::new(i));
+        }
+        assert_eq!(cache.len(), 3);
+        let off = RecordCache::new(0);
+        off.insert(Table::Bindings, "b", off.generation(), Arc::new(1u32));
+        assert!(off.get::<u32>(Table::Bindings, "b").is_none());
+    }
+}
