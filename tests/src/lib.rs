@@ -18,6 +18,7 @@ pub mod counting;
 pub mod fake_github;
 pub mod fake_sts;
 pub mod loopback;
+pub mod openbao;
 pub mod sts_shim;
 pub mod tcp_fault;
 

@@ -24,6 +24,8 @@ struct Args {
     rounds: usize,
     seconds: u64,
     connections: usize,
+    bindings: usize,
+    audit_records: u64,
 }
 
 fn parse_args() -> Args {
@@ -31,6 +33,8 @@ fn parse_args() -> Args {
         rounds: 3,
         seconds: 10,
         connections: 32,
+        bindings: 100_000,
+        audit_records: 1_000_000,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -40,9 +44,11 @@ fn parse_args() -> Args {
             ("--rounds", Some(v)) => a.rounds = v.max(1) as usize,
             ("--seconds", Some(v)) => a.seconds = v.max(1),
             ("--connections", Some(v)) => a.connections = v.max(1) as usize,
+            ("--bindings", Some(v)) => a.bindings = v as usize,
+            ("--audit-records", Some(v)) => a.audit_records = v,
             ("ceiling-server", _) => return a,
             (other, _) => {
-                eprintln!("unknown argument {other}; use --rounds N --seconds N --connections N");
+                eprintln!("unknown argument {other}; use --rounds N --seconds N --connections N --bindings N --audit-records N (--bindings 0 skips the large-store run)");
                 std::process::exit(2);
             }
         }
@@ -159,11 +165,13 @@ impl Round {
 }
 
 /// Keep-alive load: `connections` clients each sending `body` to `path` for `seconds`.
+#[allow(clippy::too_many_arguments)]
 async fn load(
     pki: &Arc<TestPki>,
     url: &str,
     path: &'static str,
-    body: Option<Value>,
+    bodies: Vec<Value>,
+    token: Option<String>,
     connections: usize,
     seconds: u64,
     server_pid: u32,
@@ -172,20 +180,36 @@ async fn load(
     let cpu0 = cpu_seconds(server_pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (pki, url, body, stop) = (pki.clone(), url.to_owned(), body.clone(), stop.clone());
+    // Bodies are serialized once; with several, each connection walks them in its own order.
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        bodies
+            .iter()
+            .map(|b| serde_json::to_vec(b).unwrap())
+            .collect(),
+    );
+    for conn in 0..connections {
+        let (pki, url, bodies, stop) = (pki.clone(), url.to_owned(), bodies.clone(), stop.clone());
+        let token = token.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = pki.client_for("w1", &url);
-            let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
             let (mut n, mut err, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
+            let mut pick = conn.wrapping_mul(7919);
             while !stop.load(Ordering::Relaxed) {
+                let bytes = (!bodies.is_empty()).then(|| {
+                    pick = pick.wrapping_add(104_729);
+                    bodies[pick % bodies.len()].clone()
+                });
                 let t = Instant::now();
                 let method = if bytes.is_some() {
                     Method::POST
                 } else {
                     Method::GET
                 };
-                match c.request(method, path, bytes.clone()).await {
+                let headers: Vec<(&str, &str)> = token
+                    .as_deref()
+                    .map(|t| vec![("x-vault-token", t)])
+                    .unwrap_or_default();
+                match c.request_with_headers(method, path, &headers, bytes).await {
                     Ok((s, _)) if s.is_success() => {
                         n += 1;
                         lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
@@ -221,7 +245,7 @@ fn summary(name: &str, rounds: &mut [Round]) -> f64 {
     rounds.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
     let med = &rounds[rounds.len() / 2];
     println!(
-        "| {name:<40} | {:>8.0} | {:>8.0} | {:>8.0} | {:>9.0} | {:>6.2} | {:>6.2} | {:>5} |",
+        "| {name:<44} | {:>8.0} | {:>8.0} | {:>8.0} | {:>9.0} | {:>6.2} | {:>6.2} | {:>5} |",
         rounds[0].rps(),
         med.rps(),
         rounds[rounds.len() - 1].rps(),
@@ -318,12 +342,7 @@ async fn run(args: Args) {
     let sts = FakeSts::start("111111111111").await;
     let root = tmp.path().join("broker");
     std::fs::create_dir_all(&root).unwrap();
-    let config = root.join("credbroker.toml");
-    std::fs::write(&config, format!(
-        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntrust_domain = \"{TD}\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[limits]\nmax_connections = 4096\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"111111111111\"\nceiling_file = {:?}\n",
-        root.join("data").display().to_string(), pki.dir.join("server.crt").display().to_string(), pki.dir.join("server.key").display().to_string(),
-        pki.dir.join("ca.crt").display().to_string(), sts.url, repo_root().join("policies/aws.json").display().to_string()
-    )).unwrap();
+    let config = write_config(&root, &pki, &sts.url);
     let env = aws_test_env("AKIABENCHVENDOR00000", "bench-secret");
     let status = Command::new(daemon_bin())
         .args(["init", "--config"])
@@ -341,6 +360,16 @@ async fn run(args: Args) {
     let (mut broker, broker_url) = spawn_ready(broker_cmd);
     let mut op = pki.client_for("op", &broker_url);
     seed_two_tenants(&mut op).await;
+    // The pasted secret i1 resolves: the same 1 KiB value OpenBao serves.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/b1/secret/rotate",
+        Some(json!({"fields": {"username": "demo-user", "password": credbroker_tests::openbao::secret_1k()}})),
+    )
+    .await;
+    assert!((200..300).contains(&s), "{v}");
+    let bao = credbroker_tests::openbao::find_bao(&repo_root());
     let ext = call(
         &mut op,
         Method::POST,
@@ -384,12 +413,16 @@ async fn run(args: Args) {
     let mut ceiling_rounds = Vec::new();
     let mut pasted_rounds = Vec::new();
     let mut aws_rounds = Vec::new();
-    for _ in 0..args.rounds {
+    let mut kv_rounds = Vec::new();
+    let mut transit_rounds = Vec::new();
+    let mut bao_note = String::new();
+    for round in 0..args.rounds {
         ceiling_rounds.push(
             load(
                 &pki,
                 &ceiling_url,
                 "/",
+                vec![],
                 None,
                 args.connections,
                 args.seconds,
@@ -402,7 +435,8 @@ async fn run(args: Args) {
                 &pki,
                 &broker_url,
                 "/v1/resolve",
-                Some(json!({"instance_id": "i1"})),
+                vec![json!({"instance_id": "i1"})],
+                None,
                 args.connections,
                 args.seconds,
                 broker.id(),
@@ -414,31 +448,95 @@ async fn run(args: Args) {
                 &pki,
                 &broker_url,
                 "/v1/resolve",
-                Some(json!({"instance_id": "i-aws"})),
+                vec![json!({"instance_id": "i-aws"})],
+                None,
                 args.connections,
                 args.seconds,
                 broker.id(),
             )
             .await,
         );
+        // OpenBao, restarted every round (tokens and leases pile up otherwise).
+        let Some(bao) = &bao else {
+            bao_note = "OpenBao: skipped — no `bao` binary (python3 -m venv target/bench-venv && target/bench-venv/bin/pip install -r tests/bench-requirements.txt)".into();
+            continue;
+        };
+        let pin = has_taskset().then_some("0");
+        match credbroker_tests::openbao::start(
+            bao,
+            pin,
+            &pki,
+            &tmp.path().join(format!("openbao-{round}")),
+        )
+        .await
+        {
+            Ok(server) => {
+                kv_rounds.push(
+                    load(
+                        &pki,
+                        &server.url,
+                        "/v1/secret/data/bench",
+                        vec![],
+                        Some(server.token.clone()),
+                        args.connections,
+                        args.seconds,
+                        server.pid(),
+                    )
+                    .await,
+                );
+                transit_rounds.push(
+                    load(
+                        &pki,
+                        &server.url,
+                        "/v1/transit/decrypt/bench",
+                        vec![json!({"ciphertext": server.ciphertext})],
+                        Some(server.token.clone()),
+                        args.connections,
+                        args.seconds,
+                        server.pid(),
+                    )
+                    .await,
+                );
+            }
+            Err(e) => bao_note = format!("OpenBao: not measured — {e}"),
+        }
     }
     println!();
     println!(
-        "| {:<40} | min r/s  | med r/s  | max r/s  | r/CPU-s   | p50 ms | p99 ms | errs  |",
+        "| {:<44} | min r/s  | med r/s  | max r/s  | r/CPU-s   | p50 ms | p99 ms | errs  |",
         "system"
     );
     println!(
         "|{}|----------|----------|----------|-----------|--------|--------|-------|",
-        "-".repeat(42)
+        "-".repeat(46)
     );
     let c = summary(
         "ceiling: hyper+rustls mTLS, fixed JSON",
         &mut ceiling_rounds,
     );
-    let p = summary("credbroker resolve, pasted secret", &mut pasted_rounds);
+    let p = summary(
+        "credbroker resolve, pasted secret 1 KiB",
+        &mut pasted_rounds,
+    );
     let a = summary("credbroker resolve, AWS token cached", &mut aws_rounds);
+    let kv = (kv_rounds.len() == args.rounds)
+        .then(|| summary("OpenBao KV v2 read, 1 KiB (file audit)", &mut kv_rounds));
+    let tr = (transit_rounds.len() == args.rounds).then(|| {
+        summary(
+            "OpenBao transit decrypt, 1 KiB (file audit)",
+            &mut transit_rounds,
+        )
+    });
     println!();
     println!("ratio credbroker/ceiling (medians): pasted {:.2}, cached AWS {:.2} (target >= 0.70); every 200 is backed by a durable audit record", p / c, a / c);
+    match (kv, tr) {
+        (Some(kv), Some(tr)) => println!(
+            "ratio credbroker/OpenBao (medians): pasted/KV read {:.1}x, pasted/transit decrypt {:.1}x (target >= 10x KV read)",
+            p / kv,
+            p / tr
+        ),
+        _ => println!("{bao_note}"),
+    }
     let (_, metrics) = op.request(Method::GET, "/metrics", None).await.unwrap();
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     let metric = |name: &str| {
@@ -552,5 +650,312 @@ async fn run(args: Args) {
         secs,
         summary.records as f64 / secs
     );
+
+    if args.bindings > 0 {
+        big_store(&args, &pki, &tmp.path().join("big"), &sts.url, p).await;
+    }
     drop(tmp);
+}
+
+fn write_config(root: &Path, pki: &TestPki, sts_url: &str) -> PathBuf {
+    let config = root.join("credbroker.toml");
+    std::fs::write(&config, format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntrust_domain = \"{TD}\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[limits]\nmax_connections = 4096\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"111111111111\"\nceiling_file = {:?}\n",
+        root.join("data").display().to_string(), pki.dir.join("server.crt").display().to_string(), pki.dir.join("server.key").display().to_string(),
+        pki.dir.join("ca.crt").display().to_string(), sts_url, repo_root().join("policies/aws.json").display().to_string()
+    )).unwrap();
+    config
+}
+
+/// The large-store run: `--bindings` pasted-secret bindings over 1,000 tenants and
+/// `--audit-records` audit records written before start; resolve throughput on one hot
+/// instance and spread over every instance, compared with the empty store's figure.
+async fn big_store(args: &Args, pki: &Arc<TestPki>, root: &Path, sts_url: &str, empty_rps: f64) {
+    std::fs::create_dir_all(root).unwrap();
+    let config = write_config(root, pki, sts_url);
+    let status = Command::new(daemon_bin())
+        .args(["init", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tenants = 1000.min(args.bindings.max(1));
+    let t = Instant::now();
+    let (cfg, bindings, records) = (config.clone(), args.bindings, args.audit_records);
+    // Its own thread: it runs the audit writer's async API on a runtime of its own.
+    let instances = std::thread::spawn(move || fill_big_store(&cfg, tenants, bindings, records))
+        .join()
+        .unwrap();
+    let fill_s = t.elapsed().as_secs_f64();
+    let data = root.join("data");
+    println!();
+    println!(
+        "large store: {} tenants, {} bindings with sealed 1 KiB secrets, {} instances, {} audit records (filled offline in {fill_s:.0} s); store {} MiB, audit log {} MiB",
+        tenants,
+        args.bindings,
+        instances.len(),
+        args.audit_records,
+        dir_size(&data.join("store")) >> 20,
+        dir_size(&data.join("audit")) >> 20,
+    );
+    let mut cmd = pinned("0", &daemon_bin());
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    let t = Instant::now();
+    let (mut broker, url) = spawn_ready(cmd);
+    let start_s = t.elapsed().as_secs_f64();
+    let rss_idle = rss_kib(broker.id());
+    let hot = vec![json!({"instance_id": instances[0]})];
+    let spread: Vec<Value> = instances
+        .iter()
+        .map(|i| json!({"instance_id": i}))
+        .collect();
+    let (mut hot_rounds, mut spread_rounds) = (Vec::new(), Vec::new());
+    let (mut rss_hot, mut rss_spread) = (0, 0);
+    for _ in 0..args.rounds {
+        hot_rounds.push(
+            load(
+                pki,
+                &url,
+                "/v1/resolve",
+                hot.clone(),
+                None,
+                args.connections,
+                args.seconds,
+                broker.id(),
+            )
+            .await,
+        );
+        rss_hot = rss_hot.max(rss_kib(broker.id()));
+        spread_rounds.push(
+            load(
+                pki,
+                &url,
+                "/v1/resolve",
+                spread.clone(),
+                None,
+                args.connections,
+                args.seconds,
+                broker.id(),
+            )
+            .await,
+        );
+        rss_spread = rss_spread.max(rss_kib(broker.id()));
+    }
+    println!(
+        "| {:<44} | min r/s  | med r/s  | max r/s  | r/CPU-s   | p50 ms | p99 ms | errs  |",
+        "system"
+    );
+    println!(
+        "|{}|----------|----------|----------|-----------|--------|--------|-------|",
+        "-".repeat(46)
+    );
+    let h = summary("large store, one hot instance", &mut hot_rounds);
+    let s = summary(
+        &format!("large store, spread over {} instances", instances.len()),
+        &mut spread_rounds,
+    );
+    println!(
+        "large store vs empty store (pasted, medians): hot {:.2}, spread {:.2} (target >= 0.90); start-up {start_s:.1} s; RSS idle {} MiB, after hot {} MiB, after spread {} MiB",
+        h / empty_rps,
+        s / empty_rps,
+        rss_idle >> 10,
+        rss_hot >> 10,
+        rss_spread >> 10
+    );
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
+
+/// Fills a fresh, stopped broker's store offline, with the library's own record types and
+/// sealing: `tenants` tenants, `bindings` pasted-secret bindings (each with a sealed 1 KiB
+/// secret and one instance), worker `w1` allowed for every tenant; then `records` audit
+/// records through the real group-committing writer. Returns the instance ids.
+fn fill_big_store(
+    config_path: &Path,
+    tenants: usize,
+    bindings: usize,
+    records: u64,
+) -> Vec<String> {
+    use credbroker::model::{
+        Binding, Instance, SecretState, SecretVersion, Status, Tenant, Worker,
+    };
+    use credbroker::store::records::{secret_key, BatchExt};
+    use credbroker::store::{Batch, Store, Table};
+    let config = credbroker::config::Config::load(config_path).unwrap();
+    let keyring = credbroker::keys::Keyring::load(&config.kek_file()).unwrap();
+    let store = credbroker::store::SledStore::open(&config.store_dir()).unwrap();
+    let now = credbroker::model::now_rfc3339();
+    let tid = |t: usize| credbroker::ids::TenantId::parse(&format!("bt{t:05}")).unwrap();
+    let fields = credbroker_providers::SecretFields::from_json(
+        serde_json::to_string(
+            &json!({"username": "demo-user", "password": credbroker_tests::openbao::secret_1k()}),
+        )
+        .unwrap()
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut batch = Batch::new();
+    for t in 0..tenants {
+        batch.create(
+            Table::Tenants,
+            tid(t).as_str(),
+            &Tenant {
+                id: tid(t),
+                name: String::new(),
+                status: Status::Active,
+                created_at: now.clone(),
+            },
+        );
+    }
+    store.commit(batch).unwrap();
+    let w1 = Worker {
+        id: credbroker::ids::WorkerId::parse("w1").unwrap(),
+        tenants: (0..tenants).map(tid).collect(),
+        connector_kinds: Vec::new(),
+        status: Status::Active,
+        created_at: now.clone(),
+    };
+    let mut batch = Batch::new();
+    batch.create(Table::Workers, "w1", &w1);
+    store.commit(batch).unwrap();
+    let mut instances = Vec::with_capacity(bindings);
+    let mut batch = Batch::new();
+    for b in 0..bindings {
+        let tenant = tid(b % tenants);
+        let bid = credbroker::ids::BindingId::parse(&format!("bb{b:07}")).unwrap();
+        let iid = credbroker::ids::InstanceId::parse(&format!("bi{b:07}")).unwrap();
+        let sealed = credbroker::seal::seal_secret(&keyring, &tenant, &bid, 1, &fields).unwrap();
+        batch.create(
+            Table::Secrets,
+            &secret_key(&bid, 1),
+            &SecretVersion {
+                binding: bid.clone(),
+                version: 1,
+                state: SecretState::Active,
+                field_names: vec!["password".into(), "username".into()],
+                kek_version: sealed.kek_version,
+                wrapped_dek: sealed.wrapped_dek,
+                sealed_payload: sealed.sealed_payload,
+                created_at: now.clone(),
+            },
+        );
+        batch.create(
+            Table::Bindings,
+            bid.as_str(),
+            &Binding {
+                id: bid.clone(),
+                tenant: tenant.clone(),
+                provider: "pasted_secret".into(),
+                config: Value::Null,
+                ceiling: Value::Null,
+                status: Status::Active,
+                active_secret_version: Some(1),
+                last_secret_version: 1,
+                last_tested_at: None,
+                last_probe: None,
+                trust_broken: false,
+                created_at: now.clone(),
+            },
+        );
+        batch.create(
+            Table::Instances,
+            iid.as_str(),
+            &Instance {
+                id: iid.clone(),
+                tenant,
+                connector_kind: "jira".into(),
+                binding: bid,
+                status: Status::Active,
+                created_at: now.clone(),
+            },
+        );
+        instances.push(iid.to_string());
+        if batch.ops.len() >= 6_000 {
+            store.commit(std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    store.commit(batch).unwrap();
+    drop(store);
+
+    // Audit records: resolve-shaped events through the real writer, in large group commits.
+    let signer = credbroker::keys::AuditSigner::load(&config.audit_key_file()).unwrap();
+    let log = credbroker::audit::AuditLog::open(
+        credbroker::audit::AuditConfig {
+            dir: config.audit_dir(),
+            max_batch: 4096,
+            checkpoint_every_records: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+        },
+        signer,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let tasks = 2048u64;
+    rt.block_on(async {
+        let mut handles = Vec::new();
+        for task in 0..tasks {
+            let log = log.clone();
+            let instances = instances.clone();
+            handles.push(tokio::spawn(async move {
+                let mut n = task;
+                while n < records {
+                    let i = &instances[(n as usize) % instances.len()];
+                    let event = credbroker::audit::AuditEvent {
+                        kind: "resolve".into(),
+                        action: "resolve".into(),
+                        request_id: format!("req_{n:032x}"),
+                        actor: "worker:w1".into(),
+                        tenant: Some(format!("bt{:05}", (n as usize % instances.len()) % tenants)),
+                        instance: Some(i.clone()),
+                        binding: Some(i.replacen("bi", "bb", 1)),
+                        provider: Some("pasted_secret".into()),
+                        outcome: "allowed".into(),
+                        cached: Some(true),
+                        token_fingerprint: Some(format!("{n:064x}")),
+                        latency_us: 42,
+                        ..Default::default()
+                    };
+                    log.append(event).await.unwrap();
+                    n += tasks;
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    log.close();
+    instances
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                total += dir_size(&p);
+            } else {
+                total += e.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
+    total
 }
