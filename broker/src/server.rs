@@ -57,18 +57,27 @@ impl RunningServer {
     }
 }
 
-/// A fresh request id: `req_` and 16 random bytes in hex.
+/// A fresh request id: `req_` and 32 hex digits — a random 64-bit prefix drawn once per
+/// process, then a counter. Unique (not secret): a correlation handle for logs and audit.
+/// Drawing 16 random bytes per request was ~2 % of the resolve path's CPU.
 pub fn new_request_id() -> String {
-    let mut b = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        // Uniqueness still holds well enough from the clock when the CSPRNG fails; the id is
-        // a correlation handle, not a secret.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b.copy_from_slice(&t.to_be_bytes());
-    }
-    format!("req_{}", hex::encode(b))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        if aws_lc_rs::rand::fill(&mut b).is_err() {
+            // Uniqueness across restarts still holds well enough from the clock.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            return t as u64;
+        }
+        u64::from_be_bytes(b)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("req_{prefix:016x}{n:016x}")
 }
 
 /// Starts serving on `listener`.
@@ -394,5 +403,21 @@ fn plain_json(status: StatusCode, value: serde_json::Value) -> Answer {
     Answer {
         status,
         body: Zeroizing::new(serde_json::to_vec(&value).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_unique_and_well_formed() {
+        let a = super::new_request_id();
+        let b = super::new_request_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let hex = id.strip_prefix("req_").unwrap();
+            assert_eq!(hex.len(), 32);
+            assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()));
+        }
+        assert_eq!(a[..20], b[..20], "one process prefix");
     }
 }

@@ -20,7 +20,7 @@
 //! never cached.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -28,11 +28,18 @@ use super::{Batch, Store, StoreError, Table};
 
 type Entry = Arc<dyn Any + Send + Sync>;
 
-/// The decoded-record cache: one map per table, bounded per table.
+/// The decoded-record cache: one map per table, bounded per table, first in first out.
 pub struct RecordCache {
     generation: AtomicU64,
-    tables: Vec<RwLock<HashMap<String, Entry>>>,
+    tables: Vec<RwLock<TableCache>>,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct TableCache {
+    map: HashMap<String, Entry>,
+    /// Insertion order, for eviction in O(1).
+    order: VecDeque<String>,
 }
 
 fn index(table: Table) -> usize {
@@ -46,7 +53,7 @@ impl RecordCache {
             generation: AtomicU64::new(0),
             tables: Table::ALL
                 .iter()
-                .map(|_| RwLock::new(HashMap::new()))
+                .map(|_| RwLock::new(TableCache::default()))
                 .collect(),
             capacity,
         }
@@ -63,7 +70,7 @@ impl RecordCache {
             return None;
         }
         let map = self.tables.get(index(table))?.read().ok()?;
-        let entry = map.get(key)?.clone();
+        let entry = map.map.get(key)?.clone();
         drop(map);
         entry.downcast::<T>().ok()
     }
@@ -83,29 +90,36 @@ impl RecordCache {
         let Some(lock) = self.tables.get(index(table)) else {
             return;
         };
-        let Ok(mut map) = lock.write() else {
+        let Ok(mut t) = lock.write() else {
             return;
         };
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if map.len() >= self.capacity && !map.contains_key(key) {
-            // Bounded memory: drop some entry (the next miss reads it from the store again).
-            if let Some(victim) = map.keys().next().cloned() {
-                map.remove(&victim);
+        if t.map.insert(key.to_owned(), value).is_none() {
+            t.order.push_back(key.to_owned());
+        }
+        // Bounded memory: drop the oldest entries (a later miss reads them again).
+        while t.map.len() > self.capacity {
+            match t.order.pop_front() {
+                Some(victim) => {
+                    t.map.remove(&victim);
+                }
+                None => break,
             }
         }
-        map.insert(key.to_owned(), value);
     }
 
     /// Forgets everything (after a commit).
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         for lock in &self.tables {
-            match lock.write() {
-                Ok(mut map) => map.clear(),
-                Err(poisoned) => poisoned.into_inner().clear(),
-            }
+            let mut t = match lock.write() {
+                Ok(t) => t,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            t.map.clear();
+            t.order.clear();
         }
     }
 
@@ -113,7 +127,7 @@ impl RecordCache {
     pub fn len(&self) -> usize {
         self.tables
             .iter()
-            .map(|l| l.read().map_or(0, |m| m.len()))
+            .map(|l| l.read().map_or(0, |t| t.map.len()))
             .sum()
     }
 
@@ -183,6 +197,14 @@ mod tests {
             cache.insert(Table::Bindings, &format!("b{i}"), g, Arc::new(i));
         }
         assert_eq!(cache.len(), 3);
+        for i in 7..10u32 {
+            let key = format!("b{i}");
+            assert_eq!(
+                cache.get::<u32>(Table::Bindings, &key).as_deref(),
+                Some(&i),
+                "newest kept"
+            );
+        }
         let off = RecordCache::new(0);
         off.insert(Table::Bindings, "b", off.generation(), Arc::new(1u32));
         assert!(off.get::<u32>(Table::Bindings, "b").is_none());
