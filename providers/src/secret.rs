@@ -82,9 +82,19 @@ impl SecretFields {
         Ok(out)
     }
 
-    /// Serializes to a JSON object inside a zeroizing buffer.
+    /// Serializes to a JSON object inside a zeroizing buffer, allocated once at its exact
+    /// final size: a growing Vec would copy the secret and free the old buffer unzeroized.
     pub fn to_json_zeroizing(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(64 * self.fields.len() + 2));
+        let len = 2
+            + self.fields.len().saturating_sub(1)
+            + self
+                .fields
+                .iter()
+                .map(|(name, value)| {
+                    json_string_len(name) + 1 + json_string_len(value.expose_secret())
+                })
+                .sum::<usize>();
+        let mut out = Zeroizing::new(Vec::with_capacity(len));
         out.push(b'{');
         for (i, (name, value)) in self.fields.iter().enumerate() {
             if i > 0 {
@@ -95,8 +105,21 @@ impl SecretFields {
             write_json_string(&mut out, value.expose_secret());
         }
         out.push(b'}');
+        debug_assert_eq!(out.len(), len, "capacity computed exactly");
         out
     }
+}
+
+/// Bytes `write_json_string` produces for `s`.
+fn json_string_len(s: &str) -> usize {
+    2 + s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
 }
 
 /// Field names are identifiers: 1–64 characters of `[A-Za-z0-9_.-]`.
@@ -120,7 +143,16 @@ pub fn validate_field_name(name: &str) -> Result<(), String> {
 /// zeroization.
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    for c in s.chars() {
+    // Runs of bytes that need no escape are copied in one go.
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let plain = !matches!(c, '"' | '\\') && (c as u32) >= 0x20;
+        if plain {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + c.len_utf8();
         match c {
             '"' => out.extend_from_slice(b"\\\""),
             '\\' => out.extend_from_slice(b"\\\\"),
@@ -134,12 +166,10 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
                 out.push(HEX[(v >> 4) as usize]);
                 out.push(HEX[(v & 0xf) as usize]);
             }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
+            _ => {}
         }
     }
+    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
 
@@ -155,6 +185,23 @@ mod tests {
         let again = SecretFields::from_json(&out).unwrap();
         assert_eq!(again.expose("a"), Some("x\"y\\z\n\u{1}"));
         assert_eq!(again.expose("b"), Some("plain"));
+    }
+
+    #[test]
+    fn json_buffer_is_allocated_once_at_its_final_size() {
+        let big = format!("{}\"\\\u{1}é\n{}", "p".repeat(5000), "q".repeat(300));
+        let input =
+            serde_json::to_vec(&serde_json::json!({"password": big, "user": "u\t"})).unwrap();
+        let fields = SecretFields::from_json(&input).unwrap();
+        let out = fields.to_json_zeroizing();
+        assert_eq!(
+            out.capacity(),
+            out.len(),
+            "no reallocation left a copy behind"
+        );
+        let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back["password"].as_str(), Some(big.as_str()));
+        assert_eq!(back["user"].as_str(), Some("u\t"));
     }
 
     #[test]
