@@ -273,3 +273,60 @@ async fn connector_kind_policy_and_admin_integrity_rules() {
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!((s, code(&v)), (404, "unknown_instance"));
 }
+
+async fn warm(w: &mut credbroker::client::BrokerClient) {
+    for _ in 0..5 {
+        let (s, v) = resolve(w, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+}
+
+/// Resolve serves the chain's records from an in-memory cache; every admin change must be
+/// visible to the very next resolve, for every link, however warm the cache is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_chain_records_never_outlive_a_committed_change() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    warm(&mut w1).await;
+
+    // A rotated secret is served at once.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/b1/secret/rotate",
+        Some(json!({"fields": {"token": "t1-v2"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(v["credentials"]["token"], "t1-v2");
+    warm(&mut w1).await;
+
+    // The worker removed and re-added for another tenant only: refused at once.
+    let (s, v) = call(&mut op, Method::DELETE, "/v1/admin/workers/w1", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!((s, code(&v)), (403, "worker_not_authorized"));
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"id": "w1", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!((s, code(&v)), (403, "worker_not_authorized"));
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i2"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["credentials"]["token"], "t2-token");
+
+    // An instance removed while cached is unknown at once.
+    let (s, v) = call(&mut op, Method::DELETE, "/v1/admin/instances/i2", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i2"})).await;
+    assert_eq!((s, code(&v)), (404, "unknown_instance"));
+}
