@@ -1,5 +1,11 @@
 //! credbroker: a federation-first credential broker daemon.
 #![forbid(unsafe_code)]
+// Bad input gets a typed error, never a panic: outside unit tests, unwrap/expect/panic are
+// compile errors under `cargo clippy` (CI runs it with -D warnings).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod admin;
 pub mod api_error;

@@ -13,6 +13,12 @@
 //! - a narrowing request outside the binding's ceiling is refused with
 //!   [`ProviderError::NarrowingExceedsCeiling`] before any upstream is called.
 #![forbid(unsafe_code)]
+// Bad input gets a typed error, never a panic: outside unit tests, unwrap/expect/panic are
+// compile errors under `cargo clippy` (CI runs it with -D warnings).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod aws;
 mod error;
