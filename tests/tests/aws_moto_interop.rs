@@ -32,14 +32,6 @@ fn python() -> PathBuf {
     PathBuf::from(py)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn setup_script() -> PathBuf {
     repo_root().join("tests/interop/moto_setup.py")
 }

@@ -164,81 +164,99 @@ impl Round {
     }
 }
 
-/// Keep-alive load: `connections` clients each sending `body` to `path` for `seconds`.
-#[allow(clippy::too_many_arguments)]
-async fn load(
-    pki: &Arc<TestPki>,
-    url: &str,
-    path: &'static str,
-    bodies: Vec<Value>,
-    token: Option<String>,
+/// What every load run shares: the client certificates (`w1`), how many keep-alive
+/// connections, how long.
+struct Loader {
+    pki: Arc<TestPki>,
     connections: usize,
     seconds: u64,
-    server_pid: u32,
-) -> Round {
-    let stop = Arc::new(AtomicBool::new(false));
-    let cpu0 = cpu_seconds(server_pid);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    // Bodies are serialized once; with several, each connection walks them in its own order.
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
-        bodies
-            .iter()
-            .map(|b| serde_json::to_vec(b).unwrap())
-            .collect(),
-    );
-    for conn in 0..connections {
-        let (pki, url, bodies, stop) = (pki.clone(), url.to_owned(), bodies.clone(), stop.clone());
-        let token = token.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = pki.client_for("w1", &url);
-            let (mut n, mut err, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
-            let mut pick = conn.wrapping_mul(7919);
-            while !stop.load(Ordering::Relaxed) {
-                let bytes = (!bodies.is_empty()).then(|| {
-                    pick = pick.wrapping_add(104_729);
-                    bodies[pick % bodies.len()].clone()
-                });
-                let t = Instant::now();
-                let method = if bytes.is_some() {
-                    Method::POST
-                } else {
-                    Method::GET
-                };
+}
+
+impl Loader {
+    /// Resolve load on a credbroker at `url`, cycling through `bodies`.
+    async fn resolve(&self, url: &str, bodies: &[Value], server_pid: u32) -> Round {
+        self.run(url, "/v1/resolve", bodies, None, server_pid).await
+    }
+
+    /// Keep-alive load: every connection sends one of `bodies` (a GET when there are none)
+    /// to `path`, with an OpenBao `token` if given, until the run's time is up.
+    async fn run(
+        &self,
+        url: &str,
+        path: &'static str,
+        bodies: &[Value],
+        token: Option<&str>,
+        server_pid: u32,
+    ) -> Round {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cpu0 = cpu_seconds(server_pid);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        // Bodies are serialized once; with several, each connection walks them in its own order.
+        let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+            bodies
+                .iter()
+                .map(|b| serde_json::to_vec(b).unwrap())
+                .collect(),
+        );
+        for conn in 0..self.connections {
+            let (pki, url, bodies, stop) = (
+                self.pki.clone(),
+                url.to_owned(),
+                bodies.clone(),
+                stop.clone(),
+            );
+            let token = token.map(str::to_owned);
+            tasks.push(tokio::spawn(async move {
+                let mut c = pki.client_for("w1", &url);
                 let headers: Vec<(&str, &str)> = token
                     .as_deref()
                     .map(|t| vec![("x-vault-token", t)])
                     .unwrap_or_default();
-                match c.request_with_headers(method, path, &headers, bytes).await {
-                    Ok((s, _)) if s.is_success() => {
-                        n += 1;
-                        lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                let (mut n, mut err, mut lat) = (0u64, 0u64, Vec::with_capacity(100_000));
+                let mut pick = conn.wrapping_mul(7919);
+                while !stop.load(Ordering::Relaxed) {
+                    let bytes = (!bodies.is_empty()).then(|| {
+                        pick = pick.wrapping_add(104_729);
+                        bodies[pick % bodies.len()].clone()
+                    });
+                    let t = Instant::now();
+                    let method = if bytes.is_some() {
+                        Method::POST
+                    } else {
+                        Method::GET
+                    };
+                    match c.request_with_headers(method, path, &headers, bytes).await {
+                        Ok((s, _)) if s.is_success() => {
+                            n += 1;
+                            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                        }
+                        _ => err += 1,
                     }
-                    _ => err += 1,
                 }
-            }
-            (n, err, lat)
-        }));
+                (n, err, lat)
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(self.seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut r = Round {
+            requests: 0,
+            errors: 0,
+            seconds: 0.0,
+            cpu: 0.0,
+            latencies_us: Vec::new(),
+        };
+        for t in tasks {
+            let (n, e, l) = t.await.unwrap();
+            r.requests += n;
+            r.errors += e;
+            r.latencies_us.extend(l);
+        }
+        r.seconds = started.elapsed().as_secs_f64();
+        r.cpu = cpu_seconds(server_pid) - cpu0;
+        r.latencies_us.sort_unstable();
+        r
     }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut r = Round {
-        requests: 0,
-        errors: 0,
-        seconds: 0.0,
-        cpu: 0.0,
-        latencies_us: Vec::new(),
-    };
-    for t in tasks {
-        let (n, e, l) = t.await.unwrap();
-        r.requests += n;
-        r.errors += e;
-        r.latencies_us.extend(l);
-    }
-    r.seconds = started.elapsed().as_secs_f64();
-    r.cpu = cpu_seconds(server_pid) - cpu0;
-    r.latencies_us.sort_unstable();
-    r
 }
 
 fn summary(name: &str, rounds: &mut [Round]) -> f64 {
@@ -317,6 +335,11 @@ fn main() {
 
 async fn run(args: Args) {
     let (tmp, pki) = setup();
+    let loader = Loader {
+        pki: pki.clone(),
+        connections: args.connections,
+        seconds: args.seconds,
+    };
     let me = std::env::current_exe().unwrap();
     println!(
         "credbroker-bench: {} round(s) x {} s, {} keep-alive mTLS connections; servers on core 0, load on core 1{}",
@@ -344,20 +367,8 @@ async fn run(args: Args) {
     std::fs::create_dir_all(&root).unwrap();
     let config = write_config(&root, &pki, &sts.url);
     let env = aws_test_env("AKIABENCHVENDOR00000", "bench-secret");
-    let status = Command::new(daemon_bin())
-        .args(["init", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut broker_cmd = pinned("0", &daemon_bin());
-    broker_cmd
-        .args(["serve", "--config"])
-        .arg(&config)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("RUST_LOG", "warn");
-    let (mut broker, broker_url) = spawn_ready(broker_cmd);
+    init_broker(&config);
+    let (mut broker, broker_url) = serve_broker(&config, &env);
     let mut op = pki.client_for("op", &broker_url);
     seed_two_tenants(&mut op).await;
     // The pasted secret i1 resolves: the same 1 KiB value OpenBao serves.
@@ -417,44 +428,16 @@ async fn run(args: Args) {
     let mut transit_rounds = Vec::new();
     let mut bao_note = String::new();
     for round in 0..args.rounds {
-        ceiling_rounds.push(
-            load(
-                &pki,
-                &ceiling_url,
-                "/",
-                vec![],
-                None,
-                args.connections,
-                args.seconds,
-                ceiling.id(),
-            )
-            .await,
-        );
+        ceiling_rounds.push(loader.run(&ceiling_url, "/", &[], None, ceiling.id()).await);
         pasted_rounds.push(
-            load(
-                &pki,
-                &broker_url,
-                "/v1/resolve",
-                vec![json!({"instance_id": "i1"})],
-                None,
-                args.connections,
-                args.seconds,
-                broker.id(),
-            )
-            .await,
+            loader
+                .resolve(&broker_url, &[json!({"instance_id": "i1"})], broker.id())
+                .await,
         );
         aws_rounds.push(
-            load(
-                &pki,
-                &broker_url,
-                "/v1/resolve",
-                vec![json!({"instance_id": "i-aws"})],
-                None,
-                args.connections,
-                args.seconds,
-                broker.id(),
-            )
-            .await,
+            loader
+                .resolve(&broker_url, &[json!({"instance_id": "i-aws"})], broker.id())
+                .await,
         );
         // OpenBao, restarted every round (tokens and leases pile up otherwise).
         let Some(bao) = &bao else {
@@ -472,44 +455,33 @@ async fn run(args: Args) {
         {
             Ok(server) => {
                 kv_rounds.push(
-                    load(
-                        &pki,
-                        &server.url,
-                        "/v1/secret/data/bench",
-                        vec![],
-                        Some(server.token.clone()),
-                        args.connections,
-                        args.seconds,
-                        server.pid(),
-                    )
-                    .await,
+                    loader
+                        .run(
+                            &server.url,
+                            "/v1/secret/data/bench",
+                            &[],
+                            Some(&server.token),
+                            server.pid(),
+                        )
+                        .await,
                 );
                 transit_rounds.push(
-                    load(
-                        &pki,
-                        &server.url,
-                        "/v1/transit/decrypt/bench",
-                        vec![json!({"ciphertext": server.ciphertext})],
-                        Some(server.token.clone()),
-                        args.connections,
-                        args.seconds,
-                        server.pid(),
-                    )
-                    .await,
+                    loader
+                        .run(
+                            &server.url,
+                            "/v1/transit/decrypt/bench",
+                            &[json!({"ciphertext": server.ciphertext})],
+                            Some(&server.token),
+                            server.pid(),
+                        )
+                        .await,
                 );
             }
             Err(e) => bao_note = format!("OpenBao: not measured — {e}"),
         }
     }
     println!();
-    println!(
-        "| {:<44} | min r/s  | med r/s  | max r/s  | r/CPU-s   | p50 ms | p99 ms | errs  |",
-        "system"
-    );
-    println!(
-        "|{}|----------|----------|----------|-----------|--------|--------|-------|",
-        "-".repeat(46)
-    );
+    table_header();
     let c = summary(
         "ceiling: hyper+rustls mTLS, fixed JSON",
         &mut ceiling_rounds,
@@ -690,7 +662,7 @@ async fn run(args: Args) {
     );
 
     if args.bindings > 0 {
-        big_store(&args, &pki, &tmp.path().join("big"), &sts.url, p).await;
+        big_store(&args, &loader, &tmp.path().join("big"), &sts.url, p).await;
     }
     drop(tmp);
 }
@@ -708,14 +680,7 @@ fn find_oha() -> Option<PathBuf> {
     if local.exists() {
         return Some(local);
     }
-    Command::new("oha")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()
-        .filter(|s| s.success())
-        .map(|_| PathBuf::from("oha"))
+    on_path("oha", "--version")
 }
 
 /// Latency at a fixed request rate: `oha -q rate` pinned to the load core, 32 keep-alive mTLS connections presenting w1's
@@ -807,17 +772,12 @@ fn write_config(root: &Path, pki: &TestPki, sts_url: &str) -> PathBuf {
 
 /// The large-store run: `--bindings` pasted-secret bindings over 1,000 tenants and
 /// `--audit-records` audit records written before start; resolve throughput on one hot
-/// instance and spread over every instance, compared with the empty store's figure.
-async fn big_store(args: &Args, pki: &Arc<TestPki>, root: &Path, sts_url: &str, empty_rps: f64) {
+/// instance and spread over every instance (with the default record cache, then with one
+/// sized to every instance), compared with the empty store's figure.
+async fn big_store(args: &Args, loader: &Loader, root: &Path, sts_url: &str, empty_rps: f64) {
     std::fs::create_dir_all(root).unwrap();
-    let config = write_config(root, pki, sts_url);
-    let status = Command::new(daemon_bin())
-        .args(["init", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let config = write_config(root, &loader.pki, sts_url);
+    init_broker(&config);
     let tenants = 1000.min(args.bindings.max(1));
     let t = Instant::now();
     let (cfg, bindings, records) = (config.clone(), args.bindings, args.audit_records);
@@ -837,59 +797,24 @@ async fn big_store(args: &Args, pki: &Arc<TestPki>, root: &Path, sts_url: &str, 
         dir_size(&data.join("store")) >> 20,
         dir_size(&data.join("audit")) >> 20,
     );
-    let mut cmd = pinned("0", &daemon_bin());
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn");
-    let t = Instant::now();
-    let (mut broker, url) = spawn_ready(cmd);
-    let start_s = t.elapsed().as_secs_f64();
-    let rss_idle = rss_kib(broker.id());
-    let hot = vec![json!({"instance_id": instances[0]})];
+    let hot = [json!({"instance_id": instances[0]})];
     let spread: Vec<Value> = instances
         .iter()
         .map(|i| json!({"instance_id": i}))
         .collect();
+
+    let t = Instant::now();
+    let (mut broker, url) = serve_broker(&config, &[]);
+    let start_s = t.elapsed().as_secs_f64();
+    let rss_idle = rss_kib(broker.id()).unwrap_or(0);
     let (mut hot_rounds, mut spread_rounds) = (Vec::new(), Vec::new());
     let (mut rss_hot, mut rss_spread) = (0, 0);
     for _ in 0..args.rounds {
-        hot_rounds.push(
-            load(
-                pki,
-                &url,
-                "/v1/resolve",
-                hot.clone(),
-                None,
-                args.connections,
-                args.seconds,
-                broker.id(),
-            )
-            .await,
-        );
-        rss_hot = rss_hot.max(rss_kib(broker.id()));
-        spread_rounds.push(
-            load(
-                pki,
-                &url,
-                "/v1/resolve",
-                spread.clone(),
-                None,
-                args.connections,
-                args.seconds,
-                broker.id(),
-            )
-            .await,
-        );
-        rss_spread = rss_spread.max(rss_kib(broker.id()));
+        hot_rounds.push(loader.resolve(&url, &hot, broker.id()).await);
+        rss_hot = rss_hot.max(rss_kib(broker.id()).unwrap_or(0));
+        spread_rounds.push(loader.resolve(&url, &spread, broker.id()).await);
+        rss_spread = rss_spread.max(rss_kib(broker.id()).unwrap_or(0));
     }
-    println!(
-        "| {:<44} | min r/s  | med r/s  | max r/s  | r/CPU-s   | p50 ms | p99 ms | errs  |",
-        "system"
-    );
-    println!(
-        "|{}|----------|----------|----------|-----------|--------|--------|-------|",
-        "-".repeat(46)
-    );
     let _ = broker.kill();
     let _ = broker.wait();
 
@@ -897,44 +822,19 @@ async fn big_store(args: &Args, pki: &Arc<TestPki>, root: &Path, sts_url: &str, 
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!("[cache]\nrecord_entries = {}\n", instances.len()));
     std::fs::write(&config, text).unwrap();
-    let mut cmd = pinned("0", &daemon_bin());
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn");
-    let (mut broker, url) = spawn_ready(cmd);
+    let (mut broker, url) = serve_broker(&config, &[]);
     // Warm-up pass (not reported): records into the cache.
-    let _ = load(
-        pki,
-        &url,
-        "/v1/resolve",
-        spread.clone(),
-        None,
-        args.connections,
-        args.seconds,
-        broker.id(),
-    )
-    .await;
+    let _ = loader.resolve(&url, &spread, broker.id()).await;
     let mut sized_rounds = Vec::new();
     let mut rss_sized = 0;
     for _ in 0..args.rounds {
-        sized_rounds.push(
-            load(
-                pki,
-                &url,
-                "/v1/resolve",
-                spread.clone(),
-                None,
-                args.connections,
-                args.seconds,
-                broker.id(),
-            )
-            .await,
-        );
-        rss_sized = rss_sized.max(rss_kib(broker.id()));
+        sized_rounds.push(loader.resolve(&url, &spread, broker.id()).await);
+        rss_sized = rss_sized.max(rss_kib(broker.id()).unwrap_or(0));
     }
     let _ = broker.kill();
     let _ = broker.wait();
 
+    table_header();
     let h = summary("large store, one hot instance", &mut hot_rounds);
     let s = summary(
         &format!("large store, spread over {} instances", instances.len()),
@@ -956,6 +856,38 @@ async fn big_store(args: &Args, pki: &Arc<TestPki>, root: &Path, sts_url: &str, 
         rss_hot >> 10,
         rss_spread >> 10,
         rss_sized >> 10
+    );
+}
+
+/// `credbroker init` for `config` (keys, store, audit log).
+fn init_broker(config: &Path) {
+    let status = Command::new(daemon_bin())
+        .args(["init", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "credbroker init failed");
+}
+
+/// `credbroker serve` pinned to the server core, with `env`, once it is ready.
+fn serve_broker(config: &Path, env: &[(String, String)]) -> (Child, String) {
+    let mut cmd = pinned("0", &daemon_bin());
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "warn");
+    spawn_ready(cmd)
+}
+
+fn table_header() {
+    println!(
+        "| {:<44} | min r/s  | med r/s  | max r/s  | r/CPU-s   | p50 ms | p99 ms | errs  |",
+        "system"
+    );
+    println!(
+        "|{}|----------|----------|----------|-----------|--------|--------|-------|",
+        "-".repeat(46)
     );
 }
 
@@ -1122,17 +1054,6 @@ fn fill_big_store(
     });
     log.close();
     instances
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn dir_size(dir: &Path) -> u64 {
