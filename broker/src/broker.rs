@@ -427,26 +427,41 @@ impl Broker {
         let credentials_json = match &result {
             Ok(granted) => {
                 let json = granted.credential.credentials.to_json_zeroizing();
-                event.outcome = "allowed".into();
                 event.cached = Some(granted.source != Source::Minted);
                 event.token_fingerprint = Some(self.fingerprint.fingerprint(&json));
                 event.upstream_request_id = granted.credential.upstream_request_id.clone();
                 Some(json)
             }
             Err(e) => {
-                event.outcome = match e.code {
-                    ErrorCode::ProviderUnavailable | ErrorCode::Internal => "failed",
-                    _ => "denied",
-                }
-                .into();
                 event.error_code = Some(e.code.as_str().to_owned());
                 None
             }
         };
+        let outcome = match &result {
+            Ok(_) => "allowed",
+            Err(e) if matches!(e.code, ErrorCode::ProviderUnavailable | ErrorCode::Internal) => {
+                "failed"
+            }
+            Err(_) => "denied",
+        };
+        event.outcome = outcome.to_owned();
         let provider_label = event.provider.clone().unwrap_or_else(|| "none".into());
-        let receipt = self.audit.append(event.clone()).await;
-        if receipt.is_ok() && event.detail.as_deref() == Some(TRUST_BROKEN_DETAIL) {
-            self.flag_trust_broken(event.binding.as_deref()).await;
+        // What is still needed once the event has moved into the audit log: the log line's
+        // fields and whether the binding must be flagged — not a copy of the whole event.
+        let trust_broken = event.detail.as_deref() == Some(TRUST_BROKEN_DETAIL);
+        let flag_binding = if trust_broken {
+            event.binding.clone()
+        } else {
+            None
+        };
+        let (worker, tenant, instance) = (
+            event.actor.clone(),
+            event.tenant.clone().unwrap_or_default(),
+            event.instance.clone().unwrap_or_default(),
+        );
+        let receipt = self.audit.append(event).await;
+        if receipt.is_ok() && trust_broken {
+            self.flag_trust_broken(flag_binding.as_deref()).await;
         }
         let answer = match (receipt, result, credentials_json) {
             (Err(audit_err), _, _) => {
@@ -461,9 +476,9 @@ impl Broker {
             (Ok(receipt), Ok(granted), Some(json)) => {
                 tracing::info!(
                     request_id,
-                    worker = %event.actor,
-                    tenant = event.tenant.as_deref().unwrap_or(""),
-                    instance = event.instance.as_deref().unwrap_or(""),
+                    worker = %worker,
+                    tenant = %tenant,
+                    instance = %instance,
                     provider = %granted.provider,
                     cached = granted.source != Source::Minted,
                     audit_id = %receipt.audit_id,
@@ -475,14 +490,14 @@ impl Broker {
             (Ok(receipt), Err(err), _) => {
                 tracing::info!(
                     request_id,
-                    worker = %event.actor,
-                    tenant = event.tenant.as_deref().unwrap_or(""),
-                    instance = event.instance.as_deref().unwrap_or(""),
+                    worker = %worker,
+                    tenant = %tenant,
+                    instance = %instance,
                     code = %err.code,
                     audit_id = %receipt.audit_id,
                     "resolve refused"
                 );
-                self.count(err.code.as_str(), &event.outcome, &provider_label);
+                self.count(err.code.as_str(), outcome, &provider_label);
                 error_answer(&err, Some(&receipt.audit_id), request_id)
             }
             (Ok(receipt), Ok(_), None) => {
