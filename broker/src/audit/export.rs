@@ -14,6 +14,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::record::{AuditRecord, Checkpoint};
+use super::verify::complete_lines;
 use super::{checkpoints_path, log_path};
 use crate::model::now_rfc3339;
 
@@ -85,10 +86,9 @@ pub fn export(
     };
     serde_json::to_writer(&mut *out, &serde_json::json!({ "export": header }))?;
     out.write_all(b"\n")?;
-    let end = log.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
     let mut last_seq = 0;
     let mut count = 0;
-    for line in log[..end].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+    for line in complete_lines(&log) {
         let rec: AuditRecord = serde_json::from_slice(line).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -117,11 +117,7 @@ pub fn export(
         count += 1;
     }
     // Only checkpoints the exported log reaches; later ones were written after we read it.
-    let cp_end = cps.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
-    for line in cps[..cp_end]
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-    {
+    for line in complete_lines(&cps) {
         if let Ok(cp) = serde_json::from_slice::<Checkpoint>(line) {
             if cp.seq <= last_seq {
                 serde_json::to_writer(&mut *out, &CheckpointLine { checkpoint: &cp })?;

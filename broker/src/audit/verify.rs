@@ -170,7 +170,7 @@ impl<'a> Chain<'a> {
 }
 
 /// Splits complete lines; bytes after the last newline (an append in progress) are ignored.
-fn complete_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn complete_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
     bytes[..end]
         .split(|b| *b == b'\n')
