@@ -97,6 +97,17 @@ fn role(external_id: Option<&str>) -> FakeRole {
 }
 
 /// Binds `arn` for t1 as binding `bid` with instance `iid`; returns the add response.
+/// `POST /v1/admin/bindings/{binding}/probe`.
+async fn probe(env: &mut Env, binding: &str) -> (u16, Value) {
+    call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await
+}
+
 async fn bind(env: &mut Env, bid: &str, iid: &str, arn: &str) -> (u16, Value) {
     let r = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": bid, "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
     if r.0 == 201 {
@@ -150,13 +161,7 @@ async fn activation_minting_narrowing_and_caching() {
 
     // The probe passes: with ExternalId accepted, without it denied, account matches.
     let calls = env.sts.state.calls();
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/aws1/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env, "aws1").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["binding"]["status"], "active");
     assert!(v["binding"]["last_tested_at"].is_string());
@@ -351,13 +356,7 @@ async fn activation_refusals_and_identifier_rules() {
     let lax = format!("arn:aws:iam::{CUSTOMER}:role/Lax");
     env.sts.add_role(&lax, role(None));
     bind(&mut env, "lax", "i-lax", &lax).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/lax/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env, "lax").await;
     assert_eq!((s, code(&v)), (422, "external_id_not_enforced"), "{v}");
     assert!(v["error"]["message"]
         .as_str()
@@ -392,13 +391,7 @@ async fn activation_refusals_and_identifier_rules() {
         },
     );
     bind(&mut env, "odd", "i-odd", &odd).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/odd/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env, "odd").await;
     assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
 
     // A role that trusts the vendor but with another ExternalId (e.g. copied from another
@@ -407,13 +400,7 @@ async fn activation_refusals_and_identifier_rules() {
     env.sts
         .add_role(&other, role(Some("SomeoneElsesExternalId0123456789abcdef")));
     bind(&mut env, "other", "i-other", &other).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/other/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env, "other").await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
 
     // One role ARN, one tenant.
@@ -464,13 +451,7 @@ async fn active_aws_binding(env: &mut Env) -> (String, String) {
     let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
     env.sts.add_role(&arn, role(Some(&external_id)));
     bind(env, "aws1", "i-aws", &arn).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/aws1/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(env, "aws1").await;
     assert_eq!(s, 200, "{v}");
     (external_id, arn)
 }
@@ -606,13 +587,7 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
         Some(json!({"id": "i-short", "tenant": "t1", "binding": "short", "connector_kind": "aws"})),
     )
     .await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/short/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env, "short").await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-short"})).await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
@@ -634,13 +609,7 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
 
     // Restoring the trust and re-probing clears the flag.
     env.sts.add_role(&arn, role(Some(&external_id)));
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/aws1/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env, "aws1").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["binding"]["trust_broken"], false);
     let (c, out, err) = env.daemon.cli(&[
