@@ -649,7 +649,8 @@ impl Broker {
         {
             return Err(ProviderError::SecretMissing.into());
         }
-        let job = MintJob {
+        // Built only when a mint actually runs (not on a cache hit).
+        let job = || MintJob {
             broker: Arc::clone(self),
             provider: provider.clone(),
             binding: Arc::clone(&binding),
@@ -672,7 +673,7 @@ impl Broker {
         };
         let (credential, source) = match provider.cache_policy() {
             CachePolicy::Never => (
-                Arc::new(job.run().await.map_err(|e| note(event, e))?),
+                Arc::new(job().run().await.map_err(|e| note(event, e))?),
                 Source::Minted,
             ),
             CachePolicy::UntilExpiry => {
@@ -683,7 +684,7 @@ impl Broker {
                 };
                 let (cred, source) = self
                     .cache
-                    .get_or_mint(key, min_ttl_s, job.run())
+                    .get_or_mint(key, min_ttl_s, || job().run())
                     .await
                     .map_err(|e| note(event, e))?;
                 if source == Source::Cached {

@@ -95,18 +95,20 @@ impl TokenCache {
     }
 
     /// Returns a credential for `key` with more than `min_ttl_s` seconds left, minting with
-    /// `mint` on a miss. A freshly minted credential is returned even if it is shorter-lived
+    /// the future `mint` makes — called only by the one request that leads a miss, so a hit
+    /// builds nothing. A freshly minted credential is returned even if it is shorter-lived
     /// than `min_ttl_s`: it is the best the upstream gives.
     ///
     /// # Errors
     /// The mint's [`ProviderError`] (shared by every waiter of that mint).
-    pub async fn get_or_mint<F>(
+    pub async fn get_or_mint<M, F>(
         self: &Arc<Self>,
         key: CacheKey,
         min_ttl_s: u64,
-        mint: F,
+        mint: M,
     ) -> Result<(Arc<IssuedCredential>, Source), ProviderError>
     where
+        M: FnOnce() -> F,
         F: std::future::Future<Output = Result<IssuedCredential, ProviderError>> + Send + 'static,
     {
         if let Some(cred) = self.lookup(&key, min_ttl_s) {
@@ -129,6 +131,7 @@ impl TokenCache {
                 None => {
                     let cache = Arc::clone(self);
                     let task_key = key.clone();
+                    let mint = mint();
                     let handle = tokio::spawn(async move {
                         let result = mint.await.map(Arc::new);
                         if let Ok(cred) = &result {
@@ -232,7 +235,7 @@ mod tests {
             let calls = calls.clone();
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_mint(key(""), 60, async move {
+                    .get_or_mint(key(""), 60, || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(cred(3600))
@@ -251,12 +254,12 @@ mod tests {
         assert_eq!(minted, 1);
         // A later call is a cache hit; a different narrowing is a different key.
         let (_, s) = cache
-            .get_or_mint(key(""), 60, async { Ok(cred(3600)) })
+            .get_or_mint(key(""), 60, || async { Ok(cred(3600)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Cached);
         let (_, s) = cache
-            .get_or_mint(key("x"), 60, async { Ok(cred(3600)) })
+            .get_or_mint(key("x"), 60, || async { Ok(cred(3600)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Minted);
@@ -266,21 +269,21 @@ mod tests {
     async fn min_ttl_forces_a_new_mint_and_errors_are_not_cached() {
         let cache = TokenCache::new(10);
         cache
-            .get_or_mint(key(""), 0, async { Ok(cred(100)) })
+            .get_or_mint(key(""), 0, || async { Ok(cred(100)) })
             .await
             .unwrap();
         let (_, s) = cache
-            .get_or_mint(key(""), 50, async { Ok(cred(100)) })
+            .get_or_mint(key(""), 50, || async { Ok(cred(100)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Cached);
         let (_, s) = cache
-            .get_or_mint(key(""), 200, async { Ok(cred(3600)) })
+            .get_or_mint(key(""), 200, || async { Ok(cred(3600)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Minted);
         let err = cache
-            .get_or_mint(key("e"), 0, async {
+            .get_or_mint(key("e"), 0, || async {
                 Err(ProviderError::Unavailable {
                     message: "down".into(),
                     upstream_request_id: None,
@@ -289,7 +292,7 @@ mod tests {
             .await;
         assert!(err.is_err());
         let (_, s) = cache
-            .get_or_mint(key("e"), 0, async { Ok(cred(100)) })
+            .get_or_mint(key("e"), 0, || async { Ok(cred(100)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Minted);
@@ -302,7 +305,7 @@ mod tests {
         let cache = TokenCache::new(2);
         for i in 0..5 {
             cache
-                .get_or_mint(key(&i.to_string()), 0, async move { Ok(cred(100 + i)) })
+                .get_or_mint(key(&i.to_string()), 0, || async move { Ok(cred(100 + i)) })
                 .await
                 .unwrap();
         }
