@@ -28,6 +28,12 @@ struct Args {
     audit_records: u64,
 }
 
+const USAGE: &str = "usage: credbroker-bench [--rounds N (3)] [--seconds N (10)] [--connections N (32)] \
+[--bindings N (100000; 0 skips the large-store run)] [--audit-records N (1000000)]
+Optional: OpenBao rows need bao (pip install -r tests/bench-requirements.txt into target/bench-venv \
+or $CREDBROKER_BENCH_BAO); fixed-rate latency needs oha 1.16 (target/tools/bin/oha or $CREDBROKER_BENCH_OHA).
+See README, \"Performance\".";
+
 fn parse_args() -> Args {
     let mut a = Args {
         rounds: 3,
@@ -47,8 +53,12 @@ fn parse_args() -> Args {
             ("--bindings", Some(v)) => a.bindings = v as usize,
             ("--audit-records", Some(v)) => a.audit_records = v,
             ("ceiling-server", _) => return a,
+            ("--help" | "-h", _) => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             (other, _) => {
-                eprintln!("unknown argument {other}; use --rounds N --seconds N --connections N --bindings N --audit-records N (--bindings 0 skips the large-store run)");
+                eprintln!("unknown argument {other}\n{USAGE}");
                 std::process::exit(2);
             }
         }
