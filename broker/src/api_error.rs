@@ -205,6 +205,23 @@ impl From<ProviderError> for ApiError {
     }
 }
 
+/// Describes a serde_json error without echoing input (which could hold secrets).
+pub fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    // serde_json messages name fields and types, never values, except "invalid value" /
+    // "invalid type" lines which quote the value: keep only the category there.
+    if text.starts_with("invalid type") || text.starts_with("invalid value") {
+        format!(
+            "{} at line {} column {}",
+            text.split(':').next().unwrap_or("invalid"),
+            e.line(),
+            e.column()
+        )
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -270,10 +270,6 @@ impl Config {
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
         for p in [
-            self.providers
-                .aws_assume_role
-                .as_mut()
-                .map(|a| &mut a.ceiling_file),
             self.tls.crl.as_mut(),
             self.keys.kek_file.as_mut(),
             self.keys.audit_key_file.as_mut(),
@@ -284,6 +280,16 @@ impl Config {
         .flatten()
         {
             fix(p);
+        }
+        if let Some(public) = self.public.as_mut() {
+            fix(&mut public.cert);
+            fix(&mut public.key);
+        }
+        if let Some(aws) = self.providers.aws_assume_role.as_mut() {
+            aws.paths_mut().into_iter().for_each(fix);
+        }
+        if let Some(github) = self.providers.github_app.as_mut() {
+            github.paths_mut().into_iter().for_each(fix);
         }
     }
 
@@ -415,5 +421,39 @@ client_ca = "ca.crt"
         assert!(Config::load(&write(dir.path(), &bad)).is_err());
         let bad = format!("{MIN}\n[limits]\nmax_body_bytes = 0\n");
         assert!(Config::load(&write(dir.path(), &bad)).is_err());
+    }
+
+    #[test]
+    fn every_relative_path_is_resolved_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!(
+            r#"{MIN}
+[public]
+listen = "127.0.0.1:0"
+cert = "pub.crt"
+key = "./pub.key"
+[providers.aws_assume_role]
+region = "us-east-1"
+vendor_account_id = "111111111111"
+ceiling_file = "policies/aws.json"
+[providers.github_app]
+app_id = 1
+install_url = "https://github.com/apps/x/installations/new"
+webhook_secret_file = "gh/webhook.secret"
+private_key_file = "gh/app.pem"
+ceiling_file = "policies/github.json"
+"#
+        );
+        let c = Config::load(&write(dir.path(), &body)).unwrap();
+        let public = c.public.as_ref().unwrap();
+        assert_eq!(public.cert, dir.path().join("pub.crt"));
+        assert_eq!(public.key, dir.path().join("pub.key"));
+        let aws = c.providers.aws_assume_role.as_ref().unwrap();
+        assert_eq!(aws.ceiling_file, dir.path().join("policies/aws.json"));
+        let gh = c.providers.github_app.as_ref().unwrap();
+        assert_eq!(gh.webhook_secret_file, dir.path().join("gh/webhook.secret"));
+        assert_eq!(gh.private_key_file, Some(dir.path().join("gh/app.pem")));
+        assert_eq!(gh.ceiling_file, dir.path().join("policies/github.json"));
+        assert_eq!(c.tls.client_ca, dir.path().join("ca.crt"));
     }
 }

@@ -102,6 +102,12 @@ pub struct Binding {
     /// the trust relationship; cleared by a passing probe.
     #[serde(default)]
     pub trust_broken: bool,
+    /// Random value that changes whenever the binding is created (so a removed and re-added
+    /// id is a new binding) or its credential source changes; the token cache keys on it so
+    /// nothing minted for an earlier incarnation is ever served. Empty in stores written
+    /// before it existed (a re-created binding still gets a fresh one).
+    #[serde(default)]
+    pub generation: String,
     /// Creation time, RFC 3339.
     pub created_at: String,
 }
@@ -185,4 +191,14 @@ pub fn now_rfc3339() -> String {
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// A fresh binding generation: 128 random bits, hex.
+///
+/// # Errors
+/// When the system CSPRNG fails.
+pub fn new_generation() -> Result<String, aws_lc_rs::error::Unspecified> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)?;
+    Ok(hex::encode(bytes))
 }

@@ -280,6 +280,23 @@ fn json_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
+/// Runs `work` in its own task and waits for it: dropping the caller (a client that hung
+/// up) does not cancel it, so an audited change always reaches its commit or its failure
+/// record.
+async fn to_completion(
+    request_id: &str,
+    work: impl std::future::Future<Output = Answer> + Send + 'static,
+) -> Answer {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        tracing::error!(request_id, error = %e, "request task failed");
+        error_answer(
+            &ApiError::new(ErrorCode::Internal, "the request could not be completed"),
+            None,
+            request_id,
+        )
+    })
+}
+
 async fn handle(
     broker: Arc<Broker>,
     peer: Option<PeerIdentity>,
@@ -330,9 +347,13 @@ async fn handle(
                     Err(e) => Err(e),
                 }
             };
-            broker
-                .admin_http(peer.as_ref(), &method, &path, body, &request_id)
-                .await
+            // Changes run in their own task: a client that disconnects cannot cancel an
+            // operation between its audit record and its commit.
+            let (m, p, rid) = (method.clone(), path.clone(), request_id.clone());
+            to_completion(&request_id, async move {
+                broker.admin_http(peer.as_ref(), &m, &p, body, &rid).await
+            })
+            .await
         }
         _ => error_answer(
             &ApiError::new(ErrorCode::NotFound, "no such route"),
@@ -362,9 +383,13 @@ async fn handle_public(
             } else {
                 Ok(Zeroizing::new(Vec::new()))
             };
-            broker
-                .callback_http(&method, &path, &query, &headers, body, &request_id)
-                .await
+            let (m, p, rid) = (method.clone(), path.clone(), request_id.clone());
+            to_completion(&request_id, async move {
+                broker
+                    .callback_http(&m, &p, &query, &headers, body, &rid)
+                    .await
+            })
+            .await
         }
         _ => error_answer(
             &ApiError::new(ErrorCode::NotFound, "no such route"),

@@ -31,8 +31,8 @@ mod secret;
 pub use error::ProviderError;
 pub use pasted_secret::PastedSecret;
 pub use provider::{
-    BindingContext, CachePolicy, CallbackEvent, Callbacks, IssuedCredential, MintRequest,
-    Narrowing, PlatformKey, ProbeReport, Provider, SecretRequirement, SetupRedirect,
+    BindingContext, CachePolicy, CallbackEvent, Callbacks, CredentialScope, IssuedCredential,
+    MintRequest, Narrowing, PlatformKey, ProbeReport, Provider, SecretRequirement, SetupRedirect,
     TenantParameter,
 };
 pub use registry::{ProviderId, ProviderRegistry, KNOWN_PROVIDERS};

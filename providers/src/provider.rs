@@ -28,6 +28,18 @@ pub enum CachePolicy {
     UntilExpiry,
 }
 
+/// What a minted credential names beyond its binding. The core keys its token cache on
+/// these, so a credential that names one caller (AWS puts the instance in RoleSessionName
+/// and the worker in SourceIdentity, both visible in the customer's CloudTrail) is never
+/// handed to another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialScope {
+    /// The credential names the connector instance it was minted for.
+    pub instance: bool,
+    /// The credential names the worker it was minted for.
+    pub worker: bool,
+}
+
 /// The stored, non-secret view of one binding that a provider works from.
 #[derive(Debug, Clone, Copy)]
 pub struct BindingContext<'a> {
@@ -226,6 +238,13 @@ pub trait Provider: Send + Sync + 'static {
     /// # Errors
     /// Any [`ProviderError`]; upstream failures are `Denied` or `Unavailable`.
     async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError>;
+
+    /// What credentials minted for `binding` name beyond the binding (see
+    /// [`CredentialScope`]); the default names nothing, so one cached credential serves every
+    /// instance and worker of the binding.
+    fn credential_scope(&self, _binding: &BindingContext<'_>) -> CredentialScope {
+        CredentialScope::default()
+    }
 
     /// Identifiers in `config` that may be bound to one tenant only (role ARN, installation
     /// id…). The core refuses a binding whose identifier another tenant already holds.

@@ -35,6 +35,11 @@ async fn start_with(cache_extra: &str) -> Env {
 /// A daemon with the AWS provider on the fake STS, optionally reached through a TCP proxy
 /// that can reset connections.
 async fn start_full(cache_extra: &str, through_proxy: bool) -> Env {
+    start_opts(cache_extra, through_proxy, 400).await
+}
+
+/// [`start_full`] with the per-attempt STS deadline in milliseconds.
+async fn start_opts(cache_extra: &str, through_proxy: bool, attempt_timeout_ms: u64) -> Env {
     let (tmp, pki) = setup();
     let sts = FakeSts::start(VENDOR).await;
     let proxy = if through_proxy {
@@ -47,7 +52,7 @@ async fn start_full(cache_extra: &str, through_proxy: bool) -> Env {
     };
     let endpoint = proxy.as_ref().map_or(sts.url.clone(), |p| p.url.clone());
     let extra = format!(
-        "[cache]\nmint_timeout_ms = 4000\n{cache_extra}\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = 400\nmax_attempts = 3\nceiling_file = {:?}\n",
+        "[cache]\nmint_timeout_ms = 4000\n{cache_extra}\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = {attempt_timeout_ms}\nmax_attempts = 3\nceiling_file = {:?}\n",
         endpoint,
         repo_root().join("policies/aws.json").display().to_string()
     );
@@ -546,7 +551,8 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
     )
     .await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
-    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/aws1", None).await;
+    // The flag is set off the response path, through the audited admin pipeline.
+    let v = wait_for_trust_broken(&mut env.op, "aws1").await;
     assert_eq!(v["binding"]["trust_broken"], true, "{v}");
     let records = env.daemon.audit_records();
     let denied = records
@@ -736,4 +742,291 @@ async fn connection_resets_are_bounded_upstream_failures() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// Reads binding `id` until it is flagged `trust_broken` (at most 5 s) and returns it.
+async fn wait_for_trust_broken(op: &mut BrokerClient, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, v) = call(op, Method::GET, &format!("/v1/admin/bindings/{id}"), None).await;
+        if v["binding"]["trust_broken"] == true || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_trust_is_flagged_by_an_audited_change() {
+    let mut env = start().await;
+    let (_, arn) = active_aws_binding(&mut env).await;
+    env.sts
+        .add_role(&arn, role(Some("RotatedAwayExternalId0123456789abcdefgh")));
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    let v = wait_for_trust_broken(&mut env.op, "aws1").await;
+    assert_eq!(v["binding"]["trust_broken"], true, "{v}");
+    // The flag is its own audit record, by the broker, after the resolve's record.
+    let records = env.daemon.audit_records();
+    let denied = records
+        .iter()
+        .position(|r| r["kind"] == "resolve" && r["error_code"] == "provider_denied")
+        .unwrap();
+    let flag = records
+        .iter()
+        .position(|r| r["action"] == "binding.flag_trust_broken")
+        .expect("an audit record for the flag");
+    assert!(flag > denied);
+    assert_eq!(records[flag]["actor"], "broker");
+    assert_eq!(records[flag]["outcome"], "allowed");
+    assert_eq!(records[flag]["binding"], "aws1");
+}
+
+/// Every managed policy ARN and action of `ceiling`, as STS received them.
+fn session_policies(sent: &std::collections::HashMap<String, String>) -> (Vec<String>, Value) {
+    let mut arns: Vec<String> = (1..=10)
+        .filter_map(|i| sent.get(&format!("PolicyArns.member.{i}.arn")).cloned())
+        .collect();
+    arns.sort();
+    let policy = sent
+        .get("Policy")
+        .map(|p| serde_json::from_str(p).unwrap())
+        .unwrap_or(Value::Null);
+    (arns, policy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnarrowed_session_carries_exactly_the_binding_ceiling() {
+    let mut env = start().await;
+    let (external_id, arn) = active_aws_binding(&mut env).await;
+    // The platform ceiling (policies/aws.json), for a binding that sets none.
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (arns, policy) = session_policies(&env.sts.state.last_request());
+    let platform: Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join("policies/aws.json")).unwrap())
+            .unwrap();
+    let mut expected_arns: Vec<String> = platform["managed_policy_arns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace("${Partition}", "aws"))
+        .collect();
+    expected_arns.sort();
+    assert_eq!(arns, expected_arns, "every ceiling policy ARN is sent");
+    assert_eq!(policy["Statement"].as_array().unwrap().len(), 1);
+    assert_eq!(policy["Statement"][0]["Effect"], "Allow");
+    assert_eq!(policy["Statement"][0]["Resource"], "*");
+    let mut expected_actions: Vec<Value> = platform["actions"].as_array().unwrap().clone();
+    expected_actions.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    assert_eq!(
+        policy["Statement"][0]["Action"],
+        Value::Array(expected_actions)
+    );
+
+    // A binding with its own, narrower ceiling: exactly that ceiling, nothing of the platform's.
+    let second = format!("arn:aws:iam::{CUSTOMER}:role/Narrow");
+    env.sts.add_role(&second, role(Some(&external_id)));
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({
+        "id": "aws-narrow", "tenant": "t1", "provider": "aws_assume_role",
+        "config": {"role_arn": second},
+        "ceiling": {"managed_policy_arns": [], "actions": ["ec2:DescribeInstances", "s3:ListAllMyBuckets"]}}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/instances",
+        Some(json!({"id": "i-narrow", "tenant": "t1", "binding": "aws-narrow", "connector_kind": "aws"}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws-narrow").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-narrow"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (arns, policy) = session_policies(&env.sts.state.last_request());
+    assert!(arns.is_empty(), "{arns:?}");
+    assert_eq!(
+        policy["Statement"][0]["Action"],
+        json!(["ec2:DescribeInstances", "s3:ListAllMyBuckets"])
+    );
+
+    // Ceilings STS cannot carry are refused when the binding is created, not at resolve.
+    let many: Vec<String> = (0..200)
+        .map(|i| format!("ec2:DescribeThing{i:03}"))
+        .collect();
+    for (ceiling, why) in [
+        (
+            json!({"managed_policy_arns": [], "actions": []}),
+            "grants nothing",
+        ),
+        (
+            json!({"managed_policy_arns": [], "actions": many}),
+            "characters",
+        ),
+    ] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/bindings",
+            Some(json!({
+            "id": "aws-bad", "tenant": "t1", "provider": "aws_assume_role",
+            "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/Bad")},
+            "ceiling": ceiling})),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{v}");
+    }
+    let _ = arn;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_naming_one_instance_or_worker_are_never_shared() {
+    let mut env = start().await;
+    let (_, _) = active_aws_binding(&mut env).await;
+    // A second instance and a second worker on the same binding.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-aws2", "tenant": "t1", "binding": "aws1", "connector_kind": "aws"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let mut tokens = std::collections::HashSet::new();
+    let calls = env.sts.state.calls();
+    for instance in ["i-aws", "i-aws2"] {
+        let (s, v) = resolve(&mut env.w1, json!({"instance_id": instance})).await;
+        assert_eq!(
+            (s, v["cached"].as_bool()),
+            (200, Some(false)),
+            "{instance}: {v}"
+        );
+        assert_eq!(
+            env.sts.state.last_request()["RoleSessionName"],
+            format!("cb.t1.{instance}")
+        );
+        assert!(tokens.insert(
+            v["credentials"]["SessionToken"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        ));
+    }
+    assert_eq!(env.sts.state.calls() - calls, 2, "one session per instance");
+    // Each instance is then served its own cached session.
+    for instance in ["i-aws", "i-aws2"] {
+        let (_, v) = resolve(&mut env.w1, json!({"instance_id": instance})).await;
+        assert_eq!(v["cached"], true);
+    }
+
+    // With SourceIdentity the session names the worker too: w2 never gets w1's session.
+    let (external_id, _) = (
+        onboard(&mut env.op, "t1").await["external_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        (),
+    );
+    let si = format!("arn:aws:iam::{CUSTOMER}:role/WithSourceIdentity");
+    env.sts.add_role(&si, role(Some(&external_id)));
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({
+        "id": "aws-si", "tenant": "t1", "provider": "aws_assume_role",
+        "config": {"role_arn": si, "source_identity": true}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-si", "tenant": "t1", "binding": "aws-si", "connector_kind": "aws"})),
+    )
+    .await;
+    let (s, v) = probe(&mut env, "aws-si").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"id": "w2", "tenants": ["t1"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    env.pki.worker("w2");
+    let mut w2 = env.pki.client_for("w2", &env.daemon.url);
+    let (s, v1) = resolve(&mut env.w1, json!({"instance_id": "i-si"})).await;
+    assert_eq!(s, 200, "{v1}");
+    assert_eq!(env.sts.state.last_request()["SourceIdentity"], "w1");
+    let (s, v2) = resolve(&mut w2, json!({"instance_id": "i-si"})).await;
+    assert_eq!((s, v2["cached"].as_bool()), (200, Some(false)), "{v2}");
+    assert_eq!(env.sts.state.last_request()["SourceIdentity"], "w2");
+    assert_ne!(
+        v1["credentials"]["SessionToken"],
+        v2["credentials"]["SessionToken"]
+    );
+    let (_, again) = resolve(&mut w2, json!({"instance_id": "i-si"})).await;
+    assert_eq!(again["cached"], true);
+    assert_eq!(
+        again["credentials"]["SessionToken"],
+        v2["credentials"]["SessionToken"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_binding_never_receives_its_predecessors_credential() {
+    // STS answers slowly, so a mint is still in flight while the binding is removed,
+    // re-added under the same id and activated again.
+    let mut env = start_opts("", false, 5000).await;
+    let (_, _) = active_aws_binding(&mut env).await;
+    let (s, old) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!(s, 200, "{old}");
+    let mut seen_before = vec![old["credentials"]["SessionToken"].clone()];
+
+    env.sts.faults().delay = Duration::from_millis(1500);
+    let in_flight = {
+        let pki = env.pki.clone();
+        let url = env.daemon.url.clone();
+        tokio::spawn(async move {
+            let mut c = pki.client_for("w1", &url);
+            resolve(&mut c, json!({"instance_id": "i-aws", "narrow": {"policy_arns": ["arn:aws:iam::aws:policy/SecurityAudit"]}})).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/v1/admin/instances/i-aws", "/v1/admin/bindings/aws1"] {
+        let (s, v) = call(&mut env.op, Method::DELETE, path, None).await;
+        assert_eq!(s, 200, "{path}: {v}");
+    }
+    env.sts.faults().delay = Duration::ZERO;
+    active_aws_binding(&mut env).await;
+    let (s, v) = in_flight.await.unwrap();
+    assert_eq!(
+        s, 200,
+        "the resolve verified before the removal completes: {v}"
+    );
+    seen_before.push(v["credentials"]["SessionToken"].clone());
+
+    // The re-created binding: a new session for the unnarrowed and for the narrowed request,
+    // never one minted for the binding that was removed.
+    for narrow in [
+        None,
+        Some(json!({"policy_arns": ["arn:aws:iam::aws:policy/SecurityAudit"]})),
+    ] {
+        let mut body = json!({"instance_id": "i-aws"});
+        if let Some(n) = &narrow {
+            body["narrow"] = n.clone();
+        }
+        let (s, v) = resolve(&mut env.w1, body.clone()).await;
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+        assert!(
+            !seen_before.contains(&v["credentials"]["SessionToken"]),
+            "{narrow:?}"
+        );
+        let (_, again) = resolve(&mut env.w1, body).await;
+        assert_eq!(again["cached"], true);
+        assert_eq!(
+            again["credentials"]["SessionToken"],
+            v["credentials"]["SessionToken"]
+        );
+    }
 }

@@ -212,6 +212,7 @@ impl Broker {
             last_probe: pending
                 .then(|| "pending activation: run `credbroker binding probe`".to_owned()),
             trust_broken: false,
+            generation: super::fresh_generation()?,
             created_at: now_rfc3339(),
         };
         plan.batch.push(Op::ExpectPresent(

@@ -20,9 +20,10 @@ use zeroize::Zeroizing;
 
 use credbroker_providers::{BindingContext, SecretFields, SecretRequirement};
 
+use crate::api_error::json_error;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
-use crate::broker::{error_answer, json_error, Answer, Broker};
+use crate::broker::{error_answer, Answer, Broker};
 use crate::identity::PeerIdentity;
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use crate::model::{
@@ -181,6 +182,15 @@ pub enum AdminOp {
     KeysRetire(String, u32),
     /// Drop every cached token of a provider and revoke it upstream.
     RevokeCached(String),
+    /// Mark a binding `trust_broken` after its upstream said the customer withdrew the trust
+    /// (raised by the broker itself from a resolve, never parsed from a request). Applies only
+    /// to the binding generation the resolve used.
+    FlagTrustBroken {
+        /// Binding id.
+        binding: String,
+        /// The generation the denied resolve minted for.
+        generation: String,
+    },
 }
 
 impl AdminOp {
@@ -205,6 +215,7 @@ impl AdminOp {
             AdminOp::KeysActivate(k, _) => format!("keys.{k}.activate"),
             AdminOp::KeysRetire(k, _) => format!("keys.{k}.retire"),
             AdminOp::RevokeCached(p) => format!("provider.{p}.revoke_cached"),
+            AdminOp::FlagTrustBroken { .. } => "binding.flag_trust_broken".into(),
         }
     }
 
@@ -393,6 +404,12 @@ fn store_err(e: StoreError) -> ApiError {
             ApiError::new(ErrorCode::Internal, "store failure")
         }
     }
+}
+
+/// A new binding generation (see [`crate::model::Binding::generation`]).
+pub(crate) fn fresh_generation() -> Result<String, ApiError> {
+    crate::model::new_generation()
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "the system random generator failed"))
 }
 
 fn unknown(c: Collection, id: &str) -> ApiError {
@@ -816,6 +833,10 @@ impl Broker {
             AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false),
             AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true),
             AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version),
+            AdminOp::FlagTrustBroken {
+                binding,
+                generation,
+            } => self.plan_flag_trust_broken(&binding, &generation),
             AdminOp::Probe(_)
             | AdminOp::Onboard(..)
             | AdminOp::KeysList(_)
@@ -892,6 +913,28 @@ impl Broker {
                 plan.response = json!({ "binding": to_value(&b) });
             }
         }
+        Ok(plan)
+    }
+
+    fn plan_flag_trust_broken(&self, id: &str, generation: &str) -> Result<Plan, ApiError> {
+        let mut b = self.binding_or_404(id)?;
+        if b.generation != generation {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the binding was re-created or its credential changed since the denied resolve",
+            ));
+        }
+        let mut plan = Plan::new(
+            format!("binding={id} trust_broken=true (upstream denied: the customer may have removed or changed the trust)"),
+            Value::Null,
+        );
+        plan.tenant = Some(b.tenant.to_string());
+        plan.binding = Some(id.to_owned());
+        if !b.trust_broken {
+            b.trust_broken = true;
+            plan.batch.replace(Table::Bindings, id, &b);
+        }
+        plan.response = json!({ "binding": to_value(&b) });
         Ok(plan)
     }
 
@@ -1062,6 +1105,7 @@ impl Broker {
             .create(Table::Secrets, &secret_key(&binding.id, version), &record);
         binding.active_secret_version = Some(version);
         binding.last_secret_version = version;
+        binding.generation = fresh_generation()?;
         plan.batch
             .replace(Table::Bindings, binding.id.as_str(), &binding);
         plan.detail = format!(

@@ -5,7 +5,7 @@
 //! checked inside the same transaction. That is all a replicated backend has to offer to
 //! replace sled later; typed access lives above the trait in [`records`].
 
-pub mod cache;
+pub mod record_cache;
 pub mod records;
 mod sled_store;
 

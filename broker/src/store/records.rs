@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::cache::{Invalidating, RecordCache};
+use super::record_cache::{Invalidating, RecordCache};
 use super::{Batch, Op, Store, StoreError, Table};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use crate::model::{Binding, Instance, SecretVersion, Tenant, Worker};

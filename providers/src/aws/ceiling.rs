@@ -103,6 +103,60 @@ impl AwsCeiling {
     }
 }
 
+impl AwsCeiling {
+    /// The session parameters that express exactly this ceiling: every managed policy ARN
+    /// (in `partition`) plus one inline session policy allowing the ceiling's actions. STS
+    /// grants the intersection of the role's policies with the union of the session
+    /// policies, so an unnarrowed session carries the ceiling and never more than the
+    /// customer's role would grant.
+    ///
+    /// # Errors
+    /// When the ceiling cannot be sent to STS: more than [`MAX_POLICY_ARNS`] managed
+    /// policies, an inline policy longer than [`MAX_POLICY_CHARS`], or a ceiling that grants
+    /// nothing (an AssumeRole without session policies would grant the whole role).
+    pub fn session(&self, partition: &str) -> Result<AwsNarrowing, String> {
+        if self.managed_policy_arns.is_empty() && self.actions.is_empty() {
+            return Err("the ceiling grants nothing: it needs managed_policy_arns and/or actions (without session policies STS would grant the whole role)".into());
+        }
+        if self.managed_policy_arns.len() > MAX_POLICY_ARNS {
+            return Err(format!(
+                "the ceiling names {} managed policies; STS accepts at most {MAX_POLICY_ARNS} per session",
+                self.managed_policy_arns.len()
+            ));
+        }
+        let mut policy_arns: Vec<String> = self
+            .managed_policy_arns
+            .iter()
+            .map(|a| Self::arn_in(a, partition))
+            .collect();
+        policy_arns.sort();
+        policy_arns.dedup();
+        let policy = if self.actions.is_empty() {
+            None
+        } else {
+            let mut actions = self.actions.clone();
+            actions.sort();
+            actions.dedup();
+            let doc = json!({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]
+            });
+            let compact = doc.to_string();
+            if compact.len() > MAX_POLICY_CHARS {
+                return Err(format!(
+                    "the ceiling's actions make an inline session policy of {} characters; STS accepts at most {MAX_POLICY_CHARS} (use managed policies or fewer, wider action prefixes)",
+                    compact.len()
+                ));
+            }
+            Some(compact)
+        };
+        Ok(AwsNarrowing {
+            policy,
+            policy_arns,
+        })
+    }
+}
+
 /// A validated narrowing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsNarrowing {
@@ -315,5 +369,56 @@ mod tests {
             actions: vec!["ec2:*".into()],
         };
         assert!(wider.within(&c).is_err());
+    }
+
+    #[test]
+    fn the_ceiling_is_a_session_policy() {
+        let s = ceiling().session("aws-us-gov").unwrap();
+        assert_eq!(
+            s.policy_arns,
+            vec!["arn:aws-us-gov:iam::aws:policy/SecurityAudit".to_owned()]
+        );
+        let policy: Value = serde_json::from_str(s.policy.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            policy["Statement"][0]["Action"],
+            json!(["ec2:Describe*", "iam:List*", "s3:GetBucketPolicy"])
+        );
+        assert_eq!(policy["Statement"][0]["Effect"], "Allow");
+        // The session policy is itself a valid narrowing inside the ceiling.
+        assert!(narrow(&json!({"policy": policy}), &ceiling(), "aws").is_ok());
+    }
+
+    #[test]
+    fn ceilings_sts_cannot_carry_are_refused() {
+        let nothing = AwsCeiling {
+            description: None,
+            managed_policy_arns: vec![],
+            actions: vec![],
+        };
+        assert!(nothing
+            .session("aws")
+            .unwrap_err()
+            .contains("grants nothing"));
+        let many_arns = AwsCeiling {
+            description: None,
+            managed_policy_arns: (0..11)
+                .map(|i| format!("arn:${{Partition}}:iam::aws:policy/P{i}"))
+                .collect(),
+            actions: vec![],
+        };
+        assert!(many_arns.session("aws").unwrap_err().contains("at most 10"));
+        let long = AwsCeiling {
+            description: None,
+            managed_policy_arns: vec![],
+            actions: (0..200).map(|i| format!("ec2:DescribeThing{i}")).collect(),
+        };
+        assert!(long.session("aws").unwrap_err().contains("characters"));
+        // The shipped platform ceiling fits.
+        let shipped: Value =
+            serde_json::from_str(include_str!("../../../policies/aws.json")).unwrap();
+        assert!(AwsCeiling::from_value(&shipped)
+            .unwrap()
+            .session("aws")
+            .is_ok());
     }
 }

@@ -30,8 +30,8 @@ pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
 pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
 
 use crate::{
-    BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
-    ProviderError, SecretFields, SecretRequirement, TenantParameter,
+    BindingContext, CachePolicy, CredentialScope, IssuedCredential, MintRequest, Narrowing,
+    ProbeReport, Provider, ProviderError, SecretFields, SecretRequirement, TenantParameter,
 };
 
 /// Platform-side settings (`[providers.aws_assume_role]` in the broker config).
@@ -59,6 +59,14 @@ pub struct AwsSettings {
     pub max_attempts: u32,
     /// The platform ceiling file (policies/aws.json).
     pub ceiling_file: std::path::PathBuf,
+}
+
+impl AwsSettings {
+    /// Every file path in the settings, for the config loader to resolve relative paths
+    /// against the config file.
+    pub fn paths_mut(&mut self) -> Vec<&mut std::path::PathBuf> {
+        vec![&mut self.ceiling_file]
+    }
 }
 
 fn default_duration() -> u32 {
@@ -256,6 +264,10 @@ impl AwsAssumeRole {
         let value: Value = serde_json::from_slice(&text)
             .map_err(|e| format!("{}: {e}", settings.ceiling_file.display()))?;
         let ceiling = AwsCeiling::from_value(&value)?;
+        // Every unnarrowed session carries the ceiling: one STS cannot carry fails start-up.
+        ceiling
+            .session("aws")
+            .map_err(|e| format!("{}: {e}", settings.ceiling_file.display()))?;
         let account_ok = settings.vendor_account_id.len() == 12
             && settings
                 .vendor_account_id
@@ -376,13 +388,26 @@ impl Provider for AwsAssumeRole {
                 )));
             }
         }
-        self.binding_ceiling(ceiling).map(|_| ())
+        // Refused here, not at resolve: an unnarrowed session is sent exactly this ceiling.
+        self.binding_ceiling(ceiling)?
+            .session(parsed.role.partition())
+            .map(|_| ())
+            .map_err(ProviderError::InvalidConfig)
     }
 
     fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value {
         match self.binding_ceiling(binding.ceiling) {
             Ok(c) => json!({ "managed_policy_arns": c.managed_policy_arns, "actions": c.actions }),
             Err(e) => json!({ "error": e.to_string() }),
+        }
+    }
+
+    fn credential_scope(&self, binding: &BindingContext<'_>) -> CredentialScope {
+        // RoleSessionName names the instance; SourceIdentity (when enabled) the worker.
+        CredentialScope {
+            instance: true,
+            // An unreadable config scopes to the worker too: never share on doubt.
+            worker: parse_config(binding.config).map_or(true, |p| p.source_identity),
         }
     }
 
@@ -458,19 +483,27 @@ impl Provider for AwsAssumeRole {
 
     async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
         let parsed = parse_config(request.binding.config)?;
-        let narrowing = request.narrowing.value.as_ref().map(|v| AwsNarrowing {
-            policy: v.get("policy").and_then(Value::as_str).map(str::to_owned),
-            policy_arns: v
-                .get("policy_arns")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
+        let narrowing = match request.narrowing.value.as_ref() {
+            // No narrowing: the session carries exactly the binding's ceiling, never the
+            // whole role (THREATS.md: "with no narrowing, exactly the ceiling").
+            None => self
+                .binding_ceiling(request.binding.ceiling)?
+                .session(parsed.role.partition())
+                .map_err(ProviderError::InvalidConfig)?,
+            Some(v) => AwsNarrowing {
+                policy: v.get("policy").and_then(Value::as_str).map(str::to_owned),
+                policy_arns: v
+                    .get("policy_arns")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+        };
         let duration = params::clamp_duration(
             parsed.duration_s,
             self.settings.default_duration_s,
@@ -490,7 +523,7 @@ impl Provider for AwsAssumeRole {
                     duration_s: duration,
                     with_external_id: true,
                     source_identity,
-                    narrowing: narrowing.as_ref(),
+                    narrowing: Some(&narrowing),
                 },
                 request.timeout,
             )

@@ -60,6 +60,16 @@ pub struct GithubSettings {
     pub mint_rate_warning_per_minute: u32,
 }
 
+impl GithubSettings {
+    /// Every file path in the settings, for the config loader to resolve relative paths
+    /// against the config file.
+    pub fn paths_mut(&mut self) -> Vec<&mut std::path::PathBuf> {
+        let mut paths = vec![&mut self.webhook_secret_file, &mut self.ceiling_file];
+        paths.extend(self.private_key_file.as_mut());
+        paths
+    }
+}
+
 fn default_api() -> String {
     "https://api.github.com".into()
 }

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = credbroker::broker::parse_resolve_request(data);
+    let _ = credbroker::resolve::parse_resolve_request(data);
 });

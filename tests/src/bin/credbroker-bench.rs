@@ -989,6 +989,7 @@ fn fill_big_store(
                 last_tested_at: None,
                 last_probe: None,
                 trust_broken: false,
+                generation: format!("{b:032x}"),
                 created_at: now.clone(),
             },
         );

@@ -1,11 +1,16 @@
 //! The in-memory token cache with single flight.
 //!
-//! Keyed by (binding, secret version, normalized narrowing): a token minted for one subset is
-//! never handed to a request for another, and rotating a binding's secret stops serving
-//! tokens minted from the old one. A token is served while its remaining lifetime exceeds the
-//! caller's `min_ttl_s`. Concurrent misses for one key share one upstream mint: the first
-//! caller spawns it (so it completes even if that caller goes away), everyone awaits the same
-//! shared result. Memory only: nothing here is ever written to disk.
+//! Keyed by everything a credential is scoped to: tenant, binding, the binding's generation
+//! (new on every re-creation and secret change), active secret version, normalized narrowing,
+//! and — when the provider says its credentials name them — the instance and the worker. So a
+//! token minted for one subset is never handed to a request for another, a removed and
+//! re-added binding id never receives its predecessor's tokens, and an AWS session whose
+//! RoleSessionName names one instance is never handed to another. A token is served while its
+//! remaining lifetime exceeds the caller's `min_ttl_s`. Concurrent misses for one key share
+//! one upstream mint: the first caller spawns it (so it completes even if that caller goes
+//! away), everyone awaits the same shared result. A mint that finishes after an invalidation
+//! it started before is returned to its waiters but never cached. Memory only: nothing here
+//! is ever written to disk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,15 +20,23 @@ use time::OffsetDateTime;
 
 use credbroker_providers::{IssuedCredential, ProviderError};
 
-/// Identifies one cacheable credential.
+/// Identifies one cacheable credential: everything the credential is scoped to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    /// Owning tenant.
+    pub tenant: String,
     /// Binding id.
     pub binding: String,
+    /// The binding's generation (changes on re-creation and credential-source changes).
+    pub generation: String,
     /// Active secret version the credential was minted from (0 for pure federation).
     pub secret_version: u32,
     /// Canonical narrowing.
     pub narrowing: String,
+    /// The instance, when the provider's credentials name it.
+    pub instance: Option<String>,
+    /// The worker, when the provider's credentials name it.
+    pub worker: Option<String>,
 }
 
 type MintResult = Result<Arc<IssuedCredential>, ProviderError>;
@@ -43,8 +56,19 @@ pub enum Source {
 /// The cache.
 pub struct TokenCache {
     max_entries: usize,
-    entries: Mutex<HashMap<CacheKey, Arc<IssuedCredential>>>,
-    in_flight: Mutex<HashMap<CacheKey, InFlight>>,
+    entries: Mutex<Entries>,
+    in_flight: Mutex<HashMap<CacheKey, (u64, InFlight)>>,
+}
+
+/// Cached tokens and the invalidation epoch, under one lock: a mint caches its result only if
+/// no invalidation happened since it started.
+#[derive(Default)]
+struct Entries {
+    tokens: HashMap<CacheKey, Arc<IssuedCredential>>,
+    /// Bumped by every invalidation.
+    epoch: u64,
+    /// Identifies in-flight mints, so a finished mint removes only its own entry.
+    next_flight: u64,
 }
 
 fn fresh(cred: &IssuedCredential, now: OffsetDateTime, min_ttl_s: u64) -> bool {
@@ -59,39 +83,51 @@ impl TokenCache {
     pub fn new(max_entries: usize) -> Arc<TokenCache> {
         Arc::new(TokenCache {
             max_entries: max_entries.max(1),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             in_flight: Mutex::new(HashMap::new()),
         })
     }
 
     fn lookup(&self, key: &CacheKey, min_ttl_s: u64) -> Option<Arc<IssuedCredential>> {
         let entries = self.entries.lock().ok()?;
-        let cred = entries.get(key)?;
+        let cred = entries.tokens.get(key)?;
         fresh(cred, OffsetDateTime::now_utc(), min_ttl_s).then(|| cred.clone())
     }
 
-    fn insert(&self, key: CacheKey, cred: Arc<IssuedCredential>) {
+    /// The current invalidation epoch and a new flight id.
+    fn start_flight(&self) -> Option<(u64, u64)> {
+        let mut entries = self.entries.lock().ok()?;
+        entries.next_flight = entries.next_flight.wrapping_add(1);
+        Some((entries.epoch, entries.next_flight))
+    }
+
+    /// Caches `cred` unless an invalidation happened since epoch `started`.
+    fn insert(&self, key: CacheKey, cred: Arc<IssuedCredential>, started: u64) {
         if cred.expires_at.is_none() {
             return;
         }
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
-        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
+        if entries.epoch != started {
+            return;
+        }
+        let tokens = &mut entries.tokens;
+        if tokens.len() >= self.max_entries && !tokens.contains_key(&key) {
             let now = OffsetDateTime::now_utc();
-            entries.retain(|_, c| fresh(c, now, 0));
-            if entries.len() >= self.max_entries {
+            tokens.retain(|_, c| fresh(c, now, 0));
+            if tokens.len() >= self.max_entries {
                 // Evict the token closest to expiry.
-                if let Some(victim) = entries
+                if let Some(victim) = tokens
                     .iter()
                     .min_by_key(|(_, c)| c.expires_at)
                     .map(|(k, _)| k.clone())
                 {
-                    entries.remove(&victim);
+                    tokens.remove(&victim);
                 }
             }
         }
-        entries.insert(key, cred);
+        tokens.insert(key, cred);
     }
 
     /// Returns a credential for `key` with more than `min_ttl_s` seconds left, minting with
@@ -127,18 +163,31 @@ impl TokenCache {
                 return Ok((cred, Source::Cached));
             }
             match in_flight.get(&key) {
-                Some(existing) => (existing.clone(), false),
+                Some((_, existing)) => (existing.clone(), false),
                 None => {
+                    let (epoch, flight) =
+                        self.start_flight()
+                            .ok_or_else(|| ProviderError::Unavailable {
+                                message: "token cache lock poisoned".into(),
+                                upstream_request_id: None,
+                            })?;
                     let cache = Arc::clone(self);
                     let task_key = key.clone();
                     let mint = mint();
                     let handle = tokio::spawn(async move {
                         let result = mint.await.map(Arc::new);
                         if let Ok(cred) = &result {
-                            cache.insert(task_key.clone(), cred.clone());
+                            cache.insert(task_key.clone(), cred.clone(), epoch);
                         }
                         if let Ok(mut in_flight) = cache.in_flight.lock() {
-                            in_flight.remove(&task_key);
+                            // An invalidation may have dropped this flight and a newer one
+                            // may hold the key: remove only our own entry.
+                            if in_flight
+                                .get(&task_key)
+                                .is_some_and(|(id, _)| *id == flight)
+                            {
+                                in_flight.remove(&task_key);
+                            }
                         }
                         result
                     });
@@ -152,7 +201,7 @@ impl TokenCache {
                     }
                     .boxed();
                     let shared = fut.shared();
-                    in_flight.insert(key, shared.clone());
+                    in_flight.insert(key, (flight, shared.clone()));
                     (shared, true)
                 }
             }
@@ -168,29 +217,38 @@ impl TokenCache {
         ))
     }
 
-    /// Drops every cached token of a binding (disable, remove, secret change).
+    /// Drops every cached token of a binding (disable, remove, secret change). Mints of it
+    /// already in flight still answer the requests waiting on them, but are not cached and
+    /// are not joined by later requests.
     pub fn invalidate_binding(&self, binding: &str) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|k, _| k.binding != binding);
-        }
+        drop(self.drain_bindings(&[binding.to_owned()]));
     }
 
-    /// Removes and returns every cached token of the given bindings.
+    /// Removes and returns every cached token of the given bindings; in-flight mints of them
+    /// will not be cached (see [`TokenCache::invalidate_binding`]).
     pub fn drain_bindings(&self, bindings: &[String]) -> Vec<Arc<IssuedCredential>> {
+        // Lock order: in_flight, then entries (as in `get_or_mint`).
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.retain(|k, _| !bindings.contains(&k.binding));
+        }
         let Ok(mut entries) = self.entries.lock() else {
             return Vec::new();
         };
+        entries.epoch = entries.epoch.wrapping_add(1);
         let keys: Vec<CacheKey> = entries
+            .tokens
             .keys()
             .filter(|k| bindings.contains(&k.binding))
             .cloned()
             .collect();
-        keys.iter().filter_map(|k| entries.remove(k)).collect()
+        keys.iter()
+            .filter_map(|k| entries.tokens.remove(k))
+            .collect()
     }
 
     /// Number of cached tokens.
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries.lock().map(|e| e.tokens.len()).unwrap_or(0)
     }
 
     /// Whether the cache is empty.
@@ -208,9 +266,13 @@ mod tests {
 
     fn key(n: &str) -> CacheKey {
         CacheKey {
+            tenant: "t".into(),
             binding: "b".into(),
+            generation: "g1".into(),
             secret_version: 0,
             narrowing: n.into(),
+            instance: None,
+            worker: None,
         }
     }
 
@@ -310,5 +372,66 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(cache.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mint_finishing_after_invalidation_is_not_cached_or_joined() {
+        let cache = TokenCache::new(10);
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let slow = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_mint(key(""), 0, || async move {
+                        let _ = wait.await;
+                        Ok(cred(3600))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cache.invalidate_binding("b");
+        // A request after the invalidation does not join the old flight: it mints anew.
+        let (_, s) = cache
+            .get_or_mint(key(""), 0, || async { Ok(cred(60)) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Minted);
+        cache.invalidate_binding("b");
+        release.send(()).unwrap();
+        // The old flight still answers its own waiter…
+        assert_eq!(slow.await.unwrap().unwrap().1, Source::Minted);
+        // …but its credential was not cached.
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_scope_field_separates_entries() {
+        let cache = TokenCache::new(100);
+        let base = key("");
+        let mut variants = vec![base.clone()];
+        let mut k = base.clone();
+        k.tenant = "t2".into();
+        variants.push(k);
+        let mut k = base.clone();
+        k.generation = "g2".into();
+        variants.push(k);
+        let mut k = base.clone();
+        k.secret_version = 2;
+        variants.push(k);
+        let mut k = base.clone();
+        k.instance = Some("i1".into());
+        variants.push(k);
+        let mut k = base.clone();
+        k.worker = Some("w1".into());
+        variants.push(k);
+        for k in &variants {
+            let (_, s) = cache
+                .get_or_mint(k.clone(), 0, || async { Ok(cred(3600)) })
+                .await
+                .unwrap();
+            assert_eq!(s, Source::Minted, "{k:?} shared an entry");
+        }
+        assert_eq!(cache.len(), variants.len());
     }
 }

@@ -1,0 +1,593 @@
+//! The verified tenant chain: the core invariant, as one pure function.
+//!
+//! ```text
+//! client cert (worker identity) → worker record (active, allowed tenant and connector kind)
+//!   → instance (active) → tenant (active) → binding of that tenant (active) → provider
+//! ```
+//!
+//! Every link is read from the store view on every call; the request never selects a tenant
+//! or binding, its `tenant_id` is only cross-checked. [`verify_chain`] is the only code that
+//! can build a [`VerifiedChain`] (its fields are private and it has a private proof field, the
+//! way rustls' `ServerCertVerified` works), and minting takes a `VerifiedChain`, so no path
+//! that skips a link compiles.
+
+use std::sync::Arc;
+
+use credbroker_providers::{Provider, ProviderRegistry};
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::identity::PeerIdentity;
+use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
+use crate::model::{Binding, Instance, Status, Tenant, Worker};
+use crate::store::records::Records;
+use crate::store::StoreError;
+
+use super::request::ParsedResolve;
+
+/// The read view of the store the chain is checked against.
+pub trait ChainView {
+    /// The worker record.
+    ///
+    /// # Errors
+    /// On a store read failure.
+    fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError>;
+    /// The instance record.
+    ///
+    /// # Errors
+    /// On a store read failure.
+    fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError>;
+    /// The tenant record.
+    ///
+    /// # Errors
+    /// On a store read failure.
+    fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError>;
+    /// The binding record.
+    ///
+    /// # Errors
+    /// On a store read failure.
+    fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError>;
+}
+
+impl ChainView for Records {
+    fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
+        self.shared_worker(id)
+    }
+    fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
+        self.shared_instance(id)
+    }
+    fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        self.shared_tenant(id)
+    }
+    fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
+        self.shared_binding(id)
+    }
+}
+
+/// What was established about a resolve before it was granted or refused: the audit record
+/// names these (a refusal names as much of the chain as had been read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainFacts {
+    /// The instance the request named (once the body parsed).
+    pub instance: Option<InstanceId>,
+    /// The instance's tenant according to the store.
+    pub tenant: Option<TenantId>,
+    /// The instance's binding.
+    pub binding: Option<BindingId>,
+    /// The binding's provider name.
+    pub provider: Option<String>,
+}
+
+/// A refused chain: the error answered and the facts established before the refusal.
+#[derive(Debug)]
+pub struct Denial {
+    /// The error (its code is one of the closed resolve set).
+    pub error: ApiError,
+    /// What the audit record names (boxed: refusals stay small on the happy path).
+    pub facts: Box<ChainFacts>,
+}
+
+/// Proof that every link of the tenant chain was checked. Only [`verify_chain`] makes one.
+pub struct VerifiedChain {
+    worker: WorkerId,
+    instance: Arc<Instance>,
+    tenant: Arc<Tenant>,
+    binding: Arc<Binding>,
+    provider: Arc<dyn Provider>,
+    _proof: ChainProof,
+}
+
+/// Private marker: a `VerifiedChain` cannot be built outside this module.
+struct ChainProof;
+
+impl VerifiedChain {
+    /// The verified worker.
+    pub fn worker(&self) -> &WorkerId {
+        &self.worker
+    }
+    /// The active instance.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+    /// The active tenant the store derives (never the request's).
+    pub fn tenant(&self) -> &Arc<Tenant> {
+        &self.tenant
+    }
+    /// The tenant's active binding.
+    pub fn binding(&self) -> &Arc<Binding> {
+        &self.binding
+    }
+    /// The binding's provider.
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+    /// The facts an audit record names.
+    pub fn facts(&self) -> ChainFacts {
+        ChainFacts {
+            instance: Some(self.instance.id.clone()),
+            tenant: Some(self.tenant.id.clone()),
+            binding: Some(self.binding.id.clone()),
+            provider: Some(self.binding.provider.clone()),
+        }
+    }
+}
+
+/// The worker a peer identity names, or `worker_not_authorized`.
+///
+/// # Errors
+/// An operator identity or no identity.
+pub fn worker_of(peer: Option<&PeerIdentity>) -> Result<&WorkerId, ApiError> {
+    match peer {
+        Some(PeerIdentity::Worker(w)) => Ok(w),
+        Some(PeerIdentity::Operator(_)) => Err(ApiError::new(
+            ErrorCode::WorkerNotAuthorized,
+            "operator identities cannot resolve credentials",
+        )),
+        None => Err(ApiError::new(
+            ErrorCode::WorkerNotAuthorized,
+            "client certificate names no worker identity in this trust domain",
+        )),
+    }
+}
+
+fn store_failure(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "store read failed during resolve");
+    ApiError::new(ErrorCode::Internal, "store read failed")
+}
+
+/// Checks every link of the tenant chain for `request` made by `peer`, reading each record
+/// from `view` and the provider from `registry`.
+///
+/// # Errors
+/// A [`Denial`] naming the first broken link: `worker_not_authorized` (no worker identity,
+/// unknown or disabled worker, tenant or connector kind not allowed), `unknown_instance`,
+/// `tenant_mismatch` (the request's `tenant_id` is not the store's), `instance_inactive`,
+/// `tenant_inactive`, `binding_inactive` (missing, another tenant's, disabled, pending, or its
+/// provider not in this build), `internal` on a store read failure.
+pub fn verify_chain(
+    view: &dyn ChainView,
+    registry: &ProviderRegistry,
+    peer: Option<&PeerIdentity>,
+    request: &ParsedResolve,
+) -> Result<VerifiedChain, Denial> {
+    let mut facts = ChainFacts {
+        instance: Some(request.instance.clone()),
+        ..ChainFacts::default()
+    };
+    match check_links(view, registry, peer, request, &mut facts) {
+        Ok(chain) => Ok(chain),
+        Err(error) => Err(Denial {
+            error,
+            facts: Box::new(facts),
+        }),
+    }
+}
+
+fn check_links(
+    view: &dyn ChainView,
+    registry: &ProviderRegistry,
+    peer: Option<&PeerIdentity>,
+    request: &ParsedResolve,
+    facts: &mut ChainFacts,
+) -> Result<VerifiedChain, ApiError> {
+    let worker_id = worker_of(peer)?;
+    // Worker record: known and active.
+    let worker = view
+        .worker(worker_id)
+        .map_err(store_failure)?
+        .filter(|w| w.status == Status::Active)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::WorkerNotAuthorized,
+                "worker is not registered or is disabled",
+            )
+        })?;
+    // Instance, and the tenant the store (not the request) says it belongs to.
+    let instance = view
+        .instance(&request.instance)
+        .map_err(store_failure)?
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownInstance, "no such connector instance"))?;
+    facts.tenant = Some(instance.tenant.clone());
+    if !worker.tenants.contains(&instance.tenant) {
+        return Err(ApiError::new(
+            ErrorCode::WorkerNotAuthorized,
+            "worker is not authorized for this instance's tenant",
+        ));
+    }
+    if !worker.connector_kinds.is_empty()
+        && !worker.connector_kinds.contains(&instance.connector_kind)
+    {
+        return Err(ApiError::new(
+            ErrorCode::WorkerNotAuthorized,
+            "worker is not authorized for this connector kind",
+        ));
+    }
+    if let Some(claimed) = &request.tenant {
+        if *claimed != instance.tenant {
+            return Err(ApiError::new(
+                ErrorCode::TenantMismatch,
+                "tenant_id does not match the instance's tenant",
+            ));
+        }
+    }
+    if instance.status != Status::Active {
+        return Err(ApiError::new(
+            ErrorCode::InstanceInactive,
+            "connector instance is disabled",
+        ));
+    }
+    let tenant = view
+        .tenant(&instance.tenant)
+        .map_err(store_failure)?
+        .filter(|t| t.status == Status::Active)
+        .ok_or_else(|| ApiError::new(ErrorCode::TenantInactive, "tenant is disabled"))?;
+    facts.binding = Some(instance.binding.clone());
+    // The binding must belong to the tenant the store derived: an instance record pointing
+    // at another tenant's binding is refused, whatever its status.
+    let binding = view
+        .binding(&instance.binding)
+        .map_err(store_failure)?
+        .filter(|b| b.tenant == tenant.id)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BindingInactive,
+                "instance has no binding of its tenant",
+            )
+        })?;
+    facts.provider = Some(binding.provider.clone());
+    if binding.status != Status::Active {
+        return Err(ApiError::new(
+            ErrorCode::BindingInactive,
+            "binding is disabled",
+        ));
+    }
+    let provider = registry.get(&binding.provider).cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::BindingInactive,
+            "binding's provider is not available in this build",
+        )
+    })?;
+    Ok(VerifiedChain {
+        worker: worker_id.clone(),
+        instance,
+        tenant,
+        binding,
+        provider,
+        _proof: ChainProof,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::ids::OperatorId;
+
+    /// An in-memory view; `fail` makes every read fail like a broken backend.
+    #[derive(Default)]
+    struct View {
+        workers: HashMap<WorkerId, Arc<Worker>>,
+        instances: HashMap<InstanceId, Arc<Instance>>,
+        tenants: HashMap<TenantId, Arc<Tenant>>,
+        bindings: HashMap<BindingId, Arc<Binding>>,
+        fail: bool,
+    }
+
+    fn read<K: std::hash::Hash + Eq, V>(
+        fail: bool,
+        map: &HashMap<K, Arc<V>>,
+        k: &K,
+    ) -> Result<Option<Arc<V>>, StoreError> {
+        if fail {
+            return Err(StoreError::Backend("disk on fire".into()));
+        }
+        Ok(map.get(k).cloned())
+    }
+
+    impl ChainView for View {
+        fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
+            read(self.fail, &self.workers, id)
+        }
+        fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
+            read(self.fail, &self.instances, id)
+        }
+        fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+            read(self.fail, &self.tenants, id)
+        }
+        fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
+            read(self.fail, &self.bindings, id)
+        }
+    }
+
+    fn tid(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+    fn wid(s: &str) -> WorkerId {
+        WorkerId::parse(s).unwrap()
+    }
+    fn iid(s: &str) -> InstanceId {
+        InstanceId::parse(s).unwrap()
+    }
+    fn bid(s: &str) -> BindingId {
+        BindingId::parse(s).unwrap()
+    }
+
+    /// Tenants t1 and t2, worker w1 (t1 only), instance i1 → binding b1 of t1 (pasted_secret).
+    fn world() -> View {
+        let mut v = View::default();
+        for t in ["t1", "t2"] {
+            v.tenants.insert(
+                tid(t),
+                Arc::new(Tenant {
+                    id: tid(t),
+                    name: String::new(),
+                    status: Status::Active,
+                    created_at: String::new(),
+                }),
+            );
+        }
+        v.workers.insert(
+            wid("w1"),
+            Arc::new(Worker {
+                id: wid("w1"),
+                tenants: vec![tid("t1")],
+                connector_kinds: vec![],
+                status: Status::Active,
+                created_at: String::new(),
+            }),
+        );
+        for (b, t) in [("b1", "t1"), ("b2", "t2")] {
+            v.bindings.insert(
+                bid(b),
+                Arc::new(Binding {
+                    id: bid(b),
+                    tenant: tid(t),
+                    provider: "pasted_secret".into(),
+                    config: json!({}),
+                    ceiling: json!(null),
+                    status: Status::Active,
+                    active_secret_version: Some(1),
+                    last_secret_version: 1,
+                    last_tested_at: None,
+                    last_probe: None,
+                    trust_broken: false,
+                    generation: String::new(),
+                    created_at: String::new(),
+                }),
+            );
+        }
+        v.instances.insert(
+            iid("i1"),
+            Arc::new(Instance {
+                id: iid("i1"),
+                tenant: tid("t1"),
+                connector_kind: "servicenow".into(),
+                binding: bid("b1"),
+                status: Status::Active,
+                created_at: String::new(),
+            }),
+        );
+        v
+    }
+
+    fn worker_peer(name: &str) -> PeerIdentity {
+        PeerIdentity::Worker(wid(name))
+    }
+
+    fn req(instance: &str, tenant: Option<&str>) -> ParsedResolve {
+        ParsedResolve {
+            instance: iid(instance),
+            job_id: None,
+            tenant: tenant.map(tid),
+            min_ttl_s: 0,
+            narrow: None,
+        }
+    }
+
+    fn check(
+        view: &View,
+        peer: Option<&PeerIdentity>,
+        r: &ParsedResolve,
+    ) -> Result<VerifiedChain, Denial> {
+        verify_chain(view, &ProviderRegistry::builtin(), peer, r)
+    }
+
+    fn denied(
+        view: &View,
+        peer: Option<&PeerIdentity>,
+        r: &ParsedResolve,
+    ) -> (ErrorCode, ChainFacts) {
+        match check(view, peer, r) {
+            Ok(_) => panic!("chain verified but should have been refused"),
+            Err(d) => (d.error.code, *d.facts),
+        }
+    }
+
+    fn mutate<T: Clone>(slot: &mut Arc<T>, f: impl FnOnce(&mut T)) {
+        let mut v = (**slot).clone();
+        f(&mut v);
+        *slot = Arc::new(v);
+    }
+
+    #[test]
+    fn a_complete_chain_verifies_and_names_every_link() {
+        let v = world();
+        let chain = check(&v, Some(&worker_peer("w1")), &req("i1", Some("t1"))).unwrap();
+        assert_eq!(chain.worker().as_str(), "w1");
+        assert_eq!(chain.tenant().id.as_str(), "t1");
+        assert_eq!(chain.binding().id.as_str(), "b1");
+        assert_eq!(chain.provider().id(), "pasted_secret");
+        assert_eq!(
+            chain.facts(),
+            ChainFacts {
+                instance: Some(iid("i1")),
+                tenant: Some(tid("t1")),
+                binding: Some(bid("b1")),
+                provider: Some("pasted_secret".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn no_identity_or_an_operator_is_not_a_worker() {
+        let v = world();
+        let op = PeerIdentity::Operator(OperatorId::parse("alice").unwrap());
+        for peer in [None, Some(&op)] {
+            let (code, facts) = denied(&v, peer, &req("i1", None));
+            assert_eq!(code, ErrorCode::WorkerNotAuthorized);
+            assert_eq!(facts.tenant, None, "nothing read before the identity check");
+        }
+    }
+
+    #[test]
+    fn unknown_or_disabled_worker() {
+        let mut v = world();
+        let (code, _) = denied(&v, Some(&worker_peer("w9")), &req("i1", None));
+        assert_eq!(code, ErrorCode::WorkerNotAuthorized);
+        mutate(v.workers.get_mut(&wid("w1")).unwrap(), |w| {
+            w.status = Status::Disabled
+        });
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::WorkerNotAuthorized);
+    }
+
+    #[test]
+    fn unknown_instance() {
+        let v = world();
+        let (code, facts) = denied(&v, Some(&worker_peer("w1")), &req("i9", None));
+        assert_eq!(code, ErrorCode::UnknownInstance);
+        assert_eq!(facts.instance, Some(iid("i9")));
+        assert_eq!(facts.tenant, None);
+    }
+
+    #[test]
+    fn a_worker_of_another_tenant_is_refused() {
+        let mut v = world();
+        mutate(v.workers.get_mut(&wid("w1")).unwrap(), |w| {
+            w.tenants = vec![tid("t2")]
+        });
+        let (code, facts) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::WorkerNotAuthorized);
+        assert_eq!(
+            facts.tenant,
+            Some(tid("t1")),
+            "the store's tenant is recorded"
+        );
+    }
+
+    #[test]
+    fn connector_kind_policy() {
+        let mut v = world();
+        mutate(v.workers.get_mut(&wid("w1")).unwrap(), |w| {
+            w.connector_kinds = vec!["aws".into()]
+        });
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::WorkerNotAuthorized);
+        mutate(v.workers.get_mut(&wid("w1")).unwrap(), |w| {
+            w.connector_kinds = vec!["aws".into(), "servicenow".into()]
+        });
+        assert!(check(&v, Some(&worker_peer("w1")), &req("i1", None)).is_ok());
+    }
+
+    #[test]
+    fn the_request_never_selects_the_tenant() {
+        let v = world();
+        let (code, facts) = denied(&v, Some(&worker_peer("w1")), &req("i1", Some("t2")));
+        assert_eq!(code, ErrorCode::TenantMismatch);
+        assert_eq!(facts.tenant, Some(tid("t1")));
+    }
+
+    #[test]
+    fn inactive_instance() {
+        let mut v = world();
+        mutate(v.instances.get_mut(&iid("i1")).unwrap(), |i| {
+            i.status = Status::Disabled
+        });
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::InstanceInactive);
+    }
+
+    #[test]
+    fn inactive_or_missing_tenant() {
+        let mut v = world();
+        mutate(v.tenants.get_mut(&tid("t1")).unwrap(), |t| {
+            t.status = Status::Disabled
+        });
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::TenantInactive);
+        v.tenants.remove(&tid("t1"));
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::TenantInactive);
+    }
+
+    #[test]
+    fn a_binding_of_another_tenant_is_refused() {
+        let mut v = world();
+        mutate(v.instances.get_mut(&iid("i1")).unwrap(), |i| {
+            i.binding = bid("b2")
+        });
+        let (code, facts) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::BindingInactive);
+        assert_eq!(facts.binding, Some(bid("b2")));
+        assert_eq!(
+            facts.provider, None,
+            "another tenant's binding is not described"
+        );
+    }
+
+    #[test]
+    fn missing_disabled_or_pending_binding() {
+        let mut v = world();
+        for status in [Status::Disabled, Status::PendingActivation] {
+            mutate(v.bindings.get_mut(&bid("b1")).unwrap(), |b| {
+                b.status = status
+            });
+            let (code, facts) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+            assert_eq!(code, ErrorCode::BindingInactive);
+            assert_eq!(facts.provider.as_deref(), Some("pasted_secret"));
+        }
+        v.bindings.remove(&bid("b1"));
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::BindingInactive);
+    }
+
+    #[test]
+    fn a_provider_missing_from_this_build() {
+        let mut v = world();
+        mutate(v.bindings.get_mut(&bid("b1")).unwrap(), |b| {
+            b.provider = "not_built_in".into()
+        });
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::BindingInactive);
+    }
+
+    #[test]
+    fn a_store_failure_is_internal_never_a_grant() {
+        let mut v = world();
+        v.fail = true;
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::Internal);
+    }
+}

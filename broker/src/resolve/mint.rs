@@ -1,0 +1,134 @@
+//! One upstream mint for a verified chain.
+//!
+//! A [`MintJob`] owns everything the mint needs — the provider, the binding, who it is for,
+//! the opened secret, the deadline, the circuit breakers and the mint metrics — and nothing
+//! else: no handle back to the broker, so a mint can outlive the request that started it
+//! (single flight) without reaching into shared state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
+use credbroker_providers::{
+    BindingContext, IssuedCredential, MintRequest, Narrowing, Provider, ProviderError, SecretFields,
+};
+
+use crate::breaker::{Admission, Breakers};
+use crate::metrics::{ProviderLabel, SubjectLabels};
+use crate::model::Binding;
+
+use super::chain::VerifiedChain;
+
+/// The metrics a mint updates.
+#[derive(Clone)]
+pub struct MintMetrics {
+    /// Upstream mints by provider and subject.
+    pub mints: Family<SubjectLabels, Counter>,
+    /// Upstream mint latency by provider.
+    pub mint_latency: Family<ProviderLabel, Histogram>,
+}
+
+/// One mint, owning everything it needs.
+pub struct MintJob {
+    provider: Arc<dyn Provider>,
+    binding: Arc<Binding>,
+    instance: String,
+    worker: String,
+    narrowing: Narrowing,
+    secret: Option<SecretFields>,
+    timeout: Duration,
+    breakers: Arc<Breakers>,
+    metrics: MintMetrics,
+}
+
+impl MintJob {
+    /// A mint for `chain` with `narrowing` (already checked against the binding's ceiling) and
+    /// the binding's opened secret, when its provider needs one.
+    pub fn new(
+        chain: &VerifiedChain,
+        narrowing: Narrowing,
+        secret: Option<SecretFields>,
+        timeout: Duration,
+        breakers: Arc<Breakers>,
+        metrics: MintMetrics,
+    ) -> MintJob {
+        MintJob {
+            provider: Arc::clone(chain.provider()),
+            binding: Arc::clone(chain.binding()),
+            instance: chain.instance().id.to_string(),
+            worker: chain.worker().to_string(),
+            narrowing,
+            secret,
+            timeout,
+            breakers,
+            metrics,
+        }
+    }
+
+    /// Runs the mint within the deadline, through the provider's circuit breaker.
+    ///
+    /// # Errors
+    /// The provider's error; `Unavailable` when the circuit is open or the deadline passes.
+    pub async fn run(self) -> Result<IssuedCredential, ProviderError> {
+        let request = MintRequest {
+            binding: BindingContext {
+                tenant_id: self.binding.tenant.as_str(),
+                binding_id: self.binding.id.as_str(),
+                config: &self.binding.config,
+                ceiling: &self.binding.ceiling,
+            },
+            instance_id: &self.instance,
+            worker: &self.worker,
+            narrowing: &self.narrowing,
+            secret: self.secret.as_ref(),
+            timeout: self.timeout,
+        };
+        let provider_id = self.provider.id();
+        if let Admission::Open(retry) = self.breakers.admit(provider_id) {
+            return Err(ProviderError::Unavailable {
+                message: format!(
+                    "{provider_id} upstream is failing; circuit open, next attempt in {} ms",
+                    retry.as_millis()
+                ),
+                upstream_request_id: None,
+            });
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.provider.mint(&request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::Unavailable {
+                    message: format!("mint did not finish within {} ms", self.timeout.as_millis()),
+                    upstream_request_id: None,
+                })
+            });
+        let unavailable = matches!(result, Err(ProviderError::Unavailable { .. }));
+        if self.breakers.record(provider_id, unavailable) {
+            tracing::warn!(
+                provider = provider_id,
+                "upstream failing repeatedly: circuit opened, cold mints fail fast"
+            );
+        }
+        if let Ok(cred) = &result {
+            if let Some(subject) = &cred.subject {
+                self.metrics
+                    .mints
+                    .get_or_create(&SubjectLabels {
+                        provider: provider_id.to_owned(),
+                        subject: subject.clone(),
+                    })
+                    .inc();
+            }
+        }
+        self.metrics
+            .mint_latency
+            .get_or_create(&ProviderLabel {
+                provider: provider_id.to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}

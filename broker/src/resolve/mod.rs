@@ -1,0 +1,411 @@
+//! `POST /v1/resolve`: parse → [`verify_chain`] → narrow → mint through the token cache →
+//! one audit record → answer.
+//!
+//! State flows forward: each step returns a typed value, and the audit record is built once,
+//! from the [`Decision`], after the fact. Whatever the outcome, exactly one audit record is
+//! made durable before the response is written; if that fails, the resolve fails closed with
+//! `audit_unavailable` and the credential is dropped (zeroized) unsent. The resolve path makes
+//! no store writes: a binding the upstream says the customer withdrew is flagged afterwards,
+//! through the audited admin pipeline, in its own task.
+
+pub mod chain;
+mod mint;
+pub mod request;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use credbroker_providers::{
+    BindingContext, CachePolicy, IssuedCredential, ProviderError, SecretFields, SecretRequirement,
+};
+
+use crate::admin::AdminOp;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::AuditEvent;
+use crate::broker::{error_answer, Answer, Broker};
+use crate::identity::PeerIdentity;
+use crate::metrics::ResolveLabels;
+use crate::model::rfc3339;
+use crate::token_cache::{CacheKey, Source};
+
+pub use chain::{verify_chain, worker_of, ChainFacts, ChainView, Denial, VerifiedChain};
+pub use mint::MintMetrics;
+pub use request::{parse_resolve_request, ParsedResolve, MAX_MIN_TTL_S};
+
+use mint::MintJob;
+
+/// Audit detail of a resolve whose upstream said the customer withdrew the trust.
+const TRUST_BROKEN_DETAIL: &str = "upstream denied: binding flagged trust_broken";
+
+/// A granted resolve.
+struct Granted {
+    facts: ChainFacts,
+    credential: Arc<IssuedCredential>,
+    source: Source,
+}
+
+/// A refused resolve.
+struct Refused {
+    error: ApiError,
+    facts: ChainFacts,
+    /// The upstream's request id, when the upstream was asked.
+    upstream_request_id: Option<String>,
+    /// The binding generation to flag `trust_broken`, when the upstream said the customer
+    /// withdrew the trust.
+    trust_broken: Option<String>,
+}
+
+impl From<Denial> for Refused {
+    fn from(d: Denial) -> Self {
+        Refused {
+            error: d.error,
+            facts: *d.facts,
+            upstream_request_id: None,
+            trust_broken: None,
+        }
+    }
+}
+
+/// What a resolve decided, before it is audited.
+struct Decision {
+    job_id: Option<String>,
+    result: Result<Granted, Refused>,
+}
+
+impl Broker {
+    /// Handles one `POST /v1/resolve`. `body` is the request body, or the error reading it
+    /// produced (too large, timed out) so that the attempt is still audited.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        peer: Option<&PeerIdentity>,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        let started = Instant::now();
+        let decision = self.decide(peer, body).await;
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let actor = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
+        let credentials_json = match &decision.result {
+            Ok(granted) => Some(granted.credential.credentials.to_json_zeroizing()),
+            Err(_) => None,
+        };
+        let fingerprint = credentials_json
+            .as_ref()
+            .map(|json| self.fingerprint.fingerprint(json));
+        let event = audit_event(&decision, request_id, actor, fingerprint, latency_us);
+        let outcome = event.outcome.clone();
+        let provider_label = event.provider.clone().unwrap_or_else(|| "none".into());
+        let receipt = self.audit.append(event).await;
+        let facts = match &decision.result {
+            Ok(g) => &g.facts,
+            Err(r) => &r.facts,
+        };
+        let (tenant, instance) = (
+            facts
+                .tenant
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            facts
+                .instance
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        );
+        let worker = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
+        let answer = match (receipt, &decision.result, credentials_json) {
+            (Err(audit_err), _, _) => {
+                tracing::error!(request_id, error = %audit_err, "resolve failed closed: audit unavailable");
+                let err = ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit record could not be made durable; nothing was issued",
+                );
+                self.count(err.code.as_str(), "failed", &provider_label);
+                error_answer(&err, None, request_id)
+            }
+            (Ok(receipt), Ok(granted), Some(json)) => {
+                tracing::info!(
+                    request_id,
+                    worker = %worker,
+                    tenant = %tenant,
+                    instance = %instance,
+                    provider = %provider_label,
+                    cached = granted.source != Source::Minted,
+                    audit_id = %receipt.audit_id,
+                    "resolve allowed"
+                );
+                self.count("none", "allowed", &provider_label);
+                success_answer(granted, &json, &receipt.audit_id, request_id)
+            }
+            (Ok(receipt), Err(refused), _) => {
+                tracing::info!(
+                    request_id,
+                    worker = %worker,
+                    tenant = %tenant,
+                    instance = %instance,
+                    code = %refused.error.code,
+                    audit_id = %receipt.audit_id,
+                    "resolve refused"
+                );
+                self.count(refused.error.code.as_str(), &outcome, &provider_label);
+                if let (Some(generation), Some(binding)) =
+                    (&refused.trust_broken, &refused.facts.binding)
+                {
+                    self.flag_trust_broken(binding.to_string(), generation.clone(), request_id);
+                }
+                error_answer(&refused.error, Some(&receipt.audit_id), request_id)
+            }
+            (Ok(receipt), Ok(_), None) => {
+                let err = ApiError::new(ErrorCode::Internal, "credential serialization failed");
+                error_answer(&err, Some(&receipt.audit_id), request_id)
+            }
+        };
+        self.metrics
+            .resolve_latency
+            .observe(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    fn count(&self, code: &str, outcome: &str, provider: &str) {
+        self.metrics
+            .resolves
+            .get_or_create(&ResolveLabels {
+                outcome: outcome.to_owned(),
+                provider: provider.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Flags a binding `trust_broken` through the audited admin pipeline, in its own task:
+    /// off the response path, and not cancelled if the client goes away.
+    fn flag_trust_broken(self: &Arc<Self>, binding: String, generation: String, request_id: &str) {
+        let broker = Arc::clone(self);
+        let request_id = format!("{request_id}.flag");
+        tokio::spawn(async move {
+            let op = AdminOp::FlagTrustBroken {
+                binding: binding.clone(),
+                generation,
+            };
+            match broker.admin("broker", op, &request_id).await {
+                Ok(_) => tracing::warn!(binding, "upstream denied: binding flagged trust_broken; the customer may have removed or changed the trust"),
+                Err((e, _)) => tracing::error!(binding, error = %e.message, "could not flag binding trust_broken"),
+            }
+        });
+    }
+
+    async fn decide(
+        self: &Arc<Self>,
+        peer: Option<&PeerIdentity>,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+    ) -> Decision {
+        // The caller's identity is checked before its body is looked at.
+        let refuse = |error: ApiError| Decision {
+            job_id: None,
+            result: Err(Refused::from(Denial {
+                error,
+                facts: Box::default(),
+            })),
+        };
+        if let Err(e) = worker_of(peer) {
+            return refuse(e);
+        }
+        let request = match body.and_then(|b| parse_resolve_request(&b)) {
+            Ok(r) => r,
+            Err(e) => return refuse(e),
+        };
+        let result = match verify_chain(&self.records, &self.registry, peer, &request) {
+            Ok(chain) => self.grant(&chain, &request).await,
+            Err(denial) => Err(denial.into()),
+        };
+        Decision {
+            job_id: request.job_id,
+            result,
+        }
+    }
+
+    /// Narrows and mints (or serves from the token cache) for a verified chain.
+    async fn grant(
+        &self,
+        chain: &VerifiedChain,
+        request: &ParsedResolve,
+    ) -> Result<Granted, Refused> {
+        let facts = chain.facts();
+        let refused = |error: ApiError| Refused {
+            error,
+            facts: facts.clone(),
+            upstream_request_id: None,
+            trust_broken: None,
+        };
+        let binding = chain.binding();
+        let provider = chain.provider();
+        let ctx = BindingContext {
+            tenant_id: binding.tenant.as_str(),
+            binding_id: binding.id.as_str(),
+            config: &binding.config,
+            ceiling: &binding.ceiling,
+        };
+        let narrowing = provider
+            .normalize_narrowing(&ctx, request.narrow.as_ref())
+            .map_err(|e| refused(e.into()))?;
+        if provider.secret_requirement() == SecretRequirement::Required
+            && binding.active_secret_version.is_none()
+        {
+            return Err(refused(ProviderError::SecretMissing.into()));
+        }
+        // Built only when a mint actually runs (not on a cache hit); the secret is opened
+        // then, so plaintext lives for one mint only.
+        let job = || {
+            let secret = match provider.secret_requirement() {
+                SecretRequirement::Required => self.open_active_secret(binding).map(Some),
+                SecretRequirement::None => Ok(None::<SecretFields>),
+            };
+            let job = secret.map(|secret| {
+                MintJob::new(
+                    chain,
+                    narrowing.clone(),
+                    secret,
+                    self.mint_timeout(),
+                    Arc::clone(&self.breakers),
+                    self.mint_metrics(),
+                )
+            });
+            async move { job?.run().await }
+        };
+        let minted = match provider.cache_policy() {
+            CachePolicy::Never => job().await.map(|c| (Arc::new(c), Source::Minted)),
+            CachePolicy::UntilExpiry => {
+                let scope = provider.credential_scope(&ctx);
+                let key = CacheKey {
+                    tenant: binding.tenant.to_string(),
+                    binding: binding.id.to_string(),
+                    generation: binding.generation.clone(),
+                    secret_version: binding.active_secret_version.unwrap_or(0),
+                    narrowing: narrowing.canonical.clone(),
+                    instance: scope.instance.then(|| chain.instance().id.to_string()),
+                    worker: scope.worker.then(|| chain.worker().to_string()),
+                };
+                let got = self.cache.get_or_mint(key, request.min_ttl_s, job).await;
+                match &got {
+                    Ok((_, Source::Cached)) => {
+                        self.metrics.cache_hits.inc();
+                    }
+                    Ok(_) => {
+                        self.metrics.cache_misses.inc();
+                    }
+                    Err(_) => {}
+                }
+                got
+            }
+        };
+        match minted {
+            Ok((credential, source)) => Ok(Granted {
+                facts,
+                credential,
+                source,
+            }),
+            Err(e) => {
+                let trust_broken = matches!(
+                    e,
+                    ProviderError::Denied {
+                        trust_broken: true,
+                        ..
+                    }
+                )
+                .then(|| binding.generation.clone());
+                Err(Refused {
+                    upstream_request_id: e.upstream_request_id().map(str::to_owned),
+                    trust_broken,
+                    error: e.into(),
+                    facts,
+                })
+            }
+        }
+    }
+}
+
+/// The one audit record of a resolve, built from its decision.
+fn audit_event(
+    decision: &Decision,
+    request_id: &str,
+    actor: String,
+    token_fingerprint: Option<String>,
+    latency_us: u64,
+) -> AuditEvent {
+    let (facts, outcome) = match &decision.result {
+        Ok(g) => (&g.facts, "allowed"),
+        Err(r)
+            if matches!(
+                r.error.code,
+                ErrorCode::ProviderUnavailable | ErrorCode::Internal
+            ) =>
+        {
+            (&r.facts, "failed")
+        }
+        Err(r) => (&r.facts, "denied"),
+    };
+    let mut event = AuditEvent {
+        kind: "resolve".into(),
+        action: "resolve".into(),
+        request_id: request_id.to_owned(),
+        actor,
+        tenant: facts.tenant.as_ref().map(ToString::to_string),
+        instance: facts.instance.as_ref().map(ToString::to_string),
+        binding: facts.binding.as_ref().map(ToString::to_string),
+        provider: facts.provider.clone(),
+        outcome: outcome.to_owned(),
+        job_id: decision.job_id.clone(),
+        latency_us,
+        ..Default::default()
+    };
+    match &decision.result {
+        Ok(g) => {
+            event.cached = Some(g.source != Source::Minted);
+            event.token_fingerprint = token_fingerprint;
+            event.upstream_request_id = g.credential.upstream_request_id.clone();
+        }
+        Err(r) => {
+            event.error_code = Some(r.error.code.as_str().to_owned());
+            event.upstream_request_id = r.upstream_request_id.clone();
+            if r.trust_broken.is_some() {
+                event.detail = Some(TRUST_BROKEN_DETAIL.to_owned());
+            }
+        }
+    }
+    event
+}
+
+fn success_answer(
+    granted: &Granted,
+    credentials_json: &[u8],
+    audit_id: &str,
+    request_id: &str,
+) -> Answer {
+    let cred = &granted.credential;
+    let mut head = json!({
+        "provider": granted.facts.provider,
+        "kind": cred.kind,
+        "expires_at": cred.expires_at.map(rfc3339),
+        "cached": granted.source != Source::Minted,
+        "audit_id": audit_id,
+        "request_id": request_id,
+    });
+    if !cred.details.is_null() {
+        head["details"] = cred.details.clone();
+    }
+    let head = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+    // Splice `"credentials":{…}` into the object without copying the secret into a
+    // non-zeroizing buffer.
+    let mut body = Zeroizing::new(Vec::with_capacity(head.len() + credentials_json.len() + 20));
+    body.extend_from_slice(&head[..head.len().saturating_sub(1)]);
+    body.extend_from_slice(b",\"credentials\":");
+    body.extend_from_slice(credentials_json);
+    body.push(b'}');
+    Answer {
+        status: http::StatusCode::OK,
+        body,
+    }
+}
