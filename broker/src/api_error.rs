@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-use credbroker_providers::ProviderError;
+use credbroker_providers::{ProviderError, RefusalReason};
 
 /// One API failure: a code from the closed set plus an operator/worker-facing message that
 /// never contains secret material.
@@ -195,10 +195,10 @@ impl From<ProviderError> for ApiError {
             ProviderError::Denied { .. } => ErrorCode::ProviderDenied,
             ProviderError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
             ProviderError::Internal(_) => ErrorCode::Internal,
-            ProviderError::ActivationRefused { code, .. } => match *code {
-                "external_id_not_enforced" => ErrorCode::ExternalIdNotEnforced,
-                "account_mismatch" => ErrorCode::AccountMismatch,
-                _ => ErrorCode::ActivationFailed,
+            ProviderError::ActivationRefused { reason, .. } => match reason {
+                RefusalReason::ExternalIdNotEnforced => ErrorCode::ExternalIdNotEnforced,
+                RefusalReason::AccountMismatch => ErrorCode::AccountMismatch,
+                RefusalReason::Other => ErrorCode::ActivationFailed,
             },
         };
         ApiError::new(code, e.to_string())

@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Directory holding `store/`, `audit/` and (by default) `keys/`.
@@ -38,29 +40,22 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
-    /// Federated providers; each is enabled by its section.
-    #[serde(default)]
-    pub providers: ProviderSettings,
+    /// Federated providers: `[providers.<id>]` enables provider `<id>` with the settings
+    /// its module documents (the providers crate parses them; unknown ids are errors).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, toml::Value>,
     /// The public callback listener (optional).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<PublicSettings>,
-}
-
-/// `[providers.*]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSettings {
-    /// `[providers.aws_assume_role]`: enables AWS AssumeRole bindings.
-    #[serde(default)]
-    pub aws_assume_role: Option<credbroker_providers::aws::AwsSettings>,
-    /// `[providers.github_app]`: enables GitHub App bindings.
-    #[serde(default)]
-    pub github_app: Option<credbroker_providers::github::GithubSettings>,
+    /// The directory of the config file: relative paths, including those in provider
+    /// sections, are resolved against it.
+    #[serde(skip)]
+    pub config_dir: PathBuf,
 }
 
 /// `[public]`: the optional public TLS listener for provider callbacks (install redirects,
 /// webhooks). No client certificates; every callback is verified before it changes anything.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicSettings {
     /// Listener address.
@@ -79,7 +74,7 @@ fn default_state_ttl() -> u64 {
 }
 
 /// `[tls]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// Server certificate chain (PEM).
@@ -89,33 +84,33 @@ pub struct TlsSettings {
     /// CA bundle that worker and operator certificates must chain to (PEM).
     pub client_ca: PathBuf,
     /// Optional CRL file (PEM, one or more CRLs) checked on every handshake.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crl: Option<PathBuf>,
 }
 
 /// `[keys]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySettings {
     /// KEK keyring file (default `<data_dir>/keys/kek.json`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek_file: Option<PathBuf>,
     /// Name of an environment variable holding the keyring JSON instead of a file.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek_env: Option<String>,
     /// Audit signing key (default `<data_dir>/keys/audit-signing.key`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_key_file: Option<PathBuf>,
     /// Audit public key (default `<data_dir>/keys/audit-signing.pub`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_public_key_file: Option<PathBuf>,
     /// Token fingerprint HMAC key (default `<data_dir>/keys/fingerprint.key`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint_key_file: Option<PathBuf>,
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Concurrent connections; further connections are closed at accept.
@@ -149,7 +144,7 @@ impl Default for Limits {
 }
 
 /// `[audit]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
     /// Most records per group commit (one fdatasync).
@@ -171,7 +166,7 @@ impl Default for AuditSettings {
 }
 
 /// `[cache]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
     /// Most cached tokens.
@@ -200,7 +195,7 @@ impl Default for CacheSettings {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable.
@@ -211,7 +206,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// Format.
@@ -239,6 +234,30 @@ fn default_listen() -> SocketAddr {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// A config with every default for `data_dir`: what dev mode writes, and what offline
+    /// commands use for a data directory without a config file. Paths are taken as given.
+    pub fn with_defaults(
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        trust_domain: &str,
+        tls: TlsSettings,
+    ) -> Config {
+        Config {
+            data_dir,
+            listen,
+            trust_domain: trust_domain.to_owned(),
+            tls,
+            keys: KeySettings::default(),
+            limits: Limits::default(),
+            audit: AuditSettings::default(),
+            cache: CacheSettings::default(),
+            log: LogSettings::default(),
+            providers: BTreeMap::new(),
+            public: None,
+            config_dir: PathBuf::new(),
+        }
+    }
+
     /// Reads and validates a config file.
     ///
     /// # Errors
@@ -255,16 +274,8 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-            // Drop `.` components so paths print the way operators wrote them.
-            *p = p
-                .components()
-                .filter(|c| !matches!(c, std::path::Component::CurDir))
-                .collect();
-        };
+        let fix = |p: &mut PathBuf| credbroker_providers::resolve_path(base, p);
+        self.config_dir = base.to_owned();
         fix(&mut self.data_dir);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
@@ -284,12 +295,6 @@ impl Config {
         if let Some(public) = self.public.as_mut() {
             fix(&mut public.cert);
             fix(&mut public.key);
-        }
-        if let Some(aws) = self.providers.aws_assume_role.as_mut() {
-            aws.paths_mut().into_iter().for_each(fix);
-        }
-        if let Some(github) = self.providers.github_app.as_mut() {
-            github.paths_mut().into_iter().for_each(fix);
         }
     }
 
@@ -327,6 +332,20 @@ impl Config {
             return Err(ConfigError(
                 "audit.max_batch and audit.checkpoint_every_records must be positive".into(),
             ));
+        }
+        if let Some(id) = self
+            .providers
+            .keys()
+            .find(|id| credbroker_providers::descriptor(id).is_none())
+        {
+            return Err(ConfigError(format!(
+                "[providers.{id}]: no such provider in this build (known: {})",
+                credbroker_providers::CATALOG
+                    .iter()
+                    .map(|d| d.id)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
         if self.keys.kek_file.is_some() && self.keys.kek_env.is_some() {
             return Err(ConfigError(
@@ -448,12 +467,12 @@ ceiling_file = "policies/github.json"
         let public = c.public.as_ref().unwrap();
         assert_eq!(public.cert, dir.path().join("pub.crt"));
         assert_eq!(public.key, dir.path().join("pub.key"));
-        let aws = c.providers.aws_assume_role.as_ref().unwrap();
-        assert_eq!(aws.ceiling_file, dir.path().join("policies/aws.json"));
-        let gh = c.providers.github_app.as_ref().unwrap();
-        assert_eq!(gh.webhook_secret_file, dir.path().join("gh/webhook.secret"));
-        assert_eq!(gh.private_key_file, Some(dir.path().join("gh/app.pem")));
-        assert_eq!(gh.ceiling_file, dir.path().join("policies/github.json"));
+        // Provider sections are resolved by the providers themselves, against config_dir.
+        assert_eq!(c.config_dir, dir.path());
+        let aws = c.providers.get("aws_assume_role").unwrap();
+        let mut ceiling = PathBuf::from(aws["ceiling_file"].as_str().unwrap());
+        credbroker_providers::resolve_path(&c.config_dir, &mut ceiling);
+        assert_eq!(ceiling, dir.path().join("policies/aws.json"));
         assert_eq!(c.tls.client_ca, dir.path().join("ca.crt"));
     }
 }

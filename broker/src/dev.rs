@@ -17,7 +17,7 @@ use credbroker_providers::SecretFields;
 
 use crate::admin::{AdminOp, NewBinding, NewInstance, NewTenant, NewWorker};
 use crate::broker::{Broker, BrokerKeys};
-use crate::config::Config;
+use crate::config::{Config, TlsSettings};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use crate::keys::write_private_file;
 use crate::pki::CertAuthority;
@@ -109,15 +109,21 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> 
     }
     let data_dir = data_dir.canonicalize().map_err(dev_err)?;
     ensure_pki(&data_dir)?;
+    // Written from the config type itself, so the file always parses as the daemon reads it.
+    let written = Config::with_defaults(
+        PathBuf::from("."),
+        listen,
+        DEV_TRUST_DOMAIN,
+        TlsSettings {
+            cert: PathBuf::from("pki/server.crt"),
+            key: PathBuf::from("pki/server.key"),
+            client_ca: PathBuf::from("pki/ca.crt"),
+            crl: None,
+        },
+    );
     let config_text = format!(
-        "# Written by `credbroker dev`: development only.\n\
-         data_dir = \".\"\n\
-         listen = \"{listen}\"\n\
-         trust_domain = \"{DEV_TRUST_DOMAIN}\"\n\n\
-         [tls]\n\
-         cert = \"pki/server.crt\"\n\
-         key = \"pki/server.key\"\n\
-         client_ca = \"pki/ca.crt\"\n"
+        "# Written by `credbroker dev`: development only.\n{}",
+        toml::to_string(&written).map_err(dev_err)?
     );
     let config_path = data_dir.join("credbroker.toml");
     write_public(&config_path, &config_text)?;
@@ -164,7 +170,7 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
             AdminOp::AddBinding(NewBinding {
                 id: binding.clone(),
                 tenant: tenant.clone(),
-                provider: "pasted_secret".into(),
+                provider: credbroker_providers::DEMO_PROVIDER.into(),
                 config: json!({ "note": "demo pasted secret created by credbroker dev" }),
                 ceiling: serde_json::Value::Null,
             }),

@@ -26,7 +26,6 @@ pub mod lint;
 pub mod metrics;
 pub mod model;
 pub mod pki;
-pub mod registry;
 pub mod resolve;
 pub mod seal;
 pub mod server;

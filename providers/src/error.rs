@@ -33,10 +33,10 @@ pub enum ProviderError {
         trust_broken: bool,
     },
     /// An activation probe found the binding unsafe or wrong; it stays inactive.
-    #[error("activation refused ({code}): {message}")]
+    #[error("activation refused ({}): {message}", reason.code())]
     ActivationRefused {
-        /// Stable reason code, e.g. `external_id_not_enforced`, `account_mismatch`.
-        code: &'static str,
+        /// Why, as a typed reason the core maps to its error code.
+        reason: RefusalReason,
         /// What the customer must fix.
         message: String,
         /// The upstream's request id, for the audit log.
@@ -53,6 +53,30 @@ pub enum ProviderError {
         /// The upstream's request id, for the audit log.
         upstream_request_id: Option<String>,
     },
+}
+
+/// Why an activation probe refused a binding. Each reason maps to one error code of the
+/// closed set (the core's mapping is exhaustive, so a new reason cannot go unmapped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The customer's trust accepts the broker without the broker-made isolation value
+    /// (AWS: AssumeRole succeeds without the ExternalId).
+    ExternalIdNotEnforced,
+    /// The upstream answered for another account or tenant than the binding names.
+    AccountMismatch,
+    /// Another stated reason.
+    Other,
+}
+
+impl RefusalReason {
+    /// The stable code (`external_id_not_enforced`, `account_mismatch`, `activation_failed`).
+    pub fn code(self) -> &'static str {
+        match self {
+            RefusalReason::ExternalIdNotEnforced => "external_id_not_enforced",
+            RefusalReason::AccountMismatch => "account_mismatch",
+            RefusalReason::Other => "activation_failed",
+        }
+    }
 }
 
 impl ProviderError {

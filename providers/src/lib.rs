@@ -23,17 +23,20 @@
 pub mod aws;
 mod error;
 pub mod github;
-mod pasted_secret;
+pub mod pasted_secret;
 mod provider;
-mod registry;
+pub mod registry;
 mod secret;
 
-pub use error::ProviderError;
+pub use error::{ProviderError, RefusalReason};
 pub use pasted_secret::PastedSecret;
 pub use provider::{
-    BindingContext, CachePolicy, CallbackEvent, Callbacks, CredentialScope, IssuedCredential,
-    MintRequest, Narrowing, PlatformKey, ProbeReport, Provider, SecretRequirement, SetupRedirect,
-    TenantParameter,
+    BindingContext, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement, CredentialScope,
+    IssuedCredential, MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport,
+    Provider, Revocation, SecretRequirement, SetupRedirect, TenantParameter,
 };
-pub use registry::{ProviderId, ProviderRegistry, KNOWN_PROVIDERS};
+pub use registry::{
+    descriptor, resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget,
+    FlagValue, KeysCli, ProviderDescriptor, ProviderRegistry, TemplateLint, CATALOG, DEMO_PROVIDER,
+};
 pub use secret::{validate_field_name, SecretFields};

@@ -201,7 +201,27 @@ pub struct TenantParameter {
     pub length: usize,
 }
 
+/// How a provider keeps what it issues within the binding's ceiling. The provider
+/// conformance suite checks each provider against the mode it declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeilingEnforcement {
+    /// The ceiling (or the narrowing within it) is sent upstream with every mint, so the
+    /// upstream issues nothing beyond it (AWS session policies, GitHub token permissions).
+    Upstream,
+    /// The upstream decides the scope; the provider checks the issued credential and refuses
+    /// one beyond the ceiling.
+    Verified,
+    /// The credential's scope is fixed outside the request: any `narrow` is refused.
+    Fixed,
+    /// The broker itself cuts the credential down to the ceiling (pasted secret fields).
+    Local,
+}
+
 /// One credential source. Implementations must be cheap to share (`Arc<dyn Provider>`).
+///
+/// Optional capabilities are separate small traits a provider hands out when it has them
+/// ([`Provider::probe`], [`Provider::callbacks`], [`Provider::platform_keys`],
+/// [`Provider::revocation`]); the core never calls a method that fails for lack of support.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// The provider's registry name (e.g. `pasted_secret`).
@@ -213,10 +233,14 @@ pub trait Provider: Send + Sync + 'static {
     /// Whether minted credentials may be cached.
     fn cache_policy(&self) -> CachePolicy;
 
+    /// How issued credentials are kept within the binding's ceiling.
+    fn ceiling_enforcement(&self) -> CeilingEnforcement;
+
     /// Checks a binding's configuration and ceiling when the binding is added.
     ///
     /// # Errors
-    /// [`ProviderError::InvalidConfig`] when either is malformed for this provider.
+    /// [`ProviderError::InvalidConfig`] when either is malformed for this provider, or the
+    /// ceiling cannot be enforced the way [`Provider::ceiling_enforcement`] says.
     fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError>;
 
     /// The binding's ceiling in a form operators can read (shown in binding details).
@@ -233,7 +257,7 @@ pub trait Provider: Send + Sync + 'static {
         narrow: Option<&Value>,
     ) -> Result<Narrowing, ProviderError>;
 
-    /// Produces one credential.
+    /// Produces one credential: with no narrowing, at exactly the binding's ceiling.
     ///
     /// # Errors
     /// Any [`ProviderError`]; upstream failures are `Denied` or `Unavailable`.
@@ -257,58 +281,6 @@ pub trait Provider: Send + Sync + 'static {
         &[]
     }
 
-    /// Whether a new binding stays inactive until [`Provider::probe`] passes.
-    fn requires_activation(&self) -> bool {
-        false
-    }
-
-    /// The name of the platform key this provider signs with (e.g. `github_app`), if any.
-    fn platform_key_kind(&self) -> Option<&'static str> {
-        None
-    }
-
-    /// Checks a platform key before it is stored; returns a non-secret fingerprint.
-    ///
-    /// # Errors
-    /// [`ProviderError::InvalidConfig`] when the material is not a usable key.
-    fn check_platform_key(&self, _material: &SecretFields) -> Result<String, ProviderError> {
-        Err(ProviderError::InvalidConfig(
-            "this provider uses no platform key".into(),
-        ))
-    }
-
-    /// Installs the active platform keys, preferred (most recently activated) first.
-    ///
-    /// # Errors
-    /// When a key cannot be used.
-    fn set_platform_keys(&self, _keys: Vec<PlatformKey>) -> Result<(), ProviderError> {
-        Ok(())
-    }
-
-    /// Whether issued credentials can be revoked upstream before they expire.
-    fn can_revoke(&self) -> bool {
-        false
-    }
-
-    /// Revokes one issued credential upstream (e.g. after a platform key compromise).
-    ///
-    /// # Errors
-    /// When the upstream refuses or cannot be reached, or revocation is unsupported.
-    async fn revoke(
-        &self,
-        _credential: &IssuedCredential,
-        _timeout: Duration,
-    ) -> Result<(), ProviderError> {
-        Err(ProviderError::Internal(
-            "this provider cannot revoke credentials".into(),
-        ))
-    }
-
-    /// Inbound callbacks, when the provider has any.
-    fn callbacks(&self) -> Option<&dyn Callbacks> {
-        None
-    }
-
     /// Non-secret facts an operator hands to the customer for onboarding (vendor account id,
     /// template parameters), given the tenant's generated parameters.
     fn onboarding(
@@ -319,9 +291,69 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
-    /// Checks that the binding works end to end without handing out a credential.
+    /// The end-to-end check of a binding, when the provider has one.
+    fn probe(&self) -> Option<&dyn Probe> {
+        None
+    }
+
+    /// Inbound callbacks, when the provider has any.
+    fn callbacks(&self) -> Option<&dyn Callbacks> {
+        None
+    }
+
+    /// The broker's own keys for this provider (e.g. the GitHub App private key), when it
+    /// signs with any.
+    fn platform_keys(&self) -> Option<&dyn PlatformKeys> {
+        None
+    }
+
+    /// Upstream revocation of issued credentials, when the upstream offers it.
+    fn revocation(&self) -> Option<&dyn Revocation> {
+        None
+    }
+}
+
+/// Checks that a binding works end to end without handing out a credential.
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// Whether a new binding stays `pending_activation` until this probe passes (the
+    /// customer's trust must be shown to pin the broker's isolation values first).
+    fn gates_activation(&self) -> bool;
+
+    /// Runs the probe.
     ///
     /// # Errors
-    /// Any [`ProviderError`] describing why the binding cannot be activated.
+    /// Any [`ProviderError`] describing why the binding cannot be activated;
+    /// [`ProviderError::ActivationRefused`] when the trust is unsafe or wrong.
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError>;
+}
+
+/// The broker's own signing keys for a provider, sealed in the store under the provider's
+/// id (`/v1/admin/keys/<provider id>`).
+pub trait PlatformKeys: Send + Sync {
+    /// Checks a key before it is stored; returns a non-secret fingerprint.
+    ///
+    /// # Errors
+    /// [`ProviderError::InvalidConfig`] when the material is not a usable key.
+    fn check(&self, material: &SecretFields) -> Result<String, ProviderError>;
+
+    /// Installs the active keys, preferred (most recently activated) first.
+    ///
+    /// # Errors
+    /// When a key cannot be used.
+    fn install(&self, keys: Vec<PlatformKey>) -> Result<(), ProviderError>;
+}
+
+/// Upstream revocation of issued credentials (e.g. after a platform key compromise).
+#[async_trait]
+pub trait Revocation: Send + Sync {
+    /// Revokes one issued credential upstream.
+    ///
+    /// # Errors
+    /// When the upstream refuses or cannot be reached.
+    async fn revoke(
+        &self,
+        credential: &IssuedCredential,
+        timeout: Duration,
+    ) -> Result<(), ProviderError>;
 }

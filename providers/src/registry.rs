@@ -1,49 +1,130 @@
-//! The only place that maps a provider name to code.
+//! The only list of providers, and the registry a daemon runs with.
+//!
+//! Each provider module declares one [`ProviderDescriptor`]: its id, how its
+//! `[providers.<id>]` settings section builds it, what the CLI needs to add, onboard and
+//! key-manage its bindings, and how its shipped templates are linted. [`CATALOG`] lists the
+//! descriptors; adding a provider is its folder plus one line there. The broker core and the
+//! CLI work from the catalog and the [`ProviderRegistry`] and never name a provider.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::{PastedSecret, Provider};
+use crate::Provider;
 
-/// Every provider name the binding model knows (DESIGN.md's table). A binding may name one
-/// only if this build's registry actually holds an implementation for it.
-pub const KNOWN_PROVIDERS: &[&str] = &[
-    "aws_assume_role",
-    "entra_multi_tenant",
-    "gcp_wif",
-    "github_app",
-    "atlassian_forge",
-    "servicenow_oauth",
-    "pasted_secret",
+/// Every provider this build knows, in the order the CLI lists them.
+pub const CATALOG: &[&ProviderDescriptor] = &[
+    &crate::aws::DESCRIPTOR,
+    &crate::github::DESCRIPTOR,
+    &crate::pasted_secret::DESCRIPTOR,
 ];
 
-/// A validated provider name (`[a-z][a-z0-9_]{1,47}`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProviderId(String);
+/// The provider dev mode's demo binding uses: it needs no upstream and no settings.
+pub const DEMO_PROVIDER: &str = crate::pasted_secret::ID;
 
-impl ProviderId {
-    /// Parses a provider name.
-    ///
-    /// # Errors
-    /// When the name has characters outside `[a-z0-9_]`, does not start with a letter, or is
-    /// not 2–48 characters long.
-    pub fn parse(name: &str) -> Result<Self, String> {
-        let ok = (2..=48).contains(&name.len())
-            && name.as_bytes()[0].is_ascii_lowercase()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if ok {
-            Ok(ProviderId(name.to_owned()))
-        } else {
-            Err(format!("invalid provider name {name:?}"))
-        }
-    }
+/// A provider being built from its settings section.
+pub type BuildFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn Provider>, String>> + Send>>;
 
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+/// How a daemon gets an instance of a provider.
+pub enum Availability {
+    /// Always present; takes no settings section.
+    Builtin(fn() -> Arc<dyn Provider>),
+    /// Present when `[providers.<id>]` is in the config: built from that section, with
+    /// relative paths resolved against the directory given (the config file's).
+    Configured(fn(toml::Value, &Path) -> BuildFuture),
+}
+
+/// The kind of value a CLI flag takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagValue {
+    /// A string.
+    Text,
+    /// A non-negative integer.
+    Integer,
+    /// A switch: present means `true`.
+    Switch,
+    /// A JSON object.
+    JsonObject,
+}
+
+/// Where a flag's value goes in the binding's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagTarget {
+    /// `config[key]`.
+    Key(&'static str),
+    /// The whole `config` object.
+    WholeConfig,
+}
+
+/// One flag of `credbroker binding add <provider>`. The CLI adds the binding id, `--tenant`
+/// and `--ceiling` to every provider's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigFlag {
+    /// The long name, without dashes (`role-arn`).
+    pub long: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// The value's kind.
+    pub value: FlagValue,
+    /// Where it goes.
+    pub target: FlagTarget,
+    /// Whether the flag must be given.
+    pub required: bool,
+}
+
+/// What `credbroker keys <provider> …` needs for a provider with platform keys.
+#[derive(Debug, Clone, Copy)]
+pub struct KeysCli {
+    /// The secret field the key file's content is stored under (`private_key_pem`).
+    pub material_field: &'static str,
+    /// Help for `--from-file`.
+    pub file_help: &'static str,
+}
+
+/// What the CLI needs to know about a provider.
+#[derive(Debug, Clone, Copy)]
+pub struct CliSpec {
+    /// The subcommand name (`credbroker binding add aws`, `credbroker onboard aws`).
+    pub name: &'static str,
+    /// Help for `binding add <name>`.
+    pub about: &'static str,
+    /// The provider's own flags for `binding add <name>`.
+    pub binding_flags: &'static [ConfigFlag],
+    /// Help for `onboard <name>`, when onboarding starts at the broker.
+    pub onboard: Option<&'static str>,
+    /// `keys <name> …`, when the provider signs with platform keys.
+    pub keys: Option<KeysCli>,
+    /// Whether `keys <name> revoke-tokens` exists (upstream revocation).
+    pub revoke_tokens: bool,
+}
+
+/// How `credbroker lint-templates` checks a provider's shipped templates.
+#[derive(Debug, Clone, Copy)]
+pub struct TemplateLint {
+    /// The provider's folder under onboarding-templates/.
+    pub dir: &'static str,
+    /// Lints that folder against policies/; returns the findings.
+    pub run: fn(&Path, &Path) -> Result<Vec<String>, String>,
+}
+
+/// Everything the broker and its CLI know about one provider.
+pub struct ProviderDescriptor {
+    /// The registry id (`aws_assume_role`): bindings name it, the config's section is
+    /// `[providers.<id>]`.
+    pub id: &'static str,
+    /// How a daemon gets it.
+    pub availability: Availability,
+    /// CLI declarations.
+    pub cli: CliSpec,
+    /// Template lint, when the provider ships templates.
+    pub template_lint: Option<TemplateLint>,
+}
+
+/// The descriptor of provider `id`.
+pub fn descriptor(id: &str) -> Option<&'static ProviderDescriptor> {
+    CATALOG.iter().copied().find(|d| d.id == id)
 }
 
 /// The providers available to this daemon, by name.
@@ -58,11 +139,50 @@ impl ProviderRegistry {
         Self::default()
     }
 
-    /// The providers built into this release: currently `pasted_secret`.
+    /// The providers that need no settings (currently `pasted_secret`).
     pub fn builtin() -> Self {
         let mut registry = Self::new();
-        registry.register(Arc::new(PastedSecret));
+        for d in CATALOG {
+            if let Availability::Builtin(make) = d.availability {
+                registry.register(make());
+            }
+        }
         registry
+    }
+
+    /// The built-in providers plus one per `[providers.<id>]` section.
+    ///
+    /// # Errors
+    /// A section naming no provider of this build, a section for a built-in provider, or a
+    /// provider that cannot start (e.g. its ceiling policy file is missing: a missing policy
+    /// denies, so the daemon does not start without it).
+    pub async fn from_settings(
+        sections: &BTreeMap<String, toml::Value>,
+        base_dir: &Path,
+    ) -> Result<Self, String> {
+        let mut registry = Self::builtin();
+        for (id, section) in sections {
+            let d = descriptor(id).ok_or_else(|| {
+                format!(
+                    "[providers.{id}]: no such provider in this build (known: {})",
+                    CATALOG.iter().map(|d| d.id).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            match d.availability {
+                Availability::Builtin(_) => {
+                    return Err(format!(
+                        "[providers.{id}]: built in, it takes no settings section"
+                    ))
+                }
+                Availability::Configured(build) => {
+                    let provider = build(section.clone(), base_dir)
+                        .await
+                        .map_err(|e| format!("providers.{id}: {e}"))?;
+                    registry.register(provider);
+                }
+            }
+        }
+        Ok(registry)
     }
 
     /// Adds (or replaces) a provider under its own [`Provider::id`].
@@ -79,6 +199,22 @@ impl ProviderRegistry {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.providers.keys().map(String::as_str)
     }
+
+    /// The registered providers, sorted by name.
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.providers.values()
+    }
+}
+
+/// Resolves `path` against `base` when it is relative, dropping `.` components.
+pub fn resolve_path(base: &Path, path: &mut std::path::PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+    *path = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
 }
 
 #[cfg(test)]
@@ -88,16 +224,51 @@ mod tests {
     #[test]
     fn builtin_has_pasted_secret_only() {
         let r = ProviderRegistry::builtin();
-        assert_eq!(r.names().collect::<Vec<_>>(), vec!["pasted_secret"]);
-        assert!(r.get("aws_assume_role").is_none());
+        assert_eq!(r.names().collect::<Vec<_>>(), vec![DEMO_PROVIDER]);
     }
 
     #[test]
-    fn provider_names_are_validated() {
-        assert!(ProviderId::parse("pasted_secret").is_ok());
-        assert!(ProviderId::parse("Pasted").is_err());
-        assert!(ProviderId::parse("_x").is_err());
-        assert!(ProviderId::parse("a").is_err());
-        assert!(ProviderId::parse("a-b").is_err());
+    fn the_catalog_is_consistent() {
+        let mut ids: Vec<_> = CATALOG.iter().map(|d| d.id).collect();
+        let mut names: Vec<_> = CATALOG.iter().map(|d| d.cli.name).collect();
+        ids.sort_unstable();
+        names.sort_unstable();
+        ids.dedup();
+        names.dedup();
+        assert_eq!(ids.len(), CATALOG.len(), "duplicate provider id");
+        assert_eq!(names.len(), CATALOG.len(), "duplicate CLI name");
+        for d in CATALOG {
+            assert!(
+                d.id.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{}",
+                d.id
+            );
+            if let Availability::Builtin(make) = d.availability {
+                assert_eq!(make().id(), d.id);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_and_builtin_sections_are_refused() {
+        let dir = Path::new("/");
+        let mut sections = BTreeMap::new();
+        sections.insert("no_such".to_owned(), toml::Value::Table(Default::default()));
+        let err = ProviderRegistry::from_settings(&sections, dir)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains("no such provider"), "{err}");
+        let mut sections = BTreeMap::new();
+        sections.insert(
+            DEMO_PROVIDER.to_owned(),
+            toml::Value::Table(Default::default()),
+        );
+        let err = ProviderRegistry::from_settings(&sections, dir)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains("takes no settings"), "{err}");
     }
 }

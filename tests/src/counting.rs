@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use credbroker_providers::{
-    BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
-    ProviderError, SecretFields, SecretRequirement,
+    BindingContext, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest, Narrowing,
+    Provider, ProviderError, SecretFields, SecretRequirement,
 };
 use secrecy::SecretString;
 use serde_json::Value;
@@ -31,6 +31,10 @@ impl Provider for CountingProvider {
     }
     fn cache_policy(&self) -> CachePolicy {
         CachePolicy::UntilExpiry
+    }
+    fn ceiling_enforcement(&self) -> CeilingEnforcement {
+        // The narrowing goes to the (pretend) upstream as the cache-key test needs it.
+        CeilingEnforcement::Upstream
     }
     fn validate_binding(&self, _: &Value, _: &Value) -> Result<(), ProviderError> {
         Ok(())
@@ -63,11 +67,6 @@ impl Provider for CountingProvider {
             upstream_request_id: Some(format!("upstream-{n}")),
             details: serde_json::Value::Null,
             subject: None,
-        })
-    }
-    async fn probe(&self, _: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
-        Ok(ProbeReport {
-            summary: "ok".into(),
         })
     }
 }

@@ -68,7 +68,7 @@ impl Broker {
             .and_then(|b| {
                 self.registry
                     .get(&b.provider)
-                    .map(|p| p.requires_activation())
+                    .and_then(|p| p.probe().map(|probe| probe.gates_activation()))
             })
             .unwrap_or(false)
     }
@@ -194,7 +194,7 @@ impl Broker {
                     serde_json::to_vec(&owner).unwrap_or_default(),
                 ));
         }
-        let pending = provider.requires_activation();
+        let pending = provider.probe().is_some_and(|p| p.gates_activation());
         let binding = Binding {
             id: b.id,
             tenant: b.tenant,
@@ -375,7 +375,10 @@ impl Broker {
             secret: secret.as_ref(),
             timeout,
         };
-        let report = tokio::time::timeout(timeout * 2, provider.probe(&request))
+        let probe = provider.probe().ok_or_else(|| {
+            ProviderError::InvalidConfig(format!("provider {} has no probe", provider.id()))
+        })?;
+        let report = tokio::time::timeout(timeout * 2, probe.probe(&request))
             .await
             .unwrap_or_else(|_| {
                 Err(ProviderError::Unavailable {

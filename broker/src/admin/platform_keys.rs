@@ -88,14 +88,14 @@ impl Broker {
                 None,
             )
         })?;
-        if !provider.can_revoke() {
+        let Some(revocation) = provider.revocation() else {
             return Err((
                 ApiError::bad_request(format!(
                     "{provider_name} credentials cannot be revoked upstream"
                 )),
                 None,
             ));
-        }
+        };
         let bindings: Vec<String> = self
             .records
             .bindings()
@@ -107,7 +107,7 @@ impl Broker {
         let drained = self.cache.drain_bindings(&bindings);
         let (mut revoked, mut failed) = (0, 0);
         for cred in &drained {
-            match provider.revoke(cred, self.mint_timeout()).await {
+            match revocation.revoke(cred, self.mint_timeout()).await {
                 Ok(()) => revoked += 1,
                 Err(e) => {
                     failed += 1;
@@ -141,7 +141,7 @@ impl Broker {
         self.registry
             .names()
             .filter_map(|n| self.registry.get(n))
-            .find(|p| p.platform_key_kind() == Some(kind))
+            .find(|p| p.id() == kind && p.platform_keys().is_some())
             .cloned()
             .ok_or_else(|| {
                 ApiError::new(
@@ -204,7 +204,11 @@ impl Broker {
             });
         }
         let n = keys.len();
-        provider.set_platform_keys(keys).map_err(ApiError::from)?;
+        provider
+            .platform_keys()
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "provider lost its platform keys"))?
+            .install(keys)
+            .map_err(ApiError::from)?;
         Ok(n)
     }
 
@@ -217,7 +221,8 @@ impl Broker {
             .registry
             .names()
             .filter_map(|n| self.registry.get(n))
-            .filter_map(|p| p.platform_key_kind())
+            .filter(|p| p.platform_keys().is_some())
+            .map(|p| p.id())
             .collect();
         for kind in kinds {
             self.load_platform_keys(kind)?;
@@ -245,7 +250,9 @@ impl Broker {
     ) -> Result<Plan, ApiError> {
         let provider = self.key_provider(kind)?;
         let fingerprint = provider
-            .check_platform_key(&material)
+            .platform_keys()
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "provider lost its platform keys"))?
+            .check(&material)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let existing = self.key_records(kind)?;
         if existing

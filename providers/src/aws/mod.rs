@@ -9,8 +9,10 @@
 //! accepts any ExternalId when a role does not require one.
 
 mod ceiling;
+pub mod lint;
 mod params;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,9 +31,14 @@ use time::OffsetDateTime;
 pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
 pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
 
+use crate::registry::{
+    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue,
+    ProviderDescriptor, TemplateLint,
+};
 use crate::{
-    BindingContext, CachePolicy, CredentialScope, IssuedCredential, MintRequest, Narrowing,
-    ProbeReport, Provider, ProviderError, SecretFields, SecretRequirement, TenantParameter,
+    BindingContext, CachePolicy, CeilingEnforcement, CredentialScope, IssuedCredential,
+    MintRequest, Narrowing, Probe, ProbeReport, Provider, ProviderError, RefusalReason,
+    SecretFields, SecretRequirement, TenantParameter,
 };
 
 /// Platform-side settings (`[providers.aws_assume_role]` in the broker config).
@@ -78,6 +85,62 @@ fn default_attempt_timeout() -> u64 {
 fn default_attempts() -> u32 {
     3
 }
+
+/// The registry id.
+pub const ID: &str = "aws_assume_role";
+
+fn build(section: toml::Value, base: &std::path::Path) -> BuildFuture {
+    let parsed: Result<AwsSettings, String> = section.try_into().map_err(|e| format!("{e}"));
+    let base = base.to_owned();
+    Box::pin(async move {
+        let mut settings = parsed?;
+        for p in settings.paths_mut() {
+            resolve_path(&base, p);
+        }
+        let provider: Arc<dyn Provider> = Arc::new(AwsAssumeRole::new(settings).await?);
+        Ok(provider)
+    })
+}
+
+/// The catalog entry.
+pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+    id: ID,
+    availability: Availability::Configured(build),
+    cli: CliSpec {
+        name: "aws",
+        about: "AWS AssumeRole into the customer's role (the ExternalId is the broker's, per tenant).",
+        binding_flags: &[
+            ConfigFlag {
+                long: "role-arn",
+                help: "The RoleArn output of the customer's stack.",
+                value: FlagValue::Text,
+                target: FlagTarget::Key("role_arn"),
+                required: true,
+            },
+            ConfigFlag {
+                long: "duration-s",
+                help: "Session length in seconds (900..=the platform maximum).",
+                value: FlagValue::Integer,
+                target: FlagTarget::Key("duration_s"),
+                required: false,
+            },
+            ConfigFlag {
+                long: "source-identity",
+                help: "Pass the worker name as SourceIdentity (the role must trust sts:SetSourceIdentity).",
+                value: FlagValue::Switch,
+                target: FlagTarget::Key("source_identity"),
+                required: false,
+            },
+        ],
+        onboard: Some("Print the tenant's ExternalId, the vendor account id and the template parameters."),
+        keys: None,
+        revoke_tokens: false,
+    },
+    template_lint: Some(TemplateLint {
+        dir: "aws",
+        run: lint::lint,
+    }),
+};
 
 /// The provider.
 pub struct AwsAssumeRole {
@@ -366,7 +429,7 @@ impl AwsAssumeRole {
 #[async_trait]
 impl Provider for AwsAssumeRole {
     fn id(&self) -> &'static str {
-        "aws_assume_role"
+        ID
     }
 
     fn secret_requirement(&self) -> SecretRequirement {
@@ -375,6 +438,10 @@ impl Provider for AwsAssumeRole {
 
     fn cache_policy(&self) -> CachePolicy {
         CachePolicy::UntilExpiry
+    }
+
+    fn ceiling_enforcement(&self) -> CeilingEnforcement {
+        CeilingEnforcement::Upstream
     }
 
     fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError> {
@@ -426,8 +493,8 @@ impl Provider for AwsAssumeRole {
         }]
     }
 
-    fn requires_activation(&self) -> bool {
-        true
+    fn probe(&self) -> Option<&dyn Probe> {
+        Some(self)
     }
 
     fn onboarding(
@@ -437,7 +504,7 @@ impl Provider for AwsAssumeRole {
     ) -> Option<Value> {
         let external_id = parameters.get("external_id")?.as_str()?;
         Some(json!({
-            "provider": "aws_assume_role",
+            "provider": ID,
             "tenant": tenant_id,
             "vendor_account_id": self.settings.vendor_account_id,
             "external_id": external_id,
@@ -530,6 +597,14 @@ impl Provider for AwsAssumeRole {
             .await?;
         to_credential(&out)
     }
+}
+
+#[async_trait]
+impl Probe for AwsAssumeRole {
+    fn gates_activation(&self) -> bool {
+        // The ExternalId must be shown to be enforced before anything is minted.
+        true
+    }
 
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
         let parsed = parse_config(request.binding.config)?;
@@ -546,7 +621,7 @@ impl Provider for AwsAssumeRole {
             Some(account) if account == parsed.role.account() => {}
             other => {
                 return Err(ProviderError::ActivationRefused {
-                    code: "account_mismatch",
+                    reason: RefusalReason::AccountMismatch,
                     message: format!(
                         "AssumeRole returned a session in account {} but the binding names account {}",
                         other.unwrap_or("(unparseable)"),
@@ -566,7 +641,7 @@ impl Provider for AwsAssumeRole {
                 summary: format!("assumed {assumed} with the ExternalId; AssumeRole without it is denied"),
             }),
             Ok(out) => Err(ProviderError::ActivationRefused {
-                code: "external_id_not_enforced",
+                reason: RefusalReason::ExternalIdNotEnforced,
                 message: format!(
                     "AssumeRole into {} succeeds WITHOUT the ExternalId: the role's trust policy must require it. \
                      Add to the statement trusting account {}: \"Condition\": {{\"StringEquals\": {{\"sts:ExternalId\": \"<the tenant's ExternalId>\"}}}} \

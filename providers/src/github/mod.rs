@@ -8,10 +8,11 @@
 //! redirect, and the `installation` webhook is verified (X-Hub-Signature-256, constant time)
 //! before its body is parsed.
 
+pub mod lint;
 mod permissions;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -25,10 +26,14 @@ pub use permissions::{
     narrow, parse_permissions, GithubCeiling, Level, Permissions, TokenRequest, KNOWN_PERMISSIONS,
 };
 
+use crate::registry::{
+    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue, KeysCli,
+    ProviderDescriptor, TemplateLint,
+};
 use crate::{
-    BindingContext, CachePolicy, CallbackEvent, Callbacks, IssuedCredential, MintRequest,
-    Narrowing, PlatformKey, ProbeReport, Provider, ProviderError, SecretFields, SecretRequirement,
-    SetupRedirect,
+    BindingContext, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement, IssuedCredential,
+    MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport, Provider, ProviderError,
+    Revocation, SecretFields, SecretRequirement, SetupRedirect,
 };
 
 /// Platform-side settings (`[providers.github_app]`).
@@ -69,6 +74,50 @@ impl GithubSettings {
         paths
     }
 }
+
+/// The registry id.
+pub const ID: &str = "github_app";
+
+fn build(section: toml::Value, base: &std::path::Path) -> BuildFuture {
+    let built = section
+        .try_into::<GithubSettings>()
+        .map_err(|e| format!("{e}"))
+        .and_then(|mut settings| {
+            for p in settings.paths_mut() {
+                resolve_path(base, p);
+            }
+            GithubApp::new(settings)
+        })
+        .map(|p| Arc::new(p) as Arc<dyn Provider>);
+    Box::pin(async move { built })
+}
+
+/// The catalog entry.
+pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+    id: ID,
+    availability: Availability::Configured(build),
+    cli: CliSpec {
+        name: "github",
+        about: "A GitHub App installation (normally bound by the install redirect; this binds by hand).",
+        binding_flags: &[ConfigFlag {
+            long: "installation-id",
+            help: "The installation id.",
+            value: FlagValue::Integer,
+            target: FlagTarget::Key("installation_id"),
+            required: true,
+        }],
+        onboard: Some("Print the App's install URL carrying a single-use state bound to the tenant (1 h)."),
+        keys: Some(KeysCli {
+            material_field: "private_key_pem",
+            file_help: "PEM file downloaded from the GitHub App settings.",
+        }),
+        revoke_tokens: true,
+    },
+    template_lint: Some(TemplateLint {
+        dir: "github",
+        run: lint::lint,
+    }),
+};
 
 fn default_api() -> String {
     "https://api.github.com".into()
@@ -429,7 +478,7 @@ fn to_credential(answer: Answer, installation: u64) -> Result<IssuedCredential, 
 #[async_trait]
 impl Provider for GithubApp {
     fn id(&self) -> &'static str {
-        "github_app"
+        ID
     }
 
     fn secret_requirement(&self) -> SecretRequirement {
@@ -438,6 +487,10 @@ impl Provider for GithubApp {
 
     fn cache_policy(&self) -> CachePolicy {
         CachePolicy::UntilExpiry
+    }
+
+    fn ceiling_enforcement(&self) -> CeilingEnforcement {
+        CeilingEnforcement::Upstream
     }
 
     fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError> {
@@ -458,8 +511,16 @@ impl Provider for GithubApp {
             .unwrap_or_default()
     }
 
-    fn requires_activation(&self) -> bool {
-        true
+    fn probe(&self) -> Option<&dyn Probe> {
+        Some(self)
+    }
+
+    fn platform_keys(&self) -> Option<&dyn PlatformKeys> {
+        Some(self)
+    }
+
+    fn revocation(&self) -> Option<&dyn Revocation> {
+        Some(self)
     }
 
     fn onboarding(
@@ -468,7 +529,7 @@ impl Provider for GithubApp {
         _parameters: &serde_json::Map<String, Value>,
     ) -> Option<Value> {
         Some(json!({
-            "provider": "github_app",
+            "provider": ID,
             "tenant": tenant_id,
             "app_id": self.settings.app_id,
             "then": "send the install_url to the customer; the installation is bound to this tenant when GitHub redirects back (single use, expires in one hour)"
@@ -514,6 +575,17 @@ impl Provider for GithubApp {
         }
         self.note_mint(installation);
         to_credential(answer, installation)
+    }
+
+    fn callbacks(&self) -> Option<&dyn Callbacks> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Probe for GithubApp {
+    fn gates_activation(&self) -> bool {
+        true
     }
 
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
@@ -581,11 +653,10 @@ impl Provider for GithubApp {
             ),
         })
     }
+}
 
-    fn can_revoke(&self) -> bool {
-        true
-    }
-
+#[async_trait]
+impl Revocation for GithubApp {
     async fn revoke(
         &self,
         credential: &IssuedCredential,
@@ -616,12 +687,10 @@ impl Provider for GithubApp {
             }),
         }
     }
+}
 
-    fn platform_key_kind(&self) -> Option<&'static str> {
-        Some("github_app")
-    }
-
-    fn check_platform_key(&self, material: &SecretFields) -> Result<String, ProviderError> {
+impl PlatformKeys for GithubApp {
+    fn check(&self, material: &SecretFields) -> Result<String, ProviderError> {
         let pem = material.expose("private_key_pem").ok_or_else(|| {
             ProviderError::InvalidConfig("the key needs a private_key_pem field".into())
         })?;
@@ -631,7 +700,7 @@ impl Provider for GithubApp {
         Ok(fingerprint(pem))
     }
 
-    fn set_platform_keys(&self, keys: Vec<PlatformKey>) -> Result<(), ProviderError> {
+    fn install(&self, keys: Vec<PlatformKey>) -> Result<(), ProviderError> {
         let mut parsed = Vec::with_capacity(keys.len());
         for k in keys {
             let pem = k.material.expose("private_key_pem").unwrap_or("");
@@ -647,10 +716,6 @@ impl Provider for GithubApp {
             *slot = parsed;
         }
         Ok(())
-    }
-
-    fn callbacks(&self) -> Option<&dyn Callbacks> {
-        Some(self)
     }
 }
 

@@ -3,12 +3,18 @@
 //! as-is, optionally restricted to a subset of its fields. It is never cached: plaintext
 //! should not outlive one resolve response.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
+use crate::registry::{
+    Availability, CliSpec, ConfigFlag, FlagTarget, FlagValue, ProviderDescriptor,
+};
+
 use crate::{
-    BindingContext, CachePolicy, IssuedCredential, MintRequest, Narrowing, ProbeReport, Provider,
-    ProviderError, SecretRequirement,
+    BindingContext, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest, Narrowing,
+    Probe, ProbeReport, Provider, ProviderError, SecretRequirement,
 };
 
 /// Returns the decrypted secret fields of the binding's active version.
@@ -18,6 +24,34 @@ use crate::{
 /// means every field. Narrowing: `{"fields": ["name", …]}` — a subset of the ceiling.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PastedSecret;
+
+/// The registry id.
+pub const ID: &str = "pasted_secret";
+
+fn builtin() -> Arc<dyn Provider> {
+    Arc::new(PastedSecret)
+}
+
+/// The catalog entry.
+pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+    id: ID,
+    availability: Availability::Builtin(builtin),
+    cli: CliSpec {
+        name: "pasted-secret",
+        about: "A pasted secret (set its fields with `credbroker secret set`).",
+        binding_flags: &[ConfigFlag {
+            long: "config",
+            help: "Non-secret notes, JSON object.",
+            value: FlagValue::JsonObject,
+            target: FlagTarget::WholeConfig,
+            required: false,
+        }],
+        onboard: None,
+        keys: None,
+        revoke_tokens: false,
+    },
+    template_lint: None,
+};
 
 fn field_list(value: &Value, what: &str) -> Result<Vec<String>, String> {
     let obj = value
@@ -58,7 +92,7 @@ fn ceiling_fields(ceiling: &Value) -> Result<Option<Vec<String>>, ProviderError>
 #[async_trait]
 impl Provider for PastedSecret {
     fn id(&self) -> &'static str {
-        "pasted_secret"
+        ID
     }
 
     fn secret_requirement(&self) -> SecretRequirement {
@@ -67,6 +101,14 @@ impl Provider for PastedSecret {
 
     fn cache_policy(&self) -> CachePolicy {
         CachePolicy::Never
+    }
+
+    fn ceiling_enforcement(&self) -> CeilingEnforcement {
+        CeilingEnforcement::Local
+    }
+
+    fn probe(&self) -> Option<&dyn Probe> {
+        Some(self)
     }
 
     fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError> {
@@ -135,6 +177,13 @@ impl Provider for PastedSecret {
             details: serde_json::Value::Null,
             subject: None,
         })
+    }
+}
+
+#[async_trait]
+impl Probe for PastedSecret {
+    fn gates_activation(&self) -> bool {
+        false
     }
 
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {

@@ -1,0 +1,383 @@
+//! Commands that go through the admin API with an operator certificate: records, bindings,
+//! secrets. Responses are printed as JSON; refusals name the error code, audit id and request
+//! id.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::client::BrokerClient;
+use crate::dev;
+
+use super::providers::BindingAdd;
+use super::runtime;
+
+/// How admin commands reach the daemon.
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Broker URL.
+    #[arg(
+        long,
+        env = "CREDBROKER_SERVER",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    server: String,
+    /// CA bundle that signed the broker's server certificate.
+    #[arg(long, env = "CREDBROKER_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Operator client certificate (SPIFFE id spiffe://<trust-domain>/operator/<name>).
+    #[arg(long, env = "CREDBROKER_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Operator private key.
+    #[arg(long, env = "CREDBROKER_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Dev data directory: take ca/cert/key from <DIR>/pki (operator.crt, operator.key).
+    #[arg(long, env = "CREDBROKER_DEV_DIR", global = true)]
+    dev_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordCmd<A: Args> {
+    #[command(subcommand)]
+    action: RecordAction<A>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecordAction<A: Args> {
+    /// Create a record.
+    Add(A),
+    /// List records.
+    List,
+    /// Show one record (bindings: secret version metadata, never values).
+    Show(IdArg),
+    /// Stop resolves through the record; configuration is kept.
+    Disable(IdArg),
+    /// Re-enable a disabled record.
+    Enable(IdArg),
+    /// Delete a record (refused while other records reference it).
+    Remove(IdArg),
+}
+
+#[derive(Args, Debug)]
+pub struct IdArg {
+    /// Record id.
+    id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct TenantAdd {
+    /// Tenant id.
+    pub(super) id: String,
+    /// Display name.
+    #[arg(long, default_value = "")]
+    pub(super) name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerAdd {
+    /// Worker name (last segment of its SPIFFE id).
+    pub(super) id: String,
+    /// Tenant the worker may serve (repeat for several).
+    #[arg(long = "tenant", required = true)]
+    pub(super) tenants: Vec<String>,
+    /// Connector kind the worker may serve (repeat; none = any).
+    #[arg(long = "connector-kind")]
+    pub(super) connector_kinds: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InstanceAdd {
+    /// Instance id.
+    pub(super) id: String,
+    /// Owning tenant.
+    #[arg(long)]
+    pub(super) tenant: String,
+    /// Binding of the same tenant.
+    #[arg(long)]
+    pub(super) binding: String,
+    /// Connector kind (e.g. aws, servicenow, jira).
+    #[arg(long)]
+    pub(super) connector_kind: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BindingCmd {
+    #[command(subcommand)]
+    action: BindingAction,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BindingAction {
+    /// Create a binding.
+    #[command(subcommand)]
+    Add(BindingAdd),
+    /// List bindings.
+    List,
+    /// Show one binding: status, last probe, ceiling, secret version metadata (never values).
+    Show(IdArg),
+    /// Stop resolves through the binding; configuration is kept.
+    Disable(IdArg),
+    /// Re-enable; a binding whose provider needs activation is probed first.
+    Enable(IdArg),
+    /// Delete (refused while instances use it); frees its exclusive identifiers.
+    Remove(IdArg),
+    /// Re-run the provider's probe and stamp last_tested_at; activates a pending binding.
+    Probe(IdArg),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCmd {
+    /// Set the first secret version of a binding.
+    Set(SecretWrite),
+    /// Write a new version; the previous one is kept (superseded) until destroyed.
+    Rotate(SecretWrite),
+    /// Destroy every version, or one with --version.
+    Destroy(SecretDestroy),
+}
+
+#[derive(Args, Debug)]
+pub struct SecretWrite {
+    /// Binding id.
+    binding: String,
+    /// Read the fields as a JSON object of strings from this file…
+    #[arg(
+        long,
+        conflicts_with = "from_stdin",
+        required_unless_present = "from_stdin"
+    )]
+    from_file: Option<PathBuf>,
+    /// …or from standard input. Values are never taken from the command line.
+    #[arg(long)]
+    from_stdin: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args, Debug)]
+pub struct SecretDestroy {
+    /// Binding id.
+    binding: String,
+    /// Only this version.
+    #[arg(long)]
+    version: Option<u32>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
+    let (ca, cert, key) = match &conn.dev_dir {
+        Some(dir) => {
+            let pki = dev::pki_dir(dir);
+            (
+                conn.ca.clone().unwrap_or_else(|| pki.join("ca.crt")),
+                conn.cert
+                    .clone()
+                    .unwrap_or_else(|| pki.join("operator.crt")),
+                conn.key.clone().unwrap_or_else(|| pki.join("operator.key")),
+            )
+        }
+        None => (
+            conn.ca.clone().ok_or("--ca is required (or --dev-dir)")?,
+            conn.cert
+                .clone()
+                .ok_or("--cert is required (or --dev-dir)")?,
+            conn.key.clone().ok_or("--key is required (or --dev-dir)")?,
+        ),
+    };
+    BrokerClient::new(&conn.server, &ca, &cert, &key).map_err(|e| e.to_string())
+}
+
+pub fn call(
+    conn: &Conn,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<ExitCode, String> {
+    let mut client = admin_client(conn)?;
+    let (status, bytes) = runtime()?
+        .block_on(client.request(method, path, body))
+        .map_err(|e| e.to_string())?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&bytes) }));
+    if status.is_success() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let err = &value["error"];
+        eprintln!(
+            "error: {} ({}): {} [audit_id {}, request_id {}]",
+            err["code"].as_str().unwrap_or("unknown"),
+            status.as_u16(),
+            err["message"].as_str().unwrap_or(""),
+            err["audit_id"].as_str().unwrap_or("-"),
+            err["request_id"].as_str().unwrap_or("-"),
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub fn path_segment(id: &str) -> Result<&str, String> {
+    if !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        Ok(id)
+    } else {
+        Err(format!("invalid id {id:?}"))
+    }
+}
+
+pub fn run_record<A: Args>(
+    cmd: RecordCmd<A>,
+    collection: &str,
+    body: impl FnOnce(A) -> Result<Value, String>,
+) -> Result<ExitCode, String> {
+    let base = format!("/v1/admin/{collection}");
+    match cmd.action {
+        RecordAction::Add(a) => {
+            let v = body(a)?;
+            call(
+                &cmd.conn,
+                Method::POST,
+                &base,
+                Some(serde_json::to_vec(&v).map_err(|e| e.to_string())?),
+            )
+        }
+        RecordAction::List => call(&cmd.conn, Method::GET, &base, None),
+        RecordAction::Show(i) => call(
+            &cmd.conn,
+            Method::GET,
+            &format!("{base}/{}", path_segment(&i.id)?),
+            None,
+        ),
+        RecordAction::Disable(i) => call(
+            &cmd.conn,
+            Method::POST,
+            &format!("{base}/{}/disable", path_segment(&i.id)?),
+            Some(b"{}".to_vec()),
+        ),
+        RecordAction::Enable(i) => call(
+            &cmd.conn,
+            Method::POST,
+            &format!("{base}/{}/enable", path_segment(&i.id)?),
+            Some(b"{}".to_vec()),
+        ),
+        RecordAction::Remove(i) => call(
+            &cmd.conn,
+            Method::DELETE,
+            &format!("{base}/{}", path_segment(&i.id)?),
+            None,
+        ),
+    }
+}
+
+pub fn run_binding(cmd: BindingCmd) -> Result<ExitCode, String> {
+    let base = "/v1/admin/bindings";
+    let conn = &cmd.conn;
+    match cmd.action {
+        BindingAction::Add(add) => call(
+            conn,
+            Method::POST,
+            base,
+            Some(serde_json::to_vec(&add.body).map_err(|e| e.to_string())?),
+        ),
+        BindingAction::List => call(conn, Method::GET, base, None),
+        BindingAction::Show(i) => call(
+            conn,
+            Method::GET,
+            &format!("{base}/{}", path_segment(&i.id)?),
+            None,
+        ),
+        BindingAction::Disable(i) => call(
+            conn,
+            Method::POST,
+            &format!("{base}/{}/disable", path_segment(&i.id)?),
+            Some(b"{}".to_vec()),
+        ),
+        BindingAction::Enable(i) => call(
+            conn,
+            Method::POST,
+            &format!("{base}/{}/enable", path_segment(&i.id)?),
+            Some(b"{}".to_vec()),
+        ),
+        BindingAction::Remove(i) => call(
+            conn,
+            Method::DELETE,
+            &format!("{base}/{}", path_segment(&i.id)?),
+            None,
+        ),
+        BindingAction::Probe(i) => call(
+            conn,
+            Method::POST,
+            &format!("{base}/{}/probe", path_segment(&i.id)?),
+            Some(b"{}".to_vec()),
+        ),
+    }
+}
+
+fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {
+    let mut raw = Zeroizing::new(Vec::new());
+    match &w.from_file {
+        Some(path) => {
+            let mut f =
+                std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            f.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        }
+        None => {
+            std::io::stdin()
+                .read_to_end(&mut raw)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    // Wrap as {"fields": <object>} without parsing the values into non-zeroizing strings.
+    let trimmed = raw.trim_ascii();
+    if !trimmed.starts_with(b"{") {
+        return Err(
+            "secret input must be a JSON object of string fields, e.g. {\"token\":\"…\"}".into(),
+        );
+    }
+    let mut body = Zeroizing::new(Vec::with_capacity(trimmed.len() + 12));
+    body.extend_from_slice(b"{\"fields\":");
+    body.extend_from_slice(trimmed);
+    body.push(b'}');
+    Ok(body)
+}
+
+pub fn run_secret(cmd: SecretCmd) -> Result<ExitCode, String> {
+    match cmd {
+        SecretCmd::Set(w) => {
+            let body = read_secret_fields(&w)?;
+            let path = format!("/v1/admin/bindings/{}/secret", path_segment(&w.binding)?);
+            call(&w.conn, Method::PUT, &path, Some(body.to_vec()))
+        }
+        SecretCmd::Rotate(w) => {
+            let body = read_secret_fields(&w)?;
+            let path = format!(
+                "/v1/admin/bindings/{}/secret/rotate",
+                path_segment(&w.binding)?
+            );
+            call(&w.conn, Method::POST, &path, Some(body.to_vec()))
+        }
+        SecretCmd::Destroy(d) => {
+            let mut path = format!("/v1/admin/bindings/{}/secret", path_segment(&d.binding)?);
+            if let Some(v) = d.version {
+                path.push_str(&format!("/{v}"));
+            }
+            call(&d.conn, Method::DELETE, &path, None)
+        }
+    }
+}

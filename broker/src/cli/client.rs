@@ -1,0 +1,97 @@
+//! Worker-side helpers that resolve through the broker with a worker certificate.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::client::BrokerClient;
+
+use super::runtime;
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCmd {
+    /// Print AWS `credential_process` JSON (Version 1) for an instance, minted by the broker.
+    AwsCredentialProcess(ClientArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// Connector instance id.
+    #[arg(long)]
+    instance: String,
+    /// Broker URL.
+    #[arg(
+        long,
+        env = "CREDBROKER_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    server: String,
+    /// CA bundle of the broker's server certificate.
+    #[arg(long, env = "CREDBROKER_CA")]
+    ca: PathBuf,
+    /// Worker certificate.
+    #[arg(long, env = "CREDBROKER_WORKER_CERT")]
+    cert: PathBuf,
+    /// Worker private key.
+    #[arg(long, env = "CREDBROKER_WORKER_KEY")]
+    key: PathBuf,
+    /// Job id recorded in the audit log.
+    #[arg(long)]
+    job_id: Option<String>,
+}
+
+/// `credential_process` output: the AWS CLI and every AWS SDK run this command and read
+/// `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}`.
+pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
+    let mut client =
+        BrokerClient::new(&a.server, &a.ca, &a.cert, &a.key).map_err(|e| e.to_string())?;
+    let mut body = json!({ "instance_id": a.instance, "min_ttl_s": 300 });
+    if let Some(job) = &a.job_id {
+        body["job_id"] = json!(job);
+    }
+    let (status, bytes) = runtime()?
+        .block_on(client.request(
+            Method::POST,
+            "/v1/resolve",
+            Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+        ))
+        .map_err(|e| e.to_string())?;
+    let bytes = Zeroizing::new(bytes);
+    let v: Value =
+        serde_json::from_slice(&bytes).map_err(|_| "broker answered with non-JSON".to_owned())?;
+    if !status.is_success() {
+        return Err(format!(
+            "resolve refused: {} ({}): {} [audit_id {}]",
+            v["error"]["code"].as_str().unwrap_or("unknown"),
+            status.as_u16(),
+            v["error"]["message"].as_str().unwrap_or(""),
+            v["error"]["audit_id"].as_str().unwrap_or("-")
+        ));
+    }
+    if v["kind"] != "aws_sts" {
+        return Err(format!(
+            "instance {} does not resolve to AWS credentials (kind {})",
+            a.instance, v["kind"]
+        ));
+    }
+    let c = &v["credentials"];
+    let out = json!({
+        "Version": 1,
+        "AccessKeyId": c["AccessKeyId"],
+        "SecretAccessKey": c["SecretAccessKey"],
+        "SessionToken": c["SessionToken"],
+        "Expiration": c["Expiration"],
+    });
+    let text = Zeroizing::new(serde_json::to_string(&out).map_err(|e| e.to_string())?);
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    stdout.write_all(b"\n").map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}

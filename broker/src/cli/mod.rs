@@ -1,0 +1,177 @@
+//! The `credbroker` command line. `main.rs` only calls [`main`].
+//!
+//! - `offline`: the daemon (`dev`, `serve`), key set-up and rotation, audit tools;
+//! - `admin`: records, bindings and secrets through the admin API;
+//! - `providers`: `binding add`, `onboard` and `keys` for each provider, from its catalog entry;
+//! - `client`: worker-side helpers.
+
+mod admin;
+mod client;
+mod offline;
+mod providers;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::LogFormat;
+
+use admin::{
+    run_binding, run_record, run_secret, BindingCmd, InstanceAdd, RecordCmd, SecretCmd, TenantAdd,
+    WorkerAdd,
+};
+use client::{aws_credential_process, ClientCmd};
+use offline::{AuditCmd, DevArgs, LintArgs, LocalArgs, ServeArgs};
+
+use providers::{run_onboard, run_provider_keys, Onboard, ProviderKeys};
+
+/// credbroker: a federation-first credential broker.
+///
+/// Workers call POST /v1/resolve over mutual TLS and get a short-lived credential for a
+/// connector instance; the broker derives the tenant from its own store, never from the
+/// request, and audits every resolve in a tamper-evident log.
+#[derive(Parser, Debug)]
+#[command(name = "credbroker", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a complete dev broker: dev CA and certificates, keys, demo tenant/worker/instance.
+    Dev(DevArgs),
+    /// Run the daemon from a TOML config file (production entry point).
+    Serve(ServeArgs),
+    /// Create the KEK keyring, audit signing key and fingerprint key if they do not exist.
+    Init(LocalArgs),
+    /// Verify or export the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Key management.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Manage tenants (admin API, operator certificate).
+    Tenant(RecordCmd<TenantAdd>),
+    /// Manage workers (admin API, operator certificate).
+    Worker(RecordCmd<WorkerAdd>),
+    /// Manage connector instances (admin API, operator certificate).
+    Instance(RecordCmd<InstanceAdd>),
+    /// Manage bindings (admin API, operator certificate).
+    Binding(BindingCmd),
+    /// Start onboarding a tenant with a federated provider: prints what the customer runs.
+    #[command(subcommand)]
+    Onboard(Onboard),
+    /// Worker-side helpers that resolve through the broker with a worker certificate.
+    #[command(subcommand)]
+    Client(ClientCmd),
+    /// Check shipped onboarding templates against the policies/ ceilings.
+    LintTemplates(LintArgs),
+    /// Set, rotate or destroy a binding's secret fields (write-only; admin API).
+    #[command(subcommand)]
+    Secret(SecretCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Add a new KEK version and re-wrap every data key with it (payloads untouched).
+    /// Offline: stop the daemon first (the store is locked while it runs).
+    RotateKek(LocalArgs),
+    #[command(flatten)]
+    Provider(ProviderKeys),
+}
+
+/// Parses `args` (without the program name) exactly as the binary would, without running
+/// anything. Used to check that documented commands exist.
+///
+/// # Errors
+/// clap's message when the arguments do not parse.
+pub fn check_args<I, S>(args: I) -> Result<(), String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    let argv = std::iter::once(std::ffi::OsString::from("credbroker"))
+        .chain(args.into_iter().map(Into::into));
+    Cli::try_parse_from(argv)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The process entry point.
+pub fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Dev(args) => offline::run_dev(args),
+        Command::Serve(args) => offline::run_serve(&args),
+        Command::Init(local) => offline::run_init(&local),
+        Command::Audit(cmd) => offline::run_audit(cmd),
+        Command::Keys(KeysCmd::RotateKek(local)) => offline::run_rotate_kek(&local),
+        Command::Keys(KeysCmd::Provider(k)) => run_provider_keys(&k),
+        Command::Tenant(cmd) => run_record(cmd, "tenants", |a: TenantAdd| {
+            Ok(json!({ "id": a.id, "name": a.name }))
+        }),
+        Command::Worker(cmd) => run_record(cmd, "workers", |a: WorkerAdd| {
+            Ok(json!({ "id": a.id, "tenants": a.tenants, "connector_kinds": a.connector_kinds }))
+        }),
+        Command::Instance(cmd) => run_record(cmd, "instances", |a: InstanceAdd| {
+            Ok(
+                json!({ "id": a.id, "tenant": a.tenant, "binding": a.binding, "connector_kind": a.connector_kind }),
+            )
+        }),
+        Command::Binding(cmd) => run_binding(cmd),
+        Command::Onboard(o) => run_onboard(&o),
+        Command::Client(ClientCmd::AwsCredentialProcess(a)) => aws_credential_process(&a),
+        Command::LintTemplates(a) => offline::run_lint(&a),
+        Command::Secret(cmd) => run_secret(cmd),
+    }
+}
+
+fn announce_ready() {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,335 @@
+//! Commands that run on the broker's own machine without the admin API: the daemon itself
+//! (`dev`, `serve`), key initialisation and rotation, and the audit log tools.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use credbroker_providers::ProviderRegistry;
+
+use crate::audit::{self, ExportFilter};
+use crate::broker::{Broker, BrokerKeys};
+use crate::config::{Config, LogFormat, TlsSettings};
+use crate::dev;
+use crate::keys::AuditVerifier;
+
+use super::{announce_ready, init_logging, runtime};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Data directory (created if missing, reused if present).
+    #[arg(long, default_value = "./credbroker-dev")]
+    data_dir: PathBuf,
+    /// Listener address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML config file (keys documented in README, "Configuration").
+    #[arg(long, env = "CREDBROKER_CONFIG")]
+    config: PathBuf,
+}
+
+/// Where a local (offline) command finds the broker's files.
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// TOML config file.
+    #[arg(long, conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// Data directory (uses <DIR>/credbroker.toml when present, as written by `dev`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Verify the hash chain and signed checkpoints; exits 1 naming the first bad sequence.
+    Verify(VerifyArgs),
+    /// Export records as JSON lines (header, records, checkpoints) for auditors.
+    Export(ExportArgs),
+    /// Print the audit public key auditors verify exports with.
+    PublicKey(LocalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    local: LocalArgs,
+    /// Verify an export file instead of the live log (requires --public-key).
+    #[arg(long, requires = "public_key")]
+    export: Option<PathBuf>,
+    /// Audit public key file (default: the data directory's).
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    local: LocalArgs,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only records of this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LintArgs {
+    /// Onboarding templates directory.
+    #[arg(long, default_value = "onboarding-templates")]
+    templates: PathBuf,
+    /// Policies directory.
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+}
+
+pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
+    init_logging(LogFormat::Text, "info");
+    let config = dev::prepare(&args.data_dir, args.listen).map_err(|e| e.to_string())?;
+    let data_dir = config.data_dir.clone();
+    runtime()?.block_on(async move {
+        let registry = credbroker_providers::ProviderRegistry::from_settings(&config.providers, &config.config_dir).await?;
+        let broker = Broker::open_with_config(&config, registry).map_err(|e| e.to_string())?;
+        let seeded = dev::seed(&broker).await.map_err(|e| e.to_string())?;
+        crate::daemon::run_with_broker(config, broker, |addr| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "credbroker dev — development only. Data directory: {}\n{} demo tenant '{}', worker '{}', instance '{}' (pasted secret).\n\n\
+                 Resolve the demo instance with the worker certificate:\n\n  {}\n\n\
+                 Admin commands use the operator certificate, e.g.:\n\n  credbroker tenant list --dev-dir {}\n\n\
+                 Verify the audit log (also while running):\n\n  credbroker audit verify --data-dir {}\n",
+                data_dir.display(),
+                if seeded { "Seeded" } else { "Reusing" },
+                dev::DEMO_TENANT,
+                dev::DEV_WORKER,
+                dev::DEMO_INSTANCE,
+                dev::demo_curl(&data_dir, addr),
+                data_dir.display(),
+                data_dir.display(),
+            );
+            let _ = out.flush();
+            drop(out);
+            announce_ready();
+        })
+        .await
+        .map_err(|e| e.to_string())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The config for an offline command: `--config FILE`, or `--data-dir DIR` (its
+/// `credbroker.toml` when present, else defaults under DIR).
+pub fn local_config(local: &LocalArgs) -> Result<Config, String> {
+    if let Some(path) = &local.config {
+        return Config::load(path).map_err(|e| e.to_string());
+    }
+    let dir = local
+        .data_dir
+        .clone()
+        .ok_or("give --config FILE or --data-dir DIR")?;
+    let file = dir.join("credbroker.toml");
+    if file.exists() {
+        return Config::load(&file).map_err(|e| e.to_string());
+    }
+    let unused = PathBuf::from("unused");
+    Ok(Config::with_defaults(
+        dir,
+        SocketAddr::from(([127, 0, 0, 1], 8443)),
+        "unused",
+        TlsSettings {
+            cert: unused.clone(),
+            key: unused.clone(),
+            client_ca: unused,
+            crl: None,
+        },
+    ))
+}
+
+pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
+    match cmd {
+        AuditCmd::Verify(args) => {
+            let result = if let Some(export) = &args.export {
+                let key = args
+                    .public_key
+                    .as_ref()
+                    .ok_or("--export needs --public-key")?;
+                let verifier = AuditVerifier::load(key).map_err(|e| e.to_string())?;
+                let bytes =
+                    std::fs::read(export).map_err(|e| format!("{}: {e}", export.display()))?;
+                audit::verify_export(&bytes, &verifier)
+            } else {
+                let config = local_config(&args.local)?;
+                let key = args
+                    .public_key
+                    .clone()
+                    .unwrap_or_else(|| config.audit_public_key_file());
+                let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
+                audit::verify_log(&config.audit_dir(), &verifier)
+            };
+            match result {
+                Ok(s) => {
+                    println!(
+                        "audit OK: {} records (sequence {}..{}), {} checkpoint(s) matched, last signed checkpoint at {}{}",
+                        s.records,
+                        s.first_seq.map_or("-".into(), |v| v.to_string()),
+                        s.last_seq.map_or("-".into(), |v| v.to_string()),
+                        s.checkpoints,
+                        s.last_checkpoint.map_or("none".into(), |v| v.to_string()),
+                        if s.filtered {
+                            " (filtered export: deletions between records cannot be detected)"
+                        } else {
+                            ""
+                        }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(f) => {
+                    println!("audit FAILED at sequence {}: {}", f.seq, f.reason);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AuditCmd::Export(args) => {
+            let config = local_config(&args.local)?;
+            let parse =
+                |s: &Option<String>, flag: &str| -> Result<Option<OffsetDateTime>, String> {
+                    s.as_ref()
+                        .map(|v| {
+                            OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
+                                format!("{flag} must be RFC 3339, e.g. 2026-01-31T00:00:00Z")
+                            })
+                        })
+                        .transpose()
+                };
+            let filter = ExportFilter {
+                since: parse(&args.since, "--since")?,
+                until: parse(&args.until, "--until")?,
+                tenant: args.tenant.clone(),
+            };
+            let count = match &args.output {
+                Some(path) => {
+                    let mut f = std::fs::File::create(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let n = audit::export(&config.audit_dir(), &filter, &mut f)
+                        .map_err(|e| e.to_string())?;
+                    f.sync_all().map_err(|e| e.to_string())?;
+                    n
+                }
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    let n = audit::export(&config.audit_dir(), &filter, &mut out)
+                        .map_err(|e| e.to_string())?;
+                    out.flush().map_err(|e| e.to_string())?;
+                    n
+                }
+            };
+            eprintln!("exported {count} records");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::PublicKey(local) => {
+            let config = local_config(&local)?;
+            let text = std::fs::read_to_string(config.audit_public_key_file())
+                .map_err(|e| format!("{}: {e}", config.audit_public_key_file().display()))?;
+            println!("{}", text.trim());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `credbroker serve --config FILE`.
+///
+/// # Errors
+/// An invalid config, a provider that cannot start, or a listener that cannot bind.
+pub fn run_serve(args: &ServeArgs) -> Result<ExitCode, String> {
+    let config = Config::load(&args.config).map_err(|e| e.to_string())?;
+    init_logging(config.log.format, &config.log.level);
+    runtime()?.block_on(async {
+        let registry =
+            ProviderRegistry::from_settings(&config.providers, &config.config_dir).await?;
+        crate::daemon::run(config, registry, |addr| {
+            println!("listening {addr}");
+            announce_ready();
+        })
+        .await
+        .map_err(|e| e.to_string())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `credbroker init`.
+///
+/// # Errors
+/// When a key cannot be created.
+pub fn run_init(local: &LocalArgs) -> Result<ExitCode, String> {
+    let config = local_config(local)?;
+    let created = BrokerKeys::init(&config).map_err(|e| e.to_string())?;
+    if created.is_empty() {
+        println!("all keys already exist; nothing created");
+    }
+    for p in created {
+        println!("created {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `credbroker lint-templates`.
+///
+/// # Errors
+/// When a policy file or template cannot be read.
+pub fn run_lint(a: &LintArgs) -> Result<ExitCode, String> {
+    let findings = crate::lint::lint_templates(&a.templates, &a.policies)?;
+    if findings.is_empty() {
+        println!("templates OK");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &findings {
+            println!("{f}");
+        }
+        println!("{} problem(s)", findings.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// `credbroker keys rotate-kek`: the rotation itself lives with the keys
+/// (`keys::rotation`).
+///
+/// # Errors
+/// See [`crate::keys::rotation::rotate_kek`].
+pub fn run_rotate_kek(local: &LocalArgs) -> Result<ExitCode, String> {
+    let config = local_config(local)?;
+    let report = crate::keys::rotation::rotate_kek(&config, &cli_actor())?;
+    println!(
+        "KEK rotated: version {} -> {}; {} data key(s) re-wrapped. Older KEK versions stay in {} until you remove them.",
+        report.old_version,
+        report.new_version,
+        report.rewrapped,
+        config.kek_file().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cli_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user: String = user
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .take(64)
+        .collect();
+    format!("cli:{user}")
+}

@@ -1,0 +1,373 @@
+//! The provider-specific commands, built from the providers' catalog: `binding add <name>`,
+//! `onboard <name>` and `keys <name> …`. Each provider declares its flags in its own module
+//! (`credbroker_providers::CliSpec`); nothing here names a provider.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Subcommand};
+use http::Method;
+use serde_json::{json, Map, Value};
+use zeroize::Zeroizing;
+
+use credbroker_providers::{
+    FlagTarget, FlagValue, KeysCli, ProviderDescriptor, SecretFields, CATALOG,
+};
+
+use super::admin::{call, Conn};
+
+fn by_cli_name(name: &str) -> Option<&'static ProviderDescriptor> {
+    CATALOG.iter().copied().find(|d| d.cli.name == name)
+}
+
+fn invalid(message: impl std::fmt::Display) -> clap::Error {
+    clap::Error::raw(ErrorKind::ValueValidation, format!("{message}\n"))
+}
+
+fn json_object(flag: &str, text: &str) -> Result<Value, clap::Error> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(invalid(format!("--{flag} must be a JSON object"))),
+        Err(e) => Err(invalid(format!("--{flag} is not JSON: {e}"))),
+    }
+}
+
+/// `credbroker binding add <provider> ID --tenant T [--ceiling JSON] [the provider's flags]`:
+/// the admin API body it makes.
+#[derive(Debug, Clone)]
+pub struct BindingAdd {
+    /// `POST /v1/admin/bindings` body.
+    pub body: Value,
+}
+
+fn binding_add_command(d: &ProviderDescriptor) -> Command {
+    let mut cmd = Command::new(d.cli.name)
+        .about(d.cli.about)
+        .arg(Arg::new("id").required(true).help("Binding id."))
+        .arg(
+            Arg::new("tenant")
+                .long("tenant")
+                .required(true)
+                .help("Owning tenant."),
+        )
+        .arg(
+            Arg::new("ceiling")
+                .long("ceiling")
+                .help("Ceiling within the platform's policies/ for this provider, JSON."),
+        );
+    for f in d.cli.binding_flags {
+        let arg = Arg::new(f.long).long(f.long).help(f.help);
+        let arg = match f.value {
+            FlagValue::Text | FlagValue::JsonObject => arg.required(f.required),
+            FlagValue::Integer => arg
+                .required(f.required)
+                .value_parser(clap::value_parser!(u64)),
+            FlagValue::Switch => arg.action(ArgAction::SetTrue),
+        };
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+impl FromArgMatches for BindingAdd {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let (name, m) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::new(ErrorKind::MissingSubcommand))?;
+        let d = by_cli_name(name).ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
+        let text = |id: &str| m.get_one::<String>(id).cloned();
+        let mut config = Value::Object(Map::new());
+        for f in d.cli.binding_flags {
+            let value = match f.value {
+                FlagValue::Text => text(f.long).map(Value::String),
+                FlagValue::Integer => m.get_one::<u64>(f.long).map(|n| json!(n)),
+                FlagValue::Switch => m.get_flag(f.long).then_some(Value::Bool(true)),
+                FlagValue::JsonObject => {
+                    text(f.long).map(|t| json_object(f.long, &t)).transpose()?
+                }
+            };
+            let Some(value) = value else { continue };
+            match f.target {
+                FlagTarget::Key(key) => {
+                    config[key] = value;
+                }
+                FlagTarget::WholeConfig => config = value,
+            }
+        }
+        let ceiling = match text("ceiling") {
+            Some(t) => json_object("ceiling", &t)?,
+            None => Value::Null,
+        };
+        Ok(BindingAdd {
+            body: json!({
+                "id": text("id"),
+                "tenant": text("tenant"),
+                "provider": d.id,
+                "config": config,
+                "ceiling": ceiling,
+            }),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Subcommand for BindingAdd {
+    fn augment_subcommands(cmd: Command) -> Command {
+        cmd.subcommands(CATALOG.iter().map(|d| binding_add_command(d)))
+            .subcommand_required(true)
+    }
+
+    fn augment_subcommands_for_update(cmd: Command) -> Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        by_cli_name(name).is_some()
+    }
+}
+
+/// `credbroker onboard <provider> --tenant T`.
+#[derive(Debug, Clone)]
+pub struct Onboard {
+    provider: &'static str,
+    tenant: String,
+    conn: Conn,
+}
+
+impl FromArgMatches for Onboard {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let (name, m) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::new(ErrorKind::MissingSubcommand))?;
+        let d = by_cli_name(name)
+            .filter(|d| d.cli.onboard.is_some())
+            .ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
+        Ok(Onboard {
+            provider: d.id,
+            tenant: m.get_one::<String>("tenant").cloned().unwrap_or_default(),
+            conn: Conn::from_arg_matches(m)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Subcommand for Onboard {
+    fn augment_subcommands(cmd: Command) -> Command {
+        cmd.subcommands(CATALOG.iter().filter_map(|d| {
+            let about = d.cli.onboard?;
+            // `augment_args` sets the command's about from Conn's doc: set ours after it.
+            Some(
+                Conn::augment_args(
+                    Command::new(d.cli.name).arg(
+                        Arg::new("tenant")
+                            .long("tenant")
+                            .required(true)
+                            .help("Tenant id."),
+                    ),
+                )
+                .about(about),
+            )
+        }))
+        .subcommand_required(true)
+    }
+
+    fn augment_subcommands_for_update(cmd: Command) -> Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        by_cli_name(name).is_some_and(|d| d.cli.onboard.is_some())
+    }
+}
+
+/// Runs `onboard <provider>`.
+///
+/// # Errors
+/// When the broker cannot be reached.
+pub fn run_onboard(o: &Onboard) -> Result<ExitCode, String> {
+    call(
+        &o.conn,
+        Method::POST,
+        &format!("/v1/admin/onboard/{}", o.provider),
+        Some(serde_json::to_vec(&json!({ "tenant": o.tenant })).map_err(|e| e.to_string())?),
+    )
+}
+
+/// One `keys <provider> …` action.
+#[derive(Debug, Clone)]
+enum KeysAction {
+    Add(PathBuf),
+    List,
+    Activate(u32),
+    Retire(u32),
+    RevokeTokens,
+}
+
+/// `credbroker keys <provider> add|list|activate|retire|revoke-tokens`: the broker's own
+/// keys for a provider that signs with them (sealed in the store).
+#[derive(Debug, Clone)]
+pub struct ProviderKeys {
+    provider: &'static str,
+    keys: KeysCli,
+    action: KeysAction,
+    conn: Conn,
+}
+
+fn version_arg() -> Arg {
+    Arg::new("version")
+        .required(true)
+        .value_parser(clap::value_parser!(u32))
+        .help("Key version (from `keys <provider> list`).")
+}
+
+fn keys_command(d: &ProviderDescriptor, keys: &KeysCli) -> Command {
+    let mut cmd = Command::new(d.cli.name)
+        .subcommand_required(true)
+        .subcommand(
+            Command::new("add")
+                .about("Store a new key as staged; read from a file, never the command line.")
+                .arg(
+                    Arg::new("from-file")
+                        .long("from-file")
+                        .required(true)
+                        .value_parser(clap::value_parser!(PathBuf))
+                        .help(keys.file_help),
+                ),
+        )
+        .subcommand(Command::new("list").about("List keys: version, state, fingerprint (never the key)."))
+        .subcommand(
+            Command::new("activate")
+                .about("Make a staged key active: it becomes the preferred signing key; other active keys stay as fallbacks until retired.")
+                .arg(version_arg()),
+        )
+        .subcommand(
+            Command::new("retire")
+                .about("Stop using a key and destroy its sealed material.")
+                .arg(version_arg()),
+        );
+    if d.cli.revoke_tokens {
+        cmd = cmd.subcommand(Command::new("revoke-tokens").about(
+            "Revoke every credential the broker still caches for this provider upstream and drop them, so the next resolves mint fresh ones.",
+        ));
+    }
+    Conn::augment_args(cmd).about(format!(
+        "The broker's own {} keys (platform secret, sealed in the store; admin API).",
+        d.id
+    ))
+}
+
+impl FromArgMatches for ProviderKeys {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let (name, m) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::new(ErrorKind::MissingSubcommand))?;
+        let d = by_cli_name(name).ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
+        let keys = d
+            .cli
+            .keys
+            .ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
+        let (action, a) = m
+            .subcommand()
+            .ok_or_else(|| clap::Error::new(ErrorKind::MissingSubcommand))?;
+        let version = || {
+            a.get_one::<u32>("version")
+                .copied()
+                .ok_or_else(|| clap::Error::new(ErrorKind::MissingRequiredArgument))
+        };
+        let action = match action {
+            "add" => KeysAction::Add(
+                a.get_one::<PathBuf>("from-file")
+                    .cloned()
+                    .ok_or_else(|| clap::Error::new(ErrorKind::MissingRequiredArgument))?,
+            ),
+            "list" => KeysAction::List,
+            "activate" => KeysAction::Activate(version()?),
+            "retire" => KeysAction::Retire(version()?),
+            "revoke-tokens" => KeysAction::RevokeTokens,
+            _ => return Err(clap::Error::new(ErrorKind::InvalidSubcommand)),
+        };
+        Ok(ProviderKeys {
+            provider: d.id,
+            keys,
+            action,
+            conn: Conn::from_arg_matches(m)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Subcommand for ProviderKeys {
+    fn augment_subcommands(cmd: Command) -> Command {
+        cmd.subcommands(
+            CATALOG
+                .iter()
+                .filter_map(|d| d.cli.keys.as_ref().map(|k| keys_command(d, k))),
+        )
+    }
+
+    fn augment_subcommands_for_update(cmd: Command) -> Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        by_cli_name(name).is_some_and(|d| d.cli.keys.is_some())
+    }
+}
+
+/// Runs `keys <provider> …`.
+///
+/// # Errors
+/// When the key file cannot be read or the broker cannot be reached.
+pub fn run_provider_keys(k: &ProviderKeys) -> Result<ExitCode, String> {
+    let base = format!("/v1/admin/keys/{}", k.provider);
+    match &k.action {
+        KeysAction::Add(file) => {
+            let material = Zeroizing::new(
+                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?,
+            );
+            let mut fields = SecretFields::new();
+            fields.insert(
+                k.keys.material_field,
+                secrecy::SecretString::from(material.as_str()),
+            );
+            let inner = fields.to_json_zeroizing();
+            let mut body = Zeroizing::new(Vec::with_capacity(inner.len() + 12));
+            body.extend_from_slice(b"{\"fields\":");
+            body.extend_from_slice(&inner);
+            body.push(b'}');
+            call(&k.conn, Method::POST, &base, Some(body.to_vec()))
+        }
+        KeysAction::List => call(&k.conn, Method::GET, &base, None),
+        KeysAction::Activate(v) => call(
+            &k.conn,
+            Method::POST,
+            &format!("{base}/{v}/activate"),
+            Some(b"{}".to_vec()),
+        ),
+        KeysAction::Retire(v) => call(
+            &k.conn,
+            Method::POST,
+            &format!("{base}/{v}/retire"),
+            Some(b"{}".to_vec()),
+        ),
+        KeysAction::RevokeTokens => call(
+            &k.conn,
+            Method::POST,
+            &format!("/v1/admin/providers/{}/revoke-cached", k.provider),
+            Some(b"{}".to_vec()),
+        ),
+    }
+}

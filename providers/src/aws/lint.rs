@@ -1,0 +1,281 @@
+//! The template lint of `aws_assume_role` (run by `credbroker lint-templates`): the
+//! CloudFormation JSON we ship in onboarding-templates/aws/ must stay within
+//! policies/aws.json (missing or unreadable: the lint fails — no ceiling, no pass). Every IAM role trusts only the
+//! `VendorAccountId` parameter, only with `sts:ExternalId` equal to the `ExternalId` parameter
+//! (NoEcho, at least 32 characters), allows sessions of at most 3600 s, and attaches only
+//! managed policies / inline actions inside policies/aws.json. A service-managed StackSet must
+//! auto-deploy with CAPABILITY_NAMED_IAM and embed exactly the single-account role template.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::AwsCeiling;
+
+const SINGLE_ACCOUNT_TEMPLATE: &str = "credbroker-role.json";
+
+fn is_vendor_principal(v: &Value) -> bool {
+    v == &serde_json::json!({ "Fn::Sub": "arn:${AWS::Partition}:iam::${VendorAccountId}:root" })
+        || v == &serde_json::json!({ "Ref": "VendorAccountId" })
+}
+
+fn list(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    }
+}
+
+/// The partition-neutral form of a managed policy ARN expression, or None when it is not
+/// one we can read statically.
+fn policy_arn_expr(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.replacen("arn:aws:", "arn:${Partition}:", 1)),
+        Value::Object(o) => o
+            .get("Fn::Sub")
+            .and_then(Value::as_str)
+            .map(|s| s.replace("${AWS::Partition}", "${Partition}")),
+        _ => None,
+    }
+}
+
+fn lint_role(file: &str, name: &str, props: &Value, ceiling: &AwsCeiling, out: &mut Vec<String>) {
+    let mut say = |m: String| out.push(format!("{file}: {name}: {m}"));
+    match props.get("MaxSessionDuration").and_then(Value::as_u64) {
+        Some(d) if (900..=3600).contains(&d) => {}
+        Some(d) => say(format!("MaxSessionDuration {d} exceeds 3600 seconds")),
+        None => say("MaxSessionDuration must be set (at most 3600)".into()),
+    }
+    let statements = props
+        .pointer("/AssumeRolePolicyDocument/Statement")
+        .map(list)
+        .unwrap_or_default();
+    if statements.is_empty() {
+        say("AssumeRolePolicyDocument has no statements".into());
+    }
+    for st in statements {
+        if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
+            continue;
+        }
+        let principal = st.get("Principal");
+        let trusted = principal
+            .and_then(|p| p.as_object())
+            .filter(|p| p.len() == 1)
+            .and_then(|p| p.get("AWS"))
+            .map(|aws| list(aws).into_iter().all(is_vendor_principal))
+            .unwrap_or(false);
+        if !trusted {
+            say(format!(
+                "trust policy principal {} is not exactly the VendorAccountId parameter",
+                principal.map_or("(missing)".to_owned(), Value::to_string)
+            ));
+        }
+        let actions: Vec<&str> = st
+            .get("Action")
+            .map(list)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if let Some(a) = actions.iter().find(|a| {
+            !matches!(
+                **a,
+                "sts:AssumeRole" | "sts:TagSession" | "sts:SetSourceIdentity"
+            )
+        }) {
+            say(format!("trust policy allows {a}; only sts:AssumeRole, sts:TagSession, sts:SetSourceIdentity"));
+        }
+        if actions.contains(&"sts:AssumeRole") {
+            let cond = st.pointer("/Condition/StringEquals/sts:ExternalId");
+            if cond != Some(&serde_json::json!({ "Ref": "ExternalId" })) {
+                say("trust policy lacks Condition StringEquals sts:ExternalId = {\"Ref\": \"ExternalId\"} (confused-deputy defence)".into());
+            }
+        }
+    }
+    for arn in props.get("ManagedPolicyArns").map(list).unwrap_or_default() {
+        match policy_arn_expr(arn) {
+            Some(expr) if ceiling.managed_policy_arns.contains(&expr) => {}
+            Some(expr) => say(format!(
+                "managed policy {expr} is outside policies/aws.json"
+            )),
+            None => say(format!("managed policy {arn} cannot be checked statically")),
+        }
+    }
+    for policy in props.get("Policies").map(list).unwrap_or_default() {
+        for st in policy
+            .pointer("/PolicyDocument/Statement")
+            .map(list)
+            .unwrap_or_default()
+        {
+            if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
+                continue;
+            }
+            if st.get("NotAction").is_some() {
+                say("inline policy uses Allow with NotAction".into());
+            }
+            for a in st.get("Action").map(list).unwrap_or_default() {
+                match a.as_str() {
+                    Some(a) if ceiling.allows_action(a) => {}
+                    Some(a) => say(format!(
+                        "inline policy allows {a}, outside policies/aws.json"
+                    )),
+                    None => say("inline policy action is not a string".into()),
+                }
+            }
+        }
+    }
+}
+
+fn lint_parameters(file: &str, doc: &Value, out: &mut Vec<String>) {
+    let ext = doc.pointer("/Parameters/ExternalId");
+    let Some(ext) = ext else {
+        out.push(format!("{file}: missing ExternalId parameter"));
+        return;
+    };
+    if ext.get("NoEcho") != Some(&Value::Bool(true)) {
+        out.push(format!("{file}: ExternalId parameter must be NoEcho"));
+    }
+    if ext.get("MinLength").and_then(Value::as_u64).unwrap_or(0) < 32 {
+        out.push(format!(
+            "{file}: ExternalId parameter needs MinLength of at least 32"
+        ));
+    }
+    if ext.get("AllowedPattern").and_then(Value::as_str).is_none() {
+        out.push(format!(
+            "{file}: ExternalId parameter needs the AWS AllowedPattern"
+        ));
+    }
+    if doc
+        .pointer("/Parameters/VendorAccountId/AllowedPattern")
+        .and_then(Value::as_str)
+        != Some("^[0-9]{12}$")
+    {
+        out.push(format!(
+            "{file}: VendorAccountId parameter must have AllowedPattern ^[0-9]{{12}}$"
+        ));
+    }
+}
+
+/// Lints one CloudFormation template; `single_account` is the shipped role template that a
+/// StackSet must embed.
+pub fn lint_cfn(
+    file: &str,
+    doc: &Value,
+    ceiling: &AwsCeiling,
+    single_account: Option<&Value>,
+    out: &mut Vec<String>,
+) {
+    let Some(resources) = doc.get("Resources").and_then(Value::as_object) else {
+        out.push(format!("{file}: no Resources"));
+        return;
+    };
+    lint_parameters(file, doc, out);
+    let mut roles = 0;
+    for (name, res) in resources {
+        let props = res.get("Properties").cloned().unwrap_or(Value::Null);
+        match res.get("Type").and_then(Value::as_str) {
+            Some("AWS::IAM::Role") => {
+                roles += 1;
+                lint_role(file, name, &props, ceiling, out);
+            }
+            Some("AWS::CloudFormation::StackSet") => {
+                roles += 1;
+                let mut say = |m: &str| out.push(format!("{file}: {name}: {m}"));
+                if props.get("PermissionModel").and_then(Value::as_str) != Some("SERVICE_MANAGED") {
+                    say("PermissionModel must be SERVICE_MANAGED");
+                }
+                if props.pointer("/AutoDeployment/Enabled") != Some(&Value::Bool(true)) {
+                    say("AutoDeployment.Enabled must be true (new accounts get the role)");
+                }
+                if !props
+                    .get("Capabilities")
+                    .map(list)
+                    .unwrap_or_default()
+                    .contains(&&Value::String("CAPABILITY_NAMED_IAM".into()))
+                {
+                    say("Capabilities must include CAPABILITY_NAMED_IAM");
+                }
+                match props
+                    .get("TemplateBody")
+                    .and_then(Value::as_str)
+                    .map(serde_json::from_str::<Value>)
+                {
+                    Some(Ok(body)) => {
+                        if single_account.is_some_and(|s| *s != body) {
+                            say("TemplateBody differs from credbroker-role.json (keep them identical)");
+                        }
+                        lint_cfn(
+                            &format!("{file}#{name}.TemplateBody"),
+                            &body,
+                            ceiling,
+                            None,
+                            out,
+                        );
+                    }
+                    _ => say("TemplateBody must be the single-account template as a JSON string"),
+                }
+            }
+            Some(t) if t.starts_with("AWS::IAM::") => {
+                out.push(format!(
+                    "{file}: {name}: {t} is not allowed in onboarding templates"
+                ));
+            }
+            _ => {}
+        }
+    }
+    if roles == 0 {
+        out.push(format!("{file}: defines no IAM role or StackSet"));
+    }
+}
+
+/// Loads policies/aws.json.
+///
+/// # Errors
+/// When missing or malformed (the lint then fails: no ceiling, no pass).
+pub fn load_aws_ceiling(policies: &Path) -> Result<AwsCeiling, String> {
+    let path = policies.join("aws.json");
+    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    AwsCeiling::from_value(&v).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Lints every CloudFormation template in `dir` (onboarding-templates/aws) against
+/// policies/aws.json; returns the findings (empty: all good).
+///
+/// # Errors
+/// When the policy file or a template cannot be read or parsed.
+pub fn lint(dir: &Path, policies: &Path) -> Result<Vec<String>, String> {
+    let ceiling = load_aws_ceiling(policies)?;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let read = |p: &Path| -> Result<Value, String> {
+        let text = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let single = dir.join(SINGLE_ACCOUNT_TEMPLATE);
+    let single_doc = if single.exists() {
+        Some(read(&single)?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    if files.is_empty() {
+        out.push(format!("{}: no templates", dir.display()));
+    }
+    for f in files {
+        let doc = read(&f)?;
+        lint_cfn(
+            &f.display().to_string(),
+            &doc,
+            &ceiling,
+            single_doc.as_ref(),
+            &mut out,
+        );
+    }
+    Ok(out)
+}

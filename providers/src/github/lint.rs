@@ -1,0 +1,94 @@
+//! The template lint of `github_app` (run by `credbroker lint-templates`): the App manifest
+//! we ship in onboarding-templates/github/ must stay within policies/github.json.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{parse_permissions, GithubCeiling};
+
+/// Loads policies/github.json.
+///
+/// # Errors
+/// When missing or malformed (the lint then fails: no ceiling, no pass).
+pub fn load_github_ceiling(policies: &Path) -> Result<GithubCeiling, String> {
+    let path = policies.join("github.json");
+    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: Value = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    GithubCeiling::from_value(&v).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Lints a GitHub App manifest: default permissions within policies/github.json (names valid,
+/// levels not higher), every URL https, the webhook and setup URLs on the broker's callback
+/// paths, and no OAuth-on-install (the broker uses installation tokens only).
+pub fn lint_github_manifest(file: &str, m: &Value, ceiling: &GithubCeiling, out: &mut Vec<String>) {
+    let mut say = |msg: String| out.push(format!("{file}: {msg}"));
+    match m.get("default_permissions").map(parse_permissions) {
+        Some(Ok(p)) => {
+            for (name, level) in &p {
+                match ceiling.permissions.get(name) {
+                    Some(max) if level <= max => {}
+                    Some(max) => say(format!(
+                        "permission {name}: {} exceeds policies/github.json ({})",
+                        level.as_str(),
+                        max.as_str()
+                    )),
+                    None => say(format!("permission {name} is outside policies/github.json")),
+                }
+            }
+        }
+        Some(Err(e)) => say(format!("default_permissions: {e}")),
+        None => say("default_permissions is missing".into()),
+    }
+    for (ptr, suffix) in [
+        ("/url", None),
+        (
+            "/hook_attributes/url",
+            Some("/callbacks/github_app/webhook"),
+        ),
+        ("/setup_url", Some("/callbacks/github_app/setup")),
+        ("/redirect_url", None),
+    ] {
+        match m.pointer(ptr).and_then(Value::as_str) {
+            Some(u) if !u.starts_with("https://") => say(format!("{ptr} must be https")),
+            Some(u) => {
+                if let Some(sfx) = suffix {
+                    if !u.ends_with(sfx) {
+                        say(format!("{ptr} must end with {sfx}"));
+                    }
+                }
+            }
+            None => say(format!("{ptr} is missing")),
+        }
+    }
+    if m.get("request_oauth_on_install") == Some(&Value::Bool(true)) {
+        say("request_oauth_on_install must be false (installation tokens only)".into());
+    }
+}
+
+/// Lints every App manifest in `dir` (onboarding-templates/github) against
+/// policies/github.json; returns the findings (empty: all good).
+///
+/// # Errors
+/// When the policy file or a manifest cannot be read or parsed.
+pub fn lint(dir: &Path, policies: &Path) -> Result<Vec<String>, String> {
+    let ceiling = load_github_ceiling(policies)?;
+    let mut manifests: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    manifests.sort();
+    let mut out = Vec::new();
+    if manifests.is_empty() {
+        out.push(format!("{}: no manifest", dir.display()));
+    }
+    for f in manifests {
+        let text = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let doc: Value =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        lint_github_manifest(&f.display().to_string(), &doc, &ceiling, &mut out);
+    }
+    Ok(out)
+}

@@ -1,0 +1,79 @@
+//! The provider seam holds: the broker core never names a provider. A provider is its folder
+//! under providers/ plus one line in the catalog; if core code needs a provider's id, the
+//! seam is in the wrong place.
+
+use std::path::{Path, PathBuf};
+
+use credbroker_providers::CATALOG;
+use credbroker_tests::repo_root;
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The code of a file without its unit tests (a trailing `#[cfg(test)]` module) and without
+/// comments.
+fn production_code(text: &str) -> String {
+    let body = match text.find("#[cfg(test)]") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    body.lines()
+        .map(strip_comment)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The line up to its `//` comment; a `//` inside a string literal (a URL) is kept.
+fn strip_comment(line: &str) -> &str {
+    let mut in_string = false;
+    let bytes = line.as_bytes();
+    for i in 0..bytes.len() {
+        match bytes[i] {
+            b'"' if i == 0 || bytes[i - 1] != b'\\' => in_string = !in_string,
+            b'/' if !in_string && bytes.get(i + 1) == Some(&b'/') => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+#[test]
+fn no_provider_id_appears_in_the_broker_core() {
+    let mut files = Vec::new();
+    rust_files(&repo_root().join("broker/src"), &mut files);
+    assert!(files.len() > 20, "broker/src not found");
+    let mut found = Vec::new();
+    for f in &files {
+        let code = production_code(&std::fs::read_to_string(f).unwrap());
+        for d in CATALOG {
+            for (n, line) in code.lines().enumerate() {
+                if line.contains(d.id) {
+                    found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "provider ids in broker/src (name them through the providers crate's catalog):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_check_itself_sees_an_id() {
+    // The scan must not be blind: a line naming a provider outside a comment is found.
+    let id = CATALOG[0].id;
+    let code = production_code(&format!(
+        "fn f() {{ let p = \"{id}\"; }} // {id}\n#[cfg(test)]\nmod tests {{ \"{id}\" }}"
+    ));
+    assert_eq!(code.matches(id).count(), 1, "{code}");
+}
