@@ -1,0 +1,578 @@
+//! The provider conformance suite: every provider in the catalog, built from its settings
+//! section the way the daemon builds it and run against its local fake, must keep the
+//! promises the core relies on.
+//!
+//! - The ceiling mode it declares holds: `upstream` — an unnarrowed mint sends exactly the
+//!   binding's ceiling and a narrowed one exactly the narrowing (checked on the fake's
+//!   recorded request); `local` — the credential is cut to the ceiling / narrowing; `fixed`
+//!   — any `narrow` is refused; `verified` — a credential beyond the ceiling is refused.
+//! - Narrowing beyond the ceiling is refused before any upstream call.
+//! - Arbitrary configuration, ceiling and narrowing JSON never panics.
+//! - The credential scope it declares is the truth: a credential that does not name the
+//!   instance (or the worker) is requested identically for every instance (worker), and one
+//!   that does is not.
+//!
+//! A provider without a harness here fails the suite: registering it in the catalog is what
+//! brings it under these checks.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use credbroker_providers::{
+    Availability, BindingContext, CeilingEnforcement, IssuedCredential, MintRequest, Provider,
+    ProviderDescriptor, ProviderError, SecretFields, CATALOG,
+};
+use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation};
+use credbroker_tests::fake_sts::{FakeRole, FakeSts};
+use credbroker_tests::{aws_test_env, repo_root};
+
+/// A provider under test with its fake.
+#[async_trait]
+trait Harness: Send {
+    fn provider(&self) -> Arc<dyn Provider>;
+    /// A valid binding: (config, ceiling), the ceiling strictly narrower than the platform's.
+    fn binding(&self) -> (Value, Value);
+    /// A narrowing inside the binding's ceiling.
+    fn within(&self) -> Value;
+    /// A well-formed narrowing beyond the binding's ceiling.
+    fn beyond(&self) -> Value;
+    /// The binding's opened secret, for providers that need one.
+    fn secret(&self) -> Option<SecretFields> {
+        None
+    }
+    /// Upstream calls so far.
+    fn calls(&self) -> usize;
+    /// The scope the last upstream request asked for, in a provider-neutral form; `None` for
+    /// providers without an upstream.
+    fn requested_scope(&self) -> Option<Value>;
+    /// The last upstream request as a whole (to compare two mints).
+    fn last_request(&self) -> Option<Value>;
+    /// What `requested_scope` must be for an unnarrowed mint and for `within()`.
+    fn expected_scopes(&self) -> (Value, Value);
+    /// The scope a credential carries, for `local` and `verified` providers.
+    fn issued_scope(&self, _credential: &IssuedCredential) -> Value {
+        Value::Null
+    }
+}
+
+async fn build(descriptor: &ProviderDescriptor, section: &str, base: &Path) -> Arc<dyn Provider> {
+    match descriptor.availability {
+        Availability::Builtin(make) => make(),
+        Availability::Configured(build) => {
+            let section: toml::Value = toml::from_str(section).unwrap();
+            build(section, base).await.unwrap()
+        }
+    }
+}
+
+// ---- aws_assume_role ------------------------------------------------------------------
+
+struct Aws {
+    provider: Arc<dyn Provider>,
+    sts: FakeSts,
+    _dir: tempfile::TempDir,
+}
+
+const CUSTOMER_ROLE: &str = "arn:aws:iam::222222222222:role/CredbrokerAccess";
+const EXTERNAL_ID: &str = "ExternalIdForConformance0123456789abcdef";
+
+impl Aws {
+    async fn start(d: &ProviderDescriptor) -> Aws {
+        for (k, v) in aws_test_env("AKIAVENDORTESTKEY000", "vendor-test-secret") {
+            std::env::set_var(k, v);
+        }
+        let sts = FakeSts::start("111111111111").await;
+        sts.add_role(
+            CUSTOMER_ROLE,
+            FakeRole {
+                account: "222222222222".into(),
+                trusted_account: "111111111111".into(),
+                external_id: Some(EXTERNAL_ID.into()),
+                max_session_s: 3600,
+                report_account: None,
+            },
+        );
+        // A relative ceiling_file, resolved against the directory the section came from.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::copy(
+            repo_root().join("policies/aws.json"),
+            dir.path().join("policies/aws.json"),
+        )
+        .unwrap();
+        let section = format!(
+            "region = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"111111111111\"\nattempt_timeout_ms = 2000\nmax_attempts = 1\nceiling_file = \"policies/aws.json\"\n",
+            sts.url
+        );
+        let provider = build(d, &section, dir.path()).await;
+        Aws {
+            provider,
+            sts,
+            _dir: dir,
+        }
+    }
+}
+
+fn aws_scope(form: &std::collections::HashMap<String, String>) -> Value {
+    let mut arns: Vec<&String> = (1..=10)
+        .filter_map(|i| form.get(&format!("PolicyArns.member.{i}.arn")))
+        .collect();
+    arns.sort();
+    let policy: Value = form
+        .get("Policy")
+        .map(|p| serde_json::from_str(p).unwrap())
+        .unwrap_or(Value::Null);
+    json!({ "policy_arns": arns, "policy": policy })
+}
+
+#[async_trait]
+impl Harness for Aws {
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+    fn binding(&self) -> (Value, Value) {
+        (
+            json!({"role_arn": CUSTOMER_ROLE, "broker": {"external_id": EXTERNAL_ID}}),
+            json!({"managed_policy_arns": ["arn:${Partition}:iam::aws:policy/SecurityAudit"],
+                   "actions": ["ec2:Describe*", "s3:ListAllMyBuckets"]}),
+        )
+    }
+    fn within(&self) -> Value {
+        json!({"policy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}]}})
+    }
+    fn beyond(&self) -> Value {
+        json!({"policy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["iam:ListRoles"], "Resource": "*"}]}})
+    }
+    fn calls(&self) -> usize {
+        self.sts.state.calls()
+    }
+    fn requested_scope(&self) -> Option<Value> {
+        Some(aws_scope(&self.sts.state.last_request()))
+    }
+    fn last_request(&self) -> Option<Value> {
+        Some(json!(self.sts.state.last_request()))
+    }
+    fn expected_scopes(&self) -> (Value, Value) {
+        (
+            json!({"policy_arns": ["arn:aws:iam::aws:policy/SecurityAudit"],
+                   "policy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["ec2:Describe*", "s3:ListAllMyBuckets"], "Resource": "*"}]}}),
+            json!({"policy_arns": [],
+                   "policy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}]}}),
+        )
+    }
+}
+
+// ---- github_app -------------------------------------------------------------------------
+
+struct Github {
+    provider: Arc<dyn Provider>,
+    gh: FakeGithub,
+    _dir: tempfile::TempDir,
+}
+
+const INSTALLATION: u64 = 1001;
+
+impl Github {
+    async fn start(d: &ProviderDescriptor) -> Github {
+        let gh = FakeGithub::start(4242).await;
+        let key = AppKey::generate();
+        gh.register_key("A", &key);
+        let policy: Value = serde_json::from_slice(
+            &std::fs::read(repo_root().join("policies/github.json")).unwrap(),
+        )
+        .unwrap();
+        gh.install(
+            INSTALLATION,
+            FakeInstallation {
+                login: "acme-org".into(),
+                permissions: policy["permissions"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                    .collect(),
+                repositories: vec!["api".into(), "web".into(), "infra".into()],
+                suspended: false,
+            },
+        );
+        // Every path relative: resolved against the directory the section came from.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("gh")).unwrap();
+        std::fs::write(
+            dir.path().join("gh/webhook.secret"),
+            "conformance-webhook-secret-0123",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("gh/app.pem"), &key.private_pem).unwrap();
+        std::fs::copy(
+            repo_root().join("policies/github.json"),
+            dir.path().join("gh/github.json"),
+        )
+        .unwrap();
+        let section = format!(
+            "app_id = 4242\napi_base_url = \"{}\"\ninstall_url = \"https://github.com/apps/x/installations/new\"\nwebhook_secret_file = \"gh/webhook.secret\"\nprivate_key_file = \"./gh/app.pem\"\nceiling_file = \"gh/github.json\"\ntimeout_ms = 3000\n",
+            gh.url
+        );
+        let provider = build(d, &section, dir.path()).await;
+        Github {
+            provider,
+            gh,
+            _dir: dir,
+        }
+    }
+
+    fn token_requests(&self) -> Vec<Value> {
+        self.gh
+            .state
+            .requests_to("/access_tokens")
+            .into_iter()
+            .map(|r| r.body)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Harness for Github {
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+    fn binding(&self) -> (Value, Value) {
+        (
+            json!({"installation_id": INSTALLATION}),
+            json!({"permissions": {"contents": "read", "metadata": "read", "issues": "read"},
+                   "repositories": ["api", "web"]}),
+        )
+    }
+    fn within(&self) -> Value {
+        json!({"permissions": {"contents": "read"}, "repositories": ["api"]})
+    }
+    fn beyond(&self) -> Value {
+        json!({"permissions": {"contents": "write"}})
+    }
+    fn calls(&self) -> usize {
+        self.gh.state.requests.lock().unwrap().len()
+    }
+    fn requested_scope(&self) -> Option<Value> {
+        self.token_requests().last().cloned()
+    }
+    fn last_request(&self) -> Option<Value> {
+        self.token_requests().last().cloned()
+    }
+    fn expected_scopes(&self) -> (Value, Value) {
+        (
+            json!({"permissions": {"contents": "read", "issues": "read", "metadata": "read"},
+                   "repositories": ["api", "web"]}),
+            json!({"permissions": {"contents": "read"}, "repositories": ["api"]}),
+        )
+    }
+}
+
+// ---- pasted_secret ----------------------------------------------------------------------
+
+struct Pasted {
+    provider: Arc<dyn Provider>,
+}
+
+#[async_trait]
+impl Harness for Pasted {
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+    fn binding(&self) -> (Value, Value) {
+        (json!({}), json!({"fields": ["username", "token"]}))
+    }
+    fn within(&self) -> Value {
+        json!({"fields": ["token"]})
+    }
+    fn beyond(&self) -> Value {
+        json!({"fields": ["password"]})
+    }
+    fn secret(&self) -> Option<SecretFields> {
+        let mut f = SecretFields::new();
+        for (k, v) in [("username", "u"), ("token", "t"), ("password", "p")] {
+            f.insert(k, secrecy::SecretString::from(v));
+        }
+        Some(f)
+    }
+    fn calls(&self) -> usize {
+        0
+    }
+    fn requested_scope(&self) -> Option<Value> {
+        None
+    }
+    fn last_request(&self) -> Option<Value> {
+        None
+    }
+    fn expected_scopes(&self) -> (Value, Value) {
+        (json!(["token", "username"]), json!(["token"]))
+    }
+    fn issued_scope(&self, credential: &IssuedCredential) -> Value {
+        let mut names: Vec<&str> = credential.credentials.names().collect();
+        names.sort_unstable();
+        json!(names)
+    }
+}
+
+async fn harness_for(d: &ProviderDescriptor) -> Box<dyn Harness> {
+    match d.id {
+        "aws_assume_role" => Box::new(Aws::start(d).await),
+        "github_app" => Box::new(Github::start(d).await),
+        "pasted_secret" => Box::new(Pasted {
+            provider: build(d, "", Path::new("/")).await,
+        }),
+        other => panic!(
+            "provider {other} has no conformance harness: add one (with its fake) in tests/tests/provider_conformance.rs"
+        ),
+    }
+}
+
+// ---- the checks ---------------------------------------------------------------------------
+
+fn narrowing_of(
+    p: &dyn Provider,
+    ctx: &BindingContext<'_>,
+    narrow: Option<&Value>,
+) -> Result<credbroker_providers::Narrowing, ProviderError> {
+    p.normalize_narrowing(ctx, narrow)
+}
+
+async fn mint(
+    h: &dyn Harness,
+    narrow: Option<&Value>,
+    instance: &str,
+    worker: &str,
+) -> Result<IssuedCredential, ProviderError> {
+    let p = h.provider();
+    let (config, ceiling) = h.binding();
+    let ctx = BindingContext {
+        tenant_id: "t1",
+        binding_id: "b1",
+        config: &config,
+        ceiling: &ceiling,
+    };
+    let narrowing = narrowing_of(p.as_ref(), &ctx, narrow)?;
+    let secret = h.secret();
+    p.mint(&MintRequest {
+        binding: ctx,
+        instance_id: instance,
+        worker,
+        narrowing: &narrowing,
+        secret: secret.as_ref(),
+        timeout: Duration::from_secs(5),
+    })
+    .await
+}
+
+async fn check_ceiling_mode(h: &dyn Harness) {
+    let p = h.provider();
+    let id = p.id();
+    let (config, ceiling) = h.binding();
+    p.validate_binding(&config, &ceiling)
+        .unwrap_or_else(|e| panic!("{id}: the harness binding is invalid: {e}"));
+    let (at_ceiling, at_within) = h.expected_scopes();
+    let within = h.within();
+    match p.ceiling_enforcement() {
+        CeilingEnforcement::Upstream => {
+            mint(h, None, "i1", "w1").await.unwrap();
+            assert_eq!(
+                h.requested_scope(),
+                Some(at_ceiling),
+                "{id}: an unnarrowed mint must ask for exactly the ceiling"
+            );
+            mint(h, Some(&within), "i1", "w1").await.unwrap();
+            assert_eq!(
+                h.requested_scope(),
+                Some(at_within),
+                "{id}: a narrowed mint must ask for exactly the narrowing"
+            );
+        }
+        CeilingEnforcement::Local => {
+            let c = mint(h, None, "i1", "w1").await.unwrap();
+            assert_eq!(h.issued_scope(&c), at_ceiling, "{id}: cut to the ceiling");
+            let c = mint(h, Some(&within), "i1", "w1").await.unwrap();
+            assert_eq!(h.issued_scope(&c), at_within, "{id}: cut to the narrowing");
+        }
+        CeilingEnforcement::Fixed => {
+            let ctx = BindingContext {
+                tenant_id: "t1",
+                binding_id: "b1",
+                config: &config,
+                ceiling: &ceiling,
+            };
+            assert!(
+                narrowing_of(p.as_ref(), &ctx, Some(&within)).is_err(),
+                "{id}: a fixed-scope provider must refuse any narrow"
+            );
+        }
+        CeilingEnforcement::Verified => {
+            let c = mint(h, None, "i1", "w1").await.unwrap();
+            assert_eq!(
+                h.issued_scope(&c),
+                at_ceiling,
+                "{id}: verified at the ceiling"
+            );
+        }
+    }
+    // Beyond the ceiling: refused, and the upstream never hears of it.
+    let before = h.calls();
+    let err = mint(h, Some(&h.beyond()), "i1", "w1").await.err();
+    assert!(
+        matches!(err, Some(ProviderError::NarrowingExceedsCeiling(_))),
+        "{id}: beyond the ceiling must be narrowing_exceeds_ceiling, got {err:?}"
+    );
+    assert_eq!(
+        h.calls(),
+        before,
+        "{id}: an upstream call for a refused narrowing"
+    );
+}
+
+async fn check_credential_scope(h: &dyn Harness) {
+    let p = h.provider();
+    let id = p.id();
+    let (config, ceiling) = h.binding();
+    let scope = p.credential_scope(&BindingContext {
+        tenant_id: "t1",
+        binding_id: "b1",
+        config: &config,
+        ceiling: &ceiling,
+    });
+    if h.last_request().is_none() {
+        return; // nothing upstream can name a caller
+    }
+    let request_for = |instance: &'static str, worker: &'static str| async move {
+        mint(h, None, instance, worker).await.unwrap();
+        h.last_request().unwrap()
+    };
+    let a = request_for("i1", "w1").await;
+    let b = request_for("i2", "w1").await;
+    assert_eq!(
+        scope.instance,
+        a != b,
+        "{id}: declares instance scope {} but the upstream request {} the instance",
+        scope.instance,
+        if a != b { "names" } else { "does not name" }
+    );
+    let c = request_for("i1", "w2").await;
+    assert_eq!(
+        scope.worker,
+        a != c,
+        "{id}: declares worker scope {} but the upstream request {} the worker",
+        scope.worker,
+        if a != c { "names" } else { "does not name" }
+    );
+}
+
+/// A small deterministic generator of JSON values shaped like what callers send.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn value(&mut self, depth: u32) -> Value {
+        const KEYS: &[&str] = &[
+            "role_arn",
+            "broker",
+            "external_id",
+            "duration_s",
+            "source_identity",
+            "policy",
+            "policy_arns",
+            "Statement",
+            "Effect",
+            "Action",
+            "Resource",
+            "permissions",
+            "repositories",
+            "installation_id",
+            "fields",
+            "managed_policy_arns",
+            "actions",
+            "contents",
+            "metadata",
+        ];
+        const STRINGS: &[&str] = &[
+            "",
+            "*",
+            "read",
+            "write",
+            "admin",
+            "Allow",
+            "Deny",
+            "ec2:Describe*",
+            "s3:*",
+            "arn:aws:iam::222222222222:role/X",
+            "arn:aws:iam::aws:policy/SecurityAudit",
+            "arn:${Partition}:iam::aws:policy/SecurityAudit",
+            "token",
+            "\u{0}",
+            "é",
+            "api",
+        ];
+        match self.next() % if depth > 3 { 5 } else { 8 } {
+            0 => Value::Null,
+            1 => Value::Bool(self.next().is_multiple_of(2)),
+            2 => json!((self.next() as i64).wrapping_sub(i64::MAX / 2)),
+            3 => json!((self.next() % 100_000) as f64 / 7.0),
+            4 => json!(STRINGS[(self.next() % STRINGS.len() as u64) as usize]),
+            5 | 6 => {
+                let mut m = serde_json::Map::new();
+                for _ in 0..self.next() % 5 {
+                    let k = KEYS[(self.next() % KEYS.len() as u64) as usize];
+                    m.insert(k.to_owned(), self.value(depth + 1));
+                }
+                Value::Object(m)
+            }
+            _ => Value::Array(
+                (0..self.next() % 4)
+                    .map(|_| self.value(depth + 1))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+fn check_never_panics(h: &dyn Harness) {
+    let p = h.provider();
+    let (config, ceiling) = h.binding();
+    let mut g = Gen(0x9E37_79B9_7F4A_7C15);
+    for _ in 0..2000 {
+        let v = g.value(0);
+        let _ = p.validate_binding(&v, &ceiling);
+        let _ = p.validate_binding(&config, &v);
+        let _ = p.exclusive_identifiers(&v);
+        for (cfg, ceil) in [(&config, &ceiling), (&v, &ceiling), (&config, &v)] {
+            let ctx = BindingContext {
+                tenant_id: "t1",
+                binding_id: "b1",
+                config: cfg,
+                ceiling: ceil,
+            };
+            let _ = p.describe_ceiling(&ctx);
+            let _ = p.credential_scope(&ctx);
+            let _ = p.normalize_narrowing(&ctx, Some(&v));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_provider_in_the_catalog_conforms() {
+    credbroker_tests::init_crypto();
+    assert!(!CATALOG.is_empty());
+    for d in CATALOG {
+        let h = harness_for(d).await;
+        assert_eq!(h.provider().id(), d.id, "descriptor and provider disagree");
+        check_ceiling_mode(h.as_ref()).await;
+        check_credential_scope(h.as_ref()).await;
+        check_never_panics(h.as_ref());
+    }
+}
