@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use zeroize::Zeroizing;
 
 use credbroker_providers::{ProviderError, ProviderRegistry, SecretFields};
@@ -15,10 +15,10 @@ use crate::audit::{AuditConfig, AuditLog};
 use crate::config::Config;
 use crate::keys::{AuditSigner, FingerprintKey, KeyError, Keyring};
 use crate::metrics::Metrics;
-use crate::model::Binding;
+use crate::model::{Binding, SecretVersion};
 use crate::seal::open_secret;
 use crate::store::records::Records;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::token_cache::TokenCache;
 
 /// Settings the broker core needs (a subset of [`Config`]).
@@ -152,6 +152,8 @@ pub struct Broker {
     pub(crate) registry: ProviderRegistry,
     /// Metrics.
     pub metrics: Metrics,
+    /// Orders this process's own changes (fewer retries); correctness does not depend on it:
+    /// every plan's reads are preconditions of its batch.
     pub(crate) admin_lock: tokio::sync::Mutex<()>,
     settings: BrokerSettings,
 }
@@ -185,13 +187,13 @@ impl Broker {
     ///
     /// # Errors
     /// See [`StartError`].
-    pub fn open_with_config(
+    pub async fn open_with_config(
         config: &Config,
         registry: ProviderRegistry,
     ) -> Result<Arc<Broker>, StartError> {
         let keys = BrokerKeys::load(config)?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store_dir())?);
-        Broker::open(store, keys, registry, BrokerSettings::from_config(config))
+        let store = crate::store::open(&config.store, &config.data_dir)?;
+        Broker::open(store, keys, registry, BrokerSettings::from_config(config)).await
     }
 
     /// Starts the broker over an open store.
@@ -199,26 +201,22 @@ impl Broker {
     /// # Errors
     /// When the audit log cannot be opened, or a stored secret names a KEK version the
     /// keyring does not hold (fail at start, not at the first resolve).
-    pub fn open(
+    pub async fn open(
         store: Arc<dyn Store>,
         keys: BrokerKeys,
         registry: ProviderRegistry,
         settings: BrokerSettings,
     ) -> Result<Arc<Broker>, StartError> {
-        if let Some(meta) = store.get(crate::store::Table::KeyMeta, "kek")? {
-            let required = serde_json::from_slice::<Value>(&meta)
-                .ok()
-                .and_then(|m| m["active_version"].as_u64())
-                .unwrap_or(0);
+        let records = Records::with_cache(store, settings.record_cache_entries);
+        if let Some(required) = records.kek_active_version().await? {
             if !keys.keyring.versions().any(|v| u64::from(v) == required) {
                 return Err(StartError::Other(format!(
                     "the store was last rotated to KEK version {required}, which the keyring does not hold (stale keyring file?)"
                 )));
             }
         }
-        let records = Records::with_cache(store, settings.record_cache_entries);
         let held: Vec<u32> = keys.keyring.versions().collect();
-        for v in records.all_secret_versions()? {
+        for v in records.all_secret_versions().await? {
             if !held.contains(&v.kek_version) {
                 return Err(StartError::Other(format!(
                     "secret {}/{} is wrapped by KEK version {}, which the keyring does not hold",
@@ -249,6 +247,7 @@ impl Broker {
         });
         broker
             .load_all_platform_keys()
+            .await
             .map_err(|e| StartError::Other(format!("platform keys: {}", e.message)))?;
         Ok(broker)
     }
@@ -323,18 +322,35 @@ impl Broker {
     }
 
     /// Opens the active secret version of `binding`.
-    pub(crate) fn open_active_secret(
+    pub(crate) async fn open_active_secret(
         &self,
         binding: &Binding,
     ) -> Result<SecretFields, ProviderError> {
+        let sealed = self.sealed_active_secret(binding).await?;
+        self.open_sealed(binding, &sealed)
+    }
+
+    /// The sealed (still encrypted) active secret version of `binding`.
+    pub(crate) async fn sealed_active_secret(
+        &self,
+        binding: &Binding,
+    ) -> Result<Arc<SecretVersion>, ProviderError> {
         let version = binding
             .active_secret_version
             .ok_or(ProviderError::SecretMissing)?;
-        let stored = self
-            .records
+        self.records
             .shared_secret_version(&binding.id, version)
+            .await
             .map_err(|e| ProviderError::Internal(format!("store: {e}")))?
-            .ok_or(ProviderError::SecretMissing)?;
+            .ok_or(ProviderError::SecretMissing)
+    }
+
+    /// Opens a sealed secret version of `binding` (plaintext in a zeroizing value).
+    pub(crate) fn open_sealed(
+        &self,
+        binding: &Binding,
+        stored: &SecretVersion,
+    ) -> Result<SecretFields, ProviderError> {
         open_secret(
             &self.keyring,
             &binding.tenant,
@@ -345,7 +361,7 @@ impl Broker {
             &stored.sealed_payload,
         )
         .map_err(|e| {
-            tracing::error!(binding = %binding.id, version, error = %e, "stored secret failed to open");
+            tracing::error!(binding = %binding.id, version = stored.version, error = %e, "stored secret failed to open");
             ProviderError::Internal("stored secret could not be opened".into())
         })
     }

@@ -27,8 +27,7 @@ use crate::audit::AuditEvent;
 use crate::broker::{error_answer, Answer, Broker};
 use crate::ids::{BindingId, TenantId};
 use crate::model::{now_rfc3339, Binding, Status};
-use crate::store::records::BatchExt;
-use crate::store::{Batch, Table};
+use crate::store::Batch;
 
 fn rejected(m: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::CallbackRejected, m)
@@ -165,24 +164,20 @@ impl Broker {
             .first()
             .cloned()
             .ok_or_else(|| rejected("redirect names no installation"))?;
-        let state_key = crate::admin::callback_state_key(&redirect.state);
         let tenant = {
             let _guard = self.admin_lock.lock().await;
-            let raw = self
+            let (state_key, read) = self
                 .records
-                .store()
-                .get(Table::Identifiers, &state_key)
+                .callback_state(&redirect.state)
+                .await
                 .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
                 .ok_or_else(|| rejected("unknown or already used state"))?;
-            let rec: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-            let expired = rec["expires_at"]
-                .as_i64()
-                .is_none_or(|e| e < time::OffsetDateTime::now_utc().unix_timestamp());
-            if rec["provider"] != provider.id() {
+            let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
+            if read.provider != provider.id() {
                 return Err(rejected("state was issued for another provider").into());
             }
-            let tenant = TenantId::parse(rec["tenant"].as_str().unwrap_or(""))
-                .map_err(|_| rejected("state record is corrupt"))?;
+            let tenant =
+                TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
             event.tenant = Some(tenant.to_string());
             // The state is consumed now, whatever follows: single use. The record saying so is
             // durable first.
@@ -205,11 +200,13 @@ impl Broker {
                     "audit log unavailable; nothing was changed",
                 )
             })?;
+            // Consumed exactly as read: a second use of the same state fails here, on every
+            // replica, whatever the lock.
             let mut batch = Batch::new();
-            batch.remove(Table::Identifiers, &state_key);
+            batch.consume_callback_state(&state_key, &read);
             self.records
-                .store()
                 .commit(batch)
+                .await
                 .map_err(|_| ApiError::new(ErrorCode::Internal, "could not consume the state"))?;
             if expired {
                 // Already audited above: no second record.
@@ -225,17 +222,11 @@ impl Broker {
         // Already bound? To this tenant: re-probe; to another: refuse.
         let owner = self
             .records
-            .store()
-            .get(
-                Table::Identifiers,
-                &crate::admin::exclusive_key(&identifier),
-            )
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
-            .and_then(|v| serde_json::from_slice::<Value>(&v).ok());
+            .identifier_owner(&identifier)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
         let binding_id = match owner {
-            Some(o) if o["tenant"] == tenant.as_str() => {
-                o["binding"].as_str().unwrap_or("").to_owned()
-            }
+            Some(o) if o.tenant == tenant.as_str() => o.binding.unwrap_or_default(),
             Some(_) => {
                 return Err(rejected("this installation is already bound to another tenant").into())
             }
@@ -299,7 +290,7 @@ impl Broker {
         // Verified (constant-time signature) before the body is parsed.
         let verified = cb.verify_webhook(headers, body).map_err(rejected)?;
         let guard = self.admin_lock.lock().await;
-        let change = self.plan_webhook(verified)?;
+        let change = self.plan_webhook(verified).await?;
         event.outcome = "allowed".into();
         event.detail = Some(change.detail.clone());
         event.tenant = change.tenant.clone();
@@ -311,10 +302,21 @@ impl Broker {
             )
         })?;
         if !change.batch.ops.is_empty() {
-            self.records
-                .store()
-                .commit(change.batch)
-                .map_err(|_| ApiError::new(ErrorCode::Internal, "store write failed"))?;
+            if let Err(e) = self.records.commit(change.batch).await {
+                // The event's record is durable; a second one says the change did not land.
+                tracing::error!(error = %e, "webhook change failed after its audit record");
+                let failed = AuditEvent {
+                    outcome: "failed".into(),
+                    error_code: Some(ErrorCode::Internal.as_str().to_owned()),
+                    detail: Some(format!("commit of {} failed after audit", receipt.audit_id)),
+                    ..event.clone()
+                };
+                let second = self.audit.append(failed).await.ok();
+                return Err(Failure {
+                    err: ApiError::new(ErrorCode::Internal, "store write failed"),
+                    audit_id: second.map(|r| r.audit_id),
+                });
+            }
         }
         if let Some(b) = &change.binding {
             self.cache.invalidate_binding(b);
@@ -328,7 +330,7 @@ impl Broker {
         Ok((change.response, receipt.audit_id))
     }
 
-    fn plan_webhook(&self, verified: CallbackEvent) -> Result<Change, ApiError> {
+    async fn plan_webhook(&self, verified: CallbackEvent) -> Result<Change, ApiError> {
         let (identifier, what) = match &verified {
             CallbackEvent::Ignored { reason } => {
                 return Ok(Change {
@@ -347,10 +349,9 @@ impl Broker {
         };
         let owner = self
             .records
-            .store()
-            .get(Table::Identifiers, &crate::admin::exclusive_key(identifier))
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
-            .and_then(|v| serde_json::from_slice::<Value>(&v).ok());
+            .identifier_owner(identifier)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
         let Some(owner) = owner else {
             return Ok(Change {
                 response: json!({ "result": "ignored", "reason": "not bound here" }),
@@ -361,13 +362,15 @@ impl Broker {
                 reprobe: None,
             });
         };
-        let bid = BindingId::parse(owner["binding"].as_str().unwrap_or(""))
+        let bid = BindingId::parse(owner.binding.as_deref().unwrap_or(""))
             .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt identifier owner"))?;
-        let mut binding: Binding = self
+        let stored = self
             .records
             .binding(&bid)
+            .await
             .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "identifier owner has no binding"))?;
+        let mut binding: Binding = stored.value.clone();
         let mut reprobe = None;
         let note = match verified {
             CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. } => {
@@ -385,7 +388,7 @@ impl Broker {
         };
         binding.last_probe = Some(format!("{} at {}", note, now_rfc3339()));
         let mut batch = Batch::new();
-        batch.replace(Table::Bindings, binding.id.as_str(), &binding);
+        batch.replace(&stored, &binding);
         Ok(Change {
             response: json!({ "result": what, "binding": binding.id.as_str(), "status": binding.status }),
             detail: format!("binding={} {note}", binding.id),

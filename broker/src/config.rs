@@ -40,6 +40,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
+    /// The store backend.
+    #[serde(default)]
+    pub store: crate::store::StoreSettings,
     /// Federated providers: `[providers.<id>]` enables provider `<id>` with the settings
     /// its module documents (the providers crate parses them; unknown ids are errors).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -252,6 +255,7 @@ impl Config {
             audit: AuditSettings::default(),
             cache: CacheSettings::default(),
             log: LogSettings::default(),
+            store: crate::store::StoreSettings::default(),
             providers: BTreeMap::new(),
             public: None,
             config_dir: PathBuf::new(),
@@ -281,6 +285,7 @@ impl Config {
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
         for p in [
+            self.store.path.as_mut(),
             self.tls.crl.as_mut(),
             self.keys.kek_file.as_mut(),
             self.keys.audit_key_file.as_mut(),
@@ -355,9 +360,12 @@ impl Config {
         Ok(())
     }
 
-    /// `<data_dir>/store`
+    /// The sled store directory (`[store] path`, default `<data_dir>/store`).
     pub fn store_dir(&self) -> PathBuf {
-        self.data_dir.join("store")
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("store"))
     }
 
     /// `<data_dir>/audit`

@@ -29,7 +29,7 @@ pub async fn run(
     registry: ProviderRegistry,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
-    let broker = Broker::open_with_config(&config, registry)?;
+    let broker = Broker::open_with_config(&config, registry).await?;
     run_with_broker(config, broker, on_ready).await
 }
 

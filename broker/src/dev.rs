@@ -152,7 +152,7 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
     let worker = WorkerId::parse(DEV_WORKER).map_err(DevError)?;
     let instance = InstanceId::parse(DEMO_INSTANCE).map_err(DevError)?;
     let mut added = false;
-    if r.tenant(&tenant).map_err(dev_err)?.is_none() {
+    if r.tenant(&tenant).await.map_err(dev_err)?.is_none() {
         apply(
             broker,
             AdminOp::AddTenant(NewTenant {
@@ -163,7 +163,7 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
         .await?;
         added = true;
     }
-    let existing = r.binding(&binding).map_err(dev_err)?;
+    let existing = r.binding(&binding).await.map_err(dev_err)?;
     if existing.is_none() {
         apply(
             broker,
@@ -179,6 +179,7 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
         added = true;
     }
     if r.binding(&binding)
+        .await
         .map_err(dev_err)?
         .and_then(|b| b.active_secret_version)
         .is_none()
@@ -193,7 +194,7 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
         apply(broker, AdminOp::SecretSet(DEMO_BINDING.into(), fields)).await?;
         added = true;
     }
-    if r.worker(&worker).map_err(dev_err)?.is_none() {
+    if r.worker(&worker).await.map_err(dev_err)?.is_none() {
         apply(
             broker,
             AdminOp::AddWorker(NewWorker {
@@ -205,7 +206,7 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
         .await?;
         added = true;
     }
-    if r.instance(&instance).map_err(dev_err)?.is_none() {
+    if r.instance(&instance).await.map_err(dev_err)?.is_none() {
         apply(
             broker,
             AdminOp::AddInstance(NewInstance {

@@ -29,6 +29,10 @@ pub struct Tenant {
     pub name: String,
     /// Status.
     pub status: Status,
+    /// Bumped whenever a worker, binding or instance of the tenant is added or removed, so a
+    /// change planned on "no children" fails if one appeared meanwhile.
+    #[serde(default)]
+    pub revision: u64,
     /// Creation time, RFC 3339.
     pub created_at: String,
 }
@@ -108,6 +112,10 @@ pub struct Binding {
     /// before it existed (a re-created binding still gets a fresh one).
     #[serde(default)]
     pub generation: String,
+    /// Bumped whenever an instance of the binding is added or removed (see
+    /// [`Tenant::revision`]).
+    #[serde(default)]
+    pub revision: u64,
     /// Creation time, RFC 3339.
     pub created_at: String,
 }
@@ -180,6 +188,50 @@ impl From<&SecretVersion> for SecretVersionView {
             created_at: v.created_at.clone(),
         }
     }
+}
+
+/// Lifecycle of a platform key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Stored, not used yet.
+    Staged,
+    /// Signs (the most recently activated is preferred).
+    Active,
+    /// Retired: no longer used, material destroyed.
+    Retired,
+}
+
+/// One stored platform key (the broker's own key for a provider, e.g. a GitHub App key),
+/// sealed like a secret version.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformKeyRecord {
+    /// The provider id.
+    pub kind: String,
+    /// Version, from 1.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// Non-secret fingerprint.
+    pub fingerprint: String,
+    /// KEK version wrapping the data key.
+    #[serde(default)]
+    pub kek_version: u32,
+    /// Wrapped data key (empty once retired).
+    #[serde(default)]
+    pub wrapped_dek: String,
+    /// Sealed key material (empty once retired).
+    #[serde(default)]
+    pub sealed_payload: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Last activation time.
+    #[serde(default)]
+    pub activated_at: Option<String>,
+    /// Retirement time.
+    #[serde(default)]
+    pub retired_at: Option<String>,
 }
 
 /// The current UTC time in RFC 3339.

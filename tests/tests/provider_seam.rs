@@ -1,6 +1,6 @@
-//! The provider seam holds: the broker core never names a provider. A provider is its folder
-//! under providers/ plus one line in the catalog; if core code needs a provider's id, the
-//! seam is in the wrong place.
+//! The seams hold: the broker core never names a provider (a provider is its folder under
+//! providers/ plus one line in the catalog), and nothing outside broker/src/store names a
+//! table or a raw key (typed record access only).
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +66,44 @@ fn no_provider_id_appears_in_the_broker_core() {
         "provider ids in broker/src (name them through the providers crate's catalog):\n{}",
         found.join("\n")
     );
+}
+
+/// Whether `line` names the path `item` (not as the tail of a longer name: `AdminOp::`).
+fn names(line: &str, item: &str) -> bool {
+    line.match_indices(item).any(|(i, _)| {
+        line[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    })
+}
+
+#[test]
+fn no_table_or_raw_key_outside_the_store_module() {
+    let mut files = Vec::new();
+    rust_files(&repo_root().join("broker/src"), &mut files);
+    let store_dir = repo_root().join("broker/src/store");
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| !f.starts_with(&store_dir)) {
+        let code = production_code(&std::fs::read_to_string(f).unwrap());
+        for (n, line) in code.lines().enumerate() {
+            if names(line, "Table::") || names(line, "Op::") {
+                found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "raw store access outside broker/src/store (add a typed method to store::records):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_raw_access_check_tells_names_apart() {
+    assert!(names("batch.push(Op::Put(Table::Tenants, k, v))", "Op::"));
+    assert!(names("store::Table::Tenants", "Table::"));
+    assert!(!names("AdminOp::List(c)", "Op::"));
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use credbroker::model::SecretVersion;
-use credbroker::store::records::{secret_key, BatchExt, Records};
-use credbroker::store::{Batch, SledStore, Store, Table};
+use credbroker::store::records::Records;
+use credbroker::store::{Batch, SledStore, Store};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::json;
@@ -42,13 +42,14 @@ async fn ciphertext_copied_onto_another_binding_fails_to_open() {
         let records = open_records(&daemon);
         let b1 = credbroker::ids::BindingId::parse("b1").unwrap();
         let b2 = credbroker::ids::BindingId::parse("b2").unwrap();
-        let from: SecretVersion = records.secret_version(&b1, 1).unwrap().unwrap();
-        let mut onto: SecretVersion = records.secret_version(&b2, 1).unwrap().unwrap();
+        let from = records.secret_version(&b1, 1).await.unwrap().unwrap();
+        let read = records.secret_version(&b2, 1).await.unwrap().unwrap();
+        let mut onto: SecretVersion = read.value.clone();
         onto.wrapped_dek = from.wrapped_dek.clone();
         onto.sealed_payload = from.sealed_payload.clone();
         let mut batch = Batch::new();
-        batch.replace(Table::Secrets, &secret_key(&b2, 1), &onto);
-        records.store().commit(batch).unwrap();
+        batch.replace(&read, &onto);
+        records.commit(batch).await.unwrap();
     }
 
     daemon.restart();
@@ -80,7 +81,13 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
     assert_eq!(s, 200);
     let before: Vec<SecretVersion> = {
         daemon.stop();
-        open_records(&daemon).all_secret_versions().unwrap()
+        open_records(&daemon)
+            .all_secret_versions()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.value)
+            .collect()
     };
     assert_eq!(before.len(), 3);
     assert!(before.iter().all(|v| v.kek_version == 1));
@@ -108,7 +115,7 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
         out.contains("version 1 -> 2; 3 data key(s) re-wrapped"),
         "{out}"
     );
-    let after = open_records(&daemon).all_secret_versions().unwrap();
+    let after = open_records(&daemon).all_secret_versions().await.unwrap();
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(a.kek_version, 2);
         assert_ne!(a.wrapped_dek, b.wrapped_dek, "data key re-wrapped");

@@ -34,7 +34,7 @@ async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
         mints: mints.clone(),
         delay: Duration::from_millis(300),
     }));
-    let broker = Broker::open_with_config(&config, registry).unwrap();
+    let broker = Broker::open_with_config(&config, registry).await.unwrap();
     let tls = Arc::new(ReloadableTls::new(config.tls.clone()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server =

@@ -21,21 +21,7 @@ use crate::audit::{AuditEvent, AuditReceipt};
 use crate::broker::Broker;
 use crate::ids::TenantId;
 use crate::model::{now_rfc3339, Binding, Status};
-use crate::store::records::BatchExt;
-use crate::store::{Op, Table};
-
-fn tenant_param_key(provider: &str, name: &str, tenant: &TenantId) -> String {
-    format!("tenant-param:{provider}:{name}:{tenant}")
-}
-
-/// Store key of an install `state`.
-pub(crate) fn callback_state_key(state: &str) -> String {
-    format!("callback-state:{state}")
-}
-
-pub(crate) fn exclusive_key(identifier: &str) -> String {
-    format!("exclusive:{identifier}")
-}
+use crate::store::records::{CallbackState, IdentifierOwner};
 
 /// `length` random characters of `[A-Za-z0-9]`, from the system CSPRNG.
 pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
@@ -57,12 +43,13 @@ pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
 
 impl Broker {
     /// Whether `binding` is a binding whose provider requires an activation probe.
-    pub(super) fn needs_activation(&self, binding: &str) -> bool {
+    pub(super) async fn needs_activation(&self, binding: &str) -> bool {
         let Ok(id) = crate::ids::BindingId::parse(binding) else {
             return false;
         };
         self.records
             .binding(&id)
+            .await
             .ok()
             .flatten()
             .and_then(|b| {
@@ -73,28 +60,8 @@ impl Broker {
             .unwrap_or(false)
     }
 
-    /// The store keys of the exclusive identifiers a binding holds.
-    pub(super) fn identifiers_of(
-        &self,
-        binding: &crate::ids::BindingId,
-    ) -> Result<Vec<String>, ApiError> {
-        let mut keys = Vec::new();
-        for (key, value) in self
-            .records
-            .store()
-            .scan(Table::Identifiers, "exclusive:")
-            .map_err(store_err)?
-        {
-            let owner: Value = serde_json::from_slice(&value).unwrap_or(Value::Null);
-            if owner["binding"] == binding.as_str() {
-                keys.push(key);
-            }
-        }
-        Ok(keys)
-    }
-
     /// The tenant's parameters for `provider`, generating (into `plan`) the missing ones.
-    fn tenant_parameters(
+    async fn tenant_parameters(
         &self,
         provider: &dyn credbroker_providers::Provider,
         tenant: &TenantId,
@@ -102,31 +69,18 @@ impl Broker {
     ) -> Result<serde_json::Map<String, Value>, ApiError> {
         let mut out = serde_json::Map::new();
         for p in provider.tenant_parameters() {
-            let key = tenant_param_key(provider.id(), p.name, tenant);
-            let value = match self
+            let existing = self
                 .records
-                .store()
-                .get(Table::Identifiers, &key)
-                .map_err(store_err)?
-            {
-                Some(v) => String::from_utf8(v)
-                    .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt tenant parameter"))?,
+                .tenant_parameter(provider.id(), p.name, tenant)
+                .await
+                .map_err(store_err)?;
+            let value = match existing {
+                Some(v) => v,
                 None => {
+                    // Generated once; unique across tenants too, checked in the same batch.
                     let v = random_alphanumeric(p.length)?;
                     plan.batch
-                        .push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
-                        .push(Op::Put(Table::Identifiers, key, v.clone().into_bytes()));
-                    // Unique across tenants too, checked in the same batch.
-                    let unique =
-                        exclusive_key(&format!("tenant-param:{}:{}:{v}", provider.id(), p.name));
-                    plan.batch
-                        .push(Op::ExpectAbsent(Table::Identifiers, unique.clone()))
-                        .push(Op::Put(
-                            Table::Identifiers,
-                            unique,
-                            serde_json::to_vec(&json!({ "tenant": tenant.as_str() }))
-                                .unwrap_or_default(),
-                        ));
+                        .put_tenant_parameter(provider.id(), p.name, tenant, &v);
                     v
                 }
             };
@@ -135,15 +89,15 @@ impl Broker {
         Ok(out)
     }
 
-    pub(super) fn plan_add_binding(&self, b: NewBinding) -> Result<Plan, ApiError> {
+    pub(super) async fn plan_add_binding(&self, b: NewBinding) -> Result<Plan, ApiError> {
         let r = &self.records;
-        if r.binding(&b.id).map_err(store_err)?.is_some() {
+        if r.binding(&b.id).await.map_err(store_err)?.is_some() {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!("binding {} already exists", b.id),
             ));
         }
-        self.tenant_or_404(b.tenant.as_str())?;
+        let tenant = self.tenant_or_404(b.tenant.as_str()).await?;
         let provider = self.registry.get(&b.provider).cloned().ok_or_else(|| {
             ApiError::bad_request(format!(
                 "provider {:?} is not available in this build or not configured (available: {})",
@@ -166,7 +120,9 @@ impl Broker {
             ));
         }
         let mut plan = Plan::new(String::new(), Value::Null);
-        let params = self.tenant_parameters(provider.as_ref(), &b.tenant, &mut plan)?;
+        let params = self
+            .tenant_parameters(provider.as_ref(), &b.tenant, &mut plan)
+            .await?;
         if !params.is_empty() {
             config["broker"] = Value::Object(params);
         }
@@ -174,25 +130,23 @@ impl Broker {
             .validate_binding(&config, &b.ceiling)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         for identifier in provider.exclusive_identifiers(&config) {
-            let key = exclusive_key(&identifier);
-            if let Some(owner) = r.store().get(Table::Identifiers, &key).map_err(store_err)? {
-                let owner: Value = serde_json::from_slice(&owner).unwrap_or(Value::Null);
+            // A friendly refusal now; the batch's own precondition is what guarantees it.
+            if let Some(owner) = r.identifier_owner(&identifier).await.map_err(store_err)? {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
                     format!(
                         "{identifier} is already bound (binding {}); an identifier can belong to one tenant only",
-                        owner["binding"].as_str().unwrap_or("?")
+                        owner.binding.as_deref().unwrap_or("?")
                     ),
                 ));
             }
-            let owner = json!({ "tenant": b.tenant.as_str(), "binding": b.id.as_str() });
-            plan.batch
-                .push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
-                .push(Op::Put(
-                    Table::Identifiers,
-                    key,
-                    serde_json::to_vec(&owner).unwrap_or_default(),
-                ));
+            plan.batch.claim_identifier(
+                &identifier,
+                &IdentifierOwner {
+                    tenant: b.tenant.to_string(),
+                    binding: Some(b.id.to_string()),
+                },
+            );
         }
         let pending = provider.probe().is_some_and(|p| p.gates_activation());
         let binding = Binding {
@@ -213,14 +167,14 @@ impl Broker {
                 .then(|| "pending activation: run `credbroker binding probe`".to_owned()),
             trust_broken: false,
             generation: super::fresh_generation()?,
+            revision: 0,
             created_at: now_rfc3339(),
         };
-        plan.batch.push(Op::ExpectPresent(
-            Table::Tenants,
-            binding.tenant.to_string(),
-        ));
-        plan.batch
-            .create(Table::Bindings, binding.id.as_str(), &binding);
+        // The tenant gains a child: it cannot be removed meanwhile.
+        let mut t = tenant.value.clone();
+        t.revision = t.revision.wrapping_add(1);
+        plan.batch.replace(&tenant, &t);
+        plan.batch.create(&binding);
         plan.detail = format!(
             "binding={} provider={} status={:?}",
             binding.id, binding.provider, binding.status
@@ -232,7 +186,7 @@ impl Broker {
         Ok(plan)
     }
 
-    pub(super) fn plan_onboard(
+    pub(super) async fn plan_onboard(
         &self,
         provider_name: &str,
         tenant: &TenantId,
@@ -243,12 +197,14 @@ impl Broker {
                 provider_name.chars().take(48).collect::<String>()
             ))
         })?;
-        self.tenant_or_404(tenant.as_str())?;
+        self.tenant_or_404(tenant.as_str()).await?;
         let mut plan = Plan::new(
             format!("provider={} tenant={tenant}", provider.id()),
             Value::Null,
         );
-        let params = self.tenant_parameters(provider.as_ref(), tenant, &mut plan)?;
+        let params = self
+            .tenant_parameters(provider.as_ref(), tenant, &mut plan)
+            .await?;
         plan.response = provider
             .onboarding(tenant.as_str(), &params)
             .ok_or_else(|| {
@@ -261,15 +217,14 @@ impl Broker {
                 + time::Duration::seconds(
                     i64::try_from(self.callback_state_ttl_s()).unwrap_or(3600),
                 );
-            let record = json!({ "provider": provider.id(), "tenant": tenant.as_str(), "expires_at": expires.unix_timestamp() });
-            let key = callback_state_key(&state);
-            plan.batch
-                .push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
-                .push(Op::Put(
-                    Table::Identifiers,
-                    key,
-                    serde_json::to_vec(&record).unwrap_or_default(),
-                ));
+            plan.batch.put_callback_state(
+                &state,
+                &CallbackState {
+                    provider: provider.id().to_owned(),
+                    tenant: tenant.to_string(),
+                    expires_at: expires.unix_timestamp(),
+                },
+            );
             plan.response["install_url"] = json!(callbacks.install_url(&state));
             plan.response["state_expires_at"] = json!(crate::model::rfc3339(expires));
         }
@@ -285,7 +240,8 @@ impl Broker {
         started: Instant,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         let refuse = |e: ApiError| (e, None);
-        let mut binding = self.binding_or_404(id).map_err(refuse)?;
+        let stored = self.binding_or_404(id).await.map_err(refuse)?;
+        let mut binding = stored.value.clone();
         event.tenant = Some(binding.tenant.to_string());
         event.binding = Some(binding.id.to_string());
         event.provider = Some(binding.provider.clone());
@@ -318,6 +274,7 @@ impl Broker {
             binding.status,
             binding.last_probe.clone().unwrap_or_default()
         ));
+        let failed_template = event.clone();
         let receipt = self.audit.append(event).await.map_err(|_| {
             (
                 ApiError::new(
@@ -328,11 +285,19 @@ impl Broker {
             )
         })?;
         let mut batch = crate::store::Batch::new();
-        batch.replace(Table::Bindings, binding.id.as_str(), &binding);
-        self.records
-            .store()
-            .commit(batch)
-            .map_err(|e| (store_err(e), Some(receipt.clone())))?;
+        batch.replace(&stored, &binding);
+        if let Err(e) = self.records.commit(batch).await {
+            // The probe's record says what it found; this one says it did not take effect.
+            let err = store_err(e);
+            let failed = AuditEvent {
+                outcome: "failed".into(),
+                error_code: Some(err.code.as_str().to_owned()),
+                detail: Some(format!("commit of {} failed after audit", receipt.audit_id)),
+                ..failed_template
+            };
+            let second = self.audit.append(failed).await.ok();
+            return Err((err, second));
+        }
         self.cache.invalidate_binding(binding.id.as_str());
         match (outcome, error) {
             (Ok(summary), _) => Ok(AdminOutcome {
@@ -357,7 +322,7 @@ impl Broker {
                 ProviderError::InvalidConfig("the binding's provider is not configured".into())
             })?;
         let secret = match provider.secret_requirement() {
-            SecretRequirement::Required => Some(self.open_active_secret(binding)?),
+            SecretRequirement::Required => Some(self.open_active_secret(binding).await?),
             SecretRequirement::None => None,
         };
         let narrowing = Narrowing::none();

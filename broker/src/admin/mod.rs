@@ -1,10 +1,12 @@
 //! The operator admin API: tenants, workers, instances, bindings and write-only secrets.
 //!
 //! Every admin request (reads included, refusals included) leaves one audit record. A change
-//! is planned under the admin lock (validated against the current store, sealed if it
-//! carries a secret), its audit record is made durable, and only then is it committed as one
-//! atomic store batch — so there is never an unaudited change. If the commit itself fails
-//! after the record was written, a second record says so.
+//! is planned from the current store (validated, sealed if it carries a secret), its audit
+//! record is made durable, and only then is it committed as one atomic store batch — so there
+//! is never an unaudited change. If the commit itself fails after the record was written, a
+//! second record says so. Every read a plan depends on is a precondition of its batch
+//! (`store::records`), so concurrent changes — here or on another replica — cannot both win;
+//! the local admin lock only keeps this process's own changes from tripping over each other.
 //!
 //! Secrets are write-only: nothing here returns a secret value; list and detail responses
 //! show secret field names and version metadata only.
@@ -18,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use credbroker_providers::{BindingContext, SecretFields, SecretRequirement};
+use credbroker_providers::SecretFields;
 
 use crate::api_error::json_error;
 use crate::api_error::{ApiError, ErrorCode};
@@ -26,18 +28,13 @@ use crate::audit::{AuditEvent, AuditReceipt};
 use crate::broker::{error_answer, Answer, Broker};
 use crate::identity::PeerIdentity;
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
-use crate::model::{
-    now_rfc3339, Binding, Instance, SecretState, SecretVersion, SecretVersionView, Status, Tenant,
-    Worker,
-};
-use crate::seal::seal_secret;
-use crate::store::records::{secret_key, BatchExt};
-use crate::store::{Batch, StoreError, Table};
+use crate::model::Status;
+use crate::store::{Batch, StoreError};
 
 mod federation;
-
-pub(crate) use federation::{callback_state_key, exclusive_key};
 mod platform_keys;
+mod records;
+mod secrets;
 
 /// A record collection of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,15 +66,6 @@ impl Collection {
             Collection::Workers => "worker",
             Collection::Instances => "instance",
             Collection::Bindings => "binding",
-        }
-    }
-
-    fn table(self) -> Table {
-        match self {
-            Collection::Tenants => Table::Tenants,
-            Collection::Workers => Table::Workers,
-            Collection::Instances => Table::Instances,
-            Collection::Bindings => Table::Bindings,
         }
     }
 }
@@ -374,7 +362,7 @@ pub fn parse_admin_request(
     }
 }
 
-fn validate_kind(kind: &str) -> Result<(), ApiError> {
+pub(super) fn validate_kind(kind: &str) -> Result<(), ApiError> {
     let ok = !kind.is_empty()
         && kind.len() <= 32
         && kind
@@ -389,7 +377,7 @@ fn validate_kind(kind: &str) -> Result<(), ApiError> {
     }
 }
 
-fn store_err(e: StoreError) -> ApiError {
+pub(super) fn store_err(e: StoreError) -> ApiError {
     match e {
         StoreError::Precondition {
             table,
@@ -412,14 +400,14 @@ pub(crate) fn fresh_generation() -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(ErrorCode::Internal, "the system random generator failed"))
 }
 
-fn unknown(c: Collection, id: &str) -> ApiError {
+pub(super) fn unknown(c: Collection, id: &str) -> ApiError {
     ApiError::new(
         ErrorCode::UnknownRecord,
         format!("no such {} {id:?}", c.noun()),
     )
 }
 
-fn to_value<T: serde::Serialize>(v: &T) -> Value {
+pub(super) fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
@@ -551,7 +539,7 @@ impl Broker {
         };
         let op = match op {
             AdminOp::SetStatus(Collection::Bindings, id, Status::Active)
-                if self.needs_activation(&id) =>
+                if self.needs_activation(&id).await =>
             {
                 event.action = "binding.enable".into();
                 AdminOp::Probe(id)
@@ -564,14 +552,7 @@ impl Broker {
         if let AdminOp::RevokeCached(provider) = &op {
             return self.revoke_cached(provider, event).await;
         }
-        let planned = match op {
-            AdminOp::Onboard(provider, tenant) => self.plan_onboard(&provider, &tenant),
-            AdminOp::KeysList(kind) => self.plan_keys_list(&kind),
-            AdminOp::KeysAdd(kind, material) => self.plan_keys_add(&kind, material),
-            AdminOp::KeysActivate(kind, v) => self.plan_keys_state(&kind, v, true),
-            AdminOp::KeysRetire(kind, v) => self.plan_keys_state(&kind, v, false),
-            op => self.plan(op),
-        };
+        let planned = self.plan(op).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let plan = match planned {
             Ok(plan) => plan,
@@ -601,7 +582,7 @@ impl Broker {
                 None,
             )
         })?;
-        if let Err(e) = self.records.store().commit(plan.batch) {
+        if let Err(e) = self.records.commit(plan.batch).await {
             let err = store_err(e);
             event.outcome = "failed".into();
             event.error_code = Some(err.code.as_str().to_owned());
@@ -613,7 +594,7 @@ impl Broker {
             self.cache.invalidate_binding(&b);
         }
         if let Some(kind) = plan.reload_keys {
-            if let Err(e) = self.load_platform_keys(&kind) {
+            if let Err(e) = self.load_platform_keys(&kind).await {
                 tracing::error!(kind, error = %e, "platform keys could not be loaded after a change");
             }
         }
@@ -625,563 +606,33 @@ impl Broker {
         })
     }
 
-    fn plan(&self, op: AdminOp) -> Result<Plan, ApiError> {
-        let r = &self.records;
+    async fn plan(&self, op: AdminOp) -> Result<Plan, ApiError> {
         match op {
-            AdminOp::List(c) => {
-                let items: Vec<Value> = match c {
-                    Collection::Tenants => r
-                        .tenants()
-                        .map_err(store_err)?
-                        .iter()
-                        .map(to_value)
-                        .collect(),
-                    Collection::Workers => r
-                        .workers()
-                        .map_err(store_err)?
-                        .iter()
-                        .map(to_value)
-                        .collect(),
-                    Collection::Instances => r
-                        .instances()
-                        .map_err(store_err)?
-                        .iter()
-                        .map(to_value)
-                        .collect(),
-                    Collection::Bindings => r
-                        .bindings()
-                        .map_err(store_err)?
-                        .iter()
-                        .map(to_value)
-                        .collect(),
-                };
-                let key = format!("{}s", c.noun());
-                Ok(Plan::new(
-                    format!("{} records", items.len()),
-                    json!({ key: items }),
-                ))
-            }
-            AdminOp::Show(c, id) => {
-                let value = match c {
-                    Collection::Tenants => to_value(&self.tenant_or_404(&id)?),
-                    Collection::Workers => {
-                        let wid = WorkerId::parse(&id).map_err(ApiError::bad_request)?;
-                        to_value(
-                            &r.worker(&wid)
-                                .map_err(store_err)?
-                                .ok_or_else(|| unknown(c, &id))?,
-                        )
-                    }
-                    Collection::Instances => {
-                        let iid = InstanceId::parse(&id).map_err(ApiError::bad_request)?;
-                        to_value(
-                            &r.instance(&iid)
-                                .map_err(store_err)?
-                                .ok_or_else(|| unknown(c, &id))?,
-                        )
-                    }
-                    Collection::Bindings => {
-                        let b = self.binding_or_404(&id)?;
-                        let versions: Vec<SecretVersionView> = r
-                            .secret_versions(&b.id)
-                            .map_err(store_err)?
-                            .iter()
-                            .map(SecretVersionView::from)
-                            .collect();
-                        let ceiling = self.registry.get(&b.provider).map(|p| {
-                            p.describe_ceiling(&BindingContext {
-                                tenant_id: b.tenant.as_str(),
-                                binding_id: b.id.as_str(),
-                                config: &b.config,
-                                ceiling: &b.ceiling,
-                            })
-                        });
-                        let mut v = to_value(&b);
-                        if let Value::Object(m) = &mut v {
-                            m.insert("secret_versions".into(), to_value(&versions));
-                            m.insert("effective_ceiling".into(), ceiling.unwrap_or(Value::Null));
-                        }
-                        v
-                    }
-                };
-                let noun = c.noun();
-                Ok(Plan::new(format!("{noun}={id}"), json!({ noun: value })))
-            }
-            AdminOp::AddTenant(t) => {
-                let tenant = Tenant {
-                    id: t.id,
-                    name: t.name,
-                    status: Status::Active,
-                    created_at: now_rfc3339(),
-                };
-                if r.tenant(&tenant.id).map_err(store_err)?.is_some() {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("tenant {} already exists", tenant.id),
-                    ));
-                }
-                let mut plan = Plan::new(
-                    format!("tenant={}", tenant.id),
-                    json!({ "tenant": to_value(&tenant) }),
-                );
-                plan.batch
-                    .create(Table::Tenants, tenant.id.as_str(), &tenant);
-                plan.tenant = Some(tenant.id.to_string());
-                plan.created = true;
-                Ok(plan)
-            }
-            AdminOp::AddWorker(w) => {
-                if w.tenants.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "a worker must be allowed at least one tenant",
-                    ));
-                }
-                for k in &w.connector_kinds {
-                    validate_kind(k)?;
-                }
-                if r.worker(&w.id).map_err(store_err)?.is_some() {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("worker {} already exists", w.id),
-                    ));
-                }
-                let mut tenants = w.tenants.clone();
-                tenants.sort();
-                tenants.dedup();
-                let mut plan = Plan::new(String::new(), Value::Null);
-                for t in &tenants {
-                    self.tenant_or_404(t.as_str())?;
-                    plan.batch.push(crate::store::Op::ExpectPresent(
-                        Table::Tenants,
-                        t.to_string(),
-                    ));
-                }
-                let worker = Worker {
-                    id: w.id,
-                    tenants,
-                    connector_kinds: w.connector_kinds,
-                    status: Status::Active,
-                    created_at: now_rfc3339(),
-                };
-                plan.batch
-                    .create(Table::Workers, worker.id.as_str(), &worker);
-                plan.detail = format!(
-                    "worker={} tenants=[{}] connector_kinds=[{}]",
-                    worker.id,
-                    worker
-                        .tenants
-                        .iter()
-                        .map(|t| t.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    worker.connector_kinds.join(",")
-                );
-                plan.response = json!({ "worker": to_value(&worker) });
-                plan.created = true;
-                Ok(plan)
-            }
-            AdminOp::AddInstance(i) => {
-                validate_kind(&i.connector_kind)?;
-                if r.instance(&i.id).map_err(store_err)?.is_some() {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("instance {} already exists", i.id),
-                    ));
-                }
-                self.tenant_or_404(i.tenant.as_str())?;
-                let binding = self.binding_or_404(i.binding.as_str())?;
-                if binding.tenant != i.tenant {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        "the binding belongs to another tenant; an instance can only use its own tenant's bindings",
-                    ));
-                }
-                let instance = Instance {
-                    id: i.id,
-                    tenant: i.tenant,
-                    connector_kind: i.connector_kind,
-                    binding: i.binding,
-                    status: Status::Active,
-                    created_at: now_rfc3339(),
-                };
-                let mut plan = Plan::new(
-                    format!(
-                        "instance={} binding={} kind={}",
-                        instance.id, instance.binding, instance.connector_kind
-                    ),
-                    json!({ "instance": to_value(&instance) }),
-                );
-                plan.batch
-                    .push(crate::store::Op::ExpectPresent(
-                        Table::Tenants,
-                        instance.tenant.to_string(),
-                    ))
-                    .push(crate::store::Op::ExpectPresent(
-                        Table::Bindings,
-                        instance.binding.to_string(),
-                    ));
-                plan.batch
-                    .create(Table::Instances, instance.id.as_str(), &instance);
-                plan.tenant = Some(instance.tenant.to_string());
-                plan.binding = Some(instance.binding.to_string());
-                plan.created = true;
-                Ok(plan)
-            }
-            AdminOp::AddBinding(b) => self.plan_add_binding(b),
-            AdminOp::SetStatus(c, id, status) => self.plan_status(c, &id, status),
-            AdminOp::Remove(c, id) => self.plan_remove(c, &id),
-            AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false),
-            AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true),
-            AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version),
+            AdminOp::List(c) => self.plan_list(c).await,
+            AdminOp::Show(c, id) => self.plan_show(c, &id).await,
+            AdminOp::AddTenant(t) => self.plan_add_tenant(t).await,
+            AdminOp::AddWorker(w) => self.plan_add_worker(w).await,
+            AdminOp::AddInstance(i) => self.plan_add_instance(i).await,
+            AdminOp::AddBinding(b) => self.plan_add_binding(b).await,
+            AdminOp::SetStatus(c, id, status) => self.plan_status(c, &id, status).await,
+            AdminOp::Remove(c, id) => self.plan_remove(c, &id).await,
+            AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false).await,
+            AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true).await,
+            AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version).await,
             AdminOp::FlagTrustBroken {
                 binding,
                 generation,
-            } => self.plan_flag_trust_broken(&binding, &generation),
-            AdminOp::Probe(_)
-            | AdminOp::Onboard(..)
-            | AdminOp::KeysList(_)
-            | AdminOp::KeysAdd(..)
-            | AdminOp::KeysActivate(..)
-            | AdminOp::KeysRetire(..)
-            | AdminOp::RevokeCached(_) => Err(ApiError::new(
+            } => self.plan_flag_trust_broken(&binding, &generation).await,
+            AdminOp::Onboard(provider, tenant) => self.plan_onboard(&provider, &tenant).await,
+            AdminOp::KeysList(kind) => self.plan_keys_list(&kind).await,
+            AdminOp::KeysAdd(kind, material) => self.plan_keys_add(&kind, material).await,
+            AdminOp::KeysActivate(kind, v) => self.plan_keys_state(&kind, v, true).await,
+            AdminOp::KeysRetire(kind, v) => self.plan_keys_state(&kind, v, false).await,
+            AdminOp::Probe(_) | AdminOp::RevokeCached(_) => Err(ApiError::new(
                 ErrorCode::Internal,
-                "probe and onboarding are not planned operations",
+                "probes and revocations are not planned operations",
             )),
         }
-    }
-
-    fn tenant_or_404(&self, id: &str) -> Result<Tenant, ApiError> {
-        let tid = TenantId::parse(id).map_err(ApiError::bad_request)?;
-        self.records
-            .tenant(&tid)
-            .map_err(store_err)?
-            .ok_or_else(|| unknown(Collection::Tenants, id))
-    }
-
-    fn binding_or_404(&self, id: &str) -> Result<Binding, ApiError> {
-        let bid = BindingId::parse(id).map_err(ApiError::bad_request)?;
-        self.records
-            .binding(&bid)
-            .map_err(store_err)?
-            .ok_or_else(|| unknown(Collection::Bindings, id))
-    }
-
-    fn plan_status(&self, c: Collection, id: &str, status: Status) -> Result<Plan, ApiError> {
-        let r = &self.records;
-        let word = if status == Status::Active {
-            "enabled"
-        } else {
-            "disabled"
-        };
-        let mut plan = Plan::new(format!("{}={id} status={word}", c.noun()), Value::Null);
-        match c {
-            Collection::Tenants => {
-                let mut t = self.tenant_or_404(id)?;
-                t.status = status;
-                plan.batch.replace(c.table(), id, &t);
-                plan.tenant = Some(id.to_owned());
-                plan.response = json!({ "tenant": to_value(&t) });
-            }
-            Collection::Workers => {
-                let wid = WorkerId::parse(id).map_err(ApiError::bad_request)?;
-                let mut w = r
-                    .worker(&wid)
-                    .map_err(store_err)?
-                    .ok_or_else(|| unknown(c, id))?;
-                w.status = status;
-                plan.batch.replace(c.table(), id, &w);
-                plan.response = json!({ "worker": to_value(&w) });
-            }
-            Collection::Instances => {
-                let iid = InstanceId::parse(id).map_err(ApiError::bad_request)?;
-                let mut i = r
-                    .instance(&iid)
-                    .map_err(store_err)?
-                    .ok_or_else(|| unknown(c, id))?;
-                i.status = status;
-                plan.batch.replace(c.table(), id, &i);
-                plan.tenant = Some(i.tenant.to_string());
-                plan.response = json!({ "instance": to_value(&i) });
-            }
-            Collection::Bindings => {
-                let mut b = self.binding_or_404(id)?;
-                b.status = status;
-                plan.batch.replace(c.table(), id, &b);
-                plan.tenant = Some(b.tenant.to_string());
-                plan.binding = Some(id.to_owned());
-                plan.invalidate_binding = Some(id.to_owned());
-                plan.response = json!({ "binding": to_value(&b) });
-            }
-        }
-        Ok(plan)
-    }
-
-    fn plan_flag_trust_broken(&self, id: &str, generation: &str) -> Result<Plan, ApiError> {
-        let mut b = self.binding_or_404(id)?;
-        if b.generation != generation {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                "the binding was re-created or its credential changed since the denied resolve",
-            ));
-        }
-        let mut plan = Plan::new(
-            format!("binding={id} trust_broken=true (upstream denied: the customer may have removed or changed the trust)"),
-            Value::Null,
-        );
-        plan.tenant = Some(b.tenant.to_string());
-        plan.binding = Some(id.to_owned());
-        if !b.trust_broken {
-            b.trust_broken = true;
-            plan.batch.replace(Table::Bindings, id, &b);
-        }
-        plan.response = json!({ "binding": to_value(&b) });
-        Ok(plan)
-    }
-
-    fn plan_remove(&self, c: Collection, id: &str) -> Result<Plan, ApiError> {
-        let r = &self.records;
-        let mut plan = Plan::new(
-            format!("{}={id} removed", c.noun()),
-            json!({ "removed": id }),
-        );
-        match c {
-            Collection::Tenants => {
-                let t = self.tenant_or_404(id)?;
-                let in_use: Vec<String> = r
-                    .instances()
-                    .map_err(store_err)?
-                    .iter()
-                    .filter(|i| i.tenant == t.id)
-                    .map(|i| format!("instance {}", i.id))
-                    .chain(
-                        r.bindings()
-                            .map_err(store_err)?
-                            .iter()
-                            .filter(|b| b.tenant == t.id)
-                            .map(|b| format!("binding {}", b.id)),
-                    )
-                    .chain(
-                        r.workers()
-                            .map_err(store_err)?
-                            .iter()
-                            .filter(|w| w.tenants.contains(&t.id))
-                            .map(|w| format!("worker {}", w.id)),
-                    )
-                    .collect();
-                if !in_use.is_empty() {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("tenant {id} is still referenced by: {}", in_use.join(", ")),
-                    ));
-                }
-                plan.batch.remove(c.table(), id);
-                plan.tenant = Some(id.to_owned());
-            }
-            Collection::Workers => {
-                let wid = WorkerId::parse(id).map_err(ApiError::bad_request)?;
-                r.worker(&wid)
-                    .map_err(store_err)?
-                    .ok_or_else(|| unknown(c, id))?;
-                plan.batch.remove(c.table(), id);
-            }
-            Collection::Instances => {
-                let iid = InstanceId::parse(id).map_err(ApiError::bad_request)?;
-                let i = r
-                    .instance(&iid)
-                    .map_err(store_err)?
-                    .ok_or_else(|| unknown(c, id))?;
-                plan.batch.remove(c.table(), id);
-                plan.tenant = Some(i.tenant.to_string());
-            }
-            Collection::Bindings => {
-                let b = self.binding_or_404(id)?;
-                let users: Vec<String> = r
-                    .instances()
-                    .map_err(store_err)?
-                    .iter()
-                    .filter(|i| i.binding == b.id)
-                    .map(|i| i.id.to_string())
-                    .collect();
-                if !users.is_empty() {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!(
-                            "binding {id} is still used by instances: {}",
-                            users.join(", ")
-                        ),
-                    ));
-                }
-                // The binding, its exclusive identifiers and every sealed version go together.
-                for key in self.identifiers_of(&b.id)? {
-                    plan.batch.remove(Table::Identifiers, &key);
-                }
-                for v in r.secret_versions(&b.id).map_err(store_err)? {
-                    plan.batch
-                        .remove(Table::Secrets, &secret_key(&b.id, v.version));
-                }
-                plan.batch.remove(c.table(), id);
-                plan.tenant = Some(b.tenant.to_string());
-                plan.binding = Some(id.to_owned());
-                plan.invalidate_binding = Some(id.to_owned());
-            }
-        }
-        Ok(plan)
-    }
-
-    fn plan_secret_write(
-        &self,
-        id: &str,
-        fields: SecretFields,
-        rotate: bool,
-    ) -> Result<Plan, ApiError> {
-        let mut binding = self.binding_or_404(id)?;
-        let provider = self.registry.get(&binding.provider).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::BindingInactive,
-                "binding's provider is not available in this build",
-            )
-        })?;
-        if provider.secret_requirement() != SecretRequirement::Required {
-            return Err(ApiError::bad_request(format!(
-                "provider {} is federated and takes no secret",
-                binding.provider
-            )));
-        }
-        let mut plan = Plan::new(String::new(), Value::Null);
-        match (rotate, binding.active_secret_version) {
-            (false, Some(v)) => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("binding {id} already has active secret version {v}; use rotate"),
-                ))
-            }
-            (true, None) => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("binding {id} has no active secret to rotate; use set"),
-                ))
-            }
-            (true, Some(old)) => {
-                let mut previous = self
-                    .records
-                    .secret_version(&binding.id, old)
-                    .map_err(store_err)?
-                    .ok_or_else(|| {
-                        ApiError::new(ErrorCode::Internal, "active secret version is missing")
-                    })?;
-                previous.state = SecretState::Superseded;
-                plan.batch
-                    .replace(Table::Secrets, &secret_key(&binding.id, old), &previous);
-            }
-            (false, None) => {}
-        }
-        let version = binding
-            .last_secret_version
-            .checked_add(1)
-            .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "secret version space exhausted"))?;
-        let sealed = seal_secret(
-            &self.keyring,
-            &binding.tenant,
-            &binding.id,
-            version,
-            &fields,
-        )
-        .map_err(|e| {
-            tracing::error!(error = %e, "sealing failed");
-            ApiError::new(ErrorCode::Internal, "sealing failed")
-        })?;
-        let names: Vec<String> = fields.names().map(str::to_owned).collect();
-        let record = SecretVersion {
-            binding: binding.id.clone(),
-            version,
-            state: SecretState::Active,
-            field_names: names.clone(),
-            kek_version: sealed.kek_version,
-            wrapped_dek: sealed.wrapped_dek,
-            sealed_payload: sealed.sealed_payload,
-            created_at: now_rfc3339(),
-        };
-        plan.batch
-            .create(Table::Secrets, &secret_key(&binding.id, version), &record);
-        binding.active_secret_version = Some(version);
-        binding.last_secret_version = version;
-        binding.generation = fresh_generation()?;
-        plan.batch
-            .replace(Table::Bindings, binding.id.as_str(), &binding);
-        plan.detail = format!(
-            "binding={} version={version} fields=[{}]",
-            binding.id,
-            names.join(",")
-        );
-        plan.response = json!({
-            "binding": binding.id.as_str(),
-            "version": version,
-            "field_names": names,
-            "superseded": if rotate { json!(version - 1) } else { Value::Null },
-        });
-        plan.tenant = Some(binding.tenant.to_string());
-        plan.binding = Some(binding.id.to_string());
-        plan.invalidate_binding = Some(binding.id.to_string());
-        plan.created = !rotate;
-        Ok(plan)
-    }
-
-    fn plan_secret_destroy(&self, id: &str, version: Option<u32>) -> Result<Plan, ApiError> {
-        let mut binding = self.binding_or_404(id)?;
-        let versions = self
-            .records
-            .secret_versions(&binding.id)
-            .map_err(store_err)?;
-        let doomed: Vec<&SecretVersion> = match version {
-            None => versions.iter().collect(),
-            Some(v) => {
-                let found: Vec<&SecretVersion> =
-                    versions.iter().filter(|s| s.version == v).collect();
-                if found.is_empty() {
-                    return Err(ApiError::new(
-                        ErrorCode::UnknownRecord,
-                        format!("binding {id} has no secret version {v}"),
-                    ));
-                }
-                found
-            }
-        };
-        if doomed.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::UnknownRecord,
-                format!("binding {id} has no secret"),
-            ));
-        }
-        let mut plan = Plan::new(String::new(), Value::Null);
-        let mut destroyed = Vec::new();
-        for v in &doomed {
-            plan.batch
-                .remove(Table::Secrets, &secret_key(&binding.id, v.version));
-            destroyed.push(v.version);
-            if binding.active_secret_version == Some(v.version) {
-                binding.active_secret_version = None;
-            }
-        }
-        plan.batch
-            .replace(Table::Bindings, binding.id.as_str(), &binding);
-        plan.detail = format!(
-            "binding={} destroyed_versions=[{}]",
-            binding.id,
-            destroyed
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        plan.response = json!({
-            "binding": binding.id.as_str(),
-            "destroyed_versions": destroyed,
-            "active_secret_version": binding.active_secret_version,
-        });
-        plan.tenant = Some(binding.tenant.to_string());
-        plan.binding = Some(binding.id.to_string());
-        plan.invalidate_binding = Some(binding.id.to_string());
-        Ok(plan)
     }
 }
 

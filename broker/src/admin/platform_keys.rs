@@ -6,7 +6,6 @@
 //! the preferred signing key while other active keys stay usable as fallbacks; `retire` stops
 //! a key and destroys its sealed material (metadata stays for the record).
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use credbroker_providers::{PlatformKey, SecretFields};
@@ -15,56 +14,16 @@ use super::{store_err, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::broker::Broker;
 use crate::ids::{BindingId, TenantId};
-use crate::model::now_rfc3339;
+use crate::model::{now_rfc3339, KeyState, PlatformKeyRecord};
 use crate::seal::{open_secret, seal_secret};
-use crate::store::records::BatchExt;
-use crate::store::Table;
+use crate::store::records::Stored;
 
-/// Lifecycle of a platform key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyState {
-    /// Stored, not used yet.
-    Staged,
-    /// Signs (the most recently activated is preferred).
-    Active,
-    /// Retired: no longer used, material destroyed.
-    Retired,
-}
-
-/// One stored platform key.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlatformKeyRecord {
-    kind: String,
-    version: u32,
-    state: KeyState,
-    fingerprint: String,
-    #[serde(default)]
-    kek_version: u32,
-    #[serde(default)]
-    wrapped_dek: String,
-    #[serde(default)]
-    sealed_payload: String,
-    created_at: String,
-    #[serde(default)]
-    activated_at: Option<String>,
-    #[serde(default)]
-    retired_at: Option<String>,
-}
-
-impl PlatformKeyRecord {
-    fn view(&self) -> Value {
-        json!({
-            "kind": self.kind, "version": self.version, "state": self.state,
-            "fingerprint": self.fingerprint, "created_at": self.created_at,
-            "activated_at": self.activated_at, "retired_at": self.retired_at,
-        })
-    }
-}
-
-fn key_id(kind: &str, version: u32) -> String {
-    format!("{kind}/{version:010}")
+fn view(k: &PlatformKeyRecord) -> Value {
+    json!({
+        "kind": k.kind, "version": k.version, "state": k.state,
+        "fingerprint": k.fingerprint, "created_at": k.created_at,
+        "activated_at": k.activated_at, "retired_at": k.retired_at,
+    })
 }
 
 fn platform_ids(kind: &str) -> Result<(TenantId, BindingId), ApiError> {
@@ -99,6 +58,7 @@ impl Broker {
         let bindings: Vec<String> = self
             .records
             .bindings()
+            .await
             .map_err(|e| (store_err(e), None))?
             .into_iter()
             .filter(|b| b.provider == provider_name)
@@ -151,29 +111,22 @@ impl Broker {
             })
     }
 
-    fn key_records(&self, kind: &str) -> Result<Vec<PlatformKeyRecord>, ApiError> {
-        self.records
-            .store()
-            .scan(Table::PlatformKeys, &format!("{kind}/"))
-            .map_err(store_err)?
-            .iter()
-            .map(|(_, v)| {
-                serde_json::from_slice(v)
-                    .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt platform key record"))
-            })
-            .collect()
+    async fn key_records(&self, kind: &str) -> Result<Vec<Stored<PlatformKeyRecord>>, ApiError> {
+        self.records.platform_keys(kind).await.map_err(store_err)
     }
 
     /// Opens the active keys of `kind` and hands them to its provider, preferred first.
     ///
     /// # Errors
     /// When a key cannot be opened or used.
-    pub fn load_platform_keys(&self, kind: &str) -> Result<usize, ApiError> {
+    pub async fn load_platform_keys(&self, kind: &str) -> Result<usize, ApiError> {
         let provider = self.key_provider(kind)?;
         let (tenant, binding) = platform_ids(kind)?;
         let mut active: Vec<PlatformKeyRecord> = self
-            .key_records(kind)?
+            .key_records(kind)
+            .await?
             .into_iter()
+            .map(|k| k.value)
             .filter(|k| k.state == KeyState::Active)
             .collect();
         active.sort_by(|a, b| {
@@ -216,7 +169,7 @@ impl Broker {
     ///
     /// # Errors
     /// When a stored key cannot be opened.
-    pub fn load_all_platform_keys(&self) -> Result<(), ApiError> {
+    pub async fn load_all_platform_keys(&self) -> Result<(), ApiError> {
         let kinds: Vec<&'static str> = self
             .registry
             .names()
@@ -225,17 +178,18 @@ impl Broker {
             .map(|p| p.id())
             .collect();
         for kind in kinds {
-            self.load_platform_keys(kind)?;
+            self.load_platform_keys(kind).await?;
         }
         Ok(())
     }
 
-    pub(super) fn plan_keys_list(&self, kind: &str) -> Result<Plan, ApiError> {
+    pub(super) async fn plan_keys_list(&self, kind: &str) -> Result<Plan, ApiError> {
         self.key_provider(kind)?;
         let keys: Vec<Value> = self
-            .key_records(kind)?
+            .key_records(kind)
+            .await?
             .iter()
-            .map(PlatformKeyRecord::view)
+            .map(|k| view(k))
             .collect();
         Ok(Plan::new(
             format!("kind={kind} keys={}", keys.len()),
@@ -243,7 +197,7 @@ impl Broker {
         ))
     }
 
-    pub(super) fn plan_keys_add(
+    pub(super) async fn plan_keys_add(
         &self,
         kind: &str,
         material: SecretFields,
@@ -254,7 +208,7 @@ impl Broker {
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "provider lost its platform keys"))?
             .check(&material)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let existing = self.key_records(kind)?;
+        let existing = self.key_records(kind).await?;
         if existing
             .iter()
             .any(|k| k.fingerprint == fingerprint && k.state != KeyState::Retired)
@@ -282,23 +236,23 @@ impl Broker {
         };
         let mut plan = Plan::new(
             format!("kind={kind} version={version} fingerprint={fingerprint} state=staged"),
-            json!({ "key": record.view() }),
+            json!({ "key": view(&record) }),
         );
-        plan.batch
-            .create(Table::PlatformKeys, &key_id(kind, version), &record);
+        plan.batch.create(&record);
         plan.created = true;
         Ok(plan)
     }
 
-    pub(super) fn plan_keys_state(
+    pub(super) async fn plan_keys_state(
         &self,
         kind: &str,
         version: u32,
         activate: bool,
     ) -> Result<Plan, ApiError> {
         self.key_provider(kind)?;
-        let mut record = self
-            .key_records(kind)?
+        let read = self
+            .key_records(kind)
+            .await?
             .into_iter()
             .find(|k| k.version == version)
             .ok_or_else(|| {
@@ -307,12 +261,13 @@ impl Broker {
                     format!("no {kind} key version {version}"),
                 )
             })?;
-        if record.state == KeyState::Retired {
+        if read.state == KeyState::Retired {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "a retired key cannot change state (its material is destroyed)",
             ));
         }
+        let mut record = read.value.clone();
         if activate {
             record.state = KeyState::Active;
             record.activated_at = Some(now_rfc3339());
@@ -327,10 +282,9 @@ impl Broker {
                 "kind={kind} version={version} fingerprint={} state={:?}",
                 record.fingerprint, record.state
             ),
-            json!({ "key": record.view() }),
+            json!({ "key": view(&record) }),
         );
-        plan.batch
-            .replace(Table::PlatformKeys, &key_id(kind, version), &record);
+        plan.batch.replace(&read, &record);
         plan.reload_keys = Some(kind.to_owned());
         Ok(plan)
     }

@@ -104,7 +104,9 @@ pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
     let data_dir = config.data_dir.clone();
     runtime()?.block_on(async move {
         let registry = credbroker_providers::ProviderRegistry::from_settings(&config.providers, &config.config_dir).await?;
-        let broker = Broker::open_with_config(&config, registry).map_err(|e| e.to_string())?;
+        let broker = Broker::open_with_config(&config, registry)
+            .await
+            .map_err(|e| e.to_string())?;
         let seeded = dev::seed(&broker).await.map_err(|e| e.to_string())?;
         crate::daemon::run_with_broker(config, broker, |addr| {
             let mut out = std::io::stdout().lock();
@@ -313,7 +315,8 @@ pub fn run_lint(a: &LintArgs) -> Result<ExitCode, String> {
 /// See [`crate::keys::rotation::rotate_kek`].
 pub fn run_rotate_kek(local: &LocalArgs) -> Result<ExitCode, String> {
     let config = local_config(local)?;
-    let report = crate::keys::rotation::rotate_kek(&config, &cli_actor())?;
+    let actor = cli_actor();
+    let report = runtime()?.block_on(crate::keys::rotation::rotate_kek(&config, &actor))?;
     println!(
         "KEK rotated: version {} -> {}; {} data key(s) re-wrapped. Older KEK versions stay in {} until you remove them.",
         report.old_version,

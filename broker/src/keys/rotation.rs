@@ -3,15 +3,13 @@
 //! version is saved first, the rotation is audited, then all data keys are re-wrapped in one
 //! atomic batch. A crash at any point leaves every secret openable.
 
-use std::sync::Arc;
-
 use crate::audit::{AuditEvent, AuditLog};
 use crate::broker::BrokerSettings;
 use crate::config::Config;
 use crate::keys::{AuditSigner, Keyring};
 use crate::seal::rewrap_data_key;
-use crate::store::records::{secret_key, BatchExt, Records};
-use crate::store::{Batch, SledStore, Store, Table};
+use crate::store::records::Records;
+use crate::store::Batch;
 
 /// What a rotation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,20 +28,25 @@ pub struct RotationReport {
 /// When the keyring comes from an environment variable, the store or keyring cannot be
 /// opened, a data key cannot be re-wrapped, or the audit record cannot be written (nothing
 /// is re-wrapped then).
-pub fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, String> {
+pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, String> {
     if config.keys.kek_env.is_some() {
         return Err("the keyring comes from an environment variable (keys.kek_env); rotate it where it is managed, then re-run with a file keyring".into());
     }
-    let store = SledStore::open(&config.store_dir()).map_err(|e| e.to_string())?;
-    let records = Records::new(Arc::new(store) as Arc<dyn Store>);
+    let store = crate::store::open(&config.store, &config.data_dir).map_err(|e| e.to_string())?;
+    let records = Records::new(store);
     let mut keyring = Keyring::load(&config.kek_file()).map_err(|e| e.to_string())?;
     let old = keyring.active_version();
     let new = keyring.rotate().map_err(|e| e.to_string())?;
-    let versions = records.all_secret_versions().map_err(|e| e.to_string())?;
+    let versions = records
+        .all_secret_versions()
+        .await
+        .map_err(|e| e.to_string())?;
     let mut batch = Batch::new();
-    for mut v in versions.clone() {
+    for read in &versions {
+        let mut v = read.value.clone();
         let binding = records
             .binding(&v.binding)
+            .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("secret {}/{} has no binding record", v.binding, v.version))?;
         let (kek_version, wrapped) = rewrap_data_key(
@@ -57,7 +60,7 @@ pub fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, String
         .map_err(|e| format!("secret {}/{}: {e}", v.binding, v.version))?;
         v.kek_version = kek_version;
         v.wrapped_dek = wrapped;
-        batch.replace(Table::Secrets, &secret_key(&v.binding, v.version), &v);
+        batch.replace(read, &v);
     }
     keyring
         .save(&config.kek_file())
@@ -77,14 +80,14 @@ pub fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, String
         )),
         ..Default::default()
     };
-    let receipt = log.append_blocking(event);
+    let receipt = log.append(event).await;
     if let Err(e) = receipt {
         log.close();
         return Err(format!(
             "audit append failed; data keys not re-wrapped: {e}"
         ));
     }
-    records.store().commit(batch).map_err(|e| e.to_string())?;
+    records.commit(batch).await.map_err(|e| e.to_string())?;
     log.close();
     Ok(RotationReport {
         old_version: old,

@@ -25,41 +25,44 @@ use crate::store::StoreError;
 use super::request::ParsedResolve;
 
 /// The read view of the store the chain is checked against.
+// Used with concrete views only (no `dyn`), so the futures' Send-ness is known where they
+// are awaited.
+#[allow(async_fn_in_trait)]
 pub trait ChainView {
     /// The worker record.
     ///
     /// # Errors
     /// On a store read failure.
-    fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError>;
+    async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError>;
     /// The instance record.
     ///
     /// # Errors
     /// On a store read failure.
-    fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError>;
+    async fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError>;
     /// The tenant record.
     ///
     /// # Errors
     /// On a store read failure.
-    fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError>;
+    async fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError>;
     /// The binding record.
     ///
     /// # Errors
     /// On a store read failure.
-    fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError>;
+    async fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError>;
 }
 
 impl ChainView for Records {
-    fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
-        self.shared_worker(id)
+    async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
+        self.shared_worker(id).await
     }
-    fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
-        self.shared_instance(id)
+    async fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
+        self.shared_instance(id).await
     }
-    fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
-        self.shared_tenant(id)
+    async fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        self.shared_tenant(id).await
     }
-    fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
-        self.shared_binding(id)
+    async fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
+        self.shared_binding(id).await
     }
 }
 
@@ -163,8 +166,8 @@ fn store_failure(e: StoreError) -> ApiError {
 /// `tenant_mismatch` (the request's `tenant_id` is not the store's), `instance_inactive`,
 /// `tenant_inactive`, `binding_inactive` (missing, another tenant's, disabled, pending, or its
 /// provider not in this build), `internal` on a store read failure.
-pub fn verify_chain(
-    view: &dyn ChainView,
+pub async fn verify_chain(
+    view: &impl ChainView,
     registry: &ProviderRegistry,
     peer: Option<&PeerIdentity>,
     request: &ParsedResolve,
@@ -173,7 +176,7 @@ pub fn verify_chain(
         instance: Some(request.instance.clone()),
         ..ChainFacts::default()
     };
-    match check_links(view, registry, peer, request, &mut facts) {
+    match check_links(view, registry, peer, request, &mut facts).await {
         Ok(chain) => Ok(chain),
         Err(error) => Err(Denial {
             error,
@@ -182,8 +185,8 @@ pub fn verify_chain(
     }
 }
 
-fn check_links(
-    view: &dyn ChainView,
+async fn check_links(
+    view: &impl ChainView,
     registry: &ProviderRegistry,
     peer: Option<&PeerIdentity>,
     request: &ParsedResolve,
@@ -193,6 +196,7 @@ fn check_links(
     // Worker record: known and active.
     let worker = view
         .worker(worker_id)
+        .await
         .map_err(store_failure)?
         .filter(|w| w.status == Status::Active)
         .ok_or_else(|| {
@@ -204,6 +208,7 @@ fn check_links(
     // Instance, and the tenant the store (not the request) says it belongs to.
     let instance = view
         .instance(&request.instance)
+        .await
         .map_err(store_failure)?
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownInstance, "no such connector instance"))?;
     facts.tenant = Some(instance.tenant.clone());
@@ -237,6 +242,7 @@ fn check_links(
     }
     let tenant = view
         .tenant(&instance.tenant)
+        .await
         .map_err(store_failure)?
         .filter(|t| t.status == Status::Active)
         .ok_or_else(|| ApiError::new(ErrorCode::TenantInactive, "tenant is disabled"))?;
@@ -245,6 +251,7 @@ fn check_links(
     // at another tenant's binding is refused, whatever its status.
     let binding = view
         .binding(&instance.binding)
+        .await
         .map_err(store_failure)?
         .filter(|b| b.tenant == tenant.id)
         .ok_or_else(|| {
@@ -307,16 +314,16 @@ mod tests {
     }
 
     impl ChainView for View {
-        fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
+        async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
             read(self.fail, &self.workers, id)
         }
-        fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
+        async fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
             read(self.fail, &self.instances, id)
         }
-        fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        async fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
             read(self.fail, &self.tenants, id)
         }
-        fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
+        async fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
             read(self.fail, &self.bindings, id)
         }
     }
@@ -344,6 +351,7 @@ mod tests {
                     id: tid(t),
                     name: String::new(),
                     status: Status::Active,
+                    revision: 0,
                     created_at: String::new(),
                 }),
             );
@@ -374,6 +382,7 @@ mod tests {
                     last_probe: None,
                     trust_broken: false,
                     generation: String::new(),
+                    revision: 0,
                     created_at: String::new(),
                 }),
             );
@@ -411,7 +420,14 @@ mod tests {
         peer: Option<&PeerIdentity>,
         r: &ParsedResolve,
     ) -> Result<VerifiedChain, Denial> {
-        verify_chain(view, &ProviderRegistry::builtin(), peer, r)
+        // The view answers at once: the chain completes on its first poll.
+        futures_util::FutureExt::now_or_never(verify_chain(
+            view,
+            &ProviderRegistry::builtin(),
+            peer,
+            r,
+        ))
+        .expect("an in-memory view never waits")
     }
 
     fn denied(

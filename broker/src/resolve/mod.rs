@@ -217,7 +217,7 @@ impl Broker {
             Ok(r) => r,
             Err(e) => return refuse(e),
         };
-        let result = match verify_chain(&self.records, &self.registry, peer, &request) {
+        let result = match verify_chain(&self.records, &self.registry, peer, &request).await {
             Ok(chain) => self.grant(&chain, &request).await,
             Err(denial) => Err(denial.into()),
         };
@@ -256,12 +256,20 @@ impl Broker {
         {
             return Err(refused(ProviderError::SecretMissing.into()));
         }
-        // Built only when a mint actually runs (not on a cache hit); the secret is opened
-        // then, so plaintext lives for one mint only.
+        // The sealed version is looked up now; it is opened only when a mint actually runs
+        // (not on a cache hit), so plaintext lives for one mint only.
+        let sealed = match provider.secret_requirement() {
+            SecretRequirement::Required => Some(
+                self.sealed_active_secret(binding)
+                    .await
+                    .map_err(|e| refused(e.into()))?,
+            ),
+            SecretRequirement::None => None,
+        };
         let job = || {
-            let secret = match provider.secret_requirement() {
-                SecretRequirement::Required => self.open_active_secret(binding).map(Some),
-                SecretRequirement::None => Ok(None::<SecretFields>),
+            let secret = match &sealed {
+                Some(sealed) => self.open_sealed(binding, sealed).map(Some),
+                None => Ok(None::<SecretFields>),
             };
             let job = secret.map(|secret| {
                 MintJob::new(

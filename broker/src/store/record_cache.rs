@@ -2,13 +2,11 @@
 //!
 //! Every resolve checks worker, instance, tenant, binding and (for pasted secrets) the sealed
 //! secret version. Reading and JSON-decoding them from sled on every call was a third of the
-//! resolve path's CPU. This cache holds the decoded records and is emptied by every store
-//! commit, before [`Store::commit`] returns, so a resolve never sees a state older than the
-//! last acknowledged write — the same answer as reading the store, without the decode.
-//!
-//! It is correct because this process is the store's only writer (sled holds an exclusive
-//! lock on the directory, and every write goes through the [`Invalidating`] store below). A
-//! backend shared by several broker processes must not use it without change notification.
+//! resolve path's CPU. This cache holds the decoded records and is emptied on every change the
+//! backend reports through [`super::Store::on_change`] — for sled, every commit of this
+//! process (its only writer), before the commit returns — so a resolve never sees a state
+//! older than the last acknowledged write: the same answer as reading the store, without the
+//! decode. A backend shared by several brokers must report the others' commits too.
 //!
 //! Race between a reader filling the cache and a writer: the reader notes the generation
 //! before reading the store and inserts only if it is unchanged, checked under the table's
@@ -24,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::{Batch, Store, StoreError, Table};
+use super::Table;
 
 type Entry = Arc<dyn Any + Send + Sync>;
 
@@ -134,36 +132,6 @@ impl RecordCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// A store whose every commit empties the [`RecordCache`] before returning — including a
-/// commit that failed, whose outcome may be unknown.
-pub struct Invalidating {
-    inner: Arc<dyn Store>,
-    cache: Arc<RecordCache>,
-}
-
-impl Invalidating {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Store>, cache: Arc<RecordCache>) -> Self {
-        Invalidating { inner, cache }
-    }
-}
-
-impl Store for Invalidating {
-    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(table, key)
-    }
-
-    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.inner.scan(table, prefix)
-    }
-
-    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let result = self.inner.commit(batch);
-        self.cache.invalidate();
-        result
     }
 }
 

@@ -1,15 +1,108 @@
 //! Typed access to the store's records. Everything above this module speaks in model types;
 //! everything below it in tables, keys and bytes.
+//!
+//! Writes are planned from reads: a record read for a change comes back as [`Stored`] (the
+//! value and the exact bytes read), and the batch that changes or removes it carries those
+//! bytes as its precondition. Adding or removing a child (an instance, binding or worker)
+//! bumps its parents' `revision`, so a plan that looked for children ("a tenant can be removed
+//! only with no instances, bindings or workers") fails if one appeared meanwhile.
 
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::record_cache::{Invalidating, RecordCache};
+use super::record_cache::RecordCache;
 use super::{Batch, Op, Store, StoreError, Table};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
-use crate::model::{Binding, Instance, SecretVersion, Tenant, Worker};
+use crate::model::{Binding, Instance, PlatformKeyRecord, SecretVersion, Tenant, Worker};
+
+/// A record type and where it lives.
+pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Its table.
+    const TABLE: Table;
+    /// Its key.
+    fn key(&self) -> String;
+}
+
+impl Record for Tenant {
+    const TABLE: Table = Table::Tenants;
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+impl Record for Worker {
+    const TABLE: Table = Table::Workers;
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+impl Record for Instance {
+    const TABLE: Table = Table::Instances;
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+impl Record for Binding {
+    const TABLE: Table = Table::Bindings;
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+impl Record for SecretVersion {
+    const TABLE: Table = Table::Secrets;
+    fn key(&self) -> String {
+        secret_key(&self.binding, self.version)
+    }
+}
+
+impl Record for PlatformKeyRecord {
+    const TABLE: Table = Table::PlatformKeys;
+    fn key(&self) -> String {
+        platform_key_key(&self.kind, self.version)
+    }
+}
+
+/// A record as read, with the exact bytes it was read from: changing or removing it through
+/// a [`Batch`] fails if anyone changed it since.
+#[derive(Debug, Clone)]
+pub struct Stored<T> {
+    /// The decoded record.
+    pub value: T,
+    raw: Vec<u8>,
+}
+
+impl<T> std::ops::Deref for Stored<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// Who holds an exclusive identifier (role ARN, installation…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentifierOwner {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Owning binding (absent for broker-generated tenant parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
+}
+
+/// A single-use install `state` issued by onboarding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackState {
+    /// The provider it was issued for.
+    pub provider: String,
+    /// The tenant it binds the install to.
+    pub tenant: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+}
 
 /// Typed reads and batch builders over a [`Store`].
 #[derive(Clone)]
@@ -38,6 +131,22 @@ pub fn secret_key(binding: &BindingId, version: u32) -> String {
     format!("{binding}/{version:010}")
 }
 
+fn platform_key_key(kind: &str, version: u32) -> String {
+    format!("{kind}/{version:010}")
+}
+
+fn exclusive_key(identifier: &str) -> String {
+    format!("exclusive:{identifier}")
+}
+
+fn tenant_param_key(provider: &str, name: &str, tenant: &TenantId) -> String {
+    format!("tenant-param:{provider}:{name}:{tenant}")
+}
+
+fn callback_state_key(state: &str) -> String {
+    format!("callback-state:{state}")
+}
+
 impl Records {
     /// Typed access over `store`, with a decoded-record cache of the default size.
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -45,18 +154,26 @@ impl Records {
     }
 
     /// Typed access over `store`, caching up to `per_table` decoded records per table for the
-    /// `shared_*` reads (0 disables the cache). See [`super::cache`].
+    /// `shared_*` reads (0 disables the cache). The cache is emptied on every change the
+    /// backend reports ([`Store::on_change`]).
     pub fn with_cache(store: Arc<dyn Store>, per_table: usize) -> Self {
         let cache = Arc::new(RecordCache::new(per_table));
-        Records {
-            store: Arc::new(Invalidating::new(store, cache.clone())),
-            cache,
-        }
+        let hook_cache = Arc::clone(&cache);
+        store.on_change(Arc::new(move || hook_cache.invalidate()));
+        Records { store, cache }
     }
 
-    /// The underlying store. Its commits empty the record cache.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// Applies `batch` atomically and durably.
+    ///
+    /// # Errors
+    /// See [`Store::commit`].
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.store.commit(batch).await
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
     }
 
     /// Records currently held by the decoded-record cache.
@@ -65,7 +182,7 @@ impl Records {
     }
 
     /// A record as of the last commit, from the cache or decoded from the store (and cached).
-    fn shared<T: DeserializeOwned + Send + Sync + 'static>(
+    async fn shared<T: DeserializeOwned + Send + Sync + 'static>(
         &self,
         table: Table,
         key: &str,
@@ -74,7 +191,7 @@ impl Records {
             return Ok(Some(hit));
         }
         let generation = self.cache.generation();
-        match self.store.get(table, key)? {
+        match self.store.get(table, key).await? {
             Some(bytes) => {
                 let value = Arc::new(decode::<T>(table, key, &bytes)?);
                 self.cache.insert(table, key, generation, value.clone());
@@ -88,177 +205,371 @@ impl Records {
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn shared_worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
-        self.shared(Table::Workers, id.as_str())
+    pub async fn shared_worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
+        self.shared(Table::Workers, id.as_str()).await
     }
 
     /// One instance, shared.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn shared_instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
-        self.shared(Table::Instances, id.as_str())
+    pub async fn shared_instance(
+        &self,
+        id: &InstanceId,
+    ) -> Result<Option<Arc<Instance>>, StoreError> {
+        self.shared(Table::Instances, id.as_str()).await
     }
 
     /// One tenant, shared.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn shared_tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
-        self.shared(Table::Tenants, id.as_str())
+    pub async fn shared_tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        self.shared(Table::Tenants, id.as_str()).await
     }
 
     /// One binding, shared.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn shared_binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
-        self.shared(Table::Bindings, id.as_str())
+    pub async fn shared_binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
+        self.shared(Table::Bindings, id.as_str()).await
     }
 
     /// One sealed secret version, shared (still encrypted).
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn shared_secret_version(
+    pub async fn shared_secret_version(
         &self,
         binding: &BindingId,
         version: u32,
     ) -> Result<Option<Arc<SecretVersion>>, StoreError> {
         self.shared(Table::Secrets, &secret_key(binding, version))
+            .await
     }
 
-    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
-        match self.store.get(table, key)? {
-            Some(bytes) => Ok(Some(decode(table, key, &bytes)?)),
+    async fn get_stored<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<Stored<T>>, StoreError> {
+        match self.store.get(table, key).await? {
+            Some(raw) => Ok(Some(Stored {
+                value: decode(table, key, &raw)?,
+                raw,
+            })),
             None => Ok(None),
         }
     }
 
-    fn all<T: DeserializeOwned>(&self, table: Table, prefix: &str) -> Result<Vec<T>, StoreError> {
+    async fn all_stored<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<Stored<T>>, StoreError> {
         self.store
-            .scan(table, prefix)?
-            .iter()
-            .map(|(k, v)| decode(table, k, v))
+            .scan(table, prefix)
+            .await?
+            .into_iter()
+            .map(|(k, raw)| {
+                Ok(Stored {
+                    value: decode(table, &k, &raw)?,
+                    raw,
+                })
+            })
             .collect()
     }
 
-    /// One tenant.
+    async fn all<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        Ok(self
+            .all_stored(table, prefix)
+            .await?
+            .into_iter()
+            .map(|s| s.value)
+            .collect())
+    }
+
+    /// One tenant, as read for a change.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        self.get(Table::Tenants, id.as_str())
+    pub async fn tenant(&self, id: &TenantId) -> Result<Option<Stored<Tenant>>, StoreError> {
+        self.get_stored(Table::Tenants, id.as_str()).await
     }
 
     /// All tenants.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        self.all(Table::Tenants, "")
+    pub async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.all(Table::Tenants, "").await
     }
 
-    /// One worker.
+    /// One worker, as read for a change.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn worker(&self, id: &WorkerId) -> Result<Option<Worker>, StoreError> {
-        self.get(Table::Workers, id.as_str())
+    pub async fn worker(&self, id: &WorkerId) -> Result<Option<Stored<Worker>>, StoreError> {
+        self.get_stored(Table::Workers, id.as_str()).await
     }
 
     /// All workers.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn workers(&self) -> Result<Vec<Worker>, StoreError> {
-        self.all(Table::Workers, "")
+    pub async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
+        self.all(Table::Workers, "").await
     }
 
-    /// One instance.
+    /// One instance, as read for a change.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn instance(&self, id: &InstanceId) -> Result<Option<Instance>, StoreError> {
-        self.get(Table::Instances, id.as_str())
+    pub async fn instance(&self, id: &InstanceId) -> Result<Option<Stored<Instance>>, StoreError> {
+        self.get_stored(Table::Instances, id.as_str()).await
     }
 
     /// All instances.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn instances(&self) -> Result<Vec<Instance>, StoreError> {
-        self.all(Table::Instances, "")
+    pub async fn instances(&self) -> Result<Vec<Instance>, StoreError> {
+        self.all(Table::Instances, "").await
     }
 
-    /// One binding.
+    /// One binding, as read for a change.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn binding(&self, id: &BindingId) -> Result<Option<Binding>, StoreError> {
-        self.get(Table::Bindings, id.as_str())
+    pub async fn binding(&self, id: &BindingId) -> Result<Option<Stored<Binding>>, StoreError> {
+        self.get_stored(Table::Bindings, id.as_str()).await
     }
 
     /// All bindings.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn bindings(&self) -> Result<Vec<Binding>, StoreError> {
-        self.all(Table::Bindings, "")
+    pub async fn bindings(&self) -> Result<Vec<Binding>, StoreError> {
+        self.all(Table::Bindings, "").await
     }
 
-    /// One secret version.
+    /// One secret version, as read for a change.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn secret_version(
+    pub async fn secret_version(
         &self,
         binding: &BindingId,
         version: u32,
-    ) -> Result<Option<SecretVersion>, StoreError> {
-        self.get(Table::Secrets, &secret_key(binding, version))
+    ) -> Result<Option<Stored<SecretVersion>>, StoreError> {
+        self.get_stored(Table::Secrets, &secret_key(binding, version))
+            .await
     }
 
-    /// Every stored secret version of a binding, oldest first.
+    /// Every stored secret version of a binding, oldest first, as read for a change.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn secret_versions(&self, binding: &BindingId) -> Result<Vec<SecretVersion>, StoreError> {
-        self.all(Table::Secrets, &format!("{binding}/"))
+    pub async fn secret_versions(
+        &self,
+        binding: &BindingId,
+    ) -> Result<Vec<Stored<SecretVersion>>, StoreError> {
+        self.all_stored(Table::Secrets, &format!("{binding}/"))
+            .await
     }
 
-    /// Every stored secret version.
+    /// Every stored secret version, as read for a change.
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub fn all_secret_versions(&self) -> Result<Vec<SecretVersion>, StoreError> {
-        self.all(Table::Secrets, "")
+    pub async fn all_secret_versions(&self) -> Result<Vec<Stored<SecretVersion>>, StoreError> {
+        self.all_stored(Table::Secrets, "").await
+    }
+
+    /// Every platform key of `kind`, oldest first, as read for a change.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn platform_keys(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<Stored<PlatformKeyRecord>>, StoreError> {
+        self.all_stored(Table::PlatformKeys, &format!("{kind}/"))
+            .await
+    }
+
+    /// Who holds `identifier`, if anyone.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn identifier_owner(
+        &self,
+        identifier: &str,
+    ) -> Result<Option<IdentifierOwner>, StoreError> {
+        Ok(self
+            .get_stored(Table::Identifiers, &exclusive_key(identifier))
+            .await?
+            .map(|s| s.value))
+    }
+
+    /// The exclusive identifiers `binding` holds.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn identifiers_of(&self, binding: &BindingId) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Identifiers, "exclusive:").await? {
+            let owner: IdentifierOwner = decode(Table::Identifiers, &key, &raw)?;
+            if owner.binding.as_deref() == Some(binding.as_str()) {
+                if let Some(identifier) = key.strip_prefix("exclusive:") {
+                    out.push(identifier.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The broker-generated parameter `name` of `provider` for `tenant`, if generated.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn tenant_parameter(
+        &self,
+        provider: &str,
+        name: &str,
+        tenant: &TenantId,
+    ) -> Result<Option<String>, StoreError> {
+        let key = tenant_param_key(provider, name, tenant);
+        match self.store.get(Table::Identifiers, &key).await? {
+            Some(raw) => String::from_utf8(raw)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    table: Table::Identifiers.name(),
+                    key,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// An install `state`, as read for its consumption.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn callback_state(
+        &self,
+        state: &str,
+    ) -> Result<Option<(String, Stored<CallbackState>)>, StoreError> {
+        let key = callback_state_key(state);
+        Ok(self
+            .get_stored(Table::Identifiers, &key)
+            .await?
+            .map(|s| (key, s)))
+    }
+
+    /// The KEK version the store was last rotated to, if recorded.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn kek_active_version(&self) -> Result<Option<u64>, StoreError> {
+        #[derive(Deserialize)]
+        struct KekMeta {
+            active_version: u64,
+        }
+        Ok(self
+            .store
+            .get(Table::KeyMeta, "kek")
+            .await?
+            .and_then(|raw| serde_json::from_slice::<KekMeta>(&raw).ok())
+            .map(|m| m.active_version))
     }
 }
 
-/// Builders for the write side: each adds the preconditions that keep the change honest.
-pub trait BatchExt {
+/// The write side: each builder adds the preconditions that keep the change honest.
+impl Batch {
     /// Creates a record that must not exist yet.
-    fn create<T: Serialize>(&mut self, table: Table, key: &str, value: &T) -> &mut Self;
-    /// Replaces a record that must exist.
-    fn replace<T: Serialize>(&mut self, table: Table, key: &str, value: &T) -> &mut Self;
-    /// Removes a record that must exist.
-    fn remove(&mut self, table: Table, key: &str) -> &mut Self;
-}
-
-impl BatchExt for Batch {
-    fn create<T: Serialize>(&mut self, table: Table, key: &str, value: &T) -> &mut Self {
-        self.push(Op::ExpectAbsent(table, key.to_owned()))
-            .push(Op::Put(table, key.to_owned(), encode(value)))
+    pub fn create<T: Record>(&mut self, value: &T) -> &mut Self {
+        let key = value.key();
+        self.push(Op::ExpectAbsent(T::TABLE, key.clone()))
+            .push(Op::Put(T::TABLE, key, encode(value)))
     }
 
-    fn replace<T: Serialize>(&mut self, table: Table, key: &str, value: &T) -> &mut Self {
-        self.push(Op::ExpectPresent(table, key.to_owned()))
-            .push(Op::Put(table, key.to_owned(), encode(value)))
+    /// Replaces a record that must still be exactly as it was read.
+    pub fn replace<T: Record>(&mut self, read: &Stored<T>, value: &T) -> &mut Self {
+        let key = read.value.key();
+        self.push(Op::ExpectValue(T::TABLE, key.clone(), read.raw.clone()))
+            .push(Op::Put(T::TABLE, key, encode(value)))
     }
 
-    fn remove(&mut self, table: Table, key: &str) -> &mut Self {
-        self.push(Op::ExpectPresent(table, key.to_owned()))
-            .push(Op::Delete(table, key.to_owned()))
+    /// Removes a record that must still be exactly as it was read.
+    pub fn remove<T: Record>(&mut self, read: &Stored<T>) -> &mut Self {
+        let key = read.value.key();
+        self.push(Op::ExpectValue(T::TABLE, key.clone(), read.raw.clone()))
+            .push(Op::Delete(T::TABLE, key))
+    }
+
+    /// Requires a record to be still exactly as it was read, without changing it.
+    pub fn expect_unchanged<T: Record>(&mut self, read: &Stored<T>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            T::TABLE,
+            read.value.key(),
+            read.raw.clone(),
+        ))
+    }
+
+    /// Gives `identifier` to `owner`; fails if anyone holds it (one identifier, one tenant).
+    pub fn claim_identifier(&mut self, identifier: &str, owner: &IdentifierOwner) -> &mut Self {
+        let key = exclusive_key(identifier);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, encode(owner)))
+    }
+
+    /// Frees `identifier`, which must be held.
+    pub fn release_identifier(&mut self, identifier: &str) -> &mut Self {
+        let key = exclusive_key(identifier);
+        self.push(Op::ExpectPresent(Table::Identifiers, key.clone()))
+            .push(Op::Delete(Table::Identifiers, key))
+    }
+
+    /// Records a generated tenant parameter; fails if the tenant already has one, or if
+    /// another tenant has the same value (values are unique across tenants).
+    pub fn put_tenant_parameter(
+        &mut self,
+        provider: &str,
+        name: &str,
+        tenant: &TenantId,
+        value: &str,
+    ) -> &mut Self {
+        let key = tenant_param_key(provider, name, tenant);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, value.as_bytes().to_vec()))
+            .claim_identifier(
+                &format!("tenant-param:{provider}:{name}:{value}"),
+                &IdentifierOwner {
+                    tenant: tenant.to_string(),
+                    binding: None,
+                },
+            )
+    }
+
+    /// Stores a new install `state`.
+    pub fn put_callback_state(&mut self, state: &str, record: &CallbackState) -> &mut Self {
+        let key = callback_state_key(state);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, encode(record)))
+    }
+
+    /// Consumes an install `state` as it was read: a second consumption fails.
+    pub fn consume_callback_state(&mut self, key: &str, read: &Stored<CallbackState>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
     }
 }

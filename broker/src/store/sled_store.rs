@@ -2,16 +2,25 @@
 //!
 //! sled writes are durable only after `flush`, so every commit flushes before returning.
 //! sled holds an exclusive lock on its directory: a second process opening the same store
-//! gets a clear "locked" error instead of corrupting it.
+//! gets a clear "locked" error instead of corrupting it — so this process is the only
+//! writer, and its own commits are every change there is to notify. sled's calls block
+//! (the flush is an fsync): they run on tokio's blocking pool, never on an async worker.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::{Batch, Op, Store, StoreError, Table, SCHEMA_VERSION};
+use super::{Batch, ChangeHook, Op, Store, StoreError, Table, SCHEMA_VERSION};
 
 /// The sled-backed store.
 pub struct SledStore {
+    inner: Arc<Inner>,
+    hooks: Mutex<Vec<ChangeHook>>,
+}
+
+struct Inner {
     db: sled::Db,
     trees: Vec<(Table, sled::Tree)>,
 }
@@ -50,11 +59,37 @@ impl SledStore {
         for t in Table::ALL {
             trees.push((*t, db.open_tree(t.name()).map_err(backend)?));
         }
-        let store = SledStore { db, trees };
-        store.check_schema()?;
-        Ok(store)
+        let inner = Inner { db, trees };
+        inner.check_schema()?;
+        Ok(SledStore {
+            inner: Arc::new(inner),
+            hooks: Mutex::new(Vec::new()),
+        })
     }
 
+    /// Runs blocking sled work on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| backend(format!("store task failed: {e}")))?
+    }
+
+    fn notify(&self) {
+        let hooks = match self.hooks.lock() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for hook in hooks {
+            hook();
+        }
+    }
+}
+
+impl Inner {
     fn tree(&self, table: Table) -> &sled::Tree {
         // Every table is opened in `open`; the index is the table's position in Table::ALL.
         let idx = Table::ALL.iter().position(|t| *t == table).unwrap_or(0);
@@ -87,7 +122,7 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
+impl Inner {
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .tree(table)
@@ -140,6 +175,18 @@ impl Store for SledStore {
                             ));
                         }
                     }
+                    Op::ExpectValue(t, k, expected) => {
+                        let found = txs[index(*t)].get(k.as_bytes())?;
+                        if found.as_deref() != Some(expected.as_slice()) {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::Precondition {
+                                    table: t.name(),
+                                    key: k.clone(),
+                                    expected: "unchanged",
+                                },
+                            ));
+                        }
+                    }
                     Op::Put(t, k, v) => {
                         txs[index(*t)].insert(k.as_bytes(), v.as_slice())?;
                     }
@@ -160,6 +207,45 @@ impl Store for SledStore {
     }
 }
 
+#[async_trait]
+impl Store for SledStore {
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.get(table, &key)).await
+    }
+
+    async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |s| s.scan(table, &prefix)).await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        // The blocking task runs to its end even if this future is dropped; hooks run when
+        // it is done, whatever its outcome (a failed flush leaves the outcome unknown).
+        let inner = Arc::clone(&self.inner);
+        let result = tokio::task::spawn_blocking(move || inner.commit(batch))
+            .await
+            .map_err(|e| backend(format!("store task failed: {e}")))
+            .and_then(|r| r);
+        self.notify();
+        result
+    }
+
+    fn on_change(&self, hook: ChangeHook) {
+        match self.hooks.lock() {
+            Ok(mut h) => h.push(hook),
+            Err(poisoned) => poisoned.into_inner().push(hook),
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +253,8 @@ mod tests {
     #[test]
     fn batch_is_all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let s = &store.inner;
         let mut b = Batch::new();
         b.push(Op::Put(Table::Tenants, "a".into(), b"1".to_vec()));
         s.commit(b).unwrap();
@@ -183,7 +270,8 @@ mod tests {
     fn schema_version_is_checked_and_lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
+            let s = &store.inner;
             assert!(
                 SledStore::open(dir.path()).is_err(),
                 "second open must fail"

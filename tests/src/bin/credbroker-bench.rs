@@ -914,11 +914,14 @@ fn fill_big_store(
     use credbroker::model::{
         Binding, Instance, SecretState, SecretVersion, Status, Tenant, Worker,
     };
-    use credbroker::store::records::{secret_key, BatchExt};
-    use credbroker::store::{Batch, Store, Table};
+    use credbroker::store::{Batch, Store};
     let config = credbroker::config::Config::load(config_path).unwrap();
     let keyring = credbroker::keys::Keyring::load(&config.kek_file()).unwrap();
     let store = credbroker::store::SledStore::open(&config.store_dir()).unwrap();
+    let fill = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let commit = |batch: Batch| fill.block_on(store.commit(batch)).unwrap();
     let now = credbroker::model::now_rfc3339();
     let tid = |t: usize| credbroker::ids::TenantId::parse(&format!("bt{t:05}")).unwrap();
     let fields = credbroker_providers::SecretFields::from_json(
@@ -931,18 +934,15 @@ fn fill_big_store(
     .unwrap();
     let mut batch = Batch::new();
     for t in 0..tenants {
-        batch.create(
-            Table::Tenants,
-            tid(t).as_str(),
-            &Tenant {
-                id: tid(t),
-                name: String::new(),
-                status: Status::Active,
-                created_at: now.clone(),
-            },
-        );
+        batch.create(&Tenant {
+            id: tid(t),
+            name: String::new(),
+            status: Status::Active,
+            revision: 0,
+            created_at: now.clone(),
+        });
     }
-    store.commit(batch).unwrap();
+    commit(batch);
     let w1 = Worker {
         id: credbroker::ids::WorkerId::parse("w1").unwrap(),
         tenants: (0..tenants).map(tid).collect(),
@@ -951,8 +951,8 @@ fn fill_big_store(
         created_at: now.clone(),
     };
     let mut batch = Batch::new();
-    batch.create(Table::Workers, "w1", &w1);
-    store.commit(batch).unwrap();
+    batch.create(&w1);
+    commit(batch);
     let mut instances = Vec::with_capacity(bindings);
     let mut batch = Batch::new();
     for b in 0..bindings {
@@ -960,57 +960,46 @@ fn fill_big_store(
         let bid = credbroker::ids::BindingId::parse(&format!("bb{b:07}")).unwrap();
         let iid = credbroker::ids::InstanceId::parse(&format!("bi{b:07}")).unwrap();
         let sealed = credbroker::seal::seal_secret(&keyring, &tenant, &bid, 1, &fields).unwrap();
-        batch.create(
-            Table::Secrets,
-            &secret_key(&bid, 1),
-            &SecretVersion {
-                binding: bid.clone(),
-                version: 1,
-                state: SecretState::Active,
-                field_names: vec!["password".into(), "username".into()],
-                kek_version: sealed.kek_version,
-                wrapped_dek: sealed.wrapped_dek,
-                sealed_payload: sealed.sealed_payload,
-                created_at: now.clone(),
-            },
-        );
-        batch.create(
-            Table::Bindings,
-            bid.as_str(),
-            &Binding {
-                id: bid.clone(),
-                tenant: tenant.clone(),
-                provider: "pasted_secret".into(),
-                config: Value::Null,
-                ceiling: Value::Null,
-                status: Status::Active,
-                active_secret_version: Some(1),
-                last_secret_version: 1,
-                last_tested_at: None,
-                last_probe: None,
-                trust_broken: false,
-                generation: format!("{b:032x}"),
-                created_at: now.clone(),
-            },
-        );
-        batch.create(
-            Table::Instances,
-            iid.as_str(),
-            &Instance {
-                id: iid.clone(),
-                tenant,
-                connector_kind: "jira".into(),
-                binding: bid,
-                status: Status::Active,
-                created_at: now.clone(),
-            },
-        );
+        batch.create(&SecretVersion {
+            binding: bid.clone(),
+            version: 1,
+            state: SecretState::Active,
+            field_names: vec!["password".into(), "username".into()],
+            kek_version: sealed.kek_version,
+            wrapped_dek: sealed.wrapped_dek,
+            sealed_payload: sealed.sealed_payload,
+            created_at: now.clone(),
+        });
+        batch.create(&Binding {
+            id: bid.clone(),
+            tenant: tenant.clone(),
+            provider: "pasted_secret".into(),
+            config: Value::Null,
+            ceiling: Value::Null,
+            status: Status::Active,
+            active_secret_version: Some(1),
+            last_secret_version: 1,
+            last_tested_at: None,
+            last_probe: None,
+            trust_broken: false,
+            generation: format!("{b:032x}"),
+            revision: 0,
+            created_at: now.clone(),
+        });
+        batch.create(&Instance {
+            id: iid.clone(),
+            tenant,
+            connector_kind: "jira".into(),
+            binding: bid,
+            status: Status::Active,
+            created_at: now.clone(),
+        });
         instances.push(iid.to_string());
         if batch.ops.len() >= 6_000 {
-            store.commit(std::mem::take(&mut batch)).unwrap();
+            commit(std::mem::take(&mut batch));
         }
     }
-    store.commit(batch).unwrap();
+    commit(batch);
     drop(store);
 
     // Audit records: resolve-shaped events through the real writer, in large group commits.

@@ -1,0 +1,433 @@
+//! Plans for the record collections: list, show, add, enable/disable, remove, and the
+//! broker's own trust-broken flag. Every plan carries the reads it depends on as
+//! preconditions of its batch (see `store::records`): adding or removing a child bumps its
+//! parents' revision, so "remove a tenant with no children" cannot race an instance add.
+
+use serde_json::{json, Value};
+
+use credbroker_providers::BindingContext;
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::broker::Broker;
+use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
+use crate::model::{now_rfc3339, Binding, Instance, SecretVersionView, Status, Tenant, Worker};
+use crate::store::records::Stored;
+
+use super::{
+    store_err, to_value, unknown, validate_kind, Collection, NewInstance, NewTenant, NewWorker,
+    Plan,
+};
+
+/// `tenant` with its revision bumped: a child was added or removed.
+fn bumped(tenant: &Tenant) -> Tenant {
+    let mut t = tenant.clone();
+    t.revision = t.revision.wrapping_add(1);
+    t
+}
+
+impl Broker {
+    pub(super) async fn tenant_or_404(&self, id: &str) -> Result<Stored<Tenant>, ApiError> {
+        let tid = TenantId::parse(id).map_err(ApiError::bad_request)?;
+        self.records
+            .tenant(&tid)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| unknown(Collection::Tenants, id))
+    }
+
+    pub(super) async fn binding_or_404(&self, id: &str) -> Result<Stored<Binding>, ApiError> {
+        let bid = BindingId::parse(id).map_err(ApiError::bad_request)?;
+        self.records
+            .binding(&bid)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| unknown(Collection::Bindings, id))
+    }
+
+    async fn worker_or_404(&self, id: &str) -> Result<Stored<Worker>, ApiError> {
+        let wid = WorkerId::parse(id).map_err(ApiError::bad_request)?;
+        self.records
+            .worker(&wid)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| unknown(Collection::Workers, id))
+    }
+
+    async fn instance_or_404(&self, id: &str) -> Result<Stored<Instance>, ApiError> {
+        let iid = InstanceId::parse(id).map_err(ApiError::bad_request)?;
+        self.records
+            .instance(&iid)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| unknown(Collection::Instances, id))
+    }
+
+    pub(super) async fn plan_list(&self, c: Collection) -> Result<Plan, ApiError> {
+        let r = &self.records;
+        let items: Vec<Value> = match c {
+            Collection::Tenants => r
+                .tenants()
+                .await
+                .map_err(store_err)?
+                .iter()
+                .map(to_value)
+                .collect(),
+            Collection::Workers => r
+                .workers()
+                .await
+                .map_err(store_err)?
+                .iter()
+                .map(to_value)
+                .collect(),
+            Collection::Instances => r
+                .instances()
+                .await
+                .map_err(store_err)?
+                .iter()
+                .map(to_value)
+                .collect(),
+            Collection::Bindings => r
+                .bindings()
+                .await
+                .map_err(store_err)?
+                .iter()
+                .map(to_value)
+                .collect(),
+        };
+        let key = format!("{}s", c.noun());
+        Ok(Plan::new(
+            format!("{} records", items.len()),
+            json!({ key: items }),
+        ))
+    }
+
+    pub(super) async fn plan_show(&self, c: Collection, id: &str) -> Result<Plan, ApiError> {
+        let value = match c {
+            Collection::Tenants => to_value(&self.tenant_or_404(id).await?.value),
+            Collection::Workers => to_value(&self.worker_or_404(id).await?.value),
+            Collection::Instances => to_value(&self.instance_or_404(id).await?.value),
+            Collection::Bindings => {
+                let b = self.binding_or_404(id).await?.value;
+                let versions: Vec<SecretVersionView> = self
+                    .records
+                    .secret_versions(&b.id)
+                    .await
+                    .map_err(store_err)?
+                    .iter()
+                    .map(|v| SecretVersionView::from(&v.value))
+                    .collect();
+                let ceiling = self.registry.get(&b.provider).map(|p| {
+                    p.describe_ceiling(&BindingContext {
+                        tenant_id: b.tenant.as_str(),
+                        binding_id: b.id.as_str(),
+                        config: &b.config,
+                        ceiling: &b.ceiling,
+                    })
+                });
+                let mut v = to_value(&b);
+                if let Value::Object(m) = &mut v {
+                    m.insert("secret_versions".into(), to_value(&versions));
+                    m.insert("effective_ceiling".into(), ceiling.unwrap_or(Value::Null));
+                }
+                v
+            }
+        };
+        let noun = c.noun();
+        Ok(Plan::new(format!("{noun}={id}"), json!({ noun: value })))
+    }
+
+    pub(super) async fn plan_add_tenant(&self, t: NewTenant) -> Result<Plan, ApiError> {
+        let tenant = Tenant {
+            id: t.id,
+            name: t.name,
+            status: Status::Active,
+            revision: 0,
+            created_at: now_rfc3339(),
+        };
+        if self
+            .records
+            .tenant(&tenant.id)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("tenant {} already exists", tenant.id),
+            ));
+        }
+        let mut plan = Plan::new(
+            format!("tenant={}", tenant.id),
+            json!({ "tenant": to_value(&tenant) }),
+        );
+        plan.batch.create(&tenant);
+        plan.tenant = Some(tenant.id.to_string());
+        plan.created = true;
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_add_worker(&self, w: NewWorker) -> Result<Plan, ApiError> {
+        if w.tenants.is_empty() {
+            return Err(ApiError::bad_request(
+                "a worker must be allowed at least one tenant",
+            ));
+        }
+        for k in &w.connector_kinds {
+            validate_kind(k)?;
+        }
+        if self
+            .records
+            .worker(&w.id)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("worker {} already exists", w.id),
+            ));
+        }
+        let mut tenants = w.tenants.clone();
+        tenants.sort();
+        tenants.dedup();
+        let mut plan = Plan::new(String::new(), Value::Null);
+        for t in &tenants {
+            // Each tenant the worker may serve gains a child: it cannot be removed meanwhile.
+            let stored = self.tenant_or_404(t.as_str()).await?;
+            plan.batch.replace(&stored, &bumped(&stored));
+        }
+        let worker = Worker {
+            id: w.id,
+            tenants,
+            connector_kinds: w.connector_kinds,
+            status: Status::Active,
+            created_at: now_rfc3339(),
+        };
+        plan.batch.create(&worker);
+        plan.detail = format!(
+            "worker={} tenants=[{}] connector_kinds=[{}]",
+            worker.id,
+            worker
+                .tenants
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            worker.connector_kinds.join(",")
+        );
+        plan.response = json!({ "worker": to_value(&worker) });
+        plan.created = true;
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_add_instance(&self, i: NewInstance) -> Result<Plan, ApiError> {
+        validate_kind(&i.connector_kind)?;
+        if self
+            .records
+            .instance(&i.id)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("instance {} already exists", i.id),
+            ));
+        }
+        let tenant = self.tenant_or_404(i.tenant.as_str()).await?;
+        let binding = self.binding_or_404(i.binding.as_str()).await?;
+        if binding.tenant != i.tenant {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the binding belongs to another tenant; an instance can only use its own tenant's bindings",
+            ));
+        }
+        let instance = Instance {
+            id: i.id,
+            tenant: i.tenant,
+            connector_kind: i.connector_kind,
+            binding: i.binding,
+            status: Status::Active,
+            created_at: now_rfc3339(),
+        };
+        let mut plan = Plan::new(
+            format!(
+                "instance={} binding={} kind={}",
+                instance.id, instance.binding, instance.connector_kind
+            ),
+            json!({ "instance": to_value(&instance) }),
+        );
+        // The tenant and the binding gain a child: neither can be removed meanwhile.
+        plan.batch.replace(&tenant, &bumped(&tenant));
+        let mut b = binding.value.clone();
+        b.revision = b.revision.wrapping_add(1);
+        plan.batch.replace(&binding, &b);
+        plan.batch.create(&instance);
+        plan.tenant = Some(instance.tenant.to_string());
+        plan.binding = Some(instance.binding.to_string());
+        plan.created = true;
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_status(
+        &self,
+        c: Collection,
+        id: &str,
+        status: Status,
+    ) -> Result<Plan, ApiError> {
+        let word = if status == Status::Active {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        let mut plan = Plan::new(format!("{}={id} status={word}", c.noun()), Value::Null);
+        match c {
+            Collection::Tenants => {
+                let stored = self.tenant_or_404(id).await?;
+                let mut t = stored.value.clone();
+                t.status = status;
+                plan.batch.replace(&stored, &t);
+                plan.tenant = Some(id.to_owned());
+                plan.response = json!({ "tenant": to_value(&t) });
+            }
+            Collection::Workers => {
+                let stored = self.worker_or_404(id).await?;
+                let mut w = stored.value.clone();
+                w.status = status;
+                plan.batch.replace(&stored, &w);
+                plan.response = json!({ "worker": to_value(&w) });
+            }
+            Collection::Instances => {
+                let stored = self.instance_or_404(id).await?;
+                let mut i = stored.value.clone();
+                i.status = status;
+                plan.batch.replace(&stored, &i);
+                plan.tenant = Some(i.tenant.to_string());
+                plan.response = json!({ "instance": to_value(&i) });
+            }
+            Collection::Bindings => {
+                let stored = self.binding_or_404(id).await?;
+                let mut b = stored.value.clone();
+                b.status = status;
+                plan.batch.replace(&stored, &b);
+                plan.tenant = Some(b.tenant.to_string());
+                plan.binding = Some(id.to_owned());
+                plan.invalidate_binding = Some(id.to_owned());
+                plan.response = json!({ "binding": to_value(&b) });
+            }
+        }
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_flag_trust_broken(
+        &self,
+        id: &str,
+        generation: &str,
+    ) -> Result<Plan, ApiError> {
+        let stored = self.binding_or_404(id).await?;
+        if stored.generation != generation {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the binding was re-created or its credential changed since the denied resolve",
+            ));
+        }
+        let mut plan = Plan::new(
+            format!("binding={id} trust_broken=true (upstream denied: the customer may have removed or changed the trust)"),
+            Value::Null,
+        );
+        plan.tenant = Some(stored.tenant.to_string());
+        plan.binding = Some(id.to_owned());
+        let mut b = stored.value.clone();
+        if !b.trust_broken {
+            b.trust_broken = true;
+            plan.batch.replace(&stored, &b);
+        }
+        plan.response = json!({ "binding": to_value(&b) });
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_remove(&self, c: Collection, id: &str) -> Result<Plan, ApiError> {
+        let r = &self.records;
+        let mut plan = Plan::new(
+            format!("{}={id} removed", c.noun()),
+            json!({ "removed": id }),
+        );
+        match c {
+            Collection::Tenants => {
+                let t = self.tenant_or_404(id).await?;
+                let mut in_use: Vec<String> = Vec::new();
+                for i in r.instances().await.map_err(store_err)? {
+                    if i.tenant == t.id {
+                        in_use.push(format!("instance {}", i.id));
+                    }
+                }
+                for b in r.bindings().await.map_err(store_err)? {
+                    if b.tenant == t.id {
+                        in_use.push(format!("binding {}", b.id));
+                    }
+                }
+                for w in r.workers().await.map_err(store_err)? {
+                    if w.tenants.contains(&t.id) {
+                        in_use.push(format!("worker {}", w.id));
+                    }
+                }
+                if !in_use.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("tenant {id} is still referenced by: {}", in_use.join(", ")),
+                    ));
+                }
+                // Fails if a child was added since the scan (it bumps the revision).
+                plan.batch.remove(&t);
+                plan.tenant = Some(id.to_owned());
+            }
+            Collection::Workers => {
+                let w = self.worker_or_404(id).await?;
+                plan.batch.remove(&w);
+            }
+            Collection::Instances => {
+                let i = self.instance_or_404(id).await?;
+                // The binding loses a child.
+                if let Some(b) = r.binding(&i.binding).await.map_err(store_err)? {
+                    let mut changed = b.value.clone();
+                    changed.revision = changed.revision.wrapping_add(1);
+                    plan.batch.replace(&b, &changed);
+                }
+                plan.batch.remove(&i);
+                plan.tenant = Some(i.tenant.to_string());
+            }
+            Collection::Bindings => {
+                let b = self.binding_or_404(id).await?;
+                let users: Vec<String> = r
+                    .instances()
+                    .await
+                    .map_err(store_err)?
+                    .iter()
+                    .filter(|i| i.binding == b.id)
+                    .map(|i| i.id.to_string())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "binding {id} is still used by instances: {}",
+                            users.join(", ")
+                        ),
+                    ));
+                }
+                // The binding, its exclusive identifiers and every sealed version go together.
+                for identifier in r.identifiers_of(&b.id).await.map_err(store_err)? {
+                    plan.batch.release_identifier(&identifier);
+                }
+                for v in r.secret_versions(&b.id).await.map_err(store_err)? {
+                    plan.batch.remove(&v);
+                }
+                plan.batch.remove(&b);
+                plan.tenant = Some(b.tenant.to_string());
+                plan.binding = Some(id.to_owned());
+                plan.invalidate_binding = Some(id.to_owned());
+            }
+        }
+        Ok(plan)
+    }
+}
