@@ -1,0 +1,432 @@
+//! The store conformance suite: what every backend behind `credbroker::store::Store` must do.
+//! Run against each backend this build has (sled now); a new backend adds one line to
+//! `backends()` and must pass unchanged.
+//!
+//! - Every record type round-trips through the typed layer (`Records` and `Batch`).
+//! - A batch is all or nothing: a failed precondition (absent, present, unchanged) writes
+//!   nothing.
+//! - Concurrent conflicting commits: of many writers claiming one identifier, consuming one
+//!   callback state or replacing one record as read, exactly one wins; a tenant removal and
+//!   an instance add planned from the same state never both land.
+//! - Changes are reported (`on_change`), and the decoded-record cache never serves a record
+//!   older than the last commit.
+//! - The schema version is checked on open.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use credbroker::ids::{BindingId, InstanceId, TenantId, WorkerId};
+use credbroker::model::{
+    Binding, Instance, KeyState, PlatformKeyRecord, SecretState, SecretVersion, Status, Tenant,
+    Worker,
+};
+use credbroker::store::records::{CallbackState, IdentifierOwner, Records};
+use credbroker::store::{Batch, Op, SledStore, Store, StoreError, Table};
+use serde_json::json;
+
+/// A backend under test: how to open it fresh, and how to reopen the same data.
+struct Backend {
+    name: &'static str,
+    dir: tempfile::TempDir,
+}
+
+impl Backend {
+    fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(SledStore::open(self.dir.path())?))
+    }
+}
+
+fn backends() -> Vec<Backend> {
+    vec![Backend {
+        name: "sled",
+        dir: tempfile::tempdir().unwrap(),
+    }]
+}
+
+fn tenant(id: &str) -> Tenant {
+    Tenant {
+        id: TenantId::parse(id).unwrap(),
+        name: String::new(),
+        status: Status::Active,
+        revision: 0,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn binding(id: &str, t: &str) -> Binding {
+    Binding {
+        id: BindingId::parse(id).unwrap(),
+        tenant: TenantId::parse(t).unwrap(),
+        provider: credbroker_providers::DEMO_PROVIDER.into(),
+        config: json!({"note": "x"}),
+        ceiling: json!(null),
+        status: Status::Active,
+        active_secret_version: Some(1),
+        last_secret_version: 1,
+        last_tested_at: None,
+        last_probe: None,
+        trust_broken: false,
+        generation: "g".into(),
+        revision: 0,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn instance(id: &str, t: &str, b: &str) -> Instance {
+    Instance {
+        id: InstanceId::parse(id).unwrap(),
+        tenant: TenantId::parse(t).unwrap(),
+        connector_kind: "jira".into(),
+        binding: BindingId::parse(b).unwrap(),
+        status: Status::Active,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+async fn every_record_type_round_trips(records: &Records) {
+    let mut b = Batch::new();
+    b.create(&tenant("t1"))
+        .create(&binding("b1", "t1"))
+        .create(&instance("i1", "t1", "b1"))
+        .create(&Worker {
+            id: WorkerId::parse("w1").unwrap(),
+            tenants: vec![TenantId::parse("t1").unwrap()],
+            connector_kinds: vec![],
+            status: Status::Active,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        })
+        .create(&SecretVersion {
+            binding: BindingId::parse("b1").unwrap(),
+            version: 1,
+            state: SecretState::Active,
+            field_names: vec!["token".into()],
+            kek_version: 1,
+            wrapped_dek: "d".into(),
+            sealed_payload: "p".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+        })
+        .create(&PlatformKeyRecord {
+            kind: "k".into(),
+            version: 1,
+            state: KeyState::Staged,
+            fingerprint: "f".into(),
+            kek_version: 1,
+            wrapped_dek: "d".into(),
+            sealed_payload: "p".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            activated_at: None,
+            retired_at: None,
+        })
+        .claim_identifier(
+            "test:one",
+            &IdentifierOwner {
+                tenant: "t1".into(),
+                binding: Some("b1".into()),
+            },
+        )
+        .put_tenant_parameter("p", "n", &TenantId::parse("t1").unwrap(), "value-1")
+        .put_callback_state(
+            "state-1",
+            &CallbackState {
+                provider: "p".into(),
+                tenant: "t1".into(),
+                expires_at: 1,
+            },
+        );
+    records.commit(b).await.unwrap();
+
+    let t1 = TenantId::parse("t1").unwrap();
+    let b1 = BindingId::parse("b1").unwrap();
+    assert_eq!(
+        records.tenant(&t1).await.unwrap().unwrap().value,
+        tenant("t1")
+    );
+    assert_eq!(
+        records.binding(&b1).await.unwrap().unwrap().value,
+        binding("b1", "t1")
+    );
+    assert_eq!(
+        records
+            .instance(&InstanceId::parse("i1").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        instance("i1", "t1", "b1")
+    );
+    assert!(records
+        .worker(&WorkerId::parse("w1").unwrap())
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(records.secret_versions(&b1).await.unwrap().len(), 1);
+    assert_eq!(records.platform_keys("k").await.unwrap().len(), 1);
+    assert_eq!(
+        records
+            .identifier_owner("test:one")
+            .await
+            .unwrap()
+            .unwrap()
+            .binding
+            .as_deref(),
+        Some("b1")
+    );
+    assert_eq!(
+        records.identifiers_of(&b1).await.unwrap(),
+        vec!["test:one".to_owned()]
+    );
+    assert_eq!(
+        records
+            .tenant_parameter("p", "n", &t1)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("value-1")
+    );
+    assert_eq!(
+        records
+            .identifier_owner("tenant-param:p:n:value-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .tenant,
+        "t1",
+        "generated values are unique across tenants"
+    );
+    assert!(records.callback_state("state-1").await.unwrap().is_some());
+    assert_eq!(records.tenants().await.unwrap().len(), 1);
+    assert_eq!(records.bindings().await.unwrap().len(), 1);
+    assert_eq!(records.instances().await.unwrap().len(), 1);
+    assert_eq!(records.workers().await.unwrap().len(), 1);
+
+    // Replace as read, then the stale read can no longer replace or remove.
+    let read = records.binding(&b1).await.unwrap().unwrap();
+    let mut changed = read.value.clone();
+    changed.status = Status::Disabled;
+    let mut b = Batch::new();
+    b.replace(&read, &changed);
+    records.commit(b).await.unwrap();
+    let mut b = Batch::new();
+    b.remove(&read);
+    assert!(matches!(
+        records.commit(b).await,
+        Err(StoreError::Precondition {
+            expected: "unchanged",
+            ..
+        })
+    ));
+    assert_eq!(
+        records.binding(&b1).await.unwrap().unwrap().status,
+        Status::Disabled
+    );
+}
+
+async fn a_batch_is_all_or_nothing(store: &Arc<dyn Store>) {
+    for (precondition, expected) in [
+        (
+            Op::ExpectAbsent(Table::Meta, "schema_version".into()),
+            "absent",
+        ),
+        (
+            Op::ExpectPresent(Table::Meta, "nothing-here".into()),
+            "present",
+        ),
+        (
+            Op::ExpectValue(Table::Meta, "schema_version".into(), b"not-it".to_vec()),
+            "unchanged",
+        ),
+    ] {
+        let mut b = Batch::new();
+        b.push(Op::Put(Table::Tenants, "before".into(), b"1".to_vec()))
+            .push(precondition)
+            .push(Op::Put(Table::Tenants, "after".into(), b"2".to_vec()));
+        match store.commit(b).await {
+            Err(StoreError::Precondition { expected: e, .. }) => assert_eq!(e, expected),
+            other => panic!("expected a {expected} precondition failure, got {other:?}"),
+        }
+        assert!(store.get(Table::Tenants, "before").await.unwrap().is_none());
+        assert!(store.get(Table::Tenants, "after").await.unwrap().is_none());
+    }
+    // Keys scan in order, by prefix.
+    let mut b = Batch::new();
+    for k in ["p/2", "p/10", "p/1", "q/1"] {
+        b.push(Op::Put(Table::Secrets, k.into(), k.as_bytes().to_vec()));
+    }
+    store.commit(b).await.unwrap();
+    let keys: Vec<String> = store
+        .scan(Table::Secrets, "p/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec!["p/1", "p/10", "p/2"]);
+}
+
+/// Runs `n` concurrent commits built by `make(i)`; returns how many succeeded.
+async fn race(records: &Records, n: usize, make: impl Fn(usize) -> Batch) -> usize {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let records = records.clone();
+        let batch = make(i);
+        tasks.push(tokio::spawn(async move { records.commit(batch).await }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::Precondition { .. }) => {}
+            Err(e) => panic!("a racing commit failed otherwise: {e}"),
+        }
+    }
+    won
+}
+
+async fn conflicting_commits_have_one_winner(records: &Records) {
+    // One identifier, many tenants.
+    let won = race(records, 16, |i| {
+        let mut b = Batch::new();
+        b.claim_identifier(
+            "race:identifier",
+            &IdentifierOwner {
+                tenant: format!("t{i}"),
+                binding: Some(format!("b{i}")),
+            },
+        );
+        b
+    })
+    .await;
+    assert_eq!(won, 1, "an identifier is bound to exactly one tenant");
+
+    // One callback state, consumed by many.
+    let mut b = Batch::new();
+    b.put_callback_state(
+        "race-state",
+        &CallbackState {
+            provider: "p".into(),
+            tenant: "t1".into(),
+            expires_at: i64::MAX,
+        },
+    );
+    records.commit(b).await.unwrap();
+    let (key, read) = records.callback_state("race-state").await.unwrap().unwrap();
+    let won = race(records, 16, |_| {
+        let mut b = Batch::new();
+        b.consume_callback_state(&key, &read);
+        b
+    })
+    .await;
+    assert_eq!(won, 1, "a state is single use");
+
+    // One record as read, many writers.
+    let mut b = Batch::new();
+    b.create(&tenant("race"));
+    records.commit(b).await.unwrap();
+    let read = records
+        .tenant(&TenantId::parse("race").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let won = race(records, 16, |i| {
+        let mut t = read.value.clone();
+        t.name = format!("writer {i}");
+        let mut b = Batch::new();
+        b.replace(&read, &t);
+        b
+    })
+    .await;
+    assert_eq!(won, 1, "no lost update");
+
+    // "Remove the tenant, it has no children" against "add an instance to it".
+    let mut b = Batch::new();
+    b.create(&tenant("t9")).create(&binding("b9", "t9"));
+    records.commit(b).await.unwrap();
+    let t9 = TenantId::parse("t9").unwrap();
+    let tenant_read = records.tenant(&t9).await.unwrap().unwrap();
+    let binding_read = records
+        .binding(&BindingId::parse("b9").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut remove = Batch::new();
+    remove.remove(&tenant_read);
+    let mut add = Batch::new();
+    let mut bumped = tenant_read.value.clone();
+    bumped.revision += 1;
+    add.replace(&tenant_read, &bumped)
+        .expect_unchanged(&binding_read)
+        .create(&instance("i9", "t9", "b9"));
+    let won = race(records, 2, |i| {
+        if i == 0 {
+            remove.clone()
+        } else {
+            add.clone()
+        }
+    })
+    .await;
+    assert_eq!(
+        won, 1,
+        "a removal and an addition planned on the same state never both land"
+    );
+}
+
+async fn changes_are_reported_and_the_cache_follows(store: Arc<dyn Store>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let hook_seen = seen.clone();
+    store.on_change(Arc::new(move || {
+        hook_seen.fetch_add(1, Ordering::SeqCst);
+    }));
+    let records = Records::with_cache(store, 100);
+    let mut b = Batch::new();
+    b.create(&tenant("c1"));
+    records.commit(b).await.unwrap();
+    assert!(seen.load(Ordering::SeqCst) >= 1, "a commit is reported");
+    let c1 = TenantId::parse("c1").unwrap();
+    assert_eq!(records.shared_tenant(&c1).await.unwrap().unwrap().name, "");
+    let read = records.tenant(&c1).await.unwrap().unwrap();
+    let mut renamed = read.value.clone();
+    renamed.name = "renamed".into();
+    let mut b = Batch::new();
+    b.replace(&read, &renamed);
+    records.commit(b).await.unwrap();
+    assert_eq!(
+        records.shared_tenant(&c1).await.unwrap().unwrap().name,
+        "renamed",
+        "the decoded-record cache never serves a record older than the last commit"
+    );
+    // A failed commit is reported too (its outcome may be unknown to a cache).
+    let before = seen.load(Ordering::SeqCst);
+    let mut b = Batch::new();
+    b.create(&tenant("c1"));
+    assert!(records.commit(b).await.is_err());
+    assert!(seen.load(Ordering::SeqCst) > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backend_conforms() {
+    for backend in backends() {
+        eprintln!("store backend {}", backend.name);
+        {
+            let store = backend.open().unwrap();
+            assert!(!store.backend().is_empty());
+            let records = Records::new(store.clone());
+            every_record_type_round_trips(&records).await;
+            a_batch_is_all_or_nothing(&store).await;
+            conflicting_commits_have_one_winner(&records).await;
+            changes_are_reported_and_the_cache_follows(store.clone()).await;
+            // The schema version on disk must be one this build reads.
+            let mut b = Batch::new();
+            b.push(Op::Put(
+                Table::Meta,
+                "schema_version".into(),
+                b"99".to_vec(),
+            ));
+            store.commit(b).await.unwrap();
+        }
+        assert!(
+            matches!(backend.open().err(), Some(StoreError::Schema { .. })),
+            "{}: an unknown schema version is refused on open",
+            backend.name
+        );
+    }
+}
