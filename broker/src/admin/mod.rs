@@ -516,9 +516,32 @@ impl Broker {
 
     /// Runs one admin operation as `actor`, auditing it.
     ///
+    /// The operation runs in its own task: dropping the returned future (a client that hung
+    /// up, a cancelled caller) never stops it between its audit record and its commit, so
+    /// the log and the store always agree.
+    ///
     /// # Errors
     /// The API error, with the audit receipt of the refusal when it could be recorded.
     pub async fn admin(
+        self: &Arc<Self>,
+        actor: &str,
+        op: AdminOp,
+        request_id: &str,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        let this = Arc::clone(self);
+        let (actor, request_id) = (actor.to_owned(), request_id.to_owned());
+        tokio::spawn(async move { this.run_admin(&actor, op, &request_id).await })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "admin operation task failed");
+                Err((
+                    ApiError::new(ErrorCode::Internal, "the operation could not be completed"),
+                    None,
+                ))
+            })
+    }
+
+    async fn run_admin(
         self: &Arc<Self>,
         actor: &str,
         op: AdminOp,

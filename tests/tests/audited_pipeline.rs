@@ -1,0 +1,238 @@
+//! The one audited pipeline for changes (audit, then commit), against a store double that
+//! blocks or fails inside its commit: the audit log and the store always agree.
+//!
+//! - A change whose caller goes away while the commit is in progress (a client that hung up)
+//!   still commits: its "allowed" record is never left without the change.
+//! - A commit that fails after the record was written gets a second record saying so, and
+//!   the change is absent — for admin changes and for probes alike.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use credbroker::admin::{AdminOp, NewBinding, NewTenant};
+use credbroker::broker::{Broker, BrokerKeys, BrokerSettings};
+use credbroker::config::{Config, TlsSettings};
+use credbroker::ids::{BindingId, TenantId};
+use credbroker::store::records::Records;
+use credbroker::store::{Batch, ChangeHook, SledStore, Store, StoreError, Table};
+use credbroker_providers::{ProviderRegistry, SecretFields};
+
+/// A store that can hold a commit until released, or fail the next one.
+struct GatedStore {
+    inner: Arc<SledStore>,
+    hold: AtomicBool,
+    fail: AtomicBool,
+    entered: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl Store for GatedStore {
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(table, key).await
+    }
+    async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan(table, prefix).await
+    }
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if self.hold.swap(false, Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        if self.fail.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected commit failure".into()));
+        }
+        self.inner.commit(batch).await
+    }
+    fn on_change(&self, hook: ChangeHook) {
+        self.inner.on_change(hook)
+    }
+    fn backend(&self) -> &'static str {
+        "gated"
+    }
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    data_dir: PathBuf,
+    store: Arc<GatedStore>,
+    broker: Arc<Broker>,
+    records: Records,
+}
+
+async fn start() -> Env {
+    credbroker_tests::init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let unused = PathBuf::from("unused");
+    let config = Config::with_defaults(
+        tmp.path().to_owned(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        credbroker_tests::TD,
+        TlsSettings {
+            cert: unused.clone(),
+            key: unused.clone(),
+            client_ca: unused,
+            crl: None,
+        },
+    );
+    BrokerKeys::init(&config).unwrap();
+    let inner = Arc::new(SledStore::open(&config.store_dir()).unwrap());
+    let store = Arc::new(GatedStore {
+        inner,
+        hold: AtomicBool::new(false),
+        fail: AtomicBool::new(false),
+        entered: Notify::new(),
+        release: Notify::new(),
+    });
+    let broker = Broker::open(
+        store.clone(),
+        BrokerKeys::load(&config).unwrap(),
+        ProviderRegistry::builtin(),
+        BrokerSettings::from_config(&config),
+    )
+    .await
+    .unwrap();
+    Env {
+        data_dir: tmp.path().to_owned(),
+        records: broker.records().clone(),
+        _tmp: tmp,
+        store,
+        broker,
+    }
+}
+
+fn audit_records(env: &Env) -> Vec<Value> {
+    std::fs::read_to_string(env.data_dir.join("audit/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn add_tenant(id: &str) -> AdminOp {
+    AdminOp::AddTenant(NewTenant {
+        id: TenantId::parse(id).unwrap(),
+        name: String::new(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_caller_goes_away_mid_commit_still_lands() {
+    let env = start().await;
+    env.store.hold.store(true, Ordering::SeqCst);
+    let broker = env.broker.clone();
+    let caller = tokio::spawn(async move {
+        broker
+            .admin("operator:test", add_tenant("t1"), "req-dropped")
+            .await
+    });
+    // The record is durable and the commit has started: now the caller goes away.
+    tokio::time::timeout(Duration::from_secs(5), env.store.entered.notified())
+        .await
+        .expect("the commit started");
+    caller.abort();
+    assert!(caller.await.err().is_some_and(|e| e.is_cancelled()));
+    env.store.release.notify_one();
+
+    let t1 = TenantId::parse("t1").unwrap();
+    let mut landed = false;
+    for _ in 0..250 {
+        if env.records.tenant(&t1).await.unwrap().is_some() {
+            landed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let records = audit_records(&env);
+    let allowed = records
+        .iter()
+        .filter(|r| r["request_id"] == "req-dropped")
+        .collect::<Vec<_>>();
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    assert_eq!(allowed[0]["outcome"], "allowed");
+    assert!(landed, "an allowed record without its change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_fails_after_its_record_gets_a_second_record() {
+    let env = start().await;
+    env.store.fail.store(true, Ordering::SeqCst);
+    let err = env
+        .broker
+        .admin("operator:test", add_tenant("t2"), "req-failed")
+        .await
+        .err()
+        .expect("the commit failed");
+    assert_eq!(err.0.code.as_str(), "internal");
+    let records = audit_records(&env);
+    let mine: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["request_id"] == "req-failed")
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[0]["outcome"], "allowed");
+    assert_eq!(mine[1]["outcome"], "failed");
+    let first = format!("aud_{:012}", mine[0]["seq"].as_u64().unwrap());
+    assert!(
+        mine[1]["detail"].as_str().unwrap().contains(&first),
+        "{}",
+        mine[1]
+    );
+    assert!(env
+        .records
+        .tenant(&TenantId::parse("t2").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    // A probe's stamp is a change like any other.
+    for op in [
+        add_tenant("t3"),
+        AdminOp::AddBinding(NewBinding {
+            id: BindingId::parse("b3").unwrap(),
+            tenant: TenantId::parse("t3").unwrap(),
+            provider: credbroker_providers::DEMO_PROVIDER.into(),
+            config: json!({}),
+            ceiling: Value::Null,
+        }),
+        AdminOp::SecretSet("b3".into(), {
+            let mut f = SecretFields::new();
+            f.insert("token", SecretString::from("probe-me"));
+            f
+        }),
+    ] {
+        env.broker
+            .admin("operator:test", op, "setup")
+            .await
+            .ok()
+            .unwrap();
+    }
+    env.store.fail.store(true, Ordering::SeqCst);
+    assert!(env
+        .broker
+        .admin("operator:test", AdminOp::Probe("b3".into()), "req-probe")
+        .await
+        .is_err());
+    let records = audit_records(&env);
+    let probe: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["request_id"] == "req-probe")
+        .collect();
+    assert_eq!(probe.len(), 2, "{probe:?}");
+    assert_eq!(probe[1]["outcome"], "failed");
+    let b3 = env
+        .records
+        .binding(&BindingId::parse("b3").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b3.last_tested_at.is_none(), "the failed stamp did not land");
+}
