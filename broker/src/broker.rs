@@ -10,12 +10,17 @@ use zeroize::Zeroizing;
 
 use credbroker_providers::{ProviderError, ProviderRegistry, SecretFields};
 
+use crate::admin::{AdminOp, AdminOutcome, AdminService};
 use crate::api_error::ApiError;
+use crate::audit::AuditReceipt;
 use crate::audit::{AuditConfig, AuditLog};
+use crate::callbacks::CallbackService;
 use crate::config::Config;
+use crate::identity::PeerIdentity;
 use crate::keys::{AuditSigner, FingerprintKey, KeyError, Keyring};
 use crate::metrics::Metrics;
 use crate::model::{Binding, SecretVersion};
+use crate::resolve::ResolveService;
 use crate::seal::open_secret;
 use crate::store::records::Records;
 use crate::store::{Store, StoreError};
@@ -141,8 +146,8 @@ pub enum StartError {
     Other(String),
 }
 
-/// The broker: store, keys, audit log, cache, providers and metrics.
-pub struct Broker {
+/// What the services share: store, keys, audit log, caches, providers, metrics, settings.
+pub struct Core {
     pub(crate) records: Records,
     pub(crate) keyring: Keyring,
     pub(crate) audit: AuditLog,
@@ -152,10 +157,15 @@ pub struct Broker {
     pub(crate) registry: ProviderRegistry,
     /// Metrics.
     pub metrics: Metrics,
-    /// Orders this process's own changes (fewer retries); correctness does not depend on it:
-    /// every plan's reads are preconditions of its batch.
-    pub(crate) admin_lock: tokio::sync::Mutex<()>,
     settings: BrokerSettings,
+}
+
+/// The daemon's services over one shared [`Core`]: resolve, admin, callbacks.
+pub struct Broker {
+    core: Arc<Core>,
+    admin: Arc<AdminService>,
+    resolver: ResolveService,
+    callbacks: CallbackService,
 }
 
 /// An HTTP answer with a body that is zeroized when dropped.
@@ -230,7 +240,7 @@ impl Broker {
             keys.audit_signer,
             Some(metrics.audit_batch_size.clone()),
         )?;
-        let broker = Arc::new(Broker {
+        let core = Arc::new(Core {
             records,
             keyring: keys.keyring,
             audit,
@@ -242,16 +252,115 @@ impl Broker {
             )),
             registry,
             metrics,
-            admin_lock: tokio::sync::Mutex::new(()),
             settings,
         });
-        broker
+        let admin = AdminService::new(Arc::clone(&core));
+        admin
             .load_all_platform_keys()
             .await
             .map_err(|e| StartError::Other(format!("platform keys: {}", e.message)))?;
-        Ok(broker)
+        Ok(Arc::new(Broker {
+            resolver: ResolveService::new(Arc::clone(&core), Arc::clone(&admin)),
+            callbacks: CallbackService::new(Arc::clone(&core), Arc::clone(&admin)),
+            admin,
+            core,
+        }))
     }
 
+    /// The shared core.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.core.metrics
+    }
+
+    /// Typed store access.
+    pub fn records(&self) -> &Records {
+        &self.core.records
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.core.audit
+    }
+
+    /// The SPIFFE trust domain.
+    pub fn trust_domain(&self) -> &str {
+        self.core.trust_domain()
+    }
+
+    /// Whether the broker can serve resolves (audit writable).
+    pub fn ready(&self) -> bool {
+        self.core.ready()
+    }
+
+    /// Refreshes gauges that are read rather than counted, then encodes all metrics.
+    pub fn metrics_text(&self) -> String {
+        self.core.metrics_text()
+    }
+
+    /// Stops the audit writer after a final checkpoint.
+    pub fn shutdown(&self) {
+        self.core.shutdown();
+    }
+
+    /// Handles one `POST /v1/resolve` (see [`ResolveService::resolve`]).
+    pub async fn resolve(
+        &self,
+        peer: Option<&PeerIdentity>,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        self.resolver.resolve(peer, body, request_id).await
+    }
+
+    /// Runs one admin operation as `actor` (see [`AdminService::execute`]).
+    ///
+    /// # Errors
+    /// The API error, with the audit receipt of the refusal when it could be recorded.
+    pub async fn admin(
+        &self,
+        actor: &str,
+        op: AdminOp,
+        request_id: &str,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        self.admin.execute(actor, op, request_id).await
+    }
+
+    /// Handles one HTTP admin request.
+    pub async fn admin_http(
+        &self,
+        peer: Option<&PeerIdentity>,
+        method: &http::Method,
+        path: &str,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        self.admin
+            .handle_http(peer, method, path, body, request_id)
+            .await
+    }
+
+    /// Handles one public-listener callback.
+    pub async fn callback_http(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: &str,
+        headers: &http::HeaderMap,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        self.callbacks
+            .handle_http(method, path, query, headers, body, request_id)
+            .await
+    }
+}
+
+impl Core {
     /// Lifetime of install `state`s.
     pub fn callback_state_ttl_s(&self) -> u64 {
         self.settings.callback_state_ttl_s

@@ -21,10 +21,10 @@ use zeroize::Zeroizing;
 
 use credbroker_providers::{CallbackEvent, Callbacks, Provider};
 
-use crate::admin::{AdminOp, NewBinding};
+use crate::admin::{AdminOp, AdminService, NewBinding};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
-use crate::broker::{error_answer, Answer, Broker};
+use crate::broker::{error_answer, Answer, Core};
 use crate::ids::{BindingId, TenantId};
 use crate::model::{now_rfc3339, Binding, Status};
 use crate::store::Batch;
@@ -60,10 +60,22 @@ struct Change {
     reprobe: Option<String>,
 }
 
-impl Broker {
+/// The callback service: verifies inbound provider callbacks on the public listener and
+/// turns them into audited changes.
+pub struct CallbackService {
+    core: Arc<Core>,
+    admin: Arc<AdminService>,
+}
+
+impl CallbackService {
+    /// The service over `core`, making changes through `admin`.
+    pub fn new(core: Arc<Core>, admin: Arc<AdminService>) -> CallbackService {
+        CallbackService { core, admin }
+    }
+
     /// Handles one request below `/callbacks/` on the public listener.
-    pub async fn callback_http(
-        self: &Arc<Self>,
+    pub async fn handle_http(
+        &self,
         method: &Method,
         path: &str,
         query: &str,
@@ -74,6 +86,7 @@ impl Broker {
         let segs: Vec<&str> = path.trim_start_matches("/callbacks/").split('/').collect();
         let found = match segs.as_slice() {
             [name, kind] => self
+                .core
                 .registry
                 .get(name)
                 .cloned()
@@ -111,7 +124,8 @@ impl Broker {
             }
             _ => Err(ApiError::new(ErrorCode::NotFound, "no such callback").into()),
         };
-        self.metrics
+        self.core
+            .metrics
             .callbacks
             .get_or_create(&crate::metrics::ResolveLabels {
                 outcome: outcome_label(result.is_ok()).into(),
@@ -140,7 +154,7 @@ impl Broker {
                         event.outcome = "denied".into();
                         event.error_code = Some(err.code.as_str().to_owned());
                         event.detail = Some(err.message.chars().take(300).collect());
-                        self.audit.append(event).await.ok().map(|r| r.audit_id)
+                        self.core.audit.append(event).await.ok().map(|r| r.audit_id)
                     }
                 };
                 error_answer(&err, audit_id.as_deref(), request_id)
@@ -150,7 +164,7 @@ impl Broker {
 
     /// Returns the response and the audit id of the callback's own record.
     async fn handle_setup(
-        self: &Arc<Self>,
+        &self,
         provider: Arc<dyn Provider>,
         query: &str,
         event: &mut AuditEvent,
@@ -164,63 +178,65 @@ impl Broker {
             .first()
             .cloned()
             .ok_or_else(|| rejected("redirect names no installation"))?;
-        let tenant = {
-            let _guard = self.admin_lock.lock().await;
-            let (state_key, read) = self
-                .records
-                .callback_state(&redirect.state)
-                .await
-                .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
-                .ok_or_else(|| rejected("unknown or already used state"))?;
-            let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
-            if read.provider != provider.id() {
-                return Err(rejected("state was issued for another provider").into());
-            }
-            let tenant =
-                TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
-            event.tenant = Some(tenant.to_string());
-            // The state is consumed now, whatever follows: single use. The record saying so is
-            // durable first.
-            event.outcome = if expired { "denied" } else { "allowed" }.into();
-            event.detail = Some(format!(
-                "state for tenant {tenant} {}; {identifier} action={}",
+        let tenant =
+            {
+                let _guard = self.admin.lock.lock().await;
+                let (state_key, read) = self
+                    .core
+                    .records
+                    .callback_state(&redirect.state)
+                    .await
+                    .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+                    .ok_or_else(|| rejected("unknown or already used state"))?;
+                let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
+                if read.provider != provider.id() {
+                    return Err(rejected("state was issued for another provider").into());
+                }
+                let tenant = TenantId::parse(&read.tenant)
+                    .map_err(|_| rejected("state record is corrupt"))?;
+                event.tenant = Some(tenant.to_string());
+                // The state is consumed now, whatever follows: single use. The record saying so is
+                // durable first.
+                event.outcome = if expired { "denied" } else { "allowed" }.into();
+                event.detail = Some(format!(
+                    "state for tenant {tenant} {}; {identifier} action={}",
+                    if expired {
+                        "expired"
+                    } else {
+                        "accepted and consumed"
+                    },
+                    redirect.action
+                ));
                 if expired {
-                    "expired"
-                } else {
-                    "accepted and consumed"
-                },
-                redirect.action
-            ));
-            if expired {
-                event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
-            }
-            let receipt = self.audit.append(event.clone()).await.map_err(|_| {
-                ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "audit log unavailable; nothing was changed",
-                )
-            })?;
-            // Consumed exactly as read: a second use of the same state fails here, on every
-            // replica, whatever the lock.
-            let mut batch = Batch::new();
-            batch.consume_callback_state(&state_key, &read);
-            self.records
-                .commit(batch)
-                .await
-                .map_err(|_| ApiError::new(ErrorCode::Internal, "could not consume the state"))?;
-            if expired {
-                // Already audited above: no second record.
-                return Err(Failure {
-                    err: rejected("state expired; start onboarding again"),
-                    audit_id: Some(receipt.audit_id),
-                });
-            }
-            (tenant, receipt.audit_id)
-        };
+                    event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
+                }
+                let receipt = self.core.audit.append(event.clone()).await.map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::AuditUnavailable,
+                        "audit log unavailable; nothing was changed",
+                    )
+                })?;
+                // Consumed exactly as read: a second use of the same state fails here, on every
+                // replica, whatever the lock.
+                let mut batch = Batch::new();
+                batch.consume_callback_state(&state_key, &read);
+                self.core.records.commit(batch).await.map_err(|_| {
+                    ApiError::new(ErrorCode::Internal, "could not consume the state")
+                })?;
+                if expired {
+                    // Already audited above: no second record.
+                    return Err(Failure {
+                        err: rejected("state expired; start onboarding again"),
+                        audit_id: Some(receipt.audit_id),
+                    });
+                }
+                (tenant, receipt.audit_id)
+            };
         let (tenant, audit_id) = tenant;
         let actor = event.actor.clone();
         // Already bound? To this tenant: re-probe; to another: refuse.
         let owner = self
+            .core
             .records
             .identifier_owner(&identifier)
             .await
@@ -245,14 +261,16 @@ impl Broker {
                     config: redirect.config.clone(),
                     ceiling: Value::Null,
                 });
-                self.admin(&actor, op, &event.request_id)
+                self.admin
+                    .execute(&actor, op, &event.request_id)
                     .await
                     .map_err(|(e, _)| e)?;
                 id.to_string()
             }
         };
         let probe = self
-            .admin(
+            .admin
+            .execute(
                 &actor,
                 AdminOp::Probe(binding_id.clone()),
                 &event.request_id,
@@ -278,7 +296,7 @@ impl Broker {
     }
 
     async fn handle_webhook(
-        self: &Arc<Self>,
+        &self,
         provider: &dyn Provider,
         headers: &HeaderMap,
         body: &[u8],
@@ -289,20 +307,20 @@ impl Broker {
             .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such callback"))?;
         // Verified (constant-time signature) before the body is parsed.
         let verified = cb.verify_webhook(headers, body).map_err(rejected)?;
-        let guard = self.admin_lock.lock().await;
+        let guard = self.admin.lock.lock().await;
         let change = self.plan_webhook(verified).await?;
         event.outcome = "allowed".into();
         event.detail = Some(change.detail.clone());
         event.tenant = change.tenant.clone();
         event.binding = change.binding.clone();
-        let receipt = self.audit.append(event.clone()).await.map_err(|_| {
+        let receipt = self.core.audit.append(event.clone()).await.map_err(|_| {
             ApiError::new(
                 ErrorCode::AuditUnavailable,
                 "audit log unavailable; nothing was changed",
             )
         })?;
         if !change.batch.ops.is_empty() {
-            if let Err(e) = self.records.commit(change.batch).await {
+            if let Err(e) = self.core.records.commit(change.batch).await {
                 // The event's record is durable; a second one says the change did not land.
                 tracing::error!(error = %e, "webhook change failed after its audit record");
                 let failed = AuditEvent {
@@ -311,7 +329,7 @@ impl Broker {
                     detail: Some(format!("commit of {} failed after audit", receipt.audit_id)),
                     ..event.clone()
                 };
-                let second = self.audit.append(failed).await.ok();
+                let second = self.core.audit.append(failed).await.ok();
                 return Err(Failure {
                     err: ApiError::new(ErrorCode::Internal, "store write failed"),
                     audit_id: second.map(|r| r.audit_id),
@@ -319,12 +337,13 @@ impl Broker {
             }
         }
         if let Some(b) = &change.binding {
-            self.cache.invalidate_binding(b);
+            self.core.cache.invalidate_binding(b);
         }
         drop(guard);
         if let Some(b) = change.reprobe {
             let _ = self
-                .admin(&event.actor, AdminOp::Probe(b), &event.request_id)
+                .admin
+                .execute(&event.actor, AdminOp::Probe(b), &event.request_id)
                 .await;
         }
         Ok((change.response, receipt.audit_id))
@@ -348,6 +367,7 @@ impl Broker {
             CallbackEvent::Changed { identifier, .. } => (identifier, "changed"),
         };
         let owner = self
+            .core
             .records
             .identifier_owner(identifier)
             .await
@@ -365,6 +385,7 @@ impl Broker {
         let bid = BindingId::parse(owner.binding.as_deref().unwrap_or(""))
             .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt identifier owner"))?;
         let stored = self
+            .core
             .records
             .binding(&bid)
             .await

@@ -133,7 +133,7 @@ pub fn spawn_role(
                 }
             };
             let Ok(permit) = sem.clone().try_acquire_owned() else {
-                broker.metrics.connections_refused.inc();
+                broker.metrics().connections_refused.inc();
                 tracing::warn!(%remote, "connection limit reached; closing new connection");
                 drop(tcp);
                 continue;
@@ -146,19 +146,19 @@ pub fn spawn_role(
             let mut shutdown_rx = shutdown_rx.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                broker.metrics.connections.inc();
+                broker.metrics().connections.inc();
                 let _gauge = GaugeGuard(broker.clone());
                 let acceptor = TlsAcceptor::from(tls.current());
                 let handshake = Duration::from_millis(limits.handshake_timeout_ms);
                 let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        broker.metrics.handshake_failures.inc();
+                        broker.metrics().handshake_failures.inc();
                         tracing::info!(%remote, error = %e, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
-                        broker.metrics.handshake_failures.inc();
+                        broker.metrics().handshake_failures.inc();
                         tracing::info!(%remote, "TLS handshake timed out");
                         return;
                     }
@@ -214,7 +214,7 @@ struct GaugeGuard(Arc<Broker>);
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.0.metrics.connections.dec();
+        self.0.metrics().connections.dec();
     }
 }
 

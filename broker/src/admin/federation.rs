@@ -15,10 +15,10 @@ use credbroker_providers::{
     BindingContext, MintRequest, Narrowing, ProviderError, SecretRequirement,
 };
 
+use super::AdminService;
 use super::{store_err, to_value, AdminOutcome, NewBinding, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
-use crate::broker::Broker;
 use crate::ids::TenantId;
 use crate::model::{now_rfc3339, Binding, Status};
 use crate::store::records::{CallbackState, IdentifierOwner};
@@ -41,19 +41,21 @@ pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
     Ok(out)
 }
 
-impl Broker {
+impl AdminService {
     /// Whether `binding` is a binding whose provider requires an activation probe.
     pub(super) async fn needs_activation(&self, binding: &str) -> bool {
         let Ok(id) = crate::ids::BindingId::parse(binding) else {
             return false;
         };
-        self.records
+        self.core
+            .records
             .binding(&id)
             .await
             .ok()
             .flatten()
             .and_then(|b| {
-                self.registry
+                self.core
+                    .registry
                     .get(&b.provider)
                     .and_then(|p| p.probe().map(|probe| probe.gates_activation()))
             })
@@ -70,6 +72,7 @@ impl Broker {
         let mut out = serde_json::Map::new();
         for p in provider.tenant_parameters() {
             let existing = self
+                .core
                 .records
                 .tenant_parameter(provider.id(), p.name, tenant)
                 .await
@@ -90,7 +93,7 @@ impl Broker {
     }
 
     pub(super) async fn plan_add_binding(&self, b: NewBinding) -> Result<Plan, ApiError> {
-        let r = &self.records;
+        let r = &self.core.records;
         if r.binding(&b.id).await.map_err(store_err)?.is_some() {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -98,13 +101,18 @@ impl Broker {
             ));
         }
         let tenant = self.tenant_or_404(b.tenant.as_str()).await?;
-        let provider = self.registry.get(&b.provider).cloned().ok_or_else(|| {
-            ApiError::bad_request(format!(
+        let provider = self
+            .core
+            .registry
+            .get(&b.provider)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
                 "provider {:?} is not available in this build or not configured (available: {})",
                 b.provider.chars().take(48).collect::<String>(),
-                self.registry.names().collect::<Vec<_>>().join(", ")
+                self.core.registry.names().collect::<Vec<_>>().join(", ")
             ))
-        })?;
+            })?;
         let mut config = match b.config {
             Value::Null => json!({}),
             Value::Object(m) => Value::Object(m),
@@ -191,12 +199,17 @@ impl Broker {
         provider_name: &str,
         tenant: &TenantId,
     ) -> Result<Plan, ApiError> {
-        let provider = self.registry.get(provider_name).cloned().ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "provider {:?} is not configured on this broker",
-                provider_name.chars().take(48).collect::<String>()
-            ))
-        })?;
+        let provider = self
+            .core
+            .registry
+            .get(provider_name)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "provider {:?} is not configured on this broker",
+                    provider_name.chars().take(48).collect::<String>()
+                ))
+            })?;
         self.tenant_or_404(tenant.as_str()).await?;
         let mut plan = Plan::new(
             format!("provider={} tenant={tenant}", provider.id()),
@@ -215,7 +228,7 @@ impl Broker {
             let state = random_alphanumeric(40)?;
             let expires = time::OffsetDateTime::now_utc()
                 + time::Duration::seconds(
-                    i64::try_from(self.callback_state_ttl_s()).unwrap_or(3600),
+                    i64::try_from(self.core.callback_state_ttl_s()).unwrap_or(3600),
                 );
             plan.batch.put_callback_state(
                 &state,
@@ -275,7 +288,7 @@ impl Broker {
             binding.last_probe.clone().unwrap_or_default()
         ));
         let failed_template = event.clone();
-        let receipt = self.audit.append(event).await.map_err(|_| {
+        let receipt = self.core.audit.append(event).await.map_err(|_| {
             (
                 ApiError::new(
                     ErrorCode::AuditUnavailable,
@@ -286,7 +299,7 @@ impl Broker {
         })?;
         let mut batch = crate::store::Batch::new();
         batch.replace(&stored, &binding);
-        if let Err(e) = self.records.commit(batch).await {
+        if let Err(e) = self.core.records.commit(batch).await {
             // The probe's record says what it found; this one says it did not take effect.
             let err = store_err(e);
             let failed = AuditEvent {
@@ -295,10 +308,10 @@ impl Broker {
                 detail: Some(format!("commit of {} failed after audit", receipt.audit_id)),
                 ..failed_template
             };
-            let second = self.audit.append(failed).await.ok();
+            let second = self.core.audit.append(failed).await.ok();
             return Err((err, second));
         }
-        self.cache.invalidate_binding(binding.id.as_str());
+        self.core.cache.invalidate_binding(binding.id.as_str());
         match (outcome, error) {
             (Ok(summary), _) => Ok(AdminOutcome {
                 response: json!({ "binding": to_value(&binding), "probe": { "result": "passed", "summary": summary } }),
@@ -315,6 +328,7 @@ impl Broker {
 
     async fn run_probe(&self, binding: &Binding) -> Result<String, ProviderError> {
         let provider = self
+            .core
             .registry
             .get(&binding.provider)
             .cloned()
@@ -322,11 +336,11 @@ impl Broker {
                 ProviderError::InvalidConfig("the binding's provider is not configured".into())
             })?;
         let secret = match provider.secret_requirement() {
-            SecretRequirement::Required => Some(self.open_active_secret(binding).await?),
+            SecretRequirement::Required => Some(self.core.open_active_secret(binding).await?),
             SecretRequirement::None => None,
         };
         let narrowing = Narrowing::none();
-        let timeout = self.mint_timeout();
+        let timeout = self.core.mint_timeout();
         let request = MintRequest {
             binding: BindingContext {
                 tenant_id: binding.tenant.as_str(),

@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use credbroker_providers::{PlatformKey, SecretFields};
 
+use super::AdminService;
 use super::{store_err, Plan};
 use crate::api_error::{ApiError, ErrorCode};
-use crate::broker::Broker;
 use crate::ids::{BindingId, TenantId};
 use crate::model::{now_rfc3339, KeyState, PlatformKeyRecord};
 use crate::seal::{open_secret, seal_secret};
@@ -33,7 +33,7 @@ fn platform_ids(kind: &str) -> Result<(TenantId, BindingId), ApiError> {
     ))
 }
 
-impl Broker {
+impl AdminService {
     /// Drops every cached credential of `provider` and revokes each upstream. Audited with
     /// the counts (the credentials themselves never appear).
     pub(super) async fn revoke_cached(
@@ -41,12 +41,17 @@ impl Broker {
         provider_name: &str,
         mut event: crate::audit::AuditEvent,
     ) -> Result<super::AdminOutcome, (ApiError, Option<crate::audit::AuditReceipt>)> {
-        let provider = self.registry.get(provider_name).cloned().ok_or_else(|| {
-            (
-                ApiError::new(ErrorCode::UnknownRecord, "no such provider configured"),
-                None,
-            )
-        })?;
+        let provider = self
+            .core
+            .registry
+            .get(provider_name)
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    ApiError::new(ErrorCode::UnknownRecord, "no such provider configured"),
+                    None,
+                )
+            })?;
         let Some(revocation) = provider.revocation() else {
             return Err((
                 ApiError::bad_request(format!(
@@ -56,6 +61,7 @@ impl Broker {
             ));
         };
         let bindings: Vec<String> = self
+            .core
             .records
             .bindings()
             .await
@@ -64,10 +70,10 @@ impl Broker {
             .filter(|b| b.provider == provider_name)
             .map(|b| b.id.to_string())
             .collect();
-        let drained = self.cache.drain_bindings(&bindings);
+        let drained = self.core.cache.drain_bindings(&bindings);
         let (mut revoked, mut failed) = (0, 0);
         for cred in &drained {
-            match revocation.revoke(cred, self.mint_timeout()).await {
+            match revocation.revoke(cred, self.core.mint_timeout()).await {
                 Ok(()) => revoked += 1,
                 Err(e) => {
                     failed += 1;
@@ -81,7 +87,7 @@ impl Broker {
             "dropped {} cached credential(s): {revoked} revoked upstream, {failed} failed",
             drained.len()
         ));
-        let receipt = self.audit.append(event).await.map_err(|_| {
+        let receipt = self.core.audit.append(event).await.map_err(|_| {
             (
                 ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
                 None,
@@ -98,9 +104,10 @@ impl Broker {
         &self,
         kind: &str,
     ) -> Result<std::sync::Arc<dyn credbroker_providers::Provider>, ApiError> {
-        self.registry
+        self.core
+            .registry
             .names()
-            .filter_map(|n| self.registry.get(n))
+            .filter_map(|n| self.core.registry.get(n))
             .find(|p| p.id() == kind && p.platform_keys().is_some())
             .cloned()
             .ok_or_else(|| {
@@ -112,7 +119,11 @@ impl Broker {
     }
 
     async fn key_records(&self, kind: &str) -> Result<Vec<Stored<PlatformKeyRecord>>, ApiError> {
-        self.records.platform_keys(kind).await.map_err(store_err)
+        self.core
+            .records
+            .platform_keys(kind)
+            .await
+            .map_err(store_err)
     }
 
     /// Opens the active keys of `kind` and hands them to its provider, preferred first.
@@ -137,7 +148,7 @@ impl Broker {
         let mut keys = Vec::with_capacity(active.len());
         for k in &active {
             let material = open_secret(
-                &self.keyring,
+                &self.core.keyring,
                 &tenant,
                 &binding,
                 k.version,
@@ -171,9 +182,10 @@ impl Broker {
     /// When a stored key cannot be opened.
     pub async fn load_all_platform_keys(&self) -> Result<(), ApiError> {
         let kinds: Vec<&'static str> = self
+            .core
             .registry
             .names()
-            .filter_map(|n| self.registry.get(n))
+            .filter_map(|n| self.core.registry.get(n))
             .filter(|p| p.platform_keys().is_some())
             .map(|p| p.id())
             .collect();
@@ -220,7 +232,7 @@ impl Broker {
         }
         let version = existing.iter().map(|k| k.version).max().unwrap_or(0) + 1;
         let (tenant, binding) = platform_ids(kind)?;
-        let sealed = seal_secret(&self.keyring, &tenant, &binding, version, &material)
+        let sealed = seal_secret(&self.core.keyring, &tenant, &binding, version, &material)
             .map_err(|_| ApiError::new(ErrorCode::Internal, "sealing failed"))?;
         let record = PlatformKeyRecord {
             kind: kind.to_owned(),

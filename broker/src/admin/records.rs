@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use credbroker_providers::BindingContext;
 
+use super::AdminService;
 use crate::api_error::{ApiError, ErrorCode};
-use crate::broker::Broker;
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use crate::model::{now_rfc3339, Binding, Instance, SecretVersionView, Status, Tenant, Worker};
 use crate::store::records::Stored;
@@ -25,10 +25,11 @@ fn bumped(tenant: &Tenant) -> Tenant {
     t
 }
 
-impl Broker {
+impl AdminService {
     pub(super) async fn tenant_or_404(&self, id: &str) -> Result<Stored<Tenant>, ApiError> {
         let tid = TenantId::parse(id).map_err(ApiError::bad_request)?;
-        self.records
+        self.core
+            .records
             .tenant(&tid)
             .await
             .map_err(store_err)?
@@ -37,7 +38,8 @@ impl Broker {
 
     pub(super) async fn binding_or_404(&self, id: &str) -> Result<Stored<Binding>, ApiError> {
         let bid = BindingId::parse(id).map_err(ApiError::bad_request)?;
-        self.records
+        self.core
+            .records
             .binding(&bid)
             .await
             .map_err(store_err)?
@@ -46,7 +48,8 @@ impl Broker {
 
     async fn worker_or_404(&self, id: &str) -> Result<Stored<Worker>, ApiError> {
         let wid = WorkerId::parse(id).map_err(ApiError::bad_request)?;
-        self.records
+        self.core
+            .records
             .worker(&wid)
             .await
             .map_err(store_err)?
@@ -55,7 +58,8 @@ impl Broker {
 
     async fn instance_or_404(&self, id: &str) -> Result<Stored<Instance>, ApiError> {
         let iid = InstanceId::parse(id).map_err(ApiError::bad_request)?;
-        self.records
+        self.core
+            .records
             .instance(&iid)
             .await
             .map_err(store_err)?
@@ -63,7 +67,7 @@ impl Broker {
     }
 
     pub(super) async fn plan_list(&self, c: Collection) -> Result<Plan, ApiError> {
-        let r = &self.records;
+        let r = &self.core.records;
         let items: Vec<Value> = match c {
             Collection::Tenants => r
                 .tenants()
@@ -109,6 +113,7 @@ impl Broker {
             Collection::Bindings => {
                 let b = self.binding_or_404(id).await?.value;
                 let versions: Vec<SecretVersionView> = self
+                    .core
                     .records
                     .secret_versions(&b.id)
                     .await
@@ -116,7 +121,7 @@ impl Broker {
                     .iter()
                     .map(|v| SecretVersionView::from(&v.value))
                     .collect();
-                let ceiling = self.registry.get(&b.provider).map(|p| {
+                let ceiling = self.core.registry.get(&b.provider).map(|p| {
                     p.describe_ceiling(&BindingContext {
                         tenant_id: b.tenant.as_str(),
                         binding_id: b.id.as_str(),
@@ -145,6 +150,7 @@ impl Broker {
             created_at: now_rfc3339(),
         };
         if self
+            .core
             .records
             .tenant(&tenant.id)
             .await
@@ -176,6 +182,7 @@ impl Broker {
             validate_kind(k)?;
         }
         if self
+            .core
             .records
             .worker(&w.id)
             .await
@@ -223,6 +230,7 @@ impl Broker {
     pub(super) async fn plan_add_instance(&self, i: NewInstance) -> Result<Plan, ApiError> {
         validate_kind(&i.connector_kind)?;
         if self
+            .core
             .records
             .instance(&i.id)
             .await
@@ -347,7 +355,7 @@ impl Broker {
     }
 
     pub(super) async fn plan_remove(&self, c: Collection, id: &str) -> Result<Plan, ApiError> {
-        let r = &self.records;
+        let r = &self.core.records;
         let mut plan = Plan::new(
             format!("{}={id} removed", c.noun()),
             json!({ "removed": id }),

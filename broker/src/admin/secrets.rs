@@ -5,15 +5,15 @@ use serde_json::{json, Value};
 
 use credbroker_providers::{SecretFields, SecretRequirement};
 
+use super::AdminService;
 use crate::api_error::{ApiError, ErrorCode};
-use crate::broker::Broker;
 use crate::model::{now_rfc3339, SecretState, SecretVersion};
 use crate::seal::seal_secret;
 use crate::store::records::Stored;
 
 use super::{fresh_generation, store_err, Plan};
 
-impl Broker {
+impl AdminService {
     pub(super) async fn plan_secret_write(
         &self,
         id: &str,
@@ -22,7 +22,7 @@ impl Broker {
     ) -> Result<Plan, ApiError> {
         let stored = self.binding_or_404(id).await?;
         let mut binding = stored.value.clone();
-        let provider = self.registry.get(&binding.provider).ok_or_else(|| {
+        let provider = self.core.registry.get(&binding.provider).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::BindingInactive,
                 "binding's provider is not available in this build",
@@ -50,6 +50,7 @@ impl Broker {
             }
             (true, Some(old)) => {
                 let read = self
+                    .core
                     .records
                     .secret_version(&binding.id, old)
                     .await
@@ -68,7 +69,7 @@ impl Broker {
             .checked_add(1)
             .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "secret version space exhausted"))?;
         let sealed = seal_secret(
-            &self.keyring,
+            &self.core.keyring,
             &binding.tenant,
             &binding.id,
             version,
@@ -120,6 +121,7 @@ impl Broker {
         let stored = self.binding_or_404(id).await?;
         let mut binding = stored.value.clone();
         let versions = self
+            .core
             .records
             .secret_versions(&binding.id)
             .await

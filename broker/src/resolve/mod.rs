@@ -23,9 +23,10 @@ use credbroker_providers::{
 };
 
 use crate::admin::AdminOp;
+use crate::admin::AdminService;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
-use crate::broker::{error_answer, Answer, Broker};
+use crate::broker::{error_answer, Answer, Core};
 use crate::identity::PeerIdentity;
 use crate::metrics::ResolveLabels;
 use crate::model::rfc3339;
@@ -75,11 +76,23 @@ struct Decision {
     result: Result<Granted, Refused>,
 }
 
-impl Broker {
+/// The resolve service: verifies the chain, mints through the token cache, audits the
+/// outcome. The only change it causes (a trust-broken flag) goes through the admin service.
+pub struct ResolveService {
+    core: Arc<Core>,
+    admin: Arc<AdminService>,
+}
+
+impl ResolveService {
+    /// The service over `core`, raising changes through `admin`.
+    pub fn new(core: Arc<Core>, admin: Arc<AdminService>) -> ResolveService {
+        ResolveService { core, admin }
+    }
+
     /// Handles one `POST /v1/resolve`. `body` is the request body, or the error reading it
     /// produced (too large, timed out) so that the attempt is still audited.
     pub async fn resolve(
-        self: &Arc<Self>,
+        &self,
         peer: Option<&PeerIdentity>,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
@@ -94,11 +107,11 @@ impl Broker {
         };
         let fingerprint = credentials_json
             .as_ref()
-            .map(|json| self.fingerprint.fingerprint(json));
+            .map(|json| self.core.fingerprint.fingerprint(json));
         let event = audit_event(&decision, request_id, actor, fingerprint, latency_us);
         let outcome = event.outcome.clone();
         let provider_label = event.provider.clone().unwrap_or_else(|| "none".into());
-        let receipt = self.audit.append(event).await;
+        let receipt = self.core.audit.append(event).await;
         let facts = match &decision.result {
             Ok(g) => &g.facts,
             Err(r) => &r.facts,
@@ -163,14 +176,16 @@ impl Broker {
                 error_answer(&err, Some(&receipt.audit_id), request_id)
             }
         };
-        self.metrics
+        self.core
+            .metrics
             .resolve_latency
             .observe(started.elapsed().as_secs_f64());
         answer
     }
 
     fn count(&self, code: &str, outcome: &str, provider: &str) {
-        self.metrics
+        self.core
+            .metrics
             .resolves
             .get_or_create(&ResolveLabels {
                 outcome: outcome.to_owned(),
@@ -182,15 +197,15 @@ impl Broker {
 
     /// Flags a binding `trust_broken` through the audited admin pipeline, in its own task:
     /// off the response path, and not cancelled if the client goes away.
-    fn flag_trust_broken(self: &Arc<Self>, binding: String, generation: String, request_id: &str) {
-        let broker = Arc::clone(self);
+    fn flag_trust_broken(&self, binding: String, generation: String, request_id: &str) {
+        let admin = Arc::clone(&self.admin);
         let request_id = format!("{request_id}.flag");
         tokio::spawn(async move {
             let op = AdminOp::FlagTrustBroken {
                 binding: binding.clone(),
                 generation,
             };
-            match broker.admin("broker", op, &request_id).await {
+            match admin.execute("broker", op, &request_id).await {
                 Ok(_) => tracing::warn!(binding, "upstream denied: binding flagged trust_broken; the customer may have removed or changed the trust"),
                 Err((e, _)) => tracing::error!(binding, error = %e.message, "could not flag binding trust_broken"),
             }
@@ -198,7 +213,7 @@ impl Broker {
     }
 
     async fn decide(
-        self: &Arc<Self>,
+        &self,
         peer: Option<&PeerIdentity>,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
     ) -> Decision {
@@ -217,10 +232,11 @@ impl Broker {
             Ok(r) => r,
             Err(e) => return refuse(e),
         };
-        let result = match verify_chain(&self.records, &self.registry, peer, &request).await {
-            Ok(chain) => self.grant(&chain, &request).await,
-            Err(denial) => Err(denial.into()),
-        };
+        let result =
+            match verify_chain(&self.core.records, &self.core.registry, peer, &request).await {
+                Ok(chain) => self.grant(&chain, &request).await,
+                Err(denial) => Err(denial.into()),
+            };
         Decision {
             job_id: request.job_id,
             result,
@@ -260,7 +276,8 @@ impl Broker {
         // (not on a cache hit), so plaintext lives for one mint only.
         let sealed = match provider.secret_requirement() {
             SecretRequirement::Required => Some(
-                self.sealed_active_secret(binding)
+                self.core
+                    .sealed_active_secret(binding)
                     .await
                     .map_err(|e| refused(e.into()))?,
             ),
@@ -268,7 +285,7 @@ impl Broker {
         };
         let job = || {
             let secret = match &sealed {
-                Some(sealed) => self.open_sealed(binding, sealed).map(Some),
+                Some(sealed) => self.core.open_sealed(binding, sealed).map(Some),
                 None => Ok(None::<SecretFields>),
             };
             let job = secret.map(|secret| {
@@ -276,9 +293,9 @@ impl Broker {
                     chain,
                     narrowing.clone(),
                     secret,
-                    self.mint_timeout(),
-                    Arc::clone(&self.breakers),
-                    self.mint_metrics(),
+                    self.core.mint_timeout(),
+                    Arc::clone(&self.core.breakers),
+                    self.core.mint_metrics(),
                 )
             });
             async move { job?.run().await }
@@ -296,13 +313,17 @@ impl Broker {
                     instance: scope.instance.then(|| chain.instance().id.to_string()),
                     worker: scope.worker.then(|| chain.worker().to_string()),
                 };
-                let got = self.cache.get_or_mint(key, request.min_ttl_s, job).await;
+                let got = self
+                    .core
+                    .cache
+                    .get_or_mint(key, request.min_ttl_s, job)
+                    .await;
                 match &got {
                     Ok((_, Source::Cached)) => {
-                        self.metrics.cache_hits.inc();
+                        self.core.metrics.cache_hits.inc();
                     }
                     Ok(_) => {
-                        self.metrics.cache_misses.inc();
+                        self.core.metrics.cache_misses.inc();
                     }
                     Err(_) => {}
                 }
