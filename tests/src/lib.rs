@@ -172,6 +172,51 @@ impl TestPki {
     }
 }
 
+/// Writes a daemon config to `path`, serialized from the broker's own `Config` type: the
+/// test defaults (data directory, loopback listener, the test PKI) with `extra_toml` merged
+/// over them table by table. The merged document is parsed back into `Config` first, so a
+/// test with a misspelt key fails here, naming it.
+pub fn write_config(
+    path: &Path,
+    data_dir: &Path,
+    pki: &TestPki,
+    crl: Option<PathBuf>,
+    extra_toml: &str,
+) -> credbroker::config::Config {
+    use credbroker::config::{Config, TlsSettings};
+    let base = Config::with_defaults(
+        data_dir.to_owned(),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        TD,
+        TlsSettings {
+            cert: pki.dir.join("server.crt"),
+            key: pki.dir.join("server.key"),
+            client_ca: pki.dir.join("ca.crt"),
+            crl,
+        },
+    );
+    let mut table = toml::Table::try_from(&base).unwrap();
+    let extra: toml::Table = toml::from_str(extra_toml).expect("extra TOML parses");
+    merge_toml(&mut table, extra);
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .unwrap_or_else(|e| panic!("test config is not a valid credbroker config: {e}"));
+    std::fs::write(path, toml::to_string(&config).unwrap()).unwrap();
+    config
+}
+
+/// Merges `extra` into `base`: tables recursively, any other value replaced.
+fn merge_toml(base: &mut toml::Table, extra: toml::Table) {
+    for (k, v) in extra {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge_toml(b, e),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 /// Options for a daemon.
 #[derive(Default, Clone)]
 pub struct DaemonOptions {
@@ -206,20 +251,13 @@ impl Daemon {
     pub fn start(root: &Path, pki: &TestPki, options: &DaemonOptions) -> Daemon {
         let data_dir = root.join("data");
         let config = root.join("credbroker.toml");
-        let crl = options
-            .crl
-            .as_ref()
-            .map(|p| format!("crl = {:?}\n", p.display().to_string()))
-            .unwrap_or_default();
-        let text = format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntrust_domain = \"{TD}\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n{crl}\n{}\n",
-            data_dir.display().to_string(),
-            pki.dir.join("server.crt").display().to_string(),
-            pki.dir.join("server.key").display().to_string(),
-            pki.dir.join("ca.crt").display().to_string(),
-            options.extra_toml,
+        write_config(
+            &config,
+            &data_dir,
+            pki,
+            options.crl.clone(),
+            &options.extra_toml,
         );
-        std::fs::write(&config, text).unwrap();
         let status = Command::new(daemon_bin())
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["init", "--config"])

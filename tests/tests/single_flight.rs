@@ -19,13 +19,7 @@ use serde_json::json;
 async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
     let (tmp, pki) = setup();
     let config_path = tmp.path().join("credbroker.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\ntrust_domain = \"{TD}\"\n[tls]\ncert = \"pki/server.crt\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/ca.crt\"\n"
-        ),
-    )
-    .unwrap();
+    write_config(&config_path, &tmp.path().join("data"), &pki, None, "");
     let config = Config::load(&config_path).unwrap();
     BrokerKeys::init(&config).unwrap();
     let mints = Arc::new(AtomicUsize::new(0));

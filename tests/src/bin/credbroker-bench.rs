@@ -772,11 +772,16 @@ async fn fixed_rate(
 
 fn write_config(root: &Path, pki: &TestPki, sts_url: &str) -> PathBuf {
     let config = root.join("credbroker.toml");
-    std::fs::write(&config, format!(
-        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\ntrust_domain = \"{TD}\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[limits]\nmax_connections = 4096\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"111111111111\"\nceiling_file = {:?}\n",
-        root.join("data").display().to_string(), pki.dir.join("server.crt").display().to_string(), pki.dir.join("server.key").display().to_string(),
-        pki.dir.join("ca.crt").display().to_string(), sts_url, repo_root().join("policies/aws.json").display().to_string()
-    )).unwrap();
+    credbroker_tests::write_config(
+        &config,
+        &root.join("data"),
+        pki,
+        None,
+        &format!(
+            "[limits]\nmax_connections = 4096\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{sts_url}\"\nvendor_account_id = \"111111111111\"\nceiling_file = {:?}\n",
+            repo_root().join("policies/aws.json").display().to_string()
+        ),
+    );
     config
 }
 
@@ -829,9 +834,10 @@ async fn big_store(args: &Args, loader: &Loader, root: &Path, sts_url: &str, emp
     let _ = broker.wait();
 
     // Again with the decoded-record cache sized to the whole working set.
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("[cache]\nrecord_entries = {}\n", instances.len()));
-    std::fs::write(&config, text).unwrap();
+    let mut sized: credbroker::config::Config =
+        toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    sized.cache.record_entries = instances.len();
+    std::fs::write(&config, toml::to_string(&sized).unwrap()).unwrap();
     let (mut broker, url) = serve_broker(&config, &[]);
     // Warm-up pass (not reported): records into the cache.
     let _ = loader.resolve(&url, &spread, broker.id()).await;
