@@ -344,18 +344,18 @@ impl Broker {
             .await
     }
 
-    /// Handles one public-listener callback.
+    /// Handles one routed public-listener callback.
     pub async fn callback_http(
         &self,
-        method: &http::Method,
-        path: &str,
+        endpoint: crate::routes::Endpoint,
+        provider: &str,
         query: &str,
         headers: &http::HeaderMap,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
     ) -> Answer {
         self.callbacks
-            .handle_http(method, path, query, headers, body, request_id)
+            .handle_http(endpoint, provider, query, headers, body, request_id)
             .await
     }
 }

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Method};
+use http::HeaderMap;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -27,6 +27,7 @@ use crate::audit::AuditEvent;
 use crate::broker::{error_answer, Answer, Core};
 use crate::ids::{BindingId, TenantId};
 use crate::model::{now_rfc3339, Binding, Status};
+use crate::routes::Endpoint;
 use crate::store::Batch;
 
 fn rejected(m: impl Into<String>) -> ApiError {
@@ -73,28 +74,29 @@ impl CallbackService {
         CallbackService { core, admin }
     }
 
-    /// Handles one request below `/callbacks/` on the public listener.
+    /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
+    /// `POST /callbacks/{provider}/webhook`) on the public listener.
     pub async fn handle_http(
         &self,
-        method: &Method,
-        path: &str,
+        endpoint: Endpoint,
+        provider_name: &str,
         query: &str,
         headers: &HeaderMap,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
     ) -> Answer {
-        let segs: Vec<&str> = path.trim_start_matches("/callbacks/").split('/').collect();
-        let found = match segs.as_slice() {
-            [name, kind] => self
-                .core
-                .registry
-                .get(name)
-                .cloned()
-                .filter(|p| p.callbacks().is_some())
-                .map(|p| (p, kind.to_string())),
-            _ => None,
+        let kind = match endpoint {
+            Endpoint::CallbackSetup => "setup",
+            Endpoint::CallbackWebhook => "webhook",
+            _ => "",
         };
-        let Some((provider, kind)) = found else {
+        let provider = self
+            .core
+            .registry
+            .get(provider_name)
+            .cloned()
+            .filter(|p| p.callbacks().is_some() && !kind.is_empty());
+        let Some(provider) = provider else {
             return error_answer(
                 &ApiError::new(ErrorCode::NotFound, "no such callback"),
                 None,
@@ -110,19 +112,15 @@ impl CallbackService {
             provider: Some(provider.id().to_owned()),
             ..Default::default()
         };
-        let result = match (method, kind.as_str()) {
-            (&Method::GET, "setup") => self.handle_setup(provider.clone(), query, &mut event).await,
-            (&Method::POST, "webhook") => match body {
+        let result = match endpoint {
+            Endpoint::CallbackSetup => self.handle_setup(provider.clone(), query, &mut event).await,
+            _ => match body {
                 Ok(b) => {
                     self.handle_webhook(provider.as_ref(), headers, &b, &mut event)
                         .await
                 }
                 Err(e) => Err(e.into()),
             },
-            (_, "setup" | "webhook") => {
-                Err(ApiError::new(ErrorCode::MethodNotAllowed, "GET setup, POST webhook").into())
-            }
-            _ => Err(ApiError::new(ErrorCode::NotFound, "no such callback").into()),
         };
         self.core
             .metrics

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod resolve;
+pub mod routes;
 pub mod seal;
 pub mod server;
 pub mod store;

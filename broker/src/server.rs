@@ -25,6 +25,7 @@ use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Answer, Broker};
 use crate::config::Limits;
 use crate::identity::{peer_identity, PeerIdentity};
+use crate::routes::{route_request, AdminEndpoint, Endpoint, Listener};
 use crate::tls::ReloadableTls;
 
 /// Which listener a server is.
@@ -307,9 +308,16 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let mut content_type = "application/json";
-    let answer = match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => plain_json(StatusCode::OK, json!({ "status": "ok" })),
-        (&Method::GET, "/readyz") => {
+    // Admin requests go to the admin service even when they match no route: its refusals
+    // are audited (the caller holds a certificate the client CA accepts).
+    let routed = if path.starts_with("/v1/admin/") {
+        Ok(Endpoint::Admin(AdminEndpoint::Collection))
+    } else {
+        route_request(Listener::Mtls, &method, &path).map(|m| m.endpoint)
+    };
+    let answer = match routed {
+        Ok(Endpoint::Healthz) => plain_json(StatusCode::OK, json!({ "status": "ok" })),
+        Ok(Endpoint::Readyz) => {
             if broker.ready() {
                 plain_json(StatusCode::OK, json!({ "status": "ready" }))
             } else {
@@ -319,26 +327,21 @@ async fn handle(
                 )
             }
         }
-        (&Method::GET, "/metrics") => {
+        Ok(Endpoint::Metrics) => {
             content_type = "text/plain; version=0.0.4; charset=utf-8";
             Answer {
                 status: StatusCode::OK,
                 body: Zeroizing::new(broker.metrics_text().into_bytes()),
             }
         }
-        (&Method::POST, "/v1/resolve") => {
+        Ok(Endpoint::Resolve) => {
             let body = match json_content_type(&req) {
                 Ok(()) => read_body(req, limits).await,
                 Err(e) => Err(e),
             };
             broker.resolve(peer.as_ref(), body, &request_id).await
         }
-        (_, "/v1/resolve") => error_answer(
-            &ApiError::new(ErrorCode::MethodNotAllowed, "use POST /v1/resolve"),
-            None,
-            &request_id,
-        ),
-        (_, p) if p.starts_with("/v1/admin/") => {
+        Ok(Endpoint::Admin(_)) => {
             let body = if method == Method::GET || method == Method::DELETE {
                 Ok(Zeroizing::new(Vec::new()))
             } else {
@@ -355,11 +358,12 @@ async fn handle(
             })
             .await
         }
-        _ => error_answer(
+        Ok(Endpoint::CallbackSetup | Endpoint::CallbackWebhook) => error_answer(
             &ApiError::new(ErrorCode::NotFound, "no such route"),
             None,
             &request_id,
         ),
+        Err(err) => error_answer(&err, None, &request_id),
     };
     respond(answer, content_type, &request_id)
 }
@@ -375,27 +379,25 @@ async fn handle_public(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let headers = req.headers().clone();
-    let answer = match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => plain_json(StatusCode::OK, json!({ "status": "ok" })),
-        (_, p) if p.starts_with("/callbacks/") => {
+    let answer = match route_request(Listener::Public, &method, &path) {
+        Ok(m) if m.endpoint == Endpoint::Healthz => {
+            plain_json(StatusCode::OK, json!({ "status": "ok" }))
+        }
+        Ok(m) => {
             let body = if method == Method::POST {
                 read_body(req, limits).await
             } else {
                 Ok(Zeroizing::new(Vec::new()))
             };
-            let (m, p, rid) = (method.clone(), path.clone(), request_id.clone());
+            let (provider, rid) = (m.param("provider").to_owned(), request_id.clone());
             to_completion(&request_id, async move {
                 broker
-                    .callback_http(&m, &p, &query, &headers, body, &rid)
+                    .callback_http(m.endpoint, &provider, &query, &headers, body, &rid)
                     .await
             })
             .await
         }
-        _ => error_answer(
-            &ApiError::new(ErrorCode::NotFound, "no such route"),
-            None,
-            &request_id,
-        ),
+        Err(err) => error_answer(&err, None, &request_id),
     };
     respond(answer, "application/json", &request_id)
 }

@@ -14,6 +14,7 @@ use credbroker_providers::SecretFields;
 use crate::api_error::{json_error, ApiError, ErrorCode};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use crate::model::Status;
+use crate::routes::{route_request, AdminEndpoint, Endpoint, Listener};
 
 /// A record collection of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +220,8 @@ fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
     Ok(fields)
 }
 
-/// Parses method + path (below `/v1/admin/`) + body into an operation.
+/// Parses method + path + body into an operation, routing by the admin routes of
+/// [`crate::routes::MTLS`].
 ///
 /// # Errors
 /// `not_found`, `method_not_allowed` or `bad_request`.
@@ -229,115 +231,85 @@ pub fn parse_admin_request(
     body: &[u8],
 ) -> Result<AdminOp, ApiError> {
     use http::Method;
-    let rest = path.strip_prefix("/v1/admin/").unwrap_or("");
-    let segs: Vec<&str> = rest.split('/').collect();
-    match segs.as_slice() {
-        ["keys", kind] => {
-            return match *method {
-                Method::GET => Ok(AdminOp::KeysList((*kind).to_owned())),
-                Method::POST => Ok(AdminOp::KeysAdd((*kind).to_owned(), parse_secret(body)?)),
-                _ => Err(ApiError::new(ErrorCode::MethodNotAllowed, "GET or POST")),
-            };
-        }
-        ["providers", provider, "revoke-cached"] => {
-            return if *method == Method::POST {
-                Ok(AdminOp::RevokeCached((*provider).to_owned()))
-            } else {
-                Err(ApiError::new(ErrorCode::MethodNotAllowed, "POST"))
-            };
-        }
-        ["keys", kind, version, action] if *method == Method::POST => {
-            let v: u32 = version
-                .parse()
-                .map_err(|_| ApiError::bad_request("key version must be a number"))?;
-            return match *action {
-                "activate" => Ok(AdminOp::KeysActivate((*kind).to_owned(), v)),
-                "retire" => Ok(AdminOp::KeysRetire((*kind).to_owned(), v)),
-                _ => Err(ApiError::new(ErrorCode::NotFound, "no such key action")),
-            };
-        }
-        _ => {}
-    }
-    if let ["onboard", provider] = segs.as_slice() {
-        if *method != Method::POST {
-            return Err(ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "use POST to onboard",
-            ));
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct OnboardBody {
-            tenant: TenantId,
-        }
-        let body: OnboardBody = parse_body(body)?;
-        return Ok(AdminOp::Onboard((*provider).to_owned(), body.tenant));
-    }
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such admin route");
-    let wrong_method = || {
-        ApiError::new(
-            ErrorCode::MethodNotAllowed,
-            "method not allowed on this admin route",
-        )
+    let matched = route_request(Listener::Mtls, method, path)?;
+    let Endpoint::Admin(endpoint) = matched.endpoint else {
+        return Err(not_found());
     };
-    let collection = segs
-        .first()
-        .and_then(|s| Collection::parse(s))
-        .ok_or_else(not_found)?;
-    match (segs.len(), segs.as_slice()) {
-        (1, _) => match *method {
-            Method::GET => Ok(AdminOp::List(collection)),
-            Method::POST => match collection {
+    let param = |name: &str| matched.param(name).to_owned();
+    // Routes under /v1/admin/bindings/ name no collection parameter: they are bindings.
+    let collection = || match matched.param("collection") {
+        "" => Some(Collection::Bindings),
+        c => Collection::parse(c),
+    };
+    let version = |what: &str| {
+        matched.param("version").parse::<u32>().map_err(|_| {
+            ApiError::bad_request(format!("{what} version must be a positive integer"))
+        })
+    };
+    match endpoint {
+        AdminEndpoint::Collection => {
+            let c = collection().ok_or_else(not_found)?;
+            if *method == Method::GET {
+                return Ok(AdminOp::List(c));
+            }
+            match c {
                 Collection::Tenants => parse_body(body).map(AdminOp::AddTenant),
                 Collection::Workers => parse_body(body).map(AdminOp::AddWorker),
                 Collection::Instances => parse_body(body).map(AdminOp::AddInstance),
                 Collection::Bindings => parse_body(body).map(AdminOp::AddBinding),
-            },
-            _ => Err(wrong_method()),
-        },
-        (2, [_, id]) => match *method {
-            Method::GET => Ok(AdminOp::Show(collection, (*id).to_owned())),
-            Method::DELETE => Ok(AdminOp::Remove(collection, (*id).to_owned())),
-            _ => Err(wrong_method()),
-        },
-        (3, [_, id, "probe"]) if collection == Collection::Bindings => {
-            if *method != Method::POST {
-                return Err(wrong_method());
             }
-            Ok(AdminOp::Probe((*id).to_owned()))
         }
-        (3, [_, id, action]) if *action == "enable" || *action == "disable" => {
-            if *method != Method::POST {
-                return Err(wrong_method());
-            }
-            let status = if *action == "enable" {
-                Status::Active
+        AdminEndpoint::Record => {
+            let c = collection().ok_or_else(not_found)?;
+            Ok(if *method == Method::GET {
+                AdminOp::Show(c, param("id"))
             } else {
-                Status::Disabled
-            };
-            Ok(AdminOp::SetStatus(collection, (*id).to_owned(), status))
+                AdminOp::Remove(c, param("id"))
+            })
         }
-        (3, [_, id, "secret"]) if collection == Collection::Bindings => match *method {
-            Method::PUT => Ok(AdminOp::SecretSet((*id).to_owned(), parse_secret(body)?)),
-            Method::DELETE => Ok(AdminOp::SecretDestroy((*id).to_owned(), None)),
-            _ => Err(wrong_method()),
-        },
-        (4, [_, id, "secret", "rotate"]) if collection == Collection::Bindings => {
-            if *method != Method::POST {
-                return Err(wrong_method());
+        AdminEndpoint::RecordAction => {
+            let c = collection().ok_or_else(not_found)?;
+            match matched.param("action") {
+                "probe" if c == Collection::Bindings => Ok(AdminOp::Probe(param("id"))),
+                "enable" => Ok(AdminOp::SetStatus(c, param("id"), Status::Active)),
+                "disable" => Ok(AdminOp::SetStatus(c, param("id"), Status::Disabled)),
+                _ => Err(not_found()),
             }
-            Ok(AdminOp::SecretRotate((*id).to_owned(), parse_secret(body)?))
         }
-        (4, [_, id, "secret", version]) if collection == Collection::Bindings => {
-            if *method != Method::DELETE {
-                return Err(wrong_method());
+        AdminEndpoint::Secret => Ok(if *method == Method::PUT {
+            AdminOp::SecretSet(param("id"), parse_secret(body)?)
+        } else {
+            AdminOp::SecretDestroy(param("id"), None)
+        }),
+        AdminEndpoint::SecretRotate => Ok(AdminOp::SecretRotate(param("id"), parse_secret(body)?)),
+        AdminEndpoint::SecretVersion => Ok(AdminOp::SecretDestroy(
+            param("id"),
+            Some(version("secret")?),
+        )),
+        AdminEndpoint::Onboard => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct OnboardBody {
+                tenant: TenantId,
             }
-            let v: u32 = version
-                .parse()
-                .map_err(|_| ApiError::bad_request("secret version must be a positive integer"))?;
-            Ok(AdminOp::SecretDestroy((*id).to_owned(), Some(v)))
+            let body: OnboardBody = parse_body(body)?;
+            Ok(AdminOp::Onboard(param("provider"), body.tenant))
         }
-        _ => Err(not_found()),
+        AdminEndpoint::Keys => Ok(if *method == Method::GET {
+            AdminOp::KeysList(param("provider"))
+        } else {
+            AdminOp::KeysAdd(param("provider"), parse_secret(body)?)
+        }),
+        AdminEndpoint::KeyAction => {
+            let v = version("key")?;
+            match matched.param("action") {
+                "activate" => Ok(AdminOp::KeysActivate(param("provider"), v)),
+                "retire" => Ok(AdminOp::KeysRetire(param("provider"), v)),
+                _ => Err(ApiError::new(ErrorCode::NotFound, "no such key action")),
+            }
+        }
+        AdminEndpoint::RevokeCached => Ok(AdminOp::RevokeCached(param("provider"))),
     }
 }
 

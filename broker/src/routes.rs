@@ -1,0 +1,288 @@
+//! Every HTTP route the daemon serves, as data: one table per listener, matched by
+//! `matchit` (the router axum is built on). The server dispatches on the matched
+//! [`Endpoint`]; the admin API builds its operations from the matched parameters. A route's
+//! allowed methods are part of its entry, so a wrong method is `method_not_allowed` and an
+//! unknown path `not_found`, decided in one place.
+//!
+//! axum itself is not used: its response body type carries `Bytes`, so a resolve answer
+//! would be copied out of the zeroizing buffer the credential lives in (`body.rs`).
+
+use std::sync::LazyLock;
+
+use http::Method;
+
+use crate::api_error::{ApiError, ErrorCode};
+
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /healthz`
+    Healthz,
+    /// `GET /readyz`
+    Readyz,
+    /// `GET /metrics`
+    Metrics,
+    /// `POST /v1/resolve`
+    Resolve,
+    /// An admin API route.
+    Admin(AdminEndpoint),
+    /// `GET /callbacks/{provider}/setup`
+    CallbackSetup,
+    /// `POST /callbacks/{provider}/webhook`
+    CallbackWebhook,
+}
+
+/// The admin API's routes (below `/v1/admin/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminEndpoint {
+    /// `/v1/admin/{collection}`: list, add.
+    Collection,
+    /// `/v1/admin/{collection}/{id}`: show, remove.
+    Record,
+    /// `/v1/admin/{collection}/{id}/{action}`: enable, disable, probe (bindings).
+    RecordAction,
+    /// `/v1/admin/bindings/{id}/secret`: set, destroy every version.
+    Secret,
+    /// `/v1/admin/bindings/{id}/secret/rotate`
+    SecretRotate,
+    /// `/v1/admin/bindings/{id}/secret/{version}`: destroy one version.
+    SecretVersion,
+    /// `/v1/admin/onboard/{provider}`
+    Onboard,
+    /// `/v1/admin/keys/{provider}`: list, add.
+    Keys,
+    /// `/v1/admin/keys/{provider}/{version}/{action}`: activate, retire.
+    KeyAction,
+    /// `/v1/admin/providers/{provider}/revoke-cached`
+    RevokeCached,
+}
+
+/// One route: its path pattern, what it is for, and the methods it accepts.
+#[derive(Debug)]
+pub struct Route {
+    /// `matchit` pattern.
+    pub path: &'static str,
+    /// What it is for.
+    pub endpoint: Endpoint,
+    /// Accepted methods.
+    pub methods: &'static [Method],
+}
+
+const fn route(path: &'static str, endpoint: Endpoint, methods: &'static [Method]) -> Route {
+    Route {
+        path,
+        endpoint,
+        methods,
+    }
+}
+
+const GET: &[Method] = &[Method::GET];
+const POST: &[Method] = &[Method::POST];
+const GET_POST: &[Method] = &[Method::GET, Method::POST];
+const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
+const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
+const DELETE: &[Method] = &[Method::DELETE];
+
+use AdminEndpoint as A;
+use Endpoint as E;
+
+/// The mutual-TLS listener: resolve, admin API, health and metrics.
+pub const MTLS: &[Route] = &[
+    route("/healthz", E::Healthz, GET),
+    route("/readyz", E::Readyz, GET),
+    route("/metrics", E::Metrics, GET),
+    route("/v1/resolve", E::Resolve, POST),
+    route("/v1/admin/{collection}", E::Admin(A::Collection), GET_POST),
+    route(
+        "/v1/admin/{collection}/{id}",
+        E::Admin(A::Record),
+        GET_DELETE,
+    ),
+    route(
+        "/v1/admin/{collection}/{id}/{action}",
+        E::Admin(A::RecordAction),
+        POST,
+    ),
+    // Bindings have their own subtree (secrets); matchit prefers static segments, so the
+    // record routes are repeated under it.
+    route("/v1/admin/bindings", E::Admin(A::Collection), GET_POST),
+    route("/v1/admin/bindings/{id}", E::Admin(A::Record), GET_DELETE),
+    route(
+        "/v1/admin/bindings/{id}/{action}",
+        E::Admin(A::RecordAction),
+        POST,
+    ),
+    route(
+        "/v1/admin/bindings/{id}/secret",
+        E::Admin(A::Secret),
+        PUT_DELETE,
+    ),
+    route(
+        "/v1/admin/bindings/{id}/secret/rotate",
+        E::Admin(A::SecretRotate),
+        POST,
+    ),
+    route(
+        "/v1/admin/bindings/{id}/secret/{version}",
+        E::Admin(A::SecretVersion),
+        DELETE,
+    ),
+    route("/v1/admin/onboard/{provider}", E::Admin(A::Onboard), POST),
+    route("/v1/admin/keys/{provider}", E::Admin(A::Keys), GET_POST),
+    route(
+        "/v1/admin/keys/{provider}/{version}/{action}",
+        E::Admin(A::KeyAction),
+        POST,
+    ),
+    route(
+        "/v1/admin/providers/{provider}/revoke-cached",
+        E::Admin(A::RevokeCached),
+        POST,
+    ),
+];
+
+/// The public listener: provider callbacks and health, nothing else.
+pub const PUBLIC: &[Route] = &[
+    route("/healthz", E::Healthz, GET),
+    route("/callbacks/{provider}/setup", E::CallbackSetup, GET),
+    route("/callbacks/{provider}/webhook", E::CallbackWebhook, POST),
+];
+
+type Table = Result<matchit::Router<&'static Route>, String>;
+
+fn build(routes: &'static [Route]) -> Table {
+    let mut router = matchit::Router::new();
+    for r in routes {
+        router
+            .insert(r.path, r)
+            .map_err(|e| format!("route {}: {e}", r.path))?;
+    }
+    Ok(router)
+}
+
+static MTLS_TABLE: LazyLock<Table> = LazyLock::new(|| build(MTLS));
+static PUBLIC_TABLE: LazyLock<Table> = LazyLock::new(|| build(PUBLIC));
+
+/// Which listener a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The mutual-TLS listener.
+    Mtls,
+    /// The public callback listener.
+    Public,
+}
+
+/// A matched route and its path parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// What the request is for.
+    pub endpoint: Endpoint,
+    params: Vec<(String, String)>,
+}
+
+impl Matched {
+    /// The path parameter `name` (empty when the route has none of that name).
+    pub fn param(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// Matches `method` and `path` against `listener`'s table.
+///
+/// # Errors
+/// `not_found` for an unknown path, `method_not_allowed` (naming the accepted methods) for a
+/// known path with another method, `internal` if the table itself is invalid (a unit test
+/// guarantees it is not).
+pub fn route_request(listener: Listener, method: &Method, path: &str) -> Result<Matched, ApiError> {
+    let table = match listener {
+        Listener::Mtls => &*MTLS_TABLE,
+        Listener::Public => &*PUBLIC_TABLE,
+    };
+    let table = table
+        .as_ref()
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("routing table: {e}")))?;
+    let found = table
+        .at(path)
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, "no such route"))?;
+    let route = *found.value;
+    if !route.methods.contains(method) {
+        let allowed: Vec<&str> = route.methods.iter().map(Method::as_str).collect();
+        return Err(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("use {} on this route", allowed.join(" or ")),
+        ));
+    }
+    Ok(Matched {
+        endpoint: route.endpoint,
+        params: found
+            .params
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_build() {
+        assert!(MTLS_TABLE.is_ok(), "{:?}", MTLS_TABLE.as_ref().err());
+        assert!(PUBLIC_TABLE.is_ok(), "{:?}", PUBLIC_TABLE.as_ref().err());
+    }
+
+    fn mtls(method: Method, path: &str) -> Result<Matched, ErrorCode> {
+        route_request(Listener::Mtls, &method, path).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn static_segments_win_and_parameters_are_named() {
+        let m = mtls(Method::POST, "/v1/admin/onboard/github_app").unwrap();
+        assert_eq!(m.endpoint, Endpoint::Admin(AdminEndpoint::Onboard));
+        assert_eq!(m.param("provider"), "github_app");
+        let m = mtls(Method::POST, "/v1/admin/bindings/b1/secret/rotate").unwrap();
+        assert_eq!(m.endpoint, Endpoint::Admin(AdminEndpoint::SecretRotate));
+        assert_eq!(m.param("id"), "b1");
+        let m = mtls(Method::DELETE, "/v1/admin/bindings/b1/secret/3").unwrap();
+        assert_eq!(m.endpoint, Endpoint::Admin(AdminEndpoint::SecretVersion));
+        assert_eq!(m.param("version"), "3");
+        let m = mtls(Method::POST, "/v1/admin/bindings/b1/disable").unwrap();
+        assert_eq!(m.endpoint, Endpoint::Admin(AdminEndpoint::RecordAction));
+        let m = mtls(Method::GET, "/v1/admin/tenants/t1").unwrap();
+        assert_eq!(m.endpoint, Endpoint::Admin(AdminEndpoint::Record));
+        assert_eq!((m.param("collection"), m.param("id")), ("tenants", "t1"));
+    }
+
+    #[test]
+    fn unknown_paths_and_wrong_methods() {
+        assert_eq!(
+            mtls(Method::GET, "/nothing").err(),
+            Some(ErrorCode::NotFound)
+        );
+        assert_eq!(
+            mtls(Method::GET, "/v1/resolve").err(),
+            Some(ErrorCode::MethodNotAllowed)
+        );
+        assert_eq!(
+            mtls(Method::PATCH, "/v1/admin/tenants").err(),
+            Some(ErrorCode::MethodNotAllowed)
+        );
+        assert_eq!(
+            route_request(Listener::Public, &Method::POST, "/v1/resolve")
+                .map_err(|e| e.code)
+                .err(),
+            Some(ErrorCode::NotFound),
+            "the public listener serves callbacks and health only"
+        );
+        assert_eq!(
+            route_request(Listener::Public, &Method::GET, "/callbacks/x/webhook")
+                .map_err(|e| e.code)
+                .err(),
+            Some(ErrorCode::MethodNotAllowed)
+        );
+    }
+}
