@@ -102,6 +102,9 @@ pub fn spawn_role(
     let local_addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    // Requests that must run to completion after their client left (audited changes) hold
+    // one of these: no more such work can be in flight than connections are allowed.
+    let detached = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -144,6 +147,7 @@ pub fn spawn_role(
             let tls = tls.clone();
             let builder = builder.clone();
             let limits = limits.clone();
+            let detached = detached.clone();
             let mut shutdown_rx = shutdown_rx.clone();
             tokio::spawn(async move {
                 let _permit = permit;
@@ -183,10 +187,11 @@ pub fn spawn_role(
                     let broker = broker.clone();
                     let peer = peer.clone();
                     let limits = limits.clone();
+                    let detached = detached.clone();
                     async move {
                         Ok::<_, Infallible>(match role {
-                            Role::Mtls => handle(broker, peer, &limits, req).await,
-                            Role::Public => handle_public(broker, &limits, req).await,
+                            Role::Mtls => handle(broker, peer, &limits, &detached, req).await,
+                            Role::Public => handle_public(broker, &limits, &detached, req).await,
                         })
                     }
                 });
@@ -284,11 +289,35 @@ fn json_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
 /// Runs `work` in its own task and waits for it: dropping the caller (a client that hung
 /// up) does not cancel it, so an audited change always reaches its commit or its failure
 /// record.
+///
+/// Bounded: each such task holds a permit of `detached` until it ends, and with none left the
+/// request is refused (`unavailable`) before anything is done, so clients that connect, ask
+/// and hang up cannot pile up work beyond the connection limit.
 async fn to_completion(
     request_id: &str,
+    detached: &Arc<Semaphore>,
     work: impl std::future::Future<Output = Answer> + Send + 'static,
 ) -> Answer {
-    tokio::spawn(work).await.unwrap_or_else(|e| {
+    let Ok(permit) = detached.clone().try_acquire_owned() else {
+        tracing::warn!(
+            request_id,
+            "too many operations in progress; request refused"
+        );
+        return error_answer(
+            &ApiError::new(
+                ErrorCode::Unavailable,
+                "too many operations in progress; retry shortly",
+            ),
+            None,
+            request_id,
+        );
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        work.await
+    })
+    .await
+    .unwrap_or_else(|e| {
         tracing::error!(request_id, error = %e, "request task failed");
         error_answer(
             &ApiError::new(ErrorCode::Internal, "the request could not be completed"),
@@ -302,6 +331,7 @@ async fn handle(
     broker: Arc<Broker>,
     peer: Option<PeerIdentity>,
     limits: &Limits,
+    detached: &Arc<Semaphore>,
     req: Request<Incoming>,
 ) -> Response<ZeroizingBody> {
     let request_id = new_request_id();
@@ -353,7 +383,7 @@ async fn handle(
             // Changes run in their own task: a client that disconnects cannot cancel an
             // operation between its audit record and its commit.
             let (m, p, rid) = (method.clone(), path.clone(), request_id.clone());
-            to_completion(&request_id, async move {
+            to_completion(&request_id, detached, async move {
                 broker.admin_http(peer.as_ref(), &m, &p, body, &rid).await
             })
             .await
@@ -372,6 +402,7 @@ async fn handle(
 async fn handle_public(
     broker: Arc<Broker>,
     limits: &Limits,
+    detached: &Arc<Semaphore>,
     req: Request<Incoming>,
 ) -> Response<ZeroizingBody> {
     let request_id = new_request_id();
@@ -390,7 +421,7 @@ async fn handle_public(
                 Ok(Zeroizing::new(Vec::new()))
             };
             let (provider, rid) = (m.param("provider").to_owned(), request_id.clone());
-            to_completion(&request_id, async move {
+            to_completion(&request_id, detached, async move {
                 broker
                     .callback_http(m.endpoint, &provider, &query, &headers, body, &rid)
                     .await

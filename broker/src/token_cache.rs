@@ -94,11 +94,18 @@ impl TokenCache {
         fresh(cred, OffsetDateTime::now_utc(), min_ttl_s).then(|| cred.clone())
     }
 
-    /// The current invalidation epoch and a new flight id.
-    fn start_flight(&self) -> Option<(u64, u64)> {
+    /// The current invalidation epoch. A caller reads it before it reads the records it
+    /// mints from, and hands it to [`TokenCache::get_or_mint`]: a credential minted from
+    /// records that an invalidation made stale is never cached.
+    pub fn epoch(&self) -> u64 {
+        self.entries.lock().map(|e| e.epoch).unwrap_or(u64::MAX)
+    }
+
+    /// A new flight id.
+    fn start_flight(&self) -> Option<u64> {
         let mut entries = self.entries.lock().ok()?;
         entries.next_flight = entries.next_flight.wrapping_add(1);
-        Some((entries.epoch, entries.next_flight))
+        Some(entries.next_flight)
     }
 
     /// Caches `cred` unless an invalidation happened since epoch `started`.
@@ -131,7 +138,8 @@ impl TokenCache {
     }
 
     /// Returns a credential for `key` with more than `min_ttl_s` seconds left, minting with
-    /// the future `mint` makes — called only by the one request that leads a miss, so a hit
+    /// the future `mint` makes (cached only if no invalidation happened since
+    /// `observed_epoch`, see [`TokenCache::epoch`]) — called only by the one request that leads a miss, so a hit
     /// builds nothing. A freshly minted credential is returned even if it is shorter-lived
     /// than `min_ttl_s`: it is the best the upstream gives.
     ///
@@ -141,6 +149,7 @@ impl TokenCache {
         self: &Arc<Self>,
         key: CacheKey,
         min_ttl_s: u64,
+        observed_epoch: u64,
         mint: M,
     ) -> Result<(Arc<IssuedCredential>, Source), ProviderError>
     where
@@ -165,12 +174,13 @@ impl TokenCache {
             match in_flight.get(&key) {
                 Some((_, existing)) => (existing.clone(), false),
                 None => {
-                    let (epoch, flight) =
-                        self.start_flight()
-                            .ok_or_else(|| ProviderError::Unavailable {
-                                message: "token cache lock poisoned".into(),
-                                upstream_request_id: None,
-                            })?;
+                    let epoch = observed_epoch;
+                    let flight = self
+                        .start_flight()
+                        .ok_or_else(|| ProviderError::Unavailable {
+                            message: "token cache lock poisoned".into(),
+                            upstream_request_id: None,
+                        })?;
                     let cache = Arc::clone(self);
                     let task_key = key.clone();
                     let mint = mint();
@@ -297,7 +307,7 @@ mod tests {
             let calls = calls.clone();
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_mint(key(""), 60, || async move {
+                    .get_or_mint(key(""), 60, cache.epoch(), || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(cred(3600))
@@ -316,12 +326,12 @@ mod tests {
         assert_eq!(minted, 1);
         // A later call is a cache hit; a different narrowing is a different key.
         let (_, s) = cache
-            .get_or_mint(key(""), 60, || async { Ok(cred(3600)) })
+            .get_or_mint(key(""), 60, cache.epoch(), || async { Ok(cred(3600)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Cached);
         let (_, s) = cache
-            .get_or_mint(key("x"), 60, || async { Ok(cred(3600)) })
+            .get_or_mint(key("x"), 60, cache.epoch(), || async { Ok(cred(3600)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Minted);
@@ -331,21 +341,21 @@ mod tests {
     async fn min_ttl_forces_a_new_mint_and_errors_are_not_cached() {
         let cache = TokenCache::new(10);
         cache
-            .get_or_mint(key(""), 0, || async { Ok(cred(100)) })
+            .get_or_mint(key(""), 0, cache.epoch(), || async { Ok(cred(100)) })
             .await
             .unwrap();
         let (_, s) = cache
-            .get_or_mint(key(""), 50, || async { Ok(cred(100)) })
+            .get_or_mint(key(""), 50, cache.epoch(), || async { Ok(cred(100)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Cached);
         let (_, s) = cache
-            .get_or_mint(key(""), 200, || async { Ok(cred(3600)) })
+            .get_or_mint(key(""), 200, cache.epoch(), || async { Ok(cred(3600)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Minted);
         let err = cache
-            .get_or_mint(key("e"), 0, || async {
+            .get_or_mint(key("e"), 0, cache.epoch(), || async {
                 Err(ProviderError::Unavailable {
                     message: "down".into(),
                     upstream_request_id: None,
@@ -354,7 +364,7 @@ mod tests {
             .await;
         assert!(err.is_err());
         let (_, s) = cache
-            .get_or_mint(key("e"), 0, || async { Ok(cred(100)) })
+            .get_or_mint(key("e"), 0, cache.epoch(), || async { Ok(cred(100)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Minted);
@@ -367,7 +377,9 @@ mod tests {
         let cache = TokenCache::new(2);
         for i in 0..5 {
             cache
-                .get_or_mint(key(&i.to_string()), 0, || async move { Ok(cred(100 + i)) })
+                .get_or_mint(key(&i.to_string()), 0, cache.epoch(), || async move {
+                    Ok(cred(100 + i))
+                })
                 .await
                 .unwrap();
         }
@@ -382,7 +394,7 @@ mod tests {
             let cache = cache.clone();
             tokio::spawn(async move {
                 cache
-                    .get_or_mint(key(""), 0, || async move {
+                    .get_or_mint(key(""), 0, cache.epoch(), || async move {
                         let _ = wait.await;
                         Ok(cred(3600))
                     })
@@ -393,7 +405,7 @@ mod tests {
         cache.invalidate_binding("b");
         // A request after the invalidation does not join the old flight: it mints anew.
         let (_, s) = cache
-            .get_or_mint(key(""), 0, || async { Ok(cred(60)) })
+            .get_or_mint(key(""), 0, cache.epoch(), || async { Ok(cred(60)) })
             .await
             .unwrap();
         assert_eq!(s, Source::Minted);
@@ -427,11 +439,34 @@ mod tests {
         variants.push(k);
         for k in &variants {
             let (_, s) = cache
-                .get_or_mint(k.clone(), 0, || async { Ok(cred(3600)) })
+                .get_or_mint(k.clone(), 0, cache.epoch(), || async { Ok(cred(3600)) })
                 .await
                 .unwrap();
             assert_eq!(s, Source::Minted, "{k:?} shared an entry");
         }
         assert_eq!(cache.len(), variants.len());
+    }
+
+    #[tokio::test]
+    async fn a_mint_from_records_read_before_an_invalidation_is_not_cached() {
+        let cache = TokenCache::new(10);
+        let observed = cache.epoch();
+        // An operator disables the binding between the chain read and the mint.
+        cache.invalidate_binding("b");
+        let (_, s) = cache
+            .get_or_mint(key(""), 0, observed, || async { Ok(cred(3600)) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Minted);
+        assert!(
+            cache.is_empty(),
+            "minted from a stale chain: answered, never cached"
+        );
+        let (_, s) = cache
+            .get_or_mint(key(""), 0, cache.epoch(), || async { Ok(cred(3600)) })
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Minted);
+        assert_eq!(cache.len(), 1);
     }
 }

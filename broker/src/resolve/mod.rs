@@ -54,9 +54,10 @@ struct Refused {
     facts: ChainFacts,
     /// The upstream's request id, when the upstream was asked.
     upstream_request_id: Option<String>,
-    /// The binding generation to flag `trust_broken`, when the upstream said the customer
-    /// withdrew the trust.
-    trust_broken: Option<String>,
+    /// Whether the upstream said the customer withdrew the trust.
+    trust_broken: bool,
+    /// The binding generation to flag `trust_broken`, when it is not flagged yet.
+    flag: Option<String>,
 }
 
 impl From<Denial> for Refused {
@@ -65,7 +66,8 @@ impl From<Denial> for Refused {
             error: d.error,
             facts: *d.facts,
             upstream_request_id: None,
-            trust_broken: None,
+            trust_broken: false,
+            flag: None,
         }
     }
 }
@@ -81,12 +83,20 @@ struct Decision {
 pub struct ResolveService {
     core: Arc<Core>,
     admin: Arc<AdminService>,
+    /// Flags being raised, by (binding, generation): one flag per binding generation at a
+    /// time, however many denials arrive, so a worker hammering a broken binding cannot
+    /// queue work on the admin path.
+    flagging: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl ResolveService {
     /// The service over `core`, raising changes through `admin`.
     pub fn new(core: Arc<Core>, admin: Arc<AdminService>) -> ResolveService {
-        ResolveService { core, admin }
+        ResolveService {
+            core,
+            admin,
+            flagging: Arc::default(),
+        }
     }
 
     /// Handles one `POST /v1/resolve`. `body` is the request body, or the error reading it
@@ -164,9 +174,7 @@ impl ResolveService {
                     "resolve refused"
                 );
                 self.count(refused.error.code.as_str(), &outcome, &provider_label);
-                if let (Some(generation), Some(binding)) =
-                    (&refused.trust_broken, &refused.facts.binding)
-                {
+                if let (Some(generation), Some(binding)) = (&refused.flag, &refused.facts.binding) {
                     self.flag_trust_broken(binding.to_string(), generation.clone(), request_id);
                 }
                 error_answer(&refused.error, Some(&receipt.audit_id), request_id)
@@ -198,6 +206,15 @@ impl ResolveService {
     /// Flags a binding `trust_broken` through the audited admin pipeline, in its own task:
     /// off the response path, and not cancelled if the client goes away.
     fn flag_trust_broken(&self, binding: String, generation: String, request_id: &str) {
+        let key = (binding.clone(), generation.clone());
+        let newly = match self.flagging.lock() {
+            Ok(mut set) => set.insert(key.clone()),
+            Err(_) => false,
+        };
+        if !newly {
+            return;
+        }
+        let flagging = Arc::clone(&self.flagging);
         let admin = Arc::clone(&self.admin);
         let request_id = format!("{request_id}.flag");
         tokio::spawn(async move {
@@ -208,6 +225,9 @@ impl ResolveService {
             match admin.execute("broker", op, &request_id).await {
                 Ok(_) => tracing::warn!(binding, "upstream denied: binding flagged trust_broken; the customer may have removed or changed the trust"),
                 Err((e, _)) => tracing::error!(binding, error = %e.message, "could not flag binding trust_broken"),
+            }
+            if let Ok(mut set) = flagging.lock() {
+                set.remove(&key);
             }
         });
     }
@@ -232,9 +252,12 @@ impl ResolveService {
             Ok(r) => r,
             Err(e) => return refuse(e),
         };
+        // Read before the records: a credential minted from records an invalidation made
+        // stale meanwhile is not cached.
+        let epoch = self.core.cache.epoch();
         let result =
             match verify_chain(&self.core.records, &self.core.registry, peer, &request).await {
-                Ok(chain) => self.grant(&chain, &request).await,
+                Ok(chain) => self.grant(&chain, &request, epoch).await,
                 Err(denial) => Err(denial.into()),
             };
         Decision {
@@ -248,13 +271,15 @@ impl ResolveService {
         &self,
         chain: &VerifiedChain,
         request: &ParsedResolve,
+        epoch: u64,
     ) -> Result<Granted, Refused> {
         let facts = chain.facts();
         let refused = |error: ApiError| Refused {
             error,
             facts: facts.clone(),
             upstream_request_id: None,
-            trust_broken: None,
+            trust_broken: false,
+            flag: None,
         };
         let binding = chain.binding();
         let provider = chain.provider();
@@ -316,7 +341,7 @@ impl ResolveService {
                 let got = self
                     .core
                     .cache
-                    .get_or_mint(key, request.min_ttl_s, job)
+                    .get_or_mint(key, request.min_ttl_s, epoch, job)
                     .await;
                 match &got {
                     Ok((_, Source::Cached)) => {
@@ -337,17 +362,18 @@ impl ResolveService {
                 source,
             }),
             Err(e) => {
-                let trust_broken = matches!(
+                let withdrawn = matches!(
                     e,
                     ProviderError::Denied {
                         trust_broken: true,
                         ..
                     }
-                )
-                .then(|| binding.generation.clone());
+                );
                 Err(Refused {
                     upstream_request_id: e.upstream_request_id().map(str::to_owned),
-                    trust_broken,
+                    trust_broken: withdrawn,
+                    // An already flagged binding is not flagged again.
+                    flag: (withdrawn && !binding.trust_broken).then(|| binding.generation.clone()),
                     error: e.into(),
                     facts,
                 })
@@ -399,7 +425,7 @@ fn audit_event(
         Err(r) => {
             event.error_code = Some(r.error.code.as_str().to_owned());
             event.upstream_request_id = r.upstream_request_id.clone();
-            if r.trust_broken.is_some() {
+            if r.trust_broken {
                 event.detail = Some(TRUST_BROKEN_DETAIL.to_owned());
             }
         }

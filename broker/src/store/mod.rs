@@ -225,4 +225,7 @@ pub fn open(
 }
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: tenants and bindings carry `revision`, bindings `generation` (version 1 stores are
+/// upgraded in place on open).
+pub const SCHEMA_VERSION: u32 = 2;

@@ -17,12 +17,12 @@ use super::{Batch, ChangeHook, Op, Store, StoreError, Table, SCHEMA_VERSION};
 /// The sled-backed store.
 pub struct SledStore {
     inner: Arc<Inner>,
-    hooks: Mutex<Vec<ChangeHook>>,
 }
 
 struct Inner {
     db: sled::Db,
     trees: Vec<(Table, sled::Tree)>,
+    hooks: Mutex<Vec<ChangeHook>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -59,11 +59,14 @@ impl SledStore {
         for t in Table::ALL {
             trees.push((*t, db.open_tree(t.name()).map_err(backend)?));
         }
-        let inner = Inner { db, trees };
+        let inner = Inner {
+            db,
+            trees,
+            hooks: Mutex::new(Vec::new()),
+        };
         inner.check_schema()?;
         Ok(SledStore {
             inner: Arc::new(inner),
-            hooks: Mutex::new(Vec::new()),
         })
     }
 
@@ -77,7 +80,10 @@ impl SledStore {
             .await
             .map_err(|e| backend(format!("store task failed: {e}")))?
     }
+}
 
+impl Inner {
+    /// Runs every change hook.
     fn notify(&self) {
         let hooks = match self.hooks.lock() {
             Ok(h) => h.clone(),
@@ -87,9 +93,7 @@ impl SledStore {
             hook();
         }
     }
-}
 
-impl Inner {
     fn tree(&self, table: Table) -> &sled::Tree {
         // Every table is opened in `open`; the index is the table's position in Table::ALL.
         let idx = Table::ALL.iter().position(|t| *t == table).unwrap_or(0);
@@ -98,26 +102,36 @@ impl Inner {
 
     fn check_schema(&self) -> Result<(), StoreError> {
         let meta = self.tree(Table::Meta);
+        let write_current = |expect: Option<Vec<u8>>| {
+            let mut b = Batch::new();
+            if let Some(old) = expect {
+                b.push(Op::ExpectValue(Table::Meta, "schema_version".into(), old));
+            }
+            b.push(Op::Put(
+                Table::Meta,
+                "schema_version".into(),
+                SCHEMA_VERSION.to_string().into_bytes(),
+            ));
+            self.commit(b)
+        };
         match meta.get("schema_version").map_err(backend)? {
-            Some(v) => {
-                let found = String::from_utf8_lossy(&v).into_owned();
-                if found != SCHEMA_VERSION.to_string() {
-                    return Err(StoreError::Schema {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-                Ok(())
+            None => write_current(None),
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => Ok(()),
+            // Version 1 records read as version 2 (its new fields default); the bump makes an
+            // older binary refuse the store with a clear schema error instead of reading
+            // records it cannot decode.
+            Some(v) if v.as_ref() == b"1" => {
+                tracing::info!(
+                    from = 1,
+                    to = SCHEMA_VERSION,
+                    "upgrading the store schema in place"
+                );
+                write_current(Some(v.to_vec()))
             }
-            None => {
-                let mut b = Batch::new();
-                b.push(Op::Put(
-                    Table::Meta,
-                    "schema_version".into(),
-                    SCHEMA_VERSION.to_string().into_bytes(),
-                ));
-                self.commit(b)
-            }
+            Some(v) => Err(StoreError::Schema {
+                found: String::from_utf8_lossy(&v).into_owned(),
+                supported: SCHEMA_VERSION,
+            }),
         }
     }
 }
@@ -223,19 +237,22 @@ impl Store for SledStore {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        // The blocking task runs to its end even if this future is dropped; hooks run when
-        // it is done, whatever its outcome (a failed flush leaves the outcome unknown).
+        // The blocking task runs to its end even if this future is dropped, and it runs the
+        // change hooks itself right after the commit, whatever its outcome (a failed flush
+        // leaves the outcome unknown): no caches outlive a change because a caller left.
         let inner = Arc::clone(&self.inner);
-        let result = tokio::task::spawn_blocking(move || inner.commit(batch))
-            .await
-            .map_err(|e| backend(format!("store task failed: {e}")))
-            .and_then(|r| r);
-        self.notify();
-        result
+        tokio::task::spawn_blocking(move || {
+            let result = inner.commit(batch);
+            inner.notify();
+            result
+        })
+        .await
+        .map_err(|e| backend(format!("store task failed: {e}")))
+        .and_then(|r| r)
     }
 
     fn on_change(&self, hook: ChangeHook) {
-        match self.hooks.lock() {
+        match self.inner.hooks.lock() {
             Ok(mut h) => h.push(hook),
             Err(poisoned) => poisoned.into_inner().push(hook),
         }
@@ -264,6 +281,22 @@ mod tests {
         assert!(matches!(s.commit(b), Err(StoreError::Precondition { .. })));
         assert!(s.get(Table::Tenants, "b").unwrap().is_none());
         assert_eq!(s.scan(Table::Tenants, "").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.push(Op::Put(Table::Meta, "schema_version".into(), b"1".to_vec()));
+            store.inner.commit(b).unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.inner.get(Table::Meta, "schema_version").unwrap(),
+            Some(SCHEMA_VERSION.to_string().into_bytes())
+        );
     }
 
     #[test]

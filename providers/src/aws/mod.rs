@@ -557,19 +557,28 @@ impl Provider for AwsAssumeRole {
                 .binding_ceiling(request.binding.ceiling)?
                 .session(parsed.role.partition())
                 .map_err(ProviderError::InvalidConfig)?,
-            Some(v) => AwsNarrowing {
-                policy: v.get("policy").and_then(Value::as_str).map(str::to_owned),
-                policy_arns: v
-                    .get("policy_arns")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            },
+            Some(v) => {
+                let n = AwsNarrowing {
+                    policy: v.get("policy").and_then(Value::as_str).map(str::to_owned),
+                    policy_arns: v
+                        .get("policy_arns")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                };
+                // A session without any session policy would carry the whole role.
+                if n.policy.is_none() && n.policy_arns.is_empty() {
+                    return Err(ProviderError::InvalidNarrowing(
+                        "narrowing carries no session policy".into(),
+                    ));
+                }
+                n
+            }
         };
         let duration = params::clamp_duration(
             parsed.duration_s,
