@@ -205,6 +205,47 @@ impl From<ProviderError> for ApiError {
     }
 }
 
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl schemars::JsonSchema for ErrorCode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ErrorCode".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        schemars::json_schema!({
+            "type": "string",
+            "description": "The closed set of error codes (README, \"Error codes\").",
+            "enum": codes
+        })
+    }
+}
+
+/// Every error answer's body: `{"error": {…}}`.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorBody<'a> {
+    /// The error.
+    pub error: ErrorDetail<'a>,
+}
+
+/// What an error answer says: never secret material.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorDetail<'a> {
+    /// The code, from the closed set.
+    pub code: ErrorCode,
+    /// What went wrong, for operators and workers.
+    pub message: &'a str,
+    /// The audit record of the refusal, when one was written.
+    pub audit_id: Option<&'a str>,
+    /// The request id (also the `x-request-id` header).
+    pub request_id: &'a str,
+}
+
 /// Describes a serde_json error without echoing input (which could hold secrets).
 pub fn json_error(e: &serde_json::Error) -> String {
     let text = e.to_string();

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use zeroize::Zeroizing;
 
 use credbroker_providers::{ProviderError, ProviderRegistry, SecretFields};
@@ -178,14 +177,14 @@ pub struct Answer {
 
 /// An error answer: `{"error":{"code","message","audit_id","request_id"}}`.
 pub fn error_answer(err: &ApiError, audit_id: Option<&str>, request_id: &str) -> Answer {
-    let body = json!({
-        "error": {
-            "code": err.code.as_str(),
-            "message": err.message,
-            "audit_id": audit_id,
-            "request_id": request_id,
-        }
-    });
+    let body = crate::api_error::ErrorBody {
+        error: crate::api_error::ErrorDetail {
+            code: err.code,
+            message: &err.message,
+            audit_id,
+            request_id,
+        },
+    };
     Answer {
         status: err.code.status(),
         body: Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default()),

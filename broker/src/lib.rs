@@ -25,6 +25,7 @@ pub mod keys;
 pub mod lint;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod pki;
 pub mod resolve;
 pub mod routes;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 
 /// Whether a record takes part in resolves. Disabling keeps configuration intact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// In service.
@@ -19,7 +19,7 @@ pub enum Status {
 }
 
 /// A customer tenant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// Tenant id.
@@ -38,7 +38,7 @@ pub struct Tenant {
 }
 
 /// A connector worker, identified by its certificate, and what it may act for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Worker {
     /// Worker name (the last segment of `spiffe://<trust-domain>/worker/<name>`).
@@ -55,7 +55,7 @@ pub struct Worker {
 }
 
 /// One connector instance (e.g. "scan of account 1234 for tenant acme").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Instance {
     /// Instance id.
@@ -73,7 +73,7 @@ pub struct Instance {
 }
 
 /// A tenant's trust relationship or pasted secret with one provider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     /// Binding id.
@@ -121,7 +121,7 @@ pub struct Binding {
 }
 
 /// Lifecycle of one sealed secret version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretState {
     /// The version resolves hand out.
@@ -164,7 +164,7 @@ impl std::fmt::Debug for SecretVersion {
 }
 
 /// What operators see of a secret version: never the value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SecretVersionView {
     /// Version number.
     pub version: u32,
@@ -191,7 +191,7 @@ impl From<&SecretVersion> for SecretVersionView {
 }
 
 /// Lifecycle of a platform key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     /// Stored, not used yet.

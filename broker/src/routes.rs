@@ -24,6 +24,8 @@ pub enum Endpoint {
     Metrics,
     /// `POST /v1/resolve`
     Resolve,
+    /// `GET /v1/openapi.json`
+    OpenApi,
     /// An admin API route.
     Admin(AdminEndpoint),
     /// `GET /callbacks/{provider}/setup`
@@ -92,6 +94,7 @@ pub const MTLS: &[Route] = &[
     route("/readyz", E::Readyz, GET),
     route("/metrics", E::Metrics, GET),
     route("/v1/resolve", E::Resolve, POST),
+    route("/v1/openapi.json", E::OpenApi, GET),
     route("/v1/admin/{collection}", E::Admin(A::Collection), GET_POST),
     route(
         "/v1/admin/{collection}/{id}",

@@ -364,6 +364,10 @@ async fn handle(
                 body: Zeroizing::new(broker.metrics_text().into_bytes()),
             }
         }
+        Ok(Endpoint::OpenApi) => Answer {
+            status: StatusCode::OK,
+            body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
+        },
         Ok(Endpoint::Resolve) => {
             let body = match json_content_type(&req) {
                 Ok(()) => read_body(req, limits).await,

@@ -28,10 +28,13 @@ mod federation;
 mod platform_keys;
 mod records;
 mod request;
+
+pub use records::BindingDetail;
 mod secrets;
 
 pub use request::{
     parse_admin_request, AdminOp, Collection, NewBinding, NewInstance, NewTenant, NewWorker,
+    OnboardBody, SecretBody,
 };
 
 pub(super) fn validate_kind(kind: &str) -> Result<(), ApiError> {

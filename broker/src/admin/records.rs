@@ -18,6 +18,19 @@ use super::{
     Plan,
 };
 
+/// What `GET /v1/admin/bindings/{id}` shows: the binding, its secret versions (metadata,
+/// never values) and the ceiling in force.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct BindingDetail {
+    /// The binding.
+    #[serde(flatten)]
+    pub binding: Binding,
+    /// Its sealed versions: metadata only.
+    pub secret_versions: Vec<SecretVersionView>,
+    /// The ceiling resolves are held to, as the provider reads it.
+    pub effective_ceiling: Value,
+}
+
 /// `tenant` with its revision bumped: a child was added or removed.
 fn bumped(tenant: &Tenant) -> Tenant {
     let mut t = tenant.clone();
@@ -129,12 +142,11 @@ impl AdminService {
                         ceiling: &b.ceiling,
                     })
                 });
-                let mut v = to_value(&b);
-                if let Value::Object(m) = &mut v {
-                    m.insert("secret_versions".into(), to_value(&versions));
-                    m.insert("effective_ceiling".into(), ceiling.unwrap_or(Value::Null));
-                }
-                v
+                to_value(&BindingDetail {
+                    binding: b,
+                    secret_versions: versions,
+                    effective_ceiling: ceiling.unwrap_or(Value::Null),
+                })
             }
         };
         let noun = c.noun();

@@ -51,7 +51,7 @@ impl Collection {
 }
 
 /// `POST /v1/admin/tenants`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     /// Id.
@@ -62,7 +62,7 @@ pub struct NewTenant {
 }
 
 /// `POST /v1/admin/workers`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWorker {
     /// Worker name from its certificate.
@@ -75,7 +75,7 @@ pub struct NewWorker {
 }
 
 /// `POST /v1/admin/instances`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInstance {
     /// Id.
@@ -89,7 +89,7 @@ pub struct NewInstance {
 }
 
 /// `POST /v1/admin/bindings`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBinding {
     /// Id.
@@ -106,10 +106,22 @@ pub struct NewBinding {
     pub ceiling: Value,
 }
 
-#[derive(Deserialize)]
+/// `PUT /v1/admin/bindings/{id}/secret`, `POST …/secret/rotate`, `POST /v1/admin/keys/{provider}`:
+/// the secret's fields (write-only; never returned).
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SecretBody {
+pub struct SecretBody {
+    /// Field name → value (at most 16 KiB each).
+    #[schemars(with = "BTreeMap<String, String>")]
     fields: BTreeMap<String, Zeroizing<String>>,
+}
+
+/// `POST /v1/admin/onboard/{provider}`
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnboardBody {
+    /// The tenant to onboard.
+    pub tenant: TenantId,
 }
 
 /// One admin operation.
@@ -288,11 +300,6 @@ pub fn parse_admin_request(
             Some(version("secret")?),
         )),
         AdminEndpoint::Onboard => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct OnboardBody {
-                tenant: TenantId,
-            }
             let body: OnboardBody = parse_body(body)?;
             Ok(AdminOp::Onboard(param("provider"), body.tenant))
         }

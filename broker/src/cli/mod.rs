@@ -72,6 +72,8 @@ enum Command {
     /// Set, rotate or destroy a binding's secret fields (write-only; admin API).
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Print the OpenAPI 3.1 document of the HTTP API (also served at GET /v1/openapi.json).
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +158,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Client(ClientCmd::AwsCredentialProcess(a)) => aws_credential_process(&a),
         Command::LintTemplates(a) => offline::run_lint(&a),
         Command::Secret(cmd) => run_secret(cmd),
+        Command::Openapi => {
+            print!("{}", crate::openapi::document_text());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -15,7 +15,6 @@ pub mod request;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
 use zeroize::Zeroizing;
 
 use credbroker_providers::{
@@ -433,6 +432,26 @@ fn audit_event(
     event
 }
 
+/// A granted resolve's answer, less its credentials (spliced in from a zeroizing buffer).
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ResolveHead<'a> {
+    /// The binding's provider.
+    pub provider: Option<&'a str>,
+    /// What the credentials are (`aws_sts`, `secret_fields`, `github_installation`…).
+    pub kind: &'a str,
+    /// When the credential stops working (RFC 3339); absent for static secrets.
+    pub expires_at: Option<String>,
+    /// Whether it was served from the token cache.
+    pub cached: bool,
+    /// The resolve's audit record.
+    pub audit_id: &'a str,
+    /// The request id.
+    pub request_id: &'a str,
+    /// Non-secret facts about the credential (granted permissions…), when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<&'a serde_json::Value>,
+}
+
 fn success_answer(
     granted: &Granted,
     credentials_json: &[u8],
@@ -440,17 +459,15 @@ fn success_answer(
     request_id: &str,
 ) -> Answer {
     let cred = &granted.credential;
-    let mut head = json!({
-        "provider": granted.facts.provider,
-        "kind": cred.kind,
-        "expires_at": cred.expires_at.map(rfc3339),
-        "cached": granted.source != Source::Minted,
-        "audit_id": audit_id,
-        "request_id": request_id,
-    });
-    if !cred.details.is_null() {
-        head["details"] = cred.details.clone();
-    }
+    let head = ResolveHead {
+        provider: granted.facts.provider.as_deref(),
+        kind: cred.kind,
+        expires_at: cred.expires_at.map(rfc3339),
+        cached: granted.source != Source::Minted,
+        audit_id,
+        request_id,
+        details: (!cred.details.is_null()).then_some(&cred.details),
+    };
     let head = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
     // Splice `"credentials":{…}` into the object without copying the secret into a
     // non-zeroizing buffer.

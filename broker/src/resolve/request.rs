@@ -10,9 +10,10 @@ use crate::ids::{InstanceId, TenantId};
 /// Longest `min_ttl_s` accepted (AWS's 12 h maximum session).
 pub const MAX_MIN_TTL_S: u64 = 43_200;
 
-#[derive(Deserialize)]
+/// `POST /v1/resolve`
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ResolveRequest {
+pub struct ResolveRequest {
     instance_id: String,
     #[serde(default)]
     job_id: Option<String>,

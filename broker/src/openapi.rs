@@ -1,0 +1,292 @@
+//! The OpenAPI 3.1 document of the HTTP API, generated from the route tables
+//! ([`crate::routes`]) and the request and answer types the handlers parse and write
+//! (JSON Schema 2020-12 by `schemars`, which is what OpenAPI 3.1 uses).
+//!
+//! `broker/openapi.json` is the checked-in copy (a test fails when it differs from what this
+//! module generates: regenerate it with `credbroker openapi > broker/openapi.json`); the
+//! daemon serves it at `GET /v1/openapi.json` on the mTLS listener.
+
+use http::Method;
+use schemars::generate::SchemaSettings;
+use schemars::SchemaGenerator;
+use serde_json::{json, Map, Value};
+
+use crate::admin::{
+    BindingDetail, NewBinding, NewInstance, NewTenant, NewWorker, OnboardBody, SecretBody,
+};
+use crate::api_error::ErrorBody;
+use crate::model::{Binding, Instance, SecretVersionView, Tenant, Worker};
+use crate::resolve::request::ResolveRequest;
+use crate::resolve::ResolveHead;
+use crate::routes::{AdminEndpoint, Endpoint, Route, MTLS, PUBLIC};
+
+/// What one operation takes and answers.
+struct Operation {
+    summary: &'static str,
+    request: Option<Value>,
+    ok_status: &'static str,
+    ok: Value,
+}
+
+fn admin_answer(gen: &mut SchemaGenerator) -> Value {
+    // Every admin answer carries its audit id and request id beside what it returns.
+    let records = json!({
+        "tenant": gen.subschema_for::<Tenant>(),
+        "worker": gen.subschema_for::<Worker>(),
+        "instance": gen.subschema_for::<Instance>(),
+        "binding": {"anyOf": [
+            gen.subschema_for::<Binding>(),
+            gen.subschema_for::<BindingDetail>(),
+            {"type": "string", "description": "The binding id (secret operations)."}
+        ]},
+        "tenants": {"type": "array", "items": gen.subschema_for::<Tenant>()},
+        "workers": {"type": "array", "items": gen.subschema_for::<Worker>()},
+        "instances": {"type": "array", "items": gen.subschema_for::<Instance>()},
+        "bindings": {"type": "array", "items": gen.subschema_for::<Binding>()},
+        "secret_versions": {"type": "array", "items": gen.subschema_for::<SecretVersionView>()},
+        "audit_id": {"type": "string"},
+        "request_id": {"type": "string"},
+    });
+    let answer = json!({
+        "type": "object",
+        "description": "What an admin operation returns, with its audit id and request id.",
+        "properties": records,
+        "required": ["audit_id", "request_id"],
+    });
+    gen.definitions_mut().insert("AdminAnswer".into(), answer);
+    json!({"$ref": "#/components/schemas/AdminAnswer"})
+}
+
+fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Operation {
+    let get = *method == Method::GET;
+    let bindings = route.path.starts_with("/v1/admin/bindings");
+    match route.endpoint {
+        Endpoint::Healthz => Operation {
+            summary: "The process is up.",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "object", "properties": {"status": {"type": "string"}}}),
+        },
+        Endpoint::Readyz => Operation {
+            summary: "Whether resolves can be served (503 while the audit log is not writable).",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "object", "properties": {"status": {"type": "string"}}}),
+        },
+        Endpoint::Metrics => Operation {
+            summary: "Prometheus text metrics.",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "string"}),
+        },
+        Endpoint::OpenApi => Operation {
+            summary: "This document.",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "object"}),
+        },
+        Endpoint::Resolve => {
+            let head = gen.subschema_for::<ResolveHead>();
+            Operation {
+                summary: "A short-lived credential for a connector instance (worker certificate).",
+                request: Some(gen.subschema_for::<ResolveRequest>().to_value()),
+                ok_status: "200",
+                ok: json!({
+                    "allOf": [head, {
+                        "type": "object",
+                        "properties": {"credentials": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                            "description": "The credential's fields (secret)."
+                        }},
+                        "required": ["credentials"]
+                    }]
+                }),
+            }
+        }
+        Endpoint::Admin(a) => {
+            let answer = admin_answer(gen);
+            let (summary, request, ok_status) = match a {
+                AdminEndpoint::Collection if get => ("List the collection.", None, "200"),
+                AdminEndpoint::Collection if bindings => (
+                    "Add a binding.",
+                    Some(gen.subschema_for::<NewBinding>().to_value()),
+                    "201",
+                ),
+                AdminEndpoint::Collection => (
+                    "Add a record (tenant, worker or instance).",
+                    Some(json!({"oneOf": [
+                        gen.subschema_for::<NewTenant>(),
+                        gen.subschema_for::<NewWorker>(),
+                        gen.subschema_for::<NewInstance>(),
+                    ]})),
+                    "201",
+                ),
+                AdminEndpoint::Record if get => ("Show one record.", None, "200"),
+                AdminEndpoint::Record => ("Remove a record.", None, "200"),
+                AdminEndpoint::RecordAction => {
+                    ("enable, disable, or (bindings) probe.", None, "200")
+                }
+                AdminEndpoint::Secret if *method == Method::PUT => (
+                    "Set a binding's first secret version (write-only).",
+                    Some(gen.subschema_for::<SecretBody>().to_value()),
+                    "201",
+                ),
+                AdminEndpoint::Secret => ("Destroy every secret version.", None, "200"),
+                AdminEndpoint::SecretRotate => (
+                    "Write a new secret version; the previous one is kept as superseded.",
+                    Some(gen.subschema_for::<SecretBody>().to_value()),
+                    "200",
+                ),
+                AdminEndpoint::SecretVersion => ("Destroy one secret version.", None, "200"),
+                AdminEndpoint::Onboard => (
+                    "Onboarding facts for a tenant with a federated provider.",
+                    Some(gen.subschema_for::<OnboardBody>().to_value()),
+                    "200",
+                ),
+                AdminEndpoint::Keys if get => {
+                    ("List a provider's platform keys (metadata).", None, "200")
+                }
+                AdminEndpoint::Keys => (
+                    "Store a new platform key, staged (write-only).",
+                    Some(gen.subschema_for::<SecretBody>().to_value()),
+                    "201",
+                ),
+                AdminEndpoint::KeyAction => ("activate or retire a platform key.", None, "200"),
+                AdminEndpoint::RevokeCached => (
+                    "Drop a provider's cached credentials and revoke them upstream.",
+                    None,
+                    "200",
+                ),
+            };
+            Operation {
+                summary,
+                request,
+                ok_status,
+                ok: answer,
+            }
+        }
+        Endpoint::CallbackSetup => Operation {
+            summary: "A customer returns from installing the app (single-use state).",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "object", "required": ["audit_id", "request_id"]}),
+        },
+        Endpoint::CallbackWebhook => Operation {
+            summary: "A provider webhook, verified before it is parsed.",
+            request: Some(json!({"type": "object"})),
+            ok_status: "200",
+            ok: json!({"type": "object", "required": ["audit_id", "request_id"]}),
+        },
+    }
+}
+
+fn parameter(name: &str) -> Value {
+    let schema = match name {
+        "collection" => json!({"type": "string", "enum": ["tenants", "workers", "instances"]}),
+        "action" => {
+            json!({"type": "string", "enum": ["enable", "disable", "probe", "activate", "retire"]})
+        }
+        "version" => json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}),
+        "provider" => json!({"type": "string", "pattern": "^[a-z][a-z0-9_]{1,47}$"}),
+        _ => json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}),
+    };
+    json!({"name": name, "in": "path", "required": true, "schema": schema})
+}
+
+fn path_item(gen: &mut SchemaGenerator, route: &Route, error: &Value) -> Value {
+    let params: Vec<Value> = route
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(parameter)
+        .collect();
+    let mut item = Map::new();
+    for method in route.methods {
+        let op = operation(gen, route, method);
+        let content_type = if route.endpoint == Endpoint::Metrics {
+            "text/plain"
+        } else {
+            "application/json"
+        };
+        let mut o = json!({
+            "summary": op.summary,
+            "responses": {
+                op.ok_status: {
+                    "description": "Done.",
+                    "content": {content_type: {"schema": op.ok}}
+                },
+                "default": {
+                    "description": "Refused or failed: one code of the closed set.",
+                    "content": {"application/json": {"schema": error}}
+                }
+            }
+        });
+        if !params.is_empty() {
+            o["parameters"] = Value::Array(params.clone());
+        }
+        if let Some(body) = op.request {
+            o["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": body}}
+            });
+        }
+        item.insert(method.as_str().to_ascii_lowercase(), o);
+    }
+    Value::Object(item)
+}
+
+/// The OpenAPI 3.1 document.
+pub fn document() -> Value {
+    let settings = SchemaSettings::draft2020_12().with(|s| {
+        s.definitions_path = "/components/schemas".into();
+        s.meta_schema = None;
+    });
+    let mut gen = SchemaGenerator::new(settings);
+    let error = gen.subschema_for::<ErrorBody>().to_value();
+    let mut paths = Map::new();
+    for route in MTLS {
+        paths.insert(route.path.to_owned(), path_item(&mut gen, route, &error));
+    }
+    let mut public = Map::new();
+    for route in PUBLIC {
+        public.insert(route.path.to_owned(), path_item(&mut gen, route, &error));
+    }
+    let schemas = gen.take_definitions(true);
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "credbroker",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "POST /v1/resolve (worker certificate) and the admin API (operator certificate) on the mutual-TLS listener. The public listener's callbacks are under x-public-listener."
+        },
+        "paths": paths,
+        "x-public-listener": {"paths": public},
+        "components": {"schemas": schemas}
+    })
+}
+
+/// The document as the checked-in file holds it: pretty JSON and a final newline.
+pub fn document_text() -> String {
+    let mut text = serde_json::to_string_pretty(&document()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_and_method_is_documented() {
+        let doc = document();
+        for route in MTLS {
+            for m in route.methods {
+                let op = &doc["paths"][route.path][m.as_str().to_ascii_lowercase()];
+                assert!(op["responses"]["default"].is_object(), "{} {m}", route.path);
+            }
+        }
+        assert!(doc["components"]["schemas"]["ResolveRequest"].is_object());
+        assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    }
+}
