@@ -326,7 +326,30 @@ impl Writer {
 
     /// Re-opens both files and re-reads their tails (after a failed batch).
     fn reopen(&mut self) -> Result<(), AuditError> {
-        let (file, tail) = open_tail(&self.log_path)?;
+        let (mut file, mut tail) = open_tail(&self.log_path)?;
+        if tail.seq > self.tail.seq {
+            // The failed batch's records survived its rollback. Nobody was told they are
+            // durable (their requests failed closed): they must not become part of the chain.
+            let inconsistent = |reason: String| AuditError::Inconsistent {
+                path: self.log_path.display().to_string(),
+                reason,
+            };
+            file.set_len(self.tail.len)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| {
+                    inconsistent(format!(
+                        "records after {} belong to a failed batch and cannot be removed: {e}",
+                        self.tail.seq
+                    ))
+                })?;
+            (file, tail) = open_tail(&self.log_path)?;
+            if tail.seq != self.tail.seq || tail.hash != self.tail.hash {
+                return Err(inconsistent(format!(
+                    "after removing a failed batch the log ends at {}, not at the last durable record {}",
+                    tail.seq, self.tail.seq
+                )));
+            }
+        }
         let cp_path = checkpoints_path(&self.config.dir);
         let (checkpoints, last_checkpoint_seq) = open_checkpoints(&cp_path)?;
         if last_checkpoint_seq > tail.seq {
@@ -617,5 +640,62 @@ mod tests {
         assert_eq!(log.append(ev(0)).await.unwrap().seq, 201);
         log.close();
         assert_eq!(verify_log(&dir, &verifier).unwrap().records, 201);
+    }
+
+    #[test]
+    fn a_failed_batch_whose_rollback_did_not_happen_is_never_chained_onto() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = tmp.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let dir = tmp.path().join("audit");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
+        for i in 0..3 {
+            rt.block_on(log.append(ev(i))).unwrap();
+        }
+        log.close();
+        // The writer's view: three durable records; then a batch fails and its truncation
+        // does not happen, leaving a record nobody was told about.
+        let (file, tail) = open_tail(&log_path(&dir)).unwrap();
+        let (checkpoints, last_checkpoint_seq) = open_checkpoints(&checkpoints_path(&dir)).unwrap();
+        let durable = (tail.seq, tail.hash.clone());
+        let mut writer = Writer {
+            config: config(&dir),
+            log_path: log_path(&dir),
+            file,
+            tail,
+            checkpoints,
+            signer: signer(&keys),
+            last_checkpoint_seq,
+            last_checkpoint_at: Instant::now(),
+            needs_reopen: true,
+            healthy: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(AuditStats::default()),
+            batch_sizes: None,
+        };
+        let mut rec = AuditRecord {
+            seq: durable.0 + 1,
+            time: now_rfc3339(),
+            event: ev(99),
+            prev_hash: durable.1.clone(),
+            hash: String::new(),
+        };
+        rec.hash = rec.compute_hash();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(log_path(&dir))
+            .unwrap();
+        f.write_all(&serde_json::to_vec(&rec).unwrap()).unwrap();
+        f.write_all(b"\n").unwrap();
+        drop(f);
+        writer.reopen().unwrap();
+        assert_eq!((writer.tail.seq, writer.tail.hash.clone()), durable);
+        let text = std::fs::read_to_string(log_path(&dir)).unwrap();
+        assert!(
+            !text.contains("\"r99\""),
+            "the failed batch's record is gone"
+        );
     }
 }
