@@ -229,6 +229,9 @@ struct Writer {
     last_checkpoint_seq: u64,
     last_checkpoint_at: Instant,
     needs_reopen: bool,
+    /// Hash of the first record of the last failed batch, until the log is re-opened: if it
+    /// is found right after the durable length, the batch's rollback did not happen.
+    failed_first: Option<String>,
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     batch_sizes: Option<BatchObserver>,
@@ -252,6 +255,7 @@ impl Writer {
         let mut waiters = Vec::with_capacity(events.len());
         let mut seq = self.tail.seq;
         let mut prev = self.tail.hash.clone();
+        let mut first_hash = None;
         let time = now_rfc3339();
         for (event, done) in events {
             seq += 1;
@@ -269,6 +273,7 @@ impl Writer {
                 audit_id: audit_id(seq),
             });
             waiters.push(done);
+            first_hash.get_or_insert_with(|| rec.hash.clone());
             prev = rec.hash;
         }
         let result = self
@@ -302,6 +307,7 @@ impl Writer {
                 self.healthy.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, records = waiters.len(), "audit batch failed; failing its requests closed");
                 self.roll_back();
+                self.failed_first = first_hash;
                 let err = AuditError::Write(e.to_string());
                 for done in waiters {
                     let _ = done.send(Err(err.clone()));
@@ -324,12 +330,41 @@ impl Writer {
         self.needs_reopen = true;
     }
 
+    /// Whether the record that starts at the last durable length of `file` is the first one
+    /// of the batch that failed (its hash, which covers its time and request id, and its
+    /// place in this writer's chain): a log replaced meanwhile, even one that starts from
+    /// the same genesis, is not mistaken for it.
+    fn failed_batch_follows(&self, file: &mut File) -> bool {
+        let mut line = Vec::new();
+        let read = file.seek(SeekFrom::Start(self.tail.len)).and_then(|_| {
+            let mut byte = [0u8; 1];
+            while line.len() < 64 * 1024 {
+                match file.read(&mut byte)? {
+                    0 => break,
+                    _ if byte[0] == b'\n' => break,
+                    _ => line.push(byte[0]),
+                }
+            }
+            Ok(())
+        });
+        if read.is_err() {
+            return false;
+        }
+        serde_json::from_slice::<AuditRecord>(&line).is_ok_and(|r| {
+            r.seq == self.tail.seq + 1
+                && r.prev_hash == self.tail.hash
+                && self.failed_first.as_deref() == Some(r.hash.as_str())
+        })
+    }
+
     /// Re-opens both files and re-reads their tails (after a failed batch).
     fn reopen(&mut self) -> Result<(), AuditError> {
         let (mut file, mut tail) = open_tail(&self.log_path)?;
-        if tail.seq > self.tail.seq {
-            // The failed batch's records survived its rollback. Nobody was told they are
-            // durable (their requests failed closed): they must not become part of the chain.
+        if tail.seq > self.tail.seq && self.failed_batch_follows(&mut file) {
+            // The failed batch's records survived its rollback: the record right after the
+            // last durable one chains onto it. Nobody was told they are durable (their
+            // requests failed closed): they must not become part of the chain. (A log that
+            // was replaced meanwhile, e.g. restored from elsewhere, is read as it is.)
             let inconsistent = |reason: String| AuditError::Inconsistent {
                 path: self.log_path.display().to_string(),
                 reason,
@@ -366,6 +401,7 @@ impl Writer {
         self.checkpoints = checkpoints;
         self.last_checkpoint_seq = last_checkpoint_seq;
         self.needs_reopen = false;
+        self.failed_first = None;
         tracing::info!(
             seq = self.tail.seq,
             "audit log re-opened after a failed write"
@@ -502,6 +538,7 @@ impl AuditLog {
             last_checkpoint_seq,
             last_checkpoint_at: Instant::now(),
             needs_reopen: false,
+            failed_first: None,
             healthy: healthy.clone(),
             stats: stats.clone(),
             batch_sizes,
@@ -671,6 +708,7 @@ mod tests {
             last_checkpoint_seq,
             last_checkpoint_at: Instant::now(),
             needs_reopen: true,
+            failed_first: None,
             healthy: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(AuditStats::default()),
             batch_sizes: None,
@@ -683,6 +721,7 @@ mod tests {
             hash: String::new(),
         };
         rec.hash = rec.compute_hash();
+        writer.failed_first = Some(rec.hash.clone());
         let mut f = OpenOptions::new()
             .append(true)
             .open(log_path(&dir))
