@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use credbroker_providers::{ProviderError, ProviderRegistry, SecretFields};
+use credbroker_providers::{Bound, Provider, ProviderError, ProviderRegistry, SecretFields};
 
 use crate::admin::{AdminOp, AdminOutcome, AdminService};
 use crate::api_error::ApiError;
@@ -156,6 +156,10 @@ pub struct Core {
     pub(crate) registry: ProviderRegistry,
     /// Metrics.
     pub metrics: Metrics,
+    /// Bindings as their providers parsed them, by (binding id, generation); emptied on every
+    /// change the store reports, so nothing is parsed per resolve and nothing outlives a
+    /// change.
+    bound: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Bound>>>,
     settings: BrokerSettings,
 }
 
@@ -217,6 +221,14 @@ impl Broker {
         settings: BrokerSettings,
     ) -> Result<Arc<Broker>, StartError> {
         let records = Records::with_cache(store, settings.record_cache_entries);
+        let bound: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Bound>>> =
+            Arc::default();
+        let hook_bound = Arc::clone(&bound);
+        records.on_change(Arc::new(move || {
+            if let Ok(mut b) = hook_bound.lock() {
+                b.clear();
+            }
+        }));
         if let Some(required) = records.kek_active_version().await? {
             if !keys.keyring.versions().any(|v| u64::from(v) == required) {
                 return Err(StartError::Other(format!(
@@ -251,6 +263,7 @@ impl Broker {
             )),
             registry,
             metrics,
+            bound: bound.clone(),
             settings,
         });
         let admin = AdminService::new(Arc::clone(&core));
@@ -360,6 +373,30 @@ impl Broker {
 }
 
 impl Core {
+    /// `binding` as its provider parses it ([`Provider::bind`]), parsed once per binding
+    /// generation.
+    ///
+    /// # Errors
+    /// The provider's refusal of the stored configuration.
+    pub(crate) fn bound(
+        &self,
+        binding: &Binding,
+        provider: &dyn Provider,
+    ) -> Result<Bound, ProviderError> {
+        let key = (binding.id.to_string(), binding.generation.clone());
+        if let Some(b) = self.bound.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(b);
+        }
+        let b = provider.bind(&binding.config, &binding.ceiling)?;
+        if let Ok(mut m) = self.bound.lock() {
+            if m.len() >= self.settings.record_cache_entries.max(1) {
+                m.clear();
+            }
+            m.insert(key, b.clone());
+        }
+        Ok(b)
+    }
+
     /// Lifetime of install `state`s.
     pub fn callback_state_ttl_s(&self) -> u64 {
         self.settings.callback_state_ttl_s

@@ -1,5 +1,7 @@
 //! The one trait every credential source implements.
 
+use std::any::Any;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,6 +42,35 @@ pub struct CredentialScope {
     pub worker: bool,
 }
 
+/// A binding's configuration and ceiling as its provider parsed them, once
+/// ([`Provider::bind`]). The core keeps it beside the binding and hands it back in every
+/// [`BindingContext`]; its content is a type private to the provider that made it.
+#[derive(Clone)]
+pub struct Bound(Arc<dyn Any + Send + Sync>);
+
+impl Bound {
+    /// Wraps a provider's parsed binding.
+    pub fn new<T: Any + Send + Sync>(value: T) -> Bound {
+        Bound(Arc::new(value))
+    }
+
+    /// The parsed binding, as the type the provider stored.
+    ///
+    /// # Errors
+    /// [`ProviderError::Internal`] when it was made by another provider.
+    pub fn get<T: Any>(&self) -> Result<&T, ProviderError> {
+        self.0
+            .downcast_ref::<T>()
+            .ok_or_else(|| ProviderError::Internal("binding was bound by another provider".into()))
+    }
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bound(..)")
+    }
+}
+
 /// The stored, non-secret view of one binding that a provider works from.
 #[derive(Debug, Clone, Copy)]
 pub struct BindingContext<'a> {
@@ -51,6 +82,8 @@ pub struct BindingContext<'a> {
     pub config: &'a Value,
     /// The most a resolve may obtain through this binding (from policies/ at bind time).
     pub ceiling: &'a Value,
+    /// `config` and `ceiling` as the provider parsed them ([`Provider::bind`]).
+    pub bound: &'a Bound,
 }
 
 /// A narrowing request after validation: `canonical` is a stable text form used in cache keys,
@@ -236,12 +269,15 @@ pub trait Provider: Send + Sync + 'static {
     /// How issued credentials are kept within the binding's ceiling.
     fn ceiling_enforcement(&self) -> CeilingEnforcement;
 
-    /// Checks a binding's configuration and ceiling when the binding is added.
+    /// Parses and checks a binding's configuration and ceiling, once: when the binding is
+    /// added (a refusal refuses the binding) and when the core first uses it; every later
+    /// call gets the result back in [`BindingContext::bound`], so nothing is re-parsed per
+    /// resolve.
     ///
     /// # Errors
     /// [`ProviderError::InvalidConfig`] when either is malformed for this provider, or the
     /// ceiling cannot be enforced the way [`Provider::ceiling_enforcement`] says.
-    fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError>;
+    fn bind(&self, config: &Value, ceiling: &Value) -> Result<Bound, ProviderError>;
 
     /// The binding's ceiling in a form operators can read (shown in binding details).
     fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use credbroker_providers::{
-    BindingContext, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest, Narrowing,
-    Provider, ProviderError, SecretFields, SecretRequirement,
+    BindingContext, Bound, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest,
+    Narrowing, Provider, ProviderError, SecretFields, SecretRequirement,
 };
 use secrecy::SecretString;
 use serde_json::Value;
@@ -36,8 +36,8 @@ impl Provider for CountingProvider {
         // The narrowing goes to the (pretend) upstream as the cache-key test needs it.
         CeilingEnforcement::Upstream
     }
-    fn validate_binding(&self, _: &Value, _: &Value) -> Result<(), ProviderError> {
-        Ok(())
+    fn bind(&self, _: &Value, _: &Value) -> Result<Bound, ProviderError> {
+        Ok(Bound::new(()))
     }
     fn describe_ceiling(&self, _: &BindingContext<'_>) -> Value {
         Value::Null

@@ -348,11 +348,13 @@ async fn mint(
 ) -> Result<IssuedCredential, ProviderError> {
     let p = h.provider();
     let (config, ceiling) = h.binding();
+    let bound = p.bind(&config, &ceiling)?;
     let ctx = BindingContext {
         tenant_id: "t1",
         binding_id: "b1",
         config: &config,
         ceiling: &ceiling,
+        bound: &bound,
     };
     let narrowing = narrowing_of(p.as_ref(), &ctx, narrow)?;
     let secret = h.secret();
@@ -371,7 +373,8 @@ async fn check_ceiling_mode(h: &dyn Harness) {
     let p = h.provider();
     let id = p.id();
     let (config, ceiling) = h.binding();
-    p.validate_binding(&config, &ceiling)
+    let bound = p
+        .bind(&config, &ceiling)
         .unwrap_or_else(|e| panic!("{id}: the harness binding is invalid: {e}"));
     let (at_ceiling, at_within) = h.expected_scopes();
     let within = h.within();
@@ -402,6 +405,7 @@ async fn check_ceiling_mode(h: &dyn Harness) {
                 binding_id: "b1",
                 config: &config,
                 ceiling: &ceiling,
+                bound: &bound,
             };
             assert!(
                 narrowing_of(p.as_ref(), &ctx, Some(&within)).is_err(),
@@ -435,11 +439,13 @@ async fn check_credential_scope(h: &dyn Harness) {
     let p = h.provider();
     let id = p.id();
     let (config, ceiling) = h.binding();
+    let bound = p.bind(&config, &ceiling).unwrap();
     let scope = p.credential_scope(&BindingContext {
         tenant_id: "t1",
         binding_id: "b1",
         config: &config,
         ceiling: &ceiling,
+        bound: &bound,
     });
     if h.last_request().is_none() {
         return; // nothing upstream can name a caller
@@ -547,15 +553,19 @@ fn check_never_panics(h: &dyn Harness) {
     let mut g = Gen(0x9E37_79B9_7F4A_7C15);
     for _ in 0..2000 {
         let v = g.value(0);
-        let _ = p.validate_binding(&v, &ceiling);
-        let _ = p.validate_binding(&config, &v);
         let _ = p.exclusive_identifiers(&v);
         for (cfg, ceil) in [(&config, &ceiling), (&v, &ceiling), (&config, &v)] {
+            // Arbitrary configuration and ceilings are refused or bound, never a panic; a
+            // bound binding then takes any narrowing.
+            let Ok(bound) = p.bind(cfg, ceil) else {
+                continue;
+            };
             let ctx = BindingContext {
                 tenant_id: "t1",
                 binding_id: "b1",
                 config: cfg,
                 ceiling: ceil,
+                bound: &bound,
             };
             let _ = p.describe_ceiling(&ctx);
             let _ = p.credential_scope(&ctx);

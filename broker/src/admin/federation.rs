@@ -135,7 +135,8 @@ impl AdminService {
             config["broker"] = Value::Object(params);
         }
         provider
-            .validate_binding(&config, &b.ceiling)
+            .bind(&config, &b.ceiling)
+            .map(|_| ())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         for identifier in provider.exclusive_identifiers(&config) {
             // A friendly refusal now; the batch's own precondition is what guarantees it.
@@ -341,12 +342,14 @@ impl AdminService {
         };
         let narrowing = Narrowing::none();
         let timeout = self.core.mint_timeout();
+        let bound = provider.bind(&binding.config, &binding.ceiling)?;
         let request = MintRequest {
             binding: BindingContext {
                 tenant_id: binding.tenant.as_str(),
                 binding_id: binding.id.as_str(),
                 config: &binding.config,
                 ceiling: &binding.ceiling,
+                bound: &bound,
             },
             instance_id: "activation-probe",
             worker: "credbroker",

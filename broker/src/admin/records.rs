@@ -135,12 +135,16 @@ impl AdminService {
                     .map(|v| SecretVersionView::from(&v.value))
                     .collect();
                 let ceiling = self.core.registry.get(&b.provider).map(|p| {
-                    p.describe_ceiling(&BindingContext {
-                        tenant_id: b.tenant.as_str(),
-                        binding_id: b.id.as_str(),
-                        config: &b.config,
-                        ceiling: &b.ceiling,
-                    })
+                    match p.bind(&b.config, &b.ceiling) {
+                        Ok(bound) => p.describe_ceiling(&BindingContext {
+                            tenant_id: b.tenant.as_str(),
+                            binding_id: b.id.as_str(),
+                            config: &b.config,
+                            ceiling: &b.ceiling,
+                            bound: &bound,
+                        }),
+                        Err(e) => json!({ "error": e.to_string() }),
+                    }
                 });
                 to_value(&BindingDetail {
                     binding: b,

@@ -13,7 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 use credbroker_providers::{
-    BindingContext, IssuedCredential, MintRequest, Narrowing, Provider, ProviderError, SecretFields,
+    BindingContext, Bound, IssuedCredential, MintRequest, Narrowing, Provider, ProviderError,
+    SecretFields,
 };
 
 use crate::breaker::{Admission, Breakers};
@@ -35,6 +36,7 @@ pub struct MintMetrics {
 pub struct MintJob {
     provider: Arc<dyn Provider>,
     binding: Arc<Binding>,
+    bound: Bound,
     instance: String,
     worker: String,
     narrowing: Narrowing,
@@ -49,6 +51,7 @@ impl MintJob {
     /// the binding's opened secret, when its provider needs one.
     pub fn new(
         chain: &VerifiedChain,
+        bound: Bound,
         narrowing: Narrowing,
         secret: Option<SecretFields>,
         timeout: Duration,
@@ -58,6 +61,7 @@ impl MintJob {
         MintJob {
             provider: Arc::clone(chain.provider()),
             binding: Arc::clone(chain.binding()),
+            bound,
             instance: chain.instance().id.to_string(),
             worker: chain.worker().to_string(),
             narrowing,
@@ -79,6 +83,7 @@ impl MintJob {
                 binding_id: self.binding.id.as_str(),
                 config: &self.binding.config,
                 ceiling: &self.binding.ceiling,
+                bound: &self.bound,
             },
             instance_id: &self.instance,
             worker: &self.worker,

@@ -282,11 +282,16 @@ impl ResolveService {
         };
         let binding = chain.binding();
         let provider = chain.provider();
+        let bound = self
+            .core
+            .bound(binding, provider.as_ref())
+            .map_err(|e| refused(e.into()))?;
         let ctx = BindingContext {
             tenant_id: binding.tenant.as_str(),
             binding_id: binding.id.as_str(),
             config: &binding.config,
             ceiling: &binding.ceiling,
+            bound: &bound,
         };
         let narrowing = provider
             .normalize_narrowing(&ctx, request.narrow.as_ref())
@@ -315,6 +320,7 @@ impl ResolveService {
             let job = secret.map(|secret| {
                 MintJob::new(
                     chain,
+                    bound.clone(),
                     narrowing.clone(),
                     secret,
                     self.core.mint_timeout(),

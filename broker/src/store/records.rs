@@ -163,6 +163,11 @@ impl Records {
         Records { store, cache }
     }
 
+    /// Registers `hook`, called after every change the store reports ([`Store::on_change`]).
+    pub fn on_change(&self, hook: super::ChangeHook) {
+        self.store.on_change(hook);
+    }
+
     /// Applies `batch` atomically and durably.
     ///
     /// # Errors

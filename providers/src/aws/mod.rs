@@ -36,7 +36,7 @@ use crate::registry::{
     ProviderDescriptor, TemplateLint,
 };
 use crate::{
-    BindingContext, CachePolicy, CeilingEnforcement, CredentialScope, IssuedCredential,
+    BindingContext, Bound, CachePolicy, CeilingEnforcement, CredentialScope, IssuedCredential,
     MintRequest, Narrowing, Probe, ProbeReport, Provider, ProviderError, RefusalReason,
     SecretFields, SecretRequirement, TenantParameter,
 };
@@ -186,6 +186,14 @@ fn probe_call(session: &str, with_external_id: bool) -> AssumeCall<'_> {
         source_identity: None,
         narrowing: None,
     }
+}
+
+/// A binding as [`Provider::bind`] parsed it: the role, the ExternalId, the ceiling, and the
+/// session policies that carry exactly that ceiling.
+struct AwsBinding {
+    parsed: Parsed,
+    ceiling: AwsCeiling,
+    session: AwsNarrowing,
 }
 
 struct Parsed {
@@ -444,7 +452,7 @@ impl Provider for AwsAssumeRole {
         CeilingEnforcement::Upstream
     }
 
-    fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError> {
+    fn bind(&self, config: &Value, ceiling: &Value) -> Result<Bound, ProviderError> {
         let parsed = parse_config(config)?;
         if let Some(d) = parsed.duration_s {
             if !(params::MIN_DURATION_S..=self.settings.max_duration_s).contains(&d) {
@@ -456,15 +464,22 @@ impl Provider for AwsAssumeRole {
             }
         }
         // Refused here, not at resolve: an unnarrowed session is sent exactly this ceiling.
-        self.binding_ceiling(ceiling)?
+        let ceiling = self.binding_ceiling(ceiling)?;
+        let session = ceiling
             .session(parsed.role.partition())
-            .map(|_| ())
-            .map_err(ProviderError::InvalidConfig)
+            .map_err(ProviderError::InvalidConfig)?;
+        Ok(Bound::new(AwsBinding {
+            parsed,
+            ceiling,
+            session,
+        }))
     }
 
     fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value {
-        match self.binding_ceiling(binding.ceiling) {
-            Ok(c) => json!({ "managed_policy_arns": c.managed_policy_arns, "actions": c.actions }),
+        match binding.bound.get::<AwsBinding>() {
+            Ok(b) => {
+                json!({ "managed_policy_arns": b.ceiling.managed_policy_arns, "actions": b.ceiling.actions })
+            }
             Err(e) => json!({ "error": e.to_string() }),
         }
     }
@@ -473,8 +488,11 @@ impl Provider for AwsAssumeRole {
         // RoleSessionName names the instance; SourceIdentity (when enabled) the worker.
         CredentialScope {
             instance: true,
-            // An unreadable config scopes to the worker too: never share on doubt.
-            worker: parse_config(binding.config).map_or(true, |p| p.source_identity),
+            // A binding it cannot read scopes to the worker too: never share on doubt.
+            worker: binding
+                .bound
+                .get::<AwsBinding>()
+                .map_or(true, |b| b.parsed.source_identity),
         }
     }
 
@@ -530,9 +548,8 @@ impl Provider for AwsAssumeRole {
         let Some(narrow) = narrow else {
             return Ok(Narrowing::none());
         };
-        let parsed = parse_config(binding.config)?;
-        let ceiling = self.binding_ceiling(binding.ceiling)?;
-        let n = ceiling::narrow(narrow, &ceiling, parsed.role.partition()).map_err(
+        let b = binding.bound.get::<AwsBinding>()?;
+        let n = ceiling::narrow(narrow, &b.ceiling, b.parsed.role.partition()).map_err(
             |(exceeds, m)| {
                 if exceeds {
                     ProviderError::NarrowingExceedsCeiling(m)
@@ -549,14 +566,12 @@ impl Provider for AwsAssumeRole {
     }
 
     async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
-        let parsed = parse_config(request.binding.config)?;
+        let bound = request.binding.bound.get::<AwsBinding>()?;
+        let parsed = &bound.parsed;
         let narrowing = match request.narrowing.value.as_ref() {
             // No narrowing: the session carries exactly the binding's ceiling, never the
             // whole role (THREATS.md: "with no narrowing, exactly the ceiling").
-            None => self
-                .binding_ceiling(request.binding.ceiling)?
-                .session(parsed.role.partition())
-                .map_err(ProviderError::InvalidConfig)?,
+            None => bound.session.clone(),
             Some(v) => {
                 let n = AwsNarrowing {
                     policy: v.get("policy").and_then(Value::as_str).map(str::to_owned),
@@ -593,7 +608,7 @@ impl Provider for AwsAssumeRole {
         let session = session_name(request.binding.tenant_id, request.instance_id);
         let out = self
             .assume(
-                &parsed,
+                parsed,
                 AssumeCall {
                     session: &session,
                     duration_s: duration,
@@ -616,10 +631,10 @@ impl Probe for AwsAssumeRole {
     }
 
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
-        let parsed = parse_config(request.binding.config)?;
+        let parsed = &request.binding.bound.get::<AwsBinding>()?.parsed;
         let session = session_name(request.binding.tenant_id, "activation-probe");
         let out = self
-            .assume(&parsed, probe_call(&session, true), request.timeout)
+            .assume(parsed, probe_call(&session, true), request.timeout)
             .await?;
         let request_id = out.request_id().map(str::to_owned);
         let assumed = out
@@ -643,7 +658,7 @@ impl Probe for AwsAssumeRole {
         // The trap: AssumeRole succeeds with any ExternalId when the role does not require
         // one. Without it, the call must be denied.
         match self
-            .assume(&parsed, probe_call(&session, false), request.timeout)
+            .assume(parsed, probe_call(&session, false), request.timeout)
             .await
         {
             Err(ProviderError::Denied { trust_broken: true, .. }) => Ok(ProbeReport {

@@ -31,9 +31,9 @@ use crate::registry::{
     ProviderDescriptor, TemplateLint,
 };
 use crate::{
-    BindingContext, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement, IssuedCredential,
-    MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport, Provider, ProviderError,
-    Revocation, SecretFields, SecretRequirement, SetupRedirect,
+    BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement,
+    IssuedCredential, MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport,
+    Provider, ProviderError, Revocation, SecretFields, SecretRequirement, SetupRedirect,
 };
 
 /// Platform-side settings (`[providers.github_app]`).
@@ -144,6 +144,12 @@ pub struct GithubApp {
 #[serde(deny_unknown_fields)]
 struct BindingConfig {
     installation_id: u64,
+}
+
+/// A binding as [`Provider::bind`] parsed it.
+struct GithubBinding {
+    installation: u64,
+    ceiling: GithubCeiling,
 }
 
 fn parse_config(config: &Value) -> Result<u64, ProviderError> {
@@ -493,14 +499,16 @@ impl Provider for GithubApp {
         CeilingEnforcement::Upstream
     }
 
-    fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError> {
-        parse_config(config)?;
-        self.binding_ceiling(ceiling).map(|_| ())
+    fn bind(&self, config: &Value, ceiling: &Value) -> Result<Bound, ProviderError> {
+        Ok(Bound::new(GithubBinding {
+            installation: parse_config(config)?,
+            ceiling: self.binding_ceiling(ceiling)?,
+        }))
     }
 
     fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value {
-        match self.binding_ceiling(binding.ceiling) {
-            Ok(c) => TokenRequest::from_ceiling(&c).to_value(),
+        match binding.bound.get::<GithubBinding>() {
+            Ok(b) => TokenRequest::from_ceiling(&b.ceiling).to_value(),
             Err(e) => json!({ "error": e.to_string() }),
         }
     }
@@ -541,10 +549,10 @@ impl Provider for GithubApp {
         binding: &BindingContext<'_>,
         narrow: Option<&Value>,
     ) -> Result<Narrowing, ProviderError> {
-        let ceiling = self.binding_ceiling(binding.ceiling)?;
+        let ceiling = &binding.bound.get::<GithubBinding>()?.ceiling;
         let request = match narrow {
-            None => TokenRequest::from_ceiling(&ceiling),
-            Some(n) => permissions::narrow(n, &ceiling).map_err(|(exceeds, m)| {
+            None => TokenRequest::from_ceiling(ceiling),
+            Some(n) => permissions::narrow(n, ceiling).map_err(|(exceeds, m)| {
                 if exceeds {
                     ProviderError::NarrowingExceedsCeiling(m)
                 } else {
@@ -560,12 +568,13 @@ impl Provider for GithubApp {
     }
 
     async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
-        let installation = parse_config(request.binding.config)?;
+        let bound = request.binding.bound.get::<GithubBinding>()?;
+        let installation = bound.installation;
         let wanted = match &request.narrowing.value {
             Some(v) => TokenRequest::from_value(v).ok_or_else(|| {
                 ProviderError::InvalidNarrowing("narrowing could not be read back".into())
             })?,
-            None => TokenRequest::from_ceiling(&self.binding_ceiling(request.binding.ceiling)?),
+            None => TokenRequest::from_ceiling(&bound.ceiling),
         };
         let (answer, _) = self
             .mint_token(installation, &wanted, request.timeout)
@@ -589,12 +598,12 @@ impl Probe for GithubApp {
     }
 
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
-        let installation = parse_config(request.binding.config)?;
-        let ceiling = self.binding_ceiling(request.binding.ceiling)?;
+        let bound = request.binding.bound.get::<GithubBinding>()?;
+        let installation = bound.installation;
         let (answer, _) = self
             .mint_token(
                 installation,
-                &TokenRequest::from_ceiling(&ceiling),
+                &TokenRequest::from_ceiling(&bound.ceiling),
                 request.timeout,
             )
             .await?;

@@ -13,8 +13,8 @@ use crate::registry::{
 };
 
 use crate::{
-    BindingContext, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest, Narrowing,
-    Probe, ProbeReport, Provider, ProviderError, SecretRequirement,
+    BindingContext, Bound, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest,
+    Narrowing, Probe, ProbeReport, Provider, ProviderError, SecretRequirement,
 };
 
 /// Returns the decrypted secret fields of the binding's active version.
@@ -81,6 +81,11 @@ fn field_list(value: &Value, what: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// A binding as [`Provider::bind`] parsed it: the fields a resolve may obtain (`None`: all).
+struct PastedBinding {
+    fields: Option<Vec<String>>,
+}
+
 fn ceiling_fields(ceiling: &Value) -> Result<Option<Vec<String>>, ProviderError> {
     if ceiling.is_null() {
         return Ok(None);
@@ -111,19 +116,22 @@ impl Provider for PastedSecret {
         Some(self)
     }
 
-    fn validate_binding(&self, config: &Value, ceiling: &Value) -> Result<(), ProviderError> {
+    fn bind(&self, config: &Value, ceiling: &Value) -> Result<Bound, ProviderError> {
         if !(config.is_null() || config.is_object()) {
             return Err(ProviderError::InvalidConfig(
                 "pasted_secret config must be a JSON object".into(),
             ));
         }
-        ceiling_fields(ceiling).map(|_| ())
+        Ok(Bound::new(PastedBinding {
+            fields: ceiling_fields(ceiling)?,
+        }))
     }
 
     fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value {
-        match ceiling_fields(binding.ceiling) {
+        match binding.bound.get::<PastedBinding>().map(|b| &b.fields) {
             Ok(Some(names)) => json!({ "fields": names }),
-            _ => json!({ "fields": "all" }),
+            Ok(None) => json!({ "fields": "all" }),
+            Err(e) => json!({ "error": e.to_string() }),
         }
     }
 
@@ -139,7 +147,7 @@ impl Provider for PastedSecret {
         if wanted.is_empty() {
             return Ok(Narrowing::none());
         }
-        if let Some(allowed) = ceiling_fields(binding.ceiling)? {
+        if let Some(allowed) = &binding.bound.get::<PastedBinding>()?.fields {
             if let Some(extra) = wanted.iter().find(|w| !allowed.contains(w)) {
                 return Err(ProviderError::NarrowingExceedsCeiling(format!(
                     "field {extra:?} is not in the binding's ceiling"
@@ -154,7 +162,7 @@ impl Provider for PastedSecret {
 
     async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
         let secret = request.secret.ok_or(ProviderError::SecretMissing)?;
-        let ceiling = ceiling_fields(request.binding.ceiling)?;
+        let ceiling = request.binding.bound.get::<PastedBinding>()?.fields.clone();
         let wanted: Option<Vec<String>> = match &request.narrowing.value {
             Some(v) => Some(field_list(v, "narrow").map_err(ProviderError::InvalidNarrowing)?),
             None => ceiling,
@@ -203,12 +211,13 @@ mod tests {
     use crate::SecretFields;
     use std::time::Duration;
 
-    fn ctx<'a>(config: &'a Value, ceiling: &'a Value) -> BindingContext<'a> {
+    fn ctx<'a>(config: &'a Value, ceiling: &'a Value, bound: &'a Bound) -> BindingContext<'a> {
         BindingContext {
             tenant_id: "t1",
             binding_id: "b1",
             config,
             ceiling,
+            bound,
         }
     }
 
@@ -216,7 +225,8 @@ mod tests {
     async fn narrowing_selects_fields_and_respects_ceiling() {
         let config = json!({});
         let ceiling = json!({"fields": ["token", "user"]});
-        let b = ctx(&config, &ceiling);
+        let bound = PastedSecret.bind(&config, &ceiling).unwrap();
+        let b = ctx(&config, &ceiling, &bound);
         let p = PastedSecret;
         let n = p
             .normalize_narrowing(&b, Some(&json!({"fields": ["token"]})))
@@ -260,9 +270,10 @@ mod tests {
     async fn mint_without_secret_is_secret_missing() {
         let config = json!({});
         let ceiling = Value::Null;
+        let bound = PastedSecret.bind(&config, &ceiling).unwrap();
         let n = Narrowing::none();
         let req = MintRequest {
-            binding: ctx(&config, &ceiling),
+            binding: ctx(&config, &ceiling, &bound),
             instance_id: "i",
             worker: "w",
             narrowing: &n,

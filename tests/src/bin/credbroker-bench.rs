@@ -593,6 +593,7 @@ async fn run(args: Args) {
     }
     let (_, binding) = call(&mut op, Method::GET, "/v1/admin/bindings/aws", None).await;
     let cfg = binding["binding"]["config"].clone();
+    let bound = credbroker_providers::Provider::bind(&provider, &cfg, &Value::Null).unwrap();
     let n = 200;
     let mut direct = Vec::new();
     for i in 0..n {
@@ -606,6 +607,7 @@ async fn run(args: Args) {
                 binding_id: "aws",
                 config: &cfg,
                 ceiling: &Value::Null,
+                bound: &bound,
             },
             instance_id: "i-aws",
             worker: "w1",
