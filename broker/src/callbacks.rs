@@ -176,60 +176,58 @@ impl CallbackService {
             .first()
             .cloned()
             .ok_or_else(|| rejected("redirect names no installation"))?;
+        // Looked up without the admin lock: an unknown state (the common anonymous probe)
+        // is refused before it can queue behind operators' changes. Consumption below is a
+        // precondition of its batch, so concurrent uses cannot both win.
+        let (state_key, read) = self
+            .core
+            .records
+            .callback_state(&redirect.state)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+            .ok_or_else(|| rejected("unknown or already used state"))?;
+        let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
+        if read.provider != provider.id() {
+            return Err(rejected("state was issued for another provider").into());
+        }
         let tenant =
-            {
-                let _guard = self.admin.lock.lock().await;
-                let (state_key, read) = self
-                    .core
-                    .records
-                    .callback_state(&redirect.state)
-                    .await
-                    .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
-                    .ok_or_else(|| rejected("unknown or already used state"))?;
-                let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
-                if read.provider != provider.id() {
-                    return Err(rejected("state was issued for another provider").into());
-                }
-                let tenant = TenantId::parse(&read.tenant)
-                    .map_err(|_| rejected("state record is corrupt"))?;
-                event.tenant = Some(tenant.to_string());
-                // The state is consumed now, whatever follows: single use. The record saying so is
-                // durable first.
-                event.outcome = if expired { "denied" } else { "allowed" }.into();
-                event.detail = Some(format!(
-                    "state for tenant {tenant} {}; {identifier} action={}",
-                    if expired {
-                        "expired"
-                    } else {
-                        "accepted and consumed"
-                    },
-                    redirect.action
-                ));
-                if expired {
-                    event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
-                }
-                let receipt = self.core.audit.append(event.clone()).await.map_err(|_| {
-                    ApiError::new(
-                        ErrorCode::AuditUnavailable,
-                        "audit log unavailable; nothing was changed",
-                    )
-                })?;
-                // Consumed exactly as read: a second use of the same state fails here, on every
-                // replica, whatever the lock.
-                let mut batch = Batch::new();
-                batch.consume_callback_state(&state_key, &read);
-                self.core.records.commit(batch).await.map_err(|_| {
-                    ApiError::new(ErrorCode::Internal, "could not consume the state")
-                })?;
-                if expired {
-                    // Already audited above: no second record.
-                    return Err(Failure {
-                        err: rejected("state expired; start onboarding again"),
-                        audit_id: Some(receipt.audit_id),
-                    });
-                }
-                (tenant, receipt.audit_id)
-            };
+            TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
+        event.tenant = Some(tenant.to_string());
+        // The state is consumed now, whatever follows: single use. The record saying so is
+        // durable first (the one audited pipeline).
+        event.outcome = if expired { "denied" } else { "allowed" }.into();
+        event.detail = Some(format!(
+            "state for tenant {tenant} {}; {identifier} action={}",
+            if expired {
+                "expired"
+            } else {
+                "accepted and consumed"
+            },
+            redirect.action
+        ));
+        if expired {
+            event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
+        }
+        let mut batch = Batch::new();
+        batch.consume_callback_state(&state_key, &read);
+        let receipt = {
+            let _guard = self.admin.lock.lock().await;
+            self.admin
+                .commit_audited(event.clone(), batch, None)
+                .await
+                .map_err(|(err, second)| Failure {
+                    err,
+                    audit_id: second.map(|r| r.audit_id),
+                })?
+        };
+        if expired {
+            // Already audited above: no second record.
+            return Err(Failure {
+                err: rejected("state expired; start onboarding again"),
+                audit_id: Some(receipt.audit_id),
+            });
+        }
+        let tenant = (tenant, receipt.audit_id);
         let (tenant, audit_id) = tenant;
         let actor = event.actor.clone();
         // Already bound? To this tenant: re-probe; to another: refuse.
@@ -311,32 +309,14 @@ impl CallbackService {
         event.detail = Some(change.detail.clone());
         event.tenant = change.tenant.clone();
         event.binding = change.binding.clone();
-        let receipt = self.core.audit.append(event.clone()).await.map_err(|_| {
-            ApiError::new(
-                ErrorCode::AuditUnavailable,
-                "audit log unavailable; nothing was changed",
-            )
-        })?;
-        if !change.batch.ops.is_empty() {
-            if let Err(e) = self.core.records.commit(change.batch).await {
-                // The event's record is durable; a second one says the change did not land.
-                tracing::error!(error = %e, "webhook change failed after its audit record");
-                let failed = AuditEvent {
-                    outcome: "failed".into(),
-                    error_code: Some(ErrorCode::Internal.as_str().to_owned()),
-                    detail: Some(format!("commit of {} failed after audit", receipt.audit_id)),
-                    ..event.clone()
-                };
-                let second = self.core.audit.append(failed).await.ok();
-                return Err(Failure {
-                    err: ApiError::new(ErrorCode::Internal, "store write failed"),
-                    audit_id: second.map(|r| r.audit_id),
-                });
-            }
-        }
-        if let Some(b) = &change.binding {
-            self.core.cache.invalidate_binding(b);
-        }
+        let receipt = self
+            .admin
+            .commit_audited(event.clone(), change.batch, change.binding.as_deref())
+            .await
+            .map_err(|(err, second)| Failure {
+                err,
+                audit_id: second.map(|r| r.audit_id),
+            })?;
         drop(guard);
         if let Some(b) = change.reprobe {
             let _ = self

@@ -288,31 +288,11 @@ impl AdminService {
             binding.status,
             binding.last_probe.clone().unwrap_or_default()
         ));
-        let failed_template = event.clone();
-        let receipt = self.core.audit.append(event).await.map_err(|_| {
-            (
-                ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "audit log unavailable; nothing was changed",
-                ),
-                None,
-            )
-        })?;
         let mut batch = crate::store::Batch::new();
         batch.replace(&stored, &binding);
-        if let Err(e) = self.core.records.commit(batch).await {
-            // The probe's record says what it found; this one says it did not take effect.
-            let err = store_err(e);
-            let failed = AuditEvent {
-                outcome: "failed".into(),
-                error_code: Some(err.code.as_str().to_owned()),
-                detail: Some(format!("commit of {} failed after audit", receipt.audit_id)),
-                ..failed_template
-            };
-            let second = self.core.audit.append(failed).await.ok();
-            return Err((err, second));
-        }
-        self.core.cache.invalidate_binding(binding.id.as_str());
+        let receipt = self
+            .commit_audited(event, batch, Some(binding.id.as_str()))
+            .await?;
         match (outcome, error) {
             (Ok(summary), _) => Ok(AdminOutcome {
                 response: json!({ "binding": to_value(&binding), "probe": { "result": "passed", "summary": summary } }),

@@ -287,27 +287,13 @@ impl AdminService {
         event.detail = Some(plan.detail.clone());
         event.tenant = plan.tenant.clone();
         event.binding = plan.binding.clone();
-        let receipt = self.core.audit.append(event.clone()).await.map_err(|e| {
-            tracing::error!(error = %e, "admin change refused: audit unavailable");
-            (
-                ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "audit log unavailable; nothing was changed",
-                ),
-                None,
+        let receipt = self
+            .commit_audited(
+                event.clone(),
+                plan.batch,
+                plan.invalidate_binding.as_deref(),
             )
-        })?;
-        if let Err(e) = self.core.records.commit(plan.batch).await {
-            let err = store_err(e);
-            event.outcome = "failed".into();
-            event.error_code = Some(err.code.as_str().to_owned());
-            event.detail = Some(format!("commit of {} failed after audit", receipt.audit_id));
-            let second = self.core.audit.append(event).await.ok();
-            return Err((err, second));
-        }
-        if let Some(b) = plan.invalidate_binding {
-            self.core.cache.invalidate_binding(&b);
-        }
+            .await?;
         if let Some(kind) = plan.reload_keys {
             if let Err(e) = self.load_platform_keys(&kind).await {
                 tracing::error!(kind, error = %e, "platform keys could not be loaded after a change");
@@ -319,6 +305,46 @@ impl AdminService {
             created: plan.created,
             receipt,
         })
+    }
+
+    /// The one audited pipeline every change goes through (operator changes, probes,
+    /// callbacks, the broker's own flags): `event`'s record is made durable first, then
+    /// `batch` is committed, then the token cache forgets `invalidate`; a commit that fails
+    /// after its record gets a second record saying so. Callers run it where a dropped
+    /// client cannot cut it in two ([`AdminService::execute`] spawns; the server spawns
+    /// callbacks).
+    ///
+    /// # Errors
+    /// `audit_unavailable` (nothing changed), or the commit's error with the receipt of the
+    /// second record.
+    pub(crate) async fn commit_audited(
+        &self,
+        mut event: AuditEvent,
+        batch: Batch,
+        invalidate: Option<&str>,
+    ) -> Result<AuditReceipt, (ApiError, Option<AuditReceipt>)> {
+        let receipt = self.core.audit.append(event.clone()).await.map_err(|e| {
+            tracing::error!(error = %e, "change refused: audit unavailable");
+            (
+                ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "audit log unavailable; nothing was changed",
+                ),
+                None,
+            )
+        })?;
+        if let Err(e) = self.core.records.commit(batch).await {
+            let err = store_err(e);
+            event.outcome = "failed".into();
+            event.error_code = Some(err.code.as_str().to_owned());
+            event.detail = Some(format!("commit of {} failed after audit", receipt.audit_id));
+            let second = self.core.audit.append(event).await.ok();
+            return Err((err, second));
+        }
+        if let Some(b) = invalidate {
+            self.core.cache.invalidate_binding(b);
+        }
+        Ok(receipt)
     }
 
     async fn plan(&self, op: AdminOp) -> Result<Plan, ApiError> {
