@@ -334,10 +334,19 @@ impl AdminService {
             )
         })?;
         if let Err(e) = self.core.records.commit(batch).await {
+            // A precondition failure wrote nothing; a backend failure (a failed flush) may
+            // have landed: the record says which.
+            let outcome = match e {
+                StoreError::Precondition { .. } => "nothing was written",
+                _ => "its outcome is unknown until the store is checked",
+            };
             let err = store_err(e);
             event.outcome = "failed".into();
             event.error_code = Some(err.code.as_str().to_owned());
-            event.detail = Some(format!("commit of {} failed after audit", receipt.audit_id));
+            event.detail = Some(format!(
+                "commit of {} failed after audit; {outcome}",
+                receipt.audit_id
+            ));
             let second = self.core.audit.append(event).await.ok();
             return Err((err, second));
         }
