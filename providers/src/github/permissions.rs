@@ -190,8 +190,14 @@ impl GithubCeiling {
         let doc: CeilingDoc =
             serde_json::from_value(v.clone()).map_err(|e| format!("GitHub ceiling: {e}"))?;
         let _ = doc.description;
+        let permissions = parse_permissions(&doc.permissions)?;
+        // A token request with no permissions gets every permission of the installation:
+        // an empty ceiling would be the widest one.
+        if permissions.is_empty() {
+            return Err("GitHub ceiling: permissions must name at least one permission".into());
+        }
         Ok(GithubCeiling {
-            permissions: parse_permissions(&doc.permissions)?,
+            permissions,
             repositories: match &doc.repositories {
                 None => None,
                 Some(r) => parse_repos(r)?,
@@ -381,5 +387,15 @@ mod tests {
         let higher =
             GithubCeiling::from_value(&json!({"permissions": {"issues": "admin"}})).unwrap();
         assert!(higher.within(&c).is_err());
+    }
+
+    #[test]
+    fn an_empty_ceiling_is_refused() {
+        let err = GithubCeiling::from_value(&json!({"permissions": {}})).unwrap_err();
+        assert!(err.contains("at least one permission"), "{err}");
+        assert!(
+            GithubCeiling::from_value(&json!({"permissions": {}, "repositories": ["a"]})).is_err()
+        );
+        assert!(GithubCeiling::from_value(&json!({"permissions": {"contents": "read"}})).is_ok());
     }
 }

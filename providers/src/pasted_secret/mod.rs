@@ -91,7 +91,15 @@ fn ceiling_fields(ceiling: &Value) -> Result<Option<Vec<String>>, ProviderError>
         return Ok(None);
     }
     let names = field_list(ceiling, "ceiling").map_err(ProviderError::InvalidConfig)?;
-    Ok(if names.is_empty() { None } else { Some(names) })
+    // An empty list used to mean "every field": the widest ceiling written as the narrowest.
+    // No ceiling (null) allows every field; a ceiling must name at least one.
+    if names.is_empty() {
+        return Err(ProviderError::InvalidConfig(
+            "ceiling.fields must name at least one field (omit the ceiling to allow every field)"
+                .into(),
+        ));
+    }
+    Ok(Some(names))
 }
 
 #[async_trait]
@@ -284,5 +292,20 @@ mod tests {
             PastedSecret.mint(&req).await.err(),
             Some(ProviderError::SecretMissing)
         );
+    }
+
+    #[test]
+    fn an_empty_ceiling_is_refused_not_read_as_every_field() {
+        let config = json!({});
+        for ceiling in [json!({"fields": []}), json!({})] {
+            assert!(
+                matches!(
+                    PastedSecret.bind(&config, &ceiling),
+                    Err(ProviderError::InvalidConfig(_))
+                ),
+                "{ceiling}"
+            );
+        }
+        assert!(PastedSecret.bind(&config, &Value::Null).is_ok());
     }
 }
