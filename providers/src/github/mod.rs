@@ -146,6 +146,31 @@ struct BindingConfig {
     installation_id: u64,
 }
 
+/// The API base must be https; plain http only to a loopback address (tests, a local fake),
+/// decided on the parsed host, not a string prefix (`http://127.0.0.1.evil.example` is not
+/// loopback).
+fn check_api_base(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("api_base_url {url:?} is not a URL"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("api_base_url {url:?} has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http")
+            if host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err("api_base_url must be https (plain http only to a loopback address)".into()),
+    }
+}
+
 /// A binding as [`Provider::bind`] parsed it.
 struct GithubBinding {
     installation: u64,
@@ -216,11 +241,7 @@ impl GithubApp {
             ),
             None => None,
         };
-        if !settings.api_base_url.starts_with("https://")
-            && !settings.api_base_url.starts_with("http://127.0.0.1")
-        {
-            return Err("api_base_url must be https".into());
-        }
+        check_api_base(&settings.api_base_url)?;
         Ok(GithubApp {
             settings,
             ceiling,
@@ -886,5 +907,29 @@ mod tests {
     fn query_parsing() {
         assert_eq!(query_param("a=1&state=xyz", "state"), Some("xyz".into()));
         assert_eq!(query_param("a=1", "state"), None);
+    }
+
+    #[test]
+    fn plain_http_only_to_a_loopback_host() {
+        for ok in [
+            "https://api.github.com",
+            "https://ghe.example/api/v3",
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9",
+            "http://[::1]:9000",
+        ] {
+            assert!(check_api_base(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1.evil.example",
+            "http://127.0.0.1@evil.example",
+            "http://localhost.evil.example",
+            "http://10.0.0.1",
+            "ftp://127.0.0.1",
+            "127.0.0.1:80",
+            "not a url",
+        ] {
+            assert!(check_api_base(bad).is_err(), "{bad}");
+        }
     }
 }
