@@ -27,10 +27,11 @@ pub enum ErrorCode {
     NotFound,
     /// Route exists, method does not.
     MethodNotAllowed,
-    /// The instance id is not in the store.
+    /// The instance id is not in the store, or belongs to a tenant the worker may not serve
+    /// (one answer for both, so ids cannot be probed).
     UnknownInstance,
     /// The caller is not a worker, the worker is unknown or disabled, or it may not act for
-    /// the instance's tenant or connector kind.
+    /// the instance's connector kind.
     WorkerNotAuthorized,
     /// The caller is not an operator (admin API).
     OperatorRequired,

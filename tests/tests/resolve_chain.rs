@@ -24,11 +24,26 @@ async fn tenant_chain_is_enforced_and_every_request_is_audited() {
     assert!(v["audit_id"].as_str().unwrap().starts_with("aud_"));
     assert!(v["request_id"].as_str().unwrap().starts_with("req_"));
 
-    // The same worker asking for another tenant's instance.
-    let (s, v) = resolve(&mut w1, json!({"instance_id": "i2"})).await;
+    // The same worker asking for another tenant's instance gets exactly the answer for an
+    // instance that does not exist: it cannot learn which ids other tenants use.
+    let (s, other) = resolve(&mut w1, json!({"instance_id": "i2"})).await;
     requests += 1;
-    assert_eq!((s, code(&v)), (403, "worker_not_authorized"));
-    assert!(v["error"]["audit_id"].as_str().is_some());
+    assert_eq!((s, code(&other)), (404, "unknown_instance"));
+    assert!(other["error"]["audit_id"].as_str().is_some());
+    let (s2, none) = resolve(&mut w1, json!({"instance_id": "no-such-instance"})).await;
+    requests += 1;
+    assert_eq!(
+        (s2, &none["error"]["code"], &none["error"]["message"]),
+        (s, &other["error"]["code"], &other["error"]["message"])
+    );
+    // The audit record keeps the truth.
+    let records = daemon.audit_records();
+    let hidden = records
+        .iter()
+        .find(|r| r["request_id"] == other["error"]["request_id"])
+        .unwrap();
+    assert_eq!(hidden["tenant"], "t2");
+    assert!(hidden["detail"].as_str().unwrap().contains("may not serve"));
 
     // A payload tenant_id that disagrees with the store.
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1", "tenant_id": "t2"})).await;
@@ -318,8 +333,9 @@ async fn cached_chain_records_never_outlive_a_committed_change() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    // Another tenant's instance now: answered like an instance that does not exist.
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
-    assert_eq!((s, code(&v)), (403, "worker_not_authorized"));
+    assert_eq!((s, code(&v)), (404, "unknown_instance"));
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i2"})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["credentials"]["token"], "t2-token");

@@ -78,6 +78,8 @@ pub struct ChainFacts {
     pub binding: Option<BindingId>,
     /// The binding's provider name.
     pub provider: Option<String>,
+    /// What the audit record says beyond the answer, when the answer hides it.
+    pub detail: Option<&'static str>,
 }
 
 /// A refused chain: the error answered and the facts established before the refusal.
@@ -130,6 +132,7 @@ impl VerifiedChain {
             tenant: Some(self.tenant.id.clone()),
             binding: Some(self.binding.id.clone()),
             provider: Some(self.binding.provider.clone()),
+            detail: None,
         }
     }
 }
@@ -150,6 +153,10 @@ pub fn worker_of(peer: Option<&PeerIdentity>) -> Result<&WorkerId, ApiError> {
             "client certificate names no worker identity in this trust domain",
         )),
     }
+}
+
+fn unknown_instance() -> ApiError {
+    ApiError::new(ErrorCode::UnknownInstance, "no such connector instance")
 }
 
 fn store_failure(e: StoreError) -> ApiError {
@@ -210,13 +217,13 @@ async fn check_links(
         .instance(&request.instance)
         .await
         .map_err(store_failure)?
-        .ok_or_else(|| ApiError::new(ErrorCode::UnknownInstance, "no such connector instance"))?;
+        .ok_or_else(unknown_instance)?;
     facts.tenant = Some(instance.tenant.clone());
     if !worker.tenants.contains(&instance.tenant) {
-        return Err(ApiError::new(
-            ErrorCode::WorkerNotAuthorized,
-            "worker is not authorized for this instance's tenant",
-        ));
+        // The same answer as for an instance that does not exist, so a worker cannot learn
+        // which ids other tenants use; the audit record keeps the truth (tenant, detail).
+        facts.detail = Some("the instance belongs to a tenant the worker may not serve");
+        return Err(unknown_instance());
     }
     if !worker.connector_kinds.is_empty()
         && !worker.connector_kinds.contains(&instance.connector_kind)
@@ -462,6 +469,7 @@ mod tests {
                 tenant: Some(tid("t1")),
                 binding: Some(bid("b1")),
                 provider: Some("pasted_secret".into()),
+                detail: None,
             }
         );
     }
@@ -505,12 +513,17 @@ mod tests {
             w.tenants = vec![tid("t2")]
         });
         let (code, facts) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
-        assert_eq!(code, ErrorCode::WorkerNotAuthorized);
+        assert_eq!(
+            code,
+            ErrorCode::UnknownInstance,
+            "the same answer as an instance that does not exist"
+        );
         assert_eq!(
             facts.tenant,
             Some(tid("t1")),
             "the store's tenant is recorded"
         );
+        assert!(facts.detail.is_some(), "the audit record says why");
     }
 
     #[test]

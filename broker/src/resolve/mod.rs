@@ -430,6 +430,7 @@ fn audit_event(
         Err(r) => {
             event.error_code = Some(r.error.code.as_str().to_owned());
             event.upstream_request_id = r.upstream_request_id.clone();
+            event.detail = r.facts.detail.map(str::to_owned);
             if r.trust_broken {
                 event.detail = Some(TRUST_BROKEN_DETAIL.to_owned());
             }
