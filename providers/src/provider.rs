@@ -299,6 +299,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Any [`ProviderError`]; upstream failures are `Denied` or `Unavailable`.
     async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError>;
 
+    /// The longest lifetime, in seconds, of a credential minted for `binding`; `None` for
+    /// credentials that do not expire (pasted secrets). The core refuses a `min_ttl_s` no
+    /// fresh credential could satisfy, instead of minting upstream on every call.
+    fn credential_lifetime_s(&self, _binding: &BindingContext<'_>) -> Option<u64> {
+        None
+    }
+
     /// What credentials minted for `binding` name beyond the binding (see
     /// [`CredentialScope`]); the default names nothing, so one cached credential serves every
     /// instance and worker of the binding.

@@ -1030,3 +1030,35 @@ async fn a_re_created_binding_never_receives_its_predecessors_credential() {
         );
     }
 }
+
+/// One tenant's worker must not turn every resolve into an STS call by asking for more
+/// remaining lifetime than any session has (issue 10, item 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_min_ttl_no_session_can_meet_is_refused_before_sts() {
+    let mut env = start().await;
+    active_aws_binding(&mut env).await;
+    let calls = env.sts.state.calls();
+    for min_ttl in [3600, 43_200] {
+        let (s, v) = resolve(
+            &mut env.w1,
+            json!({"instance_id": "i-aws", "min_ttl_s": min_ttl}),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("3600"),
+            "names the maximum: {v}"
+        );
+    }
+    assert_eq!(
+        env.sts.state.calls(),
+        calls,
+        "no STS call for a refused request"
+    );
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "min_ttl_s": 3000}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}

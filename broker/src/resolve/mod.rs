@@ -293,6 +293,14 @@ impl ResolveService {
             ceiling: &binding.ceiling,
             bound: &bound,
         };
+        // A min_ttl_s no fresh credential can meet would mint upstream on every call.
+        if let Some(lifetime) = provider.credential_lifetime_s(&ctx) {
+            if request.min_ttl_s >= lifetime {
+                return Err(refused(ApiError::bad_request(format!(
+                    "min_ttl_s must be below {lifetime}, the lifetime of this binding's credentials"
+                ))));
+            }
+        }
         let narrowing = provider
             .normalize_narrowing(&ctx, request.narrow.as_ref())
             .map_err(|e| refused(e.into()))?;

@@ -484,6 +484,15 @@ impl Provider for AwsAssumeRole {
         }
     }
 
+    fn credential_lifetime_s(&self, binding: &BindingContext<'_>) -> Option<u64> {
+        let parsed = &binding.bound.get::<AwsBinding>().ok()?.parsed;
+        Some(u64::from(params::clamp_duration(
+            parsed.duration_s,
+            self.settings.default_duration_s,
+            self.settings.max_duration_s,
+        )))
+    }
+
     fn credential_scope(&self, binding: &BindingContext<'_>) -> CredentialScope {
         // RoleSessionName names the instance; SourceIdentity (when enabled) the worker.
         CredentialScope {

@@ -527,6 +527,11 @@ impl Provider for GithubApp {
         }))
     }
 
+    fn credential_lifetime_s(&self, _binding: &BindingContext<'_>) -> Option<u64> {
+        // Installation access tokens expire after one hour.
+        Some(3600)
+    }
+
     fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value {
         match binding.bound.get::<GithubBinding>() {
             Ok(b) => TokenRequest::from_ceiling(&b.ceiling).to_value(),
