@@ -1062,3 +1062,48 @@ async fn a_min_ttl_no_session_can_meet_is_refused_before_sts() {
     .await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// A probe waits on the customer's STS; it must not hold up other operators' changes
+/// (issue 10, item 12: no lock held across an upstream call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_probe_does_not_hold_up_other_changes() {
+    let mut env = start_opts("", false, 5000).await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    bind(&mut env, "aws1", "i-aws", &arn).await;
+    env.sts.faults().delay = std::time::Duration::from_millis(1500);
+    let probing = {
+        let pki = env.pki.clone();
+        let url = env.daemon.url.clone();
+        tokio::spawn(async move {
+            let mut op = pki.client_for("op", &url);
+            call(
+                &mut op,
+                Method::POST,
+                "/v1/admin/bindings/aws1/probe",
+                Some(json!({})),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t-meanwhile"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(
+        !probing.is_finished(),
+        "the change had to wait for the probe's STS calls"
+    );
+    env.sts.faults().delay = std::time::Duration::ZERO;
+    let (s, v) = probing.await.unwrap();
+    assert_eq!(s, 200, "{v}");
+}

@@ -247,11 +247,6 @@ impl AdminService {
             actor: actor.to_owned(),
             ..Default::default()
         };
-        let _guard = if op.is_read() {
-            None
-        } else {
-            Some(self.lock.lock().await)
-        };
         let op = match op {
             AdminOp::SetStatus(Collection::Bindings, id, Status::Active)
                 if self.needs_activation(&id).await =>
@@ -261,12 +256,20 @@ impl AdminService {
             }
             other => other,
         };
+        // Operations that call an upstream run without the local lock, so a slow upstream
+        // never holds up other changes; their commits are preconditioned on what they read
+        // (a binding changed meanwhile makes the probe's stamp fail, not overwrite it).
         if let AdminOp::Probe(id) = &op {
             return self.probe_binding(id, event, started).await;
         }
         if let AdminOp::RevokeCached(provider) = &op {
             return self.revoke_cached(provider, event).await;
         }
+        let _guard = if op.is_read() {
+            None
+        } else {
+            Some(self.lock.lock().await)
+        };
         let planned = self.plan(op).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let plan = match planned {
