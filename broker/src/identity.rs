@@ -2,14 +2,14 @@
 //!
 //! rustls has already verified the chain to the client CA (and the CRL) before this runs; this
 //! module only decides which identity the certificate names. A certificate must carry exactly
-//! one `spiffe://` URI SAN, in our trust domain, of the form `/worker/<name>` or
-//! `/operator/<name>`. Anything else — no SAN, several SPIFFE ids, another trust domain, extra
+//! one `spiffe://` URI SAN, in our trust domain, of the form `/worker/<name>`,
+//! `/operator/<name>` or `/metrics/<name>` (a scraper: `/metrics` only). Anything else — no SAN, several SPIFFE ids, another trust domain, extra
 //! path segments — is no identity at all, so it can neither resolve nor administer.
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::ids::{OperatorId, WorkerId};
+use crate::ids::{MetricsId, OperatorId, WorkerId};
 
 /// The verified identity of a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub enum PeerIdentity {
     Worker(WorkerId),
     /// An operator: may call `/v1/admin/*`.
     Operator(OperatorId),
+    /// A metrics scraper: may read `/metrics`, nothing else.
+    Metrics(MetricsId),
 }
 
 impl PeerIdentity {
@@ -26,6 +28,7 @@ impl PeerIdentity {
         match self {
             PeerIdentity::Worker(w) => format!("worker:{w}"),
             PeerIdentity::Operator(o) => format!("operator:{o}"),
+            PeerIdentity::Metrics(m) => format!("metrics:{m}"),
         }
     }
 }
@@ -48,8 +51,8 @@ pub enum IdentityError {
         /// The configured trust domain.
         expected: String,
     },
-    /// The SPIFFE path is not `/worker/<name>` or `/operator/<name>`.
-    #[error("SPIFFE id path must be /worker/<name> or /operator/<name>")]
+    /// The SPIFFE path is not `/worker/<name>`, `/operator/<name>` or `/metrics/<name>`.
+    #[error("SPIFFE id path must be /worker/<name>, /operator/<name> or /metrics/<name>")]
     UnknownRole,
 }
 
@@ -102,6 +105,9 @@ pub fn parse_spiffe_id(uri: &str, trust_domain: &str) -> Result<PeerIdentity, Id
             .map_err(|_| IdentityError::UnknownRole),
         "operator" => OperatorId::parse(name)
             .map(PeerIdentity::Operator)
+            .map_err(|_| IdentityError::UnknownRole),
+        "metrics" => MetricsId::parse(name)
+            .map(PeerIdentity::Metrics)
             .map_err(|_| IdentityError::UnknownRole),
         _ => Err(IdentityError::UnknownRole),
     }

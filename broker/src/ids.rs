@@ -101,6 +101,9 @@ id_type!(
 id_type!(
     /// An operator, as named in its certificate's SPIFFE id.
     OperatorId, "operator id");
+id_type!(
+    /// A metrics scraper, as named in its certificate's SPIFFE id.
+    MetricsId, "metrics scraper id");
 
 #[cfg(test)]
 mod tests {

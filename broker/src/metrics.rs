@@ -25,15 +25,6 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
-/// Labels of a per-subject mint counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SubjectLabels {
-    /// Provider name.
-    pub provider: String,
-    /// What was minted for (e.g. a GitHub installation id).
-    pub subject: String,
-}
-
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -61,8 +52,9 @@ pub struct Metrics {
     pub handshake_failures: Counter,
     /// Admin requests.
     pub admin_requests: Counter,
-    /// Upstream mints by provider and subject (e.g. GitHub installation).
-    pub mints: Family<SubjectLabels, Counter>,
+    /// Upstream mints by provider. (No per-customer label: metrics carry no customer
+    /// identifiers.)
+    pub mints: Family<ProviderLabel, Counter>,
     /// Provider callbacks by outcome.
     pub callbacks: Family<ResolveLabels, Counter>,
     /// 1 while a provider's circuit is open.
@@ -137,12 +129,8 @@ impl Metrics {
             "Admin API requests",
             admin_requests.clone(),
         );
-        let mints = Family::<SubjectLabels, Counter>::default();
-        registry.register(
-            "mints",
-            "Upstream mints by provider and subject",
-            mints.clone(),
-        );
+        let mints = Family::<ProviderLabel, Counter>::default();
+        registry.register("mints", "Upstream mints by provider", mints.clone());
         let callbacks = Family::<ResolveLabels, Counter>::default();
         registry.register(
             "callbacks",

@@ -357,13 +357,28 @@ async fn handle(
                 )
             }
         }
-        Ok(Endpoint::Metrics) => {
+        // Metrics are for a scraper's (or an operator's) certificate, not for workers: they
+        // describe every tenant's traffic.
+        Ok(Endpoint::Metrics)
+            if matches!(
+                peer,
+                Some(PeerIdentity::Metrics(_) | PeerIdentity::Operator(_))
+            ) =>
+        {
             content_type = "text/plain; version=0.0.4; charset=utf-8";
             Answer {
                 status: StatusCode::OK,
                 body: Zeroizing::new(broker.metrics_text().into_bytes()),
             }
         }
+        Ok(Endpoint::Metrics) => error_answer(
+            &ApiError::new(
+                ErrorCode::OperatorRequired,
+                "metrics need a metrics (spiffe://<trust-domain>/metrics/<name>) or operator certificate",
+            ),
+            None,
+            &request_id,
+        ),
         Ok(Endpoint::OpenApi) => Answer {
             status: StatusCode::OK,
             body: Zeroizing::new(crate::openapi::document_text().into_bytes()),

@@ -136,7 +136,7 @@ pub struct IssuedCredential {
     /// selection…), `null` when there are none.
     pub details: Value,
     /// What the credential was minted for (e.g. a GitHub installation id), for the
-    /// per-subject mint volume metric.
+    /// broker's debug log (never a metric label).
     pub subject: Option<String>,
 }
 

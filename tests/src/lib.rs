@@ -124,6 +124,11 @@ impl TestPki {
         self.client(name, &format!("spiffe://{TD}/operator/{name}"))
     }
 
+    /// A metrics scraper certificate `spiffe://TD/metrics/<name>`.
+    pub fn metrics(&self, name: &str) -> u64 {
+        self.client(name, &format!("spiffe://{TD}/metrics/{name}"))
+    }
+
     /// A worker certificate that expired yesterday.
     pub fn expired_worker(&self, name: &str) {
         let now = time::OffsetDateTime::now_utc();
@@ -542,12 +547,21 @@ pub fn public_client(pki: &TestPki, url: &str) -> BrokerClient {
     BrokerClient::with_config(url, Arc::new(config)).unwrap()
 }
 
-/// A tempdir plus a PKI with worker `w1`, operator `op`.
+/// A tempdir plus a PKI with worker `w1`, operator `op`, metrics scraper `prom`.
 pub fn setup() -> (tempfile::TempDir, Arc<TestPki>) {
     init_crypto();
     let tmp = tempfile::tempdir().unwrap();
     let pki = TestPki::new(&tmp.path().join("pki"));
     pki.worker("w1");
     pki.operator("op");
+    pki.metrics("prom");
     (tmp, Arc::new(pki))
+}
+
+/// `GET /metrics` with the metrics scraper's certificate (`prom`); the status and body.
+pub async fn scrape(pki: &TestPki, url: &str) -> (http::StatusCode, Vec<u8>) {
+    pki.client_for("prom", url)
+        .request(http::Method::GET, "/metrics", None)
+        .await
+        .unwrap()
 }

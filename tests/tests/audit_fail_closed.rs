@@ -53,7 +53,7 @@ async fn a_full_disk_fails_resolves_closed_and_service_recovers() {
     )
     .await;
     assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
-    let (_, metrics) = w1.request(Method::GET, "/metrics", None).await.unwrap();
+    let (_, metrics) = scrape(&pki, &daemon.url).await;
     assert!(String::from_utf8(metrics)
         .unwrap()
         .contains("credbroker_audit_healthy 0"));

@@ -670,7 +670,7 @@ async fn a_circuit_breaker_stops_hammering_a_dead_upstream() {
     );
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(true)));
-    let (_, m) = env.w1.request(Method::GET, "/metrics", None).await.unwrap();
+    let (_, m) = scrape(&env.pki, &env.daemon.url).await;
     assert!(String::from_utf8(m)
         .unwrap()
         .contains("credbroker_circuit_open{provider=\"aws_assume_role\"} 1"));

@@ -250,8 +250,7 @@ async fn hostile_clients_do_not_starve_workers() {
     }
 
     // Counters saw it; memory stayed bounded.
-    let mut w = pki.client_for("w1", &daemon.url);
-    let (_, m) = w.request(Method::GET, "/metrics", None).await.unwrap();
+    let (_, m) = scrape(&pki, &daemon.url).await;
     let m = String::from_utf8(m).unwrap();
     let counter = |name: &str| -> u64 {
         m.lines()

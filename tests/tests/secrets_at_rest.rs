@@ -243,7 +243,7 @@ async fn a_canary_secret_never_leaks() {
     .await;
     assert_eq!((s, code(&v)), (403, "narrowing_exceeds_ceiling"));
     responses.push_str(&v.to_string());
-    let (_, metrics) = w1.request(Method::GET, "/metrics", None).await.unwrap();
+    let (_, metrics) = scrape(&pki, &daemon.url).await;
     responses.push_str(&String::from_utf8_lossy(&metrics));
 
     let (c, export, _) = daemon.cli(&[

@@ -115,7 +115,7 @@ async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
     let (s, v) = resolve(&mut w, json!({"instance_id": "i1"})).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"));
 
-    let (_, metrics) = w.request(Method::GET, "/metrics", None).await.unwrap();
+    let (_, metrics) = scrape(&pki, &url).await;
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("credbroker_cache_hits_total"), "{metrics}");
     assert!(

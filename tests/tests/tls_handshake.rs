@@ -52,10 +52,14 @@ async fn untrusted_clients_are_refused_at_the_handshake() {
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
     assert_eq!(s, 200);
+    // Workers do not read metrics (they describe every tenant's traffic); a scraper does.
     let (s, v) = call(&mut w1, Method::GET, "/metrics", None).await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    let mut prom = pki.client_for("prom", &daemon.url);
+    let (s, v) = call(&mut prom, Method::GET, "/metrics", None).await;
     assert_eq!(s, 200);
     assert_eq!(v, serde_json::Value::Null, "metrics are text, not JSON");
-    let (status, body) = w1.request(Method::GET, "/metrics", None).await.unwrap();
+    let (status, body) = scrape(&pki, &daemon.url).await;
     assert_eq!(status.as_u16(), 200);
     let text = String::from_utf8(body).unwrap();
     assert!(

@@ -144,9 +144,9 @@ impl VerifiedChain {
 pub fn worker_of(peer: Option<&PeerIdentity>) -> Result<&WorkerId, ApiError> {
     match peer {
         Some(PeerIdentity::Worker(w)) => Ok(w),
-        Some(PeerIdentity::Operator(_)) => Err(ApiError::new(
+        Some(PeerIdentity::Operator(_) | PeerIdentity::Metrics(_)) => Err(ApiError::new(
             ErrorCode::WorkerNotAuthorized,
-            "operator identities cannot resolve credentials",
+            "only worker identities resolve credentials",
         )),
         None => Err(ApiError::new(
             ErrorCode::WorkerNotAuthorized,

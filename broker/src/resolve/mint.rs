@@ -18,7 +18,7 @@ use credbroker_providers::{
 };
 
 use crate::breaker::{Admission, Breakers};
-use crate::metrics::{ProviderLabel, SubjectLabels};
+use crate::metrics::ProviderLabel;
 use crate::model::Binding;
 
 use super::chain::VerifiedChain;
@@ -26,8 +26,8 @@ use super::chain::VerifiedChain;
 /// The metrics a mint updates.
 #[derive(Clone)]
 pub struct MintMetrics {
-    /// Upstream mints by provider and subject.
-    pub mints: Family<SubjectLabels, Counter>,
+    /// Upstream mints by provider.
+    pub mints: Family<ProviderLabel, Counter>,
     /// Upstream mint latency by provider.
     pub mint_latency: Family<ProviderLabel, Histogram>,
 }
@@ -118,15 +118,14 @@ impl MintJob {
             );
         }
         if let Ok(cred) = &result {
-            if let Some(subject) = &cred.subject {
-                self.metrics
-                    .mints
-                    .get_or_create(&SubjectLabels {
-                        provider: provider_id.to_owned(),
-                        subject: subject.clone(),
-                    })
-                    .inc();
-            }
+            self.metrics
+                .mints
+                .get_or_create(&ProviderLabel {
+                    provider: provider_id.to_owned(),
+                })
+                .inc();
+            // What it was minted for goes to the log, never into a metric label.
+            tracing::debug!(provider = provider_id, subject = ?cred.subject, "minted");
         }
         self.metrics
             .mint_latency
