@@ -292,7 +292,16 @@ mod tests {
             b.push(Op::Put(Table::Meta, "schema_version".into(), b"1".to_vec()));
             store.inner.commit(b).unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        // sled releases its directory lock when its background threads have stopped, which
+        // may be a moment after the last handle is dropped.
+        let store = (0..100)
+            .find_map(|_| {
+                SledStore::open(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                })
+            })
+            .unwrap();
         assert_eq!(
             store.inner.get(Table::Meta, "schema_version").unwrap(),
             Some(SCHEMA_VERSION.to_string().into_bytes())
