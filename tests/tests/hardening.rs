@@ -38,3 +38,41 @@ async fn an_empty_ceiling_is_refused_not_read_as_every_field() {
     .await;
     assert_eq!(s, 201, "{v}");
 }
+
+/// Someone who can read the data directory's files but not the broker's account must not
+/// find a usable key there: a key file readable by group or others is refused, at start
+/// and by offline commands (issue 10, item 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    daemon.stop();
+    let kek = daemon.data_dir.join("keys/kek.json");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(daemon_bin())
+        .args(["serve", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the daemon started with a world-readable KEK"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    let (c, _, err) = daemon.cli(&[
+        "keys",
+        "rotate-kek",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_ne!(c, 0);
+    assert!(err.contains("chmod 600"), "{err}");
+    // Fixed permissions: it starts again.
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    daemon.restart();
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
+    assert_eq!(s, 200);
+}

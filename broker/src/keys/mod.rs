@@ -52,6 +52,43 @@ pub fn random_bytes(n: usize) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     Ok(out)
 }
 
+/// Reads a private key file: not through a symlink, and only when neither group nor others
+/// may read or write it (mode 0600 or stricter), so a key left readable is refused rather
+/// than used.
+///
+/// # Errors
+/// When the file is missing, a symlink, or accessible to group or others.
+pub fn read_private_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    use std::io::Read;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                KeyError::Invalid(format!(
+                    "{} is a symbolic link; key files are read only directly",
+                    path.display()
+                ))
+            } else {
+                io_err(path)(e)
+            }
+        })?;
+    let mode = f.metadata().map_err(io_err(path))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Invalid(format!(
+            "{} is accessible to group or others (mode {:o}); make it readable by its owner only: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )));
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    f.read_to_end(&mut bytes).map_err(io_err(path))?;
+    Ok(bytes)
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600.
 ///
 /// # Errors
@@ -61,12 +98,19 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = path.with_extension("tmp");
+    // A leftover (a crash, or a link planted to redirect the write) is removed, never
+    // followed: the new file is created fresh, without following a symlink.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&tmp)(e)),
+    }
     {
         let mut f = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         f.write_all(bytes).map_err(io_err(&tmp))?;
@@ -140,7 +184,7 @@ impl Keyring {
     /// # Errors
     /// See [`Keyring::parse`]; also I/O errors.
     pub fn load(path: &Path) -> Result<Keyring, KeyError> {
-        let text = Zeroizing::new(fs::read(path).map_err(io_err(path))?);
+        let text = read_private_file(path)?;
         Keyring::parse(&text)
     }
 
@@ -243,7 +287,7 @@ impl AuditSigner {
     /// # Errors
     /// When the file is missing or not an Ed25519 PKCS#8 key file.
     pub fn load(path: &Path) -> Result<AuditSigner, KeyError> {
-        let text = Zeroizing::new(fs::read(path).map_err(io_err(path))?);
+        let text = read_private_file(path)?;
         let file: SigningKeyFile = serde_json::from_slice(&text)
             .map_err(|_| KeyError::Invalid(format!("{}: not an audit key file", path.display())))?;
         if file.algorithm != "ed25519" {
@@ -355,7 +399,7 @@ impl FingerprintKey {
     /// # Errors
     /// When missing or malformed.
     pub fn load(path: &Path) -> Result<FingerprintKey, KeyError> {
-        let text = Zeroizing::new(fs::read(path).map_err(io_err(path))?);
+        let text = read_private_file(path)?;
         let file: FingerprintKeyFile = serde_json::from_slice(&text).map_err(|_| {
             KeyError::Invalid(format!("{}: not a fingerprint key file", path.display()))
         })?;
@@ -434,5 +478,31 @@ mod tests {
         assert_ne!(a.fingerprint(b"t"), b.fingerprint(b"t"));
         let a2 = FingerprintKey::load(&dir.path().join("a")).unwrap();
         assert_eq!(a.fingerprint(b"t"), a2.fingerprint(b"t"));
+    }
+
+    #[test]
+    fn key_files_readable_by_others_or_behind_a_link_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.json");
+        Keyring::generate().unwrap().save(&path).unwrap();
+        assert!(Keyring::load(&path).is_ok());
+        for mode in [0o640, 0o604, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = Keyring::load(&path).err().unwrap().to_string();
+            assert!(err.contains("chmod 600"), "{mode:o}: {err}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = Keyring::load(&link).err().unwrap().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        // A link planted where the writer puts its temporary file is removed, not followed.
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&target, path.with_extension("tmp")).unwrap();
+        Keyring::generate().unwrap().save(&path).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"untouched");
+        assert!(Keyring::load(&path).is_ok());
     }
 }
