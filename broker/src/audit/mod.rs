@@ -15,6 +15,7 @@
 
 mod export;
 mod record;
+mod tail;
 mod verify;
 mod writer;
 

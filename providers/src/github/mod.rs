@@ -8,126 +8,35 @@
 //! redirect, and the `installation` webhook is verified (X-Hub-Signature-256, constant time)
 //! before its body is parsed.
 
+mod callbacks;
 pub mod lint;
 mod permissions;
+mod settings;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+pub use callbacks::{parse_installation_event, parse_setup_query, verify_signature};
 pub use permissions::{
     narrow, parse_permissions, GithubCeiling, Level, Permissions, TokenRequest, KNOWN_PERMISSIONS,
 };
+use settings::check_api_base;
+pub(crate) use settings::DESCRIPTOR;
+pub use settings::{GithubSettings, ID};
 
-use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue, KeysCli,
-    ProviderDescriptor, TemplateLint,
-};
 use crate::{
-    BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement,
-    IssuedCredential, MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport,
-    Provider, ProviderError, Revocation, SecretFields, SecretRequirement, SetupRedirect,
+    BindingContext, Bound, CachePolicy, Callbacks, CeilingEnforcement, IssuedCredential,
+    MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport, Provider, ProviderError,
+    Revocation, SecretFields, SecretRequirement,
 };
-
-/// Platform-side settings (`[providers.github_app]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GithubSettings {
-    /// The App's numeric id.
-    pub app_id: u64,
-    /// The App's client id; when set it is the JWT `iss` (GitHub accepts either).
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// REST API base (`https://api.github.com`, or `https://HOST/api/v3` for GHES).
-    #[serde(default = "default_api")]
-    pub api_base_url: String,
-    /// The App's install page, e.g. `https://github.com/apps/<slug>/installations/new`.
-    pub install_url: String,
-    /// File holding the webhook secret (mode 0600).
-    pub webhook_secret_file: std::path::PathBuf,
-    /// Optional App private key file (PEM) used when the store holds no active key.
-    #[serde(default)]
-    pub private_key_file: Option<std::path::PathBuf>,
-    /// The platform ceiling file (policies/github.json).
-    pub ceiling_file: std::path::PathBuf,
-    /// Per-request deadline, milliseconds.
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
-    /// Mints per installation per minute above which a warning is logged.
-    #[serde(default = "default_rate")]
-    pub mint_rate_warning_per_minute: u32,
-}
-
-impl GithubSettings {
-    /// Every file path in the settings, for the config loader to resolve relative paths
-    /// against the config file.
-    pub fn paths_mut(&mut self) -> Vec<&mut std::path::PathBuf> {
-        let mut paths = vec![&mut self.webhook_secret_file, &mut self.ceiling_file];
-        paths.extend(self.private_key_file.as_mut());
-        paths
-    }
-}
-
-/// The registry id.
-pub const ID: &str = "github_app";
-
-fn build(section: toml::Value, base: &std::path::Path) -> BuildFuture {
-    let built = section
-        .try_into::<GithubSettings>()
-        .map_err(|e| format!("{e}"))
-        .and_then(|mut settings| {
-            for p in settings.paths_mut() {
-                resolve_path(base, p);
-            }
-            GithubApp::new(settings)
-        })
-        .map(|p| Arc::new(p) as Arc<dyn Provider>);
-    Box::pin(async move { built })
-}
-
-/// The catalog entry.
-pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
-    id: ID,
-    availability: Availability::Configured(build),
-    cli: CliSpec {
-        name: "github",
-        about: "A GitHub App installation (normally bound by the install redirect; this binds by hand).",
-        binding_flags: &[ConfigFlag {
-            long: "installation-id",
-            help: "The installation id.",
-            value: FlagValue::Integer,
-            target: FlagTarget::Key("installation_id"),
-            required: true,
-        }],
-        onboard: Some("Print the App's install URL carrying a single-use state bound to the tenant (1 h)."),
-        keys: Some(KeysCli {
-            material_field: "private_key_pem",
-            file_help: "PEM file downloaded from the GitHub App settings.",
-        }),
-        revoke_tokens: true,
-    },
-    template_lint: Some(TemplateLint {
-        dir: "github",
-        run: lint::lint,
-    }),
-};
-
-fn default_api() -> String {
-    "https://api.github.com".into()
-}
-fn default_timeout() -> u64 {
-    5000
-}
-fn default_rate() -> u32 {
-    30
-}
 
 /// The provider.
 pub struct GithubApp {
@@ -144,31 +53,6 @@ pub struct GithubApp {
 #[serde(deny_unknown_fields)]
 struct BindingConfig {
     installation_id: u64,
-}
-
-/// The API base must be https; plain http only to a loopback address (tests, a local fake),
-/// decided on the parsed host, not a string prefix (`http://127.0.0.1.evil.example` is not
-/// loopback).
-fn check_api_base(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("api_base_url {url:?} is not a URL"))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("api_base_url {url:?} has no host"))?;
-    match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http")
-            if host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()) =>
-        {
-            Ok(())
-        }
-        _ => Err("api_base_url must be https (plain http only to a loopback address)".into()),
-    }
 }
 
 /// A binding as [`Provider::bind`] parsed it.
@@ -191,18 +75,6 @@ fn parse_config(config: &Value) -> Result<u64, ProviderError> {
 /// The exclusive identifier of an installation.
 pub fn installation_identifier(id: u64) -> String {
     format!("github_installation:{id}")
-}
-
-/// Verifies `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body)>` in constant time.
-pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
-    let Some(hex_sig) = header.and_then(|h| h.strip_prefix("sha256=")) else {
-        return false;
-    };
-    let Ok(sig) = hex::decode(hex_sig) else {
-        return false;
-    };
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-    aws_lc_rs::hmac::verify(&key, body, &sig).is_ok()
 }
 
 /// `sha256:<first 16 bytes hex>` of a key's PEM text: identifies it, reveals nothing.
@@ -751,190 +623,5 @@ impl PlatformKeys for GithubApp {
             *slot = parsed;
         }
         Ok(())
-    }
-}
-
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| v.to_owned())
-    })
-}
-
-impl Callbacks for GithubApp {
-    fn install_url(&self, state: &str) -> String {
-        format!("{}?state={state}", self.settings.install_url)
-    }
-
-    fn parse_setup(&self, query: &str) -> Result<SetupRedirect, String> {
-        parse_setup_query(query)
-    }
-
-    fn verify_webhook(
-        &self,
-        headers: &http::HeaderMap,
-        body: &[u8],
-    ) -> Result<CallbackEvent, String> {
-        let signature = headers
-            .get("x-hub-signature-256")
-            .and_then(|v| v.to_str().ok());
-        if signature.is_none() {
-            return Err("X-Hub-Signature-256 is missing".into());
-        }
-        // Constant-time check before the body is parsed at all.
-        if !verify_signature(
-            self.webhook_secret.expose_secret().as_bytes(),
-            body,
-            signature,
-        ) {
-            return Err("X-Hub-Signature-256 does not match".into());
-        }
-        let event = headers
-            .get("x-github-event")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        parse_installation_event(event, body)
-    }
-}
-
-/// Parses a setup redirect's query (`installation_id`, `setup_action`, `state`). Never panics
-/// on any input (fuzzed).
-///
-/// # Errors
-/// A message naming what is missing or malformed.
-pub fn parse_setup_query(query: &str) -> Result<SetupRedirect, String> {
-    let state = query_param(query, "state")
-        .filter(|s| !s.is_empty())
-        .ok_or("state is missing")?;
-    if !state.bytes().all(|b| b.is_ascii_alphanumeric()) || state.len() > 128 {
-        return Err("state is malformed".into());
-    }
-    let installation: u64 = query_param(query, "installation_id")
-        .and_then(|v| v.parse().ok())
-        .filter(|v| *v > 0)
-        .ok_or("installation_id is missing or not a number")?;
-    let action = query_param(query, "setup_action").unwrap_or_else(|| "install".into());
-    if !matches!(action.as_str(), "install" | "update" | "request") {
-        return Err("setup_action is not install, update or request".into());
-    }
-    Ok(SetupRedirect {
-        state,
-        config: json!({ "installation_id": installation }),
-        action,
-    })
-}
-
-/// Normalizes a webhook body whose signature was already verified. Never panics on any input
-/// (fuzzed).
-///
-/// # Errors
-/// A message when the body is malformed.
-pub fn parse_installation_event(event: &str, body: &[u8]) -> Result<CallbackEvent, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|_| "webhook body is not JSON".to_owned())?;
-    if event != "installation" {
-        return Ok(CallbackEvent::Ignored {
-            reason: format!(
-                "event {:?} is not handled",
-                event.chars().take(64).collect::<String>()
-            ),
-        });
-    }
-    let id = v
-        .pointer("/installation/id")
-        .and_then(Value::as_u64)
-        .ok_or("installation.id is missing")?;
-    let identifier = installation_identifier(id);
-    let action = v.get("action").and_then(Value::as_str).unwrap_or("");
-    Ok(match action {
-        "deleted" => CallbackEvent::Removed { identifier },
-        "suspend" => CallbackEvent::Suspended { identifier },
-        "unsuspend" => CallbackEvent::Unsuspended { identifier },
-        "new_permissions_accepted" => CallbackEvent::Changed {
-            identifier,
-            detail: format!(
-                "customer accepted new permissions: {}",
-                v.pointer("/installation/permissions")
-                    .map(Value::to_string)
-                    .unwrap_or_default()
-                    .chars()
-                    .take(500)
-                    .collect::<String>()
-            ),
-        },
-        "created" => CallbackEvent::Ignored {
-            reason: "installation created: bound by the setup redirect".into(),
-        },
-        other => CallbackEvent::Ignored {
-            reason: format!(
-                "installation action {:?} is not handled",
-                other.chars().take(64).collect::<String>()
-            ),
-        },
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signatures() {
-        let secret = b"a-webhook-secret-of-some-length";
-        let body = br#"{"action":"deleted"}"#;
-        let tag = aws_lc_rs::hmac::sign(
-            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),
-            body,
-        );
-        let header = format!("sha256={}", hex::encode(tag.as_ref()));
-        assert!(verify_signature(secret, body, Some(&header)));
-        assert!(!verify_signature(
-            secret,
-            b"{\"action\":\"created\"}",
-            Some(&header)
-        ));
-        assert!(!verify_signature(
-            b"other-secret-xxxxxxxxxxxxxxxxx",
-            body,
-            Some(&header)
-        ));
-        assert!(!verify_signature(secret, body, None));
-        assert!(!verify_signature(secret, body, Some("sha1=abc")));
-        assert!(!verify_signature(secret, body, Some("sha256=zz")));
-        assert!(!verify_signature(
-            secret,
-            body,
-            Some(&header[..header.len() - 2])
-        ));
-    }
-
-    #[test]
-    fn query_parsing() {
-        assert_eq!(query_param("a=1&state=xyz", "state"), Some("xyz".into()));
-        assert_eq!(query_param("a=1", "state"), None);
-    }
-
-    #[test]
-    fn plain_http_only_to_a_loopback_host() {
-        for ok in [
-            "https://api.github.com",
-            "https://ghe.example/api/v3",
-            "http://127.0.0.1:8080",
-            "http://127.9.9.9",
-            "http://[::1]:9000",
-        ] {
-            assert!(check_api_base(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "http://127.0.0.1.evil.example",
-            "http://127.0.0.1@evil.example",
-            "http://localhost.evil.example",
-            "http://10.0.0.1",
-            "ftp://127.0.0.1",
-            "127.0.0.1:80",
-            "not a url",
-        ] {
-            assert!(check_api_base(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -1,0 +1,160 @@
+//! `[providers.github_app]`: the platform's settings for the App, how the daemon builds the
+//! provider from them, and its catalog entry.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{lint, GithubApp};
+use crate::registry::{
+    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue, KeysCli,
+    ProviderDescriptor, TemplateLint,
+};
+use crate::Provider;
+
+/// Platform-side settings (`[providers.github_app]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSettings {
+    /// The App's numeric id.
+    pub app_id: u64,
+    /// The App's client id; when set it is the JWT `iss` (GitHub accepts either).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// REST API base (`https://api.github.com`, or `https://HOST/api/v3` for GHES).
+    #[serde(default = "default_api")]
+    pub api_base_url: String,
+    /// The App's install page, e.g. `https://github.com/apps/<slug>/installations/new`.
+    pub install_url: String,
+    /// File holding the webhook secret (mode 0600).
+    pub webhook_secret_file: std::path::PathBuf,
+    /// Optional App private key file (PEM) used when the store holds no active key.
+    #[serde(default)]
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// The platform ceiling file (policies/github.json).
+    pub ceiling_file: std::path::PathBuf,
+    /// Per-request deadline, milliseconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Mints per installation per minute above which a warning is logged.
+    #[serde(default = "default_rate")]
+    pub mint_rate_warning_per_minute: u32,
+}
+
+impl GithubSettings {
+    /// Every file path in the settings, for the config loader to resolve relative paths
+    /// against the config file.
+    pub fn paths_mut(&mut self) -> Vec<&mut std::path::PathBuf> {
+        let mut paths = vec![&mut self.webhook_secret_file, &mut self.ceiling_file];
+        paths.extend(self.private_key_file.as_mut());
+        paths
+    }
+}
+
+/// The registry id.
+pub const ID: &str = "github_app";
+
+fn build(section: toml::Value, base: &std::path::Path) -> BuildFuture {
+    let built = section
+        .try_into::<GithubSettings>()
+        .map_err(|e| format!("{e}"))
+        .and_then(|mut settings| {
+            for p in settings.paths_mut() {
+                resolve_path(base, p);
+            }
+            GithubApp::new(settings)
+        })
+        .map(|p| Arc::new(p) as Arc<dyn Provider>);
+    Box::pin(async move { built })
+}
+
+/// The catalog entry.
+pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+    id: ID,
+    availability: Availability::Configured(build),
+    cli: CliSpec {
+        name: "github",
+        about: "A GitHub App installation (normally bound by the install redirect; this binds by hand).",
+        binding_flags: &[ConfigFlag {
+            long: "installation-id",
+            help: "The installation id.",
+            value: FlagValue::Integer,
+            target: FlagTarget::Key("installation_id"),
+            required: true,
+        }],
+        onboard: Some("Print the App's install URL carrying a single-use state bound to the tenant (1 h)."),
+        keys: Some(KeysCli {
+            material_field: "private_key_pem",
+            file_help: "PEM file downloaded from the GitHub App settings.",
+        }),
+        revoke_tokens: true,
+    },
+    template_lint: Some(TemplateLint {
+        dir: "github",
+        run: lint::lint,
+    }),
+};
+
+fn default_api() -> String {
+    "https://api.github.com".into()
+}
+fn default_timeout() -> u64 {
+    5000
+}
+fn default_rate() -> u32 {
+    30
+}
+
+/// The API base must be https; plain http only to a loopback address (tests, a local fake),
+/// decided on the parsed host, not a string prefix (`http://127.0.0.1.evil.example` is not
+/// loopback).
+pub(super) fn check_api_base(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("api_base_url {url:?} is not a URL"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("api_base_url {url:?} has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http")
+            if host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err("api_base_url must be https (plain http only to a loopback address)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_a_loopback_host() {
+        for ok in [
+            "https://api.github.com",
+            "https://ghe.example/api/v3",
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9",
+            "http://[::1]:9000",
+        ] {
+            assert!(check_api_base(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1.evil.example",
+            "http://127.0.0.1@evil.example",
+            "http://localhost.evil.example",
+            "http://10.0.0.1",
+            "ftp://127.0.0.1",
+            "127.0.0.1:80",
+            "not a url",
+        ] {
+            assert!(check_api_base(bad).is_err(), "{bad}");
+        }
+    }
+}
