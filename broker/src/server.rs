@@ -25,7 +25,7 @@ use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Answer, Broker};
 use crate::config::Limits;
 use crate::identity::{peer_identity, PeerIdentity};
-use crate::routes::{route_request, AdminEndpoint, Endpoint, Listener};
+use crate::routes::{route_request, Endpoint, Listener};
 use crate::tls::ReloadableTls;
 
 /// Which listener a server is.
@@ -338,81 +338,78 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let mut content_type = "application/json";
-    // Admin requests go to the admin service even when they match no route: its refusals
-    // are audited (the caller holds a certificate the client CA accepts).
-    let routed = if path.starts_with("/v1/admin/") {
-        Ok(Endpoint::Admin(AdminEndpoint::Collection))
-    } else {
-        route_request(Listener::Mtls, &method, &path).map(|m| m.endpoint)
-    };
-    let answer = match routed {
-        Ok(Endpoint::Healthz) => plain_json(StatusCode::OK, json!({ "status": "ok" })),
-        Ok(Endpoint::Readyz) => {
-            if broker.ready() {
-                plain_json(StatusCode::OK, json!({ "status": "ready" }))
-            } else {
-                plain_json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({ "status": "audit_unavailable" }),
-                )
-            }
-        }
-        // Metrics are for a scraper's (or an operator's) certificate, not for workers: they
-        // describe every tenant's traffic.
-        Ok(Endpoint::Metrics)
-            if matches!(
-                peer,
-                Some(PeerIdentity::Metrics(_) | PeerIdentity::Operator(_))
-            ) =>
-        {
-            content_type = "text/plain; version=0.0.4; charset=utf-8";
-            Answer {
-                status: StatusCode::OK,
-                body: Zeroizing::new(broker.metrics_text().into_bytes()),
-            }
-        }
-        Ok(Endpoint::Metrics) => error_answer(
-            &ApiError::new(
-                ErrorCode::OperatorRequired,
-                "metrics need a metrics (spiffe://<trust-domain>/metrics/<name>) or operator certificate",
-            ),
-            None,
-            &request_id,
-        ),
-        Ok(Endpoint::OpenApi) => Answer {
-            status: StatusCode::OK,
-            body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
-        },
-        Ok(Endpoint::Resolve) => {
-            let body = match json_content_type(&req) {
+    // Every request below /v1/admin/ goes to the admin service, matched or not: its
+    // refusals are audited (the caller holds a certificate the client CA accepts).
+    let answer = if path.starts_with("/v1/admin/") {
+        let body = if method == Method::GET || method == Method::DELETE {
+            Ok(Zeroizing::new(Vec::new()))
+        } else {
+            match json_content_type(&req) {
                 Ok(()) => read_body(req, limits).await,
                 Err(e) => Err(e),
-            };
-            broker.resolve(peer.as_ref(), body, &request_id).await
-        }
-        Ok(Endpoint::Admin(_)) => {
-            let body = if method == Method::GET || method == Method::DELETE {
-                Ok(Zeroizing::new(Vec::new()))
-            } else {
-                match json_content_type(&req) {
+            }
+        };
+        // Changes run in their own task: a client that disconnects cannot cancel an
+        // operation between its audit record and its commit.
+        let (m, p, rid) = (method.clone(), path.clone(), request_id.clone());
+        to_completion(&request_id, detached, async move {
+            broker.admin_http(peer.as_ref(), &m, &p, body, &rid).await
+        })
+        .await
+    } else {
+        match route_request(Listener::Mtls, &method, &path).map(|m| m.endpoint) {
+            Ok(Endpoint::Healthz) => plain_json(StatusCode::OK, json!({ "status": "ok" })),
+            Ok(Endpoint::Readyz) => {
+                if broker.ready() {
+                    plain_json(StatusCode::OK, json!({ "status": "ready" }))
+                } else {
+                    plain_json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({ "status": "audit_unavailable" }),
+                    )
+                }
+            }
+            // Metrics are for a scraper's (or an operator's) certificate, not for workers: they
+            // describe every tenant's traffic.
+            Ok(Endpoint::Metrics)
+                if matches!(
+                    peer,
+                    Some(PeerIdentity::Metrics(_) | PeerIdentity::Operator(_))
+                ) =>
+            {
+                content_type = "text/plain; version=0.0.4; charset=utf-8";
+                Answer {
+                    status: StatusCode::OK,
+                    body: Zeroizing::new(broker.metrics_text().into_bytes()),
+                }
+            }
+            Ok(Endpoint::Metrics) => error_answer(
+                &ApiError::new(
+                    ErrorCode::OperatorRequired,
+                    "metrics need a metrics (spiffe://<trust-domain>/metrics/<name>) or operator certificate",
+                ),
+                None,
+                &request_id,
+            ),
+            Ok(Endpoint::OpenApi) => Answer {
+                status: StatusCode::OK,
+                body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
+            },
+            Ok(Endpoint::Resolve) => {
+                let body = match json_content_type(&req) {
                     Ok(()) => read_body(req, limits).await,
                     Err(e) => Err(e),
-                }
-            };
-            // Changes run in their own task: a client that disconnects cannot cancel an
-            // operation between its audit record and its commit.
-            let (m, p, rid) = (method.clone(), path.clone(), request_id.clone());
-            to_completion(&request_id, detached, async move {
-                broker.admin_http(peer.as_ref(), &m, &p, body, &rid).await
-            })
-            .await
+                };
+                broker.resolve(peer.as_ref(), body, &request_id).await
+            }
+            // Admin routes live below /v1/admin/ (handled above); callbacks on the public listener.
+            Ok(Endpoint::Admin(_) | Endpoint::CallbackSetup | Endpoint::CallbackWebhook) => error_answer(
+                &ApiError::new(ErrorCode::NotFound, "no such route"),
+                None,
+                &request_id,
+            ),
+            Err(err) => error_answer(&err, None, &request_id),
         }
-        Ok(Endpoint::CallbackSetup | Endpoint::CallbackWebhook) => error_answer(
-            &ApiError::new(ErrorCode::NotFound, "no such route"),
-            None,
-            &request_id,
-        ),
-        Err(err) => error_answer(&err, None, &request_id),
     };
     respond(answer, content_type, &request_id)
 }

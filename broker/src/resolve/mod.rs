@@ -117,7 +117,13 @@ impl ResolveService {
         let fingerprint = credentials_json
             .as_ref()
             .map(|json| self.core.fingerprint.fingerprint(json));
-        let event = audit_event(&decision, request_id, actor, fingerprint, latency_us);
+        let event = audit_event(
+            &decision,
+            request_id,
+            actor.clone(),
+            fingerprint,
+            latency_us,
+        );
         let outcome = event.outcome.clone();
         let provider_label = event.provider.clone().unwrap_or_else(|| "none".into());
         let receipt = self.core.audit.append(event).await;
@@ -137,7 +143,7 @@ impl ResolveService {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
         );
-        let worker = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
+        let worker = actor;
         let answer = match (receipt, &decision.result, credentials_json) {
             (Err(audit_err), _, _) => {
                 tracing::error!(request_id, error = %audit_err, "resolve failed closed: audit unavailable");
