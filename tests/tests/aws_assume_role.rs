@@ -782,6 +782,51 @@ async fn a_withdrawn_trust_is_flagged_by_an_audited_change() {
     assert_eq!(records[flag]["binding"], "aws1");
 }
 
+/// Attack: a worker hammers a binding whose trust the customer withdrew, many denials in
+/// flight at once and more after the flag landed. Each resolve is audited; the broker's
+/// flag is one change with one record, and the admin path is not flooded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_denials_raises_one_audited_flag() {
+    let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
+    let mut env = start().await;
+    let (_, arn) = active_aws_binding(&mut env).await;
+    env.sts
+        .add_role(&arn, role(Some("RotatedAwayExternalId0123456789abcdefgh")));
+    for wave in 0..3u32 {
+        let mut tasks = Vec::new();
+        for i in 0..12u32 {
+            let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+            tasks.push(tokio::spawn(async move {
+                resolve(
+                    &mut w1,
+                    json!({"instance_id": "i-aws", "narrow": narrow(100 + wave * 12 + i)}),
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            let (s, v) = t.await.unwrap();
+            assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+        }
+        let v = wait_for_trust_broken(&mut env.op, "aws1").await;
+        assert_eq!(v["binding"]["trust_broken"], true, "{v}");
+    }
+    // Let any flag task still running finish before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let records = env.daemon.audit_records();
+    let denials = records
+        .iter()
+        .filter(|r| r["kind"] == "resolve" && r["error_code"] == "provider_denied")
+        .count();
+    assert_eq!(denials, 36, "every denied resolve has its record");
+    let flags: Vec<_> = records
+        .iter()
+        .filter(|r| r["action"] == "binding.flag_trust_broken")
+        .collect();
+    assert_eq!(flags.len(), 1, "{flags:?}");
+    assert_eq!(flags[0]["outcome"], "allowed");
+}
+
 /// Every managed policy ARN and action of `ceiling`, as STS received them.
 fn session_policies(sent: &std::collections::HashMap<String, String>) -> (Vec<String>, Value) {
     let mut arns: Vec<String> = (1..=10)

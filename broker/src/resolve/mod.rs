@@ -27,6 +27,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
 use crate::broker::{error_answer, Answer, Core};
 use crate::identity::PeerIdentity;
+use crate::ids::BindingId;
 use crate::metrics::ResolveLabels;
 use crate::model::rfc3339;
 use crate::token_cache::{CacheKey, Source};
@@ -180,7 +181,7 @@ impl ResolveService {
                 );
                 self.count(refused.error.code.as_str(), &outcome, &provider_label);
                 if let (Some(generation), Some(binding)) = (&refused.flag, &refused.facts.binding) {
-                    self.flag_trust_broken(binding.to_string(), generation.clone(), request_id);
+                    self.flag_trust_broken(binding.clone(), generation.clone(), request_id);
                 }
                 error_answer(&refused.error, Some(&receipt.audit_id), request_id)
             }
@@ -210,8 +211,8 @@ impl ResolveService {
 
     /// Flags a binding `trust_broken` through the audited admin pipeline, in its own task:
     /// off the response path, and not cancelled if the client goes away.
-    fn flag_trust_broken(&self, binding: String, generation: String, request_id: &str) {
-        let key = (binding.clone(), generation.clone());
+    fn flag_trust_broken(&self, binding: BindingId, generation: String, request_id: &str) {
+        let key = (binding.to_string(), generation.clone());
         let newly = match self.flagging.lock() {
             Ok(mut set) => set.insert(key.clone()),
             Err(_) => false,
@@ -220,16 +221,26 @@ impl ResolveService {
             return;
         }
         let flagging = Arc::clone(&self.flagging);
-        let admin = Arc::clone(&self.admin);
+        let (core, admin) = (Arc::clone(&self.core), Arc::clone(&self.admin));
         let request_id = format!("{request_id}.flag");
         tokio::spawn(async move {
-            let op = AdminOp::FlagTrustBroken {
-                binding: binding.clone(),
-                generation,
-            };
-            match admin.execute("broker", op, &request_id).await {
-                Ok(_) => tracing::warn!(binding, "upstream denied: binding flagged trust_broken; the customer may have removed or changed the trust"),
-                Err((e, _)) => tracing::error!(binding, error = %e.message, "could not flag binding trust_broken"),
+            // A denial that read the binding before an earlier flag landed finds it
+            // flagged here: one record per flag, not one per denial in flight.
+            let flagged = matches!(core.records.binding(&binding).await,
+                Ok(Some(b)) if b.trust_broken && b.generation == generation);
+            if !flagged {
+                let op = AdminOp::FlagTrustBroken {
+                    binding: binding.to_string(),
+                    generation,
+                };
+                match admin.execute("broker", op, &request_id).await {
+                    Ok(_) => {
+                        tracing::warn!(binding = %binding, "upstream denied: binding flagged trust_broken; the customer may have removed or changed the trust")
+                    }
+                    Err((e, _)) => {
+                        tracing::error!(binding = %binding, error = %e.message, "could not flag binding trust_broken")
+                    }
+                }
             }
             if let Ok(mut set) = flagging.lock() {
                 set.remove(&key);
