@@ -132,18 +132,8 @@ impl ResolveService {
             Ok(g) => &g.facts,
             Err(r) => &r.facts,
         };
-        let (tenant, instance) = (
-            facts
-                .tenant
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            facts
-                .instance
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-        );
+        let tenant = facts.tenant.as_ref().map_or("", |t| t.as_str());
+        let instance = facts.instance.as_ref().map_or("", |i| i.as_str());
         let worker = actor;
         let answer = match (receipt, &decision.result, credentials_json) {
             (Err(audit_err), _, _) => {
