@@ -71,6 +71,8 @@ pub enum ErrorCode {
     Internal,
     /// The daemon is shutting down or overloaded.
     Unavailable,
+    /// The public listener's request rate limit (per source or overall) was reached.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -101,6 +103,7 @@ impl ErrorCode {
         ErrorCode::CallbackRejected,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::RateLimited,
     ];
 
     /// The wire name.
@@ -131,6 +134,7 @@ impl ErrorCode {
             ErrorCode::CallbackRejected => "callback_rejected",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -160,6 +164,7 @@ impl ErrorCode {
             ErrorCode::ProviderUnavailable => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::AuditUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

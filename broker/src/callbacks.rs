@@ -10,8 +10,13 @@
 //! before the body is parsed; a removal or suspension deactivates the binding, a permission
 //! change is recorded as drift.
 //!
-//! Every callback leaves an audit record (actor `callback:<provider>`), rejected ones too, and
-//! the record is durable before anything it describes is committed.
+//! Every authenticated callback (a setup redirect carrying a state the broker issued, a
+//! webhook whose signature verified) leaves an audit record (actor `callback:<provider>`),
+//! rejected ones too, and the record is durable before anything it describes is committed.
+//! Callbacks refused before they authenticate (no or unknown state, bad signature, malformed
+//! query or body) change nothing and are only counted (`credbroker_callbacks_total` by code)
+//! with throttled log lines: anyone on the internet can send them, and one audit record (one
+//! fsync) each would let them fill the disk and, since audit fails closed, stop resolves.
 
 use std::sync::Arc;
 
@@ -35,17 +40,30 @@ fn rejected(m: impl Into<String>) -> ApiError {
 }
 
 /// A callback failure; `audit_id` is set when its audit record is already written.
+/// `anonymous` failures happened before the callback authenticated: counted, not audited.
 struct Failure {
     err: ApiError,
     audit_id: Option<String>,
+    anonymous: bool,
 }
 
 impl From<ApiError> for Failure {
+    /// A failure after authentication (audited): the safe default.
     fn from(err: ApiError) -> Self {
         Failure {
             err,
             audit_id: None,
+            anonymous: false,
         }
+    }
+}
+
+/// A failure before the callback authenticated.
+fn anonymous(err: ApiError) -> Failure {
+    Failure {
+        err,
+        audit_id: None,
+        anonymous: true,
     }
 }
 
@@ -66,12 +84,17 @@ struct Change {
 pub struct CallbackService {
     core: Arc<Core>,
     admin: Arc<AdminService>,
+    anonymous_log: crate::admission::LogThrottle,
 }
 
 impl CallbackService {
     /// The service over `core`, making changes through `admin`.
     pub fn new(core: Arc<Core>, admin: Arc<AdminService>) -> CallbackService {
-        CallbackService { core, admin }
+        CallbackService {
+            core,
+            admin,
+            anonymous_log: crate::admission::LogThrottle::new(5),
+        }
     }
 
     /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
@@ -119,7 +142,7 @@ impl CallbackService {
                     self.handle_webhook(provider.as_ref(), headers, &b, &mut event)
                         .await
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => Err(anonymous(e)),
             },
         };
         self.core
@@ -144,7 +167,17 @@ impl CallbackService {
                     body: Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default()),
                 }
             }
-            Err(Failure { err, audit_id }) => {
+            Err(Failure {
+                err,
+                anonymous: true,
+                ..
+            }) => {
+                if let Some(suppressed) = self.anonymous_log.admit() {
+                    tracing::info!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, suppressed, "unauthenticated callback rejected (counted, not audited)");
+                }
+                error_answer(&err, None, request_id)
+            }
+            Err(Failure { err, audit_id, .. }) => {
                 tracing::warn!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, "callback rejected");
                 let audit_id = match audit_id {
                     Some(id) => Some(id),
@@ -168,14 +201,17 @@ impl CallbackService {
         event: &mut AuditEvent,
     ) -> CallbackResult {
         let Some(cb) = provider.callbacks() else {
-            return Err(ApiError::new(ErrorCode::NotFound, "no such callback").into());
+            return Err(anonymous(ApiError::new(
+                ErrorCode::NotFound,
+                "no such callback",
+            )));
         };
-        let redirect = cb.parse_setup(query).map_err(rejected)?;
+        let redirect = cb.parse_setup(query).map_err(|m| anonymous(rejected(m)))?;
         let identifiers = provider.exclusive_identifiers(&redirect.config);
         let identifier = identifiers
             .first()
             .cloned()
-            .ok_or_else(|| rejected("redirect names no installation"))?;
+            .ok_or_else(|| anonymous(rejected("redirect names no installation")))?;
         // Looked up without the admin lock: an unknown state (the common anonymous probe)
         // is refused before it can queue behind operators' changes. Consumption below is a
         // precondition of its batch, so concurrent uses cannot both win.
@@ -184,8 +220,8 @@ impl CallbackService {
             .records
             .callback_state(&redirect.state)
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
-            .ok_or_else(|| rejected("unknown or already used state"))?;
+            .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?
+            .ok_or_else(|| anonymous(rejected("unknown or already used state")))?;
         let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
         if read.provider != provider.id() {
             return Err(rejected("state was issued for another provider").into());
@@ -218,6 +254,7 @@ impl CallbackService {
                 .map_err(|(err, second)| Failure {
                     err,
                     audit_id: second.map(|r| r.audit_id),
+                    anonymous: false,
                 })?
         };
         if expired {
@@ -225,6 +262,7 @@ impl CallbackService {
             return Err(Failure {
                 err: rejected("state expired; start onboarding again"),
                 audit_id: Some(receipt.audit_id),
+                anonymous: false,
             });
         }
         let tenant = (tenant, receipt.audit_id);
@@ -300,9 +338,12 @@ impl CallbackService {
     ) -> CallbackResult {
         let cb: &dyn Callbacks = provider
             .callbacks()
-            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such callback"))?;
-        // Verified (constant-time signature) before the body is parsed.
-        let verified = cb.verify_webhook(headers, body).map_err(rejected)?;
+            .ok_or_else(|| anonymous(ApiError::new(ErrorCode::NotFound, "no such callback")))?;
+        // Verified (constant-time signature) before the body is parsed. Until it verifies,
+        // nothing is known about the sender: a refusal is counted, not audited.
+        let verified = cb
+            .verify_webhook(headers, body)
+            .map_err(|m| anonymous(rejected(m)))?;
         let guard = self.admin.lock.lock().await;
         let change = self.plan_webhook(verified).await?;
         event.outcome = "allowed".into();
@@ -316,6 +357,7 @@ impl CallbackService {
             .map_err(|(err, second)| Failure {
                 err,
                 audit_id: second.map(|r| r.audit_id),
+                anonymous: false,
             })?;
         drop(guard);
         if let Some(b) = change.reprobe {

@@ -70,10 +70,52 @@ pub struct PublicSettings {
     /// Lifetime of an install `state` issued by `credbroker onboard`, seconds.
     #[serde(default = "default_state_ttl")]
     pub state_ttl_s: u64,
+    /// Concurrent connections on this listener (its own budget, apart from `[limits]`).
+    #[serde(default = "default_public_connections")]
+    pub max_connections: usize,
+    /// TLS handshakes in progress on this listener.
+    #[serde(default = "default_public_handshakes")]
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress from one source (IPv4 address or IPv6 /64).
+    #[serde(default = "default_public_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
+    /// Requests a second one source may make, sustained; beyond it `rate_limited` (429).
+    #[serde(default = "default_public_rate_per_source")]
+    pub requests_per_second_per_source: f64,
+    /// Requests one source may make at once after a quiet period.
+    #[serde(default = "default_public_burst_per_source")]
+    pub burst_per_source: f64,
+    /// Requests a second from all sources together, sustained.
+    #[serde(default = "default_public_rate")]
+    pub requests_per_second: f64,
+    /// Requests from all sources at once after a quiet period.
+    #[serde(default = "default_public_burst")]
+    pub burst: f64,
 }
 
 fn default_state_ttl() -> u64 {
     3600
+}
+fn default_public_connections() -> usize {
+    64
+}
+fn default_public_handshakes() -> usize {
+    64
+}
+fn default_public_handshakes_per_source() -> usize {
+    8
+}
+fn default_public_rate_per_source() -> f64 {
+    1.0
+}
+fn default_public_burst_per_source() -> f64 {
+    10.0
+}
+fn default_public_rate() -> f64 {
+    50.0
+}
+fn default_public_burst() -> f64 {
+    200.0
 }
 
 /// `[tls]`
@@ -124,6 +166,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// TLS handshake deadline, milliseconds.
     pub handshake_timeout_ms: u64,
+    /// TLS handshakes in progress at once; a connection arriving when all are taken is
+    /// closed at accept. Handshakes do not take connection slots.
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress from one source (IPv4 address or IPv6 /64) once half the
+    /// budget is in use; one source never holds more than half of it (or this, if larger).
+    pub max_handshakes_per_source: usize,
     /// Deadline for a request head (and for the next one on a kept-alive connection), ms.
     pub header_read_timeout_ms: u64,
     /// Deadline for reading a request body, milliseconds.
@@ -138,7 +186,9 @@ impl Default for Limits {
             max_connections: 1024,
             max_header_bytes: 16 * 1024,
             max_body_bytes: 64 * 1024,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 3_000,
+            max_handshakes: 256,
+            max_handshakes_per_source: 16,
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 10_000,
             http2_max_concurrent_streams: 64,
@@ -327,11 +377,32 @@ impl Config {
             || l.header_read_timeout_ms == 0
             || l.body_read_timeout_ms == 0
             || l.http2_max_concurrent_streams == 0
+            || l.max_handshakes == 0
+            || l.max_handshakes_per_source == 0
         {
             return Err(ConfigError(
                 "limits must be positive (max_header_bytes at least 8192, hyper's minimum buffer)"
                     .into(),
             ));
+        }
+        if let Some(p) = &self.public {
+            let rates = [
+                p.requests_per_second_per_source,
+                p.burst_per_source,
+                p.requests_per_second,
+                p.burst,
+            ];
+            if p.max_connections == 0
+                || p.max_handshakes == 0
+                || p.max_handshakes_per_source == 0
+                || rates.iter().any(|r| !r.is_finite() || *r <= 0.0)
+                || p.burst_per_source < 1.0
+                || p.burst < 1.0
+            {
+                return Err(ConfigError(
+                    "[public] limits and rates must be positive (bursts at least 1)".into(),
+                ));
+            }
         }
         if self.audit.max_batch == 0 || self.audit.checkpoint_every_records == 0 {
             return Err(ConfigError(

@@ -64,12 +64,27 @@ pub async fn run_with_broker(
         let plistener = TcpListener::bind(p.listen)
             .await
             .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", p.listen)))?;
+        // Its own small budgets: a flood on the public listener cannot take the workers'
+        // connection or handshake slots.
+        let limits = crate::config::Limits {
+            max_connections: p.max_connections,
+            max_handshakes: p.max_handshakes,
+            max_handshakes_per_source: p.max_handshakes_per_source,
+            ..config.limits.clone()
+        };
+        let rates = crate::admission::Rates {
+            per_source: p.requests_per_second_per_source,
+            per_source_burst: p.burst_per_source,
+            global: p.requests_per_second,
+            global_burst: p.burst,
+        };
         let srv = server::spawn_role(
             server::Role::Public,
             plistener,
             broker.clone(),
             ptls.clone(),
-            config.limits.clone(),
+            limits,
+            Some(rates),
         )
         .map_err(|e| StartError::Other(e.to_string()))?;
         tracing::info!(listen = %srv.local_addr, "public callback listener (TLS, no client certificates)");

@@ -8,6 +8,7 @@
 )]
 
 pub mod admin;
+pub mod admission;
 pub mod api_error;
 pub mod audit;
 pub mod body;

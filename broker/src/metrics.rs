@@ -25,6 +25,13 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
+/// Labels naming which limit acted: `source` or `global`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    /// `source` (one IPv4 address or IPv6 /64) or `global`.
+    pub scope: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +57,11 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Failed TLS handshakes (no/invalid/revoked client certificate, timeouts).
     pub handshake_failures: Counter,
+    /// Connections closed at accept because the handshake budget (per source or overall)
+    /// was used up.
+    pub handshakes_refused: Family<ScopeLabel, Counter>,
+    /// Public-listener requests refused by a rate limit (per source or overall).
+    pub rate_limited: Family<ScopeLabel, Counter>,
     /// Admin requests.
     pub admin_requests: Counter,
     /// Upstream mints by provider. (No per-customer label: metrics carry no customer
@@ -123,6 +135,18 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             handshake_failures.clone(),
         );
+        let handshakes_refused = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "tls_handshakes_refused",
+            "Connections closed at accept because the handshake budget was used up",
+            handshakes_refused.clone(),
+        );
+        let rate_limited = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "public_rate_limited",
+            "Public-listener requests refused by a rate limit",
+            rate_limited.clone(),
+        );
         let admin_requests = Counter::default();
         registry.register(
             "admin_requests",
@@ -159,6 +183,8 @@ impl Metrics {
             connections,
             connections_refused,
             handshake_failures,
+            handshakes_refused,
+            rate_limited,
             admin_requests,
         }
     }

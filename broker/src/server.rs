@@ -1,5 +1,6 @@
-//! The mTLS listener: accept with a connection limit, TLS handshake with a deadline and a
-//! required client certificate, identity from the SPIFFE URI SAN, HTTP/1.1 or HTTP/2 with
+//! The listeners: accept under a handshake budget (global and per source), TLS handshake
+//! with a short deadline, a connection slot only once it completed, a required client
+//! certificate on the mTLS listener, identity from the SPIFFE URI SAN, HTTP/1.1 or HTTP/2 with
 //! header/body limits and read deadlines, then routing to resolve, admin, health and metrics.
 //! There is no plaintext listener.
 
@@ -20,6 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
+use crate::admission::{HandshakeGate, LogThrottle, RateLimiter, Rates};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Answer, Broker};
@@ -88,20 +90,29 @@ pub fn spawn(
     tls: Arc<ReloadableTls>,
     limits: Limits,
 ) -> std::io::Result<RunningServer> {
-    spawn_role(Role::Mtls, listener, broker, tls, limits)
+    spawn_role(Role::Mtls, listener, broker, tls, limits, None)
 }
 
-/// Starts serving `role` on `listener`.
+/// Starts serving `role` on `listener`; `request_rates`, when given, limits requests per
+/// source and overall before any routing (the public listener).
 pub fn spawn_role(
     role: Role,
     listener: TcpListener,
     broker: Arc<Broker>,
     tls: Arc<ReloadableTls>,
     limits: Limits,
+    request_rates: Option<Rates>,
 ) -> std::io::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    // Handshakes have their own small budget, shared fairly between sources: a flood of
+    // connections that never finish a handshake takes neither connection slots nor every
+    // handshake slot.
+    let handshakes = HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source);
+    let rate_limiter = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
+    // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
+    let handshake_log = Arc::new(LogThrottle::new(5));
     // Requests that must run to completion after their client left (audited changes) hold
     // one of these: no more such work can be in flight than connections are allowed.
     let detached = Arc::new(Semaphore::new(limits.max_connections));
@@ -136,11 +147,19 @@ pub fn spawn_role(
                     continue;
                 }
             };
-            let Ok(permit) = sem.clone().try_acquire_owned() else {
-                broker.metrics().connections_refused.inc();
-                tracing::warn!(%remote, "connection limit reached; closing new connection");
-                drop(tcp);
-                continue;
+            let handshake_slot = match handshakes.try_enter(remote.ip()) {
+                Ok(p) => p,
+                Err(why) => {
+                    broker
+                        .metrics()
+                        .handshakes_refused
+                        .get_or_create(&crate::metrics::ScopeLabel {
+                            scope: why.as_str().into(),
+                        })
+                        .inc();
+                    drop(tcp);
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let broker = broker.clone();
@@ -148,26 +167,39 @@ pub fn spawn_role(
             let builder = builder.clone();
             let limits = limits.clone();
             let detached = detached.clone();
+            let sem = sem.clone();
+            let rate_limiter = rate_limiter.clone();
+            let handshake_log = handshake_log.clone();
             let mut shutdown_rx = shutdown_rx.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                broker.metrics().connections.inc();
-                let _gauge = GaugeGuard(broker.clone());
                 let acceptor = TlsAcceptor::from(tls.current());
                 let handshake = Duration::from_millis(limits.handshake_timeout_ms);
                 let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         broker.metrics().handshake_failures.inc();
-                        tracing::info!(%remote, error = %e, "TLS handshake refused");
+                        if let Some(suppressed) = handshake_log.admit() {
+                            tracing::info!(%remote, error = %e, suppressed, "TLS handshake refused");
+                        }
                         return;
                     }
                     Err(_) => {
                         broker.metrics().handshake_failures.inc();
-                        tracing::info!(%remote, "TLS handshake timed out");
+                        if let Some(suppressed) = handshake_log.admit() {
+                            tracing::info!(%remote, suppressed, "TLS handshake timed out");
+                        }
                         return;
                     }
                 };
+                drop(handshake_slot);
+                // A connection slot only for a completed handshake.
+                let Ok(_permit) = sem.try_acquire_owned() else {
+                    broker.metrics().connections_refused.inc();
+                    tracing::warn!(%remote, "connection limit reached; closing new connection");
+                    return;
+                };
+                broker.metrics().connections.inc();
+                let _gauge = GaugeGuard(broker.clone());
                 let peer = match stream
                     .get_ref()
                     .1
@@ -188,10 +220,21 @@ pub fn spawn_role(
                     let peer = peer.clone();
                     let limits = limits.clone();
                     let detached = detached.clone();
+                    let rate_limiter = rate_limiter.clone();
                     async move {
                         Ok::<_, Infallible>(match role {
                             Role::Mtls => handle(broker, peer, &limits, &detached, req).await,
-                            Role::Public => handle_public(broker, &limits, &detached, req).await,
+                            Role::Public => {
+                                handle_public(
+                                    broker,
+                                    &limits,
+                                    &detached,
+                                    rate_limiter.as_deref(),
+                                    remote,
+                                    req,
+                                )
+                                .await
+                            }
                         })
                     }
                 });
@@ -419,6 +462,8 @@ async fn handle_public(
     broker: Arc<Broker>,
     limits: &Limits,
     detached: &Arc<Semaphore>,
+    rate_limiter: Option<&RateLimiter>,
+    remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ZeroizingBody> {
     let request_id = new_request_id();
@@ -426,7 +471,33 @@ async fn handle_public(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let headers = req.headers().clone();
-    let answer = match route_request(Listener::Public, &method, &path) {
+    let route = route_request(Listener::Public, &method, &path);
+    // Health checks are free; everything else takes a token first, before any body is read
+    // or any store is touched. Refusals are counted, never audited.
+    let limited = match (&route, rate_limiter) {
+        (Ok(m), _) if m.endpoint == Endpoint::Healthz => None,
+        (_, Some(rl)) => rl.check(remote.ip(), std::time::Instant::now()).err(),
+        (_, None) => None,
+    };
+    let answer = match route {
+        _ if limited.is_some() => {
+            let scope = limited.map_or("global", |l| l.as_str());
+            broker
+                .metrics()
+                .rate_limited
+                .get_or_create(&crate::metrics::ScopeLabel {
+                    scope: scope.into(),
+                })
+                .inc();
+            error_answer(
+                &ApiError::new(
+                    ErrorCode::RateLimited,
+                    "too many requests; slow down and retry later",
+                ),
+                None,
+                &request_id,
+            )
+        }
         Ok(m) if m.endpoint == Endpoint::Healthz => {
             plain_json(StatusCode::OK, json!({ "status": "ok" }))
         }
@@ -469,6 +540,9 @@ fn respond(
     );
     if let Ok(v) = header::HeaderValue::from_str(request_id) {
         h.insert("x-request-id", v);
+    }
+    if answer.status == StatusCode::TOO_MANY_REQUESTS {
+        h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     response
 }

@@ -48,7 +48,17 @@ fn installation(login: &str) -> FakeInstallation {
     }
 }
 
+/// Tests of the install flow make many callbacks from one address: a generous rate.
 async fn start(state_ttl_s: u64) -> Env {
+    start_with(
+        state_ttl_s,
+        "requests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
+    )
+    .await
+}
+
+/// `public_extra` is appended to the `[public]` section.
+async fn start_with(state_ttl_s: u64, public_extra: &str) -> Env {
     let (tmp, pki) = setup();
     let gh = FakeGithub::start(APP_ID).await;
     let key_a = AppKey::generate();
@@ -58,7 +68,7 @@ async fn start(state_ttl_s: u64) -> Env {
     let secret_file = tmp.path().join("webhook.secret");
     std::fs::write(&secret_file, WEBHOOK_SECRET).unwrap();
     let extra = format!(
-        "[public]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\nstate_ttl_s = {state_ttl_s}\n\n[providers.github_app]\napp_id = {APP_ID}\napi_base_url = \"{}\"\ninstall_url = \"https://github.com/apps/credbroker-test/installations/new\"\nwebhook_secret_file = {:?}\nceiling_file = {:?}\ntimeout_ms = 3000\nmint_rate_warning_per_minute = 5\n",
+        "[public]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\nstate_ttl_s = {state_ttl_s}\n{public_extra}\n[providers.github_app]\napp_id = {APP_ID}\napi_base_url = \"{}\"\ninstall_url = \"https://github.com/apps/credbroker-test/installations/new\"\nwebhook_secret_file = {:?}\nceiling_file = {:?}\ntimeout_ms = 3000\nmint_rate_warning_per_minute = 5\n",
         pki.dir.join("server.crt").display().to_string(),
         pki.dir.join("server.key").display().to_string(),
         gh.url,
@@ -505,6 +515,19 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     assert_eq!(c, 0, "{out}{err}");
 }
 
+/// `credbroker_callbacks_total{outcome="denied",…}` summed over codes.
+async fn callbacks_denied(env: &Env) -> u64 {
+    let (_, m) = scrape(&env.pki, &env.daemon.url).await;
+    String::from_utf8(m)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.starts_with("credbroker_callbacks_total{") && l.contains("outcome=\"denied\"")
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 impl Env {
     fn w1(&self) -> BrokerClient {
         self.pki.client_for("w1", &self.daemon.url)
@@ -545,8 +568,10 @@ async fn expired_states_and_verified_webhooks() {
     assert_eq!(s, 200);
 
     let suspend = json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}});
-    // Missing and wrong signatures change nothing and are audited.
+    // Missing and wrong signatures change nothing; anyone can send them, so they are
+    // counted, not audited.
     let before = env.daemon.audit_records().len();
+    let denied_before = callbacks_denied(&env).await;
     let (s, v) = webhook(&mut env.public, &suspend, Some("")).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     let (s, v) = webhook(
@@ -556,11 +581,9 @@ async fn expired_states_and_verified_webhooks() {
     )
     .await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
-    let records = env.daemon.audit_records();
-    assert_eq!(records.len(), before + 2);
-    assert!(records[before..]
-        .iter()
-        .all(|r| r["action"] == "callback.webhook" && r["outcome"] == "denied"));
+    assert!(v.get("audit_id").is_none(), "{v}");
+    assert_eq!(env.daemon.audit_records().len(), before);
+    assert_eq!(callbacks_denied(&env).await, denied_before + 2);
     let (s, _) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!(s, 200, "binding still active");
 
@@ -671,4 +694,118 @@ async fn the_fake_enforces_githubs_rules() {
         .state
         .verify_app_jwt(&format!("Bearer {forged}"))
         .is_err());
+}
+
+/// A request of the flood: method, path, headers, body.
+type Attempt = (Method, String, Vec<(&'static str, String)>, Option<Vec<u8>>);
+
+/// An anonymous flood of bad callbacks (forged states, wrong signatures, malformed queries,
+/// unknown providers) writes nothing to the audit log, is cut off by the per-source rate
+/// limit, and resolves keep succeeding throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_anonymous_callbacks_is_counted_not_audited() {
+    // The shipped per-source limits (burst 10, then 1 a second).
+    let env = start_with(3600, "").await;
+    let mut w1 = env.w1();
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "{v}");
+    let log = env.daemon.data_dir.join("audit/audit.log");
+    let before = std::fs::read(&log).unwrap();
+    let denied_before = callbacks_denied(&env).await;
+
+    let suspend = serde_json::to_vec(
+        &json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}}),
+    )
+    .unwrap();
+    let long_path = format!("/callbacks/github_app/{}", "x".repeat(8000));
+    let mut statuses = BTreeMap::<(u16, String), usize>::new();
+    for round in 0..30 {
+        let mut public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
+        let attempts: Vec<Attempt> = vec![
+            (
+                Method::GET,
+                format!("/callbacks/github_app/setup?installation_id=1001&state=forged{round}"),
+                vec![],
+                None,
+            ),
+            (
+                Method::GET,
+                "/callbacks/github_app/setup?installation_id=abc&state=".into(),
+                vec![],
+                None,
+            ),
+            (
+                Method::POST,
+                "/callbacks/github_app/webhook".into(),
+                vec![
+                    ("x-github-event", "installation".into()),
+                    ("x-hub-signature-256", format!("sha256={}", "0".repeat(64))),
+                ],
+                Some(suspend.clone()),
+            ),
+            (
+                Method::POST,
+                "/callbacks/nope/webhook".into(),
+                vec![],
+                Some(b"{}".to_vec()),
+            ),
+            (Method::GET, long_path.clone(), vec![], None),
+        ];
+        for (method, path, headers, body) in attempts {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (status, out) = public
+                .request_with_headers(method, &path, &headers, body)
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+            assert!(v.get("audit_id").is_none(), "{v}");
+            *statuses
+                .entry((status.as_u16(), code(&v).to_owned()))
+                .or_default() += 1;
+        }
+        // Workers are served all along.
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // The first requests were answered (and refused), the rest cut off by the rate limit.
+    let rejected = statuses
+        .get(&(403, "callback_rejected".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    let limited = statuses
+        .get(&(429, "rate_limited".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    assert!(rejected >= 3, "{statuses:?}");
+    assert!(limited >= 100, "{statuses:?}");
+    assert!(
+        statuses.keys().all(|(s, c)| matches!(
+            (s, c.as_str()),
+            (403, "callback_rejected") | (404, "not_found") | (429, "rate_limited")
+        )),
+        "{statuses:?}"
+    );
+    // The audit log holds exactly the resolves (one record each), nothing from the flood.
+    let after = std::fs::read(&log).unwrap();
+    assert_eq!(&after[..before.len()], &before[..]);
+    let added: Vec<Value> = String::from_utf8(after[before.len()..].to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(added.len(), 30, "one record per resolve, none per callback");
+    assert!(added.iter().all(|r| r["action"] == "resolve"), "{added:?}");
+    // …but every refusal was counted.
+    assert_eq!(
+        callbacks_denied(&env).await,
+        denied_before + rejected as u64
+    );
+    let (_, m) = scrape(&env.pki, &env.daemon.url).await;
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("credbroker_public_rate_limited_total{scope=\"source\"}")),
+        "{m}"
+    );
 }

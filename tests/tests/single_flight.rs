@@ -19,7 +19,15 @@ use serde_json::json;
 async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
     let (tmp, pki) = setup();
     let config_path = tmp.path().join("credbroker.toml");
-    write_config(&config_path, &tmp.path().join("data"), &pki, None, "");
+    // 200 workers of one address connect at once: room for all their handshakes (by default
+    // one source gets at most half of 256).
+    write_config(
+        &config_path,
+        &tmp.path().join("data"),
+        &pki,
+        None,
+        "[limits]\nmax_handshakes = 512\n",
+    );
     let config = Config::load(&config_path).unwrap();
     BrokerKeys::init(&config).unwrap();
     let mints = Arc::new(AtomicUsize::new(0));

@@ -64,6 +64,11 @@ pub enum AuditError {
     },
 }
 
+/// Most appends queued or in the batch being written at once. Enough for many group commits
+/// of the largest batch; a burst beyond it waits for records to become durable instead of
+/// growing the queue without bound.
+pub const QUEUE_BOUND: usize = 4096;
+
 /// Proof that a record is durable.
 #[derive(Debug, Clone)]
 pub struct AuditReceipt {
@@ -100,6 +105,7 @@ pub type BatchObserver = prometheus_client::metrics::histogram::Histogram;
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    queue: Arc<tokio::sync::Semaphore>,
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -439,6 +445,7 @@ impl AuditLog {
             })?;
         Ok(AuditLog {
             tx,
+            queue: Arc::new(tokio::sync::Semaphore::new(QUEUE_BOUND)),
             healthy,
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
@@ -450,23 +457,18 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError`] when it could not be made durable: the caller must fail closed.
     pub async fn append(&self, event: AuditEvent) -> Result<AuditReceipt, AuditError> {
+        // Back-pressure: at most QUEUE_BOUND appends are queued or being written; further
+        // callers wait here (holding nothing else of the writer's) until one is durable.
+        let _slot = self
+            .queue
+            .acquire()
+            .await
+            .map_err(|_| AuditError::Stopped)?;
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Msg::Append(Box::new(event), done))
             .map_err(|_| AuditError::Stopped)?;
         wait.await.map_err(|_| AuditError::Stopped)?
-    }
-
-    /// Appends from synchronous code (CLI paths); blocks until durable.
-    ///
-    /// # Errors
-    /// As [`AuditLog::append`].
-    pub fn append_blocking(&self, event: AuditEvent) -> Result<AuditReceipt, AuditError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Append(Box::new(event), done))
-            .map_err(|_| AuditError::Stopped)?;
-        wait.blocking_recv().map_err(|_| AuditError::Stopped)?
     }
 
     /// Whether the last batch was written successfully.

@@ -1,0 +1,397 @@
+//! Admission before any work is done for a client: a TLS handshake budget (global and per
+//! source address) on both listeners, request rate limits (per source and global) on the
+//! public listener, and a throttle for log lines about anonymous rejections.
+//!
+//! A source is an IPv4 address or an IPv6 /64 (one host usually holds a whole /64).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Most sources the rate limiter remembers at once; beyond it, idle sources are forgotten
+/// and, if none is idle, new sources are refused until some are.
+const MAX_TRACKED_SOURCES: usize = 65_536;
+
+/// The admission key of a peer address.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Handshakes in progress: at most `global` at once. While more than half of them are free a
+/// source may take any; past that, only a source with fewer than `per_source` in progress gets
+/// one. So one source (a flood, or a fleet of workers behind one NAT starting together) can
+/// hold at most half the budget (or `per_source`, if larger), and the other half stays open to
+/// every other source. A connection waits for no slot: without one it is closed at accept.
+pub struct HandshakeGate {
+    global: Arc<Semaphore>,
+    reserve: usize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+    per_source_max: usize,
+}
+
+/// A handshake slot; released when dropped.
+pub struct HandshakePermit {
+    gate: Arc<HandshakeGate>,
+    source: IpAddr,
+    _global: OwnedSemaphorePermit,
+}
+
+/// Why a handshake was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    /// This source already has its share of handshakes in progress.
+    Source,
+    /// The listener's handshake budget is used up.
+    Global,
+}
+
+impl HandshakeRefusal {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeRefusal::Source => "source",
+            HandshakeRefusal::Global => "global",
+        }
+    }
+}
+
+impl HandshakeGate {
+    /// A gate of `global` slots, `per_source` of them for any one source.
+    pub fn new(global: usize, per_source: usize) -> Arc<HandshakeGate> {
+        Arc::new(HandshakeGate {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            reserve: global.max(1) / 2,
+            per_source: Mutex::new(HashMap::new()),
+            per_source_max: per_source.max(1),
+        })
+    }
+
+    /// A slot for a handshake from `peer`, or why there is none.
+    ///
+    /// # Errors
+    /// [`HandshakeRefusal`] when the source's share or the listener's budget is used up.
+    pub fn try_enter(self: &Arc<Self>, peer: IpAddr) -> Result<HandshakePermit, HandshakeRefusal> {
+        let source = source_of(peer);
+        let mut counts = self
+            .per_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counts.entry(source).or_insert(0);
+        if *n >= self.per_source_max && self.global.available_permits() <= self.reserve {
+            return Err(HandshakeRefusal::Source);
+        }
+        let Ok(global) = self.global.clone().try_acquire_owned() else {
+            if *n == 0 {
+                counts.remove(&source);
+            }
+            return Err(HandshakeRefusal::Global);
+        };
+        *n += 1;
+        Ok(HandshakePermit {
+            gate: self.clone(),
+            source,
+            _global: global,
+        })
+    }
+}
+
+impl Drop for HandshakePermit {
+    fn drop(&mut self) {
+        let mut counts = self
+            .gate
+            .per_source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens a second up to `burst`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.last = now;
+    }
+
+    fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
+        self.refill(rate, burst, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Rates for [`RateLimiter`].
+#[derive(Debug, Clone, Copy)]
+pub struct Rates {
+    /// Requests a second from one source, sustained.
+    pub per_source: f64,
+    /// Requests from one source at once after a quiet period.
+    pub per_source_burst: f64,
+    /// Requests a second from everyone together, sustained.
+    pub global: f64,
+    /// Requests from everyone at once after a quiet period.
+    pub global_burst: f64,
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateRefusal {
+    /// The source's own limit.
+    Source,
+    /// The listener's limit over all sources.
+    Global,
+}
+
+impl RateRefusal {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateRefusal::Source => "source",
+            RateRefusal::Global => "global",
+        }
+    }
+}
+
+/// Per-source and global token buckets.
+pub struct RateLimiter {
+    rates: Rates,
+    inner: Mutex<Limiter>,
+}
+
+struct Limiter {
+    global: Bucket,
+    sources: HashMap<IpAddr, Bucket>,
+}
+
+impl RateLimiter {
+    /// A limiter with `rates`, every bucket full.
+    pub fn new(rates: Rates) -> RateLimiter {
+        let now = Instant::now();
+        RateLimiter {
+            rates,
+            inner: Mutex::new(Limiter {
+                global: Bucket::full(rates.global_burst, now),
+                sources: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Takes one request's token for `peer` at `now`: the source's bucket first (a source
+    /// over its own limit does not drain the global one), then the global bucket.
+    ///
+    /// # Errors
+    /// [`RateRefusal`] naming the limit that was reached.
+    pub fn check(&self, peer: IpAddr, now: Instant) -> Result<(), RateRefusal> {
+        let r = self.rates;
+        let source = source_of(peer);
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !inner.sources.contains_key(&source) && inner.sources.len() >= MAX_TRACKED_SOURCES {
+            // Forget sources whose bucket has refilled: they are indistinguishable from new.
+            let idle = Duration::from_secs_f64(r.per_source_burst / r.per_source.max(0.001));
+            inner
+                .sources
+                .retain(|_, b| now.saturating_duration_since(b.last) < idle);
+            if inner.sources.len() >= MAX_TRACKED_SOURCES {
+                return Err(RateRefusal::Global);
+            }
+        }
+        let bucket = inner
+            .sources
+            .entry(source)
+            .or_insert_with(|| Bucket::full(r.per_source_burst, now));
+        if !bucket.take(r.per_source, r.per_source_burst, now) {
+            return Err(RateRefusal::Source);
+        }
+        if !inner.global.take(r.global, r.global_burst, now) {
+            return Err(RateRefusal::Global);
+        }
+        Ok(())
+    }
+}
+
+/// Lets through at most `per_second` log lines a second and counts the rest, so a flood of
+/// anonymous rejections cannot flood the log either.
+pub struct LogThrottle {
+    per_second: u64,
+    /// Second (since `start`) of the current window, and lines in it, packed: high 32 bits
+    /// the second, low 32 the count.
+    window: AtomicU64,
+    suppressed: AtomicU64,
+    start: Instant,
+}
+
+impl LogThrottle {
+    /// A throttle of `per_second` lines a second.
+    pub fn new(per_second: u64) -> LogThrottle {
+        LogThrottle {
+            per_second,
+            window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    /// Whether to log this line; when a new window opens, also how many lines the previous
+    /// windows suppressed (to be reported on this line).
+    pub fn admit(&self) -> Option<u64> {
+        let second = self.start.elapsed().as_secs() & 0xffff_ffff;
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (s, n) = (current >> 32, current & 0xffff_ffff);
+            let next = if s == second {
+                if n >= self.per_second {
+                    self.suppressed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                (s << 32) | (n + 1)
+            } else {
+                (second << 32) | 1
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(self.suppressed.swap(0, Ordering::Relaxed)),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn handshake_slots_are_shared_fairly_and_returned() {
+        let gate = HandshakeGate::new(8, 2);
+        // One source takes half the budget, then is refused.
+        let a: Vec<_> = (0..4)
+            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
+            .collect();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.1")).err(),
+            Some(HandshakeRefusal::Source)
+        );
+        // Others still get their share of what is left, no more.
+        let _b: Vec<_> = (0..2)
+            .map(|_| gate.try_enter(ip("10.0.0.2")).unwrap())
+            .collect();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.2")).err(),
+            Some(HandshakeRefusal::Source)
+        );
+        let _c: Vec<_> = (0..2)
+            .map(|_| gate.try_enter(ip("10.0.0.3")).unwrap())
+            .collect();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.4")).err(),
+            Some(HandshakeRefusal::Global)
+        );
+        drop(a);
+        assert!(gate.try_enter(ip("10.0.0.4")).is_ok());
+        assert!(gate.per_source.lock().unwrap().len() <= 3);
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_source() {
+        assert_eq!(
+            source_of(ip("2001:db8:1:2:aaaa::1")),
+            source_of(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn one_source_over_its_limit_leaves_others_served() {
+        let rl = RateLimiter::new(Rates {
+            per_source: 1.0,
+            per_source_burst: 3.0,
+            global: 100.0,
+            global_burst: 10.0,
+        });
+        let t = Instant::now();
+        for _ in 0..3 {
+            assert!(rl.check(ip("10.0.0.1"), t).is_ok());
+        }
+        assert_eq!(rl.check(ip("10.0.0.1"), t), Err(RateRefusal::Source));
+        assert!(rl.check(ip("10.0.0.2"), t).is_ok());
+        assert!(rl
+            .check(ip("10.0.0.1"), t + Duration::from_millis(1100))
+            .is_ok());
+    }
+
+    #[test]
+    fn many_sources_together_hit_the_global_limit() {
+        let rl = RateLimiter::new(Rates {
+            per_source: 10.0,
+            per_source_burst: 10.0,
+            global: 1.0,
+            global_burst: 5.0,
+        });
+        let t = Instant::now();
+        let ok = (0..20)
+            .filter(|i| rl.check(ip(&format!("10.0.1.{i}")), t).is_ok())
+            .count();
+        assert_eq!(ok, 5);
+    }
+
+    #[test]
+    fn the_log_throttle_counts_what_it_drops() {
+        let th = LogThrottle::new(2);
+        assert_eq!(th.admit(), Some(0));
+        assert_eq!(th.admit(), Some(0));
+        assert_eq!(th.admit(), None);
+        assert_eq!(th.admit(), None);
+        assert_eq!(th.suppressed.load(Ordering::Relaxed), 2);
+    }
+}
