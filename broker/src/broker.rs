@@ -80,6 +80,43 @@ pub struct BrokerKeys {
     pub fingerprint: FingerprintKey,
 }
 
+/// The keyring taken out of the environment by [`take_kek_from_env`]: (variable, value).
+static TAKEN_KEK: std::sync::Mutex<Option<(String, Zeroizing<String>)>> =
+    std::sync::Mutex::new(None);
+
+/// Reads the KEK keyring from environment variable `var` and removes the variable from the
+/// process environment, so that child processes do not inherit it and later reads of the
+/// environment do not find it; [`BrokerKeys::load`] then uses the value taken. Call it
+/// before any thread is started (`serve` does, before its runtime): changing the environment
+/// while another thread reads it is unsound in C libraries. `/proc/<pid>/environ` still shows
+/// the environment the process was started with.
+///
+/// # Errors
+/// When the variable is not set or not UTF-8.
+pub fn take_kek_from_env(var: &str) -> Result<(), KeyError> {
+    let value = Zeroizing::new(std::env::var(var).map_err(|_| {
+        KeyError::Invalid(format!(
+            "environment variable {var} (keys.kek_env) is not set"
+        ))
+    })?);
+    std::env::remove_var(var);
+    let mut taken = TAKEN_KEK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *taken = Some((var.to_owned(), value));
+    Ok(())
+}
+
+fn taken_kek(var: &str) -> Option<Zeroizing<String>> {
+    let taken = TAKEN_KEK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    taken
+        .as_ref()
+        .filter(|(v, _)| v == var)
+        .map(|(_, value)| value.clone())
+}
+
 impl BrokerKeys {
     /// Loads the keys named by `config`.
     ///
@@ -88,11 +125,14 @@ impl BrokerKeys {
     pub fn load(config: &Config) -> Result<BrokerKeys, KeyError> {
         let keyring = match &config.keys.kek_env {
             Some(var) => {
-                let value = Zeroizing::new(std::env::var(var).map_err(|_| {
-                    KeyError::Invalid(format!(
-                        "environment variable {var} (keys.kek_env) is not set"
-                    ))
-                })?);
+                let value = match taken_kek(var) {
+                    Some(v) => v,
+                    None => Zeroizing::new(std::env::var(var).map_err(|_| {
+                        KeyError::Invalid(format!(
+                            "environment variable {var} (keys.kek_env) is not set"
+                        ))
+                    })?),
+                };
                 Keyring::parse(value.as_bytes())?
             }
             None => Keyring::load(&config.kek_file())?,

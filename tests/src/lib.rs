@@ -177,10 +177,22 @@ impl TestPki {
     }
 }
 
+/// Where test configs keep the KEK keyring of `data_dir`: beside it, as `serve` requires.
+pub fn kek_file_for(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("data");
+    data_dir
+        .parent()
+        .unwrap_or(data_dir)
+        .join(format!("{name}-kek.json"))
+}
+
 /// Writes a daemon config to `path`, serialized from the broker's own `Config` type: the
-/// test defaults (data directory, loopback listener, the test PKI) with `extra_toml` merged
-/// over them table by table. The merged document is parsed back into `Config` first, so a
-/// test with a misspelt key fails here, naming it.
+/// test defaults (data directory, KEK beside it, loopback listener, the test PKI) with
+/// `extra_toml` merged over them table by table. The merged document is parsed back into
+/// `Config` first, so a test with a misspelt key fails here, naming it.
 pub fn write_config(
     path: &Path,
     data_dir: &Path,
@@ -200,9 +212,18 @@ pub fn write_config(
             crl,
         },
     );
+    let mut base = base;
+    // `serve` refuses a KEK keyring inside the data directory: keep it beside it.
+    base.keys.kek_file = Some(kek_file_for(data_dir));
     let mut table = toml::Table::try_from(&base).unwrap();
     let extra: toml::Table = toml::from_str(extra_toml).expect("extra TOML parses");
     merge_toml(&mut table, extra);
+    // A test that takes the keyring from the environment has no file.
+    if let Some(toml::Value::Table(keys)) = table.get_mut("keys") {
+        if keys.contains_key("kek_env") {
+            keys.remove("kek_file");
+        }
+    }
     let config: Config = toml::Value::Table(table)
         .try_into()
         .unwrap_or_else(|e| panic!("test config is not a valid credbroker config: {e}"));

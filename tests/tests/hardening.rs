@@ -48,7 +48,7 @@ async fn a_key_file_readable_by_others_is_refused() {
     let (tmp, pki) = setup();
     let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
     daemon.stop();
-    let kek = daemon.data_dir.join("keys/kek.json");
+    let kek = kek_file_for(&daemon.data_dir);
     std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = std::process::Command::new(daemon_bin())
         .args(["serve", "--config"])
@@ -75,4 +75,101 @@ async fn a_key_file_readable_by_others_is_refused() {
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
     assert_eq!(s, 200);
+}
+
+/// Runs `serve`; its standard error when it exits with an error within 20 s, `None` when it
+/// keeps running (it is then killed) or succeeds.
+fn serve_must_refuse(config: &std::path::Path) -> Option<String> {
+    let mut child = std::process::Command::new(daemon_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return (!status.success()).then_some(err);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Someone with a copy (a backup) of the data directory must not find the key that opens
+/// its ciphertext in it: `serve` refuses a KEK keyring inside the data or store directory,
+/// also when reached through a symbolic link (issue 10, item 11).
+#[test]
+fn serve_refuses_a_kek_inside_the_data_directory() {
+    let (tmp, pki) = setup();
+    let data = tmp.path().join("data");
+    let link = tmp.path().join("data-link");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(&data, &link).unwrap();
+    let store = tmp.path().join("elsewhere/store");
+    for (kek, extra) in [
+        (data.join("keys/kek.json"), String::new()),
+        (link.join("kek.json"), String::new()),
+        (
+            store.join("kek.json"),
+            format!("[store]\npath = {:?}\n", store.display().to_string()),
+        ),
+    ] {
+        let config = tmp.path().join("credbroker.toml");
+        write_config(
+            &config,
+            &data,
+            &pki,
+            None,
+            &format!(
+                "{extra}[keys]\nkek_file = {:?}\n",
+                kek.display().to_string()
+            ),
+        );
+        let (c, out, err) = run_cli(&["init", "--config", config.to_str().unwrap()]);
+        assert_eq!(c, 0, "{out}{err}");
+        let err = serve_must_refuse(&config)
+            .unwrap_or_else(|| panic!("the daemon started with its KEK at {}", kek.display()));
+        assert!(
+            err.contains("is inside the") && err.contains("keys.kek_file"),
+            "{err}"
+        );
+        std::fs::remove_file(&kek).unwrap();
+    }
+}
+
+/// A process the daemon starts (or any later reader of its environment) must not find the
+/// KEK keyring in it: taken from `keys.kek_env`, the variable is removed before any thread
+/// starts, and the keys still load (issue 10, item 11).
+#[test]
+fn the_kek_variable_leaves_the_environment_once_taken() {
+    let (tmp, pki) = setup();
+    let keyring = r#"{"active": 1, "keys": {"1": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}}"#;
+    let var = "CREDBROKER_TEST_KEK_TAKEN";
+    std::env::set_var(var, keyring);
+    let config_path = tmp.path().join("credbroker.toml");
+    let config = write_config(
+        &config_path,
+        &tmp.path().join("data"),
+        &pki,
+        None,
+        &format!("[keys]\nkek_env = {var:?}\n"),
+    );
+    credbroker::broker::BrokerKeys::init(&config).unwrap();
+    credbroker::broker::take_kek_from_env(var).unwrap();
+    assert!(std::env::var(var).is_err(), "the variable is still set");
+    let child = std::process::Command::new("env").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&child.stdout).contains(var),
+        "a child process inherited the KEK variable"
+    );
+    config.check_kek_outside_data().unwrap();
+    assert!(credbroker::broker::BrokerKeys::load(&config).is_ok());
 }

@@ -122,8 +122,7 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
         assert_eq!(a.sealed_payload, b.sealed_payload, "payload untouched");
     }
     let keyring: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(daemon.data_dir.join("keys/kek.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(kek_file_for(&daemon.data_dir)).unwrap()).unwrap();
     assert_eq!(keyring["active"], 2);
 
     daemon.restart();

@@ -166,7 +166,12 @@ impl AdminService {
             Err(err) => {
                 let event = AuditEvent {
                     kind: "admin".into(),
-                    action: format!("admin {method} {}", sanitize_path(path)),
+                    // Both bounded: any certificate holder can send any method and path.
+                    action: format!(
+                        "admin {} {}",
+                        sanitize_path(&method.as_str().chars().take(16).collect::<String>()),
+                        sanitize_path(path)
+                    ),
                     request_id: request_id.to_owned(),
                     actor: actor.clone(),
                     outcome: "denied".into(),

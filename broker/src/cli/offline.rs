@@ -260,6 +260,11 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
 /// An invalid config, a provider that cannot start, or a listener that cannot bind.
 pub fn run_serve(args: &ServeArgs) -> Result<ExitCode, String> {
     let config = Config::load(&args.config).map_err(|e| e.to_string())?;
+    config.check_kek_outside_data().map_err(|e| e.to_string())?;
+    // Before any thread exists: the variable leaves the environment for good.
+    if let Some(var) = &config.keys.kek_env {
+        crate::broker::take_kek_from_env(var).map_err(|e| e.to_string())?;
+    }
     init_logging(config.log.format, &config.log.level);
     runtime()?.block_on(async {
         let registry =

@@ -326,9 +326,15 @@ mod tests {
             ));
             s.commit(b).unwrap();
         }
-        assert!(matches!(
-            SledStore::open(dir.path()),
-            Err(StoreError::Schema { .. })
-        ));
+        // sled's flusher thread may hold the directory lock a moment after the drop.
+        let mut reopened = SledStore::open(dir.path());
+        for _ in 0..100 {
+            if matches!(reopened, Err(StoreError::Schema { .. })) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            reopened = SledStore::open(dir.path());
+        }
+        assert!(matches!(reopened, Err(StoreError::Schema { .. })));
     }
 }
