@@ -285,6 +285,14 @@ impl Broker {
                 )));
             }
         }
+        for k in records.all_platform_keys().await? {
+            if !k.wrapped_dek.is_empty() && !held.contains(&k.kek_version) {
+                return Err(StartError::Other(format!(
+                    "platform key {}/{} is wrapped by KEK version {}, which the keyring does not hold",
+                    k.kind, k.version, k.kek_version
+                )));
+            }
+        }
         let metrics = Metrics::new();
         let audit = AuditLog::open_observed(
             settings.audit.clone(),
@@ -307,6 +315,16 @@ impl Broker {
             settings,
         });
         let admin = AdminService::new(Arc::clone(&core));
+        let migrated = admin
+            .migrate_platform_key_sealing()
+            .await
+            .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
+        if migrated > 0 {
+            tracing::info!(
+                keys = migrated,
+                "re-sealed platform keys in their own AAD domain"
+            );
+        }
         admin
             .load_all_platform_keys()
             .await

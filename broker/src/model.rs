@@ -232,6 +232,23 @@ pub struct PlatformKeyRecord {
     /// Retirement time.
     #[serde(default)]
     pub retired_at: Option<String>,
+    /// The AAD domain the material is sealed in. Records written before platform keys had
+    /// their own domain lack the field and read as `legacy_tenant_secret`; the daemon
+    /// re-seals them at start (audited) and never opens a legacy one otherwise.
+    #[serde(default)]
+    pub sealed_as: SealedAs,
+}
+
+/// How a platform key's material is sealed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealedAs {
+    /// As a tenant secret of tenant `platform`, binding = the kind (releases before the
+    /// platform-key domain). Opened only by the start-up migration.
+    #[default]
+    LegacyTenantSecret,
+    /// In the platform-key domain ([`crate::seal::SealContext::PlatformKey`]).
+    PlatformKey,
 }
 
 /// The current UTC time in RFC 3339.

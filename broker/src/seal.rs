@@ -1,10 +1,11 @@
-//! Envelope encryption of secret versions.
+//! Envelope encryption of secret versions and platform keys.
 //!
-//! Each version gets a fresh 256-bit data key. The payload is AES-256-GCM sealed with
-//! additional authenticated data binding it to (tenant, binding, version), so ciphertext
-//! copied onto another record fails to open. The data key is itself AES-256-GCM wrapped by the
-//! active KEK, with AAD binding the wrap to the same record and the KEK version. Rotating the
-//! KEK re-wraps data keys and never touches payloads.
+//! Each sealed item gets a fresh 256-bit data key. The payload is AES-256-GCM sealed with
+//! additional authenticated data naming what the item is ([`SealContext`]: its purpose, and
+//! (tenant, binding, version) or (key kind, version)), so ciphertext copied onto another
+//! record, or a platform key presented as a tenant secret, fails to open. The data key is
+//! itself AES-256-GCM wrapped by the active KEK, with AAD binding the wrap to the same item and
+//! the KEK version. Rotating the KEK re-wraps data keys and never touches payloads.
 
 use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -43,23 +44,73 @@ pub struct Sealed {
     pub sealed_payload: String,
 }
 
-fn payload_aad(tenant: &TenantId, binding: &BindingId, version: u32) -> Vec<u8> {
-    let mut aad = b"credbroker/secret-payload/v1\0".to_vec();
-    aad.extend_from_slice(tenant.as_str().as_bytes());
+/// What a sealed item is. Bound into both AADs, so an item opens only as what it was sealed
+/// as: a platform key never opens as a tenant secret (whatever the tenant is called), and a
+/// secret never opens on another record.
+#[derive(Debug, Clone, Copy)]
+pub enum SealContext<'a> {
+    /// Version `version` of a tenant's secret on `binding`.
+    TenantSecret {
+        /// Owning tenant.
+        tenant: &'a TenantId,
+        /// Binding.
+        binding: &'a BindingId,
+        /// Secret version.
+        version: u32,
+    },
+    /// Version `version` of the broker's platform key of `kind` (e.g. the GitHub App key).
+    PlatformKey {
+        /// Key kind (the provider id).
+        kind: &'a str,
+        /// Key version.
+        version: u32,
+    },
+}
+
+impl SealContext<'_> {
+    /// `(payload label, data-key label, first id, second id, version)`.
+    fn parts(&self) -> (&'static [u8], &'static [u8], &str, &str, u32) {
+        match *self {
+            SealContext::TenantSecret {
+                tenant,
+                binding,
+                version,
+            } => (
+                b"credbroker/secret-payload/v1\0",
+                b"credbroker/data-key/v1\0",
+                tenant.as_str(),
+                binding.as_str(),
+                version,
+            ),
+            SealContext::PlatformKey { kind, version } => (
+                b"credbroker/platform-key-payload/v1\0",
+                b"credbroker/platform-key-data-key/v1\0",
+                "platform",
+                kind,
+                version,
+            ),
+        }
+    }
+}
+
+fn aad_of(label: &[u8], a: &str, b: &str, version: u32) -> Vec<u8> {
+    let mut aad = label.to_vec();
+    aad.extend_from_slice(a.as_bytes());
     aad.push(0);
-    aad.extend_from_slice(binding.as_str().as_bytes());
+    aad.extend_from_slice(b.as_bytes());
     aad.push(0);
     aad.extend_from_slice(&version.to_be_bytes());
     aad
 }
 
-fn dek_aad(tenant: &TenantId, binding: &BindingId, version: u32, kek_version: u32) -> Vec<u8> {
-    let mut aad = b"credbroker/data-key/v1\0".to_vec();
-    aad.extend_from_slice(tenant.as_str().as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(binding.as_str().as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(&version.to_be_bytes());
+fn payload_aad(ctx: SealContext<'_>) -> Vec<u8> {
+    let (label, _, a, b, version) = ctx.parts();
+    aad_of(label, a, b, version)
+}
+
+fn dek_aad(ctx: SealContext<'_>, kek_version: u32) -> Vec<u8> {
+    let (_, label, a, b, version) = ctx.parts();
+    let mut aad = aad_of(label, a, b, version);
     aad.extend_from_slice(&kek_version.to_be_bytes());
     aad
 }
@@ -104,14 +155,34 @@ pub fn seal_secret(
     version: u32,
     fields: &SecretFields,
 ) -> Result<Sealed, SealError> {
+    seal(
+        keyring,
+        SealContext::TenantSecret {
+            tenant,
+            binding,
+            version,
+        },
+        fields,
+    )
+}
+
+/// Seals `fields` as the item `ctx` under the active KEK.
+///
+/// # Errors
+/// [`SealError::Crypto`] when the CSPRNG or cipher fails.
+pub fn seal(
+    keyring: &Keyring,
+    ctx: SealContext<'_>,
+    fields: &SecretFields,
+) -> Result<Sealed, SealError> {
     let kek_version = keyring.active_version();
     let kek = keyring
         .key(kek_version)
         .ok_or(SealError::MissingKek(kek_version))?;
     let dek = random_bytes(32).map_err(|_| SealError::Crypto)?;
     let plaintext = fields.to_json_zeroizing();
-    let sealed_payload = seal_with(&dek, payload_aad(tenant, binding, version), &plaintext)?;
-    let wrapped_dek = seal_with(kek, dek_aad(tenant, binding, version, kek_version), &dek)?;
+    let sealed_payload = seal_with(&dek, payload_aad(ctx), &plaintext)?;
+    let wrapped_dek = seal_with(kek, dek_aad(ctx, kek_version), &dek)?;
     Ok(Sealed {
         kek_version,
         wrapped_dek,
@@ -121,20 +192,14 @@ pub fn seal_secret(
 
 fn unwrap_dek(
     keyring: &Keyring,
-    tenant: &TenantId,
-    binding: &BindingId,
-    version: u32,
+    ctx: SealContext<'_>,
     kek_version: u32,
     wrapped_dek: &str,
 ) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let kek = keyring
         .key(kek_version)
         .ok_or(SealError::MissingKek(kek_version))?;
-    let dek = open_with(
-        kek,
-        dek_aad(tenant, binding, version, kek_version),
-        wrapped_dek,
-    )?;
+    let dek = open_with(kek, dek_aad(ctx, kek_version), wrapped_dek)?;
     if dek.len() != 32 {
         return Err(SealError::Malformed);
     }
@@ -155,12 +220,37 @@ pub fn open_secret(
     wrapped_dek: &str,
     sealed_payload: &str,
 ) -> Result<SecretFields, SealError> {
-    let dek = unwrap_dek(keyring, tenant, binding, version, kek_version, wrapped_dek)?;
-    let plaintext = open_with(&dek, payload_aad(tenant, binding, version), sealed_payload)?;
+    open(
+        keyring,
+        SealContext::TenantSecret {
+            tenant,
+            binding,
+            version,
+        },
+        kek_version,
+        wrapped_dek,
+        sealed_payload,
+    )
+}
+
+/// Opens the sealed item `ctx`.
+///
+/// # Errors
+/// As [`open_secret`].
+pub fn open(
+    keyring: &Keyring,
+    ctx: SealContext<'_>,
+    kek_version: u32,
+    wrapped_dek: &str,
+    sealed_payload: &str,
+) -> Result<SecretFields, SealError> {
+    let dek = unwrap_dek(keyring, ctx, kek_version, wrapped_dek)?;
+    let plaintext = open_with(&dek, payload_aad(ctx), sealed_payload)?;
     SecretFields::from_json(&plaintext).map_err(|_| SealError::Malformed)
 }
 
-/// Re-wraps a data key under the active KEK without touching the payload.
+/// Re-wraps a data key of (tenant, binding, version) under the active KEK without touching
+/// the payload.
 ///
 /// # Errors
 /// As [`open_secret`] for the unwrap; [`SealError::Crypto`] for the wrap.
@@ -172,10 +262,32 @@ pub fn rewrap_data_key(
     kek_version: u32,
     wrapped_dek: &str,
 ) -> Result<(u32, String), SealError> {
-    let dek = unwrap_dek(keyring, tenant, binding, version, kek_version, wrapped_dek)?;
+    rewrap(
+        keyring,
+        SealContext::TenantSecret {
+            tenant,
+            binding,
+            version,
+        },
+        kek_version,
+        wrapped_dek,
+    )
+}
+
+/// Re-wraps the data key of the item `ctx` under the active KEK without touching the payload.
+///
+/// # Errors
+/// As [`rewrap_data_key`].
+pub fn rewrap(
+    keyring: &Keyring,
+    ctx: SealContext<'_>,
+    kek_version: u32,
+    wrapped_dek: &str,
+) -> Result<(u32, String), SealError> {
+    let dek = unwrap_dek(keyring, ctx, kek_version, wrapped_dek)?;
     let active = keyring.active_version();
     let kek = keyring.key(active).ok_or(SealError::MissingKek(active))?;
-    let wrapped = seal_with(kek, dek_aad(tenant, binding, version, active), &dek)?;
+    let wrapped = seal_with(kek, dek_aad(ctx, active), &dek)?;
     Ok((active, wrapped))
 }
 
@@ -250,6 +362,47 @@ mod tests {
             open_secret(&k, &t, &b, 1, 1, &s.wrapped_dek, "!!").err(),
             Some(SealError::Malformed)
         );
+    }
+
+    /// A platform key never opens as a tenant secret, not even of a tenant called
+    /// `platform` with a binding named like the key kind (the pre-domain sealing).
+    #[test]
+    fn a_platform_key_does_not_open_as_a_tenant_secret() {
+        let k = Keyring::generate().unwrap();
+        let s = seal(
+            &k,
+            SealContext::PlatformKey {
+                kind: "github_app",
+                version: 1,
+            },
+            &fields(),
+        )
+        .unwrap();
+        let (t, b) = ids("platform", "github_app");
+        assert_eq!(
+            open_secret(
+                &k,
+                &t,
+                &b,
+                1,
+                s.kek_version,
+                &s.wrapped_dek,
+                &s.sealed_payload
+            )
+            .err(),
+            Some(SealError::Authentication)
+        );
+        let legacy = seal_secret(&k, &t, &b, 1, &fields()).unwrap();
+        let as_key = SealContext::PlatformKey {
+            kind: "github_app",
+            version: 1,
+        };
+        assert_eq!(
+            open(&k, as_key, 1, &legacy.wrapped_dek, &legacy.sealed_payload).err(),
+            Some(SealError::Authentication)
+        );
+        let out = open(&k, as_key, s.kek_version, &s.wrapped_dek, &s.sealed_payload).unwrap();
+        assert_eq!(out.expose("token"), Some("s3cr3t-canary"));
     }
 
     #[test]

@@ -809,3 +809,141 @@ async fn a_flood_of_anonymous_callbacks_is_counted_not_audited() {
         "{m}"
     );
 }
+
+/// After `keys rotate-kek` and removing the old KEK version from the keyring (as the runbook
+/// says), the App key still opens and mints; a stale copy of the keyring (without the new
+/// version) is refused at start instead of leaving keys unopenable (issue 10, item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kek_rotation_keeps_the_app_key_and_a_stale_keyring_is_refused() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    env.daemon.stop();
+    let kek = kek_file_for(&env.daemon.data_dir);
+    let stale = std::fs::read(&kek).unwrap();
+    let config = env.daemon.config.to_str().unwrap().to_owned();
+    let (c, out, err) = env.daemon.cli(&["keys", "rotate-kek", "--config", &config]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("version 1 -> 2"), "{out}");
+    // Runbook step: drop the old version once everything is re-wrapped.
+    let mut ring: Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
+    ring["keys"].as_object_mut().unwrap().remove("1");
+    std::fs::write(&kek, serde_json::to_vec(&ring).unwrap()).unwrap();
+    env.daemon.restart();
+    env.op = env.pki.client_for("op", &env.daemon.url);
+    env.public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
+    let state = state_for(&mut env.op, "t1").await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["status"], "active",
+        "the App key minted after rotation: {v}"
+    );
+    let rotation = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "keys.rotate_kek")
+        .unwrap();
+    assert!(
+        rotation["detail"]
+            .as_str()
+            .unwrap()
+            .contains("platform_keys: 1"),
+        "{rotation}"
+    );
+    // A stale keyring (a backup from before the rotation) is refused with a clear reason.
+    env.daemon.stop();
+    std::fs::write(&kek, &stale).unwrap();
+    let out = std::process::Command::new(daemon_bin())
+        .args(["serve", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("last rotated to KEK version 2") && err.contains("stale keyring"),
+        "{err}"
+    );
+}
+
+/// A store written by the previous release holds the App key sealed as tenant `platform`'s
+/// secret (the AAD a tenant called `platform` would share). The first start re-seals it in
+/// the platform-key domain, audited once; the key keeps minting; later starts change nothing
+/// (issue 10, item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
+    use credbroker::store::{Batch, Op, Table};
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    env.daemon.stop();
+    // Rewrite the store as the previous release left it: schema 2, the key sealed with the
+    // tenant-secret AAD of (platform, github_app, version), no `sealed_as` field.
+    {
+        let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir).unwrap();
+        let keyring = credbroker::keys::Keyring::load(&config.kek_file()).unwrap();
+        let rows = store.scan(Table::PlatformKeys, "").await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let (key, raw) = &rows[0];
+        let mut rec: Value = serde_json::from_slice(raw).unwrap();
+        assert_eq!(rec["sealed_as"], "platform_key");
+        let material = credbroker::seal::open(
+            &keyring,
+            credbroker::seal::SealContext::PlatformKey {
+                kind: "github_app",
+                version: 1,
+            },
+            rec["kek_version"].as_u64().unwrap() as u32,
+            rec["wrapped_dek"].as_str().unwrap(),
+            rec["sealed_payload"].as_str().unwrap(),
+        )
+        .unwrap();
+        let legacy = credbroker::seal::seal_secret(
+            &keyring,
+            &credbroker::ids::TenantId::parse("platform").unwrap(),
+            &credbroker::ids::BindingId::parse("github_app").unwrap(),
+            1,
+            &material,
+        )
+        .unwrap();
+        rec["wrapped_dek"] = json!(legacy.wrapped_dek);
+        rec["sealed_payload"] = json!(legacy.sealed_payload);
+        rec.as_object_mut().unwrap().remove("sealed_as");
+        let mut b = Batch::new();
+        b.push(Op::Put(
+            Table::PlatformKeys,
+            key.clone(),
+            serde_json::to_vec(&rec).unwrap(),
+        ));
+        b.push(Op::Put(Table::Meta, "schema_version".into(), b"2".to_vec()));
+        store.commit(b).await.unwrap();
+    }
+    for _ in 0..2 {
+        env.daemon.restart();
+        env.op = env.pki.client_for("op", &env.daemon.url);
+        env.public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
+        let state = state_for(&mut env.op, "t1").await;
+        let (s, v) = setup_redirect(
+            &mut env.public,
+            &format!("installation_id=1001&setup_action=install&state={state}"),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["status"], "active", "{v}");
+    }
+    let migrations: Vec<Value> = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "store.migrate")
+        .collect();
+    assert_eq!(migrations.len(), 1, "{migrations:?}");
+    assert!(migrations[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("github_app/1"));
+}

@@ -116,6 +116,7 @@ async fn every_record_type_round_trips(records: &Records) {
             created_at: "2026-01-01T00:00:00Z".into(),
             activated_at: None,
             retired_at: None,
+            sealed_as: credbroker::model::SealedAs::PlatformKey,
         })
         .claim_identifier(
             "test:one",

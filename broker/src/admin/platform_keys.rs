@@ -14,8 +14,8 @@ use super::AdminService;
 use super::{store_err, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::ids::{BindingId, TenantId};
-use crate::model::{now_rfc3339, KeyState, PlatformKeyRecord};
-use crate::seal::{open_secret, seal_secret};
+use crate::model::{now_rfc3339, KeyState, PlatformKeyRecord, SealedAs};
+use crate::seal::{open, seal, SealContext};
 use crate::store::records::Stored;
 
 fn view(k: &PlatformKeyRecord) -> Value {
@@ -23,14 +23,24 @@ fn view(k: &PlatformKeyRecord) -> Value {
         "kind": k.kind, "version": k.version, "state": k.state,
         "fingerprint": k.fingerprint, "created_at": k.created_at,
         "activated_at": k.activated_at, "retired_at": k.retired_at,
+        "kek_version": k.kek_version,
     })
 }
 
-fn platform_ids(kind: &str) -> Result<(TenantId, BindingId), ApiError> {
+/// The (tenant, binding) pair platform keys were sealed under before they had their own
+/// domain; only the start-up migration uses it.
+fn legacy_ids(kind: &str) -> Result<(TenantId, BindingId), ApiError> {
     Ok((
         TenantId::parse("platform").map_err(ApiError::bad_request)?,
         BindingId::parse(kind).map_err(ApiError::bad_request)?,
     ))
+}
+
+fn key_context(k: &PlatformKeyRecord) -> SealContext<'_> {
+    SealContext::PlatformKey {
+        kind: &k.kind,
+        version: k.version,
+    }
 }
 
 impl AdminService {
@@ -132,7 +142,6 @@ impl AdminService {
     /// When a key cannot be opened or used.
     pub async fn load_platform_keys(&self, kind: &str) -> Result<usize, ApiError> {
         let provider = self.key_provider(kind)?;
-        let (tenant, binding) = platform_ids(kind)?;
         let mut active: Vec<PlatformKeyRecord> = self
             .key_records(kind)
             .await?
@@ -147,11 +156,18 @@ impl AdminService {
         });
         let mut keys = Vec::with_capacity(active.len());
         for k in &active {
-            let material = open_secret(
+            if k.sealed_as != SealedAs::PlatformKey {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "platform key {kind}/{} is still sealed as a tenant secret (the start-up migration did not run)",
+                        k.version
+                    ),
+                ));
+            }
+            let material = open(
                 &self.core.keyring,
-                &tenant,
-                &binding,
-                k.version,
+                key_context(k),
                 k.kek_version,
                 &k.wrapped_dek,
                 &k.sealed_payload,
@@ -174,6 +190,82 @@ impl AdminService {
             .install(keys)
             .map_err(ApiError::from)?;
         Ok(n)
+    }
+
+    /// Store migration (schema 3): re-seals platform keys written before they had their own
+    /// AAD domain (as tenant `platform`'s secrets) in the platform-key domain, with a fresh
+    /// data key under the active KEK. One audited batch; a no-op once done. Runs at start,
+    /// before the keys are loaded.
+    ///
+    /// # Errors
+    /// When a legacy key cannot be opened, or the audit record or batch cannot be written
+    /// (nothing is changed then).
+    pub async fn migrate_platform_key_sealing(&self) -> Result<usize, ApiError> {
+        let keys = self
+            .core
+            .records
+            .all_platform_keys()
+            .await
+            .map_err(store_err)?;
+        let mut batch = crate::store::Batch::new();
+        let mut moved = Vec::new();
+        for read in keys
+            .iter()
+            .filter(|k| k.value.sealed_as == SealedAs::LegacyTenantSecret)
+        {
+            let mut k = read.value.clone();
+            if !k.wrapped_dek.is_empty() {
+                let (tenant, binding) = legacy_ids(&k.kind)?;
+                let material = open(
+                    &self.core.keyring,
+                    SealContext::TenantSecret {
+                        tenant: &tenant,
+                        binding: &binding,
+                        version: k.version,
+                    },
+                    k.kek_version,
+                    &k.wrapped_dek,
+                    &k.sealed_payload,
+                )
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "platform key {}/{} cannot be opened for migration: {e}",
+                            k.kind, k.version
+                        ),
+                    )
+                })?;
+                let sealed = seal(&self.core.keyring, key_context(&k), &material)
+                    .map_err(|_| ApiError::new(ErrorCode::Internal, "sealing failed"))?;
+                k.kek_version = sealed.kek_version;
+                k.wrapped_dek = sealed.wrapped_dek;
+                k.sealed_payload = sealed.sealed_payload;
+            }
+            k.sealed_as = SealedAs::PlatformKey;
+            moved.push(format!("{}/{}", k.kind, k.version));
+            batch.replace(read, &k);
+        }
+        if moved.is_empty() {
+            return Ok(0);
+        }
+        let event = crate::audit::AuditEvent {
+            kind: "admin".into(),
+            action: "store.migrate".into(),
+            request_id: crate::server::new_request_id(),
+            actor: "credbroker:start".into(),
+            outcome: "allowed".into(),
+            detail: Some(format!(
+                "schema 3: re-sealed {} platform key(s) in the platform-key domain: {}",
+                moved.len(),
+                moved.join(", ")
+            )),
+            ..Default::default()
+        };
+        self.commit_audited(event, batch, None)
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(moved.len())
     }
 
     /// Loads every provider's platform keys (at start).
@@ -231,9 +323,12 @@ impl AdminService {
             ));
         }
         let version = existing.iter().map(|k| k.version).max().unwrap_or(0) + 1;
-        let (tenant, binding) = platform_ids(kind)?;
-        let sealed = seal_secret(&self.core.keyring, &tenant, &binding, version, &material)
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "sealing failed"))?;
+        let sealed = seal(
+            &self.core.keyring,
+            SealContext::PlatformKey { kind, version },
+            &material,
+        )
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "sealing failed"))?;
         let record = PlatformKeyRecord {
             kind: kind.to_owned(),
             version,
@@ -245,6 +340,7 @@ impl AdminService {
             created_at: now_rfc3339(),
             activated_at: None,
             retired_at: None,
+            sealed_as: SealedAs::PlatformKey,
         };
         let mut plan = Plan::new(
             format!("kind={kind} version={version} fingerprint={fingerprint} state=staged"),

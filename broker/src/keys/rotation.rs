@@ -1,14 +1,17 @@
 //! KEK rotation, offline: add a KEK version and re-wrap every data key with it (payloads
-//! untouched). Order matters for crash safety: the keyring holding both the old and the new
+//! untouched): tenant secrets, platform keys, and any table that declares sealed material
+//! ([`crate::store::Table::holds_sealed_material`]). Order matters for crash safety: the keyring holding both the old and the new
 //! version is saved first, the rotation is audited, then all data keys are re-wrapped in one
 //! atomic batch. A crash at any point leaves every secret openable.
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::broker::BrokerSettings;
 use crate::config::Config;
+use crate::ids::{BindingId, TenantId};
 use crate::keys::{AuditSigner, Keyring};
-use crate::seal::rewrap_data_key;
-use crate::store::records::Records;
+use crate::model::SealedAs;
+use crate::seal::{rewrap, SealContext};
+use crate::store::records::{Records, SealedTable};
 use crate::store::Batch;
 
 /// What a rotation did.
@@ -37,31 +40,24 @@ pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, 
     let mut keyring = Keyring::load(&config.kek_file()).map_err(|e| e.to_string())?;
     let old = keyring.active_version();
     let new = keyring.rotate().map_err(|e| e.to_string())?;
-    let versions = records
-        .all_secret_versions()
-        .await
-        .map_err(|e| e.to_string())?;
     let mut batch = Batch::new();
-    for read in &versions {
-        let mut v = read.value.clone();
-        let binding = records
-            .binding(&v.binding)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("secret {}/{} has no binding record", v.binding, v.version))?;
-        let (kek_version, wrapped) = rewrap_data_key(
-            &keyring,
-            &binding.tenant,
-            &v.binding,
-            v.version,
-            v.kek_version,
-            &v.wrapped_dek,
-        )
-        .map_err(|e| format!("secret {}/{}: {e}", v.binding, v.version))?;
-        v.kek_version = kek_version;
-        v.wrapped_dek = wrapped;
-        batch.replace(read, &v);
+    let mut counts = Vec::new();
+    // Every table that holds sealed material, or no rotation at all: a key left wrapped only
+    // by a KEK version the operator then removes is lost.
+    let tables = SealedTable::all().map_err(|e| format!("{e}; nothing was changed"))?;
+    for table in tables {
+        let n = match table {
+            SealedTable::Secrets => rewrap_secrets(&records, &keyring, &mut batch).await?,
+            SealedTable::PlatformKeys => {
+                rewrap_platform_keys(&records, &keyring, &mut batch).await?
+            }
+        };
+        counts.push((table.name(), n));
     }
+    let rewrapped: usize = counts.iter().map(|(_, n)| n).sum();
+    // The store remembers the version it was rotated to: a daemon started with a stale copy
+    // of the keyring (one without it) refuses to start.
+    batch.record_kek_version(new);
     keyring
         .save(&config.kek_file())
         .map_err(|e| e.to_string())?;
@@ -75,8 +71,12 @@ pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, 
         actor: actor.to_owned(),
         outcome: "allowed".into(),
         detail: Some(format!(
-            "kek {old} -> {new}; rewrapping {} data keys",
-            versions.len()
+            "kek {old} -> {new}; rewrapping {rewrapped} data keys ({})",
+            counts
+                .iter()
+                .map(|(t, n)| format!("{t}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
         ..Default::default()
     };
@@ -92,6 +92,84 @@ pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, 
     Ok(RotationReport {
         old_version: old,
         new_version: new,
-        rewrapped: versions.len(),
+        rewrapped,
     })
+}
+
+async fn rewrap_secrets(
+    records: &Records,
+    keyring: &Keyring,
+    batch: &mut Batch,
+) -> Result<usize, String> {
+    let versions = records
+        .all_secret_versions()
+        .await
+        .map_err(|e| e.to_string())?;
+    for read in &versions {
+        let mut v = read.value.clone();
+        let binding = records
+            .binding(&v.binding)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("secret {}/{} has no binding record", v.binding, v.version))?;
+        let (kek_version, wrapped) = rewrap(
+            keyring,
+            SealContext::TenantSecret {
+                tenant: &binding.tenant,
+                binding: &v.binding,
+                version: v.version,
+            },
+            v.kek_version,
+            &v.wrapped_dek,
+        )
+        .map_err(|e| format!("secret {}/{}: {e}", v.binding, v.version))?;
+        v.kek_version = kek_version;
+        v.wrapped_dek = wrapped;
+        batch.replace(read, &v);
+    }
+    Ok(versions.len())
+}
+
+async fn rewrap_platform_keys(
+    records: &Records,
+    keyring: &Keyring,
+    batch: &mut Batch,
+) -> Result<usize, String> {
+    let keys = records
+        .all_platform_keys()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut n = 0;
+    for read in &keys {
+        let mut k = read.value.clone();
+        if k.wrapped_dek.is_empty() {
+            continue; // retired: its material is destroyed
+        }
+        let legacy_ids;
+        let ctx = match k.sealed_as {
+            SealedAs::PlatformKey => SealContext::PlatformKey {
+                kind: &k.kind,
+                version: k.version,
+            },
+            // Not yet migrated (rotation run before the first start of this release).
+            SealedAs::LegacyTenantSecret => {
+                legacy_ids = (
+                    TenantId::parse("platform").map_err(|e| e.to_string())?,
+                    BindingId::parse(&k.kind).map_err(|e| e.to_string())?,
+                );
+                SealContext::TenantSecret {
+                    tenant: &legacy_ids.0,
+                    binding: &legacy_ids.1,
+                    version: k.version,
+                }
+            }
+        };
+        let (kek_version, wrapped) = rewrap(keyring, ctx, k.kek_version, &k.wrapped_dek)
+            .map_err(|e| format!("platform key {}/{}: {e}", k.kind, k.version))?;
+        k.kek_version = kek_version;
+        k.wrapped_dek = wrapped;
+        batch.replace(read, &k);
+        n += 1;
+    }
+    Ok(n)
 }

@@ -62,6 +62,22 @@ impl Table {
         Table::PlatformKeys,
     ];
 
+    /// Whether the table's records hold material sealed under the KEK. Exhaustive on
+    /// purpose: a new table must say, and KEK rotation re-wraps every table that does (or
+    /// refuses to rotate at all).
+    pub fn holds_sealed_material(self) -> bool {
+        match self {
+            Table::Secrets | Table::PlatformKeys => true,
+            Table::Meta
+            | Table::Tenants
+            | Table::Workers
+            | Table::Instances
+            | Table::Bindings
+            | Table::KeyMeta
+            | Table::Identifiers => false,
+        }
+    }
+
     /// The table's name in the backend.
     pub fn name(self) -> &'static str {
         match self {
@@ -228,4 +244,4 @@ pub fn open(
 ///
 /// 2: tenants and bindings carry `revision`, bindings `generation` (version 1 stores are
 /// upgraded in place on open).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;

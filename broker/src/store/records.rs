@@ -396,6 +396,14 @@ impl Records {
         self.all_stored(Table::Secrets, "").await
     }
 
+    /// Every platform key of every kind, as read for a change.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn all_platform_keys(&self) -> Result<Vec<Stored<PlatformKeyRecord>>, StoreError> {
+        self.all_stored(Table::PlatformKeys, "").await
+    }
+
     /// Every platform key of `kind`, oldest first, as read for a change.
     ///
     /// # Errors
@@ -494,8 +502,55 @@ impl Records {
     }
 }
 
+/// A table holding material sealed under the KEK, typed for KEK rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedTable {
+    /// Tenant secret versions.
+    Secrets,
+    /// Platform keys.
+    PlatformKeys,
+}
+
+impl SealedTable {
+    /// Every table that holds sealed material ([`Table::holds_sealed_material`]).
+    ///
+    /// # Errors
+    /// When a table declares sealed material but has no typed counterpart here (a rotation
+    /// must then refuse rather than leave it wrapped by a KEK version about to be removed).
+    pub fn all() -> Result<Vec<SealedTable>, String> {
+        Table::ALL
+            .iter()
+            .copied()
+            .filter(|t| t.holds_sealed_material())
+            .map(|t| match t {
+                Table::Secrets => Ok(SealedTable::Secrets),
+                Table::PlatformKeys => Ok(SealedTable::PlatformKeys),
+                other => Err(format!(
+                    "table {} holds sealed material this build cannot re-wrap",
+                    other.name()
+                )),
+            })
+            .collect()
+    }
+
+    /// The table's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SealedTable::Secrets => Table::Secrets.name(),
+            SealedTable::PlatformKeys => Table::PlatformKeys.name(),
+        }
+    }
+}
+
 /// The write side: each builder adds the preconditions that keep the change honest.
 impl Batch {
+    /// Records the KEK version the store's sealed material was last rotated to (read back by
+    /// [`Records::kek_active_version`]: a daemon with a keyring lacking it refuses to start).
+    pub fn record_kek_version(&mut self, version: u32) -> &mut Self {
+        let value = format!("{{\"active_version\":{version}}}").into_bytes();
+        self.push(Op::Put(Table::KeyMeta, "kek".into(), value))
+    }
+
     /// Creates a record that must not exist yet.
     pub fn create<T: Record>(&mut self, value: &T) -> &mut Self {
         let key = value.key();

@@ -117,12 +117,13 @@ impl Inner {
         match meta.get("schema_version").map_err(backend)? {
             None => write_current(None),
             Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => Ok(()),
-            // Version 1 records read as version 2 (its new fields default); the bump makes an
-            // older binary refuse the store with a clear schema error instead of reading
-            // records it cannot decode.
-            Some(v) if v.as_ref() == b"1" => {
+            // Version 1 and 2 records read as version 3 (new fields default; platform keys
+            // sealed the old way are re-sealed by the broker at start, audited); the bump makes
+            // an older binary refuse the store with a clear schema error instead of reading
+            // records it cannot decode or open.
+            Some(v) if v.as_ref() == b"1" || v.as_ref() == b"2" => {
                 tracing::info!(
-                    from = 1,
+                    from = %String::from_utf8_lossy(&v),
                     to = SCHEMA_VERSION,
                     "upgrading the store schema in place"
                 );
