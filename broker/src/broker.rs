@@ -325,6 +325,16 @@ impl Broker {
                 "re-sealed platform keys in their own AAD domain"
             );
         }
+        let reclaimed = admin
+            .reclaim_exclusive_identifiers()
+            .await
+            .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
+        if reclaimed > 0 {
+            tracing::warn!(
+                changes = reclaimed,
+                "exclusive identifiers re-claimed in their current form (audited as store.migrate)"
+            );
+        }
         admin
             .load_all_platform_keys()
             .await

@@ -24,6 +24,10 @@ pub struct FakeRole {
     pub trusted_account: String,
     /// `sts:ExternalId` the trust policy requires (None: not required — the trap).
     pub external_id: Option<String>,
+    /// The trust policy only requires that *an* ExternalId is present
+    /// (`"Condition": {"Null": {"sts:ExternalId": "false"}}`), whatever its value — the
+    /// second trap: `external_id` is then ignored.
+    pub any_external_id: bool,
     /// MaxSessionDuration.
     pub max_session_s: u32,
     /// Account to report in AssumedRoleUser.Arn instead of `account` (misbinding tests).
@@ -222,7 +226,11 @@ impl State {
         if role.trusted_account != caller {
             return denied();
         }
-        if let Some(required) = &role.external_id {
+        if role.any_external_id {
+            if !p.contains_key("ExternalId") {
+                return denied();
+            }
+        } else if let Some(required) = &role.external_id {
             if p.get("ExternalId") != Some(required) {
                 return denied();
             }

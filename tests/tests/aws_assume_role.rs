@@ -98,6 +98,7 @@ fn role(external_id: Option<&str>) -> FakeRole {
         external_id: external_id.map(str::to_owned),
         max_session_s: 3600,
         report_account: None,
+        any_external_id: false,
     }
 }
 
@@ -164,16 +165,21 @@ async fn activation_minting_narrowing_and_caching() {
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"));
 
-    // The probe passes: with ExternalId accepted, without it denied, account matches.
+    // The probe passes: with ExternalId accepted, without it and with another value denied,
+    // account matches.
     let calls = env.sts.state.calls();
     let (s, v) = probe(&mut env, "aws1").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["binding"]["status"], "active");
     assert!(v["binding"]["last_tested_at"].is_string());
-    assert_eq!(env.sts.state.calls() - calls, 2);
+    assert_eq!(env.sts.state.calls() - calls, 3);
     let probe_calls = env.sts.state.requests.lock().unwrap().clone();
-    assert!(probe_calls[probe_calls.len() - 2].get("ExternalId") == Some(&external_id));
-    assert!(!probe_calls[probe_calls.len() - 1].contains_key("ExternalId"));
+    let n = probe_calls.len();
+    assert!(probe_calls[n - 3].get("ExternalId") == Some(&external_id));
+    assert!(!probe_calls[n - 2].contains_key("ExternalId"));
+    let wrong = probe_calls[n - 1].get("ExternalId").unwrap();
+    assert_ne!(wrong, &external_id);
+    assert_eq!(wrong.len(), 40);
 
     // Minting.
     let calls = env.sts.state.calls();
@@ -392,6 +398,7 @@ async fn activation_refusals_and_identifier_rules() {
         &odd,
         FakeRole {
             report_account: Some("333333333333".into()),
+            any_external_id: false,
             ..role(Some(&external_id))
         },
     );
@@ -1151,4 +1158,202 @@ async fn a_slow_probe_does_not_hold_up_other_changes() {
     env.sts.faults().delay = std::time::Duration::ZERO;
     let (s, v) = probing.await.unwrap();
     assert_eq!(s, 200, "{v}");
+}
+
+/// Confused deputy, three ways (issue 10, item 4): a role whose trust policy only requires
+/// that *an* ExternalId be present passes neither activation nor minting; one role spelt two
+/// ways (case, path) cannot be bound by two tenants; a tenant re-created under a deleted
+/// tenant's id never receives the old ExternalId a customer's trust policy may still pin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confused_deputy_attempts_are_refused() {
+    let mut env = start().await;
+    let ext1 = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Any value accepted: the probe's random wrong ExternalId gets in, so it is refused.
+    let loose = format!("arn:aws:iam::{CUSTOMER}:role/Loose");
+    env.sts.add_role(
+        &loose,
+        FakeRole {
+            any_external_id: true,
+            ..role(Some(&ext1))
+        },
+    );
+    let (s, v) = bind(&mut env, "aws-loose", "i-loose", &loose).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws-loose").await;
+    assert_eq!((s, code(&v)), (422, "external_id_not_enforced"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("WRONG ExternalId"),
+        "{v}"
+    );
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-loose"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+
+    // One role, two spellings: t1 binds role/Audit, t2 tries role/team/AUDIT.
+    let audit = format!("arn:aws:iam::{CUSTOMER}:role/Audit");
+    env.sts.add_role(&audit, role(Some(&ext1)));
+    let (s, v) = bind(&mut env, "aws-audit", "i-audit", &audit).await;
+    assert_eq!(s, 201, "{v}");
+    for spelling in ["role/AUDIT", "role/team/audit", "role/Audit"] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/bindings",
+            Some(
+                json!({"id": "aws-t2", "tenant": "t2", "provider": "aws_assume_role",
+                "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:{spelling}")}}),
+            ),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (409, "conflict"), "{spelling}: {v}");
+    }
+
+    // A tenant re-created under a deleted tenant's id gets a fresh ExternalId.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let old = onboard(&mut env.op, "t3").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = call(&mut env.op, Method::DELETE, "/v1/admin/tenants/t3", None).await;
+    assert_eq!(s, 200, "{v}");
+    let removal = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .rev()
+        .find(|r| r["tenant"] == "t3" && r["outcome"] == "allowed")
+        .unwrap();
+    assert!(
+        removal["detail"]
+            .as_str()
+            .unwrap()
+            .contains("retired 1 generated parameter(s): aws_assume_role:external_id"),
+        "{removal}"
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let new = onboard(&mut env.op, "t3").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(
+        old, new,
+        "a re-created tenant inherited the deleted tenant's ExternalId"
+    );
+}
+
+/// A store written by the previous release keyed AWS roles on the raw ARN. At the first
+/// start the canonical identifiers are claimed; of two bindings of one role under two
+/// spellings (possible then), the later is disabled, audited (issue 10, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_of_the_previous_release_claim_their_canonical_role() {
+    use credbroker::store::{Batch, Op, Table};
+    let mut env = start().await;
+    let ext1 = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/Audit");
+    env.sts.add_role(&arn, role(Some(&ext1)));
+    let (s, v) = bind(&mut env, "aws1", "i-aws", &arn).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws1").await;
+    assert_eq!(s, 200, "{v}");
+    env.daemon.stop();
+    {
+        let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir).unwrap();
+        let canonical = format!("exclusive:aws_role:aws:{CUSTOMER}:audit");
+        let owner = store
+            .get(Table::Identifiers, &canonical)
+            .await
+            .unwrap()
+            .expect("canonical claim");
+        let mut b = Batch::new();
+        b.push(Op::Delete(Table::Identifiers, canonical));
+        b.push(Op::Put(
+            Table::Identifiers,
+            format!("exclusive:aws_role_arn:{arn}"),
+            owner,
+        ));
+        // A second binding of the same role, spelt otherwise, made for t2 by the old release.
+        let mut other: Value =
+            serde_json::from_slice(&store.get(Table::Bindings, "aws1").await.unwrap().unwrap())
+                .unwrap();
+        let other_arn = format!("arn:aws:iam::{CUSTOMER}:role/team/AUDIT");
+        other["id"] = json!("aws2");
+        other["tenant"] = json!("t2");
+        other["config"]["role_arn"] = json!(other_arn);
+        b.push(Op::Put(
+            Table::Bindings,
+            "aws2".into(),
+            serde_json::to_vec(&other).unwrap(),
+        ));
+        b.push(Op::Put(
+            Table::Identifiers,
+            format!("exclusive:aws_role_arn:{other_arn}"),
+            serde_json::to_vec(&json!({"tenant": "t2", "binding": "aws2"})).unwrap(),
+        ));
+        b.push(Op::Put(Table::Meta, "schema_version".into(), b"2".to_vec()));
+        store.commit(b).await.unwrap();
+    }
+    for _ in 0..2 {
+        env.daemon.restart();
+        env.op = env.pki.client_for("op", &env.daemon.url);
+        env.w1 = env.pki.client_for("w1", &env.daemon.url);
+    }
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/aws2", None).await;
+    assert_eq!(v["binding"]["status"], "disabled", "{v}");
+    assert!(
+        v["binding"]["last_probe"]
+            .as_str()
+            .unwrap()
+            .contains("held by binding aws1"),
+        "{v}"
+    );
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!(s, 200, "aws1 keeps working: {v}");
+    let migrations: Vec<Value> = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "store.migrate")
+        .collect();
+    assert_eq!(migrations.len(), 1, "{migrations:?}");
+    let detail = migrations[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("aws1") && detail.contains("binding aws2 disabled"),
+        "{detail}"
+    );
+    // A third spelling is refused now.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "aws3", "tenant": "t2", "provider": "aws_assume_role",
+            "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/audit")}}),
+        ),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
 }

@@ -94,6 +94,7 @@ impl Aws {
                 external_id: Some(EXTERNAL_ID.into()),
                 max_session_s: 3600,
                 report_account: None,
+                any_external_id: false,
             },
         );
         // A relative ceiling_file, resolved against the directory the section came from.

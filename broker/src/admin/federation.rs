@@ -92,6 +92,93 @@ impl AdminService {
         Ok(out)
     }
 
+    /// Store migration (schema 3): every binding holds the exclusive identifiers its provider
+    /// derives today. Identifiers changed form (AWS roles are keyed on the canonical role,
+    /// not the ARN's spelling), so bindings made before hold only the old form and would not
+    /// block a second binding of the same role. Missing identifiers are claimed; a binding
+    /// whose identifier another binding already holds (the same role bound twice under two
+    /// spellings) is disabled, since only one tenant may hold it. One audited batch; a no-op
+    /// once done. Runs at start.
+    ///
+    /// # Errors
+    /// On store failure, or when the audit record or batch cannot be written.
+    pub async fn reclaim_exclusive_identifiers(&self) -> Result<usize, ApiError> {
+        let r = &self.core.records;
+        let mut batch = crate::store::Batch::new();
+        let mut claimed: std::collections::HashMap<String, String> = Default::default();
+        let mut notes = Vec::new();
+        let mut bindings = r.bindings().await.map_err(store_err)?;
+        bindings.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        for b in bindings {
+            let Some(provider) = self.core.registry.get(&b.provider) else {
+                continue;
+            };
+            for identifier in provider.exclusive_identifiers(&b.config) {
+                let owner = match claimed.get(&identifier) {
+                    Some(o) => Some(o.clone()),
+                    None => r
+                        .identifier_owner(&identifier)
+                        .await
+                        .map_err(store_err)?
+                        .map(|o| o.binding.unwrap_or_default()),
+                };
+                match owner {
+                    Some(o) if o == b.id.as_str() => {}
+                    Some(o) => {
+                        if b.status != Status::Disabled {
+                            let stored =
+                                r.binding(&b.id).await.map_err(store_err)?.ok_or_else(|| {
+                                    ApiError::new(ErrorCode::Internal, "binding vanished")
+                                })?;
+                            let mut changed = stored.value.clone();
+                            changed.status = Status::Disabled;
+                            changed.last_probe = Some(format!(
+                                "disabled by the schema-3 migration: {identifier} is held by binding {o} (one role, two spellings) at {}",
+                                now_rfc3339()
+                            ));
+                            batch.replace(&stored, &changed);
+                        }
+                        notes.push(format!(
+                            "binding {} disabled ({identifier} held by {o})",
+                            b.id
+                        ));
+                    }
+                    None => {
+                        batch.claim_identifier(
+                            &identifier,
+                            &IdentifierOwner {
+                                tenant: b.tenant.to_string(),
+                                binding: Some(b.id.to_string()),
+                            },
+                        );
+                        claimed.insert(identifier.clone(), b.id.to_string());
+                        notes.push(format!("{identifier} claimed for {}", b.id));
+                    }
+                }
+            }
+        }
+        if batch.ops.is_empty() {
+            return Ok(0);
+        }
+        // At start nothing is cached yet: no token cache to invalidate.
+        let event = AuditEvent {
+            kind: "admin".into(),
+            action: "store.migrate".into(),
+            request_id: crate::server::new_request_id(),
+            actor: "credbroker:start".into(),
+            outcome: "allowed".into(),
+            detail: Some(format!(
+                "schema 3: exclusive identifiers: {}",
+                notes.join("; ")
+            )),
+            ..Default::default()
+        };
+        self.commit_audited(event, batch, None)
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(notes.len())
+    }
+
     pub(super) async fn plan_add_binding(&self, b: NewBinding) -> Result<Plan, ApiError> {
         let r = &self.core.records;
         if r.binding(&b.id).await.map_err(store_err)?.is_some() {

@@ -401,6 +401,28 @@ impl AdminService {
                         format!("tenant {id} is still referenced by: {}", in_use.join(", ")),
                     ));
                 }
+                // Its broker-generated parameters (the AWS ExternalId) retire with it and are
+                // never issued again.
+                let params = r.tenant_parameters_of(&t.id).await.map_err(store_err)?;
+                for (key, value) in &params {
+                    plan.batch.retire_tenant_parameter(key, value);
+                }
+                if !params.is_empty() {
+                    plan.detail = format!(
+                        "{}; retired {} generated parameter(s): {}",
+                        plan.detail,
+                        params.len(),
+                        params
+                            .iter()
+                            .map(|(k, _)| {
+                                k.rsplit_once(':')
+                                    .map_or(k.as_str(), |(head, _)| head)
+                                    .trim_start_matches("tenant-param:")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
                 // Fails if a child was added since the scan (it bumps the revision).
                 plan.batch.remove(&t);
                 plan.tenant = Some(id.to_owned());

@@ -484,6 +484,29 @@ impl Records {
             .map(|s| (key, s)))
     }
 
+    /// The broker-generated parameters of `tenant` (every provider): `(key, value)`.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn tenant_parameters_of(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let suffix = format!(":{tenant}");
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Identifiers, "tenant-param:").await? {
+            // tenant-param:<provider>:<name>:<tenant>
+            if key.ends_with(&suffix) && key.split(':').count() == 4 {
+                let value = String::from_utf8(raw).map_err(|_| StoreError::Corrupt {
+                    table: Table::Identifiers.name(),
+                    key: key.clone(),
+                })?;
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+
     /// The KEK version the store was last rotated to, if recorded.
     ///
     /// # Errors
@@ -614,6 +637,20 @@ impl Batch {
                     binding: None,
                 },
             )
+    }
+
+    /// Retires a tenant parameter as read (`key`, `value` from
+    /// [`Records::tenant_parameters_of`]): the tenant loses it, and since the value's
+    /// uniqueness claim stays, it is never issued again — a tenant re-created with the same
+    /// id gets a fresh one (a customer's trust policy pinned to the old ExternalId must not
+    /// start trusting the new tenant).
+    pub fn retire_tenant_parameter(&mut self, key: &str, value: &str) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            value.as_bytes().to_vec(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
     }
 
     /// Stores a new install `state`.

@@ -168,21 +168,33 @@ struct BrokerParams {
     external_id: String,
 }
 
+/// Which ExternalId an AssumeRole carries.
+#[derive(Clone, Copy)]
+enum ExternalIdUse<'a> {
+    /// The tenant's (every mint, and the probe's first call).
+    Tenant,
+    /// None (probe: a role that does not require one must be refused).
+    Omitted,
+    /// Another, random value (probe: a role that requires one but accepts any must be
+    /// refused).
+    Other(&'a str),
+}
+
 /// The per-call parameters of one AssumeRole.
 struct AssumeCall<'a> {
     session: &'a str,
     duration_s: u32,
-    with_external_id: bool,
+    external_id: ExternalIdUse<'a>,
     source_identity: Option<String>,
     narrowing: Option<&'a AwsNarrowing>,
 }
 
-/// A probe call: shortest session, no narrowing, with or without the ExternalId.
-fn probe_call(session: &str, with_external_id: bool) -> AssumeCall<'_> {
+/// A probe call: shortest session, no narrowing, with the ExternalId `external_id`.
+fn probe_call<'a>(session: &'a str, external_id: ExternalIdUse<'a>) -> AssumeCall<'a> {
     AssumeCall {
         session,
         duration_s: params::MIN_DURATION_S,
-        with_external_id,
+        external_id,
         source_identity: None,
         narrowing: None,
     }
@@ -400,7 +412,7 @@ impl AwsAssumeRole {
         let AssumeCall {
             session,
             duration_s,
-            with_external_id,
+            external_id,
             source_identity,
             narrowing,
         } = call;
@@ -410,8 +422,10 @@ impl AwsAssumeRole {
             .role_arn(parsed.role.as_str())
             .role_session_name(session)
             .duration_seconds(i32::try_from(duration_s).unwrap_or(3600));
-        if with_external_id {
-            call = call.external_id(parsed.external_id.as_str());
+        match external_id {
+            ExternalIdUse::Tenant => call = call.external_id(parsed.external_id.as_str()),
+            ExternalIdUse::Other(other) => call = call.external_id(other),
+            ExternalIdUse::Omitted => {}
         }
         if let Some(si) = source_identity {
             call = call.source_identity(si);
@@ -509,7 +523,9 @@ impl Provider for AwsAssumeRole {
         config
             .get("role_arn")
             .and_then(Value::as_str)
-            .map(|arn| vec![format!("aws_role_arn:{arn}")])
+            .and_then(|arn| RoleArn::parse(arn).ok())
+            // Keyed on the role, not the spelling of its ARN (case, path).
+            .map(|role| vec![format!("aws_role:{}", role.canonical())])
             .unwrap_or_default()
     }
 
@@ -621,7 +637,7 @@ impl Provider for AwsAssumeRole {
                 AssumeCall {
                     session: &session,
                     duration_s: duration,
-                    with_external_id: true,
+                    external_id: ExternalIdUse::Tenant,
                     source_identity,
                     narrowing: Some(&narrowing),
                 },
@@ -643,7 +659,11 @@ impl Probe for AwsAssumeRole {
         let parsed = &request.binding.bound.get::<AwsBinding>()?.parsed;
         let session = session_name(request.binding.tenant_id, "activation-probe");
         let out = self
-            .assume(parsed, probe_call(&session, true), request.timeout)
+            .assume(
+                parsed,
+                probe_call(&session, ExternalIdUse::Tenant),
+                request.timeout,
+            )
             .await?;
         let request_id = out.request_id().map(str::to_owned);
         let assumed = out
@@ -664,27 +684,62 @@ impl Probe for AwsAssumeRole {
                 });
             }
         }
-        // The trap: AssumeRole succeeds with any ExternalId when the role does not require
-        // one. Without it, the call must be denied.
-        match self
-            .assume(parsed, probe_call(&session, false), request.timeout)
-            .await
-        {
-            Err(ProviderError::Denied { trust_broken: true, .. }) => Ok(ProbeReport {
-                summary: format!("assumed {assumed} with the ExternalId; AssumeRole without it is denied"),
-            }),
-            Ok(out) => Err(ProviderError::ActivationRefused {
-                reason: RefusalReason::ExternalIdNotEnforced,
-                message: format!(
-                    "AssumeRole into {} succeeds WITHOUT the ExternalId: the role's trust policy must require it. \
-                     Add to the statement trusting account {}: \"Condition\": {{\"StringEquals\": {{\"sts:ExternalId\": \"<the tenant's ExternalId>\"}}}} \
-                     (the shipped CloudFormation template does this), then re-run the probe.",
-                    parsed.role.as_str(),
-                    self.settings.vendor_account_id
-                ),
-                upstream_request_id: out.request_id().map(str::to_owned),
-            }),
-            Err(other) => Err(other),
+        // The traps: AssumeRole succeeds with any ExternalId when the role does not require
+        // one, and with any value when the role only requires that one is present
+        // (`"Null": {"sts:ExternalId": "false"}`). Without it, and with a random other
+        // value, the call must be denied: only then is the role bound to this tenant's id.
+        let other = random_external_id()?;
+        for (use_, what) in [
+            (ExternalIdUse::Omitted, "WITHOUT the ExternalId"),
+            (
+                ExternalIdUse::Other(&other),
+                "with a WRONG ExternalId (any value is accepted)",
+            ),
+        ] {
+            match self
+                .assume(parsed, probe_call(&session, use_), request.timeout)
+                .await
+            {
+                // The same credentials just assumed the role with the tenant's ExternalId, so
+                // a refusal now is the trust policy's (an unreadable 403 from an
+                // STS-compatible service included).
+                Err(ProviderError::Denied { .. }) => {}
+                Ok(out) => {
+                    return Err(ProviderError::ActivationRefused {
+                        reason: RefusalReason::ExternalIdNotEnforced,
+                        message: format!(
+                            "AssumeRole into {} succeeds {what}: the role's trust policy must require this tenant's ExternalId exactly. \
+                             Use in the statement trusting account {}: \"Condition\": {{\"StringEquals\": {{\"sts:ExternalId\": \"<the tenant's ExternalId>\"}}}} \
+                             (the shipped CloudFormation template does this), then re-run the probe.",
+                            parsed.role.as_str(),
+                            self.settings.vendor_account_id
+                        ),
+                        upstream_request_id: out.request_id().map(str::to_owned),
+                    })
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(ProbeReport {
+            summary: format!(
+                "assumed {assumed} with the ExternalId; AssumeRole without it or with another value is denied"
+            ),
+        })
+    }
+}
+
+/// A random ExternalId of the broker's form (40 alphanumerics), never any tenant's.
+fn random_external_id() -> Result<String, ProviderError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(40);
+    while out.len() < 40 {
+        let mut bytes = [0u8; 64];
+        aws_lc_rs::rand::fill(&mut bytes)
+            .map_err(|_| ProviderError::Internal("system CSPRNG failed".into()))?;
+        // Rejection sampling keeps the distribution uniform (248 = 4 × 62).
+        for b in bytes.iter().filter(|b| **b < 248).take(40 - out.len()) {
+            out.push(ALPHABET[usize::from(*b % 62)] as char);
         }
     }
+    Ok(out)
 }

@@ -75,6 +75,20 @@ impl RoleArn {
         &self.account
     }
 
+    /// The role as IAM identifies it: `<partition>:<account>:<name>` with the name
+    /// lower-cased and without its path. IAM role names are unique per account regardless
+    /// of path and case (`role/Audit`, `role/audit` and `role/team/audit` are one role for
+    /// uniqueness), so two ARNs with the same canonical form cannot be two roles.
+    pub fn canonical(&self) -> String {
+        let name = self.arn.rsplit('/').next().unwrap_or("");
+        format!(
+            "{}:{}:{}",
+            self.partition,
+            self.account,
+            name.to_ascii_lowercase()
+        )
+    }
+
     /// The partition (`aws`, `aws-us-gov`…).
     pub fn partition(&self) -> &str {
         &self.partition
@@ -182,6 +196,18 @@ pub fn clamp_duration(requested: Option<u32>, default: u32, max: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_role_has_one_canonical_form_whatever_the_spelling() {
+        let c = |arn: &str| RoleArn::parse(arn).unwrap().canonical();
+        let base = c("arn:aws:iam::222222222222:role/Audit");
+        assert_eq!(base, "aws:222222222222:audit");
+        assert_eq!(c("arn:aws:iam::222222222222:role/AUDIT"), base);
+        assert_eq!(c("arn:aws:iam::222222222222:role/team/a/audit"), base);
+        assert_ne!(c("arn:aws:iam::333333333333:role/Audit"), base);
+        assert_ne!(c("arn:aws-us-gov:iam::222222222222:role/Audit"), base);
+        assert_ne!(c("arn:aws:iam::222222222222:role/Audit2"), base);
+    }
 
     #[test]
     fn role_arns() {

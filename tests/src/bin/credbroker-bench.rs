@@ -411,6 +411,7 @@ async fn run(args: Args) {
             external_id: Some(ext),
             max_session_s: 3600,
             report_account: None,
+            any_external_id: false,
         },
     );
     call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "aws", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
