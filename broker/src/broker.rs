@@ -40,6 +40,8 @@ pub struct BrokerSettings {
     pub audit: AuditConfig,
     /// Lifetime of install `state`s, seconds.
     pub callback_state_ttl_s: u64,
+    /// `[public] base_url`: where install links point.
+    pub public_base_url: Option<String>,
     /// Circuit breaker: consecutive failures, open duration.
     pub breaker: (u32, Duration),
 }
@@ -62,6 +64,7 @@ impl BrokerSettings {
                 .public
                 .as_ref()
                 .map_or(3600, |p| p.state_ttl_s.max(1)),
+            public_base_url: config.public.as_ref().and_then(|p| p.base_url.clone()),
             breaker: (
                 config.cache.breaker_failures,
                 Duration::from_millis(config.cache.breaker_open_ms),
@@ -433,7 +436,7 @@ impl Broker {
         headers: &http::HeaderMap,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
-    ) -> Answer {
+    ) -> crate::callbacks::CallbackAnswer {
         self.callbacks
             .handle_http(endpoint, provider, query, headers, body, request_id)
             .await
@@ -468,6 +471,11 @@ impl Core {
     /// Lifetime of install `state`s.
     pub fn callback_state_ttl_s(&self) -> u64 {
         self.settings.callback_state_ttl_s
+    }
+
+    /// `[public] base_url`, if configured.
+    pub fn public_base_url(&self) -> Option<&str> {
+        self.settings.public_base_url.as_deref()
     }
 
     /// The metrics a mint updates.

@@ -33,6 +33,7 @@ use crate::broker::{error_answer, Answer, Core};
 use crate::ids::{BindingId, TenantId};
 use crate::model::{now_rfc3339, Binding, Status};
 use crate::routes::Endpoint;
+use crate::store::records::{AccountPin, Unclaimed};
 use crate::store::Batch;
 
 fn rejected(m: impl Into<String>) -> ApiError {
@@ -68,6 +69,56 @@ fn anonymous(err: ApiError) -> Failure {
 }
 
 type CallbackResult = Result<(Value, String), Failure>;
+
+/// What the public listener sends back for a callback: an answer, and for the install link
+/// a redirect with the browser cookie.
+pub struct CallbackAnswer {
+    /// Status and JSON body.
+    pub answer: Answer,
+    /// `Location` of a 302 (the provider's install page).
+    pub location: Option<String>,
+    /// `Set-Cookie` binding the state to this browser.
+    pub set_cookie: Option<String>,
+}
+
+impl From<Answer> for CallbackAnswer {
+    fn from(answer: Answer) -> Self {
+        CallbackAnswer {
+            answer,
+            location: None,
+            set_cookie: None,
+        }
+    }
+}
+
+/// The cookie that binds an opened install link to the browser that opened it. `__Host-`:
+/// Secure, no Domain, Path=/ — no other host can set or read it.
+pub const INSTALL_COOKIE: &str = "__Host-credbroker-install";
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+/// The install cookie's value in a request's `Cookie` headers, if any. Never panics on any
+/// input (fuzzed).
+pub fn install_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == INSTALL_COOKIE).then(|| v.to_owned())
+        })
+}
+
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
 
 /// What a webhook changes, committed only after its audit record is durable.
 struct Change {
@@ -107,8 +158,9 @@ impl CallbackService {
         headers: &HeaderMap,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
-    ) -> Answer {
+    ) -> CallbackAnswer {
         let kind = match endpoint {
+            Endpoint::CallbackStart => "start",
             Endpoint::CallbackSetup => "setup",
             Endpoint::CallbackWebhook => "webhook",
             _ => "",
@@ -124,7 +176,8 @@ impl CallbackService {
                 &ApiError::new(ErrorCode::NotFound, "no such callback"),
                 None,
                 request_id,
-            );
+            )
+            .into();
         };
         let outcome_label = |ok: bool| if ok { "allowed" } else { "denied" };
         let mut event = AuditEvent {
@@ -135,8 +188,22 @@ impl CallbackService {
             provider: Some(provider.id().to_owned()),
             ..Default::default()
         };
+        let mut redirect = None;
         let result = match endpoint {
-            Endpoint::CallbackSetup => self.handle_setup(provider.clone(), query, &mut event).await,
+            Endpoint::CallbackStart => self
+                .handle_start(provider.as_ref(), query, &mut event)
+                .await
+                .map(|(location, cookie, audit_id)| {
+                    redirect = Some((location, cookie));
+                    (
+                        json!({ "result": "redirecting to the install page" }),
+                        audit_id,
+                    )
+                }),
+            Endpoint::CallbackSetup => {
+                self.handle_setup(provider.clone(), query, headers, &mut event)
+                    .await
+            }
             _ => match body {
                 Ok(b) => {
                     self.handle_webhook(provider.as_ref(), headers, &b, &mut event)
@@ -162,9 +229,19 @@ impl CallbackService {
                 let mut body = response;
                 body["audit_id"] = json!(audit_id);
                 body["request_id"] = json!(request_id);
-                Answer {
-                    status: http::StatusCode::OK,
+                let answer = Answer {
+                    status: if redirect.is_some() {
+                        http::StatusCode::FOUND
+                    } else {
+                        http::StatusCode::OK
+                    },
                     body: Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default()),
+                };
+                let (location, set_cookie) = redirect.unzip();
+                CallbackAnswer {
+                    answer,
+                    location,
+                    set_cookie,
                 }
             }
             Err(Failure {
@@ -175,7 +252,7 @@ impl CallbackService {
                 if let Some(suppressed) = self.anonymous_log.admit() {
                     tracing::info!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, suppressed, "unauthenticated callback rejected (counted, not audited)");
                 }
-                error_answer(&err, None, request_id)
+                error_answer(&err, None, request_id).into()
             }
             Err(Failure { err, audit_id, .. }) => {
                 tracing::warn!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, "callback rejected");
@@ -188,9 +265,73 @@ impl CallbackService {
                         self.core.audit.append(event).await.ok().map(|r| r.audit_id)
                     }
                 };
-                error_answer(&err, audit_id.as_deref(), request_id)
+                error_answer(&err, audit_id.as_deref(), request_id).into()
             }
         }
+    }
+
+    /// `GET /callbacks/{provider}/start?state=…`: the install link. The first browser to open
+    /// it gets a random nonce as an `HttpOnly` cookie and the state records the nonce's hash
+    /// (audited); the setup callback later requires that cookie. Opening it again, from any
+    /// browser, is refused: a link forwarded after use is worthless. Returns the provider's
+    /// install page, the `Set-Cookie` value and the audit id.
+    async fn handle_start(
+        &self,
+        provider: &dyn Provider,
+        query: &str,
+        event: &mut AuditEvent,
+    ) -> Result<(String, String, String), Failure> {
+        let Some(cb) = provider.callbacks() else {
+            return Err(anonymous(ApiError::new(
+                ErrorCode::NotFound,
+                "no such callback",
+            )));
+        };
+        let state = query_value(query, "state")
+            .filter(|s| {
+                !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            .ok_or_else(|| anonymous(rejected("state is missing or malformed")))?;
+        let (key, read) = self
+            .core
+            .records
+            .callback_state(&state)
+            .await
+            .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?
+            .ok_or_else(|| anonymous(rejected("unknown or already used state")))?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if read.provider != provider.id() || read.expires_at < now {
+            return Err(anonymous(rejected(
+                "this install link is expired or for another provider; ask for a new one",
+            )));
+        }
+        if read.browser.is_some() {
+            return Err(anonymous(rejected(
+                "this install link was already opened; ask for a new one",
+            )));
+        }
+        let nonce = crate::admin::random_alphanumeric(43)?;
+        let mut batch = Batch::new();
+        batch.start_callback_state(&key, &read, &sha256_hex(nonce.as_bytes()));
+        event.tenant = Some(read.tenant.clone());
+        event.outcome = "allowed".into();
+        event.detail = Some("install link opened; state bound to this browser".into());
+        let receipt = {
+            let _guard = self.admin.lock.lock().await;
+            self.admin
+                .commit_audited(event.clone(), batch, None)
+                .await
+                .map_err(|(err, second)| Failure {
+                    err,
+                    audit_id: second.map(|r| r.audit_id),
+                    anonymous: false,
+                })?
+        };
+        let max_age = (read.expires_at - now).max(1);
+        let cookie = format!(
+            "{INSTALL_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+        );
+        Ok((cb.install_url(&state), cookie, receipt.audit_id))
     }
 
     /// Returns the response and the audit id of the callback's own record.
@@ -198,6 +339,7 @@ impl CallbackService {
         &self,
         provider: Arc<dyn Provider>,
         query: &str,
+        headers: &HeaderMap,
         event: &mut AuditEvent,
     ) -> CallbackResult {
         let Some(cb) = provider.callbacks() else {
@@ -229,19 +371,44 @@ impl CallbackService {
         let tenant =
             TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
         event.tenant = Some(tenant.to_string());
+        // The install must finish in the browser that opened the link (its cookie), or the
+        // callback URL alone — state included — is worth nothing.
+        let cookie_ok = match (&read.browser, install_cookie(headers)) {
+            (Some(expected), Some(nonce)) => {
+                let got = sha256_hex(nonce.as_bytes());
+                aws_lc_rs::constant_time::verify_slices_are_equal(
+                    got.as_bytes(),
+                    expected.as_bytes(),
+                )
+                .is_ok()
+            }
+            _ => false,
+        };
+        let refusal = if expired {
+            Some("state expired; start onboarding again")
+        } else if !cookie_ok {
+            Some("the install did not finish in the browser that opened the install link (cookie missing or different); start onboarding again")
+        } else {
+            None
+        };
         // The state is consumed now, whatever follows: single use. The record saying so is
         // durable first (the one audited pipeline).
-        event.outcome = if expired { "denied" } else { "allowed" }.into();
+        event.outcome = if refusal.is_some() {
+            "denied"
+        } else {
+            "allowed"
+        }
+        .into();
         event.detail = Some(format!(
             "state for tenant {tenant} {}; {identifier} action={}",
-            if expired {
+            refusal.map_or("accepted and consumed", |r| if expired {
                 "expired"
             } else {
-                "accepted and consumed"
-            },
+                r
+            }),
             redirect.action
         ));
-        if expired {
+        if refusal.is_some() {
             event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
         }
         let mut batch = Batch::new();
@@ -257,10 +424,70 @@ impl CallbackService {
                     anonymous: false,
                 })?
         };
-        if expired {
+        if let Some(why) = refusal {
             // Already audited above: no second record.
             return Err(Failure {
-                err: rejected("state expired; start onboarding again"),
+                err: rejected(why),
+                audit_id: Some(receipt.audit_id),
+                anonymous: false,
+            });
+        }
+        // The installation id is a claim until the provider proves the person who came back
+        // administers it; then its account must be the one the operator pinned.
+        let account = cb
+            .prove_installer(&redirect, self.core.mint_timeout())
+            .await
+            .map_err(|e| {
+                rejected(format!(
+                    "{identifier} could not be proven to belong to the person who installed: {e}"
+                ))
+            })?;
+        let pinned = read
+            .pin
+            .as_ref()
+            .is_some_and(|p| p.id == account.id && p.login.eq_ignore_ascii_case(&account.login));
+        if !pinned {
+            let expected = read
+                .pin
+                .as_ref()
+                .map_or("(no account pinned)".to_owned(), |p| {
+                    format!("{} ({})", p.login, p.id)
+                });
+            let reason = format!(
+                "{identifier} belongs to {} ({}), not the account pinned at onboarding: {expected}",
+                account.login, account.id
+            );
+            let mut batch = Batch::new();
+            batch.put_unclaimed(&Unclaimed {
+                provider: provider.id().to_owned(),
+                identifier: identifier.clone(),
+                config: redirect.config.clone(),
+                account: AccountPin {
+                    login: account.login.clone(),
+                    id: account.id,
+                },
+                reason: reason.clone(),
+                seen_at: now_rfc3339(),
+            });
+            let mut denied = event.clone();
+            denied.outcome = "denied".into();
+            denied.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
+            denied.detail = Some(format!("{reason}; kept as unclaimed for an operator"));
+            let receipt = {
+                let _guard = self.admin.lock.lock().await;
+                self.admin
+                    .commit_audited(denied, batch, None)
+                    .await
+                    .map_err(|(err, second)| Failure {
+                        err,
+                        audit_id: second.map(|r| r.audit_id),
+                        anonymous: false,
+                    })?
+            };
+            return Err(Failure {
+                err: rejected(
+                    "this installation belongs to another account than the one expected for your organisation; nothing was bound (an operator has been told)",
+                ),
                 audit_id: Some(receipt.audit_id),
                 anonymous: false,
             });

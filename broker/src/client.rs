@@ -133,6 +133,22 @@ impl BrokerClient {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        self.exchange(method, path, headers, body)
+            .await
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// As [`BrokerClient::request_with_headers`], also returning the response headers.
+    ///
+    /// # Errors
+    /// As [`BrokerClient::request`].
+    pub async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, http::HeaderMap, Vec<u8>), ClientError> {
         let mut sender = match self.sender.take() {
             Some(mut s) => {
                 if s.ready().await.is_ok() {
@@ -162,13 +178,14 @@ impl BrokerClient {
                 .await
                 .map_err(|e| ClientError::Transport(e.to_string()))?;
             let status = resp.status();
+            let response_headers = resp.headers().clone();
             let bytes = resp
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| ClientError::Transport(e.to_string()))?
                 .to_bytes();
-            Ok::<_, ClientError>((status, bytes.to_vec()))
+            Ok::<_, ClientError>((status, response_headers, bytes.to_vec()))
         };
         let result = tokio::time::timeout(self.timeout, exchange)
             .await

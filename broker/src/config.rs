@@ -70,6 +70,11 @@ pub struct PublicSettings {
     /// Lifetime of an install `state` issued by `credbroker onboard`, seconds.
     #[serde(default = "default_state_ttl")]
     pub state_ttl_s: u64,
+    /// The URL customers reach this listener at (`https://broker.example.com`): install
+    /// links point at `{base_url}/callbacks/{provider}/start`. Required to onboard a
+    /// provider with an install flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
     /// Concurrent connections on this listener (its own budget, apart from `[limits]`).
     #[serde(default = "default_public_connections")]
     pub max_connections: usize,
@@ -386,6 +391,19 @@ impl Config {
             ));
         }
         if let Some(p) = &self.public {
+            if let Some(url) = &p.base_url {
+                let ok = url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .filter(|u| u.scheme_str() == Some("https") && u.host().is_some())
+                    .is_some_and(|u| u.path() == "/" || u.path().is_empty())
+                    && !url.ends_with('/');
+                if !ok {
+                    return Err(ConfigError(format!(
+                        "[public] base_url {url:?} must be an https URL without a path or trailing slash"
+                    )));
+                }
+            }
             let rates = [
                 p.requests_per_second_per_source,
                 p.burst_per_source,

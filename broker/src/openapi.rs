@@ -158,6 +158,16 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     None,
                     "200",
                 ),
+                AdminEndpoint::Unclaimed => (
+                    "Installations proven but not bound (account differs from the pin), kept for an operator.",
+                    None,
+                    "200",
+                ),
+                AdminEndpoint::ClaimUnclaimed => (
+                    "Bind an unclaimed installation to a tenant explicitly (pending activation).",
+                    Some(gen.subschema_for::<crate::admin::ClaimBody>().to_value()),
+                    "201",
+                ),
             };
             Operation {
                 summary,
@@ -166,8 +176,14 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                 ok: answer,
             }
         }
+        Endpoint::CallbackStart => Operation {
+            summary: "The install link: binds the state to this browser (cookie) and redirects to the provider.",
+            request: None,
+            ok_status: "302",
+            ok: json!({"type": "object"}),
+        },
         Endpoint::CallbackSetup => Operation {
-            summary: "A customer returns from installing the app (single-use state).",
+            summary: "A customer returns from installing the app (single-use state, browser cookie, user authorization code).",
             request: None,
             ok_status: "200",
             ok: json!({"type": "object", "required": ["audit_id", "request_id"]}),

@@ -28,6 +28,8 @@ pub enum Endpoint {
     OpenApi,
     /// An admin API route.
     Admin(AdminEndpoint),
+    /// `GET /callbacks/{provider}/start`: the install link; binds the state to the browser.
+    CallbackStart,
     /// `GET /callbacks/{provider}/setup`
     CallbackSetup,
     /// `POST /callbacks/{provider}/webhook`
@@ -57,6 +59,10 @@ pub enum AdminEndpoint {
     KeyAction,
     /// `/v1/admin/providers/{provider}/revoke-cached`
     RevokeCached,
+    /// `/v1/admin/unclaimed`: installations kept for an operator.
+    Unclaimed,
+    /// `/v1/admin/unclaimed/claim`: bind one explicitly to a tenant.
+    ClaimUnclaimed,
 }
 
 /// One route: its path pattern, what it is for, and the methods it accepts.
@@ -131,6 +137,12 @@ pub const MTLS: &[Route] = &[
         DELETE,
     ),
     route("/v1/admin/onboard/{provider}", E::Admin(A::Onboard), POST),
+    route("/v1/admin/unclaimed", E::Admin(A::Unclaimed), GET),
+    route(
+        "/v1/admin/unclaimed/claim",
+        E::Admin(A::ClaimUnclaimed),
+        POST,
+    ),
     route("/v1/admin/keys/{provider}", E::Admin(A::Keys), GET_POST),
     route(
         "/v1/admin/keys/{provider}/{version}/{action}",
@@ -147,6 +159,7 @@ pub const MTLS: &[Route] = &[
 /// The public listener: provider callbacks and health, nothing else.
 pub const PUBLIC: &[Route] = &[
     route("/healthz", E::Healthz, GET),
+    route("/callbacks/{provider}/start", E::CallbackStart, GET),
     route("/callbacks/{provider}/setup", E::CallbackSetup, GET),
     route("/callbacks/{provider}/webhook", E::CallbackWebhook, POST),
 ];

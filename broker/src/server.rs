@@ -25,6 +25,7 @@ use crate::admission::{HandshakeGate, LogThrottle, RateLimiter, Rates};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Answer, Broker};
+use crate::callbacks::CallbackAnswer;
 use crate::config::Limits;
 use crate::identity::{peer_identity, PeerIdentity};
 use crate::routes::{route_request, Endpoint, Listener};
@@ -336,11 +337,11 @@ fn json_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
 /// Bounded: each such task holds a permit of `detached` until it ends, and with none left the
 /// request is refused (`unavailable`) before anything is done, so clients that connect, ask
 /// and hang up cannot pile up work beyond the connection limit.
-async fn to_completion(
+async fn to_completion<T: From<Answer> + Send + 'static>(
     request_id: &str,
     detached: &Arc<Semaphore>,
-    work: impl std::future::Future<Output = Answer> + Send + 'static,
-) -> Answer {
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
     let Ok(permit) = detached.clone().try_acquire_owned() else {
         tracing::warn!(
             request_id,
@@ -353,7 +354,8 @@ async fn to_completion(
             ),
             None,
             request_id,
-        );
+        )
+        .into();
     };
     tokio::spawn(async move {
         let _permit = permit;
@@ -367,6 +369,7 @@ async fn to_completion(
             None,
             request_id,
         )
+        .into()
     })
 }
 
@@ -446,7 +449,12 @@ async fn handle(
                 broker.resolve(peer.as_ref(), body, &request_id).await
             }
             // Admin routes live below /v1/admin/ (handled above); callbacks on the public listener.
-            Ok(Endpoint::Admin(_) | Endpoint::CallbackSetup | Endpoint::CallbackWebhook) => error_answer(
+            Ok(
+                Endpoint::Admin(_)
+                | Endpoint::CallbackStart
+                | Endpoint::CallbackSetup
+                | Endpoint::CallbackWebhook,
+            ) => error_answer(
                 &ApiError::new(ErrorCode::NotFound, "no such route"),
                 None,
                 &request_id,
@@ -479,7 +487,7 @@ async fn handle_public(
         (_, Some(rl)) => rl.check(remote.ip(), std::time::Instant::now()).err(),
         (_, None) => None,
     };
-    let answer = match route {
+    let answer: CallbackAnswer = match route {
         _ if limited.is_some() => {
             let scope = limited.map_or("global", |l| l.as_str());
             broker
@@ -497,9 +505,10 @@ async fn handle_public(
                 None,
                 &request_id,
             )
+            .into()
         }
         Ok(m) if m.endpoint == Endpoint::Healthz => {
-            plain_json(StatusCode::OK, json!({ "status": "ok" }))
+            plain_json(StatusCode::OK, json!({ "status": "ok" })).into()
         }
         Ok(m) => {
             let body = if method == Method::POST {
@@ -515,9 +524,23 @@ async fn handle_public(
             })
             .await
         }
-        Err(err) => error_answer(&err, None, &request_id),
+        Err(err) => error_answer(&err, None, &request_id).into(),
     };
-    respond(answer, "application/json", &request_id)
+    let mut response = respond(answer.answer, "application/json", &request_id);
+    let h = response.headers_mut();
+    if let Some(v) = answer
+        .location
+        .and_then(|l| header::HeaderValue::from_str(&l).ok())
+    {
+        h.insert(header::LOCATION, v);
+    }
+    if let Some(v) = answer
+        .set_cookie
+        .and_then(|c| header::HeaderValue::from_str(&c).ok())
+    {
+        h.insert(header::SET_COOKIE, v);
+    }
+    response
 }
 
 /// The HTTP response for an answer: its body zeroized after sending, never cached, carrying

@@ -32,8 +32,9 @@ pub use error::{ProviderError, RefusalReason};
 pub use pasted_secret::PastedSecret;
 pub use provider::{
     BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement,
-    CredentialScope, IssuedCredential, MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe,
-    ProbeReport, Provider, Revocation, SecretRequirement, SetupRedirect, TenantParameter,
+    CredentialScope, InstalledAccount, IssuedCredential, MintRequest, Narrowing, PlatformKey,
+    PlatformKeys, Probe, ProbeReport, Provider, Revocation, SecretRequirement, SetupRedirect,
+    TenantParameter,
 };
 pub use registry::{
     descriptor, resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget,

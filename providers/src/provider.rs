@@ -181,19 +181,33 @@ pub enum CallbackEvent {
     },
 }
 
-/// A verified setup redirect after a customer installed our app.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed setup redirect after a customer installed our app: still a claim until
+/// [`Callbacks::prove_installer`] has shown who came back.
+#[derive(Debug, Clone)]
 pub struct SetupRedirect {
     /// The `state` the broker issued.
     pub state: String,
-    /// The binding configuration the redirect establishes (e.g. `{"installation_id": 42}`).
+    /// The binding configuration the redirect claims (e.g. `{"installation_id": 42}`).
     pub config: Value,
     /// What the customer did (`install`, `update`…).
     pub action: String,
+    /// The one-time authorization code of the person who installed (GitHub's user
+    /// authorization during installation). Never logged.
+    pub code: Option<secrecy::SecretString>,
+}
+
+/// The account an installation belongs to, as the provider proved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledAccount {
+    /// Account login (e.g. the GitHub organisation).
+    pub login: String,
+    /// Numeric account id (stable across renames).
+    pub id: u64,
 }
 
 /// Inbound callbacks of a provider (install redirects, webhooks). Every method verifies or
 /// parses only; the core decides what changes.
+#[async_trait]
 pub trait Callbacks: Send + Sync {
     /// Where to send a customer to install, carrying the broker's single-use `state`.
     fn install_url(&self, state: &str) -> String;
@@ -214,6 +228,22 @@ pub trait Callbacks: Send + Sync {
         headers: &http::HeaderMap,
         body: &[u8],
     ) -> Result<CallbackEvent, String>;
+
+    /// Proves that the person who came back with `redirect` administers the installation it
+    /// names, and returns the installation's account. GitHub: exchange the user's one-time
+    /// `code` for a user token, find the installation among the user's installations, revoke
+    /// the token (never stored). The installation id in the redirect is a claim until this
+    /// returns.
+    ///
+    /// # Errors
+    /// [`ProviderError::Denied`] when the code is bad or the installation is not the user's;
+    /// [`ProviderError::Unavailable`] when the upstream cannot be reached;
+    /// [`ProviderError::InvalidConfig`] when the provider lacks what the proof needs.
+    async fn prove_installer(
+        &self,
+        redirect: &SetupRedirect,
+        timeout: Duration,
+    ) -> Result<InstalledAccount, ProviderError>;
 }
 
 /// Result of an activation or on-demand probe.

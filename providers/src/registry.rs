@@ -77,8 +77,9 @@ pub struct ConfigFlag {
 /// What `credbroker keys <provider> …` needs for a provider with platform keys.
 #[derive(Debug, Clone, Copy)]
 pub struct KeysCli {
-    /// The secret field the key file's content is stored under (`private_key_pem`).
-    pub material_field: &'static str,
+    /// The kinds of material `add --as <name>` accepts: `(name, secret field)`, the first
+    /// the default (e.g. `("private-key", "private_key_pem")`).
+    pub materials: &'static [(&'static str, &'static str)],
     /// Help for `--from-file`.
     pub file_help: &'static str,
 }
@@ -94,6 +95,9 @@ pub struct CliSpec {
     pub binding_flags: &'static [ConfigFlag],
     /// Help for `onboard <name>`, when onboarding starts at the broker.
     pub onboard: Option<&'static str>,
+    /// Whether `onboard <name>` pins the customer's account (`--account-login`,
+    /// `--account-id`): the install callback is accepted only for that account.
+    pub onboard_pins_account: bool,
     /// `keys <name> …`, when the provider signs with platform keys.
     pub keys: Option<KeysCli>,
     /// Whether `keys <name> revoke-tokens` exists (upstream revocation).

@@ -85,7 +85,26 @@ pub struct GithubState {
     pub revoked: Mutex<HashSet<String>>,
     /// Every request.
     pub requests: Mutex<Vec<Recorded>>,
+    /// The App's OAuth side: client, user authorization codes and user tokens.
+    pub oauth: Mutex<OAuth>,
     counter: AtomicU64,
+}
+
+/// The App's OAuth client and the user authorizations GitHub would hand out.
+#[derive(Default, Debug)]
+pub struct OAuth {
+    /// The App's client id (also accepted as the App JWT's `iss`).
+    pub client_id: Option<String>,
+    /// Its client secrets (GitHub allows two).
+    pub client_secrets: Vec<String>,
+    /// Unused authorization codes → the installations the user can administer.
+    pub codes: HashMap<String, Vec<u64>>,
+    /// Issued user tokens → the installations the user can administer.
+    pub user_tokens: HashMap<String, Vec<u64>>,
+    /// Revoked user tokens.
+    pub revoked_user_tokens: HashSet<String>,
+    /// Code exchanges seen (to check codes are used once).
+    pub exchanges: u32,
 }
 
 /// A running fake.
@@ -162,7 +181,11 @@ impl GithubState {
                 return Err("'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued");
             }
             let iss = &data.claims["iss"];
-            if iss.as_u64() != Some(self.app_id) && iss.as_str() != Some(&self.app_id.to_string()) {
+            let client_id = self.oauth.lock().unwrap().client_id.clone();
+            if iss.as_u64() != Some(self.app_id)
+                && iss.as_str() != Some(&self.app_id.to_string())
+                && (client_id.is_none() || iss.as_str() != client_id.as_deref())
+            {
                 return Err("'Issuer' claim ('iss') must be an Integer");
             }
             return Ok(name.clone());
@@ -174,6 +197,7 @@ impl GithubState {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
         let auth = req
             .headers()
             .get("authorization")
@@ -200,6 +224,11 @@ impl GithubState {
             verified_by: verified.clone().ok(),
         });
         match (method.as_str(), segs.as_slice()) {
+            ("POST", ["login", "oauth", "access_token"]) => self.exchange_code(&body, n),
+            ("GET", ["user", "installations"]) => self.user_installations(&auth, &query, n),
+            ("DELETE", ["applications", client, "token"]) => {
+                self.revoke_user_token(client, &auth, &body, n)
+            }
             ("DELETE", ["installation", "token"]) => {
                 let token = auth.strip_prefix("Bearer ").unwrap_or("").to_owned();
                 if self.tokens.lock().unwrap().contains_key(&token)
@@ -235,6 +264,138 @@ impl GithubState {
             }
             _ => error(404, "Not Found", n),
         }
+    }
+
+    /// `POST /login/oauth/access_token` (web host): GitHub answers 200 with an `error` field
+    /// for a bad code or client, and JSON only when asked (`Accept: application/json`).
+    fn exchange_code(&self, body: &Value, n: u64) -> Response<Full<Bytes>> {
+        let mut o = self.oauth.lock().unwrap();
+        o.exchanges += 1;
+        let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let oauth_error = |e: &str, d: &str| {
+            gh(
+                200,
+                json!({"error": e, "error_description": d, "error_uri": "https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors"}),
+                n,
+            )
+        };
+        if o.client_id.as_deref() != Some(field("client_id").as_str())
+            || !o.client_secrets.contains(&field("client_secret"))
+        {
+            return oauth_error(
+                "incorrect_client_credentials",
+                "The client_id and/or client_secret passed are incorrect.",
+            );
+        }
+        let Some(installations) = o.codes.remove(&field("code")) else {
+            return oauth_error(
+                "bad_verification_code",
+                "The code passed is incorrect or expired.",
+            );
+        };
+        let token = format!("ghu_{n:036x}");
+        o.user_tokens.insert(token.clone(), installations);
+        gh(
+            200,
+            json!({"access_token": token, "token_type": "bearer", "scope": ""}),
+            n,
+        )
+    }
+
+    /// `GET /user/installations?per_page&page` with a user token: the App's installations the
+    /// user can administer, paginated with a `Link` header.
+    fn user_installations(&self, auth: &str, query: &str, n: u64) -> Response<Full<Bytes>> {
+        let token = auth.strip_prefix("Bearer ").unwrap_or("");
+        let o = self.oauth.lock().unwrap();
+        let Some(ids) = o
+            .user_tokens
+            .get(token)
+            .filter(|_| !o.revoked_user_tokens.contains(token))
+            .cloned()
+        else {
+            return error(401, "Bad credentials", n);
+        };
+        drop(o);
+        let q = |k: &str| {
+            query.split('&').find_map(|p| {
+                let (a, b) = p.split_once('=')?;
+                (a == k).then(|| b.parse::<usize>().ok()).flatten()
+            })
+        };
+        let per_page = q("per_page").unwrap_or(30).clamp(1, 100);
+        let page = q("page").unwrap_or(1).max(1);
+        let installations = self.installations.lock().unwrap();
+        let all: Vec<Value> = ids
+            .iter()
+            .filter_map(|id| {
+                installations.get(id).map(|inst| {
+                    json!({"id": id, "app_id": self.app_id, "target_type": "Organization",
+                        "account": {"login": inst.login, "id": 9000 + id, "type": "Organization"},
+                        "permissions": inst.permissions, "repository_selection": "all"})
+                })
+            })
+            .collect();
+        let total = all.len();
+        let chunk: Vec<Value> = all
+            .into_iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .collect();
+        let mut resp = gh(
+            200,
+            json!({"total_count": total, "installations": chunk}),
+            n,
+        );
+        if page * per_page < total {
+            resp.headers_mut().insert(
+                "link",
+                format!(
+                    "<{}/user/installations?per_page={per_page}&page={}>; rel=\"next\"",
+                    "http://fake",
+                    page + 1
+                )
+                .parse()
+                .unwrap(),
+            );
+        }
+        resp
+    }
+
+    /// `DELETE /applications/{client_id}/token`, basic auth with the client credentials.
+    fn revoke_user_token(
+        &self,
+        client: &str,
+        auth: &str,
+        body: &Value,
+        n: u64,
+    ) -> Response<Full<Bytes>> {
+        use base64::Engine as _;
+        let mut o = self.oauth.lock().unwrap();
+        let creds = auth
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let ok = creds.split_once(':').is_some_and(|(id, secret)| {
+            o.client_id.as_deref() == Some(id)
+                && id == client
+                && o.client_secrets.iter().any(|s| s == secret)
+        });
+        if !ok {
+            return error(404, "Not Found", n);
+        }
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !o.user_tokens.contains_key(token) {
+            return error(404, "Not Found", n);
+        }
+        o.revoked_user_tokens.insert(token.to_owned());
+        Response::builder()
+            .status(204)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
     }
 
     fn access_token(&self, id: &str, body: &Value, n: u64) -> Response<Full<Bytes>> {
@@ -315,11 +476,30 @@ impl FakeGithub {
             tokens: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
+            oauth: Mutex::new(OAuth::default()),
             counter: AtomicU64::new(1),
         });
         let s = state.clone();
         let (url, task) = crate::loopback::serve(move |req| s.clone().handle(req)).await;
         FakeGithub { url, state, task }
+    }
+
+    /// Sets the App's OAuth client id and one client secret.
+    pub fn set_oauth_client(&self, client_id: &str, secret: &str) {
+        let mut o = self.state.oauth.lock().unwrap();
+        o.client_id = Some(client_id.to_owned());
+        o.client_secrets = vec![secret.to_owned()];
+    }
+
+    /// A person who can administer `installations` authorizes the App during installation:
+    /// GitHub redirects them with `code`.
+    pub fn authorize(&self, code: &str, installations: &[u64]) {
+        self.state
+            .oauth
+            .lock()
+            .unwrap()
+            .codes
+            .insert(code.to_owned(), installations.to_vec());
     }
 
     /// Registers a public key with the App (as uploading it in the App settings would).

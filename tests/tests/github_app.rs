@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 const APP_ID: u64 = 424242;
 const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789abcdef";
+const CLIENT_ID: &str = "Iv1.credbrokertest01";
+const OAUTH_SECRET: &str = "0123456789abcdef0123456789abcdef01234567";
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -65,12 +67,20 @@ async fn start_with(state_ttl_s: u64, public_extra: &str) -> Env {
     gh.register_key("A", &key_a);
     gh.install(1001, installation("acme-org"));
     gh.install(2002, installation("globex"));
+    gh.set_oauth_client(CLIENT_ID, OAUTH_SECRET);
     let secret_file = tmp.path().join("webhook.secret");
     std::fs::write(&secret_file, WEBHOOK_SECRET).unwrap();
+    // Install links point at the public listener: its address must be known up front.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let extra = format!(
-        "[public]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\nstate_ttl_s = {state_ttl_s}\n{public_extra}\n[providers.github_app]\napp_id = {APP_ID}\napi_base_url = \"{}\"\ninstall_url = \"https://github.com/apps/credbroker-test/installations/new\"\nwebhook_secret_file = {:?}\nceiling_file = {:?}\ntimeout_ms = 3000\nmint_rate_warning_per_minute = 5\n",
+        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nstate_ttl_s = {state_ttl_s}\n{public_extra}\n[providers.github_app]\napp_id = {APP_ID}\nclient_id = \"{CLIENT_ID}\"\napi_base_url = \"{}\"\nweb_base_url = \"{}\"\ninstall_url = \"https://github.com/apps/credbroker-test/installations/new\"\nwebhook_secret_file = {:?}\nceiling_file = {:?}\ntimeout_ms = 3000\nmint_rate_warning_per_minute = 5\n",
         pki.dir.join("server.crt").display().to_string(),
         pki.dir.join("server.key").display().to_string(),
+        gh.url,
         gh.url,
         secret_file.display().to_string(),
         repo_root().join("policies/github.json").display().to_string(),
@@ -85,6 +95,7 @@ async fn start_with(state_ttl_s: u64, public_extra: &str) -> Env {
     );
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
+    add_oauth_secret(&mut op).await;
     let public = public_client(&pki, daemon.public_url.as_ref().expect("public listener"));
     Env {
         _tmp: tmp,
@@ -122,32 +133,136 @@ async fn add_key(op: &mut BrokerClient, key: &AppKey) -> u64 {
     version
 }
 
-/// Onboards `tenant` and returns the state from the install URL.
+/// Stores and activates the App's OAuth client secret (a platform key, like the App key).
+async fn add_oauth_secret(op: &mut BrokerClient) {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/keys/github_app",
+        Some(json!({"fields": {"oauth_client_secret": OAUTH_SECRET}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(!v.to_string().contains(OAUTH_SECRET), "secret echoed");
+    let version = v["key"]["version"].as_u64().unwrap();
+    let (s, v) = call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/keys/github_app/{version}/activate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// The account the fake reports for installation `id`: the fake numbers accounts 9000 + id.
+fn account_of(id: u64) -> u64 {
+    9000 + id
+}
+
+/// Onboards `tenant` (t1 expects acme-org, installation 1001's account; others globex,
+/// 2002's) and returns the state from the install link.
 async fn state_for(op: &mut BrokerClient, tenant: &str) -> String {
+    let (login, id) = if tenant == "t1" {
+        ("acme-org", account_of(1001))
+    } else {
+        ("globex", account_of(2002))
+    };
+    state_for_account(op, tenant, login, id).await
+}
+
+/// Onboards `tenant` expecting account (`login`, `id`); the state from the install link.
+async fn state_for_account(op: &mut BrokerClient, tenant: &str, login: &str, id: u64) -> String {
     let (s, v) = call(
         op,
         Method::POST,
         "/v1/admin/onboard/github_app",
-        Some(json!({"tenant": tenant})),
+        Some(json!({"tenant": tenant, "account": {"login": login, "id": id}})),
     )
     .await;
     assert_eq!(s, 200, "{v}");
     let url = v["install_url"].as_str().unwrap();
     assert!(
-        url.starts_with("https://github.com/apps/credbroker-test/installations/new?state="),
+        url.starts_with("https://127.0.0.1:") && url.contains("/callbacks/github_app/start?state="),
         "{url}"
     );
     url.rsplit("state=").next().unwrap().to_owned()
 }
 
-async fn setup_redirect(public: &mut BrokerClient, query: &str) -> (u16, Value) {
-    call(
-        public,
-        Method::GET,
-        &format!("/callbacks/github_app/setup?{query}"),
-        None,
+/// Opens the install link: the status, the cookie it sets and where it redirects.
+async fn open_link(
+    public: &mut BrokerClient,
+    state: &str,
+) -> (u16, Option<String>, Option<String>) {
+    let (status, headers, _) = public
+        .exchange(
+            Method::GET,
+            &format!("/callbacks/github_app/start?state={state}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    let header = |n: http::HeaderName| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    (
+        status.as_u16(),
+        header(http::header::SET_COOKIE),
+        header(http::header::LOCATION),
     )
-    .await
+}
+
+/// GitHub's callback with `query` and, when given, the browser's cookie header value.
+async fn callback(public: &mut BrokerClient, query: &str, cookie: Option<&str>) -> (u16, Value) {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
+    let (status, out) = public
+        .request_with_headers(
+            Method::GET,
+            &format!("/callbacks/github_app/setup?{query}"),
+            &headers,
+            None,
+        )
+        .await
+        .unwrap();
+    (
+        status.as_u16(),
+        serde_json::from_slice(&out).unwrap_or(Value::Null),
+    )
+}
+
+/// The whole install as a customer's browser does it: open the link (cookie), install on
+/// GitHub, which authorizes a code for the person who installed (who administers the
+/// installation named in `query`) and sends them back with it.
+async fn setup_redirect(public: &mut BrokerClient, gh: &FakeGithub, query: &str) -> (u16, Value) {
+    let param = |k: &str| {
+        query.split('&').find_map(|p| {
+            let (a, b) = p.split_once('=')?;
+            (a == k).then(|| b.to_owned())
+        })
+    };
+    let cookie = match param("state") {
+        Some(state) => open_link(public, &state)
+            .await
+            .1
+            .map(|c| c.split(';').next().unwrap_or("").to_owned()),
+        None => None,
+    };
+    let installation: u64 = param("installation_id")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let code = format!("code{:016x}", rand_u64());
+    gh.authorize(&code, &[installation]);
+    callback(public, &format!("{query}&code={code}"), cookie.as_deref()).await
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    u64::from_le_bytes(b)
 }
 
 fn sign(body: &[u8]) -> String {
@@ -192,12 +307,13 @@ async fn webhook(public: &mut BrokerClient, body: &Value, signature: Option<&str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_flow_minting_narrowing_and_key_rotation() {
     let mut env = start(3600).await;
-    add_key(&mut env.op, &env.key_a).await;
+    let a_version = add_key(&mut env.op, &env.key_a).await;
 
     // The install redirect binds installation 1001 to t1 and activates it with a probe.
     let state = state_for(&mut env.op, "t1").await;
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
         &format!("installation_id=1001&setup_action=install&state={state}"),
     )
     .await;
@@ -214,6 +330,7 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     // Replaying the same state is refused and changes nothing.
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
         &format!("installation_id=2002&setup_action=install&state={state}"),
     )
     .await;
@@ -221,16 +338,24 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     // Forged and missing states too.
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
         "installation_id=2002&setup_action=install&state=forgedforgedforgedforged",
     )
     .await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"));
-    let (s, v) = setup_redirect(&mut env.public, "installation_id=2002&setup_action=install").await;
-    assert_eq!((s, code(&v)), (403, "callback_rejected"));
-    // One installation, one tenant: t2's valid state cannot take installation 1001.
-    let state2 = state_for(&mut env.op, "t2").await;
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
+        "installation_id=2002&setup_action=install",
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"));
+    // One installation, one tenant: t2's valid state (even pinned to acme-org) cannot take
+    // installation 1001.
+    let state2 = state_for_account(&mut env.op, "t2", "acme-org", account_of(1001)).await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &env.gh,
         &format!("installation_id=1001&setup_action=install&state={state2}"),
     )
     .await;
@@ -378,7 +503,7 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     let (s, v) = call(
         &mut env.op,
         Method::POST,
-        "/v1/admin/keys/github_app/1/retire",
+        &format!("/v1/admin/keys/github_app/{a_version}/retire"),
         Some(json!({})),
     )
     .await;
@@ -404,6 +529,8 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
         .as_array()
         .unwrap()
         .iter()
+        // App keys only (the OAuth client secret is a platform key of its own).
+        .filter(|k| k["fingerprint"].as_str().unwrap().starts_with("sha256:"))
         .map(|k| {
             (
                 k["version"].as_u64().unwrap(),
@@ -413,7 +540,10 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
         .collect();
     assert_eq!(
         states,
-        vec![(1, "retired".to_owned()), (b_version, "active".to_owned())]
+        vec![
+            (a_version, "retired".to_owned()),
+            (b_version, "active".to_owned())
+        ]
     );
     assert!(!v.to_string().contains("PRIVATE KEY"));
 
@@ -452,20 +582,23 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
         "rate warning logged"
     );
 
-    // An installation GitHub does not know (e.g. uninstalled before the redirect): 404 surfaces
-    // as provider_denied and the binding stays pending.
+    // An installation GitHub does not know (e.g. uninstalled before the redirect) is not
+    // among the installer's: nothing is bound.
     let state4 = state_for(&mut env.op, "t2").await;
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
         &format!("installation_id=31337&setup_action=install&state={state4}"),
     )
     .await;
-    assert_eq!(
-        (s, v["status"].as_str()),
-        (200, Some("pending_activation")),
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be proven"),
         "{v}"
     );
-    assert!(v["probe"].as_str().unwrap().contains("not found"), "{v}");
 
     // The installation lacking a permission the binding asks for: GitHub's 422 surfaces.
     let mut poor = installation("globex");
@@ -474,6 +607,7 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     let state3 = state_for(&mut env.op, "t2").await;
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
         &format!("installation_id=2002&setup_action=install&state={state3}"),
     )
     .await;
@@ -543,6 +677,7 @@ async fn expired_states_and_verified_webhooks() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
         &format!("installation_id=1001&setup_action=install&state={stale}"),
     )
     .await;
@@ -552,6 +687,7 @@ async fn expired_states_and_verified_webhooks() {
     let state = state_for(&mut env.op, "t1").await;
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
         &format!("installation_id=1001&setup_action=install&state={state}"),
     )
     .await;
@@ -834,6 +970,7 @@ async fn kek_rotation_keeps_the_app_key_and_a_stale_keyring_is_refused() {
     let state = state_for(&mut env.op, "t1").await;
     let (s, v) = setup_redirect(
         &mut env.public,
+        &env.gh,
         &format!("installation_id=1001&setup_action=install&state={state}"),
     )
     .await;
@@ -852,7 +989,7 @@ async fn kek_rotation_keeps_the_app_key_and_a_stale_keyring_is_refused() {
         rotation["detail"]
             .as_str()
             .unwrap()
-            .contains("platform_keys: 1"),
+            .contains("platform_keys: 2"),
         "{rotation}"
     );
     // A stale keyring (a backup from before the rotation) is refused with a clear reason.
@@ -887,15 +1024,16 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
         let store = credbroker::store::open(&config.store, &config.data_dir).unwrap();
         let keyring = credbroker::keys::Keyring::load(&config.kek_file()).unwrap();
         let rows = store.scan(Table::PlatformKeys, "").await.unwrap();
-        assert_eq!(rows.len(), 1);
-        let (key, raw) = &rows[0];
+        assert_eq!(rows.len(), 2, "the OAuth client secret and the App key");
+        let (key, raw) = &rows[1];
         let mut rec: Value = serde_json::from_slice(raw).unwrap();
+        assert_eq!(rec["version"], 2, "the App key");
         assert_eq!(rec["sealed_as"], "platform_key");
         let material = credbroker::seal::open(
             &keyring,
             credbroker::seal::SealContext::PlatformKey {
                 kind: "github_app",
-                version: 1,
+                version: 2,
             },
             rec["kek_version"].as_u64().unwrap() as u32,
             rec["wrapped_dek"].as_str().unwrap(),
@@ -906,7 +1044,7 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
             &keyring,
             &credbroker::ids::TenantId::parse("platform").unwrap(),
             &credbroker::ids::BindingId::parse("github_app").unwrap(),
-            1,
+            2,
             &material,
         )
         .unwrap();
@@ -929,6 +1067,7 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
         let state = state_for(&mut env.op, "t1").await;
         let (s, v) = setup_redirect(
             &mut env.public,
+            &env.gh,
             &format!("installation_id=1001&setup_action=install&state={state}"),
         )
         .await;
@@ -945,5 +1084,218 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
     assert!(migrations[0]["detail"]
         .as_str()
         .unwrap()
-        .contains("github_app/1"));
+        .contains("github_app/2"));
+}
+
+fn walk_bytes(dir: &std::path::Path, out: &mut Vec<u8>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk_bytes(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.extend_from_slice(&b);
+        }
+    }
+}
+
+/// GitHub installation takeover, every way we know (issue 10, item 1): the installation id in
+/// the redirect is a claim until GitHub shows the person who came back administers it, the
+/// link only works in the browser that opened it, once, and the installation's account must
+/// be the one the operator pinned — otherwise it is kept unclaimed for an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_install_takeover_attempts_are_refused() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let bindings = |v: &Value| v["bindings"].as_array().map_or(0, Vec::len);
+    let (_, before) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+
+    // The install link sets a __Host- cookie bound to this browser and redirects to GitHub.
+    let state = state_for(&mut env.op, "t1").await;
+    let (s, cookie, location) = open_link(&mut env.public, &state).await;
+    assert_eq!(s, 302);
+    let cookie = cookie.unwrap();
+    for attr in [
+        "__Host-credbroker-install=",
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+    ] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert_eq!(
+        location.as_deref(),
+        Some(
+            format!("https://github.com/apps/credbroker-test/installations/new?state={state}")
+                .as_str()
+        )
+    );
+    let browser = cookie.split(';').next().unwrap().to_owned();
+    // Opened again (a forwarded link): refused, counted.
+    let (s, _, _) = open_link(&mut env.public, &state).await;
+    assert_eq!(s, 403);
+
+    // A bare redirect, as before user authorization was required: refused before anything.
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("code is missing"));
+
+    // Another browser (no cookie, or a forged one) with the state and a real code: refused,
+    // and the state is spent.
+    env.gh.authorize("code-other-browser", &[1001]);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}&code=code-other-browser"),
+        Some("__Host-credbroker-install=forgedforgedforgedforgedforgedforgedforged1"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("browser"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["audit_id"].is_string(),
+        "a state-bearing refusal is audited: {v}"
+    );
+    let (s, _) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}&code=code-other-browser"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!(s, 403, "the state was consumed");
+
+    // The right browser, but the person who came back does not administer installation 1001
+    // (they administer 2002): the id in the redirect is only a claim.
+    let state = state_for(&mut env.op, "t1").await;
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    env.gh.authorize("code-not-theirs", &[2002]);
+    let revoked_before = env.gh.state.oauth.lock().unwrap().revoked_user_tokens.len();
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}&code=code-not-theirs"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be proven"),
+        "{v}"
+    );
+    assert_eq!(
+        env.gh.state.oauth.lock().unwrap().revoked_user_tokens.len(),
+        revoked_before + 1,
+        "the installer's user token is revoked after one use"
+    );
+
+    // A proven installation of another account than the pinned one (t2 expects globex; the
+    // person administers acme-org's 1001): not bound, kept unclaimed, audited.
+    let state = state_for(&mut env.op, "t2").await;
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    env.gh.authorize("code-acme-admin", &[1001]);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}&code=code-acme-admin"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    let (_, after) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert_eq!(bindings(&after), bindings(&before), "nothing was bound");
+    let record = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .rev()
+        .find(|r| r["action"] == "callback.setup" && r["tenant"] == "t2")
+        .unwrap();
+    assert!(
+        record["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kept as unclaimed"),
+        "{record}"
+    );
+    let (s, v) = call(&mut env.op, Method::GET, "/v1/admin/unclaimed", None).await;
+    assert_eq!(s, 200, "{v}");
+    let unclaimed = &v["unclaimed"][0];
+    assert_eq!(unclaimed["identifier"], "github_installation:1001", "{v}");
+    assert_eq!(unclaimed["account"]["login"], "acme-org", "{v}");
+    // The operator binds it explicitly (to the tenant it really belongs to), then probes.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/unclaimed/claim",
+        Some(json!({"identifier": "github_installation:1001", "tenant": "t1"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let binding = v["binding"]["id"].as_str().unwrap().to_owned();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["binding"]["status"].as_str()),
+        (200, Some("active")),
+        "{v}"
+    );
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/unclaimed", None).await;
+    assert_eq!(v["unclaimed"].as_array().unwrap().len(), 0, "{v}");
+    assert!(env
+        .daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "unclaimed.claim" && r["outcome"] == "allowed"));
+
+    // Anonymous probing of the start link: counted, never audited.
+    let n = env.daemon.audit_records().len();
+    let (s, _, _) = open_link(&mut env.public, "guessguessguessguessguessguessguess").await;
+    assert_eq!(s, 403);
+    assert_eq!(env.daemon.audit_records().len(), n);
+
+    // No user token was ever stored or logged.
+    let mut bytes = Vec::new();
+    walk_bytes(&env.daemon.data_dir, &mut bytes);
+    bytes.extend(std::fs::read(&env.daemon.stderr_path).unwrap_or_default());
+    let tokens: Vec<String> = env
+        .gh
+        .state
+        .oauth
+        .lock()
+        .unwrap()
+        .user_tokens
+        .keys()
+        .cloned()
+        .collect();
+    assert!(!tokens.is_empty());
+    for t in tokens {
+        assert!(
+            !bytes.windows(t.len()).any(|w| w == t.as_bytes()),
+            "user token {t} found on disk or in the log"
+        );
+    }
+    assert!(
+        !bytes
+            .windows(OAUTH_SECRET.len())
+            .any(|w| w == OAUTH_SECRET.as_bytes()),
+        "the OAuth client secret is on disk in clear"
+    );
 }

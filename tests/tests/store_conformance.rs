@@ -132,6 +132,8 @@ async fn every_record_type_round_trips(records: &Records) {
                 provider: "p".into(),
                 tenant: "t1".into(),
                 expires_at: 1,
+                pin: None,
+                browser: None,
             },
         );
     records.commit(b).await.unwrap();
@@ -307,6 +309,8 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
             provider: "p".into(),
             tenant: "t1".into(),
             expires_at: i64::MAX,
+            pin: None,
+            browser: None,
         },
     );
     records.commit(b).await.unwrap();

@@ -116,6 +116,9 @@ fn a_github_manifest_beyond_the_ceiling_fails() {
         "permission contents: write exceeds policies/github.json (read)",
         "permission administration: write exceeds",
         "/hook_attributes/url must be https",
+        // The flipped rule: the App must ask the installer to authorize it.
+        "request_oauth_on_install must be true",
+        "callback_urls is missing",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }

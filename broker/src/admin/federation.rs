@@ -21,7 +21,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
 use crate::ids::TenantId;
 use crate::model::{now_rfc3339, Binding, Status};
-use crate::store::records::{CallbackState, IdentifierOwner};
+use crate::store::records::{AccountPin, CallbackState, IdentifierOwner};
 
 /// `length` random characters of `[A-Za-z0-9]`, from the system CSPRNG.
 pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
@@ -286,6 +286,7 @@ impl AdminService {
         &self,
         provider_name: &str,
         tenant: &TenantId,
+        pin: Option<AccountPin>,
     ) -> Result<Plan, ApiError> {
         let provider = self
             .core
@@ -311,8 +312,32 @@ impl AdminService {
             .ok_or_else(|| {
                 ApiError::bad_request(format!("provider {} has no onboarding flow", provider.id()))
             })?;
-        if let Some(callbacks) = provider.callbacks() {
-            // A single-use, expiring state binds the install redirect to this tenant.
+        if provider.callbacks().is_some() {
+            // The operator says which customer account the install must come from; an
+            // installation of any other account is never bound to this tenant.
+            let pin = pin.ok_or_else(|| {
+                ApiError::bad_request(
+                    "onboarding with an install flow needs the customer's account: {\"account\": {\"login\": …, \"id\": …}} (credbroker onboard … --account-login L --account-id N)",
+                )
+            })?;
+            let login_ok = !pin.login.is_empty()
+                && pin.login.len() <= 100
+                && pin
+                    .login
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !login_ok || pin.id == 0 {
+                return Err(ApiError::bad_request(
+                    "account.login must be 1-100 of [A-Za-z0-9-_.] and account.id positive",
+                ));
+            }
+            let base = self.core.public_base_url().ok_or_else(|| {
+                ApiError::bad_request(
+                    "[public] base_url is not configured: install links point at the broker's public listener",
+                )
+            })?;
+            // A single-use, expiring state binds the install to this tenant, to the account
+            // and (once the link is opened) to one browser.
             let state = random_alphanumeric(40)?;
             let expires = time::OffsetDateTime::now_utc()
                 + time::Duration::seconds(
@@ -324,12 +349,90 @@ impl AdminService {
                     provider: provider.id().to_owned(),
                     tenant: tenant.to_string(),
                     expires_at: expires.unix_timestamp(),
+                    pin: Some(pin.clone()),
+                    browser: None,
                 },
             );
-            plan.response["install_url"] = json!(callbacks.install_url(&state));
+            plan.response["install_url"] = json!(format!(
+                "{base}/callbacks/{}/start?state={state}",
+                provider.id()
+            ));
+            plan.response["expected_account"] = json!(pin);
+            plan.detail = format!(
+                "{}; expected account {} ({})",
+                plan.detail, pin.login, pin.id
+            );
             plan.response["state_expires_at"] = json!(crate::model::rfc3339(expires));
         }
         plan.tenant = Some(tenant.to_string());
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_unclaimed_list(&self) -> Result<Plan, ApiError> {
+        let list: Vec<Value> = self
+            .core
+            .records
+            .unclaimed()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|(_, u)| {
+                json!({
+                    "provider": u.value.provider, "identifier": u.value.identifier,
+                    "config": u.value.config, "account": u.value.account,
+                    "reason": u.value.reason, "seen_at": u.value.seen_at,
+                })
+            })
+            .collect();
+        Ok(Plan::new(
+            format!("unclaimed={}", list.len()),
+            json!({ "unclaimed": list }),
+        ))
+    }
+
+    /// Binds an unclaimed installation to `tenant`, explicitly (audited): the binding is
+    /// created as a binding added by hand would be, and the unclaimed record goes in the same
+    /// batch. Its probe runs next (`binding probe`).
+    pub(super) async fn plan_claim_unclaimed(
+        &self,
+        identifier: &str,
+        tenant: TenantId,
+    ) -> Result<Plan, ApiError> {
+        let (key, read) = self
+            .core
+            .records
+            .unclaimed()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .find(|(_, u)| u.value.identifier == identifier)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownRecord,
+                    "no such unclaimed installation (GET /v1/admin/unclaimed)",
+                )
+            })?;
+        let u = read.value.clone();
+        let id = format!(
+            "{}-{}",
+            u.provider.replace('_', "-"),
+            u.identifier.rsplit(':').next().unwrap_or("x")
+        );
+        let id = crate::ids::BindingId::parse(&id).map_err(ApiError::bad_request)?;
+        let mut plan = self
+            .plan_add_binding(NewBinding {
+                id,
+                tenant,
+                provider: u.provider.clone(),
+                config: u.config.clone(),
+                ceiling: Value::Null,
+            })
+            .await?;
+        plan.batch.remove_unclaimed(&key, &read);
+        plan.detail = format!(
+            "{}; claimed {} of account {} ({}) explicitly",
+            plan.detail, u.identifier, u.account.login, u.account.id
+        );
         Ok(plan)
     }
 

@@ -25,6 +25,7 @@ use crate::model::Status;
 use crate::store::{Batch, StoreError};
 
 mod federation;
+pub(crate) use federation::random_alphanumeric;
 mod platform_keys;
 mod records;
 mod request;
@@ -33,8 +34,8 @@ pub use records::BindingDetail;
 mod secrets;
 
 pub use request::{
-    parse_admin_request, AdminOp, Collection, NewBinding, NewInstance, NewTenant, NewWorker,
-    OnboardBody, SecretBody,
+    parse_admin_request, AdminOp, ClaimBody, Collection, NewBinding, NewInstance, NewTenant,
+    NewWorker, OnboardBody, SecretBody,
 };
 
 pub(super) fn validate_kind(kind: &str) -> Result<(), ApiError> {
@@ -381,7 +382,13 @@ impl AdminService {
                 binding,
                 generation,
             } => self.plan_flag_trust_broken(&binding, &generation).await,
-            AdminOp::Onboard(provider, tenant) => self.plan_onboard(&provider, &tenant).await,
+            AdminOp::Onboard(provider, tenant, pin) => {
+                self.plan_onboard(&provider, &tenant, pin).await
+            }
+            AdminOp::UnclaimedList => self.plan_unclaimed_list().await,
+            AdminOp::ClaimUnclaimed(identifier, tenant) => {
+                self.plan_claim_unclaimed(&identifier, tenant).await
+            }
             AdminOp::KeysList(kind) => self.plan_keys_list(&kind).await,
             AdminOp::KeysAdd(kind, material) => self.plan_keys_add(&kind, material).await,
             AdminOp::KeysActivate(kind, v) => self.plan_keys_state(&kind, v, true).await,

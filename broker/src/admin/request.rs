@@ -122,6 +122,20 @@ pub struct SecretBody {
 pub struct OnboardBody {
     /// The tenant to onboard.
     pub tenant: TenantId,
+    /// The customer's account the installation must belong to (required for providers
+    /// with an install flow, e.g. the GitHub organisation's login and numeric id).
+    #[serde(default)]
+    pub account: Option<crate::store::records::AccountPin>,
+}
+
+/// `POST /v1/admin/unclaimed/claim`
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    /// The unclaimed installation's identifier (from `GET /v1/admin/unclaimed`).
+    pub identifier: String,
+    /// The tenant to bind it to.
+    pub tenant: TenantId,
 }
 
 /// One admin operation.
@@ -150,8 +164,9 @@ pub enum AdminOp {
     SecretDestroy(String, Option<u32>),
     /// Run a binding's probe; a binding pending activation becomes active when it passes.
     Probe(String),
-    /// Onboarding facts for a tenant with a federated provider (generates tenant parameters).
-    Onboard(String, TenantId),
+    /// Onboarding facts for a tenant with a federated provider (generates tenant parameters);
+    /// the account an install must belong to.
+    Onboard(String, TenantId, Option<crate::store::records::AccountPin>),
     /// List a provider's platform keys (metadata only).
     KeysList(String),
     /// Store a new platform key (staged).
@@ -162,6 +177,10 @@ pub enum AdminOp {
     KeysRetire(String, u32),
     /// Drop every cached token of a provider and revoke it upstream.
     RevokeCached(String),
+    /// List installations kept for an operator (proven, not bound).
+    UnclaimedList,
+    /// Bind an unclaimed installation to a tenant (pending activation; probe next).
+    ClaimUnclaimed(String, TenantId),
     /// Mark a binding `trust_broken` after its upstream said the customer withdrew the trust
     /// (raised by the broker itself from a resolve, never parsed from a request). Applies only
     /// to the binding generation the resolve used.
@@ -189,7 +208,9 @@ impl AdminOp {
             AdminOp::SecretRotate(..) => "secret.rotate".into(),
             AdminOp::SecretDestroy(..) => "secret.destroy".into(),
             AdminOp::Probe(_) => "binding.probe".into(),
-            AdminOp::Onboard(p, _) => format!("onboard.{p}"),
+            AdminOp::Onboard(p, _, _) => format!("onboard.{p}"),
+            AdminOp::UnclaimedList => "unclaimed.list".into(),
+            AdminOp::ClaimUnclaimed(..) => "unclaimed.claim".into(),
             AdminOp::KeysList(k) => format!("keys.{k}.list"),
             AdminOp::KeysAdd(k, _) => format!("keys.{k}.add"),
             AdminOp::KeysActivate(k, _) => format!("keys.{k}.activate"),
@@ -301,7 +322,11 @@ pub fn parse_admin_request(
         )),
         AdminEndpoint::Onboard => {
             let body: OnboardBody = parse_body(body)?;
-            Ok(AdminOp::Onboard(param("provider"), body.tenant))
+            Ok(AdminOp::Onboard(
+                param("provider"),
+                body.tenant,
+                body.account,
+            ))
         }
         AdminEndpoint::Keys => Ok(if *method == Method::GET {
             AdminOp::KeysList(param("provider"))
@@ -317,6 +342,11 @@ pub fn parse_admin_request(
             }
         }
         AdminEndpoint::RevokeCached => Ok(AdminOp::RevokeCached(param("provider"))),
+        AdminEndpoint::Unclaimed => Ok(AdminOp::UnclaimedList),
+        AdminEndpoint::ClaimUnclaimed => {
+            let body: ClaimBody = parse_body(body)?;
+            Ok(AdminOp::ClaimUnclaimed(body.identifier, body.tenant))
+        }
     }
 }
 

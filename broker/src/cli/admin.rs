@@ -136,6 +136,44 @@ pub enum BindingAction {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum UnclaimedCmd {
+    /// List installations that were proven but not bound (their account differed from the
+    /// one pinned at onboarding).
+    List(Conn),
+    /// Bind one explicitly to a tenant (pending activation; run `binding probe` next).
+    Claim(UnclaimedClaim),
+}
+
+#[derive(Args, Debug)]
+pub struct UnclaimedClaim {
+    /// Its identifier, as listed (e.g. github_installation:12345678).
+    #[arg(long)]
+    identifier: String,
+    /// The tenant to bind it to.
+    #[arg(long)]
+    tenant: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub fn run_unclaimed(cmd: UnclaimedCmd) -> Result<ExitCode, String> {
+    match cmd {
+        UnclaimedCmd::List(conn) => call(&conn, Method::GET, "/v1/admin/unclaimed", None),
+        UnclaimedCmd::Claim(c) => call(
+            &c.conn,
+            Method::POST,
+            "/v1/admin/unclaimed/claim",
+            Some(
+                serde_json::to_vec(
+                    &serde_json::json!({ "identifier": c.identifier, "tenant": c.tenant }),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+        ),
+    }
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SecretCmd {
     /// Set the first secret version of a binding.
     Set(SecretWrite),

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::config::LogFormat;
 
+use admin::UnclaimedCmd;
 use admin::{
     run_binding, run_record, run_secret, BindingCmd, InstanceAdd, RecordCmd, SecretCmd, TenantAdd,
     WorkerAdd,
@@ -72,6 +73,9 @@ enum Command {
     /// Set, rotate or destroy a binding's secret fields (write-only; admin API).
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Installations proven but not bound, kept for an operator (admin API).
+    #[command(subcommand)]
+    Unclaimed(UnclaimedCmd),
     /// Print the OpenAPI 3.1 document of the HTTP API (also served at GET /v1/openapi.json).
     Openapi,
 }
@@ -158,6 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Client(ClientCmd::AwsCredentialProcess(a)) => aws_credential_process(&a),
         Command::LintTemplates(a) => offline::run_lint(&a),
         Command::Secret(cmd) => run_secret(cmd),
+        Command::Unclaimed(cmd) => admin::run_unclaimed(cmd),
         Command::Openapi => {
             print!("{}", crate::openapi::document_text());
             Ok(ExitCode::SUCCESS)

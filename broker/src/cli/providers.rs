@@ -136,6 +136,7 @@ impl Subcommand for BindingAdd {
 pub struct Onboard {
     provider: &'static str,
     tenant: String,
+    account: Option<(String, u64)>,
     conn: Conn,
 }
 
@@ -147,9 +148,21 @@ impl FromArgMatches for Onboard {
         let d = by_cli_name(name)
             .filter(|d| d.cli.onboard.is_some())
             .ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
+        let account = if d.cli.onboard_pins_account {
+            match (
+                m.get_one::<String>("account-login"),
+                m.get_one::<u64>("account-id"),
+            ) {
+                (Some(login), Some(id)) => Some((login.clone(), *id)),
+                _ => return Err(clap::Error::new(ErrorKind::MissingRequiredArgument)),
+            }
+        } else {
+            None
+        };
         Ok(Onboard {
             provider: d.id,
             tenant: m.get_one::<String>("tenant").cloned().unwrap_or_default(),
+            account,
             conn: Conn::from_arg_matches(m)?,
         })
     }
@@ -164,18 +177,30 @@ impl Subcommand for Onboard {
     fn augment_subcommands(cmd: Command) -> Command {
         cmd.subcommands(CATALOG.iter().filter_map(|d| {
             let about = d.cli.onboard?;
-            // `augment_args` sets the command's about from Conn's doc: set ours after it.
-            Some(
-                Conn::augment_args(
-                    Command::new(d.cli.name).arg(
-                        Arg::new("tenant")
-                            .long("tenant")
+            let mut cmd = Command::new(d.cli.name).arg(
+                Arg::new("tenant")
+                    .long("tenant")
+                    .required(true)
+                    .help("Tenant id."),
+            );
+            if d.cli.onboard_pins_account {
+                cmd = cmd
+                    .arg(
+                        Arg::new("account-login")
+                            .long("account-login")
                             .required(true)
-                            .help("Tenant id."),
-                    ),
-                )
-                .about(about),
-            )
+                            .help("The customer's account (organisation) login the installation must belong to."),
+                    )
+                    .arg(
+                        Arg::new("account-id")
+                            .long("account-id")
+                            .required(true)
+                            .value_parser(clap::value_parser!(u64).range(1..))
+                            .help("Its numeric id (GitHub: GET /orgs/LOGIN → id); survives renames."),
+                    );
+            }
+            // `augment_args` sets the command's about from Conn's doc: set ours after it.
+            Some(Conn::augment_args(cmd).about(about))
         }))
         .subcommand_required(true)
     }
@@ -198,14 +223,23 @@ pub fn run_onboard(o: &Onboard) -> Result<ExitCode, String> {
         &o.conn,
         Method::POST,
         &format!("/v1/admin/onboard/{}", o.provider),
-        Some(serde_json::to_vec(&json!({ "tenant": o.tenant })).map_err(|e| e.to_string())?),
+        Some(
+            serde_json::to_vec(&match &o.account {
+                Some((login, id)) => {
+                    json!({ "tenant": o.tenant, "account": { "login": login, "id": id } })
+                }
+                None => json!({ "tenant": o.tenant }),
+            })
+            .map_err(|e| e.to_string())?,
+        ),
     )
 }
 
 /// One `keys <provider> …` action.
 #[derive(Debug, Clone)]
 enum KeysAction {
-    Add(PathBuf),
+    /// The file and the secret field its content is stored under.
+    Add(PathBuf, &'static str),
     List,
     Activate(u32),
     Retire(u32),
@@ -217,7 +251,6 @@ enum KeysAction {
 #[derive(Debug, Clone)]
 pub struct ProviderKeys {
     provider: &'static str,
-    keys: KeysCli,
     action: KeysAction,
     conn: Conn,
 }
@@ -241,6 +274,18 @@ fn keys_command(d: &ProviderDescriptor, keys: &KeysCli) -> Command {
                         .required(true)
                         .value_parser(clap::value_parser!(PathBuf))
                         .help(keys.file_help),
+                )
+                .arg(
+                    Arg::new("as")
+                        .long("as")
+                        .value_parser(
+                            keys.materials
+                                .iter()
+                                .map(|(name, _)| *name)
+                                .collect::<Vec<_>>(),
+                        )
+                        .default_value(keys.materials.first().map_or("", |(n, _)| *n))
+                        .help("What the file holds."),
                 ),
         )
         .subcommand(Command::new("list").about("List keys: version, state, fingerprint (never the key)."))
@@ -284,11 +329,21 @@ impl FromArgMatches for ProviderKeys {
                 .ok_or_else(|| clap::Error::new(ErrorKind::MissingRequiredArgument))
         };
         let action = match action {
-            "add" => KeysAction::Add(
-                a.get_one::<PathBuf>("from-file")
-                    .cloned()
-                    .ok_or_else(|| clap::Error::new(ErrorKind::MissingRequiredArgument))?,
-            ),
+            "add" => {
+                let chosen = a.get_one::<String>("as").cloned().unwrap_or_default();
+                let field = keys
+                    .materials
+                    .iter()
+                    .find(|(name, _)| *name == chosen)
+                    .map(|(_, field)| *field)
+                    .ok_or_else(|| clap::Error::new(ErrorKind::InvalidValue))?;
+                KeysAction::Add(
+                    a.get_one::<PathBuf>("from-file")
+                        .cloned()
+                        .ok_or_else(|| clap::Error::new(ErrorKind::MissingRequiredArgument))?,
+                    field,
+                )
+            }
             "list" => KeysAction::List,
             "activate" => KeysAction::Activate(version()?),
             "retire" => KeysAction::Retire(version()?),
@@ -297,7 +352,6 @@ impl FromArgMatches for ProviderKeys {
         };
         Ok(ProviderKeys {
             provider: d.id,
-            keys,
             action,
             conn: Conn::from_arg_matches(m)?,
         })
@@ -334,15 +388,12 @@ impl Subcommand for ProviderKeys {
 pub fn run_provider_keys(k: &ProviderKeys) -> Result<ExitCode, String> {
     let base = format!("/v1/admin/keys/{}", k.provider);
     match &k.action {
-        KeysAction::Add(file) => {
+        KeysAction::Add(file, field) => {
             let material = Zeroizing::new(
                 std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?,
             );
             let mut fields = SecretFields::new();
-            fields.insert(
-                k.keys.material_field,
-                secrecy::SecretString::from(material.as_str()),
-            );
+            fields.insert(*field, secrecy::SecretString::from(material.as_str()));
             let inner = fields.to_json_zeroizing();
             let mut body = Zeroizing::new(Vec::with_capacity(inner.len() + 12));
             body.extend_from_slice(b"{\"fields\":");

@@ -102,6 +102,41 @@ pub struct CallbackState {
     pub tenant: String,
     /// Expiry, Unix seconds.
     pub expires_at: i64,
+    /// The account the operator expects the installation to belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<AccountPin>,
+    /// SHA-256 (hex) of the browser nonce set as a cookie when the install link was first
+    /// opened; the callback must carry that cookie. Absent until the link is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<String>,
+}
+
+/// An account an installation must belong to (GitHub: organisation or user login and id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountPin {
+    /// Account login (compared case-insensitively).
+    pub login: String,
+    /// Numeric account id (compared exactly; survives renames).
+    pub id: u64,
+}
+
+/// An installation that arrived proven but not claimable (its account differs from the pin,
+/// or no state named it): kept for an operator to bind explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unclaimed {
+    /// Provider id.
+    pub provider: String,
+    /// Its exclusive identifier (e.g. `github_installation:42`).
+    pub identifier: String,
+    /// The binding configuration it would establish.
+    pub config: serde_json::Value,
+    /// The account the provider proved it belongs to.
+    pub account: AccountPin,
+    /// Why it was not bound.
+    pub reason: String,
+    /// When it was seen, RFC 3339.
+    pub seen_at: String,
 }
 
 /// Typed reads and batch builders over a [`Store`].
@@ -145,6 +180,10 @@ fn tenant_param_key(provider: &str, name: &str, tenant: &TenantId) -> String {
 
 fn callback_state_key(state: &str) -> String {
     format!("callback-state:{state}")
+}
+
+fn unclaimed_key(identifier: &str) -> String {
+    format!("unclaimed:{identifier}")
 }
 
 impl Records {
@@ -507,6 +546,19 @@ impl Records {
         Ok(out)
     }
 
+    /// Installations kept for an operator to claim, as read for a change.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn unclaimed(&self) -> Result<Vec<(String, Stored<Unclaimed>)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Identifiers, "unclaimed:").await? {
+            let value: Unclaimed = decode(Table::Identifiers, &key, &raw)?;
+            out.push((key, Stored { value, raw }));
+        }
+        Ok(out)
+    }
+
     /// The KEK version the store was last rotated to, if recorded.
     ///
     /// # Errors
@@ -658,6 +710,47 @@ impl Batch {
         let key = callback_state_key(state);
         self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
             .push(Op::Put(Table::Identifiers, key, encode(record)))
+    }
+
+    /// Marks an install `state` as opened by one browser (`browser`: hash of its nonce),
+    /// as read: a second opening fails.
+    pub fn start_callback_state(
+        &mut self,
+        key: &str,
+        read: &Stored<CallbackState>,
+        browser: &str,
+    ) -> &mut Self {
+        let mut started = read.value.clone();
+        started.browser = Some(browser.to_owned());
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Put(
+            Table::Identifiers,
+            key.to_owned(),
+            encode(&started),
+        ))
+    }
+
+    /// Keeps (or refreshes) an unclaimed installation.
+    pub fn put_unclaimed(&mut self, record: &Unclaimed) -> &mut Self {
+        self.push(Op::Put(
+            Table::Identifiers,
+            unclaimed_key(&record.identifier),
+            encode(record),
+        ))
+    }
+
+    /// Removes an unclaimed installation as read (it is being claimed).
+    pub fn remove_unclaimed(&mut self, key: &str, read: &Stored<Unclaimed>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
     }
 
     /// Consumes an install `state` as it was read: a second consumption fails.

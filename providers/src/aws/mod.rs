@@ -134,6 +134,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         ],
         onboard: Some("Print the tenant's ExternalId, the vendor account id and the template parameters."),
         keys: None,
+        onboard_pins_account: false,
         revoke_tokens: false,
     },
     template_lint: Some(TemplateLint {

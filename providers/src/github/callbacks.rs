@@ -2,11 +2,18 @@
 //! checks its single-use state) and the `installation` webhook, whose signature is checked
 //! in constant time before its body is parsed.
 
-use secrecy::ExposeSecret;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use super::{installation_identifier, GithubApp};
-use crate::{CallbackEvent, Callbacks, SetupRedirect};
+use super::{installation_identifier, Auth, GithubApp};
+use crate::{CallbackEvent, Callbacks, InstalledAccount, ProviderError, SetupRedirect};
+
+/// Most pages of `GET /user/installations` read (100 each): a user administering more than
+/// 2,000 installations of our App is refused rather than paged forever.
+const MAX_INSTALLATION_PAGES: u32 = 20;
 
 /// Verifies `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body)>` in constant time.
 pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
@@ -27,6 +34,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
+#[async_trait]
 impl Callbacks for GithubApp {
     fn install_url(&self, state: &str) -> String {
         format!("{}?state={state}", self.settings.install_url)
@@ -61,6 +69,227 @@ impl Callbacks for GithubApp {
             .unwrap_or("");
         parse_installation_event(event, body)
     }
+
+    async fn prove_installer(
+        &self,
+        redirect: &SetupRedirect,
+        timeout: Duration,
+    ) -> Result<InstalledAccount, ProviderError> {
+        let installation = redirect
+            .config
+            .get("installation_id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ProviderError::InvalidConfig("no installation_id".into()))?;
+        let code = redirect.code.as_ref().ok_or_else(|| denied(
+            "the redirect carries no user authorization code: the App must request user authorization (OAuth) during installation",
+        ))?;
+        let client_id = self.settings.client_id.clone().ok_or_else(|| {
+            ProviderError::InvalidConfig(
+                "[providers.github_app] client_id is required to prove who installed".into(),
+            )
+        })?;
+        let secrets: Vec<SecretString> = self
+            .oauth_secrets
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let Some(secret) = secrets.first().cloned() else {
+            return Err(ProviderError::InvalidConfig(
+                "no OAuth client secret is active (credbroker keys github add --as oauth-client-secret …, then activate)".into(),
+            ));
+        };
+        // 1. The code → a user token, on the web host.
+        let exchange = json!({
+            "client_id": client_id,
+            "client_secret": secret.expose_secret(),
+            "code": code.expose_secret(),
+        });
+        let answer = self
+            .call_as(
+                &self.settings.web_base_url,
+                Auth::OAuthExchange,
+                http::Method::POST,
+                "/login/oauth/access_token",
+                Some(&exchange),
+                timeout,
+            )
+            .await?;
+        drop(exchange);
+        if answer.status >= 500 || answer.status == 429 {
+            return Err(ProviderError::Unavailable {
+                message: format!("GitHub OAuth HTTP {}", answer.status),
+                upstream_request_id: answer.request_id,
+            });
+        }
+        // GitHub answers a bad or expired code with 200 and an `error` field.
+        let user_token = match answer.body.get("access_token").and_then(Value::as_str) {
+            Some(t) if answer.status == 200 && !t.is_empty() => SecretString::from(t.to_owned()),
+            _ => {
+                let why = answer
+                    .body
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no access_token");
+                return Err(denied(&format!(
+                    "GitHub refused the user authorization code ({}): start onboarding again",
+                    why.chars().take(64).collect::<String>()
+                )));
+            }
+        };
+        // 2. Is the installation among the user's? Then whose is it?
+        let found = self
+            .find_user_installation(&user_token, installation, timeout)
+            .await;
+        // 3. The user token is used once, never stored, and revoked whatever happened.
+        self.revoke_user_token(&client_id, &secret, &user_token, timeout)
+            .await;
+        found?.ok_or_else(|| {
+            denied(&format!(
+                "installation {installation} is not among the installations the person who came back can administer"
+            ))
+        })
+    }
+}
+
+/// The account of `installation` in one page of `GET /user/installations`, if listed there.
+/// Never panics on any input (fuzzed).
+///
+/// # Errors
+/// When the page is not GitHub's shape, or the listed installation has no usable account.
+pub fn installation_in_page(
+    page: &Value,
+    installation: u64,
+) -> Result<Option<InstalledAccount>, String> {
+    let list = page
+        .get("installations")
+        .and_then(Value::as_array)
+        .ok_or("GitHub's installation list is malformed")?;
+    for i in list {
+        if i.get("id").and_then(Value::as_u64) == Some(installation) {
+            let login = i.pointer("/account/login").and_then(Value::as_str);
+            let id = i.pointer("/account/id").and_then(Value::as_u64);
+            return match (login, id) {
+                (Some(login), Some(id)) if !login.is_empty() && login.len() <= 100 && id > 0 => {
+                    Ok(Some(InstalledAccount {
+                        login: login.to_owned(),
+                        id,
+                    }))
+                }
+                _ => Err("the installation's account is missing from GitHub's answer".into()),
+            };
+        }
+    }
+    Ok(None)
+}
+
+fn denied(message: &str) -> ProviderError {
+    ProviderError::Denied {
+        message: message.to_owned(),
+        upstream_request_id: None,
+        trust_broken: false,
+    }
+}
+
+impl GithubApp {
+    /// Pages through `GET /user/installations` with the user's token; the account of
+    /// `installation` if it is there.
+    async fn find_user_installation(
+        &self,
+        user_token: &SecretString,
+        installation: u64,
+        timeout: Duration,
+    ) -> Result<Option<InstalledAccount>, ProviderError> {
+        for page in 1..=MAX_INSTALLATION_PAGES {
+            let answer = self
+                .call_as(
+                    &self.settings.api_base_url,
+                    Auth::Bearer(user_token.expose_secret().to_owned()),
+                    http::Method::GET,
+                    &format!("/user/installations?per_page=100&page={page}"),
+                    None,
+                    timeout,
+                )
+                .await?;
+            if answer.status != 200 {
+                return Err(if answer.status >= 500 || answer.status == 429 {
+                    ProviderError::Unavailable {
+                        message: format!(
+                            "GitHub HTTP {} listing the user's installations",
+                            answer.status
+                        ),
+                        upstream_request_id: answer.request_id,
+                    }
+                } else {
+                    ProviderError::Denied {
+                        message: format!(
+                            "GitHub HTTP {} listing the user's installations",
+                            answer.status
+                        ),
+                        upstream_request_id: answer.request_id,
+                        trust_broken: false,
+                    }
+                });
+            }
+            match installation_in_page(&answer.body, installation) {
+                Ok(Some(account)) => return Ok(Some(account)),
+                Ok(None) => {}
+                Err(m) => {
+                    return Err(ProviderError::Unavailable {
+                        message: m,
+                        upstream_request_id: answer.request_id,
+                    })
+                }
+            }
+            let list_len = answer
+                .body
+                .get("installations")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let total = answer
+                .body
+                .get("total_count")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if list_len < 100 || u64::from(page) * 100 >= total {
+                return Ok(None);
+            }
+        }
+        Err(denied(
+            "the person who installed administers more installations of this App than the broker pages through",
+        ))
+    }
+
+    /// `DELETE /applications/{client_id}/token` (basic auth with the client credentials):
+    /// best effort, logged when it fails (the token also expires on its own).
+    async fn revoke_user_token(
+        &self,
+        client_id: &str,
+        secret: &SecretString,
+        user_token: &SecretString,
+        timeout: Duration,
+    ) {
+        let body = json!({ "access_token": user_token.expose_secret() });
+        let result = self
+            .call_as(
+                &self.settings.api_base_url,
+                Auth::Basic(client_id.to_owned(), secret.clone()),
+                http::Method::DELETE,
+                &format!("/applications/{client_id}/token"),
+                Some(&body),
+                timeout,
+            )
+            .await;
+        match result {
+            Ok(a) if a.status == 204 => {}
+            Ok(a) => tracing::warn!(
+                status = a.status,
+                "GitHub did not revoke the installer's user token"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "GitHub did not revoke the installer's user token")
+            }
+        }
+    }
 }
 
 /// Parses a setup redirect's query (`installation_id`, `setup_action`, `state`). Never panics
@@ -83,10 +312,23 @@ pub fn parse_setup_query(query: &str) -> Result<SetupRedirect, String> {
     if !matches!(action.as_str(), "install" | "update" | "request") {
         return Err("setup_action is not install, update or request".into());
     }
+    // User authorization during installation: GitHub sends the person who installed back
+    // with a one-time code. Without it nothing proves who installed.
+    let code = query_param(query, "code")
+        .filter(|c| !c.is_empty())
+        .ok_or("code is missing (the App must request user authorization during installation)")?;
+    if code.len() > 256
+        || !code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("code is malformed".into());
+    }
     Ok(SetupRedirect {
         state,
         config: json!({ "installation_id": installation }),
         action,
+        code: Some(SecretString::from(code)),
     })
 }
 

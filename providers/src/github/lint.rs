@@ -61,8 +61,26 @@ pub fn lint_github_manifest(file: &str, m: &Value, ceiling: &GithubCeiling, out:
             None => say(format!("{ptr} is missing")),
         }
     }
-    if m.get("request_oauth_on_install") == Some(&Value::Bool(true)) {
-        say("request_oauth_on_install must be false (installation tokens only)".into());
+    // GitHub's guidance for setup URLs: anyone can hit them with a spoofed installation_id.
+    // The App must ask the installer to authorize it, so the broker can prove who installed
+    // (the code exchange and GET /user/installations).
+    if m.get("request_oauth_on_install") != Some(&Value::Bool(true)) {
+        say("request_oauth_on_install must be true (the broker proves who installed with the installer's authorization code)".into());
+    }
+    let callbacks: Vec<&str> = m
+        .get("callback_urls")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if callbacks.is_empty() {
+        say("callback_urls is missing (GitHub sends the installer there with the code)".into());
+    }
+    for u in callbacks {
+        if !u.starts_with("https://") || !u.ends_with("/callbacks/github_app/setup") {
+            say(format!(
+                "callback_urls entry {u:?} must be https and end with /callbacks/github_app/setup"
+            ));
+        }
     }
 }
 

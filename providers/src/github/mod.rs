@@ -19,12 +19,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-pub use callbacks::{parse_installation_event, parse_setup_query, verify_signature};
+pub use callbacks::{
+    installation_in_page, parse_installation_event, parse_setup_query, verify_signature,
+};
 pub use permissions::{
     narrow, parse_permissions, GithubCeiling, Level, Permissions, TokenRequest, KNOWN_PERMISSIONS,
 };
@@ -45,6 +47,8 @@ pub struct GithubApp {
     webhook_secret: SecretString,
     /// Signing keys, preferred first.
     keys: RwLock<Vec<(u32, EncodingKey)>>,
+    /// OAuth client secrets of the App (proving who installed), preferred first.
+    oauth_secrets: RwLock<Vec<SecretString>>,
     file_key: Option<EncodingKey>,
     mint_windows: Mutex<HashMap<u64, (Instant, u32)>>,
 }
@@ -89,6 +93,16 @@ struct Answer {
     request_id: Option<String>,
 }
 
+/// How a request authenticates.
+enum Auth {
+    /// `Authorization: Bearer` (App JWT, installation or user token).
+    Bearer(String),
+    /// HTTP basic (the OAuth client id and secret: token revocation).
+    Basic(String, SecretString),
+    /// None: the OAuth code exchange carries the client credentials in its body.
+    OAuthExchange,
+}
+
 impl GithubApp {
     /// Builds the provider.
     ///
@@ -114,11 +128,13 @@ impl GithubApp {
             None => None,
         };
         check_api_base(&settings.api_base_url)?;
+        settings::check_base("web_base_url", &settings.web_base_url)?;
         Ok(GithubApp {
             settings,
             ceiling,
             webhook_secret: SecretString::from(secret),
             keys: RwLock::new(Vec::new()),
+            oauth_secrets: RwLock::new(Vec::new()),
             file_key,
             mint_windows: Mutex::new(HashMap::new()),
         })
@@ -167,16 +183,46 @@ impl GithubApp {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Answer, ProviderError> {
+        self.call_as(
+            &self.settings.api_base_url,
+            Auth::Bearer(token),
+            method,
+            route,
+            body,
+            timeout,
+        )
+        .await
+    }
+
+    /// One request to `base` with `auth`; the answer's status, JSON body and request id.
+    async fn call_as(
+        &self,
+        base: &str,
+        auth: Auth,
+        method: http::Method,
+        route: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Answer, ProviderError> {
         let unavailable = |m: String| ProviderError::Unavailable {
             message: m,
             upstream_request_id: None,
         };
         let per_request = Duration::from_millis(self.settings.timeout_ms).min(timeout);
-        let crab = octocrab::Octocrab::builder()
-            .base_uri(self.settings.api_base_url.as_str())
-            .map_err(|_| ProviderError::InvalidConfig("api_base_url is not a URI".into()))?
-            .personal_token(token)
-            .add_header(http::header::ACCEPT, "application/vnd.github+json".into())
+        let builder = octocrab::Octocrab::builder()
+            .base_uri(base)
+            .map_err(|_| ProviderError::InvalidConfig("GitHub base URL is not a URI".into()))?;
+        let (builder, accept) = match auth {
+            Auth::Bearer(token) => (builder.personal_token(token), "application/vnd.github+json"),
+            Auth::Basic(user, password) => (
+                builder.basic_auth(user, password.expose_secret().to_owned()),
+                "application/vnd.github+json",
+            ),
+            // The OAuth endpoint answers JSON only when asked for exactly that.
+            Auth::OAuthExchange => (builder, "application/json"),
+        };
+        let crab = builder
+            .add_header(http::header::ACCEPT, accept.into())
             .add_header(
                 http::HeaderName::from_static("x-github-api-version"),
                 "2022-11-28".into(),
@@ -188,7 +234,7 @@ impl GithubApp {
         let exchange = async {
             let resp = match method {
                 http::Method::POST => crab._post(route, body).await,
-                http::Method::DELETE => crab._delete(route, None::<&()>).await,
+                http::Method::DELETE => crab._delete(route, body).await,
                 _ => crab._get(route).await,
             }
             .map_err(|e| {
@@ -596,21 +642,61 @@ impl Revocation for GithubApp {
     }
 }
 
+/// The two kinds of platform key material the App uses.
+enum Material<'a> {
+    /// The App private key (signs App JWTs).
+    PrivateKey(&'a str),
+    /// An OAuth client secret (proves who installed).
+    OAuthClientSecret(&'a str),
+}
+
+fn material_of(m: &SecretFields) -> Result<Material<'_>, ProviderError> {
+    match (m.expose("private_key_pem"), m.expose("oauth_client_secret")) {
+        (Some(pem), None) => Ok(Material::PrivateKey(pem)),
+        (None, Some(secret)) => Ok(Material::OAuthClientSecret(secret.trim())),
+        _ => Err(ProviderError::InvalidConfig(
+            "a key has exactly one field: private_key_pem (the App private key) or oauth_client_secret (an App client secret)".into(),
+        )),
+    }
+}
+
 impl PlatformKeys for GithubApp {
     fn check(&self, material: &SecretFields) -> Result<String, ProviderError> {
-        let pem = material.expose("private_key_pem").ok_or_else(|| {
-            ProviderError::InvalidConfig("the key needs a private_key_pem field".into())
-        })?;
-        EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
-            ProviderError::InvalidConfig("private_key_pem is not an RSA private key in PEM".into())
-        })?;
-        Ok(fingerprint(pem))
+        match material_of(material)? {
+            Material::PrivateKey(pem) => {
+                EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
+                    ProviderError::InvalidConfig(
+                        "private_key_pem is not an RSA private key in PEM".into(),
+                    )
+                })?;
+                Ok(fingerprint(pem))
+            }
+            Material::OAuthClientSecret(secret) => {
+                // GitHub client secrets are 40 hex characters; accept any printable token of
+                // a plausible length, never echo it.
+                if !(20..=255).contains(&secret.len())
+                    || !secret.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(ProviderError::InvalidConfig(
+                        "oauth_client_secret must be 20-255 printable characters".into(),
+                    ));
+                }
+                Ok(format!("oauth-client-secret:{}", fingerprint(secret)))
+            }
+        }
     }
 
     fn install(&self, keys: Vec<PlatformKey>) -> Result<(), ProviderError> {
         let mut parsed = Vec::with_capacity(keys.len());
+        let mut secrets = Vec::new();
         for k in keys {
-            let pem = k.material.expose("private_key_pem").unwrap_or("");
+            let pem = match material_of(&k.material)? {
+                Material::PrivateKey(pem) => pem,
+                Material::OAuthClientSecret(secret) => {
+                    secrets.push(SecretString::from(secret.to_owned()));
+                    continue;
+                }
+            };
             let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
                 ProviderError::InvalidConfig(format!(
                     "platform key {} is not an RSA key",
@@ -621,6 +707,9 @@ impl PlatformKeys for GithubApp {
         }
         if let Ok(mut slot) = self.keys.write() {
             *slot = parsed;
+        }
+        if let Ok(mut slot) = self.oauth_secrets.write() {
+            *slot = secrets;
         }
         Ok(())
     }

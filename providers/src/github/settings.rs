@@ -18,12 +18,17 @@ use crate::Provider;
 pub struct GithubSettings {
     /// The App's numeric id.
     pub app_id: u64,
-    /// The App's client id; when set it is the JWT `iss` (GitHub accepts either).
+    /// The App's client id; the JWT `iss` (GitHub accepts it or the app id) and the OAuth
+    /// client that proves who installed. Required for the install flow.
     #[serde(default)]
     pub client_id: Option<String>,
     /// REST API base (`https://api.github.com`, or `https://HOST/api/v3` for GHES).
     #[serde(default = "default_api")]
     pub api_base_url: String,
+    /// Web host for the OAuth code exchange (`https://github.com`, or `https://HOST` for
+    /// GHES): `POST {web_base_url}/login/oauth/access_token`.
+    #[serde(default = "default_web")]
+    pub web_base_url: String,
     /// The App's install page, e.g. `https://github.com/apps/<slug>/installations/new`.
     pub install_url: String,
     /// File holding the webhook secret (mode 0600).
@@ -82,10 +87,14 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
             target: FlagTarget::Key("installation_id"),
             required: true,
         }],
-        onboard: Some("Print the App's install URL carrying a single-use state bound to the tenant (1 h)."),
+        onboard: Some("Print the install link (the broker's public start URL with a single-use state bound to the tenant and to the expected GitHub account)."),
+        onboard_pins_account: true,
         keys: Some(KeysCli {
-            material_field: "private_key_pem",
-            file_help: "PEM file downloaded from the GitHub App settings.",
+            materials: &[
+                ("private-key", "private_key_pem"),
+                ("oauth-client-secret", "oauth_client_secret"),
+            ],
+            file_help: "File holding the material: the App private key PEM downloaded from the App settings, or (--as oauth-client-secret) one of the App's client secrets.",
         }),
         revoke_tokens: true,
     },
@@ -98,6 +107,10 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
 fn default_api() -> String {
     "https://api.github.com".into()
 }
+
+fn default_web() -> String {
+    "https://github.com".into()
+}
 fn default_timeout() -> u64 {
     5000
 }
@@ -109,12 +122,17 @@ fn default_rate() -> u32 {
 /// decided on the parsed host, not a string prefix (`http://127.0.0.1.evil.example` is not
 /// loopback).
 pub(super) fn check_api_base(url: &str) -> Result<(), String> {
+    check_base("api_base_url", url)
+}
+
+/// As [`check_api_base`] for any base URL setting `name`.
+pub(super) fn check_base(name: &str, url: &str) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
-        .map_err(|_| format!("api_base_url {url:?} is not a URL"))?;
+        .map_err(|_| format!("{name} {url:?} is not a URL"))?;
     let host = uri
         .host()
-        .ok_or_else(|| format!("api_base_url {url:?} has no host"))?;
+        .ok_or_else(|| format!("{name} {url:?} has no host"))?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http")
@@ -126,7 +144,9 @@ pub(super) fn check_api_base(url: &str) -> Result<(), String> {
         {
             Ok(())
         }
-        _ => Err("api_base_url must be https (plain http only to a loopback address)".into()),
+        _ => Err(format!(
+            "{name} must be https (plain http only to a loopback address)"
+        )),
     }
 }
 

@@ -48,6 +48,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         }],
         onboard: None,
         keys: None,
+        onboard_pins_account: false,
         revoke_tokens: false,
     },
     template_lint: None,
