@@ -427,6 +427,14 @@ impl Broker {
             .await
     }
 
+    /// Forgets expired install states and webhook deliveries (audited); how many.
+    ///
+    /// # Errors
+    /// On store or audit failure.
+    pub async fn forget_expired(&self) -> Result<usize, ApiError> {
+        self.admin.forget_expired().await
+    }
+
     /// Handles one routed public-listener callback.
     pub async fn callback_http(
         &self,

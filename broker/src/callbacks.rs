@@ -31,9 +31,9 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
 use crate::broker::{error_answer, Answer, Core};
 use crate::ids::{BindingId, TenantId};
-use crate::model::{now_rfc3339, Binding, Status};
+use crate::model::{now_rfc3339, Binding, Status, StatusChange, StatusSource};
 use crate::routes::Endpoint;
-use crate::store::records::{AccountPin, Unclaimed};
+use crate::store::records::{AccountPin, Delivery, Unclaimed};
 use crate::store::Batch;
 
 fn rejected(m: impl Into<String>) -> ApiError {
@@ -90,6 +90,9 @@ impl From<Answer> for CallbackAnswer {
         }
     }
 }
+
+/// How long a processed webhook delivery id is remembered (replays within it are refused).
+pub const DELIVERY_WINDOW_S: i64 = 7 * 24 * 3600;
 
 /// The cookie that binds an opened install link to the browser that opened it. `__Host-`:
 /// Secure, no Domain, Path=/ — no other host can set or read it.
@@ -571,8 +574,35 @@ impl CallbackService {
         let verified = cb
             .verify_webhook(headers, body)
             .map_err(|m| anonymous(rejected(m)))?;
+        // A signed delivery replayed (by anyone who saw it) is refused; like an unsigned one it
+        // is counted, not audited: a replayer could otherwise write one record per replay.
+        let delivery = cb.delivery_id(headers);
         let guard = self.admin.lock.lock().await;
-        let change = self.plan_webhook(verified).await?;
+        if let Some(id) = &delivery {
+            let seen = self
+                .core
+                .records
+                .delivery_seen(provider.id(), id)
+                .await
+                .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?;
+            if seen {
+                return Err(anonymous(rejected(
+                    "this webhook delivery was already processed (replay)",
+                )));
+            }
+        }
+        let mut change = self.plan_webhook(verified).await?;
+        if let Some(id) = &delivery {
+            let expires = time::OffsetDateTime::now_utc().unix_timestamp() + DELIVERY_WINDOW_S;
+            change.batch.record_delivery(
+                provider.id(),
+                id,
+                &Delivery {
+                    expires_at: expires,
+                },
+            );
+            change.detail = format!("{} (delivery {id})", change.detail);
+        }
         event.outcome = "allowed".into();
         event.detail = Some(change.detail.clone());
         event.tenant = change.tenant.clone();
@@ -644,10 +674,42 @@ impl CallbackService {
             CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. } => {
                 binding.status = Status::Disabled;
                 binding.trust_broken = true;
+                binding.status_change = StatusChange::now(
+                    StatusSource::Webhook,
+                    format!("customer {what} the installation"),
+                );
                 format!("customer {what} the installation (webhook): binding deactivated")
+            }
+            // A webhook only undoes what a webhook did: a binding an operator disabled (or
+            // one never suspended) stays as it is.
+            CallbackEvent::Unsuspended { .. }
+                if binding.status != Status::Disabled
+                    || binding.status_change.as_ref().map(|c| c.by)
+                        != Some(StatusSource::Webhook) =>
+            {
+                return Ok(Change {
+                    response: json!({ "result": "ignored", "reason": "not suspended by a webhook" }),
+                    detail: format!(
+                        "binding={} unsuspend ignored: its status ({:?}) was not set by a webhook ({})",
+                        binding.id,
+                        binding.status,
+                        binding
+                            .status_change
+                            .as_ref()
+                            .map_or("no recorded change".to_owned(), |c| format!("{:?}: {}", c.by, c.why))
+                    ),
+                    tenant: Some(binding.tenant.to_string()),
+                    binding: Some(binding.id.to_string()),
+                    batch: Batch::new(),
+                    reprobe: None,
+                });
             }
             CallbackEvent::Unsuspended { .. } => {
                 binding.status = Status::PendingActivation;
+                binding.status_change = StatusChange::now(
+                    StatusSource::Webhook,
+                    "customer unsuspended the installation",
+                );
                 reprobe = Some(binding.id.to_string());
                 "customer unsuspended the installation (webhook): re-probing".to_owned()
             }

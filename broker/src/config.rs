@@ -75,6 +75,10 @@ pub struct PublicSettings {
     /// provider with an install flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
+    /// Largest webhook body, bytes (GitHub `installation` events of organisations with many
+    /// repositories run to megabytes). Bodies are read only by the webhook route.
+    #[serde(default = "default_webhook_body")]
+    pub max_webhook_body_bytes: usize,
     /// Concurrent connections on this listener (its own budget, apart from `[limits]`).
     #[serde(default = "default_public_connections")]
     pub max_connections: usize,
@@ -103,6 +107,9 @@ fn default_state_ttl() -> u64 {
 }
 fn default_public_connections() -> usize {
     64
+}
+fn default_webhook_body() -> usize {
+    4 * 1024 * 1024
 }
 fn default_public_handshakes() -> usize {
     64
@@ -411,6 +418,7 @@ impl Config {
                 p.burst,
             ];
             if p.max_connections == 0
+                || p.max_webhook_body_bytes == 0
                 || p.max_handshakes == 0
                 || p.max_handshakes_per_source == 0
                 || rates.iter().any(|r| !r.is_finite() || *r <= 0.0)

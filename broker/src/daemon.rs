@@ -68,6 +68,7 @@ pub async fn run_with_broker(
         // connection or handshake slots.
         let limits = crate::config::Limits {
             max_connections: p.max_connections,
+            max_body_bytes: p.max_webhook_body_bytes,
             max_handshakes: p.max_handshakes,
             max_handshakes_per_source: p.max_handshakes_per_source,
             ..config.limits.clone()
@@ -92,8 +93,18 @@ pub async fn run_with_broker(
         public = Some((srv, ptls));
     }
     on_ready(running.local_addr);
+    // Expired install states and webhook delivery ids are forgotten every ten minutes.
+    let mut gc = tokio::time::interval(Duration::from_secs(600));
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = gc.tick() => {
+                match broker.forget_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(records = n, "forgot expired install states and webhook deliveries"),
+                    Err(e) => tracing::warn!(error = %e.message, "could not forget expired records; will retry"),
+                }
+            }
             _ = hup.recv() => {
                 match tls.reload() {
                     Ok(()) => tracing::info!("SIGHUP: TLS certificates, client CA and CRL reloaded"),

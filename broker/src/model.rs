@@ -116,8 +116,47 @@ pub struct Binding {
     /// [`Tenant::revision`]).
     #[serde(default)]
     pub revision: u64,
+    /// Who last changed `status`, and why: a webhook only undoes what a webhook did (an
+    /// `unsuspend` never re-activates a binding an operator disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_change: Option<StatusChange>,
     /// Creation time, RFC 3339.
     pub created_at: String,
+}
+
+/// Who changed a binding's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusSource {
+    /// An operator (admin API); the audit record names them.
+    Operator,
+    /// A verified provider webhook (the customer suspended or removed the installation).
+    Webhook,
+    /// The broker (an activation probe, a store migration).
+    Broker,
+}
+
+/// The last status change of a binding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    /// Who.
+    pub by: StatusSource,
+    /// Why (no secrets).
+    pub why: String,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+impl StatusChange {
+    /// A change now.
+    pub fn now(by: StatusSource, why: impl Into<String>) -> Option<StatusChange> {
+        Some(StatusChange {
+            by,
+            why: why.into(),
+            at: now_rfc3339(),
+        })
+    }
 }
 
 /// Lifecycle of one sealed secret version.

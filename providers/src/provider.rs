@@ -229,6 +229,13 @@ pub trait Callbacks: Send + Sync {
         body: &[u8],
     ) -> Result<CallbackEvent, String>;
 
+    /// The webhook delivery's unique id (GitHub: `X-GitHub-Delivery`), when the provider
+    /// has one; the broker refuses a delivery id it has already processed (replay).
+    fn delivery_id(&self, headers: &http::HeaderMap) -> Option<String> {
+        let _ = headers;
+        None
+    }
+
     /// Proves that the person who came back with `redirect` administers the installation it
     /// names, and returns the installation's account. GitHub: exchange the user's one-time
     /// `code` for a user token, find the installation among the user's installations, revoke

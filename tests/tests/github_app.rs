@@ -280,12 +280,21 @@ fn sign(body: &[u8]) -> String {
 }
 
 async fn webhook(public: &mut BrokerClient, body: &Value, signature: Option<&str>) -> (u16, Value) {
+    let delivery = format!("{:016x}-0000-11e3-81ab-4c9367dc0958", rand_u64());
+    webhook_as(public, "installation", &delivery, body, signature).await
+}
+
+/// A webhook of event type `event` with delivery id `delivery`.
+async fn webhook_as(
+    public: &mut BrokerClient,
+    event: &str,
+    delivery: &str,
+    body: &Value,
+    signature: Option<&str>,
+) -> (u16, Value) {
     let bytes = serde_json::to_vec(body).unwrap();
     let sig = signature.map(str::to_owned).unwrap_or_else(|| sign(&bytes));
-    let mut headers = vec![
-        ("x-github-event", "installation"),
-        ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
-    ];
+    let mut headers = vec![("x-github-event", event), ("x-github-delivery", delivery)];
     if signature != Some("") {
         headers.push(("x-hub-signature-256", sig.as_str()));
     }
@@ -731,7 +740,7 @@ async fn expired_states_and_verified_webhooks() {
     // Unsuspend: re-probed and active again.
     let (s, v) = webhook(
         &mut env.public,
-        &json!({"action": "unsuspend", "installation": {"id": 1001}}),
+        &json!({"action": "unsuspend", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}}),
         None,
     )
     .await;
@@ -739,7 +748,7 @@ async fn expired_states_and_verified_webhooks() {
     let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!(s, 200, "{v}");
     // Permission changes are recorded as drift.
-    let (s, _) = webhook(&mut env.public, &json!({"action": "new_permissions_accepted", "installation": {"id": 1001, "permissions": {"contents": "write"}}}), None).await;
+    let (s, _) = webhook(&mut env.public, &json!({"action": "new_permissions_accepted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}, "permissions": {"contents": "write"}}}), None).await;
     assert_eq!(s, 200);
     let (_, v) = call(
         &mut env.op,
@@ -758,7 +767,7 @@ async fn expired_states_and_verified_webhooks() {
     // Other events are verified and ignored.
     let (s, v) = webhook(
         &mut env.public,
-        &json!({"action": "created", "installation": {"id": 5}}),
+        &json!({"action": "created", "installation": {"id": 5, "account": {"login": "other", "id": 9005}}}),
         None,
     )
     .await;
@@ -766,7 +775,7 @@ async fn expired_states_and_verified_webhooks() {
     // Deleted: binding inactive, resolves refused with binding_inactive.
     let (s, _) = webhook(
         &mut env.public,
-        &json!({"action": "deleted", "installation": {"id": 1001}}),
+        &json!({"action": "deleted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}}),
         None,
     )
     .await;
@@ -1298,4 +1307,157 @@ async fn github_install_takeover_attempts_are_refused() {
             .any(|w| w == OAUTH_SECRET.as_bytes()),
         "the OAuth client secret is on disk in clear"
     );
+}
+
+/// Binds installation 1001 to t1 with instance i-gh; the binding id.
+async fn bind_acme(env: &mut Env) -> String {
+    let state = state_for(&mut env.op, "t1").await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &env.gh,
+        &format!("installation_id=1001&setup_action=install&state={state}"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let binding = v["binding"].as_str().unwrap().to_owned();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-gh", "tenant": "t1", "binding": binding, "connector_kind": "github"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    binding
+}
+
+async fn binding_status(env: &mut Env, binding: &str) -> String {
+    let (_, v) = call(
+        &mut env.op,
+        Method::GET,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    v["binding"]["status"].as_str().unwrap_or("").to_owned()
+}
+
+/// Webhook abuse (issue 10, item 7): a replayed signed delivery is refused and counted; a
+/// signed body of another event relabelled as `installation` is refused; an `unsuspend`
+/// never re-activates a binding an operator disabled, only one a webhook suspended; a large
+/// `installation` payload is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_replays_relabels_and_undoing_an_operator_are_refused() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let binding = bind_acme(&mut env).await;
+    let account = json!({"login": "acme-org", "id": 10001});
+
+    // The operator disables the binding; the customer's (signed) unsuspend must not undo it.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/disable"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let unsuspend =
+        json!({"action": "unsuspend", "installation": {"id": 1001, "account": account}});
+    let (s, v) = webhook(&mut env.public, &unsuspend, None).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("ignored")), "{v}");
+    assert_eq!(binding_status(&mut env, &binding).await, "disabled");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+
+    // Re-enabled by the operator; suspended by the customer (webhook); unsuspended by the
+    // customer (webhook): that one is undone, with a re-probe.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/enable"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let suspend = json!({"action": "suspend", "installation": {"id": 1001, "account": account}});
+    let delivery = "aaaaaaaa-0000-11e3-81ab-4c9367dc0958";
+    let (s, v) = webhook_as(&mut env.public, "installation", delivery, &suspend, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(binding_status(&mut env, &binding).await, "disabled");
+    let (s, v) = webhook(&mut env.public, &unsuspend, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(binding_status(&mut env, &binding).await, "active");
+
+    // The suspend delivery replayed (same id, same signature): refused, counted, not audited,
+    // and the binding stays active.
+    let n = env.daemon.audit_records().len();
+    let (s, v) = webhook_as(&mut env.public, "installation", delivery, &suspend, None).await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("replay"),
+        "{v}"
+    );
+    assert_eq!(env.daemon.audit_records().len(), n);
+    assert_eq!(binding_status(&mut env, &binding).await, "active");
+
+    // A signed installation_repositories body relabelled as an installation event.
+    let repos = json!({"action": "removed", "installation": {"id": 1001, "account": account},
+        "repository_selection": "selected", "repositories_removed": [{"id": 1, "name": "api"}],
+        "repositories_added": []});
+    let (s, v) = webhook(&mut env.public, &repos, None).await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an installation event"),
+        "{v}"
+    );
+    assert_eq!(binding_status(&mut env, &binding).await, "active");
+
+    // A large installation payload (an organisation with 20,000 repositories, ~1.6 MB).
+    let many: Vec<Value> = (0..20_000)
+        .map(|i| json!({"id": i, "name": format!("repository-number-{i:06}"), "full_name": format!("acme-org/repository-number-{i:06}"), "private": true}))
+        .collect();
+    let big = json!({"action": "new_permissions_accepted", "installation": {"id": 1001, "account": account,
+        "permissions": {"contents": "read"}}, "repositories": many});
+    assert!(serde_json::to_vec(&big).unwrap().len() > 1_000_000);
+    let (s, v) = webhook(&mut env.public, &big, None).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Install states and webhook delivery ids do not pile up: expired ones are forgotten by the
+/// daemon (on start, then every ten minutes), audited as one `store.gc` record (issue 10,
+/// item 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_install_states_are_forgotten() {
+    let mut env = start(1).await;
+    for _ in 0..3 {
+        state_for(&mut env.op, "t1").await;
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    env.daemon.restart();
+    env.op = env.pki.client_for("op", &env.daemon.url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let gc: Vec<Value> = env
+            .daemon
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["action"] == "store.gc")
+            .collect();
+        if let Some(r) = gc.first() {
+            assert!(
+                r["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("forgot 3 expired install state(s)"),
+                "{r}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no store.gc record");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -68,6 +68,7 @@ fn binding(id: &str, t: &str) -> Binding {
         trust_broken: false,
         generation: "g".into(),
         revision: 0,
+        status_change: None,
         created_at: "2026-01-01T00:00:00Z".into(),
     }
 }

@@ -264,6 +264,7 @@ impl AdminService {
             trust_broken: false,
             generation: super::fresh_generation()?,
             revision: 0,
+            status_change: None,
             created_at: now_rfc3339(),
         };
         // The tenant gains a child: it cannot be removed meanwhile.
@@ -368,6 +369,50 @@ impl AdminService {
         Ok(plan)
     }
 
+    /// Forgets expired install states and webhook deliveries (at most 1,000 a run), one
+    /// audited batch (`store.gc`) when there is anything to forget.
+    ///
+    /// # Errors
+    /// On store failure or when the audit record cannot be written.
+    pub async fn forget_expired(&self) -> Result<usize, ApiError> {
+        let _guard = self.lock.lock().await;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expired = self
+            .core
+            .records
+            .expired_ephemera(now)
+            .await
+            .map_err(store_err)?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = crate::store::Batch::new();
+        let (mut states, mut deliveries) = (0usize, 0usize);
+        for (key, raw) in expired.iter().take(1000) {
+            if key.starts_with("callback-state:") {
+                states += 1;
+            } else {
+                deliveries += 1;
+            }
+            batch.forget_expired(key, raw);
+        }
+        let event = AuditEvent {
+            kind: "admin".into(),
+            action: "store.gc".into(),
+            request_id: crate::server::new_request_id(),
+            actor: "credbroker:gc".into(),
+            outcome: "allowed".into(),
+            detail: Some(format!(
+                "forgot {states} expired install state(s) and {deliveries} expired webhook delivery id(s)"
+            )),
+            ..Default::default()
+        };
+        self.commit_audited(event, batch, None)
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(states + deliveries)
+    }
+
     pub(super) async fn plan_unclaimed_list(&self) -> Result<Plan, ApiError> {
         let list: Vec<Value> = self
             .core
@@ -460,6 +505,17 @@ impl AdminService {
                 binding.trust_broken = false;
                 if activate {
                     binding.status = Status::Active;
+                    binding.status_change = if event.action == "binding.enable" {
+                        crate::model::StatusChange::now(
+                            crate::model::StatusSource::Operator,
+                            "enabled by an operator; probe passed",
+                        )
+                    } else {
+                        crate::model::StatusChange::now(
+                            crate::model::StatusSource::Broker,
+                            "activated by its probe",
+                        )
+                    };
                 }
                 (Ok(summary), None)
             }

@@ -333,6 +333,10 @@ impl AdminService {
                 let stored = self.binding_or_404(id).await?;
                 let mut b = stored.value.clone();
                 b.status = status;
+                b.status_change = crate::model::StatusChange::now(
+                    crate::model::StatusSource::Operator,
+                    format!("{word} by an operator"),
+                );
                 plan.batch.replace(&stored, &b);
                 plan.tenant = Some(b.tenant.to_string());
                 plan.binding = Some(id.to_owned());

@@ -390,6 +390,7 @@ mod tests {
                     trust_broken: false,
                     generation: String::new(),
                     revision: 0,
+                    status_change: None,
                     created_at: String::new(),
                 }),
             );

@@ -186,6 +186,18 @@ fn unclaimed_key(identifier: &str) -> String {
     format!("unclaimed:{identifier}")
 }
 
+fn delivery_key(provider: &str, id: &str) -> String {
+    format!("webhook-delivery:{provider}:{id}")
+}
+
+/// A processed webhook delivery, remembered until `expires_at` (Unix seconds) so a replay is
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+}
+
 impl Records {
     /// Typed access over `store`, with a decoded-record cache of the default size.
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -546,6 +558,41 @@ impl Records {
         Ok(out)
     }
 
+    /// Whether `provider`'s webhook delivery `id` was already processed (and not yet
+    /// forgotten).
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn delivery_seen(&self, provider: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .get(Table::Identifiers, &delivery_key(provider, id))
+            .await?
+            .is_some())
+    }
+
+    /// Expired ephemeral records (install states, webhook deliveries) at `now` (Unix
+    /// seconds), as read for their removal: `(key, raw)`.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn expired_ephemera(&self, now: i64) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        #[derive(Deserialize)]
+        struct Expiring {
+            expires_at: i64,
+        }
+        let mut out = Vec::new();
+        for prefix in ["callback-state:", "webhook-delivery:"] {
+            for (key, raw) in self.store.scan(Table::Identifiers, prefix).await? {
+                // An unreadable record is kept (and reported by whoever reads it).
+                if serde_json::from_slice::<Expiring>(&raw).is_ok_and(|e| e.expires_at < now) {
+                    out.push((key, raw));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Installations kept for an operator to claim, as read for a change.
     ///
     /// # Errors
@@ -732,6 +779,24 @@ impl Batch {
             key.to_owned(),
             encode(&started),
         ))
+    }
+
+    /// Remembers a processed webhook delivery; fails if it was already recorded (two copies
+    /// of one delivery cannot both be processed).
+    pub fn record_delivery(&mut self, provider: &str, id: &str, delivery: &Delivery) -> &mut Self {
+        let key = delivery_key(provider, id);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, encode(delivery)))
+    }
+
+    /// Removes an expired ephemeral record as read ([`Records::expired_ephemera`]).
+    pub fn forget_expired(&mut self, key: &str, raw: &[u8]) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            raw.to_vec(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
     }
 
     /// Keeps (or refreshes) an unclaimed installation.

@@ -63,11 +63,26 @@ impl Callbacks for GithubApp {
         ) {
             return Err("X-Hub-Signature-256 does not match".into());
         }
+        if self.delivery_id(headers).is_none() {
+            return Err("X-GitHub-Delivery is missing or malformed".into());
+        }
         let event = headers
             .get("x-github-event")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         parse_installation_event(event, body)
+    }
+
+    fn delivery_id(&self, headers: &http::HeaderMap) -> Option<String> {
+        headers
+            .get("x-github-delivery")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| {
+                !d.is_empty()
+                    && d.len() <= 64
+                    && d.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+            })
+            .map(str::to_ascii_lowercase)
     }
 
     async fn prove_installer(
@@ -347,6 +362,26 @@ pub fn parse_installation_event(event: &str, body: &[u8]) -> Result<CallbackEven
                 event.chars().take(64).collect::<String>()
             ),
         });
+    }
+    // X-GitHub-Event is not covered by the signature: the body must have the shape of the
+    // event it is said to be (a signed body of another event, relabelled, is refused).
+    for foreign in [
+        "repositories_added",
+        "repositories_removed",
+        "repository",
+        "changes",
+    ] {
+        if v.get(foreign).is_some() {
+            return Err(format!(
+                "the body has {foreign:?}: it is not an installation event"
+            ));
+        }
+    }
+    if !v
+        .pointer("/installation/account")
+        .is_some_and(Value::is_object)
+    {
+        return Err("installation.account is missing: not an installation event".into());
     }
     let id = v
         .pointer("/installation/id")

@@ -993,6 +993,7 @@ fn fill_big_store(
             trust_broken: false,
             generation: format!("{b:032x}"),
             revision: 0,
+            status_change: None,
             created_at: now.clone(),
         });
         batch.create(&Instance {
