@@ -30,11 +30,13 @@ pub fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Handshakes in progress: at most `global` at once. While more than half of them are free a
-/// source may take any; past that, only a source with fewer than `per_source` in progress gets
-/// one. So one source (a flood, or a fleet of workers behind one NAT starting together) can
-/// hold at most half the budget (or `per_source`, if larger), and the other half stays open to
-/// every other source. A connection waits for no slot: without one it is closed at accept.
+/// Slots (handshakes in progress, or open connections): at most `global` at once. While more
+/// than half of them are free a source may take any; past that, only a source with fewer than
+/// `per_source` gets one. So one source (a flood, or a fleet of workers behind one NAT
+/// starting together) can hold at most half the budget (or `per_source`, if larger); a few
+/// sources together can still take it all, which the short handshake deadline and the idle
+/// timeout bound in time. [`HandshakeGate::strict`] enforces `per_source` always. A
+/// connection waits for no slot: without one it is closed.
 pub struct HandshakeGate {
     global: Arc<Semaphore>,
     reserve: usize,
@@ -69,7 +71,8 @@ impl HandshakeRefusal {
 }
 
 impl HandshakeGate {
-    /// A gate of `global` slots, `per_source` of them for any one source.
+    /// A gate of `global` slots, `per_source` of them for any one source once half are in
+    /// use.
     pub fn new(global: usize, per_source: usize) -> Arc<HandshakeGate> {
         Arc::new(HandshakeGate {
             global: Arc::new(Semaphore::new(global.max(1))),
@@ -77,6 +80,22 @@ impl HandshakeGate {
             per_source: Mutex::new(HashMap::new()),
             per_source_max: per_source.max(1),
         })
+    }
+
+    /// A gate of `global` slots where no source ever holds more than `per_source` (for
+    /// anonymous listeners: nothing unauthenticated takes more than a small share).
+    pub fn strict(global: usize, per_source: usize) -> Arc<HandshakeGate> {
+        Arc::new(HandshakeGate {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            reserve: usize::MAX,
+            per_source: Mutex::new(HashMap::new()),
+            per_source_max: per_source.max(1),
+        })
+    }
+
+    /// The semaphore of the global budget (to wait for every slot to come back).
+    pub fn slots(&self) -> Arc<Semaphore> {
+        self.global.clone()
     }
 
     /// A slot for a handshake from `peer`, or why there is none.

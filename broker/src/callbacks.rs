@@ -91,6 +91,9 @@ impl From<Answer> for CallbackAnswer {
     }
 }
 
+/// How many times an install link may be opened before it must be re-issued.
+pub const MAX_LINK_OPENS: u32 = 5;
+
 /// How long a processed webhook delivery id is remembered (replays within it are refused).
 pub const DELIVERY_WINDOW_S: i64 = 7 * 24 * 3600;
 
@@ -273,11 +276,13 @@ impl CallbackService {
         }
     }
 
-    /// `GET /callbacks/{provider}/start?state=…`: the install link. The first browser to open
-    /// it gets a random nonce as an `HttpOnly` cookie and the state records the nonce's hash
-    /// (audited); the setup callback later requires that cookie. Opening it again, from any
-    /// browser, is refused: a link forwarded after use is worthless. Returns the provider's
-    /// install page, the `Set-Cookie` value and the audit id.
+    /// `GET /callbacks/{provider}/start?state=…`: the install link. The browser that opens it
+    /// gets a random nonce as an `HttpOnly` cookie and the state records the nonce's hash
+    /// (audited); the setup callback later requires that cookie. Each opening replaces the
+    /// previous browser (mail and chat link scanners open links before people do), up to
+    /// [`MAX_LINK_OPENS`]; whoever finishes the install must have opened the link last, and the
+    /// installation must still belong to the pinned account. Returns the provider's install
+    /// page, the `Set-Cookie` value and the audit id.
     async fn handle_start(
         &self,
         provider: &dyn Provider,
@@ -308,9 +313,9 @@ impl CallbackService {
                 "this install link is expired or for another provider; ask for a new one",
             )));
         }
-        if read.browser.is_some() {
+        if read.opens >= MAX_LINK_OPENS {
             return Err(anonymous(rejected(
-                "this install link was already opened; ask for a new one",
+                "this install link was opened too many times; ask for a new one",
             )));
         }
         let nonce = crate::admin::random_alphanumeric(43)?;
@@ -318,7 +323,10 @@ impl CallbackService {
         batch.start_callback_state(&key, &read, &sha256_hex(nonce.as_bytes()));
         event.tenant = Some(read.tenant.clone());
         event.outcome = "allowed".into();
-        event.detail = Some("install link opened; state bound to this browser".into());
+        event.detail = Some(format!(
+            "install link opened (opening {} of at most {MAX_LINK_OPENS}); state bound to this browser",
+            read.opens + 1
+        ));
         let receipt = {
             let _guard = self.admin.lock.lock().await;
             self.admin

@@ -82,6 +82,15 @@ pub struct PublicSettings {
     /// Concurrent connections on this listener (its own budget, apart from `[limits]`).
     #[serde(default = "default_public_connections")]
     pub max_connections: usize,
+    /// Open connections from one source (IPv4 address or IPv6 /64), always enforced.
+    #[serde(default = "default_public_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// A connection with no request in progress for this long is closed, milliseconds.
+    #[serde(default = "default_public_idle")]
+    pub idle_timeout_ms: u64,
+    /// Longest life of a connection, seconds.
+    #[serde(default = "default_public_age")]
+    pub max_connection_age_s: u64,
     /// TLS handshakes in progress on this listener.
     #[serde(default = "default_public_handshakes")]
     pub max_handshakes: usize,
@@ -107,6 +116,15 @@ fn default_state_ttl() -> u64 {
 }
 fn default_public_connections() -> usize {
     64
+}
+fn default_public_connections_per_source() -> usize {
+    4
+}
+fn default_public_idle() -> u64 {
+    10_000
+}
+fn default_public_age() -> u64 {
+    120
 }
 fn default_webhook_body() -> usize {
     4 * 1024 * 1024
@@ -184,6 +202,14 @@ pub struct Limits {
     /// TLS handshakes in progress from one source (IPv4 address or IPv6 /64) once half the
     /// budget is in use; one source never holds more than half of it (or this, if larger).
     pub max_handshakes_per_source: usize,
+    /// Open connections from one source once half of `max_connections` are in use (the
+    /// public listener enforces its own cap always).
+    pub max_connections_per_source: usize,
+    /// A connection with no request in progress for this long is closed, milliseconds.
+    pub idle_timeout_ms: u64,
+    /// A connection is closed (gracefully) after this long whatever it does, seconds, so
+    /// nothing outlives a revocation or a configuration change for long.
+    pub max_connection_age_s: u64,
     /// Deadline for a request head (and for the next one on a kept-alive connection), ms.
     pub header_read_timeout_ms: u64,
     /// Deadline for reading a request body, milliseconds.
@@ -201,6 +227,9 @@ impl Default for Limits {
             handshake_timeout_ms: 3_000,
             max_handshakes: 256,
             max_handshakes_per_source: 16,
+            max_connections_per_source: 64,
+            idle_timeout_ms: 300_000,
+            max_connection_age_s: 3600,
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 10_000,
             http2_max_concurrent_streams: 64,
@@ -391,6 +420,9 @@ impl Config {
             || l.http2_max_concurrent_streams == 0
             || l.max_handshakes == 0
             || l.max_handshakes_per_source == 0
+            || l.max_connections_per_source == 0
+            || l.idle_timeout_ms == 0
+            || l.max_connection_age_s == 0
         {
             return Err(ConfigError(
                 "limits must be positive (max_header_bytes at least 8192, hyper's minimum buffer)"
@@ -418,6 +450,9 @@ impl Config {
                 p.burst,
             ];
             if p.max_connections == 0
+                || p.max_connections_per_source == 0
+                || p.idle_timeout_ms == 0
+                || p.max_connection_age_s == 0
                 || p.max_webhook_body_bytes == 0
                 || p.max_handshakes == 0
                 || p.max_handshakes_per_source == 0

@@ -68,6 +68,9 @@ pub async fn run_with_broker(
         // connection or handshake slots.
         let limits = crate::config::Limits {
             max_connections: p.max_connections,
+            max_connections_per_source: p.max_connections_per_source,
+            idle_timeout_ms: p.idle_timeout_ms,
+            max_connection_age_s: p.max_connection_age_s,
             max_body_bytes: p.max_webhook_body_bytes,
             max_handshakes: p.max_handshakes,
             max_handshakes_per_source: p.max_handshakes_per_source,

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub handshakes_refused: Family<ScopeLabel, Counter>,
     /// Public-listener requests refused by a rate limit (per source or overall).
     pub rate_limited: Family<ScopeLabel, Counter>,
+    /// Open connections closed because a reload revoked (or stopped trusting) their client
+    /// certificate.
+    pub revoked_connections_closed: Counter,
     /// Admin requests.
     pub admin_requests: Counter,
     /// Upstream mints by provider. (No per-customer label: metrics carry no customer
@@ -147,6 +150,12 @@ impl Metrics {
             "Public-listener requests refused by a rate limit",
             rate_limited.clone(),
         );
+        let revoked_connections_closed = Counter::default();
+        registry.register(
+            "revoked_connections_closed",
+            "Open connections closed because a reload revoked their client certificate",
+            revoked_connections_closed.clone(),
+        );
         let admin_requests = Counter::default();
         registry.register(
             "admin_requests",
@@ -185,6 +194,7 @@ impl Metrics {
             handshake_failures,
             handshakes_refused,
             rate_limited,
+            revoked_connections_closed,
             admin_requests,
         }
     }

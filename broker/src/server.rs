@@ -106,7 +106,15 @@ pub fn spawn_role(
 ) -> std::io::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    // Open connections, per source too: on the public listener no source ever holds more
+    // than its small share; on the mTLS listener one source holds at most half.
+    let connection_gate = match role {
+        Role::Public => {
+            HandshakeGate::strict(limits.max_connections, limits.max_connections_per_source)
+        }
+        Role::Mtls => HandshakeGate::new(limits.max_connections, limits.max_connections_per_source),
+    };
+    let connections = connection_gate.slots();
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
     // handshake slot.
@@ -135,8 +143,8 @@ pub fn spawn_role(
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     let limits = Arc::new(limits);
-    let sem = connections.clone();
     let max_connections = limits.max_connections;
+    let refused_log = Arc::new(LogThrottle::new(5));
     let accept_task = tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -168,7 +176,8 @@ pub fn spawn_role(
             let builder = builder.clone();
             let limits = limits.clone();
             let detached = detached.clone();
-            let sem = sem.clone();
+            let connection_gate = connection_gate.clone();
+            let refused_log = refused_log.clone();
             let rate_limiter = rate_limiter.clone();
             let handshake_log = handshake_log.clone();
             let mut shutdown_rx = shutdown_rx.clone();
@@ -194,11 +203,23 @@ pub fn spawn_role(
                 };
                 drop(handshake_slot);
                 // A connection slot only for a completed handshake.
-                let Ok(_permit) = sem.try_acquire_owned() else {
-                    broker.metrics().connections_refused.inc();
-                    tracing::warn!(%remote, "connection limit reached; closing new connection");
-                    return;
+                let _slot = match connection_gate.try_enter(remote.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        broker.metrics().connections_refused.inc();
+                        if let Some(suppressed) = refused_log.admit() {
+                            tracing::warn!(%remote, limit = why.as_str(), suppressed, "connection limit reached; closing new connection");
+                        }
+                        return;
+                    }
                 };
+                // The verified client chain, re-checked when the CA bundle or CRL is reloaded.
+                let chain: Vec<rustls::pki_types::CertificateDer<'static>> = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+                    .unwrap_or_default();
                 broker.metrics().connections.inc();
                 let _gauge = GaugeGuard(broker.clone());
                 let peer = match stream
@@ -216,13 +237,20 @@ pub fn spawn_role(
                     },
                     None => None,
                 };
+                let activity = Arc::new(Activity::new());
+                let service_activity = activity.clone();
+                let conn_broker = broker.clone();
+                let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+                let max_age = Duration::from_secs(limits.max_connection_age_s);
                 let service = service_fn(move |req| {
                     let broker = broker.clone();
                     let peer = peer.clone();
                     let limits = limits.clone();
                     let detached = detached.clone();
                     let rate_limiter = rate_limiter.clone();
+                    let busy = service_activity.begin();
                     async move {
+                        let _busy = busy;
                         Ok::<_, Infallible>(match role {
                             Role::Mtls => handle(broker, peer, &limits, &detached, req).await,
                             Role::Public => {
@@ -241,13 +269,36 @@ pub fn spawn_role(
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = shutdown_rx.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                let mut reloads = tls.reloads();
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let opened = std::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = shutdown_rx.changed() => break,
+                        changed = reloads.changed() => {
+                            if changed.is_err() {
+                                continue;
+                            }
+                            // A revoked (or no longer trusted) client loses its open
+                            // connection at once: its next request cannot be served.
+                            if !chain.is_empty() && !tls.client_chain_still_valid(&chain) {
+                                conn_broker.metrics().revoked_connections_closed.inc();
+                                tracing::warn!(%remote, "client certificate no longer valid after reload; connection closed");
+                                return;
+                            }
+                        }
+                        _ = tick.tick() => {
+                            let idle = activity.idle_for().is_some_and(|d| d >= idle_timeout);
+                            if idle || opened.elapsed() >= max_age {
+                                break;
+                            }
+                        }
                     }
                 }
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
             });
         }
     });
@@ -258,6 +309,55 @@ pub fn spawn_role(
         connections,
         max_connections,
     })
+}
+
+/// Requests in progress on one connection and when the last one ended.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<std::time::Instant>,
+}
+
+/// Marks a request in progress until dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            since: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// How long the connection has had no request in progress, or `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = *self
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(since.elapsed())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self
+            .0
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 struct GaugeGuard(Arc<Broker>);

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -86,6 +87,13 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 /// # Errors
 /// When a file is missing or invalid, or the key does not match the certificate.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_and_verifier(settings).map(|(c, _)| c)
+}
+
+/// The verifier of client certificates and the config using it.
+type Built = (Arc<ServerConfig>, Option<Arc<dyn ClientCertVerifier>>);
+
+fn server_config_and_verifier(settings: &TlsSettings) -> Result<Built, TlsError> {
     let provider = provider();
     let mut verifier = WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(&settings.client_ca)?),
@@ -100,11 +108,11 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(load_certs(&settings.cert)?, load_key(&settings.key)?)
         .map_err(|e| TlsError(format!("{}: {e}", settings.cert.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), Some(verifier)))
 }
 
 /// Builds a client config presenting `cert`/`key` and trusting only `ca`.
@@ -148,18 +156,21 @@ enum Source {
 }
 
 impl Source {
-    fn build(&self) -> Result<Arc<ServerConfig>, TlsError> {
+    fn build(&self) -> Result<Built, TlsError> {
         match self {
-            Source::Mtls(s) => server_config(s),
-            Source::Public { cert, key } => public_server_config(cert, key),
+            Source::Mtls(s) => server_config_and_verifier(s),
+            Source::Public { cert, key } => public_server_config(cert, key).map(|c| (c, None)),
         }
     }
 }
 
-/// A server config that can be replaced while the daemon runs.
+/// A server config that can be replaced while the daemon runs. Each reload is announced
+/// (see [`ReloadableTls::reloads`]) so open connections re-check their client certificate
+/// against the new CA bundle and CRL.
 pub struct ReloadableTls {
     source: Source,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Built>,
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl ReloadableTls {
@@ -170,7 +181,11 @@ impl ReloadableTls {
     pub fn new(settings: TlsSettings) -> Result<Self, TlsError> {
         let source = Source::Mtls(settings);
         let current = RwLock::new(source.build()?);
-        Ok(ReloadableTls { source, current })
+        Ok(ReloadableTls {
+            source,
+            current,
+            reloads: tokio::sync::watch::channel(0).0,
+        })
     }
 
     /// The public (callback) listener's config.
@@ -180,15 +195,49 @@ impl ReloadableTls {
     pub fn public(cert: std::path::PathBuf, key: std::path::PathBuf) -> Result<Self, TlsError> {
         let source = Source::Public { cert, key };
         let current = RwLock::new(source.build()?);
-        Ok(ReloadableTls { source, current })
+        Ok(ReloadableTls {
+            source,
+            current,
+            reloads: tokio::sync::watch::channel(0).0,
+        })
     }
 
     /// The config for the next handshake.
     pub fn current(&self) -> Arc<ServerConfig> {
         match self.current.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(c) => c.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
         }
+    }
+
+    /// The current client certificate verifier (mTLS listener only).
+    pub fn client_verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        match self.current.read() {
+            Ok(c) => c.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    /// Changes on every successful reload.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// Whether `chain` (end entity first) still passes the current client verifier: the CA
+    /// bundle and CRL as last (re)loaded.
+    pub fn client_chain_still_valid(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let (Some(verifier), Some((end_entity, intermediates))) =
+            (self.client_verifier(), chain.split_first())
+        else {
+            return true;
+        };
+        verifier
+            .verify_client_cert(
+                end_entity,
+                intermediates,
+                rustls::pki_types::UnixTime::now(),
+            )
+            .is_ok()
     }
 
     /// Re-reads certificates, key, CA bundle and CRL. On failure the old config stays.
@@ -201,6 +250,7 @@ impl ReloadableTls {
             Ok(mut c) => *c = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
+        self.reloads.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 }

@@ -229,6 +229,16 @@ pub trait Callbacks: Send + Sync {
         body: &[u8],
     ) -> Result<CallbackEvent, String>;
 
+    /// Whether an install started now could complete (e.g. GitHub: the OAuth client id and an
+    /// active client secret to prove who installed). Onboarding refuses to issue a link
+    /// otherwise.
+    ///
+    /// # Errors
+    /// What is missing.
+    fn ready_to_install(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The webhook delivery's unique id (GitHub: `X-GitHub-Delivery`), when the provider
     /// has one; the broker refuses a delivery id it has already processed (replay).
     fn delivery_id(&self, headers: &http::HeaderMap) -> Option<String> {

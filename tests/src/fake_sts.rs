@@ -49,6 +49,10 @@ pub struct Faults {
     pub expired: bool,
     /// Answer 200 with malformed XML.
     pub malformed: bool,
+    /// Answer a call whose ExternalId the role does not accept with 403
+    /// `RegionDisabledException` instead of AccessDenied (a refusal that says nothing about
+    /// the trust policy).
+    pub region_disabled_on_external_id_mismatch: bool,
 }
 
 /// Shared state of the fake.
@@ -226,14 +230,28 @@ impl State {
         if role.trusted_account != caller {
             return denied();
         }
-        if role.any_external_id {
-            if !p.contains_key("ExternalId") {
-                return denied();
-            }
+        let external_id_ok = if role.any_external_id {
+            p.contains_key("ExternalId")
         } else if let Some(required) = &role.external_id {
-            if p.get("ExternalId") != Some(required) {
-                return denied();
+            p.get("ExternalId") == Some(required)
+        } else {
+            true
+        };
+        if !external_id_ok {
+            if self
+                .faults
+                .lock()
+                .unwrap()
+                .region_disabled_on_external_id_mismatch
+            {
+                return self.error(
+                    StatusCode::FORBIDDEN,
+                    "Sender",
+                    "RegionDisabledException",
+                    "STS is not activated in this region for account:111111111111. Your account administrator can activate STS in this region using the IAM Console.",
+                );
             }
+            return denied();
         }
         if duration < 900 {
             return self.error(StatusCode::BAD_REQUEST, "Sender", "ValidationError", "1 validation error detected: Value at 'durationSeconds' failed to satisfy constraint: Member must have value greater than or equal to 900");

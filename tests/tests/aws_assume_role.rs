@@ -1195,6 +1195,19 @@ async fn confused_deputy_attempts_are_refused() {
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-loose"})).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
 
+    // A refusal that is not the trust policy's (here RegionDisabled on the calls without or
+    // with a wrong ExternalId) proves nothing: the probe does not pass on it.
+    let strict = format!("arn:aws:iam::{CUSTOMER}:role/Strict");
+    env.sts.add_role(&strict, role(Some(&ext1)));
+    let (s, v) = bind(&mut env, "aws-strict", "i-strict", &strict).await;
+    assert_eq!(s, 201, "{v}");
+    env.sts.faults().region_disabled_on_external_id_mismatch = true;
+    let (s, v) = probe(&mut env, "aws-strict").await;
+    assert_ne!(s, 200, "activated on a refusal that proves nothing: {v}");
+    env.sts.faults().region_disabled_on_external_id_mismatch = false;
+    let (s, v) = probe(&mut env, "aws-strict").await;
+    assert_eq!(s, 200, "{v}");
+
     // One role, two spellings: t1 binds role/Audit, t2 tries role/team/AUDIT.
     let audit = format!("arn:aws:iam::{CUSTOMER}:role/Audit");
     env.sts.add_role(&audit, role(Some(&ext1)));

@@ -1139,10 +1139,13 @@ async fn github_install_takeover_attempts_are_refused() {
                 .as_str()
         )
     );
-    let browser = cookie.split(';').next().unwrap().to_owned();
-    // Opened again (a forwarded link): refused, counted.
-    let (s, _, _) = open_link(&mut env.public, &state).await;
-    assert_eq!(s, 403);
+    let first = cookie.split(';').next().unwrap().to_owned();
+    // Opened again (a link scanner opened it first, or it was forwarded): the last opener's
+    // browser is the one that counts; the first browser's cookie no longer works.
+    let (s, cookie, _) = open_link(&mut env.public, &state).await;
+    assert_eq!(s, 302);
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    assert_ne!(browser, first);
 
     // A bare redirect, as before user authorization was required: refused before anything.
     let (s, v) = callback(
@@ -1157,13 +1160,13 @@ async fn github_install_takeover_attempts_are_refused() {
         .unwrap()
         .contains("code is missing"));
 
-    // Another browser (no cookie, or a forged one) with the state and a real code: refused,
-    // and the state is spent.
+    // Another browser (the first opener's stale cookie) with the state and a real code:
+    // refused, and the state is spent.
     env.gh.authorize("code-other-browser", &[1001]);
     let (s, v) = callback(
         &mut env.public,
         &format!("installation_id=1001&setup_action=install&state={state}&code=code-other-browser"),
-        Some("__Host-credbroker-install=forgedforgedforgedforgedforgedforgedforged1"),
+        Some(&first),
     )
     .await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
@@ -1273,6 +1276,13 @@ async fn github_install_takeover_attempts_are_refused() {
         .audit_records()
         .iter()
         .any(|r| r["action"] == "unclaimed.claim" && r["outcome"] == "allowed"));
+
+    // A link opened too often must be re-issued.
+    let state = state_for(&mut env.op, "t1").await;
+    for _ in 0..5 {
+        assert_eq!(open_link(&mut env.public, &state).await.0, 302);
+    }
+    assert_eq!(open_link(&mut env.public, &state).await.0, 403);
 
     // Anonymous probing of the start link: counted, never audited.
     let n = env.daemon.audit_records().len();
@@ -1459,5 +1469,102 @@ async fn expired_install_states_are_forgotten() {
         }
         assert!(std::time::Instant::now() < deadline, "no store.gc record");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An anonymous TLS connection to the public listener from `source`, handshake completed,
+/// nothing sent.
+async fn anonymous_connection(
+    pki: &TestPki,
+    url: &str,
+    source: &str,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in credbroker::tls::load_certs(&pki.dir.join("ca.crt")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(credbroker::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket
+        .connect(url.trim_start_matches("https://").parse().unwrap())
+        .await
+        .ok()?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .ok()
+}
+
+/// Whether the server has closed `conn` (EOF or error within `wait`).
+async fn closed(
+    conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    wait: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(wait, conn.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// One anonymous source cannot hold the public listener (issue 10, items 2 and 9): it keeps
+/// at most its share of connections whatever it opens, others are still served, and
+/// connections that send nothing are closed after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_anonymous_source_cannot_hold_the_public_listener() {
+    let env = start_with(
+        3600,
+        "max_connections_per_source = 4\nidle_timeout_ms = 1000\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
+    )
+    .await;
+    let url = env.daemon.public_url.clone().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        if let Some(c) = anonymous_connection(&env.pki, &url, "127.0.0.1").await {
+            held.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut open = 0;
+    for c in &mut held {
+        if !closed(c, Duration::from_millis(50)).await {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 4, "one source keeps exactly its share");
+    // Another source is served meanwhile.
+    let mut other = anonymous_connection(&env.pki, &url, "127.0.0.2")
+        .await
+        .expect("another source connects");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        other
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(2), other.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    // Held connections that send nothing are closed after the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for c in &mut held {
+        assert!(
+            closed(c, Duration::from_millis(500)).await,
+            "an idle connection stayed open"
+        );
     }
 }

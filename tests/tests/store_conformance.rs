@@ -135,6 +135,7 @@ async fn every_record_type_round_trips(records: &Records) {
                 expires_at: 1,
                 pin: None,
                 browser: None,
+                opens: 0,
             },
         );
     records.commit(b).await.unwrap();
@@ -312,6 +313,7 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
             expires_at: i64::MAX,
             pin: None,
             browser: None,
+            opens: 0,
         },
     );
     records.commit(b).await.unwrap();

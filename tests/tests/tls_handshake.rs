@@ -19,6 +19,7 @@ async fn untrusted_clients_are_refused_at_the_handshake() {
     pki.foreign_worker("foreign");
     pki.expired_worker("expired");
     let revoked_serial = pki.worker("revoked");
+    let op2_serial = pki.operator("op2");
     let crl = pki.write_crl(&[revoked_serial]);
     let mut daemon = Daemon::start(
         tmp.path(),
@@ -67,10 +68,16 @@ async fn untrusted_clients_are_refused_at_the_handshake() {
         "{text}"
     );
 
-    // SIGHUP with a CRL that now also revokes w1: new handshakes are refused, the process
-    // keeps running.
+    // An operator with a connection open too.
+    let mut op2 = pki.client_for("op2", &daemon.url);
+    let (s, _) = call(&mut op2, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(s, 200);
+
+    // SIGHUP with a CRL that now also revokes w1 and op2: new handshakes are refused, and
+    // their connections already open are closed (issue 10, item 6): the next request on the
+    // same connection is not served. The process keeps running.
     let w1_serial = 100; // first serial the PKI issued
-    pki.write_crl(&[revoked_serial, w1_serial]);
+    pki.write_crl(&[revoked_serial, w1_serial, op2_serial]);
     daemon.signal("HUP");
     let mut reloaded = false;
     for _ in 0..50 {
@@ -88,6 +95,21 @@ async fn untrusted_clients_are_refused_at_the_handshake() {
         refused(&mut pki.client_for("w1", &daemon.url)).await,
         "w1 revoked after SIGHUP"
     );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (who, client, path) in [
+        ("worker", &mut w1, "/healthz"),
+        ("operator", &mut op2, "/v1/admin/tenants"),
+    ] {
+        let served = client
+            .request_with_headers(Method::GET, path, &[], None)
+            .await
+            .map(|(s, _)| s.as_u16());
+        // The client reconnects on a closed connection, and that handshake is refused.
+        assert!(
+            served.is_err(),
+            "revoked {who} served on its open connection: {served:?}"
+        );
+    }
     let mut op = pki.client_for("op", &daemon.url);
     let (s, _) = call(&mut op, Method::GET, "/v1/admin/tenants", None).await;
     assert_eq!(s, 200, "operator still served after reload");

@@ -313,7 +313,11 @@ impl AdminService {
             .ok_or_else(|| {
                 ApiError::bad_request(format!("provider {} has no onboarding flow", provider.id()))
             })?;
-        if provider.callbacks().is_some() {
+        if let Some(cb) = provider.callbacks() {
+            // A link that cannot complete would burn the customer's attempt.
+            cb.ready_to_install().map_err(|m| {
+                ApiError::bad_request(format!("{} cannot onboard yet: {m}", provider.id()))
+            })?;
             // The operator says which customer account the install must come from; an
             // installation of any other account is never bound to this tenant.
             let pin = pin.ok_or_else(|| {
@@ -352,6 +356,7 @@ impl AdminService {
                     expires_at: expires.unix_timestamp(),
                     pin: Some(pin.clone()),
                     browser: None,
+                    opens: 0,
                 },
             );
             plan.response["install_url"] = json!(format!(

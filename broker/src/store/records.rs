@@ -105,10 +105,14 @@ pub struct CallbackState {
     /// The account the operator expects the installation to belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<AccountPin>,
-    /// SHA-256 (hex) of the browser nonce set as a cookie when the install link was first
+    /// SHA-256 (hex) of the browser nonce set as a cookie when the install link was last
     /// opened; the callback must carry that cookie. Absent until the link is opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub browser: Option<String>,
+    /// How many times the link was opened (link scanners open links before people do; the
+    /// last opener's browser is the one that counts, up to a few opens).
+    #[serde(default)]
+    pub opens: u32,
 }
 
 /// An account an installation must belong to (GitHub: organisation or user login and id).
@@ -609,18 +613,19 @@ impl Records {
     /// The KEK version the store was last rotated to, if recorded.
     ///
     /// # Errors
-    /// On store failure.
+    /// On store failure, or when the record is unreadable (the stale-keyring check must not
+    /// be skipped silently).
     pub async fn kek_active_version(&self) -> Result<Option<u64>, StoreError> {
         #[derive(Deserialize)]
         struct KekMeta {
             active_version: u64,
         }
-        Ok(self
-            .store
-            .get(Table::KeyMeta, "kek")
-            .await?
-            .and_then(|raw| serde_json::from_slice::<KekMeta>(&raw).ok())
-            .map(|m| m.active_version))
+        match self.store.get(Table::KeyMeta, "kek").await? {
+            None => Ok(None),
+            Some(raw) => {
+                decode::<KekMeta>(Table::KeyMeta, "kek", &raw).map(|m| Some(m.active_version))
+            }
+        }
     }
 }
 
@@ -759,8 +764,8 @@ impl Batch {
             .push(Op::Put(Table::Identifiers, key, encode(record)))
     }
 
-    /// Marks an install `state` as opened by one browser (`browser`: hash of its nonce),
-    /// as read: a second opening fails.
+    /// Marks an install `state` as opened by one browser (`browser`: hash of its nonce), as
+    /// read: of two concurrent openings one fails; a later one replaces the browser.
     pub fn start_callback_state(
         &mut self,
         key: &str,
@@ -769,6 +774,7 @@ impl Batch {
     ) -> &mut Self {
         let mut started = read.value.clone();
         started.browser = Some(browser.to_owned());
+        started.opens = started.opens.saturating_add(1);
         self.push(Op::ExpectValue(
             Table::Identifiers,
             key.to_owned(),

@@ -240,6 +240,22 @@ fn descriptors(arns: &[String]) -> Vec<PolicyDescriptorType> {
         .collect()
 }
 
+/// The refusal of an STS-compatible service whose error body the SDK cannot read (moto).
+const OPAQUE_403: &str = "STS refused with HTTP 403 (error body not in the STS format)";
+
+/// Whether `e` is the trust policy refusing the call: STS's AccessDenied, or the unreadable
+/// 403 of an STS-compatible service. Anything else (expired vendor credentials, a disabled
+/// region) proves nothing about the trust policy.
+fn is_trust_refusal(e: &ProviderError) -> bool {
+    matches!(
+        e,
+        ProviderError::Denied {
+            trust_broken: true,
+            ..
+        }
+    ) || matches!(e, ProviderError::Denied { message, .. } if message == OPAQUE_403)
+}
+
 fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     err: SdkError<E>,
 ) -> ProviderError {
@@ -252,7 +268,7 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
             if ctx.err().code().is_none() && ctx.raw().status().as_u16() == 403 =>
         {
             ProviderError::Denied {
-                message: "STS refused with HTTP 403 (error body not in the STS format)".into(),
+                message: OPAQUE_403.into(),
                 upstream_request_id: request_id,
                 trust_broken: false,
             }
@@ -701,10 +717,9 @@ impl Probe for AwsAssumeRole {
                 .assume(parsed, probe_call(&session, use_), request.timeout)
                 .await
             {
-                // The same credentials just assumed the role with the tenant's ExternalId, so
-                // a refusal now is the trust policy's (an unreadable 403 from an
-                // STS-compatible service included).
-                Err(ProviderError::Denied { .. }) => {}
+                // Only the trust policy's own refusal counts: an expired vendor credential or
+                // a disabled region would deny anything and prove nothing.
+                Err(e) if is_trust_refusal(&e) => {}
                 Ok(out) => {
                     return Err(ProviderError::ActivationRefused {
                         reason: RefusalReason::ExternalIdNotEnforced,

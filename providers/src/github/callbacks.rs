@@ -73,6 +73,16 @@ impl Callbacks for GithubApp {
         parse_installation_event(event, body)
     }
 
+    fn ready_to_install(&self) -> Result<(), String> {
+        if self.settings.client_id.is_none() {
+            return Err("[providers.github_app] client_id is not set: the broker cannot prove who installed".into());
+        }
+        if self.oauth_secrets.read().map_or(true, |s| s.is_empty()) {
+            return Err("no OAuth client secret is active (credbroker keys github add --from-file F --as oauth-client-secret, then activate)".into());
+        }
+        Ok(())
+    }
+
     fn delivery_id(&self, headers: &http::HeaderMap) -> Option<String> {
         headers
             .get("x-github-delivery")
@@ -108,28 +118,45 @@ impl Callbacks for GithubApp {
             .read()
             .map(|s| s.clone())
             .unwrap_or_default();
-        let Some(secret) = secrets.first().cloned() else {
+        if secrets.is_empty() {
             return Err(ProviderError::InvalidConfig(
                 "no OAuth client secret is active (credbroker keys github add --as oauth-client-secret …, then activate)".into(),
             ));
+        }
+        // 1. The code → a user token, on the web host. Each active client secret in turn
+        // (two are active while one is rotated); GitHub says which it does not accept.
+        let mut answer = None;
+        let mut secret = secrets[0].clone();
+        for candidate in &secrets {
+            let exchange = json!({
+                "client_id": client_id,
+                "client_secret": candidate.expose_secret(),
+                "code": code.expose_secret(),
+            });
+            let a = self
+                .call_as(
+                    &self.settings.web_base_url,
+                    Auth::OAuthExchange,
+                    http::Method::POST,
+                    "/login/oauth/access_token",
+                    Some(&exchange),
+                    timeout,
+                )
+                .await?;
+            drop(exchange);
+            secret = candidate.clone();
+            let wrong_client =
+                a.body.get("error").and_then(Value::as_str) == Some("incorrect_client_credentials");
+            answer = Some(a);
+            if !wrong_client {
+                break;
+            }
+        }
+        let Some(answer) = answer else {
+            return Err(ProviderError::InvalidConfig(
+                "no OAuth client secret".into(),
+            ));
         };
-        // 1. The code → a user token, on the web host.
-        let exchange = json!({
-            "client_id": client_id,
-            "client_secret": secret.expose_secret(),
-            "code": code.expose_secret(),
-        });
-        let answer = self
-            .call_as(
-                &self.settings.web_base_url,
-                Auth::OAuthExchange,
-                http::Method::POST,
-                "/login/oauth/access_token",
-                Some(&exchange),
-                timeout,
-            )
-            .await?;
-        drop(exchange);
         if answer.status >= 500 || answer.status == 429 {
             return Err(ProviderError::Unavailable {
                 message: format!("GitHub OAuth HTTP {}", answer.status),
