@@ -104,7 +104,7 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
         let records: HashMap<String, serde_json::Value> = daemon
             .audit_records()
             .into_iter()
-            .map(|r| (format!("aud_{:012}", r["seq"].as_u64().unwrap()), r))
+            .map(|r| (format!("aud_{}", &r["hash"].as_str().unwrap()[..20]), r))
             .collect();
         for (audit_id, request_id) in &acknowledged {
             let rec = records

@@ -173,3 +173,40 @@ fn the_kek_variable_leaves_the_environment_once_taken() {
     config.check_kek_outside_data().unwrap();
     assert!(credbroker::broker::BrokerKeys::load(&config).is_ok());
 }
+
+/// A worker must not learn how many requests the broker serves from the audit ids it gets
+/// (issue 10, item 10): the id is a prefix of the record's hash, which covers the whole chain
+/// before it, and still finds the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_ids_do_not_count_requests() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+        ids.push(v["audit_id"].as_str().unwrap().to_owned());
+    }
+    let records = daemon.audit_records();
+    for id in &ids {
+        let digits = id.strip_prefix("aud_").unwrap();
+        assert_eq!(digits.len(), 20, "{id}");
+        assert!(digits.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        let rec = records
+            .iter()
+            .find(|r| r["hash"].as_str().unwrap().starts_with(digits))
+            .unwrap_or_else(|| panic!("{id} finds no record"));
+        let seq = rec["seq"].as_u64().unwrap();
+        assert!(
+            !digits.trim_start_matches('0').starts_with(&seq.to_string())
+                || !digits.starts_with("00000"),
+            "{id} reveals sequence {seq}"
+        );
+    }
+    // Consecutive ids are not consecutive numbers.
+    let as_num = |id: &str| u128::from_str_radix(id.strip_prefix("aud_").unwrap(), 16).unwrap();
+    assert!(as_num(&ids[1]).abs_diff(as_num(&ids[0])) > 1_000_000);
+}

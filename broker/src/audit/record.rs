@@ -98,15 +98,18 @@ impl AuditRecord {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The audit id returned to callers.
+    /// The audit id returned to callers: `aud_` and the first 20 hex digits of the record's
+    /// own hash. It finds the record (`grep '"hash":"<digits>'`) but, unlike the sequence
+    /// number, tells the caller nothing about how many requests the broker has served (the
+    /// hash covers `prev_hash`, which the caller cannot know). Set once the record is sealed.
     pub fn audit_id(&self) -> String {
-        audit_id(self.seq)
+        audit_id_of_hash(&self.hash)
     }
 }
 
-/// The audit id for a sequence number.
-pub fn audit_id(seq: u64) -> String {
-    format!("aud_{seq:012}")
+/// The audit id of a record with this `hash`.
+pub fn audit_id_of_hash(hash: &str) -> String {
+    format!("aud_{}", hash.get(..20).unwrap_or(hash))
 }
 
 /// A signed checkpoint over (seq, hash).

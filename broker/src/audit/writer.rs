@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use tokio::sync::oneshot;
 
-use super::record::{audit_id, AuditEvent, AuditRecord, Checkpoint};
+use super::record::{AuditEvent, AuditRecord, Checkpoint};
 use super::tail::{open_checkpoints, open_tail, Tail};
 use super::{checkpoints_path, log_path};
 use crate::keys::AuditSigner;
@@ -74,7 +74,7 @@ pub const QUEUE_BOUND: usize = 4096;
 pub struct AuditReceipt {
     /// Sequence number.
     pub seq: u64,
-    /// Audit id (`aud_<seq>`), returned to the caller.
+    /// Audit id (`aud_` and 20 hex digits of the record's hash), returned to the caller.
     pub audit_id: String,
 }
 
@@ -162,7 +162,7 @@ impl Writer {
             buf.push(b'\n');
             receipts.push(AuditReceipt {
                 seq,
-                audit_id: audit_id(seq),
+                audit_id: rec.audit_id(),
             });
             waiters.push(done);
             first_hash.get_or_insert_with(|| rec.hash.clone());
