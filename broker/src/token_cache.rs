@@ -64,11 +64,39 @@ pub struct TokenCache {
 /// no invalidation happened since it started.
 #[derive(Default)]
 struct Entries {
-    tokens: HashMap<CacheKey, Arc<IssuedCredential>>,
+    tokens: HashMap<CacheKey, Slot>,
+    /// The same tokens ordered by expiry (ties by insertion): eviction takes the first, in
+    /// O(log n), instead of scanning every token under the lock.
+    by_expiry: std::collections::BTreeMap<(OffsetDateTime, u64), CacheKey>,
+    /// Insertion counter for `by_expiry`.
+    next_order: u64,
     /// Bumped by every invalidation.
     epoch: u64,
     /// Identifies in-flight mints, so a finished mint removes only its own entry.
     next_flight: u64,
+}
+
+/// A cached token and its place in [`Entries::by_expiry`].
+struct Slot {
+    cred: Arc<IssuedCredential>,
+    order: (OffsetDateTime, u64),
+}
+
+impl Entries {
+    fn remove(&mut self, key: &CacheKey) -> Option<Arc<IssuedCredential>> {
+        let slot = self.tokens.remove(key)?;
+        self.by_expiry.remove(&slot.order);
+        Some(slot.cred)
+    }
+
+    /// Removes the token closest to expiry.
+    fn evict_first(&mut self) -> bool {
+        let Some((_, key)) = self.by_expiry.pop_first() else {
+            return false;
+        };
+        self.tokens.remove(&key);
+        true
+    }
 }
 
 fn fresh(cred: &IssuedCredential, now: OffsetDateTime, min_ttl_s: u64) -> bool {
@@ -90,7 +118,7 @@ impl TokenCache {
 
     fn lookup(&self, key: &CacheKey, min_ttl_s: u64) -> Option<Arc<IssuedCredential>> {
         let entries = self.entries.lock().ok()?;
-        let cred = entries.tokens.get(key)?;
+        let cred = &entries.tokens.get(key)?.cred;
         fresh(cred, OffsetDateTime::now_utc(), min_ttl_s).then(|| cred.clone())
     }
 
@@ -119,22 +147,26 @@ impl TokenCache {
         if entries.epoch != started {
             return;
         }
-        let tokens = &mut entries.tokens;
-        if tokens.len() >= self.max_entries && !tokens.contains_key(&key) {
+        let Some(expires_at) = cred.expires_at else {
+            return;
+        };
+        entries.remove(&key);
+        if entries.tokens.len() >= self.max_entries {
+            // Expired tokens go first (they sit at the front), then the one closest to expiry.
             let now = OffsetDateTime::now_utc();
-            tokens.retain(|_, c| fresh(c, now, 0));
-            if tokens.len() >= self.max_entries {
-                // Evict the token closest to expiry.
-                if let Some(victim) = tokens
-                    .iter()
-                    .min_by_key(|(_, c)| c.expires_at)
-                    .map(|(k, _)| k.clone())
-                {
-                    tokens.remove(&victim);
-                }
+            while entries
+                .by_expiry
+                .first_key_value()
+                .is_some_and(|((exp, _), _)| *exp <= now)
+            {
+                entries.evict_first();
             }
+            while entries.tokens.len() >= self.max_entries && entries.evict_first() {}
         }
-        tokens.insert(key, cred);
+        entries.next_order = entries.next_order.wrapping_add(1);
+        let order = (expires_at, entries.next_order);
+        entries.by_expiry.insert(order, key.clone());
+        entries.tokens.insert(key, Slot { cred, order });
     }
 
     /// Returns a credential for `key` with more than `min_ttl_s` seconds left, minting with
@@ -251,9 +283,7 @@ impl TokenCache {
             .filter(|k| bindings.contains(&k.binding))
             .cloned()
             .collect();
-        keys.iter()
-            .filter_map(|k| entries.tokens.remove(k))
-            .collect()
+        keys.iter().filter_map(|k| entries.remove(k)).collect()
     }
 
     /// Number of cached tokens.
@@ -384,6 +414,37 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(cache.len(), 2);
+    }
+
+    /// A full cache evicts the token closest to expiry (expired ones first) and keeps its
+    /// expiry index in step with the map, through replacements and invalidations.
+    #[tokio::test]
+    async fn eviction_takes_the_token_closest_to_expiry() {
+        let cache = TokenCache::new(3);
+        for (name, ttl) in [("long", 3000), ("short", 100), ("mid", 1000)] {
+            cache
+                .get_or_mint(key(name), 0, cache.epoch(), || async move { Ok(cred(ttl)) })
+                .await
+                .unwrap();
+        }
+        // Replacing a key does not leave its old expiry behind.
+        cache.insert(key("mid"), Arc::new(cred(2000)), cache.epoch());
+        cache.insert(key("new"), Arc::new(cred(500)), cache.epoch());
+        assert_eq!(cache.len(), 3);
+        assert!(
+            cache.lookup(&key("short"), 0).is_none(),
+            "closest to expiry evicted"
+        );
+        for k in ["long", "mid", "new"] {
+            assert!(cache.lookup(&key(k), 0).is_some(), "{k}");
+        }
+        {
+            let e = cache.entries.lock().unwrap();
+            assert_eq!(e.by_expiry.len(), e.tokens.len());
+        }
+        cache.invalidate_binding("b");
+        let e = cache.entries.lock().unwrap();
+        assert!(e.tokens.is_empty() && e.by_expiry.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
