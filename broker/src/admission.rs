@@ -267,6 +267,53 @@ impl RateLimiter {
     }
 }
 
+/// Upstream mints per worker and per binding: token buckets of `per_minute` tokens refilled
+/// over a minute. A worker (or a binding's many workers) asking for fresh credentials in a
+/// loop — a `narrow` that changes every call, a cache-defeating `min_ttl_s` — cannot drive
+/// the upstream (and the customer's quota) beyond them; cached credentials are unaffected.
+pub struct MintLimiter {
+    per_worker: f64,
+    per_binding: f64,
+    buckets: Mutex<HashMap<(bool, String), Bucket>>,
+}
+
+impl MintLimiter {
+    /// Limits of `per_worker` and `per_binding` mints a minute (0 disables one).
+    pub fn new(per_worker: u32, per_binding: u32) -> MintLimiter {
+        MintLimiter {
+            per_worker: f64::from(per_worker),
+            per_binding: f64::from(per_binding),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a mint token for `worker` and for `binding`.
+    ///
+    /// # Errors
+    /// `"worker"` or `"binding"`: which limit was reached.
+    pub fn check(&self, worker: &str, binding: &str, now: Instant) -> Result<(), &'static str> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (is_binding, name, per_minute, what) in [
+            (false, worker, self.per_worker, "worker"),
+            (true, binding, self.per_binding, "binding"),
+        ] {
+            if per_minute <= 0.0 {
+                continue;
+            }
+            let bucket = buckets
+                .entry((is_binding, name.to_owned()))
+                .or_insert_with(|| Bucket::full(per_minute, now));
+            if !bucket.take(per_minute / 60.0, per_minute, now) {
+                return Err(what);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Lets through at most `per_second` log lines a second and counts the rest, so a flood of
 /// anonymous rejections cannot flood the log either.
 pub struct LogThrottle {
@@ -402,6 +449,23 @@ mod tests {
             .filter(|i| rl.check(ip(&format!("10.0.1.{i}")), t).is_ok())
             .count();
         assert_eq!(ok, 5);
+    }
+
+    #[test]
+    fn mints_are_limited_per_worker_and_per_binding() {
+        let l = MintLimiter::new(3, 5);
+        let t = Instant::now();
+        for _ in 0..3 {
+            assert!(l.check("w1", "b1", t).is_ok());
+        }
+        assert_eq!(l.check("w1", "b2", t), Err("worker"));
+        assert!(l.check("w2", "b1", t).is_ok());
+        assert!(l.check("w3", "b1", t).is_ok());
+        assert_eq!(l.check("w4", "b1", t), Err("binding"));
+        assert!(
+            l.check("w1", "b2", t + Duration::from_secs(21)).is_ok(),
+            "refilled"
+        );
     }
 
     #[test]

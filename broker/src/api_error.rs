@@ -71,7 +71,8 @@ pub enum ErrorCode {
     Internal,
     /// The daemon is shutting down or overloaded.
     Unavailable,
-    /// The public listener's request rate limit (per source or overall) was reached.
+    /// A rate limit was reached: the public listener's (per source or overall), or the
+    /// mint limit per worker or per binding on resolve (cached credentials are still served).
     RateLimited,
 }
 
@@ -201,6 +202,7 @@ impl From<ProviderError> for ApiError {
             ProviderError::Denied { .. } => ErrorCode::ProviderDenied,
             ProviderError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
             ProviderError::Internal(_) => ErrorCode::Internal,
+            ProviderError::RateLimited(_) => ErrorCode::RateLimited,
             ProviderError::ActivationRefused { reason, .. } => match reason {
                 RefusalReason::ExternalIdNotEnforced => ErrorCode::ExternalIdNotEnforced,
                 RefusalReason::AccountMismatch => ErrorCode::AccountMismatch,

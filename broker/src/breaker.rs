@@ -1,11 +1,15 @@
-//! Per-provider circuit breaking: stop hammering an upstream that is down.
+//! Circuit breaking: stop hammering an upstream that is down, without letting one tenant's
+//! failing binding stop everyone.
 //!
-//! After `threshold` consecutive mints of one provider fail as *unavailable* (timeouts, 5xx,
-//! throttling after retries, unreachable), the circuit opens: further cold mints of that
-//! provider fail at once with `provider_unavailable` and no upstream call, for `open_for`. Then
-//! one trial mint is let through (half-open): success closes the circuit, failure opens it
-//! again. Denials do not count — the upstream answered. Cached tokens never reach the breaker,
-//! so a still-valid cached token is served throughout an outage.
+//! Two levels. Each binding has a circuit: after `threshold` consecutive mints of it fail as
+//! *unavailable* (timeouts, 5xx, throttling after retries, unreachable) it opens, and further
+//! cold mints of that binding fail at once with `provider_unavailable` and no upstream call,
+//! for `open_for`. Each provider has a circuit too, which opens only when `threshold`
+//! consecutive failures of the provider came from at least two tenants — a real outage, not
+//! one customer's broken endpoint or throttled account. Then one trial mint is let through
+//! (half-open): success closes the circuit, failure opens it again. Denials do not count —
+//! the upstream answered. Cached tokens never reach the breaker, so a still-valid cached
+//! token is served throughout an outage.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +20,17 @@ struct Circuit {
     failures: u32,
     open_until: Option<Instant>,
     trial_in_flight: bool,
+    /// Tenants among the current streak of failures (provider circuits only; at most two
+    /// are kept, which is all the rule needs).
+    tenants: Vec<String>,
+}
+
+fn binding_key(provider: &str, binding: &str) -> String {
+    format!("binding:{provider}/{binding}")
+}
+
+fn provider_key(provider: &str) -> String {
+    format!("provider:{provider}")
 }
 
 /// What the breaker allows for one mint.
@@ -27,61 +42,113 @@ pub enum Admission {
     Open(Duration),
 }
 
-/// Circuits by provider.
+/// Circuits by provider and by binding, and the mint rate limits: what stands between a
+/// cold resolve and the upstream.
 pub struct Breakers {
     threshold: u32,
     open_for: Duration,
     circuits: Mutex<HashMap<String, Circuit>>,
+    limits: crate::admission::MintLimiter,
 }
 
 impl Breakers {
     /// Breakers opening after `threshold` consecutive failures for `open_for`.
     pub fn new(threshold: u32, open_for: Duration) -> Breakers {
+        Breakers::with_mint_limits(threshold, open_for, 0, 0)
+    }
+
+    /// Breakers, and at most `per_worker` / `per_binding` mints a minute (0: no limit).
+    pub fn with_mint_limits(
+        threshold: u32,
+        open_for: Duration,
+        per_worker: u32,
+        per_binding: u32,
+    ) -> Breakers {
         Breakers {
             threshold: threshold.max(1),
             open_for,
             circuits: Mutex::new(HashMap::new()),
+            limits: crate::admission::MintLimiter::new(per_worker, per_binding),
         }
     }
 
-    /// Whether a mint of `provider` may call its upstream now.
-    pub fn admit(&self, provider: &str) -> Admission {
+    /// Takes a mint token for `worker` and `binding`.
+    ///
+    /// # Errors
+    /// `"worker"` or `"binding"`: the limit reached.
+    pub fn admit_mint(&self, worker: &str, binding: &str) -> Result<(), &'static str> {
+        self.limits.check(worker, binding, Instant::now())
+    }
+
+    /// Whether a mint of `binding` (of `provider`) may call its upstream now: both the
+    /// provider's and the binding's circuits must let it through.
+    pub fn admit(&self, provider: &str, binding: &str) -> Admission {
         let Ok(mut all) = self.circuits.lock() else {
             return Admission::Allowed;
         };
-        let c = all.entry(provider.to_owned()).or_default();
-        match c.open_until {
-            Some(until) if Instant::now() < until => Admission::Open(until - Instant::now()),
-            Some(_) if c.trial_in_flight => Admission::Open(Duration::from_millis(100)),
-            Some(_) => {
-                c.trial_in_flight = true;
-                Admission::Allowed
+        let now = Instant::now();
+        let keys = [provider_key(provider), binding_key(provider, binding)];
+        // Decide on both before touching either: a trial is claimed only when the mint
+        // really goes ahead.
+        let mut trials = Vec::new();
+        for key in &keys {
+            let c = all.entry(key.clone()).or_default();
+            match c.open_until {
+                Some(until) if now < until => return Admission::Open(until - now),
+                Some(_) if c.trial_in_flight => return Admission::Open(Duration::from_millis(100)),
+                Some(_) => trials.push(key.clone()),
+                None => {}
             }
-            None => Admission::Allowed,
         }
+        for key in trials {
+            if let Some(c) = all.get_mut(&key) {
+                c.trial_in_flight = true;
+            }
+        }
+        Admission::Allowed
     }
 
-    /// Records the outcome of an admitted mint; returns true when this opened the circuit.
-    pub fn record(&self, provider: &str, upstream_unavailable: bool) -> bool {
+    /// Records the outcome of an admitted mint of `binding` (of `tenant`); returns whether
+    /// this opened (the binding's circuit, the provider's circuit).
+    pub fn record(
+        &self,
+        provider: &str,
+        binding: &str,
+        tenant: &str,
+        upstream_unavailable: bool,
+    ) -> (bool, bool) {
         let Ok(mut all) = self.circuits.lock() else {
-            return false;
+            return (false, false);
         };
-        let c = all.entry(provider.to_owned()).or_default();
-        let was_half_open = c.open_until.is_some();
-        c.trial_in_flight = false;
-        if !upstream_unavailable {
-            *c = Circuit::default();
-            return false;
-        }
-        c.failures += 1;
-        if was_half_open || c.failures >= self.threshold {
-            c.open_until = Some(Instant::now() + self.open_for);
-            return true;
-        }
-        false
+        let threshold = self.threshold;
+        let open_for = self.open_for;
+        let step = |c: &mut Circuit, spread_needed: bool| -> bool {
+            let was_half_open = c.open_until.is_some();
+            c.trial_in_flight = false;
+            if !upstream_unavailable {
+                *c = Circuit::default();
+                return false;
+            }
+            c.failures += 1;
+            if spread_needed && c.tenants.len() < 2 && !c.tenants.iter().any(|t| t == tenant) {
+                c.tenants.push(tenant.to_owned());
+            }
+            let spread = !spread_needed || c.tenants.len() >= 2;
+            if was_half_open || (c.failures >= threshold && spread) {
+                c.open_until = Some(Instant::now() + open_for);
+                return true;
+            }
+            false
+        };
+        let binding_opened = step(
+            all.entry(binding_key(provider, binding)).or_default(),
+            false,
+        );
+        let provider_opened = step(all.entry(provider_key(provider)).or_default(), true);
+        (binding_opened, provider_opened)
     }
 
-    /// Providers whose circuit is open now.
+    /// Providers whose (provider-wide) circuit is open now.
     pub fn open_providers(&self) -> Vec<String> {
         let now = Instant::now();
         self.circuits
@@ -89,10 +156,25 @@ impl Breakers {
             .map(|all| {
                 all.iter()
                     .filter(|(_, c)| c.open_until.is_some_and(|u| now < u))
-                    .map(|(p, _)| p.clone())
+                    .filter_map(|(k, _)| k.strip_prefix("provider:").map(str::to_owned))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// How many binding circuits are open now (a count: no binding is named in metrics).
+    pub fn open_bindings(&self) -> usize {
+        let now = Instant::now();
+        self.circuits
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .filter(|(k, c)| {
+                        k.starts_with("binding:") && c.open_until.is_some_and(|u| now < u)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -104,35 +186,72 @@ mod tests {
     fn opens_after_threshold_and_half_opens() {
         let b = Breakers::new(3, Duration::from_millis(50));
         for _ in 0..2 {
-            assert_eq!(b.admit("p"), Admission::Allowed);
-            assert!(!b.record("p", true));
+            assert_eq!(b.admit("p", "b1"), Admission::Allowed);
+            b.record("p", "b1", "t1", true);
         }
-        assert_eq!(b.admit("p"), Admission::Allowed);
-        assert!(b.record("p", true), "third failure opens");
-        assert!(matches!(b.admit("p"), Admission::Open(_)));
-        assert_eq!(b.admit("other"), Admission::Allowed, "per provider");
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(b.admit("p"), Admission::Allowed, "half-open trial");
+        assert_eq!(b.admit("p", "b1"), Admission::Allowed);
+        b.record("p", "b1", "t1", true);
         assert!(
-            matches!(b.admit("p"), Admission::Open(_)),
+            matches!(b.admit("p", "b1"), Admission::Open(_)),
+            "third failure opens"
+        );
+        assert_eq!(b.admit("other", "b9"), Admission::Allowed, "per provider");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.admit("p", "b1"), Admission::Allowed, "half-open trial");
+        assert!(
+            matches!(b.admit("p", "b1"), Admission::Open(_)),
             "one trial at a time"
         );
-        assert!(b.record("p", true), "failed trial re-opens at once");
+        b.record("p", "b1", "t1", true);
+        assert!(
+            matches!(b.admit("p", "b1"), Admission::Open(_)),
+            "failed trial re-opens"
+        );
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(b.admit("p"), Admission::Allowed);
-        assert!(!b.record("p", false), "successful trial closes");
-        assert_eq!(b.admit("p"), Admission::Allowed);
+        assert_eq!(b.admit("p", "b1"), Admission::Allowed);
+        b.record("p", "b1", "t1", false);
+        assert_eq!(
+            b.admit("p", "b1"),
+            Admission::Allowed,
+            "successful trial closes"
+        );
+        assert_eq!(b.open_bindings(), 0);
+    }
+
+    /// One tenant's failing binding opens its own circuit, never the provider's.
+    #[test]
+    fn one_tenants_failures_do_not_open_the_provider() {
+        let b = Breakers::new(3, Duration::from_secs(60));
+        for _ in 0..10 {
+            if b.admit("p", "broken") == Admission::Allowed {
+                assert!(!b.record("p", "broken", "t1", true).1);
+            }
+        }
+        assert!(matches!(b.admit("p", "broken"), Admission::Open(_)));
+        assert_eq!(b.admit("p", "healthy"), Admission::Allowed);
         assert!(b.open_providers().is_empty());
+        assert_eq!(b.open_bindings(), 1);
+        // Failures across two tenants are an outage: the provider opens.
+        let b = Breakers::new(3, Duration::from_secs(60));
+        b.admit("p", "x");
+        b.record("p", "x", "t1", true);
+        b.admit("p", "y");
+        b.record("p", "y", "t2", true);
+        b.admit("p", "x");
+        assert!(b.record("p", "x", "t1", true).1);
+        assert!(matches!(b.admit("p", "z"), Admission::Open(_)));
+        assert_eq!(b.open_providers(), vec!["p".to_owned()]);
     }
 
     #[test]
     fn denials_reset_the_count() {
         let b = Breakers::new(2, Duration::from_secs(60));
-        b.admit("p");
-        b.record("p", true);
-        b.admit("p");
-        b.record("p", false);
-        b.admit("p");
-        assert!(!b.record("p", true));
+        b.admit("p", "b");
+        b.record("p", "b", "t", true);
+        b.admit("p", "b");
+        b.record("p", "b", "t", false);
+        b.admit("p", "b");
+        b.record("p", "b", "t", true);
+        assert_eq!(b.admit("p", "b"), Admission::Allowed);
     }
 }

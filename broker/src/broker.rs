@@ -44,6 +44,8 @@ pub struct BrokerSettings {
     pub public_base_url: Option<String>,
     /// Circuit breaker: consecutive failures, open duration.
     pub breaker: (u32, Duration),
+    /// Mints a minute per worker and per binding (0: unlimited).
+    pub mint_limits: (u32, u32),
 }
 
 impl BrokerSettings {
@@ -68,6 +70,10 @@ impl BrokerSettings {
             breaker: (
                 config.cache.breaker_failures,
                 Duration::from_millis(config.cache.breaker_open_ms),
+            ),
+            mint_limits: (
+                config.cache.mints_per_minute_per_worker,
+                config.cache.mints_per_minute_per_binding,
             ),
         }
     }
@@ -308,9 +314,11 @@ impl Broker {
             audit,
             fingerprint: keys.fingerprint,
             cache: TokenCache::new(settings.cache_max_entries),
-            breakers: Arc::new(crate::breaker::Breakers::new(
+            breakers: Arc::new(crate::breaker::Breakers::with_mint_limits(
                 settings.breaker.0,
                 settings.breaker.1,
+                settings.mint_limits.0,
+                settings.mint_limits.1,
             )),
             registry,
             metrics,
@@ -533,6 +541,9 @@ impl Core {
                 })
                 .set(i64::from(open.iter().any(|p| p == name)));
         }
+        self.metrics
+            .open_binding_circuits
+            .set(i64::try_from(self.breakers.open_bindings()).unwrap_or(i64::MAX));
         self.metrics.audit_failures.set(
             i64::try_from(
                 self.audit

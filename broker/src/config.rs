@@ -274,6 +274,11 @@ pub struct CacheSettings {
     pub breaker_failures: u32,
     /// How long an open circuit fails mints fast before one trial, milliseconds.
     pub breaker_open_ms: u64,
+    /// Upstream mints one worker may cause per minute (0: unlimited); beyond it resolves
+    /// that need a fresh credential get `rate_limited`.
+    pub mints_per_minute_per_worker: u32,
+    /// Upstream mints per binding per minute, all workers together (0: unlimited).
+    pub mints_per_minute_per_binding: u32,
 }
 
 impl Default for CacheSettings {
@@ -284,6 +289,8 @@ impl Default for CacheSettings {
             mint_timeout_ms: 10_000,
             breaker_failures: 5,
             breaker_open_ms: 30_000,
+            mints_per_minute_per_worker: 600,
+            mints_per_minute_per_binding: 600,
         }
     }
 }

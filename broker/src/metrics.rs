@@ -74,6 +74,8 @@ pub struct Metrics {
     pub callbacks: Family<ResolveLabels, Counter>,
     /// 1 while a provider's circuit is open.
     pub circuit_open: Family<ProviderLabel, Gauge>,
+    /// Bindings whose own circuit is open (a count; no binding is named).
+    pub open_binding_circuits: Gauge,
 }
 
 impl Default for Metrics {
@@ -170,6 +172,12 @@ impl Metrics {
             "Provider callbacks (install redirects, webhooks) by outcome",
             callbacks.clone(),
         );
+        let open_binding_circuits = Gauge::default();
+        registry.register(
+            "open_binding_circuits",
+            "Bindings whose own circuit is open",
+            open_binding_circuits.clone(),
+        );
         let circuit_open = Family::<ProviderLabel, Gauge>::default();
         registry.register(
             "circuit_open",
@@ -178,6 +186,7 @@ impl Metrics {
         );
         Metrics {
             circuit_open,
+            open_binding_circuits,
             mints,
             callbacks,
             registry,

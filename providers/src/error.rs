@@ -45,6 +45,10 @@ pub enum ProviderError {
     /// The broker could not prepare the mint (a stored secret failed to open, a task died).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The broker's own mint rate limit (per worker or per binding) was reached; nothing was
+    /// sent upstream.
+    #[error("mint rate limit reached: {0}")]
+    RateLimited(String),
     /// The upstream could not be reached, timed out or answered with a server error.
     #[error("upstream unavailable: {message}")]
     Unavailable {

@@ -313,6 +313,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Whether minted credentials may be cached.
     fn cache_policy(&self) -> CachePolicy;
 
+    /// Whether a mint calls an upstream (and so is subject to the broker's mint rate limits
+    /// and circuit breakers). A provider that only opens what the broker holds (a pasted
+    /// secret) says no.
+    fn mints_upstream(&self) -> bool {
+        true
+    }
+
     /// How issued credentials are kept within the binding's ceiling.
     fn ceiling_enforcement(&self) -> CeilingEnforcement;
 

@@ -43,6 +43,8 @@ pub struct Faults {
     pub fail_next: u32,
     /// Answer every call with 503 ServiceUnavailable.
     pub down: bool,
+    /// Answer calls for these role ARNs with 503 (one customer's trouble, not an outage).
+    pub down_roles: Vec<String>,
     /// Sleep this long before answering.
     pub delay: Duration,
     /// Hand out credentials that expired an hour ago.
@@ -331,7 +333,10 @@ impl State {
         }
         {
             let mut f = self.faults.lock().unwrap();
-            if f.down {
+            let role_down = params
+                .get("RoleArn")
+                .is_some_and(|r| f.down_roles.iter().any(|d| d == r));
+            if f.down || role_down {
                 drop(f);
                 return self.error(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -677,10 +677,12 @@ async fn a_circuit_breaker_stops_hammering_a_dead_upstream() {
     );
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(true)));
+    // One binding's failures open its own circuit (the provider's opens only when several
+    // tenants fail together).
     let (_, m) = scrape(&env.pki, &env.daemon.url).await;
     assert!(String::from_utf8(m)
         .unwrap()
-        .contains("credbroker_circuit_open{provider=\"aws_assume_role\"} 1"));
+        .contains("credbroker_open_binding_circuits 1"));
 
     // The upstream recovers: after the open period one trial goes through and closes it.
     env.sts.faults().down = false;
@@ -1369,4 +1371,71 @@ async fn bindings_of_the_previous_release_claim_their_canonical_role() {
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+}
+
+/// One tenant can hurt all (issue 10, item 8): a binding whose upstream keeps failing opens
+/// only its own circuit — another binding of the provider keeps minting — and a worker that
+/// defeats the cache (a new narrowing each call) is stopped by the mint rate limits, per
+/// worker and per binding, while cached credentials are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_binding_or_worker_cannot_exhaust_the_upstream_for_others() {
+    let mut env = start_with(
+        "breaker_failures = 2\nbreaker_open_ms = 60000\nmints_per_minute_per_worker = 6\nmints_per_minute_per_binding = 60\n",
+    )
+    .await;
+    let (external_id, _) = active_aws_binding(&mut env).await;
+    let other = format!("arn:aws:iam::{CUSTOMER}:role/Other");
+    env.sts.add_role(&other, role(Some(&external_id)));
+    let (s, v) = bind(&mut env, "aws2", "i-aws2", &other).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws2").await;
+    assert_eq!(s, 200, "{v}");
+    let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
+
+    // aws2's role is down (that customer's trouble): its circuit opens after two failures…
+    env.sts.faults().down_roles = vec![other.clone()];
+    for n in 0..3 {
+        let (s, v) = resolve(
+            &mut env.w1,
+            json!({"instance_id": "i-aws2", "narrow": narrow(n)}),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    }
+    // …and aws1 keeps minting fresh credentials from the same provider.
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(100)}),
+    )
+    .await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    env.sts.faults().down_roles.clear();
+
+    // w1 has used 4 of its 6 mints a minute (3 failed on aws2, 1 on aws1) plus the probes'
+    // (which are not resolves). Cache-defeating resolves run out…
+    let mut limited = None;
+    for n in 200..210 {
+        let (s, v) = resolve(
+            &mut env.w1,
+            json!({"instance_id": "i-aws", "narrow": narrow(n)}),
+        )
+        .await;
+        if s != 200 {
+            limited = Some((s, v));
+            break;
+        }
+    }
+    let (s, v) = limited.expect("the per-worker mint limit never applied");
+    assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("worker"),
+        "{v}"
+    );
+    // …while a cached credential is still served.
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(100)}),
+    )
+    .await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
 }

@@ -92,10 +92,21 @@ impl MintJob {
             timeout: self.timeout,
         };
         let provider_id = self.provider.id();
-        if let Admission::Open(retry) = self.breakers.admit(provider_id) {
+        let (binding_id, tenant_id) = (self.binding.id.as_str(), self.binding.tenant.as_str());
+        let limited = if self.provider.mints_upstream() {
+            self.breakers.admit_mint(&self.worker, binding_id)
+        } else {
+            Ok(())
+        };
+        if let Err(which) = limited {
+            return Err(ProviderError::RateLimited(format!(
+                "too many fresh credentials for this {which}; cached ones are still served, retry shortly"
+            )));
+        }
+        if let Admission::Open(retry) = self.breakers.admit(provider_id, binding_id) {
             return Err(ProviderError::Unavailable {
                 message: format!(
-                    "{provider_id} upstream is failing; circuit open, next attempt in {} ms",
+                    "{provider_id} upstream is failing for this binding or for everyone; circuit open, next attempt in {} ms",
                     retry.as_millis()
                 ),
                 upstream_request_id: None,
@@ -111,10 +122,20 @@ impl MintJob {
                 })
             });
         let unavailable = matches!(result, Err(ProviderError::Unavailable { .. }));
-        if self.breakers.record(provider_id, unavailable) {
+        let (binding_opened, provider_opened) =
+            self.breakers
+                .record(provider_id, binding_id, tenant_id, unavailable);
+        if provider_opened {
             tracing::warn!(
                 provider = provider_id,
-                "upstream failing repeatedly: circuit opened, cold mints fail fast"
+                "upstream failing for several tenants: provider circuit opened, cold mints fail fast"
+            );
+        } else if binding_opened {
+            tracing::warn!(
+                provider = provider_id,
+                tenant = tenant_id,
+                binding = binding_id,
+                "upstream failing repeatedly for one binding: its circuit opened, its cold mints fail fast"
             );
         }
         if let Ok(cred) = &result {

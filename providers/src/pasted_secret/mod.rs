@@ -113,6 +113,10 @@ impl Provider for PastedSecret {
         SecretRequirement::Required
     }
 
+    fn mints_upstream(&self) -> bool {
+        false
+    }
+
     fn cache_policy(&self) -> CachePolicy {
         CachePolicy::Never
     }
