@@ -206,7 +206,7 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     for line in out
         .lines()
         .skip(1)
-        .filter(|l| !l.starts_with("{\"checkpoint\""))
+        .filter(|l| !l.starts_with("{\"checkpoint\"") && !l.starts_with("{\"attest\""))
     {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["tenant"], "t2");
@@ -214,4 +214,122 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     let (c, out) = verify_export_cli(&t2, &public_key);
     assert_eq!(c, 0, "{out}");
     assert!(out.contains("filtered export"), "{out}");
+}
+
+/// Rewrites record line `line` of an export with `edit` applied and its own hash recomputed,
+/// as a forger who knows the format would.
+fn forge(line: &[u8], edit: impl FnOnce(&mut credbroker::audit::AuditRecord)) -> Vec<u8> {
+    let mut rec: credbroker::audit::AuditRecord = serde_json::from_slice(line).unwrap();
+    edit(&mut rec);
+    rec.seal()
+}
+
+/// Export forgery (issue 10, item 5): in filtered and in full exports, a record altered with
+/// its hash recomputed, a record inserted, a record deleted and a relabelled header are all
+/// caught, naming the sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_exports_are_caught_naming_the_sequence() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    pki.worker("w2");
+    let (s, v) = call(
+        &mut op,
+        http::Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"id": "w2", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    for (worker, instance) in [
+        ("w1", "i1"),
+        ("w2", "i2"),
+        ("w1", "i1"),
+        ("w2", "i2"),
+        ("w1", "i1"),
+        ("w2", "i2"),
+    ] {
+        let mut w = pki.client_for(worker, &daemon.url);
+        let (s, v) = resolve(&mut w, json!({"instance_id": instance})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let verifier =
+        credbroker::keys::AuditVerifier::load(&daemon.data_dir.join("keys/audit-signing.pub"))
+            .unwrap();
+    let export_of = |extra: &[&str]| -> Vec<Vec<u8>> {
+        let mut args = vec![
+            "audit",
+            "export",
+            "--config",
+            daemon.config.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (c, out, err) = daemon.cli(&args);
+        assert_eq!(c, 0, "{err}");
+        lines(out.as_bytes())
+    };
+    for (label, extra) in [("full", vec![]), ("filtered", vec!["--tenant", "t2"])] {
+        let exported = export_of(&extra);
+        assert!(
+            verify_export(&join(&exported), &verifier).is_ok(),
+            "{label}"
+        );
+        let records: Vec<usize> = (1..exported.len())
+            .filter(|i| {
+                !exported[*i].starts_with(b"{\"attest\"")
+                    && !exported[*i].starts_with(b"{\"checkpoint\"")
+            })
+            .collect();
+        assert!(records.len() >= 3, "{label}");
+        let at = records[1];
+        let seq_of = |l: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        };
+        let seq = seq_of(&exported[at]);
+
+        // Altered, hash recomputed: the record's own hash checks out, its attestation does not.
+        let mut t = exported.clone();
+        t[at] = forge(&exported[at], |r| r.event.outcome = "denied".into());
+        let e = verify_export(&join(&t), &verifier).unwrap_err();
+        assert_eq!(e.seq, seq, "{label} alter: {e}");
+
+        // Inserted: a made-up record (copied, renumbered into a gap or past the end).
+        let mut t = exported.clone();
+        let last_seq = seq_of(&exported[*records.last().unwrap()]);
+        let fake = forge(&exported[at], |r| {
+            r.seq = last_seq + 1;
+            r.event.detail = Some("invented".into());
+        });
+        t.insert(*records.last().unwrap() + 1, fake);
+        let e = verify_export(&join(&t), &verifier).unwrap_err();
+        assert_eq!(e.seq, last_seq + 1, "{label} insert: {e}");
+
+        // Deleted: the record and its attestation removed.
+        let mut t = exported.clone();
+        let attest_at = (1..t.len())
+            .find(|i| {
+                t[*i].starts_with(b"{\"attest\"")
+                    && serde_json::from_slice::<serde_json::Value>(&t[*i]).unwrap()["attest"]["seq"]
+                        == seq
+            })
+            .unwrap();
+        t.remove(attest_at);
+        t.remove(at);
+        let e = verify_export(&join(&t), &verifier).unwrap_err();
+        assert_eq!(e.seq, seq, "{label} delete: {e}");
+
+        // Relabelled: filtered ↔ full, or another tenant, in the header.
+        let mut t = exported.clone();
+        let mut header: serde_json::Value = serde_json::from_slice(&t[0]).unwrap();
+        let flipped = !header["export"]["filtered"].as_bool().unwrap();
+        header["export"]["filtered"] = json!(flipped);
+        header["export"]["tenant"] = json!("t1");
+        t[0] = serde_json::to_vec(&header).unwrap();
+        let e = verify_export(&join(&t), &verifier).unwrap_err();
+        assert_eq!(e.seq, 0, "{label} relabel: {e}");
+        assert!(e.reason.contains("header signature"), "{e}");
+    }
 }

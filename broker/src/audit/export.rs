@@ -1,10 +1,15 @@
 //! `credbroker audit export`: JSON lines an auditor can verify with the public key alone.
 //!
-//! Layout: one header line `{"export":{…}}`, the selected record lines byte-for-byte as
-//! stored, then every checkpoint as `{"checkpoint":{…}}`. An unfiltered export is the whole
-//! chain and detects deletions anywhere; a filtered one (time range, tenant) still proves each
-//! record unaltered and in order, but cannot prove that nothing between them was removed —
-//! the header says which it is.
+//! Layout (version 2): one header line `{"export":{…},"signature":"…"}` — the filter, the
+//! first and last exported sequence, the record count, the log's head at export time
+//! (sequence and hash) and a random export id, signed with the audit key; the selected record
+//! lines byte-for-byte as stored; one `{"attest":{"seq","prev","signature"}}` line per
+//! exported record, signing (export id, previous exported sequence, sequence, hash); then
+//! every checkpoint as `{"checkpoint":{…}}`. So in a filtered export too every record is
+//! bound to a signature: altering one (even with its hash recomputed), inserting one,
+//! deleting one or relabelling the export (filtered ↔ full, another tenant) is caught, naming
+//! the sequence. The signed head closes the window after the last checkpoint: records up to
+//! the export cannot be rewritten in it.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,9 +18,13 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
 use super::record::{AuditRecord, Checkpoint};
 use super::verify::complete_lines;
 use super::{checkpoints_path, log_path};
+use crate::keys::AuditSigner;
 use crate::model::now_rfc3339;
 
 /// Which records to export.
@@ -35,12 +44,14 @@ impl ExportFilter {
     }
 }
 
-/// The first line of an export.
+/// The first line of an export (signed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportHeader {
-    /// Format version.
+    /// Format version (2).
     pub version: u32,
+    /// Random id binding the record attestations to this export.
+    pub export_id: String,
     /// Whether records were filtered out.
     pub filtered: bool,
     /// Filter: since.
@@ -51,6 +62,42 @@ pub struct ExportHeader {
     pub tenant: Option<String>,
     /// When the export was made.
     pub exported_at: String,
+    /// Records exported.
+    pub records: u64,
+    /// First exported sequence (0: none).
+    pub first_seq: u64,
+    /// Last exported sequence (0: none).
+    pub last_seq: u64,
+    /// The log's last sequence when it was exported.
+    pub head_seq: u64,
+    /// That record's hash.
+    pub head_hash: String,
+}
+
+impl ExportHeader {
+    /// The exact bytes the header signature covers.
+    pub fn signed_message(&self) -> Vec<u8> {
+        let mut m = b"credbroker-audit-export/v2\n".to_vec();
+        m.extend(serde_json::to_vec(self).unwrap_or_default());
+        m
+    }
+}
+
+/// The exact bytes a record attestation covers.
+pub fn attest_message(export_id: &str, prev: u64, seq: u64, hash: &str) -> Vec<u8> {
+    format!("credbroker-audit-export-record/v2\n{export_id}\n{prev}\n{seq}\n{hash}\n").into_bytes()
+}
+
+/// One record's attestation in an export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attestation {
+    /// The record's sequence.
+    pub seq: u64,
+    /// The previous exported record's sequence (0 for the first).
+    pub prev: u64,
+    /// Ed25519 over [`attest_message`], base64.
+    pub signature: String,
 }
 
 #[derive(Serialize)]
@@ -58,13 +105,26 @@ struct CheckpointLine<'a> {
     checkpoint: &'a Checkpoint,
 }
 
-/// Writes an export of the log in `audit_dir` to `out`; returns the number of records.
+#[derive(Serialize)]
+struct HeaderLine<'a> {
+    export: &'a ExportHeader,
+    signature: String,
+}
+
+#[derive(Serialize)]
+struct AttestLine<'a> {
+    attest: &'a Attestation,
+}
+
+/// Writes an export of the log in `audit_dir` to `out`, signed with `signer`; returns the
+/// number of records.
 ///
 /// # Errors
 /// On I/O failure, or a record that does not parse (run `audit verify` to locate it).
 pub fn export(
     audit_dir: &Path,
     filter: &ExportFilter,
+    signer: &AuditSigner,
     out: &mut dyn Write,
 ) -> std::io::Result<u64> {
     let cps = std::fs::read(checkpoints_path(audit_dir)).or_else(|e| {
@@ -75,27 +135,19 @@ pub fn export(
         }
     })?;
     let log = std::fs::read(log_path(audit_dir))?;
-    let fmt = |t: &Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
-    let header = ExportHeader {
-        version: 1,
-        filtered: !filter.is_empty(),
-        since: fmt(&filter.since),
-        until: fmt(&filter.until),
-        tenant: filter.tenant.clone(),
-        exported_at: now_rfc3339(),
-    };
-    serde_json::to_writer(&mut *out, &serde_json::json!({ "export": header }))?;
-    out.write_all(b"\n")?;
-    let mut last_seq = 0;
-    let mut count = 0;
+    let mut head = (0, String::new());
+    let mut selected: Vec<(&[u8], u64, String)> = Vec::new();
     for line in complete_lines(&log) {
         let rec: AuditRecord = serde_json::from_slice(line).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("record after sequence {last_seq} does not parse; run `credbroker audit verify`"),
+                format!(
+                    "record after sequence {} does not parse; run `credbroker audit verify`",
+                    head.0
+                ),
             )
         })?;
-        last_seq = rec.seq;
+        head = (rec.seq, rec.hash.clone());
         if let Some(t) = &filter.tenant {
             if rec.event.tenant.as_deref() != Some(t.as_str()) {
                 continue;
@@ -112,18 +164,66 @@ pub fn export(
                 continue;
             }
         }
+        selected.push((line, rec.seq, rec.hash));
+    }
+    let fmt = |t: &Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
+    let mut id = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut id).map_err(|_| std::io::Error::other("system CSPRNG failed"))?;
+    let header = ExportHeader {
+        version: 2,
+        export_id: hex::encode(id),
+        filtered: !filter.is_empty(),
+        since: fmt(&filter.since),
+        until: fmt(&filter.until),
+        tenant: filter.tenant.clone(),
+        exported_at: now_rfc3339(),
+        records: selected.len() as u64,
+        first_seq: selected.first().map_or(0, |s| s.1),
+        last_seq: selected.last().map_or(0, |s| s.1),
+        head_seq: head.0,
+        head_hash: head.1,
+    };
+    serde_json::to_writer(
+        &mut *out,
+        &HeaderLine {
+            export: &header,
+            signature: B64.encode(signer.sign(&header.signed_message())),
+        },
+    )?;
+    out.write_all(b"\n")?;
+    for (line, _, _) in &selected {
         out.write_all(line)?;
         out.write_all(b"\n")?;
-        count += 1;
+    }
+    let mut prev = 0;
+    for (_, seq, hash) in &selected {
+        let attestation = Attestation {
+            seq: *seq,
+            prev,
+            signature: B64.encode(signer.sign(&attest_message(
+                &header.export_id,
+                prev,
+                *seq,
+                hash,
+            ))),
+        };
+        serde_json::to_writer(
+            &mut *out,
+            &AttestLine {
+                attest: &attestation,
+            },
+        )?;
+        out.write_all(b"\n")?;
+        prev = *seq;
     }
     // Only checkpoints the exported log reaches; later ones were written after we read it.
     for line in complete_lines(&cps) {
         if let Ok(cp) = serde_json::from_slice::<Checkpoint>(line) {
-            if cp.seq <= last_seq {
+            if cp.seq <= header.head_seq {
                 serde_json::to_writer(&mut *out, &CheckpointLine { checkpoint: &cp })?;
                 out.write_all(b"\n")?;
             }
         }
     }
-    Ok(count)
+    Ok(header.records)
 }

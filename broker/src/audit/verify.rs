@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::export::ExportHeader;
+use super::export::{attest_message, Attestation, ExportHeader};
 use super::record::{AuditRecord, Checkpoint, GENESIS_HASH};
 use super::{checkpoints_path, log_path};
 use crate::keys::AuditVerifier;
@@ -32,8 +32,11 @@ pub struct VerifySummary {
     pub checkpoints: u64,
     /// Highest sequence number anchored by a signed checkpoint.
     pub last_checkpoint: Option<u64>,
-    /// Whether the input was a filtered export (gaps allowed, deletions not detectable).
+    /// Whether the input was a filtered export (gaps allowed; every record still bound to
+    /// the export's signature).
     pub filtered: bool,
+    /// For an export: the log's head sequence its signature covers.
+    pub signed_head: Option<u64>,
 }
 
 /// The first place the log fails verification.
@@ -79,6 +82,7 @@ impl<'a> Chain<'a> {
                 checkpoints: 0,
                 last_checkpoint: None,
                 filtered: !contiguous,
+                signed_head: None,
             },
         }
     }
@@ -215,6 +219,7 @@ pub fn verify_log(
 #[serde(deny_unknown_fields)]
 struct HeaderLine {
     export: ExportHeader,
+    signature: String,
 }
 
 #[derive(Deserialize)]
@@ -223,38 +228,119 @@ struct CheckpointLine {
     checkpoint: Checkpoint,
 }
 
-/// Verifies an export file produced by `credbroker audit export`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestLine {
+    attest: Attestation,
+}
+
+/// Verifies an export file produced by `credbroker audit export`: the signed header (filter,
+/// range, count, head), every record against its own hash, the chain (whole for an unfiltered
+/// export) and its attestation, the checkpoints.
 ///
 /// # Errors
-/// The first [`VerifyFailure`].
+/// The first [`VerifyFailure`], naming the sequence.
 pub fn verify_export(
     bytes: &[u8],
     verifier: &AuditVerifier,
 ) -> Result<VerifySummary, VerifyFailure> {
     let mut lines = complete_lines(bytes).peekable();
-    let header: HeaderLine = lines
+    let first = lines
         .next()
-        .and_then(|l| serde_json::from_slice(l).ok())
         .ok_or_else(|| fail(0, "export does not start with an export header line"))?;
-    let contiguous = !header.export.filtered;
+    let header: HeaderLine = serde_json::from_slice(first).map_err(|_| {
+        let v1 = serde_json::from_slice::<serde_json::Value>(first)
+            .is_ok_and(|v| v.pointer("/export/version") == Some(&serde_json::json!(1)));
+        fail(
+            0,
+            if v1 {
+                "export format 1 cannot prove its filter or its records: export again with this release"
+            } else {
+                "export does not start with a signed export header line"
+            },
+        )
+    })?;
+    let h = &header.export;
+    let sig = B64
+        .decode(&header.signature)
+        .map_err(|_| fail(0, "export header signature is not base64"))?;
+    if h.version != 2 || !verifier.verify(&h.signed_message(), &sig) {
+        return Err(fail(
+            0,
+            "export header signature is invalid (the header — filter, range, count — was altered, or another key signed it)",
+        ));
+    }
+    let contiguous = !h.filtered;
     let mut records = Vec::new();
+    let mut attestations = BTreeMap::new();
     let mut cps = Vec::new();
     for line in lines {
         if line.starts_with(b"{\"checkpoint\":") {
             let cp: CheckpointLine = serde_json::from_slice(line)
                 .map_err(|_| fail(0, "a checkpoint line does not parse"))?;
             cps.push(cp.checkpoint);
+        } else if line.starts_with(b"{\"attest\":") {
+            let a: AttestLine = serde_json::from_slice(line)
+                .map_err(|_| fail(0, "an attestation line does not parse"))?;
+            attestations.insert(a.attest.seq, a.attest);
         } else {
-            if !cps.is_empty() {
-                return Err(fail(0, "record found after the checkpoint section"));
+            if !cps.is_empty() || !attestations.is_empty() {
+                return Err(fail(
+                    0,
+                    "record found after the attestation or checkpoint section",
+                ));
             }
             records.push(line);
         }
     }
     let mut chain = Chain::new(verifier, contiguous);
     chain.checkpoints(&cps)?;
+    let mut prev_exported = 0u64;
     for line in records {
         chain.record(line)?;
+        let (seq, hash) = (chain.prev_seq.unwrap_or(0), chain.prev_hash.clone());
+        let a = attestations
+            .get(&seq)
+            .ok_or_else(|| fail(seq, "record is not attested by the export (inserted)"))?;
+        let sig = B64
+            .decode(&a.signature)
+            .map_err(|_| fail(seq, "attestation is not base64"))?;
+        if !verifier.verify(&attest_message(&h.export_id, a.prev, seq, &hash), &sig) {
+            return Err(fail(
+                seq,
+                "record differs from what the export signed (altered or inserted)",
+            ));
+        }
+        if a.prev != prev_exported {
+            return Err(fail(
+                a.prev,
+                format!(
+                    "exported record {} is missing (deleted from the export)",
+                    a.prev
+                ),
+            ));
+        }
+        prev_exported = seq;
     }
-    chain.finish()
+    if prev_exported != h.last_seq || chain.summary.records != h.records {
+        return Err(fail(
+            h.last_seq,
+            format!(
+                "the export signed {} records up to {}, found {} up to {prev_exported} (records removed from the end)",
+                h.records, h.last_seq, chain.summary.records
+            ),
+        ));
+    }
+    if contiguous
+        && h.records > 0
+        && (prev_exported != h.head_seq || chain.prev_hash != h.head_hash)
+    {
+        return Err(fail(
+            h.head_seq,
+            "the last record is not the log head the export signed (records rewritten after the last checkpoint)",
+        ));
+    }
+    let mut summary = chain.finish()?;
+    summary.signed_head = Some(h.head_seq);
+    Ok(summary)
 }

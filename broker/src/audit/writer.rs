@@ -322,6 +322,7 @@ impl Writer {
         };
         let mut line = serde_json::to_vec(&cp).unwrap_or_default();
         line.push(b'\n');
+        let before = self.checkpoints.metadata().map(|m| m.len());
         match self
             .checkpoints
             .write_all(&line)
@@ -331,7 +332,23 @@ impl Writer {
                 self.last_checkpoint_seq = cp.seq;
                 self.last_checkpoint_at = Instant::now();
             }
-            Err(e) => tracing::error!(error = %e, "could not write audit checkpoint"),
+            Err(e) => {
+                // A partly written line would be glued to the next checkpoint and make every
+                // later verification fail: cut the file back to where it was.
+                let cut = before.and_then(|len| {
+                    self.checkpoints
+                        .set_len(len)
+                        .and_then(|()| self.checkpoints.sync_data())
+                });
+                match cut {
+                    Ok(()) => {
+                        tracing::error!(error = %e, "could not write audit checkpoint; the partial line was removed, will retry")
+                    }
+                    Err(cut_err) => {
+                        tracing::error!(error = %e, cut_error = %cut_err, "could not write audit checkpoint nor remove its partial line; it is cut at the next start")
+                    }
+                }
+            }
         }
     }
 

@@ -166,6 +166,7 @@ pub fn local_config(local: &LocalArgs) -> Result<Config, String> {
 pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
     match cmd {
         AuditCmd::Verify(args) => {
+            let mut trust_note = String::new();
             let result = if let Some(export) = &args.export {
                 let key = args
                     .public_key
@@ -177,27 +178,38 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
                 audit::verify_export(&bytes, &verifier)
             } else {
                 let config = local_config(&args.local)?;
-                let key = args
-                    .public_key
-                    .clone()
-                    .unwrap_or_else(|| config.audit_public_key_file());
+                let key = match &args.public_key {
+                    Some(k) => k.clone(),
+                    None => {
+                        let k = config.audit_public_key_file();
+                        // Whoever can rewrite the log on this host can replace this key too.
+                        trust_note = format!(
+                            "\nnote: verified with the public key found on this host ({}); anyone able to rewrite the log here could have replaced it. Pin a copy kept elsewhere with --public-key.",
+                            k.display()
+                        );
+                        k
+                    }
+                };
                 let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
                 audit::verify_log(&config.audit_dir(), &verifier)
             };
             match result {
                 Ok(s) => {
                     println!(
-                        "audit OK: {} records (sequence {}..{}), {} checkpoint(s) matched, last signed checkpoint at {}{}",
+                        "audit OK: {} records (sequence {}..{}), {} checkpoint(s) matched, last signed checkpoint at {}{}{}{}",
                         s.records,
                         s.first_seq.map_or("-".into(), |v| v.to_string()),
                         s.last_seq.map_or("-".into(), |v| v.to_string()),
                         s.checkpoints,
                         s.last_checkpoint.map_or("none".into(), |v| v.to_string()),
                         if s.filtered {
-                            " (filtered export: deletions between records cannot be detected)"
+                            " (filtered export: every exported record is bound to the export's signature)"
                         } else {
                             ""
-                        }
+                        },
+                        s.signed_head
+                            .map_or(String::new(), |h| format!(", export signed at log head {h}")),
+                        trust_note
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -224,18 +236,21 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
                 until: parse(&args.until, "--until")?,
                 tenant: args.tenant.clone(),
             };
+            // The export is signed with the audit key, like the checkpoints.
+            let signer = crate::keys::AuditSigner::load(&config.audit_key_file())
+                .map_err(|e| e.to_string())?;
             let count = match &args.output {
                 Some(path) => {
                     let mut f = std::fs::File::create(path)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
-                    let n = audit::export(&config.audit_dir(), &filter, &mut f)
+                    let n = audit::export(&config.audit_dir(), &filter, &signer, &mut f)
                         .map_err(|e| e.to_string())?;
                     f.sync_all().map_err(|e| e.to_string())?;
                     n
                 }
                 None => {
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    let n = audit::export(&config.audit_dir(), &filter, &mut out)
+                    let n = audit::export(&config.audit_dir(), &filter, &signer, &mut out)
                         .map_err(|e| e.to_string())?;
                     out.flush().map_err(|e| e.to_string())?;
                     n
