@@ -346,6 +346,15 @@ impl Broker {
                 "exclusive identifiers re-claimed in their current form (audited as store.migrate)"
             );
         }
+        if core
+            .records
+            .operators()
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))?
+            .is_empty()
+        {
+            tracing::warn!("no operator records: every operator certificate the client CA accepts may administer until the first operator is registered (credbroker operator add, or operator bootstrap offline); register every operator then");
+        }
         admin
             .load_all_platform_keys()
             .await

@@ -152,6 +152,15 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
     let worker = WorkerId::parse(DEV_WORKER).map_err(DevError)?;
     let instance = InstanceId::parse(DEMO_INSTANCE).map_err(DevError)?;
     let mut added = false;
+    // The dev operator is registered like any operator: only registered operators administer.
+    let operator = crate::ids::OperatorId::parse(DEV_OPERATOR).map_err(DevError)?;
+    if r.operator(&operator).await.map_err(dev_err)?.is_none() {
+        apply(
+            broker,
+            AdminOp::AddOperator(crate::admin::NewOperator { id: operator }),
+        )
+        .await?;
+    }
     if r.tenant(&tenant).await.map_err(dev_err)?.is_none() {
         apply(
             broker,

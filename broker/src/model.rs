@@ -54,6 +54,19 @@ pub struct Worker {
     pub created_at: String,
 }
 
+/// An operator: a certificate `spiffe://<trust-domain>/operator/<name>` administers only
+/// while this record is active.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    /// Operator name (the last segment of its SPIFFE id).
+    pub id: crate::ids::OperatorId,
+    /// Status.
+    pub status: Status,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
 /// One connector instance (e.g. "scan of account 1234 for tenant acme").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

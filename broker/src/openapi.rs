@@ -114,11 +114,12 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     "201",
                 ),
                 AdminEndpoint::Collection => (
-                    "Add a record (tenant, worker or instance).",
+                    "Add a record (tenant, worker, instance or operator).",
                     Some(json!({"oneOf": [
                         gen.subschema_for::<NewTenant>(),
                         gen.subschema_for::<NewWorker>(),
                         gen.subschema_for::<NewInstance>(),
+                        gen.subschema_for::<crate::admin::NewOperator>(),
                     ]})),
                     "201",
                 ),
@@ -199,7 +200,9 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
 
 fn parameter(name: &str) -> Value {
     let schema = match name {
-        "collection" => json!({"type": "string", "enum": ["tenants", "workers", "instances"]}),
+        "collection" => {
+            json!({"type": "string", "enum": ["tenants", "workers", "instances", "operators"]})
+        }
         "action" => {
             json!({"type": "string", "enum": ["enable", "disable", "probe", "activate", "retire"]})
         }

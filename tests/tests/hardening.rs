@@ -210,3 +210,105 @@ async fn audit_ids_do_not_count_requests() {
     let as_num = |id: &str| u128::from_str_radix(id.strip_prefix("aud_").unwrap(), 16).unwrap();
     assert!(as_num(&ids[1]).abs_diff(as_num(&ids[0])) > 1_000_000);
 }
+
+/// Operators are records (issue 10, item 6): once operators are registered, an operator
+/// certificate without an active record cannot administer — a disabled operator is refused on
+/// the very connection it already has — the last active operator cannot be disabled, and the
+/// first operator can be registered offline, audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_registered_active_operators_administer() {
+    let (tmp, pki) = setup();
+    pki.operator("op2");
+    pki.operator("op3");
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    // No operator records yet (an upgraded deployment): operator certificates administer.
+    let (s, v) = call(&mut op, Method::GET, "/v1/admin/operators", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // From now on an unregistered operator certificate is refused, audited.
+    let mut op2 = pki.client_for("op2", &daemon.url);
+    let (s, v) = call(&mut op2, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not registered"),
+        "{v}"
+    );
+    assert!(daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["actor"] == "operator:op2" && r["outcome"] == "denied"));
+    // Registered, it administers; disabled, its next request on the same connection is refused.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op2"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(&mut op2, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators/op2/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op2,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "sneaky"})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("disabled"),
+        "{v}"
+    );
+    // The last active operator cannot lock everyone out.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators/op/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    let (s, v) = call(&mut op, Method::DELETE, "/v1/admin/operators/op", None).await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+
+    // Offline registration (the daemon stopped), audited.
+    daemon.stop();
+    let (c, out, err) = run_cli(&[
+        "bootstrap-operator",
+        "--config",
+        daemon.config.to_str().unwrap(),
+        "--id",
+        "op3",
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "operator.bootstrap"
+            && r["detail"].as_str().unwrap().contains("op3")));
+    daemon.restart();
+    let mut op3 = pki.client_for("op3", &daemon.url);
+    let (s, v) = call(&mut op3, Method::GET, "/v1/admin/operators", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["operators"].as_array().unwrap().len(), 3, "{v}");
+}

@@ -34,8 +34,8 @@ pub use records::BindingDetail;
 mod secrets;
 
 pub use request::{
-    parse_admin_request, AdminOp, ClaimBody, Collection, NewBinding, NewInstance, NewTenant,
-    NewWorker, OnboardBody, SecretBody,
+    parse_admin_request, AdminOp, ClaimBody, Collection, NewBinding, NewInstance, NewOperator,
+    NewTenant, NewWorker, OnboardBody, SecretBody,
 };
 
 pub(super) fn validate_kind(kind: &str) -> Result<(), ApiError> {
@@ -154,9 +154,10 @@ impl AdminService {
         self.core.metrics.admin_requests.inc();
         let actor = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
         let parsed = match peer {
-            Some(PeerIdentity::Operator(_)) => {
-                body.and_then(|b| parse_admin_request(method, path, &b))
-            }
+            Some(PeerIdentity::Operator(name)) => match self.operator_may_administer(name).await {
+                Ok(()) => body.and_then(|b| parse_admin_request(method, path, &b)),
+                Err(e) => Err(e),
+            },
             _ => Err(ApiError::new(
                 ErrorCode::OperatorRequired,
                 "the admin API requires an operator certificate",
@@ -371,6 +372,7 @@ impl AdminService {
             AdminOp::Show(c, id) => self.plan_show(c, &id).await,
             AdminOp::AddTenant(t) => self.plan_add_tenant(t).await,
             AdminOp::AddWorker(w) => self.plan_add_worker(w).await,
+            AdminOp::AddOperator(o) => self.plan_add_operator(o).await,
             AdminOp::AddInstance(i) => self.plan_add_instance(i).await,
             AdminOp::AddBinding(b) => self.plan_add_binding(b).await,
             AdminOp::SetStatus(c, id, status) => self.plan_status(c, &id, status).await,
@@ -396,6 +398,27 @@ impl AdminService {
             AdminOp::Probe(_) | AdminOp::RevokeCached(_) => Err(ApiError::new(
                 ErrorCode::Internal,
                 "probes and revocations are not planned operations",
+            )),
+        }
+    }
+}
+
+impl AdminService {
+    /// An operator certificate administers only while its operator record is active. A store
+    /// with no operator records at all (a deployment upgraded from a release without them)
+    /// accepts every operator certificate until the first is registered — logged at start.
+    async fn operator_may_administer(&self, name: &crate::ids::OperatorId) -> Result<(), ApiError> {
+        let records = &self.core.records;
+        match records.operator(name).await.map_err(store_err)? {
+            Some(o) if o.value.status == Status::Active => Ok(()),
+            Some(_) => Err(ApiError::new(
+                ErrorCode::OperatorRequired,
+                format!("operator {name} is disabled"),
+            )),
+            None if records.operators().await.map_err(store_err)?.is_empty() => Ok(()),
+            None => Err(ApiError::new(
+                ErrorCode::OperatorRequired,
+                format!("operator {name} is not registered (credbroker operator add)"),
             )),
         }
     }

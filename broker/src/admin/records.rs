@@ -69,6 +69,36 @@ impl AdminService {
             .ok_or_else(|| unknown(Collection::Workers, id))
     }
 
+    async fn operator_or_404(&self, id: &str) -> Result<Stored<crate::model::Operator>, ApiError> {
+        let oid = crate::ids::OperatorId::parse(id).map_err(ApiError::bad_request)?;
+        self.core
+            .records
+            .operator(&oid)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| unknown(Collection::Operators, id))
+    }
+
+    /// Refuses a change that would leave no active operator (nobody could administer).
+    async fn keep_an_operator(&self, leaving: &str) -> Result<(), ApiError> {
+        let others = self
+            .core
+            .records
+            .operators()
+            .await
+            .map_err(store_err)?
+            .iter()
+            .filter(|o| o.status == Status::Active && o.id.as_str() != leaving)
+            .count();
+        if others == 0 {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this is the last active operator: register another first",
+            ));
+        }
+        Ok(())
+    }
+
     async fn instance_or_404(&self, id: &str) -> Result<Stored<Instance>, ApiError> {
         let iid = InstanceId::parse(id).map_err(ApiError::bad_request)?;
         self.core
@@ -110,6 +140,13 @@ impl AdminService {
                 .iter()
                 .map(to_value)
                 .collect(),
+            Collection::Operators => r
+                .operators()
+                .await
+                .map_err(store_err)?
+                .iter()
+                .map(to_value)
+                .collect(),
         };
         let key = format!("{}s", c.noun());
         Ok(Plan::new(
@@ -122,6 +159,7 @@ impl AdminService {
         let value = match c {
             Collection::Tenants => to_value(&self.tenant_or_404(id).await?.value),
             Collection::Workers => to_value(&self.worker_or_404(id).await?.value),
+            Collection::Operators => to_value(&self.operator_or_404(id).await?.value),
             Collection::Instances => to_value(&self.instance_or_404(id).await?.value),
             Collection::Bindings => {
                 let b = self.binding_or_404(id).await?.value;
@@ -155,6 +193,37 @@ impl AdminService {
         };
         let noun = c.noun();
         Ok(Plan::new(format!("{noun}={id}"), json!({ noun: value })))
+    }
+
+    pub(super) async fn plan_add_operator(
+        &self,
+        o: super::request::NewOperator,
+    ) -> Result<Plan, ApiError> {
+        let operator = crate::model::Operator {
+            id: o.id,
+            status: Status::Active,
+            created_at: now_rfc3339(),
+        };
+        if self
+            .core
+            .records
+            .operator(&operator.id)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("operator {} already exists", operator.id),
+            ));
+        }
+        let mut plan = Plan::new(
+            format!("operator={}", operator.id),
+            json!({ "operator": to_value(&operator) }),
+        );
+        plan.batch.create(&operator);
+        plan.created = true;
+        Ok(plan)
     }
 
     pub(super) async fn plan_add_tenant(&self, t: NewTenant) -> Result<Plan, ApiError> {
@@ -321,6 +390,16 @@ impl AdminService {
                 plan.batch.replace(&stored, &w);
                 plan.response = json!({ "worker": to_value(&w) });
             }
+            Collection::Operators => {
+                let stored = self.operator_or_404(id).await?;
+                if status != Status::Active {
+                    self.keep_an_operator(id).await?;
+                }
+                let mut o = stored.value.clone();
+                o.status = status;
+                plan.batch.replace(&stored, &o);
+                plan.response = json!({ "operator": to_value(&o) });
+            }
             Collection::Instances => {
                 let stored = self.instance_or_404(id).await?;
                 let mut i = stored.value.clone();
@@ -434,6 +513,11 @@ impl AdminService {
             Collection::Workers => {
                 let w = self.worker_or_404(id).await?;
                 plan.batch.remove(&w);
+            }
+            Collection::Operators => {
+                let o = self.operator_or_404(id).await?;
+                self.keep_an_operator(id).await?;
+                plan.batch.remove(&o);
             }
             Collection::Instances => {
                 let i = self.instance_or_404(id).await?;

@@ -27,6 +27,8 @@ pub enum Collection {
     Instances,
     /// `/v1/admin/bindings`
     Bindings,
+    /// `/v1/admin/operators`
+    Operators,
 }
 
 impl Collection {
@@ -36,6 +38,7 @@ impl Collection {
             "workers" => Some(Collection::Workers),
             "instances" => Some(Collection::Instances),
             "bindings" => Some(Collection::Bindings),
+            "operators" => Some(Collection::Operators),
             _ => None,
         }
     }
@@ -44,6 +47,7 @@ impl Collection {
         match self {
             Collection::Tenants => "tenant",
             Collection::Workers => "worker",
+            Collection::Operators => "operator",
             Collection::Instances => "instance",
             Collection::Bindings => "binding",
         }
@@ -72,6 +76,14 @@ pub struct NewWorker {
     /// Connector kinds it may serve (empty: any).
     #[serde(default)]
     pub connector_kinds: Vec<String>,
+}
+
+/// `POST /v1/admin/operators`
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOperator {
+    /// Operator name from its certificate.
+    pub id: crate::ids::OperatorId,
 }
 
 /// `POST /v1/admin/instances`
@@ -148,6 +160,8 @@ pub enum AdminOp {
     AddTenant(NewTenant),
     /// Add a worker.
     AddWorker(NewWorker),
+    /// Register an operator.
+    AddOperator(NewOperator),
     /// Add an instance.
     AddInstance(NewInstance),
     /// Add a binding.
@@ -199,6 +213,7 @@ impl AdminOp {
             AdminOp::Show(c, _) => format!("{}.show", c.noun()),
             AdminOp::AddTenant(_) => "tenant.add".into(),
             AdminOp::AddWorker(_) => "worker.add".into(),
+            AdminOp::AddOperator(_) => "operator.add".into(),
             AdminOp::AddInstance(_) => "instance.add".into(),
             AdminOp::AddBinding(_) => "binding.add".into(),
             AdminOp::SetStatus(c, _, Status::Active) => format!("{}.enable", c.noun()),
@@ -291,6 +306,7 @@ pub fn parse_admin_request(
                 Collection::Workers => parse_body(body).map(AdminOp::AddWorker),
                 Collection::Instances => parse_body(body).map(AdminOp::AddInstance),
                 Collection::Bindings => parse_body(body).map(AdminOp::AddBinding),
+                Collection::Operators => parse_body(body).map(AdminOp::AddOperator),
             }
         }
         AdminEndpoint::Record => {

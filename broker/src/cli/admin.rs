@@ -82,6 +82,12 @@ pub struct TenantAdd {
 }
 
 #[derive(Args, Debug)]
+pub struct OperatorAdd {
+    /// Operator name (last segment of its SPIFFE id).
+    pub(super) id: String,
+}
+
+#[derive(Args, Debug)]
 pub struct WorkerAdd {
     /// Worker name (last segment of its SPIFFE id).
     pub(super) id: String,

@@ -18,11 +18,11 @@ use serde_json::json;
 
 use crate::config::LogFormat;
 
-use admin::UnclaimedCmd;
 use admin::{
     run_binding, run_record, run_secret, BindingCmd, InstanceAdd, RecordCmd, SecretCmd, TenantAdd,
     WorkerAdd,
 };
+use admin::{OperatorAdd, UnclaimedCmd};
 use client::{aws_credential_process, ClientCmd};
 use offline::{AuditCmd, DevArgs, LintArgs, LocalArgs, ServeArgs};
 
@@ -62,6 +62,11 @@ enum Command {
     Instance(RecordCmd<InstanceAdd>),
     /// Manage bindings (admin API, operator certificate).
     Binding(BindingCmd),
+    /// Manage operators (admin API): only an operator certificate with an active record
+    /// administers.
+    Operator(RecordCmd<OperatorAdd>),
+    /// Register an operator offline, audited (the daemon stopped): the first operator.
+    BootstrapOperator(offline::BootstrapOperatorArgs),
     /// Start onboarding a tenant with a federated provider: prints what the customer runs.
     #[command(subcommand)]
     Onboard(Onboard),
@@ -158,6 +163,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             )
         }),
         Command::Binding(cmd) => run_binding(cmd),
+        Command::Operator(cmd) => {
+            run_record(cmd, "operators", |a: OperatorAdd| Ok(json!({ "id": a.id })))
+        }
+        Command::BootstrapOperator(args) => offline::run_bootstrap_operator(&args),
         Command::Onboard(o) => run_onboard(&o),
         Command::Client(ClientCmd::AwsCredentialProcess(a)) => aws_credential_process(&a),
         Command::LintTemplates(a) => offline::run_lint(&a),

@@ -347,6 +347,72 @@ pub fn run_rotate_kek(local: &LocalArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `credbroker bootstrap-operator`.
+#[derive(Args, Debug)]
+pub struct BootstrapOperatorArgs {
+    #[command(flatten)]
+    local: LocalArgs,
+    /// The operator's name (last segment of `spiffe://<trust-domain>/operator/<name>`).
+    #[arg(long)]
+    id: String,
+}
+
+/// Registers an operator offline (the daemon stopped: the store is locked while it runs),
+/// audited: the first operator of a deployment, or one more when nobody who could add it
+/// over the admin API is available.
+///
+/// # Errors
+/// When the id is invalid, the store or audit log cannot be opened, or the operator exists.
+pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, String> {
+    let config = local_config(&args.local)?;
+    let actor = cli_actor();
+    let id = crate::ids::OperatorId::parse(&args.id)?;
+    runtime()?.block_on(async {
+        let store =
+            crate::store::open(&config.store, &config.data_dir).map_err(|e| e.to_string())?;
+        let records = crate::store::records::Records::new(store);
+        if records
+            .operator(&id)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Err(format!("operator {id} is already registered"));
+        }
+        let operator = crate::model::Operator {
+            id: id.clone(),
+            status: crate::model::Status::Active,
+            created_at: crate::model::now_rfc3339(),
+        };
+        let mut batch = crate::store::Batch::new();
+        batch.create(&operator);
+        let settings = crate::broker::BrokerSettings::from_config(&config);
+        let signer =
+            crate::keys::AuditSigner::load(&config.audit_key_file()).map_err(|e| e.to_string())?;
+        let log =
+            crate::audit::AuditLog::open(settings.audit, signer).map_err(|e| e.to_string())?;
+        let event = crate::audit::AuditEvent {
+            kind: "admin".into(),
+            action: "operator.bootstrap".into(),
+            request_id: crate::server::new_request_id(),
+            actor,
+            outcome: "allowed".into(),
+            detail: Some(format!("operator={id} registered offline")),
+            ..Default::default()
+        };
+        let appended = log.append(event).await;
+        if let Err(e) = appended {
+            log.close();
+            return Err(format!("audit append failed; nothing registered: {e}"));
+        }
+        let committed = records.commit(batch).await.map_err(|e| e.to_string());
+        log.close();
+        committed
+    })?;
+    println!("operator {id} registered; only registered, active operators administer from now on");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cli_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let user: String = user

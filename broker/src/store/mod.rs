@@ -46,6 +46,8 @@ pub enum Table {
     Identifiers,
     /// Sealed platform keys (`<kind>/<version, 10 digits>`), e.g. the GitHub App key.
     PlatformKeys,
+    /// Operators by name: only an operator certificate with an active record administers.
+    Operators,
 }
 
 impl Table {
@@ -60,6 +62,7 @@ impl Table {
         Table::KeyMeta,
         Table::Identifiers,
         Table::PlatformKeys,
+        Table::Operators,
     ];
 
     /// Whether the table's records hold material sealed under the KEK. Exhaustive on
@@ -74,7 +77,8 @@ impl Table {
             | Table::Instances
             | Table::Bindings
             | Table::KeyMeta
-            | Table::Identifiers => false,
+            | Table::Identifiers
+            | Table::Operators => false,
         }
     }
 
@@ -90,6 +94,7 @@ impl Table {
             Table::KeyMeta => "key_meta",
             Table::Identifiers => "identifiers",
             Table::PlatformKeys => "platform_keys",
+            Table::Operators => "operators",
         }
     }
 }

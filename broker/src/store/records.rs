@@ -39,6 +39,13 @@ impl Record for Worker {
     }
 }
 
+impl Record for crate::model::Operator {
+    const TABLE: Table = Table::Operators;
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
 impl Record for Instance {
     const TABLE: Table = Table::Instances;
     fn key(&self) -> String {
@@ -376,6 +383,25 @@ impl Records {
     /// On store failure or corruption.
     pub async fn worker(&self, id: &WorkerId) -> Result<Option<Stored<Worker>>, StoreError> {
         self.get_stored(Table::Workers, id.as_str()).await
+    }
+
+    /// One operator, as read for a change.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn operator(
+        &self,
+        id: &crate::ids::OperatorId,
+    ) -> Result<Option<Stored<crate::model::Operator>>, StoreError> {
+        self.get_stored(Table::Operators, id.as_str()).await
+    }
+
+    /// All operators.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn operators(&self) -> Result<Vec<crate::model::Operator>, StoreError> {
+        self.all(Table::Operators, "").await
     }
 
     /// All workers.
