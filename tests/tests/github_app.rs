@@ -1568,3 +1568,40 @@ async fn one_anonymous_source_cannot_hold_the_public_listener() {
         );
     }
 }
+
+/// The installer administers many installations of the App: the broker pages through
+/// `GET /user/installations` (100 a page) to find the one in the redirect (issue 10, item 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installers_installations_are_paged_through() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let many: Vec<u64> = (5000..5150).collect();
+    for id in &many {
+        env.gh.install(*id, installation(&format!("org-{id}")));
+    }
+    // The target is on the second page; the person administers all 150 and 1001.
+    let mut theirs = many.clone();
+    theirs.push(1001);
+    let state = state_for(&mut env.op, "t1").await;
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    env.gh.authorize("code-many", &theirs);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}&code=code-many"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
+    let pages: Vec<String> = env
+        .gh
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path == "/user/installations")
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(pages.len(), 2, "two pages read");
+}
