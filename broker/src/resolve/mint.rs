@@ -93,7 +93,10 @@ impl MintJob {
         };
         let provider_id = self.provider.id();
         let (binding_id, tenant_id) = (self.binding.id.as_str(), self.binding.tenant.as_str());
-        let limited = if self.provider.mints_upstream() {
+        // A provider that only opens what the broker holds has no upstream to protect: no
+        // rate limit, no circuit (and no cost on its hot path).
+        let upstream = self.provider.mints_upstream();
+        let limited = if upstream {
             self.breakers.admit_mint(&self.worker, binding_id)
         } else {
             Ok(())
@@ -103,7 +106,12 @@ impl MintJob {
                 "too many fresh credentials for this {which}; cached ones are still served, retry shortly"
             )));
         }
-        if let Admission::Open(retry) = self.breakers.admit(provider_id, binding_id) {
+        let admission = if upstream {
+            self.breakers.admit(provider_id, binding_id)
+        } else {
+            Admission::Allowed
+        };
+        if let Admission::Open(retry) = admission {
             return Err(ProviderError::Unavailable {
                 message: format!(
                     "{provider_id} upstream is failing for this binding or for everyone; circuit open, next attempt in {} ms",
@@ -122,9 +130,12 @@ impl MintJob {
                 })
             });
         let unavailable = matches!(result, Err(ProviderError::Unavailable { .. }));
-        let (binding_opened, provider_opened) =
+        let (binding_opened, provider_opened) = if upstream {
             self.breakers
-                .record(provider_id, binding_id, tenant_id, unavailable);
+                .record(provider_id, binding_id, tenant_id, unavailable)
+        } else {
+            (false, false)
+        };
         if provider_opened {
             tracing::warn!(
                 provider = provider_id,
