@@ -296,18 +296,28 @@ impl MintLimiter {
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (is_binding, name, per_minute, what) in [
+        let limits = [
             (false, worker, self.per_worker, "worker"),
             (true, binding, self.per_binding, "binding"),
-        ] {
+        ];
+        // Both must have a token before either is spent: a refusal costs nothing.
+        for (is_binding, name, per_minute, what) in limits {
             if per_minute <= 0.0 {
                 continue;
             }
             let bucket = buckets
                 .entry((is_binding, name.to_owned()))
                 .or_insert_with(|| Bucket::full(per_minute, now));
-            if !bucket.take(per_minute / 60.0, per_minute, now) {
+            bucket.refill(per_minute / 60.0, per_minute, now);
+            if bucket.tokens < 1.0 {
                 return Err(what);
+            }
+        }
+        for (is_binding, name, per_minute, _) in limits {
+            if per_minute > 0.0 {
+                if let Some(bucket) = buckets.get_mut(&(is_binding, name.to_owned())) {
+                    bucket.tokens -= 1.0;
+                }
             }
         }
         Ok(())

@@ -129,12 +129,27 @@ impl Breakers {
                 *c = Circuit::default();
                 return false;
             }
-            c.failures += 1;
-            if spread_needed && c.tenants.len() < 2 && !c.tenants.iter().any(|t| t == tenant) {
-                c.tenants.push(tenant.to_owned());
+            if spread_needed {
+                // The provider's circuit: a failed trial does not re-open it by itself (one
+                // tenant polling a broken binding would hold it open for everyone); it closes
+                // and counts afresh, and opens again only on a multi-tenant streak.
+                if was_half_open {
+                    *c = Circuit::default();
+                }
+                c.failures += 1;
+                if c.tenants.len() < 2 && !c.tenants.iter().any(|t| t == tenant) {
+                    c.tenants.push(tenant.to_owned());
+                }
+                if c.failures >= threshold && c.tenants.len() >= 2 {
+                    c.failures = 0;
+                    c.tenants.clear();
+                    c.open_until = Some(Instant::now() + open_for);
+                    return true;
+                }
+                return false;
             }
-            let spread = !spread_needed || c.tenants.len() >= 2;
-            if was_half_open || (c.failures >= threshold && spread) {
+            c.failures += 1;
+            if was_half_open || c.failures >= threshold {
                 c.open_until = Some(Instant::now() + open_for);
                 return true;
             }
@@ -241,6 +256,22 @@ mod tests {
         assert!(b.record("p", "x", "t1", true).1);
         assert!(matches!(b.admit("p", "z"), Admission::Open(_)));
         assert_eq!(b.open_providers(), vec!["p".to_owned()]);
+    }
+
+    /// A half-open provider circuit is not held open by one tenant's failing trials.
+    #[test]
+    fn one_tenant_cannot_hold_the_provider_open() {
+        let b = Breakers::new(2, Duration::from_millis(30));
+        b.admit("p", "x");
+        b.record("p", "x", "t1", true);
+        b.admit("p", "y");
+        assert!(b.record("p", "y", "t2", true).1, "two tenants: outage");
+        std::thread::sleep(Duration::from_millis(40));
+        // t1's broken binding takes the trial and fails: the provider does not re-open.
+        assert_eq!(b.admit("p", "x2"), Admission::Allowed);
+        assert!(!b.record("p", "x2", "t1", true).1);
+        assert_eq!(b.admit("p", "healthy"), Admission::Allowed);
+        assert!(b.open_providers().is_empty());
     }
 
     #[test]

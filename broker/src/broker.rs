@@ -353,7 +353,7 @@ impl Broker {
             .map_err(|e| StartError::Other(e.to_string()))?
             .is_empty()
         {
-            tracing::warn!("no operator records: every operator certificate the client CA accepts may administer until the first operator is registered (credbroker operator add, or operator bootstrap offline); register every operator then");
+            tracing::warn!("no operator records: every operator certificate the client CA accepts may administer until the first operator is registered (credbroker operator add, or credbroker bootstrap-operator offline); register every operator then");
         }
         admin
             .load_all_platform_keys()

@@ -584,7 +584,11 @@ impl CallbackService {
             .map_err(|m| anonymous(rejected(m)))?;
         // A signed delivery replayed (by anyone who saw it) is refused; like an unsigned one it
         // is counted, not audited: a replayer could otherwise write one record per replay.
-        let delivery = cb.delivery_id(headers);
+        // The delivery id header is not signed: a replay is recognized by the signed body
+        // itself (its SHA-256), whatever delivery id it comes with.
+        let delivery = cb
+            .delivery_id(headers)
+            .map(|_| format!("body-{}", sha256_hex(body)));
         let guard = self.admin.lock.lock().await;
         if let Some(id) = &delivery {
             let seen = self
@@ -680,12 +684,18 @@ impl CallbackService {
         let mut reprobe = None;
         let note = match verified {
             CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. } => {
+                let operator_disabled = binding.status == Status::Disabled
+                    && binding.status_change.as_ref().map(|c| c.by) == Some(StatusSource::Operator);
                 binding.status = Status::Disabled;
                 binding.trust_broken = true;
-                binding.status_change = StatusChange::now(
-                    StatusSource::Webhook,
-                    format!("customer {what} the installation"),
-                );
+                // An operator's disable stays the operator's: a later unsuspend must not undo
+                // it (suspend-then-unsuspend would otherwise launder it into a webhook's).
+                if !operator_disabled {
+                    binding.status_change = StatusChange::now(
+                        StatusSource::Webhook,
+                        format!("customer {what} the installation"),
+                    );
+                }
                 format!("customer {what} the installation (webhook): binding deactivated")
             }
             // A webhook only undoes what a webhook did: a binding an operator disabled (or

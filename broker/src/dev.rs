@@ -157,7 +157,10 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
     if r.operator(&operator).await.map_err(dev_err)?.is_none() {
         apply(
             broker,
-            AdminOp::AddOperator(crate::admin::NewOperator { id: operator }),
+            AdminOp::AddOperator(crate::admin::NewOperator {
+                id: operator,
+                by: None,
+            }),
         )
         .await?;
     }

@@ -31,6 +31,12 @@ use crate::identity::{peer_identity, PeerIdentity};
 use crate::routes::{route_request, Endpoint, Listener};
 use crate::tls::ReloadableTls;
 
+/// Memory for request bodies in flight on the public listener, KiB (32 MiB).
+const PUBLIC_BODY_BUDGET_KIB: usize = 32 * 1024;
+
+/// Largest body of a public request without a webhook signature header, bytes.
+const UNSIGNED_BODY_MAX: usize = 64 * 1024;
+
 /// Which listener a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -120,6 +126,9 @@ pub fn spawn_role(
     // handshake slot.
     let handshakes = HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source);
     let rate_limiter = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
+    // Bodies in memory at once on the public listener, KiB: anonymous senders of large
+    // bodies are bounded together, before any signature is checked.
+    let body_budget = Arc::new(Semaphore::new(PUBLIC_BODY_BUDGET_KIB));
     // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
     let handshake_log = Arc::new(LogThrottle::new(5));
     // Requests that must run to completion after their client left (audited changes) hold
@@ -179,6 +188,7 @@ pub fn spawn_role(
             let connection_gate = connection_gate.clone();
             let refused_log = refused_log.clone();
             let rate_limiter = rate_limiter.clone();
+            let body_budget = body_budget.clone();
             let handshake_log = handshake_log.clone();
             let mut shutdown_rx = shutdown_rx.clone();
             tokio::spawn(async move {
@@ -248,6 +258,7 @@ pub fn spawn_role(
                     let limits = limits.clone();
                     let detached = detached.clone();
                     let rate_limiter = rate_limiter.clone();
+                    let body_budget = body_budget.clone();
                     let busy = service_activity.begin();
                     async move {
                         let _busy = busy;
@@ -258,6 +269,7 @@ pub fn spawn_role(
                                     broker,
                                     &limits,
                                     &detached,
+                                    &body_budget,
                                     rate_limiter.as_deref(),
                                     remote,
                                     req,
@@ -372,7 +384,14 @@ async fn read_body(
     req: Request<Incoming>,
     limits: &Limits,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let max = limits.max_body_bytes;
+    read_body_max(req, limits, limits.max_body_bytes).await
+}
+
+async fn read_body_max(
+    req: Request<Incoming>,
+    limits: &Limits,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -570,6 +589,7 @@ async fn handle_public(
     broker: Arc<Broker>,
     limits: &Limits,
     detached: &Arc<Semaphore>,
+    body_budget: &Arc<Semaphore>,
     rate_limiter: Option<&RateLimiter>,
     remote: SocketAddr,
     req: Request<Incoming>,
@@ -611,8 +631,36 @@ async fn handle_public(
             plain_json(StatusCode::OK, json!({ "status": "ok" })).into()
         }
         Ok(m) => {
+            // Only a request that carries a webhook signature may send a large body, and all
+            // bodies together hold at most PUBLIC_BODY_BUDGET_KIB of memory.
+            let signed = req.headers().contains_key("x-hub-signature-256");
+            let max = if signed {
+                limits.max_body_bytes
+            } else {
+                limits.max_body_bytes.min(UNSIGNED_BODY_MAX)
+            };
+            let mut _budget = None;
             let body = if method == Method::POST {
-                read_body(req, limits).await
+                // Reserve what the body says it is (never more than allowed; read_body enforces
+                // both), or the maximum when it does not say.
+                let declared = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .map_or(max, |n| n.min(max));
+                let kib = u32::try_from(declared.div_ceil(1024).clamp(1, PUBLIC_BODY_BUDGET_KIB))
+                    .unwrap_or(u32::MAX);
+                match body_budget.clone().try_acquire_many_owned(kib) {
+                    Ok(permit) => {
+                        _budget = Some(permit);
+                        read_body_max(req, limits, max).await
+                    }
+                    Err(_) => Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "too many request bodies in progress; retry shortly",
+                    )),
+                }
             } else {
                 Ok(Zeroizing::new(Vec::new()))
             };

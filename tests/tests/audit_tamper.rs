@@ -333,3 +333,39 @@ async fn forged_exports_are_caught_naming_the_sequence() {
         assert!(e.reason.contains("header signature"), "{e}");
     }
 }
+
+/// An export never attests a live log that does not verify: a record removed from the live
+/// log by someone without the key cannot come out of a filtered export looking signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_of_a_tampered_log_is_refused() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    for _ in 0..4 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let log = daemon.data_dir.join("audit/audit.log");
+    let mut records = lines(&std::fs::read(&log).unwrap());
+    let victim = records
+        .iter()
+        .rposition(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            v["tenant"] == "t1" && v["action"] == "resolve"
+        })
+        .unwrap();
+    records.remove(victim - 1);
+    std::fs::write(&log, join(&records)).unwrap();
+    let (c, _, err) = daemon.cli(&[
+        "audit",
+        "export",
+        "--config",
+        daemon.config.to_str().unwrap(),
+        "--tenant",
+        "t1",
+    ]);
+    assert_ne!(c, 0, "a tampered log was exported");
+    assert!(err.contains("does not verify"), "{err}");
+}

@@ -281,7 +281,12 @@ fn sign(body: &[u8]) -> String {
 
 async fn webhook(public: &mut BrokerClient, body: &Value, signature: Option<&str>) -> (u16, Value) {
     let delivery = format!("{:016x}-0000-11e3-81ab-4c9367dc0958", rand_u64());
-    webhook_as(public, "installation", &delivery, body, signature).await
+    // Two GitHub events are never byte-identical (sender, timestamps): a fresh sender here.
+    let mut body = body.clone();
+    if body.get("sender").is_none() {
+        body["sender"] = json!({"login": "customer-admin", "id": rand_u64() >> 12});
+    }
+    webhook_as(public, "installation", &delivery, &body, signature).await
 }
 
 /// A webhook of event type `event` with delivery id `delivery`.
@@ -1399,17 +1404,42 @@ async fn webhook_replays_relabels_and_undoing_an_operator_are_refused() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(binding_status(&mut env, &binding).await, "active");
 
-    // The suspend delivery replayed (same id, same signature): refused, counted, not audited,
-    // and the binding stays active.
+    // The suspend delivery replayed — same id, or a new id (the header is not signed) —
+    // refused, counted, not audited, and the binding stays active.
     let n = env.daemon.audit_records().len();
-    let (s, v) = webhook_as(&mut env.public, "installation", delivery, &suspend, None).await;
-    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("replay"),
-        "{v}"
-    );
+    for id in [delivery, "bbbbbbbb-0000-11e3-81ab-4c9367dc0958"] {
+        let (s, v) = webhook_as(&mut env.public, "installation", id, &suspend, None).await;
+        assert_eq!((s, code(&v)), (403, "callback_rejected"), "{id}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("replay"),
+            "{v}"
+        );
+    }
     assert_eq!(env.daemon.audit_records().len(), n);
     assert_eq!(binding_status(&mut env, &binding).await, "active");
+
+    // An operator's disable survives the customer suspending and unsuspending.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/disable"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = webhook(&mut env.public, &suspend, None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = webhook(&mut env.public, &unsuspend, None).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("ignored")), "{v}");
+    assert_eq!(binding_status(&mut env, &binding).await, "disabled");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/enable"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
 
     // A signed installation_repositories body relabelled as an installation event.
     let repos = json!({"action": "removed", "installation": {"id": 1001, "account": account},
@@ -1567,6 +1597,19 @@ async fn one_anonymous_source_cannot_hold_the_public_listener() {
             "an idle connection stayed open"
         );
     }
+    // Without a webhook signature header a body may not be large (64 KiB).
+    let mut public = public_client(&env.pki, &url);
+    let (s, out) = public
+        .request_with_headers(
+            Method::POST,
+            "/callbacks/github_app/webhook",
+            &[],
+            Some(vec![b'x'; 200 * 1024]),
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    assert_eq!((s.as_u16(), code(&v)), (413, "payload_too_large"), "{v}");
 }
 
 /// The installer administers many installations of the App: the broker pages through

@@ -225,14 +225,19 @@ async fn only_registered_active_operators_administer() {
     // No operator records yet (an upgraded deployment): operator certificates administer.
     let (s, v) = call(&mut op, Method::GET, "/v1/admin/operators", None).await;
     assert_eq!(s, 200, "{v}");
+    // The first registration names someone else: the caller is registered with it, so
+    // they do not lock themselves out.
     let (s, v) = call(
         &mut op,
         Method::POST,
         "/v1/admin/operators",
-        Some(json!({"id": "op"})),
+        Some(json!({"id": "op3"})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    let (s, v) = call(&mut op, Method::GET, "/v1/admin/operators", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["operators"].as_array().unwrap().len(), 2, "{v}");
     // From now on an unregistered operator certificate is refused, audited.
     let mut op2 = pki.client_for("op2", &daemon.url);
     let (s, v) = call(&mut op2, Method::GET, "/v1/admin/tenants", None).await;
@@ -283,6 +288,14 @@ async fn only_registered_active_operators_administer() {
     let (s, v) = call(
         &mut op,
         Method::POST,
+        "/v1/admin/operators/op3/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
         "/v1/admin/operators/op/disable",
         Some(json!({})),
     )
@@ -292,23 +305,24 @@ async fn only_registered_active_operators_administer() {
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
 
     // Offline registration (the daemon stopped), audited.
+    pki.operator("op4");
     daemon.stop();
     let (c, out, err) = run_cli(&[
         "bootstrap-operator",
         "--config",
         daemon.config.to_str().unwrap(),
         "--id",
-        "op3",
+        "op4",
     ]);
     assert_eq!(c, 0, "{out}{err}");
     assert!(daemon
         .audit_records()
         .iter()
         .any(|r| r["action"] == "operator.bootstrap"
-            && r["detail"].as_str().unwrap().contains("op3")));
+            && r["detail"].as_str().unwrap().contains("op4")));
     daemon.restart();
-    let mut op3 = pki.client_for("op3", &daemon.url);
-    let (s, v) = call(&mut op3, Method::GET, "/v1/admin/operators", None).await;
+    let mut op4 = pki.client_for("op4", &daemon.url);
+    let (s, v) = call(&mut op4, Method::GET, "/v1/admin/operators", None).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["operators"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["operators"].as_array().unwrap().len(), 4, "{v}");
 }

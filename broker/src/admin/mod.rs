@@ -155,7 +155,15 @@ impl AdminService {
         let actor = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
         let parsed = match peer {
             Some(PeerIdentity::Operator(name)) => match self.operator_may_administer(name).await {
-                Ok(()) => body.and_then(|b| parse_admin_request(method, path, &b)),
+                Ok(()) => body
+                    .and_then(|b| parse_admin_request(method, path, &b))
+                    .map(|op| match op {
+                        AdminOp::AddOperator(mut o) => {
+                            o.by = Some(name.clone());
+                            AdminOp::AddOperator(o)
+                        }
+                        other => other,
+                    }),
                 Err(e) => Err(e),
             },
             _ => Err(ApiError::new(

@@ -222,6 +222,27 @@ impl AdminService {
             json!({ "operator": to_value(&operator) }),
         );
         plan.batch.create(&operator);
+        // The first registration switches enforcement on: the caller is registered with it,
+        // or they would lock themselves out with their next request.
+        let first = self
+            .core
+            .records
+            .operators()
+            .await
+            .map_err(store_err)?
+            .is_empty();
+        if let Some(by) = o.by.filter(|by| first && *by != operator.id) {
+            let caller = crate::model::Operator {
+                id: by,
+                status: Status::Active,
+                created_at: operator.created_at.clone(),
+            };
+            plan.detail = format!(
+                "{}; first registration, caller {} registered too",
+                plan.detail, caller.id
+            );
+            plan.batch.create(&caller);
+        }
         plan.created = true;
         Ok(plan)
     }

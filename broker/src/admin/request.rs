@@ -84,6 +84,11 @@ pub struct NewWorker {
 pub struct NewOperator {
     /// Operator name from its certificate.
     pub id: crate::ids::OperatorId,
+    /// The operator asking (set by the broker, never read from the request): the first
+    /// registration also registers the caller, so nobody locks themselves out.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub by: Option<crate::ids::OperatorId>,
 }
 
 /// `POST /v1/admin/instances`

@@ -127,6 +127,15 @@ pub fn export(
     signer: &AuditSigner,
     out: &mut dyn Write,
 ) -> std::io::Result<u64> {
+    // Never attest a log that does not verify: a record altered or removed in the live log
+    // (by someone who can write the data directory but has no key) would otherwise come out
+    // of a filtered export looking signed.
+    super::verify::verify_log(audit_dir, &signer.verifier()).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),
+        )
+    })?;
     let cps = std::fs::read(checkpoints_path(audit_dir)).or_else(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Ok(Vec::new())

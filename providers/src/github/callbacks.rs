@@ -414,6 +414,19 @@ pub fn parse_installation_event(event: &str, body: &[u8]) -> Result<CallbackEven
         .pointer("/installation/id")
         .and_then(Value::as_u64)
         .ok_or("installation.id is missing")?;
+    // A signed body older than the broker remembers deliveries (seven days) could be replayed
+    // once its record is forgotten: refuse installation events that old.
+    if let Some(updated) = v
+        .pointer("/installation/updated_at")
+        .and_then(Value::as_str)
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    {
+        if time::OffsetDateTime::now_utc() - updated > time::Duration::days(6) {
+            return Err("the installation event is older than six days (a replay?)".into());
+        }
+    }
     let identifier = installation_identifier(id);
     let action = v.get("action").and_then(Value::as_str).unwrap_or("");
     Ok(match action {
