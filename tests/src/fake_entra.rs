@@ -1,0 +1,365 @@
+//! A local fake of the Microsoft Entra v2.0 token endpoint for a multi-tenant app, behaving
+//! like the real one (PROTOCOLS.md, "Microsoft Entra multi-tenant app"): one form-encoded
+//! `POST /{tenant}/oauth2/v2.0/token` per customer tenant GUID, the client-credentials grant
+//! with a client secret or a certificate-signed client assertion, `scope={resource}/.default`
+//! (one resource), tokens signed by the fake carrying `tid`, `iss` (v1 or v2 form),
+//! `appid`/`azp`, `oid`, `roles` (Graph only), `idtyp`, and the real AADSTS error bodies for an
+//! unknown tenant, an unconsented app, a bad or expired secret, a bad assertion, a disabled
+//! app and `/common`. It records every request. The broker is to decode these tokens, never to
+//! trust them: the fake can be told to issue wrong claims.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{json, Value};
+
+use crate::fake_github::AppKey;
+use crate::fake_sts::parse_form;
+
+/// Microsoft Graph's resource URL.
+pub const GRAPH: &str = "https://graph.microsoft.com";
+/// Azure Resource Manager's resource URL.
+pub const ARM: &str = "https://management.azure.com";
+
+/// A customer tenant as the fake sees it.
+#[derive(Clone, Debug, Default)]
+pub struct FakeTenant {
+    /// Whether an admin consented to our app (a service principal exists).
+    pub consented: bool,
+    /// Object id of our service principal in that tenant.
+    pub sp_oid: String,
+    /// Application permissions granted to it on Microsoft Graph.
+    pub graph_roles: Vec<String>,
+    /// Next token requests answered with a transient AADSTS7000229 (consent still
+    /// propagating).
+    pub propagating: u32,
+}
+
+/// How the fake misbehaves (for the broker's claim checks).
+#[derive(Clone, Debug, Default)]
+pub struct Misissue {
+    /// Issue tokens whose `tid` is this instead of the tenant asked for.
+    pub tid: Option<String>,
+    /// Issue tokens whose `appid`/`azp` is this instead of our client id.
+    pub appid: Option<String>,
+    /// Extra roles put into Graph tokens.
+    pub extra_roles: Vec<String>,
+}
+
+/// Shared state of the fake.
+pub struct EntraState {
+    /// Our multi-tenant app's client id.
+    pub client_id: String,
+    /// Valid client secrets.
+    pub secrets: Mutex<Vec<String>>,
+    /// Expired client secrets (AADSTS7000222).
+    pub expired_secrets: Mutex<Vec<String>>,
+    /// Certificates registered on the app (PKCS#1 DER public keys) for client assertions.
+    pub certificates: Mutex<Vec<Vec<u8>>>,
+    /// Whether the app is disabled (AADSTS7000112).
+    pub disabled: Mutex<bool>,
+    /// Tenants by GUID.
+    pub tenants: Mutex<HashMap<String, FakeTenant>>,
+    /// Issue v1 tokens (`iss` = `https://sts.windows.net/{tid}/`, `appid`) instead of v2.
+    pub v1_tokens: Mutex<bool>,
+    /// Deliberately wrong claims.
+    pub misissue: Mutex<Misissue>,
+    /// Every request: (tenant path segment, form fields minus secrets).
+    pub requests: Mutex<Vec<(String, BTreeMap<String, String>)>>,
+    signing: AppKey,
+    base_url: Mutex<String>,
+    counter: AtomicU64,
+}
+
+/// A running fake.
+pub struct FakeEntra {
+    /// `http://127.0.0.1:PORT` (the authority host).
+    pub url: String,
+    /// State.
+    pub state: Arc<EntraState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeEntra {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether `s` is a GUID in Entra's textual form.
+pub fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn error_body(status: u16, error: &str, code: u32, text: &str, n: u64) -> (u16, Value) {
+    let trace = format!("{n:08x}-1111-2222-3333-444444444444");
+    let correlation = format!("{n:08x}-5555-6666-7777-888888888888");
+    let timestamp = "2026-11-30 12:00:00Z";
+    (
+        status,
+        json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {text} Trace ID: {trace} Correlation ID: {correlation} Timestamp: {timestamp}"),
+            "error_codes": [code],
+            "timestamp": timestamp,
+            "trace_id": trace,
+            "correlation_id": correlation,
+            "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+        }),
+    )
+}
+
+impl EntraState {
+    /// Answers `POST /{tenant}/oauth2/v2.0/token` with `form`: (HTTP status, JSON body).
+    pub fn token(&self, tenant: &str, form: &HashMap<String, String>) -> (u16, Value) {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let recorded: BTreeMap<String, String> = form
+            .iter()
+            .filter(|(k, _)| k.as_str() != "client_secret" && k.as_str() != "client_assertion")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.requests
+            .lock()
+            .unwrap()
+            .push((tenant.to_owned(), recorded));
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if matches!(tenant, "common" | "organizations" | "consumers") {
+            return error_body(400, "invalid_request", 9001023, "The grant type isn't supported over the /common or /consumers endpoints. Please use the /organizations or tenant-specific endpoint.", n);
+        }
+        if field("grant_type") != "client_credentials" {
+            return error_body(
+                400,
+                "unsupported_grant_type",
+                70003,
+                "The app requested an unsupported grant type.",
+                n,
+            );
+        }
+        let scope = field("scope");
+        let resource = match scope.strip_suffix("/.default") {
+            Some(r) if !r.is_empty() && !scope.contains(' ') => r.to_owned(),
+            _ => {
+                return error_body(400, "invalid_scope", 1002012, "The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", n)
+            }
+        };
+        let Some(t) = self.tenants.lock().unwrap().get(tenant).cloned() else {
+            return error_body(400, "invalid_request", 90002, &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."), n);
+        };
+        if field("client_id") != self.client_id {
+            return error_body(
+                400,
+                "unauthorized_client",
+                700016,
+                &format!(
+                    "Application with identifier '{}' was not found in the directory '{tenant}'.",
+                    field("client_id")
+                ),
+                n,
+            );
+        }
+        if *self.disabled.lock().unwrap() {
+            return error_body(
+                400,
+                "unauthorized_client",
+                7000112,
+                "Application is disabled.",
+                n,
+            );
+        }
+        // Client authentication.
+        if let Some(secret) = form.get("client_secret") {
+            if self.expired_secrets.lock().unwrap().contains(secret) {
+                return error_body(
+                    401,
+                    "invalid_client",
+                    7000222,
+                    "The provided client secret keys for app are expired.",
+                    n,
+                );
+            }
+            if !self.secrets.lock().unwrap().contains(secret) {
+                return error_body(401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.", n);
+            }
+        } else if field("client_assertion_type")
+            == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        {
+            if !self.assertion_ok(tenant, field("client_assertion")) {
+                return error_body(401, "invalid_client", 700027, "The certificate with identifier used to sign the client assertion is not registered on application, or the assertion is invalid.", n);
+            }
+        } else {
+            return error_body(401, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.", n);
+        }
+        if !t.consented {
+            return error_body(400, "invalid_client", 7000229, &format!("The client application {} is missing service principal in the tenant {tenant}.", self.client_id), n);
+        }
+        if t.propagating > 0 {
+            if let Some(t) = self.tenants.lock().unwrap().get_mut(tenant) {
+                t.propagating -= 1;
+            }
+            return error_body(400, "invalid_client", 7000229, &format!("The client application {} is missing service principal in the tenant {tenant}.", self.client_id), n);
+        }
+        (
+            200,
+            json!({
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "ext_expires_in": 3599,
+                "access_token": self.issue(tenant, &t, &resource),
+            }),
+        )
+    }
+
+    fn assertion_ok(&self, tenant: &str, jwt: &str) -> bool {
+        let aud = format!(
+            "{}/{tenant}/oauth2/v2.0/token",
+            self.base_url.lock().unwrap()
+        );
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[aud]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.leeway = 0;
+        for der in self.certificates.lock().unwrap().iter() {
+            let Ok(data) =
+                jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_rsa_der(der), &validation)
+            else {
+                continue;
+            };
+            let c = &data.claims;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let lifetime_ok = c["exp"].as_i64().unwrap_or(0) <= now + 600;
+            return c["iss"] == self.client_id
+                && c["sub"] == self.client_id
+                && c.get("jti").is_some()
+                && lifetime_ok;
+        }
+        false
+    }
+
+    fn issue(&self, tenant: &str, t: &FakeTenant, resource: &str) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let m = self.misissue.lock().unwrap().clone();
+        let tid = m.tid.unwrap_or_else(|| tenant.to_owned());
+        let appid = m.appid.unwrap_or_else(|| self.client_id.clone());
+        let v1 = *self.v1_tokens.lock().unwrap();
+        let mut claims = json!({
+            "aud": resource,
+            "iat": now, "nbf": now, "exp": now + 3599,
+            "tid": tid,
+            "oid": t.sp_oid, "sub": t.sp_oid,
+            "idtyp": "app",
+        });
+        if v1 {
+            claims["iss"] = json!(format!("https://sts.windows.net/{tid}/"));
+            claims["appid"] = json!(appid);
+            claims["ver"] = json!("1.0");
+        } else {
+            claims["iss"] = json!(format!("https://login.microsoftonline.com/{tid}/v2.0"));
+            claims["azp"] = json!(appid);
+            claims["ver"] = json!("2.0");
+        }
+        if resource == GRAPH {
+            let mut roles = t.graph_roles.clone();
+            roles.extend(m.extra_roles);
+            claims["roles"] = json!(roles);
+        }
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("fake-entra-signing".into());
+        let key = EncodingKey::from_rsa_pem(self.signing.private_pem.as_bytes());
+        key.and_then(|k| jsonwebtoken::encode(&header, &claims, &k))
+            .unwrap_or_default()
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let post = req.method() == hyper::Method::POST;
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (status, value) = match segs.as_slice() {
+            [tenant, "oauth2", "v2.0", "token"] if post => {
+                self.token(tenant, &parse_form(&String::from_utf8_lossy(&body)))
+            }
+            _ => (404, json!({"error": "not_found"})),
+        };
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json; charset=utf-8")
+            .body(Full::new(Bytes::from(value.to_string())))
+            .unwrap_or_default()
+    }
+}
+
+impl FakeEntra {
+    /// Starts the fake for our app `client_id`, accepting `secret`.
+    pub async fn start(client_id: &str, secret: &str) -> FakeEntra {
+        let state = Arc::new(EntraState {
+            client_id: client_id.to_owned(),
+            secrets: Mutex::new(vec![secret.to_owned()]),
+            expired_secrets: Mutex::new(Vec::new()),
+            certificates: Mutex::new(Vec::new()),
+            disabled: Mutex::new(false),
+            tenants: Mutex::new(HashMap::new()),
+            v1_tokens: Mutex::new(false),
+            misissue: Mutex::new(Misissue::default()),
+            requests: Mutex::new(Vec::new()),
+            signing: AppKey::generate(),
+            base_url: Mutex::new(String::new()),
+            counter: AtomicU64::new(1),
+        });
+        let s = state.clone();
+        let (url, task) = crate::loopback::serve(move |req| s.clone().handle(req)).await;
+        *state.base_url.lock().unwrap() = url.clone();
+        FakeEntra { url, state, task }
+    }
+
+    /// A customer tenant that consented, granting `graph_roles`.
+    pub fn consent(&self, tenant: &str, sp_oid: &str, graph_roles: &[&str]) {
+        self.state.tenants.lock().unwrap().insert(
+            tenant.to_owned(),
+            FakeTenant {
+                consented: true,
+                sp_oid: sp_oid.to_owned(),
+                graph_roles: graph_roles.iter().map(|r| (*r).to_owned()).collect(),
+                propagating: 0,
+            },
+        );
+    }
+
+    /// A tenant that exists but has not consented to our app.
+    pub fn add_unconsented(&self, tenant: &str) {
+        self.state
+            .tenants
+            .lock()
+            .unwrap()
+            .insert(tenant.to_owned(), FakeTenant::default());
+    }
+
+    /// The customer deletes our enterprise application (withdraws consent).
+    pub fn withdraw(&self, tenant: &str) {
+        if let Some(t) = self.state.tenants.lock().unwrap().get_mut(tenant) {
+            t.consented = false;
+        }
+    }
+
+    /// The customer removes one granted application permission.
+    pub fn revoke_role(&self, tenant: &str, role: &str) {
+        if let Some(t) = self.state.tenants.lock().unwrap().get_mut(tenant) {
+            t.graph_roles.retain(|r| r != role);
+        }
+    }
+}
