@@ -1589,11 +1589,12 @@ async fn one_anonymous_source_cannot_hold_the_public_listener() {
             .unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     }
-    // Held connections that send nothing are closed after the idle timeout.
+    // Held connections that send nothing are closed after the idle timeout (checked once a
+    // second: within 1-2 s; a loaded machine gets more slack).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for c in &mut held {
         assert!(
-            closed(c, Duration::from_millis(500)).await,
+            closed(c, Duration::from_millis(2500)).await,
             "an idle connection stayed open"
         );
     }

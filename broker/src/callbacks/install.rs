@@ -1,0 +1,310 @@
+//! The install flow: the install link (`GET /callbacks/{provider}/start`) binds the state to
+//! a browser; the setup callback (`GET /callbacks/{provider}/setup`) proves who installed,
+//! checks the pinned account, and binds and probes the installation.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use serde_json::{json, Value};
+
+use super::{anonymous, rejected, sha256_hex, CallbackResult, CallbackService, Failure};
+use credbroker_providers::Provider;
+
+use crate::admin::{AdminOp, NewBinding};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::AuditEvent;
+use crate::ids::{BindingId, TenantId};
+use crate::model::now_rfc3339;
+use crate::store::records::{AccountPin, Unclaimed};
+use crate::store::Batch;
+
+/// How many times an install link may be opened before it must be re-issued.
+pub const MAX_LINK_OPENS: u32 = 5;
+
+/// The cookie that binds an opened install link to the browser that opened it. `__Host-`:
+/// Secure, no Domain, Path=/ — no other host can set or read it.
+pub const INSTALL_COOKIE: &str = "__Host-credbroker-install";
+
+/// The install cookie's value in a request's `Cookie` headers, if any. Never panics on any
+/// input (fuzzed).
+pub fn install_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == INSTALL_COOKIE).then(|| v.to_owned())
+        })
+}
+
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+impl CallbackService {
+    /// `GET /callbacks/{provider}/start?state=…`: the install link. The browser that opens it
+    /// gets a random nonce as an `HttpOnly` cookie and the state records the nonce's hash
+    /// (audited); the setup callback later requires that cookie. Each opening replaces the
+    /// previous browser (mail and chat link scanners open links before people do), up to
+    /// [`MAX_LINK_OPENS`]; whoever finishes the install must have opened the link last, and the
+    /// installation must still belong to the pinned account. Returns the provider's install
+    /// page, the `Set-Cookie` value and the audit id.
+    pub(super) async fn handle_start(
+        &self,
+        provider: &dyn Provider,
+        query: &str,
+        event: &mut AuditEvent,
+    ) -> Result<(String, String, String), Failure> {
+        let Some(cb) = provider.callbacks() else {
+            return Err(anonymous(ApiError::new(
+                ErrorCode::NotFound,
+                "no such callback",
+            )));
+        };
+        let state = query_value(query, "state")
+            .filter(|s| {
+                !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            .ok_or_else(|| anonymous(rejected("state is missing or malformed")))?;
+        let (key, read) = self
+            .core
+            .records
+            .callback_state(&state)
+            .await
+            .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?
+            .ok_or_else(|| anonymous(rejected("unknown or already used state")))?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if read.provider != provider.id() || read.expires_at < now {
+            return Err(anonymous(rejected(
+                "this install link is expired or for another provider; ask for a new one",
+            )));
+        }
+        if read.opens >= MAX_LINK_OPENS {
+            return Err(anonymous(rejected(
+                "this install link was opened too many times; ask for a new one",
+            )));
+        }
+        let nonce = crate::admin::random_alphanumeric(43)?;
+        let mut batch = Batch::new();
+        batch.start_callback_state(&key, &read, &sha256_hex(nonce.as_bytes()));
+        event.tenant = Some(read.tenant.clone());
+        event.outcome = "allowed".into();
+        event.detail = Some(format!(
+            "install link opened (opening {} of at most {MAX_LINK_OPENS}); state bound to this browser",
+            read.opens + 1
+        ));
+        let receipt = self.commit_locked(event.clone(), batch).await?;
+        let max_age = (read.expires_at - now).max(1);
+        let cookie = format!(
+            "{INSTALL_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+        );
+        Ok((cb.install_url(&state), cookie, receipt.audit_id))
+    }
+
+    /// Returns the response and the audit id of the callback's own record.
+    pub(super) async fn handle_setup(
+        &self,
+        provider: Arc<dyn Provider>,
+        query: &str,
+        headers: &HeaderMap,
+        event: &mut AuditEvent,
+    ) -> CallbackResult {
+        let Some(cb) = provider.callbacks() else {
+            return Err(anonymous(ApiError::new(
+                ErrorCode::NotFound,
+                "no such callback",
+            )));
+        };
+        let redirect = cb.parse_setup(query).map_err(|m| anonymous(rejected(m)))?;
+        let identifiers = provider.exclusive_identifiers(&redirect.config);
+        let identifier = identifiers
+            .first()
+            .cloned()
+            .ok_or_else(|| anonymous(rejected("redirect names no installation")))?;
+        // Looked up without the admin lock: an unknown state (the common anonymous probe)
+        // is refused before it can queue behind operators' changes. Consumption below is a
+        // precondition of its batch, so concurrent uses cannot both win.
+        let (state_key, read) = self
+            .core
+            .records
+            .callback_state(&redirect.state)
+            .await
+            .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?
+            .ok_or_else(|| anonymous(rejected("unknown or already used state")))?;
+        let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
+        if read.provider != provider.id() {
+            return Err(rejected("state was issued for another provider").into());
+        }
+        let tenant =
+            TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
+        event.tenant = Some(tenant.to_string());
+        // The install must finish in the browser that opened the link (its cookie), or the
+        // callback URL alone — state included — is worth nothing.
+        let cookie_ok = match (&read.browser, install_cookie(headers)) {
+            (Some(expected), Some(nonce)) => {
+                let got = sha256_hex(nonce.as_bytes());
+                aws_lc_rs::constant_time::verify_slices_are_equal(
+                    got.as_bytes(),
+                    expected.as_bytes(),
+                )
+                .is_ok()
+            }
+            _ => false,
+        };
+        let refusal = if expired {
+            Some("state expired; start onboarding again")
+        } else if !cookie_ok {
+            Some("the install did not finish in the browser that opened the install link (cookie missing or different); start onboarding again")
+        } else {
+            None
+        };
+        // The state is consumed now, whatever follows: single use. The record saying so is
+        // durable first (the one audited pipeline).
+        event.outcome = if refusal.is_some() {
+            "denied"
+        } else {
+            "allowed"
+        }
+        .into();
+        event.detail = Some(format!(
+            "state for tenant {tenant} {}; {identifier} action={}",
+            refusal.map_or("accepted and consumed", |r| if expired {
+                "expired"
+            } else {
+                r
+            }),
+            redirect.action
+        ));
+        if refusal.is_some() {
+            event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
+        }
+        let mut batch = Batch::new();
+        batch.consume_callback_state(&state_key, &read);
+        let receipt = self.commit_locked(event.clone(), batch).await?;
+        if let Some(why) = refusal {
+            // Already audited above: no second record.
+            return Err(Failure {
+                err: rejected(why),
+                audit_id: Some(receipt.audit_id),
+                anonymous: false,
+            });
+        }
+        // The installation id is a claim until the provider proves the person who came back
+        // administers it; then its account must be the one the operator pinned.
+        let account = cb
+            .prove_installer(&redirect, self.core.mint_timeout())
+            .await
+            .map_err(|e| {
+                rejected(format!(
+                    "{identifier} could not be proven to belong to the person who installed: {e}"
+                ))
+            })?;
+        let pinned = read
+            .pin
+            .as_ref()
+            .is_some_and(|p| p.id == account.id && p.login.eq_ignore_ascii_case(&account.login));
+        if !pinned {
+            let expected = read
+                .pin
+                .as_ref()
+                .map_or("(no account pinned)".to_owned(), |p| {
+                    format!("{} ({})", p.login, p.id)
+                });
+            let reason = format!(
+                "{identifier} belongs to {} ({}), not the account pinned at onboarding: {expected}",
+                account.login, account.id
+            );
+            let mut batch = Batch::new();
+            batch.put_unclaimed(&Unclaimed {
+                provider: provider.id().to_owned(),
+                identifier: identifier.clone(),
+                config: redirect.config.clone(),
+                account: AccountPin {
+                    login: account.login.clone(),
+                    id: account.id,
+                },
+                reason: reason.clone(),
+                seen_at: now_rfc3339(),
+            });
+            let mut denied = event.clone();
+            denied.outcome = "denied".into();
+            denied.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
+            denied.detail = Some(format!("{reason}; kept as unclaimed for an operator"));
+            let receipt = self.commit_locked(denied, batch).await?;
+            return Err(Failure {
+                err: rejected(
+                    "this installation belongs to another account than the one expected for your organisation; nothing was bound (an operator has been told)",
+                ),
+                audit_id: Some(receipt.audit_id),
+                anonymous: false,
+            });
+        }
+        let tenant = (tenant, receipt.audit_id);
+        let (tenant, audit_id) = tenant;
+        let actor = event.actor.clone();
+        // Already bound? To this tenant: re-probe; to another: refuse.
+        let owner = self
+            .core
+            .records
+            .identifier_owner(&identifier)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
+        let binding_id = match owner {
+            Some(o) if o.tenant == tenant.as_str() => o.binding.unwrap_or_default(),
+            Some(_) => {
+                return Err(rejected("this installation is already bound to another tenant").into())
+            }
+            None => {
+                let id = format!(
+                    "{}-{}",
+                    provider.id().replace('_', "-"),
+                    identifier.rsplit(':').next().unwrap_or("x")
+                );
+                let id = BindingId::parse(&id)
+                    .map_err(|_| rejected("installation id cannot form a binding id"))?;
+                let op = AdminOp::AddBinding(NewBinding {
+                    id: id.clone(),
+                    tenant: tenant.clone(),
+                    provider: provider.id().to_owned(),
+                    config: redirect.config.clone(),
+                    ceiling: Value::Null,
+                });
+                self.admin
+                    .execute(&actor, op, &event.request_id)
+                    .await
+                    .map_err(|(e, _)| e)?;
+                id.to_string()
+            }
+        };
+        let probe = self
+            .admin
+            .execute(
+                &actor,
+                AdminOp::Probe(binding_id.clone()),
+                &event.request_id,
+            )
+            .await;
+        let (status, summary) = match probe {
+            Ok(o) => (
+                "active",
+                o.response["probe"]["summary"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            Err((e, _)) => (
+                "pending_activation",
+                format!("probe failed ({}): {}", e.code, e.message),
+            ),
+        };
+        Ok((
+            json!({ "result": "installation linked", "tenant": tenant.as_str(), "binding": binding_id, "status": status, "probe": summary }),
+            audit_id,
+        ))
+    }
+}

@@ -1,0 +1,262 @@
+//! Provider callbacks on the public listener: install redirects and webhooks.
+//!
+//! `GET /callbacks/{provider}/setup?…` — the customer comes back from installing our app. The
+//! redirect's `state` must be one the broker issued (`credbroker onboard …`), unexpired and
+//! unused; it names the tenant. It is consumed on first use. The installation is then bound
+//! to that tenant (an installation already bound to another tenant is refused) and activated
+//! by the provider's probe.
+//!
+//! `POST /callbacks/{provider}/webhook` — verified by the provider (signature, constant time)
+//! before the body is parsed; a removal or suspension deactivates the binding, a permission
+//! change is recorded as drift.
+//!
+//! Every authenticated callback (a setup redirect carrying a state the broker issued, a
+//! webhook whose signature verified) leaves an audit record (actor `callback:<provider>`),
+//! rejected ones too, and the record is durable before anything it describes is committed.
+//! Callbacks refused before they authenticate (no or unknown state, bad signature, malformed
+//! query or body) change nothing and are only counted (`credbroker_callbacks_total` by code)
+//! with throttled log lines: anyone on the internet can send them, and one audit record (one
+//! fsync) each would let them fill the disk and, since audit fails closed, stop resolves.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::admin::AdminService;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::AuditEvent;
+use crate::broker::{error_answer, Answer, Core};
+use crate::routes::Endpoint;
+use crate::store::Batch;
+
+fn rejected(m: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::CallbackRejected, m)
+}
+
+/// A callback failure; `audit_id` is set when its audit record is already written.
+/// `anonymous` failures happened before the callback authenticated: counted, not audited.
+struct Failure {
+    err: ApiError,
+    audit_id: Option<String>,
+    anonymous: bool,
+}
+
+impl From<ApiError> for Failure {
+    /// A failure after authentication (audited): the safe default.
+    fn from(err: ApiError) -> Self {
+        Failure {
+            err,
+            audit_id: None,
+            anonymous: false,
+        }
+    }
+}
+
+impl Failure {
+    /// A change that could not be committed (its audit record, when written, is named).
+    fn committing((err, second): (ApiError, Option<crate::audit::AuditReceipt>)) -> Failure {
+        Failure {
+            err,
+            audit_id: second.map(|r| r.audit_id),
+            anonymous: false,
+        }
+    }
+}
+
+/// A failure before the callback authenticated.
+fn anonymous(err: ApiError) -> Failure {
+    Failure {
+        err,
+        audit_id: None,
+        anonymous: true,
+    }
+}
+
+type CallbackResult = Result<(Value, String), Failure>;
+
+/// What the public listener sends back for a callback: an answer, and for the install link
+/// a redirect with the browser cookie.
+pub struct CallbackAnswer {
+    /// Status and JSON body.
+    pub answer: Answer,
+    /// `Location` of a 302 (the provider's install page).
+    pub location: Option<String>,
+    /// `Set-Cookie` binding the state to this browser.
+    pub set_cookie: Option<String>,
+}
+
+impl From<Answer> for CallbackAnswer {
+    fn from(answer: Answer) -> Self {
+        CallbackAnswer {
+            answer,
+            location: None,
+            set_cookie: None,
+        }
+    }
+}
+
+mod install;
+mod webhook;
+
+pub use install::{install_cookie, INSTALL_COOKIE, MAX_LINK_OPENS};
+pub use webhook::DELIVERY_WINDOW_S;
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+/// The callback service: verifies inbound provider callbacks on the public listener and
+/// turns them into audited changes.
+pub struct CallbackService {
+    core: Arc<Core>,
+    admin: Arc<AdminService>,
+    anonymous_log: crate::admission::LogThrottle,
+}
+
+impl CallbackService {
+    /// The service over `core`, making changes through `admin`.
+    pub fn new(core: Arc<Core>, admin: Arc<AdminService>) -> CallbackService {
+        CallbackService {
+            core,
+            admin,
+            anonymous_log: crate::admission::LogThrottle::new(5),
+        }
+    }
+
+    /// Commits `batch` audited by `event` under the admin lock.
+    async fn commit_locked(
+        &self,
+        event: AuditEvent,
+        batch: Batch,
+    ) -> Result<crate::audit::AuditReceipt, Failure> {
+        let _guard = self.admin.lock.lock().await;
+        self.admin
+            .commit_audited(event, batch, None)
+            .await
+            .map_err(Failure::committing)
+    }
+
+    /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
+    /// `POST /callbacks/{provider}/webhook`) on the public listener.
+    pub async fn handle_http(
+        &self,
+        endpoint: Endpoint,
+        provider_name: &str,
+        query: &str,
+        headers: &HeaderMap,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> CallbackAnswer {
+        let kind = match endpoint {
+            Endpoint::CallbackStart => "start",
+            Endpoint::CallbackSetup => "setup",
+            Endpoint::CallbackWebhook => "webhook",
+            _ => "",
+        };
+        let provider = self
+            .core
+            .registry
+            .get(provider_name)
+            .cloned()
+            .filter(|p| p.callbacks().is_some() && !kind.is_empty());
+        let Some(provider) = provider else {
+            return error_answer(
+                &ApiError::new(ErrorCode::NotFound, "no such callback"),
+                None,
+                request_id,
+            )
+            .into();
+        };
+        let outcome_label = |ok: bool| if ok { "allowed" } else { "denied" };
+        let mut event = AuditEvent {
+            kind: "callback".into(),
+            action: format!("callback.{kind}"),
+            request_id: request_id.to_owned(),
+            actor: format!("callback:{}", provider.id()),
+            provider: Some(provider.id().to_owned()),
+            ..Default::default()
+        };
+        let mut redirect = None;
+        let result = match endpoint {
+            Endpoint::CallbackStart => self
+                .handle_start(provider.as_ref(), query, &mut event)
+                .await
+                .map(|(location, cookie, audit_id)| {
+                    redirect = Some((location, cookie));
+                    (
+                        json!({ "result": "redirecting to the install page" }),
+                        audit_id,
+                    )
+                }),
+            Endpoint::CallbackSetup => {
+                self.handle_setup(provider.clone(), query, headers, &mut event)
+                    .await
+            }
+            _ => match body {
+                Ok(b) => {
+                    self.handle_webhook(provider.as_ref(), headers, &b, &mut event)
+                        .await
+                }
+                Err(e) => Err(anonymous(e)),
+            },
+        };
+        self.core
+            .metrics
+            .callbacks
+            .get_or_create(&crate::metrics::ResolveLabels {
+                outcome: outcome_label(result.is_ok()).into(),
+                provider: provider.id().into(),
+                code: result
+                    .as_ref()
+                    .err()
+                    .map_or("none".into(), |f| f.err.code.as_str().to_owned()),
+            })
+            .inc();
+        match result {
+            Ok((response, audit_id)) => {
+                let mut body = response;
+                body["audit_id"] = json!(audit_id);
+                body["request_id"] = json!(request_id);
+                let answer = Answer {
+                    status: if redirect.is_some() {
+                        http::StatusCode::FOUND
+                    } else {
+                        http::StatusCode::OK
+                    },
+                    body: Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default()),
+                };
+                let (location, set_cookie) = redirect.unzip();
+                CallbackAnswer {
+                    answer,
+                    location,
+                    set_cookie,
+                }
+            }
+            Err(Failure {
+                err,
+                anonymous: true,
+                ..
+            }) => {
+                if let Some(suppressed) = self.anonymous_log.admit() {
+                    tracing::info!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, suppressed, "unauthenticated callback rejected (counted, not audited)");
+                }
+                error_answer(&err, None, request_id).into()
+            }
+            Err(Failure { err, audit_id, .. }) => {
+                tracing::warn!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, "callback rejected");
+                let audit_id = match audit_id {
+                    Some(id) => Some(id),
+                    None => {
+                        event.outcome = "denied".into();
+                        event.error_code = Some(err.code.as_str().to_owned());
+                        event.detail = Some(err.message.chars().take(300).collect());
+                        self.core.audit.append(event).await.ok().map(|r| r.audit_id)
+                    }
+                };
+                error_answer(&err, audit_id.as_deref(), request_id).into()
+            }
+        }
+    }
+}

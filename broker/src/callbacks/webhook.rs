@@ -1,0 +1,208 @@
+//! Provider webhooks (`POST /callbacks/{provider}/webhook`): verified before they are
+//! parsed, replays refused by the signed body's hash, and a webhook only undoes what a webhook
+//! did.
+
+use http::HeaderMap;
+use serde_json::{json, Value};
+
+use super::{anonymous, rejected, sha256_hex, CallbackResult, CallbackService, Failure};
+use credbroker_providers::{CallbackEvent, Callbacks, Provider};
+
+use crate::admin::AdminOp;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::AuditEvent;
+use crate::ids::BindingId;
+use crate::model::{now_rfc3339, Binding, Status, StatusChange, StatusSource};
+use crate::store::records::Delivery;
+use crate::store::Batch;
+
+/// How long a processed webhook delivery id is remembered (replays within it are refused).
+pub const DELIVERY_WINDOW_S: i64 = 7 * 24 * 3600;
+
+/// What a webhook changes, committed only after its audit record is durable.
+struct Change {
+    response: Value,
+    detail: String,
+    tenant: Option<String>,
+    binding: Option<String>,
+    batch: Batch,
+    reprobe: Option<String>,
+}
+
+impl CallbackService {
+    pub(super) async fn handle_webhook(
+        &self,
+        provider: &dyn Provider,
+        headers: &HeaderMap,
+        body: &[u8],
+        event: &mut AuditEvent,
+    ) -> CallbackResult {
+        let cb: &dyn Callbacks = provider
+            .callbacks()
+            .ok_or_else(|| anonymous(ApiError::new(ErrorCode::NotFound, "no such callback")))?;
+        // Verified (constant-time signature) before the body is parsed. Until it verifies,
+        // nothing is known about the sender: a refusal is counted, not audited.
+        let verified = cb
+            .verify_webhook(headers, body)
+            .map_err(|m| anonymous(rejected(m)))?;
+        // A signed delivery replayed (by anyone who saw it) is refused; like an unsigned one it
+        // is counted, not audited: a replayer could otherwise write one record per replay.
+        // The delivery id header is not signed: a replay is recognized by the signed body
+        // itself (its SHA-256), whatever delivery id it comes with.
+        let delivery = cb
+            .delivery_id(headers)
+            .map(|_| format!("body-{}", sha256_hex(body)));
+        let guard = self.admin.lock.lock().await;
+        if let Some(id) = &delivery {
+            let seen = self
+                .core
+                .records
+                .delivery_seen(provider.id(), id)
+                .await
+                .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?;
+            if seen {
+                return Err(anonymous(rejected(
+                    "this webhook delivery was already processed (replay)",
+                )));
+            }
+        }
+        let mut change = self.plan_webhook(verified).await?;
+        if let Some(id) = &delivery {
+            let expires = time::OffsetDateTime::now_utc().unix_timestamp() + DELIVERY_WINDOW_S;
+            change.batch.record_delivery(
+                provider.id(),
+                id,
+                &Delivery {
+                    expires_at: expires,
+                },
+            );
+            change.detail = format!("{} (delivery {id})", change.detail);
+        }
+        event.outcome = "allowed".into();
+        event.detail = Some(change.detail.clone());
+        event.tenant = change.tenant.clone();
+        event.binding = change.binding.clone();
+        let receipt = self
+            .admin
+            .commit_audited(event.clone(), change.batch, change.binding.as_deref())
+            .await
+            .map_err(Failure::committing)?;
+        drop(guard);
+        if let Some(b) = change.reprobe {
+            let _ = self
+                .admin
+                .execute(&event.actor, AdminOp::Probe(b), &event.request_id)
+                .await;
+        }
+        Ok((change.response, receipt.audit_id))
+    }
+
+    async fn plan_webhook(&self, verified: CallbackEvent) -> Result<Change, ApiError> {
+        let (identifier, what) = match &verified {
+            CallbackEvent::Ignored { reason } => {
+                return Ok(Change {
+                    response: json!({ "result": "ignored", "reason": reason }),
+                    detail: format!("ignored: {reason}"),
+                    tenant: None,
+                    binding: None,
+                    batch: Batch::new(),
+                    reprobe: None,
+                })
+            }
+            CallbackEvent::Removed { identifier } => (identifier, "removed"),
+            CallbackEvent::Suspended { identifier } => (identifier, "suspended"),
+            CallbackEvent::Unsuspended { identifier } => (identifier, "unsuspended"),
+            CallbackEvent::Changed { identifier, .. } => (identifier, "changed"),
+        };
+        let owner = self
+            .core
+            .records
+            .identifier_owner(identifier)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
+        let Some(owner) = owner else {
+            return Ok(Change {
+                response: json!({ "result": "ignored", "reason": "not bound here" }),
+                detail: format!("{identifier} {what}: not bound to any tenant"),
+                tenant: None,
+                binding: None,
+                batch: Batch::new(),
+                reprobe: None,
+            });
+        };
+        let bid = BindingId::parse(owner.binding.as_deref().unwrap_or(""))
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt identifier owner"))?;
+        let stored = self
+            .core
+            .records
+            .binding(&bid)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "identifier owner has no binding"))?;
+        let mut binding: Binding = stored.value.clone();
+        let mut reprobe = None;
+        let note = match verified {
+            CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. } => {
+                let operator_disabled = binding.status == Status::Disabled
+                    && binding.status_change.as_ref().map(|c| c.by) == Some(StatusSource::Operator);
+                binding.status = Status::Disabled;
+                binding.trust_broken = true;
+                // An operator's disable stays the operator's: a later unsuspend must not undo
+                // it (suspend-then-unsuspend would otherwise launder it into a webhook's).
+                if !operator_disabled {
+                    binding.status_change = StatusChange::now(
+                        StatusSource::Webhook,
+                        format!("customer {what} the installation"),
+                    );
+                }
+                format!("customer {what} the installation (webhook): binding deactivated")
+            }
+            // A webhook only undoes what a webhook did: a binding an operator disabled (or
+            // one never suspended) stays as it is.
+            CallbackEvent::Unsuspended { .. }
+                if binding.status != Status::Disabled
+                    || binding.status_change.as_ref().map(|c| c.by)
+                        != Some(StatusSource::Webhook) =>
+            {
+                return Ok(Change {
+                    response: json!({ "result": "ignored", "reason": "not suspended by a webhook" }),
+                    detail: format!(
+                        "binding={} unsuspend ignored: its status ({:?}) was not set by a webhook ({})",
+                        binding.id,
+                        binding.status,
+                        binding
+                            .status_change
+                            .as_ref()
+                            .map_or("no recorded change".to_owned(), |c| format!("{:?}: {}", c.by, c.why))
+                    ),
+                    tenant: Some(binding.tenant.to_string()),
+                    binding: Some(binding.id.to_string()),
+                    batch: Batch::new(),
+                    reprobe: None,
+                });
+            }
+            CallbackEvent::Unsuspended { .. } => {
+                binding.status = Status::PendingActivation;
+                binding.status_change = StatusChange::now(
+                    StatusSource::Webhook,
+                    "customer unsuspended the installation",
+                );
+                reprobe = Some(binding.id.to_string());
+                "customer unsuspended the installation (webhook): re-probing".to_owned()
+            }
+            CallbackEvent::Changed { detail, .. } => format!("drift: {detail}"),
+            CallbackEvent::Ignored { .. } => String::new(),
+        };
+        binding.last_probe = Some(format!("{} at {}", note, now_rfc3339()));
+        let mut batch = Batch::new();
+        batch.replace(&stored, &binding);
+        Ok(Change {
+            response: json!({ "result": what, "binding": binding.id.as_str(), "status": binding.status }),
+            detail: format!("binding={} {note}", binding.id),
+            tenant: Some(binding.tenant.to_string()),
+            binding: Some(binding.id.to_string()),
+            batch,
+            reprobe,
+        })
+    }
+}
