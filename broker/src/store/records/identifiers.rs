@@ -1,0 +1,366 @@
+//! Records of the identifiers table that are not a tenant's configuration: exclusive
+//! identifiers (one owner each), broker-generated tenant parameters, install states, webhook
+//! deliveries and unclaimed installations — their types, reads and batch builders.
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, Records, Stored};
+use crate::ids::{BindingId, TenantId};
+use crate::store::{Batch, Op, StoreError, Table};
+
+/// Who holds an exclusive identifier (role ARN, installation…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentifierOwner {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Owning binding (absent for broker-generated tenant parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
+}
+
+/// A single-use install `state` issued by onboarding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackState {
+    /// The provider it was issued for.
+    pub provider: String,
+    /// The tenant it binds the install to.
+    pub tenant: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// The account the operator expects the installation to belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<AccountPin>,
+    /// SHA-256 (hex) of the browser nonce set as a cookie when the install link was last
+    /// opened; the callback must carry that cookie. Absent until the link is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<String>,
+    /// How many times the link was opened (link scanners open links before people do; the
+    /// last opener's browser is the one that counts, up to a few opens).
+    #[serde(default)]
+    pub opens: u32,
+}
+
+/// An account an installation must belong to (GitHub: organisation or user login and id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountPin {
+    /// Account login (compared case-insensitively).
+    pub login: String,
+    /// Numeric account id (compared exactly; survives renames).
+    pub id: u64,
+}
+
+/// An installation that arrived proven but not claimable (its account differs from the pin,
+/// or no state named it): kept for an operator to bind explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unclaimed {
+    /// Provider id.
+    pub provider: String,
+    /// Its exclusive identifier (e.g. `github_installation:42`).
+    pub identifier: String,
+    /// The binding configuration it would establish.
+    pub config: serde_json::Value,
+    /// The account the provider proved it belongs to.
+    pub account: AccountPin,
+    /// Why it was not bound.
+    pub reason: String,
+    /// When it was seen, RFC 3339.
+    pub seen_at: String,
+}
+
+fn exclusive_key(identifier: &str) -> String {
+    format!("exclusive:{identifier}")
+}
+
+fn tenant_param_key(provider: &str, name: &str, tenant: &TenantId) -> String {
+    format!("tenant-param:{provider}:{name}:{tenant}")
+}
+
+fn callback_state_key(state: &str) -> String {
+    format!("callback-state:{state}")
+}
+
+fn unclaimed_key(identifier: &str) -> String {
+    format!("unclaimed:{identifier}")
+}
+
+fn delivery_key(provider: &str, id: &str) -> String {
+    format!("webhook-delivery:{provider}:{id}")
+}
+
+/// A processed webhook delivery, remembered until `expires_at` (Unix seconds) so a replay is
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+}
+
+impl Records {
+    /// Who holds `identifier`, if anyone.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn identifier_owner(
+        &self,
+        identifier: &str,
+    ) -> Result<Option<IdentifierOwner>, StoreError> {
+        Ok(self
+            .get_stored(Table::Identifiers, &exclusive_key(identifier))
+            .await?
+            .map(|s| s.value))
+    }
+
+    /// The exclusive identifiers `binding` holds.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn identifiers_of(&self, binding: &BindingId) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Identifiers, "exclusive:").await? {
+            let owner: IdentifierOwner = decode(Table::Identifiers, &key, &raw)?;
+            if owner.binding.as_deref() == Some(binding.as_str()) {
+                if let Some(identifier) = key.strip_prefix("exclusive:") {
+                    out.push(identifier.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The broker-generated parameter `name` of `provider` for `tenant`, if generated.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn tenant_parameter(
+        &self,
+        provider: &str,
+        name: &str,
+        tenant: &TenantId,
+    ) -> Result<Option<String>, StoreError> {
+        let key = tenant_param_key(provider, name, tenant);
+        match self.store.get(Table::Identifiers, &key).await? {
+            Some(raw) => String::from_utf8(raw)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    table: Table::Identifiers.name(),
+                    key,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// An install `state`, as read for its consumption.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn callback_state(
+        &self,
+        state: &str,
+    ) -> Result<Option<(String, Stored<CallbackState>)>, StoreError> {
+        let key = callback_state_key(state);
+        Ok(self
+            .get_stored(Table::Identifiers, &key)
+            .await?
+            .map(|s| (key, s)))
+    }
+
+    /// The broker-generated parameters of `tenant` (every provider): `(key, value)`.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn tenant_parameters_of(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let suffix = format!(":{tenant}");
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Identifiers, "tenant-param:").await? {
+            // tenant-param:<provider>:<name>:<tenant>
+            if key.ends_with(&suffix) && key.split(':').count() == 4 {
+                let value = String::from_utf8(raw).map_err(|_| StoreError::Corrupt {
+                    table: Table::Identifiers.name(),
+                    key: key.clone(),
+                })?;
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `provider`'s webhook delivery `id` was already processed (and not yet
+    /// forgotten).
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn delivery_seen(&self, provider: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .get(Table::Identifiers, &delivery_key(provider, id))
+            .await?
+            .is_some())
+    }
+
+    /// Expired ephemeral records (install states, webhook deliveries) at `now` (Unix
+    /// seconds), as read for their removal: `(key, raw)`.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn expired_ephemera(&self, now: i64) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        #[derive(Deserialize)]
+        struct Expiring {
+            expires_at: i64,
+        }
+        let mut out = Vec::new();
+        for prefix in ["callback-state:", "webhook-delivery:"] {
+            for (key, raw) in self.store.scan(Table::Identifiers, prefix).await? {
+                // An unreadable record is kept (and reported by whoever reads it).
+                if serde_json::from_slice::<Expiring>(&raw).is_ok_and(|e| e.expires_at < now) {
+                    out.push((key, raw));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installations kept for an operator to claim, as read for a change.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn unclaimed(&self) -> Result<Vec<(String, Stored<Unclaimed>)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Identifiers, "unclaimed:").await? {
+            let value: Unclaimed = decode(Table::Identifiers, &key, &raw)?;
+            out.push((key, Stored { value, raw }));
+        }
+        Ok(out)
+    }
+}
+
+impl Batch {
+    /// Gives `identifier` to `owner`; fails if anyone holds it (one identifier, one tenant).
+    pub fn claim_identifier(&mut self, identifier: &str, owner: &IdentifierOwner) -> &mut Self {
+        let key = exclusive_key(identifier);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, encode(owner)))
+    }
+
+    /// Frees `identifier`, which must be held.
+    pub fn release_identifier(&mut self, identifier: &str) -> &mut Self {
+        let key = exclusive_key(identifier);
+        self.push(Op::ExpectPresent(Table::Identifiers, key.clone()))
+            .push(Op::Delete(Table::Identifiers, key))
+    }
+
+    /// Records a generated tenant parameter; fails if the tenant already has one, or if
+    /// another tenant has the same value (values are unique across tenants).
+    pub fn put_tenant_parameter(
+        &mut self,
+        provider: &str,
+        name: &str,
+        tenant: &TenantId,
+        value: &str,
+    ) -> &mut Self {
+        let key = tenant_param_key(provider, name, tenant);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, value.as_bytes().to_vec()))
+            .claim_identifier(
+                &format!("tenant-param:{provider}:{name}:{value}"),
+                &IdentifierOwner {
+                    tenant: tenant.to_string(),
+                    binding: None,
+                },
+            )
+    }
+
+    /// Retires a tenant parameter as read (`key`, `value` from
+    /// [`Records::tenant_parameters_of`]): the tenant loses it, and since the value's
+    /// uniqueness claim stays, it is never issued again — a tenant re-created with the same
+    /// id gets a fresh one (a customer's trust policy pinned to the old ExternalId must not
+    /// start trusting the new tenant).
+    pub fn retire_tenant_parameter(&mut self, key: &str, value: &str) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            value.as_bytes().to_vec(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
+    }
+
+    /// Stores a new install `state`.
+    pub fn put_callback_state(&mut self, state: &str, record: &CallbackState) -> &mut Self {
+        let key = callback_state_key(state);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, encode(record)))
+    }
+
+    /// Marks an install `state` as opened by one browser (`browser`: hash of its nonce), as
+    /// read: of two concurrent openings one fails; a later one replaces the browser.
+    pub fn start_callback_state(
+        &mut self,
+        key: &str,
+        read: &Stored<CallbackState>,
+        browser: &str,
+    ) -> &mut Self {
+        let mut started = read.value.clone();
+        started.browser = Some(browser.to_owned());
+        started.opens = started.opens.saturating_add(1);
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Put(
+            Table::Identifiers,
+            key.to_owned(),
+            encode(&started),
+        ))
+    }
+
+    /// Remembers a processed webhook delivery; fails if it was already recorded (two copies
+    /// of one delivery cannot both be processed).
+    pub fn record_delivery(&mut self, provider: &str, id: &str, delivery: &Delivery) -> &mut Self {
+        let key = delivery_key(provider, id);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, encode(delivery)))
+    }
+
+    /// Removes an expired ephemeral record as read ([`Records::expired_ephemera`]).
+    pub fn forget_expired(&mut self, key: &str, raw: &[u8]) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            raw.to_vec(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
+    }
+
+    /// Keeps (or refreshes) an unclaimed installation.
+    pub fn put_unclaimed(&mut self, record: &Unclaimed) -> &mut Self {
+        self.push(Op::Put(
+            Table::Identifiers,
+            unclaimed_key(&record.identifier),
+            encode(record),
+        ))
+    }
+
+    /// Removes an unclaimed installation as read (it is being claimed).
+    pub fn remove_unclaimed(&mut self, key: &str, read: &Stored<Unclaimed>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
+    }
+
+    /// Consumes an install `state` as it was read: a second consumption fails.
+    pub fn consume_callback_state(&mut self, key: &str, read: &Stored<CallbackState>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
+    }
+}
