@@ -1,0 +1,133 @@
+//! The public listener's requests: callbacks and health, nothing else, behind the request
+//! rate limits and a memory budget for bodies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use super::{new_request_id, plain_json, read_body_max, respond, to_completion};
+use crate::admission::RateLimiter;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::body::ZeroizingBody;
+use crate::broker::{error_answer, Broker};
+use crate::callbacks::CallbackAnswer;
+use crate::config::Limits;
+use crate::routes::{route_request, Endpoint, Listener};
+
+/// Memory for request bodies in flight on the public listener, KiB (32 MiB).
+pub(super) const PUBLIC_BODY_BUDGET_KIB: usize = 32 * 1024;
+
+/// Largest body of a public request without a webhook signature header, bytes.
+const UNSIGNED_BODY_MAX: usize = 64 * 1024;
+
+/// The public listener: callbacks and health, nothing else.
+pub(super) async fn handle_public(
+    broker: Arc<Broker>,
+    limits: &Limits,
+    detached: &Arc<Semaphore>,
+    body_budget: &Arc<Semaphore>,
+    rate_limiter: Option<&RateLimiter>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ZeroizingBody> {
+    let request_id = new_request_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let headers = req.headers().clone();
+    let route = route_request(Listener::Public, &method, &path);
+    // Health checks are free; everything else takes a token first, before any body is read
+    // or any store is touched. Refusals are counted, never audited.
+    let limited = match (&route, rate_limiter) {
+        (Ok(m), _) if m.endpoint == Endpoint::Healthz => None,
+        (_, Some(rl)) => rl.check(remote.ip(), std::time::Instant::now()).err(),
+        (_, None) => None,
+    };
+    let answer: CallbackAnswer = match route {
+        _ if limited.is_some() => {
+            let scope = limited.map_or("global", |l| l.as_str());
+            broker
+                .metrics()
+                .rate_limited
+                .get_or_create(&crate::metrics::ScopeLabel {
+                    scope: scope.into(),
+                })
+                .inc();
+            error_answer(
+                &ApiError::new(
+                    ErrorCode::RateLimited,
+                    "too many requests; slow down and retry later",
+                ),
+                None,
+                &request_id,
+            )
+            .into()
+        }
+        Ok(m) if m.endpoint == Endpoint::Healthz => {
+            plain_json(StatusCode::OK, json!({ "status": "ok" })).into()
+        }
+        Ok(m) => {
+            // Only a request that carries a webhook signature may send a large body, and all
+            // bodies together hold at most PUBLIC_BODY_BUDGET_KIB of memory.
+            let signed = req.headers().contains_key("x-hub-signature-256");
+            let max = if signed {
+                limits.max_body_bytes
+            } else {
+                limits.max_body_bytes.min(UNSIGNED_BODY_MAX)
+            };
+            let mut _budget = None;
+            let body = if method == Method::POST {
+                // Reserve what the body says it is (never more than allowed; read_body enforces
+                // both), or the maximum when it does not say.
+                let declared = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .map_or(max, |n| n.min(max));
+                let kib = u32::try_from(declared.div_ceil(1024).clamp(1, PUBLIC_BODY_BUDGET_KIB))
+                    .unwrap_or(u32::MAX);
+                match body_budget.clone().try_acquire_many_owned(kib) {
+                    Ok(permit) => {
+                        _budget = Some(permit);
+                        read_body_max(req, limits, max).await
+                    }
+                    Err(_) => Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "too many request bodies in progress; retry shortly",
+                    )),
+                }
+            } else {
+                Ok(Zeroizing::new(Vec::new()))
+            };
+            let (provider, rid) = (m.param("provider").to_owned(), request_id.clone());
+            to_completion(&request_id, detached, async move {
+                broker
+                    .callback_http(m.endpoint, &provider, &query, &headers, body, &rid)
+                    .await
+            })
+            .await
+        }
+        Err(err) => error_answer(&err, None, &request_id).into(),
+    };
+    let mut response = respond(answer.answer, "application/json", &request_id);
+    let h = response.headers_mut();
+    if let Some(v) = answer
+        .location
+        .and_then(|l| header::HeaderValue::from_str(&l).ok())
+    {
+        h.insert(header::LOCATION, v);
+    }
+    if let Some(v) = answer
+        .set_cookie
+        .and_then(|c| header::HeaderValue::from_str(&c).ok())
+    {
+        h.insert(header::SET_COOKIE, v);
+    }
+    response
+}
