@@ -47,8 +47,11 @@ pub enum ErrorCode {
     SecretMissing,
     /// The narrowing asks for more than the binding's ceiling.
     NarrowingExceedsCeiling,
-    /// The customer has not granted consent.
+    /// The customer has not granted consent (or withdrew it).
     ConsentMissing,
+    /// The customer's consent no longer grants what the binding expects; re-consent
+    /// restores it.
+    ConsentStale,
     /// The upstream refused.
     ProviderDenied,
     /// The upstream could not be reached in time.
@@ -93,6 +96,7 @@ impl ErrorCode {
         ErrorCode::SecretMissing,
         ErrorCode::NarrowingExceedsCeiling,
         ErrorCode::ConsentMissing,
+        ErrorCode::ConsentStale,
         ErrorCode::ProviderDenied,
         ErrorCode::ProviderUnavailable,
         ErrorCode::AuditUnavailable,
@@ -124,6 +128,7 @@ impl ErrorCode {
             ErrorCode::SecretMissing => "secret_missing",
             ErrorCode::NarrowingExceedsCeiling => "narrowing_exceeds_ceiling",
             ErrorCode::ConsentMissing => "consent_missing",
+            ErrorCode::ConsentStale => "consent_stale",
             ErrorCode::ProviderDenied => "provider_denied",
             ErrorCode::ProviderUnavailable => "provider_unavailable",
             ErrorCode::AuditUnavailable => "audit_unavailable",
@@ -156,6 +161,7 @@ impl ErrorCode {
             | ErrorCode::BindingInactive
             | ErrorCode::NarrowingExceedsCeiling
             | ErrorCode::ConsentMissing
+            | ErrorCode::ConsentStale
             | ErrorCode::CallbackRejected => StatusCode::FORBIDDEN,
             ErrorCode::SecretMissing | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::ExternalIdNotEnforced
@@ -199,6 +205,7 @@ impl From<ProviderError> for ApiError {
             ProviderError::NarrowingExceedsCeiling(_) => ErrorCode::NarrowingExceedsCeiling,
             ProviderError::SecretMissing => ErrorCode::SecretMissing,
             ProviderError::ConsentMissing(_) => ErrorCode::ConsentMissing,
+            ProviderError::ConsentStale(_) => ErrorCode::ConsentStale,
             ProviderError::Denied { .. } => ErrorCode::ProviderDenied,
             ProviderError::Unavailable { .. } => ErrorCode::ProviderUnavailable,
             ProviderError::Internal(_) => ErrorCode::Internal,

@@ -133,8 +133,65 @@ pub struct Binding {
     /// `unsuspend` never re-activates a binding an operator disabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_change: Option<StatusChange>,
+    /// Set when the upstream said the customer's consent is missing or no longer grants what
+    /// the binding expects: resolves are refused with its code until a probe passes (after
+    /// the customer consents again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+    /// What the last passing probe established about the trust, for operators (Entra: the
+    /// tenant, our service principal's object id, the granted permissions, when confirmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_facts: Option<Value>,
     /// Creation time, RFC 3339.
     pub created_at: String,
+}
+
+/// Why a binding's consent no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftCode {
+    /// Consent withdrawn or our service principal deleted.
+    ConsentMissing,
+    /// A permission the binding expects is no longer granted.
+    ConsentStale,
+}
+
+/// A binding's consent drift.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drift {
+    /// Which.
+    pub code: DriftCode,
+    /// What the upstream showed (e.g. the missing permissions), no secrets.
+    pub detail: String,
+    /// When it was seen, RFC 3339.
+    pub at: String,
+}
+
+impl Drift {
+    /// The drift a provider error reports, if any.
+    pub fn of(e: &credbroker_providers::ProviderError) -> Option<Drift> {
+        let (code, detail) = match e {
+            credbroker_providers::ProviderError::ConsentMissing(m) => {
+                (DriftCode::ConsentMissing, m)
+            }
+            credbroker_providers::ProviderError::ConsentStale(m) => (DriftCode::ConsentStale, m),
+            _ => return None,
+        };
+        Some(Drift {
+            code,
+            detail: detail.chars().take(500).collect(),
+            at: now_rfc3339(),
+        })
+    }
+
+    /// The resolve error code it refuses with.
+    pub fn error_code(&self) -> crate::api_error::ErrorCode {
+        match self.code {
+            DriftCode::ConsentMissing => crate::api_error::ErrorCode::ConsentMissing,
+            DriftCode::ConsentStale => crate::api_error::ErrorCode::ConsentStale,
+        }
+    }
 }
 
 /// Who changed a binding's status.

@@ -21,6 +21,10 @@ pub enum ProviderError {
     /// The customer has not (or no longer) granted consent to our application.
     #[error("customer consent missing: {0}")]
     ConsentMissing(String),
+    /// The customer's consent no longer grants what the binding expects (a permission was
+    /// removed): re-consent restores it.
+    #[error("customer consent stale: {0}")]
+    ConsentStale(String),
     /// The upstream refused.
     #[error("upstream denied the request: {message}")]
     Denied {

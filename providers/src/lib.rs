@@ -38,6 +38,7 @@ pub use provider::{
 };
 pub use registry::{
     descriptor, resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget,
-    FlagValue, KeysCli, ProviderDescriptor, ProviderRegistry, TemplateLint, CATALOG, DEMO_PROVIDER,
+    FlagValue, KeysCli, OnboardPin, ProviderDescriptor, ProviderRegistry, TemplateLint, CATALOG,
+    DEMO_PROVIDER,
 };
 pub use secret::{validate_field_name, SecretFields};

@@ -194,6 +194,10 @@ pub struct SetupRedirect {
     /// The one-time authorization code of the person who installed (GitHub's user
     /// authorization during installation). Never logged.
     pub code: Option<secrecy::SecretString>,
+    /// Set when the upstream says the install or consent did not happen (Entra's `error`,
+    /// which overrides `admin_consent=True`): the state is consumed and the refusal audited,
+    /// nothing is bound.
+    pub refused: Option<String>,
 }
 
 /// The account an installation belongs to, as the provider proved it.
@@ -209,8 +213,31 @@ pub struct InstalledAccount {
 /// parses only; the core decides what changes.
 #[async_trait]
 pub trait Callbacks: Send + Sync {
-    /// Where to send a customer to install, carrying the broker's single-use `state`.
-    fn install_url(&self, state: &str) -> String;
+    /// Where to send a customer to install, carrying the broker's single-use `state`; `pin`
+    /// is the customer account the operator named at onboarding (Entra: the tenant whose
+    /// admin-consent page to open).
+    fn install_url(&self, state: &str, pin: Option<&InstalledAccount>) -> String;
+
+    /// Checks and normalizes the customer account an operator names at onboarding. The
+    /// default: an account login of 1-100 `[A-Za-z0-9-_.]` and a positive numeric id
+    /// (GitHub).
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    fn check_pin(&self, pin: InstalledAccount) -> Result<InstalledAccount, String> {
+        let login_ok = !pin.login.is_empty()
+            && pin.login.len() <= 100
+            && pin
+                .login
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !login_ok || pin.id == 0 {
+            return Err(
+                "account.login must be 1-100 of [A-Za-z0-9-_.] and account.id positive".into(),
+            );
+        }
+        Ok(pin)
+    }
 
     /// Parses a setup redirect's query string.
     ///
@@ -249,7 +276,8 @@ pub trait Callbacks: Send + Sync {
     /// Proves that the person who came back with `redirect` administers the installation it
     /// names, and returns the installation's account. GitHub: exchange the user's one-time
     /// `code` for a user token, find the installation among the user's installations, revoke
-    /// the token (never stored). The installation id in the redirect is a claim until this
+    /// the token (never stored). Entra: the tenant must be the pinned one, and a token minted
+    /// for it must say so. The installation id in the redirect is a claim until this
     /// returns.
     ///
     /// # Errors
@@ -259,6 +287,7 @@ pub trait Callbacks: Send + Sync {
     async fn prove_installer(
         &self,
         redirect: &SetupRedirect,
+        pinned: Option<&InstalledAccount>,
         timeout: Duration,
     ) -> Result<InstalledAccount, ProviderError>;
 }
@@ -268,6 +297,9 @@ pub trait Callbacks: Send + Sync {
 pub struct ProbeReport {
     /// Human-readable facts established by the probe (no secrets).
     pub summary: String,
+    /// The same facts for machines (Entra: tenant, service principal object id, granted
+    /// permissions, confirmation time), kept on the binding; `null` when there are none.
+    pub facts: serde_json::Value,
 }
 
 /// A value the broker generates once per tenant for a provider and injects into every

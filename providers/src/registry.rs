@@ -74,6 +74,22 @@ pub struct ConfigFlag {
     pub required: bool,
 }
 
+/// How `credbroker onboard <provider>` names the customer account an install must come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnboardPin {
+    /// Nothing pinned (no install flow).
+    None,
+    /// `--account-login L --account-id N` (GitHub: the organisation and its numeric id).
+    Account,
+    /// One identifier flag (Entra: `--entra-tenant GUID`); the pin's id is 0.
+    Identifier {
+        /// The flag's long name.
+        long: &'static str,
+        /// Its help.
+        help: &'static str,
+    },
+}
+
 /// What `credbroker keys <provider> …` needs for a provider with platform keys.
 #[derive(Debug, Clone, Copy)]
 pub struct KeysCli {
@@ -95,9 +111,9 @@ pub struct CliSpec {
     pub binding_flags: &'static [ConfigFlag],
     /// Help for `onboard <name>`, when onboarding starts at the broker.
     pub onboard: Option<&'static str>,
-    /// Whether `onboard <name>` pins the customer's account (`--account-login`,
-    /// `--account-id`): the install callback is accepted only for that account.
-    pub onboard_pins_account: bool,
+    /// Which customer account `onboard <name>` pins: the install callback is accepted only
+    /// for that account.
+    pub onboard_pin: OnboardPin,
     /// `keys <name> …`, when the provider signs with platform keys.
     pub keys: Option<KeysCli>,
     /// Whether `keys <name> revoke-tokens` exists (upstream revocation).

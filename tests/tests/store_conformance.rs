@@ -69,6 +69,8 @@ fn binding(id: &str, t: &str) -> Binding {
         generation: "g".into(),
         revision: 0,
         status_change: None,
+        drift: None,
+        trust_facts: None,
         created_at: "2026-01-01T00:00:00Z".into(),
     }
 }

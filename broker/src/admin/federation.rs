@@ -265,6 +265,8 @@ impl AdminService {
             generation: super::fresh_generation()?,
             revision: 0,
             status_change: None,
+            drift: None,
+            trust_facts: None,
             created_at: now_rfc3339(),
         };
         // The tenant gains a child: it cannot be removed meanwhile.
@@ -322,20 +324,19 @@ impl AdminService {
             // installation of any other account is never bound to this tenant.
             let pin = pin.ok_or_else(|| {
                 ApiError::bad_request(
-                    "onboarding with an install flow needs the customer's account: {\"account\": {\"login\": …, \"id\": …}} (credbroker onboard … --account-login L --account-id N)",
+                    "onboarding with an install flow needs the customer's account: {\"account\": {\"login\": …, \"id\": …}} (credbroker onboard github … --account-login L --account-id N; onboard entra … --entra-tenant GUID)",
                 )
             })?;
-            let login_ok = !pin.login.is_empty()
-                && pin.login.len() <= 100
-                && pin
-                    .login
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !login_ok || pin.id == 0 {
-                return Err(ApiError::bad_request(
-                    "account.login must be 1-100 of [A-Za-z0-9-_.] and account.id positive",
-                ));
-            }
+            let pin = cb
+                .check_pin(credbroker_providers::InstalledAccount {
+                    login: pin.login,
+                    id: pin.id,
+                })
+                .map(|p| AccountPin {
+                    login: p.login,
+                    id: p.id,
+                })
+                .map_err(ApiError::bad_request)?;
             let base = self.core.public_base_url().ok_or_else(|| {
                 ApiError::bad_request(
                     "[public] base_url is not configured: install links point at the broker's public listener",
@@ -505,9 +506,14 @@ impl AdminService {
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         binding.last_tested_at = Some(now_rfc3339());
         let (outcome, error) = match result {
-            Ok(summary) => {
+            Ok(report) => {
+                let summary = report.summary;
                 binding.last_probe = Some(format!("passed: {summary}"));
                 binding.trust_broken = false;
+                binding.drift = None;
+                if !report.facts.is_null() {
+                    binding.trust_facts = Some(report.facts);
+                }
                 if activate {
                     binding.status = Status::Active;
                     binding.status_change = if event.action == "binding.enable" {
@@ -526,6 +532,11 @@ impl AdminService {
             }
             Err(e) => {
                 event.upstream_request_id = e.upstream_request_id().map(str::to_owned);
+                // A probe that sees consent withdrawn or stale marks the binding as a
+                // resolve would.
+                if let Some(drift) = crate::model::Drift::of(&e) {
+                    binding.drift = Some(drift);
+                }
                 let err = ApiError::from(e);
                 binding.last_probe = Some(format!("failed ({}): {}", err.code, err.message));
                 (Err(()), Some(err))
@@ -558,7 +569,10 @@ impl AdminService {
         }
     }
 
-    async fn run_probe(&self, binding: &Binding) -> Result<String, ProviderError> {
+    async fn run_probe(
+        &self,
+        binding: &Binding,
+    ) -> Result<credbroker_providers::ProbeReport, ProviderError> {
         let provider = self
             .core
             .registry
@@ -599,6 +613,6 @@ impl AdminService {
                     upstream_request_id: None,
                 })
             })?;
-        Ok(report.summary)
+        Ok(report)
     }
 }

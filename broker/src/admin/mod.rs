@@ -391,7 +391,11 @@ impl AdminService {
             AdminOp::FlagTrustBroken {
                 binding,
                 generation,
-            } => self.plan_flag_trust_broken(&binding, &generation).await,
+                drift,
+            } => {
+                self.plan_flag_trust_broken(&binding, &generation, drift)
+                    .await
+            }
             AdminOp::Onboard(provider, tenant, pin) => {
                 self.plan_onboard(&provider, &tenant, pin).await
             }

@@ -451,6 +451,7 @@ impl AdminService {
         &self,
         id: &str,
         generation: &str,
+        drift: Option<crate::model::Drift>,
     ) -> Result<Plan, ApiError> {
         let stored = self.binding_or_404(id).await?;
         if stored.generation != generation {
@@ -459,15 +460,35 @@ impl AdminService {
                 "the binding was re-created or its credential changed since the denied resolve",
             ));
         }
-        let mut plan = Plan::new(
-            format!("binding={id} trust_broken=true (upstream denied: the customer may have removed or changed the trust)"),
-            Value::Null,
-        );
+        let detail = match &drift {
+            Some(d) => format!(
+                "binding={id} {} (resolves refused until a probe passes): {}",
+                d.error_code(),
+                d.detail
+            ),
+            None => format!("binding={id} trust_broken=true (upstream denied: the customer may have removed or changed the trust)"),
+        };
+        let mut plan = Plan::new(detail, Value::Null);
         plan.tenant = Some(stored.tenant.to_string());
         plan.binding = Some(id.to_owned());
         let mut b = stored.value.clone();
-        if !b.trust_broken {
+        let mut changed = false;
+        if !b.trust_broken
+            && drift
+                .as_ref()
+                .is_none_or(|d| d.code == crate::model::DriftCode::ConsentMissing)
+        {
             b.trust_broken = true;
+            changed = true;
+        }
+        if let Some(d) = drift {
+            if b.drift.as_ref().map(|x| x.code) != Some(d.code) {
+                b.drift = Some(d);
+                changed = true;
+                plan.invalidate_binding = Some(id.to_owned());
+            }
+        }
+        if changed {
             plan.batch.replace(&stored, &b);
         }
         plan.response = json!({ "binding": to_value(&b) });

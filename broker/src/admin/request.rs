@@ -208,6 +208,8 @@ pub enum AdminOp {
         binding: String,
         /// The generation the denied resolve minted for.
         generation: String,
+        /// The consent drift the upstream showed, when that is what it was.
+        drift: Option<crate::model::Drift>,
     },
 }
 

@@ -103,7 +103,18 @@ impl CallbackService {
         let cookie = format!(
             "{INSTALL_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
         );
-        Ok((cb.install_url(&state), cookie, receipt.audit_id))
+        let pin = read
+            .pin
+            .as_ref()
+            .map(|p| credbroker_providers::InstalledAccount {
+                login: p.login.clone(),
+                id: p.id,
+            });
+        Ok((
+            cb.install_url(&state, pin.as_ref()),
+            cookie,
+            receipt.audit_id,
+        ))
     }
 
     /// Returns the response and the audit id of the callback's own record.
@@ -122,10 +133,13 @@ impl CallbackService {
         };
         let redirect = cb.parse_setup(query).map_err(|m| anonymous(rejected(m)))?;
         let identifiers = provider.exclusive_identifiers(&redirect.config);
-        let identifier = identifiers
-            .first()
-            .cloned()
-            .ok_or_else(|| anonymous(rejected("redirect names no installation")))?;
+        // A redirect reporting the upstream refused (Entra's `error`) names nothing, but its
+        // state is still consumed and the refusal audited below.
+        let identifier = match (identifiers.first(), &redirect.refused) {
+            (Some(i), _) => i.clone(),
+            (None, Some(_)) => "(nothing)".to_owned(),
+            (None, None) => return Err(anonymous(rejected("redirect names no installation"))),
+        };
         // Looked up without the admin lock: an unknown state (the common anonymous probe)
         // is refused before it can queue behind operators' changes. Consumption below is a
         // precondition of its batch, so concurrent uses cannot both win.
@@ -156,12 +170,16 @@ impl CallbackService {
             }
             _ => false,
         };
+        let upstream_refusal = redirect
+            .refused
+            .as_ref()
+            .map(|r| format!("the provider reported the install or consent did not happen ({r}); nothing was bound"));
         let refusal = if expired {
             Some("state expired; start onboarding again")
         } else if !cookie_ok {
             Some("the install did not finish in the browser that opened the install link (cookie missing or different); start onboarding again")
         } else {
-            None
+            upstream_refusal.as_deref()
         };
         // The state is consumed now, whatever follows: single use. The record saying so is
         // durable first (the one audited pipeline).
@@ -196,8 +214,15 @@ impl CallbackService {
         }
         // The installation id is a claim until the provider proves the person who came back
         // administers it; then its account must be the one the operator pinned.
+        let pinned = read
+            .pin
+            .as_ref()
+            .map(|p| credbroker_providers::InstalledAccount {
+                login: p.login.clone(),
+                id: p.id,
+            });
         let account = cb
-            .prove_installer(&redirect, self.core.mint_timeout())
+            .prove_installer(&redirect, pinned.as_ref(), self.core.mint_timeout())
             .await
             .map_err(|e| {
                 rejected(format!(

@@ -17,6 +17,23 @@ use super::runtime;
 pub enum ClientCmd {
     /// Print AWS `credential_process` JSON (Version 1) for an instance, minted by the broker.
     AwsCredentialProcess(ClientArgs),
+    /// Print a bearer token for an instance (Entra access token, GitHub installation token),
+    /// for scripts and SDK token providers; `--json` prints it with its expiry.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Narrow the request, as JSON (Entra: `{"resource": "arm"}` for Azure Resource Manager
+    /// instead of Microsoft Graph).
+    #[arg(long)]
+    narrow: Option<String>,
+    /// Print `{"access_token", "token_type", "expires_at", "expires_on"}` instead of the
+    /// bare token.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -45,14 +62,16 @@ pub struct ClientArgs {
     job_id: Option<String>,
 }
 
-/// `credential_process` output: the AWS CLI and every AWS SDK run this command and read
-/// `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}`.
-pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
+/// Resolves `a.instance` (with `narrow`); the answer's JSON, or the refusal as an error.
+fn resolve(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
     let mut client =
         BrokerClient::new(&a.server, &a.ca, &a.cert, &a.key).map_err(|e| e.to_string())?;
     let mut body = json!({ "instance_id": a.instance, "min_ttl_s": 300 });
     if let Some(job) = &a.job_id {
         body["job_id"] = json!(job);
+    }
+    if let Some(n) = narrow {
+        body["narrow"] = n;
     }
     let (status, bytes) = runtime()?
         .block_on(client.request(
@@ -73,6 +92,65 @@ pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
             v["error"]["audit_id"].as_str().unwrap_or("-")
         ));
     }
+    Ok(v)
+}
+
+fn print_secret(text: &Zeroizing<String>) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    stdout.write_all(b"\n").map_err(|e| e.to_string())
+}
+
+/// `credbroker client token`: the bearer token of an instance's credential.
+pub fn token(a: &TokenArgs) -> Result<ExitCode, String> {
+    let narrow = match &a.narrow {
+        Some(t) => Some(
+            serde_json::from_str::<Value>(t)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or("--narrow must be a JSON object")?,
+        ),
+        None => None,
+    };
+    let v = resolve(&a.client, narrow)?;
+    let c = &v["credentials"];
+    let token = ["access_token", "token"]
+        .iter()
+        .find_map(|k| c.get(*k).and_then(Value::as_str))
+        .ok_or_else(|| {
+            format!(
+                "instance {} does not resolve to a bearer token (kind {})",
+                a.client.instance, v["kind"]
+            )
+        })?;
+    let text = if a.json {
+        let expires_on = v["expires_at"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(time::OffsetDateTime::unix_timestamp);
+        let out = json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_at": v["expires_at"],
+            "expires_on": expires_on,
+            "kind": v["kind"],
+        });
+        Zeroizing::new(serde_json::to_string(&out).map_err(|e| e.to_string())?)
+    } else {
+        Zeroizing::new(token.to_owned())
+    };
+    print_secret(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `credential_process` output: the AWS CLI and every AWS SDK run this command and read
+/// `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}`.
+pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
+    let v = resolve(a, None)?;
     if v["kind"] != "aws_sts" {
         return Err(format!(
             "instance {} does not resolve to AWS credentials (kind {})",
@@ -88,10 +166,6 @@ pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
         "Expiration": c["Expiration"],
     });
     let text = Zeroizing::new(serde_json::to_string(&out).map_err(|e| e.to_string())?);
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .map_err(|e| e.to_string())?;
-    stdout.write_all(b"\n").map_err(|e| e.to_string())?;
+    print_secret(&text)?;
     Ok(ExitCode::SUCCESS)
 }

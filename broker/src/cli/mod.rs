@@ -23,7 +23,7 @@ use admin::{
     WorkerAdd,
 };
 use admin::{OperatorAdd, UnclaimedCmd};
-use client::{aws_credential_process, ClientCmd};
+use client::{aws_credential_process, token, ClientCmd};
 use offline::{AuditCmd, DevArgs, LintArgs, LocalArgs, ServeArgs};
 
 use providers::{run_onboard, run_provider_keys, Onboard, ProviderKeys};
@@ -169,6 +169,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::BootstrapOperator(args) => offline::run_bootstrap_operator(&args),
         Command::Onboard(o) => run_onboard(&o),
         Command::Client(ClientCmd::AwsCredentialProcess(a)) => aws_credential_process(&a),
+        Command::Client(ClientCmd::Token(a)) => token(&a),
         Command::LintTemplates(a) => offline::run_lint(&a),
         Command::Secret(cmd) => run_secret(cmd),
         Command::Unclaimed(cmd) => admin::run_unclaimed(cmd),

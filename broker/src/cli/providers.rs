@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use zeroize::Zeroizing;
 
 use credbroker_providers::{
-    FlagTarget, FlagValue, KeysCli, ProviderDescriptor, SecretFields, CATALOG,
+    FlagTarget, FlagValue, KeysCli, OnboardPin, ProviderDescriptor, SecretFields, CATALOG,
 };
 
 use super::admin::{call, Conn};
@@ -148,16 +148,19 @@ impl FromArgMatches for Onboard {
         let d = by_cli_name(name)
             .filter(|d| d.cli.onboard.is_some())
             .ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
-        let account = if d.cli.onboard_pins_account {
-            match (
+        let account = match d.cli.onboard_pin {
+            OnboardPin::Account => match (
                 m.get_one::<String>("account-login"),
                 m.get_one::<u64>("account-id"),
             ) {
                 (Some(login), Some(id)) => Some((login.clone(), *id)),
                 _ => return Err(clap::Error::new(ErrorKind::MissingRequiredArgument)),
-            }
-        } else {
-            None
+            },
+            OnboardPin::Identifier { long, .. } => match m.get_one::<String>(long) {
+                Some(value) => Some((value.clone(), 0)),
+                None => return Err(clap::Error::new(ErrorKind::MissingRequiredArgument)),
+            },
+            OnboardPin::None => None,
         };
         Ok(Onboard {
             provider: d.id,
@@ -183,7 +186,10 @@ impl Subcommand for Onboard {
                     .required(true)
                     .help("Tenant id."),
             );
-            if d.cli.onboard_pins_account {
+            if let OnboardPin::Identifier { long, help } = d.cli.onboard_pin {
+                cmd = cmd.arg(Arg::new(long).long(long).required(true).help(help));
+            }
+            if d.cli.onboard_pin == OnboardPin::Account {
                 cmd = cmd
                     .arg(
                         Arg::new("account-login")

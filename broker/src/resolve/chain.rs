@@ -274,6 +274,11 @@ async fn check_links(
             "binding is disabled",
         ));
     }
+    // Consent drift stands until a probe passes (after the customer consents again): no
+    // cached credential either.
+    if let Some(d) = &binding.drift {
+        return Err(ApiError::new(d.error_code(), d.detail.clone()));
+    }
     let provider = registry.get(&binding.provider).cloned().ok_or_else(|| {
         ApiError::new(
             ErrorCode::BindingInactive,
@@ -391,6 +396,8 @@ mod tests {
                     generation: String::new(),
                     revision: 0,
                     status_change: None,
+                    drift: None,
+                    trust_facts: None,
                     created_at: String::new(),
                 }),
             );

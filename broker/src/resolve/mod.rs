@@ -56,8 +56,11 @@ struct Refused {
     upstream_request_id: Option<String>,
     /// Whether the upstream said the customer withdrew the trust.
     trust_broken: bool,
-    /// The binding generation to flag `trust_broken`, when it is not flagged yet.
+    /// The binding generation to flag `trust_broken` (or with `drift`), when it is not
+    /// flagged yet.
     flag: Option<String>,
+    /// The consent drift the upstream showed.
+    drift: Option<crate::model::Drift>,
 }
 
 impl From<Denial> for Refused {
@@ -68,6 +71,7 @@ impl From<Denial> for Refused {
             upstream_request_id: None,
             trust_broken: false,
             flag: None,
+            drift: None,
         }
     }
 }
@@ -171,7 +175,12 @@ impl ResolveService {
                 );
                 self.count(refused.error.code.as_str(), &outcome, &provider_label);
                 if let (Some(generation), Some(binding)) = (&refused.flag, &refused.facts.binding) {
-                    self.flag_trust_broken(binding.clone(), generation.clone(), request_id);
+                    self.flag_trust_broken(
+                        binding.clone(),
+                        generation.clone(),
+                        refused.drift.clone(),
+                        request_id,
+                    );
                 }
                 error_answer(&refused.error, Some(&receipt.audit_id), request_id)
             }
@@ -201,7 +210,13 @@ impl ResolveService {
 
     /// Flags a binding `trust_broken` through the audited admin pipeline, in its own task:
     /// off the response path, and not cancelled if the client goes away.
-    fn flag_trust_broken(&self, binding: BindingId, generation: String, request_id: &str) {
+    fn flag_trust_broken(
+        &self,
+        binding: BindingId,
+        generation: String,
+        drift: Option<crate::model::Drift>,
+        request_id: &str,
+    ) {
         let key = (binding.to_string(), generation.clone());
         let newly = match self.flagging.lock() {
             Ok(mut set) => set.insert(key.clone()),
@@ -216,12 +231,15 @@ impl ResolveService {
         tokio::spawn(async move {
             // A denial that read the binding before an earlier flag landed finds it
             // flagged here: one record per flag, not one per denial in flight.
+            let code = drift.as_ref().map(|d| d.code);
             let flagged = matches!(core.records.binding(&binding).await,
-                Ok(Some(b)) if b.trust_broken && b.generation == generation);
+                Ok(Some(b)) if b.generation == generation
+                    && (if code.is_some() { b.drift.as_ref().map(|d| d.code) == code } else { b.trust_broken }));
             if !flagged {
                 let op = AdminOp::FlagTrustBroken {
                     binding: binding.to_string(),
                     generation,
+                    drift,
                 };
                 match admin.execute("broker", op, &request_id).await {
                     Ok(_) => {
@@ -286,6 +304,7 @@ impl ResolveService {
             upstream_request_id: None,
             trust_broken: false,
             flag: None,
+            drift: None,
         };
         let binding = chain.binding();
         let provider = chain.provider();
@@ -389,11 +408,17 @@ impl ResolveService {
                         ..
                     }
                 );
+                let drift = crate::model::Drift::of(&e);
+                // An already flagged binding is not flagged again.
+                let new_drift = drift
+                    .as_ref()
+                    .is_some_and(|d| binding.drift.as_ref().map(|x| x.code) != Some(d.code));
+                let flag = (withdrawn && !binding.trust_broken) || new_drift;
                 Err(Refused {
                     upstream_request_id: e.upstream_request_id().map(str::to_owned),
                     trust_broken: withdrawn,
-                    // An already flagged binding is not flagged again.
-                    flag: (withdrawn && !binding.trust_broken).then(|| binding.generation.clone()),
+                    flag: flag.then(|| binding.generation.clone()),
+                    drift,
                     error: e.into(),
                     facts,
                 })
@@ -446,6 +471,14 @@ fn audit_event(
             event.error_code = Some(r.error.code.as_str().to_owned());
             event.upstream_request_id = r.upstream_request_id.clone();
             event.detail = r.facts.detail.map(str::to_owned);
+            // What the upstream or a token check showed (provider messages never carry
+            // secrets): the record names the failed check or the missing permission.
+            if matches!(
+                r.error.code,
+                ErrorCode::ProviderDenied | ErrorCode::ConsentMissing | ErrorCode::ConsentStale
+            ) {
+                event.detail = Some(r.error.message.chars().take(500).collect());
+            }
             if r.trust_broken {
                 event.detail = Some(TRUST_BROKEN_DETAIL.to_owned());
             }

@@ -134,7 +134,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         ],
         onboard: Some("Print the tenant's ExternalId, the vendor account id and the template parameters."),
         keys: None,
-        onboard_pins_account: false,
+        onboard_pin: crate::registry::OnboardPin::None,
         revoke_tokens: false,
     },
     template_lint: Some(TemplateLint {
@@ -740,6 +740,7 @@ impl Probe for AwsAssumeRole {
             summary: format!(
                 "assumed {assumed} with the ExternalId; AssumeRole without it or with another value is denied"
             ),
+            facts: Value::Null,
         })
     }
 }

@@ -36,7 +36,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 
 #[async_trait]
 impl Callbacks for GithubApp {
-    fn install_url(&self, state: &str) -> String {
+    fn install_url(&self, state: &str, _pin: Option<&InstalledAccount>) -> String {
         format!("{}?state={state}", self.settings.install_url)
     }
 
@@ -98,6 +98,7 @@ impl Callbacks for GithubApp {
     async fn prove_installer(
         &self,
         redirect: &SetupRedirect,
+        _pinned: Option<&InstalledAccount>,
         timeout: Duration,
     ) -> Result<InstalledAccount, ProviderError> {
         let installation = redirect
@@ -371,6 +372,7 @@ pub fn parse_setup_query(query: &str) -> Result<SetupRedirect, String> {
         config: json!({ "installation_id": installation }),
         action,
         code: Some(SecretString::from(code)),
+        refused: None,
     })
 }
 

@@ -11,7 +11,7 @@
 mod callbacks;
 pub mod lint;
 mod permissions;
-mod settings;
+pub(crate) mod settings;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -604,6 +604,7 @@ impl Probe for GithubApp {
             summary: format!(
                 "installation {installation} on {kind} {login}; token minted within the ceiling"
             ),
+            facts: Value::Null,
         })
     }
 }

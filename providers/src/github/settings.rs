@@ -88,7 +88,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
             required: true,
         }],
         onboard: Some("Print the install link (the broker's public start URL with a single-use state bound to the tenant and to the expected GitHub account)."),
-        onboard_pins_account: true,
+        onboard_pin: crate::registry::OnboardPin::Account,
         keys: Some(KeysCli {
             materials: &[
                 ("private-key", "private_key_pem"),
@@ -126,7 +126,7 @@ pub(super) fn check_api_base(url: &str) -> Result<(), String> {
 }
 
 /// As [`check_api_base`] for any base URL setting `name`.
-pub(super) fn check_base(name: &str, url: &str) -> Result<(), String> {
+pub(crate) fn check_base(name: &str, url: &str) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| format!("{name} {url:?} is not a URL"))?;

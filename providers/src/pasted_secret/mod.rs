@@ -48,7 +48,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         }],
         onboard: None,
         keys: None,
-        onboard_pins_account: false,
+        onboard_pin: crate::registry::OnboardPin::None,
         revoke_tokens: false,
     },
     template_lint: None,
@@ -214,6 +214,7 @@ impl Probe for PastedSecret {
         }
         Ok(ProbeReport {
             summary: format!("secret opens; {} field(s)", secret.len()),
+            facts: Value::Null,
         })
     }
 }

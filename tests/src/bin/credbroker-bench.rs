@@ -997,6 +997,8 @@ fn fill_big_store(
             generation: format!("{b:032x}"),
             revision: 0,
             status_change: None,
+            drift: None,
+            trust_facts: None,
             created_at: now.clone(),
         });
         batch.create(&Instance {
