@@ -21,6 +21,7 @@
 )]
 
 pub mod aws;
+pub mod entra;
 mod error;
 pub mod github;
 pub mod pasted_secret;

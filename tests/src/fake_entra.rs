@@ -72,6 +72,8 @@ pub struct EntraState {
     pub misissue: Mutex<Misissue>,
     /// Every request: (tenant path segment, form fields minus secrets).
     pub requests: Mutex<Vec<(String, BTreeMap<String, String>)>>,
+    /// Azure RBAC role assignments: (scope, principal object id, role definition GUID).
+    pub role_assignments: Mutex<Vec<(String, String, String)>>,
     signing: AppKey,
     base_url: Mutex<String>,
     counter: AtomicU64,
@@ -280,8 +282,69 @@ impl EntraState {
             .unwrap_or_default()
     }
 
+    /// ARM `GET {scope}/providers/Microsoft.Authorization/roleAssignments?api-version=…&$filter=principalId eq '…'`
+    /// with an ARM token this fake issued.
+    fn role_assignments_at(&self, scope: &str, query: &str, bearer: Option<&str>) -> (u16, Value) {
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[ARM]);
+        validation.validate_exp = true;
+        let claims = bearer.and_then(|t| {
+            let public = DecodingKey::from_rsa_der(&self.signing.public_der);
+            jsonwebtoken::decode::<Value>(t, &public, &validation).ok()
+        });
+        let Some(claims) = claims else {
+            return (
+                401,
+                json!({"error": {"code": "InvalidAuthenticationToken", "message": "The access token is invalid."}}),
+            );
+        };
+        let params = parse_form(query);
+        if params.get("api-version").map(String::as_str) != Some("2022-04-01") {
+            return (
+                400,
+                json!({"error": {"code": "InvalidApiVersionParameter", "message": "The api-version is invalid."}}),
+            );
+        }
+        let principal = params
+            .get("$filter")
+            .and_then(|f| f.strip_prefix("principalId eq '"))
+            .and_then(|f| f.strip_suffix('\''))
+            .map(str::to_owned);
+        let tid = claims.claims["tid"].as_str().unwrap_or("").to_owned();
+        let value: Vec<Value> = self
+            .role_assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, p, _)| s == scope && principal.as_deref().is_none_or(|x| x == p))
+            .enumerate()
+            .map(|(i, (s, p, role))| {
+                json!({
+                    "id": format!("{s}/providers/Microsoft.Authorization/roleAssignments/{i:08}-0000-0000-0000-000000000000"),
+                    "name": format!("{i:08}-0000-0000-0000-000000000000"),
+                    "type": "Microsoft.Authorization/roleAssignments",
+                    "properties": {
+                        "roleDefinitionId": format!("{s}/providers/Microsoft.Authorization/roleDefinitions/{role}"),
+                        "principalId": p,
+                        "principalType": "ServicePrincipal",
+                        "scope": s,
+                        "tenantId": tid,
+                    }
+                })
+            })
+            .collect();
+        (200, json!({ "value": value }))
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
         let post = req.method() == hyper::Method::POST;
         let body = req
             .into_body()
@@ -290,10 +353,16 @@ impl EntraState {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        const ASSIGNMENTS: &str = "/providers/Microsoft.Authorization/roleAssignments";
         let (status, value) = match segs.as_slice() {
             [tenant, "oauth2", "v2.0", "token"] if post => {
                 self.token(tenant, &parse_form(&String::from_utf8_lossy(&body)))
             }
+            _ if !post && path.ends_with(ASSIGNMENTS) => self.role_assignments_at(
+                path.trim_end_matches(ASSIGNMENTS),
+                &query,
+                bearer.as_deref(),
+            ),
             _ => (404, json!({"error": "not_found"})),
         };
         Response::builder()
@@ -317,6 +386,7 @@ impl FakeEntra {
             v1_tokens: Mutex::new(false),
             misissue: Mutex::new(Misissue::default()),
             requests: Mutex::new(Vec::new()),
+            role_assignments: Mutex::new(Vec::new()),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),
             counter: AtomicU64::new(1),
@@ -354,6 +424,15 @@ impl FakeEntra {
         if let Some(t) = self.state.tenants.lock().unwrap().get_mut(tenant) {
             t.consented = false;
         }
+    }
+
+    /// Assigns Azure role `role` (a role definition GUID) to `principal` at `scope`.
+    pub fn assign(&self, scope: &str, principal: &str, role: &str) {
+        self.state.role_assignments.lock().unwrap().push((
+            scope.to_owned(),
+            principal.to_owned(),
+            role.to_owned(),
+        ));
     }
 
     /// The customer removes one granted application permission.

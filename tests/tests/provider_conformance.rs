@@ -26,6 +26,7 @@ use credbroker_providers::{
     Availability, BindingContext, CeilingEnforcement, IssuedCredential, MintRequest, Provider,
     ProviderDescriptor, ProviderError, SecretFields, CATALOG,
 };
+use credbroker_tests::fake_entra::FakeEntra;
 use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation};
 use credbroker_tests::fake_sts::{FakeRole, FakeSts};
 use credbroker_tests::{aws_test_env, repo_root};
@@ -57,6 +58,9 @@ trait Harness: Send {
     fn issued_scope(&self, _credential: &IssuedCredential) -> Value {
         Value::Null
     }
+    /// `verified` providers: makes the upstream issue credentials beyond the binding's
+    /// ceiling (`true`) or behave again (`false`).
+    fn exceed_upstream(&self, _on: bool) {}
 }
 
 async fn build(descriptor: &ProviderDescriptor, section: &str, base: &Path) -> Arc<dyn Provider> {
@@ -272,6 +276,103 @@ impl Harness for Github {
     }
 }
 
+// ---- entra_multi_tenant ------------------------------------------------------------------
+
+struct Entra {
+    provider: Arc<dyn Provider>,
+    entra: FakeEntra,
+    _dir: tempfile::TempDir,
+}
+
+const ENTRA_CLIENT: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const ENTRA_TENANT: &str = "11111111-2222-4333-8444-555555555555";
+const ENTRA_SECRET: &str = "conformance~secret~0123456789";
+const ENTRA_ROLES: [&str; 2] = ["Directory.Read.All", "User.Read.All"];
+
+impl Entra {
+    async fn start(d: &ProviderDescriptor) -> Entra {
+        let entra = FakeEntra::start(ENTRA_CLIENT, ENTRA_SECRET).await;
+        entra.consent(
+            ENTRA_TENANT,
+            "aaaaaaaa-0000-4000-8000-000000000001",
+            &ENTRA_ROLES,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            repo_root().join("policies/azure.json"),
+            dir.path().join("azure.json"),
+        )
+        .unwrap();
+        let section = format!(
+            "client_id = \"{ENTRA_CLIENT}\"\nauthority_host = \"{}\"\nceiling_file = \"./azure.json\"\ntimeout_ms = 3000\n",
+            entra.url
+        );
+        let provider = build(d, &section, dir.path()).await;
+        let mut material = SecretFields::new();
+        material.insert("client_secret", secrecy::SecretString::from(ENTRA_SECRET));
+        provider
+            .platform_keys()
+            .unwrap()
+            .install(vec![credbroker_providers::PlatformKey {
+                version: 1,
+                material,
+            }])
+            .unwrap();
+        Entra {
+            provider,
+            entra,
+            _dir: dir,
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for Entra {
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+    fn binding(&self) -> (Value, Value) {
+        (
+            json!({"tenant_id": ENTRA_TENANT}),
+            json!({"graph_application_permissions": ENTRA_ROLES}),
+        )
+    }
+    fn within(&self) -> Value {
+        json!({"resource": "graph"})
+    }
+    fn beyond(&self) -> Value {
+        json!({"resource": "arm"})
+    }
+    fn calls(&self) -> usize {
+        self.entra.state.requests.lock().unwrap().len()
+    }
+    fn requested_scope(&self) -> Option<Value> {
+        self.last_request().map(|r| r["scope"].clone())
+    }
+    fn last_request(&self) -> Option<Value> {
+        self.entra
+            .state
+            .requests
+            .lock()
+            .unwrap()
+            .last()
+            .map(|(tenant, form)| json!({"tenant": tenant, "form": form}))
+    }
+    fn expected_scopes(&self) -> (Value, Value) {
+        (json!(ENTRA_ROLES), json!(ENTRA_ROLES))
+    }
+    fn issued_scope(&self, credential: &IssuedCredential) -> Value {
+        credential.details["roles"].clone()
+    }
+    fn exceed_upstream(&self, on: bool) {
+        self.entra.state.misissue.lock().unwrap().extra_roles = if on {
+            vec!["Group.Read.All".into()]
+        } else {
+            Vec::new()
+        };
+    }
+}
+
 // ---- pasted_secret ----------------------------------------------------------------------
 
 struct Pasted {
@@ -322,6 +423,7 @@ async fn harness_for(d: &ProviderDescriptor) -> Box<dyn Harness> {
     match d.id {
         "aws_assume_role" => Box::new(Aws::start(d).await),
         "github_app" => Box::new(Github::start(d).await),
+        "entra_multi_tenant" => Box::new(Entra::start(d).await),
         "pasted_secret" => Box::new(Pasted {
             provider: build(d, "", Path::new("/")).await,
         }),
@@ -420,6 +522,14 @@ async fn check_ceiling_mode(h: &dyn Harness) {
                 at_ceiling,
                 "{id}: verified at the ceiling"
             );
+            // An upstream that issues beyond the ceiling: the credential is refused.
+            h.exceed_upstream(true);
+            let err = mint(h, None, "i1", "w1").await.err();
+            h.exceed_upstream(false);
+            assert!(
+                matches!(err, Some(ProviderError::Denied { .. })),
+                "{id}: a credential beyond the ceiling must be refused, got {err:?}"
+            );
         }
     }
     // Beyond the ceiling: refused, and the upstream never hears of it.
@@ -502,6 +612,12 @@ impl Gen {
             "repositories",
             "installation_id",
             "fields",
+            "tenant_id",
+            "resources",
+            "resource",
+            "arm_scopes",
+            "graph_application_permissions",
+            "arm_role_definitions",
             "managed_policy_arns",
             "actions",
             "contents",
@@ -521,6 +637,11 @@ impl Gen {
             "arn:aws:iam::aws:policy/SecurityAudit",
             "arn:${Partition}:iam::aws:policy/SecurityAudit",
             "token",
+            "graph",
+            "arm",
+            "11111111-2222-4333-8444-555555555555",
+            "User.Read.All",
+            "/subscriptions/11111111-2222-4333-8444-555555555555",
             "\u{0}",
             "é",
             "api",

@@ -1,6 +1,7 @@
 //! The shipped onboarding templates pass `credbroker lint-templates`; a deliberately bad
 //! template (wildcard principal, no ExternalId condition, AdministratorAccess, 12 h sessions)
-//! fails it on every count; a missing policy file fails closed.
+//! fails it on every count (and so do a GitHub manifest and a Bicep template beyond their
+//! ceilings); a missing policy file fails closed.
 
 use std::path::Path;
 
@@ -122,4 +123,51 @@ fn a_github_manifest_beyond_the_ceiling_fails() {
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
+}
+
+#[test]
+fn a_bicep_template_beyond_the_ceiling_fails() {
+    let root = repo_root();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("azure")).unwrap();
+    std::fs::copy(
+        root.join("tests/fixtures/azure/bad-roles.bicep"),
+        tmp.path().join("azure/bad-roles.bicep"),
+    )
+    .unwrap();
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    for expected in [
+        "role 8e3af657-a8ff-443c-a75c-2fe8c4bcb635 (Owner) writes or grants access",
+        "role b24988ac-6180-42a0-ab88-20f7382dd24c (Contributor) writes or grants access",
+        "GUID 4633458b-17de-408a-b874-0445c86b69e6 is not a role definition in policies/azure.json",
+        "defines a custom role",
+        "3 role assignment(s) but 2 principalType: 'ServicePrincipal'",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // A role id hidden in a comment neither passes nor fails a template.
+    let shipped =
+        std::fs::read_to_string(root.join("onboarding-templates/azure/subscription-reader.bicep"))
+            .unwrap();
+    std::fs::remove_file(tmp.path().join("azure/bad-roles.bicep")).unwrap();
+    std::fs::write(
+        tmp.path().join("azure/commented.bicep"),
+        format!("{shipped}\n// Owner: 8e3af657-a8ff-443c-a75c-2fe8c4bcb635\n"),
+    )
+    .unwrap();
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 0, "{out}");
+    // One Contributor id in code fails it.
+    std::fs::write(
+        tmp.path().join("azure/commented.bicep"),
+        shipped.replace(
+            "acdd72a7-3385-48ef-bd42-f606fba81ae7",
+            "b24988ac-6180-42a0-ab88-20f7382dd24c",
+        ),
+    )
+    .unwrap();
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("(Contributor)"), "{out}");
 }

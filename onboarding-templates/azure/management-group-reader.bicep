@@ -1,0 +1,45 @@
+// credbroker: read-only Azure RBAC for our service principal on a management group (every
+// subscription below it inherits the assignment).
+//
+// Deploy after an admin of your tenant granted admin consent (the link your platform team
+// sent). principalId is the object id of the credbroker enterprise application (service
+// principal) in YOUR tenant: the broker shows it after consent as service_principal_id.
+//
+//   az deployment mg create --management-group-id <group> --location westeurope \
+//     --template-file management-group-reader.bicep \
+//     --parameters principalId=<service principal object id>
+//
+// Every role assigned here is read-only and listed in credbroker's policies/azure.json.
+targetScope = 'managementGroup'
+
+@description('Object id of the credbroker service principal in your tenant (service_principal_id, shown after admin consent).')
+param principalId string
+
+@description('Also assign Security Reader (read Microsoft Defender for Cloud alerts and recommendations).')
+param assignSecurityReader bool = true
+
+// Built-in role definition ids (the same in every tenant).
+var readerRoleId = 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
+var securityReaderRoleId = '39bc4728-0917-49c7-9d2c-d95423bc2eb4'
+
+resource reader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(managementGroup().id, principalId, readerRoleId)
+  properties: {
+    roleDefinitionId: tenantResourceId('Microsoft.Authorization/roleDefinitions', readerRoleId)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'credbroker: read-only posture scanning'
+  }
+}
+
+resource securityReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (assignSecurityReader) {
+  name: guid(managementGroup().id, principalId, securityReaderRoleId)
+  properties: {
+    roleDefinitionId: tenantResourceId('Microsoft.Authorization/roleDefinitions', securityReaderRoleId)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'credbroker: read-only security posture'
+  }
+}
+
+output scope string = managementGroup().id

@@ -1,0 +1,420 @@
+//! Parsers of what Entra and the customer's browser hand back: the admin-consent callback's
+//! query, the claims of an issued token, and Entra's error bodies. All of it is untrusted
+//! input (fuzzed in tests/fuzz): every function refuses, never panics.
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Whether `s` is a tenant id in GUID form (8-4-4-4-12 hex digits). `common`,
+/// `organizations`, `consumers` and domain names are not tenant ids here.
+pub fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The GUID `s` in lower case, when it is one.
+pub fn guid(s: &str) -> Option<String> {
+    is_guid(s).then(|| s.to_ascii_lowercase())
+}
+
+/// The admin-consent redirect (`GET /callbacks/entra_multi_tenant/setup?…`), parsed. Still
+/// a claim: the `tenant` is only believed once a token minted for it says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentCallback {
+    /// The `state` the broker issued.
+    pub state: String,
+    /// The tenant GUID the redirect claims (lower case), when it carries a valid one.
+    pub tenant: Option<String>,
+    /// `admin_consent=True`.
+    pub admin_consent: bool,
+    /// `error` and `error_description` (truncated, printable): overrides `admin_consent`.
+    pub error: Option<(String, String)>,
+}
+
+const MAX_QUERY: usize = 4096;
+
+/// Parses the consent callback's query string. The `state` must be 1-128 alphanumerics;
+/// every parameter at most once.
+///
+/// # Errors
+/// A message naming what is missing, repeated or malformed.
+pub fn parse_consent_query(query: &str) -> Result<ConsentCallback, String> {
+    if query.len() > MAX_QUERY {
+        return Err("query too long".into());
+    }
+    let mut state = None;
+    let mut tenant = None;
+    let mut admin_consent = None;
+    let mut error = None;
+    let mut description = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match k.as_ref() {
+            "state" => &mut state,
+            "tenant" => &mut tenant,
+            "admin_consent" => &mut admin_consent,
+            "error" => &mut error,
+            "error_description" => &mut description,
+            // `scope`, `error_uri`, `error_subcode`, `trace_id`, `correlation_id`…
+            _ => continue,
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(format!("parameter {k} given twice"));
+        }
+    }
+    let state = state
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .ok_or("state is missing or malformed")?;
+    let printable = |s: String| -> String {
+        s.chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect::<String>()
+    };
+    let error = error.map(|e| (printable(e), printable(description.unwrap_or_default())));
+    let tenant = match tenant {
+        Some(t) => Some(guid(&t).ok_or("tenant is not a tenant GUID")?),
+        None => None,
+    };
+    if error.is_none() && tenant.is_none() {
+        return Err("the redirect names no tenant".into());
+    }
+    Ok(ConsentCallback {
+        state,
+        tenant,
+        admin_consent: admin_consent.is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        error,
+    })
+}
+
+/// The claims of an Entra access token the broker looks at. Decoded, not verified: these
+/// tokens are for Microsoft's APIs, and the broker checks them only to refuse one that is
+/// not for the tenant, app or permissions it asked for.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// Tenant the token was issued in.
+    #[serde(default)]
+    pub tid: Option<String>,
+    /// Issuer (`https://sts.windows.net/{tid}/` or `https://login.microsoftonline.com/{tid}/v2.0`).
+    #[serde(default)]
+    pub iss: Option<String>,
+    /// v1 client id.
+    #[serde(default)]
+    pub appid: Option<String>,
+    /// v2 client id.
+    #[serde(default)]
+    pub azp: Option<String>,
+    /// `app` for an app-only token.
+    #[serde(default)]
+    pub idtyp: Option<String>,
+    /// Our service principal's object id in that tenant.
+    #[serde(default)]
+    pub oid: Option<String>,
+    /// Application permissions granted (Graph tokens).
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    /// Expiry, seconds since the epoch.
+    #[serde(default)]
+    pub exp: Option<i64>,
+}
+
+const MAX_TOKEN: usize = 16 * 1024;
+
+/// Decodes a JWT's payload into [`TokenClaims`] (the signature is not checked).
+///
+/// # Errors
+/// When the token is not three base64url segments or its payload is not a JSON object of
+/// the expected claim types.
+pub fn decode_claims(token: &str) -> Result<TokenClaims, String> {
+    if token.len() > MAX_TOKEN {
+        return Err("token too long".into());
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not a JWT".into());
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| "token payload is not base64url".to_owned())?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|_| "token payload is not JSON".to_owned())?;
+    if !value.is_object() {
+        return Err("token payload is not a JSON object".into());
+    }
+    serde_json::from_value(value).map_err(|e| format!("token claims malformed: {e}"))
+}
+
+/// The tenant GUID an `iss` names: v1 `https://{host}/{guid}/`, v2
+/// `https://{host}/{guid}/v2.0`. Compared on the GUID, never as strings.
+pub fn issuer_tenant(iss: &str) -> Option<String> {
+    let rest = iss.strip_prefix("https://")?;
+    let (host, path) = rest.split_once('/')?;
+    if host.is_empty() {
+        return None;
+    }
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let tenant = match path.split_once('/') {
+        None => path,
+        Some((t, "v2.0")) => t,
+        Some(_) => return None,
+    };
+    guid(tenant)
+}
+
+/// Which check an issued token failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimFailure {
+    /// `tid`, `iss`, `appid`, `idtyp`, `oid` or `token`.
+    pub check: &'static str,
+    /// What was wrong (no token material).
+    pub message: String,
+}
+
+fn fail(check: &'static str, message: String) -> ClaimFailure {
+    ClaimFailure { check, message }
+}
+
+/// Checks an issued token is for `tenant` (GUID, lower case) and our `client_id`, app-only.
+///
+/// # Errors
+/// The first check that failed.
+pub fn check_claims(
+    claims: &TokenClaims,
+    tenant: &str,
+    client_id: &str,
+) -> Result<(), ClaimFailure> {
+    let tid = claims.tid.as_deref().and_then(guid);
+    if tid.as_deref() != Some(tenant) {
+        return Err(fail(
+            "tid",
+            format!(
+                "token tid {:?} is not the bound tenant {tenant}",
+                claims.tid.as_deref().unwrap_or("(none)")
+            ),
+        ));
+    }
+    let iss_tenant = claims.iss.as_deref().and_then(issuer_tenant);
+    if iss_tenant.as_deref() != Some(tenant) {
+        return Err(fail(
+            "iss",
+            format!(
+                "token iss {:?} does not name the bound tenant {tenant}",
+                claims.iss.as_deref().unwrap_or("(none)")
+            ),
+        ));
+    }
+    let app = claims.azp.as_deref().or(claims.appid.as_deref());
+    let ours = app.is_some_and(|a| a.eq_ignore_ascii_case(client_id));
+    let both_agree = match (&claims.azp, &claims.appid) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => true,
+    };
+    if !ours || !both_agree {
+        return Err(fail(
+            "appid",
+            format!(
+                "token appid/azp {:?} is not our client id",
+                app.unwrap_or("(none)")
+            ),
+        ));
+    }
+    if let Some(t) = &claims.idtyp {
+        if t != "app" {
+            return Err(fail(
+                "idtyp",
+                format!("token idtyp {t:?} is not an app-only token"),
+            ));
+        }
+    }
+    if claims.oid.as_deref().and_then(guid).is_none() {
+        return Err(fail(
+            "oid",
+            "token carries no service principal object id".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An Entra error answer, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AadError {
+    /// OAuth `error`.
+    pub error: String,
+    /// `AADSTS…` codes.
+    pub codes: Vec<u32>,
+    /// The description's first sentence (without trace ids), at most 200 characters.
+    pub description: String,
+    /// `trace_id`, for the audit log.
+    pub trace_id: Option<String>,
+}
+
+/// Parses an Entra error body. Never fails: an unparseable body yields an empty error.
+pub fn parse_error(body: &[u8]) -> AadError {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return AadError::default();
+    };
+    let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut codes: Vec<u32> = v
+        .get("error_codes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .filter_map(|c| u32::try_from(c).ok())
+                .take(8)
+                .collect()
+        })
+        .unwrap_or_default();
+    let description = text("error_description");
+    if codes.is_empty() {
+        // Some answers carry the code only in the description: "AADSTS7000229: …".
+        if let Some(rest) = description.strip_prefix("AADSTS") {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            codes.extend(digits.parse::<u32>().ok());
+        }
+    }
+    let description = description
+        .split(" Trace ID:")
+        .next()
+        .unwrap_or("")
+        .split(['\r', '\n'])
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let trace_id = Some(text("trace_id").to_owned()).filter(|t| {
+        !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    });
+    AadError {
+        error: text("error").chars().take(64).collect(),
+        codes,
+        description,
+        trace_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn jwt(claims: &Value) -> String {
+        let b = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.sig",
+            b(b"{\"alg\":\"RS256\"}"),
+            b(claims.to_string().as_bytes())
+        )
+    }
+
+    #[test]
+    fn guids_only() {
+        assert!(is_guid(T));
+        for bad in [
+            "common",
+            "organizations",
+            "contoso.onmicrosoft.com",
+            "",
+            "1-2-3-4-5",
+        ] {
+            assert!(!is_guid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn consent_query() {
+        let q = format!(
+            "admin_consent=True&tenant={}&state=abc123&scope=x",
+            T.to_uppercase()
+        );
+        let c = parse_consent_query(&q).unwrap();
+        assert_eq!(c.tenant.as_deref(), Some(T));
+        assert!(c.admin_consent && c.error.is_none());
+        let c = parse_consent_query("error=access_denied&error_description=AADSTS65004%3A+declined&admin_consent=True&state=s1").unwrap();
+        assert_eq!(c.error.unwrap().0, "access_denied");
+        for bad in [
+            "tenant=common&state=s1&admin_consent=True".to_owned(),
+            format!("tenant={T}&admin_consent=True"),
+            format!("tenant={T}&state=s1&state=s2"),
+            format!("tenant={T}&state=s%2F1"),
+            "state=s1&admin_consent=True".to_owned(),
+        ] {
+            assert!(parse_consent_query(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issuer_forms() {
+        assert_eq!(
+            issuer_tenant(&format!("https://sts.windows.net/{T}/")).as_deref(),
+            Some(T)
+        );
+        assert_eq!(
+            issuer_tenant(&format!("https://login.microsoftonline.com/{T}/v2.0")).as_deref(),
+            Some(T)
+        );
+        for bad in [
+            format!("http://sts.windows.net/{T}/"),
+            format!("https://sts.windows.net/{T}/v3"),
+            "https://sts.windows.net/common/".to_owned(),
+            format!("https:///{T}/"),
+        ] {
+            assert!(issuer_tenant(&bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn claim_checks() {
+        let app = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+        let oid = "99999999-8888-7777-6666-555555555555";
+        let ok = serde_json::json!({"tid": T, "iss": format!("https://sts.windows.net/{T}/"), "appid": app, "oid": oid, "idtyp": "app", "roles": ["User.Read.All"]});
+        let c = decode_claims(&jwt(&ok)).unwrap();
+        check_claims(&c, T, app).unwrap();
+        let mut other = ok.clone();
+        other["tid"] = serde_json::json!("00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app)
+                .unwrap_err()
+                .check,
+            "tid"
+        );
+        let mut other = ok.clone();
+        other["appid"] = serde_json::json!(oid);
+        assert_eq!(
+            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app)
+                .unwrap_err()
+                .check,
+            "appid"
+        );
+        let mut other = ok.clone();
+        other["idtyp"] = serde_json::json!("user");
+        assert_eq!(
+            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app)
+                .unwrap_err()
+                .check,
+            "idtyp"
+        );
+        let mut other = ok;
+        other["tid"] = serde_json::json!(42);
+        assert!(decode_claims(&jwt(&other)).is_err());
+        assert!(decode_claims("a.b").is_err());
+    }
+
+    #[test]
+    fn error_bodies() {
+        let e = parse_error(br#"{"error":"invalid_client","error_description":"AADSTS7000229: missing service principal. Trace ID: 1","error_codes":[7000229],"trace_id":"abc-1"}"#);
+        assert_eq!(e.codes, vec![7000229]);
+        assert_eq!(e.description, "AADSTS7000229: missing service principal.");
+        assert_eq!(e.trace_id.as_deref(), Some("abc-1"));
+        assert_eq!(parse_error(b"<html>"), AadError::default());
+    }
+}

@@ -1,0 +1,361 @@
+//! The client-credentials grant against the Entra v2.0 token endpoint, and how the broker
+//! authenticates as its app there.
+//!
+//! Written as a form POST rather than through `azure_identity` (see the module docs of
+//! `entra`): the request is one form, the answer one JSON object, and the broker must see
+//! Entra's AADSTS error codes and the token's claims itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use super::claims::{decode_claims, parse_error, AadError, TokenClaims};
+use crate::ProviderError;
+
+/// `client_assertion_type` of a JWT client assertion (certificate or federated).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// How the broker authenticates as its multi-tenant app at a tenant's token endpoint. The
+/// provider holds a list of these (two during a rotation) and never looks inside: a
+/// federated assertion from the broker's own issuer (`iss` our issuer, `sub` the FIC
+/// subject, `aud` `api://AzureADTokenExchange`) is one more implementation, and the
+/// provider's callers do not change.
+pub trait ClientAuth: Send + Sync {
+    /// The form fields that authenticate the request to `token_url`.
+    ///
+    /// # Errors
+    /// When an assertion cannot be signed.
+    fn form_fields(
+        &self,
+        client_id: &str,
+        token_url: &str,
+    ) -> Result<Vec<(&'static str, SecretString)>, ProviderError>;
+
+    /// What it is, for operators (never the secret): `client secret v3`.
+    fn label(&self) -> String;
+}
+
+/// A client secret (`client_secret`).
+pub struct ClientSecret {
+    /// Platform key version.
+    pub version: u32,
+    /// The secret value.
+    pub secret: SecretString,
+}
+
+impl ClientAuth for ClientSecret {
+    fn form_fields(
+        &self,
+        _client_id: &str,
+        _token_url: &str,
+    ) -> Result<Vec<(&'static str, SecretString)>, ProviderError> {
+        Ok(vec![("client_secret", self.secret.clone())])
+    }
+
+    fn label(&self) -> String {
+        format!("client secret v{}", self.version)
+    }
+}
+
+/// A certificate: an RS256 client assertion (`aud` the token URL, `iss` = `sub` = client id,
+/// a fresh `jti`, at most 10 minutes) naming the certificate by `x5t#S256`.
+pub struct ClientCertificate {
+    /// Platform key version.
+    pub version: u32,
+    /// The certificate's private key.
+    pub key: EncodingKey,
+    /// base64url SHA-256 of the certificate's DER.
+    pub x5t_s256: String,
+}
+
+impl ClientAuth for ClientCertificate {
+    fn form_fields(
+        &self,
+        client_id: &str,
+        token_url: &str,
+    ) -> Result<Vec<(&'static str, SecretString)>, ProviderError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti)
+            .map_err(|_| ProviderError::Internal("no randomness for the assertion".into()))?;
+        let claims = json!({
+            "aud": token_url, "iss": client_id, "sub": client_id,
+            "jti": hex::encode(jti), "nbf": now - 60, "iat": now, "exp": now + 300,
+        });
+        let mut header = Header::new(Algorithm::RS256);
+        header.x5t_s256 = Some(self.x5t_s256.clone());
+        let jwt = jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|_| ProviderError::Internal("could not sign the client assertion".into()))?;
+        Ok(vec![
+            ("client_assertion_type", SecretString::from(JWT_BEARER)),
+            ("client_assertion", SecretString::from(jwt)),
+        ])
+    }
+
+    fn label(&self) -> String {
+        format!("certificate v{} ({})", self.version, self.x5t_s256)
+    }
+}
+
+/// The PEM block `label` in `pem`, whole (BEGIN to END line), if present.
+fn pem_block<'a>(pem: &'a str, label: &str) -> Option<&'a str> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)?;
+    let stop = pem[start..].find(&end)? + start + end.len();
+    Some(&pem[start..stop])
+}
+
+/// Parses `certificate_pem` material: one certificate and its RSA private key (PKCS#8 or
+/// PKCS#1), in either order.
+///
+/// # Errors
+/// When either is missing or unusable.
+pub fn parse_certificate(pem: &str, version: u32) -> Result<ClientCertificate, ProviderError> {
+    let bad = |m: &str| ProviderError::InvalidConfig(m.into());
+    let cert = pem_block(pem, "CERTIFICATE")
+        .ok_or_else(|| bad("certificate_pem holds no CERTIFICATE block"))?;
+    let body: String = cert
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .map_err(|_| bad("the CERTIFICATE block is not base64"))?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+    let key_pem = pem_block(pem, "PRIVATE KEY")
+        .or_else(|| pem_block(pem, "RSA PRIVATE KEY"))
+        .ok_or_else(|| bad("certificate_pem holds no RSA private key"))?;
+    let key = EncodingKey::from_rsa_pem(key_pem.as_bytes())
+        .map_err(|_| bad("the private key in certificate_pem is not an RSA key"))?;
+    Ok(ClientCertificate {
+        version,
+        key,
+        x5t_s256: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()),
+    })
+}
+
+/// An issued token, its claims decoded (not verified).
+pub struct TokenAnswer {
+    /// The bearer token.
+    pub token: SecretString,
+    /// When it expires.
+    pub expires_at: OffsetDateTime,
+    /// Its claims.
+    pub claims: TokenClaims,
+    /// Entra's request id.
+    pub request_id: Option<String>,
+}
+
+/// Why no token came back.
+pub enum TokenFailure {
+    /// Entra answered with an error (AADSTS codes).
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The parsed error.
+        error: AadError,
+        /// Entra's request id.
+        request_id: Option<String>,
+    },
+    /// Not reachable, timed out, a server error, or an answer that is not a token.
+    Unavailable(ProviderError),
+}
+
+/// HTTP(S) to the authority and ARM, each call bounded.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// Largest answer read from Entra or ARM.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+impl Http {
+    /// A client trusting the platform's root certificates.
+    pub fn new() -> Http {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        let tls = match tls {
+            Ok(t) => t,
+            // The default provider supports the default versions; keep a client that
+            // refuses every https peer rather than panic.
+            Err(_) => rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Http {
+            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Sends `request`; the status, the `x-ms-request-id` and the body (at most 1 MiB).
+    ///
+    /// # Errors
+    /// `Unavailable` when unreachable or slower than `timeout`.
+    pub async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(u16, Option<String>, Bytes), ProviderError> {
+        let unavailable = |m: String| ProviderError::Unavailable {
+            message: m,
+            upstream_request_id: None,
+        };
+        let exchange = async {
+            let resp = self
+                .client
+                .request(request)
+                .await
+                .map_err(|_| unavailable(format!("{what} could not be reached")))?;
+            let status = resp.status().as_u16();
+            let request_id = resp
+                .headers()
+                .get("x-ms-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 64)
+                .map(str::to_owned);
+            let body = Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|_| unavailable(format!("{what}'s answer could not be read")))?
+                .to_bytes();
+            Ok((status, request_id, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(unavailable(format!(
+                    "{what} did not answer within {} ms",
+                    timeout.as_millis()
+                )))
+            })
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+/// `POST {authority}/{tenant}/oauth2/v2.0/token`: the client-credentials grant for
+/// `resource` (`scope={resource}/.default`, one resource), authenticated by `auth`.
+pub async fn request_token(
+    http: &Http,
+    authority: &str,
+    tenant: &str,
+    client_id: &str,
+    resource: &str,
+    auth: &dyn ClientAuth,
+    timeout: Duration,
+) -> Result<TokenAnswer, TokenFailure> {
+    let token_url = format!("{authority}/{tenant}/oauth2/v2.0/token");
+    let fields = auth
+        .form_fields(client_id, &token_url)
+        .map_err(TokenFailure::Unavailable)?;
+    let scope = format!("{resource}/.default");
+    // The body carries the secret: it lives in a zeroizing buffer until sent.
+    let body = {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("client_id", client_id)
+            .append_pair("scope", &scope)
+            .append_pair("grant_type", "client_credentials");
+        for (k, v) in &fields {
+            form.append_pair(k, v.expose_secret());
+        }
+        zeroize::Zeroizing::new(form.finish())
+    };
+    drop(fields);
+    let request = http::Request::post(&token_url)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .map_err(|_| {
+            TokenFailure::Unavailable(ProviderError::InvalidConfig(
+                "the token URL is not a valid URI".into(),
+            ))
+        })?;
+    drop(body);
+    let (status, request_id, answer) = http
+        .send(request, timeout, "the Entra token endpoint")
+        .await
+        .map_err(TokenFailure::Unavailable)?;
+    if status == 429 || status >= 500 {
+        let error = parse_error(&answer);
+        return Err(TokenFailure::Unavailable(ProviderError::Unavailable {
+            message: format!("Entra HTTP {status}: {}", error.description),
+            upstream_request_id: request_id.or(error.trace_id),
+        }));
+    }
+    if status != 200 {
+        let error = parse_error(&answer);
+        return Err(TokenFailure::Refused {
+            status,
+            request_id: request_id.or_else(|| error.trace_id.clone()),
+            error,
+        });
+    }
+    let malformed = |id: &Option<String>, m: &str| {
+        TokenFailure::Unavailable(ProviderError::Unavailable {
+            message: format!("Entra token answer is malformed: {m}"),
+            upstream_request_id: id.clone(),
+        })
+    };
+    let v: Value =
+        serde_json::from_slice(&answer).map_err(|_| malformed(&request_id, "not JSON"))?;
+    let token = v
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| malformed(&request_id, "no access_token"))?;
+    if !v
+        .get("token_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(malformed(&request_id, "token_type is not Bearer"));
+    }
+    // `expires_in` is relative, a number or a numeric string.
+    let expires_in = match v.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse::<u64>().ok(),
+        _ => None,
+    }
+    .filter(|s| (60..=86_400).contains(s))
+    .ok_or_else(|| malformed(&request_id, "expires_in missing or out of range"))?;
+    let claims = decode_claims(token).map_err(|m| malformed(&request_id, &m))?;
+    let expires_at =
+        OffsetDateTime::now_utc() + time::Duration::seconds(i64::try_from(expires_in).unwrap_or(0));
+    Ok(TokenAnswer {
+        token: SecretString::from(token.to_owned()),
+        expires_at,
+        claims,
+        request_id,
+    })
+}

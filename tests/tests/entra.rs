@@ -1,0 +1,848 @@
+//! `entra_multi_tenant` end to end against the local fake Entra: the admin-consent flow bound
+//! to a broker tenant, the customer's tenant GUID and one browser; minting with claim checks,
+//! caching and single flight; drift (`consent_stale`, `consent_missing`) and its repair by a
+//! fresh consent; app credential rotation with two active; and every attack on the consent
+//! callback a customer with a valid link or an anonymous client could try.
+
+use std::time::Duration;
+
+use credbroker::client::BrokerClient;
+use credbroker_tests::fake_entra::{FakeEntra, ARM};
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+const CLIENT_ID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const SECRET_A: &str = "secretA~0123456789abcdefghijklmnop";
+const SECRET_B: &str = "secretB~0123456789abcdefghijklmnop";
+/// Customer tenants.
+const ACME: &str = "11111111-2222-4333-8444-555555555555";
+const GLOBEX: &str = "22222222-3333-4444-8555-666666666666";
+/// Our service principal in each.
+const ACME_SP: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const GLOBEX_SP: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    pki: std::sync::Arc<TestPki>,
+    daemon: Daemon,
+    entra: FakeEntra,
+    op: BrokerClient,
+    public: BrokerClient,
+}
+
+impl Env {
+    fn w1(&self) -> BrokerClient {
+        self.pki.client_for("w1", &self.daemon.url)
+    }
+}
+
+/// The Graph permissions of policies/azure.json (the default expectation of a binding).
+fn policy_roles() -> Vec<String> {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join("policies/azure.json")).unwrap())
+            .unwrap();
+    v["graph_application_permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn consent_all(entra: &FakeEntra, tenant: &str, sp: &str) {
+    let roles = policy_roles();
+    let refs: Vec<&str> = roles.iter().map(String::as_str).collect();
+    entra.consent(tenant, sp, &refs);
+}
+
+async fn start() -> Env {
+    let (tmp, pki) = setup();
+    let entra = FakeEntra::start(CLIENT_ID, SECRET_A).await;
+    let port = free_port();
+    let extra = format!(
+        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n\n[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{}\"\narm_base_url = \"{}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {:?}\ntimeout_ms = 3000\n",
+        pki.dir.join("server.crt").display().to_string(),
+        pki.dir.join("server.key").display().to_string(),
+        entra.url,
+        entra.url,
+        repo_root().join("policies/azure.json").display().to_string(),
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    add_secret(&mut op, SECRET_A).await;
+    let public = public_client(&pki, daemon.public_url.as_ref().expect("public listener"));
+    Env {
+        _tmp: tmp,
+        pki,
+        daemon,
+        entra,
+        op,
+        public,
+    }
+}
+
+/// Stores and activates one client secret of the app; its version.
+async fn add_secret(op: &mut BrokerClient, secret: &str) -> u64 {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/keys/entra_multi_tenant",
+        Some(json!({"fields": {"client_secret": secret}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(!v.to_string().contains(secret), "secret echoed: {v}");
+    let version = v["key"]["version"].as_u64().unwrap();
+    let (s, v) = call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/keys/entra_multi_tenant/{version}/activate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    version
+}
+
+/// Onboards `tenant` for the customer tenant `guid`: the state of the consent link.
+async fn onboard(op: &mut BrokerClient, tenant: &str, guid: &str) -> String {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"tenant": tenant, "account": {"login": guid, "id": 0}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["install_url"].as_str().unwrap();
+    assert!(
+        url.contains("/callbacks/entra_multi_tenant/start?state="),
+        "{url}"
+    );
+    url.rsplit("state=").next().unwrap().to_owned()
+}
+
+/// Opens the consent link in a browser: (status, cookie, Location).
+async fn open_link(public: &mut BrokerClient, state: &str) -> (u16, Option<String>, String) {
+    let (status, headers, _) = public
+        .exchange(
+            Method::GET,
+            &format!("/callbacks/entra_multi_tenant/start?state={state}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    let header = |n: http::HeaderName| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    (
+        status.as_u16(),
+        header(http::header::SET_COOKIE).map(|c| c.split(';').next().unwrap().to_owned()),
+        header(http::header::LOCATION).unwrap_or_default(),
+    )
+}
+
+async fn callback(public: &mut BrokerClient, query: &str, cookie: Option<&str>) -> (u16, Value) {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
+    let (status, out) = public
+        .request_with_headers(
+            Method::GET,
+            &format!("/callbacks/entra_multi_tenant/setup?{query}"),
+            &headers,
+            None,
+        )
+        .await
+        .unwrap();
+    (
+        status.as_u16(),
+        serde_json::from_slice(&out).unwrap_or(Value::Null),
+    )
+}
+
+/// The whole consent as the admin's browser does it: open the link, consent at Entra,
+/// come back with `query` (the state appended).
+async fn consent_round(public: &mut BrokerClient, state: &str, query: &str) -> (u16, Value) {
+    let (_, cookie, _) = open_link(public, state).await;
+    callback(public, &format!("{query}&state={state}"), cookie.as_deref()).await
+}
+
+fn token_requests_for(entra: &FakeEntra, tenant: &str) -> usize {
+    entra
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| t == tenant)
+        .count()
+}
+
+async fn binding(op: &mut BrokerClient, id: &str) -> Value {
+    let (s, v) = call(op, Method::GET, &format!("/v1/admin/bindings/{id}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["binding"].clone()
+}
+
+async fn probe(op: &mut BrokerClient, id: &str) -> (u16, Value) {
+    call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{id}/probe"),
+        Some(json!({})),
+    )
+    .await
+}
+
+fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The audit record a caller was given `audit_id` (`aud_` + 20 hex digits of its hash) for.
+fn record(daemon: &Daemon, audit_id: &str) -> Value {
+    daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| format!("aud_{}", &r["hash"].as_str().unwrap()[..20]) == audit_id)
+        .unwrap_or_else(|| panic!("no audit record {audit_id}"))
+}
+
+const BINDING: &str = "entra-multi-tenant-11111111-2222-4333-8444-555555555555";
+
+/// Consents ACME for t1 and adds instance `i-entra` on its binding.
+async fn bind_acme(env: &mut Env) {
+    consent_all(&env.entra, ACME, ACME_SP);
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state,
+        &format!(
+            "admin_consent=True&tenant={ACME}&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["binding"].as_str(), v["status"].as_str()),
+        (Some(BINDING), Some("active")),
+        "{v}"
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(
+            json!({"id": "i-entra", "tenant": "t1", "binding": BINDING, "connector_kind": "entra"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_flow_minting_drift_and_rotation() {
+    let mut env = start().await;
+    consent_all(&env.entra, ACME, ACME_SP);
+
+    // The link opens Entra's admin-consent page of exactly the tenant the operator named.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (s, cookie, location) = open_link(&mut env.public, &state).await;
+    assert_eq!(s, 302);
+    assert!(cookie.is_some());
+    assert!(
+        location.starts_with(&format!("{}/{ACME}/v2.0/adminconsent?", env.entra.url)),
+        "{location}"
+    );
+    for part in [
+        format!("client_id={CLIENT_ID}"),
+        format!("state={state}"),
+        "scope=https%3A%2F%2Fgraph.microsoft.com%2F.default".to_owned(),
+        "redirect_uri=https%3A%2F%2F127.0.0.1%3A".to_owned(),
+    ] {
+        assert!(location.contains(&part), "{part} in {location}");
+    }
+    // Entra propagates the new service principal for a moment: answered by bounded retries.
+    env.entra
+        .state
+        .tenants
+        .lock()
+        .unwrap()
+        .get_mut(ACME)
+        .unwrap()
+        .propagating = 2;
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        cookie.as_deref(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "active", "{v}");
+    assert!(v["probe"].as_str().unwrap().contains(ACME_SP), "{v}");
+    let b = binding(&mut env.op, BINDING).await;
+    assert_eq!(b["tenant"], "t1");
+    assert_eq!(b["config"]["tenant_id"], ACME);
+    assert_eq!(b["trust_facts"]["service_principal_id"], ACME_SP, "{b}");
+    assert_eq!(
+        b["trust_facts"]["graph_permissions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        policy_roles().len()
+    );
+    assert!(b["trust_facts"]["confirmed_at"].is_string());
+    // Replaying the callback (same state) is refused.
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        cookie.as_deref(),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+
+    // Minting: a Graph token for ACME, checked, cached, one upstream call for many callers.
+    call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(
+            json!({"id": "i-entra", "tenant": "t1", "binding": BINDING, "connector_kind": "entra"}),
+        ),
+    )
+    .await;
+    let before = token_requests_for(&env.entra, ACME);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut w = env.w1();
+        tasks.push(tokio::spawn(async move {
+            resolve(&mut w, json!({"instance_id": "i-entra"})).await
+        }));
+    }
+    let mut tokens = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["kind"], "entra_access_token");
+        tokens.insert(
+            v["credentials"]["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(tokens.len(), 1, "single flight: one token for all");
+    assert_eq!(
+        token_requests_for(&env.entra, ACME),
+        before + 1,
+        "one upstream mint"
+    );
+    let claims = claims_of(tokens.iter().next().unwrap());
+    assert_eq!(claims["tid"], ACME);
+    let last = env
+        .entra
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(last["scope"], "https://graph.microsoft.com/.default");
+    assert_eq!(last["grant_type"], "client_credentials");
+    // ARM is not among this binding's resources.
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-entra", "narrow": {"resource": "arm"}}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "narrowing_exceeds_ceiling"), "{v}");
+    // `credbroker client token` prints the same bearer for scripts.
+    let ca = env.pki.dir.join("ca.crt");
+    let (c, out, err) = run_cli(&[
+        "client",
+        "token",
+        "--instance",
+        "i-entra",
+        "--server",
+        &env.daemon.url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--cert",
+        env.pki.dir.join("w1.crt").to_str().unwrap(),
+        "--key",
+        env.pki.dir.join("w1.key").to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(out.trim(), tokens.iter().next().unwrap());
+    let (c, out, err) = run_cli(&[
+        "client",
+        "token",
+        "--json",
+        "--instance",
+        "i-entra",
+        "--server",
+        &env.daemon.url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--cert",
+        env.pki.dir.join("w1.crt").to_str().unwrap(),
+        "--key",
+        env.pki.dir.join("w1.key").to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let j: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["token_type"], "Bearer");
+    assert!(j["expires_on"].as_i64().unwrap() > 0);
+
+    // Drift: the customer removes one permission. The probe (and the next mint) sees it:
+    // consent_stale naming the permission; resolves refused, cached token included.
+    env.entra.revoke_role(ACME, "AuditLog.Read.All");
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!((s, code(&v)), (403, "consent_stale"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("AuditLog.Read.All"),
+        "{v}"
+    );
+    let b = binding(&mut env.op, BINDING).await;
+    assert_eq!(b["drift"]["code"], "consent_stale", "{b}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-entra"})).await;
+    assert_eq!((s, code(&v)), (403, "consent_stale"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("AuditLog.Read.All"));
+    // Re-consent through a fresh link restores it.
+    consent_all(&env.entra, ACME, ACME_SP);
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state,
+        &format!("admin_consent=True&tenant={ACME}"),
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
+    assert!(binding(&mut env.op, BINDING).await.get("drift").is_none());
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-entra"})).await;
+    assert_eq!(s, 200, "{v}");
+
+    // Rotation: a second secret, both active; the first revoked at Entra: mints go on.
+    add_secret(&mut env.op, SECRET_B).await;
+    env.entra
+        .state
+        .secrets
+        .lock()
+        .unwrap()
+        .push(SECRET_B.into());
+    env.entra
+        .state
+        .secrets
+        .lock()
+        .unwrap()
+        .retain(|s| s != SECRET_A);
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!(s, 200, "{v}");
+    // With no valid secret at all: provider_denied naming the rotation runbook.
+    env.entra.state.secrets.lock().unwrap().clear();
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("entra-app-credential"),
+        "{v}"
+    );
+    env.entra
+        .state
+        .secrets
+        .lock()
+        .unwrap()
+        .push(SECRET_B.into());
+
+    // Consent withdrawn (enterprise application deleted): consent_missing.
+    env.entra.withdraw(ACME);
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!((s, code(&v)), (403, "consent_missing"), "{v}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-entra"})).await;
+    assert_eq!((s, code(&v)), (403, "consent_missing"), "{v}");
+    let b = binding(&mut env.op, BINDING).await;
+    assert_eq!(b["drift"]["code"], "consent_missing", "{b}");
+    // No secret ever reached the audit log, the store or the logs.
+    let audit = serde_json::to_string(&env.daemon.audit_records()).unwrap();
+    for secret in [SECRET_A, SECRET_B] {
+        assert!(!audit.contains(secret));
+        assert!(!env.daemon.logs().contains(secret));
+    }
+    assert!(!audit.contains(tokens.iter().next().unwrap().as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_seen_by_a_resolve_marks_the_binding() {
+    let mut env = start().await;
+    bind_acme(&mut env).await;
+    // The first mint sees the permission missing (no probe in between).
+    env.entra.revoke_role(ACME, "Directory.Read.All");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-entra"})).await;
+    assert_eq!((s, code(&v)), (403, "consent_stale"), "{v}");
+    let audit_id = v["error"]["audit_id"].as_str().unwrap().to_owned();
+    let rec = record(&env.daemon, &audit_id);
+    assert!(
+        rec["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Directory.Read.All"),
+        "{rec}"
+    );
+    // The binding is marked through the audited pipeline (in its own task).
+    let mut marked = false;
+    for _ in 0..50 {
+        if binding(&mut env.op, BINDING).await["drift"]["code"] == "consent_stale" {
+            marked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(marked);
+    assert!(env
+        .daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "binding.flag_trust_broken"
+            && r["detail"].as_str().unwrap_or("").contains("consent_stale")));
+    // Even once the fake grants it again, the binding stays refused until a probe passes.
+    consent_all(&env.entra, ACME, ACME_SP);
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-entra"})).await;
+    assert_eq!((s, code(&v)), (403, "consent_stale"), "{v}");
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-entra"})).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_failing_a_claim_check_are_never_handed_out() {
+    let mut env = start().await;
+    bind_acme(&mut env).await;
+    for (what, check) in [("tid", "tid"), ("appid", "appid"), ("extra", "beyond")] {
+        {
+            let mut m = env.entra.state.misissue.lock().unwrap();
+            *m = Default::default();
+            match what {
+                "tid" => m.tid = Some(GLOBEX.into()),
+                "appid" => m.appid = Some("99999999-9999-4999-8999-999999999999".into()),
+                _ => m.extra_roles = vec!["Directory.ReadWrite.All".into()],
+            }
+        }
+        // A fresh mint each time: the probe re-checks, and resolves use a new narrowing key.
+        let (s, v) = probe(&mut env.op, BINDING).await;
+        assert_eq!((s, code(&v)), (502, "provider_denied"), "{what}: {v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(check), "{what}: {m}");
+        assert!(!m.contains("eyJ"), "token material in {m}");
+    }
+    // The resolve path too (nothing is cached yet: the probes' tokens never are).
+    env.entra.state.misissue.lock().unwrap().tid = Some(GLOBEX.into());
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-entra", "narrow": {"resource": "graph"}}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(v.get("credentials").is_none());
+    let audit_id = v["error"]["audit_id"].as_str().unwrap().to_owned();
+    let rec = record(&env.daemon, &audit_id);
+    assert!(
+        rec["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failed the tid check"),
+        "{rec}"
+    );
+    // v1 tokens (sts.windows.net issuer, appid) pass the same checks.
+    *env.entra.state.misissue.lock().unwrap() = Default::default();
+    *env.entra.state.v1_tokens.lock().unwrap() = true;
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_takeover_attempts_are_refused() {
+    let mut env = start().await;
+    consent_all(&env.entra, ACME, ACME_SP);
+    consent_all(&env.entra, GLOBEX, GLOBEX_SP);
+
+    // The operator names a tenant id, never `common`, `organizations` or a domain.
+    for bad in ["common", "organizations", "contoso.onmicrosoft.com", ""] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/onboard/entra_multi_tenant",
+            Some(json!({"tenant": "t1", "account": {"login": bad, "id": 0}})),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{bad}: {v}");
+    }
+
+    // A customer holding t1's valid link for ACME swaps the callback's tenant for GLOBEX
+    // (which consented to our app for someone else): refused before anything is minted.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let globex_before = token_requests_for(&env.entra, GLOBEX);
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state,
+        &format!("admin_consent=True&tenant={GLOBEX}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the tenant"),
+        "{v}"
+    );
+    assert_eq!(
+        token_requests_for(&env.entra, GLOBEX),
+        globex_before,
+        "nothing minted for the claimed tenant"
+    );
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/unclaimed", None).await;
+    assert_eq!(
+        v["unclaimed"].as_array().map_or(0, Vec::len),
+        0,
+        "a forged tenant is not kept: {v}"
+    );
+
+    // `error` overrides admin_consent=True: the state is consumed, the refusal audited.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state,
+        &format!("error=access_denied&error_description=AADSTS65004%3A+User+declined&admin_consent=True&tenant={ACME}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    let audit_id = v["error"]["audit_id"].as_str().expect("audited").to_owned();
+    let rec = record(&env.daemon, &audit_id);
+    assert!(
+        rec["detail"].as_str().unwrap().contains("access_denied"),
+        "{rec}"
+    );
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state,
+        &format!("admin_consent=True&tenant={ACME}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "consumed: {v}");
+
+    // Forged and missing states: refused, counted, not audited (anonymous).
+    let records = env.daemon.audit_records().len();
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("admin_consent=True&tenant={ACME}&state=forgedforgedforged"),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("admin_consent=True&tenant={ACME}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    let (s, v) = callback(
+        &mut env.public,
+        "admin_consent=True&tenant=common&state=abc",
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert_eq!(env.daemon.audit_records().len(), records);
+
+    // The link finished in another browser (no cookie): refused and audited, state used up.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let _ = open_link(&mut env.public, &state).await;
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(v["error"]["audit_id"].is_string());
+
+    // t1 binds ACME properly; t2's valid link for ACME cannot take it.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state,
+        &format!("admin_consent=True&tenant={ACME}"),
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
+    let state2 = onboard(&mut env.op, "t2", ACME).await;
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state2,
+        &format!("admin_consent=True&tenant={ACME}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another tenant"),
+        "{v}"
+    );
+    // Nor by hand.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"id": "acme-by-hand", "tenant": "t2", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME.to_uppercase()}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+
+    // An unconsented tenant named at onboarding: the consent callback's claim is refused by
+    // the mint that should confirm it.
+    let unconsented = "33333333-4444-4555-8666-777777777777";
+    env.entra.add_unconsented(unconsented);
+    let state = onboard(&mut env.op, "t2", unconsented).await;
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state,
+        &format!("admin_consent=True&tenant={unconsented}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("7000229"),
+        "{v}"
+    );
+
+    // A worker of t2 cannot resolve t1's Entra instance.
+    call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(
+            json!({"id": "i-entra", "tenant": "t1", "binding": BINDING, "connector_kind": "entra"}),
+        ),
+    )
+    .await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"id": "w2", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    env.pki.worker("w2");
+    let mut w2 = env.pki.client_for("w2", &env.daemon.url);
+    let (s, v) = resolve(&mut w2, json!({"instance_id": "i-entra"})).await;
+    assert_eq!((s, code(&v)), (404, "unknown_instance"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_role_assignments_are_checked_by_the_probe() {
+    let mut env = start().await;
+    let sub = "/subscriptions/44444444-5555-4666-8777-888888888888";
+    // Bound by hand (pending its probe), with ARM and one subscription to check.
+    consent_all(&env.entra, ACME, ACME_SP);
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"id": "acme-arm", "tenant": "t1", "provider": "entra_multi_tenant",
+                    "config": {"tenant_id": ACME, "resources": ["graph", "arm"], "arm_scopes": [sub]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["binding"]["status"], "pending_activation", "{v}");
+    let id = "acme-arm";
+    // No role assigned yet: the probe says to deploy the Bicep with our principal id.
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("principalId={ACME_SP}")),
+        "{v}"
+    );
+    env.entra.assign(sub, ACME_SP, READER);
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        binding(&mut env.op, id).await["trust_facts"]["arm"][0]["roles"][0],
+        "Reader"
+    );
+    // A write role on our service principal is refused.
+    env.entra.assign(sub, ACME_SP, CONTRIBUTOR);
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(CONTRIBUTOR),
+        "{v}"
+    );
+    // ARM tokens are minted for ARM, one resource per token.
+    env.entra
+        .state
+        .role_assignments
+        .lock()
+        .unwrap()
+        .retain(|(_, _, r)| r == READER);
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!(s, 200, "{v}");
+    call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-arm", "tenant": "t1", "binding": id, "connector_kind": "azure"})),
+    )
+    .await;
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-arm", "narrow": {"resource": "arm"}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        claims_of(v["credentials"]["access_token"].as_str().unwrap())["aud"],
+        ARM
+    );
+    assert!(v["details"]["roles"].is_null());
+}
