@@ -33,9 +33,9 @@ pub use error::{ProviderError, RefusalReason};
 pub use pasted_secret::PastedSecret;
 pub use provider::{
     BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement,
-    CredentialScope, InstalledAccount, IssuedCredential, MintRequest, Narrowing, PlatformKey,
-    PlatformKeys, Probe, ProbeReport, Provider, Revocation, SecretRequirement, SetupRedirect,
-    TenantParameter,
+    CredentialScope, InstallContext, InstalledAccount, IssuedCredential, MintRequest, Narrowing,
+    PlatformKey, PlatformKeys, Probe, ProbeReport, Provider, Revocation, SecretRequirement,
+    SetupRedirect, TenantParameter,
 };
 pub use registry::{
     descriptor, resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget,

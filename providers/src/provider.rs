@@ -209,6 +209,15 @@ pub struct InstalledAccount {
     pub id: u64,
 }
 
+/// What the broker knows about the install link a setup callback answers.
+#[derive(Debug, Clone, Copy)]
+pub struct InstallContext<'a> {
+    /// The customer account the operator pinned at onboarding.
+    pub pin: Option<&'a InstalledAccount>,
+    /// When the link was issued: whatever the customer did in answer to it happened after.
+    pub issued_at: time::OffsetDateTime,
+}
+
 /// Inbound callbacks of a provider (install redirects, webhooks). Every method verifies or
 /// parses only; the core decides what changes.
 #[async_trait]
@@ -276,9 +285,9 @@ pub trait Callbacks: Send + Sync {
     /// Proves that the person who came back with `redirect` administers the installation it
     /// names, and returns the installation's account. GitHub: exchange the user's one-time
     /// `code` for a user token, find the installation among the user's installations, revoke
-    /// the token (never stored). Entra: the tenant must be the pinned one, and a token minted
-    /// for it must say so. The installation id in the redirect is a claim until this
-    /// returns.
+    /// the token (never stored). Entra: the tenant must be the pinned one, a token minted for
+    /// it must say so, and a permission must have been granted there after the link was
+    /// issued. The installation id in the redirect is a claim until this returns.
     ///
     /// # Errors
     /// [`ProviderError::Denied`] when the code is bad or the installation is not the user's;
@@ -287,9 +296,17 @@ pub trait Callbacks: Send + Sync {
     async fn prove_installer(
         &self,
         redirect: &SetupRedirect,
-        pinned: Option<&InstalledAccount>,
+        context: &InstallContext<'_>,
         timeout: Duration,
     ) -> Result<InstalledAccount, ProviderError>;
+
+    /// The exclusive identifier a pin names, when the pin is the identifier itself (Entra:
+    /// the tenant GUID): onboarding refuses a pin another tenant's binding already holds,
+    /// before any link exists.
+    fn pin_identifier(&self, pin: &InstalledAccount) -> Option<String> {
+        let _ = pin;
+        None
+    }
 }
 
 /// Result of an activation or on-demand probe.

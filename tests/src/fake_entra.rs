@@ -39,6 +39,9 @@ pub struct FakeTenant {
     /// Next token requests answered with a transient AADSTS7000229 (consent still
     /// propagating).
     pub propagating: u32,
+    /// When the admin granted the application permissions (unix seconds): the
+    /// `createdDateTime` of our service principal's app role assignments.
+    pub granted_at: i64,
 }
 
 /// How the fake misbehaves (for the broker's claim checks).
@@ -282,6 +285,116 @@ impl EntraState {
             .unwrap_or_default()
     }
 
+    /// Claims of a bearer this fake issued for `audience`, when valid.
+    fn bearer_claims(&self, bearer: Option<&str>, audience: &str) -> Option<Value> {
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[audience]);
+        let public = DecodingKey::from_rsa_der(&self.signing.public_der);
+        bearer
+            .and_then(|t| jsonwebtoken::decode::<Value>(t, &public, &validation).ok())
+            .map(|d| d.claims)
+    }
+
+    /// Graph `GET /v1.0/servicePrincipals(appId='{appId}')/appRoleAssignments`: the
+    /// application permissions granted to our service principal in the token's tenant, with
+    /// their `createdDateTime`. Needs Application.Read.All.
+    fn app_role_assignments(&self, sp: &str, bearer: Option<&str>) -> (u16, Value) {
+        let denied = |status: u16, code: &str, message: &str| {
+            (
+                status,
+                json!({"error": {"code": code, "message": message, "innerError": {"request-id": "00000000-0000-0000-0000-000000000000"}}}),
+            )
+        };
+        let Some(claims) = self.bearer_claims(bearer, GRAPH) else {
+            return denied(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token validation failure.",
+            );
+        };
+        let roles: Vec<&str> = claims["roles"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if !roles.contains(&"Application.Read.All") {
+            return denied(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            );
+        }
+        if sp != format!("servicePrincipals(appId='{}')", self.client_id) {
+            return denied(404, "Request_ResourceNotFound", "Resource does not exist or one of its queried reference-property objects are not present.");
+        }
+        let tid = claims["tid"].as_str().unwrap_or("");
+        let Some(t) = self.tenants.lock().unwrap().get(tid).cloned() else {
+            return denied(404, "Request_ResourceNotFound", "Resource does not exist.");
+        };
+        let created = time::OffsetDateTime::from_unix_timestamp(t.granted_at)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let value: Vec<Value> = t
+            .graph_roles
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                json!({
+                    "id": format!("assign{i:04}"),
+                    "deletedDateTime": null,
+                    "appRoleId": format!("{i:08}-1111-4111-8111-111111111111"),
+                    "createdDateTime": created,
+                    "principalDisplayName": "credbroker",
+                    "principalId": t.sp_oid,
+                    "principalType": "ServicePrincipal",
+                    "resourceDisplayName": "Microsoft Graph",
+                    "resourceId": "99999999-0000-4000-8000-00000000aaaa",
+                })
+            })
+            .collect();
+        (200, json!({ "value": value }))
+    }
+
+    /// ARM `GET /subscriptions?api-version=…`: the subscriptions the token's principal holds
+    /// any role in.
+    fn subscriptions(&self, query: &str, bearer: Option<&str>) -> (u16, Value) {
+        let Some(claims) = self.bearer_claims(bearer, ARM) else {
+            return (
+                401,
+                json!({"error": {"code": "InvalidAuthenticationToken", "message": "The access token is invalid."}}),
+            );
+        };
+        if !parse_form(query).contains_key("api-version") {
+            return (
+                400,
+                json!({"error": {"code": "MissingApiVersionParameter", "message": "The api-version query parameter (?api-version=) is required for all requests."}}),
+            );
+        }
+        let oid = claims["oid"].as_str().unwrap_or("").to_owned();
+        let tid = claims["tid"].as_str().unwrap_or("").to_owned();
+        let mut ids: Vec<String> = self
+            .role_assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p, _)| *p == oid)
+            .filter_map(|(s, _, _)| {
+                s.strip_prefix("/subscriptions/")
+                    .map(|r| r.split('/').next().unwrap_or("").to_owned())
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let value: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"id": format!("/subscriptions/{id}"), "subscriptionId": id, "tenantId": tid, "displayName": "sub", "state": "Enabled"}))
+            .collect();
+        (
+            200,
+            json!({ "value": value, "count": {"type": "Total", "value": value.len()} }),
+        )
+    }
+
     /// ARM `GET {scope}/providers/Microsoft.Authorization/roleAssignments?api-version=…&$filter=principalId eq '…'`
     /// with an ARM token this fake issued.
     fn role_assignments_at(&self, scope: &str, query: &str, bearer: Option<&str>) -> (u16, Value) {
@@ -358,6 +471,10 @@ impl EntraState {
             [tenant, "oauth2", "v2.0", "token"] if post => {
                 self.token(tenant, &parse_form(&String::from_utf8_lossy(&body)))
             }
+            ["v1.0", sp, "appRoleAssignments"] if !post => {
+                self.app_role_assignments(sp, bearer.as_deref())
+            }
+            ["subscriptions"] if !post => self.subscriptions(&query, bearer.as_deref()),
             _ if !post && path.ends_with(ASSIGNMENTS) => self.role_assignments_at(
                 path.trim_end_matches(ASSIGNMENTS),
                 &query,
@@ -406,8 +523,16 @@ impl FakeEntra {
                 sp_oid: sp_oid.to_owned(),
                 graph_roles: graph_roles.iter().map(|r| (*r).to_owned()).collect(),
                 propagating: 0,
+                granted_at: time::OffsetDateTime::now_utc().unix_timestamp(),
             },
         );
+    }
+
+    /// Makes `tenant`'s grants `secs` older (a consent given long before any link).
+    pub fn age(&self, tenant: &str, secs: i64) {
+        if let Some(t) = self.state.tenants.lock().unwrap().get_mut(tenant) {
+            t.granted_at -= secs;
+        }
     }
 
     /// A tenant that exists but has not consented to our app.

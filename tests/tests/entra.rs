@@ -63,9 +63,10 @@ async fn start() -> Env {
     let entra = FakeEntra::start(CLIENT_ID, SECRET_A).await;
     let port = free_port();
     let extra = format!(
-        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n\n[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{}\"\narm_base_url = \"{}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {:?}\ntimeout_ms = 3000\n",
+        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n\n[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{}\"\narm_base_url = \"{}\"\ngraph_base_url = \"{}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {:?}\ntimeout_ms = 3000\n",
         pki.dir.join("server.crt").display().to_string(),
         pki.dir.join("server.key").display().to_string(),
+        entra.url,
         entra.url,
         entra.url,
         repo_root().join("policies/azure.json").display().to_string(),
@@ -638,6 +639,31 @@ async fn consent_takeover_attempts_are_refused() {
         "a forged tenant is not kept: {v}"
     );
 
+    // The same customer names GLOBEX itself (it consented long ago, for someone else) and
+    // comes back claiming a consent it never gave: the mint works (the old consent), but no
+    // permission was granted after the link was issued.
+    env.entra.age(GLOBEX, 3600);
+    let state = onboard(&mut env.op, "t1", GLOBEX).await;
+    let (s, v) = consent_round(
+        &mut env.public,
+        &state,
+        &format!("admin_consent=True&tenant={GLOBEX}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("granted after this link was issued"),
+        "{v}"
+    );
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert!(
+        !v.to_string().contains(GLOBEX),
+        "GLOBEX must not be bound: {v}"
+    );
+
     // `error` overrides admin_consent=True: the state is consumed, the refusal audited.
     let state = onboard(&mut env.op, "t1", ACME).await;
     let (s, v) = consent_round(
@@ -698,7 +724,9 @@ async fn consent_takeover_attempts_are_refused() {
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     assert!(v["error"]["audit_id"].is_string());
 
-    // t1 binds ACME properly; t2's valid link for ACME cannot take it.
+    // t2 obtains a link for ACME; then t1 binds ACME properly; t2's link can no longer take
+    // it, and nothing is minted for ACME on t2's behalf. No new link is issued for t2.
+    let state2 = onboard(&mut env.op, "t2", ACME).await;
     let state = onboard(&mut env.op, "t1", ACME).await;
     let (s, v) = consent_round(
         &mut env.public,
@@ -707,7 +735,7 @@ async fn consent_takeover_attempts_are_refused() {
     )
     .await;
     assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
-    let state2 = onboard(&mut env.op, "t2", ACME).await;
+    let acme_before = token_requests_for(&env.entra, ACME);
     let (s, v) = consent_round(
         &mut env.public,
         &state2,
@@ -722,6 +750,19 @@ async fn consent_takeover_attempts_are_refused() {
             .contains("another tenant"),
         "{v}"
     );
+    assert_eq!(
+        token_requests_for(&env.entra, ACME),
+        acme_before,
+        "nothing minted for t2"
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"tenant": "t2", "account": {"login": ACME, "id": 0}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     // Nor by hand.
     let (s, v) = call(
         &mut env.op,
@@ -807,7 +848,7 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         binding(&mut env.op, id).await["trust_facts"]["arm"][0]["roles"][0],
         "Reader"
     );
-    // A write role on our service principal is refused.
+    // A write role on our service principal is refused by the probe...
     env.entra.assign(sub, ACME_SP, CONTRIBUTOR);
     let (s, v) = probe(&mut env.op, id).await;
     assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
@@ -818,31 +859,51 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
             .contains(CONTRIBUTOR),
         "{v}"
     );
-    // ARM tokens are minted for ARM, one resource per token.
-    env.entra
-        .state
-        .role_assignments
-        .lock()
-        .unwrap()
-        .retain(|(_, _, r)| r == READER);
-    let (s, v) = probe(&mut env.op, id).await;
-    assert_eq!(s, 200, "{v}");
-    call(
+    // ...and by every ARM mint (the binding is still active from its earlier probe).
+    let (s, v) = call(
         &mut env.op,
         Method::POST,
         "/v1/admin/instances",
         Some(json!({"id": "i-arm", "tenant": "t1", "binding": id, "connector_kind": "azure"})),
     )
     .await;
-    let (s, v) = resolve(
-        &mut env.w1(),
-        json!({"instance_id": "i-arm", "narrow": {"resource": "arm"}}),
-    )
-    .await;
+    assert_eq!(s, 201, "{v}");
+    let arm = json!({"instance_id": "i-arm", "narrow": {"resource": "arm"}});
+    let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(CONTRIBUTOR),
+        "{v}"
+    );
+    assert!(v.get("credentials").is_none());
+    // Back to Reader only: ARM tokens are minted for ARM, one resource per token.
+    env.entra
+        .state
+        .role_assignments
+        .lock()
+        .unwrap()
+        .retain(|(_, _, r)| r == READER);
+    let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         claims_of(v["credentials"]["access_token"].as_str().unwrap())["aud"],
         ARM
     );
     assert!(v["details"]["roles"].is_null());
+    // A role on a subscription the binding does not declare (its roles there unchecked):
+    // refused.
+    let other = "/subscriptions/55555555-6666-4777-8888-999999999999";
+    env.entra.assign(other, ACME_SP, READER);
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("55555555-6666-4777-8888-999999999999"),
+        "{v}"
+    );
 }

@@ -138,6 +138,7 @@ async fn every_record_type_round_trips(records: &Records) {
                 pin: None,
                 browser: None,
                 opens: 0,
+                issued_at: None,
             },
         );
     records.commit(b).await.unwrap();
@@ -316,6 +317,7 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
             pin: None,
             browser: None,
             opens: 0,
+            issued_at: None,
         },
     );
     records.commit(b).await.unwrap();

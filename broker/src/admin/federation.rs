@@ -337,6 +337,25 @@ impl AdminService {
                     id: p.id,
                 })
                 .map_err(ApiError::bad_request)?;
+            // A pin that is itself the identifier (Entra's tenant GUID) and is bound to
+            // another tenant: no link is issued, nothing is minted for it.
+            if let Some(identifier) = cb.pin_identifier(&credbroker_providers::InstalledAccount {
+                login: pin.login.clone(),
+                id: pin.id,
+            }) {
+                let owner = self
+                    .core
+                    .records
+                    .identifier_owner(&identifier)
+                    .await
+                    .map_err(store_err)?;
+                if owner.is_some_and(|o| o.tenant != tenant.as_str()) {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("{identifier} is already bound to another tenant"),
+                    ));
+                }
+            }
             let base = self.core.public_base_url().ok_or_else(|| {
                 ApiError::bad_request(
                     "[public] base_url is not configured: install links point at the broker's public listener",
@@ -358,6 +377,7 @@ impl AdminService {
                     pin: Some(pin.clone()),
                     browser: None,
                     opens: 0,
+                    issued_at: Some(time::OffsetDateTime::now_utc().unix_timestamp()),
                 },
             );
             plan.response["install_url"] = json!(format!(

@@ -392,8 +392,9 @@ impl AdminService {
                 binding,
                 generation,
                 drift,
+                observed_probe,
             } => {
-                self.plan_flag_trust_broken(&binding, &generation, drift)
+                self.plan_flag_trust_broken(&binding, &generation, drift, observed_probe)
                     .await
             }
             AdminOp::Onboard(provider, tenant, pin) => {

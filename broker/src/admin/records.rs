@@ -452,12 +452,19 @@ impl AdminService {
         id: &str,
         generation: &str,
         drift: Option<crate::model::Drift>,
+        observed_probe: Option<String>,
     ) -> Result<Plan, ApiError> {
         let stored = self.binding_or_404(id).await?;
         if stored.generation != generation {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "the binding was re-created or its credential changed since the denied resolve",
+            ));
+        }
+        if stored.last_tested_at != observed_probe {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the binding was probed since the denied resolve read it; the probe's result stands",
             ));
         }
         let detail = match &drift {

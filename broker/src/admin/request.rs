@@ -210,6 +210,9 @@ pub enum AdminOp {
         generation: String,
         /// The consent drift the upstream showed, when that is what it was.
         drift: Option<crate::model::Drift>,
+        /// The binding's `last_tested_at` the denied resolve read: a probe that ran since
+        /// (e.g. after the customer consented again) has the last word.
+        observed_probe: Option<String>,
     },
 }
 

@@ -221,8 +221,33 @@ impl CallbackService {
                 login: p.login.clone(),
                 id: p.id,
             });
+        // A pin that is the identifier itself (Entra) bound to another tenant meanwhile:
+        // refused before the provider mints anything for it.
+        if let Some(pin_id) = pinned.as_ref().and_then(|p| cb.pin_identifier(p)) {
+            if pin_id == identifier {
+                let owner = self
+                    .core
+                    .records
+                    .identifier_owner(&identifier)
+                    .await
+                    .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
+                if owner.is_some_and(|o| o.tenant != tenant.as_str()) {
+                    return Err(
+                        rejected("this installation is already bound to another tenant").into(),
+                    );
+                }
+            }
+        }
+        let issued_at = read.issued_at.unwrap_or_else(|| {
+            read.expires_at - i64::try_from(self.core.callback_state_ttl_s()).unwrap_or(3600)
+        });
+        let context = credbroker_providers::InstallContext {
+            pin: pinned.as_ref(),
+            issued_at: time::OffsetDateTime::from_unix_timestamp(issued_at)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        };
         let account = cb
-            .prove_installer(&redirect, pinned.as_ref(), self.core.mint_timeout())
+            .prove_installer(&redirect, &context, self.core.mint_timeout())
             .await
             .map_err(|e| {
                 rejected(format!(

@@ -61,6 +61,8 @@ struct Refused {
     flag: Option<String>,
     /// The consent drift the upstream showed.
     drift: Option<crate::model::Drift>,
+    /// The binding's `last_tested_at` when the resolve read it.
+    observed_probe: Option<String>,
 }
 
 impl From<Denial> for Refused {
@@ -72,6 +74,7 @@ impl From<Denial> for Refused {
             trust_broken: false,
             flag: None,
             drift: None,
+            observed_probe: None,
         }
     }
 }
@@ -179,6 +182,7 @@ impl ResolveService {
                         binding.clone(),
                         generation.clone(),
                         refused.drift.clone(),
+                        refused.observed_probe.clone(),
                         request_id,
                     );
                 }
@@ -215,9 +219,14 @@ impl ResolveService {
         binding: BindingId,
         generation: String,
         drift: Option<crate::model::Drift>,
+        observed_probe: Option<String>,
         request_id: &str,
     ) {
-        let key = (binding.to_string(), generation.clone());
+        let code = drift.as_ref().map(|d| format!("{:?}", d.code));
+        let key = (
+            binding.to_string(),
+            format!("{generation}/{}", code.unwrap_or_default()),
+        );
         let newly = match self.flagging.lock() {
             Ok(mut set) => set.insert(key.clone()),
             Err(_) => false,
@@ -240,6 +249,7 @@ impl ResolveService {
                     binding: binding.to_string(),
                     generation,
                     drift,
+                    observed_probe,
                 };
                 match admin.execute("broker", op, &request_id).await {
                     Ok(_) => {
@@ -305,6 +315,7 @@ impl ResolveService {
             trust_broken: false,
             flag: None,
             drift: None,
+            observed_probe: None,
         };
         let binding = chain.binding();
         let provider = chain.provider();
@@ -419,6 +430,7 @@ impl ResolveService {
                     trust_broken: withdrawn,
                     flag: flag.then(|| binding.generation.clone()),
                     drift,
+                    observed_probe: binding.last_tested_at.clone(),
                     error: e.into(),
                     facts,
                 })

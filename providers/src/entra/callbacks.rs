@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::claims::{guid, parse_consent_query};
 use super::{EntraApp, Resource, ID};
-use crate::{Callbacks, InstalledAccount, ProviderError, SetupRedirect};
+use crate::{Callbacks, InstallContext, InstalledAccount, ProviderError, SetupRedirect};
 
 impl EntraApp {
     fn pinned_tenant(pin: Option<&InstalledAccount>) -> Option<String> {
@@ -86,6 +86,10 @@ impl Callbacks for EntraApp {
         Ok(())
     }
 
+    fn pin_identifier(&self, pin: &InstalledAccount) -> Option<String> {
+        guid(&pin.login).map(|t| super::tenant_identifier(&t))
+    }
+
     fn check_pin(&self, pin: InstalledAccount) -> Result<InstalledAccount, String> {
         let tenant = guid(&pin.login).ok_or(
             "the customer's Entra tenant must be a tenant GUID (not common, organizations or a domain name)",
@@ -105,9 +109,10 @@ impl Callbacks for EntraApp {
     async fn prove_installer(
         &self,
         redirect: &SetupRedirect,
-        pinned: Option<&InstalledAccount>,
+        context: &InstallContext<'_>,
         timeout: Duration,
     ) -> Result<InstalledAccount, ProviderError> {
+        let pinned = context.pin;
         let tenant = redirect
             .config
             .get("tenant_id")
@@ -126,8 +131,15 @@ impl Callbacks for EntraApp {
                 trust_broken: false,
             });
         }
+        let started = std::time::Instant::now();
         self.note_consent(&tenant);
-        self.token_for(&tenant, Resource::Graph, timeout).await?;
+        let graph = self.token_for(&tenant, Resource::Graph, timeout).await?;
+        // The tenant matches the pin, but anyone holding the link can claim it: only an
+        // administrator of that tenant can grant our app a permission, so one granted after
+        // the link was issued shows that this consent happened now.
+        let left = timeout.saturating_sub(started.elapsed());
+        self.check_fresh_grants(&graph, &tenant, context.issued_at, left)
+            .await?;
         Ok(InstalledAccount {
             login: tenant,
             id: 0,

@@ -169,6 +169,8 @@ fn arm_scope_ok(s: &str) -> bool {
     }
     if let Some(mg) = s.strip_prefix("/providers/Microsoft.Management/managementGroups/") {
         return !mg.is_empty()
+            && mg != "."
+            && mg != ".."
             && mg.len() <= 90
             && mg.bytes().all(|b| {
                 b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'(' | b')')
@@ -218,6 +220,10 @@ pub fn parse_config(config: &Value) -> Result<EntraConfig, String> {
     }
     if !c.arm_scopes.is_empty() && !resources.contains(&Resource::Arm) {
         return Err("arm_scopes given but arm is not among the resources".into());
+    }
+    // ARM tokens carry no roles: what they may do is checked at these scopes on every mint.
+    if resources.contains(&Resource::Arm) && c.arm_scopes.is_empty() {
+        return Err("arm needs arm_scopes: the subscriptions or management groups whose role assignments are checked".into());
     }
     Ok(EntraConfig {
         tenant,
@@ -301,6 +307,8 @@ mod tests {
             json!({"tenant_id": t, "arm_scopes": ["/subscriptions/x"], "resources": ["arm"]}),
             json!({"tenant_id": t, "arm_scopes": [format!("/subscriptions/{t}")]}),
             json!({"tenant_id": t, "extra": 1}),
+            json!({"tenant_id": t, "resources": ["arm"]}),
+            json!({"tenant_id": t, "resources": ["arm"], "arm_scopes": ["/providers/Microsoft.Management/managementGroups/.."]}),
         ] {
             assert!(parse_config(&bad).is_err(), "{bad}");
         }

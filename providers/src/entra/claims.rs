@@ -120,6 +120,9 @@ pub struct TokenClaims {
     /// Expiry, seconds since the epoch.
     #[serde(default)]
     pub exp: Option<i64>,
+    /// Delegated scopes: present only in tokens acting for a user (refused here).
+    #[serde(default)]
+    pub scp: Option<Value>,
 }
 
 const MAX_TOKEN: usize = 16 * 1024;
@@ -151,11 +154,12 @@ pub fn decode_claims(token: &str) -> Result<TokenClaims, String> {
 }
 
 /// The tenant GUID an `iss` names: v1 `https://{host}/{guid}/`, v2
-/// `https://{host}/{guid}/v2.0`. Compared on the GUID, never as strings.
-pub fn issuer_tenant(iss: &str) -> Option<String> {
+/// `https://{host}/{guid}/v2.0`, with `host` among `hosts` (compared case-insensitively).
+/// Compared on the GUID, never as strings.
+pub fn issuer_tenant(iss: &str, hosts: &[String]) -> Option<String> {
     let rest = iss.strip_prefix("https://")?;
     let (host, path) = rest.split_once('/')?;
-    if host.is_empty() {
+    if host.is_empty() || !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
         return None;
     }
     let path = path.strip_suffix('/').unwrap_or(path);
@@ -180,7 +184,8 @@ fn fail(check: &'static str, message: String) -> ClaimFailure {
     ClaimFailure { check, message }
 }
 
-/// Checks an issued token is for `tenant` (GUID, lower case) and our `client_id`, app-only.
+/// Checks an issued token is for `tenant` (GUID, lower case) and our `client_id`, app-only,
+/// issued by one of `issuer_hosts`.
 ///
 /// # Errors
 /// The first check that failed.
@@ -188,6 +193,7 @@ pub fn check_claims(
     claims: &TokenClaims,
     tenant: &str,
     client_id: &str,
+    issuer_hosts: &[String],
 ) -> Result<(), ClaimFailure> {
     let tid = claims.tid.as_deref().and_then(guid);
     if tid.as_deref() != Some(tenant) {
@@ -199,7 +205,10 @@ pub fn check_claims(
             ),
         ));
     }
-    let iss_tenant = claims.iss.as_deref().and_then(issuer_tenant);
+    let iss_tenant = claims
+        .iss
+        .as_deref()
+        .and_then(|i| issuer_tenant(i, issuer_hosts));
     if iss_tenant.as_deref() != Some(tenant) {
         return Err(fail(
             "iss",
@@ -222,6 +231,12 @@ pub fn check_claims(
                 "token appid/azp {:?} is not our client id",
                 app.unwrap_or("(none)")
             ),
+        ));
+    }
+    if claims.scp.is_some() {
+        return Err(fail(
+            "idtyp",
+            "token carries delegated scopes (scp): not an app-only token".into(),
         ));
     }
     if let Some(t) = &claims.idtyp {
@@ -352,14 +367,19 @@ mod tests {
         }
     }
 
+    fn hosts() -> Vec<String> {
+        vec!["sts.windows.net".into(), "login.microsoftonline.com".into()]
+    }
+
     #[test]
     fn issuer_forms() {
+        let h = hosts();
         assert_eq!(
-            issuer_tenant(&format!("https://sts.windows.net/{T}/")).as_deref(),
+            issuer_tenant(&format!("https://sts.windows.net/{T}/"), &h).as_deref(),
             Some(T)
         );
         assert_eq!(
-            issuer_tenant(&format!("https://login.microsoftonline.com/{T}/v2.0")).as_deref(),
+            issuer_tenant(&format!("https://login.microsoftonline.com/{T}/v2.0"), &h).as_deref(),
             Some(T)
         );
         for bad in [
@@ -367,8 +387,9 @@ mod tests {
             format!("https://sts.windows.net/{T}/v3"),
             "https://sts.windows.net/common/".to_owned(),
             format!("https:///{T}/"),
+            format!("https://evil.example/{T}/"),
         ] {
-            assert!(issuer_tenant(&bad).is_none(), "{bad}");
+            assert!(issuer_tenant(&bad, &h).is_none(), "{bad}");
         }
     }
 
@@ -378,11 +399,11 @@ mod tests {
         let oid = "99999999-8888-7777-6666-555555555555";
         let ok = serde_json::json!({"tid": T, "iss": format!("https://sts.windows.net/{T}/"), "appid": app, "oid": oid, "idtyp": "app", "roles": ["User.Read.All"]});
         let c = decode_claims(&jwt(&ok)).unwrap();
-        check_claims(&c, T, app).unwrap();
+        check_claims(&c, T, app, &hosts()).unwrap();
         let mut other = ok.clone();
         other["tid"] = serde_json::json!("00000000-0000-0000-0000-000000000000");
         assert_eq!(
-            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app)
+            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app, &hosts())
                 .unwrap_err()
                 .check,
             "tid"
@@ -390,7 +411,7 @@ mod tests {
         let mut other = ok.clone();
         other["appid"] = serde_json::json!(oid);
         assert_eq!(
-            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app)
+            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app, &hosts())
                 .unwrap_err()
                 .check,
             "appid"
@@ -398,7 +419,7 @@ mod tests {
         let mut other = ok.clone();
         other["idtyp"] = serde_json::json!("user");
         assert_eq!(
-            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app)
+            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app, &hosts())
                 .unwrap_err()
                 .check,
             "idtyp"

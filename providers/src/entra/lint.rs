@@ -119,6 +119,36 @@ pub fn lint_bicep(file: &str, src: &str, ceiling: &AzureCeiling, out: &mut Vec<S
             }
         }
     }
+    // Every roleDefinitionId names a literal role id or a `var` bound to one: a parameter
+    // would let whoever deploys choose any role.
+    let role_vars: Vec<&str> = code
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("var ")?;
+            let (name, value) = rest.split_once('=')?;
+            let value = value.trim().trim_matches('\'');
+            guid(value).map(|_| name.trim())
+        })
+        .collect();
+    for (n, line) in code.lines().enumerate() {
+        let Some((_, expr)) = line.split_once("roleDefinitionId:") else {
+            continue;
+        };
+        let last = expr
+            .trim()
+            .trim_end_matches(')')
+            .rsplit([',', '('])
+            .next()
+            .unwrap_or("")
+            .trim();
+        let literal = last.starts_with('\'') && guid(last.trim_matches('\'')).is_some();
+        if !literal && !role_vars.contains(&last) {
+            say(format!(
+                "line {}: roleDefinitionId must name a role id literal or a var bound to one, not {last:?}",
+                n + 1
+            ));
+        }
+    }
     let assignments = code
         .matches("Microsoft.Authorization/roleAssignments@")
         .count();
@@ -170,6 +200,18 @@ pub fn lint(dir: &Path, policies: &Path) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_role_chosen_by_parameter_is_refused() {
+        let ceiling = AzureCeiling::from_value(
+            &serde_json::from_str(include_str!("../../../policies/azure.json")).unwrap(),
+        )
+        .unwrap();
+        let src = "param principalId string\nparam roleId string\nresource r 'Microsoft.Authorization/roleAssignments@2022-04-01' = {\n  name: guid(principalId)\n  properties: {\n    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)\n    principalId: principalId\n    principalType: 'ServicePrincipal'\n  }\n}\n";
+        let mut out = Vec::new();
+        lint_bicep("t.bicep", src, &ceiling, &mut out);
+        assert!(out.iter().any(|f| f.contains("not \"roleId\"")), "{out:?}");
+    }
 
     #[test]
     fn comments_do_not_hide_or_add_roles() {

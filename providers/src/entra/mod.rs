@@ -23,6 +23,7 @@ mod callbacks;
 pub mod ceiling;
 pub mod claims;
 pub mod lint;
+mod reads;
 mod settings;
 pub mod token;
 
@@ -31,9 +32,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::Full;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::{json, Value};
 
 pub use ceiling::{parse_config, parse_narrowing, AzureCeiling, EntraConfig, Resource};
@@ -177,7 +176,13 @@ impl EntraApp {
                 .await;
                 match got {
                     Ok(answer) => {
-                        check_claims(&answer.claims, tenant, &client_id).map_err(|f| {
+                        check_claims(
+                            &answer.claims,
+                            tenant,
+                            &client_id,
+                            &self.settings.issuer_hosts,
+                        )
+                        .map_err(|f| {
                             denied(
                                 format!(
                                     "Entra issued a token that failed the {} check ({}); it was not handed out",
@@ -283,85 +288,6 @@ impl EntraApp {
             }),
             subject: Some(tenant.to_owned()),
         }
-    }
-
-    /// ARM role assignments of our service principal `oid` at `scope`: the role definition
-    /// ids (lower-case GUIDs).
-    async fn role_assignments(
-        &self,
-        token: &SecretString,
-        scope: &str,
-        oid: &str,
-        budget: Duration,
-    ) -> Result<Vec<String>, ProviderError> {
-        let filter: String =
-            form_urlencoded::byte_serialize(format!("principalId eq '{oid}'").as_bytes()).collect();
-        let url = format!(
-            "{}{scope}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter={filter}",
-            self.settings.arm_base_url
-        );
-        let request = http::Request::get(&url)
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", token.expose_secret()),
-            )
-            .body(Full::new(Bytes::new()))
-            .map_err(|_| ProviderError::InvalidConfig("ARM URL is not a valid URI".into()))?;
-        let (status, request_id, body) = self
-            .http
-            .send(request, self.per_request(budget), "Azure Resource Manager")
-            .await?;
-        if status != 200 {
-            let m = parse_error(&body);
-            let arm_message = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .map(|s| s.chars().take(200).collect::<String>())
-                })
-                .unwrap_or(m.description);
-            return Err(if status == 429 || status >= 500 {
-                ProviderError::Unavailable {
-                    message: format!(
-                        "ARM HTTP {status} reading role assignments at {scope}: {arm_message}"
-                    ),
-                    upstream_request_id: request_id,
-                }
-            } else {
-                denied(
-                    format!("ARM HTTP {status} reading role assignments at {scope}: {arm_message} (the Bicep assigns Reader there)"),
-                    request_id,
-                )
-            });
-        }
-        let v: Value = serde_json::from_slice(&body).map_err(|_| ProviderError::Unavailable {
-            message: "ARM role assignments answer is not JSON".into(),
-            upstream_request_id: request_id.clone(),
-        })?;
-        let mut roles = Vec::new();
-        for a in v
-            .get("value")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let principal = a.pointer("/properties/principalId").and_then(Value::as_str);
-            if principal.map(str::to_ascii_lowercase).as_deref() != Some(oid) {
-                continue; // the filter is the server's; the check is ours
-            }
-            let role = a
-                .pointer("/properties/roleDefinitionId")
-                .and_then(Value::as_str)
-                .and_then(|r| r.rsplit('/').next())
-                .and_then(claims::guid)
-                .ok_or_else(|| ProviderError::Unavailable {
-                    message: "ARM role assignment without a role definition id".into(),
-                    upstream_request_id: request_id.clone(),
-                })?;
-            roles.push(role);
-        }
-        Ok(roles)
     }
 }
 
@@ -546,8 +472,12 @@ impl Provider for EntraApp {
         let answer = self.token_for(tenant, resource, request.timeout).await?;
         let roles = match resource {
             Resource::Graph => Some(self.check_roles(&answer, bound)?),
-            // ARM tokens carry no roles: ARM drift is the probe's (role assignments).
-            Resource::Arm => None,
+            // ARM tokens carry no roles: what our principal may do is read from its role
+            // assignments at the binding's scopes, on every mint.
+            Resource::Arm => {
+                self.check_arm(&answer, bound, request.timeout).await?;
+                None
+            }
         };
         Ok(self.credential(answer, resource, roles, tenant))
     }
@@ -592,43 +522,34 @@ impl Probe for EntraApp {
             let arm_token = self
                 .token_for(tenant, Resource::Arm, request.timeout)
                 .await?;
-            for scope in &bound.config.arm_scopes {
-                let held = self
-                    .role_assignments(&arm_token.token, scope, &oid, request.timeout)
-                    .await?;
-                if let Some(r) = held
-                    .iter()
-                    .find(|r| !bound.ceiling.arm_roles.contains_key(*r))
-                {
-                    return Err(ProviderError::ActivationRefused {
+            arm = self
+                .check_arm(&arm_token, bound, request.timeout)
+                .await
+                .map_err(|e| match e {
+                    // At activation a wrong role assignment is the customer's to fix.
+                    ProviderError::Denied {
+                        message,
+                        upstream_request_id,
+                        trust_broken: false,
+                    } => ProviderError::ActivationRefused {
                         reason: RefusalReason::Other,
-                        message: format!(
-                            "our service principal {oid} holds role {r} at {scope}, outside policies/azure.json: remove that assignment (only read roles of the ceiling)"
-                        ),
-                        upstream_request_id: arm_token.request_id.clone(),
-                    });
-                }
-                if held.is_empty() {
-                    return Err(ProviderError::ActivationRefused {
-                        reason: RefusalReason::Other,
-                        message: format!(
-                            "our service principal {oid} holds no role at {scope}: deploy onboarding-templates/azure with principalId={oid}"
-                        ),
-                        upstream_request_id: arm_token.request_id.clone(),
-                    });
-                }
-                let names: Vec<String> = held
-                    .iter()
-                    .map(|r| {
-                        bound
-                            .ceiling
-                            .arm_roles
-                            .get(r)
-                            .cloned()
-                            .unwrap_or_else(|| r.clone())
-                    })
-                    .collect();
-                arm.push(json!({ "scope": scope, "roles": names }));
+                        message,
+                        upstream_request_id,
+                    },
+                    other => other,
+                })?;
+            if let Some(empty) = arm
+                .iter()
+                .find(|a| a["roles"].as_array().is_some_and(Vec::is_empty))
+            {
+                return Err(ProviderError::ActivationRefused {
+                    reason: RefusalReason::Other,
+                    message: format!(
+                        "our service principal {oid} holds no role at {}: deploy onboarding-templates/azure with principalId={oid}",
+                        empty["scope"].as_str().unwrap_or("?")
+                    ),
+                    upstream_request_id: arm_token.request_id.clone(),
+                });
             }
         }
         Ok(ProbeReport {
@@ -698,8 +619,10 @@ impl PlatformKeys for EntraApp {
 
     fn install(&self, keys: Vec<PlatformKey>) -> Result<(), ProviderError> {
         let parsed = keys.iter().map(auth_of).collect::<Result<Vec<_>, _>>()?;
-        if let Ok(mut slot) = self.credentials.write() {
-            *slot = parsed;
+        // A retired credential must stop being used even if a panic poisoned the lock.
+        match self.credentials.write() {
+            Ok(mut slot) => *slot = parsed,
+            Err(poisoned) => *poisoned.into_inner() = parsed,
         }
         Ok(())
     }

@@ -30,9 +30,16 @@ pub struct EntraSettings {
     /// Azure Resource Manager's resource id (`https://management.azure.com`).
     #[serde(default = "default_arm")]
     pub arm_resource: String,
-    /// Where the probe reads role assignments (`https://management.azure.com`).
+    /// Where role assignments and subscriptions are read (`https://management.azure.com`).
     #[serde(default = "default_arm")]
     pub arm_base_url: String,
+    /// Where the consent's app role assignments are read (`https://graph.microsoft.com`).
+    #[serde(default = "default_graph")]
+    pub graph_base_url: String,
+    /// Hosts an issued token's `iss` may name (v1 `https://sts.windows.net/{tid}/`, v2
+    /// `https://login.microsoftonline.com/{tid}/v2.0`); sovereign clouds list theirs.
+    #[serde(default = "default_issuer_hosts")]
+    pub issuer_hosts: Vec<String>,
     /// The app's registered redirect URI for admin consent: the broker's public
     /// `{base_url}/callbacks/entra_multi_tenant/setup`. Required to onboard.
     #[serde(default)]
@@ -62,6 +69,16 @@ impl EntraSettings {
         }
         check_base("authority_host", &self.authority_host)?;
         check_base("arm_base_url", &self.arm_base_url)?;
+        check_base("graph_base_url", &self.graph_base_url)?;
+        let host_ok = |h: &String| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        };
+        if self.issuer_hosts.is_empty() || !self.issuer_hosts.iter().all(host_ok) {
+            return Err("issuer_hosts must list host names (e.g. sts.windows.net)".into());
+        }
         for (name, v) in [
             ("graph_resource", &self.graph_resource),
             ("arm_resource", &self.arm_resource),
@@ -98,6 +115,7 @@ fn build(section: toml::Value, base: &std::path::Path) -> BuildFuture {
             resolve_path(base, &mut settings.ceiling_file);
             settings.authority_host = settings.authority_host.trim_end_matches('/').to_owned();
             settings.arm_base_url = settings.arm_base_url.trim_end_matches('/').to_owned();
+            settings.graph_base_url = settings.graph_base_url.trim_end_matches('/').to_owned();
             EntraApp::new(settings)
         })
         .map(|p| Arc::new(p) as Arc<dyn Provider>);
@@ -155,6 +173,9 @@ fn default_graph() -> String {
 }
 fn default_arm() -> String {
     "https://management.azure.com".into()
+}
+fn default_issuer_hosts() -> Vec<String> {
+    vec!["sts.windows.net".into(), "login.microsoftonline.com".into()]
 }
 fn default_timeout() -> u64 {
     5000

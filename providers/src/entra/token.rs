@@ -288,6 +288,7 @@ pub async fn request_token(
         }
         zeroize::Zeroizing::new(form.finish())
     };
+    let mut body = body;
     drop(fields);
     let request = http::Request::post(&token_url)
         .header(
@@ -295,7 +296,10 @@ pub async fn request_token(
             "application/x-www-form-urlencoded",
         )
         .header(http::header::ACCEPT, "application/json")
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        // One copy of the form, owned by the request body (hyper cannot zeroize what it sends).
+        .body(Full::new(Bytes::from(
+            std::mem::take(&mut *body).into_bytes(),
+        )))
         .map_err(|_| {
             TokenFailure::Unavailable(ProviderError::InvalidConfig(
                 "the token URL is not a valid URI".into(),
@@ -350,8 +354,18 @@ pub async fn request_token(
     .filter(|s| (60..=86_400).contains(s))
     .ok_or_else(|| malformed(&request_id, "expires_in missing or out of range"))?;
     let claims = decode_claims(token).map_err(|m| malformed(&request_id, &m))?;
-    let expires_at =
-        OffsetDateTime::now_utc() + time::Duration::seconds(i64::try_from(expires_in).unwrap_or(0));
+    // The earlier of `expires_in` and the token's own `exp`; a token already expired is not
+    // a token.
+    let now = OffsetDateTime::now_utc();
+    let mut expires_at = now + time::Duration::seconds(i64::try_from(expires_in).unwrap_or(0));
+    if let Some(exp) = claims.exp {
+        let exp = OffsetDateTime::from_unix_timestamp(exp)
+            .map_err(|_| malformed(&request_id, "exp out of range"))?;
+        expires_at = expires_at.min(exp);
+    }
+    if expires_at <= now + time::Duration::seconds(30) {
+        return Err(malformed(&request_id, "the token is already expired"));
+    }
     Ok(TokenAnswer {
         token: SecretString::from(token.to_owned()),
         expires_at,

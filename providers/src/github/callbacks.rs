@@ -98,7 +98,7 @@ impl Callbacks for GithubApp {
     async fn prove_installer(
         &self,
         redirect: &SetupRedirect,
-        _pinned: Option<&InstalledAccount>,
+        _context: &crate::InstallContext<'_>,
         timeout: Duration,
     ) -> Result<InstalledAccount, ProviderError> {
         let installation = redirect

@@ -706,11 +706,14 @@ impl PlatformKeys for GithubApp {
             })?;
             parsed.push((k.version, key));
         }
-        if let Ok(mut slot) = self.keys.write() {
-            *slot = parsed;
+        // A retired key must stop being used even if a panic poisoned a lock.
+        match self.keys.write() {
+            Ok(mut slot) => *slot = parsed,
+            Err(poisoned) => *poisoned.into_inner() = parsed,
         }
-        if let Ok(mut slot) = self.oauth_secrets.write() {
-            *slot = secrets;
+        match self.oauth_secrets.write() {
+            Ok(mut slot) => *slot = secrets,
+            Err(poisoned) => *poisoned.into_inner() = secrets,
         }
         Ok(())
     }

@@ -38,6 +38,10 @@ pub struct CallbackState {
     /// last opener's browser is the one that counts, up to a few opens).
     #[serde(default)]
     pub opens: u32,
+    /// When the link was issued, Unix seconds (absent in states written before it existed:
+    /// expiry less the configured lifetime is used then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<i64>,
 }
 
 /// An account an installation must belong to (GitHub: organisation or user login and id).

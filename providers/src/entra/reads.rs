@@ -1,0 +1,270 @@
+//! What the broker reads with the tokens it mints: our service principal's Azure role
+//! assignments and visible subscriptions (ARM), and the app role assignments a consent
+//! created (Graph). Every answer is untrusted: sizes are bounded, pages are bounded, and the
+//! server's filters are re-checked here.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use super::claims::{self, parse_error};
+use super::token::TokenAnswer;
+use super::{denied, EntraApp, EntraBinding};
+use crate::ProviderError;
+
+/// Most pages followed through `nextLink`.
+const MAX_PAGES: usize = 20;
+
+impl EntraApp {
+    /// `GET url` with `token`; the JSON answer and its request id. `what` names the call in
+    /// errors.
+    async fn get_json(
+        &self,
+        url: &str,
+        token: &SecretString,
+        budget: Duration,
+        what: &str,
+    ) -> Result<(Value, Option<String>), ProviderError> {
+        let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|_| ProviderError::Internal("token is not a header value".into()))?;
+        auth.set_sensitive(true);
+        let request = http::Request::get(url)
+            .header(http::header::AUTHORIZATION, auth)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ProviderError::InvalidConfig(format!("{what}: URL is not a valid URI")))?;
+        let (status, request_id, body) = self
+            .http
+            .send(request, self.per_request(budget), what)
+            .await?;
+        if status != 200 {
+            let message = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect())
+                })
+                .unwrap_or_else(|| parse_error(&body).description);
+            return Err(if status == 429 || status >= 500 {
+                ProviderError::Unavailable {
+                    message: format!("{what}: HTTP {status}: {message}"),
+                    upstream_request_id: request_id,
+                }
+            } else {
+                denied(format!("{what}: HTTP {status}: {message}"), request_id)
+            });
+        }
+        let v = serde_json::from_slice(&body).map_err(|_| ProviderError::Unavailable {
+            message: format!("{what}: the answer is not JSON"),
+            upstream_request_id: request_id.clone(),
+        })?;
+        Ok((v, request_id))
+    }
+
+    /// Every `value` item of a paged answer, following `nextLink` on the same host.
+    async fn get_all(
+        &self,
+        first: String,
+        base: &str,
+        token: &SecretString,
+        budget: Duration,
+        what: &str,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let mut items = Vec::new();
+        let mut url = Some(first);
+        for _ in 0..MAX_PAGES {
+            let Some(u) = url.take() else {
+                return Ok(items);
+            };
+            let (v, _) = self.get_json(&u, token, budget, what).await?;
+            items.extend(
+                v.get("value")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            url = v
+                .get("nextLink")
+                .or_else(|| v.get("@odata.nextLink"))
+                .and_then(Value::as_str)
+                // A next page elsewhere would send our token there.
+                .filter(|n| n.starts_with(&format!("{base}/")))
+                .map(str::to_owned);
+        }
+        if url.is_some() {
+            return Err(ProviderError::Unavailable {
+                message: format!("{what}: more than {MAX_PAGES} pages"),
+                upstream_request_id: None,
+            });
+        }
+        Ok(items)
+    }
+
+    /// The role definition ids (lower-case GUIDs) our principal `oid` holds at `scope`
+    /// (assignments at, above and below it).
+    async fn role_assignments(
+        &self,
+        token: &SecretString,
+        scope: &str,
+        oid: &str,
+        budget: Duration,
+    ) -> Result<Vec<String>, ProviderError> {
+        let base = &self.settings.arm_base_url;
+        let filter: String =
+            form_urlencoded::byte_serialize(format!("principalId eq '{oid}'").as_bytes()).collect();
+        let url = format!(
+            "{base}{scope}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter={filter}"
+        );
+        let what = format!("ARM role assignments at {scope}");
+        let mut roles = Vec::new();
+        for a in self.get_all(url, base, token, budget, &what).await? {
+            let principal = a.pointer("/properties/principalId").and_then(Value::as_str);
+            if principal.map(str::to_ascii_lowercase).as_deref() != Some(oid) {
+                continue; // the filter is the server's; the check is ours
+            }
+            let role = a
+                .pointer("/properties/roleDefinitionId")
+                .and_then(Value::as_str)
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(claims::guid)
+                .ok_or_else(|| ProviderError::Unavailable {
+                    message: format!("{what}: an assignment without a role definition id"),
+                    upstream_request_id: None,
+                })?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        Ok(roles)
+    }
+
+    /// Checks what an ARM token of this binding can do: at each of the binding's scopes our
+    /// principal holds only roles of the ceiling and, when every scope is a subscription, it
+    /// sees no subscription outside them. Returns `[{scope, roles}]` (role names).
+    ///
+    /// # Errors
+    /// `Denied` naming the role or subscription outside the binding.
+    pub(super) async fn check_arm(
+        &self,
+        arm: &TokenAnswer,
+        bound: &EntraBinding,
+        budget: Duration,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let oid = arm
+            .claims
+            .oid
+            .as_deref()
+            .and_then(claims::guid)
+            .ok_or_else(|| denied("the ARM token names no principal".into(), None))?;
+        let mut out = Vec::new();
+        for scope in &bound.config.arm_scopes {
+            let held = self
+                .role_assignments(&arm.token, scope, &oid, budget)
+                .await?;
+            if let Some(r) = held
+                .iter()
+                .find(|r| !bound.ceiling.arm_roles.contains_key(*r))
+            {
+                return Err(denied(
+                    format!(
+                        "our service principal {oid} holds role {r} at {scope}, outside the binding's ceiling (policies/azure.json): no ARM token is handed out until that assignment is removed"
+                    ),
+                    arm.request_id.clone(),
+                ));
+            }
+            let names: Vec<String> = held
+                .iter()
+                .map(|r| {
+                    bound
+                        .ceiling
+                        .arm_roles
+                        .get(r)
+                        .cloned()
+                        .unwrap_or_else(|| r.clone())
+                })
+                .collect();
+            out.push(json!({ "scope": scope, "roles": names }));
+        }
+        let all_subscriptions = bound
+            .config
+            .arm_scopes
+            .iter()
+            .all(|s| s.starts_with("/subscriptions/"));
+        if all_subscriptions {
+            let base = &self.settings.arm_base_url;
+            let url = format!("{base}/subscriptions?api-version=2022-12-01");
+            for sub in self
+                .get_all(url, base, &arm.token, budget, "ARM subscriptions")
+                .await?
+            {
+                let id = sub
+                    .get("subscriptionId")
+                    .and_then(Value::as_str)
+                    .and_then(claims::guid)
+                    .unwrap_or_default();
+                let declared = bound
+                    .config
+                    .arm_scopes
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(&format!("/subscriptions/{id}")));
+                if !declared {
+                    return Err(denied(
+                        format!(
+                            "our service principal {oid} can read subscription {id}, which is not among the binding's arm_scopes (its roles there are unchecked): add the scope or remove the assignment"
+                        ),
+                        arm.request_id.clone(),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Proof that an administrator of `tenant` acted after `since`: at least one of the
+    /// application permissions granted to our service principal there (Graph
+    /// `appRoleAssignments`, readable with Application.Read.All) was created after it. A
+    /// tenant that consented long ago for someone else shows only older grants, whatever
+    /// the consent callback claims.
+    ///
+    /// # Errors
+    /// `Denied` when no grant is newer; others when Graph cannot be read.
+    pub(super) async fn check_fresh_grants(
+        &self,
+        graph: &TokenAnswer,
+        tenant: &str,
+        since: OffsetDateTime,
+        budget: Duration,
+    ) -> Result<(), ProviderError> {
+        let base = &self.settings.graph_base_url;
+        let url = format!(
+            "{base}/v1.0/servicePrincipals(appId='{}')/appRoleAssignments",
+            self.client_id()
+        );
+        let grants = self
+            .get_all(url, base, &graph.token, budget, "Graph appRoleAssignments")
+            .await?;
+        // A minute of clock skew between Entra and us.
+        let threshold = since - time::Duration::seconds(60);
+        let newest = grants
+            .iter()
+            .filter_map(|g| g.get("createdDateTime").and_then(Value::as_str))
+            .filter_map(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .max();
+        match newest {
+            Some(t) if t >= threshold => Ok(()),
+            _ => Err(denied(
+                format!(
+                    "no permission of our app in tenant {tenant} was granted after this link was issued: the consent was not given now (the tenant consented earlier, perhaps for someone else). If this is the customer's own earlier consent, they delete the enterprise application and consent again through a new link"
+                ),
+                graph.request_id.clone(),
+            )),
+        }
+    }
+}
