@@ -907,3 +907,80 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_credential_signs_client_assertions() {
+    let mut env = start().await;
+    bind_acme(&mut env).await;
+    // The app's certificate: an RSA key and a self-signed certificate for it; Entra knows
+    // the public key (uploaded to the app registration).
+    let key = credbroker_tests::fake_github::AppKey::generate();
+    let rsa =
+        rcgen::KeyPair::from_pem_and_sign_algo(&key.private_pem, &rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["credbroker-entra".into()])
+        .unwrap()
+        .self_signed(&rsa)
+        .unwrap();
+    let material = format!("{}{}", cert.pem(), key.private_pem);
+    env.entra
+        .state
+        .certificates
+        .lock()
+        .unwrap()
+        .push(key.public_der.clone());
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/keys/entra_multi_tenant",
+        Some(json!({"fields": {"certificate_pem": material}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(!v.to_string().contains("PRIVATE KEY"), "{v}");
+    assert!(
+        v["key"]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("certificate:x5t#S256:"),
+        "{v}"
+    );
+    let version = v["key"]["version"].as_u64().unwrap();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/keys/entra_multi_tenant/{version}/activate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // The secret is revoked at Entra: the certificate alone keeps minting.
+    env.entra.state.secrets.lock().unwrap().clear();
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!(s, 200, "{v}");
+    let last = env
+        .entra
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(
+        last["client_assertion_type"],
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    );
+    assert!(!last.contains_key("client_secret"));
+    // An unregistered certificate is refused like a wrong secret.
+    env.entra.state.certificates.lock().unwrap().clear();
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("certificate v"),
+        "{v}"
+    );
+}

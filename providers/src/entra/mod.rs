@@ -161,7 +161,10 @@ impl EntraApp {
         let mut backoff = Duration::from_millis(250);
         let client_id = self.client_id();
         loop {
-            let mut last = None;
+            // Every credential Entra refused, for the operator: which one and why.
+            let mut refused: Vec<String> = Vec::new();
+            let mut last_request = None;
+            let mut retry = false;
             for auth in &credentials {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let got = request_token(
@@ -196,14 +199,8 @@ impl EntraApp {
                     Err(TokenFailure::Refused {
                         error, request_id, ..
                     }) if error.codes.iter().any(|c| BAD_CREDENTIAL.contains(c)) => {
-                        last = Some(denied(
-                            format!(
-                                "Entra refused every active app credential ({}: {}); rotate the app credential (runbooks/entra-app-credential.md)",
-                                auth.label(),
-                                error.description
-                            ),
-                            request_id,
-                        ));
+                        refused.push(format!("{}: {}", auth.label(), error.description));
+                        last_request = request_id;
                     }
                     Err(TokenFailure::Refused {
                         status,
@@ -216,7 +213,7 @@ impl EntraApp {
                             if left > backoff {
                                 tokio::time::sleep(backoff).await;
                                 backoff = (backoff * 2).min(Duration::from_secs(4));
-                                last = None;
+                                retry = true;
                                 break;
                             }
                         }
@@ -225,8 +222,14 @@ impl EntraApp {
                     Err(TokenFailure::Unavailable(e)) => return Err(e),
                 }
             }
-            if let Some(e) = last {
-                return Err(e);
+            if !retry {
+                return Err(denied(
+                    format!(
+                        "Entra refused every active app credential ({}); rotate the app credential (runbooks/entra-app-credential.md)",
+                        refused.join("; ")
+                    ),
+                    last_request,
+                ));
             }
         }
     }
