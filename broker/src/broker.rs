@@ -46,6 +46,8 @@ pub struct BrokerSettings {
     pub breaker: (u32, Duration),
     /// Mints a minute per worker and per binding (0: unlimited).
     pub mint_limits: (u32, u32),
+    /// `[secrets] superseded_overlap_s`.
+    pub superseded_overlap_s: u64,
 }
 
 impl BrokerSettings {
@@ -75,6 +77,7 @@ impl BrokerSettings {
                 config.cache.mints_per_minute_per_worker,
                 config.cache.mints_per_minute_per_binding,
             ),
+            superseded_overlap_s: config.secrets.superseded_overlap_s,
         }
     }
 }
@@ -491,6 +494,11 @@ impl Core {
             m.insert(key, b.clone());
         }
         Ok(b)
+    }
+
+    /// How long superseded secret versions are kept.
+    pub fn superseded_overlap_s(&self) -> u64 {
+        self.settings.superseded_overlap_s
     }
 
     /// Lifetime of install `state`s.

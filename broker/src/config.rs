@@ -37,6 +37,9 @@ pub struct Config {
     /// Token cache and minting.
     #[serde(default)]
     pub cache: CacheSettings,
+    /// Pasted secret versions: staged rotation.
+    #[serde(default)]
+    pub secrets: SecretSettings,
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
@@ -295,6 +298,27 @@ impl Default for CacheSettings {
     }
 }
 
+/// `[secrets]`: staged rotation of pasted secrets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretSettings {
+    /// How long a superseded version is kept (for rollback; never served) before the
+    /// broker destroys it, seconds.
+    pub superseded_overlap_s: u64,
+    /// How often the broker forgets what has expired (install states, webhook delivery ids,
+    /// superseded secret versions past the overlap), seconds.
+    pub gc_interval_s: u64,
+}
+
+impl Default for SecretSettings {
+    fn default() -> Self {
+        SecretSettings {
+            superseded_overlap_s: 7 * 86_400,
+            gc_interval_s: 600,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -352,6 +376,7 @@ impl Config {
             limits: Limits::default(),
             audit: AuditSettings::default(),
             cache: CacheSettings::default(),
+            secrets: SecretSettings::default(),
             log: LogSettings::default(),
             store: crate::store::StoreSettings::default(),
             providers: BTreeMap::new(),

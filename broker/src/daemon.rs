@@ -96,8 +96,10 @@ pub async fn run_with_broker(
         public = Some((srv, ptls));
     }
     on_ready(running.local_addr);
-    // Expired install states and webhook delivery ids are forgotten every ten minutes.
-    let mut gc = tokio::time::interval(Duration::from_secs(600));
+    let gc_interval_s = config.secrets.gc_interval_s;
+    // Expired install states, webhook delivery ids and superseded secret versions past the
+    // overlap are forgotten every `[secrets] gc_interval_s` (ten minutes by default).
+    let mut gc = tokio::time::interval(Duration::from_secs(gc_interval_s.max(1)));
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

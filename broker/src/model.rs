@@ -109,6 +109,9 @@ pub struct Binding {
     /// Highest secret version ever written (versions are never reused).
     #[serde(default)]
     pub last_secret_version: u32,
+    /// The version a rotation wrote, waiting for its probe and promotion (never served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_secret_version: Option<u32>,
     /// When the last probe ran, RFC 3339.
     #[serde(default)]
     pub last_tested_at: Option<String>,
@@ -235,8 +238,23 @@ impl StatusChange {
 pub enum SecretState {
     /// The version resolves hand out.
     Active,
-    /// Replaced by a newer version; kept for the overlap window until destroyed.
+    /// Replaced by a newer version; kept (never served) for the overlap window, then
+    /// destroyed.
     Superseded,
+    /// Written by a rotation, not served: it must pass a probe, then an operator promotes it.
+    Pending,
+}
+
+/// The last probe of one secret version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VersionProbe {
+    /// Whether it passed.
+    pub passed: bool,
+    /// When it ran, RFC 3339.
+    pub at: String,
+    /// What it found (no secrets).
+    pub summary: String,
 }
 
 /// One sealed secret version of a binding.
@@ -259,6 +277,13 @@ pub struct SecretVersion {
     pub sealed_payload: String,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// The last probe of this version (a pending version is promoted only after one passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<VersionProbe>,
+    /// When it was superseded, RFC 3339: it is destroyed `[secrets] superseded_overlap_s`
+    /// later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_at: Option<String>,
 }
 
 impl std::fmt::Debug for SecretVersion {
@@ -285,6 +310,12 @@ pub struct SecretVersionView {
     pub kek_version: u32,
     /// Creation time.
     pub created_at: String,
+    /// Its last probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<VersionProbe>,
+    /// When it was superseded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_at: Option<String>,
 }
 
 impl From<&SecretVersion> for SecretVersionView {
@@ -295,6 +326,8 @@ impl From<&SecretVersion> for SecretVersionView {
             field_names: v.field_names.clone(),
             kek_version: v.kek_version,
             created_at: v.created_at.clone(),
+            probe: v.probe.clone(),
+            superseded_at: v.superseded_at.clone(),
         }
     }
 }

@@ -135,11 +135,16 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                 ),
                 AdminEndpoint::Secret => ("Destroy every secret version.", None, "200"),
                 AdminEndpoint::SecretRotate => (
-                    "Write a new secret version; the previous one is kept as superseded.",
+                    "Write a new secret version as pending and probe it; nothing served changes until it is promoted.",
                     Some(gen.subschema_for::<SecretBody>().to_value()),
                     "200",
                 ),
                 AdminEndpoint::SecretVersion => ("Destroy one secret version.", None, "200"),
+                AdminEndpoint::SecretPromote => (
+                    "Make the pending secret version active (refused unless it passed its last probe); the previous one is kept as superseded, never served.",
+                    None,
+                    "200",
+                ),
                 AdminEndpoint::Onboard => (
                     "Onboarding facts for a tenant with a federated provider.",
                     Some(gen.subschema_for::<OnboardBody>().to_value()),

@@ -51,6 +51,8 @@ pub enum AdminEndpoint {
     SecretRotate,
     /// `/v1/admin/bindings/{id}/secret/{version}`: destroy one version.
     SecretVersion,
+    /// `/v1/admin/bindings/{id}/secret/{version}/promote`: make a pending version active.
+    SecretPromote,
     /// `/v1/admin/onboard/{provider}`
     Onboard,
     /// `/v1/admin/keys/{provider}`: list, add.
@@ -135,6 +137,11 @@ pub const MTLS: &[Route] = &[
         "/v1/admin/bindings/{id}/secret/{version}",
         E::Admin(A::SecretVersion),
         DELETE,
+    ),
+    route(
+        "/v1/admin/bindings/{id}/secret/{version}/promote",
+        E::Admin(A::SecretPromote),
+        POST,
     ),
     route("/v1/admin/onboard/{provider}", E::Admin(A::Onboard), POST),
     route("/v1/admin/unclaimed", E::Admin(A::Unclaimed), GET),

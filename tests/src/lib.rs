@@ -587,3 +587,36 @@ pub async fn scrape(pki: &TestPki, url: &str) -> (http::StatusCode, Vec<u8>) {
         .await
         .unwrap()
 }
+
+/// Rotates `binding`'s secret to `fields` the staged way an operator does: the rotation
+/// writes a pending version and probes it (which must pass), then it is promoted. Returns
+/// the rotation's status and answer.
+pub async fn rotate_and_promote(
+    op: &mut BrokerClient,
+    binding: &str,
+    fields: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use serde_json::json;
+    let (s, v) = call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/secret/rotate"),
+        Some(json!({ "fields": fields })),
+    )
+    .await;
+    if s != 200 {
+        return (s, v);
+    }
+    assert_eq!(v["state"], "pending", "{v}");
+    assert_eq!(v["probe"]["result"], "passed", "{v}");
+    let version = v["version"].as_u64().unwrap();
+    let (ps, pv) = call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/secret/{version}/promote"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(ps, 200, "{pv}");
+    (s, v)
+}

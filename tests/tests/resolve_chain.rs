@@ -253,13 +253,7 @@ async fn connector_kind_policy_and_admin_integrity_rules() {
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"));
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/b1/secret/rotate",
-        Some(json!({"fields": {"token": "t1-rotated"}})),
-    )
-    .await;
+    let (s, v) = rotate_and_promote(&mut op, "b1", json!({"token": "t1-rotated"})).await;
     assert_eq!(s, 200, "{v}");
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (_, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
@@ -308,13 +302,7 @@ async fn cached_chain_records_never_outlive_a_committed_change() {
     warm(&mut w1).await;
 
     // A rotated secret is served at once.
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/b1/secret/rotate",
-        Some(json!({"fields": {"token": "t1-v2"}})),
-    )
-    .await;
+    let (s, v) = rotate_and_promote(&mut op, "b1", json!({"token": "t1-v2"})).await;
     assert_eq!(s, 200, "{v}");
     let (_, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(v["credentials"]["token"], "t1-v2");

@@ -71,13 +71,7 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
     seed_two_tenants(&mut op).await;
     worker_for_both(&mut op, &pki).await;
     // A superseded version must survive rotation too.
-    let (s, _) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/b2/secret/rotate",
-        Some(json!({"fields": {"token": "t2-token-v2"}})),
-    )
-    .await;
+    let (s, _) = rotate_and_promote(&mut op, "b2", json!({"token": "t2-token-v2"})).await;
     assert_eq!(s, 200);
     let before: Vec<SecretVersion> = {
         daemon.stop();
@@ -139,13 +133,7 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
     );
     // New secrets are sealed under the new KEK.
     let mut op = pki.client_for("op", &daemon.url);
-    call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/b1/secret/rotate",
-        Some(json!({"fields": {"token": "t1-v2"}})),
-    )
-    .await;
+    rotate_and_promote(&mut op, "b1", json!({"token": "t1-v2"})).await;
     let (_, v) = call(&mut op, Method::GET, "/v1/admin/bindings/b1", None).await;
     assert_eq!(v["binding"]["secret_versions"][1]["kek_version"], 2);
     // The rotation itself is in the audit log, and the chain still verifies.
@@ -184,13 +172,7 @@ async fn a_canary_secret_never_leaks() {
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
     let mut responses = String::new();
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/b1/secret/rotate",
-        Some(json!({"fields": {"token": CANARY, "user": "svc"}})),
-    )
-    .await;
+    let (s, v) = rotate_and_promote(&mut op, "b1", json!({"token": CANARY, "user": "svc"})).await;
     assert_eq!(s, 200);
     responses.push_str(&v.to_string());
     for path in [

@@ -71,6 +71,7 @@ fn binding(id: &str, t: &str) -> Binding {
         status_change: None,
         drift: None,
         trust_facts: None,
+        pending_secret_version: None,
         created_at: "2026-01-01T00:00:00Z".into(),
     }
 }
@@ -107,6 +108,8 @@ async fn every_record_type_round_trips(records: &Records) {
             wrapped_dek: "d".into(),
             sealed_payload: "p".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
+            probe: None,
+            superseded_at: None,
         })
         .create(&PlatformKeyRecord {
             kind: "k".into(),

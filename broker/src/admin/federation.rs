@@ -267,6 +267,7 @@ impl AdminService {
             status_change: None,
             drift: None,
             trust_facts: None,
+            pending_secret_version: None,
             created_at: now_rfc3339(),
         };
         // The tenant gains a child: it cannot be removed meanwhile.
@@ -409,10 +410,16 @@ impl AdminService {
             .expired_ephemera(now)
             .await
             .map_err(store_err)?;
-        if expired.is_empty() {
+        let overdue = self.superseded_past_overlap(now).await?;
+        if expired.is_empty() && overdue.is_empty() {
             return Ok(0);
         }
         let mut batch = crate::store::Batch::new();
+        let mut destroyed = Vec::new();
+        for v in overdue.iter().take(1000) {
+            batch.remove(v);
+            destroyed.push(format!("{}/{}", v.binding, v.version));
+        }
         let (mut states, mut deliveries) = (0usize, 0usize);
         for (key, raw) in expired.iter().take(1000) {
             if key.starts_with("callback-state:") {
@@ -429,14 +436,16 @@ impl AdminService {
             actor: "credbroker:gc".into(),
             outcome: "allowed".into(),
             detail: Some(format!(
-                "forgot {states} expired install state(s) and {deliveries} expired webhook delivery id(s)"
+                "forgot {states} expired install state(s) and {deliveries} expired webhook delivery id(s); destroyed {} superseded secret version(s) past the overlap{}",
+                destroyed.len(),
+                if destroyed.is_empty() { String::new() } else { format!(": {}", destroyed.join(", ")) }
             )),
             ..Default::default()
         };
         self.commit_audited(event, batch, None)
             .await
             .map_err(|(e, _)| e)?;
-        Ok(states + deliveries)
+        Ok(states + deliveries + destroyed.len())
     }
 
     pub(super) async fn plan_unclaimed_list(&self) -> Result<Plan, ApiError> {
@@ -520,9 +529,15 @@ impl AdminService {
         event.tenant = Some(binding.tenant.to_string());
         event.binding = Some(binding.id.to_string());
         event.provider = Some(binding.provider.clone());
+        // A rotation's pending version is what needs testing: the active one keeps serving.
+        if let Some(version) = binding.pending_secret_version {
+            if event.action != "binding.enable" {
+                return self.probe_pending(&binding, version, event, started).await;
+            }
+        }
         let activate =
             event.action == "binding.enable" || binding.status == Status::PendingActivation;
-        let result = self.run_probe(&binding).await;
+        let result = self.run_probe(&binding, None).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         binding.last_tested_at = Some(now_rfc3339());
         let (outcome, error) = match result {
@@ -589,9 +604,12 @@ impl AdminService {
         }
     }
 
-    async fn run_probe(
+    /// Runs `binding`'s provider probe with its active secret, or with secret version
+    /// `version` when given (a pending rotation).
+    pub(super) async fn run_probe(
         &self,
         binding: &Binding,
+        version: Option<u32>,
     ) -> Result<credbroker_providers::ProbeReport, ProviderError> {
         let provider = self
             .core
@@ -601,9 +619,21 @@ impl AdminService {
             .ok_or_else(|| {
                 ProviderError::InvalidConfig("the binding's provider is not configured".into())
             })?;
-        let secret = match provider.secret_requirement() {
-            SecretRequirement::Required => Some(self.core.open_active_secret(binding).await?),
-            SecretRequirement::None => None,
+        let secret = match (provider.secret_requirement(), version) {
+            (SecretRequirement::Required, None) => {
+                Some(self.core.open_active_secret(binding).await?)
+            }
+            (SecretRequirement::Required, Some(v)) => {
+                let sealed = self
+                    .core
+                    .records
+                    .secret_version(&binding.id, v)
+                    .await
+                    .map_err(|e| ProviderError::Internal(format!("store: {e}")))?
+                    .ok_or(ProviderError::SecretMissing)?;
+                Some(self.core.open_sealed(binding, &sealed.value)?)
+            }
+            (SecretRequirement::None, _) => None,
         };
         let narrowing = Narrowing::none();
         let timeout = self.core.mint_timeout();

@@ -285,6 +285,10 @@ impl AdminService {
         } else {
             Some(self.lock.lock().await)
         };
+        let rotated = match &op {
+            AdminOp::SecretRotate(id, _) => Some(id.clone()),
+            _ => None,
+        };
         let planned = self.plan(op).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let plan = match planned {
@@ -318,8 +322,29 @@ impl AdminService {
             }
         }
         tracing::info!(request_id, actor, action = %event.action, audit_id = %receipt.audit_id, "admin change committed");
+        let mut response = plan.response;
+        // A rotation's pending version is probed at once (its own audited record); the
+        // operator promotes it when it passed.
+        if let Some(id) = rotated {
+            drop(_guard);
+            let probe_event = AuditEvent {
+                kind: "admin".into(),
+                action: "binding.probe".into(),
+                request_id: request_id.to_owned(),
+                actor: actor.to_owned(),
+                ..Default::default()
+            };
+            response["probe"] = match self.probe_binding(&id, probe_event, Instant::now()).await {
+                Ok(o) => o.response["probe"].clone(),
+                Err((e, _)) => json!({
+                    "result": "failed",
+                    "code": e.code.as_str(),
+                    "message": e.message,
+                }),
+            };
+        }
         Ok(AdminOutcome {
-            response: plan.response,
+            response,
             created: plan.created,
             receipt,
         })
@@ -388,6 +413,7 @@ impl AdminService {
             AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false).await,
             AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true).await,
             AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version).await,
+            AdminOp::SecretPromote(id, version) => self.plan_secret_promote(&id, version).await,
             AdminOp::FlagTrustBroken {
                 binding,
                 generation,

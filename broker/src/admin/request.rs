@@ -179,6 +179,8 @@ pub enum AdminOp {
     SecretSet(String, SecretFields),
     /// Write a new secret version; the previous one is kept as superseded.
     SecretRotate(String, SecretFields),
+    /// Make a binding's pending secret version active (it must have passed its probe).
+    SecretPromote(String, u32),
     /// Destroy every version (None) or one version of a binding's secret.
     SecretDestroy(String, Option<u32>),
     /// Run a binding's probe; a binding pending activation becomes active when it passes.
@@ -231,6 +233,7 @@ impl AdminOp {
             AdminOp::Remove(c, _) => format!("{}.remove", c.noun()),
             AdminOp::SecretSet(..) => "secret.set".into(),
             AdminOp::SecretRotate(..) => "secret.rotate".into(),
+            AdminOp::SecretPromote(..) => "secret.promote".into(),
             AdminOp::SecretDestroy(..) => "secret.destroy".into(),
             AdminOp::Probe(_) => "binding.probe".into(),
             AdminOp::Onboard(p, _, _) => format!("onboard.{p}"),
@@ -342,6 +345,7 @@ pub fn parse_admin_request(
             AdminOp::SecretDestroy(param("id"), None)
         }),
         AdminEndpoint::SecretRotate => Ok(AdminOp::SecretRotate(param("id"), parse_secret(body)?)),
+        AdminEndpoint::SecretPromote => Ok(AdminOp::SecretPromote(param("id"), version("secret")?)),
         AdminEndpoint::SecretVersion => Ok(AdminOp::SecretDestroy(
             param("id"),
             Some(version("secret")?),

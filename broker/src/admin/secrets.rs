@@ -1,5 +1,7 @@
-//! Plans for a binding's sealed secret: set, rotate (the previous version is kept as
-//! superseded), destroy. Values are sealed here and never returned.
+//! Plans for a binding's sealed secret: set, rotate (staged: the new version is `pending`
+//! until it passes a probe and an operator promotes it; the previous one is then kept as
+//! `superseded`, never served, for the overlap window), promote, destroy. Values are sealed
+//! here and never returned.
 
 use serde_json::{json, Value};
 
@@ -11,7 +13,10 @@ use crate::model::{now_rfc3339, SecretState, SecretVersion};
 use crate::seal::seal_secret;
 use crate::store::records::Stored;
 
-use super::{fresh_generation, store_err, Plan};
+use super::{fresh_generation, store_err, AdminOutcome, Plan};
+use crate::audit::{AuditEvent, AuditReceipt};
+use crate::model::{Binding, VersionProbe};
+use std::time::Instant;
 
 impl AdminService {
     pub(super) async fn plan_secret_write(
@@ -35,34 +40,27 @@ impl AdminService {
             )));
         }
         let mut plan = Plan::new(String::new(), Value::Null);
-        match (rotate, binding.active_secret_version) {
-            (false, Some(v)) => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("binding {id} already has active secret version {v}; use rotate"),
-                ))
-            }
-            (true, None) => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("binding {id} has no active secret to rotate; use set"),
-                ))
-            }
-            (true, Some(old)) => {
-                let read = self
+        if let (false, Some(v)) = (rotate, binding.active_secret_version) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("binding {id} already has active secret version {v}; use rotate"),
+            ));
+        }
+        // A rotation replaces a pending version that was never promoted (it is destroyed).
+        let mut replaced = None;
+        if rotate {
+            if let Some(p) = binding.pending_secret_version {
+                if let Some(read) = self
                     .core
                     .records
-                    .secret_version(&binding.id, old)
+                    .secret_version(&binding.id, p)
                     .await
                     .map_err(store_err)?
-                    .ok_or_else(|| {
-                        ApiError::new(ErrorCode::Internal, "active secret version is missing")
-                    })?;
-                let mut previous = read.value.clone();
-                previous.state = SecretState::Superseded;
-                plan.batch.replace(&read, &previous);
+                {
+                    plan.batch.remove(&read);
+                }
+                replaced = Some(p);
             }
-            (false, None) => {}
         }
         let version = binding
             .last_secret_version
@@ -83,33 +81,141 @@ impl AdminService {
         let record = SecretVersion {
             binding: binding.id.clone(),
             version,
-            state: SecretState::Active,
+            state: if rotate {
+                SecretState::Pending
+            } else {
+                SecretState::Active
+            },
             field_names: names.clone(),
             kek_version: sealed.kek_version,
             wrapped_dek: sealed.wrapped_dek,
             sealed_payload: sealed.sealed_payload,
             created_at: now_rfc3339(),
+            probe: None,
+            superseded_at: None,
         };
         plan.batch.create(&record);
-        binding.active_secret_version = Some(version);
         binding.last_secret_version = version;
-        binding.generation = fresh_generation()?;
+        if rotate {
+            // Staged: nothing served changes until the version is probed and promoted.
+            binding.pending_secret_version = Some(version);
+        } else {
+            binding.active_secret_version = Some(version);
+            binding.generation = fresh_generation()?;
+            plan.invalidate_binding = Some(binding.id.to_string());
+        }
         plan.batch.replace(&stored, &binding);
         plan.detail = format!(
-            "binding={} version={version} fields=[{}]",
+            "binding={} version={version} state={} fields=[{}]{}",
             binding.id,
-            names.join(",")
+            if rotate { "pending" } else { "active" },
+            names.join(","),
+            replaced.map_or(String::new(), |p| format!(
+                "; replaced pending version {p} (destroyed)"
+            ))
         );
         plan.response = json!({
             "binding": binding.id.as_str(),
             "version": version,
+            "state": if rotate { "pending" } else { "active" },
             "field_names": names,
-            "superseded": if rotate { json!(version - 1) } else { Value::Null },
+            "active_secret_version": binding.active_secret_version,
+            "replaced_pending_version": replaced,
+        });
+        plan.tenant = Some(binding.tenant.to_string());
+        plan.binding = Some(binding.id.to_string());
+        plan.created = !rotate;
+        Ok(plan)
+    }
+
+    /// Promotes pending version `version` of binding `id`: refused unless it passed its last
+    /// probe. One batch: it becomes active, the previous active version superseded (kept,
+    /// never served, destroyed after the overlap), the binding's generation renewed and its
+    /// cached credentials dropped.
+    pub(super) async fn plan_secret_promote(
+        &self,
+        id: &str,
+        version: u32,
+    ) -> Result<Plan, ApiError> {
+        let stored = self.binding_or_404(id).await?;
+        let mut binding = stored.value.clone();
+        if binding.pending_secret_version != Some(version) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "version {version} is not binding {id}'s pending version (pending: {})",
+                    binding
+                        .pending_secret_version
+                        .map_or("none".to_owned(), |p| p.to_string())
+                ),
+            ));
+        }
+        let read = self
+            .core
+            .records
+            .secret_version(&binding.id, version)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::Internal, "pending secret version is missing")
+            })?;
+        match &read.value.probe {
+            Some(p) if p.passed => {}
+            Some(p) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "version {version} failed its last probe ({}); rotate again or fix the source system and probe",
+                        p.summary
+                    ),
+                ))
+            }
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("version {version} has not been probed (credbroker binding probe {id})"),
+                ))
+            }
+        }
+        let mut plan = Plan::new(String::new(), Value::Null);
+        let mut promoted = read.value.clone();
+        promoted.state = SecretState::Active;
+        plan.batch.replace(&read, &promoted);
+        let previous = binding.active_secret_version;
+        if let Some(old) = previous {
+            if let Some(read_old) = self
+                .core
+                .records
+                .secret_version(&binding.id, old)
+                .await
+                .map_err(store_err)?
+            {
+                let mut superseded = read_old.value.clone();
+                superseded.state = SecretState::Superseded;
+                superseded.superseded_at = Some(now_rfc3339());
+                plan.batch.replace(&read_old, &superseded);
+            }
+        }
+        binding.active_secret_version = Some(version);
+        binding.pending_secret_version = None;
+        binding.generation = fresh_generation()?;
+        plan.batch.replace(&stored, &binding);
+        plan.detail = format!(
+            "binding={} promoted version {version}{}",
+            binding.id,
+            previous.map_or(String::new(), |p| format!(
+                "; version {p} superseded (kept {} s, never served)",
+                self.core.superseded_overlap_s()
+            ))
+        );
+        plan.response = json!({
+            "binding": binding.id.as_str(),
+            "active_secret_version": version,
+            "superseded": previous,
         });
         plan.tenant = Some(binding.tenant.to_string());
         plan.binding = Some(binding.id.to_string());
         plan.invalidate_binding = Some(binding.id.to_string());
-        plan.created = !rotate;
         Ok(plan)
     }
 
@@ -154,6 +260,9 @@ impl AdminService {
             if binding.active_secret_version == Some(v.version) {
                 binding.active_secret_version = None;
             }
+            if binding.pending_secret_version == Some(v.version) {
+                binding.pending_secret_version = None;
+            }
         }
         plan.batch.replace(&stored, &binding);
         plan.detail = format!(
@@ -174,5 +283,108 @@ impl AdminService {
         plan.binding = Some(binding.id.to_string());
         plan.invalidate_binding = Some(binding.id.to_string());
         Ok(plan)
+    }
+
+    /// Probes pending version `version` of `binding` against its source system and stamps the
+    /// result on the version (audited). The active version keeps serving either way; only a
+    /// version whose last probe passed can be promoted.
+    pub(super) async fn probe_pending(
+        &self,
+        binding: &Binding,
+        version: u32,
+        mut event: AuditEvent,
+        started: Instant,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        let refuse = |e: ApiError| (e, None);
+        let read = self
+            .core
+            .records
+            .secret_version(&binding.id, version)
+            .await
+            .map_err(|e| refuse(store_err(e)))?
+            .ok_or_else(|| {
+                refuse(ApiError::new(
+                    ErrorCode::Internal,
+                    "pending secret version is missing",
+                ))
+            })?;
+        let result = self.run_probe(binding, Some(version)).await;
+        event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut stamped = read.value.clone();
+        let (summary, error) = match result {
+            Ok(report) => (report.summary, None),
+            Err(e) => {
+                event.upstream_request_id = e.upstream_request_id().map(str::to_owned);
+                let err = ApiError::from(e);
+                (format!("{}: {}", err.code, err.message), Some(err))
+            }
+        };
+        stamped.probe = Some(VersionProbe {
+            passed: error.is_none(),
+            at: now_rfc3339(),
+            summary: summary.chars().take(500).collect(),
+        });
+        event.outcome = if error.is_none() { "allowed" } else { "denied" }.into();
+        event.error_code = error.as_ref().map(|e| e.code.as_str().to_owned());
+        event.detail = Some(format!(
+            "binding={} pending version {version} probe {}: {}",
+            binding.id,
+            if error.is_none() { "passed" } else { "failed" },
+            summary.chars().take(300).collect::<String>()
+        ));
+        let mut batch = crate::store::Batch::new();
+        batch.replace(&read, &stamped);
+        let receipt = self.commit_audited(event, batch, None).await?;
+        match error {
+            None => Ok(AdminOutcome {
+                response: json!({
+                    "binding": binding.id.as_str(),
+                    "pending_version": version,
+                    "probe": { "result": "passed", "summary": summary },
+                    "then": format!("credbroker secret promote {} {version}", binding.id),
+                }),
+                created: false,
+                receipt,
+            }),
+            Some(err) => Err((err, Some(receipt))),
+        }
+    }
+
+    /// Superseded secret versions whose overlap (`[secrets] superseded_overlap_s`) ended
+    /// before `now` (Unix seconds). Versions superseded before the time was recorded are
+    /// kept until destroyed by hand.
+    pub(super) async fn superseded_past_overlap(
+        &self,
+        now: i64,
+    ) -> Result<Vec<Stored<SecretVersion>>, ApiError> {
+        let overlap = i64::try_from(self.core.superseded_overlap_s()).unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        for b in self.core.records.bindings().await.map_err(store_err)? {
+            for v in self
+                .core
+                .records
+                .secret_versions(&b.id)
+                .await
+                .map_err(store_err)?
+            {
+                let since = v
+                    .value
+                    .superseded_at
+                    .as_deref()
+                    .and_then(|t| {
+                        time::OffsetDateTime::parse(
+                            t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .map(time::OffsetDateTime::unix_timestamp);
+                let over = since.is_some_and(|s| s.saturating_add(overlap) <= now);
+                if v.value.state == SecretState::Superseded && over {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -183,8 +183,11 @@ pub fn run_unclaimed(cmd: UnclaimedCmd) -> Result<ExitCode, String> {
 pub enum SecretCmd {
     /// Set the first secret version of a binding.
     Set(SecretWrite),
-    /// Write a new version; the previous one is kept (superseded) until destroyed.
+    /// Write a new version as `pending` and probe it; nothing served changes until `promote`.
     Rotate(SecretWrite),
+    /// Make the pending version active (refused unless it passed its last probe); the
+    /// previous version is kept, never served, for `[secrets] superseded_overlap_s`.
+    Promote(SecretPromote),
     /// Destroy every version, or one with --version.
     Destroy(SecretDestroy),
 }
@@ -203,6 +206,16 @@ pub struct SecretWrite {
     /// …or from standard input. Values are never taken from the command line.
     #[arg(long)]
     from_stdin: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args, Debug)]
+pub struct SecretPromote {
+    /// Binding id.
+    binding: String,
+    /// The pending version.
+    version: u32,
     #[command(flatten)]
     conn: Conn,
 }
@@ -415,6 +428,14 @@ pub fn run_secret(cmd: SecretCmd) -> Result<ExitCode, String> {
                 path_segment(&w.binding)?
             );
             call(&w.conn, Method::POST, &path, Some(body.to_vec()))
+        }
+        SecretCmd::Promote(p) => {
+            let path = format!(
+                "/v1/admin/bindings/{}/secret/{}/promote",
+                path_segment(&p.binding)?,
+                p.version
+            );
+            call(&p.conn, Method::POST, &path, Some(b"{}".to_vec()))
         }
         SecretCmd::Destroy(d) => {
             let mut path = format!("/v1/admin/bindings/{}/secret", path_segment(&d.binding)?);

@@ -398,6 +398,7 @@ mod tests {
                     status_change: None,
                     drift: None,
                     trust_facts: None,
+                    pending_secret_version: None,
                     created_at: String::new(),
                 }),
             );

@@ -212,6 +212,26 @@ impl Probe for PastedSecret {
         if secret.is_empty() {
             return Err(ProviderError::SecretMissing);
         }
+        // Nothing upstream to ask: the secret must at least carry every field the ceiling
+        // promises resolves (a rotation that dropped one would break every worker).
+        if let Some(promised) = &request.binding.bound.get::<PastedBinding>()?.fields {
+            let names: Vec<&str> = secret.names().collect();
+            let missing: Vec<&str> = promised
+                .iter()
+                .map(String::as_str)
+                .filter(|f| !names.contains(f))
+                .collect();
+            if !missing.is_empty() {
+                return Err(ProviderError::ActivationRefused {
+                    reason: crate::RefusalReason::Other,
+                    message: format!(
+                        "the secret lacks field(s) the binding's ceiling serves: {}",
+                        missing.join(", ")
+                    ),
+                    upstream_request_id: None,
+                });
+            }
+        }
         Ok(ProbeReport {
             summary: format!("secret opens; {} field(s)", secret.len()),
             facts: Value::Null,

@@ -981,6 +981,8 @@ fn fill_big_store(
             wrapped_dek: sealed.wrapped_dek,
             sealed_payload: sealed.sealed_payload,
             created_at: now.clone(),
+            probe: None,
+            superseded_at: None,
         });
         batch.create(&Binding {
             id: bid.clone(),
@@ -999,6 +1001,7 @@ fn fill_big_store(
             status_change: None,
             drift: None,
             trust_facts: None,
+            pending_secret_version: None,
             created_at: now.clone(),
         });
         batch.create(&Instance {
