@@ -24,10 +24,12 @@ pub mod aws;
 pub mod entra;
 mod error;
 pub mod github;
+pub mod http;
 pub mod pasted_secret;
 mod provider;
 pub mod registry;
 mod secret;
+pub mod servicenow;
 
 pub use error::{ProviderError, RefusalReason};
 pub use pasted_secret::PastedSecret;

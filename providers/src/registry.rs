@@ -20,6 +20,7 @@ pub const CATALOG: &[&ProviderDescriptor] = &[
     &crate::entra::DESCRIPTOR,
     &crate::github::DESCRIPTOR,
     &crate::pasted_secret::DESCRIPTOR,
+    &crate::servicenow::DESCRIPTOR,
 ];
 
 /// The provider dev mode's demo binding uses: it needs no upstream and no settings.

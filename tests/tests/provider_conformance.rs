@@ -28,6 +28,7 @@ use credbroker_providers::{
 };
 use credbroker_tests::fake_entra::FakeEntra;
 use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation};
+use credbroker_tests::fake_servicenow::FakeServiceNow;
 use credbroker_tests::fake_sts::{FakeRole, FakeSts};
 use credbroker_tests::{aws_test_env, repo_root};
 
@@ -373,6 +374,90 @@ impl Harness for Entra {
     }
 }
 
+// ---- servicenow_oauth --------------------------------------------------------------------
+
+struct Snow {
+    provider: Arc<dyn Provider>,
+    sn: FakeServiceNow,
+    _dir: tempfile::TempDir,
+}
+
+impl Snow {
+    async fn start(d: &ProviderDescriptor) -> Snow {
+        let sn = FakeServiceNow::start(
+            "conformance-client",
+            "conformance-secret",
+            &["snc_read_only"],
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            repo_root().join("policies/servicenow.json"),
+            dir.path().join("servicenow.json"),
+        )
+        .unwrap();
+        let section = format!(
+            "ceiling_file = \"servicenow.json\"\nallowed_hosts = [\"{}\"]\ntimeout_ms = 3000\n",
+            sn.authority
+        );
+        let provider = build(d, &section, dir.path()).await;
+        Snow {
+            provider,
+            sn,
+            _dir: dir,
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for Snow {
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+    fn binding(&self) -> (Value, Value) {
+        (
+            json!({"instance_url": self.sn.url}),
+            json!({"roles": ["snc_read_only"], "tables": ["incident"]}),
+        )
+    }
+    fn within(&self) -> Value {
+        json!({"tables": ["incident"]})
+    }
+    fn beyond(&self) -> Value {
+        json!({"tables": ["sys_user"]})
+    }
+    fn secret(&self) -> Option<SecretFields> {
+        let mut f = SecretFields::new();
+        f.insert(
+            "client_id",
+            secrecy::SecretString::from("conformance-client"),
+        );
+        f.insert(
+            "client_secret",
+            secrecy::SecretString::from("conformance-secret"),
+        );
+        Some(f)
+    }
+    fn calls(&self) -> usize {
+        self.sn.state.requests.lock().unwrap().len()
+    }
+    fn requested_scope(&self) -> Option<Value> {
+        None
+    }
+    fn last_request(&self) -> Option<Value> {
+        self.sn
+            .state
+            .requests
+            .lock()
+            .unwrap()
+            .last()
+            .map(|(r, form)| json!({"request": r, "form": form}))
+    }
+    fn expected_scopes(&self) -> (Value, Value) {
+        (Value::Null, Value::Null)
+    }
+}
+
 // ---- pasted_secret ----------------------------------------------------------------------
 
 struct Pasted {
@@ -424,6 +509,7 @@ async fn harness_for(d: &ProviderDescriptor) -> Box<dyn Harness> {
         "aws_assume_role" => Box::new(Aws::start(d).await),
         "github_app" => Box::new(Github::start(d).await),
         "entra_multi_tenant" => Box::new(Entra::start(d).await),
+        "servicenow_oauth" => Box::new(Snow::start(d).await),
         "pasted_secret" => Box::new(Pasted {
             provider: build(d, "", Path::new("/")).await,
         }),
@@ -618,6 +704,9 @@ impl Gen {
             "arm_scopes",
             "graph_application_permissions",
             "arm_role_definitions",
+            "instance_url",
+            "roles",
+            "tables",
             "managed_policy_arns",
             "actions",
             "contents",
@@ -639,6 +728,9 @@ impl Gen {
             "token",
             "graph",
             "arm",
+            "https://acme.service-now.com",
+            "http://127.0.0.1:1",
+            "incident",
             "11111111-2222-4333-8444-555555555555",
             "User.Read.All",
             "/subscriptions/11111111-2222-4333-8444-555555555555",

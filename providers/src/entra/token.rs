@@ -5,14 +5,11 @@
 //! `entra`): the request is one form, the answer one JSON object, and the broker must see
 //! Entra's AADSTS error codes and the token's claims itself.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -171,95 +168,7 @@ pub enum TokenFailure {
     Unavailable(ProviderError),
 }
 
-/// HTTP(S) to the authority and ARM, each call bounded.
-#[derive(Clone)]
-pub struct Http {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-}
-
-/// Largest answer read from Entra or ARM.
-const MAX_ANSWER: usize = 1024 * 1024;
-
-impl Http {
-    /// A client trusting the platform's root certificates.
-    pub fn new() -> Http {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-        let tls = match tls {
-            Ok(t) => t,
-            // The default provider supports the default versions; keep a client that
-            // refuses every https peer rather than panic.
-            Err(_) => rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        Http {
-            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
-        }
-    }
-
-    /// Sends `request`; the status, the `x-ms-request-id` and the body (at most 1 MiB).
-    ///
-    /// # Errors
-    /// `Unavailable` when unreachable or slower than `timeout`.
-    pub async fn send(
-        &self,
-        request: http::Request<Full<Bytes>>,
-        timeout: Duration,
-        what: &str,
-    ) -> Result<(u16, Option<String>, Bytes), ProviderError> {
-        let unavailable = |m: String| ProviderError::Unavailable {
-            message: m,
-            upstream_request_id: None,
-        };
-        let exchange = async {
-            let resp = self
-                .client
-                .request(request)
-                .await
-                .map_err(|_| unavailable(format!("{what} could not be reached")))?;
-            let status = resp.status().as_u16();
-            let request_id = resp
-                .headers()
-                .get("x-ms-request-id")
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| v.len() <= 64)
-                .map(str::to_owned);
-            let body = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|_| unavailable(format!("{what}'s answer could not be read")))?
-                .to_bytes();
-            Ok((status, request_id, body))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or_else(|_| {
-                Err(unavailable(format!(
-                    "{what} did not answer within {} ms",
-                    timeout.as_millis()
-                )))
-            })
-    }
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Http::new()
-    }
-}
+pub use crate::http::Http;
 
 /// `POST {authority}/{tenant}/oauth2/v2.0/token`: the client-credentials grant for
 /// `resource` (`scope={resource}/.default`, one resource), authenticated by `auth`.

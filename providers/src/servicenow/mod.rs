@@ -1,0 +1,373 @@
+//! `servicenow_oauth`: an OAuth bearer for a customer's ServiceNow instance, minted with the
+//! client-credentials grant from a pasted OAuth client (sealed fields `client_id`,
+//! `client_secret`). The client secret never leaves the broker: a resolve gets the bearer.
+//!
+//! ServiceNow has no federation. What the bearer may do is its OAuth Application User's
+//! roles, which no token request can narrow: the scope is fixed (any `narrow` is refused)
+//! and verified by the probe, which reads the application user's roles (`sys_user_has_role`)
+//! and refuses roles beyond policies/servicenow.json, then reads one record of an allowed
+//! table.
+
+pub mod answer;
+mod settings;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Full;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+pub use answer::{parse_token_answer, TokenAnswer};
+pub use settings::parse_config as settings_parse_config;
+pub(crate) use settings::DESCRIPTOR;
+pub use settings::{ServiceNowCeiling, ServiceNowSettings, ID};
+
+use crate::http::{Answer, Http};
+use crate::{
+    BindingContext, Bound, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest,
+    Narrowing, Probe, ProbeReport, Provider, ProviderError, RefusalReason, SecretFields,
+    SecretRequirement,
+};
+
+/// The provider.
+pub struct ServiceNow {
+    settings: ServiceNowSettings,
+    ceiling: ServiceNowCeiling,
+    http: Http,
+}
+
+/// A binding as [`Provider::bind`] parsed it.
+struct SnBinding {
+    /// `https://acme.service-now.com` (no trailing slash).
+    instance: String,
+    scope: Option<String>,
+    ceiling: ServiceNowCeiling,
+}
+
+fn denied(message: String, request_id: Option<String>) -> ProviderError {
+    ProviderError::Denied {
+        message,
+        upstream_request_id: request_id,
+        trust_broken: false,
+    }
+}
+
+impl ServiceNow {
+    /// Builds the provider.
+    ///
+    /// # Errors
+    /// When the ceiling file is missing or malformed (a missing policy denies).
+    pub fn new(settings: ServiceNowSettings) -> Result<ServiceNow, String> {
+        let path = &settings.ceiling_file;
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let v: Value =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let ceiling = ServiceNowCeiling::from_value(&v)?;
+        Ok(ServiceNow {
+            settings,
+            ceiling,
+            http: Http::new(),
+        })
+    }
+
+    fn per_request(&self, budget: Duration) -> Duration {
+        Duration::from_millis(self.settings.timeout_ms).min(budget)
+    }
+
+    /// The client-credentials grant at `{instance}/oauth_token.do` (form-encoded; the secret
+    /// only in the body).
+    async fn mint_token(
+        &self,
+        b: &SnBinding,
+        secret: &SecretFields,
+        budget: Duration,
+    ) -> Result<TokenAnswer, ProviderError> {
+        let (Some(client_id), Some(client_secret)) =
+            (secret.expose("client_id"), secret.expose("client_secret"))
+        else {
+            return Err(ProviderError::InvalidConfig(
+                "the secret must have the fields client_id and client_secret".into(),
+            ));
+        };
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials")
+                .append_pair("client_id", client_id)
+                .append_pair("client_secret", client_secret);
+            if let Some(scope) = &b.scope {
+                form.append_pair("scope", scope);
+            }
+            zeroize::Zeroizing::new(form.finish())
+        };
+        let mut body = body;
+        let request = http::Request::post(format!("{}/oauth_token.do", b.instance))
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(
+                std::mem::take(&mut *body).into_bytes(),
+            )))
+            .map_err(|_| ProviderError::InvalidConfig("instance URL is not a valid URI".into()))?;
+        let answer = self
+            .http
+            .exchange(request, self.per_request(budget), "the ServiceNow instance")
+            .await?;
+        token_or_error(&answer, &b.instance)
+    }
+
+    /// `GET {instance}{path}` with `token`; the JSON `result`.
+    async fn table(
+        &self,
+        b: &SnBinding,
+        token: &SecretString,
+        path: &str,
+        budget: Duration,
+    ) -> Result<Value, ProviderError> {
+        let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|_| ProviderError::Internal("token is not a header value".into()))?;
+        auth.set_sensitive(true);
+        let request = http::Request::get(format!("{}{path}", b.instance))
+            .header(http::header::AUTHORIZATION, auth)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ProviderError::InvalidConfig("table URL is not a valid URI".into()))?;
+        let a = self
+            .http
+            .exchange(
+                request,
+                self.per_request(budget),
+                "the ServiceNow table API",
+            )
+            .await?;
+        if a.status == 429 || a.status >= 500 {
+            return Err(ProviderError::Unavailable {
+                message: format!("ServiceNow table API HTTP {}", a.status),
+                upstream_request_id: a.request_id,
+            });
+        }
+        if a.status != 200 || a.content_type != "application/json" {
+            let detail = serde_json::from_slice::<Value>(&a.body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .map(|s| {
+                            s.chars()
+                                .filter(|c| !c.is_control())
+                                .take(200)
+                                .collect::<String>()
+                        })
+                })
+                .unwrap_or_default();
+            return Err(denied(
+                format!(
+                    "ServiceNow table API HTTP {} ({}) reading {}: {detail}",
+                    a.status,
+                    a.content_type,
+                    path.split('?').next().unwrap_or("")
+                ),
+                a.request_id,
+            ));
+        }
+        let v: Value = serde_json::from_slice(&a.body).map_err(|_| ProviderError::Unavailable {
+            message: "ServiceNow table answer is not JSON".into(),
+            upstream_request_id: a.request_id.clone(),
+        })?;
+        Ok(v.get("result").cloned().unwrap_or(Value::Null))
+    }
+}
+
+/// The token, or the error ServiceNow's answer means: keyed on the HTTP status and content
+/// type first (ServiceNow's `error` strings are not standard).
+fn token_or_error(a: &Answer, instance: &str) -> Result<TokenAnswer, ProviderError> {
+    let error_field = || {
+        serde_json::from_slice::<Value>(&a.body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    match a.status {
+        200 if a.content_type != "application/json" => Err(ProviderError::Unavailable {
+            message: format!(
+                "{instance} answered the token request with {} instead of JSON: the instance is hibernating or not reachable as itself (wake it, check the URL)",
+                if a.content_type.is_empty() { "no content type" } else { a.content_type.as_str() }
+            ),
+            upstream_request_id: a.request_id.clone(),
+        }),
+        200 => parse_token_answer(&a.body).map_err(|m| ProviderError::Unavailable {
+            message: format!("ServiceNow token answer is malformed: {m}"),
+            upstream_request_id: a.request_id.clone(),
+        }),
+        400 | 401 if error_field() == "unauthorized_client" => Err(denied(
+            "ServiceNow refused the client (unauthorized_client): the OAuth entity has no OAuth Application User; the customer's admin sets one (onboarding-templates/servicenow)".into(),
+            a.request_id.clone(),
+        )),
+        401 => Err(denied(
+            "ServiceNow refused the client credentials (HTTP 401): either the client id or secret is wrong, or the instance does not allow the client-credentials grant (system property glide.oauth.inbound.client.credential.grant_type.enabled must be true)".into(),
+            a.request_id.clone(),
+        )),
+        429 | 500..=599 => Err(ProviderError::Unavailable {
+            message: format!("ServiceNow HTTP {}", a.status),
+            upstream_request_id: a.request_id.clone(),
+        }),
+        s => Err(denied(
+            format!("ServiceNow HTTP {s} for the token request ({})", error_field().chars().take(64).collect::<String>()),
+            a.request_id.clone(),
+        )),
+    }
+}
+
+#[async_trait]
+impl Provider for ServiceNow {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn secret_requirement(&self) -> SecretRequirement {
+        SecretRequirement::Required
+    }
+
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy::UntilExpiry
+    }
+
+    fn ceiling_enforcement(&self) -> CeilingEnforcement {
+        // The bearer carries its application user's roles; nothing in the request can
+        // narrow it. The probe verifies those roles against the ceiling.
+        CeilingEnforcement::Fixed
+    }
+
+    fn bind(&self, config: &Value, ceiling: &Value) -> Result<Bound, ProviderError> {
+        let (instance, scope) = settings::parse_config(config, &self.settings.allowed_hosts)
+            .map_err(ProviderError::InvalidConfig)?;
+        let ceiling = if ceiling.is_null() {
+            self.ceiling.clone()
+        } else {
+            let c = ServiceNowCeiling::from_value(ceiling).map_err(ProviderError::InvalidConfig)?;
+            c.within(&self.ceiling)
+                .map_err(ProviderError::InvalidConfig)?;
+            c
+        };
+        Ok(Bound::new(SnBinding {
+            instance,
+            scope,
+            ceiling,
+        }))
+    }
+
+    fn credential_lifetime_s(&self, _binding: &BindingContext<'_>) -> Option<u64> {
+        // ServiceNow's default access token lifespan: 1800 s.
+        Some(1799)
+    }
+
+    fn describe_ceiling(&self, binding: &BindingContext<'_>) -> Value {
+        match binding.bound.get::<SnBinding>() {
+            Ok(b) => b.ceiling.to_value(),
+            Err(e) => json!({ "error": e.to_string() }),
+        }
+    }
+
+    fn normalize_narrowing(
+        &self,
+        binding: &BindingContext<'_>,
+        narrow: Option<&Value>,
+    ) -> Result<Narrowing, ProviderError> {
+        binding.bound.get::<SnBinding>()?;
+        match narrow {
+            None => Ok(Narrowing::none()),
+            Some(_) => Err(ProviderError::NarrowingExceedsCeiling(
+                "a ServiceNow bearer carries its OAuth Application User's roles; it cannot be narrowed".into(),
+            )),
+        }
+    }
+
+    async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
+        let b = request.binding.bound.get::<SnBinding>()?;
+        let secret = request.secret.ok_or(ProviderError::SecretMissing)?;
+        let t = self.mint_token(b, secret, request.timeout).await?;
+        let mut credentials = SecretFields::new();
+        credentials.insert("access_token", t.access_token);
+        Ok(IssuedCredential {
+            kind: "servicenow_oauth",
+            credentials,
+            expires_at: Some(t.expires_at),
+            upstream_request_id: None,
+            details: json!({
+                "instance_url": b.instance,
+                "token_type": "Bearer",
+                "scope": t.scope,
+            }),
+            subject: Some(b.instance.clone()),
+        })
+    }
+
+    fn probe(&self) -> Option<&dyn Probe> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Probe for ServiceNow {
+    fn gates_activation(&self) -> bool {
+        true
+    }
+
+    /// Mints a token, reads the application user's active roles and refuses any beyond the
+    /// ceiling, then reads one record of the first table the ceiling allows.
+    async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
+        let b = request.binding.bound.get::<SnBinding>()?;
+        let secret = request.secret.ok_or(ProviderError::SecretMissing)?;
+        let t = self.mint_token(b, secret, request.timeout).await?;
+        let roles_path = "/api/now/table/sys_user_has_role?sysparm_query=user%3Djavascript%3Ags.getUserID()%5Estate%3Dactive&sysparm_fields=role.name&sysparm_limit=1000";
+        let result = self
+            .table(b, &t.access_token, roles_path, request.timeout)
+            .await?;
+        let mut roles: Vec<String> = result
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get("role.name").and_then(Value::as_str))
+            .map(|r| r.chars().take(100).collect())
+            .collect();
+        roles.sort();
+        roles.dedup();
+        let beyond: Vec<&str> = roles
+            .iter()
+            .filter(|r| !b.ceiling.roles.contains(*r))
+            .map(String::as_str)
+            .collect();
+        if !beyond.is_empty() {
+            return Err(ProviderError::ActivationRefused {
+                reason: RefusalReason::Other,
+                message: format!(
+                    "the OAuth Application User holds role(s) beyond policies/servicenow.json: {}; give it only read roles of the ceiling",
+                    beyond.join(", ")
+                ),
+                upstream_request_id: None,
+            });
+        }
+        let table = b.ceiling.tables.iter().next().cloned().unwrap_or_default();
+        self.table(
+            b,
+            &t.access_token,
+            &format!("/api/now/table/{table}?sysparm_limit=1"),
+            request.timeout,
+        )
+        .await?;
+        Ok(ProbeReport {
+            summary: format!(
+                "token minted; application user roles: {}; read {table}",
+                if roles.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    roles.join(", ")
+                }
+            ),
+            facts: json!({ "instance_url": b.instance, "roles": roles, "table_read": table }),
+        })
+    }
+}

@@ -1,0 +1,307 @@
+//! `servicenow_oauth` end to end against the local fake instance: activation by a probe that
+//! reads the application user's roles, minting with caching and single flight, every error
+//! shape mapped to its code, staged rotation of the pasted OAuth client, the instance-URL
+//! rules, and the client secret never leaving the broker.
+
+use credbroker::client::BrokerClient;
+use credbroker_tests::fake_servicenow::FakeServiceNow;
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+const CLIENT: &str = "3f1c0ffee0c0ffee0c0ffee0c0ffee01";
+const SECRET: &str = "sn-client-secret-v1-0123456789";
+const SECRET2: &str = "sn-client-secret-v2-9876543210";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    pki: std::sync::Arc<TestPki>,
+    daemon: Daemon,
+    sn: FakeServiceNow,
+    op: BrokerClient,
+}
+
+async fn start() -> Env {
+    let (tmp, pki) = setup();
+    let sn = FakeServiceNow::start(CLIENT, SECRET, &["snc_read_only", "sn_cmdb_user"]).await;
+    let extra = format!(
+        "[providers.servicenow_oauth]\nceiling_file = {:?}\nallowed_hosts = [\"{}\"]\ntimeout_ms = 3000\n",
+        repo_root().join("policies/servicenow.json").display().to_string(),
+        sn.authority
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    Env {
+        _tmp: tmp,
+        pki,
+        daemon,
+        sn,
+        op,
+    }
+}
+
+async fn probe(op: &mut BrokerClient) -> (u16, Value) {
+    call(
+        op,
+        Method::POST,
+        "/v1/admin/bindings/acme-snow/probe",
+        Some(json!({})),
+    )
+    .await
+}
+
+/// Binds the fake instance to t1 with the OAuth client, activates it, adds `i-snow`.
+async fn bind(env: &mut Env) {
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth",
+                    "config": {"instance_url": env.sn.url}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["binding"]["status"], "pending_activation", "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-snow/secret",
+        Some(json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"]["status"], "active", "{v}");
+    assert!(
+        v["probe"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("snc_read_only"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-snow", "tenant": "t1", "binding": "acme-snow", "connector_kind": "servicenow"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minting_caching_and_every_error_shape() {
+    let mut env = start().await;
+    bind(&mut env).await;
+
+    // Eight concurrent resolves: one token request, one bearer, never the client secret.
+    let before = env.sn.token_requests();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut w = env.pki.client_for("w1", &env.daemon.url);
+        tasks.push(tokio::spawn(async move {
+            resolve(&mut w, json!({"instance_id": "i-snow"})).await
+        }));
+    }
+    let mut tokens = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["kind"], "servicenow_oauth");
+        assert!(!v.to_string().contains(SECRET));
+        tokens.insert(
+            v["credentials"]["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(env.sn.token_requests(), before + 1);
+    // The form carried the grant; the secret never travelled in a query string (the fake
+    // refuses that) and is not recorded.
+    let last = env
+        .sn
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(r, _)| r == "POST /oauth_token.do")
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(last["grant_type"], "client_credentials");
+    assert_eq!(last["client_id"], CLIENT);
+    // A bearer cannot be narrowed.
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = resolve(
+        &mut w1,
+        json!({"instance_id": "i-snow", "narrow": {"tables": ["incident"]}}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "narrowing_exceeds_ceiling"), "{v}");
+
+    // Each error shape, seen by a probe (which always mints afresh).
+    *env.sn.state.grant_enabled.lock().unwrap() = false;
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("wrong")
+            && m.contains("glide.oauth.inbound.client.credential.grant_type.enabled"),
+        "{m}"
+    );
+    *env.sn.state.grant_enabled.lock().unwrap() = true;
+    *env.sn.state.app_user.lock().unwrap() = false;
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("OAuth Application User"),
+        "{v}"
+    );
+    *env.sn.state.app_user.lock().unwrap() = true;
+    *env.sn.state.hibernating.lock().unwrap() = true;
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hibernating"),
+        "{v}"
+    );
+    *env.sn.state.hibernating.lock().unwrap() = false;
+    // An application user holding a role beyond the ceiling: the probe refuses.
+    env.sn.state.roles.lock().unwrap().push("admin".into());
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("admin"),
+        "{v}"
+    );
+    env.sn.state.roles.lock().unwrap().retain(|r| r != "admin");
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!(s, 200, "{v}");
+
+    // The client secret never left the broker: not in the audit log, the logs, or admin
+    // answers.
+    let audit = serde_json::to_string(&env.daemon.audit_records()).unwrap();
+    assert!(!audit.contains(SECRET));
+    assert!(!env.daemon.logs().contains(SECRET));
+    let (_, v) = call(
+        &mut env.op,
+        Method::GET,
+        "/v1/admin/bindings/acme-snow",
+        None,
+    )
+    .await;
+    assert!(!v.to_string().contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_secret_is_probed_before_it_serves() {
+    let mut env = start().await;
+    bind(&mut env).await;
+    // A wrong new secret: pending, its probe fails, promotion refused; v1 keeps working.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/acme-snow/secret/rotate",
+        Some(json!({"fields": {"client_id": CLIENT, "client_secret": "not-the-secret"}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["probe"]["result"], "failed", "{v}");
+    assert_eq!(v["probe"]["code"], "provider_denied", "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/acme-snow/secret/2/promote",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
+    assert_eq!(s, 200, "{v}");
+    // The customer adds a second secret at the instance; the rotation to it passes and is
+    // promoted; then the old one is removed at the instance and minting goes on.
+    env.sn
+        .state
+        .clients
+        .lock()
+        .unwrap()
+        .get_mut(CLIENT)
+        .unwrap()
+        .push(SECRET2.into());
+    let (_, v) = rotate_and_promote(
+        &mut env.op,
+        "acme-snow",
+        json!({"client_id": CLIENT, "client_secret": SECRET2}),
+    )
+    .await;
+    assert_eq!(v["version"], 3);
+    env.sn
+        .state
+        .clients
+        .lock()
+        .unwrap()
+        .get_mut(CLIENT)
+        .unwrap()
+        .retain(|s| s != SECRET);
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_urls_outside_servicenow_are_refused() {
+    let mut env = start().await;
+    for url in [
+        "http://acme.service-now.com",
+        "https://acme.service-now.com.evil.example",
+        "https://169.254.169.254",
+        "https://10.0.0.5",
+        "https://[::1]:8443",
+        "https://localhost",
+        "https://acme.service-now.com/oauth_token.do?x=",
+    ] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/bindings",
+            Some(
+                json!({"id": "bad-snow", "tenant": "t1", "provider": "servicenow_oauth",
+                        "config": {"instance_url": url}}),
+            ),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{url}: {v}");
+    }
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "ok-snow", "tenant": "t1", "provider": "servicenow_oauth",
+                    "config": {"instance_url": "https://acme.service-now.com"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
