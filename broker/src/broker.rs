@@ -455,6 +455,12 @@ impl Broker {
         self.admin.forget_expired().await
     }
 
+    /// Self-rotates the pasted secrets whose providers say they are due (a Data Center PAT
+    /// close to expiry); how many were rotated.
+    pub async fn rotate_due(&self) -> usize {
+        self.admin.rotate_due().await
+    }
+
     /// Handles one routed public-listener callback.
     pub async fn callback_http(
         &self,

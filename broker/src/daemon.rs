@@ -109,6 +109,10 @@ pub async fn run_with_broker(
                     Ok(n) => tracing::info!(records = n, "forgot expired install states and webhook deliveries"),
                     Err(e) => tracing::warn!(error = %e.message, "could not forget expired records; will retry"),
                 }
+                let rotated = broker.rotate_due().await;
+                if rotated > 0 {
+                    tracing::info!(rotated, "rotated pasted secrets close to expiry");
+                }
             }
             _ = hup.recv() => {
                 match tls.reload() {

@@ -140,6 +140,11 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     "200",
                 ),
                 AdminEndpoint::SecretVersion => ("Destroy one secret version.", None, "200"),
+                AdminEndpoint::SecretSelfRotate => (
+                    "Let the current secret create its successor upstream (Data Center PAT): stored pending, probed, promoted, the old one revoked upstream.",
+                    None,
+                    "200",
+                ),
                 AdminEndpoint::SecretPromote => (
                     "Make the pending secret version active (refused unless it passed its last probe); the previous one is kept as superseded, never served.",
                     None,

@@ -53,6 +53,8 @@ pub enum AdminEndpoint {
     SecretVersion,
     /// `/v1/admin/bindings/{id}/secret/{version}/promote`: make a pending version active.
     SecretPromote,
+    /// `/v1/admin/bindings/{id}/secret/self-rotate`: the current secret creates its successor.
+    SecretSelfRotate,
     /// `/v1/admin/onboard/{provider}`
     Onboard,
     /// `/v1/admin/keys/{provider}`: list, add.
@@ -137,6 +139,11 @@ pub const MTLS: &[Route] = &[
         "/v1/admin/bindings/{id}/secret/{version}",
         E::Admin(A::SecretVersion),
         DELETE,
+    ),
+    route(
+        "/v1/admin/bindings/{id}/secret/self-rotate",
+        E::Admin(A::SecretSelfRotate),
+        POST,
     ),
     route(
         "/v1/admin/bindings/{id}/secret/{version}/promote",

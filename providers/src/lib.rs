@@ -20,6 +20,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod atlassian_dc;
 pub mod aws;
 pub mod entra;
 mod error;
@@ -37,7 +38,7 @@ pub use provider::{
     BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement,
     CredentialScope, InstallContext, InstalledAccount, IssuedCredential, MintRequest, Narrowing,
     PlatformKey, PlatformKeys, Probe, ProbeReport, Provider, Revocation, SecretRequirement,
-    SetupRedirect, TenantParameter,
+    SelfRotation, SetupRedirect, TenantParameter,
 };
 pub use registry::{
     descriptor, resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget,

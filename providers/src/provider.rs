@@ -457,6 +457,39 @@ pub trait Provider: Send + Sync + 'static {
     fn revocation(&self) -> Option<&dyn Revocation> {
         None
     }
+
+    /// Rotation of the binding's pasted secret by the broker itself, when the upstream lets
+    /// the current secret create its successor (Atlassian Data Center PATs).
+    fn self_rotation(&self) -> Option<&dyn SelfRotation> {
+        None
+    }
+}
+
+/// A pasted secret the broker can replace on its own: the current secret creates the next
+/// one upstream; the core stores it pending, probes it, promotes it, then has the old one
+/// revoked.
+#[async_trait]
+pub trait SelfRotation: Send + Sync {
+    /// Creates the successor of `request.secret` upstream; its fields.
+    ///
+    /// # Errors
+    /// When the upstream refuses or cannot create one (e.g. no PAT API).
+    async fn create(&self, request: &MintRequest<'_>) -> Result<SecretFields, ProviderError>;
+
+    /// Revokes `old` upstream, authenticated by `request.secret` (its successor). `Ok(false)`
+    /// when `old` cannot be identified (a pasted PAT whose id was not given).
+    ///
+    /// # Errors
+    /// When the upstream refuses or cannot be reached.
+    async fn revoke(
+        &self,
+        request: &MintRequest<'_>,
+        old: &SecretFields,
+    ) -> Result<bool, ProviderError>;
+
+    /// Whether a binding whose last probe recorded `facts` is due for rotation (e.g. its
+    /// PAT expires within the configured number of days).
+    fn due(&self, facts: &serde_json::Value) -> bool;
 }
 
 /// Checks that a binding works end to end without handing out a credential.

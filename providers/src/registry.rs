@@ -16,6 +16,7 @@ use crate::Provider;
 
 /// Every provider this build knows, in the order the CLI lists them.
 pub const CATALOG: &[&ProviderDescriptor] = &[
+    &crate::atlassian_dc::DESCRIPTOR,
     &crate::aws::DESCRIPTOR,
     &crate::entra::DESCRIPTOR,
     &crate::github::DESCRIPTOR,

@@ -15,6 +15,7 @@ use http::Method;
 use serde_json::Value;
 
 pub mod counting;
+pub mod fake_atlassian_dc;
 pub mod fake_entra;
 pub mod fake_github;
 pub mod fake_servicenow;

@@ -26,6 +26,7 @@ use credbroker_providers::{
     Availability, BindingContext, CeilingEnforcement, IssuedCredential, MintRequest, Provider,
     ProviderDescriptor, ProviderError, SecretFields, CATALOG,
 };
+use credbroker_tests::fake_atlassian_dc::FakeAtlassianDc;
 use credbroker_tests::fake_entra::FakeEntra;
 use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation};
 use credbroker_tests::fake_servicenow::FakeServiceNow;
@@ -374,6 +375,51 @@ impl Harness for Entra {
     }
 }
 
+// ---- atlassian_dc_pat ---------------------------------------------------------------------
+
+struct Dc {
+    provider: Arc<dyn Provider>,
+    dc: FakeAtlassianDc,
+    token: String,
+}
+
+#[async_trait]
+impl Harness for Dc {
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+    fn binding(&self) -> (Value, Value) {
+        // A PAT cannot be narrowed: no ceiling.
+        (
+            json!({"base_url": self.dc.url, "product": "jira"}),
+            Value::Null,
+        )
+    }
+    fn within(&self) -> Value {
+        json!({"fields": ["token"]})
+    }
+    fn beyond(&self) -> Value {
+        json!({"fields": ["password"]})
+    }
+    fn secret(&self) -> Option<SecretFields> {
+        let mut f = SecretFields::new();
+        f.insert("token", secrecy::SecretString::from(self.token.clone()));
+        Some(f)
+    }
+    fn calls(&self) -> usize {
+        self.dc.state.requests.lock().unwrap().len()
+    }
+    fn requested_scope(&self) -> Option<Value> {
+        None
+    }
+    fn last_request(&self) -> Option<Value> {
+        None
+    }
+    fn expected_scopes(&self) -> (Value, Value) {
+        (Value::Null, Value::Null)
+    }
+}
+
 // ---- servicenow_oauth --------------------------------------------------------------------
 
 struct Snow {
@@ -510,6 +556,16 @@ async fn harness_for(d: &ProviderDescriptor) -> Box<dyn Harness> {
         "github_app" => Box::new(Github::start(d).await),
         "entra_multi_tenant" => Box::new(Entra::start(d).await),
         "servicenow_oauth" => Box::new(Snow::start(d).await),
+        "atlassian_dc_pat" => {
+            let dc = FakeAtlassianDc::start().await;
+            let token = dc.state.issue("scanner", 60).raw;
+            let section = format!("allowed_hosts = [\"{}\"]\n", dc.authority);
+            Box::new(Dc {
+                provider: build(d, &section, Path::new("/")).await,
+                dc,
+                token,
+            })
+        }
         "pasted_secret" => Box::new(Pasted {
             provider: build(d, "", Path::new("/")).await,
         }),
@@ -705,6 +761,8 @@ impl Gen {
             "graph_application_permissions",
             "arm_role_definitions",
             "instance_url",
+            "base_url",
+            "product",
             "roles",
             "tables",
             "managed_policy_arns",
@@ -731,6 +789,7 @@ impl Gen {
             "https://acme.service-now.com",
             "http://127.0.0.1:1",
             "incident",
+            "jira",
             "11111111-2222-4333-8444-555555555555",
             "User.Read.All",
             "/subscriptions/11111111-2222-4333-8444-555555555555",

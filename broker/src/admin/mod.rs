@@ -32,6 +32,7 @@ mod request;
 
 pub use records::BindingDetail;
 mod secrets;
+mod self_rotation;
 
 pub use request::{
     parse_admin_request, AdminOp, ClaimBody, Collection, NewBinding, NewInstance, NewOperator,
@@ -280,6 +281,10 @@ impl AdminService {
         if let AdminOp::RevokeCached(provider) = &op {
             return self.revoke_cached(provider, event).await;
         }
+        // Self-rotation calls the upstream between its audited steps: no lock held across.
+        if let AdminOp::SecretSelfRotate(id) = &op {
+            return self.self_rotate(id, actor, request_id).await;
+        }
         let _guard = if op.is_read() {
             None
         } else {
@@ -414,6 +419,10 @@ impl AdminService {
             AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true).await,
             AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version).await,
             AdminOp::SecretPromote(id, version) => self.plan_secret_promote(&id, version).await,
+            AdminOp::SecretSelfRotate(_) => Err(ApiError::new(
+                ErrorCode::Internal,
+                "self-rotation is not a single plan",
+            )),
             AdminOp::FlagTrustBroken {
                 binding,
                 generation,

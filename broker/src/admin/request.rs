@@ -181,6 +181,9 @@ pub enum AdminOp {
     SecretRotate(String, SecretFields),
     /// Make a binding's pending secret version active (it must have passed its probe).
     SecretPromote(String, u32),
+    /// Let the current secret create its successor upstream; pending, probed, promoted, the
+    /// old one revoked (Atlassian Data Center PATs).
+    SecretSelfRotate(String),
     /// Destroy every version (None) or one version of a binding's secret.
     SecretDestroy(String, Option<u32>),
     /// Run a binding's probe; a binding pending activation becomes active when it passes.
@@ -234,6 +237,7 @@ impl AdminOp {
             AdminOp::SecretSet(..) => "secret.set".into(),
             AdminOp::SecretRotate(..) => "secret.rotate".into(),
             AdminOp::SecretPromote(..) => "secret.promote".into(),
+            AdminOp::SecretSelfRotate(..) => "secret.self_rotate".into(),
             AdminOp::SecretDestroy(..) => "secret.destroy".into(),
             AdminOp::Probe(_) => "binding.probe".into(),
             AdminOp::Onboard(p, _, _) => format!("onboard.{p}"),
@@ -345,6 +349,7 @@ pub fn parse_admin_request(
             AdminOp::SecretDestroy(param("id"), None)
         }),
         AdminEndpoint::SecretRotate => Ok(AdminOp::SecretRotate(param("id"), parse_secret(body)?)),
+        AdminEndpoint::SecretSelfRotate => Ok(AdminOp::SecretSelfRotate(param("id"))),
         AdminEndpoint::SecretPromote => Ok(AdminOp::SecretPromote(param("id"), version("secret")?)),
         AdminEndpoint::SecretVersion => Ok(AdminOp::SecretDestroy(
             param("id"),

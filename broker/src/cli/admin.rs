@@ -199,13 +199,17 @@ pub struct SecretWrite {
     /// Read the fields as a JSON object of strings from this file…
     #[arg(
         long,
-        conflicts_with = "from_stdin",
-        required_unless_present = "from_stdin"
+        conflicts_with_all = ["from_stdin", "self_rotate"],
+        required_unless_present_any = ["from_stdin", "self_rotate"]
     )]
     from_file: Option<PathBuf>,
     /// …or from standard input. Values are never taken from the command line.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "self_rotate")]
     from_stdin: bool,
+    /// (rotate) Let the current secret create its successor upstream (Data Center PAT):
+    /// stored pending, probed, promoted, the old one revoked.
+    #[arg(long = "self")]
+    self_rotate: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -416,10 +420,18 @@ fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {
 
 pub fn run_secret(cmd: SecretCmd) -> Result<ExitCode, String> {
     match cmd {
+        SecretCmd::Set(w) if w.self_rotate => Err("--self is for `secret rotate`".to_owned()),
         SecretCmd::Set(w) => {
             let body = read_secret_fields(&w)?;
             let path = format!("/v1/admin/bindings/{}/secret", path_segment(&w.binding)?);
             call(&w.conn, Method::PUT, &path, Some(body.to_vec()))
+        }
+        SecretCmd::Rotate(w) if w.self_rotate => {
+            let path = format!(
+                "/v1/admin/bindings/{}/secret/self-rotate",
+                path_segment(&w.binding)?
+            );
+            call(&w.conn, Method::POST, &path, Some(b"{}".to_vec()))
         }
         SecretCmd::Rotate(w) => {
             let body = read_secret_fields(&w)?;

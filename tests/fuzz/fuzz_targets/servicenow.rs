@@ -1,5 +1,5 @@
-//! What a ServiceNow instance answers to the token request, and the instance URL an operator
-//! (or an intake) hands the broker.
+//! What a ServiceNow instance answers to the token request, the instance or Data Center base
+//! URL an operator (or an intake) hands the broker, and Data Center's PAT expiry times.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -16,4 +16,9 @@ fuzz_target!(|data: &[u8]| {
         // Whatever passes is https (or allow-listed loopback http) on an allowed host.
         assert!(origin.starts_with("https://") || origin.starts_with("http://"));
     }
+    let _ = credbroker_providers::atlassian_dc::parse_config(
+        &serde_json::json!({ "base_url": url, "product": "jira" }),
+        &allowed,
+    );
+    let _ = credbroker_providers::atlassian_dc::parse_time(&url);
 });

@@ -1,0 +1,255 @@
+//! Self-rotation of a pasted secret (Atlassian Data Center PATs): the current secret creates
+//! its successor upstream; the successor goes through the same staged steps as an operator's
+//! rotation — written pending, probed, promoted — each its own audited record; then the old
+//! one is revoked upstream (audited too). A successor that fails its probe is never promoted
+//! and is revoked again, best effort; the current secret keeps serving.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use credbroker_providers::{BindingContext, MintRequest, Narrowing, ProviderError, SecretFields};
+
+use super::{AdminOutcome, AdminService, Plan};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::{AuditEvent, AuditReceipt};
+
+type OpResult = Result<AdminOutcome, (ApiError, Option<AuditReceipt>)>;
+
+fn mint_request<'a>(
+    binding: &'a crate::model::Binding,
+    bound: &'a credbroker_providers::Bound,
+    narrowing: &'a Narrowing,
+    secret: &'a SecretFields,
+    timeout: std::time::Duration,
+) -> MintRequest<'a> {
+    MintRequest {
+        binding: BindingContext {
+            tenant_id: binding.tenant.as_str(),
+            binding_id: binding.id.as_str(),
+            config: &binding.config,
+            ceiling: &binding.ceiling,
+            bound,
+        },
+        instance_id: "self-rotation",
+        worker: "credbroker",
+        narrowing,
+        secret: Some(secret),
+        timeout,
+    }
+}
+
+impl AdminService {
+    fn event(actor: &str, request_id: &str, action: &str) -> AuditEvent {
+        AuditEvent {
+            kind: "admin".into(),
+            action: action.into(),
+            request_id: request_id.to_owned(),
+            actor: actor.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Commits a plan made under the admin lock, audited as `event`.
+    async fn commit_plan(
+        &self,
+        mut event: AuditEvent,
+        plan: Result<Plan, ApiError>,
+        note: &str,
+    ) -> Result<(Value, AuditReceipt), (ApiError, Option<AuditReceipt>)> {
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                event.outcome = "denied".into();
+                event.error_code = Some(e.code.as_str().to_owned());
+                event.detail = Some(format!("{note}: {}", e.message));
+                let r = self.core.audit.append(event).await.ok();
+                return Err((e, r));
+            }
+        };
+        event.outcome = "allowed".into();
+        event.detail = Some(format!("{} ({note})", plan.detail));
+        event.tenant = plan.tenant.clone();
+        event.binding = plan.binding.clone();
+        let receipt = self
+            .commit_audited(event, plan.batch, plan.invalidate_binding.as_deref())
+            .await?;
+        Ok((plan.response, receipt))
+    }
+
+    /// `credbroker secret rotate BINDING --self`, and the automatic rotation of a PAT close
+    /// to its expiry.
+    pub(super) async fn self_rotate(
+        self: &Arc<Self>,
+        id: &str,
+        actor: &str,
+        request_id: &str,
+    ) -> OpResult {
+        let refuse = |e: ApiError| (e, None);
+        let binding = self.binding_or_404(id).await.map_err(refuse)?.value;
+        let provider = self
+            .core
+            .registry
+            .get(&binding.provider)
+            .cloned()
+            .ok_or_else(|| {
+                refuse(ApiError::new(
+                    ErrorCode::BindingInactive,
+                    "the binding's provider is not configured",
+                ))
+            })?;
+        let rotation = provider.self_rotation().ok_or_else(|| {
+            refuse(ApiError::bad_request(format!(
+                "provider {} cannot create its own successor secret: rotate with a pasted one",
+                binding.provider
+            )))
+        })?;
+        let current = self
+            .core
+            .open_active_secret(&binding)
+            .await
+            .map_err(|e| refuse(e.into()))?;
+        let bound = provider
+            .bind(&binding.config, &binding.ceiling)
+            .map_err(|e| refuse(e.into()))?;
+        let narrowing = Narrowing::none();
+        let timeout = self.core.mint_timeout();
+        let request = |secret| mint_request(&binding, &bound, &narrowing, secret, timeout);
+        // 1. The current secret creates its successor upstream.
+        let created: Result<SecretFields, ProviderError> =
+            rotation.create(&request(&current)).await;
+        let successor = match created {
+            Ok(s) => s,
+            Err(e) => {
+                let err = ApiError::from(e);
+                let mut ev = Self::event(actor, request_id, "secret.self_rotate");
+                ev.tenant = Some(binding.tenant.to_string());
+                ev.binding = Some(binding.id.to_string());
+                ev.outcome = "denied".into();
+                ev.error_code = Some(err.code.as_str().to_owned());
+                ev.detail = Some(format!(
+                    "the upstream did not create a successor: {}",
+                    err.message
+                ));
+                let r = self.core.audit.append(ev).await.ok();
+                return Err((err, r));
+            }
+        };
+        // 2. Stored pending (audited), like an operator's rotation.
+        let written = {
+            let _guard = self.lock.lock().await;
+            let plan = self.plan_secret_write(id, successor.clone(), true).await;
+            self.commit_plan(
+                Self::event(actor, request_id, "secret.rotate"),
+                plan,
+                "self-rotation: created upstream by the current secret",
+            )
+            .await?
+        };
+        let version = written.0["version"]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0);
+        // 3. Probed.
+        let stored = self.binding_or_404(id).await.map_err(refuse)?.value;
+        let probed = self
+            .probe_pending(
+                &stored,
+                version,
+                Self::event(actor, request_id, "binding.probe"),
+                Instant::now(),
+            )
+            .await;
+        if let Err((e, r)) = probed {
+            // Never promoted; the successor is withdrawn upstream, best effort.
+            let _ = rotation.revoke(&request(&current), &successor).await;
+            return Err((e, r));
+        }
+        // 4. Promoted.
+        let promoted = {
+            let _guard = self.lock.lock().await;
+            let plan = self.plan_secret_promote(id, version).await;
+            self.commit_plan(
+                Self::event(actor, request_id, "secret.promote"),
+                plan,
+                "self-rotation: the successor passed its probe",
+            )
+            .await?
+        };
+        // 5. The old secret revoked upstream, with its successor.
+        let revoked = rotation.revoke(&request(&successor), &current).await;
+        let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
+        ev.tenant = Some(binding.tenant.to_string());
+        ev.binding = Some(binding.id.to_string());
+        let old_version = promoted.0["superseded"].clone();
+        let (outcome, said) = match &revoked {
+            Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was revoked upstream")),
+            Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was NOT revoked upstream: its id is unknown (pasted without token_id); revoke it at the source")),
+            Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {old_version}) upstream failed: {e}; revoke it at the source")),
+        };
+        ev.outcome = outcome.into();
+        ev.detail = Some(said.clone());
+        let receipt = self.core.audit.append(ev).await.map_err(|_| {
+            (
+                ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
+                None,
+            )
+        })?;
+        // 6. The active secret probed again, so the binding's facts (the new expiry) are
+        //    current and the rotation is not due any more.
+        let _ = self
+            .probe_binding(
+                id,
+                Self::event(actor, request_id, "binding.probe"),
+                Instant::now(),
+            )
+            .await;
+        Ok(AdminOutcome {
+            response: json!({
+                "binding": id,
+                "active_secret_version": version,
+                "superseded": old_version,
+                "old_revoked_upstream": revoked.as_ref().ok().copied(),
+                "note": said,
+            }),
+            created: false,
+            receipt,
+        })
+    }
+
+    /// Self-rotates every binding whose provider says its secret is due (its last probe saw
+    /// it close to expiry). Returns how many were rotated.
+    pub async fn rotate_due(self: &Arc<Self>) -> usize {
+        let Ok(bindings) = self.core.records.bindings().await else {
+            return 0;
+        };
+        let mut rotated = 0;
+        for b in bindings {
+            let due = b.trust_facts.as_ref().is_some_and(|facts| {
+                self.core
+                    .registry
+                    .get(&b.provider)
+                    .and_then(|p| p.self_rotation().map(|r| r.due(facts)))
+                    .unwrap_or(false)
+            });
+            if !due || b.pending_secret_version.is_some() {
+                continue;
+            }
+            let request_id = crate::server::new_request_id();
+            match self
+                .self_rotate(b.id.as_str(), "credbroker:rotation", &request_id)
+                .await
+            {
+                Ok(_) => {
+                    rotated += 1;
+                    tracing::info!(binding = %b.id, "secret rotated before expiry");
+                }
+                Err((e, _)) => {
+                    tracing::warn!(binding = %b.id, code = %e.code, error = %e.message, "automatic rotation failed; will retry");
+                }
+            }
+        }
+        rotated
+    }
+}

@@ -1,0 +1,593 @@
+//! `atlassian_dc_pat`: a Jira or Confluence Data Center personal access token, pasted (sealed
+//! fields `token` and, when known, `token_id`) and handed to workers as-is — a PAT carries all
+//! of its user's permissions and cannot be narrowed. What the broker adds: a real probe
+//! (`GET /rest/api/2/myself` or `/rest/api/user/current`), the PAT's `expiringAt` tracked
+//! from the PAT API, and self-rotation: the current PAT creates its successor
+//! (`POST /rest/pat/latest/tokens`), which is stored pending, probed, promoted, and then the
+//! old one is revoked (`DELETE /rest/pat/latest/tokens/{id}`). Instances without the PAT API
+//! (older Server versions) are detected by the probe and reported, never assumed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::Full;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::http::{Answer, Http};
+use crate::registry::{
+    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue,
+    OnboardPin, ProviderDescriptor,
+};
+use crate::{
+    BindingContext, Bound, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest,
+    Narrowing, Probe, ProbeReport, Provider, ProviderError, SecretFields, SecretRequirement,
+    SelfRotation,
+};
+
+/// The registry id.
+pub const ID: &str = "atlassian_dc_pat";
+
+/// Platform-side settings (`[providers.atlassian_dc_pat]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcSettings {
+    /// Hosts that may be IP literals, loopback or private (`host` or `host:port`); only
+    /// loopback ones may be plain http (a local test double).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Lifetime of a PAT the broker creates, days.
+    #[serde(default = "default_days")]
+    pub new_token_days: u32,
+    /// Rotate (self-rotation) when the PAT expires within this many days; warn from then on.
+    #[serde(default = "default_rotate")]
+    pub rotate_days_before_expiry: u32,
+    /// Per-request deadline, milliseconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_days() -> u32 {
+    90
+}
+fn default_rotate() -> u32 {
+    14
+}
+fn default_timeout() -> u64 {
+    5000
+}
+
+/// The product behind the base URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// Jira Data Center.
+    Jira,
+    /// Confluence Data Center.
+    Confluence,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    base_url: String,
+    product: String,
+}
+
+struct DcBinding {
+    base: String,
+    product: Product,
+}
+
+/// Parses a binding's configuration (`{"base_url", "product": "jira"|"confluence"}`): https;
+/// IP literals, localhost, loopback/private/link-local hosts only when allow-listed; plain
+/// http only to an allow-listed loopback host. A context path (`/jira`) is kept.
+///
+/// # Errors
+/// Naming what is wrong.
+pub fn parse_config(config: &Value, allowed: &[String]) -> Result<(String, Product), String> {
+    let c: ConfigFile = serde_json::from_value(config.clone())
+        .map_err(|e| format!("atlassian_dc_pat config: {e}"))?;
+    let product = match c.product.as_str() {
+        "jira" => Product::Jira,
+        "confluence" => Product::Confluence,
+        _ => return Err("product must be jira or confluence".into()),
+    };
+    let url = c.base_url.trim_end_matches('/');
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| "base_url is not a URL".to_owned())?;
+    let host = uri
+        .host()
+        .ok_or("base_url has no host")?
+        .to_ascii_lowercase();
+    if url.contains('@') || uri.query().is_some() {
+        return Err("base_url must not carry credentials or a query".into());
+    }
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .unwrap_or_default();
+    let listed = allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(&authority) || a.eq_ignore_ascii_case(&host));
+    let ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .ok();
+    let special = ip.is_some() || host == "localhost" || !host.contains('.');
+    if special && !listed {
+        return Err(format!(
+            "base_url host {host} is an address or local name; allow it in [providers.{ID}] allowed_hosts"
+        ));
+    }
+    let loopback = ip.is_some_and(|i| i.is_loopback()) || host == "localhost";
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if listed && loopback => {}
+        _ => return Err("base_url must be https".into()),
+    }
+    Ok((url.to_owned(), product))
+}
+
+/// The provider.
+pub struct AtlassianDc {
+    settings: DcSettings,
+    http: Http,
+}
+
+impl AtlassianDc {
+    fn per_request(&self, budget: Duration) -> Duration {
+        Duration::from_millis(self.settings.timeout_ms).min(budget)
+    }
+
+    async fn call(
+        &self,
+        method: http::Method,
+        url: &str,
+        token: &str,
+        body: Option<Value>,
+        budget: Duration,
+    ) -> Result<Answer, ProviderError> {
+        let mut auth = http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ProviderError::InvalidConfig("the PAT is not a header value".into()))?;
+        auth.set_sensitive(true);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header(http::header::AUTHORIZATION, auth)
+            .header(http::header::ACCEPT, "application/json")
+            // Data Center's XSRF check for REST writes.
+            .header("x-atlassian-token", "no-check");
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .map_err(|_| ProviderError::InvalidConfig("base_url is not a valid URI".into()))?;
+        let a = self
+            .http
+            .exchange(
+                request,
+                self.per_request(budget),
+                "the Data Center instance",
+            )
+            .await?;
+        if a.status == 429 || a.status >= 500 {
+            return Err(ProviderError::Unavailable {
+                message: format!("Data Center HTTP {}", a.status),
+                upstream_request_id: a.request_id,
+            });
+        }
+        Ok(a)
+    }
+
+    fn token_of(secret: Option<&SecretFields>) -> Result<&str, ProviderError> {
+        secret
+            .ok_or(ProviderError::SecretMissing)?
+            .expose("token")
+            .ok_or_else(|| ProviderError::InvalidConfig("the secret has no field token".into()))
+    }
+
+    /// `expiringAt` of PAT `id`, from the PAT API; `Err(None)` when the instance has no PAT
+    /// API.
+    async fn expiry(
+        &self,
+        b: &DcBinding,
+        token: &str,
+        id: Option<&str>,
+        budget: Duration,
+    ) -> Result<Option<String>, Option<ProviderError>> {
+        let a = self
+            .call(
+                http::Method::GET,
+                &format!("{}/rest/pat/latest/tokens", b.base),
+                token,
+                None,
+                budget,
+            )
+            .await
+            .map_err(Some)?;
+        if a.status == 404 {
+            return Err(None);
+        }
+        if a.status != 200 {
+            return Ok(None);
+        }
+        let list: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+        Ok(list.as_array().and_then(|l| {
+            l.iter()
+                .find(|t| id.is_some_and(|i| t.get("id").map(value_text).as_deref() == Some(i)))
+                .and_then(|t| t.get("expiringAt").and_then(Value::as_str))
+                .map(|s| s.chars().take(40).collect())
+        }))
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn denied(message: String) -> ProviderError {
+    ProviderError::Denied {
+        message,
+        upstream_request_id: None,
+        trust_broken: false,
+    }
+}
+
+/// Parses Data Center's `expiringAt` (RFC 3339, or with a `+0000` offset).
+pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    let rfc = time::format_description::well_known::Rfc3339;
+    OffsetDateTime::parse(s, &rfc).ok().or_else(|| {
+        // 2026-12-31T10:00:00.000+0000 → insert the colon.
+        // `get`, not `split_at`: an upstream's bytes need not fall on a char boundary.
+        let cut = s.len().checked_sub(2)?;
+        let (head, tail) = (s.get(..cut)?, s.get(cut..)?);
+        OffsetDateTime::parse(&format!("{head}:{tail}"), &rfc).ok()
+    })
+}
+
+#[async_trait]
+impl Provider for AtlassianDc {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn secret_requirement(&self) -> SecretRequirement {
+        SecretRequirement::Required
+    }
+
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy::Never
+    }
+
+    fn mints_upstream(&self) -> bool {
+        false
+    }
+
+    fn ceiling_enforcement(&self) -> CeilingEnforcement {
+        // A PAT carries all of its user's permissions; the scanner user must be read-only.
+        CeilingEnforcement::Fixed
+    }
+
+    fn bind(&self, config: &Value, ceiling: &Value) -> Result<Bound, ProviderError> {
+        if !ceiling.is_null() {
+            return Err(ProviderError::InvalidConfig(
+                "a PAT cannot be narrowed: give the PAT's user read-only permissions instead of a ceiling".into(),
+            ));
+        }
+        let (base, product) = parse_config(config, &self.settings.allowed_hosts)
+            .map_err(ProviderError::InvalidConfig)?;
+        Ok(Bound::new(DcBinding { base, product }))
+    }
+
+    fn describe_ceiling(&self, _binding: &BindingContext<'_>) -> Value {
+        json!({ "fields": ["token"], "narrowing": "none: the PAT's user's permissions" })
+    }
+
+    fn normalize_narrowing(
+        &self,
+        binding: &BindingContext<'_>,
+        narrow: Option<&Value>,
+    ) -> Result<Narrowing, ProviderError> {
+        binding.bound.get::<DcBinding>()?;
+        match narrow {
+            None => Ok(Narrowing::none()),
+            Some(_) => Err(ProviderError::NarrowingExceedsCeiling(
+                "a Data Center PAT carries all of its user's permissions; it cannot be narrowed"
+                    .into(),
+            )),
+        }
+    }
+
+    async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
+        let b = request.binding.bound.get::<DcBinding>()?;
+        let token = Self::token_of(request.secret)?;
+        let mut credentials = SecretFields::new();
+        credentials.insert("token", SecretString::from(token.to_owned()));
+        Ok(IssuedCredential {
+            kind: "atlassian_dc_pat",
+            credentials,
+            expires_at: None,
+            upstream_request_id: None,
+            details: json!({ "base_url": b.base, "auth": "Authorization: Bearer" }),
+            subject: None,
+        })
+    }
+
+    fn probe(&self) -> Option<&dyn Probe> {
+        Some(self)
+    }
+
+    fn self_rotation(&self) -> Option<&dyn SelfRotation> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Probe for AtlassianDc {
+    fn gates_activation(&self) -> bool {
+        true
+    }
+
+    /// Who the PAT is (`myself` / `user/current`), and whether the instance has the PAT API
+    /// and when this PAT expires.
+    async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
+        let b = request.binding.bound.get::<DcBinding>()?;
+        let token = Self::token_of(request.secret)?;
+        let path = match b.product {
+            Product::Jira => "/rest/api/2/myself",
+            Product::Confluence => "/rest/api/user/current",
+        };
+        let a = self
+            .call(
+                http::Method::GET,
+                &format!("{}{path}", b.base),
+                token,
+                None,
+                request.timeout,
+            )
+            .await?;
+        if a.status != 200 || a.content_type != "application/json" {
+            return Err(denied(format!(
+                "{path} answered HTTP {} ({}): the PAT is wrong, expired or revoked",
+                a.status, a.content_type
+            )));
+        }
+        let me: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+        let user: String = me
+            .get("name")
+            .or_else(|| me.get("username"))
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .chars()
+            .take(100)
+            .collect();
+        let id = request.secret.and_then(|s| s.expose("token_id"));
+        let (pat_api, expiring_at) = match self.expiry(b, token, id, request.timeout).await {
+            Ok(e) => (true, e),
+            Err(None) => (false, None),
+            Err(Some(e)) => return Err(e),
+        };
+        let due = expiring_at
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|t| {
+                t - OffsetDateTime::now_utc()
+                    <= time::Duration::days(i64::from(self.settings.rotate_days_before_expiry))
+            });
+        if due {
+            tracing::warn!(binding = request.binding.binding_id, expiring_at = ?expiring_at, "Data Center PAT expires soon: rotate it (credbroker secret rotate --self)");
+        }
+        Ok(ProbeReport {
+            summary: format!(
+                "PAT of user {user}; {}",
+                match (pat_api, &expiring_at) {
+                    (false, _) => "this instance has no PAT API (older Server version): self-rotation unavailable".to_owned(),
+                    (true, Some(e)) => format!("expires {e}"),
+                    (true, None) => "expiry unknown (give the PAT's id as token_id to track it and revoke it on rotation)".to_owned(),
+                }
+            ),
+            facts: json!({
+                "user": user,
+                "pat_api": pat_api,
+                "expiring_at": expiring_at,
+                "rotation_due": due,
+            }),
+        })
+    }
+}
+
+#[async_trait]
+impl SelfRotation for AtlassianDc {
+    async fn create(&self, request: &MintRequest<'_>) -> Result<SecretFields, ProviderError> {
+        let b = request.binding.bound.get::<DcBinding>()?;
+        let token = Self::token_of(request.secret)?;
+        let name = format!(
+            "credbroker {} {}",
+            request.binding.binding_id,
+            OffsetDateTime::now_utc().unix_timestamp()
+        );
+        let a = self
+            .call(
+                http::Method::POST,
+                &format!("{}/rest/pat/latest/tokens", b.base),
+                token,
+                Some(json!({"name": name, "expirationDuration": self.settings.new_token_days})),
+                request.timeout,
+            )
+            .await?;
+        if a.status == 404 {
+            return Err(denied(
+                "this instance has no PAT API (older Server version): rotate by pasting a new PAT"
+                    .into(),
+            ));
+        }
+        if a.status != 201 && a.status != 200 {
+            return Err(denied(format!(
+                "Data Center refused to create a PAT (HTTP {})",
+                a.status
+            )));
+        }
+        let v: Value = serde_json::from_slice(&a.body).map_err(|_| ProviderError::Unavailable {
+            message: "the PAT answer is not JSON".into(),
+            upstream_request_id: None,
+        })?;
+        let raw = v
+            .get("rawToken")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && t.len() <= 1024 && t.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| ProviderError::Unavailable {
+                message: "the PAT answer has no rawToken".into(),
+                upstream_request_id: None,
+            })?;
+        let id = v.get("id").map(value_text).unwrap_or_default();
+        let mut fields = SecretFields::new();
+        fields.insert("token", SecretString::from(raw.to_owned()));
+        if !id.is_empty() && id.len() <= 64 {
+            fields.insert("token_id", SecretString::from(id));
+        }
+        Ok(fields)
+    }
+
+    async fn revoke(
+        &self,
+        request: &MintRequest<'_>,
+        old: &SecretFields,
+    ) -> Result<bool, ProviderError> {
+        let b = request.binding.bound.get::<DcBinding>()?;
+        let token = Self::token_of(request.secret)?;
+        let Some(id) = old
+            .expose("token_id")
+            .filter(|i| !i.is_empty() && i.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+        else {
+            return Ok(false);
+        };
+        let a = self
+            .call(
+                http::Method::DELETE,
+                &format!("{}/rest/pat/latest/tokens/{id}", b.base),
+                token,
+                None,
+                request.timeout,
+            )
+            .await?;
+        match a.status {
+            204 | 200 | 404 => Ok(true),
+            s => Err(denied(format!(
+                "Data Center refused to revoke PAT {id} (HTTP {s})"
+            ))),
+        }
+    }
+
+    fn due(&self, facts: &Value) -> bool {
+        facts.get("rotation_due").and_then(Value::as_bool) == Some(true)
+            && facts.get("pat_api").and_then(Value::as_bool) == Some(true)
+    }
+}
+
+fn build(section: toml::Value, _base: &std::path::Path) -> BuildFuture {
+    let built = section
+        .try_into::<DcSettings>()
+        .map_err(|e| format!("{e}"))
+        .and_then(|s| {
+            if !(1..=365).contains(&s.new_token_days) {
+                return Err("new_token_days must be 1-365".into());
+            }
+            Ok(Arc::new(AtlassianDc {
+                settings: s,
+                http: Http::new(),
+            }) as Arc<dyn Provider>)
+        });
+    let _ = resolve_path;
+    Box::pin(async move { built })
+}
+
+/// The catalog entry.
+pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+    id: ID,
+    availability: Availability::Configured(build),
+    cli: CliSpec {
+        name: "atlassian-dc",
+        about: "A Jira or Confluence Data Center personal access token (set `token`, and `token_id` when known, with `credbroker secret set`).",
+        binding_flags: &[
+            ConfigFlag {
+                long: "base-url",
+                help: "The instance's base URL, https://jira.example.com (with its context path, if any).",
+                value: FlagValue::Text,
+                target: FlagTarget::Key("base_url"),
+                required: true,
+            },
+            ConfigFlag {
+                long: "product",
+                help: "jira or confluence.",
+                value: FlagValue::Text,
+                target: FlagTarget::Key("product"),
+                required: true,
+            },
+        ],
+        onboard: None,
+        onboard_pin: OnboardPin::None,
+        keys: None,
+        revoke_tokens: false,
+    },
+    template_lint: None,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        let none: Vec<String> = Vec::new();
+        assert!(parse_config(
+            &json!({"base_url": "https://jira.acme.example/jira", "product": "jira"}),
+            &none
+        )
+        .is_ok());
+        for bad in [
+            "http://jira.acme.example",
+            "https://10.1.2.3",
+            "https://169.254.169.254",
+            "https://localhost:8443",
+            "https://jira",
+            "https://u:p@jira.acme.example",
+        ] {
+            assert!(
+                parse_config(&json!({"base_url": bad, "product": "jira"}), &none).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(parse_config(
+            &json!({"base_url": "https://jira.acme.example", "product": "bitbucket"}),
+            &none
+        )
+        .is_err());
+        let listed = vec!["127.0.0.1:9000".to_owned()];
+        assert!(parse_config(
+            &json!({"base_url": "http://127.0.0.1:9000", "product": "confluence"}),
+            &listed
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn expiry_formats() {
+        assert!(parse_time("2026-12-31T10:00:00.000+0000").is_some());
+        assert!(parse_time("2026-12-31T10:00:00Z").is_some());
+        assert!(parse_time("soon").is_none());
+        // Found by the fuzz target: a multi-byte character across the cut.
+        assert!(parse_time("\u{FFFD}").is_none());
+    }
+}

@@ -1,0 +1,210 @@
+//! A local fake of a Jira or Confluence Data Center instance's PAT handling (PROTOCOLS.md,
+//! "Atlassian Data Center PAT"): bearer auth only; `GET /rest/api/2/myself` (Jira) and
+//! `/rest/api/user/current` (Confluence); `POST /rest/pat/latest/tokens`
+//! `{"name","expirationDuration"}` (XSRF: `X-Atlassian-Token: no-check`) → 201
+//! `{id,name,createdAt,expiringAt,rawToken}` shown once; `GET` lists the caller's PATs;
+//! `DELETE /rest/pat/latest/tokens/{id}` → 204. An instance without the PAT API (older
+//! Server versions) answers 404 there. Requests are recorded without tokens.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+
+/// One PAT.
+#[derive(Clone, Debug)]
+pub struct FakePat {
+    /// Numeric id.
+    pub id: u64,
+    /// The raw token.
+    pub raw: String,
+    /// Its owner.
+    pub user: String,
+    /// Expiry, Unix seconds.
+    pub expires: i64,
+}
+
+/// State.
+pub struct DcState {
+    /// Valid PATs.
+    pub pats: Mutex<Vec<FakePat>>,
+    /// The instance has the PAT API.
+    pub pat_api: Mutex<bool>,
+    /// Every request: "METHOD path".
+    pub requests: Mutex<Vec<String>>,
+    counter: AtomicU64,
+}
+
+/// A running fake.
+pub struct FakeAtlassianDc {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// `127.0.0.1:PORT`.
+    pub authority: String,
+    /// State.
+    pub state: Arc<DcState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeAtlassianDc {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn json_response(status: u16, v: &Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json;charset=UTF-8")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .unwrap_or_default()
+}
+
+fn rfc(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+impl DcState {
+    fn who(&self, bearer: Option<&str>) -> Option<FakePat> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        bearer.and_then(|b| {
+            self.pats
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|p| p.raw == b && p.expires > now)
+                .cloned()
+        })
+    }
+
+    /// Mints a PAT for `user` valid `days`.
+    pub fn issue(&self, user: &str, days: i64) -> FakePat {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let pat = FakePat {
+            id: n,
+            raw: format!("NjQ{n:04}{:024x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            user: user.to_owned(),
+            expires: time::OffsetDateTime::now_utc().unix_timestamp() + days * 86_400,
+        };
+        self.pats.lock().unwrap().push(pat.clone());
+        pat
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let xsrf_ok = req
+            .headers()
+            .get("x-atlassian-token")
+            .and_then(|v| v.to_str().ok())
+            == Some("no-check");
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        self.requests
+            .lock()
+            .unwrap()
+            .push(format!("{method} {path}"));
+        let Some(me) = self.who(bearer.as_deref()) else {
+            return json_response(
+                401,
+                &json!({"message": "Client must be authenticated to access this resource.", "status-code": 401}),
+            );
+        };
+        let pat_api = *self.pat_api.lock().unwrap();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/rest/api/2/myself") => json_response(
+                200,
+                &json!({"name": me.user, "key": me.user, "displayName": "Scanner", "active": true}),
+            ),
+            ("GET", "/rest/api/user/current") => json_response(
+                200,
+                &json!({"type": "known", "username": me.user, "userKey": me.user, "displayName": "Scanner"}),
+            ),
+            (_, p) if p.starts_with("/rest/pat/") && !pat_api => {
+                json_response(404, &json!({"message": "null for uri"}))
+            }
+            ("GET", "/rest/pat/latest/tokens") => {
+                let list: Vec<Value> = self
+                    .pats
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p.user == me.user)
+                    .map(|p| json!({"id": p.id, "name": format!("pat {}", p.id), "createdAt": rfc(p.expires - 86_400), "expiringAt": rfc(p.expires)}))
+                    .collect();
+                json_response(200, &json!(list))
+            }
+            ("POST", "/rest/pat/latest/tokens") => {
+                if !xsrf_ok {
+                    return json_response(403, &json!({"message": "XSRF check failed"}));
+                }
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let days = v["expirationDuration"].as_i64().unwrap_or(90);
+                let Some(name) = v["name"].as_str() else {
+                    return json_response(400, &json!({"message": "name is required"}));
+                };
+                let pat = self.issue(&me.user, days);
+                json_response(
+                    201,
+                    &json!({"id": pat.id, "name": name, "createdAt": rfc(pat.expires - days * 86_400), "expiringAt": rfc(pat.expires), "rawToken": pat.raw}),
+                )
+            }
+            ("DELETE", p) if p.starts_with("/rest/pat/latest/tokens/") => {
+                let id: u64 = p
+                    .rsplit('/')
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(0);
+                let mut pats = self.pats.lock().unwrap();
+                let before = pats.len();
+                pats.retain(|t| !(t.id == id && t.user == me.user));
+                if pats.len() == before {
+                    return json_response(404, &json!({"message": "token not found"}));
+                }
+                Response::builder()
+                    .status(204)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap_or_default()
+            }
+            _ => json_response(404, &json!({"message": "null for uri"})),
+        }
+    }
+}
+
+impl FakeAtlassianDc {
+    /// Starts the fake with the PAT API.
+    pub async fn start() -> FakeAtlassianDc {
+        let state = Arc::new(DcState {
+            pats: Mutex::new(Vec::new()),
+            pat_api: Mutex::new(true),
+            requests: Mutex::new(Vec::new()),
+            counter: AtomicU64::new(100),
+        });
+        let s = state.clone();
+        let (url, task) = crate::loopback::serve(move |req| s.clone().handle(req)).await;
+        let authority = url.trim_start_matches("http://").to_owned();
+        FakeAtlassianDc {
+            url,
+            authority,
+            state,
+            task,
+        }
+    }
+}

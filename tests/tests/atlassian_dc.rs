@@ -1,0 +1,257 @@
+//! `atlassian_dc_pat` end to end against a fake Data Center instance: the probe says whose PAT
+//! it is and when it expires; self-rotation creates the successor with the current PAT,
+//! stores it pending, probes and promotes it, and revokes the old PAT at the instance; a PAT
+//! close to expiry is rotated by the broker on its own; an instance without the PAT API is
+//! reported, not assumed.
+
+use std::time::Duration;
+
+use credbroker::client::BrokerClient;
+use credbroker_tests::fake_atlassian_dc::FakeAtlassianDc;
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+async fn start(
+    extra: &str,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<TestPki>,
+    Daemon,
+    FakeAtlassianDc,
+    BrokerClient,
+) {
+    let (tmp, pki) = setup();
+    let dc = FakeAtlassianDc::start().await;
+    let toml = format!(
+        "[providers.atlassian_dc_pat]\nallowed_hosts = [\"{}\"]\nnew_token_days = 90\nrotate_days_before_expiry = 14\ntimeout_ms = 3000\n{extra}",
+        dc.authority
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: toml,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    (tmp, pki, daemon, dc, op)
+}
+
+async fn bind(op: &mut BrokerClient, dc: &FakeAtlassianDc, token: &str, id: Option<u64>) -> Value {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+                    "config": {"base_url": dc.url, "product": "jira"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let mut fields = json!({"token": token});
+    if let Some(id) = id {
+        fields["token_id"] = json!(id.to_string());
+    }
+    let (s, v) = call(
+        op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-jira/secret",
+        Some(json!({ "fields": fields })),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
+    let (_tmp, pki, daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    let v = bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    let summary = v["probe"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("scanner") && summary.contains("expires"),
+        "{v}"
+    );
+    call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-jira", "tenant": "t1", "binding": "acme-jira", "connector_kind": "jira"})),
+    )
+    .await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, r) = resolve(&mut w1, json!({"instance_id": "i-jira"})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["credentials"]["token"], old.raw.as_str());
+    let (s, r) = resolve(
+        &mut w1,
+        json!({"instance_id": "i-jira", "narrow": {"fields": ["token"]}}),
+    )
+    .await;
+    assert_eq!((s, code(&r)), (403, "narrowing_exceeds_ceiling"), "{r}");
+
+    // `credbroker secret rotate acme-jira --self`.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/self-rotate",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["old_revoked_upstream"], true, "{v}");
+    assert_eq!(v["active_secret_version"], 2);
+    // The old PAT is gone at the instance; the new one serves.
+    assert!(!dc.state.pats.lock().unwrap().iter().any(|p| p.id == old.id));
+    let new = dc.state.pats.lock().unwrap().last().unwrap().clone();
+    let (_, r) = resolve(&mut w1, json!({"instance_id": "i-jira"})).await;
+    assert_eq!(r["credentials"]["token"], new.raw.as_str());
+    // Every step audited, no token in the log.
+    let records = daemon.audit_records();
+    for action in [
+        "secret.rotate",
+        "binding.probe",
+        "secret.promote",
+        "secret.revoke_upstream",
+    ] {
+        assert!(records.iter().any(|r| r["action"] == action), "{action}");
+    }
+    let audit = serde_json::to_string(&records).unwrap();
+    assert!(!audit.contains(&old.raw) && !audit.contains(&new.raw));
+    assert!(!daemon.logs().contains(&new.raw));
+
+    // A pasted PAT without its id: rotated, but the answer says the old one was not revoked.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/rotate",
+        Some(json!({"fields": {"token": dc.state.issue("scanner", 60).raw}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["probe"]["result"].as_str()),
+        (200, Some("passed")),
+        "{v}"
+    );
+    let version = v["version"].as_u64().unwrap();
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        &format!("/v1/admin/bindings/acme-jira/secret/{version}/promote"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/self-rotate",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["old_revoked_upstream"], false, "{v}");
+    assert!(v["note"].as_str().unwrap().contains("NOT revoked"), "{v}");
+
+    // A wrong PAT: the probe refuses it (activation stays pending).
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/rotate",
+        Some(json!({"fields": {"token": "not-a-pat"}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["probe"]["result"].as_str()),
+        (200, Some("failed")),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pat_close_to_expiry_is_rotated_by_the_broker() {
+    let (_tmp, _pki, daemon, dc, mut op) = start("[secrets]\ngc_interval_s = 1\n").await;
+    let old = dc.state.issue("scanner", 3);
+    let v = bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    assert_eq!(v["binding"]["trust_facts"]["rotation_due"], true, "{v}");
+    let mut rotated = false;
+    for _ in 0..50 {
+        let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+        if b["binding"]["active_secret_version"] == 2 {
+            rotated = true;
+            assert_eq!(b["binding"]["trust_facts"]["rotation_due"], false, "{b}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        rotated,
+        "the broker did not rotate a PAT expiring in 3 days"
+    );
+    assert!(!dc.state.pats.lock().unwrap().iter().any(|p| p.id == old.id));
+    assert!(daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "secret.revoke_upstream" && r["actor"] == "credbroker:rotation"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_the_pat_api_is_reported() {
+    let (_tmp, _pki, _daemon, dc, mut op) = start("").await;
+    *dc.state.pat_api.lock().unwrap() = false;
+    let pat = dc.state.issue("scanner", 60);
+    let v = bind(&mut op, &dc, &pat.raw, None).await;
+    assert!(
+        v["probe"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no PAT API"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/self-rotate",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no PAT API"),
+        "{v}"
+    );
+    // Hosts outside the rules are refused.
+    for url in [
+        "http://jira.acme.example",
+        "https://10.0.0.7",
+        "https://localhost",
+    ] {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            "/v1/admin/bindings",
+            Some(
+                json!({"id": "bad-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+                        "config": {"base_url": url, "product": "jira"}}),
+            ),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{url}: {v}");
+    }
+}
