@@ -455,6 +455,20 @@ impl Broker {
         self.admin.forget_expired().await
     }
 
+    /// `GET|POST /intake/{token}` on the public listener.
+    pub async fn intake_http(
+        &self,
+        post: bool,
+        token: &str,
+        headers: &http::HeaderMap,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> crate::intake_page::IntakeAnswer {
+        self.admin
+            .intake_http(post, token, headers, body, request_id)
+            .await
+    }
+
     /// Self-rotates the pasted secrets whose providers say they are due (a Data Center PAT
     /// close to expiry); how many were rotated.
     pub async fn rotate_due(&self) -> usize {

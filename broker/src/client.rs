@@ -163,7 +163,10 @@ impl BrokerClient {
             .method(method)
             .uri(path)
             .header(http::header::HOST, &self.authority);
-        if body.is_some() {
+        let typed = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if body.is_some() && !typed {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
         for (k, v) in headers {

@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod dev;
 pub mod identity;
 pub mod ids;
+pub mod intake_page;
 pub mod keys;
 pub mod lint;
 pub mod metrics;

@@ -140,6 +140,13 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     "200",
                 ),
                 AdminEndpoint::SecretVersion => ("Destroy one secret version.", None, "200"),
+                AdminEndpoint::IntakeLinks if get => ("List open intake links (never their tokens).", None, "200"),
+                AdminEndpoint::IntakeLinks => (
+                    "Create a one-time intake link for a binding's secret; its URL is shown once.",
+                    Some(gen.subschema_for::<crate::admin::NewIntake>().to_value()),
+                    "201",
+                ),
+                AdminEndpoint::IntakeLink => ("Revoke an intake link.", None, "200"),
                 AdminEndpoint::SecretSelfRotate => (
                     "Let the current secret create its successor upstream (Data Center PAT): stored pending, probed, promoted, the old one revoked upstream.",
                     None,
@@ -205,6 +212,18 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
             ok_status: "200",
             ok: json!({"type": "object", "required": ["audit_id", "request_id"]}),
         },
+        Endpoint::Intake if get => Operation {
+            summary: "The one-time intake page: a masked form with the binding's fields (HTML; opening it changes nothing).",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "string"}),
+        },
+        Endpoint::Intake => Operation {
+            summary: "The intake form's submission (form-encoded, CSRF-checked): sealed as a pending version and probed; the page says whether it works.",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "string"}),
+        },
     }
 }
 
@@ -235,6 +254,8 @@ fn path_item(gen: &mut SchemaGenerator, route: &Route, error: &Value) -> Value {
         let op = operation(gen, route, method);
         let content_type = if route.endpoint == Endpoint::Metrics {
             "text/plain"
+        } else if route.endpoint == Endpoint::Intake {
+            "text/html"
         } else {
             "application/json"
         };

@@ -34,6 +34,8 @@ pub enum Endpoint {
     CallbackSetup,
     /// `POST /callbacks/{provider}/webhook`
     CallbackWebhook,
+    /// `GET|POST /intake/{token}`: the one-time intake page.
+    Intake,
 }
 
 /// The admin API's routes (below `/v1/admin/`).
@@ -55,6 +57,10 @@ pub enum AdminEndpoint {
     SecretPromote,
     /// `/v1/admin/bindings/{id}/secret/self-rotate`: the current secret creates its successor.
     SecretSelfRotate,
+    /// `/v1/admin/intake`: list, create one-time intake links.
+    IntakeLinks,
+    /// `/v1/admin/intake/{id}`: revoke one.
+    IntakeLink,
     /// `/v1/admin/onboard/{provider}`
     Onboard,
     /// `/v1/admin/keys/{provider}`: list, add.
@@ -151,6 +157,8 @@ pub const MTLS: &[Route] = &[
         POST,
     ),
     route("/v1/admin/onboard/{provider}", E::Admin(A::Onboard), POST),
+    route("/v1/admin/intake", E::Admin(A::IntakeLinks), GET_POST),
+    route("/v1/admin/intake/{id}", E::Admin(A::IntakeLink), DELETE),
     route("/v1/admin/unclaimed", E::Admin(A::Unclaimed), GET),
     route(
         "/v1/admin/unclaimed/claim",
@@ -176,6 +184,7 @@ pub const PUBLIC: &[Route] = &[
     route("/callbacks/{provider}/start", E::CallbackStart, GET),
     route("/callbacks/{provider}/setup", E::CallbackSetup, GET),
     route("/callbacks/{provider}/webhook", E::CallbackWebhook, POST),
+    route("/intake/{token}", E::Intake, GET_POST),
 ];
 
 type Table = Result<matchit::Router<&'static Route>, String>;

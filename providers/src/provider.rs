@@ -437,6 +437,12 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
+    /// The secret fields a binding of this provider takes, for the intake form (which asks
+    /// for exactly these); empty when the provider cannot say (the operator names them).
+    fn secret_fields(&self, _binding: &BindingContext<'_>) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The end-to-end check of a binding, when the provider has one.
     fn probe(&self) -> Option<&dyn Probe> {
         None

@@ -422,7 +422,7 @@ impl AdminService {
         }
         let (mut states, mut deliveries) = (0usize, 0usize);
         for (key, raw) in expired.iter().take(1000) {
-            if key.starts_with("callback-state:") {
+            if key.starts_with("callback-state:") || key.starts_with("intake:") {
                 states += 1;
             } else {
                 deliveries += 1;
@@ -436,7 +436,7 @@ impl AdminService {
             actor: "credbroker:gc".into(),
             outcome: "allowed".into(),
             detail: Some(format!(
-                "forgot {states} expired install state(s) and {deliveries} expired webhook delivery id(s); destroyed {} superseded secret version(s) past the overlap{}",
+                "forgot {states} expired install state(s) or intake link(s) and {deliveries} expired webhook delivery id(s); destroyed {} superseded secret version(s) past the overlap{}",
                 destroyed.len(),
                 if destroyed.is_empty() { String::new() } else { format!(": {}", destroyed.join(", ")) }
             )),

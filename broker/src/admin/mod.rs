@@ -26,11 +26,13 @@ use crate::store::{Batch, StoreError};
 
 mod federation;
 pub(crate) use federation::random_alphanumeric;
+pub use intake::{parse_intake_form, NewIntake, MAX_INTAKE_FAILURES};
 mod platform_keys;
 mod records;
 mod request;
 
 pub use records::BindingDetail;
+mod intake;
 mod secrets;
 mod self_rotation;
 
@@ -290,6 +292,7 @@ impl AdminService {
         } else {
             Some(self.lock.lock().await)
         };
+        let op = Self::with_creator(op, actor);
         let rotated = match &op {
             AdminOp::SecretRotate(id, _) => Some(id.clone()),
             _ => None,
@@ -419,6 +422,9 @@ impl AdminService {
             AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true).await,
             AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version).await,
             AdminOp::SecretPromote(id, version) => self.plan_secret_promote(&id, version).await,
+            AdminOp::IntakeCreate(n) => self.plan_intake_create(n).await,
+            AdminOp::IntakeList => self.plan_intake_list().await,
+            AdminOp::IntakeRevoke(id) => self.plan_intake_revoke(&id).await,
             AdminOp::SecretSelfRotate(_) => Err(ApiError::new(
                 ErrorCode::Internal,
                 "self-rotation is not a single plan",

@@ -184,6 +184,12 @@ pub enum AdminOp {
     /// Let the current secret create its successor upstream; pending, probed, promoted, the
     /// old one revoked (Atlassian Data Center PATs).
     SecretSelfRotate(String),
+    /// Create a one-time intake link for a binding's secret.
+    IntakeCreate(super::intake::NewIntake),
+    /// List open intake links.
+    IntakeList,
+    /// Revoke an intake link by id.
+    IntakeRevoke(String),
     /// Destroy every version (None) or one version of a binding's secret.
     SecretDestroy(String, Option<u32>),
     /// Run a binding's probe; a binding pending activation becomes active when it passes.
@@ -238,6 +244,9 @@ impl AdminOp {
             AdminOp::SecretRotate(..) => "secret.rotate".into(),
             AdminOp::SecretPromote(..) => "secret.promote".into(),
             AdminOp::SecretSelfRotate(..) => "secret.self_rotate".into(),
+            AdminOp::IntakeCreate(..) => "intake.create".into(),
+            AdminOp::IntakeList => "intake.list".into(),
+            AdminOp::IntakeRevoke(..) => "intake.revoke".into(),
             AdminOp::SecretDestroy(..) => "secret.destroy".into(),
             AdminOp::Probe(_) => "binding.probe".into(),
             AdminOp::Onboard(p, _, _) => format!("onboard.{p}"),
@@ -255,7 +264,7 @@ impl AdminOp {
     pub(super) fn is_read(&self) -> bool {
         matches!(
             self,
-            AdminOp::List(_) | AdminOp::Show(..) | AdminOp::KeysList(_)
+            AdminOp::List(_) | AdminOp::Show(..) | AdminOp::KeysList(_) | AdminOp::IntakeList
         )
     }
 }
@@ -350,6 +359,9 @@ pub fn parse_admin_request(
         }),
         AdminEndpoint::SecretRotate => Ok(AdminOp::SecretRotate(param("id"), parse_secret(body)?)),
         AdminEndpoint::SecretSelfRotate => Ok(AdminOp::SecretSelfRotate(param("id"))),
+        AdminEndpoint::IntakeLinks if *method == Method::GET => Ok(AdminOp::IntakeList),
+        AdminEndpoint::IntakeLinks => Ok(AdminOp::IntakeCreate(parse_body(body)?)),
+        AdminEndpoint::IntakeLink => Ok(AdminOp::IntakeRevoke(param("id"))),
         AdminEndpoint::SecretPromote => Ok(AdminOp::SecretPromote(param("id"), version("secret")?)),
         AdminEndpoint::SecretVersion => Ok(AdminOp::SecretDestroy(
             param("id"),

@@ -180,6 +180,84 @@ pub fn run_unclaimed(cmd: UnclaimedCmd) -> Result<ExitCode, String> {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum IntakeCmd {
+    /// Create a one-time link where the customer's admin pastes a binding's secret; the URL is
+    /// printed once (only its hash is stored).
+    Create(IntakeCreate),
+    /// List open intake links (never their URLs).
+    List(Conn),
+    /// Revoke an open intake link.
+    Revoke(IntakeRevoke),
+}
+
+#[derive(Args, Debug)]
+pub struct IntakeCreate {
+    /// The binding whose secret the customer provides.
+    #[arg(long)]
+    binding: String,
+    /// How long the link works: seconds, or with a unit (30m, 24h, 7d; at most 7d).
+    #[arg(long, default_value = "24h")]
+    ttl: String,
+    /// A field to ask for (repeatable; default: what the binding's provider declares).
+    #[arg(long = "field")]
+    fields: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args, Debug)]
+pub struct IntakeRevoke {
+    /// The link's id (`ik_…`, from `intake list`).
+    id: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn duration_s(text: &str) -> Result<u64, String> {
+    let (n, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| "duration too long".to_owned())
+}
+
+pub fn run_intake(cmd: IntakeCmd) -> Result<ExitCode, String> {
+    match cmd {
+        IntakeCmd::Create(c) => {
+            let mut body =
+                serde_json::json!({ "binding": c.binding, "ttl_s": duration_s(&c.ttl)? });
+            if !c.fields.is_empty() {
+                body["fields"] = serde_json::json!(c.fields);
+            }
+            call(
+                &c.conn,
+                Method::POST,
+                "/v1/admin/intake",
+                Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+            )
+        }
+        IntakeCmd::List(conn) => call(&conn, Method::GET, "/v1/admin/intake", None),
+        IntakeCmd::Revoke(r) => call(
+            &r.conn,
+            Method::DELETE,
+            &format!("/v1/admin/intake/{}", path_segment(&r.id)?),
+            None,
+        ),
+    }
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SecretCmd {
     /// Set the first secret version of a binding.
     Set(SecretWrite),

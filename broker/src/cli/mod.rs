@@ -81,6 +81,10 @@ enum Command {
     /// Installations proven but not bound, kept for an operator (admin API).
     #[command(subcommand)]
     Unclaimed(UnclaimedCmd),
+    /// One-time intake links: the customer's admin pastes a secret into a masked form on the
+    /// public listener, straight into sealed storage (admin API).
+    #[command(subcommand)]
+    Intake(admin::IntakeCmd),
     /// Print the OpenAPI 3.1 document of the HTTP API (also served at GET /v1/openapi.json).
     Openapi,
 }
@@ -173,6 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::LintTemplates(a) => offline::run_lint(&a),
         Command::Secret(cmd) => run_secret(cmd),
         Command::Unclaimed(cmd) => admin::run_unclaimed(cmd),
+        Command::Intake(cmd) => admin::run_intake(cmd),
         Command::Openapi => {
             print!("{}", crate::openapi::document_text());
             Ok(ExitCode::SUCCESS)

@@ -569,7 +569,8 @@ async fn handle(
                 Endpoint::Admin(_)
                 | Endpoint::CallbackStart
                 | Endpoint::CallbackSetup
-                | Endpoint::CallbackWebhook,
+                | Endpoint::CallbackWebhook
+                | Endpoint::Intake,
             ) => error_answer(
                 &ApiError::new(ErrorCode::NotFound, "no such route"),
                 None,

@@ -25,6 +25,54 @@ pub(super) const PUBLIC_BODY_BUDGET_KIB: usize = 32 * 1024;
 /// Largest body of a public request without a webhook signature header, bytes.
 const UNSIGNED_BODY_MAX: usize = 64 * 1024;
 
+/// An intake page as a response, with its security headers.
+fn intake_response(
+    page: crate::intake_page::IntakeAnswer,
+    request_id: &str,
+) -> Response<ZeroizingBody> {
+    let answer = crate::broker::Answer {
+        status: page.status,
+        body: Zeroizing::new(page.html.into_bytes()),
+    };
+    let mut response = respond(answer, "text/html; charset=utf-8", request_id);
+    let h = response.headers_mut();
+    for (k, v) in crate::intake_page::SECURITY_HEADERS {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::from_bytes(k.as_bytes()),
+            header::HeaderValue::from_str(v),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    if let Some(v) = page
+        .set_cookie
+        .and_then(|c| header::HeaderValue::from_str(&c).ok())
+    {
+        h.insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// Runs an intake request to completion even if the client goes away (its audited steps
+/// must not be cut in two).
+async fn to_completion_page<F>(
+    request_id: &str,
+    detached: &Arc<Semaphore>,
+    work: F,
+) -> crate::intake_page::IntakeAnswer
+where
+    F: std::future::Future<Output = crate::intake_page::IntakeAnswer> + Send + 'static,
+{
+    let _ = (request_id, detached);
+    match tokio::spawn(work).await {
+        Ok(page) => page,
+        Err(_) => crate::intake_page::refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong; try again later.",
+        ),
+    }
+}
+
 /// The public listener: callbacks and health, nothing else.
 pub(super) async fn handle_public(
     broker: Arc<Broker>,
@@ -70,6 +118,33 @@ pub(super) async fn handle_public(
         }
         Ok(m) if m.endpoint == Endpoint::Healthz => {
             plain_json(StatusCode::OK, json!({ "status": "ok" })).into()
+        }
+        Ok(m) if m.endpoint == Endpoint::Intake => {
+            let post = method == Method::POST;
+            let body = if post {
+                let form = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+                let max = limits.max_body_bytes.min(UNSIGNED_BODY_MAX);
+                match body_budget.clone().try_acquire_many_owned(64) {
+                    Ok(_permit) if form => read_body_max(req, limits, max).await,
+                    Ok(_) => Err(ApiError::bad_request("a form is expected")),
+                    Err(_) => Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "too many request bodies in progress; retry shortly",
+                    )),
+                }
+            } else {
+                Ok(Zeroizing::new(Vec::new()))
+            };
+            let (token, rid) = (m.param("token").to_owned(), request_id.clone());
+            let page = to_completion_page(&request_id, detached, async move {
+                broker.intake_http(post, &token, &headers, body, &rid).await
+            })
+            .await;
+            return intake_response(page, &request_id);
         }
         Ok(m) => {
             // Only a request that carries a webhook signature may send a large body, and all

@@ -325,6 +325,11 @@ impl Provider for AtlassianDc {
         })
     }
 
+    fn secret_fields(&self, _binding: &BindingContext<'_>) -> Vec<String> {
+        // The id lets the broker revoke this PAT when it replaces it (optional on the form).
+        vec!["token".into(), "token_id".into()]
+    }
+
     fn probe(&self) -> Option<&dyn Probe> {
         Some(self)
     }

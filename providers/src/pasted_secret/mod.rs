@@ -125,6 +125,15 @@ impl Provider for PastedSecret {
         CeilingEnforcement::Local
     }
 
+    fn secret_fields(&self, binding: &BindingContext<'_>) -> Vec<String> {
+        binding
+            .bound
+            .get::<PastedBinding>()
+            .ok()
+            .and_then(|b| b.fields.clone())
+            .unwrap_or_default()
+    }
+
     fn probe(&self) -> Option<&dyn Probe> {
         Some(self)
     }

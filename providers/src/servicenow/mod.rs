@@ -305,6 +305,10 @@ impl Provider for ServiceNow {
         })
     }
 
+    fn secret_fields(&self, _binding: &BindingContext<'_>) -> Vec<String> {
+        vec!["client_id".into(), "client_secret".into()]
+    }
+
     fn probe(&self) -> Option<&dyn Probe> {
         Some(self)
     }

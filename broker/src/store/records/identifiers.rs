@@ -216,7 +216,7 @@ impl Records {
             expires_at: i64,
         }
         let mut out = Vec::new();
-        for prefix in ["callback-state:", "webhook-delivery:"] {
+        for prefix in ["callback-state:", "webhook-delivery:", "intake:"] {
             for (key, raw) in self.store.scan(Table::Identifiers, prefix).await? {
                 // An unreadable record is kept (and reported by whoever reads it).
                 if serde_json::from_slice::<Expiring>(&raw).is_ok_and(|e| e.expires_at < now) {

@@ -13,8 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod identifiers;
+mod intake;
 
 pub use identifiers::{AccountPin, CallbackState, Delivery, IdentifierOwner, Unclaimed};
+pub use intake::IntakeLink;
 
 use super::record_cache::RecordCache;
 use super::{Batch, Op, Store, StoreError, Table};

@@ -1,0 +1,525 @@
+//! One-time intake links (`credbroker intake create|list|revoke`) and the page behind them on
+//! the public listener (`GET|POST /intake/{token}`).
+//!
+//! The link's token (32 random bytes) is shown once; the store keeps its SHA-256. Opening the
+//! link (GET) changes nothing — mail scanners prefetch links — and sets a CSRF nonce cookie;
+//! the form carries an HMAC of that nonce and the link (the broker's fingerprint key), so a
+//! form posted from anywhere else is refused. A submission is sealed as a `pending` version
+//! and probed through the audited pipeline (actor `intake:<link id>`, the record naming the
+//! link's creator); one that passes is promoted and uses the link up; a failing one may be
+//! retried a few times. A used, expired, revoked or never-issued link gets the same plain
+//! answer. Requests that do not present a live link are counted, not audited.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use credbroker_providers::{BindingContext, SecretFields, SecretRequirement};
+
+use super::{random_alphanumeric, store_err, AdminService, Plan};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::{AuditEvent, AuditReceipt};
+use crate::intake_page::{self as pages, IntakeAnswer, INTAKE_COOKIE};
+use crate::model::now_rfc3339;
+use crate::store::records::IntakeLink;
+use crate::store::Batch;
+
+/// Failed submissions a link allows before it is used up.
+pub const MAX_INTAKE_FAILURES: u32 = 3;
+
+/// `POST /v1/admin/intake`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewIntake {
+    /// The binding whose secret the customer provides.
+    pub binding: String,
+    /// How long the link works, seconds (default 86400, at most 7 days).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// The fields to ask for (default: what the binding's provider declares).
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// The operator creating it (from the certificate, never from the body).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub creator: String,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+/// Whether `token` looks like a link token (43 base64url characters).
+fn token_ok(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == INTAKE_COOKIE).then(|| v.to_owned())
+        })
+}
+
+/// Parses an intake form body: its `csrf` value and the `f_<name>` fields among `allowed`
+/// (empty values dropped). Never panics on any input (fuzzed).
+///
+/// # Errors
+/// What is wrong with the form, for the page.
+pub fn parse_intake_form(
+    body: &[u8],
+    allowed: &[String],
+) -> Result<(String, SecretFields), &'static str> {
+    if body.len() > 64 * 1024 {
+        return Err("The form is too large.");
+    }
+    let mut csrf = None;
+    let mut fields = SecretFields::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if k == "csrf" {
+            if csrf.replace(v.into_owned()).is_some() {
+                return Err("The form carried its token twice.");
+            }
+            continue;
+        }
+        let Some(name) = k
+            .strip_prefix("f_")
+            .filter(|n| allowed.iter().any(|f| f == n))
+        else {
+            return Err("The form carried a field it does not ask for.");
+        };
+        if v.len() > 8192 {
+            return Err("A value is too long.");
+        }
+        if fields.expose(name).is_some() {
+            return Err("The form carried a field twice.");
+        }
+        if !v.is_empty() {
+            fields.insert(name.to_owned(), secrecy::SecretString::from(v.into_owned()));
+        }
+    }
+    Ok((csrf.unwrap_or_default(), fields))
+}
+
+impl AdminService {
+    fn csrf_for(&self, token_hash: &str, nonce: &str) -> String {
+        self.core
+            .fingerprint
+            .fingerprint(format!("intake-csrf\0{token_hash}\0{nonce}").as_bytes())
+    }
+
+    pub(super) async fn plan_intake_create(&self, n: NewIntake) -> Result<Plan, ApiError> {
+        let stored = self.binding_or_404(&n.binding).await?;
+        let b = stored.value;
+        let provider = self
+            .core
+            .registry
+            .get(&b.provider)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BindingInactive,
+                    "the binding's provider is not configured",
+                )
+            })?;
+        if provider.secret_requirement() != SecretRequirement::Required {
+            return Err(ApiError::bad_request(format!(
+                "provider {} is federated and takes no secret",
+                b.provider
+            )));
+        }
+        let fields = match n.fields {
+            Some(f) => f,
+            None => {
+                let bound = provider.bind(&b.config, &b.ceiling)?;
+                provider.secret_fields(&BindingContext {
+                    tenant_id: b.tenant.as_str(),
+                    binding_id: b.id.as_str(),
+                    config: &b.config,
+                    ceiling: &b.ceiling,
+                    bound: &bound,
+                })
+            }
+        };
+        if fields.is_empty() || fields.len() > 16 {
+            return Err(ApiError::bad_request(
+                "name the fields to ask for (1-16): the provider does not declare them",
+            ));
+        }
+        for f in &fields {
+            credbroker_providers::validate_field_name(f).map_err(ApiError::bad_request)?;
+        }
+        let ttl = n.ttl_s.unwrap_or(86_400);
+        if !(1..=7 * 86_400).contains(&ttl) {
+            return Err(ApiError::bad_request("ttl_s must be 1 s to 7 days"));
+        }
+        let base = self.core.public_base_url().ok_or_else(|| {
+            ApiError::bad_request("[public] base_url is not configured: intake links point at the broker's public listener")
+        })?;
+        let mut raw = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut raw)
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "no randomness"))?;
+        use base64::Engine;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let id = format!("ik_{}", random_alphanumeric(12)?.to_ascii_lowercase());
+        let expires = time::OffsetDateTime::now_utc()
+            + time::Duration::seconds(i64::try_from(ttl).unwrap_or(86_400));
+        let link = IntakeLink {
+            id: id.clone(),
+            tenant: b.tenant.to_string(),
+            binding: b.id.to_string(),
+            fields: fields.clone(),
+            creator: n.creator,
+            created_at: now_rfc3339(),
+            expires_at: expires.unix_timestamp(),
+            failures: 0,
+        };
+        let mut plan = Plan::new(
+            format!(
+                "intake link {id} for binding {} fields [{}] expires {}",
+                b.id,
+                fields.join(","),
+                crate::model::rfc3339(expires)
+            ),
+            json!({
+                "id": id,
+                "url": format!("{base}/intake/{token}"),
+                "binding": b.id.as_str(),
+                "tenant": b.tenant.as_str(),
+                "fields": fields,
+                "expires_at": crate::model::rfc3339(expires),
+                "note": "the URL is shown once: send it to the customer's administrator only",
+            }),
+        );
+        plan.batch
+            .put_intake_link(&sha256_hex(token.as_bytes()), &link);
+        plan.tenant = Some(b.tenant.to_string());
+        plan.binding = Some(b.id.to_string());
+        plan.created = true;
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_intake_list(&self) -> Result<Plan, ApiError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let links: Vec<Value> = self
+            .core
+            .records
+            .intake_links()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|(_, l)| l.value.expires_at >= now)
+            .map(|(_, l)| {
+                let l = l.value;
+                json!({
+                    "id": l.id, "tenant": l.tenant, "binding": l.binding, "fields": l.fields,
+                    "creator": l.creator, "created_at": l.created_at,
+                    "expires_at": time::OffsetDateTime::from_unix_timestamp(l.expires_at).map(crate::model::rfc3339).unwrap_or_default(),
+                    "failed_attempts": l.failures,
+                })
+            })
+            .collect();
+        Ok(Plan::new(
+            format!("intake links={}", links.len()),
+            json!({ "intake_links": links }),
+        ))
+    }
+
+    pub(super) async fn plan_intake_revoke(&self, id: &str) -> Result<Plan, ApiError> {
+        let (key, read) = self
+            .core
+            .records
+            .intake_links()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .find(|(_, l)| l.value.id == id)
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownRecord, "no such intake link"))?;
+        let mut plan = Plan::new(
+            format!(
+                "intake link {id} for binding {} revoked",
+                read.value.binding
+            ),
+            json!({ "revoked": id }),
+        );
+        plan.batch.remove_intake_link(&key, &read);
+        plan.tenant = Some(read.value.tenant.clone());
+        plan.binding = Some(read.value.binding.clone());
+        Ok(plan)
+    }
+
+    fn count_intake(&self, code: &str, ok: bool) {
+        self.core
+            .metrics
+            .callbacks
+            .get_or_create(&crate::metrics::ResolveLabels {
+                outcome: if ok { "allowed" } else { "denied" }.into(),
+                provider: "intake".into(),
+                code: code.into(),
+            })
+            .inc();
+    }
+
+    /// `GET|POST /intake/{token}` on the public listener.
+    pub async fn intake_http(
+        self: &Arc<Self>,
+        post: bool,
+        token: &str,
+        headers: &HeaderMap,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> IntakeAnswer {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let token_hash = sha256_hex(token.as_bytes());
+        let found = if token_ok(token) {
+            self.core
+                .records
+                .intake_link(&token_hash)
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let Some((key, read)) = found.filter(|(_, l)| l.value.expires_at >= now) else {
+            self.count_intake("invalid_link", false);
+            return pages::invalid();
+        };
+        let link = read.value.clone();
+        if !post {
+            self.count_intake("none", true);
+            return self.intake_form(&link, &token_hash).await;
+        }
+        let body = match body {
+            Ok(b) => b,
+            Err(_) => {
+                return pages::refused(StatusCode::BAD_REQUEST, "The form could not be read.")
+            }
+        };
+        let (sent_csrf, fields) = match parse_intake_form(&body, &link.fields) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                self.count_intake("bad_form", false);
+                return pages::refused(StatusCode::BAD_REQUEST, why);
+            }
+        };
+        drop(body);
+        // The form must come from the page this browser was given.
+        let csrf_ok = cookie_value(headers).is_some_and(|nonce| {
+            let expected = self.csrf_for(&token_hash, &nonce);
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                sent_csrf.as_bytes(),
+                expected.as_bytes(),
+            )
+            .is_ok()
+        });
+        if !csrf_ok {
+            self.count_intake("csrf", false);
+            return pages::refused(
+                StatusCode::FORBIDDEN,
+                "The form was not the one this page issued (it expired, or was sent from elsewhere).",
+            );
+        }
+        if fields.is_empty() {
+            return pages::refused(StatusCode::BAD_REQUEST, "Nothing was entered.");
+        }
+        self.count_intake("none", true);
+        self.intake_submit(&key, &read, fields, request_id).await
+    }
+
+    async fn intake_form(&self, link: &IntakeLink, token_hash: &str) -> IntakeAnswer {
+        let tenant = match crate::ids::TenantId::parse(&link.tenant) {
+            Ok(t) => self
+                .core
+                .records
+                .tenant(&t)
+                .await
+                .ok()
+                .flatten()
+                .map(|t| t.name.clone())
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| link.tenant.clone()),
+            Err(_) => link.tenant.clone(),
+        };
+        let nonce = match random_alphanumeric(32) {
+            Ok(n) => n,
+            Err(_) => return pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again."),
+        };
+        let csrf = self.csrf_for(token_hash, &nonce);
+        let max_age = (link.expires_at - time::OffsetDateTime::now_utc().unix_timestamp()).max(1);
+        let cookie = format!(
+            "{INTAKE_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+        );
+        let expires = time::OffsetDateTime::from_unix_timestamp(link.expires_at)
+            .map(crate::model::rfc3339)
+            .unwrap_or_default();
+        pages::form(
+            &tenant,
+            &link.binding,
+            &link.fields,
+            &csrf,
+            &expires,
+            cookie,
+        )
+    }
+
+    fn intake_event(link: &IntakeLink, request_id: &str, action: &str) -> AuditEvent {
+        AuditEvent {
+            kind: "admin".into(),
+            action: action.into(),
+            request_id: request_id.to_owned(),
+            actor: format!("intake:{}", link.id),
+            tenant: Some(link.tenant.clone()),
+            binding: Some(link.binding.clone()),
+            ..Default::default()
+        }
+    }
+
+    async fn intake_submit(
+        self: &Arc<Self>,
+        key: &str,
+        read: &crate::store::records::Stored<IntakeLink>,
+        fields: SecretFields,
+        request_id: &str,
+    ) -> IntakeAnswer {
+        let link = read.value.clone();
+        let by = format!("set by intake link {} created by {}", link.id, link.creator);
+        let fail = |e: (ApiError, Option<AuditReceipt>)| {
+            tracing::warn!(link = %link.id, code = %e.0.code, "intake submission could not be stored");
+            pages::refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The credential could not be stored; try again later.",
+            )
+        };
+        // 1. Sealed as a pending version.
+        let written = {
+            let _guard = self.lock.lock().await;
+            let plan = self.plan_secret_write(&link.binding, fields, true).await;
+            self.commit_intake(
+                Self::intake_event(&link, request_id, "secret.rotate"),
+                plan,
+                &by,
+            )
+            .await
+        };
+        let version = match written {
+            Ok(v) => v["version"]
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0),
+            Err(e) => return fail(e),
+        };
+        // 2. Probed against the source system.
+        let binding = match self.binding_or_404(&link.binding).await {
+            Ok(b) => b.value,
+            Err(_) => return pages::invalid(),
+        };
+        let probed = self
+            .probe_pending(
+                &binding,
+                version,
+                Self::intake_event(&link, request_id, "binding.probe"),
+                Instant::now(),
+            )
+            .await;
+        match probed {
+            Ok(_) => {
+                // 3. Promoted; the link is used up in the same batch.
+                let _guard = self.lock.lock().await;
+                let plan = self
+                    .plan_secret_promote(&link.binding, version)
+                    .await
+                    .map(|mut p| {
+                        p.batch.remove_intake_link(key, read);
+                        p
+                    });
+                let promoted = self
+                    .commit_intake(
+                        Self::intake_event(&link, request_id, "secret.promote"),
+                        plan,
+                        &format!("{by}; link used"),
+                    )
+                    .await;
+                drop(_guard);
+                match promoted {
+                    Ok(_) => {
+                        // A binding waiting for its first secret is activated by its probe.
+                        if binding.status == crate::model::Status::PendingActivation {
+                            let _ = self
+                                .probe_binding(
+                                    &link.binding,
+                                    Self::intake_event(&link, request_id, "binding.probe"),
+                                    Instant::now(),
+                                )
+                                .await;
+                        }
+                        pages::result(true, "", 0)
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+            Err((e, _)) => {
+                // A failed attempt is counted; the last one uses the link up.
+                let mut next = link.clone();
+                next.failures = next.failures.saturating_add(1);
+                let left = MAX_INTAKE_FAILURES.saturating_sub(next.failures);
+                let mut batch = Batch::new();
+                if left == 0 {
+                    batch.remove_intake_link(key, read);
+                } else {
+                    batch.update_intake_link(key, read, &next);
+                }
+                let mut ev = Self::intake_event(&link, request_id, "intake.failed");
+                ev.outcome = "denied".into();
+                ev.error_code = Some(e.code.as_str().to_owned());
+                ev.detail = Some(format!(
+                    "pending version {version} {by} failed its probe; {left} attempt(s) left"
+                ));
+                let _guard = self.lock.lock().await;
+                if let Err(e) = self.commit_audited(ev, batch, None).await {
+                    return fail(e);
+                }
+                pages::result(false, &e.message, left)
+            }
+        }
+    }
+
+    async fn commit_intake(
+        &self,
+        mut event: AuditEvent,
+        plan: Result<Plan, ApiError>,
+        by: &str,
+    ) -> Result<Value, (ApiError, Option<AuditReceipt>)> {
+        let plan = plan.map_err(|e| (e, None))?;
+        event.outcome = "allowed".into();
+        event.detail = Some(format!("{} ({by})", plan.detail));
+        let receipt = self
+            .commit_audited(event, plan.batch, plan.invalidate_binding.as_deref())
+            .await?;
+        let _ = receipt;
+        Ok(plan.response)
+    }
+
+    /// Stamps who created an intake link (the admin request's actor).
+    pub(super) fn with_creator(op: super::AdminOp, actor: &str) -> super::AdminOp {
+        match op {
+            super::AdminOp::IntakeCreate(mut n) => {
+                n.creator = actor.to_owned();
+                super::AdminOp::IntakeCreate(n)
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! One-time intake links: where a customer's admin pastes a secret straight into sealed
+//! storage. The store keeps only the SHA-256 of the link's token (the link is shown once);
+//! records live in the identifiers table under `intake:<token hash>` and are forgotten by the
+//! periodic gc once expired.
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, Records, Stored};
+use crate::store::{Batch, Op, StoreError, Table};
+
+/// An open intake link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeLink {
+    /// Public id (`ik_` + hex), for listing and revoking; not the token.
+    pub id: String,
+    /// The tenant the secret is for.
+    pub tenant: String,
+    /// The binding the secret is for.
+    pub binding: String,
+    /// The fields the form asks for, exactly.
+    pub fields: Vec<String>,
+    /// The operator who created the link.
+    pub creator: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// Submissions whose probe failed so far.
+    #[serde(default)]
+    pub failures: u32,
+}
+
+fn intake_key(token_hash: &str) -> String {
+    format!("intake:{token_hash}")
+}
+
+impl Records {
+    /// The intake link whose token hashes to `token_hash`, as read for a change.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn intake_link(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(String, Stored<IntakeLink>)>, StoreError> {
+        let key = intake_key(token_hash);
+        Ok(self
+            .get_stored(Table::Identifiers, &key)
+            .await?
+            .map(|s| (key, s)))
+    }
+
+    /// Every intake link (open or expired, not yet forgotten), as read for a change.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn intake_links(&self) -> Result<Vec<(String, Stored<IntakeLink>)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Identifiers, "intake:").await? {
+            let value: IntakeLink = decode(Table::Identifiers, &key, &raw)?;
+            out.push((key, Stored { value, raw }));
+        }
+        Ok(out)
+    }
+}
+
+impl Batch {
+    /// Stores a new intake link under its token's hash.
+    pub fn put_intake_link(&mut self, token_hash: &str, link: &IntakeLink) -> &mut Self {
+        let key = intake_key(token_hash);
+        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+            .push(Op::Put(Table::Identifiers, key, encode(link)))
+    }
+
+    /// Replaces an intake link as read (a failed submission counted).
+    pub fn update_intake_link(
+        &mut self,
+        key: &str,
+        read: &Stored<IntakeLink>,
+        link: &IntakeLink,
+    ) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Put(Table::Identifiers, key.to_owned(), encode(link)))
+    }
+
+    /// Removes an intake link as read (used, revoked): of two concurrent uses one fails.
+    pub fn remove_intake_link(&mut self, key: &str, read: &Stored<IntakeLink>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
+    }
+}

@@ -1,0 +1,337 @@
+//! The one-time intake page on the public listener, over HTTP: the form names the tenant and
+//! connector and asks for exactly the binding's fields; a submission is sealed pending,
+//! probed, and promoted only when it works; the link is used up by a working submission, a
+//! few failures, expiry or revocation, and then answers exactly like a link never issued;
+//! the form is refused without its CSRF pair; the value appears nowhere but in sealed
+//! storage. (tests/tests/intake_browser.rs drives the same page in a real browser.)
+
+use credbroker::client::BrokerClient;
+use credbroker_tests::fake_servicenow::FakeServiceNow;
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+pub const CLIENT: &str = "intake-client-0001";
+pub const SECRET: &str = "CANARY-intake-secret-7f3a9c";
+
+fn walk_bytes(dir: &std::path::Path, out: &mut Vec<u8>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk_bytes(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.extend_from_slice(&b);
+        }
+    }
+}
+
+async fn start() -> (
+    tempfile::TempDir,
+    std::sync::Arc<TestPki>,
+    Daemon,
+    FakeServiceNow,
+    BrokerClient,
+    BrokerClient,
+) {
+    let (tmp, pki) = setup();
+    let sn = FakeServiceNow::start(CLIENT, SECRET, &["snc_read_only"]).await;
+    let port = free_port();
+    let extra = format!(
+        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n\n[providers.servicenow_oauth]\nceiling_file = {:?}\nallowed_hosts = [\"{}\"]\ntimeout_ms = 3000\n",
+        pki.dir.join("server.crt").display().to_string(),
+        pki.dir.join("server.key").display().to_string(),
+        repo_root().join("policies/servicenow.json").display().to_string(),
+        sn.authority
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth",
+                    "config": {"instance_url": sn.url}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let public = public_client(&pki, daemon.public_url.as_ref().unwrap());
+    (tmp, pki, daemon, sn, op, public)
+}
+
+async fn create_link(op: &mut BrokerClient, ttl_s: u64) -> (String, String) {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/intake",
+        Some(json!({"binding": "acme-snow", "ttl_s": ttl_s})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["fields"], json!(["client_id", "client_secret"]));
+    let url = v["url"].as_str().unwrap();
+    let path = url[url.find("/intake/").unwrap()..].to_owned();
+    (path, v["id"].as_str().unwrap().to_owned())
+}
+
+struct Page {
+    status: u16,
+    headers: http::HeaderMap,
+    html: String,
+}
+
+async fn get(public: &mut BrokerClient, path: &str) -> Page {
+    let (s, h, b) = public.exchange(Method::GET, path, &[], None).await.unwrap();
+    Page {
+        status: s.as_u16(),
+        headers: h,
+        html: String::from_utf8(b).unwrap(),
+    }
+}
+
+async fn post(public: &mut BrokerClient, path: &str, cookie: Option<&str>, form: &str) -> Page {
+    let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    let (s, h, b) = public
+        .exchange(Method::POST, path, &headers, Some(form.as_bytes().to_vec()))
+        .await
+        .unwrap();
+    Page {
+        status: s.as_u16(),
+        headers: h,
+        html: String::from_utf8(b).unwrap(),
+    }
+}
+
+/// The cookie pair and CSRF value a GET of the page hands out.
+fn form_state(page: &Page) -> (String, String) {
+    let cookie = page.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with("__Host-credbroker-intake=")
+            && cookie.contains("Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let csrf = page
+        .html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    (pair, csrf)
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
+    let (tmp, _pki, daemon, _sn, mut op, mut public) = start().await;
+    let (path, id) = create_link(&mut op, 3600).await;
+
+    // Opening the link (twice: mail scanners prefetch) changes nothing and shows the form.
+    let before = daemon.audit_records().len();
+    let _ = get(&mut public, &path).await;
+    let page = get(&mut public, &path).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert_eq!(
+        daemon.audit_records().len(),
+        before,
+        "a GET changed something"
+    );
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'")
+            && csp.contains("frame-ancestors 'none'")
+            && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    for (h, v) in [
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        assert_eq!(page.headers[h], v, "{h}");
+    }
+    assert!(page.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.html.contains("id=\"tenant\">t1<"), "{}", page.html);
+    assert!(page.html.contains("acme-snow"));
+    for f in ["client_id", "client_secret"] {
+        assert!(
+            page.html
+                .contains(&format!("type=\"password\" id=\"f_{f}\"")),
+            "{f}"
+        );
+    }
+    assert!(!page.html.contains("<script") && !page.html.contains("style="));
+    let (cookie, csrf) = form_state(&page);
+
+    // Without the cookie, with a forged CSRF value, or with a field the form does not ask
+    // for: refused, nothing stored.
+    let good = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
+        enc(&csrf),
+        enc(SECRET)
+    );
+    let p = post(&mut public, &path, None, &good).await;
+    assert_eq!(p.status, 403, "{}", p.html);
+    let forged = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
+        enc("hmac-sha256:00000000000000000000000000000000"),
+        enc(SECRET)
+    );
+    let p = post(&mut public, &path, Some(&cookie), &forged).await;
+    assert_eq!(p.status, 403, "{}", p.html);
+    let extra = format!("{good}&f_password=x");
+    let p = post(&mut public, &path, Some(&cookie), &extra).await;
+    assert_eq!(p.status, 400, "{}", p.html);
+
+    // A wrong secret: stored pending, probed, refused; the page says so without echoing it.
+    let wrong = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret=wrong-one",
+        enc(&csrf)
+    );
+    let p = post(&mut public, &path, Some(&cookie), &wrong).await;
+    assert_eq!(p.status, 422, "{}", p.html);
+    assert!(
+        p.html.contains("did not work") && p.html.contains("2 attempt(s) left"),
+        "{}",
+        p.html
+    );
+    assert!(!p.html.contains("wrong-one"));
+
+    // The right one: stored, verified, promoted, the binding activated; the link used up.
+    let p = post(&mut public, &path, Some(&cookie), &good).await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("Stored and verified"), "{}", p.html);
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert_eq!(b["binding"]["status"], "active", "{b}");
+    assert!(b["binding"]["active_secret_version"].as_u64().is_some());
+    let records = daemon.audit_records();
+    assert!(records.iter().any(|r| r["action"] == "secret.promote"
+        && r["actor"] == format!("intake:{id}").as_str()
+        && r["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("set by intake link {id} created by"))));
+
+    // Used: the link now answers exactly like one never issued.
+    let used = get(&mut public, &path).await;
+    let never = get(
+        &mut public,
+        "/intake/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
+    .await;
+    assert_eq!((used.status, never.status), (404, 404));
+    assert_eq!(used.html, never.html);
+    assert!(used.html.contains("no longer valid"));
+    let p = post(&mut public, &path, Some(&cookie), &good).await;
+    assert_eq!(p.status, 404);
+
+    // The canary is nowhere: pages, admin answers, audit log, logs, the raw data directory.
+    let (_, listed) = call(&mut op, Method::GET, "/v1/admin/intake", None).await;
+    let (_, shown) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    let mut raw = Vec::new();
+    walk_bytes(tmp.path(), &mut raw);
+    let raw = String::from_utf8_lossy(&raw);
+    for (what, text) in [
+        ("form", page.html.as_str()),
+        ("result", p.html.as_str()),
+        (
+            "audit",
+            &serde_json::to_string(&daemon.audit_records()).unwrap(),
+        ),
+        ("logs", &daemon.logs()),
+        ("admin", &format!("{listed}{shown}")),
+        ("data dir", &raw),
+    ] {
+        assert!(!text.contains(SECRET), "the secret is in the {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
+    let (_tmp, _pki, daemon, _sn, mut op, mut public) = start().await;
+    // Expired.
+    let (path, _) = create_link(&mut op, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let p = get(&mut public, &path).await;
+    assert_eq!(p.status, 404);
+    // Revoked (and listed until then, without its URL).
+    let (path, id) = create_link(&mut op, 3600).await;
+    let (_, v) = call(&mut op, Method::GET, "/v1/admin/intake", None).await;
+    let links = v["intake_links"].as_array().unwrap();
+    assert!(links.iter().any(|l| l["id"] == id.as_str()));
+    assert!(!v.to_string().contains(&path[8..]), "the token is listed");
+    let (s, v) = call(
+        &mut op,
+        Method::DELETE,
+        &format!("/v1/admin/intake/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let p = get(&mut public, &path).await;
+    assert_eq!(p.status, 404);
+    // Exhausted: three failing submissions use it up.
+    let (path, _) = create_link(&mut op, 3600).await;
+    for left in [2, 1, 0] {
+        let page = get(&mut public, &path).await;
+        assert_eq!(page.status, 200);
+        let (cookie, csrf) = form_state(&page);
+        let form = format!(
+            "csrf={}&f_client_id={CLIENT}&f_client_secret=nope",
+            enc(&csrf)
+        );
+        let p = post(&mut public, &path, Some(&cookie), &form).await;
+        assert_eq!(p.status, 422, "{}", p.html);
+        assert!(
+            p.html.contains(&format!("{left} attempt(s) left"))
+                || (left == 0 && p.html.contains("No attempts are left")),
+            "{}",
+            p.html
+        );
+    }
+    assert_eq!(get(&mut public, &path).await.status, 404);
+    // Failures are audited; the old (absent) secret never served.
+    assert_eq!(
+        daemon
+            .audit_records()
+            .iter()
+            .filter(|r| r["action"] == "intake.failed")
+            .count(),
+        3
+    );
+    let (_, b): (u16, Value) =
+        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
+}

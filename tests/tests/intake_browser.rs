@@ -1,0 +1,236 @@
+//! The intake page in a real browser: headless Chromium (Debian `chromium` +
+//! `chromium-driver`, installed by tests/run) driven over WebDriver opens the link, fills the
+//! masked fields, submits, and sees the result; the same link again is invalid, an expired
+//! link is invalid, a forged CSRF token is refused; the canary is in no page source; the CSP
+//! header is set (checked over HTTP in tests/tests/intake.rs). Screenshots of the form and
+//! the result page go to target/test-output/intake/.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use credbroker_tests::fake_servicenow::FakeServiceNow;
+use credbroker_tests::*;
+use fantoccini::{ClientBuilder, Locator};
+use http::Method;
+use serde_json::json;
+
+const CLIENT: &str = "browser-client-0001";
+const SECRET: &str = "CANARY-browser-secret-4b1d0e";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromedriver() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from("/usr/bin/chromedriver");
+    assert!(
+        path.exists(),
+        "chromedriver is not installed: tests/run installs Debian's chromium and chromium-driver"
+    );
+    path
+}
+
+async fn browser(profile: &std::path::Path) -> (Driver, fantoccini::Client) {
+    let port = free_port();
+    let child = Command::new(chromedriver())
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let driver = Driver(child);
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                // The broker's test CA is not in the browser's store.
+                "--ignore-certificate-errors",
+                format!("--user-data-dir={}", profile.display()),
+                "--window-size=900,700",
+            ]
+        }),
+    );
+    let mut last = None;
+    for _ in 0..50 {
+        match ClientBuilder::rustls()
+            .expect("rustls client")
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => return (driver, c),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no WebDriver session: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_pastes_a_secret_in_a_real_browser() {
+    let (tmp, pki) = setup();
+    let sn = FakeServiceNow::start(CLIENT, SECRET, &["snc_read_only"]).await;
+    let port = free_port();
+    let extra = format!(
+        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n\n[providers.servicenow_oauth]\nceiling_file = {:?}\nallowed_hosts = [\"{}\"]\ntimeout_ms = 3000\n",
+        pki.dir.join("server.crt").display().to_string(),
+        pki.dir.join("server.key").display().to_string(),
+        repo_root().join("policies/servicenow.json").display().to_string(),
+        sn.authority
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth", "config": {"instance_url": sn.url}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let link = |ttl: u64| {
+        let mut op = pki.client_for("op", &daemon.url);
+        async move {
+            let (s, v) = call(
+                &mut op,
+                Method::POST,
+                "/v1/admin/intake",
+                Some(json!({"binding": "acme-snow", "ttl_s": ttl})),
+            )
+            .await;
+            assert_eq!(s, 201, "{v}");
+            v["url"].as_str().unwrap().to_owned()
+        }
+    };
+    let out = repo_root().join("target/test-output/intake");
+    std::fs::create_dir_all(&out).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let (_driver, c) = browser(profile.path()).await;
+
+    // The customer opens the link, sees the form, types into the masked fields, submits.
+    let url = link(3600).await;
+    c.goto(&url).await.unwrap();
+    let tenant = c
+        .find(Locator::Id("tenant"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(tenant, "t1");
+    let secret_input = c.find(Locator::Id("f_client_secret")).await.unwrap();
+    assert_eq!(
+        secret_input.attr("type").await.unwrap().as_deref(),
+        Some("password")
+    );
+    c.find(Locator::Id("f_client_id"))
+        .await
+        .unwrap()
+        .send_keys(CLIENT)
+        .await
+        .unwrap();
+    secret_input.send_keys(SECRET).await.unwrap();
+    std::fs::write(out.join("form.png"), c.screenshot().await.unwrap()).unwrap();
+    c.find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let result = c
+        .wait()
+        .for_element(Locator::Id("result"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(result, "Stored and verified");
+    let source = c.source().await.unwrap();
+    assert!(
+        !source.contains(SECRET),
+        "the result page echoes the secret"
+    );
+    std::fs::write(out.join("result.png"), c.screenshot().await.unwrap()).unwrap();
+    println!(
+        "screenshots: {} and {}",
+        out.join("form.png").display(),
+        out.join("result.png").display()
+    );
+
+    // The same link again: no longer valid.
+    c.goto(&url).await.unwrap();
+    let source = c.source().await.unwrap();
+    assert!(source.contains("This link is no longer valid"), "{source}");
+    assert!(!source.contains(SECRET));
+
+    // An expired link: no longer valid.
+    let expired = link(1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    c.goto(&expired).await.unwrap();
+    assert!(c
+        .source()
+        .await
+        .unwrap()
+        .contains("This link is no longer valid"));
+
+    // A forged CSRF token: refused, nothing stored.
+    let fresh = link(3600).await;
+    c.goto(&fresh).await.unwrap();
+    c.execute(
+        "document.querySelector('input[name=csrf]').value = arguments[0];",
+        vec![json!("hmac-sha256:00000000000000000000000000000000")],
+    )
+    .await
+    .unwrap();
+    // (The page's CSP forbids its own scripts; WebDriver's script runs outside it, as an
+    // attacker's page posting a crafted form would.)
+    c.find(Locator::Id("f_client_id"))
+        .await
+        .unwrap()
+        .send_keys(CLIENT)
+        .await
+        .unwrap();
+    c.find(Locator::Id("f_client_secret"))
+        .await
+        .unwrap()
+        .send_keys("forged-attempt")
+        .await
+        .unwrap();
+    c.find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let source = c.source().await.unwrap();
+    assert!(source.contains("Not accepted"), "{source}");
+    let versions = {
+        let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+        b["binding"]["secret_versions"].as_array().unwrap().len()
+    };
+    assert_eq!(versions, 1, "the forged submission stored something");
+    c.close().await.unwrap();
+
+    // The canary: in no log, audit record or admin answer.
+    let audit = serde_json::to_string(&daemon.audit_records()).unwrap();
+    assert!(!audit.contains(SECRET) && !daemon.logs().contains(SECRET));
+}
