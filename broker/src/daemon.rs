@@ -97,6 +97,7 @@ pub async fn run_with_broker(
     }
     on_ready(running.local_addr);
     let gc_interval_s = config.secrets.gc_interval_s;
+    let rotating = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Expired install states, webhook delivery ids and superseded secret versions past the
     // overlap are forgotten every `[secrets] gc_interval_s` (ten minutes by default).
     let mut gc = tokio::time::interval(Duration::from_secs(gc_interval_s.max(1)));
@@ -109,9 +110,16 @@ pub async fn run_with_broker(
                     Ok(n) => tracing::info!(records = n, "forgot expired install states and webhook deliveries"),
                     Err(e) => tracing::warn!(error = %e.message, "could not forget expired records; will retry"),
                 }
-                let rotated = broker.rotate_due().await;
-                if rotated > 0 {
-                    tracing::info!(rotated, "rotated pasted secrets close to expiry");
+                // Off the main loop (upstream calls must not hold up signals), one at a time.
+                if !rotating.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (b, flag) = (broker.clone(), rotating.clone());
+                    tokio::spawn(async move {
+                        let rotated = b.rotate_due().await;
+                        if rotated > 0 {
+                            tracing::info!(rotated, "rotated pasted secrets close to expiry");
+                        }
+                        flag.store(false, std::sync::atomic::Ordering::Release);
+                    });
                 }
             }
             _ = hup.recv() => {

@@ -30,6 +30,16 @@ pub struct IntakeAnswer {
     pub set_cookie: Option<String>,
 }
 
+impl From<crate::broker::Answer> for IntakeAnswer {
+    /// The broker's own refusal (busy, failed) as a plain page.
+    fn from(a: crate::broker::Answer) -> Self {
+        refused(
+            a.status,
+            "The service is busy or could not finish; try again shortly.",
+        )
+    }
+}
+
 /// HTML-escapes `s`.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -322,6 +322,26 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
         );
     }
     assert_eq!(get(&mut public, &path).await.status, 404);
+    // A link outlives nothing: its binding removed and the id re-created for another
+    // tenant, the link is dead (it must never write into t2's binding).
+    let (path, _) = create_link(&mut op, 3600).await;
+    let (s, v) = call(
+        &mut op,
+        Method::DELETE,
+        "/v1/admin/bindings/acme-snow",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"id": "acme-snow", "tenant": "t2", "provider": "pasted_secret", "ceiling": {"fields": ["client_id", "client_secret"]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(get(&mut public, &path).await.status, 404);
     // Failures are audited; the old (absent) secret never served.
     assert_eq!(
         daemon

@@ -198,6 +198,11 @@ async fn minting_caching_and_every_error_shape() {
     env.sn.state.roles.lock().unwrap().retain(|r| r != "admin");
     let (s, v) = probe(&mut env.op).await;
     assert_eq!(s, 200, "{v}");
+    // No rows (ACLs can hide them) is not "no roles": refused.
+    let kept: Vec<String> = std::mem::take(&mut *env.sn.state.roles.lock().unwrap());
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    *env.sn.state.roles.lock().unwrap() = kept;
 
     // The client secret never left the broker: not in the audit log, the logs, or admin
     // answers.

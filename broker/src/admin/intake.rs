@@ -180,6 +180,7 @@ impl AdminService {
             id: id.clone(),
             tenant: b.tenant.to_string(),
             binding: b.id.to_string(),
+            binding_created_at: b.created_at.clone(),
             fields: fields.clone(),
             creator: n.creator,
             created_at: now_rfc3339(),
@@ -298,6 +299,14 @@ impl AdminService {
             return pages::invalid();
         };
         let link = read.value.clone();
+        // The binding must still be the one the link was made for: same id, tenant and
+        // creation (an id removed and re-created, perhaps for another tenant, is not).
+        let same = matches!(self.binding_or_404(&link.binding).await,
+            Ok(b) if b.value.tenant.as_str() == link.tenant && b.value.created_at == link.binding_created_at);
+        if !same {
+            self.count_intake("invalid_link", false);
+            return pages::invalid();
+        }
         if !post {
             self.count_intake("none", true);
             return self.intake_form(&link, &token_hash).await;
@@ -400,9 +409,39 @@ impl AdminService {
             tracing::warn!(link = %link.id, code = %e.0.code, "intake submission could not be stored");
             pages::refused(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "The credential could not be stored; try again later.",
+                "The credential could not be stored; open the link again and retry.",
             )
         };
+        // 0. One attempt is reserved on the link as read, before anything is written: of
+        //    concurrent submissions one proceeds, and a link revoked or used meanwhile
+        //    stops them all.
+        let mut reserved = link.clone();
+        reserved.failures = reserved.failures.saturating_add(1);
+        let left = MAX_INTAKE_FAILURES.saturating_sub(reserved.failures);
+        let (key, read) = {
+            let mut ev = Self::intake_event(&link, request_id, "intake.submit");
+            ev.outcome = "allowed".into();
+            ev.detail = Some(format!(
+                "intake link {} submission {} of at most {MAX_INTAKE_FAILURES}",
+                link.id, reserved.failures
+            ));
+            let mut batch = Batch::new();
+            batch.update_intake_link(key, read, &reserved);
+            let _guard = self.lock.lock().await;
+            if let Err(e) = self.commit_audited(ev, batch, None).await {
+                return fail(e);
+            }
+            match self
+                .core
+                .records
+                .intake_link(key.trim_start_matches("intake:"))
+                .await
+            {
+                Ok(Some(fresh)) => fresh,
+                _ => return pages::invalid(),
+            }
+        };
+        let (key, read) = (key.as_str(), &read);
         // 1. Sealed as a pending version.
         let written = {
             let _guard = self.lock.lock().await;
@@ -471,15 +510,10 @@ impl AdminService {
                 }
             }
             Err((e, _)) => {
-                // A failed attempt is counted; the last one uses the link up.
-                let mut next = link.clone();
-                next.failures = next.failures.saturating_add(1);
-                let left = MAX_INTAKE_FAILURES.saturating_sub(next.failures);
+                // The attempt was counted when reserved; the last one uses the link up.
                 let mut batch = Batch::new();
                 if left == 0 {
                     batch.remove_intake_link(key, read);
-                } else {
-                    batch.update_intake_link(key, read, &next);
                 }
                 let mut ev = Self::intake_event(&link, request_id, "intake.failed");
                 ev.outcome = "denied".into();

@@ -134,6 +134,16 @@ pub struct AdminService {
     /// Orders this process's own changes (fewer retries); correctness does not depend on it:
     /// every plan's reads are preconditions of its batch.
     pub(crate) lock: tokio::sync::Mutex<()>,
+    /// Bindings whose secret this process is self-rotating now, and when each binding's last
+    /// automatic rotation was tried (one at a time per binding; a failing one waits an hour).
+    rotations: std::sync::Mutex<RotationState>,
+}
+
+/// See [`AdminService::rotations`].
+#[derive(Default)]
+struct RotationState {
+    running: std::collections::HashSet<String>,
+    last_tried: std::collections::HashMap<String, Instant>,
 }
 
 impl AdminService {
@@ -142,6 +152,7 @@ impl AdminService {
         Arc::new(AdminService {
             core,
             lock: tokio::sync::Mutex::new(()),
+            rotations: std::sync::Mutex::new(RotationState::default()),
         })
     }
 

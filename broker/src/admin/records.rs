@@ -605,6 +605,12 @@ impl AdminService {
                 for v in r.secret_versions(&b.id).await.map_err(store_err)? {
                     plan.batch.remove(&v);
                 }
+                // Its open intake links die with it (a re-created id is another binding).
+                for (key, link) in r.intake_links().await.map_err(store_err)? {
+                    if link.value.binding == b.id.as_str() {
+                        plan.batch.remove_intake_link(&key, &link);
+                    }
+                }
                 plan.batch.remove(&b);
                 plan.tenant = Some(b.tenant.to_string());
                 plan.binding = Some(id.to_owned());

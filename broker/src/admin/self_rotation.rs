@@ -86,6 +86,34 @@ impl AdminService {
         actor: &str,
         request_id: &str,
     ) -> OpResult {
+        // One rotation per binding at a time in this process (the timer and an operator).
+        let claimed = self
+            .rotations
+            .lock()
+            .map(|mut r| r.running.insert(id.to_owned()))
+            .unwrap_or(false);
+        if !claimed {
+            return Err((
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    "a rotation of this binding is already running",
+                ),
+                None,
+            ));
+        }
+        let result = self.self_rotate_inner(id, actor, request_id).await;
+        if let Ok(mut r) = self.rotations.lock() {
+            r.running.remove(id);
+        }
+        result
+    }
+
+    async fn self_rotate_inner(
+        self: &Arc<Self>,
+        id: &str,
+        actor: &str,
+        request_id: &str,
+    ) -> OpResult {
         let refuse = |e: ApiError| (e, None);
         let binding = self.binding_or_404(id).await.map_err(refuse)?.value;
         let provider = self
@@ -105,6 +133,7 @@ impl AdminService {
                 binding.provider
             )))
         })?;
+        let started_from = binding.active_secret_version;
         let current = self
             .core
             .open_active_secret(&binding)
@@ -136,53 +165,91 @@ impl AdminService {
                 return Err((err, r));
             }
         };
-        // 2. Stored pending (audited), like an operator's rotation.
-        let written = {
-            let _guard = self.lock.lock().await;
-            let plan = self.plan_secret_write(id, successor.clone(), true).await;
-            self.commit_plan(
-                Self::event(actor, request_id, "secret.rotate"),
-                plan,
-                "self-rotation: created upstream by the current secret",
-            )
-            .await?
-        };
-        let version = written.0["version"]
-            .as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(0);
-        // 3. Probed.
-        let stored = self.binding_or_404(id).await.map_err(refuse)?.value;
-        let probed = self
-            .probe_pending(
+        // 2-4. Stored pending, probed, promoted; on any failure the successor is withdrawn
+        //      upstream again (audited), so no PAT the broker created outlives a failure.
+        let staged: Result<Value, (ApiError, Option<AuditReceipt>)> = async {
+            let written = {
+                let _guard = self.lock.lock().await;
+                let plan = self.plan_secret_write(id, successor.clone(), true).await;
+                self.commit_plan(
+                    Self::event(actor, request_id, "secret.rotate"),
+                    plan,
+                    "self-rotation: created upstream by the current secret",
+                )
+                .await?
+            };
+            let version = written.0["version"]
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0);
+            let stored = self.binding_or_404(id).await.map_err(refuse)?.value;
+            self.probe_pending(
                 &stored,
                 version,
                 Self::event(actor, request_id, "binding.probe"),
                 Instant::now(),
             )
-            .await;
-        if let Err((e, r)) = probed {
-            // Never promoted; the successor is withdrawn upstream, best effort.
-            let _ = rotation.revoke(&request(&current), &successor).await;
-            return Err((e, r));
-        }
-        // 4. Promoted.
-        let promoted = {
+            .await?;
             let _guard = self.lock.lock().await;
+            // An operator (or an intake) replaced the active secret meanwhile: theirs stands.
+            let now_active = self.binding_or_404(id).await.map_err(refuse)?.value.active_secret_version;
+            if now_active != started_from {
+                return Err((
+                    ApiError::new(ErrorCode::Conflict, "the active secret changed during the rotation; the successor was withdrawn"),
+                    None,
+                ));
+            }
             let plan = self.plan_secret_promote(id, version).await;
-            self.commit_plan(
-                Self::event(actor, request_id, "secret.promote"),
-                plan,
-                "self-rotation: the successor passed its probe",
-            )
-            .await?
+            let promoted = self
+                .commit_plan(
+                    Self::event(actor, request_id, "secret.promote"),
+                    plan,
+                    "self-rotation: the successor passed its probe",
+                )
+                .await?;
+            let mut out = promoted.0;
+            out["version"] = json!(version);
+            Ok(out)
+        }
+        .await;
+        let promoted = match staged {
+            Ok(p) => p,
+            Err((e, r)) => {
+                let withdrawn = rotation.revoke(&request(&current), &successor).await;
+                let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
+                ev.tenant = Some(binding.tenant.to_string());
+                ev.binding = Some(binding.id.to_string());
+                ev.outcome = if matches!(withdrawn, Ok(true)) {
+                    "allowed"
+                } else {
+                    "failed"
+                }
+                .into();
+                ev.detail = Some(format!(
+                    "binding={id} self-rotation failed ({}); its successor {}",
+                    e.code,
+                    match withdrawn {
+                        Ok(true) => "was withdrawn upstream".to_owned(),
+                        Ok(false) =>
+                            "could not be identified upstream: revoke it at the source".to_owned(),
+                        Err(_) =>
+                            "could not be withdrawn upstream: revoke it at the source".to_owned(),
+                    }
+                ));
+                let _ = self.core.audit.append(ev).await;
+                return Err((e, r));
+            }
         };
+        let version = promoted["version"]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0);
         // 5. The old secret revoked upstream, with its successor.
         let revoked = rotation.revoke(&request(&successor), &current).await;
         let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
         ev.tenant = Some(binding.tenant.to_string());
         ev.binding = Some(binding.id.to_string());
-        let old_version = promoted.0["superseded"].clone();
+        let old_version = promoted["superseded"].clone();
         let (outcome, said) = match &revoked {
             Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was revoked upstream")),
             Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was NOT revoked upstream: its id is unknown (pasted without token_id); revoke it at the source")),
@@ -233,7 +300,30 @@ impl AdminService {
                     .and_then(|p| p.self_rotation().map(|r| r.due(facts)))
                     .unwrap_or(false)
             });
-            if !due || b.pending_secret_version.is_some() {
+            if !due || b.status != crate::model::Status::Active {
+                continue;
+            }
+            // A pending version that passed its probe waits for an operator's promotion.
+            if let Some(p) = b.pending_secret_version {
+                let passed = matches!(self.core.records.secret_version(&b.id, p).await,
+                    Ok(Some(v)) if v.value.probe.as_ref().is_some_and(|pr| pr.passed));
+                if passed {
+                    continue;
+                }
+            }
+            // At most one automatic attempt per binding an hour (a failing upstream, or one
+            // that hands out PATs already close to expiry, is not hammered).
+            let recent = self.rotations.lock().ok().is_some_and(|mut r| {
+                let recent = r
+                    .last_tried
+                    .get(b.id.as_str())
+                    .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600));
+                if !recent {
+                    r.last_tried.insert(b.id.to_string(), Instant::now());
+                }
+                recent
+            });
+            if recent {
                 continue;
             }
             let request_id = crate::server::new_request_id();

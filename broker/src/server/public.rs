@@ -53,26 +53,6 @@ fn intake_response(
     response
 }
 
-/// Runs an intake request to completion even if the client goes away (its audited steps
-/// must not be cut in two).
-async fn to_completion_page<F>(
-    request_id: &str,
-    detached: &Arc<Semaphore>,
-    work: F,
-) -> crate::intake_page::IntakeAnswer
-where
-    F: std::future::Future<Output = crate::intake_page::IntakeAnswer> + Send + 'static,
-{
-    let _ = (request_id, detached);
-    match tokio::spawn(work).await {
-        Ok(page) => page,
-        Err(_) => crate::intake_page::refused(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Something went wrong; try again later.",
-        ),
-    }
-}
-
 /// The public listener: callbacks and health, nothing else.
 pub(super) async fn handle_public(
     broker: Arc<Broker>,
@@ -140,10 +120,13 @@ pub(super) async fn handle_public(
                 Ok(Zeroizing::new(Vec::new()))
             };
             let (token, rid) = (m.param("token").to_owned(), request_id.clone());
-            let page = to_completion_page(&request_id, detached, async move {
-                broker.intake_http(post, &token, &headers, body, &rid).await
-            })
-            .await;
+            // Run to completion even if the client goes away (its audited steps must not be
+            // cut in two), within the listener's cap on detached work.
+            let page: crate::intake_page::IntakeAnswer =
+                to_completion(&request_id, detached, async move {
+                    broker.intake_http(post, &token, &headers, body, &rid).await
+                })
+                .await;
             return intake_response(page, &request_id);
         }
         Ok(m) => {

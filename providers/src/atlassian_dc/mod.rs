@@ -488,16 +488,27 @@ impl SelfRotation for AtlassianDc {
             )
             .await?;
         match a.status {
-            204 | 200 | 404 => Ok(true),
+            204 | 200 => Ok(true),
+            // Not found: already gone, or not this user's; either way not revoked by us.
+            404 => Ok(false),
             s => Err(denied(format!(
-                "Data Center refused to revoke PAT {id} (HTTP {s})"
+                "Data Center refused to revoke the superseded PAT (HTTP {s})"
             ))),
         }
     }
 
+    /// Due when the PAT API exists and the recorded `expiring_at` is within
+    /// `rotate_days_before_expiry` of now (evaluated now, not when the probe ran).
     fn due(&self, facts: &Value) -> bool {
-        facts.get("rotation_due").and_then(Value::as_bool) == Some(true)
-            && facts.get("pat_api").and_then(Value::as_bool) == Some(true)
+        let expiring = facts
+            .get("expiring_at")
+            .and_then(Value::as_str)
+            .and_then(parse_time);
+        facts.get("pat_api").and_then(Value::as_bool) == Some(true)
+            && expiring.is_some_and(|t| {
+                t - OffsetDateTime::now_utc()
+                    <= time::Duration::days(i64::from(self.settings.rotate_days_before_expiry))
+            })
     }
 }
 
@@ -508,6 +519,10 @@ fn build(section: toml::Value, _base: &std::path::Path) -> BuildFuture {
         .and_then(|s| {
             if !(1..=365).contains(&s.new_token_days) {
                 return Err("new_token_days must be 1-365".into());
+            }
+            // A new PAT must not be due the moment it exists (a rotation every tick).
+            if s.rotate_days_before_expiry >= s.new_token_days {
+                return Err("rotate_days_before_expiry must be below new_token_days".into());
             }
             Ok(Arc::new(AtlassianDc {
                 settings: s,

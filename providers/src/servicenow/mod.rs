@@ -150,22 +150,11 @@ impl ServiceNow {
             });
         }
         if a.status != 200 || a.content_type != "application/json" {
-            let detail = serde_json::from_slice::<Value>(&a.body)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .map(|s| {
-                            s.chars()
-                                .filter(|c| !c.is_control())
-                                .take(200)
-                                .collect::<String>()
-                        })
-                })
-                .unwrap_or_default();
+            // Status and content type only: an instance's error text is not echoed into
+            // audit records, probes or the intake page.
             return Err(denied(
                 format!(
-                    "ServiceNow table API HTTP {} ({}) reading {}: {detail}",
+                    "ServiceNow table API HTTP {} ({}) reading {}",
                     a.status,
                     a.content_type,
                     path.split('?').next().unwrap_or("")
@@ -330,10 +319,17 @@ impl Probe for ServiceNow {
         let result = self
             .table(b, &t.access_token, roles_path, request.timeout)
             .await?;
-        let mut roles: Vec<String> = result
+        // An empty or unreadable answer is not "no roles": ACLs can hide the rows.
+        let rows = result
             .as_array()
-            .into_iter()
-            .flatten()
+            .filter(|r| !r.is_empty() && r.len() < 1000)
+            .ok_or_else(|| ProviderError::ActivationRefused {
+                reason: RefusalReason::Other,
+                message: "the application user's roles could not be read (sys_user_has_role answered no rows): give it snc_read_only so the broker can verify its roles".into(),
+                upstream_request_id: None,
+            })?;
+        let mut roles: Vec<String> = rows
+            .iter()
             .filter_map(|r| r.get("role.name").and_then(Value::as_str))
             .map(|r| r.chars().take(100).collect())
             .collect();

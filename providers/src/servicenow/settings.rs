@@ -133,14 +133,8 @@ fn special_ip(host: &str) -> Option<bool> {
         .trim_end_matches(']')
         .parse()
         .ok()?;
-    Some(match ip {
-        std::net::IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_link_local() || v4.is_private() || v4.is_unspecified()
-        }
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    })
+    // Every IP literal needs the allow-list; only a loopback one may be plain http.
+    Some(ip.is_loopback())
 }
 
 /// Parses a binding's configuration: the instance URL (https; host `*.service-now.com` or

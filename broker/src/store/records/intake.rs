@@ -18,6 +18,9 @@ pub struct IntakeLink {
     pub tenant: String,
     /// The binding the secret is for.
     pub binding: String,
+    /// That binding's creation time: a binding removed and re-created under the same id
+    /// (perhaps for another tenant) is not the one the link was made for.
+    pub binding_created_at: String,
     /// The fields the form asks for, exactly.
     pub fields: Vec<String>,
     /// The operator who created the link.
@@ -26,7 +29,8 @@ pub struct IntakeLink {
     pub created_at: String,
     /// Expiry, Unix seconds.
     pub expires_at: i64,
-    /// Submissions whose probe failed so far.
+    /// Submissions so far (each reserves one before anything is written; a working one
+    /// uses the link up).
     #[serde(default)]
     pub failures: u32,
 }
