@@ -31,6 +31,8 @@ pub struct SnState {
     pub app_user: Mutex<bool>,
     /// The instance is hibernating (developer instances).
     pub hibernating: Mutex<bool>,
+    /// Answers this late, milliseconds (a slow or stuck instance).
+    pub delay_ms: Mutex<u64>,
     /// The application user's active roles.
     pub roles: Mutex<Vec<String>>,
     /// Bearers issued (valid).
@@ -158,6 +160,10 @@ impl SnState {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let delay = *self.delay_ms.lock().unwrap();
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let post = req.method() == hyper::Method::POST;
@@ -207,6 +213,7 @@ impl FakeServiceNow {
             grant_enabled: Mutex::new(true),
             app_user: Mutex::new(true),
             hibernating: Mutex::new(false),
+            delay_ms: Mutex::new(0),
             roles: Mutex::new(roles.iter().map(|r| (*r).to_owned()).collect()),
             tokens: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),

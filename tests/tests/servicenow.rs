@@ -187,6 +187,18 @@ async fn minting_caching_and_every_error_shape() {
         "{v}"
     );
     *env.sn.state.hibernating.lock().unwrap() = false;
+    // A stuck instance: the request's deadline (timeout_ms = 3000) ends it.
+    *env.sn.state.delay_ms.lock().unwrap() = 4000;
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within"),
+        "{v}"
+    );
+    *env.sn.state.delay_ms.lock().unwrap() = 0;
     // An application user holding a role beyond the ceiling: the probe refuses.
     env.sn.state.roles.lock().unwrap().push("admin".into());
     let (s, v) = probe(&mut env.op).await;
