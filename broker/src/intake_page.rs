@@ -83,7 +83,7 @@ pub fn refused(status: StatusCode, message: &str) -> IntakeAnswer {
         html: page(
             "Not accepted",
             &format!(
-                "<h1>Not accepted</h1><p>{}</p><p>Open the link again to start over.</p>",
+                "<h1 id=\"refused\">Not accepted</h1><p>{}</p><p>Open the link again to start over.</p>",
                 escape(message)
             ),
         ),

@@ -221,8 +221,16 @@ async fn a_customer_pastes_a_secret_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    let source = c.source().await.unwrap();
-    assert!(source.contains("Not accepted"), "{source}");
+    // Wait for the answer page (the click only starts the navigation).
+    let refused = c
+        .wait()
+        .for_element(Locator::Id("refused"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(refused, "Not accepted");
     let versions = {
         let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
         b["binding"]["secret_versions"].as_array().unwrap().len()
