@@ -36,8 +36,32 @@ const MAX_ANSWER: usize = 1024 * 1024;
 impl Http {
     /// A client trusting the platform's root certificates.
     pub fn new() -> Http {
+        Self::with_roots(Vec::new())
+    }
+
+    /// A client trusting the platform's roots and the CA certificates in `pem` too (a
+    /// customer's private PKI).
+    ///
+    /// # Errors
+    /// When `pem` holds no certificate or one that does not parse.
+    pub fn with_extra_roots(pem: &str) -> Result<Http, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|_| "the CA bundle is not PEM certificates".to_owned())?;
+        if certs.is_empty() {
+            return Err("the CA bundle holds no certificate".into());
+        }
+        Ok(Self::with_roots(certs))
+    }
+
+    fn with_roots(extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> Http {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        for cert in extra {
             let _ = roots.add(cert);
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -191,6 +191,15 @@ impl DcState {
 impl FakeAtlassianDc {
     /// Starts the fake with the PAT API.
     pub async fn start() -> FakeAtlassianDc {
+        Self::start_with(None).await
+    }
+
+    /// Starts the fake over TLS with this certificate chain and key (a private PKI).
+    pub async fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> FakeAtlassianDc {
+        Self::start_with(Some((cert_pem.to_vec(), key_pem.to_vec()))).await
+    }
+
+    async fn start_with(tls: Option<(Vec<u8>, Vec<u8>)>) -> FakeAtlassianDc {
         let state = Arc::new(DcState {
             pats: Mutex::new(Vec::new()),
             pat_api: Mutex::new(true),
@@ -198,8 +207,15 @@ impl FakeAtlassianDc {
             counter: AtomicU64::new(100),
         });
         let s = state.clone();
-        let (url, task) = crate::loopback::serve(move |req| s.clone().handle(req)).await;
-        let authority = url.trim_start_matches("http://").to_owned();
+        let handler = move |req| s.clone().handle(req);
+        let (url, task) = match tls {
+            Some((cert, key)) => crate::loopback::serve_tls(handler, &cert, &key).await,
+            None => crate::loopback::serve(handler).await,
+        };
+        let authority = url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_owned();
         FakeAtlassianDc {
             url,
             authority,

@@ -255,3 +255,88 @@ async fn an_instance_without_the_pat_api_is_reported() {
         assert_eq!((s, code(&v)), (400, "bad_request"), "{url}: {v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_pki_instance_is_trusted_only_with_its_ca() {
+    let (tmp, pki) = setup();
+    let read = |f: &str| std::fs::read(pki.dir.join(f)).unwrap();
+    // The fake serves the test CA's server certificate (127.0.0.1), which no platform root
+    // trusts.
+    let dc = FakeAtlassianDc::start_tls(&read("server.crt"), &read("server.key")).await;
+    let toml = format!(
+        "[providers.atlassian_dc_pat]\nallowed_hosts = [\"{}\"]\ntimeout_ms = 3000\n",
+        dc.authority
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: toml,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let pat = dc.state.issue("scanner", 60);
+    let ca = String::from_utf8(read("ca.crt")).unwrap();
+    for (id, config) in [
+        ("dc-public", json!({"base_url": dc.url, "product": "jira"})),
+        (
+            "dc-private",
+            json!({"base_url": dc.url, "product": "jira", "ca_pem": ca}),
+        ),
+    ] {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            "/v1/admin/bindings",
+            Some(
+                json!({"id": id, "tenant": "t1", "provider": "atlassian_dc_pat", "config": config}),
+            ),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = call(
+            &mut op,
+            Method::PUT,
+            &format!("/v1/admin/bindings/{id}/secret"),
+            Some(json!({"fields": {"token": pat.raw}})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    // Without the CA the TLS handshake fails: unavailable, nothing sent.
+    let before = dc.state.requests.lock().unwrap().len();
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/dc-public/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert_eq!(
+        dc.state.requests.lock().unwrap().len(),
+        before,
+        "a request reached an untrusted server"
+    );
+    // With the binding's CA it works (for that binding only).
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/dc-private/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // A CA bundle that is not PEM certificates is refused at bind time.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"id": "dc-bad", "tenant": "t1", "provider": "atlassian_dc_pat",
+                    "config": {"base_url": dc.url, "product": "jira", "ca_pem": "not a certificate"}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+}

@@ -75,11 +75,17 @@ pub enum Product {
 struct ConfigFile {
     base_url: String,
     product: String,
+    /// PEM CA certificates of the instance's private PKI (trusted besides the platform's
+    /// roots, for this binding only).
+    #[serde(default)]
+    ca_pem: Option<String>,
 }
 
 struct DcBinding {
     base: String,
     product: Product,
+    /// A client that also trusts the binding's private CA, when it has one.
+    http: Option<Http>,
 }
 
 /// Parses a binding's configuration (`{"base_url", "product": "jira"|"confluence"}`): https;
@@ -91,6 +97,9 @@ struct DcBinding {
 pub fn parse_config(config: &Value, allowed: &[String]) -> Result<(String, Product), String> {
     let c: ConfigFile = serde_json::from_value(config.clone())
         .map_err(|e| format!("atlassian_dc_pat config: {e}"))?;
+    if c.ca_pem.as_ref().is_some_and(|p| p.len() > 64 * 1024) {
+        return Err("ca_pem is larger than 64 KiB".into());
+    }
     let product = match c.product.as_str() {
         "jira" => Product::Jira,
         "confluence" => Product::Confluence,
@@ -147,6 +156,7 @@ impl AtlassianDc {
 
     async fn call(
         &self,
+        b: &DcBinding,
         method: http::Method,
         url: &str,
         token: &str,
@@ -171,8 +181,10 @@ impl AtlassianDc {
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))
             .map_err(|_| ProviderError::InvalidConfig("base_url is not a valid URI".into()))?;
-        let a = self
+        let a = b
             .http
+            .as_ref()
+            .unwrap_or(&self.http)
             .exchange(
                 request,
                 self.per_request(budget),
@@ -206,6 +218,7 @@ impl AtlassianDc {
     ) -> Result<Option<String>, Option<ProviderError>> {
         let a = self
             .call(
+                b,
                 http::Method::GET,
                 &format!("{}/rest/pat/latest/tokens", b.base),
                 token,
@@ -288,7 +301,15 @@ impl Provider for AtlassianDc {
         }
         let (base, product) = parse_config(config, &self.settings.allowed_hosts)
             .map_err(ProviderError::InvalidConfig)?;
-        Ok(Bound::new(DcBinding { base, product }))
+        let http = match config.get("ca_pem").and_then(Value::as_str) {
+            Some(pem) => Some(Http::with_extra_roots(pem).map_err(ProviderError::InvalidConfig)?),
+            None => None,
+        };
+        Ok(Bound::new(DcBinding {
+            base,
+            product,
+            http,
+        }))
     }
 
     fn describe_ceiling(&self, _binding: &BindingContext<'_>) -> Value {
@@ -356,6 +377,7 @@ impl Probe for AtlassianDc {
         };
         let a = self
             .call(
+                b,
                 http::Method::GET,
                 &format!("{}{path}", b.base),
                 token,
@@ -425,6 +447,7 @@ impl SelfRotation for AtlassianDc {
         );
         let a = self
             .call(
+                b,
                 http::Method::POST,
                 &format!("{}/rest/pat/latest/tokens", b.base),
                 token,
@@ -480,6 +503,7 @@ impl SelfRotation for AtlassianDc {
         };
         let a = self
             .call(
+                b,
                 http::Method::DELETE,
                 &format!("{}/rest/pat/latest/tokens/{id}", b.base),
                 token,
