@@ -579,6 +579,13 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
                 target: FlagTarget::Key("product"),
                 required: true,
             },
+            ConfigFlag {
+                long: "ca-pem",
+                help: "PEM CA certificates of the instance's private PKI, trusted for this binding only (e.g. \"$(cat ca.pem)\").",
+                value: FlagValue::Text,
+                target: FlagTarget::Key("ca_pem"),
+                required: false,
+            },
         ],
         onboard: None,
         onboard_pin: OnboardPin::None,
