@@ -11,8 +11,8 @@
 mod ceiling;
 pub mod lint;
 mod params;
+mod settings;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,117 +30,13 @@ use time::OffsetDateTime;
 
 pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
 pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
+pub(crate) use settings::DESCRIPTOR;
+pub use settings::{AwsSettings, ID};
 
-use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue,
-    ProviderDescriptor, TemplateLint,
-};
 use crate::{
     BindingContext, Bound, CachePolicy, CeilingEnforcement, CredentialScope, IssuedCredential,
     MintRequest, Narrowing, Probe, ProbeReport, Provider, ProviderError, RefusalReason,
     SecretFields, SecretRequirement, TenantParameter,
-};
-
-/// Platform-side settings (`[providers.aws_assume_role]` in the broker config).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsSettings {
-    /// STS region (regional endpoint).
-    pub region: String,
-    /// Custom STS endpoint (tests, GovCloud-style partitions); default: the regional one.
-    #[serde(default)]
-    pub endpoint_url: Option<String>,
-    /// The vendor (platform) AWS account customers' roles trust.
-    pub vendor_account_id: String,
-    /// Session length when the binding does not say (clamped to 900..=max).
-    #[serde(default = "default_duration")]
-    pub default_duration_s: u32,
-    /// Longest session any binding may request (the shipped roles allow 3600).
-    #[serde(default = "default_duration")]
-    pub max_duration_s: u32,
-    /// Per-attempt deadline for one STS call, milliseconds.
-    #[serde(default = "default_attempt_timeout")]
-    pub attempt_timeout_ms: u64,
-    /// Attempts per call (1 = no retry); throttling and 5xx are retried with jittered backoff.
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
-    /// The platform ceiling file (policies/aws.json).
-    pub ceiling_file: std::path::PathBuf,
-}
-
-impl AwsSettings {
-    /// Every file path in the settings, for the config loader to resolve relative paths
-    /// against the config file.
-    pub fn paths_mut(&mut self) -> Vec<&mut std::path::PathBuf> {
-        vec![&mut self.ceiling_file]
-    }
-}
-
-fn default_duration() -> u32 {
-    3600
-}
-fn default_attempt_timeout() -> u64 {
-    3000
-}
-fn default_attempts() -> u32 {
-    3
-}
-
-/// The registry id.
-pub const ID: &str = "aws_assume_role";
-
-fn build(section: toml::Value, base: &std::path::Path) -> BuildFuture {
-    let parsed: Result<AwsSettings, String> = section.try_into().map_err(|e| format!("{e}"));
-    let base = base.to_owned();
-    Box::pin(async move {
-        let mut settings = parsed?;
-        for p in settings.paths_mut() {
-            resolve_path(&base, p);
-        }
-        let provider: Arc<dyn Provider> = Arc::new(AwsAssumeRole::new(settings).await?);
-        Ok(provider)
-    })
-}
-
-/// The catalog entry.
-pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
-    id: ID,
-    availability: Availability::Configured(build),
-    cli: CliSpec {
-        name: "aws",
-        about: "AWS AssumeRole into the customer's role (the ExternalId is the broker's, per tenant).",
-        binding_flags: &[
-            ConfigFlag {
-                long: "role-arn",
-                help: "The RoleArn output of the customer's stack.",
-                value: FlagValue::Text,
-                target: FlagTarget::Key("role_arn"),
-                required: true,
-            },
-            ConfigFlag {
-                long: "duration-s",
-                help: "Session length in seconds (900..=the platform maximum).",
-                value: FlagValue::Integer,
-                target: FlagTarget::Key("duration_s"),
-                required: false,
-            },
-            ConfigFlag {
-                long: "source-identity",
-                help: "Pass the worker name as SourceIdentity (the role must trust sts:SetSourceIdentity).",
-                value: FlagValue::Switch,
-                target: FlagTarget::Key("source_identity"),
-                required: false,
-            },
-        ],
-        onboard: Some("Print the tenant's ExternalId, the vendor account id and the template parameters."),
-        keys: None,
-        onboard_pin: crate::registry::OnboardPin::None,
-        revoke_tokens: false,
-    },
-    template_lint: Some(TemplateLint {
-        dir: "aws",
-        run: lint::lint,
-    }),
 };
 
 /// The provider.
