@@ -23,6 +23,7 @@ use credbroker_providers::{BindingContext, SecretFields, SecretRequirement};
 use super::{random_alphanumeric, store_err, AdminService, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
+use crate::callbacks::sha256_hex;
 use crate::intake_page::{self as pages, IntakeAnswer, INTAKE_COOKIE};
 use crate::model::now_rfc3339;
 use crate::store::records::IntakeLink;
@@ -49,10 +50,6 @@ pub struct NewIntake {
     pub creator: String,
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
-}
-
 /// Whether `token` looks like a link token (43 base64url characters).
 fn token_ok(token: &str) -> bool {
     token.len() == 43
@@ -62,15 +59,7 @@ fn token_ok(token: &str) -> bool {
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == INTAKE_COOKIE).then(|| v.to_owned())
-        })
+    crate::callbacks::cookie(headers, INTAKE_COOKIE)
 }
 
 /// Parses an intake form body: its `csrf` value and the `f_<name>` fields among `allowed`
@@ -446,7 +435,7 @@ impl AdminService {
         let written = {
             let _guard = self.lock.lock().await;
             let plan = self.plan_secret_write(&link.binding, fields, true).await;
-            self.commit_intake(
+            self.commit_plan(
                 Self::intake_event(&link, request_id, "secret.rotate"),
                 plan,
                 &by,
@@ -454,7 +443,7 @@ impl AdminService {
             .await
         };
         let version = match written {
-            Ok(v) => v["version"]
+            Ok((v, _)) => v["version"]
                 .as_u64()
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(0),
@@ -485,7 +474,7 @@ impl AdminService {
                         p
                     });
                 let promoted = self
-                    .commit_intake(
+                    .commit_plan(
                         Self::intake_event(&link, request_id, "secret.promote"),
                         plan,
                         &format!("{by}; link used"),
@@ -528,22 +517,6 @@ impl AdminService {
                 pages::result(false, &e.message, left)
             }
         }
-    }
-
-    async fn commit_intake(
-        &self,
-        mut event: AuditEvent,
-        plan: Result<Plan, ApiError>,
-        by: &str,
-    ) -> Result<Value, (ApiError, Option<AuditReceipt>)> {
-        let plan = plan.map_err(|e| (e, None))?;
-        event.outcome = "allowed".into();
-        event.detail = Some(format!("{} ({by})", plan.detail));
-        let receipt = self
-            .commit_audited(event, plan.batch, plan.invalidate_binding.as_deref())
-            .await?;
-        let _ = receipt;
-        Ok(plan.response)
     }
 
     /// Stamps who created an intake link (the admin request's actor).

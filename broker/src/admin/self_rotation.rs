@@ -51,8 +51,9 @@ impl AdminService {
         }
     }
 
-    /// Commits a plan made under the admin lock, audited as `event`.
-    async fn commit_plan(
+    /// Commits a plan made under the admin lock, audited as `event` with `note` appended to
+    /// its detail; a refused plan is audited as denied.
+    pub(super) async fn commit_plan(
         &self,
         mut event: AuditEvent,
         plan: Result<Plan, ApiError>,

@@ -28,6 +28,12 @@ pub const INSTALL_COOKIE: &str = "__Host-credbroker-install";
 /// The install cookie's value in a request's `Cookie` headers, if any. Never panics on any
 /// input (fuzzed).
 pub fn install_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, INSTALL_COOKIE)
+}
+
+/// The value of cookie `name` in a request's `Cookie` headers, if any (install and intake
+/// cookies). Never panics on any input (fuzzed through [`install_cookie`]).
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -35,7 +41,7 @@ pub fn install_cookie(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
-            (k == INSTALL_COOKIE).then(|| v.to_owned())
+            (k == name).then(|| v.to_owned())
         })
 }
 

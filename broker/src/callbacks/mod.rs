@@ -100,10 +100,12 @@ impl From<Answer> for CallbackAnswer {
 mod install;
 mod webhook;
 
+pub(crate) use install::cookie;
 pub use install::{install_cookie, INSTALL_COOKIE, MAX_LINK_OPENS};
 pub use webhook::DELIVERY_WINDOW_S;
 
-fn sha256_hex(data: &[u8]) -> String {
+/// SHA-256 of `data`, lower-case hex (state nonces, webhook bodies, intake tokens).
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
