@@ -622,3 +622,23 @@ pub async fn rotate_and_promote(
     assert_eq!(ps, 200, "{pv}");
     (s, v)
 }
+
+/// A `[public]` section on a free loopback port with the test server certificate and a rate
+/// generous enough for one test's many requests from one address; returns it and its port.
+pub fn public_section(pki: &TestPki) -> (String, u16) {
+    let port = free_port();
+    let section = format!(
+        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n\n",
+        pki.dir.join("server.crt").display().to_string(),
+        pki.dir.join("server.key").display().to_string(),
+    );
+    (section, port)
+}
+
+/// A `[providers.servicenow_oauth]` section for a fake instance at `authority`.
+pub fn servicenow_section(authority: &str) -> String {
+    format!(
+        "[providers.servicenow_oauth]\nceiling_file = {:?}\nallowed_hosts = [\"{authority}\"]\ntimeout_ms = 3000\n",
+        repo_root().join("policies/servicenow.json").display().to_string(),
+    )
+}

@@ -61,11 +61,9 @@ fn consent_all(entra: &FakeEntra, tenant: &str, sp: &str) {
 async fn start() -> Env {
     let (tmp, pki) = setup();
     let entra = FakeEntra::start(CLIENT_ID, SECRET_A).await;
-    let port = free_port();
+    let (public, port) = public_section(&pki);
     let extra = format!(
-        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n\n[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{}\"\narm_base_url = \"{}\"\ngraph_base_url = \"{}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {:?}\ntimeout_ms = 3000\n",
-        pki.dir.join("server.crt").display().to_string(),
-        pki.dir.join("server.key").display().to_string(),
+        "{public}[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{}\"\narm_base_url = \"{}\"\ngraph_base_url = \"{}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {:?}\ntimeout_ms = 3000\n",
         entra.url,
         entra.url,
         entra.url,

@@ -35,14 +35,8 @@ async fn start() -> (
 ) {
     let (tmp, pki) = setup();
     let sn = FakeServiceNow::start(CLIENT, SECRET, &["snc_read_only"]).await;
-    let port = free_port();
-    let extra = format!(
-        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n\n[providers.servicenow_oauth]\nceiling_file = {:?}\nallowed_hosts = [\"{}\"]\ntimeout_ms = 3000\n",
-        pki.dir.join("server.crt").display().to_string(),
-        pki.dir.join("server.key").display().to_string(),
-        repo_root().join("policies/servicenow.json").display().to_string(),
-        sn.authority
-    );
+    let (public, _) = public_section(&pki);
+    let extra = format!("{public}{}", servicenow_section(&sn.authority));
     let daemon = Daemon::start(
         tmp.path(),
         &pki,

@@ -24,11 +24,7 @@ struct Env {
 async fn start() -> Env {
     let (tmp, pki) = setup();
     let sn = FakeServiceNow::start(CLIENT, SECRET, &["snc_read_only", "sn_cmdb_user"]).await;
-    let extra = format!(
-        "[providers.servicenow_oauth]\nceiling_file = {:?}\nallowed_hosts = [\"{}\"]\ntimeout_ms = 3000\n",
-        repo_root().join("policies/servicenow.json").display().to_string(),
-        sn.authority
-    );
+    let extra = servicenow_section(&sn.authority);
     let daemon = Daemon::start(
         tmp.path(),
         &pki,
