@@ -250,6 +250,24 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
     assert!(used.html.contains("no longer valid"));
     let p = post(&mut public, &path, Some(&cookie), &good).await;
     assert_eq!(p.status, 404);
+    // An anonymous client posting to links that never existed (or were used) changes
+    // nothing and leaves no audit record: counted only.
+    let records = daemon.audit_records().len();
+    for _ in 0..5 {
+        let p = post(
+            &mut public,
+            "/intake/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            Some(&cookie),
+            &good,
+        )
+        .await;
+        assert_eq!(p.status, 404);
+    }
+    assert_eq!(
+        daemon.audit_records().len(),
+        records,
+        "an unauthenticated intake request was audited"
+    );
 
     // The canary is nowhere: pages, admin answers, audit log, logs, the raw data directory.
     let (_, listed) = call(&mut op, Method::GET, "/v1/admin/intake", None).await;
