@@ -63,6 +63,7 @@ impl BrokerSettings {
                 max_batch: config.audit.max_batch,
                 checkpoint_every_records: config.audit.checkpoint_every_records,
                 checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_s.max(1)),
+                forensic_start: config.audit.forensic_start,
             },
             callback_state_ttl_s: config
                 .public

@@ -250,6 +250,16 @@ pub struct AuditSettings {
     pub checkpoint_every_records: u64,
     /// …or after this many seconds with unanchored records.
     pub checkpoint_interval_s: u64,
+    /// Set by `serve --forensic-start`, never by the file.
+    #[serde(skip)]
+    pub forensic_start: bool,
+}
+
+impl AuditSettings {
+    /// The longest tail the writer leaves without a signed checkpoint.
+    pub fn max_unanchored(&self) -> u64 {
+        crate::audit::max_unanchored(self.checkpoint_every_records, self.max_batch)
+    }
 }
 
 impl Default for AuditSettings {
@@ -258,6 +268,7 @@ impl Default for AuditSettings {
             max_batch: 128,
             checkpoint_every_records: 1000,
             checkpoint_interval_s: 60,
+            forensic_start: false,
         }
     }
 }

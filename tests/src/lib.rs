@@ -272,6 +272,7 @@ pub struct Daemon {
     /// `https://127.0.0.1:PORT` of the public callback listener, when configured.
     pub public_url: Option<String>,
     env: Vec<(String, String)>,
+    serve_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -303,6 +304,7 @@ impl Daemon {
             stderr_path: root.join("daemon.stderr"),
             public_url: None,
             env: options.env.clone(),
+            serve_args: Vec::new(),
             child: None,
         };
         d.spawn();
@@ -318,6 +320,7 @@ impl Daemon {
         let mut child = Command::new(daemon_bin())
             .args(["serve", "--config"])
             .arg(&self.config)
+            .args(&self.serve_args)
             .env("RUST_LOG", "debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
@@ -373,6 +376,19 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Restarts with extra `serve` arguments (kept for later restarts).
+    pub fn restart_with(&mut self, serve_args: &[&str]) {
+        self.stop();
+        self.serve_args = serve_args.iter().map(|a| (*a).to_owned()).collect();
+        self.spawn();
+    }
+
+    /// Runs `serve` on this daemon's config while it is stopped, expecting a refusal:
+    /// returns the exit code and stderr (panics if it is still running after 30 s).
+    pub fn serve_refused(&self, serve_args: &[&str]) -> (i32, String) {
+        serve_refused(&self.config, serve_args, &self.env)
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`, `KILL`).
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
@@ -424,6 +440,42 @@ impl Daemon {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// Runs `serve --config CONFIG ARGS` expecting it to refuse to start: returns the exit code
+/// and stderr; panics if it is still running after 30 s.
+pub fn serve_refused(
+    config: &Path,
+    serve_args: &[&str],
+    env: &[(String, String)],
+) -> (i32, String) {
+    let err_path = config.with_extension(format!("refused-{}.stderr", free_port()));
+    let mut child = Command::new(daemon_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(serve_args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "serve started instead of refusing; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    (status.code().unwrap_or(-1), err)
 }
 
 impl Drop for Daemon {

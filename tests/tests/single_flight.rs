@@ -135,5 +135,10 @@ async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
     server.shutdown(Duration::from_secs(5)).await;
     broker.shutdown();
     let verifier = credbroker::keys::AuditVerifier::load(&config.audit_public_key_file()).unwrap();
-    credbroker::audit::verify_log(&config.audit_dir(), &verifier).unwrap();
+    credbroker::audit::verify_log(
+        &config.audit_dir(),
+        &verifier,
+        config.audit.max_unanchored(),
+    )
+    .unwrap();
 }

@@ -125,12 +125,13 @@ pub fn export(
     audit_dir: &Path,
     filter: &ExportFilter,
     signer: &AuditSigner,
+    max_unanchored: u64,
     out: &mut dyn Write,
 ) -> std::io::Result<u64> {
     // Never attest a log that does not verify: a record altered or removed in the live log
     // (by someone who can write the data directory but has no key) would otherwise come out
     // of a filtered export looking signed.
-    super::verify::verify_log(audit_dir, &signer.verifier()).map_err(|e| {
+    super::verify::verify_log(audit_dir, &signer.verifier(), max_unanchored).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),

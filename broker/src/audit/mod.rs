@@ -21,8 +21,10 @@ mod writer;
 
 pub use export::{export, ExportFilter};
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
-pub use verify::{verify_export, verify_log, VerifyFailure, VerifySummary};
-pub use writer::{AuditConfig, AuditError, AuditLog, AuditReceipt};
+pub use verify::{
+    verify_export, verify_log, verify_since_last_checkpoint, VerifyFailure, VerifySummary,
+};
+pub use writer::{max_unanchored, AuditConfig, AuditError, AuditLog, AuditReceipt};
 
 use std::path::{Path, PathBuf};
 

@@ -49,6 +49,9 @@ pub struct VerifyFailure {
     pub reason: String,
 }
 
+/// Said when no signature verifies with the public key given.
+const WRONG_KEY: &str = "no signature verifies with this public key: it is not the key that signed this log (compare it with the copy you pinned, and with `credbroker audit public-key`), or every signature was forged";
+
 fn fail(seq: u64, reason: impl Into<String>) -> VerifyFailure {
     VerifyFailure {
         seq,
@@ -59,6 +62,8 @@ fn fail(seq: u64, reason: impl Into<String>) -> VerifyFailure {
 struct Chain<'a> {
     verifier: &'a AuditVerifier,
     contiguous: bool,
+    /// For the live log: how many records at its end may lack a signed checkpoint.
+    max_unanchored: Option<u64>,
     expected: Option<u64>,
     prev_seq: Option<u64>,
     prev_hash: String,
@@ -71,6 +76,7 @@ impl<'a> Chain<'a> {
         Chain {
             verifier,
             contiguous,
+            max_unanchored: None,
             expected: if contiguous { Some(1) } else { None },
             prev_seq: None,
             prev_hash: GENESIS_HASH.to_owned(),
@@ -140,6 +146,21 @@ impl<'a> Chain<'a> {
     }
 
     fn checkpoints(&mut self, cps: &[Checkpoint]) -> Result<(), VerifyFailure> {
+        // A key that verifies none of them is the wrong key, not evidence of forgery:
+        // tell the two apart before naming a forged checkpoint.
+        if let Some(first) = cps.first() {
+            let genuine = |cp: &Checkpoint| {
+                B64.decode(&cp.signature).is_ok_and(|sig| {
+                    self.verifier.verify(
+                        &Checkpoint::signed_message(cp.seq, &cp.hash, &cp.time),
+                        &sig,
+                    )
+                })
+            };
+            if !cps.iter().any(genuine) {
+                return Err(fail(first.seq, WRONG_KEY));
+            }
+        }
         let mut last = 0;
         for cp in cps {
             let sig = B64
@@ -168,6 +189,26 @@ impl<'a> Chain<'a> {
                     format!("log ends at {last} but a signed checkpoint covers {cp_seq} (records removed)"),
                 ));
             }
+            // A chain alone proves nothing: whoever can write the file can recompute every
+            // hash. Only the records up to a signed checkpoint are proven; the writer signs
+            // one at least every `max_unanchored` records, so a longer unsigned tail means
+            // checkpoints were removed.
+            let anchored = self
+                .anchors
+                .range(..=last)
+                .next_back()
+                .map_or(0, |(s, _)| *s);
+            if let Some(max) = self.max_unanchored {
+                if last - anchored > max {
+                    return Err(fail(
+                        anchored + 1,
+                        format!(
+                            "records {}..{last} are not covered by a signed checkpoint; the writer signs one at least every {max} records (checkpoints removed, or the log rewritten)",
+                            anchored + 1
+                        ),
+                    ));
+                }
+            }
         }
         Ok(self.summary)
     }
@@ -190,29 +231,134 @@ fn parse_checkpoints(bytes: &[u8]) -> Result<Vec<Checkpoint>, VerifyFailure> {
         .collect()
 }
 
+fn read_checkpoints(audit_dir: &Path) -> Result<Vec<Checkpoint>, VerifyFailure> {
+    match std::fs::read(checkpoints_path(audit_dir)) {
+        Ok(b) => parse_checkpoints(&b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(fail(0, format!("cannot read checkpoints: {e}"))),
+    }
+}
+
 /// Verifies the live log in `audit_dir` (safe while the daemon appends to it).
+///
+/// `max_unanchored` is the longest tail the writer leaves without a signed checkpoint
+/// ([`crate::audit::AuditConfig::max_unanchored`]); a longer one fails, since without a
+/// checkpoint anyone able to write the file can recompute every hash.
 ///
 /// # Errors
 /// The first [`VerifyFailure`]; unreadable files fail at sequence 0.
 pub fn verify_log(
     audit_dir: &Path,
     verifier: &AuditVerifier,
+    max_unanchored: u64,
 ) -> Result<VerifySummary, VerifyFailure> {
     // Checkpoints first: a checkpoint written after we read the log would otherwise look
     // like a truncated log.
-    let cps = match std::fs::read(checkpoints_path(audit_dir)) {
-        Ok(b) => parse_checkpoints(&b)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(fail(0, format!("cannot read checkpoints: {e}"))),
-    };
-    let log = std::fs::read(log_path(audit_dir))
+    let cps = read_checkpoints(audit_dir)?;
+    let log = read_to_length(&log_path(audit_dir))
         .map_err(|e| fail(0, format!("cannot read audit log: {e}")))?;
     let mut chain = Chain::new(verifier, true);
+    chain.max_unanchored = Some(max_unanchored);
     chain.checkpoints(&cps)?;
     for line in complete_lines(&log) {
         chain.record(line)?;
     }
     chain.finish()
+}
+
+/// The start-up check: the last signed checkpoint is genuine, the record it covers is in
+/// the log with that hash, and the chain runs unbroken from it to the end, within the
+/// unsigned tail the writer may leave. Reads only that tail, whatever the log's size.
+///
+/// # Errors
+/// The first [`VerifyFailure`].
+pub fn verify_since_last_checkpoint(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+) -> Result<VerifySummary, VerifyFailure> {
+    let cps = read_checkpoints(audit_dir)?;
+    let Some(last) = cps.last() else {
+        // No checkpoint at all: only a log shorter than the unsigned tail is acceptable,
+        // and it is short enough to read whole.
+        return verify_log(audit_dir, verifier, max_unanchored);
+    };
+    let mut chain = Chain::new(verifier, true);
+    chain.max_unanchored = Some(max_unanchored);
+    chain.expected = Some(last.seq);
+    chain.checkpoints(std::slice::from_ref(last))?;
+    let bytes = read_from_seq(&log_path(audit_dir), last.seq)?;
+    for line in complete_lines(&bytes) {
+        chain.record(line)?;
+    }
+    if chain.summary.first_seq != Some(last.seq) {
+        return Err(fail(
+            last.seq,
+            "the record the last signed checkpoint covers is not in the log (records removed)",
+        ));
+    }
+    chain.finish()
+}
+
+/// The file's bytes up to the length it has now: appends made while it is read are left for
+/// the next verification, and a device standing in for the file (a test's `/dev/full`) reads
+/// as empty rather than without end.
+fn read_to_length(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The log's bytes from the line holding record `seq` to the end, found by reading
+/// backwards in growing windows (records are far below 64 KiB).
+fn read_from_seq(path: &Path, seq: u64) -> Result<Vec<u8>, VerifyFailure> {
+    use std::io::{Read, Seek, SeekFrom};
+    #[derive(Deserialize)]
+    struct SeqOnly {
+        seq: u64,
+    }
+    let unreadable = |e: std::io::Error| fail(0, format!("cannot read audit log: {e}"));
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    let mut window = 256 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).map_err(unreadable)?;
+        let mut buf = Vec::new();
+        (&mut file)
+            .take(len - start)
+            .read_to_end(&mut buf)
+            .map_err(unreadable)?;
+        // The first line may be cut by the window; skip it unless the window is the file.
+        let from = if start == 0 {
+            0
+        } else {
+            buf.iter()
+                .position(|b| *b == b'\n')
+                .map_or(buf.len(), |p| p + 1)
+        };
+        let mut offset = from;
+        let mut covered = start == 0;
+        for line in buf[from..].split_inclusive(|b| *b == b'\n') {
+            let at = serde_json::from_slice::<SeqOnly>(line.strip_suffix(b"\n").unwrap_or(line))
+                .map(|r| r.seq)
+                .ok();
+            match at {
+                Some(s) if s == seq => return Ok(buf.split_off(offset)),
+                Some(s) if s < seq => covered = true,
+                _ => {}
+            }
+            offset += line.len();
+        }
+        if covered {
+            // The window reaches back past `seq` and the record is not there.
+            return Ok(Vec::new());
+        }
+        window = window.saturating_mul(4);
+    }
 }
 
 #[derive(Deserialize)]
@@ -232,6 +378,35 @@ struct CheckpointLine {
 #[serde(deny_unknown_fields)]
 struct AttestLine {
     attest: Attestation,
+}
+
+/// Whether any attestation line of an export verifies with `verifier`, taking each record's
+/// hash as its line states it: this only tells a wrong key from a forged header.
+fn any_attestation_verifies(bytes: &[u8], export_id: &str, verifier: &AuditVerifier) -> bool {
+    #[derive(Deserialize)]
+    struct SeqHash {
+        seq: u64,
+        hash: String,
+    }
+    let hashes: BTreeMap<u64, String> = complete_lines(bytes)
+        .filter(|l| l.starts_with(b"{\"seq\":"))
+        .filter_map(|l| serde_json::from_slice::<SeqHash>(l).ok())
+        .map(|r| (r.seq, r.hash))
+        .collect();
+    complete_lines(bytes)
+        .filter(|l| l.starts_with(b"{\"attest\":"))
+        .filter_map(|l| serde_json::from_slice::<AttestLine>(l).ok())
+        .any(|a| {
+            let (Some(hash), Ok(sig)) =
+                (hashes.get(&a.attest.seq), B64.decode(&a.attest.signature))
+            else {
+                return false;
+            };
+            verifier.verify(
+                &attest_message(export_id, a.attest.prev, a.attest.seq, hash),
+                &sig,
+            )
+        })
 }
 
 /// Verifies an export file produced by `credbroker audit export`: the signed header (filter,
@@ -265,6 +440,9 @@ pub fn verify_export(
         .decode(&header.signature)
         .map_err(|_| fail(0, "export header signature is not base64"))?;
     if h.version != 2 || !verifier.verify(&h.signed_message(), &sig) {
+        if h.version == 2 && !any_attestation_verifies(bytes, &h.export_id, verifier) {
+            return Err(fail(0, WRONG_KEY));
+        }
         return Err(fail(
             0,
             "export header signature is invalid (the header — filter, range, count — was altered, or another key signed it)",

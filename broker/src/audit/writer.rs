@@ -35,6 +35,22 @@ pub struct AuditConfig {
     pub checkpoint_every_records: u64,
     /// …or after this long with unanchored records.
     pub checkpoint_interval: Duration,
+    /// Start even when the log does not verify from its last signed checkpoint (forensic
+    /// starts only: `serve --forensic-start`).
+    pub forensic_start: bool,
+}
+
+impl AuditConfig {
+    /// The longest tail the writer leaves without a signed checkpoint: it signs after every
+    /// batch that brings the unsigned records to `checkpoint_every_records`.
+    pub fn max_unanchored(&self) -> u64 {
+        max_unanchored(self.checkpoint_every_records, self.max_batch)
+    }
+}
+
+/// See [`AuditConfig::max_unanchored`].
+pub fn max_unanchored(checkpoint_every_records: u64, max_batch: usize) -> u64 {
+    checkpoint_every_records.saturating_add(max_batch as u64)
 }
 
 /// Why a record could not be made durable.
@@ -46,6 +62,14 @@ pub enum AuditError {
     /// The writer has stopped (shutdown or a failure it cannot recover from).
     #[error("audit writer is not running")]
     Stopped,
+    /// The log does not verify from its last signed checkpoint to its end.
+    #[error("audit log {path} does not verify: {reason}. Refusing to start on a log that may have been rewritten; investigate with `credbroker audit verify` (runbooks/audit-verification.md), or start with `serve --forensic-start` to override")]
+    Unverified {
+        /// File.
+        path: String,
+        /// The verification failure.
+        reason: String,
+    },
     /// The log on disk is inconsistent at start-up.
     #[error("audit log {path} is inconsistent: {reason} (run `credbroker audit verify`)")]
     Inconsistent {
@@ -435,6 +459,22 @@ impl AuditLog {
                 ),
             });
         }
+        if let Err(f) = super::verify::verify_since_last_checkpoint(
+            &config.dir,
+            &signer.verifier(),
+            config.max_unanchored(),
+        ) {
+            if !config.forensic_start {
+                return Err(AuditError::Unverified {
+                    path: log.display().to_string(),
+                    reason: f.to_string(),
+                });
+            }
+            tracing::error!(
+                failure = %f,
+                "FORENSIC START: the audit log does not verify from its last signed checkpoint; new records are chained onto it regardless"
+            );
+        }
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
         let writer = Writer {
@@ -525,6 +565,7 @@ mod tests {
             max_batch: 64,
             checkpoint_every_records: 10,
             checkpoint_interval: Duration::from_secs(3600),
+            forensic_start: false,
         }
     }
 
@@ -569,7 +610,7 @@ mod tests {
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
         log.close();
         let verifier = signer(&keys).verifier();
-        let summary = verify_log(&dir, &verifier).unwrap();
+        let summary = verify_log(&dir, &verifier, 74).unwrap();
         assert_eq!(summary.records, 200);
         assert_eq!(summary.last_checkpoint, Some(200));
 
@@ -583,7 +624,7 @@ mod tests {
         let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
         assert_eq!(log.append(ev(0)).await.unwrap().seq, 201);
         log.close();
-        assert_eq!(verify_log(&dir, &verifier).unwrap().records, 201);
+        assert_eq!(verify_log(&dir, &verifier, 74).unwrap().records, 201);
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// TOML config file (keys documented in README, "Configuration").
     #[arg(long, env = "CREDBROKER_CONFIG")]
     config: PathBuf,
+    /// Start even though the audit log does not verify from its last signed checkpoint to
+    /// its end (forensic starts only; new records are chained onto the unverified log).
+    #[arg(long)]
+    forensic_start: bool,
 }
 
 /// Where a local (offline) command finds the broker's files.
@@ -191,9 +195,28 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
                     }
                 };
                 let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
-                audit::verify_log(&config.audit_dir(), &verifier)
+                audit::verify_log(
+                    &config.audit_dir(),
+                    &verifier,
+                    config.audit.max_unanchored(),
+                )
             };
             match result {
+                Ok(s) if s.records == 0 => {
+                    println!(
+                        "audit OK: {} holds no records{}{}",
+                        if args.export.is_some() {
+                            "the export (signature valid)"
+                        } else {
+                            "the log"
+                        },
+                        s.signed_head.map_or(String::new(), |h| format!(
+                            "; the log head was {h} when it was exported"
+                        )),
+                        trust_note
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
                 Ok(s) => {
                     println!(
                         "audit OK: {} records (sequence {}..{}), {} checkpoint(s) matched, last signed checkpoint at {}{}{}{}",
@@ -243,15 +266,27 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
                 Some(path) => {
                     let mut f = std::fs::File::create(path)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
-                    let n = audit::export(&config.audit_dir(), &filter, &signer, &mut f)
-                        .map_err(|e| e.to_string())?;
+                    let n = audit::export(
+                        &config.audit_dir(),
+                        &filter,
+                        &signer,
+                        config.audit.max_unanchored(),
+                        &mut f,
+                    )
+                    .map_err(|e| e.to_string())?;
                     f.sync_all().map_err(|e| e.to_string())?;
                     n
                 }
                 None => {
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    let n = audit::export(&config.audit_dir(), &filter, &signer, &mut out)
-                        .map_err(|e| e.to_string())?;
+                    let n = audit::export(
+                        &config.audit_dir(),
+                        &filter,
+                        &signer,
+                        config.audit.max_unanchored(),
+                        &mut out,
+                    )
+                    .map_err(|e| e.to_string())?;
                     out.flush().map_err(|e| e.to_string())?;
                     n
                 }
@@ -274,7 +309,8 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
 /// # Errors
 /// An invalid config, a provider that cannot start, or a listener that cannot bind.
 pub fn run_serve(args: &ServeArgs) -> Result<ExitCode, String> {
-    let config = Config::load(&args.config).map_err(|e| e.to_string())?;
+    let mut config = Config::load(&args.config).map_err(|e| e.to_string())?;
+    config.audit.forensic_start = args.forensic_start;
     config.check_kek_outside_data().map_err(|e| e.to_string())?;
     // Before any thread exists: the variable leaves the environment for good.
     if let Some(var) = &config.keys.kek_env {

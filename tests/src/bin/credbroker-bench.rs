@@ -665,7 +665,12 @@ async fn run(args: Args) {
     let verifier =
         credbroker::keys::AuditVerifier::load(&root.join("data/keys/audit-signing.pub")).unwrap();
     let t = Instant::now();
-    let summary = credbroker::audit::verify_log(&root.join("data/audit"), &verifier).unwrap();
+    let summary = credbroker::audit::verify_log(
+        &root.join("data/audit"),
+        &verifier,
+        credbroker::config::AuditSettings::default().max_unanchored(),
+    )
+    .unwrap();
     let secs = t.elapsed().as_secs_f64();
     println!(
         "audit verify: {} records in {:.2} s = {:.0} records/s (target >= 200000)",
@@ -1028,6 +1033,7 @@ fn fill_big_store(
             max_batch: 4096,
             checkpoint_every_records: 1000,
             checkpoint_interval: Duration::from_secs(60),
+            forensic_start: false,
         },
         signer,
     )
