@@ -317,7 +317,10 @@ impl Broker {
             keyring: keys.keyring,
             audit,
             fingerprint: keys.fingerprint,
-            cache: TokenCache::new(settings.cache_max_entries),
+            cache: TokenCache::with_join_counter(
+                settings.cache_max_entries,
+                metrics.cache_shared_mints.clone(),
+            ),
             breakers: Arc::new(crate::breaker::Breakers::with_mint_limits(
                 settings.breaker.0,
                 settings.breaker.1,

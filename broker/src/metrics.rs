@@ -43,6 +43,8 @@ pub struct Metrics {
     pub cache_hits: Counter,
     /// Cache misses (mints started or joined).
     pub cache_misses: Counter,
+    /// Misses that joined another request's in-flight mint (counted when they join).
+    pub cache_shared_mints: Counter,
     /// Upstream mint latency by provider.
     pub mint_latency: Family<ProviderLabel, Histogram>,
     /// Records per audit group commit.
@@ -100,6 +102,12 @@ impl Metrics {
         registry.register("cache_hits", "Token cache hits", cache_hits.clone());
         let cache_misses = Counter::default();
         registry.register("cache_misses", "Token cache misses", cache_misses.clone());
+        let cache_shared_mints = Counter::default();
+        registry.register(
+            "cache_shared_mints",
+            "Cache misses that joined another request's in-flight mint instead of minting",
+            cache_shared_mints.clone(),
+        );
         let mint_latency = Family::<ProviderLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
         });
@@ -194,6 +202,7 @@ impl Metrics {
             resolve_latency,
             cache_hits,
             cache_misses,
+            cache_shared_mints,
             mint_latency,
             audit_batch_size,
             audit_healthy,

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use prometheus_client::metrics::counter::Counter;
 use time::OffsetDateTime;
 
 use credbroker_providers::{IssuedCredential, ProviderError};
@@ -58,6 +59,7 @@ pub struct TokenCache {
     max_entries: usize,
     entries: Mutex<Entries>,
     in_flight: Mutex<HashMap<CacheKey, (u64, InFlight)>>,
+    joins: Counter,
 }
 
 /// Cached tokens and the invalidation epoch, under one lock: a mint caches its result only if
@@ -109,10 +111,17 @@ fn fresh(cred: &IssuedCredential, now: OffsetDateTime, min_ttl_s: u64) -> bool {
 impl TokenCache {
     /// An empty cache holding at most `max_entries` tokens.
     pub fn new(max_entries: usize) -> Arc<TokenCache> {
+        Self::with_join_counter(max_entries, Counter::default())
+    }
+
+    /// As [`TokenCache::new`], counting in `joins` every caller that waits on another
+    /// caller's in-flight mint (when it joins, not when the mint ends).
+    pub fn with_join_counter(max_entries: usize, joins: Counter) -> Arc<TokenCache> {
         Arc::new(TokenCache {
             max_entries: max_entries.max(1),
             entries: Mutex::new(Entries::default()),
             in_flight: Mutex::new(HashMap::new()),
+            joins,
         })
     }
 
@@ -204,7 +213,10 @@ impl TokenCache {
                 return Ok((cred, Source::Cached));
             }
             match in_flight.get(&key) {
-                Some((_, existing)) => (existing.clone(), false),
+                Some((_, existing)) => {
+                    self.joins.inc();
+                    (existing.clone(), false)
+                }
                 None => {
                     let epoch = observed_epoch;
                     let flight = self

@@ -19,6 +19,9 @@ pub struct CountingProvider {
     pub mints: Arc<AtomicUsize>,
     /// Simulated upstream latency.
     pub delay: Duration,
+    /// When set, every mint also waits for a permit here: a test holds the mint until all
+    /// its callers are parked on it.
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[async_trait]
@@ -58,6 +61,15 @@ impl Provider for CountingProvider {
     async fn mint(&self, _: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
         let n = self.mints.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::time::sleep(self.delay).await;
+        if let Some(gate) = &self.gate {
+            gate.acquire()
+                .await
+                .map_err(|_| ProviderError::Unavailable {
+                    message: "gate closed".into(),
+                    upstream_request_id: None,
+                })?
+                .forget();
+        }
         let mut credentials = SecretFields::new();
         credentials.insert("token", SecretString::from(format!("minted-{n}")));
         Ok(IssuedCredential {

@@ -635,6 +635,19 @@ pub fn setup() -> (tempfile::TempDir, Arc<TestPki>) {
 }
 
 /// `GET /metrics` with the metrics scraper's certificate (`prom`); the status and body.
+/// The value of one exposition series, `name` including its labels exactly as exposed
+/// (`credbroker_mints_total{provider="aws_assume_role"}`), or `None` when it is absent.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 pub async fn scrape(pki: &TestPki, url: &str) -> (http::StatusCode, Vec<u8>) {
     pki.client_for("prom", url)
         .request(http::Method::GET, "/metrics", None)

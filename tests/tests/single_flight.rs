@@ -31,10 +31,12 @@ async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
     let config = Config::load(&config_path).unwrap();
     BrokerKeys::init(&config).unwrap();
     let mints = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let mut registry = ProviderRegistry::builtin();
     registry.register(Arc::new(CountingProvider {
         mints: mints.clone(),
-        delay: Duration::from_millis(300),
+        delay: Duration::ZERO,
+        gate: Some(gate.clone()),
     }));
     let broker = Broker::open_with_config(&config, registry).await.unwrap();
     let tls = Arc::new(ReloadableTls::new(config.tls.clone()).unwrap());
@@ -77,6 +79,28 @@ async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
             resolve(&mut c, json!({"instance_id": "i1"})).await
         }));
     }
+    // The upstream answers only once all 200 are parked: one leading the mint, 199 joined to
+    // it. Without single flight they would all mint (or the test times out waiting).
+    let metrics = broker.metrics();
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while !(mints.load(Ordering::SeqCst) >= 1 && metrics.cache_shared_mints.get() >= 199) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "200 callers never parked on one mint: {} mints, {} joined",
+        mints.load(Ordering::SeqCst),
+        metrics.cache_shared_mints.get()
+    );
+    assert_eq!(mints.load(Ordering::SeqCst), 1, "one mint while all wait");
+    assert_eq!(
+        metrics.cache_hits.get(),
+        0,
+        "nobody was served from the cache"
+    );
+    gate.add_permits(1000);
     let mut tokens = std::collections::HashSet::new();
     let mut minted = 0;
     for t in tasks {
@@ -93,6 +117,8 @@ async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
         minted, 1,
         "one response reports the mint, the others shared it"
     );
+    assert_eq!(metrics.cache_shared_mints.get(), 199);
+    assert_eq!(metrics.cache_misses.get(), 200);
     let after = broker.audit_log().stats().records.load(Ordering::Relaxed);
     assert_eq!(after - before, 200, "one audit record per resolve");
 
@@ -125,12 +151,22 @@ async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
 
     let (_, metrics) = scrape(&pki, &url).await;
     let metrics = String::from_utf8(metrics).unwrap();
-    assert!(metrics.contains("credbroker_cache_hits_total"), "{metrics}");
+    // The exposition carries the values the broker counted, not only the names.
+    let value = |series: &str| {
+        metric_value(&metrics, series).unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    assert_eq!(value("credbroker_cache_hits_total"), 1.0, "{metrics}");
+    assert_eq!(value("credbroker_cache_shared_mints_total"), 199.0);
+    assert_eq!(value("credbroker_cache_misses_total"), 202.0);
+    assert_eq!(
+        value("credbroker_mints_total{provider=\"test_counting\"}"),
+        3.0
+    );
+    assert!(value("credbroker_audit_batch_size_count") >= 1.0);
     assert!(
-        metrics.contains("credbroker_audit_batch_size_bucket"),
+        value("credbroker_audit_batch_size_sum") >= 205.0,
         "{metrics}"
     );
-    assert!(metrics.contains("provider=\"test_counting\""), "{metrics}");
 
     server.shutdown(Duration::from_secs(5)).await;
     broker.shutdown();
