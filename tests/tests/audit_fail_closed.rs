@@ -58,8 +58,26 @@ async fn a_full_disk_fails_resolves_closed_and_service_recovers() {
         .unwrap()
         .contains("credbroker_audit_healthy 0"));
 
-    // Space returns: the next batch re-opens the log and continues the chain.
+    // Still full: the writer's idle re-probe keeps failing and /readyz stays 503.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (s, _) = call(&mut w1, Method::GET, "/readyz", None).await;
+    assert_eq!(s, 503);
+
+    // Space returns: /readyz recovers by itself, before any request writes (a load balancer
+    // waiting for /readyz would never send one), and the next batch continues the chain.
     restore_audit(&daemon.data_dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (s, _) = call(&mut w1, Method::GET, "/readyz", None).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz did not recover without a request"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["credentials"]["token"], "t1-token");
@@ -82,6 +100,7 @@ async fn a_full_disk_fails_resolves_closed_and_service_recovers() {
     assert!(daemon
         .logs()
         .contains("audit log re-opened after a failed write"));
+    assert!(daemon.logs().contains("audit log writable again"));
     let (c, out, err) = daemon.cli(&[
         "audit",
         "verify",

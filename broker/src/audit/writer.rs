@@ -273,6 +273,37 @@ impl Writer {
         })
     }
 
+    /// While unhealthy and idle: tries whether the log takes a durable write again, so
+    /// `/readyz` recovers without waiting for a request a load balancer would never send.
+    /// The probe appends bytes without a newline, syncs, and cuts them off again; if the
+    /// process dies in between, start-up cuts them as a torn tail (never a record).
+    fn probe(&mut self) {
+        if self.needs_reopen {
+            if let Err(e) = self.reopen() {
+                tracing::debug!(error = %e, "audit log still unavailable");
+                return;
+            }
+        }
+        let wrote = self
+            .file
+            .write_all(&[b' '; 512])
+            .and_then(|()| self.file.sync_data());
+        let cut = self
+            .file
+            .set_len(self.tail.len)
+            .and_then(|()| self.file.sync_data());
+        match (wrote, cut) {
+            (Ok(()), Ok(())) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                tracing::info!(seq = self.tail.seq, "audit log writable again");
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "audit log still not writable");
+                self.needs_reopen = true;
+            }
+        }
+    }
+
     /// Re-opens both files and re-reads their tails (after a failed batch).
     fn reopen(&mut self) -> Result<(), AuditError> {
         let (mut file, mut tail) = open_tail(&self.log_path)?;
@@ -382,6 +413,9 @@ impl Writer {
             let first = match rx.recv_timeout(tick) {
                 Ok(m) => m,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !self.healthy.load(Ordering::Relaxed) {
+                        self.probe();
+                    }
                     self.maybe_checkpoint(false);
                     continue;
                 }
