@@ -57,6 +57,10 @@ pub struct Config {
     /// sections, are resolved against it.
     #[serde(skip)]
     pub config_dir: PathBuf,
+    /// The file this config was loaded from (`None` for dev mode's generated config):
+    /// SIGHUP re-reads it.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
 }
 
 /// `[public]`: the optional public TLS listener for provider callbacks (install redirects,
@@ -393,6 +397,7 @@ impl Config {
             providers: BTreeMap::new(),
             public: None,
             config_dir: PathBuf::new(),
+            source_file: None,
         }
     }
 
@@ -408,6 +413,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.validate()?;
+        config.source_file = Some(path.to_owned());
         Ok(config)
     }
 
@@ -541,6 +547,11 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("store"))
+    }
+
+    /// `<data_dir>/credbroker.pid`: the running daemon's process id (`credbroker reload`).
+    pub fn pid_file(&self) -> PathBuf {
+        self.data_dir.join("credbroker.pid")
     }
 
     /// `<data_dir>/audit`

@@ -33,6 +33,82 @@ pub async fn run(
     run_with_broker(config, broker, on_ready).await
 }
 
+/// SIGHUP: re-reads the config file (when there is one) and reloads the TLS files it names
+/// — server certificate and key, client CA bundle, CRL, the public listener's certificate
+/// and key — so a CRL added to the config after start-up takes effect. A config that no
+/// longer loads, or TLS files that do not, change nothing and say so; changes outside the
+/// TLS files need a restart and are named in a warning.
+fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>) {
+    let fresh = match &config.source_file {
+        None => None,
+        Some(path) => match Config::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload failed, the config file does not load; keeping the previous TLS config");
+                return;
+            }
+        },
+    };
+    if let Some(fresh) = &fresh {
+        let ignored = changes_needing_restart(config, fresh);
+        if !ignored.is_empty() {
+            tracing::warn!(sections = %ignored.join(", "), "SIGHUP: these config changes take effect only after a restart");
+        }
+    }
+    let settings = fresh
+        .as_ref()
+        .map_or_else(|| config.tls.clone(), |f| f.tls.clone());
+    let crl = settings.crl.is_some();
+    match tls.reload_with(settings) {
+        Ok(()) => tracing::info!(crl, "SIGHUP: TLS certificates, client CA and CRL reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config")
+        }
+    }
+    if let Some(ptls) = public {
+        let paths = match fresh.as_ref().map(|f| f.public.as_ref()) {
+            Some(Some(p)) => Some((p.cert.clone(), p.key.clone())),
+            Some(None) => None,
+            None => config
+                .public
+                .as_ref()
+                .map(|p| (p.cert.clone(), p.key.clone())),
+        };
+        let result = match paths {
+            Some((cert, key)) => ptls.reload_public_with(cert, key),
+            None => ptls.reload(),
+        };
+        match result {
+            Ok(()) => tracing::info!("SIGHUP: public listener certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: public listener reload failed; keeping its previous TLS config")
+            }
+        }
+    }
+}
+
+/// Top-level config sections that differ between `old` and `new`, other than the TLS files
+/// SIGHUP applies (`[tls]`, and `[public]` `cert`/`key`).
+fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
+    let table = |c: &Config| -> toml::Table {
+        let mut t = toml::Table::try_from(c).unwrap_or_default();
+        t.remove("tls");
+        if let Some(toml::Value::Table(p)) = t.get_mut("public") {
+            p.remove("cert");
+            p.remove("key");
+        }
+        t
+    };
+    let (a, b) = (table(old), table(new));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("[{k}]"))
+        .collect()
+}
+
 /// As [`run`], with a broker already opened (dev mode seeds it first).
 ///
 /// # Errors
@@ -95,6 +171,12 @@ pub async fn run_with_broker(
         println!("public {}", srv.local_addr);
         public = Some((srv, ptls));
     }
+    // One daemon per data directory (the store is locked), so its pid file names it for
+    // `credbroker reload` even when several brokers run on the host.
+    let pid_file = config.pid_file();
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %pid_file.display(), error = %e, "cannot write the pid file; `credbroker reload` will not find this daemon");
+    }
     on_ready(running.local_addr);
     let gc_interval_s = config.secrets.gc_interval_s;
     let rotating = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -122,17 +204,7 @@ pub async fn run_with_broker(
                     });
                 }
             }
-            _ = hup.recv() => {
-                match tls.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificates, client CA and CRL reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config"),
-                }
-                if let Some((_, ptls)) = &public {
-                    if let Err(e) = ptls.reload() {
-                        tracing::error!(error = %e, "SIGHUP: public listener reload failed; keeping its previous TLS config");
-                    }
-                }
-            }
+            _ = hup.recv() => reload(&config, &tls, public.as_ref().map(|(_, p)| p.as_ref())),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -143,6 +215,7 @@ pub async fn run_with_broker(
     }
     running.shutdown(Duration::from_secs(10)).await;
     broker.shutdown();
+    let _ = std::fs::remove_file(&pid_file);
     tracing::info!("stopped");
     Ok(())
 }

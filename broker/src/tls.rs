@@ -168,7 +168,7 @@ impl Source {
 /// (see [`ReloadableTls::reloads`]) so open connections re-check their client certificate
 /// against the new CA bundle and CRL.
 pub struct ReloadableTls {
-    source: Source,
+    source: std::sync::Mutex<Source>,
     current: RwLock<Built>,
     reloads: tokio::sync::watch::Sender<u64>,
 }
@@ -182,7 +182,7 @@ impl ReloadableTls {
         let source = Source::Mtls(settings);
         let current = RwLock::new(source.build()?);
         Ok(ReloadableTls {
-            source,
+            source: std::sync::Mutex::new(source),
             current,
             reloads: tokio::sync::watch::channel(0).0,
         })
@@ -196,7 +196,7 @@ impl ReloadableTls {
         let source = Source::Public { cert, key };
         let current = RwLock::new(source.build()?);
         Ok(ReloadableTls {
-            source,
+            source: std::sync::Mutex::new(source),
             current,
             reloads: tokio::sync::watch::channel(0).0,
         })
@@ -245,7 +245,51 @@ impl ReloadableTls {
     /// # Errors
     /// As [`server_config`].
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = self.source.build()?;
+        let source = match self.source.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        self.install(source)
+    }
+
+    /// Replaces the mTLS settings (paths of certificate, key, CA bundle, CRL) with those of
+    /// a re-read config and loads them. On failure nothing changes.
+    ///
+    /// # Errors
+    /// As [`server_config`]; or when this is the public listener's config.
+    pub fn reload_with(&self, settings: TlsSettings) -> Result<(), TlsError> {
+        self.install(Source::Mtls(settings))
+    }
+
+    /// Replaces the public listener's certificate and key paths and loads them.
+    ///
+    /// # Errors
+    /// As [`public_server_config`].
+    pub fn reload_public_with(
+        &self,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    ) -> Result<(), TlsError> {
+        self.install(Source::Public { cert, key })
+    }
+
+    fn install(&self, source: Source) -> Result<(), TlsError> {
+        let same_kind = match self.source.lock() {
+            Ok(s) => std::mem::discriminant(&*s) == std::mem::discriminant(&source),
+            Err(poisoned) => {
+                std::mem::discriminant(&*poisoned.into_inner()) == std::mem::discriminant(&source)
+            }
+        };
+        if !same_kind {
+            return Err(TlsError(
+                "a listener's TLS cannot change between mTLS and public".into(),
+            ));
+        }
+        let fresh = source.build()?;
+        match self.source.lock() {
+            Ok(mut s) => *s = source,
+            Err(poisoned) => *poisoned.into_inner() = source,
+        }
         match self.current.write() {
             Ok(mut c) => *c = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,

@@ -135,7 +135,209 @@ async fn untrusted_clients_are_refused_at_the_handshake() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    // …including the revocations: the revoked certificates stay refused.
+    for who in ["revoked", "w1", "op2"] {
+        assert!(
+            refused(&mut pki.client_for(who, &daemon.url)).await,
+            "{who} served after a failed reload"
+        );
+    }
     daemon.stop();
+}
+
+async fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
+    for _ in 0..100 {
+        if daemon.logs().matches(needle).count() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "log never said {needle:?} {count} time(s):\n{}",
+        daemon.logs()
+    );
+}
+
+fn reload_cli(daemon: &Daemon) {
+    let (c, out, err) = daemon.cli(&["reload", "--config", daemon.config.to_str().unwrap()]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("sent SIGHUP"), "{out}");
+}
+
+/// Every reload takes effect or is refused loudly (issue 18, item 4): a CRL added to the
+/// config after start-up, the server certificate, the client CA bundle and the public
+/// listener's certificate, through `credbroker reload` (the pid file, not `pidof`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_apply_the_config_files_or_refuse_loudly() {
+    let (tmp, pki) = setup();
+    let revoked = pki.worker("rv");
+    let client_ca = pki.dir.join("client-ca.crt");
+    std::fs::copy(pki.dir.join("ca.crt"), &client_ca).unwrap();
+    let (public, _) = public_section(&pki);
+    let public_cert = pki.dir.join("public.crt");
+    let public_key = pki.dir.join("public.key");
+    std::fs::copy(pki.dir.join("server.crt"), &public_cert).unwrap();
+    std::fs::copy(pki.dir.join("server.key"), &public_key).unwrap();
+    let public = public
+        .replace(
+            &format!("{:?}", pki.dir.join("server.crt").display().to_string()),
+            &format!("{:?}", public_cert.display().to_string()),
+        )
+        .replace(
+            &format!("{:?}", pki.dir.join("server.key").display().to_string()),
+            &format!("{:?}", public_key.display().to_string()),
+        );
+    let extra = format!(
+        "{public}[tls]\nclient_ca = {:?}\n",
+        client_ca.display().to_string()
+    );
+    let mut daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra.clone(),
+            ..Default::default()
+        },
+    );
+    assert!(daemon.data_dir.join("credbroker.pid").exists());
+    let healthy = |name: &'static str| {
+        let (pki, url) = (pki.clone(), daemon.url.clone());
+        async move { !refused(&mut pki.client_for(name, &url)).await }
+    };
+    assert!(healthy("rv").await, "no CRL configured yet");
+
+    // A CRL added to the config after start-up: the reload reads the config file again.
+    let crl = pki.write_crl(&[revoked]);
+    write_config(&daemon.config, &daemon.data_dir, &pki, Some(crl), &extra);
+    reload_cli(&daemon);
+    wait_log(
+        &daemon,
+        "SIGHUP: TLS certificates, client CA and CRL reloaded",
+        1,
+    )
+    .await;
+    assert!(
+        !healthy("rv").await,
+        "the revoked certificate still works after its CRL was added"
+    );
+    assert!(healthy("w1").await);
+
+    // A config that no longer loads changes nothing, loudly; the CRL stays in force.
+    let good = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(&daemon.config, format!("{good}\nnot toml [")).unwrap();
+    daemon.signal("HUP");
+    wait_log(&daemon, "the config file does not load", 1).await;
+    assert!(!healthy("rv").await);
+    assert!(healthy("w1").await);
+    std::fs::write(&daemon.config, &good).unwrap();
+
+    // A change outside the TLS files is named as needing a restart.
+    write_config(
+        &daemon.config,
+        &daemon.data_dir,
+        &pki,
+        Some(pki.dir.join("crl.pem")),
+        &format!("{extra}[limits]\nmax_connections = 77\n"),
+    );
+    reload_cli(&daemon);
+    wait_log(&daemon, "take effect only after a restart", 1).await;
+    assert!(daemon.logs().contains("[limits]"), "{}", daemon.logs());
+    std::fs::write(&daemon.config, &good).unwrap();
+
+    // The server certificate: one from a CA the clients do not trust makes new handshakes
+    // fail; putting the real one back and reloading serves them again.
+    let original_crt = std::fs::read(pki.dir.join("server.crt")).unwrap();
+    let original_key = std::fs::read(pki.dir.join("server.key")).unwrap();
+    let other = credbroker::pki::CertAuthority::generate("other CA").unwrap();
+    let impostor = other.issue_server(&[], 9).unwrap();
+    std::fs::write(pki.dir.join("server.crt"), &impostor.cert_pem).unwrap();
+    std::fs::write(pki.dir.join("server.key"), &impostor.key_pem).unwrap();
+    reload_cli(&daemon);
+    wait_log(
+        &daemon,
+        "SIGHUP: TLS certificates, client CA and CRL reloaded",
+        3,
+    )
+    .await;
+    assert!(
+        !healthy("w1").await,
+        "the server certificate was not reloaded"
+    );
+    std::fs::write(pki.dir.join("server.crt"), &original_crt).unwrap();
+    std::fs::write(pki.dir.join("server.key"), &original_key).unwrap();
+    reload_cli(&daemon);
+    wait_log(
+        &daemon,
+        "SIGHUP: TLS certificates, client CA and CRL reloaded",
+        4,
+    )
+    .await;
+    assert!(healthy("w1").await);
+
+    // The client CA bundle: replaced by another CA, this PKI's clients are refused and the
+    // other CA's are admitted to the handshake.
+    let outsider = other
+        .issue_client_now(&format!("spiffe://{TD}/worker/outsider"), 11)
+        .unwrap();
+    std::fs::write(pki.dir.join("outsider.crt"), &outsider.cert_pem).unwrap();
+    std::fs::write(pki.dir.join("outsider.key"), &outsider.key_pem).unwrap();
+    assert!(!healthy("outsider").await);
+    std::fs::write(&client_ca, &other.cert_pem).unwrap();
+    // The CRL is this PKI's; with another CA it no longer verifies: take it out.
+    write_config(&daemon.config, &daemon.data_dir, &pki, None, &extra);
+    reload_cli(&daemon);
+    wait_log(
+        &daemon,
+        "SIGHUP: TLS certificates, client CA and CRL reloaded",
+        5,
+    )
+    .await;
+    assert!(
+        !healthy("w1").await,
+        "the client CA bundle was not reloaded"
+    );
+    assert!(healthy("outsider").await);
+    std::fs::copy(pki.dir.join("ca.crt"), &client_ca).unwrap();
+    reload_cli(&daemon);
+    wait_log(
+        &daemon,
+        "SIGHUP: TLS certificates, client CA and CRL reloaded",
+        6,
+    )
+    .await;
+    assert!(healthy("w1").await);
+
+    // The public listener's certificate.
+    let public_url = daemon.public_url.clone().unwrap();
+    let public_ok = || async {
+        public_client(&pki, &public_url)
+            .request(Method::GET, "/healthz", None)
+            .await
+            .is_ok()
+    };
+    assert!(public_ok().await);
+    std::fs::write(&public_cert, &impostor.cert_pem).unwrap();
+    std::fs::write(&public_key, &impostor.key_pem).unwrap();
+    reload_cli(&daemon);
+    wait_log(&daemon, "SIGHUP: public listener certificate reloaded", 7).await;
+    assert!(
+        !public_ok().await,
+        "the public certificate was not reloaded"
+    );
+    // A broken public certificate keeps the previous one.
+    std::fs::write(&public_cert, "garbage").unwrap();
+    daemon.signal("HUP");
+    wait_log(&daemon, "public listener reload failed", 1).await;
+    assert!(!public_ok().await);
+
+    daemon.stop();
+    assert!(
+        !daemon.data_dir.join("credbroker.pid").exists(),
+        "the pid file outlived the daemon"
+    );
+    let (c, _, err) = daemon.cli(&["reload", "--config", daemon.config.to_str().unwrap()]);
+    assert_ne!(c, 0);
+    assert!(err.contains("is the daemon"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

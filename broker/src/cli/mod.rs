@@ -48,6 +48,9 @@ enum Command {
     Serve(ServeArgs),
     /// Create the KEK keyring, audit signing key and fingerprint key if they do not exist.
     Init(LocalArgs),
+    /// Make the running daemon re-read its config's TLS files (certificate, key, client CA,
+    /// CRL) — SIGHUP to the daemon of this data directory, found by its pid file.
+    Reload(LocalArgs),
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -152,6 +155,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Dev(args) => offline::run_dev(args),
         Command::Serve(args) => offline::run_serve(&args),
         Command::Init(local) => offline::run_init(&local),
+        Command::Reload(local) => offline::run_reload(&local),
         Command::Audit(cmd) => offline::run_audit(cmd),
         Command::Keys(KeysCmd::RotateKek(local)) => offline::run_rotate_kek(&local),
         Command::Keys(KeysCmd::Provider(k)) => run_provider_keys(&k),

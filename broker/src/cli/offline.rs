@@ -330,6 +330,53 @@ pub fn run_serve(args: &ServeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `credbroker reload`: SIGHUP to the daemon of this config's data directory, found by its
+/// pid file and checked to be a credbroker process (a stale pid file may name another).
+///
+/// # Errors
+/// When no daemon runs for this data directory or the signal cannot be sent.
+pub fn run_reload(local: &LocalArgs) -> Result<ExitCode, String> {
+    let config = local_config(local)?;
+    let path = config.pid_file();
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (is the daemon for data directory {} running?)",
+            path.display(),
+            config.data_dir.display()
+        )
+    })?;
+    let raw: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{}: not a process id", path.display()))?;
+    let exe = std::fs::read_link(format!("/proc/{raw}/exe")).map_err(|_| {
+        format!(
+            "no process {raw} (stale pid file {}): the daemon is not running",
+            path.display()
+        )
+    })?;
+    let ours = std::env::current_exe().ok();
+    let name_ok = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("credbroker"));
+    if !name_ok && ours.as_deref() != Some(exe.as_path()) {
+        return Err(format!(
+            "process {raw} is {}, not credbroker (stale pid file {})",
+            exe.display(),
+            path.display()
+        ));
+    }
+    let pid = rustix::process::Pid::from_raw(raw)
+        .ok_or_else(|| format!("{}: not a process id", path.display()))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+        .map_err(|e| format!("cannot signal process {raw}: {e}"))?;
+    println!(
+        "sent SIGHUP to credbroker (pid {raw}); its log says \"SIGHUP: TLS certificates, client CA and CRL reloaded\" or why the reload was refused"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `credbroker init`.
 ///
 /// # Errors
