@@ -90,8 +90,11 @@ fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>) 
 /// Top-level config sections that differ between `old` and `new`, other than the TLS files
 /// SIGHUP applies (`[tls]`, and `[public]` `cert`/`key`).
 fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
-    let table = |c: &Config| -> toml::Table {
-        let mut t = toml::Table::try_from(c).unwrap_or_default();
+    let table = |c: &Config| -> toml::map::Map<String, toml::Value> {
+        let mut t = match toml::Value::try_from(c) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::map::Map::new(),
+        };
         t.remove("tls");
         if let Some(toml::Value::Table(p)) = t.get_mut("public") {
             p.remove("cert");

@@ -123,6 +123,11 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     ]})),
                     "201",
                 ),
+                AdminEndpoint::WorkerTenants => (
+                    "Replace the tenants (and connector kinds) a worker may serve, without removing it.",
+                    Some(gen.subschema_for::<crate::admin::WorkerTenants>().to_value()),
+                    "200",
+                ),
                 AdminEndpoint::Record if get => ("Show one record.", None, "200"),
                 AdminEndpoint::Record => ("Remove a record.", None, "200"),
                 AdminEndpoint::RecordAction => {

@@ -57,6 +57,9 @@ pub enum AdminEndpoint {
     SecretPromote,
     /// `/v1/admin/bindings/{id}/secret/self-rotate`: the current secret creates its successor.
     SecretSelfRotate,
+    /// `/v1/admin/workers/{id}/tenants`: replace the tenants (and connector kinds) a worker
+    /// may serve, without removing it.
+    WorkerTenants,
     /// `/v1/admin/intake`: list, create one-time intake links.
     IntakeLinks,
     /// `/v1/admin/intake/{id}`: revoke one.
@@ -100,6 +103,7 @@ const GET_POST: &[Method] = &[Method::GET, Method::POST];
 const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
 const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
 const DELETE: &[Method] = &[Method::DELETE];
+const PUT: &[Method] = &[Method::PUT];
 
 use AdminEndpoint as A;
 use Endpoint as E;
@@ -155,6 +159,11 @@ pub const MTLS: &[Route] = &[
         "/v1/admin/bindings/{id}/secret/{version}/promote",
         E::Admin(A::SecretPromote),
         POST,
+    ),
+    route(
+        "/v1/admin/workers/{id}/tenants",
+        E::Admin(A::WorkerTenants),
+        PUT,
     ),
     route("/v1/admin/onboard/{provider}", E::Admin(A::Onboard), POST),
     route("/v1/admin/intake", E::Admin(A::IntakeLinks), GET_POST),
@@ -289,6 +298,13 @@ mod tests {
         let m = mtls(Method::DELETE, "/v1/admin/bindings/b1/secret/3").unwrap();
         assert_eq!(m.endpoint, Endpoint::Admin(AdminEndpoint::SecretVersion));
         assert_eq!(m.param("version"), "3");
+        // A static segment beside a parameter does not hide the parameter's routes.
+        let m = mtls(Method::POST, "/v1/admin/workers/w1/disable").unwrap();
+        assert_eq!(m.endpoint, E::Admin(A::RecordAction));
+        assert_eq!(m.param("collection"), "workers");
+        let m = mtls(Method::PUT, "/v1/admin/workers/w1/tenants").unwrap();
+        assert_eq!(m.endpoint, E::Admin(A::WorkerTenants));
+        assert_eq!(m.param("id"), "w1");
         let m = mtls(Method::POST, "/v1/admin/bindings/b1/disable").unwrap();
         assert_eq!(m.endpoint, Endpoint::Admin(AdminEndpoint::RecordAction));
         let m = mtls(Method::GET, "/v1/admin/tenants/t1").unwrap();

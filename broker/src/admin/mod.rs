@@ -38,7 +38,7 @@ mod self_rotation;
 
 pub use request::{
     parse_admin_request, AdminOp, ClaimBody, Collection, NewBinding, NewInstance, NewOperator,
-    NewTenant, NewWorker, OnboardBody, SecretBody,
+    NewTenant, NewWorker, OnboardBody, SecretBody, WorkerTenants,
 };
 
 pub(super) fn validate_kind(kind: &str) -> Result<(), ApiError> {
@@ -424,6 +424,7 @@ impl AdminService {
             AdminOp::Show(c, id) => self.plan_show(c, &id).await,
             AdminOp::AddTenant(t) => self.plan_add_tenant(t).await,
             AdminOp::AddWorker(w) => self.plan_add_worker(w).await,
+            AdminOp::UpdateWorker(id, u) => self.plan_update_worker(&id, u).await,
             AdminOp::AddOperator(o) => self.plan_add_operator(o).await,
             AdminOp::AddInstance(i) => self.plan_add_instance(i).await,
             AdminOp::AddBinding(b) => self.plan_add_binding(b).await,

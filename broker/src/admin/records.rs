@@ -300,6 +300,24 @@ impl AdminService {
                 format!("worker {} already exists", w.id),
             ));
         }
+        // A worker is named by its certificate: a name that was ever removed stays retired,
+        // so re-adding it cannot bring a stolen certificate of the old worker back to life.
+        if self
+            .core
+            .records
+            .identifier_owner(&retired_worker_name(w.id.as_str()))
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "worker name {} was used before and is retired: a certificate issued for the old worker would come back to life. Issue the new certificate for a new name",
+                    w.id
+                ),
+            ));
+        }
         let mut tenants = w.tenants.clone();
         tenants.sort();
         tenants.dedup();
@@ -317,6 +335,10 @@ impl AdminService {
             created_at: now_rfc3339(),
         };
         plan.batch.create(&worker);
+        plan.batch.claim_identifier(
+            &retired_worker_name(worker.id.as_str()),
+            &worker_name_owner(),
+        );
         plan.detail = format!(
             "worker={} tenants=[{}] connector_kinds=[{}]",
             worker.id,
@@ -380,6 +402,48 @@ impl AdminService {
         plan.tenant = Some(instance.tenant.to_string());
         plan.binding = Some(instance.binding.to_string());
         plan.created = true;
+        Ok(plan)
+    }
+
+    /// Replaces the tenants (and, when given, the connector kinds) a worker may serve. Each
+    /// tenant it gains must exist and gains a child (it cannot be removed meanwhile).
+    pub(super) async fn plan_update_worker(
+        &self,
+        id: &str,
+        u: super::request::WorkerTenants,
+    ) -> Result<Plan, ApiError> {
+        if u.tenants.is_empty() {
+            return Err(ApiError::bad_request(
+                "a worker must be allowed at least one tenant (disable or remove it instead)",
+            ));
+        }
+        for k in u.connector_kinds.iter().flatten() {
+            validate_kind(k)?;
+        }
+        let stored = self.worker_or_404(id).await?;
+        let mut tenants = u.tenants.clone();
+        tenants.sort();
+        tenants.dedup();
+        let mut plan = Plan::new(String::new(), Value::Null);
+        for t in tenants.iter().filter(|t| !stored.value.tenants.contains(t)) {
+            let tenant = self.tenant_or_404(t.as_str()).await?;
+            plan.batch.replace(&tenant, &bumped(&tenant));
+        }
+        let mut w = stored.value.clone();
+        let join = |v: &[TenantId]| v.iter().map(TenantId::as_str).collect::<Vec<_>>().join(",");
+        plan.detail = format!(
+            "worker={id} tenants=[{}] -> [{}]",
+            join(&w.tenants),
+            join(&tenants)
+        );
+        w.tenants = tenants;
+        if let Some(kinds) = u.connector_kinds {
+            plan.detail
+                .push_str(&format!(" connector_kinds=[{}]", kinds.join(",")));
+            w.connector_kinds = kinds;
+        }
+        plan.batch.replace(&stored, &w);
+        plan.response = json!({ "worker": to_value(&w) });
         Ok(plan)
     }
 
@@ -562,6 +626,15 @@ impl AdminService {
             Collection::Workers => {
                 let w = self.worker_or_404(id).await?;
                 plan.batch.remove(&w);
+                // Workers added before names were retired at creation hold no claim yet.
+                let name = retired_worker_name(id);
+                if r.identifier_owner(&name)
+                    .await
+                    .map_err(store_err)?
+                    .is_none()
+                {
+                    plan.batch.claim_identifier(&name, &worker_name_owner());
+                }
             }
             Collection::Operators => {
                 let o = self.operator_or_404(id).await?;
@@ -618,5 +691,17 @@ impl AdminService {
             }
         }
         Ok(plan)
+    }
+}
+
+/// The exclusive identifier a worker name holds from its creation on, never released.
+fn retired_worker_name(id: &str) -> String {
+    format!("worker-name:{id}")
+}
+
+fn worker_name_owner() -> crate::store::records::IdentifierOwner {
+    crate::store::records::IdentifierOwner {
+        tenant: String::new(),
+        binding: None,
     }
 }

@@ -78,6 +78,17 @@ pub struct NewWorker {
     pub connector_kinds: Vec<String>,
 }
 
+/// `PUT /v1/admin/workers/{id}/tenants`: what a worker may serve from now on.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTenants {
+    /// Tenants it may serve (replaces the list).
+    pub tenants: Vec<TenantId>,
+    /// Connector kinds it may serve (replaces the list; empty: any). Absent: unchanged.
+    #[serde(default)]
+    pub connector_kinds: Option<Vec<String>>,
+}
+
 /// `POST /v1/admin/operators`
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +176,8 @@ pub enum AdminOp {
     AddTenant(NewTenant),
     /// Add a worker.
     AddWorker(NewWorker),
+    /// Replace a worker's tenants (and connector kinds).
+    UpdateWorker(String, WorkerTenants),
     /// Register an operator.
     AddOperator(NewOperator),
     /// Add an instance.
@@ -234,6 +247,7 @@ impl AdminOp {
             AdminOp::Show(c, _) => format!("{}.show", c.noun()),
             AdminOp::AddTenant(_) => "tenant.add".into(),
             AdminOp::AddWorker(_) => "worker.add".into(),
+            AdminOp::UpdateWorker(..) => "worker.update".into(),
             AdminOp::AddOperator(_) => "operator.add".into(),
             AdminOp::AddInstance(_) => "instance.add".into(),
             AdminOp::AddBinding(_) => "binding.add".into(),
@@ -357,6 +371,9 @@ pub fn parse_admin_request(
         } else {
             AdminOp::SecretDestroy(param("id"), None)
         }),
+        AdminEndpoint::WorkerTenants => {
+            parse_body(body).map(|u| AdminOp::UpdateWorker(param("id"), u))
+        }
         AdminEndpoint::SecretRotate => Ok(AdminOp::SecretRotate(param("id"), parse_secret(body)?)),
         AdminEndpoint::SecretSelfRotate => Ok(AdminOp::SecretSelfRotate(param("id"))),
         AdminEndpoint::IntakeLinks if *method == Method::GET => Ok(AdminOp::IntakeList),

@@ -66,6 +66,24 @@ pub enum RecordAction<A: Args> {
     Remove(IdArg),
 }
 
+/// `credbroker worker …`: the record commands plus `update`.
+#[derive(Args, Debug)]
+pub struct WorkerCmd {
+    #[command(subcommand)]
+    action: WorkerAction,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkerAction {
+    #[command(flatten)]
+    Record(RecordAction<WorkerAdd>),
+    /// Replace the tenants (and, with --connector-kind, the kinds) a worker may serve,
+    /// without removing it.
+    Update(WorkerAdd),
+}
+
 #[derive(Args, Debug)]
 pub struct IdArg {
     /// Record id.
@@ -421,6 +439,35 @@ pub fn run_record<A: Args>(
             &format!("{base}/{}", path_segment(&i.id)?),
             None,
         ),
+    }
+}
+
+pub fn run_worker(cmd: WorkerCmd) -> Result<ExitCode, String> {
+    match cmd.action {
+        WorkerAction::Record(action) => run_record(
+            RecordCmd {
+                action,
+                conn: cmd.conn,
+            },
+            "workers",
+            |a: WorkerAdd| {
+                Ok(
+                    json!({ "id": a.id, "tenants": a.tenants, "connector_kinds": a.connector_kinds }),
+                )
+            },
+        ),
+        WorkerAction::Update(a) => {
+            let mut body = json!({ "tenants": a.tenants });
+            if !a.connector_kinds.is_empty() {
+                body["connector_kinds"] = json!(a.connector_kinds);
+            }
+            call(
+                &cmd.conn,
+                Method::PUT,
+                &format!("/v1/admin/workers/{}/tenants", path_segment(&a.id)?),
+                Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
+            )
+        }
     }
 }
 

@@ -19,8 +19,8 @@ use serde_json::json;
 use crate::config::LogFormat;
 
 use admin::{
-    run_binding, run_record, run_secret, BindingCmd, InstanceAdd, RecordCmd, SecretCmd, TenantAdd,
-    WorkerAdd,
+    run_binding, run_record, run_secret, run_worker, BindingCmd, InstanceAdd, RecordCmd, SecretCmd,
+    TenantAdd, WorkerCmd,
 };
 use admin::{OperatorAdd, UnclaimedCmd};
 use client::{aws_credential_process, token, ClientCmd};
@@ -60,7 +60,7 @@ enum Command {
     /// Manage tenants (admin API, operator certificate).
     Tenant(RecordCmd<TenantAdd>),
     /// Manage workers (admin API, operator certificate).
-    Worker(RecordCmd<WorkerAdd>),
+    Worker(WorkerCmd),
     /// Manage connector instances (admin API, operator certificate).
     Instance(RecordCmd<InstanceAdd>),
     /// Manage bindings (admin API, operator certificate).
@@ -162,9 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Tenant(cmd) => run_record(cmd, "tenants", |a: TenantAdd| {
             Ok(json!({ "id": a.id, "name": a.name }))
         }),
-        Command::Worker(cmd) => run_record(cmd, "workers", |a: WorkerAdd| {
-            Ok(json!({ "id": a.id, "tenants": a.tenants, "connector_kinds": a.connector_kinds }))
-        }),
+        Command::Worker(cmd) => run_worker(cmd),
         Command::Instance(cmd) => run_record(cmd, "instances", |a: InstanceAdd| {
             Ok(
                 json!({ "id": a.id, "tenant": a.tenant, "binding": a.binding, "connector_kind": a.connector_kind }),
