@@ -290,12 +290,36 @@ impl Broker {
             }
         }
         let held: Vec<u32> = keys.keyring.versions().collect();
+        let mut opened: Vec<u32> = Vec::new();
         for v in records.all_secret_versions().await? {
             if !held.contains(&v.kek_version) {
                 return Err(StartError::Other(format!(
                     "secret {}/{} is wrapped by KEK version {}, which the keyring does not hold",
                     v.binding, v.version, v.kek_version
                 )));
+            }
+            // One data key per KEK version must unwrap: a keyring (file or variable) that
+            // holds another key under the same version number would otherwise start and
+            // fail every resolve.
+            if opened.contains(&v.kek_version) || v.wrapped_dek.is_empty() {
+                continue;
+            }
+            if let Some(b) = records.binding(&v.binding).await? {
+                crate::seal::rewrap_data_key(
+                    &keys.keyring,
+                    &b.value.tenant,
+                    &v.binding,
+                    v.version,
+                    v.kek_version,
+                    &v.wrapped_dek,
+                )
+                .map_err(|_| {
+                    StartError::Other(format!(
+                        "secret {}/{} does not open with KEK version {} of this keyring: it holds another key under that version (wrong keyring file or variable?)",
+                        v.binding, v.version, v.kek_version
+                    ))
+                })?;
+                opened.push(v.kek_version);
             }
         }
         for k in records.all_platform_keys().await? {

@@ -184,14 +184,23 @@ async fn a_canary_secret_never_leaks() {
         let (_, v) = call(&mut op, Method::GET, path, None).await;
         responses.push_str(&v.to_string());
     }
-    let (_, v) = call(
+    // The second canary is stored too (a pending version, sealed like the active one), so
+    // the at-rest check below has something to find if sealing were skipped.
+    let (s, v) = call(
         &mut op,
-        Method::PUT,
-        "/v1/admin/bindings/b1/secret",
+        Method::POST,
+        "/v1/admin/bindings/b1/secret/rotate",
         Some(json!({"fields": {"token": CANARY2}})),
     )
     .await;
+    assert_eq!(s, 200, "{v}");
     responses.push_str(&v.to_string());
+    let (_, shown) = call(&mut op, Method::GET, "/v1/admin/bindings/b1", None).await;
+    assert!(
+        shown.to_string().contains("\"pending\""),
+        "CANARY2 was not stored as a pending version: {shown}"
+    );
+    responses.push_str(&shown.to_string());
     // A malformed secret body must not echo the value either.
     let (s, v) = call(
         &mut op,

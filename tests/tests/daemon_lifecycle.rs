@@ -1,0 +1,347 @@
+//! What the daemon does at its edges (issue 18, item 7): it refuses to start on each kind of
+//! bad config with a message naming it, takes its KEK from an environment variable, drains
+//! in-flight requests on SIGTERM, and exports exactly the records of a time window.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use credbroker_tests::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A config file's TOML, changed by `edit`, written to `path`.
+fn edited(valid: &toml::Table, path: &std::path::Path, edit: impl FnOnce(&mut toml::Table)) {
+    let mut t = valid.clone();
+    edit(&mut t);
+    std::fs::write(path, toml::to_string(&t).unwrap()).unwrap();
+}
+
+fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    t.entry(name)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap()
+}
+
+#[test]
+fn serve_refuses_each_kind_of_bad_config_naming_it() {
+    let (tmp, pki) = setup();
+    let config = tmp.path().join("credbroker.toml");
+    write_config(&config, &tmp.path().join("data"), &pki, None, "");
+    let status = std::process::Command::new(daemon_bin())
+        .args(["init", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let valid: toml::Table = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let broken = tmp.path().join("broken.toml");
+    let missing = tmp.path().join("nope.pem").display().to_string();
+    type Edit = Box<dyn FnOnce(&mut toml::Table)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "unknown key",
+            Box::new(|t| {
+                table(t, "limits").insert("max_conections".into(), 10.into());
+            }),
+            "unknown field `max_conections`",
+        ),
+        (
+            "listen address",
+            Box::new(|t| {
+                t.insert("listen".into(), "localhost".into());
+            }),
+            "listen",
+        ),
+        (
+            "server certificate missing",
+            Box::new({
+                let m = missing.clone();
+                move |t| {
+                    table(t, "tls").insert("cert".into(), m.into());
+                }
+            }),
+            "nope.pem",
+        ),
+        (
+            "client CA missing",
+            Box::new({
+                let m = missing.clone();
+                move |t| {
+                    table(t, "tls").insert("client_ca".into(), m.into());
+                }
+            }),
+            "nope.pem",
+        ),
+        (
+            "CRL missing",
+            Box::new({
+                let m = missing.clone();
+                move |t| {
+                    table(t, "tls").insert("crl".into(), m.into());
+                }
+            }),
+            "nope.pem",
+        ),
+        (
+            "server key is not a key",
+            Box::new({
+                let ca = pki.dir.join("ca.crt").display().to_string();
+                move |t| {
+                    table(t, "tls").insert("key".into(), ca.into());
+                }
+            }),
+            "key",
+        ),
+        (
+            "zero audit batch",
+            Box::new(|t| {
+                table(t, "audit").insert("max_batch".into(), 0.into());
+            }),
+            "audit.max_batch and audit.checkpoint_every_records must be positive",
+        ),
+        (
+            "unknown provider",
+            Box::new(|t| {
+                table(t, "providers")
+                    .insert("github_ap".into(), toml::Value::Table(toml::Table::new()));
+            }),
+            "[providers.github_ap]: no such provider",
+        ),
+        (
+            "both KEK sources",
+            Box::new(|t| {
+                table(t, "keys").insert("kek_env".into(), "CREDBROKER_KEK".into());
+            }),
+            "set keys.kek_file or keys.kek_env, not both",
+        ),
+        (
+            "KEK file missing",
+            Box::new({
+                let m = missing.clone();
+                move |t| {
+                    table(t, "keys").insert("kek_file".into(), m.into());
+                }
+            }),
+            "nope.pem",
+        ),
+        (
+            "public base URL over http",
+            Box::new(|t| {
+                let (section, _) = public_section(&TestPki::new(
+                    &std::env::temp_dir().join(format!("pki-{}", free_port())),
+                ));
+                let parsed: toml::Table = toml::from_str(&section).unwrap();
+                t.insert("public".into(), parsed["public"].clone());
+                table(t, "public").insert("base_url".into(), "http://127.0.0.1:1".into());
+            }),
+            "must be an https URL",
+        ),
+    ];
+    for (label, edit, expected) in cases {
+        edited(&valid, &broken, edit);
+        let (code, err) = serve_refused(&broken, &[], &[]);
+        assert_ne!(code, 0, "{label}: serve started");
+        assert!(
+            err.contains(expected),
+            "{label}: the refusal does not say {expected:?}:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{label}: {err}");
+    }
+}
+
+/// The KEK keyring from an environment variable: the daemon starts, seals and opens
+/// secrets with it across a restart, and without the variable refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kek_from_an_environment_variable_serves_across_restarts() {
+    let (tmp, pki) = setup();
+    let var = "CREDBROKER_TEST_KEK_DAEMON";
+    let keyring = r#"{"active": 1, "keys": {"1": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}}"#;
+    let options = DaemonOptions {
+        extra_toml: format!("[keys]\nkek_env = {var:?}\n"),
+        env: vec![(var.to_owned(), keyring.to_owned())],
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    assert!(
+        !kek_file_for(&daemon.data_dir).exists(),
+        "a keyring file was written although the KEK comes from the environment"
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(
+        (s, v["credentials"]["token"].as_str()),
+        (200, Some("t1-token"))
+    );
+    daemon.restart();
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(
+        (s, v["credentials"]["token"].as_str()),
+        (200, Some("t1-token")),
+        "{v}"
+    );
+    daemon.stop();
+
+    let (code, err) = serve_refused(&daemon.config, &[], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(var),
+        "the refusal does not name the variable:\n{err}"
+    );
+    // Another keyring in the variable cannot open the sealed secrets: refused at start.
+    let other = r#"{"active": 1, "keys": {"1": "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}}"#;
+    let (code, err) = serve_refused(&daemon.config, &[], &[(var.to_owned(), other.to_owned())]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("does not open with KEK version 1"), "{err}");
+}
+
+fn worker_tls(pki: &TestPki) -> tokio_rustls::TlsConnector {
+    let mut config = (*credbroker::tls::client_config(
+        &pki.dir.join("ca.crt"),
+        &pki.dir.join("w1.crt"),
+        &pki.dir.join("w1.key"),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// SIGTERM stops accepting at once but lets a request already in flight finish (its body
+/// arrives after the signal) before the daemon exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_request_in_flight() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let addr = daemon.url.trim_start_matches("https://").to_owned();
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let mut stream = worker_tls(&pki)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let body = br#"{"instance_id": "i1"}"#;
+    let head = format!(
+        "POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..8]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    daemon.signal("TERM");
+    // The listener is closed: a new connection gets no service.
+    let mut refused = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if pki
+            .client_for("w1", &daemon.url)
+            .request(http::Method::GET, "/healthz", None)
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "new connections still served after SIGTERM");
+
+    // The request in flight completes.
+    stream.write_all(&body[8..]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("t1-token"), "{answer}");
+    daemon.stop(); // waits for the exit and requires success
+    let last = daemon.audit_records().last().cloned().unwrap();
+    assert_eq!(
+        (last["action"].as_str(), last["outcome"].as_str()),
+        (Some("resolve"), Some("allowed"))
+    );
+}
+
+/// `audit export --since/--until` keeps exactly the records of the window (since inclusive,
+/// until exclusive), and the export verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_keeps_exactly_the_records_of_its_window() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    for _ in 0..2 {
+        resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    }
+    daemon.stop();
+    let records = daemon.audit_records();
+    // Pick the window from the records' own times: from the 4th record's time to the last
+    // record's time (exclusive), so records sharing a batch time fall on one side.
+    let times: Vec<String> = records
+        .iter()
+        .map(|r| r["time"].as_str().unwrap().to_owned())
+        .collect();
+    let since = times[3].clone();
+    let until = times.last().unwrap().clone();
+    let expected: Vec<u64> = records
+        .iter()
+        .filter(|r| {
+            let t = r["time"].as_str().unwrap();
+            t >= since.as_str() && t < until.as_str()
+        })
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !expected.is_empty() && expected.len() < records.len(),
+        "{expected:?}"
+    );
+    let out = tmp.path().join("window.jsonl");
+    let (c, _, err) = daemon.cli(&[
+        "audit",
+        "export",
+        "--config",
+        daemon.config.to_str().unwrap(),
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let exported: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"seq\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(exported, expected);
+    let (c, out, _) = daemon.cli(&[
+        "audit",
+        "verify",
+        "--export",
+        out.to_str().unwrap(),
+        "--public-key",
+        daemon
+            .data_dir
+            .join("keys/audit-signing.pub")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}");
+}
