@@ -62,6 +62,12 @@ pub enum ErrorCode {
     UnknownRecord,
     /// Admin: the change conflicts with existing records (duplicate id, still referenced).
     Conflict,
+    /// Admin: the secret version to destroy is the binding's active version (resolves would
+    /// fail with `secret_missing` until another is promoted); `force` destroys it anyway.
+    SecretVersionActive,
+    /// Admin: the key to retire is the last active key of a kind its provider cannot work
+    /// without (the GitHub App private key: nothing could be minted); activate another first.
+    LastActiveKey,
     /// Activation probe: the customer's role accepts AssumeRole without the ExternalId.
     ExternalIdNotEnforced,
     /// Activation probe: the assumed role is in another account than the binding names.
@@ -102,6 +108,8 @@ impl ErrorCode {
         ErrorCode::AuditUnavailable,
         ErrorCode::UnknownRecord,
         ErrorCode::Conflict,
+        ErrorCode::SecretVersionActive,
+        ErrorCode::LastActiveKey,
         ErrorCode::ExternalIdNotEnforced,
         ErrorCode::AccountMismatch,
         ErrorCode::ActivationFailed,
@@ -134,6 +142,8 @@ impl ErrorCode {
             ErrorCode::AuditUnavailable => "audit_unavailable",
             ErrorCode::UnknownRecord => "unknown_record",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::SecretVersionActive => "secret_version_active",
+            ErrorCode::LastActiveKey => "last_active_key",
             ErrorCode::ExternalIdNotEnforced => "external_id_not_enforced",
             ErrorCode::AccountMismatch => "account_mismatch",
             ErrorCode::ActivationFailed => "activation_failed",
@@ -163,7 +173,10 @@ impl ErrorCode {
             | ErrorCode::ConsentMissing
             | ErrorCode::ConsentStale
             | ErrorCode::CallbackRejected => StatusCode::FORBIDDEN,
-            ErrorCode::SecretMissing | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::SecretMissing
+            | ErrorCode::Conflict
+            | ErrorCode::SecretVersionActive
+            | ErrorCode::LastActiveKey => StatusCode::CONFLICT,
             ErrorCode::ExternalIdNotEnforced
             | ErrorCode::AccountMismatch
             | ErrorCode::ActivationFailed => StatusCode::UNPROCESSABLE_ENTITY,

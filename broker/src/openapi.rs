@@ -144,7 +144,11 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     Some(gen.subschema_for::<SecretBody>().to_value()),
                     "200",
                 ),
-                AdminEndpoint::SecretVersion => ("Destroy one secret version.", None, "200"),
+                AdminEndpoint::SecretVersion => (
+                    "Destroy one secret version (the active one only with force=true; refused with secret_version_active otherwise).",
+                    None,
+                    "200",
+                ),
                 AdminEndpoint::IntakeLinks if get => ("List open intake links (never their tokens).", None, "200"),
                 AdminEndpoint::IntakeLinks => (
                     "Create a one-time intake link for a binding's secret; its URL is shown once.",
@@ -247,13 +251,28 @@ fn parameter(name: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "schema": schema})
 }
 
+/// The query parameters a route declares (the admin API refuses any other).
+fn query_parameters(endpoint: Endpoint) -> Vec<Value> {
+    match endpoint {
+        Endpoint::Admin(AdminEndpoint::SecretVersion) => vec![json!({
+            "name": "force",
+            "in": "query",
+            "required": false,
+            "schema": {"type": "boolean", "default": false},
+            "description": "Destroy the version even if it is the binding's active version (every resolve then fails with secret_missing until another is promoted)."
+        })],
+        _ => Vec::new(),
+    }
+}
+
 fn path_item(gen: &mut SchemaGenerator, route: &Route, error: &Value) -> Value {
-    let params: Vec<Value> = route
+    let mut params: Vec<Value> = route
         .path
         .split('/')
         .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
         .map(parameter)
         .collect();
+    params.extend(query_parameters(route.endpoint));
     let mut item = Map::new();
     for method in route.methods {
         let op = operation(gen, route, method);

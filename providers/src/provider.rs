@@ -527,6 +527,15 @@ pub trait PlatformKeys: Send + Sync {
     /// # Errors
     /// When a key cannot be used.
     fn install(&self, keys: Vec<PlatformKey>) -> Result<(), ProviderError>;
+
+    /// The kind of key `material` is, when the provider cannot work without an active key of
+    /// that kind (e.g. `"GitHub App private key"`: nothing can be minted without one); `None`
+    /// when it can. Keys of one kind stand in for each other. The broker refuses to retire
+    /// the last active key of a required kind. Default: no kind is required.
+    fn required_kind(&self, material: &SecretFields) -> Option<&'static str> {
+        let _ = material;
+        None
+    }
 }
 
 /// Upstream revocation of issued credentials (e.g. after a platform key compromise).

@@ -432,7 +432,9 @@ impl AdminService {
             AdminOp::Remove(c, id) => self.plan_remove(c, &id).await,
             AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false).await,
             AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true).await,
-            AdminOp::SecretDestroy(id, version) => self.plan_secret_destroy(&id, version).await,
+            AdminOp::SecretDestroy(id, version, force) => {
+                self.plan_secret_destroy(&id, version, force).await
+            }
             AdminOp::SecretPromote(id, version) => self.plan_secret_promote(&id, version).await,
             AdminOp::IntakeCreate(n) => self.plan_intake_create(n).await,
             AdminOp::IntakeList => self.plan_intake_list().await,

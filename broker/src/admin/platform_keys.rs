@@ -4,7 +4,9 @@
 //!
 //! Lifecycle for zero-downtime rotation: `add` stores a key as `staged`; `activate` makes it
 //! the preferred signing key while other active keys stay usable as fallbacks; `retire` stops
-//! a key and destroys its sealed material (metadata stays for the record).
+//! a key and destroys its sealed material (metadata stays for the record). The last active key
+//! of a kind its provider cannot work without (the GitHub App private key) is not retired:
+//! another must be activated first, as with the last active operator.
 
 use serde_json::{json, Value};
 
@@ -19,11 +21,14 @@ use crate::seal::{open, seal, SealContext};
 use crate::store::records::Stored;
 
 fn view(k: &PlatformKeyRecord) -> Value {
+    // The KEK version wrapping the key's data key; none once retired (its material is
+    // destroyed, so no KEK version is needed to keep it: the KEK rotation runbook's check).
+    let kek_version = (!k.wrapped_dek.is_empty()).then_some(k.kek_version);
     json!({
         "kind": k.kind, "version": k.version, "state": k.state,
         "fingerprint": k.fingerprint, "created_at": k.created_at,
         "activated_at": k.activated_at, "retired_at": k.retired_at,
-        "kek_version": k.kek_version,
+        "kek_version": kek_version,
     })
 }
 
@@ -351,18 +356,77 @@ impl AdminService {
         Ok(plan)
     }
 
+    /// The kind `k` is when its provider cannot work without an active key of that kind
+    /// ([`credbroker_providers::PlatformKeys::required_kind`]); `None` for a key that is not
+    /// required, or whose material cannot be opened (it could not be used anyway).
+    fn required_kind(
+        &self,
+        keys: &dyn credbroker_providers::PlatformKeys,
+        k: &PlatformKeyRecord,
+    ) -> Option<&'static str> {
+        if k.sealed_as != SealedAs::PlatformKey || k.wrapped_dek.is_empty() {
+            return None;
+        }
+        let material = open(
+            &self.core.keyring,
+            key_context(k),
+            k.kek_version,
+            &k.wrapped_dek,
+            &k.sealed_payload,
+        )
+        .ok()?;
+        keys.required_kind(&material)
+    }
+
+    /// Refuses retiring `leaving` when it is the last active key of a kind its provider
+    /// cannot work without (mirrors the last-active-operator rule). The other active keys of
+    /// that kind become preconditions of `batch`: a concurrent retirement of the one left
+    /// fails instead of both succeeding.
+    fn keep_a_required_key(
+        &self,
+        provider: &dyn credbroker_providers::Provider,
+        leaving: &PlatformKeyRecord,
+        all: &[Stored<PlatformKeyRecord>],
+        batch: &mut crate::store::Batch,
+    ) -> Result<(), ApiError> {
+        let Some(keys) = provider.platform_keys() else {
+            return Ok(());
+        };
+        let Some(required) = self.required_kind(keys, leaving) else {
+            return Ok(());
+        };
+        let others: Vec<&Stored<PlatformKeyRecord>> = all
+            .iter()
+            .filter(|k| k.state == KeyState::Active && k.version != leaving.version)
+            .filter(|k| self.required_kind(keys, k) == Some(required))
+            .collect();
+        if others.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::LastActiveKey,
+                format!(
+                    "{} key {} is the last active {required}: the provider cannot work without one; add and activate another key first, then retire this one",
+                    leaving.kind, leaving.version
+                ),
+            ));
+        }
+        for k in others {
+            batch.expect_unchanged(k);
+        }
+        Ok(())
+    }
+
     pub(super) async fn plan_keys_state(
         &self,
         kind: &str,
         version: u32,
         activate: bool,
     ) -> Result<Plan, ApiError> {
-        self.key_provider(kind)?;
-        let read = self
-            .key_records(kind)
-            .await?
-            .into_iter()
+        let provider = self.key_provider(kind)?;
+        let all = self.key_records(kind).await?;
+        let read = all
+            .iter()
             .find(|k| k.version == version)
+            .cloned()
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::UnknownRecord,
@@ -374,6 +438,10 @@ impl AdminService {
                 ErrorCode::Conflict,
                 "a retired key cannot change state (its material is destroyed)",
             ));
+        }
+        let mut guards = crate::store::Batch::new();
+        if !activate && read.state == KeyState::Active {
+            self.keep_a_required_key(&*provider, &read.value, &all, &mut guards)?;
         }
         let mut record = read.value.clone();
         if activate {
@@ -392,6 +460,7 @@ impl AdminService {
             ),
             json!({ "key": view(&record) }),
         );
+        plan.batch = guards;
         plan.batch.replace(&read, &record);
         plan.reload_keys = Some(kind.to_owned());
         Ok(plan)

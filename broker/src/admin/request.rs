@@ -1,6 +1,7 @@
-//! The admin API's requests: routes and bodies parsed into an [`AdminOp`] at the edge.
-//! Strict: unknown fields are refused, identifiers are parsed by their grammar, secret values
-//! are never echoed. Fuzzed (`tests/fuzz`, target `admin_request`).
+//! The admin API's requests: routes, queries and bodies parsed into an [`AdminOp`] at the
+//! edge. Strict: unknown fields and query parameters are refused, identifiers are parsed by
+//! their grammar, secret values are never echoed. Fuzzed (`tests/fuzz`, target
+//! `admin_request`).
 
 use std::collections::BTreeMap;
 
@@ -203,8 +204,9 @@ pub enum AdminOp {
     IntakeList,
     /// Revoke an intake link by id.
     IntakeRevoke(String),
-    /// Destroy every version (None) or one version of a binding's secret.
-    SecretDestroy(String, Option<u32>),
+    /// Destroy every version (None) or one version of a binding's secret; the active
+    /// version only when forced (`?force=true`).
+    SecretDestroy(String, Option<u32>, bool),
     /// Run a binding's probe; a binding pending activation becomes active when it passes.
     Probe(String),
     /// Onboarding facts for a tenant with a federated provider (generates tenant parameters);
@@ -289,8 +291,17 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 }
 
 fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
-    let parsed: SecretBody = serde_json::from_slice(body).map_err(|_| {
-        ApiError::bad_request("secret body must be {\"fields\": {\"name\": \"value\", …}}")
+    let parsed: SecretBody = serde_json::from_slice(body).map_err(|e| {
+        // A syntax error is answered as one (serde_json's syntax messages name a position,
+        // never the input); only a well-formed body of the wrong shape gets the shape.
+        if e.is_syntax() || e.is_eof() {
+            ApiError::bad_request(format!(
+                "the secret body is not valid JSON: {}",
+                json_error(&e)
+            ))
+        } else {
+            ApiError::bad_request("secret body must be {\"fields\": {\"name\": \"value\", …}}")
+        }
     })?;
     if parsed.fields.is_empty() {
         return Err(ApiError::bad_request("a secret needs at least one field"));
@@ -308,8 +319,30 @@ fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
     Ok(fields)
 }
 
-/// Parses method + path + body into an operation, routing by the admin routes of
-/// [`crate::routes::MTLS`].
+/// The query of `DELETE …/secret/{version}`: `force=true|false`, at most once, nothing else.
+/// Whether the active version may be destroyed.
+fn destroy_force(query: &str) -> Result<bool, ApiError> {
+    let mut force = None;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let value = match (&*name, &*value) {
+            ("force", "true") => true,
+            ("force", "false") => false,
+            ("force", _) => return Err(ApiError::bad_request("force must be true or false")),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "unknown query parameter: this route takes only force",
+                ))
+            }
+        };
+        if force.replace(value).is_some() {
+            return Err(ApiError::bad_request("force is given more than once"));
+        }
+    }
+    Ok(force.unwrap_or(false))
+}
+
+/// Parses method + path (with its query, if any) + body into an operation, routing by the
+/// admin routes of [`crate::routes::MTLS`].
 ///
 /// # Errors
 /// `not_found`, `method_not_allowed` or `bad_request`.
@@ -320,10 +353,17 @@ pub fn parse_admin_request(
 ) -> Result<AdminOp, ApiError> {
     use http::Method;
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such admin route");
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let matched = route_request(Listener::Mtls, method, path)?;
     let Endpoint::Admin(endpoint) = matched.endpoint else {
         return Err(not_found());
     };
+    // A query is part of a route's contract: only the routes that declare one take one.
+    if !query.is_empty() && endpoint != AdminEndpoint::SecretVersion {
+        return Err(ApiError::bad_request(
+            "this admin route takes no query parameters",
+        ));
+    }
     let param = |name: &str| matched.param(name).to_owned();
     // Routes under /v1/admin/bindings/ name no collection parameter: they are bindings.
     let collection = || match matched.param("collection") {
@@ -369,7 +409,7 @@ pub fn parse_admin_request(
         AdminEndpoint::Secret => Ok(if *method == Method::PUT {
             AdminOp::SecretSet(param("id"), parse_secret(body)?)
         } else {
-            AdminOp::SecretDestroy(param("id"), None)
+            AdminOp::SecretDestroy(param("id"), None, false)
         }),
         AdminEndpoint::WorkerTenants => {
             parse_body(body).map(|u| AdminOp::UpdateWorker(param("id"), u))
@@ -383,6 +423,7 @@ pub fn parse_admin_request(
         AdminEndpoint::SecretVersion => Ok(AdminOp::SecretDestroy(
             param("id"),
             Some(version("secret")?),
+            destroy_force(query)?,
         )),
         AdminEndpoint::Onboard => {
             let body: OnboardBody = parse_body(body)?;
@@ -435,8 +476,27 @@ mod tests {
         ));
         assert!(matches!(
             parse_admin_request(&Method::DELETE, "/v1/admin/bindings/b1/secret/3", b""),
-            Ok(AdminOp::SecretDestroy(_, Some(3)))
+            Ok(AdminOp::SecretDestroy(_, Some(3), false))
         ));
+        assert!(matches!(
+            parse_admin_request(
+                &Method::DELETE,
+                "/v1/admin/bindings/b1/secret/3?force=true",
+                b""
+            ),
+            Ok(AdminOp::SecretDestroy(_, Some(3), true))
+        ));
+        for refused in [
+            "/v1/admin/bindings/b1/secret/3?force=yes",
+            "/v1/admin/bindings/b1/secret/3?force=true&force=true",
+            "/v1/admin/bindings/b1/secret/3?other=1",
+            "/v1/admin/bindings/b1/secret?force=true",
+        ] {
+            let e = parse_admin_request(&Method::DELETE, refused, b"")
+                .err()
+                .unwrap();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{refused}");
+        }
         let e = parse_admin_request(&Method::PATCH, "/v1/admin/tenants", b"")
             .err()
             .unwrap();
@@ -462,6 +522,18 @@ mod tests {
         .unwrap();
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(!e.message.contains('7'));
+        // A syntax error is told as one, with its position and without the value.
+        let e = parse_admin_request(
+            &Method::PUT,
+            "/v1/admin/bindings/b/secret",
+            b"{\"fields\":{\"token\":\"s3cr3t\",}}",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        assert!(e.message.contains("column"), "{}", e.message);
+        assert!(!e.message.contains("s3cr3t"));
         let e = parse_admin_request(
             &Method::PUT,
             "/v1/admin/bindings/b/secret",

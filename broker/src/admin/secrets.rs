@@ -219,13 +219,31 @@ impl AdminService {
         Ok(plan)
     }
 
+    /// Destroys every version of binding `id`'s secret (`version` None), or one version. The
+    /// active version is destroyed on its own only when `force`d: without it resolves fail
+    /// with `secret_missing` until another version is promoted, so the operator must say so.
     pub(super) async fn plan_secret_destroy(
         &self,
         id: &str,
         version: Option<u32>,
+        force: bool,
     ) -> Result<Plan, ApiError> {
         let stored = self.binding_or_404(id).await?;
         let mut binding = stored.value.clone();
+        let forced_active = match version {
+            Some(v) if binding.active_secret_version == Some(v) => {
+                if !force {
+                    return Err(ApiError::new(
+                        ErrorCode::SecretVersionActive,
+                        format!(
+                            "version {v} is binding {id}'s active version: destroying it leaves every resolve failing with secret_missing until another version is promoted; rotate and promote a new version first, or destroy it anyway with --force (?force=true)"
+                        ),
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
         let versions = self
             .core
             .records
@@ -266,13 +284,18 @@ impl AdminService {
         }
         plan.batch.replace(&stored, &binding);
         plan.detail = format!(
-            "binding={} destroyed_versions=[{}]",
+            "binding={} destroyed_versions=[{}]{}",
             binding.id,
             destroyed
                 .iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
-                .join(",")
+                .join(","),
+            if forced_active {
+                "; forced: it was the active version"
+            } else {
+                ""
+            }
         );
         plan.response = json!({
             "binding": binding.id.as_str(),

@@ -2,6 +2,7 @@
 //! secrets. Responses are printed as JSON; refusals name the error code, audit id and request
 //! id.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -284,7 +285,7 @@ pub enum SecretCmd {
     /// Make the pending version active (refused unless it passed its last probe); the
     /// previous version is kept, never served, for `[secrets] superseded_overlap_s`.
     Promote(SecretPromote),
-    /// Destroy every version, or one with --version.
+    /// Destroy every version, or one with --version (the active one only with --force).
     Destroy(SecretDestroy),
 }
 
@@ -327,6 +328,10 @@ pub struct SecretDestroy {
     /// Only this version.
     #[arg(long)]
     version: Option<u32>,
+    /// With --version: destroy it even if it is the active version (every resolve then fails
+    /// with secret_missing until another version is promoted).
+    #[arg(long, requires = "version")]
+    force: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -517,19 +522,33 @@ pub fn run_binding(cmd: BindingCmd) -> Result<ExitCode, String> {
 
 fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut raw = Zeroizing::new(Vec::new());
-    match &w.from_file {
+    let source = match &w.from_file {
         Some(path) => {
             let mut f =
                 std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
             f.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+            format!("the secret file {}", path.display())
         }
         None => {
             std::io::stdin()
                 .read_to_end(&mut raw)
                 .map_err(|e| e.to_string())?;
+            "the secret on standard input".to_owned()
         }
+    };
+    // Checked here, where a position means something to the operator (line and column of
+    // the file, not of the body the broker gets); values go into zeroizing strings only.
+    if let Err(e) = serde_json::from_slice::<BTreeMap<String, Zeroizing<String>>>(&raw) {
+        let why = crate::api_error::json_error(&e);
+        return Err(if e.is_syntax() || e.is_eof() {
+            format!("{source} is not valid JSON: {why}")
+        } else {
+            format!(
+                "{source} must be a JSON object of string fields, e.g. {{\"token\":\"…\"}}: {why}"
+            )
+        });
     }
-    // Wrap as {"fields": <object>} without parsing the values into non-zeroizing strings.
+    // Wrap the bytes as read as {"fields": <object>}: nothing re-serialized.
     let trimmed = raw.trim_ascii();
     if !trimmed.starts_with(b"{") {
         return Err(
@@ -578,6 +597,9 @@ pub fn run_secret(cmd: SecretCmd) -> Result<ExitCode, String> {
             let mut path = format!("/v1/admin/bindings/{}/secret", path_segment(&d.binding)?);
             if let Some(v) = d.version {
                 path.push_str(&format!("/{v}"));
+                if d.force {
+                    path.push_str("?force=true");
+                }
             }
             call(&d.conn, Method::DELETE, &path, None)
         }

@@ -503,6 +503,12 @@ async fn handle(
     // Every request below /v1/admin/ goes to the admin service, matched or not: its
     // refusals are audited (the caller holds a certificate the client CA accepts).
     let answer = if path.starts_with("/v1/admin/") {
+        // The admin API parses the query too (`DELETE …/secret/{version}?force=true`) and
+        // refuses one where a route declares none.
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
         let body = if method == Method::GET || method == Method::DELETE {
             Ok(Zeroizing::new(Vec::new()))
         } else {
@@ -513,7 +519,7 @@ async fn handle(
         };
         // Changes run in their own task: a client that disconnects cannot cancel an
         // operation between its audit record and its commit.
-        let (m, p, rid) = (method.clone(), path.clone(), request_id.clone());
+        let (m, p, rid) = (method.clone(), target, request_id.clone());
         to_completion(&request_id, detached, async move {
             broker.admin_http(peer.as_ref(), &m, &p, body, &rid).await
         })

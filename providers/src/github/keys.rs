@@ -125,4 +125,15 @@ impl PlatformKeys for GithubApp {
         }
         Ok(())
     }
+
+    /// Without an App private key no JWT can be signed, so nothing can be minted (unless
+    /// `private_key_file` is configured: it signs when the store holds no active key); the
+    /// OAuth client secret only proves who installed and is not required.
+    fn required_kind(&self, material: &SecretFields) -> Option<&'static str> {
+        if self.file_key.is_some() {
+            return None;
+        }
+        matches!(material_of(material), Ok(Material::PrivateKey(_)))
+            .then_some("GitHub App private key")
+    }
 }
