@@ -2,11 +2,18 @@
 //! App JWT's RS256 signature with the App's registered public keys and GitHub's claim rules
 //! (`exp` at most 10 minutes ahead, `iss` = app id or client id), and answers like GitHub —
 //! 201 token objects, 401/403/404/422 with GitHub's `{"message", "documentation_url"}` bodies,
-//! GET instead of POST → 404. Records every request so tests can assert the exact body sent.
+//! GET instead of POST → 404. What GitHub refuses outright it refuses too: a request without
+//! `User-Agent` (403, text), an unsupported `X-GitHub-Api-Version` (400); the OAuth code
+//! exchange answers form-encoded unless asked for `application/json`. Records every request —
+//! method, path, headers (not `Authorization`), body, the key and `iss` of its App JWT, the
+//! status and request id of the answer — so tests can assert exactly what the broker sent.
+//! Faults can be injected per route: 5xx with GitHub's bodies, primary and secondary rate
+//! limits with GitHub's headers, and answers held back longer than a deadline.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::KeyPair as _;
@@ -18,6 +25,11 @@ use hyper::{Request, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 
+/// The REST API versions GitHub serves (`X-GitHub-Api-Version`); any other value is refused
+/// with 400, a missing header means the oldest. (2026-03-10: inferred from GitHub's changelog
+/// as reported by API clients, not checked against a primary source.)
+pub const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
+
 /// An RSA App key generated for a test.
 pub struct AppKey {
     /// PKCS#8 PEM of the private key.
@@ -26,22 +38,97 @@ pub struct AppKey {
     pub public_der: Vec<u8>,
 }
 
+/// PEM text of `der` under `label`, 64 columns.
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// (tag, contents, rest) of the DER element at the start of `d`.
+fn der_element(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = d.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |a, b| (a << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
 impl AppKey {
     /// A fresh 2048-bit key.
     pub fn generate() -> AppKey {
         let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp).unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            pem.push_str(std::str::from_utf8(chunk).unwrap());
-            pem.push('\n');
-        }
-        pem.push_str("-----END PRIVATE KEY-----\n");
         AppKey {
-            private_pem: pem,
+            private_pem: pem("PRIVATE KEY", der.as_ref()),
             public_der: kp.public_key().as_ref().to_vec(),
         }
+    }
+
+    /// The same private key as GitHub's download gives it: PKCS#1 PEM
+    /// (`-----BEGIN RSA PRIVATE KEY-----`), taken out of the PKCS#8 wrapping.
+    pub fn pkcs1_pem(&self) -> String {
+        let body: String = self
+            .private_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let pkcs8 = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        // PrivateKeyInfo ::= SEQUENCE { version INTEGER, algorithm SEQUENCE, privateKey OCTET STRING }
+        let (tag, info, _) = der_element(&pkcs8).unwrap();
+        assert_eq!(tag, 0x30, "PKCS#8 is a SEQUENCE");
+        let (_, _, rest) = der_element(info).unwrap();
+        let (_, _, rest) = der_element(rest).unwrap();
+        let (tag, rsa_private_key, _) = der_element(rest).unwrap();
+        assert_eq!(tag, 0x04, "PKCS#8 privateKey is an OCTET STRING");
+        pem("RSA PRIVATE KEY", rsa_private_key)
+    }
+
+    /// The fingerprint GitHub shows for this key in the App settings: `SHA256:` + base64
+    /// (standard, padded) of the SHA-256 of the public key's DER SubjectPublicKeyInfo — what
+    /// `openssl rsa -in KEY.pem -pubout -outform DER | openssl sha256 -binary | openssl base64`
+    /// prints.
+    pub fn github_fingerprint(&self) -> String {
+        let public = aws_lc_rs::rsa::PublicKey::from_der(&self.public_der).unwrap();
+        let spki = AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(&public).unwrap();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+        )
+    }
+
+    /// An App JWT signed with this key as GitHub expects it (iat now − 60 s, exp now + 9 min)
+    /// with issuer `iss`.
+    pub fn app_jwt(&self, iss: Value) -> String {
+        let enc = jsonwebtoken::EncodingKey::from_rsa_pem(self.private_pem.as_bytes()).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::RS256),
+            &json!({"iat": now - 60, "exp": now + 540, "iss": iss}),
+            &enc,
+        )
+        .unwrap()
     }
 }
 
@@ -65,10 +152,53 @@ pub struct Recorded {
     pub method: String,
     /// Path.
     pub path: String,
+    /// Request headers, names lower-case, in the order sent (`Authorization` left out).
+    pub headers: Vec<(String, String)>,
     /// JSON body.
     pub body: Value,
     /// Name of the registered key that verified the App JWT, if any.
     pub verified_by: Option<String>,
+    /// The `iss` claim of the verified App JWT, if any.
+    pub iss: Option<Value>,
+    /// Status of the answer (0 while it is being answered, or when it never was).
+    pub status: u16,
+    /// The `x-github-request-id` the answer carries.
+    pub request_id: String,
+}
+
+impl Recorded {
+    /// Every value of header `name` (lower-case), in order.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A fault the fake answers with instead of GitHub's normal answer.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// A server error with GitHub's body for it (500, 502, 503, 504).
+    ServerError(u16),
+    /// The primary rate limit is spent: `status` (403 or 429) with `x-ratelimit-remaining: 0`
+    /// and `x-ratelimit-reset` = now + `reset_in_s` (epoch seconds).
+    PrimaryRateLimit {
+        /// 403 or 429.
+        status: u16,
+        /// Seconds until the window resets.
+        reset_in_s: u64,
+    },
+    /// A secondary rate limit: `status` (403 or 429), with `retry-after` when given.
+    SecondaryRateLimit {
+        /// 403 or 429.
+        status: u16,
+        /// The `retry-after` header, seconds.
+        retry_after_s: Option<u64>,
+    },
+    /// Hold the answer this long, then answer normally.
+    Hold(Duration),
 }
 
 /// Shared state.
@@ -87,6 +217,8 @@ pub struct GithubState {
     pub requests: Mutex<Vec<Recorded>>,
     /// The App's OAuth side: client, user authorization codes and user tokens.
     pub oauth: Mutex<OAuth>,
+    /// Injected faults: (path suffix, fault), each used by one matching request, in order.
+    pub faults: Mutex<VecDeque<(String, Fault)>>,
     counter: AtomicU64,
 }
 
@@ -122,24 +254,86 @@ impl Drop for FakeGithub {
     }
 }
 
+/// GitHub's request id of answer number `n`.
+fn request_id(n: u64) -> String {
+    format!("F00D:{n:04X}:1A2B3C:4D5E6F:67890ABC")
+}
+
 fn gh(status: u16, body: Value, n: u64) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json; charset=utf-8")
-        .header(
-            "x-github-request-id",
-            format!("F00D:{n:04X}:1A2B3C:4D5E6F:67890ABC"),
-        )
+        .header("x-github-request-id", request_id(n))
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap()
 }
 
 fn error(status: u16, message: &str, n: u64) -> Response<Full<Bytes>> {
+    error_doc(status, message, "https://docs.github.com/rest", n)
+}
+
+fn error_doc(status: u16, message: &str, doc: &str, n: u64) -> Response<Full<Bytes>> {
     gh(
         status,
-        json!({ "message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string() }),
+        json!({ "message": message, "documentation_url": doc, "status": status.to_string() }),
         n,
     )
+}
+
+fn with_header(
+    mut resp: Response<Full<Bytes>>,
+    name: &'static str,
+    value: String,
+) -> Response<Full<Bytes>> {
+    resp.headers_mut()
+        .insert(name, http::HeaderValue::from_str(&value).unwrap());
+    resp
+}
+
+/// `application/x-www-form-urlencoded` escaping of one value.
+fn form_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The OAuth endpoint's answer: JSON only when the request accepted it, else form-encoded.
+fn oauth_answer(v: Value, json_accepted: bool, n: u64) -> Response<Full<Bytes>> {
+    if json_accepted {
+        return gh(200, v, n);
+    }
+    let form = v
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={}", form_escape(v.as_str().unwrap_or(""))))
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+        .unwrap_or_default();
+    Response::builder()
+        .status(200)
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
+        .header("x-github-request-id", request_id(n))
+        .body(Full::new(Bytes::from(form)))
+        .unwrap()
+}
+
+/// The value of header `name` (lower-case) in `headers`, the first one.
+fn first<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 impl GithubState {
@@ -156,6 +350,12 @@ impl GithubState {
 
     /// Verifies an App JWT; returns the verifying key's name or GitHub's 401 message.
     pub fn verify_app_jwt(&self, auth: &str) -> Result<String, &'static str> {
+        self.verify_app_jwt_claims(auth).map(|(name, _)| name)
+    }
+
+    /// Verifies an App JWT; returns the verifying key's name and the claims, or GitHub's 401
+    /// message.
+    pub fn verify_app_jwt_claims(&self, auth: &str) -> Result<(String, Value), &'static str> {
         let jwt = auth
             .strip_prefix("Bearer ")
             .ok_or("A JSON web token could not be decoded")?;
@@ -188,9 +388,80 @@ impl GithubState {
             {
                 return Err("'Issuer' claim ('iss') must be an Integer");
             }
-            return Ok(name.clone());
+            return Ok((name.clone(), data.claims));
         }
         Err("A JSON web token could not be decoded")
+    }
+
+    /// Takes the first injected fault for `path`, if any.
+    fn take_fault(&self, path: &str) -> Option<Fault> {
+        let mut faults = self.faults.lock().unwrap();
+        let i = faults
+            .iter()
+            .position(|(s, _)| path.ends_with(s.as_str()))?;
+        faults.remove(i).map(|(_, f)| f)
+    }
+
+    /// GitHub's answer for an injected fault (never [`Fault::Hold`]).
+    fn fault_answer(&self, fault: &Fault, n: u64) -> Response<Full<Bytes>> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match fault {
+            Fault::ServerError(status) => {
+                // (inferred) GitHub's JSON bodies for its 5xx answers.
+                let message = match *status {
+                    503 => "Service Unavailable",
+                    504 => "We couldn't respond to your request in time. Sorry about that. Please try resubmitting your request and contact us if the problem persists.",
+                    _ => "Server Error",
+                };
+                gh(
+                    *status,
+                    json!({"message": message, "documentation_url": "https://docs.github.com/rest"}),
+                    n,
+                )
+            }
+            Fault::PrimaryRateLimit { status, reset_in_s } => {
+                let reset = now + i64::try_from(*reset_in_s).unwrap_or(0);
+                let mut resp = error_doc(
+                    *status,
+                    &format!(
+                        "API rate limit exceeded for app ID {}. If you reach out to GitHub Support for help, please include the request ID {}.",
+                        self.app_id,
+                        request_id(n)
+                    ),
+                    "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+                    n,
+                );
+                for (k, v) in [
+                    ("x-ratelimit-limit", "5000".to_owned()),
+                    ("x-ratelimit-remaining", "0".to_owned()),
+                    ("x-ratelimit-used", "5000".to_owned()),
+                    ("x-ratelimit-reset", reset.to_string()),
+                    ("x-ratelimit-resource", "core".to_owned()),
+                ] {
+                    resp = with_header(resp, k, v);
+                }
+                resp
+            }
+            Fault::SecondaryRateLimit {
+                status,
+                retry_after_s,
+            } => {
+                let resp = error_doc(
+                    *status,
+                    &format!(
+                        "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID {}.",
+                        request_id(n)
+                    ),
+                    "https://docs.github.com/free-pro-team@latest/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
+                    n,
+                );
+                match retry_after_s {
+                    Some(s) => with_header(resp, "retry-after", s.to_string()),
+                    None => resp,
+                }
+            }
+            Fault::Hold(_) => error(500, "Server Error", n),
+        }
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -204,6 +475,17 @@ impl GithubState {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .filter(|(k, _)| *k != http::header::AUTHORIZATION)
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
         let body = req
             .into_body()
             .collect()
@@ -211,23 +493,89 @@ impl GithubState {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let verified = if segs.first() == Some(&"app") {
-            self.verify_app_jwt(&auth)
+        let verified = if path.starts_with("/app/") || path == "/app" {
+            self.verify_app_jwt_claims(&auth)
         } else {
             Err("not an app route")
         };
-        self.requests.lock().unwrap().push(Recorded {
-            method: method.to_string(),
-            path: path.clone(),
-            body: body.clone(),
-            verified_by: verified.clone().ok(),
-        });
+        let index = {
+            let mut requests = self.requests.lock().unwrap();
+            requests.push(Recorded {
+                method: method.to_string(),
+                path: path.clone(),
+                headers: headers.clone(),
+                body: body.clone(),
+                verified_by: verified.as_ref().ok().map(|(name, _)| name.clone()),
+                iss: verified
+                    .as_ref()
+                    .ok()
+                    .map(|(_, claims)| claims["iss"].clone()),
+                status: 0,
+                request_id: request_id(n),
+            });
+            requests.len() - 1
+        };
+        let verified = verified.map(|(name, _)| name);
+        let resp = self
+            .route(&method, &path, &query, &auth, &headers, &body, verified, n)
+            .await;
+        if let Some(r) = self.requests.lock().unwrap().get_mut(index) {
+            r.status = resp.status().as_u16();
+        }
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: &str,
+        auth: &str,
+        headers: &[(String, String)],
+        body: &Value,
+        verified: Result<String, &'static str>,
+        n: u64,
+    ) -> Response<Full<Bytes>> {
+        // GitHub refuses a request without a User-Agent before anything else, in plain text.
+        if first(headers, "user-agent").is_none_or(|ua| ua.trim().is_empty()) {
+            return Response::builder()
+                .status(403)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from_static(b"Request forbidden by administrative rules. Please make sure your request has a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required). Check https://developer.github.com for other possible causes.\n")))
+                .unwrap();
+        }
+        // The API host refuses a version it does not serve; a missing header means the oldest.
+        if !path.starts_with("/login/") {
+            if let Some(version) = first(headers, "x-github-api-version") {
+                if !API_VERSIONS.contains(&version) {
+                    return error(
+                        400,
+                        &format!(
+                            "The version you specified in the \"X-GitHub-API-Version\" request header, \"{version}\", is not a supported version. The following versions are currently supported: \"{}\" (most recent), \"{}\".",
+                            API_VERSIONS[1], API_VERSIONS[0]
+                        ),
+                        n,
+                    );
+                }
+            }
+        }
+        match self.take_fault(path) {
+            Some(Fault::Hold(d)) => tokio::time::sleep(d).await,
+            Some(f) => return self.fault_answer(&f, n),
+            None => {}
+        }
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method.as_str(), segs.as_slice()) {
-            ("POST", ["login", "oauth", "access_token"]) => self.exchange_code(&body, n),
-            ("GET", ["user", "installations"]) => self.user_installations(&auth, &query, n),
+            ("POST", ["login", "oauth", "access_token"]) => {
+                let json_accepted = headers
+                    .iter()
+                    .any(|(k, v)| k == "accept" && v.contains("application/json"));
+                self.exchange_code(body, json_accepted, n)
+            }
+            ("GET", ["user", "installations"]) => self.user_installations(auth, query, n),
             ("DELETE", ["applications", client, "token"]) => {
-                self.revoke_user_token(client, &auth, &body, n)
+                self.revoke_user_token(client, auth, body, n)
             }
             ("DELETE", ["installation", "token"]) => {
                 let token = auth.strip_prefix("Bearer ").unwrap_or("").to_owned();
@@ -236,6 +584,7 @@ impl GithubState {
                 {
                     return Response::builder()
                         .status(204)
+                        .header("x-github-request-id", request_id(n))
                         .body(Full::new(Bytes::new()))
                         .unwrap();
                 }
@@ -243,8 +592,9 @@ impl GithubState {
             }
             (_, ["app", ..]) if verified.is_err() => error(401, verified.err().unwrap_or(""), n),
             ("POST", ["app", "installations", id, "access_tokens"]) => {
-                self.access_token(id, &body, n)
+                self.access_token(id, body, n)
             }
+            // GitHub answers a method an endpoint does not support with 404, not 405.
             (_, ["app", "installations", _, "access_tokens"]) => error(404, "Not Found", n),
             ("GET", ["app", "installations", id]) => {
                 let id: u64 = id.parse().unwrap_or(0);
@@ -267,15 +617,16 @@ impl GithubState {
     }
 
     /// `POST /login/oauth/access_token` (web host): GitHub answers 200 with an `error` field
-    /// for a bad code or client, and JSON only when asked (`Accept: application/json`).
-    fn exchange_code(&self, body: &Value, n: u64) -> Response<Full<Bytes>> {
+    /// for a bad code or client, and JSON only when asked (`Accept: application/json`);
+    /// otherwise the same fields form-encoded.
+    fn exchange_code(&self, body: &Value, json_accepted: bool, n: u64) -> Response<Full<Bytes>> {
         let mut o = self.oauth.lock().unwrap();
         o.exchanges += 1;
         let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let oauth_error = |e: &str, d: &str| {
-            gh(
-                200,
+            oauth_answer(
                 json!({"error": e, "error_description": d, "error_uri": "https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors"}),
+                json_accepted,
                 n,
             )
         };
@@ -295,9 +646,9 @@ impl GithubState {
         };
         let token = format!("ghu_{n:036x}");
         o.user_tokens.insert(token.clone(), installations);
-        gh(
-            200,
+        oauth_answer(
             json!({"access_token": token, "token_type": "bearer", "scope": ""}),
+            json_accepted,
             n,
         )
     }
@@ -369,7 +720,6 @@ impl GithubState {
         body: &Value,
         n: u64,
     ) -> Response<Full<Bytes>> {
-        use base64::Engine as _;
         let mut o = self.oauth.lock().unwrap();
         let creds = auth
             .strip_prefix("Basic ")
@@ -394,6 +744,7 @@ impl GithubState {
         o.revoked_user_tokens.insert(token.to_owned());
         Response::builder()
             .status(204)
+            .header("x-github-request-id", request_id(n))
             .body(Full::new(Bytes::new()))
             .unwrap()
     }
@@ -477,6 +828,7 @@ impl FakeGithub {
             revoked: Mutex::new(HashSet::new()),
             requests: Mutex::new(Vec::new()),
             oauth: Mutex::new(OAuth::default()),
+            faults: Mutex::new(VecDeque::new()),
             counter: AtomicU64::new(1),
         });
         let s = state.clone();
@@ -519,5 +871,74 @@ impl FakeGithub {
     /// Adds an installation.
     pub fn install(&self, id: u64, inst: FakeInstallation) {
         self.state.installations.lock().unwrap().insert(id, inst);
+    }
+
+    /// Suspends (or unsuspends) installation `id`, as its owner can on GitHub: GitHub then
+    /// refuses its token requests with 403.
+    pub fn suspend(&self, id: u64, suspended: bool) {
+        if let Some(inst) = self.state.installations.lock().unwrap().get_mut(&id) {
+            inst.suspended = suspended;
+        }
+    }
+
+    /// The next `times` requests whose path ends with `path_suffix` get `fault` (after faults
+    /// injected earlier for the same path).
+    pub fn inject(&self, path_suffix: &str, fault: Fault, times: usize) {
+        let mut faults = self.state.faults.lock().unwrap();
+        for _ in 0..times {
+            faults.push_back((path_suffix.to_owned(), fault.clone()));
+        }
+    }
+
+    /// Faults injected and not used yet.
+    pub fn pending_faults(&self) -> usize {
+        self.state.faults.lock().unwrap().len()
+    }
+
+    /// Sends one raw HTTP/1.1 request to the fake with exactly `headers` (plus `host` and a
+    /// `content-length` for a body): its status, headers (lower-case names) and body text.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (u16, Vec<(String, String)>, String) {
+        use hyper_util::rt::TokioIo;
+        let authority = self.url.trim_start_matches("http://").to_owned();
+        let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", authority.as_str());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default().to_vec())))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
     }
 }

@@ -1,13 +1,14 @@
 //! `github_app` end to end against the local fake GitHub API: install flow bound to a tenant
 //! by a single-use state, minting with caching and single flight, narrowing, key rotation
-//! with two active keys, and verified webhooks.
+//! with two active keys, verified webhooks; the headers and App JWT GitHub sees, GitHub's
+//! 5xx, rate limits, slow answers and refusals, and key fingerprints as GitHub shows them.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 use credbroker::client::BrokerClient;
-use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation};
+use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation, Fault, Recorded};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
@@ -50,17 +51,28 @@ fn installation(login: &str) -> FakeInstallation {
     }
 }
 
+/// A `[public]` rate for tests that make many callbacks from one address.
+const GENEROUS: &str = "requests_per_second_per_source = 100.0\nburst_per_source = 100.0\n";
+
 /// Tests of the install flow make many callbacks from one address: a generous rate.
 async fn start(state_ttl_s: u64) -> Env {
-    start_with(
-        state_ttl_s,
-        "requests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
-    )
-    .await
+    start_with(state_ttl_s, GENEROUS).await
 }
 
 /// `public_extra` is appended to the `[public]` section.
 async fn start_with(state_ttl_s: u64, public_extra: &str) -> Env {
+    start_full(state_ttl_s, public_extra, Some(CLIENT_ID), "").await
+}
+
+/// As [`start_with`], with `client_id` as `[providers.github_app] client_id` (none: the App
+/// JWT's `iss` is the app id, and installs cannot be proven) and `sections` appended after the
+/// provider's section (e.g. a `[cache]` section).
+async fn start_full(
+    state_ttl_s: u64,
+    public_extra: &str,
+    client_id: Option<&str>,
+    sections: &str,
+) -> Env {
     let (tmp, pki) = setup();
     let gh = FakeGithub::start(APP_ID).await;
     let key_a = AppKey::generate();
@@ -70,14 +82,22 @@ async fn start_with(state_ttl_s: u64, public_extra: &str) -> Env {
     gh.set_oauth_client(CLIENT_ID, OAUTH_SECRET);
     let secret_file = tmp.path().join("webhook.secret");
     std::fs::write(&secret_file, WEBHOOK_SECRET).unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     // Install links point at the public listener: its address must be known up front.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    let client_line = client_id
+        .map(|c| format!("client_id = \"{c}\"\n"))
+        .unwrap_or_default();
     let extra = format!(
-        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nstate_ttl_s = {state_ttl_s}\n{public_extra}\n[providers.github_app]\napp_id = {APP_ID}\nclient_id = \"{CLIENT_ID}\"\napi_base_url = \"{}\"\nweb_base_url = \"{}\"\ninstall_url = \"https://github.com/apps/credbroker-test/installations/new\"\nwebhook_secret_file = {:?}\nceiling_file = {:?}\ntimeout_ms = 3000\nmint_rate_warning_per_minute = 5\n",
+        "[public]\nlisten = \"127.0.0.1:{port}\"\nbase_url = \"https://127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nstate_ttl_s = {state_ttl_s}\n{public_extra}\n[providers.github_app]\napp_id = {APP_ID}\n{client_line}api_base_url = \"{}\"\nweb_base_url = \"{}\"\ninstall_url = \"https://github.com/apps/credbroker-test/installations/new\"\nwebhook_secret_file = {:?}\nceiling_file = {:?}\ntimeout_ms = 3000\nmint_rate_warning_per_minute = 5\n\n{sections}",
         pki.dir.join("server.crt").display().to_string(),
         pki.dir.join("server.key").display().to_string(),
         gh.url,
@@ -543,8 +563,9 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
         .as_array()
         .unwrap()
         .iter()
-        // App keys only (the OAuth client secret is a platform key of its own).
-        .filter(|k| k["fingerprint"].as_str().unwrap().starts_with("sha256:"))
+        // App keys only (the OAuth client secret is a platform key of its own,
+        // `oauth-client-secret:sha256:…`); App keys show GitHub's `SHA256:…`.
+        .filter(|k| k["fingerprint"].as_str().unwrap().starts_with("SHA256:"))
         .map(|k| {
             (
                 k["version"].as_u64().unwrap(),
@@ -742,11 +763,55 @@ async fn expired_states_and_verified_webhooks() {
     assert_eq!(s, 200, "{v}");
     let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
-    // Unsuspend: re-probed and active again.
+    // Unsuspend: re-probed (GitHub is asked) and active again.
+    let probes_before = installation_calls(&env.gh);
     let (s, v) = webhook(
         &mut env.public,
         &json!({"action": "unsuspend", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}}),
         None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        installation_calls(&env.gh) > probes_before,
+        "unsuspend did not re-probe"
+    );
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "{v}");
+    // Suspended again, and an unsuspend event arrives while GitHub still reports the
+    // installation suspended: the re-probe fails and the binding stays inactive (the event
+    // alone proves nothing); once GitHub agrees, the operator's probe activates it.
+    let (s, v) = webhook(
+        &mut env.public,
+        &json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}, "sender": {"login": "again"}}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    env.gh.suspend(1001, true);
+    let probes_before = installation_calls(&env.gh);
+    let (s, v) = webhook(
+        &mut env.public,
+        &json!({"action": "unsuspend", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}, "sender": {"login": "early"}}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        installation_calls(&env.gh) > probes_before,
+        "unsuspend did not re-probe"
+    );
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(
+        s, 403,
+        "served although GitHub still reports it suspended: {v}"
+    );
+    env.gh.suspend(1001, false);
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -1648,4 +1713,923 @@ async fn the_installers_installations_are_paged_through() {
         .map(|r| r.method.clone())
         .collect();
     assert_eq!(pages.len(), 2, "two pages read");
+}
+
+// ---- What GitHub sees and what GitHub answers (issue 18, item 6) ------------------------
+
+/// Token requests for installation 1001 the fake received so far, in order.
+fn mint_requests(env: &Env) -> Vec<Recorded> {
+    env.gh
+        .state
+        .requests_to("/app/installations/1001/access_tokens")
+}
+
+/// A narrowing within the ceiling and installation 1001's grant, different for each `n`
+/// below 21: a cold resolve, never served from the cache by an earlier one.
+fn cold(n: usize) -> Value {
+    const REPOS: [&[&str]; 7] = [
+        &["api"],
+        &["web"],
+        &["infra"],
+        &["api", "web"],
+        &["api", "infra"],
+        &["web", "infra"],
+        &["api", "web", "infra"],
+    ];
+    let permission = ["issues", "metadata", "contents"][(n / REPOS.len()) % 3];
+    let mut permissions = serde_json::Map::new();
+    permissions.insert(permission.to_owned(), json!("read"));
+    json!({"permissions": permissions, "repositories": REPOS[n % REPOS.len()]})
+}
+
+/// Resolves instance i-gh with narrowing [`cold`]`(n)`.
+async fn resolve_cold(env: &Env, n: usize) -> (u16, Value) {
+    resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-gh", "narrow": cold(n)}),
+    )
+    .await
+}
+
+/// The audit record of the resolve that answered `v` (found by its request id).
+fn audit_of(env: &Env, v: &Value) -> Value {
+    let id = v["error"]["request_id"]
+        .as_str()
+        .or_else(|| v["request_id"].as_str())
+        .unwrap_or_else(|| panic!("no request id in {v}"))
+        .to_owned();
+    env.daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "resolve" && r["request_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no resolve record for request {id}"))
+}
+
+/// The first value of header `name` in a header list the fake answered with.
+fn header_of(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Every request the broker sends GitHub — the install flow's, the probe's, a resolve's and a
+/// revocation's — carries exactly one `X-GitHub-Api-Version: 2022-11-28` (PROTOCOLS.md), one
+/// `User-Agent` (GitHub refuses requests without one) and exactly one `Accept`:
+/// `application/vnd.github+json`, or `application/json` for the OAuth code exchange on the web
+/// host (without it GitHub answers form-encoded and the install could not be proven).
+/// Fails if production drops or doubles either header, or changes the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_github_request_carries_the_api_version_and_accept_headers() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/providers/github_app/revoke-cached",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["dropped"].as_u64().unwrap() >= 1, "{v}");
+
+    let requests = env.gh.state.requests.lock().unwrap().clone();
+    // Every kind of request the broker makes was seen, so the checks below are not vacuous.
+    let revoke_user_token = format!("/applications/{CLIENT_ID}/token");
+    for (method, path) in [
+        ("POST", "/login/oauth/access_token"),
+        ("GET", "/user/installations"),
+        ("DELETE", revoke_user_token.as_str()),
+        ("POST", "/app/installations/1001/access_tokens"),
+        ("GET", "/app/installations/1001"),
+        ("DELETE", "/installation/token"),
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.method == method && r.path == path),
+            "no {method} {path} among {requests:#?}"
+        );
+    }
+    for r in &requests {
+        let what = format!("{} {} {:?}", r.method, r.path, r.headers);
+        assert_eq!(
+            r.header("x-github-api-version"),
+            vec!["2022-11-28"],
+            "{what}"
+        );
+        let agents = r.header("user-agent");
+        assert!(agents.len() == 1 && !agents[0].trim().is_empty(), "{what}");
+        let accept = if r.path == "/login/oauth/access_token" {
+            "application/json"
+        } else {
+            "application/vnd.github+json"
+        };
+        assert_eq!(r.header("accept"), vec![accept], "{what}");
+        assert!(
+            (200..300).contains(&r.status),
+            "{what}: status {}",
+            r.status
+        );
+    }
+}
+
+/// The fake refuses what GitHub refuses, with GitHub's answers: no `User-Agent` (403, plain
+/// text), an API version GitHub does not serve (400), a GET where a POST is due (404, never
+/// 405); the OAuth code exchange answers form-encoded unless asked for JSON; injected faults
+/// carry GitHub's status, body and rate-limit headers, are used in order, and then GitHub
+/// answers normally again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_refuses_what_github_refuses() {
+    const BODY: &[u8] = b"{}";
+    let gh = FakeGithub::start(APP_ID).await;
+    let key = AppKey::generate();
+    gh.register_key("A", &key);
+    gh.install(7, installation("o"));
+    gh.set_oauth_client(CLIENT_ID, OAUTH_SECRET);
+    let bearer = format!("Bearer {}", key.app_jwt(json!(APP_ID)));
+    let route = "/app/installations/7/access_tokens";
+    let ua = ("user-agent", "credbroker-test");
+    let auth = ("authorization", bearer.as_str());
+    let full = [
+        ua,
+        auth,
+        ("accept", "application/vnd.github+json"),
+        ("x-github-api-version", "2022-11-28"),
+    ];
+    // A well-formed request is answered: the refusals below are about what they lack.
+    let (s, _, body) = gh.send("POST", route, &full, Some(BODY)).await;
+    assert_eq!(s, 201, "{body}");
+    // No User-Agent.
+    let (s, h, body) = gh.send("POST", route, &[auth], Some(BODY)).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("User-Agent"), "{body}");
+    assert!(header_of(&h, "content-type")
+        .unwrap_or_default()
+        .starts_with("text/plain"));
+    // A version GitHub does not serve.
+    let (s, _, body) = gh
+        .send(
+            "POST",
+            route,
+            &[ua, auth, ("x-github-api-version", "v3")],
+            Some(BODY),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("is not a supported version"), "{body}");
+    // Neither version nor Accept: GitHub's defaults, answered.
+    let (s, _, body) = gh.send("POST", route, &[ua, auth], Some(BODY)).await;
+    assert_eq!(s, 201, "{body}");
+    // GET instead of POST: 404 with GitHub's JSON, though the JWT is valid.
+    let (s, _, body) = gh.send("GET", route, &full, None).await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["message"],
+        "Not Found"
+    );
+    // The code exchange: form-encoded unless JSON is asked for.
+    gh.authorize("code-form", &[7]);
+    gh.authorize("code-json", &[7]);
+    let exchange = |code: &str| {
+        json!({"client_id": CLIENT_ID, "client_secret": OAUTH_SECRET, "code": code}).to_string()
+    };
+    let form_body = exchange("code-form");
+    let (s, h, body) = gh
+        .send(
+            "POST",
+            "/login/oauth/access_token",
+            &[ua, ("content-type", "application/json")],
+            Some(form_body.as_bytes()),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body.starts_with("access_token=ghu_") && body.contains("token_type=bearer"),
+        "{body}"
+    );
+    assert!(header_of(&h, "content-type")
+        .unwrap_or_default()
+        .starts_with("application/x-www-form-urlencoded"));
+    let json_body = exchange("code-json");
+    let (s, _, body) = gh
+        .send(
+            "POST",
+            "/login/oauth/access_token",
+            &[
+                ua,
+                ("accept", "application/json"),
+                ("content-type", "application/json"),
+            ],
+            Some(json_body.as_bytes()),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["access_token"].as_str().unwrap().starts_with("ghu_"),
+        "{body}"
+    );
+    // Injected faults, in order, with GitHub's shapes.
+    gh.inject("/access_tokens", Fault::ServerError(502), 1);
+    gh.inject(
+        "/access_tokens",
+        Fault::SecondaryRateLimit {
+            status: 429,
+            retry_after_s: Some(30),
+        },
+        1,
+    );
+    gh.inject(
+        "/access_tokens",
+        Fault::PrimaryRateLimit {
+            status: 403,
+            reset_in_s: 60,
+        },
+        1,
+    );
+    let (s, h, body) = gh.send("POST", route, &full, Some(BODY)).await;
+    assert_eq!(s, 502, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["message"],
+        "Server Error"
+    );
+    assert!(header_of(&h, "x-github-request-id").is_some());
+    let (s, h, body) = gh.send("POST", route, &full, Some(BODY)).await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(header_of(&h, "retry-after").as_deref(), Some("30"));
+    assert!(body.contains("secondary rate limit"), "{body}");
+    let (s, h, body) = gh.send("POST", route, &full, Some(BODY)).await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(header_of(&h, "x-ratelimit-remaining").as_deref(), Some("0"));
+    let reset: i64 = header_of(&h, "x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!(reset > time::OffsetDateTime::now_utc().unix_timestamp());
+    assert!(body.contains("API rate limit exceeded"), "{body}");
+    assert_eq!(gh.pending_faults(), 0);
+    let (s, _, body) = gh.send("POST", route, &full, Some(BODY)).await;
+    assert_eq!(s, 201, "{body}");
+    // The fake recorded every request, its headers and its answer.
+    let seen = gh.state.requests_to(route);
+    assert_eq!(
+        seen.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![201, 403, 400, 201, 404, 502, 429, 403, 201]
+    );
+    assert_eq!(seen[0].header("x-github-api-version"), vec!["2022-11-28"]);
+    assert_eq!(seen[0].iss, Some(json!(APP_ID)));
+    assert!(seen[1].header("user-agent").is_empty());
+    assert!(seen[0].header("authorization").is_empty(), "never recorded");
+}
+
+/// The App JWT's `iss` is the client id when `client_id` is configured, else the numeric app
+/// id (GitHub accepts both; the fake records which it saw). Fails if production uses one
+/// in both configurations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_jwt_iss_is_the_client_id_when_configured_else_the_app_id() {
+    let signed = |env: &Env| -> Vec<Value> {
+        env.gh
+            .state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.verified_by.is_some())
+            .map(|r| r.iss.clone().unwrap_or(Value::Null))
+            .collect()
+    };
+    {
+        // With a client id (the install flow needs one): iss = the client id, a string.
+        let mut env = start(3600).await;
+        add_key(&mut env.op, &env.key_a).await;
+        bind_acme(&mut env).await;
+        let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+        assert_eq!(s, 200, "{v}");
+        let seen = signed(&env);
+        assert!(
+            seen.len() >= 3,
+            "the probe's mint and read, the resolve's mint: {seen:?}"
+        );
+        assert!(seen.iter().all(|iss| iss == &json!(CLIENT_ID)), "{seen:?}");
+    }
+    // Without one (bound by hand: installs cannot be proven): iss = the app id, a number.
+    let mut env = start_full(3600, GENEROUS, None, "").await;
+    add_key(&mut env.op, &env.key_a).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "github-app-1001", "tenant": "t1", "provider": "github_app",
+                    "config": {"installation_id": 1001}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/github-app-1001/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["binding"]["status"].as_str()),
+        (200, Some("active")),
+        "{v}"
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-gh", "tenant": "t1", "binding": "github-app-1001", "connector_kind": "github"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "{v}");
+    let seen = signed(&env);
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(
+        seen.iter().all(|iss| iss.as_u64() == Some(APP_ID)),
+        "{seen:?}"
+    );
+}
+
+/// GitHub's 5xx (its 502 and 503 bodies): retried once after a short pause — a 502 GitHub
+/// recovers from mints on the retry — then `provider_unavailable`, audited as `failed` with
+/// GitHub's request id of the last answer; nothing is cached. Two failing mints open the
+/// binding's circuit (`[cache] breaker_failures`): cold mints then fail fast without a
+/// request to GitHub while the cached token is still served, and after `breaker_open_ms` one
+/// trial mints. Fails if 5xx are not retried, retried more than once (octocrab's default
+/// retries three times at once), or not treated as unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_server_errors_are_retried_once_then_open_the_circuit() {
+    let mut env = start_full(
+        3600,
+        GENEROUS,
+        Some(CLIENT_ID),
+        "[cache]\nbreaker_failures = 2\nbreaker_open_ms = 3000\n",
+    )
+    .await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "warm the cache: {v}");
+
+    // One 502, then GitHub is back: the retry mints.
+    env.gh.inject("/access_tokens", Fault::ServerError(502), 1);
+    let before = mint_requests(&env).len();
+    let (s, v) = resolve_cold(&env, 0).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    let statuses: Vec<u16> = mint_requests(&env)[before..]
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![502, 201], "one retry");
+
+    // GitHub down: each failing mint asks twice (502, 502; then 503, 503).
+    env.gh.inject("/access_tokens", Fault::ServerError(502), 2);
+    env.gh.inject("/access_tokens", Fault::ServerError(503), 2);
+    for (n, status) in [(1, 502u16), (2, 503)] {
+        let before = mint_requests(&env).len();
+        let (s, v) = resolve_cold(&env, n).await;
+        assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("GitHub HTTP {status}")),
+            "{v}"
+        );
+        let sent = mint_requests(&env)[before..].to_vec();
+        assert_eq!(
+            sent.iter().map(|r| r.status).collect::<Vec<_>>(),
+            vec![status, status],
+            "one retry, no more"
+        );
+        let record = audit_of(&env, &v);
+        assert_eq!(
+            (record["outcome"].as_str(), record["error_code"].as_str()),
+            (Some("failed"), Some("provider_unavailable")),
+            "{record}"
+        );
+        assert_eq!(
+            record["upstream_request_id"].as_str(),
+            Some(sent[1].request_id.as_str()),
+            "{record}"
+        );
+    }
+    assert_eq!(env.gh.pending_faults(), 0);
+
+    // The binding's circuit is open: cold mints fail fast, GitHub is not asked…
+    let before = mint_requests(&env).len();
+    for n in 3..6 {
+        let (s, v) = resolve_cold(&env, n).await;
+        assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("circuit open"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        mint_requests(&env).len(),
+        before,
+        "no request to GitHub while the circuit is open"
+    );
+    // …the cached token is still served, and the open circuit shows.
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+    let (_, m) = scrape(&env.pki, &env.daemon.url).await;
+    assert_eq!(
+        metric_value(
+            &String::from_utf8(m).unwrap(),
+            "credbroker_open_binding_circuits"
+        ),
+        Some(1.0)
+    );
+    assert!(env.daemon.logs().contains("circuit opened"));
+
+    // After breaker_open_ms one trial goes through and GitHub answers: minted, and a failed
+    // narrowing was never cached.
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let before = mint_requests(&env).len();
+    let (s, v) = resolve_cold(&env, 1).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    assert_eq!(mint_requests(&env).len(), before + 1);
+    let (s, v) = resolve_cold(&env, 1).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+}
+
+/// GitHub's rate limits (GitHub's REST docs: 403 or 429 with `retry-after`, or with
+/// `x-ratelimit-remaining: 0` and `x-ratelimit-reset`): `provider_unavailable` at once, one
+/// request and no retry, audited as `failed` with GitHub's request id; until the time GitHub
+/// named has passed the App sends GitHub nothing (cold mints fail fast, the cached token is
+/// still served); then it mints again. A 403 naming a secondary rate limit without a time
+/// keeps it away a minute. Fails if production retries a rate limit (octocrab's default
+/// retries a 429 three times at once), ignores `retry-after`/`x-ratelimit-reset`, or treats
+/// the 403 as a denial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_rate_limits_are_waited_out_not_retried() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "warm the cache: {v}");
+
+    let cases = [
+        Fault::SecondaryRateLimit {
+            status: 429,
+            retry_after_s: Some(3),
+        },
+        Fault::SecondaryRateLimit {
+            status: 403,
+            retry_after_s: Some(3),
+        },
+        Fault::PrimaryRateLimit {
+            status: 403,
+            reset_in_s: 4,
+        },
+    ];
+    for (n, fault) in cases.into_iter().enumerate() {
+        env.gh.inject("/access_tokens", fault.clone(), 1);
+        let before = mint_requests(&env).len();
+        let (s, v) = resolve_cold(&env, n).await;
+        assert_eq!(
+            (s, code(&v)),
+            (504, "provider_unavailable"),
+            "{fault:?}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("rate limit"),
+            "{v}"
+        );
+        let sent = mint_requests(&env)[before..].to_vec();
+        assert_eq!(
+            sent.len(),
+            1,
+            "{fault:?}: a rate limit is not retried: {sent:?}"
+        );
+        let record = audit_of(&env, &v);
+        assert_eq!(
+            (record["outcome"].as_str(), record["error_code"].as_str()),
+            (Some("failed"), Some("provider_unavailable")),
+            "{record}"
+        );
+        assert_eq!(
+            record["upstream_request_id"].as_str(),
+            Some(sent[0].request_id.as_str())
+        );
+        // Asked again at once: GitHub is not asked; the cached token is still served.
+        let (s, v) = resolve_cold(&env, n).await;
+        assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no call to GitHub"),
+            "{v}"
+        );
+        assert_eq!(
+            mint_requests(&env).len(),
+            before + 1,
+            "{fault:?}: GitHub was asked again before the time it named"
+        );
+        let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+        // Once that time has passed: minted, nothing of the refusal cached.
+        tokio::time::sleep(Duration::from_millis(4300)).await;
+        let (s, v) = resolve_cold(&env, n).await;
+        assert_eq!(
+            (s, v["cached"].as_bool()),
+            (200, Some(false)),
+            "{fault:?}: {v}"
+        );
+        assert_eq!(mint_requests(&env).len(), before + 2);
+    }
+
+    // A 403 naming a secondary rate limit but no time: at least a minute (GitHub's docs).
+    env.gh.inject(
+        "/access_tokens",
+        Fault::SecondaryRateLimit {
+            status: 403,
+            retry_after_s: None,
+        },
+        1,
+    );
+    let before = mint_requests(&env).len();
+    let (s, v) = resolve_cold(&env, 7).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("for 60 s"),
+        "{v}"
+    );
+    let (s, v) = resolve_cold(&env, 8).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert_eq!(mint_requests(&env).len(), before + 1);
+    assert!(env.daemon.logs().contains("GitHub rate limit"));
+}
+
+/// GitHub holding its answer longer than the mint deadline (`[cache] mint_timeout_ms`): the
+/// resolve gets `provider_unavailable` at the deadline, not when GitHub answers; audited as
+/// `failed`; the request is not repeated; the cached token is still served, and whatever
+/// GitHub answered late is never served. Fails if the mint is not bounded by the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_answer_later_than_the_mint_deadline_is_provider_unavailable() {
+    let mut env = start_full(
+        3600,
+        GENEROUS,
+        Some(CLIENT_ID),
+        "[cache]\nmint_timeout_ms = 1500\n",
+    )
+    .await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "warm the cache: {v}");
+
+    env.gh
+        .inject("/access_tokens", Fault::Hold(Duration::from_secs(5)), 1);
+    let before = mint_requests(&env).len();
+    let started = Instant::now();
+    let (s, v) = resolve_cold(&env, 0).await;
+    let took = started.elapsed();
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        took < Duration::from_millis(4000),
+        "answered when GitHub did, not at the 1.5 s deadline: {took:?}"
+    );
+    assert_eq!(
+        mint_requests(&env).len(),
+        before + 1,
+        "the held request reached GitHub once"
+    );
+    let record = audit_of(&env, &v);
+    assert_eq!(
+        (record["outcome"].as_str(), record["error_code"].as_str()),
+        (Some("failed"), Some("provider_unavailable")),
+        "{record}"
+    );
+    assert!(record["upstream_request_id"].is_null(), "{record}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+
+    // Wait out the hold: a token GitHub minted for the late answer is not what the next
+    // resolve gets.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let earlier: HashSet<String> = env
+        .gh
+        .state
+        .tokens
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let (s, v) = resolve_cold(&env, 0).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    assert!(
+        !earlier.contains(v["credentials"]["token"].as_str().unwrap()),
+        "a token minted before this resolve was served"
+    );
+    assert_eq!(mint_requests(&env).len(), before + 2);
+}
+
+/// An installation its owner suspended: GitHub answers the token request 403 "This
+/// installation has been suspended"; the resolve gets `provider_denied` naming it, audited as
+/// `denied` with GitHub's request id, and the binding is flagged `trust_broken` (through the
+/// audited pipeline); unsuspended, a probe clears the flag (README, GitHub App federation).
+/// Fails if the 403 is read as a rate limit, an outage, or a denial that leaves the binding
+/// unflagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_installation_is_denied_and_flags_the_binding() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let binding = bind_acme(&mut env).await;
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(s, 200, "{v}");
+
+    env.gh.suspend(1001, true);
+    let (s, v) = resolve_cold(&env, 0).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("suspended"),
+        "{v}"
+    );
+    let sent = mint_requests(&env).last().cloned().unwrap();
+    assert_eq!((sent.method.as_str(), sent.status), ("POST", 403));
+    let record = audit_of(&env, &v);
+    assert_eq!(
+        (record["outcome"].as_str(), record["error_code"].as_str()),
+        (Some("denied"), Some("provider_denied")),
+        "{record}"
+    );
+    assert_eq!(
+        record["upstream_request_id"].as_str(),
+        Some(sent.request_id.as_str())
+    );
+    assert_eq!(
+        record["detail"], "upstream denied: binding flagged trust_broken",
+        "{record}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, b) = call(
+            &mut env.op,
+            Method::GET,
+            &format!("/v1/admin/bindings/{binding}"),
+            None,
+        )
+        .await;
+        if b["binding"]["trust_broken"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the binding was never flagged: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env
+        .daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "binding.flag_trust_broken" && r["binding"] == binding.as_str()));
+
+    // Unsuspended on GitHub: a probe passes and clears the flag; cold mints work again.
+    env.gh.suspend(1001, false);
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"]["trust_broken"], false, "{v}");
+    let (s, v) = resolve_cold(&env, 0).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Installation tokens are minted with `POST /app/installations/{id}/access_tokens` and a JSON
+/// body. GitHub answers a GET there with 404 Not Found — the fake too, even with a valid App
+/// JWT — which a broker minting with GET would read as "uninstalled": the probe would fail
+/// and the binding be flagged. Fails if production used GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_minted_with_post_and_a_get_is_githubs_404() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let binding = bind_acme(&mut env).await;
+    let (s, v) = resolve_cold(&env, 0).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    let mints = mint_requests(&env);
+    assert!(
+        mints.len() >= 2,
+        "the probe's mint and the resolve's: {mints:?}"
+    );
+    for m in &mints {
+        assert_eq!((m.method.as_str(), m.status), ("POST", 201), "{m:?}");
+        assert!(
+            m.header("content-type")
+                .iter()
+                .any(|c| c.starts_with("application/json")),
+            "{m:?}"
+        );
+        assert!(m.body["permissions"].is_object(), "{m:?}");
+    }
+    // What a GET gets from GitHub, with a valid App JWT: it is the method that is refused.
+    let bearer = format!("Bearer {}", env.key_a.app_jwt(json!(CLIENT_ID)));
+    let headers = [
+        ("user-agent", "credbroker-test"),
+        ("authorization", bearer.as_str()),
+        ("accept", "application/vnd.github+json"),
+        ("x-github-api-version", "2022-11-28"),
+    ];
+    let route = "/app/installations/1001/access_tokens";
+    let (s, _, body) = env.gh.send("GET", route, &headers, None).await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["message"],
+        "Not Found"
+    );
+    let (s, _, body) = env
+        .gh
+        .send("POST", route, &headers, Some(b"{}".as_slice()))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (_, b) = call(
+        &mut env.op,
+        Method::GET,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    assert_eq!(b["binding"]["trust_broken"], false, "{b}");
+}
+
+/// App key fingerprints are the ones GitHub shows next to each key in the App settings:
+/// `SHA256:` + base64 of the SHA-256 of the public key's DER SubjectPublicKeyInfo (what
+/// `openssl rsa -in KEY.pem -pubout -outform DER | openssl sha256 -binary | openssl base64`
+/// prints; checked against openssl when it is installed), the same for the PKCS#1 PEM GitHub
+/// downloads and its PKCS#8 form — so the same key in another encoding is refused as already
+/// stored. Fails with the old fingerprint of the PEM text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_key_fingerprints_are_the_ones_github_shows() {
+    let mut env = start(3600).await;
+    let expected = env.key_a.github_fingerprint();
+    assert!(expected.starts_with("SHA256:") && expected.len() == 7 + 44 && expected.ends_with('='));
+    if let Some(openssl) = on_path("openssl", "version") {
+        let pem_file = env.daemon.root.join("key-a.pem");
+        std::fs::write(&pem_file, &env.key_a.private_pem).unwrap();
+        let out = std::process::Command::new(openssl)
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&pem_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &out.stdout);
+        use base64::Engine as _;
+        let by_openssl = format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+        );
+        assert_eq!(
+            by_openssl, expected,
+            "openssl's fingerprint of the same key"
+        );
+    }
+    // PKCS#8.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/keys/github_app",
+        Some(json!({"fields": {"private_key_pem": env.key_a.private_pem}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["key"]["fingerprint"], expected.as_str(), "{v}");
+    // The same key as GitHub's download (PKCS#1): the same fingerprint, so already stored.
+    let pkcs1 = env.key_a.pkcs1_pem();
+    assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/keys/github_app",
+        Some(json!({"fields": {"private_key_pem": pkcs1}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(&expected),
+        "{v}"
+    );
+    // Another key, PKCS#1: stored, with its own fingerprint; listed as stored.
+    let key_b = AppKey::generate();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/keys/github_app",
+        Some(json!({"fields": {"private_key_pem": key_b.pkcs1_pem()}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["key"]["fingerprint"],
+        key_b.github_fingerprint().as_str(),
+        "{v}"
+    );
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/keys/github_app", None).await;
+    let listed: Vec<&str> = v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["fingerprint"].as_str())
+        .filter(|f| f.starts_with("SHA256:"))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![expected.as_str(), key_b.github_fingerprint().as_str()]
+    );
+    // The OAuth client secret keeps its own, non-GitHub form.
+    assert!(v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("oauth-client-secret:sha256:")));
+    // And the PKCS#1 key mints.
+    env.gh.register_key("B", &key_b);
+    let version = v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["fingerprint"] == key_b.github_fingerprint().as_str())
+        .unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/keys/github_app/{version}/activate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    bind_acme(&mut env).await;
+    assert!(mint_requests(&env)
+        .iter()
+        .any(|r| r.verified_by.as_deref() == Some("B")));
+}
+
+/// The webhook secret file's documented mode is enforced: a file group or others can read is
+/// refused at start, naming the fix (issue 18, item 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_secret_readable_by_others_is_refused_at_start() {
+    let mut env = start_with(3600, "").await;
+    env.daemon.stop();
+    let secret_file = env.daemon.root.join("webhook.secret");
+    for mode in [0o644, 0o640, 0o606] {
+        std::fs::set_permissions(
+            &secret_file,
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
+        let (code, err) = env.daemon.serve_refused(&[]);
+        assert_ne!(code, 0);
+        assert!(err.contains("chmod 600"), "mode {mode:o}: {err}");
+    }
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o400),
+    )
+    .unwrap();
+    env.daemon.restart_with(&[]);
+    env.daemon.stop();
+}
+
+/// Requests the fake saw about installation 1001 (a probe's token mint or lookup).
+fn installation_calls(gh: &FakeGithub) -> usize {
+    gh.state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path.contains("/app/installations/1001"))
+        .count()
 }

@@ -214,6 +214,11 @@ impl Github {
             "conformance-webhook-secret-0123",
         )
         .unwrap();
+        std::fs::set_permissions(
+            dir.path().join("gh/webhook.secret"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("gh/app.pem"), &key.private_pem).unwrap();
         std::fs::copy(
             repo_root().join("policies/github.json"),

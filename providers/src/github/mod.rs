@@ -7,6 +7,12 @@
 //! repositories. Installs are bound to a tenant through a single-use `state` on the setup
 //! redirect, and the `installation` webhook is verified (X-Hub-Signature-256, constant time)
 //! before its body is parsed.
+//!
+//! GitHub's limits are GitHub's to set: every request is bounded by `timeout_ms` and the
+//! mint's deadline, a 5xx is retried once after a short jittered pause when the deadline
+//! allows, and a rate-limit answer (429, or 403 with `retry-after`, `x-ratelimit-remaining: 0`
+//! or a rate-limit message) is never retried: the App makes no App-authenticated call until
+//! the time GitHub named has passed, and such mints fail fast as unavailable.
 
 mod callbacks;
 mod keys;
@@ -41,6 +47,16 @@ use crate::{
     SecretFields, SecretRequirement,
 };
 
+/// The media type every REST API request accepts (`Accept`).
+pub const REST_MEDIA_TYPE: &str = "application/vnd.github+json";
+
+/// How long to stay away after a rate-limit answer that names no time (GitHub: wait at least
+/// a minute).
+const RATE_LIMIT_DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// The longest pause one rate-limit answer can impose (the primary limit resets hourly).
+const RATE_LIMIT_MAX_WAIT: Duration = Duration::from_secs(3600);
+
 /// The provider.
 pub struct GithubApp {
     settings: GithubSettings,
@@ -52,6 +68,9 @@ pub struct GithubApp {
     oauth_secrets: RwLock<Vec<SecretString>>,
     file_key: Option<EncodingKey>,
     mint_windows: Mutex<HashMap<u64, (Instant, u32)>>,
+    /// Until when GitHub's last rate-limit answer keeps the App away (App-wide: GitHub limits
+    /// the App, not one customer).
+    paused_until: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +105,45 @@ struct Answer {
     status: u16,
     body: Value,
     request_id: Option<String>,
+    /// How long GitHub asked callers to stay away, when the answer is a rate limit.
+    rate_limit: Option<Duration>,
+}
+
+/// Whether an answer is one of GitHub's rate limits, and how long it asks callers to wait:
+/// 429, or 403 with `retry-after`, `x-ratelimit-remaining: 0` or a rate-limit message.
+/// `retry-after` (seconds) wins; then `x-ratelimit-reset` (epoch seconds) when nothing
+/// remains; otherwise a minute. Between one second and an hour.
+fn rate_limit_wait(
+    status: u16,
+    message: &str,
+    retry_after: Option<u64>,
+    remaining: Option<u64>,
+    reset: Option<i64>,
+) -> Option<Duration> {
+    let limited = status == 429
+        || (status == 403
+            && (retry_after.is_some()
+                || remaining == Some(0)
+                || message.to_ascii_lowercase().contains("rate limit")));
+    if !limited {
+        return None;
+    }
+    let wait = match (retry_after, remaining, reset) {
+        (Some(s), _, _) => Duration::from_secs(s),
+        (None, Some(0), Some(reset)) => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            Duration::from_secs(u64::try_from(reset.saturating_sub(now)).unwrap_or(0))
+        }
+        _ => RATE_LIMIT_DEFAULT_WAIT,
+    };
+    Some(wait.clamp(Duration::from_secs(1), RATE_LIMIT_MAX_WAIT))
+}
+
+/// The pause before the one retry of a 5xx: 200-400 ms, jittered.
+fn retry_pause() -> Duration {
+    let mut b = [0u8; 1];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    Duration::from_millis(200 + u64::from(b[0]) * 200 / 255)
 }
 
 /// How a request authenticates.
@@ -96,6 +154,24 @@ enum Auth {
     Basic(String, SecretString),
     /// None: the OAuth code exchange carries the client credentials in its body.
     OAuthExchange,
+}
+
+/// A secret file must be the daemon user's alone (mode 0600 or stricter): anyone who can
+/// read the webhook secret can forge GitHub's deliveries.
+fn check_private_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: the webhook secret file is open to group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
 }
 
 impl GithubApp {
@@ -109,6 +185,7 @@ impl GithubApp {
         let ceiling_value: Value = serde_json::from_slice(&read(&settings.ceiling_file)?)
             .map_err(|e| format!("{}: {e}", settings.ceiling_file.display()))?;
         let ceiling = GithubCeiling::from_value(&ceiling_value)?;
+        check_private_file(&settings.webhook_secret_file)?;
         let secret = String::from_utf8(read(&settings.webhook_secret_file)?)
             .map_err(|_| "webhook secret must be text".to_owned())?;
         let secret = secret.trim().to_owned();
@@ -132,6 +209,7 @@ impl GithubApp {
             oauth_secrets: RwLock::new(Vec::new()),
             file_key,
             mint_windows: Mutex::new(HashMap::new()),
+            paused_until: Mutex::new(None),
         })
     }
 
@@ -189,7 +267,8 @@ impl GithubApp {
         .await
     }
 
-    /// One request to `base` with `auth`; the answer's status, JSON body and request id.
+    /// One request to `base` with `auth` (a 5xx retried once, see below); the answer's status,
+    /// JSON body, request id and whether it is a rate limit.
     async fn call_as(
         &self,
         base: &str,
@@ -208,42 +287,74 @@ impl GithubApp {
             .base_uri(base)
             .map_err(|_| ProviderError::InvalidConfig("GitHub base URL is not a URI".into()))?;
         let (builder, accept) = match auth {
-            Auth::Bearer(token) => (builder.personal_token(token), "application/vnd.github+json"),
+            Auth::Bearer(token) => (builder.personal_token(token), REST_MEDIA_TYPE),
             Auth::Basic(user, password) => (
                 builder.basic_auth(user, password.expose_secret().to_owned()),
-                "application/vnd.github+json",
+                REST_MEDIA_TYPE,
             ),
             // The OAuth endpoint answers JSON only when asked for exactly that.
             Auth::OAuthExchange => (builder, "application/json"),
         };
         let crab = builder
+            // No retries inside the client: its default retries 5xx and 429 at once, three
+            // times, while GitHub asks callers to wait out a rate limit. The one retry of a
+            // 5xx is decided below, within the deadline.
+            .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
+            // `X-GitHub-Api-Version: 2022-11-28` is added to every request by octocrab itself
+            // (its `package.metadata.github-api.request-headers`); adding it here as well sent
+            // the header twice. tests/tests/github_app.rs pins the one value GitHub sees.
             .add_header(http::header::ACCEPT, accept.into())
-            .add_header(
-                http::HeaderName::from_static("x-github-api-version"),
-                "2022-11-28".into(),
-            )
             .set_connect_timeout(Some(per_request))
             .set_read_timeout(Some(per_request))
             .build()
             .map_err(|_| ProviderError::Internal("could not build the GitHub client".into()))?;
+        // A 5xx is retried once, after a short pause, when the deadline leaves room: reads,
+        // deletions and token mints (minting again is harmless); never the OAuth code
+        // exchange (a code is single use).
+        let retry_5xx = match method {
+            http::Method::GET | http::Method::DELETE => true,
+            http::Method::POST => route.ends_with("/access_tokens"),
+            _ => false,
+        };
+        let started = Instant::now();
         let exchange = async {
-            let resp = match method {
-                http::Method::POST => crab._post(route, body).await,
-                http::Method::DELETE => crab._delete(route, body).await,
-                _ => crab._get(route).await,
-            }
-            .map_err(|e| {
-                unavailable(format!(
-                    "GitHub request failed: {}",
-                    e.to_string().chars().take(200).collect::<String>()
-                ))
-            })?;
+            let mut retried = false;
+            let resp = loop {
+                let resp = match method {
+                    http::Method::POST => crab._post(route, body).await,
+                    http::Method::DELETE => crab._delete(route, body).await,
+                    _ => crab._get(route).await,
+                }
+                .map_err(|e| {
+                    unavailable(format!(
+                        "GitHub request failed: {}",
+                        e.to_string().chars().take(200).collect::<String>()
+                    ))
+                })?;
+                let status = resp.status().as_u16();
+                if retry_5xx && !retried && (500..=599).contains(&status) {
+                    let pause = retry_pause();
+                    if started.elapsed() + pause + Duration::from_millis(250) < per_request {
+                        tracing::debug!(status, route, "GitHub answered a server error: one retry");
+                        drop(resp);
+                        retried = true;
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                }
+                break resp;
+            };
             let status = resp.status().as_u16();
-            let request_id = resp
-                .headers()
-                .get("x-github-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().to_owned())
+            };
+            let request_id = header("x-github-request-id");
+            let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
+            let remaining = header("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok());
+            let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
             let text = crab
                 .body_to_string(resp)
                 .await
@@ -253,10 +364,13 @@ impl GithubApp {
             } else {
                 serde_json::from_str(&text).unwrap_or(Value::Null)
             };
+            let rate_limit =
+                rate_limit_wait(status, &message_of(&body), retry_after, remaining, reset);
             Ok(Answer {
                 status,
                 body,
                 request_id,
+                rate_limit,
             })
         };
         tokio::time::timeout(per_request + Duration::from_millis(500), exchange)
@@ -269,14 +383,54 @@ impl GithubApp {
             })
     }
 
+    /// Fails fast while GitHub's last rate-limit answer still applies.
+    fn check_paused(&self) -> Result<(), ProviderError> {
+        let until = self.paused_until.lock().ok().and_then(|p| *p);
+        match until {
+            Some(until) if Instant::now() < until => Err(ProviderError::Unavailable {
+                message: format!(
+                    "GitHub rate limit: the App makes no call to GitHub for {} more s",
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .as_secs()
+                        .max(1)
+                ),
+                upstream_request_id: None,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps the App away from GitHub as long as a rate-limit `answer` asks.
+    fn note_rate_limit(&self, answer: &Answer) {
+        let Some(wait) = answer.rate_limit else {
+            return;
+        };
+        let until = Instant::now() + wait;
+        if let Ok(mut paused) = self.paused_until.lock() {
+            let current: Option<Instant> = *paused;
+            if current.is_none_or(|t| t < until) {
+                *paused = Some(until);
+            }
+        }
+        tracing::warn!(
+            status = answer.status,
+            wait_s = wait.as_secs(),
+            upstream_request_id = answer.request_id.as_deref().unwrap_or(""),
+            "GitHub rate limit: no App call to GitHub until it has passed"
+        );
+    }
+
     /// POST /app/installations/{id}/access_tokens with each active key in turn (a 401 from
-    /// one key falls through to the next: zero-downtime key rotation).
+    /// one key falls through to the next: zero-downtime key rotation). Refused at once, with
+    /// no request, while a rate limit GitHub answered still applies.
     async fn mint_token(
         &self,
         installation: u64,
         request: &TokenRequest,
         timeout: Duration,
     ) -> Result<(Answer, Value), ProviderError> {
+        self.check_paused()?;
         let keys = self.signing_keys();
         if keys.is_empty() {
             return Err(ProviderError::Internal(
@@ -291,6 +445,7 @@ impl GithubApp {
             let answer = self
                 .call(jwt, http::Method::POST, &route, Some(&body), timeout)
                 .await?;
+            self.note_rate_limit(&answer);
             if answer.status == 401 {
                 last = Some(answer);
                 continue;
@@ -301,6 +456,7 @@ impl GithubApp {
             status: 401,
             body: Value::Null,
             request_id: None,
+            rate_limit: None,
         });
         Err(ProviderError::Denied {
             message: format!(
@@ -343,6 +499,16 @@ fn message_of(body: &Value) -> String {
 fn error_for(answer: Answer, installation: u64) -> ProviderError {
     let m = message_of(&answer.body);
     let id = answer.request_id;
+    if let Some(wait) = answer.rate_limit {
+        return ProviderError::Unavailable {
+            message: format!(
+                "GitHub rate limit (HTTP {}): {m}; the App makes no call to GitHub for {} s",
+                answer.status,
+                wait.as_secs()
+            ),
+            upstream_request_id: id,
+        };
+    }
     match answer.status {
         404 => ProviderError::Denied {
             message: format!("installation {installation} not found (uninstalled?): {m}"),
@@ -359,10 +525,7 @@ fn error_for(answer: Answer, installation: u64) -> ProviderError {
             upstream_request_id: id,
             trust_broken: false,
         },
-        429 | 500..=599 => ProviderError::Unavailable { message: format!("GitHub HTTP {}: {m}", answer.status), upstream_request_id: id },
-        403 if m.to_ascii_lowercase().contains("rate limit") => {
-            ProviderError::Unavailable { message: format!("GitHub rate limit: {m}"), upstream_request_id: id }
-        }
+        500..=599 => ProviderError::Unavailable { message: format!("GitHub HTTP {}: {m}", answer.status), upstream_request_id: id },
         s => ProviderError::Denied { message: format!("GitHub HTTP {s}: {m}"), upstream_request_id: id, trust_broken: false },
     }
 }
@@ -570,6 +733,7 @@ impl Probe for GithubApp {
                 request.timeout,
             )
             .await?;
+        self.note_rate_limit(&info);
         // The probe's token is not needed any more: revoke it (best effort).
         if !token.is_empty() {
             let _ = self
@@ -601,5 +765,124 @@ impl Probe for GithubApp {
             ),
             facts: Value::Null,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_are_told_apart_from_refusals() {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        // Secondary limit: retry-after wins, on 403 and 429.
+        assert_eq!(secs(rate_limit_wait(429, "", Some(7), None, None)), Some(7));
+        assert_eq!(
+            secs(rate_limit_wait(
+                403,
+                "You have exceeded a secondary rate limit.",
+                Some(3),
+                None,
+                None
+            )),
+            Some(3)
+        );
+        // Primary limit: until the reset.
+        let reset = OffsetDateTime::now_utc().unix_timestamp() + 120;
+        let w = secs(rate_limit_wait(
+            403,
+            "API rate limit exceeded",
+            None,
+            Some(0),
+            Some(reset),
+        ))
+        .unwrap();
+        assert!((119..=120).contains(&w), "{w}");
+        // A rate limit that names no time: a minute; a reset in the past: one second.
+        assert_eq!(secs(rate_limit_wait(429, "", None, None, None)), Some(60));
+        assert_eq!(
+            secs(rate_limit_wait(
+                403,
+                "secondary rate limit",
+                None,
+                None,
+                None
+            )),
+            Some(60)
+        );
+        assert_eq!(
+            secs(rate_limit_wait(403, "", None, Some(0), Some(0))),
+            Some(1)
+        );
+        // At most an hour.
+        assert_eq!(
+            secs(rate_limit_wait(429, "", Some(86_400), None, None)),
+            Some(3600)
+        );
+        // Not rate limits: a suspended installation, a plain 403, 5xx, 404.
+        assert_eq!(
+            rate_limit_wait(
+                403,
+                "This installation has been suspended",
+                None,
+                Some(4999),
+                None
+            ),
+            None
+        );
+        assert_eq!(
+            rate_limit_wait(
+                403,
+                "Resource not accessible by integration",
+                None,
+                None,
+                None
+            ),
+            None
+        );
+        assert_eq!(
+            rate_limit_wait(503, "Service Unavailable", Some(5), None, None),
+            None
+        );
+        assert_eq!(rate_limit_wait(404, "Not Found", None, Some(0), None), None);
+    }
+
+    #[test]
+    fn error_codes_of_githubs_answers() {
+        let answer = |status: u16, message: &str, rate_limit: Option<Duration>| Answer {
+            status,
+            body: json!({ "message": message }),
+            request_id: Some("F00D:1".into()),
+            rate_limit,
+        };
+        let unavailable = |e: &ProviderError| matches!(e, ProviderError::Unavailable { .. });
+        let withdrawn = |e: &ProviderError| {
+            matches!(
+                e,
+                ProviderError::Denied {
+                    trust_broken: true,
+                    ..
+                }
+            )
+        };
+        assert!(withdrawn(&error_for(answer(404, "Not Found", None), 1)));
+        assert!(withdrawn(&error_for(
+            answer(403, "This installation has been suspended", None),
+            1
+        )));
+        assert!(!withdrawn(&error_for(answer(422, "not granted", None), 1)));
+        for s in [500, 502, 503, 504] {
+            assert!(
+                unavailable(&error_for(answer(s, "Server Error", None), 1)),
+                "{s}"
+            );
+        }
+        let limited = error_for(
+            answer(429, "secondary rate limit", Some(Duration::from_secs(5))),
+            1,
+        );
+        assert!(unavailable(&limited));
+        assert_eq!(limited.upstream_request_id(), Some("F00D:1"));
+        assert!(!unavailable(&error_for(answer(403, "Forbidden", None), 1)));
     }
 }
