@@ -1,11 +1,18 @@
 //! A local fake of AWS STS `AssumeRole` that behaves like the real one (PROTOCOLS.md):
-//! form-encoded POST, SigV4 `Authorization` required, XML answers, the real error shapes
+//! form-encoded POST, every request's SigV4 signature verified with the vendor keys it knows
+//! (`SignatureDoesNotMatch`, `InvalidClientTokenId`, `IncompleteSignature`,
+//! `MissingAuthenticationToken` as STS answers them), XML answers, the real error shapes
 //! (`<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>…`), trust rules
 //! (trusted account, ExternalId required when the role says so — and accepted in any form
-//! when it does not, like the real service), DurationSeconds against the role's maximum,
-//! plus injectable throttling, 5xx, latency, outages, expired credentials and malformed XML.
+//! when it does not, like the real service; `sts:SetSourceIdentity` and `sts:TagSession` in
+//! the trust policy before a SourceIdentity or session tags are accepted), the request limits
+//! (≤ 10 PolicyArns, ≤ 50 tags, inline policy ≤ 2048 characters) and the packed size of
+//! policies + ARNs + tags (`PackedPolicyTooLarge`, `PackedPolicySize`), DurationSeconds against
+//! the role's maximum, plus injectable throttling, 5xx, latency, outages, expired caller
+//! credentials (`ExpiredToken`), a region where STS is disabled (`RegionDisabledException`),
+//! credentials that are already expired on arrival and malformed XML.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +21,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use time::OffsetDateTime;
+
+/// The vendor access key id the fake knows from the start (the daemon gets it through
+/// [`crate::aws_test_env`]).
+pub const TEST_ACCESS_KEY_ID: &str = "AKIAVENDORTESTKEY000";
+/// The secret of [`TEST_ACCESS_KEY_ID`].
+pub const TEST_SECRET_ACCESS_KEY: &str = "vendor-test-secret";
+/// The region the fake's endpoint is in: SigV4 credential scopes must name it.
+pub const TEST_REGION: &str = "us-east-1";
 
 /// One customer role.
 #[derive(Clone, Debug)]
@@ -32,6 +48,28 @@ pub struct FakeRole {
     pub max_session_s: u32,
     /// Account to report in AssumedRoleUser.Arn instead of `account` (misbinding tests).
     pub report_account: Option<String>,
+    /// The trust policy allows `sts:SetSourceIdentity` for the trusted account: without it
+    /// an AssumeRole that carries a `SourceIdentity` is AccessDenied.
+    pub allow_set_source_identity: bool,
+    /// The trust policy allows `sts:TagSession`: without it an AssumeRole that carries
+    /// session tags (`Tags.member.N.*`, `TransitiveTagKeys.member.N`) is AccessDenied.
+    pub allow_tag_session: bool,
+}
+
+impl Default for FakeRole {
+    /// A role of no account that trusts nobody yet; both session permissions allowed.
+    fn default() -> Self {
+        FakeRole {
+            account: String::new(),
+            trusted_account: String::new(),
+            external_id: None,
+            any_external_id: false,
+            max_session_s: 3600,
+            report_account: None,
+            allow_set_source_identity: true,
+            allow_tag_session: true,
+        }
+    }
 }
 
 /// Injected faults and behaviour.
@@ -55,6 +93,13 @@ pub struct Faults {
     /// `RegionDisabledException` instead of AccessDenied (a refusal that says nothing about
     /// the trust policy).
     pub region_disabled_on_external_id_mismatch: bool,
+    /// The broker's own caller credentials (temporary ones: an instance profile's or an
+    /// assumed role's) have expired: every correctly signed call gets 403 `ExpiredToken`,
+    /// "The security token included in the request is expired".
+    pub caller_token_expired: bool,
+    /// STS is not activated in this endpoint's region for the caller's account: every
+    /// correctly signed call gets 403 `RegionDisabledException`.
+    pub region_disabled: bool,
 }
 
 /// Shared state of the fake.
@@ -64,10 +109,18 @@ pub struct State {
     pub roles: Mutex<HashMap<String, FakeRole>>,
     /// Faults.
     pub faults: Mutex<Faults>,
-    /// Every request's form parameters, in order.
+    /// Every request's form parameters, in order (refused ones included).
     pub requests: Mutex<Vec<HashMap<String, String>>>,
     /// Account of the caller (the vendor account whose keys the broker signs with).
     pub caller_account: Mutex<String>,
+    /// The caller's access keys: access key id → secret access key. Every request must be
+    /// SigV4-signed with one of them.
+    pub credentials: Mutex<HashMap<String, String>>,
+    /// The region credential scopes must name.
+    pub region: Mutex<String>,
+    /// `PackedPolicySize` of the last successful AssumeRole that carried session policies
+    /// or tags.
+    pub packed_policy_size: Mutex<Option<u32>>,
     counter: AtomicU64,
 }
 
@@ -142,6 +195,343 @@ fn external_id_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@:/-".contains(&b))
 }
 
+// ---- SigV4 ----------------------------------------------------------------------------
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    aws_lc_rs::hmac::sign(&key, data).as_ref().to_vec()
+}
+
+/// `yyyyMMdd'T'HHmmss'Z'`, the form of `X-Amz-Date`.
+fn parse_amz_date(s: &str) -> Option<OffsetDateTime> {
+    let b = s.as_bytes();
+    let digits_ok = b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 8 || i == 15 || c.is_ascii_digit());
+    if !digits_ok {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u32> { s.get(from..to)?.parse().ok() };
+    let date = time::Date::from_calendar_date(
+        i32::try_from(num(0, 4)?).ok()?,
+        time::Month::try_from(u8::try_from(num(4, 6)?).ok()?).ok()?,
+        u8::try_from(num(6, 8)?).ok()?,
+    )
+    .ok()?;
+    let clock = time::Time::from_hms(
+        u8::try_from(num(9, 11)?).ok()?,
+        u8::try_from(num(11, 13)?).ok()?,
+        u8::try_from(num(13, 15)?).ok()?,
+    )
+    .ok()?;
+    Some(time::PrimitiveDateTime::new(date, clock).assume_utc())
+}
+
+fn amz_date(t: OffsetDateTime) -> String {
+    t.format(&time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second]Z"
+    ))
+    .unwrap_or_default()
+}
+
+/// A header value as SigV4 canonicalizes it: spaces trimmed at both ends, runs of spaces
+/// collapsed to one (only spaces, as the AWS signers do).
+fn canonical_header_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut after_space = false;
+    for c in v.trim_matches(' ').chars() {
+        if c == ' ' {
+            if !after_space {
+                out.push(' ');
+            }
+            after_space = true;
+        } else {
+            out.push(c);
+            after_space = false;
+        }
+    }
+    out
+}
+
+/// The canonical query string: the request's (already encoded) `name=value` pairs sorted.
+fn canonical_query(query: &str) -> String {
+    let mut pairs: Vec<(&str, &str)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    pairs.sort_unstable();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+const SIGNATURE_MISMATCH: &str = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
+
+/// Why a request's SigV4 authentication failed, as STS words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigV4Refusal {
+    /// No `Authorization` header: 403 `MissingAuthenticationToken`.
+    Missing,
+    /// An `Authorization` header STS cannot read as SigV4: 400 `IncompleteSignature`.
+    Incomplete(String),
+    /// An access key id the caller account does not have: 403 `InvalidClientTokenId`.
+    UnknownAccessKey,
+    /// Wrong secret, scope, date or content: 403 `SignatureDoesNotMatch`.
+    Mismatch(String),
+}
+
+/// Verifies AWS Signature Version 4 in the `Authorization` header, by hand: canonical
+/// request, string to sign, signing key derived from the secret, HMAC-SHA256
+/// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html>).
+/// The path is taken as sent (STS is always called on `/`) and the query's pairs as encoded
+/// by the client.
+pub struct SigV4Verifier<'a> {
+    /// Access key id → secret access key.
+    pub secrets: &'a HashMap<String, String>,
+    /// The region the credential scope must name.
+    pub region: &'a str,
+    /// The service the credential scope must name (`sts`).
+    pub service: &'a str,
+    /// The server's clock: requests more than 15 minutes off are refused.
+    pub now: OffsetDateTime,
+}
+
+impl SigV4Verifier<'_> {
+    /// Verifies one request; returns the access key id that signed it.
+    ///
+    /// # Errors
+    /// The refusal STS would answer.
+    pub fn verify(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<String, SigV4Refusal> {
+        let incomplete = |m: &str| SigV4Refusal::Incomplete(m.to_owned());
+        let Some(auth) = headers.get(http::header::AUTHORIZATION) else {
+            return Err(SigV4Refusal::Missing);
+        };
+        let auth = auth
+            .to_str()
+            .map_err(|_| incomplete("Authorization header is not valid"))?;
+        let Some(fields) = auth.strip_prefix("AWS4-HMAC-SHA256 ") else {
+            return Err(incomplete(
+                "Unsupported AWS 'algorithm': expected 'AWS4-HMAC-SHA256'",
+            ));
+        };
+        let (mut credential, mut signed_headers, mut signature) = (None, None, None);
+        for field in fields.split(',') {
+            let field = field.trim();
+            let Some((key, value)) = field.split_once('=') else {
+                return Err(SigV4Refusal::Incomplete(format!(
+                    "'{field}' not a valid key=value pair (missing equal-sign) in Authorization header"
+                )));
+            };
+            match key {
+                "Credential" => credential = Some(value),
+                "SignedHeaders" => signed_headers = Some(value),
+                "Signature" => signature = Some(value),
+                _ => {}
+            }
+        }
+        let (Some(credential), Some(signed_headers), Some(signature)) =
+            (credential, signed_headers, signature)
+        else {
+            return Err(incomplete("Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters"));
+        };
+        let scope: Vec<&str> = credential.split('/').collect();
+        let [access_key, scope_date, scope_region, scope_service, terminator] = scope.as_slice()
+        else {
+            return Err(SigV4Refusal::Incomplete(format!(
+                "Credential should have 5 parts (access key/date/region/service/aws4_request): '{credential}'"
+            )));
+        };
+        let Some(secret) = self.secrets.get(*access_key) else {
+            return Err(SigV4Refusal::UnknownAccessKey);
+        };
+        let Some(date_header) = headers.get("x-amz-date").and_then(|v| v.to_str().ok()) else {
+            return Err(incomplete(
+                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
+            ));
+        };
+        let Some(signed_at) = parse_amz_date(date_header) else {
+            return Err(SigV4Refusal::Incomplete(format!(
+                "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\": '{date_header}'"
+            )));
+        };
+        if *scope_date != &date_header[..8] {
+            return Err(SigV4Refusal::Mismatch(format!(
+                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{scope_date}' != '{}', from '{date_header}'.",
+                &date_header[..8]
+            )));
+        }
+        if *scope_region != self.region {
+            return Err(SigV4Refusal::Mismatch(format!(
+                "Credential should be scoped to a valid region, not '{scope_region}'."
+            )));
+        }
+        if *scope_service != self.service {
+            return Err(SigV4Refusal::Mismatch(format!(
+                "Credential should be scoped to correct service: '{}'.",
+                self.service
+            )));
+        }
+        if *terminator != "aws4_request" {
+            return Err(SigV4Refusal::Mismatch(format!(
+                "Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'."
+            )));
+        }
+        let skew = time::Duration::minutes(15);
+        if signed_at < self.now - skew {
+            return Err(SigV4Refusal::Mismatch(format!(
+                "Signature expired: {date_header} is now earlier than {} ({} - 15 min.)",
+                amz_date(self.now - skew),
+                amz_date(self.now)
+            )));
+        }
+        if signed_at > self.now + skew {
+            return Err(SigV4Refusal::Mismatch(format!(
+                "Signature not yet current: {date_header} is still later than {} ({} + 15 min.)",
+                amz_date(self.now + skew),
+                amz_date(self.now)
+            )));
+        }
+
+        // Canonical request.
+        let path = match uri.path() {
+            "" => "/",
+            p => p,
+        };
+        let mut canonical = format!(
+            "{}\n{path}\n{}\n",
+            method.as_str(),
+            canonical_query(uri.query().unwrap_or(""))
+        );
+        for name in signed_headers.split(';') {
+            let values: Vec<String> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| canonical_header_value(v.to_str().unwrap_or("")))
+                .collect();
+            canonical.push_str(&format!("{name}:{}\n", values.join(",")));
+        }
+        canonical.push_str(&format!("\n{signed_headers}\n{}", sha256_hex(body)));
+
+        // String to sign and signing key.
+        let scope = format!("{scope_date}/{scope_region}/{scope_service}/aws4_request");
+        let string_to_sign = format!(
+            "AWS4-HMAC-SHA256\n{date_header}\n{scope}\n{}",
+            sha256_hex(canonical.as_bytes())
+        );
+        let k_date = hmac_sha256(format!("AWS4{secret}").as_bytes(), scope_date.as_bytes());
+        let k_region = hmac_sha256(&k_date, scope_region.as_bytes());
+        let k_service = hmac_sha256(&k_region, scope_service.as_bytes());
+        let k_signing = hmac_sha256(&k_service, b"aws4_request");
+        let expected = hex(&hmac_sha256(&k_signing, string_to_sign.as_bytes()));
+        if expected != *signature {
+            return Err(SigV4Refusal::Mismatch(SIGNATURE_MISMATCH.to_owned()));
+        }
+        Ok((*access_key).to_owned())
+    }
+}
+
+// ---- Packed size ----------------------------------------------------------------------
+
+/// The budget of STS's packed form of session policies, policy ARNs and tags, in the units
+/// of [`packed_policy_size`].
+pub const PACKED_BUDGET: usize = 1200;
+
+/// The members of list parameter `name` (`{name}.member.N{suffix}`), in N order.
+fn members(p: &HashMap<String, String>, name: &str, suffix: &str) -> Vec<String> {
+    let prefix = format!("{name}.member.");
+    let mut found: Vec<(u32, String)> = p
+        .iter()
+        .filter_map(|(k, v)| {
+            let n = k.strip_prefix(prefix.as_str())?.strip_suffix(suffix)?;
+            Some((n.parse().ok()?, v.clone()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, v)| v).collect()
+}
+
+/// The session tags (`Tags.member.N.Key` / `.Value`), in N order.
+fn session_tags(p: &HashMap<String, String>) -> Vec<(String, String)> {
+    let mut tags: BTreeMap<u32, (String, String)> = BTreeMap::new();
+    for (k, v) in p {
+        let Some(rest) = k.strip_prefix("Tags.member.") else {
+            continue;
+        };
+        let Some((n, field)) = rest.split_once('.') else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else { continue };
+        let entry = tags.entry(n).or_default();
+        match field {
+            "Key" => entry.0 = v.clone(),
+            "Value" => entry.1 = v.clone(),
+            _ => {}
+        }
+    }
+    tags.into_values().collect()
+}
+
+/// What the packed form of a request's session policies, policy ARNs and tags costs:
+/// `(policies, tags)` in [`PACKED_BUDGET`] units. AWS does not publish the packing; this
+/// model keeps its documented traits: the inline policy is compressed (whitespace and key
+/// order do not count: it is measured re-serialized, at 45 %), managed policy ARNs are
+/// opaque and count in full, and tags count in full plus a per-tag overhead. So each
+/// parameter can be within its own limit (≤ 2048 characters, ≤ 10 ARNs, ≤ 50 tags) while
+/// together they are over 100 %: a 2048-character policy alone is ~77 %, ten ARNs ~40 %.
+fn packed_units(p: &HashMap<String, String>) -> (usize, usize) {
+    let policy = p.get("Policy").map_or(0, |raw| {
+        let len = serde_json::from_str::<serde_json::Value>(raw)
+            .map_or(raw.len(), |v| v.to_string().len());
+        (len * 45).div_ceil(100)
+    });
+    let arns: usize = members(p, "PolicyArns", ".arn")
+        .iter()
+        .map(String::len)
+        .sum();
+    let tags: usize = session_tags(p)
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum::<usize>()
+        + members(p, "TransitiveTagKeys", "")
+            .iter()
+            .map(String::len)
+            .sum::<usize>();
+    (policy + arns, tags)
+}
+
+/// The `PackedPolicySize` STS would report for an AssumeRole with parameters `p` (a
+/// percentage of the allowed space; above 100 the call is refused with
+/// `PackedPolicyTooLarge`), or `None` when it carries no session policy and no tag.
+pub fn packed_policy_size(p: &HashMap<String, String>) -> Option<u32> {
+    let (policies, tags) = packed_units(p);
+    if policies + tags == 0 {
+        return None;
+    }
+    u32::try_from(((policies + tags) * 100).div_ceil(PACKED_BUDGET)).ok()
+}
+
+// ---- The service ----------------------------------------------------------------------
+
 impl State {
     fn request_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
@@ -168,6 +558,38 @@ impl State {
             .unwrap()
     }
 
+    fn validation_error(&self, message: &str) -> Response<Full<Bytes>> {
+        self.error(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "ValidationError",
+            message,
+        )
+    }
+
+    fn auth_error(&self, refusal: SigV4Refusal) -> Response<Full<Bytes>> {
+        match refusal {
+            SigV4Refusal::Missing => self.error(
+                StatusCode::FORBIDDEN,
+                "Sender",
+                "MissingAuthenticationToken",
+                "Request is missing Authentication Token",
+            ),
+            SigV4Refusal::Incomplete(m) => {
+                self.error(StatusCode::BAD_REQUEST, "Sender", "IncompleteSignature", &m)
+            }
+            SigV4Refusal::UnknownAccessKey => self.error(
+                StatusCode::FORBIDDEN,
+                "Sender",
+                "InvalidClientTokenId",
+                "The security token included in the request is invalid.",
+            ),
+            SigV4Refusal::Mismatch(m) => {
+                self.error(StatusCode::FORBIDDEN, "Sender", "SignatureDoesNotMatch", &m)
+            }
+        }
+    }
+
     /// Number of requests received.
     pub fn calls(&self) -> usize {
         self.requests.lock().unwrap().len()
@@ -186,51 +608,78 @@ impl State {
     fn assume_role(&self, p: &HashMap<String, String>) -> Response<Full<Bytes>> {
         let role_arn = p.get("RoleArn").cloned().unwrap_or_default();
         let session = p.get("RoleSessionName").cloned().unwrap_or_default();
+        // Parameter validation comes first, as in STS.
         if role_arn.len() < 20 || role_arn.len() > 2048 {
-            return self.error(
-                StatusCode::BAD_REQUEST,
-                "Sender",
-                "ValidationError",
+            return self.validation_error(
                 "1 validation error detected: Value at 'roleArn' failed to satisfy constraint",
             );
         }
         if !session_name_ok(&session) {
-            return self.error(StatusCode::BAD_REQUEST, "Sender", "ValidationError", "1 validation error detected: Value at 'roleSessionName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*");
+            return self.validation_error("1 validation error detected: Value at 'roleSessionName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*");
         }
         if let Some(e) = p.get("ExternalId") {
             if !external_id_ok(e) {
-                return self.error(StatusCode::BAD_REQUEST, "Sender", "ValidationError", "1 validation error detected: Value at 'externalId' failed to satisfy constraint");
+                return self.validation_error(
+                    "1 validation error detected: Value at 'externalId' failed to satisfy constraint",
+                );
+            }
+        }
+        if let Some(si) = p.get("SourceIdentity") {
+            if !session_name_ok(si) {
+                return self.validation_error("1 validation error detected: Value at 'sourceIdentity' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*");
             }
         }
         if p.get("Policy").is_some_and(|x| x.len() > 2048) {
-            return self.error(StatusCode::BAD_REQUEST, "Sender", "ValidationError", "Value at 'policy' failed to satisfy constraint: Member must have length less than or equal to 2048");
+            return self.validation_error("Value at 'policy' failed to satisfy constraint: Member must have length less than or equal to 2048");
+        }
+        let policy_arns = members(p, "PolicyArns", ".arn");
+        if policy_arns.len() > 10 {
+            return self.validation_error("1 validation error detected: Value at 'policyArns' failed to satisfy constraint: Member must have length less than or equal to 10");
+        }
+        if policy_arns.iter().any(|a| a.len() < 20 || a.len() > 2048) {
+            return self.validation_error("1 validation error detected: Value at 'policyArns.member.arn' failed to satisfy constraint: Member must have length greater than or equal to 20");
+        }
+        let tags = session_tags(p);
+        if tags.len() > 50 {
+            return self.validation_error("1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must have length less than or equal to 50");
+        }
+        if tags
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 256)
+        {
+            return self.validation_error("1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must satisfy constraint: [Key length 1-128, Value length 0-256]");
         }
         let duration: u32 = match p.get("DurationSeconds").map(|d| d.parse()) {
             None => 3600,
             Some(Ok(d)) => d,
-            Some(Err(_)) => {
+            Some(Err(_)) => return self.validation_error("DurationSeconds is not a number"),
+        };
+        if let Some(policy) = p.get("Policy") {
+            if serde_json::from_str::<serde_json::Value>(policy).is_err() {
                 return self.error(
                     StatusCode::BAD_REQUEST,
                     "Sender",
-                    "ValidationError",
-                    "DurationSeconds is not a number",
-                )
+                    "MalformedPolicyDocument",
+                    "The policy is not in the valid JSON format.",
+                );
             }
-        };
+        }
+
+        // The trust policy.
         let caller = self.caller_account.lock().unwrap().clone();
-        let denied = || {
+        let denied = |action: &str| {
             self.error(
                 StatusCode::FORBIDDEN,
                 "Sender",
                 "AccessDenied",
-                &format!("User: arn:aws:iam::{caller}:user/credbroker is not authorized to perform: sts:AssumeRole on resource: {role_arn}"),
+                &format!("User: arn:aws:iam::{caller}:user/credbroker is not authorized to perform: {action} on resource: {role_arn}"),
             )
         };
         let Some(role) = self.roles.lock().unwrap().get(&role_arn).cloned() else {
-            return denied();
+            return denied("sts:AssumeRole");
         };
         if role.trusted_account != caller {
-            return denied();
+            return denied("sts:AssumeRole");
         }
         let external_id_ok = if role.any_external_id {
             p.contains_key("ExternalId")
@@ -246,31 +695,50 @@ impl State {
                 .unwrap()
                 .region_disabled_on_external_id_mismatch
             {
-                return self.error(
-                    StatusCode::FORBIDDEN,
-                    "Sender",
-                    "RegionDisabledException",
-                    "STS is not activated in this region for account:111111111111. Your account administrator can activate STS in this region using the IAM Console.",
-                );
+                return self.region_disabled(&caller);
             }
-            return denied();
+            return denied("sts:AssumeRole");
+        }
+        if p.contains_key("SourceIdentity") && !role.allow_set_source_identity {
+            return denied("sts:SetSourceIdentity");
+        }
+        let tagged = p
+            .keys()
+            .any(|k| k.starts_with("Tags.member.") || k.starts_with("TransitiveTagKeys.member."));
+        if tagged && !role.allow_tag_session {
+            return denied("sts:TagSession");
         }
         if duration < 900 {
-            return self.error(StatusCode::BAD_REQUEST, "Sender", "ValidationError", "1 validation error detected: Value at 'durationSeconds' failed to satisfy constraint: Member must have value greater than or equal to 900");
+            return self.validation_error("1 validation error detected: Value at 'durationSeconds' failed to satisfy constraint: Member must have value greater than or equal to 900");
         }
         if duration > role.max_session_s {
-            return self.error(
-                StatusCode::BAD_REQUEST,
-                "Sender",
-                "ValidationError",
+            return self.validation_error(
                 "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
             );
         }
+
+        // What the session carries must pack into the token.
+        let packed = packed_policy_size(p);
+        if let Some(percent) = packed.filter(|pc| *pc > 100) {
+            let (policies, tag_units) = packed_units(p);
+            let message = if tag_units > policies {
+                format!("Packed size of session tags consumes {percent}% of allotted space.")
+            } else {
+                format!("Packed policy consumes {percent}% of allotted space, please use smaller policy.")
+            };
+            return self.error(
+                StatusCode::BAD_REQUEST,
+                "Sender",
+                "PackedPolicyTooLarge",
+                &message,
+            );
+        }
+
         let faults = self.faults.lock().unwrap();
         let expiration = if faults.expired {
-            time::OffsetDateTime::now_utc() - time::Duration::hours(1)
+            OffsetDateTime::now_utc() - time::Duration::hours(1)
         } else {
-            time::OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(duration))
+            OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(duration))
         };
         let malformed = faults.malformed;
         drop(faults);
@@ -282,6 +750,9 @@ impl State {
                 .header("x-amzn-RequestId", rid)
                 .body(Full::new(Bytes::from("<AssumeRoleResponse><AssumeRoleRes")))
                 .unwrap();
+        }
+        if packed.is_some() {
+            *self.packed_policy_size.lock().unwrap() = packed;
         }
         // Fractional seconds of variable length, as STS emits.
         let exp = format!(
@@ -299,8 +770,11 @@ impl State {
             .get("SourceIdentity")
             .map(|s| format!("    <SourceIdentity>{}</SourceIdentity>\n", xml_escape(s)))
             .unwrap_or_default();
+        let packed_size = packed
+            .map(|pc| format!("    <PackedPolicySize>{pc}</PackedPolicySize>\n"))
+            .unwrap_or_default();
         let body = format!(
-            "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <AssumeRoleResult>\n{source}    <AssumedRoleUser>\n      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:{session}</AssumedRoleId>\n      <Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <SecretAccessKey>fakeSecret{n:016x}wJalrXUtnFEMI</SecretAccessKey>\n      <SessionToken>FwoGZXIvYXdzEfakeSessionToken{n:016x}</SessionToken>\n      <Expiration>{exp}</Expiration>\n      <AccessKeyId>ASIAFAKE{n:012X}</AccessKeyId>\n    </Credentials>\n    <PackedPolicySize>6</PackedPolicySize>\n  </AssumeRoleResult>\n  <ResponseMetadata>\n    <RequestId>{rid}</RequestId>\n  </ResponseMetadata>\n</AssumeRoleResponse>\n"
+            "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <AssumeRoleResult>\n{source}    <AssumedRoleUser>\n      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:{session}</AssumedRoleId>\n      <Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <SecretAccessKey>fakeSecret{n:016x}wJalrXUtnFEMI</SecretAccessKey>\n      <SessionToken>FwoGZXIvYXdzEfakeSessionToken{n:016x}</SessionToken>\n      <Expiration>{exp}</Expiration>\n      <AccessKeyId>ASIAFAKE{n:012X}</AccessKeyId>\n    </Credentials>\n{packed_size}  </AssumeRoleResult>\n  <ResponseMetadata>\n    <RequestId>{rid}</RequestId>\n  </ResponseMetadata>\n</AssumeRoleResponse>\n"
         );
         Response::builder()
             .status(200)
@@ -310,17 +784,18 @@ impl State {
             .unwrap()
     }
 
+    fn region_disabled(&self, caller: &str) -> Response<Full<Bytes>> {
+        self.error(
+            StatusCode::FORBIDDEN,
+            "Sender",
+            "RegionDisabledException",
+            &format!("STS is not activated in this region for account:{caller}. Your account administrator can activate STS in this region using the IAM Console."),
+        )
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let auth = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let has_date = req.headers().contains_key("x-amz-date");
-        let method = req.method().clone();
-        let body = req
-            .into_body()
+        let (parts, body) = req.into_parts();
+        let body = body
             .collect()
             .await
             .map(|b| b.to_bytes())
@@ -366,7 +841,7 @@ impl State {
                 );
             }
         }
-        if method != hyper::Method::POST {
+        if parts.method != hyper::Method::POST {
             return self.error(
                 StatusCode::BAD_REQUEST,
                 "Sender",
@@ -374,17 +849,36 @@ impl State {
                 "Could not find operation for GET",
             );
         }
-        let sigv4 = auth.starts_with("AWS4-HMAC-SHA256 Credential=")
-            && auth.contains("/sts/aws4_request")
-            && auth.contains("SignedHeaders=")
-            && auth.contains("Signature=");
-        if !sigv4 || !has_date {
+        // Authentication: the signature, with the caller's keys, over exactly these bytes.
+        let verdict = {
+            let secrets = self.credentials.lock().unwrap().clone();
+            let region = self.region.lock().unwrap().clone();
+            SigV4Verifier {
+                secrets: &secrets,
+                region: &region,
+                service: "sts",
+                now: OffsetDateTime::now_utc(),
+            }
+            .verify(&parts.method, &parts.uri, &parts.headers, &body)
+        };
+        if let Err(refusal) = verdict {
+            return self.auth_error(refusal);
+        }
+        let (token_expired, region_disabled) = {
+            let f = self.faults.lock().unwrap();
+            (f.caller_token_expired, f.region_disabled)
+        };
+        if token_expired {
             return self.error(
                 StatusCode::FORBIDDEN,
                 "Sender",
-                "MissingAuthenticationToken",
-                "Request is missing Authentication Token",
+                "ExpiredToken",
+                "The security token included in the request is expired",
             );
+        }
+        if region_disabled {
+            let caller = self.caller_account.lock().unwrap().clone();
+            return self.region_disabled(&caller);
         }
         match (
             params.get("Action").map(String::as_str),
@@ -408,10 +902,16 @@ impl State {
 }
 
 impl FakeSts {
-    /// Starts the fake on 127.0.0.1 with `caller_account` as the vendor account.
+    /// Starts the fake on 127.0.0.1 with `caller_account` as the vendor account, whose key
+    /// [`TEST_ACCESS_KEY_ID`] / [`TEST_SECRET_ACCESS_KEY`] it knows, in [`TEST_REGION`].
     pub async fn start(caller_account: &str) -> FakeSts {
         let state = Arc::new(State::default());
         *state.caller_account.lock().unwrap() = caller_account.to_owned();
+        *state.region.lock().unwrap() = TEST_REGION.to_owned();
+        state.credentials.lock().unwrap().insert(
+            TEST_ACCESS_KEY_ID.to_owned(),
+            TEST_SECRET_ACCESS_KEY.to_owned(),
+        );
         let s = state.clone();
         let (url, task) = crate::loopback::serve(move |req| s.clone().handle(req)).await;
         FakeSts { url, state, task }
@@ -424,6 +924,21 @@ impl FakeSts {
             .lock()
             .unwrap()
             .insert(arn.to_owned(), role);
+    }
+
+    /// Gives the caller account access key `access_key_id` with `secret` (or replaces its
+    /// secret: the key was re-issued, and a daemon still holding the old one is refused).
+    pub fn set_credentials(&self, access_key_id: &str, secret: &str) {
+        self.state
+            .credentials
+            .lock()
+            .unwrap()
+            .insert(access_key_id.to_owned(), secret.to_owned());
+    }
+
+    /// Deletes access key `access_key_id`: its requests get `InvalidClientTokenId`.
+    pub fn remove_credentials(&self, access_key_id: &str) {
+        self.state.credentials.lock().unwrap().remove(access_key_id);
     }
 
     /// Changes faults.
@@ -443,5 +958,273 @@ mod tests {
         assert_eq!(p["Policy"], "{\"a\":1}");
         assert_eq!(p["X"], "a b");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    /// The worked example of AWS's SigV4 documentation (IAM `ListUsers`, 2015-08-30), then
+    /// each way the same request fails.
+    #[test]
+    fn sigv4_verification_matches_the_documented_example() {
+        let secrets: HashMap<String, String> = [(
+            "AKIDEXAMPLE".to_owned(),
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_owned(),
+        )]
+        .into_iter()
+        .collect();
+        let now = time::macros::datetime!(2015-08-30 12:36:00 UTC);
+        let v = SigV4Verifier {
+            secrets: &secrets,
+            region: "us-east-1",
+            service: "iam",
+            now,
+        };
+        let uri: http::Uri = "https://iam.amazonaws.com/?Action=ListUsers&Version=2010-05-08"
+            .parse()
+            .unwrap();
+        let headers = |auth: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8"
+                    .parse()
+                    .unwrap(),
+            );
+            h.insert("host", "iam.amazonaws.com".parse().unwrap());
+            h.insert("x-amz-date", "20150830T123600Z".parse().unwrap());
+            if !auth.is_empty() {
+                h.insert("authorization", auth.parse().unwrap());
+            }
+            h
+        };
+        let good = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7";
+        let get = http::Method::GET;
+        assert_eq!(
+            v.verify(&get, &uri, &headers(good), b""),
+            Ok("AKIDEXAMPLE".to_owned())
+        );
+        // Another body, method or header value than the one signed.
+        let mismatch = |r: Result<String, SigV4Refusal>| matches!(r, Err(SigV4Refusal::Mismatch(m)) if m == SIGNATURE_MISMATCH);
+        assert!(mismatch(v.verify(&get, &uri, &headers(good), b"x")));
+        assert!(mismatch(v.verify(
+            &http::Method::POST,
+            &uri,
+            &headers(good),
+            b""
+        )));
+        let mut h = headers(good);
+        h.insert("host", "iam.amazonaws.com:8443".parse().unwrap());
+        assert!(mismatch(v.verify(&get, &uri, &h, b"")));
+        // Another secret for the same key.
+        let other: HashMap<String, String> = [("AKIDEXAMPLE".to_owned(), "wrong".to_owned())]
+            .into_iter()
+            .collect();
+        let wrong_secret = SigV4Verifier {
+            secrets: &other,
+            ..v
+        };
+        assert!(mismatch(wrong_secret.verify(
+            &get,
+            &uri,
+            &headers(good),
+            b""
+        )));
+        // An unknown key, another region or service, a stale date, no or garbled header.
+        let empty = HashMap::new();
+        let unknown = SigV4Verifier {
+            secrets: &empty,
+            region: "us-east-1",
+            service: "iam",
+            now,
+        };
+        assert_eq!(
+            unknown.verify(&get, &uri, &headers(good), b""),
+            Err(SigV4Refusal::UnknownAccessKey)
+        );
+        for (region, service) in [("eu-west-1", "iam"), ("us-east-1", "sts")] {
+            let elsewhere = SigV4Verifier {
+                secrets: &secrets,
+                region,
+                service,
+                now,
+            };
+            assert!(matches!(
+                elsewhere.verify(&get, &uri, &headers(good), b""),
+                Err(SigV4Refusal::Mismatch(_))
+            ));
+        }
+        let later = SigV4Verifier {
+            secrets: &secrets,
+            region: "us-east-1",
+            service: "iam",
+            now: now + time::Duration::minutes(16),
+        };
+        assert!(matches!(
+            later.verify(&get, &uri, &headers(good), b""),
+            Err(SigV4Refusal::Mismatch(m)) if m.starts_with("Signature expired: 20150830T123600Z is now earlier than 20150830T123700Z")
+        ));
+        assert_eq!(
+            v.verify(&get, &uri, &headers(""), b""),
+            Err(SigV4Refusal::Missing)
+        );
+        assert!(matches!(
+            v.verify(
+                &get,
+                &uri,
+                &headers(
+                    "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request"
+                ),
+                b""
+            ),
+            Err(SigV4Refusal::Incomplete(_))
+        ));
+    }
+
+    fn state() -> State {
+        let s = State::default();
+        *s.caller_account.lock().unwrap() = "111111111111".into();
+        s.roles.lock().unwrap().insert(
+            "arn:aws:iam::222222222222:role/R".into(),
+            FakeRole {
+                account: "222222222222".into(),
+                trusted_account: "111111111111".into(),
+                external_id: Some("ext-0123456789".into()),
+                ..FakeRole::default()
+            },
+        );
+        s
+    }
+
+    fn params(extra: &[(&str, String)]) -> HashMap<String, String> {
+        let mut p: HashMap<String, String> = [
+            ("Action", "AssumeRole".to_owned()),
+            ("Version", "2011-06-15".to_owned()),
+            ("RoleArn", "arn:aws:iam::222222222222:role/R".to_owned()),
+            ("RoleSessionName", "cb.t.i".to_owned()),
+            ("ExternalId", "ext-0123456789".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in extra {
+            p.insert((*k).to_owned(), v.clone());
+        }
+        p
+    }
+
+    async fn answer(r: Response<Full<Bytes>>) -> (u16, String) {
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn set_role(s: &State, f: impl FnOnce(&mut FakeRole)) {
+        let mut roles = s.roles.lock().unwrap();
+        f(roles.get_mut("arn:aws:iam::222222222222:role/R").unwrap());
+    }
+
+    #[tokio::test]
+    async fn session_permissions_limits_and_packing() {
+        let s = state();
+        let tags = |n: usize, len: usize| -> Vec<(String, String)> {
+            (1..=n)
+                .flat_map(|i| {
+                    [
+                        (format!("Tags.member.{i}.Key"), format!("k{i}")),
+                        (format!("Tags.member.{i}.Value"), "v".repeat(len)),
+                    ]
+                })
+                .collect()
+        };
+        let with = |extra: Vec<(String, String)>| {
+            let mut p = params(&[]);
+            p.extend(extra);
+            p
+        };
+
+        // Allowed by default; refused once the trust policy lacks the permission.
+        let si = params(&[("SourceIdentity", "w1".to_owned())]);
+        assert_eq!(answer(s.assume_role(&si)).await.0, 200);
+        set_role(&s, |r| r.allow_set_source_identity = false);
+        let (st, body) = answer(s.assume_role(&si)).await;
+        assert_eq!(st, 403);
+        assert!(
+            body.contains("<Code>AccessDenied</Code>") && body.contains("sts:SetSourceIdentity"),
+            "{body}"
+        );
+        assert_eq!(answer(s.assume_role(&params(&[]))).await.0, 200);
+        assert_eq!(answer(s.assume_role(&with(tags(2, 8)))).await.0, 200);
+        set_role(&s, |r| r.allow_tag_session = false);
+        let (st, body) = answer(s.assume_role(&with(tags(2, 8)))).await;
+        assert_eq!(st, 403);
+        assert!(body.contains("sts:TagSession"), "{body}");
+        let (st, _) = answer(s.assume_role(&with(vec![(
+            "TransitiveTagKeys.member.1".to_owned(),
+            "k1".to_owned(),
+        )])))
+        .await;
+        assert_eq!(st, 403);
+        set_role(&s, |r| r.allow_tag_session = true);
+
+        // At most 10 PolicyArns and 50 tags.
+        let arns = |n: usize| -> Vec<(String, String)> {
+            (1..=n)
+                .map(|i| {
+                    (
+                        format!("PolicyArns.member.{i}.arn"),
+                        format!("arn:aws:iam::aws:policy/job-function/ViewOnlyAccess{i:02}"),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(answer(s.assume_role(&with(arns(10)))).await.0, 200);
+        let (st, body) = answer(s.assume_role(&with(arns(11)))).await;
+        assert_eq!(st, 400);
+        assert!(
+            body.contains("<Code>ValidationError</Code>") && body.contains("policyArns"),
+            "{body}"
+        );
+        let (st, body) = answer(s.assume_role(&with(tags(51, 1)))).await;
+        assert_eq!(st, 400);
+        assert!(body.contains("'tags'"), "{body}");
+
+        // Packing: a policy within 2048 characters packs alone; with ten ARNs, or with
+        // tags, it does not; a plausible PackedPolicySize otherwise.
+        let deny: Vec<String> = (0..110).map(|i| format!("s3:Nothing{i:04}")).collect();
+        let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": deny, "Resource": "*"}]}).to_string();
+        assert!(policy.len() <= 2048);
+        let alone = with(vec![("Policy".to_owned(), policy.clone())]);
+        let (st, body) = answer(s.assume_role(&alone)).await;
+        assert_eq!(st, 200, "{body}");
+        let size = packed_policy_size(&alone).unwrap();
+        assert!((60..100).contains(&size), "{size}");
+        assert!(
+            body.contains(&format!("<PackedPolicySize>{size}</PackedPolicySize>")),
+            "{body}"
+        );
+        assert_eq!(*s.packed_policy_size.lock().unwrap(), Some(size));
+        let mut big = with(arns(10));
+        big.insert("Policy".to_owned(), policy.clone());
+        let (st, body) = answer(s.assume_role(&big)).await;
+        assert_eq!(st, 400);
+        assert!(
+            body.contains("<Code>PackedPolicyTooLarge</Code>")
+                && body.contains("Packed policy consumes 1")
+                && body.contains("% of allotted space, please use smaller policy."),
+            "{body}"
+        );
+        let mut tagged = with(tags(40, 60));
+        tagged.insert("Policy".to_owned(), policy);
+        let (st, body) = answer(s.assume_role(&tagged)).await;
+        assert_eq!(st, 400);
+        assert!(
+            body.contains("Packed size of session tags consumes"),
+            "{body}"
+        );
+        // Nothing passed: no PackedPolicySize at all.
+        let (_, body) = answer(s.assume_role(&params(&[]))).await;
+        assert!(!body.contains("PackedPolicySize"), "{body}");
+        // A policy that is not JSON.
+        let (st, body) = answer(s.assume_role(&params(&[("Policy", "{".to_owned())]))).await;
+        assert_eq!(st, 400);
+        assert!(body.contains("MalformedPolicyDocument"), "{body}");
     }
 }

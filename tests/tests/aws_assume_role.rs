@@ -1,11 +1,15 @@
 //! `aws_assume_role` end to end against the local fake STS: activation probe, minting,
 //! narrowing, caching and single flight, failure handling, trust withdrawal, audit records,
-//! and the `credential_process` client mode.
+//! and the `credential_process` client mode. The fake verifies every request's SigV4
+//! signature with the vendor key the daemon is given, so every test here also shows that the
+//! daemon signs with the configured credentials.
 
 use std::time::{Duration, Instant};
 
 use credbroker::client::BrokerClient;
-use credbroker_tests::fake_sts::{FakeRole, FakeSts};
+use credbroker_tests::fake_sts::{
+    FakeRole, FakeSts, Faults, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY,
+};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
@@ -22,6 +26,32 @@ struct Env {
     w1: BrokerClient,
     /// STS is reached through this proxy when the test asked for one.
     proxy: Option<credbroker_tests::tcp_fault::TcpFault>,
+    /// The platform ceiling file the daemon reads.
+    ceiling_file: std::path::PathBuf,
+}
+
+/// How [`start_custom`] configures the daemon.
+struct StartOptions<'a> {
+    cache_extra: &'a str,
+    through_proxy: bool,
+    /// Per-attempt STS deadline, milliseconds.
+    attempt_timeout_ms: u64,
+    /// A platform ceiling to write and configure instead of policies/aws.json.
+    ceiling: Option<Value>,
+    /// The vendor secret the daemon signs with (the fake knows `TEST_SECRET_ACCESS_KEY`).
+    secret: &'a str,
+}
+
+impl Default for StartOptions<'_> {
+    fn default() -> Self {
+        StartOptions {
+            cache_extra: "",
+            through_proxy: false,
+            attempt_timeout_ms: 400,
+            ceiling: None,
+            secret: TEST_SECRET_ACCESS_KEY,
+        }
+    }
 }
 
 async fn start() -> Env {
@@ -40,6 +70,24 @@ async fn start_full(cache_extra: &str, through_proxy: bool) -> Env {
 
 /// [`start_full`] with the per-attempt STS deadline in milliseconds.
 async fn start_opts(cache_extra: &str, through_proxy: bool, attempt_timeout_ms: u64) -> Env {
+    start_custom(StartOptions {
+        cache_extra,
+        through_proxy,
+        attempt_timeout_ms,
+        ..StartOptions::default()
+    })
+    .await
+}
+
+/// A daemon with the AWS provider on the fake STS, configured by `o`.
+async fn start_custom(o: StartOptions<'_>) -> Env {
+    let StartOptions {
+        cache_extra,
+        through_proxy,
+        attempt_timeout_ms,
+        ceiling,
+        secret,
+    } = o;
     let (tmp, pki) = setup();
     let sts = FakeSts::start(VENDOR).await;
     let proxy = if through_proxy {
@@ -51,17 +99,25 @@ async fn start_opts(cache_extra: &str, through_proxy: bool, attempt_timeout_ms: 
         None
     };
     let endpoint = proxy.as_ref().map_or(sts.url.clone(), |p| p.url.clone());
+    let ceiling_file = match &ceiling {
+        Some(c) => {
+            let path = tmp.path().join("aws-ceiling.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(c).unwrap()).unwrap();
+            path
+        }
+        None => repo_root().join("policies/aws.json"),
+    };
     let extra = format!(
         "[cache]\nmint_timeout_ms = 4000\n{cache_extra}\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = {attempt_timeout_ms}\nmax_attempts = 3\nceiling_file = {:?}\n",
         endpoint,
-        repo_root().join("policies/aws.json").display().to_string()
+        ceiling_file.display().to_string()
     );
     let daemon = Daemon::start(
         tmp.path(),
         &pki,
         &DaemonOptions {
             extra_toml: extra,
-            env: aws_test_env("AKIAVENDORTESTKEY000", "vendor-test-secret"),
+            env: aws_test_env(TEST_ACCESS_KEY_ID, secret),
             ..Default::default()
         },
     );
@@ -76,6 +132,7 @@ async fn start_opts(cache_extra: &str, through_proxy: bool, attempt_timeout_ms: 
         op,
         w1,
         proxy,
+        ceiling_file,
     }
 }
 
@@ -99,7 +156,14 @@ fn role(external_id: Option<&str>) -> FakeRole {
         max_session_s: 3600,
         report_account: None,
         any_external_id: false,
+        allow_set_source_identity: true,
+        allow_tag_session: true,
     }
+}
+
+/// An error answer's message.
+fn message(v: &Value) -> &str {
+    v["error"]["message"].as_str().unwrap_or("")
 }
 
 /// Binds `arn` for t1 as binding `bid` with instance `iid`; returns the add response.
@@ -1438,4 +1502,521 @@ async fn one_binding_or_worker_cannot_exhaust_the_upstream_for_others() {
     )
     .await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+}
+
+// ---- What real STS refuses and the fake now refuses too (issue 18, item 6) -------------
+
+/// Reads binding `id`.
+async fn binding(op: &mut BrokerClient, id: &str) -> Value {
+    let (s, v) = call(op, Method::GET, &format!("/v1/admin/bindings/{id}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// The fake verifies every SigV4 signature with the vendor key it knows. A daemon whose
+/// secret is wrong is refused with STS's `SignatureDoesNotMatch` (an unknown key with
+/// `InvalidClientTokenId`): that is the platform's fault, so the probe does not activate,
+/// resolves answer `provider_denied` naming the STS code with its request id audited, cached
+/// credentials keep being served, and the binding is not flagged `trust_broken` (the
+/// customer changed nothing; the trust runbook would send operators to the wrong party).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_signing_with_a_wrong_secret_is_refused_without_blaming_the_customer() {
+    const WRONG: &str = "not-the-vendor-secret-0000";
+    let mut env = start_custom(StartOptions {
+        secret: WRONG,
+        ..StartOptions::default()
+    })
+    .await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (s, v) = bind(&mut env, "aws1", "i-aws", &arn).await;
+    assert_eq!(s, 201, "{v}");
+
+    // Activation: the first AssumeRole is refused on its signature; nothing activates.
+    let calls = env.sts.state.calls();
+    let (s, v) = probe(&mut env, "aws1").await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(message(&v).contains("SignatureDoesNotMatch"), "{v}");
+    assert_eq!(
+        env.sts.state.calls() - calls,
+        1,
+        "the probe stops at the refused signature"
+    );
+    let b = binding(&mut env.op, "aws1").await;
+    assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
+
+    // The fake learns the secret the daemon holds (the key re-issued with it): the same
+    // daemon's signatures now verify; it activates and mints.
+    env.sts.set_credentials(TEST_ACCESS_KEY_ID, WRONG);
+    let (s, v) = probe(&mut env, "aws1").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+
+    // The key's secret changes under the running daemon: cold mints are refused.
+    env.sts
+        .set_credentials(TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY);
+    let narrow = json!({"policy_arns": ["arn:aws:iam::aws:policy/SecurityAudit"]});
+    let calls = env.sts.state.calls();
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(message(&v).contains("SignatureDoesNotMatch"), "{v}");
+    assert_eq!(env.sts.state.calls() - calls, 1, "a refusal is not retried");
+    // The cached credential is still served.
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+    // A key STS does not know at all (deleted in the vendor account).
+    env.sts.remove_credentials(TEST_ACCESS_KEY_ID);
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(message(&v).contains("InvalidClientTokenId"), "{v}");
+
+    // Neither refusal is the customer's doing: no flag, and each resolve's record names
+    // STS's code and request id.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = binding(&mut env.op, "aws1").await;
+    assert_eq!(b["binding"]["trust_broken"], false, "{b}");
+    let records = env.daemon.audit_records();
+    assert!(!records
+        .iter()
+        .any(|r| r["action"] == "binding.flag_trust_broken"));
+    let refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "resolve" && r["error_code"] == "provider_denied")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for (r, sts_code) in refused
+        .iter()
+        .zip(["SignatureDoesNotMatch", "InvalidClientTokenId"])
+    {
+        assert!(
+            r["upstream_request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("c6104cbe-")),
+            "{r}"
+        );
+        assert!(
+            r["detail"].as_str().is_some_and(|d| d.contains(sts_code)),
+            "{r}"
+        );
+    }
+}
+
+/// A role whose trust policy lacks `sts:SetSourceIdentity` refuses every AssumeRole that
+/// carries a SourceIdentity, one without `sts:TagSession` every AssumeRole with session tags
+/// (PROTOCOLS.md; the shipped template grants neither). The probe's first call carries what
+/// an unnarrowed mint carries — SourceIdentity, session policies — so a binding whose mints
+/// would all be refused never activates; and the broker sends no session tags, so roles from
+/// the shipped template keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_refuses_what_a_mint_sends_never_activates() {
+    let mut env = start().await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // source_identity on a role whose trust lacks sts:SetSourceIdentity.
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/NoSourceIdentity");
+    env.sts.add_role(
+        &arn,
+        FakeRole {
+            allow_set_source_identity: false,
+            ..role(Some(&external_id))
+        },
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "aws-si", "tenant": "t1", "provider": "aws_assume_role",
+            "config": {"role_arn": arn, "source_identity": true}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-si", "tenant": "t1", "binding": "aws-si", "connector_kind": "aws"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let calls = env.sts.state.calls();
+    let (s, v) = probe(&mut env, "aws-si").await;
+    assert_eq!(
+        (s, code(&v)),
+        (502, "provider_denied"),
+        "activated a role that refuses every resolve: {v}"
+    );
+    assert!(message(&v).contains("sts:SetSourceIdentity"), "{v}");
+    let first = env.sts.state.requests.lock().unwrap()[calls].clone();
+    assert_eq!(
+        first.get("SourceIdentity").map(String::as_str),
+        Some("credbroker"),
+        "the probe sends a SourceIdentity as a mint does: {first:?}"
+    );
+    let b = binding(&mut env.op, "aws-si").await;
+    assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
+    assert!(
+        b["binding"]["last_probe"]
+            .as_str()
+            .unwrap()
+            .contains("SetSourceIdentity"),
+        "{b}"
+    );
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-si"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+
+    // The customer adds sts:SetSourceIdentity: the probe passes and mints name the worker.
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (s, v) = probe(&mut env, "aws-si").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-si"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(env.sts.state.last_request()["SourceIdentity"], "w1");
+
+    // A role with neither permission (the shipped template's trust) and a binding without
+    // source_identity: activates and mints, unnarrowed and narrowed.
+    let plain = format!("arn:aws:iam::{CUSTOMER}:role/ShippedTemplate");
+    env.sts.add_role(
+        &plain,
+        FakeRole {
+            allow_set_source_identity: false,
+            allow_tag_session: false,
+            ..role(Some(&external_id))
+        },
+    );
+    let (s, v) = bind(&mut env, "aws-plain", "i-plain", &plain).await;
+    assert_eq!(s, 201, "{v}");
+    let calls = env.sts.state.calls();
+    let (s, v) = probe(&mut env, "aws-plain").await;
+    assert_eq!(s, 200, "{v}");
+    let probe_first = env.sts.state.requests.lock().unwrap()[calls].clone();
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-plain"})).await;
+    assert_eq!(s, 200, "{v}");
+    let minted = env.sts.state.last_request();
+    assert!(!minted.contains_key("SourceIdentity"));
+    // The probe carried the very session policies of an unnarrowed mint.
+    assert_eq!(
+        session_policies(&probe_first),
+        session_policies(&minted),
+        "the probe's first call is an unnarrowed mint's"
+    );
+    assert!(!session_policies(&probe_first).0.is_empty());
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-plain", "narrow": {"policy_arns": ["arn:aws:iam::aws:policy/SecurityAudit"]}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let sent = env.sts.state.requests.lock().unwrap().clone();
+    assert!(
+        sent.iter().all(|r| !r
+            .keys()
+            .any(|k| k.starts_with("Tags.") || k.starts_with("TransitiveTagKeys."))),
+        "session tags were sent: a role without sts:TagSession would refuse them"
+    );
+}
+
+/// The ten managed policies of the ceilings below (real AWS managed policy names).
+const TEN_POLICIES: [&str; 10] = [
+    "SecurityAudit",
+    "job-function/ViewOnlyAccess",
+    "ReadOnlyAccess",
+    "AWSCloudTrail_ReadOnlyAccess",
+    "AmazonEC2ReadOnlyAccess",
+    "AmazonS3ReadOnlyAccess",
+    "IAMReadOnlyAccess",
+    "AWSConfigUserAccess",
+    "AmazonGuardDutyReadOnlyAccess",
+    "AWSSecurityHubReadOnlyAccess",
+];
+
+/// What one STS session can carry is limited beyond each parameter's own limit
+/// (PROTOCOLS.md): at most 10 PolicyArns, and the packed size of policy + ARNs (+ tags)
+/// under 100 %. The first is refused before any call (narrowing, binding ceiling, platform
+/// ceiling); the second cannot be computed beforehand, so a ceiling that does not pack
+/// never activates (`activation_failed`), and a narrowing that does not pack is refused
+/// with `provider_denied` naming it — not flagged `trust_broken`, not counted as an outage
+/// (it opens no circuit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_policies_sts_cannot_carry_are_refused_clearly() {
+    let templated: Vec<String> = TEN_POLICIES
+        .iter()
+        .map(|p| format!("arn:${{Partition}}:iam::aws:policy/{p}"))
+        .collect();
+    let arns: Vec<String> = TEN_POLICIES
+        .iter()
+        .map(|p| format!("arn:aws:iam::aws:policy/{p}"))
+        .collect();
+    // The platform ceiling: the shipped actions plus 44 more (a ~1850-character session
+    // policy) and ten managed policies. Each within its limit; together they do not pack.
+    let shipped: Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join("policies/aws.json")).unwrap())
+            .unwrap();
+    let mut actions = shipped["actions"].as_array().unwrap().clone();
+    actions.extend((0..44).map(|i| json!(format!("ec2:DescribeThing{i:03}"))));
+    let platform = json!({"managed_policy_arns": templated, "actions": actions});
+    let mut env = start_custom(StartOptions {
+        cache_extra: "breaker_failures = 2\nbreaker_open_ms = 60000\n",
+        ceiling: Some(platform.clone()),
+        ..StartOptions::default()
+    })
+    .await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A binding that carries the platform ceiling never activates.
+    let big = format!("arn:aws:iam::{CUSTOMER}:role/Big");
+    env.sts.add_role(&big, role(Some(&external_id)));
+    let (s, v) = bind(&mut env, "aws-big", "i-big", &big).await;
+    assert_eq!(s, 201, "{v}");
+    let calls = env.sts.state.calls();
+    let (s, v) = probe(&mut env, "aws-big").await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(message(&v).contains("PackedPolicyTooLarge"), "{v}");
+    assert!(message(&v).contains("ceiling"), "{v}");
+    assert_eq!(env.sts.state.calls() - calls, 1);
+    let first = env.sts.state.requests.lock().unwrap()[calls].clone();
+    let mut sorted = arns.clone();
+    sorted.sort();
+    assert_eq!(
+        session_policies(&first).0,
+        sorted,
+        "the probe carries the ceiling"
+    );
+    let b = binding(&mut env.op, "aws-big").await;
+    assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
+
+    // A binding ceiling of the ten policies and one action packs, with a plausible size.
+    let slim = format!("arn:aws:iam::{CUSTOMER}:role/Slim");
+    env.sts.add_role(&slim, role(Some(&external_id)));
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({
+        "id": "aws-slim", "tenant": "t1", "provider": "aws_assume_role",
+        "config": {"role_arn": slim},
+        "ceiling": {"managed_policy_arns": templated, "actions": ["ec2:DescribeInstances"]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(
+            json!({"id": "i-slim", "tenant": "t1", "binding": "aws-slim", "connector_kind": "aws"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws-slim").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-slim"})).await;
+    assert_eq!(s, 200, "{v}");
+    let size = env.sts.state.packed_policy_size.lock().unwrap().unwrap();
+    assert!((20..80).contains(&size), "PackedPolicySize {size}");
+
+    // A narrowing inside that ceiling that does not pack: the ten ARNs and a ~1950-character
+    // Deny policy. Refused, named, not the customer's fault — and not an outage: three of
+    // them (breaker_failures = 2) open no circuit.
+    let deny: Vec<String> = (0..110).map(|i| format!("s3:Nothing{i:04}")).collect();
+    let policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": deny, "Resource": "*"}]});
+    assert!(
+        policy.to_string().len() <= 2048,
+        "within the inline policy limit"
+    );
+    for _ in 0..3 {
+        let calls = env.sts.state.calls();
+        let (s, v) = resolve(
+            &mut env.w1,
+            json!({"instance_id": "i-slim", "narrow": {"policy": policy, "policy_arns": arns}}),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+        assert!(message(&v).contains("PackedPolicyTooLarge"), "{v}");
+        assert!(message(&v).contains("narrow"), "{v}");
+        assert_eq!(env.sts.state.calls() - calls, 1, "not retried");
+    }
+    // The same policy with two of the ARNs packs: it is the combination STS refuses.
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-slim", "narrow": {"policy": policy, "policy_arns": arns[..2]}}),
+    )
+    .await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    let records = env.daemon.audit_records();
+    let refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "resolve" && r["error_code"] == "provider_denied")
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused.iter().all(|r| r["upstream_request_id"].is_string()
+        && r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("PackedPolicyTooLarge"))));
+
+    // More than ten PolicyArns never reach STS: a narrowing…
+    let eleven: Vec<String> = arns
+        .iter()
+        .cloned()
+        .chain(std::iter::once(arns[0].clone()))
+        .collect();
+    let calls = env.sts.state.calls();
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-slim", "narrow": {"policy_arns": eleven}}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert!(message(&v).contains("at most 10"), "{v}");
+    assert_eq!(env.sts.state.calls(), calls, "no STS call");
+    // …a binding ceiling…
+    let eleven_templated: Vec<String> = templated
+        .iter()
+        .cloned()
+        .chain(std::iter::once(templated[0].clone()))
+        .collect();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({
+        "id": "aws-eleven", "tenant": "t1", "provider": "aws_assume_role",
+        "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/Eleven")},
+        "ceiling": {"managed_policy_arns": eleven_templated, "actions": []}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert!(message(&v).contains("at most 10"), "{v}");
+    // Nothing of the above is the customer's doing.
+    for id in ["aws-big", "aws-slim"] {
+        let b = binding(&mut env.op, id).await;
+        assert_eq!(b["binding"]["trust_broken"], false, "{b}");
+    }
+    // …or the platform ceiling: the daemon refuses to start.
+    env.daemon.stop();
+    let mut eleven_platform = platform;
+    eleven_platform["managed_policy_arns"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("arn:${Partition}:iam::aws:policy/AWSSupportAccess"));
+    std::fs::write(
+        &env.ceiling_file,
+        serde_json::to_vec_pretty(&eleven_platform).unwrap(),
+    )
+    .unwrap();
+    let (c, err) = env.daemon.serve_refused(&[]);
+    assert_ne!(c, 0, "{err}");
+    assert!(err.contains("at most 10"), "{err}");
+}
+
+/// Refusals that are the platform's own (PROTOCOLS.md): the broker's caller credentials
+/// expired (`ExpiredToken`) or STS is not activated in the configured region
+/// (`RegionDisabledException`). Each refuses cold resolves with `provider_denied` naming
+/// STS's code, audited with the request id; it is neither retried nor counted as an outage
+/// (no circuit opens); cached credentials keep being served; a pending binding does not
+/// activate; and no binding is flagged `trust_broken`. Once the fault clears, everything
+/// works without any operator action on the bindings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_caller_credentials_and_a_disabled_region_are_the_platforms_refusals() {
+    let mut env = start_with("breaker_failures = 2\nbreaker_open_ms = 60000\n").await;
+    let (external_id, _) = active_aws_binding(&mut env).await;
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!(s, 200, "warm the cache: {v}");
+    let pending = format!("arn:aws:iam::{CUSTOMER}:role/Pending");
+    env.sts.add_role(&pending, role(Some(&external_id)));
+    let (s, v) = bind(&mut env, "aws-pending", "i-pending", &pending).await;
+    assert_eq!(s, 201, "{v}");
+    let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
+
+    type SetFault = fn(&mut Faults, bool);
+    let faults: [(&str, SetFault); 2] = [
+        ("ExpiredToken", |f, on| f.caller_token_expired = on),
+        ("RegionDisabledException", |f, on| f.region_disabled = on),
+    ];
+    let mut n = 0;
+    for (sts_code, set) in faults {
+        {
+            let mut f = env.sts.faults();
+            set(&mut f, true);
+        }
+        // More refusals than breaker_failures: each one still reaches STS once.
+        for _ in 0..3 {
+            n += 1;
+            let calls = env.sts.state.calls();
+            let (s, v) = resolve(
+                &mut env.w1,
+                json!({"instance_id": "i-aws", "narrow": narrow(n)}),
+            )
+            .await;
+            assert_eq!((s, code(&v)), (502, "provider_denied"), "{sts_code}: {v}");
+            assert!(message(&v).contains(sts_code), "{v}");
+            assert_eq!(
+                env.sts.state.calls() - calls,
+                1,
+                "{sts_code}: one call, not retried, no circuit open"
+            );
+        }
+        let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+        let (s, v) = probe(&mut env, "aws-pending").await;
+        assert_eq!((s, code(&v)), (502, "provider_denied"), "{sts_code}: {v}");
+        assert!(message(&v).contains(sts_code), "{v}");
+        let b = binding(&mut env.op, "aws-pending").await;
+        assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
+        {
+            let mut f = env.sts.faults();
+            set(&mut f, false);
+        }
+    }
+
+    // The fault cleared: fresh credentials again, and the pending binding activates.
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(n + 1)}),
+    )
+    .await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    let (s, v) = probe(&mut env, "aws-pending").await;
+    assert_eq!(s, 200, "{v}");
+
+    // Nothing was blamed on the customer; every refusal is audited with STS's code and id.
+    let b = binding(&mut env.op, "aws1").await;
+    assert_eq!(b["binding"]["trust_broken"], false, "{b}");
+    let records = env.daemon.audit_records();
+    assert!(!records
+        .iter()
+        .any(|r| r["action"] == "binding.flag_trust_broken"));
+    for (sts_code, _) in faults {
+        let refused: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                r["kind"] == "resolve"
+                    && r["error_code"] == "provider_denied"
+                    && r["detail"].as_str().is_some_and(|d| d.contains(sts_code))
+            })
+            .collect();
+        assert_eq!(refused.len(), 3, "{sts_code}: {refused:?}");
+        assert!(refused.iter().all(|r| r["upstream_request_id"].is_string()));
+    }
 }

@@ -101,6 +101,7 @@ impl Aws {
                 max_session_s: 3600,
                 report_account: None,
                 any_external_id: false,
+                ..FakeRole::default()
             },
         );
         // A relative ceiling_file, resolved against the directory the section came from.

@@ -4,9 +4,11 @@
 //! The platform's own caller identity comes from the standard AWS credential chain; the
 //! customer's role trusts only the vendor account and only with the tenant's ExternalId
 //! (confused-deputy defence). Before a binding is activated, [`Provider::probe`] proves the
-//! trust is what we expect: AssumeRole with the ExternalId succeeds, the assumed role's
-//! account is the bound account, and AssumeRole *without* the ExternalId is denied — AWS
-//! accepts any ExternalId when a role does not require one.
+//! trust is what we expect: AssumeRole with the ExternalId — and with everything else an
+//! unnarrowed mint sends: the SourceIdentity when the binding enables it, the binding's ceiling
+//! as session policies — succeeds, the assumed role's account is the bound account, and
+//! AssumeRole *without* the ExternalId is denied — AWS accepts any ExternalId when a role does
+//! not require one.
 
 mod ceiling;
 pub mod lint;
@@ -20,7 +22,7 @@ use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Region};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
+use aws_sdk_sts::operation::assume_role::{AssumeRoleError, AssumeRoleOutput};
 use aws_sdk_sts::operation::RequestId;
 use aws_sdk_sts::types::PolicyDescriptorType;
 use secrecy::SecretString;
@@ -77,6 +79,19 @@ enum ExternalIdUse<'a> {
     Other(&'a str),
 }
 
+/// Whose session policies an AssumeRole carries: decides how STS's `PackedPolicyTooLarge`
+/// (policies and tags that do not pack into one session, though each is within its own
+/// limit) is reported.
+#[derive(Clone, Copy)]
+enum PolicySource {
+    /// The binding's ceiling, on an unnarrowed mint.
+    Ceiling,
+    /// A worker's narrowing.
+    Narrowing,
+    /// The binding's ceiling, on the activation probe.
+    Probe,
+}
+
 /// The per-call parameters of one AssumeRole.
 struct AssumeCall<'a> {
     session: &'a str,
@@ -84,9 +99,12 @@ struct AssumeCall<'a> {
     external_id: ExternalIdUse<'a>,
     source_identity: Option<String>,
     narrowing: Option<&'a AwsNarrowing>,
+    policies_from: PolicySource,
 }
 
-/// A probe call: shortest session, no narrowing, with the ExternalId `external_id`.
+/// A probe call that proves something about the trust policy's ExternalId condition:
+/// shortest session, nothing else (no SourceIdentity, no session policies), with the
+/// ExternalId `external_id`.
 fn probe_call<'a>(session: &'a str, external_id: ExternalIdUse<'a>) -> AssumeCall<'a> {
     AssumeCall {
         session,
@@ -94,6 +112,19 @@ fn probe_call<'a>(session: &'a str, external_id: ExternalIdUse<'a>) -> AssumeCal
         external_id,
         source_identity: None,
         narrowing: None,
+        policies_from: PolicySource::Probe,
+    }
+}
+
+/// The SourceIdentity a mint for `worker` sends: the worker's name when the binding enables
+/// it (the role's trust policy must then allow `sts:SetSourceIdentity`).
+fn mint_source_identity(parsed: &Parsed, worker: &str) -> Result<Option<String>, ProviderError> {
+    if parsed.source_identity {
+        params::source_identity(worker)
+            .map(Some)
+            .map_err(ProviderError::InvalidConfig)
+    } else {
+        Ok(None)
     }
 }
 
@@ -215,6 +246,69 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
     }
 }
 
+/// An AssumeRole refusal, worded for who can fix it.
+///
+/// `PackedPolicyTooLarge` (STS could not pack the session policies, policy ARNs and tags into
+/// one session although each is within its own limit — the packed size cannot be computed
+/// beforehand) is never the customer's trust: on a narrowed mint it names the narrowing, on
+/// an unnarrowed one the binding's ceiling, and on the probe it refuses activation, since every
+/// unnarrowed resolve would be refused the same way. An AccessDenied on a call that carried a
+/// SourceIdentity says that the trust policy must also allow `sts:SetSourceIdentity`.
+fn assume_error(
+    err: SdkError<AssumeRoleError>,
+    policies_from: PolicySource,
+    source_identity_sent: bool,
+) -> ProviderError {
+    let packed = err
+        .as_service_error()
+        .is_some_and(AssumeRoleError::is_packed_policy_too_large_exception);
+    if packed {
+        let upstream_request_id = err.request_id().map(str::to_owned);
+        let sts = format!(
+            "STS PackedPolicyTooLarge: {}",
+            err.message().unwrap_or("the session policies do not pack")
+        );
+        return match policies_from {
+            PolicySource::Narrowing => ProviderError::Denied {
+                message: format!(
+                    "{sts} (the narrowing's session policies do not fit one STS session: narrow with fewer policy_arns or a shorter policy)"
+                ),
+                upstream_request_id,
+                trust_broken: false,
+            },
+            PolicySource::Ceiling => ProviderError::Denied {
+                message: format!(
+                    "{sts} (the binding's ceiling — the platform ceiling when the binding sets none — does not fit one STS session: restrict the binding's ceiling to fewer managed_policy_arns or fewer, wider action prefixes, then re-run the probe)"
+                ),
+                upstream_request_id,
+                trust_broken: false,
+            },
+            PolicySource::Probe => ProviderError::ActivationRefused {
+                reason: RefusalReason::Other,
+                message: format!(
+                    "{sts}: the binding's ceiling (the platform ceiling when the binding sets none) does not fit one STS session, so every unnarrowed resolve would be refused. \
+                     Restrict the binding's ceiling to fewer managed_policy_arns or fewer, wider action prefixes, then re-run the probe."
+                ),
+                upstream_request_id,
+            },
+        };
+    }
+    match sdk_error(err) {
+        ProviderError::Denied {
+            message,
+            upstream_request_id,
+            trust_broken: true,
+        } if source_identity_sent => ProviderError::Denied {
+            message: format!(
+                "{message}; the call carried a SourceIdentity (the binding sets source_identity), so the trust policy must also allow sts:SetSourceIdentity"
+            ),
+            upstream_request_id,
+            trust_broken: true,
+        },
+        other => other,
+    }
+}
+
 fn to_credential(out: &AssumeRoleOutput) -> Result<IssuedCredential, ProviderError> {
     let malformed = || ProviderError::Unavailable {
         message: "STS answer lacks credentials".into(),
@@ -328,7 +422,9 @@ impl AwsAssumeRole {
             external_id,
             source_identity,
             narrowing,
+            policies_from,
         } = call;
+        let source_identity_sent = source_identity.is_some();
         let mut call = self
             .client
             .assume_role()
@@ -352,7 +448,7 @@ impl AwsAssumeRole {
             }
         }
         match tokio::time::timeout(timeout, call.send()).await {
-            Ok(result) => result.map_err(sdk_error),
+            Ok(result) => result.map_err(|e| assume_error(e, policies_from, source_identity_sent)),
             Err(_) => Err(ProviderError::Unavailable {
                 message: format!("STS did not answer within {} ms", timeout.as_millis()),
                 upstream_request_id: None,
@@ -506,10 +602,10 @@ impl Provider for AwsAssumeRole {
     async fn mint(&self, request: &MintRequest<'_>) -> Result<IssuedCredential, ProviderError> {
         let bound = request.binding.bound.get::<AwsBinding>()?;
         let parsed = &bound.parsed;
-        let narrowing = match request.narrowing.value.as_ref() {
+        let (narrowing, policies_from) = match request.narrowing.value.as_ref() {
             // No narrowing: the session carries exactly the binding's ceiling, never the
             // whole role (THREATS.md: "with no narrowing, exactly the ceiling").
-            None => bound.session.clone(),
+            None => (bound.session.clone(), PolicySource::Ceiling),
             Some(v) => {
                 let n = AwsNarrowing {
                     policy: v.get("policy").and_then(Value::as_str).map(str::to_owned),
@@ -530,7 +626,7 @@ impl Provider for AwsAssumeRole {
                         "narrowing carries no session policy".into(),
                     ));
                 }
-                n
+                (n, PolicySource::Narrowing)
             }
         };
         let duration = params::clamp_duration(
@@ -538,11 +634,7 @@ impl Provider for AwsAssumeRole {
             self.settings.default_duration_s,
             self.settings.max_duration_s,
         );
-        let source_identity = if parsed.source_identity {
-            Some(params::source_identity(request.worker).map_err(ProviderError::InvalidConfig)?)
-        } else {
-            None
-        };
+        let source_identity = mint_source_identity(parsed, request.worker)?;
         let session = session_name(request.binding.tenant_id, request.instance_id);
         let out = self
             .assume(
@@ -553,6 +645,7 @@ impl Provider for AwsAssumeRole {
                     external_id: ExternalIdUse::Tenant,
                     source_identity,
                     narrowing: Some(&narrowing),
+                    policies_from,
                 },
                 request.timeout,
             )
@@ -569,15 +662,23 @@ impl Probe for AwsAssumeRole {
     }
 
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
-        let parsed = &request.binding.bound.get::<AwsBinding>()?.parsed;
+        let bound = request.binding.bound.get::<AwsBinding>()?;
+        let parsed = &bound.parsed;
         let session = session_name(request.binding.tenant_id, "activation-probe");
-        let out = self
-            .assume(
-                parsed,
-                probe_call(&session, ExternalIdUse::Tenant),
-                request.timeout,
-            )
-            .await?;
+        // The first call is what an unnarrowed mint sends, but for the session name and the
+        // shortest duration: the tenant's ExternalId, the SourceIdentity when the binding
+        // enables it (here the probe's own worker name) and the binding's ceiling as session
+        // policies. A role whose trust lacks sts:SetSourceIdentity, or a ceiling STS cannot
+        // pack into one session, would otherwise activate and then fail every resolve.
+        let first = AssumeCall {
+            session: &session,
+            duration_s: params::MIN_DURATION_S,
+            external_id: ExternalIdUse::Tenant,
+            source_identity: mint_source_identity(parsed, request.worker)?,
+            narrowing: Some(&bound.session),
+            policies_from: PolicySource::Probe,
+        };
+        let out = self.assume(parsed, first, request.timeout).await?;
         let request_id = out.request_id().map(str::to_owned);
         let assumed = out
             .assumed_role_user()
@@ -601,6 +702,8 @@ impl Probe for AwsAssumeRole {
         // one, and with any value when the role only requires that one is present
         // (`"Null": {"sts:ExternalId": "false"}`). Without it, and with a random other
         // value, the call must be denied: only then is the role bound to this tenant's id.
+        // These calls carry nothing else (no SourceIdentity, no session policies), so their
+        // denial is sts:AssumeRole's own ExternalId condition, not another permission's.
         let other = random_external_id()?;
         for (use_, what) in [
             (ExternalIdUse::Omitted, "WITHOUT the ExternalId"),

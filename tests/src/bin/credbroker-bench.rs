@@ -373,6 +373,8 @@ async fn run(args: Args) {
 
     // credbroker with a pasted secret and an AWS binding against the fake STS.
     let sts = FakeSts::start("111111111111").await;
+    // The fake verifies SigV4 with the keys it knows: give it the bench's.
+    sts.set_credentials("AKIABENCHVENDOR00000", "bench-secret");
     let root = tmp.path().join("broker");
     std::fs::create_dir_all(&root).unwrap();
     let config = write_config(&root, &pki, &sts.url);
@@ -412,6 +414,7 @@ async fn run(args: Args) {
             max_session_s: 3600,
             report_account: None,
             any_external_id: false,
+            ..FakeRole::default()
         },
     );
     call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "aws", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
