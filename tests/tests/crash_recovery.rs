@@ -24,7 +24,22 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
     let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
+    // A worker for the second tenant, whose secret the operator rotates under the kills.
+    pki.worker("w2");
+    let (s, v) = call(
+        &mut op,
+        http::Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"id": "w2", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
     let mut acknowledged: HashMap<String, String> = HashMap::new();
+    // Acknowledged admin changes: (audit id, version, token) of each rotate and promote
+    // that returned 200, and the highest version whose promotion was acknowledged.
+    let mut acknowledged_changes: Vec<(String, u64, String)> = Vec::new();
+    let mut tokens: HashMap<u64, String> = HashMap::from([(1, "t2-token".to_owned())]);
+    let mut last_promoted = 1u64;
     for round in 0..20u64 {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -61,23 +76,49 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
             let url = daemon.url.clone();
             Some(tokio::spawn(async move {
                 let mut op = pki.client_for("op", &url);
+                let mut acks = Vec::new();
                 for n in 0.. {
-                    let body = serde_json::to_vec(
-                        &json!({"fields": {"token": format!("t2-token-r{round}-{n}")}}),
-                    )
-                    .unwrap();
-                    if op
+                    let token = format!("t2-token-r{round}-{n}");
+                    let body = serde_json::to_vec(&json!({"fields": {"token": token}})).unwrap();
+                    let Ok((s, bytes)) = op
                         .request(
                             http::Method::POST,
                             "/v1/admin/bindings/b2/secret/rotate",
                             Some(body),
                         )
                         .await
-                        .is_err()
-                    {
+                    else {
                         break;
-                    }
+                    };
+                    assert_eq!(s.as_u16(), 200, "{}", String::from_utf8_lossy(&bytes));
+                    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    let version = v["version"].as_u64().unwrap();
+                    acks.push((
+                        v["audit_id"].as_str().unwrap().to_owned(),
+                        version,
+                        token.clone(),
+                        false,
+                    ));
+                    let Ok((s, bytes)) = op
+                        .request(
+                            http::Method::POST,
+                            &format!("/v1/admin/bindings/b2/secret/{version}/promote"),
+                            Some(b"{}".to_vec()),
+                        )
+                        .await
+                    else {
+                        break;
+                    };
+                    assert_eq!(s.as_u16(), 200, "{}", String::from_utf8_lossy(&bytes));
+                    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    acks.push((
+                        v["audit_id"].as_str().unwrap().to_owned(),
+                        version,
+                        token,
+                        true,
+                    ));
                 }
+                acks
             }))
         } else {
             None
@@ -85,7 +126,13 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
         tokio::time::sleep(Duration::from_millis(jitter_ms(round))).await;
         daemon.kill_hard();
         if let Some(a) = admin {
-            let _ = a.await;
+            for (audit_id, version, token, promoted) in a.await.unwrap() {
+                tokens.insert(version, token.clone());
+                if promoted {
+                    last_promoted = last_promoted.max(version);
+                }
+                acknowledged_changes.push((audit_id, version, token));
+            }
         }
         stop.store(true, Ordering::Relaxed);
         let mut this_round = 0;
@@ -112,6 +159,24 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
                 .unwrap_or_else(|| panic!("round {round}: {audit_id} acknowledged but missing"));
             assert_eq!(rec["request_id"], request_id.as_str(), "{audit_id}");
             assert_eq!(rec["outcome"], "allowed");
+        }
+        // Every acknowledged admin change survived with its record.
+        for (audit_id, version, _) in &acknowledged_changes {
+            let rec = records.get(audit_id).unwrap_or_else(|| {
+                panic!("round {round}: change {audit_id} (version {version}) acknowledged but its record is missing")
+            });
+            assert_eq!(rec["outcome"], "allowed");
+            assert!(
+                rec["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(&format!("version {version}"))
+                    || rec["detail"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains(&format!("version={version}")),
+                "{rec}"
+            );
         }
         let (c, out, err) = daemon.cli(&[
             "audit",
@@ -147,6 +212,58 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
         assert!(versions
             .iter()
             .any(|v| v["version"].as_u64() == Some(active) && v["state"] == "active"));
+        // An acknowledged promotion is never undone (a later, unacknowledged one may have
+        // committed too), and every rotation that was acknowledged is still there.
+        assert!(
+            active >= last_promoted,
+            "round {round}: active version {active} is older than acknowledged promotion {last_promoted}"
+        );
+        // Every version the store holds was audited before it was committed.
+        let details: Vec<&str> = records
+            .values()
+            .filter(|r| r["outcome"] == "allowed" && r["binding"] == "b2")
+            .filter_map(|r| r["detail"].as_str())
+            .collect();
+        for (_, version, _) in &acknowledged_changes {
+            // A pending version is gone only when a later rotation replaced it, audited.
+            let replaced = format!("replaced pending version {version} (destroyed)");
+            assert!(
+                versions
+                    .iter()
+                    .any(|v| v["version"].as_u64() == Some(*version))
+                    || details.iter().any(|d| d.contains(&replaced)),
+                "round {round}: acknowledged version {version} lost"
+            );
+        }
+        for v in versions {
+            let n = v["version"].as_u64().unwrap();
+            assert!(
+                details
+                    .iter()
+                    .any(|d| d.contains(&format!("binding=b2 version={n} "))),
+                "round {round}: version {n} has no audit record: {details:?}"
+            );
+        }
+        if active > 1 {
+            assert!(
+                details
+                    .iter()
+                    .any(|d| d.contains(&format!("binding=b2 promoted version {active}"))),
+                "round {round}: the promotion of {active} has no audit record"
+            );
+        }
+        // The second tenant is served by its own worker, with the active version's token.
+        let mut w2 = pki.client_for("w2", &daemon.url);
+        let (s, v) = resolve(&mut w2, json!({"instance_id": "i2"})).await;
+        assert_eq!(s, 200, "round {round}: {v}");
+        let served = v["credentials"]["token"].as_str().unwrap().to_owned();
+        match tokens.get(&active) {
+            Some(t) => assert_eq!(&served, t, "round {round}: version {active}"),
+            None => assert!(
+                served.starts_with(&format!("t2-token-r{round}-")),
+                "round {round}: an unacknowledged version serves {served}"
+            ),
+        }
     }
     assert!(
         acknowledged.len() > 50,

@@ -1,0 +1,190 @@
+//! No response leaves before its audit record is durable (issue 18, item 2). SIGKILL keeps
+//! the page cache, so the crash test cannot see a missing `fdatasync`; this test watches the
+//! daemon's system calls instead (strace attached to every thread): for each response written
+//! to the worker's connection, the last write to `audit.log` before it has been followed by
+//! a completed `fdatasync` of `audit.log`. Dropping the sync, or answering before it, fails.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use credbroker_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+type Conn = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// The worker's own HTTP/1.1 keep-alive connection, so the test knows its port.
+async fn connect(pki: &TestPki, url: &str) -> (Conn, u16) {
+    let mut config = (*credbroker::tls::client_config(
+        &pki.dir.join("ca.crt"),
+        &pki.dir.join("w1.crt"),
+        &pki.dir.join("w1.key"),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(url.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    (BufReader::new(tls), port)
+}
+
+/// One resolve on `conn`: status and body.
+async fn resolve_on(conn: &mut Conn) -> (u16, serde_json::Value) {
+    let body = br#"{"instance_id": "i1"}"#;
+    let head = format!(
+        "POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.get_mut().write_all(head.as_bytes()).await.unwrap();
+    conn.get_mut().write_all(body).await.unwrap();
+    conn.get_mut().flush().await.unwrap();
+    let mut status_line = String::new();
+    conn.read_line(&mut status_line).await.unwrap();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut buf = vec![0u8; length];
+    conn.read_exact(&mut buf).await.unwrap();
+    (status, serde_json::from_slice(&buf).unwrap())
+}
+
+/// One system call of interest, in the order strace reported it.
+#[derive(Debug, PartialEq)]
+enum Call {
+    /// A write to audit.log started.
+    AuditWrite,
+    /// An fdatasync of audit.log returned 0.
+    AuditSynced,
+    /// A write to the worker's connection started.
+    Reply,
+}
+
+/// Classifies strace `-f -yy` lines. `client_port` picks the worker's connection.
+fn calls(trace: &str, client_port: u16) -> Vec<Call> {
+    let peer = format!(":{client_port}]");
+    let mut out = Vec::new();
+    for line in trace.lines() {
+        let audit_fd = line.contains("/audit/audit.log>");
+        let is = |name: &str| line.contains(&format!("{name}(")) && !line.contains("resumed>");
+        if audit_fd && (is("write") || is("pwrite64") || is("writev")) {
+            out.push(Call::AuditWrite);
+        } else if line.contains("fdatasync")
+            && line.trim_end().ends_with("= 0")
+            && (audit_fd || line.contains("<... fdatasync resumed>"))
+        {
+            out.push(Call::AuditSynced);
+        } else if line.contains(&peer)
+            && (is("write") || is("writev") || is("sendto") || is("sendmsg"))
+        {
+            out.push(Call::Reply);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_leaves_after_its_audit_record_is_synced() {
+    let strace = on_path("strace", "-V").expect("this test needs strace (tests/run installs it)");
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    // The worker's connection exists (and is past its handshake) before tracing starts.
+    let (mut w1, client_port) = connect(&pki, &daemon.url).await;
+    let (s, v) = resolve_on(&mut w1).await;
+    assert_eq!(s, 200, "{v}");
+
+    let trace_path = tmp.path().join("daemon.strace");
+    let mut tracer = Command::new(strace)
+        .args(["-f", "-qq", "-yy", "-s", "0", "-e", "signal=none"])
+        .args([
+            "-e",
+            "trace=write,writev,pwrite64,sendto,sendmsg,fdatasync,fsync",
+        ])
+        .arg("-o")
+        .arg(&trace_path)
+        .arg("-p")
+        .arg(daemon.pid().unwrap().to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace attaches to every thread before it writes anything; give it that moment, then
+    // prove it is tracing with a first request before counting.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let rounds = 40;
+    let mut audit_ids = Vec::new();
+    for _ in 0..rounds {
+        let (s, v) = resolve_on(&mut w1).await;
+        assert_eq!(s, 200, "{v}");
+        audit_ids.push(v["audit_id"].as_str().unwrap().to_owned());
+    }
+    Command::new("kill")
+        .args(["-INT", &tracer.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = tracer.wait();
+
+    let trace = std::fs::read_to_string(&trace_path).unwrap();
+    let seen = calls(&trace, client_port);
+    let replies = seen.iter().filter(|c| **c == Call::Reply).count();
+    assert!(
+        replies >= rounds,
+        "{replies} replies traced for {rounds} requests (strace did not see the connection):\n{}",
+        &trace[..trace.len().min(4000)]
+    );
+    assert!(
+        seen.iter().filter(|c| **c == Call::AuditWrite).count() >= rounds,
+        "fewer audit writes than requests"
+    );
+    // Each reply: the last audit write before it is followed by a completed sync before it.
+    let mut written_since_sync = false;
+    let mut checked = 0;
+    for call in &seen {
+        match call {
+            Call::AuditWrite => written_since_sync = true,
+            Call::AuditSynced => written_since_sync = false,
+            Call::Reply => {
+                assert!(
+                    !written_since_sync,
+                    "a response was written to the worker before the audit record written for it was synced"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= rounds);
+    // Every acknowledged resolve's record is in the log.
+    let log = std::fs::read_to_string(daemon.data_dir.join("audit/audit.log")).unwrap();
+    for id in &audit_ids {
+        let hash_prefix = id.trim_start_matches("aud_");
+        assert!(
+            log.contains(&format!("\"hash\":\"{hash_prefix}")),
+            "{id} missing"
+        );
+    }
+}
