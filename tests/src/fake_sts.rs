@@ -54,6 +54,10 @@ pub struct FakeRole {
     /// The trust policy allows `sts:TagSession`: without it an AssumeRole that carries
     /// session tags (`Tags.member.N.*`, `TransitiveTagKeys.member.N`) is AccessDenied.
     pub allow_tag_session: bool,
+    /// The trust policy requires a SourceIdentity to be present
+    /// (`"Condition": {"Null": {"sts:SourceIdentity": "false"}}`): an AssumeRole without one
+    /// is AccessDenied, whatever its ExternalId.
+    pub require_source_identity: bool,
 }
 
 impl Default for FakeRole {
@@ -68,6 +72,7 @@ impl Default for FakeRole {
             report_account: None,
             allow_set_source_identity: true,
             allow_tag_session: true,
+            require_source_identity: false,
         }
     }
 }
@@ -697,6 +702,9 @@ impl State {
             {
                 return self.region_disabled(&caller);
             }
+            return denied("sts:AssumeRole");
+        }
+        if role.require_source_identity && !p.contains_key("SourceIdentity") {
             return denied("sts:AssumeRole");
         }
         if p.contains_key("SourceIdentity") && !role.allow_set_source_identity {

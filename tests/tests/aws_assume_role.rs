@@ -158,6 +158,7 @@ fn role(external_id: Option<&str>) -> FakeRole {
         any_external_id: false,
         allow_set_source_identity: true,
         allow_tag_session: true,
+        require_source_identity: false,
     }
 }
 
@@ -1627,6 +1628,36 @@ async fn a_role_that_refuses_what_a_mint_sends_never_activates() {
         .as_str()
         .unwrap()
         .to_owned();
+
+    // A role that demands a SourceIdentity but no ExternalId: the probe's calls without the
+    // tenant's ExternalId carry the same SourceIdentity as its first call, so they succeed
+    // and the missing ExternalId condition is caught (they are not refused for a missing
+    // SourceIdentity and taken for an enforced ExternalId).
+    let lax = format!("arn:aws:iam::{CUSTOMER}:role/SourceIdentityOnly");
+    env.sts.add_role(
+        &lax,
+        FakeRole {
+            require_source_identity: true,
+            ..role(None)
+        },
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "aws-lax-si", "tenant": "t1", "provider": "aws_assume_role",
+            "config": {"role_arn": lax, "source_identity": true}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws-lax-si").await;
+    assert_eq!(
+        (s, code(&v)),
+        (422, "external_id_not_enforced"),
+        "activated a role any tenant's ExternalId opens: {v}"
+    );
 
     // source_identity on a role whose trust lacks sts:SetSourceIdentity.
     let arn = format!("arn:aws:iam::{CUSTOMER}:role/NoSourceIdentity");

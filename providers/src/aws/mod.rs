@@ -102,20 +102,6 @@ struct AssumeCall<'a> {
     policies_from: PolicySource,
 }
 
-/// A probe call that proves something about the trust policy's ExternalId condition:
-/// shortest session, nothing else (no SourceIdentity, no session policies), with the
-/// ExternalId `external_id`.
-fn probe_call<'a>(session: &'a str, external_id: ExternalIdUse<'a>) -> AssumeCall<'a> {
-    AssumeCall {
-        session,
-        duration_s: params::MIN_DURATION_S,
-        external_id,
-        source_identity: None,
-        narrowing: None,
-        policies_from: PolicySource::Probe,
-    }
-}
-
 /// The SourceIdentity a mint for `worker` sends: the worker's name when the binding enables
 /// it (the role's trust policy must then allow `sts:SetSourceIdentity`).
 fn mint_source_identity(parsed: &Parsed, worker: &str) -> Result<Option<String>, ProviderError> {
@@ -670,14 +656,16 @@ impl Probe for AwsAssumeRole {
         // enables it (here the probe's own worker name) and the binding's ceiling as session
         // policies. A role whose trust lacks sts:SetSourceIdentity, or a ceiling STS cannot
         // pack into one session, would otherwise activate and then fail every resolve.
-        let first = AssumeCall {
+        let source_identity = mint_source_identity(parsed, request.worker)?;
+        let call = |external_id| AssumeCall {
             session: &session,
             duration_s: params::MIN_DURATION_S,
-            external_id: ExternalIdUse::Tenant,
-            source_identity: mint_source_identity(parsed, request.worker)?,
+            external_id,
+            source_identity: source_identity.clone(),
             narrowing: Some(&bound.session),
             policies_from: PolicySource::Probe,
         };
+        let first = call(ExternalIdUse::Tenant);
         let out = self.assume(parsed, first, request.timeout).await?;
         let request_id = out.request_id().map(str::to_owned);
         let assumed = out
@@ -702,8 +690,10 @@ impl Probe for AwsAssumeRole {
         // one, and with any value when the role only requires that one is present
         // (`"Null": {"sts:ExternalId": "false"}`). Without it, and with a random other
         // value, the call must be denied: only then is the role bound to this tenant's id.
-        // These calls carry nothing else (no SourceIdentity, no session policies), so their
-        // denial is sts:AssumeRole's own ExternalId condition, not another permission's.
+        // These calls are the first call but for the ExternalId (same SourceIdentity, same
+        // session policies), so their denial is the ExternalId condition's: a role that only
+        // demands a SourceIdentity would otherwise refuse them for that and pass as enforcing
+        // the ExternalId.
         let other = random_external_id()?;
         for (use_, what) in [
             (ExternalIdUse::Omitted, "WITHOUT the ExternalId"),
@@ -712,9 +702,7 @@ impl Probe for AwsAssumeRole {
                 "with a WRONG ExternalId (any value is accepted)",
             ),
         ] {
-            match self
-                .assume(parsed, probe_call(&session, use_), request.timeout)
-                .await
+            match self.assume(parsed, call(use_), request.timeout).await
             {
                 // Only the trust policy's own refusal counts: an expired vendor credential or
                 // a disabled region would deny anything and prove nothing.
