@@ -44,8 +44,10 @@ fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>) 
         Some(path) => match Config::load(path) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: reload failed, the config file does not load; keeping the previous TLS config");
-                return;
+                // The files at the paths in force are still re-read: a CRL updated in place
+                // must not wait for an unrelated config mistake to be fixed.
+                tracing::error!(error = %e, "SIGHUP: the config file does not load; re-reading the TLS files at the paths in force, changes to the config ignored");
+                None
             }
         },
     };
@@ -55,27 +57,21 @@ fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>) 
             tracing::warn!(sections = %ignored.join(", "), "SIGHUP: these config changes take effect only after a restart");
         }
     }
-    let settings = fresh
-        .as_ref()
-        .map_or_else(|| config.tls.clone(), |f| f.tls.clone());
-    let crl = settings.crl.is_some();
-    match tls.reload_with(settings) {
-        Ok(()) => tracing::info!(crl, "SIGHUP: TLS certificates, client CA and CRL reloaded"),
+    // Without a config that loads (or without a file: dev mode), the files at the paths in
+    // force — those of the last successful reload — are read again.
+    let result = match &fresh {
+        Some(f) => tls.reload_with(f.tls.clone()),
+        None => tls.reload(),
+    };
+    match result {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificates, client CA and CRL reloaded"),
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config")
         }
     }
     if let Some(ptls) = public {
-        let paths = match fresh.as_ref().map(|f| f.public.as_ref()) {
-            Some(Some(p)) => Some((p.cert.clone(), p.key.clone())),
-            Some(None) => None,
-            None => config
-                .public
-                .as_ref()
-                .map(|p| (p.cert.clone(), p.key.clone())),
-        };
-        let result = match paths {
-            Some((cert, key)) => ptls.reload_public_with(cert, key),
+        let result = match fresh.as_ref().and_then(|f| f.public.as_ref()) {
+            Some(p) => ptls.reload_public_with(p.cert.clone(), p.key.clone()),
             None => ptls.reload(),
         };
         match result {
@@ -85,6 +81,21 @@ fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>) 
             }
         }
     }
+}
+
+/// Writes this process's id to `path`, never through a symbolic link (one planted in the
+/// data directory could otherwise point the write at a key file).
+fn write_pid_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .write_all(format!("{}\n", std::process::id()).as_bytes())
 }
 
 /// Top-level config sections that differ between `old` and `new`, other than the TLS files
@@ -177,7 +188,8 @@ pub async fn run_with_broker(
     // One daemon per data directory (the store is locked), so its pid file names it for
     // `credbroker reload` even when several brokers run on the host.
     let pid_file = config.pid_file();
-    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+    let wrote_pid = write_pid_file(&pid_file);
+    if let Err(e) = &wrote_pid {
         tracing::warn!(path = %pid_file.display(), error = %e, "cannot write the pid file; `credbroker reload` will not find this daemon");
     }
     on_ready(running.local_addr);
@@ -218,7 +230,9 @@ pub async fn run_with_broker(
     }
     running.shutdown(Duration::from_secs(10)).await;
     broker.shutdown();
-    let _ = std::fs::remove_file(&pid_file);
+    if wrote_pid.is_ok() {
+        let _ = std::fs::remove_file(&pid_file);
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -345,3 +345,34 @@ async fn export_keeps_exactly_the_records_of_its_window() {
     ]);
     assert_eq!(c, 0, "{out}");
 }
+
+/// The pid file is never written through a symbolic link planted in the data directory
+/// (it could point at a key file), and `credbroker reload` signals only a credbroker daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pid_file_is_not_written_through_a_link_and_reload_signals_only_a_daemon() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    daemon.stop();
+    let victim = tmp.path().join("victim.key");
+    std::fs::write(&victim, "precious key material").unwrap();
+    let pid_file = daemon.data_dir.join("credbroker.pid");
+    std::os::unix::fs::symlink(&victim, &pid_file).unwrap();
+    daemon.restart_with(&[]);
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious key material",
+        "the pid file was written through the link"
+    );
+    assert!(daemon.logs().contains("cannot write the pid file"));
+    daemon.stop();
+
+    // A pid file naming a process that is not a credbroker daemon: refused, nothing sent.
+    std::fs::remove_file(&pid_file).unwrap();
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+    let (c, _, err) = daemon.cli(&["reload", "--config", daemon.config.to_str().unwrap()]);
+    assert_ne!(c, 0);
+    assert!(
+        err.contains("not credbroker") || err.contains("not a credbroker daemon"),
+        "{err}"
+    );
+}

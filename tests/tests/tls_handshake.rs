@@ -227,6 +227,13 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(&daemon.config, format!("{good}\nnot toml [")).unwrap();
     daemon.signal("HUP");
     wait_log(&daemon, "the config file does not load", 1).await;
+    // …the files at the paths in force are still re-read.
+    wait_log(
+        &daemon,
+        "SIGHUP: TLS certificates, client CA and CRL reloaded",
+        2,
+    )
+    .await;
     assert!(!healthy("rv").await);
     assert!(healthy("w1").await);
     std::fs::write(&daemon.config, &good).unwrap();
@@ -256,7 +263,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     wait_log(
         &daemon,
         "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        3,
+        4,
     )
     .await;
     assert!(
@@ -269,7 +276,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     wait_log(
         &daemon,
         "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        4,
+        5,
     )
     .await;
     assert!(healthy("w1").await);
@@ -289,7 +296,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     wait_log(
         &daemon,
         "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        5,
+        6,
     )
     .await;
     assert!(
@@ -302,7 +309,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     wait_log(
         &daemon,
         "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        6,
+        7,
     )
     .await;
     assert!(healthy("w1").await);
@@ -319,7 +326,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(&public_cert, &impostor.cert_pem).unwrap();
     std::fs::write(&public_key, &impostor.key_pem).unwrap();
     reload_cli(&daemon);
-    wait_log(&daemon, "SIGHUP: public listener certificate reloaded", 7).await;
+    wait_log(&daemon, "SIGHUP: public listener certificate reloaded", 8).await;
     assert!(
         !public_ok().await,
         "the public certificate was not reloaded"

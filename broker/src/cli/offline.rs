@@ -355,6 +355,19 @@ pub fn run_reload(local: &LocalArgs) -> Result<ExitCode, String> {
             path.display()
         )
     })?;
+    // A stale or planted pid may name another credbroker process (a `client` command, which
+    // SIGHUP would kill): only a daemon (`serve` or `dev`) is signalled.
+    let args = std::fs::read(format!("/proc/{raw}/cmdline")).unwrap_or_default();
+    let daemon = args
+        .split(|b| *b == 0)
+        .skip(1)
+        .any(|a| a == b"serve" || a == b"dev");
+    if !daemon {
+        return Err(format!(
+            "process {raw} is not a credbroker daemon (serve or dev): stale pid file {}",
+            path.display()
+        ));
+    }
     let ours = std::env::current_exe().ok();
     let name_ok = exe
         .file_name()
