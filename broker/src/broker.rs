@@ -336,6 +336,24 @@ impl Broker {
             keys.audit_signer,
             Some(metrics.audit_batch_size.clone()),
         )?;
+        if let Some(failure) = audit.forensic_failure() {
+            // The forensic start is itself on the record, in the chain it continues.
+            let event = crate::audit::AuditEvent {
+                kind: "admin".into(),
+                action: "audit.forensic_start".into(),
+                request_id: crate::server::new_request_id(),
+                actor: "credbroker:start".into(),
+                outcome: "allowed".into(),
+                detail: Some(format!(
+                    "serve --forensic-start on a log that does not verify: {failure}"
+                )),
+                ..Default::default()
+            };
+            audit
+                .append(event)
+                .await
+                .map_err(|e| StartError::Other(format!("audit: {e}")))?;
+        }
         let core = Arc::new(Core {
             records,
             keyring: keys.keyring,

@@ -530,6 +530,38 @@ async fn forgeries_with_recomputed_hashes_fail_verification_and_start_up() {
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "{v}");
     daemon.stop();
+    // The forensic start is on the record, in the chain it continues.
+    assert!(
+        daemon
+            .audit_records()
+            .iter()
+            .any(|r| r["action"] == "audit.forensic_start"
+                && r["detail"].as_str().unwrap_or("").contains("prev_hash")),
+        "no audit.forensic_start record"
+    );
+
+    // Laundering: a stretch re-chained after the first checkpoint, the later checkpoints
+    // deleted, then a forensic start whose new checkpoints sign the forged stretch. The
+    // full verification still fails: no writer leaves that many records unsigned between
+    // two checkpoints.
+    let first_cp = lines(&original_cps)[0].clone();
+    let first_seq = serde_json::from_slice::<serde_json::Value>(&first_cp).unwrap()["seq"]
+        .as_u64()
+        .unwrap() as usize;
+    let mut records = lines(&original_log);
+    records[first_seq + 1] = forge(&records[first_seq + 1], |r| {
+        r.event.outcome = "denied".into()
+    });
+    rechain(&mut records, first_seq + 2);
+    std::fs::write(&log, join(&records)).unwrap();
+    std::fs::write(&checkpoints, join(&[first_cp])).unwrap();
+    let (c, _) = daemon.serve_refused(&[]);
+    assert_ne!(c, 0);
+    daemon.restart_with(&["--forensic-start"]);
+    daemon.stop(); // signs a checkpoint over the forged stretch
+    let (c, out) = verify_cli(&daemon);
+    assert_eq!(c, 1, "a forensic start laundered a forged stretch: {out}");
+    assert!(out.contains("signed only after the fact"), "{out}");
 
     // The untouched log verifies and starts.
     std::fs::write(&log, &original_log).unwrap();

@@ -62,8 +62,12 @@ fn fail(seq: u64, reason: impl Into<String>) -> VerifyFailure {
 struct Chain<'a> {
     verifier: &'a AuditVerifier,
     contiguous: bool,
-    /// For the live log: how many records at its end may lack a signed checkpoint.
+    /// For the live log: how many records at its end, or between two checkpoints, may lack
+    /// a signed checkpoint.
     max_unanchored: Option<u64>,
+    /// The last checkpointed sequence met so far (0 at genesis; `None` when the chain is
+    /// read from a checkpoint on, as at start-up).
+    last_anchor: Option<u64>,
     expected: Option<u64>,
     prev_seq: Option<u64>,
     prev_hash: String,
@@ -77,6 +81,7 @@ impl<'a> Chain<'a> {
             verifier,
             contiguous,
             max_unanchored: None,
+            last_anchor: Some(0),
             expected: if contiguous { Some(1) } else { None },
             prev_seq: None,
             prev_hash: GENESIS_HASH.to_owned(),
@@ -135,6 +140,22 @@ impl<'a> Chain<'a> {
             if *anchor != rec.hash {
                 return Err(fail(rec.seq, "record differs from the signed checkpoint"));
             }
+            // The writer never leaves more than `max_unanchored` records between two
+            // checkpoints either: a longer stretch was rewritten and signed over later (a
+            // forensic start on a forged log), and nothing in it is proven.
+            if let Some(max) = self.max_unanchored {
+                if let Some(prev) = self.last_anchor.filter(|p| rec.seq - p > max) {
+                    return Err(fail(
+                        prev + 1,
+                        format!(
+                            "records {}..{} went without a signed checkpoint for longer than the writer allows ({max}): they were signed only after the fact",
+                            prev + 1,
+                            rec.seq
+                        ),
+                    ));
+                }
+            }
+            self.last_anchor = Some(rec.seq);
             self.summary.checkpoints += 1;
         }
         self.summary.records += 1;
@@ -286,6 +307,7 @@ pub fn verify_since_last_checkpoint(
     let mut chain = Chain::new(verifier, true);
     chain.max_unanchored = Some(max_unanchored);
     chain.expected = Some(last.seq);
+    chain.last_anchor = None;
     chain.checkpoints(std::slice::from_ref(last))?;
     let bytes = read_from_seq(&log_path(audit_dir), last.seq)?;
     for line in complete_lines(&bytes) {

@@ -133,6 +133,7 @@ pub struct AuditLog {
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    forensic: Option<String>,
 }
 
 struct Writer {
@@ -493,6 +494,7 @@ impl AuditLog {
                 ),
             });
         }
+        let mut forensic = None;
         if let Err(f) = super::verify::verify_since_last_checkpoint(
             &config.dir,
             &signer.verifier(),
@@ -508,6 +510,7 @@ impl AuditLog {
                 failure = %f,
                 "FORENSIC START: the audit log does not verify from its last signed checkpoint; new records are chained onto it regardless"
             );
+            forensic = Some(f.to_string());
         }
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
@@ -540,7 +543,14 @@ impl AuditLog {
             healthy,
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
+            forensic,
         })
+    }
+
+    /// Why the log did not verify when it was opened with `forensic_start` (`None`: it did).
+    /// The caller records it as the first record of the run.
+    pub fn forensic_failure(&self) -> Option<&str> {
+        self.forensic.as_deref()
     }
 
     /// Appends one event and waits until it is durable.
