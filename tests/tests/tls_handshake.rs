@@ -363,3 +363,63 @@ async fn certificates_without_a_usable_identity_get_no_access() {
         assert_eq!((s, code(&v)), (403, "operator_required"), "{name}");
     }
 }
+
+/// A handshake that spans a CRL reload was verified by the old CRL: the connection is
+/// re-checked at once and the revoked certificate is not served (review of issue 18).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_in_progress_during_a_revocation_is_rechecked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tmp, pki) = setup();
+    let late = pki.worker("late");
+    let crl = pki.write_crl(&[]);
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            crl: Some(crl),
+            ..Default::default()
+        },
+    );
+    // The connection is accepted (the server takes its TLS config) before the revocation…
+    let tcp = tokio::net::TcpStream::connect(daemon.url.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pki.write_crl(&[late]);
+    daemon.signal("HUP");
+    wait_log(
+        &daemon,
+        "SIGHUP: TLS certificates, client CA and CRL reloaded",
+        1,
+    )
+    .await;
+    // …and its handshake completes after it, verified by the old CRL.
+    let mut config = (*credbroker::tls::client_config(
+        &pki.dir.join("ca.crt"),
+        &pki.dir.join("late.crt"),
+        &pki.dir.join("late.key"),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await;
+    let Ok(mut stream) = stream else {
+        return; // refused at the handshake: fine too
+    };
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "a certificate revoked during its handshake was served: {answer}"
+    );
+    assert!(!refused(&mut pki.client_for("w1", &daemon.url)).await);
+}

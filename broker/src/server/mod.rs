@@ -189,6 +189,9 @@ pub fn spawn_role(
             let handshake_log = handshake_log.clone();
             let mut shutdown_rx = shutdown_rx.clone();
             tokio::spawn(async move {
+                // Watch for reloads from before the handshake: one that lands while it is in
+                // progress (verified by the old CA bundle or CRL) re-checks the chain at once.
+                let mut reloads = tls.reloads();
                 let acceptor = TlsAcceptor::from(tls.current());
                 let handshake = Duration::from_millis(limits.handshake_timeout_ms);
                 let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
@@ -227,6 +230,16 @@ pub fn spawn_role(
                     .peer_certificates()
                     .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
                     .unwrap_or_default();
+                // A reload during the handshake: the chain was verified by the old CA bundle
+                // or CRL. Re-check it before the first request is read.
+                if reloads.has_changed().unwrap_or(false) {
+                    reloads.borrow_and_update();
+                    if !chain.is_empty() && !tls.client_chain_still_valid(&chain) {
+                        broker.metrics().revoked_connections_closed.inc();
+                        tracing::warn!(%remote, "client certificate revoked during its handshake; connection closed");
+                        return;
+                    }
+                }
                 broker.metrics().connections.inc();
                 let _gauge = GaugeGuard(broker.clone());
                 let peer = match stream
@@ -278,7 +291,6 @@ pub fn spawn_role(
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
-                let mut reloads = tls.reloads();
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let opened = std::time::Instant::now();
