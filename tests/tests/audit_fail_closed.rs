@@ -109,3 +109,81 @@ async fn a_full_disk_fails_resolves_closed_and_service_recovers() {
     ]);
     assert_eq!(c, 0, "{out}{err}");
 }
+
+/// Checkpoints that cannot be written (their file on a full disk while the log's is fine):
+/// records are accepted only up to the unsigned tail verification allows, then requests fail
+/// closed; once checkpoints can be written the writer signs and recovers by itself (review
+/// of issue 18: without this, the tail grew until the next start refused the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_checkpoints_fail_closed_before_the_tail_goes_unproven() {
+    let (tmp, pki) = setup();
+    // A checkpoint every 3 records, batches of at most 2: at most 5 unsigned records.
+    let options = DaemonOptions {
+        extra_toml:
+            "[audit]\ncheckpoint_every_records = 3\nmax_batch = 2\ncheckpoint_interval_s = 3600\n"
+                .into(),
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    daemon.stop();
+    assert!(daemon.audit_records().is_empty(), "the log starts empty");
+    let cps = daemon.data_dir.join("audit/checkpoints.log");
+    std::fs::remove_file(&cps).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &cps).unwrap();
+    daemon.restart();
+    let mut op = pki.client_for("op", &daemon.url);
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            "/v1/admin/tenants",
+            Some(json!({"id": format!("t{i}")})),
+        )
+        .await;
+        statuses.push((s, code(&v).to_owned()));
+    }
+    assert_eq!(
+        statuses.iter().filter(|(s, _)| *s == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[5..]
+            .iter()
+            .all(|(s, c)| *s == 503 && c == "audit_unavailable"),
+        "{statuses:?}"
+    );
+    let (s, _) = call(&mut op, Method::GET, "/readyz", None).await;
+    assert_eq!(s, 503);
+    // The checkpoint file is writable again: the writer signs and recovers, no request needed.
+    std::fs::remove_file(&cps).unwrap();
+    std::fs::write(&cps, b"").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (s, _) = call(&mut op, Method::GET, "/readyz", None).await;
+        if s == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "after"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    daemon.stop();
+    let (c, out, err) = daemon.cli(&[
+        "audit",
+        "verify",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+    daemon.restart_with(&[]);
+    daemon.stop();
+}

@@ -253,7 +253,7 @@ fn parse_checkpoints(bytes: &[u8]) -> Result<Vec<Checkpoint>, VerifyFailure> {
 }
 
 fn read_checkpoints(audit_dir: &Path) -> Result<Vec<Checkpoint>, VerifyFailure> {
-    match std::fs::read(checkpoints_path(audit_dir)) {
+    match read_to_length(&checkpoints_path(audit_dir)) {
         Ok(b) => parse_checkpoints(&b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(fail(0, format!("cannot read checkpoints: {e}"))),

@@ -167,6 +167,25 @@ impl Writer {
                 return;
             }
         }
+        // Never more unsigned records than verification accepts: if the checkpoint that
+        // should have bounded them could not be written, sign now or refuse the batch (a
+        // log whose tail cannot be proven would be refused at the next start).
+        let unsigned = |w: &Writer| w.tail.seq.saturating_sub(w.last_checkpoint_seq);
+        if unsigned(self) + events.len() as u64 > self.config.max_unanchored() {
+            self.maybe_checkpoint(true);
+            if unsigned(self) + events.len() as u64 > self.config.max_unanchored() {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(unsigned = unsigned(self), records = events.len(), "no audit checkpoint could be signed; failing requests closed rather than write records no checkpoint covers");
+                let err = AuditError::Write(
+                    "audit checkpoints cannot be written: records would go unsigned".into(),
+                );
+                for (_, done) in events {
+                    let _ = done.send(Err(err.clone()));
+                }
+                return;
+            }
+        }
         let mut buf = Vec::with_capacity(events.len() * 640);
         let mut receipts = Vec::with_capacity(events.len());
         let mut waiters = Vec::with_capacity(events.len());
@@ -295,6 +314,15 @@ impl Writer {
             .and_then(|()| self.file.sync_data());
         match (wrote, cut) {
             (Ok(()), Ok(())) => {
+                // Checkpoints too: a log whose due checkpoint cannot be signed stays unhealthy.
+                let unsigned = self.tail.seq.saturating_sub(self.last_checkpoint_seq);
+                if unsigned >= self.config.checkpoint_every_records {
+                    self.maybe_checkpoint(true);
+                    if self.tail.seq > self.last_checkpoint_seq || self.needs_reopen {
+                        tracing::debug!("audit checkpoints still not writable");
+                        return;
+                    }
+                }
                 self.healthy.store(true, Ordering::Relaxed);
                 tracing::info!(seq = self.tail.seq, "audit log writable again");
             }
@@ -389,6 +417,9 @@ impl Writer {
                 self.last_checkpoint_at = Instant::now();
             }
             Err(e) => {
+                // Re-open both files before the next write: the checkpoint file may have been
+                // replaced or its disk repaired meanwhile.
+                self.needs_reopen = true;
                 // A partly written line would be glued to the next checkpoint and make every
                 // later verification fail: cut the file back to where it was.
                 let cut = before.and_then(|len| {
