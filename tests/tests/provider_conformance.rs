@@ -221,6 +221,11 @@ impl Github {
         )
         .unwrap();
         std::fs::write(dir.path().join("gh/app.pem"), &key.private_pem).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("gh/app.pem"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::copy(
             repo_root().join("policies/github.json"),
             dir.path().join("gh/github.json"),

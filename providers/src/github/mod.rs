@@ -156,8 +156,9 @@ enum Auth {
     OAuthExchange,
 }
 
-/// A secret file must be the daemon user's alone (mode 0600 or stricter): anyone who can
-/// read the webhook secret can forge GitHub's deliveries.
+/// A secret file (the webhook secret, an App private key file) must be the daemon user's
+/// alone (mode 0600 or stricter): whoever reads the webhook secret forges GitHub's
+/// deliveries, whoever reads the App key mints for every installation.
 fn check_private_file(path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
@@ -166,7 +167,7 @@ fn check_private_file(path: &std::path::Path) -> Result<(), String> {
         .mode();
     if mode & 0o077 != 0 {
         return Err(format!(
-            "{}: the webhook secret file is open to group or others (mode {:o}); chmod 600 it",
+            "{}: this secret file is open to group or others (mode {:o}); chmod 600 it",
             path.display(),
             mode & 0o777
         ));
@@ -194,8 +195,11 @@ impl GithubApp {
         }
         let file_key = match &settings.private_key_file {
             Some(p) => Some(
-                EncodingKey::from_rsa_pem(&read(p)?)
-                    .map_err(|_| format!("{}: not an RSA private key", p.display()))?,
+                EncodingKey::from_rsa_pem(&{
+                    check_private_file(p)?;
+                    read(p)?
+                })
+                .map_err(|_| format!("{}: not an RSA private key", p.display()))?,
             ),
             None => None,
         };
