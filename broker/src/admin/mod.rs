@@ -35,6 +35,7 @@ pub use records::BindingDetail;
 mod intake;
 mod secrets;
 mod self_rotation;
+mod workers;
 
 pub use request::{
     parse_admin_request, AdminOp, ClaimBody, Collection, NewBinding, NewInstance, NewOperator,

@@ -14,8 +14,7 @@ use crate::model::{now_rfc3339, Binding, Instance, SecretVersionView, Status, Te
 use crate::store::records::Stored;
 
 use super::{
-    store_err, to_value, unknown, validate_kind, Collection, NewInstance, NewTenant, NewWorker,
-    Plan,
+    store_err, to_value, unknown, validate_kind, Collection, NewInstance, NewTenant, Plan,
 };
 
 /// What `GET /v1/admin/bindings/{id}` shows: the binding, its secret versions (metadata,
@@ -32,7 +31,7 @@ pub struct BindingDetail {
 }
 
 /// `tenant` with its revision bumped: a child was added or removed.
-fn bumped(tenant: &Tenant) -> Tenant {
+pub(super) fn bumped(tenant: &Tenant) -> Tenant {
     let mut t = tenant.clone();
     t.revision = t.revision.wrapping_add(1);
     t
@@ -59,7 +58,7 @@ impl AdminService {
             .ok_or_else(|| unknown(Collection::Bindings, id))
     }
 
-    async fn worker_or_404(&self, id: &str) -> Result<Stored<Worker>, ApiError> {
+    pub(super) async fn worker_or_404(&self, id: &str) -> Result<Stored<Worker>, ApiError> {
         let wid = WorkerId::parse(id).map_err(ApiError::bad_request)?;
         self.core
             .records
@@ -278,83 +277,6 @@ impl AdminService {
         Ok(plan)
     }
 
-    pub(super) async fn plan_add_worker(&self, w: NewWorker) -> Result<Plan, ApiError> {
-        if w.tenants.is_empty() {
-            return Err(ApiError::bad_request(
-                "a worker must be allowed at least one tenant",
-            ));
-        }
-        for k in &w.connector_kinds {
-            validate_kind(k)?;
-        }
-        if self
-            .core
-            .records
-            .worker(&w.id)
-            .await
-            .map_err(store_err)?
-            .is_some()
-        {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("worker {} already exists", w.id),
-            ));
-        }
-        // A worker is named by its certificate: a name that was ever removed stays retired,
-        // so re-adding it cannot bring a stolen certificate of the old worker back to life.
-        if self
-            .core
-            .records
-            .identifier_owner(&retired_worker_name(w.id.as_str()))
-            .await
-            .map_err(store_err)?
-            .is_some()
-        {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "worker name {} was used before and is retired: a certificate issued for the old worker would come back to life. Issue the new certificate for a new name",
-                    w.id
-                ),
-            ));
-        }
-        let mut tenants = w.tenants.clone();
-        tenants.sort();
-        tenants.dedup();
-        let mut plan = Plan::new(String::new(), Value::Null);
-        for t in &tenants {
-            // Each tenant the worker may serve gains a child: it cannot be removed meanwhile.
-            let stored = self.tenant_or_404(t.as_str()).await?;
-            plan.batch.replace(&stored, &bumped(&stored));
-        }
-        let worker = Worker {
-            id: w.id,
-            tenants,
-            connector_kinds: w.connector_kinds,
-            status: Status::Active,
-            created_at: now_rfc3339(),
-        };
-        plan.batch.create(&worker);
-        plan.batch.claim_identifier(
-            &retired_worker_name(worker.id.as_str()),
-            &worker_name_owner(),
-        );
-        plan.detail = format!(
-            "worker={} tenants=[{}] connector_kinds=[{}]",
-            worker.id,
-            worker
-                .tenants
-                .iter()
-                .map(|t| t.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            worker.connector_kinds.join(",")
-        );
-        plan.response = json!({ "worker": to_value(&worker) });
-        plan.created = true;
-        Ok(plan)
-    }
-
     pub(super) async fn plan_add_instance(&self, i: NewInstance) -> Result<Plan, ApiError> {
         validate_kind(&i.connector_kind)?;
         if self
@@ -402,48 +324,6 @@ impl AdminService {
         plan.tenant = Some(instance.tenant.to_string());
         plan.binding = Some(instance.binding.to_string());
         plan.created = true;
-        Ok(plan)
-    }
-
-    /// Replaces the tenants (and, when given, the connector kinds) a worker may serve. Each
-    /// tenant it gains must exist and gains a child (it cannot be removed meanwhile).
-    pub(super) async fn plan_update_worker(
-        &self,
-        id: &str,
-        u: super::request::WorkerTenants,
-    ) -> Result<Plan, ApiError> {
-        if u.tenants.is_empty() {
-            return Err(ApiError::bad_request(
-                "a worker must be allowed at least one tenant (disable or remove it instead)",
-            ));
-        }
-        for k in u.connector_kinds.iter().flatten() {
-            validate_kind(k)?;
-        }
-        let stored = self.worker_or_404(id).await?;
-        let mut tenants = u.tenants.clone();
-        tenants.sort();
-        tenants.dedup();
-        let mut plan = Plan::new(String::new(), Value::Null);
-        for t in tenants.iter().filter(|t| !stored.value.tenants.contains(t)) {
-            let tenant = self.tenant_or_404(t.as_str()).await?;
-            plan.batch.replace(&tenant, &bumped(&tenant));
-        }
-        let mut w = stored.value.clone();
-        let join = |v: &[TenantId]| v.iter().map(TenantId::as_str).collect::<Vec<_>>().join(",");
-        plan.detail = format!(
-            "worker={id} tenants=[{}] -> [{}]",
-            join(&w.tenants),
-            join(&tenants)
-        );
-        w.tenants = tenants;
-        if let Some(kinds) = u.connector_kinds {
-            plan.detail
-                .push_str(&format!(" connector_kinds=[{}]", kinds.join(",")));
-            w.connector_kinds = kinds;
-        }
-        plan.batch.replace(&stored, &w);
-        plan.response = json!({ "worker": to_value(&w) });
         Ok(plan)
     }
 
@@ -626,15 +506,7 @@ impl AdminService {
             Collection::Workers => {
                 let w = self.worker_or_404(id).await?;
                 plan.batch.remove(&w);
-                // Workers added before names were retired at creation hold no claim yet.
-                let name = retired_worker_name(id);
-                if r.identifier_owner(&name)
-                    .await
-                    .map_err(store_err)?
-                    .is_none()
-                {
-                    plan.batch.claim_identifier(&name, &worker_name_owner());
-                }
+                self.retire_worker_name(id, &mut plan.batch).await?;
             }
             Collection::Operators => {
                 let o = self.operator_or_404(id).await?;
@@ -691,17 +563,5 @@ impl AdminService {
             }
         }
         Ok(plan)
-    }
-}
-
-/// The exclusive identifier a worker name holds from its creation on, never released.
-fn retired_worker_name(id: &str) -> String {
-    format!("worker-name:{id}")
-}
-
-fn worker_name_owner() -> crate::store::records::IdentifierOwner {
-    crate::store::records::IdentifierOwner {
-        tenant: String::new(),
-        binding: None,
     }
 }
