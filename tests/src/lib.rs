@@ -442,6 +442,30 @@ impl Daemon {
     }
 }
 
+/// A TLS connector presenting `<name>.crt` and offering `alpn`, for tests that speak raw
+/// HTTP over their own connection (and so know its port, or control every byte).
+pub fn client_tls(pki: &TestPki, name: &str, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut config = (*credbroker::tls::client_config(
+        &pki.dir.join("ca.crt"),
+        &pki.dir.join(format!("{name}.crt")),
+        &pki.dir.join(format!("{name}.key")),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Runs `credbroker ARGS` as operator `op` runs an admin command: the connection flags
+/// (`--server --ca --cert --key`) appended.
+pub fn operator_cli(pki: &TestPki, url: &str, args: &[&str]) -> (i32, String, String) {
+    let file = |name: &str| pki.dir.join(name).display().to_string();
+    let (ca, cert, key) = (file("ca.crt"), file("op.crt"), file("op.key"));
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&["--server", url, "--ca", &ca, "--cert", &cert, "--key", &key]);
+    run_cli(&all)
+}
+
 /// Runs `serve --config CONFIG ARGS` expecting it to refuse to start: returns the exit code
 /// and stderr; panics if it is still running after 30 s.
 pub fn serve_refused(

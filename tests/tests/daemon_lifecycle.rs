@@ -2,7 +2,6 @@
 //! bad config with a message naming it, takes its KEK from an environment variable, drains
 //! in-flight requests on SIGTERM, and exports exactly the records of a time window.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker_tests::*;
@@ -200,18 +199,6 @@ async fn the_kek_from_an_environment_variable_serves_across_restarts() {
     assert!(err.contains("does not open with KEK version 1"), "{err}");
 }
 
-fn worker_tls(pki: &TestPki) -> tokio_rustls::TlsConnector {
-    let mut config = (*credbroker::tls::client_config(
-        &pki.dir.join("ca.crt"),
-        &pki.dir.join("w1.crt"),
-        &pki.dir.join("w1.key"),
-    )
-    .unwrap())
-    .clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 /// SIGTERM stops accepting at once but lets a request already in flight finish (its body
 /// arrives after the signal) before the daemon exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +209,7 @@ async fn sigterm_drains_a_request_in_flight() {
     seed_two_tenants(&mut op).await;
     let addr = daemon.url.trim_start_matches("https://").to_owned();
     let tcp = TcpStream::connect(&addr).await.unwrap();
-    let mut stream = worker_tls(&pki)
+    let mut stream = client_tls(&pki, "w1", b"http/1.1")
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),
             tcp,

@@ -5,7 +5,6 @@
 //! a completed `fdatasync` of `audit.log`. Dropping the sync, or answering before it, fails.
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker_tests::*;
@@ -16,19 +15,11 @@ type Conn = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// The worker's own HTTP/1.1 keep-alive connection, so the test knows its port.
 async fn connect(pki: &TestPki, url: &str) -> (Conn, u16) {
-    let mut config = (*credbroker::tls::client_config(
-        &pki.dir.join("ca.crt"),
-        &pki.dir.join("w1.crt"),
-        &pki.dir.join("w1.key"),
-    )
-    .unwrap())
-    .clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(url.trim_start_matches("https://"))
         .await
         .unwrap();
     let port = tcp.local_addr().unwrap().port();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = client_tls(pki, "w1", b"http/1.1")
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),
             tcp,

@@ -3,7 +3,6 @@
 //! keeps being served and the daemon's memory stays bounded. Loopback only; every loop is
 //! bounded in count and time.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use credbroker_tests::*;
@@ -14,18 +13,6 @@ use tokio::net::TcpStream;
 
 const LIMITS: &str = "[limits]\nmax_connections = 48\nmax_handshakes = 32\nmax_handshakes_per_source = 4\nmax_header_bytes = 8192\nhandshake_timeout_ms = 5000\nheader_read_timeout_ms = 1000\nbody_read_timeout_ms = 1000\nhttp2_max_concurrent_streams = 16\n";
 
-fn worker_tls(pki: &TestPki, alpn: &[u8]) -> tokio_rustls::TlsConnector {
-    let mut config = (*credbroker::tls::client_config(
-        &pki.dir.join("ca.crt"),
-        &pki.dir.join("w1.crt"),
-        &pki.dir.join("w1.key"),
-    )
-    .unwrap())
-    .clone();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 async fn tls_stream(
     pki: &TestPki,
     url: &str,
@@ -33,7 +20,7 @@ async fn tls_stream(
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let addr = url.trim_start_matches("https://");
     let tcp = TcpStream::connect(addr).await.unwrap();
-    worker_tls(pki, alpn)
+    client_tls(pki, "w1", alpn)
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),
             tcp,

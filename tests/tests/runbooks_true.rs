@@ -17,22 +17,9 @@ use serde_json::{json, Value};
 
 const APP_ID: u64 = 515151;
 
-/// `credbroker ARGS` as an operator runs it: the admin connection flags appended.
+/// `credbroker ARGS` as an operator runs it against `daemon`.
 fn admin_cli(daemon: &Daemon, pki: &TestPki, args: &[&str]) -> (i32, String, String) {
-    let file = |name: &str| pki.dir.join(name).display().to_string();
-    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    all.extend([
-        "--server".to_owned(),
-        daemon.url.clone(),
-        "--ca".to_owned(),
-        file("ca.crt"),
-        "--cert".to_owned(),
-        file("op.crt"),
-        "--key".to_owned(),
-        file("op.key"),
-    ]);
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    run_cli(&refs)
+    operator_cli(pki, &daemon.url, args)
 }
 
 /// The JSON an admin command printed.

@@ -394,15 +394,7 @@ async fn a_handshake_in_progress_during_a_revocation_is_rechecked() {
     )
     .await;
     // …and its handshake completes after it, verified by the old CRL.
-    let mut config = (*credbroker::tls::client_config(
-        &pki.dir.join("ca.crt"),
-        &pki.dir.join("late.crt"),
-        &pki.dir.join("late.key"),
-    )
-    .unwrap())
-    .clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    let stream = client_tls(&pki, "late", b"http/1.1")
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),
             tcp,

@@ -6,24 +6,6 @@ use credbroker_tests::*;
 use http::Method;
 use serde_json::json;
 
-fn operator_cli(pki: &TestPki, url: &str, args: &[&str]) -> (i32, String, String) {
-    let ca = pki.dir.join("ca.crt");
-    let cert = pki.dir.join("op.crt");
-    let key = pki.dir.join("op.key");
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend_from_slice(&[
-        "--server",
-        url,
-        "--ca",
-        ca.to_str().unwrap(),
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]);
-    run_cli(&all)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_change_tenants_in_place_and_removed_names_stay_retired() {
     let (tmp, pki) = setup();
