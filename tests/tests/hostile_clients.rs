@@ -254,13 +254,7 @@ async fn hostile_clients_do_not_starve_workers() {
     // Counters saw it; memory stayed bounded.
     let (_, m) = scrape(&pki, &daemon.url).await;
     let m = String::from_utf8(m).unwrap();
-    let counter = |name: &str| -> u64 {
-        m.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
+    let counter = |name: &str| -> u64 { metric_value(&m, name).unwrap_or(0.0) as u64 };
     assert!(
         counter("credbroker_tls_handshakes_refused_total{scope=\"source\"}") > 0,
         "{m}"
