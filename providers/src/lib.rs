@@ -21,6 +21,7 @@
 )]
 
 pub mod atlassian_dc;
+pub mod atlassian_forge;
 pub mod aws;
 pub mod entra;
 mod error;
@@ -35,10 +36,10 @@ pub mod servicenow;
 pub use error::{ProviderError, RefusalReason};
 pub use pasted_secret::PastedSecret;
 pub use provider::{
-    BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CeilingEnforcement,
-    CredentialScope, InstallContext, InstalledAccount, IssuedCredential, MintRequest, Narrowing,
-    PlatformKey, PlatformKeys, Probe, ProbeReport, Provider, Revocation, SecretRequirement,
-    SelfRotation, SetupRedirect, TenantParameter,
+    BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CapturedToken,
+    CeilingEnforcement, CredentialScope, InstallContext, InstalledAccount, Invocation, Invocations,
+    IssuedCredential, MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport,
+    Provider, Revocation, SecretRequirement, SelfRotation, SetupRedirect, TenantParameter,
 };
 pub use registry::{
     descriptor, resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget,

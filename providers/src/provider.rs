@@ -120,6 +120,10 @@ pub struct MintRequest<'a> {
     pub secret: Option<&'a SecretFields>,
     /// Total time budget for upstream calls, retries included.
     pub timeout: Duration,
+    /// The least remaining lifetime, seconds, the worker asked for (`min_ttl_s`): a provider
+    /// that hands out a credential it holds (a captured Forge system token) refuses one with
+    /// less left; minting providers issue fresh credentials and may ignore it.
+    pub min_ttl_s: u64,
 }
 
 /// What a provider hands back; the core serializes it into one resolve response.
@@ -469,6 +473,75 @@ pub trait Provider: Send + Sync + 'static {
     fn self_rotation(&self) -> Option<&dyn SelfRotation> {
         None
     }
+
+    /// Signed invocations the upstream sends the broker (Atlassian Forge Remote), when it
+    /// sends any.
+    fn invocations(&self) -> Option<&dyn Invocations> {
+        None
+    }
+}
+
+/// A credential an upstream attached to a verified invocation (a Forge app system token):
+/// sealed in the store as a new secret version of the binding.
+pub struct CapturedToken {
+    /// The secret fields to seal.
+    pub fields: SecretFields,
+    /// When it stops working, Unix seconds.
+    pub expires_at: i64,
+    /// `sha256:` and 16 hex digits of the token's SHA-256: what logs and audit records show.
+    pub fingerprint: String,
+}
+
+/// A verified invocation: who the upstream says is calling, established by its signature.
+pub struct Invocation {
+    /// Exclusive identifier of the customer's site (one tenant): `atlassian_site:{cloudId}`.
+    pub site: String,
+    /// Exclusive identifier of the installation (changes on reinstall).
+    pub installation: String,
+    /// The binding configuration this installation establishes.
+    pub config: Value,
+    /// What was invoked (module key), for the audit record.
+    pub module: Option<String>,
+    /// The credential attached, when any (`Err`: one was attached and refused, and why).
+    pub token: Option<Result<CapturedToken, String>>,
+}
+
+/// Inbound invocations signed by the upstream itself (Atlassian Forge Remote: every call
+/// carries a Forge Invocation Token). No per-install secret exists; the signature names the
+/// site and installation. Every method verifies or parses only; the core decides what
+/// changes.
+#[async_trait]
+pub trait Invocations: Send + Sync {
+    /// Verifies the invocation from its headers alone, before its body is read.
+    ///
+    /// # Errors
+    /// Why it is refused (never secret material).
+    async fn verify(&self, headers: &http::HeaderMap) -> Result<Invocation, String>;
+
+    /// Reads a verified invocation's body: the lifecycle event type it reports, if any.
+    ///
+    /// # Errors
+    /// When the body is not what the upstream sends.
+    fn parse_body(&self, body: &[u8]) -> Result<Option<String>, String>;
+
+    /// The exclusive identifier of the site an operator names at onboarding.
+    ///
+    /// # Errors
+    /// When `site` is not a site identifier of this upstream.
+    fn site_identifier(&self, site: &str) -> Result<String, String>;
+
+    /// The installation a binding's configuration holds now, and the ones it held before.
+    fn installations(&self, config: &Value) -> (Option<String>, Vec<String>);
+
+    /// The configuration of a binding re-bound to `invocation`'s installation (the one it
+    /// held is kept among the previous ones).
+    ///
+    /// # Errors
+    /// When `config` is not this provider's.
+    fn rebind(&self, config: &Value, invocation: &Invocation) -> Result<Value, String>;
+
+    /// How long an operator's onboarding expects a site, seconds.
+    fn expected_site_ttl_s(&self) -> u64;
 }
 
 /// A pasted secret the broker can replace on its own: the current secret creates the next

@@ -17,6 +17,7 @@ use crate::Provider;
 /// Every provider this build knows, in the order the CLI lists them.
 pub const CATALOG: &[&ProviderDescriptor] = &[
     &crate::atlassian_dc::DESCRIPTOR,
+    &crate::atlassian_forge::DESCRIPTOR,
     &crate::aws::DESCRIPTOR,
     &crate::entra::DESCRIPTOR,
     &crate::github::DESCRIPTOR,

@@ -37,6 +37,7 @@ fn mint_request<'a>(
         narrowing,
         secret: Some(secret),
         timeout,
+        min_ttl_s: 0,
     }
 }
 

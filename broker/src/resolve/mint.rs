@@ -42,6 +42,7 @@ pub struct MintJob {
     narrowing: Narrowing,
     secret: Option<SecretFields>,
     timeout: Duration,
+    min_ttl_s: u64,
     breakers: Arc<Breakers>,
     metrics: MintMetrics,
 }
@@ -67,9 +68,17 @@ impl MintJob {
             narrowing,
             secret,
             timeout,
+            min_ttl_s: 0,
             breakers,
             metrics,
         }
+    }
+
+    /// The worker's `min_ttl_s`, for providers that hand out a credential they hold.
+    #[must_use]
+    pub fn min_ttl_s(mut self, min_ttl_s: u64) -> MintJob {
+        self.min_ttl_s = min_ttl_s;
+        self
     }
 
     /// Runs the mint within the deadline, through the provider's circuit breaker.
@@ -90,6 +99,7 @@ impl MintJob {
             narrowing: &self.narrowing,
             secret: self.secret.as_ref(),
             timeout: self.timeout,
+            min_ttl_s: self.min_ttl_s,
         };
         let provider_id = self.provider.id();
         let (binding_id, tenant_id) = (self.binding.id.as_str(), self.binding.tenant.as_str());

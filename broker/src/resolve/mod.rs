@@ -372,6 +372,7 @@ impl ResolveService {
                     Arc::clone(&self.core.breakers),
                     self.core.mint_metrics(),
                 )
+                .min_ttl_s(request.min_ttl_s)
             });
             async move { job?.run().await }
         };

@@ -292,6 +292,7 @@ mod tests {
             narrowing: &n,
             secret: Some(&secret),
             timeout: Duration::from_secs(1),
+            min_ttl_s: 0,
         };
         let out = p.mint(&req).await.unwrap();
         assert_eq!(out.credentials.names().collect::<Vec<_>>(), vec!["token"]);
@@ -322,6 +323,7 @@ mod tests {
             narrowing: &n,
             secret: None,
             timeout: Duration::from_secs(1),
+            min_ttl_s: 0,
         };
         assert_eq!(
             PastedSecret.mint(&req).await.err(),

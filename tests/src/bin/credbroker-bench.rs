@@ -618,6 +618,7 @@ async fn run(args: Args) {
             narrowing: &narrowing,
             secret: None,
             timeout: Duration::from_secs(5),
+            min_ttl_s: 0,
         };
         let t = Instant::now();
         use credbroker_providers::Provider;
