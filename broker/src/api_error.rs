@@ -76,6 +76,9 @@ pub enum ErrorCode {
     ActivationFailed,
     /// A provider callback failed verification (state, signature) and changed nothing.
     CallbackRejected,
+    /// A signed invocation (a Forge Invocation Token) failed verification and changed
+    /// nothing: 401, so the upstream retries.
+    InvocationRejected,
     /// A stored record could not be read or opened (corruption, missing KEK version).
     Internal,
     /// The daemon is shutting down or overloaded.
@@ -114,6 +117,7 @@ impl ErrorCode {
         ErrorCode::AccountMismatch,
         ErrorCode::ActivationFailed,
         ErrorCode::CallbackRejected,
+        ErrorCode::InvocationRejected,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
         ErrorCode::RateLimited,
@@ -148,6 +152,7 @@ impl ErrorCode {
             ErrorCode::AccountMismatch => "account_mismatch",
             ErrorCode::ActivationFailed => "activation_failed",
             ErrorCode::CallbackRejected => "callback_rejected",
+            ErrorCode::InvocationRejected => "invocation_rejected",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",
@@ -184,6 +189,7 @@ impl ErrorCode {
             ErrorCode::ProviderUnavailable => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::AuditUnavailable | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::InvocationRejected => StatusCode::UNAUTHORIZED,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }

@@ -221,6 +221,12 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
             ok_status: "200",
             ok: json!({"type": "object", "required": ["audit_id", "request_id"]}),
         },
+        Endpoint::ForgeRemote => Operation {
+            summary: "A Forge Remote call (kind invoke, trigger or lifecycle): its Forge Invocation Token is verified from the headers before the body is read (401 invocation_rejected otherwise); acknowledged at once, applied (audited) after.",
+            request: Some(json!({"type": "object"})),
+            ok_status: "200",
+            ok: json!({"type": "object", "required": ["result", "request_id"]}),
+        },
         Endpoint::Intake if get => Operation {
             summary: "The one-time intake page: a masked form with the binding's fields (HTML; opening it changes nothing).",
             request: None,

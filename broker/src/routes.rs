@@ -36,6 +36,8 @@ pub enum Endpoint {
     CallbackWebhook,
     /// `GET|POST /intake/{token}`: the one-time intake page.
     Intake,
+    /// `POST /forge/{kind}` (`invoke`, `trigger`, `lifecycle`): a signed Forge Remote call.
+    ForgeRemote,
 }
 
 /// The admin API's routes (below `/v1/admin/`).
@@ -194,6 +196,7 @@ pub const PUBLIC: &[Route] = &[
     route("/callbacks/{provider}/setup", E::CallbackSetup, GET),
     route("/callbacks/{provider}/webhook", E::CallbackWebhook, POST),
     route("/intake/{token}", E::Intake, GET_POST),
+    route("/forge/{kind}", E::ForgeRemote, POST),
 ];
 
 type Table = Result<matchit::Router<&'static Route>, String>;

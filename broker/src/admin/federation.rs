@@ -316,6 +316,10 @@ impl AdminService {
             .ok_or_else(|| {
                 ApiError::bad_request(format!("provider {} has no onboarding flow", provider.id()))
             })?;
+        if let Some(inv) = provider.invocations() {
+            self.plan_expect_site(inv, provider.id(), tenant, pin.clone(), &mut plan)
+                .await?;
+        }
         if let Some(cb) = provider.callbacks() {
             // A link that cannot complete would burn the customer's attempt.
             cb.ready_to_install().map_err(|m| {
@@ -394,6 +398,69 @@ impl AdminService {
         }
         plan.tenant = Some(tenant.to_string());
         Ok(plan)
+    }
+
+    /// Records that `tenant` expects the site `pin` names (a signed-invocation provider:
+    /// Atlassian Forge): its first verified invocation binds it. Refused when another
+    /// tenant holds or expects the site.
+    async fn plan_expect_site(
+        &self,
+        inv: &dyn credbroker_providers::Invocations,
+        provider: &str,
+        tenant: &TenantId,
+        pin: Option<AccountPin>,
+        plan: &mut Plan,
+    ) -> Result<(), ApiError> {
+        let pin = pin.ok_or_else(|| {
+            ApiError::bad_request(
+                "onboarding a site needs its cloudId: {\"account\": {\"login\": CLOUD_ID, \"id\": 0}} (credbroker onboard atlassian --tenant T --cloud-id ID)",
+            )
+        })?;
+        let site = inv
+            .site_identifier(&pin.login)
+            .map_err(ApiError::bad_request)?;
+        let r = &self.core.records;
+        if let Some(owner) = r.identifier_owner(&site).await.map_err(store_err)? {
+            if owner.tenant != tenant.as_str() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("{site} is already bound to another tenant"),
+                ));
+            }
+            plan.response["binding"] = json!(owner.binding);
+            plan.response["result"] = json!("the site is already bound to this tenant");
+            plan.detail = format!("{}; {site} already bound here", plan.detail);
+            return Ok(());
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let read = r.expected_site(&site).await.map_err(store_err)?;
+        if let Some((_, e)) = &read {
+            if e.value.tenant != tenant.as_str() && e.value.expires_at >= now.unix_timestamp() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("{site} is already expected by another tenant"),
+                ));
+            }
+        }
+        let expires = now
+            + time::Duration::seconds(i64::try_from(inv.expected_site_ttl_s()).unwrap_or(86400));
+        plan.batch.put_expected_site(
+            &site,
+            read.as_ref().map(|(_, s)| s),
+            &crate::store::records::ExpectedSite {
+                provider: provider.to_owned(),
+                tenant: tenant.to_string(),
+                expires_at: expires.unix_timestamp(),
+                recorded_at: now_rfc3339(),
+            },
+        );
+        plan.response["expected_site"] = json!(site);
+        plan.response["expires_at"] = json!(crate::model::rfc3339(expires));
+        if let Some(base) = self.core.public_base_url() {
+            plan.response["remote_base_url"] = json!(format!("{base}/forge"));
+        }
+        plan.detail = format!("{}; expects {site}", plan.detail);
+        Ok(())
     }
 
     /// Forgets expired install states and webhook deliveries (at most 1,000 a run), one
@@ -493,12 +560,7 @@ impl AdminService {
                 )
             })?;
         let u = read.value.clone();
-        let id = format!(
-            "{}-{}",
-            u.provider.replace('_', "-"),
-            u.identifier.rsplit(':').next().unwrap_or("x")
-        );
-        let id = crate::ids::BindingId::parse(&id).map_err(ApiError::bad_request)?;
+        let id = super::forge::site_binding_id(&u.provider, &u.identifier)?;
         let mut plan = self
             .plan_add_binding(NewBinding {
                 id,
@@ -651,6 +713,7 @@ impl AdminService {
             narrowing: &narrowing,
             secret: secret.as_ref(),
             timeout,
+            min_ttl_s: 0,
         };
         let probe = provider.probe().ok_or_else(|| {
             ProviderError::InvalidConfig(format!("provider {} has no probe", provider.id()))

@@ -25,7 +25,9 @@ use crate::model::Status;
 use crate::store::{Batch, StoreError};
 
 mod federation;
+mod forge;
 pub(crate) use federation::random_alphanumeric;
+pub use forge::InvocationOutcome;
 pub use intake::{parse_intake_form, NewIntake, MAX_INTAKE_FAILURES};
 mod platform_keys;
 mod records;

@@ -10,7 +10,6 @@ use credbroker_providers::{SecretFields, SecretRequirement};
 use super::AdminService;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::model::{now_rfc3339, SecretState, SecretVersion};
-use crate::seal::seal_secret;
 use crate::store::records::Stored;
 
 use super::{fresh_generation, store_err, AdminOutcome, Plan};
@@ -19,6 +18,44 @@ use crate::model::{Binding, VersionProbe};
 use std::time::Instant;
 
 impl AdminService {
+    /// Seals `fields` as `binding`'s next secret version (not yet in any batch); the binding's
+    /// version counter moves on.
+    pub(super) fn sealed_version(
+        &self,
+        binding: &mut Binding,
+        fields: &SecretFields,
+        state: SecretState,
+    ) -> Result<crate::model::SecretVersion, ApiError> {
+        let version = binding
+            .last_secret_version
+            .checked_add(1)
+            .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "secret version space exhausted"))?;
+        let sealed = crate::seal::seal_secret(
+            &self.core.keyring,
+            &binding.tenant,
+            &binding.id,
+            version,
+            fields,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "sealing failed");
+            ApiError::new(ErrorCode::Internal, "sealing failed")
+        })?;
+        binding.last_secret_version = version;
+        Ok(crate::model::SecretVersion {
+            binding: binding.id.clone(),
+            version,
+            state,
+            field_names: fields.names().map(str::to_owned).collect(),
+            kek_version: sealed.kek_version,
+            wrapped_dek: sealed.wrapped_dek,
+            sealed_payload: sealed.sealed_payload,
+            created_at: now_rfc3339(),
+            probe: None,
+            superseded_at: None,
+        })
+    }
+
     pub(super) async fn plan_secret_write(
         &self,
         id: &str,
@@ -36,6 +73,12 @@ impl AdminService {
         if provider.secret_requirement() != SecretRequirement::Required {
             return Err(ApiError::bad_request(format!(
                 "provider {} is federated and takes no secret",
+                binding.provider
+            )));
+        }
+        if provider.invocations().is_some() {
+            return Err(ApiError::bad_request(format!(
+                "provider {} captures its tokens from signed invocations; none is set by hand",
                 binding.provider
             )));
         }
@@ -62,40 +105,17 @@ impl AdminService {
                 replaced = Some(p);
             }
         }
-        let version = binding
-            .last_secret_version
-            .checked_add(1)
-            .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "secret version space exhausted"))?;
-        let sealed = seal_secret(
-            &self.core.keyring,
-            &binding.tenant,
-            &binding.id,
-            version,
+        let record = self.sealed_version(
+            &mut binding,
             &fields,
-        )
-        .map_err(|e| {
-            tracing::error!(error = %e, "sealing failed");
-            ApiError::new(ErrorCode::Internal, "sealing failed")
-        })?;
-        let names: Vec<String> = fields.names().map(str::to_owned).collect();
-        let record = SecretVersion {
-            binding: binding.id.clone(),
-            version,
-            state: if rotate {
+            if rotate {
                 SecretState::Pending
             } else {
                 SecretState::Active
             },
-            field_names: names.clone(),
-            kek_version: sealed.kek_version,
-            wrapped_dek: sealed.wrapped_dek,
-            sealed_payload: sealed.sealed_payload,
-            created_at: now_rfc3339(),
-            probe: None,
-            superseded_at: None,
-        };
+        )?;
+        let (version, names) = (record.version, record.field_names.clone());
         plan.batch.create(&record);
-        binding.last_secret_version = version;
         if rotate {
             // Staged: nothing served changes until the version is probed and promoted.
             binding.pending_secret_version = Some(version);

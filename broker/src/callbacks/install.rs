@@ -276,21 +276,29 @@ impl CallbackService {
                 account.login, account.id
             );
             let mut batch = Batch::new();
-            batch.put_unclaimed(&Unclaimed {
-                provider: provider.id().to_owned(),
-                identifier: identifier.clone(),
-                config: redirect.config.clone(),
-                account: AccountPin {
-                    login: account.login.clone(),
-                    id: account.id,
-                },
-                reason: reason.clone(),
-                seen_at: now_rfc3339(),
-            });
+            let kept = self.unclaimed_room(&identifier).await?;
+            if kept {
+                batch.put_unclaimed(&Unclaimed {
+                    provider: provider.id().to_owned(),
+                    identifier: identifier.clone(),
+                    config: redirect.config.clone(),
+                    account: AccountPin {
+                        login: account.login.clone(),
+                        id: account.id,
+                    },
+                    reason: reason.clone(),
+                    seen_at: now_rfc3339(),
+                    expires_at: Some(super::unclaimed_expiry()),
+                });
+            }
             let mut denied = event.clone();
             denied.outcome = "denied".into();
             denied.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
-            denied.detail = Some(format!("{reason}; kept as unclaimed for an operator"));
+            denied.detail = Some(if kept {
+                format!("{reason}; kept as unclaimed for an operator")
+            } else {
+                format!("{reason}; not kept: the unclaimed list is full")
+            });
             let receipt = self.commit_locked(denied, batch).await?;
             return Err(Failure {
                 err: rejected(

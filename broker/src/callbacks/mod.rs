@@ -97,12 +97,19 @@ impl From<Answer> for CallbackAnswer {
     }
 }
 
+mod forge;
 mod install;
 mod webhook;
 
+pub use forge::{VerifiedInvocation, INVOCATION_KINDS};
 pub(crate) use install::cookie;
 pub use install::{install_cookie, INSTALL_COOKIE, MAX_LINK_OPENS};
 pub use webhook::DELIVERY_WINDOW_S;
+
+/// When an unclaimed installation seen now is forgotten, Unix seconds.
+pub(crate) fn unclaimed_expiry() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp() + crate::store::records::UNCLAIMED_TTL_S
+}
 
 /// SHA-256 of `data`, lower-case hex (state nonces, webhook bodies, intake tokens).
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
@@ -138,6 +145,19 @@ impl CallbackService {
             .commit_audited(event, batch, None)
             .await
             .map_err(Failure::committing)
+    }
+
+    /// Whether an unclaimed installation `identifier` may be kept: it already is, or the list
+    /// has room ([`MAX_UNCLAIMED`](crate::store::records::MAX_UNCLAIMED)).
+    async fn unclaimed_room(&self, identifier: &str) -> Result<bool, ApiError> {
+        let held = self
+            .core
+            .records
+            .unclaimed()
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
+        Ok(held.iter().any(|(_, u)| u.value.identifier == identifier)
+            || held.len() < crate::store::records::MAX_UNCLAIMED)
     }
 
     /// Handles one routed callback (`GET /callbacks/{provider}/setup`,

@@ -501,6 +501,41 @@ async fn to_completion<T: From<Answer> + Send + 'static>(
     })
 }
 
+/// Runs `work` to completion like [`to_completion`], but answers with what `work` sends
+/// through its acknowledgement channel, as soon as it sends it: the rest of the work (an
+/// audited store write) goes on after the answer has left. An upstream with a short answer
+/// budget (Forge: 5 s) is never kept waiting on the store.
+async fn acknowledge_first<T, W, F>(request_id: &str, detached: &Arc<Semaphore>, work: W) -> T
+where
+    T: From<Answer> + Send + 'static,
+    W: FnOnce(tokio::sync::oneshot::Sender<T>) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let refused = |code: ErrorCode, message: &str| -> T {
+        error_answer(&ApiError::new(code, message), None, request_id).into()
+    };
+    let Ok(permit) = detached.clone().try_acquire_owned() else {
+        tracing::warn!(
+            request_id,
+            "too many operations in progress; request refused"
+        );
+        return refused(
+            ErrorCode::Unavailable,
+            "too many operations in progress; retry shortly",
+        );
+    };
+    let (ack, answer) = tokio::sync::oneshot::channel();
+    let work = work(ack);
+    tokio::spawn(async move {
+        let _permit = permit;
+        work.await;
+    });
+    answer.await.unwrap_or_else(|_| {
+        tracing::error!(request_id, "request task ended without an answer");
+        refused(ErrorCode::Internal, "the request could not be completed")
+    })
+}
+
 async fn handle(
     broker: Arc<Broker>,
     peer: Option<PeerIdentity>,
@@ -588,6 +623,7 @@ async fn handle(
                 | Endpoint::CallbackStart
                 | Endpoint::CallbackSetup
                 | Endpoint::CallbackWebhook
+                | Endpoint::ForgeRemote
                 | Endpoint::Intake,
             ) => error_answer(
                 &ApiError::new(ErrorCode::NotFound, "no such route"),
@@ -647,5 +683,37 @@ mod tests {
             assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()));
         }
         assert_eq!(a[..20], b[..20], "one process prefix");
+    }
+
+    /// Forge's 5 s budget, without timers: the answer arrives while the work that follows it
+    /// (standing in for the store write) is still held, and that work then runs to its end
+    /// holding its permit of detached work.
+    #[tokio::test]
+    async fn the_acknowledgement_leaves_while_the_write_is_held() {
+        use std::sync::Arc;
+        let detached = Arc::new(tokio::sync::Semaphore::new(1));
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        let answer: super::Answer =
+            super::acknowledge_first("req_x", &detached, |ack| async move {
+                let _ = ack.send(super::Answer {
+                    status: http::StatusCode::OK,
+                    body: zeroize::Zeroizing::new(b"ack".to_vec()),
+                });
+                // The "store write": blocked until the test releases it.
+                let _ = held.await;
+                let _ = done_tx.send(());
+            })
+            .await;
+        assert_eq!(answer.status, http::StatusCode::OK);
+        assert_eq!(&answer.body[..], b"ack");
+        // The write is still held, and still counts against the detached-work cap.
+        assert_eq!(detached.available_permits(), 0);
+        release.send(()).unwrap();
+        done.await.unwrap();
+        // A task that ends without answering is an internal error, not a hang.
+        let failed: super::Answer =
+            super::acknowledge_first("req_y", &detached, |_ack| async move {}).await;
+        assert_eq!(failed.status, http::StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

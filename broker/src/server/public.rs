@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::{new_request_id, plain_json, read_body_max, respond, to_completion};
+use super::{acknowledge_first, new_request_id, plain_json, read_body_max, respond, to_completion};
 use crate::admission::RateLimiter;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
@@ -128,6 +128,30 @@ pub(super) async fn handle_public(
                 })
                 .await;
             return intake_response(page, &request_id);
+        }
+        Ok(m) if m.endpoint == Endpoint::ForgeRemote => {
+            // The invocation token is verified from the headers before the body is read.
+            match broker
+                .verify_invocation(m.param("kind"), &headers, &request_id)
+                .await
+            {
+                Err(answer) => answer,
+                Ok(verified) => {
+                    let max = limits.max_body_bytes.min(UNSIGNED_BODY_MAX);
+                    let body = match body_budget.clone().try_acquire_many_owned(64) {
+                        Ok(_permit) => read_body_max(req, limits, max).await,
+                        Err(_) => Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "too many request bodies in progress; retry shortly",
+                        )),
+                    };
+                    let rid = request_id.clone();
+                    acknowledge_first(&request_id, detached, move |ack| async move {
+                        broker.apply_invocation(verified, body, ack, &rid).await;
+                    })
+                    .await
+                }
+            }
         }
         Ok(m) => {
             // Only a request that carries a webhook signature may send a large body, and all

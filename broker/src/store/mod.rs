@@ -128,6 +128,11 @@ impl Batch {
         Self::default()
     }
 
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
     /// Adds an operation.
     pub fn push(&mut self, op: Op) -> &mut Self {
         self.ops.push(op);

@@ -70,6 +70,35 @@ pub struct Unclaimed {
     pub reason: String,
     /// When it was seen, RFC 3339.
     pub seen_at: String,
+    /// When it is forgotten unless claimed, Unix seconds (absent in records written before
+    /// unclaimed installations expired: kept until claimed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// Most unclaimed installations kept: beyond it a new one is refused (counted), so a stream
+/// of installations from unknown accounts cannot grow the store without bound.
+pub const MAX_UNCLAIMED: usize = 256;
+
+/// How long an unclaimed installation is kept, seconds (30 days).
+pub const UNCLAIMED_TTL_S: i64 = 30 * 24 * 3600;
+
+/// A site an operator's onboarding expects (Atlassian Forge): its first verified invocation
+/// binds its installation to `tenant`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectedSite {
+    /// The provider it was recorded for.
+    pub provider: String,
+    /// The tenant the site's installation is bound to.
+    pub tenant: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// When it was recorded, RFC 3339.
+    pub recorded_at: String,
+}
+
+fn expected_site_key(site: &str) -> String {
+    format!("expected-site:{site}")
 }
 
 fn exclusive_key(identifier: &str) -> String {
@@ -216,7 +245,13 @@ impl Records {
             expires_at: i64,
         }
         let mut out = Vec::new();
-        for prefix in ["callback-state:", "webhook-delivery:", "intake:"] {
+        for prefix in [
+            "callback-state:",
+            "webhook-delivery:",
+            "intake:",
+            "unclaimed:",
+            "expected-site:",
+        ] {
             for (key, raw) in self.store.scan(Table::Identifiers, prefix).await? {
                 // An unreadable record is kept (and reported by whoever reads it).
                 if serde_json::from_slice::<Expiring>(&raw).is_ok_and(|e| e.expires_at < now) {
@@ -225,6 +260,22 @@ impl Records {
             }
         }
         Ok(out)
+    }
+
+    /// The onboarding that expects `site` (an exclusive site identifier), as read for a
+    /// change (expired or not: the caller decides).
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn expected_site(
+        &self,
+        site: &str,
+    ) -> Result<Option<(String, Stored<ExpectedSite>)>, StoreError> {
+        let key = expected_site_key(site);
+        Ok(self
+            .get_stored(Table::Identifiers, &key)
+            .await?
+            .map(|s| (key, s)))
     }
 
     /// Installations kept for an operator to claim, as read for a change.
@@ -346,6 +397,36 @@ impl Batch {
             unclaimed_key(&record.identifier),
             encode(record),
         ))
+    }
+
+    /// Records that `site` is expected, replacing `read` (the expectation as read, if any;
+    /// of two concurrent onboardings one fails).
+    pub fn put_expected_site(
+        &mut self,
+        site: &str,
+        read: Option<&Stored<ExpectedSite>>,
+        record: &ExpectedSite,
+    ) -> &mut Self {
+        let key = expected_site_key(site);
+        match read {
+            Some(r) => self.push(Op::ExpectValue(
+                Table::Identifiers,
+                key.clone(),
+                r.raw.clone(),
+            )),
+            None => self.push(Op::ExpectAbsent(Table::Identifiers, key.clone())),
+        }
+        .push(Op::Put(Table::Identifiers, key, encode(record)))
+    }
+
+    /// Removes an expectation as read (its site was bound).
+    pub fn remove_expected_site(&mut self, key: &str, read: &Stored<ExpectedSite>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Delete(Table::Identifiers, key.to_owned()))
     }
 
     /// Removes an unclaimed installation as read (it is being claimed).

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 mod identifiers;
 mod intake;
 
-pub use identifiers::{AccountPin, CallbackState, Delivery, IdentifierOwner, Unclaimed};
+pub use identifiers::{
+    AccountPin, CallbackState, Delivery, ExpectedSite, IdentifierOwner, Unclaimed, MAX_UNCLAIMED,
+    UNCLAIMED_TTL_S,
+};
 pub use intake::IntakeLink;
 
 use super::record_cache::RecordCache;

@@ -1,0 +1,402 @@
+//! What a verified signed invocation (Atlassian Forge Remote) changes: the site's first
+//! invocation after an operator's onboarding binds its installation to that tenant; a
+//! reinstall (new installation, same site) re-binds within the tenant that holds the site;
+//! a site nobody expects is kept unclaimed for an operator; each system token that outlives
+//! the one held is sealed as the binding's new active secret version. Every change is one
+//! audited batch, planned and committed under the admin lock; the invocation is already
+//! verified (the FIT's signature names the site and installation).
+
+use serde_json::{json, Value};
+
+use credbroker_providers::{Invocation, Invocations, Provider};
+
+use super::{fresh_generation, store_err, AdminService, NewBinding, Plan};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::AuditEvent;
+use crate::ids::BindingId;
+use crate::model::{now_rfc3339, rfc3339, Binding, SecretState};
+use crate::store::records::{ExpectedSite, Stored, Unclaimed};
+use crate::store::Batch;
+
+/// The non-secret facts of a token held for a binding, kept in its `trust_facts`.
+const HELD: &str = "system_token";
+
+/// What one invocation did, for the caller's log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationOutcome {
+    /// The site's installation was bound to the tenant that expected it.
+    Bound,
+    /// A reinstall: the site's binding now names the new installation.
+    Rebound,
+    /// A fresher token was sealed.
+    Captured,
+    /// Nothing changed (the token held lives as long, or none came).
+    Kept,
+    /// The site is expected by nobody: kept for an operator.
+    Unclaimed,
+    /// An invocation of an installation the site no longer runs, or of an unclaimed site
+    /// already kept.
+    Ignored,
+}
+
+impl InvocationOutcome {
+    /// As a metric label / log word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvocationOutcome::Bound => "bound",
+            InvocationOutcome::Rebound => "rebound",
+            InvocationOutcome::Captured => "captured",
+            InvocationOutcome::Kept => "kept",
+            InvocationOutcome::Unclaimed => "unclaimed",
+            InvocationOutcome::Ignored => "ignored",
+        }
+    }
+}
+
+/// The binding id a site's installation is bound under.
+pub(super) fn site_binding_id(provider: &str, site: &str) -> Result<BindingId, ApiError> {
+    BindingId::parse(&format!(
+        "{}-{}",
+        provider.replace('_', "-"),
+        site.rsplit(':').next().unwrap_or("x")
+    ))
+    .map_err(|_| ApiError::new(ErrorCode::Internal, "the site cannot form a binding id"))
+}
+
+impl AdminService {
+    /// Applies one verified invocation of `provider` (audited as `callback:<provider>`).
+    ///
+    /// # Errors
+    /// A refusal (the installation belongs to another site's binding), or a failure to
+    /// read, audit or commit.
+    pub(crate) async fn apply_invocation(
+        &self,
+        provider: &dyn Provider,
+        invocation: Invocation,
+        event_type: Option<String>,
+        request_id: &str,
+    ) -> Result<InvocationOutcome, ApiError> {
+        let inv = provider
+            .invocations()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such callback"))?;
+        let _guard = self.lock.lock().await;
+        let what = event_type
+            .clone()
+            .or_else(|| invocation.module.clone())
+            .unwrap_or_else(|| "invocation".into());
+        let event = AuditEvent {
+            kind: "callback".into(),
+            request_id: request_id.to_owned(),
+            actor: format!("callback:{}", provider.id()),
+            provider: Some(provider.id().to_owned()),
+            outcome: "allowed".into(),
+            ..Default::default()
+        };
+        let r = &self.core.records;
+        let installation_owner = r
+            .identifier_owner(&invocation.installation)
+            .await
+            .map_err(store_err)?;
+        let site_owner = r
+            .identifier_owner(&invocation.site)
+            .await
+            .map_err(store_err)?;
+        let owner = installation_owner.or(site_owner);
+        if let Some(owner) = owner {
+            let stored = self
+                .binding_or_404(owner.binding.as_deref().unwrap_or(""))
+                .await?;
+            return self
+                .invoke_bound(inv, provider, stored, invocation, &what, event)
+                .await;
+        }
+        // Nobody holds the site: an onboarding that expects it binds it.
+        let expected = r.expected_site(&invocation.site).await.map_err(store_err)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Some((key, read)) =
+            expected.filter(|(_, e)| e.value.expires_at >= now && e.value.provider == provider.id())
+        {
+            return self
+                .bind_expected(provider, invocation, (key, read), &what, event)
+                .await;
+        }
+        self.keep_unclaimed(provider, invocation, &what, event)
+            .await
+    }
+
+    /// An invocation of a site or installation some binding holds.
+    async fn invoke_bound(
+        &self,
+        inv: &dyn Invocations,
+        provider: &dyn Provider,
+        stored: Stored<Binding>,
+        invocation: Invocation,
+        what: &str,
+        mut event: AuditEvent,
+    ) -> Result<InvocationOutcome, ApiError> {
+        let mut binding = stored.value.clone();
+        event.tenant = Some(binding.tenant.to_string());
+        event.binding = Some(binding.id.to_string());
+        let holds_site = provider
+            .exclusive_identifiers(&binding.config)
+            .contains(&invocation.site);
+        if !holds_site {
+            event.action = "forge.refused".into();
+            event.outcome = "denied".into();
+            event.error_code = Some(ErrorCode::Conflict.as_str().into());
+            let message = format!(
+                "{} belongs to binding {}, which is for another site than {}",
+                invocation.installation, binding.id, invocation.site
+            );
+            event.detail = Some(message.clone());
+            let _ = self.core.audit.append(event).await;
+            return Err(ApiError::new(ErrorCode::Conflict, message));
+        }
+        let (current, previous) = inv.installations(&binding.config);
+        if previous.contains(&invocation.installation) {
+            // An installation the site ran before a reinstall (a late retry): nothing changes.
+            return Ok(InvocationOutcome::Ignored);
+        }
+        let mut batch = Batch::new();
+        let mut outcome = InvocationOutcome::Kept;
+        let mut details = Vec::new();
+        if current.as_deref() != Some(invocation.installation.as_str()) {
+            // A reinstall: the site's binding follows the new installation, within its tenant.
+            binding.config = inv
+                .rebind(&binding.config, &invocation)
+                .map_err(|m| ApiError::new(ErrorCode::Internal, m))?;
+            provider
+                .bind(&binding.config, &binding.ceiling)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            binding.generation = fresh_generation()?;
+            batch.claim_identifier(
+                &invocation.installation,
+                &crate::store::records::IdentifierOwner {
+                    tenant: binding.tenant.to_string(),
+                    binding: Some(binding.id.to_string()),
+                },
+            );
+            details.push(format!(
+                "reinstalled: {} replaces {}",
+                invocation.installation,
+                current.as_deref().unwrap_or("(none)")
+            ));
+            outcome = InvocationOutcome::Rebound;
+        }
+        let captured = self
+            .plan_capture(&mut binding, invocation.token, &mut batch)
+            .await?;
+        if let Some((detail, fingerprint)) = captured {
+            details.push(detail);
+            event.token_fingerprint = Some(fingerprint);
+            if outcome == InvocationOutcome::Kept {
+                outcome = InvocationOutcome::Captured;
+            }
+        }
+        if batch.is_empty() {
+            return Ok(outcome);
+        }
+        batch.replace(&stored, &binding);
+        event.action = match outcome {
+            InvocationOutcome::Rebound => "forge.rebound",
+            _ => "forge.token_captured",
+        }
+        .into();
+        event.detail = Some(format!(
+            "binding={} site={} ({what}): {}",
+            binding.id,
+            invocation.site,
+            details.join("; ")
+        ));
+        self.commit_audited(event, batch, Some(binding.id.as_str()))
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(outcome)
+    }
+
+    /// The first invocation of a site an onboarding expects: bound to that tenant (and its
+    /// token captured in a second audited batch).
+    async fn bind_expected(
+        &self,
+        provider: &dyn Provider,
+        invocation: Invocation,
+        (key, read): (String, Stored<ExpectedSite>),
+        what: &str,
+        mut event: AuditEvent,
+    ) -> Result<InvocationOutcome, ApiError> {
+        let tenant = crate::ids::TenantId::parse(&read.value.tenant)
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt site expectation"))?;
+        let id = site_binding_id(provider.id(), &invocation.site)?;
+        let mut plan: Plan = self
+            .plan_add_binding(NewBinding {
+                id: id.clone(),
+                tenant: tenant.clone(),
+                provider: provider.id().to_owned(),
+                config: invocation.config.clone(),
+                ceiling: Value::Null,
+            })
+            .await?;
+        plan.batch.remove_expected_site(&key, &read);
+        // A site kept unclaimed before the operator onboarded it is now claimed.
+        if let Some((ukey, uread)) = self
+            .core
+            .records
+            .unclaimed()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .find(|(_, u)| u.value.identifier == invocation.site)
+        {
+            plan.batch.remove_unclaimed(&ukey, &uread);
+        }
+        event.action = "forge.bound".into();
+        event.tenant = Some(tenant.to_string());
+        event.binding = Some(id.to_string());
+        event.detail = Some(format!(
+            "{}; {} ({}) bound to the tenant that expected {} since {} ({what})",
+            plan.detail,
+            invocation.installation,
+            invocation.site,
+            invocation.site,
+            read.value.recorded_at
+        ));
+        self.commit_audited(event.clone(), plan.batch, None)
+            .await
+            .map_err(|(e, _)| e)?;
+        let stored = self.binding_or_404(id.as_str()).await?;
+        let mut binding = stored.value.clone();
+        let mut batch = Batch::new();
+        if let Some((detail, fingerprint)) = self
+            .plan_capture(&mut binding, invocation.token, &mut batch)
+            .await?
+        {
+            batch.replace(&stored, &binding);
+            event.action = "forge.token_captured".into();
+            event.token_fingerprint = Some(fingerprint);
+            event.detail = Some(format!("binding={id} site={}: {detail}", invocation.site));
+            self.commit_audited(event, batch, Some(id.as_str()))
+                .await
+                .map_err(|(e, _)| e)?;
+        }
+        Ok(InvocationOutcome::Bound)
+    }
+
+    /// A site nobody expects: kept (once, audited) for an operator to claim; its token is
+    /// not stored.
+    async fn keep_unclaimed(
+        &self,
+        provider: &dyn Provider,
+        invocation: Invocation,
+        what: &str,
+        mut event: AuditEvent,
+    ) -> Result<InvocationOutcome, ApiError> {
+        let held = self.core.records.unclaimed().await.map_err(store_err)?;
+        let same = held
+            .iter()
+            .find(|(_, u)| u.value.identifier == invocation.site);
+        if same.is_some_and(|(_, u)| u.value.config == invocation.config) {
+            // Already kept (and audited once): nothing more is written.
+            return Ok(InvocationOutcome::Unclaimed);
+        }
+        if same.is_none() && held.len() >= crate::store::records::MAX_UNCLAIMED {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "too many unclaimed installations are waiting for an operator",
+            ));
+        }
+        let cloud = invocation.site.rsplit(':').next().unwrap_or("").to_owned();
+        let reason = format!(
+            "no tenant expects site {cloud} (credbroker onboard atlassian --tenant T --cloud-id {cloud})"
+        );
+        let mut batch = Batch::new();
+        batch.put_unclaimed(&Unclaimed {
+            provider: provider.id().to_owned(),
+            identifier: invocation.site.clone(),
+            config: invocation.config.clone(),
+            account: crate::store::records::AccountPin {
+                login: cloud,
+                id: 0,
+            },
+            reason: reason.clone(),
+            seen_at: now_rfc3339(),
+            expires_at: Some(crate::callbacks::unclaimed_expiry()),
+        });
+        event.action = "forge.unclaimed".into();
+        event.outcome = "denied".into();
+        event.error_code = Some(ErrorCode::Conflict.as_str().into());
+        event.detail = Some(format!(
+            "{} of {} ({what}): {reason}; kept as unclaimed for an operator, nothing bound, its token not stored",
+            invocation.installation, invocation.site
+        ));
+        self.commit_audited(event, batch, None)
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(InvocationOutcome::Unclaimed)
+    }
+
+    /// Seals `token` as `binding`'s new active version when it outlives the one held (the
+    /// previous version is superseded); `(detail, fingerprint)` when it did.
+    async fn plan_capture(
+        &self,
+        binding: &mut Binding,
+        token: Option<Result<credbroker_providers::CapturedToken, String>>,
+        batch: &mut Batch,
+    ) -> Result<Option<(String, String)>, ApiError> {
+        let token = match token {
+            None => return Ok(None),
+            Some(Err(why)) => {
+                tracing::warn!(binding = %binding.id, reason = %why, "system token refused");
+                return Ok(None);
+            }
+            Some(Ok(t)) => t,
+        };
+        let held_exp = binding
+            .trust_facts
+            .as_ref()
+            .and_then(|f| f[HELD]["expires_at_unix"].as_i64());
+        if binding.active_secret_version.is_some()
+            && held_exp.is_some_and(|h| h >= token.expires_at)
+        {
+            return Ok(None);
+        }
+        let record = self.sealed_version(binding, &token.fields, SecretState::Active)?;
+        if let Some(old) = binding.active_secret_version {
+            if let Some(read_old) = self
+                .core
+                .records
+                .secret_version(&binding.id, old)
+                .await
+                .map_err(store_err)?
+            {
+                let mut superseded = read_old.value.clone();
+                superseded.state = SecretState::Superseded;
+                superseded.superseded_at = Some(now_rfc3339());
+                batch.replace(&read_old, &superseded);
+            }
+        }
+        batch.create(&record);
+        binding.active_secret_version = Some(record.version);
+        let expires = time::OffsetDateTime::from_unix_timestamp(token.expires_at)
+            .map(rfc3339)
+            .unwrap_or_default();
+        let mut facts = match binding.trust_facts.take() {
+            Some(Value::Object(m)) => Value::Object(m),
+            _ => json!({}),
+        };
+        facts[HELD] = json!({
+            "version": record.version,
+            "expires_at": expires,
+            "expires_at_unix": token.expires_at,
+            "captured_at": now_rfc3339(),
+            "fingerprint": token.fingerprint,
+        });
+        binding.trust_facts = Some(facts);
+        Ok(Some((
+            format!(
+                "system token {} (expires {expires}) sealed as version {}",
+                token.fingerprint, record.version
+            ),
+            token.fingerprint,
+        )))
+    }
+}
