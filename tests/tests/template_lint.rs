@@ -4,19 +4,31 @@
 //! ceilings); a missing policy file fails closed.
 
 use std::path::Path;
+use std::process::Command;
 
 use credbroker_tests::*;
 
-/// Runs `credbroker lint-templates` on `templates` with the repository's policies.
+/// Runs `credbroker lint-templates` on `templates` with the repository's policies and the
+/// Forge manifest schema tests/run installs (`npm ci --prefix tests/forge`; without it the
+/// Forge lint fails closed, and so does any test that lints onboarding-templates/atlassian).
 fn lint(templates: &Path) -> (i32, String, String) {
-    let policies = repo_root().join("policies");
-    run_cli(&[
-        "lint-templates",
-        "--templates",
-        templates.to_str().unwrap(),
-        "--policies",
-        policies.to_str().unwrap(),
-    ])
+    let root = repo_root();
+    let out = Command::new(daemon_bin())
+        .args(["lint-templates", "--templates"])
+        .arg(templates)
+        .arg("--policies")
+        .arg(root.join("policies"))
+        .env(
+            "CREDBROKER_FORGE_MANIFEST_SCHEMA",
+            root.join("tests/forge/node_modules/@forge/manifest/out/schema/manifest-schema.json"),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -89,7 +101,14 @@ fn a_stackset_that_drifts_from_the_role_template_fails() {
 #[test]
 fn a_missing_policy_fails_closed() {
     let root = repo_root();
+    // Every policy but aws.json: the AWS lint, wherever it runs in the catalog, must stop.
     let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root.join("policies")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().is_some_and(|n| n != "aws.json") {
+            std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
     let (c, _, err) = run_cli(&[
         "lint-templates",
         "--templates",
@@ -99,6 +118,17 @@ fn a_missing_policy_fails_closed() {
     ]);
     assert_ne!(c, 0);
     assert!(err.contains("aws.json"), "{err}");
+    // An empty policies directory fails too.
+    let empty = tempfile::tempdir().unwrap();
+    let (c, _, err) = run_cli(&[
+        "lint-templates",
+        "--templates",
+        root.join("onboarding-templates").to_str().unwrap(),
+        "--policies",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert_ne!(c, 0);
+    assert!(err.contains(".json"), "{err}");
 }
 
 #[test]
