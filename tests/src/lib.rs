@@ -17,6 +17,7 @@ use serde_json::Value;
 pub mod counting;
 pub mod fake_atlassian_dc;
 pub mod fake_entra;
+pub mod fake_forge;
 pub mod fake_github;
 pub mod fake_servicenow;
 pub mod fake_sts;

@@ -28,6 +28,7 @@ use credbroker_providers::{
 };
 use credbroker_tests::fake_atlassian_dc::FakeAtlassianDc;
 use credbroker_tests::fake_entra::FakeEntra;
+use credbroker_tests::fake_forge::{self, FakeForge};
 use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation};
 use credbroker_tests::fake_servicenow::FakeServiceNow;
 use credbroker_tests::fake_sts::{FakeRole, FakeSts};
@@ -515,6 +516,107 @@ impl Harness for Snow {
     }
 }
 
+// ---- atlassian_forge ----------------------------------------------------------------------
+
+struct Forge {
+    provider: Arc<dyn Provider>,
+    _forge: FakeForge,
+    _dir: tempfile::TempDir,
+    /// The captured system token the binding holds (what a scheduled trigger delivered).
+    token: String,
+    expires_at: i64,
+}
+
+const FORGE_APP: &str = "ari:cloud:ecosystem::app/5b8e4b0c-1f3a-4c2d-9e7f-0a1b2c3d4e5f";
+const FORGE_CLOUD: &str = "11111111-2222-4333-8444-555555555555";
+const FORGE_INSTALLATION: &str =
+    "ari:cloud:ecosystem::installation/aaaaaaaa-1111-4222-8333-444444444444";
+
+impl Forge {
+    async fn start(d: &ProviderDescriptor) -> Forge {
+        let forge = FakeForge::start(FORGE_APP).await;
+        // A relative ceiling_file, resolved against the directory the section came from.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            repo_root().join("policies/atlassian.json"),
+            dir.path().join("atlassian.json"),
+        )
+        .unwrap();
+        let section = format!(
+            "app_id = \"{FORGE_APP}\"\njwks_url = \"{}\"\nceiling_file = \"atlassian.json\"\ntimeout_ms = 3000\n",
+            forge.jwks_url
+        );
+        let provider = build(d, &section, dir.path()).await;
+        let expires_at = fake_forge::now() + 2 * 3600;
+        Forge {
+            provider,
+            _forge: forge,
+            _dir: dir,
+            token: fake_forge::system_token(expires_at),
+            expires_at,
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for Forge {
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+    fn binding(&self) -> (Value, Value) {
+        // The scopes are fixed by the app's manifest (policies/atlassian.json): a binding
+        // carries no ceiling of its own (a claimed one is created with none).
+        (
+            json!({"cloud_id": FORGE_CLOUD, "installation_id": FORGE_INSTALLATION,
+                   "environment": "PRODUCTION",
+                   "api_base_url": format!("https://api.atlassian.com/ex/jira/{FORGE_CLOUD}"),
+                   "previous_installations": []}),
+            Value::Null,
+        )
+    }
+    fn within(&self) -> Value {
+        json!({"scopes": ["read:jira-work"]})
+    }
+    fn beyond(&self) -> Value {
+        json!({"scopes": ["write:jira-work"]})
+    }
+    fn secret(&self) -> Option<SecretFields> {
+        let mut f = SecretFields::new();
+        f.insert(
+            "system_token",
+            secrecy::SecretString::from(self.token.clone()),
+        );
+        let rfc = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        f.insert(
+            "expires_at",
+            secrecy::SecretString::from(rfc(self.expires_at)),
+        );
+        f.insert(
+            "captured_at",
+            secrecy::SecretString::from(rfc(fake_forge::now())),
+        );
+        Some(f)
+    }
+    fn calls(&self) -> usize {
+        // A mint opens the captured token: nothing upstream is called.
+        0
+    }
+    fn requested_scope(&self) -> Option<Value> {
+        None
+    }
+    fn last_request(&self) -> Option<Value> {
+        None
+    }
+    fn expected_scopes(&self) -> (Value, Value) {
+        (Value::Null, Value::Null)
+    }
+}
+
 // ---- pasted_secret ----------------------------------------------------------------------
 
 struct Pasted {
@@ -567,6 +669,7 @@ async fn harness_for(d: &ProviderDescriptor) -> Box<dyn Harness> {
         "github_app" => Box::new(Github::start(d).await),
         "entra_multi_tenant" => Box::new(Entra::start(d).await),
         "servicenow_oauth" => Box::new(Snow::start(d).await),
+        "atlassian_forge" => Box::new(Forge::start(d).await),
         "atlassian_dc_pat" => {
             let dc = FakeAtlassianDc::start().await;
             let token = dc.state.issue("scanner", 60).raw;
@@ -621,6 +724,7 @@ async fn mint(
         narrowing: &narrowing,
         secret: secret.as_ref(),
         timeout: Duration::from_secs(5),
+        min_ttl_s: 0,
     })
     .await
 }
@@ -780,6 +884,12 @@ impl Gen {
             "actions",
             "contents",
             "metadata",
+            "cloud_id",
+            "installation_id",
+            "api_base_url",
+            "environment",
+            "previous_installations",
+            "scopes",
         ];
         const STRINGS: &[&str] = &[
             "",
@@ -807,6 +917,10 @@ impl Gen {
             "\u{0}",
             "é",
             "api",
+            "PRODUCTION",
+            "read:jira-work",
+            "https://api.atlassian.com/ex/jira/11111111-2222-4333-8444-555555555555",
+            "ari:cloud:ecosystem::installation/aaaaaaaa-1111-4222-8333-444444444444",
         ];
         match self.next() % if depth > 3 { 5 } else { 8 } {
             0 => Value::Null,
