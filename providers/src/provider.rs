@@ -488,8 +488,12 @@ pub struct CapturedToken {
     pub fields: SecretFields,
     /// When it stops working, Unix seconds.
     pub expires_at: i64,
-    /// `sha256:` and 16 hex digits of the token's SHA-256: what logs and audit records show.
+    /// `sha256:` and 16 hex digits of the token's SHA-256, for matching a token found
+    /// elsewhere without the broker's key.
     pub fingerprint: String,
+    /// The credentials a resolve hands out for it: the broker audits their keyed
+    /// fingerprint, the same one its resolve records carry.
+    pub credentials: SecretFields,
 }
 
 /// A verified invocation: who the upstream says is calling, established by its signature.
@@ -534,11 +538,13 @@ pub trait Invocations: Send + Sync {
     fn installations(&self, config: &Value) -> (Option<String>, Vec<String>);
 
     /// The configuration of a binding re-bound to `invocation`'s installation (the one it
-    /// held is kept among the previous ones).
+    /// held is kept among the previous ones, a bounded number of them); `None` when the
+    /// invocation is not a reinstall of what the binding holds (another product's
+    /// installation on the same site).
     ///
     /// # Errors
     /// When `config` is not this provider's.
-    fn rebind(&self, config: &Value, invocation: &Invocation) -> Result<Value, String>;
+    fn rebind(&self, config: &Value, invocation: &Invocation) -> Result<Option<Value>, String>;
 
     /// How long an operator's onboarding expects a site, seconds.
     fn expected_site_ttl_s(&self) -> u64;

@@ -244,6 +244,16 @@ impl AdminService {
                 },
             );
         }
+        // A site bound by any path (its first invocation, a claim, by hand) is no longer
+        // waiting for an onboarding: an expectation left behind could bind it elsewhere once
+        // this binding is removed.
+        if provider.invocations().is_some() {
+            for identifier in provider.exclusive_identifiers(&config) {
+                if let Some((key, read)) = r.expected_site(&identifier).await.map_err(store_err)? {
+                    plan.batch.remove_expected_site(&key, &read);
+                }
+            }
+        }
         let pending = provider.probe().is_some_and(|p| p.gates_activation());
         let binding = Binding {
             id: b.id,
@@ -432,6 +442,23 @@ impl AdminService {
             plan.detail = format!("{}; {site} already bound here", plan.detail);
             return Ok(());
         }
+        // A site already running the app unclaimed is not bound by naming its cloudId (which
+        // anyone can read): an operator claims it after checking whose it is.
+        if let Some((_, u)) = r
+            .unclaimed()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .find(|(_, u)| u.value.identifier == site)
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{site} has been running the app unclaimed since {}: check whose site it is, then `credbroker unclaimed claim --identifier {site} --tenant {tenant}` (runbooks/atlassian-unclaimed.md)",
+                    u.value.seen_at
+                ),
+            ));
+        }
         let now = time::OffsetDateTime::now_utc();
         let read = r.expected_site(&site).await.map_err(store_err)?;
         if let Some((_, e)) = &read {
@@ -487,13 +514,15 @@ impl AdminService {
             batch.remove(v);
             destroyed.push(format!("{}/{}", v.binding, v.version));
         }
-        let (mut states, mut deliveries) = (0usize, 0usize);
+        let (mut states, mut deliveries, mut unclaimed, mut sites) = (0usize, 0, 0, 0);
         for (key, raw) in expired.iter().take(1000) {
-            if key.starts_with("callback-state:") || key.starts_with("intake:") {
-                states += 1;
-            } else {
-                deliveries += 1;
-            }
+            let count = match key.split(':').next().unwrap_or("") {
+                "callback-state" | "intake" => &mut states,
+                "unclaimed" => &mut unclaimed,
+                "expected-site" => &mut sites,
+                _ => &mut deliveries,
+            };
+            *count += 1;
             batch.forget_expired(key, raw);
         }
         let event = AuditEvent {
@@ -503,7 +532,7 @@ impl AdminService {
             actor: "credbroker:gc".into(),
             outcome: "allowed".into(),
             detail: Some(format!(
-                "forgot {states} expired install state(s) or intake link(s) and {deliveries} expired webhook delivery id(s); destroyed {} superseded secret version(s) past the overlap{}",
+                "forgot {states} expired install state(s) or intake link(s), {deliveries} expired webhook delivery id(s), {unclaimed} unclaimed installation(s) and {sites} site expectation(s); destroyed {} superseded secret version(s) past the overlap{}",
                 destroyed.len(),
                 if destroyed.is_empty() { String::new() } else { format!(": {}", destroyed.join(", ")) }
             )),
@@ -512,7 +541,7 @@ impl AdminService {
         self.commit_audited(event, batch, None)
             .await
             .map_err(|(e, _)| e)?;
-        Ok(states + deliveries + destroyed.len())
+        Ok(states + deliveries + unclaimed + sites + destroyed.len())
     }
 
     pub(super) async fn plan_unclaimed_list(&self) -> Result<Plan, ApiError> {

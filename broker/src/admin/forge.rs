@@ -101,27 +101,103 @@ impl AdminService {
             .identifier_owner(&invocation.site)
             .await
             .map_err(store_err)?;
+        let installation_owned = installation_owner.is_some();
         let owner = installation_owner.or(site_owner);
         if let Some(owner) = owner {
             let stored = self
                 .binding_or_404(owner.binding.as_deref().unwrap_or(""))
                 .await?;
             return self
-                .invoke_bound(inv, provider, stored, invocation, &what, event)
+                .invoke_bound(
+                    inv,
+                    provider,
+                    stored,
+                    (invocation, installation_owned),
+                    &what,
+                    event,
+                )
                 .await;
         }
-        // Nobody holds the site: an onboarding that expects it binds it.
+        // Nobody holds the site: an onboarding that expects it binds it — unless the site was
+        // kept unclaimed before the onboarding was recorded (a cloudId is public: whoever
+        // names it first must not win a site that was already running our app; an operator
+        // claims it after checking whose it is), or the tenant it names is not the one the
+        // operator meant (removed, or removed and created again since).
         let expected = r.expected_site(&invocation.site).await.map_err(store_err)?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if let Some((key, read)) =
             expected.filter(|(_, e)| e.value.expires_at >= now && e.value.provider == provider.id())
         {
-            return self
-                .bind_expected(provider, invocation, (key, read), &what, event)
-                .await;
+            match self
+                .expectation_holds(&read.value, &invocation.site)
+                .await?
+            {
+                Ok(()) => {
+                    return self
+                        .bind_expected(provider, invocation, (key, read), &what, event)
+                        .await
+                }
+                Err(why) => {
+                    return self
+                        .keep_unclaimed(provider, invocation, &what, event, Some(why))
+                        .await
+                }
+            }
         }
-        self.keep_unclaimed(provider, invocation, &what, event)
+        self.keep_unclaimed(provider, invocation, &what, event, None)
             .await
+    }
+
+    /// Whether an onboarding's expectation may bind its site now: `Err(why not)`.
+    async fn expectation_holds(
+        &self,
+        expected: &ExpectedSite,
+        site: &str,
+    ) -> Result<Result<(), String>, ApiError> {
+        let recorded = time::OffsetDateTime::parse(
+            &expected.recorded_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt site expectation"))?;
+        let r = &self.core.records;
+        let unclaimed_before = r
+            .unclaimed()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|(_, u)| u.value.identifier == site)
+            .filter_map(|(_, u)| {
+                time::OffsetDateTime::parse(
+                    &u.value.seen_at,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+            })
+            .any(|seen| seen <= recorded);
+        if unclaimed_before {
+            return Ok(Err(format!(
+                "tenant {} expects {site}, but the site was running the app before that onboarding was recorded: bind it with `credbroker unclaimed claim` after checking whose it is",
+                expected.tenant
+            )));
+        }
+        let tenant = match crate::ids::TenantId::parse(&expected.tenant) {
+            Ok(t) => r.tenant(&t).await.map_err(store_err)?,
+            Err(_) => None,
+        };
+        let same = tenant.is_some_and(|t| {
+            time::OffsetDateTime::parse(
+                &t.value.created_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .is_ok_and(|created| created <= recorded)
+        });
+        if !same {
+            return Ok(Err(format!(
+                "the tenant {} that expected {site} was removed since the onboarding",
+                expected.tenant
+            )));
+        }
+        Ok(Ok(()))
     }
 
     /// An invocation of a site or installation some binding holds.
@@ -130,7 +206,7 @@ impl AdminService {
         inv: &dyn Invocations,
         provider: &dyn Provider,
         stored: Stored<Binding>,
-        invocation: Invocation,
+        (invocation, installation_owned): (Invocation, bool),
         what: &str,
         mut event: AuditEvent,
     ) -> Result<InvocationOutcome, ApiError> {
@@ -152,22 +228,39 @@ impl AdminService {
             let _ = self.core.audit.append(event).await;
             return Err(ApiError::new(ErrorCode::Conflict, message));
         }
-        let (current, previous) = inv.installations(&binding.config);
-        if previous.contains(&invocation.installation) {
-            // An installation the site ran before a reinstall (a late retry): nothing changes.
+        let (current, _) = inv.installations(&binding.config);
+        let is_current = current.as_deref() == Some(invocation.installation.as_str());
+        if installation_owned && !is_current {
+            // An installation this binding held before a reinstall (a late retry): a
+            // reinstall is always a new installation, so nothing changes.
             return Ok(InvocationOutcome::Ignored);
         }
         let mut batch = Batch::new();
         let mut outcome = InvocationOutcome::Kept;
         let mut details = Vec::new();
-        if current.as_deref() != Some(invocation.installation.as_str()) {
+        if !is_current {
             // A reinstall: the site's binding follows the new installation, within its tenant.
-            binding.config = inv
+            let Some(config) = inv
                 .rebind(&binding.config, &invocation)
-                .map_err(|m| ApiError::new(ErrorCode::Internal, m))?;
+                .map_err(|m| ApiError::new(ErrorCode::Internal, m))?
+            else {
+                tracing::warn!(binding = %binding.id, installation = %invocation.installation, "an installation of another product on a bound site: not bound (one binding per site)");
+                return Ok(InvocationOutcome::Ignored);
+            };
             provider
-                .bind(&binding.config, &binding.ceiling)
+                .bind(&config, &binding.ceiling)
                 .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            // Identifiers the binding no longer lists (the oldest previous installations)
+            // are released: repeated reinstalls cannot grow the store.
+            let kept = provider.exclusive_identifiers(&config);
+            for dropped in provider
+                .exclusive_identifiers(&binding.config)
+                .into_iter()
+                .filter(|i| !kept.contains(i))
+            {
+                batch.release_identifier(&dropped);
+            }
+            binding.config = config;
             binding.generation = fresh_generation()?;
             batch.claim_identifier(
                 &invocation.installation,
@@ -176,6 +269,10 @@ impl AdminService {
                     binding: Some(binding.id.to_string()),
                 },
             );
+            // The old installation's token is not handed out for the new one.
+            if let Some(retired) = self.plan_retire_token(&mut binding, &mut batch).await? {
+                details.push(retired);
+            }
             details.push(format!(
                 "reinstalled: {} replaces {}",
                 invocation.installation,
@@ -236,7 +333,8 @@ impl AdminService {
                 ceiling: Value::Null,
             })
             .await?;
-        plan.batch.remove_expected_site(&key, &read);
+        // plan_add_binding consumed the expectation (`key`).
+        let _ = key;
         // A site kept unclaimed before the operator onboarded it is now claimed.
         if let Some((ukey, uread)) = self
             .core
@@ -289,25 +387,29 @@ impl AdminService {
         invocation: Invocation,
         what: &str,
         mut event: AuditEvent,
+        why: Option<String>,
     ) -> Result<InvocationOutcome, ApiError> {
         let held = self.core.records.unclaimed().await.map_err(store_err)?;
-        let same = held
+        if held
             .iter()
-            .find(|(_, u)| u.value.identifier == invocation.site);
-        if same.is_some_and(|(_, u)| u.value.config == invocation.config) {
-            // Already kept (and audited once): nothing more is written.
+            .any(|(_, u)| u.value.identifier == invocation.site)
+        {
+            // Already kept (and audited once): nothing more is written, whichever
+            // installation of the site calls.
             return Ok(InvocationOutcome::Unclaimed);
         }
-        if same.is_none() && held.len() >= crate::store::records::MAX_UNCLAIMED {
+        if !crate::callbacks::unclaimed_room(&held, provider.id(), &invocation.site) {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 "too many unclaimed installations are waiting for an operator",
             ));
         }
         let cloud = invocation.site.rsplit(':').next().unwrap_or("").to_owned();
-        let reason = format!(
-            "no tenant expects site {cloud} (credbroker onboard atlassian --tenant T --cloud-id {cloud})"
-        );
+        let reason = why.unwrap_or_else(|| {
+            format!(
+                "no tenant expects site {cloud} (credbroker onboard atlassian --tenant T --cloud-id {cloud})"
+            )
+        });
         let mut batch = Batch::new();
         batch.put_unclaimed(&Unclaimed {
             provider: provider.id().to_owned(),
@@ -391,12 +493,47 @@ impl AdminService {
             "fingerprint": token.fingerprint,
         });
         binding.trust_facts = Some(facts);
+        // The keyed fingerprint of what a resolve hands out: the same as its resolve records'.
+        let keyed = self
+            .core
+            .fingerprint
+            .fingerprint(&token.credentials.to_json_zeroizing());
         Ok(Some((
             format!(
                 "system token {} (expires {expires}) sealed as version {}",
                 token.fingerprint, record.version
             ),
-            token.fingerprint,
+            keyed,
+        )))
+    }
+
+    /// Retires the token `binding` holds (a reinstall: it belongs to the old installation):
+    /// its version is superseded, nothing is active until the new installation delivers one.
+    async fn plan_retire_token(
+        &self,
+        binding: &mut Binding,
+        batch: &mut Batch,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(old) = binding.active_secret_version.take() else {
+            return Ok(None);
+        };
+        if let Some(read_old) = self
+            .core
+            .records
+            .secret_version(&binding.id, old)
+            .await
+            .map_err(store_err)?
+        {
+            let mut superseded = read_old.value.clone();
+            superseded.state = SecretState::Superseded;
+            superseded.superseded_at = Some(now_rfc3339());
+            batch.replace(&read_old, &superseded);
+        }
+        if let Some(Value::Object(facts)) = binding.trust_facts.as_mut() {
+            facts.remove(HELD);
+        }
+        Ok(Some(format!(
+            "the previous installation's token (version {old}) superseded"
         )))
     }
 }

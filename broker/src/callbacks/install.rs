@@ -276,7 +276,7 @@ impl CallbackService {
                 account.login, account.id
             );
             let mut batch = Batch::new();
-            let kept = self.unclaimed_room(&identifier).await?;
+            let kept = self.unclaimed_room(provider.id(), &identifier).await?;
             if kept {
                 batch.put_unclaimed(&Unclaimed {
                     provider: provider.id().to_owned(),

@@ -106,6 +106,27 @@ pub(crate) use install::cookie;
 pub use install::{install_cookie, INSTALL_COOKIE, MAX_LINK_OPENS};
 pub use webhook::DELIVERY_WINDOW_S;
 
+/// Whether `provider`'s unclaimed installation `identifier` may be kept besides `held`: it
+/// already is, or that provider's unexpired ones are fewer than
+/// [`MAX_UNCLAIMED`](crate::store::records::MAX_UNCLAIMED) (each provider has its own room:
+/// installations of one cannot crowd out another's).
+pub(crate) fn unclaimed_room(
+    held: &[(
+        String,
+        crate::store::records::Stored<crate::store::records::Unclaimed>,
+    )],
+    provider: &str,
+    identifier: &str,
+) -> bool {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let live = held
+        .iter()
+        .filter(|(_, u)| u.value.provider == provider)
+        .filter(|(_, u)| u.value.expires_at.is_none_or(|e| e >= now));
+    held.iter().any(|(_, u)| u.value.identifier == identifier)
+        || live.count() < crate::store::records::MAX_UNCLAIMED
+}
+
 /// When an unclaimed installation seen now is forgotten, Unix seconds.
 pub(crate) fn unclaimed_expiry() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp() + crate::store::records::UNCLAIMED_TTL_S
@@ -149,15 +170,14 @@ impl CallbackService {
 
     /// Whether an unclaimed installation `identifier` may be kept: it already is, or the list
     /// has room ([`MAX_UNCLAIMED`](crate::store::records::MAX_UNCLAIMED)).
-    async fn unclaimed_room(&self, identifier: &str) -> Result<bool, ApiError> {
+    async fn unclaimed_room(&self, provider: &str, identifier: &str) -> Result<bool, ApiError> {
         let held = self
             .core
             .records
             .unclaimed()
             .await
             .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
-        Ok(held.iter().any(|(_, u)| u.value.identifier == identifier)
-            || held.len() < crate::store::records::MAX_UNCLAIMED)
+        Ok(unclaimed_room(&held, provider, identifier))
     }
 
     /// Handles one routed callback (`GET /callbacks/{provider}/setup`,

@@ -71,8 +71,11 @@ pub(super) async fn handle_public(
     let route = route_request(Listener::Public, &method, &path);
     // Health checks are free; everything else takes a token first, before any body is read
     // or any store is touched. Refusals are counted, never audited.
+    // Forge calls come from Atlassian's shared egress addresses, and anyone can point a Forge
+    // app's remote at us from there: a signed invocation is never refused for the unsigned
+    // ones sharing its address. It is verified first; only a refused one is charged.
     let limited = match (&route, rate_limiter) {
-        (Ok(m), _) if m.endpoint == Endpoint::Healthz => None,
+        (Ok(m), _) if matches!(m.endpoint, Endpoint::Healthz | Endpoint::ForgeRemote) => None,
         (_, Some(rl)) => rl.check(remote.ip(), std::time::Instant::now()).err(),
         (_, None) => None,
     };
@@ -135,7 +138,20 @@ pub(super) async fn handle_public(
                 .verify_invocation(m.param("kind"), &headers, &request_id)
                 .await
             {
-                Err(answer) => answer,
+                Err(answer) => {
+                    if let Some(Err(l)) =
+                        rate_limiter.map(|rl| rl.check(remote.ip(), std::time::Instant::now()))
+                    {
+                        broker
+                            .metrics()
+                            .rate_limited
+                            .get_or_create(&crate::metrics::ScopeLabel {
+                                scope: l.as_str().into(),
+                            })
+                            .inc();
+                    }
+                    answer
+                }
                 Ok(verified) => {
                     let max = limits.max_body_bytes.min(UNSIGNED_BODY_MAX);
                     let body = match body_budget.clone().try_acquire_many_owned(64) {

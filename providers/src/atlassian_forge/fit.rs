@@ -24,6 +24,12 @@ const MAX_KEYS: usize = 32;
 /// Least time between two JWKS fetches (an unknown `kid` cannot make the broker fetch more
 /// often than this, whoever sends it).
 pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(30);
+/// Longest remaining lifetime a FIT may claim, seconds, before leeway (Forge issues them for
+/// about 25 s): a FIT copied from somewhere cannot be replayed for long.
+pub const MAX_FIT_LIFETIME_S: i64 = 60;
+/// Age after which the key set is fetched again when a FIT is verified (a key Atlassian
+/// withdrew stops being trusted); a failed refresh keeps the keys held.
+pub const MAX_KEYS_AGE: Duration = Duration::from_secs(3600);
 /// Longest FIT accepted, bytes.
 pub const MAX_FIT_BYTES: usize = 8 * 1024;
 /// Longest app system token accepted, bytes.
@@ -226,22 +232,44 @@ impl Jwks {
     /// [`REFETCH_COOLDOWN`]).
     async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, String> {
         if let Some(k) = self.cached(kid) {
-            return Ok(k);
+            // Known, and fetched within the hour (or a refresh is already running, or
+            // failed moments ago): use it.
+            let stale = match self.last_fetch.try_lock() {
+                Ok(last) => last.is_some_and(|t| t.elapsed() >= MAX_KEYS_AGE),
+                Err(_) => false,
+            };
+            if !stale {
+                return Ok(k);
+            }
         }
         let mut last = self.last_fetch.lock().await;
+        let age = last.map(|t| t.elapsed());
         // Another request may have fetched while this one waited.
         if let Some(k) = self.cached(kid) {
-            return Ok(k);
+            if age.is_some_and(|a| a < MAX_KEYS_AGE) {
+                return Ok(k);
+            }
         }
-        if last.is_some_and(|t| t.elapsed() < REFETCH_COOLDOWN) {
+        if age.is_some_and(|a| a < REFETCH_COOLDOWN) {
             return Err("unknown kid (the key set was fetched moments ago)".into());
         }
         *last = Some(Instant::now());
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fresh = self.fetch().await?;
-        if let Ok(mut keys) = self.keys.lock() {
-            *keys = fresh;
+        match self.fetch().await {
+            // An empty or unusable answer never wipes the keys held.
+            Ok(fresh) if !fresh.is_empty() => {
+                if let Ok(mut keys) = self.keys.lock() {
+                    *keys = fresh;
+                }
+            }
+            Ok(_) => tracing::warn!("the Forge key set has no usable key; keeping the keys held"),
+            Err(e) => {
+                if self.cached(kid).is_none() {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "the Forge key set could not be refreshed; keeping the keys held");
+            }
         }
         self.cached(kid)
             .ok_or_else(|| "unknown kid (not in the Forge key set)".into())
@@ -341,6 +369,11 @@ pub async fn verify(
             _ => "the FIT does not verify".to_owned(),
         }
     })?;
+    let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
+    let leeway = i64::try_from(leeway_s).unwrap_or(0);
+    if data.claims.exp - now > MAX_FIT_LIFETIME_S + leeway {
+        return Err("the FIT claims to live longer than a Forge invocation token does".into());
+    }
     check_claims(&data.claims, expect)
 }
 

@@ -56,6 +56,13 @@ pub fn fingerprint(token: &str) -> String {
     format!("sha256:{}", hex::encode(&d.as_ref()[..8]))
 }
 
+/// The credentials a resolve hands out for `token`.
+fn handed_out(token: &str) -> SecretFields {
+    let mut credentials = SecretFields::new();
+    credentials.insert("access_token", SecretString::from(token.to_owned()));
+    credentials
+}
+
 /// The provider.
 pub struct AtlassianForge {
     settings: ForgeSettings,
@@ -133,6 +140,7 @@ impl AtlassianForge {
             fields,
             expires_at: exp,
             fingerprint: fingerprint(token),
+            credentials: handed_out(token),
         })
     }
 }
@@ -245,8 +253,7 @@ impl Provider for AtlassianForge {
                 upstream_request_id: None,
             });
         }
-        let mut credentials = SecretFields::new();
-        credentials.insert("access_token", SecretString::from(token.to_owned()));
+        let credentials = handed_out(token);
         Ok(IssuedCredential {
             kind: "atlassian_system_token",
             credentials,
@@ -363,24 +370,28 @@ impl Invocations for AtlassianForge {
         (current, previous)
     }
 
-    fn rebind(&self, config: &Value, invocation: &Invocation) -> Result<Value, String> {
+    fn rebind(&self, config: &Value, invocation: &Invocation) -> Result<Option<Value>, String> {
         let mut c = ForgeConfig::parse(config, &self.settings)?;
         let new = ForgeConfig::parse(&invocation.config, &self.settings)?;
         if new.cloud_id != c.cloud_id {
             return Err("the installation is for another site".into());
         }
+        // Jira and Confluence on one site are two installations of the app, both live: the
+        // binding follows the product it was bound for, never the other one.
+        if new.api_base_url != c.api_base_url {
+            return Ok(None);
+        }
         let old = std::mem::replace(&mut c.installation_id, new.installation_id);
         c.previous_installations.retain(|p| *p != old);
         c.previous_installations.insert(0, old);
         c.previous_installations.truncate(settings::MAX_PREVIOUS);
-        c.api_base_url = new.api_base_url;
-        Ok(json!({
+        Ok(Some(json!({
             "cloud_id": c.cloud_id,
             "installation_id": c.installation_id,
             "environment": c.environment,
             "api_base_url": c.api_base_url,
             "previous_installations": c.previous_installations,
-        }))
+        })))
     }
 
     fn expected_site_ttl_s(&self) -> u64 {
