@@ -398,7 +398,7 @@ pub enum Defect {
     AudienceArray,
     /// `exp` passed five minutes ago (well beyond any leeway).
     Expired,
-    /// `nbf` five minutes ahead.
+    /// `nbf` 30 s ahead (beyond any leeway, within the lifetime a FIT may claim).
     NotYetValid,
     /// `exp` absent.
     MissingExp,
@@ -637,7 +637,8 @@ impl FakeForge {
                 fit.set("/aud", json!([aud])).token()
             }
             Defect::Expired => fit.times(t - 600, t - 600, t - 300).token(),
-            Defect::NotYetValid => fit.times(t, t + 300, t + 300 + FIT_LIFETIME_S).token(),
+            // Beyond any leeway, yet within the lifetime a FIT may claim: only nbf refuses it.
+            Defect::NotYetValid => fit.times(t, t + 30, t + 50).token(),
             Defect::MissingExp => fit.remove("/exp").token(),
             Defect::MissingNbf => fit.remove("/nbf").token(),
             Defect::ExpAsString => {

@@ -21,6 +21,7 @@ pub mod fake_forge;
 pub mod fake_github;
 pub mod fake_servicenow;
 pub mod fake_sts;
+pub mod forge_env;
 pub mod loopback;
 pub mod openbao;
 pub mod sts_shim;
