@@ -538,32 +538,9 @@ impl Broker {
 }
 
 impl Broker {
-    /// Verifies a signed invocation (`POST /forge/{kind}`) from its headers.
-    ///
-    /// # Errors
-    /// The answer to send when it does not verify.
-    pub async fn verify_invocation(
-        &self,
-        kind: &str,
-        headers: &http::HeaderMap,
-        request_id: &str,
-    ) -> Result<crate::callbacks::VerifiedInvocation, crate::callbacks::CallbackAnswer> {
-        self.callbacks
-            .verify_invocation(kind, headers, request_id)
-            .await
-    }
-
-    /// Applies a verified invocation, acknowledging it through `ack` first.
-    pub async fn apply_invocation(
-        &self,
-        verified: crate::callbacks::VerifiedInvocation,
-        body: Result<Zeroizing<Vec<u8>>, ApiError>,
-        ack: tokio::sync::oneshot::Sender<crate::callbacks::CallbackAnswer>,
-        request_id: &str,
-    ) {
-        self.callbacks
-            .apply_invocation(verified, body, ack, request_id)
-            .await;
+    /// The callback service (signed invocations are verified and applied there).
+    pub(crate) fn callbacks(&self) -> &CallbackService {
+        &self.callbacks
     }
 }
 

@@ -4,7 +4,8 @@
 //! a site nobody expects is kept unclaimed for an operator; each system token that outlives
 //! the one held is sealed as the binding's new active secret version. Every change is one
 //! audited batch, planned and committed under the admin lock; the invocation is already
-//! verified (the FIT's signature names the site and installation).
+//! verified (the FIT's signature names the site and installation). Also the operator's side:
+//! `onboard` recording which tenant expects a site.
 
 use serde_json::{json, Value};
 
@@ -13,9 +14,9 @@ use credbroker_providers::{Invocation, Invocations, Provider};
 use super::{fresh_generation, store_err, AdminService, NewBinding, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
-use crate::ids::BindingId;
+use crate::ids::{BindingId, TenantId};
 use crate::model::{now_rfc3339, rfc3339, Binding, SecretState};
-use crate::store::records::{ExpectedSite, Stored, Unclaimed};
+use crate::store::records::{AccountPin, ExpectedSite, Stored, Unclaimed};
 use crate::store::Batch;
 
 /// The non-secret facts of a token held for a binding, kept in its `trust_facts`.
@@ -64,6 +65,86 @@ pub(super) fn site_binding_id(provider: &str, site: &str) -> Result<BindingId, A
 }
 
 impl AdminService {
+    /// Records that `tenant` expects the site `pin` names (a signed-invocation provider:
+    /// Atlassian Forge): its first verified invocation binds it. Refused when another
+    /// tenant holds or expects the site.
+    pub(super) async fn plan_expect_site(
+        &self,
+        inv: &dyn credbroker_providers::Invocations,
+        provider: &str,
+        tenant: &TenantId,
+        pin: Option<AccountPin>,
+        plan: &mut Plan,
+    ) -> Result<(), ApiError> {
+        let pin = pin.ok_or_else(|| {
+            ApiError::bad_request(
+                "onboarding a site needs its cloudId: {\"account\": {\"login\": CLOUD_ID, \"id\": 0}} (credbroker onboard atlassian --tenant T --cloud-id ID)",
+            )
+        })?;
+        let site = inv
+            .site_identifier(&pin.login)
+            .map_err(ApiError::bad_request)?;
+        let r = &self.core.records;
+        if let Some(owner) = r.identifier_owner(&site).await.map_err(store_err)? {
+            if owner.tenant != tenant.as_str() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("{site} is already bound to another tenant"),
+                ));
+            }
+            plan.response["binding"] = json!(owner.binding);
+            plan.response["result"] = json!("the site is already bound to this tenant");
+            plan.detail = format!("{}; {site} already bound here", plan.detail);
+            return Ok(());
+        }
+        // A site already running the app unclaimed is not bound by naming its cloudId (which
+        // anyone can read): an operator claims it after checking whose it is.
+        if let Some((_, u)) = r
+            .unclaimed()
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .find(|(_, u)| u.value.identifier == site)
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{site} has been running the app unclaimed since {}: check whose site it is, then `credbroker unclaimed claim --identifier {site} --tenant {tenant}` (runbooks/atlassian-unclaimed.md)",
+                    u.value.seen_at
+                ),
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let read = r.expected_site(&site).await.map_err(store_err)?;
+        if let Some((_, e)) = &read {
+            if e.value.tenant != tenant.as_str() && e.value.expires_at >= now.unix_timestamp() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("{site} is already expected by another tenant"),
+                ));
+            }
+        }
+        let expires = now
+            + time::Duration::seconds(i64::try_from(inv.expected_site_ttl_s()).unwrap_or(86400));
+        plan.batch.put_expected_site(
+            &site,
+            read.as_ref().map(|(_, s)| s),
+            &crate::store::records::ExpectedSite {
+                provider: provider.to_owned(),
+                tenant: tenant.to_string(),
+                expires_at: expires.unix_timestamp(),
+                recorded_at: now_rfc3339(),
+            },
+        );
+        plan.response["expected_site"] = json!(site);
+        plan.response["expires_at"] = json!(crate::model::rfc3339(expires));
+        if let Some(base) = self.core.public_base_url() {
+            plan.response["remote_base_url"] = json!(format!("{base}/forge"));
+        }
+        plan.detail = format!("{}; expects {site}", plan.detail);
+        Ok(())
+    }
+
     /// Applies one verified invocation of `provider` (audited as `callback:<provider>`).
     ///
     /// # Errors

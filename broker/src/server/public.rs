@@ -135,6 +135,7 @@ pub(super) async fn handle_public(
         Ok(m) if m.endpoint == Endpoint::ForgeRemote => {
             // The invocation token is verified from the headers before the body is read.
             match broker
+                .callbacks()
                 .verify_invocation(m.param("kind"), &headers, &request_id)
                 .await
             {
@@ -163,7 +164,10 @@ pub(super) async fn handle_public(
                     };
                     let rid = request_id.clone();
                     acknowledge_first(&request_id, detached, move |ack| async move {
-                        broker.apply_invocation(verified, body, ack, &rid).await;
+                        broker
+                            .callbacks()
+                            .apply_invocation(verified, body, ack, &rid)
+                            .await;
                     })
                     .await
                 }

@@ -518,6 +518,35 @@ mod tests {
     }
 
     #[test]
+    fn only_rsa_signing_keys_with_a_kid_are_kept() {
+        // A real 2048-bit modulus is not needed to check the filtering: from_rsa_components
+        // accepts any base64url n/e.
+        let n = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
+        let key = |kid: Option<&str>, kty: &str, usage: &str, alg: &str| {
+            let mut k =
+                serde_json::json!({"kty": kty, "use": usage, "alg": alg, "n": n, "e": "AQAB"});
+            if kty == "EC" {
+                k = serde_json::json!({"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", "use": usage, "alg": "ES256"});
+            }
+            if let Some(kid) = kid {
+                k["kid"] = serde_json::json!(kid);
+            }
+            k
+        };
+        let set = serde_json::json!({"keys": [
+            key(Some("good"), "RSA", "sig", "RS256"),
+            key(None, "RSA", "sig", "RS256"),
+            key(Some("enc"), "RSA", "enc", "RSA-OAEP"),
+            key(Some("ps"), "RSA", "sig", "PS256"),
+            key(Some("ec"), "EC", "sig", "ES256"),
+        ]});
+        let keys = parse_jwks(set.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["good"]);
+        assert!(parse_jwks(br#"{"keys": []}"#).unwrap().is_empty());
+        assert!(parse_jwks(b"<html>").is_err());
+    }
+
+    #[test]
     fn system_token_exp_is_read() {
         use base64::Engine as _;
         let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1234}"#);
