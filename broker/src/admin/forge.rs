@@ -114,6 +114,15 @@ impl AdminService {
                 ),
             ));
         }
+        // With the unclaimed list full, a site running the app may have gone unrecorded: no
+        // onboarding can tell it from one not yet installed until the list has room.
+        let held = r.unclaimed().await.map_err(store_err)?;
+        if !crate::callbacks::unclaimed_room(&held, provider, "") {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the unclaimed installations of this provider are at their cap: a site running the app may have gone unrecorded; review `credbroker unclaimed list` first",
+            ));
+        }
         let now = time::OffsetDateTime::now_utc();
         let read = r.expected_site(&site).await.map_err(store_err)?;
         if let Some((_, e)) = &read {
@@ -471,12 +480,37 @@ impl AdminService {
         why: Option<String>,
     ) -> Result<InvocationOutcome, ApiError> {
         let held = self.core.records.unclaimed().await.map_err(store_err)?;
-        if held
+        if let Some((_, known)) = held
             .iter()
-            .any(|(_, u)| u.value.identifier == invocation.site)
+            .find(|(_, u)| u.value.identifier == invocation.site)
         {
             // Already kept (and audited once): nothing more is written, whichever
-            // installation of the site calls.
+            // installation of the site calls — except, at most once a day, a later expiry,
+            // so a site that keeps running the app never drops off the list (an onboarding
+            // of its public cloudId must keep being refused).
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let fresh = known
+                .value
+                .expires_at
+                .is_some_and(|e| e > now + crate::store::records::UNCLAIMED_TTL_S - 24 * 3600);
+            if fresh {
+                return Ok(InvocationOutcome::Unclaimed);
+            }
+            let mut renewed = known.value.clone();
+            renewed.expires_at = Some(crate::callbacks::unclaimed_expiry());
+            let mut batch = Batch::new();
+            batch.put_unclaimed(&renewed);
+            event.action = "forge.unclaimed".into();
+            event.outcome = "denied".into();
+            event.error_code = Some(ErrorCode::Conflict.as_str().into());
+            event.detail = Some(format!(
+                "{} still running the app unclaimed ({what}): kept until {}",
+                invocation.site,
+                renewed.expires_at.unwrap_or_default()
+            ));
+            self.commit_audited(event, batch, None)
+                .await
+                .map_err(|(e, _)| e)?;
             return Ok(InvocationOutcome::Unclaimed);
         }
         if !crate::callbacks::unclaimed_room(&held, provider.id(), &invocation.site) {
