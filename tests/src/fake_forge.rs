@@ -25,7 +25,7 @@ use hyper::{Request, Response};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
 
-use crate::fake_github::AppKey;
+use crate::fake_github::{der_element, pem, AppKey};
 
 mod defects;
 pub use defects::Defect;
@@ -77,40 +77,6 @@ pub fn fingerprint(token: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{}", &hex[..16])
-}
-
-/// PEM text of `der` under `label`, 64 columns.
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// (tag, contents, rest) of the DER element at the start of `d`.
-fn der_element(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = d.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |a, b| (a << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
 }
 
 /// (n, e) big-endian without leading zeros, from a PKCS#1 `RSAPublicKey` DER

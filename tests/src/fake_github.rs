@@ -39,7 +39,7 @@ pub struct AppKey {
 }
 
 /// PEM text of `der` under `label`, 64 columns.
-fn pem(label: &str, der: &[u8]) -> String {
+pub fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
@@ -51,7 +51,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// (tag, contents, rest) of the DER element at the start of `d`.
-fn der_element(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub fn der_element(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = d.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {

@@ -578,18 +578,7 @@ impl AdminService {
         }
         let record = self.sealed_version(binding, &token.fields, SecretState::Active)?;
         if let Some(old) = binding.active_secret_version {
-            if let Some(read_old) = self
-                .core
-                .records
-                .secret_version(&binding.id, old)
-                .await
-                .map_err(store_err)?
-            {
-                let mut superseded = read_old.value.clone();
-                superseded.state = SecretState::Superseded;
-                superseded.superseded_at = Some(now_rfc3339());
-                batch.replace(&read_old, &superseded);
-            }
+            self.plan_supersede(&binding.id, old, batch).await?;
         }
         batch.create(&record);
         binding.active_secret_version = Some(record.version);
@@ -632,18 +621,7 @@ impl AdminService {
         let Some(old) = binding.active_secret_version.take() else {
             return Ok(None);
         };
-        if let Some(read_old) = self
-            .core
-            .records
-            .secret_version(&binding.id, old)
-            .await
-            .map_err(store_err)?
-        {
-            let mut superseded = read_old.value.clone();
-            superseded.state = SecretState::Superseded;
-            superseded.superseded_at = Some(now_rfc3339());
-            batch.replace(&read_old, &superseded);
-        }
+        self.plan_supersede(&binding.id, old, batch).await?;
         if let Some(Value::Object(facts)) = binding.trust_facts.as_mut() {
             facts.remove(HELD);
         }

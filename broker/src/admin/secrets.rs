@@ -18,6 +18,29 @@ use crate::model::{Binding, VersionProbe};
 use std::time::Instant;
 
 impl AdminService {
+    /// Marks version `old` of `binding` superseded in `batch` (kept, never served, destroyed
+    /// after the overlap), as read: promotion, token capture and a reinstall's retirement.
+    pub(super) async fn plan_supersede(
+        &self,
+        binding: &crate::ids::BindingId,
+        old: u32,
+        batch: &mut crate::store::Batch,
+    ) -> Result<(), ApiError> {
+        if let Some(read_old) = self
+            .core
+            .records
+            .secret_version(binding, old)
+            .await
+            .map_err(store_err)?
+        {
+            let mut superseded = read_old.value.clone();
+            superseded.state = SecretState::Superseded;
+            superseded.superseded_at = Some(now_rfc3339());
+            batch.replace(&read_old, &superseded);
+        }
+        Ok(())
+    }
+
     /// Seals `fields` as `binding`'s next secret version (not yet in any batch); the binding's
     /// version counter moves on.
     pub(super) fn sealed_version(
@@ -203,18 +226,8 @@ impl AdminService {
         plan.batch.replace(&read, &promoted);
         let previous = binding.active_secret_version;
         if let Some(old) = previous {
-            if let Some(read_old) = self
-                .core
-                .records
-                .secret_version(&binding.id, old)
-                .await
-                .map_err(store_err)?
-            {
-                let mut superseded = read_old.value.clone();
-                superseded.state = SecretState::Superseded;
-                superseded.superseded_at = Some(now_rfc3339());
-                plan.batch.replace(&read_old, &superseded);
-            }
+            self.plan_supersede(&binding.id, old, &mut plan.batch)
+                .await?;
         }
         binding.active_secret_version = Some(version);
         binding.pending_secret_version = None;
