@@ -13,6 +13,7 @@
 mod ceiling;
 pub mod lint;
 mod params;
+mod probe;
 mod settings;
 
 use std::time::Duration;
@@ -638,112 +639,4 @@ impl Provider for AwsAssumeRole {
             .await?;
         to_credential(&out)
     }
-}
-
-#[async_trait]
-impl Probe for AwsAssumeRole {
-    fn gates_activation(&self) -> bool {
-        // The ExternalId must be shown to be enforced before anything is minted.
-        true
-    }
-
-    async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
-        let bound = request.binding.bound.get::<AwsBinding>()?;
-        let parsed = &bound.parsed;
-        let session = session_name(request.binding.tenant_id, "activation-probe");
-        // The first call is what an unnarrowed mint sends, but for the session name and the
-        // shortest duration: the tenant's ExternalId, the SourceIdentity when the binding
-        // enables it (here the probe's own worker name) and the binding's ceiling as session
-        // policies. A role whose trust lacks sts:SetSourceIdentity, or a ceiling STS cannot
-        // pack into one session, would otherwise activate and then fail every resolve.
-        let source_identity = mint_source_identity(parsed, request.worker)?;
-        let call = |external_id| AssumeCall {
-            session: &session,
-            duration_s: params::MIN_DURATION_S,
-            external_id,
-            source_identity: source_identity.clone(),
-            narrowing: Some(&bound.session),
-            policies_from: PolicySource::Probe,
-        };
-        let first = call(ExternalIdUse::Tenant);
-        let out = self.assume(parsed, first, request.timeout).await?;
-        let request_id = out.request_id().map(str::to_owned);
-        let assumed = out
-            .assumed_role_user()
-            .map(|u| u.arn().to_owned())
-            .unwrap_or_default();
-        match assumed_role_account(&assumed) {
-            Some(account) if account == parsed.role.account() => {}
-            other => {
-                return Err(ProviderError::ActivationRefused {
-                    reason: RefusalReason::AccountMismatch,
-                    message: format!(
-                        "AssumeRole returned a session in account {} but the binding names account {}",
-                        other.unwrap_or("(unparseable)"),
-                        parsed.role.account()
-                    ),
-                    upstream_request_id: request_id,
-                });
-            }
-        }
-        // The traps: AssumeRole succeeds with any ExternalId when the role does not require
-        // one, and with any value when the role only requires that one is present
-        // (`"Null": {"sts:ExternalId": "false"}`). Without it, and with a random other
-        // value, the call must be denied: only then is the role bound to this tenant's id.
-        // These calls are the first call but for the ExternalId (same SourceIdentity, same
-        // session policies), so their denial is the ExternalId condition's: a role that only
-        // demands a SourceIdentity would otherwise refuse them for that and pass as enforcing
-        // the ExternalId.
-        let other = random_external_id()?;
-        for (use_, what) in [
-            (ExternalIdUse::Omitted, "WITHOUT the ExternalId"),
-            (
-                ExternalIdUse::Other(&other),
-                "with a WRONG ExternalId (any value is accepted)",
-            ),
-        ] {
-            match self.assume(parsed, call(use_), request.timeout).await
-            {
-                // Only the trust policy's own refusal counts: an expired vendor credential or
-                // a disabled region would deny anything and prove nothing.
-                Err(e) if is_trust_refusal(&e) => {}
-                Ok(out) => {
-                    return Err(ProviderError::ActivationRefused {
-                        reason: RefusalReason::ExternalIdNotEnforced,
-                        message: format!(
-                            "AssumeRole into {} succeeds {what}: the role's trust policy must require this tenant's ExternalId exactly. \
-                             Use in the statement trusting account {}: \"Condition\": {{\"StringEquals\": {{\"sts:ExternalId\": \"<the tenant's ExternalId>\"}}}} \
-                             (the shipped CloudFormation template does this), then re-run the probe.",
-                            parsed.role.as_str(),
-                            self.settings.vendor_account_id
-                        ),
-                        upstream_request_id: out.request_id().map(str::to_owned),
-                    })
-                }
-                Err(other) => return Err(other),
-            }
-        }
-        Ok(ProbeReport {
-            summary: format!(
-                "assumed {assumed} with the ExternalId; AssumeRole without it or with another value is denied"
-            ),
-            facts: Value::Null,
-        })
-    }
-}
-
-/// A random ExternalId of the broker's form (40 alphanumerics), never any tenant's.
-fn random_external_id() -> Result<String, ProviderError> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(40);
-    while out.len() < 40 {
-        let mut bytes = [0u8; 64];
-        aws_lc_rs::rand::fill(&mut bytes)
-            .map_err(|_| ProviderError::Internal("system CSPRNG failed".into()))?;
-        // Rejection sampling keeps the distribution uniform (248 = 4 × 62).
-        for b in bytes.iter().filter(|b| **b < 248).take(40 - out.len()) {
-            out.push(ALPHABET[usize::from(*b % 62)] as char);
-        }
-    }
-    Ok(out)
 }

@@ -14,10 +14,13 @@
 //! or a rate-limit message) is never retried: the App makes no App-authenticated call until
 //! the time GitHub named has passed, and such mints fail fast as unavailable.
 
+mod answer;
 mod callbacks;
 mod keys;
 pub mod lint;
 mod permissions;
+
+use answer::{error_for, message_of, rate_limit_wait, retry_pause, to_credential, Answer};
 pub(crate) mod settings;
 
 use std::collections::HashMap;
@@ -44,18 +47,11 @@ pub use settings::{GithubSettings, ID};
 use crate::{
     BindingContext, Bound, CachePolicy, Callbacks, CeilingEnforcement, IssuedCredential,
     MintRequest, Narrowing, PlatformKeys, Probe, ProbeReport, Provider, ProviderError, Revocation,
-    SecretFields, SecretRequirement,
+    SecretRequirement,
 };
 
 /// The media type every REST API request accepts (`Accept`).
 pub const REST_MEDIA_TYPE: &str = "application/vnd.github+json";
-
-/// How long to stay away after a rate-limit answer that names no time (GitHub: wait at least
-/// a minute).
-const RATE_LIMIT_DEFAULT_WAIT: Duration = Duration::from_secs(60);
-
-/// The longest pause one rate-limit answer can impose (the primary limit resets hourly).
-const RATE_LIMIT_MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// The provider.
 pub struct GithubApp {
@@ -99,51 +95,6 @@ fn parse_config(config: &Value) -> Result<u64, ProviderError> {
 /// The exclusive identifier of an installation.
 pub fn installation_identifier(id: u64) -> String {
     format!("github_installation:{id}")
-}
-
-struct Answer {
-    status: u16,
-    body: Value,
-    request_id: Option<String>,
-    /// How long GitHub asked callers to stay away, when the answer is a rate limit.
-    rate_limit: Option<Duration>,
-}
-
-/// Whether an answer is one of GitHub's rate limits, and how long it asks callers to wait:
-/// 429, or 403 with `retry-after`, `x-ratelimit-remaining: 0` or a rate-limit message.
-/// `retry-after` (seconds) wins; then `x-ratelimit-reset` (epoch seconds) when nothing
-/// remains; otherwise a minute. Between one second and an hour.
-fn rate_limit_wait(
-    status: u16,
-    message: &str,
-    retry_after: Option<u64>,
-    remaining: Option<u64>,
-    reset: Option<i64>,
-) -> Option<Duration> {
-    let limited = status == 429
-        || (status == 403
-            && (retry_after.is_some()
-                || remaining == Some(0)
-                || message.to_ascii_lowercase().contains("rate limit")));
-    if !limited {
-        return None;
-    }
-    let wait = match (retry_after, remaining, reset) {
-        (Some(s), _, _) => Duration::from_secs(s),
-        (None, Some(0), Some(reset)) => {
-            let now = OffsetDateTime::now_utc().unix_timestamp();
-            Duration::from_secs(u64::try_from(reset.saturating_sub(now)).unwrap_or(0))
-        }
-        _ => RATE_LIMIT_DEFAULT_WAIT,
-    };
-    Some(wait.clamp(Duration::from_secs(1), RATE_LIMIT_MAX_WAIT))
-}
-
-/// The pause before the one retry of a 5xx: 200-400 ms, jittered.
-fn retry_pause() -> Duration {
-    let mut b = [0u8; 1];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    Duration::from_millis(200 + u64::from(b[0]) * 200 / 255)
 }
 
 /// How a request authenticates.
@@ -491,97 +442,6 @@ impl GithubApp {
     }
 }
 
-fn message_of(body: &Value) -> String {
-    body.get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect()
-}
-
-fn error_for(answer: Answer, installation: u64) -> ProviderError {
-    let m = message_of(&answer.body);
-    let id = answer.request_id;
-    if let Some(wait) = answer.rate_limit {
-        return ProviderError::Unavailable {
-            message: format!(
-                "GitHub rate limit (HTTP {}): {m}; the App makes no call to GitHub for {} s",
-                answer.status,
-                wait.as_secs()
-            ),
-            upstream_request_id: id,
-        };
-    }
-    match answer.status {
-        404 => ProviderError::Denied {
-            message: format!("installation {installation} not found (uninstalled?): {m}"),
-            upstream_request_id: id,
-            trust_broken: true,
-        },
-        403 if m.to_ascii_lowercase().contains("suspend") => ProviderError::Denied {
-            message: format!("installation {installation} is suspended: {m}"),
-            upstream_request_id: id,
-            trust_broken: true,
-        },
-        422 => ProviderError::Denied {
-            message: format!("GitHub refused the requested permissions or repositories for installation {installation}: {m}"),
-            upstream_request_id: id,
-            trust_broken: false,
-        },
-        500..=599 => ProviderError::Unavailable { message: format!("GitHub HTTP {}: {m}", answer.status), upstream_request_id: id },
-        s => ProviderError::Denied { message: format!("GitHub HTTP {s}: {m}"), upstream_request_id: id, trust_broken: false },
-    }
-}
-
-fn to_credential(answer: Answer, installation: u64) -> Result<IssuedCredential, ProviderError> {
-    let malformed = |id: Option<String>| ProviderError::Unavailable {
-        message: "GitHub token answer is malformed".into(),
-        upstream_request_id: id,
-    };
-    let b = &answer.body;
-    let token = b
-        .get("token")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| malformed(answer.request_id.clone()))?;
-    let expires_text = b
-        .get("expires_at")
-        .and_then(Value::as_str)
-        .ok_or_else(|| malformed(answer.request_id.clone()))?;
-    let expires_at =
-        OffsetDateTime::parse(expires_text, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| malformed(answer.request_id.clone()))?;
-    if expires_at <= OffsetDateTime::now_utc() {
-        return Err(ProviderError::Unavailable {
-            message: "GitHub returned a token that is already expired".into(),
-            upstream_request_id: answer.request_id,
-        });
-    }
-    let repositories: Option<Vec<Value>> =
-        b.get("repositories").and_then(Value::as_array).map(|r| {
-            r.iter()
-                .filter_map(|x| x.get("full_name").or_else(|| x.get("name")).cloned())
-                .collect()
-        });
-    let mut credentials = SecretFields::new();
-    credentials.insert("token", SecretString::from(token));
-    Ok(IssuedCredential {
-        kind: "github_installation",
-        credentials,
-        expires_at: Some(expires_at),
-        upstream_request_id: answer.request_id,
-        details: json!({
-            "installation_id": installation,
-            "expires_at": expires_text,
-            "permissions": b.get("permissions").cloned().unwrap_or(Value::Null),
-            "repository_selection": b.get("repository_selection").cloned().unwrap_or(Value::Null),
-            "repositories": repositories,
-        }),
-        subject: Some(installation.to_string()),
-    })
-}
-
 #[async_trait]
 impl Provider for GithubApp {
     fn id(&self) -> &'static str {
@@ -773,120 +633,4 @@ impl Probe for GithubApp {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limits_are_told_apart_from_refusals() {
-        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
-        // Secondary limit: retry-after wins, on 403 and 429.
-        assert_eq!(secs(rate_limit_wait(429, "", Some(7), None, None)), Some(7));
-        assert_eq!(
-            secs(rate_limit_wait(
-                403,
-                "You have exceeded a secondary rate limit.",
-                Some(3),
-                None,
-                None
-            )),
-            Some(3)
-        );
-        // Primary limit: until the reset.
-        let reset = OffsetDateTime::now_utc().unix_timestamp() + 120;
-        let w = secs(rate_limit_wait(
-            403,
-            "API rate limit exceeded",
-            None,
-            Some(0),
-            Some(reset),
-        ))
-        .unwrap();
-        assert!((119..=120).contains(&w), "{w}");
-        // A rate limit that names no time: a minute; a reset in the past: one second.
-        assert_eq!(secs(rate_limit_wait(429, "", None, None, None)), Some(60));
-        assert_eq!(
-            secs(rate_limit_wait(
-                403,
-                "secondary rate limit",
-                None,
-                None,
-                None
-            )),
-            Some(60)
-        );
-        assert_eq!(
-            secs(rate_limit_wait(403, "", None, Some(0), Some(0))),
-            Some(1)
-        );
-        // At most an hour.
-        assert_eq!(
-            secs(rate_limit_wait(429, "", Some(86_400), None, None)),
-            Some(3600)
-        );
-        // Not rate limits: a suspended installation, a plain 403, 5xx, 404.
-        assert_eq!(
-            rate_limit_wait(
-                403,
-                "This installation has been suspended",
-                None,
-                Some(4999),
-                None
-            ),
-            None
-        );
-        assert_eq!(
-            rate_limit_wait(
-                403,
-                "Resource not accessible by integration",
-                None,
-                None,
-                None
-            ),
-            None
-        );
-        assert_eq!(
-            rate_limit_wait(503, "Service Unavailable", Some(5), None, None),
-            None
-        );
-        assert_eq!(rate_limit_wait(404, "Not Found", None, Some(0), None), None);
-    }
-
-    #[test]
-    fn error_codes_of_githubs_answers() {
-        let answer = |status: u16, message: &str, rate_limit: Option<Duration>| Answer {
-            status,
-            body: json!({ "message": message }),
-            request_id: Some("F00D:1".into()),
-            rate_limit,
-        };
-        let unavailable = |e: &ProviderError| matches!(e, ProviderError::Unavailable { .. });
-        let withdrawn = |e: &ProviderError| {
-            matches!(
-                e,
-                ProviderError::Denied {
-                    trust_broken: true,
-                    ..
-                }
-            )
-        };
-        assert!(withdrawn(&error_for(answer(404, "Not Found", None), 1)));
-        assert!(withdrawn(&error_for(
-            answer(403, "This installation has been suspended", None),
-            1
-        )));
-        assert!(!withdrawn(&error_for(answer(422, "not granted", None), 1)));
-        for s in [500, 502, 503, 504] {
-            assert!(
-                unavailable(&error_for(answer(s, "Server Error", None), 1)),
-                "{s}"
-            );
-        }
-        let limited = error_for(
-            answer(429, "secondary rate limit", Some(Duration::from_secs(5))),
-            1,
-        );
-        assert!(unavailable(&limited));
-        assert_eq!(limited.upstream_request_id(), Some("F00D:1"));
-        assert!(!unavailable(&error_for(answer(403, "Forbidden", None), 1)));
-    }
-}
+mod tests;
