@@ -70,6 +70,9 @@ pub enum ErrorCode {
     LastActiveKey,
     /// Activation probe: the customer's role accepts AssumeRole without the ExternalId.
     ExternalIdNotEnforced,
+    /// Activation probe: the customer's trust accepts the broker's OIDC assertion for a
+    /// subject other than the binding's (no `sub` condition).
+    SubjectNotEnforced,
     /// Activation probe: the assumed role is in another account than the binding names.
     AccountMismatch,
     /// Activation probe failed for another stated reason.
@@ -114,6 +117,7 @@ impl ErrorCode {
         ErrorCode::SecretVersionActive,
         ErrorCode::LastActiveKey,
         ErrorCode::ExternalIdNotEnforced,
+        ErrorCode::SubjectNotEnforced,
         ErrorCode::AccountMismatch,
         ErrorCode::ActivationFailed,
         ErrorCode::CallbackRejected,
@@ -149,6 +153,7 @@ impl ErrorCode {
             ErrorCode::SecretVersionActive => "secret_version_active",
             ErrorCode::LastActiveKey => "last_active_key",
             ErrorCode::ExternalIdNotEnforced => "external_id_not_enforced",
+            ErrorCode::SubjectNotEnforced => "subject_not_enforced",
             ErrorCode::AccountMismatch => "account_mismatch",
             ErrorCode::ActivationFailed => "activation_failed",
             ErrorCode::CallbackRejected => "callback_rejected",
@@ -183,6 +188,7 @@ impl ErrorCode {
             | ErrorCode::SecretVersionActive
             | ErrorCode::LastActiveKey => StatusCode::CONFLICT,
             ErrorCode::ExternalIdNotEnforced
+            | ErrorCode::SubjectNotEnforced
             | ErrorCode::AccountMismatch
             | ErrorCode::ActivationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::ProviderDenied => StatusCode::BAD_GATEWAY,
@@ -231,6 +237,7 @@ impl From<ProviderError> for ApiError {
             ProviderError::RateLimited(_) => ErrorCode::RateLimited,
             ProviderError::ActivationRefused { reason, .. } => match reason {
                 RefusalReason::ExternalIdNotEnforced => ErrorCode::ExternalIdNotEnforced,
+                RefusalReason::SubjectNotEnforced => ErrorCode::SubjectNotEnforced,
                 RefusalReason::AccountMismatch => ErrorCode::AccountMismatch,
                 RefusalReason::Other => ErrorCode::ActivationFailed,
             },

@@ -16,7 +16,8 @@ use crate::audit::{AuditConfig, AuditLog};
 use crate::callbacks::CallbackService;
 use crate::config::Config;
 use crate::identity::PeerIdentity;
-use crate::keys::{AuditSigner, FingerprintKey, KeyError, Keyring};
+pub use crate::keys::loaded::{take_kek_from_env, BrokerKeys};
+use crate::keys::{FingerprintKey, KeyError, Keyring};
 use crate::metrics::Metrics;
 use crate::model::{Binding, SecretVersion};
 use crate::resolve::ResolveService;
@@ -48,6 +49,8 @@ pub struct BrokerSettings {
     pub mint_limits: (u32, u32),
     /// `[secrets] superseded_overlap_s`.
     pub superseded_overlap_s: u64,
+    /// `[issuer]`, when the broker's own OIDC issuer is on.
+    pub issuer: Option<crate::issuer::IssuerSettings>,
 }
 
 impl BrokerSettings {
@@ -79,105 +82,8 @@ impl BrokerSettings {
                 config.cache.mints_per_minute_per_binding,
             ),
             superseded_overlap_s: config.secrets.superseded_overlap_s,
+            issuer: config.issuer.clone(),
         }
-    }
-}
-
-/// Key material the broker runs with.
-pub struct BrokerKeys {
-    /// KEK keyring.
-    pub keyring: Keyring,
-    /// Audit checkpoint signer.
-    pub audit_signer: AuditSigner,
-    /// Token fingerprint key.
-    pub fingerprint: FingerprintKey,
-}
-
-/// The keyring taken out of the environment by [`take_kek_from_env`]: (variable, value).
-static TAKEN_KEK: std::sync::Mutex<Option<(String, Zeroizing<String>)>> =
-    std::sync::Mutex::new(None);
-
-/// Reads the KEK keyring from environment variable `var` and removes the variable from the
-/// process environment, so that child processes do not inherit it and later reads of the
-/// environment do not find it; [`BrokerKeys::load`] then uses the value taken. Call it
-/// before any thread is started (`serve` does, before its runtime): changing the environment
-/// while another thread reads it is unsound in C libraries. `/proc/<pid>/environ` still shows
-/// the environment the process was started with.
-///
-/// # Errors
-/// When the variable is not set or not UTF-8.
-pub fn take_kek_from_env(var: &str) -> Result<(), KeyError> {
-    let value = Zeroizing::new(std::env::var(var).map_err(|_| {
-        KeyError::Invalid(format!(
-            "environment variable {var} (keys.kek_env) is not set"
-        ))
-    })?);
-    std::env::remove_var(var);
-    let mut taken = TAKEN_KEK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    *taken = Some((var.to_owned(), value));
-    Ok(())
-}
-
-fn taken_kek(var: &str) -> Option<Zeroizing<String>> {
-    let taken = TAKEN_KEK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    taken
-        .as_ref()
-        .filter(|(v, _)| v == var)
-        .map(|(_, value)| value.clone())
-}
-
-impl BrokerKeys {
-    /// Loads the keys named by `config`.
-    ///
-    /// # Errors
-    /// When a key is missing (run `credbroker init`) or malformed.
-    pub fn load(config: &Config) -> Result<BrokerKeys, KeyError> {
-        let keyring = match &config.keys.kek_env {
-            Some(var) => {
-                let value = match taken_kek(var) {
-                    Some(v) => v,
-                    None => Zeroizing::new(std::env::var(var).map_err(|_| {
-                        KeyError::Invalid(format!(
-                            "environment variable {var} (keys.kek_env) is not set"
-                        ))
-                    })?),
-                };
-                Keyring::parse(value.as_bytes())?
-            }
-            None => Keyring::load(&config.kek_file())?,
-        };
-        Ok(BrokerKeys {
-            keyring,
-            audit_signer: AuditSigner::load(&config.audit_key_file())?,
-            fingerprint: FingerprintKey::load(&config.fingerprint_key_file())?,
-        })
-    }
-
-    /// Creates every key file that does not exist yet; never overwrites one. Returns the
-    /// files created.
-    ///
-    /// # Errors
-    /// On I/O or CSPRNG failure.
-    pub fn init(config: &Config) -> Result<Vec<std::path::PathBuf>, KeyError> {
-        let mut created = Vec::new();
-        if config.keys.kek_env.is_none() && !config.kek_file().exists() {
-            Keyring::generate()?.save(&config.kek_file())?;
-            created.push(config.kek_file());
-        }
-        if !config.audit_key_file().exists() {
-            AuditSigner::generate(&config.audit_key_file(), &config.audit_public_key_file())?;
-            created.push(config.audit_key_file());
-            created.push(config.audit_public_key_file());
-        }
-        if !config.fingerprint_key_file().exists() {
-            FingerprintKey::generate(&config.fingerprint_key_file())?;
-            created.push(config.fingerprint_key_file());
-        }
-        Ok(created)
     }
 }
 
@@ -207,6 +113,8 @@ pub struct Core {
     pub(crate) cache: Arc<TokenCache>,
     pub(crate) breakers: Arc<crate::breaker::Breakers>,
     pub(crate) registry: ProviderRegistry,
+    /// The broker's own OIDC issuer, when configured.
+    pub(crate) issuer: Option<Arc<crate::issuer::Issuer>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Bindings as their providers parsed them, by (binding id, generation); emptied on every
@@ -370,6 +278,10 @@ impl Broker {
                 settings.mint_limits.1,
             )),
             registry,
+            issuer: settings
+                .issuer
+                .clone()
+                .map(|s| Arc::new(crate::issuer::Issuer::new(s))),
             metrics,
             bound: bound.clone(),
             settings,
@@ -408,6 +320,10 @@ impl Broker {
             .load_all_platform_keys()
             .await
             .map_err(|e| StartError::Other(format!("platform keys: {}", e.message)))?;
+        admin
+            .ensure_issuer_key()
+            .await
+            .map_err(|e| StartError::Other(format!("issuer keys: {}", e.message)))?;
         Ok(Arc::new(Broker {
             resolver: ResolveService::new(Arc::clone(&core), Arc::clone(&admin)),
             callbacks: CallbackService::new(Arc::clone(&core), Arc::clone(&admin)),
@@ -545,6 +461,16 @@ impl Broker {
 }
 
 impl Core {
+    /// The broker's own OIDC issuer, when configured.
+    pub fn issuer(&self) -> Option<&Arc<crate::issuer::Issuer>> {
+        self.issuer.as_ref()
+    }
+
+    /// A signer for one mint or probe, recording what it signs for the audit record.
+    pub(crate) fn assertion_signer(&self) -> crate::issuer::RecordingSigner {
+        crate::issuer::RecordingSigner::new(self.issuer.clone())
+    }
+
     /// `binding` as its provider parses it ([`Provider::bind`]), parsed once per binding
     /// generation.
     ///

@@ -56,6 +56,10 @@ pub struct Config {
     /// The public callback listener (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<PublicSettings>,
+    /// The broker's own OIDC issuer (optional): discovery and JWKS on the public listener,
+    /// assertions for GCP WIF, AWS web identity and an Entra federated credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<crate::issuer::IssuerSettings>,
     /// The directory of the config file: relative paths, including those in provider
     /// sections, are resolved against it.
     #[serde(skip)]
@@ -307,6 +311,7 @@ impl Config {
             store: crate::store::StoreSettings::default(),
             providers: BTreeMap::new(),
             public: None,
+            issuer: None,
             config_dir: PathBuf::new(),
             source_file: None,
         }
@@ -369,6 +374,9 @@ impl Config {
             return Err(ConfigError(format!(
                 "trust_domain {td:?} must be lower-case letters, digits, '.', '-', '_'"
             )));
+        }
+        if let Some(issuer) = &self.issuer {
+            issuer.validate().map_err(ConfigError)?;
         }
         let l = &self.limits;
         if l.max_connections == 0

@@ -23,6 +23,7 @@ pub mod dev;
 pub mod identity;
 pub mod ids;
 pub mod intake_page;
+pub mod issuer;
 pub mod keys;
 pub mod lint;
 pub mod metrics;

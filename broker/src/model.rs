@@ -379,6 +379,12 @@ pub struct PlatformKeyRecord {
     /// re-seals them at start (audited) and never opens a legacy one otherwise.
     #[serde(default)]
     pub sealed_as: SealedAs,
+    /// Issuer keys only: when the key starts signing (it is published from its creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signs_from: Option<String>,
+    /// Issuer keys only: retired as compromised (its tokens stopped verifying at once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compromised: bool,
 }
 
 /// How a platform key's material is sealed.

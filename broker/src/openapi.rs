@@ -190,6 +190,26 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     None,
                     "200",
                 ),
+                AdminEndpoint::IssuerKeys if get => (
+                    "List the broker's OIDC issuer keys and their phases (next, current, previous, expired, retired).",
+                    None,
+                    "200",
+                ),
+                AdminEndpoint::IssuerKeys => (
+                    "Rotate the issuer key: a new key, published now, signing after publish_lead_s (or at once with now).",
+                    Some(gen.subschema_for::<crate::admin::IssuerRotateBody>().to_value()),
+                    "201",
+                ),
+                AdminEndpoint::IssuerKeyRetire => (
+                    "Retire an issuer key (never the current one; a previous one before its tokens expired only as compromised).",
+                    Some(gen.subschema_for::<crate::admin::IssuerRetireBody>().to_value()),
+                    "200",
+                ),
+                AdminEndpoint::IssuerJwks => (
+                    "The issuer's published JWKS (for customers who pin it inline).",
+                    None,
+                    "200",
+                ),
                 AdminEndpoint::ClaimUnclaimed => (
                     "Bind an unclaimed installation to a tenant explicitly (pending activation).",
                     Some(gen.subschema_for::<crate::admin::ClaimBody>().to_value()),
@@ -226,6 +246,18 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
             request: Some(json!({"type": "object"})),
             ok_status: "200",
             ok: json!({"type": "object", "required": ["result", "request_id"]}),
+        },
+        Endpoint::OidcDiscovery => Operation {
+            summary: "The broker's OIDC issuer discovery document (issuer, jwks_uri, RS256); 404 when no [issuer] is configured.",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "object", "required": ["issuer", "jwks_uri"]}),
+        },
+        Endpoint::OidcJwks => Operation {
+            summary: "The broker's OIDC issuer keys: next, current and previous (RSA, use sig, alg RS256, kid).",
+            request: None,
+            ok_status: "200",
+            ok: json!({"type": "object", "required": ["keys"]}),
         },
         Endpoint::Intake if get => Operation {
             summary: "The one-time intake page: a masked form with the binding's fields (HTML; opening it changes nothing).",

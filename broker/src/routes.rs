@@ -38,6 +38,10 @@ pub enum Endpoint {
     Intake,
     /// `POST /forge/{kind}` (`invoke`, `trigger`, `lifecycle`): a signed Forge Remote call.
     ForgeRemote,
+    /// `GET /.well-known/openid-configuration`: the OIDC issuer's discovery document.
+    OidcDiscovery,
+    /// `GET /.well-known/jwks.json`: the OIDC issuer's published keys.
+    OidcJwks,
 }
 
 /// The admin API's routes (below `/v1/admin/`).
@@ -78,6 +82,12 @@ pub enum AdminEndpoint {
     Unclaimed,
     /// `/v1/admin/unclaimed/claim`: bind one explicitly to a tenant.
     ClaimUnclaimed,
+    /// `/v1/admin/issuer/keys`: list (GET) or rotate (POST) the OIDC issuer's keys.
+    IssuerKeys,
+    /// `/v1/admin/issuer/keys/{version}/retire`.
+    IssuerKeyRetire,
+    /// `/v1/admin/issuer/jwks`: the published JWKS.
+    IssuerJwks,
 }
 
 /// One route: its path pattern, what it is for, and the methods it accepts.
@@ -182,6 +192,13 @@ pub const MTLS: &[Route] = &[
         E::Admin(A::KeyAction),
         POST,
     ),
+    route("/v1/admin/issuer/keys", E::Admin(A::IssuerKeys), GET_POST),
+    route(
+        "/v1/admin/issuer/keys/{version}/retire",
+        E::Admin(A::IssuerKeyRetire),
+        POST,
+    ),
+    route("/v1/admin/issuer/jwks", E::Admin(A::IssuerJwks), GET),
     route(
         "/v1/admin/providers/{provider}/revoke-cached",
         E::Admin(A::RevokeCached),
@@ -197,6 +214,8 @@ pub const PUBLIC: &[Route] = &[
     route("/callbacks/{provider}/webhook", E::CallbackWebhook, POST),
     route("/intake/{token}", E::Intake, GET_POST),
     route("/forge/{kind}", E::ForgeRemote, POST),
+    route("/.well-known/openid-configuration", E::OidcDiscovery, GET),
+    route("/.well-known/jwks.json", E::OidcJwks, GET),
 ];
 
 type Table = Result<matchit::Router<&'static Route>, String>;

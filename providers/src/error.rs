@@ -70,6 +70,9 @@ pub enum RefusalReason {
     /// The customer's trust accepts the broker without the broker-made isolation value
     /// (AWS: AssumeRole succeeds without the ExternalId).
     ExternalIdNotEnforced,
+    /// The customer's trust accepts an assertion of the broker's issuer for a subject other
+    /// than the binding's (no `sub` condition): every tenant's assertion would pass.
+    SubjectNotEnforced,
     /// The upstream answered for another account or tenant than the binding names.
     AccountMismatch,
     /// Another stated reason.
@@ -81,6 +84,7 @@ impl RefusalReason {
     pub fn code(self) -> &'static str {
         match self {
             RefusalReason::ExternalIdNotEnforced => "external_id_not_enforced",
+            RefusalReason::SubjectNotEnforced => "subject_not_enforced",
             RefusalReason::AccountMismatch => "account_mismatch",
             RefusalReason::Other => "activation_failed",
         }

@@ -25,6 +25,7 @@ pub mod atlassian_forge;
 pub mod aws;
 pub mod entra;
 mod error;
+mod federation;
 pub mod github;
 pub mod http;
 pub mod pasted_secret;
@@ -34,6 +35,9 @@ mod secret;
 pub mod servicenow;
 
 pub use error::{ProviderError, RefusalReason};
+pub use federation::{
+    random_alphanumeric, random_subject, AssertionSigner, BindingParameter, NoIssuer, OIDC_SUBJECT,
+};
 pub use pasted_secret::PastedSecret;
 pub use provider::{
     BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CapturedToken,

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::federation::{AssertionSigner, BindingParameter};
 use crate::{ProviderError, SecretFields};
 
 /// Whether a binding of this provider carries sealed secret fields.
@@ -124,6 +125,9 @@ pub struct MintRequest<'a> {
     /// that hands out a credential it holds (a captured Forge system token) refuses one with
     /// less left; minting providers issue fresh credentials and may ignore it.
     pub min_ttl_s: u64,
+    /// The broker's own OIDC issuer, for providers that federate with an assertion it signs
+    /// (GCP WIF, AWS web identity, an Entra federated credential).
+    pub assertions: &'a dyn AssertionSigner,
 }
 
 /// What a provider hands back; the core serializes it into one resolve response.
@@ -214,12 +218,14 @@ pub struct InstalledAccount {
 }
 
 /// What the broker knows about the install link a setup callback answers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct InstallContext<'a> {
     /// The customer account the operator pinned at onboarding.
     pub pin: Option<&'a InstalledAccount>,
     /// When the link was issued: whatever the customer did in answer to it happened after.
     pub issued_at: time::OffsetDateTime,
+    /// The broker's own OIDC issuer (an Entra app authenticating with a federated credential).
+    pub assertions: &'a dyn AssertionSigner,
 }
 
 /// Inbound callbacks of a provider (install redirects, webhooks). Every method verifies or
@@ -428,6 +434,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Values the broker generates per tenant and injects under `config.broker`.
     fn tenant_parameters(&self) -> &'static [TenantParameter] {
+        &[]
+    }
+
+    /// Values the broker generates per binding (given its configuration) and injects under
+    /// `config.broker`.
+    fn binding_parameters(&self, _config: &Value) -> &'static [BindingParameter] {
         &[]
     }
 

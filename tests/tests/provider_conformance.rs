@@ -64,6 +64,11 @@ trait Harness: Send {
     /// `verified` providers: makes the upstream issue credentials beyond the binding's
     /// ceiling (`true`) or behave again (`false`).
     fn exceed_upstream(&self, _on: bool) {}
+    /// The issuer signing the provider's assertions, for providers that federate with the
+    /// broker's own issuer.
+    fn signer(&self) -> Option<&dyn credbroker_providers::AssertionSigner> {
+        None
+    }
 }
 
 async fn build(descriptor: &ProviderDescriptor, section: &str, base: &Path) -> Arc<dyn Provider> {
@@ -725,6 +730,7 @@ async fn mint(
         secret: secret.as_ref(),
         timeout: Duration::from_secs(5),
         min_ttl_s: 0,
+        assertions: h.signer().unwrap_or(&credbroker_providers::NoIssuer),
     })
     .await
 }

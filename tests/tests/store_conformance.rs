@@ -123,6 +123,8 @@ async fn every_record_type_round_trips(records: &Records) {
             activated_at: None,
             retired_at: None,
             sealed_as: credbroker::model::SealedAs::PlatformKey,
+            signs_from: None,
+            compromised: false,
         })
         .claim_identifier(
             "test:one",

@@ -25,20 +25,8 @@ use crate::store::records::{AccountPin, CallbackState, IdentifierOwner};
 
 /// `length` random characters of `[A-Za-z0-9]`, from the system CSPRNG.
 pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(length);
-    while out.len() < length {
-        let bytes = crate::keys::random_bytes(64)
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "CSPRNG failure"))?;
-        // Rejection sampling keeps the distribution uniform (248 = 4 × 62).
-        for b in bytes.iter().filter(|b| **b < 248) {
-            if out.len() == length {
-                break;
-            }
-            out.push(ALPHABET[usize::from(*b % 62)] as char);
-        }
-    }
-    Ok(out)
+    credbroker_providers::random_alphanumeric(length)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "CSPRNG failure"))
 }
 
 impl AdminService {
@@ -218,6 +206,20 @@ impl AdminService {
         let params = self
             .tenant_parameters(provider.as_ref(), &b.tenant, &mut plan)
             .await?;
+        let mut params = params;
+        for p in provider.binding_parameters(&config) {
+            // Generated for this binding only; its uniqueness claim is never released, so the
+            // value (a subject a customer's trust pins) is never issued to anyone again.
+            let value = format!("{}{}", p.prefix, random_alphanumeric(p.length)?);
+            plan.batch.claim_identifier(
+                &format!("binding-param:{}:{}:{value}", provider.id(), p.name),
+                &IdentifierOwner {
+                    tenant: b.tenant.to_string(),
+                    binding: Some(b.id.to_string()),
+                },
+            );
+            params.insert(p.name.to_owned(), Value::String(value));
+        }
         if !params.is_empty() {
             config["broker"] = Value::Object(params);
         }
@@ -548,7 +550,8 @@ impl AdminService {
         }
         let activate =
             event.action == "binding.enable" || binding.status == Status::PendingActivation;
-        let result = self.run_probe(&binding, None).await;
+        let signer = self.core.assertion_signer();
+        let result = self.run_probe(&binding, None, &signer).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         binding.last_tested_at = Some(now_rfc3339());
         let (outcome, error) = match result {
@@ -591,10 +594,14 @@ impl AdminService {
         event.outcome = if error.is_none() { "allowed" } else { "denied" }.into();
         event.error_code = error.as_ref().map(|e| e.code.as_str().to_owned());
         event.detail = Some(format!(
-            "binding={} status={:?} {}",
+            "binding={} status={:?} {}{}",
             binding.id,
             binding.status,
-            binding.last_probe.clone().unwrap_or_default()
+            binding.last_probe.clone().unwrap_or_default(),
+            signer
+                .detail()
+                .map(|a| format!("; {a}"))
+                .unwrap_or_default()
         ));
         let mut batch = crate::store::Batch::new();
         batch.replace(&stored, &binding);
@@ -621,6 +628,7 @@ impl AdminService {
         &self,
         binding: &Binding,
         version: Option<u32>,
+        signer: &crate::issuer::RecordingSigner,
     ) -> Result<credbroker_providers::ProbeReport, ProviderError> {
         let provider = self
             .core
@@ -663,6 +671,7 @@ impl AdminService {
             secret: secret.as_ref(),
             timeout,
             min_ttl_s: 0,
+            assertions: signer,
         };
         let probe = provider.probe().ok_or_else(|| {
             ProviderError::InvalidConfig(format!("provider {} has no probe", provider.id()))

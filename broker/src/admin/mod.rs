@@ -35,13 +35,15 @@ mod request;
 
 pub use records::BindingDetail;
 mod intake;
+mod issuer_keys;
 mod secrets;
 mod self_rotation;
 mod workers;
 
 pub use request::{
-    parse_admin_request, AdminOp, ClaimBody, Collection, NewBinding, NewInstance, NewOperator,
-    NewTenant, NewWorker, OnboardBody, SecretBody, WorkerTenants,
+    parse_admin_request, AdminOp, ClaimBody, Collection, IssuerRetireBody, IssuerRotateBody,
+    NewBinding, NewInstance, NewOperator, NewTenant, NewWorker, OnboardBody, SecretBody,
+    WorkerTenants,
 };
 
 pub(super) fn validate_kind(kind: &str) -> Result<(), ApiError> {
@@ -466,6 +468,10 @@ impl AdminService {
             AdminOp::KeysAdd(kind, material) => self.plan_keys_add(&kind, material).await,
             AdminOp::KeysActivate(kind, v) => self.plan_keys_state(&kind, v, true).await,
             AdminOp::KeysRetire(kind, v) => self.plan_keys_state(&kind, v, false).await,
+            AdminOp::IssuerKeysList => self.plan_issuer_list().await,
+            AdminOp::IssuerJwks => self.plan_issuer_jwks(),
+            AdminOp::IssuerRotate(now) => self.plan_issuer_rotate(now).await,
+            AdminOp::IssuerRetire(v, compromised) => self.plan_issuer_retire(v, compromised).await,
             AdminOp::Probe(_) | AdminOp::RevokeCached(_) => Err(ApiError::new(
                 ErrorCode::Internal,
                 "probes and revocations are not planned operations",

@@ -146,6 +146,9 @@ impl AdminService {
     /// # Errors
     /// When a key cannot be opened or used.
     pub async fn load_platform_keys(&self, kind: &str) -> Result<usize, ApiError> {
+        if kind == crate::issuer::KEY_KIND {
+            return self.load_issuer_keys().await;
+        }
         let provider = self.key_provider(kind)?;
         let mut active: Vec<PlatformKeyRecord> = self
             .key_records(kind)
@@ -346,6 +349,8 @@ impl AdminService {
             activated_at: None,
             retired_at: None,
             sealed_as: SealedAs::PlatformKey,
+            signs_from: None,
+            compromised: false,
         };
         let mut plan = Plan::new(
             format!("kind={kind} version={version} fingerprint={fingerprint} state=staged"),

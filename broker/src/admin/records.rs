@@ -544,8 +544,12 @@ impl AdminService {
                     ));
                 }
                 // The binding, its exclusive identifiers and every sealed version go together.
+                // Its generated parameters (an OIDC subject a customer's trust may still pin)
+                // keep their claim: never issued again.
                 for identifier in r.identifiers_of(&b.id).await.map_err(store_err)? {
-                    plan.batch.release_identifier(&identifier);
+                    if !identifier.starts_with("binding-param:") {
+                        plan.batch.release_identifier(&identifier);
+                    }
                 }
                 for v in r.secret_versions(&b.id).await.map_err(store_err)? {
                     plan.batch.remove(&v);

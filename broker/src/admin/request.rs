@@ -167,6 +167,25 @@ pub struct ClaimBody {
     pub tenant: TenantId,
 }
 
+/// `POST /v1/admin/issuer/keys` (rotate).
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerRotateBody {
+    /// Sign with the new key at once instead of after `publish_lead_s` (a suspected
+    /// compromise: consumers that pinned the JWKS inline fail until they re-pin).
+    #[serde(default)]
+    pub now: bool,
+}
+
+/// `POST /v1/admin/issuer/keys/{version}/retire`.
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerRetireBody {
+    /// Retire a previous key whose tokens may still be valid: they stop verifying at once.
+    #[serde(default)]
+    pub compromised: bool,
+}
+
 /// One admin operation.
 pub enum AdminOp {
     /// List a collection.
@@ -222,6 +241,14 @@ pub enum AdminOp {
     KeysRetire(String, u32),
     /// Drop every cached token of a provider and revoke it upstream.
     RevokeCached(String),
+    /// List the issuer's keys with their phases.
+    IssuerKeysList,
+    /// The issuer's published JWKS.
+    IssuerJwks,
+    /// A new issuer key (signing after the publish lead, or at once).
+    IssuerRotate(bool),
+    /// Retire an issuer key (as compromised: before its tokens expired).
+    IssuerRetire(u32, bool),
     /// List installations kept for an operator (proven, not bound).
     UnclaimedList,
     /// Bind an unclaimed installation to a tenant (pending activation; probe next).
@@ -273,6 +300,10 @@ impl AdminOp {
             AdminOp::KeysActivate(k, _) => format!("keys.{k}.activate"),
             AdminOp::KeysRetire(k, _) => format!("keys.{k}.retire"),
             AdminOp::RevokeCached(p) => format!("provider.{p}.revoke_cached"),
+            AdminOp::IssuerKeysList => "keys.issuer.list".into(),
+            AdminOp::IssuerJwks => "issuer.jwks".into(),
+            AdminOp::IssuerRotate(_) => "keys.issuer.rotate".into(),
+            AdminOp::IssuerRetire(..) => "keys.issuer.retire".into(),
             AdminOp::FlagTrustBroken { .. } => "binding.flag_trust_broken".into(),
         }
     }
@@ -280,7 +311,12 @@ impl AdminOp {
     pub(super) fn is_read(&self) -> bool {
         matches!(
             self,
-            AdminOp::List(_) | AdminOp::Show(..) | AdminOp::KeysList(_) | AdminOp::IntakeList
+            AdminOp::List(_)
+                | AdminOp::Show(..)
+                | AdminOp::KeysList(_)
+                | AdminOp::IntakeList
+                | AdminOp::IssuerKeysList
+                | AdminOp::IssuerJwks
         )
     }
 }
@@ -447,6 +483,24 @@ pub fn parse_admin_request(
             }
         }
         AdminEndpoint::RevokeCached => Ok(AdminOp::RevokeCached(param("provider"))),
+        AdminEndpoint::IssuerKeys if *method == Method::GET => Ok(AdminOp::IssuerKeysList),
+        AdminEndpoint::IssuerKeys => {
+            let body: IssuerRotateBody = if body.is_empty() {
+                IssuerRotateBody::default()
+            } else {
+                parse_body(body)?
+            };
+            Ok(AdminOp::IssuerRotate(body.now))
+        }
+        AdminEndpoint::IssuerKeyRetire => {
+            let body: IssuerRetireBody = if body.is_empty() {
+                IssuerRetireBody::default()
+            } else {
+                parse_body(body)?
+            };
+            Ok(AdminOp::IssuerRetire(version("key")?, body.compromised))
+        }
+        AdminEndpoint::IssuerJwks => Ok(AdminOp::IssuerJwks),
         AdminEndpoint::Unclaimed => Ok(AdminOp::UnclaimedList),
         AdminEndpoint::ClaimUnclaimed => {
             let body: ClaimBody = parse_body(body)?;

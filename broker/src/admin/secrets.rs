@@ -364,7 +364,8 @@ impl AdminService {
                     "pending secret version is missing",
                 ))
             })?;
-        let result = self.run_probe(binding, Some(version)).await;
+        let signer = self.core.assertion_signer();
+        let result = self.run_probe(binding, Some(version), &signer).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let mut stamped = read.value.clone();
         let (summary, error) = match result {
@@ -383,10 +384,14 @@ impl AdminService {
         event.outcome = if error.is_none() { "allowed" } else { "denied" }.into();
         event.error_code = error.as_ref().map(|e| e.code.as_str().to_owned());
         event.detail = Some(format!(
-            "binding={} pending version {version} probe {}: {}",
+            "binding={} pending version {version} probe {}: {}{}",
             binding.id,
             if error.is_none() { "passed" } else { "failed" },
-            summary.chars().take(300).collect::<String>()
+            summary.chars().take(300).collect::<String>(),
+            signer
+                .detail()
+                .map(|a| format!("; {a}"))
+                .unwrap_or_default()
         ));
         let mut batch = crate::store::Batch::new();
         batch.replace(&read, &stamped);

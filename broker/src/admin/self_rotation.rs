@@ -38,6 +38,7 @@ fn mint_request<'a>(
         secret: Some(secret),
         timeout,
         min_ttl_s: 0,
+        assertions: &credbroker_providers::NoIssuer,
     }
 }
 

@@ -247,19 +247,32 @@ impl CallbackService {
         let issued_at = read.issued_at.unwrap_or_else(|| {
             read.expires_at - i64::try_from(self.core.callback_state_ttl_s()).unwrap_or(3600)
         });
+        let signer = self.core.assertion_signer();
         let context = credbroker_providers::InstallContext {
+            assertions: &signer,
             pin: pinned.as_ref(),
             issued_at: time::OffsetDateTime::from_unix_timestamp(issued_at)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         };
-        let account = cb
+        let proven = cb
             .prove_installer(&redirect, &context, self.core.mint_timeout())
-            .await
-            .map_err(|e| {
-                rejected(format!(
-                    "{identifier} could not be proven to belong to the person who installed: {e}"
-                ))
-            })?;
+            .await;
+        // An assertion the broker's issuer signed for the proof goes into the record too.
+        let assertion = signer
+            .detail()
+            .map(|a| format!("; {a}"))
+            .unwrap_or_default();
+        let account = proven.map_err(|e| {
+            rejected(format!(
+                "{identifier} could not be proven to belong to the person who installed: {e}{assertion}"
+            ))
+        })?;
+        if !assertion.is_empty() {
+            event.detail = Some(format!(
+                "{}{assertion}",
+                event.detail.take().unwrap_or_default()
+            ));
+        }
         let pinned = read
             .pin
             .as_ref()

@@ -365,6 +365,18 @@ pub fn call(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<ExitCode, String> {
+    call_showing(conn, method, path, body, |v| v.clone())
+}
+
+/// As [`call`], printing `show` of a successful answer (e.g. only the JWKS of `issuer jwks`,
+/// without the receipt, so the output can be pinned as it is).
+pub fn call_showing(
+    conn: &Conn,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    show: impl Fn(&Value) -> Value,
+) -> Result<ExitCode, String> {
     let mut client = admin_client(conn)?;
     let (status, bytes) = runtime()?
         .block_on(client.request(method, path, body))
@@ -374,7 +386,7 @@ pub fn call(
     if status.is_success() {
         println!(
             "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
+            serde_json::to_string_pretty(&show(&value)).unwrap_or_default()
         );
         Ok(ExitCode::SUCCESS)
     } else {

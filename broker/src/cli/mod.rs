@@ -90,6 +90,16 @@ enum Command {
     Intake(admin::IntakeCmd),
     /// Print the OpenAPI 3.1 document of the HTTP API (also served at GET /v1/openapi.json).
     Openapi,
+    /// The broker's own OIDC issuer (admin API); its keys are under `keys issuer`.
+    #[command(subcommand)]
+    Issuer(IssuerCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum IssuerCmd {
+    /// Print the published JWKS (next, current and previous keys) — what customers who pin
+    /// it inline (GCP `jwksJson`) install, again after every `keys issuer rotate`.
+    Jwks(admin::Conn),
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,6 +172,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Audit(cmd) => offline::run_audit(cmd),
         Command::Keys(KeysCmd::RotateKek(local)) => offline::run_rotate_kek(&local),
         Command::Keys(KeysCmd::Provider(k)) => run_provider_keys(&k),
+        Command::Issuer(IssuerCmd::Jwks(conn)) => admin::call_showing(
+            &conn,
+            http::Method::GET,
+            "/v1/admin/issuer/jwks",
+            None,
+            |v| json!({ "keys": v["keys"] }),
+        ),
         Command::Tenant(cmd) => run_record(cmd, "tenants", |a: TenantAdd| {
             Ok(json!({ "id": a.id, "name": a.name }))
         }),

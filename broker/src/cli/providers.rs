@@ -250,6 +250,44 @@ enum KeysAction {
     Activate(u32),
     Retire(u32),
     RevokeTokens,
+    /// Issuer keys: rotate (`--now`: sign at once).
+    IssuerRotate(bool),
+    /// Issuer keys: retire (`--compromised`: before its tokens expired).
+    IssuerRetire(u32, bool),
+}
+
+/// The name `keys issuer …` goes by (the broker's own OIDC issuer, not a provider).
+const ISSUER: &str = "issuer";
+
+fn issuer_keys_command() -> Command {
+    let cmd = Command::new(ISSUER)
+        .subcommand_required(true)
+        .subcommand(Command::new("list").about(
+            "List the issuer's keys: version, kid, phase (next, current, previous, expired, retired), signs_from, published_until.",
+        ))
+        .subcommand(
+            Command::new("rotate")
+                .about("Make a new key: published now, signing after [issuer] publish_lead_s.")
+                .arg(
+                    Arg::new("now")
+                        .long("now")
+                        .action(ArgAction::SetTrue)
+                        .help("Sign with it at once (suspected compromise; inline-JWKS customers fail until they re-pin)."),
+                ),
+        )
+        .subcommand(
+            Command::new("retire")
+                .about("Destroy a key's material; refused for the current key, and for a previous key whose tokens may still be valid unless --compromised.")
+                .arg(version_arg())
+                .arg(
+                    Arg::new("compromised")
+                        .long("compromised")
+                        .action(ArgAction::SetTrue)
+                        .help("Retire before its tokens expired: they stop verifying at once."),
+                ),
+        );
+    Conn::augment_args(cmd)
+        .about("The broker's own OIDC issuer keys (RS256, sealed in the store; admin API).")
 }
 
 /// `credbroker keys <provider> add|list|activate|retire|revoke-tokens`: the broker's own
@@ -321,6 +359,27 @@ impl FromArgMatches for ProviderKeys {
         let (name, m) = matches
             .subcommand()
             .ok_or_else(|| clap::Error::new(ErrorKind::MissingSubcommand))?;
+        if name == ISSUER {
+            let (action, a) = m
+                .subcommand()
+                .ok_or_else(|| clap::Error::new(ErrorKind::MissingSubcommand))?;
+            let action = match action {
+                "list" => KeysAction::List,
+                "rotate" => KeysAction::IssuerRotate(a.get_flag("now")),
+                "retire" => KeysAction::IssuerRetire(
+                    a.get_one::<u32>("version")
+                        .copied()
+                        .ok_or_else(|| clap::Error::new(ErrorKind::MissingRequiredArgument))?,
+                    a.get_flag("compromised"),
+                ),
+                _ => return Err(clap::Error::new(ErrorKind::InvalidSubcommand)),
+            };
+            return Ok(ProviderKeys {
+                provider: ISSUER,
+                action,
+                conn: Conn::from_arg_matches(m)?,
+            });
+        }
         let d = by_cli_name(name).ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
         let keys = d
             .cli
@@ -376,6 +435,7 @@ impl Subcommand for ProviderKeys {
                 .iter()
                 .filter_map(|d| d.cli.keys.as_ref().map(|k| keys_command(d, k))),
         )
+        .subcommand(issuer_keys_command())
     }
 
     fn augment_subcommands_for_update(cmd: Command) -> Command {
@@ -383,7 +443,7 @@ impl Subcommand for ProviderKeys {
     }
 
     fn has_subcommand(name: &str) -> bool {
-        by_cli_name(name).is_some_and(|d| d.cli.keys.is_some())
+        name == ISSUER || by_cli_name(name).is_some_and(|d| d.cli.keys.is_some())
     }
 }
 
@@ -392,6 +452,28 @@ impl Subcommand for ProviderKeys {
 /// # Errors
 /// When the key file cannot be read or the broker cannot be reached.
 pub fn run_provider_keys(k: &ProviderKeys) -> Result<ExitCode, String> {
+    if k.provider == ISSUER {
+        let base = "/v1/admin/issuer/keys";
+        return match &k.action {
+            KeysAction::IssuerRotate(now) => call(
+                &k.conn,
+                Method::POST,
+                base,
+                Some(serde_json::json!({ "now": now }).to_string().into_bytes()),
+            ),
+            KeysAction::IssuerRetire(v, compromised) => call(
+                &k.conn,
+                Method::POST,
+                &format!("{base}/{v}/retire"),
+                Some(
+                    serde_json::json!({ "compromised": compromised })
+                        .to_string()
+                        .into_bytes(),
+                ),
+            ),
+            _ => call(&k.conn, Method::GET, base, None),
+        };
+    }
     let base = format!("/v1/admin/keys/{}", k.provider);
     match &k.action {
         KeysAction::Add(file, field) => {
@@ -420,6 +502,9 @@ pub fn run_provider_keys(k: &ProviderKeys) -> Result<ExitCode, String> {
             &format!("{base}/{v}/retire"),
             Some(b"{}".to_vec()),
         ),
+        KeysAction::IssuerRotate(_) | KeysAction::IssuerRetire(..) => {
+            Err("rotate and retire --compromised are issuer key actions".into())
+        }
         KeysAction::RevokeTokens => call(
             &k.conn,
             Method::POST,

@@ -5,6 +5,7 @@
 //! fsync the directory) so a crash never leaves a half-written key file. In-memory key bytes
 //! are zeroizing and no type here implements `Debug` or `Display` over key bytes.
 
+pub mod loaded;
 pub mod rotation;
 
 use std::collections::BTreeMap;

@@ -45,6 +45,7 @@ pub struct MintJob {
     min_ttl_s: u64,
     breakers: Arc<Breakers>,
     metrics: MintMetrics,
+    assertions: Arc<crate::issuer::RecordingSigner>,
 }
 
 impl MintJob {
@@ -71,7 +72,15 @@ impl MintJob {
             min_ttl_s: 0,
             breakers,
             metrics,
+            assertions: Arc::new(crate::issuer::RecordingSigner::new(None)),
         }
+    }
+
+    /// The issuer signer the provider uses (recording what it signs for the audit record).
+    #[must_use]
+    pub fn assertions(mut self, signer: Arc<crate::issuer::RecordingSigner>) -> MintJob {
+        self.assertions = signer;
+        self
     }
 
     /// The worker's `min_ttl_s`, for providers that hand out a credential they hold.
@@ -100,6 +109,7 @@ impl MintJob {
             secret: self.secret.as_ref(),
             timeout: self.timeout,
             min_ttl_s: self.min_ttl_s,
+            assertions: &*self.assertions,
         };
         let provider_id = self.provider.id();
         let (binding_id, tenant_id) = (self.binding.id.as_str(), self.binding.tenant.as_str());

@@ -44,6 +44,8 @@ const TRUST_BROKEN_DETAIL: &str = "upstream denied: binding flagged trust_broken
 /// A granted resolve.
 struct Granted {
     facts: ChainFacts,
+    /// What the broker's issuer signed for this resolve's mint (audit detail).
+    assertion: Option<String>,
     credential: Arc<IssuedCredential>,
     source: Source,
 }
@@ -52,6 +54,8 @@ struct Granted {
 struct Refused {
     error: ApiError,
     facts: ChainFacts,
+    /// What the broker's issuer signed for this resolve's mint (audit detail).
+    assertion: Option<String>,
     /// The upstream's request id, when the upstream was asked.
     upstream_request_id: Option<String>,
     /// Whether the upstream said the customer withdrew the trust.
@@ -70,6 +74,7 @@ impl From<Denial> for Refused {
         Refused {
             error: d.error,
             facts: *d.facts,
+            assertion: None,
             upstream_request_id: None,
             trust_broken: false,
             flag: None,
@@ -316,6 +321,7 @@ impl ResolveService {
             flag: None,
             drift: None,
             observed_probe: None,
+            assertion: None,
         };
         let binding = chain.binding();
         let provider = chain.provider();
@@ -357,7 +363,9 @@ impl ResolveService {
             ),
             SecretRequirement::None => None,
         };
+        let signer = Arc::new(self.core.assertion_signer());
         let job = || {
+            let signer = Arc::clone(&signer);
             let secret = match &sealed {
                 Some(sealed) => self.core.open_sealed(binding, sealed).map(Some),
                 None => Ok(None::<SecretFields>),
@@ -373,6 +381,7 @@ impl ResolveService {
                     self.core.mint_metrics(),
                 )
                 .min_ttl_s(request.min_ttl_s)
+                .assertions(signer)
             });
             async move { job?.run().await }
         };
@@ -409,6 +418,7 @@ impl ResolveService {
         match minted {
             Ok((credential, source)) => Ok(Granted {
                 facts,
+                assertion: signer.detail(),
                 credential,
                 source,
             }),
@@ -434,6 +444,7 @@ impl ResolveService {
                     observed_probe: binding.last_tested_at.clone(),
                     error: e.into(),
                     facts,
+                    assertion: signer.detail(),
                 })
             }
         }
@@ -479,6 +490,7 @@ fn audit_event(
             event.cached = Some(g.source != Source::Minted);
             event.token_fingerprint = token_fingerprint;
             event.upstream_request_id = g.credential.upstream_request_id.clone();
+            event.detail = g.assertion.clone();
         }
         Err(r) => {
             event.error_code = Some(r.error.code.as_str().to_owned());
@@ -494,6 +506,12 @@ fn audit_event(
             }
             if r.trust_broken {
                 event.detail = Some(TRUST_BROKEN_DETAIL.to_owned());
+            }
+            if let Some(a) = &r.assertion {
+                event.detail = Some(match event.detail.take() {
+                    Some(d) => format!("{d}; {a}"),
+                    None => a.clone(),
+                });
             }
         }
     }

@@ -549,6 +549,8 @@ async fn handle(
                 | Endpoint::CallbackSetup
                 | Endpoint::CallbackWebhook
                 | Endpoint::ForgeRemote
+                | Endpoint::OidcDiscovery
+                | Endpoint::OidcJwks
                 | Endpoint::Intake,
             ) => error_answer(
                 &ApiError::new(ErrorCode::NotFound, "no such route"),

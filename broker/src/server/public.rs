@@ -75,7 +75,18 @@ pub(super) async fn handle_public(
     // app's remote at us from there: a signed invocation is never refused for the unsigned
     // ones sharing its address. It is verified first; only a refused one is charged.
     let limited = match (&route, rate_limiter) {
-        (Ok(m), _) if matches!(m.endpoint, Endpoint::Healthz | Endpoint::ForgeRemote) => None,
+        // Discovery and JWKS are read from memory by clouds' shared fetchers: as free as health.
+        (Ok(m), _)
+            if matches!(
+                m.endpoint,
+                Endpoint::Healthz
+                    | Endpoint::ForgeRemote
+                    | Endpoint::OidcDiscovery
+                    | Endpoint::OidcJwks
+            ) =>
+        {
+            None
+        }
         (_, Some(rl)) => rl.check(remote.ip(), std::time::Instant::now()).err(),
         (_, None) => None,
     };
@@ -101,6 +112,22 @@ pub(super) async fn handle_public(
         }
         Ok(m) if m.endpoint == Endpoint::Healthz => {
             plain_json(StatusCode::OK, json!({ "status": "ok" })).into()
+        }
+        Ok(m) if matches!(m.endpoint, Endpoint::OidcDiscovery | Endpoint::OidcJwks) => {
+            match broker.core().issuer() {
+                Some(issuer) if m.endpoint == Endpoint::OidcDiscovery => {
+                    plain_json(StatusCode::OK, issuer.discovery()).into()
+                }
+                Some(issuer) => {
+                    plain_json(StatusCode::OK, issuer.jwks(time::OffsetDateTime::now_utc())).into()
+                }
+                None => error_answer(
+                    &ApiError::new(ErrorCode::NotFound, "no OIDC issuer is configured"),
+                    None,
+                    &request_id,
+                )
+                .into(),
+            }
         }
         Ok(m) if m.endpoint == Endpoint::Intake => {
             let post = method == Method::POST;

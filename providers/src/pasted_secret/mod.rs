@@ -293,6 +293,7 @@ mod tests {
             secret: Some(&secret),
             timeout: Duration::from_secs(1),
             min_ttl_s: 0,
+            assertions: &crate::NoIssuer,
         };
         let out = p.mint(&req).await.unwrap();
         assert_eq!(out.credentials.names().collect::<Vec<_>>(), vec!["token"]);
@@ -324,6 +325,7 @@ mod tests {
             secret: None,
             timeout: Duration::from_secs(1),
             min_ttl_s: 0,
+            assertions: &crate::NoIssuer,
         };
         assert_eq!(
             PastedSecret.mint(&req).await.err(),

@@ -619,6 +619,7 @@ async fn run(args: Args) {
             secret: None,
             timeout: Duration::from_secs(5),
             min_ttl_s: 0,
+            assertions: &credbroker_providers::NoIssuer,
         };
         let t = Instant::now();
         use credbroker_providers::Provider;

@@ -1,0 +1,106 @@
+//! The key material a daemon runs with, loaded (or created) from the places its config
+//! names: the KEK keyring (a file, or an environment variable taken out of the environment),
+//! the audit signing key and the fingerprint key.
+
+use zeroize::Zeroizing;
+
+use super::{AuditSigner, FingerprintKey, KeyError, Keyring};
+use crate::config::Config;
+
+/// Key material the broker runs with.
+pub struct BrokerKeys {
+    /// KEK keyring.
+    pub keyring: Keyring,
+    /// Audit checkpoint signer.
+    pub audit_signer: AuditSigner,
+    /// Token fingerprint key.
+    pub fingerprint: FingerprintKey,
+}
+
+/// The keyring taken out of the environment by [`take_kek_from_env`]: (variable, value).
+static TAKEN_KEK: std::sync::Mutex<Option<(String, Zeroizing<String>)>> =
+    std::sync::Mutex::new(None);
+
+/// Reads the KEK keyring from environment variable `var` and removes the variable from the
+/// process environment, so that child processes do not inherit it and later reads of the
+/// environment do not find it; [`BrokerKeys::load`] then uses the value taken. Call it
+/// before any thread is started (`serve` does, before its runtime): changing the environment
+/// while another thread reads it is unsound in C libraries. `/proc/<pid>/environ` still shows
+/// the environment the process was started with.
+///
+/// # Errors
+/// When the variable is not set or not UTF-8.
+pub fn take_kek_from_env(var: &str) -> Result<(), KeyError> {
+    let value = Zeroizing::new(std::env::var(var).map_err(|_| {
+        KeyError::Invalid(format!(
+            "environment variable {var} (keys.kek_env) is not set"
+        ))
+    })?);
+    std::env::remove_var(var);
+    let mut taken = TAKEN_KEK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *taken = Some((var.to_owned(), value));
+    Ok(())
+}
+
+fn taken_kek(var: &str) -> Option<Zeroizing<String>> {
+    let taken = TAKEN_KEK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    taken
+        .as_ref()
+        .filter(|(v, _)| v == var)
+        .map(|(_, value)| value.clone())
+}
+
+impl BrokerKeys {
+    /// Loads the keys named by `config`.
+    ///
+    /// # Errors
+    /// When a key is missing (run `credbroker init`) or malformed.
+    pub fn load(config: &Config) -> Result<BrokerKeys, KeyError> {
+        let keyring = match &config.keys.kek_env {
+            Some(var) => {
+                let value = match taken_kek(var) {
+                    Some(v) => v,
+                    None => Zeroizing::new(std::env::var(var).map_err(|_| {
+                        KeyError::Invalid(format!(
+                            "environment variable {var} (keys.kek_env) is not set"
+                        ))
+                    })?),
+                };
+                Keyring::parse(value.as_bytes())?
+            }
+            None => Keyring::load(&config.kek_file())?,
+        };
+        Ok(BrokerKeys {
+            keyring,
+            audit_signer: AuditSigner::load(&config.audit_key_file())?,
+            fingerprint: FingerprintKey::load(&config.fingerprint_key_file())?,
+        })
+    }
+
+    /// Creates every key file that does not exist yet; never overwrites one. Returns the
+    /// files created.
+    ///
+    /// # Errors
+    /// On I/O or CSPRNG failure.
+    pub fn init(config: &Config) -> Result<Vec<std::path::PathBuf>, KeyError> {
+        let mut created = Vec::new();
+        if config.keys.kek_env.is_none() && !config.kek_file().exists() {
+            Keyring::generate()?.save(&config.kek_file())?;
+            created.push(config.kek_file());
+        }
+        if !config.audit_key_file().exists() {
+            AuditSigner::generate(&config.audit_key_file(), &config.audit_public_key_file())?;
+            created.push(config.audit_key_file());
+            created.push(config.audit_public_key_file());
+        }
+        if !config.fingerprint_key_file().exists() {
+            FingerprintKey::generate(&config.fingerprint_key_file())?;
+            created.push(config.fingerprint_key_file());
+        }
+        Ok(created)
+    }
+}
