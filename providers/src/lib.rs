@@ -26,6 +26,7 @@ pub mod aws;
 pub mod entra;
 mod error;
 mod federation;
+pub mod gcp_wif;
 pub mod github;
 pub mod http;
 pub mod pasted_secret;

@@ -20,6 +20,7 @@ pub const CATALOG: &[&ProviderDescriptor] = &[
     &crate::atlassian_forge::DESCRIPTOR,
     &crate::aws::DESCRIPTOR,
     &crate::entra::DESCRIPTOR,
+    &crate::gcp_wif::DESCRIPTOR,
     &crate::github::DESCRIPTOR,
     &crate::pasted_secret::DESCRIPTOR,
     &crate::servicenow::DESCRIPTOR,

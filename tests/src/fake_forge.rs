@@ -131,7 +131,8 @@ impl ForgeKey {
         pem("RSA PUBLIC KEY", &self.key.public_der)
     }
 
-    fn encoding_key(&self) -> EncodingKey {
+    /// Its private key, for signing.
+    pub fn encoding_key(&self) -> EncodingKey {
         EncodingKey::from_rsa_pem(self.key.private_pem.as_bytes()).unwrap()
     }
 }

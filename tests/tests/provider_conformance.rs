@@ -34,6 +34,9 @@ use credbroker_tests::fake_servicenow::FakeServiceNow;
 use credbroker_tests::fake_sts::{FakeRole, FakeSts};
 use credbroker_tests::{aws_test_env, repo_root};
 
+#[path = "provider_conformance/gcp.rs"]
+mod gcp;
+
 /// A provider under test with its fake.
 #[async_trait]
 trait Harness: Send {
@@ -675,6 +678,7 @@ async fn harness_for(d: &ProviderDescriptor) -> Box<dyn Harness> {
         "entra_multi_tenant" => Box::new(Entra::start(d).await),
         "servicenow_oauth" => Box::new(Snow::start(d).await),
         "atlassian_forge" => Box::new(Forge::start(d).await),
+        "gcp_wif" => Box::new(gcp::Gcp::start(d).await),
         "atlassian_dc_pat" => {
             let dc = FakeAtlassianDc::start().await;
             let token = dc.state.issue("scanner", 60).raw;

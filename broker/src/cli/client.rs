@@ -17,9 +17,14 @@ use super::runtime;
 pub enum ClientCmd {
     /// Print AWS `credential_process` JSON (Version 1) for an instance, minted by the broker.
     AwsCredentialProcess(ClientArgs),
-    /// Print a bearer token for an instance (Entra access token, GitHub installation token),
-    /// for scripts and SDK token providers; `--json` prints it with its expiry.
+    /// Print a bearer token for an instance (Entra, GCP or ServiceNow access token, GitHub
+    /// installation token), for scripts and SDK token providers; `--json` prints it with its
+    /// expiry.
     Token(TokenArgs),
+    /// Serve the GCE metadata server's token endpoint on loopback for a `gcp_wif` instance:
+    /// stock Google client libraries (GCE_METADATA_HOST=the printed address) get access tokens
+    /// resolved through the broker — never the broker's own assertion.
+    GcpMetadata(super::gcp_metadata::GcpMetadataArgs),
 }
 
 #[derive(Args, Debug)]
@@ -36,11 +41,11 @@ pub struct TokenArgs {
     json: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Connector instance id.
     #[arg(long)]
-    instance: String,
+    pub(super) instance: String,
     /// Broker URL.
     #[arg(
         long,
@@ -64,6 +69,11 @@ pub struct ClientArgs {
 
 /// Resolves `a.instance` (with `narrow`); the answer's JSON, or the refusal as an error.
 fn resolve(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
+    runtime()?.block_on(resolve_async(a, narrow))
+}
+
+/// [`resolve`] on the caller's runtime.
+pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
     let mut client =
         BrokerClient::new(&a.server, &a.ca, &a.cert, &a.key).map_err(|e| e.to_string())?;
     let mut body = json!({ "instance_id": a.instance, "min_ttl_s": 300 });
@@ -73,12 +83,13 @@ fn resolve(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
     if let Some(n) = narrow {
         body["narrow"] = n;
     }
-    let (status, bytes) = runtime()?
-        .block_on(client.request(
+    let (status, bytes) = client
+        .request(
             Method::POST,
             "/v1/resolve",
             Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
-        ))
+        )
+        .await
         .map_err(|e| e.to_string())?;
     let bytes = Zeroizing::new(bytes);
     let v: Value =

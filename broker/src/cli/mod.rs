@@ -7,6 +7,7 @@
 
 mod admin;
 mod client;
+mod gcp_metadata;
 mod offline;
 mod providers;
 
@@ -196,6 +197,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Onboard(o) => run_onboard(&o),
         Command::Client(ClientCmd::AwsCredentialProcess(a)) => aws_credential_process(&a),
         Command::Client(ClientCmd::Token(a)) => token(&a),
+        Command::Client(ClientCmd::GcpMetadata(a)) => gcp_metadata::serve(&a),
         Command::LintTemplates(a) => offline::run_lint(&a),
         Command::Secret(cmd) => run_secret(cmd),
         Command::Unclaimed(cmd) => admin::run_unclaimed(cmd),

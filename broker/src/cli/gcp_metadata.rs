@@ -1,0 +1,272 @@
+//! `credbroker client gcp-metadata`: the GCE metadata server's token endpoints on loopback,
+//! answered with access tokens resolved through the broker. Stock Google client libraries
+//! (`GCE_METADATA_HOST`) then work unchanged, and the worker never holds the broker's own
+//! assertion: an executable-sourced credential would hand it the subject token to exchange
+//! itself, bypassing the ceiling, the cache and the audit log.
+//!
+//! Served (like GCE, only with `Metadata-Flavor: Google`, never through a proxy that adds
+//! `X-Forwarded-For`): `/` (the ping), `…/service-accounts/{default|EMAIL}/token[?scopes=…]`,
+//! `…/{default|EMAIL}/email`, `…/{default|EMAIL}/?recursive=true` and
+//! `project/numeric-project-id`. Anything else is 404.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::Args;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::client::{resolve_async, ClientArgs};
+use super::runtime;
+
+/// `credbroker client gcp-metadata`.
+#[derive(Args, Debug, Clone)]
+pub struct GcpMetadataArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Loopback address to serve on (port 0: any free port). The address is printed as
+    /// `GCE_METADATA_HOST=…` on the first line of stdout.
+    #[arg(long, default_value = "127.0.0.1:8954")]
+    listen: SocketAddr,
+}
+
+const PREFIX: &str = "/computeMetadata/v1/";
+
+fn answer(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert("metadata-flavor", http::HeaderValue::from_static("Google"));
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    answer(status, "text/plain", body.as_bytes().to_vec())
+}
+
+/// Whether a `Host` header names a loopback endpoint: a loopback IP literal, `localhost` or
+/// the metadata server's own names, with an optional port.
+fn loopback_host(host: Option<&http::HeaderValue>) -> bool {
+    let Some(host) = host.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }),
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "metadata.google.internal" | "metadata"
+    ) || name
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The scopes of `?scopes=a,b` as a narrowing.
+fn narrowing(query: &str) -> Option<Value> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "scopes")
+        .map(|(_, v)| {
+            let scopes: Vec<&str> = v.split(',').filter(|s| !s.is_empty()).collect();
+            json!({ "scopes": scopes })
+        })
+}
+
+async fn handle(args: &GcpMetadataArgs, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let flavored = req
+        .headers()
+        .get("metadata-flavor")
+        .is_some_and(|v| v.as_bytes() == b"Google");
+    // GCE refuses requests a proxy forwarded (SSRF through a web app on the same host).
+    if req.headers().contains_key("x-forwarded-for") {
+        return text(StatusCode::FORBIDDEN, "forwarded requests are refused");
+    }
+    // A web page on the same host that rebinds its own name to 127.0.0.1 sends its own
+    // name as Host: only loopback names are answered (DNS rebinding).
+    if !loopback_host(req.headers().get(http::header::HOST)) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Host must name this loopback endpoint",
+        );
+    }
+    let path = req.uri().path();
+    if path == "/" {
+        return text(StatusCode::OK, "computeMetadata/\n");
+    }
+    if !flavored {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Missing Metadata-Flavor:Google header.",
+        );
+    }
+    if req.method() != http::Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    let query = req.uri().query().unwrap_or("");
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    let (account, leaf) = match rest.strip_prefix("instance/service-accounts/") {
+        Some(r) => match r.split_once('/') {
+            Some((a, l)) => (Some(a), l),
+            None => (Some(r), ""),
+        },
+        None => (None, rest),
+    };
+    match (account, leaf) {
+        (None, "project/numeric-project-id") => match resolve_async(&args.client, None).await {
+            Ok(v) => text(
+                StatusCode::OK,
+                v["details"]["project_number"].as_str().unwrap_or(""),
+            ),
+            Err(e) => refused(&e),
+        },
+        (Some(account), leaf) if matches!(leaf, "token" | "email" | "") => {
+            let narrow = if leaf == "token" {
+                narrowing(query)
+            } else {
+                None
+            };
+            let v = match resolve_async(&args.client, narrow).await {
+                Ok(v) if v["kind"] == "gcp_access_token" => v,
+                Ok(v) => {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        &format!(
+                            "instance does not resolve to a GCP access token (kind {})",
+                            v["kind"]
+                        ),
+                    )
+                }
+                Err(e) => return refused(&e),
+            };
+            let email = v["details"]["service_account"].as_str().unwrap_or("");
+            if account != "default" && account != email {
+                return text(StatusCode::NOT_FOUND, "no such service account");
+            }
+            match leaf {
+                "email" => text(StatusCode::OK, email),
+                "" => answer(
+                    StatusCode::OK,
+                    "application/json",
+                    json!({ "email": email, "scopes": v["details"]["scopes"], "aliases": ["default"] })
+                        .to_string()
+                        .into_bytes(),
+                ),
+                _ => token_answer(&v),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn token_answer(v: &Value) -> Response<Full<Bytes>> {
+    let expires_in = v["expires_at"]
+        .as_str()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or(0, |t| {
+            (t - time::OffsetDateTime::now_utc()).whole_seconds().max(0)
+        });
+    let body = Zeroizing::new(
+        json!({
+            "access_token": v["credentials"]["access_token"],
+            "expires_in": expires_in,
+            "token_type": "Bearer",
+        })
+        .to_string(),
+    );
+    answer(StatusCode::OK, "application/json", body.as_bytes().to_vec())
+}
+
+/// A refused resolve, as GCE answers an unavailable token: 503 with the reason.
+fn refused(e: &str) -> Response<Full<Bytes>> {
+    tracing::warn!(error = e, "resolve refused");
+    text(StatusCode::SERVICE_UNAVAILABLE, e)
+}
+
+/// Runs the server until interrupted.
+///
+/// # Errors
+/// When the address is not loopback or cannot be bound.
+pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
+    if !args.listen.ip().is_loopback() {
+        return Err("--listen must be a loopback address: the endpoint hands out tokens to anyone who can reach it".into());
+    }
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("{}: {e}", args.listen))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("GCE_METADATA_HOST={local}");
+        eprintln!(
+            "serving GCE metadata tokens for instance {} on {local} (Ctrl-C stops)",
+            args.client.instance
+        );
+        let args = std::sync::Arc::new(args.clone());
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => accepted.map_err(|e| e.to_string())?,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            };
+            let args = std::sync::Arc::clone(&args);
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let args = std::sync::Arc::clone(&args);
+                    async move { Ok::<_, std::convert::Infallible>(handle(&args, &req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_hosts_are_answered() {
+        let ok = |h: &str| loopback_host(Some(&http::HeaderValue::from_str(h).unwrap()));
+        for h in [
+            "127.0.0.1:8954",
+            "127.0.0.1",
+            "localhost:8954",
+            "[::1]:8954",
+            "metadata.google.internal",
+        ] {
+            assert!(ok(h), "{h}");
+        }
+        for h in [
+            "evil.example:8954",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:8954",
+            "[fe80::1]:80",
+            "",
+        ] {
+            assert!(!ok(h), "{h}");
+        }
+        assert!(!loopback_host(None));
+    }
+}

@@ -1,0 +1,17 @@
+//! What IAM Service Account Credentials answers to `generateAccessToken`: an access token with
+//! an absolute RFC 3339 `expireTime`, or a `{"error": {code, message, status, details}}` body,
+//! under any status. Never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+use credbroker_providers::gcp_wif::answer::iam_answer;
+
+const STATUSES: [u16; 8] = [200, 400, 401, 403, 404, 429, 500, 503];
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let status = STATUSES[usize::from(selector) % STATUSES.len()];
+    let _ = iam_answer(status, body);
+});
