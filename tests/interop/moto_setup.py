@@ -3,6 +3,9 @@ the test must prove compatible; everything here talks to 127.0.0.1 only.
 
   moto_setup.py vendor URL              -> creates the vendor IAM user + key; prints JSON
   moto_setup.py roles URL EXTERNAL_ID   -> creates the customer roles; prints JSON
+  moto_setup.py web_role URL HOST SUB   -> creates the IAM OIDC provider for the broker's
+                                           issuer HOST and a role trusting it for SUB; prints
+                                           JSON
   moto_setup.py whoami URL PROFILE      -> boto3 with the AWS_CONFIG_FILE profile (whose
                                            credential_process is credbroker) calls
                                            sts.get_caller_identity(); prints the ARN
@@ -55,6 +58,24 @@ def roles(url, external_id):
     print(json.dumps({"role_arn": good, "wrong_role_arn": wrong}))
 
 
+def web_role(url, host, sub):
+    # What credbroker-role-web-identity.json creates: the OIDC provider and a role trusting
+    # it with aud and sub pinned (moto stores the conditions but does not evaluate them).
+    iam = client("iam", url)
+    provider = iam.create_open_id_connect_provider(
+        Url=f"https://{host}", ClientIDList=["sts.amazonaws.com"],
+        ThumbprintList=["0" * 40])["OpenIDConnectProviderArn"]
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Federated": provider},
+        "Action": "sts:AssumeRoleWithWebIdentity",
+        "Condition": {"StringEquals": {f"{host}:aud": "sts.amazonaws.com", f"{host}:sub": sub}},
+    }]})
+    arn = iam.create_role(RoleName="CredbrokerAccess", AssumeRolePolicyDocument=trust,
+                          MaxSessionDuration=3600)["Role"]["Arn"]
+    print(json.dumps({"role_arn": arn, "provider_arn": provider}))
+
+
 def whoami(url, profile):
     session = boto3.Session(profile_name=profile)
     sts = session.client("sts", endpoint_url=url, region_name="us-east-1")
@@ -67,6 +88,8 @@ if __name__ == "__main__":
         vendor(url)
     elif cmd == "roles":
         roles(url, sys.argv[3])
+    elif cmd == "web_role":
+        web_role(url, sys.argv[3], sys.argv[4])
     elif cmd == "whoami":
         whoami(url, sys.argv[3])
     else:

@@ -11,6 +11,11 @@
 //! the role's maximum, plus injectable throttling, 5xx, latency, outages, expired caller
 //! credentials (`ExpiredToken`), a region where STS is disabled (`RegionDisabledException`),
 //! credentials that are already expired on arrival and malformed XML.
+//!
+//! `AssumeRoleWithWebIdentity` (unsigned, a JWT from an IAM OIDC provider registered with
+//! [`FakeSts::add_oidc_provider`], trusted by a role's [`WebIdentityTrust`]) lives in
+//! `web_identity.rs`; what both actions share (request limits, DurationSeconds, packed size,
+//! the granted session's answer) in `session.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +27,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use time::OffsetDateTime;
+
+mod session;
+mod web_identity;
+
+use session::SessionGrant;
+
+pub use web_identity::{rsa_jwk, OidcProvider, WebIdentityTrust};
 
 /// The vendor access key id the fake knows from the start (the daemon gets it through
 /// [`crate::aws_test_env`]).
@@ -58,6 +70,9 @@ pub struct FakeRole {
     /// (`"Condition": {"Null": {"sts:SourceIdentity": "false"}}`): an AssumeRole without one
     /// is AccessDenied, whatever its ExternalId.
     pub require_source_identity: bool,
+    /// The trust policy's `sts:AssumeRoleWithWebIdentity` statement (None: the role trusts
+    /// no web identity, and every such call is AccessDenied).
+    pub web_identity: Option<WebIdentityTrust>,
 }
 
 impl Default for FakeRole {
@@ -73,6 +88,7 @@ impl Default for FakeRole {
             allow_set_source_identity: true,
             allow_tag_session: true,
             require_source_identity: false,
+            web_identity: None,
         }
     }
 }
@@ -126,6 +142,9 @@ pub struct State {
     /// `PackedPolicySize` of the last successful AssumeRole that carried session policies
     /// or tags.
     pub packed_policy_size: Mutex<Option<u32>>,
+    /// The IAM OIDC identity providers registered in the account, by URL without `https://`
+    /// (the host, plus a path if the issuer has one).
+    pub oidc_providers: Mutex<HashMap<String, OidcProvider>>,
     counter: AtomicU64,
 }
 
@@ -537,6 +556,9 @@ pub fn packed_policy_size(p: &HashMap<String, String>) -> Option<u32> {
 
 // ---- The service ----------------------------------------------------------------------
 
+/// An answer of the fake (boxed when it is the refusal of a check).
+type Answer = Response<Full<Bytes>>;
+
 impl State {
     fn request_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
@@ -614,14 +636,10 @@ impl State {
         let role_arn = p.get("RoleArn").cloned().unwrap_or_default();
         let session = p.get("RoleSessionName").cloned().unwrap_or_default();
         // Parameter validation comes first, as in STS.
-        if role_arn.len() < 20 || role_arn.len() > 2048 {
-            return self.validation_error(
-                "1 validation error detected: Value at 'roleArn' failed to satisfy constraint",
-            );
-        }
-        if !session_name_ok(&session) {
-            return self.validation_error("1 validation error detected: Value at 'roleSessionName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*");
-        }
+        let duration = match self.session_limits(p) {
+            Ok(d) => d,
+            Err(refusal) => return *refusal,
+        };
         if let Some(e) = p.get("ExternalId") {
             if !external_id_ok(e) {
                 return self.validation_error(
@@ -632,41 +650,6 @@ impl State {
         if let Some(si) = p.get("SourceIdentity") {
             if !session_name_ok(si) {
                 return self.validation_error("1 validation error detected: Value at 'sourceIdentity' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@-]*");
-            }
-        }
-        if p.get("Policy").is_some_and(|x| x.len() > 2048) {
-            return self.validation_error("Value at 'policy' failed to satisfy constraint: Member must have length less than or equal to 2048");
-        }
-        let policy_arns = members(p, "PolicyArns", ".arn");
-        if policy_arns.len() > 10 {
-            return self.validation_error("1 validation error detected: Value at 'policyArns' failed to satisfy constraint: Member must have length less than or equal to 10");
-        }
-        if policy_arns.iter().any(|a| a.len() < 20 || a.len() > 2048) {
-            return self.validation_error("1 validation error detected: Value at 'policyArns.member.arn' failed to satisfy constraint: Member must have length greater than or equal to 20");
-        }
-        let tags = session_tags(p);
-        if tags.len() > 50 {
-            return self.validation_error("1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must have length less than or equal to 50");
-        }
-        if tags
-            .iter()
-            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 256)
-        {
-            return self.validation_error("1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must satisfy constraint: [Key length 1-128, Value length 0-256]");
-        }
-        let duration: u32 = match p.get("DurationSeconds").map(|d| d.parse()) {
-            None => 3600,
-            Some(Ok(d)) => d,
-            Some(Err(_)) => return self.validation_error("DurationSeconds is not a number"),
-        };
-        if let Some(policy) = p.get("Policy") {
-            if serde_json::from_str::<serde_json::Value>(policy).is_err() {
-                return self.error(
-                    StatusCode::BAD_REQUEST,
-                    "Sender",
-                    "MalformedPolicyDocument",
-                    "The policy is not in the valid JSON format.",
-                );
             }
         }
 
@@ -716,80 +699,24 @@ impl State {
         if tagged && !role.allow_tag_session {
             return denied("sts:TagSession");
         }
-        if duration < 900 {
-            return self.validation_error("1 validation error detected: Value at 'durationSeconds' failed to satisfy constraint: Member must have value greater than or equal to 900");
-        }
-        if duration > role.max_session_s {
-            return self.validation_error(
-                "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
-            );
-        }
-
-        // What the session carries must pack into the token.
-        let packed = packed_policy_size(p);
-        if let Some(percent) = packed.filter(|pc| *pc > 100) {
-            let (policies, tag_units) = packed_units(p);
-            let message = if tag_units > policies {
-                format!("Packed size of session tags consumes {percent}% of allotted space.")
-            } else {
-                format!("Packed policy consumes {percent}% of allotted space, please use smaller policy.")
-            };
-            return self.error(
-                StatusCode::BAD_REQUEST,
-                "Sender",
-                "PackedPolicyTooLarge",
-                &message,
-            );
-        }
-
-        let faults = self.faults.lock().unwrap();
-        let expiration = if faults.expired {
-            OffsetDateTime::now_utc() - time::Duration::hours(1)
-        } else {
-            OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(duration))
+        let packed = match self.session_fits(p, duration, role.max_session_s) {
+            Ok(packed) => packed,
+            Err(refusal) => return *refusal,
         };
-        let malformed = faults.malformed;
-        drop(faults);
-        let n = self.counter.fetch_add(1, Ordering::SeqCst);
-        let rid = format!("c6104cbe-af31-11e0-8154-{n:012x}");
-        if malformed {
-            return Response::builder()
-                .status(200)
-                .header("x-amzn-RequestId", rid)
-                .body(Full::new(Bytes::from("<AssumeRoleResponse><AssumeRoleRes")))
-                .unwrap();
-        }
-        if packed.is_some() {
-            *self.packed_policy_size.lock().unwrap() = packed;
-        }
-        // Fractional seconds of variable length, as STS emits.
-        let exp = format!(
-            "{}.{:03}Z",
-            expiration
-                .format(&time::macros::format_description!(
-                    "[year]-[month]-[day]T[hour]:[minute]:[second]"
-                ))
-                .unwrap(),
-            expiration.millisecond()
-        );
-        let role_name = role_arn.rsplit('/').next().unwrap_or("role");
-        let account = role.report_account.clone().unwrap_or(role.account.clone());
-        let source = p
+        let before = p
             .get("SourceIdentity")
             .map(|s| format!("    <SourceIdentity>{}</SourceIdentity>\n", xml_escape(s)))
             .unwrap_or_default();
-        let packed_size = packed
-            .map(|pc| format!("    <PackedPolicySize>{pc}</PackedPolicySize>\n"))
-            .unwrap_or_default();
-        let body = format!(
-            "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <AssumeRoleResult>\n{source}    <AssumedRoleUser>\n      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:{session}</AssumedRoleId>\n      <Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <SecretAccessKey>fakeSecret{n:016x}wJalrXUtnFEMI</SecretAccessKey>\n      <SessionToken>FwoGZXIvYXdzEfakeSessionToken{n:016x}</SessionToken>\n      <Expiration>{exp}</Expiration>\n      <AccessKeyId>ASIAFAKE{n:012X}</AccessKeyId>\n    </Credentials>\n{packed_size}  </AssumeRoleResult>\n  <ResponseMetadata>\n    <RequestId>{rid}</RequestId>\n  </ResponseMetadata>\n</AssumeRoleResponse>\n"
-        );
-        Response::builder()
-            .status(200)
-            .header("content-type", "text/xml")
-            .header("x-amzn-RequestId", rid)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap()
+        self.issue_session(SessionGrant {
+            action: "AssumeRole",
+            role_arn: &role_arn,
+            session: &session,
+            role: &role,
+            duration,
+            packed,
+            before,
+            after: String::new(),
+        })
     }
 
     fn region_disabled(&self, caller: &str) -> Response<Full<Bytes>> {
@@ -809,7 +736,11 @@ impl State {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let params = parse_form(&String::from_utf8_lossy(&body));
-        self.requests.lock().unwrap().push(params.clone());
+        // The log keeps what the token claimed, never the token.
+        self.requests
+            .lock()
+            .unwrap()
+            .push(web_identity::loggable(&params));
         let delay = self.faults.lock().unwrap().delay;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -856,6 +787,13 @@ impl State {
                 "InvalidAction",
                 "Could not find operation for GET",
             );
+        }
+        // AssumeRoleWithWebIdentity is unsigned: the token is the credential. A signature,
+        // when present, is neither required nor looked at.
+        if params.get("Action").map(String::as_str) == Some("AssumeRoleWithWebIdentity")
+            && params.get("Version").map(String::as_str) == Some("2011-06-15")
+        {
+            return self.assume_role_with_web_identity(&params);
         }
         // Authentication: the signature, with the caller's keys, over exactly these bytes.
         let verdict = {
@@ -947,6 +885,23 @@ impl FakeSts {
     /// Deletes access key `access_key_id`: its requests get `InvalidClientTokenId`.
     pub fn remove_credentials(&self, access_key_id: &str) {
         self.state.credentials.lock().unwrap().remove(access_key_id);
+    }
+
+    /// Registers (or replaces) the IAM OIDC identity provider `url` — the issuer URL without
+    /// `https://`, as IAM keys it and as trust conditions name it (`{url}:aud`, `{url}:sub`) —
+    /// with its client ids (accepted `aud` values) and its JWKS, given inline (what STS would
+    /// fetch from the issuer's `jwks_uri`).
+    pub fn add_oidc_provider(&self, url: &str, client_ids: Vec<String>, jwks: serde_json::Value) {
+        self.state
+            .oidc_providers
+            .lock()
+            .unwrap()
+            .insert(url.to_owned(), OidcProvider { client_ids, jwks });
+    }
+
+    /// Deletes the IAM OIDC identity provider `url`: its tokens get `InvalidIdentityToken`.
+    pub fn remove_oidc_provider(&self, url: &str) {
+        self.state.oidc_providers.lock().unwrap().remove(url);
     }
 
     /// Changes faults.

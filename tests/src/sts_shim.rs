@@ -25,6 +25,10 @@ pub struct StsShim {
     pub url: String,
     /// Whether ExternalId-less AssumeRole calls are denied.
     pub enforce: Arc<AtomicBool>,
+    /// The `sub` a role's web-identity trust pins (`None`: whatever moto does — it checks no
+    /// condition). With it set, an AssumeRoleWithWebIdentity whose token names another
+    /// subject is denied, as real STS denies it for a trust with that condition.
+    pub web_subject: Arc<std::sync::Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -80,15 +84,29 @@ fn access_denied(role: &str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
+/// The `sub` of a JWT, read without verification (moto verifies nothing either).
+fn token_subject(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["sub"].as_str().map(str::to_owned)
+}
+
 impl StsShim {
     /// Starts a shim forwarding to `upstream` (`127.0.0.1:PORT`).
     pub async fn start(upstream: &str) -> StsShim {
         let enforce = Arc::new(AtomicBool::new(true));
+        let web_subject: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let upstream = upstream.to_owned();
         let flag = enforce.clone();
+        let pinned = web_subject.clone();
         let (url, task) = crate::loopback::serve(move |req: Request<Incoming>| {
             let upstream = upstream.clone();
             let flag = flag.clone();
+            let pinned = pinned.lock().unwrap().clone();
             async move {
                 let (parts, body) = req.into_parts();
                 let body = body
@@ -97,10 +115,15 @@ impl StsShim {
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
                 let form = parse_form(&String::from_utf8_lossy(&body));
-                if flag.load(Ordering::SeqCst)
-                    && form.get("Action").map(String::as_str) == Some("AssumeRole")
-                    && !form.contains_key("ExternalId")
-                {
+                let action = form.get("Action").map(String::as_str);
+                let no_external_id = flag.load(Ordering::SeqCst)
+                    && action == Some("AssumeRole")
+                    && !form.contains_key("ExternalId");
+                let foreign_subject = action == Some("AssumeRoleWithWebIdentity")
+                    && pinned.is_some()
+                    && token_subject(form.get("WebIdentityToken").map_or("", String::as_str))
+                        != pinned;
+                if no_external_id || foreign_subject {
                     access_denied(form.get("RoleArn").map_or("", String::as_str))
                 } else {
                     forward(&upstream, parts, body).await
@@ -108,6 +131,11 @@ impl StsShim {
             }
         })
         .await;
-        StsShim { url, enforce, task }
+        StsShim {
+            url,
+            enforce,
+            web_subject,
+            task,
+        }
     }
 }

@@ -159,6 +159,7 @@ fn role(external_id: Option<&str>) -> FakeRole {
         allow_set_source_identity: true,
         allow_tag_session: true,
         require_source_identity: false,
+        web_identity: None,
     }
 }
 

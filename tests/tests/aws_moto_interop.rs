@@ -51,27 +51,25 @@ fn py(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn boto3_gets_broker_minted_credentials_from_moto() {
+/// Starts moto's server on a free port (`no_auth`: INITIAL_NO_AUTH_ACTION_COUNT, after which
+/// every call must be authenticated); waits until it listens.
+async fn start_moto(no_auth: Option<&str>) -> (Moto, String, u16) {
     let port = free_port();
-    // vendor user, its policy and key (3) + two roles (2): then every call is authenticated.
-    let moto = Moto(
-        Command::new(python())
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let moto_url = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(python());
+    cmd.args([
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(n) = no_auth {
+        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n);
+    }
+    let moto = Moto(cmd.spawn().unwrap());
     let mut up = false;
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -81,6 +79,51 @@ async fn boto3_gets_broker_minted_credentials_from_moto() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(up, "moto did not start");
+    (moto, format!("http://127.0.0.1:{port}"), port)
+}
+
+/// A boto3 profile whose `credential_process` is the client mode for `instance`.
+fn broker_profile(
+    dir: &std::path::Path,
+    daemon: &Daemon,
+    pki: &TestPki,
+    instance: &str,
+) -> PathBuf {
+    let aws_config = dir.join("aws-config");
+    std::fs::write(
+        &aws_config,
+        format!(
+            "[profile broker]\nregion = us-east-1\ncredential_process = {} client aws-credential-process --instance {instance} --server {} --ca {} --cert {} --key {}\n",
+            daemon_bin().display(),
+            daemon.url,
+            pki.dir.join("ca.crt").display(),
+            pki.dir.join("w1.crt").display(),
+            pki.dir.join("w1.key").display(),
+        ),
+    )
+    .unwrap();
+    aws_config
+}
+
+/// boto3 with only the broker profile: no AWS credential of its own.
+fn whoami(moto_url: &str, aws_config: &std::path::Path) -> String {
+    let clean_env = [
+        ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/credbroker-test",
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+    ];
+    py(&["whoami", moto_url, "broker"], &clean_env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_gets_broker_minted_credentials_from_moto() {
+    // vendor user, its policy and key (3) + two roles (2): then every call is authenticated.
+    let (moto, moto_url, port) = start_moto(Some("5")).await;
     let vendor: Value = serde_json::from_str(&py(&["vendor", &moto_url], &[])).unwrap();
 
     let shim = StsShim::start(&format!("127.0.0.1:{port}")).await;
@@ -151,30 +194,8 @@ async fn boto3_gets_broker_minted_credentials_from_moto() {
     assert_eq!(s, 200, "{v}");
 
     // boto3 configured only with credential_process pointing at the client mode.
-    let aws_config = tmp.path().join("aws-config");
-    std::fs::write(
-        &aws_config,
-        format!(
-            "[profile broker]\nregion = us-east-1\ncredential_process = {} client aws-credential-process --instance i-moto --server {} --ca {} --cert {} --key {}\n",
-            daemon_bin().display(),
-            daemon.url,
-            pki.dir.join("ca.crt").display(),
-            pki.dir.join("w1.crt").display(),
-            pki.dir.join("w1.key").display(),
-        ),
-    )
-    .unwrap();
-    let clean_env = [
-        ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/credbroker-test",
-        ),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_ACCESS_KEY_ID", ""),
-        ("AWS_SECRET_ACCESS_KEY", ""),
-    ];
-    let arn = py(&["whoami", &moto_url, "broker"], &clean_env);
+    let aws_config = broker_profile(tmp.path(), &daemon, &pki, "i-moto");
+    let arn = whoami(&moto_url, &aws_config);
     assert_eq!(
         arn,
         "arn:aws:sts::123456789012:assumed-role/CredbrokerAccess/cb.t1.i-moto"
@@ -198,5 +219,52 @@ async fn boto3_gets_broker_minted_credentials_from_moto() {
     )
     .await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    drop(moto);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_gets_web_identity_credentials_from_moto_with_no_aws_credential() {
+    // Unsigned calls: moto without INITIAL_NO_AUTH_ACTION_COUNT.
+    let (moto, moto_url, port) = start_moto(None).await;
+    let shim = StsShim::start(&format!("127.0.0.1:{port}")).await;
+    let extra = format!(
+        "[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"123456789012\"\nceiling_file = {:?}\n",
+        shim.url,
+        repo_root().join("policies/aws.json").display().to_string()
+    );
+    let mut env = credbroker_tests::issuer_env::IssuerEnv::start_with_env(
+        3600,
+        300,
+        &extra,
+        credbroker_tests::issuer_env::no_aws_credentials(),
+    )
+    .await;
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "moto-wi", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": "arn:aws:iam::123456789012:role/CredbrokerAccess", "model": "web_identity"}}))).await;
+    assert_eq!(s, 201, "{v}");
+    let subject = credbroker_tests::issuer_env::subject_of(&v);
+    let host = env.issuer.trim_start_matches("https://").to_owned();
+    let role: Value =
+        serde_json::from_str(&py(&["web_role", &moto_url, &host, &subject], &[])).unwrap();
+    assert_eq!(
+        role["role_arn"],
+        "arn:aws:iam::123456789012:role/CredbrokerAccess"
+    );
+    env.add_instance("i-moto", "t1", "moto-wi").await;
+
+    // moto evaluates no trust condition: it hands out credentials for any subject, so the
+    // probe — which also tries a foreign subject — refuses to activate.
+    let (s, v) = env.probe("moto-wi").await;
+    assert_eq!((s, code(&v)), (422, "subject_not_enforced"), "{v}");
+    // With the role's sub condition enforced in front of moto, activation passes.
+    *shim.web_subject.lock().unwrap() = Some(subject.clone());
+    let (s, v) = env.probe("moto-wi").await;
+    assert_eq!(s, 200, "{v}");
+
+    let aws_config = broker_profile(env.tmp.path(), &env.daemon, &env.pki, "i-moto");
+    let arn = whoami(&moto_url, &aws_config);
+    assert_eq!(
+        arn,
+        "arn:aws:sts::123456789012:assumed-role/CredbrokerAccess/cb.t1.i-moto"
+    );
     drop(moto);
 }

@@ -1,7 +1,8 @@
 //! The shipped onboarding templates pass `credbroker lint-templates`; a deliberately bad
 //! template (wildcard principal, no ExternalId condition, AdministratorAccess, 12 h sessions)
 //! fails it on every count (and so do a GitHub manifest and a Bicep template beyond their
-//! ceilings); a missing policy file fails closed.
+//! ceilings); a missing policy file fails closed. The web identity variant passes the lint and
+//! cfn-lint; without its sub condition (or with a wildcard one) it fails.
 
 use std::path::Path;
 use std::process::Command;
@@ -62,6 +63,69 @@ fn the_bad_fixture_fails_on_every_count() {
             "missing finding {expected:?} in:\n{out}"
         );
     }
+}
+
+/// One AWS template alone in a templates directory.
+fn aws_template_dir(name: &str, text: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("aws")).unwrap();
+    std::fs::write(tmp.path().join("aws").join(name), text).unwrap();
+    tmp
+}
+
+#[test]
+fn the_web_identity_template_passes_the_lint_and_cfn_lint() {
+    let root = repo_root();
+    let template = root.join("onboarding-templates/aws/credbroker-role-web-identity.json");
+    let text = std::fs::read_to_string(&template).unwrap();
+    let tmp = aws_template_dir("credbroker-role-web-identity.json", &text);
+    let (c, out, err) = lint(tmp.path());
+    assert_eq!(c, 0, "{out}{err}");
+    // cfn-lint from the venv tests/run installs (next to CREDBROKER_TEST_PYTHON).
+    let python = std::env::var("CREDBROKER_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("CREDBROKER_TEST_PYTHON is not set: run the suite with `bash tests/run`, which installs cfn-lint in a venv")
+    });
+    let cfn_lint = Path::new(&python).with_file_name("cfn-lint");
+    let out = Command::new(&cfn_lint).arg(&template).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} {}: {}{}",
+        cfn_lint.display(),
+        template.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_web_identity_trust_without_a_pinned_sub_fails() {
+    let root = repo_root();
+    let fixture =
+        std::fs::read_to_string(root.join("tests/fixtures/aws/web-identity-no-sub.json")).unwrap();
+    let tmp = aws_template_dir("web-identity-no-sub.json", &fixture);
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("web-identity-no-sub.json")
+            && out.contains("lacks the sub condition (StringEquals ${IssuerHost}:sub"),
+        "{out}"
+    );
+    // A sub matched with StringLike (any subject of the issuer) fails the same way.
+    let shipped = std::fs::read_to_string(
+        root.join("onboarding-templates/aws/credbroker-role-web-identity.json"),
+    )
+    .unwrap();
+    let pinned = r#",\"${IssuerHost}:sub\":\"${Subject}\"}"#;
+    assert!(shipped.contains(pinned), "the shipped trust changed shape");
+    let like = shipped.replace(
+        pinned,
+        r#"},\"StringLike\":{\"${IssuerHost}:sub\":\"cb-*\"}"#,
+    );
+    let tmp = aws_template_dir("web-identity-like.json", &like);
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("condition operator StringLike"), "{out}");
+    assert!(out.contains("lacks the sub condition"), "{out}");
 }
 
 #[test]

@@ -5,12 +5,18 @@
 //! (NoEcho, at least 32 characters), allows sessions of at most 3600 s, and attaches only
 //! managed policies / inline actions inside policies/aws.json. A service-managed StackSet must
 //! auto-deploy with CAPABILITY_NAMED_IAM and embed exactly the single-account role template.
+//! The web identity variant (a template with an `IssuerUrl` or `Subject` parameter, or an
+//! `AWS::IAM::OIDCProvider`) trusts nothing but `sts:AssumeRoleWithWebIdentity` from its
+//! issuer's OIDC provider, pinned by `StringEquals` on both `<issuer>:aud` and `<issuer>:sub`
+//! (web_identity.rs): the sub condition is its confused-deputy defence.
 
 use std::path::Path;
 
 use serde_json::Value;
 
 use super::AwsCeiling;
+
+mod web_identity;
 
 const SINGLE_ACCOUNT_TEMPLATE: &str = "credbroker-role.json";
 
@@ -39,17 +45,25 @@ fn policy_arn_expr(v: &Value) -> Option<String> {
     }
 }
 
-fn lint_role(file: &str, name: &str, props: &Value, ceiling: &AwsCeiling, out: &mut Vec<String>) {
+fn lint_role(
+    file: &str,
+    name: &str,
+    props: &Value,
+    ceiling: &AwsCeiling,
+    web_identity_template: bool,
+    out: &mut Vec<String>,
+) {
     let mut say = |m: String| out.push(format!("{file}: {name}: {m}"));
     match props.get("MaxSessionDuration").and_then(Value::as_u64) {
         Some(d) if (900..=3600).contains(&d) => {}
         Some(d) => say(format!("MaxSessionDuration {d} exceeds 3600 seconds")),
         None => say("MaxSessionDuration must be set (at most 3600)".into()),
     }
-    let statements = props
-        .pointer("/AssumeRolePolicyDocument/Statement")
-        .map(list)
-        .unwrap_or_default();
+    let trust = web_identity::trust_document(props).unwrap_or_else(|m| {
+        say(m);
+        Value::Null
+    });
+    let statements = trust.get("Statement").map(list).unwrap_or_default();
     if statements.is_empty() {
         say("AssumeRolePolicyDocument has no statements".into());
     }
@@ -58,6 +72,17 @@ fn lint_role(file: &str, name: &str, props: &Value, ceiling: &AwsCeiling, out: &
             continue;
         }
         let principal = st.get("Principal");
+        if principal.and_then(|p| p.get("Federated")).is_some() {
+            web_identity::lint_statement(st, &mut say);
+            continue;
+        }
+        if web_identity_template {
+            say(format!(
+                "trust policy principal {} in a web identity template: only sts:AssumeRoleWithWebIdentity from the issuer's OIDC provider",
+                principal.map_or("(missing)".to_owned(), Value::to_string)
+            ));
+            continue;
+        }
         let trusted = principal
             .and_then(|p| p.as_object())
             .filter(|p| p.len() == 1)
@@ -169,14 +194,22 @@ pub fn lint_cfn(
         out.push(format!("{file}: no Resources"));
         return;
     };
-    lint_parameters(file, doc, out);
+    let web_identity_template = web_identity::is_web_identity_template(doc);
+    if web_identity_template {
+        web_identity::lint_parameters(file, doc, out);
+    } else {
+        lint_parameters(file, doc, out);
+    }
     let mut roles = 0;
     for (name, res) in resources {
         let props = res.get("Properties").cloned().unwrap_or(Value::Null);
         match res.get("Type").and_then(Value::as_str) {
             Some("AWS::IAM::Role") => {
                 roles += 1;
-                lint_role(file, name, &props, ceiling, out);
+                lint_role(file, name, &props, ceiling, web_identity_template, out);
+            }
+            Some("AWS::IAM::OIDCProvider") => {
+                web_identity::lint_oidc_provider(file, name, &props, out);
             }
             Some("AWS::CloudFormation::StackSet") => {
                 roles += 1;

@@ -11,10 +11,12 @@
 //! not require one.
 
 mod ceiling;
+mod errors;
 pub mod lint;
 mod params;
 mod probe;
 mod settings;
+mod web_identity;
 
 use std::time::Duration;
 
@@ -22,8 +24,7 @@ use async_trait::async_trait;
 use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Region};
-use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sts::operation::assume_role::{AssumeRoleError, AssumeRoleOutput};
+use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
 use aws_sdk_sts::operation::RequestId;
 use aws_sdk_sts::types::PolicyDescriptorType;
 use secrecy::SecretString;
@@ -32,6 +33,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
+use errors::{assume_error, is_trust_refusal, sdk_error};
 pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{AwsSettings, ID};
@@ -45,6 +47,8 @@ use crate::{
 /// The provider.
 pub struct AwsAssumeRole {
     client: aws_sdk_sts::Client,
+    /// The same endpoint without credentials: `AssumeRoleWithWebIdentity` is unsigned.
+    web_client: aws_sdk_sts::Client,
     settings: AwsSettings,
     ceiling: AwsCeiling,
 }
@@ -59,13 +63,29 @@ struct BindingConfig {
     #[serde(default)]
     source_identity: bool,
     #[serde(default)]
+    model: Model,
+    #[serde(default)]
     broker: Option<BrokerParams>,
+}
+
+/// How a binding reaches the customer's role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Model {
+    /// `AssumeRole` from the vendor account with the tenant's ExternalId.
+    #[default]
+    AssumeRole,
+    /// `AssumeRoleWithWebIdentity` with the broker's own OIDC assertion (unsigned: no AWS
+    /// credential on the platform); the role's trust pins the binding's subject.
+    WebIdentity,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BrokerParams {
     external_id: String,
+    #[serde(default)]
+    subject: Option<String>,
 }
 
 /// Which ExternalId an AssumeRole carries.
@@ -128,6 +148,8 @@ struct Parsed {
     external_id: ExternalId,
     duration_s: Option<u32>,
     source_identity: bool,
+    /// The binding's OIDC subject, for a web-identity binding.
+    web_subject: Option<String>,
 }
 
 fn parse_config(config: &Value) -> Result<Parsed, ProviderError> {
@@ -139,11 +161,35 @@ fn parse_config(config: &Value) -> Result<Parsed, ProviderError> {
     })?;
     let external_id =
         ExternalId::parse(&broker.external_id).map_err(ProviderError::InvalidConfig)?;
+    let web_subject = match c.model {
+        Model::AssumeRole => None,
+        Model::WebIdentity => Some(
+            broker
+                .subject
+                .filter(|s| !s.is_empty() && s.len() <= 127)
+                .ok_or_else(|| {
+                    ProviderError::InvalidConfig(
+                        "a web_identity binding needs config.broker.subject (generated at binding add)".into(),
+                    )
+                })?,
+        ),
+    };
     Ok(Parsed {
         role,
         external_id,
         duration_s: c.duration_s,
         source_identity: c.source_identity,
+        web_subject,
+    })
+    .and_then(|p| {
+        if p.web_subject.is_some() && p.source_identity {
+            // AssumeRoleWithWebIdentity takes no SourceIdentity parameter.
+            Err(ProviderError::InvalidConfig(
+                "source_identity is not available with model web_identity".into(),
+            ))
+        } else {
+            Ok(p)
+        }
     })
 }
 
@@ -154,161 +200,27 @@ fn descriptors(arns: &[String]) -> Vec<PolicyDescriptorType> {
         .collect()
 }
 
-/// The refusal of an STS-compatible service whose error body the SDK cannot read (moto).
-const OPAQUE_403: &str = "STS refused with HTTP 403 (error body not in the STS format)";
-
-/// Whether `e` is the trust policy refusing the call: STS's AccessDenied, or the unreadable
-/// 403 of an STS-compatible service. Anything else (expired vendor credentials, a disabled
-/// region) proves nothing about the trust policy.
-fn is_trust_refusal(e: &ProviderError) -> bool {
-    matches!(
-        e,
-        ProviderError::Denied {
-            trust_broken: true,
-            ..
-        }
-    ) || matches!(e, ProviderError::Denied { message, .. } if message == OPAQUE_403)
-}
-
-fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
-    err: SdkError<E>,
-) -> ProviderError {
-    let request_id = err.request_id().map(str::to_owned);
-    match &err {
-        // An error body the SDK cannot read: key on the status. STS answers refusals with 403
-        // (some STS-compatible services wrap the error differently); anything else is an
-        // unusable answer.
-        SdkError::ServiceError(ctx)
-            if ctx.err().code().is_none() && ctx.raw().status().as_u16() == 403 =>
-        {
-            ProviderError::Denied {
-                message: OPAQUE_403.into(),
-                upstream_request_id: request_id,
-                trust_broken: false,
-            }
-        }
-        SdkError::ServiceError(ctx) if ctx.err().code().is_none() => ProviderError::Unavailable {
-            message: format!(
-                "STS answered HTTP {} without a recognizable error or result (malformed)",
-                ctx.raw().status().as_u16()
-            ),
-            upstream_request_id: request_id,
-        },
-        SdkError::ServiceError(ctx) => {
-            let code = ctx.err().code().unwrap_or("Unknown").to_owned();
-            let message = ctx.err().message().unwrap_or("").to_owned();
-            let status = ctx.raw().status().as_u16();
-            if code == "AccessDenied" {
-                ProviderError::Denied {
-                    message: format!("STS AccessDenied: {message} (the customer's role no longer trusts the vendor account with this ExternalId, or the role is gone)"),
-                    upstream_request_id: request_id,
-                    trust_broken: true,
-                }
-            } else if status >= 500 || code.contains("Throttl") || code == "RequestLimitExceeded" {
-                ProviderError::Unavailable {
-                    message: format!("STS {code} (HTTP {status}) after retries"),
-                    upstream_request_id: request_id,
-                }
-            } else {
-                ProviderError::Denied {
-                    message: format!("STS {code}: {message}"),
-                    upstream_request_id: request_id,
-                    trust_broken: false,
-                }
-            }
-        }
-        SdkError::TimeoutError(_) => ProviderError::Unavailable {
-            message: "STS did not answer in time".into(),
-            upstream_request_id: request_id,
-        },
-        SdkError::DispatchFailure(_) => ProviderError::Unavailable {
-            message: "cannot reach STS".into(),
-            upstream_request_id: request_id,
-        },
-        SdkError::ResponseError(_) => ProviderError::Unavailable {
-            message: "STS answered with a malformed response".into(),
-            upstream_request_id: request_id,
-        },
-        _ => ProviderError::Internal("could not build the STS request".into()),
-    }
-}
-
-/// An AssumeRole refusal, worded for who can fix it.
-///
-/// `PackedPolicyTooLarge` (STS could not pack the session policies, policy ARNs and tags into
-/// one session although each is within its own limit — the packed size cannot be computed
-/// beforehand) is never the customer's trust: on a narrowed mint it names the narrowing, on
-/// an unnarrowed one the binding's ceiling, and on the probe it refuses activation, since every
-/// unnarrowed resolve would be refused the same way. An AccessDenied on a call that carried a
-/// SourceIdentity says that the trust policy must also allow `sts:SetSourceIdentity`.
-fn assume_error(
-    err: SdkError<AssumeRoleError>,
-    policies_from: PolicySource,
-    source_identity_sent: bool,
-) -> ProviderError {
-    let packed = err
-        .as_service_error()
-        .is_some_and(AssumeRoleError::is_packed_policy_too_large_exception);
-    if packed {
-        let upstream_request_id = err.request_id().map(str::to_owned);
-        let sts = format!(
-            "STS PackedPolicyTooLarge: {}",
-            err.message().unwrap_or("the session policies do not pack")
-        );
-        return match policies_from {
-            PolicySource::Narrowing => ProviderError::Denied {
-                message: format!(
-                    "{sts} (the narrowing's session policies do not fit one STS session: narrow with fewer policy_arns or a shorter policy)"
-                ),
-                upstream_request_id,
-                trust_broken: false,
-            },
-            PolicySource::Ceiling => ProviderError::Denied {
-                message: format!(
-                    "{sts} (the binding's ceiling — the platform ceiling when the binding sets none — does not fit one STS session: restrict the binding's ceiling to fewer managed_policy_arns or fewer, wider action prefixes, then re-run the probe)"
-                ),
-                upstream_request_id,
-                trust_broken: false,
-            },
-            PolicySource::Probe => ProviderError::ActivationRefused {
-                reason: RefusalReason::Other,
-                message: format!(
-                    "{sts}: the binding's ceiling (the platform ceiling when the binding sets none) does not fit one STS session, so every unnarrowed resolve would be refused. \
-                     Restrict the binding's ceiling to fewer managed_policy_arns or fewer, wider action prefixes, then re-run the probe."
-                ),
-                upstream_request_id,
-            },
-        };
-    }
-    match sdk_error(err) {
-        ProviderError::Denied {
-            message,
-            upstream_request_id,
-            trust_broken: true,
-        } if source_identity_sent => ProviderError::Denied {
-            message: format!(
-                "{message}; the call carried a SourceIdentity (the binding sets source_identity), so the trust policy must also allow sts:SetSourceIdentity"
-            ),
-            upstream_request_id,
-            trust_broken: true,
-        },
-        other => other,
-    }
-}
-
 fn to_credential(out: &AssumeRoleOutput) -> Result<IssuedCredential, ProviderError> {
+    credential_of(out.credentials(), out.request_id())
+}
+
+/// The resolve answer for STS's `Credentials` (AssumeRole or AssumeRoleWithWebIdentity).
+fn credential_of(
+    c: Option<&aws_sdk_sts::types::Credentials>,
+    request_id: Option<&str>,
+) -> Result<IssuedCredential, ProviderError> {
     let malformed = || ProviderError::Unavailable {
         message: "STS answer lacks credentials".into(),
-        upstream_request_id: out.request_id().map(str::to_owned),
+        upstream_request_id: request_id.map(str::to_owned),
     };
-    let c = out.credentials().ok_or_else(malformed)?;
+    let c = c.ok_or_else(malformed)?;
     let expires_at = OffsetDateTime::from_unix_timestamp(c.expiration().secs())
         .map_err(|_| malformed())?
         + time::Duration::nanoseconds(i64::from(c.expiration().subsec_nanos()));
     if expires_at <= OffsetDateTime::now_utc() {
         return Err(ProviderError::Unavailable {
             message: "STS returned credentials that are already expired".into(),
-            upstream_request_id: out.request_id().map(str::to_owned),
+            upstream_request_id: request_id.map(str::to_owned),
         });
     }
     let expiration = expires_at
@@ -323,7 +235,7 @@ fn to_credential(out: &AssumeRoleOutput) -> Result<IssuedCredential, ProviderErr
         kind: "aws_sts",
         credentials,
         expires_at: Some(expires_at),
-        upstream_request_id: out.request_id().map(str::to_owned),
+        upstream_request_id: request_id.map(str::to_owned),
         details: serde_json::Value::Null,
         subject: None,
     })
@@ -360,6 +272,13 @@ impl AwsAssumeRole {
         {
             return Err("providers.aws_assume_role: max_duration_s must be 900..=43200 and max_attempts at least 1".into());
         }
+        let audience = &settings.web_identity_audience;
+        if audience.is_empty()
+            || audience.len() > 255
+            || !audience.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err("providers.aws_assume_role: web_identity_audience must be 1-255 printable characters (the client id of the customer's IAM OIDC provider)".into());
+        }
         let attempt = Duration::from_millis(settings.attempt_timeout_ms.max(100));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()))
@@ -380,8 +299,11 @@ impl AwsAssumeRole {
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
+        let mut unsigned = aws_sdk_sts::config::Builder::from(&shared);
+        unsigned.set_credentials_provider(None);
         Ok(AwsAssumeRole {
             client: aws_sdk_sts::Client::new(&shared),
+            web_client: aws_sdk_sts::Client::from_conf(unsigned.build()),
             settings,
             ceiling,
         })
@@ -532,6 +454,14 @@ impl Provider for AwsAssumeRole {
         }]
     }
 
+    fn binding_parameters(&self, config: &Value) -> &'static [crate::BindingParameter] {
+        if config.get("model").and_then(Value::as_str) == Some("web_identity") {
+            &[crate::OIDC_SUBJECT]
+        } else {
+            &[]
+        }
+    }
+
     fn probe(&self) -> Option<&dyn Probe> {
         Some(self)
     }
@@ -549,8 +479,10 @@ impl Provider for AwsAssumeRole {
             "external_id": external_id,
             "templates": {
                 "single_account": "onboarding-templates/aws/credbroker-role.json",
-                "organization_stackset": "onboarding-templates/aws/credbroker-stackset.json"
+                "organization_stackset": "onboarding-templates/aws/credbroker-stackset.json",
+                "web_identity": "onboarding-templates/aws/credbroker-role-web-identity.json"
             },
+            "web_identity": "with --model web_identity the role trusts the broker's OIDC issuer instead of the vendor account: the binding's subject (config.broker.subject, shown by binding add) is the template's Subject parameter; no ExternalId",
             "template_parameters": {
                 "VendorAccountId": self.settings.vendor_account_id,
                 "ExternalId": external_id,
@@ -623,6 +555,17 @@ impl Provider for AwsAssumeRole {
         );
         let source_identity = mint_source_identity(parsed, request.worker)?;
         let session = session_name(request.binding.tenant_id, request.instance_id);
+        if let Some(subject) = &parsed.web_subject {
+            drop(source_identity);
+            let call = web_identity::WebCall {
+                subject,
+                session: &session,
+                duration_s: duration,
+                narrowing: &narrowing,
+            };
+            let out = self.assume_web(parsed, call, request).await?;
+            return credential_of(out.credentials(), out.request_id());
+        }
         let out = self
             .assume(
                 parsed,

@@ -14,6 +14,9 @@ impl Probe for AwsAssumeRole {
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
         let bound = request.binding.bound.get::<AwsBinding>()?;
         let parsed = &bound.parsed;
+        if parsed.web_subject.is_some() {
+            return self.probe_web(bound, request).await;
+        }
         let session = session_name(request.binding.tenant_id, "activation-probe");
         // The first call is what an unnarrowed mint sends, but for the session name and the
         // shortest duration: the tenant's ExternalId, the SourceIdentity when the binding
@@ -98,16 +101,5 @@ impl Probe for AwsAssumeRole {
 
 /// A random ExternalId of the broker's form (40 alphanumerics), never any tenant's.
 fn random_external_id() -> Result<String, ProviderError> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(40);
-    while out.len() < 40 {
-        let mut bytes = [0u8; 64];
-        aws_lc_rs::rand::fill(&mut bytes)
-            .map_err(|_| ProviderError::Internal("system CSPRNG failed".into()))?;
-        // Rejection sampling keeps the distribution uniform (248 = 4 × 62).
-        for b in bytes.iter().filter(|b| **b < 248).take(40 - out.len()) {
-            out.push(ALPHABET[usize::from(*b % 62)] as char);
-        }
-    }
-    Ok(out)
+    crate::random_alphanumeric(40)
 }

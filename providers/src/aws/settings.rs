@@ -37,6 +37,14 @@ pub struct AwsSettings {
     pub max_attempts: u32,
     /// The platform ceiling file (policies/aws.json).
     pub ceiling_file: std::path::PathBuf,
+    /// The `aud` of the broker's assertions for web-identity bindings (the client id the
+    /// customer's IAM OIDC provider lists).
+    #[serde(default = "default_web_identity_audience")]
+    pub web_identity_audience: String,
+}
+
+fn default_web_identity_audience() -> String {
+    "sts.amazonaws.com".into()
 }
 
 impl AwsSettings {
@@ -93,6 +101,13 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
                 help: "Session length in seconds (900..=the platform maximum).",
                 value: FlagValue::Integer,
                 target: FlagTarget::Key("duration_s"),
+                required: false,
+            },
+            ConfigFlag {
+                long: "model",
+                help: "assume_role (default: AssumeRole from the vendor account with the tenant's ExternalId) or web_identity (AssumeRoleWithWebIdentity with the broker's own OIDC assertion: no AWS credential on the platform).",
+                value: FlagValue::Text,
+                target: FlagTarget::Key("model"),
                 required: false,
             },
             ConfigFlag {

@@ -589,6 +589,7 @@ async fn run(args: Args) {
             attempt_timeout_ms: 3000,
             max_attempts: 1,
             ceiling_file: repo_root().join("policies/aws.json"),
+            web_identity_audience: "sts.amazonaws.com".into(),
         })
         .await
         .unwrap();

@@ -1,0 +1,152 @@
+//! How STS refusals become provider errors, worded for who can fix them: the customer's
+//! trust (flags the binding), the platform's own credentials, or a narrowing or ceiling that
+//! does not pack into one session.
+
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+use aws_sdk_sts::operation::RequestId;
+
+use super::PolicySource;
+use crate::{ProviderError, RefusalReason};
+
+/// The refusal of an STS-compatible service whose error body the SDK cannot read (moto).
+const OPAQUE_403: &str = "STS refused with HTTP 403 (error body not in the STS format)";
+
+/// Whether `e` is the trust policy refusing the call: STS's AccessDenied, or the unreadable
+/// 403 of an STS-compatible service. Anything else (expired vendor credentials, a disabled
+/// region) proves nothing about the trust policy.
+pub(super) fn is_trust_refusal(e: &ProviderError) -> bool {
+    matches!(
+        e,
+        ProviderError::Denied {
+            trust_broken: true,
+            ..
+        }
+    ) || matches!(e, ProviderError::Denied { message, .. } if message == OPAQUE_403)
+}
+
+pub(super) fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    err: SdkError<E>,
+) -> ProviderError {
+    let request_id = err.request_id().map(str::to_owned);
+    match &err {
+        // An error body the SDK cannot read: key on the status. STS answers refusals with 403
+        // (some STS-compatible services wrap the error differently); anything else is an
+        // unusable answer.
+        SdkError::ServiceError(ctx)
+            if ctx.err().code().is_none() && ctx.raw().status().as_u16() == 403 =>
+        {
+            ProviderError::Denied {
+                message: OPAQUE_403.into(),
+                upstream_request_id: request_id,
+                trust_broken: false,
+            }
+        }
+        SdkError::ServiceError(ctx) if ctx.err().code().is_none() => ProviderError::Unavailable {
+            message: format!(
+                "STS answered HTTP {} without a recognizable error or result (malformed)",
+                ctx.raw().status().as_u16()
+            ),
+            upstream_request_id: request_id,
+        },
+        SdkError::ServiceError(ctx) => {
+            let code = ctx.err().code().unwrap_or("Unknown").to_owned();
+            let message = ctx.err().message().unwrap_or("").to_owned();
+            let status = ctx.raw().status().as_u16();
+            if code == "AccessDenied" {
+                ProviderError::Denied {
+                    message: format!("STS AccessDenied: {message} (the customer's role no longer trusts the vendor account with this ExternalId, or the role is gone)"),
+                    upstream_request_id: request_id,
+                    trust_broken: true,
+                }
+            } else if status >= 500 || code.contains("Throttl") || code == "RequestLimitExceeded" {
+                ProviderError::Unavailable {
+                    message: format!("STS {code} (HTTP {status}) after retries"),
+                    upstream_request_id: request_id,
+                }
+            } else {
+                ProviderError::Denied {
+                    message: format!("STS {code}: {message}"),
+                    upstream_request_id: request_id,
+                    trust_broken: false,
+                }
+            }
+        }
+        SdkError::TimeoutError(_) => ProviderError::Unavailable {
+            message: "STS did not answer in time".into(),
+            upstream_request_id: request_id,
+        },
+        SdkError::DispatchFailure(_) => ProviderError::Unavailable {
+            message: "cannot reach STS".into(),
+            upstream_request_id: request_id,
+        },
+        SdkError::ResponseError(_) => ProviderError::Unavailable {
+            message: "STS answered with a malformed response".into(),
+            upstream_request_id: request_id,
+        },
+        _ => ProviderError::Internal("could not build the STS request".into()),
+    }
+}
+
+/// An AssumeRole refusal, worded for who can fix it.
+///
+/// `PackedPolicyTooLarge` (STS could not pack the session policies, policy ARNs and tags into
+/// one session although each is within its own limit — the packed size cannot be computed
+/// beforehand) is never the customer's trust: on a narrowed mint it names the narrowing, on
+/// an unnarrowed one the binding's ceiling, and on the probe it refuses activation, since every
+/// unnarrowed resolve would be refused the same way. An AccessDenied on a call that carried a
+/// SourceIdentity says that the trust policy must also allow `sts:SetSourceIdentity`.
+pub(super) fn assume_error(
+    err: SdkError<AssumeRoleError>,
+    policies_from: PolicySource,
+    source_identity_sent: bool,
+) -> ProviderError {
+    let packed = err
+        .as_service_error()
+        .is_some_and(AssumeRoleError::is_packed_policy_too_large_exception);
+    if packed {
+        let upstream_request_id = err.request_id().map(str::to_owned);
+        let sts = format!(
+            "STS PackedPolicyTooLarge: {}",
+            err.message().unwrap_or("the session policies do not pack")
+        );
+        return match policies_from {
+            PolicySource::Narrowing => ProviderError::Denied {
+                message: format!(
+                    "{sts} (the narrowing's session policies do not fit one STS session: narrow with fewer policy_arns or a shorter policy)"
+                ),
+                upstream_request_id,
+                trust_broken: false,
+            },
+            PolicySource::Ceiling => ProviderError::Denied {
+                message: format!(
+                    "{sts} (the binding's ceiling — the platform ceiling when the binding sets none — does not fit one STS session: restrict the binding's ceiling to fewer managed_policy_arns or fewer, wider action prefixes, then re-run the probe)"
+                ),
+                upstream_request_id,
+                trust_broken: false,
+            },
+            PolicySource::Probe => ProviderError::ActivationRefused {
+                reason: RefusalReason::Other,
+                message: format!(
+                    "{sts}: the binding's ceiling (the platform ceiling when the binding sets none) does not fit one STS session, so every unnarrowed resolve would be refused. \
+                     Restrict the binding's ceiling to fewer managed_policy_arns or fewer, wider action prefixes, then re-run the probe."
+                ),
+                upstream_request_id,
+            },
+        };
+    }
+    match sdk_error(err) {
+        ProviderError::Denied {
+            message,
+            upstream_request_id,
+            trust_broken: true,
+        } if source_identity_sent => ProviderError::Denied {
+            message: format!(
+                "{message}; the call carried a SourceIdentity (the binding sets source_identity), so the trust policy must also allow sts:SetSourceIdentity"
+            ),
+            upstream_request_id,
+            trust_broken: true,
+        },
+        other => other,
+    }
+}
