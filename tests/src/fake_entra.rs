@@ -1,11 +1,13 @@
 //! A local fake of the Microsoft Entra v2.0 token endpoint for a multi-tenant app, behaving
 //! like the real one (PROTOCOLS.md, "Microsoft Entra multi-tenant app"): one form-encoded
 //! `POST /{tenant}/oauth2/v2.0/token` per customer tenant GUID, the client-credentials grant
-//! with a client secret or a certificate-signed client assertion, `scope={resource}/.default`
+//! with a client secret, a certificate-signed client assertion or a federated assertion from
+//! the broker's own issuer (module `federated`), `scope={resource}/.default`
 //! (one resource), tokens signed by the fake carrying `tid`, `iss` (v1 or v2 form),
 //! `appid`/`azp`, `oid`, `roles` (Graph only), `idtyp`, and the real AADSTS error bodies for an
 //! unknown tenant, an unconsented app, a bad or expired secret, a bad assertion, a disabled
-//! app and `/common`. It records every request. The broker is to decode these tokens, never to
+//! app and `/common`. It records every request, with the client authentication used and never
+//! a secret or an assertion. The broker is to decode these tokens, never to
 //! trust them: the fake can be told to issue wrong claims.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +23,9 @@ use serde_json::{json, Value};
 
 use crate::fake_github::AppKey;
 use crate::fake_sts::parse_form;
+
+mod federated;
+pub use federated::{ClientAuth, FederatedCredential, JWT_BEARER, TOKEN_EXCHANGE_AUDIENCE};
 
 /// Microsoft Graph's resource URL.
 pub const GRAPH: &str = "https://graph.microsoft.com";
@@ -73,8 +78,15 @@ pub struct EntraState {
     pub v1_tokens: Mutex<bool>,
     /// Deliberately wrong claims.
     pub misissue: Mutex<Misissue>,
-    /// Every request: (tenant path segment, form fields minus secrets).
+    /// Every request: (tenant path segment, form fields minus `client_secret` and
+    /// `client_assertion`, plus `client_auth` = `secret` | `certificate` | `federated` |
+    /// `none` and, for an assertion, its `assertion_sub` and `assertion_jti` when present).
     pub requests: Mutex<Vec<(String, BTreeMap<String, String>)>>,
+    /// The app's federated identity credential (one serves every consented tenant).
+    pub federated: Mutex<Option<FederatedCredential>>,
+    /// Only the federated credential authenticates: secrets and certificates are refused
+    /// as if the app held none.
+    pub require_federated: Mutex<bool>,
     /// Azure RBAC role assignments: (scope, principal object id, role definition GUID).
     pub role_assignments: Mutex<Vec<(String, String, String)>>,
     signing: AppKey,
@@ -129,11 +141,19 @@ impl EntraState {
     /// Answers `POST /{tenant}/oauth2/v2.0/token` with `form`: (HTTP status, JSON body).
     pub fn token(&self, tenant: &str, form: &HashMap<String, String>) -> (u16, Value) {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
-        let recorded: BTreeMap<String, String> = form
+        let mut recorded: BTreeMap<String, String> = form
             .iter()
             .filter(|(k, _)| k.as_str() != "client_secret" && k.as_str() != "client_assertion")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let (auth, assertion_sub, assertion_jti) = federated::classify(&self.client_id, form);
+        recorded.insert("client_auth".into(), auth.as_str().into());
+        if let Some(sub) = assertion_sub {
+            recorded.insert("assertion_sub".into(), sub);
+        }
+        if let Some(jti) = assertion_jti {
+            recorded.insert("assertion_jti".into(), jti);
+        }
         self.requests
             .lock()
             .unwrap()
@@ -183,7 +203,11 @@ impl EntraState {
             );
         }
         // Client authentication.
+        let federated_only = *self.require_federated.lock().unwrap();
         if let Some(secret) = form.get("client_secret") {
+            if federated_only {
+                return error_body(401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.", n);
+            }
             if self.expired_secrets.lock().unwrap().contains(secret) {
                 return error_body(
                     401,
@@ -196,10 +220,14 @@ impl EntraState {
             if !self.secrets.lock().unwrap().contains(secret) {
                 return error_body(401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.", n);
             }
-        } else if field("client_assertion_type")
-            == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-        {
-            if !self.assertion_ok(tenant, field("client_assertion")) {
+        } else if auth == ClientAuth::Federated {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let mut fic = self.federated.lock().unwrap();
+            if let Err(r) = federated::check(fic.as_mut(), field("client_assertion"), now) {
+                return error_body(r.status, r.error, r.code, &r.text, n);
+            }
+        } else if field("client_assertion_type") == JWT_BEARER {
+            if federated_only || !self.assertion_ok(tenant, field("client_assertion")) {
                 return error_body(401, "invalid_client", 700027, "The certificate with identifier used to sign the client assertion is not registered on application, or the assertion is invalid.", n);
             }
         } else {
@@ -503,6 +531,8 @@ impl FakeEntra {
             v1_tokens: Mutex::new(false),
             misissue: Mutex::new(Misissue::default()),
             requests: Mutex::new(Vec::new()),
+            federated: Mutex::new(None),
+            require_federated: Mutex::new(false),
             role_assignments: Mutex::new(Vec::new()),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),
@@ -558,6 +588,67 @@ impl FakeEntra {
             principal.to_owned(),
             role.to_owned(),
         ));
+    }
+
+    /// Puts the federated identity credential on our app (replacing any): assertions with
+    /// `iss` = `issuer`, `sub` = `subject`, `aud` = `audience` (normally
+    /// [`TOKEN_EXCHANGE_AUDIENCE`]) signed by a key of `jwks` (the issuer's `{"keys": [...]}`,
+    /// e.g. what the broker publishes) authenticate the app in every consented tenant.
+    pub fn set_federated_credential(
+        &self,
+        issuer: &str,
+        subject: &str,
+        audience: &str,
+        jwks: Value,
+    ) {
+        *self.state.federated.lock().unwrap() = Some(FederatedCredential {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            audience: audience.to_owned(),
+            jwks,
+            propagating: 0,
+        });
+    }
+
+    /// Replaces the keys Entra knows for the FIC's issuer (after the broker rotated its key:
+    /// Entra refetches the JWKS; a test re-hands it).
+    pub fn set_federated_jwks(&self, jwks: Value) {
+        if let Some(f) = self.state.federated.lock().unwrap().as_mut() {
+            f.jwks = jwks;
+        }
+    }
+
+    /// The next `n` federated token requests get AADSTS70021, as for a few minutes after a
+    /// FIC is created.
+    pub fn federated_propagating(&self, n: u32) {
+        if let Some(f) = self.state.federated.lock().unwrap().as_mut() {
+            f.propagating = n;
+        }
+    }
+
+    /// Deletes the federated identity credential (assertions then get AADSTS70021).
+    pub fn remove_federated_credential(&self) {
+        *self.state.federated.lock().unwrap() = None;
+    }
+
+    /// With `true`, only the federated credential authenticates: a secret is refused with
+    /// AADSTS7000215 and a certificate assertion with AADSTS700027, as when the app holds
+    /// only the FIC.
+    pub fn require_federated(&self, on: bool) {
+        *self.state.require_federated.lock().unwrap() = on;
+    }
+
+    /// The `client_auth` of every token request for `tenant`, in order (`secret`,
+    /// `certificate`, `federated`, `none`).
+    pub fn client_auths(&self, tenant: &str) -> Vec<String> {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == tenant)
+            .filter_map(|(_, f)| f.get("client_auth").cloned())
+            .collect()
     }
 
     /// The customer removes one granted application permission.

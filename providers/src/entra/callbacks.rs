@@ -133,7 +133,9 @@ impl Callbacks for EntraApp {
         }
         let started = std::time::Instant::now();
         self.note_consent(&tenant);
-        let graph = self.token_for(&tenant, Resource::Graph, timeout).await?;
+        let graph = self
+            .token_for(&tenant, Resource::Graph, timeout, context.assertions)
+            .await?;
         // The tenant matches the pin, but anyone holding the link can claim it: only an
         // administrator of that tenant can grant our app a permission, so one granted after
         // the link was issued shows that this consent happened now.

@@ -146,15 +146,26 @@ impl EntraApp {
         tenant: &str,
         resource: Resource,
         budget: Duration,
+        signer: &dyn crate::AssertionSigner,
     ) -> Result<TokenAnswer, ProviderError> {
-        let credentials: Vec<Arc<dyn ClientAuth>> = self
-            .credentials
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_default();
+        let mut credentials: Vec<Arc<dyn ClientAuth>> = Vec::new();
+        // The federated credential (no secret at all) is preferred; stored secrets and
+        // certificates, when any are still active, follow.
+        if let Some(subject) = &self.settings.federated_subject {
+            credentials.push(Arc::new(token::FederatedAssertion {
+                subject: subject.clone(),
+                audience: self.settings.federated_audience.clone(),
+            }));
+        }
+        credentials.extend(
+            self.credentials
+                .read()
+                .map(|c| c.clone())
+                .unwrap_or_default(),
+        );
         if credentials.is_empty() {
             return Err(ProviderError::Internal(
-                "no Entra app credential is active (credbroker keys entra add/activate)".into(),
+                "no Entra app credential is active (set federated_subject, or credbroker keys entra add/activate)".into(),
             ));
         }
         let deadline = Instant::now() + budget;
@@ -173,7 +184,7 @@ impl EntraApp {
                     tenant,
                     &client_id,
                     self.resource_url(resource),
-                    auth.as_ref(),
+                    (auth.as_ref(), signer),
                     self.per_request(left),
                 )
                 .await;
@@ -472,7 +483,9 @@ impl Provider for EntraApp {
                 .unwrap_or(Resource::Graph),
         };
         let tenant = &bound.config.tenant;
-        let answer = self.token_for(tenant, resource, request.timeout).await?;
+        let answer = self
+            .token_for(tenant, resource, request.timeout, request.assertions)
+            .await?;
         let roles = match resource {
             Resource::Graph => Some(self.check_roles(&answer, bound)?),
             // ARM tokens carry no roles: what our principal may do is read from its role
@@ -511,7 +524,7 @@ impl Probe for EntraApp {
         let bound = request.binding.bound.get::<EntraBinding>()?;
         let tenant = &bound.config.tenant;
         let answer = self
-            .token_for(tenant, Resource::Graph, request.timeout)
+            .token_for(tenant, Resource::Graph, request.timeout, request.assertions)
             .await?;
         let roles = self.check_roles(&answer, bound)?;
         let oid = answer
@@ -523,7 +536,7 @@ impl Probe for EntraApp {
         let mut arm = Vec::new();
         if !bound.config.arm_scopes.is_empty() {
             let arm_token = self
-                .token_for(tenant, Resource::Arm, request.timeout)
+                .token_for(tenant, Resource::Arm, request.timeout, request.assertions)
                 .await?;
             arm = self
                 .check_arm(&arm_token, bound, request.timeout)

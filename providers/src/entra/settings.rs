@@ -53,6 +53,18 @@ pub struct EntraSettings {
     /// 7000229, 65001) are taken as Entra still propagating the consent and retried.
     #[serde(default = "default_propagation")]
     pub consent_propagation_s: u64,
+    /// The subject of the federated identity credential (FIC) on the app that trusts the
+    /// broker's own issuer; set, the app authenticates with the issuer's assertion (no
+    /// secret) before any stored credential.
+    #[serde(default)]
+    pub federated_subject: Option<String>,
+    /// The FIC's audience (`api://AzureADTokenExchange`; sovereign clouds have their own).
+    #[serde(default = "default_federated_audience")]
+    pub federated_audience: String,
+}
+
+fn default_federated_audience() -> String {
+    "api://AzureADTokenExchange".into()
 }
 
 /// The registry id.
@@ -102,6 +114,22 @@ impl EntraSettings {
         }
         if self.consent_propagation_s > 3600 {
             return Err("consent_propagation_s must be at most 3600".into());
+        }
+        if let Some(s) = &self.federated_subject {
+            // Entra matches issuer and subject exactly, at most 600 characters.
+            if s.is_empty() || s.len() > 127 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("federated_subject must be 1-127 printable characters".into());
+            }
+            // `cb-…` is the shape of the subjects the broker generates for bindings.
+            if s.starts_with(crate::OIDC_SUBJECT.prefix) {
+                return Err(format!(
+                    "federated_subject must not start with {:?} (the broker's binding subjects do)",
+                    crate::OIDC_SUBJECT.prefix
+                ));
+            }
+        }
+        if self.federated_audience.is_empty() || self.federated_audience.len() > 600 {
+            return Err("federated_audience must be 1-600 characters".into());
         }
         Ok(())
     }

@@ -35,10 +35,40 @@ pub trait ClientAuth: Send + Sync {
         &self,
         client_id: &str,
         token_url: &str,
+        signer: &dyn crate::AssertionSigner,
     ) -> Result<Vec<(&'static str, SecretString)>, ProviderError>;
 
     /// What it is, for operators (never the secret): `client secret v3`.
     fn label(&self) -> String;
+}
+
+/// A federated credential: the broker's own issuer signs the assertion (`sub` the FIC's
+/// subject, `aud` `api://AzureADTokenExchange`). One FIC on the multi-tenant app serves every
+/// consented tenant; the platform then holds no Entra secret.
+pub struct FederatedAssertion {
+    /// The FIC's subject.
+    pub subject: String,
+    /// The FIC's audience.
+    pub audience: String,
+}
+
+impl ClientAuth for FederatedAssertion {
+    fn form_fields(
+        &self,
+        _client_id: &str,
+        _token_url: &str,
+        signer: &dyn crate::AssertionSigner,
+    ) -> Result<Vec<(&'static str, SecretString)>, ProviderError> {
+        let jwt = signer.sign(&self.subject, &self.audience)?;
+        Ok(vec![
+            ("client_assertion_type", SecretString::from(JWT_BEARER)),
+            ("client_assertion", jwt),
+        ])
+    }
+
+    fn label(&self) -> String {
+        format!("federated credential (subject {})", self.subject)
+    }
 }
 
 /// A client secret (`client_secret`).
@@ -54,6 +84,7 @@ impl ClientAuth for ClientSecret {
         &self,
         _client_id: &str,
         _token_url: &str,
+        _signer: &dyn crate::AssertionSigner,
     ) -> Result<Vec<(&'static str, SecretString)>, ProviderError> {
         Ok(vec![("client_secret", self.secret.clone())])
     }
@@ -79,6 +110,7 @@ impl ClientAuth for ClientCertificate {
         &self,
         client_id: &str,
         token_url: &str,
+        _signer: &dyn crate::AssertionSigner,
     ) -> Result<Vec<(&'static str, SecretString)>, ProviderError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mut jti = [0u8; 16];
@@ -178,12 +210,12 @@ pub async fn request_token(
     tenant: &str,
     client_id: &str,
     resource: &str,
-    auth: &dyn ClientAuth,
+    (auth, signer): (&dyn ClientAuth, &dyn crate::AssertionSigner),
     timeout: Duration,
 ) -> Result<TokenAnswer, TokenFailure> {
     let token_url = format!("{authority}/{tenant}/oauth2/v2.0/token");
     let fields = auth
-        .form_fields(client_id, &token_url)
+        .form_fields(client_id, &token_url, signer)
         .map_err(TokenFailure::Unavailable)?;
     let scope = format!("{resource}/.default");
     // The body carries the secret: it lives in a zeroizing buffer until sent.

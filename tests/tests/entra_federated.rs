@@ -1,0 +1,131 @@
+//! The Entra provider authenticating the platform's multi-tenant app with a federated
+//! credential from the broker's own issuer: no Entra secret is stored anywhere. The fake
+//! Entra holds one FIC (issuer, subject, audience `api://AzureADTokenExchange`) and our JWKS;
+//! every consented tenant is served by it.
+
+use credbroker_tests::fake_entra::FakeEntra;
+use credbroker_tests::issuer_env::IssuerEnv;
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+const CLIENT_ID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const ACME: &str = "11111111-2222-4333-8444-555555555555";
+const ACME_SP: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const FIC_SUBJECT: &str = "credbroker-entra";
+const FIC_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+fn graph_roles() -> Vec<String> {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join("policies/azure.json")).unwrap())
+            .unwrap();
+    v["graph_application_permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn start() -> (IssuerEnv, FakeEntra) {
+    // The fake knows a secret, but the daemon is never given one.
+    let entra = FakeEntra::start(CLIENT_ID, "never-given-to-the-daemon-0123456789").await;
+    let extra = format!(
+        "[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{0}\"\narm_base_url = \"{0}\"\ngraph_base_url = \"{0}\"\nceiling_file = {1:?}\ntimeout_ms = 3000\nfederated_subject = \"{FIC_SUBJECT}\"\n",
+        entra.url,
+        repo_root().join("policies/azure.json").display().to_string(),
+    );
+    let env = IssuerEnv::start(3600, 300, &extra).await;
+    let roles = graph_roles();
+    let refs: Vec<&str> = roles.iter().map(String::as_str).collect();
+    entra.consent(ACME, ACME_SP, &refs);
+    entra.require_federated(true);
+    (env, entra)
+}
+
+async fn bind(env: &mut IssuerEnv) -> (u16, Value) {
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"id": "acme-entra", "tenant": "t1", "provider": "entra_multi_tenant",
+                    "config": {"tenant_id": ACME}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    env.probe("acme-entra").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_tokens_with_a_federated_assertion_and_no_secret() {
+    let (mut env, entra) = start().await;
+    entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
+    // No Entra key is stored: the platform holds no Entra secret.
+    let (code, out, _) = operator_cli(&env.pki, &env.daemon.url, &["keys", "entra", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["keys"],
+        json!([])
+    );
+    let (s, v) = bind(&mut env).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"]["status"], "active", "{v}");
+    env.add_instance("ie", "t1", "acme-entra").await;
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "ie"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["kind"], "entra_access_token", "{v}");
+    let auths = entra.client_auths(ACME);
+    assert!(
+        !auths.is_empty() && auths.iter().all(|a| a == "federated"),
+        "{auths:?}"
+    );
+    // The resolve's audit record names the assertion it sent.
+    let records = env.daemon.audit_records();
+    let minted = records
+        .iter()
+        .find(|r| r["action"] == "resolve" && r["outcome"] == "allowed")
+        .unwrap();
+    let detail = minted["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("sub={FIC_SUBJECT}")) && detail.contains(FIC_AUDIENCE),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_credential_that_does_not_match_is_refused() {
+    let (mut env, entra) = start().await;
+    // The FIC names another subject: Entra finds no matching record (AADSTS700213).
+    entra.set_federated_credential(&env.issuer, "someone-else", FIC_AUDIENCE, env.jwks().await);
+    let (s, v) = bind(&mut env).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("700213"),
+        "{v}"
+    );
+    // The FIC trusts another issuer (AADSTS700211).
+    entra.set_federated_credential(
+        "https://evil.example",
+        FIC_SUBJECT,
+        FIC_AUDIENCE,
+        env.jwks().await,
+    );
+    let (s, v) = env.probe("acme-entra").await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("700211"),
+        "{v}"
+    );
+    // Keys Entra does not hold for our issuer: the signature fails (AADSTS700027).
+    let other = credbroker_tests::issuer_env::TestSigner::new(&env.issuer);
+    entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, other.jwks());
+    let (s, v) = env.probe("acme-entra").await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("700027"),
+        "{v}"
+    );
+}
