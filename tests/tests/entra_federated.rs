@@ -129,3 +129,46 @@ async fn a_federated_credential_that_does_not_match_is_refused() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_secret_still_serves_while_the_federated_credential_does_not_match() {
+    // Moving from a secret to the FIC: the FIC is not matched yet (AADSTS70021, as for
+    // minutes after it is created); the app's active secret is tried next.
+    let (mut env, entra) = start().await;
+    entra.require_federated(false);
+    let secret = "never-given-to-the-daemon-0123456789";
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/keys/entra_multi_tenant",
+        Some(json!({"fields": {"client_secret": secret}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let version = v["key"]["version"].as_u64().unwrap();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/keys/entra_multi_tenant/{version}/activate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = bind(&mut env).await;
+    assert_eq!(s, 200, "{v}");
+    let auths = entra.client_auths(ACME);
+    assert!(
+        auths.contains(&"federated".to_owned()) && auths.contains(&"secret".to_owned()),
+        "{auths:?}"
+    );
+    // Once the FIC exists, the assertion is used first and the secret is no longer sent.
+    entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
+    let before = entra.client_auths(ACME).len();
+    let (s, v) = env.probe("acme-entra").await;
+    assert_eq!(s, 200, "{v}");
+    let after: Vec<String> = entra.client_auths(ACME).into_iter().skip(before).collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|a| a == "federated"),
+        "{after:?}"
+    );
+}

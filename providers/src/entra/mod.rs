@@ -49,8 +49,14 @@ use crate::{
 
 /// AADSTS codes meaning our app has no service principal in the tenant, or lacks consent.
 const NO_CONSENT: &[u32] = &[700016, 7000229, 65001, 90094];
-/// AADSTS codes meaning one of our app credentials was refused (the next one is tried).
-const BAD_CREDENTIAL: &[u32] = &[7000215, 7000222, 700027, 7000218, 700024];
+/// AADSTS codes meaning one of our app credentials was refused (the next one is tried):
+/// a bad or expired secret or certificate, and a federated assertion no federated identity
+/// credential matches (70021 none, also for minutes after one is created; 700211 issuer,
+/// 700212 audience, 700213 subject; 700222 an Entra-issued token). A platform moving from a
+/// secret to the federated credential keeps working on the secret until the FIC matches.
+const BAD_CREDENTIAL: &[u32] = &[
+    7000215, 7000222, 700027, 7000218, 700024, 70021, 700211, 700212, 700213, 700222,
+];
 
 /// The provider.
 pub struct EntraApp {
