@@ -100,6 +100,24 @@ async fn discovery_jwks_rotation_and_retirement_as_a_relying_party_sees_them() {
         ),
         (Some("RSA"), Some("sig"), Some("RS256"))
     );
+    // Relying parties may cache it, never longer than a rotated key waits to sign.
+    let python = std::env::var("CREDBROKER_TEST_PYTHON")
+        .expect("CREDBROKER_TEST_PYTHON is not set: run the suite with `bash tests/run`");
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import ssl,sys,urllib.request;r=urllib.request.urlopen(sys.argv[1],context=ssl.create_default_context(cafile=sys.argv[2]));print(r.headers['Cache-Control'])",
+            &format!("{}/.well-known/jwks.json", env.issuer),
+            &env.pki.dir.join("ca.crt").display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "public, max-age=3",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // `issuer jwks` prints what the public listener serves (for inline pinning).
     let (code, printed) = cli(&env, &["issuer", "jwks"]);
     assert_eq!(code, 0, "{printed}");

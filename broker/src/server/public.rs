@@ -114,12 +114,29 @@ pub(super) async fn handle_public(
             plain_json(StatusCode::OK, json!({ "status": "ok" })).into()
         }
         Ok(m) if matches!(m.endpoint, Endpoint::OidcDiscovery | Endpoint::OidcJwks) => {
-            match broker.core().issuer() {
-                Some(issuer) if m.endpoint == Endpoint::OidcDiscovery => {
-                    plain_json(StatusCode::OK, issuer.discovery()).into()
-                }
-                Some(issuer) => {
-                    plain_json(StatusCode::OK, issuer.jwks(time::OffsetDateTime::now_utc())).into()
+            let document = broker.core().issuer().map(|issuer| {
+                let doc = if m.endpoint == Endpoint::OidcDiscovery {
+                    issuer.discovery()
+                } else {
+                    issuer.jwks(time::OffsetDateTime::now_utc())
+                };
+                (doc, issuer.settings().publish_lead_s.min(300))
+            });
+            match document {
+                // Relying parties may cache both, never longer than a rotated key is
+                // published before it signs (at most 5 minutes).
+                Some((document, max_age)) => {
+                    let mut response = respond(
+                        plain_json(StatusCode::OK, document),
+                        "application/json",
+                        &request_id,
+                    );
+                    if let Ok(v) =
+                        header::HeaderValue::from_str(&format!("public, max-age={max_age}"))
+                    {
+                        response.headers_mut().insert(header::CACHE_CONTROL, v);
+                    }
+                    return response;
                 }
                 None => error_answer(
                     &ApiError::new(ErrorCode::NotFound, "no OIDC issuer is configured"),
