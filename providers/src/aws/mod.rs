@@ -553,10 +553,8 @@ impl Provider for AwsAssumeRole {
             self.settings.default_duration_s,
             self.settings.max_duration_s,
         );
-        let source_identity = mint_source_identity(parsed, request.worker)?;
         let session = session_name(request.binding.tenant_id, request.instance_id);
         if let Some(subject) = &parsed.web_subject {
-            drop(source_identity);
             let call = web_identity::WebCall {
                 subject,
                 session: &session,
@@ -566,6 +564,7 @@ impl Provider for AwsAssumeRole {
             let out = self.assume_web(parsed, call, request).await?;
             return credential_of(out.credentials(), out.request_id());
         }
+        let source_identity = mint_source_identity(parsed, request.worker)?;
         let out = self
             .assume(
                 parsed,
