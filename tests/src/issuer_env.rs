@@ -36,23 +36,6 @@ pub struct IssuerEnv {
     pub issuer: String,
 }
 
-/// The environment of a daemon with no AWS credential at all (the web-identity proof): no
-/// keys, no config files, no instance metadata.
-pub fn no_aws_credentials() -> Vec<(String, String)> {
-    [
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_CONFIG_FILE", "/nonexistent/credbroker-test"),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/credbroker-test",
-        ),
-        ("AWS_REGION", "us-east-1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
-
 impl IssuerEnv {
     /// Starts a daemon whose `[issuer]` has `publish_lead_s` and `token_ttl_s`, plus `extra`
     /// TOML; seeds tenants `t1`, `t2` and worker `w1` (for `t1`).

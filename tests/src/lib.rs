@@ -608,6 +608,15 @@ pub async fn seed_two_tenants(op: &mut BrokerClient) {
     assert_eq!(s, 201, "{v}");
 }
 
+/// The test venv's Python (`bash tests/run` installs it and sets CREDBROKER_TEST_PYTHON).
+pub fn test_python() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("CREDBROKER_TEST_PYTHON").unwrap_or_else(|| {
+            panic!("CREDBROKER_TEST_PYTHON is not set: run the suite with `bash tests/run`")
+        }),
+    )
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -620,9 +629,16 @@ pub fn repo_root() -> PathBuf {
 /// environment credential provider can answer, so nothing ever reaches a metadata service
 /// or a real endpoint.
 pub fn aws_test_env(access_key: &str, secret: &str) -> Vec<(String, String)> {
+    let mut env = aws_env_without_credentials();
+    env.push(("AWS_ACCESS_KEY_ID".into(), access_key.into()));
+    env.push(("AWS_SECRET_ACCESS_KEY".into(), secret.into()));
+    env
+}
+
+/// The environment of a daemon with no AWS credential at all: no keys, no config files, no
+/// instance metadata (the AWS web-identity proof; [`aws_test_env`] adds the vendor key).
+pub fn aws_env_without_credentials() -> Vec<(String, String)> {
     [
-        ("AWS_ACCESS_KEY_ID", access_key),
-        ("AWS_SECRET_ACCESS_KEY", secret),
         ("AWS_EC2_METADATA_DISABLED", "true"),
         ("AWS_CONFIG_FILE", "/nonexistent/credbroker-test"),
         (

@@ -236,7 +236,7 @@ async fn boto3_gets_web_identity_credentials_from_moto_with_no_aws_credential() 
         3600,
         300,
         &extra,
-        credbroker_tests::issuer_env::no_aws_credentials(),
+        aws_env_without_credentials(),
     )
     .await;
     let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "moto-wi", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": "arn:aws:iam::123456789012:role/CredbrokerAccess", "model": "web_identity"}}))).await;

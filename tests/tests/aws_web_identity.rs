@@ -5,7 +5,7 @@
 //! record, and the refusals.
 
 use credbroker_tests::fake_sts::{FakeRole, FakeSts, WebIdentityTrust};
-use credbroker_tests::issuer_env::{no_aws_credentials, subject_of, IssuerEnv};
+use credbroker_tests::issuer_env::{subject_of, IssuerEnv};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
@@ -27,9 +27,23 @@ async fn start() -> Env {
         sts.url,
         repo_root().join("policies/aws.json").display().to_string()
     );
-    let env = IssuerEnv::start_with_env(3600, 300, &extra, no_aws_credentials()).await;
+    let env = IssuerEnv::start_with_env(3600, 300, &extra, aws_env_without_credentials()).await;
     let host = env.issuer.trim_start_matches("https://").to_owned();
     Env { env, sts, host }
+}
+
+/// A customer role trusting our issuer (on `host`) for `sub` (`None`: any subject).
+fn web_role(host: &str, sub: Option<&str>) -> FakeRole {
+    FakeRole {
+        account: CUSTOMER.into(),
+        max_session_s: 3600,
+        web_identity: Some(WebIdentityTrust {
+            provider_host: host.to_owned(),
+            aud: Some("sts.amazonaws.com".into()),
+            sub: sub.map(str::to_owned),
+        }),
+        ..FakeRole::default()
+    }
 }
 
 async fn add_binding(e: &mut Env, id: &str, tenant: &str, config: Value) -> (u16, Value) {
@@ -50,19 +64,7 @@ async fn customer_stack(e: &Env, sub: Option<&str>) {
         vec!["sts.amazonaws.com".into()],
         e.env.jwks().await,
     );
-    e.sts.add_role(
-        ROLE,
-        FakeRole {
-            account: CUSTOMER.into(),
-            max_session_s: 3600,
-            web_identity: Some(WebIdentityTrust {
-                provider_host: e.host.clone(),
-                aud: Some("sts.amazonaws.com".into()),
-                sub: sub.map(str::to_owned),
-            }),
-            ..FakeRole::default()
-        },
-    );
+    e.sts.add_role(ROLE, web_role(&e.host, sub));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,16 +160,7 @@ async fn a_role_that_does_not_pin_the_subject_is_refused_at_probe() {
     let (_, first) = call(&mut e.env.op, Method::GET, "/v1/admin/bindings/wi", None).await;
     e.sts.add_role(
         "arn:aws:iam::222222222222:role/Other",
-        FakeRole {
-            account: CUSTOMER.into(),
-            max_session_s: 3600,
-            web_identity: Some(WebIdentityTrust {
-                provider_host: e.host.clone(),
-                aud: Some("sts.amazonaws.com".into()),
-                sub: Some(subject_of(&first)),
-            }),
-            ..FakeRole::default()
-        },
+        web_role(&e.host, Some(&subject_of(&first))),
     );
     let (s, v) = e.env.probe("wi2").await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");

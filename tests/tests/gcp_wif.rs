@@ -444,15 +444,12 @@ except urllib.error.HTTPError as e:
     rebound = e.code
 print(json.dumps({"token": creds.token, "email": creds.service_account_email, "plain": plain, "rebound": rebound}))
 "#;
-    let out = std::process::Command::new(
-        std::env::var("CREDBROKER_TEST_PYTHON")
-            .expect("CREDBROKER_TEST_PYTHON is not set: run the suite with `bash tests/run`"),
-    )
-    .args(["-c", script])
-    .env("GCE_METADATA_HOST", &host)
-    .env("GCE_METADATA_IP", &host)
-    .output()
-    .unwrap();
+    let out = std::process::Command::new(test_python())
+        .args(["-c", script])
+        .env("GCE_METADATA_HOST", &host)
+        .env("GCE_METADATA_IP", &host)
+        .output()
+        .unwrap();
     let _ = server.kill();
     let _ = server.wait();
     assert!(

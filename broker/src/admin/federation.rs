@@ -212,7 +212,7 @@ impl AdminService {
             // value (a subject a customer's trust pins) is never issued to anyone again.
             let value = format!("{}{}", p.prefix, random_alphanumeric(p.length)?);
             plan.batch.claim_identifier(
-                &format!("binding-param:{}:{}:{value}", provider.id(), p.name),
+                &crate::store::records::binding_parameter_claim(provider.id(), p.name, &value),
                 &IdentifierOwner {
                     tenant: b.tenant.to_string(),
                     binding: Some(b.id.to_string()),

@@ -225,7 +225,7 @@ impl AdminService {
             plan.batch.expect_unchanged(k);
         }
         plan.created = true;
-        plan.reload_keys = Some(KEY_KIND.to_owned());
+        plan.reload_keys = Some(super::KeysToLoad::Issuer);
         Ok(plan)
     }
 
@@ -308,7 +308,7 @@ impl AdminService {
         {
             plan.batch.expect_unchanged(k);
         }
-        plan.reload_keys = Some(KEY_KIND.to_owned());
+        plan.reload_keys = Some(super::KeysToLoad::Issuer);
         Ok(plan)
     }
 }

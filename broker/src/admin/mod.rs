@@ -104,7 +104,15 @@ struct Plan {
     tenant: Option<String>,
     binding: Option<String>,
     invalidate_binding: Option<String>,
-    reload_keys: Option<String>,
+    reload_keys: Option<KeysToLoad>,
+}
+
+/// Which keys a change asks to be loaded again once it committed.
+enum KeysToLoad {
+    /// A provider's platform keys, of this kind.
+    Platform(String),
+    /// The broker's own OIDC issuer's keys.
+    Issuer,
 }
 
 impl Plan {
@@ -340,10 +348,18 @@ impl AdminService {
                 plan.invalidate_binding.as_deref(),
             )
             .await?;
-        if let Some(kind) = plan.reload_keys {
-            if let Err(e) = self.load_platform_keys(&kind).await {
-                tracing::error!(kind, error = %e, "platform keys could not be loaded after a change");
+        match plan.reload_keys {
+            Some(KeysToLoad::Platform(kind)) => {
+                if let Err(e) = self.load_platform_keys(&kind).await {
+                    tracing::error!(kind, error = %e, "platform keys could not be loaded after a change");
+                }
             }
+            Some(KeysToLoad::Issuer) => {
+                if let Err(e) = self.load_issuer_keys().await {
+                    tracing::error!(error = %e, "issuer keys could not be loaded after a change");
+                }
+            }
+            None => {}
         }
         tracing::info!(request_id, actor, action = %event.action, audit_id = %receipt.audit_id, "admin change committed");
         let mut response = plan.response;

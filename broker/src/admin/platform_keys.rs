@@ -146,9 +146,6 @@ impl AdminService {
     /// # Errors
     /// When a key cannot be opened or used.
     pub async fn load_platform_keys(&self, kind: &str) -> Result<usize, ApiError> {
-        if kind == crate::issuer::KEY_KIND {
-            return self.load_issuer_keys().await;
-        }
         let provider = self.key_provider(kind)?;
         let mut active: Vec<PlatformKeyRecord> = self
             .key_records(kind)
@@ -467,7 +464,7 @@ impl AdminService {
         );
         plan.batch = guards;
         plan.batch.replace(&read, &record);
-        plan.reload_keys = Some(kind.to_owned());
+        plan.reload_keys = Some(super::KeysToLoad::Platform(kind.to_owned()));
         Ok(plan)
     }
 }

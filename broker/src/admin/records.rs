@@ -547,7 +547,7 @@ impl AdminService {
                 // Its generated parameters (an OIDC subject a customer's trust may still pin)
                 // keep their claim: never issued again.
                 for identifier in r.identifiers_of(&b.id).await.map_err(store_err)? {
-                    if !identifier.starts_with("binding-param:") {
+                    if !crate::store::records::outlives_binding(&identifier) {
                         plan.batch.release_identifier(&identifier);
                     }
                 }

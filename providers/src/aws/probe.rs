@@ -39,20 +39,7 @@ impl Probe for AwsAssumeRole {
             .assumed_role_user()
             .map(|u| u.arn().to_owned())
             .unwrap_or_default();
-        match assumed_role_account(&assumed) {
-            Some(account) if account == parsed.role.account() => {}
-            other => {
-                return Err(ProviderError::ActivationRefused {
-                    reason: RefusalReason::AccountMismatch,
-                    message: format!(
-                        "AssumeRole returned a session in account {} but the binding names account {}",
-                        other.unwrap_or("(unparseable)"),
-                        parsed.role.account()
-                    ),
-                    upstream_request_id: request_id,
-                });
-            }
-        }
+        session_in_bound_account(parsed, &assumed, "AssumeRole", request_id)?;
         // The traps: AssumeRole succeeds with any ExternalId when the role does not require
         // one, and with any value when the role only requires that one is present
         // (`"Null": {"sts:ExternalId": "false"}`). Without it, and with a random other
@@ -96,6 +83,28 @@ impl Probe for AwsAssumeRole {
             ),
             facts: Value::Null,
         })
+    }
+}
+
+/// Refuses activation when the session `call` returned (`assumed`, an assumed-role ARN) is
+/// in another account than the binding's role.
+pub(super) fn session_in_bound_account(
+    parsed: &Parsed,
+    assumed: &str,
+    call: &str,
+    request_id: Option<String>,
+) -> Result<(), ProviderError> {
+    match assumed_role_account(assumed) {
+        Some(account) if account == parsed.role.account() => Ok(()),
+        other => Err(ProviderError::ActivationRefused {
+            reason: RefusalReason::AccountMismatch,
+            message: format!(
+                "{call} returned a session in account {} but the binding names account {}",
+                other.unwrap_or("(unparseable)"),
+                parsed.role.account()
+            ),
+            upstream_request_id: request_id,
+        }),
     }
 }
 

@@ -121,20 +121,12 @@ impl AwsAssumeRole {
             .assumed_role_user()
             .map(|u| u.arn().to_owned())
             .unwrap_or_default();
-        match assumed_role_account(&assumed) {
-            Some(account) if account == parsed.role.account() => {}
-            other => {
-                return Err(ProviderError::ActivationRefused {
-                    reason: RefusalReason::AccountMismatch,
-                    message: format!(
-                        "AssumeRoleWithWebIdentity returned a session in account {} but the binding names account {}",
-                        other.unwrap_or("(unparseable)"),
-                        parsed.role.account()
-                    ),
-                    upstream_request_id: request_id,
-                });
-            }
-        }
+        super::probe::session_in_bound_account(
+            parsed,
+            &assumed,
+            "AssumeRoleWithWebIdentity",
+            request_id,
+        )?;
         // A subject of the real ones' shape: a condition that checks only the `cb-` prefix
         // (StringLike "cb-*") is caught too. Only the role's own refusal (AccessDenied)
         // counts: an OIDC provider problem (InvalidIdentityToken, IDPRejectedClaim) or an

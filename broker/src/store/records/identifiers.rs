@@ -292,6 +292,20 @@ impl Records {
     }
 }
 
+/// The claim that keeps a broker-generated binding parameter (`value` of `provider`'s
+/// `name`, e.g. an OIDC subject) from ever being issued again.
+pub fn binding_parameter_claim(provider: &str, name: &str, value: &str) -> String {
+    format!("{BINDING_PARAMETER_CLAIM}{provider}:{name}:{value}")
+}
+
+/// Whether `identifier` outlives the binding that holds it (a binding parameter's claim:
+/// a customer's trust may still pin the value).
+pub fn outlives_binding(identifier: &str) -> bool {
+    identifier.starts_with(BINDING_PARAMETER_CLAIM)
+}
+
+const BINDING_PARAMETER_CLAIM: &str = "binding-param:";
+
 impl Batch {
     /// Gives `identifier` to `owner`; fails if anyone holds it (one identifier, one tenant).
     pub fn claim_identifier(&mut self, identifier: &str, owner: &IdentifierOwner) -> &mut Self {

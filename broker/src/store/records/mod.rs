@@ -16,8 +16,8 @@ mod identifiers;
 mod intake;
 
 pub use identifiers::{
-    AccountPin, CallbackState, Delivery, ExpectedSite, IdentifierOwner, Unclaimed, MAX_UNCLAIMED,
-    UNCLAIMED_TTL_S,
+    binding_parameter_claim, outlives_binding, AccountPin, CallbackState, Delivery, ExpectedSite,
+    IdentifierOwner, Unclaimed, MAX_UNCLAIMED, UNCLAIMED_TTL_S,
 };
 pub use intake::IntakeLink;
 
