@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use credbroker_tests::issuer_env::{subject_of, IssuerEnv, POOL, SA};
 use credbroker_tests::*;
+use http::Method;
 use serde_json::{json, Value};
 
 /// PyJWT's verdict on `token` against `jwks`: the claims, or the error's class name.
@@ -27,8 +28,7 @@ try:
 except Exception as e:
     print(json.dumps({"err": type(e).__name__ + ": " + str(e)}))
 "#;
-    let python = std::env::var("CREDBROKER_TEST_PYTHON")
-        .expect("CREDBROKER_TEST_PYTHON is not set: run the suite with `bash tests/run`");
+    let python = test_python();
     let out = std::process::Command::new(python)
         .args(["-c", script, &jwks.to_string(), token, issuer, audience])
         .output()
@@ -101,8 +101,7 @@ async fn discovery_jwks_rotation_and_retirement_as_a_relying_party_sees_them() {
         (Some("RSA"), Some("sig"), Some("RS256"))
     );
     // Relying parties may cache it, never longer than a rotated key waits to sign.
-    let python = std::env::var("CREDBROKER_TEST_PYTHON")
-        .expect("CREDBROKER_TEST_PYTHON is not set: run the suite with `bash tests/run`");
+    let python = test_python();
     let out = std::process::Command::new(python)
         .args([
             "-c",
@@ -250,4 +249,72 @@ async fn discovery_jwks_rotation_and_retirement_as_a_relying_party_sees_them() {
     let again = env.jwks().await;
     assert_eq!(again["keys"].as_array().unwrap().len(), 1);
     assert_eq!(again["keys"][0]["kid"], kid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_routes_refuse_everyone_they_are_not_for() {
+    let mut env = IssuerEnv::start(3600, 300, "").await;
+    env.pki.operator("op2");
+    // A revoked operator: registered, then disabled.
+    for id in ["op", "op2"] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/operators",
+            Some(json!({"id": id})),
+        )
+        .await;
+        assert!(s == 201 || s == 409, "{v}");
+    }
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/operators/op2/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mut op2 = env.pki.client_for("op2", &env.daemon.url);
+    for (method, path) in [
+        (Method::POST, "/v1/admin/issuer/keys"),
+        (Method::POST, "/v1/admin/issuer/keys/1/retire"),
+        (Method::GET, "/v1/admin/issuer/keys"),
+    ] {
+        let (s, v) = call(&mut op2, method, path, Some(json!({"now": true}))).await;
+        assert_eq!((s, code(&v)), (403, "operator_required"), "{path}: {v}");
+    }
+    // A worker is not an operator.
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = call(
+        &mut w1,
+        Method::POST,
+        "/v1/admin/issuer/keys",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    // Anonymous clients on the public listener: read only, nothing administrative there.
+    let (s, v) = call(
+        &mut public_client(&env.pki, &env.issuer),
+        Method::POST,
+        "/.well-known/jwks.json",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (405, "method_not_allowed"), "{v}");
+    let (s, v) = env.public_get("/v1/admin/issuer/jwks").await;
+    assert_eq!((s, code(&v)), (404, "not_found"), "{v}");
+    // The mTLS listener does not serve the public documents.
+    let (s, v) = call(&mut w1, Method::GET, "/.well-known/jwks.json", None).await;
+    assert_eq!((s, code(&v)), (404, "not_found"), "{v}");
+    // Nothing changed: still the one key made at start, and the refusals are audited.
+    let (_, list) = cli(&env, &["keys", "issuer", "list"]);
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
+    let denied: Vec<Value> = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["actor"] == "operator:op2" && r["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 3, "{denied:?}");
 }
