@@ -277,7 +277,7 @@ fn issuer_keys_command() -> Command {
         )
         .subcommand(
             Command::new("retire")
-                .about("Destroy a key's material; refused for the current key, and for a previous key whose tokens may still be valid unless --compromised.")
+                .about("Destroy a key's material; refused for the current key, for a waiting key within 2 minutes of signing, and for a previous key whose tokens may still be valid unless --compromised.")
                 .arg(version_arg())
                 .arg(
                     Arg::new("compromised")
