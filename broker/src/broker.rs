@@ -166,7 +166,7 @@ impl Broker {
         registry: ProviderRegistry,
     ) -> Result<Arc<Broker>, StartError> {
         let keys = BrokerKeys::load(config)?;
-        let store = crate::store::open(&config.store, &config.data_dir)?;
+        let store = crate::store::open(&config.store, &config.data_dir).await?;
         Broker::open(store, keys, registry, BrokerSettings::from_config(config)).await
     }
 

@@ -129,6 +129,24 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
     Ok(Arc::new(config))
 }
 
+/// Builds a client config without a client certificate that trusts only the certificates in
+/// `ca` (no file: trusts nothing, so a TLS connection cannot be made).
+///
+/// # Errors
+/// When the file is missing or invalid.
+pub fn server_auth_client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match ca {
+        Some(ca) => roots(ca)?,
+        None => RootCertStore::empty(),
+    };
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Builds the public listener config: server certificate only, no client authentication
 /// (callbacks are verified by state, signature or token instead), ALPN http/1.1.
 ///

@@ -26,6 +26,7 @@ pub mod forge_env;
 pub mod issuer_env;
 pub mod loopback;
 pub mod openbao;
+pub mod postgres;
 pub mod sts_shim;
 pub mod tcp_fault;
 

@@ -1362,7 +1362,9 @@ async fn bindings_of_the_previous_release_claim_their_canonical_role() {
     env.daemon.stop();
     {
         let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
-        let store = credbroker::store::open(&config.store, &config.data_dir).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir)
+            .await
+            .unwrap();
         let canonical = format!("exclusive:aws_role:aws:{CUSTOMER}:audit");
         let owner = store
             .get(Table::Identifiers, &canonical)

@@ -1100,7 +1100,9 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
     // tenant-secret AAD of (platform, github_app, version), no `sealed_as` field.
     {
         let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
-        let store = credbroker::store::open(&config.store, &config.data_dir).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir)
+            .await
+            .unwrap();
         let keyring = credbroker::keys::Keyring::load(&config.kek_file()).unwrap();
         let rows = store.scan(Table::PlatformKeys, "").await.unwrap();
         assert_eq!(rows.len(), 2, "the OAuth client secret and the App key");

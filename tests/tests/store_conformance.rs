@@ -21,26 +21,47 @@ use credbroker::model::{
     Worker,
 };
 use credbroker::store::records::{CallbackState, IdentifierOwner, Records};
-use credbroker::store::{Batch, Op, SledStore, Store, StoreError, Table};
+use credbroker::store::{Batch, Op, PgStore, SledStore, Store, StoreError, StoreSettings, Table};
+use credbroker_tests::postgres::TestPostgres;
 use serde_json::json;
 
 /// A backend under test: how to open it fresh, and how to reopen the same data.
-struct Backend {
-    name: &'static str,
-    dir: tempfile::TempDir,
+enum Backend {
+    Sled(tempfile::TempDir),
+    /// The server (kept running while the backend is tested) and the database URL.
+    Postgres(#[allow(dead_code)] TestPostgres, String),
 }
 
 impl Backend {
-    fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
-        Ok(Arc::new(SledStore::open(self.dir.path())?))
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sled(_) => "sled",
+            Backend::Postgres(..) => "postgres",
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        match self {
+            Backend::Sled(dir) => Ok(Arc::new(SledStore::open(dir.path())?)),
+            Backend::Postgres(_, url) => {
+                let settings = StoreSettings {
+                    backend: credbroker::store::Backend::Postgres,
+                    url: Some(url.clone().into()),
+                    ..StoreSettings::default()
+                };
+                Ok(Arc::new(PgStore::open(&settings).await?))
+            }
+        }
     }
 }
 
-fn backends() -> Vec<Backend> {
-    vec![Backend {
-        name: "sled",
-        dir: tempfile::tempdir().unwrap(),
-    }]
+async fn backends() -> Vec<Backend> {
+    let pg = TestPostgres::start();
+    let url = pg.database().await;
+    vec![
+        Backend::Sled(tempfile::tempdir().unwrap()),
+        Backend::Postgres(pg, url),
+    ]
 }
 
 fn tenant(id: &str) -> Tenant {
@@ -421,10 +442,10 @@ async fn changes_are_reported_and_the_cache_follows(store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_backend_conforms() {
-    for backend in backends() {
-        eprintln!("store backend {}", backend.name);
+    for backend in backends().await {
+        eprintln!("store backend {}", backend.name());
         {
-            let store = backend.open().unwrap();
+            let store = backend.open().await.unwrap();
             assert!(!store.backend().is_empty());
             let records = Records::new(store.clone());
             every_record_type_round_trips(&records).await;
@@ -441,20 +462,210 @@ async fn every_backend_conforms() {
             store.commit(b).await.unwrap();
         }
         // sled releases its lock when its background threads have stopped: retry a moment.
-        let reopened = (0..100)
-            .map(|_| {
-                let r = backend.open().err();
-                if matches!(&r, Some(StoreError::Backend(m)) if m.contains("locked")) {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                r
-            })
-            .find(|r| !matches!(r, Some(StoreError::Backend(m)) if m.contains("locked")))
-            .flatten();
+        let mut reopened = None;
+        for _ in 0..100 {
+            reopened = backend.open().await.err();
+            if !matches!(&reopened, Some(StoreError::Backend(m)) if m.contains("locked")) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         assert!(
             matches!(reopened, Some(StoreError::Schema { .. })),
-            "{}: an unknown schema version is refused on open",
-            backend.name
+            "{}: an unknown schema version is refused on open, got {reopened:?}",
+            backend.name()
         );
     }
+}
+
+/// Races decided inside PostgreSQL, whatever the timing: another session holds a conflicting
+/// write open while the store commits, so only the database's own constraint and row locks
+/// can refuse the store's write once that session commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_decides_races_with_its_constraints_and_row_locks() {
+    let pg = TestPostgres::start();
+    let url = pg.database().await;
+    let settings = StoreSettings {
+        backend: credbroker::store::Backend::Postgres,
+        url: Some(url.clone().into()),
+        ..StoreSettings::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
+    let (mut other, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row_exists = "SELECT 1 FROM credbroker_records WHERE tbl = $1 AND key = $2";
+
+    // A claim of an identifier another session is inserting: the primary key refuses it.
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO credbroker_records (tbl, key, value) VALUES ('identifiers', 'exclusive:held', '{}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut claim = Batch::new();
+    claim
+        .push(Op::ExpectAbsent(
+            Table::Identifiers,
+            "exclusive:held".into(),
+        ))
+        .push(Op::Put(
+            Table::Identifiers,
+            "exclusive:held".into(),
+            b"mine".to_vec(),
+        ));
+    let racing = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(claim).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !racing.is_finished(),
+        "the claim waits on the other session's key"
+    );
+    tx.commit().await.unwrap();
+    match racing.await.unwrap() {
+        Err(StoreError::Precondition { expected, .. }) => assert_eq!(expected, "absent"),
+        other => panic!("the second claim must be refused, got {other:?}"),
+    }
+    assert!(other
+        .query_opt(row_exists, &[&"identifiers", &"exclusive:held"])
+        .await
+        .unwrap()
+        .is_some());
+
+    // A record changed by another session while the store replaces it as read: the row lock
+    // makes the store see the change, so no update is lost.
+    let mut b = Batch::new();
+    b.push(Op::Put(Table::Tenants, "locked".into(), b"v1".to_vec()));
+    store.commit(b).await.unwrap();
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE credbroker_records SET value = 'v2' WHERE tbl = 'tenants' AND key = 'locked'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut replace = Batch::new();
+    replace
+        .push(Op::ExpectValue(
+            Table::Tenants,
+            "locked".into(),
+            b"v1".to_vec(),
+        ))
+        .push(Op::Put(Table::Tenants, "locked".into(), b"v3".to_vec()));
+    let racing = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(replace).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !racing.is_finished(),
+        "the replacement waits on the row lock"
+    );
+    tx.commit().await.unwrap();
+    match racing.await.unwrap() {
+        Err(StoreError::Precondition { expected, .. }) => assert_eq!(expected, "unchanged"),
+        other => panic!("a replacement of a changed record must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .get(Table::Tenants, "locked")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"v2"[..])
+    );
+}
+
+/// Two brokers sharing one database: a change committed through one is judged by the other's
+/// next read after `sync` (what every resolve does first), without waiting for the
+/// notification; the notification then reaches the other's hooks on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_see_each_others_changes() {
+    let pg = TestPostgres::start();
+    let url = pg.database().await;
+    let settings = StoreSettings {
+        backend: credbroker::store::Backend::Postgres,
+        url: Some(url.clone().into()),
+        ..StoreSettings::default()
+    };
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
+    let (on_a, on_b) = (
+        Records::with_cache(a.clone(), 100),
+        Records::with_cache(b.clone(), 100),
+    );
+    let mut batch = Batch::new();
+    batch.create(&tenant("shared"));
+    on_a.commit(batch).await.unwrap();
+    let id = TenantId::parse("shared").unwrap();
+    on_b.sync().await.unwrap();
+    assert_eq!(on_b.shared_tenant(&id).await.unwrap().unwrap().name, "");
+
+    for round in 0..20 {
+        let read = on_a.tenant(&id).await.unwrap().unwrap();
+        let mut renamed = read.value.clone();
+        renamed.name = format!("round {round}");
+        let mut batch = Batch::new();
+        batch.replace(&read, &renamed);
+        on_a.commit(batch).await.unwrap();
+        on_b.sync().await.unwrap();
+        assert_eq!(
+            on_b.shared_tenant(&id).await.unwrap().unwrap().name,
+            format!("round {round}"),
+            "a change acknowledged on one replica is judged on the other from its next sync"
+        );
+    }
+
+    // A change whose notification never came (say the listening connection was down): the
+    // generation read alone makes the other replica judge it.
+    let raw = a.get(Table::Tenants, "shared").await.unwrap().unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    value["name"] = json!("changed without a notification");
+    let (mut other, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'shared'",
+        &[&serde_json::to_vec(&value).unwrap()],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE credbroker_state SET generation = generation + 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    on_b.sync().await.unwrap();
+    assert_eq!(
+        on_b.shared_tenant(&id).await.unwrap().unwrap().name,
+        "changed without a notification"
+    );
+
+    // The notification alone empties the other's caches too.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    b.on_change(Arc::new(move || {
+        let _ = tx.send(());
+    }));
+    let read = on_a.tenant(&id).await.unwrap().unwrap();
+    let mut renamed = read.value.clone();
+    renamed.name = "notified".into();
+    let mut batch = Batch::new();
+    batch.replace(&read, &renamed);
+    on_a.commit(batch).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the other replica is notified")
+        .unwrap();
+    assert_eq!(
+        on_b.shared_tenant(&id).await.unwrap().unwrap().name,
+        "notified"
+    );
 }

@@ -150,6 +150,11 @@ pub struct AdminService {
     /// Bindings whose secret this process is self-rotating now, and when each binding's last
     /// automatic rotation was tried (one at a time per binding; a failing one waits an hour).
     rotations: std::sync::Mutex<RotationState>,
+    /// Set by every change the store reports (this broker's or, on a shared store, another
+    /// replica's): the platform and issuer keys in memory may be stale until reloaded.
+    keys_changed: Arc<std::sync::atomic::AtomicBool>,
+    /// One reload at a time.
+    keys_reload: tokio::sync::Mutex<()>,
 }
 
 /// See [`AdminService::rotations`].
@@ -162,11 +167,45 @@ struct RotationState {
 impl AdminService {
     /// The service over `core`.
     pub fn new(core: Arc<Core>) -> Arc<AdminService> {
+        let keys_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&keys_changed);
+        core.records.on_change(Arc::new(move || {
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        }));
         Arc::new(AdminService {
             core,
             lock: tokio::sync::Mutex::new(()),
             rotations: std::sync::Mutex::new(RotationState::default()),
+            keys_changed,
+            keys_reload: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Reloads the platform and issuer keys when the store reported a change since they were
+    /// last loaded — another replica may have added, rotated or retired one. Resolves call it
+    /// after [`crate::store::Store::sync`], so a key retired on any replica signs nothing on
+    /// this one from the next resolve on.
+    ///
+    /// # Errors
+    /// When the keys cannot be read or opened (they are reloaded at the next call).
+    pub async fn refresh_keys(&self) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering;
+        if !self.keys_changed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.keys_reload.lock().await;
+        if !self.keys_changed.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let loaded = async {
+            self.load_all_platform_keys().await?;
+            self.load_issuer_keys().await.map(|_| ())
+        }
+        .await;
+        if loaded.is_err() {
+            self.keys_changed.store(true, Ordering::Release);
+        }
+        loaded
     }
 
     /// Handles one HTTP admin request: identity check, parse, run, audit.

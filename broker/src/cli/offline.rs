@@ -464,8 +464,9 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
     let actor = cli_actor();
     let id = crate::ids::OperatorId::parse(&args.id)?;
     runtime()?.block_on(async {
-        let store =
-            crate::store::open(&config.store, &config.data_dir).map_err(|e| e.to_string())?;
+        let store = crate::store::open(&config.store, &config.data_dir)
+            .await
+            .map_err(|e| e.to_string())?;
         let records = crate::store::records::Records::new(store);
         if records
             .operator(&id)

@@ -35,7 +35,9 @@ pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, 
     if config.keys.kek_env.is_some() {
         return Err("the keyring comes from an environment variable (keys.kek_env); rotate it where it is managed, then re-run with a file keyring".into());
     }
-    let store = crate::store::open(&config.store, &config.data_dir).map_err(|e| e.to_string())?;
+    let store = crate::store::open(&config.store, &config.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
     let records = Records::new(store);
     let mut keyring = Keyring::load(&config.kek_file()).map_err(|e| e.to_string())?;
     let old = keyring.active_version();

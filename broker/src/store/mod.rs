@@ -12,6 +12,7 @@
 //! sharing one database — can never both win on the same fact. No process-wide lock is
 //! needed for correctness.
 
+mod postgres;
 pub mod record_cache;
 pub mod records;
 mod sled_store;
@@ -20,8 +21,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PgStore;
 pub use sled_store::SledStore;
 
 /// The tables of the store.
@@ -202,6 +205,19 @@ pub trait Store: Send + Sync + 'static {
     /// outcome as unknown).
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
 
+    /// Makes every change acknowledged before this call — by this broker or, on a backend
+    /// several brokers share, by any of them — visible to the caches fed by
+    /// [`Store::on_change`]: a shared backend reads its change generation and reports a change
+    /// when it moved. Resolves call it first, so a change acknowledged on any replica is judged
+    /// on every replica from the next resolve on. sled, whose only writer is this process and
+    /// whose hooks run before a commit returns, has nothing to do.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached: the caller fails closed.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Registers `hook`, called after every change this backend knows of: its own commits
     /// (also failed ones, whose outcome may be unknown) and, for a backend shared by several
     /// brokers, the others' commits. Caches of decoded records rely on it.
@@ -218,10 +234,52 @@ pub enum Backend {
     /// sled, embedded in the data directory (single node).
     #[default]
     Sled,
+    /// PostgreSQL, shared by every replica of a deployment.
+    Postgres,
+}
+
+/// The environment variable read for the PostgreSQL URL when `[store] url` and `url_env` are
+/// unset.
+pub const DATABASE_URL_ENV: &str = "CREDBROKER_DATABASE_URL";
+
+/// A database connection URL: it may hold a password, so it is never printed — not by
+/// `Debug`, and serialized only as `"<redacted>"`.
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
+
+impl DatabaseUrl {
+    /// The URL, for the connection only.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        DatabaseUrl(SecretString::from(url))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(<redacted>)")
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(DatabaseUrl::from)
+    }
 }
 
 /// `[store]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
     /// The backend.
@@ -229,13 +287,67 @@ pub struct StoreSettings {
     /// sled: the store directory (default `<data_dir>/store`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// postgres: the connection URL,
+    /// `postgresql://user:password@host:port/database?sslmode=require`. A password is better
+    /// kept out of the config file: see `url_env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<DatabaseUrl>,
+    /// postgres: the environment variable holding the URL when `url` is unset (default
+    /// `CREDBROKER_DATABASE_URL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// postgres: PEM file of the CA certificates that sign the database server's certificate.
+    /// Required unless the server is on loopback or a Unix socket: the connection is then
+    /// TLS (rustls) with the server's certificate and host name verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// postgres: most connections in the pool (default 16); one more is held for change
+    /// notifications.
+    pub pool_size: usize,
+    /// postgres: the longest wait for one database operation, connecting included,
+    /// milliseconds (default 5000). Past it the operation fails (a resolve fails closed).
+    pub timeout_ms: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            backend: Backend::Sled,
+            path: None,
+            url: None,
+            url_env: None,
+            ca_file: None,
+            pool_size: 16,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl StoreSettings {
+    /// The PostgreSQL URL: `url`, or the variable `url_env` (or `CREDBROKER_DATABASE_URL`)
+    /// names.
+    ///
+    /// # Errors
+    /// When neither is set.
+    pub fn database_url(&self) -> Result<DatabaseUrl, StoreError> {
+        if let Some(url) = &self.url {
+            return Ok(url.clone());
+        }
+        let var = self.url_env.as_deref().unwrap_or(DATABASE_URL_ENV);
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => Ok(DatabaseUrl::from(url)),
+            _ => Err(StoreError::Backend(format!(
+                "[store] backend = \"postgres\" needs the database URL: set the environment variable {var} (or [store] url_env, or [store] url)"
+            ))),
+        }
+    }
 }
 
 /// Opens the store `settings` select; `data_dir` gives the default locations.
 ///
 /// # Errors
-/// When the backend cannot be opened (locked, unreadable, wrong schema version).
-pub fn open(
+/// When the backend cannot be opened (locked, unreachable, unreadable, wrong schema version).
+pub async fn open(
     settings: &StoreSettings,
     data_dir: &std::path::Path,
 ) -> Result<Arc<dyn Store>, StoreError> {
@@ -247,8 +359,48 @@ pub fn open(
                 .unwrap_or_else(|| data_dir.join("store"));
             Ok(Arc::new(SledStore::open(&dir)?))
         }
+        Backend::Postgres => Ok(Arc::new(PgStore::open(settings).await?)),
     }
 }
+
+/// What opening a store whose `schema_version` record holds `found` must write: nothing
+/// (current), the current version (a new store, or one of version 1 or 2, whose records read
+/// as version 3), or a refusal. The batch's precondition makes two brokers opening one new
+/// shared store at once agree.
+///
+/// # Errors
+/// [`StoreError::Schema`] for a version this build does not read.
+pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, StoreError> {
+    let current = SCHEMA_VERSION.to_string().into_bytes();
+    let mut batch = Batch::new();
+    match found {
+        Some(v) if v == current.as_slice() => return Ok(None),
+        None => batch.push(Op::ExpectAbsent(Table::Meta, SCHEMA_KEY.into())),
+        // Version 1 and 2 records read as version 3 (new fields default; platform keys sealed
+        // the old way are re-sealed by the broker at start, audited); the bump makes an older
+        // binary refuse the store with a clear schema error instead of reading records it
+        // cannot decode or open.
+        Some(v) if v == b"1" || v == b"2" => {
+            tracing::info!(
+                from = %String::from_utf8_lossy(v),
+                to = SCHEMA_VERSION,
+                "upgrading the store schema in place"
+            );
+            batch.push(Op::ExpectValue(Table::Meta, SCHEMA_KEY.into(), v.to_vec()))
+        }
+        Some(v) => {
+            return Err(StoreError::Schema {
+                found: String::from_utf8_lossy(v).into_owned(),
+                supported: SCHEMA_VERSION,
+            })
+        }
+    };
+    batch.push(Op::Put(Table::Meta, SCHEMA_KEY.into(), current));
+    Ok(Some(batch))
+}
+
+/// The key of the schema version in [`Table::Meta`].
+pub(crate) const SCHEMA_KEY: &str = "schema_version";
 
 /// The schema version this build reads and writes.
 ///

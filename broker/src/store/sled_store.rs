@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::{Batch, ChangeHook, Op, Store, StoreError, Table, SCHEMA_VERSION};
+#[cfg(test)]
+use super::SCHEMA_VERSION;
+use super::{schema_upgrade, Batch, ChangeHook, Op, Store, StoreError, Table, SCHEMA_KEY};
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -101,38 +103,14 @@ impl Inner {
     }
 
     fn check_schema(&self) -> Result<(), StoreError> {
-        let meta = self.tree(Table::Meta);
-        let write_current = |expect: Option<Vec<u8>>| {
-            let mut b = Batch::new();
-            if let Some(old) = expect {
-                b.push(Op::ExpectValue(Table::Meta, "schema_version".into(), old));
-            }
-            b.push(Op::Put(
-                Table::Meta,
-                "schema_version".into(),
-                SCHEMA_VERSION.to_string().into_bytes(),
-            ));
-            self.commit(b)
-        };
-        match meta.get("schema_version").map_err(backend)? {
-            None => write_current(None),
-            Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => Ok(()),
-            // Version 1 and 2 records read as version 3 (new fields default; platform keys
-            // sealed the old way are re-sealed by the broker at start, audited); the bump makes
-            // an older binary refuse the store with a clear schema error instead of reading
-            // records it cannot decode or open.
-            Some(v) if v.as_ref() == b"1" || v.as_ref() == b"2" => {
-                tracing::info!(
-                    from = %String::from_utf8_lossy(&v),
-                    to = SCHEMA_VERSION,
-                    "upgrading the store schema in place"
-                );
-                write_current(Some(v.to_vec()))
-            }
-            Some(v) => Err(StoreError::Schema {
-                found: String::from_utf8_lossy(&v).into_owned(),
-                supported: SCHEMA_VERSION,
-            }),
+        let found = self
+            .tree(Table::Meta)
+            .get(SCHEMA_KEY)
+            .map_err(backend)?
+            .map(|v| v.to_vec());
+        match schema_upgrade(found.as_deref())? {
+            Some(batch) => self.commit(batch),
+            None => Ok(()),
         }
     }
 }

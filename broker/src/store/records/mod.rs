@@ -151,6 +151,14 @@ impl Records {
         self.store.on_change(hook);
     }
 
+    /// See [`Store::sync`].
+    ///
+    /// # Errors
+    /// When the backend cannot be reached.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.store.sync().await
+    }
+
     /// Applies `batch` atomically and durably.
     ///
     /// # Errors

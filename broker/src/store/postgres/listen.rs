@@ -1,0 +1,103 @@
+//! The listening connection: `LISTEN credbroker_changes` on a connection of its own, outside
+//! the pool, reporting every other replica's commit to this one's caches as it arrives.
+//!
+//! Notifications only shorten the time a cache holds a changed record when no resolve asks
+//! ([`super::PgStore::sync`] is what bounds it); so a lost connection is re-established with
+//! a growing pause (up to 5 s), and on every (re)connection the generation is read and a
+//! change reported if it moved meanwhile. The task ends when the store is dropped.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{Inner, CHANNEL};
+
+/// Starts the listening task for the store behind `inner`.
+pub(super) fn spawn(
+    inner: Weak<Inner>,
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    mut stopped: tokio::sync::watch::Receiver<()>,
+) {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let session = listen(&inner, &config, tls.clone());
+            tokio::select! {
+                outcome = session => {
+                    match outcome {
+                        Ok(()) => pause = Duration::from_millis(100),
+                        Err(e) => tracing::warn!(error = %e, "database change notifications interrupted; reconnecting"),
+                    }
+                }
+                _ = stopped.changed() => return,
+            }
+            if inner.strong_count() == 0 {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stopped.changed() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+/// One listening session, until its connection ends.
+async fn listen(
+    inner: &Weak<Inner>,
+    config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+) -> Result<(), String> {
+    let (client, mut connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let driver = tokio::spawn(async move {
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().parse::<i64>().ok()).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Changes committed while no connection listened.
+    let generation: i64 = client
+        .query_one("SELECT generation FROM credbroker_state WHERE id = 1", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    match inner.upgrade() {
+        Some(inner) => inner.saw(generation),
+        None => return Ok(()),
+    }
+    while let Some(payload) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return Ok(());
+        };
+        match payload {
+            Some(generation) => inner.saw(generation),
+            // Not a generation: report a change anyway rather than miss one.
+            None => inner.notify(),
+        }
+    }
+    drop(client);
+    driver
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| format!("listening connection closed: {e}"))
+}

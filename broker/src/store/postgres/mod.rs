@@ -1,0 +1,468 @@
+//! [`Store`] on PostgreSQL, shared by every replica of a deployment.
+//!
+//! One table holds every record (`credbroker_records`: table name, key, value), its primary
+//! key the uniqueness of each (table, key): an exclusive identifier, a callback state or an
+//! intake link exists once, whichever replica writes it. A commit is one transaction:
+//! - it takes a transaction-scoped advisory lock, so commits apply one at a time across
+//!   replicas and a precondition on an absent record cannot be raced;
+//! - a record that must be absent and is then written is `INSERT`ed without a conflict
+//!   clause, so the primary key refuses a second claim even without that lock;
+//! - a record that must be present or unchanged is read `FOR UPDATE`, so no other
+//!   transaction changes it before this one ends;
+//! - it bumps the change generation (`credbroker_state`) and notifies
+//!   `credbroker_changes` with it, both visible exactly when the records are.
+//!
+//! Every replica reports a change to its caches ([`Store::on_change`]) for its own commits,
+//! for every notification (a dedicated listening connection, re-established when lost) and
+//! whenever [`Store::sync`] finds the generation moved: a resolve reads the generation first,
+//! so it is judged against every change acknowledged anywhere before it started, whether or
+//! not the notification has arrived.
+//!
+//! Connections come from a bounded pool; each operation has a deadline (`[store]
+//! timeout_ms`), past which it fails rather than hold a request. The URL is never logged.
+
+mod listen;
+mod schema;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{schema_upgrade, Batch, ChangeHook, Op, Store, StoreError, StoreSettings, Table};
+
+/// The notification channel of committed changes (payload: the new generation).
+const CHANNEL: &str = "credbroker_changes";
+
+/// The PostgreSQL-backed store.
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    timeout: Duration,
+    hooks: Mutex<Vec<ChangeHook>>,
+    /// The highest change generation whose change this process has reported to its hooks.
+    seen: AtomicI64,
+    /// Dropped with the store: stops the listening connection.
+    _stop: tokio::sync::watch::Sender<()>,
+}
+
+/// A backend error, without anything the URL could have put into it.
+pub(super) fn db_error(e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(format!("database: {e}"))
+}
+
+fn pool_error(e: &deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Backend(format!("database connection: {e}"))
+}
+
+/// Whether every host of `config` is a loopback address, `localhost` or a Unix socket.
+fn loopback_only(config: &tokio_postgres::Config) -> bool {
+    !config.get_hosts().is_empty()
+        && config.get_hosts().iter().all(|h| match h {
+            Host::Unix(_) => true,
+            Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        })
+}
+
+/// The connection settings `settings` describe, checked: a database off this host is
+/// reached only over TLS with its certificate verified against `ca_file`.
+fn connection(
+    settings: &StoreSettings,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
+    let url = settings.database_url()?;
+    // The parser's message may quote the URL: it is not passed on.
+    let mut config: tokio_postgres::Config = url.expose().parse().map_err(|_| {
+        StoreError::Backend(
+            "the database URL does not parse (expected postgresql://user@host:port/database?sslmode=require)"
+                .into(),
+        )
+    })?;
+    if !loopback_only(&config) {
+        if config.get_ssl_mode() != SslMode::Require {
+            return Err(StoreError::Backend(
+                "the database is not on loopback: its URL must say sslmode=require (the broker then verifies the server's certificate against [store] ca_file)".into(),
+            ));
+        }
+        if settings.ca_file.is_none() {
+            return Err(StoreError::Backend(
+                "the database is not on loopback: set [store] ca_file to the CA certificates that sign its server certificate".into(),
+            ));
+        }
+    }
+    let tls = crate::tls::server_auth_client_config(settings.ca_file.as_deref())
+        .map_err(|e| StoreError::Backend(format!("database TLS: {e}")))?;
+    let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+    config
+        .connect_timeout(timeout)
+        .application_name("credbroker")
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    Ok((config, MakeRustlsConnect::new((*tls).clone())))
+}
+
+/// Runs `work` within `limit`.
+async fn deadline<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(StoreError::Backend(format!(
+            "database operation timed out after {} ms",
+            limit.as_millis()
+        )))
+    })
+}
+
+impl PgStore {
+    /// Connects, applies the missing migrations (one broker at a time) and checks the schema
+    /// version of the records.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the URL is missing or refused, or the database is
+    /// unreachable; [`StoreError::Schema`] on a version this build does not read.
+    pub async fn open(settings: &StoreSettings) -> Result<PgStore, StoreError> {
+        let (config, tls) = connection(settings)?;
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        deadline(timeout * 4, async {
+            let (client, conn) = config
+                .connect(tls.clone())
+                .await
+                .map_err(|e| db_error(&e))?;
+            let driver = tokio::spawn(conn);
+            let migrated = schema::migrate(&client).await;
+            drop(client);
+            let _ = driver.await;
+            migrated
+        })
+        .await?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("database pool: {e}")))?;
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let inner = Arc::new(Inner {
+            pool,
+            timeout,
+            hooks: Mutex::new(Vec::new()),
+            seen: AtomicI64::new(0),
+            _stop: stop,
+        });
+        let store = PgStore { inner };
+        store.check_schema().await?;
+        store.sync().await?;
+        listen::spawn(Arc::downgrade(&store.inner), config, tls, stopped);
+        Ok(store)
+    }
+
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        // Two brokers opening a new database at once: the loser's precondition fails and it
+        // reads the winner's version.
+        for _ in 0..2 {
+            let found = self.get(Table::Meta, super::SCHEMA_KEY).await?;
+            match schema_upgrade(found.as_deref())? {
+                None => return Ok(()),
+                Some(batch) => match self.commit(batch).await {
+                    Err(StoreError::Precondition { .. }) => continue,
+                    other => return other,
+                },
+            }
+        }
+        Err(StoreError::Backend(
+            "the store's schema version kept changing while it was opened".into(),
+        ))
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(|e| pool_error(&e))
+    }
+}
+
+impl Inner {
+    fn notify(&self) {
+        let hooks = match self.hooks.lock() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for hook in hooks {
+            hook();
+        }
+    }
+
+    /// Reports a change when `generation` is past the last one reported. The hooks run before
+    /// the generation is recorded: a concurrent caller that reads the same generation either
+    /// runs them too or finds them already run.
+    fn saw(&self, generation: i64) {
+        if self.seen.load(Ordering::Acquire) < generation {
+            self.notify();
+            self.seen.fetch_max(generation, Ordering::AcqRel);
+        }
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<i64, StoreError> {
+        let mut client = self.pool.get().await.map_err(|e| pool_error(&e))?;
+        let tx = client.transaction().await.map_err(|e| db_error(&e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::COMMIT_LOCK])
+            .await
+            .map_err(|e| db_error(&e))?;
+        let lock_row = tx
+            .prepare_cached(
+                "SELECT value FROM credbroker_records WHERE tbl = $1 AND key = $2 FOR UPDATE",
+            )
+            .await
+            .map_err(|e| db_error(&e))?;
+        let insert = tx
+            .prepare_cached("INSERT INTO credbroker_records (tbl, key, value) VALUES ($1, $2, $3)")
+            .await
+            .map_err(|e| db_error(&e))?;
+        let upsert = tx
+            .prepare_cached(
+                "INSERT INTO credbroker_records (tbl, key, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .await
+            .map_err(|e| db_error(&e))?;
+        let delete = tx
+            .prepare_cached("DELETE FROM credbroker_records WHERE tbl = $1 AND key = $2")
+            .await
+            .map_err(|e| db_error(&e))?;
+        let failed = |t: &Table, k: &str, expected: &'static str| StoreError::Precondition {
+            table: t.name(),
+            key: k.to_owned(),
+            expected,
+        };
+        // Records this batch found absent and has not written since: written with a plain
+        // INSERT, so the primary key itself refuses a concurrent claim.
+        let mut absent: HashSet<(Table, &str)> = HashSet::new();
+        for op in &batch.ops {
+            match op {
+                Op::ExpectAbsent(t, k) => {
+                    let found = tx
+                        .query_opt(&lock_row, &[&t.name(), k])
+                        .await
+                        .map_err(|e| db_error(&e))?;
+                    if found.is_some() {
+                        return Err(failed(t, k, "absent"));
+                    }
+                    absent.insert((*t, k.as_str()));
+                }
+                Op::ExpectPresent(t, k) => {
+                    let found = tx
+                        .query_opt(&lock_row, &[&t.name(), k])
+                        .await
+                        .map_err(|e| db_error(&e))?;
+                    if found.is_none() {
+                        return Err(failed(t, k, "present"));
+                    }
+                }
+                Op::ExpectValue(t, k, expected) => {
+                    let found = tx
+                        .query_opt(&lock_row, &[&t.name(), k])
+                        .await
+                        .map_err(|e| db_error(&e))?;
+                    let value: Option<Vec<u8>> = found.map(|r| r.get(0));
+                    if value.as_deref() != Some(expected.as_slice()) {
+                        return Err(failed(t, k, "unchanged"));
+                    }
+                }
+                Op::Put(t, k, v) => {
+                    if absent.remove(&(*t, k.as_str())) {
+                        if let Err(e) = tx.execute(&insert, &[&t.name(), k, v]).await {
+                            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                            {
+                                return Err(failed(t, k, "absent"));
+                            }
+                            return Err(db_error(&e));
+                        }
+                    } else {
+                        tx.execute(&upsert, &[&t.name(), k, v])
+                            .await
+                            .map_err(|e| db_error(&e))?;
+                    }
+                }
+                Op::Delete(t, k) => {
+                    absent.remove(&(*t, k.as_str()));
+                    tx.execute(&delete, &[&t.name(), k])
+                        .await
+                        .map_err(|e| db_error(&e))?;
+                }
+            }
+        }
+        let generation: i64 = tx
+            .query_one(
+                "UPDATE credbroker_state SET generation = generation + 1 WHERE id = 1 RETURNING generation",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error(&e))?
+            .get(0);
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &generation.to_string()],
+        )
+        .await
+        .map_err(|e| db_error(&e))?;
+        tx.commit().await.map_err(|e| db_error(&e))?;
+        Ok(generation)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        deadline(self.inner.timeout, async {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached("SELECT value FROM credbroker_records WHERE tbl = $1 AND key = $2")
+                .await
+                .map_err(|e| db_error(&e))?;
+            let row = client
+                .query_opt(&stmt, &[&table.name(), &key])
+                .await
+                .map_err(|e| db_error(&e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        deadline(self.inner.timeout, async {
+            let client = self.client().await?;
+            // `key >= prefix` lets the primary key's index start at the prefix; the C
+            // collation orders keys by their bytes, as sled does.
+            let stmt = client
+                .prepare_cached(
+                    "SELECT key, value FROM credbroker_records \
+                     WHERE tbl = $1 AND key >= $2 AND starts_with(key, $2) ORDER BY key",
+                )
+                .await
+                .map_err(|e| db_error(&e))?;
+            let rows = client
+                .query(&stmt, &[&table.name(), &prefix])
+                .await
+                .map_err(|e| db_error(&e))?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        // The task runs to its end even if this future is dropped, and reports the change
+        // whatever the outcome (a commit whose answer was lost may have happened).
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let result = deadline(inner.timeout, inner.commit(&batch)).await;
+            inner.notify();
+            if let Ok(generation) = result {
+                inner.seen.fetch_max(generation, Ordering::AcqRel);
+            }
+            result.map(|_| ())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))
+        .and_then(|r| r)
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let generation = deadline(self.inner.timeout, async {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached("SELECT generation FROM credbroker_state WHERE id = 1")
+                .await
+                .map_err(|e| db_error(&e))?;
+            let row = client
+                .query_one(&stmt, &[])
+                .await
+                .map_err(|e| db_error(&e))?;
+            Ok(row.get::<_, i64>(0))
+        })
+        .await?;
+        self.inner.saw(generation);
+        Ok(())
+    }
+
+    fn on_change(&self, hook: ChangeHook) {
+        match self.inner.hooks.lock() {
+            Ok(mut h) => h.push(hook),
+            Err(poisoned) => poisoned.into_inner().push(hook),
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> StoreSettings {
+        StoreSettings {
+            backend: super::super::Backend::Postgres,
+            url: Some(url.to_owned().into()),
+            ..StoreSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_remote_database_needs_verified_tls() {
+        for url in [
+            "postgresql://u:pw@127.0.0.1:5432/db",
+            "postgresql://u@localhost/db?sslmode=disable",
+            "postgresql://u@[::1]:5432/db",
+            "postgresql:///db?host=/run/postgresql",
+        ] {
+            assert!(connection(&settings(url)).is_ok(), "{url}");
+        }
+        let remote = "postgresql://u:secret-pw@db.example.com:5432/db";
+        let err = connection(&settings(remote)).err().unwrap().to_string();
+        assert!(err.contains("sslmode=require"), "{err}");
+        assert!(!err.contains("secret-pw"));
+        let err = connection(&settings(&format!("{remote}?sslmode=require")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("ca_file"), "{err}");
+        let err = connection(&settings("postgresql://u:secret-pw@host:notaport/db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("secret-pw"), "{err}");
+    }
+
+    #[test]
+    fn the_url_is_never_printed() {
+        let s = settings("postgresql://u:secret-pw@127.0.0.1/db");
+        assert!(!format!("{s:?}").contains("secret-pw"));
+        assert!(!toml::to_string(&s).unwrap().contains("secret-pw"));
+    }
+}
