@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod health;
 mod public;
+pub use health::HealthSettings;
 pub use public::PublicSettings;
 
 /// The whole configuration.
@@ -56,6 +58,10 @@ pub struct Config {
     /// The public callback listener (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<PublicSettings>,
+    /// The loopback health listener (optional): plain HTTP `/healthz` and `/readyz` for
+    /// `credbroker health` and container health checks, no certificate needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSettings>,
     /// The broker's own OIDC issuer (optional): discovery and JWKS on the public listener,
     /// assertions for GCP WIF, AWS web identity and an Entra federated credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +317,7 @@ impl Config {
             store: crate::store::StoreSettings::default(),
             providers: BTreeMap::new(),
             public: None,
+            health: None,
             issuer: None,
             config_dir: PathBuf::new(),
             source_file: None,
@@ -362,7 +369,7 @@ impl Config {
     /// Checks values that TOML types alone do not constrain.
     ///
     /// # Errors
-    /// On an invalid trust domain or a zero limit.
+    /// On an invalid trust domain, a zero limit or a `[health]` listener off loopback.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let td = &self.trust_domain;
         let td_ok = !td.is_empty()
@@ -399,6 +406,9 @@ impl Config {
         }
         if let Some(p) = &self.public {
             p.validate()?;
+        }
+        if let Some(h) = &self.health {
+            h.validate()?;
         }
         if self.audit.max_batch == 0 || self.audit.checkpoint_every_records == 0 {
             return Err(ConfigError(
@@ -567,6 +577,25 @@ client_ca = "ca.crt"
         assert!(Config::load(&write(dir.path(), &bad)).is_err());
         let bad = format!("{MIN}\n[limits]\nmax_body_bytes = 0\n");
         assert!(Config::load(&write(dir.path(), &bad)).is_err());
+    }
+
+    #[test]
+    fn the_health_listener_must_be_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = format!("{MIN}\n[health]\nlisten = \"127.0.0.1:9090\"\n");
+        let c = Config::load(&write(dir.path(), &ok)).unwrap();
+        assert_eq!(
+            c.health.map(|h| h.listen),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+        );
+        let bad = format!("{MIN}\n[health]\nlisten = \"0.0.0.0:9090\"\n");
+        let err = Config::load(&write(dir.path(), &bad)).unwrap_err().0;
+        assert!(
+            err.contains("[health] listen 0.0.0.0:9090 must be a loopback address"),
+            "{err}"
+        );
+        let unknown = format!("{MIN}\n[health]\nlisten = \"127.0.0.1:9090\"\npath = \"/x\"\n");
+        assert!(Config::load(&write(dir.path(), &unknown)).is_err());
     }
 
     #[test]

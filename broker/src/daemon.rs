@@ -2,8 +2,9 @@
 //!
 //! SIGHUP reloads the listener certificate, key, client CA bundle and CRL without dropping
 //! the process or open connections (a failed reload keeps the old config and logs why).
-//! SIGTERM/SIGINT stop accepting, let in-flight requests finish (up to 10 s), write a final
-//! audit checkpoint and exit.
+//! SIGTERM/SIGINT stop accepting (the health listener first), let in-flight requests finish
+//! (public listener up to 5 s, then mTLS up to 10 s), write a final audit checkpoint and
+//! exit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -185,6 +186,19 @@ pub async fn run_with_broker(
         println!("public {}", srv.local_addr);
         public = Some((srv, ptls));
     }
+    // The loopback health listener (plain HTTP, /healthz and /readyz only): config
+    // validation has refused any address off loopback.
+    let mut health = None;
+    if let Some(h) = &config.health {
+        let hlistener = TcpListener::bind(h.listen).await.map_err(|e| {
+            StartError::Other(format!("cannot listen on {} ([health]): {e}", h.listen))
+        })?;
+        let srv = server::spawn_health(hlistener, broker.clone())
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        tracing::info!(listen = %srv.local_addr, "health listener (plain HTTP, loopback): /healthz and /readyz only");
+        println!("health {}", srv.local_addr);
+        health = Some(srv);
+    }
     // One daemon per data directory (the store is locked), so its pid file names it for
     // `credbroker reload` even when several brokers run on the host.
     let pid_file = config.pid_file();
@@ -225,6 +239,9 @@ pub async fn run_with_broker(
         }
     }
     tracing::info!("shutting down: draining connections");
+    if let Some(srv) = health {
+        srv.shutdown(Duration::from_secs(1)).await;
+    }
     if let Some((srv, _)) = public {
         srv.shutdown(Duration::from_secs(5)).await;
     }

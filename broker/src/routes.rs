@@ -218,6 +218,12 @@ pub const PUBLIC: &[Route] = &[
     route("/.well-known/jwks.json", E::OidcJwks, GET),
 ];
 
+/// The loopback health listener (`[health]`): plain HTTP, liveness and readiness only.
+pub const HEALTH: &[Route] = &[
+    route("/healthz", E::Healthz, GET),
+    route("/readyz", E::Readyz, GET),
+];
+
 type Table = Result<matchit::Router<&'static Route>, String>;
 
 fn build(routes: &'static [Route]) -> Table {
@@ -232,6 +238,7 @@ fn build(routes: &'static [Route]) -> Table {
 
 static MTLS_TABLE: LazyLock<Table> = LazyLock::new(|| build(MTLS));
 static PUBLIC_TABLE: LazyLock<Table> = LazyLock::new(|| build(PUBLIC));
+static HEALTH_TABLE: LazyLock<Table> = LazyLock::new(|| build(HEALTH));
 
 /// Which listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +247,8 @@ pub enum Listener {
     Mtls,
     /// The public callback listener.
     Public,
+    /// The loopback health listener.
+    Health,
 }
 
 /// A matched route and its path parameters.
@@ -270,6 +279,7 @@ pub fn route_request(listener: Listener, method: &Method, path: &str) -> Result<
     let table = match listener {
         Listener::Mtls => &*MTLS_TABLE,
         Listener::Public => &*PUBLIC_TABLE,
+        Listener::Health => &*HEALTH_TABLE,
     };
     let table = table
         .as_ref()
@@ -303,6 +313,32 @@ mod tests {
     fn the_tables_build() {
         assert!(MTLS_TABLE.is_ok(), "{:?}", MTLS_TABLE.as_ref().err());
         assert!(PUBLIC_TABLE.is_ok(), "{:?}", PUBLIC_TABLE.as_ref().err());
+        assert!(HEALTH_TABLE.is_ok(), "{:?}", HEALTH_TABLE.as_ref().err());
+    }
+
+    #[test]
+    fn the_health_listener_serves_liveness_and_readiness_only() {
+        let health = |method: Method, path: &str| {
+            route_request(Listener::Health, &method, path).map(|m| m.endpoint)
+        };
+        assert_eq!(health(Method::GET, "/healthz").ok(), Some(E::Healthz));
+        assert_eq!(health(Method::GET, "/readyz").ok(), Some(E::Readyz));
+        for path in [
+            "/metrics",
+            "/v1/resolve",
+            "/v1/openapi.json",
+            "/v1/admin/tenants",
+        ] {
+            assert_eq!(
+                health(Method::GET, path).map_err(|e| e.code).err(),
+                Some(ErrorCode::NotFound),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            health(Method::POST, "/readyz").map_err(|e| e.code).err(),
+            Some(ErrorCode::MethodNotAllowed)
+        );
     }
 
     fn mtls(method: Method, path: &str) -> Result<Matched, ErrorCode> {

@@ -3,11 +3,13 @@
 //! - `offline`: the daemon (`dev`, `serve`), key set-up and rotation, audit tools;
 //! - `admin`: records, bindings and secrets through the admin API;
 //! - `providers`: `binding add`, `onboard` and `keys` for each provider, from its catalog entry;
-//! - `client`: worker-side helpers.
+//! - `client`: worker-side helpers;
+//! - `health`: the daemon's readiness through its loopback health listener, no certificate.
 
 mod admin;
 mod client;
 mod gcp_metadata;
+mod health;
 mod offline;
 mod providers;
 
@@ -52,6 +54,10 @@ enum Command {
     /// Make the running daemon re-read its config's TLS files (certificate, key, client CA,
     /// CRL) — SIGHUP to the daemon of this data directory, found by its pid file.
     Reload(LocalArgs),
+    /// Check that the running daemon is ready, through its loopback health listener
+    /// (`[health] listen`; no certificate): GET /readyz within 3 s, exit 0 when it answers
+    /// 200, 1 otherwise (the container HEALTHCHECK).
+    Health(health::HealthArgs),
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -170,6 +176,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Serve(args) => offline::run_serve(&args),
         Command::Init(local) => offline::run_init(&local),
         Command::Reload(local) => offline::run_reload(&local),
+        Command::Health(args) => Ok(health::run_health(&args)),
         Command::Audit(cmd) => offline::run_audit(cmd),
         Command::Keys(KeysCmd::RotateKek(local)) => offline::run_rotate_kek(&local),
         Command::Keys(KeysCmd::Provider(k)) => run_provider_keys(&k),

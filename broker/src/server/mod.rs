@@ -2,7 +2,8 @@
 //! with a short deadline, a connection slot only once it completed, a required client
 //! certificate on the mTLS listener, identity from the SPIFFE URI SAN, HTTP/1.1 or HTTP/2 with
 //! header/body limits and read deadlines, then routing to resolve, admin, health and metrics.
-//! There is no plaintext listener.
+//! The only plaintext listener is the optional loopback health listener (`health.rs`):
+//! `/healthz` and `/readyz`, nothing else.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -31,7 +31,10 @@ use crate::routes::{route_request, Endpoint, Listener};
 use crate::tls::ReloadableTls;
 
 mod detached;
+mod health;
 mod public;
+
+pub use health::spawn_health;
 
 use detached::{acknowledge_first, to_completion};
 
@@ -498,17 +501,8 @@ async fn handle(
         .await
     } else {
         match route_request(Listener::Mtls, &method, &path).map(|m| m.endpoint) {
-            Ok(Endpoint::Healthz) => plain_json(StatusCode::OK, json!({ "status": "ok" })),
-            Ok(Endpoint::Readyz) => {
-                if broker.ready() {
-                    plain_json(StatusCode::OK, json!({ "status": "ready" }))
-                } else {
-                    plain_json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({ "status": "audit_unavailable" }),
-                    )
-                }
-            }
+            Ok(Endpoint::Healthz) => health::liveness(),
+            Ok(Endpoint::Readyz) => health::readiness(&broker),
             // Metrics are for a scraper's (or an operator's) certificate, not for workers: they
             // describe every tenant's traffic.
             Ok(Endpoint::Metrics)

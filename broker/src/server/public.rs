@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
@@ -110,9 +109,7 @@ pub(super) async fn handle_public(
             )
             .into()
         }
-        Ok(m) if m.endpoint == Endpoint::Healthz => {
-            plain_json(StatusCode::OK, json!({ "status": "ok" })).into()
-        }
+        Ok(m) if m.endpoint == Endpoint::Healthz => super::health::liveness().into(),
         Ok(m) if matches!(m.endpoint, Endpoint::OidcDiscovery | Endpoint::OidcJwks) => {
             let document = broker.core().issuer().map(|issuer| {
                 let doc = if m.endpoint == Endpoint::OidcDiscovery {
