@@ -51,6 +51,8 @@ pub struct BrokerSettings {
     pub superseded_overlap_s: u64,
     /// `[issuer]`, when the broker's own OIDC issuer is on.
     pub issuer: Option<crate::issuer::IssuerSettings>,
+    /// `[store]`: on a store several replicas share, the audit chains' database.
+    pub store: crate::store::StoreSettings,
 }
 
 impl BrokerSettings {
@@ -83,6 +85,7 @@ impl BrokerSettings {
             ),
             superseded_overlap_s: config.secrets.superseded_overlap_s,
             issuer: config.issuer.clone(),
+            store: config.store.clone(),
         }
     }
 }
@@ -121,6 +124,10 @@ pub struct Core {
     /// change the store reports, so nothing is parsed per resolve and nothing outlives a
     /// change.
     bound: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Bound>>>,
+    /// This broker's replica id and leadership.
+    pub(crate) replica: Arc<crate::replica::Replica>,
+    /// Stops renewing the replica's leases (at shutdown).
+    stop_renewal: tokio::sync::watch::Sender<bool>,
     settings: BrokerSettings,
 }
 
@@ -239,11 +246,31 @@ impl Broker {
             }
         }
         let metrics = Metrics::new();
-        let audit = AuditLog::open_observed(
-            settings.audit.clone(),
-            keys.audit_signer,
-            Some(metrics.audit_batch_size.clone()),
-        )?;
+        let replica = crate::replica::Replica::join(records.store()).await?;
+        let audit = match (replica.id(), replica.lease()) {
+            // A shared store: this replica's chain in the database.
+            (Some(id), Some(lease)) => {
+                AuditLog::open_database(
+                    settings.audit.clone(),
+                    keys.audit_signer,
+                    Some(metrics.audit_batch_size.clone()),
+                    &settings.store,
+                    crate::audit::chains::ChainOwner {
+                        replica: id,
+                        lease,
+                        holder: replica.holder().to_owned(),
+                    },
+                )
+                .await?
+            }
+            _ => AuditLog::open_observed(
+                settings.audit.clone(),
+                keys.audit_signer,
+                Some(metrics.audit_batch_size.clone()),
+            )?,
+        };
+        let (stop_renewal, renewal_stopped) = tokio::sync::watch::channel(false);
+        replica.spawn_renewal(renewal_stopped);
         if let Some(failure) = audit.forensic_failure() {
             // The forensic start is itself on the record, in the chain it continues.
             let event = crate::audit::AuditEvent {
@@ -284,6 +311,8 @@ impl Broker {
                 .map(|s| Arc::new(crate::issuer::Issuer::new(s))),
             metrics,
             bound: bound.clone(),
+            replica,
+            stop_renewal,
             settings,
         });
         let admin = AdminService::new(Arc::clone(&core));
@@ -370,6 +399,22 @@ impl Broker {
     /// Stops the audit writer after a final checkpoint.
     pub fn shutdown(&self) {
         self.core.shutdown();
+    }
+
+    /// Gives up the replica's leases (see [`Core::leave`]).
+    pub async fn leave(&self) {
+        self.core.leave().await;
+    }
+
+    /// Whether this broker runs the jobs one broker must run alone (always, on a store one
+    /// broker opens).
+    pub fn is_leader(&self) -> bool {
+        self.core.replica.is_leader()
+    }
+
+    /// This broker's replica id on a shared store.
+    pub fn replica_id(&self) -> Option<u32> {
+        self.core.replica.id()
     }
 
     /// Handles one `POST /v1/resolve` (see [`ResolveService::resolve`]).
@@ -575,6 +620,13 @@ impl Core {
     /// Stops the audit writer after a final checkpoint.
     pub fn shutdown(&self) {
         self.audit.close();
+    }
+
+    /// Stops renewing the replica's leases and gives them up, so another broker may lead
+    /// at once (at shutdown, after the last request).
+    pub async fn leave(&self) {
+        let _ = self.stop_renewal.send(true);
+        self.replica.leave().await;
     }
 
     /// Opens the active secret version of `binding`.

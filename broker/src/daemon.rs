@@ -215,7 +215,11 @@ pub async fn run_with_broker(
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // Jobs one broker runs alone: on a shared store only the leader does.
             _ = gc.tick() => {
+                if !broker.is_leader() {
+                    continue;
+                }
                 match broker.forget_expired().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(records = n, "forgot expired install states and webhook deliveries"),
@@ -247,6 +251,7 @@ pub async fn run_with_broker(
     }
     running.shutdown(Duration::from_secs(10)).await;
     broker.shutdown();
+    broker.leave().await;
     if wrote_pid.is_ok() {
         let _ = std::fs::remove_file(&pid_file);
     }

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod pki;
+pub mod replica;
 pub mod resolve;
 pub mod routes;
 pub mod seal;

@@ -27,6 +27,7 @@ pub mod issuer_env;
 pub mod loopback;
 pub mod openbao;
 pub mod postgres;
+pub mod replicas;
 pub mod sts_shim;
 pub mod tcp_fault;
 
@@ -239,6 +240,21 @@ pub fn write_config(
     config
 }
 
+/// Copies the directory `from` to `to` (files and subdirectories, permissions kept).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// Merges `extra` into `base`: tables recursively, any other value replaced.
 fn merge_toml(base: &mut toml::Table, extra: toml::Table) {
     for (k, v) in extra {
@@ -301,6 +317,41 @@ impl Daemon {
             .status()
             .unwrap();
         assert!(status.success(), "credbroker init failed");
+        let mut d = Daemon {
+            root: root.to_owned(),
+            data_dir,
+            config,
+            url: String::new(),
+            stderr_path: root.join("daemon.stderr"),
+            public_url: None,
+            env: options.env.clone(),
+            serve_args: Vec::new(),
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Another replica of `first` (a store several brokers share, in `options`): its own
+    /// root, data directory and port, `first`'s keys (KEK keyring, audit and fingerprint keys)
+    /// copied rather than created, as an operator provisions replicas.
+    pub fn start_sharing(
+        root: &Path,
+        pki: &TestPki,
+        options: &DaemonOptions,
+        first: &Daemon,
+    ) -> Daemon {
+        let data_dir = root.join("data");
+        let config = root.join("credbroker.toml");
+        write_config(
+            &config,
+            &data_dir,
+            pki,
+            options.crl.clone(),
+            &options.extra_toml,
+        );
+        copy_dir(&first.data_dir.join("keys"), &data_dir.join("keys"));
+        std::fs::copy(kek_file_for(&first.data_dir), kek_file_for(&data_dir)).unwrap();
         let mut d = Daemon {
             root: root.to_owned(),
             data_dir,
@@ -515,7 +566,16 @@ impl Drop for Daemon {
 
 /// Runs the CLI; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(daemon_bin()).args(args).output().unwrap();
+    run_cli_env(args, &[])
+}
+
+/// Runs `credbroker-it <args>` with extra environment variables.
+pub fn run_cli_env(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let out = Command::new(daemon_bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

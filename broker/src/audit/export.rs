@@ -50,6 +50,10 @@ impl ExportFilter {
 pub struct ExportHeader {
     /// Format version (2).
     pub version: u32,
+    /// The replica whose chain this is, on a store several brokers share (absent for a
+    /// single broker's file log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
     /// Random id binding the record attestations to this export.
     pub export_id: String,
     /// Whether records were filtered out.
@@ -144,10 +148,30 @@ pub fn export(
             Err(e)
         }
     })?;
+    let cps: Vec<Checkpoint> = complete_lines(&cps)
+        .filter_map(|l| serde_json::from_slice::<Checkpoint>(l).ok())
+        .collect();
     let log = std::fs::read(log_path(audit_dir))?;
+    write_document(None, complete_lines(&log), &cps, filter, signer, out)
+}
+
+/// Writes one export document — a header, the selected records, their attestations, the
+/// checkpoints the exported log reaches — of the chain whose record lines are `lines` (the
+/// file log, or `replica`'s chain of a shared store); returns the number of records.
+///
+/// # Errors
+/// On I/O failure, or a record that does not parse.
+pub fn write_document<'l>(
+    replica: Option<u32>,
+    lines: impl IntoIterator<Item = &'l [u8]>,
+    cps: &[Checkpoint],
+    filter: &ExportFilter,
+    signer: &AuditSigner,
+    out: &mut dyn Write,
+) -> std::io::Result<u64> {
     let mut head = (0, String::new());
     let mut selected: Vec<(&[u8], u64, String)> = Vec::new();
-    for line in complete_lines(&log) {
+    for line in lines {
         let rec: AuditRecord = serde_json::from_slice(line).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -181,6 +205,7 @@ pub fn export(
     aws_lc_rs::rand::fill(&mut id).map_err(|_| std::io::Error::other("system CSPRNG failed"))?;
     let header = ExportHeader {
         version: 2,
+        replica,
         export_id: hex::encode(id),
         filtered: !filter.is_empty(),
         since: fmt(&filter.since),
@@ -227,13 +252,9 @@ pub fn export(
         prev = *seq;
     }
     // Only checkpoints the exported log reaches; later ones were written after we read it.
-    for line in complete_lines(&cps) {
-        if let Ok(cp) = serde_json::from_slice::<Checkpoint>(line) {
-            if cp.seq <= header.head_seq {
-                serde_json::to_writer(&mut *out, &CheckpointLine { checkpoint: &cp })?;
-                out.write_all(b"\n")?;
-            }
-        }
+    for cp in cps.iter().filter(|cp| cp.seq <= header.head_seq) {
+        serde_json::to_writer(&mut *out, &CheckpointLine { checkpoint: cp })?;
+        out.write_all(b"\n")?;
     }
     Ok(header.records)
 }

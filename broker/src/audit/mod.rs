@@ -13,16 +13,18 @@
 //! batch holding it is on disk, and if the write fails every request in the batch fails
 //! closed with `audit_unavailable`.
 
+pub mod chains;
 mod export;
 mod record;
 mod tail;
 mod verify;
 mod writer;
 
-pub use export::{export, ExportFilter};
+pub use export::{export, write_document, ExportFilter};
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
 pub use verify::{
-    verify_export, verify_log, verify_since_last_checkpoint, VerifyFailure, VerifySummary,
+    verify_export, verify_exports, verify_log, verify_since_last_checkpoint, ChainCheck,
+    VerifyFailure, VerifySummary,
 };
 pub use writer::{max_unanchored, AuditConfig, AuditError, AuditLog, AuditReceipt};
 

@@ -52,6 +52,11 @@ pub struct AuditEvent {
 /// the byte-exact canonical check in verification rejects unknown fields instead.)
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditRecord {
+    /// The replica whose chain holds the record, on a store several brokers share (absent
+    /// in a single broker's file log, whose lines are unchanged by it). Covered by the hash:
+    /// a record cannot be moved to another replica's chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
     /// Sequence number, from 1, without gaps.
     pub seq: u64,
     /// Time of the append, RFC 3339 UTC.
@@ -140,6 +145,7 @@ mod tests {
     #[test]
     fn hash_covers_every_field() {
         let mut r = AuditRecord {
+            replica: None,
             seq: 1,
             time: "2026-01-01T00:00:00Z".into(),
             event: AuditEvent {
@@ -161,6 +167,7 @@ mod tests {
     #[test]
     fn seal_matches_hash_and_line() {
         let mut r = AuditRecord {
+            replica: None,
             seq: 9,
             time: "2026-01-01T00:00:00Z".into(),
             event: AuditEvent {
@@ -180,6 +187,7 @@ mod tests {
     #[test]
     fn line_round_trips_canonically() {
         let mut r = AuditRecord {
+            replica: None,
             seq: 7,
             time: "2026-01-01T00:00:00.5Z".into(),
             event: AuditEvent {

@@ -61,6 +61,8 @@ fn fail(seq: u64, reason: impl Into<String>) -> VerifyFailure {
 
 struct Chain<'a> {
     verifier: &'a AuditVerifier,
+    /// The replica whose chain this is (a shared store's); every record must name it.
+    replica: Option<u32>,
     contiguous: bool,
     /// For the live log: how many records at its end, or between two checkpoints, may lack
     /// a signed checkpoint.
@@ -79,6 +81,7 @@ impl<'a> Chain<'a> {
     fn new(verifier: &'a AuditVerifier, contiguous: bool) -> Self {
         Chain {
             verifier,
+            replica: None,
             contiguous,
             max_unanchored: None,
             last_anchor: Some(0),
@@ -109,6 +112,16 @@ impl<'a> Chain<'a> {
             serde_json::from_str(text).map_err(|_| fail(here, "record does not parse"))?;
         if rec.to_line() != text {
             return Err(fail(here, "record is not in canonical form (altered)"));
+        }
+        if rec.replica != self.replica {
+            return Err(fail(
+                here,
+                format!(
+                    "record names replica {}, not this chain's {} (moved between chains)",
+                    rec.replica.map_or("none".into(), |r| r.to_string()),
+                    self.replica.map_or("none".into(), |r| r.to_string())
+                ),
+            ));
         }
         let must_follow = self.contiguous || self.prev_seq.is_some_and(|p| rec.seq <= p);
         if must_follow && rec.seq != here {
@@ -322,6 +335,68 @@ pub fn verify_since_last_checkpoint(
     chain.finish()
 }
 
+/// Verification of one replica's chain of a shared store, fed its record lines in sequence
+/// order (read a page at a time): the whole chain, or (`from`, the start-up check) from that
+/// checkpoint on, whose record must be the first line fed.
+pub struct ChainCheck<'a> {
+    chain: Chain<'a>,
+    from: Option<u64>,
+}
+
+impl<'a> ChainCheck<'a> {
+    /// A check of replica `replica`'s chain against its checkpoints `cps` (or only `from`).
+    ///
+    /// # Errors
+    /// When a checkpoint's signature does not verify.
+    pub fn new(
+        replica: u32,
+        cps: &[Checkpoint],
+        from: Option<&Checkpoint>,
+        verifier: &'a AuditVerifier,
+        max_unanchored: u64,
+    ) -> Result<ChainCheck<'a>, VerifyFailure> {
+        let mut chain = Chain::new(verifier, true);
+        chain.replica = Some(replica);
+        chain.max_unanchored = Some(max_unanchored);
+        if let Some(last) = from {
+            chain.expected = Some(last.seq);
+            chain.last_anchor = None;
+            chain.checkpoints(std::slice::from_ref(last))?;
+        } else {
+            chain.checkpoints(cps)?;
+        }
+        Ok(ChainCheck {
+            chain,
+            from: from.map(|c| c.seq),
+        })
+    }
+
+    /// Checks the next record line.
+    ///
+    /// # Errors
+    /// The first [`VerifyFailure`].
+    pub fn record(&mut self, line: &[u8]) -> Result<(), VerifyFailure> {
+        self.chain.record(line)
+    }
+
+    /// Ends the check.
+    ///
+    /// # Errors
+    /// When the chain stops short of a checkpoint, its unsigned tail is too long, or the
+    /// record `from` covers was not the first fed.
+    pub fn finish(self) -> Result<VerifySummary, VerifyFailure> {
+        if let Some(seq) = self.from {
+            if self.chain.summary.first_seq != Some(seq) {
+                return Err(fail(
+                    seq,
+                    "the record the last signed checkpoint covers is not in the chain (records removed)",
+                ));
+            }
+        }
+        self.chain.finish()
+    }
+}
+
 /// The file's bytes up to the length it has now: appends made while it is read are left for
 /// the next verification, and a device standing in for the file (a test's `/dev/full`) reads
 /// as empty rather than without end.
@@ -431,6 +506,46 @@ fn any_attestation_verifies(bytes: &[u8], export_id: &str, verifier: &AuditVerif
         })
 }
 
+/// Verifies every document of an export file — one per chain: a single broker's log, or
+/// each replica's chain of a shared store (and the file log written before the store moved
+/// there) — and returns each one's replica and result, in file order.
+pub fn verify_exports(
+    bytes: &[u8],
+    verifier: &AuditVerifier,
+) -> Vec<(Option<u32>, Result<VerifySummary, VerifyFailure>)> {
+    #[derive(Deserialize)]
+    struct ReplicaOnly {
+        export: ReplicaField,
+    }
+    #[derive(Deserialize)]
+    struct ReplicaField {
+        replica: Option<u32>,
+    }
+    let mut documents: Vec<Vec<u8>> = Vec::new();
+    for line in complete_lines(bytes) {
+        if line.starts_with(b"{\"export\":") || documents.is_empty() {
+            documents.push(Vec::new());
+        }
+        if let Some(doc) = documents.last_mut() {
+            doc.extend_from_slice(line);
+            doc.push(b'\n');
+        }
+    }
+    if documents.is_empty() {
+        documents.push(Vec::new());
+    }
+    documents
+        .iter()
+        .map(|doc| {
+            let replica = complete_lines(doc)
+                .next()
+                .and_then(|l| serde_json::from_slice::<ReplicaOnly>(l).ok())
+                .and_then(|h| h.export.replica);
+            (replica, verify_export(doc, verifier))
+        })
+        .collect()
+}
+
 /// Verifies an export file produced by `credbroker audit export`: the signed header (filter,
 /// range, count, head), every record against its own hash, the chain (whole for an unfiltered
 /// export) and its attestation, the checkpoints.
@@ -471,6 +586,7 @@ pub fn verify_export(
         ));
     }
     let contiguous = !h.filtered;
+    let replica = h.replica;
     let mut records = Vec::new();
     let mut attestations = BTreeMap::new();
     let mut cps = Vec::new();
@@ -494,6 +610,7 @@ pub fn verify_export(
         }
     }
     let mut chain = Chain::new(verifier, contiguous);
+    chain.replica = replica;
     chain.checkpoints(&cps)?;
     let mut prev_exported = 0u64;
     for line in records {

@@ -104,9 +104,9 @@ pub struct AuditReceipt {
     pub audit_id: String,
 }
 
-type Waiter = oneshot::Sender<Result<AuditReceipt, AuditError>>;
+pub(super) type Waiter = oneshot::Sender<Result<AuditReceipt, AuditError>>;
 
-enum Msg {
+pub(super) enum Msg {
     Append(Box<AuditEvent>, Waiter),
     Close(std::sync::mpsc::SyncSender<()>),
 }
@@ -198,6 +198,7 @@ impl Writer {
         for (event, done) in events {
             seq += 1;
             let mut rec = AuditRecord {
+                replica: None,
                 seq,
                 time: time.clone(),
                 event: *event,
@@ -307,55 +308,95 @@ impl Writer {
             }
         }
     }
+}
 
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        let tick = self.config.checkpoint_interval.min(Duration::from_secs(1));
-        loop {
-            let first = match rx.recv_timeout(tick) {
-                Ok(m) => m,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if !self.healthy.load(Ordering::Relaxed) {
-                        self.probe();
-                    }
-                    self.maybe_checkpoint(false);
-                    continue;
+/// Where a group-committing writer puts records: the file log, or a replica's chain in the
+/// shared database. One thread owns it; [`run`] feeds it batches.
+pub(super) trait Sink: Send + 'static {
+    /// Makes `events` durable as one batch and answers every waiter.
+    fn commit(&mut self, events: Vec<(Box<AuditEvent>, Waiter)>);
+    /// Signs a checkpoint when one is due (or at once: `force`).
+    fn maybe_checkpoint(&mut self, force: bool);
+    /// Between batches, while the last one failed: checks whether the log is writable again.
+    fn probe(&mut self);
+    /// Whether the last batch was made durable.
+    fn healthy(&self) -> bool;
+    /// The writer's settings.
+    fn config(&self) -> &AuditConfig;
+}
+
+impl Sink for Writer {
+    fn commit(&mut self, events: Vec<(Box<AuditEvent>, Waiter)>) {
+        Writer::commit(self, events);
+    }
+    fn maybe_checkpoint(&mut self, force: bool) {
+        Writer::maybe_checkpoint(self, force);
+    }
+    fn probe(&mut self) {
+        Writer::probe(self);
+    }
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+    fn config(&self) -> &AuditConfig {
+        &self.config
+    }
+}
+
+/// The writer thread: takes everything queued (up to `max_batch`) as one batch, checkpoints
+/// on time, probes a failed log between batches; on close, refuses what is still queued and
+/// signs a last checkpoint.
+fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
+    let tick = sink
+        .config()
+        .checkpoint_interval
+        .min(Duration::from_secs(1));
+    let max_batch = sink.config().max_batch;
+    loop {
+        let first = match rx.recv_timeout(tick) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !sink.healthy() {
+                    sink.probe();
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.maybe_checkpoint(true);
-                    return;
-                }
-            };
-            let mut batch = Vec::new();
-            let mut close = None;
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Append(ev, done) => batch.push((ev, done)),
-                    Msg::Close(ack) => {
-                        close = Some(ack);
-                        break;
-                    }
-                }
-                if batch.len() >= self.config.max_batch {
-                    break;
-                }
-                next = rx.try_recv().ok();
+                sink.maybe_checkpoint(false);
+                continue;
             }
-            if !batch.is_empty() {
-                self.commit(batch);
-                self.maybe_checkpoint(false);
-            }
-            if let Some(ack) = close {
-                // Refuse anything still queued rather than leave it waiting forever.
-                while let Ok(msg) = rx.try_recv() {
-                    if let Msg::Append(_, done) = msg {
-                        let _ = done.send(Err(AuditError::Stopped));
-                    }
-                }
-                self.maybe_checkpoint(true);
-                let _ = ack.send(());
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                sink.maybe_checkpoint(true);
                 return;
             }
+        };
+        let mut batch = Vec::new();
+        let mut close = None;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Append(ev, done) => batch.push((ev, done)),
+                Msg::Close(ack) => {
+                    close = Some(ack);
+                    break;
+                }
+            }
+            if batch.len() >= max_batch {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            sink.commit(batch);
+            sink.maybe_checkpoint(false);
+        }
+        if let Some(ack) = close {
+            // Refuse anything still queued rather than leave it waiting forever.
+            while let Ok(msg) = rx.try_recv() {
+                if let Msg::Append(_, done) = msg {
+                    let _ = done.send(Err(AuditError::Stopped));
+                }
+            }
+            sink.maybe_checkpoint(true);
+            let _ = ack.send(());
+            return;
         }
     }
 }
@@ -429,10 +470,20 @@ impl AuditLog {
             stats: stats.clone(),
             batch_sizes,
         };
+        AuditLog::spawn(writer, healthy, stats, forensic)
+    }
+
+    /// Starts the writer thread over `sink`.
+    pub(super) fn spawn(
+        sink: impl Sink,
+        healthy: Arc<AtomicBool>,
+        stats: Arc<AuditStats>,
+        forensic: Option<String>,
+    ) -> Result<AuditLog, AuditError> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || run(sink, rx))
             .map_err(|e| AuditError::Open {
                 path: "audit-writer thread".into(),
                 reason: e.to_string(),
@@ -606,6 +657,7 @@ mod tests {
             batch_sizes: None,
         };
         let mut rec = AuditRecord {
+            replica: None,
             seq: durable.0 + 1,
             time: now_rfc3339(),
             event: ev(99),

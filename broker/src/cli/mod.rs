@@ -7,6 +7,7 @@
 //! - `health`: the daemon's readiness through its loopback health listener, no certificate.
 
 mod admin;
+mod audit;
 mod client;
 mod gcp_metadata;
 mod health;
@@ -26,8 +27,9 @@ use admin::{
     TenantAdd, WorkerCmd,
 };
 use admin::{OperatorAdd, UnclaimedCmd};
+use audit::AuditCmd;
 use client::{aws_credential_process, token, ClientCmd};
-use offline::{AuditCmd, DevArgs, LintArgs, LocalArgs, ServeArgs};
+use offline::{DevArgs, LintArgs, LocalArgs, ServeArgs};
 
 use providers::{run_onboard, run_provider_keys, Onboard, ProviderKeys};
 
@@ -177,7 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Init(local) => offline::run_init(&local),
         Command::Reload(local) => offline::run_reload(&local),
         Command::Health(args) => Ok(health::run_health(&args)),
-        Command::Audit(cmd) => offline::run_audit(cmd),
+        Command::Audit(cmd) => audit::run_audit(cmd),
         Command::Keys(KeysCmd::RotateKek(local)) => offline::run_rotate_kek(&local),
         Command::Keys(KeysCmd::Provider(k)) => run_provider_keys(&k),
         Command::Issuer(IssuerCmd::Jwks(conn)) => admin::call_showing(

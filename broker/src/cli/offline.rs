@@ -6,17 +6,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
+use clap::Args;
 
 use credbroker_providers::ProviderRegistry;
 
-use crate::audit::{self, ExportFilter};
 use crate::broker::{Broker, BrokerKeys};
 use crate::config::{Config, LogFormat, TlsSettings};
 use crate::dev;
-use crate::keys::AuditVerifier;
 
 use super::{announce_ready, init_logging, runtime};
 
@@ -50,46 +46,6 @@ pub struct LocalArgs {
     /// Data directory (uses <DIR>/credbroker.toml when present, as written by `dev`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum AuditCmd {
-    /// Verify the hash chain and signed checkpoints; exits 1 naming the first bad sequence.
-    Verify(VerifyArgs),
-    /// Export records as JSON lines (header, records, checkpoints) for auditors.
-    Export(ExportArgs),
-    /// Print the audit public key auditors verify exports with.
-    PublicKey(LocalArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    local: LocalArgs,
-    /// Verify an export file instead of the live log (requires --public-key).
-    #[arg(long, requires = "public_key")]
-    export: Option<PathBuf>,
-    /// Audit public key file (default: the data directory's).
-    #[arg(long)]
-    public_key: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct ExportArgs {
-    #[command(flatten)]
-    local: LocalArgs,
-    /// Only records at or after this time (RFC 3339).
-    #[arg(long)]
-    since: Option<String>,
-    /// Only records before this time (RFC 3339).
-    #[arg(long)]
-    until: Option<String>,
-    /// Only records of this tenant.
-    #[arg(long)]
-    tenant: Option<String>,
-    /// Write to this file instead of standard output.
-    #[arg(long)]
-    output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -165,143 +121,6 @@ pub fn local_config(local: &LocalArgs) -> Result<Config, String> {
             crl: None,
         },
     ))
-}
-
-pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
-    match cmd {
-        AuditCmd::Verify(args) => {
-            let mut trust_note = String::new();
-            let result = if let Some(export) = &args.export {
-                let key = args
-                    .public_key
-                    .as_ref()
-                    .ok_or("--export needs --public-key")?;
-                let verifier = AuditVerifier::load(key).map_err(|e| e.to_string())?;
-                let bytes =
-                    std::fs::read(export).map_err(|e| format!("{}: {e}", export.display()))?;
-                audit::verify_export(&bytes, &verifier)
-            } else {
-                let config = local_config(&args.local)?;
-                let key = match &args.public_key {
-                    Some(k) => k.clone(),
-                    None => {
-                        let k = config.audit_public_key_file();
-                        // Whoever can rewrite the log on this host can replace this key too.
-                        trust_note = format!(
-                            "\nnote: verified with the public key found on this host ({}); anyone able to rewrite the log here could have replaced it. Pin a copy kept elsewhere with --public-key.",
-                            k.display()
-                        );
-                        k
-                    }
-                };
-                let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
-                audit::verify_log(
-                    &config.audit_dir(),
-                    &verifier,
-                    config.audit.max_unanchored(),
-                )
-            };
-            match result {
-                Ok(s) if s.records == 0 => {
-                    println!(
-                        "audit OK: {} holds no records{}{}",
-                        if args.export.is_some() {
-                            "the export (signature valid)"
-                        } else {
-                            "the log"
-                        },
-                        s.signed_head.map_or(String::new(), |h| format!(
-                            "; the log head was {h} when it was exported"
-                        )),
-                        trust_note
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Ok(s) => {
-                    println!(
-                        "audit OK: {} records (sequence {}..{}), {} checkpoint(s) matched, last signed checkpoint at {}{}{}{}",
-                        s.records,
-                        s.first_seq.map_or("-".into(), |v| v.to_string()),
-                        s.last_seq.map_or("-".into(), |v| v.to_string()),
-                        s.checkpoints,
-                        s.last_checkpoint.map_or("none".into(), |v| v.to_string()),
-                        if s.filtered {
-                            " (filtered export: every exported record is bound to the export's signature)"
-                        } else {
-                            ""
-                        },
-                        s.signed_head
-                            .map_or(String::new(), |h| format!(", export signed at log head {h}")),
-                        trust_note
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(f) => {
-                    println!("audit FAILED at sequence {}: {}", f.seq, f.reason);
-                    Ok(ExitCode::from(1))
-                }
-            }
-        }
-        AuditCmd::Export(args) => {
-            let config = local_config(&args.local)?;
-            let parse =
-                |s: &Option<String>, flag: &str| -> Result<Option<OffsetDateTime>, String> {
-                    s.as_ref()
-                        .map(|v| {
-                            OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
-                                format!("{flag} must be RFC 3339, e.g. 2026-01-31T00:00:00Z")
-                            })
-                        })
-                        .transpose()
-                };
-            let filter = ExportFilter {
-                since: parse(&args.since, "--since")?,
-                until: parse(&args.until, "--until")?,
-                tenant: args.tenant.clone(),
-            };
-            // The export is signed with the audit key, like the checkpoints.
-            let signer = crate::keys::AuditSigner::load(&config.audit_key_file())
-                .map_err(|e| e.to_string())?;
-            let count = match &args.output {
-                Some(path) => {
-                    let mut f = std::fs::File::create(path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    let n = audit::export(
-                        &config.audit_dir(),
-                        &filter,
-                        &signer,
-                        config.audit.max_unanchored(),
-                        &mut f,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    f.sync_all().map_err(|e| e.to_string())?;
-                    n
-                }
-                None => {
-                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    let n = audit::export(
-                        &config.audit_dir(),
-                        &filter,
-                        &signer,
-                        config.audit.max_unanchored(),
-                        &mut out,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    out.flush().map_err(|e| e.to_string())?;
-                    n
-                }
-            };
-            eprintln!("exported {count} records");
-            Ok(ExitCode::SUCCESS)
-        }
-        AuditCmd::PublicKey(local) => {
-            let config = local_config(&local)?;
-            let text = std::fs::read_to_string(config.audit_public_key_file())
-                .map_err(|e| format!("{}: {e}", config.audit_public_key_file().display()))?;
-            println!("{}", text.trim());
-            Ok(ExitCode::SUCCESS)
-        }
-    }
 }
 
 /// `credbroker serve --config FILE`.

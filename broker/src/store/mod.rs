@@ -12,7 +12,7 @@
 //! sharing one database — can never both win on the same fact. No process-wide lock is
 //! needed for correctness.
 
-mod postgres;
+pub(crate) mod postgres;
 pub mod record_cache;
 pub mod records;
 mod sled_store;
@@ -215,6 +215,35 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// When the backend cannot be reached: the caller fails closed.
     async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether several brokers may share this backend: replica ids and leases then mean
+    /// something, and the audit goes to the backend too.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Claims the lease `name` for `holder` until `ttl` from now on the backend's clock, or
+    /// extends it when `holder` holds it already; `Ok(false)` while another holder's claim
+    /// is live. A backend only one broker opens (sled) grants every claim.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached (the lease must then be treated as lost).
+    async fn claim_lease(
+        &self,
+        _name: &str,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Gives the lease `name` up if `holder` holds it.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached (the lease then lapses at its expiry).
+    async fn release_lease(&self, _name: &str, _holder: &str) -> Result<(), StoreError> {
         Ok(())
     }
 

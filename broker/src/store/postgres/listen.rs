@@ -53,6 +53,9 @@ async fn listen(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,
 ) -> Result<(), String> {
+    // Named apart from the pool's connections, for operators reading pg_stat_activity.
+    let mut config = config.clone();
+    config.application_name("credbroker-listen");
     let (client, mut connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

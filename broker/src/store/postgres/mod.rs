@@ -81,7 +81,7 @@ fn loopback_only(config: &tokio_postgres::Config) -> bool {
 
 /// The connection settings `settings` describe, checked: a database off this host is
 /// reached only over TLS with its certificate verified against `ca_file`.
-fn connection(
+pub(crate) fn connection(
     settings: &StoreSettings,
 ) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
     let url = settings.database_url()?;
@@ -116,7 +116,7 @@ fn connection(
 }
 
 /// Runs `work` within `limit`.
-async fn deadline<T>(
+pub(crate) async fn deadline<T>(
     limit: Duration,
     work: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
@@ -407,6 +407,54 @@ impl Store for PgStore {
         .await?;
         self.inner.saw(generation);
         Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        deadline(self.inner.timeout, async {
+            let client = self.client().await?;
+            // Expiry on the database's clock: replicas' clocks never decide who holds it.
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO credbroker_leases (name, holder, expires_at) \
+                     VALUES ($1, $2, now() + make_interval(secs => $3::bigint / 1000.0)) \
+                     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                     WHERE credbroker_leases.holder = EXCLUDED.holder OR credbroker_leases.expires_at <= now() \
+                     RETURNING holder",
+                )
+                .await
+                .map_err(|e| db_error(&e))?;
+            let row = client
+                .query_opt(&stmt, &[&name, &holder, &ttl_ms])
+                .await
+                .map_err(|e| db_error(&e))?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        deadline(self.inner.timeout, async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "DELETE FROM credbroker_leases WHERE name = $1 AND holder = $2",
+                    &[&name, &holder],
+                )
+                .await
+                .map_err(|e| db_error(&e))?;
+            Ok(())
+        })
+        .await
     }
 
     fn on_change(&self, hook: ChangeHook) {

@@ -18,10 +18,11 @@ const MIGRATION_LOCK: i64 = 0x6362_6d69_6772_6174;
 pub(super) const COMMIT_LOCK: i64 = 0x6362_636f_6d6d_6974;
 
 /// Every migration, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "records, change generation, leases",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "records, change generation, leases",
+        r#"
 CREATE TABLE credbroker_records (
     tbl text NOT NULL,
     key text COLLATE "C" NOT NULL,
@@ -39,7 +40,26 @@ CREATE TABLE credbroker_leases (
     expires_at timestamptz NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "audit chains, one per replica",
+        r#"
+CREATE TABLE credbroker_audit (
+    replica integer NOT NULL,
+    seq bigint NOT NULL,
+    line text NOT NULL,
+    PRIMARY KEY (replica, seq)
+);
+CREATE TABLE credbroker_audit_checkpoints (
+    replica integer NOT NULL,
+    seq bigint NOT NULL,
+    line text NOT NULL,
+    PRIMARY KEY (replica, seq)
+);
+"#,
+    ),
+];
 
 /// The newest migration this build knows.
 pub fn latest() -> i32 {

@@ -151,6 +151,11 @@ impl Records {
         self.store.on_change(hook);
     }
 
+    /// The store underneath.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     /// See [`Store::sync`].
     ///
     /// # Errors

@@ -1,0 +1,571 @@
+//! The audit on a store several replicas share: one hash chain per replica in PostgreSQL.
+//!
+//! Each replica appends to its own chain (`credbroker_audit`, keyed by replica id and
+//! sequence), so no replica waits for another and losing a replica's machine loses nothing
+//! it acknowledged: a batch is acknowledged only after its transaction committed. Records
+//! name their replica (covered by the hash); signed checkpoints go to
+//! `credbroker_audit_checkpoints`, in the batch's own transaction when one is due.
+//!
+//! Two writers can never fork a chain: a batch is written only while the replica's lease is
+//! this process's (checked in the same transaction), and the primary key refuses a second
+//! record at any sequence. After a failed batch — whose commit may or may not have happened —
+//! the chain's tail is read back from the database before the next one, so the chain goes on
+//! from what is really there. The database unreachable: every batch fails closed
+//! (`audit_unavailable`) and the writer reconnects on the next one, without a restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
+use super::verify::ChainCheck;
+use super::writer::{AuditLog, AuditReceipt, AuditStats, BatchObserver, Sink, Waiter};
+use super::{AuditConfig, AuditError};
+use crate::keys::{AuditSigner, AuditVerifier};
+use crate::model::now_rfc3339;
+use crate::store::StoreSettings;
+
+/// Rows read per query when a chain is read whole.
+const PAGE: i64 = 10_000;
+
+/// Where this replica's chain is and who may write it.
+#[derive(Debug, Clone)]
+pub struct ChainOwner {
+    /// The replica id.
+    pub replica: u32,
+    /// The replica's lease (`replica/<id>`).
+    pub lease: String,
+    /// This process's claim token.
+    pub holder: String,
+}
+
+#[derive(Debug, Clone)]
+struct ChainTail {
+    seq: u64,
+    hash: String,
+    checkpoint_seq: u64,
+}
+
+struct DbWriter {
+    config: AuditConfig,
+    rt: Arc<tokio::runtime::Runtime>,
+    pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    timeout: Duration,
+    client: Option<Client>,
+    owner: ChainOwner,
+    /// `None`: unknown (start, or after a failed batch): read back before the next write.
+    tail: Option<ChainTail>,
+    last_checkpoint_at: Instant,
+    signer: AuditSigner,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<AuditStats>,
+    batch_sizes: Option<BatchObserver>,
+}
+
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn replica_i32(replica: u32) -> i32 {
+    i32::try_from(replica).unwrap_or(i32::MAX)
+}
+
+/// Connects with `settings`' URL and TLS, the connection driven on the current runtime.
+///
+/// # Errors
+/// When the database cannot be reached within the store's timeout.
+pub async fn connect(settings: &StoreSettings) -> Result<Client, String> {
+    let (pg, tls) = crate::store::postgres::connection(settings).map_err(|e| e.to_string())?;
+    connect_with(&pg, tls, Duration::from_millis(settings.timeout_ms.max(1))).await
+}
+
+async fn connect_with(
+    pg: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    timeout: Duration,
+) -> Result<Client, String> {
+    let (client, conn) = tokio::time::timeout(timeout, pg.connect(tls))
+        .await
+        .map_err(|_| {
+            format!(
+                "database connection timed out after {} ms",
+                timeout.as_millis()
+            )
+        })?
+        .map_err(|e| format!("database: {e}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// The replicas that have a chain.
+///
+/// # Errors
+/// On a database error.
+pub async fn replicas(client: &Client) -> Result<Vec<u32>, String> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT replica FROM credbroker_audit ORDER BY replica",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| u32::try_from(r.get::<_, i32>(0)).ok())
+        .collect())
+}
+
+/// Every checkpoint of `replica`'s chain, in sequence order.
+///
+/// # Errors
+/// On a database error or a checkpoint that does not parse.
+pub async fn checkpoints(client: &Client, replica: u32) -> Result<Vec<Checkpoint>, String> {
+    let rows = client
+        .query(
+            "SELECT line FROM credbroker_audit_checkpoints WHERE replica = $1 ORDER BY seq",
+            &[&replica_i32(replica)],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    rows.iter()
+        .map(|r| {
+            serde_json::from_str::<Checkpoint>(r.get::<_, &str>(0))
+                .map_err(|_| format!("a checkpoint of replica {replica}'s chain does not parse"))
+        })
+        .collect()
+}
+
+/// Feeds `replica`'s record lines from sequence `from` on, in order, to `each`, a page at
+/// a time.
+///
+/// # Errors
+/// On a database error, or the first error `each` returns.
+pub async fn for_each_line(
+    client: &Client,
+    replica: u32,
+    from: u64,
+    mut each: impl FnMut(&str) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut next = seq_i64(from);
+    loop {
+        let rows = client
+            .query(
+                "SELECT seq, line FROM credbroker_audit WHERE replica = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                &[&replica_i32(replica), &next, &PAGE],
+            )
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        for row in &rows {
+            each(row.get::<_, &str>(1))?;
+        }
+        match rows.last() {
+            Some(last) if rows.len() as i64 == PAGE => next = last.get::<_, i64>(0) + 1,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Verifies `replica`'s chain whole: every record, every checkpoint. The outer error is the
+/// database's, the inner the chain's first failure.
+///
+/// # Errors
+/// When the chain cannot be read.
+pub async fn verify_chain(
+    client: &Client,
+    replica: u32,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+) -> Result<Result<super::VerifySummary, super::VerifyFailure>, String> {
+    let cps = checkpoints(client, replica).await?;
+    let mut check = match ChainCheck::new(replica, &cps, None, verifier, max_unanchored) {
+        Ok(c) => c,
+        Err(f) => return Ok(Err(f)),
+    };
+    let mut failure = None;
+    for_each_line(client, replica, 1, |line| {
+        if failure.is_none() {
+            failure = check.record(line.as_bytes()).err();
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(match failure {
+        Some(f) => Err(f),
+        None => check.finish(),
+    })
+}
+
+/// Every record line of `replica`'s chain and its checkpoints (for an export).
+///
+/// # Errors
+/// On a database error.
+pub async fn read_chain(
+    client: &Client,
+    replica: u32,
+) -> Result<(Vec<String>, Vec<Checkpoint>), String> {
+    let cps = checkpoints(client, replica).await?;
+    let mut lines = Vec::new();
+    for_each_line(client, replica, 1, |line| {
+        lines.push(line.to_owned());
+        Ok(())
+    })
+    .await?;
+    Ok((lines, cps))
+}
+
+/// The start-up check of this replica's chain: from its last signed checkpoint to its end.
+async fn verify_tail(
+    client: &Client,
+    replica: u32,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+) -> Result<(), String> {
+    let cps = checkpoints(client, replica).await?;
+    let last = cps.last();
+    let mut check = ChainCheck::new(replica, &cps, last, verifier, max_unanchored)
+        .map_err(|e| e.to_string())?;
+    for_each_line(client, replica, last.map_or(1, |c| c.seq), |line| {
+        check.record(line.as_bytes()).map_err(|e| e.to_string())
+    })
+    .await?;
+    check.finish().map(|_| ()).map_err(|e| e.to_string())
+}
+
+async fn read_tail(client: &Client, replica: u32) -> Result<ChainTail, String> {
+    let last = client
+        .query_opt(
+            "SELECT line FROM credbroker_audit WHERE replica = $1 ORDER BY seq DESC LIMIT 1",
+            &[&replica_i32(replica)],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    let (seq, hash) = match last {
+        None => (0, GENESIS_HASH.to_owned()),
+        Some(row) => {
+            let rec: AuditRecord = serde_json::from_str(row.get::<_, &str>(0)).map_err(|_| {
+                format!("the last record of replica {replica}'s chain does not parse")
+            })?;
+            (rec.seq, rec.hash)
+        }
+    };
+    let checkpoint_seq: i64 = client
+        .query_one(
+            "SELECT COALESCE(max(seq), 0) FROM credbroker_audit_checkpoints WHERE replica = $1",
+            &[&replica_i32(replica)],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?
+        .get(0);
+    Ok(ChainTail {
+        seq,
+        hash,
+        checkpoint_seq: u64::try_from(checkpoint_seq).unwrap_or(0),
+    })
+}
+
+impl DbWriter {
+    /// Connects when there is no live connection and reads the tail back when unknown.
+    async fn ready(&mut self) -> Result<(), String> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.tail = None;
+            self.client = Some(connect_with(&self.pg, self.tls.clone(), self.timeout).await?);
+        }
+        if self.tail.is_none() {
+            let client = self.client.as_ref().ok_or("no database connection")?;
+            self.tail = Some(read_tail(client, self.owner.replica).await?);
+        }
+        Ok(())
+    }
+
+    fn checkpoint_line(&self, seq: u64, hash: &str) -> Result<(Checkpoint, String), String> {
+        let time = now_rfc3339();
+        let message = Checkpoint::signed_message(seq, hash, &time);
+        let cp = Checkpoint {
+            seq,
+            hash: hash.to_owned(),
+            time,
+            signature: B64.encode(self.signer.sign(&message)),
+        };
+        let line = serde_json::to_string(&cp).map_err(|e| e.to_string())?;
+        Ok((cp, line))
+    }
+
+    /// Writes one batch (and a checkpoint when due) in one transaction under the lease.
+    async fn write(
+        &mut self,
+        events: Vec<AuditEvent>,
+    ) -> Result<(Vec<AuditReceipt>, ChainTail), String> {
+        self.ready().await?;
+        let tail = self.tail.clone().ok_or("chain tail unknown")?;
+        let time = now_rfc3339();
+        let mut seq = tail.seq;
+        let mut prev = tail.hash.clone();
+        let (mut seqs, mut lines, mut receipts) = (Vec::new(), Vec::new(), Vec::new());
+        for event in events {
+            seq += 1;
+            let mut rec = AuditRecord {
+                replica: Some(self.owner.replica),
+                seq,
+                time: time.clone(),
+                event,
+                prev_hash: prev,
+                hash: String::new(),
+            };
+            let line = String::from_utf8(rec.seal()).map_err(|e| e.to_string())?;
+            receipts.push(AuditReceipt {
+                seq,
+                audit_id: rec.audit_id(),
+            });
+            seqs.push(seq_i64(seq));
+            lines.push(line);
+            prev = rec.hash;
+        }
+        let due = seq - tail.checkpoint_seq >= self.config.checkpoint_every_records
+            || self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval;
+        let checkpoint = if due {
+            Some(self.checkpoint_line(seq, &prev)?)
+        } else {
+            None
+        };
+        let replica = replica_i32(self.owner.replica);
+        let (lease, holder) = (self.owner.lease.clone(), self.owner.holder.clone());
+        let client = self.client.as_mut().ok_or("no database connection")?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > now()",
+                &[&lease, &holder],
+            )
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        if held.is_none() {
+            return Err(format!(
+                "this broker no longer holds {lease}: its chain is not written (the lease lapsed or another broker took it)"
+            ));
+        }
+        tx.execute(
+            "INSERT INTO credbroker_audit (replica, seq, line) SELECT $1, s, l FROM unnest($2::bigint[], $3::text[]) AS t(s, l)",
+            &[&replica, &seqs, &lines],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+        if let Some((cp, line)) = &checkpoint {
+            tx.execute(
+                "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES ($1, $2, $3)",
+                &[&replica, &seq_i64(cp.seq), line],
+            )
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        }
+        tx.commit().await.map_err(|e| format!("database: {e}"))?;
+        Ok((
+            receipts,
+            ChainTail {
+                seq,
+                hash: prev,
+                checkpoint_seq: checkpoint.map_or(tail.checkpoint_seq, |(cp, _)| cp.seq),
+            },
+        ))
+    }
+
+    async fn write_checkpoint(&mut self) -> Result<Option<u64>, String> {
+        self.ready().await?;
+        let tail = self.tail.clone().ok_or("chain tail unknown")?;
+        if tail.seq <= tail.checkpoint_seq {
+            return Ok(None);
+        }
+        let (cp, line) = self.checkpoint_line(tail.seq, &tail.hash)?;
+        let client = self.client.as_ref().ok_or("no database connection")?;
+        client
+            .execute(
+                "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&replica_i32(self.owner.replica), &seq_i64(cp.seq), &line],
+            )
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        Ok(Some(cp.seq))
+    }
+
+    fn block_on<T>(
+        &mut self,
+        work: impl FnOnce(
+            &mut Self,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, String>> + '_>,
+        >,
+    ) -> Result<T, String> {
+        let rt = Arc::clone(&self.rt);
+        let timeout = self.timeout;
+        rt.block_on(async {
+            tokio::time::timeout(timeout, work(self))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "database write timed out after {} ms",
+                        timeout.as_millis()
+                    ))
+                })
+        })
+    }
+}
+
+impl Sink for DbWriter {
+    fn commit(&mut self, events: Vec<(Box<AuditEvent>, Waiter)>) {
+        let (events, waiters): (Vec<AuditEvent>, Vec<_>) =
+            events.into_iter().map(|(e, w)| (*e, w)).unzip();
+        let count = waiters.len();
+        match self.block_on(|w| Box::pin(w.write(events))) {
+            Ok((receipts, tail)) => {
+                if tail.checkpoint_seq > self.tail.as_ref().map_or(0, |t| t.checkpoint_seq) {
+                    self.last_checkpoint_at = Instant::now();
+                }
+                self.tail = Some(tail);
+                self.healthy.store(true, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .records
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                self.stats.last_batch.store(count as u64, Ordering::Relaxed);
+                if let Some(h) = &self.batch_sizes {
+                    h.observe(count as f64);
+                }
+                for (done, receipt) in waiters.into_iter().zip(receipts) {
+                    let _ = done.send(Ok(receipt));
+                }
+            }
+            Err(e) => {
+                // The commit may have happened: the tail is read back before the next batch.
+                self.tail = None;
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, replica = self.owner.replica, records = count, "audit batch failed; failing its requests closed");
+                let err = AuditError::Write(e);
+                for done in waiters {
+                    let _ = done.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn maybe_checkpoint(&mut self, force: bool) {
+        let Some(tail) = &self.tail else {
+            return;
+        };
+        let due = tail.seq > tail.checkpoint_seq
+            && (force || self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval);
+        if !due {
+            return;
+        }
+        match self.block_on(|w| Box::pin(w.write_checkpoint())) {
+            Ok(Some(seq)) => {
+                if let Some(t) = self.tail.as_mut() {
+                    t.checkpoint_seq = seq;
+                }
+                self.last_checkpoint_at = Instant::now();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, replica = self.owner.replica, "could not write an audit checkpoint; will retry");
+            }
+        }
+    }
+
+    fn probe(&mut self) {
+        if self.block_on(|w| Box::pin(w.ready())).is_ok() {
+            tracing::info!(
+                replica = self.owner.replica,
+                "audit database reachable again"
+            );
+            self.healthy.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn config(&self) -> &AuditConfig {
+        &self.config
+    }
+}
+
+impl AuditLog {
+    /// Opens `owner`'s chain in the shared database: connects, checks the chain from its
+    /// last signed checkpoint to its end (refusing to start on one that does not verify,
+    /// unless `forensic_start`), and starts the writer thread.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or the chain does not verify.
+    pub async fn open_database(
+        config: AuditConfig,
+        signer: AuditSigner,
+        batch_sizes: Option<BatchObserver>,
+        settings: &StoreSettings,
+        owner: ChainOwner,
+    ) -> Result<AuditLog, AuditError> {
+        let open_err = |reason: String| AuditError::Open {
+            path: format!("audit chain of replica {}", owner.replica),
+            reason,
+        };
+        let (pg, tls) =
+            crate::store::postgres::connection(settings).map_err(|e| open_err(e.to_string()))?;
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| open_err(e.to_string()))?,
+        );
+        // The start-up check runs on the caller's runtime, with a connection of its own.
+        let client = connect_with(&pg, tls.clone(), timeout)
+            .await
+            .map_err(open_err)?;
+        let mut forensic = None;
+        if let Err(f) = verify_tail(
+            &client,
+            owner.replica,
+            &signer.verifier(),
+            config.max_unanchored(),
+        )
+        .await
+        {
+            if !config.forensic_start {
+                return Err(AuditError::Unverified {
+                    path: format!("database chain of replica {}", owner.replica),
+                    reason: f,
+                });
+            }
+            tracing::error!(failure = %f, replica = owner.replica, "FORENSIC START: the audit chain does not verify from its last signed checkpoint; new records are chained onto it regardless");
+            forensic = Some(f);
+        }
+        drop(client);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let stats = Arc::new(AuditStats::default());
+        let writer = DbWriter {
+            config,
+            rt,
+            pg,
+            tls,
+            timeout,
+            client: None,
+            owner,
+            tail: None,
+            last_checkpoint_at: Instant::now(),
+            signer,
+            healthy: healthy.clone(),
+            stats: stats.clone(),
+            batch_sizes,
+        };
+        AuditLog::spawn(writer, healthy, stats, forensic)
+    }
+}

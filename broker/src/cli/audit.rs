@@ -1,0 +1,291 @@
+//! `credbroker audit verify | export | public-key`.
+//!
+//! On a store several replicas share, the audit is one chain per replica in the database:
+//! `verify` checks every chain (and the file log of the time before the store moved there,
+//! when the data directory still holds one) and reports each; `export` writes one signed
+//! document per chain into one file, which `verify --export` checks document by document.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::offline::{local_config, LocalArgs};
+use super::runtime;
+use crate::audit::{self, chains, ExportFilter, VerifyFailure, VerifySummary};
+use crate::config::Config;
+use crate::keys::{AuditSigner, AuditVerifier};
+use crate::store::Backend;
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Verify the hash chain and signed checkpoints; exits 1 naming the first bad sequence.
+    Verify(VerifyArgs),
+    /// Export records as JSON lines (header, records, checkpoints) for auditors.
+    Export(ExportArgs),
+    /// Print the audit public key auditors verify exports with.
+    PublicKey(LocalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    local: LocalArgs,
+    /// Verify an export file instead of the live log (requires --public-key).
+    #[arg(long, requires = "public_key")]
+    export: Option<PathBuf>,
+    /// Audit public key file (default: the data directory's).
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    local: LocalArgs,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only records of this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// One chain's verification: which chain (`None`: a single broker's file log), its result.
+type ChainResult = (Option<u32>, Result<VerifySummary, VerifyFailure>);
+
+/// Runs an `audit` subcommand.
+///
+/// # Errors
+/// When the config, key or log cannot be read.
+pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
+    match cmd {
+        AuditCmd::Verify(args) => verify(&args),
+        AuditCmd::Export(args) => export(&args),
+        AuditCmd::PublicKey(local) => {
+            let config = local_config(&local)?;
+            let text = std::fs::read_to_string(config.audit_public_key_file())
+                .map_err(|e| format!("{}: {e}", config.audit_public_key_file().display()))?;
+            println!("{}", text.trim());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn shared(config: &Config) -> bool {
+    config.store.backend == Backend::Postgres
+}
+
+fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
+    let mut trust_note = String::new();
+    let is_export = args.export.is_some();
+    let results: Vec<ChainResult> = if let Some(export) = &args.export {
+        let key = args
+            .public_key
+            .as_ref()
+            .ok_or("--export needs --public-key")?;
+        let verifier = AuditVerifier::load(key).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(export).map_err(|e| format!("{}: {e}", export.display()))?;
+        audit::verify_exports(&bytes, &verifier)
+    } else {
+        let config = local_config(&args.local)?;
+        let key = match &args.public_key {
+            Some(k) => k.clone(),
+            None => {
+                let k = config.audit_public_key_file();
+                // Whoever can rewrite the log on this host can replace this key too.
+                trust_note = format!(
+                    "\nnote: verified with the public key found on this host ({}); anyone able to rewrite the log here could have replaced it. Pin a copy kept elsewhere with --public-key.",
+                    k.display()
+                );
+                k
+            }
+        };
+        let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
+        let mut results = Vec::new();
+        let file_log = audit::log_path(&config.audit_dir());
+        if !shared(&config) || file_log.exists() {
+            results.push((
+                None,
+                audit::verify_log(
+                    &config.audit_dir(),
+                    &verifier,
+                    config.audit.max_unanchored(),
+                ),
+            ));
+        }
+        if shared(&config) {
+            results.extend(runtime()?.block_on(verify_chains(&config, &verifier))?);
+        }
+        results
+    };
+    let several = results.len() > 1 || results.iter().any(|r| r.0.is_some());
+    if results.is_empty() {
+        println!("audit OK: the database holds no audit chain yet{trust_note}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = false;
+    for (replica, result) in &results {
+        let label = match (several, replica) {
+            (false, _) => String::new(),
+            (true, Some(r)) => format!("replica {r}: "),
+            (true, None) => "file log: ".to_owned(),
+        };
+        match result {
+            Ok(s) => println!("{label}{}", ok_line(s, is_export)),
+            Err(f) => {
+                failed = true;
+                println!("{label}audit FAILED at sequence {}: {}", f.seq, f.reason);
+            }
+        }
+    }
+    if !failed && !trust_note.is_empty() {
+        println!("{}", trust_note.trim_start_matches('\n'));
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn verify_chains(
+    config: &Config,
+    verifier: &AuditVerifier,
+) -> Result<Vec<ChainResult>, String> {
+    let client = chains::connect(&config.store).await?;
+    let mut results = Vec::new();
+    for replica in chains::replicas(&client).await? {
+        let result =
+            chains::verify_chain(&client, replica, verifier, config.audit.max_unanchored()).await?;
+        results.push((Some(replica), result));
+    }
+    Ok(results)
+}
+
+fn ok_line(s: &VerifySummary, is_export: bool) -> String {
+    if s.records == 0 {
+        return format!(
+            "audit OK: {} holds no records{}",
+            if is_export {
+                "the export (signature valid)"
+            } else {
+                "the log"
+            },
+            s.signed_head.map_or(String::new(), |h| format!(
+                "; the log head was {h} when it was exported"
+            )),
+        );
+    }
+    format!(
+        "audit OK: {} records (sequence {}..{}), {} checkpoint(s) matched, last signed checkpoint at {}{}{}",
+        s.records,
+        s.first_seq.map_or("-".into(), |v| v.to_string()),
+        s.last_seq.map_or("-".into(), |v| v.to_string()),
+        s.checkpoints,
+        s.last_checkpoint.map_or("none".into(), |v| v.to_string()),
+        if s.filtered {
+            " (filtered export: every exported record is bound to the export's signature)"
+        } else {
+            ""
+        },
+        s.signed_head
+            .map_or(String::new(), |h| format!(", export signed at log head {h}")),
+    )
+}
+
+fn export(args: &ExportArgs) -> Result<ExitCode, String> {
+    let config = local_config(&args.local)?;
+    let parse = |s: &Option<String>, flag: &str| -> Result<Option<OffsetDateTime>, String> {
+        s.as_ref()
+            .map(|v| {
+                OffsetDateTime::parse(v, &Rfc3339)
+                    .map_err(|_| format!("{flag} must be RFC 3339, e.g. 2026-01-31T00:00:00Z"))
+            })
+            .transpose()
+    };
+    let filter = ExportFilter {
+        since: parse(&args.since, "--since")?,
+        until: parse(&args.until, "--until")?,
+        tenant: args.tenant.clone(),
+    };
+    // The export is signed with the audit key, like the checkpoints.
+    let signer = AuditSigner::load(&config.audit_key_file()).map_err(|e| e.to_string())?;
+    let count = match &args.output {
+        Some(path) => {
+            let mut f =
+                std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let n = export_all(&config, &filter, &signer, &mut f)?;
+            f.sync_all().map_err(|e| e.to_string())?;
+            n
+        }
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = export_all(&config, &filter, &signer, &mut out)?;
+            out.flush().map_err(|e| e.to_string())?;
+            n
+        }
+    };
+    eprintln!("exported {count} records");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the file log's document (unless the store is shared and there is none), then one
+/// per replica chain of a shared store.
+fn export_all(
+    config: &Config,
+    filter: &ExportFilter,
+    signer: &AuditSigner,
+    out: &mut dyn Write,
+) -> Result<u64, String> {
+    let mut count = 0;
+    if !shared(config) || audit::log_path(&config.audit_dir()).exists() {
+        count += audit::export(
+            &config.audit_dir(),
+            filter,
+            signer,
+            config.audit.max_unanchored(),
+            out,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    if !shared(config) {
+        return Ok(count);
+    }
+    runtime()?.block_on(async {
+        let client = chains::connect(&config.store).await?;
+        for replica in chains::replicas(&client).await? {
+            // Never attest a chain that does not verify (as for the file log).
+            if let Err(f) = chains::verify_chain(
+                &client,
+                replica,
+                &signer.verifier(),
+                config.audit.max_unanchored(),
+            )
+            .await?
+            {
+                return Err(format!("replica {replica}'s audit chain does not verify ({f}); export refused — see runbooks/audit-verification.md"));
+            }
+            let (lines, cps) = chains::read_chain(&client, replica).await?;
+            count += audit::write_document(
+                Some(replica),
+                lines.iter().map(String::as_bytes),
+                &cps,
+                filter,
+                signer,
+                out,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(count)
+    })
+}

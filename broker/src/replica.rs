@@ -1,0 +1,197 @@
+//! This broker's place among the replicas sharing a store: its replica id and whether it
+//! leads.
+//!
+//! On a shared store (PostgreSQL) both are leases on the database's clock, as OpenBao's
+//! PostgreSQL lock row: claimed for [`LEASE_TTL`], renewed every [`RENEW_EVERY`].
+//! - The replica id is the lowest `replica/<n>` lease free at start-up (1..=[`MAX_REPLICAS`]):
+//!   no two live brokers hold one id, so each writes its own audit chain. A broker whose
+//!   renewal failed re-claims its id (free again unless its claim lapsed and another
+//!   broker took it meanwhile; its audit then fails closed until it is restarted).
+//! - The `leader` lease decides which broker runs the jobs one broker must run alone:
+//!   forgetting expired states and deliveries, destroying superseded secret versions past
+//!   their overlap, self-rotating pasted secrets. A broker counts itself leader only until
+//!   [`LEASE_TTL`] minus a margin after its last successful claim, measured on its own
+//!   monotonic clock from before the claim was sent, so two brokers never both act as
+//!   leader while the database is reachable.
+//!
+//! On sled (one broker per store) there is no replica id and the broker always leads.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::store::{Store, StoreError};
+
+/// How long a claim lasts on the database's clock.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often claims are renewed.
+pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// The highest replica id.
+pub const MAX_REPLICAS: u32 = 64;
+/// How long before the lease's end a broker stops counting itself leader.
+const MARGIN: Duration = Duration::from_secs(3);
+const LEADER: &str = "leader";
+
+/// This broker's replica id and leadership.
+pub struct Replica {
+    store: Arc<dyn Store>,
+    /// The replica id (`None` on a store one broker opens).
+    id: Option<u32>,
+    /// This process's claim token: host, process id and a random part.
+    holder: String,
+    /// Until when this broker may act as leader.
+    leader_until: Mutex<Option<Instant>>,
+    /// Until when this broker's replica id is surely its own.
+    id_until: Mutex<Option<Instant>>,
+}
+
+fn lease_name(id: u32) -> String {
+    format!("replica/{id}")
+}
+
+fn new_holder() -> Result<String, StoreError> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let random = credbroker_providers::random_alphanumeric(12)
+        .map_err(|e| StoreError::Backend(format!("replica claim token: {e}")))?;
+    Ok(format!(
+        "{}:{}:{random}",
+        if host.is_empty() { "host" } else { &host },
+        std::process::id(),
+    ))
+}
+
+impl Replica {
+    /// Claims a replica id (on a shared store) and tries the leader lease once.
+    ///
+    /// # Errors
+    /// When the store cannot be reached or every replica id is held.
+    pub async fn join(store: Arc<dyn Store>) -> Result<Arc<Replica>, StoreError> {
+        let holder = new_holder()?;
+        if !store.shared() {
+            return Ok(Arc::new(Replica {
+                store,
+                id: None,
+                holder,
+                leader_until: Mutex::new(None),
+                id_until: Mutex::new(None),
+            }));
+        }
+        let mut claimed = None;
+        for n in 1..=MAX_REPLICAS {
+            let sent = Instant::now();
+            if store
+                .claim_lease(&lease_name(n), &holder, LEASE_TTL)
+                .await?
+            {
+                claimed = Some((n, sent));
+                break;
+            }
+        }
+        let Some((id, sent)) = claimed else {
+            return Err(StoreError::Backend(format!(
+                "every replica id (1..={MAX_REPLICAS}) is held by a running broker"
+            )));
+        };
+        let replica = Arc::new(Replica {
+            store,
+            id: Some(id),
+            holder,
+            leader_until: Mutex::new(None),
+            id_until: Mutex::new(Some(sent + LEASE_TTL - MARGIN)),
+        });
+        replica.try_lead().await;
+        tracing::info!(replica = id, holder = %replica.holder, leader = replica.is_leader(), "joined the replicas sharing the store");
+        Ok(replica)
+    }
+
+    /// The replica id (`None` on a store one broker opens).
+    pub fn id(&self) -> Option<u32> {
+        self.id
+    }
+
+    /// This process's claim token.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The name of this broker's replica lease, when it has one.
+    pub fn lease(&self) -> Option<String> {
+        self.id.map(lease_name)
+    }
+
+    /// Whether this broker runs the leader-only jobs now.
+    pub fn is_leader(&self) -> bool {
+        if self.id.is_none() {
+            return true;
+        }
+        let until = self.leader_until.lock().map(|u| *u).unwrap_or(None);
+        until.is_some_and(|u| Instant::now() < u)
+    }
+
+    /// Whether this broker's replica id is surely still its own.
+    pub fn holds_id(&self) -> bool {
+        if self.id.is_none() {
+            return true;
+        }
+        let until = self.id_until.lock().map(|u| *u).unwrap_or(None);
+        until.is_some_and(|u| Instant::now() < u)
+    }
+
+    async fn claim(&self, name: &str, slot: &Mutex<Option<Instant>>) -> bool {
+        let sent = Instant::now();
+        let held = match self.store.claim_lease(name, &self.holder, LEASE_TTL).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(lease = name, error = %e, "could not renew a lease");
+                false
+            }
+        };
+        if let Ok(mut until) = slot.lock() {
+            *until = held.then(|| sent + LEASE_TTL - MARGIN);
+        }
+        held
+    }
+
+    async fn try_lead(&self) {
+        let was = self.is_leader();
+        let now = self.claim(LEADER, &self.leader_until).await;
+        if now != was {
+            tracing::info!(replica = ?self.id, leader = now, "leadership changed");
+        }
+    }
+
+    /// Renews the replica id and tries the leader lease every [`RENEW_EVERY`] until `stop`
+    /// changes.
+    pub fn spawn_renewal(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(lease) = self.lease() else {
+            return;
+        };
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RENEW_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                let had = this.holds_id();
+                if !this.claim(&lease, &this.id_until).await && had {
+                    tracing::error!(lease, "this broker's replica id could not be renewed; its audit fails closed until it is re-claimed");
+                }
+                this.try_lead().await;
+            }
+        });
+    }
+
+    /// Gives both leases up (at shutdown), so another broker may lead at once.
+    pub async fn leave(&self) {
+        if let Some(lease) = self.lease() {
+            if self.is_leader() {
+                let _ = self.store.release_lease(LEADER, &self.holder).await;
+            }
+            let _ = self.store.release_lease(&lease, &self.holder).await;
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Three broker replicas on loopback sharing one PostgreSQL store (issue 15).
+//!
+//! - Resolves spread across the replicas; a worker disabled through one is refused by the
+//!   others on their very next resolve (no sleep: every resolve reads the store's change
+//!   generation first), and the time from the acknowledgement to that refusal is printed.
+//! - Replicas racing to bind one role ARN for three tenants: exactly one wins.
+//! - One replica leads; killed, another takes the lease over.
+//! - A replica SIGKILLed under load: the others keep serving, every acknowledged resolve of
+//!   every replica is in the database's chains, and `audit verify` passes on each chain.
+//! - PostgreSQL restarted under load: resolves fail closed (`audit_unavailable` or
+//!   `unavailable`) during the outage and succeed again without restarting the brokers;
+//!   nothing acknowledged is lost.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credbroker::client::BrokerClient;
+use credbroker_tests::fake_sts::{FakeSts, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY};
+use credbroker_tests::postgres::TestPostgres;
+use credbroker_tests::replicas::ReplicaSet;
+use credbroker_tests::*;
+use http::Method;
+use serde_json::{json, Value};
+
+const VENDOR: &str = "111111111111";
+const CUSTOMER: &str = "222222222222";
+
+/// Quick checkpoints, so chains are anchored within a short test.
+const AUDIT: &str = "[audit]\ncheckpoint_every_records = 50\ncheckpoint_interval_s = 1\n";
+
+fn clients(pki: &TestPki, set: &ReplicaSet, name: &str) -> Vec<BrokerClient> {
+    set.daemons
+        .iter()
+        .map(|d| pki.client_for(name, &d.url))
+        .collect()
+}
+
+/// Resolves `instance` through `client` until `stop`, recording every acknowledged audit id
+/// and every refusal code.
+async fn load(
+    mut client: BrokerClient,
+    instance: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<String>, Vec<String>) {
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match client
+            .request(
+                Method::POST,
+                "/v1/resolve",
+                Some(serde_json::to_vec(&json!({"instance_id": instance})).unwrap()),
+            )
+            .await
+        {
+            Ok((status, body)) => {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if status.as_u16() == 200 {
+                    acked.push(v["audit_id"].as_str().unwrap().to_owned());
+                } else {
+                    refused.push(code(&v).to_owned());
+                }
+            }
+            // A killed replica: its connections fail; nothing was acknowledged.
+            Err(_) => {
+                refused.push("connection".into());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    (acked, refused)
+}
+
+fn verify_every_chain(set: &ReplicaSet, d: &Daemon) -> String {
+    let (c, out, err) = set.cli(&["audit", "verify", "--config", d.config.to_str().unwrap()]);
+    assert_eq!(c, 0, "audit verify: {out}{err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
+    let (tmp, pki) = setup();
+    let sts = FakeSts::start(VENDOR).await;
+    let aws = format!(
+        "{AUDIT}[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nceiling_file = {:?}\n",
+        sts.url,
+        repo_root().join("policies/aws.json").display().to_string()
+    );
+    let set = ReplicaSet::start(
+        TestPostgres::start(),
+        tmp.path(),
+        &pki,
+        3,
+        &aws,
+        aws_test_env(TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY),
+    )
+    .await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+
+    // Resolves spread across the replicas, each judged on records another one wrote.
+    let mut w1 = clients(&pki, &set, "w1");
+    let mut acked = Vec::new();
+    for round in 0..9 {
+        let (s, v) = resolve(&mut w1[round % 3], json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "replica {}: {v}", round % 3 + 1);
+        acked.push(v["audit_id"].as_str().unwrap().to_owned());
+    }
+
+    // A worker disabled through replica 1 is refused by replicas 2 and 3 at once — judged
+    // by the generation each resolve reads, not by a notification: the listening
+    // connections are cut first (they reconnect only after a pause).
+    let sql = set.sql().await;
+    let cut: i64 = sql
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'credbroker-listen' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 3, "one listening connection per replica");
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/workers/w1/disable", None).await;
+    assert_eq!(s, 200, "{v}");
+    let acknowledged = Instant::now();
+    for (i, client) in w1.iter_mut().enumerate().skip(1) {
+        let (s, v) = resolve(client, json!({"instance_id": "i1"})).await;
+        assert_eq!(
+            (s, code(&v)),
+            (403, "worker_not_authorized"),
+            "replica {}: {v}",
+            i + 1
+        );
+    }
+    eprintln!(
+        "revocation: a worker disabled on replica 1 was refused on replicas 2 and 3 {} ms after the acknowledgement (the next resolve each)",
+        acknowledged.elapsed().as_millis()
+    );
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/workers/w1/enable", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = resolve(&mut w1[2], json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200);
+
+    // Three replicas race to bind one role ARN, each for another tenant: one wins.
+    let mut ops = clients(&pki, &set, "op");
+    let (s, v) = call(
+        &mut ops[1],
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    for t in ["t1", "t2", "t3"] {
+        let (s, v) = call(
+            &mut ops[0],
+            Method::POST,
+            "/v1/admin/onboard/aws_assume_role",
+            Some(json!({"tenant": t})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/Contested");
+    let mut racers = Vec::new();
+    for (i, mut client) in ops.into_iter().enumerate() {
+        let arn = arn.clone();
+        racers.push(tokio::spawn(async move {
+            call(
+                &mut client,
+                Method::POST,
+                "/v1/admin/bindings",
+                Some(
+                    json!({"id": format!("race{i}"), "tenant": format!("t{}", i + 1),
+                    "provider": "aws_assume_role", "config": {"role_arn": arn}}),
+                ),
+            )
+            .await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for r in racers {
+        let (s, v) = r.await.unwrap();
+        outcomes.push((s, code(&v).to_owned()));
+    }
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![
+            (201, String::new()),
+            (409, "conflict".into()),
+            (409, "conflict".into())
+        ],
+        "one role ARN, one tenant, whichever replica asks"
+    );
+
+    // One replica leads.
+    let holders: HashSet<String> = set.leader().await.into_iter().collect();
+    assert_eq!(holders.len(), 1, "exactly one live leader lease");
+
+    // Every acknowledged resolve is in a chain; every chain verifies.
+    let ids = set.audit_ids().await;
+    for id in &acked {
+        assert!(
+            ids.contains(id),
+            "acknowledged resolve {id} is in the audit"
+        );
+    }
+    let out = verify_every_chain(&set, &set.daemons[1]);
+    for r in 1..=3 {
+        assert!(out.contains(&format!("replica {r}: audit OK")), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_nothing_acknowledged() {
+    let (tmp, pki) = setup();
+    let mut set =
+        ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 3, AUDIT, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let leader_before = set.leader().await.unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for d in &set.daemons {
+        for _ in 0..2 {
+            let client = pki.client_for("w1", &d.url);
+            tasks.push(tokio::spawn(load(client, "i1", stop.clone())));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The first replica (which took the leader lease first) dies without any cleanup.
+    set.daemons[0].kill_hard();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut per_client = Vec::new();
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        per_client.push((a.len(), r.len()));
+        acked.extend(a);
+    }
+    // Replicas 2 and 3 kept serving after the kill.
+    let survivors: usize = per_client[2..].iter().map(|c| c.0).sum();
+    assert!(survivors > 0, "{per_client:?}");
+    let ids = set.audit_ids().await;
+    let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged resolves are not in the audit: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+    eprintln!(
+        "killed replica 1 under load: {} resolves acknowledged across the replicas, all in the audit; per client (acknowledged, refused): {per_client:?}",
+        acked.len()
+    );
+    let out = verify_every_chain(&set, &set.daemons[1]);
+    assert!(out.contains("replica 1: audit OK"), "{out}");
+
+    // The leader lease passes to a survivor once the dead one's lapses.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(h) = set.leader().await {
+            if h != leader_before {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no replica took the lead over");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_fails_closed_and_recovers_without_restarting_brokers() {
+    let (tmp, pki) = setup();
+    let mut set = ReplicaSet::start(TestPostgres::own(), tmp.path(), &pki, 2, AUDIT, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client in clients(&pki, &set, "w1") {
+        tasks.push(tokio::spawn(load(client, "i1", stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    set.pg.stop();
+    // During the outage nothing is acknowledged.
+    let mut w1 = clients(&pki, &set, "w1");
+    for client in &mut w1 {
+        let (s, v) = resolve(client, json!({"instance_id": "i1"})).await;
+        assert!(
+            s == 503 && ["audit_unavailable", "unavailable"].contains(&code(&v)),
+            "{s} {v}"
+        );
+    }
+    set.pg.restart();
+    // Recovered without restarting the brokers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for client in &mut w1 {
+        loop {
+            let (s, v) = resolve(client, json!({"instance_id": "i1"})).await;
+            if s == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no recovery: {s} {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        acked.extend(a);
+        refused.extend(r);
+    }
+    let ids = set.audit_ids().await;
+    assert!(
+        acked.iter().all(|id| ids.contains(id)),
+        "every acknowledged resolve survived the restart"
+    );
+    let codes: HashSet<&str> = refused.iter().map(String::as_str).collect();
+    assert!(
+        codes
+            .iter()
+            .all(|c| ["audit_unavailable", "unavailable"].contains(c)),
+        "only fail-closed refusals: {codes:?}"
+    );
+    eprintln!(
+        "PostgreSQL restarted under load: {} acknowledged (all in the audit), {} refused ({codes:?})",
+        acked.len(),
+        refused.len()
+    );
+    verify_every_chain(&set, &set.daemons[0]);
+}
+
+/// A replica whose lease another holder took (a paused broker whose claim lapsed and was
+/// taken over) writes nothing to the chain: its resolves fail closed, the other replica
+/// serves, and once the lease is free again the replica re-claims it and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_its_lease_writes_nothing() {
+    let (tmp, pki) = setup();
+    let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 2, AUDIT, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = clients(&pki, &set, "w1");
+    for client in &mut w1 {
+        let (s, v) = resolve(client, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let sql = set.sql().await;
+    let before: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM credbroker_audit WHERE replica = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    sql.execute(
+        "UPDATE credbroker_leases SET holder = 'another-broker', expires_at = now() + interval '1 hour' WHERE name = 'replica/1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (s, v) = resolve(&mut w1[0], json!({"instance_id": "i1"})).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    let (s, v) = resolve(&mut w1[1], json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "the other replica serves: {v}");
+    let after: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM credbroker_audit WHERE replica = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, before, "nothing was written to replica 1's chain");
+
+    // The lease free again: replica 1 re-claims it at its next renewal and serves.
+    sql.execute(
+        "UPDATE credbroker_leases SET expires_at = now() - interval '1 second' WHERE name = 'replica/1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = resolve(&mut w1[0], json!({"instance_id": "i1"})).await;
+        if s == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica 1 never recovered: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    verify_every_chain(&set, &set.daemons[0]);
+}
