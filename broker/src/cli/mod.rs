@@ -13,6 +13,7 @@ mod gcp_metadata;
 mod health;
 mod offline;
 mod providers;
+mod store_cmd;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ enum Command {
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Move the store between backends (offline: the daemon stopped).
+    #[command(subcommand)]
+    Store(store_cmd::StoreCmd),
     /// Key management.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -180,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Reload(local) => offline::run_reload(&local),
         Command::Health(args) => Ok(health::run_health(&args)),
         Command::Audit(cmd) => audit::run_audit(cmd),
+        Command::Store(cmd) => store_cmd::run_store(cmd),
         Command::Keys(KeysCmd::RotateKek(local)) => offline::run_rotate_kek(&local),
         Command::Keys(KeysCmd::Provider(k)) => run_provider_keys(&k),
         Command::Issuer(IssuerCmd::Jwks(conn)) => admin::call_showing(

@@ -329,7 +329,7 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
     Ok(ExitCode::SUCCESS)
 }
 
-fn cli_actor() -> String {
+pub(super) fn cli_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let user: String = user
         .chars()

@@ -1,0 +1,90 @@
+//! `credbroker store migrate --from sled --to postgres` (issue 15): a single broker's store
+//! moved into the database replicas share, sealed values copied as ciphertext; the broker then
+//! serves from PostgreSQL with the same secrets, and `audit verify` checks both the sled-era
+//! file log (ending with the move) and the database's chain.
+
+use credbroker_tests::postgres::TestPostgres;
+use credbroker_tests::replicas::{store_toml, URL_VAR};
+use credbroker_tests::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_store_moves_into_postgres_and_keeps_serving() {
+    let (tmp, pki) = setup();
+    let pg = TestPostgres::start();
+    let url = pg.database().await;
+    let env = vec![(URL_VAR.to_owned(), url.clone())];
+    let options = DaemonOptions {
+        env: env.clone(),
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "{v}");
+
+    // The running daemon holds the sled store: the move is refused.
+    credbroker_tests::write_config(
+        &daemon.config,
+        &daemon.data_dir,
+        &pki,
+        None,
+        &format!("[store]\nurl_env = \"{URL_VAR}\"\n"),
+    );
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let migrate = [
+        "store", "migrate", "--from", "sled", "--to", "postgres", "--config", &config,
+    ];
+    let (c, out, err) = run_cli_env(&migrate, &env);
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(err.contains("locked"), "{err}");
+
+    daemon.stop();
+    let (c, out, err) = run_cli_env(&migrate, &env);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("verified"), "{out}");
+    assert!(out.contains("copied         2 tenants"), "{out}");
+    assert!(!out.contains("t1-token") && !err.contains("t1-token"));
+    eprintln!("{out}");
+    // Nothing is merged: a second move into the same database is refused.
+    let (c, out, err) = run_cli_env(&migrate, &env);
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(err.contains("already holds"), "{err}");
+    // The secrets were copied sealed: the database holds no plaintext.
+    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let plaintext: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM credbroker_records WHERE position('t1-token'::bytea in value) > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plaintext, 0);
+
+    // The broker now runs on PostgreSQL with the same keys and serves the same secrets.
+    credbroker_tests::write_config(&daemon.config, &daemon.data_dir, &pki, None, &store_toml());
+    daemon.restart();
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(
+        (s, v["credentials"]["token"].as_str()),
+        (200, Some("t1-token")),
+        "{v}"
+    );
+    let (c, out, err) = run_cli_env(&["audit", "verify", "--config", &config], &env);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("file log: audit OK"), "{out}");
+    assert!(out.contains("replica 1: audit OK"), "{out}");
+    let last = daemon.audit_records().pop().unwrap();
+    assert_eq!(
+        last["action"], "store.migrate",
+        "the file log ends with the move"
+    );
+    daemon.stop();
+}
