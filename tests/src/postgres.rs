@@ -29,6 +29,8 @@ struct Cluster {
     bin: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// fsync on (the bench: a database as durable as sled's store).
+    durable: bool,
 }
 
 /// The directory holding `initdb`, `postgres` and `pg_ctl`.
@@ -76,7 +78,7 @@ fn pg_command(bin: &Path, program: &str) -> Command {
 }
 
 impl Cluster {
-    fn create() -> Cluster {
+    fn create(durable: bool) -> Cluster {
         let bin = pg_bin().unwrap_or_else(|| {
             panic!("PostgreSQL is not installed: install Debian's postgresql package (bash tests/run does), set CREDBROKER_TEST_PG_BIN to its bin directory, or set {DATABASE_URL_VAR}")
         });
@@ -114,6 +116,7 @@ impl Cluster {
             bin,
             port: crate::free_port(),
             child: None,
+            durable,
         };
         cluster.start();
         cluster
@@ -139,7 +142,11 @@ impl Cluster {
                 "unix_socket_directories={}",
                 self.dir.path().display()
             ))
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(if self.durable {
+                ["-c", "fsync=on", "-c", "full_page_writes=on"]
+            } else {
+                ["-c", "fsync=off", "-c", "full_page_writes=off"]
+            })
             .args(["-c", "max_connections=300"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -191,7 +198,16 @@ impl TestPostgres {
     /// A throwaway cluster of this process's own, even when the variable is set (tests that
     /// stop and restart the server).
     pub fn own() -> TestPostgres {
-        let cluster = Cluster::create();
+        Self::own_with(false)
+    }
+
+    /// A throwaway cluster with fsync on, as durable as sled's store (the bench).
+    pub fn own_durable() -> TestPostgres {
+        Self::own_with(true)
+    }
+
+    fn own_with(durable: bool) -> TestPostgres {
+        let cluster = Cluster::create(durable);
         TestPostgres {
             admin_url: format!("postgresql://postgres@127.0.0.1:{}/postgres", cluster.port),
             cluster: Some(cluster),
@@ -215,6 +231,15 @@ impl TestPostgres {
         drop(client);
         let _ = driver.await;
         with_database(&self.admin_url, &name)
+    }
+
+    /// The server's process id (the postmaster; its backends are its children), when this
+    /// process started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.child.as_ref())
+            .map(Child::id)
     }
 
     /// Stops the throwaway cluster (fast shutdown); panics on a server this process did not

@@ -1,6 +1,7 @@
 //! `credbroker-bench`: measures, in one run on this machine, how close credbroker's resolve
 //! path comes to a bare mTLS server, what a cold mint costs over calling the upstream directly,
-//! single flight under 1,000 concurrent cold resolves, and `audit verify` throughput.
+//! single flight under 1,000 concurrent cold resolves, `audit verify` throughput, and resolve on
+//! the PostgreSQL store (one replica, three) beside sled.
 //!
 //! Method (../shared/BENCHMARKING.md): servers run as separate processes pinned to core 0,
 //! the load generator to core 1 (`taskset`, when present); systems are interleaved over
@@ -14,6 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "credbroker-bench/pg.rs"]
+mod pg;
 
 use credbroker_tests::fake_sts::{FakeRole, FakeSts};
 use credbroker_tests::*;
@@ -198,8 +202,23 @@ impl Loader {
         token: Option<&str>,
         server_pid: u32,
     ) -> Round {
+        self.run_spread(&[url.to_owned()], path, bodies, token, &[server_pid])
+            .await
+    }
+
+    /// As [`Loader::run`], the connections spread over `urls` (replicas) in turn; CPU is
+    /// that of every process in `server_pids`.
+    async fn run_spread(
+        &self,
+        urls: &[String],
+        path: &'static str,
+        bodies: &[Value],
+        token: Option<&str>,
+        server_pids: &[u32],
+    ) -> Round {
         let stop = Arc::new(AtomicBool::new(false));
-        let cpu0 = cpu_seconds(server_pid);
+        let cpu_all = || server_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+        let cpu0 = cpu_all();
         let started = Instant::now();
         let mut tasks = Vec::new();
         // Bodies are serialized once; with several, each connection walks them in its own order.
@@ -212,7 +231,7 @@ impl Loader {
         for conn in 0..self.connections {
             let (pki, url, bodies, stop) = (
                 self.pki.clone(),
-                url.to_owned(),
+                urls[conn % urls.len()].clone(),
                 bodies.clone(),
                 stop.clone(),
             );
@@ -263,7 +282,7 @@ impl Loader {
             r.latencies_us.extend(l);
         }
         r.seconds = started.elapsed().as_secs_f64();
-        r.cpu = cpu_seconds(server_pid) - cpu0;
+        r.cpu = cpu_all() - cpu0;
         r.latencies_us.sort_unstable();
         r
     }
@@ -685,6 +704,7 @@ async fn run(args: Args) {
         summary.records as f64 / secs
     );
 
+    pg::rows(&loader, args.rounds, &tmp.path().join("pg"), p).await;
     if args.bindings > 0 {
         big_store(&args, &loader, &tmp.path().join("big"), &sts.url, p).await;
     }
@@ -890,6 +910,7 @@ async fn big_store(args: &Args, loader: &Loader, root: &Path, sts_url: &str, emp
         rss_spread >> 10,
         rss_sized >> 10
     );
+    pg::migrate_large(&config).await;
 }
 
 /// `credbroker init` for `config` (keys, store, audit log).
