@@ -593,6 +593,10 @@ impl Core {
         self.metrics
             .audit_healthy
             .set(i64::from(self.audit.healthy()));
+        self.metrics.leader.set(i64::from(self.replica.is_leader()));
+        self.metrics
+            .replica_id
+            .set(i64::from(self.replica.id().unwrap_or(0)));
         let open = self.breakers.open_providers();
         for name in self.registry.names() {
             self.metrics

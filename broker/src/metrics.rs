@@ -53,6 +53,10 @@ pub struct Metrics {
     pub audit_healthy: Gauge,
     /// Audit write failures.
     pub audit_failures: Gauge,
+    /// 1 while this broker runs the leader-only jobs (always on a store one broker opens).
+    pub leader: Gauge,
+    /// This broker's replica id on a shared store (0 on a store one broker opens).
+    pub replica_id: Gauge,
     /// Open connections.
     pub connections: Gauge,
     /// Connections refused at the limit.
@@ -127,6 +131,18 @@ impl Metrics {
             "audit_healthy",
             "1 when the last audit write succeeded",
             audit_healthy.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this broker runs the leader-only jobs (always 1 on a store one broker opens)",
+            leader.clone(),
+        );
+        let replica_id = Gauge::default();
+        registry.register(
+            "replica_id",
+            "This broker's replica id on a shared store (0 on a store one broker opens)",
+            replica_id.clone(),
         );
         let audit_failures = Gauge::default();
         registry.register(
@@ -207,6 +223,8 @@ impl Metrics {
             audit_batch_size,
             audit_healthy,
             audit_failures,
+            leader,
+            replica_id,
             connections,
             connections_refused,
             handshake_failures,

@@ -194,9 +194,18 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
         "one role ARN, one tenant, whichever replica asks"
     );
 
-    // One replica leads.
+    // One replica leads; each has its own id (the database's lease and each /metrics agree).
     let holders: HashSet<String> = set.leader().await.into_iter().collect();
     assert_eq!(holders.len(), 1, "exactly one live leader lease");
+    let (mut leaders, mut ids) = (0.0, Vec::new());
+    for d in &set.daemons {
+        let (_, m) = scrape(&pki, &d.url).await;
+        let m = String::from_utf8(m).unwrap();
+        leaders += metric_value(&m, "credbroker_leader").unwrap();
+        ids.push(metric_value(&m, "credbroker_replica_id").unwrap());
+    }
+    ids.sort_by(f64::total_cmp);
+    assert_eq!((leaders, ids), (1.0, vec![1.0, 2.0, 3.0]));
 
     // Every acknowledged resolve is in a chain; every chain verifies.
     let ids = set.audit_ids().await;
