@@ -349,6 +349,7 @@ impl Config {
         fix(&mut self.tls.client_ca);
         for p in [
             self.store.path.as_mut(),
+            self.store.ca_file.as_mut(),
             self.tls.crl.as_mut(),
             self.keys.kek_file.as_mut(),
             self.keys.audit_key_file.as_mut(),

@@ -44,6 +44,26 @@ pub struct Replica {
     id_until: Mutex<Option<Instant>>,
 }
 
+/// Refuses an offline change (KEK rotation, an operator registered offline, a store move)
+/// while brokers run on `store`: on sled its directory lock refuses a running daemon's store;
+/// a shared store's replicas are found by their live leases.
+///
+/// # Errors
+/// When a replica runs, or the store cannot be asked.
+pub async fn ensure_no_replica_runs(store: &dyn Store) -> Result<(), String> {
+    let running = store
+        .live_leases("replica/")
+        .await
+        .map_err(|e| e.to_string())?;
+    if running > 0 {
+        return Err(format!(
+            "{running} broker replica(s) run on this store: stop every replica first (a stopped replica's lease is released at once, a killed one's lapses within {} s)",
+            LEASE_TTL.as_secs()
+        ));
+    }
+    Ok(())
+}
+
 fn lease_name(id: u32) -> String {
     format!("replica/{id}")
 }

@@ -207,6 +207,23 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
     ids.sort_by(f64::total_cmp);
     assert_eq!((leaders, ids), (1.0, vec![1.0, 2.0, 3.0]));
 
+    // Offline changes are refused while replicas run (sled's lock does it for one broker).
+    let config = set.daemons[0].config.to_str().unwrap().to_owned();
+    for args in [
+        vec!["keys", "rotate-kek", "--config", &config],
+        vec!["bootstrap-operator", "--config", &config, "--id", "late"],
+        vec![
+            "store", "migrate", "--from", "sled", "--to", "postgres", "--config", &config,
+        ],
+    ] {
+        let (c, out, err) = set.cli(&args);
+        assert_ne!(c, 0, "{args:?}: {out}");
+        assert!(
+            err.contains("replica(s) run on this store"),
+            "{args:?}: {err}"
+        );
+    }
+
     // Every acknowledged resolve is in a chain; every chain verifies.
     let ids = set.audit_ids().await;
     for id in &acked {

@@ -669,3 +669,139 @@ async fn postgres_replicas_see_each_others_changes() {
         "notified"
     );
 }
+
+/// The change generation is a value to compare, not a counter to trust: a forged
+/// notification (any database login may NOTIFY) or a failover that brings the generation
+/// back to an older value never makes a replica skip a later change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
+    let pg = TestPostgres::start();
+    let url = pg.database().await;
+    let settings = StoreSettings {
+        backend: credbroker::store::Backend::Postgres,
+        url: Some(url.clone().into()),
+        ..StoreSettings::default()
+    };
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
+    let (on_a, on_b) = (Records::with_cache(a, 100), Records::with_cache(b, 100));
+    let id = TenantId::parse("gen").unwrap();
+    let rename = |name: &'static str| {
+        let on_a = on_a.clone();
+        let id = id.clone();
+        async move {
+            let read = on_a.tenant(&id).await.unwrap().unwrap();
+            let mut renamed = read.value.clone();
+            renamed.name = name.into();
+            let mut batch = Batch::new();
+            batch.replace(&read, &renamed);
+            on_a.commit(batch).await.unwrap();
+        }
+    };
+    let mut batch = Batch::new();
+    batch.create(&tenant("gen"));
+    on_a.commit(batch).await.unwrap();
+    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let name_on_b = || {
+        let on_b = on_b.clone();
+        let id = id.clone();
+        async move {
+            on_b.sync().await.unwrap();
+            on_b.shared_tenant(&id).await.unwrap().unwrap().name.clone()
+        }
+    };
+
+    // A forged notification with the highest generation there is.
+    assert_eq!(name_on_b().await, "");
+    sql.batch_execute("NOTIFY credbroker_changes, '9223372036854775807'")
+        .await
+        .unwrap();
+    sql.batch_execute("NOTIFY credbroker_changes, 'not a number'")
+        .await
+        .unwrap();
+    rename("after the forged notification").await;
+    assert_eq!(name_on_b().await, "after the forged notification");
+
+    // A failover that lost the last commit: records and generation back where they were.
+    let before: (Vec<u8>, i64) = {
+        let r = sql
+            .query_one(
+                "SELECT r.value, s.generation FROM credbroker_records r, credbroker_state s WHERE r.tbl = 'tenants' AND r.key = 'gen'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    rename("lost in the failover").await;
+    assert_eq!(name_on_b().await, "lost in the failover");
+    sql.execute(
+        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'gen'",
+        &[&before.0],
+    )
+    .await
+    .unwrap();
+    sql.execute("UPDATE credbroker_state SET generation = $1", &[&before.1])
+        .await
+        .unwrap();
+    assert_eq!(
+        name_on_b().await,
+        "after the forged notification",
+        "the older state is read again, not the cached lost one"
+    );
+    rename("after the failover").await;
+    assert_eq!(name_on_b().await, "after the failover");
+}
+
+/// A broker stalled while holding the commit lock (paused, or its network gone) cannot
+/// freeze the others: their commits fail at the deadline, the server cancels the wait too, and
+/// reads — every resolve's — go on; once the lock is free, commits succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_survives_a_stalled_commit_lock_holder() {
+    let pg = TestPostgres::start();
+    let url = pg.database().await;
+    let settings = StoreSettings {
+        backend: credbroker::store::Backend::Postgres,
+        url: Some(url.clone().into()),
+        timeout_ms: 1000,
+        pool_size: 4,
+        ..StoreSettings::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
+    let (mut stalled, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = stalled.transaction().await.unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&0x6362_636f_6d6d_6974_i64],
+    )
+    .await
+    .unwrap();
+    for i in 0..6 {
+        let mut b = Batch::new();
+        b.push(Op::Put(
+            Table::Tenants,
+            format!("stalled{i}"),
+            b"x".to_vec(),
+        ));
+        let started = std::time::Instant::now();
+        assert!(store.commit(b).await.is_err(), "the lock is held");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        // Reads (and the generation every resolve reads) go on, on every pooled connection.
+        store.sync().await.unwrap();
+        assert!(store
+            .get(Table::Tenants, "stalled0")
+            .await
+            .unwrap()
+            .is_none());
+    }
+    tx.rollback().await.unwrap();
+    let mut b = Batch::new();
+    b.push(Op::Put(Table::Tenants, "after".into(), b"x".to_vec()));
+    store.commit(b).await.unwrap();
+}

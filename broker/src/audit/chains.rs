@@ -444,8 +444,10 @@ impl Sink for DbWriter {
                 }
             }
             Err(e) => {
-                // The commit may have happened: the tail is read back before the next batch.
+                // The commit may have happened: the tail is read back before the next batch,
+                // on a new connection (this one may be stuck behind what timed out).
                 self.tail = None;
+                self.client = None;
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 self.healthy.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, replica = self.owner.replica, records = count, "audit batch failed; failing its requests closed");

@@ -286,6 +286,7 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         let store = crate::store::open(&config.store, &config.data_dir)
             .await
             .map_err(|e| e.to_string())?;
+        crate::replica::ensure_no_replica_runs(store.as_ref()).await?;
         let records = crate::store::records::Records::new(store);
         if records
             .operator(&id)

@@ -75,6 +75,7 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
         let target = PgStore::open(&config.store)
             .await
             .map_err(|e| format!("PostgreSQL store: {e}"))?;
+        crate::replica::ensure_no_replica_runs(&target).await?;
         for table in Table::ALL {
             let held = target
                 .scan(*table, "")

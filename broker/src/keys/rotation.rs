@@ -38,6 +38,7 @@ pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, 
     let store = crate::store::open(&config.store, &config.data_dir)
         .await
         .map_err(|e| e.to_string())?;
+    crate::replica::ensure_no_replica_runs(store.as_ref()).await?;
     let records = Records::new(store);
     let mut keyring = Keyring::load(&config.kek_file()).map_err(|e| e.to_string())?;
     let old = keyring.active_version();

@@ -239,6 +239,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// How many live leases have a name starting with `prefix` (how many replicas run, for
+    /// `replica/`). A backend one broker opens has none: its lock says it instead.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached.
+    async fn live_leases(&self, _prefix: &str) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     /// Gives the lease `name` up if `holder` holds it.
     ///
     /// # Errors

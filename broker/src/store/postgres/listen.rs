@@ -57,7 +57,9 @@ async fn listen(
     let mut config = config.clone();
     config.application_name("credbroker-listen");
     let (client, mut connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Only the latest notification matters (a burst is one change to report), so they are
+    // coalesced: a flood of them costs one report, not a queue without bound.
+    let (tx, mut rx) = tokio::sync::watch::channel::<Option<i64>>(None);
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let driver = tokio::spawn(async move {
         while let Some(message) = messages.next().await {
@@ -87,7 +89,10 @@ async fn listen(
         Some(inner) => inner.saw(generation),
         None => return Ok(()),
     }
-    while let Some(payload) = rx.recv().await {
+    // A payload is a hint, never trusted: `saw` reports any value other than the last one
+    // recorded, and the next `sync` reads the real generation again.
+    while rx.changed().await.is_ok() {
+        let payload = *rx.borrow_and_update();
         let Some(inner) = inner.upgrade() else {
             return Ok(());
         };

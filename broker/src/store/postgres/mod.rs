@@ -9,12 +9,13 @@
 //!   clause, so the primary key refuses a second claim even without that lock;
 //! - a record that must be present or unchanged is read `FOR UPDATE`, so no other
 //!   transaction changes it before this one ends;
-//! - it bumps the change generation (`credbroker_state`) and notifies
-//!   `credbroker_changes` with it, both visible exactly when the records are.
+//! - it replaces the change generation (`credbroker_state`, a random value: see
+//!   [`new_generation`]) and notifies `credbroker_changes` with it, both visible exactly
+//!   when the records are.
 //!
 //! Every replica reports a change to its caches ([`Store::on_change`]) for its own commits,
 //! for every notification (a dedicated listening connection, re-established when lost) and
-//! whenever [`Store::sync`] finds the generation moved: a resolve reads the generation first,
+//! whenever [`Store::sync`] finds the generation changed: a resolve reads the generation first,
 //! so it is judged against every change acknowledged anywhere before it started, whether or
 //! not the notification has arrived.
 //!
@@ -48,10 +49,20 @@ struct Inner {
     pool: Pool,
     timeout: Duration,
     hooks: Mutex<Vec<ChangeHook>>,
-    /// The highest change generation whose change this process has reported to its hooks.
+    /// The change generation whose state this process's caches reflect at least.
     seen: AtomicI64,
     /// Dropped with the store: stops the listening connection.
     _stop: tokio::sync::watch::Sender<()>,
+}
+
+/// A fresh change generation: random, not a counter, so that a database failed over to a
+/// standby that lost the last commits can never show a replica a value it already saw for
+/// another state (a counter would count up to it again).
+fn new_generation() -> Result<i64, StoreError> {
+    let mut bytes = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| StoreError::Backend("system CSPRNG failed".into()))?;
+    Ok(i64::from_le_bytes(bytes) & i64::MAX)
 }
 
 /// A backend error, without anything the URL could have put into it.
@@ -63,9 +74,14 @@ fn pool_error(e: &deadpool_postgres::PoolError) -> StoreError {
     StoreError::Backend(format!("database connection: {e}"))
 }
 
-/// Whether every host of `config` is a loopback address, `localhost` or a Unix socket.
+/// Whether every host of `config` is a loopback address, `localhost` or a Unix socket — and
+/// every `hostaddr` (which tokio-postgres connects to instead of the host's name) loopback.
 fn loopback_only(config: &tokio_postgres::Config) -> bool {
     !config.get_hosts().is_empty()
+        && config
+            .get_hostaddrs()
+            .iter()
+            .all(std::net::IpAddr::is_loopback)
         && config.get_hosts().iter().all(|h| match h {
             Host::Unix(_) => true,
             Host::Tcp(name) => {
@@ -104,14 +120,42 @@ pub(crate) fn connection(
             ));
         }
     }
+    // Several hosts (a primary and its standbys): only the writable one may be used, or a
+    // replica could read the generation from a lagging standby.
+    if config.get_hosts().len() > 1
+        && config.get_target_session_attrs()
+            != tokio_postgres::config::TargetSessionAttrs::ReadWrite
+    {
+        return Err(StoreError::Backend(
+            "a database URL naming several hosts must say target_session_attrs=read-write".into(),
+        ));
+    }
     let tls = crate::tls::server_auth_client_config(settings.ca_file.as_deref())
         .map_err(|e| StoreError::Backend(format!("database TLS: {e}")))?;
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+    // The server gives up when this broker does: a lock wait or statement past the deadline
+    // is cancelled there too (a stalled commit elsewhere cannot leave this connection queued
+    // behind it), and a transaction left idle is ended.
+    let ms = timeout.as_millis();
+    let server_side = format!(
+        "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
+        ms.saturating_mul(4)
+    );
+    let options = match config.get_options() {
+        Some(own) if !own.is_empty() => format!("{own} {server_side}"),
+        _ => server_side,
+    };
     config
+        .options(options)
         .connect_timeout(timeout)
         .application_name("credbroker")
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30));
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3)
+        // A connection to a server that vanished (a failed-over primary) is dropped once
+        // data sent goes unacknowledged this long, not reused until the kernel gives up.
+        .tcp_user_timeout(timeout);
     Ok((config, MakeRustlsConnect::new((*tls).clone())))
 }
 
@@ -214,13 +258,14 @@ impl Inner {
         }
     }
 
-    /// Reports a change when `generation` is past the last one reported. The hooks run before
+    /// Reports a change when `generation` is not the last one recorded. The hooks run before
     /// the generation is recorded: a concurrent caller that reads the same generation either
-    /// runs them too or finds them already run.
+    /// runs them too or finds them already run. (Out-of-order callers only cause one more
+    /// report, never a missed one.)
     fn saw(&self, generation: i64) {
-        if self.seen.load(Ordering::Acquire) < generation {
+        if self.seen.load(Ordering::Acquire) != generation {
             self.notify();
-            self.seen.fetch_max(generation, Ordering::AcqRel);
+            self.seen.store(generation, Ordering::Release);
         }
     }
 
@@ -313,14 +358,13 @@ impl Inner {
                 }
             }
         }
-        let generation: i64 = tx
-            .query_one(
-                "UPDATE credbroker_state SET generation = generation + 1 WHERE id = 1 RETURNING generation",
-                &[],
-            )
-            .await
-            .map_err(|e| db_error(&e))?
-            .get(0);
+        let generation = new_generation()?;
+        tx.execute(
+            "UPDATE credbroker_state SET generation = $1 WHERE id = 1",
+            &[&generation],
+        )
+        .await
+        .map_err(|e| db_error(&e))?;
         tx.execute(
             "SELECT pg_notify($1, $2)",
             &[&CHANNEL, &generation.to_string()],
@@ -382,7 +426,7 @@ impl Store for PgStore {
             let result = deadline(inner.timeout, inner.commit(&batch)).await;
             inner.notify();
             if let Ok(generation) = result {
-                inner.seen.fetch_max(generation, Ordering::AcqRel);
+                inner.seen.store(generation, Ordering::Release);
             }
             result.map(|_| ())
         })
@@ -442,6 +486,21 @@ impl Store for PgStore {
         .await
     }
 
+    async fn live_leases(&self, prefix: &str) -> Result<usize, StoreError> {
+        deadline(self.inner.timeout, async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM credbroker_leases WHERE starts_with(name, $1) AND expires_at > now()",
+                    &[&prefix],
+                )
+                .await
+                .map_err(|e| db_error(&e))?;
+            Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         deadline(self.inner.timeout, async {
             let client = self.client().await?;
@@ -490,6 +549,13 @@ mod tests {
             "postgresql:///db?host=/run/postgresql",
         ] {
             assert!(connection(&settings(url)).is_ok(), "{url}");
+        }
+        for url in [
+            // hostaddr is where tokio-postgres connects, whatever the host's name says.
+            "postgresql://u:pw@localhost/db?hostaddr=10.0.0.7&sslmode=disable",
+            "postgresql://u@127.0.0.1,localhost/db",
+        ] {
+            assert!(connection(&settings(url)).is_err(), "{url}");
         }
         let remote = "postgresql://u:secret-pw@db.example.com:5432/db";
         let err = connection(&settings(remote)).err().unwrap().to_string();
