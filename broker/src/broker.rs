@@ -401,6 +401,14 @@ impl Broker {
         self.core.shutdown();
     }
 
+    /// See [`AdminService::catch_up`].
+    ///
+    /// # Errors
+    /// `unavailable` when the store or the keys cannot be read.
+    pub async fn catch_up(&self) -> Result<(), ApiError> {
+        self.admin.catch_up().await
+    }
+
     /// Gives up the replica's leases (see [`Core::leave`]).
     pub async fn leave(&self) {
         self.core.leave().await;

@@ -331,8 +331,26 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let mut config: Config =
-            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            // The parser's own text quotes the offending line, which may hold a secret (a
+            // database URL with its password): only its position and message are kept.
+            let line = e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|before| {
+                    let number = before.matches('\n').count() + 1;
+                    // The key (left of `=`) is named, never the value.
+                    let key = text
+                        .lines()
+                        .nth(number - 1)
+                        .and_then(|l| l.split_once('='))
+                        .map(|(k, _)| format!(" ({} = …)", k.trim()))
+                        .unwrap_or_default();
+                    format!(", line {number}{key}")
+                })
+                .unwrap_or_default();
+            ConfigError(format!("{}{line}: {}", path.display(), e.message()))
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.validate()?;
@@ -578,6 +596,17 @@ client_ca = "ca.crt"
         assert!(Config::load(&write(dir.path(), &bad)).is_err());
         let bad = format!("{MIN}\n[limits]\nmax_body_bytes = 0\n");
         assert!(Config::load(&write(dir.path(), &bad)).is_err());
+    }
+
+    #[test]
+    fn a_config_error_never_quotes_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = format!(
+            "{MIN}\n[store]\nbackend = \"postgres\"\nurl = \"postgresql://u:secret-pw@db/x\" trailing\n"
+        );
+        let err = Config::load(&write(dir.path(), &bad)).unwrap_err().0;
+        assert!(!err.contains("secret-pw"), "{err}");
+        assert!(err.contains("line"), "{err}");
     }
 
     #[test]

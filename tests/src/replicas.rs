@@ -38,16 +38,29 @@ impl ReplicaSet {
         extra_toml: &str,
         env: Vec<(String, String)>,
     ) -> ReplicaSet {
+        Self::start_each(pg, root, pki, n, &|_| extra_toml.to_owned(), env).await
+    }
+
+    /// As [`ReplicaSet::start`], replica `i` (from 1) with `extra_toml(i)` (its own public
+    /// listener, say).
+    pub async fn start_each(
+        pg: TestPostgres,
+        root: &Path,
+        pki: &Arc<TestPki>,
+        n: usize,
+        extra_toml: &dyn Fn(usize) -> String,
+        env: Vec<(String, String)>,
+    ) -> ReplicaSet {
         let url = pg.database().await;
         let mut env = env;
         env.push((URL_VAR.to_owned(), url.clone()));
-        let options = DaemonOptions {
-            extra_toml: format!("{}{extra_toml}", store_toml()),
-            env: env.clone(),
-            ..Default::default()
-        };
         let mut daemons = Vec::new();
         for i in 1..=n {
+            let options = DaemonOptions {
+                extra_toml: format!("{}{}", store_toml(), extra_toml(i)),
+                env: env.clone(),
+                ..Default::default()
+            };
             let dir = root.join(format!("r{i}"));
             std::fs::create_dir_all(&dir).unwrap();
             let replica = match daemons.first() {

@@ -236,6 +236,50 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
     for r in 1..=3 {
         assert!(out.contains(&format!("replica {r}: audit OK")), "{out}");
     }
+
+    // One export holds every chain; each document verifies, and removing one is found.
+    let export = tmp.path().join("export.jsonl");
+    let (c, out, err) = set.cli(&[
+        "audit",
+        "export",
+        "--config",
+        &config,
+        "--output",
+        export.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+    let key = set.daemons[0].data_dir.join("keys/audit-signing.pub");
+    let verify_export = |path: &std::path::Path| {
+        set.cli(&[
+            "audit",
+            "verify",
+            "--export",
+            path.to_str().unwrap(),
+            "--public-key",
+            key.to_str().unwrap(),
+        ])
+    };
+    let (c, out, err) = verify_export(&export);
+    assert_eq!(c, 0, "{out}{err}");
+    for r in 1..=3 {
+        assert!(out.contains(&format!("replica {r}: audit OK")), "{out}");
+    }
+    let text = std::fs::read_to_string(&export).unwrap();
+    let mut documents: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("{\"export\":") {
+            documents.push(String::new());
+        }
+        let doc = documents.last_mut().unwrap();
+        doc.push_str(line);
+        doc.push('\n');
+    }
+    assert_eq!(documents.len(), 3);
+    let cut = tmp.path().join("cut.jsonl");
+    std::fs::write(&cut, format!("{}{}", documents[0], documents[2])).unwrap();
+    let (c, out, _) = verify_export(&cut);
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("document(s) 1 were removed"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,4 +467,142 @@ async fn a_replica_without_its_lease_writes_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     verify_every_chain(&set, &set.daemons[0]);
+}
+
+/// A failover that lost a replica's last audit records (here: deleted underneath it): the
+/// replica finds its chain's end moved before chaining anything onto a record that is not
+/// there, reads it again and goes on from it, so the chain has no gap and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
+    let (tmp, pki) = setup();
+    let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, AUDIT, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    for _ in 0..5 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let sql = set.sql().await;
+    let max: i64 = sql
+        .query_one(
+            "SELECT max(seq) FROM credbroker_audit WHERE replica = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    sql.execute(
+        "DELETE FROM credbroker_audit WHERE replica = 1 AND seq > $1",
+        &[&(max - 3)],
+    )
+    .await
+    .unwrap();
+    sql.execute(
+        "DELETE FROM credbroker_audit_checkpoints WHERE replica = 1 AND seq > $1",
+        &[&(max - 3)],
+    )
+    .await
+    .unwrap();
+    let (mut ok, mut refused) = (0, Vec::new());
+    for _ in 0..5 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        if s == 200 {
+            ok += 1;
+        } else {
+            refused.push(code(&v).to_owned());
+        }
+    }
+    assert!(ok >= 4, "the replica goes on: {refused:?}");
+    assert!(
+        refused.iter().all(|c| c == "audit_unavailable"),
+        "{refused:?}"
+    );
+    let out = verify_every_chain(&set, &set.daemons[0]);
+    assert!(out.contains("audit OK"), "{out}");
+}
+
+/// An issuer key retired as compromised through one replica is no longer published by the
+/// other, whose next JWKS answer reads the change (no resolve in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_retired_on_one_replica_leaves_the_others_jwks_at_once() {
+    let (tmp, pki) = setup();
+    let sections: Vec<(String, u16)> = (0..2).map(|_| public_section(&pki)).collect();
+    let issuer = format!("https://127.0.0.1:{}", sections[0].1);
+    let set = ReplicaSet::start_each(
+        TestPostgres::start(),
+        tmp.path(),
+        &pki,
+        2,
+        &|i| {
+            format!(
+                "{}[issuer]\nurl = \"{issuer}\"\npublish_lead_s = 60\n",
+                sections[i - 1].0
+            )
+        },
+        vec![],
+    )
+    .await;
+    let public_urls: Vec<String> = set
+        .daemons
+        .iter()
+        .map(|d| d.public_url.clone().unwrap())
+        .collect();
+    let kids = |v: &Value| -> Vec<String> {
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let jwks = |i: usize| {
+        let url = public_urls[i].clone();
+        let pki = pki.clone();
+        async move {
+            let (s, v) = call(
+                &mut public_client(&pki, &url),
+                Method::GET,
+                "/.well-known/jwks.json",
+                None,
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            v
+        }
+    };
+    let first = kids(&jwks(1).await);
+    assert_eq!(
+        first.len(),
+        1,
+        "the first key, created at start by one replica"
+    );
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/issuer/keys",
+        Some(json!({"now": true})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        kids(&jwks(1).await).len(),
+        2,
+        "the rotation is published by the other replica"
+    );
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/issuer/keys/1/retire",
+        Some(json!({"compromised": true})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let after = kids(&jwks(1).await);
+    assert!(
+        !after.contains(&first[0]),
+        "the compromised key left replica 2's JWKS: {after:?}"
+    );
+    assert_eq!(after.len(), 1);
 }

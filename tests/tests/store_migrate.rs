@@ -88,3 +88,64 @@ async fn a_sled_store_moves_into_postgres_and_keeps_serving() {
     );
     daemon.stop();
 }
+
+/// A move that fails half-way leaves a database no broker opens: it could lack operators or
+/// exclusive identifiers (an empty operators table lets any operator certificate in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_that_fails_half_way_leaves_a_database_no_broker_opens() {
+    let (tmp, pki) = setup();
+    let pg = TestPostgres::start();
+    let url = pg.database().await;
+    let env = vec![(URL_VAR.to_owned(), url.clone())];
+    let options = DaemonOptions {
+        env: env.clone(),
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    daemon.stop();
+    // The schema exists (as after any broker's start); a trigger fails the copy of the
+    // exclusive identifiers, after tenants and bindings went in.
+    let settings = credbroker::store::StoreSettings {
+        backend: credbroker::store::Backend::Postgres,
+        url: Some(url.clone().into()),
+        ..Default::default()
+    };
+    drop(credbroker::store::PgStore::open(&settings).await.unwrap());
+    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sql.batch_execute(
+        "CREATE FUNCTION injected_failure() RETURNS trigger AS $$ BEGIN IF NEW.tbl = 'identifiers' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER injected BEFORE INSERT ON credbroker_records FOR EACH ROW EXECUTE FUNCTION injected_failure();",
+    )
+    .await
+    .unwrap();
+    credbroker_tests::write_config(
+        &daemon.config,
+        &daemon.data_dir,
+        &pki,
+        None,
+        &format!("[store]\nurl_env = \"{URL_VAR}\"\n"),
+    );
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let migrate = [
+        "store", "migrate", "--from", "sled", "--to", "postgres", "--config", &config,
+    ];
+    let (c, out, err) = run_cli_env(&migrate, &env);
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(err.contains("marked incomplete"), "{err}");
+    sql.batch_execute("DROP TRIGGER injected ON credbroker_records")
+        .await
+        .unwrap();
+    // Neither a second move nor a broker opens it.
+    let (c, _, err) = run_cli_env(&migrate, &env);
+    assert_ne!(c, 0);
+    assert!(err.contains("did not finish"), "{err}");
+    credbroker_tests::write_config(&daemon.config, &daemon.data_dir, &pki, None, &store_toml());
+    let (c, err) = serve_refused(&daemon.config, &[], &env);
+    assert_ne!(c, 0);
+    assert!(err.contains("did not finish"), "{err}");
+}

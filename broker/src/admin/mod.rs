@@ -181,6 +181,30 @@ impl AdminService {
         })
     }
 
+    /// Brings this replica up to every change acknowledged anywhere before this call: the
+    /// store's change generation is read (caches emptied when it moved) and changed keys
+    /// reloaded. Resolves, admin operations and the issuer's public documents start with it.
+    ///
+    /// # Errors
+    /// `unavailable` when the store cannot be reached or the keys cannot be reloaded: the
+    /// caller fails closed.
+    pub async fn catch_up(&self) -> Result<(), ApiError> {
+        if let Err(e) = self.core.records.sync().await {
+            tracing::error!(error = %e, "store unreachable; failing closed");
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the store cannot be reached; nothing was done",
+            ));
+        }
+        self.refresh_keys().await.map_err(|e| {
+            tracing::error!(error = %e.message, "platform or issuer keys could not be reloaded; failing closed");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the broker's keys could not be reloaded; nothing was done",
+            )
+        })
+    }
+
     /// Reloads the platform and issuer keys when the store reported a change since they were
     /// last loaded — another replica may have added, rotated or retired one. Resolves call it
     /// after [`crate::store::Store::sync`], so a key retired on any replica signs nothing on
@@ -301,6 +325,8 @@ impl AdminService {
         op: AdminOp,
         request_id: &str,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        // Keys a change on another replica retired are not used here either.
+        self.catch_up().await.map_err(|e| (e, None))?;
         let this = Arc::clone(self);
         let (actor, request_id) = (actor.to_owned(), request_id.to_owned());
         tokio::spawn(async move { this.run_admin(&actor, op, &request_id).await })

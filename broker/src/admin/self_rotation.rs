@@ -306,6 +306,10 @@ impl AdminService {
             if !due || b.status != crate::model::Status::Active {
                 continue;
             }
+            // A replica that lost the lead meanwhile leaves the rest to the new leader.
+            if !self.core.replica.is_leader() {
+                break;
+            }
             // A pending version that passed its probe waits for an operator's promotion.
             if let Some(p) = b.pending_secret_version {
                 let passed = matches!(self.core.records.secret_version(&b.id, p).await,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
@@ -103,11 +103,27 @@ async fn connect_with(
     Ok(client)
 }
 
+/// A read-only, repeatable-read transaction: every chain read through it is one consistent
+/// snapshot, so a writer appending meanwhile (its due checkpoints in the batch's own
+/// transaction) never makes a live chain look like one whose checkpoints were removed.
+///
+/// # Errors
+/// On a database error.
+pub async fn snapshot(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, String> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| format!("database: {e}"))
+}
+
 /// The replicas that have a chain.
 ///
 /// # Errors
 /// On a database error.
-pub async fn replicas(client: &Client) -> Result<Vec<u32>, String> {
+pub async fn replicas(client: &impl GenericClient) -> Result<Vec<u32>, String> {
     let rows = client
         .query(
             "SELECT DISTINCT replica FROM credbroker_audit ORDER BY replica",
@@ -125,7 +141,10 @@ pub async fn replicas(client: &Client) -> Result<Vec<u32>, String> {
 ///
 /// # Errors
 /// On a database error or a checkpoint that does not parse.
-pub async fn checkpoints(client: &Client, replica: u32) -> Result<Vec<Checkpoint>, String> {
+pub async fn checkpoints(
+    client: &impl GenericClient,
+    replica: u32,
+) -> Result<Vec<Checkpoint>, String> {
     let rows = client
         .query(
             "SELECT line FROM credbroker_audit_checkpoints WHERE replica = $1 ORDER BY seq",
@@ -147,7 +166,7 @@ pub async fn checkpoints(client: &Client, replica: u32) -> Result<Vec<Checkpoint
 /// # Errors
 /// On a database error, or the first error `each` returns.
 pub async fn for_each_line(
-    client: &Client,
+    client: &impl GenericClient,
     replica: u32,
     from: u64,
     mut each: impl FnMut(&str) -> Result<(), String>,
@@ -177,7 +196,7 @@ pub async fn for_each_line(
 /// # Errors
 /// When the chain cannot be read.
 pub async fn verify_chain(
-    client: &Client,
+    client: &impl GenericClient,
     replica: u32,
     verifier: &AuditVerifier,
     max_unanchored: u64,
@@ -206,7 +225,7 @@ pub async fn verify_chain(
 /// # Errors
 /// On a database error.
 pub async fn read_chain(
-    client: &Client,
+    client: &impl GenericClient,
     replica: u32,
 ) -> Result<(Vec<String>, Vec<Checkpoint>), String> {
     let cps = checkpoints(client, replica).await?;
@@ -237,7 +256,9 @@ async fn verify_tail(
     check.finish().map(|_| ()).map_err(|e| e.to_string())
 }
 
-async fn read_tail(client: &Client, replica: u32) -> Result<ChainTail, String> {
+/// The sequence and hash of the last record of `replica`'s chain (0 and the genesis hash for
+/// an empty one).
+async fn last_record(client: &impl GenericClient, replica: u32) -> Result<(u64, String), String> {
     let last = client
         .query_opt(
             "SELECT line FROM credbroker_audit WHERE replica = $1 ORDER BY seq DESC LIMIT 1",
@@ -245,7 +266,7 @@ async fn read_tail(client: &Client, replica: u32) -> Result<ChainTail, String> {
         )
         .await
         .map_err(|e| format!("database: {e}"))?;
-    let (seq, hash) = match last {
+    Ok(match last {
         None => (0, GENESIS_HASH.to_owned()),
         Some(row) => {
             let rec: AuditRecord = serde_json::from_str(row.get::<_, &str>(0)).map_err(|_| {
@@ -253,7 +274,42 @@ async fn read_tail(client: &Client, replica: u32) -> Result<ChainTail, String> {
             })?;
             (rec.seq, rec.hash)
         }
-    };
+    })
+}
+
+/// Fails unless the chain still ends where this writer believes, under its lease: a failover
+/// that lost the last records (or anyone else writing) is found before anything is chained
+/// onto a record that is not there; the tail is then read again.
+async fn check_owned_tail(
+    tx: &impl GenericClient,
+    owner: &ChainOwner,
+    tail: &ChainTail,
+) -> Result<(), String> {
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > now()",
+            &[&owner.lease, &owner.holder],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    if held.is_none() {
+        return Err(format!(
+            "this broker no longer holds {}: its chain is not written (the lease lapsed or another broker took it)",
+            owner.lease
+        ));
+    }
+    let (seq, hash) = last_record(tx, owner.replica).await?;
+    if seq != tail.seq || hash != tail.hash {
+        return Err(format!(
+            "replica {}'s chain ends at {seq}, not at {} as this writer last wrote (records lost in a failover, or written by another): it is read again",
+            owner.replica, tail.seq
+        ));
+    }
+    Ok(())
+}
+
+async fn read_tail(client: &Client, replica: u32) -> Result<ChainTail, String> {
+    let (seq, hash) = last_record(client, replica).await?;
     let checkpoint_seq: i64 = client
         .query_one(
             "SELECT COALESCE(max(seq), 0) FROM credbroker_audit_checkpoints WHERE replica = $1",
@@ -335,24 +391,13 @@ impl DbWriter {
             None
         };
         let replica = replica_i32(self.owner.replica);
-        let (lease, holder) = (self.owner.lease.clone(), self.owner.holder.clone());
+        let owner = self.owner.clone();
         let client = self.client.as_mut().ok_or("no database connection")?;
         let tx = client
             .transaction()
             .await
             .map_err(|e| format!("database: {e}"))?;
-        let held = tx
-            .query_opt(
-                "SELECT 1 FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > now()",
-                &[&lease, &holder],
-            )
-            .await
-            .map_err(|e| format!("database: {e}"))?;
-        if held.is_none() {
-            return Err(format!(
-                "this broker no longer holds {lease}: its chain is not written (the lease lapsed or another broker took it)"
-            ));
-        }
+        check_owned_tail(&tx, &owner, &tail).await?;
         tx.execute(
             "INSERT INTO credbroker_audit (replica, seq, line) SELECT $1, s, l FROM unnest($2::bigint[], $3::text[]) AS t(s, l)",
             &[&replica, &seqs, &lines],
@@ -385,14 +430,21 @@ impl DbWriter {
             return Ok(None);
         }
         let (cp, line) = self.checkpoint_line(tail.seq, &tail.hash)?;
-        let client = self.client.as_ref().ok_or("no database connection")?;
-        client
-            .execute(
-                "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&replica_i32(self.owner.replica), &seq_i64(cp.seq), &line],
-            )
+        let owner = self.owner.clone();
+        let client = self.client.as_mut().ok_or("no database connection")?;
+        let tx = client
+            .transaction()
             .await
             .map_err(|e| format!("database: {e}"))?;
+        // Never sign over a record that is not (or no longer) there.
+        check_owned_tail(&tx, &owner, &tail).await?;
+        tx.execute(
+            "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&replica_i32(owner.replica), &seq_i64(cp.seq), &line],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+        tx.commit().await.map_err(|e| format!("database: {e}"))?;
         Ok(Some(cp.seq))
     }
 
@@ -477,6 +529,8 @@ impl Sink for DbWriter {
             }
             Ok(None) => {}
             Err(e) => {
+                self.tail = None;
+                self.client = None;
                 tracing::error!(error = %e, replica = self.owner.replica, "could not write an audit checkpoint; will retry");
             }
         }

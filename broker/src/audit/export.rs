@@ -54,6 +54,11 @@ pub struct ExportHeader {
     /// single broker's file log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<u32>,
+    /// For an export of several chains (a shared store): which file this document belongs
+    /// to and where. Signed, so a document removed from the file, or taken from another
+    /// export, is found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<ExportSet>,
     /// Random id binding the record attestations to this export.
     pub export_id: String,
     /// Whether records were filtered out.
@@ -84,6 +89,38 @@ impl ExportHeader {
         let mut m = b"credbroker-audit-export/v2\n".to_vec();
         m.extend(serde_json::to_vec(self).unwrap_or_default());
         m
+    }
+}
+
+/// The documents of one export file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSet {
+    /// Random id shared by every document of the file.
+    pub id: String,
+    /// How many documents the file holds.
+    pub documents: u32,
+    /// This document's position, from 0.
+    pub index: u32,
+}
+
+impl ExportSet {
+    /// The sets of a file of `documents` documents, with a fresh random id.
+    ///
+    /// # Errors
+    /// When the system CSPRNG fails.
+    pub fn for_file(documents: u32) -> std::io::Result<Vec<ExportSet>> {
+        let mut id = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut id)
+            .map_err(|_| std::io::Error::other("system CSPRNG failed"))?;
+        let id = hex::encode(id);
+        Ok((0..documents)
+            .map(|index| ExportSet {
+                id: id.clone(),
+                documents,
+                index,
+            })
+            .collect())
     }
 }
 
@@ -130,6 +167,7 @@ pub fn export(
     filter: &ExportFilter,
     signer: &AuditSigner,
     max_unanchored: u64,
+    set: Option<ExportSet>,
     out: &mut dyn Write,
 ) -> std::io::Result<u64> {
     // Never attest a log that does not verify: a record altered or removed in the live log
@@ -152,7 +190,7 @@ pub fn export(
         .filter_map(|l| serde_json::from_slice::<Checkpoint>(l).ok())
         .collect();
     let log = std::fs::read(log_path(audit_dir))?;
-    write_document(None, complete_lines(&log), &cps, filter, signer, out)
+    write_document(None, set, complete_lines(&log), &cps, filter, signer, out)
 }
 
 /// Writes one export document — a header, the selected records, their attestations, the
@@ -163,6 +201,7 @@ pub fn export(
 /// On I/O failure, or a record that does not parse.
 pub fn write_document<'l>(
     replica: Option<u32>,
+    set: Option<ExportSet>,
     lines: impl IntoIterator<Item = &'l [u8]>,
     cps: &[Checkpoint],
     filter: &ExportFilter,
@@ -206,6 +245,7 @@ pub fn write_document<'l>(
     let header = ExportHeader {
         version: 2,
         replica,
+        set,
         export_id: hex::encode(id),
         filtered: !filter.is_empty(),
         since: fmt(&filter.since),

@@ -20,7 +20,7 @@ mod tail;
 mod verify;
 mod writer;
 
-pub use export::{export, write_document, ExportFilter};
+pub use export::{export, write_document, ExportFilter, ExportSet};
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
 pub use verify::{
     verify_export, verify_exports, verify_log, verify_since_last_checkpoint, ChainCheck,

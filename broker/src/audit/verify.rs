@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::export::{attest_message, Attestation, ExportHeader};
+use super::export::{attest_message, Attestation, ExportHeader, ExportSet};
 use super::record::{AuditRecord, Checkpoint, GENESIS_HASH};
 use super::{checkpoints_path, log_path};
 use crate::keys::AuditVerifier;
@@ -520,6 +520,7 @@ pub fn verify_exports(
     #[derive(Deserialize)]
     struct ReplicaField {
         replica: Option<u32>,
+        set: Option<ExportSet>,
     }
     let mut documents: Vec<Vec<u8>> = Vec::new();
     for line in complete_lines(bytes) {
@@ -534,16 +535,64 @@ pub fn verify_exports(
     if documents.is_empty() {
         documents.push(Vec::new());
     }
-    documents
+    let mut results: Vec<(Option<u32>, Result<VerifySummary, VerifyFailure>)> = Vec::new();
+    let mut sets = Vec::new();
+    for doc in &documents {
+        let header = complete_lines(doc)
+            .next()
+            .and_then(|l| serde_json::from_slice::<ReplicaOnly>(l).ok());
+        sets.push(header.as_ref().and_then(|h| h.export.set.clone()));
+        results.push((
+            header.and_then(|h| h.export.replica),
+            verify_export(doc, verifier),
+        ));
+    }
+    // A file of several documents is whole only if every document belongs to one export and
+    // each of its positions is there once: the signed headers say how many there were.
+    if let Some(problem) = set_problem(&sets) {
+        for (_, result) in &mut results {
+            if result.is_ok() {
+                *result = Err(fail(0, problem.clone()));
+            }
+        }
+    }
+    results
+}
+
+/// Why the documents' signed sets do not make one whole export, if they do not.
+fn set_problem(sets: &[Option<ExportSet>]) -> Option<String> {
+    if sets.len() == 1 && sets[0].is_none() {
+        return None;
+    }
+    let Some(Some(first)) = sets.first() else {
+        return Some("a document of this multi-document export names no export set".into());
+    };
+    let mut seen = vec![false; first.documents as usize];
+    for set in sets {
+        let Some(set) = set else {
+            return Some("a document of this multi-document export names no export set".into());
+        };
+        if set.id != first.id || set.documents != first.documents {
+            return Some("documents of different exports were put together in one file".into());
+        }
+        match seen.get_mut(set.index as usize) {
+            Some(slot) if !*slot => *slot = true,
+            _ => return Some(format!("document {} appears twice", set.index)),
+        }
+    }
+    let missing: Vec<String> = seen
         .iter()
-        .map(|doc| {
-            let replica = complete_lines(doc)
-                .next()
-                .and_then(|l| serde_json::from_slice::<ReplicaOnly>(l).ok())
-                .and_then(|h| h.export.replica);
-            (replica, verify_export(doc, verifier))
-        })
-        .collect()
+        .enumerate()
+        .filter(|(_, s)| !**s)
+        .map(|(i, _)| i.to_string())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the export held {} documents; document(s) {} were removed",
+            first.documents,
+            missing.join(", ")
+        )
+    })
 }
 
 /// Verifies an export file produced by `credbroker audit export`: the signed header (filter,

@@ -162,11 +162,13 @@ async fn verify_chains(
     config: &Config,
     verifier: &AuditVerifier,
 ) -> Result<Vec<ChainResult>, String> {
-    let client = chains::connect(&config.store).await?;
+    let mut client = chains::connect(&config.store).await?;
+    let snapshot = chains::snapshot(&mut client).await?;
     let mut results = Vec::new();
-    for replica in chains::replicas(&client).await? {
+    for replica in chains::replicas(&snapshot).await? {
         let result =
-            chains::verify_chain(&client, replica, verifier, config.audit.max_unanchored()).await?;
+            chains::verify_chain(&snapshot, replica, verifier, config.audit.max_unanchored())
+                .await?;
         results.push((Some(replica), result));
     }
     Ok(results)
@@ -247,26 +249,43 @@ fn export_all(
     signer: &AuditSigner,
     out: &mut dyn Write,
 ) -> Result<u64, String> {
-    let mut count = 0;
-    if !shared(config) || audit::log_path(&config.audit_dir()).exists() {
-        count += audit::export(
+    let file_log = !shared(config) || audit::log_path(&config.audit_dir()).exists();
+    if !shared(config) {
+        return audit::export(
             &config.audit_dir(),
             filter,
             signer,
             config.audit.max_unanchored(),
+            None,
             out,
         )
-        .map_err(|e| e.to_string())?;
-    }
-    if !shared(config) {
-        return Ok(count);
+        .map_err(|e| e.to_string());
     }
     runtime()?.block_on(async {
-        let client = chains::connect(&config.store).await?;
-        for replica in chains::replicas(&client).await? {
+        let mut client = chains::connect(&config.store).await?;
+        let snapshot = chains::snapshot(&mut client).await?;
+        let replicas = chains::replicas(&snapshot).await?;
+        let documents = u32::try_from(replicas.len() + usize::from(file_log))
+            .map_err(|_| "too many chains".to_owned())?;
+        let mut sets = audit::ExportSet::for_file(documents)
+            .map_err(|e| e.to_string())?
+            .into_iter();
+        let mut count = 0;
+        if file_log {
+            count += audit::export(
+                &config.audit_dir(),
+                filter,
+                signer,
+                config.audit.max_unanchored(),
+                sets.next(),
+                out,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        for replica in replicas {
             // Never attest a chain that does not verify (as for the file log).
             if let Err(f) = chains::verify_chain(
-                &client,
+                &snapshot,
                 replica,
                 &signer.verifier(),
                 config.audit.max_unanchored(),
@@ -275,9 +294,10 @@ fn export_all(
             {
                 return Err(format!("replica {replica}'s audit chain does not verify ({f}); export refused — see runbooks/audit-verification.md"));
             }
-            let (lines, cps) = chains::read_chain(&client, replica).await?;
+            let (lines, cps) = chains::read_chain(&snapshot, replica).await?;
             count += audit::write_document(
                 Some(replica),
+                sets.next(),
                 lines.iter().map(String::as_bytes),
                 &cps,
                 filter,

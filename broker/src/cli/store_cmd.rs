@@ -15,10 +15,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::offline::{cli_actor, local_config, LocalArgs};
 use super::runtime;
-use crate::store::{Batch, Op, PgStore, SledStore, Store, Table};
-
-/// Records written per transaction.
-const CHUNK: usize = 1000;
+use crate::store::{migrate, PgStore, SledStore};
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCmd {
@@ -76,62 +73,21 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("PostgreSQL store: {e}"))?;
         crate::replica::ensure_no_replica_runs(&target).await?;
-        for table in Table::ALL {
-            let held = target
-                .scan(*table, "")
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|(k, _)| !(*table == Table::Meta && k == "schema_version"))
-                .count();
-            if held > 0 {
-                return Err(format!(
-                    "the database already holds {held} record(s) in {}: migrate only into an empty database (nothing was copied)",
-                    table.name()
-                ));
-            }
-        }
+        migrate::begin(&target, &actor).await?;
         let started = std::time::Instant::now();
-        let mut total = 0;
-        for table in Table::ALL {
-            let rows = source.scan(*table, "").await.map_err(|e| e.to_string())?;
-            for chunk in rows.chunks(CHUNK) {
-                let mut batch = Batch::new();
-                for (key, value) in chunk {
-                    batch.push(Op::Put(*table, key.clone(), value.clone()));
-                }
-                target.commit(batch).await.map_err(|e| e.to_string())?;
-            }
-            println!("copied {:>9} {}", rows.len(), table.name());
-            total += rows.len();
-        }
+        let total = migrate::copy_all(&source, &target, |table, copied| {
+            println!("copied {copied:>9} {table}");
+        })
+        .await?;
         println!(
             "copied {total} records in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let mut checked = 0;
-        for table in Table::ALL {
-            let a = source.scan(*table, "").await.map_err(|e| e.to_string())?;
-            let b = target.scan(*table, "").await.map_err(|e| e.to_string())?;
-            if a != b {
-                let differing = a
-                    .iter()
-                    .zip(b.iter())
-                    .position(|(x, y)| x != y)
-                    .map_or_else(|| "the record counts differ".to_owned(), |i| {
-                        format!("first difference at key {}", a.get(i).map_or("-", |r| r.0.as_str()))
-                    });
-                return Err(format!(
-                    "verification failed in {}: {} record(s) in sled, {} in PostgreSQL; {differing}",
-                    table.name(),
-                    a.len(),
-                    b.len()
-                ));
-            }
-            checked += a.len();
-        }
+        let checked = migrate::verify(&source, &target).await?;
         println!("verified {checked} records: every key and value identical in both stores");
+        // On the record before brokers may open the database.
         audit_migration(&config, &actor, total).await?;
+        migrate::finish(&target).await?;
         println!(
             "the sled store ({}) and its file audit log ({}) stay where they are; set [store] backend = \"postgres\" and start the replicas",
             dir.display(),

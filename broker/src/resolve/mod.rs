@@ -294,19 +294,8 @@ impl ResolveService {
         // Every change acknowledged before this point, on any replica, is judged: the store
         // reports the ones it had not (emptying the record caches) and changed keys are
         // reloaded. Unreachable: fail closed.
-        if let Err(e) = self.core.records.sync().await {
-            tracing::error!(error = %e, "store unreachable; resolve fails closed");
-            return refuse(ApiError::new(
-                ErrorCode::Unavailable,
-                "the store cannot be reached; nothing was issued",
-            ));
-        }
-        if let Err(e) = self.admin.refresh_keys().await {
-            tracing::error!(error = %e.message, "platform or issuer keys could not be reloaded; resolve fails closed");
-            return refuse(ApiError::new(
-                ErrorCode::Unavailable,
-                "the broker's keys could not be reloaded; nothing was issued",
-            ));
+        if let Err(e) = self.admin.catch_up().await {
+            return refuse(e);
         }
         // Read before the records: a credential minted from records an invalidation made
         // stale meanwhile is not cached.

@@ -111,6 +111,11 @@ pub(super) async fn handle_public(
         }
         Ok(m) if m.endpoint == Endpoint::Healthz => super::health::liveness().into(),
         Ok(m) if matches!(m.endpoint, Endpoint::OidcDiscovery | Endpoint::OidcJwks) => {
+            // A key retired on another replica is not published here either.
+            let caught_up = match broker.core().issuer() {
+                Some(_) => broker.catch_up().await,
+                None => Ok(()),
+            };
             let document = broker.core().issuer().map(|issuer| {
                 let doc = if m.endpoint == Endpoint::OidcDiscovery {
                     issuer.discovery()
@@ -119,10 +124,10 @@ pub(super) async fn handle_public(
                 };
                 (doc, issuer.settings().publish_lead_s.min(300))
             });
-            match document {
+            match caught_up.map(|()| document) {
                 // Relying parties may cache both, never longer than a rotated key is
                 // published before it signs (at most 5 minutes).
-                Some((document, max_age)) => {
+                Ok(Some((document, max_age))) => {
                     let mut response = respond(
                         plain_json(StatusCode::OK, document),
                         "application/json",
@@ -135,12 +140,13 @@ pub(super) async fn handle_public(
                     }
                     return response;
                 }
-                None => error_answer(
+                Ok(None) => error_answer(
                     &ApiError::new(ErrorCode::NotFound, "no OIDC issuer is configured"),
                     None,
                     &request_id,
                 )
                 .into(),
+                Err(e) => error_answer(&e, None, &request_id).into(),
             }
         }
         Ok(m) if m.endpoint == Endpoint::Intake => {

@@ -12,6 +12,7 @@
 //! sharing one database — can never both win on the same fact. No process-wide lock is
 //! needed for correctness.
 
+pub mod migrate;
 pub(crate) mod postgres;
 pub mod record_cache;
 pub mod records;
@@ -439,6 +440,10 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
 
 /// The key of the schema version in [`Table::Meta`].
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
+
+/// The key in [`Table::Meta`] that marks a store a `store migrate` is still copying into:
+/// no broker opens it.
+pub(crate) const MIGRATING_KEY: &str = "migrating";
 
 /// The schema version this build reads and writes.
 ///

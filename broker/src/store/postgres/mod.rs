@@ -219,6 +219,15 @@ impl PgStore {
         });
         let store = PgStore { inner };
         store.check_schema().await?;
+        if store
+            .get(Table::Meta, super::MIGRATING_KEY)
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Backend(
+                "a `credbroker store migrate` into this database did not finish: it may lack records (operators, exclusive identifiers); drop and recreate the database and migrate again".into(),
+            ));
+        }
         store.sync().await?;
         listen::spawn(Arc::downgrade(&store.inner), config, tls, stopped);
         Ok(store)

@@ -1,0 +1,132 @@
+//! Copying every record of one store into another, empty one (`credbroker store migrate`).
+//!
+//! Until the copy verified, the target holds a mark that says it is incomplete: a broker
+//! refuses to open it (a half-copied store could lack operators or exclusive identifiers),
+//! and a second copy cannot start. Nothing is overwritten: every copied record must be absent
+//! from the target, so a record written meanwhile fails the copy.
+
+use super::{Batch, Op, Store, StoreError, Table, MIGRATING_KEY, SCHEMA_KEY};
+
+/// Records written per transaction.
+const CHUNK: usize = 1000;
+
+fn bookkeeping(table: Table, key: &str) -> bool {
+    table == Table::Meta && (key == SCHEMA_KEY || key == MIGRATING_KEY)
+}
+
+/// Refuses a target holding any record (but its schema version), then marks it incomplete.
+///
+/// # Errors
+/// When the target holds records, another copy started, or the backend fails.
+pub async fn begin(target: &dyn Store, by: &str) -> Result<(), String> {
+    for table in Table::ALL {
+        let held = target
+            .scan(*table, "")
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|(k, _)| !bookkeeping(*table, k))
+            .count();
+        if held > 0 {
+            return Err(format!(
+                "the target already holds {held} record(s) in {}: migrate only into an empty database (nothing was copied)",
+                table.name()
+            ));
+        }
+    }
+    let mut mark = Batch::new();
+    mark.push(Op::ExpectAbsent(Table::Meta, MIGRATING_KEY.into()))
+        .push(Op::Put(
+            Table::Meta,
+            MIGRATING_KEY.into(),
+            by.as_bytes().to_vec(),
+        ));
+    target
+        .commit(mark)
+        .await
+        .map_err(|e| format!("another migration into this database started: {e}"))
+}
+
+/// Copies every record of every table, telling `each` every table's name and count;
+/// returns the total.
+///
+/// # Errors
+/// When a record exists in the target already, or a backend fails.
+pub async fn copy_all(
+    source: &dyn Store,
+    target: &dyn Store,
+    mut each: impl FnMut(&str, usize),
+) -> Result<usize, String> {
+    let mut total = 0;
+    for table in Table::ALL {
+        let copied = copy_table(source, target, *table).await?;
+        each(table.name(), copied);
+        total += copied;
+    }
+    Ok(total)
+}
+
+async fn copy_table(source: &dyn Store, target: &dyn Store, table: Table) -> Result<usize, String> {
+    let rows = source.scan(table, "").await.map_err(|e| e.to_string())?;
+    for chunk in rows.chunks(CHUNK) {
+        let mut batch = Batch::new();
+        for (key, value) in chunk {
+            if !bookkeeping(table, key) {
+                batch.push(Op::ExpectAbsent(table, key.clone()));
+            }
+            batch.push(Op::Put(table, key.clone(), value.clone()));
+        }
+        target.commit(batch).await.map_err(|e: StoreError| {
+            format!(
+                "{e}; the database is marked incomplete: drop and recreate it, then migrate again"
+            )
+        })?;
+    }
+    Ok(rows.len())
+}
+
+/// Re-reads every record from both stores and compares keys and bytes; returns how many.
+///
+/// # Errors
+/// Naming the first table and key that differ.
+pub async fn verify(source: &dyn Store, target: &dyn Store) -> Result<usize, String> {
+    let mut checked = 0;
+    for table in Table::ALL {
+        let a = source.scan(*table, "").await.map_err(|e| e.to_string())?;
+        let mut b = target.scan(*table, "").await.map_err(|e| e.to_string())?;
+        b.retain(|(k, _)| !(*table == Table::Meta && k == MIGRATING_KEY));
+        if a != b {
+            let differing = a
+                .iter()
+                .zip(b.iter())
+                .position(|(x, y)| x != y)
+                .map_or_else(
+                    || "the record counts differ".to_owned(),
+                    |i| {
+                        format!(
+                            "first difference at key {}",
+                            a.get(i).map_or("-", |r| r.0.as_str())
+                        )
+                    },
+                );
+            return Err(format!(
+                "verification failed in {}: {} record(s) in the source, {} in the target; {differing}",
+                table.name(),
+                a.len(),
+                b.len()
+            ));
+        }
+        checked += a.len();
+    }
+    Ok(checked)
+}
+
+/// Removes the mark: brokers may open the target from now on.
+///
+/// # Errors
+/// When the backend fails.
+pub async fn finish(target: &dyn Store) -> Result<(), String> {
+    let mut done = Batch::new();
+    done.push(Op::Delete(Table::Meta, MIGRATING_KEY.into()));
+    target.commit(done).await.map_err(|e| e.to_string())
+}
