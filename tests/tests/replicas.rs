@@ -71,6 +71,28 @@ async fn load(
     (acked, refused)
 }
 
+/// `n` replicas with the usual records (tenants t1, t2; worker w1) seeded through the first.
+async fn seeded(pg: TestPostgres, n: usize) -> (tempfile::TempDir, Arc<TestPki>, ReplicaSet) {
+    let (tmp, pki) = setup();
+    let set = ReplicaSet::start(pg, tmp.path(), &pki, n, AUDIT, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    (tmp, pki, set)
+}
+
+/// Resolves i1 through `client` until one is served (a recovery), within 30 s.
+async fn until_served(client: &mut BrokerClient) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = resolve(client, json!({"instance_id": "i1"})).await;
+        if s == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn verify_every_chain(set: &ReplicaSet, d: &Daemon) -> String {
     let (c, out, err) = set.cli(&["audit", "verify", "--config", d.config.to_str().unwrap()]);
     assert_eq!(c, 0, "audit verify: {out}{err}");
@@ -284,11 +306,7 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_loses_nothing_acknowledged() {
-    let (tmp, pki) = setup();
-    let mut set =
-        ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 3, AUDIT, vec![]).await;
-    let mut op = pki.client_for("op", &set.daemons[0].url);
-    seed_two_tenants(&mut op).await;
+    let (_tmp, pki, mut set) = seeded(TestPostgres::start(), 3).await;
     let leader_before = set.leader().await.unwrap();
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -344,10 +362,7 @@ async fn a_replica_killed_under_load_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_fails_closed_and_recovers_without_restarting_brokers() {
-    let (tmp, pki) = setup();
-    let mut set = ReplicaSet::start(TestPostgres::own(), tmp.path(), &pki, 2, AUDIT, vec![]).await;
-    let mut op = pki.client_for("op", &set.daemons[0].url);
-    seed_two_tenants(&mut op).await;
+    let (_tmp, pki, mut set) = seeded(TestPostgres::own(), 2).await;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -367,16 +382,8 @@ async fn a_database_restart_fails_closed_and_recovers_without_restarting_brokers
     }
     set.pg.restart();
     // Recovered without restarting the brokers.
-    let deadline = Instant::now() + Duration::from_secs(30);
     for client in &mut w1 {
-        loop {
-            let (s, v) = resolve(client, json!({"instance_id": "i1"})).await;
-            if s == 200 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no recovery: {s} {v}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        until_served(client).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -412,10 +419,7 @@ async fn a_database_restart_fails_closed_and_recovers_without_restarting_brokers
 /// serves, and once the lease is free again the replica re-claims it and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_its_lease_writes_nothing() {
-    let (tmp, pki) = setup();
-    let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 2, AUDIT, vec![]).await;
-    let mut op = pki.client_for("op", &set.daemons[0].url);
-    seed_two_tenants(&mut op).await;
+    let (_tmp, pki, set) = seeded(TestPostgres::start(), 2).await;
     let mut w1 = clients(&pki, &set, "w1");
     for client in &mut w1 {
         let (s, v) = resolve(client, json!({"instance_id": "i1"})).await;
@@ -457,15 +461,7 @@ async fn a_replica_without_its_lease_writes_nothing() {
     )
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, v) = resolve(&mut w1[0], json!({"instance_id": "i1"})).await;
-        if s == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "replica 1 never recovered: {v}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    until_served(&mut w1[0]).await;
     verify_every_chain(&set, &set.daemons[0]);
 }
 
@@ -474,10 +470,7 @@ async fn a_replica_without_its_lease_writes_nothing() {
 /// there, reads it again and goes on from it, so the chain has no gap and verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
-    let (tmp, pki) = setup();
-    let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, AUDIT, vec![]).await;
-    let mut op = pki.client_for("op", &set.daemons[0].url);
-    seed_two_tenants(&mut op).await;
+    let (_tmp, pki, set) = seeded(TestPostgres::start(), 1).await;
     let mut w1 = pki.client_for("w1", &set.daemons[0].url);
     for _ in 0..5 {
         let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
@@ -605,4 +598,35 @@ async fn a_key_retired_on_one_replica_leaves_the_others_jwks_at_once() {
         "the compromised key left replica 2's JWKS: {after:?}"
     );
     assert_eq!(after.len(), 1);
+}
+
+/// An idle replica tells a dead database by itself: `/readyz` turns 503 within the idle
+/// ping (no request has to fail first) and 200 again once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_reports_a_dead_database_not_ready() {
+    let (_tmp, pki, mut set) = seeded(TestPostgres::own(), 1).await;
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    let (s, _) = call(&mut w1, Method::GET, "/readyz", None).await;
+    assert_eq!(s, 200);
+    set.pg.stop();
+    let ready_becomes = |want: u16| {
+        let pki = pki.clone();
+        let url = set.daemons[0].url.clone();
+        async move {
+            let mut client = pki.client_for("w1", &url);
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                let (s, _) = call(&mut client, Method::GET, "/readyz", None).await;
+                if s == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "/readyz stayed {s}, not {want}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    ready_becomes(503).await;
+    set.pg.restart();
+    ready_becomes(200).await;
+    until_served(&mut w1).await;
 }

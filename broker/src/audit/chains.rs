@@ -33,6 +33,9 @@ use crate::store::StoreSettings;
 /// Rows read per query when a chain is read whole.
 const PAGE: i64 = 10_000;
 
+/// How long an idle writer goes without asking the database whether it is there.
+const IDLE_PING: Duration = Duration::from_secs(10);
+
 /// Where this replica's chain is and who may write it.
 #[derive(Debug, Clone)]
 pub struct ChainOwner {
@@ -62,6 +65,9 @@ struct DbWriter {
     /// `None`: unknown (start, or after a failed batch): read back before the next write.
     tail: Option<ChainTail>,
     last_checkpoint_at: Instant,
+    /// When the database last answered this writer: an idle writer asks it every
+    /// [`IDLE_PING`], so `/readyz` tells a dead database before the next request does.
+    last_contact: Instant,
     signer: AuditSigner,
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
@@ -340,6 +346,32 @@ impl DbWriter {
         Ok(())
     }
 
+    /// Connects when needed and asks the database for an answer.
+    async fn ping(&mut self) -> Result<(), String> {
+        self.ready().await?;
+        let client = self.client.as_ref().ok_or("no database connection")?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("database: {e}"))
+    }
+
+    /// A transaction on this writer's connection in which its chain was found to end where
+    /// it last wrote, under its lease.
+    async fn owned_transaction(
+        &mut self,
+        tail: &ChainTail,
+    ) -> Result<tokio_postgres::Transaction<'_>, String> {
+        let client = self.client.as_mut().ok_or("no database connection")?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        check_owned_tail(&tx, &self.owner, tail).await?;
+        Ok(tx)
+    }
+
     fn checkpoint_line(&self, seq: u64, hash: &str) -> Result<(Checkpoint, String), String> {
         let time = now_rfc3339();
         let message = Checkpoint::signed_message(seq, hash, &time);
@@ -391,13 +423,7 @@ impl DbWriter {
             None
         };
         let replica = replica_i32(self.owner.replica);
-        let owner = self.owner.clone();
-        let client = self.client.as_mut().ok_or("no database connection")?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| format!("database: {e}"))?;
-        check_owned_tail(&tx, &owner, &tail).await?;
+        let tx = self.owned_transaction(&tail).await?;
         tx.execute(
             "INSERT INTO credbroker_audit (replica, seq, line) SELECT $1, s, l FROM unnest($2::bigint[], $3::text[]) AS t(s, l)",
             &[&replica, &seqs, &lines],
@@ -430,17 +456,12 @@ impl DbWriter {
             return Ok(None);
         }
         let (cp, line) = self.checkpoint_line(tail.seq, &tail.hash)?;
-        let owner = self.owner.clone();
-        let client = self.client.as_mut().ok_or("no database connection")?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| format!("database: {e}"))?;
         // Never sign over a record that is not (or no longer) there.
-        check_owned_tail(&tx, &owner, &tail).await?;
+        let replica = replica_i32(self.owner.replica);
+        let tx = self.owned_transaction(&tail).await?;
         tx.execute(
             "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&replica_i32(owner.replica), &seq_i64(cp.seq), &line],
+            &[&replica, &seq_i64(cp.seq), &line],
         )
         .await
         .map_err(|e| format!("database: {e}"))?;
@@ -478,6 +499,7 @@ impl Sink for DbWriter {
         let count = waiters.len();
         match self.block_on(|w| Box::pin(w.write(events))) {
             Ok((receipts, tail)) => {
+                self.last_contact = Instant::now();
                 if tail.checkpoint_seq > self.tail.as_ref().map_or(0, |t| t.checkpoint_seq) {
                     self.last_checkpoint_at = Instant::now();
                 }
@@ -512,6 +534,18 @@ impl Sink for DbWriter {
     }
 
     fn maybe_checkpoint(&mut self, force: bool) {
+        if !force && self.healthy() && self.last_contact.elapsed() >= IDLE_PING {
+            match self.block_on(|w| Box::pin(w.ping())) {
+                Ok(()) => self.last_contact = Instant::now(),
+                Err(e) => {
+                    self.tail = None;
+                    self.client = None;
+                    self.healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(error = %e, replica = self.owner.replica, "audit database unreachable while idle; requests fail closed until it answers");
+                    return;
+                }
+            }
+        }
         let Some(tail) = &self.tail else {
             return;
         };
@@ -537,7 +571,8 @@ impl Sink for DbWriter {
     }
 
     fn probe(&mut self) {
-        if self.block_on(|w| Box::pin(w.ready())).is_ok() {
+        if self.block_on(|w| Box::pin(w.ping())).is_ok() {
+            self.last_contact = Instant::now();
             tracing::info!(
                 replica = self.owner.replica,
                 "audit database reachable again"
@@ -617,6 +652,7 @@ impl AuditLog {
             owner,
             tail: None,
             last_checkpoint_at: Instant::now(),
+            last_contact: Instant::now(),
             signer,
             healthy: healthy.clone(),
             stats: stats.clone(),
