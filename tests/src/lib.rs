@@ -300,36 +300,7 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a config under `root` and starts the daemon; waits for `ready`.
     pub fn start(root: &Path, pki: &TestPki, options: &DaemonOptions) -> Daemon {
-        let data_dir = root.join("data");
-        let config = root.join("credbroker.toml");
-        write_config(
-            &config,
-            &data_dir,
-            pki,
-            options.crl.clone(),
-            &options.extra_toml,
-        );
-        let status = Command::new(daemon_bin())
-            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .args(["init", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "credbroker init failed");
-        let mut d = Daemon {
-            root: root.to_owned(),
-            data_dir,
-            config,
-            url: String::new(),
-            stderr_path: root.join("daemon.stderr"),
-            public_url: None,
-            env: options.env.clone(),
-            serve_args: Vec::new(),
-            child: None,
-        };
-        d.spawn();
-        d
+        Self::start_with_keys(root, pki, options, None)
     }
 
     /// Another replica of `first` (a store several brokers share, in `options`): its own
@@ -341,6 +312,16 @@ impl Daemon {
         options: &DaemonOptions,
         first: &Daemon,
     ) -> Daemon {
+        Self::start_with_keys(root, pki, options, Some(first))
+    }
+
+    /// Writes the config; creates the keys (`init`) or copies `keys_of`'s; starts.
+    fn start_with_keys(
+        root: &Path,
+        pki: &TestPki,
+        options: &DaemonOptions,
+        keys_of: Option<&Daemon>,
+    ) -> Daemon {
         let data_dir = root.join("data");
         let config = root.join("credbroker.toml");
         write_config(
@@ -350,8 +331,22 @@ impl Daemon {
             options.crl.clone(),
             &options.extra_toml,
         );
-        copy_dir(&first.data_dir.join("keys"), &data_dir.join("keys"));
-        std::fs::copy(kek_file_for(&first.data_dir), kek_file_for(&data_dir)).unwrap();
+        match keys_of {
+            Some(first) => {
+                copy_dir(&first.data_dir.join("keys"), &data_dir.join("keys"));
+                std::fs::copy(kek_file_for(&first.data_dir), kek_file_for(&data_dir)).unwrap();
+            }
+            None => {
+                let status = Command::new(daemon_bin())
+                    .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .args(["init", "--config"])
+                    .arg(&config)
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "credbroker init failed");
+            }
+        }
         let mut d = Daemon {
             root: root.to_owned(),
             data_dir,

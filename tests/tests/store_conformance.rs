@@ -64,6 +64,32 @@ async fn backends() -> Vec<Backend> {
     ]
 }
 
+/// A fresh database on `pg`: its URL and `[store]` settings (`timeout_ms` given or default).
+async fn pg_database(pg: &TestPostgres, timeout_ms: Option<u64>) -> (String, StoreSettings) {
+    let url = pg.database().await;
+    let settings = StoreSettings {
+        backend: credbroker::store::Backend::Postgres,
+        url: Some(url.clone().into()),
+        timeout_ms: timeout_ms.unwrap_or(StoreSettings::default().timeout_ms),
+        ..StoreSettings::default()
+    };
+    (url, settings)
+}
+
+/// Opens a store (a replica's view) with `settings`.
+async fn pg_store(settings: &StoreSettings) -> Arc<dyn Store> {
+    Arc::new(PgStore::open(settings).await.unwrap())
+}
+
+/// A plain session on the database at `url`, as another client (or an attacker) has.
+async fn sql_session(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 fn tenant(id: &str) -> Tenant {
     Tenant {
         id: TenantId::parse(id).unwrap(),
@@ -484,17 +510,9 @@ async fn every_backend_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_decides_races_with_its_constraints_and_row_locks() {
     let pg = TestPostgres::start();
-    let url = pg.database().await;
-    let settings = StoreSettings {
-        backend: credbroker::store::Backend::Postgres,
-        url: Some(url.clone().into()),
-        ..StoreSettings::default()
-    };
-    let store: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
-    let (mut other, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let (url, settings) = pg_database(&pg, None).await;
+    let store: Arc<dyn Store> = pg_store(&settings).await;
+    let mut other = sql_session(&url).await;
     let row_exists = "SELECT 1 FROM credbroker_records WHERE tbl = $1 AND key = $2";
 
     // A claim of an identifier another session is inserting: the primary key refuses it.
@@ -586,14 +604,9 @@ async fn postgres_decides_races_with_its_constraints_and_row_locks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replicas_see_each_others_changes() {
     let pg = TestPostgres::start();
-    let url = pg.database().await;
-    let settings = StoreSettings {
-        backend: credbroker::store::Backend::Postgres,
-        url: Some(url.clone().into()),
-        ..StoreSettings::default()
-    };
-    let a: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
-    let b: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
+    let (url, settings) = pg_database(&pg, None).await;
+    let a: Arc<dyn Store> = pg_store(&settings).await;
+    let b: Arc<dyn Store> = pg_store(&settings).await;
     let (on_a, on_b) = (
         Records::with_cache(a.clone(), 100),
         Records::with_cache(b.clone(), 100),
@@ -625,10 +638,7 @@ async fn postgres_replicas_see_each_others_changes() {
     let raw = a.get(Table::Tenants, "shared").await.unwrap().unwrap();
     let mut value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     value["name"] = json!("changed without a notification");
-    let (mut other, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut other = sql_session(&url).await;
     let tx = other.transaction().await.unwrap();
     tx.execute(
         "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'shared'",
@@ -676,14 +686,9 @@ async fn postgres_replicas_see_each_others_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
     let pg = TestPostgres::start();
-    let url = pg.database().await;
-    let settings = StoreSettings {
-        backend: credbroker::store::Backend::Postgres,
-        url: Some(url.clone().into()),
-        ..StoreSettings::default()
-    };
-    let a: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
-    let b: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
+    let (url, settings) = pg_database(&pg, None).await;
+    let a: Arc<dyn Store> = pg_store(&settings).await;
+    let b: Arc<dyn Store> = pg_store(&settings).await;
     let (on_a, on_b) = (Records::with_cache(a, 100), Records::with_cache(b, 100));
     let id = TenantId::parse("gen").unwrap();
     let rename = |name: &'static str| {
@@ -701,10 +706,7 @@ async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
     let mut batch = Batch::new();
     batch.create(&tenant("gen"));
     on_a.commit(batch).await.unwrap();
-    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let sql = sql_session(&url).await;
     let name_on_b = || {
         let on_b = on_b.clone();
         let id = id.clone();
@@ -762,19 +764,10 @@ async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_survives_a_stalled_commit_lock_holder() {
     let pg = TestPostgres::start();
-    let url = pg.database().await;
-    let settings = StoreSettings {
-        backend: credbroker::store::Backend::Postgres,
-        url: Some(url.clone().into()),
-        timeout_ms: 1000,
-        pool_size: 4,
-        ..StoreSettings::default()
-    };
-    let store: Arc<dyn Store> = Arc::new(PgStore::open(&settings).await.unwrap());
-    let (mut stalled, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let (url, mut settings) = pg_database(&pg, Some(1000)).await;
+    settings.pool_size = 4;
+    let store: Arc<dyn Store> = pg_store(&settings).await;
+    let mut stalled = sql_session(&url).await;
     let tx = stalled.transaction().await.unwrap();
     tx.execute(
         "SELECT pg_advisory_xact_lock($1)",

@@ -8,52 +8,92 @@ use credbroker_tests::replicas::{store_toml, URL_VAR};
 use credbroker_tests::*;
 use serde_json::json;
 
+/// A broker on sled with the usual records, and a fresh database on `pg` whose URL is in
+/// the broker's environment (`[store] url_env`) for the move.
+struct SledBroker {
+    tmp: tempfile::TempDir,
+    pki: std::sync::Arc<TestPki>,
+    url: String,
+    env: Vec<(String, String)>,
+    daemon: Daemon,
+}
+
+impl SledBroker {
+    async fn start(pg: &TestPostgres) -> SledBroker {
+        let (tmp, pki) = setup();
+        let url = pg.database().await;
+        let env = vec![(URL_VAR.to_owned(), url.clone())];
+        let options = DaemonOptions {
+            env: env.clone(),
+            ..Default::default()
+        };
+        let daemon = Daemon::start(tmp.path(), &pki, &options);
+        let mut op = pki.client_for("op", &daemon.url);
+        seed_two_tenants(&mut op).await;
+        SledBroker {
+            tmp,
+            pki,
+            url,
+            env,
+            daemon,
+        }
+    }
+
+    /// Points the config at the database (`url_env`) while it stays on sled, or (`backend`)
+    /// switches it to PostgreSQL.
+    fn configure(&self, backend: bool) {
+        let store = if backend {
+            store_toml()
+        } else {
+            format!("[store]\nurl_env = \"{URL_VAR}\"\n")
+        };
+        credbroker_tests::write_config(
+            &self.daemon.config,
+            &self.daemon.data_dir,
+            &self.pki,
+            None,
+            &store,
+        );
+    }
+
+    fn migrate(&self) -> (i32, String, String) {
+        let config = self.daemon.config.to_str().unwrap();
+        run_cli_env(
+            &[
+                "store", "migrate", "--from", "sled", "--to", "postgres", "--config", config,
+            ],
+            &self.env,
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_store_moves_into_postgres_and_keeps_serving() {
-    let (tmp, pki) = setup();
     let pg = TestPostgres::start();
-    let url = pg.database().await;
-    let env = vec![(URL_VAR.to_owned(), url.clone())];
-    let options = DaemonOptions {
-        env: env.clone(),
-        ..Default::default()
-    };
-    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    let mut w1 = pki.client_for("w1", &daemon.url);
+    let mut b = SledBroker::start(&pg).await;
+    let mut w1 = b.pki.client_for("w1", &b.daemon.url);
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "{v}");
 
     // The running daemon holds the sled store: the move is refused.
-    credbroker_tests::write_config(
-        &daemon.config,
-        &daemon.data_dir,
-        &pki,
-        None,
-        &format!("[store]\nurl_env = \"{URL_VAR}\"\n"),
-    );
-    let config = daemon.config.to_str().unwrap().to_owned();
-    let migrate = [
-        "store", "migrate", "--from", "sled", "--to", "postgres", "--config", &config,
-    ];
-    let (c, out, err) = run_cli_env(&migrate, &env);
+    b.configure(false);
+    let (c, out, err) = b.migrate();
     assert_ne!(c, 0, "{out}{err}");
     assert!(err.contains("locked"), "{err}");
 
-    daemon.stop();
-    let (c, out, err) = run_cli_env(&migrate, &env);
+    b.daemon.stop();
+    let (c, out, err) = b.migrate();
     assert_eq!(c, 0, "{out}{err}");
     assert!(out.contains("verified"), "{out}");
     assert!(out.contains("copied         2 tenants"), "{out}");
     assert!(!out.contains("t1-token") && !err.contains("t1-token"));
     eprintln!("{out}");
     // Nothing is merged: a second move into the same database is refused.
-    let (c, out, err) = run_cli_env(&migrate, &env);
+    let (c, out, err) = b.migrate();
     assert_ne!(c, 0, "{out}{err}");
     assert!(err.contains("already holds"), "{err}");
     // The secrets were copied sealed: the database holds no plaintext.
-    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    let (sql, conn) = tokio_postgres::connect(&b.url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
@@ -68,52 +108,45 @@ async fn a_sled_store_moves_into_postgres_and_keeps_serving() {
     assert_eq!(plaintext, 0);
 
     // The broker now runs on PostgreSQL with the same keys and serves the same secrets.
-    credbroker_tests::write_config(&daemon.config, &daemon.data_dir, &pki, None, &store_toml());
-    daemon.restart();
-    let mut w1 = pki.client_for("w1", &daemon.url);
+    b.configure(true);
+    b.daemon.restart();
+    let mut w1 = b.pki.client_for("w1", &b.daemon.url);
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(
         (s, v["credentials"]["token"].as_str()),
         (200, Some("t1-token")),
         "{v}"
     );
-    let (c, out, err) = run_cli_env(&["audit", "verify", "--config", &config], &env);
+    let config = b.daemon.config.to_str().unwrap().to_owned();
+    let (c, out, err) = run_cli_env(&["audit", "verify", "--config", &config], &b.env);
     assert_eq!(c, 0, "{out}{err}");
     assert!(out.contains("file log: audit OK"), "{out}");
     assert!(out.contains("replica 1: audit OK"), "{out}");
-    let last = daemon.audit_records().pop().unwrap();
+    let last = b.daemon.audit_records().pop().unwrap();
     assert_eq!(
         last["action"], "store.migrate",
         "the file log ends with the move"
     );
-    daemon.stop();
+    b.daemon.stop();
+    drop(b.tmp);
 }
 
 /// A move that fails half-way leaves a database no broker opens: it could lack operators or
 /// exclusive identifiers (an empty operators table lets any operator certificate in).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_that_fails_half_way_leaves_a_database_no_broker_opens() {
-    let (tmp, pki) = setup();
     let pg = TestPostgres::start();
-    let url = pg.database().await;
-    let env = vec![(URL_VAR.to_owned(), url.clone())];
-    let options = DaemonOptions {
-        env: env.clone(),
-        ..Default::default()
-    };
-    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    daemon.stop();
+    let mut b = SledBroker::start(&pg).await;
+    b.daemon.stop();
     // The schema exists (as after any broker's start); a trigger fails the copy of the
     // exclusive identifiers, after tenants and bindings went in.
     let settings = credbroker::store::StoreSettings {
         backend: credbroker::store::Backend::Postgres,
-        url: Some(url.clone().into()),
+        url: Some(b.url.clone().into()),
         ..Default::default()
     };
     drop(credbroker::store::PgStore::open(&settings).await.unwrap());
-    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    let (sql, conn) = tokio_postgres::connect(&b.url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
@@ -123,29 +156,19 @@ async fn a_move_that_fails_half_way_leaves_a_database_no_broker_opens() {
     )
     .await
     .unwrap();
-    credbroker_tests::write_config(
-        &daemon.config,
-        &daemon.data_dir,
-        &pki,
-        None,
-        &format!("[store]\nurl_env = \"{URL_VAR}\"\n"),
-    );
-    let config = daemon.config.to_str().unwrap().to_owned();
-    let migrate = [
-        "store", "migrate", "--from", "sled", "--to", "postgres", "--config", &config,
-    ];
-    let (c, out, err) = run_cli_env(&migrate, &env);
+    b.configure(false);
+    let (c, out, err) = b.migrate();
     assert_ne!(c, 0, "{out}{err}");
     assert!(err.contains("marked incomplete"), "{err}");
     sql.batch_execute("DROP TRIGGER injected ON credbroker_records")
         .await
         .unwrap();
     // Neither a second move nor a broker opens it.
-    let (c, _, err) = run_cli_env(&migrate, &env);
+    let (c, _, err) = b.migrate();
     assert_ne!(c, 0);
     assert!(err.contains("did not finish"), "{err}");
-    credbroker_tests::write_config(&daemon.config, &daemon.data_dir, &pki, None, &store_toml());
-    let (c, err) = serve_refused(&daemon.config, &[], &env);
+    b.configure(true);
+    let (c, err) = serve_refused(&b.daemon.config, &[], &b.env);
     assert_ne!(c, 0);
     assert!(err.contains("did not finish"), "{err}");
 }

@@ -181,6 +181,31 @@ pub enum StoreError {
 /// Called after every change a backend knows of.
 pub type ChangeHook = Arc<dyn Fn() + Send + Sync>;
 
+/// A backend's registered [`ChangeHook`]s.
+#[derive(Default)]
+pub(crate) struct Hooks(std::sync::Mutex<Vec<ChangeHook>>);
+
+impl Hooks {
+    /// Registers `hook`.
+    pub(crate) fn add(&self, hook: ChangeHook) {
+        match self.0.lock() {
+            Ok(mut h) => h.push(hook),
+            Err(poisoned) => poisoned.into_inner().push(hook),
+        }
+    }
+
+    /// Runs every hook (outside the lock: a hook may register another).
+    pub(crate) fn run(&self) {
+        let hooks = match self.0.lock() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for hook in hooks {
+            hook();
+        }
+    }
+}
+
 /// The persistence seam. Implementations keep blocking work off the async workers.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

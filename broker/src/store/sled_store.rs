@@ -7,14 +7,14 @@
 //! (the flush is an fsync): they run on tokio's blocking pool, never on an async worker.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 #[cfg(test)]
 use super::SCHEMA_VERSION;
-use super::{schema_upgrade, Batch, ChangeHook, Op, Store, StoreError, Table, SCHEMA_KEY};
+use super::{schema_upgrade, Batch, ChangeHook, Hooks, Op, Store, StoreError, Table, SCHEMA_KEY};
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -24,7 +24,7 @@ pub struct SledStore {
 struct Inner {
     db: sled::Db,
     trees: Vec<(Table, sled::Tree)>,
-    hooks: Mutex<Vec<ChangeHook>>,
+    hooks: Hooks,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -64,7 +64,7 @@ impl SledStore {
         let inner = Inner {
             db,
             trees,
-            hooks: Mutex::new(Vec::new()),
+            hooks: Hooks::default(),
         };
         inner.check_schema()?;
         Ok(SledStore {
@@ -87,13 +87,7 @@ impl SledStore {
 impl Inner {
     /// Runs every change hook.
     fn notify(&self) {
-        let hooks = match self.hooks.lock() {
-            Ok(h) => h.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        for hook in hooks {
-            hook();
-        }
+        self.hooks.run();
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
@@ -231,10 +225,7 @@ impl Store for SledStore {
     }
 
     fn on_change(&self, hook: ChangeHook) {
-        match self.inner.hooks.lock() {
-            Ok(mut h) => h.push(hook),
-            Err(poisoned) => poisoned.into_inner().push(hook),
-        }
+        self.inner.hooks.add(hook);
     }
 
     fn backend(&self) -> &'static str {

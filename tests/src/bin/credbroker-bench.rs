@@ -401,16 +401,7 @@ async fn run(args: Args) {
     init_broker(&config);
     let (mut broker, broker_url) = serve_broker(&config, &env);
     let mut op = pki.client_for("op", &broker_url);
-    seed_two_tenants(&mut op).await;
-    // The pasted secret i1 resolves: the same 1 KiB value OpenBao serves.
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/b1/secret/rotate",
-        Some(json!({"fields": {"username": "demo-user", "password": credbroker_tests::openbao::secret_1k()}})),
-    )
-    .await;
-    assert!((200..300).contains(&s), "{v}");
+    seed_pasted_1k(&mut op).await;
     let bao = credbroker_tests::openbao::find_bao(&repo_root());
     let ext = call(
         &mut op,
@@ -911,6 +902,19 @@ async fn big_store(args: &Args, loader: &Loader, root: &Path, sts_url: &str, emp
         rss_sized >> 10
     );
     pg::migrate_large(&config).await;
+}
+
+/// The usual records, and i1's pasted secret the same 1 KiB value OpenBao serves.
+async fn seed_pasted_1k(op: &mut credbroker::client::BrokerClient) {
+    seed_two_tenants(op).await;
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/bindings/b1/secret/rotate",
+        Some(json!({"fields": {"username": "demo-user", "password": credbroker_tests::openbao::secret_1k()}})),
+    )
+    .await;
+    assert!((200..300).contains(&s), "{v}");
 }
 
 /// `credbroker init` for `config` (keys, store, audit log).

@@ -27,7 +27,7 @@ mod schema;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,7 +35,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{schema_upgrade, Batch, ChangeHook, Op, Store, StoreError, StoreSettings, Table};
+use super::{
+    schema_upgrade, Batch, ChangeHook, Hooks, Op, Store, StoreError, StoreSettings, Table,
+};
 
 /// The notification channel of committed changes (payload: the new generation).
 const CHANNEL: &str = "credbroker_changes";
@@ -48,7 +50,7 @@ pub struct PgStore {
 struct Inner {
     pool: Pool,
     timeout: Duration,
-    hooks: Mutex<Vec<ChangeHook>>,
+    hooks: Hooks,
     /// The change generation whose state this process's caches reflect at least.
     seen: AtomicI64,
     /// Dropped with the store: stops the listening connection.
@@ -213,7 +215,7 @@ impl PgStore {
         let inner = Arc::new(Inner {
             pool,
             timeout,
-            hooks: Mutex::new(Vec::new()),
+            hooks: Hooks::default(),
             seen: AtomicI64::new(0),
             _stop: stop,
         });
@@ -258,13 +260,7 @@ impl PgStore {
 
 impl Inner {
     fn notify(&self) {
-        let hooks = match self.hooks.lock() {
-            Ok(h) => h.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        for hook in hooks {
-            hook();
-        }
+        self.hooks.run();
     }
 
     /// Reports a change when `generation` is not the last one recorded. The hooks run before
@@ -526,10 +522,7 @@ impl Store for PgStore {
     }
 
     fn on_change(&self, hook: ChangeHook) {
-        match self.inner.hooks.lock() {
-            Ok(mut h) => h.push(hook),
-            Err(poisoned) => poisoned.into_inner().push(hook),
-        }
+        self.inner.hooks.add(hook);
     }
 
     fn backend(&self) -> &'static str {

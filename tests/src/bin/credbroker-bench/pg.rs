@@ -13,10 +13,11 @@ use std::time::Instant;
 use credbroker_tests::postgres::TestPostgres;
 use credbroker_tests::replicas::{store_toml, URL_VAR};
 use credbroker_tests::*;
-use http::Method;
 use serde_json::json;
 
-use super::{has_taskset, init_broker, serve_broker, summary, table_header, Loader};
+use super::{
+    has_taskset, init_broker, seed_pasted_1k, serve_broker, summary, table_header, Loader,
+};
 
 /// A durable throwaway cluster on the server core; its URL variable for the brokers.
 async fn durable_database() -> (TestPostgres, Vec<(String, String)>) {
@@ -61,15 +62,7 @@ pub(super) async fn rows(loader: &Loader, rounds: usize, root: &Path, sled_rps: 
     }
     let (mut first, url) = serve_broker(&configs[0], &env);
     let mut op = loader.pki.client_for("op", &url);
-    seed_two_tenants(&mut op).await;
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/b1/secret/rotate",
-        Some(json!({"fields": {"username": "demo-user", "password": credbroker_tests::openbao::secret_1k()}})),
-    )
-    .await;
-    assert!((200..300).contains(&s), "{v}");
+    seed_pasted_1k(&mut op).await;
     let body = [json!({"instance_id": "i1"})];
     let mut one = Vec::new();
     for _ in 0..rounds {
