@@ -1,0 +1,345 @@
+//! What the PostgreSQL store must do beyond the conformance suite (`store_conformance.rs`),
+//! because several brokers share it: races decided by the database's own constraint and row
+//! locks whatever the timing, changes seen by the other replicas at their next `sync` (also
+//! without a notification, after a forged one, after a generation rolled back), and a stalled
+//! commit-lock holder that does not freeze the others' reads.
+
+use std::sync::Arc;
+
+use credbroker::ids::TenantId;
+use credbroker::model::{Status, Tenant};
+use credbroker::store::records::Records;
+use credbroker::store::{Batch, Op, PgStore, Store, StoreError, StoreSettings, Table};
+use credbroker_tests::postgres::TestPostgres;
+use serde_json::json;
+
+/// A fresh database on `pg`: its URL and `[store]` settings (`timeout_ms` given or default).
+async fn pg_database(pg: &TestPostgres, timeout_ms: Option<u64>) -> (String, StoreSettings) {
+    let url = pg.database().await;
+    let settings = StoreSettings {
+        backend: credbroker::store::Backend::Postgres,
+        url: Some(url.clone().into()),
+        timeout_ms: timeout_ms.unwrap_or(StoreSettings::default().timeout_ms),
+        ..StoreSettings::default()
+    };
+    (url, settings)
+}
+
+/// Opens a store (a replica's view) with `settings`.
+async fn pg_store(settings: &StoreSettings) -> Arc<dyn Store> {
+    Arc::new(PgStore::open(settings).await.unwrap())
+}
+
+/// A plain session on the database at `url`, as another client (or an attacker) has.
+async fn sql_session(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+fn tenant(id: &str) -> Tenant {
+    Tenant {
+        id: TenantId::parse(id).unwrap(),
+        name: String::new(),
+        status: Status::Active,
+        revision: 0,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+/// Races decided inside PostgreSQL, whatever the timing: another session holds a conflicting
+/// write open while the store commits, so only the database's own constraint and row locks
+/// can refuse the store's write once that session commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_decides_races_with_its_constraints_and_row_locks() {
+    let pg = TestPostgres::start();
+    let (url, settings) = pg_database(&pg, None).await;
+    let store: Arc<dyn Store> = pg_store(&settings).await;
+    let mut other = sql_session(&url).await;
+    let row_exists = "SELECT 1 FROM credbroker_records WHERE tbl = $1 AND key = $2";
+
+    // A claim of an identifier another session is inserting: the primary key refuses it.
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO credbroker_records (tbl, key, value) VALUES ('identifiers', 'exclusive:held', '{}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut claim = Batch::new();
+    claim
+        .push(Op::ExpectAbsent(
+            Table::Identifiers,
+            "exclusive:held".into(),
+        ))
+        .push(Op::Put(
+            Table::Identifiers,
+            "exclusive:held".into(),
+            b"mine".to_vec(),
+        ));
+    let racing = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(claim).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !racing.is_finished(),
+        "the claim waits on the other session's key"
+    );
+    tx.commit().await.unwrap();
+    match racing.await.unwrap() {
+        Err(StoreError::Precondition { expected, .. }) => assert_eq!(expected, "absent"),
+        other => panic!("the second claim must be refused, got {other:?}"),
+    }
+    assert!(other
+        .query_opt(row_exists, &[&"identifiers", &"exclusive:held"])
+        .await
+        .unwrap()
+        .is_some());
+
+    // A record changed by another session while the store replaces it as read: the row lock
+    // makes the store see the change, so no update is lost.
+    let mut b = Batch::new();
+    b.push(Op::Put(Table::Tenants, "locked".into(), b"v1".to_vec()));
+    store.commit(b).await.unwrap();
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE credbroker_records SET value = 'v2' WHERE tbl = 'tenants' AND key = 'locked'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut replace = Batch::new();
+    replace
+        .push(Op::ExpectValue(
+            Table::Tenants,
+            "locked".into(),
+            b"v1".to_vec(),
+        ))
+        .push(Op::Put(Table::Tenants, "locked".into(), b"v3".to_vec()));
+    let racing = tokio::spawn({
+        let store = store.clone();
+        async move { store.commit(replace).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !racing.is_finished(),
+        "the replacement waits on the row lock"
+    );
+    tx.commit().await.unwrap();
+    match racing.await.unwrap() {
+        Err(StoreError::Precondition { expected, .. }) => assert_eq!(expected, "unchanged"),
+        other => panic!("a replacement of a changed record must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .get(Table::Tenants, "locked")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"v2"[..])
+    );
+}
+
+/// Two brokers sharing one database: a change committed through one is judged by the other's
+/// next read after `sync` (what every resolve does first), without waiting for the
+/// notification; the notification then reaches the other's hooks on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_see_each_others_changes() {
+    let pg = TestPostgres::start();
+    let (url, settings) = pg_database(&pg, None).await;
+    let a: Arc<dyn Store> = pg_store(&settings).await;
+    let b: Arc<dyn Store> = pg_store(&settings).await;
+    let (on_a, on_b) = (
+        Records::with_cache(a.clone(), 100),
+        Records::with_cache(b.clone(), 100),
+    );
+    let mut batch = Batch::new();
+    batch.create(&tenant("shared"));
+    on_a.commit(batch).await.unwrap();
+    let id = TenantId::parse("shared").unwrap();
+    on_b.sync().await.unwrap();
+    assert_eq!(on_b.shared_tenant(&id).await.unwrap().unwrap().name, "");
+
+    for round in 0..20 {
+        let read = on_a.tenant(&id).await.unwrap().unwrap();
+        let mut renamed = read.value.clone();
+        renamed.name = format!("round {round}");
+        let mut batch = Batch::new();
+        batch.replace(&read, &renamed);
+        on_a.commit(batch).await.unwrap();
+        on_b.sync().await.unwrap();
+        assert_eq!(
+            on_b.shared_tenant(&id).await.unwrap().unwrap().name,
+            format!("round {round}"),
+            "a change acknowledged on one replica is judged on the other from its next sync"
+        );
+    }
+
+    // A change whose notification never came (say the listening connection was down): the
+    // generation read alone makes the other replica judge it.
+    let raw = a.get(Table::Tenants, "shared").await.unwrap().unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    value["name"] = json!("changed without a notification");
+    let mut other = sql_session(&url).await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'shared'",
+        &[&serde_json::to_vec(&value).unwrap()],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE credbroker_state SET generation = generation + 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    on_b.sync().await.unwrap();
+    assert_eq!(
+        on_b.shared_tenant(&id).await.unwrap().unwrap().name,
+        "changed without a notification"
+    );
+
+    // The notification alone empties the other's caches too.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    b.on_change(Arc::new(move || {
+        let _ = tx.send(());
+    }));
+    let read = on_a.tenant(&id).await.unwrap().unwrap();
+    let mut renamed = read.value.clone();
+    renamed.name = "notified".into();
+    let mut batch = Batch::new();
+    batch.replace(&read, &renamed);
+    on_a.commit(batch).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the other replica is notified")
+        .unwrap();
+    assert_eq!(
+        on_b.shared_tenant(&id).await.unwrap().unwrap().name,
+        "notified"
+    );
+}
+
+/// The change generation is a value to compare, not a counter to trust: a forged
+/// notification (any database login may NOTIFY) or a failover that brings the generation
+/// back to an older value never makes a replica skip a later change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
+    let pg = TestPostgres::start();
+    let (url, settings) = pg_database(&pg, None).await;
+    let a: Arc<dyn Store> = pg_store(&settings).await;
+    let b: Arc<dyn Store> = pg_store(&settings).await;
+    let (on_a, on_b) = (Records::with_cache(a, 100), Records::with_cache(b, 100));
+    let id = TenantId::parse("gen").unwrap();
+    let rename = |name: &'static str| {
+        let on_a = on_a.clone();
+        let id = id.clone();
+        async move {
+            let read = on_a.tenant(&id).await.unwrap().unwrap();
+            let mut renamed = read.value.clone();
+            renamed.name = name.into();
+            let mut batch = Batch::new();
+            batch.replace(&read, &renamed);
+            on_a.commit(batch).await.unwrap();
+        }
+    };
+    let mut batch = Batch::new();
+    batch.create(&tenant("gen"));
+    on_a.commit(batch).await.unwrap();
+    let sql = sql_session(&url).await;
+    let name_on_b = || {
+        let on_b = on_b.clone();
+        let id = id.clone();
+        async move {
+            on_b.sync().await.unwrap();
+            on_b.shared_tenant(&id).await.unwrap().unwrap().name.clone()
+        }
+    };
+
+    // A forged notification with the highest generation there is.
+    assert_eq!(name_on_b().await, "");
+    sql.batch_execute("NOTIFY credbroker_changes, '9223372036854775807'")
+        .await
+        .unwrap();
+    sql.batch_execute("NOTIFY credbroker_changes, 'not a number'")
+        .await
+        .unwrap();
+    rename("after the forged notification").await;
+    assert_eq!(name_on_b().await, "after the forged notification");
+
+    // A failover that lost the last commit: records and generation back where they were.
+    let before: (Vec<u8>, i64) = {
+        let r = sql
+            .query_one(
+                "SELECT r.value, s.generation FROM credbroker_records r, credbroker_state s WHERE r.tbl = 'tenants' AND r.key = 'gen'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    rename("lost in the failover").await;
+    assert_eq!(name_on_b().await, "lost in the failover");
+    sql.execute(
+        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'gen'",
+        &[&before.0],
+    )
+    .await
+    .unwrap();
+    sql.execute("UPDATE credbroker_state SET generation = $1", &[&before.1])
+        .await
+        .unwrap();
+    assert_eq!(
+        name_on_b().await,
+        "after the forged notification",
+        "the older state is read again, not the cached lost one"
+    );
+    rename("after the failover").await;
+    assert_eq!(name_on_b().await, "after the failover");
+}
+
+/// A broker stalled while holding the commit lock (paused, or its network gone) cannot
+/// freeze the others: their commits fail at the deadline, the server cancels the wait too, and
+/// reads — every resolve's — go on; once the lock is free, commits succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_survives_a_stalled_commit_lock_holder() {
+    let pg = TestPostgres::start();
+    let (url, mut settings) = pg_database(&pg, Some(1000)).await;
+    settings.pool_size = 4;
+    let store: Arc<dyn Store> = pg_store(&settings).await;
+    let mut stalled = sql_session(&url).await;
+    let tx = stalled.transaction().await.unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&0x6362_636f_6d6d_6974_i64],
+    )
+    .await
+    .unwrap();
+    for i in 0..6 {
+        let mut b = Batch::new();
+        b.push(Op::Put(
+            Table::Tenants,
+            format!("stalled{i}"),
+            b"x".to_vec(),
+        ));
+        let started = std::time::Instant::now();
+        assert!(store.commit(b).await.is_err(), "the lock is held");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        // Reads (and the generation every resolve reads) go on, on every pooled connection.
+        store.sync().await.unwrap();
+        assert!(store
+            .get(Table::Tenants, "stalled0")
+            .await
+            .unwrap()
+            .is_none());
+    }
+    tx.rollback().await.unwrap();
+    let mut b = Batch::new();
+    b.push(Op::Put(Table::Tenants, "after".into(), b"x".to_vec()));
+    store.commit(b).await.unwrap();
+}
