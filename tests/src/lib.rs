@@ -240,6 +240,17 @@ pub fn write_config(
     config
 }
 
+/// An active tenant record `id` (store tests build records directly).
+pub fn tenant_record(id: &str) -> credbroker::model::Tenant {
+    credbroker::model::Tenant {
+        id: credbroker::ids::TenantId::parse(id).unwrap(),
+        name: String::new(),
+        status: credbroker::model::Status::Active,
+        revision: 0,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
 /// Copies the directory `from` to `to` (files and subdirectories, permissions kept).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -260,6 +260,15 @@ impl TestPostgres {
     }
 }
 
+/// A plain session on the database at `url` (the tests' view of it, or another client's).
+pub async fn session(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(conn);
+    client
+}
+
 /// A name no other test of this or another process picks.
 fn hex_id(pid: u32, salt: u128) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

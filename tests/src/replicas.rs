@@ -84,11 +84,12 @@ impl ReplicaSet {
 
     /// A direct connection to the database (the tests' view of what the replicas wrote).
     pub async fn sql(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the replicas' database");
-        tokio::spawn(conn);
-        client
+        crate::postgres::session(&self.url).await
+    }
+
+    /// The single number `query` answers (a count, a maximum).
+    pub async fn scalar(&self, query: &str) -> i64 {
+        self.sql().await.query_one(query, &[]).await.unwrap().get(0)
     }
 
     /// Every audit id in the database's chains (`aud_` and 20 hex digits of each hash).

@@ -426,14 +426,9 @@ async fn a_replica_without_its_lease_writes_nothing() {
         assert_eq!(s, 200, "{v}");
     }
     let sql = set.sql().await;
-    let before: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM credbroker_audit WHERE replica = 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let before: i64 = set
+        .scalar("SELECT count(*) FROM credbroker_audit WHERE replica = 1")
+        .await;
     sql.execute(
         "UPDATE credbroker_leases SET holder = 'another-broker', expires_at = now() + interval '1 hour' WHERE name = 'replica/1'",
         &[],
@@ -444,14 +439,9 @@ async fn a_replica_without_its_lease_writes_nothing() {
     assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
     let (s, v) = resolve(&mut w1[1], json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "the other replica serves: {v}");
-    let after: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM credbroker_audit WHERE replica = 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let after: i64 = set
+        .scalar("SELECT count(*) FROM credbroker_audit WHERE replica = 1")
+        .await;
     assert_eq!(after, before, "nothing was written to replica 1's chain");
 
     // The lease free again: replica 1 re-claims it at its next renewal and serves.
@@ -477,14 +467,9 @@ async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
         assert_eq!(s, 200, "{v}");
     }
     let sql = set.sql().await;
-    let max: i64 = sql
-        .query_one(
-            "SELECT max(seq) FROM credbroker_audit WHERE replica = 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let max: i64 = set
+        .scalar("SELECT max(seq) FROM credbroker_audit WHERE replica = 1")
+        .await;
     sql.execute(
         "DELETE FROM credbroker_audit WHERE replica = 1 AND seq > $1",
         &[&(max - 3)],

@@ -18,12 +18,12 @@ use std::sync::Arc;
 
 use credbroker::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use credbroker::model::{
-    Binding, Instance, KeyState, PlatformKeyRecord, SecretState, SecretVersion, Status, Tenant,
-    Worker,
+    Binding, Instance, KeyState, PlatformKeyRecord, SecretState, SecretVersion, Status, Worker,
 };
 use credbroker::store::records::{CallbackState, IdentifierOwner, Records};
 use credbroker::store::{Batch, Op, PgStore, SledStore, Store, StoreError, StoreSettings, Table};
 use credbroker_tests::postgres::TestPostgres;
+use credbroker_tests::tenant_record as tenant;
 use serde_json::json;
 
 /// A backend under test: how to open it fresh, and how to reopen the same data.
@@ -63,16 +63,6 @@ async fn backends() -> Vec<Backend> {
         Backend::Sled(tempfile::tempdir().unwrap()),
         Backend::Postgres(pg, url),
     ]
-}
-
-fn tenant(id: &str) -> Tenant {
-    Tenant {
-        id: TenantId::parse(id).unwrap(),
-        name: String::new(),
-        status: Status::Active,
-        revision: 0,
-        created_at: "2026-01-01T00:00:00Z".into(),
-    }
 }
 
 fn binding(id: &str, t: &str) -> Binding {

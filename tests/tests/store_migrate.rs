@@ -3,7 +3,7 @@
 //! serves from PostgreSQL with the same secrets, and `audit verify` checks both the sled-era
 //! file log (ending with the move) and the database's chain.
 
-use credbroker_tests::postgres::TestPostgres;
+use credbroker_tests::postgres::{session, TestPostgres};
 use credbroker_tests::replicas::{store_toml, URL_VAR};
 use credbroker_tests::*;
 use serde_json::json;
@@ -93,10 +93,7 @@ async fn a_sled_store_moves_into_postgres_and_keeps_serving() {
     assert_ne!(c, 0, "{out}{err}");
     assert!(err.contains("already holds"), "{err}");
     // The secrets were copied sealed: the database holds no plaintext.
-    let (sql, conn) = tokio_postgres::connect(&b.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let sql = session(&b.url).await;
     let plaintext: i64 = sql
         .query_one(
             "SELECT count(*) FROM credbroker_records WHERE position('t1-token'::bytea in value) > 0",
@@ -146,10 +143,7 @@ async fn a_move_that_fails_half_way_leaves_a_database_no_broker_opens() {
         ..Default::default()
     };
     drop(credbroker::store::PgStore::open(&settings).await.unwrap());
-    let (sql, conn) = tokio_postgres::connect(&b.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let sql = session(&b.url).await;
     sql.batch_execute(
         "CREATE FUNCTION injected_failure() RETURNS trigger AS $$ BEGIN IF NEW.tbl = 'identifiers' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql;
          CREATE TRIGGER injected BEFORE INSERT ON credbroker_records FOR EACH ROW EXECUTE FUNCTION injected_failure();",

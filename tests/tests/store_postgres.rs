@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use credbroker::ids::TenantId;
-use credbroker::model::{Status, Tenant};
 use credbroker::store::records::Records;
 use credbroker::store::{Batch, Op, PgStore, Store, StoreError, StoreSettings, Table};
-use credbroker_tests::postgres::TestPostgres;
+use credbroker_tests::postgres::{session, TestPostgres};
+use credbroker_tests::tenant_record as tenant;
 use serde_json::json;
 
 /// A fresh database on `pg`: its URL and `[store]` settings (`timeout_ms` given or default).
@@ -30,25 +30,6 @@ async fn pg_store(settings: &StoreSettings) -> Arc<dyn Store> {
     Arc::new(PgStore::open(settings).await.unwrap())
 }
 
-/// A plain session on the database at `url`, as another client (or an attacker) has.
-async fn sql_session(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
-
-fn tenant(id: &str) -> Tenant {
-    Tenant {
-        id: TenantId::parse(id).unwrap(),
-        name: String::new(),
-        status: Status::Active,
-        revision: 0,
-        created_at: "2026-01-01T00:00:00Z".into(),
-    }
-}
-
 /// Races decided inside PostgreSQL, whatever the timing: another session holds a conflicting
 /// write open while the store commits, so only the database's own constraint and row locks
 /// can refuse the store's write once that session commits.
@@ -57,7 +38,7 @@ async fn postgres_decides_races_with_its_constraints_and_row_locks() {
     let pg = TestPostgres::start();
     let (url, settings) = pg_database(&pg, None).await;
     let store: Arc<dyn Store> = pg_store(&settings).await;
-    let mut other = sql_session(&url).await;
+    let mut other = session(&url).await;
     let row_exists = "SELECT 1 FROM credbroker_records WHERE tbl = $1 AND key = $2";
 
     // A claim of an identifier another session is inserting: the primary key refuses it.
@@ -183,7 +164,7 @@ async fn postgres_replicas_see_each_others_changes() {
     let raw = a.get(Table::Tenants, "shared").await.unwrap().unwrap();
     let mut value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     value["name"] = json!("changed without a notification");
-    let mut other = sql_session(&url).await;
+    let mut other = session(&url).await;
     let tx = other.transaction().await.unwrap();
     tx.execute(
         "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'shared'",
@@ -251,7 +232,7 @@ async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
     let mut batch = Batch::new();
     batch.create(&tenant("gen"));
     on_a.commit(batch).await.unwrap();
-    let sql = sql_session(&url).await;
+    let sql = session(&url).await;
     let name_on_b = || {
         let on_b = on_b.clone();
         let id = id.clone();
@@ -312,7 +293,7 @@ async fn postgres_survives_a_stalled_commit_lock_holder() {
     let (url, mut settings) = pg_database(&pg, Some(1000)).await;
     settings.pool_size = 4;
     let store: Arc<dyn Store> = pg_store(&settings).await;
-    let mut stalled = sql_session(&url).await;
+    let mut stalled = session(&url).await;
     let tx = stalled.transaction().await.unwrap();
     tx.execute(
         "SELECT pg_advisory_xact_lock($1)",

@@ -225,7 +225,6 @@ impl AdminService {
             plan.batch.expect_unchanged(k);
         }
         plan.created = true;
-        plan.reload_keys = Some(super::KeysToLoad::Issuer);
         Ok(plan)
     }
 
@@ -308,7 +307,6 @@ impl AdminService {
         {
             plan.batch.expect_unchanged(k);
         }
-        plan.reload_keys = Some(super::KeysToLoad::Issuer);
         Ok(plan)
     }
 }

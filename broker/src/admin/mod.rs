@@ -104,15 +104,6 @@ struct Plan {
     tenant: Option<String>,
     binding: Option<String>,
     invalidate_binding: Option<String>,
-    reload_keys: Option<KeysToLoad>,
-}
-
-/// Which keys a change asks to be loaded again once it committed.
-enum KeysToLoad {
-    /// A provider's platform keys, of this kind.
-    Platform(String),
-    /// The broker's own OIDC issuer's keys.
-    Issuer,
 }
 
 impl Plan {
@@ -125,7 +116,6 @@ impl Plan {
             tenant: None,
             binding: None,
             invalidate_binding: None,
-            reload_keys: None,
         }
     }
 }
@@ -413,19 +403,8 @@ impl AdminService {
                 plan.invalidate_binding.as_deref(),
             )
             .await?;
-        match plan.reload_keys {
-            Some(KeysToLoad::Platform(kind)) => {
-                if let Err(e) = self.load_platform_keys(&kind).await {
-                    tracing::error!(kind, error = %e, "platform keys could not be loaded after a change");
-                }
-            }
-            Some(KeysToLoad::Issuer) => {
-                if let Err(e) = self.load_issuer_keys().await {
-                    tracing::error!(error = %e, "issuer keys could not be loaded after a change");
-                }
-            }
-            None => {}
-        }
+        // Keys it changed are reloaded by the next request's `catch_up`, here and on every
+        // other replica alike (the commit reported the change).
         tracing::info!(request_id, actor, action = %event.action, audit_id = %receipt.audit_id, "admin change committed");
         let mut response = plan.response;
         // A rotation's pending version is probed at once (its own audited record); the

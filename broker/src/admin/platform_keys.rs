@@ -464,7 +464,6 @@ impl AdminService {
         );
         plan.batch = guards;
         plan.batch.replace(&read, &record);
-        plan.reload_keys = Some(super::KeysToLoad::Platform(kind.to_owned()));
         Ok(plan)
     }
 }

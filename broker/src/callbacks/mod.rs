@@ -211,6 +211,11 @@ impl CallbackService {
             )
             .into();
         };
+        // A platform key (a webhook secret, an App key) rotated on another replica is the one
+        // this callback is judged with.
+        if let Err(e) = self.admin.catch_up().await {
+            return error_answer(&e, None, request_id).into();
+        }
         let outcome_label = |ok: bool| if ok { "allowed" } else { "denied" };
         let mut event = AuditEvent {
             kind: "callback".into(),

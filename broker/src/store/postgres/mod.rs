@@ -280,27 +280,33 @@ impl Inner {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::COMMIT_LOCK])
             .await
             .map_err(|e| db_error(&e))?;
-        let lock_row = tx
-            .prepare_cached(
-                "SELECT value FROM credbroker_records WHERE tbl = $1 AND key = $2 FOR UPDATE",
-            )
-            .await
-            .map_err(|e| db_error(&e))?;
-        let insert = tx
-            .prepare_cached("INSERT INTO credbroker_records (tbl, key, value) VALUES ($1, $2, $3)")
-            .await
-            .map_err(|e| db_error(&e))?;
-        let upsert = tx
-            .prepare_cached(
-                "INSERT INTO credbroker_records (tbl, key, value) VALUES ($1, $2, $3) \
-                 ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
-            )
-            .await
-            .map_err(|e| db_error(&e))?;
-        let delete = tx
-            .prepare_cached("DELETE FROM credbroker_records WHERE tbl = $1 AND key = $2")
-            .await
-            .map_err(|e| db_error(&e))?;
+        let prepare = |sql: &'static str| {
+            let tx = &tx;
+            async move { tx.prepare_cached(sql).await.map_err(|e| db_error(&e)) }
+        };
+        let lock_row =
+            prepare("SELECT value FROM credbroker_records WHERE tbl = $1 AND key = $2 FOR UPDATE")
+                .await?;
+        let insert =
+            prepare("INSERT INTO credbroker_records (tbl, key, value) VALUES ($1, $2, $3)").await?;
+        let upsert = prepare(
+            "INSERT INTO credbroker_records (tbl, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .await?;
+        let delete = prepare("DELETE FROM credbroker_records WHERE tbl = $1 AND key = $2").await?;
+        // A precondition's record, read and locked until the transaction ends.
+        let locked = |t: Table, k: &String| {
+            let (tx, lock_row) = (&tx, &lock_row);
+            let k = k.clone();
+            async move {
+                let row = tx
+                    .query_opt(lock_row, &[&t.name(), &k])
+                    .await
+                    .map_err(|e| db_error(&e))?;
+                Ok::<Option<Vec<u8>>, StoreError>(row.map(|r| r.get(0)))
+            }
+        };
         let failed = |t: &Table, k: &str, expected: &'static str| StoreError::Precondition {
             table: t.name(),
             key: k.to_owned(),
@@ -312,31 +318,18 @@ impl Inner {
         for op in &batch.ops {
             match op {
                 Op::ExpectAbsent(t, k) => {
-                    let found = tx
-                        .query_opt(&lock_row, &[&t.name(), k])
-                        .await
-                        .map_err(|e| db_error(&e))?;
-                    if found.is_some() {
+                    if locked(*t, k).await?.is_some() {
                         return Err(failed(t, k, "absent"));
                     }
                     absent.insert((*t, k.as_str()));
                 }
                 Op::ExpectPresent(t, k) => {
-                    let found = tx
-                        .query_opt(&lock_row, &[&t.name(), k])
-                        .await
-                        .map_err(|e| db_error(&e))?;
-                    if found.is_none() {
+                    if locked(*t, k).await?.is_none() {
                         return Err(failed(t, k, "present"));
                     }
                 }
                 Op::ExpectValue(t, k, expected) => {
-                    let found = tx
-                        .query_opt(&lock_row, &[&t.name(), k])
-                        .await
-                        .map_err(|e| db_error(&e))?;
-                    let value: Option<Vec<u8>> = found.map(|r| r.get(0));
-                    if value.as_deref() != Some(expected.as_slice()) {
+                    if locked(*t, k).await?.as_deref() != Some(expected.as_slice()) {
                         return Err(failed(t, k, "unchanged"));
                     }
                 }
