@@ -615,3 +615,42 @@ async fn an_idle_replica_reports_a_dead_database_not_ready() {
     ready_becomes(200).await;
     until_served(&mut w1).await;
 }
+
+/// A revoked operator: disabled through one replica, its very next request to another — on a
+/// connection it had already opened there — is refused, and a new record it tries to add
+/// does not land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_disabled_on_one_replica_is_refused_by_the_others() {
+    let (_tmp, pki, set) = seeded(TestPostgres::start(), 2).await;
+    pki.operator("op2");
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op2"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let mut op2_on_b = pki.client_for("op2", &set.daemons[1].url);
+    let (s, v) = call(&mut op2_on_b, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators/op2/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op2_on_b,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "sneaky"})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    let (s, _) = call(&mut op, Method::GET, "/v1/admin/tenants/sneaky", None).await;
+    assert_eq!(s, 404, "nothing was added");
+}
