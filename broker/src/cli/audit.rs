@@ -22,9 +22,11 @@ use crate::store::Backend;
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
-    /// Verify the hash chain and signed checkpoints; exits 1 naming the first bad sequence.
+    /// Verify the hash chain and signed checkpoints (each replica's chain, and the file log,
+    /// on a shared store); exits 1 naming the first bad sequence.
     Verify(VerifyArgs),
-    /// Export records as JSON lines (header, records, checkpoints) for auditors.
+    /// Export records as JSON lines (header, records, checkpoints) for auditors; on a shared
+    /// store one signed document per chain in one file.
     Export(ExportArgs),
     /// Print the audit public key auditors verify exports with.
     PublicKey(LocalArgs),

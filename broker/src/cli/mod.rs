@@ -61,7 +61,7 @@ enum Command {
     /// (`[health] listen`; no certificate): GET /readyz within 3 s, exit 0 when it answers
     /// 200, 1 otherwise (the container HEALTHCHECK).
     Health(health::HealthArgs),
-    /// Verify or export the audit log.
+    /// Verify or export the audit log (on a shared store: every replica's chain).
     #[command(subcommand)]
     Audit(AuditCmd),
     /// Move the store between backends (offline: the daemon stopped).
