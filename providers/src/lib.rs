@@ -47,8 +47,8 @@ pub use provider::{
     Provider, Revocation, SecretRequirement, SelfRotation, SetupRedirect, TenantParameter,
 };
 pub use registry::{
-    descriptor, resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget,
-    FlagValue, KeysCli, OnboardPin, ProviderDescriptor, ProviderRegistry, TemplateLint, CATALOG,
-    DEMO_PROVIDER,
+    descriptor, resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec,
+    ConfigFlag, CredentialSource, FlagTarget, FlagValue, KeysCli, OnboardPin, ProviderDescriptor,
+    ProviderRegistry, TemplateLint, CATALOG, DEMO_PROVIDER,
 };
 pub use secret::{validate_field_name, SecretFields};

@@ -134,6 +134,80 @@ pub struct TemplateLint {
     pub run: fn(&Path, &Path) -> Result<Vec<String>, String>,
 }
 
+/// Where a provider's credential comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Minted on every resolve from a trust relationship the customer set up (no customer
+    /// secret is stored).
+    Federation,
+    /// A secret the customer pasted (or an installation handed over), sealed at rest and
+    /// opened on demand.
+    PastedSecret,
+}
+
+impl CredentialSource {
+    /// The catalog's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialSource::Federation => "federation",
+            CredentialSource::PastedSecret => "pasted_secret",
+        }
+    }
+}
+
+/// How the most a binding may obtain is enforced, as the catalog shows it (the provider's
+/// runtime [`crate::CeilingEnforcement`] must agree; a test checks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeilingMode {
+    /// Sent upstream with every mint ([`crate::CeilingEnforcement::Upstream`]).
+    Upstream,
+    /// Checked on what the upstream issued ([`crate::CeilingEnforcement::Verified`]).
+    Verified,
+    /// Fixed outside the request ([`crate::CeilingEnforcement::Fixed`]).
+    Fixed,
+    /// Cut down by the broker ([`crate::CeilingEnforcement::Local`]).
+    Local,
+}
+
+impl CeilingMode {
+    /// The catalog's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CeilingMode::Upstream => "upstream",
+            CeilingMode::Verified => "verified",
+            CeilingMode::Fixed => "fixed",
+            CeilingMode::Local => "local",
+        }
+    }
+}
+
+/// What `credbroker provider list|show` says about a provider: declared by the provider
+/// itself, next to its code, and nowhere else. Paths are relative to the repository root
+/// (a test checks that each exists).
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogEntry {
+    /// One or two sentences: what the provider connects to and how.
+    pub description: &'static str,
+    /// What a resolve returns: the response's `kind` and its credential fields.
+    pub returns: &'static str,
+    /// Federation or pasted secret.
+    pub source: CredentialSource,
+    /// How the ceiling is enforced.
+    pub ceiling_mode: CeilingMode,
+    /// The policies/ file holding its ceiling, when it has one.
+    pub policy_file: Option<&'static str>,
+    /// What the customer runs or installs (onboarding-templates/…).
+    pub artifacts: &'static [&'static str],
+    /// Its runbooks (runbooks/…).
+    pub runbooks: &'static [&'static str],
+    /// How workers consume the credential (`credbroker client …`, SDK hooks).
+    pub clients: &'static [&'static str],
+    /// The default rotation policy of a stored secret: the most days it may age before the
+    /// inventory flags rotation overdue (`None`: no stored secret to rotate, or no policy).
+    /// `[inventory] max_secret_age_days` and a binding's own setting override it.
+    pub max_secret_age_days: Option<u32>,
+}
+
 /// Everything the broker and its CLI know about one provider.
 pub struct ProviderDescriptor {
     /// The registry id (`aws_assume_role`): bindings name it, the config's section is
@@ -145,6 +219,8 @@ pub struct ProviderDescriptor {
     pub cli: CliSpec,
     /// Template lint, when the provider ships templates.
     pub template_lint: Option<TemplateLint>,
+    /// What the catalog shows.
+    pub catalog: CatalogEntry,
 }
 
 /// The descriptor of provider `id`.
@@ -271,6 +347,50 @@ mod tests {
             );
             if let Availability::Builtin(make) = d.availability {
                 assert_eq!(make().id(), d.id);
+            }
+        }
+    }
+
+    /// Every provider describes itself in the catalog, and every file it names ships.
+    #[test]
+    fn every_provider_has_a_complete_catalog_entry() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for d in CATALOG {
+            let c = &d.catalog;
+            assert!(
+                !c.description.trim().is_empty(),
+                "{} lacks a description",
+                d.id
+            );
+            assert!(
+                !c.returns.trim().is_empty(),
+                "{} does not say what it returns",
+                d.id
+            );
+            assert!(
+                !c.clients.is_empty(),
+                "{} names no client integration",
+                d.id
+            );
+            for path in c.policy_file.iter().chain(c.artifacts).chain(c.runbooks) {
+                assert!(root.join(path).exists(), "{}: {path} does not exist", d.id);
+            }
+            if c.source == CredentialSource::Federation {
+                assert!(
+                    !c.artifacts.is_empty() || !c.runbooks.is_empty(),
+                    "{}",
+                    d.id
+                );
+            }
+            if let Availability::Builtin(make) = d.availability {
+                let p = make();
+                let mode = match p.ceiling_enforcement() {
+                    crate::CeilingEnforcement::Upstream => CeilingMode::Upstream,
+                    crate::CeilingEnforcement::Verified => CeilingMode::Verified,
+                    crate::CeilingEnforcement::Fixed => CeilingMode::Fixed,
+                    crate::CeilingEnforcement::Local => CeilingMode::Local,
+                };
+                assert_eq!(mode, c.ceiling_mode, "{}", d.id);
             }
         }
     }

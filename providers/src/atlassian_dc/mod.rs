@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 
 use crate::http::{Answer, Http};
 use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue,
-    OnboardPin, ProviderDescriptor,
+    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, ConfigFlag,
+    CredentialSource, FlagTarget, FlagValue, OnboardPin, ProviderDescriptor,
 };
 use crate::{
     BindingContext, Bound, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest,
@@ -593,6 +593,21 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         revoke_tokens: false,
     },
     template_lint: None,
+    catalog: CatalogEntry {
+        max_secret_age_days: Some(90),
+        description: "A Jira or Confluence Data Center personal access token, pasted and sealed, handed to workers as-is; the broker probes it, tracks its expiry and can rotate it through the PAT API.",
+        returns: "kind `atlassian_dc_pat`: token",
+        source: CredentialSource::PastedSecret,
+        ceiling_mode: CeilingMode::Fixed,
+        policy_file: None,
+        artifacts: &["onboarding-templates/atlassian-dc/README.md"],
+        runbooks: &[
+            "runbooks/intake-link.md",
+            "runbooks/pasted-secret-rotation.md",
+            "runbooks/pasted-secret-leak.md",
+        ],
+        clients: &["credbroker client token", "POST /v1/resolve (mTLS)"],
+    },
 };
 
 #[cfg(test)]

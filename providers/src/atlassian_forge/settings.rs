@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use super::{fit, lint, AtlassianForge};
 use crate::github::settings::check_base;
 use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue,
-    OnboardPin, ProviderDescriptor, TemplateLint,
+    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, ConfigFlag,
+    CredentialSource, FlagTarget, FlagValue, OnboardPin, ProviderDescriptor, TemplateLint,
 };
 use crate::Provider;
 
@@ -276,4 +276,20 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         dir: "atlassian",
         run: lint::lint,
     }),
+    catalog: CatalogEntry {
+        max_secret_age_days: None,
+        description: "Jira and Confluence Cloud through our Forge app's Forge Remote: each installed site hands the broker a short-lived app system token on Forge-signed calls, and a resolve gets the freshest one.",
+        returns: "kind `atlassian_system_token`: access_token",
+        source: CredentialSource::Federation,
+        ceiling_mode: CeilingMode::Fixed,
+        policy_file: Some("policies/atlassian.json"),
+        artifacts: &["onboarding-templates/atlassian/manifest.yml"],
+        runbooks: &[
+            "runbooks/atlassian-onboarding.md",
+            "runbooks/atlassian-reinstall.md",
+            "runbooks/atlassian-token-leak.md",
+            "runbooks/atlassian-unclaimed.md",
+        ],
+        clients: &["credbroker client token", "POST /v1/resolve (mTLS)"],
+    },
 };

@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::{lint, AwsAssumeRole};
 use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue,
-    ProviderDescriptor, TemplateLint,
+    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, ConfigFlag,
+    CredentialSource, FlagTarget, FlagValue, ProviderDescriptor, TemplateLint,
 };
 use crate::Provider;
 
@@ -127,4 +127,28 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         dir: "aws",
         run: lint::lint,
     }),
+    catalog: CatalogEntry {
+        max_secret_age_days: None,
+        description: "Short-lived AWS credentials for a customer's account: the broker assumes the customer's IAM role with `sts:AssumeRole` and the tenant's ExternalId (or `AssumeRoleWithWebIdentity` with an assertion from the broker's own OIDC issuer).",
+        returns: "kind `aws_sts`: AccessKeyId, SecretAccessKey, SessionToken, Expiration",
+        source: CredentialSource::Federation,
+        ceiling_mode: CeilingMode::Upstream,
+        policy_file: Some("policies/aws.json"),
+        artifacts: &[
+            "onboarding-templates/aws/credbroker-role.json",
+            "onboarding-templates/aws/credbroker-stackset.json",
+            "onboarding-templates/aws/credbroker-role-web-identity.json",
+        ],
+        runbooks: &[
+            "runbooks/aws-onboarding.md",
+            "runbooks/aws-customer-revoked-trust.md",
+            "runbooks/aws-caller-credential-compromise.md",
+            "runbooks/issuer-key-rotation.md",
+            "runbooks/issuer-key-compromise.md",
+        ],
+        clients: &[
+            "credbroker client aws-credential-process",
+            "POST /v1/resolve (mTLS)",
+        ],
+    },
 };

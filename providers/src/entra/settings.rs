@@ -8,8 +8,8 @@ use serde::Deserialize;
 use super::{lint, EntraApp};
 use crate::github::settings::check_base;
 use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue, KeysCli,
-    OnboardPin, ProviderDescriptor, TemplateLint,
+    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, ConfigFlag,
+    CredentialSource, FlagTarget, FlagValue, KeysCli, OnboardPin, ProviderDescriptor, TemplateLint,
 };
 use crate::Provider;
 
@@ -191,6 +191,24 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         dir: "azure",
         run: lint::lint,
     }),
+    catalog: CatalogEntry {
+        max_secret_age_days: None,
+        description: "App-only Microsoft Graph or Azure Resource Manager tokens for a customer's Entra tenant, minted with the client-credentials grant of the platform's multi-tenant app after the tenant's admin consented.",
+        returns: "kind `entra_access_token`: access_token",
+        source: CredentialSource::Federation,
+        ceiling_mode: CeilingMode::Verified,
+        policy_file: Some("policies/azure.json"),
+        artifacts: &[
+            "onboarding-templates/azure/subscription-reader.bicep",
+            "onboarding-templates/azure/management-group-reader.bicep",
+        ],
+        runbooks: &[
+            "runbooks/entra-onboarding.md",
+            "runbooks/entra-consent-revoked.md",
+            "runbooks/entra-app-credential.md",
+        ],
+        clients: &["credbroker client token", "POST /v1/resolve (mTLS)"],
+    },
 };
 
 fn default_authority() -> String {

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::GcpWif;
 use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue,
-    OnboardPin, ProviderDescriptor, TemplateLint,
+    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, ConfigFlag,
+    CredentialSource, FlagTarget, FlagValue, OnboardPin, ProviderDescriptor, TemplateLint,
 };
 use crate::Provider;
 
@@ -366,6 +366,28 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         dir: "gcp",
         run: super::lint::lint,
     }),
+    catalog: CatalogEntry {
+        max_secret_age_days: None,
+        description: "OAuth2 access tokens for a customer's GCP service account through Workload Identity Federation: an assertion from the broker's own OIDC issuer is exchanged at Google STS, then the service account is impersonated.",
+        returns: "kind `gcp_access_token`: access_token",
+        source: CredentialSource::Federation,
+        ceiling_mode: CeilingMode::Upstream,
+        policy_file: Some("policies/gcp.json"),
+        artifacts: &[
+            "onboarding-templates/gcp/credbroker-wif.sh",
+            "onboarding-templates/gcp/terraform",
+        ],
+        runbooks: &[
+            "runbooks/gcp-onboarding.md",
+            "runbooks/issuer-key-rotation.md",
+            "runbooks/issuer-key-compromise.md",
+        ],
+        clients: &[
+            "credbroker client gcp-metadata",
+            "credbroker client token",
+            "POST /v1/resolve (mTLS)",
+        ],
+    },
 };
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::{lint, GithubApp};
 use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue, KeysCli,
-    ProviderDescriptor, TemplateLint,
+    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, ConfigFlag,
+    CredentialSource, FlagTarget, FlagValue, KeysCli, ProviderDescriptor, TemplateLint,
 };
 use crate::Provider;
 
@@ -102,6 +102,20 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         dir: "github",
         run: lint::lint,
     }),
+    catalog: CatalogEntry {
+        max_secret_age_days: None,
+        description: "GitHub App installation tokens for a customer's organization: the customer installs our App and the broker mints one-hour installation tokens with the App's private key, narrowed to the binding's ceiling.",
+        returns: "kind `github_installation`: token",
+        source: CredentialSource::Federation,
+        ceiling_mode: CeilingMode::Upstream,
+        policy_file: Some("policies/github.json"),
+        artifacts: &["onboarding-templates/github/app-manifest.json"],
+        runbooks: &[
+            "runbooks/github-onboarding.md",
+            "runbooks/github-app-key-compromise.md",
+        ],
+        clients: &["credbroker client token", "POST /v1/resolve (mTLS)"],
+    },
 };
 
 fn default_api() -> String {

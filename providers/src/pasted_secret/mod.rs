@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use crate::registry::{
-    Availability, CliSpec, ConfigFlag, FlagTarget, FlagValue, ProviderDescriptor,
+    Availability, CatalogEntry, CeilingMode, CliSpec, ConfigFlag, CredentialSource, FlagTarget,
+    FlagValue, ProviderDescriptor,
 };
 
 use crate::{
@@ -52,6 +53,21 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         revoke_tokens: false,
     },
     template_lint: None,
+    catalog: CatalogEntry {
+        max_secret_age_days: Some(90),
+        description: "The fallback for systems with no federation: a pasted secret, sealed at rest and handed back as-is on resolve, optionally restricted to a subset of its fields.",
+        returns: "kind `secret_fields`: the secret's own fields (or the ceiling's/narrowing's subset)",
+        source: CredentialSource::PastedSecret,
+        ceiling_mode: CeilingMode::Local,
+        policy_file: None,
+        artifacts: &[],
+        runbooks: &[
+            "runbooks/intake-link.md",
+            "runbooks/pasted-secret-rotation.md",
+            "runbooks/pasted-secret-leak.md",
+        ],
+        clients: &["POST /v1/resolve (mTLS)"],
+    },
 };
 
 fn field_list(value: &Value, what: &str) -> Result<Vec<String>, String> {

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::ServiceNow;
 use crate::registry::{
-    resolve_path, Availability, BuildFuture, CliSpec, ConfigFlag, FlagTarget, FlagValue,
-    OnboardPin, ProviderDescriptor,
+    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, ConfigFlag,
+    CredentialSource, FlagTarget, FlagValue, OnboardPin, ProviderDescriptor,
 };
 use crate::Provider;
 
@@ -236,6 +236,21 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
         revoke_tokens: false,
     },
     template_lint: None,
+    catalog: CatalogEntry {
+        max_secret_age_days: Some(90),
+        description: "An OAuth bearer for a customer's ServiceNow instance, minted with the client-credentials grant from a pasted OAuth client; the client secret never leaves the broker.",
+        returns: "kind `servicenow_oauth`: access_token",
+        source: CredentialSource::PastedSecret,
+        ceiling_mode: CeilingMode::Fixed,
+        policy_file: Some("policies/servicenow.json"),
+        artifacts: &["onboarding-templates/servicenow/README.md"],
+        runbooks: &[
+            "runbooks/intake-link.md",
+            "runbooks/pasted-secret-rotation.md",
+            "runbooks/pasted-secret-leak.md",
+        ],
+        clients: &["credbroker client token", "POST /v1/resolve (mTLS)"],
+    },
 };
 
 #[cfg(test)]
