@@ -53,6 +53,10 @@ pub struct BrokerSettings {
     pub issuer: Option<crate::issuer::IssuerSettings>,
     /// `[store]`: on a store several replicas share, the audit chains' database.
     pub store: crate::store::StoreSettings,
+    /// `[inventory]`.
+    pub inventory: crate::config::InventorySettings,
+    /// `[webhooks]`.
+    pub webhooks: crate::config::WebhookSettings,
 }
 
 impl BrokerSettings {
@@ -86,6 +90,8 @@ impl BrokerSettings {
             superseded_overlap_s: config.secrets.superseded_overlap_s,
             issuer: config.issuer.clone(),
             store: config.store.clone(),
+            inventory: config.inventory.clone(),
+            webhooks: config.webhooks.clone(),
         }
     }
 }
@@ -128,6 +134,8 @@ pub struct Core {
     pub(crate) replica: Arc<crate::replica::Replica>,
     /// Stops renewing the replica's leases (at shutdown).
     stop_renewal: tokio::sync::watch::Sender<bool>,
+    /// Last uses, reveal budgets, verification log budget.
+    pub(crate) governance: crate::governance::Governance,
     settings: BrokerSettings,
 }
 
@@ -313,6 +321,10 @@ impl Broker {
             bound: bound.clone(),
             replica,
             stop_renewal,
+            governance: crate::governance::Governance::new(
+                settings.inventory.clone(),
+                settings.webhooks.clone(),
+            ),
             settings,
         });
         let admin = AdminService::new(Arc::clone(&core));
@@ -433,6 +445,33 @@ impl Broker {
         request_id: &str,
     ) -> Answer {
         self.resolver.resolve(peer, body, request_id).await
+    }
+
+    /// Handles one `POST /v1/webhooks/verify` (see [`AdminService::verify_webhook_http`]).
+    pub async fn verify_webhook(
+        &self,
+        peer: Option<&PeerIdentity>,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        self.admin.verify_webhook_http(peer, body, request_id).await
+    }
+
+    /// `[webhooks] max_body_bytes`.
+    pub fn webhook_body_limit(&self) -> usize {
+        self.core.settings.webhooks.max_body_bytes
+    }
+
+    /// Writes this broker's unwritten last uses (see [`AdminService::flush_last_use`]).
+    pub async fn flush_last_use(&self) -> usize {
+        self.admin.flush_last_use().await
+    }
+
+    /// Recomputes the inventory's flag gauges.
+    pub async fn refresh_inventory_metrics(&self) {
+        if let Err(e) = self.admin.inventory(None, None).await {
+            tracing::warn!(error = %e.message, "could not compute the inventory for its metrics");
+        }
     }
 
     /// Runs one admin operation as `actor` (see [`AdminService::execute`]).
@@ -614,6 +653,9 @@ impl Core {
                 })
                 .set(i64::from(open.iter().any(|p| p == name)));
         }
+        self.metrics
+            .store_commits
+            .set(i64::try_from(self.records.commits()).unwrap_or(i64::MAX));
         self.metrics
             .open_binding_circuits
             .set(i64::try_from(self.breakers.open_bindings()).unwrap_or(i64::MAX));

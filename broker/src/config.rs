@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod governance;
 mod health;
 mod public;
+pub use governance::{InventorySettings, WebhookSettings};
 pub use health::HealthSettings;
 pub use public::PublicSettings;
 
@@ -48,6 +50,12 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
+    /// The credential inventory.
+    #[serde(default)]
+    pub inventory: InventorySettings,
+    /// Webhook secrets of connector instances.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
     /// The store backend.
     #[serde(default)]
     pub store: crate::store::StoreSettings,
@@ -314,6 +322,8 @@ impl Config {
             cache: CacheSettings::default(),
             secrets: SecretSettings::default(),
             log: LogSettings::default(),
+            inventory: InventorySettings::default(),
+            webhooks: WebhookSettings::default(),
             store: crate::store::StoreSettings::default(),
             providers: BTreeMap::new(),
             public: None,

@@ -213,8 +213,24 @@ pub async fn run_with_broker(
     // overlap are forgotten every `[secrets] gc_interval_s` (ten minutes by default).
     let mut gc = tokio::time::interval(Duration::from_secs(gc_interval_s.max(1)));
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Last uses are written every `[inventory] flush_interval_s` (and at shutdown), by every
+    // replica (its own rows); the inventory gauges are recomputed less often.
+    let mut flush = tokio::time::interval(Duration::from_secs(
+        config.inventory.flush_interval_s.max(1),
+    ));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inventory = tokio::time::interval(Duration::from_secs(
+        config.inventory.metrics_interval_s.max(1),
+    ));
+    inventory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = flush.tick() => {
+                broker.flush_last_use().await;
+            }
+            _ = inventory.tick() => {
+                broker.refresh_inventory_metrics().await;
+            }
             // Jobs one broker runs alone: on a shared store only the leader does.
             _ = gc.tick() => {
                 if !broker.is_leader() {
@@ -250,6 +266,8 @@ pub async fn run_with_broker(
         srv.shutdown(Duration::from_secs(5)).await;
     }
     running.shutdown(Duration::from_secs(10)).await;
+    let flushed = broker.flush_last_use().await;
+    tracing::info!(rows = flushed, "wrote last-use times");
     broker.shutdown();
     broker.leave().await;
     if wrote_pid.is_ok() {

@@ -185,6 +185,9 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
                 provider: credbroker_providers::DEMO_PROVIDER.into(),
                 config: json!({ "note": "demo pasted secret created by credbroker dev" }),
                 ceiling: serde_json::Value::Null,
+                owner: "credbroker dev".into(),
+                purpose: "demo binding of dev mode".into(),
+                max_secret_age_days: None,
             }),
         )
         .await?;
@@ -203,7 +206,11 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
             "password",
             SecretString::from(hex::encode(password.as_slice())),
         );
-        apply(broker, AdminOp::SecretSet(DEMO_BINDING.into(), fields)).await?;
+        apply(
+            broker,
+            AdminOp::SecretSet(DEMO_BINDING.into(), fields, None),
+        )
+        .await?;
         added = true;
     }
     if r.worker(&worker).await.map_err(dev_err)?.is_none() {
@@ -213,6 +220,8 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
                 id: worker,
                 tenants: vec![tenant.clone()],
                 connector_kinds: vec![],
+                owner: "credbroker dev".into(),
+                purpose: "demo worker of dev mode".into(),
             }),
         )
         .await?;

@@ -32,6 +32,24 @@ pub struct ScopeLabel {
     pub scope: String,
 }
 
+/// Labels of a webhook verification: the scheme and `valid` or `invalid`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `github`, `gitlab`, `hmac_sha256`, `token`, `unsigned`.
+    pub scheme: String,
+    /// `valid` or `invalid`.
+    pub result: String,
+}
+
+/// Labels of an inventory flag count: the flag and `binding` or `worker` (no record named).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagLabels {
+    /// `unowned`, `dormant`, `rotation_overdue`, `expiring_soon`, `last_probe_failed`.
+    pub flag: String,
+    /// `binding` or `worker`.
+    pub kind: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -82,6 +100,12 @@ pub struct Metrics {
     pub circuit_open: Family<ProviderLabel, Gauge>,
     /// Bindings whose own circuit is open (a count; no binding is named).
     pub open_binding_circuits: Gauge,
+    /// Webhook verifications by scheme and result.
+    pub webhook_verifications: Family<WebhookLabels, Counter>,
+    /// Inventory rows carrying each flag, by flag and kind (as of the last computation).
+    pub inventory_flagged: Family<FlagLabels, Gauge>,
+    /// Store batches this process committed since it started.
+    pub store_commits: Gauge,
 }
 
 impl Default for Metrics {
@@ -208,7 +232,28 @@ impl Metrics {
             "1 while a provider's circuit breaker is open",
             circuit_open.clone(),
         );
+        let webhook_verifications = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_verifications",
+            "Webhook verifications by scheme and result",
+            webhook_verifications.clone(),
+        );
+        let inventory_flagged = Family::<FlagLabels, Gauge>::default();
+        registry.register(
+            "inventory_flagged",
+            "Bindings and workers carrying each inventory flag, as of the last computation",
+            inventory_flagged.clone(),
+        );
+        let store_commits = Gauge::default();
+        registry.register(
+            "store_commits",
+            "Store batches this process committed since it started",
+            store_commits.clone(),
+        );
         Metrics {
+            webhook_verifications,
+            inventory_flagged,
+            store_commits,
             circuit_open,
             open_binding_circuits,
             mints,

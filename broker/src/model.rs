@@ -37,6 +37,18 @@ pub struct Tenant {
     pub created_at: String,
 }
 
+/// Who answers for a non-human identity (a worker, a binding) and why it exists: the owner
+/// and purpose the inventory reports. Records made before the inventory have none and are
+/// flagged `unowned` until an operator sets them (`credbroker binding set-owner`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Governance {
+    /// The team or contact that answers for it (1-200 printable characters).
+    pub owner: String,
+    /// What it is for (1-200 printable characters).
+    pub purpose: String,
+}
+
 /// A connector worker, identified by its certificate, and what it may act for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +62,9 @@ pub struct Worker {
     pub connector_kinds: Vec<String>,
     /// Status.
     pub status: Status,
+    /// Owner and purpose (absent on workers added before the inventory: `unowned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<Governance>,
     /// Creation time, RFC 3339.
     pub created_at: String,
 }
@@ -145,6 +160,13 @@ pub struct Binding {
     /// tenant, our service principal's object id, the granted permissions, when confirmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_facts: Option<Value>,
+    /// Owner and purpose (absent on bindings added before the inventory: `unowned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<Governance>,
+    /// The most days the active secret may age before the inventory flags rotation overdue,
+    /// overriding `[inventory] max_secret_age_days` for its provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_secret_age_days: Option<u32>,
     /// Creation time, RFC 3339.
     pub created_at: String,
 }
@@ -284,6 +306,10 @@ pub struct SecretVersion {
     /// later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_at: Option<String>,
+    /// When the secret itself stops working, RFC 3339, as declared by whoever wrote it (a
+    /// PAT's expiry date): the inventory flags it `expiring_soon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl std::fmt::Debug for SecretVersion {
@@ -316,6 +342,9 @@ pub struct SecretVersionView {
     /// When it was superseded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub superseded_at: Option<String>,
+    /// Declared expiry of the secret itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl From<&SecretVersion> for SecretVersionView {
@@ -328,6 +357,7 @@ impl From<&SecretVersion> for SecretVersionView {
             created_at: v.created_at.clone(),
             probe: v.probe.clone(),
             superseded_at: v.superseded_at.clone(),
+            expires_at: v.expires_at.clone(),
         }
     }
 }

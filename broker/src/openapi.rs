@@ -85,6 +85,17 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
             ok_status: "200",
             ok: json!({"type": "object"}),
         },
+        Endpoint::WebhookVerify => Operation {
+            summary: "Whether an inbound event was signed with the instance's webhook secret (worker certificate of the instance's tenant).",
+            request: Some(gen.subschema_for::<crate::webhooks::VerifyRequest>().to_value()),
+            ok_status: "200",
+            ok: json!({"type": "object", "properties": {
+                "valid": {"type": "boolean"},
+                "scheme": {"type": "string"},
+                "version": {"type": ["integer", "null"]},
+                "request_id": {"type": "string"}
+            }, "required": ["valid", "scheme"]}),
+        },
         Endpoint::Resolve => {
             let head = gen.subschema_for::<ResolveHead>();
             Operation {
@@ -215,6 +226,38 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     Some(gen.subschema_for::<crate::admin::ClaimBody>().to_value()),
                     "201",
                 ),
+                AdminEndpoint::Inventory => (
+                    "Every binding and worker with owner, purpose, last use, secret age, expiry, rotation policy, revocation path and flags.",
+                    None,
+                    "200",
+                ),
+                AdminEndpoint::BindingGovernance | AdminEndpoint::WorkerGovernance => (
+                    "Set the owner and purpose (and, for a binding, its rotation policy).",
+                    Some(gen.subschema_for::<crate::admin::GovernanceUpdate>().to_value()),
+                    "200",
+                ),
+                AdminEndpoint::Providers => ("The provider catalog.", None, "200"),
+                AdminEndpoint::Provider => ("One provider's catalog entry.", None, "200"),
+                AdminEndpoint::WebhookSecret if get => (
+                    "Describe the instance's webhook secret (scheme, versions; never the secret).",
+                    None,
+                    "200",
+                ),
+                AdminEndpoint::WebhookSecret if *method == Method::DELETE => (
+                    "Retire the webhook secret: destroyed, nothing verifies until a new one is generated.",
+                    None,
+                    "200",
+                ),
+                AdminEndpoint::WebhookSecret => (
+                    "Generate the instance's webhook secret (256 bits, sealed; not returned).",
+                    Some(gen.subschema_for::<crate::store::records::WebhookScheme>().to_value()),
+                    "201",
+                ),
+                AdminEndpoint::WebhookSecretAction => (
+                    "reveal (body: reason; audited, rate-limited; the only answer carrying the secret) or rotate (the previous secret stays valid for [webhooks] overlap_s).",
+                    Some(gen.subschema_for::<crate::admin::RevealBody>().to_value()),
+                    "200",
+                ),
             };
             Operation {
                 summary,
@@ -280,7 +323,7 @@ fn parameter(name: &str) -> Value {
             json!({"type": "string", "enum": ["tenants", "workers", "instances", "operators"]})
         }
         "action" => {
-            json!({"type": "string", "enum": ["enable", "disable", "probe", "activate", "retire"]})
+            json!({"type": "string", "enum": ["enable", "disable", "probe", "activate", "retire", "reveal", "rotate"]})
         }
         "version" => json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}),
         "provider" => json!({"type": "string", "pattern": "^[a-z][a-z0-9_]{1,47}$"}),
@@ -299,6 +342,16 @@ fn query_parameters(endpoint: Endpoint) -> Vec<Value> {
             "schema": {"type": "boolean", "default": false},
             "description": "Destroy the version even if it is the binding's active version (every resolve then fails with secret_missing until another is promoted)."
         })],
+        Endpoint::Admin(AdminEndpoint::Inventory) => ["dormant_s", "expiring_s"]
+            .iter()
+            .map(|name| json!({
+                "name": name,
+                "in": "query",
+                "required": false,
+                "schema": {"type": "integer", "minimum": 0, "maximum": crate::admin::MAX_WINDOW_S},
+                "description": "Window in seconds, at most ten years (default: [inventory] dormant_after_s / expiring_within_s)."
+            }))
+            .collect(),
         _ => Vec::new(),
     }
 }

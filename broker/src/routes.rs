@@ -26,6 +26,9 @@ pub enum Endpoint {
     Resolve,
     /// `GET /v1/openapi.json`
     OpenApi,
+    /// `POST /v1/webhooks/verify`: a worker asks whether an inbound event was signed with
+    /// its instance's webhook secret.
+    WebhookVerify,
     /// An admin API route.
     Admin(AdminEndpoint),
     /// `GET /callbacks/{provider}/start`: the install link; binds the state to the browser.
@@ -88,6 +91,21 @@ pub enum AdminEndpoint {
     IssuerKeyRetire,
     /// `/v1/admin/issuer/jwks`: the published JWKS.
     IssuerJwks,
+    /// `/v1/admin/inventory`: every binding and worker with owner, age, last use and flags.
+    Inventory,
+    /// `/v1/admin/bindings/{id}/governance`: set owner, purpose, rotation policy.
+    BindingGovernance,
+    /// `/v1/admin/workers/{id}/governance`: set owner and purpose.
+    WorkerGovernance,
+    /// `/v1/admin/providers`: the provider catalog.
+    Providers,
+    /// `/v1/admin/providers/{provider}`: one provider's catalog entry.
+    Provider,
+    /// `/v1/admin/instances/{id}/webhook-secret`: generate (POST), describe (GET), retire
+    /// (DELETE).
+    WebhookSecret,
+    /// `/v1/admin/instances/{id}/webhook-secret/{action}`: reveal, rotate.
+    WebhookSecretAction,
 }
 
 /// One route: its path pattern, what it is for, and the methods it accepts.
@@ -113,6 +131,7 @@ const GET: &[Method] = &[Method::GET];
 const POST: &[Method] = &[Method::POST];
 const GET_POST: &[Method] = &[Method::GET, Method::POST];
 const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
+const GET_POST_DELETE: &[Method] = &[Method::GET, Method::POST, Method::DELETE];
 const PUT_DELETE: &[Method] = &[Method::PUT, Method::DELETE];
 const DELETE: &[Method] = &[Method::DELETE];
 const PUT: &[Method] = &[Method::PUT];
@@ -126,6 +145,7 @@ pub const MTLS: &[Route] = &[
     route("/readyz", E::Readyz, GET),
     route("/metrics", E::Metrics, GET),
     route("/v1/resolve", E::Resolve, POST),
+    route("/v1/webhooks/verify", E::WebhookVerify, POST),
     route("/v1/openapi.json", E::OpenApi, GET),
     route("/v1/admin/{collection}", E::Admin(A::Collection), GET_POST),
     route(
@@ -177,6 +197,29 @@ pub const MTLS: &[Route] = &[
         E::Admin(A::WorkerTenants),
         PUT,
     ),
+    route(
+        "/v1/admin/workers/{id}/governance",
+        E::Admin(A::WorkerGovernance),
+        PUT,
+    ),
+    route(
+        "/v1/admin/bindings/{id}/governance",
+        E::Admin(A::BindingGovernance),
+        PUT,
+    ),
+    route(
+        "/v1/admin/instances/{id}/webhook-secret",
+        E::Admin(A::WebhookSecret),
+        GET_POST_DELETE,
+    ),
+    route(
+        "/v1/admin/instances/{id}/webhook-secret/{action}",
+        E::Admin(A::WebhookSecretAction),
+        POST,
+    ),
+    route("/v1/admin/inventory", E::Admin(A::Inventory), GET),
+    route("/v1/admin/providers", E::Admin(A::Providers), GET),
+    route("/v1/admin/providers/{provider}", E::Admin(A::Provider), GET),
     route("/v1/admin/onboard/{provider}", E::Admin(A::Onboard), POST),
     route("/v1/admin/intake", E::Admin(A::IntakeLinks), GET_POST),
     route("/v1/admin/intake/{id}", E::Admin(A::IntakeLink), DELETE),

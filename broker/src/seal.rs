@@ -58,6 +58,15 @@ pub enum SealContext<'a> {
         /// Secret version.
         version: u32,
     },
+    /// Version `version` of connector instance `instance`'s webhook secret (of `tenant`).
+    WebhookSecret {
+        /// Owning tenant.
+        tenant: &'a str,
+        /// The instance.
+        instance: &'a str,
+        /// Version.
+        version: u32,
+    },
     /// Version `version` of the broker's platform key of `kind` (e.g. the GitHub App key).
     PlatformKey {
         /// Key kind (the provider id).
@@ -80,6 +89,17 @@ impl SealContext<'_> {
                 b"credbroker/data-key/v1\0",
                 tenant.as_str(),
                 binding.as_str(),
+                version,
+            ),
+            SealContext::WebhookSecret {
+                tenant,
+                instance,
+                version,
+            } => (
+                b"credbroker/webhook-secret-payload/v1\0",
+                b"credbroker/webhook-secret-data-key/v1\0",
+                tenant,
+                instance,
                 version,
             ),
             SealContext::PlatformKey { kind, version } => (

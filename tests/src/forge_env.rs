@@ -98,7 +98,7 @@ pub async fn start_custom(provider_extra: &str, public: impl FnOnce(String) -> S
         &mut op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w2", "tenants": ["t2"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -137,6 +137,10 @@ impl Env {
             tenant,
             "--cloud-id",
             cloud_id,
+            "--owner",
+            "team-tests",
+            "--purpose",
+            "integration test",
         ]);
         (c, serde_json::from_str(&out).unwrap_or(Value::Null), err)
     }

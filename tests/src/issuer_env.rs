@@ -127,7 +127,7 @@ impl IssuerEnv {
             Method::POST,
             "/v1/admin/bindings",
             Some(
-                json!({"id": id, "tenant": tenant, "provider": "gcp_wif", "ceiling": ceiling,
+                json!({"owner": "team-tests", "purpose": "integration test", "id": id, "tenant": tenant, "provider": "gcp_wif", "ceiling": ceiling,
                 "config": {"project_number": PROJECT, "pool_id": pool, "provider_id": pool,
                 "service_account": sa}}),
             ),

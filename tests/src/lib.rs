@@ -643,7 +643,7 @@ pub async fn seed_two_tenants(op: &mut BrokerClient) {
             op,
             Method::POST,
             "/v1/admin/bindings",
-            Some(json!({"id": b, "tenant": t, "provider": "pasted_secret"})),
+            Some(json!({"owner": "team-tests", "purpose": "integration test", "id": b, "tenant": t, "provider": "pasted_secret"})),
         )
         .await;
         assert_eq!(s, 201, "{v}");
@@ -669,7 +669,7 @@ pub async fn seed_two_tenants(op: &mut BrokerClient) {
         op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w1", "tenants": ["t1"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w1", "tenants": ["t1"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");

@@ -46,7 +46,7 @@ async fn bind(op: &mut BrokerClient, dc: &FakeAtlassianDc, token: &str, id: Opti
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
                     "config": {"base_url": dc.url, "product": "jira"}}),
         ),
     )
@@ -247,7 +247,7 @@ async fn an_instance_without_the_pat_api_is_reported() {
             Method::POST,
             "/v1/admin/bindings",
             Some(
-                json!({"id": "bad-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+                json!({"owner": "team-tests", "purpose": "integration test", "id": "bad-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
                         "config": {"base_url": url, "product": "jira"}}),
             ),
         )
@@ -291,7 +291,7 @@ async fn a_private_pki_instance_is_trusted_only_with_its_ca() {
             Method::POST,
             "/v1/admin/bindings",
             Some(
-                json!({"id": id, "tenant": "t1", "provider": "atlassian_dc_pat", "config": config}),
+                json!({"owner": "team-tests", "purpose": "integration test", "id": id, "tenant": "t1", "provider": "atlassian_dc_pat", "config": config}),
             ),
         )
         .await;
@@ -334,7 +334,7 @@ async fn a_private_pki_instance_is_trusted_only_with_its_ca() {
         &mut op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"id": "dc-bad", "tenant": "t1", "provider": "atlassian_dc_pat",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "dc-bad", "tenant": "t1", "provider": "atlassian_dc_pat",
                     "config": {"base_url": dc.url, "product": "jira", "ca_pem": "not a certificate"}})),
     )
     .await;

@@ -146,6 +146,10 @@ async fn an_unexpected_site_is_kept_unclaimed_until_an_operator_claims_it() {
         &identifier,
         "--tenant",
         "t2",
+        "--owner",
+        "team-tests",
+        "--purpose",
+        "integration test",
     ]);
     assert_eq!(c, 0, "{err}");
     let claimed: Value = serde_json::from_str(&out).unwrap();

@@ -199,7 +199,7 @@ async fn a_site_bound_or_expected_by_one_tenant_is_refused_to_another() {
         &mut env.op,
         Method::POST,
         "/v1/admin/onboard/atlassian_forge",
-        Some(json!({"tenant": "t2", "account": {"login": ACME, "id": 0}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t2", "account": {"login": ACME, "id": 0}})),
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");

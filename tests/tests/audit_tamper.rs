@@ -238,7 +238,7 @@ async fn forged_exports_are_caught_naming_the_sequence() {
         &mut op,
         http::Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w2", "tenants": ["t2"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");

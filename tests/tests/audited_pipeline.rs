@@ -202,12 +202,19 @@ async fn a_commit_that_fails_after_its_record_gets_a_second_record() {
             provider: credbroker_providers::DEMO_PROVIDER.into(),
             config: json!({}),
             ceiling: Value::Null,
+            owner: "team-tests".into(),
+            purpose: "integration test".into(),
+            max_secret_age_days: None,
         }),
-        AdminOp::SecretSet("b3".into(), {
-            let mut f = SecretFields::new();
-            f.insert("token", SecretString::from("probe-me"));
-            f
-        }),
+        AdminOp::SecretSet(
+            "b3".into(),
+            {
+                let mut f = SecretFields::new();
+                f.insert("token", SecretString::from("probe-me"));
+                f
+            },
+            None,
+        ),
     ] {
         env.broker
             .admin("operator:test", op, "setup")

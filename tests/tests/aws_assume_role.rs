@@ -181,7 +181,7 @@ async fn probe(env: &mut Env, binding: &str) -> (u16, Value) {
 }
 
 async fn bind(env: &mut Env, bid: &str, iid: &str, arn: &str) -> (u16, Value) {
-    let r = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": bid, "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
+    let r = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": bid, "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
     if r.0 == 201 {
         let (s, v) = call(
             &mut env.op,
@@ -482,10 +482,10 @@ async fn activation_refusals_and_identifier_rules() {
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
 
     // One role ARN, one tenant.
-    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "steal", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "steal", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     // The ExternalId is never accepted from an operator.
-    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "forced", "tenant": "t2", "provider": "aws_assume_role",
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "forced", "tenant": "t2", "provider": "aws_assume_role",
         "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/X"), "broker": {"external_id": "chosen-by-the-customer-0123456789abcdef"}}}))).await;
     assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
     // Malformed ARNs and durations are refused before anything is stored.
@@ -494,7 +494,7 @@ async fn activation_refusals_and_identifier_rules() {
         json!({"role_arn": lax, "duration_s": 43200}),
         json!({"role_arn": lax, "extra": 1}),
     ] {
-        let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "bad", "tenant": "t1", "provider": "aws_assume_role", "config": config}))).await;
+        let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "bad", "tenant": "t1", "provider": "aws_assume_role", "config": config}))).await;
         assert_eq!(s, 400, "{v}");
     }
     // Removing the binding frees the ARN for another tenant.
@@ -507,7 +507,7 @@ async fn activation_refusals_and_identifier_rules() {
     .await;
     let (s, _) = call(&mut env.op, Method::DELETE, "/v1/admin/bindings/lax", None).await;
     assert_eq!(s, 200);
-    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "lax2", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "lax2", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
     assert_eq!(s, 201, "{v}");
     // Every refusal above is in the audit log.
     let records = env.daemon.audit_records();
@@ -653,7 +653,7 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "short", "tenant": "t1", "provider": "aws_assume_role",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "short", "tenant": "t1", "provider": "aws_assume_role",
         "config": {"role_arn": short, "duration_s": 3600, "source_identity": true}}),
         ),
     )
@@ -947,7 +947,7 @@ async fn an_unnarrowed_session_carries_exactly_the_binding_ceiling() {
     // A binding with its own, narrower ceiling: exactly that ceiling, nothing of the platform's.
     let second = format!("arn:aws:iam::{CUSTOMER}:role/Narrow");
     env.sts.add_role(&second, role(Some(&external_id)));
-    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", 
         "id": "aws-narrow", "tenant": "t1", "provider": "aws_assume_role",
         "config": {"role_arn": second},
         "ceiling": {"managed_policy_arns": [], "actions": ["ec2:DescribeInstances", "s3:ListAllMyBuckets"]}}))).await;
@@ -984,10 +984,12 @@ async fn an_unnarrowed_session_carries_exactly_the_binding_ceiling() {
             &mut env.op,
             Method::POST,
             "/v1/admin/bindings",
-            Some(json!({
+            Some(
+                json!({"owner": "team-tests", "purpose": "integration test", 
             "id": "aws-bad", "tenant": "t1", "provider": "aws_assume_role",
             "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/Bad")},
-            "ceiling": ceiling})),
+            "ceiling": ceiling}),
+            ),
         )
         .await;
         assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
@@ -1050,9 +1052,11 @@ async fn sessions_naming_one_instance_or_worker_are_never_shared() {
         &mut env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({
+        Some(
+            json!({"owner": "team-tests", "purpose": "integration test", 
         "id": "aws-si", "tenant": "t1", "provider": "aws_assume_role",
-        "config": {"role_arn": si, "source_identity": true}})),
+        "config": {"role_arn": si, "source_identity": true}}),
+        ),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -1069,7 +1073,7 @@ async fn sessions_naming_one_instance_or_worker_are_never_shared() {
         &mut env.op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w2", "tenants": ["t1"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t1"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -1287,7 +1291,7 @@ async fn confused_deputy_attempts_are_refused() {
             Method::POST,
             "/v1/admin/bindings",
             Some(
-                json!({"id": "aws-t2", "tenant": "t2", "provider": "aws_assume_role",
+                json!({"owner": "team-tests", "purpose": "integration test", "id": "aws-t2", "tenant": "t2", "provider": "aws_assume_role",
                 "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:{spelling}")}}),
             ),
         )
@@ -1433,7 +1437,7 @@ async fn bindings_of_the_previous_release_claim_their_canonical_role() {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "aws3", "tenant": "t2", "provider": "aws_assume_role",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "aws3", "tenant": "t2", "provider": "aws_assume_role",
             "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/audit")}}),
         ),
     )
@@ -1649,7 +1653,7 @@ async fn a_role_that_refuses_what_a_mint_sends_never_activates() {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "aws-lax-si", "tenant": "t1", "provider": "aws_assume_role",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "aws-lax-si", "tenant": "t1", "provider": "aws_assume_role",
             "config": {"role_arn": lax, "source_identity": true}}),
         ),
     )
@@ -1676,7 +1680,7 @@ async fn a_role_that_refuses_what_a_mint_sends_never_activates() {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "aws-si", "tenant": "t1", "provider": "aws_assume_role",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "aws-si", "tenant": "t1", "provider": "aws_assume_role",
             "config": {"role_arn": arn, "source_identity": true}}),
         ),
     )
@@ -1846,10 +1850,12 @@ async fn session_policies_sts_cannot_carry_are_refused_clearly() {
         &mut env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({
+        Some(
+            json!({"owner": "team-tests", "purpose": "integration test", 
         "id": "aws-slim", "tenant": "t1", "provider": "aws_assume_role",
         "config": {"role_arn": slim},
-        "ceiling": {"managed_policy_arns": templated, "actions": ["ec2:DescribeInstances"]}})),
+        "ceiling": {"managed_policy_arns": templated, "actions": ["ec2:DescribeInstances"]}}),
+        ),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -1934,10 +1940,12 @@ async fn session_policies_sts_cannot_carry_are_refused_clearly() {
         &mut env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({
+        Some(
+            json!({"owner": "team-tests", "purpose": "integration test", 
         "id": "aws-eleven", "tenant": "t1", "provider": "aws_assume_role",
         "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/Eleven")},
-        "ceiling": {"managed_policy_arns": eleven_templated, "actions": []}})),
+        "ceiling": {"managed_policy_arns": eleven_templated, "actions": []}}),
+        ),
     )
     .await;
     assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");

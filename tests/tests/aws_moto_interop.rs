@@ -160,7 +160,7 @@ async fn boto3_gets_broker_minted_credentials_from_moto() {
     let roles: Value = serde_json::from_str(&py(&["roles", &moto_url, external_id], &[])).unwrap();
     let role_arn = roles["role_arn"].as_str().unwrap();
 
-    let (s, v) = call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "moto", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": role_arn}}))).await;
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "moto", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": role_arn}}))).await;
     assert_eq!(s, 201, "{v}");
     call(
         &mut op,
@@ -209,7 +209,7 @@ async fn boto3_gets_broker_minted_credentials_from_moto() {
 
     // A role that trusts the vendor with another tenant's ExternalId: moto denies ours.
     let wrong = roles["wrong_role_arn"].as_str().unwrap();
-    let (s, v) = call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "moto-wrong", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": wrong}}))).await;
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "moto-wrong", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": wrong}}))).await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = call(
         &mut op,
@@ -239,7 +239,7 @@ async fn boto3_gets_web_identity_credentials_from_moto_with_no_aws_credential() 
         aws_env_without_credentials(),
     )
     .await;
-    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "moto-wi", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": "arn:aws:iam::123456789012:role/CredbrokerAccess", "model": "web_identity"}}))).await;
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "moto-wi", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": "arn:aws:iam::123456789012:role/CredbrokerAccess", "model": "web_identity"}}))).await;
     assert_eq!(s, 201, "{v}");
     let subject = credbroker_tests::issuer_env::subject_of(&v);
     let host = env.issuer.trim_start_matches("https://").to_owned();

@@ -51,7 +51,7 @@ async fn add_binding(e: &mut Env, id: &str, tenant: &str, config: Value) -> (u16
         &mut e.env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"id": id, "tenant": tenant, "provider": "aws_assume_role", "config": config})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": id, "tenant": tenant, "provider": "aws_assume_role", "config": config})),
     )
     .await
 }

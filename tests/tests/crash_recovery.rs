@@ -30,7 +30,7 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
         &mut op,
         http::Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w2", "tenants": ["t2"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");

@@ -120,7 +120,7 @@ async fn onboard(op: &mut BrokerClient, tenant: &str, guid: &str) -> String {
         op,
         Method::POST,
         "/v1/admin/onboard/entra_multi_tenant",
-        Some(json!({"tenant": tenant, "account": {"login": guid, "id": 0}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": tenant, "account": {"login": guid, "id": 0}})),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -601,7 +601,7 @@ async fn consent_takeover_attempts_are_refused() {
             &mut env.op,
             Method::POST,
             "/v1/admin/onboard/entra_multi_tenant",
-            Some(json!({"tenant": "t1", "account": {"login": bad, "id": 0}})),
+            Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": bad, "id": 0}})),
         )
         .await;
         assert_eq!((s, code(&v)), (400, "bad_request"), "{bad}: {v}");
@@ -757,7 +757,7 @@ async fn consent_takeover_attempts_are_refused() {
         &mut env.op,
         Method::POST,
         "/v1/admin/onboard/entra_multi_tenant",
-        Some(json!({"tenant": "t2", "account": {"login": ACME, "id": 0}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t2", "account": {"login": ACME, "id": 0}})),
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
@@ -766,7 +766,7 @@ async fn consent_takeover_attempts_are_refused() {
         &mut env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"id": "acme-by-hand", "tenant": "t2", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME.to_uppercase()}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-by-hand", "tenant": "t2", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME.to_uppercase()}})),
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
@@ -802,7 +802,7 @@ async fn consent_takeover_attempts_are_refused() {
         &mut env.op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w2", "tenants": ["t2"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -822,7 +822,7 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         &mut env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"id": "acme-arm", "tenant": "t1", "provider": "entra_multi_tenant",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-arm", "tenant": "t1", "provider": "entra_multi_tenant",
                     "config": {"tenant_id": ACME, "resources": ["graph", "arm"], "arm_scopes": [sub]}})),
     )
     .await;

@@ -49,7 +49,7 @@ async fn bind(env: &mut IssuerEnv) -> (u16, Value) {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "acme-entra", "tenant": "t1", "provider": "entra_multi_tenant",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-entra", "tenant": "t1", "provider": "entra_multi_tenant",
                     "config": {"tenant_id": ACME}}),
         ),
     )

@@ -329,7 +329,7 @@ async fn one_tenant_cannot_reach_another_tenants_trust() {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "g3", "tenant": "t2", "provider": "gcp_wif", "config": {
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "g3", "tenant": "t2", "provider": "gcp_wif", "config": {
             "project_number": PROJECT, "pool_id": POOL, "provider_id": POOL,
             "service_account": "credbroker-third@acme-prod.iam.gserviceaccount.com",
             "broker": {"subject": subject}}}),

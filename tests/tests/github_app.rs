@@ -197,7 +197,7 @@ async fn state_for_account(op: &mut BrokerClient, tenant: &str, login: &str, id:
         op,
         Method::POST,
         "/v1/admin/onboard/github_app",
-        Some(json!({"tenant": tenant, "account": {"login": login, "id": id}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": tenant, "account": {"login": login, "id": id}})),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -1324,7 +1324,7 @@ async fn github_install_takeover_attempts_are_refused() {
         &mut env.op,
         Method::POST,
         "/v1/admin/unclaimed/claim",
-        Some(json!({"identifier": "github_installation:1001", "tenant": "t1"})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "identifier": "github_installation:1001", "tenant": "t1"})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -2033,7 +2033,7 @@ async fn the_app_jwt_iss_is_the_client_id_when_configured_else_the_app_id() {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "github-app-1001", "tenant": "t1", "provider": "github_app",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "github-app-1001", "tenant": "t1", "provider": "github_app",
                     "config": {"installation_id": 1001}}),
         ),
     )

@@ -17,7 +17,7 @@ async fn an_empty_ceiling_is_refused_not_read_as_every_field() {
             &mut op,
             Method::POST,
             "/v1/admin/bindings",
-            Some(json!({"id": "b-empty", "tenant": "t1", "provider": "pasted_secret", "ceiling": ceiling})),
+            Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "b-empty", "tenant": "t1", "provider": "pasted_secret", "ceiling": ceiling})),
         )
         .await;
         assert_eq!((s, code(&v)), (400, "bad_request"), "{ceiling}: {v}");
@@ -33,7 +33,7 @@ async fn an_empty_ceiling_is_refused_not_read_as_every_field() {
         &mut op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"id": "b-one", "tenant": "t1", "provider": "pasted_secret", "ceiling": {"fields": ["token"]}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "b-one", "tenant": "t1", "provider": "pasted_secret", "ceiling": {"fields": ["token"]}})),
     )
     .await;
     assert_eq!(s, 201, "{v}");

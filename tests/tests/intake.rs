@@ -52,7 +52,7 @@ async fn start() -> (
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth",
                     "config": {"instance_url": sn.url}}),
         ),
     )
@@ -349,7 +349,7 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
         &mut op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"id": "acme-snow", "tenant": "t2", "provider": "pasted_secret", "ceiling": {"fields": ["client_id", "client_secret"]}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": "t2", "provider": "pasted_secret", "ceiling": {"fields": ["client_id", "client_secret"]}})),
     )
     .await;
     assert_eq!(s, 201, "{v}");

@@ -96,7 +96,7 @@ async fn a_customer_pastes_a_secret_in_a_real_browser() {
         &mut op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth", "config": {"instance_url": sn.url}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth", "config": {"instance_url": sn.url}})),
     )
     .await;
     assert_eq!(s, 201, "{v}");

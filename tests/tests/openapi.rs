@@ -79,6 +79,13 @@ async fn the_daemon_keeps_to_its_openapi_document() {
         8,
         &["--include-path", "/v1/resolve"],
     );
+    run(
+        &pki,
+        &daemon.url,
+        "w1",
+        9,
+        &["--include-path", "/v1/webhooks/verify"],
+    );
     // Whatever was thrown at it, the daemon is still up and its audit log intact.
     let (c, out, err) = daemon.cli(&[
         "audit",

@@ -193,7 +193,7 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
                 Method::POST,
                 "/v1/admin/bindings",
                 Some(
-                    json!({"id": format!("race{i}"), "tenant": format!("t{}", i + 1),
+                    json!({"owner": "team-tests", "purpose": "integration test", "id": format!("race{i}"), "tenant": format!("t{}", i + 1),
                     "provider": "aws_assume_role", "config": {"role_arn": arn}}),
                 ),
             )

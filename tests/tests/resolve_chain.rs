@@ -198,7 +198,7 @@ async fn connector_kind_policy_and_admin_integrity_rules() {
         &mut op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w2", "tenants": ["t1"], "connector_kinds": ["aws"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t1"], "connector_kinds": ["aws"]})),
     )
     .await;
     assert_eq!(s, 201);
@@ -228,7 +228,7 @@ async fn connector_kind_policy_and_admin_integrity_rules() {
         &mut op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w3", "tenants": ["ghost"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w3", "tenants": ["ghost"]})),
     )
     .await;
     assert_eq!((s, code(&v)), (404, "unknown_record"));
@@ -240,7 +240,7 @@ async fn connector_kind_policy_and_admin_integrity_rules() {
         &mut op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"id": "b9", "tenant": "t1", "provider": "aws_assume_role"})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "b9", "tenant": "t1", "provider": "aws_assume_role"})),
     )
     .await;
     assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");

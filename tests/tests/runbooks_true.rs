@@ -695,6 +695,10 @@ async fn the_aws_probe_outcome_table_covers_provider_unavailable() {
             "t1",
             "--role-arn",
             arn,
+            "--owner",
+            "team-tests",
+            "--purpose",
+            "integration test",
         ],
     );
     assert_eq!(c, 0, "{out}{err}");

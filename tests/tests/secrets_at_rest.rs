@@ -23,7 +23,7 @@ async fn worker_for_both(op: &mut credbroker::client::BrokerClient, pki: &TestPk
         op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "both", "tenants": ["t1", "t2"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "both", "tenants": ["t1", "t2"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");

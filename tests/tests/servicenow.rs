@@ -61,7 +61,7 @@ async fn bind(env: &mut Env) {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth",
                     "config": {"instance_url": env.sn.url}}),
         ),
     )
@@ -299,7 +299,7 @@ async fn instance_urls_outside_servicenow_are_refused() {
             Method::POST,
             "/v1/admin/bindings",
             Some(
-                json!({"id": "bad-snow", "tenant": "t1", "provider": "servicenow_oauth",
+                json!({"owner": "team-tests", "purpose": "integration test", "id": "bad-snow", "tenant": "t1", "provider": "servicenow_oauth",
                         "config": {"instance_url": url}}),
             ),
         )
@@ -311,7 +311,7 @@ async fn instance_urls_outside_servicenow_are_refused() {
         Method::POST,
         "/v1/admin/bindings",
         Some(
-            json!({"id": "ok-snow", "tenant": "t1", "provider": "servicenow_oauth",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "ok-snow", "tenant": "t1", "provider": "servicenow_oauth",
                     "config": {"instance_url": "https://acme.service-now.com"}}),
         ),
     )

@@ -39,7 +39,7 @@ async fn a_rotation_is_pending_until_promoted_and_the_old_version_outlives_it() 
     for (path, body) in [
         (
             "/v1/admin/bindings",
-            json!({"id": "dc-pat", "tenant": "t1", "provider": "pasted_secret", "ceiling": {"fields": ["token"]}}),
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "dc-pat", "tenant": "t1", "provider": "pasted_secret", "ceiling": {"fields": ["token"]}}),
         ),
         (
             "/v1/admin/instances",

@@ -85,6 +85,8 @@ fn binding(id: &str, t: &str) -> Binding {
         trust_facts: None,
         pending_secret_version: None,
         created_at: "2026-01-01T00:00:00Z".into(),
+        governance: None,
+        max_secret_age_days: None,
     }
 }
 
@@ -110,6 +112,7 @@ async fn every_record_type_round_trips(records: &Records) {
             connector_kinds: vec![],
             status: Status::Active,
             created_at: "2026-01-01T00:00:00Z".into(),
+            governance: None,
         })
         .create(&SecretVersion {
             binding: BindingId::parse("b1").unwrap(),
@@ -122,6 +125,7 @@ async fn every_record_type_round_trips(records: &Records) {
             created_at: "2026-01-01T00:00:00Z".into(),
             probe: None,
             superseded_at: None,
+            expires_at: None,
         })
         .create(&PlatformKeyRecord {
             kind: "k".into(),
@@ -156,6 +160,7 @@ async fn every_record_type_round_trips(records: &Records) {
                 browser: None,
                 opens: 0,
                 issued_at: None,
+                governance: None,
             },
         );
     records.commit(b).await.unwrap();
@@ -335,6 +340,7 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
             browser: None,
             opens: 0,
             issued_at: None,
+            governance: None,
         },
     );
     records.commit(b).await.unwrap();

@@ -88,7 +88,7 @@ async fn workers_change_tenants_in_place_and_removed_names_stay_retired() {
         &mut op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w1", "tenants": ["t2"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w1", "tenants": ["t2"]})),
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
@@ -101,7 +101,7 @@ async fn workers_change_tenants_in_place_and_removed_names_stay_retired() {
         &mut op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"id": "w1b", "tenants": ["t2"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w1b", "tenants": ["t2"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");

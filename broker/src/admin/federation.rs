@@ -169,6 +169,7 @@ impl AdminService {
 
     pub(super) async fn plan_add_binding(&self, b: NewBinding) -> Result<Plan, ApiError> {
         let r = &self.core.records;
+        let governance = super::governance::optional(&b.owner, &b.purpose)?;
         if r.binding(&b.id).await.map_err(store_err)?.is_some() {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -280,6 +281,8 @@ impl AdminService {
             drift: None,
             trust_facts: None,
             pending_secret_version: None,
+            governance,
+            max_secret_age_days: b.max_secret_age_days,
             created_at: now_rfc3339(),
         };
         // The tenant gains a child: it cannot be removed meanwhile.
@@ -303,6 +306,7 @@ impl AdminService {
         provider_name: &str,
         tenant: &TenantId,
         pin: Option<AccountPin>,
+        governance: Option<crate::model::Governance>,
     ) -> Result<Plan, ApiError> {
         let provider = self
             .core
@@ -328,9 +332,25 @@ impl AdminService {
             .ok_or_else(|| {
                 ApiError::bad_request(format!("provider {} has no onboarding flow", provider.id()))
             })?;
+        // Where the broker itself creates the binding (an install, a first invocation), the
+        // operator names its owner and purpose now.
+        if (provider.invocations().is_some() || provider.callbacks().is_some())
+            && governance.is_none()
+        {
+            return Err(ApiError::bad_request(
+                "this onboarding creates the binding: give its owner and purpose (--owner, --purpose)",
+            ));
+        }
         if let Some(inv) = provider.invocations() {
-            self.plan_expect_site(inv, provider.id(), tenant, pin.clone(), &mut plan)
-                .await?;
+            self.plan_expect_site(
+                inv,
+                provider.id(),
+                tenant,
+                pin.clone(),
+                governance.clone(),
+                &mut plan,
+            )
+            .await?;
         }
         if let Some(cb) = provider.callbacks() {
             // A link that cannot complete would burn the customer's attempt.
@@ -395,6 +415,7 @@ impl AdminService {
                     browser: None,
                     opens: 0,
                     issued_at: Some(time::OffsetDateTime::now_utc().unix_timestamp()),
+                    governance: governance.clone(),
                 },
             );
             plan.response["install_url"] = json!(format!(
@@ -495,6 +516,7 @@ impl AdminService {
         &self,
         identifier: &str,
         tenant: TenantId,
+        governance: crate::model::Governance,
     ) -> Result<Plan, ApiError> {
         let (key, read) = self
             .core
@@ -519,6 +541,9 @@ impl AdminService {
                 provider: u.provider.clone(),
                 config: u.config.clone(),
                 ceiling: Value::Null,
+                owner: governance.owner,
+                purpose: governance.purpose,
+                max_secret_age_days: None,
             })
             .await?;
         plan.batch.remove_unclaimed(&key, &read);

@@ -74,6 +74,7 @@ impl AdminService {
         provider: &str,
         tenant: &TenantId,
         pin: Option<AccountPin>,
+        governance: Option<crate::model::Governance>,
         plan: &mut Plan,
     ) -> Result<(), ApiError> {
         let pin = pin.ok_or_else(|| {
@@ -143,6 +144,7 @@ impl AdminService {
                 tenant: tenant.to_string(),
                 expires_at: expires.unix_timestamp(),
                 recorded_at: now_rfc3339(),
+                governance,
             },
         );
         plan.response["expected_site"] = json!(site);
@@ -421,6 +423,19 @@ impl AdminService {
                 provider: provider.id().to_owned(),
                 config: invocation.config.clone(),
                 ceiling: Value::Null,
+                owner: read
+                    .value
+                    .governance
+                    .as_ref()
+                    .map(|g| g.owner.clone())
+                    .unwrap_or_default(),
+                purpose: read
+                    .value
+                    .governance
+                    .as_ref()
+                    .map(|g| g.purpose.clone())
+                    .unwrap_or_default(),
+                max_secret_age_days: None,
             })
             .await?;
         // plan_add_binding consumed the expectation (`key`).

@@ -434,7 +434,9 @@ impl AdminService {
         // 1. Sealed as a pending version.
         let written = {
             let _guard = self.lock.lock().await;
-            let plan = self.plan_secret_write(&link.binding, fields, true).await;
+            let plan = self
+                .plan_secret_write(&link.binding, fields, None, true)
+                .await;
             self.commit_plan(
                 Self::intake_event(&link, request_id, "secret.rotate"),
                 plan,
@@ -526,6 +528,7 @@ impl AdminService {
                 n.creator = actor.to_owned();
                 super::AdminOp::IntakeCreate(n)
             }
+            super::AdminOp::Governance(g) => super::AdminOp::Governance(g.by(actor)),
             other => other,
         }
     }

@@ -26,8 +26,11 @@ use crate::store::{Batch, StoreError};
 
 mod federation;
 mod forge;
+mod governance;
+mod webhook_secrets;
 pub(crate) use federation::random_alphanumeric;
 pub use forge::InvocationOutcome;
+pub use governance::{GovernanceOp, GovernanceUpdate, RevealBody, MAX_WINDOW_S};
 pub use intake::{parse_intake_form, NewIntake, MAX_INTAKE_FAILURES};
 mod platform_keys;
 mod records;
@@ -373,7 +376,7 @@ impl AdminService {
         };
         let op = Self::with_creator(op, actor);
         let rotated = match &op {
-            AdminOp::SecretRotate(id, _) => Some(id.clone()),
+            AdminOp::SecretRotate(id, ..) => Some(id.clone()),
             _ => None,
         };
         let planned = self.plan(op).await;
@@ -495,8 +498,13 @@ impl AdminService {
             AdminOp::AddBinding(b) => self.plan_add_binding(b).await,
             AdminOp::SetStatus(c, id, status) => self.plan_status(c, &id, status).await,
             AdminOp::Remove(c, id) => self.plan_remove(c, &id).await,
-            AdminOp::SecretSet(id, fields) => self.plan_secret_write(&id, fields, false).await,
-            AdminOp::SecretRotate(id, fields) => self.plan_secret_write(&id, fields, true).await,
+            AdminOp::SecretSet(id, fields, expires) => {
+                self.plan_secret_write(&id, fields, expires, false).await
+            }
+            AdminOp::SecretRotate(id, fields, expires) => {
+                self.plan_secret_write(&id, fields, expires, true).await
+            }
+            AdminOp::Governance(g) => self.plan_governance(g).await,
             AdminOp::SecretDestroy(id, version, force) => {
                 self.plan_secret_destroy(&id, version, force).await
             }
@@ -517,12 +525,13 @@ impl AdminService {
                 self.plan_flag_trust_broken(&binding, &generation, drift, observed_probe)
                     .await
             }
-            AdminOp::Onboard(provider, tenant, pin) => {
-                self.plan_onboard(&provider, &tenant, pin).await
+            AdminOp::Onboard(provider, tenant, pin, governance) => {
+                self.plan_onboard(&provider, &tenant, pin, governance).await
             }
             AdminOp::UnclaimedList => self.plan_unclaimed_list().await,
-            AdminOp::ClaimUnclaimed(identifier, tenant) => {
-                self.plan_claim_unclaimed(&identifier, tenant).await
+            AdminOp::ClaimUnclaimed(identifier, tenant, governance) => {
+                self.plan_claim_unclaimed(&identifier, tenant, governance)
+                    .await
             }
             AdminOp::KeysList(kind) => self.plan_keys_list(&kind).await,
             AdminOp::KeysAdd(kind, material) => self.plan_keys_add(&kind, material).await,

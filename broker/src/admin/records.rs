@@ -98,7 +98,7 @@ impl AdminService {
         Ok(())
     }
 
-    async fn instance_or_404(&self, id: &str) -> Result<Stored<Instance>, ApiError> {
+    pub(super) async fn instance_or_404(&self, id: &str) -> Result<Stored<Instance>, ApiError> {
         let iid = InstanceId::parse(id).map_err(ApiError::bad_request)?;
         self.core
             .records
@@ -159,7 +159,20 @@ impl AdminService {
             Collection::Tenants => to_value(&self.tenant_or_404(id).await?.value),
             Collection::Workers => to_value(&self.worker_or_404(id).await?.value),
             Collection::Operators => to_value(&self.operator_or_404(id).await?.value),
-            Collection::Instances => to_value(&self.instance_or_404(id).await?.value),
+            Collection::Instances => {
+                let mut v = to_value(&self.instance_or_404(id).await?.value);
+                // What its webhook secret is, never the secret.
+                if let Some(w) = self
+                    .core
+                    .records
+                    .webhook_secret(id)
+                    .await
+                    .map_err(store_err)?
+                {
+                    v["webhook_secret"] = super::webhook_secrets::describe(&w.value);
+                }
+                v
+            }
             Collection::Bindings => {
                 let b = self.binding_or_404(id).await?.value;
                 let versions: Vec<SecretVersionView> = self
@@ -520,6 +533,11 @@ impl AdminService {
                     let mut changed = b.value.clone();
                     changed.revision = changed.revision.wrapping_add(1);
                     plan.batch.replace(&b, &changed);
+                }
+                // Its webhook secret goes with it: a re-created id is another instance.
+                if let Some(w) = r.webhook_secret(id).await.map_err(store_err)? {
+                    plan.batch.remove(&w);
+                    plan.detail.push_str("; its webhook secret destroyed");
                 }
                 plan.batch.remove(&i);
                 plan.tenant = Some(i.tenant.to_string());

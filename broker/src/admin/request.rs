@@ -77,6 +77,10 @@ pub struct NewWorker {
     /// Connector kinds it may serve (empty: any).
     #[serde(default)]
     pub connector_kinds: Vec<String>,
+    /// The team or contact that answers for it.
+    pub owner: String,
+    /// What it is for.
+    pub purpose: String,
 }
 
 /// `PUT /v1/admin/workers/{id}/tenants`: what a worker may serve from now on.
@@ -133,6 +137,13 @@ pub struct NewBinding {
     /// Ceiling.
     #[serde(default)]
     pub ceiling: Value,
+    /// The team or contact that answers for it.
+    pub owner: String,
+    /// What it is for.
+    pub purpose: String,
+    /// Rotation policy override: the most days its secret may age.
+    #[serde(default)]
+    pub max_secret_age_days: Option<u32>,
 }
 
 /// `PUT /v1/admin/bindings/{id}/secret`, `POST …/secret/rotate`, `POST /v1/admin/keys/{provider}`:
@@ -143,6 +154,10 @@ pub struct SecretBody {
     /// Field name → value (at most 16 KiB each).
     #[schemars(with = "BTreeMap<String, String>")]
     fields: BTreeMap<String, Zeroizing<String>>,
+    /// When the secret itself stops working (RFC 3339), if the issuer says: the inventory
+    /// flags it `expiring_soon` ahead of it.
+    #[serde(default)]
+    expires_at: Option<String>,
 }
 
 /// `POST /v1/admin/onboard/{provider}`
@@ -155,6 +170,13 @@ pub struct OnboardBody {
     /// with an install flow, e.g. the GitHub organisation's login and numeric id).
     #[serde(default)]
     pub account: Option<crate::store::records::AccountPin>,
+    /// Owner of the binding the onboarding creates (required when the broker creates it:
+    /// an install or first-invocation flow).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Purpose of that binding.
+    #[serde(default)]
+    pub purpose: Option<String>,
 }
 
 /// `POST /v1/admin/unclaimed/claim`
@@ -165,6 +187,10 @@ pub struct ClaimBody {
     pub identifier: String,
     /// The tenant to bind it to.
     pub tenant: TenantId,
+    /// The team or contact that answers for the binding.
+    pub owner: String,
+    /// What it is for.
+    pub purpose: String,
 }
 
 /// `POST /v1/admin/issuer/keys` (rotate).
@@ -208,10 +234,12 @@ pub enum AdminOp {
     SetStatus(Collection, String, Status),
     /// Remove a record.
     Remove(Collection, String),
-    /// Set the first secret version of a binding.
-    SecretSet(String, SecretFields),
+    /// Set the first secret version of a binding (with its declared expiry).
+    SecretSet(String, SecretFields, Option<String>),
     /// Write a new secret version; the previous one is kept as superseded.
-    SecretRotate(String, SecretFields),
+    SecretRotate(String, SecretFields, Option<String>),
+    /// Governance: inventory, owners, the provider catalog, webhook secrets.
+    Governance(super::governance::GovernanceOp),
     /// Make a binding's pending secret version active (it must have passed its probe).
     SecretPromote(String, u32),
     /// Let the current secret create its successor upstream; pending, probed, promoted, the
@@ -229,8 +257,13 @@ pub enum AdminOp {
     /// Run a binding's probe; a binding pending activation becomes active when it passes.
     Probe(String),
     /// Onboarding facts for a tenant with a federated provider (generates tenant parameters);
-    /// the account an install must belong to.
-    Onboard(String, TenantId, Option<crate::store::records::AccountPin>),
+    /// the account an install must belong to, and the owner of the binding it creates.
+    Onboard(
+        String,
+        TenantId,
+        Option<crate::store::records::AccountPin>,
+        Option<crate::model::Governance>,
+    ),
     /// List a provider's platform keys (metadata only).
     KeysList(String),
     /// Store a new platform key (staged).
@@ -251,8 +284,9 @@ pub enum AdminOp {
     IssuerRetire(u32, bool),
     /// List installations kept for an operator (proven, not bound).
     UnclaimedList,
-    /// Bind an unclaimed installation to a tenant (pending activation; probe next).
-    ClaimUnclaimed(String, TenantId),
+    /// Bind an unclaimed installation to a tenant (pending activation; probe next), with its
+    /// owner and purpose.
+    ClaimUnclaimed(String, TenantId, crate::model::Governance),
     /// Mark a binding `trust_broken` after its upstream said the customer withdrew the trust
     /// (raised by the broker itself from a resolve, never parsed from a request). Applies only
     /// to the binding generation the resolve used.
@@ -292,7 +326,8 @@ impl AdminOp {
             AdminOp::IntakeRevoke(..) => "intake.revoke".into(),
             AdminOp::SecretDestroy(..) => "secret.destroy".into(),
             AdminOp::Probe(_) => "binding.probe".into(),
-            AdminOp::Onboard(p, _, _) => format!("onboard.{p}"),
+            AdminOp::Onboard(p, ..) => format!("onboard.{p}"),
+            AdminOp::Governance(g) => g.action(),
             AdminOp::UnclaimedList => "unclaimed.list".into(),
             AdminOp::ClaimUnclaimed(..) => "unclaimed.claim".into(),
             AdminOp::KeysList(k) => format!("keys.{k}.list"),
@@ -317,7 +352,7 @@ impl AdminOp {
                 | AdminOp::IntakeList
                 | AdminOp::IssuerKeysList
                 | AdminOp::IssuerJwks
-        )
+        ) || matches!(self, AdminOp::Governance(g) if g.is_read())
     }
 }
 
@@ -327,6 +362,11 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 }
 
 fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
+    parse_expiring_secret(body).map(|(fields, _)| fields)
+}
+
+/// A secret body, and its declared expiry (RFC 3339, normalized to UTC).
+fn parse_expiring_secret(body: &[u8]) -> Result<(SecretFields, Option<String>), ApiError> {
     let parsed: SecretBody = serde_json::from_slice(body).map_err(|e| {
         // A syntax error is answered as one (serde_json's syntax messages name a position,
         // never the input); only a well-formed body of the wrong shape gets the shape.
@@ -352,7 +392,16 @@ fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
         }
         fields.insert(name.clone(), SecretString::from(value.as_str()));
     }
-    Ok(fields)
+    let expires_at = parsed
+        .expires_at
+        .as_deref()
+        .map(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map(|t| crate::model::rfc3339(t.to_offset(time::UtcOffset::UTC)))
+                .map_err(|_| ApiError::bad_request("expires_at must be an RFC 3339 time"))
+        })
+        .transpose()?;
+    Ok((fields, expires_at))
 }
 
 /// The query of `DELETE …/secret/{version}`: `force=true|false`, at most once, nothing else.
@@ -395,7 +444,10 @@ pub fn parse_admin_request(
         return Err(not_found());
     };
     // A query is part of a route's contract: only the routes that declare one take one.
-    if !query.is_empty() && endpoint != AdminEndpoint::SecretVersion {
+    if !query.is_empty()
+        && endpoint != AdminEndpoint::SecretVersion
+        && endpoint != AdminEndpoint::Inventory
+    {
         return Err(ApiError::bad_request(
             "this admin route takes no query parameters",
         ));
@@ -419,9 +471,17 @@ pub fn parse_admin_request(
             }
             match c {
                 Collection::Tenants => parse_body(body).map(AdminOp::AddTenant),
-                Collection::Workers => parse_body(body).map(AdminOp::AddWorker),
+                Collection::Workers => {
+                    let w: NewWorker = parse_body(body)?;
+                    super::governance::validated(w.owner.clone(), w.purpose.clone())?;
+                    Ok(AdminOp::AddWorker(w))
+                }
                 Collection::Instances => parse_body(body).map(AdminOp::AddInstance),
-                Collection::Bindings => parse_body(body).map(AdminOp::AddBinding),
+                Collection::Bindings => {
+                    let b: NewBinding = parse_body(body)?;
+                    super::governance::validated(b.owner.clone(), b.purpose.clone())?;
+                    Ok(AdminOp::AddBinding(b))
+                }
                 Collection::Operators => parse_body(body).map(AdminOp::AddOperator),
             }
         }
@@ -443,14 +503,28 @@ pub fn parse_admin_request(
             }
         }
         AdminEndpoint::Secret => Ok(if *method == Method::PUT {
-            AdminOp::SecretSet(param("id"), parse_secret(body)?)
+            let (fields, expires) = parse_expiring_secret(body)?;
+            AdminOp::SecretSet(param("id"), fields, expires)
         } else {
             AdminOp::SecretDestroy(param("id"), None, false)
         }),
         AdminEndpoint::WorkerTenants => {
             parse_body(body).map(|u| AdminOp::UpdateWorker(param("id"), u))
         }
-        AdminEndpoint::SecretRotate => Ok(AdminOp::SecretRotate(param("id"), parse_secret(body)?)),
+        AdminEndpoint::SecretRotate => {
+            let (fields, expires) = parse_expiring_secret(body)?;
+            Ok(AdminOp::SecretRotate(param("id"), fields, expires))
+        }
+        AdminEndpoint::Inventory
+        | AdminEndpoint::BindingGovernance
+        | AdminEndpoint::WorkerGovernance
+        | AdminEndpoint::Providers
+        | AdminEndpoint::Provider
+        | AdminEndpoint::WebhookSecret
+        | AdminEndpoint::WebhookSecretAction => {
+            super::governance::parse(endpoint, method, &matched, query, body)
+                .map(AdminOp::Governance)
+        }
         AdminEndpoint::SecretSelfRotate => Ok(AdminOp::SecretSelfRotate(param("id"))),
         AdminEndpoint::IntakeLinks if *method == Method::GET => Ok(AdminOp::IntakeList),
         AdminEndpoint::IntakeLinks => Ok(AdminOp::IntakeCreate(parse_body(body)?)),
@@ -463,10 +537,20 @@ pub fn parse_admin_request(
         )),
         AdminEndpoint::Onboard => {
             let body: OnboardBody = parse_body(body)?;
+            let governance = match (body.owner, body.purpose) {
+                (None, None) => None,
+                (Some(owner), Some(purpose)) => Some(super::governance::validated(owner, purpose)?),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "give both owner and purpose, or neither",
+                    ))
+                }
+            };
             Ok(AdminOp::Onboard(
                 param("provider"),
                 body.tenant,
                 body.account,
+                governance,
             ))
         }
         AdminEndpoint::Keys => Ok(if *method == Method::GET {
@@ -504,7 +588,12 @@ pub fn parse_admin_request(
         AdminEndpoint::Unclaimed => Ok(AdminOp::UnclaimedList),
         AdminEndpoint::ClaimUnclaimed => {
             let body: ClaimBody = parse_body(body)?;
-            Ok(AdminOp::ClaimUnclaimed(body.identifier, body.tenant))
+            let governance = super::governance::validated(body.owner, body.purpose)?;
+            Ok(AdminOp::ClaimUnclaimed(
+                body.identifier,
+                body.tenant,
+                governance,
+            ))
         }
     }
 }

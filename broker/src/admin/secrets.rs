@@ -76,6 +76,7 @@ impl AdminService {
             created_at: now_rfc3339(),
             probe: None,
             superseded_at: None,
+            expires_at: None,
         })
     }
 
@@ -83,6 +84,7 @@ impl AdminService {
         &self,
         id: &str,
         fields: SecretFields,
+        expires_at: Option<String>,
         rotate: bool,
     ) -> Result<Plan, ApiError> {
         let stored = self.binding_or_404(id).await?;
@@ -128,7 +130,7 @@ impl AdminService {
                 replaced = Some(p);
             }
         }
-        let record = self.sealed_version(
+        let mut record = self.sealed_version(
             &mut binding,
             &fields,
             if rotate {
@@ -137,6 +139,7 @@ impl AdminService {
                 SecretState::Active
             },
         )?;
+        record.expires_at = expires_at;
         let (version, names) = (record.version, record.field_names.clone());
         plan.batch.create(&record);
         if rotate {

@@ -61,6 +61,7 @@ impl AdminService {
             plan.batch.replace(&stored, &bumped(&stored));
         }
         let worker = Worker {
+            governance: Some(super::governance::validated(w.owner, w.purpose)?),
             id: w.id,
             tenants,
             connector_kinds: w.connector_kinds,

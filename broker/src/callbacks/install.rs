@@ -162,6 +162,7 @@ impl CallbackService {
         }
         let tenant =
             TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
+        let governance = read.governance.clone();
         event.tenant = Some(tenant.to_string());
         // The install must finish in the browser that opened the link (its cookie), or the
         // callback URL alone — state included — is worth nothing.
@@ -350,6 +351,12 @@ impl CallbackService {
                     provider: provider.id().to_owned(),
                     config: redirect.config.clone(),
                     ceiling: Value::Null,
+                    owner: governance
+                        .as_ref()
+                        .map(|g| g.owner.clone())
+                        .unwrap_or_default(),
+                    purpose: governance.map(|g| g.purpose).unwrap_or_default(),
+                    max_secret_age_days: None,
                 });
                 self.admin
                     .execute(&actor, op, &event.request_id)

@@ -83,6 +83,8 @@ pub enum WorkerAction {
     /// Replace the tenants (and, with --connector-kind, the kinds) a worker may serve,
     /// without removing it.
     Update(WorkerAdd),
+    /// Set who answers for the worker and what it is for (shown by `inventory`).
+    SetOwner(super::governance::SetOwner),
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +118,12 @@ pub struct WorkerAdd {
     /// Connector kind the worker may serve (repeat; none = any).
     #[arg(long = "connector-kind")]
     pub(super) connector_kinds: Vec<String>,
+    /// (add, required) The team or contact that answers for the worker (inventory).
+    #[arg(long)]
+    pub(super) owner: Option<String>,
+    /// (add, required) What the worker is for (inventory).
+    #[arg(long)]
+    pub(super) purpose: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +166,8 @@ pub enum BindingAction {
     Remove(IdArg),
     /// Re-run the provider's probe and stamp last_tested_at; activates a pending binding.
     Probe(IdArg),
+    /// Set who answers for the binding, what it is for, and its rotation policy.
+    SetOwner(super::governance::SetOwner),
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +187,12 @@ pub struct UnclaimedClaim {
     /// The tenant to bind it to.
     #[arg(long)]
     tenant: String,
+    /// The team or contact that answers for the binding (inventory).
+    #[arg(long)]
+    owner: String,
+    /// What the binding is for (inventory).
+    #[arg(long)]
+    purpose: String,
     #[command(flatten)]
     conn: Conn,
 }
@@ -189,9 +205,12 @@ pub fn run_unclaimed(cmd: UnclaimedCmd) -> Result<ExitCode, String> {
             Method::POST,
             "/v1/admin/unclaimed/claim",
             Some(
-                serde_json::to_vec(
-                    &serde_json::json!({ "identifier": c.identifier, "tenant": c.tenant }),
-                )
+                serde_json::to_vec(&serde_json::json!({
+                    "identifier": c.identifier,
+                    "tenant": c.tenant,
+                    "owner": c.owner,
+                    "purpose": c.purpose,
+                }))
                 .map_err(|e| e.to_string())?,
             ),
         ),
@@ -232,7 +251,7 @@ pub struct IntakeRevoke {
     conn: Conn,
 }
 
-fn duration_s(text: &str) -> Result<u64, String> {
+pub(super) fn duration_s(text: &str) -> Result<u64, String> {
     let (n, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => text.split_at(i),
         None => (text, "s"),
@@ -307,6 +326,10 @@ pub struct SecretWrite {
     /// stored pending, probed, promoted, the old one revoked.
     #[arg(long = "self")]
     self_rotate: bool,
+    /// When the secret itself expires (RFC 3339, e.g. a PAT's expiry date): the inventory
+    /// flags it expiring_soon ahead of it.
+    #[arg(long, conflicts_with = "self_rotate")]
+    expires_at: Option<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -336,7 +359,7 @@ pub struct SecretDestroy {
     conn: Conn,
 }
 
-fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
+pub(super) fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
     let (ca, cert, key) = match &conn.dev_dir {
         Some(dir) => {
             let pki = dev::pki_dir(dir);
@@ -468,12 +491,23 @@ pub fn run_worker(cmd: WorkerCmd) -> Result<ExitCode, String> {
             },
             "workers",
             |a: WorkerAdd| {
-                Ok(
-                    json!({ "id": a.id, "tenants": a.tenants, "connector_kinds": a.connector_kinds }),
-                )
+                let (Some(owner), Some(purpose)) = (a.owner, a.purpose) else {
+                    return Err("worker add needs --owner and --purpose (inventory)".to_owned());
+                };
+                Ok(json!({
+                    "id": a.id,
+                    "tenants": a.tenants,
+                    "connector_kinds": a.connector_kinds,
+                    "owner": owner,
+                    "purpose": purpose,
+                }))
             },
         ),
+        WorkerAction::SetOwner(a) => a.run(&cmd.conn, "workers"),
         WorkerAction::Update(a) => {
+            if a.owner.is_some() || a.purpose.is_some() {
+                return Err("worker update changes tenants; use worker set-owner".to_owned());
+            }
             let mut body = json!({ "tenants": a.tenants });
             if !a.connector_kinds.is_empty() {
                 body["connector_kinds"] = json!(a.connector_kinds);
@@ -529,6 +563,7 @@ pub fn run_binding(cmd: BindingCmd) -> Result<ExitCode, String> {
             &format!("{base}/{}/probe", path_segment(&i.id)?),
             Some(b"{}".to_vec()),
         ),
+        BindingAction::SetOwner(a) => a.run(conn, "bindings"),
     }
 }
 
@@ -570,6 +605,10 @@ fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut body = Zeroizing::new(Vec::with_capacity(trimmed.len() + 12));
     body.extend_from_slice(b"{\"fields\":");
     body.extend_from_slice(trimmed);
+    if let Some(t) = &w.expires_at {
+        body.extend_from_slice(b",\"expires_at\":");
+        body.extend_from_slice(&serde_json::to_vec(t).map_err(|e| e.to_string())?);
+    }
     body.push(b'}');
     Ok(body)
 }

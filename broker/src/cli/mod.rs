@@ -10,6 +10,7 @@ mod admin;
 mod audit;
 mod client;
 mod gcp_metadata;
+mod governance;
 mod health;
 mod offline;
 mod providers;
@@ -101,6 +102,17 @@ enum Command {
     /// public listener, straight into sealed storage (admin API).
     #[command(subcommand)]
     Intake(admin::IntakeCmd),
+    /// Every binding and worker as a non-human identity: owner, purpose, last use, secret
+    /// age, known expiry, rotation policy, revocation path, and flags (unowned, dormant,
+    /// rotation_overdue, expiring_soon, last_probe_failed) (admin API).
+    Inventory(governance::InventoryArgs),
+    /// Webhook secrets of connector instances: generate, show, reveal (audited, with a
+    /// reason), rotate (with an overlap window), retire (admin API).
+    #[command(subcommand)]
+    WebhookSecret(governance::WebhookSecretCmd),
+    /// The provider catalog of this build, from each provider's own declarations.
+    #[command(subcommand)]
+    Provider(governance::ProviderCmd),
     /// Print the OpenAPI 3.1 document of the HTTP API (also served at GET /v1/openapi.json).
     Openapi,
     /// The broker's own OIDC issuer (admin API); its keys are under `keys issuer`.
@@ -216,6 +228,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Secret(cmd) => run_secret(cmd),
         Command::Unclaimed(cmd) => admin::run_unclaimed(cmd),
         Command::Intake(cmd) => admin::run_intake(cmd),
+        Command::Inventory(a) => governance::run_inventory(&a),
+        Command::WebhookSecret(cmd) => governance::run_webhook_secret(cmd),
+        Command::Provider(cmd) => governance::run_provider(&cmd),
         Command::Openapi => {
             print!("{}", crate::openapi::document_text());
             Ok(ExitCode::SUCCESS)

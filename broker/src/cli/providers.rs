@@ -55,6 +55,24 @@ fn binding_add_command(d: &ProviderDescriptor) -> Command {
             Arg::new("ceiling")
                 .long("ceiling")
                 .help("Ceiling within the platform's policies/ for this provider, JSON."),
+        )
+        .arg(
+            Arg::new("owner")
+                .long("owner")
+                .required(true)
+                .help("The team or contact that answers for the binding (inventory)."),
+        )
+        .arg(
+            Arg::new("purpose")
+                .long("purpose")
+                .required(true)
+                .help("What the binding is for (inventory)."),
+        )
+        .arg(
+            Arg::new("max-secret-age-days")
+                .long("max-secret-age-days")
+                .value_parser(clap::value_parser!(u32).range(1..))
+                .help("Rotation policy: the most days its secret may age (default: [inventory] max_secret_age_days for the provider)."),
         );
     for f in d.cli.binding_flags {
         let arg = Arg::new(f.long).long(f.long).help(f.help);
@@ -106,6 +124,9 @@ impl FromArgMatches for BindingAdd {
                 "provider": d.id,
                 "config": config,
                 "ceiling": ceiling,
+                "owner": text("owner"),
+                "purpose": text("purpose"),
+                "max_secret_age_days": m.get_one::<u32>("max-secret-age-days"),
             }),
         })
     }
@@ -137,6 +158,8 @@ pub struct Onboard {
     provider: &'static str,
     tenant: String,
     account: Option<(String, u64)>,
+    owner: Option<String>,
+    purpose: Option<String>,
     conn: Conn,
 }
 
@@ -166,6 +189,8 @@ impl FromArgMatches for Onboard {
             provider: d.id,
             tenant: m.get_one::<String>("tenant").cloned().unwrap_or_default(),
             account,
+            owner: m.get_one::<String>("owner").cloned(),
+            purpose: m.get_one::<String>("purpose").cloned(),
             conn: Conn::from_arg_matches(m)?,
         })
     }
@@ -180,12 +205,28 @@ impl Subcommand for Onboard {
     fn augment_subcommands(cmd: Command) -> Command {
         cmd.subcommands(CATALOG.iter().filter_map(|d| {
             let about = d.cli.onboard?;
-            let mut cmd = Command::new(d.cli.name).arg(
-                Arg::new("tenant")
-                    .long("tenant")
-                    .required(true)
-                    .help("Tenant id."),
-            );
+            let creates = d.cli.onboard_pin != OnboardPin::None;
+            let mut cmd = Command::new(d.cli.name)
+                .arg(
+                    Arg::new("tenant")
+                        .long("tenant")
+                        .required(true)
+                        .help("Tenant id."),
+                )
+                .arg(
+                    Arg::new("owner")
+                        .long("owner")
+                        .required(creates)
+                        .requires("purpose")
+                        .help("Owner of the binding the onboarding creates (inventory)."),
+                )
+                .arg(
+                    Arg::new("purpose")
+                        .long("purpose")
+                        .required(creates)
+                        .requires("owner")
+                        .help("Purpose of that binding (inventory)."),
+                );
             if let OnboardPin::Identifier { long, help } = d.cli.onboard_pin {
                 cmd = cmd.arg(Arg::new(long).long(long).required(true).help(help));
             }
@@ -230,11 +271,18 @@ pub fn run_onboard(o: &Onboard) -> Result<ExitCode, String> {
         Method::POST,
         &format!("/v1/admin/onboard/{}", o.provider),
         Some(
-            serde_json::to_vec(&match &o.account {
-                Some((login, id)) => {
-                    json!({ "tenant": o.tenant, "account": { "login": login, "id": id } })
+            serde_json::to_vec(&{
+                let mut body = match &o.account {
+                    Some((login, id)) => {
+                        json!({ "tenant": o.tenant, "account": { "login": login, "id": id } })
+                    }
+                    None => json!({ "tenant": o.tenant }),
+                };
+                if let (Some(owner), Some(purpose)) = (&o.owner, &o.purpose) {
+                    body["owner"] = json!(owner);
+                    body["purpose"] = json!(purpose);
                 }
-                None => json!({ "tenant": o.tenant }),
+                body
             })
             .map_err(|e| e.to_string())?,
         ),

@@ -54,6 +54,9 @@ pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, 
             SealedTable::PlatformKeys => {
                 rewrap_platform_keys(&records, &keyring, &mut batch).await?
             }
+            SealedTable::WebhookSecrets => {
+                rewrap_webhook_secrets(&records, &keyring, &mut batch).await?
+            }
         };
         counts.push((table.name(), n));
     }
@@ -173,6 +176,35 @@ async fn rewrap_platform_keys(
         k.wrapped_dek = wrapped;
         batch.replace(read, &k);
         n += 1;
+    }
+    Ok(n)
+}
+
+async fn rewrap_webhook_secrets(
+    records: &Records,
+    keyring: &Keyring,
+    batch: &mut Batch,
+) -> Result<usize, String> {
+    let secrets = records
+        .all_webhook_secrets()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut n = 0;
+    for read in &secrets {
+        let mut w = read.value.clone();
+        for v in &mut w.versions {
+            let ctx = SealContext::WebhookSecret {
+                tenant: &read.value.tenant,
+                instance: &read.value.instance,
+                version: v.version,
+            };
+            let (kek_version, wrapped) = rewrap(keyring, ctx, v.kek_version, &v.wrapped_dek)
+                .map_err(|e| format!("webhook secret {}/{}: {e}", w.instance, v.version))?;
+            v.kek_version = kek_version;
+            v.wrapped_dek = wrapped;
+            n += 1;
+        }
+        batch.replace(read, &w);
     }
     Ok(n)
 }

@@ -375,6 +375,7 @@ mod tests {
                 tenants: vec![tid("t1")],
                 connector_kinds: vec![],
                 status: Status::Active,
+                governance: None,
                 created_at: String::new(),
             }),
         );
@@ -399,6 +400,8 @@ mod tests {
                     drift: None,
                     trust_facts: None,
                     pending_secret_version: None,
+                    governance: None,
+                    max_secret_age_days: None,
                     created_at: String::new(),
                 }),
             );

@@ -169,6 +169,11 @@ impl ResolveService {
                     "resolve allowed"
                 );
                 self.count("none", "allowed", &provider_label);
+                if let (Some(binding), Some(PeerIdentity::Worker(w))) = (&facts.binding, peer) {
+                    self.core
+                        .governance
+                        .record_use(binding.as_str(), w.as_str());
+                }
                 success_answer(granted, &json, &receipt.audit_id, request_id)
             }
             (Ok(receipt), Err(refused), _) => {

@@ -536,6 +536,14 @@ async fn handle(
                 };
                 broker.resolve(peer.as_ref(), body, &request_id).await
             }
+            Ok(Endpoint::WebhookVerify) => {
+                let max = crate::webhooks::envelope_limit(broker.webhook_body_limit());
+                let body = match json_content_type(&req) {
+                    Ok(()) => read_body_max(req, limits, max).await,
+                    Err(e) => Err(e),
+                };
+                broker.verify_webhook(peer.as_ref(), body, &request_id).await
+            }
             // Admin routes live below /v1/admin/ (handled above); callbacks on the public listener.
             Ok(
                 Endpoint::Admin(_)

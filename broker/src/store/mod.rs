@@ -52,6 +52,11 @@ pub enum Table {
     PlatformKeys,
     /// Operators by name: only an operator certificate with an active record administers.
     Operators,
+    /// When each binding and worker last resolved, by `<replica>/<b|w>/<id>`: written in
+    /// periodic batches (never per resolve), one row per replica so replicas never contend.
+    LastUse,
+    /// Sealed webhook secrets of connector instances, by instance id.
+    WebhookSecrets,
 }
 
 impl Table {
@@ -67,6 +72,8 @@ impl Table {
         Table::Identifiers,
         Table::PlatformKeys,
         Table::Operators,
+        Table::LastUse,
+        Table::WebhookSecrets,
     ];
 
     /// Whether the table's records hold material sealed under the KEK. Exhaustive on
@@ -74,7 +81,7 @@ impl Table {
     /// refuses to rotate at all).
     pub fn holds_sealed_material(self) -> bool {
         match self {
-            Table::Secrets | Table::PlatformKeys => true,
+            Table::Secrets | Table::PlatformKeys | Table::WebhookSecrets => true,
             Table::Meta
             | Table::Tenants
             | Table::Workers
@@ -82,7 +89,8 @@ impl Table {
             | Table::Bindings
             | Table::KeyMeta
             | Table::Identifiers
-            | Table::Operators => false,
+            | Table::Operators
+            | Table::LastUse => false,
         }
     }
 
@@ -99,6 +107,8 @@ impl Table {
             Table::Identifiers => "identifiers",
             Table::PlatformKeys => "platform_keys",
             Table::Operators => "operators",
+            Table::LastUse => "last_use",
+            Table::WebhookSecrets => "webhook_secrets",
         }
     }
 }

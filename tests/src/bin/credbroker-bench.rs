@@ -427,7 +427,7 @@ async fn run(args: Args) {
             ..FakeRole::default()
         },
     );
-    call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"id": "aws", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
+    call(&mut op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "aws", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
     call(
         &mut op,
         Method::POST,
@@ -858,6 +858,38 @@ async fn big_store(args: &Args, loader: &Loader, root: &Path, sts_url: &str, emp
         spread_rounds.push(loader.resolve(&url, &spread, broker.id()).await);
         rss_spread = rss_spread.max(rss_kib(broker.id()).unwrap_or(0));
     }
+    // The credential inventory over the whole store, every binding with a last use in
+    // memory: the admin API's answer, then the CLI's table (JSON parsed, rows rendered).
+    let mut op = loader.pki.client_for("op", &url);
+    let rss_before = rss_kib(broker.id()).unwrap_or(0);
+    let t = Instant::now();
+    let (status, body) = op
+        .request(Method::GET, "/v1/admin/inventory", None)
+        .await
+        .unwrap();
+    let api_s = t.elapsed().as_secs_f64();
+    assert!(status.is_success(), "{}", String::from_utf8_lossy(&body));
+    let rss_after = rss_kib(broker.id()).unwrap_or(0);
+    let peak = vm_hwm_kib(broker.id()).unwrap_or(0);
+    let inv: Value = serde_json::from_slice(&body).unwrap();
+    let t = Instant::now();
+    let (c, csv, err) = credbroker_tests::operator_cli(
+        &loader.pki,
+        &url,
+        &["inventory", "--format", "csv", "--flagged"],
+    );
+    let cli_s = t.elapsed().as_secs_f64();
+    assert_eq!(c, 0, "{err}");
+    println!(
+        "inventory: {} rows in {api_s:.2} s through the admin API ({} MiB JSON), {cli_s:.2} s through `credbroker inventory --format csv --flagged` ({} flagged rows); broker RSS {} -> {} MiB, peak {} MiB; counts {}",
+        inv["inventory"]["items"].as_array().map_or(0, Vec::len),
+        body.len() >> 20,
+        csv.lines().count().saturating_sub(1),
+        rss_before >> 10,
+        rss_after >> 10,
+        peak >> 10,
+        inv["inventory"]["counts"],
+    );
     let _ = broker.kill();
     let _ = broker.wait();
 
@@ -915,6 +947,16 @@ async fn seed_pasted_1k(op: &mut credbroker::client::BrokerClient) {
     )
     .await;
     assert!((200..300).contains(&s), "{v}");
+}
+
+/// The peak resident set of process `pid` so far (`VmHWM`), KiB.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `credbroker init` for `config` (keys, store, audit log).
@@ -996,6 +1038,10 @@ fn fill_big_store(
         tenants: (0..tenants).map(tid).collect(),
         connector_kinds: Vec::new(),
         status: Status::Active,
+        governance: Some(credbroker::model::Governance {
+            owner: "bench".into(),
+            purpose: "load".into(),
+        }),
         created_at: now.clone(),
     };
     let mut batch = Batch::new();
@@ -1019,6 +1065,7 @@ fn fill_big_store(
             created_at: now.clone(),
             probe: None,
             superseded_at: None,
+            expires_at: None,
         });
         batch.create(&Binding {
             id: bid.clone(),
@@ -1038,6 +1085,12 @@ fn fill_big_store(
             drift: None,
             trust_facts: None,
             pending_secret_version: None,
+            // One in ten is unowned, as in a store that predates the inventory.
+            governance: (b % 10 != 0).then(|| credbroker::model::Governance {
+                owner: format!("team-{}", b % 7),
+                purpose: "bench binding".into(),
+            }),
+            max_secret_age_days: None,
             created_at: now.clone(),
         });
         batch.create(&Instance {

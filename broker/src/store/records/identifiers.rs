@@ -42,6 +42,9 @@ pub struct CallbackState {
     /// expiry less the configured lifetime is used then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at: Option<i64>,
+    /// Owner and purpose of the binding the install creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<crate::model::Governance>,
 }
 
 /// An account an installation must belong to (GitHub: organisation or user login and id).
@@ -95,6 +98,9 @@ pub struct ExpectedSite {
     pub expires_at: i64,
     /// When it was recorded, RFC 3339.
     pub recorded_at: String,
+    /// Owner and purpose of the binding its first invocation creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<crate::model::Governance>,
 }
 
 fn expected_site_key(site: &str) -> String {

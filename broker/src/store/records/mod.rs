@@ -12,9 +12,11 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod governance;
 mod identifiers;
 mod intake;
 
+pub use governance::{LastUseKind, WebhookScheme, WebhookSecret, WebhookVersion};
 pub use identifiers::{
     binding_parameter_claim, outlives_binding, AccountPin, CallbackState, Delivery, ExpectedSite,
     IdentifierOwner, Unclaimed, MAX_UNCLAIMED, UNCLAIMED_TTL_S,
@@ -104,6 +106,8 @@ impl<T> std::ops::Deref for Stored<T> {
 pub struct Records {
     store: Arc<dyn Store>,
     cache: Arc<RecordCache>,
+    /// Batches this process committed (`credbroker_store_commits`).
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Records cached per table by [`Records::new`].
@@ -143,7 +147,11 @@ impl Records {
         let cache = Arc::new(RecordCache::new(per_table));
         let hook_cache = Arc::clone(&cache);
         store.on_change(Arc::new(move || hook_cache.invalidate()));
-        Records { store, cache }
+        Records {
+            store,
+            cache,
+            commits: Arc::default(),
+        }
     }
 
     /// Registers `hook`, called after every change the store reports ([`Store::on_change`]).
@@ -169,7 +177,14 @@ impl Records {
     /// # Errors
     /// See [`Store::commit`].
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.store.commit(batch).await
+    }
+
+    /// Batches this process has committed (or tried to) since it started.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The backend's name.
@@ -457,6 +472,8 @@ pub enum SealedTable {
     Secrets,
     /// Platform keys.
     PlatformKeys,
+    /// Webhook secrets of connector instances.
+    WebhookSecrets,
 }
 
 impl SealedTable {
@@ -473,6 +490,7 @@ impl SealedTable {
             .map(|t| match t {
                 Table::Secrets => Ok(SealedTable::Secrets),
                 Table::PlatformKeys => Ok(SealedTable::PlatformKeys),
+                Table::WebhookSecrets => Ok(SealedTable::WebhookSecrets),
                 other => Err(format!(
                     "table {} holds sealed material this build cannot re-wrap",
                     other.name()
@@ -486,6 +504,7 @@ impl SealedTable {
         match self {
             SealedTable::Secrets => Table::Secrets.name(),
             SealedTable::PlatformKeys => Table::PlatformKeys.name(),
+            SealedTable::WebhookSecrets => Table::WebhookSecrets.name(),
         }
     }
 }

@@ -1,0 +1,393 @@
+//! Governance through the admin API: owners and purposes, the credential inventory, the
+//! provider catalog, and the operations on webhook secrets (`webhook_secrets`).
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{store_err, to_value, AdminService, Plan};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::governance::inventory::{self, Windows};
+use crate::model::{Governance, SecretState};
+use crate::routes::{AdminEndpoint, Matched};
+use crate::store::records::WebhookScheme;
+
+/// `PUT /v1/admin/{bindings|workers}/{id}/governance`
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceUpdate {
+    /// The team or contact that answers for it.
+    pub owner: String,
+    /// What it is for.
+    pub purpose: String,
+    /// Bindings only: the most days its secret may age (absent: the provider's policy).
+    #[serde(default)]
+    pub max_secret_age_days: Option<u32>,
+}
+
+/// `POST /v1/admin/instances/{id}/webhook-secret/reveal`
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevealBody {
+    /// Why the secret is revealed (recorded in the audit log), 8-200 characters.
+    pub reason: String,
+    /// The operator asking (set by the broker, never read from the request).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub by: String,
+}
+
+/// One governance operation.
+#[derive(Debug)]
+pub enum GovernanceOp {
+    /// The inventory, with optional windows (seconds).
+    Inventory {
+        /// Dormant after.
+        dormant_s: Option<u64>,
+        /// Expiring within.
+        expiring_s: Option<u64>,
+    },
+    /// Set a binding's owner, purpose and rotation override.
+    SetBinding(String, GovernanceUpdate),
+    /// Set a worker's owner and purpose.
+    SetWorker(String, GovernanceUpdate),
+    /// The provider catalog.
+    Providers,
+    /// One provider's entry.
+    Provider(String),
+    /// Generate an instance's webhook secret.
+    WebhookGenerate(String, WebhookScheme),
+    /// Describe it (never the secret).
+    WebhookShow(String),
+    /// Reveal the current secret (audited with the reason, rate-limited).
+    WebhookReveal(String, RevealBody),
+    /// Rotate: a new current secret, the previous valid for the overlap window.
+    WebhookRotate(String),
+    /// Retire: destroyed; the instance verifies nothing until a new one is generated.
+    WebhookRetire(String),
+}
+
+impl GovernanceOp {
+    pub(super) fn action(&self) -> String {
+        match self {
+            GovernanceOp::Inventory { .. } => "inventory.list",
+            GovernanceOp::SetBinding(..) => "binding.set_owner",
+            GovernanceOp::SetWorker(..) => "worker.set_owner",
+            GovernanceOp::Providers => "provider.list",
+            GovernanceOp::Provider(_) => "provider.show",
+            GovernanceOp::WebhookGenerate(..) => "webhook_secret.generate",
+            GovernanceOp::WebhookShow(_) => "webhook_secret.show",
+            GovernanceOp::WebhookReveal(..) => "webhook_secret.reveal",
+            GovernanceOp::WebhookRotate(_) => "webhook_secret.rotate",
+            GovernanceOp::WebhookRetire(_) => "webhook_secret.retire",
+        }
+        .into()
+    }
+
+    pub(super) fn is_read(&self) -> bool {
+        matches!(
+            self,
+            GovernanceOp::Inventory { .. }
+                | GovernanceOp::Providers
+                | GovernanceOp::Provider(_)
+                | GovernanceOp::WebhookShow(_)
+        )
+    }
+
+    /// Names the operator on operations that need it (reveal budgets).
+    pub(super) fn by(self, actor: &str) -> GovernanceOp {
+        match self {
+            GovernanceOp::WebhookReveal(id, mut body) => {
+                actor.clone_into(&mut body.by);
+                GovernanceOp::WebhookReveal(id, body)
+            }
+            other => other,
+        }
+    }
+}
+
+fn text(what: &str, value: &str, min: usize) -> Result<String, ApiError> {
+    let v = value.trim();
+    let n = v.chars().count();
+    if n < min || n > 200 || v.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be {min}-200 printable characters"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+/// Owner and purpose, validated (1-200 printable characters each).
+///
+/// # Errors
+/// `bad_request`.
+pub fn validated(owner: String, purpose: String) -> Result<Governance, ApiError> {
+    Ok(Governance {
+        owner: text("owner", &owner, 1)?,
+        purpose: text("purpose", &purpose, 1)?,
+    })
+}
+
+/// The governance a record is created with: none when both are empty (a binding the broker
+/// creates from an onboarding that named no owner: flagged `unowned`).
+///
+/// # Errors
+/// `bad_request` when only one is given or either is malformed.
+pub(super) fn optional(owner: &str, purpose: &str) -> Result<Option<Governance>, ApiError> {
+    if owner.is_empty() && purpose.is_empty() {
+        return Ok(None);
+    }
+    validated(owner.to_owned(), purpose.to_owned()).map(Some)
+}
+
+/// The longest inventory window accepted, seconds (ten years).
+pub const MAX_WINDOW_S: u64 = 10 * 366 * 86_400;
+
+fn windows_query(query: &str) -> Result<(Option<u64>, Option<u64>), ApiError> {
+    let (mut dormant, mut expiring) = (None, None);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match &*name {
+            "dormant_s" => &mut dormant,
+            "expiring_s" => &mut expiring,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "unknown query parameter: this route takes dormant_s and expiring_s",
+                ))
+            }
+        };
+        let v: u64 = value
+            .parse()
+            .ok()
+            .filter(|v| *v <= MAX_WINDOW_S)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be a number of seconds up to {MAX_WINDOW_S} (ten years)"
+                ))
+            })?;
+        if slot.replace(v).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "{name} is given more than once"
+            )));
+        }
+    }
+    Ok((dormant, expiring))
+}
+
+fn body<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid request body: {}",
+            crate::api_error::json_error(&e)
+        ))
+    })
+}
+
+/// Parses a governance route.
+///
+/// # Errors
+/// `bad_request`, `not_found`.
+pub(super) fn parse(
+    endpoint: AdminEndpoint,
+    method: &http::Method,
+    matched: &Matched,
+    query: &str,
+    raw: &[u8],
+) -> Result<GovernanceOp, ApiError> {
+    let id = || matched.param("id").to_owned();
+    Ok(match endpoint {
+        AdminEndpoint::Inventory => {
+            let (dormant_s, expiring_s) = windows_query(query)?;
+            GovernanceOp::Inventory {
+                dormant_s,
+                expiring_s,
+            }
+        }
+        AdminEndpoint::BindingGovernance => GovernanceOp::SetBinding(id(), body(raw)?),
+        AdminEndpoint::WorkerGovernance => GovernanceOp::SetWorker(id(), body(raw)?),
+        AdminEndpoint::Providers => GovernanceOp::Providers,
+        AdminEndpoint::Provider => GovernanceOp::Provider(matched.param("provider").to_owned()),
+        AdminEndpoint::WebhookSecret if *method == http::Method::GET => {
+            GovernanceOp::WebhookShow(id())
+        }
+        AdminEndpoint::WebhookSecret if *method == http::Method::DELETE => {
+            GovernanceOp::WebhookRetire(id())
+        }
+        AdminEndpoint::WebhookSecret => GovernanceOp::WebhookGenerate(id(), body(raw)?),
+        AdminEndpoint::WebhookSecretAction => match matched.param("action") {
+            "reveal" => GovernanceOp::WebhookReveal(id(), body(raw)?),
+            "rotate" => GovernanceOp::WebhookRotate(id()),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    "no such webhook-secret action",
+                ))
+            }
+        },
+        _ => return Err(ApiError::new(ErrorCode::NotFound, "no such admin route")),
+    })
+}
+
+impl AdminService {
+    pub(super) async fn plan_governance(&self, op: GovernanceOp) -> Result<Plan, ApiError> {
+        match op {
+            GovernanceOp::Inventory {
+                dormant_s,
+                expiring_s,
+            } => {
+                let inv = self.inventory(dormant_s, expiring_s).await?;
+                Ok(Plan::new(
+                    format!("{} rows", inv.items.len()),
+                    json!({ "inventory": to_value(&inv) }),
+                ))
+            }
+            GovernanceOp::SetBinding(id, u) => {
+                let stored = self.binding_or_404(&id).await?;
+                let mut b = stored.value.clone();
+                b.governance = Some(validated(u.owner, u.purpose)?);
+                b.max_secret_age_days = u.max_secret_age_days;
+                let mut plan = Plan::new(
+                    format!(
+                        "binding={id} owner={:?} max_secret_age_days={:?}",
+                        b.governance.as_ref().map(|g| g.owner.as_str()),
+                        b.max_secret_age_days
+                    ),
+                    json!({ "binding": to_value(&b) }),
+                );
+                plan.batch.replace(&stored, &b);
+                plan.tenant = Some(b.tenant.to_string());
+                plan.binding = Some(id);
+                Ok(plan)
+            }
+            GovernanceOp::SetWorker(id, u) => {
+                if u.max_secret_age_days.is_some() {
+                    return Err(ApiError::bad_request(
+                        "workers hold no secret: max_secret_age_days is for bindings",
+                    ));
+                }
+                let stored = self.worker_or_404(&id).await?;
+                let mut w = stored.value.clone();
+                w.governance = Some(validated(u.owner, u.purpose)?);
+                let mut plan = Plan::new(
+                    format!(
+                        "worker={id} owner={:?}",
+                        w.governance.as_ref().map(|g| g.owner.as_str())
+                    ),
+                    json!({ "worker": to_value(&w) }),
+                );
+                plan.batch.replace(&stored, &w);
+                Ok(plan)
+            }
+            GovernanceOp::Providers => {
+                let list: Vec<Value> = credbroker_providers::CATALOG
+                    .iter()
+                    .map(|d| self.catalog_entry(d))
+                    .collect();
+                Ok(Plan::new(
+                    format!("{} providers", list.len()),
+                    json!({ "providers": list }),
+                ))
+            }
+            GovernanceOp::Provider(id) => {
+                let d = credbroker_providers::descriptor(&id).ok_or_else(|| {
+                    ApiError::new(ErrorCode::UnknownRecord, "no such provider in this build")
+                })?;
+                Ok(Plan::new(
+                    format!("provider={id}"),
+                    json!({ "provider": self.catalog_entry(d) }),
+                ))
+            }
+            GovernanceOp::WebhookGenerate(id, scheme) => {
+                self.plan_webhook_generate(&id, scheme).await
+            }
+            GovernanceOp::WebhookShow(id) => self.plan_webhook_show(&id).await,
+            GovernanceOp::WebhookReveal(id, body) => self.plan_webhook_reveal(&id, body).await,
+            GovernanceOp::WebhookRotate(id) => self.plan_webhook_rotate(&id).await,
+            GovernanceOp::WebhookRetire(id) => self.plan_webhook_retire(&id).await,
+        }
+    }
+
+    fn catalog_entry(&self, d: &credbroker_providers::ProviderDescriptor) -> Value {
+        let mut v = crate::catalog::entry(d);
+        v["configured"] = json!(self.core.registry.get(d.id).is_some());
+        v
+    }
+
+    /// The inventory now, under the configured windows unless given. Also refreshes the
+    /// flag gauges.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn inventory(
+        &self,
+        dormant_s: Option<u64>,
+        expiring_s: Option<u64>,
+    ) -> Result<inventory::Inventory, ApiError> {
+        let r = &self.core.records;
+        let settings = self.core.governance.inventory();
+        let bindings = r.bindings().await.map_err(store_err)?;
+        let workers = r.workers().await.map_err(store_err)?;
+        let mut active = HashMap::new();
+        for v in r.all_secret_versions().await.map_err(store_err)? {
+            if v.value.state == SecretState::Active {
+                active.insert(v.value.binding.to_string(), v.value);
+            }
+        }
+        let mut uses = r.last_uses().await.map_err(store_err)?;
+        for (k, at) in self.core.governance.seen() {
+            let slot = uses.entry(k).or_insert(at);
+            *slot = (*slot).max(at);
+        }
+        // Each provider's declared policy, overridden by the config.
+        let mut policy: std::collections::BTreeMap<String, u32> = credbroker_providers::CATALOG
+            .iter()
+            .filter_map(|d| Some((d.id.to_owned(), d.catalog.max_secret_age_days?)))
+            .collect();
+        policy.extend(settings.max_secret_age_days.clone());
+        let inv = inventory::compute(
+            &bindings,
+            &workers,
+            &active,
+            &uses,
+            &policy,
+            Windows {
+                dormant_s: dormant_s.unwrap_or(settings.dormant_after_s),
+                expiring_s: expiring_s.unwrap_or(settings.expiring_within_s),
+            },
+            time::OffsetDateTime::now_utc(),
+        );
+        // The gauges follow the configured windows only.
+        if dormant_s.is_none() && expiring_s.is_none() {
+            for (flag, kinds) in &inv.counts {
+                for (kind, n) in kinds {
+                    self.core
+                        .metrics
+                        .inventory_flagged
+                        .get_or_create(&crate::metrics::FlagLabels {
+                            flag: (*flag).to_owned(),
+                            kind: (*kind).to_owned(),
+                        })
+                        .set(i64::try_from(*n).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        Ok(inv)
+    }
+
+    /// Writes this broker's unwritten last uses (periodically and at shutdown).
+    pub async fn flush_last_use(&self) -> usize {
+        let replica = self.core.replica.id().unwrap_or(0);
+        match self
+            .core
+            .governance
+            .flush(&self.core.records, replica)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write last-use times; kept for the next flush");
+                0
+            }
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Webhook secrets of connector instances: generated here (256 bits), sealed like every
+//! secret, revealed only on an operator's audited, reasoned and rate-limited request, rotated
+//! with an overlap window, and checked for workers by `POST /v1/webhooks/verify`.
+
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::governance::RevealBody;
+use super::{store_err, AdminService, Plan};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::broker::{error_answer, Answer};
+use crate::identity::PeerIdentity;
+use crate::model::{now_rfc3339, rfc3339, Status};
+use crate::seal::SealContext;
+use crate::store::records::{WebhookScheme, WebhookSecret, WebhookVersion};
+
+/// What list and detail responses show of a webhook secret: never the secret.
+pub(super) fn describe(w: &WebhookSecret) -> Value {
+    let now = time::OffsetDateTime::now_utc();
+    json!({
+        "scheme": w.scheme,
+        "created_at": w.created_at,
+        "versions": w.versions.iter().map(|v| json!({
+            "version": v.version,
+            "created_at": v.created_at,
+            "valid_until": v.valid_until,
+            "valid": still_valid(v, now),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn still_valid(v: &WebhookVersion, now: time::OffsetDateTime) -> bool {
+    match &v.valid_until {
+        None => true,
+        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .is_ok_and(|t| now < t),
+    }
+}
+
+fn check_header(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("header must be an HTTP header name"))
+    }
+}
+
+impl AdminService {
+    fn seal_webhook(
+        &self,
+        tenant: &str,
+        instance: &str,
+        version: u32,
+        secret: &str,
+    ) -> Result<WebhookVersion, ApiError> {
+        let mut fields = credbroker_providers::SecretFields::new();
+        fields.insert("secret", secrecy::SecretString::from(secret));
+        let sealed = crate::seal::seal(
+            &self.core.keyring,
+            SealContext::WebhookSecret {
+                tenant,
+                instance,
+                version,
+            },
+            &fields,
+        )
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "sealing failed"))?;
+        Ok(WebhookVersion {
+            version,
+            kek_version: sealed.kek_version,
+            wrapped_dek: sealed.wrapped_dek,
+            sealed_payload: sealed.sealed_payload,
+            created_at: now_rfc3339(),
+            valid_until: None,
+        })
+    }
+
+    fn open_webhook(
+        &self,
+        w: &WebhookSecret,
+        v: &WebhookVersion,
+    ) -> Result<Zeroizing<String>, ApiError> {
+        let fields = crate::seal::open(
+            &self.core.keyring,
+            SealContext::WebhookSecret {
+                tenant: &w.tenant,
+                instance: &w.instance,
+                version: v.version,
+            },
+            v.kek_version,
+            &v.wrapped_dek,
+            &v.sealed_payload,
+        )
+        .map_err(|e| {
+            tracing::error!(instance = %w.instance, version = v.version, error = %e, "webhook secret does not open");
+            ApiError::new(ErrorCode::Internal, "the webhook secret does not open")
+        })?;
+        fields
+            .expose("secret")
+            .map(|s| Zeroizing::new(s.to_owned()))
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "the webhook secret is malformed"))
+    }
+
+    async fn webhook_or_404(
+        &self,
+        id: &str,
+    ) -> Result<crate::store::records::Stored<WebhookSecret>, ApiError> {
+        self.core
+            .records
+            .webhook_secret(id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownRecord,
+                    format!("instance {id:?} has no webhook secret (credbroker webhook-secret generate)"),
+                )
+            })
+    }
+
+    pub(super) async fn plan_webhook_generate(
+        &self,
+        id: &str,
+        scheme: WebhookScheme,
+    ) -> Result<Plan, ApiError> {
+        match &scheme {
+            WebhookScheme::HmacSha256 { header, prefix } => {
+                check_header(header)?;
+                if prefix.len() > 64 || prefix.chars().any(|c| c.is_control()) {
+                    return Err(ApiError::bad_request(
+                        "prefix must be at most 64 printable characters",
+                    ));
+                }
+            }
+            WebhookScheme::Token { header } => check_header(header)?,
+            WebhookScheme::Github | WebhookScheme::Gitlab | WebhookScheme::Unsigned => {}
+        }
+        let instance = self.instance_or_404(id).await?;
+        if self
+            .core
+            .records
+            .webhook_secret(id)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("instance {id} already has a webhook secret: rotate or retire it"),
+            ));
+        }
+        let tenant = instance.tenant.to_string();
+        let versions = if scheme == WebhookScheme::Unsigned {
+            Vec::new()
+        } else {
+            let secret = crate::webhooks::generate_secret()?;
+            vec![self.seal_webhook(&tenant, id, 1, &secret)?]
+        };
+        let record = WebhookSecret {
+            instance: id.to_owned(),
+            tenant: tenant.clone(),
+            scheme,
+            last_version: u32::from(!versions.is_empty()),
+            versions,
+            created_at: now_rfc3339(),
+        };
+        let mut plan = Plan::new(
+            format!("instance={id} scheme={}", record.scheme.name()),
+            json!({
+                "webhook_secret": describe(&record),
+                "next": if record.scheme == WebhookScheme::Unsigned {
+                    "events of this instance are accepted unsigned"
+                } else {
+                    "reveal it once to paste into the vendor: credbroker webhook-secret reveal INSTANCE --reason '…'"
+                },
+            }),
+        );
+        plan.batch.create(&record);
+        // The instance must still be the one read (not removed and re-created meanwhile).
+        plan.batch.expect_unchanged(&instance);
+        plan.tenant = Some(tenant);
+        plan.created = true;
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_webhook_show(&self, id: &str) -> Result<Plan, ApiError> {
+        let w = self.webhook_or_404(id).await?;
+        let mut plan = Plan::new(
+            format!("instance={id}"),
+            json!({ "webhook_secret": describe(&w.value) }),
+        );
+        plan.tenant = Some(w.value.tenant.clone());
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_webhook_reveal(
+        &self,
+        id: &str,
+        body: RevealBody,
+    ) -> Result<Plan, ApiError> {
+        let reason = body.reason.trim();
+        let n = reason.chars().count();
+        if !(8..=200).contains(&n) || reason.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "a reveal needs a reason of 8-200 printable characters (it is audited)",
+            ));
+        }
+        let w = self.webhook_or_404(id).await?;
+        let current = w.value.versions.first().ok_or_else(|| {
+            ApiError::bad_request("this instance accepts unsigned events: there is no secret")
+        })?;
+        if !self.core.governance.take_reveal(&body.by) {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "reveal budget spent: at most {} reveals an hour per operator",
+                    self.core.governance.webhooks().reveals_per_hour
+                ),
+            ));
+        }
+        let secret = self.open_webhook(&w.value, current)?;
+        let mut plan = Plan::new(
+            format!(
+                "instance={id} version={} reason={reason:?}",
+                current.version
+            ),
+            json!({
+                "instance": id,
+                "version": current.version,
+                "scheme": w.value.scheme,
+                "secret": secret.as_str(),
+            }),
+        );
+        // Audited even though nothing changes: the record is written before the answer.
+        plan.tenant = Some(w.value.tenant.clone());
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_webhook_rotate(&self, id: &str) -> Result<Plan, ApiError> {
+        let stored = self.webhook_or_404(id).await?;
+        let mut w = stored.value.clone();
+        if w.scheme == WebhookScheme::Unsigned {
+            return Err(ApiError::bad_request(
+                "this instance accepts unsigned events: retire and generate with a scheme instead",
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let overlap = self.core.governance.webhooks().overlap_s;
+        let until =
+            rfc3339(now + time::Duration::seconds(i64::try_from(overlap).unwrap_or(i64::MAX / 2)));
+        let version = w.last_version.saturating_add(1);
+        let secret = crate::webhooks::generate_secret()?;
+        let fresh = self.seal_webhook(&w.tenant, id, version, &secret)?;
+        // Only the current secret carries over (as previous); an older previous is dropped.
+        let mut previous = w.versions.into_iter().next();
+        if let Some(p) = &mut previous {
+            p.valid_until = Some(until.clone());
+        }
+        w.versions = std::iter::once(fresh).chain(previous).collect();
+        w.last_version = version;
+        let mut plan = Plan::new(
+            format!("instance={id} version={version}; previous valid until {until}"),
+            json!({ "webhook_secret": describe(&w) }),
+        );
+        plan.batch.replace(&stored, &w);
+        plan.tenant = Some(w.tenant.clone());
+        Ok(plan)
+    }
+
+    pub(super) async fn plan_webhook_retire(&self, id: &str) -> Result<Plan, ApiError> {
+        let stored = self.webhook_or_404(id).await?;
+        let mut plan = Plan::new(
+            format!("instance={id} webhook secret destroyed"),
+            json!({ "retired": id }),
+        );
+        plan.batch.remove(&stored);
+        plan.tenant = Some(stored.value.tenant.clone());
+        Ok(plan)
+    }
+
+    /// `POST /v1/webhooks/verify`: counted, failures logged within a budget, not audited
+    /// one by one (nothing is issued or changed).
+    pub async fn verify_webhook_http(
+        &self,
+        peer: Option<&PeerIdentity>,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        match self.verify_webhook(peer, body).await {
+            Ok((scheme, valid, version)) => {
+                let result = if valid { "valid" } else { "invalid" };
+                self.core
+                    .metrics
+                    .webhook_verifications
+                    .get_or_create(&crate::metrics::WebhookLabels {
+                        scheme: scheme.to_owned(),
+                        result: result.to_owned(),
+                    })
+                    .inc();
+                if !valid {
+                    let (log, suppressed) = self.core.governance.may_log_failure();
+                    if log {
+                        tracing::warn!(
+                            request_id,
+                            scheme,
+                            suppressed_before = suppressed,
+                            "webhook event failed verification"
+                        );
+                    }
+                }
+                Answer {
+                    status: http::StatusCode::OK,
+                    body: Zeroizing::new(
+                        serde_json::to_vec(&json!({
+                            "valid": valid,
+                            "scheme": scheme,
+                            "version": version,
+                            "request_id": request_id,
+                        }))
+                        .unwrap_or_default(),
+                    ),
+                }
+            }
+            Err(e) => error_answer(&e, None, request_id),
+        }
+    }
+
+    async fn verify_webhook(
+        &self,
+        peer: Option<&PeerIdentity>,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+    ) -> Result<(&'static str, bool, Option<u32>), ApiError> {
+        let worker_id = crate::resolve::worker_of(peer)?;
+        let raw = body?;
+        let req = crate::webhooks::parse_verify_request(
+            &raw,
+            self.core.governance.webhooks().max_body_bytes,
+        )?;
+        self.catch_up().await?;
+        let r = &self.core.records;
+        let internal = |e| store_err(e);
+        let worker = r
+            .shared_worker(worker_id)
+            .await
+            .map_err(internal)?
+            .filter(|w| w.status == Status::Active)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::WorkerNotAuthorized,
+                    "worker is not registered or is disabled",
+                )
+            })?;
+        let unknown = || ApiError::new(ErrorCode::UnknownInstance, "no such connector instance");
+        let instance = r
+            .shared_instance(&req.instance)
+            .await
+            .map_err(internal)?
+            .ok_or_else(unknown)?;
+        // Another tenant's instance answers as one that does not exist.
+        if !worker.tenants.contains(&instance.tenant) {
+            return Err(unknown());
+        }
+        if !worker.connector_kinds.is_empty()
+            && !worker.connector_kinds.contains(&instance.connector_kind)
+        {
+            return Err(ApiError::new(
+                ErrorCode::WorkerNotAuthorized,
+                "worker is not authorized for this connector kind",
+            ));
+        }
+        if instance.status != Status::Active {
+            return Err(ApiError::new(
+                ErrorCode::InstanceInactive,
+                "connector instance is disabled",
+            ));
+        }
+        r.shared_tenant(&instance.tenant)
+            .await
+            .map_err(internal)?
+            .filter(|t| t.status == Status::Active)
+            .ok_or_else(|| ApiError::new(ErrorCode::TenantInactive, "tenant is disabled"))?;
+        let w = r
+            .webhook_secret(req.instance.as_str())
+            .await
+            .map_err(internal)?
+            .filter(|w| w.value.tenant == instance.tenant.as_str())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::SecretMissing,
+                    "this instance has no webhook secret",
+                )
+            })?;
+        let now = time::OffsetDateTime::now_utc();
+        let live: Vec<&WebhookVersion> = w
+            .value
+            .versions
+            .iter()
+            .filter(|v| still_valid(v, now))
+            .collect();
+        let mut opened = Vec::with_capacity(live.len());
+        for v in &live {
+            opened.push(self.open_webhook(&w.value, v)?);
+        }
+        let keys: Vec<&[u8]> = opened.iter().map(|s| s.as_bytes()).collect();
+        let matched = crate::webhooks::verify(&w.value.scheme, &keys, &req.headers, &req.body);
+        Ok((
+            w.value.scheme.name(),
+            matched.is_some(),
+            matched.and_then(|i| live.get(i)).map(|v| v.version),
+        ))
+    }
+}

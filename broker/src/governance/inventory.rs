@@ -1,0 +1,329 @@
+//! The credential inventory: every binding and worker as a non-human identity, with its
+//! owner, purpose, last use, secret age, known expiry, rotation policy and revocation path,
+//! and the flags an operator acts on. Computed from the store (and this broker's own
+//! unflushed last uses), never written.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::model::{Binding, SecretState, SecretVersion, Status, Worker};
+use crate::store::records::LastUseKind;
+
+/// The flags, in the order the inventory prints them.
+pub const FLAGS: &[&str] = &[
+    UNOWNED,
+    DORMANT,
+    ROTATION_OVERDUE,
+    EXPIRING_SOON,
+    PROBE_FAILED,
+];
+/// No owner or purpose recorded.
+pub const UNOWNED: &str = "unowned";
+/// No successful resolve within the dormancy window (since creation when never used).
+pub const DORMANT: &str = "dormant";
+/// The active secret is older than its rotation policy allows.
+pub const ROTATION_OVERDUE: &str = "rotation_overdue";
+/// A known expiry falls within the warning window (or has passed).
+pub const EXPIRING_SOON: &str = "expiring_soon";
+/// The last probe failed, or the upstream said the trust or consent is gone.
+pub const PROBE_FAILED: &str = "last_probe_failed";
+
+/// The windows an inventory is computed with.
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    /// Dormant after this long without a resolve, seconds.
+    pub dormant_s: u64,
+    /// Expiring soon within this long, seconds.
+    pub expiring_s: u64,
+}
+
+/// One row of the inventory.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Item {
+    /// `binding` or `worker`.
+    pub kind: &'static str,
+    /// Its id.
+    pub id: String,
+    /// Owning tenant (bindings) or the tenants it serves (workers), comma-separated.
+    pub tenant: String,
+    /// Provider (bindings) or connector kinds (workers, empty: any).
+    pub provider: String,
+    /// Status.
+    pub status: Status,
+    /// Owner, when recorded.
+    pub owner: Option<String>,
+    /// Purpose, when recorded.
+    pub purpose: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Last successful resolve, RFC 3339.
+    pub last_resolve_at: Option<String>,
+    /// Last probe, RFC 3339 (bindings).
+    pub last_probe_at: Option<String>,
+    /// What the last probe found (bindings).
+    pub last_probe: Option<String>,
+    /// The active secret version (bindings with a stored secret).
+    pub secret_version: Option<u32>,
+    /// The active secret version's age, days.
+    pub secret_age_days: Option<i64>,
+    /// The rotation policy: the most days the active secret may age.
+    pub max_secret_age_days: Option<u32>,
+    /// The earliest known expiry, RFC 3339 (declared with the secret, or reported upstream).
+    pub expires_at: Option<String>,
+    /// How to revoke it.
+    pub revocation: String,
+    /// What needs attention ([`FLAGS`]).
+    pub flags: Vec<&'static str>,
+}
+
+/// The inventory.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Inventory {
+    /// When it was computed.
+    pub generated_at: String,
+    /// Dormancy window used, seconds.
+    pub dormant_after_s: u64,
+    /// Expiry warning window used, seconds.
+    pub expiring_within_s: u64,
+    /// Rows flagged, by flag and kind (`{"dormant": {"binding": 3, "worker": 0}, …}`).
+    pub counts: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Bindings, then workers, each by id.
+    pub items: Vec<Item>,
+}
+
+fn parse(t: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
+
+fn at(unix: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .map(crate::model::rfc3339)
+}
+
+/// The expiry a provider's probe reported (Data Center PATs: `expiring_at`).
+fn upstream_expiry(b: &Binding) -> Option<OffsetDateTime> {
+    b.trust_facts
+        .as_ref()
+        .and_then(|f| f.get("expiring_at"))
+        .and_then(|v| v.as_str())
+        .and_then(parse)
+}
+
+/// Computes the inventory. `active` maps binding id → its active secret version.
+pub fn compute(
+    bindings: &[Binding],
+    workers: &[Worker],
+    active: &HashMap<String, SecretVersion>,
+    last_use: &HashMap<(LastUseKind, String), i64>,
+    policy: &BTreeMap<String, u32>,
+    windows: Windows,
+    now: OffsetDateTime,
+) -> Inventory {
+    // Checked: a window reaching past the calendar's range means "none" / "all".
+    let dormant_before = now
+        .checked_sub(duration(windows.dormant_s))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let expiring_before = now.checked_add(duration(windows.expiring_s)).unwrap_or(now);
+    let mut counts: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = FLAGS
+        .iter()
+        .map(|f| (*f, [("binding", 0), ("worker", 0)].into_iter().collect()))
+        .collect();
+    let mut items = Vec::with_capacity(bindings.len() + workers.len());
+    let mut sorted: Vec<&Binding> = bindings.iter().collect();
+    sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    for b in sorted {
+        let id = b.id.to_string();
+        let used = last_use.get(&(LastUseKind::Binding, id.clone())).copied();
+        let version = active.get(&id).filter(|v| v.state == SecretState::Active);
+        let created = version.and_then(|v| parse(&v.created_at));
+        let max_age = b.max_secret_age_days.or_else(|| {
+            (b.active_secret_version.is_some() || version.is_some())
+                .then(|| policy.get(&b.provider).copied())
+                .flatten()
+        });
+        let expiry = [
+            version
+                .and_then(|v| v.expires_at.as_deref())
+                .and_then(parse),
+            upstream_expiry(b),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut flags = Vec::new();
+        if b.governance.is_none() {
+            flags.push(UNOWNED);
+        }
+        if dormant(used, &b.created_at, dormant_before) {
+            flags.push(DORMANT);
+        }
+        if let (Some(c), Some(days)) = (created, max_age) {
+            if now - c > duration(u64::from(days).saturating_mul(86_400)) {
+                flags.push(ROTATION_OVERDUE);
+            }
+        }
+        if expiry.is_some_and(|e| e <= expiring_before) {
+            flags.push(EXPIRING_SOON);
+        }
+        if b.trust_broken
+            || b.drift.is_some()
+            || b.last_probe
+                .as_deref()
+                .is_some_and(|p| p.starts_with("failed"))
+        {
+            flags.push(PROBE_FAILED);
+        }
+        for f in &flags {
+            *counts.entry(f).or_default().entry("binding").or_default() += 1;
+        }
+        items.push(Item {
+            kind: "binding",
+            id: id.clone(),
+            tenant: b.tenant.to_string(),
+            provider: b.provider.clone(),
+            status: b.status,
+            owner: b.governance.as_ref().map(|g| g.owner.clone()),
+            purpose: b.governance.as_ref().map(|g| g.purpose.clone()),
+            created_at: b.created_at.clone(),
+            last_resolve_at: used.and_then(at),
+            last_probe_at: b.last_tested_at.clone(),
+            last_probe: b.last_probe.clone(),
+            secret_version: version.map(|v| v.version),
+            secret_age_days: created.map(|c| (now - c).whole_days()),
+            max_secret_age_days: max_age,
+            expires_at: expiry.map(crate::model::rfc3339),
+            revocation: format!(
+                "credbroker binding disable {id} (resolves refused at once), then remove the customer's trust or secret upstream"
+            ),
+            flags,
+        });
+    }
+    let mut sorted: Vec<&Worker> = workers.iter().collect();
+    sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    for w in sorted {
+        let id = w.id.to_string();
+        let used = last_use.get(&(LastUseKind::Worker, id.clone())).copied();
+        let mut flags = Vec::new();
+        if w.governance.is_none() {
+            flags.push(UNOWNED);
+        }
+        if dormant(used, &w.created_at, dormant_before) {
+            flags.push(DORMANT);
+        }
+        for f in &flags {
+            *counts.entry(f).or_default().entry("worker").or_default() += 1;
+        }
+        items.push(Item {
+            kind: "worker",
+            id: id.clone(),
+            tenant: w
+                .tenants
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            provider: w.connector_kinds.join(","),
+            status: w.status,
+            owner: w.governance.as_ref().map(|g| g.owner.clone()),
+            purpose: w.governance.as_ref().map(|g| g.purpose.clone()),
+            created_at: w.created_at.clone(),
+            last_resolve_at: used.and_then(at),
+            last_probe_at: None,
+            last_probe: None,
+            secret_version: None,
+            secret_age_days: None,
+            max_secret_age_days: None,
+            expires_at: None,
+            revocation: format!(
+                "credbroker worker disable {id} (refused at once), then revoke its certificate (CRL, credbroker reload)"
+            ),
+            flags,
+        });
+    }
+    Inventory {
+        generated_at: crate::model::rfc3339(now),
+        dormant_after_s: windows.dormant_s,
+        expiring_within_s: windows.expiring_s,
+        counts,
+        items,
+    }
+}
+
+fn duration(s: u64) -> time::Duration {
+    // At most about a thousand years: well inside what an OffsetDateTime can move by.
+    time::Duration::seconds(i64::try_from(s.min(1 << 35)).unwrap_or(1 << 35))
+}
+
+/// Dormant: its last resolve (or, never used, its creation) is before `before`.
+fn dormant(used: Option<i64>, created_at: &str, before: OffsetDateTime) -> bool {
+    let last = used
+        .and_then(|u| OffsetDateTime::from_unix_timestamp(u).ok())
+        .or_else(|| parse(created_at));
+    last.is_some_and(|l| l < before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Governance;
+
+    fn binding(id: &str, owned: bool, created: &str) -> Binding {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "tenant": "t1", "provider": "pasted_secret", "status": "active",
+            "created_at": created, "active_secret_version": 1, "last_secret_version": 1,
+            "governance": owned.then(|| Governance { owner: "team".into(), purpose: "p".into() }),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn flags_follow_the_facts() {
+        let now = OffsetDateTime::now_utc();
+        let old = crate::model::rfc3339(now - time::Duration::days(200));
+        let fresh = crate::model::rfc3339(now);
+        let bindings = vec![
+            binding("b-old", false, &old),
+            binding("b-new", true, &fresh),
+        ];
+        let mut active = HashMap::new();
+        for (b, created, expires) in [
+            ("b-old", &old, None),
+            ("b-new", &fresh, Some(fresh.clone())),
+        ] {
+            let v: SecretVersion = serde_json::from_value(serde_json::json!({
+                "binding": b, "version": 1, "state": "active", "field_names": ["token"],
+                "kek_version": 1, "wrapped_dek": "", "sealed_payload": "", "created_at": created,
+                "expires_at": expires,
+            }))
+            .unwrap();
+            active.insert(b.to_owned(), v);
+        }
+        let mut uses = HashMap::new();
+        uses.insert(
+            (LastUseKind::Binding, "b-new".to_owned()),
+            now.unix_timestamp(),
+        );
+        let policy = [("pasted_secret".to_owned(), 90)].into_iter().collect();
+        let inv = compute(
+            &bindings,
+            &[],
+            &active,
+            &uses,
+            &policy,
+            Windows {
+                dormant_s: 30 * 86_400,
+                expiring_s: 86_400,
+            },
+            now,
+        );
+        let old = &inv.items[1];
+        assert_eq!(old.id, "b-old");
+        assert_eq!(old.flags, vec![UNOWNED, DORMANT, ROTATION_OVERDUE]);
+        let new = &inv.items[0];
+        assert_eq!(new.flags, vec![EXPIRING_SOON]);
+        assert_eq!(inv.counts[DORMANT]["binding"], 1);
+    }
+}

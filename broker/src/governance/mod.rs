@@ -1,0 +1,181 @@
+//! Credential governance state kept in memory: when each binding and worker last resolved
+//! (made durable in periodic batches, never a store write per resolve), the reveal budget of
+//! each operator, and the budget of failed-verification log lines.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::store::records::{LastUseKind, Records};
+use crate::store::{Batch, StoreError};
+
+pub mod inventory;
+
+/// In-memory governance state of one broker.
+pub struct Governance {
+    last_use: Mutex<LastUse>,
+    reveals: Mutex<HashMap<String, VecDeque<Instant>>>,
+    failure_logs: Mutex<(Instant, u32, u64)>,
+    settings: (
+        crate::config::InventorySettings,
+        crate::config::WebhookSettings,
+    ),
+}
+
+#[derive(Default)]
+struct LastUse {
+    at: HashMap<(LastUseKind, String), i64>,
+    dirty: HashSet<(LastUseKind, String)>,
+}
+
+impl Governance {
+    /// Empty state under these settings.
+    pub fn new(
+        inventory: crate::config::InventorySettings,
+        webhooks: crate::config::WebhookSettings,
+    ) -> Governance {
+        Governance {
+            last_use: Mutex::new(LastUse::default()),
+            reveals: Mutex::new(HashMap::new()),
+            failure_logs: Mutex::new((Instant::now(), 0, 0)),
+            settings: (inventory, webhooks),
+        }
+    }
+
+    /// `[inventory]`.
+    pub fn inventory(&self) -> &crate::config::InventorySettings {
+        &self.settings.0
+    }
+
+    /// `[webhooks]`.
+    pub fn webhooks(&self) -> &crate::config::WebhookSettings {
+        &self.settings.1
+    }
+
+    /// Notes a successful resolve of `binding` by `worker`, now. Memory only.
+    pub fn record_use(&self, binding: &str, worker: &str) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Ok(mut lu) = self.last_use.lock() {
+            for key in [
+                (LastUseKind::Binding, binding.to_owned()),
+                (LastUseKind::Worker, worker.to_owned()),
+            ] {
+                let slot = lu.at.entry(key.clone()).or_insert(now);
+                *slot = (*slot).max(now);
+                lu.dirty.insert(key);
+            }
+        }
+    }
+
+    /// What this broker has seen since it started (not yet merged with the store).
+    pub fn seen(&self) -> HashMap<(LastUseKind, String), i64> {
+        self.last_use
+            .lock()
+            .map(|lu| lu.at.clone())
+            .unwrap_or_default()
+    }
+
+    /// Writes what changed since the last flush as one batch of this replica's own rows.
+    /// Returns how many rows were written (0: no store write at all).
+    ///
+    /// # Errors
+    /// On store failure: the rows stay dirty and are written by the next flush.
+    pub async fn flush(&self, records: &Records, replica: u32) -> Result<usize, StoreError> {
+        let rows: Vec<((LastUseKind, String), i64)> = match self.last_use.lock() {
+            Ok(mut lu) => {
+                let dirty: Vec<_> = lu.dirty.drain().collect();
+                dirty
+                    .into_iter()
+                    .filter_map(|k| lu.at.get(&k).map(|at| (k, *at)))
+                    .collect()
+            }
+            Err(_) => return Ok(0),
+        };
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = Batch::new();
+        for ((kind, id), at) in &rows {
+            batch.put_last_use(replica, *kind, id, *at);
+        }
+        if let Err(e) = records.commit(batch).await {
+            if let Ok(mut lu) = self.last_use.lock() {
+                lu.dirty.extend(rows.into_iter().map(|(k, _)| k));
+            }
+            return Err(e);
+        }
+        Ok(rows.len())
+    }
+
+    /// Takes one reveal from `operator`'s hourly budget; `false` when it is spent.
+    pub fn take_reveal(&self, operator: &str) -> bool {
+        let limit = usize::try_from(self.webhooks().reveals_per_hour).unwrap_or(usize::MAX);
+        let now = Instant::now();
+        let Ok(mut all) = self.reveals.lock() else {
+            return false;
+        };
+        let window = all.entry(operator.to_owned()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(3600))
+        {
+            window.pop_front();
+        }
+        if window.len() >= limit {
+            return false;
+        }
+        window.push_back(now);
+        true
+    }
+
+    /// Whether a failed verification may be logged now (at most `failure_logs_per_minute`);
+    /// the second value is how many were suppressed before this one.
+    pub fn may_log_failure(&self) -> (bool, u64) {
+        let limit = self.webhooks().failure_logs_per_minute;
+        let Ok(mut state) = self.failure_logs.lock() else {
+            return (false, 0);
+        };
+        let (since, logged, suppressed) = &mut *state;
+        if since.elapsed() >= Duration::from_secs(60) {
+            *since = Instant::now();
+            *logged = 0;
+        }
+        if *logged < limit {
+            *logged += 1;
+            let before = std::mem::take(suppressed);
+            (true, before)
+        } else {
+            *suppressed += 1;
+            (false, 0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reveals_are_budgeted_per_operator() {
+        let w = crate::config::WebhookSettings {
+            reveals_per_hour: 2,
+            ..Default::default()
+        };
+        let g = Governance::new(crate::config::InventorySettings::default(), w);
+        assert!(g.take_reveal("alice"));
+        assert!(g.take_reveal("alice"));
+        assert!(!g.take_reveal("alice"));
+        assert!(g.take_reveal("bob"));
+    }
+
+    #[test]
+    fn uses_are_kept_in_memory_and_marked_once() {
+        let g = Governance::new(Default::default(), Default::default());
+        for _ in 0..1000 {
+            g.record_use("b1", "w1");
+        }
+        let seen = g.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(g.last_use.lock().unwrap().dirty.len(), 2);
+    }
+}

@@ -1,0 +1,187 @@
+//! Governance records: when bindings and workers last resolved (flushed in periodic
+//! batches), and the sealed webhook secrets of connector instances.
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, Record, Records, Stored};
+use crate::store::{Batch, Op, StoreError, Table};
+
+/// What a last-use row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LastUseKind {
+    /// A binding.
+    Binding,
+    /// A worker.
+    Worker,
+}
+
+impl LastUseKind {
+    fn letter(self) -> &'static str {
+        match self {
+            LastUseKind::Binding => "b",
+            LastUseKind::Worker => "w",
+        }
+    }
+}
+
+/// How a connector instance's inbound events are signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WebhookScheme {
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`.
+    Github,
+    /// GitLab: `X-Gitlab-Token: <the secret>` (a shared token, no signature).
+    Gitlab,
+    /// HMAC-SHA256 of the raw body, hex, in `header`, after `prefix` (e.g. `sha256=`).
+    HmacSha256 {
+        /// The header carrying the signature (case-insensitive).
+        header: String,
+        /// What precedes the hex digest in the header (may be empty).
+        #[serde(default)]
+        prefix: String,
+    },
+    /// The secret itself in `header` (a plain shared token).
+    Token {
+        /// The header carrying the token (case-insensitive).
+        header: String,
+    },
+    /// Events are accepted unsigned: said explicitly, so it is never a default.
+    Unsigned,
+}
+
+impl WebhookScheme {
+    /// The scheme's name (metric label, audit detail).
+    pub fn name(&self) -> &'static str {
+        match self {
+            WebhookScheme::Github => "github",
+            WebhookScheme::Gitlab => "gitlab",
+            WebhookScheme::HmacSha256 { .. } => "hmac_sha256",
+            WebhookScheme::Token { .. } => "token",
+            WebhookScheme::Unsigned => "unsigned",
+        }
+    }
+}
+
+/// One sealed version of a webhook secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookVersion {
+    /// Version, from 1 (never reused).
+    pub version: u32,
+    /// KEK version wrapping the data key.
+    pub kek_version: u32,
+    /// Wrapped data key, base64.
+    pub wrapped_dek: String,
+    /// Sealed secret, base64.
+    pub sealed_payload: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// For a previous version: when it stops verifying, RFC 3339 (`None`: current).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookVersion")
+            .field("version", &self.version)
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connector instance's webhook secret: the current version and, during a rotation's
+/// overlap window, the previous one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSecret {
+    /// The instance.
+    pub instance: String,
+    /// Its tenant when generated (the seal's context: a record moved to another instance
+    /// or tenant does not open).
+    pub tenant: String,
+    /// How events are signed.
+    pub scheme: WebhookScheme,
+    /// Highest version ever written.
+    pub last_version: u32,
+    /// Current first, then the previous one while its window lasts (empty for `unsigned`).
+    pub versions: Vec<WebhookVersion>,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+impl Record for WebhookSecret {
+    const TABLE: Table = Table::WebhookSecrets;
+    fn key(&self) -> String {
+        self.instance.clone()
+    }
+}
+
+fn last_use_key(replica: u32, kind: LastUseKind, id: &str) -> String {
+    format!("{replica:05}/{}/{id}", kind.letter())
+}
+
+impl Records {
+    /// Every replica's last-use rows: `(kind, id)` → the latest Unix second any replica
+    /// recorded.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn last_uses(
+        &self,
+    ) -> Result<std::collections::HashMap<(LastUseKind, String), i64>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for (key, raw) in self.store.scan(Table::LastUse, "").await? {
+            let mut parts = key.splitn(3, '/');
+            let (_, kind, id) = (parts.next(), parts.next(), parts.next());
+            let kind = match kind {
+                Some("b") => LastUseKind::Binding,
+                Some("w") => LastUseKind::Worker,
+                _ => continue,
+            };
+            let at: i64 = decode(Table::LastUse, &key, &raw)?;
+            let slot = out
+                .entry((kind, id.unwrap_or_default().to_owned()))
+                .or_insert(at);
+            *slot = (*slot).max(at);
+        }
+        Ok(out)
+    }
+
+    /// A connector instance's webhook secret, as read for a change.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn webhook_secret(
+        &self,
+        instance: &str,
+    ) -> Result<Option<Stored<WebhookSecret>>, StoreError> {
+        self.get_stored(Table::WebhookSecrets, instance).await
+    }
+
+    /// Every webhook secret (KEK rotation).
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn all_webhook_secrets(&self) -> Result<Vec<Stored<WebhookSecret>>, StoreError> {
+        self.all_stored(Table::WebhookSecrets, "").await
+    }
+}
+
+impl Batch {
+    /// Records that `id` last resolved at `at` (Unix seconds) on `replica`: the row is this
+    /// replica's own, so it is written without a precondition.
+    pub fn put_last_use(
+        &mut self,
+        replica: u32,
+        kind: LastUseKind,
+        id: &str,
+        at: i64,
+    ) -> &mut Self {
+        self.push(Op::Put(
+            Table::LastUse,
+            last_use_key(replica, kind, id),
+            encode(&at),
+        ))
+    }
+}
