@@ -245,6 +245,7 @@ impl Broker {
                 opened.push(v.kek_version);
             }
         }
+        crate::governance::check_keks(&records, &held).await?;
         for k in records.all_platform_keys().await? {
             if !k.wrapped_dek.is_empty() && !held.contains(&k.kek_version) {
                 return Err(StartError::Other(format!(
@@ -447,31 +448,9 @@ impl Broker {
         self.resolver.resolve(peer, body, request_id).await
     }
 
-    /// Handles one `POST /v1/webhooks/verify` (see [`AdminService::verify_webhook_http`]).
-    pub async fn verify_webhook(
-        &self,
-        peer: Option<&PeerIdentity>,
-        body: Result<Zeroizing<Vec<u8>>, ApiError>,
-        request_id: &str,
-    ) -> Answer {
-        self.admin.verify_webhook_http(peer, body, request_id).await
-    }
-
-    /// `[webhooks] max_body_bytes`.
-    pub fn webhook_body_limit(&self) -> usize {
-        self.core.settings.webhooks.max_body_bytes
-    }
-
-    /// Writes this broker's unwritten last uses (see [`AdminService::flush_last_use`]).
-    pub async fn flush_last_use(&self) -> usize {
-        self.admin.flush_last_use().await
-    }
-
-    /// Recomputes the inventory's flag gauges.
-    pub async fn refresh_inventory_metrics(&self) {
-        if let Err(e) = self.admin.inventory(None, None).await {
-            tracing::warn!(error = %e.message, "could not compute the inventory for its metrics");
-        }
+    /// The admin service (governance methods live next to their state).
+    pub(crate) fn admin_service(&self) -> &Arc<AdminService> {
+        &self.admin
     }
 
     /// Runs one admin operation as `actor` (see [`AdminService::execute`]).
@@ -633,42 +612,6 @@ impl Core {
     /// Whether the broker can serve resolves (audit writable).
     pub fn ready(&self) -> bool {
         self.audit.healthy()
-    }
-
-    /// Refreshes gauges that are read rather than counted, then encodes all metrics.
-    pub fn metrics_text(&self) -> String {
-        self.metrics
-            .audit_healthy
-            .set(i64::from(self.audit.healthy()));
-        self.metrics.leader.set(i64::from(self.replica.is_leader()));
-        self.metrics
-            .replica_id
-            .set(i64::from(self.replica.id().unwrap_or(0)));
-        let open = self.breakers.open_providers();
-        for name in self.registry.names() {
-            self.metrics
-                .circuit_open
-                .get_or_create(&crate::metrics::ProviderLabel {
-                    provider: name.to_owned(),
-                })
-                .set(i64::from(open.iter().any(|p| p == name)));
-        }
-        self.metrics
-            .store_commits
-            .set(i64::try_from(self.records.commits()).unwrap_or(i64::MAX));
-        self.metrics
-            .open_binding_circuits
-            .set(i64::try_from(self.breakers.open_bindings()).unwrap_or(i64::MAX));
-        self.metrics.audit_failures.set(
-            i64::try_from(
-                self.audit
-                    .stats()
-                    .failures
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            )
-            .unwrap_or(i64::MAX),
-        );
-        self.metrics.encode()
     }
 
     /// Stops the audit writer after a final checkpoint.

@@ -289,3 +289,42 @@ impl Metrics {
         out
     }
 }
+
+/// Gauges read from the broker's state rather than counted.
+impl crate::broker::Core {
+    /// Refreshes gauges that are read rather than counted, then encodes all metrics.
+    pub fn metrics_text(&self) -> String {
+        self.metrics
+            .audit_healthy
+            .set(i64::from(self.audit.healthy()));
+        self.metrics.leader.set(i64::from(self.replica.is_leader()));
+        self.metrics
+            .replica_id
+            .set(i64::from(self.replica.id().unwrap_or(0)));
+        let open = self.breakers.open_providers();
+        for name in self.registry.names() {
+            self.metrics
+                .circuit_open
+                .get_or_create(&crate::metrics::ProviderLabel {
+                    provider: name.to_owned(),
+                })
+                .set(i64::from(open.iter().any(|p| p == name)));
+        }
+        self.metrics
+            .store_commits
+            .set(i64::try_from(self.records.commits()).unwrap_or(i64::MAX));
+        self.metrics
+            .open_binding_circuits
+            .set(i64::try_from(self.breakers.open_bindings()).unwrap_or(i64::MAX));
+        self.metrics.audit_failures.set(
+            i64::try_from(
+                self.audit
+                    .stats()
+                    .failures
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .unwrap_or(i64::MAX),
+        );
+        self.metrics.encode()
+    }
+}

@@ -15,6 +15,9 @@ use crate::api_error::{json_error, ApiError, ErrorCode};
 use crate::ids::InstanceId;
 use crate::store::records::WebhookScheme;
 
+/// The most `[webhooks] max_body_bytes` may raise the event body limit to (16 MiB).
+pub const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Headers a verify request may carry.
 pub const MAX_HEADERS: usize = 32;
 /// Longest header value accepted, bytes.

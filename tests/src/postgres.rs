@@ -220,9 +220,23 @@ impl TestPostgres {
             "cb_{}",
             hex_id(std::process::id(), Instant::now().elapsed().as_nanos())
         );
-        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test PostgreSQL");
+        // A cluster that just started (or restarted) may still refuse with 57P03 "the
+        // database system is starting up": wait for it, up to 30 s.
+        let mut tries = 0;
+        let (client, conn) = loop {
+            match tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await {
+                Ok(pair) => break pair,
+                Err(e)
+                    if tries < 300
+                        && e.code()
+                            == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("connect to the test PostgreSQL: {e:?}"),
+            }
+        };
         let driver = tokio::spawn(conn);
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))

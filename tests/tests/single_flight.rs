@@ -50,13 +50,16 @@ async fn two_hundred_concurrent_cold_resolves_cause_one_mint() {
         ("tenants", json!({"id": "t1"})),
         (
             "bindings",
-            json!({"id": "b1", "tenant": "t1", "provider": "test_counting"}),
+            json!({"id": "b1", "tenant": "t1", "provider": "test_counting", "owner": "team-tests", "purpose": "integration test"}),
         ),
         (
             "instances",
             json!({"id": "i1", "tenant": "t1", "binding": "b1", "connector_kind": "aws"}),
         ),
-        ("workers", json!({"id": "w1", "tenants": ["t1"]})),
+        (
+            "workers",
+            json!({"id": "w1", "tenants": ["t1"], "owner": "team-tests", "purpose": "integration test"}),
+        ),
     ] {
         let (s, v) = call(
             &mut op,

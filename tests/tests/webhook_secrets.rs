@@ -240,6 +240,9 @@ async fn verification_refuses_forgeries_and_other_tenants() {
     assert_eq!((s2, code(&v2)), (s, code(&v)));
     let (s, v) = verify(&mut op, "i1", good.clone(), event).await;
     assert_eq!((s, code(&v)), (403, "worker_not_authorized"), "{v}");
+    // Only a worker may send an event-sized body: anyone else gets the usual limit.
+    let (s, v) = verify(&mut op, "i1", good.clone(), &vec![b'x'; 200 * 1024]).await;
+    assert_eq!((s, code(&v)), (413, "payload_too_large"), "{v}");
     // Bodies beyond the limit and malformed requests.
     let big = vec![b'x'; 1024 * 1024 + 1];
     let (s, v) = verify(&mut w1, "i1", good.clone(), &big).await;
@@ -304,6 +307,15 @@ async fn verification_refuses_forgeries_and_other_tenants() {
         "{metrics}"
     );
     assert!(daemon.logs().contains("webhook event failed verification"));
+    // Refusals are counted by code: a worker probing other tenants' instances shows.
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "credbroker_webhook_verifications_total{scheme=\"none\",result=\"unknown_instance\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
     // Removing the instance destroys its secret.
     let (s, v) = call(&mut op, Method::DELETE, "/v1/admin/instances/i2", None).await;
     assert_eq!(s, 200, "{v}");
@@ -363,12 +375,27 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
             "{v}"
         );
     }
+    // Rotating again before the vendor was updated keeps the secret it still signs with.
+    let (c, _, err) = operator_cli(&pki, &daemon.url, &["webhook-secret", "rotate", "i1"]);
+    assert_eq!(c, 0, "{err}");
+    let (_, v) = reveal(&mut op, "i1", "second rotation in this test").await;
+    let newest = v["secret"].as_str().unwrap().to_owned();
+    for (secret, version) in [(&newest, 3), (&new, 2), (&old, 1)] {
+        let (s, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": secret}), body).await;
+        assert_eq!(
+            (s, &v["valid"], &v["version"]),
+            (200, &json!(true), &json!(version)),
+            "{v}"
+        );
+    }
     std::thread::sleep(std::time::Duration::from_millis(3500));
-    let (_, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": old}), body).await;
-    assert_eq!(
-        v["valid"], false,
-        "the previous secret verifies after the window: {v}"
-    );
-    let (_, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": new}), body).await;
+    for stale in [&old, &new] {
+        let (_, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": stale}), body).await;
+        assert_eq!(
+            v["valid"], false,
+            "a previous secret verifies after its window: {v}"
+        );
+    }
+    let (_, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": newest}), body).await;
     assert_eq!(v["valid"], true, "{v}");
 }

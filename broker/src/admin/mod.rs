@@ -41,6 +41,7 @@ mod intake;
 mod issuer_keys;
 mod secrets;
 mod self_rotation;
+mod unclaimed;
 mod workers;
 
 pub use request::{

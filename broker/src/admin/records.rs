@@ -334,6 +334,9 @@ impl AdminService {
         b.revision = b.revision.wrapping_add(1);
         plan.batch.replace(&binding, &b);
         plan.batch.create(&instance);
+        // A new instance starts without a webhook secret, whatever an earlier one of the
+        // same id had.
+        plan.batch.expect_no_webhook_secret(instance.id.as_str());
         plan.tenant = Some(instance.tenant.to_string());
         plan.binding = Some(instance.binding.to_string());
         plan.created = true;
@@ -535,9 +538,14 @@ impl AdminService {
                     plan.batch.replace(&b, &changed);
                 }
                 // Its webhook secret goes with it: a re-created id is another instance.
-                if let Some(w) = r.webhook_secret(id).await.map_err(store_err)? {
-                    plan.batch.remove(&w);
-                    plan.detail.push_str("; its webhook secret destroyed");
+                match r.webhook_secret(id).await.map_err(store_err)? {
+                    Some(w) => {
+                        plan.batch.remove(&w);
+                        plan.detail.push_str("; its webhook secret destroyed");
+                    }
+                    None => {
+                        plan.batch.expect_no_webhook_secret(id);
+                    }
                 }
                 plan.batch.remove(&i);
                 plan.tenant = Some(i.tenant.to_string());

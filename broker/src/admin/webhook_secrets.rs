@@ -167,6 +167,7 @@ impl AdminService {
             scheme,
             last_version: u32::from(!versions.is_empty()),
             versions,
+            reveals: Vec::new(),
             created_at: now_rfc3339(),
         };
         let mut plan = Plan::new(
@@ -223,6 +224,19 @@ impl AdminService {
                 ),
             ));
         }
+        // The instance's own budget, kept in the store: it holds across replicas and restarts.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut updated = w.value.clone();
+        updated.reveals.retain(|t| now - t < 3600);
+        let limit =
+            usize::try_from(self.core.governance.webhooks().reveals_per_hour).unwrap_or(usize::MAX);
+        if updated.reveals.len() >= limit {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("this instance's secret was revealed {limit} times in the last hour"),
+            ));
+        }
+        updated.reveals.push(now);
         let secret = self.open_webhook(&w.value, current)?;
         let mut plan = Plan::new(
             format!(
@@ -236,7 +250,9 @@ impl AdminService {
                 "secret": secret.as_str(),
             }),
         );
-        // Audited even though nothing changes: the record is written before the answer.
+        // The reveal is counted in the record, preconditioned on it: a rotation committed
+        // meanwhile (on any replica) makes this reveal fail rather than show a stale secret.
+        plan.batch.replace(&w, &updated);
         plan.tenant = Some(w.value.tenant.clone());
         Ok(plan)
     }
@@ -251,17 +267,30 @@ impl AdminService {
         }
         let now = time::OffsetDateTime::now_utc();
         let overlap = self.core.governance.webhooks().overlap_s;
-        let until =
-            rfc3339(now + time::Duration::seconds(i64::try_from(overlap).unwrap_or(i64::MAX / 2)));
+        let until = now
+            .checked_add(time::Duration::seconds(
+                i64::try_from(overlap).unwrap_or(i64::MAX / 2),
+            ))
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::Internal, "[webhooks] overlap_s is out of range")
+            })?;
+        let until = rfc3339(until);
         let version = w.last_version.saturating_add(1);
         let secret = crate::webhooks::generate_secret()?;
         let fresh = self.seal_webhook(&w.tenant, id, version, &secret)?;
-        // Only the current secret carries over (as previous); an older previous is dropped.
-        let mut previous = w.versions.into_iter().next();
-        if let Some(p) = &mut previous {
-            p.valid_until = Some(until.clone());
+        // The current secret stays valid for the overlap; earlier ones keep their own window
+        // (a second rotation before the vendor was updated must not drop the secret it still
+        // signs with). At most three versions verify at once.
+        let mut versions = vec![fresh];
+        for (i, mut v) in w.versions.into_iter().enumerate() {
+            if i == 0 {
+                v.valid_until = Some(until.clone());
+            }
+            if still_valid(&v, now) && versions.len() < 3 {
+                versions.push(v);
+            }
         }
-        w.versions = std::iter::once(fresh).chain(previous).collect();
+        w.versions = versions;
         w.last_version = version;
         let mut plan = Plan::new(
             format!("instance={id} version={version}; previous valid until {until}"),
@@ -326,7 +355,21 @@ impl AdminService {
                     ),
                 }
             }
-            Err(e) => error_answer(&e, None, request_id),
+            Err(e) => {
+                // Refusals are counted too (a worker probing other tenants' instances shows).
+                self.core
+                    .metrics
+                    .webhook_verifications
+                    .get_or_create(&crate::metrics::WebhookLabels {
+                        scheme: "none".to_owned(),
+                        result: e.code.as_str().to_owned(),
+                    })
+                    .inc();
+                if self.core.governance.may_log_failure().0 {
+                    tracing::warn!(request_id, code = %e.code, "webhook verification refused");
+                }
+                error_answer(&e, None, request_id)
+            }
         }
     }
 
@@ -335,8 +378,10 @@ impl AdminService {
         peer: Option<&PeerIdentity>,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
     ) -> Result<(&'static str, bool, Option<u32>), ApiError> {
-        let worker_id = crate::resolve::worker_of(peer)?;
+        // A body over the caller's limit (the usual one for anyone but a worker) is refused
+        // as such first: it was never read past that limit.
         let raw = body?;
+        let worker_id = crate::resolve::worker_of(peer)?;
         let req = crate::webhooks::parse_verify_request(
             &raw,
             self.core.governance.webhooks().max_body_bytes,
@@ -388,7 +433,10 @@ impl AdminService {
             .webhook_secret(req.instance.as_str())
             .await
             .map_err(internal)?
-            .filter(|w| w.value.tenant == instance.tenant.as_str())
+            .filter(|w| {
+                w.value.tenant == instance.tenant.as_str()
+                    && w.value.instance == req.instance.as_str()
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::SecretMissing,

@@ -136,7 +136,10 @@ pub fn compute(
     sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     for b in sorted {
         let id = b.id.to_string();
-        let used = last_use.get(&(LastUseKind::Binding, id.clone())).copied();
+        let used = since_created(
+            last_use.get(&(LastUseKind::Binding, id.clone())),
+            &b.created_at,
+        );
         let version = active.get(&id).filter(|v| v.state == SecretState::Active);
         let created = version.and_then(|v| parse(&v.created_at));
         let max_age = b.max_secret_age_days.or_else(|| {
@@ -205,7 +208,10 @@ pub fn compute(
     sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     for w in sorted {
         let id = w.id.to_string();
-        let used = last_use.get(&(LastUseKind::Worker, id.clone())).copied();
+        let used = since_created(
+            last_use.get(&(LastUseKind::Worker, id.clone())),
+            &w.created_at,
+        );
         let mut flags = Vec::new();
         if w.governance.is_none() {
             flags.push(UNOWNED);
@@ -250,6 +256,12 @@ pub fn compute(
         counts,
         items,
     }
+}
+
+/// A last use from before the record's creation belongs to an earlier record of that id.
+fn since_created(used: Option<&i64>, created_at: &str) -> Option<i64> {
+    let created = parse(created_at).map_or(i64::MIN, |c| c.unix_timestamp());
+    used.copied().filter(|u| *u >= created)
 }
 
 fn duration(s: u64) -> time::Duration {

@@ -6,6 +6,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use zeroize::Zeroizing;
+
+use crate::api_error::ApiError;
+use crate::broker::Answer;
+use crate::identity::PeerIdentity;
 use crate::store::records::{LastUseKind, Records};
 use crate::store::{Batch, StoreError};
 
@@ -149,6 +154,64 @@ impl Governance {
             (false, 0)
         }
     }
+}
+
+/// The governance entry points of the daemon.
+impl crate::broker::Broker {
+    /// Handles one `POST /v1/webhooks/verify` (see [`crate::admin::AdminService::verify_webhook_http`]).
+    pub async fn verify_webhook(
+        &self,
+        peer: Option<&PeerIdentity>,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> Answer {
+        self.admin_service()
+            .verify_webhook_http(peer, body, request_id)
+            .await
+    }
+
+    /// `[webhooks] max_body_bytes`.
+    pub fn webhook_body_limit(&self) -> usize {
+        self.core()
+            .governance
+            .webhooks()
+            .max_body_bytes
+            .min(crate::webhooks::MAX_BODY_LIMIT)
+    }
+
+    /// Writes this broker's unwritten last uses (see [`crate::admin::AdminService::flush_last_use`]).
+    pub async fn flush_last_use(&self) -> usize {
+        self.admin_service().flush_last_use().await
+    }
+
+    /// Recomputes the inventory's flag gauges.
+    pub async fn refresh_inventory_metrics(&self) {
+        if let Err(e) = self.admin_service().inventory(None, None).await {
+            tracing::warn!(error = %e.message, "could not compute the inventory for its metrics");
+        }
+    }
+}
+
+/// Fails the start when a webhook secret is wrapped by a KEK version the keyring lacks (as
+/// for tenant secrets and platform keys: fail at start, not at the first verification).
+///
+/// # Errors
+/// [`crate::broker::StartError::Other`] naming the secret.
+pub(crate) async fn check_keks(
+    records: &Records,
+    held: &[u32],
+) -> Result<(), crate::broker::StartError> {
+    for w in records.all_webhook_secrets().await? {
+        for v in &w.value.versions {
+            if !held.contains(&v.kek_version) {
+                return Err(crate::broker::StartError::Other(format!(
+                    "webhook secret {}/{} is wrapped by KEK version {}, which the keyring does not hold",
+                    w.value.instance, v.version, v.kek_version
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

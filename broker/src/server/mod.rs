@@ -537,7 +537,13 @@ async fn handle(
                 broker.resolve(peer.as_ref(), body, &request_id).await
             }
             Ok(Endpoint::WebhookVerify) => {
-                let max = crate::webhooks::envelope_limit(broker.webhook_body_limit());
+                // Only a worker may send an event-sized body; anyone else is refused after
+                // the usual limit.
+                let max = if matches!(peer, Some(PeerIdentity::Worker(_))) {
+                    crate::webhooks::envelope_limit(broker.webhook_body_limit())
+                } else {
+                    limits.max_body_bytes
+                };
                 let body = match json_content_type(&req) {
                     Ok(()) => read_body_max(req, limits, max).await,
                     Err(e) => Err(e),

@@ -104,8 +104,12 @@ pub struct WebhookSecret {
     pub scheme: WebhookScheme,
     /// Highest version ever written.
     pub last_version: u32,
-    /// Current first, then the previous one while its window lasts (empty for `unsigned`).
+    /// Current first, then previous ones while their windows last (empty for `unsigned`).
     pub versions: Vec<WebhookVersion>,
+    /// When it was revealed within the last hour, Unix seconds: the budget every replica
+    /// shares (`[webhooks] reveals_per_hour` per instance, on top of the per-operator one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reveals: Vec<i64>,
     /// Creation time, RFC 3339.
     pub created_at: String,
 }
@@ -169,6 +173,12 @@ impl Records {
 }
 
 impl Batch {
+    /// Requires instance `id` to have no webhook secret (a secret generated concurrently
+    /// with the instance's removal must not outlive it).
+    pub fn expect_no_webhook_secret(&mut self, id: &str) -> &mut Self {
+        self.push(Op::ExpectAbsent(Table::WebhookSecrets, id.to_owned()))
+    }
+
     /// Records that `id` last resolved at `at` (Unix seconds) on `replica`: the row is this
     /// replica's own, so it is written without a precondition.
     pub fn put_last_use(
