@@ -169,6 +169,14 @@ async fn a_revealed_secret_is_audited_with_its_reason_and_found_nowhere_else() {
     assert!(!daemon.logs().contains(&secret), "the logs leak the secret");
     let records = daemon.audit_records();
     assert!(!serde_json::to_string(&records).unwrap().contains(&secret));
+    // Sealed at rest: neither the hex nor its bytes are in any file of the data directory.
+    let mut hits = Vec::new();
+    grep_tree(&daemon.data_dir, secret.as_bytes(), &mut hits);
+    grep_tree(&daemon.data_dir, &hex::decode(&secret).unwrap(), &mut hits);
+    assert!(
+        hits.is_empty(),
+        "the webhook secret is in data files: {hits:?}"
+    );
     let reveals: Vec<&Value> = records
         .iter()
         .filter(|r| r["action"] == "webhook_secret.reveal")
@@ -398,4 +406,17 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
     }
     let (_, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": newest}), body).await;
     assert_eq!(v["valid"], true, "{v}");
+}
+
+fn grep_tree(dir: &std::path::Path, needle: &[u8], hits: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            grep_tree(&path, needle, hits);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
 }

@@ -568,6 +568,7 @@ impl AdminService {
             .await?;
         match (outcome, error) {
             (Ok(summary), _) => Ok(AdminOutcome {
+                raw: None,
                 response: json!({ "binding": to_value(&binding), "probe": { "result": "passed", "summary": summary } }),
                 created: false,
                 receipt,

@@ -108,6 +108,9 @@ struct Plan {
     tenant: Option<String>,
     binding: Option<String>,
     invalidate_binding: Option<String>,
+    /// The answer already serialized (a JSON object), when building `response` as a value
+    /// would cost too much memory (the inventory); `response` is then unused.
+    raw: Option<Vec<u8>>,
 }
 
 impl Plan {
@@ -120,6 +123,7 @@ impl Plan {
             tenant: None,
             binding: None,
             invalidate_binding: None,
+            raw: None,
         }
     }
 }
@@ -132,6 +136,8 @@ pub struct AdminOutcome {
     pub created: bool,
     /// Audit receipt.
     pub receipt: AuditReceipt,
+    /// The answer as a serialized JSON object instead of `response` (see [`Plan`]).
+    pub raw: Option<Vec<u8>>,
 }
 
 /// The admin service: plans, audits and commits every change (operator requests, the
@@ -282,6 +288,35 @@ impl AdminService {
             }
         };
         match result {
+            Ok(AdminOutcome {
+                raw: Some(raw),
+                created,
+                receipt,
+                ..
+            }) if raw.first() == Some(&b'{') => {
+                // `{"audit_id":…,"request_id":…,` + the object's members.
+                let mut body = Zeroizing::new(Vec::with_capacity(raw.len() + 96));
+                body.extend_from_slice(
+                    format!(
+                        "{{\"audit_id\":{},\"request_id\":{}",
+                        json!(receipt.audit_id),
+                        json!(request_id)
+                    )
+                    .as_bytes(),
+                );
+                if raw.get(1) != Some(&b'}') {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&raw[1..]);
+                Answer {
+                    status: if created {
+                        http::StatusCode::CREATED
+                    } else {
+                        http::StatusCode::OK
+                    },
+                    body,
+                }
+            }
             Ok(outcome) => {
                 let mut body = outcome.response;
                 if let Value::Object(map) = &mut body {
@@ -435,6 +470,7 @@ impl AdminService {
             response,
             created: plan.created,
             receipt,
+            raw: plan.raw,
         })
     }
 

@@ -109,6 +109,7 @@ impl AdminService {
             )
         })?;
         Ok(super::AdminOutcome {
+            raw: None,
             response: json!({ "provider": provider_name, "dropped": drained.len(), "revoked": revoked, "failed": failed }),
             created: false,
             receipt,

@@ -401,6 +401,7 @@ impl AdminService {
         let receipt = self.commit_audited(event, batch, None).await?;
         match error {
             None => Ok(AdminOutcome {
+                raw: None,
                 response: json!({
                     "binding": binding.id.as_str(),
                     "pending_version": version,

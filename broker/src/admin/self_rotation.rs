@@ -276,6 +276,7 @@ impl AdminService {
             )
             .await;
         Ok(AdminOutcome {
+            raw: None,
             response: json!({
                 "binding": id,
                 "active_secret_version": version,

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::model::{Binding, SecretState, SecretVersion, Status, Worker};
-use crate::store::records::LastUseKind;
+use crate::model::{Binding, SecretState, Status, Worker};
+use crate::store::records::{LastUseKind, SecretMeta};
 
 /// The flags, in the order the inventory prints them.
 pub const FLAGS: &[&str] = &[
@@ -116,7 +116,7 @@ fn upstream_expiry(b: &Binding) -> Option<OffsetDateTime> {
 pub fn compute(
     bindings: &[Binding],
     workers: &[Worker],
-    active: &HashMap<String, SecretVersion>,
+    active: &HashMap<String, SecretMeta>,
     last_use: &HashMap<(LastUseKind, String), i64>,
     policy: &BTreeMap<String, u32>,
     windows: Windows,
@@ -305,7 +305,7 @@ mod tests {
             ("b-old", &old, None),
             ("b-new", &fresh, Some(fresh.clone())),
         ] {
-            let v: SecretVersion = serde_json::from_value(serde_json::json!({
+            let v: SecretMeta = serde_json::from_value(serde_json::json!({
                 "binding": b, "version": 1, "state": "active", "field_names": ["token"],
                 "kek_version": 1, "wrapped_dek": "", "sealed_payload": "", "created_at": created,
                 "expires_at": expires,

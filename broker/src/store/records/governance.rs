@@ -125,7 +125,32 @@ fn last_use_key(replica: u32, kind: LastUseKind, id: &str) -> String {
     format!("{replica:05}/{}/{id}", kind.letter())
 }
 
+/// What the inventory needs of a secret version: its sealed material is skipped, not
+/// decoded (100,000 versions would otherwise hold their payloads in memory at once).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecretMeta {
+    /// Owning binding.
+    pub binding: String,
+    /// Version.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: crate::model::SecretState,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Declared expiry, RFC 3339.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
 impl Records {
+    /// Every secret version's metadata, without its sealed material.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn secret_metas(&self) -> Result<Vec<SecretMeta>, StoreError> {
+        self.all(Table::Secrets, "").await
+    }
+
     /// Every replica's last-use rows: `(kind, id)` → the latest Unix second any replica
     /// recorded.
     ///

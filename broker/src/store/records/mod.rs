@@ -16,7 +16,7 @@ mod governance;
 mod identifiers;
 mod intake;
 
-pub use governance::{LastUseKind, WebhookScheme, WebhookSecret, WebhookVersion};
+pub use governance::{LastUseKind, SecretMeta, WebhookScheme, WebhookSecret, WebhookVersion};
 pub use identifiers::{
     binding_parameter_claim, outlives_binding, AccountPin, CallbackState, Delivery, ExpectedSite,
     IdentifierOwner, Unclaimed, MAX_UNCLAIMED, UNCLAIMED_TTL_S,
