@@ -818,3 +818,18 @@ pub fn servicenow_section(authority: &str) -> String {
         repo_root().join("policies/servicenow.json").display().to_string(),
     )
 }
+
+/// Every file under `dir` whose bytes contain `needle`, into `hits` (canary tests: nothing
+/// secret in the clear at rest).
+pub fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            grep_tree(&path, needle, hits);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+}

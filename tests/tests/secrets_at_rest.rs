@@ -1,7 +1,6 @@
 //! Envelope encryption seen from outside: ciphertext bound to its record, KEK rotation that
 //! keeps every secret resolvable, and a canary value that never leaks.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use credbroker::model::SecretVersion;
@@ -148,19 +147,6 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
         daemon.config.to_str().unwrap(),
     ]);
     assert_eq!(c, 0, "{out}");
-}
-
-fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            grep_tree(&path, needle, hits);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                hits.push(path.display().to_string());
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -407,16 +407,3 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
     let (_, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": newest}), body).await;
     assert_eq!(v["valid"], true, "{v}");
 }
-
-fn grep_tree(dir: &std::path::Path, needle: &[u8], hits: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            grep_tree(&path, needle, hits);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                hits.push(path.display().to_string());
-            }
-        }
-    }
-}

@@ -389,35 +389,13 @@ impl AdminService {
         self.catch_up().await?;
         let r = &self.core.records;
         let internal = |e| store_err(e);
-        let worker = r
-            .shared_worker(worker_id)
-            .await
-            .map_err(internal)?
-            .filter(|w| w.status == Status::Active)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::WorkerNotAuthorized,
-                    "worker is not registered or is disabled",
-                )
-            })?;
-        let unknown = || ApiError::new(ErrorCode::UnknownInstance, "no such connector instance");
-        let instance = r
-            .shared_instance(&req.instance)
-            .await
-            .map_err(internal)?
-            .ok_or_else(unknown)?;
-        // Another tenant's instance answers as one that does not exist.
-        if !worker.tenants.contains(&instance.tenant) {
-            return Err(unknown());
-        }
-        if !worker.connector_kinds.is_empty()
-            && !worker.connector_kinds.contains(&instance.connector_kind)
-        {
-            return Err(ApiError::new(
-                ErrorCode::WorkerNotAuthorized,
-                "worker is not authorized for this connector kind",
-            ));
-        }
+        let instance = crate::resolve::chain::worker_and_instance(
+            r,
+            worker_id,
+            &req.instance,
+            &mut crate::resolve::chain::ChainFacts::default(),
+        )
+        .await?;
         if instance.status != Status::Active {
             return Err(ApiError::new(
                 ErrorCode::InstanceInactive,

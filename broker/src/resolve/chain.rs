@@ -192,14 +192,19 @@ pub async fn verify_chain(
     }
 }
 
-async fn check_links(
+/// The links every worker request starts with (resolve, webhook verification): the worker
+/// is registered and active, the instance exists and belongs to a tenant the worker serves,
+/// and the worker may serve its connector kind. Returns the instance.
+///
+/// # Errors
+/// `worker_not_authorized`, `unknown_instance` (also for another tenant's instance, so a
+/// worker cannot learn which ids other tenants use; `facts` keeps the truth), `internal`.
+pub async fn worker_and_instance(
     view: &impl ChainView,
-    registry: &ProviderRegistry,
-    peer: Option<&PeerIdentity>,
-    request: &ParsedResolve,
+    worker_id: &WorkerId,
+    instance_id: &InstanceId,
     facts: &mut ChainFacts,
-) -> Result<VerifiedChain, ApiError> {
-    let worker_id = worker_of(peer)?;
+) -> Result<Arc<Instance>, ApiError> {
     // Worker record: known and active.
     let worker = view
         .worker(worker_id)
@@ -214,14 +219,12 @@ async fn check_links(
         })?;
     // Instance, and the tenant the store (not the request) says it belongs to.
     let instance = view
-        .instance(&request.instance)
+        .instance(instance_id)
         .await
         .map_err(store_failure)?
         .ok_or_else(unknown_instance)?;
     facts.tenant = Some(instance.tenant.clone());
     if !worker.tenants.contains(&instance.tenant) {
-        // The same answer as for an instance that does not exist, so a worker cannot learn
-        // which ids other tenants use; the audit record keeps the truth (tenant, detail).
         facts.detail = Some("the instance belongs to a tenant the worker may not serve");
         return Err(unknown_instance());
     }
@@ -233,6 +236,18 @@ async fn check_links(
             "worker is not authorized for this connector kind",
         ));
     }
+    Ok(instance)
+}
+
+async fn check_links(
+    view: &impl ChainView,
+    registry: &ProviderRegistry,
+    peer: Option<&PeerIdentity>,
+    request: &ParsedResolve,
+    facts: &mut ChainFacts,
+) -> Result<VerifiedChain, ApiError> {
+    let worker_id = worker_of(peer)?;
+    let instance = worker_and_instance(view, worker_id, &request.instance, facts).await?;
     if let Some(claimed) = &request.tenant {
         if *claimed != instance.tenant {
             return Err(ApiError::new(
