@@ -349,3 +349,49 @@ async fn the_provider_catalog_lists_every_provider() {
     let (s, v) = call(&mut op, Method::GET, "/v1/admin/providers/nope", None).await;
     assert_eq!((s, code(&v)), (404, "unknown_record"), "{v}");
 }
+
+/// On a shared PostgreSQL store each replica keeps and flushes its own last uses: a resolve
+/// served by replica 2 shows in replica 1's inventory after replica 2's flush (shutdown
+/// here), and neither replica wrote a row per resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_use_is_flushed_per_replica_on_a_shared_store() {
+    use credbroker_tests::postgres::TestPostgres;
+    use credbroker_tests::replicas::ReplicaSet;
+    let (tmp, pki) = setup();
+    let mut set =
+        ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 2, NO_FLUSH, vec![]).await;
+    let mut op1 = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op1).await;
+    let mut w2 = pki.client_for("w1", &set.daemons[1].url);
+    for _ in 0..50 {
+        let (s, v) = resolve(&mut w2, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_records WHERE tbl = 'last_use'")
+            .await,
+        0
+    );
+    // Not flushed yet: replica 1 does not know.
+    let inv = inventory(&mut op1, "").await;
+    assert!(
+        row(&inv, "binding", "b1")["last_resolve_at"].is_null(),
+        "{inv}"
+    );
+    set.daemons[1].stop();
+    // One row each for the binding and the worker, under replica 2's id.
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_records WHERE tbl = 'last_use'")
+            .await,
+        2
+    );
+    let inv = inventory(&mut op1, "").await;
+    assert!(
+        row(&inv, "binding", "b1")["last_resolve_at"].is_string(),
+        "{inv}"
+    );
+    assert!(
+        row(&inv, "worker", "w1")["last_resolve_at"].is_string(),
+        "{inv}"
+    );
+}
