@@ -196,6 +196,28 @@ async fn a_revealed_secret_is_audited_with_its_reason_and_found_nowhere_else() {
         3,
         "two without a reason, one over budget"
     );
+    // A revoked operator reveals nothing, whatever the reason.
+    pki.operator("op2");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op2"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators/op2/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mut op2 = pki.client_for("op2", &daemon.url);
+    let (s, v) = reveal(&mut op2, "i1", "revoked but trying anyway").await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    assert!(v.get("secret").is_none());
 }
 
 /// Forged, replayed-with-a-wrong-signature, another tenant's worker, an operator, a retired

@@ -2,7 +2,7 @@
 //! (made durable in periodic batches, never a store write per resolve), the reveal budget of
 //! each operator, and the budget of failed-verification log lines.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,28 @@ pub struct Governance {
     ),
 }
 
+/// Last uses by kind (bindings, workers), each id → when and whether the store has it yet.
 #[derive(Default)]
 struct LastUse {
-    at: HashMap<(LastUseKind, String), i64>,
-    dirty: HashSet<(LastUseKind, String)>,
+    by_kind: [HashMap<String, Use>; 2],
+}
+
+#[derive(Clone, Copy)]
+struct Use {
+    at: i64,
+    dirty: bool,
+}
+
+const KINDS: [LastUseKind; 2] = [LastUseKind::Binding, LastUseKind::Worker];
+
+#[cfg(test)]
+impl LastUse {
+    fn dirty(&self) -> usize {
+        self.by_kind
+            .iter()
+            .map(|m| m.values().filter(|u| u.dirty).count())
+            .sum()
+    }
 }
 
 impl Governance {
@@ -61,13 +79,23 @@ impl Governance {
     pub fn record_use(&self, binding: &str, worker: &str) {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if let Ok(mut lu) = self.last_use.lock() {
-            for key in [
-                (LastUseKind::Binding, binding.to_owned()),
-                (LastUseKind::Worker, worker.to_owned()),
-            ] {
-                let slot = lu.at.entry(key.clone()).or_insert(now);
-                *slot = (*slot).max(now);
-                lu.dirty.insert(key);
+            // No allocation once an id is known: the hot path only updates in place.
+            for (map, id) in lu.by_kind.iter_mut().zip([binding, worker]) {
+                match map.get_mut(id) {
+                    Some(u) => {
+                        u.at = u.at.max(now);
+                        u.dirty = true;
+                    }
+                    None => {
+                        map.insert(
+                            id.to_owned(),
+                            Use {
+                                at: now,
+                                dirty: true,
+                            },
+                        );
+                    }
+                }
             }
         }
     }
@@ -76,7 +104,13 @@ impl Governance {
     pub fn seen(&self) -> HashMap<(LastUseKind, String), i64> {
         self.last_use
             .lock()
-            .map(|lu| lu.at.clone())
+            .map(|lu| {
+                KINDS
+                    .iter()
+                    .zip(&lu.by_kind)
+                    .flat_map(|(k, m)| m.iter().map(|(id, u)| ((*k, id.clone()), u.at)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -88,11 +122,14 @@ impl Governance {
     pub async fn flush(&self, records: &Records, replica: u32) -> Result<usize, StoreError> {
         let rows: Vec<((LastUseKind, String), i64)> = match self.last_use.lock() {
             Ok(mut lu) => {
-                let dirty: Vec<_> = lu.dirty.drain().collect();
-                dirty
-                    .into_iter()
-                    .filter_map(|k| lu.at.get(&k).map(|at| (k, *at)))
-                    .collect()
+                let mut rows = Vec::new();
+                for (k, map) in KINDS.iter().zip(lu.by_kind.iter_mut()) {
+                    for (id, u) in map.iter_mut().filter(|(_, u)| u.dirty) {
+                        u.dirty = false;
+                        rows.push(((*k, id.clone()), u.at));
+                    }
+                }
+                rows
             }
             Err(_) => return Ok(0),
         };
@@ -105,7 +142,12 @@ impl Governance {
         }
         if let Err(e) = records.commit(batch).await {
             if let Ok(mut lu) = self.last_use.lock() {
-                lu.dirty.extend(rows.into_iter().map(|(k, _)| k));
+                for ((kind, id), _) in rows {
+                    let i = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+                    if let Some(u) = lu.by_kind[i].get_mut(&id) {
+                        u.dirty = true;
+                    }
+                }
             }
             return Err(e);
         }
@@ -239,6 +281,6 @@ mod tests {
         }
         let seen = g.seen();
         assert_eq!(seen.len(), 2);
-        assert_eq!(g.last_use.lock().unwrap().dirty.len(), 2);
+        assert_eq!(g.last_use.lock().unwrap().dirty(), 2);
     }
 }
