@@ -34,6 +34,50 @@ pub async fn run(
     run_with_broker(config, broker, on_ready).await
 }
 
+/// How far ahead the daemon warns that a certificate expires or a CRL is due.
+const EXPIRY_WARN_S: i64 = 30 * 86_400;
+
+/// Sets `credbroker_tls_expiry_seconds` for every TLS file in force and logs a warning for
+/// one that expires (or, a CRL, is due) within [`EXPIRY_WARN_S`], an error for one past it.
+/// Run at start, hourly, and after each reload.
+fn check_tls_expiry(broker: &Broker, listeners: &[&ReloadableTls]) {
+    use crate::tls::FileKind;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for tls in listeners {
+        for (file, path, kind) in tls.files() {
+            let left = match kind {
+                FileKind::Certificates => crate::certs::seconds_to_expiry(&path, now).map(Some),
+                FileKind::Crl => crate::certs::seconds_to_crl_update(&path, now),
+            };
+            let left = match left {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(file, error = %e, "cannot read a TLS file to check its expiry");
+                    continue;
+                }
+            };
+            broker
+                .metrics()
+                .tls_expiry
+                .get_or_create(&crate::metrics::TlsFileLabel {
+                    file: file.to_owned(),
+                })
+                .set(left);
+            let what = if kind == FileKind::Crl {
+                "CRL next update"
+            } else {
+                "certificate expiry"
+            };
+            if left < 0 {
+                tracing::error!(file, path = %path.display(), days_past = -left / 86_400, "{what} has passed: renew it and run `credbroker reload`");
+            } else if left < EXPIRY_WARN_S {
+                tracing::warn!(file, path = %path.display(), days_left = left / 86_400, "{what} is near: renew it and run `credbroker reload`");
+            }
+        }
+    }
+}
+
 /// SIGHUP: re-reads the config file (when there is one) and reloads the TLS files it names
 /// — server certificate and key, client CA bundle, CRL, the public listener's certificate
 /// and key — so a CRL added to the config after start-up takes effect. A config that no
@@ -223,8 +267,16 @@ pub async fn run_with_broker(
         config.inventory.metrics_interval_s.max(1),
     ));
     inventory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expiry = tokio::time::interval(Duration::from_secs(3600));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let listeners = || -> Vec<&ReloadableTls> {
+        std::iter::once(tls.as_ref())
+            .chain(public.as_ref().map(|(_, p)| p.as_ref()))
+            .collect()
+    };
     loop {
         tokio::select! {
+            _ = expiry.tick() => check_tls_expiry(&broker, &listeners()),
             _ = flush.tick() => {
                 broker.flush_last_use().await;
             }
@@ -253,7 +305,10 @@ pub async fn run_with_broker(
                     });
                 }
             }
-            _ = hup.recv() => reload(&config, &tls, public.as_ref().map(|(_, p)| p.as_ref())),
+            _ = hup.recv() => {
+                reload(&config, &tls, public.as_ref().map(|(_, p)| p.as_ref()));
+                check_tls_expiry(&broker, &listeners());
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -45,6 +45,24 @@ fn dev_err(e: impl std::fmt::Display) -> DevError {
     DevError(e.to_string())
 }
 
+/// `<data-dir>/server-url`: the URL the running dev broker answers on, written once it
+/// listens (the port is known only then when `--listen` asks for port 0); what `--dev-dir`
+/// dials.
+pub fn server_url_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("server-url")
+}
+
+/// The URL of a broker listening on `addr`: a wildcard address is dialled on loopback.
+pub fn server_url(mut addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("https://{addr}")
+}
+
 /// `<data-dir>/pki`
 pub fn pki_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("pki")

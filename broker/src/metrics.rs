@@ -50,6 +50,13 @@ pub struct FlagLabels {
     pub kind: String,
 }
 
+/// Label of a TLS file's expiry gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsFileLabel {
+    /// `server`, `client_ca`, `public` (certificates) or `crl`.
+    pub file: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -106,6 +113,9 @@ pub struct Metrics {
     pub inventory_flagged: Family<FlagLabels, Gauge>,
     /// Store batches this process committed since it started.
     pub store_commits: Gauge,
+    /// Seconds until the earliest certificate of each TLS file expires (negative: expired),
+    /// or until its CRL's next update is due (negative: overdue).
+    pub tls_expiry: Family<TlsFileLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -250,7 +260,14 @@ impl Metrics {
             "Store batches this process committed since it started",
             store_commits.clone(),
         );
+        let tls_expiry = Family::<TlsFileLabel, Gauge>::default();
+        registry.register(
+            "tls_expiry_seconds",
+            "Seconds until a TLS file's earliest certificate expires, or its CRL's next update is due (negative: past)",
+            tls_expiry.clone(),
+        );
         Metrics {
+            tls_expiry,
             webhook_verifications,
             inventory_flagged,
             store_commits,

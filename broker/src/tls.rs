@@ -60,7 +60,11 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| TlsError(format!("{}: no usable private key ({e})", path.display())))
 }
 
-fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+/// Loads every CRL of a PEM file.
+///
+/// # Errors
+/// When unreadable or holding no CRL.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let pem = read(path)?;
     let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -182,6 +186,15 @@ impl Source {
     }
 }
 
+/// What a TLS file holds (see [`ReloadableTls::files`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Certificates (PEM).
+    Certificates,
+    /// CRLs (PEM).
+    Crl,
+}
+
 /// A server config that can be replaced while the daemon runs. Each reload is announced
 /// (see [`ReloadableTls::reloads`]) so open connections re-check their client certificate
 /// against the new CA bundle and CRL.
@@ -218,6 +231,30 @@ impl ReloadableTls {
             current,
             reloads: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// The certificate files in force (as of the last successful load): `(name, path)` for
+    /// the server certificate, and on the mTLS listener the client CA and CRL.
+    pub fn files(&self) -> Vec<(&'static str, std::path::PathBuf, FileKind)> {
+        let source = match self.source.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*source {
+            Source::Mtls(s) => {
+                let mut files = vec![
+                    ("server", s.cert.clone(), FileKind::Certificates),
+                    ("client_ca", s.client_ca.clone(), FileKind::Certificates),
+                ];
+                if let Some(crl) = &s.crl {
+                    files.push(("crl", crl.clone(), FileKind::Crl));
+                }
+                files
+            }
+            Source::Public { cert, .. } => {
+                vec![("public", cert.clone(), FileKind::Certificates)]
+            }
+        }
     }
 
     /// The config for the next handshake.

@@ -14,6 +14,7 @@ use credbroker::pki::CertAuthority;
 use http::Method;
 use serde_json::Value;
 
+pub mod browser;
 pub mod counting;
 pub mod fake_atlassian_dc;
 pub mod fake_entra;
@@ -831,5 +832,68 @@ pub fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
                 hits.push(path.display().to_string());
             }
         }
+    }
+}
+
+/// A `credbroker dev` process (killed when dropped).
+pub struct Dev {
+    child: std::process::Child,
+    /// Its URL.
+    pub url: String,
+    /// What it printed before `ready`.
+    pub banner: String,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `credbroker dev --data-dir DIR --listen 127.0.0.1:0` and waits for `ready`.
+pub fn start_dev(dir: &std::path::Path) -> Dev {
+    let mut child = Command::new(daemon_bin())
+        .args([
+            "dev",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut banner = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line == "ready" {
+                let _ = tx.send(banner.clone());
+            }
+            banner.push_str(&line);
+            banner.push('\n');
+        }
+    });
+    let banner = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("dev mode printed `ready`");
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .expect("curl command with URL")
+        .trim_end_matches("/v1/resolve")
+        .to_owned();
+    Dev { child, url, banner }
+}
+
+impl Dev {
+    /// Stops it (SIGKILL) and waits.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,63 +1,10 @@
 //! The README's run command: `credbroker dev` and its documented contract.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use credbroker::client::BrokerClient;
 use credbroker_tests::*;
 use serde_json::json;
-
-struct Dev {
-    child: std::process::Child,
-    url: String,
-    banner: String,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_dev(dir: &std::path::Path) -> Dev {
-    let mut child = Command::new(daemon_bin())
-        .args([
-            "dev",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut banner = String::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line == "ready" {
-                let _ = tx.send(banner.clone());
-            }
-            banner.push_str(&line);
-            banner.push('\n');
-        }
-    });
-    let banner = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("dev mode printed `ready`");
-    let url = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("https://"))
-        .expect("curl command with URL")
-        .trim_end_matches("/v1/resolve")
-        .to_owned();
-    Dev { child, url, banner }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_contract() {

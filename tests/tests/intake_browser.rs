@@ -5,76 +5,17 @@
 //! header is set (checked over HTTP in tests/tests/intake.rs). Screenshots of the form and
 //! the result page go to target/test-output/intake/.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use credbroker_tests::browser::browser;
 use credbroker_tests::fake_servicenow::FakeServiceNow;
 use credbroker_tests::*;
-use fantoccini::{ClientBuilder, Locator};
+use fantoccini::Locator;
 use http::Method;
 use serde_json::json;
 
 const CLIENT: &str = "browser-client-0001";
 const SECRET: &str = "CANARY-browser-secret-4b1d0e";
-
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn chromedriver() -> std::path::PathBuf {
-    let path = std::path::PathBuf::from("/usr/bin/chromedriver");
-    assert!(
-        path.exists(),
-        "chromedriver is not installed: tests/run installs Debian's chromium and chromium-driver"
-    );
-    path
-}
-
-async fn browser(profile: &std::path::Path) -> (Driver, fantoccini::Client) {
-    let port = free_port();
-    let child = Command::new(chromedriver())
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let driver = Driver(child);
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                // The broker's test CA is not in the browser's store.
-                "--ignore-certificate-errors",
-                format!("--user-data-dir={}", profile.display()),
-                "--window-size=900,700",
-            ]
-        }),
-    );
-    let mut last = None;
-    for _ in 0..50 {
-        match ClientBuilder::rustls()
-            .expect("rustls client")
-            .capabilities(caps.clone())
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-        {
-            Ok(c) => return (driver, c),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("no WebDriver session: {last:?}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_pastes_a_secret_in_a_real_browser() {

@@ -26,6 +26,7 @@ use super::verify::complete_lines;
 use super::{checkpoints_path, log_path};
 use crate::keys::AuditSigner;
 use crate::model::now_rfc3339;
+use crate::progress::{Progress, Unit};
 
 /// Which records to export.
 #[derive(Debug, Clone, Default)]
@@ -169,11 +170,12 @@ pub fn export(
     max_unanchored: u64,
     set: Option<ExportSet>,
     out: &mut dyn Write,
+    progress: &dyn Progress,
 ) -> std::io::Result<u64> {
     // Never attest a log that does not verify: a record altered or removed in the live log
     // (by someone who can write the data directory but has no key) would otherwise come out
     // of a filtered export looking signed.
-    super::verify::verify_log(audit_dir, &signer.verifier(), max_unanchored).map_err(|e| {
+    super::verify::verify_log_with(audit_dir, &signer.verifier(), max_unanchored, progress).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),
@@ -190,23 +192,32 @@ pub fn export(
         .filter_map(|l| serde_json::from_slice::<Checkpoint>(l).ok())
         .collect();
     let log = std::fs::read(log_path(audit_dir))?;
-    write_document(None, set, complete_lines(&log), &cps, filter, signer, out)
+    write_document(
+        (None, set),
+        complete_lines(&log),
+        &cps,
+        filter,
+        signer,
+        out,
+        progress,
+    )
 }
 
 /// Writes one export document — a header, the selected records, their attestations, the
 /// checkpoints the exported log reaches — of the chain whose record lines are `lines` (the
-/// file log, or `replica`'s chain of a shared store); returns the number of records.
+/// file log, or `replica`'s chain of a shared store; `set`: its place in a file of several
+/// documents); returns the number of records, telling `progress` as it signs them.
 ///
 /// # Errors
 /// On I/O failure, or a record that does not parse.
 pub fn write_document<'l>(
-    replica: Option<u32>,
-    set: Option<ExportSet>,
+    (replica, set): (Option<u32>, Option<ExportSet>),
     lines: impl IntoIterator<Item = &'l [u8]>,
     cps: &[Checkpoint],
     filter: &ExportFilter,
     signer: &AuditSigner,
     out: &mut dyn Write,
+    progress: &dyn Progress,
 ) -> std::io::Result<u64> {
     let mut head = (0, String::new());
     let mut selected: Vec<(&[u8], u64, String)> = Vec::new();
@@ -270,8 +281,16 @@ pub fn write_document<'l>(
         out.write_all(line)?;
         out.write_all(b"\n")?;
     }
+    progress.begin(
+        "signing exported records",
+        selected.len() as u64,
+        Unit::Items,
+    );
     let mut prev = 0;
-    for (_, seq, hash) in &selected {
+    for (i, (_, seq, hash)) in selected.iter().enumerate() {
+        if i % 1024 == 1023 {
+            progress.advance(1024);
+        }
         let attestation = Attestation {
             seq: *seq,
             prev,
@@ -291,6 +310,8 @@ pub fn write_document<'l>(
         out.write_all(b"\n")?;
         prev = *seq;
     }
+    progress.advance(selected.len() as u64 % 1024);
+    progress.end();
     // Only checkpoints the exported log reaches; later ones were written after we read it.
     for cp in cps.iter().filter(|cp| cp.seq <= header.head_seq) {
         serde_json::to_writer(&mut *out, &CheckpointLine { checkpoint: cp })?;

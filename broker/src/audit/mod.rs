@@ -16,6 +16,7 @@
 pub mod chains;
 mod export;
 mod record;
+pub mod report;
 mod tail;
 mod verify;
 mod writer;
@@ -23,8 +24,8 @@ mod writer;
 pub use export::{export, write_document, ExportFilter, ExportSet};
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
 pub use verify::{
-    verify_export, verify_exports, verify_log, verify_since_last_checkpoint, ChainCheck,
-    VerifyFailure, VerifySummary,
+    complete_lines, verify_export, verify_exports, verify_log, verify_log_with,
+    verify_since_last_checkpoint, ChainCheck, VerifyFailure, VerifySummary,
 };
 pub use writer::{max_unanchored, AuditConfig, AuditError, AuditLog, AuditReceipt};
 

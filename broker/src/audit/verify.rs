@@ -18,6 +18,7 @@ use super::export::{attest_message, Attestation, ExportHeader};
 use super::record::{AuditRecord, Checkpoint, GENESIS_HASH};
 use super::{checkpoints_path, log_path};
 use crate::keys::AuditVerifier;
+use crate::progress::{Progress, Silent, Unit};
 
 mod shared;
 pub use shared::{verify_exports, ChainCheck};
@@ -252,7 +253,7 @@ impl<'a> Chain<'a> {
 }
 
 /// Splits complete lines; bytes after the last newline (an append in progress) are ignored.
-pub(super) fn complete_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn complete_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
     bytes[..end]
         .split(|b| *b == b'\n')
@@ -289,6 +290,19 @@ pub fn verify_log(
     verifier: &AuditVerifier,
     max_unanchored: u64,
 ) -> Result<VerifySummary, VerifyFailure> {
+    verify_log_with(audit_dir, verifier, max_unanchored, &Silent)
+}
+
+/// [`verify_log`], reporting the bytes of the log checked to `progress`.
+///
+/// # Errors
+/// As [`verify_log`].
+pub fn verify_log_with(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+    progress: &dyn Progress,
+) -> Result<VerifySummary, VerifyFailure> {
     // Checkpoints first: a checkpoint written after we read the log would otherwise look
     // like a truncated log.
     let cps = read_checkpoints(audit_dir)?;
@@ -297,10 +311,29 @@ pub fn verify_log(
     let mut chain = Chain::new(verifier, true);
     chain.max_unanchored = Some(max_unanchored);
     chain.checkpoints(&cps)?;
-    for line in complete_lines(&log) {
-        chain.record(line)?;
-    }
+    progress.begin("verifying the audit log", log.len() as u64, Unit::Bytes);
+    let result = records_with_progress(&mut chain, complete_lines(&log), progress);
+    progress.end();
+    result?;
     chain.finish()
+}
+
+/// Feeds `lines` to `chain`, telling `progress` every few thousand lines.
+fn records_with_progress<'l>(
+    chain: &mut Chain<'_>,
+    lines: impl Iterator<Item = &'l [u8]>,
+    progress: &dyn Progress,
+) -> Result<(), VerifyFailure> {
+    let mut pending = 0u64;
+    for (i, line) in lines.enumerate() {
+        chain.record(line)?;
+        pending += line.len() as u64 + 1;
+        if i % 4096 == 4095 {
+            progress.advance(std::mem::take(&mut pending));
+        }
+    }
+    progress.advance(pending);
+    Ok(())
 }
 
 /// The start-up check: the last signed checkpoint is genuine, the record it covers is in

@@ -1,5 +1,6 @@
 //! Commands that go through the admin API with an operator certificate: records, bindings,
-//! secrets. Responses are printed as JSON; refusals name the error code, audit id and request
+//! secrets. Responses are printed as a table on a terminal, as JSON otherwise or with
+//! `--output json`; refusals name the error code, audit id and request
 //! id.
 
 use std::collections::BTreeMap;
@@ -12,36 +13,8 @@ use http::Method;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use crate::client::BrokerClient;
-use crate::dev;
-
+pub use super::conn::{call, call_showing, request, Conn, DEFAULT_SERVER};
 use super::providers::BindingAdd;
-use super::runtime;
-
-/// How admin commands reach the daemon.
-#[derive(Args, Debug, Clone)]
-pub struct Conn {
-    /// Broker URL.
-    #[arg(
-        long,
-        env = "CREDBROKER_SERVER",
-        default_value = "https://127.0.0.1:8443",
-        global = true
-    )]
-    server: String,
-    /// CA bundle that signed the broker's server certificate.
-    #[arg(long, env = "CREDBROKER_CA", global = true)]
-    ca: Option<PathBuf>,
-    /// Operator client certificate (SPIFFE id spiffe://<trust-domain>/operator/<name>).
-    #[arg(long, env = "CREDBROKER_CERT", global = true)]
-    cert: Option<PathBuf>,
-    /// Operator private key.
-    #[arg(long, env = "CREDBROKER_KEY", global = true)]
-    key: Option<PathBuf>,
-    /// Dev data directory: take ca/cert/key from <DIR>/pki (operator.crt, operator.key).
-    #[arg(long, env = "CREDBROKER_DEV_DIR", global = true)]
-    dev_dir: Option<PathBuf>,
-}
 
 #[derive(Args, Debug)]
 pub struct RecordCmd<A: Args> {
@@ -357,73 +330,6 @@ pub struct SecretDestroy {
     force: bool,
     #[command(flatten)]
     conn: Conn,
-}
-
-pub(super) fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
-    let (ca, cert, key) = match &conn.dev_dir {
-        Some(dir) => {
-            let pki = dev::pki_dir(dir);
-            (
-                conn.ca.clone().unwrap_or_else(|| pki.join("ca.crt")),
-                conn.cert
-                    .clone()
-                    .unwrap_or_else(|| pki.join("operator.crt")),
-                conn.key.clone().unwrap_or_else(|| pki.join("operator.key")),
-            )
-        }
-        None => (
-            conn.ca.clone().ok_or("--ca is required (or --dev-dir)")?,
-            conn.cert
-                .clone()
-                .ok_or("--cert is required (or --dev-dir)")?,
-            conn.key.clone().ok_or("--key is required (or --dev-dir)")?,
-        ),
-    };
-    BrokerClient::new(&conn.server, &ca, &cert, &key).map_err(|e| e.to_string())
-}
-
-pub fn call(
-    conn: &Conn,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<ExitCode, String> {
-    call_showing(conn, method, path, body, |v| v.clone())
-}
-
-/// As [`call`], printing `show` of a successful answer (e.g. only the JWKS of `issuer jwks`,
-/// without the receipt, so the output can be pinned as it is).
-pub fn call_showing(
-    conn: &Conn,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-    show: impl Fn(&Value) -> Value,
-) -> Result<ExitCode, String> {
-    let mut client = admin_client(conn)?;
-    let (status, bytes) = runtime()?
-        .block_on(client.request(method, path, body))
-        .map_err(|e| e.to_string())?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&bytes) }));
-    if status.is_success() {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&show(&value)).unwrap_or_default()
-        );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        let err = &value["error"];
-        eprintln!(
-            "error: {} ({}): {} [audit_id {}, request_id {}]",
-            err["code"].as_str().unwrap_or("unknown"),
-            status.as_u16(),
-            err["message"].as_str().unwrap_or(""),
-            err["audit_id"].as_str().unwrap_or("-"),
-            err["request_id"].as_str().unwrap_or("-"),
-        );
-        Ok(ExitCode::from(1))
-    }
 }
 
 pub fn path_segment(id: &str) -> Result<&str, String> {

@@ -14,10 +14,13 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::offline::{local_config, LocalArgs};
+use super::output::{self, Output};
+use super::progress::Bar;
 use super::runtime;
 use crate::audit::{self, chains, ExportFilter, VerifyFailure, VerifySummary};
 use crate::config::Config;
 use crate::keys::{AuditSigner, AuditVerifier};
+use crate::progress::Progress;
 use crate::store::Backend;
 
 #[derive(Subcommand, Debug)]
@@ -30,6 +33,11 @@ pub enum AuditCmd {
     Export(ExportArgs),
     /// Print the audit public key auditors verify exports with.
     PublicKey(LocalArgs),
+    /// Verify every chain, then write one self-contained HTML page (--html) and/or a JSON
+    /// summary (--json): resolves over time by outcome, counts by provider, tenant and
+    /// error code, denials, admin changes, checkpoint coverage. Exits 1 when a chain does
+    /// not verify (the report says so first).
+    Report(super::audit_report::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -42,6 +50,11 @@ pub struct VerifyArgs {
     /// Audit public key file (default: the data directory's).
     #[arg(long)]
     public_key: Option<PathBuf>,
+    /// `table`: one line per chain (the default); `json`: {"verified", "chains": [{"chain",
+    /// "replica", "verified", "records", "first_seq", "last_seq", "checkpoints",
+    /// "last_checkpoint", "failure"}]}.
+    #[arg(long, value_enum)]
+    output: Option<Output>,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +86,7 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
     match cmd {
         AuditCmd::Verify(args) => verify(&args),
         AuditCmd::Export(args) => export(&args),
+        AuditCmd::Report(args) => super::audit_report::run(&args),
         AuditCmd::PublicKey(local) => {
             let config = local_config(&local)?;
             let text = std::fs::read_to_string(config.audit_public_key_file())
@@ -116,12 +130,14 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         let mut results = Vec::new();
         let file_log = audit::log_path(&config.audit_dir());
         if !shared(&config) || file_log.exists() {
+            let bar = Bar::new(Output::shows_progress(args.output));
             results.push((
                 None,
-                audit::verify_log(
+                audit::verify_log_with(
                     &config.audit_dir(),
                     &verifier,
                     config.audit.max_unanchored(),
+                    &bar,
                 ),
             ));
         }
@@ -130,6 +146,19 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         }
         results
     };
+    if args.output == Some(Output::Json) {
+        let chains: Vec<serde_json::Value> = results.iter().map(chain_json).collect();
+        let verified = results.iter().all(|r| r.1.is_ok());
+        output::print(
+            &serde_json::json!({ "verified": verified, "chains": chains }),
+            Output::Json,
+        );
+        return Ok(if verified {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     let several = results.len() > 1 || results.iter().any(|r| r.0.is_some());
     if results.is_empty() {
         println!("audit OK: the database holds no audit chain yet{trust_note}");
@@ -158,6 +187,30 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One chain's verification as JSON (the `--output json` of `audit verify`).
+fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
+    let chain = replica.map_or_else(|| "file log".to_owned(), |r| format!("replica {r}"));
+    match result {
+        Ok(s) => serde_json::json!({
+            "chain": chain,
+            "replica": replica,
+            "verified": true,
+            "records": s.records,
+            "first_seq": s.first_seq,
+            "last_seq": s.last_seq,
+            "checkpoints": s.checkpoints,
+            "last_checkpoint": s.last_checkpoint,
+            "failure": null,
+        }),
+        Err(f) => serde_json::json!({
+            "chain": chain,
+            "replica": replica,
+            "verified": false,
+            "failure": { "seq": f.seq, "reason": f.reason },
+        }),
+    }
 }
 
 async fn verify_chains(
@@ -224,17 +277,18 @@ fn export(args: &ExportArgs) -> Result<ExitCode, String> {
     };
     // The export is signed with the audit key, like the checkpoints.
     let signer = AuditSigner::load(&config.audit_key_file()).map_err(|e| e.to_string())?;
+    let bar = Bar::new(Output::shows_progress(None));
     let count = match &args.output {
         Some(path) => {
             let mut f =
                 std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let n = export_all(&config, &filter, &signer, &mut f)?;
+            let n = export_all(&config, &filter, &signer, &mut f, &bar)?;
             f.sync_all().map_err(|e| e.to_string())?;
             n
         }
         None => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let n = export_all(&config, &filter, &signer, &mut out)?;
+            let n = export_all(&config, &filter, &signer, &mut out, &bar)?;
             out.flush().map_err(|e| e.to_string())?;
             n
         }
@@ -250,6 +304,7 @@ fn export_all(
     filter: &ExportFilter,
     signer: &AuditSigner,
     out: &mut dyn Write,
+    progress: &dyn Progress,
 ) -> Result<u64, String> {
     let file_log = !shared(config) || audit::log_path(&config.audit_dir()).exists();
     if !shared(config) {
@@ -260,6 +315,7 @@ fn export_all(
             config.audit.max_unanchored(),
             None,
             out,
+            progress,
         )
         .map_err(|e| e.to_string());
     }
@@ -281,6 +337,7 @@ fn export_all(
                 config.audit.max_unanchored(),
                 sets.next(),
                 out,
+                progress,
             )
             .map_err(|e| e.to_string())?;
         }
@@ -298,13 +355,13 @@ fn export_all(
             }
             let (lines, cps) = chains::read_chain(&snapshot, replica).await?;
             count += audit::write_document(
-                Some(replica),
-                sets.next(),
+                (Some(replica), sets.next()),
                 lines.iter().map(String::as_bytes),
                 &cps,
                 filter,
                 signer,
                 out,
+                progress,
             )
             .map_err(|e| e.to_string())?;
         }

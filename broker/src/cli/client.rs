@@ -47,11 +47,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub(super) instance: String,
     /// Broker URL.
-    #[arg(
-        long,
-        env = "CREDBROKER_SERVER",
-        default_value = "https://127.0.0.1:8443"
-    )]
+    #[arg(long, env = "CREDBROKER_SERVER", default_value = super::admin::DEFAULT_SERVER)]
     server: String,
     /// CA bundle of the broker's server certificate.
     #[arg(long, env = "CREDBROKER_CA")]
@@ -90,7 +86,13 @@ pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Resu
             Some(serde_json::to_vec(&body).map_err(|e| e.to_string())?),
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            crate::client::ClientError::Transport(_) => format!(
+                "cannot reach the broker at {}: {e}; is it running there? Give its address with --server URL (or CREDBROKER_SERVER)",
+                a.server
+            ),
+            other => other.to_string(),
+        })?;
     let bytes = Zeroizing::new(bytes);
     let v: Value =
         serde_json::from_slice(&bytes).map_err(|_| "broker answered with non-JSON".to_owned())?;

@@ -7,7 +7,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::admin::{call, call_showing, duration_s, path_segment, Conn};
-use super::runtime;
+use super::output::{self, Output};
 
 /// `worker set-owner` / `binding set-owner`.
 #[derive(Args, Debug)]
@@ -58,9 +58,10 @@ pub enum Format {
 /// `credbroker inventory`.
 #[derive(Args, Debug)]
 pub struct InventoryArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
+    /// Output format: table, json or csv [default: --output, else table on a terminal and
+    /// json otherwise].
+    #[arg(long, value_enum)]
+    format: Option<Format>,
     /// Flag as dormant what has not resolved for this long (e.g. 30d, 12h; default
     /// `[inventory] dormant_after_s`).
     #[arg(long)]
@@ -206,29 +207,22 @@ pub fn run_inventory(a: &InventoryArgs) -> Result<ExitCode, String> {
             })
             .unwrap_or_default()
     };
-    if a.format == Format::Json {
+    let format = a.format.unwrap_or(match a.conn.output() {
+        super::output::Output::Table => Format::Table,
+        super::output::Output::Json => Format::Json,
+    });
+    if format == Format::Json {
         return call_showing(&a.conn, Method::GET, &path, None, |v| {
             let mut inv = v["inventory"].clone();
             inv["items"] = Value::Array(keep(v));
             inv
         });
     }
-    let mut client = super::admin::admin_client(&a.conn)?;
-    let (status, bytes) = runtime()?
-        .block_on(client.request(Method::GET, &path, None))
-        .map_err(|e| e.to_string())?;
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let err = &value["error"];
-        eprintln!(
-            "error: {} ({}): {}",
-            err["code"].as_str().unwrap_or("unknown"),
-            status.as_u16(),
-            err["message"].as_str().unwrap_or("")
-        );
-        return Ok(ExitCode::from(1));
-    }
-    print!("{}", render(&keep(&value), a.format));
+    let value = match super::admin::request(&a.conn, Method::GET, &path, None)? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    print!("{}", render(&keep(&value), format));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -356,14 +350,20 @@ pub fn run_webhook_secret(cmd: WebhookSecretCmd) -> Result<ExitCode, String> {
 pub enum ProviderCmd {
     /// Every provider: id, source, ceiling mode, what resolve returns.
     List {
-        /// Print JSON.
-        #[arg(long)]
+        /// Same as --output json.
+        #[arg(long, hide = true)]
         json: bool,
+        /// Output format [default: table on a terminal, json otherwise].
+        #[arg(long, value_enum)]
+        output: Option<Output>,
     },
-    /// One provider's entry, in full (JSON).
+    /// One provider's entry, in full.
     Show {
         /// Provider id (or its CLI name).
         id: String,
+        /// Output format [default: table on a terminal, json otherwise].
+        #[arg(long, value_enum)]
+        output: Option<Output>,
     },
 }
 
@@ -373,33 +373,36 @@ pub enum ProviderCmd {
 /// An unknown provider.
 pub fn run_provider(cmd: &ProviderCmd) -> Result<ExitCode, String> {
     match cmd {
-        ProviderCmd::List { json: true } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::catalog::all()).unwrap_or_default()
-            );
-        }
-        ProviderCmd::List { json: false } => {
-            for d in credbroker_providers::CATALOG {
-                println!(
-                    "{:<20} {:<14} {:<9} {}",
-                    d.id,
-                    d.catalog.source.as_str(),
-                    d.catalog.ceiling_mode.as_str(),
-                    d.catalog.description
-                );
+        ProviderCmd::List { json, output } => {
+            let format = Output::or_default(if *json { Some(Output::Json) } else { *output });
+            match format {
+                Output::Json => output::print(&json!(crate::catalog::all()), Output::Json),
+                Output::Table => {
+                    let rows: Vec<Value> = credbroker_providers::CATALOG
+                        .iter()
+                        .map(|d| {
+                            json!({
+                                "id": d.id,
+                                "source": d.catalog.source.as_str(),
+                                "ceiling": d.catalog.ceiling_mode.as_str(),
+                                "description": d.catalog.description,
+                            })
+                        })
+                        .collect();
+                    output::print(&Value::Array(rows), Output::Table);
+                }
             }
         }
-        ProviderCmd::Show { id } => {
+        ProviderCmd::Show { id, output } => {
             let d = credbroker_providers::CATALOG
                 .iter()
                 .find(|d| d.id == id || d.cli.name == id)
                 .ok_or_else(|| {
                     format!("no provider {id:?} in this build (credbroker provider list)")
                 })?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::catalog::entry(d)).unwrap_or_default()
+            output::print(
+                &json!(crate::catalog::entry(d)),
+                Output::or_default(*output),
             );
         }
     }

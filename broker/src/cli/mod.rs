@@ -8,11 +8,16 @@
 
 mod admin;
 mod audit;
+mod audit_report;
 mod client;
+mod conn;
+mod doctor;
 mod gcp_metadata;
 mod governance;
 mod health;
 mod offline;
+pub(crate) mod output;
+mod progress;
 mod providers;
 mod store_cmd;
 
@@ -35,13 +40,23 @@ use offline::{DevArgs, LintArgs, LocalArgs, ServeArgs};
 
 use providers::{run_onboard, run_provider_keys, Onboard, ProviderKeys};
 
+/// What every command's exit status means (also in README, "Command line").
+const EXIT_CODES: &str = "Exit status:
+  0  success
+  1  the broker refused the request (the error code, audit id and request id are printed),
+     or a check failed (audit verify, doctor, health)
+  2  the command could not run: bad arguments, a file that cannot be read, a local error
+  3  the broker could not be reached (the address tried is printed)
+
+Output: tables on a terminal, JSON otherwise; --output json|table chooses.";
+
 /// credbroker: a federation-first credential broker.
 ///
 /// Workers call POST /v1/resolve over mutual TLS and get a short-lived credential for a
 /// connector instance; the broker derives the tenant from its own store, never from the
 /// request, and audits every resolve in a tamper-evident log.
 #[derive(Parser, Debug)]
-#[command(name = "credbroker", version)]
+#[command(name = "credbroker", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,6 +133,23 @@ enum Command {
     /// The broker's own OIDC issuer (admin API); its keys are under `keys issuer`.
     #[command(subcommand)]
     Issuer(IssuerCmd),
+    /// Check a deployment before (or while) it runs: config, key files and permissions,
+    /// certificates and CRL, store schema, audit directory, last checkpoint, providers.
+    /// Each check prints ok, warn or fail with the fix; exits 1 on any fail.
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script: source it, or install it where your shell looks.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the credbroker(1) man page (roff); with --dir, write one page per command
+    /// (credbroker-tenant.1, …) into that directory.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,11 +263,36 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Inventory(a) => governance::run_inventory(&a),
         Command::WebhookSecret(cmd) => governance::run_webhook_secret(cmd),
         Command::Provider(cmd) => governance::run_provider(&cmd),
+        Command::Doctor(args) => doctor::run(&args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "credbroker", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Openapi => {
             print!("{}", crate::openapi::document_text());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn man(dir: Option<&std::path::Path>) -> Result<ExitCode, String> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn announce_ready() {

@@ -69,6 +69,10 @@ pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
         let seeded = dev::seed(&broker).await.map_err(|e| e.to_string())?;
         crate::daemon::run_with_broker(config, broker, |addr| {
+            let url_file = dev::server_url_file(&data_dir);
+            if let Err(e) = std::fs::write(&url_file, format!("{}\n", dev::server_url(addr))) {
+                tracing::warn!(path = %url_file.display(), error = %e, "cannot record the dev broker's URL; give --server to admin commands");
+            }
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
                 out,
@@ -156,51 +160,9 @@ pub fn run_serve(args: &ServeArgs) -> Result<ExitCode, String> {
 /// When no daemon runs for this data directory or the signal cannot be sent.
 pub fn run_reload(local: &LocalArgs) -> Result<ExitCode, String> {
     let config = local_config(local)?;
-    let path = config.pid_file();
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "{}: {e} (is the daemon for data directory {} running?)",
-            path.display(),
-            config.data_dir.display()
-        )
-    })?;
-    let raw: i32 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{}: not a process id", path.display()))?;
-    let exe = std::fs::read_link(format!("/proc/{raw}/exe")).map_err(|_| {
-        format!(
-            "no process {raw} (stale pid file {}): the daemon is not running",
-            path.display()
-        )
-    })?;
-    // A stale or planted pid may name another credbroker process (a `client` command, which
-    // SIGHUP would kill): only a daemon (`serve` or `dev`) is signalled.
-    let args = std::fs::read(format!("/proc/{raw}/cmdline")).unwrap_or_default();
-    let daemon = args
-        .split(|b| *b == 0)
-        .skip(1)
-        .any(|a| a == b"serve" || a == b"dev");
-    if !daemon {
-        return Err(format!(
-            "process {raw} is not a credbroker daemon (serve or dev): stale pid file {}",
-            path.display()
-        ));
-    }
-    let ours = std::env::current_exe().ok();
-    let name_ok = exe
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("credbroker"));
-    if !name_ok && ours.as_deref() != Some(exe.as_path()) {
-        return Err(format!(
-            "process {raw} is {}, not credbroker (stale pid file {})",
-            exe.display(),
-            path.display()
-        ));
-    }
+    let raw = running_daemon(&config)?;
     let pid = rustix::process::Pid::from_raw(raw)
-        .ok_or_else(|| format!("{}: not a process id", path.display()))?;
+        .ok_or_else(|| format!("{}: not a process id", config.pid_file().display()))?;
     rustix::process::kill_process(pid, rustix::process::Signal::HUP)
         .map_err(|e| format!("cannot signal process {raw}: {e}"))?;
     println!(
@@ -251,7 +213,8 @@ pub fn run_lint(a: &LintArgs) -> Result<ExitCode, String> {
 pub fn run_rotate_kek(local: &LocalArgs) -> Result<ExitCode, String> {
     let config = local_config(local)?;
     let actor = cli_actor();
-    let report = runtime()?.block_on(crate::keys::rotation::rotate_kek(&config, &actor))?;
+    let bar = super::progress::Bar::new(super::output::Output::shows_progress(None));
+    let report = runtime()?.block_on(crate::keys::rotation::rotate_kek(&config, &actor, &bar))?;
     println!(
         "KEK rotated: version {} -> {}; {} data key(s) re-wrapped. Older KEK versions stay in {} until you remove them.",
         report.old_version,
@@ -338,4 +301,57 @@ pub(super) fn cli_actor() -> String {
         .take(64)
         .collect();
     format!("cli:{user}")
+}
+
+/// The pid of the daemon (`serve` or `dev`) running for `config`'s data directory, found by
+/// its pid file and checked to be a credbroker daemon (a stale pid file may name another
+/// process).
+///
+/// # Errors
+/// Saying why no daemon runs for it.
+pub fn running_daemon(config: &Config) -> Result<i32, String> {
+    let path = config.pid_file();
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (is the daemon for data directory {} running?)",
+            path.display(),
+            config.data_dir.display()
+        )
+    })?;
+    let raw: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{}: not a process id", path.display()))?;
+    let exe = std::fs::read_link(format!("/proc/{raw}/exe")).map_err(|_| {
+        format!(
+            "no process {raw} (stale pid file {}): the daemon is not running",
+            path.display()
+        )
+    })?;
+    // A stale or planted pid may name another credbroker process (a `client` command, which
+    // SIGHUP would kill): only a daemon (`serve` or `dev`) is signalled.
+    let args = std::fs::read(format!("/proc/{raw}/cmdline")).unwrap_or_default();
+    let daemon = args
+        .split(|b| *b == 0)
+        .skip(1)
+        .any(|a| a == b"serve" || a == b"dev");
+    if !daemon {
+        return Err(format!(
+            "process {raw} is not a credbroker daemon (serve or dev): stale pid file {}",
+            path.display()
+        ));
+    }
+    let ours = std::env::current_exe().ok();
+    let name_ok = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("credbroker"));
+    if !name_ok && ours.as_deref() != Some(exe.as_path()) {
+        return Err(format!(
+            "process {raw} is {}, not credbroker (stale pid file {})",
+            exe.display(),
+            path.display()
+        ));
+    }
+    Ok(raw)
 }

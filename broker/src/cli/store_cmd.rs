@@ -75,9 +75,15 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
         crate::replica::ensure_no_replica_runs(&target).await?;
         migrate::begin(&target, &actor).await?;
         let started = std::time::Instant::now();
-        let total = migrate::copy_all(&source, &target, |table, copied| {
-            println!("copied {copied:>9} {table}");
-        })
+        let bar = super::progress::Bar::new(super::output::Output::shows_progress(None));
+        let total = migrate::copy_all(
+            &source,
+            &target,
+            |table, copied| {
+                println!("copied {copied:>9} {table}");
+            },
+            &bar,
+        )
         .await?;
         println!(
             "copied {total} records in {:.1} s",

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::ids::{BindingId, TenantId};
 use crate::keys::{AuditSigner, Keyring};
 use crate::model::SealedAs;
+use crate::progress::{Progress, Unit};
 use crate::seal::{rewrap, SealContext};
 use crate::store::records::{Records, SealedTable};
 use crate::store::Batch;
@@ -31,7 +32,11 @@ pub struct RotationReport {
 /// When the keyring comes from an environment variable, the store or keyring cannot be
 /// opened, a data key cannot be re-wrapped, or the audit record cannot be written (nothing
 /// is re-wrapped then).
-pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, String> {
+pub async fn rotate_kek(
+    config: &Config,
+    actor: &str,
+    progress: &dyn Progress,
+) -> Result<RotationReport, String> {
     if config.keys.kek_env.is_some() {
         return Err("the keyring comes from an environment variable (keys.kek_env); rotate it where it is managed, then re-run with a file keyring".into());
     }
@@ -50,16 +55,19 @@ pub async fn rotate_kek(config: &Config, actor: &str) -> Result<RotationReport, 
     let tables = SealedTable::all().map_err(|e| format!("{e}; nothing was changed"))?;
     for table in tables {
         let n = match table {
-            SealedTable::Secrets => rewrap_secrets(&records, &keyring, &mut batch).await?,
+            SealedTable::Secrets => {
+                rewrap_secrets(&records, &keyring, &mut batch, progress).await?
+            }
             SealedTable::PlatformKeys => {
-                rewrap_platform_keys(&records, &keyring, &mut batch).await?
+                rewrap_platform_keys(&records, &keyring, &mut batch, progress).await?
             }
             SealedTable::WebhookSecrets => {
-                rewrap_webhook_secrets(&records, &keyring, &mut batch).await?
+                rewrap_webhook_secrets(&records, &keyring, &mut batch, progress).await?
             }
         };
         counts.push((table.name(), n));
     }
+    progress.end();
     let rewrapped: usize = counts.iter().map(|(_, n)| n).sum();
     // The store remembers the version it was rotated to: a daemon started with a stale copy
     // of the keyring (one without it) refuses to start.
@@ -106,12 +114,19 @@ async fn rewrap_secrets(
     records: &Records,
     keyring: &Keyring,
     batch: &mut Batch,
+    progress: &dyn Progress,
 ) -> Result<usize, String> {
     let versions = records
         .all_secret_versions()
         .await
         .map_err(|e| e.to_string())?;
+    progress.begin(
+        "re-wrapping secret data keys",
+        versions.len() as u64,
+        Unit::Items,
+    );
     for read in &versions {
+        progress.advance(1);
         let mut v = read.value.clone();
         let binding = records
             .binding(&v.binding)
@@ -140,13 +155,16 @@ async fn rewrap_platform_keys(
     records: &Records,
     keyring: &Keyring,
     batch: &mut Batch,
+    progress: &dyn Progress,
 ) -> Result<usize, String> {
     let keys = records
         .all_platform_keys()
         .await
         .map_err(|e| e.to_string())?;
     let mut n = 0;
+    progress.begin("re-wrapping platform keys", keys.len() as u64, Unit::Items);
     for read in &keys {
+        progress.advance(1);
         let mut k = read.value.clone();
         if k.wrapped_dek.is_empty() {
             continue; // retired: its material is destroyed
@@ -184,13 +202,20 @@ async fn rewrap_webhook_secrets(
     records: &Records,
     keyring: &Keyring,
     batch: &mut Batch,
+    progress: &dyn Progress,
 ) -> Result<usize, String> {
     let secrets = records
         .all_webhook_secrets()
         .await
         .map_err(|e| e.to_string())?;
     let mut n = 0;
+    progress.begin(
+        "re-wrapping webhook secrets",
+        secrets.len() as u64,
+        Unit::Items,
+    );
     for read in &secrets {
+        progress.advance(1);
         let mut w = read.value.clone();
         for v in &mut w.versions {
             let ctx = SealContext::WebhookSecret {

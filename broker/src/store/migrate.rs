@@ -6,6 +6,7 @@
 //! from the target, so a record written meanwhile fails the copy.
 
 use super::{Batch, Op, Store, StoreError, Table, MIGRATING_KEY, SCHEMA_KEY};
+use crate::progress::{Progress, Unit};
 
 /// Records written per transaction.
 const CHUNK: usize = 1000;
@@ -56,19 +57,31 @@ pub async fn copy_all(
     source: &dyn Store,
     target: &dyn Store,
     mut each: impl FnMut(&str, usize),
+    progress: &dyn Progress,
 ) -> Result<usize, String> {
     let mut total = 0;
     for table in Table::ALL {
-        let copied = copy_table(source, target, *table).await?;
+        let copied = copy_table(source, target, *table, progress).await?;
         each(table.name(), copied);
         total += copied;
     }
     Ok(total)
 }
 
-async fn copy_table(source: &dyn Store, target: &dyn Store, table: Table) -> Result<usize, String> {
+async fn copy_table(
+    source: &dyn Store,
+    target: &dyn Store,
+    table: Table,
+    progress: &dyn Progress,
+) -> Result<usize, String> {
     let rows = source.scan(table, "").await.map_err(|e| e.to_string())?;
+    progress.begin(
+        &format!("copying {}", table.name()),
+        rows.len() as u64,
+        Unit::Items,
+    );
     for chunk in rows.chunks(CHUNK) {
+        progress.advance(chunk.len() as u64);
         let mut batch = Batch::new();
         for (key, value) in chunk {
             if !bookkeeping(table, key) {
@@ -82,6 +95,7 @@ async fn copy_table(source: &dyn Store, target: &dyn Store, table: Table) -> Res
             )
         })?;
     }
+    progress.end();
     Ok(rows.len())
 }
 

@@ -32,6 +32,20 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl SledStore {
+    /// The schema version recorded in the store in `dir`, without upgrading anything
+    /// (`None`: a store that has none yet). For the doctor; the daemon must be stopped.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the directory cannot be opened (or is locked).
+    pub fn read_schema_version(dir: &Path) -> Result<Option<String>, StoreError> {
+        let db = sled::Config::new().path(dir).open().map_err(backend)?;
+        let meta = db.open_tree(Table::Meta.name()).map_err(backend)?;
+        Ok(meta
+            .get(SCHEMA_KEY)
+            .map_err(backend)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// Opens (creating if needed) the store in `dir` and checks the schema version.
     ///
     /// # Errors

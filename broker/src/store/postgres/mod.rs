@@ -374,6 +374,39 @@ impl Inner {
     }
 }
 
+impl PgStore {
+    /// The schema version recorded in the database, without migrating or upgrading
+    /// anything (`None`: no broker has opened it yet). For the doctor.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or read.
+    pub async fn read_schema_version(settings: &StoreSettings) -> Result<Option<String>, String> {
+        let mut client = crate::audit::chains::connect(settings).await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| db_error(&e).to_string())?;
+        let exists: bool = tx
+            .query_one("SELECT to_regclass('credbroker_records') IS NOT NULL", &[])
+            .await
+            .map_err(|e| db_error(&e).to_string())?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let row = tx
+            .query_opt(
+                "SELECT value FROM credbroker_records WHERE tbl = $1 AND key = $2",
+                &[&Table::Meta.name(), &super::SCHEMA_KEY],
+            )
+            .await
+            .map_err(|e| db_error(&e).to_string())?;
+        Ok(row.map(|r| String::from_utf8_lossy(&r.get::<_, Vec<u8>>(0)).into_owned()))
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

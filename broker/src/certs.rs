@@ -1,0 +1,116 @@
+//! Certificates and CRLs as the doctor and the daemon's expiry metrics need them: validity,
+//! names, next update. Parsed with x509-parser from the same PEM files the TLS
+//! setup loads.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
+
+/// One certificate of a PEM file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// Subject, as text.
+    pub subject: String,
+    /// Start of validity, Unix seconds.
+    pub not_before: i64,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// DNS names of its subjectAltName.
+    pub dns_names: Vec<String>,
+    /// IP addresses of its subjectAltName.
+    pub ips: Vec<IpAddr>,
+}
+
+/// One CRL of a PEM file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlFacts {
+    /// Issuer, as text.
+    pub issuer: String,
+    /// When it was issued, Unix seconds.
+    pub this_update: i64,
+    /// When the next one is due, Unix seconds (absent: the CRL does not say).
+    pub next_update: Option<i64>,
+}
+
+/// Every certificate in the PEM file at `path`, in order.
+///
+/// # Errors
+/// When the file cannot be read, holds no certificate, or one does not parse.
+pub fn certificates(path: &Path) -> Result<Vec<CertFacts>, String> {
+    let ders = crate::tls::load_certs(path).map_err(|e| e.to_string())?;
+    ders.iter()
+        .map(|der| {
+            let (_, cert) = X509Certificate::from_der(der.as_ref())
+                .map_err(|e| format!("{}: a certificate does not parse ({e})", path.display()))?;
+            let mut facts = CertFacts {
+                subject: cert.subject().to_string(),
+                not_before: cert.validity().not_before.timestamp(),
+                not_after: cert.validity().not_after.timestamp(),
+                dns_names: Vec::new(),
+                ips: Vec::new(),
+            };
+            if let Ok(Some(san)) = cert.subject_alternative_name() {
+                for name in &san.value.general_names {
+                    match name {
+                        GeneralName::DNSName(d) => facts.dns_names.push((*d).to_owned()),
+                        GeneralName::IPAddress(b) => {
+                            if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                                facts.ips.push(IpAddr::from(a));
+                            } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                                facts.ips.push(IpAddr::from(a));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(facts)
+        })
+        .collect()
+}
+
+/// Every CRL in the PEM file at `path`.
+///
+/// # Errors
+/// When the file cannot be read, holds no CRL, or one does not parse.
+pub fn crls(path: &Path) -> Result<Vec<CrlFacts>, String> {
+    let ders = crate::tls::load_crls(path).map_err(|e| e.to_string())?;
+    ders.iter()
+        .map(|der| {
+            let (_, crl) = CertificateRevocationList::from_der(der.as_ref())
+                .map_err(|e| format!("{}: a CRL does not parse ({e})", path.display()))?;
+            Ok(CrlFacts {
+                issuer: crl.issuer().to_string(),
+                this_update: crl.last_update().timestamp(),
+                next_update: crl.next_update().map(|t| t.timestamp()),
+            })
+        })
+        .collect()
+}
+
+/// Seconds until the earliest `not_after` of the file's certificates (negative: expired).
+///
+/// # Errors
+/// As [`certificates`].
+pub fn seconds_to_expiry(path: &Path, now: i64) -> Result<i64, String> {
+    certificates(path)?
+        .iter()
+        .map(|c| c.not_after - now)
+        .min()
+        .ok_or_else(|| format!("{}: no certificate found", path.display()))
+}
+
+/// Seconds until the earliest `next_update` of the file's CRLs (negative: overdue); `None`
+/// when no CRL names one.
+///
+/// # Errors
+/// As [`crls`].
+pub fn seconds_to_crl_update(path: &Path, now: i64) -> Result<Option<i64>, String> {
+    Ok(crls(path)?
+        .iter()
+        .filter_map(|c| c.next_update.map(|n| n - now))
+        .min())
+}

@@ -1,0 +1,604 @@
+//! The doctor's checks, in the order a start needs them: config, files, keys, TLS, store,
+//! audit directory, audit log, providers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{Finding, Thresholds};
+use crate::config::Config;
+use crate::store::{Backend, SCHEMA_VERSION};
+
+/// Every check against the config file at `path`.
+pub async fn all(path: &Path, t: Thresholds) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let config = match Config::load(path) {
+        Ok(c) => {
+            out.push(Finding::ok(
+                "config",
+                format!("parses; data directory {}", c.data_dir.display()),
+            ));
+            c
+        }
+        Err(e) => {
+            out.push(Finding::fail(
+                "config",
+                e.to_string(),
+                "correct the file (every key is documented in README, \"Configuration\")",
+            ));
+            return out;
+        }
+    };
+    files(&config, &mut out);
+    keys(&config, t, &mut out);
+    tls(&config, t, &mut out);
+    store(&config, &mut out).await;
+    audit_directory(&config, t, &mut out);
+    audit_log(&config, &mut out).await;
+    providers(&config, &mut out).await;
+    out
+}
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn date(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// The files the config names, with whether each must exist.
+fn referenced(config: &Config) -> Vec<(&'static str, PathBuf)> {
+    let mut files = vec![
+        ("tls.cert", config.tls.cert.clone()),
+        ("tls.key", config.tls.key.clone()),
+        ("tls.client_ca", config.tls.client_ca.clone()),
+    ];
+    if let Some(crl) = &config.tls.crl {
+        files.push(("tls.crl", crl.clone()));
+    }
+    if let Some(p) = &config.public {
+        files.push(("public.cert", p.cert.clone()));
+        files.push(("public.key", p.key.clone()));
+    }
+    if config.keys.kek_env.is_none() {
+        files.push(("keys.kek_file", config.kek_file()));
+    }
+    files.push(("keys.audit_key_file", config.audit_key_file()));
+    files.push(("keys.audit_public_key_file", config.audit_public_key_file()));
+    files.push(("keys.fingerprint_key_file", config.fingerprint_key_file()));
+    files
+}
+
+fn files(config: &Config, out: &mut Vec<Finding>) {
+    let all = referenced(config);
+    let missing: Vec<String> = all
+        .iter()
+        .filter(|(_, p)| !p.is_file())
+        .map(|(k, p)| format!("{k} = {}", p.display()))
+        .collect();
+    if missing.is_empty() {
+        out.push(Finding::ok(
+            "files",
+            format!("all {} files the config names exist", all.len()),
+        ));
+    } else {
+        out.push(Finding::fail(
+            "files",
+            format!("missing: {}", missing.join("; ")),
+            "correct the path, or create the keys with `credbroker init --config FILE` (it creates only what is missing)",
+        ));
+    }
+    if let Some(var) = &config.keys.kek_env {
+        if std::env::var_os(var).is_none() {
+            out.push(Finding::warn(
+                "keys.kek_env",
+                format!("the keyring comes from ${var}, which is not set here"),
+                format!("make sure the daemon's environment sets {var} (run the doctor in that environment to check it)"),
+            ));
+        }
+    }
+}
+
+/// Secret key files: readable by the owner only, and — outside dev — not in the data
+/// directory, so a copy of it holds ciphertext only.
+fn keys(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut secret = vec![("tls.key", config.tls.key.clone())];
+    if let Some(p) = &config.public {
+        secret.push(("public.key", p.key.clone()));
+    }
+    if config.keys.kek_env.is_none() {
+        secret.push(("keys.kek_file", config.kek_file()));
+    }
+    secret.push(("keys.audit_key_file", config.audit_key_file()));
+    secret.push(("keys.fingerprint_key_file", config.fingerprint_key_file()));
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| config.data_dir.clone());
+    let mut good = 0;
+    for (name, path) in secret {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // said by `files`
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(Finding::fail(
+                &format!("permissions.{name}"),
+                format!(
+                    "{} has mode {mode:04o}: readable by others than its owner",
+                    path.display()
+                ),
+                format!("chmod 600 {} (owned by the daemon's user)", path.display()),
+            ));
+            continue;
+        }
+        let inside = path.canonicalize().is_ok_and(|p| p.starts_with(&data_dir));
+        if inside && !t.dev && name.starts_with("keys.") {
+            out.push(Finding::warn(
+                &format!("location.{name}"),
+                format!("{} is inside the data directory", path.display()),
+                format!("keep keys apart from the data directory (a secrets mount, another disk), so a copy of {} holds only ciphertext: move the file and set [keys] {} to its new path", config.data_dir.display(), name.trim_start_matches("keys.")),
+            ));
+            continue;
+        }
+        good += 1;
+    }
+    if good > 0 {
+        out.push(Finding::ok(
+            "keys",
+            format!(
+                "{good} key file(s) readable by their owner only{}",
+                if t.dev {
+                    ""
+                } else {
+                    ", outside the data directory"
+                }
+            ),
+        ));
+    }
+}
+
+fn tls(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
+    let now = now();
+    match crate::tls::server_config(&config.tls) {
+        Ok(_) => out.push(Finding::ok(
+            "tls.setup",
+            "certificate, key, client CA and CRL load together",
+        )),
+        Err(e) => out.push(Finding::fail(
+            "tls.setup",
+            e.to_string(),
+            "the daemon cannot start its listener: fix the file named (a key that does not match the certificate, a PEM that does not parse)",
+        )),
+    }
+    server_certificate(config, t, now, out);
+    match crate::certs::certificates(&config.tls.client_ca) {
+        Ok(cas) => out.push(validity(
+            "tls.client_ca",
+            &config.tls.client_ca,
+            cas.iter()
+                .map(|c| (c.subject.as_str(), c.not_before, c.not_after)),
+            t,
+            now,
+        )),
+        Err(e) => out.push(Finding::fail(
+            "tls.client_ca",
+            e,
+            "give a PEM bundle of the CA(s) that issue worker and operator certificates",
+        )),
+    }
+    if let Some(p) = &config.public {
+        match crate::certs::certificates(&p.cert) {
+            Ok(certs) => out.push(validity(
+                "public.cert",
+                &p.cert,
+                certs
+                    .iter()
+                    .take(1)
+                    .map(|c| (c.subject.as_str(), c.not_before, c.not_after)),
+                t,
+                now,
+            )),
+            Err(e) => out.push(Finding::fail(
+                "public.cert",
+                e,
+                "give the public listener's certificate chain (PEM)",
+            )),
+        }
+    }
+    match &config.tls.crl {
+        None => out.push(Finding::ok(
+            "tls.crl",
+            "none configured (a revoked client certificate is refused only once its operator or worker record is disabled)",
+        )),
+        Some(path) => out.push(crl(path, t, now)),
+    }
+}
+
+/// Validity of a set of certificates: fail when one is expired or not yet valid, warn when
+/// one expires within the window.
+fn validity<'a>(
+    check: &str,
+    path: &Path,
+    certs: impl Iterator<Item = (&'a str, i64, i64)>,
+    t: Thresholds,
+    now: i64,
+) -> Finding {
+    let mut earliest: Option<(&str, i64)> = None;
+    for (subject, not_before, not_after) in certs {
+        if not_after < now {
+            return Finding::fail(
+                check,
+                format!(
+                    "{} ({subject}) expired on {}",
+                    path.display(),
+                    date(not_after)
+                ),
+                format!(
+                    "issue a new certificate, replace {}, then `credbroker reload --config FILE`",
+                    path.display()
+                ),
+            );
+        }
+        if not_before > now {
+            return Finding::fail(
+                check,
+                format!(
+                    "{} ({subject}) is not valid before {}",
+                    path.display(),
+                    date(not_before)
+                ),
+                "check this host's clock, or the certificate's validity",
+            );
+        }
+        if earliest.is_none_or(|(_, e)| not_after < e) {
+            earliest = Some((subject, not_after));
+        }
+    }
+    match earliest {
+        Some((subject, at)) if at - now < t.expiry_warn_s => Finding::warn(
+            check,
+            format!(
+                "{} ({subject}) expires on {} (in {} days)",
+                path.display(),
+                date(at),
+                (at - now) / 86_400
+            ),
+            format!(
+                "renew it before then, replace {}, then `credbroker reload --config FILE`",
+                path.display()
+            ),
+        ),
+        Some((_, at)) => Finding::ok(check, format!("valid until {}", date(at))),
+        None => Finding::fail(
+            check,
+            format!("{}: no certificate", path.display()),
+            "give a PEM file",
+        ),
+    }
+}
+
+fn server_certificate(config: &Config, t: Thresholds, now: i64, out: &mut Vec<Finding>) {
+    let path = &config.tls.cert;
+    let leaf = match crate::certs::certificates(path) {
+        Ok(certs) => certs.into_iter().next(),
+        Err(e) => {
+            out.push(Finding::fail(
+                "tls.server_certificate",
+                e,
+                "give the server certificate chain (PEM, leaf first)",
+            ));
+            return;
+        }
+    };
+    let Some(leaf) = leaf else { return };
+    out.push(validity(
+        "tls.server_certificate",
+        path,
+        std::iter::once((leaf.subject.as_str(), leaf.not_before, leaf.not_after)),
+        t,
+        now,
+    ));
+    let ip = config.listen.ip();
+    let names = format!("DNS {:?}, IP {:?}", leaf.dns_names, leaf.ips);
+    let finding = if leaf.dns_names.is_empty() && leaf.ips.is_empty() {
+        Finding::fail(
+            "tls.server_names",
+            "the server certificate has no subjectAltName: clients refuse it",
+            "issue it with the names (DNS or IP) workers dial",
+        )
+    } else if ip.is_unspecified() || leaf.ips.contains(&ip) {
+        Finding::ok(
+            "tls.server_names",
+            format!("listen {} is served as {names}", config.listen),
+        )
+    } else if leaf.dns_names.is_empty() {
+        Finding::fail(
+            "tls.server_names",
+            format!("listen {} is not among the certificate's names ({names}): clients dialling it refuse the certificate", config.listen),
+            format!("issue the certificate with IP {ip} (or the DNS name workers use), or change listen"),
+        )
+    } else {
+        Finding::warn(
+            "tls.server_names",
+            format!("listen {} is not among the certificate's IP names ({names})", config.listen),
+            "workers must dial one of the certificate's DNS names; add the IP to the certificate if they dial it",
+        )
+    };
+    out.push(finding);
+}
+
+fn crl(path: &Path, t: Thresholds, now: i64) -> Finding {
+    let crls = match crate::certs::crls(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return Finding::fail(
+                "tls.crl",
+                e,
+                "give the CA's CRL in PEM (-----BEGIN X509 CRL-----)",
+            )
+        }
+    };
+    let next = crls.iter().filter_map(|c| c.next_update).min();
+    let fix = format!(
+        "publish a fresh CRL from the CA, replace {}, then `credbroker reload --config FILE`",
+        path.display()
+    );
+    match next {
+        Some(n) if n < now => Finding::fail(
+            "tls.crl",
+            format!(
+                "{} is past its next update ({}): certificates revoked since are not known",
+                path.display(),
+                date(n)
+            ),
+            fix,
+        ),
+        Some(n) if n - now < t.expiry_warn_s => Finding::warn(
+            "tls.crl",
+            format!(
+                "{} is due for its next update on {}",
+                path.display(),
+                date(n)
+            ),
+            fix,
+        ),
+        Some(n) => Finding::ok(
+            "tls.crl",
+            format!("{} CRL(s), next update {}", crls.len(), date(n)),
+        ),
+        None => Finding::warn(
+            "tls.crl",
+            format!("{} names no next update", path.display()),
+            "have the CA set nextUpdate so a stale CRL can be told",
+        ),
+    }
+}
+
+async fn store(config: &Config, out: &mut Vec<Finding>) {
+    let found = match config.store.backend {
+        Backend::Sled => {
+            if let Ok(pid) = super::super::offline::running_daemon(config) {
+                out.push(Finding::ok(
+                    "store.schema",
+                    format!("in use by the running daemon (pid {pid}), which refuses to start on a schema version it does not read"),
+                ));
+                return;
+            }
+            let dir = config
+                .store
+                .path
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("store"));
+            if !dir.exists() {
+                out.push(Finding::warn(
+                    "store.schema",
+                    format!("no store at {} yet", dir.display()),
+                    "none for a new deployment (the first start creates it); otherwise check [store] path and data_dir",
+                ));
+                return;
+            }
+            crate::store::SledStore::read_schema_version(&dir).map_err(|e| e.to_string())
+        }
+        Backend::Postgres => {
+            match tokio::time::timeout(
+                Duration::from_secs(15),
+                crate::store::PgStore::read_schema_version(&config.store),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err("the database did not answer within 15 s".to_owned()),
+            }
+        }
+    };
+    let current = SCHEMA_VERSION.to_string();
+    out.push(match found {
+        Ok(Some(v)) if v == current => Finding::ok("store.schema", format!("schema version {v}, as this build reads")),
+        Ok(Some(v)) if v == "1" || v == "2" => Finding::warn(
+            "store.schema",
+            format!("schema version {v}: the next start upgrades it in place to {current}"),
+            "back up the data directory (or the database) before the upgrade start",
+        ),
+        Ok(Some(v)) => Finding::fail(
+            "store.schema",
+            format!("schema version {v:?} is not one this build reads ({current})"),
+            "run the credbroker build that wrote this store, or restore a backup of a supported version",
+        ),
+        Ok(None) => Finding::warn(
+            "store.schema",
+            "the store records no schema version (never opened by a broker)",
+            "none for a new deployment; the first start records it",
+        ),
+        Err(e) => Finding::fail("store.schema", e, "check [store] (path, url, url_env, TLS) and that the store is reachable"),
+    });
+}
+
+fn audit_directory(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
+    let dir = config.audit_dir();
+    // Not created yet: what matters is that it can be, in the data directory.
+    let probe_dir = if dir.is_dir() {
+        dir.clone()
+    } else {
+        config.data_dir.clone()
+    };
+    let probe = probe_dir.join(format!(".doctor-probe-{}", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)?;
+        let result = f.write_all(&[0u8; 65536]).and_then(|()| f.sync_all());
+        drop(f);
+        let _ = std::fs::remove_file(&probe);
+        result
+    })();
+    if let Err(e) = written {
+        out.push(Finding::fail(
+            "audit.directory",
+            format!("cannot write in {}: {e}", probe_dir.display()),
+            "free space or fix ownership and permissions: while the audit log cannot be appended, every request fails closed (audit_unavailable)",
+        ));
+        return;
+    }
+    match rustix::fs::statvfs(&probe_dir) {
+        Ok(st) => {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let mib = free / (1024 * 1024);
+            if free < t.min_free_bytes {
+                out.push(Finding::fail(
+                    "audit.directory",
+                    format!("{} has {mib} MiB free, below {} MiB", probe_dir.display(), t.min_free_bytes / (1024 * 1024)),
+                    "free space or grow the file system: when it fills, every request fails closed (audit_unavailable)",
+                ));
+            } else {
+                out.push(Finding::ok(
+                    "audit.directory",
+                    format!("{} is writable, {mib} MiB free", probe_dir.display()),
+                ));
+            }
+        }
+        Err(e) => out.push(Finding::warn(
+            "audit.directory",
+            format!("free space unknown ({e})"),
+            "check the file system by hand (df)",
+        )),
+    }
+}
+
+async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
+    let key = config.audit_public_key_file();
+    let verifier = match crate::keys::AuditVerifier::load(&key) {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(Finding::fail(
+                "audit.checkpoint",
+                e.to_string(),
+                "restore the audit public key (`credbroker audit public-key` on a copy you trust)",
+            ));
+            return;
+        }
+    };
+    let fix =
+        "see runbooks/audit-verification.md; `credbroker audit verify` names the first bad record";
+    let max = config.audit.max_unanchored();
+    let file_log = crate::audit::log_path(&config.audit_dir());
+    if file_log.exists() {
+        out.push(match crate::audit::verify_since_last_checkpoint(&config.audit_dir(), &verifier, max) {
+            Ok(s) => Finding::ok(
+                "audit.checkpoint",
+                match s.last_checkpoint {
+                    Some(cp) => format!("the last signed checkpoint (sequence {cp}) verifies with the public key, and the log chains on from it to {}", s.last_seq.unwrap_or(cp)),
+                    None => format!("no checkpoint yet; the {} record(s) chain from genesis", s.records),
+                },
+            ),
+            Err(f) => Finding::fail("audit.checkpoint", f.to_string(), fix),
+        });
+    } else if config.store.backend == Backend::Sled {
+        out.push(Finding::ok(
+            "audit.checkpoint",
+            "no audit log yet (the first start creates it)",
+        ));
+    }
+    if config.store.backend == Backend::Postgres {
+        let checked = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut client = crate::audit::chains::connect(&config.store).await?;
+            let snapshot = crate::audit::chains::snapshot(&mut client).await?;
+            let mut results = Vec::new();
+            for replica in crate::audit::chains::replicas(&snapshot).await? {
+                let r =
+                    crate::audit::chains::verify_chain(&snapshot, replica, &verifier, max).await?;
+                results.push((replica, r));
+            }
+            Ok::<_, String>(results)
+        })
+        .await
+        .unwrap_or_else(|_| Err("the database did not answer within 60 s".into()));
+        match checked {
+            Ok(results) => {
+                for (replica, r) in results {
+                    let check = format!("audit.checkpoint.replica_{replica}");
+                    out.push(match r {
+                        Ok(s) => Finding::ok(
+                            &check,
+                            format!(
+                                "{} records, last signed checkpoint {}",
+                                s.records,
+                                s.last_checkpoint.map_or("none".into(), |c| c.to_string())
+                            ),
+                        ),
+                        Err(f) => Finding::fail(&check, f.to_string(), fix),
+                    });
+                }
+            }
+            Err(e) => out.push(Finding::fail(
+                "audit.checkpoint",
+                e,
+                "check [store] and that the database is reachable",
+            )),
+        }
+    }
+}
+
+async fn providers(config: &Config, out: &mut Vec<Finding>) {
+    if config.providers.is_empty() {
+        out.push(Finding::ok(
+            "providers",
+            "no federated provider configured (pasted-secret providers are built in)",
+        ));
+        return;
+    }
+    let loaded = tokio::time::timeout(
+        Duration::from_secs(30),
+        credbroker_providers::ProviderRegistry::from_settings(
+            &config.providers,
+            &config.config_dir,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| Err("loading the providers took longer than 30 s".into()));
+    out.push(match loaded {
+        Ok(_) => Finding::ok(
+            "providers",
+            format!(
+                "settings and ceiling files valid: {}",
+                config.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Err(e) => Finding::fail(
+            "providers",
+            e,
+            "correct that [providers.<id>] section or the file it names (`credbroker provider show <id>` lists the runbook)",
+        ),
+    });
+}

@@ -1,0 +1,276 @@
+//! How commands print: a table for people (the default on a terminal), JSON for programs
+//! (the default when standard output is not a terminal, and with `--output json`).
+//!
+//! The JSON is the daemon's answer as it is — its field names are the API's, documented in
+//! `GET /v1/openapi.json` — so scripts written against the API and against the CLI read the
+//! same thing. Tables show what fits on a line: the scalar fields of each record (lists of
+//! scalars joined with commas); nested objects are left to `--output json`.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+
+use clap::ValueEnum;
+use serde_json::Value;
+
+/// The output format of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// The answer as JSON, field names as in the API (stable).
+    Json,
+}
+
+impl Output {
+    /// `chosen`, or the default: a table on a terminal, JSON otherwise.
+    pub fn or_default(chosen: Option<Output>) -> Output {
+        chosen.unwrap_or_else(|| {
+            if std::io::stdout().is_terminal() {
+                Output::Table
+            } else {
+                Output::Json
+            }
+        })
+    }
+
+    /// Whether progress bars may be drawn: on a terminal (standard error), for people.
+    pub fn shows_progress(chosen: Option<Output>) -> bool {
+        chosen != Some(Output::Json) && std::io::stderr().is_terminal()
+    }
+}
+
+/// Prints `value` in `format` on standard output.
+pub fn print(value: &Value, format: Output) {
+    match format {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Table => print!("{}", render(value)),
+    }
+}
+
+/// The widest a table cell gets before it is clipped.
+const MAX_CELL: usize = 48;
+
+/// Fields an answer carries about the request, printed under the table, not as data.
+const RECEIPT: [&str; 2] = ["audit_id", "request_id"];
+
+/// The human form of an answer: a list as a table, a record as `field: value` lines.
+pub fn render(value: &Value) -> String {
+    let mut out = String::new();
+    match value {
+        Value::Array(items) => table(&mut out, items),
+        Value::Object(map) => {
+            let lists: Vec<(&String, &Vec<Value>)> = map
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    Value::Array(a) if a.iter().all(Value::is_object) => Some((k, a)),
+                    _ => None,
+                })
+                .collect();
+            let only_receipt_besides = map
+                .iter()
+                .all(|(k, v)| RECEIPT.contains(&k.as_str()) || matches!(v, Value::Array(_)));
+            if lists.len() == 1 && only_receipt_besides {
+                table(&mut out, lists[0].1);
+            } else {
+                fields(&mut out, "", value);
+            }
+            let receipt: Vec<String> = RECEIPT
+                .iter()
+                .filter_map(|k| {
+                    map.get(*k)
+                        .and_then(Value::as_str)
+                        .map(|v| format!("{k} {v}"))
+                })
+                .collect();
+            if !receipt.is_empty() && lists.len() == 1 && only_receipt_besides {
+                let _ = writeln!(out, "({})", receipt.join(", "));
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{}", scalar(other));
+        }
+    }
+    out
+}
+
+/// A scalar's text; a list of scalars joined with commas; `None` for anything nested.
+fn cell(v: &Value) -> Option<String> {
+    match v {
+        Value::Array(a) if a.iter().all(|x| !x.is_array() && !x.is_object()) => {
+            Some(a.iter().map(scalar).collect::<Vec<_>>().join(","))
+        }
+        Value::Array(_) | Value::Object(_) => None,
+        other => Some(scalar(other)),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Clips to [`MAX_CELL`] characters and replaces control characters (a value from the
+/// store cannot move the cursor or rewrite the terminal).
+fn clip(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.chars().count() > MAX_CELL {
+        let mut t: String = clean.chars().take(MAX_CELL - 1).collect();
+        t.push('…');
+        t
+    } else {
+        clean
+    }
+}
+
+fn table(out: &mut String, items: &[Value]) {
+    if items.is_empty() {
+        out.push_str("(none)\n");
+        return;
+    }
+    let mut columns: Vec<&str> = Vec::new();
+    let mut nested = false;
+    for item in items {
+        if let Value::Object(map) = item {
+            for (k, v) in map {
+                if cell(v).is_some() {
+                    if !columns.contains(&k.as_str()) {
+                        columns.push(k);
+                    }
+                } else {
+                    nested = true;
+                }
+            }
+        }
+    }
+    // The record's id first, as people look rows up by it.
+    if let Some(i) = columns.iter().position(|c| *c == "id") {
+        let id = columns.remove(i);
+        columns.insert(0, id);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|item| {
+            columns
+                .iter()
+                .map(|c| clip(&item.get(*c).and_then(cell).unwrap_or_else(|| "-".into())))
+                .collect()
+        })
+        .collect();
+    let headers: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain(std::iter::once(headers[i].chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |out: &mut String, cells: &[String]| {
+        let mut text = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(c);
+            } else {
+                let pad = widths[i].saturating_sub(c.chars().count());
+                text.push_str(c);
+                text.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(out, &headers);
+    for r in &rows {
+        line(out, r);
+    }
+    if nested {
+        out.push_str("(nested fields: --output json)\n");
+    }
+}
+
+/// `field: value` lines, nested objects as `parent.field`, lists of records as tables.
+fn fields(out: &mut String, prefix: &str, value: &Value) {
+    let Value::Object(map) = value else {
+        let _ = writeln!(out, "{prefix}: {}", clip(&scalar(value)));
+        return;
+    };
+    for (k, v) in map {
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Object(m) if m.is_empty() => {
+                let _ = writeln!(out, "{name}: -");
+            }
+            Value::Object(_) => fields(out, &name, v),
+            Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_object) => {
+                let _ = writeln!(out, "{name}:");
+                let mut sub = String::new();
+                table(&mut sub, a);
+                for l in sub.lines() {
+                    let _ = writeln!(out, "  {l}");
+                }
+            }
+            other => {
+                let text = cell(other).unwrap_or_else(|| other.to_string());
+                let _ = writeln!(out, "{name}: {}", clip_line(&text));
+            }
+        }
+    }
+}
+
+/// A field's value on one line (no clipping: a record shown alone may be long, but no
+/// control character reaches the terminal).
+fn clip_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_list_answer_is_a_table_with_its_receipt() {
+        let v = json!({
+            "tenants": [
+                {"id": "t1", "name": "Acme", "status": "active"},
+                {"id": "t2", "name": "Globex\u{1b}[2J", "status": "disabled", "extra": {"a": 1}},
+            ],
+            "audit_id": "aud_1",
+            "request_id": "req_1",
+        });
+        let text = render(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "ID  NAME        STATUS");
+        assert_eq!(lines[1], "t1  Acme        active");
+        assert!(lines[2].starts_with("t2  Globex [2J  disabled"), "{text}");
+        assert!(!text.contains('\u{1b}'));
+        assert!(text.contains("(nested fields: --output json)"));
+        assert!(text.contains("(audit_id aud_1, request_id req_1)"));
+    }
+
+    #[test]
+    fn a_record_is_fields_and_an_empty_list_says_none() {
+        let v =
+            json!({"binding": {"id": "b1", "governance": {"owner": "team"}, "tags": ["a", "b"]}});
+        let text = render(&v);
+        assert!(text.contains("binding.id: b1\n"), "{text}");
+        assert!(text.contains("binding.governance.owner: team\n"), "{text}");
+        assert!(text.contains("binding.tags: a,b\n"), "{text}");
+        assert_eq!(render(&json!({"workers": []})), "(none)\n");
+    }
+}

@@ -1,0 +1,173 @@
+//! `credbroker audit report` of a seeded log, opened in headless Chromium: the verification
+//! result comes first and says verified, the outcome counts are the seeded ones, the page
+//! loads nothing from anywhere, no secret is in it; a tampered log gives a report that says
+//! the verification failed. The screenshot goes to target/test-output/audit-report/.
+
+use credbroker::client::BrokerClient;
+use credbroker_tests::browser::browser;
+use credbroker_tests::*;
+use fantoccini::Locator;
+use serde_json::{json, Value};
+
+const CANARY: &str = "CANARY-audit-report-5e1f9a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = start_dev(&dir);
+    let pki = dir.join("pki");
+    let mut worker = BrokerClient::new(
+        &dev.url,
+        &pki.join("ca.crt"),
+        &pki.join("worker.crt"),
+        &pki.join("worker.key"),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let (s, v) = resolve(&mut worker, json!({"instance_id": "demo-instance"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    for _ in 0..2 {
+        let (s, v) = resolve(&mut worker, json!({"instance_id": "no-such-instance"})).await;
+        assert_eq!(s, 404, "{v}");
+    }
+    // An admin change carrying a secret (the canary must not reach the report).
+    let secret = tmp.path().join("secret.json");
+    std::fs::write(
+        &secret,
+        json!({"username": "u", "password": CANARY}).to_string(),
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = run_cli(&[
+        "secret",
+        "rotate",
+        "demo-binding",
+        "--from-file",
+        secret.to_str().unwrap(),
+        "--dev-dir",
+        d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    dev.stop();
+
+    let out = repo_root().join("target/test-output/audit-report");
+    std::fs::create_dir_all(&out).unwrap();
+    let html = out.join("report.html");
+    let summary = out.join("report.json");
+    let (code, _, err) = run_cli(&[
+        "audit",
+        "report",
+        "--data-dir",
+        d,
+        "--html",
+        html.to_str().unwrap(),
+        "--json",
+        summary.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(v["verified"], true, "{v:#}");
+    assert_eq!(v["resolves_by_outcome"]["allowed"], 3, "{v:#}");
+    assert_eq!(v["resolves_by_outcome"]["denied"], 2, "{v:#}");
+    assert_eq!(v["denials_total"], 2);
+    assert_eq!(v["by_error_code"][0]["name"], "unknown_instance", "{v:#}");
+    let changes: Vec<&str> = v["admin_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    // The rotation probes the pending version: newest first.
+    assert_eq!(
+        changes[..2],
+        ["binding.probe", "secret.rotate"],
+        "newest first: {changes:?}"
+    );
+    assert!(changes.contains(&"tenant.add"), "{changes:?}");
+    assert!(
+        !changes.contains(&"tenant.list"),
+        "reads are counted, not listed"
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    for (what, text) in [("page", page.as_str()), ("summary", &v.to_string())] {
+        assert!(!text.contains(CANARY), "the canary is in the {what}");
+        assert!(!text.contains("token_fingerprint"), "{what}");
+    }
+    assert!(!page.contains("<script"), "no script");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no address to load"
+    );
+
+    // As an auditor opens it.
+    let profile = tempfile::tempdir().unwrap();
+    let (_driver, c) = browser(profile.path()).await;
+    c.goto(&format!("file://{}", html.display())).await.unwrap();
+    let banner = c.find(Locator::Id("verification")).await.unwrap();
+    assert_eq!(
+        banner.attr("data-verified").await.unwrap().as_deref(),
+        Some("true")
+    );
+    assert!(banner.text().await.unwrap().contains("Audit log verified"));
+    // The verification result is the first thing on the page.
+    let first_section = c
+        .find(Locator::Css("section"))
+        .await
+        .unwrap()
+        .attr("id")
+        .await
+        .unwrap();
+    assert_eq!(first_section.as_deref(), Some("verify"));
+    for (outcome, count) in [("allowed", "3"), ("denied", "2"), ("failed", "0")] {
+        let cell = c
+            .find(Locator::Css(&format!(
+                "#outcomes tr[data-outcome=\"{outcome}\"] td.count"
+            )))
+            .await
+            .unwrap();
+        assert_eq!(cell.text().await.unwrap(), count, "{outcome}");
+    }
+    let bars = c
+        .find_all(Locator::Css("#timeline svg rect"))
+        .await
+        .unwrap();
+    assert!(!bars.is_empty(), "the chart has bars");
+    c.set_window_size(1200, 2200).await.unwrap();
+    std::fs::write(out.join("report.png"), c.screenshot().await.unwrap()).unwrap();
+    println!("screenshot: {}", out.join("report.png").display());
+
+    // A record edited afterwards: the report says so first, and exits 1.
+    let log = dir.join("audit/audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(
+        &log,
+        text.replacen("\"secret.rotate\"", "\"secret.rotatX\"", 1),
+    )
+    .unwrap();
+    let bad = out.join("tampered.html");
+    let (code, _, err) = run_cli(&[
+        "audit",
+        "report",
+        "--data-dir",
+        d,
+        "--html",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("VERIFICATION FAILED"), "{err}");
+    c.goto(&format!("file://{}", bad.display())).await.unwrap();
+    let banner = c.find(Locator::Id("verification")).await.unwrap();
+    assert_eq!(
+        banner.attr("data-verified").await.unwrap().as_deref(),
+        Some("false")
+    );
+    let source = c.source().await.unwrap();
+    assert!(
+        source.contains("Failed at #") && source.contains("(altered)"),
+        "the place and the reason are shown"
+    );
+    c.close().await.unwrap();
+}

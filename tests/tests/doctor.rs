@@ -1,0 +1,261 @@
+//! `credbroker doctor` on a healthy dev directory (every check ok), then on copies of it each
+//! broken one way — the check made for that breakage fails (or warns, where the daemon would
+//! still run) and the doctor exits 1.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use credbroker_tests::*;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
+    KeyIdMethod, KeyPair, SerialNumber,
+};
+use serde_json::Value;
+use time::{Duration, OffsetDateTime};
+
+fn doctor(args: &[&str]) -> (i32, Value, String) {
+    let mut all = vec!["doctor", "--output", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_cli(&all);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    (code, v, err)
+}
+
+fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no finding {check}: {report:#}"))
+}
+
+/// A copy of the healthy directory to break.
+fn copy(healthy: &Path, root: &Path, name: &str) -> PathBuf {
+    let to = root.join(name);
+    copy_dir(healthy, &to);
+    // `credbroker dev` writes data_dir = ".": the copy's config names the copy.
+    to
+}
+
+fn dev_doctor(dir: &Path) -> (i32, Value, String) {
+    doctor(&["--dev-dir", dir.to_str().unwrap()])
+}
+
+fn expect_fail(dir: &Path, check: &str, says: &str) {
+    let (code, v, err) = dev_doctor(dir);
+    let f = finding(&v, check);
+    assert_eq!(f["status"], "fail", "{check}: {f:#} {err}");
+    assert!(
+        f["detail"].as_str().unwrap().contains(says),
+        "{check} says {says:?}: {f:#}"
+    );
+    assert!(f["fix"].as_str().is_some_and(|s| !s.is_empty()), "{f:#}");
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["ok"], false);
+}
+
+fn self_signed(not_before: OffsetDateTime, not_after: OffsetDateTime) -> (String, String) {
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = KeyPair::generate().unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// A CRL whose next update was yesterday, from a CA of its own (the doctor reads dates; the
+/// TLS setup loads it without checking its signer at load).
+fn stale_crl() -> String {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let crl = CertificateRevocationListParams {
+        this_update: now - Duration::days(8),
+        next_update: now - Duration::days(1),
+        crl_number: SerialNumber::from(2u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    crl.signed_by(&Issuer::from_params(&ca, &key))
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+#[test]
+fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let healthy = tmp.path().join("dev");
+    let mut dev = start_dev(&healthy);
+    // While the daemon runs: the store is its own; the rest is read.
+    let (code, v, err) = dev_doctor(&healthy);
+    assert_eq!(code, 0, "{v:#} {err}");
+    assert!(finding(&v, "store.schema")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("running daemon"));
+    dev.stop();
+    let (code, v, _) = dev_doctor(&healthy);
+    assert_eq!(code, 0, "{v:#}");
+    for f in v["findings"].as_array().unwrap() {
+        assert_eq!(f["status"], "ok", "a healthy dev directory: {f:#}");
+    }
+    // The human form, as the closing note shows it.
+    let (code, text, _) = run_cli(&[
+        "doctor",
+        "--dev-dir",
+        healthy.to_str().unwrap(),
+        "--output",
+        "table",
+    ]);
+    assert_eq!(code, 0);
+    println!("{text}");
+    assert!(text.contains(": ready"), "{text}");
+
+    let root = tmp.path();
+    // The config does not parse.
+    let d = copy(&healthy, root, "config");
+    std::fs::write(d.join("credbroker.toml"), "listen = [\n").unwrap();
+    expect_fail(&d, "config", "");
+
+    // A key file is missing.
+    let d = copy(&healthy, root, "missing");
+    std::fs::remove_file(d.join("keys/fingerprint.key")).unwrap();
+    expect_fail(&d, "files", "fingerprint.key");
+
+    // The KEK is readable by everyone.
+    let d = copy(&healthy, root, "mode");
+    std::fs::set_permissions(
+        d.join("keys/kek.json"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    expect_fail(&d, "permissions.keys.kek_file", "0644");
+
+    // The server certificate expired (its key matches: the TLS setup itself loads).
+    let d = copy(&healthy, root, "expired");
+    let now = OffsetDateTime::now_utc();
+    let (cert, key) = self_signed(now - Duration::days(400), now - Duration::days(2));
+    std::fs::write(d.join("pki/server.crt"), cert).unwrap();
+    std::fs::write(d.join("pki/server.key"), key).unwrap();
+    expect_fail(&d, "tls.server_certificate", "expired");
+
+    // Soon to expire: a warning, and the doctor still exits 0.
+    let d = copy(&healthy, root, "expiring");
+    let (cert, key) = self_signed(now - Duration::days(1), now + Duration::days(10));
+    std::fs::write(d.join("pki/server.crt"), cert).unwrap();
+    std::fs::write(d.join("pki/server.key"), key).unwrap();
+    let (code, v, _) = dev_doctor(&d);
+    assert_eq!(
+        finding(&v, "tls.server_certificate")["status"],
+        "warn",
+        "{v:#}"
+    );
+    assert_eq!(code, 0);
+
+    // A CRL past its next update.
+    let d = copy(&healthy, root, "crl");
+    std::fs::write(d.join("pki/crl.pem"), stale_crl()).unwrap();
+    let config = d.join("credbroker.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("[tls]\n", "[tls]\ncrl = \"pki/crl.pem\"\n");
+    std::fs::write(&config, text).unwrap();
+    expect_fail(&d, "tls.crl", "past its next update");
+
+    // A store of a schema version this build does not read.
+    let d = copy(&healthy, root, "schema");
+    {
+        let db = sled::open(d.join("store")).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", b"99".as_slice())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    expect_fail(&d, "store.schema", "99");
+
+    // A record of the audit log edited after its last checkpoint.
+    let d = copy(&healthy, root, "tampered");
+    let log = d.join("audit/audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replacen("\"tenant.add\"", "\"tenant.adX\"", 1)).unwrap();
+    expect_fail(&d, "audit.checkpoint", "sequence");
+
+    // A provider section that does not load.
+    let d = copy(&healthy, root, "provider");
+    let config = d.join("credbroker.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[providers.aws_assume_role]\nregion = \"eu-west-1\"\nvendor_account_id = \"111122223333\"\nceiling_file = \"no-such-ceiling.json\"\n");
+    std::fs::write(&config, text).unwrap();
+    expect_fail(&d, "providers", "no-such-ceiling.json");
+
+    // A full audit directory: a 256 KiB tmpfs over it, filled, in a mount namespace of
+    // its own (nothing to clean up; unprivileged runs map themselves to root in it).
+    let d = copy(&healthy, root, "full");
+    let audit = d.join("audit");
+    let script = format!(
+        "mount -t tmpfs -o size=256k tmpfs {a} && (dd if=/dev/zero of={a}/fill bs=4k 2>/dev/null; true) && {bin} doctor --output json --dev-dir {d}",
+        a = audit.display(),
+        bin = daemon_bin().display(),
+        d = d.display()
+    );
+    let root_user = is_root();
+    let mut cmd = Command::new("unshare");
+    cmd.arg(if root_user { "-m" } else { "-rm" });
+    let out = cmd
+        .args(["sh", "-c", &script])
+        .output()
+        .expect("unshare(1) from util-linux");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let f = finding(&v, "audit.directory");
+    assert_eq!(f["status"], "fail", "{f:#}");
+    assert!(
+        f["detail"].as_str().unwrap().contains("No space left"),
+        "{f:#}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // Too little free space for the threshold asked.
+    let (code, v, _) = doctor(&[
+        "--dev-dir",
+        healthy.to_str().unwrap(),
+        "--min-free-mib",
+        "999999999",
+    ]);
+    let f = finding(&v, "audit.directory");
+    assert_eq!(f["status"], "fail", "{f:#}");
+    assert!(f["detail"].as_str().unwrap().contains("below"), "{f:#}");
+    assert_eq!(code, 1);
+
+    // As production (--config): the keys inside the data directory are warned about.
+    let (code, v, _) = doctor(&[
+        "--config",
+        healthy.join("credbroker.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        finding(&v, "location.keys.kek_file")["status"],
+        "warn",
+        "{v:#}"
+    );
+    assert_eq!(code, 0);
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0")
+}

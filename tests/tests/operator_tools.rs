@@ -1,0 +1,129 @@
+//! The operator's daily tools against a real dev broker: `--dev-dir` dials the address the
+//! dev broker listens on, a broker that cannot be reached is named, every list command has
+//! a JSON form that parses, progress appears on a terminal and nowhere else, completions
+//! and the man page come from the clap definitions.
+
+use std::path::Path;
+use std::process::Command;
+
+use credbroker_tests::*;
+use serde_json::Value;
+
+fn dev_dir_arg(dir: &Path) -> String {
+    dir.display().to_string()
+}
+
+fn json_of(out: &str, what: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {out}"))
+}
+
+#[test]
+fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let dev = start_dev(&dir);
+    // Port 0 was asked for: only the running broker knows its port.
+    assert!(!dev.url.ends_with(":8443"), "{}", dev.url);
+    let d = dev_dir_arg(&dir);
+    let (code, out, err) = run_cli(&["tenant", "list", "--dev-dir", &d]);
+    assert_eq!(
+        code, 0,
+        "tenant list --dev-dir on a non-default port: {err}"
+    );
+    let v = json_of(&out, "tenant list");
+    assert_eq!(v["tenants"][0]["id"], "demo", "{v}");
+
+    // --server wins over the dev directory; an unreachable broker is named, exit 3.
+    let closed = format!("https://127.0.0.1:{}", free_port());
+    let (code, _, err) = run_cli(&["tenant", "list", "--dev-dir", &d, "--server", &closed]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&closed), "the address tried is named: {err}");
+    assert!(err.contains("--server"), "how to give another: {err}");
+
+    // Every list command, --output json: parses (the API's field names).
+    let lists: &[&[&str]] = &[
+        &["tenant", "list"],
+        &["worker", "list"],
+        &["instance", "list"],
+        &["binding", "list"],
+        &["operator", "list"],
+        &["intake", "list"],
+        &["unclaimed", "list"],
+        &["inventory"],
+        &["webhook-secret", "show", "demo-instance"],
+    ];
+    for args in lists {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--dev-dir", &d, "--output", "json"]);
+        let (code, out, err) = run_cli(&all);
+        // No webhook secret was generated for the demo instance: a refusal, said as such.
+        if args[0] == "webhook-secret" {
+            assert_eq!(code, 1, "{err}");
+            assert!(err.contains("error: "), "{err}");
+            continue;
+        }
+        assert_eq!(code, 0, "{args:?}: {err}");
+        json_of(&out, &args.join(" "));
+    }
+    for args in [&["provider", "list"][..], &["provider", "show", "aws"][..]] {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--output", "json"]);
+        let (code, out, err) = run_cli(&all);
+        assert_eq!(code, 0, "{err}");
+        json_of(&out, &args.join(" "));
+    }
+    // The table form, asked for: a header row, the id first.
+    let (code, out, _) = run_cli(&["tenant", "list", "--dev-dir", &d, "--output", "table"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ID "), "{out}");
+    assert!(out.lines().nth(1).unwrap().starts_with("demo "), "{out}");
+
+    // Progress: nothing when standard error is not a terminal, a bar when it is one.
+    let (code, out, err) = run_cli(&["audit", "verify", "--data-dir", &d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("audit OK"), "{out}");
+    assert_eq!(err, "", "no progress off a terminal");
+    let (code, out, err) = run_cli(&["audit", "verify", "--data-dir", &d, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out, "audit verify")["verified"], true);
+    assert_eq!(err, "");
+    let on_tty = |extra: &str| {
+        // util-linux `script` runs the command on a pseudo-terminal.
+        let cmd = format!(
+            "{} audit verify --data-dir {d}{extra}",
+            daemon_bin().display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .expect("script(1) from util-linux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tty = on_tty("");
+    assert!(
+        tty.contains("verifying the audit log"),
+        "a bar on a terminal: {tty}"
+    );
+    let tty_json = on_tty(" --output json");
+    assert!(!tty_json.contains("verifying the audit log"), "{tty_json}");
+
+    // Completions and the man page, from the same definitions.
+    let (code, out, _) = run_cli(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("credbroker") && out.contains("doctor"),
+        "bash completion"
+    );
+    let (code, out, _) = run_cli(&["man"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(".TH credbroker"),
+        "{}",
+        &out[..out.len().min(300)]
+    );
+    let man_dir = tmp.path().join("man");
+    let (code, _, err) = run_cli(&["man", "--dir", man_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(man_dir.join("credbroker-doctor.1").exists());
+}
