@@ -114,3 +114,31 @@ pub fn seconds_to_crl_update(path: &Path, now: i64) -> Result<Option<i64>, Strin
         .filter_map(|c| c.next_update.map(|n| n - now))
         .min())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CertAuthority;
+
+    #[test]
+    fn certificate_and_crl_facts_come_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertAuthority::generate("facts CA").unwrap();
+        let server = ca.issue_server(&["broker.internal"], 7).unwrap();
+        let chain = dir.path().join("server.crt");
+        std::fs::write(&chain, format!("{}{}", server.cert_pem, ca.cert_pem)).unwrap();
+        let certs = certificates(&chain).unwrap();
+        assert_eq!(certs.len(), 2);
+        assert!(certs[0].dns_names.contains(&"broker.internal".to_owned()));
+        assert!(certs[0].ips.contains(&IpAddr::from([127, 0, 0, 1])));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let left = seconds_to_expiry(&chain, now).unwrap();
+        assert_eq!(left, certs.iter().map(|c| c.not_after).min().unwrap() - now);
+        let crl = dir.path().join("crl.pem");
+        std::fs::write(&crl, ca.crl(&[7]).unwrap()).unwrap();
+        let due = seconds_to_crl_update(&crl, now).unwrap().unwrap();
+        assert!((6 * 86_400..=7 * 86_400).contains(&due), "{due}");
+        assert!(certificates(&crl).is_err(), "a CRL is not a certificate");
+        assert!(crls(&chain).is_err(), "certificates are not a CRL");
+    }
+}

@@ -26,7 +26,14 @@ pub enum ClientError {
     /// Certificate or key files.
     #[error("{0}")]
     Tls(#[from] TlsError),
-    /// Connection or protocol failure.
+    /// The TCP connection could not be made: nothing was sent.
+    #[error("{0}")]
+    Connect(String),
+    /// The TLS handshake failed (the server's certificate is not trusted, or ours was
+    /// refused): nothing was sent.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    /// The request was sent (or may have been) and no answer came: its outcome is unknown.
     #[error("{0}")]
     Transport(String),
 }
@@ -85,24 +92,21 @@ impl BrokerClient {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let t = |e: std::io::Error| ClientError::Transport(e.to_string());
         let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(&self.authority))
             .await
-            .map_err(|_| {
-                ClientError::Transport(format!("connect to {} timed out", self.authority))
-            })?
-            .map_err(t)?;
+            .map_err(|_| ClientError::Connect(format!("connect to {} timed out", self.authority)))?
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let tls = tokio::time::timeout(
             self.timeout,
             TlsConnector::from(self.config.clone()).connect(self.server_name.clone(), tcp),
         )
         .await
-        .map_err(|_| ClientError::Transport("TLS handshake timed out".into()))?
-        .map_err(|e| ClientError::Transport(format!("TLS handshake failed: {e}")))?;
+        .map_err(|_| ClientError::Handshake("timed out".into()))?
+        .map_err(|e| ClientError::Handshake(e.to_string()))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(|e| ClientError::Handshake(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -37,43 +37,49 @@ pub async fn run(
 /// How far ahead the daemon warns that a certificate expires or a CRL is due.
 const EXPIRY_WARN_S: i64 = 30 * 86_400;
 
-/// Sets `credbroker_tls_expiry_seconds` for every TLS file in force and logs a warning for
-/// one that expires (or, a CRL, is due) within [`EXPIRY_WARN_S`], an error for one past it.
-/// Run at start, hourly, and after each reload.
+/// Sets `credbroker_tls_expiry_seconds` for every TLS file in use — from what was read at
+/// its last successful load, not from the file on disk now — and removes the series of a
+/// file no longer configured; logs a warning for one that expires (or, a CRL, is due)
+/// within [`EXPIRY_WARN_S`], an error for one past it. Run at start, hourly, and after each
+/// reload (no file is read here).
 fn check_tls_expiry(broker: &Broker, listeners: &[&ReloadableTls]) {
-    use crate::tls::FileKind;
+    use crate::metrics::TlsFileLabel;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let gauge = &broker.metrics().tls_expiry;
+    let mut seen = Vec::new();
     for tls in listeners {
-        for (file, path, kind) in tls.files() {
-            let left = match kind {
-                FileKind::Certificates => crate::certs::seconds_to_expiry(&path, now).map(Some),
-                FileKind::Crl => crate::certs::seconds_to_crl_update(&path, now),
-            };
-            let left = match left {
-                Ok(Some(s)) => s,
+        for d in tls.deadlines() {
+            let left = match &d.at {
+                Ok(Some(at)) => at - now,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(file, error = %e, "cannot read a TLS file to check its expiry");
+                    tracing::warn!(file = d.file, error = %e, "cannot read a TLS file to check its expiry");
                     continue;
                 }
             };
-            broker
-                .metrics()
-                .tls_expiry
-                .get_or_create(&crate::metrics::TlsFileLabel {
-                    file: file.to_owned(),
+            seen.push(d.file);
+            gauge
+                .get_or_create(&TlsFileLabel {
+                    file: d.file.to_owned(),
                 })
                 .set(left);
-            let what = if kind == FileKind::Crl {
+            let what = if d.crl {
                 "CRL next update"
             } else {
                 "certificate expiry"
             };
             if left < 0 {
-                tracing::error!(file, path = %path.display(), days_past = -left / 86_400, "{what} has passed: renew it and run `credbroker reload`");
+                tracing::error!(file = d.file, path = %d.path.display(), days_past = -left / 86_400, "{what} has passed: renew it and run `credbroker reload`");
             } else if left < EXPIRY_WARN_S {
-                tracing::warn!(file, path = %path.display(), days_left = left / 86_400, "{what} is near: renew it and run `credbroker reload`");
+                tracing::warn!(file = d.file, path = %d.path.display(), days_left = left / 86_400, "{what} is near: renew it and run `credbroker reload`");
             }
+        }
+    }
+    for file in ["server", "client_ca", "crl", "public"] {
+        if !seen.contains(&file) {
+            gauge.remove(&TlsFileLabel {
+                file: file.to_owned(),
+            });
         }
     }
 }
@@ -83,7 +89,7 @@ fn check_tls_expiry(broker: &Broker, listeners: &[&ReloadableTls]) {
 /// and key — so a CRL added to the config after start-up takes effect. A config that no
 /// longer loads, or TLS files that do not, change nothing and say so; changes outside the
 /// TLS files need a restart and are named in a warning.
-fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>) {
+fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>, broker: &Broker) {
     let fresh = match &config.source_file {
         None => None,
         Some(path) => match Config::load(path) {
@@ -111,6 +117,7 @@ fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>) 
     match result {
         Ok(()) => tracing::info!("SIGHUP: TLS certificates, client CA and CRL reloaded"),
         Err(e) => {
+            broker.metrics().tls_reload_failures.inc();
             tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config")
         }
     }
@@ -122,6 +129,7 @@ fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>) 
         match result {
             Ok(()) => tracing::info!("SIGHUP: public listener certificate reloaded"),
             Err(e) => {
+                broker.metrics().tls_reload_failures.inc();
                 tracing::error!(error = %e, "SIGHUP: public listener reload failed; keeping its previous TLS config")
             }
         }
@@ -306,7 +314,7 @@ pub async fn run_with_broker(
                 }
             }
             _ = hup.recv() => {
-                reload(&config, &tls, public.as_ref().map(|(_, p)| p.as_ref()));
+                reload(&config, &tls, public.as_ref().map(|(_, p)| p.as_ref()), &broker);
                 check_tls_expiry(&broker, &listeners());
             }
             _ = term.recv() => break,

@@ -52,6 +52,25 @@ pub fn server_url_file(data_dir: &Path) -> PathBuf {
     data_dir.join("server-url")
 }
 
+/// Records the URL of the dev broker listening on `addr` in [`server_url_file`]: written to
+/// a new file (never through a link planted at a temporary name) and renamed over it.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn record_server_url(data_dir: &Path, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = server_url_file(data_dir);
+    let tmp = data_dir.join(format!(".server-url.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    f.write_all(format!("{}\n", server_url(addr)).as_bytes())?;
+    drop(f);
+    std::fs::rename(&tmp, &path)
+}
+
 /// The URL of a broker listening on `addr`: a wildcard address is dialled on loopback.
 pub fn server_url(mut addr: std::net::SocketAddr) -> String {
     if addr.ip().is_unspecified() {

@@ -116,6 +116,8 @@ pub struct Metrics {
     /// Seconds until the earliest certificate of each TLS file expires (negative: expired),
     /// or until its CRL's next update is due (negative: overdue).
     pub tls_expiry: Family<TlsFileLabel, Gauge>,
+    /// TLS reloads (SIGHUP) refused because a file did not load (the previous config stays).
+    pub tls_reload_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -266,7 +268,14 @@ impl Metrics {
             "Seconds until a TLS file's earliest certificate expires, or its CRL's next update is due (negative: past)",
             tls_expiry.clone(),
         );
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "tls_reload_failures",
+            "TLS reloads refused because a file did not load (the previous config is kept)",
+            tls_reload_failures.clone(),
+        );
         Metrics {
+            tls_reload_failures,
             tls_expiry,
             webhook_verifications,
             inventory_flagged,

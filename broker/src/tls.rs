@@ -186,13 +186,45 @@ impl Source {
     }
 }
 
-/// What a TLS file holds (see [`ReloadableTls::files`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
-    /// Certificates (PEM).
-    Certificates,
-    /// CRLs (PEM).
-    Crl,
+/// When one TLS file of a listener stops being good (see [`ReloadableTls::deadlines`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadline {
+    /// `server`, `client_ca`, `crl` or `public`.
+    pub file: &'static str,
+    /// Its path.
+    pub path: std::path::PathBuf,
+    /// Whether it is a CRL (due for its next update) rather than certificates (expiring).
+    pub crl: bool,
+    /// Unix seconds of the earliest `notAfter` (certificates) or `nextUpdate` (CRL); `Err`
+    /// when it could not be read, `Ok(None)` for a CRL that names no next update.
+    pub at: Result<Option<i64>, String>,
+}
+
+impl Source {
+    fn deadlines(&self) -> Vec<Deadline> {
+        let cert = |file, path: &std::path::PathBuf| Deadline {
+            file,
+            path: path.clone(),
+            crl: false,
+            at: crate::certs::certificates(path).map(|c| c.iter().map(|c| c.not_after).min()),
+        };
+        match self {
+            Source::Mtls(s) => {
+                let mut all = vec![cert("server", &s.cert), cert("client_ca", &s.client_ca)];
+                if let Some(path) = &s.crl {
+                    all.push(Deadline {
+                        file: "crl",
+                        path: path.clone(),
+                        crl: true,
+                        at: crate::certs::crls(path)
+                            .map(|c| c.iter().filter_map(|c| c.next_update).min()),
+                    });
+                }
+                all
+            }
+            Source::Public { cert: path, .. } => vec![cert("public", path)],
+        }
+    }
 }
 
 /// A server config that can be replaced while the daemon runs. Each reload is announced
@@ -201,6 +233,8 @@ pub enum FileKind {
 pub struct ReloadableTls {
     source: std::sync::Mutex<Source>,
     current: RwLock<Built>,
+    /// When what was loaded expires (certificates) or is due (CRL), read at each load.
+    deadlines: std::sync::Mutex<Vec<Deadline>>,
     reloads: tokio::sync::watch::Sender<u64>,
 }
 
@@ -211,10 +245,12 @@ impl ReloadableTls {
     /// As [`server_config`].
     pub fn new(settings: TlsSettings) -> Result<Self, TlsError> {
         let source = Source::Mtls(settings);
+        let deadlines = std::sync::Mutex::new(source.deadlines());
         let current = RwLock::new(source.build()?);
         Ok(ReloadableTls {
             source: std::sync::Mutex::new(source),
             current,
+            deadlines,
             reloads: tokio::sync::watch::channel(0).0,
         })
     }
@@ -225,35 +261,23 @@ impl ReloadableTls {
     /// As [`public_server_config`].
     pub fn public(cert: std::path::PathBuf, key: std::path::PathBuf) -> Result<Self, TlsError> {
         let source = Source::Public { cert, key };
+        let deadlines = std::sync::Mutex::new(source.deadlines());
         let current = RwLock::new(source.build()?);
         Ok(ReloadableTls {
             source: std::sync::Mutex::new(source),
             current,
+            deadlines,
             reloads: tokio::sync::watch::channel(0).0,
         })
     }
 
-    /// The certificate files in force (as of the last successful load): `(name, path)` for
-    /// the server certificate, and on the mTLS listener the client CA and CRL.
-    pub fn files(&self) -> Vec<(&'static str, std::path::PathBuf, FileKind)> {
-        let source = match self.source.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        match &*source {
-            Source::Mtls(s) => {
-                let mut files = vec![
-                    ("server", s.cert.clone(), FileKind::Certificates),
-                    ("client_ca", s.client_ca.clone(), FileKind::Certificates),
-                ];
-                if let Some(crl) = &s.crl {
-                    files.push(("crl", crl.clone(), FileKind::Crl));
-                }
-                files
-            }
-            Source::Public { cert, .. } => {
-                vec![("public", cert.clone(), FileKind::Certificates)]
-            }
+    /// When the certificates and CRL in use expire or are due: read from the files at the
+    /// last successful load (a reload that fails changes nothing here either, so an alert
+    /// on these keeps counting down while the old certificate is still served).
+    pub fn deadlines(&self) -> Vec<Deadline> {
+        match self.deadlines.lock() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -340,7 +364,14 @@ impl ReloadableTls {
                 "a listener's TLS cannot change between mTLS and public".into(),
             ));
         }
+        // Read before the build: if the files change in between, the build reads the newer
+        // ones and the next reload corrects the deadlines.
+        let deadlines = source.deadlines();
         let fresh = source.build()?;
+        match self.deadlines.lock() {
+            Ok(mut d) => *d = deadlines,
+            Err(poisoned) => *poisoned.into_inner() = deadlines,
+        }
         match self.source.lock() {
             Ok(mut s) => *s = source,
             Err(poisoned) => *poisoned.into_inner() = source,

@@ -92,13 +92,11 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     let tmp = tempfile::tempdir().unwrap();
     let healthy = tmp.path().join("dev");
     let mut dev = start_dev(&healthy);
-    // While the daemon runs: the store is its own; the rest is read.
+    // While the daemon runs: every check reads only (the store's schema from the file
+    // beside it).
     let (code, v, err) = dev_doctor(&healthy);
     assert_eq!(code, 0, "{v:#} {err}");
-    assert!(finding(&v, "store.schema")["detail"]
-        .as_str()
-        .unwrap()
-        .contains("running daemon"));
+    assert_eq!(finding(&v, "store.schema")["status"], "ok", "{v:#}");
     dev.stop();
     let (code, v, _) = dev_doctor(&healthy);
     assert_eq!(code, 0, "{v:#}");
@@ -169,6 +167,8 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
 
     // A store of a schema version this build does not read.
     let d = copy(&healthy, root, "schema");
+    // (As a later release would leave it: the version in the database and beside it. The
+    // doctor reads only the file beside it — it never opens the database.)
     {
         let db = sled::open(d.join("store")).unwrap();
         db.open_tree("meta")
@@ -177,7 +177,23 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
             .unwrap();
         db.flush().unwrap();
     }
+    std::fs::write(d.join("store/credbroker-schema-version"), "99\n").unwrap();
+    let before = tree_state(&d.join("store"));
     expect_fail(&d, "store.schema", "99");
+    assert_eq!(
+        tree_state(&d.join("store")),
+        before,
+        "the doctor changed the store"
+    );
+    // A store no broker of this release opened: said, not guessed.
+    std::fs::remove_file(d.join("store/credbroker-schema-version")).unwrap();
+    let (_, v, _) = dev_doctor(&d);
+    assert_eq!(finding(&v, "store.schema")["status"], "warn", "{v:#}");
+    assert_eq!(tree_state(&d.join("store")), {
+        let mut b = before.clone();
+        b.retain(|(n, _, _)| n != "credbroker-schema-version");
+        b
+    });
 
     // A record of the audit log edited after its last checkpoint.
     let d = copy(&healthy, root, "tampered");
@@ -201,8 +217,10 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     // the probe's write is refused either way, only the error differs.
     let d = copy(&healthy, root, "full");
     let audit = d.join("audit");
+    // (--min-free-mib 0: past the free-space threshold, which has its own case below, to
+    // the write itself.)
     let doctor_cmd = format!(
-        "{} doctor --output json --dev-dir {}",
+        "{} doctor --output json --min-free-mib 0 --dev-dir {}",
         daemon_bin().display(),
         d.display()
     );
@@ -250,17 +268,40 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     assert!(f["detail"].as_str().unwrap().contains("below"), "{f:#}");
     assert_eq!(code, 1);
 
-    // As production (--config): the keys inside the data directory are warned about.
-    let (code, v, _) = doctor(&[
-        "--config",
-        healthy.join("credbroker.toml").to_str().unwrap(),
-    ]);
+    // As production (--config): a KEK inside the data directory fails (`serve` refuses it),
+    // the other keys there are warned about.
+    let production = healthy.join("credbroker.toml");
+    let (code, v, _) = doctor(&["--config", production.to_str().unwrap()]);
     assert_eq!(
         finding(&v, "location.keys.kek_file")["status"],
-        "warn",
+        "fail",
         "{v:#}"
     );
-    assert_eq!(code, 0);
+    let f = finding(&v, "location.keys.fingerprint_key_file");
+    assert_eq!(f["status"], "warn", "{v:#}");
+    assert_eq!(code, 1);
+}
+
+/// Every file under `dir`: name, length, modification time.
+fn tree_state(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            for (n, l, t) in tree_state(&e.path()) {
+                all.push((format!("{}/{n}", e.file_name().to_string_lossy()), l, t));
+            }
+        } else {
+            all.push((
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            ));
+        }
+    }
+    all.sort();
+    all
 }
 
 fn is_root() -> bool {

@@ -41,6 +41,21 @@ fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
     assert!(err.contains(&closed), "the address tried is named: {err}");
     assert!(err.contains("--server"), "how to give another: {err}");
 
+    // A server the CA does not vouch for: a TLS failure, said as such (exit 2, not 3).
+    let other = credbroker::pki::CertAuthority::generate("other CA").unwrap();
+    let other_ca = tmp.path().join("other-ca.crt");
+    std::fs::write(&other_ca, &other.cert_pem).unwrap();
+    let (code, _, err) = run_cli(&[
+        "tenant",
+        "list",
+        "--dev-dir",
+        &d,
+        "--ca",
+        other_ca.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("TLS handshake failed"), "{err}");
+
     // Every list command, --output json: parses (the API's field names).
     let lists: &[&[&str]] = &[
         &["tenant", "list"],
@@ -107,6 +122,17 @@ fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
     );
     let tty_json = on_tty(" --output json");
     assert!(!tty_json.contains("verifying the audit log"), "{tty_json}");
+
+    // Stopped (killed: its URL file stays behind), then gone: a port chosen at start
+    // cannot be guessed, and the message says so.
+    let mut dev = dev;
+    dev.stop();
+    let (code, _, err) = run_cli(&["tenant", "list", "--dev-dir", &d]);
+    assert_eq!(code, 3, "the recorded address, unreachable now: {err}");
+    std::fs::remove_file(dir.join("server-url")).unwrap();
+    let (code, _, err) = run_cli(&["tenant", "list", "--dev-dir", &d]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("port chosen at start"), "{err}");
 
     // Completions and the man page, from the same definitions.
     let (code, out, _) = run_cli(&["completions", "bash"]);

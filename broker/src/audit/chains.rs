@@ -244,9 +244,13 @@ pub async fn read_chain(
     Ok((lines, cps))
 }
 
-/// The start-up check of this replica's chain: from its last signed checkpoint to its end.
-async fn verify_tail(
-    client: &Client,
+/// The start-up check of this replica's chain: from its last signed checkpoint to its end
+/// (also the doctor's).
+///
+/// # Errors
+/// Where the chain fails, or the database cannot be read.
+pub async fn verify_tail(
+    client: &impl GenericClient,
     replica: u32,
     verifier: &AuditVerifier,
     max_unanchored: u64,

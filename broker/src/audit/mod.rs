@@ -24,7 +24,7 @@ mod writer;
 pub use export::{export, write_document, ExportFilter, ExportSet};
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
 pub use verify::{
-    complete_lines, verify_export, verify_exports, verify_log, verify_log_with,
+    complete_lines, verify_export, verify_exports, verify_log, verify_log_read, verify_log_with,
     verify_since_last_checkpoint, ChainCheck, VerifyFailure, VerifySummary,
 };
 pub use writer::{max_unanchored, AuditConfig, AuditError, AuditLog, AuditReceipt};

@@ -303,19 +303,42 @@ pub fn verify_log_with(
     max_unanchored: u64,
     progress: &dyn Progress,
 ) -> Result<VerifySummary, VerifyFailure> {
+    verify_log_read(audit_dir, verifier, max_unanchored, progress).0
+}
+
+/// [`verify_log_with`], also returning the bytes of the log it verified (empty when the log
+/// could not be read): whoever sums the log up afterwards reads exactly what was verified,
+/// not the file again.
+pub fn verify_log_read(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+    progress: &dyn Progress,
+) -> (Result<VerifySummary, VerifyFailure>, Vec<u8>) {
     // Checkpoints first: a checkpoint written after we read the log would otherwise look
     // like a truncated log.
-    let cps = read_checkpoints(audit_dir)?;
-    let log = read_to_length(&log_path(audit_dir))
-        .map_err(|e| fail(0, format!("cannot read audit log: {e}")))?;
+    let cps = match read_checkpoints(audit_dir) {
+        Ok(c) => c,
+        Err(f) => return (Err(f), Vec::new()),
+    };
+    let log = match read_to_length(&log_path(audit_dir)) {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                Err(fail(0, format!("cannot read audit log: {e}"))),
+                Vec::new(),
+            )
+        }
+    };
     let mut chain = Chain::new(verifier, true);
     chain.max_unanchored = Some(max_unanchored);
-    chain.checkpoints(&cps)?;
+    if let Err(f) = chain.checkpoints(&cps) {
+        return (Err(f), log);
+    }
     progress.begin("verifying the audit log", log.len() as u64, Unit::Bytes);
     let result = records_with_progress(&mut chain, complete_lines(&log), progress);
     progress.end();
-    result?;
-    chain.finish()
+    (result.and_then(|()| chain.finish()), log)
 }
 
 /// Feeds `lines` to `chain`, telling `progress` every few thousand lines.

@@ -80,17 +80,14 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
     let file_log = audit::log_path(&config.audit_dir());
     if !shared || file_log.exists() {
         let bar = Bar::new(Output::shows_progress(None));
-        let verified = audit::verify_log_with(&config.audit_dir(), &verifier, max, &bar);
-        let bytes = match std::fs::read(&file_log) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(format!("{}: {e}", file_log.display())),
-        };
+        // The bytes verified are the bytes summed up: nothing appended or swapped between.
+        let (verified, bytes) = audit::verify_log_read(&config.audit_dir(), &verifier, max, &bar);
         builder.chain("file log", &verified, audit::complete_lines(&bytes));
     }
     if shared {
         runtime()?.block_on(async {
             let mut client = chains::connect(&config.store).await?;
+            // One repeatable-read snapshot: the chain verified is the chain summed up.
             let snapshot = chains::snapshot(&mut client).await?;
             for replica in chains::replicas(&snapshot).await? {
                 let verified = chains::verify_chain(&snapshot, replica, &verifier, max).await?;
@@ -104,7 +101,11 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
             Ok::<_, String>(())
         })?;
     }
-    let summary = builder.finish(fingerprint, key.display().to_string());
+    let summary = builder.finish(
+        fingerprint,
+        key.display().to_string(),
+        args.public_key.is_some(),
+    );
     write(args, &summary)?;
     Ok(if summary.verified {
         ExitCode::SUCCESS

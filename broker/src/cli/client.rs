@@ -87,11 +87,11 @@ pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Resu
         )
         .await
         .map_err(|e| match e {
-            crate::client::ClientError::Transport(_) => format!(
+            crate::client::ClientError::Connect(_) => format!(
                 "cannot reach the broker at {}: {e}; is it running there? Give its address with --server URL (or CREDBROKER_SERVER)",
                 a.server
             ),
-            other => other.to_string(),
+            other => format!("broker at {}: {other}", a.server),
         })?;
     let bytes = Zeroizing::new(bytes);
     let v: Value =

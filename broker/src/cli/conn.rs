@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::client::BrokerClient;
 use crate::dev;
 
-use super::output::Output;
+use super::output::{self, Output};
 use super::runtime;
 
 /// How admin commands reach the daemon.
@@ -43,12 +43,12 @@ pub struct Conn {
 pub const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
 
 impl Conn {
-    /// The broker URL: `--server` (or `CREDBROKER_SERVER`); else, with `--dev-dir`, the
-    /// address in the dev directory's `credbroker.toml` (a wildcard address is dialled on
-    /// loopback); else [`DEFAULT_SERVER`].
+    /// The broker URL: `--server` (or `CREDBROKER_SERVER`); else, with `--dev-dir`, the URL
+    /// the running dev broker recorded in `<DIR>/server-url`, or the `listen` of its
+    /// `credbroker.toml` (see [`dev_server`]); else [`DEFAULT_SERVER`].
     ///
     /// # Errors
-    /// When the dev directory's config cannot be read.
+    /// When the dev directory names no usable address.
     pub fn server(&self) -> Result<String, String> {
         if let Some(s) = &self.server {
             return Ok(s.clone());
@@ -66,16 +66,23 @@ impl Conn {
 }
 
 /// The URL of the dev broker of `dir`: the one it recorded when it started listening
-/// (`server-url`), else the `listen` of its `credbroker.toml`.
+/// (`server-url`, removed when it stops), else the `listen` of its `credbroker.toml`.
 ///
 /// # Errors
-/// When neither can be read.
+/// When `server-url` holds no https URL, or there is none and the config cannot be read or
+/// asks for a port chosen at start (port 0).
 pub fn dev_server(dir: &std::path::Path) -> Result<String, String> {
-    if let Ok(text) = std::fs::read_to_string(dev::server_url_file(dir)) {
-        let url = text.trim();
-        if url.starts_with("https://") {
-            return Ok(url.to_owned());
-        }
+    let recorded = dev::server_url_file(dir);
+    if let Ok(text) = std::fs::read_to_string(&recorded) {
+        let url = output::sanitize(text.trim());
+        return if url.starts_with("https://") {
+            Ok(url)
+        } else {
+            Err(format!(
+                "{} does not hold an https:// URL ({url:?}); give the broker's address with --server",
+                recorded.display()
+            ))
+        };
     }
     let path = dir.join("credbroker.toml");
     let config = crate::config::Config::load(&path).map_err(|e| {
@@ -85,26 +92,61 @@ pub fn dev_server(dir: &std::path::Path) -> Result<String, String> {
             path.display()
         )
     })?;
+    if config.listen.port() == 0 {
+        return Err(format!(
+            "--dev-dir {}: the dev broker listens on a port chosen at start and none is running (no {}); start it, or give --server",
+            dir.display(),
+            recorded.display()
+        ));
+    }
     Ok(dev::server_url(config.listen))
 }
 
-/// Exit code of a command that could not reach the broker.
+/// Exit code of a command that could not reach the broker: nothing was sent.
 pub const EXIT_UNREACHABLE: u8 = 3;
 
-/// Prints why the broker at `server` could not be reached, naming the address and how to
-/// give another; returns [`EXIT_UNREACHABLE`].
-pub fn unreachable(server: &str, e: &crate::client::ClientError) -> ExitCode {
-    eprintln!(
-        "error: cannot reach the broker at {server}: {e}\nhint: is it running there? Give its address with --server URL (or CREDBROKER_SERVER){}",
-        if server == DEFAULT_SERVER {
-            "; with a dev directory, --dev-dir DIR uses the address the dev broker listens on"
-        } else {
-            ""
+/// Exit code of a request sent without an answer: it may have been applied.
+pub const EXIT_OUTCOME_UNKNOWN: u8 = 4;
+
+/// Says what went wrong between the command and the broker at `server`, naming the address,
+/// and returns the exit code: [`EXIT_UNREACHABLE`] when nothing was sent (connection
+/// refused or timed out), [`EXIT_OUTCOME_UNKNOWN`] when the request went out and no answer
+/// came. A TLS handshake that fails (the server is not the broker the CA vouches for, or our
+/// certificate is refused) is an error of the command (exit 2).
+///
+/// # Errors
+/// The handshake failure, as the command's error.
+pub fn transport_failure(server: &str, e: &crate::client::ClientError) -> Result<ExitCode, String> {
+    use crate::client::ClientError;
+    match e {
+        ClientError::Connect(_) => {
+            eprintln!(
+                "error: cannot reach the broker at {server}: {e}\nhint: is it running there? Give its address with --server URL (or CREDBROKER_SERVER){}",
+                if server == DEFAULT_SERVER {
+                    "; with a dev directory, --dev-dir DIR uses the address the dev broker listens on"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::from(EXIT_UNREACHABLE))
         }
-    );
-    ExitCode::from(EXIT_UNREACHABLE)
+        ClientError::Transport(_) => {
+            eprintln!(
+                "error: no answer from the broker at {server}: {e}\nThe request was sent and may have been applied: look for it in the audit log (`credbroker audit export`) before you retry."
+            );
+            Ok(ExitCode::from(EXIT_OUTCOME_UNKNOWN))
+        }
+        other => Err(format!(
+            "{other} (broker at {server}; is --ca the CA that signed its certificate, and --cert/--key a registered operator's?)"
+        )),
+    }
 }
 
+/// The client an admin command connects with: the operator certificate, key and CA given
+/// (or those of the dev directory's `pki/`), to [`Conn::server`].
+///
+/// # Errors
+/// When a file is missing or unreadable, or the URL is malformed.
 pub fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
     let (ca, cert, key) = match &conn.dev_dir {
         Some(dir) => {
@@ -128,6 +170,10 @@ pub fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
     BrokerClient::new(&conn.server()?, &ca, &cert, &key).map_err(|e| e.to_string())
 }
 
+/// Sends one admin request and prints the answer (see [`request`]).
+///
+/// # Errors
+/// As [`request`].
 pub fn call(
     conn: &Conn,
     method: Method,
@@ -170,10 +216,7 @@ pub fn request(
     let mut client = admin_client(conn)?;
     let (status, bytes) = match runtime()?.block_on(client.request(method, path, body)) {
         Ok(answer) => answer,
-        Err(e @ crate::client::ClientError::Transport(_)) => {
-            return Ok(Err(unreachable(&conn.server()?, &e)))
-        }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return transport_failure(&conn.server()?, &e).map(Err),
     };
     let value: Value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&bytes) }));
@@ -181,13 +224,14 @@ pub fn request(
         return Ok(Ok(value));
     }
     let err = &value["error"];
+    let text = |k: &str| output::sanitize(err[k].as_str().unwrap_or("-"));
     eprintln!(
         "error: {} ({}): {} [audit_id {}, request_id {}]",
-        err["code"].as_str().unwrap_or("unknown"),
+        text("code"),
         status.as_u16(),
-        err["message"].as_str().unwrap_or(""),
-        err["audit_id"].as_str().unwrap_or("-"),
-        err["request_id"].as_str().unwrap_or("-"),
+        text("message"),
+        text("audit_id"),
+        text("request_id"),
     );
     Ok(Err(ExitCode::from(1)))
 }

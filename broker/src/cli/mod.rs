@@ -44,11 +44,15 @@ use providers::{run_onboard, run_provider_keys, Onboard, ProviderKeys};
 const EXIT_CODES: &str = "Exit status:
   0  success
   1  the broker refused the request (the error code, audit id and request id are printed),
-     or a check failed (audit verify, doctor, health)
-  2  the command could not run: bad arguments, a file that cannot be read, a local error
-  3  the broker could not be reached (the address tried is printed)
+     or a check failed (audit verify, audit report, doctor, health)
+  2  the command could not run: bad arguments, a file that cannot be read, a TLS handshake
+     that failed (the CA does not vouch for the server, or the certificate was refused)
+  3  the broker could not be reached: nothing was sent (the address tried is printed)
+  4  the request was sent and no answer came: it may have been applied (look for it in the
+     audit log before retrying)
 
-Output: tables on a terminal, JSON otherwise; --output json|table chooses.";
+Output: admin commands print tables on a terminal and JSON otherwise; --output json|table
+chooses (audit verify prints its lines unless --output json).";
 
 /// credbroker: a federation-first credential broker.
 ///

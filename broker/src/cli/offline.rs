@@ -62,6 +62,7 @@ pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
     init_logging(LogFormat::Text, "info");
     let config = dev::prepare(&args.data_dir, args.listen).map_err(|e| e.to_string())?;
     let data_dir = config.data_dir.clone();
+    let url_dir = data_dir.clone();
     runtime()?.block_on(async move {
         let registry = credbroker_providers::ProviderRegistry::from_settings(&config.providers, &config.config_dir).await?;
         let broker = Broker::open_with_config(&config, registry)
@@ -69,9 +70,8 @@ pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
         let seeded = dev::seed(&broker).await.map_err(|e| e.to_string())?;
         crate::daemon::run_with_broker(config, broker, |addr| {
-            let url_file = dev::server_url_file(&data_dir);
-            if let Err(e) = std::fs::write(&url_file, format!("{}\n", dev::server_url(addr))) {
-                tracing::warn!(path = %url_file.display(), error = %e, "cannot record the dev broker's URL; give --server to admin commands");
+            if let Err(e) = dev::record_server_url(&data_dir, addr) {
+                tracing::warn!(error = %e, "cannot record the dev broker's URL; give --server to admin commands");
             }
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
@@ -96,6 +96,8 @@ pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())
     })?;
+    // Stopped: no longer an address to dial.
+    let _ = std::fs::remove_file(dev::server_url_file(&url_dir));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -86,11 +86,11 @@ pub fn render(value: &Value) -> String {
                 })
                 .collect();
             if !receipt.is_empty() && lists.len() == 1 && only_receipt_besides {
-                let _ = writeln!(out, "({})", receipt.join(", "));
+                let _ = writeln!(out, "({})", sanitize(&receipt.join(", ")));
             }
         }
         other => {
-            let _ = writeln!(out, "{}", scalar(other));
+            let _ = writeln!(out, "{}", sanitize(&scalar(other)));
         }
     }
     out
@@ -118,10 +118,7 @@ fn scalar(v: &Value) -> String {
 /// Clips to [`MAX_CELL`] characters and replaces control characters (a value from the
 /// store cannot move the cursor or rewrite the terminal).
 fn clip(s: &str) -> String {
-    let clean: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let clean = sanitize(s);
     if clean.chars().count() > MAX_CELL {
         let mut t: String = clean.chars().take(MAX_CELL - 1).collect();
         t.push('…');
@@ -129,6 +126,23 @@ fn clip(s: &str) -> String {
     } else {
         clean
     }
+}
+
+/// `s` safe to print on a terminal: control characters (escape sequences, carriage
+/// returns) and the bidirectional overrides and isolates (which can reorder what a line
+/// shows) become spaces. Everything a command prints from the broker, a file or a
+/// certificate goes through it.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 fn table(out: &mut String, items: &[Value]) {
@@ -165,7 +179,7 @@ fn table(out: &mut String, items: &[Value]) {
                 .collect()
         })
         .collect();
-    let headers: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
+    let headers: Vec<String> = columns.iter().map(|c| clip(&c.to_uppercase())).collect();
     let widths: Vec<usize> = (0..columns.len())
         .map(|i| {
             rows.iter()
@@ -200,7 +214,7 @@ fn table(out: &mut String, items: &[Value]) {
 /// `field: value` lines, nested objects as `parent.field`, lists of records as tables.
 fn fields(out: &mut String, prefix: &str, value: &Value) {
     let Value::Object(map) = value else {
-        let _ = writeln!(out, "{prefix}: {}", clip(&scalar(value)));
+        let _ = writeln!(out, "{}: {}", sanitize(prefix), clip(&scalar(value)));
         return;
     };
     for (k, v) in map {
@@ -211,11 +225,11 @@ fn fields(out: &mut String, prefix: &str, value: &Value) {
         };
         match v {
             Value::Object(m) if m.is_empty() => {
-                let _ = writeln!(out, "{name}: -");
+                let _ = writeln!(out, "{}: -", sanitize(&name));
             }
             Value::Object(_) => fields(out, &name, v),
             Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_object) => {
-                let _ = writeln!(out, "{name}:");
+                let _ = writeln!(out, "{}:", sanitize(&name));
                 let mut sub = String::new();
                 table(&mut sub, a);
                 for l in sub.lines() {
@@ -224,7 +238,7 @@ fn fields(out: &mut String, prefix: &str, value: &Value) {
             }
             other => {
                 let text = cell(other).unwrap_or_else(|| other.to_string());
-                let _ = writeln!(out, "{name}: {}", clip_line(&text));
+                let _ = writeln!(out, "{}: {}", sanitize(&name), clip_line(&text));
             }
         }
     }
@@ -233,9 +247,7 @@ fn fields(out: &mut String, prefix: &str, value: &Value) {
 /// A field's value on one line (no clipping: a record shown alone may be long, but no
 /// control character reaches the terminal).
 fn clip_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    sanitize(s)
 }
 
 #[cfg(test)]
@@ -259,6 +271,7 @@ mod tests {
         assert_eq!(lines[1], "t1  Acme        active");
         assert!(lines[2].starts_with("t2  Globex [2J  disabled"), "{text}");
         assert!(!text.contains('\u{1b}'));
+        assert_eq!(sanitize("a\u{202e}b\rc\u{2066}"), "a b c ");
         assert!(text.contains("(nested fields: --output json)"));
         assert!(text.contains("(audit_id aud_1, request_id req_1)"));
     }

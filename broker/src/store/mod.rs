@@ -26,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 pub use postgres::PgStore;
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, SCHEMA_FILE as SLED_SCHEMA_FILE};
 
 /// The tables of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -27,23 +27,46 @@ struct Inner {
     hooks: Hooks,
 }
 
+/// The file beside the sled database that says which schema version it holds (written at
+/// every open, after the schema check), for tools that must not open the database.
+pub const SCHEMA_FILE: &str = "credbroker-schema-version";
+
+/// Writes [`SCHEMA_FILE`] (a new file renamed over the old one). A failure is logged, not
+/// fatal: the database itself is the authority.
+fn record_schema_version(dir: &Path) {
+    use std::io::Write;
+    let tmp = dir.join(format!(".{SCHEMA_FILE}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(format!("{}\n", super::SCHEMA_VERSION).as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(SCHEMA_FILE)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot record the store's schema version beside it (`credbroker doctor` will not see it)");
+    }
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
 impl SledStore {
-    /// The schema version recorded in the store in `dir`, without upgrading anything
-    /// (`None`: a store that has none yet). For the doctor; the daemon must be stopped.
+    /// The schema version the store in `dir` held when a broker last opened it, from the
+    /// file [`SCHEMA_FILE`] beside its database (`None`: no broker of this release opened
+    /// it yet). Reads no sled file: opening sled writes to it and takes its lock, which a
+    /// check such as the doctor must not.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when the directory cannot be opened (or is locked).
-    pub fn read_schema_version(dir: &Path) -> Result<Option<String>, StoreError> {
-        let db = sled::Config::new().path(dir).open().map_err(backend)?;
-        let meta = db.open_tree(Table::Meta.name()).map_err(backend)?;
-        Ok(meta
-            .get(SCHEMA_KEY)
-            .map_err(backend)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    /// When the file exists but cannot be read.
+    pub fn recorded_schema_version(dir: &Path) -> std::io::Result<Option<String>> {
+        match std::fs::read_to_string(dir.join(SCHEMA_FILE)) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Opens (creating if needed) the store in `dir` and checks the schema version.
@@ -81,6 +104,7 @@ impl SledStore {
             hooks: Hooks::default(),
         };
         inner.check_schema()?;
+        record_schema_version(dir);
         Ok(SledStore {
             inner: Arc::new(inner),
         })

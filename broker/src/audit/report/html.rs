@@ -46,7 +46,7 @@ pub fn render(s: &ReportSummary) -> String {
         out,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
-         style-src 'unsafe-inline'; img-src data:\">\n\
+         style-src 'unsafe-inline'; img-src data:; form-action 'none'; base-uri 'none'\">\n\
          <meta name=\"referrer\" content=\"no-referrer\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <title>credbroker audit report, {at}</title>\n<style>\n{CSS}</style>\n</head>\n<body>\n\
@@ -65,7 +65,11 @@ pub fn render(s: &ReportSummary) -> String {
         }),
         ("error-codes", "Refusals by error code", error_codes),
         ("denials", "Denials", denials),
-        ("admin-changes", "Admin changes", admin_changes),
+        (
+            "admin-changes",
+            "Admin changes and callbacks",
+            admin_changes,
+        ),
         ("coverage", "Checkpoint coverage", coverage),
     ];
     for (id, title, part) in sections {
@@ -207,11 +211,20 @@ fn shown_note(out: &mut String, shown: usize, total: u64) {
 
 fn verification(out: &mut String, s: &ReportSummary) {
     let chains = num(s.chains.len() as u64);
-    if s.verified {
+    if s.chains.is_empty() {
+        let _ = writeln!(
+            out,
+            "<div id=\"verification\" class=\"banner bad\" data-verified=\"false\">No audit \
+             chain to verify<small>The store holds no audit record: nothing is proven.</small></div>"
+        );
+    } else if s.verified {
+        let (anchored, tail) = (num(s.anchored_records), num(s.unanchored_records));
         let _ = writeln!(
             out,
             "<div id=\"verification\" class=\"banner ok\" data-verified=\"true\">Audit log verified\
-             <small>Every chain ({chains}) verified against the public key below.</small></div>"
+             <small>Every chain ({chains}) verified against the public key below: {anchored} \
+             record(s) anchored by signed checkpoints; {tail} in the unsigned tail (chained to \
+             them, not yet signed: proven only once the next checkpoint covers them).</small></div>"
         );
     } else {
         let failed = num(s.chains.iter().filter(|c| !c.verified).count() as u64);
@@ -226,6 +239,18 @@ fn verification(out: &mut String, s: &ReportSummary) {
             let _ = writeln!(out, "<li><strong>{label}</strong>: {why}</li>");
         }
         out.push_str("</ul>\n");
+        out.push_str(
+            "<p class=\"note\">The figures below cover, of a chain that failed, only the records \
+             before its first failure.</p>\n",
+        );
+    }
+    if !s.public_key_pinned {
+        out.push_str(
+            "<p class=\"note\" id=\"unpinned\">Verified with the public key found on the host \
+             whose log this is: anyone able to rewrite the log there could have replaced it. \
+             Compare its SHA-256 with a copy kept elsewhere, or make the report with \
+             <code>--public-key</code>.</p>\n",
+        );
     }
     let (key, src) = (esc(&s.public_key_sha256), esc(&s.public_key_source));
     let (filter, at) = (filter_text(s), esc(&s.generated_at));
@@ -406,7 +431,7 @@ fn denials(out: &mut String, s: &ReportSummary) {
 fn admin_changes(out: &mut String, s: &ReportSummary) {
     let _ = write!(
         out,
-        "<p id=\"admin-reads\">Every change an operator or the CLI made (reveals included), allowed or refused. Read-only admin requests (lists, shows) are audited too: {} in this window, not listed here.</p>",
+        "<p id=\"admin-reads\">Every change an operator or the CLI made (reveals included), allowed or refused, and every callback from the public listener (installs, consents, invocations). Read-only admin requests (lists, shows) are audited too: {} in this window, not listed here.</p>",
         s.admin_reads
     );
     shown_note(out, s.admin_changes.len(), s.admin_changes_total);
@@ -415,7 +440,11 @@ fn admin_changes(out: &mut String, s: &ReportSummary) {
             td(esc(&a.time)),
             td(esc(&a.record)),
             td(esc(&a.actor)),
-            td(esc(&a.action)),
+            td(if a.kind == "admin" {
+                esc(&a.action)
+            } else {
+                format!("{}: {}", esc(&a.kind), esc(&a.action))
+            }),
             to(&a.outcome),
             td(opt(a.tenant.as_ref())),
             td(opt(a.error_code.as_ref())),
@@ -515,6 +544,9 @@ mod tests {
             failed: 1,
         };
         ReportSummary {
+            anchored_records: 0,
+            unanchored_records: 0,
+            public_key_pinned: true,
             generated_at: "2025-01-02T04:00:00Z".into(),
             filter: ReportFilter {
                 tenant: Some(XSS.into()),

@@ -22,8 +22,15 @@ pub struct ReportSummary {
     pub generated_at: String,
     /// The window and tenant asked for.
     pub filter: ReportFilter,
-    /// Whether every chain verified (the page's first line).
+    /// Whether there was at least one chain and every chain verified (the page's first line).
     pub verified: bool,
+    /// Records of verified chains covered by a signed checkpoint (proven with the key).
+    pub anchored_records: u64,
+    /// Records of verified chains after their last checkpoint: chained, not yet signed.
+    pub unanchored_records: u64,
+    /// Whether the public key was given (`--public-key`, a copy kept elsewhere) rather
+    /// than taken from the host whose log it verifies.
+    pub public_key_pinned: bool,
     /// SHA-256 (hex) of the audit public key file the chains were verified with.
     pub public_key_sha256: String,
     /// The file the public key was read from.
@@ -48,7 +55,8 @@ pub struct ReportSummary {
     pub denials: Vec<Denial>,
     /// All denied or failed resolves in the window (`denials` may list fewer).
     pub denials_total: u64,
-    /// Admin changes (every `admin` record but reads), newest first, at most [`MAX_ROWS`].
+    /// Admin changes (every `admin` record but reads) and callbacks (every other record that
+    /// is not a resolve), newest first, at most [`MAX_ROWS`].
     pub admin_changes: Vec<AdminChange>,
     /// All admin changes in the window.
     pub admin_changes_total: u64,
@@ -60,7 +68,11 @@ pub struct ReportSummary {
 /// the report counts those and lists the changes. A webhook secret `reveal` is not a read
 /// here: it discloses a secret and is listed.
 pub fn is_read_action(action: &str) -> bool {
-    action.ends_with(".list") || action.ends_with(".show") || action == "issuer.jwks"
+    action.ends_with(".list")
+        || action.ends_with(".show")
+        || action == "issuer.jwks"
+        // A request refused before its operation was known is recorded by method and path.
+        || action.starts_with("admin GET ")
 }
 
 /// The window and tenant of a report.
@@ -164,9 +176,12 @@ pub struct Denial {
     pub error_code: Option<String>,
 }
 
-/// One admin record.
+/// One admin change or callback record.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AdminChange {
+    /// `admin`, or `callback` (an install, consent or invocation from the public listener
+    /// that bound or changed something).
+    pub kind: String,
     /// Record time.
     pub time: String,
     /// Chain label and sequence.
@@ -254,6 +269,12 @@ impl ReportBuilder {
             Ok(s) => (s.last_checkpoint, s.records),
             Err(_) => (None, 0),
         };
+        // Of a chain that failed, only what precedes the failure is summed up (records from
+        // the bad one on may be forged); of one that verified, only what was verified.
+        let through = match verified {
+            Ok(s) => s.last_seq.unwrap_or(0),
+            Err(f) => f.seq.saturating_sub(1),
+        };
         let mut counted = 0u64;
         let mut last_seq = None;
         let mut first_seq = None;
@@ -262,6 +283,9 @@ impl ReportBuilder {
             let Ok(rec) = serde_json::from_slice::<super::AuditRecord>(line) else {
                 continue;
             };
+            if rec.seq > through {
+                break;
+            }
             counted += 1;
             first_seq.get_or_insert(rec.seq);
             last_seq = Some(rec.seq);
@@ -316,13 +340,14 @@ impl ReportBuilder {
                 }
             } else if e.kind == "admin" && is_read_action(&e.action) {
                 self.admin_reads += 1;
-            } else if e.kind == "admin" {
+            } else {
                 self.admin_total += 1;
                 keep_newest(
                     &mut admin,
                     (
                         order,
                         AdminChange {
+                            kind: e.kind.clone(),
                             time: rec.time.clone(),
                             record: place,
                             actor: e.actor.clone(),
@@ -360,8 +385,14 @@ impl ReportBuilder {
         });
     }
 
-    /// The summary, with the public key the chains were verified with.
-    pub fn finish(mut self, public_key_sha256: String, public_key_source: String) -> ReportSummary {
+    /// The summary, with the public key the chains were verified with (and whether it was
+    /// pinned, i.e. given rather than found beside the log).
+    pub fn finish(
+        mut self,
+        public_key_sha256: String,
+        public_key_source: String,
+        public_key_pinned: bool,
+    ) -> ReportSummary {
         let fmt = |t: &Option<time::OffsetDateTime>| {
             t.and_then(|t| {
                 t.format(&time::format_description::well_known::Rfc3339)
@@ -410,7 +441,20 @@ impl ReportBuilder {
                 until: fmt(&self.window.until),
                 tenant: self.window.tenant.clone(),
             },
-            verified: self.chains.iter().all(|c| c.verified),
+            verified: !self.chains.is_empty() && self.chains.iter().all(|c| c.verified),
+            anchored_records: self
+                .chains
+                .iter()
+                .filter(|c| c.verified)
+                .map(|c| c.records.saturating_sub(c.unanchored))
+                .sum(),
+            unanchored_records: self
+                .chains
+                .iter()
+                .filter(|c| c.verified)
+                .map(|c| c.unanchored)
+                .sum(),
+            public_key_pinned,
             public_key_sha256,
             public_key_source,
             chains: self.chains,
@@ -460,11 +504,12 @@ fn timeline(resolves: &[(i64, usize)], window: &Window) -> (u64, Vec<TimeBucket>
         return (3600, Vec::new());
     };
     let span = (hi - lo).max(1);
+    // Past the ladder's last rung (a window of centuries, or forged times), wider bars.
     let width = LADDER
         .iter()
         .copied()
         .find(|w| span / w < MAX_BUCKETS)
-        .unwrap_or(365 * 86_400);
+        .unwrap_or_else(|| span / (MAX_BUCKETS - 1) + 1);
     let first = lo.div_euclid(width) * width;
     let count = usize::try_from((hi.div_euclid(width) * width - first) / width + 1).unwrap_or(1);
     let mut buckets: Vec<[u64; 3]> = vec![[0; 3]; count];
@@ -508,5 +553,7 @@ mod tests {
         assert_eq!(t[0].start, "2026-01-01T00:00:00Z");
         assert_eq!((t[0].allowed, t[3].denied, t[30].failed), (1, 1, 1));
         assert!(timeline(&[], &Window::default()).1.is_empty());
+        let far = vec![(0, 0), (day * 40, 0)];
+        assert!(timeline(&far, &Window::default()).1.len() <= 60);
     }
 }

@@ -140,12 +140,19 @@ pub fn run(args: &DoctorArgs) -> Result<ExitCode, String> {
             Output::Json,
         ),
         Output::Table => {
-            println!("credbroker doctor: {}", path.display());
+            // Details quote certificate subjects, paths and config errors: sanitized.
+            let clean = super::output::sanitize;
+            println!("credbroker doctor: {}", clean(&path.display().to_string()));
             let width = findings.iter().map(|f| f.check.len()).max().unwrap_or(0);
             for f in &findings {
-                println!("{:<4}  {:<width$}  {}", f.status.label(), f.check, f.detail);
+                println!(
+                    "{:<4}  {:<width$}  {}",
+                    f.status.label(),
+                    f.check,
+                    clean(&f.detail)
+                );
                 if let Some(fix) = &f.fix {
-                    println!("{:<4}  {:<width$}  fix: {fix}", "", "");
+                    println!("{:<4}  {:<width$}  fix: {}", "", "", clean(fix));
                 }
             }
             let count = |s: Status| findings.iter().filter(|f| f.status == s).count();
