@@ -439,6 +439,11 @@ impl Config {
         if let Some(h) = &self.health {
             h.validate()?;
         }
+        if !(1..=1_048_576).contains(&self.store.cache_mib) {
+            return Err(ConfigError(
+                "store.cache_mib must be between 1 and 1048576 (MiB)".into(),
+            ));
+        }
         if self.audit.max_batch == 0 || self.audit.checkpoint_every_records == 0 {
             return Err(ConfigError(
                 "audit.max_batch and audit.checkpoint_every_records must be positive".into(),

@@ -21,7 +21,8 @@ use time::OffsetDateTime;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use super::record::{AuditRecord, Checkpoint};
+use super::lines::LogLines;
+use super::record::Checkpoint;
 use super::verify::complete_lines;
 use super::{checkpoints_path, log_path};
 use crate::keys::AuditSigner;
@@ -158,8 +159,40 @@ struct AttestLine<'a> {
     attest: &'a Attestation,
 }
 
+/// Record lines of one chain, in order, that can be read more than once: an export reads
+/// them in three passes (what the header says, the records, their attestations) rather than
+/// hold them, so its memory does not grow with the log.
+pub trait LineSource {
+    /// Calls `each` with every record line, in order.
+    ///
+    /// # Errors
+    /// A read error, or the first error of `each`.
+    fn each(&self, each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()>;
+}
+
+/// The first `len` bytes of a log file, read a line at a time.
+pub struct FileLines {
+    /// The log file.
+    pub path: std::path::PathBuf,
+    /// How much of it (the length a verification read).
+    pub len: u64,
+}
+
+impl LineSource for FileLines {
+    fn each(&self, each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        LogLines::open_to(&self.path, self.len)?.for_each(each)
+    }
+}
+
+impl LineSource for Vec<String> {
+    fn each(&self, each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        self.iter().try_for_each(|l| each(l.as_bytes()))
+    }
+}
+
 /// Writes an export of the log in `audit_dir` to `out`, signed with `signer`; returns the
-/// number of records.
+/// number of records. The log is verified first, and exactly the bytes verified are
+/// exported (a record appended meanwhile waits for the next export).
 ///
 /// # Errors
 /// On I/O failure, or a record that does not parse (run `audit verify` to locate it).
@@ -175,12 +208,14 @@ pub fn export(
     // Never attest a log that does not verify: a record altered or removed in the live log
     // (by someone who can write the data directory but has no key) would otherwise come out
     // of a filtered export looking signed.
-    super::verify::verify_log_with(audit_dir, &signer.verifier(), max_unanchored, progress).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),
-        )
-    })?;
+    let verified =
+        super::verify::verify_log_with(audit_dir, &signer.verifier(), max_unanchored, progress)
+            .map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),
+                )
+            })?;
     let cps = std::fs::read(checkpoints_path(audit_dir)).or_else(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Ok(Vec::new())
@@ -191,65 +226,81 @@ pub fn export(
     let cps: Vec<Checkpoint> = complete_lines(&cps)
         .filter_map(|l| serde_json::from_slice::<Checkpoint>(l).ok())
         .collect();
-    let log = std::fs::read(log_path(audit_dir))?;
-    write_document(
-        (None, set),
-        complete_lines(&log),
-        &cps,
-        filter,
-        signer,
-        out,
-        progress,
-    )
+    let lines = FileLines {
+        path: log_path(audit_dir),
+        len: verified.bytes,
+    };
+    write_document((None, set), &lines, &cps, filter, signer, out, progress)
+}
+
+/// What an export needs of a record to select and attest it.
+#[derive(Deserialize)]
+struct Key {
+    seq: u64,
+    time: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    hash: String,
+}
+
+fn invalid(text: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, text)
+}
+
+/// The record's key, and whether `filter` selects it.
+fn select(line: &[u8], after: u64, filter: &ExportFilter) -> std::io::Result<(Key, bool)> {
+    let key: Key = serde_json::from_slice(line).map_err(|_| {
+        invalid(format!(
+            "record after sequence {after} does not parse; run `credbroker audit verify`"
+        ))
+    })?;
+    if let Some(t) = &filter.tenant {
+        if key.tenant.as_deref() != Some(t.as_str()) {
+            return Ok((key, false));
+        }
+    }
+    if filter.since.is_some() || filter.until.is_some() {
+        let at = OffsetDateTime::parse(&key.time, &Rfc3339)
+            .map_err(|_| invalid("record time does not parse".into()))?;
+        if filter.since.is_some_and(|s| at < s) || filter.until.is_some_and(|u| at >= u) {
+            return Ok((key, false));
+        }
+    }
+    Ok((key, true))
 }
 
 /// Writes one export document — a header, the selected records, their attestations, the
 /// checkpoints the exported log reaches — of the chain whose record lines are `lines` (the
 /// file log, or `replica`'s chain of a shared store; `set`: its place in a file of several
-/// documents); returns the number of records, telling `progress` as it signs them.
+/// documents); returns the number of records, telling `progress` as it signs them. The
+/// lines are read three times (see [`LineSource`]), never held.
 ///
 /// # Errors
 /// On I/O failure, or a record that does not parse.
-pub fn write_document<'l>(
+pub fn write_document(
     (replica, set): (Option<u32>, Option<ExportSet>),
-    lines: impl IntoIterator<Item = &'l [u8]>,
+    lines: &dyn LineSource,
     cps: &[Checkpoint],
     filter: &ExportFilter,
     signer: &AuditSigner,
     out: &mut dyn Write,
     progress: &dyn Progress,
 ) -> std::io::Result<u64> {
+    // Pass 1: the head, and what is selected.
     let mut head = (0, String::new());
-    let mut selected: Vec<(&[u8], u64, String)> = Vec::new();
-    for line in lines {
-        let rec: AuditRecord = serde_json::from_slice(line).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "record after sequence {} does not parse; run `credbroker audit verify`",
-                    head.0
-                ),
-            )
-        })?;
-        head = (rec.seq, rec.hash.clone());
-        if let Some(t) = &filter.tenant {
-            if rec.event.tenant.as_deref() != Some(t.as_str()) {
-                continue;
+    let (mut records, mut first_seq, mut last_seq) = (0u64, 0u64, 0u64);
+    lines.each(&mut |line| {
+        let (key, selected) = select(line, head.0, filter)?;
+        if selected {
+            records += 1;
+            if first_seq == 0 {
+                first_seq = key.seq;
             }
+            last_seq = key.seq;
         }
-        if filter.since.is_some() || filter.until.is_some() {
-            let at = OffsetDateTime::parse(&rec.time, &Rfc3339).map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "record time does not parse",
-                )
-            })?;
-            if filter.since.is_some_and(|s| at < s) || filter.until.is_some_and(|u| at >= u) {
-                continue;
-            }
-        }
-        selected.push((line, rec.seq, rec.hash));
-    }
+        head = (key.seq, key.hash);
+        Ok(())
+    })?;
     let fmt = |t: &Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
     let mut id = [0u8; 16];
     aws_lc_rs::rand::fill(&mut id).map_err(|_| std::io::Error::other("system CSPRNG failed"))?;
@@ -263,9 +314,9 @@ pub fn write_document<'l>(
         until: fmt(&filter.until),
         tenant: filter.tenant.clone(),
         exported_at: now_rfc3339(),
-        records: selected.len() as u64,
-        first_seq: selected.first().map_or(0, |s| s.1),
-        last_seq: selected.last().map_or(0, |s| s.1),
+        records,
+        first_seq,
+        last_seq,
         head_seq: head.0,
         head_hash: head.1,
     };
@@ -277,28 +328,36 @@ pub fn write_document<'l>(
         },
     )?;
     out.write_all(b"\n")?;
-    for (line, _, _) in &selected {
-        out.write_all(line)?;
-        out.write_all(b"\n")?;
-    }
-    progress.begin(
-        "signing exported records",
-        selected.len() as u64,
-        Unit::Items,
-    );
-    let mut prev = 0;
-    for (i, (_, seq, hash)) in selected.iter().enumerate() {
-        if i % 1024 == 1023 {
-            progress.advance(1024);
+    // Pass 2: the selected record lines, byte for byte, up to the head the header names.
+    let mut at = 0;
+    lines.each(&mut |line| {
+        let (key, selected) = select(line, at, filter)?;
+        if key.seq > header.head_seq {
+            return Ok(());
+        }
+        at = key.seq;
+        if selected {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })?;
+    // Pass 3: one attestation per exported record, chained by the previous one's sequence.
+    progress.begin("signing exported records", records, Unit::Items);
+    let (mut prev, mut signed) = (0u64, 0u64);
+    lines.each(&mut |line| {
+        let (key, selected) = select(line, prev, filter)?;
+        if !selected || key.seq > header.head_seq {
+            return Ok(());
         }
         let attestation = Attestation {
-            seq: *seq,
+            seq: key.seq,
             prev,
             signature: B64.encode(signer.sign(&attest_message(
                 &header.export_id,
                 prev,
-                *seq,
-                hash,
+                key.seq,
+                &key.hash,
             ))),
         };
         serde_json::to_writer(
@@ -308,10 +367,20 @@ pub fn write_document<'l>(
             },
         )?;
         out.write_all(b"\n")?;
-        prev = *seq;
-    }
-    progress.advance(selected.len() as u64 % 1024);
+        prev = key.seq;
+        signed += 1;
+        if signed % 1024 == 0 {
+            progress.advance(1024);
+        }
+        Ok(())
+    })?;
+    progress.advance(signed % 1024);
     progress.end();
+    if signed != records {
+        return Err(invalid(format!(
+            "the log changed while it was exported ({records} records selected, {signed} signed); export again"
+        )));
+    }
     // Only checkpoints the exported log reaches; later ones were written after we read it.
     for cp in cps.iter().filter(|cp| cp.seq <= header.head_seq) {
         serde_json::to_writer(&mut *out, &CheckpointLine { checkpoint: cp })?;

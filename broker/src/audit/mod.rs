@@ -15,16 +15,17 @@
 
 pub mod chains;
 mod export;
+pub mod lines;
 mod record;
 pub mod report;
 mod tail;
 mod verify;
 mod writer;
 
-pub use export::{export, write_document, ExportFilter, ExportSet};
+pub use export::{export, write_document, ExportFilter, ExportSet, FileLines, LineSource};
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
 pub use verify::{
-    complete_lines, verify_export, verify_exports, verify_log, verify_log_read, verify_log_with,
+    complete_lines, verify_export, verify_exports, verify_log, verify_log_visit, verify_log_with,
     verify_since_last_checkpoint, ChainCheck, VerifyFailure, VerifySummary,
 };
 pub use writer::{max_unanchored, AuditConfig, AuditError, AuditLog, AuditReceipt};

@@ -79,6 +79,22 @@ impl AuditRecord {
         hex::encode(digest(&SHA256, &bytes).as_ref())
     }
 
+    /// The hash of a record whose canonical line is `line` and whose `hash` is `hash`,
+    /// computed from the line itself (the canonical form with `hash` emptied is the line with
+    /// the digest cut out), without serializing again; `None` when the line does not end in
+    /// `"hash":"<hash>"}`.
+    pub fn hash_of_line(line: &str, hash: &str) -> Option<String> {
+        let tail_len = hash.len() + 2; // the digest, `"` and `}`
+        let head = line.strip_suffix("\"}")?.strip_suffix(hash)?;
+        if !head.ends_with("\"hash\":\"") || line.len() < tail_len {
+            return None;
+        }
+        let mut ctx = aws_lc_rs::digest::Context::new(&SHA256);
+        ctx.update(head.as_bytes());
+        ctx.update(b"\"}");
+        Some(hex::encode(ctx.finish().as_ref()))
+    }
+
     /// Sets `hash` and returns the canonical line (without newline), serializing once: the
     /// canonical form with `hash` emptied ends in `"hash":""}`, so the line is that form with
     /// the digest spliced in. Same bytes as [`AuditRecord::compute_hash`] + [`AuditRecord::to_line`].
@@ -182,6 +198,12 @@ mod tests {
         let line = r.seal();
         assert_eq!(r.hash, r.compute_hash());
         assert_eq!(line, r.to_line().into_bytes());
+        let text = r.to_line();
+        assert_eq!(
+            AuditRecord::hash_of_line(&text, &r.hash).as_deref(),
+            Some(r.hash.as_str())
+        );
+        assert_eq!(AuditRecord::hash_of_line(&text, "00"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::export::{attest_message, Attestation, ExportHeader};
+use super::lines::LogLines;
 use super::record::{AuditRecord, Checkpoint, GENESIS_HASH};
 use super::{checkpoints_path, log_path};
 use crate::keys::AuditVerifier;
@@ -41,6 +42,10 @@ pub struct VerifySummary {
     pub filtered: bool,
     /// For an export: the log's head sequence its signature covers.
     pub signed_head: Option<u64>,
+    /// Hash of the last record checked.
+    pub last_hash: Option<String>,
+    /// Bytes of the log read (a live log: its length when the verification began).
+    pub bytes: u64,
 }
 
 /// The first place the log fails verification.
@@ -101,6 +106,8 @@ impl<'a> Chain<'a> {
                 last_checkpoint: None,
                 filtered: !contiguous,
                 signed_head: None,
+                last_hash: None,
+                bytes: 0,
             },
         }
     }
@@ -110,6 +117,11 @@ impl<'a> Chain<'a> {
     }
 
     fn record(&mut self, line: &[u8]) -> Result<(), VerifyFailure> {
+        self.record_parsed(line).map(|_| ())
+    }
+
+    /// Checks the next record line; the record, once it passed.
+    fn record_parsed(&mut self, line: &[u8]) -> Result<AuditRecord, VerifyFailure> {
         let here = self.next_seq();
         let text = std::str::from_utf8(line).map_err(|_| fail(here, "record is not UTF-8"))?;
         let rec: AuditRecord =
@@ -147,7 +159,11 @@ impl<'a> Chain<'a> {
                 "prev_hash does not match the previous record",
             ));
         }
-        if rec.compute_hash() != rec.hash {
+        // From the canonical line itself (it is the canonical form, checked above): one
+        // serialization per record, not two.
+        let computed =
+            AuditRecord::hash_of_line(text, &rec.hash).unwrap_or_else(|| rec.compute_hash());
+        if computed != rec.hash {
             return Err(fail(
                 rec.seq,
                 "record hash does not match its content (altered)",
@@ -179,8 +195,8 @@ impl<'a> Chain<'a> {
         self.summary.first_seq.get_or_insert(rec.seq);
         self.summary.last_seq = Some(rec.seq);
         self.prev_seq = Some(rec.seq);
-        self.prev_hash = rec.hash;
-        Ok(())
+        self.prev_hash.clone_from(&rec.hash);
+        Ok(rec)
     }
 
     fn checkpoints(&mut self, cps: &[Checkpoint]) -> Result<(), VerifyFailure> {
@@ -248,7 +264,10 @@ impl<'a> Chain<'a> {
                 }
             }
         }
-        Ok(self.summary)
+        let mut summary = self.summary;
+        summary.last_hash =
+            (!self.prev_hash.is_empty() && summary.records > 0).then_some(self.prev_hash);
+        Ok(summary)
     }
 }
 
@@ -293,7 +312,8 @@ pub fn verify_log(
     verify_log_with(audit_dir, verifier, max_unanchored, &Silent)
 }
 
-/// [`verify_log`], reporting the bytes of the log checked to `progress`.
+/// [`verify_log`], reporting the bytes of the log checked to `progress`. Reads the log a
+/// line at a time: memory stays the same whatever its size.
 ///
 /// # Errors
 /// As [`verify_log`].
@@ -303,60 +323,66 @@ pub fn verify_log_with(
     max_unanchored: u64,
     progress: &dyn Progress,
 ) -> Result<VerifySummary, VerifyFailure> {
-    verify_log_read(audit_dir, verifier, max_unanchored, progress).0
+    verify_log_visit(
+        audit_dir,
+        verifier,
+        max_unanchored,
+        None,
+        progress,
+        &mut |_| {},
+    )
 }
 
-/// [`verify_log_with`], also returning the bytes of the log it verified (empty when the log
-/// could not be read): whoever sums the log up afterwards reads exactly what was verified,
-/// not the file again.
-pub fn verify_log_read(
+/// [`verify_log_with`] over the first `len` bytes of the log (all of it as it is now when
+/// `None`), handing every record to `visit` once it passed its checks — in order, and never
+/// one after a record that failed.
+///
+/// # Errors
+/// As [`verify_log`].
+pub fn verify_log_visit(
     audit_dir: &Path,
     verifier: &AuditVerifier,
     max_unanchored: u64,
+    len: Option<u64>,
     progress: &dyn Progress,
-) -> (Result<VerifySummary, VerifyFailure>, Vec<u8>) {
+    visit: &mut dyn FnMut(&AuditRecord),
+) -> Result<VerifySummary, VerifyFailure> {
     // Checkpoints first: a checkpoint written after we read the log would otherwise look
     // like a truncated log.
-    let cps = match read_checkpoints(audit_dir) {
-        Ok(c) => c,
-        Err(f) => return (Err(f), Vec::new()),
-    };
-    let log = match read_to_length(&log_path(audit_dir)) {
-        Ok(l) => l,
-        Err(e) => {
-            return (
-                Err(fail(0, format!("cannot read audit log: {e}"))),
-                Vec::new(),
-            )
-        }
-    };
+    let cps = read_checkpoints(audit_dir)?;
+    let path = log_path(audit_dir);
+    let unreadable = |e: std::io::Error| fail(0, format!("cannot read audit log: {e}"));
+    let mut lines = match len {
+        Some(len) => LogLines::open_to(&path, len),
+        None => LogLines::open(&path),
+    }
+    .map_err(unreadable)?;
     let mut chain = Chain::new(verifier, true);
     chain.max_unanchored = Some(max_unanchored);
-    if let Err(f) = chain.checkpoints(&cps) {
-        return (Err(f), log);
-    }
-    progress.begin("verifying the audit log", log.len() as u64, Unit::Bytes);
-    let result = records_with_progress(&mut chain, complete_lines(&log), progress);
-    progress.end();
-    (result.and_then(|()| chain.finish()), log)
-}
-
-/// Feeds `lines` to `chain`, telling `progress` every few thousand lines.
-fn records_with_progress<'l>(
-    chain: &mut Chain<'_>,
-    lines: impl Iterator<Item = &'l [u8]>,
-    progress: &dyn Progress,
-) -> Result<(), VerifyFailure> {
-    let mut pending = 0u64;
-    for (i, line) in lines.enumerate() {
-        chain.record(line)?;
-        pending += line.len() as u64 + 1;
-        if i % 4096 == 4095 {
-            progress.advance(std::mem::take(&mut pending));
+    chain.checkpoints(&cps)?;
+    progress.begin("verifying the audit log", lines.len(), Unit::Bytes);
+    let (mut pending, mut count) = (0u64, 0u64);
+    let result = (|| {
+        while let Some(line) = lines
+            .next_line()
+            .map_err(|e| fail(chain.next_seq(), format!("cannot read audit log: {e}")))?
+        {
+            pending += line.len() as u64 + 1;
+            let rec = chain.record_parsed(line)?;
+            visit(&rec);
+            count += 1;
+            if count % 4096 == 0 {
+                progress.advance(std::mem::take(&mut pending));
+            }
         }
-    }
+        Ok(())
+    })();
     progress.advance(pending);
-    Ok(())
+    progress.end();
+    result?;
+    let mut summary = chain.finish()?;
+    summary.bytes = lines.len();
+    Ok(summary)
 }
 
 /// The start-up check: the last signed checkpoint is genuine, the record it covers is in

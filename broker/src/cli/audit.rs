@@ -356,7 +356,7 @@ fn export_all(
             let (lines, cps) = chains::read_chain(&snapshot, replica).await?;
             count += audit::write_document(
                 (Some(replica), sets.next()),
-                lines.iter().map(String::as_bytes),
+                &lines,
                 &cps,
                 filter,
                 signer,

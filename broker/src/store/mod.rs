@@ -381,6 +381,10 @@ pub struct StoreSettings {
     /// postgres: the longest wait for one database operation, connecting included,
     /// milliseconds (default 5000). Past it the operation fails (a resolve fails closed).
     pub timeout_ms: u64,
+    /// sled: its page cache, MiB (default 1024, sled's own default). Resident memory grows
+    /// with it as the store is read; the broker's decoded-record cache (`[cache]
+    /// record_entries`) is what keeps resolves fast, so a large store can run with less.
+    pub cache_mib: u64,
 }
 
 impl Default for StoreSettings {
@@ -393,6 +397,7 @@ impl Default for StoreSettings {
             ca_file: None,
             pool_size: 16,
             timeout_ms: 5000,
+            cache_mib: DEFAULT_SLED_CACHE_MIB,
         }
     }
 }
@@ -417,6 +422,9 @@ impl StoreSettings {
     }
 }
 
+/// sled's own default page cache, MiB.
+pub const DEFAULT_SLED_CACHE_MIB: u64 = 1024;
+
 /// Opens the store `settings` select; `data_dir` gives the default locations.
 ///
 /// # Errors
@@ -431,7 +439,10 @@ pub async fn open(
                 .path
                 .clone()
                 .unwrap_or_else(|| data_dir.join("store"));
-            Ok(Arc::new(SledStore::open(&dir)?))
+            Ok(Arc::new(SledStore::open_with_cache(
+                &dir,
+                settings.cache_mib.saturating_mul(1024 * 1024),
+            )?))
         }
         Backend::Postgres => Ok(Arc::new(PgStore::open(settings).await?)),
     }

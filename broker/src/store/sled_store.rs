@@ -75,8 +75,17 @@ impl SledStore {
     /// [`StoreError::Backend`] when the directory cannot be opened or is locked by another
     /// process; [`StoreError::Schema`] on a version mismatch.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with_cache(dir, super::DEFAULT_SLED_CACHE_MIB * 1024 * 1024)
+    }
+
+    /// [`SledStore::open`] with a page cache of `cache_bytes`.
+    ///
+    /// # Errors
+    /// As [`SledStore::open`].
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| {

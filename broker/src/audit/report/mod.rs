@@ -219,8 +219,11 @@ pub struct ReportBuilder {
     window: Window,
     chains: Vec<ChainReport>,
     records: u64,
-    /// (time, outcome index) of every resolve in the window.
-    resolves: Vec<(i64, usize)>,
+    /// Resolves of the window per minute (its start, Unix seconds), by outcome: memory
+    /// grows with the window's span, not with the number of records.
+    minutes: BTreeMap<i64, [u64; 3]>,
+    /// Earliest and latest resolve time of the window.
+    span: Option<(i64, i64)>,
     by_provider: BTreeMap<String, [u64; 3]>,
     by_tenant: BTreeMap<String, [u64; 3]>,
     by_error: BTreeMap<String, u64>,
@@ -253,14 +256,15 @@ impl ReportBuilder {
         }
     }
 
-    /// Adds one chain: its label (`file log`, `replica 2`), how it verified, its record
-    /// lines in sequence order. Lines that do not parse are left out (verification names
-    /// them).
-    pub fn chain<'l>(
+    /// Adds one chain: its label (`file log`, `replica 2`), how it verified, and `feed`,
+    /// which hands over its records in sequence order (from a pass that verifies them as it
+    /// goes). Of a chain that failed only the records before its failure are summed up; of
+    /// one that verified, only those up to the last one verified.
+    pub fn chain(
         &mut self,
         label: &str,
         verified: &Result<super::VerifySummary, super::VerifyFailure>,
-        lines: impl IntoIterator<Item = &'l [u8]>,
+        feed: impl FnOnce(&mut dyn FnMut(&super::AuditRecord)),
     ) {
         use time::format_description::well_known::Rfc3339;
         let mut denials = std::collections::VecDeque::new();
@@ -279,12 +283,9 @@ impl ReportBuilder {
         let mut last_seq = None;
         let mut first_seq = None;
         let mut last_checkpoint_time = None;
-        for line in lines {
-            let Ok(rec) = serde_json::from_slice::<super::AuditRecord>(line) else {
-                continue;
-            };
+        let mut each = |rec: &super::AuditRecord| {
             if rec.seq > through {
-                break;
+                return;
             }
             counted += 1;
             first_seq.get_or_insert(rec.seq);
@@ -293,17 +294,17 @@ impl ReportBuilder {
                 last_checkpoint_time = Some(rec.time.clone());
             }
             let Ok(at) = time::OffsetDateTime::parse(&rec.time, &Rfc3339) else {
-                continue;
+                return;
             };
             if self.window.since.is_some_and(|s| at < s)
                 || self.window.until.is_some_and(|u| at >= u)
             {
-                continue;
+                return;
             }
             let e = &rec.event;
             if let Some(t) = &self.window.tenant {
                 if e.tenant.as_deref() != Some(t.as_str()) {
-                    continue;
+                    return;
                 }
             }
             self.records += 1;
@@ -315,7 +316,11 @@ impl ReportBuilder {
             }
             if e.kind == "resolve" {
                 let o = outcome_index(&e.outcome);
-                self.resolves.push((unix, o));
+                self.minutes.entry(unix.div_euclid(60) * 60).or_default()[o] += 1;
+                self.span = Some(
+                    self.span
+                        .map_or((unix, unix), |(a, b)| (a.min(unix), b.max(unix))),
+                );
                 let name = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
                 self.by_provider.entry(name(&e.provider)).or_default()[o] += 1;
                 self.by_tenant.entry(name(&e.tenant)).or_default()[o] += 1;
@@ -360,7 +365,8 @@ impl ReportBuilder {
                     ),
                 );
             }
-        }
+        };
+        feed(&mut each);
         self.denials.extend(denials);
         self.admin.extend(admin);
         let last_checkpoint = last_checkpoint.filter(|c| *c > 0);
@@ -385,6 +391,15 @@ impl ReportBuilder {
         });
     }
 
+    /// Marks the chain added last as failed: `reason` at `seq` (e.g. the log changed
+    /// between the pass that verified it and the pass that summed it up).
+    pub fn fail_last_chain(&mut self, seq: u64, reason: String) {
+        if let Some(c) = self.chains.last_mut() {
+            c.verified = false;
+            c.failure = Some(ChainFailure { seq, reason });
+        }
+    }
+
     /// The summary, with the public key the chains were verified with (and whether it was
     /// pinned, i.e. given rather than found beside the log).
     pub fn finish(
@@ -401,12 +416,12 @@ impl ReportBuilder {
         };
         let mut resolves_by_outcome: BTreeMap<String, u64> =
             OUTCOMES.iter().map(|o| ((*o).to_owned(), 0)).collect();
-        for (_, o) in &self.resolves {
-            *resolves_by_outcome
-                .entry(OUTCOMES[*o].to_owned())
-                .or_default() += 1;
+        for counts in self.minutes.values() {
+            for (o, n) in OUTCOMES.iter().zip(counts) {
+                *resolves_by_outcome.entry((*o).to_owned()).or_default() += n;
+            }
         }
-        let (bucket_s, timeline) = timeline(&self.resolves, &self.window);
+        let (bucket_s, timeline) = timeline(&self.minutes, self.span, &self.window);
         let ranked = |m: BTreeMap<String, [u64; 3]>| {
             let mut v: Vec<OutcomeCount> = m
                 .into_iter()
@@ -479,7 +494,11 @@ const MAX_BUCKETS: i64 = 60;
 
 /// Resolves per interval, over the window (or the span of the resolves when the window is
 /// open), with an interval width from a fixed ladder so at most [`MAX_BUCKETS`] bars.
-fn timeline(resolves: &[(i64, usize)], window: &Window) -> (u64, Vec<TimeBucket>) {
+fn timeline(
+    minutes: &BTreeMap<i64, [u64; 3]>,
+    span: Option<(i64, i64)>,
+    window: &Window,
+) -> (u64, Vec<TimeBucket>) {
     const LADDER: [i64; 10] = [
         60,
         300,
@@ -495,28 +514,31 @@ fn timeline(resolves: &[(i64, usize)], window: &Window) -> (u64, Vec<TimeBucket>
     let lo = window
         .since
         .map(time::OffsetDateTime::unix_timestamp)
-        .or_else(|| resolves.iter().map(|r| r.0).min());
+        .or(span.map(|s| s.0));
     let hi = window
         .until
         .map(|u| u.unix_timestamp() - 1)
-        .or_else(|| resolves.iter().map(|r| r.0).max());
+        .or(span.map(|s| s.1));
     let (Some(lo), Some(hi)) = (lo, hi) else {
         return (3600, Vec::new());
     };
     let span = (hi - lo).max(1);
+    // Every width is a whole number of minutes, so a minute falls in one bar.
     // Past the ladder's last rung (a window of centuries, or forged times), wider bars.
     let width = LADDER
         .iter()
         .copied()
         .find(|w| span / w < MAX_BUCKETS)
-        .unwrap_or_else(|| span / (MAX_BUCKETS - 1) + 1);
+        .unwrap_or_else(|| (span / (MAX_BUCKETS - 1) / 60 + 1) * 60);
     let first = lo.div_euclid(width) * width;
     let count = usize::try_from((hi.div_euclid(width) * width - first) / width + 1).unwrap_or(1);
     let mut buckets: Vec<[u64; 3]> = vec![[0; 3]; count];
-    for (t, o) in resolves {
+    for (t, counts) in minutes {
         if let Ok(i) = usize::try_from((t - first).div_euclid(width)) {
             if let Some(b) = buckets.get_mut(i) {
-                b[*o] += 1;
+                for (sum, n) in b.iter_mut().zip(counts) {
+                    *sum += n;
+                }
             }
         }
     }
@@ -546,14 +568,29 @@ mod tests {
     #[test]
     fn the_timeline_has_at_most_sixty_even_bars() {
         let day = 1_767_225_600; // 2026-01-01T00:00:00Z
-        let resolves = vec![(day + 10, 0), (day + 3 * 3600, 1), (day + 30 * 3600, 2)];
-        let (w, t) = timeline(&resolves, &Window::default());
+        let minutes = |times: &[(i64, usize)]| {
+            let mut m: BTreeMap<i64, [u64; 3]> = BTreeMap::new();
+            for (t, o) in times {
+                m.entry(t.div_euclid(60) * 60).or_default()[*o] += 1;
+            }
+            let span = (
+                times.iter().map(|t| t.0).min().unwrap(),
+                times.iter().map(|t| t.0).max().unwrap(),
+            );
+            (m, Some(span))
+        };
+        let (m, span) = minutes(&[(day + 10, 0), (day + 3 * 3600, 1), (day + 30 * 3600, 2)]);
+        let (w, t) = timeline(&m, span, &Window::default());
         assert_eq!(w, 3600);
         assert_eq!(t.len(), 31);
         assert_eq!(t[0].start, "2026-01-01T00:00:00Z");
         assert_eq!((t[0].allowed, t[3].denied, t[30].failed), (1, 1, 1));
-        assert!(timeline(&[], &Window::default()).1.is_empty());
-        let far = vec![(0, 0), (day * 40, 0)];
-        assert!(timeline(&far, &Window::default()).1.len() <= 60);
+        assert!(timeline(&BTreeMap::new(), None, &Window::default())
+            .1
+            .is_empty());
+        let (m, span) = minutes(&[(0, 0), (day * 40, 0)]);
+        let far = timeline(&m, span, &Window::default()).1;
+        assert!(far.len() <= 60, "{}", far.len());
+        assert_eq!(far.iter().map(|b| b.allowed).sum::<u64>(), 2);
     }
 }

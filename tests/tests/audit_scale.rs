@@ -1,0 +1,203 @@
+//! `audit verify`, `audit export` and `audit report` on a log of a million records keep
+//! their memory flat: each reads the log a line at a time. A log is written here record by
+//! record the way the writer writes it (sealed records, a signed checkpoint every 1,000),
+//! then each command runs as a child process whose peak resident memory is asserted.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use credbroker::audit::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
+use credbroker::keys::AuditSigner;
+use credbroker_tests::*;
+
+/// Records of the log `audit verify` checks (about 500 MiB).
+const RECORDS: u64 = 1_000_000;
+/// Records of the log `audit export` and `audit report` read (about 100 MiB; each reads it
+/// several times over, and this suite runs unoptimized).
+const SMALLER: u64 = 200_000;
+/// Far below either log's size: what a reader holding it whole would need.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+/// Writes `n` chained records and a checkpoint every 1,000 into `audit_dir`.
+fn write_log(audit_dir: &Path, signer: &AuditSigner, n: u64) {
+    std::fs::create_dir_all(audit_dir).unwrap();
+    let mut log = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(audit_dir.join("audit.log")).unwrap(),
+    );
+    let mut cps = std::fs::File::create(audit_dir.join("checkpoints.log")).unwrap();
+    let base = time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap();
+    let mut prev = GENESIS_HASH.to_owned();
+    for seq in 1..=n {
+        let time = (base + time::Duration::milliseconds(seq as i64 * 10))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let mut rec = AuditRecord {
+            replica: None,
+            seq,
+            time: time.clone(),
+            event: AuditEvent {
+                kind: "resolve".into(),
+                action: "resolve".into(),
+                request_id: format!("req_{seq:032x}"),
+                actor: "worker:w1".into(),
+                tenant: Some(format!("t{}", seq % 10)),
+                instance: Some("i1".into()),
+                binding: Some("b1".into()),
+                provider: Some("pasted_secret".into()),
+                outcome: if seq % 50 == 0 { "denied" } else { "allowed" }.into(),
+                error_code: (seq % 50 == 0).then(|| "instance_disabled".into()),
+                latency_us: 120,
+                ..Default::default()
+            },
+            prev_hash: prev.clone(),
+            hash: String::new(),
+        };
+        let line = rec.seal();
+        log.write_all(&line).unwrap();
+        log.write_all(b"\n").unwrap();
+        prev.clone_from(&rec.hash);
+        if seq % 1000 == 0 {
+            let sig = signer.sign(&Checkpoint::signed_message(seq, &rec.hash, &time));
+            let cp = Checkpoint {
+                seq,
+                hash: rec.hash.clone(),
+                time,
+                signature: B64.encode(sig),
+            };
+            writeln!(cps, "{}", serde_json::to_string(&cp).unwrap()).unwrap();
+        }
+    }
+    log.flush().unwrap();
+}
+
+/// Runs the CLI with `args`; exit code, stdout, and the child's peak RSS (KiB).
+fn run_measured(args: &[&str]) -> (i32, String, u64) {
+    let mut child = Command::new(daemon_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    // VmHWM only grows: its last reading before the exit is the peak, give or take the
+    // last few milliseconds.
+    let mut peak = 0;
+    loop {
+        if let Some(kib) = vm_hwm_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code().unwrap_or(-1), reader.join().unwrap(), peak);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn verify_export_and_report_of_a_million_records_stay_in_bounded_memory() {
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.to_str().unwrap();
+    let (code, _, err) = run_cli(&["init", "--data-dir", d]);
+    assert_eq!(code, 0, "{err}");
+    let signer = AuditSigner::load(&data.join("keys/audit-signing.key")).unwrap();
+    let t = std::time::Instant::now();
+    write_log(&data.join("audit"), &signer, RECORDS);
+    let size = std::fs::metadata(data.join("audit/audit.log"))
+        .unwrap()
+        .len();
+    println!(
+        "wrote {RECORDS} records ({} MiB) in {:.1} s",
+        size >> 20,
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = std::time::Instant::now();
+    let (code, out, peak) = run_measured(&["audit", "verify", "--data-dir", d, "--output", "json"]);
+    println!(
+        "audit verify: {:.1} s, peak RSS {} MiB",
+        t.elapsed().as_secs_f64(),
+        peak >> 10
+    );
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["chains"][0]["records"], RECORDS, "{v}");
+    assert!(peak < RSS_BOUND_KIB, "audit verify peaked at {peak} KiB");
+
+    // A smaller log for export and report.
+    std::fs::remove_file(data.join("audit/audit.log")).unwrap();
+    write_log(&data.join("audit"), &signer, SMALLER);
+    let export = tmp.path().join("t3.jsonl");
+    let t = std::time::Instant::now();
+    let (code, _, peak) = run_measured(&[
+        "audit",
+        "export",
+        "--data-dir",
+        d,
+        "--tenant",
+        "t3",
+        "--output",
+        export.to_str().unwrap(),
+    ]);
+    println!(
+        "audit export --tenant: {:.1} s, peak RSS {} MiB",
+        t.elapsed().as_secs_f64(),
+        peak >> 10
+    );
+    assert_eq!(code, 0);
+    assert!(peak < RSS_BOUND_KIB, "audit export peaked at {peak} KiB");
+    let key = data.join("keys/audit-signing.pub");
+    let (code, out, err) = run_cli(&[
+        "audit",
+        "verify",
+        "--export",
+        export.to_str().unwrap(),
+        "--public-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{} records", SMALLER / 10)), "{out}");
+
+    let summary = tmp.path().join("report.json");
+    let t = std::time::Instant::now();
+    let (code, _, peak) = run_measured(&[
+        "audit",
+        "report",
+        "--data-dir",
+        d,
+        "--json",
+        summary.to_str().unwrap(),
+    ]);
+    println!(
+        "audit report: {:.1} s, peak RSS {} MiB",
+        t.elapsed().as_secs_f64(),
+        peak >> 10
+    );
+    assert_eq!(code, 0);
+    assert!(peak < RSS_BOUND_KIB, "audit report peaked at {peak} KiB");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(
+        v["resolves_by_outcome"]["denied"],
+        SMALLER / 50,
+        "{}",
+        v["resolves_by_outcome"]
+    );
+}
