@@ -24,14 +24,25 @@ const RSS_BOUND_KIB: u64 = 64 * 1024;
 /// Writes `n` chained records and a checkpoint every 1,000 into `audit_dir`.
 fn write_log(audit_dir: &Path, signer: &AuditSigner, n: u64) {
     std::fs::create_dir_all(audit_dir).unwrap();
-    let mut log = std::io::BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(audit_dir.join("audit.log")).unwrap(),
-    );
-    let mut cps = std::fs::File::create(audit_dir.join("checkpoints.log")).unwrap();
+    std::fs::write(audit_dir.join("audit.log"), b"").unwrap();
+    std::fs::write(audit_dir.join("checkpoints.log"), b"").unwrap();
+    append_log(audit_dir, signer, 1, GENESIS_HASH, n);
+}
+
+/// Appends records `from..from + n` after the record whose hash is `prev` (and their
+/// checkpoints, one every 1,000), as the writer would; returns the last hash.
+fn append_log(audit_dir: &Path, signer: &AuditSigner, from: u64, prev: &str, n: u64) -> String {
+    let open = |name: &str| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(audit_dir.join(name))
+            .unwrap()
+    };
+    let mut log = std::io::BufWriter::with_capacity(1 << 20, open("audit.log"));
+    let mut cps = open("checkpoints.log");
     let base = time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap();
-    let mut prev = GENESIS_HASH.to_owned();
-    for seq in 1..=n {
+    let mut prev = prev.to_owned();
+    for seq in from..from + n {
         let time = (base + time::Duration::milliseconds(seq as i64 * 10))
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
@@ -72,6 +83,7 @@ fn write_log(audit_dir: &Path, signer: &AuditSigner, n: u64) {
         }
     }
     log.flush().unwrap();
+    prev
 }
 
 /// Runs the CLI with `args`; exit code, stdout, and the child's peak RSS (KiB).
@@ -200,4 +212,42 @@ fn verify_export_and_report_of_a_million_records_stay_in_bounded_memory() {
         "{}",
         v["resolves_by_outcome"]
     );
+}
+
+/// `audit report` verifies the log twice and compares: a daemon appending records and
+/// signing a checkpoint between the two passes is not a change of what was verified.
+#[test]
+fn a_second_pass_over_a_growing_log_verifies_the_same_records() {
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let signer = AuditSigner::generate(&keys.join("a.key"), &keys.join("a.pub")).unwrap();
+    let audit = tmp.path().join("audit");
+    write_log(&audit, &signer, 2500);
+    let max = credbroker::config::AuditSettings::default().max_unanchored();
+    let verifier = signer.verifier();
+    let silent = credbroker::progress::Silent;
+    let first = credbroker::audit::verify_log_with(&audit, &verifier, max, &silent).unwrap();
+    // Meanwhile the daemon appends, and signs a checkpoint past what was verified.
+    let last = first.last_hash.clone().unwrap();
+    append_log(&audit, &signer, 2501, &last, 1000);
+    let mut seen = 0;
+    let second = credbroker::audit::verify_log_visit(
+        &audit,
+        &verifier,
+        max,
+        Some((first.bytes, first.last_seq.unwrap())),
+        &silent,
+        &mut |_| seen += 1,
+    )
+    .unwrap();
+    assert_eq!(
+        (second.records, second.last_seq, &second.last_hash),
+        (first.records, first.last_seq, &first.last_hash)
+    );
+    assert_eq!(seen, 2500);
+    // The whole log, read again, is longer and verifies too.
+    let all = credbroker::audit::verify_log_with(&audit, &verifier, max, &silent).unwrap();
+    assert_eq!(all.records, 3500);
 }

@@ -333,9 +333,11 @@ pub fn verify_log_with(
     )
 }
 
-/// [`verify_log_with`] over the first `len` bytes of the log (all of it as it is now when
-/// `None`), handing every record to `visit` once it passed its checks — in order, and never
-/// one after a record that failed.
+/// [`verify_log_with`] handing every record to `visit` once it passed its checks — in
+/// order, and never one after a record that failed. With `upto` = (bytes, last sequence) of
+/// an earlier verification, only those bytes are read and only checkpoints up to that
+/// sequence count (the daemon may have signed later ones meanwhile): the same log is
+/// verified again.
 ///
 /// # Errors
 /// As [`verify_log`].
@@ -343,17 +345,20 @@ pub fn verify_log_visit(
     audit_dir: &Path,
     verifier: &AuditVerifier,
     max_unanchored: u64,
-    len: Option<u64>,
+    upto: Option<(u64, u64)>,
     progress: &dyn Progress,
     visit: &mut dyn FnMut(&AuditRecord),
 ) -> Result<VerifySummary, VerifyFailure> {
     // Checkpoints first: a checkpoint written after we read the log would otherwise look
     // like a truncated log.
-    let cps = read_checkpoints(audit_dir)?;
+    let mut cps = read_checkpoints(audit_dir)?;
     let path = log_path(audit_dir);
     let unreadable = |e: std::io::Error| fail(0, format!("cannot read audit log: {e}"));
-    let mut lines = match len {
-        Some(len) => LogLines::open_to(&path, len),
+    let mut lines = match upto {
+        Some((len, last_seq)) => {
+            cps.retain(|cp| cp.seq <= last_seq);
+            LogLines::open_to(&path, len)
+        }
         None => LogLines::open(&path),
     }
     .map_err(unreadable)?;
