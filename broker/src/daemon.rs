@@ -258,6 +258,13 @@ pub async fn run_with_broker(
     if let Err(e) = &wrote_pid {
         tracing::warn!(path = %pid_file.display(), error = %e, "cannot write the pid file; `credbroker reload` will not find this daemon");
     }
+    // The expiry gauges are there from the first scrape on.
+    {
+        let listeners: Vec<&ReloadableTls> = std::iter::once(tls.as_ref())
+            .chain(public.as_ref().map(|(_, p)| p.as_ref()))
+            .collect();
+        check_tls_expiry(&broker, &listeners);
+    }
     on_ready(running.local_addr);
     let gc_interval_s = config.secrets.gc_interval_s;
     let rotating = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -275,7 +282,8 @@ pub async fn run_with_broker(
         config.inventory.metrics_interval_s.max(1),
     ));
     inventory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut expiry = tokio::time::interval(Duration::from_secs(3600));
+    let hour = Duration::from_secs(3600);
+    let mut expiry = tokio::time::interval_at(tokio::time::Instant::now() + hour, hour);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let listeners = || -> Vec<&ReloadableTls> {
         std::iter::once(tls.as_ref())

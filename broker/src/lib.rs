@@ -23,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod governance;
+pub mod html;
 pub mod identity;
 pub mod ids;
 pub mod intake_page;

@@ -37,10 +37,19 @@ pub const TD: &str = "test.credbroker";
 
 /// Resident memory of process `pid`, KiB (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The peak resident set of process `pid` so far (`VmHWM`), KiB (Linux).
+pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
@@ -489,6 +498,20 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Waits (up to 5 s) until the log holds `needle` at least `count` times.
+    pub async fn wait_log(&self, needle: &str, count: usize) {
+        for _ in 0..100 {
+            if self.logs().matches(needle).count() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "log never said {needle:?} {count} time(s):\n{}",
+            self.logs()
+        );
+    }
+
     /// Runs `credbroker-it <args>`; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         run_cli(args)
@@ -891,6 +914,18 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
 }
 
 impl Dev {
+    /// A client presenting the dev directory `dir`'s worker certificate.
+    pub fn worker_client(&self, dir: &Path) -> BrokerClient {
+        let pki = dir.join("pki");
+        BrokerClient::new(
+            &self.url,
+            &pki.join("ca.crt"),
+            &pki.join("worker.crt"),
+            &pki.join("worker.key"),
+        )
+        .unwrap()
+    }
+
     /// Stops it (SIGKILL) and waits.
     pub fn stop(&mut self) {
         let _ = self.child.kill();

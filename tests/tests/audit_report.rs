@@ -3,13 +3,13 @@
 //! loads nothing from anywhere, no secret is in it; a tampered log gives a report that says
 //! the verification failed. The screenshot goes to target/test-output/audit-report/.
 
-use credbroker::client::BrokerClient;
 use credbroker_tests::browser::browser;
 use credbroker_tests::*;
 use fantoccini::Locator;
 use serde_json::{json, Value};
 
 const CANARY: &str = "CANARY-audit-report-5e1f9a";
+const HOSTILE: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
@@ -17,14 +17,7 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
     let mut dev = start_dev(&dir);
-    let pki = dir.join("pki");
-    let mut worker = BrokerClient::new(
-        &dev.url,
-        &pki.join("ca.crt"),
-        &pki.join("worker.crt"),
-        &pki.join("worker.key"),
-    )
-    .unwrap();
+    let mut worker = dev.worker_client(&dir);
     for _ in 0..3 {
         let (s, v) = resolve(&mut worker, json!({"instance_id": "demo-instance"})).await;
         assert_eq!(s, 200, "{v}");
@@ -33,6 +26,29 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
         let (s, v) = resolve(&mut worker, json!({"instance_id": "no-such-instance"})).await;
         assert_eq!(s, 404, "{v}");
     }
+    // An insider aiming at the auditor's browser: a webhook-secret reveal whose reason (it
+    // goes into the audit record's detail, and so into the report) is markup.
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = run_cli(&[
+        "webhook-secret",
+        "generate",
+        "demo-instance",
+        "--scheme",
+        "github",
+        "--dev-dir",
+        d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(&[
+        "webhook-secret",
+        "reveal",
+        "demo-instance",
+        "--reason",
+        HOSTILE,
+        "--dev-dir",
+        d,
+    ]);
+    assert_eq!(code, 0, "{err}");
     // An admin change carrying a secret (the canary must not reach the report).
     let secret = tmp.path().join("secret.json");
     std::fs::write(
@@ -40,7 +56,6 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
         json!({"username": "u", "password": CANARY}).to_string(),
     )
     .unwrap();
-    let d = dir.to_str().unwrap();
     let (code, _, err) = run_cli(&[
         "secret",
         "rotate",
@@ -97,6 +112,11 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
         assert!(!text.contains("token_fingerprint"), "{what}");
     }
     assert!(!page.contains("<script"), "no script");
+    assert!(!page.contains("<img"), "no markup from a record");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;"),
+        "the reveal's reason is shown, escaped"
+    );
     assert!(
         !page.contains("http://") && !page.contains("https://"),
         "no address to load"
@@ -114,7 +134,7 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
     let said = banner.text().await.unwrap();
     assert!(said.contains("Audit log verified"), "{said}");
     // Dev mode's few records are not yet under a signed checkpoint: said, not glossed over.
-    assert!(said.contains("13 in the unsigned tail"), "{said}");
+    assert!(said.contains("15 in the unsigned tail"), "{said}");
     // The key came from the host whose log it is: the page says so.
     c.find(Locator::Id("unpinned")).await.unwrap();
     // The verification result is the first thing on the page.

@@ -111,17 +111,6 @@ fn run_measured(args: &[&str]) -> (i32, String, u64) {
     }
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[test]
 fn verify_export_and_report_of_a_million_records_stay_in_bounded_memory() {
     init_crypto();

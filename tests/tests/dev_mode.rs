@@ -26,13 +26,7 @@ async fn dev_mode_contract() {
         assert!(dir.join("pki").join(f).exists(), "pki/{f}");
     }
     let pki = dir.join("pki");
-    let mut worker = BrokerClient::new(
-        &dev.url,
-        &pki.join("ca.crt"),
-        &pki.join("worker.crt"),
-        &pki.join("worker.key"),
-    )
-    .unwrap();
+    let mut worker = dev.worker_client(&dir);
     let (s, v) = resolve(&mut worker, json!({"instance_id": "demo-instance"})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["credentials"]["username"], "demo-user");

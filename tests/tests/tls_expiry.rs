@@ -14,23 +14,20 @@ fn gauge(text: &str, file: &str) -> Option<f64> {
     )
 }
 
+const RELOADED: &str = "SIGHUP: TLS certificates, client CA and CRL reloaded";
+
+/// SIGHUP, the `count`-th log line that says `outcome`, then the metrics.
+async fn reload(daemon: &Daemon, pki: &TestPki, outcome: &str, count: usize) -> String {
+    daemon.signal("HUP");
+    daemon.wait_log(outcome, count).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    metrics(pki, &daemon.url).await
+}
+
 async fn metrics(pki: &TestPki, url: &str) -> String {
     let (s, body) = scrape(pki, url).await;
     assert_eq!(s, 200);
     String::from_utf8(body).unwrap()
-}
-
-async fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
-    for _ in 0..100 {
-        if daemon.logs().matches(needle).count() >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "log never said {needle:?} {count} time(s):\n{}",
-        daemon.logs()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,10 +52,7 @@ async fn the_expiry_gauge_follows_the_certificates_in_use() {
         .pem();
     let good = std::fs::read(pki.dir.join("server.crt")).unwrap();
     std::fs::write(pki.dir.join("server.crt"), wrong).unwrap();
-    daemon.signal("HUP");
-    wait_log(&daemon, "SIGHUP: reload failed", 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = metrics(&pki, &daemon.url).await;
+    let text = reload(&daemon, &pki, "SIGHUP: reload failed", 1).await;
     assert_eq!(
         metric_value(&text, "credbroker_tls_reload_failures_total"),
         Some(1.0),
@@ -80,28 +74,12 @@ async fn the_expiry_gauge_follows_the_certificates_in_use() {
     );
     assert_ne!(with_crl, config, "the config has a [tls] section");
     std::fs::write(&daemon.config, &with_crl).unwrap();
-    daemon.signal("HUP");
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        1,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = metrics(&pki, &daemon.url).await;
+    let text = reload(&daemon, &pki, RELOADED, 1).await;
     let due = gauge(&text, "crl").expect("crl series after the reload");
     assert!(due > 6.0 * 86_400.0 && due <= 7.0 * 86_400.0, "{due}");
 
     // Removed again: the series goes.
     std::fs::write(&daemon.config, &config).unwrap();
-    daemon.signal("HUP");
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        2,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = metrics(&pki, &daemon.url).await;
+    let text = reload(&daemon, &pki, RELOADED, 2).await;
     assert!(gauge(&text, "crl").is_none(), "{text}");
 }

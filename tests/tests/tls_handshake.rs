@@ -145,19 +145,6 @@ async fn untrusted_clients_are_refused_at_the_handshake() {
     daemon.stop();
 }
 
-async fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
-    for _ in 0..100 {
-        if daemon.logs().matches(needle).count() >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "log never said {needle:?} {count} time(s):\n{}",
-        daemon.logs()
-    );
-}
-
 fn reload_cli(daemon: &Daemon) {
     let (c, out, err) = daemon.cli(&["reload", "--config", daemon.config.to_str().unwrap()]);
     assert_eq!(c, 0, "{out}{err}");
@@ -210,12 +197,9 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     let crl = pki.write_crl(&[revoked]);
     write_config(&daemon.config, &daemon.data_dir, &pki, Some(crl), &extra);
     reload_cli(&daemon);
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        1,
-    )
-    .await;
+    daemon
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 1)
+        .await;
     assert!(
         !healthy("rv").await,
         "the revoked certificate still works after its CRL was added"
@@ -226,14 +210,11 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     let good = std::fs::read_to_string(&daemon.config).unwrap();
     std::fs::write(&daemon.config, format!("{good}\nnot toml [")).unwrap();
     daemon.signal("HUP");
-    wait_log(&daemon, "the config file does not load", 1).await;
+    daemon.wait_log("the config file does not load", 1).await;
     // …the files at the paths in force are still re-read.
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        2,
-    )
-    .await;
+    daemon
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 2)
+        .await;
     assert!(!healthy("rv").await);
     assert!(healthy("w1").await);
     std::fs::write(&daemon.config, &good).unwrap();
@@ -247,7 +228,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
         &format!("{extra}[limits]\nmax_connections = 77\n"),
     );
     reload_cli(&daemon);
-    wait_log(&daemon, "take effect only after a restart", 1).await;
+    daemon.wait_log("take effect only after a restart", 1).await;
     assert!(daemon.logs().contains("[limits]"), "{}", daemon.logs());
     std::fs::write(&daemon.config, &good).unwrap();
 
@@ -260,12 +241,9 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(pki.dir.join("server.crt"), &impostor.cert_pem).unwrap();
     std::fs::write(pki.dir.join("server.key"), &impostor.key_pem).unwrap();
     reload_cli(&daemon);
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        4,
-    )
-    .await;
+    daemon
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 4)
+        .await;
     assert!(
         !healthy("w1").await,
         "the server certificate was not reloaded"
@@ -273,12 +251,9 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(pki.dir.join("server.crt"), &original_crt).unwrap();
     std::fs::write(pki.dir.join("server.key"), &original_key).unwrap();
     reload_cli(&daemon);
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        5,
-    )
-    .await;
+    daemon
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 5)
+        .await;
     assert!(healthy("w1").await);
 
     // The client CA bundle: replaced by another CA, this PKI's clients are refused and the
@@ -293,12 +268,9 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     // The CRL is this PKI's; with another CA it no longer verifies: take it out.
     write_config(&daemon.config, &daemon.data_dir, &pki, None, &extra);
     reload_cli(&daemon);
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        6,
-    )
-    .await;
+    daemon
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 6)
+        .await;
     assert!(
         !healthy("w1").await,
         "the client CA bundle was not reloaded"
@@ -306,12 +278,9 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     assert!(healthy("outsider").await);
     std::fs::copy(pki.dir.join("ca.crt"), &client_ca).unwrap();
     reload_cli(&daemon);
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        7,
-    )
-    .await;
+    daemon
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 7)
+        .await;
     assert!(healthy("w1").await);
 
     // The public listener's certificate.
@@ -326,7 +295,9 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(&public_cert, &impostor.cert_pem).unwrap();
     std::fs::write(&public_key, &impostor.key_pem).unwrap();
     reload_cli(&daemon);
-    wait_log(&daemon, "SIGHUP: public listener certificate reloaded", 8).await;
+    daemon
+        .wait_log("SIGHUP: public listener certificate reloaded", 8)
+        .await;
     assert!(
         !public_ok().await,
         "the public certificate was not reloaded"
@@ -334,7 +305,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     // A broken public certificate keeps the previous one.
     std::fs::write(&public_cert, "garbage").unwrap();
     daemon.signal("HUP");
-    wait_log(&daemon, "public listener reload failed", 1).await;
+    daemon.wait_log("public listener reload failed", 1).await;
     assert!(!public_ok().await);
 
     daemon.stop();
@@ -387,12 +358,9 @@ async fn a_handshake_in_progress_during_a_revocation_is_rechecked() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     pki.write_crl(&[late]);
     daemon.signal("HUP");
-    wait_log(
-        &daemon,
-        "SIGHUP: TLS certificates, client CA and CRL reloaded",
-        1,
-    )
-    .await;
+    daemon
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 1)
+        .await;
     // …and its handshake completes after it, verified by the old CRL.
     let stream = client_tls(&pki, "late", b"http/1.1")
         .connect(

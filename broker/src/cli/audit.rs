@@ -57,10 +57,9 @@ pub struct VerifyArgs {
     output: Option<Output>,
 }
 
+/// Which records an export or a report covers.
 #[derive(Args, Debug)]
-pub struct ExportArgs {
-    #[command(flatten)]
-    local: LocalArgs,
+pub struct WindowArgs {
     /// Only records at or after this time (RFC 3339).
     #[arg(long)]
     since: Option<String>,
@@ -70,6 +69,36 @@ pub struct ExportArgs {
     /// Only records of this tenant.
     #[arg(long)]
     tenant: Option<String>,
+}
+
+impl WindowArgs {
+    /// The filter these arguments ask for.
+    ///
+    /// # Errors
+    /// A time that is not RFC 3339.
+    pub fn filter(&self) -> Result<ExportFilter, String> {
+        let parse = |s: &Option<String>, flag: &str| -> Result<Option<OffsetDateTime>, String> {
+            s.as_ref()
+                .map(|v| {
+                    OffsetDateTime::parse(v, &Rfc3339)
+                        .map_err(|_| format!("{flag} must be RFC 3339, e.g. 2026-01-31T00:00:00Z"))
+                })
+                .transpose()
+        };
+        Ok(ExportFilter {
+            since: parse(&self.since, "--since")?,
+            until: parse(&self.until, "--until")?,
+            tenant: self.tenant.clone(),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    local: LocalArgs,
+    #[command(flatten)]
+    window: WindowArgs,
     /// Write to this file instead of standard output.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -262,19 +291,7 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
 
 fn export(args: &ExportArgs) -> Result<ExitCode, String> {
     let config = local_config(&args.local)?;
-    let parse = |s: &Option<String>, flag: &str| -> Result<Option<OffsetDateTime>, String> {
-        s.as_ref()
-            .map(|v| {
-                OffsetDateTime::parse(v, &Rfc3339)
-                    .map_err(|_| format!("{flag} must be RFC 3339, e.g. 2026-01-31T00:00:00Z"))
-            })
-            .transpose()
-    };
-    let filter = ExportFilter {
-        since: parse(&args.since, "--since")?,
-        until: parse(&args.until, "--until")?,
-        tenant: args.tenant.clone(),
-    };
+    let filter = args.window.filter()?;
     // The export is signed with the audit key, like the checkpoints.
     let signer = AuditSigner::load(&config.audit_key_file()).map_err(|e| e.to_string())?;
     let bar = Bar::new(Output::shows_progress(None));

@@ -7,14 +7,12 @@ use std::process::ExitCode;
 
 use aws_lc_rs::digest::{digest, SHA256};
 use clap::Args;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use super::offline::{local_config, LocalArgs};
 use super::output::Output;
 use super::progress::Bar;
 use super::runtime;
-use crate::audit::report::{html, ReportBuilder, ReportSummary, Window};
+use crate::audit::report::{html, ReportBuilder, ReportSummary};
 use crate::audit::{self, chains};
 use crate::keys::AuditVerifier;
 use crate::store::Backend;
@@ -24,15 +22,8 @@ use crate::store::Backend;
 pub struct ReportArgs {
     #[command(flatten)]
     local: LocalArgs,
-    /// Only records at or after this time (RFC 3339).
-    #[arg(long)]
-    since: Option<String>,
-    /// Only records before this time (RFC 3339).
-    #[arg(long)]
-    until: Option<String>,
-    /// Only records of this tenant.
-    #[arg(long)]
-    tenant: Option<String>,
+    #[command(flatten)]
+    window: super::audit::WindowArgs,
     /// Write the HTML page here.
     #[arg(long)]
     html: Option<PathBuf>,
@@ -46,15 +37,6 @@ pub struct ReportArgs {
     public_key: Option<PathBuf>,
 }
 
-fn time_arg(s: &Option<String>, flag: &str) -> Result<Option<OffsetDateTime>, String> {
-    s.as_ref()
-        .map(|v| {
-            OffsetDateTime::parse(v, &Rfc3339)
-                .map_err(|_| format!("{flag} must be RFC 3339, e.g. 2026-01-31T00:00:00Z"))
-        })
-        .transpose()
-}
-
 /// Runs `audit report`: exit 0 when every chain verified, 1 when one did not (the report is
 /// written either way and says so first).
 ///
@@ -62,11 +44,7 @@ fn time_arg(s: &Option<String>, flag: &str) -> Result<Option<OffsetDateTime>, St
 /// When the config, key or log cannot be read, or a file cannot be written.
 pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
     let config = local_config(&args.local)?;
-    let window = Window {
-        since: time_arg(&args.since, "--since")?,
-        until: time_arg(&args.until, "--until")?,
-        tenant: args.tenant.clone(),
-    };
+    let window = args.window.filter()?;
     let key = args
         .public_key
         .clone()

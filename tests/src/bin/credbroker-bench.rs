@@ -991,16 +991,6 @@ async fn seed_pasted_1k(op: &mut credbroker::client::BrokerClient) {
     assert!((200..300).contains(&s), "{v}");
 }
 
-/// The peak resident set of process `pid` so far (`VmHWM`), KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// `credbroker init` for `config` (keys, store, audit log).
 fn init_broker(config: &Path) {
     let status = Command::new(daemon_bin())

@@ -81,21 +81,7 @@ pub fn render(s: &ReportSummary) -> String {
     out
 }
 
-/// HTML-escapes `s` for text and double-quoted attribute values.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::html::escape as esc;
 
 /// An optional string, escaped, or a dash.
 fn opt(s: Option<&String>) -> String {

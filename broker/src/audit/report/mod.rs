@@ -200,16 +200,8 @@ pub struct AdminChange {
     pub detail: Option<String>,
 }
 
-/// Which records a report covers.
-#[derive(Debug, Clone, Default)]
-pub struct Window {
-    /// At or after.
-    pub since: Option<time::OffsetDateTime>,
-    /// Before.
-    pub until: Option<time::OffsetDateTime>,
-    /// Only this tenant's.
-    pub tenant: Option<String>,
-}
+/// Which records a report covers: the same window and tenant an export takes.
+pub use super::ExportFilter as Window;
 
 const OUTCOMES: [&str; 3] = ["allowed", "denied", "failed"];
 
