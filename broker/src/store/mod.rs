@@ -216,6 +216,9 @@ impl Hooks {
     }
 }
 
+/// What [`Store::scan_each`] calls with each key and value.
+pub type ScanEach = Box<dyn FnMut(&str, &[u8]) -> Result<(), StoreError> + Send>;
+
 /// The persistence seam. Implementations keep blocking work off the async workers.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -230,6 +233,24 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// On backend failure.
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Calls `each` with every key starting with `prefix` and its value, in key order, one
+    /// at a time: for a pass over a whole table (a start-up check) that must not hold it all
+    /// in memory. The default reads the table with [`Store::scan`].
+    ///
+    /// # Errors
+    /// On backend failure, or the first error of `each` (which stops the pass).
+    async fn scan_each(
+        &self,
+        table: Table,
+        prefix: &str,
+        mut each: ScanEach,
+    ) -> Result<(), StoreError> {
+        for (k, v) in self.scan(table, prefix).await? {
+            each(&k, &v)?;
+        }
+        Ok(())
+    }
 
     /// Applies `batch` atomically and durably: every precondition is checked inside the same
     /// transaction as the writes. Once started, a commit runs to its end even if the caller's

@@ -253,6 +253,27 @@ impl Store for SledStore {
         self.blocking(move |s| s.scan(table, &prefix)).await
     }
 
+    async fn scan_each(
+        &self,
+        table: Table,
+        prefix: &str,
+        mut each: super::ScanEach,
+    ) -> Result<(), StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |s| {
+            for item in s.tree(table).scan_prefix(prefix.as_bytes()) {
+                let (k, v) = item.map_err(backend)?;
+                let key = std::str::from_utf8(&k).map_err(|_| StoreError::Corrupt {
+                    table: table.name(),
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                })?;
+                each(key, &v)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.ops.is_empty() {
             return Ok(());

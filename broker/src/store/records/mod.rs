@@ -426,6 +426,24 @@ impl Records {
         self.all_stored(Table::Secrets, "").await
     }
 
+    /// Calls `each` with every stored secret version, one at a time (a start-up pass over a
+    /// table too large to hold).
+    ///
+    /// # Errors
+    /// On store failure or corruption, or the first error of `each`.
+    pub async fn each_secret_version(
+        &self,
+        mut each: impl FnMut(SecretVersion) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.store
+            .scan_each(
+                Table::Secrets,
+                "",
+                Box::new(move |k, raw| each(decode(Table::Secrets, k, raw)?)),
+            )
+            .await
+    }
+
     /// Every platform key of every kind, as read for a change.
     ///
     /// # Errors
