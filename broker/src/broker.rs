@@ -17,6 +17,8 @@ use crate::callbacks::CallbackService;
 use crate::config::Config;
 use crate::identity::PeerIdentity;
 pub use crate::keys::loaded::{take_kek_from_env, BrokerKeys};
+
+mod keyring_check;
 use crate::keys::{FingerprintKey, KeyError, Keyring};
 use crate::metrics::Metrics;
 use crate::model::{Binding, SecretVersion};
@@ -72,6 +74,9 @@ impl BrokerSettings {
                 max_batch: config.audit.max_batch,
                 checkpoint_every_records: config.audit.checkpoint_every_records,
                 checkpoint_interval: Duration::from_secs(config.audit.checkpoint_interval_s.max(1)),
+                segment_bytes: config.audit.segment_mib << 20,
+                segment_records: config.audit.segment_records,
+                live_segments: config.audit.live_segments,
                 forensic_start: config.audit.forensic_start,
             },
             callback_state_ttl_s: config
@@ -205,55 +210,7 @@ impl Broker {
                 b.clear();
             }
         }));
-        if let Some(required) = records.kek_active_version().await? {
-            if !keys.keyring.versions().any(|v| u64::from(v) == required) {
-                return Err(StartError::Other(format!(
-                    "the store was last rotated to KEK version {required}, which the keyring does not hold (stale keyring file?)"
-                )));
-            }
-        }
-        let held: Vec<u32> = keys.keyring.versions().collect();
-        let mut opened: Vec<u32> = Vec::new();
-        for v in records.all_secret_versions().await? {
-            if !held.contains(&v.kek_version) {
-                return Err(StartError::Other(format!(
-                    "secret {}/{} is wrapped by KEK version {}, which the keyring does not hold",
-                    v.binding, v.version, v.kek_version
-                )));
-            }
-            // One data key per KEK version must unwrap: a keyring (file or variable) that
-            // holds another key under the same version number would otherwise start and
-            // fail every resolve.
-            if opened.contains(&v.kek_version) || v.wrapped_dek.is_empty() {
-                continue;
-            }
-            if let Some(b) = records.binding(&v.binding).await? {
-                crate::seal::rewrap_data_key(
-                    &keys.keyring,
-                    &b.value.tenant,
-                    &v.binding,
-                    v.version,
-                    v.kek_version,
-                    &v.wrapped_dek,
-                )
-                .map_err(|_| {
-                    StartError::Other(format!(
-                        "secret {}/{} does not open with KEK version {} of this keyring: it holds another key under that version (wrong keyring file or variable?)",
-                        v.binding, v.version, v.kek_version
-                    ))
-                })?;
-                opened.push(v.kek_version);
-            }
-        }
-        crate::governance::check_keks(&records, &held).await?;
-        for k in records.all_platform_keys().await? {
-            if !k.wrapped_dek.is_empty() && !held.contains(&k.kek_version) {
-                return Err(StartError::Other(format!(
-                    "platform key {}/{} is wrapped by KEK version {}, which the keyring does not hold",
-                    k.kind, k.version, k.kek_version
-                )));
-            }
-        }
+        keyring_check::check(&records, &keys.keyring).await?;
         let metrics = Metrics::new();
         let replica = crate::replica::Replica::join(records.store()).await?;
         let audit = match (replica.id(), replica.lease()) {

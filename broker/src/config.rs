@@ -183,6 +183,13 @@ pub struct AuditSettings {
     pub checkpoint_every_records: u64,
     /// …or after this many seconds with unanchored records.
     pub checkpoint_interval_s: u64,
+    /// Seal a segment of the file log and start the next one at this size (MiB, 1-4096).
+    pub segment_mib: u64,
+    /// …or at this many records (0: size only).
+    pub segment_records: u64,
+    /// Sealed segments kept in `audit/` beside the live one; older ones are moved to
+    /// `audit/archive/` (never deleted).
+    pub live_segments: usize,
     /// Set by `serve --forensic-start`, never by the file.
     #[serde(skip)]
     pub forensic_start: bool,
@@ -201,6 +208,9 @@ impl Default for AuditSettings {
             max_batch: 128,
             checkpoint_every_records: 1000,
             checkpoint_interval_s: 60,
+            segment_mib: 64,
+            segment_records: 0,
+            live_segments: 8,
             forensic_start: false,
         }
     }
@@ -442,6 +452,11 @@ impl Config {
         if !(1..=1_048_576).contains(&self.store.cache_mib) {
             return Err(ConfigError(
                 "store.cache_mib must be between 1 and 1048576 (MiB)".into(),
+            ));
+        }
+        if !(1..=4096).contains(&self.audit.segment_mib) {
+            return Err(ConfigError(
+                "audit.segment_mib must be between 1 and 4096 (MiB)".into(),
             ));
         }
         if self.audit.max_batch == 0 || self.audit.checkpoint_every_records == 0 {

@@ -517,15 +517,43 @@ impl Daemon {
         run_cli(args)
     }
 
-    /// Audit log lines (complete ones).
+    /// Audit records (complete ones), from every segment.
     pub fn audit_records(&self) -> Vec<Value> {
-        let text =
-            std::fs::read_to_string(self.data_dir.join("audit/audit.log")).unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.is_empty())
+        audit_log_text(&self.data_dir)
+            .lines()
+            .filter(|l| l.starts_with("{\"seq\":"))
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// The segment files of a data directory's audit log, in order (live and archived).
+pub fn audit_segments(data_dir: &Path) -> Vec<PathBuf> {
+    credbroker::audit::segments::list(&data_dir.join("audit"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.path)
+        .collect()
+}
+
+/// The written part of a segment file: up to its first NUL byte (the rest is space the
+/// writer zero-filled ahead of itself).
+pub fn segment_bytes(path: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap_or_default();
+    if let Some(end) = bytes.iter().position(|b| *b == 0) {
+        bytes.truncate(end);
+    }
+    bytes
+}
+
+/// Everything the file log holds, every segment's written part in order (segment headers
+/// and seals included).
+pub fn audit_log_text(data_dir: &Path) -> String {
+    let mut out = Vec::new();
+    for seg in audit_segments(data_dir) {
+        out.extend(segment_bytes(&seg));
+    }
+    String::from_utf8(out).unwrap()
 }
 
 /// A TLS connector presenting `<name>.crt` and offering `alpn`, for tests that speak raw

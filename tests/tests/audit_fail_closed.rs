@@ -12,7 +12,11 @@ fn point_audit_at_dev_full(data_dir: &Path) {
     let audit = data_dir.join("audit");
     std::fs::rename(&audit, data_dir.join("audit.saved")).unwrap();
     std::fs::create_dir(&audit).unwrap();
-    std::os::unix::fs::symlink("/dev/full", audit.join("audit.log")).unwrap();
+    std::os::unix::fs::symlink(
+        "/dev/full",
+        audit.join(credbroker::audit::segments::segment_name(1)),
+    )
+    .unwrap();
 }
 
 fn restore_audit(data_dir: &Path) {

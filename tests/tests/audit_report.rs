@@ -165,7 +165,7 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
     println!("screenshot: {}", out.join("report.png").display());
 
     // A record edited afterwards: the report says so first, and exits 1.
-    let log = dir.join("audit/audit.log");
+    let log = audit_segments(&dir).pop().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     std::fs::write(
         &log,

@@ -3,17 +3,30 @@
 
 use std::path::Path;
 
+use credbroker::audit::segments::segment_name;
 use credbroker::audit::{verify_export, verify_log};
 use credbroker::keys::AuditVerifier;
 use credbroker_tests::*;
 use serde_json::json;
 
+/// Record lines (and export or checkpoint lines): a segment's header and the space zero-filled
+/// after its written part are left out.
 fn lines(bytes: &[u8]) -> Vec<Vec<u8>> {
-    bytes
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    bytes[..end]
         .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !l.starts_with(b"{\"segment\":"))
         .map(<[u8]>::to_vec)
         .collect()
+}
+
+/// Writes `records` to the segment at `path` under the header `original` starts with.
+fn put(path: &Path, original: &[u8], records: &[Vec<u8>]) {
+    let header_end = original.iter().position(|b| *b == b'\n').unwrap() + 1;
+    assert!(original.starts_with(b"{\"segment\":"));
+    let mut bytes = original[..header_end].to_vec();
+    bytes.extend(join(records));
+    std::fs::write(path, bytes).unwrap();
 }
 
 fn join(lines: &[Vec<u8>]) -> Vec<u8> {
@@ -64,7 +77,7 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
         assert_eq!(s, if i % 3 == 0 { 404 } else { 200 }, "resolve {i}");
     }
     daemon.stop(); // writes a final signed checkpoint
-    let log_path = daemon.data_dir.join("audit/audit.log");
+    let log_path = audit_segments(&daemon.data_dir).pop().unwrap();
     let public_key = daemon.data_dir.join("keys/audit-signing.pub");
     let verifier = AuditVerifier::load(&public_key).unwrap();
     let original = std::fs::read(&log_path).unwrap();
@@ -85,7 +98,7 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     for pos in 0..recs[k - 1].len() {
         let mut tampered = recs.clone();
         tampered[k - 1][pos] ^= 0x01;
-        std::fs::write(scratch.join("audit.log"), join(&tampered)).unwrap();
+        put(&scratch.join(segment_name(1)), &original, &tampered);
         let err = verify_log(&scratch, &verifier, 1128).expect_err("tampering must be detected");
         assert_eq!(err.seq, k as u64, "byte {pos}: {err}");
     }
@@ -130,7 +143,7 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
         ),
     ];
     for (name, tampered, seq) in &cases {
-        std::fs::write(&log_path, join(tampered)).unwrap();
+        put(&log_path, &original, tampered);
         let (c, out) = verify_cli(&daemon);
         assert_eq!(c, 1, "{name}: {out}");
         assert!(out.contains(&format!("at sequence {seq}")), "{name}: {out}");
@@ -150,6 +163,23 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     assert_eq!(c, 0, "{err}");
     let (c, out) = verify_export_cli(&export, &public_key);
     assert_eq!(c, 0, "{out}");
+    // A pipe cannot be read by position: it is read whole, and verifies the same.
+    let mut child = std::process::Command::new(daemon_bin())
+        .args(["audit", "verify", "--export", "/dev/stdin", "--public-key"])
+        .arg(&public_key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = std::fs::read(&export).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &bytes).unwrap());
+    let piped = child.wait_with_output().unwrap();
+    assert!(piped.status.success(), "{piped:?}");
+    assert!(
+        String::from_utf8_lossy(&piped.stdout).contains("audit OK"),
+        "{piped:?}"
+    );
     let exported = lines(&std::fs::read(&export).unwrap());
     // Line 0 is the header; record k is line k.
     let export_cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
@@ -331,6 +361,28 @@ async fn forged_exports_are_caught_naming_the_sequence() {
         let e = verify_export(&join(&t), &verifier).unwrap_err();
         assert_eq!(e.seq, 0, "{label} relabel: {e}");
         assert!(e.reason.contains("header signature"), "{e}");
+
+        // Attestations are read beside the records, in the order the export wrote them:
+        // two swapped, or one repeated, is named rather than skipped over.
+        let attests: Vec<usize> = (1..exported.len())
+            .filter(|i| exported[*i].starts_with(b"{\"attest\""))
+            .collect();
+        let mut t = exported.clone();
+        t.swap(attests[1], attests[2]);
+        let e = verify_export(&join(&t), &verifier).unwrap_err();
+        assert_eq!(e.seq, seq, "{label} swapped attestations: {e}");
+        let mut t = exported.clone();
+        t.insert(attests[1], exported[attests[0]].clone());
+        let e = verify_export(&join(&t), &verifier).unwrap_err();
+        assert!(
+            e.reason.contains("repeated or out of order"),
+            "{label}: {e}"
+        );
+        // One attestation too many, appended at the end (after the checkpoints).
+        let mut t = exported.clone();
+        t.push(exported[attests[0]].clone());
+        let e = verify_export(&join(&t), &verifier).unwrap_err();
+        assert!(e.reason.contains("(appended)"), "{label}: {e}");
     }
 }
 
@@ -347,8 +399,9 @@ async fn an_export_of_a_tampered_log_is_refused() {
         let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
         assert_eq!(s, 200, "{v}");
     }
-    let log = daemon.data_dir.join("audit/audit.log");
-    let mut records = lines(&std::fs::read(&log).unwrap());
+    let log = audit_segments(&daemon.data_dir).pop().unwrap();
+    let original = std::fs::read(&log).unwrap();
+    let mut records = lines(&original);
     let victim = records
         .iter()
         .rposition(|l| {
@@ -357,7 +410,7 @@ async fn an_export_of_a_tampered_log_is_refused() {
         })
         .unwrap();
     records.remove(victim - 1);
-    std::fs::write(&log, join(&records)).unwrap();
+    put(&log, &original, &records);
     let (c, _, err) = daemon.cli(&[
         "audit",
         "export",
@@ -461,7 +514,7 @@ async fn forgeries_with_recomputed_hashes_fail_verification_and_start_up() {
 
     // (c) The live log edited the same way with checkpoints.log deleted.
     daemon.stop();
-    let log = daemon.data_dir.join("audit/audit.log");
+    let log = audit_segments(&daemon.data_dir).pop().unwrap();
     let checkpoints = daemon.data_dir.join("audit/checkpoints.log");
     let original_log = std::fs::read(&log).unwrap();
     let original_cps = std::fs::read(&checkpoints).unwrap();
@@ -469,7 +522,7 @@ async fn forgeries_with_recomputed_hashes_fail_verification_and_start_up() {
     assert!(records.len() > 20, "{}", records.len());
     records[2] = forge(&records[2], |r| r.event.outcome = "denied".into());
     rechain(&mut records, 3);
-    std::fs::write(&log, join(&records)).unwrap();
+    put(&log, &original_log, &records);
     std::fs::remove_file(&checkpoints).unwrap();
     let (c, out) = verify_cli(&daemon);
     assert_eq!(c, 1, "(c) re-chained live log without checkpoints: {out}");
@@ -514,7 +567,7 @@ async fn forgeries_with_recomputed_hashes_fail_verification_and_start_up() {
         r.seq += 1;
         r.prev_hash = "0".repeat(64);
     }));
-    std::fs::write(&log, join(&records)).unwrap();
+    put(&log, &original_log, &records);
     let (c, err) = daemon.serve_refused(&[]);
     assert_ne!(c, 0);
     assert!(err.contains("prev_hash does not match"), "{err}");
@@ -553,7 +606,7 @@ async fn forgeries_with_recomputed_hashes_fail_verification_and_start_up() {
         r.event.outcome = "denied".into()
     });
     rechain(&mut records, first_seq + 2);
-    std::fs::write(&log, join(&records)).unwrap();
+    put(&log, &original_log, &records);
     std::fs::write(&checkpoints, join(&[first_cp])).unwrap();
     let (c, _) = daemon.serve_refused(&[]);
     assert_ne!(c, 0);

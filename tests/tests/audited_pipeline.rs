@@ -110,9 +110,9 @@ async fn start() -> Env {
 }
 
 fn audit_records(env: &Env) -> Vec<Value> {
-    std::fs::read_to_string(env.data_dir.join("audit/audit.log"))
-        .unwrap_or_default()
+    credbroker_tests::audit_log_text(&env.data_dir)
         .lines()
+        .filter(|l| l.starts_with("{\"seq\":"))
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }

@@ -368,7 +368,7 @@ async fn activation_minting_narrowing_and_caching() {
         .as_str()
         .is_some_and(|id| id.starts_with("c6104cbe-"))));
     assert!(records.iter().any(|r| r["job_id"] == "scan-42"));
-    let log = std::fs::read_to_string(env.daemon.data_dir.join("audit/audit.log")).unwrap();
+    let log = audit_log_text(&env.daemon.data_dir);
     assert!(!log.contains(token.as_str().unwrap()));
     assert!(
         !env.daemon.logs().contains(token.as_str().unwrap()),

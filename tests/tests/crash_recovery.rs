@@ -1,6 +1,7 @@
 //! SIGKILL under resolve load, 20 times at random moments (some during admin writes): after
 //! each restart every resolve that returned 200 has its audit record (same audit id, request
 //! id and outcome), the chain verifies, and no binding or secret is lost or half-written.
+//! And again with audit segments rotating (and archived) many times a second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,116 @@ fn jitter_ms(round: u64) -> u64 {
         .unwrap()
         .subsec_nanos() as u64;
     150 + (nanos ^ round.wrapping_mul(0x9e37_79b9)) % 500
+}
+
+type Load = Vec<tokio::task::JoinHandle<Vec<(String, String)>>>;
+
+/// Eight workers resolving until `stop` or until the daemon dies under them; each returns
+/// the (audit id, request id) of every 200 it got.
+fn resolve_load(pki: &Arc<TestPki>, url: &str, stop: &Arc<AtomicBool>) -> Load {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let pki = pki.clone();
+        let url = url.to_owned();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut c = pki.client_for("w1", &url);
+            while !stop.load(Ordering::Relaxed) {
+                let body = serde_json::to_vec(&json!({"instance_id": "i1"})).unwrap();
+                match c
+                    .request(http::Method::POST, "/v1/resolve", Some(body))
+                    .await
+                {
+                    Ok((s, bytes)) if s.as_u16() == 200 => {
+                        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                        acks.push((
+                            v["audit_id"].as_str().unwrap().to_owned(),
+                            v["request_id"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                    Ok((s, _)) => panic!("unexpected status {s}"),
+                    Err(_) => break, // the daemon died under us
+                }
+            }
+            acks
+        }));
+    }
+    tasks
+}
+
+/// After a restart: every acknowledged resolve has its record (same request id, allowed),
+/// and the whole log verifies. Returns the records by audit id.
+fn check_acknowledged(
+    daemon: &Daemon,
+    acknowledged: &HashMap<String, String>,
+    round: u64,
+) -> HashMap<String, serde_json::Value> {
+    let records: HashMap<String, serde_json::Value> = daemon
+        .audit_records()
+        .into_iter()
+        .map(|r| (format!("aud_{}", &r["hash"].as_str().unwrap()[..20]), r))
+        .collect();
+    for (audit_id, request_id) in acknowledged {
+        let rec = records
+            .get(audit_id)
+            .unwrap_or_else(|| panic!("round {round}: {audit_id} acknowledged but missing"));
+        assert_eq!(rec["request_id"], request_id.as_str(), "{audit_id}");
+        assert_eq!(rec["outcome"], "allowed");
+    }
+    let (c, out, err) = daemon.cli(&[
+        "audit",
+        "verify",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "round {round}: {out}{err}");
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_segments_rotate_loses_nothing_and_the_chain_spans_them() {
+    let (tmp, pki) = setup();
+    // A segment every 40 records, one sealed segment kept beside the live one: under load
+    // the writer seals, starts and archives segments many times a second, so the kills
+    // land in every step of a rotation.
+    let options = DaemonOptions {
+        extra_toml: "[audit]\nsegment_records = 40\nlive_segments = 1\n".into(),
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut acknowledged: HashMap<String, String> = HashMap::new();
+    for round in 0..12u64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = resolve_load(&pki, &daemon.url, &stop);
+        tokio::time::sleep(Duration::from_millis(jitter_ms(round))).await;
+        daemon.kill_hard();
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            acknowledged.extend(t.await.unwrap());
+        }
+        daemon.restart();
+        check_acknowledged(&daemon, &acknowledged, round);
+    }
+    let segments = audit_segments(&daemon.data_dir);
+    let archived = segments
+        .iter()
+        .filter(|p| p.parent().unwrap().ends_with("archive"))
+        .count();
+    assert!(
+        segments.len() > 10 && archived + 2 >= segments.len(),
+        "{} segments, {archived} archived",
+        segments.len()
+    );
+    assert!(acknowledged.len() > 400, "{}", acknowledged.len());
+    // Every record is in exactly one place: the chain's length is the last sequence.
+    let records = daemon.audit_records();
+    assert_eq!(
+        records.len() as u64,
+        records.last().unwrap()["seq"].as_u64().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,34 +153,7 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
     let mut last_promoted = 1u64;
     for round in 0..20u64 {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
-            let pki = pki.clone();
-            let url = daemon.url.clone();
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut acks = Vec::new();
-                let mut c = pki.client_for("w1", &url);
-                while !stop.load(Ordering::Relaxed) {
-                    let body = serde_json::to_vec(&json!({"instance_id": "i1"})).unwrap();
-                    match c
-                        .request(http::Method::POST, "/v1/resolve", Some(body))
-                        .await
-                    {
-                        Ok((s, bytes)) if s.as_u16() == 200 => {
-                            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                            acks.push((
-                                v["audit_id"].as_str().unwrap().to_owned(),
-                                v["request_id"].as_str().unwrap().to_owned(),
-                            ));
-                        }
-                        Ok((s, _)) => panic!("unexpected status {s}"),
-                        Err(_) => break, // the daemon died under us
-                    }
-                }
-                acks
-            }));
-        }
+        let tasks = resolve_load(&pki, &daemon.url, &stop);
         // Every other round, an operator is rotating a secret when the kill lands.
         let admin = if round % 2 == 1 {
             let pki = pki.clone();
@@ -148,18 +232,7 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
         );
 
         daemon.restart();
-        let records: HashMap<String, serde_json::Value> = daemon
-            .audit_records()
-            .into_iter()
-            .map(|r| (format!("aud_{}", &r["hash"].as_str().unwrap()[..20]), r))
-            .collect();
-        for (audit_id, request_id) in &acknowledged {
-            let rec = records
-                .get(audit_id)
-                .unwrap_or_else(|| panic!("round {round}: {audit_id} acknowledged but missing"));
-            assert_eq!(rec["request_id"], request_id.as_str(), "{audit_id}");
-            assert_eq!(rec["outcome"], "allowed");
-        }
+        let records = check_acknowledged(&daemon, &acknowledged, round);
         // Every acknowledged admin change survived with its record.
         for (audit_id, version, _) in &acknowledged_changes {
             let rec = records.get(audit_id).unwrap_or_else(|| {
@@ -178,13 +251,6 @@ async fn sigkill_under_load_loses_no_acknowledged_audit_record() {
                 "{rec}"
             );
         }
-        let (c, out, err) = daemon.cli(&[
-            "audit",
-            "verify",
-            "--config",
-            daemon.config.to_str().unwrap(),
-        ]);
-        assert_eq!(c, 0, "round {round}: {out}{err}");
         // Still serving; no binding or secret lost or half-written: both bindings list, b1's
         // secret is untouched, b2's active version opens (whichever rotation last committed).
         let mut w = pki.client_for("w1", &daemon.url);

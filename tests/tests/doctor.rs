@@ -197,7 +197,7 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
 
     // A record of the audit log edited after its last checkpoint.
     let d = copy(&healthy, root, "tampered");
-    let log = d.join("audit/audit.log");
+    let log = audit_segments(&d).pop().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     std::fs::write(&log, text.replacen("\"tenant.add\"", "\"tenant.adX\"", 1)).unwrap();
     expect_fail(&d, "audit.checkpoint", "sequence");

@@ -1,8 +1,8 @@
 //! No response leaves before its audit record is durable (issue 18, item 2). SIGKILL keeps
 //! the page cache, so the crash test cannot see a missing `fdatasync`; this test watches the
 //! daemon's system calls instead (strace attached to every thread): for each response written
-//! to the worker's connection, the last write to `audit.log` before it has been followed by
-//! a completed `fdatasync` of `audit.log`. Dropping the sync, or answering before it, fails.
+//! to the worker's connection, the last write to an audit segment before it has been followed
+//! by a completed `fdatasync` of the segment. Dropping the sync, or answering before it, fails.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -66,9 +66,9 @@ async fn resolve_on(conn: &mut Conn) -> (u16, serde_json::Value) {
 /// One system call of interest, in the order strace reported it.
 #[derive(Debug, PartialEq)]
 enum Call {
-    /// A write to audit.log started.
+    /// A write to an audit segment started.
     AuditWrite,
-    /// An fdatasync of audit.log returned 0.
+    /// An fdatasync of an audit segment returned 0.
     AuditSynced,
     /// A write to the worker's connection started.
     Reply,
@@ -79,7 +79,7 @@ fn calls(trace: &str, client_port: u16) -> Vec<Call> {
     let peer = format!(":{client_port}]");
     let mut out = Vec::new();
     for line in trace.lines() {
-        let audit_fd = line.contains("/audit/audit.log>");
+        let audit_fd = line.contains("/audit/segment-");
         let is = |name: &str| line.contains(&format!("{name}(")) && !line.contains("resumed>");
         if audit_fd && (is("write") || is("pwrite64") || is("writev")) {
             out.push(Call::AuditWrite);
@@ -170,7 +170,7 @@ async fn every_response_leaves_after_its_audit_record_is_synced() {
     }
     assert!(checked >= rounds);
     // Every acknowledged resolve's record is in the log.
-    let log = std::fs::read_to_string(daemon.data_dir.join("audit/audit.log")).unwrap();
+    let log = audit_log_text(&daemon.data_dir);
     for id in &audit_ids {
         let hash_prefix = id.trim_start_matches("aud_");
         assert!(

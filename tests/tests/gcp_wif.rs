@@ -135,7 +135,7 @@ async fn mint_end_to_end_with_cache_single_flight_and_audit() {
     assert_eq!(pd.matches("assertion jti=").count(), 2, "{pd}");
     assert_eq!(pd.matches(&format!("sub={subject}")).count(), 1, "{pd}");
     assert_eq!(pd.matches("sub=cb-").count(), 2, "{pd}");
-    let log = std::fs::read_to_string(env.daemon.data_dir.join("audit/audit.log")).unwrap();
+    let log = audit_log_text(&env.daemon.data_dir);
     for t in env.gcp.state.subject_tokens.lock().unwrap().iter() {
         assert!(!log.contains(t.as_str()), "an assertion in the audit log");
     }

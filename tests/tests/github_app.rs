@@ -670,11 +670,7 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     );
     // Tokens never reach logs or the audit log.
     assert!(!env.daemon.logs().contains(token.as_str().unwrap()));
-    assert!(
-        !std::fs::read_to_string(env.daemon.data_dir.join("audit/audit.log"))
-            .unwrap()
-            .contains(token.as_str().unwrap())
-    );
+    assert!(!audit_log_text(&env.daemon.data_dir).contains(token.as_str().unwrap()));
     let (c, out, err) = env.daemon.cli(&[
         "audit",
         "verify",
@@ -924,8 +920,7 @@ async fn a_flood_of_anonymous_callbacks_is_counted_not_audited() {
     let mut w1 = env.w1();
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "{v}");
-    let log = env.daemon.data_dir.join("audit/audit.log");
-    let before = std::fs::read(&log).unwrap();
+    let before = audit_log_text(&env.daemon.data_dir).into_bytes();
     let denied_before = callbacks_denied(&env).await;
 
     let suspend = serde_json::to_vec(
@@ -1002,7 +997,7 @@ async fn a_flood_of_anonymous_callbacks_is_counted_not_audited() {
         "{statuses:?}"
     );
     // The audit log holds exactly the resolves (one record each), nothing from the flood.
-    let after = std::fs::read(&log).unwrap();
+    let after = audit_log_text(&env.daemon.data_dir).into_bytes();
     assert_eq!(&after[..before.len()], &before[..]);
     let added: Vec<Value> = String::from_utf8(after[before.len()..].to_vec())
         .unwrap()

@@ -286,6 +286,29 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
     for r in 1..=3 {
         assert!(out.contains(&format!("replica {r}: audit OK")), "{out}");
     }
+    // The audit report reads the same chains a page at a time: every acknowledged resolve
+    // is counted in its replica's chain.
+    let report = tmp.path().join("report.json");
+    let (c, out, err) = set.cli(&[
+        "audit",
+        "report",
+        "--config",
+        &config,
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(summary["verified"], true, "{summary}");
+    let chains = summary["chains"].as_array().unwrap();
+    assert!(chains.len() >= 3, "{summary}");
+    let in_chains: u64 = chains.iter().map(|c| c["records"].as_u64().unwrap()).sum();
+    assert_eq!(summary["records"].as_u64(), Some(in_chains), "{summary}");
+    assert!(
+        summary["resolves_by_outcome"]["allowed"].as_u64().unwrap() >= acked.len() as u64,
+        "{summary}"
+    );
     let text = std::fs::read_to_string(&export).unwrap();
     let mut documents: Vec<String> = Vec::new();
     for line in text.lines() {

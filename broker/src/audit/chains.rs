@@ -226,22 +226,34 @@ pub async fn verify_chain(
     })
 }
 
-/// Every record line of `replica`'s chain and its checkpoints (for an export).
-///
-/// # Errors
-/// On a database error.
-pub async fn read_chain(
-    client: &impl GenericClient,
-    replica: u32,
-) -> Result<(Vec<String>, Vec<Checkpoint>), String> {
-    let cps = checkpoints(client, replica).await?;
-    let mut lines = Vec::new();
-    for_each_line(client, replica, 1, |line| {
-        lines.push(line.to_owned());
-        Ok(())
-    })
-    .await?;
-    Ok((lines, cps))
+/// `replica`'s chain as the record lines of an export or a report: every pass reads it
+/// again from the snapshot a page at a time, so memory does not grow with the chain. A pass
+/// blocks the calling thread on its pages (the connection is driven by the runtime's worker
+/// threads): call it from synchronous code inside `Runtime::block_on`, as the CLI does.
+pub struct ChainLines<'a, C> {
+    /// The snapshot.
+    pub client: &'a C,
+    /// Whose chain.
+    pub replica: u32,
+}
+
+impl<C: GenericClient + Sync> super::LineSource for ChainLines<'_, C> {
+    fn each(&self, each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        let mut failed = None;
+        let paged =
+            futures_executor::block_on(for_each_line(self.client, self.replica, 1, |line| {
+                each(line.as_bytes()).map_err(|e| {
+                    let text = e.to_string();
+                    failed = Some(e);
+                    text
+                })
+            }));
+        match (paged, failed) {
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(std::io::Error::other(e)),
+            (Ok(()), None) => Ok(()),
+        }
+    }
 }
 
 /// The start-up check of this replica's chain: from its last signed checkpoint to its end

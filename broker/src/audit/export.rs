@@ -21,10 +21,11 @@ use time::OffsetDateTime;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
+use super::checkpoints_path;
 use super::lines::LogLines;
-use super::record::Checkpoint;
+use super::record::{AuditRecord, Checkpoint};
+use super::segments::{self, Line};
 use super::verify::complete_lines;
-use super::{checkpoints_path, log_path};
 use crate::keys::AuditSigner;
 use crate::model::now_rfc3339;
 use crate::progress::{Progress, Unit};
@@ -170,17 +171,74 @@ pub trait LineSource {
     fn each(&self, each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()>;
 }
 
-/// The first `len` bytes of a log file, read a line at a time.
+/// The record lines of the file log's segments, up to the bytes a verification read. Every
+/// pass checks the chain again — each record's own hash, its link to the one before, and an
+/// end at the head the verification reached — so a segment replaced between the verification
+/// and a pass (or between two passes) fails the export instead of being signed.
 pub struct FileLines {
-    /// The log file.
-    pub path: std::path::PathBuf,
-    /// How much of it (the length a verification read).
-    pub len: u64,
+    /// The audit directory.
+    pub dir: std::path::PathBuf,
+    /// How many bytes of its segments (what a verification read).
+    pub bytes: u64,
+    /// The sequence and hash the verification ended at (`None`: an empty log).
+    pub head: Option<(u64, String)>,
+}
+
+/// What a pass needs of a record to check its link.
+#[derive(Deserialize)]
+struct Link {
+    seq: u64,
+    prev_hash: String,
+    hash: String,
 }
 
 impl LineSource for FileLines {
     fn each(&self, each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
-        LogLines::open_to(&self.path, self.len)?.for_each(each)
+        let changed = |what: String| {
+            invalid(format!(
+                "the audit log changed while it was exported ({what}); export refused — run `credbroker audit verify`"
+            ))
+        };
+        let mut left = self.bytes;
+        let mut at: Option<(u64, String)> = None;
+        for seg in segments::list(&self.dir)? {
+            if left == 0 {
+                break;
+            }
+            let file = seg.open()?;
+            let len = file.metadata()?.len().min(left);
+            let mut lines = LogLines::of(file, len);
+            while let Some(line) = lines.next_line()? {
+                let Ok(Line::Record(r)) = segments::classify(line) else {
+                    continue;
+                };
+                let link: Link = serde_json::from_slice(r)
+                    .map_err(|_| changed("a record does not parse".into()))?;
+                let text = std::str::from_utf8(r).map_err(|_| changed("not UTF-8".into()))?;
+                if AuditRecord::hash_of_line(text, &link.hash).as_deref() != Some(&*link.hash) {
+                    return Err(changed(format!("record {} fails its hash", link.seq)));
+                }
+                if let Some((seq, hash)) = &at {
+                    if link.seq != seq + 1 || link.prev_hash != *hash {
+                        return Err(changed(format!(
+                            "record {} does not follow {seq}",
+                            link.seq
+                        )));
+                    }
+                }
+                each(r)?;
+                at = Some((link.seq, link.hash));
+            }
+            left -= lines.consumed();
+        }
+        if at != self.head {
+            return Err(changed(format!(
+                "it ends at {} where the verification ended at {}",
+                at.map_or(0, |a| a.0),
+                self.head.as_ref().map_or(0, |h| h.0)
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -227,8 +285,9 @@ pub fn export(
         .filter_map(|l| serde_json::from_slice::<Checkpoint>(l).ok())
         .collect();
     let lines = FileLines {
-        path: log_path(audit_dir),
-        len: verified.bytes,
+        dir: audit_dir.to_owned(),
+        bytes: verified.bytes,
+        head: verified.last_seq.zip(verified.last_hash.clone()),
     };
     write_document((None, set), &lines, &cps, filter, signer, out, progress)
 }

@@ -9,11 +9,14 @@ use std::path::Path;
 /// an attack, and is not buffered whole).
 pub const MAX_LINE: u64 = 1 << 20;
 
-/// Complete lines of a file, one buffer reused for each.
+/// Complete lines of a file, one buffer reused for each. A NUL byte ends the written part:
+/// segment files are zero-filled ahead of the writer, and a record never holds one.
 pub struct LogLines {
     reader: BufReader<Take<File>>,
     buf: Vec<u8>,
     len: u64,
+    consumed: u64,
+    done: bool,
 }
 
 impl LogLines {
@@ -35,15 +38,18 @@ impl LogLines {
         Ok(LogLines::of(File::open(path)?, len))
     }
 
-    fn of(file: File, len: u64) -> LogLines {
+    /// The first `len` bytes of an open file, from its start.
+    pub fn of(file: File, len: u64) -> LogLines {
         LogLines {
             reader: BufReader::with_capacity(256 * 1024, file.take(len)),
             buf: Vec::with_capacity(4096),
             len,
+            consumed: 0,
+            done: false,
         }
     }
 
-    /// The bytes this reader covers.
+    /// The bytes this reader covers at most.
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -53,30 +59,54 @@ impl LogLines {
         self.len == 0
     }
 
+    /// Bytes of the complete lines returned so far (with their newlines): where the written
+    /// part ends once [`LogLines::next_line`] returned `None`.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
     /// The next complete, non-empty line without its newline; `None` at the end (bytes
-    /// after the last newline are an append in progress).
+    /// after the last newline, or from a NUL byte on, are an append in progress or space
+    /// not yet written).
     ///
     /// # Errors
     /// On a read error, or a line longer than [`MAX_LINE`].
     pub fn next_line(&mut self) -> std::io::Result<Option<&[u8]>> {
         loop {
+            if self.done {
+                return Ok(None);
+            }
             self.buf.clear();
-            let n = (&mut self.reader)
-                .take(MAX_LINE + 1)
-                .read_until(b'\n', &mut self.buf)?;
-            if n == 0 {
-                return Ok(None);
-            }
-            if self.buf.last() != Some(&b'\n') {
-                if n as u64 > MAX_LINE {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("a line longer than {MAX_LINE} bytes"),
-                    ));
+            loop {
+                let avail = self.reader.fill_buf()?;
+                if avail.is_empty() {
+                    self.done = true;
+                    return Ok(None);
                 }
-                return Ok(None);
+                match memchr::memchr2(b'\n', 0, avail) {
+                    Some(i) if avail[i] == b'\n' => {
+                        self.buf.extend_from_slice(&avail[..i]);
+                        self.reader.consume(i + 1);
+                        self.consumed += self.buf.len() as u64 + 1;
+                        break;
+                    }
+                    Some(_) => {
+                        self.done = true;
+                        return Ok(None);
+                    }
+                    None => {
+                        let n = avail.len();
+                        self.buf.extend_from_slice(avail);
+                        self.reader.consume(n);
+                        if self.buf.len() as u64 > MAX_LINE {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                format!("a line longer than {MAX_LINE} bytes"),
+                            ));
+                        }
+                    }
+                }
             }
-            self.buf.pop();
             if !self.buf.is_empty() {
                 return Ok(Some(&self.buf));
             }
@@ -117,5 +147,11 @@ mod tests {
         let long = vec![b'x'; (MAX_LINE + 10) as usize];
         std::fs::write(&path, &long).unwrap();
         assert!(LogLines::open(&path).unwrap().next_line().is_err());
+        std::fs::write(&path, b"one\ntwo\nthr\0\0\0\nfour\n\0\0").unwrap();
+        let mut padded = LogLines::open(&path).unwrap();
+        assert_eq!(padded.next_line().unwrap(), Some(&b"one"[..]));
+        assert_eq!(padded.next_line().unwrap(), Some(&b"two"[..]));
+        assert_eq!(padded.next_line().unwrap(), None);
+        assert_eq!(padded.consumed(), 8);
     }
 }

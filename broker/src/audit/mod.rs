@@ -1,14 +1,15 @@
 //! The tamper-evident audit log.
 //!
-//! Records live in an append-only segment file beside the store (`<data>/audit/audit.log`),
-//! one canonical JSON object per line, each carrying the hash of its predecessor and its own
-//! SHA-256 hash. A separate file (`checkpoints.log`) holds Ed25519-signed (sequence, hash)
-//! checkpoints, so an auditor holding only the public key can verify an export, and a log
-//! rewritten from some point on is caught at the first checkpoint after it.
+//! Records live in append-only segment files beside the store (`<data>/audit/`, see
+//! [`segments`]), one canonical JSON object per line, each carrying the hash of its
+//! predecessor and its own SHA-256 hash. A separate file (`checkpoints.log`) holds
+//! Ed25519-signed (sequence, hash) checkpoints, and each sealed segment ends with one, so an
+//! auditor holding only the public key can verify an export, and a log rewritten from some
+//! point on is caught at the first checkpoint after it.
 //!
-//! Why a file and not a sled tree: the file is readable by `credbroker audit verify|export`
-//! while the daemon holds sled's exclusive lock, and appending with one `fdatasync` per
-//! batch is the cheapest durable write there is (BENCHMARKING.md). Appends from concurrent
+//! Why files and not a sled tree: they are readable by `credbroker audit verify|export`
+//! while the daemon holds sled's exclusive lock, and writing into space zero-filled ahead
+//! with one `fdatasync` per batch is the cheapest durable write there is (BENCHMARKING.md). Appends from concurrent
 //! requests are group-committed by one writer thread: nothing is acknowledged before the
 //! batch holding it is on disk, and if the write fails every request in the batch fails
 //! closed with `audit_unavailable`.
@@ -18,6 +19,7 @@ mod export;
 pub mod lines;
 mod record;
 pub mod report;
+pub mod segments;
 mod tail;
 mod verify;
 mod writer;
@@ -26,15 +28,15 @@ pub use export::{export, write_document, ExportFilter, ExportSet, FileLines, Lin
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
 pub use verify::{
     complete_lines, verify_export, verify_exports, verify_log, verify_log_visit, verify_log_with,
-    verify_since_last_checkpoint, ChainCheck, VerifyFailure, VerifySummary,
+    verify_segment, verify_since_last_checkpoint, ChainCheck, ReadAt, VerifyFailure, VerifySummary,
 };
 pub use writer::{max_unanchored, AuditConfig, AuditError, AuditLog, AuditReceipt};
 
 use std::path::{Path, PathBuf};
 
-/// File holding the records.
-pub fn log_path(audit_dir: &Path) -> PathBuf {
-    audit_dir.join("audit.log")
+/// The single-file log of earlier releases (segment 0 of the file log).
+pub fn legacy_log_path(audit_dir: &Path) -> PathBuf {
+    audit_dir.join(segments::LEGACY_NAME)
 }
 
 /// File holding the signed checkpoints.

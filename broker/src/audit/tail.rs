@@ -1,4 +1,4 @@
-//! Opening the log and checkpoint files for append and finding their durable tail: a torn
+//! Opening an earlier release's single-file log and the checkpoint file for append and finding their durable tail: a torn
 //! (newline-less) last line left by a crash mid-write was never acknowledged and is cut; the
 //! last complete record must parse and match its hash.
 
@@ -119,12 +119,10 @@ pub(super) fn open_tail(path: &Path) -> Result<(File, Tail), AuditError> {
     Ok((file, tail))
 }
 
-/// Opens the checkpoint file (repairing a torn tail) and reads the last checkpoint's sequence.
-pub(super) fn open_checkpoints(path: &Path) -> Result<(File, u64), AuditError> {
+/// Opens the checkpoint file (repairing a torn tail) and reads the last checkpoint.
+pub(super) fn open_checkpoints(path: &Path) -> Result<(File, Option<Checkpoint>), AuditError> {
     let mut file = open_append(path)?;
     let (_, last) = recover_tail(&mut file, path)?;
-    let seq = last
-        .and_then(|l| serde_json::from_str::<Checkpoint>(&l).ok())
-        .map_or(0, |c| c.seq);
-    Ok((file, seq))
+    let last = last.and_then(|l| serde_json::from_str::<Checkpoint>(&l).ok());
+    Ok((file, last))
 }

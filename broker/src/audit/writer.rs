@@ -1,14 +1,16 @@
 //! The group-committing audit writer.
 //!
-//! One OS thread owns the log file. Request handlers send an [`AuditEvent`] and wait for a
-//! receipt. The thread takes everything queued (up to `max_batch`), assigns sequence numbers
-//! and hashes, writes the batch with one `write_all`, calls `fdatasync` once, and only then
-//! answers every waiter. On a failed write or sync it truncates the file back to the last
-//! durable length, answers every waiter of the batch with an error (the caller fails closed),
-//! and keeps the chain state of the last durable record.
+//! One OS thread owns the live segment. Request handlers send an [`AuditEvent`] and wait for
+//! a receipt. The thread takes everything queued (up to `max_batch`), assigns sequence
+//! numbers and hashes, seals the segment and starts the next when the batch would not fit,
+//! writes the batch with one `pwrite` into space zero-filled ahead, calls `fdatasync` once,
+//! and only then answers every waiter. On a failed write or sync it zeroes what the batch
+//! may have left after the last durable byte, answers every waiter of the batch with an
+//! error (the caller fails closed), and keeps the chain state of the last durable record.
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -18,19 +20,27 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use tokio::sync::oneshot;
 
+use super::checkpoints_path;
 use super::record::{AuditEvent, AuditRecord, Checkpoint};
-use super::tail::{open_checkpoints, open_tail, Tail};
-use super::{checkpoints_path, log_path};
+use super::tail::{open_checkpoints, Tail};
 use crate::keys::AuditSigner;
 use crate::model::now_rfc3339;
 
 mod recovery;
+mod segment;
+use segment::{open_live, Live};
 
 /// Audit writer settings.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
-    /// Directory holding `audit.log` and `checkpoints.log`.
+    /// Directory holding the segments and `checkpoints.log`.
     pub dir: PathBuf,
+    /// Seal a segment and start the next before it would grow past this many bytes…
+    pub segment_bytes: u64,
+    /// …or hold more than this many records (0: no limit).
+    pub segment_records: u64,
+    /// Sealed segments kept beside the live one; older ones move to `archive/`.
+    pub live_segments: usize,
     /// Most records per group commit.
     pub max_batch: usize,
     /// Sign a checkpoint after this many records…
@@ -140,12 +150,13 @@ pub struct AuditLog {
 
 struct Writer {
     config: AuditConfig,
-    log_path: PathBuf,
-    file: File,
+    live: Live,
     tail: Tail,
     checkpoints: File,
     signer: AuditSigner,
     last_checkpoint_seq: u64,
+    /// The last checkpoint written (a segment's seal repeats it).
+    last_checkpoint: Option<Checkpoint>,
     last_checkpoint_at: Instant,
     needs_reopen: bool,
     /// Hash of the first record of the last failed batch, until the log is re-opened: if it
@@ -215,27 +226,23 @@ impl Writer {
             first_hash.get_or_insert_with(|| rec.hash.clone());
             prev = rec.hash;
         }
-        let result = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data());
+        let count = waiters.len() as u64;
+        let result = self.write_batch(buf, count);
         match result {
-            Ok(()) => {
+            Ok(written) => {
                 self.tail = Tail {
                     seq,
                     hash: prev,
-                    len: self.tail.len + buf.len() as u64,
+                    len: self.tail.len + written,
                 };
+                self.live.started = true;
+                self.live.records += count;
                 self.healthy.store(true, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .records
-                    .fetch_add(waiters.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .last_batch
-                    .store(waiters.len() as u64, Ordering::Relaxed);
+                self.stats.records.fetch_add(count, Ordering::Relaxed);
+                self.stats.last_batch.store(count, Ordering::Relaxed);
                 if let Some(h) = &self.batch_sizes {
-                    h.observe(waiters.len() as f64);
+                    h.observe(count as f64);
                 }
                 for (done, receipt) in waiters.into_iter().zip(receipts) {
                     let _ = done.send(Ok(receipt));
@@ -253,6 +260,27 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Writes one batch of record lines at the live segment's tail — after sealing it and
+    /// starting the next when they would not fit, and after the new segment's header — and
+    /// syncs its data once. Returns the bytes written.
+    fn write_batch(&mut self, records: Vec<u8>, count: u64) -> std::io::Result<u64> {
+        if self.must_rotate(records.len() as u64, count) {
+            self.rotate()?;
+        }
+        let buf = if self.live.started {
+            records
+        } else {
+            let mut with_header = self.header();
+            with_header.extend_from_slice(&records);
+            with_header
+        };
+        let end = self.tail.len + buf.len() as u64;
+        self.fill_to(end)?;
+        self.live.file.write_all_at(&buf, self.tail.len)?;
+        self.live.file.sync_data()?;
+        Ok(buf.len() as u64)
     }
 
     fn maybe_checkpoint(&mut self, force: bool) {
@@ -285,6 +313,7 @@ impl Writer {
             Ok(()) => {
                 self.last_checkpoint_seq = cp.seq;
                 self.last_checkpoint_at = Instant::now();
+                self.last_checkpoint = Some(cp);
             }
             Err(e) => {
                 // Re-open both files before the next write: the checkpoint file may have been
@@ -423,9 +452,10 @@ impl AuditLog {
             path: config.dir.display().to_string(),
             reason: e.to_string(),
         })?;
-        let log = log_path(&config.dir);
-        let (file, tail) = open_tail(&log)?;
-        let (checkpoints, last_checkpoint_seq) = open_checkpoints(&checkpoints_path(&config.dir))?;
+        let (live, tail, torn) = open_live(&config)?;
+        let log = live.path.clone();
+        let (checkpoints, last_checkpoint) = open_checkpoints(&checkpoints_path(&config.dir))?;
+        let last_checkpoint_seq = last_checkpoint.as_ref().map_or(0, |c| c.seq);
         if last_checkpoint_seq > tail.seq {
             return Err(AuditError::Inconsistent {
                 path: log.display().to_string(),
@@ -453,16 +483,19 @@ impl AuditLog {
             );
             forensic = Some(f.to_string());
         }
+        if let Some(torn) = torn {
+            torn.clear()?;
+        }
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
         let writer = Writer {
             config,
-            log_path: log,
-            file,
+            live,
             tail,
             checkpoints,
             signer,
             last_checkpoint_seq,
+            last_checkpoint,
             last_checkpoint_at: Instant::now(),
             needs_reopen: false,
             failed_first: None,
@@ -470,6 +503,7 @@ impl AuditLog {
             stats: stats.clone(),
             batch_sizes,
         };
+        writer.archive_old();
         AuditLog::spawn(writer, healthy, stats, forensic)
     }
 
@@ -548,137 +582,4 @@ impl AuditLog {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::verify_log;
-    use std::fs::OpenOptions;
-    use std::path::Path;
-
-    fn config(dir: &Path) -> AuditConfig {
-        AuditConfig {
-            dir: dir.to_owned(),
-            max_batch: 64,
-            checkpoint_every_records: 10,
-            checkpoint_interval: Duration::from_secs(3600),
-            forensic_start: false,
-        }
-    }
-
-    fn signer(dir: &Path) -> AuditSigner {
-        let k = dir.join("k");
-        if k.exists() {
-            AuditSigner::load(&k).unwrap()
-        } else {
-            AuditSigner::generate(&k, &dir.join("k.pub")).unwrap()
-        }
-    }
-
-    fn ev(n: usize) -> AuditEvent {
-        AuditEvent {
-            kind: "resolve".into(),
-            action: "resolve".into(),
-            request_id: format!("r{n}"),
-            outcome: "allowed".into(),
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_appends_are_chained_and_survive_reopen() {
-        let tmp = tempfile::tempdir().unwrap();
-        let keys = tmp.path().join("keys");
-        std::fs::create_dir_all(&keys).unwrap();
-        let dir = tmp.path().join("audit");
-        let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let log = log.clone();
-            tasks.push(tokio::spawn(
-                async move { log.append(ev(i)).await.unwrap().seq },
-            ));
-        }
-        let mut seqs = Vec::new();
-        for t in tasks {
-            seqs.push(t.await.unwrap());
-        }
-        seqs.sort();
-        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
-        log.close();
-        let verifier = signer(&keys).verifier();
-        let summary = verify_log(&dir, &verifier, 74).unwrap();
-        assert_eq!(summary.records, 200);
-        assert_eq!(summary.last_checkpoint, Some(200));
-
-        // A torn tail (crash mid-write) is dropped on reopen and the chain continues.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(log_path(&dir))
-            .unwrap();
-        f.write_all(b"{\"seq\":201,\"ti").unwrap();
-        drop(f);
-        let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
-        assert_eq!(log.append(ev(0)).await.unwrap().seq, 201);
-        log.close();
-        assert_eq!(verify_log(&dir, &verifier, 74).unwrap().records, 201);
-    }
-
-    #[test]
-    fn a_failed_batch_whose_rollback_did_not_happen_is_never_chained_onto() {
-        let tmp = tempfile::tempdir().unwrap();
-        let keys = tmp.path().join("keys");
-        std::fs::create_dir_all(&keys).unwrap();
-        let dir = tmp.path().join("audit");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
-        for i in 0..3 {
-            rt.block_on(log.append(ev(i))).unwrap();
-        }
-        log.close();
-        // The writer's view: three durable records; then a batch fails and its truncation
-        // does not happen, leaving a record nobody was told about.
-        let (file, tail) = open_tail(&log_path(&dir)).unwrap();
-        let (checkpoints, last_checkpoint_seq) = open_checkpoints(&checkpoints_path(&dir)).unwrap();
-        let durable = (tail.seq, tail.hash.clone());
-        let mut writer = Writer {
-            config: config(&dir),
-            log_path: log_path(&dir),
-            file,
-            tail,
-            checkpoints,
-            signer: signer(&keys),
-            last_checkpoint_seq,
-            last_checkpoint_at: Instant::now(),
-            needs_reopen: true,
-            failed_first: None,
-            healthy: Arc::new(AtomicBool::new(false)),
-            stats: Arc::new(AuditStats::default()),
-            batch_sizes: None,
-        };
-        let mut rec = AuditRecord {
-            replica: None,
-            seq: durable.0 + 1,
-            time: now_rfc3339(),
-            event: ev(99),
-            prev_hash: durable.1.clone(),
-            hash: String::new(),
-        };
-        rec.hash = rec.compute_hash();
-        writer.failed_first = Some(rec.hash.clone());
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(log_path(&dir))
-            .unwrap();
-        f.write_all(&serde_json::to_vec(&rec).unwrap()).unwrap();
-        f.write_all(b"\n").unwrap();
-        drop(f);
-        writer.reopen().unwrap();
-        assert_eq!((writer.tail.seq, writer.tail.hash.clone()), durable);
-        let text = std::fs::read_to_string(log_path(&dir)).unwrap();
-        assert!(
-            !text.contains("\"r99\""),
-            "the failed batch's record is gone"
-        );
-    }
-}
+mod tests;

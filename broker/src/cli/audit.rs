@@ -47,6 +47,12 @@ pub struct VerifyArgs {
     /// Verify an export file instead of the live log (requires --public-key).
     #[arg(long, requires = "public_key")]
     export: Option<PathBuf>,
+    /// Verify one sealed segment file on its own, e.g. one taken from audit/archive/
+    /// (requires --public-key): its records chain from its header, its seal verifies, only
+    /// zeros follow it. Where it sits in the log (after which segment, and cut short or not)
+    /// is proven only with its neighbours or the whole directory.
+    #[arg(long, requires = "public_key", conflicts_with = "export")]
+    segment: Option<PathBuf>,
     /// Audit public key file (default: the data directory's).
     #[arg(long)]
     public_key: Option<PathBuf>,
@@ -133,14 +139,45 @@ fn shared(config: &Config) -> bool {
 fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     let mut trust_note = String::new();
     let is_export = args.export.is_some();
-    let results: Vec<ChainResult> = if let Some(export) = &args.export {
+    // A segment or an export is checked with the key the operator pins (clap requires it).
+    let pinned = || -> Result<AuditVerifier, String> {
         let key = args
             .public_key
             .as_ref()
-            .ok_or("--export needs --public-key")?;
-        let verifier = AuditVerifier::load(key).map_err(|e| e.to_string())?;
-        let bytes = std::fs::read(export).map_err(|e| format!("{}: {e}", export.display()))?;
-        audit::verify_exports(&bytes, &verifier)
+            .ok_or("--export and --segment need --public-key")?;
+        AuditVerifier::load(key).map_err(|e| e.to_string())
+    };
+    let results: Vec<ChainResult> = if let Some(segment) = &args.segment {
+        let verifier = pinned()?;
+        let result = audit::verify_segment(segment, &verifier);
+        if let (Ok(s), true) = (&result, args.output != Some(Output::Json)) {
+            let first = s.first_seq.unwrap_or(1);
+            let start = if first == 1 {
+                "it starts the log".to_owned()
+            } else {
+                format!("that it follows the segment before is proven with that segment (its seal, or an earlier release's audit.log, must end at record {} with the hash in this segment's header)", first - 1)
+            };
+            trust_note = format!(
+                "\nnote: one file proves records {first}..{} genuine and in order, ending at a signed checkpoint; {start}. It does not prove it is the whole segment (a seal is a checkpoint like any other: a segment cut at one passes): the next segment's header must start at record {} with this last record's hash. Verifying the whole audit directory proves both.",
+                s.last_seq.unwrap_or(0),
+                s.last_seq.unwrap_or(0).saturating_add(1)
+            );
+        }
+        vec![(None, result)]
+    } else if let Some(export) = &args.export {
+        let verifier = pinned()?;
+        // A file is read by position, a line at a time: an export of any size verifies in
+        // constant memory. A pipe (`--export /dev/stdin`) cannot be read twice: it is read
+        // whole first.
+        let shown = |e: std::io::Error| format!("{}: {e}", export.display());
+        let file = std::fs::File::open(export).map_err(shown)?;
+        if file.metadata().map_err(shown)?.is_file() {
+            audit::verify_exports(&file, &verifier)
+        } else {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(shown)?;
+            audit::verify_exports(&bytes.as_slice(), &verifier)
+        }
     } else {
         let config = local_config(&args.local)?;
         let key = match &args.public_key {
@@ -157,8 +194,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         };
         let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
         let mut results = Vec::new();
-        let file_log = audit::log_path(&config.audit_dir());
-        if !shared(&config) || file_log.exists() {
+        if !shared(&config) || audit::segments::has_file_log(&config.audit_dir()) {
             let bar = Bar::new(Output::shows_progress(args.output));
             results.push((
                 None,
@@ -323,7 +359,7 @@ fn export_all(
     out: &mut dyn Write,
     progress: &dyn Progress,
 ) -> Result<u64, String> {
-    let file_log = !shared(config) || audit::log_path(&config.audit_dir()).exists();
+    let file_log = !shared(config) || audit::segments::has_file_log(&config.audit_dir());
     if !shared(config) {
         return audit::export(
             &config.audit_dir(),
@@ -370,7 +406,11 @@ fn export_all(
             {
                 return Err(format!("replica {replica}'s audit chain does not verify ({f}); export refused — see runbooks/audit-verification.md"));
             }
-            let (lines, cps) = chains::read_chain(&snapshot, replica).await?;
+            let cps = chains::checkpoints(&snapshot, replica).await?;
+            let lines = chains::ChainLines {
+                client: &snapshot,
+                replica,
+            };
             count += audit::write_document(
                 (Some(replica), sets.next()),
                 &lines,

@@ -55,8 +55,7 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
     let mut builder = ReportBuilder::new(window);
     let max = config.audit.max_unanchored();
     let shared = config.store.backend == Backend::Postgres;
-    let file_log = audit::log_path(&config.audit_dir());
-    if !shared || file_log.exists() {
+    if !shared || audit::segments::has_file_log(&config.audit_dir()) {
         // Two passes over the same bytes, each a line at a time (memory stays flat): the
         // first verifies; the second verifies again as it hands each record to the report,
         // so nothing is summed up that did not pass — and if the file changed between the
@@ -97,14 +96,20 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
             let snapshot = chains::snapshot(&mut client).await?;
             for replica in chains::replicas(&snapshot).await? {
                 let verified = chains::verify_chain(&snapshot, replica, &verifier, max).await?;
-                let (lines, _) = chains::read_chain(&snapshot, replica).await?;
+                let lines = chains::ChainLines {
+                    client: &snapshot,
+                    replica,
+                };
+                let mut read = Ok(());
                 builder.chain(&format!("replica {replica}"), &verified, |each| {
-                    for line in &lines {
-                        if let Ok(rec) = serde_json::from_str::<audit::AuditRecord>(line) {
+                    read = audit::LineSource::each(&lines, &mut |line| {
+                        if let Ok(rec) = serde_json::from_slice::<audit::AuditRecord>(line) {
                             each(&rec);
                         }
-                    }
+                        Ok(())
+                    });
                 });
+                read.map_err(|e| format!("database: {e}"))?;
             }
             Ok::<_, String>(())
         })?;

@@ -1,10 +1,7 @@
 //! Verification for a store several replicas share: one replica's chain read from the
-//! database a page at a time, and an export file holding one document per chain.
+//! database a page at a time.
 
-use serde::Deserialize;
-
-use super::super::export::ExportSet;
-use super::{complete_lines, fail, verify_export, Chain, VerifyFailure, VerifySummary};
+use super::{fail, Chain, VerifyFailure, VerifySummary};
 use crate::audit::record::Checkpoint;
 use crate::keys::AuditVerifier;
 
@@ -68,93 +65,4 @@ impl<'a> ChainCheck<'a> {
         }
         self.chain.finish()
     }
-}
-
-/// Verifies every document of an export file — one per chain: a single broker's log, or
-/// each replica's chain of a shared store (and the file log written before the store moved
-/// there) — and returns each one's replica and result, in file order.
-pub fn verify_exports(
-    bytes: &[u8],
-    verifier: &AuditVerifier,
-) -> Vec<(Option<u32>, Result<VerifySummary, VerifyFailure>)> {
-    #[derive(Deserialize)]
-    struct ReplicaOnly {
-        export: ReplicaField,
-    }
-    #[derive(Deserialize)]
-    struct ReplicaField {
-        replica: Option<u32>,
-        set: Option<ExportSet>,
-    }
-    let mut documents: Vec<Vec<u8>> = Vec::new();
-    for line in complete_lines(bytes) {
-        if line.starts_with(b"{\"export\":") || documents.is_empty() {
-            documents.push(Vec::new());
-        }
-        if let Some(doc) = documents.last_mut() {
-            doc.extend_from_slice(line);
-            doc.push(b'\n');
-        }
-    }
-    if documents.is_empty() {
-        documents.push(Vec::new());
-    }
-    let mut results: Vec<(Option<u32>, Result<VerifySummary, VerifyFailure>)> = Vec::new();
-    let mut sets = Vec::new();
-    for doc in &documents {
-        let header = complete_lines(doc)
-            .next()
-            .and_then(|l| serde_json::from_slice::<ReplicaOnly>(l).ok());
-        sets.push(header.as_ref().and_then(|h| h.export.set.clone()));
-        results.push((
-            header.and_then(|h| h.export.replica),
-            verify_export(doc, verifier),
-        ));
-    }
-    // A file of several documents is whole only if every document belongs to one export and
-    // each of its positions is there once: the signed headers say how many there were.
-    if let Some(problem) = set_problem(&sets) {
-        for (_, result) in &mut results {
-            if result.is_ok() {
-                *result = Err(fail(0, problem.clone()));
-            }
-        }
-    }
-    results
-}
-
-/// Why the documents' signed sets do not make one whole export, if they do not.
-fn set_problem(sets: &[Option<ExportSet>]) -> Option<String> {
-    if sets.len() == 1 && sets[0].is_none() {
-        return None;
-    }
-    let Some(Some(first)) = sets.first() else {
-        return Some("a document of this multi-document export names no export set".into());
-    };
-    let mut seen = vec![false; first.documents as usize];
-    for set in sets {
-        let Some(set) = set else {
-            return Some("a document of this multi-document export names no export set".into());
-        };
-        if set.id != first.id || set.documents != first.documents {
-            return Some("documents of different exports were put together in one file".into());
-        }
-        match seen.get_mut(set.index as usize) {
-            Some(slot) if !*slot => *slot = true,
-            _ => return Some(format!("document {} appears twice", set.index)),
-        }
-    }
-    let missing: Vec<String> = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| !**s)
-        .map(|(i, _)| i.to_string())
-        .collect();
-    (!missing.is_empty()).then(|| {
-        format!(
-            "the export held {} documents; document(s) {} were removed",
-            first.documents,
-            missing.join(", ")
-        )
-    })
 }

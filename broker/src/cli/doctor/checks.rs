@@ -542,8 +542,7 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
     let fix =
         "see runbooks/audit-verification.md; `credbroker audit verify` names the first bad record";
     let max = config.audit.max_unanchored();
-    let file_log = crate::audit::log_path(&config.audit_dir());
-    if file_log.exists() {
+    if crate::audit::segments::has_file_log(&config.audit_dir()) {
         out.push(match crate::audit::verify_since_last_checkpoint(&config.audit_dir(), &verifier, max) {
             Ok(s) => Finding::ok(
                 "audit.checkpoint",

@@ -1,0 +1,616 @@
+//! Verification of the live file log: every segment, live and archived, in order.
+//!
+//! Besides each record's checks ([`Chain`]), the segments themselves: numbered without a
+//! gap from 1 (after `audit.log`, an earlier release's log, when there is one); each starts
+//! with a header that continues the chain (its number, the next sequence, the previous
+//! record's hash); every one but the last is sealed, and its seal — a checkpoint signed over
+//! its last record — verifies; nothing follows a seal.
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+use super::{complete_lines, fail, Chain, VerifyFailure, VerifySummary};
+use crate::audit::checkpoints_path;
+use crate::audit::lines::LogLines;
+use crate::audit::record::{AuditRecord, Checkpoint, GENESIS_HASH};
+use crate::audit::segments::{self, Line, SegmentFile};
+use crate::keys::AuditVerifier;
+use crate::progress::{Progress, Silent, Unit};
+
+fn parse_checkpoints(bytes: &[u8]) -> Result<Vec<Checkpoint>, VerifyFailure> {
+    complete_lines(bytes)
+        .map(|l| {
+            serde_json::from_slice::<Checkpoint>(l)
+                .map_err(|_| fail(0, "a checkpoint line does not parse"))
+        })
+        .collect()
+}
+
+fn read_checkpoints(audit_dir: &Path) -> Result<Vec<Checkpoint>, VerifyFailure> {
+    match read_to_length(&checkpoints_path(audit_dir)) {
+        Ok(b) => parse_checkpoints(&b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(fail(0, format!("cannot read checkpoints: {e}"))),
+    }
+}
+
+/// The file's bytes up to the length it has now: appends made while it is read are left for
+/// the next verification, and a device standing in for the file (a test's `/dev/full`) reads
+/// as empty rather than without end.
+fn read_to_length(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn segments_of(audit_dir: &Path) -> Result<Vec<SegmentFile>, VerifyFailure> {
+    segments::list(audit_dir).map_err(|e| fail(0, format!("cannot list audit segments: {e}")))
+}
+
+/// Verifies the live log in `audit_dir` (safe while the daemon appends to it).
+///
+/// `max_unanchored` is the longest tail the writer leaves without a signed checkpoint
+/// ([`crate::audit::AuditConfig::max_unanchored`]); a longer one fails, since without a
+/// checkpoint anyone able to write the file can recompute every hash.
+///
+/// # Errors
+/// The first [`VerifyFailure`]; unreadable files fail at sequence 0.
+pub fn verify_log(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+) -> Result<VerifySummary, VerifyFailure> {
+    verify_log_with(audit_dir, verifier, max_unanchored, &Silent)
+}
+
+/// [`verify_log`], reporting the bytes of the log checked to `progress`. Reads the log a
+/// line at a time: memory stays the same whatever its size.
+///
+/// # Errors
+/// As [`verify_log`].
+pub fn verify_log_with(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+    progress: &dyn Progress,
+) -> Result<VerifySummary, VerifyFailure> {
+    verify_log_visit(
+        audit_dir,
+        verifier,
+        max_unanchored,
+        None,
+        progress,
+        &mut |_| {},
+    )
+}
+
+/// [`verify_log_with`] handing every record to `visit` once it passed its checks — in
+/// order, and never one after a record that failed. With `upto` = (bytes, last sequence) of
+/// an earlier verification, only those bytes are read and only checkpoints up to that
+/// sequence count (the daemon may have signed later ones meanwhile): the same log is
+/// verified again.
+///
+/// # Errors
+/// As [`verify_log`].
+pub fn verify_log_visit(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+    upto: Option<(u64, u64)>,
+    progress: &dyn Progress,
+    visit: &mut dyn FnMut(&AuditRecord),
+) -> Result<VerifySummary, VerifyFailure> {
+    // Checkpoints first: a checkpoint written after we read the log would otherwise look
+    // like a truncated log.
+    let mut cps = read_checkpoints(audit_dir)?;
+    if let Some((_, last_seq)) = upto {
+        cps.retain(|cp| cp.seq <= last_seq);
+    }
+    let segs = segments_of(audit_dir)?;
+    let mut chain = Chain::new(verifier, true);
+    chain.max_unanchored = Some(max_unanchored);
+    chain.checkpoints(&cps)?;
+    let mut walk = Walk {
+        chain,
+        budget: upto.map(|(bytes, _)| bytes),
+        skip_before: None,
+        bytes: 0,
+        progress,
+    };
+    let total = walk.total(&segs);
+    progress.begin("verifying the audit log", total, Unit::Bytes);
+    let result = walk.segments(&segs, visit);
+    progress.end();
+    result?;
+    let bytes = walk.bytes;
+    let mut summary = walk.chain.finish()?;
+    summary.bytes = bytes;
+    Ok(summary)
+}
+
+/// Verifies one sealed segment on its own, with the public key only (a segment archived
+/// and handed over without the rest of the log): its records chain from its header, its
+/// seal — a checkpoint signed over its last record — verifies, and nothing but zeros
+/// follows the seal (as for every segment of the directory walk). What one file cannot prove: that it continues the segment before
+/// (unless it starts the log), and that it is the whole segment — a seal is a checkpoint
+/// like any other, so a segment cut at a checkpointed record and given that checkpoint as
+/// its seal passes. The next segment's header, or the whole directory, proves both.
+///
+/// # Errors
+/// The first [`VerifyFailure`]; a file that is not a sealed segment fails at sequence 0.
+pub fn verify_segment(
+    path: &Path,
+    verifier: &AuditVerifier,
+) -> Result<VerifySummary, VerifyFailure> {
+    let unreadable = |e: std::io::Error| fail(0, format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?;
+    if !len.is_file() {
+        return Err(fail(
+            0,
+            format!(
+                "{} is not a regular file (a segment is read twice: copy it to a file)",
+                path.display()
+            ),
+        ));
+    }
+    let first = LogLines::of(file, len.len())
+        .next_line()
+        .map_err(unreadable)?
+        .map(<[u8]>::to_vec);
+    let header = match first.as_deref().map(segments::classify) {
+        Some(Ok(Line::Header(header))) => header,
+        Some(Err(bad)) => return Err(fail(0, bad.0)),
+        _ => {
+            return Err(fail(
+                0,
+                "not a segment: it does not start with a segment header (an earlier release's audit.log is verified with its audit directory)",
+            ))
+        }
+    };
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(segments::parse_name);
+    if named.is_some_and(|n| n != header.n) {
+        return Err(fail(
+            header.first_seq,
+            format!(
+                "{} has the header of segment {} (renamed or swapped)",
+                path.display(),
+                header.n
+            ),
+        ));
+    }
+    if header.first_seq == 1 && header.prev_hash != GENESIS_HASH {
+        return Err(fail(
+            1,
+            "the segment starts the log but its header does not start from the genesis hash",
+        ));
+    }
+    let seg = SegmentFile {
+        n: header.n,
+        path: path.to_path_buf(),
+        archived: false,
+        also: None,
+    };
+    // The chain starts where the header says; the header's own check then holds trivially,
+    // and every record after it is checked against it.
+    let mut chain = Chain::new(verifier, true);
+    chain.prev_seq = Some(header.first_seq.saturating_sub(1));
+    chain.prev_hash = header.prev_hash;
+    let mut walk = Walk {
+        chain,
+        budget: None,
+        skip_before: None,
+        bytes: 0,
+        progress: &Silent,
+    };
+    let this = walk.segment(&seg, None, &mut |_| {})?;
+    if !this.sealed {
+        return Err(fail(
+            walk.chain.next_seq(),
+            format!(
+                "{} is not sealed: a live segment is verified with its audit directory",
+                seg.name()
+            ),
+        ));
+    }
+    if walk.chain.summary.records == 0 {
+        return Err(fail(
+            walk.chain.next_seq(),
+            format!(
+                "{} holds no record: the writer never seals an empty segment",
+                seg.name()
+            ),
+        ));
+    }
+    let bytes = walk.bytes;
+    let mut summary = walk.chain.finish()?;
+    summary.bytes = bytes;
+    summary.checkpoints = 1;
+    summary.last_checkpoint = summary.last_seq;
+    Ok(summary)
+}
+
+/// The start-up check: the last signed checkpoint is genuine, the record it covers is in
+/// the log with that hash, and the chain runs unbroken from it to the end, within the
+/// unsigned tail the writer may leave. Reads only the segments from the one holding that
+/// record on.
+///
+/// # Errors
+/// The first [`VerifyFailure`].
+pub fn verify_since_last_checkpoint(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+) -> Result<VerifySummary, VerifyFailure> {
+    let cps = read_checkpoints(audit_dir)?;
+    let Some(last) = cps.last() else {
+        // No checkpoint at all: only a log shorter than the unsigned tail is acceptable,
+        // and it is short enough to read whole.
+        return verify_log(audit_dir, verifier, max_unanchored);
+    };
+    let segs = segments_of(audit_dir)?;
+    let from = holding(&segs, last.seq, verifier)?;
+    let mut chain = Chain::new(verifier, true);
+    chain.max_unanchored = Some(max_unanchored);
+    chain.expected = Some(last.seq);
+    chain.last_anchor = None;
+    chain.checkpoints(std::slice::from_ref(last))?;
+    let mut walk = Walk {
+        chain,
+        budget: None,
+        skip_before: Some(last.seq),
+        bytes: 0,
+        progress: &Silent,
+    };
+    walk.segments(&segs[from..], &mut |_| {})?;
+    if walk.chain.summary.first_seq != Some(last.seq) {
+        return Err(fail(
+            last.seq,
+            "the record the last signed checkpoint covers is not in the log (records removed)",
+        ));
+    }
+    walk.chain.finish()
+}
+
+/// The index of the last segment whose header says it starts at or before `seq`. A header
+/// is not signed: the segment before it must be sealed exactly where it says it begins (the
+/// seal is), or a forged header could make the start-up check begin past the record.
+fn holding(
+    segs: &[SegmentFile],
+    seq: u64,
+    verifier: &AuditVerifier,
+) -> Result<usize, VerifyFailure> {
+    let unreadable = |seg: &SegmentFile, e: std::io::Error| {
+        fail(seq, format!("cannot read {}: {e}", seg.name()))
+    };
+    for (i, seg) in segs.iter().enumerate().rev() {
+        if seg.n == 0 {
+            return Ok(i);
+        }
+        let file = seg.open().map_err(|e| unreadable(seg, e))?;
+        let len = file.metadata().map_or(0, |m| m.len());
+        let mut lines = LogLines::of(file, len);
+        let first = lines.next_line().map_err(|e| unreadable(seg, e))?;
+        match first.map(segments::classify) {
+            Some(Ok(Line::Header(h))) if h.first_seq <= seq => {
+                let Some(before) = i.checked_sub(1).map(|b| &segs[b]).filter(|b| b.n > 0) else {
+                    return Ok(i);
+                };
+                let seal = last_line(before)
+                    .map_err(|e| unreadable(before, e))?
+                    .and_then(|l| match segments::classify(&l) {
+                        Ok(Line::Seal(cp)) => Some(cp),
+                        _ => None,
+                    });
+                let genuine = seal.as_ref().is_some_and(|cp| {
+                    cp.seq + 1 == h.first_seq
+                        && cp.hash == h.prev_hash
+                        && B64.decode(&cp.signature).is_ok_and(|sig| {
+                            verifier.verify(
+                                &Checkpoint::signed_message(cp.seq, &cp.hash, &cp.time),
+                                &sig,
+                            )
+                        })
+                });
+                if !genuine {
+                    return Err(fail(
+                        seq,
+                        format!(
+                            "{} is not sealed where {} says it begins (header or seal altered)",
+                            before.name(),
+                            seg.name()
+                        ),
+                    ));
+                }
+                return Ok(i);
+            }
+            Some(Ok(Line::Header(_))) | None => {}
+            Some(_) => {
+                return Err(fail(
+                    seq,
+                    format!("{} does not start with its header", seg.name()),
+                ))
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The last complete line of a sealed segment (its seal), read from its end.
+fn last_line(seg: &SegmentFile) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
+    let file = seg.open()?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(64 << 10);
+    let mut buf = vec![0u8; usize::try_from(len - start).unwrap_or(0)];
+    file.read_exact_at(&mut buf, start)?;
+    if let Some(end) = memchr::memchr(0, &buf) {
+        buf.truncate(end);
+    }
+    let Some(body) = buf.strip_suffix(b"\n") else {
+        return Ok(None);
+    };
+    let from = body.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    Ok(Some(body[from..].to_vec()))
+}
+
+/// Reads segments in order, checking their structure and handing record lines to the chain.
+struct Walk<'a, 'p> {
+    chain: Chain<'a>,
+    /// Bytes to read at most (a second pass over what a first one read).
+    budget: Option<u64>,
+    /// Records before this sequence are passed over (the start-up check).
+    skip_before: Option<u64>,
+    /// Bytes of complete lines read.
+    bytes: u64,
+    progress: &'p dyn Progress,
+}
+
+/// What the walk knows of the segment before the current one.
+struct Previous {
+    n: u64,
+    sealed: bool,
+    lines: u64,
+}
+
+impl Walk<'_, '_> {
+    fn total(&self, segs: &[SegmentFile]) -> u64 {
+        let on_disk: u64 = segs
+            .iter()
+            .filter_map(|s| s.open().ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        self.budget.map_or(on_disk, |b| b.min(on_disk))
+    }
+
+    fn segments(
+        &mut self,
+        segs: &[SegmentFile],
+        visit: &mut dyn FnMut(&AuditRecord),
+    ) -> Result<(), VerifyFailure> {
+        let mut prev: Option<Previous> = None;
+        for seg in segs {
+            if self.budget.is_some_and(|b| self.bytes >= b) {
+                break;
+            }
+            let here = self.chain.next_seq();
+            match &prev {
+                Some(p) if seg.n != p.n + 1 => {
+                    return Err(fail(
+                        here,
+                        format!(
+                            "{} is missing: segments {} and {} are on disk, nothing between (deleted, or archived somewhere else)",
+                            segments::segment_name(p.n + 1),
+                            p.n,
+                            seg.n
+                        ),
+                    ))
+                }
+                None if self.skip_before.is_none() && seg.n > 1 => {
+                    return Err(fail(
+                        here,
+                        format!(
+                            "{} is missing: the log starts at segment {} (earlier segments deleted, or archived somewhere else)",
+                            segments::segment_name(1),
+                            seg.n
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            let this = self.segment(seg, prev.as_ref(), visit)?;
+            if let Some(p) = prev.as_ref().filter(|p| this.lines == 0 && p.n > 0) {
+                if p.lines > 0 && !p.sealed {
+                    // The writer starts a segment only once the one before is sealed.
+                    return Err(fail(
+                        self.chain.next_seq(),
+                        format!(
+                            "{} is not sealed but {} follows it (records removed from its end, or its seal)",
+                            segments::segment_name(p.n),
+                            seg.name()
+                        ),
+                    ));
+                }
+            }
+            prev = Some(this);
+        }
+        Ok(())
+    }
+
+    fn segment(
+        &mut self,
+        seg: &SegmentFile,
+        prev: Option<&Previous>,
+        visit: &mut dyn FnMut(&AuditRecord),
+    ) -> Result<Previous, VerifyFailure> {
+        let name = seg.name();
+        let unreadable =
+            |seq: u64, e: std::io::Error| fail(seq, format!("cannot read {name}: {e}"));
+        if let Some(copy) = &seg.also {
+            // A move to the archive was interrupted: the copy must be the segment itself.
+            let same = segments::same_bytes(&seg.path, copy)
+                .map_err(|e| unreadable(self.chain.next_seq(), e))?;
+            if !same {
+                return Err(fail(
+                    self.chain.next_seq(),
+                    format!("{name} is both in audit/ and in audit/archive/, with different contents (one of them was altered)"),
+                ));
+            }
+        }
+        let file = seg
+            .open()
+            .map_err(|e| unreadable(self.chain.next_seq(), e))?;
+        let len = file.metadata().map_or(0, |m| m.len());
+        let len = self.budget.map_or(len, |b| len.min(b - self.bytes));
+        let after_seal = file
+            .try_clone()
+            .map_err(|e| unreadable(self.chain.next_seq(), e))?;
+        let mut lines = LogLines::of(file, len);
+        let mut this = Previous {
+            n: seg.n,
+            sealed: false,
+            lines: 0,
+        };
+        let mut pending = 0u64;
+        let result = (|| {
+            while let Some(line) = lines
+                .next_line()
+                .map_err(|e| unreadable(self.chain.next_seq(), e))?
+            {
+                pending += line.len() as u64 + 1;
+                if pending >= 1 << 20 {
+                    self.progress.advance(std::mem::take(&mut pending));
+                }
+                let here = self.chain.next_seq();
+                if this.sealed {
+                    return Err(fail(here, format!("{name} has a line after its seal")));
+                }
+                let kind = segments::classify(line).map_err(|b| fail(here, b.0))?;
+                let first = this.lines == 0;
+                this.lines += 1;
+                match kind {
+                    Line::Header(h) => {
+                        if !first || seg.n == 0 {
+                            return Err(fail(here, format!("{name} has a header line inside it")));
+                        }
+                        self.header(&h, seg, prev)?;
+                    }
+                    Line::Record(_) if first && seg.n > 0 => {
+                        return Err(fail(here, format!("{name} does not start with its header")));
+                    }
+                    Line::Record(r) => {
+                        if self.skip_before.is_some_and(|s| {
+                            self.chain.prev_seq.is_none()
+                                && segments::seq_prefix(r).is_some_and(|q| q < s)
+                        }) {
+                            continue;
+                        }
+                        let rec = self.chain.record_parsed(r)?;
+                        visit(&rec);
+                    }
+                    Line::Seal(cp) => {
+                        if seg.n == 0 {
+                            return Err(fail(
+                                here,
+                                format!("{name} (an earlier release's log) has a seal line"),
+                            ));
+                        }
+                        self.seal(&cp, &name)?;
+                        this.sealed = true;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.progress.advance(pending);
+        self.bytes += lines.consumed();
+        result?;
+        // The writer cuts a segment at its seal; only zeros (space it had filled ahead) may
+        // follow, never a line hidden behind a NUL byte or left without its newline.
+        if this.sealed {
+            let at = lines.consumed();
+            if let Some(end) = segments::dirty_after(&after_seal, at)
+                .map_err(|e| unreadable(self.chain.next_seq(), e))?
+            {
+                return Err(fail(
+                    self.chain.next_seq(),
+                    format!(
+                        "{name} holds {} byte(s) after its seal (written after it was sealed)",
+                        end - at
+                    ),
+                ));
+            }
+        }
+        Ok(this)
+    }
+
+    fn header(
+        &mut self,
+        h: &segments::SegmentHeader,
+        seg: &SegmentFile,
+        prev: Option<&Previous>,
+    ) -> Result<(), VerifyFailure> {
+        let here = self.chain.next_seq();
+        let name = seg.name();
+        if let Some(p) = prev {
+            if p.lines == 0 {
+                return Err(fail(
+                    here,
+                    format!(
+                        "{} is empty but {name} follows it",
+                        segments::segment_name(p.n)
+                    ),
+                ));
+            }
+            if p.n > 0 && !p.sealed {
+                return Err(fail(here, format!("{} is not sealed but {name} follows it (records removed from its end, or its seal)", segments::segment_name(p.n))));
+            }
+        }
+        if h.n != seg.n {
+            return Err(fail(
+                here,
+                format!(
+                    "{name} has the header of segment {} (renamed or swapped)",
+                    h.n
+                ),
+            ));
+        }
+        // Read from a checkpoint on (start-up), the first header is taken as it is: the
+        // record the checkpoint covers, found after it, proves where the chain stands.
+        let mid_chain = self.chain.prev_seq.is_none() && self.skip_before.is_some();
+        if !mid_chain && (h.first_seq != here || h.prev_hash != self.chain.prev_hash) {
+            return Err(fail(here, format!("{name}'s header does not continue the chain (it starts at {} after hash {}…; the log is at {here})", h.first_seq, h.prev_hash.get(..12).unwrap_or(&h.prev_hash))));
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self, cp: &Checkpoint, name: &str) -> Result<(), VerifyFailure> {
+        let signed = B64.decode(&cp.signature).is_ok_and(|sig| {
+            self.chain.verifier.verify(
+                &Checkpoint::signed_message(cp.seq, &cp.hash, &cp.time),
+                &sig,
+            )
+        });
+        if !signed {
+            return Err(fail(
+                cp.seq,
+                format!("{name}'s seal signature is invalid (forged, or the public key given is not the one that signed this log)"),
+            ));
+        }
+        if self.chain.prev_seq != Some(cp.seq) || self.chain.prev_hash != cp.hash {
+            return Err(fail(
+                cp.seq,
+                format!("{name}'s seal does not cover its last record (records removed or added)"),
+            ));
+        }
+        Ok(())
+    }
+}

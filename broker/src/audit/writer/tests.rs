@@ -1,0 +1,325 @@
+//! The writer's own tests: group commit, torn tails, failed batches, segments.
+
+use super::*;
+use crate::audit::verify_log;
+use std::fs::OpenOptions;
+use std::path::Path;
+
+fn config(dir: &Path) -> AuditConfig {
+    AuditConfig {
+        dir: dir.to_owned(),
+        max_batch: 64,
+        checkpoint_every_records: 10,
+        checkpoint_interval: Duration::from_secs(3600),
+        segment_bytes: 64 << 20,
+        segment_records: 0,
+        live_segments: 8,
+        forensic_start: false,
+    }
+}
+
+fn signer(dir: &Path) -> AuditSigner {
+    let k = dir.join("k");
+    if k.exists() {
+        AuditSigner::load(&k).unwrap()
+    } else {
+        AuditSigner::generate(&k, &dir.join("k.pub")).unwrap()
+    }
+}
+
+fn ev(n: usize) -> AuditEvent {
+    AuditEvent {
+        kind: "resolve".into(),
+        action: "resolve".into(),
+        request_id: format!("r{n}"),
+        outcome: "allowed".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_chained_and_survive_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let dir = tmp.path().join("audit");
+    let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(
+            async move { log.append(ev(i)).await.unwrap().seq },
+        ));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    log.close();
+    let verifier = signer(&keys).verifier();
+    let summary = verify_log(&dir, &verifier, 74).unwrap();
+    assert_eq!(summary.records, 200);
+    assert_eq!(summary.last_checkpoint, Some(200));
+
+    // A torn tail (crash mid-write) is dropped on reopen and the chain continues.
+    let seg = dir.join(crate::audit::segments::segment_name(1));
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    let end = crate::audit::segments::scan(&File::open(&seg).unwrap())
+        .unwrap()
+        .end;
+    f.write_all_at(b"{\"seq\":201,\"ti", end).unwrap();
+    f.write_all_at(b"stray", end + 4096).unwrap();
+    drop(f);
+    let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
+    assert_eq!(log.append(ev(0)).await.unwrap().seq, 201);
+    log.close();
+    assert_eq!(verify_log(&dir, &verifier, 74).unwrap().records, 201);
+    assert!(!std::fs::read_to_string(&seg).unwrap().contains("stray"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_rotate_seal_and_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let dir = tmp.path().join("audit");
+    let mut c = config(&dir);
+    c.segment_records = 25;
+    c.live_segments = 1;
+    let log = AuditLog::open(c.clone(), signer(&keys)).unwrap();
+    for i in 0..110 {
+        log.append(ev(i)).await.unwrap();
+    }
+    log.close();
+    let segs = crate::audit::segments::list(&dir).unwrap();
+    let shape: Vec<(u64, bool)> = segs.iter().map(|s| (s.n, s.archived)).collect();
+    assert_eq!(
+        shape,
+        [(1, true), (2, true), (3, true), (4, false), (5, false)]
+    );
+    let verifier = signer(&keys).verifier();
+    let s = verify_log(&dir, &verifier, 74).unwrap();
+    assert_eq!((s.records, s.last_seq), (110, Some(110)));
+    // Restarted, the writer continues in the live segment.
+    let log = AuditLog::open(c, signer(&keys)).unwrap();
+    assert_eq!(log.append(ev(0)).await.unwrap().seq, 111);
+    log.close();
+    assert_eq!(verify_log(&dir, &verifier, 74).unwrap().records, 111);
+    // An archived segment with one byte changed names its record.
+    let third = &segs[2].path;
+    let mut bytes = std::fs::read(third).unwrap();
+    let at = bytes.windows(9).position(|w| w == b"\"seq\":60,").unwrap();
+    let digit = at + bytes[at..].iter().position(|b| *b == b'r').unwrap() + 1;
+    let original = std::fs::read(third).unwrap();
+    bytes[digit] = b'x';
+    std::fs::write(third, &bytes).unwrap();
+    assert_eq!(verify_log(&dir, &verifier, 74).unwrap_err().seq, 60);
+    let text = String::from_utf8(original.clone()).unwrap();
+    let fails_with = |text: &str, seq: u64, reason: &str| {
+        std::fs::write(third, text).unwrap();
+        let f = verify_log(&dir, &verifier, 74).unwrap_err();
+        assert_eq!(f.seq, seq, "{f}");
+        assert!(f.reason.contains(reason), "{f}");
+    };
+    // Its header moved onto another place in the chain.
+    let header = text.lines().next().unwrap();
+    let moved = header.replace("\"first_seq\":51", "\"first_seq\":52");
+    fails_with(
+        &text.replacen(header, &moved, 1),
+        51,
+        "does not continue the chain",
+    );
+    // Its seal cut off (with or without its last record).
+    let seal_at = text.find("{\"seal\":").unwrap();
+    fails_with(&text[..seal_at], 76, "segment-0000000003.log is not sealed");
+    let last_at = text[..seal_at - 1].rfind('\n').unwrap() + 1;
+    fails_with(&text[..last_at], 75, "not sealed");
+    // A header claiming an earlier start, to make the start-up check begin past the
+    // record its last checkpoint covers: the seal before it disagrees.
+    std::fs::write(third, &original).unwrap();
+    let fourth = &segs[3].path;
+    let fourth_text = std::fs::read_to_string(fourth).unwrap();
+    let header4 = fourth_text.lines().next().unwrap().to_owned();
+    let forged4 = header4.replace("\"first_seq\":76", "\"first_seq\":70");
+    assert_ne!(forged4, header4);
+    std::fs::write(fourth, fourth_text.replacen(&header4, &forged4, 1)).unwrap();
+    let cps = checkpoints_path(&dir);
+    let saved_cps = std::fs::read(&cps).unwrap();
+    // Only the checkpoints up to record 72 (in segment 3) are left.
+    let kept: String = String::from_utf8(saved_cps.clone())
+        .unwrap()
+        .lines()
+        .filter(|l| serde_json::from_str::<Checkpoint>(l).unwrap().seq <= 72)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cps, kept).unwrap();
+    let f = crate::audit::verify_since_last_checkpoint(&dir, &verifier, 74).unwrap_err();
+    assert!(f.reason.contains("is not sealed where"), "{f}");
+    std::fs::write(fourth, &fourth_text).unwrap();
+    crate::audit::verify_since_last_checkpoint(&dir, &verifier, 74).unwrap();
+    std::fs::write(&cps, saved_cps).unwrap();
+    // A forged seal.
+    let sig_at = text.find("\"signature\":\"").unwrap() + 13;
+    let mut forged = text.clone().into_bytes();
+    forged[sig_at] = if forged[sig_at] == b'A' { b'B' } else { b'A' };
+    fails_with(
+        &String::from_utf8(forged).unwrap(),
+        75,
+        "seal signature is invalid",
+    );
+    std::fs::write(third, &original).unwrap();
+    assert!(verify_log(&dir, &verifier, 74).is_ok());
+    // A segment missing from the archive.
+    std::fs::remove_file(&segs[1].path).unwrap();
+    let f = verify_log(&dir, &verifier, 74).unwrap_err();
+    assert!(
+        f.reason.contains("segment-0000000002.log is missing"),
+        "{f}"
+    );
+    assert_eq!(f.seq, 26);
+}
+
+#[test]
+fn a_failed_batch_whose_rollback_did_not_happen_is_never_chained_onto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let dir = tmp.path().join("audit");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
+    for i in 0..3 {
+        rt.block_on(log.append(ev(i))).unwrap();
+    }
+    log.close();
+    // The writer's view: three durable records; then a batch fails and its truncation
+    // does not happen, leaving a record nobody was told about.
+    let (live, tail, _) = open_live(&config(&dir)).unwrap();
+    let (checkpoints, last_checkpoint) = open_checkpoints(&checkpoints_path(&dir)).unwrap();
+    let durable = (tail.seq, tail.hash.clone());
+    let at = tail.len;
+    let seg = live.path.clone();
+    let mut writer = Writer {
+        config: config(&dir),
+        live,
+        tail,
+        checkpoints,
+        signer: signer(&keys),
+        last_checkpoint_seq: last_checkpoint.as_ref().map_or(0, |c| c.seq),
+        last_checkpoint,
+        last_checkpoint_at: Instant::now(),
+        needs_reopen: true,
+        failed_first: None,
+        healthy: Arc::new(AtomicBool::new(false)),
+        stats: Arc::new(AuditStats::default()),
+        batch_sizes: None,
+    };
+    let mut rec = AuditRecord {
+        replica: None,
+        seq: durable.0 + 1,
+        time: now_rfc3339(),
+        event: ev(99),
+        prev_hash: durable.1.clone(),
+        hash: String::new(),
+    };
+    rec.hash = rec.compute_hash();
+    writer.failed_first = Some(rec.hash.clone());
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    let mut line = serde_json::to_vec(&rec).unwrap();
+    line.push(b'\n');
+    f.write_all_at(&line, at).unwrap();
+    drop(f);
+    writer.reopen().unwrap();
+    assert_eq!((writer.tail.seq, writer.tail.hash.clone()), durable);
+    let text = std::fs::read_to_string(&seg).unwrap();
+    assert!(
+        !text.contains("\"r99\""),
+        "the failed batch's record is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_is_refused_not_cut_and_an_export_never_signs_a_changed_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let dir = tmp.path().join("audit");
+    let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
+    for i in 0..300 {
+        log.append(ev(i)).await.unwrap();
+    }
+    log.close();
+    let seg = dir.join(crate::audit::segments::segment_name(1));
+    let original = std::fs::read(&seg).unwrap();
+
+    // A NUL byte written into the signed part hides every record after it: start-up
+    // refuses, and the bytes behind it are left as they are (evidence, not a torn tail).
+    let mut hidden = original.clone();
+    let at = hidden.windows(9).position(|w| w == b"\"seq\":40,").unwrap();
+    hidden[at] = 0;
+    std::fs::write(&seg, &hidden).unwrap();
+    let refused = AuditLog::open(config(&dir), signer(&keys)).err().unwrap();
+    assert!(
+        refused
+            .to_string()
+            .contains("a checkpoint covers record 300"),
+        "{refused}"
+    );
+    assert_eq!(std::fs::read(&seg).unwrap(), hidden);
+    // …and where more than a batch hides behind it, even before the checkpoints are read.
+    let mut small = config(&dir);
+    small.max_batch = 0;
+    let refused = AuditLog::open(small, signer(&keys)).err().unwrap();
+    assert!(refused.to_string().contains("NUL byte"), "{refused}");
+    assert_eq!(std::fs::read(&seg).unwrap(), hidden);
+
+    // The segment's header removed: refused, never written over from offset 0.
+    let header_end = original.iter().position(|b| *b == b'\n').unwrap() + 1;
+    std::fs::write(&seg, &original[header_end..]).unwrap();
+    let refused = AuditLog::open(config(&dir), signer(&keys)).err().unwrap();
+    assert!(refused.to_string().contains("header"), "{refused}");
+    std::fs::write(&seg, &original).unwrap();
+
+    // An unsealed segment followed by an empty one: its end was cut.
+    std::fs::write(dir.join(crate::audit::segments::segment_name(2)), b"").unwrap();
+    let verifier = signer(&keys).verifier();
+    let f = verify_log(&dir, &verifier, 74).unwrap_err();
+    assert!(f.reason.contains("is not sealed"), "{f}");
+    std::fs::remove_file(dir.join(crate::audit::segments::segment_name(2))).unwrap();
+
+    // Export: a record changed (hash recomputed) after the verification is not signed.
+    let verified = verify_log(&dir, &verifier, 74).unwrap();
+    let lines = crate::audit::FileLines {
+        dir: dir.clone(),
+        bytes: verified.bytes,
+        head: verified.last_seq.zip(verified.last_hash.clone()),
+    };
+    let text = String::from_utf8(original.clone()).unwrap();
+    let line = text.lines().find(|l| l.starts_with("{\"seq\":7,")).unwrap();
+    let mut rec: AuditRecord = serde_json::from_str(line).unwrap();
+    rec.event.outcome = "denied".into();
+    rec.hash = rec.compute_hash();
+    let forged = text.replacen(line, &rec.to_line(), 1);
+    std::fs::write(&seg, forged).unwrap();
+    let mut out = Vec::new();
+    let err = crate::audit::write_document(
+        (None, None),
+        &lines,
+        &[],
+        &crate::audit::ExportFilter {
+            tenant: Some("nobody".into()),
+            ..Default::default()
+        },
+        &signer(&keys),
+        &mut out,
+        &crate::progress::Silent,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("changed while it was exported"),
+        "{err}"
+    );
+}
