@@ -23,7 +23,7 @@ use base64::Engine as _;
 
 use super::checkpoints_path;
 use super::lines::LogLines;
-use super::record::{AuditRecord, Checkpoint};
+use super::record::{AuditRecord, Checkpoint, GENESIS_HASH};
 use super::segments::{self, Line};
 use super::verify::complete_lines;
 use crate::keys::AuditSigner;
@@ -218,13 +218,14 @@ impl LineSource for FileLines {
                 if AuditRecord::hash_of_line(text, &link.hash).as_deref() != Some(&*link.hash) {
                     return Err(changed(format!("record {} fails its hash", link.seq)));
                 }
-                if let Some((seq, hash)) = &at {
-                    if link.seq != seq + 1 || link.prev_hash != *hash {
-                        return Err(changed(format!(
-                            "record {} does not follow {seq}",
-                            link.seq
-                        )));
-                    }
+                // The verification read the log from record 1: so must every pass, or
+                // segments removed from its start since would leave records out unseen.
+                let (after, prev) = at.as_ref().map_or((0, GENESIS_HASH), |(s, h)| (*s, h));
+                if link.seq != after.saturating_add(1) || link.prev_hash != prev {
+                    return Err(changed(format!(
+                        "record {} does not follow {after}",
+                        link.seq
+                    )));
                 }
                 each(r)?;
                 at = Some((link.seq, link.hash));

@@ -344,17 +344,32 @@ fn holding(
     Ok(0)
 }
 
-/// The last complete line of a sealed segment (its seal), read from its end.
+/// The last complete line of a sealed segment (its seal), read from its end. Zeros after
+/// it are passed over: the writer cuts the space it filled ahead only after the seal is
+/// durable, and a crash in between leaves them (the walk accepts zeros after a seal too).
+/// Anything else there makes the last line something other than a seal.
 fn last_line(seg: &SegmentFile) -> std::io::Result<Option<Vec<u8>>> {
     use std::os::unix::fs::FileExt;
+    const WINDOW: u64 = 64 << 10;
     let file = seg.open()?;
-    let len = file.metadata()?.len();
-    let start = len.saturating_sub(64 << 10);
-    let mut buf = vec![0u8; usize::try_from(len - start).unwrap_or(0)];
-    file.read_exact_at(&mut buf, start)?;
-    if let Some(end) = memchr::memchr(0, &buf) {
-        buf.truncate(end);
+    let mut buf = Vec::new();
+    let mut end = file.metadata()?.len();
+    loop {
+        let start = end.saturating_sub(WINDOW);
+        buf.resize(usize::try_from(end - start).unwrap_or(0), 0);
+        file.read_exact_at(&mut buf, start)?;
+        if let Some(at) = buf.iter().rposition(|b| *b != 0) {
+            end = start + at as u64 + 1;
+            break;
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        end = start;
     }
+    let start = end.saturating_sub(WINDOW);
+    buf.resize(usize::try_from(end - start).unwrap_or(0), 0);
+    file.read_exact_at(&mut buf, start)?;
     let Some(body) = buf.strip_suffix(b"\n") else {
         return Ok(None);
     };
@@ -456,8 +471,11 @@ impl Walk<'_, '_> {
             |seq: u64, e: std::io::Error| fail(seq, format!("cannot read {name}: {e}"));
         if let Some(copy) = &seg.also {
             // A move to the archive was interrupted: the copy must be the segment itself.
-            let same = segments::same_bytes(&seg.path, copy)
-                .map_err(|e| unreadable(self.chain.next_seq(), e))?;
+            let same = match segments::same_bytes(&seg.path, copy) {
+                // The move finished since the listing: one copy is left, and is read below.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                other => other.map_err(|e| unreadable(self.chain.next_seq(), e))?,
+            };
             if !same {
                 return Err(fail(
                     self.chain.next_seq(),
@@ -561,7 +579,10 @@ impl Walk<'_, '_> {
         let here = self.chain.next_seq();
         let name = seg.name();
         if let Some(p) = prev {
-            if p.lines == 0 {
+            // An earlier release's audit.log may be empty (created when it opened, or cut
+            // to nothing by its torn-tail repair): the header below must then start the
+            // chain at record 1, which it proves.
+            if p.lines == 0 && p.n > 0 {
                 return Err(fail(
                     here,
                     format!(

@@ -323,3 +323,78 @@ async fn damage_is_refused_not_cut_and_an_export_never_signs_a_changed_log() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_old_log_and_zeros_left_after_a_seal_are_not_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let dir = tmp.path().join("audit");
+    std::fs::create_dir_all(&dir).unwrap();
+    // An earlier release created audit.log when it opened and wrote nothing to it (or its
+    // torn-tail repair cut it to nothing).
+    std::fs::write(crate::audit::legacy_log_path(&dir), b"").unwrap();
+    let mut c = config(&dir);
+    c.segment_records = 25;
+    let log = AuditLog::open(c.clone(), signer(&keys)).unwrap();
+    for i in 0..60 {
+        log.append(ev(i)).await.unwrap();
+    }
+    log.close();
+    let verifier = signer(&keys).verifier();
+    let verified = verify_log(&dir, &verifier, 74).unwrap();
+    assert_eq!(verified.records, 60);
+    crate::audit::verify_since_last_checkpoint(&dir, &verifier, 74).unwrap();
+    // An export whose pass finds segments gone from the start of the log since it was
+    // verified refuses, rather than sign a log with records left out.
+    let lines = crate::audit::FileLines {
+        dir: dir.clone(),
+        bytes: verified.bytes,
+        head: verified.last_seq.zip(verified.last_hash.clone()),
+    };
+    let first = dir.join(crate::audit::segments::segment_name(1));
+    let aside = tmp.path().join("aside");
+    std::fs::rename(&first, &aside).unwrap();
+    let err = crate::audit::write_document(
+        (None, None),
+        &lines,
+        &[],
+        &crate::audit::ExportFilter::default(),
+        &signer(&keys),
+        &mut Vec::new(),
+        &crate::progress::Silent,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("record 26 does not follow 0"),
+        "{err}"
+    );
+    std::fs::rename(&aside, &first).unwrap();
+    // Killed after sealing segment 2 and before cutting the space it had filled ahead:
+    // zeros follow its seal, and the start-up check reads that seal from the end.
+    let second = dir.join(crate::audit::segments::segment_name(2));
+    let f = OpenOptions::new().write(true).open(&second).unwrap();
+    f.set_len(f.metadata().unwrap().len() + (1 << 20) + 5)
+        .unwrap();
+    drop(f);
+    assert_eq!(verify_log(&dir, &verifier, 74).unwrap().records, 60);
+    crate::audit::verify_since_last_checkpoint(&dir, &verifier, 74).unwrap();
+    let log = AuditLog::open(c, signer(&keys)).unwrap();
+    assert_eq!(log.append(ev(0)).await.unwrap().seq, 61);
+    log.close();
+    crate::audit::verify_since_last_checkpoint(&dir, &verifier, 74).unwrap();
+    // Something other than zeros after the seal is still refused.
+    f_write_at(&second, b"x");
+    let f = crate::audit::verify_since_last_checkpoint(&dir, &verifier, 74).unwrap_err();
+    assert!(f.reason.contains("is not sealed where"), "{f}");
+    assert!(verify_log(&dir, &verifier, 74)
+        .unwrap_err()
+        .reason
+        .contains("after its seal"));
+}
+
+fn f_write_at(path: &Path, bytes: &[u8]) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.write_all_at(bytes, len - 100).unwrap();
+}
