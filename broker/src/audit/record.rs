@@ -5,6 +5,8 @@
 //! `hash` = SHA-256 over the same serialization with `hash` set to the empty string; it covers
 //! `prev_hash`, chaining every record to all before it.
 
+use std::borrow::Cow;
+
 use aws_lc_rs::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +141,129 @@ impl From<FlatRecord> for AuditRecord {
     }
 }
 
+/// A string of a record line: borrowed from the line, owned only where JSON escaped it
+/// (serde's own `Cow<str>` is always owned inside an `Option`).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Text<'a>(Cow<'a, str>);
+
+impl Text<'_> {
+    fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit(std::marker::PhantomData))
+    }
+}
+
+/// A record line's fields read in place (owned only where JSON escaped them), in the line's
+/// order: what verification checks without building an [`AuditRecord`]. Serialized, it is
+/// the same line as the record's (same names, order and forms).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RecordView<'a> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
+    pub seq: u64,
+    #[serde(borrow)]
+    time: Text<'a>,
+    #[serde(borrow)]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    action: Text<'a>,
+    #[serde(borrow)]
+    request_id: Text<'a>,
+    #[serde(borrow)]
+    actor: Text<'a>,
+    #[serde(borrow)]
+    tenant: Option<Text<'a>>,
+    #[serde(borrow)]
+    instance: Option<Text<'a>>,
+    #[serde(borrow)]
+    binding: Option<Text<'a>>,
+    #[serde(borrow)]
+    provider: Option<Text<'a>>,
+    #[serde(borrow)]
+    outcome: Text<'a>,
+    #[serde(borrow)]
+    error_code: Option<Text<'a>>,
+    cached: Option<bool>,
+    #[serde(borrow)]
+    token_fingerprint: Option<Text<'a>>,
+    #[serde(borrow)]
+    upstream_request_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    job_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    detail: Option<Text<'a>>,
+    latency_us: u64,
+    #[serde(borrow)]
+    pub prev_hash: Text<'a>,
+    #[serde(borrow)]
+    pub hash: Text<'a>,
+}
+
+impl From<RecordView<'_>> for AuditRecord {
+    fn from(v: RecordView<'_>) -> Self {
+        let owned = |c: Option<Text<'_>>| c.map(Text::into_owned);
+        AuditRecord {
+            replica: v.replica,
+            seq: v.seq,
+            time: v.time.into_owned(),
+            event: AuditEvent {
+                kind: v.kind.into_owned(),
+                action: v.action.into_owned(),
+                request_id: v.request_id.into_owned(),
+                actor: v.actor.into_owned(),
+                tenant: owned(v.tenant),
+                instance: owned(v.instance),
+                binding: owned(v.binding),
+                provider: owned(v.provider),
+                outcome: v.outcome.into_owned(),
+                error_code: owned(v.error_code),
+                cached: v.cached,
+                token_fingerprint: owned(v.token_fingerprint),
+                upstream_request_id: owned(v.upstream_request_id),
+                job_id: owned(v.job_id),
+                detail: owned(v.detail),
+                latency_us: v.latency_us,
+            },
+            prev_hash: v.prev_hash.into_owned(),
+            hash: v.hash.into_owned(),
+        }
+    }
+}
+
 /// The line's fields in their order, borrowed for writing.
 #[derive(Serialize)]
 struct FlatRef<'a> {
@@ -219,6 +344,23 @@ impl AuditRecord {
         ctx.update(head.as_bytes());
         ctx.update(b"\"}");
         Some(hex_digest(ctx.finish().as_ref()))
+    }
+
+    /// Whether `hash` is the hash of the record whose canonical line is `line`, as
+    /// [`AuditRecord::hash_of_line`] computes it, without allocating.
+    pub fn line_hash_matches(line: &str, hash: &str) -> bool {
+        let Some(head) = line
+            .strip_suffix("\"}")
+            .and_then(|l| l.strip_suffix(hash))
+            .filter(|h| h.ends_with("\"hash\":\""))
+        else {
+            return false;
+        };
+        let mut ctx = aws_lc_rs::digest::Context::new(&SHA256);
+        ctx.update(head.as_bytes());
+        ctx.update(b"\"}");
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(ctx.finish().as_ref(), &mut hex).is_ok() && hex == hash.as_bytes()
     }
 
     /// Sets `hash` and returns the canonical line (without newline), serializing once: the
@@ -395,5 +537,33 @@ mod tests {
         let back: AuditRecord = serde_json::from_str(&line).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.to_line(), line);
+        // Read in place, the same line again and the same record, with or without a
+        // replica and escapes; its hash checks from the line alone.
+        for rec in [
+            r.clone(),
+            AuditRecord {
+                replica: Some(3),
+                ..r.clone()
+            },
+        ] {
+            let mut rec = rec;
+            rec.hash = rec.compute_hash();
+            let line = rec.to_line();
+            let view: RecordView<'_> = serde_json::from_str(&line).unwrap();
+            assert_eq!(serde_json::to_string(&view).unwrap(), line);
+            assert_eq!(AuditRecord::from(view), rec);
+            assert!(AuditRecord::line_hash_matches(&line, &rec.hash));
+            assert_eq!(
+                AuditRecord::hash_of_line(&line, &rec.hash).as_ref(),
+                Some(&rec.hash)
+            );
+            let mut other = rec.hash.clone();
+            other.replace_range(..1, if other.starts_with('0') { "1" } else { "0" });
+            assert!(!AuditRecord::line_hash_matches(&line, &other));
+            assert!(!AuditRecord::line_hash_matches(
+                &line.replacen("admin", "admiN", 1),
+                &rec.hash
+            ));
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use super::record::{AuditRecord, Checkpoint, GENESIS_HASH};
+use super::record::{AuditRecord, Checkpoint, RecordView, GENESIS_HASH};
 use crate::keys::AuditVerifier;
 
 mod export;
@@ -84,6 +84,8 @@ struct Chain<'a> {
     prev_hash: String,
     anchors: BTreeMap<u64, String>,
     summary: VerifySummary,
+    /// The canonical form of the record being checked (reused from record to record).
+    canonical: Vec<u8>,
 }
 
 impl<'a> Chain<'a> {
@@ -109,6 +111,7 @@ impl<'a> Chain<'a> {
                 last_hash: None,
                 bytes: 0,
             },
+            canonical: Vec::new(),
         }
     }
 
@@ -119,16 +122,22 @@ impl<'a> Chain<'a> {
     }
 
     fn record(&mut self, line: &[u8]) -> Result<(), VerifyFailure> {
-        self.record_parsed(line).map(|_| ())
+        self.check(line).map(|_| ())
     }
 
     /// Checks the next record line; the record, once it passed.
     fn record_parsed(&mut self, line: &[u8]) -> Result<AuditRecord, VerifyFailure> {
+        self.check(line).map(AuditRecord::from)
+    }
+
+    /// Checks the next record line, its fields read in place.
+    fn check<'l>(&mut self, line: &'l [u8]) -> Result<RecordView<'l>, VerifyFailure> {
         let here = self.next_seq();
         let text = std::str::from_utf8(line).map_err(|_| fail(here, "record is not UTF-8"))?;
-        let rec: AuditRecord =
+        let rec: RecordView<'l> =
             serde_json::from_str(text).map_err(|_| fail(here, "record does not parse"))?;
-        if rec.to_line() != text {
+        self.canonical.clear();
+        if serde_json::to_writer(&mut self.canonical, &rec).is_err() || self.canonical != line {
             return Err(fail(here, "record is not in canonical form (altered)"));
         }
         if rec.replica != self.replica {
@@ -155,7 +164,7 @@ impl<'a> Chain<'a> {
             Some(p) => p.checked_add(1) == Some(rec.seq),
             None => rec.seq == 1,
         };
-        if consecutive && rec.prev_hash != self.prev_hash {
+        if consecutive && *rec.prev_hash != *self.prev_hash {
             return Err(fail(
                 rec.seq,
                 "prev_hash does not match the previous record",
@@ -163,16 +172,14 @@ impl<'a> Chain<'a> {
         }
         // From the canonical line itself (it is the canonical form, checked above): one
         // serialization per record, not two.
-        let computed =
-            AuditRecord::hash_of_line(text, &rec.hash).unwrap_or_else(|| rec.compute_hash());
-        if computed != rec.hash {
+        if !AuditRecord::line_hash_matches(text, &rec.hash) {
             return Err(fail(
                 rec.seq,
                 "record hash does not match its content (altered)",
             ));
         }
         if let Some(anchor) = self.anchors.get(&rec.seq) {
-            if *anchor != rec.hash {
+            if *anchor != *rec.hash {
                 return Err(fail(rec.seq, "record differs from the signed checkpoint"));
             }
             // The writer never leaves more than `max_unanchored` records between two
@@ -197,7 +204,8 @@ impl<'a> Chain<'a> {
         self.summary.first_seq.get_or_insert(rec.seq);
         self.summary.last_seq = Some(rec.seq);
         self.prev_seq = Some(rec.seq);
-        self.prev_hash.clone_from(&rec.hash);
+        self.prev_hash.clear();
+        self.prev_hash.push_str(&rec.hash);
         Ok(rec)
     }
 
@@ -279,4 +287,61 @@ pub fn complete_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     bytes[..end]
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditEvent;
+    use crate::keys::AuditSigner;
+
+    /// A line whose hash is right for its own bytes but that is not what the writer writes
+    /// (what only the first record, before any checkpoint, could be made into unseen by
+    /// the hash chain): the canonical check refuses it, so a line means one record.
+    #[test]
+    fn a_line_not_in_canonical_form_is_refused_even_with_its_own_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let signer =
+            AuditSigner::generate(&tmp.path().join("k"), &tmp.path().join("k.pub")).unwrap();
+        let verifier = signer.verifier();
+        let mut rec = AuditRecord {
+            replica: None,
+            seq: 1,
+            time: "2026-01-01T00:00:00Z".into(),
+            event: AuditEvent {
+                kind: "resolve".into(),
+                outcome: "allowed".into(),
+                ..Default::default()
+            },
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        let canonical = String::from_utf8(rec.seal()).unwrap();
+        let mut chain = Chain::new(&verifier, true);
+        chain.record(canonical.as_bytes()).unwrap();
+        let rehash = |text: &str| {
+            let unhashed = text.replacen(&rec.hash, "", 1);
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, unhashed.as_bytes());
+            unhashed.replacen(
+                "\"hash\":\"\"}",
+                &format!("\"hash\":\"{}\"}}", hex::encode(digest)),
+                1,
+            )
+        };
+        for edit in [
+            canonical.replacen("\"seq\":1", "\"seq\": 1", 1),
+            canonical.replacen("{", "{\"note\":\"added\",", 1),
+            canonical.replacen("\"kind\":\"resolve\"", "\"kind\":\"\\u0072esolve\"", 1),
+        ] {
+            let forged = rehash(&edit);
+            let text = forged.as_str();
+            assert!(AuditRecord::line_hash_matches(
+                text,
+                &text[text.len() - 66..text.len() - 2]
+            ));
+            let mut chain = Chain::new(&verifier, true);
+            let f = chain.record(text.as_bytes()).unwrap_err();
+            assert!(f.reason.contains("canonical form"), "{text}: {f}");
+        }
+    }
 }

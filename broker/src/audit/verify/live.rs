@@ -79,14 +79,7 @@ pub fn verify_log_with(
     max_unanchored: u64,
     progress: &dyn Progress,
 ) -> Result<VerifySummary, VerifyFailure> {
-    verify_log_visit(
-        audit_dir,
-        verifier,
-        max_unanchored,
-        None,
-        progress,
-        &mut |_| {},
-    )
+    walk_log(audit_dir, verifier, max_unanchored, None, progress, None)
 }
 
 /// [`verify_log_with`] handing every record to `visit` once it passed its checks — in
@@ -104,6 +97,25 @@ pub fn verify_log_visit(
     upto: Option<(u64, u64)>,
     progress: &dyn Progress,
     visit: &mut dyn FnMut(&AuditRecord),
+) -> Result<VerifySummary, VerifyFailure> {
+    walk_log(
+        audit_dir,
+        verifier,
+        max_unanchored,
+        upto,
+        progress,
+        Some(visit),
+    )
+}
+
+/// [`verify_log_visit`], with no record built when nothing visits them.
+fn walk_log(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+    upto: Option<(u64, u64)>,
+    progress: &dyn Progress,
+    visit: Option<&mut dyn FnMut(&AuditRecord)>,
 ) -> Result<VerifySummary, VerifyFailure> {
     // Checkpoints first: a checkpoint written after we read the log would otherwise look
     // like a truncated log.
@@ -211,7 +223,7 @@ pub fn verify_segment(
         bytes: 0,
         progress: &Silent,
     };
-    let this = walk.segment(&seg, None, &mut |_| {})?;
+    let this = walk.segment(&seg, None, None)?;
     if !this.sealed {
         return Err(fail(
             walk.chain.next_seq(),
@@ -270,7 +282,7 @@ pub fn verify_since_last_checkpoint(
         bytes: 0,
         progress: &Silent,
     };
-    walk.segments(&segs[from..], &mut |_| {})?;
+    walk.segments(&segs[from..], None)?;
     if walk.chain.summary.first_seq != Some(last.seq) {
         return Err(fail(
             last.seq,
@@ -409,7 +421,7 @@ impl Walk<'_, '_> {
     fn segments(
         &mut self,
         segs: &[SegmentFile],
-        visit: &mut dyn FnMut(&AuditRecord),
+        mut visit: Option<&mut dyn FnMut(&AuditRecord)>,
     ) -> Result<(), VerifyFailure> {
         let mut prev: Option<Previous> = None;
         for seg in segs {
@@ -441,7 +453,7 @@ impl Walk<'_, '_> {
                 }
                 _ => {}
             }
-            let this = self.segment(seg, prev.as_ref(), visit)?;
+            let this = self.segment(seg, prev.as_ref(), visit.as_deref_mut())?;
             if let Some(p) = prev.as_ref().filter(|p| this.lines == 0 && p.n > 0) {
                 if p.lines > 0 && !p.sealed {
                     // The writer starts a segment only once the one before is sealed.
@@ -464,7 +476,7 @@ impl Walk<'_, '_> {
         &mut self,
         seg: &SegmentFile,
         prev: Option<&Previous>,
-        visit: &mut dyn FnMut(&AuditRecord),
+        mut visit: Option<&mut (dyn FnMut(&AuditRecord) + '_)>,
     ) -> Result<Previous, VerifyFailure> {
         let name = seg.name();
         let unreadable =
@@ -531,8 +543,10 @@ impl Walk<'_, '_> {
                         }) {
                             continue;
                         }
-                        let rec = self.chain.record_parsed(r)?;
-                        visit(&rec);
+                        match visit.as_deref_mut() {
+                            Some(visit) => visit(&self.chain.record_parsed(r)?),
+                            None => self.chain.record(r)?,
+                        }
                     }
                     Line::Seal(cp) => {
                         if seg.n == 0 {
