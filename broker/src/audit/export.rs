@@ -215,7 +215,7 @@ impl LineSource for FileLines {
                 let link: Link = serde_json::from_slice(r)
                     .map_err(|_| changed("a record does not parse".into()))?;
                 let text = std::str::from_utf8(r).map_err(|_| changed("not UTF-8".into()))?;
-                if AuditRecord::hash_of_line(text, &link.hash).as_deref() != Some(&*link.hash) {
+                if !AuditRecord::line_hash_matches(text, &link.hash) {
                     return Err(changed(format!("record {} fails its hash", link.seq)));
                 }
                 // The verification read the log from record 1: so must every pass, or

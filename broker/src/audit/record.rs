@@ -61,12 +61,11 @@ pub struct AuditEvent {
 }
 
 /// One line of the log: the record's fields and then the event's, in one flat JSON object.
-/// (Serialized and parsed through [`FlatRecord`] rather than `#[serde(flatten)]`, which
-/// buffers every field and made verification a third slower; the line is the same. No
+/// (Written and read through [`RecordView`] rather than `#[serde(flatten)]`, which buffers
+/// every field and made verification a third slower; the line is the same. No
 /// `deny_unknown_fields`: the byte-exact canonical check in verification rejects unknown
 /// fields instead.)
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(from = "FlatRecord")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord {
     /// The replica whose chain holds the record, on a store several brokers share (absent
     /// in a single broker's file log, whose lines are unchanged by it). Covered by the hash:
@@ -82,63 +81,6 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// This record's hash.
     pub hash: String,
-}
-
-/// The line's fields in their order, as parsed.
-#[derive(Deserialize)]
-struct FlatRecord {
-    #[serde(default)]
-    replica: Option<u32>,
-    seq: u64,
-    time: String,
-    kind: String,
-    action: String,
-    request_id: String,
-    actor: String,
-    tenant: Option<String>,
-    instance: Option<String>,
-    binding: Option<String>,
-    provider: Option<String>,
-    outcome: String,
-    error_code: Option<String>,
-    cached: Option<bool>,
-    token_fingerprint: Option<String>,
-    upstream_request_id: Option<String>,
-    job_id: Option<String>,
-    detail: Option<String>,
-    latency_us: u64,
-    prev_hash: String,
-    hash: String,
-}
-
-impl From<FlatRecord> for AuditRecord {
-    fn from(f: FlatRecord) -> Self {
-        AuditRecord {
-            replica: f.replica,
-            seq: f.seq,
-            time: f.time,
-            event: AuditEvent {
-                kind: f.kind,
-                action: f.action,
-                request_id: f.request_id,
-                actor: f.actor,
-                tenant: f.tenant,
-                instance: f.instance,
-                binding: f.binding,
-                provider: f.provider,
-                outcome: f.outcome,
-                error_code: f.error_code,
-                cached: f.cached,
-                token_fingerprint: f.token_fingerprint,
-                upstream_request_id: f.upstream_request_id,
-                job_id: f.job_id,
-                detail: f.detail,
-                latency_us: f.latency_us,
-            },
-            prev_hash: f.prev_hash,
-            hash: f.hash,
-        }
-    }
 }
 
 /// A string of a record line: borrowed from the line, owned only where JSON escaped it
@@ -264,60 +206,51 @@ impl From<RecordView<'_>> for AuditRecord {
     }
 }
 
-/// The line's fields in their order, borrowed for writing.
-#[derive(Serialize)]
-struct FlatRef<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replica: Option<u32>,
-    seq: u64,
-    time: &'a str,
-    kind: &'a str,
-    action: &'a str,
-    request_id: &'a str,
-    actor: &'a str,
-    tenant: &'a Option<String>,
-    instance: &'a Option<String>,
-    binding: &'a Option<String>,
-    provider: &'a Option<String>,
-    outcome: &'a str,
-    error_code: &'a Option<String>,
-    cached: Option<bool>,
-    token_fingerprint: &'a Option<String>,
-    upstream_request_id: &'a Option<String>,
-    job_id: &'a Option<String>,
-    detail: &'a Option<String>,
-    latency_us: u64,
-    prev_hash: &'a str,
-    hash: &'a str,
+impl AuditRecord {
+    /// The record's fields borrowed, in the line's order.
+    fn view(&self) -> RecordView<'_> {
+        fn text(s: &str) -> Text<'_> {
+            Text(Cow::Borrowed(s))
+        }
+        fn opt(s: &Option<String>) -> Option<Text<'_>> {
+            s.as_deref().map(text)
+        }
+        let e = &self.event;
+        RecordView {
+            replica: self.replica,
+            seq: self.seq,
+            time: text(&self.time),
+            kind: text(&e.kind),
+            action: text(&e.action),
+            request_id: text(&e.request_id),
+            actor: text(&e.actor),
+            tenant: opt(&e.tenant),
+            instance: opt(&e.instance),
+            binding: opt(&e.binding),
+            provider: opt(&e.provider),
+            outcome: text(&e.outcome),
+            error_code: opt(&e.error_code),
+            cached: e.cached,
+            token_fingerprint: opt(&e.token_fingerprint),
+            upstream_request_id: opt(&e.upstream_request_id),
+            job_id: opt(&e.job_id),
+            detail: opt(&e.detail),
+            latency_us: e.latency_us,
+            prev_hash: text(&self.prev_hash),
+            hash: text(&self.hash),
+        }
+    }
 }
 
 impl Serialize for AuditRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = &self.event;
-        FlatRef {
-            replica: self.replica,
-            seq: self.seq,
-            time: &self.time,
-            kind: &e.kind,
-            action: &e.action,
-            request_id: &e.request_id,
-            actor: &e.actor,
-            tenant: &e.tenant,
-            instance: &e.instance,
-            binding: &e.binding,
-            provider: &e.provider,
-            outcome: &e.outcome,
-            error_code: &e.error_code,
-            cached: e.cached,
-            token_fingerprint: &e.token_fingerprint,
-            upstream_request_id: &e.upstream_request_id,
-            job_id: &e.job_id,
-            detail: &e.detail,
-            latency_us: e.latency_us,
-            prev_hash: &self.prev_hash,
-            hash: &self.hash,
-        }
-        .serialize(s)
+        self.view().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RecordView::deserialize(d).map(AuditRecord::from)
     }
 }
 
@@ -330,24 +263,10 @@ impl AuditRecord {
         hex_digest(digest(&SHA256, &bytes).as_ref())
     }
 
-    /// The hash of a record whose canonical line is `line` and whose `hash` is `hash`,
-    /// computed from the line itself (the canonical form with `hash` emptied is the line with
-    /// the digest cut out), without serializing again; `None` when the line does not end in
-    /// `"hash":"<hash>"}`.
-    pub fn hash_of_line(line: &str, hash: &str) -> Option<String> {
-        let tail_len = hash.len() + 2; // the digest, `"` and `}`
-        let head = line.strip_suffix("\"}")?.strip_suffix(hash)?;
-        if !head.ends_with("\"hash\":\"") || line.len() < tail_len {
-            return None;
-        }
-        let mut ctx = aws_lc_rs::digest::Context::new(&SHA256);
-        ctx.update(head.as_bytes());
-        ctx.update(b"\"}");
-        Some(hex_digest(ctx.finish().as_ref()))
-    }
-
-    /// Whether `hash` is the hash of the record whose canonical line is `line`, as
-    /// [`AuditRecord::hash_of_line`] computes it, without allocating.
+    /// Whether `hash` is the hash of the record whose canonical line is `line`, computed from
+    /// the line itself (the canonical form with `hash` emptied is the line with the digest
+    /// cut out), without serializing again or allocating; `false` when the line does not end
+    /// in `"hash":"<hash>"}`.
     pub fn line_hash_matches(line: &str, hash: &str) -> bool {
         let Some(head) = line
             .strip_suffix("\"}")
@@ -467,11 +386,8 @@ mod tests {
         assert_eq!(r.hash, r.compute_hash());
         assert_eq!(line, r.to_line().into_bytes());
         let text = r.to_line();
-        assert_eq!(
-            AuditRecord::hash_of_line(&text, &r.hash).as_deref(),
-            Some(r.hash.as_str())
-        );
-        assert_eq!(AuditRecord::hash_of_line(&text, "00"), None);
+        assert!(AuditRecord::line_hash_matches(&text, &r.hash));
+        assert!(!AuditRecord::line_hash_matches(&text, "00"));
     }
 
     /// The line is the one `#[serde(flatten)]` wrote in earlier releases, field for field.
@@ -553,10 +469,6 @@ mod tests {
             assert_eq!(serde_json::to_string(&view).unwrap(), line);
             assert_eq!(AuditRecord::from(view), rec);
             assert!(AuditRecord::line_hash_matches(&line, &rec.hash));
-            assert_eq!(
-                AuditRecord::hash_of_line(&line, &rec.hash).as_ref(),
-                Some(&rec.hash)
-            );
             let mut other = rec.hash.clone();
             other.replace_range(..1, if other.starts_with('0') { "1" } else { "0" });
             assert!(!AuditRecord::line_hash_matches(&line, &other));
