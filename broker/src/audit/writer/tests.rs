@@ -398,3 +398,44 @@ fn f_write_at(path: &Path, bytes: &[u8]) {
     let len = f.metadata().unwrap().len();
     f.write_all_at(bytes, len - 100).unwrap();
 }
+
+/// Someone with the data directory plants a copy of an archived segment in `audit/` (as an
+/// interrupted move leaves one), or hides the live segment in the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doctored_second_copy_and_a_live_segment_moved_to_the_archive_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let dir = tmp.path().join("audit");
+    let mut c = config(&dir);
+    c.segment_records = 25;
+    c.live_segments = 0;
+    let log = AuditLog::open(c.clone(), signer(&keys)).unwrap();
+    for i in 0..60 {
+        log.append(ev(i)).await.unwrap();
+    }
+    log.close();
+    let verifier = signer(&keys).verifier();
+    let name = crate::audit::segments::segment_name(1);
+    let archived = crate::audit::segments::archive_dir(&dir).join(&name);
+    let original = std::fs::read(&archived).unwrap();
+    // An identical copy is what an interrupted move leaves: harmless.
+    std::fs::write(dir.join(&name), &original).unwrap();
+    assert_eq!(verify_log(&dir, &verifier, 74).unwrap().records, 60);
+    // A copy with one record's outcome changed is read first, so it must equal the other.
+    let text = String::from_utf8(original.clone()).unwrap();
+    let doctored = text.replacen("\"outcome\":\"allowed\"", "\"outcome\":\"denied\"", 1);
+    assert_ne!(doctored, text);
+    std::fs::write(dir.join(&name), doctored).unwrap();
+    let f = verify_log(&dir, &verifier, 74).unwrap_err();
+    assert!(f.reason.contains("with different contents"), "{f}");
+    std::fs::remove_file(dir.join(&name)).unwrap();
+    assert_eq!(verify_log(&dir, &verifier, 74).unwrap().records, 60);
+    // The live segment hidden in the archive: the writer refuses to start a new one.
+    let live = dir.join(crate::audit::segments::segment_name(3));
+    let hidden =
+        crate::audit::segments::archive_dir(&dir).join(crate::audit::segments::segment_name(3));
+    std::fs::rename(&live, &hidden).unwrap();
+    let e = AuditLog::open(c, signer(&keys)).err().unwrap();
+    assert!(e.to_string().contains("the live one is missing"), "{e}");
+}
