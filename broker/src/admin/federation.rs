@@ -447,13 +447,13 @@ impl AdminService {
             .expired_ephemera(now)
             .await
             .map_err(store_err)?;
-        let overdue = self.superseded_past_overlap(now).await?;
+        let overdue = self.superseded_past_overlap(now, 1000).await?;
         if expired.is_empty() && overdue.is_empty() {
             return Ok(0);
         }
         let mut batch = crate::store::Batch::new();
         let mut destroyed = Vec::new();
-        for v in overdue.iter().take(1000) {
+        for v in &overdue {
             batch.remove(v);
             destroyed.push(format!("{}/{}", v.binding, v.version));
         }

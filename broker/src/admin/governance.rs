@@ -336,10 +336,12 @@ impl AdminService {
         let bindings = r.bindings().await.map_err(store_err)?;
         let workers = r.workers().await.map_err(store_err)?;
         let mut active = HashMap::new();
-        for v in r.secret_metas().await.map_err(store_err)? {
-            if v.state == SecretState::Active {
-                active.insert(v.binding.clone(), v);
-            }
+        for v in r
+            .secret_metas_where(|v| v.state == SecretState::Active)
+            .await
+            .map_err(store_err)?
+        {
+            active.insert(v.binding.clone(), v);
         }
         let mut uses = r.last_uses().await.map_err(store_err)?;
         for (k, at) in self.core.governance.seen() {

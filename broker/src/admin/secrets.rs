@@ -421,19 +421,16 @@ impl AdminService {
     pub(super) async fn superseded_past_overlap(
         &self,
         now: i64,
+        limit: usize,
     ) -> Result<Vec<Stored<SecretVersion>>, ApiError> {
         let overlap = i64::try_from(self.core.superseded_overlap_s()).unwrap_or(i64::MAX);
-        let mut out = Vec::new();
-        for b in self.core.records.bindings().await.map_err(store_err)? {
-            for v in self
-                .core
-                .records
-                .secret_versions(&b.id)
-                .await
-                .map_err(store_err)?
-            {
+        // One pass over the table's metadata (sealed material is skipped, rows are read one
+        // at a time): only the versions due are held, then read whole for their removal.
+        let due = self
+            .core
+            .records
+            .secret_metas_where(move |v| {
                 let since = v
-                    .value
                     .superseded_at
                     .as_deref()
                     .and_then(|t| {
@@ -444,8 +441,26 @@ impl AdminService {
                         .ok()
                     })
                     .map(time::OffsetDateTime::unix_timestamp);
-                let over = since.is_some_and(|s| s.saturating_add(overlap) <= now);
-                if v.value.state == SecretState::Superseded && over {
+                v.state == SecretState::Superseded
+                    && since.is_some_and(|s| s.saturating_add(overlap) <= now)
+            })
+            .await
+            .map_err(store_err)?;
+        let mut out = Vec::new();
+        for meta in due.into_iter().take(limit) {
+            let Ok(binding) = crate::ids::BindingId::parse(&meta.binding) else {
+                continue;
+            };
+            // Read again whole (the removal is conditioned on these exact bytes); a version
+            // changed since the pass is left for the next one.
+            if let Some(v) = self
+                .core
+                .records
+                .secret_version(&binding, meta.version)
+                .await
+                .map_err(store_err)?
+            {
+                if v.value.state == SecretState::Superseded {
                     out.push(v);
                 }
             }

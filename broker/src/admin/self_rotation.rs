@@ -292,21 +292,27 @@ impl AdminService {
     /// Self-rotates every binding whose provider says its secret is due (its last probe saw
     /// it close to expiry). Returns how many were rotated.
     pub async fn rotate_due(self: &Arc<Self>) -> usize {
-        let Ok(bindings) = self.core.records.bindings().await else {
+        // One pass over the bindings, a row at a time: only the due ones are held.
+        let registry = self.core.registry.clone();
+        let due = move |b: &crate::model::Binding| {
+            b.status == crate::model::Status::Active
+                && b.trust_facts.as_ref().is_some_and(|facts| {
+                    registry
+                        .get(&b.provider)
+                        .and_then(|p| p.self_rotation().map(|r| r.due(facts)))
+                        .unwrap_or(false)
+                })
+        };
+        let Ok(bindings) = self
+            .core
+            .records
+            .all_where(crate::store::Table::Bindings, "", due)
+            .await
+        else {
             return 0;
         };
         let mut rotated = 0;
         for b in bindings {
-            let due = b.trust_facts.as_ref().is_some_and(|facts| {
-                self.core
-                    .registry
-                    .get(&b.provider)
-                    .and_then(|p| p.self_rotation().map(|r| r.due(facts)))
-                    .unwrap_or(false)
-            });
-            if !due || b.status != crate::model::Status::Active {
-                continue;
-            }
             // A replica that lost the lead meanwhile leaves the rest to the new leader.
             if !self.core.replica.is_leader() {
                 break;

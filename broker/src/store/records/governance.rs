@@ -140,15 +140,22 @@ pub struct SecretMeta {
     /// Declared expiry, RFC 3339.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// When it was superseded, RFC 3339.
+    #[serde(default)]
+    pub superseded_at: Option<String>,
 }
 
 impl Records {
-    /// Every secret version's metadata, without its sealed material.
+    /// The metadata of the secret versions `keep` accepts, without their sealed material;
+    /// the table is read one row at a time and only what is kept is held.
     ///
     /// # Errors
     /// On store failure.
-    pub async fn secret_metas(&self) -> Result<Vec<SecretMeta>, StoreError> {
-        self.all(Table::Secrets, "").await
+    pub async fn secret_metas_where(
+        &self,
+        keep: impl Fn(&SecretMeta) -> bool + Send + 'static,
+    ) -> Result<Vec<SecretMeta>, StoreError> {
+        self.all_where(Table::Secrets, "", keep).await
     }
 
     /// Every replica's last-use rows: `(kind, id)` → the latest Unix second any replica
@@ -218,5 +225,76 @@ impl Batch {
             last_use_key(replica, kind, id),
             encode(&at),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled_store::SledStore;
+    use std::sync::Arc;
+
+    /// A periodic pass keeps only what its filter accepts, decoded without the sealed
+    /// material, and reads every row (none skipped, none twice).
+    #[tokio::test]
+    async fn secret_metas_where_keeps_only_the_accepted_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let mut batch = Batch::new();
+        for (binding, version, state) in [
+            ("b1", 1, "superseded"),
+            ("b1", 2, "active"),
+            ("b2", 1, "active"),
+            ("b3", 7, "pending"),
+        ] {
+            let row = serde_json::json!({
+                "binding": binding, "version": version, "state": state,
+                "created_at": "2026-12-01T00:00:00Z",
+                "superseded_at": (state == "superseded").then_some("2026-12-01T01:00:00Z"),
+                "wrapped_dek": "AAAA", "sealed_payload": "AAAA", "kek_version": 1,
+            });
+            batch.push(Op::Put(
+                Table::Secrets,
+                format!("{binding}/{version:010}"),
+                serde_json::to_vec(&row).unwrap(),
+            ));
+        }
+        records.commit(batch).await.unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&seen);
+        let active = records
+            .secret_metas_where(move |m| {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                m.state == crate::model::SecretState::Active
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 4);
+        let got: Vec<(String, u32)> = active
+            .iter()
+            .map(|m| (m.binding.clone(), m.version))
+            .collect();
+        assert_eq!(got, [("b1".to_owned(), 2), ("b2".to_owned(), 1)]);
+        let old = records
+            .secret_metas_where(|m| m.superseded_at.is_some())
+            .await
+            .unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(
+            old[0].superseded_at.as_deref(),
+            Some("2026-12-01T01:00:00Z")
+        );
+        // A row that does not decode is an error, not a silent skip.
+        let mut batch = Batch::new();
+        batch.push(Op::Put(
+            Table::Secrets,
+            "b9/0000000001".into(),
+            b"{".to_vec(),
+        ));
+        records.commit(batch).await.unwrap();
+        assert!(matches!(
+            records.secret_metas_where(|_| true).await,
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

@@ -297,17 +297,52 @@ impl Records {
             .collect()
     }
 
-    async fn all<T: DeserializeOwned>(
+    /// The records of `table` under `prefix` that `keep` accepts, read one at a time: only
+    /// the kept ones are ever held, so a periodic pass over a large table (the collector,
+    /// self-rotation, the inventory) costs the memory of what it keeps, not of the table.
+    pub(crate) async fn all_where<T, F>(
+        &self,
+        table: Table,
+        prefix: &str,
+        keep: F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(&T) -> bool + Send + 'static,
+    {
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&kept);
+        self.store
+            .scan_each(
+                table,
+                prefix,
+                Box::new(move |k, raw| {
+                    let value: T = decode(table, k, raw)?;
+                    if keep(&value) {
+                        sink.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(value);
+                    }
+                    Ok(())
+                }),
+            )
+            .await?;
+        let out = std::mem::take(
+            &mut *kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        Ok(out)
+    }
+
+    /// Every record under `prefix`, decoded as it is read (the raw rows are never all held
+    /// at once).
+    async fn all<T: DeserializeOwned + Send + 'static>(
         &self,
         table: Table,
         prefix: &str,
     ) -> Result<Vec<T>, StoreError> {
-        Ok(self
-            .all_stored(table, prefix)
-            .await?
-            .into_iter()
-            .map(|s| s.value)
-            .collect())
+        self.all_where(table, prefix, |_| true).await
     }
 
     /// One tenant, as read for a change.
