@@ -246,6 +246,47 @@ impl Loader {
     }
 }
 
+impl Loader {
+    /// Resolves every one of `bodies` once (the connections share them out), so a cache
+    /// sized to the working set holds all of it before a measured round; the failures.
+    async fn resolve_each_once(&self, url: &str, bodies: &[Value]) -> u64 {
+        let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+            bodies
+                .iter()
+                .map(|b| serde_json::to_vec(b).unwrap())
+                .collect(),
+        );
+        let mut tasks = Vec::new();
+        for conn in 0..self.connections {
+            let (pki, url, bodies, step) = (
+                self.pki.clone(),
+                url.to_owned(),
+                bodies.clone(),
+                self.connections,
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut c = pki.client_for("w1", &url);
+                let mut failed = 0u64;
+                for body in bodies.iter().skip(conn).step_by(step) {
+                    match c
+                        .request_with_headers(Method::POST, "/v1/resolve", &[], Some(body.clone()))
+                        .await
+                    {
+                        Ok((s, _)) if s.is_success() => {}
+                        _ => failed += 1,
+                    }
+                }
+                failed
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            failed += t.await.unwrap();
+        }
+        failed
+    }
+}
+
 fn summary(name: &str, rounds: &mut [Round]) -> f64 {
     rounds.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
     let med = &rounds[rounds.len() / 2];
@@ -976,8 +1017,9 @@ async fn seed_pasted_1k(op: &mut credbroker::client::BrokerClient) {
     assert!((200..300).contains(&s), "{v}");
 }
 
-/// A warm-up pass over `bodies` (not reported: records into the caches), then `rounds`
-/// measured rounds with the broker's peak RSS; the broker is stopped after.
+/// A warm-up resolving each of `bodies` once (not reported: every record into the
+/// caches), then `rounds` measured rounds with the broker's peak RSS; the broker is stopped
+/// after.
 async fn warm_rounds(
     loader: &Loader,
     url: &str,
@@ -985,7 +1027,8 @@ async fn warm_rounds(
     broker: &mut Child,
     rounds: usize,
 ) -> (Vec<Round>, u64) {
-    let _ = loader.resolve(url, bodies, broker.id()).await;
+    let failed = loader.resolve_each_once(url, bodies).await;
+    assert_eq!(failed, 0, "warm-up resolves failed");
     let mut out = Vec::new();
     let mut rss = 0;
     for _ in 0..rounds {
