@@ -293,6 +293,67 @@ async fn a_batch_is_all_or_nothing(store: &Arc<dyn Store>) {
     assert_eq!(keys, vec!["p/1", "p/10", "p/2"]);
 }
 
+/// A pass over a table (`scan_each`) sees every row under its prefix once, in key order,
+/// across more than one PostgreSQL page, as `scan` does; an error of the callback stops it
+/// and is returned.
+async fn a_pass_reads_every_row_once(store: &Arc<dyn Store>) {
+    let mut b = Batch::new();
+    for i in 0..1234 {
+        b.push(Op::Put(
+            Table::Instances,
+            format!("pass/{i:05}"),
+            i.to_string().into_bytes(),
+        ));
+    }
+    // Around the prefix: before, after, and one that only shares its first letters.
+    for k in ["pas", "pass", "pass0", "passz/1", "q"] {
+        b.push(Op::Put(Table::Instances, k.into(), b"x".to_vec()));
+    }
+    store.commit(b).await.unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    store
+        .scan_each(
+            Table::Instances,
+            "pass/",
+            Box::new(move |k, v| {
+                sink.lock().unwrap().push((k.to_owned(), v.to_vec()));
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(seen.len(), 1234, "rows seen by the pass");
+    assert!(seen == store.scan(Table::Instances, "pass/").await.unwrap());
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, (k, v))| *k == format!("pass/{i:05}") && *v == i.to_string().into_bytes()));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&calls);
+    let stopped = store
+        .scan_each(
+            Table::Instances,
+            "pass/",
+            Box::new(move |k, _| {
+                if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 700 {
+                    return Err(StoreError::Corrupt {
+                        table: "instances",
+                        key: k.to_owned(),
+                    });
+                }
+                Ok(())
+            }),
+        )
+        .await;
+    assert!(
+        matches!(&stopped, Err(StoreError::Corrupt { key, .. }) if key == "pass/00700"),
+        "{stopped:?}"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 701);
+}
+
 /// Runs `n` concurrent commits built by `make(i)`; returns how many succeeded.
 async fn race(records: &Records, n: usize, make: impl Fn(usize) -> Batch) -> usize {
     let mut tasks = Vec::new();
@@ -447,6 +508,7 @@ async fn every_backend_conforms() {
             let records = Records::new(store.clone());
             every_record_type_round_trips(&records).await;
             a_batch_is_all_or_nothing(&store).await;
+            a_pass_reads_every_row_once(&store).await;
             conflicting_commits_have_one_winner(&records).await;
             changes_are_reported_and_the_cache_follows(store.clone()).await;
             // The schema version on disk must be one this build reads.

@@ -415,9 +415,9 @@ impl AdminService {
         }
     }
 
-    /// Superseded secret versions whose overlap (`[secrets] superseded_overlap_s`) ended
-    /// before `now` (Unix seconds). Versions superseded before the time was recorded are
-    /// kept until destroyed by hand.
+    /// At most `limit` superseded secret versions whose overlap (`[secrets]
+    /// superseded_overlap_s`) ended before `now` (Unix seconds). Versions superseded before
+    /// the time was recorded are kept until destroyed by hand.
     pub(super) async fn superseded_past_overlap(
         &self,
         now: i64,
@@ -425,46 +425,83 @@ impl AdminService {
     ) -> Result<Vec<Stored<SecretVersion>>, ApiError> {
         let overlap = i64::try_from(self.core.superseded_overlap_s()).unwrap_or(i64::MAX);
         // One pass over the table's metadata (sealed material is skipped, rows are read one
-        // at a time): only the versions due are held, then read whole for their removal.
+        // at a time): only the versions due are held, then each is read whole again at the
+        // key the pass found it under (the removal is conditioned on those exact bytes) and
+        // judged again, so what is removed is what was judged.
         let due = self
             .core
             .records
-            .secret_metas_where(move |v| {
-                let since = v
-                    .superseded_at
-                    .as_deref()
-                    .and_then(|t| {
-                        time::OffsetDateTime::parse(
-                            t,
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .ok()
-                    })
-                    .map(time::OffsetDateTime::unix_timestamp);
-                v.state == SecretState::Superseded
-                    && since.is_some_and(|s| s.saturating_add(overlap) <= now)
+            .keyed_secret_metas_where(move |v| {
+                past_overlap(v.state, v.superseded_at.as_deref(), overlap, now)
             })
             .await
             .map_err(store_err)?;
         let mut out = Vec::new();
-        for meta in due.into_iter().take(limit) {
-            let Ok(binding) = crate::ids::BindingId::parse(&meta.binding) else {
-                continue;
-            };
-            // Read again whole (the removal is conditioned on these exact bytes); a version
-            // changed since the pass is left for the next one.
-            if let Some(v) = self
-                .core
-                .records
-                .secret_version(&binding, meta.version)
-                .await
-                .map_err(store_err)?
-            {
-                if v.value.state == SecretState::Superseded {
+        for (key, _) in due {
+            if out.len() >= limit {
+                break;
+            }
+            match self.core.records.secret_version_at(&key).await {
+                Ok(Some(v))
+                    if past_overlap(
+                        v.value.state,
+                        v.value.superseded_at.as_deref(),
+                        overlap,
+                        now,
+                    ) =>
+                {
                     out.push(v);
+                }
+                // Changed or removed since the pass: judged again at the next one.
+                Ok(_) => {}
+                // A row the metadata pass read but that is not a valid secret version is
+                // named and left (the collector goes on with the others).
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "a superseded secret version could not be read whole; left in place");
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// Whether a secret version in `state`, superseded at `superseded_at` (RFC 3339), is past
+/// the `overlap` (seconds) at `now` (Unix seconds).
+fn past_overlap(state: SecretState, superseded_at: Option<&str>, overlap: i64, now: i64) -> bool {
+    let since = superseded_at
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(time::OffsetDateTime::unix_timestamp);
+    state == SecretState::Superseded && since.is_some_and(|s| s.saturating_add(overlap) <= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_superseded_version_past_its_overlap_is_due() {
+        let at = "2026-12-01T00:00:00Z";
+        let t = 1_796_083_200; // 2026-12-01T00:00:00Z
+        assert!(past_overlap(SecretState::Superseded, Some(at), 60, t + 60));
+        assert!(!past_overlap(SecretState::Superseded, Some(at), 60, t + 59));
+        assert!(!past_overlap(SecretState::Active, Some(at), 60, t + 3600));
+        assert!(!past_overlap(SecretState::Pending, Some(at), 60, t + 3600));
+        // No (or no readable) time: kept until destroyed by hand.
+        assert!(!past_overlap(SecretState::Superseded, None, 0, i64::MAX));
+        assert!(!past_overlap(
+            SecretState::Superseded,
+            Some("yesterday"),
+            0,
+            i64::MAX
+        ));
+        // An overlap too large to add never comes due.
+        assert!(!past_overlap(
+            SecretState::Superseded,
+            Some(at),
+            i64::MAX,
+            i64::MAX - 1
+        ));
     }
 }

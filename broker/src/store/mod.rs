@@ -235,8 +235,9 @@ pub trait Store: Send + Sync + 'static {
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Calls `each` with every key starting with `prefix` and its value, in key order, one
-    /// at a time: for a pass over a whole table (a start-up check) that must not hold it all
-    /// in memory. The default reads the table with [`Store::scan`].
+    /// at a time: for a pass over a whole table (the start-up check, the periodic jobs) that
+    /// must not hold it all in memory. sled iterates its tree; PostgreSQL reads pages by
+    /// key. The default reads the table with [`Store::scan`].
     ///
     /// # Errors
     /// On backend failure, or the first error of `each` (which stops the pass).

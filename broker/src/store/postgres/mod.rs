@@ -446,6 +446,47 @@ impl Store for PgStore {
         .await
     }
 
+    async fn scan_each(
+        &self,
+        table: Table,
+        prefix: &str,
+        mut each: super::ScanEach,
+    ) -> Result<(), StoreError> {
+        // Pages in key order, each one query under the store's deadline: a pass over a large
+        // table neither holds it whole nor runs as one long statement. Not a snapshot: a row
+        // committed meanwhile behind the page being read is not seen (the passes are
+        // periodic, or run at start before any change of this process).
+        const PAGE: i64 = 500;
+        let mut after: Option<String> = None;
+        loop {
+            let rows = deadline(self.inner.timeout, async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT key, value FROM credbroker_records \
+                         WHERE tbl = $1 AND key >= $2 AND starts_with(key, $2) \
+                         AND ($3::text IS NULL OR key > $3) ORDER BY key LIMIT $4",
+                    )
+                    .await
+                    .map_err(|e| db_error(&e))?;
+                client
+                    .query(&stmt, &[&table.name(), &prefix, &after, &PAGE])
+                    .await
+                    .map_err(|e| db_error(&e))
+            })
+            .await?;
+            let full = rows.len() as i64 == PAGE;
+            for row in rows {
+                let (key, value): (String, Vec<u8>) = (row.get(0), row.get(1));
+                each(&key, &value)?;
+                after = Some(key);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.ops.is_empty() {
             return Ok(());

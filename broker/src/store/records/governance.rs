@@ -158,6 +158,17 @@ impl Records {
         self.all_where(Table::Secrets, "", keep).await
     }
 
+    /// As [`Records::secret_metas_where`], each with the key it was read at.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn keyed_secret_metas_where(
+        &self,
+        keep: impl Fn(&SecretMeta) -> bool + Send + 'static,
+    ) -> Result<Vec<(String, SecretMeta)>, StoreError> {
+        self.keyed_where(Table::Secrets, "", keep).await
+    }
+
     /// Every replica's last-use rows: `(kind, id)` → the latest Unix second any replica
     /// recorded.
     ///

@@ -310,6 +310,25 @@ impl Records {
         T: DeserializeOwned + Send + 'static,
         F: Fn(&T) -> bool + Send + 'static,
     {
+        Ok(self
+            .keyed_where(table, prefix, keep)
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// As [`Records::all_where`], each kept record with the key it was read at.
+    pub(crate) async fn keyed_where<T, F>(
+        &self,
+        table: Table,
+        prefix: &str,
+        keep: F,
+    ) -> Result<Vec<(String, T)>, StoreError>
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(&T) -> bool + Send + 'static,
+    {
         let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = Arc::clone(&kept);
         self.store
@@ -321,7 +340,7 @@ impl Records {
                     if keep(&value) {
                         sink.lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(value);
+                            .push((k.to_owned(), value));
                     }
                     Ok(())
                 }),
@@ -439,6 +458,18 @@ impl Records {
     ) -> Result<Option<Stored<SecretVersion>>, StoreError> {
         self.get_stored(Table::Secrets, &secret_key(binding, version))
             .await
+    }
+
+    /// The secret version stored at `key` (a key a pass over the table returned), as read
+    /// for a change.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn secret_version_at(
+        &self,
+        key: &str,
+    ) -> Result<Option<Stored<SecretVersion>>, StoreError> {
+        self.get_stored(Table::Secrets, key).await
     }
 
     /// Every stored secret version of a binding, oldest first, as read for a change.
