@@ -303,12 +303,7 @@ impl AdminService {
                         .unwrap_or(false)
                 })
         };
-        let Ok(bindings) = self
-            .core
-            .records
-            .all_where(crate::store::Table::Bindings, "", due)
-            .await
-        else {
+        let Ok(bindings) = self.core.records.bindings_where(due).await else {
             return 0;
         };
         let mut rotated = 0;

@@ -447,6 +447,17 @@ impl Records {
         self.all(Table::Bindings, "").await
     }
 
+    /// The bindings `keep` accepts, read one at a time (only the kept ones are held).
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn bindings_where(
+        &self,
+        keep: impl Fn(&Binding) -> bool + Send + 'static,
+    ) -> Result<Vec<Binding>, StoreError> {
+        self.all_where(Table::Bindings, "", keep).await
+    }
+
     /// One secret version, as read for a change.
     ///
     /// # Errors
