@@ -219,7 +219,9 @@ impl Hooks {
 /// What [`Store::scan_each`] calls with each key and value.
 pub type ScanEach = Box<dyn FnMut(&str, &[u8]) -> Result<(), StoreError> + Send>;
 
-/// The persistence seam. Implementations keep blocking work off the async workers.
+/// The persistence seam. Implementations keep blocking work off the async workers (sled's
+/// point reads, lookups in its resident tree, run on the calling worker: see
+/// `SledStore::get`).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reads one value.

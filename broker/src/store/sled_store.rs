@@ -3,8 +3,10 @@
 //! sled writes are durable only after `flush`, so every commit flushes before returning.
 //! sled holds an exclusive lock on its directory: a second process opening the same store
 //! gets a clear "locked" error instead of corrupting it — so this process is the only
-//! writer, and its own commits are every change there is to notify. sled's calls block
-//! (the flush is an fsync): they run on tokio's blocking pool, never on an async worker.
+//! writer, and its own commits are every change there is to notify. Commits (the flush is
+//! an fsync) and scans run on tokio's blocking pool; a point read runs on the calling
+//! worker (a lookup in sled's resident tree, or one page read from the file on a miss):
+//! handing it to the pool and back cost more than the read (see `get`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -244,8 +246,11 @@ impl Inner {
 #[async_trait]
 impl Store for SledStore {
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_owned();
-        self.blocking(move |s| s.get(table, &key)).await
+        // A point read runs on the calling worker: a lookup in sled's resident tree (on a
+        // miss, one page read from the file, normally from the OS page cache) costs less
+        // than handing it to the blocking pool and back, which was two context switches
+        // per record a resolve had to read. Scans and commits (which fsync) stay there.
+        self.inner.get(table, key)
     }
 
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
