@@ -310,12 +310,7 @@ impl Records {
         T: DeserializeOwned + Send + 'static,
         F: Fn(&T) -> bool + Send + 'static,
     {
-        Ok(self
-            .keyed_where(table, prefix, keep)
-            .await?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect())
+        self.kept(table, prefix, keep, |_, v| v).await
     }
 
     /// As [`Records::all_where`], each kept record with the key it was read at.
@@ -329,6 +324,24 @@ impl Records {
         T: DeserializeOwned + Send + 'static,
         F: Fn(&T) -> bool + Send + 'static,
     {
+        self.kept(table, prefix, keep, |k, v| (k.to_owned(), v))
+            .await
+    }
+
+    /// The pass behind [`Records::all_where`] and [`Records::keyed_where`]: `make` builds
+    /// what is kept of a row `keep` accepts (a key is copied only when it is wanted).
+    async fn kept<T, R, F>(
+        &self,
+        table: Table,
+        prefix: &str,
+        keep: F,
+        make: fn(&str, T) -> R,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
+        F: Fn(&T) -> bool + Send + 'static,
+    {
         let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = Arc::clone(&kept);
         self.store
@@ -340,7 +353,7 @@ impl Records {
                     if keep(&value) {
                         sink.lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push((k.to_owned(), value));
+                            .push(make(k, value));
                     }
                     Ok(())
                 }),
