@@ -205,7 +205,11 @@ impl Broker {
         let bound: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Bound>>> =
             Arc::default();
         let hook_bound = Arc::clone(&bound);
-        records.on_change(Arc::new(move || {
+        // What a provider bound is a function of the binding record alone.
+        records.on_change(Arc::new(move |changed| {
+            if !changed.touches(crate::store::Table::Bindings) {
+                return;
+            }
             if let Ok(mut b) = hook_bound.lock() {
                 b.clear();
             }

@@ -20,7 +20,7 @@ use credbroker::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use credbroker::model::{
     Binding, Instance, KeyState, PlatformKeyRecord, SecretState, SecretVersion, Status, Worker,
 };
-use credbroker::store::records::{CallbackState, IdentifierOwner, Records};
+use credbroker::store::records::{CallbackState, IdentifierOwner, LastUseKind, Records};
 use credbroker::store::{Batch, Op, PgStore, SledStore, Store, StoreError, StoreSettings, Table};
 use credbroker_tests::postgres::TestPostgres;
 use credbroker_tests::tenant_record as tenant;
@@ -468,9 +468,13 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
 
 async fn changes_are_reported_and_the_cache_follows(store: Arc<dyn Store>) {
     let seen = Arc::new(AtomicUsize::new(0));
-    let hook_seen = seen.clone();
-    store.on_change(Arc::new(move || {
+    let tenants_seen = Arc::new(AtomicUsize::new(0));
+    let (hook_seen, hook_tenants) = (seen.clone(), tenants_seen.clone());
+    store.on_change(Arc::new(move |changed| {
         hook_seen.fetch_add(1, Ordering::SeqCst);
+        if changed.touches(Table::Tenants) {
+            hook_tenants.fetch_add(1, Ordering::SeqCst);
+        }
     }));
     let records = Records::with_cache(store, 100);
     let mut b = Batch::new();
@@ -489,6 +493,34 @@ async fn changes_are_reported_and_the_cache_follows(store: Arc<dyn Store>) {
         records.shared_tenant(&c1).await.unwrap().unwrap().name,
         "renamed",
         "the decoded-record cache never serves a record older than the last commit"
+    );
+    assert!(
+        tenants_seen.load(Ordering::SeqCst) >= 2,
+        "a change names its tables"
+    );
+    // A batch of last-use rows touches no table the chain reads: the decoded records stay.
+    // (A shared backend's late notification of an earlier commit empties the cache once:
+    // let those arrive first.)
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    records.shared_tenant(&c1).await.unwrap().unwrap();
+    let cached = records.cached_records();
+    assert!(cached >= 1);
+    let (before, before_tenants) = (
+        seen.load(Ordering::SeqCst),
+        tenants_seen.load(Ordering::SeqCst),
+    );
+    let mut b = Batch::new();
+    b.put_last_use(7, LastUseKind::Binding, "b-any", 1);
+    records.commit(b).await.unwrap();
+    assert!(
+        seen.load(Ordering::SeqCst) > before,
+        "the commit is reported"
+    );
+    assert_eq!(tenants_seen.load(Ordering::SeqCst), before_tenants);
+    assert_eq!(
+        records.cached_records(),
+        cached,
+        "the record cache stays warm"
     );
     // A failed commit is reported too (its outcome may be unknown to a cache).
     let before = seen.load(Ordering::SeqCst);

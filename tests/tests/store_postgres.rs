@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use credbroker::ids::TenantId;
-use credbroker::store::records::Records;
+use credbroker::store::records::{LastUseKind, Records};
 use credbroker::store::{Batch, Op, PgStore, Store, StoreError, StoreSettings, Table};
 use credbroker_tests::postgres::{session, TestPostgres};
 use credbroker_tests::tenant_record as tenant;
@@ -187,7 +187,7 @@ async fn postgres_replicas_see_each_others_changes() {
 
     // The notification alone empties the other's caches too.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    b.on_change(Arc::new(move || {
+    b.on_change(Arc::new(move |_| {
         let _ = tx.send(());
     }));
     let read = on_a.tenant(&id).await.unwrap().unwrap();
@@ -203,6 +203,26 @@ async fn postgres_replicas_see_each_others_changes() {
     assert_eq!(
         on_b.shared_tenant(&id).await.unwrap().unwrap().name,
         "notified"
+    );
+
+    // Last-use rows are each replica's own and read straight from the store: writing them
+    // changes no generation, so the other replica's caches stay warm.
+    let cached = on_b.cached_records();
+    assert!(cached >= 1);
+    let mut batch = Batch::new();
+    batch.put_last_use(1, LastUseKind::Binding, "b1", 1);
+    on_a.commit(batch).await.unwrap();
+    on_b.sync().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "no change reported to the other replica"
+    );
+    assert_eq!(on_b.cached_records(), cached);
+    assert_eq!(
+        on_b.last_uses().await.unwrap().len(),
+        1,
+        "yet the row is there"
     );
 }
 

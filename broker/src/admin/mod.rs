@@ -169,8 +169,13 @@ impl AdminService {
     pub fn new(core: Arc<Core>) -> Arc<AdminService> {
         let keys_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Arc::clone(&keys_changed);
-        core.records.on_change(Arc::new(move || {
-            flag.store(true, std::sync::atomic::Ordering::Release);
+        // Platform and issuer keys live in the platform-key table, sealed under the KEKs the
+        // key metadata names.
+        core.records.on_change(Arc::new(move |changed| {
+            use crate::store::Table;
+            if changed.touches_any(&[Table::PlatformKeys, Table::KeyMeta]) {
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
         }));
         Arc::new(AdminService {
             core,

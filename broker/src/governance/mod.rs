@@ -41,6 +41,9 @@ struct Use {
 
 const KINDS: [LastUseKind; 2] = [LastUseKind::Binding, LastUseKind::Worker];
 
+/// Last-use rows written per store transaction.
+const FLUSH_CHUNK: usize = 1000;
+
 #[cfg(test)]
 impl LastUse {
     fn dirty(&self) -> usize {
@@ -133,23 +136,25 @@ impl Governance {
             }
             Err(_) => return Ok(0),
         };
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let mut batch = Batch::new();
-        for ((kind, id), at) in &rows {
-            batch.put_last_use(replica, *kind, id, *at);
-        }
-        if let Err(e) = records.commit(batch).await {
-            if let Ok(mut lu) = self.last_use.lock() {
-                for ((kind, id), _) in rows {
-                    let i = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
-                    if let Some(u) = lu.by_kind[i].get_mut(&id) {
-                        u.dirty = true;
+        // Bounded batches: one transaction per chunk, not one holding every binding used
+        // since the last flush (100,000 after a busy minute on a large store).
+        for (n, chunk) in rows.chunks(FLUSH_CHUNK).enumerate() {
+            let mut batch = Batch::new();
+            for ((kind, id), at) in chunk {
+                batch.put_last_use(replica, *kind, id, *at);
+            }
+            if let Err(e) = records.commit(batch).await {
+                // This chunk and every later one stay dirty for the next flush.
+                if let Ok(mut lu) = self.last_use.lock() {
+                    for ((kind, id), _) in &rows[n * FLUSH_CHUNK..] {
+                        let i = KINDS.iter().position(|k| k == kind).unwrap_or(0);
+                        if let Some(u) = lu.by_kind[i].get_mut(id) {
+                            u.dirty = true;
+                        }
                     }
                 }
+                return Err(e);
             }
-            return Err(e);
         }
         Ok(rows.len())
     }
@@ -282,5 +287,43 @@ mod tests {
         let seen = g.seen();
         assert_eq!(seen.len(), 2);
         assert_eq!(g.last_use.lock().unwrap().dirty(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_bounded_batches_and_leaves_the_record_cache_warm() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let records = Records::with_cache(std::sync::Arc::new(store), 100);
+        let mut tenant = Batch::new();
+        tenant.create(&crate::model::Tenant {
+            id: crate::ids::TenantId::parse("t1").unwrap(),
+            name: String::new(),
+            status: crate::model::Status::Active,
+            revision: 0,
+            created_at: String::new(),
+        });
+        records.commit(tenant).await.unwrap();
+        let t1 = crate::ids::TenantId::parse("t1").unwrap();
+        records.shared_tenant(&t1).await.unwrap().unwrap();
+        assert_eq!(records.cached_records(), 1);
+
+        let g = Governance::new(Default::default(), Default::default());
+        for i in 0..2500 {
+            g.record_use(&format!("b{i}"), "w1");
+        }
+        let commits = records.commits();
+        assert_eq!(g.flush(&records, 0).await.unwrap(), 2501);
+        assert_eq!(
+            records.commits() - commits,
+            3,
+            "2,501 rows in chunks of 1,000"
+        );
+        assert_eq!(records.last_uses().await.unwrap().len(), 2501);
+        assert_eq!(
+            records.cached_records(),
+            1,
+            "last-use rows touch no cached table"
+        );
+        assert_eq!(g.flush(&records, 0).await.unwrap(), 0, "nothing dirty");
     }
 }

@@ -60,6 +60,13 @@ pub enum Table {
 }
 
 impl Table {
+    /// Whether the table's rows are each written by one replica only and read straight from
+    /// the store, never through a cache (last-use times): another replica's caches need not
+    /// hear of their changes.
+    pub fn replica_private(self) -> bool {
+        matches!(self, Table::LastUse)
+    }
+
     /// Every table.
     pub const ALL: &'static [Table] = &[
         Table::Meta,
@@ -188,8 +195,61 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Called after every change a backend knows of.
-pub type ChangeHook = Arc<dyn Fn() + Send + Sync>;
+/// The tables a change touched, as reported to [`ChangeHook`]s: exact for this process's own
+/// commits, every table for a change another process made (a backend shared by several
+/// brokers learns that something changed, not what).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed(u32);
+
+impl Changed {
+    /// Every table.
+    pub const ALL: Changed = Changed(u32::MAX);
+
+    /// The tables `batch` writes or removes from (its checks change nothing).
+    pub fn of(batch: &Batch) -> Changed {
+        let mut bits = 0u32;
+        for op in &batch.ops {
+            if let Op::Put(t, ..) | Op::Delete(t, ..) = op {
+                bits |= Self::bit(*t);
+            }
+        }
+        Changed(bits)
+    }
+
+    /// Whether `table` may have changed.
+    pub fn touches(self, table: Table) -> bool {
+        self.0 & Self::bit(table) != 0
+    }
+
+    /// Whether any of `tables` may have changed.
+    pub fn touches_any(self, tables: &[Table]) -> bool {
+        tables.iter().any(|t| self.touches(*t))
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether other brokers sharing the store must hear of this change: it touched a table
+    /// that is not [`Table::replica_private`].
+    pub fn concerns_other_replicas(self) -> bool {
+        Table::ALL
+            .iter()
+            .any(|t| self.touches(*t) && !t.replica_private())
+    }
+
+    fn bit(table: Table) -> u32 {
+        // Table::ALL has fewer than 32 entries (checked by a test).
+        Table::ALL
+            .iter()
+            .position(|t| *t == table)
+            .map_or(u32::MAX, |i| 1u32 << (i % 32))
+    }
+}
+
+/// Called after every change a backend knows of, with the tables it touched.
+pub type ChangeHook = Arc<dyn Fn(Changed) + Send + Sync>;
 
 /// A backend's registered [`ChangeHook`]s.
 #[derive(Default)]
@@ -204,14 +264,14 @@ impl Hooks {
         }
     }
 
-    /// Runs every hook (outside the lock: a hook may register another).
-    pub(crate) fn run(&self) {
+    /// Runs every hook with `changed` (outside the lock: a hook may register another).
+    pub(crate) fn run(&self, changed: Changed) {
         let hooks = match self.0.lock() {
             Ok(h) => h.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         for hook in hooks {
-            hook();
+            hook(changed);
         }
     }
 }
@@ -317,8 +377,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Registers `hook`, called after every change this backend knows of: its own commits
-    /// (also failed ones, whose outcome may be unknown) and, for a backend shared by several
-    /// brokers, the others' commits. Caches of decoded records rely on it.
+    /// (also failed ones, whose outcome may be unknown), with the tables the batch wrote, and,
+    /// for a backend shared by several brokers, the others' commits, with every table. Caches
+    /// of decoded records rely on it.
     fn on_change(&self, hook: ChangeHook);
 
     /// The backend's name, for logs and `/metrics`.
@@ -520,3 +581,28 @@ pub(crate) const MIGRATING_KEY: &str = "migrating";
 /// 2: tenants and bindings carry `revision`, bindings `generation` (version 1 stores are
 /// upgraded in place on open).
 pub const SCHEMA_VERSION: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_names_the_tables_a_batch_writes() {
+        // One bit per table.
+        assert!(Table::ALL.len() < 32);
+        let mut b = Batch::new();
+        b.push(Op::ExpectPresent(Table::Tenants, "t".into()))
+            .push(Op::ExpectValue(Table::Workers, "w".into(), vec![]))
+            .push(Op::Put(Table::LastUse, "1/b/x".into(), vec![]))
+            .push(Op::Delete(Table::Secrets, "x/1".into()));
+        let changed = Changed::of(&b);
+        assert!(changed.touches(Table::LastUse) && changed.touches(Table::Secrets));
+        assert!(!changed.touches_any(&[Table::Tenants, Table::Workers, Table::Bindings]));
+        assert!(Changed::of(&Batch::new()).is_empty());
+        assert!(Table::ALL.iter().all(|t| Changed::ALL.touches(*t)));
+        assert!(changed.concerns_other_replicas(), "a secret changed");
+        let mut last_use = Batch::new();
+        last_use.push(Op::Put(Table::LastUse, "1/w/y".into(), vec![]));
+        assert!(!Changed::of(&last_use).concerns_other_replicas());
+    }
+}

@@ -2,11 +2,13 @@
 //!
 //! Every resolve checks worker, instance, tenant, binding and (for pasted secrets) the sealed
 //! secret version. Reading and JSON-decoding them from sled on every call was a third of the
-//! resolve path's CPU. This cache holds the decoded records and is emptied on every change the
-//! backend reports through [`super::Store::on_change`] — for sled, every commit of this
-//! process (its only writer), before the commit returns — so a resolve never sees a state
-//! older than the last acknowledged write: the same answer as reading the store, without the
-//! decode. A backend shared by several brokers must report the others' commits too.
+//! resolve path's CPU. This cache holds the decoded records and forgets those of every table a
+//! change touched, as the backend reports it through [`super::Store::on_change`] — for sled,
+//! every commit of this process (its only writer), before the commit returns — so a resolve
+//! never sees a state older than the last acknowledged write: the same answer as reading the
+//! store, without the decode. A commit that touched no table the cache holds (the periodic
+//! last-use batch) leaves it warm. A backend shared by several brokers must report the
+//! others' commits too (as touching every table).
 //!
 //! Race between a reader filling the cache and a writer: the reader notes the generation
 //! before reading the store and inserts only if it is unchanged, checked under the table's
@@ -22,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::Table;
+use super::{Changed, Table};
 
 type Entry = Arc<dyn Any + Send + Sync>;
 
@@ -108,10 +110,18 @@ impl RecordCache {
         }
     }
 
-    /// Forgets everything (after a commit).
-    pub fn invalidate(&self) {
+    /// Forgets the records of the tables a change touched (after a commit). Records of
+    /// other tables stay: the change did not alter them. In-flight reads of any table are
+    /// refused (one generation for all), which costs at most a later miss.
+    pub fn invalidate(&self, changed: Changed) {
+        if changed.is_empty() {
+            return;
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
-        for lock in &self.tables {
+        for (table, lock) in Table::ALL.iter().zip(&self.tables) {
+            if !changed.touches(*table) {
+                continue;
+            }
             let mut t = match lock.write() {
                 Ok(t) => t,
                 Err(poisoned) => poisoned.into_inner(),
@@ -143,7 +153,7 @@ mod tests {
     fn stale_insert_after_commit_is_refused() {
         let cache = RecordCache::new(10);
         let g = cache.generation();
-        cache.invalidate();
+        cache.invalidate(Changed::ALL);
         cache.insert(Table::Workers, "w1", g, Arc::new(1u32));
         assert!(cache.get::<u32>(Table::Workers, "w1").is_none());
         let g = cache.generation();
@@ -153,8 +163,35 @@ mod tests {
             cache.get::<u64>(Table::Workers, "w1").is_none(),
             "wrong type is a miss"
         );
-        cache.invalidate();
+        cache.invalidate(Changed::ALL);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_change_forgets_only_the_tables_it_touched() {
+        let cache = RecordCache::new(10);
+        let g = cache.generation();
+        cache.insert(Table::Workers, "w1", g, Arc::new(1u32));
+        cache.insert(Table::Bindings, "b1", g, Arc::new(2u32));
+        let mut last_use = crate::store::Batch::new();
+        last_use.push(crate::store::Op::Put(
+            Table::LastUse,
+            "0/b/b1".into(),
+            vec![],
+        ));
+        cache.invalidate(Changed::of(&last_use));
+        assert_eq!(
+            cache.len(),
+            2,
+            "a last-use batch leaves the chain's records"
+        );
+        cache.invalidate(Changed::of(&crate::store::Batch::new()));
+        assert_eq!(cache.generation(), g + 1, "an empty change is no change");
+        let mut binding = crate::store::Batch::new();
+        binding.push(crate::store::Op::Put(Table::Bindings, "b1".into(), vec![]));
+        cache.invalidate(Changed::of(&binding));
+        assert!(cache.get::<u32>(Table::Bindings, "b1").is_none());
+        assert_eq!(cache.get::<u32>(Table::Workers, "w1").as_deref(), Some(&1));
     }
 
     #[test]

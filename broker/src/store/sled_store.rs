@@ -16,7 +16,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 #[cfg(test)]
 use super::SCHEMA_VERSION;
-use super::{schema_upgrade, Batch, ChangeHook, Hooks, Op, Store, StoreError, Table, SCHEMA_KEY};
+use super::{
+    schema_upgrade, Batch, ChangeHook, Changed, Hooks, Op, Store, StoreError, Table, SCHEMA_KEY,
+};
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -135,8 +137,8 @@ impl SledStore {
 
 impl Inner {
     /// Runs every change hook.
-    fn notify(&self) {
-        self.hooks.run();
+    fn notify(&self, changed: Changed) {
+        self.hooks.run(changed);
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
@@ -288,8 +290,9 @@ impl Store for SledStore {
         // leaves the outcome unknown): no caches outlive a change because a caller left.
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
+            let changed = Changed::of(&batch);
             let result = inner.commit(batch);
-            inner.notify();
+            inner.notify(changed);
             result
         })
         .await

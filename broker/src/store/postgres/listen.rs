@@ -99,7 +99,7 @@ async fn listen(
         match payload {
             Some(generation) => inner.saw(generation),
             // Not a generation: report a change anyway rather than miss one.
-            None => inner.notify(),
+            None => inner.notify(super::Changed::ALL),
         }
     }
     drop(client);

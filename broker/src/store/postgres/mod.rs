@@ -11,7 +11,8 @@
 //!   transaction changes it before this one ends;
 //! - it replaces the change generation (`credbroker_state`, a random value: see
 //!   [`new_generation`]) and notifies `credbroker_changes` with it, both visible exactly
-//!   when the records are.
+//!   when the records are — unless it wrote replica-private rows only
+//!   ([`Table::replica_private`]: last-use times), which no other replica caches.
 //!
 //! Every replica reports a change to its caches ([`Store::on_change`]) for its own commits,
 //! for every notification (a dedicated listening connection, re-established when lost) and
@@ -36,7 +37,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    schema_upgrade, Batch, ChangeHook, Hooks, Op, Store, StoreError, StoreSettings, Table,
+    schema_upgrade, Batch, ChangeHook, Changed, Hooks, Op, Store, StoreError, StoreSettings, Table,
 };
 
 /// The notification channel of committed changes (payload: the new generation).
@@ -259,8 +260,8 @@ impl PgStore {
 }
 
 impl Inner {
-    fn notify(&self) {
-        self.hooks.run();
+    fn notify(&self, changed: Changed) {
+        self.hooks.run(changed);
     }
 
     /// Reports a change when `generation` is not the last one recorded. The hooks run before
@@ -269,12 +270,13 @@ impl Inner {
     /// report, never a missed one.)
     fn saw(&self, generation: i64) {
         if self.seen.load(Ordering::Acquire) != generation {
-            self.notify();
+            // Another replica's change: which tables it touched is not known here.
+            self.notify(Changed::ALL);
             self.seen.store(generation, Ordering::Release);
         }
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<i64, StoreError> {
+    async fn commit(&self, batch: &Batch) -> Result<Option<i64>, StoreError> {
         let mut client = self.pool.get().await.map_err(|e| pool_error(&e))?;
         let tx = client.transaction().await.map_err(|e| db_error(&e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::COMMIT_LOCK])
@@ -356,6 +358,12 @@ impl Inner {
                 }
             }
         }
+        // A batch of replica-private rows only (last-use times) changes nothing another
+        // replica caches: the generation stays, so their caches stay warm.
+        if !Changed::of(batch).concerns_other_replicas() {
+            tx.commit().await.map_err(|e| db_error(&e))?;
+            return Ok(None);
+        }
         let generation = new_generation()?;
         tx.execute(
             "UPDATE credbroker_state SET generation = $1 WHERE id = 1",
@@ -370,7 +378,7 @@ impl Inner {
         .await
         .map_err(|e| db_error(&e))?;
         tx.commit().await.map_err(|e| db_error(&e))?;
-        Ok(generation)
+        Ok(Some(generation))
     }
 }
 
@@ -496,8 +504,8 @@ impl Store for PgStore {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let result = deadline(inner.timeout, inner.commit(&batch)).await;
-            inner.notify();
-            if let Ok(generation) = result {
+            inner.notify(Changed::of(&batch));
+            if let Ok(Some(generation)) = result {
                 inner.seen.store(generation, Ordering::Release);
             }
             result.map(|_| ())

@@ -146,7 +146,7 @@ impl Records {
     pub fn with_cache(store: Arc<dyn Store>, per_table: usize) -> Self {
         let cache = Arc::new(RecordCache::new(per_table));
         let hook_cache = Arc::clone(&cache);
-        store.on_change(Arc::new(move || hook_cache.invalidate()));
+        store.on_change(Arc::new(move |changed| hook_cache.invalidate(changed)));
         Records {
             store,
             cache,
