@@ -185,6 +185,39 @@ async fn postgres_replicas_see_each_others_changes() {
         "changed without a notification"
     );
 
+    // Another change not notified, then a commit of this replica in another table: the
+    // generation that commit replaces is not the one it had seen, so the commit reports every
+    // table, and the record changed behind it is not served from the cache.
+    let raw = a.get(Table::Tenants, "shared").await.unwrap().unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    value["name"] = json!("changed before the other's commit");
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'shared'",
+        &[&serde_json::to_vec(&value).unwrap()],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE credbroker_state SET generation = generation + 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut batch = Batch::new();
+    batch.push(Op::Put(
+        Table::Identifiers,
+        "exclusive:unrelated".into(),
+        b"{}".to_vec(),
+    ));
+    on_b.commit(batch).await.unwrap();
+    on_b.sync().await.unwrap();
+    assert_eq!(
+        on_b.shared_tenant(&id).await.unwrap().unwrap().name,
+        "changed before the other's commit"
+    );
+
     // The notification alone empties the other's caches too.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     b.on_change(Arc::new(move |_| {

@@ -117,11 +117,12 @@ impl Governance {
             .unwrap_or_default()
     }
 
-    /// Writes what changed since the last flush as one batch of this replica's own rows.
-    /// Returns how many rows were written (0: no store write at all).
+    /// Writes what changed since the last flush as this replica's own rows, in batches of
+    /// 1,000 (`FLUSH_CHUNK`). Returns how many rows were written (0: no store write at all).
     ///
     /// # Errors
-    /// On store failure: the rows stay dirty and are written by the next flush.
+    /// On store failure: the batch that failed and every later row stay dirty and are written
+    /// by the next flush (the batches before it are written).
     pub async fn flush(&self, records: &Records, replica: u32) -> Result<usize, StoreError> {
         let rows: Vec<((LastUseKind, String), i64)> = match self.last_use.lock() {
             Ok(mut lu) => {

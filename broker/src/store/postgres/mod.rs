@@ -58,6 +58,14 @@ struct Inner {
     _stop: tokio::sync::watch::Sender<()>,
 }
 
+/// What a commit did to the change generation.
+struct Replaced {
+    /// The generation the commit replaced.
+    replaced: i64,
+    /// The generation it wrote.
+    generation: i64,
+}
+
 /// A fresh change generation: random, not a counter, so that a database failed over to a
 /// standby that lost the last commits can never show a replica a value it already saw for
 /// another state (a counter would count up to it again).
@@ -276,7 +284,7 @@ impl Inner {
         }
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<Option<i64>, StoreError> {
+    async fn commit(&self, batch: &Batch) -> Result<Option<Replaced>, StoreError> {
         let mut client = self.pool.get().await.map_err(|e| pool_error(&e))?;
         let tx = client.transaction().await.map_err(|e| db_error(&e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::COMMIT_LOCK])
@@ -364,6 +372,16 @@ impl Inner {
             tx.commit().await.map_err(|e| db_error(&e))?;
             return Ok(None);
         }
+        // The generation this commit replaces: if it is not the one this replica has seen,
+        // another replica's change came in between and is reported with this one.
+        let replaced: i64 = tx
+            .query_one(
+                "SELECT generation FROM credbroker_state WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error(&e))?
+            .get(0);
         let generation = new_generation()?;
         tx.execute(
             "UPDATE credbroker_state SET generation = $1 WHERE id = 1",
@@ -378,7 +396,10 @@ impl Inner {
         .await
         .map_err(|e| db_error(&e))?;
         tx.commit().await.map_err(|e| db_error(&e))?;
-        Ok(Some(generation))
+        Ok(Some(Replaced {
+            replaced,
+            generation,
+        }))
     }
 }
 
@@ -504,9 +525,20 @@ impl Store for PgStore {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let result = deadline(inner.timeout, inner.commit(&batch)).await;
-            inner.notify(Changed::of(&batch));
-            if let Ok(Some(generation)) = result {
-                inner.seen.store(generation, Ordering::Release);
+            let changed = match &result {
+                // Commits apply one at a time: when the generation replaced is the one this
+                // replica had seen, only this batch changed anything since.
+                Ok(Some(r)) if r.replaced == inner.seen.load(Ordering::Acquire) => {
+                    Changed::of(&batch)
+                }
+                // Replica-private rows only: the generation (and what it stands for) stays.
+                Ok(None) => Changed::of(&batch),
+                // Another replica's change in between, or an outcome not known.
+                _ => Changed::ALL,
+            };
+            inner.notify(changed);
+            if let Ok(Some(r)) = &result {
+                inner.seen.store(r.generation, Ordering::Release);
             }
             result.map(|_| ())
         })
