@@ -2,6 +2,9 @@
 //! library (see `cli.rs`).
 #![forbid(unsafe_code)]
 
+#[global_allocator]
+static ALLOCATOR: credbroker::Allocator = credbroker::Allocator;
+
 fn main() -> std::process::ExitCode {
     credbroker::cli::main()
 }
