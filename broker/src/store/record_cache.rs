@@ -37,9 +37,10 @@ pub struct RecordCache {
 
 #[derive(Default)]
 struct TableCache {
-    map: HashMap<String, Entry>,
-    /// Insertion order, for eviction in O(1).
-    order: VecDeque<String>,
+    map: HashMap<Arc<str>, Entry>,
+    /// Insertion order, for eviction in O(1) (the keys are shared with `map`: one allocation
+    /// per cached record).
+    order: VecDeque<Arc<str>>,
 }
 
 fn index(table: Table) -> usize {
@@ -96,8 +97,12 @@ impl RecordCache {
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if t.map.insert(key.to_owned(), value).is_none() {
-            t.order.push_back(key.to_owned());
+        if let Some(held) = t.map.get_mut(key) {
+            *held = value;
+        } else {
+            let key: Arc<str> = Arc::from(key);
+            t.map.insert(Arc::clone(&key), value);
+            t.order.push_back(key);
         }
         // Bounded memory: drop the oldest entries (a later miss reads them again).
         while t.map.len() > self.capacity {
