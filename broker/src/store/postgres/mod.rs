@@ -531,8 +531,10 @@ impl Store for PgStore {
                 Ok(Some(r)) if r.replaced == inner.seen.load(Ordering::Acquire) => {
                     Changed::of(&batch)
                 }
-                // Replica-private rows only: the generation (and what it stands for) stays.
+                // Replica-private rows only: the generation (and what it stands for) stays,
+                // whatever the outcome.
                 Ok(None) => Changed::of(&batch),
+                Err(_) if !Changed::of(&batch).concerns_other_replicas() => Changed::of(&batch),
                 // Another replica's change in between, or an outcome not known.
                 _ => Changed::ALL,
             };
