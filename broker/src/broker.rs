@@ -207,7 +207,7 @@ impl Broker {
         let hook_bound = Arc::clone(&bound);
         // What a provider bound is a function of the binding record alone.
         records.on_change(Arc::new(move |changed| {
-            if !changed.touches(crate::store::Table::Bindings) {
+            if !changed.bindings() {
                 return;
             }
             if let Ok(mut b) = hook_bound.lock() {

@@ -172,8 +172,7 @@ impl AdminService {
         // Platform and issuer keys live in the platform-key table, sealed under the KEKs the
         // key metadata names.
         core.records.on_change(Arc::new(move |changed| {
-            use crate::store::Table;
-            if changed.touches_any(&[Table::PlatformKeys, Table::KeyMeta]) {
+            if changed.keys() {
                 flag.store(true, std::sync::atomic::Ordering::Release);
             }
         }));

@@ -226,6 +226,17 @@ impl Changed {
         tables.iter().any(|t| self.touches(*t))
     }
 
+    /// Whether a binding record may have changed.
+    pub fn bindings(self) -> bool {
+        self.touches(Table::Bindings)
+    }
+
+    /// Whether a platform or issuer key, or the key metadata naming the KEKs they are sealed
+    /// under, may have changed.
+    pub fn keys(self) -> bool {
+        self.touches_any(&[Table::PlatformKeys, Table::KeyMeta])
+    }
+
     /// Whether nothing changed.
     pub fn is_empty(self) -> bool {
         self.0 == 0
@@ -601,6 +612,8 @@ mod tests {
         assert!(Changed::of(&Batch::new()).is_empty());
         assert!(Table::ALL.iter().all(|t| Changed::ALL.touches(*t)));
         assert!(changed.concerns_other_replicas(), "a secret changed");
+        assert!(!changed.bindings() && !changed.keys());
+        assert!(Changed::ALL.bindings() && Changed::ALL.keys());
         let mut last_use = Batch::new();
         last_use.push(Op::Put(Table::LastUse, "1/w/y".into(), vec![]));
         assert!(!Changed::of(&last_use).concerns_other_replicas());
