@@ -125,6 +125,28 @@ async fn postgres_decides_races_with_its_constraints_and_row_locks() {
 }
 
 /// Two brokers sharing one database: a change committed through one is judged by the other's
+/// Renames the tenant `shared` from outside the store, as another replica would, and moves
+/// the change generation without a notification (say the listening connection was down).
+async fn rename_without_notice(a: &Arc<dyn Store>, other: &mut tokio_postgres::Client, name: &str) {
+    let raw = a.get(Table::Tenants, "shared").await.unwrap().unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    value["name"] = json!(name);
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'shared'",
+        &[&serde_json::to_vec(&value).unwrap()],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE credbroker_state SET generation = generation + 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
 /// next read after `sync` (what every resolve does first), without waiting for the
 /// notification; the notification then reaches the other's hooks on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,24 +183,8 @@ async fn postgres_replicas_see_each_others_changes() {
 
     // A change whose notification never came (say the listening connection was down): the
     // generation read alone makes the other replica judge it.
-    let raw = a.get(Table::Tenants, "shared").await.unwrap().unwrap();
-    let mut value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    value["name"] = json!("changed without a notification");
     let mut other = session(&url).await;
-    let tx = other.transaction().await.unwrap();
-    tx.execute(
-        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'shared'",
-        &[&serde_json::to_vec(&value).unwrap()],
-    )
-    .await
-    .unwrap();
-    tx.execute(
-        "UPDATE credbroker_state SET generation = generation + 1",
-        &[],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    rename_without_notice(&a, &mut other, "changed without a notification").await;
     on_b.sync().await.unwrap();
     assert_eq!(
         on_b.shared_tenant(&id).await.unwrap().unwrap().name,
@@ -188,23 +194,7 @@ async fn postgres_replicas_see_each_others_changes() {
     // Another change not notified, then a commit of this replica in another table: the
     // generation that commit replaces is not the one it had seen, so the commit reports every
     // table, and the record changed behind it is not served from the cache.
-    let raw = a.get(Table::Tenants, "shared").await.unwrap().unwrap();
-    let mut value: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    value["name"] = json!("changed before the other's commit");
-    let tx = other.transaction().await.unwrap();
-    tx.execute(
-        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'shared'",
-        &[&serde_json::to_vec(&value).unwrap()],
-    )
-    .await
-    .unwrap();
-    tx.execute(
-        "UPDATE credbroker_state SET generation = generation + 1",
-        &[],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    rename_without_notice(&a, &mut other, "changed before the other's commit").await;
     let mut batch = Batch::new();
     batch.push(Op::Put(
         Table::Identifiers,

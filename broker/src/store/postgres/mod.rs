@@ -284,7 +284,9 @@ impl Inner {
         }
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<Option<Replaced>, StoreError> {
+    /// Applies `batch`, which changes the tables `own`. Returns the generation it replaced and
+    /// wrote, or `None` when it wrote replica-private rows only and left the generation.
+    async fn commit(&self, batch: &Batch, own: Changed) -> Result<Option<Replaced>, StoreError> {
         let mut client = self.pool.get().await.map_err(|e| pool_error(&e))?;
         let tx = client.transaction().await.map_err(|e| db_error(&e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::COMMIT_LOCK])
@@ -368,7 +370,7 @@ impl Inner {
         }
         // A batch of replica-private rows only (last-use times) changes nothing another
         // replica caches: the generation stays, so their caches stay warm.
-        if !Changed::of(batch).concerns_other_replicas() {
+        if !own.concerns_other_replicas() {
             tx.commit().await.map_err(|e| db_error(&e))?;
             return Ok(None);
         }
@@ -524,19 +526,17 @@ impl Store for PgStore {
         // whatever the outcome (a commit whose answer was lost may have happened).
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
-            let result = deadline(inner.timeout, inner.commit(&batch)).await;
+            let own = Changed::of(&batch);
+            let result = deadline(inner.timeout, inner.commit(&batch, own)).await;
             let changed = match &result {
-                // Commits apply one at a time: when the generation replaced is the one this
-                // replica had seen, only this batch changed anything since.
-                Ok(Some(r)) if r.replaced == inner.seen.load(Ordering::Acquire) => {
-                    Changed::of(&batch)
-                }
-                // Replica-private rows only: the generation (and what it stands for) stays,
-                // whatever the outcome.
-                Ok(None) => Changed::of(&batch),
-                Err(_) if !Changed::of(&batch).concerns_other_replicas() => Changed::of(&batch),
-                // Another replica's change in between, or an outcome not known.
-                _ => Changed::ALL,
+                // Commits apply one at a time: a generation replaced that this replica had
+                // not seen is another replica's change in between.
+                Ok(Some(r)) if r.replaced != inner.seen.load(Ordering::Acquire) => Changed::ALL,
+                Ok(_) => own,
+                // An outcome not known: only its own tables for replica-private rows (they
+                // never touch the generation), every table otherwise.
+                Err(_) if own.concerns_other_replicas() => Changed::ALL,
+                Err(_) => own,
             };
             inner.notify(changed);
             if let Ok(Some(r)) = &result {
