@@ -110,14 +110,15 @@ impl SecretFields {
     }
 }
 
-/// Bytes `write_json_string` produces for `s`.
+/// Bytes `write_json_string` produces for `s`. Bytewise: every character that needs an
+/// escape is ASCII, and no byte of a multi-byte UTF-8 sequence is below 0x80.
 fn json_string_len(s: &str) -> usize {
     2 + s
-        .chars()
-        .map(|c| match c {
-            '"' | '\\' | '\n' | '\r' | '\t' => 2,
-            c if (c as u32) < 0x20 => 6,
-            c => c.len_utf8(),
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+            b if b < 0x20 => 6,
+            _ => 1,
         })
         .sum::<usize>()
 }
@@ -140,33 +141,30 @@ pub fn validate_field_name(name: &str) -> Result<(), String> {
 }
 
 /// Writes `s` as a JSON string literal without an intermediate allocation that would escape
-/// zeroization.
+/// zeroization. Bytewise, like [`json_string_len`].
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     // Runs of bytes that need no escape are copied in one go.
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let plain = !matches!(c, '"' | '\\') && (c as u32) >= 0x20;
-        if plain {
+    for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
             continue;
         }
         out.extend_from_slice(&bytes[start..i]);
-        start = i + c.len_utf8();
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let v = c as u32;
+        start = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
                 out.extend_from_slice(b"\\u00");
-                out.push(HEX[(v >> 4) as usize]);
-                out.push(HEX[(v & 0xf) as usize]);
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
             }
-            _ => {}
         }
     }
     out.extend_from_slice(&bytes[start..]);
@@ -202,6 +200,20 @@ mod tests {
         let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(back["password"].as_str(), Some(big.as_str()));
         assert_eq!(back["user"].as_str(), Some("u\t"));
+    }
+
+    #[test]
+    fn every_character_round_trips_through_the_bytewise_escaper() {
+        let every: String = (0u32..0x250)
+            .chain([0x7ff, 0x800, 0xffff, 0x1f600, 0x10ffff])
+            .filter_map(char::from_u32)
+            .collect();
+        let mut fields = SecretFields::new();
+        fields.insert("all", SecretString::from(every.as_str()));
+        let out = fields.to_json_zeroizing();
+        assert_eq!(out.capacity(), out.len(), "length computed exactly");
+        let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back["all"].as_str(), Some(every.as_str()));
     }
 
     #[test]
