@@ -135,8 +135,16 @@ fn dek_aad(ctx: SealContext<'_>, kek_version: u32) -> Vec<u8> {
     aad
 }
 
-fn seal_with(key: &[u8], aad: Vec<u8>, plaintext: &[u8]) -> Result<String, SealError> {
-    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| SealError::Crypto)?;
+/// A data key's cipher.
+fn data_key(dek: &[u8]) -> Result<RandomizedNonceKey, SealError> {
+    RandomizedNonceKey::new(&AES_256_GCM, dek).map_err(|_| SealError::Crypto)
+}
+
+fn seal_with(
+    key: &RandomizedNonceKey,
+    aad: Vec<u8>,
+    plaintext: &[u8],
+) -> Result<String, SealError> {
     let mut buf = Zeroizing::new(plaintext.to_vec());
     let nonce = key
         .seal_in_place_append_tag(Aad::from(aad), &mut *buf)
@@ -147,19 +155,27 @@ fn seal_with(key: &[u8], aad: Vec<u8>, plaintext: &[u8]) -> Result<String, SealE
     Ok(B64.encode(out))
 }
 
-fn open_with(key: &[u8], aad: Vec<u8>, sealed_b64: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
-    let key = RandomizedNonceKey::new(&AES_256_GCM, key).map_err(|_| SealError::Crypto)?;
-    let raw = B64.decode(sealed_b64).map_err(|_| SealError::Malformed)?;
-    if raw.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+/// Opens `nonce ‖ ciphertext ‖ tag` (base64) in one zeroizing buffer: decoded once, opened in
+/// place, the nonce then moved out of the way. Returns the plaintext.
+fn open_with(
+    key: &RandomizedNonceKey,
+    aad: Vec<u8>,
+    sealed_b64: &str,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let mut buf = Zeroizing::new(Vec::new());
+    B64.decode_vec(sealed_b64, &mut buf)
+        .map_err(|_| SealError::Malformed)?;
+    if buf.len() < NONCE_LEN + AES_256_GCM.tag_len() {
         return Err(SealError::Malformed);
     }
-    let (nonce, ct) = raw.split_at(NONCE_LEN);
-    let nonce_bytes: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError::Malformed)?;
-    let mut buf = Zeroizing::new(ct.to_vec());
+    let (nonce, ct) = buf.split_at_mut(NONCE_LEN);
+    let nonce_bytes: [u8; NONCE_LEN] = (&*nonce).try_into().map_err(|_| SealError::Malformed)?;
     let len = key
-        .open_in_place(Nonce::from(nonce_bytes), Aad::from(aad), &mut buf)
+        .open_in_place(Nonce::from(&nonce_bytes), Aad::from(aad), ct)
         .map_err(|_| SealError::Authentication)?
         .len();
+    // Shift the plaintext to the front (in place: no copy is left behind) and cut the rest.
+    buf.copy_within(NONCE_LEN..NONCE_LEN + len, 0);
     buf.truncate(len);
     Ok(buf)
 }
@@ -197,11 +213,11 @@ pub fn seal(
 ) -> Result<Sealed, SealError> {
     let kek_version = keyring.active_version();
     let kek = keyring
-        .key(kek_version)
+        .cipher(kek_version)
         .ok_or(SealError::MissingKek(kek_version))?;
     let dek = random_bytes(32).map_err(|_| SealError::Crypto)?;
     let plaintext = fields.to_json_zeroizing();
-    let sealed_payload = seal_with(&dek, payload_aad(ctx), &plaintext)?;
+    let sealed_payload = seal_with(&data_key(&dek)?, payload_aad(ctx), &plaintext)?;
     let wrapped_dek = seal_with(kek, dek_aad(ctx, kek_version), &dek)?;
     Ok(Sealed {
         kek_version,
@@ -217,7 +233,7 @@ fn unwrap_dek(
     wrapped_dek: &str,
 ) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let kek = keyring
-        .key(kek_version)
+        .cipher(kek_version)
         .ok_or(SealError::MissingKek(kek_version))?;
     let dek = open_with(kek, dek_aad(ctx, kek_version), wrapped_dek)?;
     if dek.len() != 32 {
@@ -265,7 +281,7 @@ pub fn open(
     sealed_payload: &str,
 ) -> Result<SecretFields, SealError> {
     let dek = unwrap_dek(keyring, ctx, kek_version, wrapped_dek)?;
-    let plaintext = open_with(&dek, payload_aad(ctx), sealed_payload)?;
+    let plaintext = open_with(&data_key(&dek)?, payload_aad(ctx), sealed_payload)?;
     SecretFields::from_json(&plaintext).map_err(|_| SealError::Malformed)
 }
 
@@ -306,7 +322,9 @@ pub fn rewrap(
 ) -> Result<(u32, String), SealError> {
     let dek = unwrap_dek(keyring, ctx, kek_version, wrapped_dek)?;
     let active = keyring.active_version();
-    let kek = keyring.key(active).ok_or(SealError::MissingKek(active))?;
+    let kek = keyring
+        .cipher(active)
+        .ok_or(SealError::MissingKek(active))?;
     let wrapped = seal_with(kek, dek_aad(ctx, active), &dek)?;
     Ok((active, wrapped))
 }

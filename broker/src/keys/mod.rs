@@ -13,6 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use aws_lc_rs::aead::{RandomizedNonceKey, AES_256_GCM};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -135,7 +136,24 @@ struct KeyringFile {
 /// versions stay so existing wraps open until `keys rotate-kek` has re-wrapped them.
 pub struct Keyring {
     active: u32,
-    keys: BTreeMap<u32, Zeroizing<Vec<u8>>>,
+    keys: BTreeMap<u32, Kek>,
+}
+
+/// One KEK version: its bytes (to save the keyring) and its AES-256-GCM key prepared once,
+/// so that opening a secret does not expand the KEK's key schedule on every resolve. The
+/// prepared key lives in memory allocated by aws-lc, which cleanses it when it is freed
+/// (`OPENSSL_free`), as `Zeroizing` does for the bytes.
+struct Kek {
+    bytes: Zeroizing<Vec<u8>>,
+    cipher: RandomizedNonceKey,
+}
+
+impl Kek {
+    fn new(bytes: Zeroizing<Vec<u8>>, version: u32) -> Result<Kek, KeyError> {
+        let cipher = RandomizedNonceKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| KeyError::Invalid(format!("KEK version {version} must be 32 bytes")))?;
+        Ok(Kek { bytes, cipher })
+    }
 }
 
 impl Keyring {
@@ -145,7 +163,7 @@ impl Keyring {
     /// When the CSPRNG fails.
     pub fn generate() -> Result<Keyring, KeyError> {
         let mut keys = BTreeMap::new();
-        keys.insert(1, random_bytes(32)?);
+        keys.insert(1, Kek::new(random_bytes(32)?, 1)?);
         Ok(Keyring { active: 1, keys })
     }
 
@@ -166,7 +184,7 @@ impl Keyring {
                     "KEK version {version} must be 32 bytes"
                 )));
             }
-            keys.insert(*version, bytes);
+            keys.insert(*version, Kek::new(bytes, *version)?);
         }
         if !keys.contains_key(&file.active) {
             return Err(KeyError::Invalid(format!(
@@ -196,7 +214,7 @@ impl Keyring {
             keys: self
                 .keys
                 .iter()
-                .map(|(v, k)| (*v, B64.encode(k.as_slice())))
+                .map(|(v, k)| (*v, B64.encode(k.bytes.as_slice())))
                 .collect(),
         };
         let out = Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default());
@@ -220,7 +238,7 @@ impl Keyring {
     /// When the CSPRNG fails.
     pub fn rotate(&mut self) -> Result<u32, KeyError> {
         let next = self.keys.keys().next_back().copied().unwrap_or(0) + 1;
-        self.keys.insert(next, random_bytes(32)?);
+        self.keys.insert(next, Kek::new(random_bytes(32)?, next)?);
         self.active = next;
         Ok(next)
     }
@@ -235,9 +253,9 @@ impl Keyring {
         self.keys.keys().copied()
     }
 
-    /// The key bytes of one version.
-    pub(crate) fn key(&self, version: u32) -> Option<&[u8]> {
-        self.keys.get(&version).map(|k| k.as_slice())
+    /// The prepared AES-256-GCM key of one version.
+    pub(crate) fn cipher(&self, version: u32) -> Option<&RandomizedNonceKey> {
+        self.keys.get(&version).map(|k| &k.cipher)
     }
 }
 
@@ -440,7 +458,7 @@ mod tests {
         assert_eq!(k.rotate().unwrap(), 2);
         let again = Keyring::parse(&k.to_json()).unwrap();
         assert_eq!(again.active_version(), 2);
-        assert_eq!(again.key(1), k.key(1));
+        assert_eq!(*again.keys[&1].bytes, *k.keys[&1].bytes);
         assert_eq!(again.versions().collect::<Vec<_>>(), vec![1, 2]);
     }
 
