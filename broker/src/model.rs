@@ -69,6 +69,40 @@ pub struct Worker {
     pub created_at: String,
 }
 
+/// A worker record as the resolve path reads it: the record, and the tenants it may serve
+/// as a set, built once when the record is decoded — a worker serving every customer of a
+/// platform (thousands of tenants) is checked in one lookup per resolve, not a scan of its
+/// list. Read-only: changes go to [`Worker`] through the admin pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(from = "Worker")]
+pub struct ServingWorker {
+    record: Worker,
+    tenants: std::collections::HashSet<TenantId>,
+}
+
+impl From<Worker> for ServingWorker {
+    fn from(record: Worker) -> Self {
+        ServingWorker {
+            tenants: record.tenants.iter().cloned().collect(),
+            record,
+        }
+    }
+}
+
+impl ServingWorker {
+    /// Whether the worker may resolve for `tenant`.
+    pub fn serves(&self, tenant: &TenantId) -> bool {
+        self.tenants.contains(tenant)
+    }
+}
+
+impl std::ops::Deref for ServingWorker {
+    type Target = Worker;
+    fn deref(&self) -> &Worker {
+        &self.record
+    }
+}
+
 /// An operator: a certificate `spiffe://<trust-domain>/operator/<name>` administers only
 /// while this record is active.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -18,7 +18,7 @@ use credbroker_providers::{Provider, ProviderRegistry};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::identity::PeerIdentity;
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
-use crate::model::{Binding, Instance, Status, Tenant, Worker};
+use crate::model::{Binding, Instance, ServingWorker, Status, Tenant};
 use crate::store::records::Records;
 use crate::store::StoreError;
 
@@ -33,7 +33,7 @@ pub trait ChainView {
     ///
     /// # Errors
     /// On a store read failure.
-    async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError>;
+    async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<ServingWorker>>, StoreError>;
     /// The instance record.
     ///
     /// # Errors
@@ -52,7 +52,7 @@ pub trait ChainView {
 }
 
 impl ChainView for Records {
-    async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
+    async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<ServingWorker>>, StoreError> {
         self.shared_worker(id).await
     }
     async fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
@@ -224,7 +224,7 @@ pub async fn worker_and_instance(
         .map_err(store_failure)?
         .ok_or_else(unknown_instance)?;
     facts.tenant = Some(instance.tenant.clone());
-    if !worker.tenants.contains(&instance.tenant) {
+    if !worker.serves(&instance.tenant) {
         facts.detail = Some("the instance belongs to a tenant the worker may not serve");
         return Err(unknown_instance());
     }
@@ -318,6 +318,7 @@ mod tests {
 
     use super::*;
     use crate::ids::OperatorId;
+    use crate::model::Worker;
 
     /// An in-memory view; `fail` makes every read fail like a broken backend.
     #[derive(Default)]
@@ -341,8 +342,9 @@ mod tests {
     }
 
     impl ChainView for View {
-        async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
-            read(self.fail, &self.workers, id)
+        async fn worker(&self, id: &WorkerId) -> Result<Option<Arc<ServingWorker>>, StoreError> {
+            Ok(read(self.fail, &self.workers, id)?
+                .map(|w| Arc::new(ServingWorker::from(Worker::clone(&w)))))
         }
         async fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
             read(self.fail, &self.instances, id)
@@ -551,6 +553,27 @@ mod tests {
             "the store's tenant is recorded"
         );
         assert!(facts.detail.is_some(), "the audit record says why");
+    }
+
+    #[test]
+    fn a_worker_of_thousands_of_tenants_serves_exactly_those() {
+        let mut v = world();
+        let many: Vec<TenantId> = (0..3000).map(|n| tid(&format!("t{n:05}"))).collect();
+        mutate(v.workers.get_mut(&wid("w1")).unwrap(), |w| {
+            w.tenants = many.clone()
+        });
+        let (code, _) = denied(&v, Some(&worker_peer("w1")), &req("i1", None));
+        assert_eq!(code, ErrorCode::UnknownInstance, "t1 is not among them");
+        mutate(v.workers.get_mut(&wid("w1")).unwrap(), |w| {
+            w.tenants.push(tid("t1"))
+        });
+        assert!(check(&v, Some(&worker_peer("w1")), &req("i1", None)).is_ok());
+        // The resolve path decodes the stored record straight into the set.
+        let stored = serde_json::to_vec(&**v.workers.get(&wid("w1")).unwrap()).unwrap();
+        let serving: ServingWorker = serde_json::from_slice(&stored).unwrap();
+        assert!(serving.serves(&tid("t1")) && serving.serves(&tid("t02999")));
+        assert!(!serving.serves(&tid("t2")));
+        assert_eq!(serving.tenants.len(), 3001);
     }
 
     #[test]

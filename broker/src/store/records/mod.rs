@@ -26,7 +26,9 @@ pub use intake::IntakeLink;
 use super::record_cache::RecordCache;
 use super::{Batch, Op, Store, StoreError, Table};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
-use crate::model::{Binding, Instance, PlatformKeyRecord, SecretVersion, Tenant, Worker};
+use crate::model::{
+    Binding, Instance, PlatformKeyRecord, SecretVersion, ServingWorker, Tenant, Worker,
+};
 
 /// A record type and where it lives.
 pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -221,7 +223,10 @@ impl Records {
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub async fn shared_worker(&self, id: &WorkerId) -> Result<Option<Arc<Worker>>, StoreError> {
+    pub async fn shared_worker(
+        &self,
+        id: &WorkerId,
+    ) -> Result<Option<Arc<ServingWorker>>, StoreError> {
         self.shared(Table::Workers, id.as_str()).await
     }
 
