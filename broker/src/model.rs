@@ -77,13 +77,15 @@ pub struct Worker {
 #[serde(from = "Worker")]
 pub struct ServingWorker {
     record: Worker,
-    tenants: std::collections::HashSet<TenantId>,
+    /// `record.tenants` as a set (named apart: outside this module `tenants` is the list,
+    /// through `Deref`).
+    tenant_set: std::collections::HashSet<TenantId>,
 }
 
 impl From<Worker> for ServingWorker {
     fn from(record: Worker) -> Self {
         ServingWorker {
-            tenants: record.tenants.iter().cloned().collect(),
+            tenant_set: record.tenants.iter().cloned().collect(),
             record,
         }
     }
@@ -92,7 +94,7 @@ impl From<Worker> for ServingWorker {
 impl ServingWorker {
     /// Whether the worker may resolve for `tenant`.
     pub fn serves(&self, tenant: &TenantId) -> bool {
-        self.tenants.contains(tenant)
+        self.tenant_set.contains(tenant)
     }
 }
 

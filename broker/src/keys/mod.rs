@@ -142,7 +142,9 @@ pub struct Keyring {
 /// One KEK version: its bytes (to save the keyring) and its AES-256-GCM key prepared once,
 /// so that opening a secret does not expand the KEK's key schedule on every resolve. The
 /// prepared key lives in memory allocated by aws-lc, which cleanses it when it is freed
-/// (`OPENSSL_free`), as `Zeroizing` does for the bytes.
+/// (`OPENSSL_free`, with aws-lc's default allocator: nothing here installs
+/// `CRYPTO_set_mem_functions` or `OPENSSL_memory_free`, and doing so would drop that
+/// cleanse), as `Zeroizing` does for the bytes.
 struct Kek {
     bytes: Zeroizing<Vec<u8>>,
     cipher: RandomizedNonceKey,
@@ -150,8 +152,9 @@ struct Kek {
 
 impl Kek {
     fn new(bytes: Zeroizing<Vec<u8>>, version: u32) -> Result<Kek, KeyError> {
-        let cipher = RandomizedNonceKey::new(&AES_256_GCM, &bytes)
-            .map_err(|_| KeyError::Invalid(format!("KEK version {version} must be 32 bytes")))?;
+        let cipher = RandomizedNonceKey::new(&AES_256_GCM, &bytes).map_err(|_| {
+            KeyError::Invalid(format!("KEK version {version} is not a usable AES-256 key"))
+        })?;
         Ok(Kek { bytes, cipher })
     }
 }
@@ -172,8 +175,17 @@ impl Keyring {
     /// # Errors
     /// When the JSON is malformed, a key is not 32 bytes, or the active version is missing.
     pub fn parse(text: &[u8]) -> Result<Keyring, KeyError> {
-        let file: KeyringFile = serde_json::from_slice(text)
+        let mut file: KeyringFile = serde_json::from_slice(text)
             .map_err(|_| KeyError::Invalid("KEK keyring is not valid keyring JSON".into()))?;
+        let keyring = Keyring::from_file(&file);
+        // The keys' base64 text is key material too: wiped whatever the outcome.
+        for (_, mut b64) in std::mem::take(&mut file.keys) {
+            zeroize::Zeroize::zeroize(&mut b64);
+        }
+        keyring
+    }
+
+    fn from_file(file: &KeyringFile) -> Result<Keyring, KeyError> {
         let mut keys = BTreeMap::new();
         for (version, b64) in &file.keys {
             let bytes = Zeroizing::new(B64.decode(b64).map_err(|_| {

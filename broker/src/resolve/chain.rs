@@ -571,9 +571,8 @@ mod tests {
         // The resolve path decodes the stored record straight into the set.
         let stored = serde_json::to_vec(&**v.workers.get(&wid("w1")).unwrap()).unwrap();
         let serving: ServingWorker = serde_json::from_slice(&stored).unwrap();
-        assert!(serving.serves(&tid("t1")) && serving.serves(&tid("t02999")));
-        assert!(!serving.serves(&tid("t2")));
-        assert_eq!(serving.tenants.len(), 3001);
+        assert!(many.iter().all(|t| serving.serves(t)) && serving.serves(&tid("t1")));
+        assert!(!serving.serves(&tid("t2")) && !serving.serves(&tid("t03000")));
     }
 
     #[test]
