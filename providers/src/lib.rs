@@ -33,6 +33,7 @@ pub mod pasted_secret;
 mod provider;
 pub mod registry;
 mod secret;
+mod secret_json;
 pub mod servicenow;
 
 pub use error::{ProviderError, RefusalReason};

@@ -66,18 +66,23 @@ impl SecretFields {
         Some(out)
     }
 
-    /// Parses a JSON object of string values. The input buffer is the caller's to zeroize.
+    /// Parses a JSON object of string values. The input buffer is the caller's to zeroize;
+    /// nothing this parse allocates keeps a copy of a value once it returns (serde_json's
+    /// unescaping scratch would: see `secret_json`). A name given twice keeps its last value.
     ///
     /// # Errors
-    /// When the input is not a JSON object whose values are all strings, or a name is empty.
+    /// When the input is not a JSON object whose values are all strings, or a name is not
+    /// a valid field name.
     pub fn from_json(bytes: &[u8]) -> Result<SecretFields, String> {
-        // Values are zeroized on drop; names are not secret.
-        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_slice(bytes)
+        let members = crate::secret_json::string_members(bytes)
             .map_err(|_| "secret fields must be a JSON object of strings".to_owned())?;
         let mut out = SecretFields::new();
-        for (name, value) in map.iter() {
+        for (name, value) in &members {
+            // Both are valid UTF-8 (checked by the parser).
+            let name = std::str::from_utf8(name).map_err(|_| "secret field names are text")?;
+            let value = std::str::from_utf8(value).map_err(|_| "secret values are text")?;
             validate_field_name(name)?;
-            out.insert(name.clone(), SecretString::from(value.as_str()));
+            out.insert(name, SecretString::from(value));
         }
         Ok(out)
     }
