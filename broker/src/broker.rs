@@ -16,6 +16,7 @@ use crate::audit::{AuditConfig, AuditLog};
 use crate::callbacks::CallbackService;
 use crate::config::Config;
 use crate::identity::PeerIdentity;
+use crate::ids::BindingId;
 pub use crate::keys::loaded::{take_kek_from_env, BrokerKeys};
 
 mod keyring_check;
@@ -118,6 +119,9 @@ pub enum StartError {
     Other(String),
 }
 
+/// Parsed bindings by binding id: (the generation parsed, what the provider bound).
+type BoundMap = std::sync::Mutex<std::collections::HashMap<BindingId, (String, Bound)>>;
+
 /// What the services share: store, keys, audit log, caches, providers, metrics, settings.
 pub struct Core {
     pub(crate) records: Records,
@@ -131,10 +135,10 @@ pub struct Core {
     pub(crate) issuer: Option<Arc<crate::issuer::Issuer>>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Bindings as their providers parsed them, by (binding id, generation); emptied on every
-    /// change the store reports, so nothing is parsed per resolve and nothing outlives a
-    /// change.
-    bound: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Bound>>>,
+    /// Bindings as their providers parsed them, by binding id with the generation parsed;
+    /// emptied on every change the store reports to bindings, so nothing is parsed per
+    /// resolve and nothing outlives a change.
+    bound: Arc<BoundMap>,
     /// This broker's replica id and leadership.
     pub(crate) replica: Arc<crate::replica::Replica>,
     /// Stops renewing the replica's leases (at shutdown).
@@ -202,8 +206,7 @@ impl Broker {
         settings: BrokerSettings,
     ) -> Result<Arc<Broker>, StartError> {
         let records = Records::with_cache(store, settings.record_cache_entries);
-        let bound: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Bound>>> =
-            Arc::default();
+        let bound: Arc<BoundMap> = Arc::default();
         let hook_bound = Arc::clone(&bound);
         // What a provider bound is a function of the binding record alone.
         records.on_change(Arc::new(move |changed| {
@@ -513,8 +516,13 @@ impl Core {
         binding: &Binding,
         provider: &dyn Provider,
     ) -> Result<Bound, ProviderError> {
-        let key = (binding.id.to_string(), binding.generation.clone());
-        if let Some(b) = self.bound.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        // Looked up by reference: a hit allocates nothing.
+        let hit = self.bound.lock().ok().and_then(|m| {
+            m.get(&binding.id)
+                .filter(|(generation, _)| *generation == binding.generation)
+                .map(|(_, b)| b.clone())
+        });
+        if let Some(b) = hit {
             return Ok(b);
         }
         let b = provider.bind(&binding.config, &binding.ceiling)?;
@@ -522,7 +530,8 @@ impl Core {
             if m.len() >= self.settings.record_cache_entries.max(1) {
                 m.clear();
             }
-            m.insert(key, b.clone());
+            // A newer generation replaces the older one's entry.
+            m.insert(binding.id.clone(), (binding.generation.clone(), b.clone()));
         }
         Ok(b)
     }

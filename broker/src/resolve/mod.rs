@@ -137,13 +137,13 @@ impl ResolveService {
             fingerprint,
             latency_us,
         );
-        let outcome = event.outcome.clone();
-        let provider_label = event.provider.clone().unwrap_or_else(|| "none".into());
-        let receipt = self.core.audit.append(event).await;
+        let outcome = outcome_of(&decision);
         let facts = match &decision.result {
             Ok(g) => &g.facts,
             Err(r) => &r.facts,
         };
+        let provider_label = facts.provider.as_deref().unwrap_or("none");
+        let receipt = self.core.audit.append(event).await;
         let tenant = facts.tenant.as_ref().map_or("", |t| t.as_str());
         let instance = facts.instance.as_ref().map_or("", |i| i.as_str());
         let worker = actor;
@@ -154,7 +154,7 @@ impl ResolveService {
                     ErrorCode::AuditUnavailable,
                     "the audit record could not be made durable; nothing was issued",
                 );
-                self.count(err.code.as_str(), "failed", &provider_label);
+                self.count(err.code.as_str(), "failed", provider_label);
                 error_answer(&err, None, request_id)
             }
             (Ok(receipt), Ok(granted), Some(json)) => {
@@ -168,7 +168,7 @@ impl ResolveService {
                     audit_id = %receipt.audit_id,
                     "resolve allowed"
                 );
-                self.count("none", "allowed", &provider_label);
+                self.count("none", "allowed", provider_label);
                 if let (Some(binding), Some(PeerIdentity::Worker(w))) = (&facts.binding, peer) {
                     self.core
                         .governance
@@ -186,7 +186,7 @@ impl ResolveService {
                     audit_id = %receipt.audit_id,
                     "resolve refused"
                 );
-                self.count(refused.error.code.as_str(), &outcome, &provider_label);
+                self.count(refused.error.code.as_str(), outcome, provider_label);
                 if let (Some(generation), Some(binding)) = (&refused.flag, &refused.facts.binding) {
                     self.flag_trust_broken(
                         binding.clone(),
@@ -462,6 +462,22 @@ impl ResolveService {
     }
 }
 
+/// A decision's outcome as the audit record and the metrics name it.
+fn outcome_of(decision: &Decision) -> &'static str {
+    match &decision.result {
+        Ok(_) => "allowed",
+        Err(r)
+            if matches!(
+                r.error.code,
+                ErrorCode::ProviderUnavailable | ErrorCode::Internal
+            ) =>
+        {
+            "failed"
+        }
+        Err(_) => "denied",
+    }
+}
+
 /// The one audit record of a resolve, built from its decision.
 fn audit_event(
     decision: &Decision,
@@ -470,17 +486,10 @@ fn audit_event(
     token_fingerprint: Option<String>,
     latency_us: u64,
 ) -> AuditEvent {
-    let (facts, outcome) = match &decision.result {
-        Ok(g) => (&g.facts, "allowed"),
-        Err(r)
-            if matches!(
-                r.error.code,
-                ErrorCode::ProviderUnavailable | ErrorCode::Internal
-            ) =>
-        {
-            (&r.facts, "failed")
-        }
-        Err(r) => (&r.facts, "denied"),
+    let outcome = outcome_of(decision);
+    let facts = match &decision.result {
+        Ok(g) => &g.facts,
+        Err(r) => &r.facts,
     };
     let mut event = AuditEvent {
         kind: "resolve".into(),
