@@ -146,13 +146,13 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                 }
                 AdminEndpoint::Secret if *method == Method::PUT => (
                     "Set a binding's first secret version (write-only).",
-                    Some(gen.subschema_for::<SecretBody>().to_value()),
+                    Some(gen.subschema_for::<SecretBody<'static>>().to_value()),
                     "201",
                 ),
                 AdminEndpoint::Secret => ("Destroy every secret version.", None, "200"),
                 AdminEndpoint::SecretRotate => (
                     "Write a new secret version as pending and probe it; nothing served changes until it is promoted.",
-                    Some(gen.subschema_for::<SecretBody>().to_value()),
+                    Some(gen.subschema_for::<SecretBody<'static>>().to_value()),
                     "200",
                 ),
                 AdminEndpoint::SecretVersion => (
@@ -187,7 +187,7 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                 }
                 AdminEndpoint::Keys => (
                     "Store a new platform key, staged (write-only).",
-                    Some(gen.subschema_for::<SecretBody>().to_value()),
+                    Some(gen.subschema_for::<SecretBody<'static>>().to_value()),
                     "201",
                 ),
                 AdminEndpoint::KeyAction => ("activate or retire a platform key.", None, "200"),

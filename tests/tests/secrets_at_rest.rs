@@ -247,3 +247,47 @@ async fn a_canary_secret_never_leaks() {
         "logs were captured"
     );
 }
+
+/// A secret whose values need JSON escapes (a PEM key's newlines, quotes, backslashes,
+/// characters outside the BMP) is parsed by the broker's own zeroizing parser on the way in
+/// (admin body) and on every resolve (opened payload): it comes back byte for byte, and the
+/// shapes the admin API refuses are still refused with their reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_needs_escapes_round_trips_and_bad_shapes_are_refused() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let pem =
+        "-----BEGIN KEY-----\nMII\"q\\uoted\"\\\r\n\t\u{1}\u{1f600}\u{e9}/\n-----END KEY-----\n";
+    let (s, v) = rotate_and_promote(&mut op, "b1", json!({"token": pem, "user": "s\"vc"})).await;
+    assert_eq!(s, 200, "{v}");
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["credentials"]["token"], pem);
+    assert_eq!(v["credentials"]["user"], "s\"vc");
+
+    let long = "x".repeat(16 * 1024 + 1);
+    for (body, why) in [
+        (json!({"fields": {"bad name": "x"}}), "1-64 characters"),
+        (json!({"fields": {"token": long}}), "longer than 16 KiB"),
+        (json!({"fields": {}}), "at least one field"),
+        (json!({"fields": {"token": 1}}), "JSON object of strings"),
+        (json!({"fields": ["token"]}), "JSON object of strings"),
+        (
+            json!({"fields": {"token": "x"}, "extra": 1}),
+            "secret body must be",
+        ),
+    ] {
+        let (s, v) = call(
+            &mut op,
+            Method::PUT,
+            "/v1/admin/bindings/b2/secret",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(v.to_string().contains(why), "{body}: {v}");
+    }
+}

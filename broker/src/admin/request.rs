@@ -5,10 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
-use zeroize::Zeroizing;
 
 use credbroker_providers::SecretFields;
 
@@ -150,10 +148,14 @@ pub struct NewBinding {
 /// the secret's fields (write-only; never returned).
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SecretBody {
+pub struct SecretBody<'a> {
     /// Field name → value (at most 16 KiB each).
+    // Borrowed raw from the (zeroizing) request body and parsed by `SecretFields::from_json`
+    // into zeroizing buffers: serde_json would unescape a value holding an escape into a
+    // scratch buffer it frees unwiped.
     #[schemars(with = "BTreeMap<String, String>")]
-    fields: BTreeMap<String, Zeroizing<String>>,
+    #[serde(borrow)]
+    fields: &'a serde_json::value::RawValue,
     /// When the secret itself stops working (RFC 3339), if the issuer says: the inventory
     /// flags it `expiring_soon` ahead of it.
     #[serde(default)]
@@ -367,7 +369,7 @@ fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
 
 /// A secret body, and its declared expiry (RFC 3339, normalized to UTC).
 fn parse_expiring_secret(body: &[u8]) -> Result<(SecretFields, Option<String>), ApiError> {
-    let parsed: SecretBody = serde_json::from_slice(body).map_err(|e| {
+    let parsed: SecretBody<'_> = serde_json::from_slice(body).map_err(|e| {
         // A syntax error is answered as one (serde_json's syntax messages name a position,
         // never the input); only a well-formed body of the wrong shape gets the shape.
         if e.is_syntax() || e.is_eof() {
@@ -379,18 +381,20 @@ fn parse_expiring_secret(body: &[u8]) -> Result<(SecretFields, Option<String>), 
             ApiError::bad_request("secret body must be {\"fields\": {\"name\": \"value\", …}}")
         }
     })?;
-    if parsed.fields.is_empty() {
+    let fields = SecretFields::from_json(parsed.fields.get().as_bytes()).map_err(|why| {
+        ApiError::bad_request(format!(
+            "secret body must be {{\"fields\": {{\"name\": \"value\", …}}}}: {why}"
+        ))
+    })?;
+    if fields.is_empty() {
         return Err(ApiError::bad_request("a secret needs at least one field"));
     }
-    let mut fields = SecretFields::new();
-    for (name, value) in &parsed.fields {
-        credbroker_providers::validate_field_name(name).map_err(ApiError::bad_request)?;
-        if value.len() > 16 * 1024 {
+    for name in fields.names() {
+        if fields.expose(name).map_or(0, str::len) > 16 * 1024 {
             return Err(ApiError::bad_request(format!(
                 "secret field {name:?} is longer than 16 KiB"
             )));
         }
-        fields.insert(name.clone(), SecretString::from(value.as_str()));
     }
     let expires_at = parsed
         .expires_at
