@@ -76,9 +76,18 @@ pub fn parse_intake_form(
     }
     let mut csrf = None;
     let mut fields = SecretFields::new();
-    for (k, v) in form_urlencoded::parse(body) {
-        if k == "csrf" {
-            if csrf.replace(v.into_owned()).is_some() {
+    // The pairs as `form_urlencoded::parse` splits them (empty pieces skipped, the name ends
+    // at the first `=`); values are decoded here, into zeroizing buffers, because its
+    // decoding copies a value with `+` or `%` escapes through buffers it frees unwiped.
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &[][..]),
+        };
+        let k = form_text(&form_decode(k));
+        let v = form_text(&form_decode(v));
+        if *k == "csrf" {
+            if csrf.replace(v.to_string()).is_some() {
                 return Err("The form carried its token twice.");
             }
             continue;
@@ -96,10 +105,53 @@ pub fn parse_intake_form(
             return Err("The form carried a field twice.");
         }
         if !v.is_empty() {
-            fields.insert(name.to_owned(), secrecy::SecretString::from(v.into_owned()));
+            fields.insert(name.to_owned(), secrecy::SecretString::from(v.as_str()));
         }
     }
     Ok((csrf.unwrap_or_default(), fields))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value (`+` is a space, `%XY`
+/// a byte, a `%` without two hex digits itself), into a buffer allocated once.
+fn form_decode(raw: &[u8]) -> Zeroizing<Vec<u8>> {
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let mut out = Zeroizing::new(Vec::with_capacity(raw.len()));
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        match (b, hex(raw.get(i + 1)), hex(raw.get(i + 2))) {
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b'%', Some(high), Some(low)) => {
+                // Two hex digits: at most 0xff.
+                out.push(u8::try_from((high << 4) | low).unwrap_or(b'%'));
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The decoded bytes as text, invalid UTF-8 replaced by U+FFFD as `String::from_utf8_lossy`
+/// does, into a zeroizing string sized once.
+fn form_text(bytes: &[u8]) -> Zeroizing<String> {
+    let len: usize = bytes
+        .utf8_chunks()
+        .map(|c| c.valid().len() + if c.invalid().is_empty() { 0 } else { 3 })
+        .sum();
+    let mut out = Zeroizing::new(String::with_capacity(len));
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            out.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    out
 }
 
 impl AdminService {
@@ -530,6 +582,46 @@ impl AdminService {
             }
             super::AdminOp::Governance(g) => super::AdminOp::Governance(g.by(actor)),
             other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_decodes_as_form_urlencoded_does() {
+        let allowed = ["a".to_owned(), "b".to_owned()];
+        let cases: &[&[u8]] = &[
+            b"csrf=x&f_a=1&f_b=2",
+            b"&&csrf=t%20k&&f_a=p%41ss+word%2B%25&",
+            b"f_a=%zz%4&f_b=%",
+            b"f_a=%e2%82%ac%ff%fe+%C3",
+            b"f_a&csrf",
+            b"f_a==x=y",
+            b"f_%61=1",
+            b"f_a=\xff\xfe",
+        ];
+        for case in cases {
+            let mut want_csrf = String::new();
+            let mut want = std::collections::BTreeMap::new();
+            for (k, v) in form_urlencoded::parse(case) {
+                match k.strip_prefix("f_") {
+                    _ if k == "csrf" => want_csrf = v.into_owned(),
+                    Some(name) if !v.is_empty() => {
+                        want.insert(name.to_owned(), v.into_owned());
+                    }
+                    _ => {}
+                }
+            }
+            let (csrf, fields) = parse_intake_form(case, &allowed).unwrap();
+            assert_eq!(csrf, want_csrf, "{}", String::from_utf8_lossy(case));
+            let got: std::collections::BTreeMap<String, String> = fields
+                .names()
+                .map(|n| (n.to_owned(), fields.expose(n).unwrap_or("").to_owned()))
+                .collect();
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(case));
         }
     }
 }
