@@ -52,4 +52,4 @@ pub use registry::{
     ConfigFlag, CredentialSource, FlagTarget, FlagValue, KeysCli, OnboardPin, ProviderDescriptor,
     ProviderRegistry, TemplateLint, CATALOG, DEMO_PROVIDER,
 };
-pub use secret::{validate_field_name, SecretFields};
+pub use secret::{validate_field_name, SecretFields, SecretFieldsError};

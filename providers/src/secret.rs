@@ -6,6 +6,26 @@ use std::fmt;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+/// Why secret fields could not be parsed. Carries no value, only what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretFieldsError {
+    /// Not a JSON object whose values are all strings.
+    NotAnObjectOfStrings,
+    /// A name breaks the field-name rule (the rule, as [`validate_field_name`] states it).
+    BadName(String),
+}
+
+impl fmt::Display for SecretFieldsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretFieldsError::NotAnObjectOfStrings => {
+                f.write_str("secret fields must be a JSON object of strings")
+            }
+            SecretFieldsError::BadName(rule) => f.write_str(rule),
+        }
+    }
+}
+
 /// A set of named secret values (e.g. `client_id`, `client_secret`, `token`).
 ///
 /// Values are [`SecretString`]s: zeroized on drop, and neither this type nor its values
@@ -73,15 +93,17 @@ impl SecretFields {
     /// # Errors
     /// When the input is not a JSON object whose values are all strings, or a name is not
     /// a valid field name.
-    pub fn from_json(bytes: &[u8]) -> Result<SecretFields, String> {
+    pub fn from_json(bytes: &[u8]) -> Result<SecretFields, SecretFieldsError> {
         let members = crate::secret_json::string_members(bytes)
-            .map_err(|_| "secret fields must be a JSON object of strings".to_owned())?;
+            .map_err(|_| SecretFieldsError::NotAnObjectOfStrings)?;
         let mut out = SecretFields::new();
         for (name, value) in &members {
             // Both are valid UTF-8 (checked by the parser).
-            let name = std::str::from_utf8(name).map_err(|_| "secret field names are text")?;
-            let value = std::str::from_utf8(value).map_err(|_| "secret values are text")?;
-            validate_field_name(name)?;
+            let name =
+                std::str::from_utf8(name).map_err(|_| SecretFieldsError::NotAnObjectOfStrings)?;
+            let value =
+                std::str::from_utf8(value).map_err(|_| SecretFieldsError::NotAnObjectOfStrings)?;
+            validate_field_name(name).map_err(SecretFieldsError::BadName)?;
             out.insert(name, SecretString::from(value));
         }
         Ok(out)

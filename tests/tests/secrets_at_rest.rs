@@ -273,8 +273,8 @@ async fn a_secret_that_needs_escapes_round_trips_and_bad_shapes_are_refused() {
         (json!({"fields": {"bad name": "x"}}), "1-64 characters"),
         (json!({"fields": {"token": long}}), "longer than 16 KiB"),
         (json!({"fields": {}}), "at least one field"),
-        (json!({"fields": {"token": 1}}), "JSON object of strings"),
-        (json!({"fields": ["token"]}), "JSON object of strings"),
+        (json!({"fields": {"token": 1}}), "secret body must be"),
+        (json!({"fields": ["token"]}), "secret body must be"),
         (
             json!({"fields": {"token": "x"}, "extra": 1}),
             "secret body must be",

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use credbroker_providers::SecretFields;
+use credbroker_providers::{SecretFields, SecretFieldsError};
 
 use crate::api_error::{json_error, ApiError, ErrorCode};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
@@ -367,6 +367,9 @@ fn parse_secret(body: &[u8]) -> Result<SecretFields, ApiError> {
     parse_expiring_secret(body).map(|(fields, _)| fields)
 }
 
+/// What a secret body must look like (the answer to one of another shape).
+const SECRET_BODY_SHAPE: &str = "secret body must be {\"fields\": {\"name\": \"value\", …}}";
+
 /// A secret body, and its declared expiry (RFC 3339, normalized to UTC).
 fn parse_expiring_secret(body: &[u8]) -> Result<(SecretFields, Option<String>), ApiError> {
     let parsed: SecretBody<'_> = serde_json::from_slice(body).map_err(|e| {
@@ -378,13 +381,14 @@ fn parse_expiring_secret(body: &[u8]) -> Result<(SecretFields, Option<String>), 
                 json_error(&e)
             ))
         } else {
-            ApiError::bad_request("secret body must be {\"fields\": {\"name\": \"value\", …}}")
+            ApiError::bad_request(SECRET_BODY_SHAPE)
         }
     })?;
-    let fields = SecretFields::from_json(parsed.fields.get().as_bytes()).map_err(|why| {
-        ApiError::bad_request(format!(
-            "secret body must be {{\"fields\": {{\"name\": \"value\", …}}}}: {why}"
-        ))
+    let fields = SecretFields::from_json(parsed.fields.get().as_bytes()).map_err(|e| match e {
+        SecretFieldsError::BadName(rule) => ApiError::bad_request(rule),
+        // The body is valid JSON (serde_json scanned it): `fields` is not an object of
+        // strings, or a value holds a lone surrogate escape.
+        SecretFieldsError::NotAnObjectOfStrings => ApiError::bad_request(SECRET_BODY_SHAPE),
     })?;
     if fields.is_empty() {
         return Err(ApiError::bad_request("a secret needs at least one field"));
