@@ -83,51 +83,56 @@ impl Cursor<'_> {
         }
     }
 
-    /// One string literal, unescaped.
+    /// One string literal, unescaped. Runs without escapes are found with `memchr` and
+    /// copied whole (a secret is mostly such a run).
     fn string(&mut self) -> Result<Zeroizing<Vec<u8>>, Malformed> {
         self.eat(b'"')?;
-        let start = self.i;
+        let rest = self.b.get(self.i..).ok_or(Malformed)?;
         // Its extent: up to the first quote that no backslash escapes.
-        let mut end = start;
+        let mut end = 0;
         loop {
-            match self.b.get(end) {
-                None => return Err(Malformed),
-                Some(b'"') => break,
-                Some(b'\\') => end += 2,
-                Some(_) => end += 1,
+            let from = rest.get(end..).ok_or(Malformed)?;
+            end += memchr::memchr2(b'"', b'\\', from).ok_or(Malformed)?;
+            if rest.get(end) == Some(&b'"') {
+                break;
             }
+            end += 2;
         }
-        let raw = self.b.get(start..end).ok_or(Malformed)?;
+        let raw = rest.get(..end).ok_or(Malformed)?;
         let mut out = Zeroizing::new(Vec::with_capacity(raw.len()));
         let mut k = 0;
-        while let Some(&byte) = raw.get(k) {
-            match byte {
-                b'\\' => {
-                    let escape = raw.get(k + 1).copied().ok_or(Malformed)?;
-                    k += 2;
-                    match escape {
-                        b'"' | b'\\' | b'/' => out.push(escape),
-                        b'b' => out.push(0x08),
-                        b'f' => out.push(0x0c),
-                        b'n' => out.push(b'\n'),
-                        b'r' => out.push(b'\r'),
-                        b't' => out.push(b'\t'),
-                        b'u' => {
-                            let (c, used) = unicode_escape(raw.get(k..).unwrap_or_default())?;
-                            k += used;
-                            let mut utf8 = [0u8; 4];
-                            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                            utf8.zeroize();
-                        }
-                        _ => return Err(Malformed),
-                    }
+        loop {
+            let tail = raw.get(k..).unwrap_or_default();
+            let plain = tail
+                .get(..memchr::memchr(b'\\', tail).unwrap_or(tail.len()))
+                .unwrap_or_default();
+            // Control characters must be escaped (folded, not searched: no early exit).
+            if plain.iter().fold(false, |bad, b| bad | (*b < 0x20)) {
+                return Err(Malformed);
+            }
+            out.extend_from_slice(plain);
+            k += plain.len();
+            if k >= raw.len() {
+                break;
+            }
+            // `raw[k]` is a backslash.
+            let escape = raw.get(k + 1).copied().ok_or(Malformed)?;
+            k += 2;
+            match escape {
+                b'"' | b'\\' | b'/' => out.push(escape),
+                b'b' => out.push(0x08),
+                b'f' => out.push(0x0c),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'u' => {
+                    let (c, used) = unicode_escape(raw.get(k..).unwrap_or_default())?;
+                    k += used;
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                    utf8.zeroize();
                 }
-                // Control characters must be escaped.
-                0x00..=0x1f => return Err(Malformed),
-                _ => {
-                    out.push(byte);
-                    k += 1;
-                }
+                _ => return Err(Malformed),
             }
         }
         // Escapes always produce whole characters, so the result is valid exactly when the
@@ -135,7 +140,7 @@ impl Cursor<'_> {
         if std::str::from_utf8(&out).is_err() {
             return Err(Malformed);
         }
-        self.i = end + 1;
+        self.i += end + 1;
         Ok(out)
     }
 }
