@@ -35,6 +35,7 @@ pub use intake::{parse_intake_form, NewIntake, MAX_INTAKE_FAILURES};
 mod platform_keys;
 mod records;
 mod request;
+mod secret_body;
 
 pub use records::BindingDetail;
 mod intake;
@@ -46,9 +47,9 @@ mod workers;
 
 pub use request::{
     parse_admin_request, AdminOp, ClaimBody, Collection, IssuerRetireBody, IssuerRotateBody,
-    NewBinding, NewInstance, NewOperator, NewTenant, NewWorker, OnboardBody, SecretBody,
-    WorkerTenants,
+    NewBinding, NewInstance, NewOperator, NewTenant, NewWorker, OnboardBody, WorkerTenants,
 };
+pub use secret_body::SecretBody;
 
 pub(super) fn validate_kind(kind: &str) -> Result<(), ApiError> {
     let ok = !kind.is_empty()
