@@ -98,13 +98,8 @@ impl SecretFields {
             .map_err(|_| SecretFieldsError::NotAnObjectOfStrings)?;
         let mut out = SecretFields::new();
         for (name, value) in &members {
-            // Both are valid UTF-8 (checked by the parser).
-            let name =
-                std::str::from_utf8(name).map_err(|_| SecretFieldsError::NotAnObjectOfStrings)?;
-            let value =
-                std::str::from_utf8(value).map_err(|_| SecretFieldsError::NotAnObjectOfStrings)?;
             validate_field_name(name).map_err(SecretFieldsError::BadName)?;
-            out.insert(name, SecretString::from(value));
+            out.insert(name.as_str(), SecretString::from(value.as_str()));
         }
         Ok(out)
     }

@@ -15,7 +15,7 @@ use zeroize::{Zeroize, Zeroizing};
 pub(crate) struct Malformed;
 
 /// One member of the object: name and value, unescaped.
-pub(crate) type Member = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
+pub(crate) type Member = (Zeroizing<String>, Zeroizing<String>);
 
 /// The members of the object in `bytes`, in order (duplicates kept: the caller's map keeps
 /// the last, as serde_json's does). Every string is valid UTF-8.
@@ -85,7 +85,7 @@ impl Cursor<'_> {
 
     /// One string literal, unescaped. Runs without escapes are found with `memchr` and
     /// copied whole (a secret is mostly such a run).
-    fn string(&mut self) -> Result<Zeroizing<Vec<u8>>, Malformed> {
+    fn string(&mut self) -> Result<Zeroizing<String>, Malformed> {
         self.eat(b'"')?;
         let rest = self.b.get(self.i..).ok_or(Malformed)?;
         // Its extent: up to the first quote that no backslash escapes.
@@ -136,12 +136,17 @@ impl Cursor<'_> {
             }
         }
         // Escapes always produce whole characters, so the result is valid exactly when the
-        // raw bytes between them are.
-        if std::str::from_utf8(&out).is_err() {
-            return Err(Malformed);
-        }
+        // raw bytes between them are. Validated once, and the buffer moves into the string
+        // (no copy); refused bytes are wiped on the way out too.
+        let text = match String::from_utf8(std::mem::take(&mut *out)) {
+            Ok(text) => Zeroizing::new(text),
+            Err(e) => {
+                drop(Zeroizing::new(e.into_bytes()));
+                return Err(Malformed);
+            }
+        };
         self.i += end + 1;
-        Ok(out)
+        Ok(text)
     }
 }
 
@@ -190,12 +195,7 @@ mod tests {
         let ours = string_members(input).ok().map(|members| {
             members
                 .into_iter()
-                .map(|(n, v)| {
-                    (
-                        String::from_utf8(n.to_vec()).unwrap(),
-                        String::from_utf8(v.to_vec()).unwrap(),
-                    )
-                })
+                .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect()
         });
         (theirs, ours)
@@ -246,9 +246,6 @@ mod tests {
         let (_, value) = &members[0];
         // Allocated at the escaped length, and never reallocated.
         assert_eq!(value.capacity(), r#"\ud83d\ude00\n\"\\plain\u00e9"#.len());
-        assert_eq!(
-            std::str::from_utf8(value).unwrap(),
-            "\u{1f600}\n\"\\plain\u{e9}"
-        );
+        assert_eq!(value.as_str(), "\u{1f600}\n\"\\plain\u{e9}");
     }
 }
