@@ -111,29 +111,16 @@ pub fn parse_intake_form(
     Ok((csrf.unwrap_or_default(), fields))
 }
 
-/// `application/x-www-form-urlencoded` decoding of one name or value (`+` is a space, `%XY`
-/// a byte, a `%` without two hex digits itself), into a buffer allocated once.
+/// `application/x-www-form-urlencoded` decoding of one name or value, as `form_urlencoded`
+/// does it (`+` is a space, then `percent_encoding` decodes), into zeroizing buffers sized
+/// at the raw length (never outgrown: decoding only shortens).
 fn form_decode(raw: &[u8]) -> Zeroizing<Vec<u8>> {
-    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
-    let mut out = Zeroizing::new(Vec::with_capacity(raw.len()));
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        match (b, hex(raw.get(i + 1)), hex(raw.get(i + 2))) {
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b'%', Some(high), Some(low)) => {
-                // Two hex digits: at most 0xff.
-                out.push(u8::try_from((high << 4) | low).unwrap_or(b'%'));
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let mut plus = Zeroizing::new(raw.to_vec());
+    for b in plus.iter_mut().filter(|b| **b == b'+') {
+        *b = b' ';
     }
+    let mut out = Zeroizing::new(Vec::with_capacity(raw.len()));
+    out.extend(percent_encoding::percent_decode(&plus));
     out
 }
 
@@ -623,5 +610,8 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{}", String::from_utf8_lossy(case));
         }
+        let decoded = form_decode(b"p%41ss+w%2B%2");
+        assert_eq!(&decoded[..], b"pAss w+%2");
+        assert_eq!(decoded.capacity(), 13, "one buffer at the raw length");
     }
 }
