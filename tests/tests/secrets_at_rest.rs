@@ -268,6 +268,8 @@ async fn a_secret_that_needs_escapes_round_trips_and_bad_shapes_are_refused() {
     assert_eq!(v["credentials"]["token"], pem);
     assert_eq!(v["credentials"]["user"], "s\"vc");
 
+    let (_, b2) = call(&mut op, Method::GET, "/v1/admin/bindings/b2", None).await;
+    let versions_before = b2["binding"]["last_secret_version"].clone();
     let long = "x".repeat(16 * 1024 + 1);
     for (body, why) in [
         (json!({"fields": {"bad name": "x"}}), "1-64 characters"),
@@ -290,4 +292,39 @@ async fn a_secret_that_needs_escapes_round_trips_and_bad_shapes_are_refused() {
         assert_eq!(s, 400, "{body}: {v}");
         assert!(v.to_string().contains(why), "{body}: {v}");
     }
+    // Bodies no serde_json::Value can hold, sent raw: escapes the parser must refuse,
+    // whatever serde_json's scan of the raw fields let through, and a value's own quote
+    // escaped so that the body ends inside a string. None is stored or echoed.
+    for (raw, why) in [
+        (r#"{"fields":{"token":"\ud800"}}"#, "secret body must be"),
+        (r#"{"fields":{"token":"\udc00x"}}"#, "secret body must be"),
+        (
+            r#"{"fields":{"token":"\ud83d\u0041"}}"#,
+            "secret body must be",
+        ),
+        (
+            r#"{"fields":{"token":{"nested":"x"}}}"#,
+            "secret body must be",
+        ),
+        (r#"{"fields":{"token":"x\"}}"#, "not valid JSON"),
+        ("{\"fields\":{\"token\":\"tab\there\"}}", "not valid JSON"),
+    ] {
+        let (s, body) = op
+            .request(
+                Method::PUT,
+                "/v1/admin/bindings/b2/secret",
+                Some(raw.as_bytes().to_vec()),
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(s.as_u16(), 400, "{raw}: {text}");
+        assert!(text.contains(why), "{raw}: {text}");
+        assert!(!text.contains("here") && !text.contains("nested"), "{text}");
+    }
+    let (_, b2) = call(&mut op, Method::GET, "/v1/admin/bindings/b2", None).await;
+    assert_eq!(
+        b2["binding"]["last_secret_version"], versions_before,
+        "a refused body stored a version: {b2}"
+    );
 }
