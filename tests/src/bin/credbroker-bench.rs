@@ -606,24 +606,43 @@ async fn run(args: Args) {
             // durable limit is judged by.
             let rate = 5000u64.min((d / 2.0) as u64).min((p / 2.0) as u64).max(100);
             println!();
-            println!("fixed-rate latency at one rate ({rate} r/s, 32 connections, {} s):", args.seconds);
-            let same = [
-                ("durable ceiling", fixed_rate(&oha, &pki, &durable_url, "/", None, None, rate, args.seconds).await),
-                ("credbroker resolve, pasted secret 1 KiB", fixed_rate(&oha, &pki, &broker_url, "/v1/resolve", Some(&json!({"instance_id": "i1"})), None, rate, args.seconds).await),
-                ("credbroker resolve, AWS token cached", fixed_rate(&oha, &pki, &broker_url, "/v1/resolve", Some(&json!({"instance_id": "i-aws"})), None, rate, args.seconds).await),
-            ];
-            println!("| {:<44} | got r/s  | p50 ms | p99 ms | non-2xx |", "system");
-            println!("|{}|----------|--------|--------|---------|", "-".repeat(46));
-            for (name, r) in &same {
-                match r {
-                    Ok((rps, p50, p99, bad)) => println!("| {name:<44} | {rps:>8.0} | {p50:>6.2} | {p99:>6.2} | {bad:>7} |"),
-                    Err(e) => println!("| {name:<44} | not measured: {e}"),
+            println!(
+                "fixed-rate latency at one rate ({rate} r/s, 32 connections, {} s), the three systems interleaved, {} rounds:",
+                args.seconds, args.rounds
+            );
+            println!("| round | {:<44} | got r/s  | p50 ms | p99 ms | non-2xx |", "system");
+            println!("|-------|{}|----------|--------|--------|---------|", "-".repeat(46));
+            // Within each round: (pasted p50 - durable p50, pasted p99 / durable p99, the same
+            // for cached AWS). A single stall of the disk or the host decides one 10 s run's
+            // p99; the ratios are judged by their median over the rounds (BENCHMARKING.md).
+            let mut ratios: Vec<[f64; 4]> = Vec::new();
+            for round in 1..=args.rounds {
+                let same = [
+                    ("durable ceiling", fixed_rate(&oha, &pki, &durable_url, "/", None, None, rate, args.seconds).await),
+                    ("credbroker resolve, pasted secret 1 KiB", fixed_rate(&oha, &pki, &broker_url, "/v1/resolve", Some(&json!({"instance_id": "i1"})), None, rate, args.seconds).await),
+                    ("credbroker resolve, AWS token cached", fixed_rate(&oha, &pki, &broker_url, "/v1/resolve", Some(&json!({"instance_id": "i-aws"})), None, rate, args.seconds).await),
+                ];
+                for (name, r) in &same {
+                    match r {
+                        Ok((rps, p50, p99, bad)) => println!("| {round:>5} | {name:<44} | {rps:>8.0} | {p50:>6.2} | {p99:>6.2} | {bad:>7} |"),
+                        Err(e) => println!("| {round:>5} | {name:<44} | not measured: {e}"),
+                    }
+                }
+                if let [(_, Ok((_, d50, d99, _))), (_, Ok((_, p50, p99, _))), (_, Ok((_, a50, a99, _)))] = &same {
+                    ratios.push([p50 - d50, p99 / d99.max(0.001), a50 - d50, a99 / d99.max(0.001)]);
                 }
             }
-            if let [(_, Ok((_, d50, d99, _))), (_, Ok((_, p50, p99, _))), (_, Ok((_, a50, a99, _)))] = &same {
+            if !ratios.is_empty() {
+                let stat = |i: usize| {
+                    let mut v: Vec<f64> = ratios.iter().map(|r| r[i]).collect();
+                    v.sort_by(f64::total_cmp);
+                    (v[0], v[v.len() / 2], v[v.len() - 1])
+                };
+                let ((p50l, p50m, p50h), (p99l, p99m, p99h)) = (stat(0), stat(1));
+                let ((a50l, a50m, a50h), (a99l, a99m, a99h)) = (stat(2), stat(3));
                 println!(
-                    "vs durable ceiling at {rate} r/s: pasted p50 {:+.2} ms, p99 x{:.2}; cached AWS p50 {:+.2} ms, p99 x{:.2} (target p50 within +0.10 ms, p99 within x1.20)",
-                    p50 - d50, p99 / d99.max(0.001), a50 - d50, a99 / d99.max(0.001)
+                    "vs durable ceiling at {rate} r/s, within each round, median (min..max) over {} rounds: pasted p50 {p50m:+.2} ms ({p50l:+.2}..{p50h:+.2}), p99 x{p99m:.2} (x{p99l:.2}..x{p99h:.2}); cached AWS p50 {a50m:+.2} ms ({a50l:+.2}..{a50h:+.2}), p99 x{a99m:.2} (x{a99l:.2}..x{a99h:.2}) (target p50 within +0.10 ms, p99 within x1.20)",
+                    ratios.len()
                 );
             }
         }
