@@ -303,8 +303,13 @@ impl AdminService {
                         .unwrap_or(false)
                 })
         };
-        let Ok(bindings) = self.core.records.bindings_where(due).await else {
-            return 0;
+        let bindings = match self.core.records.bindings_where(due).await {
+            Ok(b) => b,
+            Err(e) => {
+                // As the other periodic jobs: said, and tried again at the next tick.
+                tracing::warn!(error = %e, "could not read the bindings due for rotation; will retry");
+                return 0;
+            }
         };
         let mut rotated = 0;
         for b in bindings {
