@@ -84,8 +84,8 @@ pub fn parse_intake_form(
             Some(at) => (&pair[..at], &pair[at + 1..]),
             None => (pair, &[][..]),
         };
-        let k = form_text(&form_decode(k));
-        let v = form_text(&form_decode(v));
+        let k = form_text(form_decode(k));
+        let v = form_text(form_decode(v));
         if *k == "csrf" {
             if csrf.replace(v.to_string()).is_some() {
                 return Err("The form carried its token twice.");
@@ -112,21 +112,28 @@ pub fn parse_intake_form(
 }
 
 /// `application/x-www-form-urlencoded` decoding of one name or value, as `form_urlencoded`
-/// does it (`+` is a space, then `percent_encoding` decodes), into zeroizing buffers sized
-/// at the raw length (never outgrown: decoding only shortens).
+/// does it (`+` is a space, then `percent_encoding` decodes), into one zeroizing buffer sized
+/// at the raw length (never outgrown: decoding only shortens). A `+` cannot sit inside a
+/// `%XX` escape, so the pieces between them decode alone.
 fn form_decode(raw: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut plus = Zeroizing::new(raw.to_vec());
-    for b in plus.iter_mut().filter(|b| **b == b'+') {
-        *b = b' ';
-    }
     let mut out = Zeroizing::new(Vec::with_capacity(raw.len()));
-    out.extend(percent_encoding::percent_decode(&plus));
+    for (i, piece) in raw.split(|b| *b == b'+').enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend(percent_encoding::percent_decode(piece));
+    }
     out
 }
 
-/// The decoded bytes as text, invalid UTF-8 replaced by U+FFFD as `String::from_utf8_lossy`
-/// does, into a zeroizing string sized once.
-fn form_text(bytes: &[u8]) -> Zeroizing<String> {
+/// The decoded bytes as text: moved into the string when they are UTF-8 (no copy), else
+/// with invalid sequences replaced by U+FFFD as `String::from_utf8_lossy` does, into a
+/// zeroizing string sized once (the refused buffer wiped).
+fn form_text(mut bytes: Zeroizing<Vec<u8>>) -> Zeroizing<String> {
+    let bytes = match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => return Zeroizing::new(text),
+        Err(e) => Zeroizing::new(e.into_bytes()),
+    };
     let len: usize = bytes
         .utf8_chunks()
         .map(|c| c.valid().len() + if c.invalid().is_empty() { 0 } else { 3 })
