@@ -208,6 +208,19 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
     let extra = format!("{good}&f_password=x");
     let p = post(&mut public, &path, Some(&cookie), &extra).await;
     assert_eq!(p.status, 400, "{}", p.html);
+    // Names are compared once decoded: a second value smuggled under a percent-encoded
+    // name, a second token the same way, or a name that decodes to one the form does not
+    // ask for ('+' is a space) is refused with its reason; none counts as an attempt.
+    for (form, why) in [
+        (format!("{good}&f_%63lient_secret=x"), "a field twice"),
+        (format!("{good}&%63srf=x"), "its token twice"),
+        (format!("{good}&f_client+secret=x"), "does not ask for"),
+    ] {
+        let p = post(&mut public, &path, Some(&cookie), &form).await;
+        assert_eq!(p.status, 400, "{form}: {}", p.html);
+        assert!(p.html.contains(why), "{form}: {}", p.html);
+        assert!(!p.html.contains(SECRET));
+    }
 
     // A wrong secret: stored pending, probed, refused; the page says so without echoing it.
     let wrong = format!(
