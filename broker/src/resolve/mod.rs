@@ -158,7 +158,11 @@ impl ResolveService {
                 error_answer(&err, None, request_id)
             }
             (Ok(receipt), Ok(granted), Some(json)) => {
-                tracing::info!(
+                // Debug, not info: every allowed resolve already has its durable audit record
+                // (same request id, worker, tenant, instance and audit id), and a line per
+                // grant on stderr cost a busy broker an eighth of its throughput. Refusals,
+                // which want an operator's eye, stay at info.
+                tracing::debug!(
                     request_id,
                     worker = %worker,
                     tenant = %tenant,
