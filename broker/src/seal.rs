@@ -114,7 +114,9 @@ impl SealContext<'_> {
 }
 
 fn aad_of(label: &[u8], a: &str, b: &str, version: u32) -> Vec<u8> {
-    let mut aad = label.to_vec();
+    // Sized once: a DEK's AAD gets four more bytes (its KEK version).
+    let mut aad = Vec::with_capacity(label.len() + a.len() + b.len() + 2 + 4 + 4);
+    aad.extend_from_slice(label);
     aad.extend_from_slice(a.as_bytes());
     aad.push(0);
     aad.extend_from_slice(b.as_bytes());

@@ -455,7 +455,19 @@ impl FingerprintKey {
     /// `hmac-sha256:<first 16 bytes, hex>` of the credential bytes.
     pub fn fingerprint(&self, credential: &[u8]) -> String {
         let tag = aws_lc_rs::hmac::sign(&self.key, credential);
-        format!("hmac-sha256:{}", hex::encode(&tag.as_ref()[..16]))
+        const PREFIX: &str = "hmac-sha256:";
+        let mut out = String::with_capacity(PREFIX.len() + 32);
+        out.push_str(PREFIX);
+        let tag = &tag.as_ref()[..16];
+        let mut digits = [0u8; 32];
+        match hex::encode_to_slice(tag, &mut digits)
+            .ok()
+            .and_then(|()| std::str::from_utf8(&digits).ok())
+        {
+            Some(d) => out.push_str(d),
+            None => out.push_str(&hex::encode(tag)),
+        }
+        out
     }
 }
 
@@ -509,6 +521,12 @@ mod tests {
         assert_ne!(a.fingerprint(b"t"), b.fingerprint(b"t"));
         let a2 = FingerprintKey::load(&dir.path().join("a")).unwrap();
         assert_eq!(a.fingerprint(b"t"), a2.fingerprint(b"t"));
+        let tag = aws_lc_rs::hmac::sign(&a.key, b"t");
+        assert_eq!(
+            a.fingerprint(b"t"),
+            format!("hmac-sha256:{}", hex::encode(&tag.as_ref()[..16])),
+            "the HMAC's first 16 bytes in lowercase hex"
+        );
     }
 
     #[test]

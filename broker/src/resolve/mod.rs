@@ -578,7 +578,11 @@ fn success_answer(
         request_id,
         details: (!cred.details.is_null()).then_some(&cred.details),
     };
-    let head = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+    let mut head_json = Vec::with_capacity(384);
+    let head = match serde_json::to_writer(&mut head_json, &head) {
+        Ok(()) => head_json,
+        Err(_) => b"{}".to_vec(),
+    };
     // Splice `"credentials":{…}` into the object without copying the secret into a
     // non-zeroizing buffer.
     let mut body = Zeroizing::new(Vec::with_capacity(head.len() + credentials_json.len() + 20));

@@ -76,21 +76,34 @@ impl RunningServer {
 pub fn new_request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    // `req_` and the prefix's digits, formatted once.
+    static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
+    let prefix = PREFIX.get_or_init(|| {
         let mut b = [0u8; 8];
-        if aws_lc_rs::rand::fill(&mut b).is_err() {
+        let prefix = if aws_lc_rs::rand::fill(&mut b).is_err() {
             // Uniqueness across restarts still holds well enough from the clock.
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos());
-            return t as u64;
-        }
-        u64::from_be_bytes(b)
+            t as u64
+        } else {
+            u64::from_be_bytes(b)
+        };
+        format!("req_{prefix:016x}")
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("req_{prefix:016x}{n:016x}")
+    let mut id = String::with_capacity(prefix.len() + 16);
+    id.push_str(prefix);
+    let mut digits = [0u8; 16];
+    match hex::encode_to_slice(n.to_be_bytes(), &mut digits)
+        .ok()
+        .and_then(|()| std::str::from_utf8(&digits).ok())
+    {
+        Some(d) => id.push_str(d),
+        None => id.push_str(&format!("{n:016x}")),
+    }
+    id
 }
 
 /// Starts serving on `listener`.
@@ -615,8 +628,10 @@ mod tests {
         for id in [&a, &b] {
             let hex = id.strip_prefix("req_").unwrap();
             assert_eq!(hex.len(), 32);
-            assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()));
+            assert!(hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
         }
         assert_eq!(a[..20], b[..20], "one process prefix");
+        let counter = |id: &str| u64::from_str_radix(&id[20..], 16).unwrap();
+        assert!(counter(&b) > counter(&a), "a counter in the last 16 digits");
     }
 }
