@@ -411,7 +411,7 @@ async fn run(args: Args) {
     init_broker(&config);
     let (mut broker, broker_url) = serve_broker(&config, &env);
     let mut op = pki.client_for("op", &broker_url);
-    seed_pasted_1k(&mut op).await;
+    seed_pasted_1k(&mut op, &mut pki.client_for("w1", &broker_url)).await;
     let bao = credbroker_tests::openbao::find_bao(&repo_root());
     let ext = call(
         &mut op,
@@ -1036,8 +1036,13 @@ async fn big_store(args: &Args, loader: &Loader, root: &Path, sts_url: &str, emp
     pg::migrate_large(&config).await;
 }
 
-/// The usual records, and i1's pasted secret the same 1 KiB value OpenBao serves.
-async fn seed_pasted_1k(op: &mut credbroker::client::BrokerClient) {
+/// The usual records, and i1's pasted secret the same 1 KiB value OpenBao serves: the
+/// rotation stages a pending version, promoted here, and a worker's resolve must then be
+/// served that value (the row would measure the seed's short token otherwise).
+async fn seed_pasted_1k(
+    op: &mut credbroker::client::BrokerClient,
+    worker: &mut credbroker::client::BrokerClient,
+) {
     seed_two_tenants(op).await;
     let (s, v) = call(
         op,
@@ -1047,6 +1052,24 @@ async fn seed_pasted_1k(op: &mut credbroker::client::BrokerClient) {
     )
     .await;
     assert!((200..300).contains(&s), "{v}");
+    let version = v["version"]
+        .as_u64()
+        .expect("rotation answers the new version");
+    let (s, v) = call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/bindings/b1/secret/{version}/promote"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = resolve(worker, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["credentials"]["password"].as_str().map(str::len),
+        Some(1024),
+        "the pasted row must serve the 1 KiB secret"
+    );
 }
 
 /// A warm-up resolving each of `bodies` once (not reported: every record into the

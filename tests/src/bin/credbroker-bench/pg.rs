@@ -62,7 +62,7 @@ pub(super) async fn rows(loader: &Loader, rounds: usize, root: &Path, sled_rps: 
     }
     let (mut first, url) = serve_broker(&configs[0], &env);
     let mut op = loader.pki.client_for("op", &url);
-    seed_pasted_1k(&mut op).await;
+    seed_pasted_1k(&mut op, &mut loader.pki.client_for("w1", &url)).await;
     let body = [json!({"instance_id": "i1"})];
     let mut one = Vec::new();
     for _ in 0..rounds {
