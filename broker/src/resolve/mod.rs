@@ -160,7 +160,7 @@ impl ResolveService {
             (Ok(receipt), Ok(granted), Some(json)) => {
                 // Debug, not info: every allowed resolve already has its durable audit record
                 // (same request id, worker, tenant, instance and audit id), and a line per
-                // grant on stderr cost a busy broker an eighth of its throughput. Refusals,
+                // grant on stderr cost a busy broker up to an eighth of its throughput. Refusals,
                 // which want an operator's eye, stay at info.
                 tracing::debug!(
                     request_id,
