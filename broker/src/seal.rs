@@ -343,6 +343,43 @@ mod tests {
         SecretFields::from_json(br#"{"token":"s3cr3t-canary"}"#).unwrap()
     }
 
+    /// The AAD's exact bytes: a change to their layout would still pass every round trip but
+    /// no longer open a secret sealed by an earlier build.
+    #[test]
+    fn aad_bytes_are_pinned() {
+        let (t, b) = ids("t1", "b1");
+        let ctx = SealContext::TenantSecret {
+            tenant: &t,
+            binding: &b,
+            version: 3,
+        };
+        assert_eq!(
+            payload_aad(ctx),
+            b"credbroker/secret-payload/v1\0t1\0b1\0\0\0\0\x03".to_vec()
+        );
+        assert_eq!(
+            dek_aad(ctx, 2),
+            b"credbroker/data-key/v1\0t1\0b1\0\0\0\0\x03\0\0\0\x02".to_vec()
+        );
+        let hook = SealContext::WebhookSecret {
+            tenant: "t1",
+            instance: "i1",
+            version: 1,
+        };
+        assert_eq!(
+            dek_aad(hook, 1),
+            b"credbroker/webhook-secret-data-key/v1\0t1\0i1\0\0\0\0\x01\0\0\0\x01".to_vec()
+        );
+        let key = SealContext::PlatformKey {
+            kind: "github_app",
+            version: 258,
+        };
+        assert_eq!(
+            payload_aad(key),
+            b"credbroker/platform-key-payload/v1\0platform\0github_app\0\0\0\x01\x02".to_vec()
+        );
+    }
+
     #[test]
     fn round_trip() {
         let k = Keyring::generate().unwrap();
