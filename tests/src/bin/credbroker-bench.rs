@@ -1044,22 +1044,10 @@ async fn seed_pasted_1k(
     worker: &mut credbroker::client::BrokerClient,
 ) {
     seed_two_tenants(op).await;
-    let (s, v) = call(
+    let (s, v) = rotate_and_promote(
         op,
-        Method::POST,
-        "/v1/admin/bindings/b1/secret/rotate",
-        Some(json!({"fields": {"username": "demo-user", "password": credbroker_tests::openbao::secret_1k()}})),
-    )
-    .await;
-    assert!((200..300).contains(&s), "{v}");
-    let version = v["version"]
-        .as_u64()
-        .expect("rotation answers the new version");
-    let (s, v) = call(
-        op,
-        Method::POST,
-        &format!("/v1/admin/bindings/b1/secret/{version}/promote"),
-        Some(json!({})),
+        "b1",
+        json!({"username": "demo-user", "password": credbroker_tests::openbao::secret_1k()}),
     )
     .await;
     assert_eq!(s, 200, "{v}");
