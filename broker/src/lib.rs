@@ -28,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod governance;
+pub mod hex_text;
 pub mod html;
 pub mod identity;
 pub mod ids;

@@ -10,14 +10,11 @@ use std::borrow::Cow;
 use aws_lc_rs::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 
-/// Lower-case hex of a SHA-256 digest, through the crate's table (its `encode` builds the
-/// string a char at a time, a visible cost at one record per resolve).
+/// Lower-case hex of a SHA-256 digest ([`crate::hex_text`]: one record per resolve).
 fn hex_digest(digest: &[u8]) -> String {
-    let mut out = [0u8; 64];
-    match hex::encode_to_slice(digest, &mut out).map(|()| std::str::from_utf8(&out)) {
-        Ok(Ok(text)) => text.to_owned(),
-        _ => hex::encode(digest),
-    }
+    let mut out = String::with_capacity(64);
+    crate::hex_text::push_hex(&mut out, digest);
+    out
 }
 
 /// `prev_hash` of the first record.

@@ -458,15 +458,7 @@ impl FingerprintKey {
         const PREFIX: &str = "hmac-sha256:";
         let mut out = String::with_capacity(PREFIX.len() + 32);
         out.push_str(PREFIX);
-        let tag = &tag.as_ref()[..16];
-        let mut digits = [0u8; 32];
-        match hex::encode_to_slice(tag, &mut digits)
-            .ok()
-            .and_then(|()| std::str::from_utf8(&digits).ok())
-        {
-            Some(d) => out.push_str(d),
-            None => out.push_str(&hex::encode(tag)),
-        }
+        crate::hex_text::push_hex(&mut out, &tag.as_ref()[..16]);
         out
     }
 }

@@ -95,14 +95,7 @@ pub fn new_request_id() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut id = String::with_capacity(prefix.len() + 16);
     id.push_str(prefix);
-    let mut digits = [0u8; 16];
-    match hex::encode_to_slice(n.to_be_bytes(), &mut digits)
-        .ok()
-        .and_then(|()| std::str::from_utf8(&digits).ok())
-    {
-        Some(d) => id.push_str(d),
-        None => id.push_str(&format!("{n:016x}")),
-    }
+    crate::hex_text::push_hex(&mut id, &n.to_be_bytes());
     id
 }
 
