@@ -190,6 +190,85 @@ async fn audit_ids_do_not_count_requests() {
     assert!(as_num(&ids[1]).abs_diff(as_num(&ids[0])) > 1_000_000);
 }
 
+/// Request ids are the broker's, never the client's: a worker that sends another request's id
+/// (to make its resolve look like someone else's in the logs and the audit log), or an
+/// anonymous client on the public listener sending one with a forged line, gets a fresh id —
+/// `req_`, the process's 16-digit prefix, then a counter, all lower-case hex — on every answer,
+/// and the resolve's audit record carries that id, never the one sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_choose_or_reuse_a_request_id() {
+    let (tmp, pki) = setup();
+    let (public, _) = public_section(&pki);
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: public,
+            ..DaemonOptions::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (_, first) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    let victim = first["request_id"].as_str().unwrap().to_owned();
+
+    let well_formed = |id: &str| {
+        let digits = id.strip_prefix("req_").unwrap_or_default();
+        digits.len() == 32
+            && digits
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let mut seen = vec![victim.clone()];
+    let body = serde_json::to_vec(&json!({"instance_id": "i1"})).unwrap();
+    for forged in [victim.as_str(), "req_ffffffffffffffffffffffffffffffff"] {
+        let (status, headers, answer) = w1
+            .exchange(
+                Method::POST,
+                "/v1/resolve",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-request-id", forged),
+                ],
+                Some(body.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let id = headers["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(answer["request_id"], id.as_str());
+        assert!(well_formed(&id), "{id}");
+        assert_eq!(id[..20], victim[..20], "the process prefix");
+        assert!(!seen.contains(&id), "{id} was handed out before");
+        seen.push(id);
+    }
+    let mut anonymous = public_client(&pki, daemon.public_url.as_ref().unwrap());
+    let (_, headers, _) = anonymous
+        .exchange(
+            Method::GET,
+            "/healthz",
+            &[("x-request-id", "req_00000000000000000000000000000001")],
+            None,
+        )
+        .await
+        .unwrap();
+    let id = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(well_formed(&id) && !seen.contains(&id), "{id}");
+
+    // The audit log holds the broker's ids for the resolves, and the victim's id only once.
+    let records = daemon.audit_records();
+    let ids: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    for id in &seen {
+        assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id}");
+    }
+    assert!(!ids.contains(&"req_ffffffffffffffffffffffffffffffff"));
+}
+
 /// Operators are records (issue 10, item 6): once operators are registered, an operator
 /// certificate without an active record cannot administer — a disabled operator is refused on
 /// the very connection it already has — the last active operator cannot be disabled, and the
