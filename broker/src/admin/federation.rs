@@ -95,7 +95,18 @@ impl AdminService {
         let mut batch = crate::store::Batch::new();
         let mut claimed: std::collections::HashMap<String, String> = Default::default();
         let mut notes = Vec::new();
-        let mut bindings = r.bindings().await.map_err(store_err)?;
+        // One pass, a row at a time: only the bindings that hold an exclusive identifier are
+        // kept (at every start, so a store of 100,000 bindings is not held in memory at once).
+        let registry = self.core.registry.clone();
+        let holds_identifiers = move |b: &crate::model::Binding| {
+            registry
+                .get(&b.provider)
+                .is_some_and(|p| !p.exclusive_identifiers(&b.config).is_empty())
+        };
+        let mut bindings = r
+            .bindings_where(holds_identifiers)
+            .await
+            .map_err(store_err)?;
         bindings.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         for b in bindings {
             let Some(provider) = self.core.registry.get(&b.provider) else {
