@@ -109,6 +109,20 @@ async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
     let mut op = pki.client_for("op", &daemon.url);
     let mut w1 = pki.client_for("w1", &daemon.url);
     std::thread::sleep(std::time::Duration::from_secs(3));
+    // The gauges of the start's pass (a binding at a time, no inventory asked for yet) count
+    // what the inventory below flags under the configured windows.
+    let (_, metrics) = scrape(&pki, &daemon.url).await;
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    for (flag, n) in [
+        ("unowned", 1.0),
+        ("rotation_overdue", 1.0),
+        ("expiring_soon", 1.0),
+        ("dormant", 0.0),
+        ("last_probe_failed", 0.0),
+    ] {
+        let name = format!("credbroker_inventory_flagged{{flag=\"{flag}\",kind=\"binding\"}}");
+        assert_eq!(metric_value(&metrics, &name), Some(n), "{name}\n{metrics}");
+    }
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "{v}");
 

@@ -2,6 +2,7 @@
 //! provider catalog, and the operations on webhook secrets (`webhook_secrets`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -335,6 +336,68 @@ impl AdminService {
         let settings = self.core.governance.inventory();
         let bindings = r.bindings().await.map_err(store_err)?;
         let workers = r.workers().await.map_err(store_err)?;
+        let facts = self.inventory_facts().await?;
+        let windows = Windows {
+            dormant_s: dormant_s.unwrap_or(settings.dormant_after_s),
+            expiring_s: expiring_s.unwrap_or(settings.expiring_within_s),
+        };
+        let inv = facts
+            .assessor(windows, time::OffsetDateTime::now_utc())
+            .inventory(&bindings, &workers);
+        // The gauges follow the configured windows only.
+        if dormant_s.is_none() && expiring_s.is_none() {
+            self.set_flag_gauges(&inv.counts);
+        }
+        Ok(inv)
+    }
+
+    /// Recomputes the inventory's flag gauges under the configured windows: the same flags
+    /// as [`AdminService::inventory`], counted a binding at a time (no rows are built, and a
+    /// large store's bindings are not held in memory at once).
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn refresh_flag_gauges(&self) -> Result<(), ApiError> {
+        let r = &self.core.records;
+        let settings = self.core.governance.inventory();
+        let windows = Windows {
+            dormant_s: settings.dormant_after_s,
+            expiring_s: settings.expiring_within_s,
+        };
+        let workers = r.workers().await.map_err(store_err)?;
+        let facts = Arc::new(self.inventory_facts().await?);
+        let now = time::OffsetDateTime::now_utc();
+        let counts = Arc::new(std::sync::Mutex::new(inventory::no_counts()));
+        let (pass_facts, pass_counts) = (Arc::clone(&facts), Arc::clone(&counts));
+        r.each_binding(move |b| {
+            let mut counts = pass_counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pass_facts
+                .assessor(windows, now)
+                .count_binding(&b, &mut counts);
+            Ok(())
+        })
+        .await
+        .map_err(store_err)?;
+        let mut counts = std::mem::take(
+            &mut *counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let assessor = facts.assessor(windows, now);
+        for w in &workers {
+            assessor.count_worker(w, &mut counts);
+        }
+        self.set_flag_gauges(&counts);
+        Ok(())
+    }
+
+    /// What the inventory judges rows by: the active secret versions, every replica's last
+    /// uses with this broker's unflushed ones, each provider's rotation policy.
+    async fn inventory_facts(&self) -> Result<InventoryFacts, ApiError> {
+        let r = &self.core.records;
+        let settings = self.core.governance.inventory();
         let mut active = HashMap::new();
         for v in r
             .secret_metas_where(|v| v.state == SecretState::Active)
@@ -354,34 +417,26 @@ impl AdminService {
             .filter_map(|d| Some((d.id.to_owned(), d.catalog.max_secret_age_days?)))
             .collect();
         policy.extend(settings.max_secret_age_days.clone());
-        let inv = inventory::compute(
-            &bindings,
-            &workers,
-            &active,
-            &uses,
-            &policy,
-            Windows {
-                dormant_s: dormant_s.unwrap_or(settings.dormant_after_s),
-                expiring_s: expiring_s.unwrap_or(settings.expiring_within_s),
-            },
-            time::OffsetDateTime::now_utc(),
-        );
-        // The gauges follow the configured windows only.
-        if dormant_s.is_none() && expiring_s.is_none() {
-            for (flag, kinds) in &inv.counts {
-                for (kind, n) in kinds {
-                    self.core
-                        .metrics
-                        .inventory_flagged
-                        .get_or_create(&crate::metrics::FlagLabels {
-                            flag: (*flag).to_owned(),
-                            kind: (*kind).to_owned(),
-                        })
-                        .set(i64::try_from(*n).unwrap_or(i64::MAX));
-                }
+        Ok(InventoryFacts {
+            active,
+            uses,
+            policy,
+        })
+    }
+
+    fn set_flag_gauges(&self, counts: &inventory::Counts) {
+        for (flag, kinds) in counts {
+            for (kind, n) in kinds {
+                self.core
+                    .metrics
+                    .inventory_flagged
+                    .get_or_create(&crate::metrics::FlagLabels {
+                        flag: (*flag).to_owned(),
+                        kind: (*kind).to_owned(),
+                    })
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
             }
         }
-        Ok(inv)
     }
 
     /// Writes this broker's unwritten last uses (periodically and at shutdown).
@@ -399,5 +454,18 @@ impl AdminService {
                 0
             }
         }
+    }
+}
+
+/// The inputs of an inventory besides its rows (see [`AdminService::inventory`]).
+struct InventoryFacts {
+    active: HashMap<String, crate::store::records::SecretMeta>,
+    uses: HashMap<(crate::store::records::LastUseKind, String), i64>,
+    policy: std::collections::BTreeMap<String, u32>,
+}
+
+impl InventoryFacts {
+    fn assessor(&self, windows: Windows, now: time::OffsetDateTime) -> inventory::Assessor<'_> {
+        inventory::Assessor::new(&self.active, &self.uses, &self.policy, windows, now)
     }
 }

@@ -112,39 +112,84 @@ fn upstream_expiry(b: &Binding) -> Option<OffsetDateTime> {
         .and_then(parse)
 }
 
-/// Computes the inventory. `active` maps binding id → its active secret version.
-pub fn compute(
-    bindings: &[Binding],
-    workers: &[Worker],
-    active: &HashMap<String, SecretMeta>,
-    last_use: &HashMap<(LastUseKind, String), i64>,
-    policy: &BTreeMap<String, u32>,
-    windows: Windows,
-    now: OffsetDateTime,
-) -> Inventory {
-    // Checked: a window reaching past the calendar's range means "none" / "all".
-    let dormant_before = now
-        .checked_sub(duration(windows.dormant_s))
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let expiring_before = now.checked_add(duration(windows.expiring_s)).unwrap_or(now);
-    let mut counts: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = FLAGS
+/// Rows flagged, by flag and kind: every flag and kind present, zero when none.
+pub type Counts = BTreeMap<&'static str, BTreeMap<&'static str, u64>>;
+
+/// Counts at zero.
+pub fn no_counts() -> Counts {
+    FLAGS
         .iter()
         .map(|f| (*f, [("binding", 0), ("worker", 0)].into_iter().collect()))
-        .collect();
-    let mut items = Vec::with_capacity(bindings.len() + workers.len());
-    let mut sorted: Vec<&Binding> = bindings.iter().collect();
-    sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-    for b in sorted {
-        let id = b.id.to_string();
+        .collect()
+}
+
+fn count(counts: &mut Counts, kind: &'static str, flags: &[&'static str]) {
+    for f in flags {
+        *counts.entry(f).or_default().entry(kind).or_default() += 1;
+    }
+}
+
+/// What one computation judges rows by, fixed at `now`: the active secret versions (binding
+/// id → its active version), the last uses, the rotation policy and the windows.
+pub struct Assessor<'a> {
+    active: &'a HashMap<String, SecretMeta>,
+    last_use: &'a HashMap<(LastUseKind, String), i64>,
+    policy: &'a BTreeMap<String, u32>,
+    windows: Windows,
+    now: OffsetDateTime,
+    dormant_before: OffsetDateTime,
+    expiring_before: OffsetDateTime,
+}
+
+/// What the inventory finds of one binding.
+struct BindingFacts<'a> {
+    used: Option<i64>,
+    version: Option<&'a SecretMeta>,
+    created: Option<OffsetDateTime>,
+    max_age: Option<u32>,
+    expiry: Option<OffsetDateTime>,
+    flags: Vec<&'static str>,
+}
+
+impl<'a> Assessor<'a> {
+    /// An assessor over these facts.
+    pub fn new(
+        active: &'a HashMap<String, SecretMeta>,
+        last_use: &'a HashMap<(LastUseKind, String), i64>,
+        policy: &'a BTreeMap<String, u32>,
+        windows: Windows,
+        now: OffsetDateTime,
+    ) -> Self {
+        // Checked: a window reaching past the calendar's range means "none" / "all".
+        let dormant_before = now
+            .checked_sub(duration(windows.dormant_s))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let expiring_before = now.checked_add(duration(windows.expiring_s)).unwrap_or(now);
+        Assessor {
+            active,
+            last_use,
+            policy,
+            windows,
+            now,
+            dormant_before,
+            expiring_before,
+        }
+    }
+
+    fn binding_facts(&self, b: &Binding) -> BindingFacts<'a> {
+        let id = b.id.as_str();
         let used = since_created(
-            last_use.get(&(LastUseKind::Binding, id.clone())),
+            self.last_use.get(&(LastUseKind::Binding, id.to_owned())),
             &b.created_at,
         );
-        let version = active.get(&id).filter(|v| v.state == SecretState::Active);
+        let version = self
+            .active
+            .get(id)
+            .filter(|v| v.state == SecretState::Active);
         let created = version.and_then(|v| parse(&v.created_at));
         let max_age = b.max_secret_age_days.or_else(|| {
             (b.active_secret_version.is_some() || version.is_some())
-                .then(|| policy.get(&b.provider).copied())
+                .then(|| self.policy.get(&b.provider).copied())
                 .flatten()
         });
         let expiry = [
@@ -160,15 +205,15 @@ pub fn compute(
         if b.governance.is_none() {
             flags.push(UNOWNED);
         }
-        if dormant(used, &b.created_at, dormant_before) {
+        if dormant(used, &b.created_at, self.dormant_before) {
             flags.push(DORMANT);
         }
         if let (Some(c), Some(days)) = (created, max_age) {
-            if now - c > duration(u64::from(days).saturating_mul(86_400)) {
+            if self.now - c > duration(u64::from(days).saturating_mul(86_400)) {
                 flags.push(ROTATION_OVERDUE);
             }
         }
-        if expiry.is_some_and(|e| e <= expiring_before) {
+        if expiry.is_some_and(|e| e <= self.expiring_before) {
             flags.push(EXPIRING_SOON);
         }
         if b.trust_broken
@@ -179,10 +224,46 @@ pub fn compute(
         {
             flags.push(PROBE_FAILED);
         }
-        for f in &flags {
-            *counts.entry(f).or_default().entry("binding").or_default() += 1;
+        BindingFacts {
+            used,
+            version,
+            created,
+            max_age,
+            expiry,
+            flags,
         }
-        items.push(Item {
+    }
+
+    fn worker_flags(&self, w: &Worker) -> (Option<i64>, Vec<&'static str>) {
+        let used = since_created(
+            self.last_use
+                .get(&(LastUseKind::Worker, w.id.as_str().to_owned())),
+            &w.created_at,
+        );
+        let mut flags = Vec::new();
+        if w.governance.is_none() {
+            flags.push(UNOWNED);
+        }
+        if dormant(used, &w.created_at, self.dormant_before) {
+            flags.push(DORMANT);
+        }
+        (used, flags)
+    }
+
+    /// Counts binding `b`'s flags into `counts` (the gauges need no rows).
+    pub fn count_binding(&self, b: &Binding, counts: &mut Counts) {
+        count(counts, "binding", &self.binding_facts(b).flags);
+    }
+
+    /// Counts worker `w`'s flags into `counts`.
+    pub fn count_worker(&self, w: &Worker, counts: &mut Counts) {
+        count(counts, "worker", &self.worker_flags(w).1);
+    }
+
+    fn binding_item(&self, b: &Binding) -> Item {
+        let f = self.binding_facts(b);
+        let id = b.id.to_string();
+        Item {
             kind: "binding",
             id: id.clone(),
             tenant: b.tenant.to_string(),
@@ -191,38 +272,24 @@ pub fn compute(
             owner: b.governance.as_ref().map(|g| g.owner.clone()),
             purpose: b.governance.as_ref().map(|g| g.purpose.clone()),
             created_at: b.created_at.clone(),
-            last_resolve_at: used.and_then(at),
+            last_resolve_at: f.used.and_then(at),
             last_probe_at: b.last_tested_at.clone(),
             last_probe: b.last_probe.clone(),
-            secret_version: version.map(|v| v.version),
-            secret_age_days: created.map(|c| (now - c).whole_days()),
-            max_secret_age_days: max_age,
-            expires_at: expiry.map(crate::model::rfc3339),
+            secret_version: f.version.map(|v| v.version),
+            secret_age_days: f.created.map(|c| (self.now - c).whole_days()),
+            max_secret_age_days: f.max_age,
+            expires_at: f.expiry.map(crate::model::rfc3339),
             revocation: format!(
                 "credbroker binding disable {id} (resolves refused at once), then remove the customer's trust or secret upstream"
             ),
-            flags,
-        });
+            flags: f.flags,
+        }
     }
-    let mut sorted: Vec<&Worker> = workers.iter().collect();
-    sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-    for w in sorted {
+
+    fn worker_item(&self, w: &Worker) -> Item {
+        let (used, flags) = self.worker_flags(w);
         let id = w.id.to_string();
-        let used = since_created(
-            last_use.get(&(LastUseKind::Worker, id.clone())),
-            &w.created_at,
-        );
-        let mut flags = Vec::new();
-        if w.governance.is_none() {
-            flags.push(UNOWNED);
-        }
-        if dormant(used, &w.created_at, dormant_before) {
-            flags.push(DORMANT);
-        }
-        for f in &flags {
-            *counts.entry(f).or_default().entry("worker").or_default() += 1;
-        }
-        items.push(Item {
+        Item {
             kind: "worker",
             id: id.clone(),
             tenant: w
@@ -247,15 +314,48 @@ pub fn compute(
                 "credbroker worker disable {id} (refused at once), then revoke its certificate (CRL, credbroker reload)"
             ),
             flags,
-        });
+        }
     }
-    Inventory {
-        generated_at: crate::model::rfc3339(now),
-        dormant_after_s: windows.dormant_s,
-        expiring_within_s: windows.expiring_s,
-        counts,
-        items,
+
+    /// The inventory of `bindings` and `workers`: bindings, then workers, each by id.
+    pub fn inventory(&self, bindings: &[Binding], workers: &[Worker]) -> Inventory {
+        let mut counts = no_counts();
+        let mut items = Vec::with_capacity(bindings.len() + workers.len());
+        let mut sorted: Vec<&Binding> = bindings.iter().collect();
+        sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        for b in sorted {
+            let item = self.binding_item(b);
+            count(&mut counts, "binding", &item.flags);
+            items.push(item);
+        }
+        let mut sorted: Vec<&Worker> = workers.iter().collect();
+        sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        for w in sorted {
+            let item = self.worker_item(w);
+            count(&mut counts, "worker", &item.flags);
+            items.push(item);
+        }
+        Inventory {
+            generated_at: crate::model::rfc3339(self.now),
+            dormant_after_s: self.windows.dormant_s,
+            expiring_within_s: self.windows.expiring_s,
+            counts,
+            items,
+        }
     }
+}
+
+/// Computes the inventory. `active` maps binding id → its active secret version.
+pub fn compute(
+    bindings: &[Binding],
+    workers: &[Worker],
+    active: &HashMap<String, SecretMeta>,
+    last_use: &HashMap<(LastUseKind, String), i64>,
+    policy: &BTreeMap<String, u32>,
+    windows: Windows,
+    now: OffsetDateTime,
+) -> Inventory {
+    Assessor::new(active, last_use, policy, windows, now).inventory(bindings, workers)
 }
 
 /// A last use from before the record's creation belongs to an earlier record of that id.
@@ -337,5 +437,23 @@ mod tests {
         let new = &inv.items[0];
         assert_eq!(new.flags, vec![EXPIRING_SOON]);
         assert_eq!(inv.counts[DORMANT]["binding"], 1);
+        // The gauges' pass counts the same flags without building rows.
+        let assessor = Assessor::new(
+            &active,
+            &uses,
+            &policy,
+            Windows {
+                dormant_s: 30 * 86_400,
+                expiring_s: 86_400,
+            },
+            now,
+        );
+        let mut counts = no_counts();
+        for b in &bindings {
+            assessor.count_binding(b, &mut counts);
+        }
+        assert_eq!(counts, inv.counts);
+        assert_eq!(counts[UNOWNED]["binding"], 1);
+        assert_eq!(counts[EXPIRING_SOON]["binding"], 1);
     }
 }

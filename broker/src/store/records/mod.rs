@@ -476,6 +476,18 @@ impl Records {
         self.all_where(Table::Bindings, "", keep).await
     }
 
+    /// Calls `each` with every binding, one at a time (a pass over a table too large to
+    /// hold).
+    ///
+    /// # Errors
+    /// On store failure or corruption, or the first error of `each`.
+    pub async fn each_binding(
+        &self,
+        each: impl FnMut(Binding) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.each(Table::Bindings, each).await
+    }
+
     /// One secret version, as read for a change.
     ///
     /// # Errors
@@ -528,13 +540,22 @@ impl Records {
     /// On store failure or corruption, or the first error of `each`.
     pub async fn each_secret_version(
         &self,
-        mut each: impl FnMut(SecretVersion) -> Result<(), StoreError> + Send + 'static,
+        each: impl FnMut(SecretVersion) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.each(Table::Secrets, each).await
+    }
+
+    /// Every record of `table`, decoded one at a time.
+    async fn each<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        mut each: impl FnMut(T) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         self.store
             .scan_each(
-                Table::Secrets,
+                table,
                 "",
-                Box::new(move |k, raw| each(decode(Table::Secrets, k, raw)?)),
+                Box::new(move |k, raw| each(decode(table, k, raw)?)),
             )
             .await
     }
