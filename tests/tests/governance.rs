@@ -110,9 +110,18 @@ async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
     let mut w1 = pki.client_for("w1", &daemon.url);
     std::thread::sleep(std::time::Duration::from_secs(3));
     // The gauges of the start's pass (a binding at a time, no inventory asked for yet) count
-    // what the inventory below flags under the configured windows.
-    let (_, metrics) = scrape(&pki, &daemon.url).await;
-    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    // what the inventory below flags under the configured windows. The pass runs at the
+    // first tick after start: wait for its series.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let metrics = loop {
+        let (_, metrics) = scrape(&pki, &daemon.url).await;
+        let metrics = String::from_utf8_lossy(&metrics).to_string();
+        if metrics.contains("credbroker_inventory_flagged{") || std::time::Instant::now() > deadline
+        {
+            break metrics;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     for (flag, n) in [
         ("unowned", 1.0),
         ("rotation_overdue", 1.0),

@@ -353,7 +353,8 @@ impl AdminService {
 
     /// Recomputes the inventory's flag gauges under the configured windows: the same flags
     /// as [`AdminService::inventory`], counted a binding at a time (no rows are built, and a
-    /// large store's bindings are not held in memory at once).
+    /// large store's bindings are not held in memory at once; the facts they are judged by —
+    /// every active version's metadata and every last use — still are).
     ///
     /// # Errors
     /// On store failure.

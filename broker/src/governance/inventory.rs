@@ -419,9 +419,19 @@ mod tests {
             now.unix_timestamp(),
         );
         let policy = [("pasted_secret".to_owned(), 90)].into_iter().collect();
+        let workers: Vec<Worker> = [("w-old", false, &old), ("w-new", true, &fresh)]
+            .into_iter()
+            .map(|(id, owned, created)| {
+                serde_json::from_value(serde_json::json!({
+                    "id": id, "tenants": ["t1"], "status": "active", "created_at": created,
+                    "governance": owned.then(|| Governance { owner: "team".into(), purpose: "p".into() }),
+                }))
+                .unwrap()
+            })
+            .collect();
         let inv = compute(
             &bindings,
-            &[],
+            &workers,
             &active,
             &uses,
             &policy,
@@ -452,8 +462,13 @@ mod tests {
         for b in &bindings {
             assessor.count_binding(b, &mut counts);
         }
+        for w in &workers {
+            assessor.count_worker(w, &mut counts);
+        }
         assert_eq!(counts, inv.counts);
         assert_eq!(counts[UNOWNED]["binding"], 1);
         assert_eq!(counts[EXPIRING_SOON]["binding"], 1);
+        assert_eq!(counts[UNOWNED]["worker"], 1);
+        assert_eq!(counts[DORMANT]["worker"], 1);
     }
 }
