@@ -333,14 +333,10 @@ impl AdminService {
         expiring_s: Option<u64>,
     ) -> Result<inventory::Inventory, ApiError> {
         let r = &self.core.records;
-        let settings = self.core.governance.inventory();
         let bindings = r.bindings().await.map_err(store_err)?;
         let workers = r.workers().await.map_err(store_err)?;
         let facts = self.inventory_facts().await?;
-        let windows = Windows {
-            dormant_s: dormant_s.unwrap_or(settings.dormant_after_s),
-            expiring_s: expiring_s.unwrap_or(settings.expiring_within_s),
-        };
+        let windows = self.inventory_windows(dormant_s, expiring_s);
         let inv = facts
             .assessor(windows, time::OffsetDateTime::now_utc())
             .inventory(&bindings, &workers);
@@ -360,11 +356,7 @@ impl AdminService {
     /// On store failure.
     pub async fn refresh_flag_gauges(&self) -> Result<(), ApiError> {
         let r = &self.core.records;
-        let settings = self.core.governance.inventory();
-        let windows = Windows {
-            dormant_s: settings.dormant_after_s,
-            expiring_s: settings.expiring_within_s,
-        };
+        let windows = self.inventory_windows(None, None);
         let workers = r.workers().await.map_err(store_err)?;
         let facts = Arc::new(self.inventory_facts().await?);
         let now = time::OffsetDateTime::now_utc();
@@ -423,6 +415,15 @@ impl AdminService {
             uses,
             policy,
         })
+    }
+
+    /// The windows given, else the configured ones.
+    fn inventory_windows(&self, dormant_s: Option<u64>, expiring_s: Option<u64>) -> Windows {
+        let settings = self.core.governance.inventory();
+        Windows {
+            dormant_s: dormant_s.unwrap_or(settings.dormant_after_s),
+            expiring_s: expiring_s.unwrap_or(settings.expiring_within_s),
+        }
     }
 
     fn set_flag_gauges(&self, counts: &inventory::Counts) {

@@ -345,19 +345,6 @@ impl<'a> Assessor<'a> {
     }
 }
 
-/// Computes the inventory. `active` maps binding id → its active secret version.
-pub fn compute(
-    bindings: &[Binding],
-    workers: &[Worker],
-    active: &HashMap<String, SecretMeta>,
-    last_use: &HashMap<(LastUseKind, String), i64>,
-    policy: &BTreeMap<String, u32>,
-    windows: Windows,
-    now: OffsetDateTime,
-) -> Inventory {
-    Assessor::new(active, last_use, policy, windows, now).inventory(bindings, workers)
-}
-
 /// A last use from before the record's creation belongs to an earlier record of that id.
 fn since_created(used: Option<&i64>, created_at: &str) -> Option<i64> {
     let created = parse(created_at).map_or(i64::MIN, |c| c.unix_timestamp());
@@ -429,25 +416,6 @@ mod tests {
                 .unwrap()
             })
             .collect();
-        let inv = compute(
-            &bindings,
-            &workers,
-            &active,
-            &uses,
-            &policy,
-            Windows {
-                dormant_s: 30 * 86_400,
-                expiring_s: 86_400,
-            },
-            now,
-        );
-        let old = &inv.items[1];
-        assert_eq!(old.id, "b-old");
-        assert_eq!(old.flags, vec![UNOWNED, DORMANT, ROTATION_OVERDUE]);
-        let new = &inv.items[0];
-        assert_eq!(new.flags, vec![EXPIRING_SOON]);
-        assert_eq!(inv.counts[DORMANT]["binding"], 1);
-        // The gauges' pass counts the same flags without building rows.
         let assessor = Assessor::new(
             &active,
             &uses,
@@ -458,6 +426,14 @@ mod tests {
             },
             now,
         );
+        let inv = assessor.inventory(&bindings, &workers);
+        let old = &inv.items[1];
+        assert_eq!(old.id, "b-old");
+        assert_eq!(old.flags, vec![UNOWNED, DORMANT, ROTATION_OVERDUE]);
+        let new = &inv.items[0];
+        assert_eq!(new.flags, vec![EXPIRING_SOON]);
+        assert_eq!(inv.counts[DORMANT]["binding"], 1);
+        // The gauges' pass counts the same flags without building rows.
         let mut counts = no_counts();
         for b in &bindings {
             assessor.count_binding(b, &mut counts);
