@@ -132,6 +132,7 @@ async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
         let name = format!("credbroker_inventory_flagged{{flag=\"{flag}\",kind=\"binding\"}}");
         assert_eq!(metric_value(&metrics, &name), Some(n), "{name}\n{metrics}");
     }
+    assert!(!metrics.contains("b2") && !metrics.contains("team-a"));
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "{v}");
 
@@ -416,5 +417,60 @@ async fn last_use_is_flushed_per_replica_on_a_shared_store() {
     assert!(
         row(&inv, "worker", "w1")["last_resolve_at"].is_string(),
         "{inv}"
+    );
+}
+
+/// Someone with write access to the data directory plants an undecodable binding row. The
+/// start's passes over the bindings (the identifier migration and the inventory gauges read
+/// them a row at a time) refuse it: the daemon does not start, and says which record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_binding_row_stops_the_start_naming_it() {
+    let (tmp, pki) = setup();
+    let options = DaemonOptions {
+        extra_toml: NO_FLUSH.into(),
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    daemon.stop();
+    {
+        let config = credbroker::config::Config::load(&daemon.config).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir)
+            .await
+            .unwrap();
+        let mut b = Batch::new();
+        b.push(Op::Put(
+            Table::Bindings,
+            "b2".into(),
+            br#"{"id":"b2","tenant":"#.to_vec(),
+        ));
+        store.commit(b).await.unwrap();
+    }
+    let mut child = std::process::Command::new(daemon_bin())
+        .args(["serve", "--config"])
+        .arg(&daemon.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started on a corrupt binding row");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("ready"), "{stdout}");
+    assert!(
+        stderr.contains("corrupt record bindings/b2"),
+        "the error names the record: {stderr}"
     );
 }
