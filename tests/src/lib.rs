@@ -797,6 +797,18 @@ pub fn setup() -> (tempfile::TempDir, Arc<TestPki>) {
     (tmp, Arc::new(pki))
 }
 
+/// `setup()`, a daemon started with `options`, seeded with `seed_two_tenants`, and the
+/// operator's client. The directory lives as long as the caller keeps it.
+pub async fn start_seeded(
+    options: &DaemonOptions,
+) -> (tempfile::TempDir, Arc<TestPki>, Daemon, BrokerClient) {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    (tmp, pki, daemon, op)
+}
+
 /// `GET /metrics` with the metrics scraper's certificate (`prom`); the status and body.
 /// The value of one exposition series, `name` including its labels exactly as exposed
 /// (`credbroker_mints_total{provider="aws_assume_role"}`), or `None` when it is absent.

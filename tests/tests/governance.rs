@@ -39,24 +39,19 @@ async fn inventory(op: &mut BrokerClient, query: &str) -> Value {
     v
 }
 
-/// A daemon whose periodic inventory passes wait an hour (the tests decide when they run),
-/// seeded with two tenants, and the operator's client. The directory lives as long as the
-/// caller keeps it.
-async fn start_seeded() -> (
+/// A seeded daemon whose periodic inventory passes wait an hour (the tests decide when they
+/// run), and the operator's client.
+async fn start_seeded_no_flush() -> (
     tempfile::TempDir,
     std::sync::Arc<TestPki>,
     Daemon,
     BrokerClient,
 ) {
-    let (tmp, pki) = setup();
-    let options = DaemonOptions {
+    start_seeded(&DaemonOptions {
         extra_toml: NO_FLUSH.into(),
         ..Default::default()
-    };
-    let daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    (tmp, pki, daemon, op)
+    })
+    .await
 }
 
 /// Rewrites records of a stopped daemon's store as an older release left them.
@@ -90,7 +85,7 @@ async fn edit_store(daemon: &Daemon, edit: impl FnOnce(&mut Value, &mut Value)) 
 /// are counted in metrics without naming anyone; the CLI prints the same rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
-    let (_tmp, pki, mut daemon, mut op) = start_seeded().await;
+    let (_tmp, pki, mut daemon, mut op) = start_seeded_no_flush().await;
     // A pasted secret whose issuer says it expires in two days.
     let (s, v) = call(
         &mut op,
@@ -283,7 +278,7 @@ fn commits(metrics: &[u8]) -> f64 {
 /// durable at shutdown and by the periodic flush, and survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_use_survives_restart_without_a_store_write_per_resolve() {
-    let (tmp, pki, mut daemon, mut op) = start_seeded().await;
+    let (tmp, pki, mut daemon, mut op) = start_seeded_no_flush().await;
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (_, m) = scrape(&pki, &daemon.url).await;
     let before = commits(&m);
@@ -432,7 +427,7 @@ async fn last_use_is_flushed_per_replica_on_a_shared_store() {
 /// them a row at a time) refuse it: the daemon does not start, and says which record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_binding_row_stops_the_start_naming_it() {
-    let (_tmp, _pki, mut daemon, _op) = start_seeded().await;
+    let (_tmp, _pki, mut daemon, _op) = start_seeded_no_flush().await;
     daemon.stop();
     {
         let config = credbroker::config::Config::load(&daemon.config).unwrap();

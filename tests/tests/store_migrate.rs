@@ -20,16 +20,13 @@ struct SledBroker {
 
 impl SledBroker {
     async fn start(pg: &TestPostgres) -> SledBroker {
-        let (tmp, pki) = setup();
         let url = pg.database().await;
         let env = vec![(URL_VAR.to_owned(), url.clone())];
         let options = DaemonOptions {
             env: env.clone(),
             ..Default::default()
         };
-        let daemon = Daemon::start(tmp.path(), &pki, &options);
-        let mut op = pki.client_for("op", &daemon.url);
-        seed_two_tenants(&mut op).await;
+        let (tmp, pki, daemon, _op) = start_seeded(&options).await;
         SledBroker {
             tmp,
             pki,
