@@ -74,10 +74,22 @@ pub fn on_path(program: &str, version_arg: &str) -> Option<PathBuf> {
         .map(|_| PathBuf::from(program))
 }
 
+/// The daemon binary [`daemon_bin`] names instead, when set (see [`use_daemon_bin`]).
+static DAEMON_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`daemon_bin`] name `path` for the rest of this process: the bench runs the daemon
+/// from its own executable, so it can never start a missing or stale `credbroker-it`.
+pub fn use_daemon_bin(path: PathBuf) {
+    let _ = DAEMON_BIN.set(path);
+}
+
 /// Path of the daemon binary under test: `target/<profile>/credbroker-it`, beside the
 /// `deps/` directory holding the running test executable (Cargo builds the package's
 /// binaries before its integration tests).
 pub fn daemon_bin() -> PathBuf {
+    if let Some(path) = DAEMON_BIN.get() {
+        return path.clone();
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let here = exe.parent().expect("executable directory");
     // Binaries of this package (the bench) sit beside it; test executables one level down.

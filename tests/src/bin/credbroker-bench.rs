@@ -9,6 +9,11 @@
 //! server CPU-second; latency percentiles come from the median round. Loopback only.
 //!
 //!     cargo run --release -p credbroker-tests --bin credbroker-bench -- --rounds 3 --seconds 10
+//!
+//! The daemon it measures is this executable too: started through a link named `credbroker`
+//! in the run's directory, it runs the `credbroker` binary's entry point (and its allocator).
+//! `cargo run` builds only this binary, so a run that started `credbroker-it` from the target
+//! directory measured whatever build of it was there, or failed when there was none.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -328,7 +333,19 @@ fn spawn_ready(mut cmd: Command) -> (Child, String) {
     (child, format!("https://{addr}"))
 }
 
-fn main() {
+// The daemon's allocator, for the daemon this executable also is (see the header); the
+// ceiling servers and the load generator, the same executable, use it too.
+#[global_allocator]
+static ALLOCATOR: credbroker::Allocator = credbroker::Allocator;
+
+/// The name of the link through which this executable is the daemon.
+const DAEMON_LINK: &str = "credbroker";
+
+fn main() -> std::process::ExitCode {
+    let argv0 = std::env::args_os().next().map(PathBuf::from);
+    if argv0.is_some_and(|p| p.file_name().is_some_and(|n| n == DAEMON_LINK)) {
+        return credbroker::cli::main();
+    }
     let argv: Vec<String> = std::env::args().collect();
     init_crypto();
     if let Some(kind @ ("ceiling-server" | "durable-ceiling-server")) =
@@ -341,7 +358,7 @@ fn main() {
             .unwrap();
         let log = (kind == "durable-ceiling-server").then(|| PathBuf::from(&argv[3]));
         rt.block_on(ceiling::serve(PathBuf::from(&argv[2]), log));
-        return;
+        return std::process::ExitCode::SUCCESS;
     }
     let args = parse_args();
     // The load generator runs on core 1: re-run this process under taskset once.
@@ -362,6 +379,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run(args));
+    std::process::ExitCode::SUCCESS
 }
 
 async fn run(args: Args) {
@@ -372,6 +390,9 @@ async fn run(args: Args) {
         seconds: args.seconds,
     };
     let me = std::env::current_exe().unwrap();
+    let daemon = tmp.path().join(DAEMON_LINK);
+    std::os::unix::fs::symlink(&me, &daemon).unwrap();
+    use_daemon_bin(daemon);
     println!(
         "credbroker-bench: {} round(s) x {} s, {} keep-alive mTLS connections; servers on core 0, load on core 1{}",
         args.rounds,
