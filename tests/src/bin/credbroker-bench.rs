@@ -99,13 +99,27 @@ fn has_taskset() -> bool {
 }
 
 fn pinned(core: &str, program: &Path) -> Command {
-    if has_taskset() {
+    let mut c = if has_taskset() {
         let mut c = Command::new("taskset");
         c.arg("-c").arg(core).arg(program);
         c
     } else {
         Command::new(program)
+    };
+    // A server dies with the bench, also when the bench stops on a failed assertion: left
+    // running, pinned to the server core, it would share that core with the next run.
+    // SAFETY: only prctl(2), which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
+    c
 }
 
 /// utime+stime of a process, seconds.
