@@ -83,20 +83,15 @@ pub fn use_daemon_bin(path: PathBuf) {
     let _ = DAEMON_BIN.set(path);
 }
 
-/// Path of the daemon binary under test: `target/<profile>/credbroker-it`, beside the
-/// `deps/` directory holding the running test executable (Cargo builds the package's
-/// binaries before its integration tests).
+/// Path of the daemon binary under test: the one [`use_daemon_bin`] set, else
+/// `target/<profile>/credbroker-it`, beside the `deps/` directory holding the running test
+/// executable (Cargo builds the package's binaries before its integration tests).
 pub fn daemon_bin() -> PathBuf {
     if let Some(path) = DAEMON_BIN.get() {
         return path.clone();
     }
     let exe = std::env::current_exe().expect("test executable path");
     let here = exe.parent().expect("executable directory");
-    // Binaries of this package (the bench) sit beside it; test executables one level down.
-    let beside = here.join("credbroker-it");
-    if beside.exists() {
-        return beside;
-    }
     here.parent()
         .expect("test executable lives in target/<profile>/deps")
         .join("credbroker-it")
