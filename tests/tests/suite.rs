@@ -18,6 +18,7 @@ mod audited_pipeline;
 mod aws_assume_role;
 mod aws_moto_interop;
 mod aws_web_identity;
+mod bench_daemon;
 mod crash_recovery;
 mod daemon_lifecycle;
 mod deployment;
