@@ -1,5 +1,5 @@
-//! Every `credbroker …` command shown in README.md and runbooks/ exists and parses with the
-//! flags it is shown with. A runbook command that does not exist is a bug.
+//! Every `credbroker …` command shown in README.md, tests/bench-history.md and runbooks/ exists
+//! and parses with the flags it is shown with. A runbook command that does not exist is a bug.
 
 use std::path::{Path, PathBuf};
 
@@ -84,7 +84,7 @@ fn commands_in(path: &Path) -> Vec<(usize, String)> {
 #[test]
 fn documented_commands_parse() {
     let root = repo_root();
-    let mut files = vec![root.join("README.md")];
+    let mut files = vec![root.join("README.md"), root.join("tests/bench-history.md")];
     for entry in std::fs::read_dir(root.join("runbooks")).unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "md") {
