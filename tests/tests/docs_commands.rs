@@ -1,5 +1,6 @@
-//! Every `credbroker …` command shown in README.md, tests/bench-history.md and runbooks/ exists
-//! and parses with the flags it is shown with. A runbook command that does not exist is a bug.
+//! Every `credbroker …` command shown in a fenced block of any Markdown file of the repository
+//! (README.md, runbooks/, the templates' READMEs, tests/bench-history.md) exists and parses
+//! with the flags it is shown with. A runbook command that does not exist is a bug.
 
 use std::path::{Path, PathBuf};
 
@@ -81,16 +82,33 @@ fn commands_in(path: &Path) -> Vec<(usize, String)> {
     out
 }
 
+/// Every Markdown file of the repository (README, runbooks, the templates' and policies'
+/// READMEs, tests/bench-history.md), skipping build output, installed packages and dot
+/// directories.
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            if !name.starts_with('.') && name != "target" && name != "node_modules" {
+                markdown_files(&path, out);
+            }
+        } else if name.ends_with(".md") {
+            out.push(path);
+        }
+    }
+}
+
 #[test]
 fn documented_commands_parse() {
     let root = repo_root();
-    let mut files = vec![root.join("README.md"), root.join("tests/bench-history.md")];
-    for entry in std::fs::read_dir(root.join("runbooks")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.extension().is_some_and(|e| e == "md") {
-            files.push(p);
-        }
-    }
+    let mut files = Vec::new();
+    markdown_files(&root, &mut files);
+    assert!(files.contains(&root.join("README.md")), "{files:?}");
+    assert!(
+        files.contains(&root.join("runbooks/kek-rotation.md")),
+        "{files:?}"
+    );
     let mut checked = 0;
     let mut failures = Vec::new();
     for file in &files {
