@@ -751,6 +751,31 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// Every file under `dir` whose name ends in `.{ext}`, sorted. Build output (`target`),
+/// installed packages (`node_modules`) and dot directories are skipped, and symbolic links
+/// are never followed: a link to a parent directory would make the walk endless.
+pub fn files_with_extension(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, suffix: &str, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // `DirEntry::file_type` describes the entry itself, not a link's target.
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                if !name.starts_with('.') && name != "target" && name != "node_modules" {
+                    walk(&entry.path(), suffix, out);
+                }
+            } else if kind.is_file() && name.ends_with(suffix) {
+                out.push(entry.path());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &format!(".{ext}"), &mut out);
+    out.sort();
+    out
+}
+
 /// Environment for a daemon whose AWS caller identity is a static test key: only the
 /// environment credential provider can answer, so nothing ever reaches a metadata service
 /// or a real endpoint.

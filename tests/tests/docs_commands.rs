@@ -2,14 +2,9 @@
 //! (README.md, runbooks/, the templates' READMEs, tests/bench-history.md) exists and parses
 //! with the flags it is shown with. A runbook command that does not exist is a bug.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use credbroker_tests::{files_with_extension, repo_root};
 
 /// Splits a shell line into words (single/double quotes, backslash line continuations
 /// already joined); stops at a pipe, redirect, `&&`, `;` or comment.
@@ -82,28 +77,10 @@ fn commands_in(path: &Path) -> Vec<(usize, String)> {
     out
 }
 
-/// Every Markdown file of the repository (README, runbooks, the templates' and policies'
-/// READMEs, tests/bench-history.md), skipping build output, installed packages and dot
-/// directories.
-fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if path.is_dir() {
-            if !name.starts_with('.') && name != "target" && name != "node_modules" {
-                markdown_files(&path, out);
-            }
-        } else if name.ends_with(".md") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn documented_commands_parse() {
     let root = repo_root();
-    let mut files = Vec::new();
-    markdown_files(&root, &mut files);
+    let files = files_with_extension(&root, "md");
     assert!(files.contains(&root.join("README.md")), "{files:?}");
     assert!(
         files.contains(&root.join("runbooks/kek-rotation.md")),
@@ -146,6 +123,37 @@ fn the_checker_rejects_commands_that_do_not_exist() {
             "b",
             "--config",
             "{\"a\": 1}"
+        ]
+    );
+}
+
+#[test]
+fn the_file_walk_skips_build_output_and_never_follows_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in ["runbooks", "target", "node_modules/x", ".git", "deep/er"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for f in [
+        "README.md",
+        "runbooks/a.md",
+        "deep/er/b.md",
+        "target/c.md",
+        "node_modules/x/d.md",
+        ".git/e.md",
+        "runbooks/f.txt",
+    ] {
+        std::fs::write(root.join(f), "x").unwrap();
+    }
+    // A link back to the root (an endless walk if followed) and one to a Markdown file.
+    std::os::unix::fs::symlink(root, root.join("deep/loop")).unwrap();
+    std::os::unix::fs::symlink(root.join("README.md"), root.join("linked.md")).unwrap();
+    assert_eq!(
+        files_with_extension(root, "md"),
+        vec![
+            root.join("README.md"),
+            root.join("deep/er/b.md"),
+            root.join("runbooks/a.md"),
         ]
     );
 }

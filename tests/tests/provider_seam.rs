@@ -2,21 +2,8 @@
 //! providers/ plus one line in the catalog), and nothing outside broker/src/store names a
 //! table or a raw key (typed record access only).
 
-use std::path::{Path, PathBuf};
-
 use credbroker_providers::CATALOG;
-use credbroker_tests::repo_root;
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+use credbroker_tests::{files_with_extension, repo_root};
 
 /// The code of a file without its unit tests (a trailing `#[cfg(test)]` module) and without
 /// comments.
@@ -47,8 +34,7 @@ fn strip_comment(line: &str) -> &str {
 
 #[test]
 fn no_provider_id_appears_in_the_broker_core() {
-    let mut files = Vec::new();
-    rust_files(&repo_root().join("broker/src"), &mut files);
+    let files = files_with_extension(&repo_root().join("broker/src"), "rs");
     assert!(files.len() > 20, "broker/src not found");
     let mut found = Vec::new();
     for f in &files {
@@ -80,8 +66,7 @@ fn names(line: &str, item: &str) -> bool {
 
 #[test]
 fn no_table_or_raw_key_outside_the_store_module() {
-    let mut files = Vec::new();
-    rust_files(&repo_root().join("broker/src"), &mut files);
+    let files = files_with_extension(&repo_root().join("broker/src"), "rs");
     let store_dir = repo_root().join("broker/src/store");
     let mut found = Vec::new();
     for f in files.iter().filter(|f| !f.starts_with(&store_dir)) {
