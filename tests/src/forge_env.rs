@@ -362,17 +362,6 @@ pub async fn invocations_rejected(env: &Env) -> u64 {
         .sum::<f64>() as u64
 }
 
-pub fn walk_bytes(dir: &std::path::Path, out: &mut Vec<u8>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk_bytes(&p, out);
-        } else if let Ok(b) = std::fs::read(&p) {
-            out.extend(b);
-        }
-    }
-}
-
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())

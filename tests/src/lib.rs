@@ -776,6 +776,44 @@ pub fn files_with_extension(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Calls `each(path, bytes)` for every regular file under `dir`: the walk the "never on disk
+/// in clear" checks search. It fails when `dir` cannot be read or holds no file at all (a
+/// wrong path must not make such a check pass with nothing to search), never follows a
+/// symbolic link, and skips only a file removed between listing and reading (a store
+/// compacting).
+pub fn for_every_file(dir: &Path, mut each: impl FnMut(&Path, &[u8])) {
+    fn walk(dir: &Path, each: &mut dyn FnMut(&Path, &[u8]), files: &mut usize) {
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+        for entry in entries {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                walk(&entry.path(), each, files);
+            } else if kind.is_file() {
+                match std::fs::read(entry.path()) {
+                    Ok(b) => {
+                        each(&entry.path(), &b);
+                        *files += 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => panic!("cannot read {}: {e}", entry.path().display()),
+                }
+            }
+        }
+    }
+    let mut files = 0;
+    walk(dir, &mut each, &mut files);
+    assert!(files > 0, "no file under {}", dir.display());
+}
+
+/// The bytes of every regular file under `dir`, concatenated (see [`for_every_file`]).
+pub fn bytes_of_every_file(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for_every_file(dir, |_, b| out.extend_from_slice(b));
+    out
+}
+
 /// Environment for a daemon whose AWS caller identity is a static test key: only the
 /// environment credential provider can answer, so nothing ever reaches a metadata service
 /// or a real endpoint.
@@ -916,18 +954,14 @@ pub fn servicenow_section(authority: &str) -> String {
 }
 
 /// Every file under `dir` whose bytes contain `needle`, into `hits` (canary tests: nothing
-/// secret in the clear at rest).
+/// secret in the clear at rest). The walk is [`for_every_file`]'s: a wrong or empty
+/// directory fails rather than finding nothing.
 pub fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            grep_tree(&path, needle, hits);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                hits.push(path.display().to_string());
-            }
+    for_every_file(dir, |path, bytes| {
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            hits.push(path.display().to_string());
         }
-    }
+    });
 }
 
 /// A `credbroker dev` process (killed when dropped).
@@ -1002,5 +1036,53 @@ impl Dev {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_is_read_and_no_link_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/one"), "ONE").unwrap();
+        std::fs::write(root.join("a/b/two"), "TWO").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "OUTSIDE").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("link")).unwrap();
+        std::os::unix::fs::symlink(root, root.join("a/loop")).unwrap();
+        let bytes = String::from_utf8(bytes_of_every_file(root)).unwrap();
+        assert_eq!(bytes.len(), 6, "{bytes}");
+        assert!(bytes.contains("ONE") && bytes.contains("TWO"), "{bytes}");
+    }
+
+    #[test]
+    fn grep_tree_names_the_file_that_holds_the_needle_and_not_a_link_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("db")).unwrap();
+        std::fs::write(root.join("db/clean"), "nothing here").unwrap();
+        std::fs::write(root.join("db/leak"), "xxCANARYxx").unwrap();
+        std::os::unix::fs::symlink(root.join("db/leak"), root.join("link")).unwrap();
+        let mut hits = Vec::new();
+        grep_tree(root, b"CANARY", &mut hits);
+        assert_eq!(hits, [root.join("db/leak").display().to_string()]);
+    }
+
+    #[test]
+    #[should_panic(expected = "no file under")]
+    fn an_empty_directory_is_an_error_not_a_clean_result() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
+        bytes_of_every_file(dir.path());
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot list")]
+    fn a_wrong_path_is_an_error_not_a_clean_result() {
+        bytes_of_every_file(Path::new("/nonexistent/credbroker-data"));
     }
 }

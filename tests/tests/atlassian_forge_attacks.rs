@@ -341,8 +341,7 @@ async fn the_token_never_reaches_logs_audit_records_or_disk() {
         .iter()
         .map(Value::to_string)
         .collect();
-    let mut disk = Vec::new();
-    walk_bytes(&env.daemon.data_dir, &mut disk);
+    let disk = bytes_of_every_file(&env.daemon.data_dir);
     for s in &secrets {
         assert!(!logs.contains(s.as_str()), "a token or FIT in the logs");
         assert!(

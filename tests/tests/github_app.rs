@@ -1163,17 +1163,6 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
         .contains("github_app/2"));
 }
 
-fn walk_bytes(dir: &std::path::Path, out: &mut Vec<u8>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk_bytes(&p, out);
-        } else if let Ok(b) = std::fs::read(&p) {
-            out.extend_from_slice(&b);
-        }
-    }
-}
-
 /// GitHub installation takeover, every way we know (issue 10, item 1): the installation id in
 /// the redirect is a claim until GitHub shows the person who came back administers it, the
 /// link only works in the browser that opened it, once, and the installation's account must
@@ -1358,8 +1347,7 @@ async fn github_install_takeover_attempts_are_refused() {
     assert_eq!(env.daemon.audit_records().len(), n);
 
     // No user token was ever stored or logged.
-    let mut bytes = Vec::new();
-    walk_bytes(&env.daemon.data_dir, &mut bytes);
+    let mut bytes = bytes_of_every_file(&env.daemon.data_dir);
     bytes.extend(std::fs::read(&env.daemon.stderr_path).unwrap_or_default());
     let tokens: Vec<String> = env
         .gh

@@ -14,17 +14,6 @@ use serde_json::{json, Value};
 pub const CLIENT: &str = "intake-client-0001";
 pub const SECRET: &str = "CANARY-intake-secret-7f3a9c";
 
-fn walk_bytes(dir: &std::path::Path, out: &mut Vec<u8>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk_bytes(&p, out);
-        } else if let Ok(b) = std::fs::read(&p) {
-            out.extend_from_slice(&b);
-        }
-    }
-}
-
 async fn start() -> (
     tempfile::TempDir,
     std::sync::Arc<TestPki>,
@@ -285,8 +274,7 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
     // The canary is nowhere: pages, admin answers, audit log, logs, the raw data directory.
     let (_, listed) = call(&mut op, Method::GET, "/v1/admin/intake", None).await;
     let (_, shown) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
-    let mut raw = Vec::new();
-    walk_bytes(tmp.path(), &mut raw);
+    let raw = bytes_of_every_file(tmp.path());
     let raw = String::from_utf8_lossy(&raw);
     for (what, text) in [
         ("form", page.html.as_str()),
