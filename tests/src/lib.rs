@@ -534,19 +534,22 @@ impl Daemon {
     }
 }
 
-/// The segment files of a data directory's audit log, in order (live and archived).
+/// The segment files of a data directory's audit log, in order (live and archived). An
+/// audit directory that cannot be read fails the test; one that does not exist lists none.
 pub fn audit_segments(data_dir: &Path) -> Vec<PathBuf> {
-    credbroker::audit::segments::list(&data_dir.join("audit"))
-        .unwrap_or_default()
+    let audit_dir = data_dir.join("audit");
+    credbroker::audit::segments::list(&audit_dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", audit_dir.display()))
         .into_iter()
         .map(|s| s.path)
         .collect()
 }
 
 /// The written part of a segment file: up to its first NUL byte (the rest is space the
-/// writer zero-filled ahead of itself).
+/// writer zero-filled ahead of itself). A segment that cannot be read fails the test.
 pub fn segment_bytes(path: &Path) -> Vec<u8> {
-    let mut bytes = std::fs::read(path).unwrap_or_default();
+    let mut bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     if let Some(end) = bytes.iter().position(|b| *b == 0) {
         bytes.truncate(end);
     }
@@ -554,11 +557,29 @@ pub fn segment_bytes(path: &Path) -> Vec<u8> {
 }
 
 /// Everything the file log holds, every segment's written part in order (segment headers
-/// and seals included).
+/// and seals included). It fails when `data_dir` holds no segment: a wrong directory, or a
+/// daemon whose log is elsewhere, must not make "the log never contains X" pass with
+/// nothing to search. A segment moved to the archive between listing and reading is read
+/// from the archive.
 pub fn audit_log_text(data_dir: &Path) -> String {
+    let segments = audit_segments(data_dir);
+    assert!(
+        !segments.is_empty(),
+        "no audit segment under {}",
+        data_dir.join("audit").display()
+    );
     let mut out = Vec::new();
-    for seg in audit_segments(data_dir) {
-        out.extend(segment_bytes(&seg));
+    for seg in segments {
+        let archived = seg
+            .parent()
+            .zip(seg.file_name())
+            .map(|(audit, name)| credbroker::audit::segments::archive_dir(audit).join(name));
+        match (std::fs::metadata(&seg), archived) {
+            (Err(e), Some(moved)) if e.kind() == std::io::ErrorKind::NotFound => {
+                out.extend(segment_bytes(&moved))
+            }
+            _ => out.extend(segment_bytes(&seg)),
+        }
     }
     String::from_utf8(out).unwrap()
 }
@@ -1070,6 +1091,31 @@ mod tests {
         let mut hits = Vec::new();
         grep_tree(root, b"CANARY", &mut hits);
         assert_eq!(hits, [root.join("db/leak").display().to_string()]);
+    }
+
+    #[test]
+    fn the_audit_log_text_is_every_segment_written_part_live_and_archived() {
+        use credbroker::audit::segments::{archive_dir, segment_name};
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit");
+        std::fs::create_dir_all(archive_dir(&audit)).unwrap();
+        std::fs::write(archive_dir(&audit).join(segment_name(1)), b"one\n\0\0").unwrap();
+        std::fs::write(audit.join(segment_name(2)), b"two\n\0\0\0").unwrap();
+        assert_eq!(audit_log_text(dir.path()), "one\ntwo\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "no audit segment under")]
+    fn a_directory_without_an_audit_log_is_an_error_not_a_clean_log() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("audit")).unwrap();
+        audit_log_text(dir.path());
+    }
+
+    #[test]
+    #[should_panic(expected = "no audit segment under")]
+    fn a_wrong_data_directory_is_an_error_not_a_clean_log() {
+        audit_log_text(Path::new("/nonexistent/credbroker-data"));
     }
 
     #[test]
