@@ -502,7 +502,10 @@ impl Daemon {
 
     /// Logs written so far.
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        // The file is made before the daemon starts: an error is the test's, and must not
+        // read as a log that mentions nothing.
+        std::fs::read_to_string(&self.stderr_path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.stderr_path.display()))
     }
 
     /// Waits (up to 5 s) until the log holds `needle` at least `count` times.
@@ -640,7 +643,8 @@ pub fn serve_refused(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", err_path.display()));
     (status.code().unwrap_or(-1), err)
 }
 

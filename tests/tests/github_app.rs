@@ -1348,7 +1348,7 @@ async fn github_install_takeover_attempts_are_refused() {
 
     // No user token was ever stored or logged.
     let mut bytes = bytes_of_every_file(&env.daemon.data_dir);
-    bytes.extend(std::fs::read(&env.daemon.stderr_path).unwrap_or_default());
+    bytes.extend(env.daemon.logs().into_bytes());
     let tokens: Vec<String> = env
         .gh
         .state
