@@ -72,6 +72,16 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
     std::fs::create_dir_all(&out).unwrap();
     let html = out.join("report.html");
     let summary = out.join("report.json");
+    // The folder outlives the run: a report this run failed to write must not be read from
+    // an earlier one.
+    for f in [
+        "report.html",
+        "report.json",
+        "tampered.html",
+        "tampered.json",
+    ] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
     let (code, _, err) = run_cli(&[
         "audit",
         "report",

@@ -2043,6 +2043,8 @@ async fn expired_caller_credentials_and_a_disabled_region_are_the_platforms_refu
     assert_eq!(s, 200, "{v}");
 
     // Nothing was blamed on the customer; every refusal is audited with STS's code and id.
+    // A flag is raised after the refusal is answered: give one the time to land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let b = binding(&mut env.op, "aws1").await;
     assert_eq!(b["binding"]["trust_broken"], false, "{b}");
     let records = env.daemon.audit_records();

@@ -164,9 +164,28 @@ async fn the_kek_from_an_environment_variable_serves_across_restarts() {
         ..DaemonOptions::default()
     };
     let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    // Neither the harness's keyring path nor the daemon's default one (with `kek_env` set,
+    // the config names no file), and the key itself nowhere under the test's directory.
+    for path in [
+        kek_file_for(&daemon.data_dir),
+        daemon.data_dir.join("keys/kek.json"),
+    ] {
+        assert!(
+            !path.exists(),
+            "{} was written although the KEK comes from the environment",
+            path.display()
+        );
+    }
+    let mut hits = Vec::new();
+    grep_tree(
+        tmp.path(),
+        b"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        &mut hits,
+    );
+    grep_tree(tmp.path(), &(0u8..32).collect::<Vec<u8>>(), &mut hits);
     assert!(
-        !kek_file_for(&daemon.data_dir).exists(),
-        "a keyring file was written although the KEK comes from the environment"
+        hits.is_empty(),
+        "the environment's KEK is on disk: {hits:?}"
     );
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;

@@ -226,9 +226,13 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
     assert!(!p.html.contains("wrong-one"));
 
     // The right one: stored, verified, promoted, the binding activated; the link used up.
-    let p = post(&mut public, &path, Some(&cookie), &good).await;
-    assert_eq!(p.status, 200, "{}", p.html);
-    assert!(p.html.contains("Stored and verified"), "{}", p.html);
+    let stored = post(&mut public, &path, Some(&cookie), &good).await;
+    assert_eq!(stored.status, 200, "{}", stored.html);
+    assert!(
+        stored.html.contains("Stored and verified"),
+        "{}",
+        stored.html
+    );
     let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
     assert_eq!(b["binding"]["status"], "active", "{b}");
     assert!(b["binding"]["active_secret_version"].as_u64().is_some());
@@ -265,6 +269,8 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
         .await;
         assert_eq!(p.status, 404);
     }
+    // A record written after the answer would still count: give one the time to land.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
         daemon.audit_records().len(),
         records,
@@ -272,13 +278,20 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
     );
 
     // The canary is nowhere: pages, admin answers, audit log, logs, the raw data directory.
-    let (_, listed) = call(&mut op, Method::GET, "/v1/admin/intake", None).await;
-    let (_, shown) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    let (s, listed) = call(&mut op, Method::GET, "/v1/admin/intake", None).await;
+    assert_eq!(s, 200, "{listed}");
+    let (s, shown) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert_eq!(
+        (s, shown["binding"]["id"].as_str()),
+        (200, Some("acme-snow")),
+        "{shown}"
+    );
     let raw = bytes_of_every_file(tmp.path());
     let raw = String::from_utf8_lossy(&raw);
     for (what, text) in [
         ("form", page.html.as_str()),
-        ("result", p.html.as_str()),
+        ("result", stored.html.as_str()),
+        ("used link", p.html.as_str()),
         (
             "audit",
             &serde_json::to_string(&daemon.audit_records()).unwrap(),

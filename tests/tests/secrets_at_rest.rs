@@ -167,7 +167,9 @@ async fn a_canary_secret_never_leaks() {
         "/v1/admin/tenants",
         "/v1/admin/instances",
     ] {
-        let (_, v) = call(&mut op, Method::GET, path, None).await;
+        let (s, v) = call(&mut op, Method::GET, path, None).await;
+        // An answer that failed or was not JSON would read as `null` and hide what it said.
+        assert_eq!(s, 200, "{path}: {v}");
         responses.push_str(&v.to_string());
     }
     // The second canary is stored too (a pending version, sealed like the active one), so
@@ -181,7 +183,8 @@ async fn a_canary_secret_never_leaks() {
     .await;
     assert_eq!(s, 200, "{v}");
     responses.push_str(&v.to_string());
-    let (_, shown) = call(&mut op, Method::GET, "/v1/admin/bindings/b1", None).await;
+    let (s, shown) = call(&mut op, Method::GET, "/v1/admin/bindings/b1", None).await;
+    assert_eq!(s, 200, "{shown}");
     assert!(
         shown.to_string().contains("\"pending\""),
         "CANARY2 was not stored as a pending version: {shown}"
@@ -196,6 +199,10 @@ async fn a_canary_secret_never_leaks() {
     )
     .await;
     assert_eq!(s, 400);
+    assert!(
+        v["error"]["code"].is_string(),
+        "the refusal is not JSON: {v}"
+    );
     responses.push_str(&v.to_string());
 
     // Its own resolve is the one place the value appears.

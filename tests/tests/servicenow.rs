@@ -217,13 +217,18 @@ async fn minting_caching_and_every_error_shape() {
     let audit = serde_json::to_string(&env.daemon.audit_records()).unwrap();
     assert!(!audit.contains(SECRET));
     assert!(!env.daemon.logs().contains(SECRET));
-    let (_, v) = call(
+    let (s, v) = call(
         &mut env.op,
         Method::GET,
         "/v1/admin/bindings/acme-snow",
         None,
     )
     .await;
+    assert_eq!(
+        (s, v["binding"]["id"].as_str()),
+        (200, Some("acme-snow")),
+        "{v}"
+    );
     assert!(!v.to_string().contains(SECRET));
 }
 

@@ -159,6 +159,9 @@ fn run_script(args: &[&str]) -> (bool, String, Vec<String>) {
     let bin = tmp.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let log = tmp.path().join("calls");
+    // Made empty first and read strictly: "gcloud was never called" is an empty file, not
+    // a missing one.
+    std::fs::write(&log, "").unwrap();
     let fake = bin.join("gcloud");
     std::fs::write(
         &fake,
@@ -184,7 +187,7 @@ fn run_script(args: &[&str]) -> (bool, String, Vec<String>) {
         .unwrap();
     let (o, e) = text(&out);
     let calls = std::fs::read_to_string(&log)
-        .unwrap_or_default()
+        .unwrap()
         .lines()
         .map(str::to_owned)
         .collect();
