@@ -197,7 +197,8 @@ pub enum Fault {
         /// The `retry-after` header, seconds.
         retry_after_s: Option<u64>,
     },
-    /// Hold the answer this long, then answer normally.
+    /// Handle the request at once (a token minted for it exists from then on, as on GitHub,
+    /// whether or not the caller is still there) and hold the answer this long.
     Hold(Duration),
 }
 
@@ -560,11 +561,31 @@ impl GithubState {
                 }
             }
         }
-        match self.take_fault(path) {
-            Some(Fault::Hold(d)) => tokio::time::sleep(d).await,
+        let hold = match self.take_fault(path) {
+            Some(Fault::Hold(d)) => Some(d),
             Some(f) => return self.fault_answer(&f, n),
-            None => {}
+            None => None,
+        };
+        let answer = self.endpoint(method, path, query, auth, headers, body, verified, n);
+        if let Some(d) = hold {
+            tokio::time::sleep(d).await;
         }
+        answer
+    }
+
+    /// The answer of the endpoint `method` `path` names.
+    #[allow(clippy::too_many_arguments)]
+    fn endpoint(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: &str,
+        auth: &str,
+        headers: &[(String, String)],
+        body: &Value,
+        verified: Result<String, &'static str>,
+        n: u64,
+    ) -> Response<Full<Bytes>> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method.as_str(), segs.as_slice()) {
             ("POST", ["login", "oauth", "access_token"]) => {

@@ -2298,6 +2298,7 @@ async fn a_github_answer_later_than_the_mint_deadline_is_provider_unavailable() 
     env.gh
         .inject("/access_tokens", Fault::Hold(Duration::from_secs(5)), 1);
     let before = mint_requests(&env).len();
+    let tokens_before = env.gh.state.tokens.lock().unwrap().len();
     let started = Instant::now();
     let (s, v) = resolve_cold(&env, 0).await;
     let took = started.elapsed();
@@ -2333,6 +2334,12 @@ async fn a_github_answer_later_than_the_mint_deadline_is_provider_unavailable() 
         .keys()
         .cloned()
         .collect();
+    // GitHub did mint for the late answer: there is a late token not to serve.
+    assert_eq!(
+        earlier.len(),
+        tokens_before + 1,
+        "GitHub minted nothing late"
+    );
     let (s, v) = resolve_cold(&env, 0).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
     assert!(
