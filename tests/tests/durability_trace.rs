@@ -75,18 +75,30 @@ enum Call {
 }
 
 /// Classifies strace `-f -yy` lines. `client_port` picks the worker's connection.
+///
+/// With `-f`, every line starts with the thread's id. A call that another thread's line
+/// interrupts is split in two, `fdatasync(7</…> <unfinished ...>` and, later,
+/// `<... fdatasync resumed>) = 0`, and only the first names the file: a resumed sync
+/// counts only when the same thread's unfinished one was of an audit segment (the store
+/// syncs its own files too).
 fn calls(trace: &str, client_port: u16) -> Vec<Call> {
     let peer = format!(":{client_port}]");
     let mut out = Vec::new();
+    let mut unfinished_sync: std::collections::HashMap<&str, bool> = Default::default();
     for line in trace.lines() {
+        let tid = line.split_whitespace().next().unwrap_or_default();
         let audit_fd = line.contains("/audit/segment-");
+        let succeeded = line.trim_end().ends_with("= 0");
         let is = |name: &str| line.contains(&format!("{name}(")) && !line.contains("resumed>");
         if audit_fd && (is("write") || is("pwrite64") || is("writev")) {
             out.push(Call::AuditWrite);
-        } else if line.contains("fdatasync")
-            && line.trim_end().ends_with("= 0")
-            && (audit_fd || line.contains("<... fdatasync resumed>"))
-        {
+        } else if is("fdatasync") && line.contains("<unfinished") {
+            unfinished_sync.insert(tid, audit_fd);
+        } else if line.contains("<... fdatasync resumed>") {
+            if unfinished_sync.remove(tid) == Some(true) && succeeded {
+                out.push(Call::AuditSynced);
+            }
+        } else if is("fdatasync") && audit_fd && succeeded {
             out.push(Call::AuditSynced);
         } else if line.contains(&peer)
             && (is("write") || is("writev") || is("sendto") || is("sendmsg"))
@@ -178,4 +190,30 @@ async fn every_response_leaves_after_its_audit_record_is_synced() {
             "{id} missing"
         );
     }
+}
+
+#[test]
+fn a_resumed_sync_counts_only_for_the_audit_segment_its_thread_started() {
+    let seg = "/d/audit/segment-0000000001.log";
+    let trace = format!(
+        "11 pwrite64(7<{seg}>, \"\"..., 300, 0) = 300\n\
+         11 fdatasync(9</d/store/db> <unfinished ...>\n\
+         12 writev(5<TCP:[127.0.0.1:1->127.0.0.1:4000]>, [...], 2) = 90\n\
+         11 <... fdatasync resumed>) = 0\n\
+         12 writev(5<TCP:[127.0.0.1:1->127.0.0.1:4000]>, [...], 2) = 90\n\
+         11 fdatasync(7<{seg}> <unfinished ...>\n\
+         13 fdatasync(9</d/store/db>) = 0\n\
+         11 <... fdatasync resumed>) = 0\n\
+         11 fdatasync(7<{seg}>) = 0\n"
+    );
+    assert_eq!(
+        calls(&trace, 4000),
+        [
+            Call::AuditWrite,
+            Call::Reply,
+            Call::Reply,
+            Call::AuditSynced,
+            Call::AuditSynced
+        ]
+    );
 }
