@@ -5,11 +5,18 @@
 use credbroker_providers::CATALOG;
 use credbroker_tests::{files_with_extension, repo_root};
 
-/// The code of a file without its unit tests (a trailing `#[cfg(test)]` module) and without
-/// comments.
+/// The code of a file without its unit tests (a `#[cfg(test)]` module, which ends the file)
+/// and without comments. Other `#[cfg(test)]` items stay in: cutting at the first one would
+/// hide every line after a test-only helper high in a file.
 fn production_code(text: &str) -> String {
-    let body = match text.find("#[cfg(test)]") {
-        Some(i) => &text[..i],
+    let test_module = text.match_indices("#[cfg(test)]").find(|(i, attr)| {
+        text[i + attr.len()..]
+            .trim_start()
+            .strip_prefix("mod ")
+            .is_some()
+    });
+    let body = match test_module {
+        Some((i, _)) => &text[..i],
         None => text,
     };
     body.lines()
@@ -67,6 +74,7 @@ fn names(line: &str, item: &str) -> bool {
 #[test]
 fn no_table_or_raw_key_outside_the_store_module() {
     let files = files_with_extension(&repo_root().join("broker/src"), "rs");
+    assert!(files.len() > 20, "broker/src not found");
     let store_dir = repo_root().join("broker/src/store");
     let mut found = Vec::new();
     for f in files.iter().filter(|f| !f.starts_with(&store_dir)) {
@@ -97,6 +105,11 @@ fn the_check_itself_sees_an_id() {
     let id = CATALOG[0].id;
     let code = production_code(&format!(
         "fn f() {{ let p = \"{id}\"; }} // {id}\n#[cfg(test)]\nmod tests {{ \"{id}\" }}"
+    ));
+    assert_eq!(code.matches(id).count(), 1, "{code}");
+    // A test-only item above production code does not hide what follows it.
+    let code = production_code(&format!(
+        "#[cfg(test)]\nimpl X {{ }}\nfn f() {{ let p = \"{id}\"; }}\n#[cfg(test)]\nmod tests {{ \"{id}\" }}"
     ));
     assert_eq!(code.matches(id).count(), 1, "{code}");
 }
