@@ -839,6 +839,35 @@ pub fn bytes_of_every_file(dir: &Path) -> Vec<u8> {
     out
 }
 
+/// What `secret` looks like inside base64 text, at each of the three alignments it can start
+/// at, in the standard and the URL-safe alphabets: the characters that depend only on the
+/// secret's own bytes. The stores keep sealed payloads in base64, so a "seal" that regressed
+/// to encoding the plaintext would be found by these, not by the plaintext itself.
+pub fn base64_needles(secret: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    for engine in [
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for lead in 0..3usize {
+            let mut bytes = vec![0u8; lead];
+            bytes.extend_from_slice(secret);
+            let text = engine.encode(&bytes);
+            // Skip the groups holding the lead bytes; drop the last group, which depends on
+            // whatever follows the secret.
+            let start = if lead == 0 { 0 } else { 4 };
+            let whole = (bytes.len() / 3) * 4;
+            if whole > start {
+                out.push(text[start..whole].to_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Environment for a daemon whose AWS caller identity is a static test key: only the
 /// environment credential provider can answer, so nothing ever reaches a metadata service
 /// or a real endpoint.
@@ -1120,6 +1149,30 @@ mod tests {
     #[should_panic(expected = "no audit segment under")]
     fn a_wrong_data_directory_is_an_error_not_a_clean_log() {
         audit_log_text(Path::new("/nonexistent/credbroker-data"));
+    }
+
+    #[test]
+    fn base64_needles_find_a_secret_encoded_at_any_offset() {
+        use base64::Engine;
+        let secret = b"CANARY-q7Zx9v2Lk4Pw";
+        let needles = base64_needles(secret);
+        for lead in 0..6 {
+            for engine in [
+                base64::engine::general_purpose::STANDARD,
+                base64::engine::general_purpose::URL_SAFE,
+            ] {
+                let mut bytes = b"{\"x\":1,".repeat(lead);
+                bytes.extend_from_slice(secret);
+                bytes.extend_from_slice(b"\"}");
+                let text = engine.encode(&bytes);
+                assert!(
+                    needles.iter().any(|n| text.contains(n.as_str())),
+                    "lead {lead}: {text} holds none of {needles:?}"
+                );
+            }
+        }
+        let other = base64::engine::general_purpose::STANDARD.encode(b"CANARY-other-value-xx");
+        assert!(!needles.iter().any(|n| other.contains(n.as_str())));
     }
 
     #[test]
