@@ -54,8 +54,39 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A loopback port that was free a moment ago (for servers that must be told their port).
+/// A loopback port that was free a moment ago (for servers that must be told their port,
+/// such as a daemon's public listener, whose base URL is in its config).
+///
+/// It is chosen below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port
+/// the kernel handed out for `bind(…:0)` and took back could be handed out again before the
+/// server binds it. A daemon's own mTLS listener (`127.0.0.1:0`) was given its public port
+/// that way once ("cannot listen on …: Address already in use").
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(FIRST);
+    if span >= 1_000 {
+        // Spread over processes (nextest runs each test in its own) and over calls.
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        for _ in 0..1_000 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = FIRST + seed.wrapping_add(n.wrapping_mul(7_919)) % span;
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -1173,6 +1204,23 @@ mod tests {
         }
         let other = base64::engine::general_purpose::STANDARD.encode(b"CANARY-other-value-xx");
         assert!(!needles.iter().any(|n| other.contains(n.as_str())));
+    }
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_free() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: std::collections::HashSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert!(ports.len() > 40, "{ports:?}");
+        for p in ports {
+            assert!((10_000..low).contains(&p), "{p} (ephemeral from {low})");
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
     }
 
     #[test]

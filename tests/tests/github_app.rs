@@ -88,11 +88,7 @@ async fn start_full(
     )
     .unwrap();
     // Install links point at the public listener: its address must be known up front.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let client_line = client_id
         .map(|c| format!("client_id = \"{c}\"\n"))
         .unwrap_or_default();
