@@ -128,13 +128,16 @@ fn serve_refuses_each_kind_of_bad_config_naming_it() {
         ),
         (
             "public base URL over http",
-            Box::new(|t| {
-                let (section, _) = public_section(&TestPki::new(
-                    &std::env::temp_dir().join(format!("pki-{}", free_port())),
-                ));
-                let parsed: toml::Table = toml::from_str(&section).unwrap();
-                t.insert("public".into(), parsed["public"].clone());
-                table(t, "public").insert("base_url".into(), "http://127.0.0.1:1".into());
+            Box::new({
+                // Under the test's own directory: a PKI (with its private key) left in the
+                // machine's /tmp after every run was litter.
+                let pki_dir = tmp.path().join("public-pki");
+                move |t| {
+                    let (section, _) = public_section(&TestPki::new(&pki_dir));
+                    let parsed: toml::Table = toml::from_str(&section).unwrap();
+                    t.insert("public".into(), parsed["public"].clone());
+                    table(t, "public").insert("base_url".into(), "http://127.0.0.1:1".into());
+                }
             }),
             "must be an https URL",
         ),
