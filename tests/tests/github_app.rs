@@ -1373,6 +1373,12 @@ async fn github_install_takeover_attempts_are_refused() {
             .any(|w| w == OAUTH_SECRET.as_bytes()),
         "the OAuth client secret is on disk in clear"
     );
+    // Nor is a live install state (the last one above is issued and opened, not used): the
+    // store keys it by its hash.
+    assert!(
+        !bytes.windows(state.len()).any(|w| w == state.as_bytes()),
+        "a live install state is on disk or in the log"
+    );
 }
 
 /// Binds installation 1001 to t1 with instance i-gh; the binding id.

@@ -22,7 +22,7 @@ use crate::audit::{AuditEvent, AuditReceipt};
 use crate::broker::{error_answer, Answer, Core};
 use crate::identity::PeerIdentity;
 use crate::model::Status;
-use crate::store::{Batch, StoreError};
+use crate::store::{Batch, StoreError, Table};
 
 mod federation;
 mod forge;
@@ -72,10 +72,19 @@ pub(super) fn store_err(e: StoreError) -> ApiError {
             table,
             key,
             expected,
-        } => ApiError::new(
-            ErrorCode::Conflict,
-            format!("{table}/{key} must be {expected} (changed concurrently)"),
-        ),
+        } => {
+            // An identifier key may carry a value handed to a customer (a webhook delivery
+            // id, a parameter); the message names only its kind there.
+            let key = if table == Table::Identifiers.name() {
+                key.split(':').next().unwrap_or_default().to_owned()
+            } else {
+                key
+            };
+            ApiError::new(
+                ErrorCode::Conflict,
+                format!("{table}/{key} must be {expected} (changed concurrently)"),
+            )
+        }
         other => {
             tracing::error!(error = %other, "store failure in admin request");
             ApiError::new(ErrorCode::Internal, "store failure")
@@ -624,4 +633,41 @@ fn sanitize_path(path: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A conflict names the record it met; for an identifier, only the kind of it (the
+    /// rest may be a value handed to a customer).
+    #[test]
+    fn a_conflict_on_an_identifier_names_only_its_kind() {
+        let err = store_err(StoreError::Precondition {
+            table: Table::Identifiers.name(),
+            key: "callback-state:SecretLookingState".into(),
+            expected: "unchanged",
+        });
+        assert_eq!(err.code, ErrorCode::Conflict);
+        assert!(
+            !err.message.contains("SecretLookingState"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("identifiers/callback-state"),
+            "{}",
+            err.message
+        );
+        let err = store_err(StoreError::Precondition {
+            table: Table::Bindings.name(),
+            key: "b-1".into(),
+            expected: "absent",
+        });
+        assert!(
+            err.message.contains("bindings/b-1 must be absent"),
+            "{}",
+            err.message
+        );
+    }
 }

@@ -115,7 +115,17 @@ fn tenant_param_key(provider: &str, name: &str, tenant: &TenantId) -> String {
     format!("tenant-param:{provider}:{name}:{tenant}")
 }
 
+/// An install state is keyed by its SHA-256, as intake links are: the state itself, live until
+/// consumed, never reaches the store (a copy of the data directory) nor any message that
+/// names a key (a failed precondition's error).
 fn callback_state_key(state: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, state.as_bytes());
+    format!("callback-state:{}", hex::encode(digest.as_ref()))
+}
+
+/// Where a release before the state was hashed kept it: read only, so that a link issued
+/// just before an upgrade still works until it expires (the collector forgets it as any).
+fn legacy_callback_state_key(state: &str) -> String {
     format!("callback-state:{state}")
 }
 
@@ -197,11 +207,12 @@ impl Records {
         &self,
         state: &str,
     ) -> Result<Option<(String, Stored<CallbackState>)>, StoreError> {
-        let key = callback_state_key(state);
-        Ok(self
-            .get_stored(Table::Identifiers, &key)
-            .await?
-            .map(|s| (key, s)))
+        for key in [callback_state_key(state), legacy_callback_state_key(state)] {
+            if let Some(read) = self.get_stored(Table::Identifiers, &key).await? {
+                return Ok(Some((key, read)));
+            }
+        }
+        Ok(None)
     }
 
     /// The broker-generated parameters of `tenant` (every provider): `(key, value)`.
@@ -467,5 +478,67 @@ impl Batch {
             read.raw.clone(),
         ))
         .push(Op::Delete(Table::Identifiers, key.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled_store::SledStore;
+    use std::sync::Arc;
+
+    fn state_record() -> CallbackState {
+        CallbackState {
+            provider: "github_app".into(),
+            tenant: "t1".into(),
+            expires_at: i64::MAX,
+            pin: None,
+            browser: None,
+            opens: 0,
+            issued_at: None,
+            governance: None,
+        }
+    }
+
+    /// A state is stored under its hash: the store holds no live state in clear, and a
+    /// state written by a release that kept it in clear is still found (and consumed at the
+    /// key it was read from).
+    #[tokio::test]
+    async fn install_states_are_keyed_by_their_hash_and_old_ones_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let state = "Zq3stateStateSTATE0123456789abcdefABCDEF";
+        let mut batch = Batch::new();
+        batch.put_callback_state(state, &state_record());
+        records.commit(batch).await.unwrap();
+        let keys: Vec<String> = records
+            .store()
+            .scan(Table::Identifiers, "callback-state:")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(!keys[0].contains(state), "{keys:?}");
+        let (key, read) = records.callback_state(state).await.unwrap().unwrap();
+        assert_eq!(key, keys[0]);
+        assert_eq!(read.tenant, "t1");
+        assert!(records.callback_state("other").await.unwrap().is_none());
+
+        let old = "OldStateWrittenInClearByAnEarlierRelease";
+        let mut batch = Batch::new();
+        batch.push(Op::Put(
+            Table::Identifiers,
+            format!("callback-state:{old}"),
+            encode(&state_record()),
+        ));
+        records.commit(batch).await.unwrap();
+        let (key, read) = records.callback_state(old).await.unwrap().unwrap();
+        assert_eq!(key, format!("callback-state:{old}"));
+        let mut batch = Batch::new();
+        batch.consume_callback_state(&key, &read);
+        records.commit(batch).await.unwrap();
+        assert!(records.callback_state(old).await.unwrap().is_none());
     }
 }
