@@ -547,6 +547,85 @@ async fn a_broken_secret_file_gets_a_json_error_and_binding_probe_checks_the_rot
     );
 }
 
+/// pasted-secret-leak.md, steps 1-2 run as written: once the binding is disabled no resolve
+/// gets the leaked value again (enabling before the promotion would serve it), and after the
+/// last command of step 2 workers get the replacement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leak_runbook_as_written_never_serves_the_leaked_value_again() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let leaked = "t1-token";
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!((s, v["credentials"]["token"].as_str()), (200, Some(leaked)));
+    let fields = tmp.path().join("new-fields.json");
+    write_private(&fields, b"{\"token\": \"t1-token-v2\"}\n");
+    let fields = fields.display().to_string();
+
+    let text = runbook("pasted-secret-leak.md");
+    let blocks = fenced_blocks(&text);
+    let block = |needle: &str| {
+        blocks
+            .iter()
+            .find(|b| b.contains(needle))
+            .unwrap_or_else(|| panic!("pasted-secret-leak.md has no block with {needle:?}"))
+            .clone()
+    };
+    let script = format!(
+        "{}\n{}",
+        block("credbroker binding disable"),
+        block("credbroker secret rotate")
+    );
+    let commands: Vec<Vec<String>> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("credbroker "))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|w| match w {
+                    "BINDING_ID" => "b1".to_owned(),
+                    "new-fields.json" => fields.clone(),
+                    other => other.to_owned(),
+                })
+                .collect()
+        })
+        .collect();
+    let names: Vec<String> = commands.iter().map(|c| c[..2].join(" ")).collect();
+    for needed in [
+        "binding disable",
+        "secret rotate",
+        "secret promote",
+        "binding enable",
+    ] {
+        assert!(
+            names.iter().any(|n| n == needed),
+            "{needed} missing: {names:?}"
+        );
+    }
+    for (i, command) in commands.iter().enumerate() {
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        let (c, out, err) = admin_cli(&daemon, &pki, &args);
+        assert_eq!(c, 0, "credbroker {}: {out}{err}", args.join(" "));
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_ne!(
+            v["credentials"]["token"].as_str(),
+            Some(leaked),
+            "after `credbroker {}` the leaked value is served again",
+            args.join(" ")
+        );
+        if i == 0 {
+            assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+        }
+    }
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(
+        (s, v["credentials"]["token"].as_str()),
+        (200, Some("t1-token-v2")),
+        "{v}"
+    );
+}
+
 /// github-app-key-compromise.md, step 2: the last active App private key is not retired
 /// (`last_active_key`); the OAuth client secret is another kind and neither counts for nor
 /// is held by the rule; staged keys never block.
