@@ -330,13 +330,24 @@ pub async fn run_with_broker(
         }
     }
     tracing::info!("shutting down: draining connections");
-    if let Some(srv) = health {
-        srv.shutdown(Duration::from_secs(1)).await;
-    }
-    if let Some((srv, _)) = public {
-        srv.shutdown(Duration::from_secs(5)).await;
-    }
-    running.shutdown(Duration::from_secs(10)).await;
+    // Every listener stops accepting at once and drains beside the others: one after the
+    // other, the mTLS listener went on taking new resolves while the health and public ones
+    // drained (up to 6 s), and the whole drain took up to 16 s.
+    let health_drained = async {
+        if let Some(srv) = health {
+            srv.shutdown(Duration::from_secs(1)).await;
+        }
+    };
+    let public_drained = async {
+        if let Some((srv, _)) = public {
+            srv.shutdown(Duration::from_secs(5)).await;
+        }
+    };
+    tokio::join!(
+        health_drained,
+        public_drained,
+        running.shutdown(Duration::from_secs(10))
+    );
     let flushed = broker.flush_last_use().await;
     tracing::info!(rows = flushed, "wrote last-use times");
     broker.shutdown();

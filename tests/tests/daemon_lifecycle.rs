@@ -226,9 +226,35 @@ async fn the_kek_from_an_environment_variable_serves_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_request_in_flight() {
     let (tmp, pki) = setup();
-    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let (public, _) = public_section(&pki);
+    let mut daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: public,
+            ..Default::default()
+        },
+    );
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
+    // A callback whose body is still arriving holds the public listener's drain (up to 5 s):
+    // the mTLS listener must stop accepting at once all the same, not after it.
+    let public_addr = daemon.public_url.clone().unwrap();
+    let public_tcp = TcpStream::connect(public_addr.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    let mut public_stream = client_tls(&pki, "w1", b"http/1.1")
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            public_tcp,
+        )
+        .await
+        .unwrap();
+    public_stream
+        .write_all(b"POST /callbacks/github_app/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"zen\":")
+        .await
+        .unwrap();
+    public_stream.flush().await.unwrap();
     let addr = daemon.url.trim_start_matches("https://").to_owned();
     let tcp = TcpStream::connect(&addr).await.unwrap();
     let mut stream = client_tls(&pki, "w1", b"http/1.1")
@@ -273,6 +299,7 @@ async fn sigterm_drains_a_request_in_flight() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("t1-token"), "{answer}");
+    drop(public_stream);
     daemon.stop(); // waits for the exit and requires success
     let last = daemon.audit_records().last().cloned().unwrap();
     assert_eq!(
