@@ -225,6 +225,14 @@ async fn kek_rotation_runbook_as_written_ends_with_a_daemon_that_starts() {
     .await;
     let (s, v) = retire_github_key(&mut op, old_key).await;
     assert_eq!(s, 200, "{v}");
+    // A webhook secret, rotated once: two versions, both sealed.
+    for args in [
+        &["webhook-secret", "generate", "i1", "--scheme", "github"][..],
+        &["webhook-secret", "rotate", "i1"][..],
+    ] {
+        let (c, out, err) = admin_cli(&daemon, &pki, args);
+        assert_eq!(c, 0, "{args:?}: {out}{err}");
+    }
 
     // 1. Stop the daemon. 2. Back up the data directory and the keyring separately: a copy
     // of a stopped daemon's data directory verifies on its own.
@@ -273,6 +281,28 @@ async fn kek_rotation_runbook_as_written_ends_with_a_daemon_that_starts() {
         }
     }
     assert_eq!(versions, 3, "b1 v1, b2 v1 (superseded) and v2");
+    let (c, out, err) = admin_cli(&daemon, &pki, &["instance", "list"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let mut webhook_versions = 0;
+    for i in printed(&out)["instances"].as_array().unwrap() {
+        let id = i["id"].as_str().unwrap();
+        let (c, out, err) = admin_cli(&daemon, &pki, &["webhook-secret", "show", id]);
+        if c != 0 {
+            assert!(err.contains("unknown_record"), "{id}: {out}{err}");
+            continue;
+        }
+        for v in printed(&out)["webhook_secret"]["versions"]
+            .as_array()
+            .unwrap()
+        {
+            assert_eq!(v["kek_version"], 2, "{id}: {v}");
+            webhook_versions += 1;
+        }
+    }
+    assert_eq!(
+        webhook_versions, 2,
+        "i1's current and previous webhook secret"
+    );
     let (c, out, err) = admin_cli(&daemon, &pki, &["keys", "github", "list"]);
     assert_eq!(c, 0, "{out}{err}");
     let keys = printed(&out);
@@ -344,6 +374,8 @@ fn kek_rotation_runbook_backs_up_after_stopping() {
         "credbroker binding list",
         "credbroker binding show",
         "credbroker keys github list",
+        "credbroker instance list",
+        "credbroker webhook-secret show",
     ] {
         assert!(check.contains(command), "step 6 lacks `{command}`: {check}");
     }

@@ -22,6 +22,8 @@ pub(super) fn describe(w: &WebhookSecret) -> Value {
         "created_at": w.created_at,
         "versions": w.versions.iter().map(|v| json!({
             "version": v.version,
+            // Not secret: which KEK version wraps it (kek-rotation.md, step 6).
+            "kek_version": v.kek_version,
             "created_at": v.created_at,
             "valid_until": v.valid_until,
             "valid": still_valid(v, now),
