@@ -278,14 +278,23 @@ async fn expired_tokens_are_never_handed_out() {
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i-forge"})).await;
     assert_unavailable(s, &v, "an expired token");
     assert!(!v.to_string().contains(&short));
-    // A token that arrives already expired is not captured.
-    let dead = system_token(now() - 30);
-    let (s, v) = env.trigger(&acme(), &dead).await;
+    // A token that arrives already expired is not captured, though it outlives the one
+    // held (so only the expiry check refuses it): kept, no new version, the refusal logged.
+    let held = env.binding_for(ACME).await.unwrap();
+    let dead_exp = now() - 1;
     assert!(
-        !matches!(v["result"].as_str(), Some("captured" | "bound")),
-        "{s} {v}"
+        dead_exp > short_exp,
+        "the dead token must outlive the held one"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dead = system_token(dead_exp);
+    let (s, v) = env.trigger(&acme(), &dead).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("kept")), "{v}");
+    env.daemon.wait_log("the system token has expired", 1).await;
+    let after = env.binding_for(ACME).await.unwrap();
+    assert_eq!(
+        after["last_secret_version"], held["last_secret_version"],
+        "{after}"
+    );
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i-forge"})).await;
     assert_unavailable(s, &v, "after an expired token arrived");
     assert!(!v.to_string().contains(&dead));
@@ -427,7 +436,12 @@ async fn lifecycle_events_bind_an_expected_site_and_triggers_bring_the_token() {
     let (s, v) = env.add_instance("i-forge", "t1", &binding).await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = resolve(&mut env.worker("w1"), json!({"instance_id": "i-forge"})).await;
-    assert_ne!(s, 200, "no token yet: {}", redact(&v));
+    assert_eq!(
+        (s, code(&v)),
+        (409, "secret_missing"),
+        "no token yet: {}",
+        redact(&v)
+    );
     // An upgrade event changes nothing.
     let fit = env.forge.fit(&acme()).token();
     let (s, v) = send(

@@ -1275,7 +1275,25 @@ async fn confused_deputy_attempts_are_refused() {
     assert_eq!(s, 201, "{v}");
     env.sts.faults().region_disabled_on_external_id_mismatch = true;
     let (s, v) = probe(&mut env, "aws-strict").await;
-    assert_ne!(s, 200, "activated on a refusal that proves nothing: {v}");
+    assert_eq!(
+        (s, code(&v)),
+        (502, "provider_denied"),
+        "activated on a refusal that proves nothing: {v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("RegionDisabledException")),
+        "{v}"
+    );
+    let (_, b) = call(
+        &mut env.op,
+        Method::GET,
+        "/v1/admin/bindings/aws-strict",
+        None,
+    )
+    .await;
+    assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
     env.sts.faults().region_disabled_on_external_id_mismatch = false;
     let (s, v) = probe(&mut env, "aws-strict").await;
     assert_eq!(s, 200, "{v}");

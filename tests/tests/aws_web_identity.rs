@@ -181,6 +181,16 @@ async fn a_role_that_does_not_pin_the_subject_is_refused_at_probe() {
         v["binding"]["config"]["broker"].get("subject").is_none(),
         "{v}"
     );
+    let calls = e.sts.state.calls();
     let (s, v) = e.env.probe("classic").await;
-    assert_ne!(s, 200, "{v}");
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert_eq!(e.sts.state.calls(), calls, "the classic probe reached STS");
+    let (_, b) = call(
+        &mut e.env.op,
+        Method::GET,
+        "/v1/admin/bindings/classic",
+        None,
+    )
+    .await;
+    assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
 }
