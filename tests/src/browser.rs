@@ -1,6 +1,7 @@
 //! Headless Chromium (Debian `chromium` + `chromium-driver`, installed by tests/run) driven
 //! over WebDriver, for the pages people look at: the intake form, the audit report.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -9,11 +10,17 @@ use serde_json::json;
 
 use crate::free_port;
 
-/// The chromedriver process; killed when dropped.
+/// The chromedriver process, leader of its own process group (the Chromium processes it
+/// starts join it); the whole group is killed when dropped, so a failing test whose session
+/// was never closed leaves no browser behind.
 pub struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -34,6 +41,7 @@ pub async fn browser(profile: &std::path::Path) -> (Driver, fantoccini::Client) 
     let port = free_port();
     let child = Command::new(chromedriver())
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -455,16 +455,16 @@ impl Daemon {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| {
-                panic!(
-                    "daemon did not become ready; stderr:\n{}",
-                    std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-                )
-            });
+        let Some(addr) = rx.recv_timeout(Duration::from_secs(30)).ok().flatten() else {
+            // Not left running behind the failed test (it is not `self.child` yet, so no
+            // `Drop` would stop it).
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "daemon did not become ready; stderr:\n{}",
+                std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+            )
+        };
         self.url = format!("https://{}", addr.0);
         self.public_url = addr.1.map(|p| format!("https://{p}"));
         self.child = Some(child);
@@ -1058,6 +1058,17 @@ pub struct Dev {
     pub banner: String,
 }
 
+/// A child process killed (and reaped) when dropped: a helper a test starts is not left
+/// running when the test panics before stopping it.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1080,6 +1091,13 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // Guarded from here on: a dev daemon that never gets ready is killed when the panic
+    // below drops it.
+    let mut dev = Dev {
+        child,
+        url: String::new(),
+        banner: String::new(),
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut banner = String::new();
@@ -1092,16 +1110,17 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
             banner.push('\n');
         }
     });
-    let banner = rx
+    dev.banner = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("dev mode printed `ready`");
-    let url = banner
+    dev.url = dev
+        .banner
         .split_whitespace()
         .find(|w| w.starts_with("https://"))
         .expect("curl command with URL")
         .trim_end_matches("/v1/resolve")
         .to_owned();
-    Dev { child, url, banner }
+    dev
 }
 
 impl Dev {

@@ -396,23 +396,25 @@ async fn google_auth_gets_tokens_through_client_gcp_metadata() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), token);
 
-    let mut server = std::process::Command::new(daemon_bin())
-        .args([
-            "client",
-            "gcp-metadata",
-            "--instance",
-            "ig1",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .envs(worker_env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = KillOnDrop(
+        std::process::Command::new(daemon_bin())
+            .args([
+                "client",
+                "gcp-metadata",
+                "--instance",
+                "ig1",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .envs(worker_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
@@ -450,8 +452,7 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
         .env("GCE_METADATA_IP", &host)
         .output()
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(
         out.status.success(),
         "{}",
