@@ -200,6 +200,9 @@ pub enum Fault {
     /// Handle the request at once (a token minted for it exists from then on, as on GitHub,
     /// whether or not the caller is still there) and hold the answer this long.
     Hold(Duration),
+    /// A malicious or broken upstream: a success status with a JSON body of this many bytes
+    /// (the object padded with whitespace).
+    Oversized(usize),
 }
 
 /// Shared state.
@@ -462,6 +465,16 @@ impl GithubState {
                 }
             }
             Fault::Hold(_) => error(500, "Server Error", n),
+            Fault::Oversized(len) => {
+                let mut body = vec![b' '; len.saturating_sub(2)];
+                body.extend_from_slice(b"{}");
+                Response::builder()
+                    .status(201)
+                    .header("content-type", "application/json; charset=utf-8")
+                    .header("x-github-request-id", request_id(n))
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap()
+            }
         }
     }
 

@@ -310,10 +310,18 @@ impl GithubApp {
             let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
             let remaining = header("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok());
             let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
-            let text = crab
-                .body_to_string(resp)
-                .await
-                .map_err(|_| unavailable("GitHub answer could not be read".into()))?;
+            // At most 1 MiB, as every other upstream's answer (crate::http): a malicious or
+            // broken upstream cannot make the broker buffer an unbounded body for as long as
+            // the deadline lets it stream.
+            let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                resp.into_body(),
+                crate::http::MAX_ANSWER,
+            ))
+            .await
+            .map_err(|_| unavailable("GitHub answer could not be read (or is over 1 MiB)".into()))?
+            .to_bytes();
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| unavailable("GitHub answer is not UTF-8".into()))?;
             let body = if text.trim().is_empty() {
                 Value::Null
             } else {
