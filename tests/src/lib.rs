@@ -54,6 +54,18 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A loopback port nothing listens on, for as long as the returned socket lives: bound but
+/// not listening, so a connection to it is refused and no other process (a parallel test's
+/// server) can take it meanwhile, as it could a port [`free_port`] only found free.
+pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
 /// A loopback port that was free a moment ago (for servers that must be told their port,
 /// such as a daemon's public listener, whose base URL is in its config).
 ///
@@ -1146,6 +1158,20 @@ impl Dev {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A closed port refuses connections and nobody else can bind it while it is held.
+    #[tokio::test]
+    async fn a_closed_port_refuses_connections_and_cannot_be_taken() {
+        let (_held, port) = closed_port();
+        let err = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+        assert!(tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .is_err());
+    }
 
     #[test]
     fn every_file_is_read_and_no_link_is_followed() {

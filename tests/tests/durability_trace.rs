@@ -135,9 +135,24 @@ async fn every_response_leaves_after_its_audit_record_is_synced() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // strace attaches to every thread before it writes anything; give it that moment, then
-    // prove it is tracing with a first request before counting.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // strace attaches to every thread before it writes anything: warm-up requests until the
+    // trace shows a reply on this connection (a fixed pause was a guess on a loaded machine),
+    // then the counted rounds. The warm-ups are checked like the rest.
+    let mut tracing_seen = false;
+    for _ in 0..100 {
+        let (s, v) = resolve_on(&mut w1).await;
+        assert_eq!(s, 200, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let so_far = std::fs::read_to_string(&trace_path).unwrap_or_default();
+        if calls(&so_far, client_port).contains(&Call::Reply) {
+            tracing_seen = true;
+            break;
+        }
+    }
+    assert!(
+        tracing_seen,
+        "strace never showed a reply on the worker's connection"
+    );
 
     let rounds = 40;
     let mut audit_ids = Vec::new();

@@ -2489,7 +2489,7 @@ async fn tokens_are_minted_with_post_and_a_get_is_githubs_404() {
 /// App key fingerprints are the ones GitHub shows next to each key in the App settings:
 /// `SHA256:` + base64 of the SHA-256 of the public key's DER SubjectPublicKeyInfo (what
 /// `openssl rsa -in KEY.pem -pubout -outform DER | openssl sha256 -binary | openssl base64`
-/// prints; checked against openssl when it is installed), the same for the PKCS#1 PEM GitHub
+/// prints; checked against openssl), the same for the PKCS#1 PEM GitHub
 /// downloads and its PKCS#8 form — so the same key in another encoding is refused as already
 /// stored. Fails with the old fingerprint of the PEM text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2497,7 +2497,10 @@ async fn app_key_fingerprints_are_the_ones_github_shows() {
     let mut env = start(3600).await;
     let expected = env.key_a.github_fingerprint();
     assert!(expected.starts_with("SHA256:") && expected.len() == 7 + 44 && expected.ends_with('='));
-    if let Some(openssl) = on_path("openssl", "version") {
+    // An independent check, not skipped: without openssl the test fails, saying so.
+    let openssl = on_path("openssl", "version")
+        .expect("this test needs openssl to check the fingerprint independently");
+    {
         let pem_file = env.daemon.root.join("key-a.pem");
         std::fs::write(&pem_file, &env.key_a.private_pem).unwrap();
         let out = std::process::Command::new(openssl)

@@ -35,7 +35,8 @@ fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
     assert_eq!(v["tenants"][0]["id"], "demo", "{v}");
 
     // --server wins over the dev directory; an unreachable broker is named, exit 3.
-    let closed = format!("https://127.0.0.1:{}", free_port());
+    let (_held, port) = closed_port();
+    let closed = format!("https://127.0.0.1:{port}");
     let (code, _, err) = run_cli(&["tenant", "list", "--dev-dir", &d, "--server", &closed]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains(&closed), "the address tried is named: {err}");

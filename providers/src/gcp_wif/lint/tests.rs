@@ -67,8 +67,8 @@ fn the_ceiling_is_read_only_and_fails_closed() {
     assert!(c.contains("roles/viewer") && c.contains("roles/iam.securityReviewer"));
     assert!(c.iter().all(|r| forbidden(r).is_none()), "{c:?}");
     assert!(load_role_ceiling(Path::new("/nonexistent")).is_err());
-    let dir = std::env::temp_dir().join(format!("cb-gcp-lint-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     for (text, needle) in [
         (
             r#"{"roles": ["roles/viewer", "roles/owner"]}"#,
@@ -85,7 +85,6 @@ fn the_ceiling_is_read_only_and_fails_closed() {
         // The whole lint stops with it.
         assert!(lint(&repo().join("onboarding-templates/gcp"), &dir).is_err());
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -340,12 +339,10 @@ fn module_variables_must_be_validated() {
 
 #[test]
 fn a_missing_script_or_module_is_a_finding() {
-    let dir = std::env::temp_dir().join(format!("cb-gcp-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = lint(&dir, &repo().join("policies")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = lint(tmp.path(), &repo().join("policies")).unwrap();
     assert!(has(&out, "no gcloud script"), "{out:#?}");
     assert!(has(&out, "no Terraform module"), "{out:#?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
