@@ -22,7 +22,7 @@ use crate::audit::{AuditEvent, AuditReceipt};
 use crate::broker::{error_answer, Answer, Core};
 use crate::identity::PeerIdentity;
 use crate::model::Status;
-use crate::store::{Batch, StoreError, Table};
+use crate::store::{Batch, StoreError};
 
 mod federation;
 mod forge;
@@ -72,19 +72,13 @@ pub(super) fn store_err(e: StoreError) -> ApiError {
             table,
             key,
             expected,
-        } => {
-            // An identifier key may carry a value handed to a customer (a webhook delivery
-            // id, a parameter); the message names only its kind there.
-            let key = if table == Table::Identifiers.name() {
-                key.split(':').next().unwrap_or_default().to_owned()
-            } else {
-                key
-            };
-            ApiError::new(
-                ErrorCode::Conflict,
-                format!("{table}/{key} must be {expected} (changed concurrently)"),
-            )
-        }
+        } => ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{table}/{} must be {expected} (changed concurrently)",
+                crate::store::key_in_message(table, &key)
+            ),
+        ),
         other => {
             tracing::error!(error = %other, "store failure in admin request");
             ApiError::new(ErrorCode::Internal, "store failure")
@@ -638,6 +632,7 @@ fn sanitize_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Table;
 
     /// A conflict names the record it met; for an identifier, only the kind of it (the
     /// rest may be a value handed to a customer).

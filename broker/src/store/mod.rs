@@ -161,11 +161,25 @@ impl Batch {
     }
 }
 
+/// How a message (an error, a log line) names the key `key` of `table`: in the identifiers
+/// table only by its kind (`callback-state`, `tenant-param`…), since the rest may be a value
+/// handed to a customer or an upstream's id.
+pub fn key_in_message(table: &str, key: &str) -> String {
+    if table == Table::Identifiers.name() {
+        key.split(':').next().unwrap_or_default().to_owned()
+    } else {
+        key.to_owned()
+    }
+}
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A precondition of the batch failed; nothing was written.
-    #[error("precondition failed on {table}/{key}: expected it to be {expected}")]
+    #[error(
+        "precondition failed on {table}/{}: expected it to be {expected}",
+        key_in_message(table, key)
+    )]
     Precondition {
         /// Table name.
         table: &'static str,
@@ -183,7 +197,7 @@ pub enum StoreError {
         supported: u32,
     },
     /// A stored value could not be decoded.
-    #[error("corrupt record {table}/{key}")]
+    #[error("corrupt record {table}/{}", key_in_message(table, key))]
     Corrupt {
         /// Table name.
         table: &'static str,
