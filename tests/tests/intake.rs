@@ -381,3 +381,61 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
         call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
     assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
 }
+
+/// A link's attempts cannot be stretched by overlapping submissions: while the third (last)
+/// one is still being probed, a fourth is refused as an invalid link before it reserves
+/// anything, and the link ends used up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_submissions_cannot_exceed_the_attempts() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    let (path, _) = create_link(&mut op, 3600).await;
+    let page = get(&mut public, &path).await;
+    assert_eq!(page.status, 200);
+    let (cookie, csrf) = form_state(&page);
+    let form = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret=nope",
+        enc(&csrf)
+    );
+    for left in [2, 1] {
+        let p = post(&mut public, &path, Some(&cookie), &form).await;
+        assert_eq!(p.status, 422, "{}", p.html);
+        assert!(
+            p.html.contains(&format!("{left} attempt(s) left")),
+            "{}",
+            p.html
+        );
+    }
+    // The third submission's probe is held at the source system…
+    *sn.state.delay_ms.lock().unwrap() = 2000;
+    let third = {
+        let mut client = public_client(&pki, daemon.public_url.as_ref().unwrap());
+        let (path, cookie, form) = (path.clone(), cookie.clone(), form.clone());
+        tokio::spawn(async move { post(&mut client, &path, Some(&cookie), &form).await })
+    };
+    // …its attempt is reserved (audited) before the probe starts…
+    let submitted = |d: &Daemon| {
+        d.audit_records()
+            .iter()
+            .filter(|r| r["action"] == "intake.submit")
+            .count()
+    };
+    for _ in 0..100 {
+        if submitted(&daemon) == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(submitted(&daemon), 3);
+    // …so a fourth, sent meanwhile, finds no attempt left.
+    let fourth = post(&mut public, &path, Some(&cookie), &form).await;
+    assert_eq!(fourth.status, 404, "{}", fourth.html);
+    let third = third.await.unwrap();
+    assert_eq!(third.status, 422, "{}", third.html);
+    assert!(
+        third.html.contains("No attempts are left"),
+        "{}",
+        third.html
+    );
+    assert_eq!(submitted(&daemon), 3, "a fourth attempt was reserved");
+    assert_eq!(get(&mut public, &path).await.status, 404);
+}

@@ -329,7 +329,12 @@ impl AdminService {
         } else {
             None
         };
-        let Some((key, read)) = found.filter(|(_, l)| l.value.expires_at >= now) else {
+        // A link whose attempts are all reserved is used up, whether or not the submission
+        // that reserved the last one has removed it yet (its probe may still be running, or
+        // its removal lost a race): a fourth submission must not start.
+        let Some((key, read)) = found
+            .filter(|(_, l)| l.value.expires_at >= now && l.value.failures < MAX_INTAKE_FAILURES)
+        else {
             self.count_intake("invalid_link", false);
             return pages::invalid();
         };
