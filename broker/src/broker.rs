@@ -444,6 +444,16 @@ impl Broker {
             .await
     }
 
+    /// Whether operator `name` is active (or none is registered yet): what every admin route
+    /// checks, for the routes outside the admin API an operator certificate may use
+    /// (`/metrics`).
+    ///
+    /// # Errors
+    /// `operator_required` naming why, or a store failure.
+    pub async fn operator_is_active(&self, name: &crate::ids::OperatorId) -> Result<(), ApiError> {
+        self.admin.operator_may_administer(name).await
+    }
+
     /// Forgets expired install states and webhook deliveries (audited); how many.
     ///
     /// # Errors

@@ -2,7 +2,7 @@
 
 use credbroker_tests::*;
 use http::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// An operator (or a script) writing an "empty" ceiling must not get the widest one: before,
 /// `{"fields": []}` meant every field of the pasted secret.
@@ -346,6 +346,18 @@ async fn only_registered_active_operators_administer() {
         v["error"]["message"].as_str().unwrap().contains("disabled"),
         "{v}"
     );
+    // Nor does it read every tenant's metrics any more (an active operator does).
+    let (status, body) = op2.request(Method::GET, "/metrics", None).await.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    assert_eq!(
+        (status.as_u16(), code(&v)),
+        (403, "operator_required"),
+        "{v}"
+    );
+    let (status, body) = op.request(Method::GET, "/metrics", None).await.unwrap();
+    assert_eq!(status.as_u16(), 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("credbroker_"), "{text}");
     // The last active operator cannot lock everyone out.
     let (s, v) = call(
         &mut op,

@@ -598,7 +598,10 @@ impl AdminService {
     /// An operator certificate administers only while its operator record is active. A store
     /// with no operator records at all (a deployment upgraded from a release without them)
     /// accepts every operator certificate until the first is registered — logged at start.
-    async fn operator_may_administer(&self, name: &crate::ids::OperatorId) -> Result<(), ApiError> {
+    pub(crate) async fn operator_may_administer(
+        &self,
+        name: &crate::ids::OperatorId,
+    ) -> Result<(), ApiError> {
         let records = &self.core.records;
         match records.operator(name).await.map_err(store_err)? {
             Some(o) if o.value.status == Status::Active => Ok(()),

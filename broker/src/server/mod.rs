@@ -511,16 +511,29 @@ async fn handle(
             Ok(Endpoint::Readyz) => health::readiness(&broker),
             // Metrics are for a scraper's (or an operator's) certificate, not for workers: they
             // describe every tenant's traffic.
+            // An operator's certificate only while its record is active, as on the admin API
+            // (a disabled or removed operator whose certificate is not revoked yet).
             Ok(Endpoint::Metrics)
                 if matches!(
                     peer,
                     Some(PeerIdentity::Metrics(_) | PeerIdentity::Operator(_))
                 ) =>
             {
-                content_type = "text/plain; version=0.0.4; charset=utf-8";
-                Answer {
-                    status: StatusCode::OK,
-                    body: Zeroizing::new(broker.metrics_text().into_bytes()),
+                let refused = match &peer {
+                    Some(PeerIdentity::Operator(name)) => {
+                        broker.operator_is_active(name).await.err()
+                    }
+                    _ => None,
+                };
+                match refused {
+                    Some(err) => error_answer(&err, None, &request_id),
+                    None => {
+                        content_type = "text/plain; version=0.0.4; charset=utf-8";
+                        Answer {
+                            status: StatusCode::OK,
+                            body: Zeroizing::new(broker.metrics_text().into_bytes()),
+                        }
+                    }
                 }
             }
             Ok(Endpoint::Metrics) => error_answer(
