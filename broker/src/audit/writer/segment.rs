@@ -106,6 +106,7 @@ fn create(dir: &Path, n: u64) -> Result<Live, AuditError> {
 /// Bytes past the last complete line of the live segment that an interrupted write left
 /// (never acknowledged): cleared by [`Torn::clear`] before anything is written, and — at
 /// start-up — only once the log verified, so evidence is never erased before it is read.
+/// Bytes after a complete seal are never torn: the start refuses ([`open_live`]).
 pub(super) struct Torn {
     file: File,
     path: PathBuf,
@@ -233,7 +234,18 @@ pub(super) fn open_live(config: &AuditConfig) -> Result<(Live, Tail, Option<Torn
         .ok_or_else(|| inconsistent(&last.path, "segment header without a tail".into()))?;
     if scan.seal.is_some() {
         if let Some(t) = torn {
-            t.clear()?; // after a seal: nothing of the chain is there
+            // No interrupted write leaves bytes after a complete seal (the writer writes
+            // nothing to a segment once it is sealed): they were put there. Kept as found
+            // for `audit verify` and whoever investigates, never cleared as a torn tail.
+            let reason = format!(
+                "{} byte(s) after its seal at offset {}: no interrupted write leaves any; nothing was cleared (`credbroker audit verify` reports them)",
+                t.to - t.from,
+                t.from
+            );
+            if !config.forensic_start {
+                return Err(inconsistent(&last.path, reason));
+            }
+            tracing::error!(path = %last.path.display(), %reason, "FORENSIC START: bytes after a sealed segment's seal are left as found");
         }
         let next = create(dir, last.n + 1)?;
         return Ok((next, Tail { len: 0, ..tail }, None));

@@ -439,3 +439,61 @@ async fn a_doctored_second_copy_and_a_live_segment_moved_to_the_archive_are_refu
     let e = AuditLog::open(c, signer(&keys)).err().unwrap();
     assert!(e.to_string().contains("the live one is missing"), "{e}");
 }
+
+/// Bytes after the seal of the last segment are no interrupted write (nothing is written to a
+/// sealed segment): the start refuses, naming them, and leaves them as found; a forensic start
+/// goes on and leaves them too.
+#[tokio::test]
+async fn bytes_after_the_last_segments_seal_stop_the_start_and_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let dir = tmp.path().join("audit");
+    let mut c = config(&dir);
+    c.segment_records = 25;
+    c.checkpoint_every_records = 1000;
+    let log = AuditLog::open(c.clone(), signer(&keys)).unwrap();
+    for i in 0..51 {
+        log.append(ev(i)).await.unwrap();
+    }
+    log.close();
+    // As if killed right after sealing segment 2, before segment 3 held anything (record
+    // 51 was never acknowledged, nor checkpointed).
+    std::fs::remove_file(dir.join(crate::audit::segments::segment_name(3))).unwrap();
+    let checkpoints = dir.join("checkpoints.log");
+    let kept: String = std::fs::read_to_string(&checkpoints)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .is_some_and(|s| s <= 50)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&checkpoints, kept).unwrap();
+    let second = dir.join(crate::audit::segments::segment_name(2));
+    let sealed = std::fs::read(&second).unwrap();
+    let planted = [sealed.as_slice(), b"planted"].concat();
+    std::fs::write(&second, &planted).unwrap();
+
+    let Err(err) = AuditLog::open(c.clone(), signer(&keys)) else {
+        panic!("the log opened with bytes after a seal");
+    };
+    let err = err.to_string();
+    assert!(err.contains("after its seal"), "{err}");
+    assert_eq!(
+        std::fs::read(&second).unwrap(),
+        planted,
+        "the bytes were cleared"
+    );
+    c.forensic_start = true;
+    let log = AuditLog::open(c, signer(&keys)).unwrap();
+    log.close();
+    assert_eq!(
+        std::fs::read(&second).unwrap(),
+        planted,
+        "the bytes were cleared"
+    );
+}
