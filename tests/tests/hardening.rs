@@ -400,3 +400,20 @@ async fn only_registered_active_operators_administer() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["operators"].as_array().unwrap().len(), 4, "{v}");
 }
+
+/// Key generation interrupted between the audit key's two files (or the public one deleted)
+/// is completed at the next start: the public key is derived from the private one again, the
+/// same key, so `audit verify` and the doctor keep working.
+#[test]
+fn a_missing_audit_public_key_is_derived_again_from_the_private_one() {
+    let (tmp, pki) = setup();
+    let config_path = tmp.path().join("credbroker.toml");
+    let config = write_config(&config_path, &tmp.path().join("data"), &pki, None, "");
+    credbroker::broker::BrokerKeys::init(&config).unwrap();
+    let public = config.audit_public_key_file();
+    let first = std::fs::read(&public).unwrap();
+    std::fs::remove_file(&public).unwrap();
+    let created = credbroker::broker::BrokerKeys::init(&config).unwrap();
+    assert_eq!(created, vec![public.clone()]);
+    assert_eq!(std::fs::read(&public).unwrap(), first, "another key");
+}

@@ -96,6 +96,12 @@ impl BrokerKeys {
             AuditSigner::generate(&config.audit_key_file(), &config.audit_public_key_file())?;
             created.push(config.audit_key_file());
             created.push(config.audit_public_key_file());
+        } else if !config.audit_public_key_file().exists() {
+            // Interrupted between the two files (or the public one deleted): the public key is
+            // derived from the private one again, or `audit verify` and `doctor` have none.
+            let signer = AuditSigner::load(&config.audit_key_file())?;
+            signer.write_public_key(&config.audit_public_key_file())?;
+            created.push(config.audit_public_key_file());
         }
         if !config.fingerprint_key_file().exists() {
             FingerprintKey::generate(&config.fingerprint_key_file())?;

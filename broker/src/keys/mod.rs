@@ -309,8 +309,16 @@ impl AuditSigner {
         let text = Zeroizing::new(serde_json::to_vec(&file).unwrap_or_default());
         write_private_file(private_path, &text)?;
         let signer = AuditSigner { pair };
-        write_private_file(public_path, signer.public_key_json().as_bytes())?;
+        signer.write_public_key(public_path)?;
         Ok(signer)
+    }
+
+    /// Writes the public key file (what `audit verify` and auditors pin).
+    ///
+    /// # Errors
+    /// On I/O failure.
+    pub fn write_public_key(&self, public_path: &Path) -> Result<(), KeyError> {
+        write_private_file(public_path, self.public_key_json().as_bytes())
     }
 
     /// Loads the private key file.
