@@ -325,7 +325,7 @@ impl GithubApp {
             let body = if text.trim().is_empty() {
                 Value::Null
             } else {
-                serde_json::from_str(&text).unwrap_or(Value::Null)
+                serde_json::from_str(text).unwrap_or(Value::Null)
             };
             let rate_limit =
                 rate_limit_wait(status, &message_of(&body), retry_after, remaining, reset);
