@@ -77,15 +77,27 @@ pub(super) fn recover_tail(
 }
 
 pub(super) fn open_append(path: &Path) -> Result<File, AuditError> {
-    OpenOptions::new()
+    let open_err = |e: std::io::Error| AuditError::Open {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let existed = path.exists();
+    let file = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
         .open(path)
-        .map_err(|e| AuditError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        .map_err(open_err)?;
+    // A file created here (checkpoints.log on a new log) has its directory entry made durable
+    // before anything is written to it: syncing the file alone does not promise the entry
+    // survives a crash, and a checkpoint file lost with it leaves the start nothing to
+    // verify from.
+    if !existed {
+        if let Some(dir) = path.parent() {
+            super::segments::sync_dir(dir).map_err(open_err)?;
+        }
+    }
+    Ok(file)
 }
 
 pub(super) fn open_tail(path: &Path) -> Result<(File, Tail), AuditError> {

@@ -448,10 +448,19 @@ impl AuditLog {
         signer: AuditSigner,
         batch_sizes: Option<BatchObserver>,
     ) -> Result<AuditLog, AuditError> {
-        std::fs::create_dir_all(&config.dir).map_err(|e| AuditError::Open {
+        let open_err = |e: std::io::Error| AuditError::Open {
             path: config.dir.display().to_string(),
             reason: e.to_string(),
-        })?;
+        };
+        // A new audit directory's own entry is made durable in its parent (the segments'
+        // entries are synced in it): lost in a crash, the next start would begin a new chain.
+        let existed = config.dir.exists();
+        std::fs::create_dir_all(&config.dir).map_err(open_err)?;
+        if !existed {
+            if let Some(parent) = config.dir.parent() {
+                super::segments::sync_dir(parent).map_err(open_err)?;
+            }
+        }
         let (live, tail, torn) = open_live(&config)?;
         let log = live.path.clone();
         let (checkpoints, last_checkpoint) = open_checkpoints(&checkpoints_path(&config.dir))?;

@@ -45,8 +45,14 @@ fn record_schema_version(dir: &Path) {
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(format!("{}\n", super::SCHEMA_VERSION).as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, dir.join(SCHEMA_FILE)));
+        .and_then(|mut f| {
+            f.write_all(format!("{}\n", super::SCHEMA_VERSION).as_bytes())?;
+            // Synced before the rename, the directory after it: after a crash the file is
+            // the old one or the new one, never empty.
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, dir.join(SCHEMA_FILE)))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         tracing::warn!(dir = %dir.display(), error = %e, "cannot record the store's schema version beside it (`credbroker doctor` will not see it)");
