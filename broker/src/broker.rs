@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use credbroker_providers::{Bound, Provider, ProviderError, ProviderRegistry, SecretFields};
 
 use crate::admin::{AdminOp, AdminOutcome, AdminService};
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditReceipt;
 use crate::audit::{AuditConfig, AuditLog};
 use crate::callbacks::CallbackService;
@@ -154,6 +154,10 @@ pub struct Broker {
     admin: Arc<AdminService>,
     resolver: ResolveService,
     callbacks: CallbackService,
+    /// [`Broker::catch_up_shared`]: catch-ups started, and (under the lock) the number of
+    /// the last one finished with whether it succeeded.
+    shared_started: std::sync::atomic::AtomicU64,
+    shared_done: tokio::sync::Mutex<(u64, bool)>,
 }
 
 /// An HTTP answer with a body that is zeroized when dropped.
@@ -335,6 +339,8 @@ impl Broker {
             callbacks: CallbackService::new(Arc::clone(&core), Arc::clone(&admin)),
             admin,
             core,
+            shared_started: std::sync::atomic::AtomicU64::new(0),
+            shared_done: tokio::sync::Mutex::new((0, false)),
         }))
     }
 
@@ -384,6 +390,37 @@ impl Broker {
     /// `unavailable` when the store or the keys cannot be read.
     pub async fn catch_up(&self) -> Result<(), ApiError> {
         self.admin.catch_up().await
+    }
+
+    /// As [`Broker::catch_up`], for anonymous callers that are not rate-limited (the issuer's
+    /// discovery document and JWKS, fetched by clouds' shared fetchers): one catch-up at a
+    /// time, and a caller whose arrival an already finished catch-up started after takes
+    /// that one's result instead of making another. Every answer still reflects every change
+    /// acknowledged before its request arrived (a key retired on another replica is withdrawn
+    /// at once), but a flood of them holds at most one store connection, not the pool the
+    /// resolves need.
+    ///
+    /// # Errors
+    /// `unavailable` when the catch-up it relies on failed.
+    pub async fn catch_up_shared(&self) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering;
+        let arrived = self.shared_started.load(Ordering::Acquire);
+        let mut done = self.shared_done.lock().await;
+        if done.0 > arrived {
+            // Started after this caller arrived, and finished: fresh enough.
+            return if done.1 {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the store cannot be reached; nothing was done",
+                ))
+            };
+        }
+        let number = self.shared_started.fetch_add(1, Ordering::AcqRel) + 1;
+        let caught_up = self.catch_up().await;
+        *done = (number, caught_up.is_ok());
+        caught_up
     }
 
     /// Gives up the replica's leases (see [`Core::leave`]).

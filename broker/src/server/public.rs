@@ -111,9 +111,10 @@ pub(super) async fn handle_public(
         }
         Ok(m) if m.endpoint == Endpoint::Healthz => super::health::liveness().into(),
         Ok(m) if matches!(m.endpoint, Endpoint::OidcDiscovery | Endpoint::OidcJwks) => {
-            // A key retired on another replica is not published here either.
+            // A key retired on another replica is not published here either. These
+            // endpoints are not rate-limited: their catch-ups are shared, one at a time.
             let caught_up = match broker.core().issuer() {
-                Some(_) => broker.catch_up().await,
+                Some(_) => broker.catch_up_shared().await,
                 None => Ok(()),
             };
             let document = broker.core().issuer().map(|issuer| {
