@@ -12,6 +12,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use crate::model::{now_rfc3339, Binding, Instance, SecretVersionView, Status, Tenant, Worker};
 use crate::store::records::Stored;
+use crate::store::Batch;
 
 use super::{
     store_err, to_value, unknown, validate_kind, Collection, NewInstance, NewTenant, Plan,
@@ -78,23 +79,28 @@ impl AdminService {
             .ok_or_else(|| unknown(Collection::Operators, id))
     }
 
-    /// Refuses a change that would leave no active operator (nobody could administer).
-    async fn keep_an_operator(&self, leaving: &str) -> Result<(), ApiError> {
-        let others = self
+    /// Refuses a change that would leave no active operator (nobody could administer). The
+    /// active operator it counted on is a precondition of `batch`: two replicas each
+    /// removing or disabling one of the last two operators cannot both succeed (the admin
+    /// lock serializes changes on one replica only), which would leave none and let every
+    /// operator certificate administer again.
+    async fn keep_an_operator(&self, leaving: &str, batch: &mut Batch) -> Result<(), ApiError> {
+        let operators = self
             .core
             .records
-            .operators()
+            .operators_as_read()
             .await
-            .map_err(store_err)?
+            .map_err(store_err)?;
+        let Some(other) = operators
             .iter()
-            .filter(|o| o.status == Status::Active && o.id.as_str() != leaving)
-            .count();
-        if others == 0 {
+            .find(|o| o.status == Status::Active && o.id.as_str() != leaving)
+        else {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "this is the last active operator: register another first",
             ));
-        }
+        };
+        batch.expect_unchanged(other);
         Ok(())
     }
 
@@ -374,7 +380,7 @@ impl AdminService {
             Collection::Operators => {
                 let stored = self.operator_or_404(id).await?;
                 if status != Status::Active {
-                    self.keep_an_operator(id).await?;
+                    self.keep_an_operator(id, &mut plan.batch).await?;
                 }
                 let mut o = stored.value.clone();
                 o.status = status;
@@ -526,7 +532,7 @@ impl AdminService {
             }
             Collection::Operators => {
                 let o = self.operator_or_404(id).await?;
-                self.keep_an_operator(id).await?;
+                self.keep_an_operator(id, &mut plan.batch).await?;
                 plan.batch.remove(&o);
             }
             Collection::Instances => {

@@ -425,6 +425,16 @@ impl Records {
         self.all(Table::Operators, "").await
     }
 
+    /// All operators as read, for a change that depends on them (see [`Stored`]).
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn operators_as_read(
+        &self,
+    ) -> Result<Vec<Stored<crate::model::Operator>>, StoreError> {
+        self.all_stored(Table::Operators, "").await
+    }
+
     /// All workers.
     ///
     /// # Errors
