@@ -55,7 +55,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// # Errors
 /// When unreadable or holding no key.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path)?;
+    // The PEM text is wiped when dropped (at every start and SIGHUP reload); the decoded
+    // key then lives in rustls's config.
+    let pem = zeroize::Zeroizing::new(read(path)?);
     PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| TlsError(format!("{}: no usable private key ({e})", path.display())))
 }

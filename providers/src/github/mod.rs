@@ -138,18 +138,21 @@ impl GithubApp {
             .map_err(|e| format!("{}: {e}", settings.ceiling_file.display()))?;
         let ceiling = GithubCeiling::from_value(&ceiling_value)?;
         check_private_file(&settings.webhook_secret_file)?;
-        let secret = String::from_utf8(read(&settings.webhook_secret_file)?)
-            .map_err(|_| "webhook secret must be text".to_owned())?;
-        let secret = secret.trim().to_owned();
+        // Read and trimmed in buffers wiped when dropped: only the SecretString keeps it.
+        let raw = zeroize::Zeroizing::new(read(&settings.webhook_secret_file)?);
+        let secret = std::str::from_utf8(&raw)
+            .map_err(|_| "webhook secret must be text".to_owned())?
+            .trim()
+            .to_owned();
         if secret.len() < 20 {
             return Err("the webhook secret must be at least 20 characters".into());
         }
         let file_key = match &settings.private_key_file {
             Some(p) => Some(
-                EncodingKey::from_rsa_pem(&{
+                EncodingKey::from_rsa_pem(&zeroize::Zeroizing::new({
                     check_private_file(p)?;
                     read(p)?
-                })
+                }))
                 .map_err(|_| format!("{}: not an RSA private key", p.display()))?,
             ),
             None => None,
