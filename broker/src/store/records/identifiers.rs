@@ -118,15 +118,20 @@ fn tenant_param_key(provider: &str, name: &str, tenant: &TenantId) -> String {
 /// An install state is keyed by its SHA-256, as intake links are: the state itself, live until
 /// consumed, never reaches the store (a copy of the data directory) nor any message that
 /// names a key (a failed precondition's error).
+///
+/// The digest is under `sha256-`, which no state can spell (states are alphanumeric): the
+/// hashed key, read from a copy of the store, is not itself a state that opens the link.
 fn callback_state_key(state: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, state.as_bytes());
-    format!("callback-state:{}", hex::encode(digest.as_ref()))
+    format!("callback-state:sha256-{}", hex::encode(digest.as_ref()))
 }
 
-/// Where a release before the state was hashed kept it: read only, so that a link issued
-/// just before an upgrade still works until it expires (the collector forgets it as any).
-fn legacy_callback_state_key(state: &str) -> String {
-    format!("callback-state:{state}")
+/// Where the release before the state was hashed kept it (its states were 40 alphanumeric
+/// characters): read only, so that a link issued just before an upgrade still works until it
+/// expires (the collector forgets it as any). Nothing else is looked up there.
+fn legacy_callback_state_key(state: &str) -> Option<String> {
+    (state.len() == 40 && state.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| format!("callback-state:{state}"))
 }
 
 fn unclaimed_key(identifier: &str) -> String {
@@ -207,7 +212,9 @@ impl Records {
         &self,
         state: &str,
     ) -> Result<Option<(String, Stored<CallbackState>)>, StoreError> {
-        for key in [callback_state_key(state), legacy_callback_state_key(state)] {
+        for key in
+            std::iter::once(callback_state_key(state)).chain(legacy_callback_state_key(state))
+        {
             if let Some(read) = self.get_stored(Table::Identifiers, &key).await? {
                 return Ok(Some((key, read)));
             }
@@ -525,8 +532,24 @@ mod tests {
         assert_eq!(key, keys[0]);
         assert_eq!(read.tenant, "t1");
         assert!(records.callback_state("other").await.unwrap().is_none());
+        // The key read from a copy of the store does not open the link: neither its digest
+        // nor the whole suffix is a state.
+        let suffix = keys[0].trim_start_matches("callback-state:");
+        let digest = suffix.trim_start_matches("sha256-");
+        assert_eq!(digest.len(), 64, "{suffix}");
+        for guess in [suffix, digest] {
+            assert!(
+                records.callback_state(guess).await.unwrap().is_none(),
+                "{guess}"
+            );
+        }
 
         let old = "OldStateWrittenInClearByAnEarlierRelease";
+        assert_eq!(
+            old.len(),
+            40,
+            "the previous release's states were 40 characters"
+        );
         let mut batch = Batch::new();
         batch.push(Op::Put(
             Table::Identifiers,
