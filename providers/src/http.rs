@@ -31,7 +31,7 @@ pub struct Http {
 }
 
 /// Largest answer read from Entra or ARM.
-pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
+const MAX_ANSWER: usize = 1024 * 1024;
 
 impl Http {
     /// A client trusting the platform's root certificates.

@@ -2647,22 +2647,22 @@ fn installation_calls(gh: &FakeGithub) -> usize {
 }
 
 /// A malicious upstream (THREATS.md) streaming an oversized answer to a token request is cut
-/// at 1 MiB like every other upstream's: the resolve is provider_unavailable, the broker
-/// does not buffer the body, and the next mint works.
+/// (at 8 MiB: a token for 500 named repositories lists them in full, about 3 MB): the resolve
+/// is provider_unavailable, the broker does not buffer the body, and the next mint works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_github_answer_is_cut_not_buffered() {
     let mut env = start_full(3600, GENEROUS, Some(CLIENT_ID), "").await;
     add_key(&mut env.op, &env.key_a).await;
     bind_acme(&mut env).await;
     env.gh
-        .inject("/access_tokens", Fault::Oversized(8 * 1024 * 1024), 1);
+        .inject("/access_tokens", Fault::Oversized(12 * 1024 * 1024), 1);
     let (s, v) = resolve_cold(&env, 0).await;
     assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
     assert!(
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("over 1 MiB"),
+            .contains("over 8 MiB"),
         "{v}"
     );
     assert_eq!(env.gh.pending_faults(), 0, "the oversized answer was sent");

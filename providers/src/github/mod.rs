@@ -44,6 +44,11 @@ use settings::check_api_base;
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{GithubSettings, ID};
 
+/// The largest GitHub answer read. Larger than other upstreams' 1 MiB: a token minted for
+/// named repositories answers with a full repository object for each (about 6 KB), and a
+/// ceiling may name 500; a page of `/user/installations` (100) is under 1 MiB.
+const MAX_ANSWER: usize = 8 << 20;
+
 use crate::{
     BindingContext, Bound, CachePolicy, Callbacks, CeilingEnforcement, IssuedCredential,
     MintRequest, Narrowing, PlatformKeys, Probe, ProbeReport, Provider, ProviderError, Revocation,
@@ -140,10 +145,12 @@ impl GithubApp {
         check_private_file(&settings.webhook_secret_file)?;
         // Read and trimmed in buffers wiped when dropped: only the SecretString keeps it.
         let raw = zeroize::Zeroizing::new(read(&settings.webhook_secret_file)?);
-        let secret = std::str::from_utf8(&raw)
-            .map_err(|_| "webhook secret must be text".to_owned())?
-            .trim()
-            .to_owned();
+        let mut secret = zeroize::Zeroizing::new(
+            std::str::from_utf8(&raw)
+                .map_err(|_| "webhook secret must be text".to_owned())?
+                .trim()
+                .to_owned(),
+        );
         if secret.len() < 20 {
             return Err("the webhook secret must be at least 20 characters".into());
         }
@@ -162,7 +169,9 @@ impl GithubApp {
         Ok(GithubApp {
             settings,
             ceiling,
-            webhook_secret: SecretString::from(secret),
+            // The allocation moves into the SecretString (wiped when it drops); an early
+            // return above wipes it through the Zeroizing wrapper.
+            webhook_secret: SecretString::from(std::mem::take(&mut *secret)),
             keys: RwLock::new(Vec::new()),
             oauth_secrets: RwLock::new(Vec::new()),
             file_key,
@@ -313,15 +322,15 @@ impl GithubApp {
             let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
             let remaining = header("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok());
             let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
-            // At most 1 MiB, as every other upstream's answer (crate::http): a malicious or
-            // broken upstream cannot make the broker buffer an unbounded body for as long as
-            // the deadline lets it stream.
+            // Bounded, as every other upstream's answer (crate::http): a malicious or broken
+            // upstream cannot make the broker buffer an unbounded body for as long as the
+            // deadline lets it stream.
             let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(
                 resp.into_body(),
-                crate::http::MAX_ANSWER,
+                MAX_ANSWER,
             ))
             .await
-            .map_err(|_| unavailable("GitHub answer could not be read (or is over 1 MiB)".into()))?
+            .map_err(|_| unavailable("GitHub answer could not be read (or is over 8 MiB)".into()))?
             .to_bytes();
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| unavailable("GitHub answer is not UTF-8".into()))?;
