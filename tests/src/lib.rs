@@ -644,6 +644,25 @@ pub fn client_tls(pki: &TestPki, name: &str, alpn: &[u8]) -> tokio_rustls::TlsCo
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
+/// A raw HTTP/1.1 connection to `url` (`https://HOST:PORT`) presenting `<name>.crt`, its
+/// handshake done: for tests that hold a request half-sent or send only a head.
+pub async fn raw_http1(
+    pki: &TestPki,
+    name: &str,
+    url: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(url.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    client_tls(pki, name, b"http/1.1")
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
 /// Runs `credbroker ARGS` as operator `op` runs an admin command: the connection flags
 /// (`--server --ca --cert --key`) appended.
 pub fn operator_cli(pki: &TestPki, url: &str, args: &[&str]) -> (i32, String, String) {

@@ -7,7 +7,6 @@ use std::time::Duration;
 use credbroker_tests::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A config file's TOML, changed by `edit`, written to `path`.
 fn edited(valid: &toml::Table, path: &std::path::Path, edit: impl FnOnce(&mut toml::Table)) {
@@ -239,31 +238,13 @@ async fn sigterm_drains_a_request_in_flight() {
     seed_two_tenants(&mut op).await;
     // A callback whose body is still arriving holds the public listener's drain (up to 5 s):
     // the mTLS listener must stop accepting at once all the same, not after it.
-    let public_addr = daemon.public_url.clone().unwrap();
-    let public_tcp = TcpStream::connect(public_addr.trim_start_matches("https://"))
-        .await
-        .unwrap();
-    let mut public_stream = client_tls(&pki, "w1", b"http/1.1")
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            public_tcp,
-        )
-        .await
-        .unwrap();
+    let mut public_stream = raw_http1(&pki, "w1", daemon.public_url.as_ref().unwrap()).await;
     public_stream
         .write_all(b"POST /callbacks/github_app/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"zen\":")
         .await
         .unwrap();
     public_stream.flush().await.unwrap();
-    let addr = daemon.url.trim_start_matches("https://").to_owned();
-    let tcp = TcpStream::connect(&addr).await.unwrap();
-    let mut stream = client_tls(&pki, "w1", b"http/1.1")
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut stream = raw_http1(&pki, "w1", &daemon.url).await;
     let body = br#"{"instance_id": "i1"}"#;
     let head = format!(
         "POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",

@@ -120,6 +120,19 @@ fn form_state(page: &Page) -> (String, String) {
     (pair, csrf)
 }
 
+/// Opens the link at `path` and fills its form with a secret the fake refuses: the cookie
+/// and the form body (both can be sent again).
+async fn wrong_secret_form(public: &mut BrokerClient, path: &str) -> (String, String) {
+    let page = get(public, path).await;
+    assert_eq!(page.status, 200);
+    let (cookie, csrf) = form_state(&page);
+    let form = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret=nope",
+        enc(&csrf)
+    );
+    (cookie, form)
+}
+
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -331,13 +344,7 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
     // Exhausted: three failing submissions use it up.
     let (path, _) = create_link(&mut op, 3600).await;
     for left in [2, 1, 0] {
-        let page = get(&mut public, &path).await;
-        assert_eq!(page.status, 200);
-        let (cookie, csrf) = form_state(&page);
-        let form = format!(
-            "csrf={}&f_client_id={CLIENT}&f_client_secret=nope",
-            enc(&csrf)
-        );
+        let (cookie, form) = wrong_secret_form(&mut public, &path).await;
         let p = post(&mut public, &path, Some(&cookie), &form).await;
         assert_eq!(p.status, 422, "{}", p.html);
         assert!(
@@ -389,13 +396,7 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
 async fn overlapping_submissions_cannot_exceed_the_attempts() {
     let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
     let (path, _) = create_link(&mut op, 3600).await;
-    let page = get(&mut public, &path).await;
-    assert_eq!(page.status, 200);
-    let (cookie, csrf) = form_state(&page);
-    let form = format!(
-        "csrf={}&f_client_id={CLIENT}&f_client_secret=nope",
-        enc(&csrf)
-    );
+    let (cookie, form) = wrong_secret_form(&mut public, &path).await;
     for left in [2, 1] {
         let p = post(&mut public, &path, Some(&cookie), &form).await;
         assert_eq!(p.status, 422, "{}", p.html);

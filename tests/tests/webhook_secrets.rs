@@ -283,16 +283,7 @@ async fn verification_refuses_forgeries_and_other_tenants() {
     // connection reset before the answer): refused on its declared length.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect(daemon.url.trim_start_matches("https://"))
-            .await
-            .unwrap();
-        let mut stream = client_tls(&pki, "op", b"http/1.1")
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        let mut stream = raw_http1(&pki, "op", &daemon.url).await;
         stream
             .write_all(
                 format!(

@@ -18,6 +18,15 @@ fn config(dir: &Path) -> AuditConfig {
     }
 }
 
+/// A test directory with its keys directory (made) and where the audit log goes (not made).
+fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let dir = tmp.path().join("audit");
+    (tmp, keys, dir)
+}
+
 fn signer(dir: &Path) -> AuditSigner {
     let k = dir.join("k");
     if k.exists() {
@@ -39,10 +48,7 @@ fn ev(n: usize) -> AuditEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_are_chained_and_survive_reopen() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let dir = tmp.path().join("audit");
+    let (_tmp, keys, dir) = dirs();
     let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -81,10 +87,7 @@ async fn concurrent_appends_are_chained_and_survive_reopen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_rotate_seal_and_archive() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let dir = tmp.path().join("audit");
+    let (_tmp, keys, dir) = dirs();
     let mut c = config(&dir);
     c.segment_records = 25;
     c.live_segments = 1;
@@ -183,10 +186,7 @@ async fn segments_rotate_seal_and_archive() {
 
 #[test]
 fn a_failed_batch_whose_rollback_did_not_happen_is_never_chained_onto() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let dir = tmp.path().join("audit");
+    let (_tmp, keys, dir) = dirs();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -243,10 +243,7 @@ fn a_failed_batch_whose_rollback_did_not_happen_is_never_chained_onto() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_is_refused_not_cut_and_an_export_never_signs_a_changed_log() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let dir = tmp.path().join("audit");
+    let (_tmp, keys, dir) = dirs();
     let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
     for i in 0..300 {
         log.append(ev(i)).await.unwrap();
@@ -326,10 +323,7 @@ async fn damage_is_refused_not_cut_and_an_export_never_signs_a_changed_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_old_log_and_zeros_left_after_a_seal_are_not_damage() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let dir = tmp.path().join("audit");
+    let (tmp, keys, dir) = dirs();
     std::fs::create_dir_all(&dir).unwrap();
     // An earlier release created audit.log when it opened and wrote nothing to it (or its
     // torn-tail repair cut it to nothing).
@@ -403,10 +397,7 @@ fn f_write_at(path: &Path, bytes: &[u8]) {
 /// interrupted move leaves one), or hides the live segment in the archive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doctored_second_copy_and_a_live_segment_moved_to_the_archive_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let dir = tmp.path().join("audit");
+    let (_tmp, keys, dir) = dirs();
     let mut c = config(&dir);
     c.segment_records = 25;
     c.live_segments = 0;
@@ -445,10 +436,7 @@ async fn a_doctored_second_copy_and_a_live_segment_moved_to_the_archive_are_refu
 /// goes on and leaves them too.
 #[tokio::test]
 async fn bytes_after_the_last_segments_seal_stop_the_start_and_are_kept() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let dir = tmp.path().join("audit");
+    let (_tmp, keys, dir) = dirs();
     let mut c = config(&dir);
     c.segment_records = 25;
     c.checkpoint_every_records = 1000;
