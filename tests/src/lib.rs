@@ -1082,7 +1082,8 @@ pub fn grep_tree(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
 
 /// A `credbroker dev` process (killed when dropped).
 pub struct Dev {
-    child: std::process::Child,
+    /// Killed when the `Dev` is dropped.
+    child: KillOnDrop,
     /// Its URL.
     pub url: String,
     /// What it printed before `ready`.
@@ -1097,13 +1098,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1125,7 +1119,7 @@ pub fn start_dev(dir: &std::path::Path) -> Dev {
     // Guarded from here on: a dev daemon that never gets ready is killed when the panic
     // below drops it.
     let mut dev = Dev {
-        child,
+        child: KillOnDrop(child),
         url: String::new(),
         banner: String::new(),
     };
@@ -1169,8 +1163,8 @@ impl Dev {
 
     /// Stops it (SIGKILL) and waits.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
     }
 }
 
