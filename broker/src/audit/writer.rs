@@ -475,6 +475,8 @@ impl AuditLog {
             });
         }
         let mut forensic = None;
+        // Verified before any torn byte is cleared: bytes after a seal fail it (and are never
+        // cleared, not even by a forensic start).
         if let Err(f) = super::verify::verify_since_last_checkpoint(
             &config.dir,
             &signer.verifier(),
@@ -492,7 +494,7 @@ impl AuditLog {
             );
             forensic = Some(f.to_string());
         }
-        if let Some(torn) = torn {
+        if let Some(torn) = torn.filter(|t| t.after_seal().is_none()) {
             torn.clear()?;
         }
         let healthy = Arc::new(AtomicBool::new(true));

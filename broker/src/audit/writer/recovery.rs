@@ -114,6 +114,9 @@ impl Writer {
     pub(super) fn reopen(&mut self) -> Result<(), AuditError> {
         let (mut live, mut tail, torn) = open_live(&self.config)?;
         if let Some(torn) = torn {
+            if let Some(planted) = torn.after_seal() {
+                return Err(planted);
+            }
             torn.clear()?;
         }
         if tail.seq > self.tail.seq && self.failed_batch_follows(&live) {

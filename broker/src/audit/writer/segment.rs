@@ -106,15 +106,32 @@ fn create(dir: &Path, n: u64) -> Result<Live, AuditError> {
 /// Bytes past the last complete line of the live segment that an interrupted write left
 /// (never acknowledged): cleared by [`Torn::clear`] before anything is written, and — at
 /// start-up — only once the log verified, so evidence is never erased before it is read.
-/// Bytes after a complete seal are never torn: the start refuses ([`open_live`]).
+/// Bytes after a complete seal are no interrupted write's (nothing is written to a sealed
+/// segment): [`Torn::after_seal`] says so, and they are never cleared.
 pub(super) struct Torn {
     file: File,
     path: PathBuf,
     from: u64,
     to: u64,
+    after_seal: bool,
 }
 
 impl Torn {
+    /// When these bytes follow a complete seal: why that is no crash's doing. They are kept
+    /// as found: the start-up verification refuses them, and a re-open at run time fails.
+    pub(super) fn after_seal(&self) -> Option<AuditError> {
+        self.after_seal.then(|| {
+            inconsistent(
+                &self.path,
+                format!(
+                    "{} byte(s) after its seal at offset {}: no interrupted write leaves any; nothing was cleared (`credbroker audit verify` reports them)",
+                    self.to - self.from,
+                    self.from
+                ),
+            )
+        })
+    }
+
     /// Writes zeros over the torn bytes and syncs.
     pub(super) fn clear(self) -> Result<(), AuditError> {
         tracing::warn!(
@@ -186,6 +203,7 @@ pub(super) fn open_live(config: &AuditConfig) -> Result<(Live, Tail, Option<Torn
                 path: last.path.clone(),
                 from: scan.end,
                 to,
+                after_seal: false,
             })
         }
     };
@@ -233,22 +251,14 @@ pub(super) fn open_live(config: &AuditConfig) -> Result<(Live, Tail, Option<Torn
     let tail = tail_of(&scan, &last.path)?
         .ok_or_else(|| inconsistent(&last.path, "segment header without a tail".into()))?;
     if scan.seal.is_some() {
-        if let Some(t) = torn {
-            // No interrupted write leaves bytes after a complete seal (the writer writes
-            // nothing to a segment once it is sealed): they were put there. Kept as found
-            // for `audit verify` and whoever investigates, never cleared as a torn tail.
-            let reason = format!(
-                "{} byte(s) after its seal at offset {}: no interrupted write leaves any; nothing was cleared (`credbroker audit verify` reports them)",
-                t.to - t.from,
-                t.from
-            );
-            if !config.forensic_start {
-                return Err(inconsistent(&last.path, reason));
-            }
-            tracing::error!(path = %last.path.display(), %reason, "FORENSIC START: bytes after a sealed segment's seal are left as found");
-        }
+        // Bytes after a complete seal were put there: never cleared; the verification that
+        // comes before any clearing refuses them.
+        let torn = torn.map(|t| Torn {
+            after_seal: true,
+            ..t
+        });
         let next = create(dir, last.n + 1)?;
-        return Ok((next, Tail { len: 0, ..tail }, None));
+        return Ok((next, Tail { len: 0, ..tail }, torn));
     }
     let live = Live {
         n: last.n,

@@ -436,7 +436,7 @@ async fn a_doctored_second_copy_and_a_live_segment_moved_to_the_archive_are_refu
 /// goes on and leaves them too.
 #[tokio::test]
 async fn bytes_after_the_last_segments_seal_stop_the_start_and_are_kept() {
-    let (_tmp, keys, dir) = dirs();
+    let (tmp, keys, dir) = dirs();
     let mut c = config(&dir);
     c.segment_records = 25;
     c.checkpoint_every_records = 1000;
@@ -465,6 +465,16 @@ async fn bytes_after_the_last_segments_seal_stop_the_start_and_are_kept() {
     let sealed = std::fs::read(&second).unwrap();
     let planted = [sealed.as_slice(), b"planted"].concat();
     std::fs::write(&second, &planted).unwrap();
+    // The same log for the forensic start below, as first found (a refused start has
+    // already begun segment 3, after which segment 2 is no longer the last).
+    let copy = tmp.path().join("audit-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+    }
 
     let Err(err) = AuditLog::open(c.clone(), signer(&keys)) else {
         panic!("the log opened with bytes after a seal");
@@ -476,8 +486,17 @@ async fn bytes_after_the_last_segments_seal_stop_the_start_and_are_kept() {
         planted,
         "the bytes were cleared"
     );
+    let second = copy.join(crate::audit::segments::segment_name(2));
+    c.dir = copy;
     c.forensic_start = true;
     let log = AuditLog::open(c, signer(&keys)).unwrap();
+    // The forensic start names them (the daemon records it as the run's first record).
+    assert!(
+        log.forensic_failure()
+            .is_some_and(|f| f.contains("after its seal")),
+        "{:?}",
+        log.forensic_failure()
+    );
     log.close();
     assert_eq!(
         std::fs::read(&second).unwrap(),
