@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use credbroker_providers::{Bound, Provider, ProviderError, ProviderRegistry, SecretFields};
 
 use crate::admin::{AdminOp, AdminOutcome, AdminService};
-use crate::api_error::{ApiError, ErrorCode};
+use crate::api_error::ApiError;
 use crate::audit::AuditReceipt;
 use crate::audit::{AuditConfig, AuditLog};
 use crate::callbacks::CallbackService;
@@ -155,9 +155,9 @@ pub struct Broker {
     resolver: ResolveService,
     callbacks: CallbackService,
     /// [`Broker::catch_up_shared`]: catch-ups started, and (under the lock) the number of
-    /// the last one finished with whether it succeeded.
+    /// the last one finished with its result.
     shared_started: std::sync::atomic::AtomicU64,
-    shared_done: tokio::sync::Mutex<(u64, bool)>,
+    shared_done: tokio::sync::Mutex<(u64, Result<(), ApiError>)>,
 }
 
 /// An HTTP answer with a body that is zeroized when dropped.
@@ -340,7 +340,7 @@ impl Broker {
             admin,
             core,
             shared_started: std::sync::atomic::AtomicU64::new(0),
-            shared_done: tokio::sync::Mutex::new((0, false)),
+            shared_done: tokio::sync::Mutex::new((0, Ok(()))),
         }))
     }
 
@@ -408,18 +408,11 @@ impl Broker {
         let mut done = self.shared_done.lock().await;
         if done.0 > arrived {
             // Started after this caller arrived, and finished: fresh enough.
-            return if done.1 {
-                Ok(())
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the store cannot be reached; nothing was done",
-                ))
-            };
+            return done.1.clone();
         }
         let number = self.shared_started.fetch_add(1, Ordering::AcqRel) + 1;
         let caught_up = self.catch_up().await;
-        *done = (number, caught_up.is_ok());
+        *done = (number, caught_up.clone());
         caught_up
     }
 
