@@ -1678,6 +1678,30 @@ async fn one_anonymous_source_cannot_hold_the_public_listener() {
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         assert!(answer.contains("payload_too_large"), "{answer}");
     }
+    // The listener offers only HTTP/1.1 and serves only that: a client that speaks HTTP/2
+    // anyway (its preface after an `http/1.1` handshake) gets no stream served, so it cannot
+    // multiplex past the per-source connection cap or the header deadline.
+    let h2 = anonymous_connection(&env.pki, &url, "127.0.0.4")
+        .await
+        .expect("a fourth source connects");
+    let served = async {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(h2),
+        )
+        .await
+        .ok()?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri("https://localhost/healthz")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await.ok().map(|r| r.status())
+    };
+    let served = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the HTTP/2 attempt ends");
+    assert_eq!(served, None, "HTTP/2 served on the public listener");
 }
 
 /// The installer administers many installations of the App: the broker pages through

@@ -159,6 +159,13 @@ pub fn spawn_role(
         .max_local_error_reset_streams(Some(64))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
+    // The public listener offers only HTTP/1.1 in its TLS handshake, and serves only that:
+    // the auto builder would otherwise detect HTTP/2's preface and serve it anyway, with the
+    // mTLS listener's stream limit per connection and no header deadline.
+    let builder = match role {
+        Role::Public => builder.http1_only(),
+        Role::Mtls => builder,
+    };
     let builder = Arc::new(builder);
     let limits = Arc::new(limits);
     let max_connections = limits.max_connections;
