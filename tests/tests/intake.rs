@@ -389,6 +389,51 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
     assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
 }
 
+/// A link acts for the operator who made it: once that operator is disabled (offboarded,
+/// perhaps hostile), the link neither shows its form nor takes a submission, and nothing is
+/// stored; links of operators still active keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_of_a_disabled_operator_are_dead() {
+    let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
+    pki.operator("op2");
+    let mut op2 = pki.client_for("op2", &daemon.url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op2"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (theirs, _) = create_link(&mut op2, 3600).await;
+    let (ours, _) = create_link(&mut op, 3600).await;
+    // The form is fetched while op2 is active; op2 is then disabled.
+    let (cookie, form) = wrong_secret_form(&mut public, &theirs).await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators/op2/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let before = daemon.audit_records().len();
+    let p = post(&mut public, &theirs, Some(&cookie), &form).await;
+    assert_eq!(p.status, 404, "{}", p.html);
+    assert_eq!(get(&mut public, &theirs).await.status, 404);
+    assert_eq!(
+        daemon.audit_records().len(),
+        before,
+        "a dead link's submission changed something"
+    );
+    let (_, b): (u16, Value) =
+        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    assert_eq!(b["binding"]["last_secret_version"], 0, "{b}");
+    // The active operator's link still shows its form.
+    assert_eq!(get(&mut public, &ours).await.status, 200);
+}
+
 /// A link's attempts cannot be stretched by overlapping submissions: while the third (last)
 /// one is still being probed, a fourth is refused as an invalid link before it reserves
 /// anything, and the link ends used up.

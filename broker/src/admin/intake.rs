@@ -347,6 +347,26 @@ impl AdminService {
             self.count_intake("invalid_link", false);
             return pages::invalid();
         }
+        // A link acts for the operator who made it: once that operator is disabled or
+        // removed, their links are dead too (an offboarded operator must not keep a way to
+        // replace a secret). Links made by a local command (`cli:…`) have no such operator.
+        if let Some(name) = link.creator.strip_prefix("operator:") {
+            let may = match crate::ids::OperatorId::parse(name) {
+                Ok(id) => self.operator_may_administer(&id).await,
+                Err(_) => Err(ApiError::new(
+                    ErrorCode::OperatorRequired,
+                    "not an operator",
+                )),
+            };
+            match may {
+                Ok(()) => {}
+                Err(e) if e.code == ErrorCode::OperatorRequired => {
+                    self.count_intake("invalid_link", false);
+                    return pages::invalid();
+                }
+                Err(_) => return pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again."),
+            }
+        }
         if !post {
             self.count_intake("none", true);
             return self.intake_form(&link, &token_hash).await;
