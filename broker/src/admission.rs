@@ -375,6 +375,88 @@ impl LogThrottle {
     }
 }
 
+/// Memory for request bodies in flight (KiB): a global budget, of which no one source holds
+/// more than its share. The public listener reserves a body's size here before reading it,
+/// so anonymous senders of large (or never finished) bodies are bounded together and no
+/// single source can take the budget from everyone else.
+pub struct BodyBudget {
+    global: Arc<Semaphore>,
+    held: Mutex<HashMap<IpAddr, u32>>,
+    per_source: u32,
+}
+
+/// A reservation in a [`BodyBudget`], returned when dropped.
+pub struct BodyPermit {
+    _global: OwnedSemaphorePermit,
+    budget: Arc<BodyBudget>,
+    source: IpAddr,
+    kib: u32,
+}
+
+/// Why a body could not be reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRefusal {
+    /// This source already holds its share.
+    Source,
+    /// All sources together hold the whole budget.
+    Global,
+}
+
+impl BodyBudget {
+    /// A budget of `global_kib`, at most `per_source_kib` of it held by one source.
+    pub fn new(global_kib: u32, per_source_kib: u32) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            global: Arc::new(Semaphore::new(global_kib as usize)),
+            held: Mutex::new(HashMap::new()),
+            per_source: per_source_kib.max(1),
+        })
+    }
+
+    /// Reserves `kib` for a body from `peer`.
+    ///
+    /// # Errors
+    /// [`BodyRefusal`] when the source's share or the whole budget is held.
+    pub fn try_reserve(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        kib: u32,
+    ) -> Result<BodyPermit, BodyRefusal> {
+        let source = source_of(peer);
+        let mut held = self.held.lock().map_err(|_| BodyRefusal::Global)?;
+        let now = held.get(&source).copied().unwrap_or(0);
+        if now.saturating_add(kib) > self.per_source {
+            return Err(BodyRefusal::Source);
+        }
+        let permit = Arc::clone(&self.global)
+            .try_acquire_many_owned(kib)
+            .map_err(|_| BodyRefusal::Global)?;
+        held.insert(source, now.saturating_add(kib));
+        Ok(BodyPermit {
+            _global: permit,
+            budget: Arc::clone(self),
+            source,
+            kib,
+        })
+    }
+}
+
+impl Drop for BodyPermit {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.budget.held.lock() {
+            let left = held
+                .get(&self.source)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(self.kib);
+            if left == 0 {
+                held.remove(&self.source);
+            } else {
+                held.insert(self.source, left);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +568,31 @@ mod tests {
         assert_eq!(th.admit(), None);
         assert_eq!(th.admit(), None);
         assert_eq!(th.suppressed.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share_of_body_memory() {
+        let budget = BodyBudget::new(32, 8);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = budget.try_reserve(a, 4).unwrap();
+        let second = budget.try_reserve(a, 4).unwrap();
+        assert_eq!(budget.try_reserve(a, 1).err(), Some(BodyRefusal::Source));
+        // Others still get theirs, until the whole budget is held.
+        let held: Vec<_> = (0..3).map(|_| budget.try_reserve(b, 8)).collect();
+        assert!(held[0].is_ok());
+        assert_eq!(held[1].as_ref().err(), Some(&BodyRefusal::Source));
+        drop(held);
+        let c: Vec<_> = (3..6u8)
+            .map(|i| budget.try_reserve(IpAddr::from([192, 0, 2, i]), 8).unwrap())
+            .collect();
+        assert_eq!(
+            budget.try_reserve("192.0.2.9".parse().unwrap(), 1).err(),
+            Some(BodyRefusal::Global)
+        );
+        // Returned on drop, and a source holding nothing is forgotten.
+        drop((first, second, c));
+        assert!(budget.held.lock().unwrap().is_empty());
+        assert!(budget.try_reserve(a, 8).is_ok());
     }
 }

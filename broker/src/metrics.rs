@@ -93,6 +93,9 @@ pub struct Metrics {
     pub handshakes_refused: Family<ScopeLabel, Counter>,
     /// Public-listener requests refused by a rate limit (per source or overall).
     pub rate_limited: Family<ScopeLabel, Counter>,
+    /// Public-listener request bodies refused because their source's share, or the whole
+    /// body memory budget, was held.
+    pub bodies_refused: Family<ScopeLabel, Counter>,
     /// Open connections closed because a reload revoked (or stopped trusting) their client
     /// certificate.
     pub revoked_connections_closed: Counter,
@@ -212,6 +215,12 @@ impl Metrics {
             "Public-listener requests refused by a rate limit",
             rate_limited.clone(),
         );
+        let bodies_refused = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "public_bodies_refused",
+            "Public-listener request bodies refused because the body memory budget was held",
+            bodies_refused.clone(),
+        );
         let revoked_connections_closed = Counter::default();
         registry.register(
             "revoked_connections_closed",
@@ -301,6 +310,7 @@ impl Metrics {
             handshake_failures,
             handshakes_refused,
             rate_limited,
+            bodies_refused,
             revoked_connections_closed,
             admin_requests,
         }

@@ -1704,6 +1704,56 @@ async fn one_anonymous_source_cannot_hold_the_public_listener() {
     assert_eq!(served, None, "HTTP/2 served on the public listener");
 }
 
+/// Unfinished large bodies cannot take the public listener's body memory from everyone
+/// (THREATS.md, anonymous client): two addresses each open four webhook POSTs declaring the
+/// largest body and never send it. Each address holds at most its share (two such bodies);
+/// the rest are refused and counted, and a genuine signed delivery from elsewhere is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_bodies_cannot_hold_the_body_budget() {
+    use tokio::io::AsyncWriteExt;
+    let mut env = start_with(
+        3600,
+        "requests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
+    )
+    .await;
+    let url = env.daemon.public_url.clone().unwrap();
+    let head = format!(
+        "POST /callbacks/github_app/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-GitHub-Event: installation\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: {}\r\n\r\n",
+        "0".repeat(64),
+        4 * 1024 * 1024
+    );
+    let mut held = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..4 {
+            let mut c = anonymous_connection(&env.pki, &url, source)
+                .await
+                .expect("connects");
+            c.write_all(head.as_bytes()).await.unwrap();
+            c.flush().await.unwrap();
+            held.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = webhook(
+        &mut env.public,
+        &json!({"action": "new_permissions_accepted", "installation": {"id": 2002, "account": {"login": "globex", "id": 10002}, "permissions": {}}}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "a genuine delivery was turned away: {v}");
+    let (_, m) = scrape(&env.pki, &env.daemon.url).await;
+    let m = String::from_utf8(m).unwrap();
+    assert_eq!(
+        metric_value(
+            &m,
+            "credbroker_public_bodies_refused_total{scope=\"source\"}"
+        ),
+        Some(4.0),
+        "{m}"
+    );
+    drop(held);
+}
+
 /// The installer administers many installations of the App: the broker pages through
 /// `GET /user/installations` (100 a page) to find the one in the redirect (issue 10, item 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

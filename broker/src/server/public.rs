@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::{acknowledge_first, new_request_id, plain_json, read_body_max, respond, to_completion};
-use crate::admission::RateLimiter;
+use crate::admission::{BodyBudget, BodyRefusal, RateLimiter};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Broker};
@@ -19,7 +19,7 @@ use crate::config::Limits;
 use crate::routes::{route_request, Endpoint, Listener};
 
 /// Memory for request bodies in flight on the public listener, KiB (32 MiB).
-pub(super) const PUBLIC_BODY_BUDGET_KIB: usize = 32 * 1024;
+pub(super) const PUBLIC_BODY_BUDGET_KIB: u32 = 32 * 1024;
 
 /// Largest body of a public request without a webhook signature header, bytes.
 const UNSIGNED_BODY_MAX: usize = 64 * 1024;
@@ -52,12 +52,31 @@ fn intake_response(
     response
 }
 
+/// A body refused by the memory budget: counted, and answered `unavailable`.
+fn bodies_refused(broker: &Broker, why: BodyRefusal) -> ApiError {
+    let scope = match why {
+        BodyRefusal::Source => "source",
+        BodyRefusal::Global => "global",
+    };
+    broker
+        .metrics()
+        .bodies_refused
+        .get_or_create(&crate::metrics::ScopeLabel {
+            scope: scope.into(),
+        })
+        .inc();
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "too many request bodies in progress; retry shortly",
+    )
+}
+
 /// The public listener: callbacks and health, nothing else.
 pub(super) async fn handle_public(
     broker: Arc<Broker>,
     limits: &Limits,
     detached: &Arc<Semaphore>,
-    body_budget: &Arc<Semaphore>,
+    body_budget: &Arc<BodyBudget>,
     rate_limiter: Option<&RateLimiter>,
     remote: SocketAddr,
     req: Request<Incoming>,
@@ -159,13 +178,10 @@ pub(super) async fn handle_public(
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
                 let max = limits.max_body_bytes.min(UNSIGNED_BODY_MAX);
-                match body_budget.clone().try_acquire_many_owned(64) {
+                match body_budget.try_reserve(remote.ip(), 64) {
                     Ok(_permit) if form => read_body_max(req, limits, max).await,
                     Ok(_) => Err(ApiError::bad_request("a form is expected")),
-                    Err(_) => Err(ApiError::new(
-                        ErrorCode::Unavailable,
-                        "too many request bodies in progress; retry shortly",
-                    )),
+                    Err(why) => Err(bodies_refused(&broker, why)),
                 }
             } else {
                 Ok(Zeroizing::new(Vec::new()))
@@ -203,12 +219,9 @@ pub(super) async fn handle_public(
                 }
                 Ok(verified) => {
                     let max = limits.max_body_bytes.min(UNSIGNED_BODY_MAX);
-                    let body = match body_budget.clone().try_acquire_many_owned(64) {
+                    let body = match body_budget.try_reserve(remote.ip(), 64) {
                         Ok(_permit) => read_body_max(req, limits, max).await,
-                        Err(_) => Err(ApiError::new(
-                            ErrorCode::Unavailable,
-                            "too many request bodies in progress; retry shortly",
-                        )),
+                        Err(why) => Err(bodies_refused(&broker, why)),
                     };
                     let rid = request_id.clone();
                     acknowledge_first(&request_id, detached, move |ack| async move {
@@ -222,8 +235,9 @@ pub(super) async fn handle_public(
             }
         }
         Ok(m) => {
-            // Only a request that carries a webhook signature may send a large body, and all
-            // bodies together hold at most PUBLIC_BODY_BUDGET_KIB of memory.
+            // Only a request that carries a webhook signature may send a large body; all
+            // bodies together hold at most PUBLIC_BODY_BUDGET_KIB of memory, one source at
+            // most its share of it.
             let signed = req.headers().contains_key("x-hub-signature-256");
             let max = if signed {
                 limits.max_body_bytes
@@ -240,17 +254,15 @@ pub(super) async fn handle_public(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<usize>().ok())
                     .map_or(max, |n| n.min(max));
-                let kib = u32::try_from(declared.div_ceil(1024).clamp(1, PUBLIC_BODY_BUDGET_KIB))
-                    .unwrap_or(u32::MAX);
-                match body_budget.clone().try_acquire_many_owned(kib) {
+                let kib = u32::try_from(declared.div_ceil(1024))
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, PUBLIC_BODY_BUDGET_KIB);
+                match body_budget.try_reserve(remote.ip(), kib) {
                     Ok(permit) => {
                         _budget = Some(permit);
                         read_body_max(req, limits, max).await
                     }
-                    Err(_) => Err(ApiError::new(
-                        ErrorCode::Unavailable,
-                        "too many request bodies in progress; retry shortly",
-                    )),
+                    Err(why) => Err(bodies_refused(&broker, why)),
                 }
             } else {
                 Ok(Zeroizing::new(Vec::new()))
