@@ -89,6 +89,8 @@ async fn start_full(
     .unwrap();
     // Install links point at the public listener: its address must be known up front.
     let port = free_port();
+    // A section may name the public listener's address (known only here) as `@PUBLIC@`.
+    let sections = sections.replace("@PUBLIC@", &format!("https://127.0.0.1:{port}"));
     let client_line = client_id
         .map(|c| format!("client_id = \"{c}\"\n"))
         .unwrap_or_default();
@@ -1702,6 +1704,82 @@ async fn one_anonymous_source_cannot_hold_the_public_listener() {
         .await
         .expect("the HTTP/2 attempt ends");
     assert_eq!(served, None, "HTTP/2 served on the public listener");
+}
+
+/// A state issued for another provider (here an Entra consent link's) brought to the GitHub
+/// setup callback is refused like an unknown one: counted, no audit record however often it
+/// is repeated, and the state is left for its own provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_providers_state_is_refused_without_a_record() {
+    const ENTRA_CLIENT: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    const ENTRA_SECRET: &str = "secretA~0123456789abcdefghijklmnop";
+    let entra = credbroker_tests::fake_entra::FakeEntra::start(ENTRA_CLIENT, ENTRA_SECRET).await;
+    let sections = format!(
+        "[providers.entra_multi_tenant]\nclient_id = \"{ENTRA_CLIENT}\"\nauthority_host = \"{0}\"\narm_base_url = \"{0}\"\ngraph_base_url = \"{0}\"\nredirect_uri = \"@PUBLIC@/callbacks/entra_multi_tenant/setup\"\nceiling_file = {1:?}\ntimeout_ms = 3000\n",
+        entra.url,
+        repo_root().join("policies/azure.json").display().to_string(),
+    );
+    let mut env = start_full(3600, "", Some(CLIENT_ID), &sections).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/keys/entra_multi_tenant",
+        Some(json!({"fields": {"client_secret": ENTRA_SECRET}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let version = v["key"]["version"].as_u64().unwrap();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/keys/entra_multi_tenant/{version}/activate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": "11111111-2222-4333-8444-555555555555", "id": 0}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let state = v["install_url"]
+        .as_str()
+        .unwrap()
+        .rsplit("state=")
+        .next()
+        .unwrap()
+        .to_owned();
+    let before = env.daemon.audit_records().len();
+    for _ in 0..3 {
+        let (s, v) = callback(
+            &mut env.public,
+            &format!("installation_id=1001&setup_action=install&state={state}&code=x"),
+            None,
+        )
+        .await;
+        assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+        assert!(v["error"]["audit_id"].is_null(), "{v}");
+    }
+    assert_eq!(
+        env.daemon.audit_records().len(),
+        before,
+        "a foreign state was audited"
+    );
+    // The consent link still opens (the state was neither consumed nor started).
+    let (status, _, _) = env
+        .public
+        .exchange(
+            Method::GET,
+            &format!("/callbacks/entra_multi_tenant/start?state={state}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 302);
 }
 
 /// Unfinished large bodies cannot take the public listener's body memory from everyone

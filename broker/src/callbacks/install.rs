@@ -157,8 +157,11 @@ impl CallbackService {
             .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?
             .ok_or_else(|| anonymous(rejected("unknown or already used state")))?;
         let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
+        // A state of another provider is not this callback's to consume: refused before
+        // anything is written, and counted like an unknown one (anyone holding some install
+        // link could otherwise repeat it here for one fsynced record each).
         if read.provider != provider.id() {
-            return Err(rejected("state was issued for another provider").into());
+            return Err(anonymous(rejected("unknown or already used state")));
         }
         let tenant =
             TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
@@ -263,11 +266,31 @@ impl CallbackService {
             .detail()
             .map(|a| format!("; {a}"))
             .unwrap_or_default();
-        let account = proven.map_err(|e| {
-            rejected(format!(
-                "{identifier} could not be proven to belong to the person who installed: {e}{assertion}"
-            ))
-        })?;
+        // The browser is told why, not which assertion the broker signed (its jti, subject
+        // and key id): those go into the audit record only.
+        let account = match proven {
+            Ok(account) => account,
+            Err(e) => {
+                let why = format!(
+                    "{identifier} could not be proven to belong to the person who installed: {e}"
+                );
+                event.outcome = "denied".into();
+                event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
+                event.detail = Some(format!("{why}{assertion}").chars().take(1000).collect());
+                let audit_id = self
+                    .core
+                    .audit
+                    .append(event.clone())
+                    .await
+                    .ok()
+                    .map(|r| r.audit_id);
+                return Err(Failure {
+                    err: rejected(why),
+                    audit_id,
+                    anonymous: false,
+                });
+            }
+        };
         if !assertion.is_empty() {
             event.detail = Some(format!(
                 "{}{assertion}",
