@@ -417,3 +417,29 @@ fn a_missing_audit_public_key_is_derived_again_from_the_private_one() {
     assert_eq!(created, vec![public.clone()]);
     assert_eq!(std::fs::read(&public).unwrap(), first, "another key");
 }
+
+/// The other way round: the private key missing where the config says (moved, or the path
+/// mistyped) while its public key is there. `init` refuses instead of generating a new pair
+/// over the public key auditors verify the existing log with.
+#[test]
+fn a_missing_audit_signing_key_is_not_replaced_over_its_public_key() {
+    let (tmp, pki) = setup();
+    let config_path = tmp.path().join("credbroker.toml");
+    let config = write_config(&config_path, &tmp.path().join("data"), &pki, None, "");
+    credbroker::broker::BrokerKeys::init(&config).unwrap();
+    let public = config.audit_public_key_file();
+    let first = std::fs::read(&public).unwrap();
+    let moved = tmp.path().join("moved-audit-signing.key");
+    std::fs::rename(config.audit_key_file(), &moved).unwrap();
+    let err = credbroker::broker::BrokerKeys::init(&config)
+        .err()
+        .expect("init generated a new audit key over the public one")
+        .to_string();
+    assert!(err.contains("audit_key_file"), "{err}");
+    assert_eq!(
+        std::fs::read(&public).unwrap(),
+        first,
+        "public key replaced"
+    );
+    assert!(!config.audit_key_file().exists());
+}

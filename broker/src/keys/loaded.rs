@@ -85,12 +85,23 @@ impl BrokerKeys {
     /// files created.
     ///
     /// # Errors
-    /// On I/O or CSPRNG failure.
+    /// On I/O or CSPRNG failure, and when the audit public key exists without its private
+    /// key (never replaced by a new pair).
     pub fn init(config: &Config) -> Result<Vec<std::path::PathBuf>, KeyError> {
         let mut created = Vec::new();
         if config.keys.kek_env.is_none() && !config.kek_file().exists() {
             Keyring::generate()?.save(&config.kek_file())?;
             created.push(config.kek_file());
+        }
+        if !config.audit_key_file().exists() && config.audit_public_key_file().exists() {
+            // A public key without its private key: the signing key was moved or lost (or
+            // `[keys] audit_key_file` names the wrong place). A new key would replace the
+            // public key auditors verify the existing log with.
+            return Err(KeyError::Invalid(format!(
+                "{} exists but the audit signing key {} does not: point [keys] audit_key_file at the key that signed this log (a new key would replace the public key its checkpoints verify with; move the public key away first only to start a new log)",
+                config.audit_public_key_file().display(),
+                config.audit_key_file().display()
+            )));
         }
         if !config.audit_key_file().exists() {
             AuditSigner::generate(&config.audit_key_file(), &config.audit_public_key_file())?;
