@@ -5,10 +5,13 @@
 //! *unavailable* (timeouts, 5xx, throttling after retries, unreachable) it opens, and further
 //! cold mints of that binding fail at once with `provider_unavailable` and no upstream call,
 //! for `open_for`. Each provider has a circuit too, which opens only when `threshold`
-//! consecutive failures of the provider came from at least two tenants — a real outage, not
-//! one customer's broken endpoint or throttled account. Then one trial mint is let through
-//! (half-open): success closes the circuit, failure opens it again. Denials do not count —
-//! the upstream answered. Cached tokens never reach the breaker, so a still-valid cached
+//! consecutive failures of the provider came from at least two tenants, no tenant counting
+//! for more than half of them (rounded up) — a real outage, not one customer's broken
+//! endpoint or throttled account topped up by a single failure elsewhere. Then one trial mint
+//! is let through (half-open): success closes the circuit, failure opens it again. Denials do
+//! not count — the upstream answered. Mints admitted before a circuit opened and finishing
+//! while it is open change nothing (their failures are what opened it; a late answer must not
+//! close it before its trial). Cached tokens never reach the breaker, so a still-valid cached
 //! token is served throughout an outage.
 
 use std::collections::HashMap;
@@ -20,9 +23,9 @@ struct Circuit {
     failures: u32,
     open_until: Option<Instant>,
     trial_in_flight: bool,
-    /// Tenants among the current streak of failures (provider circuits only; at most two
-    /// are kept, which is all the rule needs).
-    tenants: Vec<String>,
+    /// Tenants among the current streak of failures and how many each counts for (provider
+    /// circuits only; at most `threshold` tenants, each counting at least once).
+    tenants: Vec<(String, u32)>,
 }
 
 fn binding_key(provider: &str, binding: &str) -> String {
@@ -122,7 +125,14 @@ impl Breakers {
         };
         let threshold = self.threshold;
         let open_for = self.open_for;
+        let now = Instant::now();
+        // The most one tenant's failures count for in the provider's streak.
+        let per_tenant = threshold.div_ceil(2);
         let step = |c: &mut Circuit, spread_needed: bool| -> bool {
+            // Open, and not yet trying: this mint was admitted before the circuit opened.
+            if c.open_until.is_some_and(|until| now < until) {
+                return false;
+            }
             let was_half_open = c.open_until.is_some();
             c.trial_in_flight = false;
             if !upstream_unavailable {
@@ -136,9 +146,14 @@ impl Breakers {
                 if was_half_open {
                     *c = Circuit::default();
                 }
-                c.failures += 1;
-                if c.tenants.len() < 2 && !c.tenants.iter().any(|t| t == tenant) {
-                    c.tenants.push(tenant.to_owned());
+                if let Some((_, n)) = c.tenants.iter_mut().find(|(t, _)| t == tenant) {
+                    if *n < per_tenant {
+                        *n += 1;
+                        c.failures += 1;
+                    }
+                } else if c.tenants.len() < threshold as usize {
+                    c.tenants.push((tenant.to_owned(), 1));
+                    c.failures += 1;
                 }
                 if c.failures >= threshold && c.tenants.len() >= 2 {
                     c.failures = 0;
@@ -272,6 +287,45 @@ mod tests {
         assert!(!b.record("p", "x2", "t1", true).1);
         assert_eq!(b.admit("p", "healthy"), Admission::Allowed);
         assert!(b.open_providers().is_empty());
+    }
+
+    /// One tenant's streak topped up by a single failure elsewhere is not an outage: no
+    /// tenant counts for more than half the threshold (rounded up).
+    #[test]
+    fn one_tenant_plus_one_failure_elsewhere_does_not_open_the_provider() {
+        let b = Breakers::new(5, Duration::from_secs(60));
+        for i in 0..20 {
+            b.admit("p", &format!("broken{i}"));
+            b.record("p", &format!("broken{i}"), "t1", true);
+        }
+        b.admit("p", "x");
+        assert!(
+            !b.record("p", "x", "t2", true).1,
+            "3 of t1's count, 1 of t2's"
+        );
+        assert!(b.open_providers().is_empty());
+        b.admit("p", "y");
+        assert!(
+            b.record("p", "y", "t3", true).1,
+            "three tenants, five failures"
+        );
+        assert_eq!(b.open_providers(), vec!["p".to_owned()]);
+    }
+
+    /// Mints that were already in flight when the circuit opened and fail afterwards leave
+    /// it open (each used to close the provider's circuit again).
+    #[test]
+    fn late_results_do_not_close_an_open_circuit() {
+        let b = Breakers::new(2, Duration::from_secs(60));
+        for binding in ["x", "y", "z", "w"] {
+            assert_eq!(b.admit("p", binding), Admission::Allowed);
+        }
+        b.record("p", "x", "t1", true);
+        assert!(b.record("p", "y", "t2", true).1, "opened");
+        b.record("p", "z", "t3", true);
+        b.record("p", "w", "t4", false);
+        assert_eq!(b.open_providers(), vec!["p".to_owned()]);
+        assert!(matches!(b.admit("p", "v"), Admission::Open(_)));
     }
 
     #[test]
