@@ -725,17 +725,37 @@ async fn consent_takeover_attempts_are_refused() {
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     assert!(v["error"]["audit_id"].is_string());
 
-    // t2 obtains a link for ACME; then t1 binds ACME properly; t2's link can no longer take
-    // it, and nothing is minted for ACME on t2's behalf. No new link is issued for t2.
+    // Two tenants never hold live links for one account at once (a consent given through
+    // one would count as "granted after the link was issued" for the other): while t2
+    // holds a link for ACME, t1's onboarding of ACME is refused.
     let state2 = onboard(&mut env.op, "t2", ACME).await;
-    let state = onboard(&mut env.op, "t1", ACME).await;
-    let (s, v) = consent_round(
-        &mut env.public,
-        &state,
-        &format!("admin_consent=True&tenant={ACME}"),
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
     )
     .await;
-    assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already out for another tenant"),
+        "{v}"
+    );
+    // A link still out when the account is bound to someone else (bound here by hand;
+    // a link from before an upgrade, or issued on another replica in the same moment) can
+    // no longer take it, and nothing is minted for ACME on t2's behalf. No new link is
+    // issued for t2.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": BINDING, "tenant": "t1", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
     let acme_before = token_requests_for(&env.entra, ACME);
     let (s, v) = consent_round(
         &mut env.public,

@@ -403,6 +403,22 @@ impl AdminService {
                         format!("{identifier} is already bound to another tenant"),
                     ));
                 }
+                // Nor while another tenant holds a live link for it: the account's consent
+                // through one link would prove a grant "newer than the link" for the other
+                // link too, so two links for one account are never out at once.
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let others = self
+                    .core
+                    .records
+                    .live_links_pinning(provider.id(), &pin.login, now)
+                    .await
+                    .map_err(store_err)?;
+                if others.iter().any(|t| t != tenant.as_str()) {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("an install link for {identifier} is already out for another tenant: it must expire (or be used) first"),
+                    ));
+                }
             }
             let base = self.core.public_base_url().ok_or_else(|| {
                 ApiError::bad_request(

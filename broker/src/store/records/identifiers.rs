@@ -222,6 +222,41 @@ impl Records {
         Ok(None)
     }
 
+    /// Tenants holding an install link of `provider` that is still live at `now` (Unix
+    /// seconds) and pins the account `login` (compared without case): an onboarding of that
+    /// account for another tenant is refused while one is out.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn live_links_pinning(
+        &self,
+        provider: &str,
+        login: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for (_, raw) in self
+            .store
+            .scan(Table::Identifiers, "callback-state:")
+            .await?
+        {
+            // An unreadable state pins nothing this check could honour; its own use fails.
+            let Ok(state) = serde_json::from_slice::<CallbackState>(&raw) else {
+                continue;
+            };
+            if state.provider == provider
+                && state.expires_at >= now
+                && state
+                    .pin
+                    .as_ref()
+                    .is_some_and(|p| p.login.eq_ignore_ascii_case(login))
+            {
+                out.push(state.tenant);
+            }
+        }
+        Ok(out)
+    }
+
     /// The broker-generated parameters of `tenant` (every provider): `(key, value)`.
     ///
     /// # Errors
