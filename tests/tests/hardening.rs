@@ -377,10 +377,37 @@ async fn only_registered_active_operators_administer() {
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     let (s, v) = call(&mut op, Method::DELETE, "/v1/admin/operators/op", None).await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    // A removed operator's name is retired: registering it again would bring the old
+    // (perhaps stolen) certificate back to life.
+    let (s, v) = call(&mut op, Method::DELETE, "/v1/admin/operators/op2", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op2"})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("retired"),
+        "{v}"
+    );
+    let (s, v) = call(&mut op2, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
 
-    // Offline registration (the daemon stopped), audited.
+    // Offline registration (the daemon stopped), audited; not of a retired name.
     pki.operator("op4");
     daemon.stop();
+    let (c, out, err) = run_cli(&[
+        "bootstrap-operator",
+        "--config",
+        daemon.config.to_str().unwrap(),
+        "--id",
+        "op2",
+    ]);
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(err.contains("retired"), "{out}{err}");
     let (c, out, err) = run_cli(&[
         "bootstrap-operator",
         "--config",
@@ -398,7 +425,7 @@ async fn only_registered_active_operators_administer() {
     let mut op4 = pki.client_for("op4", &daemon.url);
     let (s, v) = call(&mut op4, Method::GET, "/v1/admin/operators", None).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["operators"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["operators"].as_array().unwrap().len(), 3, "{v}");
 }
 
 /// Key generation interrupted between the audit key's two files (or the public one deleted)

@@ -32,6 +32,7 @@ pub(crate) use federation::random_alphanumeric;
 pub use forge::InvocationOutcome;
 pub use governance::{GovernanceOp, GovernanceUpdate, RevealBody, MAX_WINDOW_S};
 pub use intake::{parse_intake_form, NewIntake, MAX_INTAKE_FAILURES};
+pub(crate) use workers::retired_operator_name;
 mod platform_keys;
 mod records;
 mod request;

@@ -235,6 +235,22 @@ impl AdminService {
                 format!("operator {} already exists", operator.id),
             ));
         }
+        if self
+            .core
+            .records
+            .identifier_owner(&super::workers::retired_operator_name(operator.id.as_str()))
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "operator name {} was removed before and is retired: a certificate issued for the old operator would come back to life. Issue the new certificate for a new name",
+                    operator.id
+                ),
+            ));
+        }
         let mut plan = Plan::new(
             format!("operator={}", operator.id),
             json!({ "operator": to_value(&operator) }),
@@ -534,6 +550,16 @@ impl AdminService {
                 let o = self.operator_or_404(id).await?;
                 self.keep_an_operator(id, &mut plan.batch).await?;
                 plan.batch.remove(&o);
+                // The name is retired for good, as a worker's is.
+                let name = super::workers::retired_operator_name(id);
+                if r.identifier_owner(&name)
+                    .await
+                    .map_err(store_err)?
+                    .is_none()
+                {
+                    plan.batch
+                        .claim_identifier(&name, &super::workers::worker_name_owner());
+                }
             }
             Collection::Instances => {
                 let i = self.instance_or_404(id).await?;

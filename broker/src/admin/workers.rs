@@ -158,7 +158,14 @@ pub(super) fn retired_worker_name(id: &str) -> String {
     format!("worker-name:{id}")
 }
 
-fn worker_name_owner() -> crate::store::records::IdentifierOwner {
+/// The exclusive identifier a removed operator's name holds, never released: an operator is
+/// named by their certificate too, so re-adding the name would bring a stolen certificate of
+/// the old operator back to life (with no CRL, or with its entry lost).
+pub(crate) fn retired_operator_name(id: &str) -> String {
+    format!("operator-name:{id}")
+}
+
+pub(super) fn worker_name_owner() -> crate::store::records::IdentifierOwner {
     crate::store::records::IdentifierOwner {
         tenant: String::new(),
         binding: None,

@@ -261,6 +261,16 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         {
             return Err(format!("operator {id} is already registered"));
         }
+        if records
+            .identifier_owner(&crate::admin::retired_operator_name(id.as_str()))
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Err(format!(
+                "operator name {id} was removed before and is retired: a certificate issued for the old operator would come back to life. Register a new name"
+            ));
+        }
         let operator = crate::model::Operator {
             id: id.clone(),
             status: crate::model::Status::Active,
