@@ -38,7 +38,8 @@ pub struct IssuerEnv {
 
 impl IssuerEnv {
     /// Starts a daemon whose `[issuer]` has `publish_lead_s` and `token_ttl_s`, plus `extra`
-    /// TOML; seeds tenants `t1`, `t2` and worker `w1` (for `t1`).
+    /// TOML (`@ISSUER@` in it: the issuer URL); seeds tenants `t1`, `t2` and worker `w1`
+    /// (for `t1`).
     pub async fn start(publish_lead_s: u64, token_ttl_s: u64, extra: &str) -> IssuerEnv {
         Self::start_with_env(publish_lead_s, token_ttl_s, extra, Vec::new()).await
     }
@@ -54,6 +55,8 @@ impl IssuerEnv {
         let gcp = FakeGcp::start().await;
         let (public, port) = public_section(&pki);
         let issuer = format!("https://127.0.0.1:{port}");
+        // `extra` may name the public listener's address (known only here) as `@ISSUER@`.
+        let extra = extra.replace("@ISSUER@", &issuer);
         let toml = format!(
             "{public}[issuer]\nurl = \"{issuer}\"\npublish_lead_s = {publish_lead_s}\ntoken_ttl_s = {token_ttl_s}\n\n[providers.gcp_wif]\nceiling_file = {:?}\nsts_url = \"{}\"\niam_credentials_url = \"{}\"\ntimeout_ms = 3000\n\n{extra}",
             repo_root().join("policies/gcp.json").display().to_string(),

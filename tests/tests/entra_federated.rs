@@ -31,7 +31,7 @@ async fn start() -> (IssuerEnv, FakeEntra) {
     // The fake knows a secret, but the daemon is never given one.
     let entra = FakeEntra::start(CLIENT_ID, "never-given-to-the-daemon-0123456789").await;
     let extra = format!(
-        "[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{0}\"\narm_base_url = \"{0}\"\ngraph_base_url = \"{0}\"\nceiling_file = {1:?}\ntimeout_ms = 3000\nfederated_subject = \"{FIC_SUBJECT}\"\n",
+        "[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{0}\"\narm_base_url = \"{0}\"\ngraph_base_url = \"{0}\"\nredirect_uri = \"@ISSUER@/callbacks/entra_multi_tenant/setup\"\nceiling_file = {1:?}\ntimeout_ms = 3000\nfederated_subject = \"{FIC_SUBJECT}\"\n",
         entra.url,
         repo_root().join("policies/azure.json").display().to_string(),
     );
@@ -170,5 +170,69 @@ async fn a_stored_secret_still_serves_while_the_federated_credential_does_not_ma
     assert!(
         !after.is_empty() && after.iter().all(|a| a == "federated"),
         "{after:?}"
+    );
+}
+
+/// A deployment with no stored secret at all (the README's end state) still onboards
+/// customers: the consent is confirmed with the federated assertion (it used to be refused
+/// with "no Entra app credential is active" before a link was issued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_is_confirmed_with_the_federated_credential_alone() {
+    let (mut env, entra) = start().await;
+    entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let state = v["install_url"]
+        .as_str()
+        .unwrap()
+        .rsplit("state=")
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut public = public_client(&env.pki, &env.issuer);
+    let (status, headers, _) = public
+        .exchange(
+            Method::GET,
+            &format!("/callbacks/entra_multi_tenant/start?state={state}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 302);
+    let cookie = headers[http::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (status, out) = public
+        .request_with_headers(
+            Method::GET,
+            &format!(
+                "/callbacks/entra_multi_tenant/setup?admin_consent=True&tenant={ACME}&state={state}"
+            ),
+            &[("cookie", cookie.as_str())],
+            None,
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    assert_eq!(
+        (status.as_u16(), v["status"].as_str()),
+        (200, Some("active")),
+        "{v}"
+    );
+    assert!(
+        entra.client_auths(ACME).iter().all(|a| a == "federated"),
+        "{:?}",
+        entra.client_auths(ACME)
     );
 }

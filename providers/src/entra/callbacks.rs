@@ -75,13 +75,16 @@ impl Callbacks for EntraApp {
                 "[providers.{ID}] redirect_uri is not set (the app's registered {{base_url}}/callbacks/{ID}/setup)"
             ));
         }
-        let active = self
-            .credentials
-            .read()
-            .map(|c| !c.is_empty())
-            .unwrap_or(false);
+        // A federated credential (the broker's own issuer) confirms a consent as well as a
+        // stored secret or certificate does: token_for tries it first.
+        let active = self.settings.federated_subject.is_some()
+            || self
+                .credentials
+                .read()
+                .map(|c| !c.is_empty())
+                .unwrap_or(false);
         if !active {
-            return Err("no Entra app credential is active (credbroker keys entra add/activate): the consent could not be confirmed".into());
+            return Err("no Entra app credential is active (set federated_subject, or credbroker keys entra add/activate): the consent could not be confirmed".into());
         }
         Ok(())
     }
