@@ -95,6 +95,9 @@ impl AdminService {
         let mut batch = crate::store::Batch::new();
         let mut claimed: std::collections::HashMap<String, String> = Default::default();
         let mut notes = Vec::new();
+        // Bindings this batch already requires unchanged (or changes), and those it changes.
+        let mut guarded = std::collections::HashSet::new();
+        let mut replaced = std::collections::HashSet::new();
         // One pass, a row at a time: only the bindings that hold an exclusive identifier are
         // kept (at every start, so a store of 100,000 bindings is not held in memory at once).
         let registry = self.core.registry.clone();
@@ -135,7 +138,12 @@ impl AdminService {
                                 "disabled by the schema-3 migration: {identifier} is held by binding {o} (one role, two spellings) at {}",
                                 now_rfc3339()
                             ));
-                            batch.replace(&stored, &changed);
+                            // Changed once (a second change's precondition, after the
+                            // first, would fail); it guards the binding from then on.
+                            if replaced.insert(b.id.to_string()) {
+                                batch.replace(&stored, &changed);
+                                guarded.insert(b.id.to_string());
+                            }
                         }
                         notes.push(format!(
                             "binding {} disabled ({identifier} held by {o})",
@@ -143,6 +151,16 @@ impl AdminService {
                         ));
                     }
                     None => {
+                        // Claimed only for a binding that still exists as read: on a shared
+                        // store another replica may remove it (releasing the identifier)
+                        // between this pass and the commit, and a claim for a removed binding
+                        // would never be released.
+                        if guarded.insert(b.id.to_string()) {
+                            let Some(stored) = r.binding(&b.id).await.map_err(store_err)? else {
+                                continue;
+                            };
+                            batch.expect_unchanged(&stored);
+                        }
                         batch.claim_identifier(
                             &identifier,
                             &IdentifierOwner {

@@ -289,9 +289,15 @@ impl Inner {
     async fn commit(&self, batch: &Batch, own: Changed) -> Result<Option<Replaced>, StoreError> {
         let mut client = self.pool.get().await.map_err(|e| pool_error(&e))?;
         let tx = client.transaction().await.map_err(|e| db_error(&e))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::COMMIT_LOCK])
-            .await
-            .map_err(|e| db_error(&e))?;
+        // Commits that change what other replicas read take the cluster-wide lock. A batch of
+        // this replica's private rows (the last-use flush: up to a thousand rows a chunk) does
+        // not: no other replica writes those rows, and their row locks are all it needs, so a
+        // long flush never holds up other replicas' admin, callback or intake commits.
+        if own.concerns_other_replicas() {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::COMMIT_LOCK])
+                .await
+                .map_err(|e| db_error(&e))?;
+        }
         let prepare = |sql: &'static str| {
             let tx = &tx;
             async move { tx.prepare_cached(sql).await.map_err(|e| db_error(&e)) }
