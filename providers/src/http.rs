@@ -138,6 +138,15 @@ impl Http {
                 .unwrap_or("")
                 .trim()
                 .to_ascii_lowercase();
+            // Quoted in refusals, probe results and audit details: an upstream (a customer's
+            // own server) must not plant an arbitrarily long text there.
+            let content_type = if content_type.len() <= 100
+                && content_type.bytes().all(|b| b.is_ascii_graphic())
+            {
+                content_type
+            } else {
+                "(unreadable)".to_owned()
+            };
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
                 .await

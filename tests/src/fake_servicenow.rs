@@ -31,6 +31,9 @@ pub struct SnState {
     pub app_user: Mutex<bool>,
     /// The instance is hibernating (developer instances).
     pub hibernating: Mutex<bool>,
+    /// The content type of the hibernation page, when not `text/html;charset=UTF-8` (a
+    /// hostile instance's arbitrarily long one).
+    pub page_content_type: Mutex<Option<String>>,
     /// Answers this late, milliseconds (a slow or stuck instance).
     pub delay_ms: Mutex<u64>,
     /// The application user's active roles.
@@ -80,9 +83,15 @@ impl SnState {
             .unwrap()
             .push(("POST /oauth_token.do".into(), recorded));
         if *self.hibernating.lock().unwrap() {
+            let content_type = self
+                .page_content_type
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| "text/html;charset=UTF-8".into());
             return Response::builder()
                 .status(200)
-                .header("content-type", "text/html;charset=UTF-8")
+                .header("content-type", content_type)
                 .body(Full::new(Bytes::from_static(
                     b"<html><body><h1>Your instance is hibernating</h1><p>Sign in to wake it.</p></body></html>",
                 )))
@@ -213,6 +222,7 @@ impl FakeServiceNow {
             grant_enabled: Mutex::new(true),
             app_user: Mutex::new(true),
             hibernating: Mutex::new(false),
+            page_content_type: Mutex::new(None),
             delay_ms: Mutex::new(0),
             roles: Mutex::new(roles.iter().map(|r| (*r).to_owned()).collect()),
             tokens: Mutex::new(Vec::new()),

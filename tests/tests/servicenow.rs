@@ -182,6 +182,29 @@ async fn minting_caching_and_every_error_shape() {
             .contains("hibernating"),
         "{v}"
     );
+    // A hostile instance's 100 KB content type is not quoted into the refusal or the
+    // probe's audit record.
+    *env.sn.state.page_content_type.lock().unwrap() = Some(format!("text/{}", "x".repeat(100_000)));
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 1000, "{} bytes", message.len());
+    let record = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .rev()
+        .find(|r| {
+            let id = v["error"]["audit_id"].as_str().unwrap();
+            r["hash"].as_str().unwrap().starts_with(&id["aud_".len()..])
+        })
+        .expect("the probe's record");
+    assert!(
+        record.to_string().len() < 4000,
+        "{} bytes",
+        record.to_string().len()
+    );
+    *env.sn.state.page_content_type.lock().unwrap() = None;
     *env.sn.state.hibernating.lock().unwrap() = false;
     // A stuck instance: the request's deadline (timeout_ms = 3000) ends it.
     *env.sn.state.delay_ms.lock().unwrap() = 4000;
