@@ -161,6 +161,10 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
         export.to_str().unwrap(),
     ]);
     assert_eq!(c, 0, "{err}");
+    // It names tenants, actors and token fingerprints: its owner's only, whatever the umask.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&export).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "export mode {mode:o}");
     let (c, out) = verify_export_cli(&export, &public_key);
     assert_eq!(c, 0, "{out}");
     // A pipe cannot be read by position: it is read whole, and verifies the same.

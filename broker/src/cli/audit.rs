@@ -332,13 +332,13 @@ fn export(args: &ExportArgs) -> Result<ExitCode, String> {
     let signer = AuditSigner::load(&config.audit_key_file()).map_err(|e| e.to_string())?;
     let bar = Bar::new(Output::shows_progress(None));
     let count = match &args.output {
-        Some(path) => {
-            let mut f =
-                std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let n = export_all(&config, &filter, &signer, &mut f, &bar)?;
-            f.sync_all().map_err(|e| e.to_string())?;
-            n
-        }
+        Some(path) => super::output::write_private(path, |f| {
+            let mut out = std::io::BufWriter::new(f);
+            let n = export_all(&config, &filter, &signer, &mut out, &bar)?;
+            out.flush()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(n)
+        })?,
         None => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let n = export_all(&config, &filter, &signer, &mut out, &bar)?;

@@ -130,7 +130,10 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
 fn write(args: &ReportArgs, summary: &ReportSummary) -> Result<(), String> {
     let json = serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?;
     let save = |path: &PathBuf, text: &str| {
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+        super::output::write_private(path, |f| {
+            std::io::Write::write_all(f, text.as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
     };
     if let Some(path) = &args.html {
         save(path, &html::render(summary))?;

@@ -39,6 +39,52 @@ impl Output {
     }
 }
 
+/// Writes a file an operator asked for (an audit export, a report) as only its owner may
+/// read it (0600; it names tenants, actors and token fingerprints) and whole or not at all:
+/// `write` fills a new temporary file beside `path` (never following a link), which is
+/// synced and renamed over `path` only when it succeeded. A failed run leaves any earlier
+/// file at `path` as it was.
+///
+/// # Errors
+/// On I/O failure, or the first error of `write` (the temporary file is then removed).
+pub fn write_private<T>(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut std::fs::File) -> Result<T, String>,
+) -> Result<T, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = |e: std::io::Error| format!("{}: {e}", path.display());
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.partial", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let written = write(&mut f).and_then(|t| f.sync_all().map(|()| t).map_err(shown));
+    drop(f);
+    let done = written.and_then(|t| std::fs::rename(&tmp, path).map(|()| t).map_err(shown));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if done.is_ok() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    done
+}
+
 /// Prints `value` in `format` on standard output.
 pub fn print(value: &Value, format: Output) {
     match format {
@@ -285,5 +331,37 @@ mod tests {
         assert!(text.contains("binding.governance.owner: team\n"), "{text}");
         assert!(text.contains("binding.tags: a,b\n"), "{text}");
         assert_eq!(render(&json!({"workers": []})), "(none)\n");
+    }
+
+    #[test]
+    fn private_files_are_owner_only_and_whole_or_untouched() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.jsonl");
+        super::write_private(&path, |f| {
+            std::io::Write::write_all(f, b"first").map_err(|e| e.to_string())
+        })
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // A failed run leaves the earlier file and no temporary one.
+        let err = super::write_private(&path, |f| {
+            std::io::Write::write_all(f, b"half").map_err(|e| e.to_string())?;
+            Err::<(), _>("verification failed".to_owned())
+        });
+        assert_eq!(err, Err("verification failed".to_owned()));
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A link where the file goes is replaced, never written through.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        super::write_private(&link, |f| {
+            std::io::Write::write_all(f, b"new").map_err(|e| e.to_string())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&link).unwrap(), b"new");
     }
 }
