@@ -78,10 +78,11 @@ pub async fn rotate_kek(
     let settings = BrokerSettings::from_config(config);
     let signer = AuditSigner::load(&config.audit_key_file()).map_err(|e| e.to_string())?;
     let log = AuditLog::open(settings.audit, signer).map_err(|e| e.to_string())?;
+    let request_id = crate::server::new_request_id();
     let event = AuditEvent {
         kind: "admin".into(),
         action: "keys.rotate_kek".into(),
-        request_id: crate::server::new_request_id(),
+        request_id: request_id.clone(),
         actor: actor.to_owned(),
         outcome: "allowed".into(),
         detail: Some(format!(
@@ -101,7 +102,28 @@ pub async fn rotate_kek(
             "audit append failed; data keys not re-wrapped: {e}"
         ));
     }
-    records.commit(batch).await.map_err(|e| e.to_string())?;
+    if let Err(e) = records.commit(batch).await {
+        // The record above says the rotation was allowed; this one says it did not land
+        // (or that its outcome is not known: an answer lost after the commit). Either way
+        // the keyring holds both versions, so every data key stays openable.
+        let failed = AuditEvent {
+            kind: "admin".into(),
+            action: "keys.rotate_kek".into(),
+            request_id,
+            actor: actor.to_owned(),
+            outcome: "failed".into(),
+            error_code: Some("internal".into()),
+            detail: Some(format!(
+                "kek {old} -> {new}: the re-wrap batch failed ({e}); data keys stay wrapped by version {old} unless the store committed it without answering; the keyring holds both"
+            )),
+            ..Default::default()
+        };
+        let _ = log.append(failed).await;
+        log.close();
+        return Err(format!(
+            "the re-wrap of {rewrapped} data keys failed ({e}): they stay wrapped by KEK version {old} (unless the store committed without answering), and the keyring holds versions {old} and {new}, so every one stays openable. Fix the cause (a PostgreSQL store may need a larger [store] timeout_ms) and run the rotation again; it adds a further version"
+        ));
+    }
     log.close();
     Ok(RotationReport {
         old_version: old,

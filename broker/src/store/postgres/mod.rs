@@ -533,7 +533,11 @@ impl Store for PgStore {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let own = Changed::of(&batch);
-            let result = deadline(inner.timeout, inner.commit(&batch, own)).await;
+            // One round trip per operation: a large batch (a KEK rotation re-wraps every data
+            // key in one) gets time for each, beyond the usual deadline.
+            let ops = u32::try_from(batch.ops.len()).unwrap_or(u32::MAX);
+            let budget = inner.timeout + Duration::from_millis(2) * ops;
+            let result = deadline(budget, inner.commit(&batch, own)).await;
             let changed = match &result {
                 // Commits apply one at a time: a generation replaced that this replica had
                 // not seen is another replica's change in between.
