@@ -109,10 +109,16 @@ pub fn parse_config(config: &Value, allowed: &[String]) -> Result<(String, Produ
     let uri: http::Uri = url
         .parse()
         .map_err(|_| "base_url is not a URL".to_owned())?;
+    // A fully qualified name's trailing dot (`localhost.`) names the same host: judged
+    // without it, so it cannot slip a local name past the rules below.
     let host = uri
         .host()
         .ok_or("base_url has no host")?
+        .trim_end_matches('.')
         .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err("base_url has no host".into());
+    }
     if url.contains('@') || uri.query().is_some() {
         return Err("base_url must not carry credentials or a query".into());
     }
@@ -627,6 +633,8 @@ mod tests {
             "https://10.1.2.3",
             "https://169.254.169.254",
             "https://localhost:8443",
+            "https://localhost.:8443",
+            "https://jira.",
             "https://jira",
             "https://u:p@jira.acme.example",
         ] {
