@@ -82,13 +82,24 @@ fn replica_i32(replica: u32) -> i32 {
     i32::try_from(replica).unwrap_or(i32::MAX)
 }
 
-/// Connects with `settings`' URL and TLS, the connection driven on the current runtime.
+/// Connects with `settings`' URL and TLS, the connection driven on the current runtime, for
+/// the offline readers (no statement or idle-in-transaction timeout).
 ///
 /// # Errors
 /// When the database cannot be reached within the store's timeout.
 pub async fn connect(settings: &StoreSettings) -> Result<Client, String> {
     let (pg, tls) = crate::store::postgres::connection(settings).map_err(|e| e.to_string())?;
-    connect_with(&pg, tls, Duration::from_millis(settings.timeout_ms.max(1))).await
+    let client = connect_with(&pg, tls, Duration::from_millis(settings.timeout_ms.max(1))).await?;
+    // The connection's options carry the daemon's per-request limits (statement and idle-in-
+    // transaction timeouts of `timeout_ms`). These readers are the offline tools (verify,
+    // export, report, doctor): one pass over a chain of millions of records, or a snapshot
+    // held while the file log is exported first, takes longer than any request and must not
+    // be cut off half way. A dead server is still noticed (TCP user timeout, keepalives).
+    client
+        .batch_execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    Ok(client)
 }
 
 async fn connect_with(
