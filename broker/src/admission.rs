@@ -387,7 +387,7 @@ pub struct BodyBudget {
 
 /// A reservation in a [`BodyBudget`], returned when dropped.
 pub struct BodyPermit {
-    _global: OwnedSemaphorePermit,
+    global: OwnedSemaphorePermit,
     budget: Arc<BodyBudget>,
     source: IpAddr,
     kib: u32,
@@ -432,11 +432,38 @@ impl BodyBudget {
             .map_err(|_| BodyRefusal::Global)?;
         held.insert(source, now.saturating_add(kib));
         Ok(BodyPermit {
-            _global: permit,
+            global: permit,
             budget: Arc::clone(self),
             source,
             kib,
         })
+    }
+}
+
+impl BodyPermit {
+    /// KiB reserved.
+    pub fn kib(&self) -> u32 {
+        self.kib
+    }
+
+    /// Grows this reservation by `kib` (more of the body arrived than was reserved).
+    ///
+    /// # Errors
+    /// [`BodyRefusal`] when the source's share or the whole budget is held; the reservation
+    /// is then unchanged.
+    pub fn grow(&mut self, kib: u32) -> Result<(), BodyRefusal> {
+        let mut held = self.budget.held.lock().map_err(|_| BodyRefusal::Global)?;
+        let now = held.get(&self.source).copied().unwrap_or(0);
+        if now.saturating_add(kib) > self.budget.per_source {
+            return Err(BodyRefusal::Source);
+        }
+        let more = Arc::clone(&self.budget.global)
+            .try_acquire_many_owned(kib)
+            .map_err(|_| BodyRefusal::Global)?;
+        self.global.merge(more);
+        held.insert(self.source, now.saturating_add(kib));
+        self.kib = self.kib.saturating_add(kib);
+        Ok(())
     }
 }
 
@@ -592,6 +619,14 @@ mod tests {
         );
         // Returned on drop, and a source holding nothing is forgotten.
         drop((first, second, c));
+        assert!(budget.held.lock().unwrap().is_empty());
+        // A reservation grows as a body arrives, within the same limits, and returns all of
+        // it when dropped.
+        let mut growing = budget.try_reserve(a, 2).unwrap();
+        growing.grow(6).unwrap();
+        assert_eq!(growing.grow(1).err(), Some(BodyRefusal::Source));
+        assert_eq!(budget.held.lock().unwrap()[&a], 8);
+        drop(growing);
         assert!(budget.held.lock().unwrap().is_empty());
         assert!(budget.try_reserve(a, 8).is_ok());
     }

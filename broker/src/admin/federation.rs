@@ -98,6 +98,7 @@ impl AdminService {
         // Bindings this batch already requires unchanged (or changes), and those it changes.
         let mut guarded = std::collections::HashSet::new();
         let mut replaced = std::collections::HashSet::new();
+        let mut gone = std::collections::HashSet::new();
         // One pass, a row at a time: only the bindings that hold an exclusive identifier are
         // kept (at every start, so a store of 100,000 bindings is not held in memory at once).
         let registry = self.core.registry.clone();
@@ -155,11 +156,17 @@ impl AdminService {
                         // store another replica may remove it (releasing the identifier)
                         // between this pass and the commit, and a claim for a removed binding
                         // would never be released.
-                        if guarded.insert(b.id.to_string()) {
+                        if gone.contains(b.id.as_str()) {
+                            continue;
+                        }
+                        if !guarded.contains(b.id.as_str()) {
                             let Some(stored) = r.binding(&b.id).await.map_err(store_err)? else {
+                                // Removed since the scan: none of its identifiers is claimed.
+                                gone.insert(b.id.to_string());
                                 continue;
                             };
                             batch.expect_unchanged(&stored);
+                            guarded.insert(b.id.to_string());
                         }
                         batch.claim_identifier(
                             &identifier,

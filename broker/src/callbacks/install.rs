@@ -277,18 +277,20 @@ impl CallbackService {
                 event.outcome = "denied".into();
                 event.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
                 event.detail = Some(format!("{why}{assertion}").chars().take(1000).collect());
-                let audit_id = self
-                    .core
-                    .audit
-                    .append(event.clone())
-                    .await
-                    .ok()
-                    .map(|r| r.audit_id);
-                return Err(Failure {
-                    err: rejected(why),
-                    audit_id,
-                    anonymous: false,
-                });
+                return match self.core.audit.append(event.clone()).await {
+                    Ok(receipt) => Err(Failure {
+                        err: rejected(why),
+                        audit_id: Some(receipt.audit_id),
+                        anonymous: false,
+                    }),
+                    // Fails closed like any audited step (the caller's own attempt to record
+                    // the failure meets the same log).
+                    Err(_) => Err(ApiError::new(
+                        ErrorCode::AuditUnavailable,
+                        "audit log unavailable",
+                    )
+                    .into()),
+                };
             }
         };
         if !assertion.is_empty() {

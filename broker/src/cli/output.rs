@@ -53,12 +53,23 @@ pub fn write_private<T>(
 ) -> Result<T, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let shown = |e: std::io::Error| format!("{}: {e}", path.display());
+    // A device, pipe or socket (`/dev/stdout`, `>(…)`, a FIFO) is written as it is: there
+    // is no file to replace.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(shown)?;
+        return write(&mut f);
+    }
     let name = path
         .file_name()
         .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    // Not guessable: another local user cannot plant the name first (in /tmp, say).
+    let suffix = crate::admin::random_alphanumeric(12).map_err(|e| e.message)?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".{}.partial", std::process::id()));
+    tmp_name.push(format!(".{suffix}.partial"));
     let tmp = path.with_file_name(tmp_name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -335,7 +346,7 @@ mod tests {
 
     #[test]
     fn private_files_are_owner_only_and_whole_or_untouched() {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("export.jsonl");
         super::write_private(&path, |f| {
@@ -363,5 +374,22 @@ mod tests {
         .unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
         assert_eq!(std::fs::read(&link).unwrap(), b"new");
+        // A pipe (`/dev/stdout`, `>(…)`, a FIFO) is written, not replaced.
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        super::write_private(&fifo, |f| {
+            std::io::Write::write_all(f, b"piped").map_err(|e| e.to_string())
+        })
+        .unwrap();
+        assert_eq!(reader.join().unwrap(), b"piped");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
     }
 }

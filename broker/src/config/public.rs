@@ -141,6 +141,13 @@ impl PublicSettings {
                 "[public] limits and rates must be positive (bursts at least 1)".into(),
             ));
         }
+        // One source holds at most a quarter of the listener's 32 MiB body budget: a larger
+        // body could never be read.
+        if p.max_webhook_body_bytes > 8 * 1024 * 1024 {
+            return Err(ConfigError(
+                "[public] max_webhook_body_bytes must be at most 8388608 (8 MiB, one source's share of the public listener's body memory)".into(),
+            ));
+        }
         Ok(())
     }
 }

@@ -137,12 +137,10 @@ pub fn spawn_role(
     let rate_limiter = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
     // Bodies in memory at once on the public listener, KiB: anonymous senders of large
     // bodies are bounded together, before any signature is checked.
-    // One source holds at most a quarter of it (or one largest body, if that is more).
-    let largest_kib = u32::try_from(limits.max_body_bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-    let body_budget = crate::admission::BodyBudget::new(
-        PUBLIC_BODY_BUDGET_KIB,
-        (PUBLIC_BODY_BUDGET_KIB / 4).max(largest_kib.min(PUBLIC_BODY_BUDGET_KIB)),
-    );
+    // One source holds at most a quarter of it (the largest body allowed, 8 MiB: the
+    // configuration refuses more).
+    let body_budget =
+        crate::admission::BodyBudget::new(PUBLIC_BODY_BUDGET_KIB, PUBLIC_BODY_BUDGET_KIB / 4);
     // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
     let handshake_log = Arc::new(LogThrottle::new(5));
     // Requests that must run to completion after their client left (audited changes) hold

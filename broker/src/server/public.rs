@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::{acknowledge_first, new_request_id, plain_json, read_body_max, respond, to_completion};
-use crate::admission::{BodyBudget, BodyRefusal, RateLimiter};
+use crate::admission::{BodyBudget, BodyPermit, BodyRefusal, RateLimiter};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Broker};
@@ -50,6 +50,75 @@ fn intake_response(
         h.insert(header::SET_COOKIE, v);
     }
     response
+}
+
+/// How much more body memory is reserved at a time as a body arrives, KiB.
+const RESERVE_STEP_KIB: u32 = 64;
+
+/// Reads a body of at most `max` bytes within the body deadline, growing `permit` as its
+/// bytes arrive: a sender holds memory for what it sent, not for what it declared.
+async fn read_body_reserving(
+    req: Request<Incoming>,
+    limits: &Limits,
+    max: usize,
+    permit: &mut BodyPermit,
+    broker: &Broker,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body exceeds {max} bytes"),
+        )
+    };
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::bad_request("invalid content-length"))?;
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(limits.body_read_timeout_ms);
+    let mut body = req.into_body();
+    let mut out = Zeroizing::new(Vec::new());
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::bad_request(
+                    "request body was not received in time",
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::bad_request("request body could not be read"))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = out.len().saturating_add(data.len());
+        if total > max {
+            return Err(too_large());
+        }
+        let need = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+        if need > permit.kib() {
+            // A step, never past what the largest body needs.
+            let most = u32::try_from(max.div_ceil(1024)).unwrap_or(u32::MAX);
+            let step = (need - permit.kib())
+                .max(RESERVE_STEP_KIB)
+                .min(most.saturating_sub(permit.kib()).max(need - permit.kib()));
+            permit
+                .grow(step)
+                .map_err(|why| bodies_refused(broker, why))?;
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok(out)
 }
 
 /// A body refused by the memory budget: counted, and answered `unavailable`.
@@ -246,8 +315,8 @@ pub(super) async fn handle_public(
             };
             let mut _budget = None;
             let body = if method == Method::POST {
-                // Reserve what the body says it is (never more than allowed; read_body enforces
-                // both), or the maximum when it does not say.
+                // Memory is reserved for what arrives, not for what the body declares: a
+                // first step (the declared length when smaller), then step by step.
                 let declared = req
                     .headers()
                     .get(header::CONTENT_LENGTH)
@@ -256,11 +325,11 @@ pub(super) async fn handle_public(
                     .map_or(max, |n| n.min(max));
                 let kib = u32::try_from(declared.div_ceil(1024))
                     .unwrap_or(u32::MAX)
-                    .clamp(1, PUBLIC_BODY_BUDGET_KIB);
+                    .clamp(1, RESERVE_STEP_KIB);
                 match body_budget.try_reserve(remote.ip(), kib) {
                     Ok(permit) => {
-                        _budget = Some(permit);
-                        read_body_max(req, limits, max).await
+                        let permit = _budget.insert(permit);
+                        read_body_reserving(req, limits, max, permit, &broker).await
                     }
                     Err(why) => Err(bodies_refused(&broker, why)),
                 }
