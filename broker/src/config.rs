@@ -424,19 +424,6 @@ impl Config {
         if let Some(issuer) = &self.issuer {
             issuer.validate().map_err(ConfigError)?;
         }
-        // A federated credential is an assertion of the broker's own issuer: without one,
-        // every mint (and every consent callback, which spends the customer's consent)
-        // would fail.
-        let federated = self
-            .providers
-            .get("entra_multi_tenant")
-            .and_then(|t| t.get("federated_subject"))
-            .is_some();
-        if federated && self.issuer.is_none() {
-            return Err(ConfigError(
-                "[providers.entra_multi_tenant] federated_subject needs the broker's own OIDC issuer: add an [issuer] section".into(),
-            ));
-        }
         let l = &self.limits;
         if l.max_connections == 0
             || l.max_header_bytes < 8192

@@ -285,6 +285,14 @@ pub trait Callbacks: Send + Sync {
         Ok(())
     }
 
+    /// Whether confirming an install can only be done with an assertion of the broker's own
+    /// OIDC issuer (no other credential is active): the broker then refuses to issue a link
+    /// while it has no issuer, rather than spend the customer's consent on a callback that
+    /// cannot be confirmed.
+    fn needs_issuer(&self) -> bool {
+        false
+    }
+
     /// The webhook delivery's unique id (GitHub: `X-GitHub-Delivery`), when the provider
     /// has one; the broker refuses a delivery id it has already processed (replay).
     fn delivery_id(&self, headers: &http::HeaderMap) -> Option<String> {

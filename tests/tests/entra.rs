@@ -1006,3 +1006,50 @@ async fn a_certificate_credential_signs_client_assertions() {
         "{v}"
     );
 }
+
+/// A federated credential is an assertion of the broker's own issuer: with it as the only
+/// credential and no `[issuer]`, no consent link is issued (a callback could never confirm
+/// the consent it spends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_credential_without_an_issuer_issues_no_link() {
+    let (tmp, pki) = setup();
+    let entra = FakeEntra::start(CLIENT_ID, SECRET_A).await;
+    let (public, port) = public_section(&pki);
+    let extra = format!(
+        "{public}[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{0}\"\narm_base_url = \"{0}\"\ngraph_base_url = \"{0}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {1:?}\ntimeout_ms = 3000\nfederated_subject = \"credbroker-entra\"\n",
+        entra.url,
+        repo_root().join("policies/azure.json").display().to_string(),
+    );
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("[issuer]"),
+        "{v}"
+    );
+    // With a stored secret beside it, the secret confirms consents.
+    add_secret(&mut op, SECRET_A).await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -393,6 +393,12 @@ impl AdminService {
             cb.ready_to_install().map_err(|m| {
                 ApiError::bad_request(format!("{} cannot onboard yet: {m}", provider.id()))
             })?;
+            if cb.needs_issuer() && self.core.issuer().is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "{} cannot onboard yet: its only credential is an assertion of the broker's own OIDC issuer, and the daemon has no [issuer] section",
+                    provider.id()
+                )));
+            }
             // The operator says which customer account the install must come from; an
             // installation of any other account is never bound to this tenant.
             let pin = pin.ok_or_else(|| {

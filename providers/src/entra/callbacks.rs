@@ -89,6 +89,15 @@ impl Callbacks for EntraApp {
         Ok(())
     }
 
+    fn needs_issuer(&self) -> bool {
+        self.settings.federated_subject.is_some()
+            && self
+                .credentials
+                .read()
+                .map(|c| c.is_empty())
+                .unwrap_or(true)
+    }
+
     fn pin_identifier(&self, pin: &InstalledAccount) -> Option<String> {
         guid(&pin.login).map(|t| super::tenant_identifier(&t))
     }
