@@ -658,3 +658,50 @@ impl FakeEntra {
         }
     }
 }
+
+// ---- Driving the broker's Entra admin API (shared by the Entra tests) ----
+
+/// Stores and activates one client secret of the app; its version.
+pub async fn add_client_secret(op: &mut credbroker::client::BrokerClient, secret: &str) -> u64 {
+    let (s, v) = crate::call(
+        op,
+        http::Method::POST,
+        "/v1/admin/keys/entra_multi_tenant",
+        Some(json!({"fields": {"client_secret": secret}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(!v.to_string().contains(secret), "secret echoed: {v}");
+    let version = v["key"]["version"].as_u64().unwrap();
+    let (s, v) = crate::call(
+        op,
+        http::Method::POST,
+        &format!("/v1/admin/keys/entra_multi_tenant/{version}/activate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    version
+}
+
+/// Onboards `tenant` for the customer tenant `guid`: the state of the consent link.
+pub async fn onboard(
+    op: &mut credbroker::client::BrokerClient,
+    tenant: &str,
+    guid: &str,
+) -> String {
+    let (s, v) = crate::call(
+        op,
+        http::Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": tenant, "account": {"login": guid, "id": 0}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["install_url"].as_str().unwrap();
+    assert!(
+        url.contains("/callbacks/entra_multi_tenant/start?state="),
+        "{url}"
+    );
+    url.rsplit("state=").next().unwrap().to_owned()
+}

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use credbroker::client::BrokerClient;
-use credbroker_tests::fake_entra::{FakeEntra, ARM};
+use credbroker_tests::fake_entra::{add_client_secret as add_secret, onboard, FakeEntra, ARM};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
@@ -59,11 +59,17 @@ fn consent_all(entra: &FakeEntra, tenant: &str, sp: &str) {
 }
 
 async fn start() -> Env {
+    start_with("", true).await
+}
+
+/// As [`start`], with `provider_lines` added to the provider's section and, when `secret`,
+/// client secret A stored and active.
+async fn start_with(provider_lines: &str, secret: bool) -> Env {
     let (tmp, pki) = setup();
     let entra = FakeEntra::start(CLIENT_ID, SECRET_A).await;
     let (public, port) = public_section(&pki);
     let extra = format!(
-        "{public}[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{}\"\narm_base_url = \"{}\"\ngraph_base_url = \"{}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {:?}\ntimeout_ms = 3000\n",
+        "{public}[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{}\"\narm_base_url = \"{}\"\ngraph_base_url = \"{}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {:?}\ntimeout_ms = 3000\n{provider_lines}",
         entra.url,
         entra.url,
         entra.url,
@@ -79,7 +85,9 @@ async fn start() -> Env {
     );
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
-    add_secret(&mut op, SECRET_A).await;
+    if secret {
+        add_secret(&mut op, SECRET_A).await;
+    }
     let public = public_client(&pki, daemon.public_url.as_ref().expect("public listener"));
     Env {
         _tmp: tmp,
@@ -89,47 +97,6 @@ async fn start() -> Env {
         op,
         public,
     }
-}
-
-/// Stores and activates one client secret of the app; its version.
-async fn add_secret(op: &mut BrokerClient, secret: &str) -> u64 {
-    let (s, v) = call(
-        op,
-        Method::POST,
-        "/v1/admin/keys/entra_multi_tenant",
-        Some(json!({"fields": {"client_secret": secret}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    assert!(!v.to_string().contains(secret), "secret echoed: {v}");
-    let version = v["key"]["version"].as_u64().unwrap();
-    let (s, v) = call(
-        op,
-        Method::POST,
-        &format!("/v1/admin/keys/entra_multi_tenant/{version}/activate"),
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    version
-}
-
-/// Onboards `tenant` for the customer tenant `guid`: the state of the consent link.
-async fn onboard(op: &mut BrokerClient, tenant: &str, guid: &str) -> String {
-    let (s, v) = call(
-        op,
-        Method::POST,
-        "/v1/admin/onboard/entra_multi_tenant",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": tenant, "account": {"login": guid, "id": 0}})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let url = v["install_url"].as_str().unwrap();
-    assert!(
-        url.contains("/callbacks/entra_multi_tenant/start?state="),
-        "{url}"
-    );
-    url.rsplit("state=").next().unwrap().to_owned()
 }
 
 /// Opens the consent link in a browser: (status, cookie, Location).
@@ -1012,26 +979,10 @@ async fn a_certificate_credential_signs_client_assertions() {
 /// the consent it spends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_credential_without_an_issuer_issues_no_link() {
-    let (tmp, pki) = setup();
-    let entra = FakeEntra::start(CLIENT_ID, SECRET_A).await;
-    let (public, port) = public_section(&pki);
-    let extra = format!(
-        "{public}[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{0}\"\narm_base_url = \"{0}\"\ngraph_base_url = \"{0}\"\nredirect_uri = \"https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup\"\nceiling_file = {1:?}\ntimeout_ms = 3000\nfederated_subject = \"credbroker-entra\"\n",
-        entra.url,
-        repo_root().join("policies/azure.json").display().to_string(),
-    );
-    let daemon = Daemon::start(
-        tmp.path(),
-        &pki,
-        &DaemonOptions {
-            extra_toml: extra,
-            ..Default::default()
-        },
-    );
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
+    let mut env = start_with("federated_subject = \"credbroker-entra\"\n", false).await;
+    let op = &mut env.op;
     let (s, v) = call(
-        &mut op,
+        op,
         Method::POST,
         "/v1/admin/onboard/entra_multi_tenant",
         Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
@@ -1043,9 +994,9 @@ async fn a_federated_credential_without_an_issuer_issues_no_link() {
         "{v}"
     );
     // With a stored secret beside it, the secret confirms consents.
-    add_secret(&mut op, SECRET_A).await;
+    add_secret(op, SECRET_A).await;
     let (s, v) = call(
-        &mut op,
+        op,
         Method::POST,
         "/v1/admin/onboard/entra_multi_tenant",
         Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),

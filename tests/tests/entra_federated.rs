@@ -180,21 +180,7 @@ async fn a_stored_secret_still_serves_while_the_federated_credential_does_not_ma
 async fn a_consent_is_confirmed_with_the_federated_credential_alone() {
     let (mut env, entra) = start().await;
     entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/onboard/entra_multi_tenant",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let state = v["install_url"]
-        .as_str()
-        .unwrap()
-        .rsplit("state=")
-        .next()
-        .unwrap()
-        .to_owned();
+    let state = credbroker_tests::fake_entra::onboard(&mut env.op, "t1", ACME).await;
     let mut public = public_client(&env.pki, &env.issuer);
     let (status, headers, _) = public
         .exchange(

@@ -1720,38 +1720,13 @@ async fn another_providers_state_is_refused_without_a_record() {
         repo_root().join("policies/azure.json").display().to_string(),
     );
     let mut env = start_full(3600, "", Some(CLIENT_ID), &sections).await;
-    let (s, v) = call(
+    credbroker_tests::fake_entra::add_client_secret(&mut env.op, ENTRA_SECRET).await;
+    let state = credbroker_tests::fake_entra::onboard(
         &mut env.op,
-        Method::POST,
-        "/v1/admin/keys/entra_multi_tenant",
-        Some(json!({"fields": {"client_secret": ENTRA_SECRET}})),
+        "t1",
+        "11111111-2222-4333-8444-555555555555",
     )
     .await;
-    assert_eq!(s, 201, "{v}");
-    let version = v["key"]["version"].as_u64().unwrap();
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/keys/entra_multi_tenant/{version}/activate"),
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/onboard/entra_multi_tenant",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": "11111111-2222-4333-8444-555555555555", "id": 0}})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let state = v["install_url"]
-        .as_str()
-        .unwrap()
-        .rsplit("state=")
-        .next()
-        .unwrap()
-        .to_owned();
     let before = env.daemon.audit_records().len();
     for _ in 0..3 {
         let (s, v) = callback(

@@ -418,17 +418,17 @@ async fn read_body(
     read_body_max(req, limits, limits.max_body_bytes).await
 }
 
-async fn read_body_max(
-    req: Request<Incoming>,
-    limits: &Limits,
-    max: usize,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("request body exceeds {max} bytes"),
-        )
-    };
+/// `payload_too_large` for a body over `max` bytes.
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body exceeds {max} bytes"),
+    )
+}
+
+/// Refuses a body whose declared length is unreadable or over `max`, before a byte of it is
+/// read.
+fn check_declared_length(req: &Request<Incoming>, max: usize) -> Result<(), ApiError> {
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -436,9 +436,19 @@ async fn read_body_max(
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| ApiError::bad_request("invalid content-length"))?;
         if len > max as u64 {
-            return Err(too_large());
+            return Err(too_large(max));
         }
     }
+    Ok(())
+}
+
+async fn read_body_max(
+    req: Request<Incoming>,
+    limits: &Limits,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let too_large = || too_large(max);
+    check_declared_length(&req, max)?;
     let deadline = Duration::from_millis(limits.body_read_timeout_ms);
     let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), max).collect())
         .await

@@ -9,7 +9,10 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::{acknowledge_first, new_request_id, plain_json, read_body_max, respond, to_completion};
+use super::{
+    acknowledge_first, check_declared_length, new_request_id, plain_json, read_body_max, respond,
+    to_completion, too_large,
+};
 use crate::admission::{BodyBudget, BodyPermit, BodyRefusal, RateLimiter};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
@@ -65,22 +68,7 @@ async fn read_body_reserving(
     broker: &Broker,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     use http_body_util::BodyExt;
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("request body exceeds {max} bytes"),
-        )
-    };
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ApiError::bad_request("invalid content-length"))?;
-        if len > max as u64 {
-            return Err(too_large());
-        }
-    }
+    check_declared_length(&req, max)?;
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_millis(limits.body_read_timeout_ms);
     let mut body = req.into_body();
@@ -103,7 +91,7 @@ async fn read_body_reserving(
         };
         let total = out.len().saturating_add(data.len());
         if total > max {
-            return Err(too_large());
+            return Err(too_large(max));
         }
         let need = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
         if need > permit.kib() {
