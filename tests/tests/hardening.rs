@@ -459,8 +459,7 @@ fn a_missing_audit_signing_key_is_not_replaced_over_its_public_key() {
     let moved = tmp.path().join("moved-audit-signing.key");
     std::fs::rename(config.audit_key_file(), &moved).unwrap();
     let err = credbroker::broker::BrokerKeys::init(&config)
-        .err()
-        .expect("init generated a new audit key over the public one")
+        .expect_err("init generated a new audit key over the public one")
         .to_string();
     assert!(err.contains("audit_key_file"), "{err}");
     assert_eq!(
