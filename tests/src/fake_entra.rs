@@ -705,3 +705,53 @@ pub async fn onboard(
     );
     url.rsplit("state=").next().unwrap().to_owned()
 }
+
+/// Opens the consent link in a browser: (status, cookie, Location).
+pub async fn open_link(
+    public: &mut credbroker::client::BrokerClient,
+    state: &str,
+) -> (u16, Option<String>, String) {
+    let (status, headers, _) = public
+        .exchange(
+            http::Method::GET,
+            &format!("/callbacks/entra_multi_tenant/start?state={state}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    let header = |n: http::HeaderName| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    (
+        status.as_u16(),
+        header(http::header::SET_COOKIE).map(|c| c.split(';').next().unwrap().to_owned()),
+        header(http::header::LOCATION).unwrap_or_default(),
+    )
+}
+
+/// `GET /callbacks/entra_multi_tenant/setup?{query}`, with the browser's cookie if any:
+/// (status, JSON answer).
+pub async fn callback(
+    public: &mut credbroker::client::BrokerClient,
+    query: &str,
+    cookie: Option<&str>,
+) -> (u16, Value) {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
+    let (status, out) = public
+        .request_with_headers(
+            http::Method::GET,
+            &format!("/callbacks/entra_multi_tenant/setup?{query}"),
+            &headers,
+            None,
+        )
+        .await
+        .unwrap();
+    (
+        status.as_u16(),
+        serde_json::from_slice(&out).unwrap_or(Value::Null),
+    )
+}

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use credbroker::client::BrokerClient;
-use credbroker_tests::fake_entra::{add_client_secret as add_secret, onboard, FakeEntra, ARM};
+use credbroker_tests::fake_entra::{
+    add_client_secret as add_secret, callback, onboard, open_link, FakeEntra, ARM,
+};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
@@ -97,47 +99,6 @@ async fn start_with(provider_lines: &str, secret: bool) -> Env {
         op,
         public,
     }
-}
-
-/// Opens the consent link in a browser: (status, cookie, Location).
-async fn open_link(public: &mut BrokerClient, state: &str) -> (u16, Option<String>, String) {
-    let (status, headers, _) = public
-        .exchange(
-            Method::GET,
-            &format!("/callbacks/entra_multi_tenant/start?state={state}"),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
-    let header = |n: http::HeaderName| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    (
-        status.as_u16(),
-        header(http::header::SET_COOKIE).map(|c| c.split(';').next().unwrap().to_owned()),
-        header(http::header::LOCATION).unwrap_or_default(),
-    )
-}
-
-async fn callback(public: &mut BrokerClient, query: &str, cookie: Option<&str>) -> (u16, Value) {
-    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
-    let (status, out) = public
-        .request_with_headers(
-            Method::GET,
-            &format!("/callbacks/entra_multi_tenant/setup?{query}"),
-            &headers,
-            None,
-        )
-        .await
-        .unwrap();
-    (
-        status.as_u16(),
-        serde_json::from_slice(&out).unwrap_or(Value::Null),
-    )
 }
 
 /// The whole consent as the admin's browser does it: open the link, consent at Entra,

@@ -3,7 +3,7 @@
 //! Entra holds one FIC (issuer, subject, audience `api://AzureADTokenExchange`) and our JWKS;
 //! every consented tenant is served by it.
 
-use credbroker_tests::fake_entra::FakeEntra;
+use credbroker_tests::fake_entra::{self, FakeEntra};
 use credbroker_tests::issuer_env::IssuerEnv;
 use credbroker_tests::*;
 use http::Method;
@@ -180,42 +180,17 @@ async fn a_stored_secret_still_serves_while_the_federated_credential_does_not_ma
 async fn a_consent_is_confirmed_with_the_federated_credential_alone() {
     let (mut env, entra) = start().await;
     entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
-    let state = credbroker_tests::fake_entra::onboard(&mut env.op, "t1", ACME).await;
+    let state = fake_entra::onboard(&mut env.op, "t1", ACME).await;
     let mut public = public_client(&env.pki, &env.issuer);
-    let (status, headers, _) = public
-        .exchange(
-            Method::GET,
-            &format!("/callbacks/entra_multi_tenant/start?state={state}"),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status.as_u16(), 302);
-    let cookie = headers[http::header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let (status, out) = public
-        .request_with_headers(
-            Method::GET,
-            &format!(
-                "/callbacks/entra_multi_tenant/setup?admin_consent=True&tenant={ACME}&state={state}"
-            ),
-            &[("cookie", cookie.as_str())],
-            None,
-        )
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
-    assert_eq!(
-        (status.as_u16(), v["status"].as_str()),
-        (200, Some("active")),
-        "{v}"
-    );
+    let (status, cookie, _) = fake_entra::open_link(&mut public, &state).await;
+    assert_eq!(status, 302);
+    let (status, v) = fake_entra::callback(
+        &mut public,
+        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        cookie.as_deref(),
+    )
+    .await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("active")), "{v}");
     assert!(
         entra.client_auths(ACME).iter().all(|a| a == "federated"),
         "{:?}",

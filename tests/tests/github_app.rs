@@ -1744,17 +1744,8 @@ async fn another_providers_state_is_refused_without_a_record() {
         "a foreign state was audited"
     );
     // The consent link still opens (the state was neither consumed nor started).
-    let (status, _, _) = env
-        .public
-        .exchange(
-            Method::GET,
-            &format!("/callbacks/entra_multi_tenant/start?state={state}"),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status.as_u16(), 302);
+    let (status, _, _) = credbroker_tests::fake_entra::open_link(&mut env.public, &state).await;
+    assert_eq!(status, 302);
 }
 
 /// Unfinished large bodies cannot take the public listener's body memory from everyone
