@@ -34,6 +34,7 @@ pub use governance::{GovernanceOp, GovernanceUpdate, RevealBody, MAX_WINDOW_S};
 pub use intake::{parse_intake_form, NewIntake, MAX_INTAKE_FAILURES};
 pub(crate) use workers::retired_operator_name;
 mod platform_keys;
+mod reclaim;
 mod records;
 mod request;
 mod secret_body;
