@@ -91,8 +91,21 @@ impl RefusalReason {
     }
 }
 
+/// Whether `v` can stand as an upstream request id: at most 64 printable ASCII characters
+/// (no spaces). An id is quoted in every audit record of a mint: an upstream must not plant
+/// an arbitrarily long text there, nor a line break in a log line.
+pub fn is_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// An upstream's request id as the broker keeps it: `raw` when [`is_request_id`], else none.
+pub fn request_id_of(raw: Option<&str>) -> Option<String> {
+    raw.filter(|v| is_request_id(v)).map(str::to_owned)
+}
+
 impl ProviderError {
-    /// The upstream request id carried by the error, if any.
+    /// The upstream request id carried by the error, if any (and only when
+    /// [`is_request_id`]).
     pub fn upstream_request_id(&self) -> Option<&str> {
         match self {
             ProviderError::Denied {
@@ -106,7 +119,7 @@ impl ProviderError {
             | ProviderError::Unavailable {
                 upstream_request_id,
                 ..
-            } => upstream_request_id.as_deref(),
+            } => upstream_request_id.as_deref().filter(|v| is_request_id(v)),
             _ => None,
         }
     }

@@ -36,7 +36,7 @@ mod secret;
 mod secret_json;
 pub mod servicenow;
 
-pub use error::{ProviderError, RefusalReason};
+pub use error::{is_request_id, request_id_of, ProviderError, RefusalReason};
 pub use federation::{
     random_alphanumeric, random_subject, AssertionSigner, BindingParameter, NoIssuer, OIDC_SUBJECT,
 };

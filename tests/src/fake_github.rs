@@ -203,6 +203,60 @@ pub enum Fault {
     /// A malicious or broken upstream: a success status with a JSON body of this many bytes
     /// (the object padded with whitespace).
     Oversized(usize),
+    /// A malicious or broken upstream: the endpoint's own answer (and its side effects, such
+    /// as a token minted), changed by this before it is sent.
+    Tamper(Tamper),
+}
+
+/// How [`Fault::Tamper`] changes an installation token answer.
+#[derive(Clone, Copy, Debug)]
+pub enum Tamper {
+    /// `expires_at` ten years away.
+    FarExpiry,
+    /// The token followed by a line break and a header of the attacker's.
+    TokenWithLineBreak,
+    /// `repository_selection: "all"` and no repository list, whatever was asked.
+    AllRepositories,
+    /// `administration: admin` besides what was asked.
+    ExtraPermission,
+    /// Every permission granted (except `metadata`, which GitHub adds) raised to `write`.
+    RaisedLevel,
+    /// An `x-github-request-id` of 300 characters.
+    LongRequestId,
+}
+
+impl Tamper {
+    fn apply(self, body: &mut Value, headers: &mut http::HeaderMap) {
+        match self {
+            Tamper::FarExpiry => body["expires_at"] = json!("2036-01-01T00:00:00Z"),
+            Tamper::TokenWithLineBreak => {
+                let token = body["token"].as_str().unwrap_or("").to_owned();
+                body["token"] = json!(format!("{token}\r\nX-Injected: yes"));
+            }
+            Tamper::AllRepositories => {
+                body["repository_selection"] = json!("all");
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("repositories");
+                }
+            }
+            Tamper::ExtraPermission => body["permissions"]["administration"] = json!("admin"),
+            Tamper::RaisedLevel => {
+                if let Some(granted) = body["permissions"].as_object_mut() {
+                    for (name, level) in granted.iter_mut() {
+                        if name != "metadata" {
+                            *level = json!("write");
+                        }
+                    }
+                }
+            }
+            Tamper::LongRequestId => {
+                headers.insert(
+                    "x-github-request-id",
+                    http::HeaderValue::from_str(&"A".repeat(300)).unwrap(),
+                );
+            }
+        }
+    }
 }
 
 /// Shared state.
@@ -406,7 +460,8 @@ impl GithubState {
         faults.remove(i).map(|(_, f)| f)
     }
 
-    /// GitHub's answer for an injected fault (never [`Fault::Hold`]).
+    /// GitHub's answer for an injected fault (never [`Fault::Hold`] or [`Fault::Tamper`]: those
+    /// change the endpoint's own answer).
     fn fault_answer(&self, fault: &Fault, n: u64) -> Response<Full<Bytes>> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         match fault {
@@ -464,7 +519,7 @@ impl GithubState {
                     None => resp,
                 }
             }
-            Fault::Hold(_) => error(500, "Server Error", n),
+            Fault::Hold(_) | Fault::Tamper(_) => error(500, "Server Error", n),
             Fault::Oversized(len) => {
                 let mut body = vec![b' '; len.saturating_sub(2)];
                 body.extend_from_slice(b"{}");
@@ -574,16 +629,30 @@ impl GithubState {
                 }
             }
         }
-        let hold = match self.take_fault(path) {
-            Some(Fault::Hold(d)) => Some(d),
+        let (hold, tamper) = match self.take_fault(path) {
+            Some(Fault::Hold(d)) => (Some(d), None),
+            Some(Fault::Tamper(t)) => (None, Some(t)),
             Some(f) => return self.fault_answer(&f, n),
-            None => None,
+            None => (None, None),
         };
         let answer = self.endpoint(method, path, query, auth, headers, body, verified, n);
         if let Some(d) = hold {
             tokio::time::sleep(d).await;
         }
-        answer
+        match tamper {
+            Some(t) => {
+                let (mut parts, body) = answer.into_parts();
+                let bytes = http_body_util::BodyExt::collect(body)
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+                t.apply(&mut v, &mut parts.headers);
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                Response::from_parts(parts, Full::new(Bytes::from(v.to_string())))
+            }
+            None => answer,
+        }
     }
 
     /// The answer of the endpoint `method` `path` names.

@@ -110,6 +110,13 @@ pub struct Faults {
     pub expired: bool,
     /// Answer 200 with malformed XML.
     pub malformed: bool,
+    /// A malicious or broken STS: hand out credentials whose `Expiration` is years away.
+    pub far_expiration: bool,
+    /// A malicious or broken STS: hand out this `SessionToken` instead of a real-looking one
+    /// (XML-escaped as STS would).
+    pub session_token: Option<String>,
+    /// A malicious or broken STS: answer with this request id (header and body).
+    pub request_id: Option<String>,
     /// Answer a call whose ExternalId the role does not accept with 403
     /// `RegionDisabledException` instead of AccessDenied (a refusal that says nothing about
     /// the trust policy).

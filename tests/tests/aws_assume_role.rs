@@ -1530,6 +1530,50 @@ async fn one_binding_or_worker_cannot_exhaust_the_upstream_for_others() {
     assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
 }
 
+/// A malicious or broken STS (THREATS.md): a session token a worker could not put into a
+/// header or a credentials file as it is (a line break and a header of the attacker's) is
+/// `provider_unavailable` and never handed out or cached; credentials stated to live ten
+/// years are handed out and cached as living the session asked for (an hour), so they are
+/// not served past their real end; an over-long request id is not written into the audit
+/// record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sts_answer_a_worker_could_not_use_as_it_is_is_never_handed_out() {
+    let mut env = start().await;
+    active_aws_binding(&mut env).await;
+    env.sts.faults().session_token = Some("FwoGZXIvYXdzEfake\nX-Injected: yes".into());
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(message(&v).contains("SessionToken"), "{v}");
+    env.sts.faults().session_token = None;
+
+    env.sts.faults().far_expiration = true;
+    env.sts.faults().request_id = Some("R".repeat(300));
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    let parse = |t: &Value| {
+        time::OffsetDateTime::parse(
+            t.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let latest = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    assert!(parse(&v["expires_at"]) <= latest, "{v}");
+    assert_eq!(
+        parse(&v["credentials"]["Expiration"]),
+        parse(&v["expires_at"]),
+        "{v}"
+    );
+    let id = v["request_id"].as_str().unwrap().to_owned();
+    let record = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "resolve" && r["request_id"] == id.as_str())
+        .unwrap();
+    assert!(record["upstream_request_id"].is_null(), "{record}");
+}
+
 // ---- What real STS refuses and the fake now refuses too (issue 18, item 6) -------------
 
 /// Reads binding `id`.

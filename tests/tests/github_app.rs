@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 use credbroker::client::BrokerClient;
-use credbroker_tests::fake_github::{AppKey, FakeGithub, FakeInstallation, Fault, Recorded};
+use credbroker_tests::fake_github::{
+    AppKey, FakeGithub, FakeInstallation, Fault, Recorded, Tamper,
+};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
@@ -2797,4 +2799,67 @@ async fn an_oversized_github_answer_is_cut_not_buffered() {
     assert_eq!(env.gh.pending_faults(), 0, "the oversized answer was sent");
     let (s, v) = resolve_cold(&env, 1).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+}
+
+/// A malicious or broken upstream (THREATS.md) answering a token request with more than was
+/// asked — any repository where named ones were asked, a permission beyond the request or at
+/// a higher level than asked — or with a token a worker could not put into a header as it is,
+/// gets `provider_unavailable` and nothing is cached or handed out. An expiry beyond GitHub's hour is cut to an hour from
+/// the answer, so a dead token is not served for years; an over-long request id is not
+/// written into the audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_answer_beyond_the_request_is_never_handed_out() {
+    let mut env = start_full(3600, GENEROUS, Some(CLIENT_ID), "").await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    for (n, tamper, why) in [
+        (0, Tamper::TokenWithLineBreak, "not printable ASCII"),
+        (1, Tamper::AllRepositories, "repository selection"),
+        (2, Tamper::ExtraPermission, "\"administration\" at admin"),
+        (5, Tamper::RaisedLevel, "\"issues\" at write"),
+    ] {
+        env.gh.inject("/access_tokens", Fault::Tamper(tamper), 1);
+        let (s, v) = resolve_cold(&env, n).await;
+        assert_eq!(
+            (s, code(&v)),
+            (504, "provider_unavailable"),
+            "{tamper:?}: {v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(why),
+            "{tamper:?}: {v}"
+        );
+        assert_eq!(env.gh.pending_faults(), 0);
+        // Nothing was cached: the same request mints again.
+        let (s, v) = resolve_cold(&env, n).await;
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    }
+
+    env.gh
+        .inject("/access_tokens", Fault::Tamper(Tamper::FarExpiry), 1);
+    let asked = time::OffsetDateTime::now_utc();
+    let (s, v) = resolve_cold(&env, 3).await;
+    assert_eq!(s, 200, "{v}");
+    let expires = time::OffsetDateTime::parse(
+        v["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let hour = time::Duration::hours(1);
+    assert!(
+        expires > asked + hour - time::Duration::minutes(1)
+            && expires <= time::OffsetDateTime::now_utc() + hour,
+        "{v}"
+    );
+    assert_eq!(
+        v["details"]["expires_at"], v["expires_at"],
+        "the worker is told the same expiry: {v}"
+    );
+
+    env.gh
+        .inject("/access_tokens", Fault::Tamper(Tamper::LongRequestId), 1);
+    let (s, v) = resolve_cold(&env, 4).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    let record = audit_of(&env, &v);
+    assert!(record["upstream_request_id"].is_null(), "{record}");
 }

@@ -28,7 +28,7 @@ pub(super) fn is_trust_refusal(e: &ProviderError) -> bool {
 pub(super) fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     err: SdkError<E>,
 ) -> ProviderError {
-    let request_id = err.request_id().map(str::to_owned);
+    let request_id = crate::request_id_of(err.request_id());
     match &err {
         // An error body the SDK cannot read: key on the status. STS answers refusals with 403
         // (some STS-compatible services wrap the error differently); anything else is an
@@ -105,7 +105,7 @@ pub(super) fn assume_error(
         .as_service_error()
         .is_some_and(AssumeRoleError::is_packed_policy_too_large_exception);
     if packed {
-        let upstream_request_id = err.request_id().map(str::to_owned);
+        let upstream_request_id = crate::request_id_of(err.request_id());
         let sts = format!(
             "STS PackedPolicyTooLarge: {}",
             err.message().unwrap_or("the session policies do not pack")

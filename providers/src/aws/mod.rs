@@ -200,34 +200,68 @@ fn descriptors(arns: &[String]) -> Vec<PolicyDescriptorType> {
         .collect()
 }
 
-fn to_credential(out: &AssumeRoleOutput) -> Result<IssuedCredential, ProviderError> {
-    credential_of(out.credentials(), out.request_id())
+fn to_credential(
+    out: &AssumeRoleOutput,
+    duration_s: u32,
+) -> Result<IssuedCredential, ProviderError> {
+    credential_of(out.credentials(), out.request_id(), duration_s)
 }
 
-/// The resolve answer for STS's `Credentials` (AssumeRole or AssumeRoleWithWebIdentity).
+/// Whether `v` is 1..=`max` printable ASCII characters (no spaces, no line breaks): what a
+/// worker may put into a header or a credentials file as it is.
+fn printable(v: &str, max: usize) -> bool {
+    !v.is_empty() && v.len() <= max && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The resolve answer for STS's `Credentials` (AssumeRole or AssumeRoleWithWebIdentity) of a
+/// session asked for `duration_s` seconds.
+///
+/// Checked before anything is cached or handed out: the key id is alphanumeric, the secret
+/// and the session token printable (a line break in them would be a header injection in the
+/// worker), and the expiry lies in the future. An expiry later than the session asked for is
+/// taken as now + `duration_s`: a broken or malicious STS cannot make the broker cache (and
+/// serve) credentials past their real end.
 fn credential_of(
     c: Option<&aws_sdk_sts::types::Credentials>,
     request_id: Option<&str>,
+    duration_s: u32,
 ) -> Result<IssuedCredential, ProviderError> {
-    let malformed = || ProviderError::Unavailable {
-        message: "STS answer lacks credentials".into(),
-        upstream_request_id: request_id.map(str::to_owned),
+    let request_id = crate::request_id_of(request_id);
+    let malformed = |what: &str| ProviderError::Unavailable {
+        message: format!("STS answer is malformed: {what}"),
+        upstream_request_id: request_id.clone(),
     };
-    let c = c.ok_or_else(malformed)?;
-    let expires_at = OffsetDateTime::from_unix_timestamp(c.expiration().secs())
-        .map_err(|_| malformed())?
+    let c = c.ok_or_else(|| malformed("no credentials"))?;
+    let key_id = c.access_key_id();
+    if !(16..=128).contains(&key_id.len()) || !key_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(malformed("AccessKeyId is not 16..=128 letters and digits"));
+    }
+    if !printable(c.secret_access_key(), 256) || !printable(c.session_token(), 65_536) {
+        return Err(malformed(
+            "SecretAccessKey or SessionToken is empty, too long or not printable ASCII",
+        ));
+    }
+    let stated = OffsetDateTime::from_unix_timestamp(c.expiration().secs())
+        .map_err(|_| malformed("Expiration is out of range"))?
         + time::Duration::nanoseconds(i64::from(c.expiration().subsec_nanos()));
-    if expires_at <= OffsetDateTime::now_utc() {
+    let now = OffsetDateTime::now_utc();
+    if stated <= now {
         return Err(ProviderError::Unavailable {
             message: "STS returned credentials that are already expired".into(),
-            upstream_request_id: request_id.map(str::to_owned),
+            upstream_request_id: request_id.clone(),
         });
     }
+    let longest = now + time::Duration::seconds(i64::from(duration_s));
+    let expires_at = if stated > longest {
+        longest.replace_nanosecond(0).unwrap_or(longest)
+    } else {
+        stated
+    };
     let expiration = expires_at
         .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|_| malformed())?;
+        .map_err(|_| malformed("Expiration cannot be formatted"))?;
     let mut credentials = SecretFields::new();
-    credentials.insert("AccessKeyId", SecretString::from(c.access_key_id()));
+    credentials.insert("AccessKeyId", SecretString::from(key_id));
     credentials.insert("SecretAccessKey", SecretString::from(c.secret_access_key()));
     credentials.insert("SessionToken", SecretString::from(c.session_token()));
     credentials.insert("Expiration", SecretString::from(expiration));
@@ -235,7 +269,7 @@ fn credential_of(
         kind: "aws_sts",
         credentials,
         expires_at: Some(expires_at),
-        upstream_request_id: request_id.map(str::to_owned),
+        upstream_request_id: request_id,
         details: serde_json::Value::Null,
         subject: None,
     })
@@ -562,7 +596,7 @@ impl Provider for AwsAssumeRole {
                 narrowing: &narrowing,
             };
             let out = self.assume_web(parsed, call, request).await?;
-            return credential_of(out.credentials(), out.request_id());
+            return credential_of(out.credentials(), out.request_id(), duration);
         }
         let source_identity = mint_source_identity(parsed, request.worker)?;
         let out = self
@@ -579,6 +613,6 @@ impl Provider for AwsAssumeRole {
                 request.timeout,
             )
             .await?;
-        to_credential(&out)
+        to_credential(&out, duration)
     }
 }

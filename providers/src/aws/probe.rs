@@ -34,7 +34,7 @@ impl Probe for AwsAssumeRole {
         };
         let first = call(ExternalIdUse::Tenant);
         let out = self.assume(parsed, first, request.timeout).await?;
-        let request_id = out.request_id().map(str::to_owned);
+        let request_id = crate::request_id_of(out.request_id());
         let assumed = out
             .assumed_role_user()
             .map(|u| u.arn().to_owned())
@@ -71,7 +71,7 @@ impl Probe for AwsAssumeRole {
                             parsed.role.as_str(),
                             self.settings.vendor_account_id
                         ),
-                        upstream_request_id: out.request_id().map(str::to_owned),
+                        upstream_request_id: crate::request_id_of(out.request_id()),
                     })
                 }
                 Err(other) => return Err(other),

@@ -33,7 +33,7 @@ fn web_error(err: SdkError<AssumeRoleWithWebIdentityError>) -> ProviderError {
         .chars()
         .take(300)
         .collect::<String>();
-    let request_id = err.request_id().map(str::to_owned);
+    let request_id = crate::request_id_of(err.request_id());
     match code.as_deref() {
         // The customer's trust or OIDC provider refused our assertion.
         Some("AccessDenied") => ProviderError::Denied {
@@ -116,7 +116,7 @@ impl AwsAssumeRole {
             narrowing: &bound.session,
         };
         let out = self.assume_web(parsed, call(subject), request).await?;
-        let request_id = out.request_id().map(str::to_owned);
+        let request_id = crate::request_id_of(out.request_id());
         let assumed = out
             .assumed_role_user()
             .map(|u| u.arn().to_owned())
@@ -144,7 +144,7 @@ impl AwsAssumeRole {
                         parsed.role.as_str(),
                         self.settings.web_identity_audience
                     ),
-                    upstream_request_id: out.request_id().map(str::to_owned),
+                    upstream_request_id: crate::request_id_of(out.request_id()),
                 })
             }
             Err(other) => return Err(other),

@@ -136,6 +136,14 @@ pub fn decode_claims(token: &str) -> Result<TokenClaims, String> {
     if token.len() > MAX_TOKEN {
         return Err("token too long".into());
     }
+    // Only the compact form's characters: the token is handed out as it is and goes into a
+    // worker's `Authorization` header, so no segment may carry a line break or a space.
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+    {
+        return Err("token holds characters outside base64url".into());
+    }
     let mut parts = token.split('.');
     let (Some(_), Some(payload), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -329,6 +337,24 @@ mod tests {
             b(b"{\"alg\":\"RS256\"}"),
             b(claims.to_string().as_bytes())
         )
+    }
+
+    #[test]
+    fn a_token_with_a_line_break_in_any_segment_is_refused() {
+        let good = jwt(&serde_json::json!({"tid": T}));
+        assert!(decode_claims(&good).is_ok());
+        let (header, rest) = good.split_once('.').unwrap();
+        for bad in [
+            format!("{header}\r\nX-Injected: 1.{rest}"),
+            format!("{header}.{rest} "),
+            format!("{good}\n"),
+        ] {
+            assert_eq!(
+                decode_claims(&bad).err().as_deref(),
+                Some("token holds characters outside base64url"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::permissions::{Level, TokenRequest};
 use crate::{IssuedCredential, ProviderError, SecretFields};
 
 /// How long to stay away after a rate-limit answer that names no time (GitHub: wait at least
@@ -104,33 +105,66 @@ pub(super) fn error_for(answer: Answer, installation: u64) -> ProviderError {
     }
 }
 
+/// GitHub's installation tokens live one hour: a token answered with a later expiry is
+/// cached and handed out as expiring an hour after it was received.
+const TOKEN_LIFETIME: time::Duration = time::Duration::hours(1);
+
+/// The longest installation token accepted (GitHub documents no fixed length; today's are 40
+/// characters).
+const MAX_TOKEN_LEN: usize = 8192;
+
+/// The installation token in `answer` (201) to the request `wanted`, checked before anything
+/// is cached or handed out: the token is printable ASCII of bounded length (a line break would
+/// be a header injection in the worker), it expires in the future and at most an hour from
+/// now (a later expiry is taken as an hour), and what the answer says the token carries is
+/// within what was asked — the permissions at most at the requested levels (`metadata: read`
+/// GitHub grants every token), and named repositories only when named ones were asked.
 pub(super) fn to_credential(
     answer: Answer,
     installation: u64,
+    wanted: &TokenRequest,
 ) -> Result<IssuedCredential, ProviderError> {
-    let malformed = |id: Option<String>| ProviderError::Unavailable {
-        message: "GitHub token answer is malformed".into(),
-        upstream_request_id: id,
+    let request_id = crate::request_id_of(answer.request_id.as_deref());
+    let malformed = |what: &str| ProviderError::Unavailable {
+        message: format!("GitHub token answer is malformed: {what}"),
+        upstream_request_id: request_id.clone(),
     };
     let b = &answer.body;
     let token = b
         .get("token")
         .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| malformed(answer.request_id.clone()))?;
+        .filter(|t| {
+            !t.is_empty() && t.len() <= MAX_TOKEN_LEN && t.bytes().all(|c| c.is_ascii_graphic())
+        })
+        .ok_or_else(|| malformed("token missing, too long or not printable ASCII"))?;
     let expires_text = b
         .get("expires_at")
         .and_then(Value::as_str)
-        .ok_or_else(|| malformed(answer.request_id.clone()))?;
-    let expires_at =
+        .ok_or_else(|| malformed("expires_at missing"))?;
+    let stated =
         OffsetDateTime::parse(expires_text, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| malformed(answer.request_id.clone()))?;
-    if expires_at <= OffsetDateTime::now_utc() {
+            .map_err(|_| malformed("expires_at is not RFC 3339"))?;
+    let now = OffsetDateTime::now_utc();
+    if stated <= now {
         return Err(ProviderError::Unavailable {
             message: "GitHub returned a token that is already expired".into(),
-            upstream_request_id: answer.request_id,
+            upstream_request_id: request_id.clone(),
         });
     }
+    let longest = now + TOKEN_LIFETIME;
+    let (expires_at, expires_text) = if stated > longest {
+        let longest = longest.replace_nanosecond(0).unwrap_or(longest);
+        let text = longest
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|_| malformed("expires_at cannot be formatted"))?;
+        (longest, text)
+    } else {
+        (stated, expires_text.to_owned())
+    };
+    check_grant(b, wanted).map_err(|what| ProviderError::Unavailable {
+        message: format!("GitHub answered a token beyond the request: {what}"),
+        upstream_request_id: request_id.clone(),
+    })?;
     let repositories: Option<Vec<Value>> =
         b.get("repositories").and_then(Value::as_array).map(|r| {
             r.iter()
@@ -143,7 +177,7 @@ pub(super) fn to_credential(
         kind: "github_installation",
         credentials,
         expires_at: Some(expires_at),
-        upstream_request_id: answer.request_id,
+        upstream_request_id: request_id,
         details: json!({
             "installation_id": installation,
             "expires_at": expires_text,
@@ -153,4 +187,46 @@ pub(super) fn to_credential(
         }),
         subject: Some(installation.to_string()),
     })
+}
+
+/// Whether the permissions and repositories a token answer names are within `wanted`.
+fn check_grant(body: &Value, wanted: &TokenRequest) -> Result<(), String> {
+    let permissions = body
+        .get("permissions")
+        .and_then(Value::as_object)
+        .ok_or("no permissions object")?;
+    for (name, level) in permissions {
+        let level = level
+            .as_str()
+            .and_then(Level::parse)
+            .ok_or_else(|| format!("permission {name:?} has no known level"))?;
+        let within = wanted
+            .permissions
+            .get(name)
+            .is_some_and(|max| level <= *max)
+            || (name == "metadata" && level == Level::Read);
+        if !within {
+            return Err(format!("permission {name:?} at {}", level.as_str()));
+        }
+    }
+    let Some(asked) = &wanted.repositories else {
+        return Ok(());
+    };
+    if body.get("repository_selection").and_then(Value::as_str) != Some("selected") {
+        return Err("repository selection is not the named repositories".into());
+    }
+    let listed = body
+        .get("repositories")
+        .and_then(Value::as_array)
+        .ok_or("named repositories were asked and none are listed")?;
+    for repo in listed {
+        let name = repo
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("a repository without a name")?;
+        if !asked.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+            return Err(format!("repository {name:?} was not asked for"));
+        }
+    }
+    Ok(())
 }

@@ -318,7 +318,7 @@ impl GithubApp {
                     .and_then(|v| v.to_str().ok())
                     .map(|v| v.trim().to_owned())
             };
-            let request_id = header("x-github-request-id");
+            let request_id = crate::request_id_of(header("x-github-request-id").as_deref());
             let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
             let remaining = header("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok());
             let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
@@ -569,7 +569,7 @@ impl Provider for GithubApp {
             return Err(error_for(answer, installation));
         }
         self.note_mint(installation);
-        to_credential(answer, installation)
+        to_credential(answer, installation, &wanted)
     }
 
     fn callbacks(&self) -> Option<&dyn Callbacks> {
@@ -654,3 +654,33 @@ impl Probe for GithubApp {
 
 #[cfg(test)]
 mod tests;
+
+/// An installation token answer's body (`201`) to the token request `wanted` (a narrowing's
+/// canonical JSON, as [`Provider::normalize_narrowing`] makes it), read and checked exactly as
+/// a mint reads it: for the fuzz suite, which feeds it arbitrary bytes.
+///
+/// # Errors
+/// As a mint: `Unavailable` for a malformed answer or one beyond `wanted`,
+/// `InvalidNarrowing` when `wanted` is not a token request.
+pub fn read_token_answer(
+    body: &[u8],
+    request_id: Option<&str>,
+    wanted: &Value,
+) -> Result<IssuedCredential, ProviderError> {
+    let wanted = TokenRequest::from_value(wanted)
+        .ok_or_else(|| ProviderError::InvalidNarrowing("not a token request".into()))?;
+    let body = std::str::from_utf8(body)
+        .ok()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null);
+    to_credential(
+        Answer {
+            status: 201,
+            body,
+            request_id: request_id.map(str::to_owned),
+            rate_limit: None,
+        },
+        0,
+        &wanted,
+    )
+}

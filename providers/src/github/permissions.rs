@@ -77,7 +77,7 @@ pub enum Level {
 }
 
 impl Level {
-    fn parse(s: &str) -> Option<Level> {
+    pub(crate) fn parse(s: &str) -> Option<Level> {
         match s {
             "read" => Some(Level::Read),
             "write" => Some(Level::Write),

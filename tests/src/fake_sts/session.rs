@@ -12,8 +12,8 @@ use hyper::{Response, StatusCode};
 use time::OffsetDateTime;
 
 use super::{
-    members, packed_policy_size, packed_units, session_name_ok, session_tags, Answer, FakeRole,
-    State,
+    members, packed_policy_size, packed_units, session_name_ok, session_tags, xml_escape, Answer,
+    FakeRole, State,
 };
 
 /// What a granted session answer is built from.
@@ -139,13 +139,20 @@ impl State {
         let faults = self.faults.lock().unwrap();
         let expiration = if faults.expired {
             OffsetDateTime::now_utc() - time::Duration::hours(1)
+        } else if faults.far_expiration {
+            OffsetDateTime::now_utc() + time::Duration::days(3650)
         } else {
             OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(duration))
         };
         let malformed = faults.malformed;
+        let token_override = faults.session_token.clone();
+        let rid_override = faults.request_id.clone();
         drop(faults);
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
-        let rid = format!("c6104cbe-af31-11e0-8154-{n:012x}");
+        let rid = rid_override.unwrap_or_else(|| format!("c6104cbe-af31-11e0-8154-{n:012x}"));
+        let session_token = token_override
+            .map(|t| xml_escape(&t))
+            .unwrap_or_else(|| format!("FwoGZXIvYXdzEfakeSessionToken{n:016x}"));
         if malformed {
             return Response::builder()
                 .status(200)
@@ -174,7 +181,7 @@ impl State {
             .map(|pc| format!("    <PackedPolicySize>{pc}</PackedPolicySize>\n"))
             .unwrap_or_default();
         let body = format!(
-            "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <{action}Result>\n{before}    <AssumedRoleUser>\n      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:{session}</AssumedRoleId>\n      <Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <SecretAccessKey>fakeSecret{n:016x}wJalrXUtnFEMI</SecretAccessKey>\n      <SessionToken>FwoGZXIvYXdzEfakeSessionToken{n:016x}</SessionToken>\n      <Expiration>{exp}</Expiration>\n      <AccessKeyId>ASIAFAKE{n:012X}</AccessKeyId>\n    </Credentials>\n{packed_size}{after}  </{action}Result>\n  <ResponseMetadata>\n    <RequestId>{rid}</RequestId>\n  </ResponseMetadata>\n</{action}Response>\n"
+            "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <{action}Result>\n{before}    <AssumedRoleUser>\n      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:{session}</AssumedRoleId>\n      <Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <SecretAccessKey>fakeSecret{n:016x}wJalrXUtnFEMI</SecretAccessKey>\n      <SessionToken>{session_token}</SessionToken>\n      <Expiration>{exp}</Expiration>\n      <AccessKeyId>ASIAFAKE{n:012X}</AccessKeyId>\n    </Credentials>\n{packed_size}{after}  </{action}Result>\n  <ResponseMetadata>\n    <RequestId>{rid}</RequestId>\n  </ResponseMetadata>\n</{action}Response>\n"
         );
         Response::builder()
             .status(200)
