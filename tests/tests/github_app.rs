@@ -2863,3 +2863,46 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
     let record = audit_of(&env, &v);
     assert!(record["upstream_request_id"].is_null(), "{record}");
 }
+
+/// A malicious or slow upstream (THREATS.md) cannot hold a public-listener request for
+/// minutes: the proof of who installed (the code exchange, the pages of the installer's
+/// installations, the user token's revocation; each call with its own deadline) has one
+/// deadline in all, twice `[cache] mint_timeout_ms`. Each call answering just inside its own
+/// deadline does not add up past it: the install is refused, nothing is bound, and the next
+/// install, answered at once, binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_proof_of_the_installer_is_cut_at_one_deadline() {
+    let mut env = start_full(
+        3600,
+        GENEROUS,
+        Some(CLIENT_ID),
+        "[cache]\nmint_timeout_ms = 1000\n",
+    )
+    .await;
+    add_key(&mut env.op, &env.key_a).await;
+    let hold = Fault::Hold(Duration::from_millis(900));
+    for path in ["/login/oauth/access_token", "/user/installations", "/token"] {
+        env.gh.inject(path, hold.clone(), 1);
+    }
+    let state = state_for(&mut env.op, "t1").await;
+    let (s, v) = setup_redirect(
+        &mut env.public,
+        &env.gh,
+        &format!("installation_id=1001&setup_action=install&state={state}"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 2000 ms"),
+        "{v}"
+    );
+    let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert!(
+        !b.to_string().contains("github_app"),
+        "nothing was bound: {b}"
+    );
+    bind_acme(&mut env).await;
+}

@@ -258,9 +258,24 @@ impl CallbackService {
             issued_at: time::OffsetDateTime::from_unix_timestamp(issued_at)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         };
-        let proven = cb
-            .prove_installer(&redirect, &context, self.core.mint_timeout())
-            .await;
+        // One deadline for the whole proof (a code exchange, pages of the installer's
+        // installations, a revoke: each call has its own), so a slow upstream cannot hold a
+        // public-listener request for minutes.
+        let deadline = self.core.mint_timeout().saturating_mul(2);
+        let proven = tokio::time::timeout(
+            deadline,
+            cb.prove_installer(&redirect, &context, self.core.mint_timeout()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(credbroker_providers::ProviderError::Unavailable {
+                message: format!(
+                    "the proof did not finish within {} ms",
+                    deadline.as_millis()
+                ),
+                upstream_request_id: None,
+            })
+        });
         // An assertion the broker's issuer signed for the proof goes into the record too.
         let assertion = signer
             .detail()
