@@ -267,60 +267,133 @@ impl RateLimiter {
     }
 }
 
-/// Upstream mints per worker and per binding: token buckets of `per_minute` tokens refilled
-/// over a minute. A worker (or a binding's many workers) asking for fresh credentials in a
-/// loop — a `narrow` that changes every call, a cache-defeating `min_ttl_s` — cannot drive
-/// the upstream (and the customer's quota) beyond them; cached credentials are unaffected.
+/// Upstream mints per worker, per binding and per tenant of each provider: token buckets of
+/// `per_minute` tokens refilled over a minute. A worker (or a binding's many workers, or a
+/// tenant's many bindings) asking for fresh credentials in a loop — a `narrow` that changes
+/// every call, a cache-defeating `min_ttl_s` — cannot drive the upstream (the customer's
+/// quota, or a quota the provider keeps for the whole platform, such as a GitHub App's)
+/// beyond them; cached credentials are unaffected.
 pub struct MintLimiter {
-    per_worker: f64,
-    per_binding: f64,
-    buckets: Mutex<HashMap<(bool, String), Bucket>>,
+    limits: MintLimits,
+    buckets: Mutex<HashMap<(MintScope, String), Bucket>>,
+}
+
+/// Mints a minute per worker, per binding, and per tenant and provider (0 disables one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MintLimits {
+    /// Mints one worker may cause, all its bindings together.
+    pub per_worker: u32,
+    /// Mints of one binding, all its workers together.
+    pub per_binding: u32,
+    /// Mints of one provider for one tenant, all its bindings and workers together: the
+    /// tenant's share of what the provider allows the platform.
+    pub per_tenant: u32,
+}
+
+/// What a mint bucket counts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum MintScope {
+    Worker,
+    Binding,
+    /// A tenant's mints of one provider (key: provider, NUL, tenant).
+    Tenant,
+}
+
+/// Who a mint is for, as the limits count it.
+#[derive(Debug, Clone, Copy)]
+pub struct MintFor<'a> {
+    /// The worker asking.
+    pub worker: &'a str,
+    /// The binding minted through.
+    pub binding: &'a str,
+    /// Its tenant (from the store chain).
+    pub tenant: &'a str,
+    /// The provider minting.
+    pub provider: &'a str,
 }
 
 impl MintLimiter {
-    /// Limits of `per_worker` and `per_binding` mints a minute (0 disables one).
-    pub fn new(per_worker: u32, per_binding: u32) -> MintLimiter {
+    /// The given limits a minute (0 disables one).
+    pub fn new(limits: MintLimits) -> MintLimiter {
         MintLimiter {
-            per_worker: f64::from(per_worker),
-            per_binding: f64::from(per_binding),
+            limits,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes a mint token for `worker` and for `binding`.
+    /// The buckets a mint takes from: scope, key, tokens a minute, and the scope's name.
+    fn scopes(&self, mint: MintFor<'_>) -> [(MintScope, String, u32, &'static str); 3] {
+        [
+            (
+                MintScope::Worker,
+                mint.worker.to_owned(),
+                self.limits.per_worker,
+                "worker",
+            ),
+            (
+                MintScope::Binding,
+                mint.binding.to_owned(),
+                self.limits.per_binding,
+                "binding",
+            ),
+            (
+                MintScope::Tenant,
+                format!("{}\0{}", mint.provider, mint.tenant),
+                self.limits.per_tenant,
+                "tenant",
+            ),
+        ]
+    }
+
+    /// Takes a mint token for the worker, the binding and the tenant's share of the provider.
     ///
     /// # Errors
-    /// `"worker"` or `"binding"`: which limit was reached.
-    pub fn check(&self, worker: &str, binding: &str, now: Instant) -> Result<(), &'static str> {
+    /// `"worker"`, `"binding"` or `"tenant"`: which limit was reached.
+    pub fn check(&self, mint: MintFor<'_>, now: Instant) -> Result<(), &'static str> {
+        let scopes = self.scopes(mint);
         let mut buckets = self
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let limits = [
-            (false, worker, self.per_worker, "worker"),
-            (true, binding, self.per_binding, "binding"),
-        ];
-        // Both must have a token before either is spent: a refusal costs nothing.
-        for (is_binding, name, per_minute, what) in limits {
-            if per_minute <= 0.0 {
+        // All must have a token before any is spent: a refusal costs nothing.
+        for (scope, key, per_minute, what) in &scopes {
+            if *per_minute == 0 {
                 continue;
             }
+            let per_minute = f64::from(*per_minute);
             let bucket = buckets
-                .entry((is_binding, name.to_owned()))
+                .entry((*scope, key.clone()))
                 .or_insert_with(|| Bucket::full(per_minute, now));
             bucket.refill(per_minute / 60.0, per_minute, now);
             if bucket.tokens < 1.0 {
                 return Err(what);
             }
         }
-        for (is_binding, name, per_minute, _) in limits {
-            if per_minute > 0.0 {
-                if let Some(bucket) = buckets.get_mut(&(is_binding, name.to_owned())) {
+        for (scope, key, per_minute, _) in scopes {
+            if per_minute > 0 {
+                if let Some(bucket) = buckets.get_mut(&(scope, key)) {
                     bucket.tokens -= 1.0;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Gives back the tokens [`MintLimiter::check`] took for a mint that did not call the
+    /// upstream after all (its circuit was open).
+    pub fn refund(&self, mint: MintFor<'_>) {
+        let scopes = self.scopes(mint);
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (scope, key, per_minute, _) in scopes {
+            if per_minute > 0 {
+                if let Some(bucket) = buckets.get_mut(&(scope, key)) {
+                    bucket.tokens = (bucket.tokens + 1.0).min(f64::from(per_minute));
+                }
+            }
+        }
     }
 }
 
@@ -572,19 +645,61 @@ mod tests {
 
     #[test]
     fn mints_are_limited_per_worker_and_per_binding() {
-        let l = MintLimiter::new(3, 5);
+        let l = MintLimiter::new(MintLimits {
+            per_worker: 3,
+            per_binding: 5,
+            per_tenant: 0,
+        });
         let t = Instant::now();
+        let m = |worker, binding| MintFor {
+            worker,
+            binding,
+            tenant: "t1",
+            provider: "github_app",
+        };
         for _ in 0..3 {
-            assert!(l.check("w1", "b1", t).is_ok());
+            assert!(l.check(m("w1", "b1"), t).is_ok());
         }
-        assert_eq!(l.check("w1", "b2", t), Err("worker"));
-        assert!(l.check("w2", "b1", t).is_ok());
-        assert!(l.check("w3", "b1", t).is_ok());
-        assert_eq!(l.check("w4", "b1", t), Err("binding"));
+        assert_eq!(l.check(m("w1", "b2"), t), Err("worker"));
+        assert!(l.check(m("w2", "b1"), t).is_ok());
+        assert!(l.check(m("w3", "b1"), t).is_ok());
+        assert_eq!(l.check(m("w4", "b1"), t), Err("binding"));
         assert!(
-            l.check("w1", "b2", t + Duration::from_secs(21)).is_ok(),
+            l.check(m("w1", "b2"), t + Duration::from_secs(21)).is_ok(),
             "refilled"
         );
+    }
+
+    #[test]
+    fn a_tenant_gets_a_share_of_each_provider_however_many_bindings_it_has() {
+        let l = MintLimiter::new(MintLimits {
+            per_worker: 0,
+            per_binding: 2,
+            per_tenant: 4,
+        });
+        let t = Instant::now();
+        let m = |binding, tenant, provider| MintFor {
+            worker: "w",
+            binding,
+            tenant,
+            provider,
+        };
+        for b in ["b1", "b2"] {
+            for _ in 0..2 {
+                assert!(l.check(m(b, "t1", "github_app"), t).is_ok());
+            }
+        }
+        assert_eq!(l.check(m("b3", "t1", "github_app"), t), Err("tenant"));
+        // The refusal spent nothing: b3's own bucket is still full.
+        assert!(l.check(m("b3", "t2", "github_app"), t).is_ok());
+        assert!(l.check(m("b3", "t2", "github_app"), t).is_ok());
+        // Other tenants, and the same tenant's other providers, keep theirs.
+        assert!(l.check(m("b4", "t2", "github_app"), t).is_ok());
+        assert!(l.check(m("b5", "t1", "aws_assume_role"), t).is_ok());
+        // A mint that never reached the upstream gives its tokens back.
+        l.refund(m("b1", "t1", "github_app"));
+        assert!(l.check(m("b1", "t1", "github_app"), t).is_ok());
+        assert_eq!(l.check(m("b1", "t1", "github_app"), t), Err("binding"));
     }
 
     #[test]

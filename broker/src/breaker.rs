@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::admission::{MintFor, MintLimits};
+
 #[derive(Default)]
 struct Circuit {
     failures: u32,
@@ -57,30 +59,30 @@ pub struct Breakers {
 impl Breakers {
     /// Breakers opening after `threshold` consecutive failures for `open_for`.
     pub fn new(threshold: u32, open_for: Duration) -> Breakers {
-        Breakers::with_mint_limits(threshold, open_for, 0, 0)
+        Breakers::with_mint_limits(threshold, open_for, MintLimits::default())
     }
 
-    /// Breakers, and at most `per_worker` / `per_binding` mints a minute (0: no limit).
-    pub fn with_mint_limits(
-        threshold: u32,
-        open_for: Duration,
-        per_worker: u32,
-        per_binding: u32,
-    ) -> Breakers {
+    /// Breakers, and the mint rate limits (0 in a field: no such limit).
+    pub fn with_mint_limits(threshold: u32, open_for: Duration, limits: MintLimits) -> Breakers {
         Breakers {
             threshold: threshold.max(1),
             open_for,
             circuits: Mutex::new(HashMap::new()),
-            limits: crate::admission::MintLimiter::new(per_worker, per_binding),
+            limits: crate::admission::MintLimiter::new(limits),
         }
     }
 
-    /// Takes a mint token for `worker` and `binding`.
+    /// Takes a mint token for the worker, the binding and the tenant's share of the provider.
     ///
     /// # Errors
-    /// `"worker"` or `"binding"`: the limit reached.
-    pub fn admit_mint(&self, worker: &str, binding: &str) -> Result<(), &'static str> {
-        self.limits.check(worker, binding, Instant::now())
+    /// `"worker"`, `"binding"` or `"tenant"`: the limit reached.
+    pub fn admit_mint(&self, mint: MintFor<'_>) -> Result<(), &'static str> {
+        self.limits.check(mint, Instant::now())
+    }
+
+    /// Gives back the mint tokens of a mint [`Breakers::admit`] then refused.
+    pub fn refund_mint(&self, mint: MintFor<'_>) {
+        self.limits.refund(mint);
     }
 
     /// Whether a mint of `binding` (of `provider`) may call its upstream now: both the

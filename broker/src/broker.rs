@@ -48,8 +48,8 @@ pub struct BrokerSettings {
     pub public_base_url: Option<String>,
     /// Circuit breaker: consecutive failures, open duration.
     pub breaker: (u32, Duration),
-    /// Mints a minute per worker and per binding (0: unlimited).
-    pub mint_limits: (u32, u32),
+    /// Mints a minute per worker, per binding and per tenant of a provider (0: unlimited).
+    pub mint_limits: crate::admission::MintLimits,
     /// `[secrets] superseded_overlap_s`.
     pub superseded_overlap_s: u64,
     /// `[issuer]`, when the broker's own OIDC issuer is on.
@@ -89,10 +89,11 @@ impl BrokerSettings {
                 config.cache.breaker_failures,
                 Duration::from_millis(config.cache.breaker_open_ms),
             ),
-            mint_limits: (
-                config.cache.mints_per_minute_per_worker,
-                config.cache.mints_per_minute_per_binding,
-            ),
+            mint_limits: crate::admission::MintLimits {
+                per_worker: config.cache.mints_per_minute_per_worker,
+                per_binding: config.cache.mints_per_minute_per_binding,
+                per_tenant: config.cache.mints_per_minute_per_tenant,
+            },
             superseded_overlap_s: config.secrets.superseded_overlap_s,
             issuer: config.issuer.clone(),
             store: config.store.clone(),
@@ -278,8 +279,7 @@ impl Broker {
             breakers: Arc::new(crate::breaker::Breakers::with_mint_limits(
                 settings.breaker.0,
                 settings.breaker.1,
-                settings.mint_limits.0,
-                settings.mint_limits.1,
+                settings.mint_limits,
             )),
             registry,
             issuer: settings

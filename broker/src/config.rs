@@ -236,6 +236,10 @@ pub struct CacheSettings {
     pub mints_per_minute_per_worker: u32,
     /// Upstream mints per binding per minute, all workers together (0: unlimited).
     pub mints_per_minute_per_binding: u32,
+    /// Upstream mints per tenant per minute of each provider, all its bindings and workers
+    /// together (0: unlimited): one tenant's share of a quota the provider keeps for the
+    /// whole platform (a GitHub App's), so that it cannot exhaust it for the others.
+    pub mints_per_minute_per_tenant: u32,
 }
 
 impl Default for CacheSettings {
@@ -248,6 +252,7 @@ impl Default for CacheSettings {
             breaker_open_ms: 30_000,
             mints_per_minute_per_worker: 600,
             mints_per_minute_per_binding: 600,
+            mints_per_minute_per_tenant: 120,
         }
     }
 }

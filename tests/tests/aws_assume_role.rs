@@ -181,13 +181,18 @@ async fn probe(env: &mut Env, binding: &str) -> (u16, Value) {
 }
 
 async fn bind(env: &mut Env, bid: &str, iid: &str, arn: &str) -> (u16, Value) {
-    let r = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": bid, "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
+    bind_for(env, "t1", bid, iid, arn).await
+}
+
+/// [`bind`] for `tenant`.
+async fn bind_for(env: &mut Env, tenant: &str, bid: &str, iid: &str, arn: &str) -> (u16, Value) {
+    let r = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": bid, "tenant": tenant, "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
     if r.0 == 201 {
         let (s, v) = call(
             &mut env.op,
             Method::POST,
             "/v1/admin/instances",
-            Some(json!({"id": iid, "tenant": "t1", "binding": bid, "connector_kind": "aws"})),
+            Some(json!({"id": iid, "tenant": tenant, "binding": bid, "connector_kind": "aws"})),
         )
         .await;
         assert_eq!(s, 201, "{v}");
@@ -1482,9 +1487,11 @@ async fn one_binding_or_worker_cannot_exhaust_the_upstream_for_others() {
     assert_eq!(s, 200, "{v}");
     let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
 
-    // aws2's role is down (that customer's trouble): its circuit opens after two failures…
+    // aws2's role is down (that customer's trouble): its circuit opens after two failures,
+    // and the resolves it then fails fast call nobody, so they spend no mint token…
     env.sts.faults().down_roles = vec![other.clone()];
-    for n in 0..3 {
+    let calls = env.sts.state.calls();
+    for n in 0..8 {
         let (s, v) = resolve(
             &mut env.w1,
             json!({"instance_id": "i-aws2", "narrow": narrow(n)}),
@@ -1492,6 +1499,12 @@ async fn one_binding_or_worker_cannot_exhaust_the_upstream_for_others() {
         .await;
         assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
     }
+    // (two mints of at most three attempts each; without the circuit, eight)
+    let sent = env.sts.state.calls() - calls;
+    assert!(
+        (2..=6).contains(&sent),
+        "the circuit did not open: {sent} calls"
+    );
     // …and aws1 keeps minting fresh credentials from the same provider.
     let (s, v) = resolve(
         &mut env.w1,
@@ -1501,21 +1514,21 @@ async fn one_binding_or_worker_cannot_exhaust_the_upstream_for_others() {
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
     env.sts.faults().down_roles.clear();
 
-    // w1 has used 4 of its 6 mints a minute (3 failed on aws2, 1 on aws1) plus the probes'
-    // (which are not resolves). Cache-defeating resolves run out…
-    let mut limited = None;
-    for n in 200..210 {
+    // w1 has used 3 of its 6 mints a minute (2 failed on aws2, 1 on aws1; the probes are not
+    // resolves). Cache-defeating resolves run out after three more…
+    for n in 200..203 {
         let (s, v) = resolve(
             &mut env.w1,
             json!({"instance_id": "i-aws", "narrow": narrow(n)}),
         )
         .await;
-        if s != 200 {
-            limited = Some((s, v));
-            break;
-        }
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
     }
-    let (s, v) = limited.expect("the per-worker mint limit never applied");
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(203)}),
+    )
+    .await;
     assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
     assert!(
         v["error"]["message"].as_str().unwrap().contains("worker"),
@@ -1528,6 +1541,111 @@ async fn one_binding_or_worker_cannot_exhaust_the_upstream_for_others() {
     )
     .await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+}
+
+/// One tenant cannot trip a limit for the others (THREATS.md): the fresh mints its workers
+/// cause through all its bindings of one provider together stop at the tenant's share
+/// (`mints_per_minute_per_tenant`), however many bindings and workers it spreads them over,
+/// while another tenant keeps minting from the same provider and the first tenant's cached
+/// credentials are still served. (A platform-wide quota such as a GitHub App's is what the
+/// share protects; the fake STS stands in for any upstream here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_exhaust_a_provider_for_the_others() {
+    let mut env = start_with(
+        "mints_per_minute_per_worker = 0\nmints_per_minute_per_binding = 0\nmints_per_minute_per_tenant = 4\n",
+    )
+    .await;
+    let (ext1, _) = active_aws_binding(&mut env).await;
+    let second = format!("arn:aws:iam::{CUSTOMER}:role/Second");
+    env.sts.add_role(&second, role(Some(&ext1)));
+    let (s, v) = bind(&mut env, "aws2", "i-aws2", &second).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws2").await;
+    assert_eq!(s, 200, "{v}");
+    let ext2 = onboard(&mut env.op, "t2").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let theirs = "arn:aws:iam::333333333333:role/Theirs";
+    env.sts.add_role(
+        theirs,
+        FakeRole {
+            account: "333333333333".into(),
+            ..role(Some(&ext2))
+        },
+    );
+    let (s, v) = bind_for(&mut env, "t2", "aws-t2", "i-t2", theirs).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws-t2").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t1"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w3", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    env.pki.worker("w2");
+    env.pki.worker("w3");
+    let mut w2 = env.pki.client_for("w2", &env.daemon.url);
+    let mut w3 = env.pki.client_for("w3", &env.daemon.url);
+    let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
+
+    // t1's two workers defeat the cache through its two bindings: four fresh mints in all
+    // (the probes are not resolves)…
+    let sent_before = env.sts.state.calls();
+    for (n, instance) in [(0, "i-aws"), (1, "i-aws2"), (2, "i-aws"), (3, "i-aws2")] {
+        let worker = if n % 2 == 0 { &mut env.w1 } else { &mut w2 };
+        let (s, v) = resolve(
+            worker,
+            json!({"instance_id": instance, "narrow": narrow(n)}),
+        )
+        .await;
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    }
+    // …and the fifth, from either worker and either binding, is refused before STS.
+    for (worker, instance) in [(&mut env.w1, "i-aws2"), (&mut w2, "i-aws")] {
+        let (s, v) = resolve(
+            worker,
+            json!({"instance_id": instance, "narrow": narrow(9)}),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
+        assert!(message(&v).contains("tenant"), "{v}");
+    }
+    assert_eq!(
+        env.sts.state.calls() - sent_before,
+        4,
+        "a refused mint reached STS"
+    );
+    // t2 mints its own share from the same provider…
+    for n in 0..4 {
+        let (s, v) = resolve(&mut w3, json!({"instance_id": "i-t2", "narrow": narrow(n)})).await;
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    }
+    // …and t1's cached credentials are still served.
+    let (s, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws2", "narrow": narrow(1)}),
+    )
+    .await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+    let refused = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "resolve" && r["outcome"] != "allowed")
+        .count();
+    assert_eq!(refused, 2, "every refused resolve is audited");
 }
 
 /// A malicious or broken STS (THREATS.md): a session token a worker could not put into a

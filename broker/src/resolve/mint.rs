@@ -116,8 +116,14 @@ impl MintJob {
         // A provider that only opens what the broker holds has no upstream to protect: no
         // rate limit, no circuit (and no cost on its hot path).
         let upstream = self.provider.mints_upstream();
+        let mint_for = crate::admission::MintFor {
+            worker: &self.worker,
+            binding: binding_id,
+            tenant: tenant_id,
+            provider: provider_id,
+        };
         let limited = if upstream {
-            self.breakers.admit_mint(&self.worker, binding_id)
+            self.breakers.admit_mint(mint_for)
         } else {
             Ok(())
         };
@@ -132,6 +138,8 @@ impl MintJob {
             Admission::Allowed
         };
         if let Admission::Open(retry) = admission {
+            // Failing fast calls nobody: it spends none of the mint limits.
+            self.breakers.refund_mint(mint_for);
             return Err(ProviderError::Unavailable {
                 message: format!(
                     "{provider_id} upstream is failing for this binding or for everyone; circuit open, next attempt in {} ms",

@@ -918,7 +918,7 @@ fn write_config(root: &Path, pki: &TestPki, sts_url: &str) -> PathBuf {
             // The cold-mint measurements mint on every call: the mint rate limits would
             // measure themselves. The single-flight run opens 1,000 connections from one
             // address at once: room for all their handshakes.
-            "[limits]\nmax_connections = 4096\nmax_handshakes = 4096\nmax_connections_per_source = 4096\n[cache]\nmints_per_minute_per_worker = 0\nmints_per_minute_per_binding = 0\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{sts_url}\"\nvendor_account_id = \"111111111111\"\nceiling_file = {:?}\n",
+            "[limits]\nmax_connections = 4096\nmax_handshakes = 4096\nmax_connections_per_source = 4096\n[cache]\nmints_per_minute_per_worker = 0\nmints_per_minute_per_binding = 0\nmints_per_minute_per_tenant = 0\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{sts_url}\"\nvendor_account_id = \"111111111111\"\nceiling_file = {:?}\n",
             repo_root().join("policies/aws.json").display().to_string()
         ),
     );
