@@ -1237,6 +1237,69 @@ async fn a_slow_probe_does_not_hold_up_other_changes() {
     assert_eq!(s, 200, "{v}");
 }
 
+/// A revoked operator cannot keep acting (THREATS.md): an operator disabled while their
+/// probe waits on STS does not get it landed — the binding stays pending and the refusal is
+/// audited as theirs — because the operator's record as read at the commit is one of its
+/// preconditions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_disabled_during_their_probe_does_not_land_it() {
+    let mut env = start_opts("", false, 5000).await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    bind(&mut env, "aws1", "i-aws", &arn).await;
+    // Registering op2 registers op too (the first registration).
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op2"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    env.pki.operator("op2");
+    env.sts.faults().delay = std::time::Duration::from_millis(1500);
+    let probing = {
+        let pki = env.pki.clone();
+        let url = env.daemon.url.clone();
+        tokio::spawn(async move {
+            let mut op2 = pki.client_for("op2", &url);
+            call(
+                &mut op2,
+                Method::POST,
+                "/v1/admin/bindings/aws1/probe",
+                Some(json!({})),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/operators/op2/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!probing.is_finished(), "the probe had to be under way");
+    env.sts.faults().delay = std::time::Duration::ZERO;
+    let (s, v) = probing.await.unwrap();
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings/aws1", None).await;
+    assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
+    let refused = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["actor"] == "operator:op2" && r["outcome"] == "denied")
+        .count();
+    assert_eq!(refused, 1, "the refusal is audited as op2's");
+}
+
 /// Confused deputy, three ways (issue 10, item 4): a role whose trust policy only requires
 /// that *an* ExternalId be present passes neither activation nor minting; one role spelt two
 /// ways (case, path) cannot be bound by two tenants; a tenant re-created under a deleted

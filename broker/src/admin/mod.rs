@@ -500,6 +500,25 @@ impl AdminService {
         batch: Batch,
         invalidate: Option<&str>,
     ) -> Result<AuditReceipt, (ApiError, Option<AuditReceipt>)> {
+        // An operator's change lands only while the operator is still active: their status
+        // was checked when the request arrived, but a probe or a self-rotation calls an
+        // upstream for seconds, and a change may wait for the admin lock, before it commits.
+        // The operator's record as read now is a precondition of the commit, so a disable
+        // (on any replica) in the meantime makes it fail and write nothing.
+        let batch = match self.actor_precondition(&event.actor, batch).await {
+            Ok(batch) => batch,
+            Err(err) => {
+                event.outcome = "denied".into();
+                event.error_code = Some(err.code.as_str().to_owned());
+                event.detail = Some(format!(
+                    "not applied: {}; planned: {}",
+                    err.message,
+                    event.detail.take().unwrap_or_default()
+                ));
+                let receipt = self.core.audit.append(event).await.ok();
+                return Err((err, receipt));
+            }
+        };
         let receipt = self.core.audit.append(event.clone()).await.map_err(|e| {
             tracing::error!(error = %e, "change refused: audit unavailable");
             (
@@ -600,6 +619,33 @@ impl AdminService {
     /// An operator certificate administers only while its operator record is active. A store
     /// with no operator records at all (a deployment upgraded from a release without them)
     /// accepts every operator certificate until the first is registered — logged at start.
+    /// `batch`, preconditioned on `actor`'s operator record as it is now when the actor is an
+    /// operator (a registered one: while none is registered any operator certificate
+    /// administers, and nothing is added).
+    ///
+    /// # Errors
+    /// `operator_required` when the operator is disabled or no longer registered.
+    async fn actor_precondition(&self, actor: &str, batch: Batch) -> Result<Batch, ApiError> {
+        let Some(name) = actor.strip_prefix("operator:") else {
+            return Ok(batch);
+        };
+        let name = crate::ids::OperatorId::parse(name).map_err(ApiError::bad_request)?;
+        self.operator_may_administer(&name).await?;
+        let Some(read) = self.core.records.operator(&name).await.map_err(store_err)? else {
+            return Ok(batch);
+        };
+        if read.value.status != Status::Active {
+            return Err(ApiError::new(
+                ErrorCode::OperatorRequired,
+                format!("operator {name} is disabled"),
+            ));
+        }
+        let mut guarded = Batch::new();
+        guarded.expect_unchanged(&read);
+        guarded.ops.extend(batch.ops);
+        Ok(guarded)
+    }
+
     pub(crate) async fn operator_may_administer(
         &self,
         name: &crate::ids::OperatorId,
