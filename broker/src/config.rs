@@ -97,6 +97,18 @@ pub struct TlsSettings {
     /// Optional CRL file (PEM, one or more CRLs) checked on every handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crl: Option<PathBuf>,
+    /// How often the CRL file is read to see whether it changed, seconds (0: only on
+    /// `credbroker reload`): a changed CRL is loaded as a reload would, so a revocation
+    /// takes effect within this bound even when nobody signals the daemon.
+    #[serde(default = "default_crl_check")]
+    pub crl_check_interval_s: u64,
+}
+
+/// `[tls] crl_check_interval_s` unless set.
+pub const DEFAULT_CRL_CHECK_S: u64 = 60;
+
+fn default_crl_check() -> u64 {
+    DEFAULT_CRL_CHECK_S
 }
 
 /// `[keys]`

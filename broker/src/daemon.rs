@@ -285,6 +285,12 @@ pub async fn run_with_broker(
     let hour = Duration::from_secs(3600);
     let mut expiry = tokio::time::interval_at(tokio::time::Instant::now() + hour, hour);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A changed CRL file is loaded without waiting for a signal (0: only on reload).
+    let crl_every = Duration::from_secs(config.tls.crl_check_interval_s.max(1));
+    let mut crl_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + crl_every, crl_every);
+    crl_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watch_crl = config.tls.crl_check_interval_s > 0;
     let listeners = || -> Vec<&ReloadableTls> {
         std::iter::once(tls.as_ref())
             .chain(public.as_ref().map(|(_, p)| p.as_ref()))
@@ -293,6 +299,18 @@ pub async fn run_with_broker(
     loop {
         tokio::select! {
             _ = expiry.tick() => check_tls_expiry(&broker, &listeners()),
+            _ = crl_check.tick(), if watch_crl => {
+                if tls.crl_changed() {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("the CRL file changed: TLS certificates, client CA and CRL reloaded"),
+                        Err(e) => {
+                            broker.metrics().tls_reload_failures.inc();
+                            tracing::error!(error = %e, "the CRL file changed but does not load; keeping the previous TLS config");
+                        }
+                    }
+                    check_tls_expiry(&broker, &listeners());
+                }
+            }
             _ = flush.tick() => {
                 broker.flush_last_use().await;
             }

@@ -156,6 +156,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> 
             key: PathBuf::from("pki/server.key"),
             client_ca: PathBuf::from("pki/ca.crt"),
             crl: None,
+            crl_check_interval_s: crate::config::DEFAULT_CRL_CHECK_S,
         },
     );
     let config_text = format!(

@@ -238,6 +238,29 @@ pub struct ReloadableTls {
     /// When what was loaded expires (certificates) or is due (CRL), read at each load.
     deadlines: std::sync::Mutex<Vec<Deadline>>,
     reloads: tokio::sync::watch::Sender<u64>,
+    /// The CRL file as last loaded or looked at (SHA-256 of its bytes; `None` when it could
+    /// not be read), for [`ReloadableTls::crl_changed`].
+    crl_seen: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+/// SHA-256 of the file at `path`, `None` when it cannot be read.
+fn file_digest(path: &Path) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec(),
+    )
+}
+
+impl Source {
+    /// The CRL file an mTLS source reads, if any.
+    fn crl_path(&self) -> Option<&Path> {
+        match self {
+            Source::Mtls(s) => s.crl.as_deref(),
+            Source::Public { .. } => None,
+        }
+    }
 }
 
 impl ReloadableTls {
@@ -248,12 +271,14 @@ impl ReloadableTls {
     pub fn new(settings: TlsSettings) -> Result<Self, TlsError> {
         let source = Source::Mtls(settings);
         let deadlines = std::sync::Mutex::new(source.deadlines());
+        let crl_seen = std::sync::Mutex::new(source.crl_path().and_then(file_digest));
         let current = RwLock::new(source.build()?);
         Ok(ReloadableTls {
             source: std::sync::Mutex::new(source),
             current,
             deadlines,
             reloads: tokio::sync::watch::channel(0).0,
+            crl_seen,
         })
     }
 
@@ -270,6 +295,7 @@ impl ReloadableTls {
             current,
             deadlines,
             reloads: tokio::sync::watch::channel(0).0,
+            crl_seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -321,6 +347,29 @@ impl ReloadableTls {
             .is_ok()
     }
 
+    /// Whether the CRL file differs from the one last loaded or looked at (unreadable counts
+    /// as a difference). What it saw is remembered, so a CRL that does not load is reported
+    /// once, not at every check, and a later fix of the file is a change again.
+    pub fn crl_changed(&self) -> bool {
+        let path = match self.source.lock() {
+            Ok(s) => s.crl_path().map(Path::to_path_buf),
+            Err(poisoned) => poisoned.into_inner().crl_path().map(Path::to_path_buf),
+        };
+        let Some(path) = path else {
+            return false;
+        };
+        let now = file_digest(&path);
+        let mut seen = match self.crl_seen.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *seen == now {
+            return false;
+        }
+        *seen = now;
+        true
+    }
+
     /// Re-reads certificates, key, CA bundle and CRL. On failure the old config stays.
     ///
     /// # Errors
@@ -367,9 +416,14 @@ impl ReloadableTls {
             ));
         }
         // Read before the build: if the files change in between, the build reads the newer
-        // ones and the next reload corrects the deadlines.
+        // ones and the next reload corrects the deadlines (and the next CRL check reloads).
         let deadlines = source.deadlines();
+        let crl = source.crl_path().and_then(file_digest);
         let fresh = source.build()?;
+        match self.crl_seen.lock() {
+            Ok(mut d) => *d = crl,
+            Err(poisoned) => *poisoned.into_inner() = crl,
+        }
         match self.deadlines.lock() {
             Ok(mut d) => *d = deadlines,
             Err(poisoned) => *poisoned.into_inner() = deadlines,

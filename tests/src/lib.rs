@@ -279,6 +279,7 @@ pub fn write_config(
             key: pki.dir.join("server.key"),
             client_ca: pki.dir.join("ca.crt"),
             crl,
+            crl_check_interval_s: credbroker::config::DEFAULT_CRL_CHECK_S,
         },
     );
     let mut base = base;

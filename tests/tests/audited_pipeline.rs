@@ -81,6 +81,7 @@ async fn start() -> Env {
             key: unused.clone(),
             client_ca: unused,
             crl: None,
+            crl_check_interval_s: credbroker::config::DEFAULT_CRL_CHECK_S,
         },
     );
     BrokerKeys::init(&config).unwrap();

@@ -390,3 +390,67 @@ async fn a_handshake_in_progress_during_a_revocation_is_rechecked() {
         .await;
     assert!(!refused(&mut pki.client_for("w1", &daemon.url)).await);
 }
+
+/// A revocation takes effect within a stated bound without anyone signalling the daemon
+/// (THREATS.md: a holder of a revoked certificate keeps an open connection): the CRL file is
+/// looked at every `[tls] crl_check_interval_s`, and a changed one is loaded as a reload
+/// would — new handshakes refused, open connections closed. A changed CRL that does not load
+/// keeps the previous one (revocations included) and is reported once, not at every check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_crl_is_loaded_without_a_signal() {
+    let (tmp, pki) = setup();
+    let revoked_serial = pki.worker("revoked");
+    let crl = pki.write_crl(&[revoked_serial]);
+    let mut daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            crl: Some(crl),
+            extra_toml: "[tls]\ncrl_check_interval_s = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
+    assert_eq!(s, 200);
+
+    let w1_serial = 100; // first serial the PKI issued
+    pki.write_crl(&[revoked_serial, w1_serial]);
+    daemon
+        .wait_log(
+            "the CRL file changed: TLS certificates, client CA and CRL reloaded",
+            1,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served = w1
+        .request_with_headers(Method::GET, "/healthz", &[], None)
+        .await
+        .map(|(s, _)| s.as_u16());
+    assert!(served.is_err(), "revoked w1 served: {served:?}");
+    assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
+
+    std::fs::write(pki.dir.join("crl.pem"), "garbage").unwrap();
+    daemon
+        .wait_log("the CRL file changed but does not load", 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        daemon
+            .logs()
+            .matches("the CRL file changed but does not load")
+            .count(),
+        1,
+        "reported once"
+    );
+    for who in ["revoked", "w1"] {
+        assert!(
+            refused(&mut pki.client_for(who, &daemon.url)).await,
+            "{who} served after a CRL that does not load"
+        );
+    }
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, _) = call(&mut op, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(s, 200);
+    daemon.stop();
+}

@@ -125,6 +125,7 @@ pub fn local_config(local: &LocalArgs) -> Result<Config, String> {
             key: unused.clone(),
             client_ca: unused,
             crl: None,
+            crl_check_interval_s: crate::config::DEFAULT_CRL_CHECK_S,
         },
     ))
 }

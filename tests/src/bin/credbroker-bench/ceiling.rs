@@ -76,6 +76,7 @@ pub async fn serve(pki_dir: PathBuf, log: Option<PathBuf>) {
         key: pki_dir.join("server.key"),
         client_ca: pki_dir.join("ca.crt"),
         crl: None,
+        crl_check_interval_s: credbroker::config::DEFAULT_CRL_CHECK_S,
     })
     .expect("tls");
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
