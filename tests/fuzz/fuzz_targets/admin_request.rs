@@ -4,7 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&m, rest)) = data.split_first() else { return };
+    let Some((&m, rest)) = data.split_first() else {
+        return;
+    };
     let method = match m % 5 {
         0 => http::Method::GET,
         1 => http::Method::POST,

@@ -12,5 +12,6 @@ fuzz_target!(|data: &[u8]| {
     // The whole file as `audit verify --export` reads it: split into documents by position,
     // each read by two cursors side by side.
     let _ = credbroker::audit::verify_exports(&data, &verifier);
-    let _ = serde_json::from_slice::<credbroker::audit::AuditRecord>(data).map(|r| r.compute_hash());
+    let _ =
+        serde_json::from_slice::<credbroker::audit::AuditRecord>(data).map(|r| r.compute_hash());
 });

@@ -2,11 +2,16 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-use credbroker_providers::entra::{check_claims, claims::issuer_tenant, decode_claims, parse_error};
+use credbroker_providers::entra::{
+    check_claims, claims::issuer_tenant, decode_claims, parse_error,
+};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let hosts = ["sts.windows.net".to_owned(), "login.microsoftonline.com".to_owned()];
+    let hosts = [
+        "sts.windows.net".to_owned(),
+        "login.microsoftonline.com".to_owned(),
+    ];
     if let Ok(claims) = decode_claims(&text) {
         let _ = check_claims(
             &claims,

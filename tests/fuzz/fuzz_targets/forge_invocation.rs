@@ -20,11 +20,11 @@ fn shapes(text: &str, parsed: &Value) -> [Value; 5] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = credbroker_providers::atlassian_forge::fuzz_invocation_body(data);
+    credbroker_providers::atlassian_forge::fuzz_invocation_body(data);
     let text = String::from_utf8_lossy(data);
     let parsed: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
     for body in shapes(&text, &parsed) {
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let _ = credbroker_providers::atlassian_forge::fuzz_invocation_body(&bytes);
+        credbroker_providers::atlassian_forge::fuzz_invocation_body(&bytes);
     }
 });

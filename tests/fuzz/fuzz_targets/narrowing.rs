@@ -4,7 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
     let aws = credbroker_providers::aws::AwsCeiling::from_value(&serde_json::json!({
         "managed_policy_arns": ["arn:${Partition}:iam::aws:policy/SecurityAudit"],
         "actions": ["ec2:Describe*", "s3:GetBucketPolicy"]
