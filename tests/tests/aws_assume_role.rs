@@ -184,6 +184,13 @@ async fn bind(env: &mut Env, bid: &str, iid: &str, arn: &str) -> (u16, Value) {
     bind_for(env, "t1", bid, iid, arn).await
 }
 
+/// `operator`'s probe of `binding`, started on a connection of its own.
+fn spawn_probe(env: &Env, operator: &str, binding: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+    let mut client = env.pki.client_for(operator, &env.daemon.url);
+    let path = format!("/v1/admin/bindings/{binding}/probe");
+    tokio::spawn(async move { call(&mut client, Method::POST, &path, Some(json!({}))).await })
+}
+
 /// [`bind`] for `tenant`.
 async fn bind_for(env: &mut Env, tenant: &str, bid: &str, iid: &str, arn: &str) -> (u16, Value) {
     let r = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": bid, "tenant": tenant, "provider": "aws_assume_role", "config": {"role_arn": arn}}))).await;
@@ -1205,20 +1212,7 @@ async fn a_slow_probe_does_not_hold_up_other_changes() {
     env.sts.add_role(&arn, role(Some(&external_id)));
     bind(&mut env, "aws1", "i-aws", &arn).await;
     env.sts.faults().delay = std::time::Duration::from_millis(1500);
-    let probing = {
-        let pki = env.pki.clone();
-        let url = env.daemon.url.clone();
-        tokio::spawn(async move {
-            let mut op = pki.client_for("op", &url);
-            call(
-                &mut op,
-                Method::POST,
-                "/v1/admin/bindings/aws1/probe",
-                Some(json!({})),
-            )
-            .await
-        })
-    };
+    let probing = spawn_probe(&env, "op", "aws1");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (s, v) = call(
         &mut env.op,
@@ -1262,20 +1256,7 @@ async fn an_operator_disabled_during_their_probe_does_not_land_it() {
     assert_eq!(s, 201, "{v}");
     env.pki.operator("op2");
     env.sts.faults().delay = std::time::Duration::from_millis(1500);
-    let probing = {
-        let pki = env.pki.clone();
-        let url = env.daemon.url.clone();
-        tokio::spawn(async move {
-            let mut op2 = pki.client_for("op2", &url);
-            call(
-                &mut op2,
-                Method::POST,
-                "/v1/admin/bindings/aws1/probe",
-                Some(json!({})),
-            )
-            .await
-        })
-    };
+    let probing = spawn_probe(&env, "op2", "aws1");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (s, v) = call(
         &mut env.op,
