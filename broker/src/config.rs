@@ -14,10 +14,16 @@ use serde::{Deserialize, Serialize};
 
 mod governance;
 mod health;
+mod keys;
+mod limits;
 mod public;
+mod tls;
 pub use governance::{InventorySettings, WebhookSettings};
 pub use health::HealthSettings;
+pub use keys::KeySettings;
+pub use limits::Limits;
 pub use public::PublicSettings;
+pub use tls::{TlsSettings, DEFAULT_CRL_CHECK_S};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,107 +88,6 @@ pub struct Config {
     /// SIGHUP re-reads it.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
-}
-
-/// `[tls]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// Server certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Server private key (PEM, PKCS#8/PKCS#1/SEC1).
-    pub key: PathBuf,
-    /// CA bundle that worker and operator certificates must chain to (PEM).
-    pub client_ca: PathBuf,
-    /// Optional CRL file (PEM, one or more CRLs) checked on every handshake.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crl: Option<PathBuf>,
-    /// How often the CRL file is read to see whether it changed, seconds (0: only on
-    /// `credbroker reload`): a changed CRL is loaded as a reload would, so a revocation
-    /// takes effect within this bound even when nobody signals the daemon.
-    #[serde(default = "default_crl_check")]
-    pub crl_check_interval_s: u64,
-}
-
-/// `[tls] crl_check_interval_s` unless set.
-pub const DEFAULT_CRL_CHECK_S: u64 = 60;
-
-fn default_crl_check() -> u64 {
-    DEFAULT_CRL_CHECK_S
-}
-
-/// `[keys]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeySettings {
-    /// KEK keyring file (default `<data_dir>/keys/kek.json`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kek_file: Option<PathBuf>,
-    /// Name of an environment variable holding the keyring JSON instead of a file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kek_env: Option<String>,
-    /// Audit signing key (default `<data_dir>/keys/audit-signing.key`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit_key_file: Option<PathBuf>,
-    /// Audit public key (default `<data_dir>/keys/audit-signing.pub`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit_public_key_file: Option<PathBuf>,
-    /// Token fingerprint HMAC key (default `<data_dir>/keys/fingerprint.key`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint_key_file: Option<PathBuf>,
-}
-
-/// `[limits]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Concurrent connections; further connections are closed at accept.
-    pub max_connections: usize,
-    /// Largest request head (HTTP/1 buffer, HTTP/2 header list), bytes; at least 8192.
-    pub max_header_bytes: usize,
-    /// Largest request body, bytes.
-    pub max_body_bytes: usize,
-    /// TLS handshake deadline, milliseconds.
-    pub handshake_timeout_ms: u64,
-    /// TLS handshakes in progress at once; a connection arriving when all are taken is
-    /// closed at accept. Handshakes do not take connection slots.
-    pub max_handshakes: usize,
-    /// TLS handshakes in progress from one source (IPv4 address or IPv6 /64) once half the
-    /// budget is in use; one source never holds more than half of it (or this, if larger).
-    pub max_handshakes_per_source: usize,
-    /// Open connections from one source once half of `max_connections` are in use (the
-    /// public listener enforces its own cap always).
-    pub max_connections_per_source: usize,
-    /// A connection with no request in progress for this long is closed, milliseconds.
-    pub idle_timeout_ms: u64,
-    /// A connection is closed (gracefully) after this long whatever it does, seconds, so
-    /// nothing outlives a revocation or a configuration change for long.
-    pub max_connection_age_s: u64,
-    /// Deadline for a request head (and for the next one on a kept-alive connection), ms.
-    pub header_read_timeout_ms: u64,
-    /// Deadline for reading a request body, milliseconds.
-    pub body_read_timeout_ms: u64,
-    /// HTTP/2 concurrent streams per connection.
-    pub http2_max_concurrent_streams: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 1024,
-            max_header_bytes: 16 * 1024,
-            max_body_bytes: 64 * 1024,
-            handshake_timeout_ms: 3_000,
-            max_handshakes: 256,
-            max_handshakes_per_source: 16,
-            max_connections_per_source: 64,
-            idle_timeout_ms: 300_000,
-            max_connection_age_s: 3600,
-            header_read_timeout_ms: 30_000,
-            body_read_timeout_ms: 10_000,
-            http2_max_concurrent_streams: 64,
-        }
-    }
 }
 
 /// `[audit]`
@@ -441,25 +346,7 @@ impl Config {
         if let Some(issuer) = &self.issuer {
             issuer.validate().map_err(ConfigError)?;
         }
-        let l = &self.limits;
-        if l.max_connections == 0
-            || l.max_header_bytes < 8192
-            || l.max_body_bytes == 0
-            || l.handshake_timeout_ms == 0
-            || l.header_read_timeout_ms == 0
-            || l.body_read_timeout_ms == 0
-            || l.http2_max_concurrent_streams == 0
-            || l.max_handshakes == 0
-            || l.max_handshakes_per_source == 0
-            || l.max_connections_per_source == 0
-            || l.idle_timeout_ms == 0
-            || l.max_connection_age_s == 0
-        {
-            return Err(ConfigError(
-                "limits must be positive (max_header_bytes at least 8192, hyper's minimum buffer)"
-                    .into(),
-            ));
-        }
+        self.limits.validate()?;
         if let Some(p) = &self.public {
             p.validate()?;
         }
@@ -519,85 +406,6 @@ impl Config {
     /// `<data_dir>/audit`
     pub fn audit_dir(&self) -> PathBuf {
         self.data_dir.join("audit")
-    }
-
-    /// KEK keyring file (when not taken from the environment).
-    pub fn kek_file(&self) -> PathBuf {
-        self.keys
-            .kek_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("keys/kek.json"))
-    }
-
-    /// Refuses a KEK keyring file inside the data directory (or the store directory): a
-    /// backup or copy of the data would hold the key and the ciphertext together. `serve`
-    /// checks this; dev mode keeps its keys beside its throwaway data.
-    ///
-    /// # Errors
-    /// Naming both paths and the fix.
-    pub fn check_kek_outside_data(&self) -> Result<(), ConfigError> {
-        if self.keys.kek_env.is_some() {
-            return Ok(());
-        }
-        let kek = self.kek_file();
-        // Resolve symbolic links and `..` on the directories that exist; a file that does not
-        // exist yet is judged by its directory.
-        let resolve = |p: &Path| -> PathBuf {
-            let mut missing = Vec::new();
-            let mut cur = p.to_path_buf();
-            loop {
-                if let Ok(c) = cur.canonicalize() {
-                    return missing.iter().rev().fold(c, |acc: PathBuf, m| acc.join(m));
-                }
-                match (cur.file_name().map(ToOwned::to_owned), cur.parent()) {
-                    (Some(name), Some(parent)) => {
-                        missing.push(name);
-                        cur = parent.to_path_buf();
-                    }
-                    _ => return p.to_path_buf(),
-                }
-            }
-        };
-        let kek_real = resolve(&kek);
-        for (what, dir) in [
-            ("data directory", &self.data_dir),
-            ("store directory", &self.store_dir()),
-        ] {
-            if kek_real.starts_with(resolve(dir)) {
-                return Err(ConfigError(format!(
-                    "the KEK keyring {} is inside the {what} {}: a backup or copy of it would hold the key with the ciphertext it protects. \
-                     Move the file outside (e.g. /etc/credbroker/kek.json, mode 0600, owned by the daemon's user) and set keys.kek_file, \
-                     or provide it with keys.kek_env (README, \"Keys at rest\")",
-                    kek.display(),
-                    dir.display()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Audit signing key file.
-    pub fn audit_key_file(&self) -> PathBuf {
-        self.keys
-            .audit_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("keys/audit-signing.key"))
-    }
-
-    /// Audit public key file.
-    pub fn audit_public_key_file(&self) -> PathBuf {
-        self.keys
-            .audit_public_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("keys/audit-signing.pub"))
-    }
-
-    /// Fingerprint key file.
-    pub fn fingerprint_key_file(&self) -> PathBuf {
-        self.keys
-            .fingerprint_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("keys/fingerprint.key"))
     }
 
     /// Timeouts as durations.
