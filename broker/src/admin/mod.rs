@@ -24,6 +24,7 @@ use crate::identity::PeerIdentity;
 use crate::model::Status;
 use crate::store::{Batch, StoreError};
 
+mod commit;
 mod federation;
 mod forge;
 mod governance;
@@ -484,74 +485,6 @@ impl AdminService {
         })
     }
 
-    /// The one audited pipeline every change goes through (operator changes, probes,
-    /// callbacks, the broker's own flags): `event`'s record is made durable first, then
-    /// `batch` is committed, then the token cache forgets `invalidate`; a commit that fails
-    /// after its record gets a second record saying so. Callers run it where a dropped
-    /// client cannot cut it in two ([`AdminService::execute`] spawns; the server spawns
-    /// callbacks).
-    ///
-    /// # Errors
-    /// `audit_unavailable` (nothing changed), or the commit's error with the receipt of the
-    /// second record.
-    pub(crate) async fn commit_audited(
-        &self,
-        mut event: AuditEvent,
-        batch: Batch,
-        invalidate: Option<&str>,
-    ) -> Result<AuditReceipt, (ApiError, Option<AuditReceipt>)> {
-        // An operator's change lands only while the operator is still active: their status
-        // was checked when the request arrived, but a probe or a self-rotation calls an
-        // upstream for seconds, and a change may wait for the admin lock, before it commits.
-        // The operator's record as read now is a precondition of the commit, so a disable
-        // (on any replica) in the meantime makes it fail and write nothing.
-        let batch = match self.actor_precondition(&event.actor, batch).await {
-            Ok(batch) => batch,
-            Err(err) => {
-                event.outcome = "denied".into();
-                event.error_code = Some(err.code.as_str().to_owned());
-                event.detail = Some(format!(
-                    "not applied: {}; planned: {}",
-                    err.message,
-                    event.detail.take().unwrap_or_default()
-                ));
-                let receipt = self.core.audit.append(event).await.ok();
-                return Err((err, receipt));
-            }
-        };
-        let receipt = self.core.audit.append(event.clone()).await.map_err(|e| {
-            tracing::error!(error = %e, "change refused: audit unavailable");
-            (
-                ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "audit log unavailable; nothing was changed",
-                ),
-                None,
-            )
-        })?;
-        if let Err(e) = self.core.records.commit(batch).await {
-            // A precondition failure wrote nothing; a backend failure (a failed flush) may
-            // have landed: the record says which.
-            let outcome = match e {
-                StoreError::Precondition { .. } => "nothing was written",
-                _ => "its outcome is unknown until the store is checked",
-            };
-            let err = store_err(e);
-            event.outcome = "failed".into();
-            event.error_code = Some(err.code.as_str().to_owned());
-            event.detail = Some(format!(
-                "commit of {} failed after audit; {outcome}",
-                receipt.audit_id
-            ));
-            let second = self.core.audit.append(event).await.ok();
-            return Err((err, second));
-        }
-        if let Some(b) = invalidate {
-            self.core.cache.invalidate_binding(b);
-        }
-        Ok(receipt)
-    }
-
     async fn plan(&self, op: AdminOp) -> Result<Plan, ApiError> {
         match op {
             AdminOp::List(c) => self.plan_list(c).await,
@@ -610,57 +543,6 @@ impl AdminService {
             AdminOp::Probe(_) | AdminOp::RevokeCached(_) => Err(ApiError::new(
                 ErrorCode::Internal,
                 "probes and revocations are not planned operations",
-            )),
-        }
-    }
-}
-
-impl AdminService {
-    /// An operator certificate administers only while its operator record is active. A store
-    /// with no operator records at all (a deployment upgraded from a release without them)
-    /// accepts every operator certificate until the first is registered — logged at start.
-    /// `batch`, preconditioned on `actor`'s operator record as it is now when the actor is an
-    /// operator (a registered one: while none is registered any operator certificate
-    /// administers, and nothing is added).
-    ///
-    /// # Errors
-    /// `operator_required` when the operator is disabled or no longer registered.
-    async fn actor_precondition(&self, actor: &str, batch: Batch) -> Result<Batch, ApiError> {
-        let Some(name) = actor.strip_prefix("operator:") else {
-            return Ok(batch);
-        };
-        let name = crate::ids::OperatorId::parse(name).map_err(ApiError::bad_request)?;
-        self.operator_may_administer(&name).await?;
-        let Some(read) = self.core.records.operator(&name).await.map_err(store_err)? else {
-            return Ok(batch);
-        };
-        if read.value.status != Status::Active {
-            return Err(ApiError::new(
-                ErrorCode::OperatorRequired,
-                format!("operator {name} is disabled"),
-            ));
-        }
-        let mut guarded = Batch::new();
-        guarded.expect_unchanged(&read);
-        guarded.ops.extend(batch.ops);
-        Ok(guarded)
-    }
-
-    pub(crate) async fn operator_may_administer(
-        &self,
-        name: &crate::ids::OperatorId,
-    ) -> Result<(), ApiError> {
-        let records = &self.core.records;
-        match records.operator(name).await.map_err(store_err)? {
-            Some(o) if o.value.status == Status::Active => Ok(()),
-            Some(_) => Err(ApiError::new(
-                ErrorCode::OperatorRequired,
-                format!("operator {name} is disabled"),
-            )),
-            None if records.operators().await.map_err(store_err)?.is_empty() => Ok(()),
-            None => Err(ApiError::new(
-                ErrorCode::OperatorRequired,
-                format!("operator {name} is not registered (credbroker operator add)"),
             )),
         }
     }
