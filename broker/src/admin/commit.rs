@@ -3,7 +3,8 @@
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
-use crate::model::Status;
+use crate::model::{Operator, Status};
+use crate::store::records::Stored;
 use crate::store::{Batch, StoreError};
 
 use super::{store_err, AdminService};
@@ -91,34 +92,40 @@ impl AdminService {
             return Ok(batch);
         };
         let name = crate::ids::OperatorId::parse(name).map_err(ApiError::bad_request)?;
-        self.operator_may_administer(&name).await?;
-        let Some(read) = self.core.records.operator(&name).await.map_err(store_err)? else {
+        let Some(read) = self.standing(&name).await? else {
             return Ok(batch);
         };
-        if read.value.status != Status::Active {
-            return Err(ApiError::new(
-                ErrorCode::OperatorRequired,
-                format!("operator {name} is disabled"),
-            ));
-        }
         let mut guarded = Batch::new();
         guarded.expect_unchanged(&read);
         guarded.ops.extend(batch.ops);
         Ok(guarded)
     }
 
+    /// Whether operator `name` may administer now.
+    ///
+    /// # Errors
+    /// `operator_required` when the operator is disabled or not registered.
     pub(crate) async fn operator_may_administer(
         &self,
         name: &crate::ids::OperatorId,
     ) -> Result<(), ApiError> {
+        self.standing(name).await.map(drop)
+    }
+
+    /// The operator's record when it is active; `None` when no operator is registered at all
+    /// (any operator certificate administers until the first is).
+    async fn standing(
+        &self,
+        name: &crate::ids::OperatorId,
+    ) -> Result<Option<Stored<Operator>>, ApiError> {
         let records = &self.core.records;
         match records.operator(name).await.map_err(store_err)? {
-            Some(o) if o.value.status == Status::Active => Ok(()),
+            Some(o) if o.value.status == Status::Active => Ok(Some(o)),
             Some(_) => Err(ApiError::new(
                 ErrorCode::OperatorRequired,
                 format!("operator {name} is disabled"),
             )),
-            None if records.operators().await.map_err(store_err)?.is_empty() => Ok(()),
+            None if records.operators().await.map_err(store_err)?.is_empty() => Ok(None),
             None => Err(ApiError::new(
                 ErrorCode::OperatorRequired,
                 format!("operator {name} is not registered (credbroker operator add)"),
