@@ -95,7 +95,7 @@ impl RefusalReason {
 /// (no spaces). An id is quoted in every audit record of a mint: an upstream must not plant
 /// an arbitrarily long text there, nor a line break in a log line.
 pub fn is_request_id(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic())
+    crate::is_printable(v, 64)
 }
 
 /// An upstream's request id as the broker keeps it: `raw` when [`is_request_id`], else none.

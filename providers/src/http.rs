@@ -126,7 +126,7 @@ impl Http {
                 resp.headers()
                     .get(name)
                     .and_then(|v| v.to_str().ok())
-                    .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+                    .filter(|v| crate::is_request_id(v))
                     .map(str::to_owned)
             };
             let request_id = header("x-ms-request-id").or_else(|| header("x-transaction-id"));

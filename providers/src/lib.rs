@@ -35,6 +35,7 @@ pub mod registry;
 mod secret;
 mod secret_json;
 pub mod servicenow;
+mod text;
 
 pub use error::{is_request_id, request_id_of, ProviderError, RefusalReason};
 pub use federation::{
@@ -53,3 +54,4 @@ pub use registry::{
     ProviderRegistry, TemplateLint, CATALOG, DEMO_PROVIDER,
 };
 pub use secret::{validate_field_name, SecretFields, SecretFieldsError};
+pub use text::is_printable;

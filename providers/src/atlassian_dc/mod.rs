@@ -480,7 +480,7 @@ impl SelfRotation for AtlassianDc {
         let raw = v
             .get("rawToken")
             .and_then(Value::as_str)
-            .filter(|t| !t.is_empty() && t.len() <= 1024 && t.bytes().all(|b| b.is_ascii_graphic()))
+            .filter(|t| crate::is_printable(t, 1024))
             .ok_or_else(|| ProviderError::Unavailable {
                 message: "the PAT answer has no rawToken".into(),
                 upstream_request_id: None,

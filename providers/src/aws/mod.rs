@@ -207,12 +207,6 @@ fn to_credential(
     credential_of(out.credentials(), out.request_id(), duration_s)
 }
 
-/// Whether `v` is 1..=`max` printable ASCII characters (no spaces, no line breaks): what a
-/// worker may put into a header or a credentials file as it is.
-fn printable(v: &str, max: usize) -> bool {
-    !v.is_empty() && v.len() <= max && v.bytes().all(|b| b.is_ascii_graphic())
-}
-
 /// The resolve answer for STS's `Credentials` (AssumeRole or AssumeRoleWithWebIdentity) of a
 /// session asked for `duration_s` seconds.
 ///
@@ -236,7 +230,9 @@ fn credential_of(
     if !(16..=128).contains(&key_id.len()) || !key_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(malformed("AccessKeyId is not 16..=128 letters and digits"));
     }
-    if !printable(c.secret_access_key(), 256) || !printable(c.session_token(), 65_536) {
+    if !crate::is_printable(c.secret_access_key(), 256)
+        || !crate::is_printable(c.session_token(), 65_536)
+    {
         return Err(malformed(
             "SecretAccessKey or SessionToken is empty, too long or not printable ASCII",
         ));

@@ -31,7 +31,7 @@ pub struct AccessToken {
 
 fn token_text(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str)
-        .filter(|t| !t.is_empty() && t.len() <= 8192 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|t| crate::is_printable(t, 8192))
 }
 
 /// Printable, bounded text of an upstream message (never a secret: Google's error texts).

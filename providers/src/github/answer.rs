@@ -133,9 +133,7 @@ pub(super) fn to_credential(
     let token = b
         .get("token")
         .and_then(Value::as_str)
-        .filter(|t| {
-            !t.is_empty() && t.len() <= MAX_TOKEN_LEN && t.bytes().all(|c| c.is_ascii_graphic())
-        })
+        .filter(|t| crate::is_printable(t, MAX_TOKEN_LEN))
         .ok_or_else(|| malformed("token missing, too long or not printable ASCII"))?;
     let expires_text = b
         .get("expires_at")

@@ -27,7 +27,7 @@ pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, String> {
     let token = v
         .get("access_token")
         .and_then(Value::as_str)
-        .filter(|t| !t.is_empty() && t.len() <= 8192 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|t| crate::is_printable(t, 8192))
         .ok_or("no usable access_token")?;
     if !v
         .get("token_type")
