@@ -291,6 +291,9 @@ pub async fn run_with_broker(
         tokio::time::interval_at(tokio::time::Instant::now() + crl_every, crl_every);
     crl_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watch_crl = config.tls.crl_check_interval_s > 0;
+    // The changed CRL file whose load failed and was reported: retried at every check,
+    // reported again only when the file changes again.
+    let mut crl_reported = None;
     let listeners = || -> Vec<&ReloadableTls> {
         std::iter::once(tls.as_ref())
             .chain(public.as_ref().map(|(_, p)| p.as_ref()))
@@ -300,15 +303,20 @@ pub async fn run_with_broker(
         tokio::select! {
             _ = expiry.tick() => check_tls_expiry(&broker, &listeners()),
             _ = crl_check.tick(), if watch_crl => {
-                if tls.crl_changed() {
+                if let Some(file) = tls.crl_changed() {
                     match tls.reload() {
-                        Ok(()) => tracing::info!("the CRL file changed: TLS certificates, client CA and CRL reloaded"),
-                        Err(e) => {
-                            broker.metrics().tls_reload_failures.inc();
-                            tracing::error!(error = %e, "the CRL file changed but does not load; keeping the previous TLS config");
+                        Ok(()) => {
+                            crl_reported = None;
+                            tracing::info!("the CRL file changed: TLS certificates, client CA and CRL reloaded");
+                            check_tls_expiry(&broker, &listeners());
                         }
+                        Err(e) if crl_reported.as_ref() != Some(&file) => {
+                            crl_reported = Some(file);
+                            broker.metrics().tls_reload_failures.inc();
+                            tracing::error!(error = %e, "the CRL file changed but does not load; keeping the previous TLS config, trying again at every check");
+                        }
+                        Err(_) => {}
                     }
-                    check_tls_expiry(&broker, &listeners());
                 }
             }
             _ = flush.tick() => {

@@ -238,19 +238,24 @@ pub struct ReloadableTls {
     /// When what was loaded expires (certificates) or is due (CRL), read at each load.
     deadlines: std::sync::Mutex<Vec<Deadline>>,
     reloads: tokio::sync::watch::Sender<u64>,
-    /// The CRL file as last loaded or looked at (SHA-256 of its bytes; `None` when it could
-    /// not be read), for [`ReloadableTls::crl_changed`].
-    crl_seen: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The CRL file in force: as it was read by the last load that succeeded, for
+    /// [`ReloadableTls::crl_changed`].
+    crl_seen: std::sync::Mutex<CrlFile>,
 }
 
-/// SHA-256 of the file at `path`, `None` when it cannot be read.
-fn file_digest(path: &Path) -> Option<Vec<u8>> {
-    let bytes = std::fs::read(path).ok()?;
-    Some(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
-            .as_ref()
-            .to_vec(),
-    )
+/// A CRL file as it was read: the SHA-256 of its bytes, `None` when it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlFile(Option<Vec<u8>>);
+
+impl CrlFile {
+    /// The file at `path` as it is now (or the absence of a CRL).
+    fn read(path: Option<&Path>) -> CrlFile {
+        CrlFile(path.and_then(|p| std::fs::read(p).ok()).map(|bytes| {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+                .as_ref()
+                .to_vec()
+        }))
+    }
 }
 
 impl Source {
@@ -271,7 +276,7 @@ impl ReloadableTls {
     pub fn new(settings: TlsSettings) -> Result<Self, TlsError> {
         let source = Source::Mtls(settings);
         let deadlines = std::sync::Mutex::new(source.deadlines());
-        let crl_seen = std::sync::Mutex::new(source.crl_path().and_then(file_digest));
+        let crl_seen = std::sync::Mutex::new(CrlFile::read(source.crl_path()));
         let current = RwLock::new(source.build()?);
         Ok(ReloadableTls {
             source: std::sync::Mutex::new(source),
@@ -295,7 +300,7 @@ impl ReloadableTls {
             current,
             deadlines,
             reloads: tokio::sync::watch::channel(0).0,
-            crl_seen: std::sync::Mutex::new(None),
+            crl_seen: std::sync::Mutex::new(CrlFile(None)),
         })
     }
 
@@ -347,27 +352,22 @@ impl ReloadableTls {
             .is_ok()
     }
 
-    /// Whether the CRL file differs from the one last loaded or looked at (unreadable counts
-    /// as a difference). What it saw is remembered, so a CRL that does not load is reported
-    /// once, not at every check, and a later fix of the file is a change again.
-    pub fn crl_changed(&self) -> bool {
+    /// The CRL file as it is now when it differs from the CRL in force (unreadable counts as
+    /// a difference), `None` when it does not or when there is no CRL. Until a load of it
+    /// succeeds it differs at every call: a reload that failed for any reason — the CRL
+    /// itself, or a certificate and key caught half-replaced — is tried again at the next
+    /// check, so a revocation is never forgotten; the caller reports each file once.
+    pub fn crl_changed(&self) -> Option<CrlFile> {
         let path = match self.source.lock() {
             Ok(s) => s.crl_path().map(Path::to_path_buf),
             Err(poisoned) => poisoned.into_inner().crl_path().map(Path::to_path_buf),
-        };
-        let Some(path) = path else {
-            return false;
-        };
-        let now = file_digest(&path);
-        let mut seen = match self.crl_seen.lock() {
+        }?;
+        let now = CrlFile::read(Some(&path));
+        let seen = match self.crl_seen.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if *seen == now {
-            return false;
-        }
-        *seen = now;
-        true
+        (*seen != now).then_some(now)
     }
 
     /// Re-reads certificates, key, CA bundle and CRL. On failure the old config stays.
@@ -418,7 +418,7 @@ impl ReloadableTls {
         // Read before the build: if the files change in between, the build reads the newer
         // ones and the next reload corrects the deadlines (and the next CRL check reloads).
         let deadlines = source.deadlines();
-        let crl = source.crl_path().and_then(file_digest);
+        let crl = CrlFile::read(source.crl_path());
         let fresh = source.build()?;
         match self.crl_seen.lock() {
             Ok(mut d) => *d = crl,

@@ -454,3 +454,64 @@ async fn a_changed_crl_is_loaded_without_a_signal() {
     assert_eq!(s, 200);
     daemon.stop();
 }
+
+/// A changed CRL whose reload fails for a reason outside the CRL — the server key caught
+/// half-replaced — is tried again at every check, so the revocation takes effect once the
+/// files load, without a signal and without the CRL changing again. It is reported once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_whose_reload_failed_is_tried_again() {
+    let (tmp, pki) = setup();
+    let revoked_serial = pki.worker("revoked");
+    let crl = pki.write_crl(&[revoked_serial]);
+    let mut daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            crl: Some(crl),
+            extra_toml: "[tls]\ncrl_check_interval_s = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
+    assert_eq!(s, 200);
+
+    let key_file = pki.dir.join("server.key");
+    let key = std::fs::read(&key_file).unwrap();
+    std::fs::write(&key_file, "-----BEGIN PRIVATE KEY-----\nhalf\n").unwrap();
+    let w1_serial = 100; // first serial the PKI issued
+    pki.write_crl(&[revoked_serial, w1_serial]);
+    daemon
+        .wait_log("the CRL file changed but does not load", 1)
+        .await;
+    // The previous config is in force meanwhile: w1 is still served.
+    let (s, _) = call(
+        &mut pki.client_for("w1", &daemon.url),
+        Method::GET,
+        "/healthz",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    std::fs::write(&key_file, key).unwrap();
+    daemon
+        .wait_log(
+            "the CRL file changed: TLS certificates, client CA and CRL reloaded",
+            1,
+        )
+        .await;
+    assert!(
+        refused(&mut pki.client_for("w1", &daemon.url)).await,
+        "the revocation was forgotten after a failed reload"
+    );
+    assert_eq!(
+        daemon
+            .logs()
+            .matches("the CRL file changed but does not load")
+            .count(),
+        1,
+        "reported once"
+    );
+    daemon.stop();
+}
