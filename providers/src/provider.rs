@@ -226,6 +226,11 @@ pub struct InstallContext<'a> {
     pub issued_at: time::OffsetDateTime,
     /// The broker's own OIDC issuer (an Entra app authenticating with a federated credential).
     pub assertions: &'a dyn AssertionSigner,
+    /// How long the proof's upstream calls may take in all (each also within its own
+    /// timeout): the person who came back is answered by then. A clean-up owed whatever the
+    /// outcome (GitHub: revoking the installer's user token) runs after it, within one more
+    /// call's timeout, so a slow or cut proof never skips it.
+    pub proof_time: std::time::Duration,
 }
 
 /// Inbound callbacks of a provider (install redirects, webhooks). Every method verifies or

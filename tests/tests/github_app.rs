@@ -2866,9 +2866,10 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
 
 /// A malicious or slow upstream (THREATS.md) cannot hold a public-listener request for
 /// minutes: the proof of who installed (the code exchange, the pages of the installer's
-/// installations, the user token's revocation; each call with its own deadline) has one
-/// deadline in all, twice `[cache] mint_timeout_ms`. Each call answering just inside its own
-/// deadline does not add up past it: the install is refused, nothing is bound, and the next
+/// installations; each call with its own deadline) has one deadline in all, twice `[cache]
+/// mint_timeout_ms`. Each call answering just inside its own deadline does not add up past
+/// it: the install is refused and nothing is bound. The user token the exchange gave is
+/// revoked all the same — the revoke runs after the cut, not inside it — and the next
 /// install, answered at once, binds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_proof_of_the_installer_is_cut_at_one_deadline() {
@@ -2880,15 +2881,23 @@ async fn a_slow_proof_of_the_installer_is_cut_at_one_deadline() {
     )
     .await;
     add_key(&mut env.op, &env.key_a).await;
-    let hold = Fault::Hold(Duration::from_millis(900));
-    for path in ["/login/oauth/access_token", "/user/installations", "/token"] {
-        env.gh.inject(path, hold.clone(), 1);
+    // The installer administers 150 installations and 1001: two pages to read.
+    let mut theirs: Vec<u64> = (5000..5150).collect();
+    for id in &theirs {
+        env.gh.install(*id, installation(&format!("org-{id}")));
     }
+    theirs.push(1001);
+    let hold = Fault::Hold(Duration::from_millis(900));
+    env.gh.inject("/login/oauth/access_token", hold.clone(), 1);
+    env.gh.inject("/user/installations", hold, 2);
     let state = state_for(&mut env.op, "t1").await;
-    let (s, v) = setup_redirect(
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    env.gh.authorize("code-slow", &theirs);
+    let (s, v) = callback(
         &mut env.public,
-        &env.gh,
-        &format!("installation_id=1001&setup_action=install&state={state}"),
+        &format!("installation_id=1001&setup_action=install&state={state}&code=code-slow"),
+        Some(&browser),
     )
     .await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
@@ -2904,5 +2913,19 @@ async fn a_slow_proof_of_the_installer_is_cut_at_one_deadline() {
         !b.to_string().contains("github_app"),
         "nothing was bound: {b}"
     );
+    {
+        let oauth = env.gh.state.oauth.lock().unwrap();
+        let issued: Vec<&String> = oauth
+            .user_tokens
+            .iter()
+            .filter(|(_, ids)| ids.contains(&5000))
+            .map(|(token, _)| token)
+            .collect();
+        assert_eq!(issued.len(), 1, "one user token was issued");
+        assert!(
+            oauth.revoked_user_tokens.contains(issued[0]),
+            "the installer's user token outlived the cut proof"
+        );
+    }
     bind_acme(&mut env).await;
 }

@@ -252,27 +252,27 @@ impl CallbackService {
             read.expires_at - i64::try_from(self.core.callback_state_ttl_s()).unwrap_or(3600)
         });
         let signer = self.core.assertion_signer();
+        // One deadline for the whole proof (a code exchange, pages of the installer's
+        // installations: each call has its own), so a slow upstream cannot hold a
+        // public-listener request for minutes; the provider's clean-up (a revoke) runs after
+        // it, within one more call's time, and this bounds the whole at that.
+        let proof_time = self.core.mint_timeout().saturating_mul(2);
         let context = credbroker_providers::InstallContext {
+            proof_time,
             assertions: &signer,
             pin: pinned.as_ref(),
             issued_at: time::OffsetDateTime::from_unix_timestamp(issued_at)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         };
-        // One deadline for the whole proof (a code exchange, pages of the installer's
-        // installations, a revoke: each call has its own), so a slow upstream cannot hold a
-        // public-listener request for minutes.
-        let deadline = self.core.mint_timeout().saturating_mul(2);
+        let bound = proof_time.saturating_add(self.core.mint_timeout());
         let proven = tokio::time::timeout(
-            deadline,
+            bound,
             cb.prove_installer(&redirect, &context, self.core.mint_timeout()),
         )
         .await
         .unwrap_or_else(|_| {
             Err(credbroker_providers::ProviderError::Unavailable {
-                message: format!(
-                    "the proof did not finish within {} ms",
-                    deadline.as_millis()
-                ),
+                message: format!("the proof did not finish within {} ms", bound.as_millis()),
                 upstream_request_id: None,
             })
         });

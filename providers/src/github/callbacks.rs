@@ -98,7 +98,7 @@ impl Callbacks for GithubApp {
     async fn prove_installer(
         &self,
         redirect: &SetupRedirect,
-        _context: &crate::InstallContext<'_>,
+        context: &crate::InstallContext<'_>,
         timeout: Duration,
     ) -> Result<InstalledAccount, ProviderError> {
         let installation = redirect
@@ -124,65 +124,31 @@ impl Callbacks for GithubApp {
                 "no OAuth client secret is active (credbroker keys github add --as oauth-client-secret …, then activate)".into(),
             ));
         }
-        // 1. The code → a user token, on the web host. Each active client secret in turn
-        // (two are active while one is rotated); GitHub says which it does not accept.
-        let mut answer = None;
-        let mut secret = secrets[0].clone();
-        for candidate in &secrets {
-            let exchange = json!({
-                "client_id": client_id,
-                "client_secret": candidate.expose_secret(),
-                "code": code.expose_secret(),
-            });
-            let a = self
-                .call_as(
-                    &self.settings.web_base_url,
-                    Auth::OAuthExchange,
-                    http::Method::POST,
-                    "/login/oauth/access_token",
-                    Some(&exchange),
-                    timeout,
-                )
-                .await?;
-            drop(exchange);
-            secret = candidate.clone();
-            let wrong_client =
-                a.body.get("error").and_then(Value::as_str) == Some("incorrect_client_credentials");
-            answer = Some(a);
-            if !wrong_client {
-                break;
-            }
-        }
-        let Some(answer) = answer else {
-            return Err(ProviderError::InvalidConfig(
-                "no OAuth client secret".into(),
-            ));
+        // The code exchange and the pages of installations within the proof's time; the
+        // revoke after it, whatever happened (THREATS.md: a slow upstream).
+        let started = std::time::Instant::now();
+        let left = || context.proof_time.saturating_sub(started.elapsed());
+        let over = || ProviderError::Unavailable {
+            message: format!(
+                "the proof did not finish within {} ms",
+                context.proof_time.as_millis()
+            ),
+            upstream_request_id: None,
         };
-        if answer.status >= 500 || answer.status == 429 {
-            return Err(ProviderError::Unavailable {
-                message: format!("GitHub OAuth HTTP {}", answer.status),
-                upstream_request_id: answer.request_id,
-            });
-        }
-        // GitHub answers a bad or expired code with 200 and an `error` field.
-        let user_token = match answer.body.get("access_token").and_then(Value::as_str) {
-            Some(t) if answer.status == 200 && !t.is_empty() => SecretString::from(t.to_owned()),
-            _ => {
-                let why = answer
-                    .body
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no access_token");
-                return Err(denied(&format!(
-                    "GitHub refused the user authorization code ({}): start onboarding again",
-                    why.chars().take(64).collect::<String>()
-                )));
-            }
-        };
+        // 1. The code → a user token.
+        let (user_token, secret) = tokio::time::timeout(
+            left(),
+            self.exchange_code(&client_id, code, &secrets, timeout),
+        )
+        .await
+        .map_err(|_| over())??;
         // 2. Is the installation among the user's? Then whose is it?
-        let found = self
-            .find_user_installation(&user_token, installation, timeout)
-            .await;
+        let found = tokio::time::timeout(
+            left(),
+            self.find_user_installation(&user_token, installation, timeout),
+        )
+        .await
+        .unwrap_or_else(|_| Err(over()));
         // 3. The user token is used once, never stored, and revoked whatever happened.
         self.revoke_user_token(&client_id, &secret, &user_token, timeout)
             .await;
@@ -234,6 +200,71 @@ fn denied(message: &str) -> ProviderError {
 }
 
 impl GithubApp {
+    /// Exchanges the installer's one-time `code` for a user token on the web host, trying
+    /// each active OAuth client secret in turn (two are active while one is rotated; GitHub
+    /// says which it does not accept). The token, and the secret that took it (to revoke it).
+    async fn exchange_code(
+        &self,
+        client_id: &str,
+        code: &SecretString,
+        secrets: &[SecretString],
+        timeout: Duration,
+    ) -> Result<(SecretString, SecretString), ProviderError> {
+        let mut taken = None;
+        for candidate in secrets {
+            let exchange = json!({
+                "client_id": client_id,
+                "client_secret": candidate.expose_secret(),
+                "code": code.expose_secret(),
+            });
+            let a = self
+                .call_as(
+                    &self.settings.web_base_url,
+                    Auth::OAuthExchange,
+                    http::Method::POST,
+                    "/login/oauth/access_token",
+                    Some(&exchange),
+                    timeout,
+                )
+                .await?;
+            drop(exchange);
+            let wrong_client =
+                a.body.get("error").and_then(Value::as_str) == Some("incorrect_client_credentials");
+            taken = Some((a, candidate.clone()));
+            if !wrong_client {
+                break;
+            }
+        }
+        let Some((answer, secret)) = taken else {
+            return Err(ProviderError::InvalidConfig(
+                "no OAuth client secret".into(),
+            ));
+        };
+        if answer.status >= 500 || answer.status == 429 {
+            return Err(ProviderError::Unavailable {
+                message: format!("GitHub OAuth HTTP {}", answer.status),
+                upstream_request_id: answer.request_id,
+            });
+        }
+        // GitHub answers a bad or expired code with 200 and an `error` field.
+        match answer.body.get("access_token").and_then(Value::as_str) {
+            Some(t) if answer.status == 200 && !t.is_empty() => {
+                Ok((SecretString::from(t.to_owned()), secret))
+            }
+            _ => {
+                let why = answer
+                    .body
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no access_token");
+                Err(denied(&format!(
+                    "GitHub refused the user authorization code ({}): start onboarding again",
+                    why.chars().take(64).collect::<String>()
+                )))
+            }
+        }
+    }
+
     /// Pages through `GET /user/installations` with the user's token; the account of
     /// `installation` if it is there.
     async fn find_user_installation(
