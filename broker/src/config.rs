@@ -347,6 +347,7 @@ impl Config {
             issuer.validate().map_err(ConfigError)?;
         }
         self.limits.validate()?;
+        self.tls.validate()?;
         if let Some(p) = &self.public {
             p.validate()?;
         }
@@ -451,6 +452,15 @@ client_ca = "ca.crt"
         assert!(Config::load(&write(dir.path(), &bad)).is_err());
         let bad = format!("{MIN}\n[limits]\nmax_body_bytes = 0\n");
         assert!(Config::load(&write(dir.path(), &bad)).is_err());
+        // Far beyond a day it would also overflow the watcher's first deadline.
+        let bad = MIN.replace(
+            "ca.crt\"",
+            "ca.crt\"\ncrl_check_interval_s = 18446744073709551615",
+        );
+        let err = Config::load(&write(dir.path(), &bad)).unwrap_err().0;
+        assert!(err.contains("tls.crl_check_interval_s"), "{err}");
+        let ok = MIN.replace("ca.crt\"", "ca.crt\"\ncrl_check_interval_s = 86400");
+        assert!(Config::load(&write(dir.path(), &ok)).is_ok());
     }
 
     #[test]

@@ -159,7 +159,13 @@ fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
             Ok(toml::Value::Table(t)) => t,
             _ => toml::map::Map::new(),
         };
-        t.remove("tls");
+        // The TLS files are what SIGHUP reloads; anything else in [tls] (the CRL check
+        // interval) is read at start only.
+        if let Some(toml::Value::Table(tls)) = t.get_mut("tls") {
+            for reloaded in ["cert", "key", "client_ca", "crl"] {
+                tls.remove(reloaded);
+            }
+        }
         if let Some(toml::Value::Table(p)) = t.get_mut("public") {
             p.remove("cert");
             p.remove("key");

@@ -231,6 +231,18 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     daemon.wait_log("take effect only after a restart", 1).await;
     assert!(daemon.logs().contains("[limits]"), "{}", daemon.logs());
     std::fs::write(&daemon.config, &good).unwrap();
+    // So is a change in [tls] that is not one of its files (read at start only).
+    write_config(
+        &daemon.config,
+        &daemon.data_dir,
+        &pki,
+        Some(pki.dir.join("crl.pem")),
+        &format!("{extra}crl_check_interval_s = 5\n"),
+    );
+    reload_cli(&daemon);
+    daemon.wait_log("take effect only after a restart", 2).await;
+    assert!(daemon.logs().contains("[tls]"), "{}", daemon.logs());
+    std::fs::write(&daemon.config, &good).unwrap();
 
     // The server certificate: one from a CA the clients do not trust makes new handshakes
     // fail; putting the real one back and reloading serves them again.
@@ -242,7 +254,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(pki.dir.join("server.key"), &impostor.key_pem).unwrap();
     reload_cli(&daemon);
     daemon
-        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 4)
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 5)
         .await;
     assert!(
         !healthy("w1").await,
@@ -252,7 +264,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(pki.dir.join("server.key"), &original_key).unwrap();
     reload_cli(&daemon);
     daemon
-        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 5)
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 6)
         .await;
     assert!(healthy("w1").await);
 
@@ -269,7 +281,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     write_config(&daemon.config, &daemon.data_dir, &pki, None, &extra);
     reload_cli(&daemon);
     daemon
-        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 6)
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 7)
         .await;
     assert!(
         !healthy("w1").await,
@@ -279,7 +291,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::copy(pki.dir.join("ca.crt"), &client_ca).unwrap();
     reload_cli(&daemon);
     daemon
-        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 7)
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 8)
         .await;
     assert!(healthy("w1").await);
 
@@ -296,7 +308,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(&public_key, &impostor.key_pem).unwrap();
     reload_cli(&daemon);
     daemon
-        .wait_log("SIGHUP: public listener certificate reloaded", 8)
+        .wait_log("SIGHUP: public listener certificate reloaded", 9)
         .await;
     assert!(
         !public_ok().await,

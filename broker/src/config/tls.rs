@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+
 /// `[tls]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,4 +31,23 @@ pub const DEFAULT_CRL_CHECK_S: u64 = 60;
 
 fn default_crl_check() -> u64 {
     DEFAULT_CRL_CHECK_S
+}
+
+/// The longest `[tls] crl_check_interval_s`: a day (a revocation waiting longer than that
+/// for a signal is not what the setting is for).
+pub const MAX_CRL_CHECK_S: u64 = 86_400;
+
+impl TlsSettings {
+    /// `crl_check_interval_s` at most [`MAX_CRL_CHECK_S`].
+    ///
+    /// # Errors
+    /// Naming the key and its range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.crl_check_interval_s > MAX_CRL_CHECK_S {
+            return Err(ConfigError(format!(
+                "tls.crl_check_interval_s must be 0 (on reload only) or at most {MAX_CRL_CHECK_S} (seconds)"
+            )));
+        }
+        Ok(())
+    }
 }
