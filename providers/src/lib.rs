@@ -20,6 +20,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod answer_checks;
 pub mod atlassian_dc;
 pub mod atlassian_forge;
 pub mod aws;
@@ -35,8 +36,8 @@ pub mod registry;
 mod secret;
 mod secret_json;
 pub mod servicenow;
-mod text;
 
+pub use answer_checks::{is_jwt_text, is_printable, no_later_than};
 pub use error::{is_request_id, request_id_of, ProviderError, RefusalReason};
 pub use federation::{
     random_alphanumeric, random_subject, AssertionSigner, BindingParameter, NoIssuer, OIDC_SUBJECT,
@@ -54,4 +55,3 @@ pub use registry::{
     ProviderRegistry, TemplateLint, CATALOG, DEMO_PROVIDER,
 };
 pub use secret::{validate_field_name, SecretFields, SecretFieldsError};
-pub use text::is_printable;

@@ -383,12 +383,7 @@ pub async fn verify(
 /// # Errors
 /// When the token is not a JWT with a numeric `exp`.
 pub fn system_token_exp(token: &str) -> Result<i64, String> {
-    if token.is_empty()
-        || token.len() > MAX_SYSTEM_TOKEN_BYTES
-        || !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
-    {
+    if token.is_empty() || token.len() > MAX_SYSTEM_TOKEN_BYTES || !crate::is_jwt_text(token) {
         return Err("the system token is not a compact JWT".into());
     }
     let mut parts = token.split('.');

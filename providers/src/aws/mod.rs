@@ -247,12 +247,8 @@ fn credential_of(
             upstream_request_id: request_id.clone(),
         });
     }
-    let longest = now + time::Duration::seconds(i64::from(duration_s));
-    let expires_at = if stated > longest {
-        longest.replace_nanosecond(0).unwrap_or(longest)
-    } else {
-        stated
-    };
+    let expires_at =
+        crate::no_later_than(stated, now + time::Duration::seconds(i64::from(duration_s)));
     let expiration = expires_at
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|_| malformed("Expiration cannot be formatted"))?;

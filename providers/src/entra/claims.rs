@@ -138,10 +138,7 @@ pub fn decode_claims(token: &str) -> Result<TokenClaims, String> {
     }
     // Only the compact form's characters: the token is handed out as it is and goes into a
     // worker's `Authorization` header, so no segment may carry a line break or a space.
-    if !token
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
-    {
+    if !crate::is_jwt_text(token) {
         return Err("token holds characters outside base64url".into());
     }
     let mut parts = token.split('.');

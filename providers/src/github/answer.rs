@@ -149,15 +149,13 @@ pub(super) fn to_credential(
             upstream_request_id: request_id.clone(),
         });
     }
-    let longest = now + TOKEN_LIFETIME;
-    let (expires_at, expires_text) = if stated > longest {
-        let longest = longest.replace_nanosecond(0).unwrap_or(longest);
-        let text = longest
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|_| malformed("expires_at cannot be formatted"))?;
-        (longest, text)
+    let expires_at = crate::no_later_than(stated, now + TOKEN_LIFETIME);
+    let expires_text = if expires_at == stated {
+        expires_text.to_owned()
     } else {
-        (stated, expires_text.to_owned())
+        expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|_| malformed("expires_at cannot be formatted"))?
     };
     check_grant(b, wanted).map_err(|what| ProviderError::Unavailable {
         message: format!("GitHub answered a token beyond the request: {what}"),
