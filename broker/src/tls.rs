@@ -7,7 +7,7 @@
 //! established keep the config they started with.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -308,26 +308,28 @@ impl ReloadableTls {
     /// last successful load (a reload that fails changes nothing here either, so an alert
     /// on these keeps counting down while the old certificate is still served).
     pub fn deadlines(&self) -> Vec<Deadline> {
-        match self.deadlines.lock() {
-            Ok(d) => d.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The config for the next handshake.
     pub fn current(&self) -> Arc<ServerConfig> {
-        match self.current.read() {
-            Ok(c) => c.0.clone(),
-            Err(poisoned) => poisoned.into_inner().0.clone(),
-        }
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
     }
 
     /// The current client certificate verifier (mTLS listener only).
     pub fn client_verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
-        match self.current.read() {
-            Ok(c) => c.1.clone(),
-            Err(poisoned) => poisoned.into_inner().1.clone(),
-        }
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
     }
 
     /// Changes on every successful reload.
@@ -358,15 +360,14 @@ impl ReloadableTls {
     /// itself, or a certificate and key caught half-replaced — is tried again at the next
     /// check, so a revocation is never forgotten; the caller reports each file once.
     pub fn crl_changed(&self) -> Option<CrlFile> {
-        let path = match self.source.lock() {
-            Ok(s) => s.crl_path().map(Path::to_path_buf),
-            Err(poisoned) => poisoned.into_inner().crl_path().map(Path::to_path_buf),
-        }?;
+        let path = self
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .crl_path()
+            .map(Path::to_path_buf)?;
         let now = CrlFile::read(Some(&path));
-        let seen = match self.crl_seen.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let seen = self.crl_seen.lock().unwrap_or_else(PoisonError::into_inner);
         (*seen != now).then_some(now)
     }
 
@@ -375,10 +376,11 @@ impl ReloadableTls {
     /// # Errors
     /// As [`server_config`].
     pub fn reload(&self) -> Result<(), TlsError> {
-        let source = match self.source.lock() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         self.install(source)
     }
 
@@ -404,12 +406,9 @@ impl ReloadableTls {
     }
 
     fn install(&self, source: Source) -> Result<(), TlsError> {
-        let same_kind = match self.source.lock() {
-            Ok(s) => std::mem::discriminant(&*s) == std::mem::discriminant(&source),
-            Err(poisoned) => {
-                std::mem::discriminant(&*poisoned.into_inner()) == std::mem::discriminant(&source)
-            }
-        };
+        let same_kind =
+            std::mem::discriminant(&*self.source.lock().unwrap_or_else(PoisonError::into_inner))
+                == std::mem::discriminant(&source);
         if !same_kind {
             return Err(TlsError(
                 "a listener's TLS cannot change between mTLS and public".into(),
@@ -420,22 +419,13 @@ impl ReloadableTls {
         let deadlines = source.deadlines();
         let crl = CrlFile::read(source.crl_path());
         let fresh = source.build()?;
-        match self.crl_seen.lock() {
-            Ok(mut d) => *d = crl,
-            Err(poisoned) => *poisoned.into_inner() = crl,
-        }
-        match self.deadlines.lock() {
-            Ok(mut d) => *d = deadlines,
-            Err(poisoned) => *poisoned.into_inner() = deadlines,
-        }
-        match self.source.lock() {
-            Ok(mut s) => *s = source,
-            Err(poisoned) => *poisoned.into_inner() = source,
-        }
-        match self.current.write() {
-            Ok(mut c) => *c = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
+        *self.crl_seen.lock().unwrap_or_else(PoisonError::into_inner) = crl;
+        *self
+            .deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = deadlines;
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = source;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         self.reloads.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
