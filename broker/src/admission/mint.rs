@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Bucket;
 
@@ -16,6 +16,10 @@ pub struct MintLimiter {
     limits: MintLimits,
     buckets: Mutex<HashMap<(MintScope, String), Bucket>>,
 }
+
+/// Buckets kept before those that have refilled (and so are no different from new ones) are
+/// forgotten: workers and bindings removed from the store leave theirs behind.
+const PRUNE_AT: usize = 65_536;
 
 /// Mints a minute per worker, per binding, and per tenant and provider (0 disables one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,6 +98,10 @@ impl MintLimiter {
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= PRUNE_AT {
+            // Every bucket refills within a minute.
+            buckets.retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(60));
+        }
         // All must have a token before any is spent: a refusal costs nothing.
         for (scope, key, per_minute, what) in &scopes {
             if *per_minute == 0 {
@@ -133,5 +141,40 @@ impl MintLimiter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mint<'a>(worker: &'a str) -> MintFor<'a> {
+        MintFor {
+            worker,
+            binding: "b1",
+            tenant: "t1",
+            provider: "github_app",
+        }
+    }
+
+    #[test]
+    fn buckets_of_the_gone_are_forgotten_and_the_spent_ones_kept() {
+        let l = MintLimiter::new(MintLimits {
+            per_worker: 1,
+            ..MintLimits::default()
+        });
+        let t0 = Instant::now();
+        let names: Vec<String> = (0..PRUNE_AT).map(|i| format!("w{i}")).collect();
+        for n in &names {
+            assert_eq!(l.check(mint(n), t0), Ok(()));
+        }
+        // One worker spends its token 30 s later: not yet refilled a minute on.
+        let t30 = t0 + Duration::from_secs(30);
+        assert_eq!(l.check(mint("late"), t30), Ok(()));
+        let t61 = t0 + Duration::from_secs(61);
+        assert_eq!(l.check(mint("new"), t61), Ok(()));
+        let kept = l.buckets.lock().unwrap().len();
+        assert_eq!(kept, 2, "only the late and the new worker's buckets remain");
+        assert_eq!(l.check(mint("late"), t61), Err("worker"));
     }
 }
