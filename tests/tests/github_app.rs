@@ -279,6 +279,28 @@ async fn setup_redirect(public: &mut BrokerClient, gh: &FakeGithub, query: &str)
     callback(public, &format!("{query}&code={code}"), cookie.as_deref()).await
 }
 
+/// Onboards `tenant`, opens its link in a browser and comes back from installing
+/// `installation` with a fresh user authorization `code`, given to a person who administers
+/// the installations `theirs`.
+async fn install_as(
+    env: &mut Env,
+    tenant: &str,
+    installation: u64,
+    code: &str,
+    theirs: &[u64],
+) -> (u16, Value) {
+    let state = state_for(&mut env.op, tenant).await;
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    env.gh.authorize(code, theirs);
+    callback(
+        &mut env.public,
+        &format!("installation_id={installation}&setup_action=install&state={state}&code={code}"),
+        Some(&browser),
+    )
+    .await
+}
+
 fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
     aws_lc_rs::rand::fill(&mut b).unwrap();
@@ -1247,17 +1269,8 @@ async fn github_install_takeover_attempts_are_refused() {
 
     // The right browser, but the person who came back does not administer installation 1001
     // (they administer 2002): the id in the redirect is only a claim.
-    let state = state_for(&mut env.op, "t1").await;
-    let (_, cookie, _) = open_link(&mut env.public, &state).await;
-    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
-    env.gh.authorize("code-not-theirs", &[2002]);
     let revoked_before = env.gh.state.oauth.lock().unwrap().revoked_user_tokens.len();
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("installation_id=1001&setup_action=install&state={state}&code=code-not-theirs"),
-        Some(&browser),
-    )
-    .await;
+    let (s, v) = install_as(&mut env, "t1", 1001, "code-not-theirs", &[2002]).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     assert!(
         v["error"]["message"]
@@ -1274,16 +1287,7 @@ async fn github_install_takeover_attempts_are_refused() {
 
     // A proven installation of another account than the pinned one (t2 expects globex; the
     // person administers acme-org's 1001): not bound, kept unclaimed, audited.
-    let state = state_for(&mut env.op, "t2").await;
-    let (_, cookie, _) = open_link(&mut env.public, &state).await;
-    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
-    env.gh.authorize("code-acme-admin", &[1001]);
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("installation_id=1001&setup_action=install&state={state}&code=code-acme-admin"),
-        Some(&browser),
-    )
-    .await;
+    let (s, v) = install_as(&mut env, "t2", 1001, "code-acme-admin", &[1001]).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     let (s, after) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
     assert_eq!(s, 200, "{after}");
@@ -1824,16 +1828,7 @@ async fn the_installers_installations_are_paged_through() {
     // The target is on the second page; the person administers all 150 and 1001.
     let mut theirs = many.clone();
     theirs.push(1001);
-    let state = state_for(&mut env.op, "t1").await;
-    let (_, cookie, _) = open_link(&mut env.public, &state).await;
-    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
-    env.gh.authorize("code-many", &theirs);
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("installation_id=1001&setup_action=install&state={state}&code=code-many"),
-        Some(&browser),
-    )
-    .await;
+    let (s, v) = install_as(&mut env, "t1", 1001, "code-many", &theirs).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
     let pages: Vec<String> = env
         .gh
@@ -2890,16 +2885,7 @@ async fn a_slow_proof_of_the_installer_is_cut_at_one_deadline() {
     let hold = Fault::Hold(Duration::from_millis(900));
     env.gh.inject("/login/oauth/access_token", hold.clone(), 1);
     env.gh.inject("/user/installations", hold, 2);
-    let state = state_for(&mut env.op, "t1").await;
-    let (_, cookie, _) = open_link(&mut env.public, &state).await;
-    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
-    env.gh.authorize("code-slow", &theirs);
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("installation_id=1001&setup_action=install&state={state}&code=code-slow"),
-        Some(&browser),
-    )
-    .await;
+    let (s, v) = install_as(&mut env, "t1", 1001, "code-slow", &theirs).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     assert!(
         v["error"]["message"]
