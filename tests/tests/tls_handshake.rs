@@ -403,19 +403,14 @@ async fn a_handshake_in_progress_during_a_revocation_is_rechecked() {
     assert!(!refused(&mut pki.client_for("w1", &daemon.url)).await);
 }
 
-/// A revocation takes effect within a stated bound without anyone signalling the daemon
-/// (THREATS.md: a holder of a revoked certificate keeps an open connection): the CRL file is
-/// looked at every `[tls] crl_check_interval_s`, and a changed one is loaded as a reload
-/// would — new handshakes refused, open connections closed. A changed CRL that does not load
-/// keeps the previous one (revocations included) and is reported once, not at every check.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_crl_is_loaded_without_a_signal() {
-    let (tmp, pki) = setup();
+/// A daemon whose CRL (revoking a worker "revoked") is looked at every second, and w1
+/// served by it: the daemon, the revoked serial and w1's open connection.
+async fn watching_crl(dir: &std::path::Path, pki: &TestPki) -> (Daemon, u64, BrokerClient) {
     let revoked_serial = pki.worker("revoked");
     let crl = pki.write_crl(&[revoked_serial]);
-    let mut daemon = Daemon::start(
-        tmp.path(),
-        &pki,
+    let daemon = Daemon::start(
+        dir,
+        pki,
         &DaemonOptions {
             crl: Some(crl),
             extra_toml: "[tls]\ncrl_check_interval_s = 1\n".into(),
@@ -425,6 +420,18 @@ async fn a_changed_crl_is_loaded_without_a_signal() {
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
     assert_eq!(s, 200);
+    (daemon, revoked_serial, w1)
+}
+
+/// A revocation takes effect within a stated bound without anyone signalling the daemon
+/// (THREATS.md: a holder of a revoked certificate keeps an open connection): the CRL file is
+/// looked at every `[tls] crl_check_interval_s`, and a changed one is loaded as a reload
+/// would — new handshakes refused, open connections closed. A changed CRL that does not load
+/// keeps the previous one (revocations included) and is reported once, not at every check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_crl_is_loaded_without_a_signal() {
+    let (tmp, pki) = setup();
+    let (mut daemon, revoked_serial, mut w1) = watching_crl(tmp.path(), &pki).await;
 
     let w1_serial = 100; // first serial the PKI issued
     pki.write_crl(&[revoked_serial, w1_serial]);
@@ -473,20 +480,7 @@ async fn a_changed_crl_is_loaded_without_a_signal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crl_whose_reload_failed_is_tried_again() {
     let (tmp, pki) = setup();
-    let revoked_serial = pki.worker("revoked");
-    let crl = pki.write_crl(&[revoked_serial]);
-    let mut daemon = Daemon::start(
-        tmp.path(),
-        &pki,
-        &DaemonOptions {
-            crl: Some(crl),
-            extra_toml: "[tls]\ncrl_check_interval_s = 1\n".into(),
-            ..Default::default()
-        },
-    );
-    let mut w1 = pki.client_for("w1", &daemon.url);
-    let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
-    assert_eq!(s, 200);
+    let (mut daemon, revoked_serial, _) = watching_crl(tmp.path(), &pki).await;
 
     let key_file = pki.dir.join("server.key");
     let key = std::fs::read(&key_file).unwrap();
