@@ -227,8 +227,15 @@ fn credential_of(
     };
     let c = c.ok_or_else(|| malformed("no credentials"))?;
     let key_id = c.access_key_id();
-    if !(16..=128).contains(&key_id.len()) || !key_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(malformed("AccessKeyId is not 16..=128 letters and digits"));
+    // STS documents the key id as `[\w]*`, 16 to 128 long.
+    if !(16..=128).contains(&key_id.len())
+        || !key_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(malformed(
+            "AccessKeyId is not 16..=128 letters, digits and underscores",
+        ));
     }
     if !crate::is_printable(c.secret_access_key(), 256)
         || !crate::is_printable(c.session_token(), 65_536)
@@ -606,5 +613,55 @@ impl Provider for AwsAssumeRole {
             )
             .await?;
         to_credential(&out, duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sts::primitives::DateTime;
+    use aws_sdk_sts::types::Credentials;
+
+    fn sts(key_id: &str, token: &str, expires_in_s: i64) -> Credentials {
+        Credentials::builder()
+            .access_key_id(key_id)
+            .secret_access_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+            .session_token(token)
+            .expiration(DateTime::from_secs(
+                OffsetDateTime::now_utc().unix_timestamp() + expires_in_s,
+            ))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn key_ids_are_what_sts_documents_and_tokens_are_printable() {
+        for key_id in ["ASIAIOSFODNN7EXAMPLE", "ASIA_STS_COMPATIBLE_1"] {
+            let c = sts(key_id, "FwoGZXIvYXdzEBY", 900);
+            assert!(credential_of(Some(&c), None, 900).is_ok(), "{key_id}");
+        }
+        for (key_id, token) in [
+            ("ASIA-NOT-A-WORD-KEY", "FwoGZXIvYXdzEBY"),
+            ("ASIASHORT", "FwoGZXIvYXdzEBY"),
+            ("ASIAIOSFODNN7EXAMPLE", "Fwo\r\nX-Injected: 1"),
+        ] {
+            let c = sts(key_id, token, 900);
+            assert!(
+                matches!(
+                    credential_of(Some(&c), None, 900),
+                    Err(ProviderError::Unavailable { .. })
+                ),
+                "{key_id} {token:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_expiry_beyond_the_session_is_cut_to_it() {
+        let c = sts("ASIAIOSFODNN7EXAMPLE", "FwoGZXIvYXdzEBY", 10 * 365 * 86_400);
+        let issued = credential_of(Some(&c), None, 900).unwrap();
+        let left = issued.expires_at.unwrap() - OffsetDateTime::now_utc();
+        assert!(left <= time::Duration::seconds(900), "{left}");
+        assert!(left > time::Duration::seconds(890), "{left}");
     }
 }
