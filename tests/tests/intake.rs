@@ -434,6 +434,79 @@ async fn links_of_a_disabled_operator_are_dead() {
     assert_eq!(get(&mut public, &ours).await.status, 200);
 }
 
+/// A link acts for its creator to the end: a creator disabled while a submission's probe
+/// runs at the source system does not get the secret promoted — the link answers as dead,
+/// the refusal is audited, and the binding keeps no active version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    pki.operator("op2");
+    let mut op2 = pki.client_for("op2", &daemon.url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op2"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (theirs, _) = create_link(&mut op2, 3600).await;
+    let page = get(&mut public, &theirs).await;
+    assert_eq!(page.status, 200);
+    let (cookie, csrf) = form_state(&page);
+    let good = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
+        enc(&csrf),
+        enc(SECRET)
+    );
+    *sn.state.delay_ms.lock().unwrap() = 1500;
+    let submitting = {
+        let mut client = public_client(&pki, daemon.public_url.as_ref().unwrap());
+        let (path, cookie) = (theirs.clone(), cookie.clone());
+        tokio::spawn(async move { post(&mut client, &path, Some(&cookie), &good).await })
+    };
+    let pending_written = |d: &Daemon| {
+        d.audit_records()
+            .iter()
+            .any(|r| r["action"] == "secret.rotate" && r["outcome"] == "allowed")
+    };
+    for _ in 0..100 {
+        if pending_written(&daemon) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        pending_written(&daemon),
+        "the submission never got to its probe"
+    );
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/operators/op2/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!submitting.is_finished(), "the probe had to be under way");
+    *sn.state.delay_ms.lock().unwrap() = 0;
+    let p = submitting.await.unwrap();
+    assert_eq!(p.status, 404, "{}", p.html);
+    let (_, b): (u16, Value) =
+        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
+    let refused = daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| {
+            r["action"] == "secret.promote"
+                && r["outcome"] == "denied"
+                && r["error_code"] == "operator_required"
+        })
+        .count();
+    assert_eq!(refused, 1, "the refusal is audited");
+}
+
 /// A link's attempts cannot be stretched by overlapping submissions: while the third (last)
 /// one is still being probed, a fourth is refused as an invalid link before it reserves
 /// anything, and the link ends used up.

@@ -87,7 +87,11 @@ impl AdminService {
     ///
     /// # Errors
     /// `operator_required` when the operator is disabled or no longer registered.
-    async fn actor_precondition(&self, actor: &str, batch: Batch) -> Result<Batch, ApiError> {
+    pub(super) async fn actor_precondition(
+        &self,
+        actor: &str,
+        batch: Batch,
+    ) -> Result<Batch, ApiError> {
         let Some(name) = actor.strip_prefix("operator:") else {
             return Ok(batch);
         };

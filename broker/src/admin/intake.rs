@@ -537,15 +537,26 @@ impl AdminService {
             .await;
         match probed {
             Ok(_) => {
-                // 3. Promoted; the link is used up in the same batch.
+                // 3. Promoted; the link is used up in the same batch. The link acts for its
+                //    creator: their record as it is now is a precondition, so a creator
+                //    disabled while the probe ran (on any replica) does not get it landed.
                 let _guard = self.lock.lock().await;
-                let plan = self
-                    .plan_secret_promote(&link.binding, version)
-                    .await
-                    .map(|mut p| {
+                let plan = match self.plan_secret_promote(&link.binding, version).await {
+                    Ok(mut p) => {
                         p.batch.remove_intake_link(key, read);
-                        p
-                    });
+                        match self
+                            .actor_precondition(&link.creator, std::mem::take(&mut p.batch))
+                            .await
+                        {
+                            Ok(guarded) => {
+                                p.batch = guarded;
+                                Ok(p)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
                 let promoted = self
                     .commit_plan(
                         Self::intake_event(&link, request_id, "secret.promote"),
@@ -567,6 +578,10 @@ impl AdminService {
                                 .await;
                         }
                         pages::result(true, "", 0)
+                    }
+                    Err((e, _)) if e.code == ErrorCode::OperatorRequired => {
+                        self.count_intake("invalid_link", false);
+                        pages::invalid()
                     }
                     Err(e) => fail(e),
                 }
