@@ -114,8 +114,18 @@ pub struct Operator {
     pub id: crate::ids::OperatorId,
     /// Status.
     pub status: Status,
+    /// Bumped at every status change, so that a disable followed by a re-enable leaves a
+    /// different record: a change admitted on the record as it was before does not land.
+    /// Absent (0) on a record never changed, which a previous release reads as it wrote it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
     /// Creation time, RFC 3339.
     pub created_at: String,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One connector instance (e.g. "scan of account 1234 for tenant acme").

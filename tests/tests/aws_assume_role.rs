@@ -1237,6 +1237,19 @@ async fn a_slow_probe_does_not_hold_up_other_changes() {
 /// preconditions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_disabled_during_their_probe_does_not_land_it() {
+    probe_while_the_operator_changes(&["disable"]).await;
+}
+
+/// Nor does a disable followed by a re-enable while the probe waits (the certificate
+/// revoked, the name given a new one): the record must be the one the request was admitted
+/// on, not merely active again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_disabled_and_re_enabled_during_their_probe_does_not_land_it() {
+    probe_while_the_operator_changes(&["disable", "enable"]).await;
+}
+
+/// op2 probes a binding held 1.5 s at STS; meanwhile op applies `changes` to op2's record.
+async fn probe_while_the_operator_changes(changes: &[&str]) {
     let mut env = start_opts("", false, 5000).await;
     let external_id = onboard(&mut env.op, "t1").await["external_id"]
         .as_str()
@@ -1258,14 +1271,16 @@ async fn an_operator_disabled_during_their_probe_does_not_land_it() {
     env.sts.faults().delay = std::time::Duration::from_millis(1500);
     let probing = spawn_probe(&env, "op2", "aws1");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/operators/op2/disable",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    for change in changes {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            &format!("/v1/admin/operators/op2/{change}"),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
     assert!(!probing.is_finished(), "the probe had to be under way");
     env.sts.faults().delay = std::time::Duration::ZERO;
     let (s, v) = probing.await.unwrap();

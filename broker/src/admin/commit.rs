@@ -9,6 +9,13 @@ use crate::store::{Batch, StoreError};
 
 use super::{store_err, AdminService};
 
+tokio::task_local! {
+    /// The operator record an admin request was admitted on, for the task running it
+    /// ([`AdminService::execute_admitted`]): every commit of that request requires the record
+    /// to be unchanged since, not merely active now.
+    pub(super) static ADMITTED: Option<Stored<Operator>>;
+}
+
 impl AdminService {
     /// The one audited pipeline every change goes through (operator changes, probes,
     /// callbacks, the broker's own flags): `event`'s record is made durable first, then
@@ -99,6 +106,19 @@ impl AdminService {
         let Some(read) = self.standing(&name).await? else {
             return Ok(batch);
         };
+        // Active now is not enough after a disable and re-enable (a certificate revoked
+        // meanwhile, the name given a new one): the record must be the one the request was
+        // admitted on.
+        let admitted = ADMITTED
+            .try_with(|a| a.as_ref().map(|a| a.value.clone()))
+            .ok()
+            .flatten();
+        if admitted.is_some_and(|a| a.id == name && a != read.value) {
+            return Err(ApiError::new(
+                ErrorCode::OperatorRequired,
+                format!("operator {name} was disabled or changed after this request was admitted"),
+            ));
+        }
         let mut guarded = Batch::new();
         guarded.expect_unchanged(&read);
         guarded.ops.extend(batch.ops);
@@ -118,7 +138,7 @@ impl AdminService {
 
     /// The operator's record when it is active; `None` when no operator is registered at all
     /// (any operator certificate administers until the first is).
-    async fn standing(
+    pub(super) async fn standing(
         &self,
         name: &crate::ids::OperatorId,
     ) -> Result<Option<Stored<Operator>>, ApiError> {

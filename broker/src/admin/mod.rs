@@ -255,8 +255,8 @@ impl AdminService {
         self.core.metrics.admin_requests.inc();
         let actor = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
         let parsed = match peer {
-            Some(PeerIdentity::Operator(name)) => match self.operator_may_administer(name).await {
-                Ok(()) => body
+            Some(PeerIdentity::Operator(name)) => match self.standing(name).await {
+                Ok(record) => body
                     .and_then(|b| parse_admin_request(method, path, &b))
                     .map(|op| match op {
                         AdminOp::AddOperator(mut o) => {
@@ -264,7 +264,8 @@ impl AdminService {
                             AdminOp::AddOperator(o)
                         }
                         other => other,
-                    }),
+                    })
+                    .map(|op| (op, record)),
                 Err(e) => Err(e),
             },
             _ => Err(ApiError::new(
@@ -273,7 +274,10 @@ impl AdminService {
             )),
         };
         let result = match parsed {
-            Ok(op) => self.execute(&actor, op, request_id).await,
+            Ok((op, admitted)) => {
+                self.execute_admitted(&actor, op, request_id, admitted)
+                    .await
+            }
             Err(err) => {
                 let event = AuditEvent {
                     kind: "admin".into(),
@@ -365,11 +369,28 @@ impl AdminService {
         op: AdminOp,
         request_id: &str,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        self.execute_admitted(actor, op, request_id, None).await
+    }
+
+    /// [`AdminService::execute`] for an operator admitted on `admitted` (their record as read
+    /// when the request arrived; `None` while no operator is registered): each of its
+    /// commits requires that record unchanged.
+    ///
+    /// # Errors
+    /// As [`AdminService::execute`].
+    async fn execute_admitted(
+        self: &Arc<Self>,
+        actor: &str,
+        op: AdminOp,
+        request_id: &str,
+        admitted: Option<crate::store::records::Stored<crate::model::Operator>>,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         // Keys a change on another replica retired are not used here either.
         self.catch_up().await.map_err(|e| (e, None))?;
         let this = Arc::clone(self);
         let (actor, request_id) = (actor.to_owned(), request_id.to_owned());
-        tokio::spawn(async move { this.run_admin(&actor, op, &request_id).await })
+        let run = async move { this.run_admin(&actor, op, &request_id).await };
+        tokio::spawn(commit::ADMITTED.scope(admitted, run))
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "admin operation task failed");

@@ -220,6 +220,7 @@ impl AdminService {
         let operator = crate::model::Operator {
             id: o.id,
             status: Status::Active,
+            revision: 0,
             created_at: now_rfc3339(),
         };
         if self
@@ -269,6 +270,7 @@ impl AdminService {
             let caller = crate::model::Operator {
                 id: by,
                 status: Status::Active,
+                revision: 0,
                 created_at: operator.created_at.clone(),
             };
             plan.detail = format!(
@@ -400,6 +402,7 @@ impl AdminService {
                 }
                 let mut o = stored.value.clone();
                 o.status = status;
+                o.revision = o.revision.wrapping_add(1);
                 plan.batch.replace(&stored, &o);
                 plan.response = json!({ "operator": to_value(&o) });
             }

@@ -275,6 +275,7 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         let operator = crate::model::Operator {
             id: id.clone(),
             status: crate::model::Status::Active,
+            revision: 0,
             created_at: crate::model::now_rfc3339(),
         };
         let mut batch = crate::store::Batch::new();
