@@ -323,6 +323,9 @@ pub async fn run_with_broker(
                         }
                         Err(_) => {}
                     }
+                } else {
+                    // In force (a SIGHUP loaded it): a failure of that file again is news.
+                    crl_reported = None;
                 }
             }
             _ = flush.tick() => {
