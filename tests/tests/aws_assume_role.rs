@@ -1240,6 +1240,12 @@ async fn an_operator_disabled_during_their_probe_does_not_land_it() {
     probe_while_the_operator_changes(&["disable"]).await;
 }
 
+/// An enable of an operator already active changes nothing: their probe lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enable_of_an_active_operator_cancels_nothing() {
+    probe_while_the_operator_changes(&["enable"]).await;
+}
+
 /// Nor does a disable followed by a re-enable while the probe waits (the certificate
 /// revoked, the name given a new one): the record must be the one the request was admitted
 /// on, not merely active again.
@@ -1284,6 +1290,10 @@ async fn probe_while_the_operator_changes(changes: &[&str]) {
     assert!(!probing.is_finished(), "the probe had to be under way");
     env.sts.faults().delay = std::time::Duration::ZERO;
     let (s, v) = probing.await.unwrap();
+    if changes == ["enable"] {
+        assert_eq!(s, 200, "{v}");
+        return;
+    }
     assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
     let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings/aws1", None).await;
     assert_eq!(b["binding"]["status"], "pending_activation", "{b}");

@@ -401,8 +401,11 @@ impl AdminService {
                     self.keep_an_operator(id, &mut plan.batch).await?;
                 }
                 let mut o = stored.value.clone();
+                if o.status != status {
+                    // A status that does not change cancels nothing under way.
+                    o.revision = o.revision.wrapping_add(1);
+                }
                 o.status = status;
-                o.revision = o.revision.wrapping_add(1);
                 plan.batch.replace(&stored, &o);
                 plan.response = json!({ "operator": to_value(&o) });
             }
