@@ -436,7 +436,8 @@ async fn links_of_a_disabled_operator_are_dead() {
 
 /// A link acts for its creator to the end: a creator disabled while a submission's probe
 /// runs at the source system does not get the secret promoted — the link answers as dead,
-/// the refusal is audited, and the binding keeps no active version.
+/// the refusal is audited, the binding keeps no active version, and the pending version is
+/// destroyed rather than left for someone to promote later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
     let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
@@ -505,6 +506,18 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
         })
         .count();
     assert_eq!(refused, 1, "the refusal is audited");
+    // Nothing the dead link brought stays behind for a later promotion.
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    let written = b["binding"]["last_secret_version"].as_u64().unwrap();
+    assert_eq!(written, 1, "{b}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        &format!("/v1/admin/bindings/acme-snow/secret/{written}/promote"),
+        Some(json!({})),
+    )
+    .await;
+    assert_ne!(s, 200, "{v}");
 }
 
 /// A link's attempts cannot be stretched by overlapping submissions: while the third (last)

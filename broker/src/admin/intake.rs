@@ -580,6 +580,22 @@ impl AdminService {
                         pages::result(true, "", 0)
                     }
                     Err((e, _)) if e.code == ErrorCode::OperatorRequired => {
+                        // Nothing the dead link brought stays behind to be promoted later:
+                        // the pending version is destroyed (audited).
+                        let _guard = self.lock.lock().await;
+                        let plan = self
+                            .plan_secret_destroy(&link.binding, Some(version), false)
+                            .await;
+                        if let Err((e, _)) = self
+                            .commit_plan(
+                                Self::intake_event(&link, request_id, "secret.destroy"),
+                                plan,
+                                &format!("{by}; its creator may no longer act"),
+                            )
+                            .await
+                        {
+                            tracing::warn!(link = %link.id, code = %e.code, version, "the pending version of a dead intake link could not be destroyed");
+                        }
                         self.count_intake("invalid_link", false);
                         pages::invalid()
                     }
