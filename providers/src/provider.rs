@@ -227,9 +227,11 @@ pub struct InstallContext<'a> {
     /// The broker's own OIDC issuer (an Entra app authenticating with a federated credential).
     pub assertions: &'a dyn AssertionSigner,
     /// How long the proof's upstream calls may take in all (each also within its own
-    /// timeout): the person who came back is answered by then. A clean-up owed whatever the
-    /// outcome (GitHub: revoking the installer's user token) runs after it, within one more
-    /// call's timeout, so a slow or cut proof never skips it.
+    /// timeout): the person who came back is answered by then. A call that must not be
+    /// abandoned midway (GitHub's code exchange: a token issued to it could not be revoked)
+    /// may run past it; the broker cuts the whole one `timeout` later. A clean-up owed
+    /// whatever the outcome (GitHub: revoking the installer's user token) runs in a task of
+    /// its own, so no cut skips it.
     pub proof_time: std::time::Duration,
 }
 

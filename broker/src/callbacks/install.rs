@@ -252,10 +252,11 @@ impl CallbackService {
             read.expires_at - i64::try_from(self.core.callback_state_ttl_s()).unwrap_or(3600)
         });
         let signer = self.core.assertion_signer();
-        // One deadline for the whole proof (a code exchange, pages of the installer's
-        // installations: each call has its own), so a slow upstream cannot hold a
-        // public-listener request for minutes; the provider's clean-up (a revoke) runs after
-        // it, within one more call's time, and this bounds the whole at that.
+        // One deadline for the proof's reads (pages of the installer's installations: each
+        // call has its own), so a slow upstream cannot hold a public-listener request for
+        // minutes. What may not be cut midway (a code exchange) can run past it by a call's
+        // time; this bounds the whole at that. A revoke owed whatever happens runs in a task
+        // of its own, so this cut never skips it.
         let proof_time = self.core.mint_timeout().saturating_mul(2);
         let context = credbroker_providers::InstallContext {
             proof_time,

@@ -124,10 +124,11 @@ impl Callbacks for GithubApp {
                 "no OAuth client secret is active (credbroker keys github add --as oauth-client-secret …, then activate)".into(),
             ));
         }
-        // The code exchange and the pages of installations within the proof's time; the
-        // revoke after it, whatever happened (THREATS.md: a slow upstream).
+        // The pages of installations end within the proof's time (THREATS.md: a slow
+        // upstream); the exchange before them is not cut short, since a token GitHub issued
+        // to an exchange abandoned midway could not be revoked: each of its calls (one per
+        // active client secret) has its own deadline.
         let started = std::time::Instant::now();
-        let left = || context.proof_time.saturating_sub(started.elapsed());
         let over = || ProviderError::Unavailable {
             message: format!(
                 "the proof did not finish within {} ms",
@@ -136,22 +137,19 @@ impl Callbacks for GithubApp {
             upstream_request_id: None,
         };
         // 1. The code → a user token.
-        let (user_token, secret) = tokio::time::timeout(
-            left(),
-            self.exchange_code(&client_id, code, &secrets, timeout),
-        )
-        .await
-        .map_err(|_| over())??;
+        let (user_token, secret) = self
+            .exchange_code(&client_id, code, &secrets, timeout)
+            .await?;
         // 2. Is the installation among the user's? Then whose is it?
         let found = tokio::time::timeout(
-            left(),
+            context.proof_time.saturating_sub(started.elapsed()),
             self.find_user_installation(&user_token, installation, timeout),
         )
         .await
         .unwrap_or_else(|_| Err(over()));
-        // 3. The user token is used once, never stored, and revoked whatever happened.
-        self.revoke_user_token(&client_id, &secret, &user_token, timeout)
-            .await;
+        // 3. The user token is used once, never stored, and revoked whatever happened (in a
+        //    task of its own: nothing that cuts this short can skip it).
+        self.revoke_user_token(client_id, secret, user_token, timeout);
         found?.ok_or_else(|| {
             denied(&format!(
                 "installation {installation} is not among the installations the person who came back can administer"
@@ -333,35 +331,45 @@ impl GithubApp {
         ))
     }
 
-    /// `DELETE /applications/{client_id}/token` (basic auth with the client credentials):
-    /// best effort, logged when it fails (the token also expires on its own).
-    async fn revoke_user_token(
+    /// `DELETE /applications/{client_id}/token` (basic auth with the client credentials), in
+    /// a task of its own within `timeout`: nothing that cuts the proof short (its deadline, the
+    /// caller's) can skip it. Best effort, logged when it fails (the token also expires on
+    /// its own).
+    fn revoke_user_token(
         &self,
-        client_id: &str,
-        secret: &SecretString,
-        user_token: &SecretString,
+        client_id: String,
+        secret: SecretString,
+        user_token: SecretString,
         timeout: Duration,
     ) {
-        let body = json!({ "access_token": user_token.expose_secret() });
-        let result = self
-            .call_as(
-                &self.settings.api_base_url,
-                Auth::Basic(client_id.to_owned(), secret.clone()),
+        let (timeout_ms, base) = (self.settings.timeout_ms, self.settings.api_base_url.clone());
+        tokio::spawn(async move {
+            let body = json!({ "access_token": user_token.expose_secret() });
+            let result = super::call_github(
+                timeout_ms,
+                &base,
+                Auth::Basic(client_id.clone(), secret),
                 http::Method::DELETE,
                 &format!("/applications/{client_id}/token"),
                 Some(&body),
                 timeout,
             )
             .await;
-        match result {
-            Ok(a) if a.status == 204 => {}
-            Ok(a) => tracing::warn!(
-                status = a.status,
-                "GitHub did not revoke the installer's user token"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "GitHub did not revoke the installer's user token")
-            }
+            log_revoke(result);
+        });
+    }
+}
+
+/// What became of a user token's revoke.
+fn log_revoke(result: Result<super::Answer, ProviderError>) {
+    match result {
+        Ok(a) if a.status == 204 => {}
+        Ok(a) => tracing::warn!(
+            status = a.status,
+            "GitHub did not revoke the installer's user token"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "GitHub did not revoke the installer's user token")
         }
     }
 }
