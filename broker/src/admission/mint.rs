@@ -14,11 +14,17 @@ use super::Bucket;
 /// beyond them; cached credentials are unaffected.
 pub struct MintLimiter {
     limits: MintLimits,
-    buckets: Mutex<HashMap<(MintScope, String), Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+/// The buckets, and the count at which those that have refilled are next forgotten.
+struct Buckets {
+    map: HashMap<(MintScope, String), Bucket>,
+    prune_at: usize,
 }
 
 /// Buckets kept before those that have refilled (and so are no different from new ones) are
-/// forgotten: workers and bindings removed from the store leave theirs behind.
+/// first forgotten: workers and bindings removed from the store leave theirs behind.
 const PRUNE_AT: usize = 65_536;
 
 /// Mints a minute per worker, per binding, and per tenant and provider (0 disables one).
@@ -60,7 +66,10 @@ impl MintLimiter {
     pub fn new(limits: MintLimits) -> MintLimiter {
         MintLimiter {
             limits,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                prune_at: PRUNE_AT,
+            }),
         }
     }
 
@@ -98,9 +107,14 @@ impl MintLimiter {
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() >= PRUNE_AT {
-            // Every bucket refills within a minute.
-            buckets.retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(60));
+        if buckets.map.len() >= buckets.prune_at {
+            // Every bucket refills within a minute. When most are in use the next look is
+            // put off until the map has doubled, so a busy limiter does not scan it at
+            // every mint.
+            buckets
+                .map
+                .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(60));
+            buckets.prune_at = PRUNE_AT.max(buckets.map.len().saturating_mul(2));
         }
         // All must have a token before any is spent: a refusal costs nothing.
         for (scope, key, per_minute, what) in &scopes {
@@ -109,6 +123,7 @@ impl MintLimiter {
             }
             let per_minute = f64::from(*per_minute);
             let bucket = buckets
+                .map
                 .entry((*scope, key.clone()))
                 .or_insert_with(|| Bucket::full(per_minute, now));
             bucket.refill(per_minute / 60.0, per_minute, now);
@@ -118,7 +133,7 @@ impl MintLimiter {
         }
         for (scope, key, per_minute, _) in scopes {
             if per_minute > 0 {
-                if let Some(bucket) = buckets.get_mut(&(scope, key)) {
+                if let Some(bucket) = buckets.map.get_mut(&(scope, key)) {
                     bucket.tokens -= 1.0;
                 }
             }
@@ -136,7 +151,7 @@ impl MintLimiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (scope, key, per_minute, _) in scopes {
             if per_minute > 0 {
-                if let Some(bucket) = buckets.get_mut(&(scope, key)) {
+                if let Some(bucket) = buckets.map.get_mut(&(scope, key)) {
                     bucket.tokens = (bucket.tokens + 1.0).min(f64::from(per_minute));
                 }
             }
@@ -164,17 +179,24 @@ mod tests {
             ..MintLimits::default()
         });
         let t0 = Instant::now();
-        let names: Vec<String> = (0..PRUNE_AT).map(|i| format!("w{i}")).collect();
-        for n in &names {
-            assert_eq!(l.check(mint(n), t0), Ok(()));
+        for i in 0..PRUNE_AT - 1 {
+            assert_eq!(l.check(mint(&format!("w{i}")), t0), Ok(()));
         }
         // One worker spends its token 30 s later: not yet refilled a minute on.
         let t30 = t0 + Duration::from_secs(30);
         assert_eq!(l.check(mint("late"), t30), Ok(()));
         let t61 = t0 + Duration::from_secs(61);
         assert_eq!(l.check(mint("new"), t61), Ok(()));
-        let kept = l.buckets.lock().unwrap().len();
+        let kept = l.buckets.lock().unwrap().map.len();
         assert_eq!(kept, 2, "only the late and the new worker's buckets remain");
         assert_eq!(l.check(mint("late"), t61), Err("worker"));
+
+        // A look that forgets nothing (every bucket in use) puts the next one off until the
+        // map has doubled: a busy limiter does not scan at every mint.
+        let t70 = t0 + Duration::from_secs(70);
+        for i in 0..PRUNE_AT {
+            assert_eq!(l.check(mint(&format!("x{i}")), t70), Ok(()));
+        }
+        assert_eq!(l.buckets.lock().unwrap().prune_at, 2 * PRUNE_AT);
     }
 }
