@@ -556,8 +556,8 @@ pub async fn open(
 }
 
 /// What opening a store whose `schema_version` record holds `found` must write: nothing
-/// (current), the current version (a new store, or one of version 1 or 2, whose records read
-/// as version 3), or a refusal. The batch's precondition makes two brokers opening one new
+/// (current), the current version (a new store, or one of version 1 to 3, whose records read
+/// as version 4), or a refusal. The batch's precondition makes two brokers opening one new
 /// shared store at once agree.
 ///
 /// # Errors
@@ -568,11 +568,11 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
     match found {
         Some(v) if v == current.as_slice() => return Ok(None),
         None => batch.push(Op::ExpectAbsent(Table::Meta, SCHEMA_KEY.into())),
-        // Version 1 and 2 records read as version 3 (new fields default; platform keys sealed
+        // Version 1 to 3 records read as version 4 (new fields default; platform keys sealed
         // the old way are re-sealed by the broker at start, audited); the bump makes an older
         // binary refuse the store with a clear schema error instead of reading records it
         // cannot decode or open.
-        Some(v) if v == b"1" || v == b"2" => {
+        Some(v) if v == b"1" || v == b"2" || v == b"3" => {
             tracing::info!(
                 from = %String::from_utf8_lossy(v),
                 to = SCHEMA_VERSION,
@@ -601,12 +601,30 @@ pub(crate) const MIGRATING_KEY: &str = "migrating";
 /// The schema version this build reads and writes.
 ///
 /// 2: tenants and bindings carry `revision`, bindings `generation` (version 1 stores are
-/// upgraded in place on open).
-pub const SCHEMA_VERSION: u32 = 3;
+/// upgraded in place on open). 3: platform keys sealed in their own AAD domain. 4: operators
+/// carry `revision` (a release before it could not read an operator whose status changed, and
+/// would not bump it).
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_schemas_are_upgraded_and_newer_refused() {
+        assert!(schema_upgrade(Some(b"4")).unwrap().is_none());
+        for old in [b"1", b"2", b"3"] {
+            let batch = schema_upgrade(Some(old)).unwrap().unwrap();
+            assert!(matches!(
+                batch.ops.last(),
+                Some(Op::Put(Table::Meta, _, v)) if v == b"4"
+            ));
+        }
+        assert!(matches!(
+            schema_upgrade(Some(b"5")),
+            Err(StoreError::Schema { supported: 4, .. })
+        ));
+    }
 
     #[test]
     fn a_change_names_the_tables_a_batch_writes() {
