@@ -30,6 +30,20 @@ struct Env {
     ceiling_file: std::path::PathBuf,
 }
 
+/// Registers worker `id` for `tenant`, issues its certificate: its client.
+async fn add_worker(env: &mut Env, id: &str, tenant: &str) -> BrokerClient {
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": id, "tenants": [tenant]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    env.pki.worker(id);
+    env.pki.client_for(id, &env.daemon.url)
+}
+
 /// How [`start_custom`] configures the daemon.
 struct StartOptions<'a> {
     cache_extra: &'a str,
@@ -1081,16 +1095,7 @@ async fn sessions_naming_one_instance_or_worker_are_never_shared() {
     .await;
     let (s, v) = probe(&mut env, "aws-si").await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/workers",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t1"]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    env.pki.worker("w2");
-    let mut w2 = env.pki.client_for("w2", &env.daemon.url);
+    let mut w2 = add_worker(&mut env, "w2", "t1").await;
     let (s, v1) = resolve(&mut env.w1, json!({"instance_id": "i-si"})).await;
     assert_eq!(s, 200, "{v1}");
     assert_eq!(env.sts.state.last_request()["SourceIdentity"], "w1");
@@ -1647,26 +1652,8 @@ async fn one_tenant_cannot_exhaust_a_provider_for_the_others() {
     assert_eq!(s, 201, "{v}");
     let (s, v) = probe(&mut env, "aws-t2").await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/workers",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t1"]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/workers",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w3", "tenants": ["t2"]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    env.pki.worker("w2");
-    env.pki.worker("w3");
-    let mut w2 = env.pki.client_for("w2", &env.daemon.url);
-    let mut w3 = env.pki.client_for("w3", &env.daemon.url);
+    let mut w2 = add_worker(&mut env, "w2", "t1").await;
+    let mut w3 = add_worker(&mut env, "w3", "t2").await;
     let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
 
     // t1's two workers defeat the cache through its two bindings: four fresh mints in all

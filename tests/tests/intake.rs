@@ -389,34 +389,43 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
     assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
 }
 
-/// A link acts for the operator who made it: once that operator is disabled (offboarded,
-/// perhaps hostile), the link neither shows its form nor takes a submission, and nothing is
-/// stored; links of operators still active keep working.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_of_a_disabled_operator_are_dead() {
-    let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
+/// Registers a second operator, op2, and has it create a link: the link's path.
+async fn second_operators_link(pki: &TestPki, daemon: &Daemon, op: &mut BrokerClient) -> String {
     pki.operator("op2");
     let mut op2 = pki.client_for("op2", &daemon.url);
     let (s, v) = call(
-        &mut op,
+        op,
         Method::POST,
         "/v1/admin/operators",
         Some(json!({"id": "op2"})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    let (theirs, _) = create_link(&mut op2, 3600).await;
-    let (ours, _) = create_link(&mut op, 3600).await;
-    // The form is fetched while op2 is active; op2 is then disabled.
-    let (cookie, form) = wrong_secret_form(&mut public, &theirs).await;
+    create_link(&mut op2, 3600).await.0
+}
+
+async fn disable_op2(op: &mut BrokerClient) {
     let (s, v) = call(
-        &mut op,
+        op,
         Method::POST,
         "/v1/admin/operators/op2/disable",
         Some(json!({})),
     )
     .await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// A link acts for the operator who made it: once that operator is disabled (offboarded,
+/// perhaps hostile), the link neither shows its form nor takes a submission, and nothing is
+/// stored; links of operators still active keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_of_a_disabled_operator_are_dead() {
+    let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
+    let theirs = second_operators_link(&pki, &daemon, &mut op).await;
+    let (ours, _) = create_link(&mut op, 3600).await;
+    // The form is fetched while op2 is active; op2 is then disabled.
+    let (cookie, form) = wrong_secret_form(&mut public, &theirs).await;
+    disable_op2(&mut op).await;
     let before = daemon.audit_records().len();
     let p = post(&mut public, &theirs, Some(&cookie), &form).await;
     assert_eq!(p.status, 404, "{}", p.html);
@@ -441,17 +450,7 @@ async fn links_of_a_disabled_operator_are_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
     let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
-    pki.operator("op2");
-    let mut op2 = pki.client_for("op2", &daemon.url);
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/operators",
-        Some(json!({"id": "op2"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (theirs, _) = create_link(&mut op2, 3600).await;
+    let theirs = second_operators_link(&pki, &daemon, &mut op).await;
     let page = get(&mut public, &theirs).await;
     assert_eq!(page.status, 200);
     let (cookie, csrf) = form_state(&page);
@@ -481,14 +480,7 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
         pending_written(&daemon),
         "the submission never got to its probe"
     );
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/operators/op2/disable",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    disable_op2(&mut op).await;
     assert!(!submitting.is_finished(), "the probe had to be under way");
     *sn.state.delay_ms.lock().unwrap() = 0;
     let p = submitting.await.unwrap();
