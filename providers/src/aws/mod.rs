@@ -214,8 +214,11 @@ fn to_credential(
 /// and the session token printable (a line break in them would be a header injection in the
 /// worker), and the expiry lies in the future. An expiry later than the session asked for is
 /// taken as now + `duration_s`: a broken or malicious STS cannot make the broker cache (and
-/// serve) credentials past their real end.
-fn credential_of(
+/// serve) credentials past their real end. Never panics on any input (fuzzed).
+///
+/// # Errors
+/// [`ProviderError::Unavailable`] naming what is malformed, or an expiry already past.
+pub fn credential_of(
     c: Option<&aws_sdk_sts::types::Credentials>,
     request_id: Option<&str>,
     duration_s: u32,
