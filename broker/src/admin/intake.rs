@@ -541,22 +541,15 @@ impl AdminService {
                 //    creator: their record as it is now is a precondition, so a creator
                 //    disabled while the probe ran (on any replica) does not get it landed.
                 let _guard = self.lock.lock().await;
-                let plan = match self.plan_secret_promote(&link.binding, version).await {
-                    Ok(mut p) => {
-                        p.batch.remove_intake_link(key, read);
-                        match self
-                            .actor_precondition(&link.creator, std::mem::take(&mut p.batch))
-                            .await
-                        {
-                            Ok(guarded) => {
-                                p.batch = guarded;
-                                Ok(p)
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
+                let plan = async {
+                    let mut p = self.plan_secret_promote(&link.binding, version).await?;
+                    p.batch.remove_intake_link(key, read);
+                    p.batch = self
+                        .actor_precondition(&link.creator, std::mem::take(&mut p.batch))
+                        .await?;
+                    Ok(p)
+                }
+                .await;
                 let promoted = self
                     .commit_plan(
                         Self::intake_event(&link, request_id, "secret.promote"),
