@@ -16,11 +16,13 @@
 
 mod answer;
 mod callbacks;
+mod client;
 mod keys;
 pub mod lint;
 mod permissions;
 
-use answer::{error_for, message_of, rate_limit_wait, retry_pause, to_credential, Answer};
+use answer::{error_for, message_of, to_credential, Answer};
+use client::{call_github, Auth};
 pub(crate) mod settings;
 
 use std::collections::HashMap;
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -43,11 +45,6 @@ pub use permissions::{
 use settings::check_api_base;
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{GithubSettings, ID};
-
-/// The largest GitHub answer read. Larger than other upstreams' 1 MiB: a token minted for
-/// named repositories answers with a full repository object for each (about 6 KB), and a
-/// ceiling may name 500; a page of `/user/installations` (100) is under 1 MiB.
-const MAX_ANSWER: usize = 8 << 20;
 
 use crate::{
     BindingContext, Bound, CachePolicy, Callbacks, CeilingEnforcement, IssuedCredential,
@@ -100,16 +97,6 @@ fn parse_config(config: &Value) -> Result<u64, ProviderError> {
 /// The exclusive identifier of an installation.
 pub fn installation_identifier(id: u64) -> String {
     format!("github_installation:{id}")
-}
-
-/// How a request authenticates.
-enum Auth {
-    /// `Authorization: Bearer` (App JWT, installation or user token).
-    Bearer(String),
-    /// HTTP basic (the OAuth client id and secret: token revocation).
-    Basic(String, SecretString),
-    /// None: the OAuth code exchange carries the client credentials in its body.
-    OAuthExchange,
 }
 
 /// A secret file (the webhook secret, an App private key file) must be the daemon user's
@@ -581,129 +568,4 @@ pub fn read_token_answer(
         0,
         &wanted,
     )
-}
-
-/// One request to `base` with `auth`, each attempt within `timeout_ms` (and `timeout`), a
-/// 5xx retried once (see below); the answer's status, JSON body, request id and whether it
-/// is a rate limit. A free function, so that a call owed whatever happens (the revoke of a
-/// user token) can run in a task of its own.
-async fn call_github(
-    timeout_ms: u64,
-    base: &str,
-    auth: Auth,
-    method: http::Method,
-    route: &str,
-    body: Option<&Value>,
-    timeout: Duration,
-) -> Result<Answer, ProviderError> {
-    let unavailable = |m: String| ProviderError::Unavailable {
-        message: m,
-        upstream_request_id: None,
-    };
-    let per_request = Duration::from_millis(timeout_ms).min(timeout);
-    let builder = octocrab::Octocrab::builder()
-        .base_uri(base)
-        .map_err(|_| ProviderError::InvalidConfig("GitHub base URL is not a URI".into()))?;
-    let (builder, accept) = match auth {
-        Auth::Bearer(token) => (builder.personal_token(token), REST_MEDIA_TYPE),
-        Auth::Basic(user, password) => (
-            builder.basic_auth(user, password.expose_secret().to_owned()),
-            REST_MEDIA_TYPE,
-        ),
-        // The OAuth endpoint answers JSON only when asked for exactly that.
-        Auth::OAuthExchange => (builder, "application/json"),
-    };
-    let crab = builder
-        // No retries inside the client: its default retries 5xx and 429 at once, three
-        // times, while GitHub asks callers to wait out a rate limit. The one retry of a
-        // 5xx is decided below, within the deadline.
-        .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
-        // `X-GitHub-Api-Version: 2022-11-28` is added to every request by octocrab itself
-        // (its `package.metadata.github-api.request-headers`); adding it here as well sent
-        // the header twice. tests/tests/github_app.rs pins the one value GitHub sees.
-        .add_header(http::header::ACCEPT, accept.into())
-        .set_connect_timeout(Some(per_request))
-        .set_read_timeout(Some(per_request))
-        .build()
-        .map_err(|_| ProviderError::Internal("could not build the GitHub client".into()))?;
-    // A 5xx is retried once, after a short pause, when the deadline leaves room: reads,
-    // deletions and token mints (minting again is harmless); never the OAuth code
-    // exchange (a code is single use).
-    let retry_5xx = match method {
-        http::Method::GET | http::Method::DELETE => true,
-        http::Method::POST => route.ends_with("/access_tokens"),
-        _ => false,
-    };
-    let started = Instant::now();
-    let exchange = async {
-        let mut retried = false;
-        let resp = loop {
-            let resp = match method {
-                http::Method::POST => crab._post(route, body).await,
-                http::Method::DELETE => crab._delete(route, body).await,
-                _ => crab._get(route).await,
-            }
-            .map_err(|e| {
-                unavailable(format!(
-                    "GitHub request failed: {}",
-                    e.to_string().chars().take(200).collect::<String>()
-                ))
-            })?;
-            let status = resp.status().as_u16();
-            if retry_5xx && !retried && (500..=599).contains(&status) {
-                let pause = retry_pause();
-                if started.elapsed() + pause + Duration::from_millis(250) < per_request {
-                    tracing::debug!(status, route, "GitHub answered a server error: one retry");
-                    drop(resp);
-                    retried = true;
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-            }
-            break resp;
-        };
-        let status = resp.status().as_u16();
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim().to_owned())
-        };
-        let request_id = crate::request_id_of(header("x-github-request-id").as_deref());
-        let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
-        let remaining = header("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok());
-        let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
-        // Bounded, as every other upstream's answer (crate::http): a malicious or broken
-        // upstream cannot make the broker buffer an unbounded body for as long as the
-        // deadline lets it stream.
-        let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(
-            resp.into_body(),
-            MAX_ANSWER,
-        ))
-        .await
-        .map_err(|_| unavailable("GitHub answer could not be read (or is over 8 MiB)".into()))?
-        .to_bytes();
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| unavailable("GitHub answer is not UTF-8".into()))?;
-        let body = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(text).unwrap_or(Value::Null)
-        };
-        let rate_limit = rate_limit_wait(status, &message_of(&body), retry_after, remaining, reset);
-        Ok(Answer {
-            status,
-            body,
-            request_id,
-            rate_limit,
-        })
-    };
-    tokio::time::timeout(per_request + Duration::from_millis(500), exchange)
-        .await
-        .unwrap_or_else(|_| {
-            Err(unavailable(format!(
-                "GitHub did not answer within {} ms",
-                per_request.as_millis()
-            )))
-        })
 }

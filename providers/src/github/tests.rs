@@ -1,5 +1,6 @@
 //! Unit tests of the GitHub App provider (configuration, rate-limit answers, credentials).
 
+use super::answer::rate_limit_wait;
 use super::*;
 
 #[test]
