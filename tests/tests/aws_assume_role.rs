@@ -30,6 +30,22 @@ struct Env {
     ceiling_file: std::path::PathBuf,
 }
 
+/// Binds `role` (trusting `external_id`) as `binding` for instance `instance` of t1 and
+/// activates it by a probe.
+async fn bind_active(
+    env: &mut Env,
+    binding: &str,
+    instance: &str,
+    role_arn: &str,
+    external_id: &str,
+) {
+    env.sts.add_role(role_arn, role(Some(external_id)));
+    let (s, v) = bind(env, binding, instance, role_arn).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(env, binding).await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// Registers worker `id` for `tenant`, issues its certificate: its client.
 async fn add_worker(env: &mut Env, id: &str, tenant: &str) -> BrokerClient {
     let (s, v) = call(
@@ -1455,11 +1471,7 @@ async fn bindings_of_the_previous_release_claim_their_canonical_role() {
         .unwrap()
         .to_owned();
     let arn = format!("arn:aws:iam::{CUSTOMER}:role/Audit");
-    env.sts.add_role(&arn, role(Some(&ext1)));
-    let (s, v) = bind(&mut env, "aws1", "i-aws", &arn).await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = probe(&mut env, "aws1").await;
-    assert_eq!(s, 200, "{v}");
+    bind_active(&mut env, "aws1", "i-aws", &arn, &ext1).await;
     env.daemon.stop();
     {
         let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
@@ -1554,11 +1566,7 @@ async fn one_binding_or_worker_cannot_exhaust_the_upstream_for_others() {
     .await;
     let (external_id, _) = active_aws_binding(&mut env).await;
     let other = format!("arn:aws:iam::{CUSTOMER}:role/Other");
-    env.sts.add_role(&other, role(Some(&external_id)));
-    let (s, v) = bind(&mut env, "aws2", "i-aws2", &other).await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = probe(&mut env, "aws2").await;
-    assert_eq!(s, 200, "{v}");
+    bind_active(&mut env, "aws2", "i-aws2", &other, &external_id).await;
     let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
 
     // aws2's role is down (that customer's trouble): its circuit opens after two failures,
@@ -1631,11 +1639,7 @@ async fn one_tenant_cannot_exhaust_a_provider_for_the_others() {
     .await;
     let (ext1, _) = active_aws_binding(&mut env).await;
     let second = format!("arn:aws:iam::{CUSTOMER}:role/Second");
-    env.sts.add_role(&second, role(Some(&ext1)));
-    let (s, v) = bind(&mut env, "aws2", "i-aws2", &second).await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = probe(&mut env, "aws2").await;
-    assert_eq!(s, 200, "{v}");
+    bind_active(&mut env, "aws2", "i-aws2", &second, &ext1).await;
     let ext2 = onboard(&mut env.op, "t2").await["external_id"]
         .as_str()
         .unwrap()
