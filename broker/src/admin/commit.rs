@@ -36,8 +36,9 @@ impl AdminService {
         // An operator's change lands only while the operator is still active: their status
         // was checked when the request arrived, but a probe or a self-rotation calls an
         // upstream for seconds, and a change may wait for the admin lock, before it commits.
-        // The operator's record as read now is a precondition of the commit, so a disable
-        // (on any replica) in the meantime makes it fail and write nothing.
+        // The operator's record — the one the request was admitted on — is a precondition
+        // of the commit, so a disable (on any replica) in the meantime makes it fail and
+        // write nothing.
         let batch = match self.actor_precondition(&event.actor, batch).await {
             Ok(batch) => batch,
             Err(err) => {
@@ -88,8 +89,9 @@ impl AdminService {
     /// An operator certificate administers only while its operator record is active. A store
     /// with no operator records at all (a deployment upgraded from a release without them)
     /// accepts every operator certificate until the first is registered — logged at start.
-    /// `batch`, preconditioned on `actor`'s operator record as it is now when the actor is an
-    /// operator (a registered one: while none is registered any operator certificate
+    /// `batch`, preconditioned on `actor`'s operator record when the actor is an operator: the
+    /// record as it is now, which must also be the one the request was admitted on when it
+    /// came through the admin API (while no operator is registered any operator certificate
     /// administers, and nothing is added).
     ///
     /// # Errors
@@ -109,11 +111,13 @@ impl AdminService {
         // Active now is not enough after a disable and re-enable (a certificate revoked
         // meanwhile, the name given a new one): the record must be the one the request was
         // admitted on.
-        let admitted = ADMITTED
-            .try_with(|a| a.as_ref().map(|a| a.value.clone()))
-            .ok()
-            .flatten();
-        if admitted.is_some_and(|a| a.id == name && a != read.value) {
+        let changed = ADMITTED
+            .try_with(|a| {
+                a.as_ref()
+                    .is_some_and(|a| a.value.id == name && a.value != read.value)
+            })
+            .unwrap_or(false);
+        if changed {
             return Err(ApiError::new(
                 ErrorCode::OperatorRequired,
                 format!("operator {name} was disabled or changed after this request was admitted"),
