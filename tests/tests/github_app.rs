@@ -2940,3 +2940,118 @@ async fn a_slow_proof_of_the_installer_is_cut_at_one_deadline() {
     );
     bind_acme(&mut env).await;
 }
+
+/// Registers operator `op2` (which registers `op` too, the first registration) and returns a
+/// client with op2's certificate.
+async fn second_operator(env: &mut Env) -> BrokerClient {
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(json!({"id": "op2"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    env.pki.operator("op2");
+    env.pki.client_for("op2", &env.daemon.url)
+}
+
+/// `op` disables or enables op2.
+async fn set_op2(env: &mut Env, change: &str) {
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/operators/op2/{change}"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A revoked operator's install links (THREATS.md): a link acts for the operator who issued
+/// it, so once they are disabled it can no longer be opened, the customer's return from
+/// GitHub is refused (audited, the state consumed) and nothing is bound. An operator disabled
+/// while the installer's proof runs gets nothing bound; one disabled while the new binding's
+/// probe runs gets it left pending, not activated. An active operator's link still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_links_of_a_disabled_operator_bind_nothing() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let mut op2 = second_operator(&mut env).await;
+    let opened = state_for(&mut op2, "t1").await;
+    let (_, cookie, _) = open_link(&mut env.public, &opened).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    let unopened = state_for(&mut op2, "t1").await;
+    set_op2(&mut env, "disable").await;
+    let (s, _, location) = open_link(&mut env.public, &unopened).await;
+    assert_eq!((s, location), (403, None), "a dead link was opened");
+    env.gh.authorize("code-gone", &[1001]);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={opened}&code=code-gone"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may no longer act"),
+        "{v}"
+    );
+    let refused = env.daemon.audit_records().into_iter().any(|r| {
+        r["outcome"] == "denied"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("may no longer act"))
+    });
+    assert!(refused, "the refusal is audited");
+    let bound = |b: &Value| b.to_string().contains("github-app-1001");
+    let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert!(!bound(&b), "bound for a disabled operator: {b}");
+
+    // Disabled while GitHub answers the code exchange (the installer's proof).
+    set_op2(&mut env, "enable").await;
+    let slow = Fault::Hold(Duration::from_millis(1500));
+    env.gh.inject("/login/oauth/access_token", slow.clone(), 1);
+    let (s, v) = disabled_during(&mut env, &mut op2, "code-proof").await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert!(!bound(&b), "bound during the proof: {b}");
+
+    // Disabled while the new binding's probe mints its first installation token.
+    set_op2(&mut env, "enable").await;
+    env.gh.inject("/access_tokens", slow, 1);
+    let (s, v) = disabled_during(&mut env, &mut op2, "code-probe").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "pending_activation", "{v}");
+    assert!(
+        v["probe"].as_str().unwrap().contains("operator_required"),
+        "{v}"
+    );
+    assert_eq!(
+        binding_status(&mut env, "github-app-1001").await,
+        "pending_activation"
+    );
+
+    // An active operator's link: the same installation is bound and activated.
+    let binding = bind_acme(&mut env).await;
+    assert_eq!(binding_status(&mut env, &binding).await, "active");
+}
+
+/// op2 issues a link for t1, the customer installs 1001 and comes back with `code`; op2 is
+/// disabled 500 ms after the return (while a held GitHub call is under way). The answer.
+async fn disabled_during(env: &mut Env, op2: &mut BrokerClient, code: &str) -> (u16, Value) {
+    let state = state_for(op2, "t1").await;
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    env.gh.authorize(code, &[1001]);
+    let mut public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
+    let query = format!("installation_id=1001&setup_action=install&state={state}&code={code}");
+    let back = tokio::spawn(async move { callback(&mut public, &query, Some(&browser)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!back.is_finished(), "the held call had to be under way");
+    set_op2(env, "disable").await;
+    back.await.unwrap()
+}

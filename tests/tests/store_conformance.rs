@@ -161,6 +161,7 @@ async fn every_record_type_round_trips(records: &Records) {
                 opens: 0,
                 issued_at: None,
                 governance: None,
+                creator: None,
             },
         );
     records.commit(b).await.unwrap();
@@ -402,6 +403,7 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
             opens: 0,
             issued_at: None,
             governance: None,
+            creator: None,
         },
     );
     records.commit(b).await.unwrap();

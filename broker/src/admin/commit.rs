@@ -14,6 +14,13 @@ tokio::task_local! {
     /// ([`AdminService::execute_admitted`]): every commit of that request requires the record
     /// to be unchanged since, not merely active now.
     pub(super) static ADMITTED: Option<Stored<Operator>>;
+
+    /// Who a change acts for besides its actor: the issuer of the install link or site
+    /// expectation a callback came through ([`AdminService::execute_on_behalf`],
+    /// [`AdminService::on_behalf_of`]). Each commit also requires that operator's record
+    /// active and unchanged, so an operator disabled while an install's proof or probe runs
+    /// gets nothing bound or activated in their name.
+    pub(super) static ON_BEHALF_OF: Option<String>;
 }
 
 impl AdminService {
@@ -39,7 +46,14 @@ impl AdminService {
         // The operator's record — the one the request was admitted on — is a precondition
         // of the commit, so a disable (on any replica) in the meantime makes it fail and
         // write nothing.
-        let batch = match self.actor_precondition(&event.actor, batch).await {
+        let guarded = match self.actor_precondition(&event.actor, batch).await {
+            Ok(batch) => match ON_BEHALF_OF.try_with(Clone::clone).ok().flatten() {
+                Some(issuer) => self.actor_precondition(&issuer, batch).await,
+                None => Ok(batch),
+            },
+            Err(err) => Err(err),
+        };
+        let batch = match guarded {
             Ok(batch) => batch,
             Err(err) => {
                 event.outcome = "denied".into();
@@ -127,6 +141,34 @@ impl AdminService {
         guarded.expect_unchanged(&read);
         guarded.ops.extend(batch.ops);
         Ok(guarded)
+    }
+
+    /// Runs `work` on behalf of `issuer` (see [`ON_BEHALF_OF`]).
+    pub(crate) async fn on_behalf_of<F: std::future::Future>(
+        issuer: Option<String>,
+        work: F,
+    ) -> F::Output {
+        ON_BEHALF_OF.scope(issuer, work).await
+    }
+
+    /// Whether what `issuer` issued (an intake or install link, a site expectation) may still
+    /// act: an operator's links die with the operator's standing. A local command's (`cli:…`)
+    /// have no operator, nor do those written before issuers were recorded (`None`).
+    ///
+    /// # Errors
+    /// `operator_required` when the issuer is an operator no longer active (or a name that is
+    /// not an operator's); a store error when the record cannot be read.
+    pub(crate) async fn issuer_may_act(&self, issuer: Option<&str>) -> Result<(), ApiError> {
+        let Some(name) = issuer.and_then(|c| c.strip_prefix("operator:")) else {
+            return Ok(());
+        };
+        match crate::ids::OperatorId::parse(name) {
+            Ok(id) => self.operator_may_administer(&id).await,
+            Err(_) => Err(ApiError::new(
+                ErrorCode::OperatorRequired,
+                "not an operator",
+            )),
+        }
     }
 
     /// Whether operator `name` may administer now.

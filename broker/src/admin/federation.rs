@@ -220,6 +220,7 @@ impl AdminService {
         tenant: &TenantId,
         pin: Option<AccountPin>,
         governance: Option<crate::model::Governance>,
+        creator: String,
     ) -> Result<Plan, ApiError> {
         let provider = self
             .core
@@ -260,7 +261,7 @@ impl AdminService {
                 provider.id(),
                 tenant,
                 pin.clone(),
-                governance.clone(),
+                (governance.clone(), creator.clone()),
                 &mut plan,
             )
             .await?;
@@ -351,6 +352,7 @@ impl AdminService {
                     opens: 0,
                     issued_at: Some(time::OffsetDateTime::now_utc().unix_timestamp()),
                     governance: governance.clone(),
+                    creator: Some(creator).filter(|c| !c.is_empty()),
                 },
             );
             plan.response["install_url"] = json!(format!(

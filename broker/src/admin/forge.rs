@@ -74,7 +74,7 @@ impl AdminService {
         provider: &str,
         tenant: &TenantId,
         pin: Option<AccountPin>,
-        governance: Option<crate::model::Governance>,
+        (governance, creator): (Option<crate::model::Governance>, String),
         plan: &mut Plan,
     ) -> Result<(), ApiError> {
         let pin = pin.ok_or_else(|| {
@@ -145,6 +145,7 @@ impl AdminService {
                 expires_at: expires.unix_timestamp(),
                 recorded_at: now_rfc3339(),
                 governance,
+                creator: Some(creator).filter(|c| !c.is_empty()),
             },
         );
         plan.response["expected_site"] = json!(site);
@@ -225,9 +226,11 @@ impl AdminService {
                 .await?
             {
                 Ok(()) => {
-                    return self
-                        .bind_expected(provider, invocation, (key, read), &what, event)
-                        .await
+                    // Bound on behalf of the operator who recorded the expectation: each
+                    // commit requires them still active.
+                    let issuer = read.value.creator.clone();
+                    let bind = self.bind_expected(provider, invocation, (key, read), &what, event);
+                    return Self::on_behalf_of(issuer, bind).await;
                 }
                 Err(why) => {
                     return self
@@ -271,6 +274,18 @@ impl AdminService {
                 "tenant {} expects {site}, but the site was running the app before that onboarding was recorded: bind it with `credbroker unclaimed claim` after checking whose it is",
                 expected.tenant
             )));
+        }
+        // An expectation acts for the operator who recorded it: once they are disabled or
+        // removed, it binds nothing.
+        match self.issuer_may_act(expected.creator.as_deref()).await {
+            Ok(()) => {}
+            Err(e) if e.code == ErrorCode::OperatorRequired => {
+                return Ok(Err(format!(
+                    "tenant {} expects {site}, but the operator who recorded that onboarding may no longer act ({}): bind it with `credbroker unclaimed claim` after checking whose it is",
+                    expected.tenant, e.message
+                )))
+            }
+            Err(e) => return Err(e),
         }
         let tenant = match crate::ids::TenantId::parse(&expected.tenant) {
             Ok(t) => r.tenant(&t).await.map_err(store_err)?,

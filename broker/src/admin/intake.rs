@@ -350,22 +350,13 @@ impl AdminService {
         // A link acts for the operator who made it: once that operator is disabled or
         // removed, their links are dead too (an offboarded operator must not keep a way to
         // replace a secret). Links made by a local command (`cli:…`) have no such operator.
-        if let Some(name) = link.creator.strip_prefix("operator:") {
-            let may = match crate::ids::OperatorId::parse(name) {
-                Ok(id) => self.operator_may_administer(&id).await,
-                Err(_) => Err(ApiError::new(
-                    ErrorCode::OperatorRequired,
-                    "not an operator",
-                )),
-            };
-            match may {
-                Ok(()) => {}
-                Err(e) if e.code == ErrorCode::OperatorRequired => {
-                    self.count_intake("invalid_link", false);
-                    return pages::invalid();
-                }
-                Err(_) => return pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again."),
+        match self.issuer_may_act(Some(&link.creator)).await {
+            Ok(()) => {}
+            Err(e) if e.code == ErrorCode::OperatorRequired => {
+                self.count_intake("invalid_link", false);
+                return pages::invalid();
             }
+            Err(_) => return pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again."),
         }
         if !post {
             self.count_intake("none", true);
@@ -616,12 +607,16 @@ impl AdminService {
         }
     }
 
-    /// Stamps who created an intake link (the admin request's actor).
+    /// Stamps who created an intake link, an install link or a site expectation (the admin
+    /// request's actor).
     pub(super) fn with_creator(op: super::AdminOp, actor: &str) -> super::AdminOp {
         match op {
             super::AdminOp::IntakeCreate(mut n) => {
                 n.creator = actor.to_owned();
                 super::AdminOp::IntakeCreate(n)
+            }
+            super::AdminOp::Onboard(provider, tenant, pin, governance, _) => {
+                super::AdminOp::Onboard(provider, tenant, pin, governance, actor.to_owned())
             }
             super::AdminOp::Governance(g) => super::AdminOp::Governance(g.by(actor)),
             other => other,

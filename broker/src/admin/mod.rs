@@ -372,6 +372,23 @@ impl AdminService {
         self.execute_admitted(actor, op, request_id, None).await
     }
 
+    /// [`AdminService::execute`] for a callback acting on behalf of whoever issued its link
+    /// (`issuer`, as the link recorded it): each of its commits also requires that operator
+    /// active and their record unchanged.
+    ///
+    /// # Errors
+    /// As [`AdminService::execute`]; `operator_required` when the issuer was disabled or
+    /// removed.
+    pub async fn execute_on_behalf(
+        self: &Arc<Self>,
+        actor: &str,
+        op: AdminOp,
+        request_id: &str,
+        issuer: Option<String>,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        Self::on_behalf_of(issuer, self.execute_admitted(actor, op, request_id, None)).await
+    }
+
     /// [`AdminService::execute`] for an operator admitted on `admitted` (their record as read
     /// when the request arrived; `None` while no operator is registered): each of its
     /// commits requires that record unchanged.
@@ -390,7 +407,9 @@ impl AdminService {
         let this = Arc::clone(self);
         let (actor, request_id) = (actor.to_owned(), request_id.to_owned());
         let run = async move { this.run_admin(&actor, op, &request_id).await };
-        tokio::spawn(commit::ADMITTED.scope(admitted, run))
+        // The task runs with the admitted record and, for a callback, the issuer it acts for.
+        let issuer = commit::ON_BEHALF_OF.try_with(Clone::clone).ok().flatten();
+        tokio::spawn(commit::ON_BEHALF_OF.scope(issuer, commit::ADMITTED.scope(admitted, run)))
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "admin operation task failed");
@@ -545,8 +564,9 @@ impl AdminService {
                 self.plan_flag_trust_broken(&binding, &generation, drift, observed_probe)
                     .await
             }
-            AdminOp::Onboard(provider, tenant, pin, governance) => {
-                self.plan_onboard(&provider, &tenant, pin, governance).await
+            AdminOp::Onboard(provider, tenant, pin, governance, creator) => {
+                self.plan_onboard(&provider, &tenant, pin, governance, creator)
+                    .await
             }
             AdminOp::UnclaimedList => self.plan_unclaimed_list().await,
             AdminOp::ClaimUnclaimed(identifier, tenant, governance) => {

@@ -240,12 +240,15 @@ pub enum AdminOp {
     /// Run a binding's probe; a binding pending activation becomes active when it passes.
     Probe(String),
     /// Onboarding facts for a tenant with a federated provider (generates tenant parameters);
-    /// the account an install must belong to, and the owner of the binding it creates.
+    /// the account an install must belong to, the owner of the binding it creates, and who
+    /// asked (stamped from the request's actor: the install link or site expectation acts for
+    /// them, and dies with their standing).
     Onboard(
         String,
         TenantId,
         Option<crate::store::records::AccountPin>,
         Option<crate::model::Governance>,
+        String,
     ),
     /// List a provider's platform keys (metadata only).
     KeysList(String),
@@ -491,6 +494,7 @@ pub fn parse_admin_request(
                 body.tenant,
                 body.account,
                 governance,
+                String::new(),
             ))
         }
         AdminEndpoint::Keys => Ok(if *method == Method::GET {

@@ -52,7 +52,27 @@ fn query_value(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Why a link whose issuer may no longer act is refused (the browser and the audit record).
+const ISSUER_GONE: &str =
+    "this install link is no longer valid: the operator who issued it may no longer act; ask for a new one";
+
 impl CallbackService {
+    /// Whether the operator who issued a link (`issuer`, as the link recorded it) may no
+    /// longer act: disabled or removed.
+    ///
+    /// # Errors
+    /// The store could not be read.
+    async fn issuer_gone(&self, issuer: Option<&str>) -> Result<bool, Failure> {
+        match self.admin.issuer_may_act(issuer).await {
+            Ok(()) => Ok(false),
+            Err(e) if e.code == ErrorCode::OperatorRequired => Ok(true),
+            Err(_) => Err(anonymous(ApiError::new(
+                ErrorCode::Internal,
+                "store read failed",
+            ))),
+        }
+    }
+
     /// `GET /callbacks/{provider}/start?state=…`: the install link. The browser that opens it
     /// gets a random nonce as an `HttpOnly` cookie and the state records the nonce's hash
     /// (audited); the setup callback later requires that cookie. Each opening replaces the
@@ -94,6 +114,9 @@ impl CallbackService {
             return Err(anonymous(rejected(
                 "this install link was opened too many times; ask for a new one",
             )));
+        }
+        if self.issuer_gone(read.creator.as_deref()).await? {
+            return Err(anonymous(rejected(ISSUER_GONE)));
         }
         let nonce = crate::admin::random_alphanumeric(43)?;
         let mut batch = Batch::new();
@@ -180,6 +203,9 @@ impl CallbackService {
             }
             _ => false,
         };
+        // A link acts for the operator who issued it: once they are disabled or removed, it
+        // binds nothing (checked again at each commit below, which may come seconds later).
+        let issuer_gone = self.issuer_gone(read.creator.as_deref()).await?;
         let upstream_refusal = redirect
             .refused
             .as_ref()
@@ -188,6 +214,8 @@ impl CallbackService {
             Some("state expired; start onboarding again")
         } else if !cookie_ok {
             Some("the install did not finish in the browser that opened the install link (cookie missing or different); start onboarding again")
+        } else if issuer_gone {
+            Some(ISSUER_GONE)
         } else {
             upstream_refusal.as_deref()
         };
@@ -400,7 +428,7 @@ impl CallbackService {
                     max_secret_age_days: None,
                 });
                 self.admin
-                    .execute(&actor, op, &event.request_id)
+                    .execute_on_behalf(&actor, op, &event.request_id, read.creator.clone())
                     .await
                     .map_err(|(e, _)| e)?;
                 id.to_string()
@@ -408,10 +436,11 @@ impl CallbackService {
         };
         let probe = self
             .admin
-            .execute(
+            .execute_on_behalf(
                 &actor,
                 AdminOp::Probe(binding_id.clone()),
                 &event.request_id,
+                read.creator.clone(),
             )
             .await;
         let (status, summary) = match probe {

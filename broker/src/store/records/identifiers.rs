@@ -45,6 +45,11 @@ pub struct CallbackState {
     /// Owner and purpose of the binding the install creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub governance: Option<crate::model::Governance>,
+    /// Who issued the link (`operator:<name>` or a local command's `cli:…`): the install acts
+    /// for them, so an operator's links die once that operator is disabled or removed.
+    /// Absent in states written before it existed (they are not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<String>,
 }
 
 /// An account an installation must belong to (GitHub: organisation or user login and id).
@@ -101,6 +106,11 @@ pub struct ExpectedSite {
     /// Owner and purpose of the binding its first invocation creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub governance: Option<crate::model::Governance>,
+    /// Who recorded it (`operator:<name>` or a local command's `cli:…`): an operator's
+    /// expectation binds nothing once that operator is disabled or removed. Absent in
+    /// expectations written before it existed (they are not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<String>,
 }
 
 fn expected_site_key(site: &str) -> String {
@@ -539,6 +549,7 @@ mod tests {
             opens: 0,
             issued_at: None,
             governance: None,
+            creator: None,
         }
     }
 
