@@ -7,6 +7,8 @@
 //! old one is revoked (`DELETE /rest/pat/latest/tokens/{id}`). Instances without the PAT API
 //! (older Server versions) are detected by the probe and reported, never assumed.
 
+mod answer;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ use crate::{
 
 /// The registry id.
 pub const ID: &str = "atlassian_dc_pat";
+
+pub use answer::{created_pat, pat_expiry, pat_user};
 
 /// Platform-side settings (`[providers.atlassian_dc_pat]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -239,20 +243,7 @@ impl AtlassianDc {
         if a.status != 200 {
             return Ok(None);
         }
-        let list: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
-        Ok(list.as_array().and_then(|l| {
-            l.iter()
-                .find(|t| id.is_some_and(|i| t.get("id").map(value_text).as_deref() == Some(i)))
-                .and_then(|t| t.get("expiringAt").and_then(Value::as_str))
-                .map(|s| s.chars().take(40).collect())
-        }))
-    }
-}
-
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Ok(pat_expiry(&a.body, id))
     }
 }
 
@@ -397,15 +388,7 @@ impl Probe for AtlassianDc {
                 a.status, a.content_type
             )));
         }
-        let me: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
-        let user: String = me
-            .get("name")
-            .or_else(|| me.get("username"))
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .chars()
-            .take(100)
-            .collect();
+        let user = pat_user(&a.body);
         let id = request.secret.and_then(|s| s.expose("token_id"));
         let (pat_api, expiring_at) = match self.expiry(b, token, id, request.timeout).await {
             Ok(e) => (true, e),
@@ -473,22 +456,13 @@ impl SelfRotation for AtlassianDc {
                 a.status
             )));
         }
-        let v: Value = serde_json::from_slice(&a.body).map_err(|_| ProviderError::Unavailable {
-            message: "the PAT answer is not JSON".into(),
+        let (raw, id) = created_pat(&a.body).map_err(|message| ProviderError::Unavailable {
+            message,
             upstream_request_id: None,
         })?;
-        let raw = v
-            .get("rawToken")
-            .and_then(Value::as_str)
-            .filter(|t| crate::is_printable(t, 1024))
-            .ok_or_else(|| ProviderError::Unavailable {
-                message: "the PAT answer has no rawToken".into(),
-                upstream_request_id: None,
-            })?;
-        let id = v.get("id").map(value_text).unwrap_or_default();
         let mut fields = SecretFields::new();
-        fields.insert("token", SecretString::from(raw.to_owned()));
-        if !id.is_empty() && id.len() <= 64 {
+        fields.insert("token", raw);
+        if let Some(id) = id {
             fields.insert("token_id", SecretString::from(id));
         }
         Ok(fields)

@@ -37,6 +37,7 @@ use serde_json::{json, Value};
 
 pub use ceiling::{parse_config, parse_narrowing, AzureCeiling, EntraConfig, Resource};
 pub use claims::{check_claims, decode_claims, parse_consent_query, parse_error, TokenClaims};
+pub use reads::{newest_grant, page_of, roles_held, undeclared_subscription};
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{EntraSettings, ID};
 use token::{request_token, ClientAuth, ClientSecret, Http, TokenAnswer, TokenFailure};

@@ -82,19 +82,9 @@ impl EntraApp {
                 return Ok(items);
             };
             let (v, _) = self.get_json(&u, token, budget, what).await?;
-            items.extend(
-                v.get("value")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            url = v
-                .get("nextLink")
-                .or_else(|| v.get("@odata.nextLink"))
-                .and_then(Value::as_str)
-                // A next page elsewhere would send our token there.
-                .filter(|n| n.starts_with(&format!("{base}/")))
-                .map(str::to_owned);
+            let (page, next) = page_of(v, base);
+            items.extend(page);
+            url = next;
         }
         if url.is_some() {
             return Err(ProviderError::Unavailable {
@@ -121,26 +111,11 @@ impl EntraApp {
             "{base}{scope}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter={filter}"
         );
         let what = format!("ARM role assignments at {scope}");
-        let mut roles = Vec::new();
-        for a in self.get_all(url, base, token, budget, &what).await? {
-            let principal = a.pointer("/properties/principalId").and_then(Value::as_str);
-            if principal.map(str::to_ascii_lowercase).as_deref() != Some(oid) {
-                continue; // the filter is the server's; the check is ours
-            }
-            let role = a
-                .pointer("/properties/roleDefinitionId")
-                .and_then(Value::as_str)
-                .and_then(|r| r.rsplit('/').next())
-                .and_then(claims::guid)
-                .ok_or_else(|| ProviderError::Unavailable {
-                    message: format!("{what}: an assignment without a role definition id"),
-                    upstream_request_id: None,
-                })?;
-            if !roles.contains(&role) {
-                roles.push(role);
-            }
-        }
-        Ok(roles)
+        let items = self.get_all(url, base, token, budget, &what).await?;
+        roles_held(&items, oid).map_err(|m| ProviderError::Unavailable {
+            message: format!("{what}: {m}"),
+            upstream_request_id: None,
+        })
     }
 
     /// Checks what an ARM token of this binding can do: at each of the binding's scopes our
@@ -198,28 +173,16 @@ impl EntraApp {
         if all_subscriptions {
             let base = &self.settings.arm_base_url;
             let url = format!("{base}/subscriptions?api-version=2022-12-01");
-            for sub in self
+            let subscriptions = self
                 .get_all(url, base, &arm.token, budget, "ARM subscriptions")
-                .await?
-            {
-                let id = sub
-                    .get("subscriptionId")
-                    .and_then(Value::as_str)
-                    .and_then(claims::guid)
-                    .unwrap_or_default();
-                let declared = bound
-                    .config
-                    .arm_scopes
-                    .iter()
-                    .any(|s| s.eq_ignore_ascii_case(&format!("/subscriptions/{id}")));
-                if !declared {
-                    return Err(denied(
-                        format!(
-                            "our service principal {oid} can read subscription {id}, which is not among the binding's arm_scopes (its roles there are unchecked): add the scope or remove the assignment"
-                        ),
-                        arm.request_id.clone(),
-                    ));
-                }
+                .await?;
+            if let Some(id) = undeclared_subscription(&subscriptions, &bound.config.arm_scopes) {
+                return Err(denied(
+                    format!(
+                        "our service principal {oid} can read subscription {id}, which is not among the binding's arm_scopes (its roles there are unchecked): add the scope or remove the assignment"
+                    ),
+                    arm.request_id.clone(),
+                ));
             }
         }
         Ok(out)
@@ -250,14 +213,7 @@ impl EntraApp {
             .await?;
         // A minute of clock skew between Entra and us.
         let threshold = since - time::Duration::seconds(60);
-        let newest = grants
-            .iter()
-            .filter_map(|g| g.get("createdDateTime").and_then(Value::as_str))
-            .filter_map(|t| {
-                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .max();
-        match newest {
+        match newest_grant(&grants) {
             Some(t) if t >= threshold => Ok(()),
             _ => Err(denied(
                 format!(
@@ -267,4 +223,76 @@ impl EntraApp {
             )),
         }
     }
+}
+
+/// The items of one page of a paged ARM or Graph answer, and the next page's URL: followed
+/// only on `base` (a next page elsewhere would send our token there). Never panics on any
+/// input (fuzzed).
+pub fn page_of(mut v: Value, base: &str) -> (Vec<Value>, Option<String>) {
+    let next = v
+        .get("nextLink")
+        .or_else(|| v.get("@odata.nextLink"))
+        .and_then(Value::as_str)
+        .filter(|n| n.starts_with(&format!("{base}/")))
+        .map(str::to_owned);
+    let items = match v.get_mut("value").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    (items, next)
+}
+
+/// The role definition ids (lower-case GUIDs, each once) the role assignments `items` give
+/// our principal `oid` (a lower-case GUID): the server's `$filter` is checked again here.
+/// Never panics on any input (fuzzed).
+///
+/// # Errors
+/// An assignment of `oid` without a role definition id.
+pub fn roles_held(items: &[Value], oid: &str) -> Result<Vec<String>, String> {
+    let mut roles = Vec::new();
+    for a in items {
+        let principal = a.pointer("/properties/principalId").and_then(Value::as_str);
+        if principal.map(str::to_ascii_lowercase).as_deref() != Some(oid) {
+            continue;
+        }
+        let role = a
+            .pointer("/properties/roleDefinitionId")
+            .and_then(Value::as_str)
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(claims::guid)
+            .ok_or("an assignment without a role definition id")?;
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    Ok(roles)
+}
+
+/// The first subscription of `items` (an ARM subscription list) that is not among `scopes`:
+/// its id as a lower-case GUID, or empty when it names none. Never panics on any input
+/// (fuzzed).
+pub fn undeclared_subscription(items: &[Value], scopes: &[String]) -> Option<String> {
+    items.iter().find_map(|sub| {
+        let id = sub
+            .get("subscriptionId")
+            .and_then(Value::as_str)
+            .and_then(claims::guid)
+            .unwrap_or_default();
+        let declared = scopes
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&format!("/subscriptions/{id}")));
+        (!declared).then_some(id)
+    })
+}
+
+/// When the newest of `items` (Graph app role assignments) was created, if any says so in
+/// RFC 3339. Never panics on any input (fuzzed).
+pub fn newest_grant(items: &[Value]) -> Option<OffsetDateTime> {
+    items
+        .iter()
+        .filter_map(|g| g.get("createdDateTime").and_then(Value::as_str))
+        .filter_map(|t| {
+            OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .max()
 }

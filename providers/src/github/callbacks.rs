@@ -176,7 +176,7 @@ pub fn installation_in_page(
             let login = i.pointer("/account/login").and_then(Value::as_str);
             let id = i.pointer("/account/id").and_then(Value::as_u64);
             return match (login, id) {
-                (Some(login), Some(id)) if !login.is_empty() && login.len() <= 100 && id > 0 => {
+                (Some(login), Some(id)) if crate::is_printable(login, 100) && id > 0 => {
                     Ok(Some(InstalledAccount {
                         login: login.to_owned(),
                         id,

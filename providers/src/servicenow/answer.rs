@@ -1,9 +1,21 @@
-//! ServiceNow's token answer (`{access_token, scope, token_type, expires_in}`), parsed. It is
-//! untrusted input (fuzzed): refused, never a panic.
+//! ServiceNow's token answer (`{access_token, scope, token_type, expires_in}`), parsed, and
+//! what its other answers to the token request mean. It is untrusted input (fuzzed):
+//! refused, never a panic.
 
 use secrecy::SecretString;
 use serde_json::Value;
 use time::OffsetDateTime;
+
+use crate::http::Answer;
+use crate::ProviderError;
+
+fn denied(message: String, request_id: Option<String>) -> ProviderError {
+    ProviderError::Denied {
+        message,
+        upstream_request_id: request_id,
+        trust_broken: false,
+    }
+}
 
 /// A parsed token answer.
 pub struct TokenAnswer {
@@ -53,6 +65,54 @@ pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, String> {
         expires_at: OffsetDateTime::now_utc()
             + time::Duration::seconds(i64::try_from(expires_in).unwrap_or(60)),
     })
+}
+
+/// The token, or the error ServiceNow's answer means: keyed on the HTTP status and content
+/// type first (ServiceNow's `error` strings are not standard). What the answer says is
+/// quoted only as printable text. Never panics on any input (fuzzed).
+///
+/// # Errors
+/// `Unavailable` for a malformed answer, a non-JSON 200 (a hibernating instance), 429 and
+/// 5xx; `Denied` for a refused client and any other status.
+pub fn token_or_error(a: &Answer, instance: &str) -> Result<TokenAnswer, ProviderError> {
+    let error_field = || {
+        serde_json::from_slice::<Value>(&a.body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    match a.status {
+        200 if a.content_type != "application/json" => Err(ProviderError::Unavailable {
+            message: format!(
+                "{instance} answered the token request with {} instead of JSON: the instance is hibernating or not reachable as itself (wake it, check the URL)",
+                if a.content_type.is_empty() { "no content type" } else { a.content_type.as_str() }
+            ),
+            upstream_request_id: a.request_id.clone(),
+        }),
+        200 => parse_token_answer(&a.body).map_err(|m| ProviderError::Unavailable {
+            message: format!("ServiceNow token answer is malformed: {m}"),
+            upstream_request_id: a.request_id.clone(),
+        }),
+        400 | 401 if error_field() == "unauthorized_client" => Err(denied(
+            "ServiceNow refused the client (unauthorized_client): the OAuth entity has no OAuth Application User; the customer's admin sets one (onboarding-templates/servicenow)".into(),
+            a.request_id.clone(),
+        )),
+        401 => Err(denied(
+            "ServiceNow refused the client credentials (HTTP 401): either the client id or secret is wrong, or the instance does not allow the client-credentials grant (system property glide.oauth.inbound.client.credential.grant_type.enabled must be true)".into(),
+            a.request_id.clone(),
+        )),
+        429 | 500..=599 => Err(ProviderError::Unavailable {
+            message: format!("ServiceNow HTTP {}", a.status),
+            upstream_request_id: a.request_id.clone(),
+        }),
+        s => Err(denied(
+            format!(
+                "ServiceNow HTTP {s} for the token request ({})",
+                error_field().chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect::<String>()
+            ),
+            a.request_id.clone(),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -19,12 +19,12 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-pub use answer::{parse_token_answer, TokenAnswer};
+pub use answer::{parse_token_answer, token_or_error, TokenAnswer};
 pub use settings::parse_config as settings_parse_config;
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{ServiceNowCeiling, ServiceNowSettings, ID};
 
-use crate::http::{Answer, Http};
+use crate::http::Http;
 use crate::{
     BindingContext, Bound, CachePolicy, CeilingEnforcement, IssuedCredential, MintRequest,
     Narrowing, Probe, ProbeReport, Provider, ProviderError, RefusalReason, SecretFields,
@@ -170,46 +170,6 @@ impl ServiceNow {
     }
 }
 
-/// The token, or the error ServiceNow's answer means: keyed on the HTTP status and content
-/// type first (ServiceNow's `error` strings are not standard).
-fn token_or_error(a: &Answer, instance: &str) -> Result<TokenAnswer, ProviderError> {
-    let error_field = || {
-        serde_json::from_slice::<Value>(&a.body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_default()
-    };
-    match a.status {
-        200 if a.content_type != "application/json" => Err(ProviderError::Unavailable {
-            message: format!(
-                "{instance} answered the token request with {} instead of JSON: the instance is hibernating or not reachable as itself (wake it, check the URL)",
-                if a.content_type.is_empty() { "no content type" } else { a.content_type.as_str() }
-            ),
-            upstream_request_id: a.request_id.clone(),
-        }),
-        200 => parse_token_answer(&a.body).map_err(|m| ProviderError::Unavailable {
-            message: format!("ServiceNow token answer is malformed: {m}"),
-            upstream_request_id: a.request_id.clone(),
-        }),
-        400 | 401 if error_field() == "unauthorized_client" => Err(denied(
-            "ServiceNow refused the client (unauthorized_client): the OAuth entity has no OAuth Application User; the customer's admin sets one (onboarding-templates/servicenow)".into(),
-            a.request_id.clone(),
-        )),
-        401 => Err(denied(
-            "ServiceNow refused the client credentials (HTTP 401): either the client id or secret is wrong, or the instance does not allow the client-credentials grant (system property glide.oauth.inbound.client.credential.grant_type.enabled must be true)".into(),
-            a.request_id.clone(),
-        )),
-        429 | 500..=599 => Err(ProviderError::Unavailable {
-            message: format!("ServiceNow HTTP {}", a.status),
-            upstream_request_id: a.request_id.clone(),
-        }),
-        s => Err(denied(
-            format!("ServiceNow HTTP {s} for the token request ({})", error_field().chars().take(64).collect::<String>()),
-            a.request_id.clone(),
-        )),
-    }
-}
-
 #[async_trait]
 impl Provider for ServiceNow {
     fn id(&self) -> &'static str {
@@ -345,7 +305,12 @@ impl Probe for ServiceNow {
                 reason: RefusalReason::Other,
                 message: format!(
                     "the OAuth Application User holds role(s) beyond policies/servicenow.json: {}; give it only read roles of the ceiling",
-                    beyond.join(", ")
+                    // Quoted as printable text: a role name is the instance's to choose.
+                    beyond
+                        .iter()
+                        .map(|r| r.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 upstream_request_id: None,
             });

@@ -182,17 +182,19 @@ pub fn parse_config(
             "instance host {host} is not *.service-now.com nor on [providers.{ID}] allowed_hosts"
         ));
     }
-    match uri.scheme_str() {
-        Some("https") => {}
-        Some("http") if listed && (ip == Some(true) || host == "localhost") => {}
+    let scheme = match uri.scheme_str() {
+        Some("https") => "https",
+        Some("http") if listed && (ip == Some(true) || host == "localhost") => "http",
         _ => return Err("instance_url must be https".into()),
-    }
+    };
     if let Some(s) = &c.scope {
         if s.len() > 200 || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
             return Err("scope must be printable, at most 200 characters".into());
         }
     }
-    Ok((url.to_owned(), c.scope))
+    // The origin as the broker writes it (`HTTPS://ACME.service-now.com` is the same
+    // instance): lower-case scheme and authority.
+    Ok((format!("{scheme}://{authority}"), c.scope))
 }
 
 fn build(section: toml::Value, base: &std::path::Path) -> BuildFuture {
@@ -282,6 +284,14 @@ mod tests {
                 parse_config(&json!({"instance_url": bad}), &none).is_err(),
                 "{bad}"
             );
+        }
+        // The origin comes back as the broker writes it.
+        for same in [
+            "HTTPS://Acme.Service-Now.com/",
+            "httpS://acme.service-now.com",
+        ] {
+            let (origin, _) = parse_config(&json!({ "instance_url": same }), &none).unwrap();
+            assert_eq!(origin, "https://acme.service-now.com", "{same}");
         }
         let listed = vec!["127.0.0.1:8443".to_owned(), "snow.acme.example".to_owned()];
         assert!(parse_config(&json!({"instance_url": "http://127.0.0.1:8443"}), &listed).is_ok());

@@ -1,10 +1,14 @@
-//! What Entra answers: an issued token's claims (decoded, then checked) and error bodies.
+//! What Entra answers: the token endpoint's 200 answer as a mint reads it, an issued token's
+//! claims (decoded, then checked) and error bodies.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use credbroker_providers::entra::{
-    check_claims, claims::issuer_tenant, decode_claims, parse_error,
+    check_claims, claims::issuer_tenant, decode_claims, parse_error, token::read_token_answer,
 };
+use secrecy::ExposeSecret;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -21,6 +25,40 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let _ = issuer_tenant(&text, &hosts);
+    // The answer as it came; the input as a token's claims inside a well-formed answer (the
+    // first two bytes its `expires_in`); and the next eight bytes as the token's `exp`.
+    let byte = |i: usize| data.get(i).copied().unwrap_or(0);
+    let expires_in = u16::from_le_bytes([byte(0), byte(1)]);
+    let exp = i64::from_le_bytes(std::array::from_fn(|i| byte(i + 2)));
+    let answer = |claims: &[u8]| {
+        serde_json::json!({
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+            "access_token": format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(claims)),
+        })
+        .to_string()
+    };
+    let wrapped = answer(data.get(2..).unwrap_or_default());
+    let with_exp = answer(serde_json::json!({ "exp": exp }).to_string().as_bytes());
+    for answer in [data, wrapped.as_bytes(), with_exp.as_bytes()] {
+        check_answer(answer);
+    }
     let e = parse_error(data);
     assert!(e.description.chars().count() <= 200);
 });
+
+/// Whatever is accepted is a token a worker can carry as it is, within its lifetime bounds.
+fn check_answer(data: &[u8]) {
+    if let Ok(answer) = read_token_answer(data, None) {
+        // A token handed out goes into a worker's Authorization header as it is, and expires
+        // within a day but not within the next 30 s.
+        let token = answer.token.expose_secret();
+        assert!(!token.is_empty());
+        assert!(token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=')));
+        let now = time::OffsetDateTime::now_utc();
+        assert!(answer.expires_at > now + time::Duration::seconds(29));
+        assert!(answer.expires_at <= now + time::Duration::seconds(86_401));
+    }
+}

@@ -1,12 +1,36 @@
-//! What a ServiceNow instance answers to the token request, the instance or Data Center base
-//! URL an operator (or an intake) hands the broker, and Data Center's PAT expiry times.
+//! What a ServiceNow instance answers to the token request (a 200's body, and what every
+//! status and content type means), the instance or Data Center base URL an operator (or an
+//! intake) hands the broker, and Data Center's PAT expiry times.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-use credbroker_providers::servicenow::parse_token_answer;
+use credbroker_providers::servicenow::{parse_token_answer, token_or_error};
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_token_answer(data);
+    // The first two bytes pick the status, the third the content type.
+    // The body as it came, and the rest of the input as the `error` field of a JSON body.
+    if let [a, b, c, body @ ..] = data {
+        let wrapped = serde_json::json!({ "error": String::from_utf8_lossy(body) }).to_string();
+        for body in [body, wrapped.as_bytes()] {
+            let answer = credbroker_providers::http::Answer {
+                status: u16::from_le_bytes([*a, *b]) % 600,
+                request_id: None,
+                content_type: if c % 2 == 0 {
+                    "application/json"
+                } else {
+                    "text/html"
+                }
+                .to_owned(),
+                body: bytes::Bytes::copy_from_slice(body),
+            };
+            if let Err(e) = token_or_error(&answer, "snow.acme.example") {
+                // What the answer says reaches the worker and the audit record only as text
+                // without control characters.
+                assert!(!e.to_string().chars().any(char::is_control), "{e}");
+            }
+        }
+    }
     let url = String::from_utf8_lossy(data);
     let allowed = ["snow.acme.example".to_owned()];
     if let Ok((origin, _)) = credbroker_providers::servicenow::settings_parse_config(

@@ -1,0 +1,66 @@
+//! What a Data Center instance answers: who a PAT is, a PAT's `expiringAt` from the PAT
+//! list, and a PAT the broker created. Untrusted input (fuzzed): whatever is kept is bounded
+//! printable text, and nothing panics.
+
+use secrecy::SecretString;
+use serde_json::Value;
+
+/// The user a `myself` / `user/current` answer names (`name`, else `username`): at most 100
+/// characters with control characters dropped, `?` when it names none.
+pub fn pat_user(body: &[u8]) -> String {
+    let me: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let user: String = me
+        .get("name")
+        .or_else(|| me.get("username"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    if user.is_empty() {
+        "?".to_owned()
+    } else {
+        user
+    }
+}
+
+/// `expiringAt` of PAT `id` in a PAT list (`GET /rest/pat/latest/tokens`), when listed with
+/// one of at most 40 printable characters.
+pub fn pat_expiry(body: &[u8], id: Option<&str>) -> Option<String> {
+    let id = id?;
+    let list: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    list.as_array()?
+        .iter()
+        .find(|t| t.get("id").map(value_text).as_deref() == Some(id))
+        .and_then(|t| t.get("expiringAt").and_then(Value::as_str))
+        .filter(|s| crate::is_printable(s, 40))
+        .map(str::to_owned)
+}
+
+/// A created PAT (`POST /rest/pat/latest/tokens`): its `rawToken` (1 to 1,024 printable
+/// characters) and its `id` when that is 1 to 64 printable characters.
+///
+/// # Errors
+/// When the answer is not JSON or carries no usable `rawToken`.
+pub fn created_pat(body: &[u8]) -> Result<(SecretString, Option<String>), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| "the PAT answer is not JSON")?;
+    let raw = v
+        .get("rawToken")
+        .and_then(Value::as_str)
+        .filter(|t| crate::is_printable(t, 1024))
+        .ok_or("the PAT answer has no rawToken")?;
+    let id = v
+        .get("id")
+        .map(value_text)
+        .filter(|i| crate::is_printable(i, 64));
+    Ok((SecretString::from(raw.to_owned()), id))
+}
+
+/// A JSON id as text (Data Center's ids are numbers; strings are taken as they are).
+pub(super) fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
