@@ -774,6 +774,38 @@ pub fn code(v: &Value) -> &str {
 /// Sets up the usual records through the admin API: tenants `t1`,`t2`; pasted-secret
 /// bindings `b1`,`b2` (secrets `{"token": "<tenant>-token"}`); instances `i1`,`i2`; worker
 /// `w1` allowed for `t1` only.
+/// Registers operator `name` through `op` (the first registration registers `op` too) and
+/// issues its certificate; a client of the daemon at `server` with it.
+pub async fn register_operator(
+    op: &mut BrokerClient,
+    pki: &TestPki,
+    server: &str,
+    name: &str,
+) -> BrokerClient {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/operators",
+        Some(serde_json::json!({ "id": name })),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    pki.operator(name);
+    pki.client_for(name, server)
+}
+
+/// `op` applies `change` (`disable`, `enable`) to operator `name`.
+pub async fn set_operator(op: &mut BrokerClient, name: &str, change: &str) {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/operators/{name}/{change}"),
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 pub async fn seed_two_tenants(op: &mut BrokerClient) {
     use serde_json::json;
     for t in ["t1", "t2"] {

@@ -671,47 +671,41 @@ async fn a_capture_and_the_resolves_of_its_token_share_one_fingerprint() {
 }
 
 /// A revoked operator's onboarding (THREATS.md): a site expectation acts for the operator who
-/// recorded it, so once they are disabled the site's first invocation binds nothing — it is
-/// kept unclaimed, saying why, for an active operator to claim after checking whose it is.
+/// recorded it, so once they are disabled — and still after they are enabled again — the
+/// site's first invocation binds nothing: it is kept unclaimed, saying why, for an active
+/// operator to claim after checking whose it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_operators_expectation_binds_nothing() {
     let mut env = start().await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/operators",
-        Some(json!({"id": "op2"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    env.pki.operator("op2");
-    let mut op2 = env.pki.client_for("op2", &env.daemon.url);
-    let (s, v) = call(
-        &mut op2,
-        Method::POST,
-        "/v1/admin/onboard/atlassian_forge",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/operators/op2/disable",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    let url = env.daemon.url.clone();
+    let mut op2 = register_operator(&mut env.op, &env.pki, &url, "op2").await;
+    for (tenant, cloud_id) in [("t1", ACME), ("t2", STRAY)] {
+        let (s, v) = call(
+            &mut op2,
+            Method::POST,
+            "/v1/admin/onboard/atlassian_forge",
+            Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": tenant, "account": {"login": cloud_id, "id": 0}})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    set_operator(&mut env.op, "op2", "disable").await;
     let (s, v) = env.trigger(&acme(), &system_token(now() + 2 * HOUR)).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
-    assert!(env.binding_for(ACME).await.is_none(), "bound for op2");
+    set_operator(&mut env.op, "op2", "enable").await;
+    let (s, v) = env.trigger(&stray(), &system_token(now() + 2 * HOUR)).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
     let kept = env.unclaimed();
-    assert!(
-        kept.iter()
-            .any(|u| u["identifier"] == format!("atlassian_site:{ACME}")
-                && u["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("may no longer act"))),
-        "{kept:?}"
-    );
+    for (cloud_id, why) in [
+        (ACME, "operator op2 is disabled"),
+        (STRAY, "operator op2 was disabled after issuing it"),
+    ] {
+        assert!(env.binding_for(cloud_id).await.is_none(), "bound for op2");
+        assert!(
+            kept.iter()
+                .any(|u| u["identifier"] == format!("atlassian_site:{cloud_id}")
+                    && u["reason"].as_str().is_some_and(|r| r.contains(why))),
+            "{cloud_id}: {kept:?}"
+        );
+    }
 }

@@ -1285,28 +1285,13 @@ async fn probe_while_the_operator_changes(changes: &[&str]) {
     let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
     env.sts.add_role(&arn, role(Some(&external_id)));
     bind(&mut env, "aws1", "i-aws", &arn).await;
-    // Registering op2 registers op too (the first registration).
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/operators",
-        Some(json!({"id": "op2"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    env.pki.operator("op2");
+    let url = env.daemon.url.clone();
+    register_operator(&mut env.op, &env.pki, &url, "op2").await;
     env.sts.faults().delay = std::time::Duration::from_millis(1500);
     let probing = spawn_probe(&env, "op2", "aws1");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for change in changes {
-        let (s, v) = call(
-            &mut env.op,
-            Method::POST,
-            &format!("/v1/admin/operators/op2/{change}"),
-            Some(json!({})),
-        )
-        .await;
-        assert_eq!(s, 200, "{v}");
+        set_operator(&mut env.op, "op2", change).await;
     }
     assert!(!probing.is_finished(), "the probe had to be under way");
     env.sts.faults().delay = std::time::Duration::ZERO;

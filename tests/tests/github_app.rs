@@ -2941,48 +2941,24 @@ async fn a_slow_proof_of_the_installer_is_cut_at_one_deadline() {
     bind_acme(&mut env).await;
 }
 
-/// Registers operator `op2` (which registers `op` too, the first registration) and returns a
-/// client with op2's certificate.
-async fn second_operator(env: &mut Env) -> BrokerClient {
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/operators",
-        Some(json!({"id": "op2"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    env.pki.operator("op2");
-    env.pki.client_for("op2", &env.daemon.url)
-}
-
-/// `op` disables or enables op2.
-async fn set_op2(env: &mut Env, change: &str) {
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/operators/op2/{change}"),
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-}
-
 /// A revoked operator's install links (THREATS.md): a link acts for the operator who issued
 /// it, so once they are disabled it can no longer be opened, the customer's return from
-/// GitHub is refused (audited, the state consumed) and nothing is bound. An operator disabled
-/// while the installer's proof runs gets nothing bound; one disabled while the new binding's
-/// probe runs gets it left pending, not activated. An active operator's link still works.
+/// GitHub is refused (audited once, the state consumed) and nothing is bound; enabling the
+/// operator again does not revive it. An operator disabled while the installer's proof runs
+/// gets nothing bound; one disabled while the new binding's probe runs gets it left pending,
+/// and the customer cannot activate it by suspending and unsuspending the installation. The
+/// browser is never told the operator's name. An active operator's link still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_links_of_a_disabled_operator_bind_nothing() {
     let mut env = start(3600).await;
     add_key(&mut env.op, &env.key_a).await;
-    let mut op2 = second_operator(&mut env).await;
+    let url = env.daemon.url.clone();
+    let mut op2 = register_operator(&mut env.op, &env.pki, &url, "op2").await;
     let opened = state_for(&mut op2, "t1").await;
     let (_, cookie, _) = open_link(&mut env.public, &opened).await;
     let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
     let unopened = state_for(&mut op2, "t1").await;
-    set_op2(&mut env, "disable").await;
+    set_operator(&mut env.op, "op2", "disable").await;
     let (s, _, location) = open_link(&mut env.public, &unopened).await;
     assert_eq!((s, location), (403, None), "a dead link was opened");
     env.gh.authorize("code-gone", &[1001]);
@@ -3011,25 +2987,60 @@ async fn install_links_of_a_disabled_operator_bind_nothing() {
     let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
     assert!(!bound(&b), "bound for a disabled operator: {b}");
 
+    // Enabled again: the links issued before the disable stay dead.
+    set_operator(&mut env.op, "op2", "enable").await;
+    let (s, _, location) = open_link(&mut env.public, &unopened).await;
+    assert_eq!(
+        (s, location),
+        (403, None),
+        "a link revived by the re-enable"
+    );
+
     // Disabled while GitHub answers the code exchange (the installer's proof).
-    set_op2(&mut env, "enable").await;
     let slow = Fault::Hold(Duration::from_millis(1500));
     env.gh.inject("/login/oauth/access_token", slow.clone(), 1);
     let (s, v) = disabled_during(&mut env, &mut op2, "code-proof").await;
-    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(!v.to_string().contains("op2"), "the operator named: {v}");
+    let this_request = |r: &Value| r["request_id"] == v["error"]["request_id"];
+    let refusals: Vec<Value> = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| this_request(r) && r["outcome"] == "denied")
+        .collect();
+    assert_eq!(refusals.len(), 1, "one refusal, audited once: {refusals:?}");
+    assert_eq!(refusals[0]["error_code"], "operator_required");
     let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
     assert!(!bound(&b), "bound during the proof: {b}");
 
     // Disabled while the new binding's probe mints its first installation token.
-    set_op2(&mut env, "enable").await;
+    set_operator(&mut env.op, "op2", "enable").await;
     env.gh.inject("/access_tokens", slow, 1);
     let (s, v) = disabled_during(&mut env, &mut op2, "code-probe").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "pending_activation", "{v}");
     assert!(
-        v["probe"].as_str().unwrap().contains("operator_required"),
+        v["probe"].as_str().unwrap().contains("may no longer act"),
         "{v}"
     );
+    assert!(!v.to_string().contains("op2"), "the operator named: {v}");
+    assert_eq!(
+        binding_status(&mut env, "github-app-1001").await,
+        "pending_activation"
+    );
+    // The installation's owner suspends and unsuspends it: still pending, not activated.
+    let probes_before = installation_calls(&env.gh);
+    for action in ["suspend", "unsuspend"] {
+        let (s, v) = webhook(
+            &mut env.public,
+            &json!({"action": action, "installation": {"id": 1001, "account": {"login": "acme-org", "id": account_of(1001)}}}),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    assert_eq!(installation_calls(&env.gh), probes_before, "re-probed");
     assert_eq!(
         binding_status(&mut env, "github-app-1001").await,
         "pending_activation"
@@ -3052,6 +3063,6 @@ async fn disabled_during(env: &mut Env, op2: &mut BrokerClient, code: &str) -> (
     let back = tokio::spawn(async move { callback(&mut public, &query, Some(&browser)).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!back.is_finished(), "the held call had to be under way");
-    set_op2(env, "disable").await;
+    set_operator(&mut env.op, "op2", "disable").await;
     back.await.unwrap()
 }

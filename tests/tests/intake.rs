@@ -391,33 +391,18 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
 
 /// Registers a second operator, op2, and has it create a link: the link's path.
 async fn second_operators_link(pki: &TestPki, daemon: &Daemon, op: &mut BrokerClient) -> String {
-    pki.operator("op2");
-    let mut op2 = pki.client_for("op2", &daemon.url);
-    let (s, v) = call(
-        op,
-        Method::POST,
-        "/v1/admin/operators",
-        Some(json!({"id": "op2"})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    let mut op2 = register_operator(op, pki, &daemon.url, "op2").await;
     create_link(&mut op2, 3600).await.0
 }
 
 async fn disable_op2(op: &mut BrokerClient) {
-    let (s, v) = call(
-        op,
-        Method::POST,
-        "/v1/admin/operators/op2/disable",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    set_operator(op, "op2", "disable").await;
 }
 
 /// A link acts for the operator who made it: once that operator is disabled (offboarded,
 /// perhaps hostile), the link neither shows its form nor takes a submission, and nothing is
-/// stored; links of operators still active keep working.
+/// stored, even after the operator is enabled again; links of operators still active keep
+/// working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_of_a_disabled_operator_are_dead() {
     let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
@@ -439,6 +424,9 @@ async fn links_of_a_disabled_operator_are_dead() {
         call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
     assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
     assert_eq!(b["binding"]["last_secret_version"], 0, "{b}");
+    // Enabled again, op2 does not get the link back: it was made before the disable.
+    set_operator(&mut op, "op2", "enable").await;
+    assert_eq!(get(&mut public, &theirs).await.status, 404);
     // The active operator's link still shows its form.
     assert_eq!(get(&mut public, &ours).await.status, 200);
 }

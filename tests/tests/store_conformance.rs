@@ -162,6 +162,7 @@ async fn every_record_type_round_trips(records: &Records) {
                 issued_at: None,
                 governance: None,
                 creator: None,
+                creator_revision: None,
             },
         );
     records.commit(b).await.unwrap();
@@ -404,6 +405,7 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
             issued_at: None,
             governance: None,
             creator: None,
+            creator_revision: None,
         },
     );
     records.commit(b).await.unwrap();

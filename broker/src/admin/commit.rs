@@ -9,6 +9,13 @@ use crate::store::{Batch, StoreError};
 
 use super::{store_err, AdminService};
 
+/// Who issued a link or a site expectation, as it recorded them: the actor of the request
+/// that made it (`operator:<name>` or a local command's `cli:…`) and, for an operator, the
+/// revision of their record then. A disable bumps the revision and so does the re-enable
+/// after it: what an operator issued before a disable stays dead (a certificate stolen and
+/// revoked meanwhile must not get its links back with the operator).
+pub type Issuer = (String, Option<u64>);
+
 tokio::task_local! {
     /// The operator record an admin request was admitted on, for the task running it
     /// ([`AdminService::execute_admitted`]): every commit of that request requires the record
@@ -20,7 +27,7 @@ tokio::task_local! {
     /// [`AdminService::on_behalf_of`]). Each commit also requires that operator's record
     /// active and unchanged, so an operator disabled while an install's proof or probe runs
     /// gets nothing bound or activated in their name.
-    pub(super) static ON_BEHALF_OF: Option<String>;
+    pub(super) static ON_BEHALF_OF: Option<Issuer>;
 }
 
 impl AdminService {
@@ -48,7 +55,9 @@ impl AdminService {
         // write nothing.
         let guarded = match self.actor_precondition(&event.actor, batch).await {
             Ok(batch) => match ON_BEHALF_OF.try_with(Clone::clone).ok().flatten() {
-                Some(issuer) => self.actor_precondition(&issuer, batch).await,
+                Some((issuer, revision)) => {
+                    self.issuer_precondition(&issuer, revision, batch).await
+                }
                 None => Ok(batch),
             },
             Err(err) => Err(err),
@@ -145,30 +154,80 @@ impl AdminService {
 
     /// Runs `work` on behalf of `issuer` (see [`ON_BEHALF_OF`]).
     pub(crate) async fn on_behalf_of<F: std::future::Future>(
-        issuer: Option<String>,
+        issuer: Option<Issuer>,
         work: F,
     ) -> F::Output {
         ON_BEHALF_OF.scope(issuer, work).await
     }
 
+    /// The issuer of what `actor` makes now: for an operator, with their record's revision
+    /// (none while no operator is registered).
+    ///
+    /// # Errors
+    /// `operator_required` for an operator no longer active; a store error.
+    pub(super) async fn issuer_now(&self, actor: &str) -> Result<Issuer, ApiError> {
+        let revision = match actor.strip_prefix("operator:") {
+            Some(name) => {
+                let name = crate::ids::OperatorId::parse(name).map_err(ApiError::bad_request)?;
+                self.standing(&name).await?.map(|r| r.value.revision)
+            }
+            None => None,
+        };
+        Ok((actor.to_owned(), revision))
+    }
+
     /// Whether what `issuer` issued (an intake or install link, a site expectation) may still
-    /// act: an operator's links die with the operator's standing. A local command's (`cli:…`)
+    /// act: an operator's links die with the operator's standing, and stay dead after a
+    /// re-enable when they recorded the revision (`revision`). A local command's (`cli:…`)
     /// have no operator, nor do those written before issuers were recorded (`None`).
     ///
     /// # Errors
-    /// `operator_required` when the issuer is an operator no longer active (or a name that is
-    /// not an operator's); a store error when the record cannot be read.
-    pub(crate) async fn issuer_may_act(&self, issuer: Option<&str>) -> Result<(), ApiError> {
-        let Some(name) = issuer.and_then(|c| c.strip_prefix("operator:")) else {
-            return Ok(());
-        };
-        match crate::ids::OperatorId::parse(name) {
-            Ok(id) => self.operator_may_administer(&id).await,
-            Err(_) => Err(ApiError::new(
-                ErrorCode::OperatorRequired,
-                "not an operator",
-            )),
+    /// `operator_required` when the issuer is an operator no longer active or changed since
+    /// (or a name that is not an operator's); a store error when the record cannot be read.
+    pub(crate) async fn issuer_may_act(
+        &self,
+        issuer: Option<&str>,
+        revision: Option<u64>,
+    ) -> Result<(), ApiError> {
+        match issuer {
+            Some(issuer) => self
+                .issuer_precondition(issuer, revision, Batch::new())
+                .await
+                .map(drop),
+            None => Ok(()),
         }
+    }
+
+    /// `batch`, preconditioned on the record of the operator who issued what it acts through
+    /// (see [`AdminService::issuer_may_act`]): active, at `revision` when one was recorded,
+    /// and unchanged until the commit.
+    ///
+    /// # Errors
+    /// As [`AdminService::issuer_may_act`].
+    pub(super) async fn issuer_precondition(
+        &self,
+        issuer: &str,
+        revision: Option<u64>,
+        batch: Batch,
+    ) -> Result<Batch, ApiError> {
+        let Some(name) = issuer.strip_prefix("operator:") else {
+            return Ok(batch);
+        };
+        let name = crate::ids::OperatorId::parse(name)
+            .map_err(|_| ApiError::new(ErrorCode::OperatorRequired, "not an operator"))?;
+        let Some(read) = self.standing(&name).await? else {
+            return Ok(batch);
+        };
+        if revision.is_some_and(|r| r != read.value.revision) {
+            return Err(ApiError::new(
+                ErrorCode::OperatorRequired,
+                format!("operator {name} was disabled after issuing it"),
+            ));
+        }
+        let mut guarded = Batch::new();
+        guarded.expect_unchanged(&read);
+        guarded.ops.extend(batch.ops);
+        Ok(guarded)
     }
 
     /// Whether operator `name` may administer now.

@@ -234,6 +234,12 @@ impl AdminService {
                 ))
             })?;
         self.tenant_or_404(tenant.as_str()).await?;
+        // What the onboarding issues (an install link, a site expectation) acts for its
+        // issuer, as they stand now.
+        let issuer = match creator.as_str() {
+            "" => None,
+            actor => Some(self.issuer_now(actor).await?),
+        };
         let mut plan = Plan::new(
             format!("provider={} tenant={tenant}", provider.id()),
             Value::Null,
@@ -261,7 +267,7 @@ impl AdminService {
                 provider.id(),
                 tenant,
                 pin.clone(),
-                (governance.clone(), creator.clone()),
+                (governance.clone(), issuer.clone()),
                 &mut plan,
             )
             .await?;
@@ -352,7 +358,8 @@ impl AdminService {
                     opens: 0,
                     issued_at: Some(time::OffsetDateTime::now_utc().unix_timestamp()),
                     governance: governance.clone(),
-                    creator: Some(creator).filter(|c| !c.is_empty()),
+                    creator: issuer.as_ref().map(|i| i.0.clone()),
+                    creator_revision: issuer.and_then(|i| i.1),
                 },
             );
             plan.response["install_url"] = json!(format!(

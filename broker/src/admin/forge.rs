@@ -74,7 +74,10 @@ impl AdminService {
         provider: &str,
         tenant: &TenantId,
         pin: Option<AccountPin>,
-        (governance, creator): (Option<crate::model::Governance>, String),
+        (governance, issuer): (
+            Option<crate::model::Governance>,
+            Option<super::commit::Issuer>,
+        ),
         plan: &mut Plan,
     ) -> Result<(), ApiError> {
         let pin = pin.ok_or_else(|| {
@@ -145,7 +148,8 @@ impl AdminService {
                 expires_at: expires.unix_timestamp(),
                 recorded_at: now_rfc3339(),
                 governance,
-                creator: Some(creator).filter(|c| !c.is_empty()),
+                creator: issuer.as_ref().map(|i| i.0.clone()),
+                creator_revision: issuer.and_then(|i| i.1),
             },
         );
         plan.response["expected_site"] = json!(site);
@@ -228,7 +232,11 @@ impl AdminService {
                 Ok(()) => {
                     // Bound on behalf of the operator who recorded the expectation: each
                     // commit requires them still active.
-                    let issuer = read.value.creator.clone();
+                    let issuer = read
+                        .value
+                        .creator
+                        .clone()
+                        .map(|c| (c, read.value.creator_revision));
                     let bind = self.bind_expected(provider, invocation, (key, read), &what, event);
                     return Self::on_behalf_of(issuer, bind).await;
                 }
@@ -277,7 +285,10 @@ impl AdminService {
         }
         // An expectation acts for the operator who recorded it: once they are disabled or
         // removed, it binds nothing.
-        match self.issuer_may_act(expected.creator.as_deref()).await {
+        match self
+            .issuer_may_act(expected.creator.as_deref(), expected.creator_revision)
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::OperatorRequired => {
                 return Ok(Err(format!(

@@ -217,6 +217,7 @@ impl AdminService {
             binding: b.id.to_string(),
             binding_created_at: b.created_at.clone(),
             fields: fields.clone(),
+            creator_revision: self.issuer_now(&n.creator).await?.1,
             creator: n.creator,
             created_at: now_rfc3339(),
             expires_at: expires.unix_timestamp(),
@@ -350,7 +351,10 @@ impl AdminService {
         // A link acts for the operator who made it: once that operator is disabled or
         // removed, their links are dead too (an offboarded operator must not keep a way to
         // replace a secret). Links made by a local command (`cli:…`) have no such operator.
-        match self.issuer_may_act(Some(&link.creator)).await {
+        match self
+            .issuer_may_act(Some(&link.creator), link.creator_revision)
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::OperatorRequired => {
                 self.count_intake("invalid_link", false);
@@ -536,7 +540,11 @@ impl AdminService {
                     let mut p = self.plan_secret_promote(&link.binding, version).await?;
                     p.batch.remove_intake_link(key, read);
                     p.batch = self
-                        .actor_precondition(&link.creator, std::mem::take(&mut p.batch))
+                        .issuer_precondition(
+                            &link.creator,
+                            link.creator_revision,
+                            std::mem::take(&mut p.batch),
+                        )
                         .await?;
                     Ok(p)
                 }

@@ -384,7 +384,7 @@ impl AdminService {
         actor: &str,
         op: AdminOp,
         request_id: &str,
-        issuer: Option<String>,
+        issuer: Option<commit::Issuer>,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         Self::on_behalf_of(issuer, self.execute_admitted(actor, op, request_id, None)).await
     }

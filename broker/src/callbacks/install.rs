@@ -56,14 +56,28 @@ fn query_value(query: &str, name: &str) -> Option<String> {
 const ISSUER_GONE: &str =
     "this install link is no longer valid: the operator who issued it may no longer act; ask for a new one";
 
+/// An error of a step taken on behalf of a link's issuer, as the customer's browser is told
+/// it: an issuer who may no longer act is not named (the audit record names them).
+fn for_the_browser(e: ApiError) -> ApiError {
+    if e.code == ErrorCode::OperatorRequired {
+        rejected(ISSUER_GONE)
+    } else {
+        e
+    }
+}
+
 impl CallbackService {
     /// Whether the operator who issued a link (`issuer`, as the link recorded it) may no
     /// longer act: disabled or removed.
     ///
     /// # Errors
     /// The store could not be read.
-    async fn issuer_gone(&self, issuer: Option<&str>) -> Result<bool, Failure> {
-        match self.admin.issuer_may_act(issuer).await {
+    async fn issuer_gone(
+        &self,
+        issuer: Option<&str>,
+        revision: Option<u64>,
+    ) -> Result<bool, Failure> {
+        match self.admin.issuer_may_act(issuer, revision).await {
             Ok(()) => Ok(false),
             Err(e) if e.code == ErrorCode::OperatorRequired => Ok(true),
             Err(_) => Err(anonymous(ApiError::new(
@@ -115,7 +129,10 @@ impl CallbackService {
                 "this install link was opened too many times; ask for a new one",
             )));
         }
-        if self.issuer_gone(read.creator.as_deref()).await? {
+        if self
+            .issuer_gone(read.creator.as_deref(), read.creator_revision)
+            .await?
+        {
             return Err(anonymous(rejected(ISSUER_GONE)));
         }
         let nonce = crate::admin::random_alphanumeric(43)?;
@@ -205,7 +222,9 @@ impl CallbackService {
         };
         // A link acts for the operator who issued it: once they are disabled or removed, it
         // binds nothing (checked again at each commit below, which may come seconds later).
-        let issuer_gone = self.issuer_gone(read.creator.as_deref()).await?;
+        let issuer_gone = self
+            .issuer_gone(read.creator.as_deref(), read.creator_revision)
+            .await?;
         let upstream_refusal = redirect
             .refused
             .as_ref()
@@ -394,6 +413,8 @@ impl CallbackService {
         let tenant = (tenant, receipt.audit_id);
         let (tenant, audit_id) = tenant;
         let actor = event.actor.clone();
+        // The binding is created and activated on behalf of the link's issuer.
+        let issuer = read.creator.clone().map(|c| (c, read.creator_revision));
         // Already bound? To this tenant: re-probe; to another: refuse.
         let owner = self
             .core
@@ -428,9 +449,9 @@ impl CallbackService {
                     max_secret_age_days: None,
                 });
                 self.admin
-                    .execute_on_behalf(&actor, op, &event.request_id, read.creator.clone())
+                    .execute_on_behalf(&actor, op, &event.request_id, issuer.clone())
                     .await
-                    .map_err(|(e, _)| e)?;
+                    .map_err(|(e, receipt)| Failure::committing((for_the_browser(e), receipt)))?;
                 id.to_string()
             }
         };
@@ -440,7 +461,7 @@ impl CallbackService {
                 &actor,
                 AdminOp::Probe(binding_id.clone()),
                 &event.request_id,
-                read.creator.clone(),
+                issuer,
             )
             .await;
         let (status, summary) = match probe {
@@ -451,10 +472,13 @@ impl CallbackService {
                     .unwrap_or("")
                     .to_owned(),
             ),
-            Err((e, _)) => (
-                "pending_activation",
-                format!("probe failed ({}): {}", e.code, e.message),
-            ),
+            Err((e, _)) => {
+                let e = for_the_browser(e);
+                (
+                    "pending_activation",
+                    format!("probe failed ({}): {}", e.code, e.message),
+                )
+            }
         };
         Ok((
             json!({ "result": "installation linked", "tenant": tenant.as_str(), "binding": binding_id, "status": status, "probe": summary }),

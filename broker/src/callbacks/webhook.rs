@@ -142,6 +142,17 @@ impl CallbackService {
         let mut binding: Binding = stored.value.clone();
         let mut reprobe = None;
         let note = match verified {
+            // A binding never activated stays pending: what a webhook disables, an unsuspend
+            // re-probes and activates, and an activation is an operator's (or an issuer's)
+            // to make, not the installation owner's.
+            CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. }
+                if binding.status == Status::PendingActivation =>
+            {
+                binding.trust_broken = true;
+                format!(
+                    "customer {what} the installation (webhook): binding stays pending_activation"
+                )
+            }
             CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. } => {
                 let operator_disabled = binding.status == Status::Disabled
                     && binding.status_change.as_ref().map(|c| c.by) == Some(StatusSource::Operator);

@@ -50,6 +50,10 @@ pub struct CallbackState {
     /// Absent in states written before it existed (they are not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator: Option<String>,
+    /// The revision of the issuing operator's record then: a link issued before a disable
+    /// stays dead after a re-enable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator_revision: Option<u64>,
 }
 
 /// An account an installation must belong to (GitHub: organisation or user login and id).
@@ -111,6 +115,10 @@ pub struct ExpectedSite {
     /// expectations written before it existed (they are not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator: Option<String>,
+    /// The revision of that operator's record then: an expectation recorded before a
+    /// disable stays dead after a re-enable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator_revision: Option<u64>,
 }
 
 fn expected_site_key(site: &str) -> String {
@@ -550,6 +558,7 @@ mod tests {
             issued_at: None,
             governance: None,
             creator: None,
+            creator_revision: None,
         }
     }
 

@@ -25,6 +25,10 @@ pub struct IntakeLink {
     pub fields: Vec<String>,
     /// The operator who created the link.
     pub creator: String,
+    /// The revision of that operator's record then: a link made before a disable stays dead
+    /// after a re-enable (absent on links made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator_revision: Option<u64>,
     /// Creation time, RFC 3339.
     pub created_at: String,
     /// Expiry, Unix seconds.
