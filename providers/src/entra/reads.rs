@@ -82,7 +82,10 @@ impl EntraApp {
                 return Ok(items);
             };
             let (v, _) = self.get_json(&u, token, budget, what).await?;
-            let (page, next) = page_of(v, base);
+            let (page, next) = page_of(v, base).map_err(|m| ProviderError::Unavailable {
+                message: format!("{what}: {m}"),
+                upstream_request_id: None,
+            })?;
             items.extend(page);
             url = next;
         }
@@ -228,18 +231,21 @@ impl EntraApp {
 /// The items of one page of a paged ARM or Graph answer, and the next page's URL: followed
 /// only on `base` (a next page elsewhere would send our token there). Never panics on any
 /// input (fuzzed).
-pub fn page_of(mut v: Value, base: &str) -> (Vec<Value>, Option<String>) {
+///
+/// # Errors
+/// When the answer has no `value` list: read as an empty page, it would pass every check
+/// made over the items (no role held, no subscription seen).
+pub fn page_of(mut v: Value, base: &str) -> Result<(Vec<Value>, Option<String>), String> {
     let next = v
         .get("nextLink")
         .or_else(|| v.get("@odata.nextLink"))
         .and_then(Value::as_str)
         .filter(|n| n.starts_with(&format!("{base}/")))
         .map(str::to_owned);
-    let items = match v.get_mut("value").map(Value::take) {
-        Some(Value::Array(items)) => items,
-        _ => Vec::new(),
-    };
-    (items, next)
+    match v.get_mut("value").map(Value::take) {
+        Some(Value::Array(items)) => Ok((items, next)),
+        _ => Err("the answer has no value list".into()),
+    }
 }
 
 /// The role definition ids (lower-case GUIDs, each once) the role assignments `items` give

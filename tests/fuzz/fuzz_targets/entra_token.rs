@@ -25,11 +25,12 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let _ = issuer_tenant(&text, &hosts);
-    // The answer as it came; the input as a token's claims inside a well-formed answer (the
-    // first two bytes its `expires_in`); and the next eight bytes as the token's `exp`.
+    // The answer as it came; then the input as a token's claims inside a well-formed answer
+    // (the first four bytes its `expires_in`), and the next eight bytes as the token's `exp`:
+    // there, what may be accepted is known.
     let byte = |i: usize| data.get(i).copied().unwrap_or(0);
-    let expires_in = u16::from_le_bytes([byte(0), byte(1)]);
-    let exp = i64::from_le_bytes(std::array::from_fn(|i| byte(i + 2)));
+    let expires_in = u32::from_le_bytes(std::array::from_fn(byte));
+    let exp = i64::from_le_bytes(std::array::from_fn(|i| byte(i + 4)));
     let answer = |claims: &[u8]| {
         serde_json::json!({
             "token_type": "Bearer",
@@ -38,17 +39,21 @@ fuzz_target!(|data: &[u8]| {
         })
         .to_string()
     };
-    let wrapped = answer(data.get(2..).unwrap_or_default());
+    check_answer(data, None);
+    check_answer(
+        answer(data.get(4..).unwrap_or_default()).as_bytes(),
+        Some((expires_in, None)),
+    );
     let with_exp = answer(serde_json::json!({ "exp": exp }).to_string().as_bytes());
-    for answer in [data, wrapped.as_bytes(), with_exp.as_bytes()] {
-        check_answer(answer);
-    }
+    check_answer(with_exp.as_bytes(), Some((expires_in, Some(exp))));
     let e = parse_error(data);
     assert!(e.description.chars().count() <= 200);
 });
 
-/// Whatever is accepted is a token a worker can carry as it is, within its lifetime bounds.
-fn check_answer(data: &[u8]) {
+/// Whatever is accepted is a token a worker can carry as it is, within its lifetime bounds;
+/// with `known` (`expires_in` and the token's `exp`), within those too.
+fn check_answer(data: &[u8], known: Option<(u32, Option<i64>)>) {
+    let before = time::OffsetDateTime::now_utc();
     if let Ok(answer) = read_token_answer(data, None) {
         // A token handed out goes into a worker's Authorization header as it is, and expires
         // within a day but not within the next 30 s.
@@ -58,7 +63,15 @@ fn check_answer(data: &[u8]) {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=')));
         let now = time::OffsetDateTime::now_utc();
-        assert!(answer.expires_at > now + time::Duration::seconds(29));
-        assert!(answer.expires_at <= now + time::Duration::seconds(86_401));
+        assert!(answer.expires_at > before + time::Duration::seconds(30));
+        assert!(answer.expires_at <= now + time::Duration::seconds(86_400));
+        if let Some((expires_in, exp)) = known {
+            // Entra's documented range, and never past the token's own end.
+            assert!((60..=86_400).contains(&expires_in), "{expires_in}");
+            assert!(answer.expires_at <= now + time::Duration::seconds(i64::from(expires_in)));
+            if let Some(exp) = exp {
+                assert!(answer.expires_at.unix_timestamp() <= exp);
+            }
+        }
     }
 }
