@@ -431,6 +431,20 @@ async fn links_of_a_disabled_operator_are_dead() {
     assert_eq!(get(&mut public, &ours).await.status, 200);
 }
 
+/// A link made while no operator was registered yet (an upgrade from a release without
+/// operator records) records its creator's revision as the one their record starts at: once
+/// operators are registered, a disable and re-enable of that creator kill it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_made_before_operators_were_registered_die_with_a_disable() {
+    let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
+    let (early, _) = create_link(&mut op, 3600).await;
+    let mut op2 = register_operator(&mut op, &pki, &daemon.url, "op2").await;
+    assert_eq!(get(&mut public, &early).await.status, 200);
+    set_operator(&mut op2, "op", "disable").await;
+    set_operator(&mut op2, "op", "enable").await;
+    assert_eq!(get(&mut public, &early).await.status, 404);
+}
+
 /// A link acts for its creator to the end: a creator disabled while a submission's probe
 /// runs at the source system does not get the secret promoted — the link answers as dead,
 /// the refusal is audited, the binding keeps no active version, and the pending version is

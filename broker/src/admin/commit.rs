@@ -93,7 +93,19 @@ impl AdminService {
                 StoreError::Precondition { .. } => "nothing was written",
                 _ => "its outcome is unknown until the store is checked",
             };
-            let err = store_err(e);
+            // An operator record changed between the check and the commit (a disable on
+            // another replica): the actor or the issuer may no longer act.
+            let err = match e {
+                StoreError::Precondition { table, key, .. }
+                    if table == crate::store::Table::Operators.name() =>
+                {
+                    ApiError::new(
+                        ErrorCode::OperatorRequired,
+                        format!("operator {key} was disabled or changed while this change was under way"),
+                    )
+                }
+                e => store_err(e),
+            };
             event.outcome = "failed".into();
             event.error_code = Some(err.code.as_str().to_owned());
             event.detail = Some(format!(
@@ -166,10 +178,12 @@ impl AdminService {
     /// # Errors
     /// `operator_required` for an operator no longer active; a store error.
     pub(super) async fn issuer_now(&self, actor: &str) -> Result<Issuer, ApiError> {
+        // While no operator is registered yet, revision 0: the record the operator gets
+        // when registered (a later disable and re-enable still kill what they issued now).
         let revision = match actor.strip_prefix("operator:") {
             Some(name) => {
                 let name = crate::ids::OperatorId::parse(name).map_err(ApiError::bad_request)?;
-                self.standing(&name).await?.map(|r| r.value.revision)
+                Some(self.standing(&name).await?.map_or(0, |r| r.value.revision))
             }
             None => None,
         };

@@ -560,14 +560,15 @@ impl AdminService {
                 match promoted {
                     Ok(_) => {
                         // A binding waiting for its first secret is activated by its probe.
+                        // The activation, too, acts for the link's creator.
                         if binding.status == crate::model::Status::PendingActivation {
-                            let _ = self
-                                .probe_binding(
-                                    &link.binding,
-                                    Self::intake_event(&link, request_id, "binding.probe"),
-                                    Instant::now(),
-                                )
-                                .await;
+                            let issuer = Some((link.creator.clone(), link.creator_revision));
+                            let probe = self.probe_binding(
+                                &link.binding,
+                                Self::intake_event(&link, request_id, "binding.probe"),
+                                Instant::now(),
+                            );
+                            let _ = Self::on_behalf_of(issuer, probe).await;
                         }
                         pages::result(true, "", 0)
                     }
