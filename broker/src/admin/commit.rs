@@ -95,16 +95,14 @@ impl AdminService {
             };
             // An operator record changed between the check and the commit (a disable on
             // another replica): the actor or the issuer may no longer act.
-            let err = match e {
-                StoreError::Precondition { table, key, .. }
-                    if table == crate::store::Table::Operators.name() =>
-                {
-                    ApiError::new(
-                        ErrorCode::OperatorRequired,
-                        format!("operator {key} was disabled or changed while this change was under way"),
-                    )
-                }
-                e => store_err(e),
+            let err = match e.changed_operator() {
+                Some(name) => ApiError::new(
+                    ErrorCode::OperatorRequired,
+                    format!(
+                        "operator {name} was disabled or changed while this change was under way"
+                    ),
+                ),
+                None => store_err(e),
             };
             event.outcome = "failed".into();
             event.error_code = Some(err.code.as_str().to_owned());

@@ -209,6 +209,19 @@ pub enum StoreError {
     Backend(String),
 }
 
+impl StoreError {
+    /// The operator whose record a failed precondition required unchanged, if that is what
+    /// failed (a disable on another replica between the read and the commit).
+    pub fn changed_operator(&self) -> Option<&str> {
+        match self {
+            StoreError::Precondition { table, key, .. } if *table == Table::Operators.name() => {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The tables a change touched, as reported to [`ChangeHook`]s: exact for this process's own
 /// commits, every table for a change another process made (a backend shared by several
 /// brokers learns that something changed, not what).
