@@ -9,6 +9,12 @@ pub fn is_printable(v: &str, max: usize) -> bool {
     !v.is_empty() && v.len() <= max && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Upstream text as an error message, a log line or an audit record may quote it: control
+/// characters (line breaks, escapes) dropped, at most `max` characters.
+pub fn quoted(v: &str, max: usize) -> String {
+    v.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
 /// Whether every byte of `v` is one a compact JWT is made of (base64url, `.`, padding): a
 /// token handed out as it is goes into a worker's `Authorization` header, so no segment may
 /// carry a space or a line break.

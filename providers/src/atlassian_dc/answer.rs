@@ -9,15 +9,13 @@ use serde_json::Value;
 /// characters with control characters dropped, `?` when it names none.
 pub fn pat_user(body: &[u8]) -> String {
     let me: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let user: String = me
-        .get("name")
-        .or_else(|| me.get("username"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(100)
-        .collect();
+    let user = crate::quoted(
+        me.get("name")
+            .or_else(|| me.get("username"))
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        100,
+    );
     if user.is_empty() {
         "?".to_owned()
     } else {

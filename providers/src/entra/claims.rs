@@ -69,12 +69,7 @@ pub fn parse_consent_query(query: &str) -> Result<ConsentCallback, String> {
     let state = state
         .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
         .ok_or("state is missing or malformed")?;
-    let printable = |s: String| -> String {
-        s.chars()
-            .filter(|c| !c.is_control())
-            .take(300)
-            .collect::<String>()
-    };
+    let printable = |s: String| crate::quoted(&s, 300);
     let error = error.map(|e| (printable(e), printable(description.unwrap_or_default())));
     let tenant = match tenant {
         Some(t) => Some(guid(&t).ok_or("tenant is not a tenant GUID")?),
@@ -299,17 +294,16 @@ pub fn parse_error(body: &[u8]) -> AadError {
             codes.extend(digits.parse::<u32>().ok());
         }
     }
-    let description = description
-        .split(" Trace ID:")
-        .next()
-        .unwrap_or("")
-        .split(['\r', '\n'])
-        .next()
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
+    let description = crate::quoted(
+        description
+            .split(" Trace ID:")
+            .next()
+            .unwrap_or("")
+            .split(['\r', '\n'])
+            .next()
+            .unwrap_or(""),
+        200,
+    );
     let trace_id = Some(text("trace_id").to_owned()).filter(|t| {
         !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
     });

@@ -47,7 +47,7 @@ impl EntraApp {
                 .and_then(|v| {
                     v.pointer("/error/message")
                         .and_then(Value::as_str)
-                        .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect())
+                        .map(|s| crate::quoted(s, 200))
                 })
                 .unwrap_or_else(|| parse_error(&body).description);
             return Err(if status == 429 || status >= 500 {

@@ -36,7 +36,7 @@ fn token_text(v: Option<&Value>) -> Option<&str> {
 
 /// Printable, bounded text of an upstream message (never a secret: Google's error texts).
 fn clean(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(300).collect()
+    crate::quoted(s, 300)
 }
 
 fn denied(message: String, trust_broken: bool) -> ProviderError {

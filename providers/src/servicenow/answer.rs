@@ -58,7 +58,7 @@ pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, String> {
     let scope = v
         .get("scope")
         .and_then(Value::as_str)
-        .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect());
+        .map(|s| crate::quoted(s, 200));
     Ok(TokenAnswer {
         access_token: SecretString::from(token.to_owned()),
         scope,
@@ -108,7 +108,7 @@ pub fn token_or_error(a: &Answer, instance: &str) -> Result<TokenAnswer, Provide
         s => Err(denied(
             format!(
                 "ServiceNow HTTP {s} for the token request ({})",
-                error_field().chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect::<String>()
+                crate::quoted(&error_field(), 64)
             ),
             a.request_id.clone(),
         )),

@@ -308,7 +308,7 @@ impl Probe for ServiceNow {
                     // Quoted as printable text: a role name is the instance's to choose.
                     beyond
                         .iter()
-                        .map(|r| r.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>())
+                        .map(|r| crate::quoted(r, 100))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
