@@ -156,10 +156,7 @@ impl AdminService {
                 format!("operator {name} was disabled or changed after this request was admitted"),
             ));
         }
-        let mut guarded = Batch::new();
-        guarded.expect_unchanged(&read);
-        guarded.ops.extend(batch.ops);
-        Ok(guarded)
+        Ok(guarded(&read, batch))
     }
 
     /// Runs `work` on behalf of `issuer` (see [`ON_BEHALF_OF`]).
@@ -236,10 +233,7 @@ impl AdminService {
                 format!("operator {name} was disabled after issuing it"),
             ));
         }
-        let mut guarded = Batch::new();
-        guarded.expect_unchanged(&read);
-        guarded.ops.extend(batch.ops);
-        Ok(guarded)
+        Ok(guarded(&read, batch))
     }
 
     /// Whether operator `name` may administer now.
@@ -273,4 +267,12 @@ impl AdminService {
             )),
         }
     }
+}
+
+/// `batch`, committed only while the operator record `read` is unchanged.
+fn guarded(read: &Stored<Operator>, batch: Batch) -> Batch {
+    let mut guarded = Batch::new();
+    guarded.expect_unchanged(read);
+    guarded.ops.extend(batch.ops);
+    guarded
 }
