@@ -87,6 +87,9 @@ pub struct EntraState {
     /// Only the federated credential authenticates: secrets and certificates are refused
     /// as if the app held none.
     pub require_federated: Mutex<bool>,
+    /// A broken or hostile upstream: ARM and Graph list answers come back without their
+    /// `value` list (`{}` with the paging fields only).
+    pub lists_without_value: Mutex<bool>,
     /// Azure RBAC role assignments: (scope, principal object id, role definition GUID).
     pub role_assignments: Mutex<Vec<(String, String, String)>>,
     signing: AppKey,
@@ -510,6 +513,12 @@ impl EntraState {
             ),
             _ => (404, json!({"error": "not_found"})),
         };
+        let mut value = value;
+        if *self.lists_without_value.lock().unwrap() {
+            if let Some(o) = value.as_object_mut() {
+                o.remove("value");
+            }
+        }
         Response::builder()
             .status(status)
             .header("content-type", "application/json; charset=utf-8")
@@ -533,6 +542,7 @@ impl FakeEntra {
             requests: Mutex::new(Vec::new()),
             federated: Mutex::new(None),
             require_federated: Mutex::new(false),
+            lists_without_value: Mutex::new(false),
             role_assignments: Mutex::new(Vec::new()),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),

@@ -842,6 +842,19 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         ARM
     );
     assert!(v["details"]["roles"].is_null());
+    // A malicious upstream answering the role-assignment read without its list: not read as
+    // "no roles held", the probe cannot pass.
+    *env.entra.state.lists_without_value.lock().unwrap() = true;
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!(code(&v), "provider_unavailable", "{s} {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no value list"),
+        "{v}"
+    );
+    *env.entra.state.lists_without_value.lock().unwrap() = false;
     // A role on a subscription the binding does not declare (its roles there unchecked):
     // refused.
     let other = "/subscriptions/55555555-6666-4777-8888-999999999999";
