@@ -167,6 +167,16 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     "201",
                 ),
                 AdminEndpoint::IntakeLink => ("Revoke an intake link.", None, "200"),
+                AdminEndpoint::OnboardingLinks => (
+                    "List the install links (GitHub, Entra) and Atlassian site expectations still out, with their status (never a link's state).",
+                    None,
+                    "200",
+                ),
+                AdminEndpoint::OnboardingLink => (
+                    "Revoke an install link (il_…) or a site expectation (es_…).",
+                    None,
+                    "200",
+                ),
                 AdminEndpoint::SecretSelfRotate => (
                     "Let the current secret create its successor upstream (Data Center PAT): stored pending, probed, promoted, the old one revoked upstream.",
                     None,

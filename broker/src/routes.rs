@@ -73,6 +73,10 @@ pub enum AdminEndpoint {
     IntakeLinks,
     /// `/v1/admin/intake/{id}`: revoke one.
     IntakeLink,
+    /// `/v1/admin/onboarding-links`: the install links and site expectations still out.
+    OnboardingLinks,
+    /// `/v1/admin/onboarding-links/{id}`: revoke one.
+    OnboardingLink,
     /// `/v1/admin/onboard/{provider}`
     Onboard,
     /// `/v1/admin/keys/{provider}`: list, add.
@@ -223,6 +227,16 @@ pub const MTLS: &[Route] = &[
     route("/v1/admin/onboard/{provider}", E::Admin(A::Onboard), POST),
     route("/v1/admin/intake", E::Admin(A::IntakeLinks), GET_POST),
     route("/v1/admin/intake/{id}", E::Admin(A::IntakeLink), DELETE),
+    route(
+        "/v1/admin/onboarding-links",
+        E::Admin(A::OnboardingLinks),
+        GET,
+    ),
+    route(
+        "/v1/admin/onboarding-links/{id}",
+        E::Admin(A::OnboardingLink),
+        DELETE,
+    ),
     route("/v1/admin/unclaimed", E::Admin(A::Unclaimed), GET),
     route(
         "/v1/admin/unclaimed/claim",

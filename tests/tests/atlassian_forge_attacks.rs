@@ -709,3 +709,63 @@ async fn a_disabled_operators_expectation_binds_nothing() {
         );
     }
 }
+
+/// An operator lists the site expectations still out and revokes one: the revoked site's
+/// first invocation binds nothing (kept unclaimed, as any unexpected site), the other is
+/// bound as expected, and the revocation is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_expectation_binds_nothing() {
+    let mut env = start().await;
+    for (tenant, cloud_id) in [("t1", ACME), ("t2", STRAY)] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/onboard/atlassian_forge",
+            Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": tenant, "account": {"login": cloud_id, "id": 0}})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    assert_eq!(s, 200, "{v}");
+    let links = v["onboarding_links"].as_array().unwrap();
+    assert_eq!(links.len(), 2, "{v}");
+    let stray_site = format!("atlassian_site:{STRAY}");
+    let revoked = links
+        .iter()
+        .find(|l| l["site"] == stray_site.as_str())
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(revoked["kind"], "expected_site", "{v}");
+    assert_eq!(revoked["tenant"], "t2", "{v}");
+    assert_eq!(revoked["status"], "live", "{v}");
+    let id = revoked["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("es_"), "{id}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::DELETE,
+        &format!("/v1/admin/onboarding-links/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["site"], stray_site.as_str(), "{v}");
+
+    let (s, v) = env.trigger(&stray(), &system_token(now() + 2 * HOUR)).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
+    assert!(
+        env.binding_for(STRAY).await.is_none(),
+        "bound after revocation"
+    );
+    let (s, v) = env.trigger(&acme(), &system_token(now() + 2 * HOUR)).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(env.binding_for(ACME).await.is_some(), "the other site: {v}");
+    assert!(env
+        .daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "onboarding.revoke"
+            && r["tenant"] == "t2"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&stray_site))));
+}

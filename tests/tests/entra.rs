@@ -978,3 +978,78 @@ async fn a_federated_credential_without_an_issuer_issues_no_link() {
     .await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// "One live link per customer tenant GUID" holds while the other tenant's link can still
+/// complete: once it is revoked (`onboard revoke`), or its issuer is disabled, another
+/// tenant's onboarding of that GUID is no longer refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant() {
+    let mut env = start().await;
+    let url = env.daemon.url.clone();
+    let onboard_t1 = |guid: &str| json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": guid, "id": 0}});
+    // t2's link for ACME, revoked.
+    let state = onboard(&mut env.op, "t2", ACME).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(onboard_t1(ACME)),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    assert!(!v.to_string().contains(&state), "a state listed: {v}");
+    let links = v["onboarding_links"].as_array().unwrap();
+    assert_eq!(links.len(), 1, "{v}");
+    assert_eq!(links[0]["account"]["login"], ACME, "{v}");
+    assert_eq!(links[0]["provider"], "entra_multi_tenant", "{v}");
+    let id = links[0]["id"].as_str().unwrap();
+    let (s, v) = call(
+        &mut env.op,
+        Method::DELETE,
+        &format!("/v1/admin/onboarding-links/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(onboard_t1(ACME)),
+    )
+    .await;
+    assert_eq!(s, 200, "a revoked link still blocks: {v}");
+    // The revoked link neither opens nor completes.
+    let (s, _, _) = open_link(&mut env.public, &state).await;
+    assert_eq!(s, 403, "a revoked link was opened");
+
+    // t2's link for GLOBEX, from an operator disabled since: dead, it blocks nobody.
+    let mut op2 = register_operator(&mut env.op, &env.pki, &url, "op2").await;
+    let _dead = onboard(&mut op2, "t2", GLOBEX).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(onboard_t1(GLOBEX)),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    set_operator(&mut env.op, "op2", "disable").await;
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let dead = v["onboarding_links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["tenant"] == "t2" && l["status"] == "dead")
+        .count();
+    assert_eq!(dead, 1, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(onboard_t1(GLOBEX)),
+    )
+    .await;
+    assert_eq!(s, 200, "a dead link still blocks: {v}");
+}

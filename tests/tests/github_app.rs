@@ -3066,3 +3066,123 @@ async fn disabled_during(env: &mut Env, op2: &mut BrokerClient, code: &str) -> (
     set_operator(&mut env.op, "op2", "disable").await;
     back.await.unwrap()
 }
+
+/// An operator lists the install links still out and revokes one: the listing and the audit
+/// log never hold a state, a revoked link neither opens nor completes (opened or not), the
+/// other link still works, and a disabled issuer's link is listed as dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_and_revokes_install_links() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let url = env.daemon.url.clone();
+    let kept = state_for(&mut env.op, "t1").await;
+    let opened = state_for(&mut env.op, "t1").await;
+    let unopened = state_for(&mut env.op, "t2").await;
+    let (_, cookie, _) = open_link(&mut env.public, &opened).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    let mut op2 = register_operator(&mut env.op, &env.pki, &url, "op2").await;
+    let dead = state_for(&mut op2, "t2").await;
+    set_operator(&mut env.op, "op2", "disable").await;
+
+    let list = |v: &Value| v["onboarding_links"].as_array().unwrap().clone();
+    let (s, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    assert_eq!(s, 200, "{v}");
+    for state in [&kept, &opened, &unopened, &dead] {
+        assert!(
+            !v.to_string().contains(state.as_str()),
+            "a state listed: {v}"
+        );
+    }
+    let links = list(&v);
+    assert_eq!(links.len(), 4, "{v}");
+    for l in &links {
+        assert_eq!(l["kind"], "install_link", "{l}");
+        assert_eq!(l["provider"], "github_app", "{l}");
+        assert!(l["id"].as_str().unwrap().starts_with("il_"), "{l}");
+        assert!(l["expires_at"].as_str().is_some(), "{l}");
+    }
+    let id_where = |pred: &dyn Fn(&Value) -> bool| -> String {
+        let found: Vec<&Value> = links.iter().filter(|l| pred(l)).collect();
+        assert_eq!(found.len(), 1, "{links:?}");
+        found[0]["id"].as_str().unwrap().to_owned()
+    };
+    let opened_id = id_where(&|l| l["opens"] == 1);
+    let unopened_id = id_where(&|l| l["tenant"] == "t2" && l["status"] == "live");
+    let dead_id = id_where(&|l| l["status"] == "dead");
+    assert!(links
+        .iter()
+        .any(|l| l["tenant"] == "t1" && l["account"]["login"] == "acme-org"));
+
+    // A worker certificate administers nothing.
+    let mut w1 = env.w1();
+    let (s, v) = call(
+        &mut w1,
+        Method::DELETE,
+        &format!("/v1/admin/onboarding-links/{unopened_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+
+    for id in [&opened_id, &unopened_id, &dead_id] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::DELETE,
+            &format!("/v1/admin/onboarding-links/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["revoked"], id.as_str(), "{v}");
+    }
+    // Revoked: not opened, and the customer's return through the opened one binds nothing.
+    let (s, _, location) = open_link(&mut env.public, &unopened).await;
+    assert_eq!((s, location), (403, None), "a revoked link was opened");
+    env.gh.authorize("code-revoked", &[1001]);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={opened}&code=code-revoked"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert!(
+        !b.to_string().contains("github-app-1001"),
+        "bound through a revoked link: {b}"
+    );
+    // Once revoked, an id names nothing; nor does a malformed one.
+    // (The state itself is no id: an id is a digest of it.)
+    let upper = opened_id.to_uppercase().replace("IL_", "il_");
+    for id in [opened_id.clone(), "il_zz".into(), upper, kept.clone()] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::DELETE,
+            &format!("/v1/admin/onboarding-links/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!((s, code(&v)), (404, "unknown_record"), "{id}: {v}");
+    }
+    // The link not revoked still works, and is all that is listed.
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    assert_eq!(list(&v).len(), 1, "{v}");
+    let (s, _, location) = open_link(&mut env.public, &kept).await;
+    assert_eq!(s, 302, "the link left out was revoked too");
+    assert!(location.is_some());
+
+    // Audited with the link's id and tenant, never its state.
+    let records = env.daemon.audit_records();
+    let revocations: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"] == "onboarding.revoke" && r["outcome"] == "allowed")
+        .collect();
+    assert_eq!(revocations.len(), 3, "{revocations:?}");
+    assert!(revocations
+        .iter()
+        .any(|r| r["tenant"] == "t1" && r["detail"].as_str().unwrap().contains(&opened_id)));
+    let log = audit_log_text(&env.daemon.data_dir);
+    for state in [&kept, &opened, &unopened, &dead] {
+        assert!(!log.contains(state.as_str()), "a state in the audit log");
+    }
+}

@@ -65,6 +65,7 @@ fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
         &["binding", "list"],
         &["operator", "list"],
         &["intake", "list"],
+        &["onboard", "links"],
         &["unclaimed", "list"],
         &["inventory"],
         &["webhook-secret", "show", "demo-instance"],

@@ -328,10 +328,23 @@ impl AdminService {
                     .live_links_pinning(provider.id(), &pin.login, now)
                     .await
                     .map_err(store_err)?;
-                if others.iter().any(|t| t != tenant.as_str()) {
+                // A link whose issuer may no longer act (disabled, removed, or re-enabled
+                // since) can complete nothing: it blocks nobody.
+                let mut blocking = false;
+                for other in others.iter().filter(|s| s.tenant != tenant.as_str()) {
+                    match self
+                        .issuer_may_act(other.creator.as_deref(), other.creator_revision)
+                        .await
+                    {
+                        Ok(()) => blocking = true,
+                        Err(e) if e.code == ErrorCode::OperatorRequired => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if blocking {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
-                        format!("an install link for {identifier} is already out for another tenant: it must expire (or be used) first"),
+                        format!("an install link for {identifier} is already out for another tenant: it must expire, be used or be revoked (credbroker onboard links, onboard revoke ID) first"),
                     ));
                 }
             }

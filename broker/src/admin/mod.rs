@@ -43,6 +43,7 @@ mod secret_body;
 pub use records::BindingDetail;
 mod intake;
 mod issuer_keys;
+mod outstanding;
 mod secrets;
 mod self_rotation;
 mod unclaimed;
@@ -551,6 +552,8 @@ impl AdminService {
             AdminOp::IntakeCreate(n) => self.plan_intake_create(n).await,
             AdminOp::IntakeList => self.plan_intake_list().await,
             AdminOp::IntakeRevoke(id) => self.plan_intake_revoke(&id).await,
+            AdminOp::OnboardingList => self.plan_onboarding_list().await,
+            AdminOp::OnboardingRevoke(id) => self.plan_onboarding_revoke(&id).await,
             AdminOp::SecretSelfRotate(_) => Err(ApiError::new(
                 ErrorCode::Internal,
                 "self-rotation is not a single plan",

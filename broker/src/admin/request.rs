@@ -234,6 +234,10 @@ pub enum AdminOp {
     IntakeList,
     /// Revoke an intake link by id.
     IntakeRevoke(String),
+    /// List the install links and site expectations still out.
+    OnboardingList,
+    /// Revoke an install link or site expectation by id (`il_…`, `es_…`).
+    OnboardingRevoke(String),
     /// Destroy every version (None) or one version of a binding's secret; the active
     /// version only when forced (`?force=true`).
     SecretDestroy(String, Option<u32>, bool),
@@ -310,6 +314,8 @@ impl AdminOp {
             AdminOp::IntakeCreate(..) => "intake.create".into(),
             AdminOp::IntakeList => "intake.list".into(),
             AdminOp::IntakeRevoke(..) => "intake.revoke".into(),
+            AdminOp::OnboardingList => "onboarding.list".into(),
+            AdminOp::OnboardingRevoke(..) => "onboarding.revoke".into(),
             AdminOp::SecretDestroy(..) => "secret.destroy".into(),
             AdminOp::Probe(_) => "binding.probe".into(),
             AdminOp::Onboard(p, ..) => format!("onboard.{p}"),
@@ -336,6 +342,7 @@ impl AdminOp {
                 | AdminOp::Show(..)
                 | AdminOp::KeysList(_)
                 | AdminOp::IntakeList
+                | AdminOp::OnboardingList
                 | AdminOp::IssuerKeysList
                 | AdminOp::IssuerJwks
         ) || matches!(self, AdminOp::Governance(g) if g.is_read())
@@ -472,6 +479,8 @@ pub fn parse_admin_request(
         AdminEndpoint::IntakeLinks if *method == Method::GET => Ok(AdminOp::IntakeList),
         AdminEndpoint::IntakeLinks => Ok(AdminOp::IntakeCreate(parse_body(body)?)),
         AdminEndpoint::IntakeLink => Ok(AdminOp::IntakeRevoke(param("id"))),
+        AdminEndpoint::OnboardingLinks => Ok(AdminOp::OnboardingList),
+        AdminEndpoint::OnboardingLink => Ok(AdminOp::OnboardingRevoke(param("id"))),
         AdminEndpoint::SecretPromote => Ok(AdminOp::SecretPromote(param("id"), version("secret")?)),
         AdminEndpoint::SecretVersion => Ok(AdminOp::SecretDestroy(
             param("id"),

@@ -103,7 +103,8 @@ enum Command {
     Operator(RecordCmd<OperatorAdd>),
     /// Register an operator offline, audited (the daemon stopped): the first operator.
     BootstrapOperator(offline::BootstrapOperatorArgs),
-    /// Start onboarding a tenant with a federated provider: prints what the customer runs.
+    /// Start onboarding a tenant with a federated provider: prints what the customer runs;
+    /// list (`links`) or revoke the install links and site expectations still out.
     #[command(subcommand)]
     Onboard(Onboard),
     /// Worker-side helpers that resolve through the broker with a worker certificate.

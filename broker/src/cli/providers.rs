@@ -152,9 +152,20 @@ impl Subcommand for BindingAdd {
     }
 }
 
+/// `credbroker onboard <provider> --tenant T`, `onboard links`, `onboard revoke ID`.
+#[derive(Debug, Clone)]
+pub enum Onboard {
+    /// Start onboarding a tenant with a provider.
+    Provider(OnboardProvider),
+    /// List the install links and site expectations still out.
+    Links(Conn),
+    /// Revoke one (`il_…`, `es_…`).
+    Revoke(String, Conn),
+}
+
 /// `credbroker onboard <provider> --tenant T`.
 #[derive(Debug, Clone)]
-pub struct Onboard {
+pub struct OnboardProvider {
     provider: &'static str,
     tenant: String,
     account: Option<(String, u64)>,
@@ -168,6 +179,14 @@ impl FromArgMatches for Onboard {
         let (name, m) = matches
             .subcommand()
             .ok_or_else(|| clap::Error::new(ErrorKind::MissingSubcommand))?;
+        match name {
+            "links" => return Ok(Onboard::Links(Conn::from_arg_matches(m)?)),
+            "revoke" => {
+                let id = m.get_one::<String>("id").cloned().unwrap_or_default();
+                return Ok(Onboard::Revoke(id, Conn::from_arg_matches(m)?));
+            }
+            _ => {}
+        }
         let d = by_cli_name(name)
             .filter(|d| d.cli.onboard.is_some())
             .ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
@@ -185,14 +204,14 @@ impl FromArgMatches for Onboard {
             },
             OnboardPin::None => None,
         };
-        Ok(Onboard {
+        Ok(Onboard::Provider(OnboardProvider {
             provider: d.id,
             tenant: m.get_one::<String>("tenant").cloned().unwrap_or_default(),
             account,
             owner: m.get_one::<String>("owner").cloned(),
             purpose: m.get_one::<String>("purpose").cloned(),
             conn: Conn::from_arg_matches(m)?,
-        })
+        }))
     }
 
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
@@ -249,6 +268,25 @@ impl Subcommand for Onboard {
             // `augment_args` sets the command's about from Conn's doc: set ours after it.
             Some(Conn::augment_args(cmd).about(about))
         }))
+        .subcommand(Conn::augment_args(Command::new("links")).about(
+            "List the install links and Atlassian site expectations still out: id, tenant, \
+             account or site, expiry, issuer, and whether they can still complete \
+             (status live, or dead once their issuer may no longer act).",
+        ))
+        .subcommand(
+            Conn::augment_args(
+                Command::new("revoke").arg(
+                    Arg::new("id")
+                        .value_name("ID")
+                        .required(true)
+                        .help("The link's id (il_… or es_…, from `onboard links`)."),
+                ),
+            )
+            .about(
+                "Revoke an install link (il_…) or a site expectation (es_…): the link no \
+                 longer opens nor completes; the site binds nothing (kept unclaimed).",
+            ),
+        )
         .subcommand_required(true)
     }
 
@@ -257,15 +295,31 @@ impl Subcommand for Onboard {
     }
 
     fn has_subcommand(name: &str) -> bool {
-        by_cli_name(name).is_some_and(|d| d.cli.onboard.is_some())
+        matches!(name, "links" | "revoke")
+            || by_cli_name(name).is_some_and(|d| d.cli.onboard.is_some())
     }
 }
 
-/// Runs `onboard <provider>`.
+/// Runs `onboard <provider>`, `onboard links` or `onboard revoke ID`.
 ///
 /// # Errors
 /// When the broker cannot be reached.
 pub fn run_onboard(o: &Onboard) -> Result<ExitCode, String> {
+    let o = match o {
+        Onboard::Provider(o) => o,
+        Onboard::Links(conn) => return call(conn, Method::GET, "/v1/admin/onboarding-links", None),
+        Onboard::Revoke(id, conn) => {
+            return call(
+                conn,
+                Method::DELETE,
+                &format!(
+                    "/v1/admin/onboarding-links/{}",
+                    super::admin::path_segment(id)?
+                ),
+                None,
+            )
+        }
+    };
     call(
         &o.conn,
         Method::POST,

@@ -168,6 +168,36 @@ pub struct Delivery {
     pub expires_at: i64,
 }
 
+/// An onboarding still out (not consumed, perhaps expired): an install link or a site
+/// expectation, as read for its revocation.
+#[derive(Debug, Clone)]
+pub enum Outstanding {
+    /// An install link's state (never the state itself: its digest names it).
+    InstallLink(Stored<CallbackState>),
+    /// An expected site, with the site's exclusive identifier.
+    ExpectedSite(String, Stored<ExpectedSite>),
+}
+
+/// The id an operator names an outstanding onboarding by (`il_…` for an install link,
+/// `es_…` for a site expectation): a digest of what it is stored under, so neither a listing
+/// nor an audit record holds a state that opens the link. `None` for a key that is neither.
+pub fn outstanding_id(key: &str) -> Option<String> {
+    fn short(bytes: &[u8]) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+        hex::encode(&digest.as_ref()[..12])
+    }
+    if let Some(hashed) = key.strip_prefix("callback-state:sha256-") {
+        // The stored digest's first 12 bytes, as a legacy key's state hashes to.
+        return (hashed.len() == 64 && hashed.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| format!("il_{}", &hashed[..24]));
+    }
+    if let Some(state) = key.strip_prefix("callback-state:") {
+        return Some(format!("il_{}", short(state.as_bytes())));
+    }
+    key.strip_prefix("expected-site:")
+        .map(|site| format!("es_{}", short(site.as_bytes())))
+}
+
 impl Records {
     /// Who holds `identifier`, if anyone.
     ///
@@ -240,9 +270,9 @@ impl Records {
         Ok(None)
     }
 
-    /// Tenants holding an install link of `provider` that is still live at `now` (Unix
-    /// seconds) and pins the account `login` (compared without case): an onboarding of that
-    /// account for another tenant is refused while one is out.
+    /// Install links of `provider` that are still unexpired at `now` (Unix seconds) and pin
+    /// the account `login` (compared without case): an onboarding of that account for
+    /// another tenant is refused while one is out (and its issuer may still act).
     ///
     /// # Errors
     /// On store failure.
@@ -251,7 +281,7 @@ impl Records {
         provider: &str,
         login: &str,
         now: i64,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<CallbackState>, StoreError> {
         let mut out = Vec::new();
         for (_, raw) in self
             .store
@@ -269,8 +299,35 @@ impl Records {
                     .as_ref()
                     .is_some_and(|p| p.login.eq_ignore_ascii_case(login))
             {
-                out.push(state.tenant);
+                out.push(state);
             }
+        }
+        Ok(out)
+    }
+
+    /// Every install link and site expectation still stored (expired ones too, until the
+    /// collector forgets them), as read for a revocation: `(key, record)`.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn outstanding_onboardings(&self) -> Result<Vec<(String, Outstanding)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, raw) in self
+            .store
+            .scan(Table::Identifiers, "callback-state:")
+            .await?
+        {
+            let value: CallbackState = decode(Table::Identifiers, &key, &raw)?;
+            out.push((key, Outstanding::InstallLink(Stored { value, raw })));
+        }
+        for (key, raw) in self
+            .store
+            .scan(Table::Identifiers, "expected-site:")
+            .await?
+        {
+            let value: ExpectedSite = decode(Table::Identifiers, &key, &raw)?;
+            let site = key.trim_start_matches("expected-site:").to_owned();
+            out.push((key, Outstanding::ExpectedSite(site, Stored { value, raw })));
         }
         Ok(out)
     }
@@ -546,6 +603,21 @@ mod tests {
     use super::*;
     use crate::store::sled_store::SledStore;
     use std::sync::Arc;
+
+    #[test]
+    fn an_outstanding_id_is_one_digest_of_a_hashed_or_legacy_state() {
+        let state = "Ab3".repeat(13) + "x";
+        let hashed = callback_state_key(&state);
+        let legacy = legacy_callback_state_key(&state).unwrap();
+        let id = outstanding_id(&hashed).unwrap();
+        assert_eq!(Some(id.clone()), outstanding_id(&legacy));
+        assert!(id.starts_with("il_") && id.len() == 27, "{id}");
+        assert!(!id.contains(&state[..8]), "{id}");
+        let site = outstanding_id(&expected_site_key("atlassian_site:abc")).unwrap();
+        assert!(site.starts_with("es_") && site.len() == 27, "{site}");
+        assert_eq!(outstanding_id("intake:abc"), None);
+        assert_eq!(outstanding_id("callback-state:sha256-zz"), None);
+    }
 
     fn state_record() -> CallbackState {
         CallbackState {

@@ -18,8 +18,8 @@ mod intake;
 
 pub use governance::{LastUseKind, SecretMeta, WebhookScheme, WebhookSecret, WebhookVersion};
 pub use identifiers::{
-    binding_parameter_claim, outlives_binding, AccountPin, CallbackState, Delivery, ExpectedSite,
-    IdentifierOwner, Unclaimed, MAX_UNCLAIMED, UNCLAIMED_TTL_S,
+    binding_parameter_claim, outlives_binding, outstanding_id, AccountPin, CallbackState, Delivery,
+    ExpectedSite, IdentifierOwner, Outstanding, Unclaimed, MAX_UNCLAIMED, UNCLAIMED_TTL_S,
 };
 pub use intake::IntakeLink;
 
