@@ -23,7 +23,7 @@ pub use health::HealthSettings;
 pub use keys::KeySettings;
 pub use limits::Limits;
 pub use public::PublicSettings;
-pub use tls::{TlsSettings, DEFAULT_CRL_CHECK_S};
+pub use tls::{StaleCrl, TlsSettings, DEFAULT_CRL_CHECK_S};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

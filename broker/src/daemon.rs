@@ -68,7 +68,9 @@ fn check_tls_expiry(broker: &Broker, listeners: &[&ReloadableTls]) {
             } else {
                 "certificate expiry"
             };
-            if left < 0 {
+            if left < 0 && d.refused_when_due {
+                tracing::error!(file = d.file, path = %d.path.display(), days_past = -left / 86_400, "CRL next update has passed: every client certificate it checks is refused ([tls] stale_crl = \"refuse\") until a current CRL is in place (the watcher loads it, or run `credbroker reload`)");
+            } else if left < 0 {
                 tracing::error!(file = d.file, path = %d.path.display(), days_past = -left / 86_400, "{what} has passed: renew it and run `credbroker reload`");
             } else if left < EXPIRY_WARN_S {
                 tracing::warn!(file = d.file, path = %d.path.display(), days_left = left / 86_400, "{what} is near: renew it and run `credbroker reload`");

@@ -157,6 +157,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> 
             client_ca: PathBuf::from("pki/ca.crt"),
             crl: None,
             crl_check_interval_s: crate::config::DEFAULT_CRL_CHECK_S,
+            stale_crl: crate::config::StaleCrl::Refuse,
         },
     );
     let config_text = format!(

@@ -161,17 +161,31 @@ impl CertAuthority {
     /// # Errors
     /// When signing fails.
     pub fn crl(&self, serials: &[u64]) -> Result<String, PkiError> {
-        let now = OffsetDateTime::now_utc();
+        self.crl_until(serials, OffsetDateTime::now_utc() + Duration::days(7))
+    }
+
+    /// A CRL revoking `serials` whose next update is `next_update` (issued a day before it,
+    /// or five minutes ago if that is earlier).
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn crl_until(
+        &self,
+        serials: &[u64],
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        let this_update =
+            (OffsetDateTime::now_utc() - Duration::minutes(5)).min(next_update - Duration::days(1));
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(7),
+            this_update,
+            next_update,
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: serials
                 .iter()
                 .map(|s| RevokedCertParams {
                     serial_number: SerialNumber::from(*s),
-                    revocation_time: now - Duration::minutes(1),
+                    revocation_time: this_update,
                     reason_code: None,
                     invalidity_date: None,
                 })

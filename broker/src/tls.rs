@@ -107,6 +107,9 @@ fn server_config_and_verifier(settings: &TlsSettings) -> Result<Built, TlsError>
     );
     if let Some(crl) = &settings.crl {
         verifier = verifier.with_crls(load_crls(crl)?);
+        if settings.stale_crl == crate::config::StaleCrl::Refuse {
+            verifier = verifier.enforce_revocation_expiration();
+        }
     }
     let verifier = verifier
         .build()
@@ -197,6 +200,9 @@ pub struct Deadline {
     pub path: std::path::PathBuf,
     /// Whether it is a CRL (due for its next update) rather than certificates (expiring).
     pub crl: bool,
+    /// For a CRL: whether handshakes it checks are refused once it is past due
+    /// (`[tls] stale_crl = "refuse"`).
+    pub refused_when_due: bool,
     /// Unix seconds of the earliest `notAfter` (certificates) or `nextUpdate` (CRL); `Err`
     /// when it could not be read, `Ok(None)` for a CRL that names no next update.
     pub at: Result<Option<i64>, String>,
@@ -208,6 +214,7 @@ impl Source {
             file,
             path: path.clone(),
             crl: false,
+            refused_when_due: false,
             at: crate::certs::certificates(path).map(|c| c.iter().map(|c| c.not_after).min()),
         };
         match self {
@@ -218,6 +225,7 @@ impl Source {
                         file: "crl",
                         path: path.clone(),
                         crl: true,
+                        refused_when_due: s.stale_crl == crate::config::StaleCrl::Refuse,
                         at: crate::certs::crls(path)
                             .map(|c| c.iter().filter_map(|c| c.next_update).min()),
                     });

@@ -229,6 +229,13 @@ impl TestPki {
         path
     }
 
+    /// Writes `crl.pem` revoking `serials`, due for its next update at `next_update`.
+    pub fn write_crl_until(&self, serials: &[u64], next_update: time::OffsetDateTime) -> PathBuf {
+        let path = self.dir.join("crl.pem");
+        std::fs::write(&path, self.ca.crl_until(serials, next_update).unwrap()).unwrap();
+        path
+    }
+
     fn write(&self, name: &str, cert: &str, key: &str) {
         std::fs::write(self.dir.join(format!("{name}.crt")), cert).unwrap();
         std::fs::write(self.dir.join(format!("{name}.key")), key).unwrap();
@@ -280,6 +287,7 @@ pub fn write_config(
             client_ca: pki.dir.join("ca.crt"),
             crl,
             crl_check_interval_s: credbroker::config::DEFAULT_CRL_CHECK_S,
+            stale_crl: credbroker::config::StaleCrl::Refuse,
         },
     );
     let mut base = base;

@@ -82,6 +82,7 @@ async fn start() -> Env {
             client_ca: unused,
             crl: None,
             crl_check_interval_s: credbroker::config::DEFAULT_CRL_CHECK_S,
+            stale_crl: credbroker::config::StaleCrl::Refuse,
         },
     );
     BrokerKeys::init(&config).unwrap();

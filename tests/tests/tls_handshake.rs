@@ -514,3 +514,76 @@ async fn a_crl_whose_reload_failed_is_tried_again() {
     assert_eq!(crl_failures_logged(&daemon), 1, "reported once");
     daemon.stop();
 }
+
+/// A CRL past its nextUpdate (RFC 5280: revocations made since may be missing from it): with
+/// `[tls] stale_crl` at its default, every client it checks is refused at the handshake —
+/// operators too — until a current CRL is in place, which the watcher loads without a
+/// signal; the daemon says why at start. With `stale_crl = "accept"` it is still used, its
+/// revocations still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_past_its_next_update_refuses_clients_unless_accepted() {
+    let (tmp, pki) = setup();
+    let revoked = pki.worker("revoked");
+    let due = time::OffsetDateTime::now_utc() - time::Duration::minutes(10);
+    let crl = pki.write_crl_until(&[revoked], due);
+    for dir in ["refuse", "accept"] {
+        std::fs::create_dir(tmp.path().join(dir)).unwrap();
+    }
+    let mut daemon = Daemon::start(
+        &tmp.path().join("refuse"),
+        &pki,
+        &DaemonOptions {
+            crl: Some(crl.clone()),
+            extra_toml: "[tls]\ncrl_check_interval_s = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    for who in ["w1", "op", "revoked"] {
+        assert!(
+            refused(&mut pki.client_for(who, &daemon.url)).await,
+            "{who} served under a stale CRL"
+        );
+    }
+    assert!(
+        daemon
+            .logs()
+            .contains("every client certificate it checks is refused"),
+        "{}",
+        daemon.logs()
+    );
+    // A current CRL, published in place: loaded by the watcher, clients back, the revoked
+    // one still out.
+    pki.write_crl(&[revoked]);
+    daemon
+        .wait_log(
+            "the CRL file changed: TLS certificates, client CA and CRL reloaded",
+            1,
+        )
+        .await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
+    assert_eq!(s, 200);
+    assert!(refused(&mut pki.client_for("revoked", &daemon.url)).await);
+    daemon.stop();
+
+    let crl = pki.write_crl_until(&[revoked], due);
+    let mut daemon = Daemon::start(
+        &tmp.path().join("accept"),
+        &pki,
+        &DaemonOptions {
+            crl: Some(crl),
+            extra_toml: "[tls]\nstale_crl = \"accept\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
+    assert_eq!(s, 200, "stale_crl = accept");
+    assert!(refused(&mut pki.client_for("revoked", &daemon.url)).await);
+    assert!(
+        daemon.logs().contains("CRL next update has passed"),
+        "{}",
+        daemon.logs()
+    );
+    daemon.stop();
+}

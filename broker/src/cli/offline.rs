@@ -126,6 +126,7 @@ pub fn local_config(local: &LocalArgs) -> Result<Config, String> {
             client_ca: unused,
             crl: None,
             crl_check_interval_s: crate::config::DEFAULT_CRL_CHECK_S,
+            stale_crl: crate::config::StaleCrl::Refuse,
         },
     ))
 }

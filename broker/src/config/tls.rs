@@ -24,6 +24,28 @@ pub struct TlsSettings {
     /// takes effect within this bound even when nobody signals the daemon.
     #[serde(default = "default_crl_check")]
     pub crl_check_interval_s: u64,
+    /// What a CRL past its `nextUpdate` does: `refuse` (the default) fails every handshake
+    /// it would have checked, as OpenSSL does, so a publisher that stopped (or is kept from)
+    /// publishing cannot leave later revocations unseen; `accept` keeps using it (alerted).
+    #[serde(default, skip_serializing_if = "StaleCrl::is_default")]
+    pub stale_crl: StaleCrl,
+}
+
+/// `[tls] stale_crl`: what a CRL past its `nextUpdate` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaleCrl {
+    /// Client certificates it would check are refused until a current CRL is loaded.
+    #[default]
+    Refuse,
+    /// Still used: revocations it lists hold, later ones are unknown.
+    Accept,
+}
+
+impl StaleCrl {
+    fn is_default(&self) -> bool {
+        *self == StaleCrl::Refuse
+    }
 }
 
 /// `[tls] crl_check_interval_s` unless set.

@@ -231,7 +231,7 @@ fn tls(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
             "tls.crl",
             "none configured (a revoked client certificate is refused only once its operator or worker record is disabled)",
         )),
-        Some(path) => out.push(crl(path, t, now)),
+        Some(path) => out.push(crl(path, config.tls.stale_crl, t, now)),
     }
 }
 
@@ -348,7 +348,7 @@ fn server_certificate(config: &Config, t: Thresholds, now: i64, out: &mut Vec<Fi
     out.push(finding);
 }
 
-fn crl(path: &Path, t: Thresholds, now: i64) -> Finding {
+fn crl(path: &Path, stale: crate::config::StaleCrl, t: Thresholds, now: i64) -> Finding {
     let crls = match crate::certs::crls(path) {
         Ok(c) => c,
         Err(e) => {
@@ -368,9 +368,17 @@ fn crl(path: &Path, t: Thresholds, now: i64) -> Finding {
         Some(n) if n < now => Finding::fail(
             "tls.crl",
             format!(
-                "{} is past its next update ({}): certificates revoked since are not known",
+                "{} is past its next update ({}): {}",
                 path.display(),
-                date(n)
+                date(n),
+                match stale {
+                    crate::config::StaleCrl::Refuse => {
+                        "every client certificate it checks is refused ([tls] stale_crl = \"refuse\")"
+                    }
+                    crate::config::StaleCrl::Accept => {
+                        "certificates revoked since are not known ([tls] stale_crl = \"accept\")"
+                    }
+                }
             ),
             fix,
         ),

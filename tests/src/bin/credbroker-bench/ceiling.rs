@@ -77,6 +77,7 @@ pub async fn serve(pki_dir: PathBuf, log: Option<PathBuf>) {
         client_ca: pki_dir.join("ca.crt"),
         crl: None,
         crl_check_interval_s: credbroker::config::DEFAULT_CRL_CHECK_S,
+        stale_crl: credbroker::config::StaleCrl::Refuse,
     })
     .expect("tls");
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
