@@ -311,23 +311,31 @@ pub async fn run_with_broker(
         tokio::select! {
             _ = expiry.tick() => check_tls_expiry(&broker, &listeners()),
             _ = crl_check.tick(), if watch_crl => {
-                if let Some(file) = tls.crl_changed() {
-                    match tls.reload() {
-                        Ok(()) => {
-                            crl_reported = None;
-                            tracing::info!("the CRL file changed: TLS certificates, client CA and CRL reloaded");
-                            check_tls_expiry(&broker, &listeners());
-                        }
-                        Err(e) if crl_reported.as_ref() != Some(&file) => {
-                            crl_reported = Some(file);
-                            broker.metrics().tls_reload_failures.inc();
-                            tracing::error!(error = %e, "the CRL file changed but does not load; keeping the previous TLS config, trying again at every check");
-                        }
-                        Err(_) => {}
+                // Reading the files and building the TLS config block: done off the runtime's
+                // worker threads, which serve resolves meanwhile.
+                let watched = Arc::clone(&tls);
+                let checked = tokio::task::spawn_blocking(move || {
+                    watched.crl_changed().map(|file| {
+                        let reloaded = watched.reload();
+                        (file, reloaded)
+                    })
+                })
+                .await;
+                match checked {
+                    Ok(Some((_, Ok(())))) => {
+                        crl_reported = None;
+                        tracing::info!("the CRL file changed: TLS certificates, client CA and CRL reloaded");
+                        check_tls_expiry(&broker, &listeners());
                     }
-                } else {
+                    Ok(Some((file, Err(e)))) if crl_reported.as_ref() != Some(&file) => {
+                        crl_reported = Some(file);
+                        broker.metrics().tls_reload_failures.inc();
+                        tracing::error!(error = %e, "the CRL file changed but does not load; keeping the previous TLS config, trying again at every check");
+                    }
+                    Ok(Some((_, Err(_)))) => {}
                     // In force (a SIGHUP loaded it): a failure of that file again is news.
-                    crl_reported = None;
+                    Ok(None) => crl_reported = None,
+                    Err(e) => tracing::error!(error = %e, "the CRL check failed; trying again at the next one"),
                 }
             }
             _ = flush.tick() => {
