@@ -213,6 +213,9 @@ pub enum Fault {
 pub enum Tamper {
     /// `expires_at` ten years away.
     FarExpiry,
+    /// `expires_at` 40 seconds away (a token GitHub issued an hour ago, as a cache would
+    /// hold it near its end).
+    NearExpiry,
     /// The token followed by a line break and a header of the attacker's.
     TokenWithLineBreak,
     /// `repository_selection: "all"` and no repository list, whatever was asked.
@@ -229,6 +232,14 @@ impl Tamper {
     fn apply(self, body: &mut Value, headers: &mut http::HeaderMap) {
         match self {
             Tamper::FarExpiry => body["expires_at"] = json!("2036-01-01T00:00:00Z"),
+            Tamper::NearExpiry => {
+                let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(40);
+                body["expires_at"] = json!(soon
+                    .format(&time::macros::format_description!(
+                        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+                    ))
+                    .unwrap_or_default());
+            }
             Tamper::TokenWithLineBreak => {
                 let token = body["token"].as_str().unwrap_or("").to_owned();
                 body["token"] = json!(format!("{token}\r\nX-Injected: yes"));

@@ -3186,3 +3186,33 @@ async fn an_operator_lists_and_revokes_install_links() {
         assert!(!log.contains(state.as_str()), "a state in the audit log");
     }
 }
+
+/// A cached token with less than a minute left is never handed out, whatever `min_ttl_s` the
+/// worker gave (none here): the worker would get a token that expires during its first call.
+/// The next resolve mints a fresh one; that one is then served from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_about_to_expire_is_not_handed_out() {
+    let mut env = start_full(3600, GENEROUS, Some(CLIENT_ID), "").await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    env.gh
+        .inject("/access_tokens", Fault::Tamper(Tamper::NearExpiry), 1);
+    let (s, first) = resolve_cold(&env, 0).await;
+    // Fresh from GitHub, it is the best there is: handed out.
+    assert_eq!(
+        (s, first["cached"].as_bool()),
+        (200, Some(false)),
+        "{first}"
+    );
+    let minted = mint_requests(&env).len();
+    let (s, v) = resolve_cold(&env, 0).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    assert_ne!(
+        v["credentials"], first["credentials"],
+        "the expiring token served"
+    );
+    assert_eq!(mint_requests(&env).len(), minted + 1, "one fresh mint");
+    let (s, again) = resolve_cold(&env, 0).await;
+    assert_eq!((s, again["cached"].as_bool()), (200, Some(true)), "{again}");
+    assert_eq!(again["credentials"], v["credentials"]);
+}
