@@ -117,6 +117,9 @@ pub struct Faults {
     pub session_token: Option<String>,
     /// A malicious or broken STS: answer with this request id (header and body).
     pub request_id: Option<String>,
+    /// A malicious or broken STS: follow the success answer with this many bytes of
+    /// whitespace (a well-formed answer a parser would accept, if it read that far).
+    pub padding: Option<usize>,
     /// Answer a call whose ExternalId the role does not accept with 403
     /// `RegionDisabledException` instead of AccessDenied (a refusal that says nothing about
     /// the trust policy).

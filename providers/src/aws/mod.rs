@@ -10,6 +10,7 @@
 //! AssumeRole *without* the ExternalId is denied — AWS accepts any ExternalId when a role does
 //! not require one.
 
+mod bounded;
 mod ceiling;
 mod errors;
 pub mod lint;
@@ -32,6 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use bounded::BoundedAnswers;
 pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
 use errors::{assume_error, is_trust_refusal, sdk_error};
 pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
@@ -335,10 +337,11 @@ impl AwsAssumeRole {
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
-        let mut unsigned = aws_sdk_sts::config::Builder::from(&shared);
+        let bounded = || aws_sdk_sts::config::Builder::from(&shared).interceptor(BoundedAnswers);
+        let mut unsigned = bounded();
         unsigned.set_credentials_provider(None);
         Ok(AwsAssumeRole {
-            client: aws_sdk_sts::Client::new(&shared),
+            client: aws_sdk_sts::Client::from_conf(bounded().build()),
             web_client: aws_sdk_sts::Client::from_conf(unsigned.build()),
             settings,
             ceiling,
