@@ -6,7 +6,8 @@
 //! token minted for one subset is never handed to a request for another, a removed and
 //! re-added binding id never receives its predecessor's tokens, and an AWS session whose
 //! RoleSessionName names one instance is never handed to another. A token is served while its
-//! remaining lifetime exceeds the caller's `min_ttl_s`. Concurrent misses for one key share
+//! remaining lifetime exceeds the caller's `min_ttl_s`, and never with a minute or less left
+//! ([`LEAST_REMAINING_S`]). Concurrent misses for one key share
 //! one upstream mint: the first caller spawns it (so it completes even if that caller goes
 //! away), everyone awaits the same shared result. A mint that finishes after an invalidation
 //! it started before is returned to its waiters but never cached. Memory only: nothing here
@@ -82,6 +83,21 @@ struct Entries {
 struct Slot {
     cred: Arc<IssuedCredential>,
     order: (OffsetDateTime, u64),
+    /// The least remaining lifetime this credential is served with, seconds (see
+    /// [`LEAST_REMAINING_S`]).
+    floor_s: u64,
+}
+
+/// The least remaining lifetime, seconds, of a cached credential served whatever `min_ttl_s`
+/// the caller gave (none, usually): one expiring within the worker's first call upstream is
+/// of no use to it. Half the credential's own lifetime when that is shorter, so an upstream
+/// that issues short-lived credentials is still served from the cache.
+pub const LEAST_REMAINING_S: u64 = 60;
+
+/// [`LEAST_REMAINING_S`], or half the lifetime a credential had when it was cached.
+fn floor_for(expires_at: OffsetDateTime, now: OffsetDateTime) -> u64 {
+    let lifetime = u64::try_from((expires_at - now).whole_seconds()).unwrap_or(0);
+    LEAST_REMAINING_S.min(lifetime / 2)
 }
 
 impl Entries {
@@ -127,8 +143,13 @@ impl TokenCache {
 
     fn lookup(&self, key: &CacheKey, min_ttl_s: u64) -> Option<Arc<IssuedCredential>> {
         let entries = self.entries.lock().ok()?;
-        let cred = &entries.tokens.get(key)?.cred;
-        fresh(cred, OffsetDateTime::now_utc(), min_ttl_s).then(|| cred.clone())
+        let slot = entries.tokens.get(key)?;
+        fresh(
+            &slot.cred,
+            OffsetDateTime::now_utc(),
+            min_ttl_s.max(slot.floor_s),
+        )
+        .then(|| slot.cred.clone())
     }
 
     /// The current invalidation epoch. A caller reads it before it reads the records it
@@ -175,7 +196,15 @@ impl TokenCache {
         entries.next_order = entries.next_order.wrapping_add(1);
         let order = (expires_at, entries.next_order);
         entries.by_expiry.insert(order, key.clone());
-        entries.tokens.insert(key, Slot { cred, order });
+        let floor_s = floor_for(expires_at, OffsetDateTime::now_utc());
+        entries.tokens.insert(
+            key,
+            Slot {
+                cred,
+                order,
+                floor_s,
+            },
+        );
     }
 
     /// Returns a credential for `key` with more than `min_ttl_s` seconds left, minting with
@@ -337,6 +366,39 @@ mod tests {
             details: serde_json::Value::Null,
             subject: None,
         }
+    }
+
+    /// A credential cached with an hour to live is not served once a minute or less is left,
+    /// whatever the caller asked; one the upstream issued for 40 s is served until 20 s are
+    /// left (an upstream of short-lived credentials does not mint on every call).
+    #[test]
+    fn a_credential_about_to_expire_is_not_served() {
+        let cache = TokenCache::new(10);
+        cache.insert(key("long"), Arc::new(cred(3600)), cache.epoch());
+        assert!(cache.lookup(&key("long"), 0).is_some());
+        {
+            // An hour later: 45 s left, its floor still that of an hour-long credential.
+            let mut entries = cache.entries.lock().unwrap();
+            let slot = entries.tokens.get_mut(&key("long")).unwrap();
+            assert_eq!(slot.floor_s, LEAST_REMAINING_S);
+            slot.cred = Arc::new(cred(45));
+        }
+        assert!(cache.lookup(&key("long"), 0).is_none(), "45 s left: served");
+        assert!(cache.lookup(&key("long"), 30).is_none());
+        cache.insert(key("short"), Arc::new(cred(40)), cache.epoch());
+        assert!(
+            cache.lookup(&key("short"), 0).is_some(),
+            "a 40 s credential"
+        );
+        assert!(cache.lookup(&key("short"), 25).is_some());
+        assert!(cache.lookup(&key("short"), 39).is_none());
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(floor_for(now + time::Duration::seconds(40), now), 20);
+        assert_eq!(
+            floor_for(now + time::Duration::hours(1), now),
+            LEAST_REMAINING_S
+        );
+        assert_eq!(floor_for(now - time::Duration::seconds(5), now), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,15 +38,6 @@ pub use request::{parse_resolve_request, ParsedResolve, MAX_MIN_TTL_S};
 
 use mint::MintJob;
 
-/// The least remaining lifetime, seconds, of a cached credential handed out when the worker
-/// asks for less (or nothing): one expiring within the worker's first call upstream is of no
-/// use to it. Half the binding's credential lifetime when that is shorter.
-pub const LEAST_REMAINING_S: u64 = 60;
-
-fn least_remaining_s(lifetime: Option<u64>) -> u64 {
-    lifetime.map_or(LEAST_REMAINING_S, |l| LEAST_REMAINING_S.min(l / 2))
-}
-
 /// Audit detail of a resolve whose upstream said the customer withdrew the trust.
 const TRUST_BROKEN_DETAIL: &str = "upstream denied: binding flagged trust_broken";
 
@@ -361,16 +352,13 @@ impl ResolveService {
             bound: &bound,
         };
         // A min_ttl_s no fresh credential can meet would mint upstream on every call.
-        let lifetime = provider.credential_lifetime_s(&ctx);
-        if let Some(lifetime) = lifetime {
+        if let Some(lifetime) = provider.credential_lifetime_s(&ctx) {
             if request.min_ttl_s >= lifetime {
                 return Err(refused(ApiError::bad_request(format!(
                     "min_ttl_s must be below {lifetime}, the lifetime of this binding's credentials"
                 ))));
             }
         }
-        // A cached credential about to expire is not handed out, whatever the worker asked.
-        let min_ttl_s = request.min_ttl_s.max(least_remaining_s(lifetime));
         let narrowing = provider
             .normalize_narrowing(&ctx, request.narrow.as_ref())
             .map_err(|e| refused(e.into()))?;
@@ -407,7 +395,7 @@ impl ResolveService {
                     Arc::clone(&self.core.breakers),
                     self.core.mint_metrics(),
                 )
-                .min_ttl_s(min_ttl_s)
+                .min_ttl_s(request.min_ttl_s)
                 .assertions(signer)
             });
             async move { job?.run().await }
@@ -428,7 +416,7 @@ impl ResolveService {
                 let got = self
                     .core
                     .cache
-                    .get_or_mint(key, min_ttl_s, epoch, job)
+                    .get_or_mint(key, request.min_ttl_s, epoch, job)
                     .await;
                 match &got {
                     Ok((_, Source::Cached)) => {

@@ -34,8 +34,8 @@ pub struct ParsedResolve {
     pub job_id: Option<String>,
     /// Tenant the caller believes it is (cross-checked only).
     pub tenant: Option<TenantId>,
-    /// Minimum remaining lifetime of a cached credential the worker asked for (the resolve
-    /// raises it to [`super::LEAST_REMAINING_S`] at least).
+    /// Minimum remaining lifetime of a cached credential the worker asked for (the cache
+    /// keeps to [`crate::token_cache::LEAST_REMAINING_S`] at least).
     pub min_ttl_s: u64,
     /// Provider-specific narrowing, validated later by the provider.
     pub narrow: Option<Value>,
