@@ -981,75 +981,97 @@ async fn a_federated_credential_without_an_issuer_issues_no_link() {
 
 /// "One live link per customer tenant GUID" holds while the other tenant's link can still
 /// complete: once it is revoked (`onboard revoke`), or its issuer is disabled, another
-/// tenant's onboarding of that GUID is no longer refused.
+/// tenant's onboarding of that GUID is no longer refused — unless the link was opened: its
+/// customer's admin may be on the consent page, and that consent must not count for another
+/// tenant's link. An opened link blocks until it expires, revoked or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant() {
+async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant_unless_opened() {
     let mut env = start().await;
     let url = env.daemon.url.clone();
-    let onboard_t1 = |guid: &str| json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": guid, "id": 0}});
-    // t2's link for ACME, revoked.
+    let body = |tenant: &str, guid: &str| json!({"owner": "team-tests", "purpose": "integration test", "tenant": tenant, "account": {"login": guid, "id": 0}});
+    let links = |v: &Value| v["onboarding_links"].as_array().unwrap().clone();
+    // t2's link for ACME, never opened, revoked: t1 may onboard ACME.
     let state = onboard(&mut env.op, "t2", ACME).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/onboard/entra_multi_tenant",
-        Some(onboard_t1(ACME)),
-    )
-    .await;
+    let path = "/v1/admin/onboard/entra_multi_tenant";
+    let (s, v) = call(&mut env.op, Method::POST, path, Some(body("t1", ACME))).await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
     assert!(!v.to_string().contains(&state), "a state listed: {v}");
-    let links = v["onboarding_links"].as_array().unwrap();
-    assert_eq!(links.len(), 1, "{v}");
-    assert_eq!(links[0]["account"]["login"], ACME, "{v}");
-    assert_eq!(links[0]["provider"], "entra_multi_tenant", "{v}");
-    let id = links[0]["id"].as_str().unwrap();
-    let (s, v) = call(
-        &mut env.op,
-        Method::DELETE,
-        &format!("/v1/admin/onboarding-links/{id}"),
-        None,
-    )
-    .await;
+    let listed = links(&v);
+    assert_eq!(listed.len(), 1, "{v}");
+    assert_eq!(listed[0]["account"]["login"], ACME, "{v}");
+    assert_eq!(listed[0]["provider"], "entra_multi_tenant", "{v}");
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    let revoke = |id: &str| format!("/v1/admin/onboarding-links/{id}");
+    let (s, v) = call(&mut env.op, Method::DELETE, &revoke(&id), None).await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/onboard/entra_multi_tenant",
-        Some(onboard_t1(ACME)),
-    )
-    .await;
-    assert_eq!(s, 200, "a revoked link still blocks: {v}");
-    // The revoked link neither opens nor completes.
     let (s, _, _) = open_link(&mut env.public, &state).await;
     assert_eq!(s, 403, "a revoked link was opened");
+    let t1_state = onboard(&mut env.op, "t1", ACME).await;
 
-    // t2's link for GLOBEX, from an operator disabled since: dead, it blocks nobody.
-    let mut op2 = register_operator(&mut env.op, &env.pki, &url, "op2").await;
-    let _dead = onboard(&mut op2, "t2", GLOBEX).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/onboard/entra_multi_tenant",
-        Some(onboard_t1(GLOBEX)),
+    // t1's link, opened by its customer's admin, then revoked: t2 is still refused until it
+    // expires, and it neither opens again nor completes.
+    let (_, cookie, _) = open_link(&mut env.public, &t1_state).await;
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let opened = links(&v)
+        .into_iter()
+        .find(|l| l["tenant"] == "t1" && l["opens"] == 1)
+        .unwrap_or_else(|| panic!("{v}"));
+    let opened_id = opened["id"].as_str().unwrap().to_owned();
+    let (s, v) = call(&mut env.op, Method::DELETE, &revoke(&opened_id), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(&mut env.op, Method::POST, path, Some(body("t2", ACME))).await;
+    assert_eq!(
+        (s, code(&v)),
+        (409, "conflict"),
+        "an opened link stopped blocking: {v}"
+    );
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    assert!(
+        links(&v)
+            .iter()
+            .any(|l| l["id"] == opened_id.as_str() && l["status"] == "revoked"),
+        "{v}"
+    );
+    let (s, _, _) = open_link(&mut env.public, &t1_state).await;
+    assert_eq!(s, 403, "a revoked link was opened again");
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("admin_consent=True&tenant={ACME}&state={t1_state}"),
+        cookie.as_deref(),
     )
     .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("revoked"),
+        "{v}"
+    );
+    let (s, v) = call(&mut env.op, Method::DELETE, &revoke(&opened_id), None).await;
+    assert_eq!((s, code(&v)), (404, "unknown_record"), "{v}");
+
+    // t2's link for GLOBEX from an operator disabled since, never opened: dead, it blocks
+    // nobody.
+    // Another GUID's link from the same operator, opened before the disable: it blocks on.
+    const INITECH: &str = "33333333-4444-4555-8666-777777777777";
+    let mut op2 = register_operator(&mut env.op, &env.pki, &url, "op2").await;
+    let _dead = onboard(&mut op2, "t2", GLOBEX).await;
+    let dead_opened = onboard(&mut op2, "t2", INITECH).await;
+    let _ = open_link(&mut env.public, &dead_opened).await;
+    let (s, v) = call(&mut env.op, Method::POST, path, Some(body("t1", GLOBEX))).await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     set_operator(&mut env.op, "op2", "disable").await;
     let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
-    let dead = v["onboarding_links"]
-        .as_array()
-        .unwrap()
+    let dead = links(&v)
         .iter()
         .filter(|l| l["tenant"] == "t2" && l["status"] == "dead")
         .count();
-    assert_eq!(dead, 1, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/onboard/entra_multi_tenant",
-        Some(onboard_t1(GLOBEX)),
-    )
-    .await;
+    assert_eq!(dead, 2, "{v}");
+    let (s, v) = call(&mut env.op, Method::POST, path, Some(body("t1", GLOBEX))).await;
     assert_eq!(s, 200, "a dead link still blocks: {v}");
+    let (s, v) = call(&mut env.op, Method::POST, path, Some(body("t1", INITECH))).await;
+    assert_eq!(
+        (s, code(&v)),
+        (409, "conflict"),
+        "an opened dead link stopped blocking: {v}"
+    );
 }

@@ -3135,9 +3135,24 @@ async fn an_operator_lists_and_revokes_install_links() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["revoked"], id.as_str(), "{v}");
     }
-    // Revoked: not opened, and the customer's return through the opened one binds nothing.
+    // Revoked: not opened. The opened one is kept as a tombstone until it expires (listed as
+    // revoked, not opened again); the customer's return through it binds nothing.
     let (s, _, location) = open_link(&mut env.public, &unopened).await;
     assert_eq!((s, location), (403, None), "a revoked link was opened");
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let left = list(&v);
+    assert_eq!(left.len(), 2, "{v}");
+    assert!(
+        left.iter()
+            .any(|l| l["id"] == opened_id.as_str() && l["status"] == "revoked"),
+        "{v}"
+    );
+    let (s, _, location) = open_link(&mut env.public, &opened).await;
+    assert_eq!(
+        (s, location),
+        (403, None),
+        "a revoked link was opened again"
+    );
     env.gh.authorize("code-revoked", &[1001]);
     let (s, v) = callback(
         &mut env.public,
@@ -3164,7 +3179,8 @@ async fn an_operator_lists_and_revokes_install_links() {
         .await;
         assert_eq!((s, code(&v)), (404, "unknown_record"), "{id}: {v}");
     }
-    // The link not revoked still works, and is all that is listed.
+    // The link not revoked still works, and is all that is listed: the opened one, kept as
+    // a tombstone (see above), was used up by the refused return.
     let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
     assert_eq!(list(&v).len(), 1, "{v}");
     let (s, _, location) = open_link(&mut env.public, &kept).await;

@@ -163,6 +163,7 @@ async fn every_record_type_round_trips(records: &Records) {
                 governance: None,
                 creator: None,
                 creator_revision: None,
+                revoked: false,
             },
         );
     records.commit(b).await.unwrap();
@@ -406,6 +407,7 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
             governance: None,
             creator: None,
             creator_revision: None,
+            revoked: false,
         },
     );
     records.commit(b).await.unwrap();

@@ -328,10 +328,16 @@ impl AdminService {
                     .live_links_pinning(provider.id(), &pin.login, now)
                     .await
                     .map_err(store_err)?;
-                // A link whose issuer may no longer act (disabled, removed, or re-enabled
-                // since) can complete nothing: it blocks nobody.
+                // A link that can no longer complete (revoked, or its issuer disabled,
+                // removed or re-enabled since) blocks nobody, unless it was opened: the
+                // customer's admin may be on the consent page, and their consent would count
+                // for the new link. Such a link blocks until it expires.
                 let mut blocking = false;
                 for other in others.iter().filter(|s| s.tenant != tenant.as_str()) {
+                    if other.opens > 0 {
+                        blocking = true;
+                        continue;
+                    }
                     match self
                         .issuer_may_act(other.creator.as_deref(), other.creator_revision)
                         .await
@@ -344,7 +350,7 @@ impl AdminService {
                 if blocking {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
-                        format!("an install link for {identifier} is already out for another tenant: it must expire, be used or be revoked (credbroker onboard links, onboard revoke ID) first"),
+                        format!("an install link for {identifier} is already out for another tenant: it must expire or be used first, or be revoked before it is opened (credbroker onboard links, onboard revoke ID); an opened one blocks until it expires"),
                     ));
                 }
             }
@@ -373,6 +379,7 @@ impl AdminService {
                     governance: governance.clone(),
                     creator: issuer.as_ref().map(|i| i.0.clone()),
                     creator_revision: issuer.and_then(|i| i.1),
+                    revoked: false,
                 },
             );
             plan.response["install_url"] = json!(format!(

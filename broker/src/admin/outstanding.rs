@@ -3,16 +3,33 @@
 //!
 //! An install link's state is a bearer secret in the customer's hands: the store keeps only
 //! its digest, and a listing names a link by a prefix of that digest (`il_…`), so neither the
-//! answer nor the audit record of a revocation holds anything that opens it. A revoked link is
-//! a state the broker no longer knows: opening it, or the customer's return through it, is
-//! refused as any unknown state is (counted, not audited). A revoked expectation binds
-//! nothing: the site's next invocation is kept unclaimed, as any unexpected site's.
+//! answer nor the audit record of a revocation holds anything that opens it. A revoked link
+//! that was never opened is forgotten: opening it is refused as any unknown state is
+//! (counted, not audited). One already opened may have a customer's admin on the upstream's
+//! consent page: it is kept until it expires as a tombstone that completes nothing (no
+//! browser, every opening used, `revoked`), so that Entra's one-live-link-per-GUID rule still
+//! counts it and a consent given through it is not taken for another tenant's link. A
+//! revoked expectation binds nothing: the site's next invocation is kept unclaimed, as any
+//! unexpected site's.
 
 use serde_json::{json, Value};
 
 use super::{store_err, AdminService, Plan};
 use crate::api_error::{ApiError, ErrorCode};
-use crate::store::records::{outstanding_id, Outstanding};
+use crate::callbacks::MAX_LINK_OPENS;
+use crate::store::records::{outstanding_id, CallbackState, Outstanding};
+
+/// What an opened link becomes when revoked: it completes nothing on any replica, this
+/// release's or an older one's (no browser can match, no opening is left), and is forgotten
+/// at its expiry as any.
+fn tombstone(s: &CallbackState) -> CallbackState {
+    CallbackState {
+        browser: None,
+        opens: s.opens.max(MAX_LINK_OPENS),
+        revoked: true,
+        ..s.clone()
+    }
+}
 
 /// `expires_at` (Unix seconds) as RFC 3339.
 fn at(unix: i64) -> String {
@@ -52,9 +69,12 @@ impl AdminService {
             let entry = match found {
                 Outstanding::InstallLink(s) if s.value.expires_at >= now => {
                     let s = s.value;
-                    let standing = self
-                        .standing_of(s.creator.as_deref(), s.creator_revision)
-                        .await?;
+                    let standing = if s.revoked {
+                        "revoked"
+                    } else {
+                        self.standing_of(s.creator.as_deref(), s.creator_revision)
+                            .await?
+                    };
                     json!({
                         "id": id, "kind": "install_link", "provider": s.provider,
                         "tenant": s.tenant, "account": s.pin,
@@ -109,6 +129,7 @@ impl AdminService {
             .await
             .map_err(store_err)?
             .into_iter()
+            .filter(|(_, found)| !matches!(found, Outstanding::InstallLink(s) if s.value.revoked))
             .find(|(key, _)| outstanding_id(key).as_deref() == Some(id))
             .ok_or_else(unknown)?;
         let mut plan;
@@ -127,7 +148,11 @@ impl AdminService {
                     ),
                     json!({ "revoked": id, "kind": "install_link", "tenant": s.tenant }),
                 );
-                plan.batch.consume_callback_state(&key, read);
+                if s.opens == 0 {
+                    plan.batch.consume_callback_state(&key, read);
+                } else {
+                    plan.batch.replace_callback_state(&key, read, &tombstone(s));
+                }
                 plan.tenant = Some(s.tenant.clone());
             }
             Outstanding::ExpectedSite(site, read) => {

@@ -15,7 +15,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
 use crate::ids::{BindingId, TenantId};
 use crate::model::now_rfc3339;
-use crate::store::records::{AccountPin, Unclaimed};
+use crate::store::records::{outstanding_id, AccountPin, Unclaimed};
 use crate::store::Batch;
 
 /// How many times an install link may be opened before it must be re-issued.
@@ -55,6 +55,9 @@ fn query_value(query: &str, name: &str) -> Option<String> {
 /// Why a link whose issuer may no longer act is refused (the browser and the audit record).
 const ISSUER_GONE: &str =
     "this install link is no longer valid: the operator who issued it may no longer act; ask for a new one";
+
+/// Why a link an operator revoked after it was opened is refused.
+const REVOKED: &str = "this install link was revoked; ask for a new one";
 
 /// An error of a step taken on behalf of a link's issuer, as the customer's browser is told
 /// it: an issuer who may no longer act is not named (the audit record names them).
@@ -124,6 +127,9 @@ impl CallbackService {
                 "this install link is expired or for another provider; ask for a new one",
             )));
         }
+        if read.revoked {
+            return Err(anonymous(rejected(REVOKED)));
+        }
         if read.opens >= MAX_LINK_OPENS {
             return Err(anonymous(rejected(
                 "this install link was opened too many times; ask for a new one",
@@ -141,7 +147,8 @@ impl CallbackService {
         event.tenant = Some(read.tenant.clone());
         event.outcome = "allowed".into();
         event.detail = Some(format!(
-            "install link opened (opening {} of at most {MAX_LINK_OPENS}); state bound to this browser",
+            "install link {} opened (opening {} of at most {MAX_LINK_OPENS}); state bound to this browser",
+            outstanding_id(&key).unwrap_or_default(),
             read.opens + 1
         ));
         let receipt = self.commit_locked(event.clone(), batch).await?;
@@ -231,6 +238,8 @@ impl CallbackService {
             .map(|r| format!("the provider reported the install or consent did not happen ({r}); nothing was bound"));
         let refusal = if expired {
             Some("state expired; start onboarding again")
+        } else if read.revoked {
+            Some(REVOKED)
         } else if !cookie_ok {
             Some("the install did not finish in the browser that opened the install link (cookie missing or different); start onboarding again")
         } else if issuer_gone {
@@ -247,7 +256,8 @@ impl CallbackService {
         }
         .into();
         event.detail = Some(format!(
-            "state for tenant {tenant} {}; {identifier} action={}",
+            "state of install link {} for tenant {tenant} {}; {identifier} action={}",
+            outstanding_id(&state_key).unwrap_or_default(),
             refusal.map_or("accepted and consumed", |r| if expired {
                 "expired"
             } else {

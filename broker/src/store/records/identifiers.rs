@@ -54,6 +54,11 @@ pub struct CallbackState {
     /// stays dead after a re-enable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator_revision: Option<u64>,
+    /// Revoked by an operator after it was opened: kept until it expires, completing
+    /// nothing (no browser, every opening used), so that a consent given through it meanwhile
+    /// is never taken for another tenant's (Entra's one-live-link rule still counts it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 /// An account an installation must belong to (GitHub: organisation or user login and id).
@@ -587,6 +592,22 @@ impl Batch {
         .push(Op::Delete(Table::Identifiers, key.to_owned()))
     }
 
+    /// Replaces an install state as read with `record` (a revocation's tombstone): fails if
+    /// it changed meanwhile (opened, used).
+    pub fn replace_callback_state(
+        &mut self,
+        key: &str,
+        read: &Stored<CallbackState>,
+        record: &CallbackState,
+    ) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+        .push(Op::Put(Table::Identifiers, key.to_owned(), encode(record)))
+    }
+
     /// Consumes an install `state` as it was read: a second consumption fails.
     pub fn consume_callback_state(&mut self, key: &str, read: &Stored<CallbackState>) -> &mut Self {
         self.push(Op::ExpectValue(
@@ -631,6 +652,7 @@ mod tests {
             governance: None,
             creator: None,
             creator_revision: None,
+            revoked: false,
         }
     }
 
