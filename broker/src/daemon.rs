@@ -161,10 +161,11 @@ fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
             Ok(toml::Value::Table(t)) => t,
             _ => toml::map::Map::new(),
         };
-        // The TLS files are what SIGHUP reloads; anything else in [tls] (the CRL check
-        // interval) is read at start only.
+        // The TLS files (and what a stale CRL does, part of the verifier they build) are
+        // what SIGHUP reloads; anything else in [tls] (the CRL check interval) is read at
+        // start only.
         if let Some(toml::Value::Table(tls)) = t.get_mut("tls") {
-            for reloaded in ["cert", "key", "client_ca", "crl"] {
+            for reloaded in ["cert", "key", "client_ca", "crl", "stale_crl"] {
                 tls.remove(reloaded);
             }
         }

@@ -518,19 +518,16 @@ async fn a_crl_whose_reload_failed_is_tried_again() {
 /// A CRL past its nextUpdate (RFC 5280: revocations made since may be missing from it): with
 /// `[tls] stale_crl` at its default, every client it checks is refused at the handshake —
 /// operators too — until a current CRL is in place, which the watcher loads without a
-/// signal; the daemon says why at start. With `stale_crl = "accept"` it is still used, its
-/// revocations still hold.
+/// signal; the daemon says why at start. With `stale_crl = "accept"` (applied by a reload, as
+/// the CRL itself) it is still used, its revocations still hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crl_past_its_next_update_refuses_clients_unless_accepted() {
     let (tmp, pki) = setup();
     let revoked = pki.worker("revoked");
     let due = time::OffsetDateTime::now_utc() - time::Duration::minutes(10);
     let crl = pki.write_crl_until(&[revoked], due);
-    for dir in ["refuse", "accept"] {
-        std::fs::create_dir(tmp.path().join(dir)).unwrap();
-    }
     let mut daemon = Daemon::start(
-        &tmp.path().join("refuse"),
+        tmp.path(),
         &pki,
         &DaemonOptions {
             crl: Some(crl.clone()),
@@ -564,24 +561,35 @@ async fn a_crl_past_its_next_update_refuses_clients_unless_accepted() {
     let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
     assert_eq!(s, 200);
     assert!(refused(&mut pki.client_for("revoked", &daemon.url)).await);
-    daemon.stop();
 
-    let crl = pki.write_crl_until(&[revoked], due);
-    let mut daemon = Daemon::start(
-        &tmp.path().join("accept"),
+    // Stale again; the operator switches to accepting it and reloads (no restart): served,
+    // the revoked one still refused, and no restart asked for.
+    pki.write_crl_until(&[revoked], due);
+    daemon
+        .wait_log(
+            "the CRL file changed: TLS certificates, client CA and CRL reloaded",
+            2,
+        )
+        .await;
+    assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
+    write_config(
+        &daemon.config,
+        &daemon.data_dir,
         &pki,
-        &DaemonOptions {
-            crl: Some(crl),
-            extra_toml: "[tls]\nstale_crl = \"accept\"\n".into(),
-            ..Default::default()
-        },
+        Some(crl),
+        "[tls]\ncrl_check_interval_s = 1\nstale_crl = \"accept\"\n",
     );
+    let (c, out, err) = daemon.cli(&["reload", "--config", daemon.config.to_str().unwrap()]);
+    assert_eq!(c, 0, "{out}{err}");
+    daemon
+        .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 1)
+        .await;
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
-    assert_eq!(s, 200, "stale_crl = accept");
+    assert_eq!(s, 200, "stale_crl = accept, reloaded");
     assert!(refused(&mut pki.client_for("revoked", &daemon.url)).await);
     assert!(
-        daemon.logs().contains("CRL next update has passed"),
+        !daemon.logs().contains("take effect only after a restart"),
         "{}",
         daemon.logs()
     );

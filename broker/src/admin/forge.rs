@@ -464,8 +464,14 @@ impl AdminService {
                 max_secret_age_days: None,
             })
             .await?;
-        // plan_add_binding consumed the expectation (`key`).
-        let _ = key;
+        // plan_add_binding consumed the expectation as it read it again; the bind is for the
+        // tenant of the expectation as read here, so that one must still be in the store
+        // when the batch commits (a revocation or a new onboarding on another replica in
+        // between fails it). First: the batch removes it further on.
+        let mut guarded = Batch::new();
+        guarded.expect_expected_site(&key, &read);
+        guarded.ops.extend(std::mem::take(&mut plan.batch.ops));
+        plan.batch = guarded;
         // A site kept unclaimed before the operator onboarded it is now claimed.
         if let Some((ukey, uread)) = self
             .core

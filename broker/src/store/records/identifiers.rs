@@ -572,6 +572,16 @@ impl Batch {
         .push(Op::Put(Table::Identifiers, key, encode(record)))
     }
 
+    /// Requires an expectation to be still as read (a bind it authorizes: a revocation or a
+    /// new onboarding committed meanwhile, on any replica, fails the bind).
+    pub fn expect_expected_site(&mut self, key: &str, read: &Stored<ExpectedSite>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+    }
+
     /// Removes an expectation as read (its site was bound).
     pub fn remove_expected_site(&mut self, key: &str, read: &Stored<ExpectedSite>) -> &mut Self {
         self.push(Op::ExpectValue(
