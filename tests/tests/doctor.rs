@@ -174,6 +174,11 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     let text = text.replace("[tls]\n", "[tls]\ncrl = \"pki/crl.pem\"\n");
     std::fs::write(&config, text).unwrap();
     expect_fail(&d, "tls.crl", "past its next update");
+    // Two CRLs of one CA (one appended after the other; the same issuer name): only the
+    // first counts.
+    let twice = format!("{}{}", stale_crl(), stale_crl());
+    std::fs::write(d.join("pki/crl.pem"), twice).unwrap();
+    expect_fail(&d, "tls.crl", "more than one CRL of");
 
     // A store of a schema version this build does not read.
     let d = copy(&healthy, root, "schema");

@@ -359,6 +359,23 @@ fn crl(path: &Path, stale: crate::config::StaleCrl, t: Thresholds, now: i64) -> 
             )
         }
     };
+    // The TLS verifier uses the first CRL of a CA in the file: a newer one appended after it is
+    // never consulted (its revocations unseen), a stale one before it refuses everyone.
+    let mut issuers = std::collections::HashSet::new();
+    if let Some(twice) = crls.iter().find(|c| !issuers.insert(c.issuer.as_str())) {
+        return Finding::fail(
+            "tls.crl",
+            format!(
+                "{} holds more than one CRL of {}: the TLS verifier uses the first only, so what a later one revokes is not seen",
+                path.display(),
+                twice.issuer
+            ),
+            format!(
+                "keep one CRL per CA: replace {} with the CA's current CRL (do not append), then `credbroker reload --config FILE`",
+                path.display()
+            ),
+        );
+    }
     let next = crls.iter().filter_map(|c| c.next_update).min();
     let fix = format!(
         "publish a fresh CRL from the CA, replace {}, then `credbroker reload --config FILE`",
