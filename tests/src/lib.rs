@@ -814,6 +814,31 @@ pub async fn set_operator(op: &mut BrokerClient, name: &str, change: &str) {
     assert_eq!(s, 200, "{v}");
 }
 
+/// The install links and site expectations still out (`GET /v1/admin/onboarding-links`),
+/// and the whole answer.
+pub async fn onboarding_links(
+    op: &mut BrokerClient,
+) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let (s, v) = call(op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    assert_eq!(s, 200, "{v}");
+    let links = v["onboarding_links"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    (links, v)
+}
+
+/// Revokes the onboarding link `id`: the status and the answer.
+pub async fn revoke_onboarding_link(op: &mut BrokerClient, id: &str) -> (u16, serde_json::Value) {
+    call(
+        op,
+        Method::DELETE,
+        &format!("/v1/admin/onboarding-links/{id}"),
+        None,
+    )
+    .await
+}
+
 pub async fn seed_two_tenants(op: &mut BrokerClient) {
     use serde_json::json;
     for t in ["t1", "t2"] {

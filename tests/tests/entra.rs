@@ -995,15 +995,14 @@ async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant_unless_opened() {
     let path = "/v1/admin/onboard/entra_multi_tenant";
     let (s, v) = call(&mut env.op, Method::POST, path, Some(body("t1", ACME))).await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
-    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let (_, v) = onboarding_links(&mut env.op).await;
     assert!(!v.to_string().contains(&state), "a state listed: {v}");
     let listed = links(&v);
     assert_eq!(listed.len(), 1, "{v}");
     assert_eq!(listed[0]["account"]["login"], ACME, "{v}");
     assert_eq!(listed[0]["provider"], "entra_multi_tenant", "{v}");
     let id = listed[0]["id"].as_str().unwrap().to_owned();
-    let revoke = |id: &str| format!("/v1/admin/onboarding-links/{id}");
-    let (s, v) = call(&mut env.op, Method::DELETE, &revoke(&id), None).await;
+    let (s, v) = revoke_onboarding_link(&mut env.op, &id).await;
     assert_eq!(s, 200, "{v}");
     let (s, _, _) = open_link(&mut env.public, &state).await;
     assert_eq!(s, 403, "a revoked link was opened");
@@ -1012,13 +1011,13 @@ async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant_unless_opened() {
     // t1's link, opened by its customer's admin, then revoked: t2 is still refused until it
     // expires, and it neither opens again nor completes.
     let (_, cookie, _) = open_link(&mut env.public, &t1_state).await;
-    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let (_, v) = onboarding_links(&mut env.op).await;
     let opened = links(&v)
         .into_iter()
         .find(|l| l["tenant"] == "t1" && l["opens"] == 1)
         .unwrap_or_else(|| panic!("{v}"));
     let opened_id = opened["id"].as_str().unwrap().to_owned();
-    let (s, v) = call(&mut env.op, Method::DELETE, &revoke(&opened_id), None).await;
+    let (s, v) = revoke_onboarding_link(&mut env.op, &opened_id).await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = call(&mut env.op, Method::POST, path, Some(body("t2", ACME))).await;
     assert_eq!(
@@ -1026,7 +1025,7 @@ async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant_unless_opened() {
         (409, "conflict"),
         "an opened link stopped blocking: {v}"
     );
-    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let (_, v) = onboarding_links(&mut env.op).await;
     assert!(
         links(&v)
             .iter()
@@ -1046,7 +1045,7 @@ async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant_unless_opened() {
         v["error"]["message"].as_str().unwrap().contains("revoked"),
         "{v}"
     );
-    let (s, v) = call(&mut env.op, Method::DELETE, &revoke(&opened_id), None).await;
+    let (s, v) = revoke_onboarding_link(&mut env.op, &opened_id).await;
     assert_eq!((s, code(&v)), (404, "unknown_record"), "{v}");
 
     // t2's link for GLOBEX from an operator disabled since, never opened: dead, it blocks
@@ -1060,7 +1059,7 @@ async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant_unless_opened() {
     let (s, v) = call(&mut env.op, Method::POST, path, Some(body("t1", GLOBEX))).await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     set_operator(&mut env.op, "op2", "disable").await;
-    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let (_, v) = onboarding_links(&mut env.op).await;
     let dead = links(&v)
         .iter()
         .filter(|l| l["tenant"] == "t2" && l["status"] == "dead")

@@ -3085,8 +3085,7 @@ async fn an_operator_lists_and_revokes_install_links() {
     set_operator(&mut env.op, "op2", "disable").await;
 
     let list = |v: &Value| v["onboarding_links"].as_array().unwrap().clone();
-    let (s, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
-    assert_eq!(s, 200, "{v}");
+    let (_, v) = onboarding_links(&mut env.op).await;
     for state in [&kept, &opened, &unopened, &dead] {
         assert!(
             !v.to_string().contains(state.as_str()),
@@ -3125,13 +3124,7 @@ async fn an_operator_lists_and_revokes_install_links() {
     assert_eq!(s, 403, "{v}");
 
     for id in [&opened_id, &unopened_id, &dead_id] {
-        let (s, v) = call(
-            &mut env.op,
-            Method::DELETE,
-            &format!("/v1/admin/onboarding-links/{id}"),
-            None,
-        )
-        .await;
+        let (s, v) = revoke_onboarding_link(&mut env.op, id).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["revoked"], id.as_str(), "{v}");
     }
@@ -3139,7 +3132,7 @@ async fn an_operator_lists_and_revokes_install_links() {
     // revoked, not opened again); the customer's return through it binds nothing.
     let (s, _, location) = open_link(&mut env.public, &unopened).await;
     assert_eq!((s, location), (403, None), "a revoked link was opened");
-    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let (_, v) = onboarding_links(&mut env.op).await;
     let left = list(&v);
     assert_eq!(left.len(), 2, "{v}");
     assert!(
@@ -3170,18 +3163,12 @@ async fn an_operator_lists_and_revokes_install_links() {
     // (The state itself is no id: an id is a digest of it.)
     let upper = opened_id.to_uppercase().replace("IL_", "il_");
     for id in [opened_id.clone(), "il_zz".into(), upper, kept.clone()] {
-        let (s, v) = call(
-            &mut env.op,
-            Method::DELETE,
-            &format!("/v1/admin/onboarding-links/{id}"),
-            None,
-        )
-        .await;
+        let (s, v) = revoke_onboarding_link(&mut env.op, &id).await;
         assert_eq!((s, code(&v)), (404, "unknown_record"), "{id}: {v}");
     }
     // The link not revoked still works, and is all that is listed: the opened one, kept as
     // a tombstone (see above), was used up by the refused return.
-    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/onboarding-links", None).await;
+    let (_, v) = onboarding_links(&mut env.op).await;
     assert_eq!(list(&v).len(), 1, "{v}");
     let (s, _, location) = open_link(&mut env.public, &kept).await;
     assert_eq!(s, 302, "the link left out was revoked too");
