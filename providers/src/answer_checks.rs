@@ -33,3 +33,74 @@ pub fn no_later_than(stated: OffsetDateTime, longest: OffsetDateTime) -> OffsetD
         stated
     }
 }
+
+/// An upper bound on the nodes (values and object keys) `serde_json` would build from the
+/// JSON `text`, counted without parsing it, stopping once past `stop`: one for the root and
+/// one after each `[`, `{`, `,` and `:` outside a string. A parsed `Value` costs tens of bytes
+/// per node whatever the text spends on it (`[0,0,…]` is two bytes a node), so a bound on the
+/// answer's bytes alone lets a malicious upstream make the broker hold many times them.
+pub fn json_node_bound(text: &[u8], stop: usize) -> usize {
+    let mut nodes = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' | b',' | b':' => {
+                nodes = nodes.saturating_add(1);
+                if nodes > stop {
+                    return nodes;
+                }
+            }
+            _ => {}
+        }
+    }
+    nodes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes as serde_json builds them: values, and keys of objects.
+    fn nodes(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(nodes).sum::<usize>(),
+            serde_json::Value::Object(o) => 1 + o.values().map(|v| 1 + nodes(v)).sum::<usize>(),
+            _ => 1,
+        }
+    }
+
+    #[test]
+    fn the_node_bound_holds_and_ignores_what_strings_hold() {
+        for (text, bound) in [
+            ("[0,0,0]", 4),
+            (r#"{"a":1,"b":[2]}"#, 6),
+            (r#""a,b:[{""#, 1),
+            (r#"["a\",b",{"c\\":"d,:"}]"#, 5),
+            ("[]", 2),
+            ("", 1),
+        ] {
+            assert_eq!(
+                json_node_bound(text.as_bytes(), usize::MAX),
+                bound,
+                "{text}"
+            );
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+                assert!(nodes(&v) <= bound, "{text}: {} nodes", nodes(&v));
+            }
+        }
+        // It stops counting past `stop`.
+        let dense = format!("[{}0]", "0,".repeat(1000));
+        assert_eq!(json_node_bound(dense.as_bytes(), 10), 11);
+    }
+}

@@ -2787,7 +2787,8 @@ fn installation_calls(gh: &FakeGithub) -> usize {
 
 /// A malicious upstream (THREATS.md) streaming an oversized answer to a token request is cut
 /// (at 8 MiB: a token for 500 named repositories lists them in full, about 3 MB): the resolve
-/// is provider_unavailable, the broker does not buffer the body, and the next mint works.
+/// is provider_unavailable, the broker does not buffer the body, and the next mint works. An
+/// answer under the byte bound but dense (`[0,0,…]`) is refused before it is parsed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_github_answer_is_cut_not_buffered() {
     let mut env = start_full(3600, GENEROUS, Some(CLIENT_ID), "").await;
@@ -2805,6 +2806,19 @@ async fn an_oversized_github_answer_is_cut_not_buffered() {
         "{v}"
     );
     assert_eq!(env.gh.pending_faults(), 0, "the oversized answer was sent");
+    // Under the byte bound, but dense: 600 KB of `0,` would be a `Value` of 300,000 nodes.
+    env.gh
+        .inject("/access_tokens", Fault::Tamper(Tamper::ManyValues), 1);
+    let (s, v) = resolve_cold(&env, 2).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 262144 JSON values"),
+        "{v}"
+    );
+    assert_eq!(env.gh.pending_faults(), 0, "the dense answer was sent");
     let (s, v) = resolve_cold(&env, 1).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
 }

@@ -62,6 +62,29 @@ pub(super) fn retry_pause() -> Duration {
     Duration::from_millis(200 + u64::from(b[0]) * 200 / 255)
 }
 
+/// Most JSON nodes (values and keys) a GitHub answer may hold. The largest real ones — a
+/// token for 500 named repositories, each in full; a page of 100 installations — hold well
+/// under a quarter of it.
+pub(super) const MAX_ANSWER_NODES: usize = 262_144;
+
+/// A GitHub answer's text as JSON: `Value::Null` when empty or not JSON (the caller keys on
+/// the status then); refused, unparsed, when it holds more than [`MAX_ANSWER_NODES`] nodes,
+/// so an 8 MiB answer cannot become a `Value` many times its size.
+///
+/// # Errors
+/// What to tell the caller when the answer holds too many nodes.
+pub(super) fn answer_body(text: &str) -> Result<Value, String> {
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    if crate::json_node_bound(text.as_bytes(), MAX_ANSWER_NODES) > MAX_ANSWER_NODES {
+        return Err(format!(
+            "GitHub answer holds more than {MAX_ANSWER_NODES} JSON values: not parsed"
+        ));
+    }
+    Ok(serde_json::from_str(text).unwrap_or(Value::Null))
+}
+
 pub(super) fn message_of(body: &Value) -> String {
     body.get("message")
         .and_then(Value::as_str)

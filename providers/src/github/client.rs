@@ -127,11 +127,7 @@ pub(super) async fn call_github(
         .to_bytes();
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| unavailable("GitHub answer is not UTF-8".into()))?;
-        let body = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(text).unwrap_or(Value::Null)
-        };
+        let body = super::answer::answer_body(text).map_err(unavailable)?;
         let rate_limit = rate_limit_wait(status, &message_of(&body), retry_after, remaining, reset);
         Ok(Answer {
             status,

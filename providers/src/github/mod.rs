@@ -554,10 +554,13 @@ pub fn read_token_answer(
 ) -> Result<IssuedCredential, ProviderError> {
     let wanted = TokenRequest::from_value(wanted)
         .ok_or_else(|| ProviderError::InvalidNarrowing("not a token request".into()))?;
-    let body = std::str::from_utf8(body)
-        .ok()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null);
+    let body = match std::str::from_utf8(body) {
+        Ok(text) => answer::answer_body(text).map_err(|message| ProviderError::Unavailable {
+            message,
+            upstream_request_id: None,
+        })?,
+        Err(_) => Value::Null,
+    };
     to_credential(
         Answer {
             status: 201,
