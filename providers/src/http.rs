@@ -33,6 +33,11 @@ pub struct Http {
 /// Largest answer read from Entra or ARM.
 const MAX_ANSWER: usize = 1024 * 1024;
 
+/// Most JSON nodes an answer may hold before it is parsed (one per 8 bytes of the largest
+/// answer; real ones hold a node per 20 bytes or more): a dense answer (`[0,0,…]`) would be a
+/// parsed value many times its size. See [`crate::json_node_bound`].
+pub const MAX_ANSWER_NODES: usize = 131_072;
+
 impl Http {
     /// A client trusting the platform's root certificates.
     pub fn new() -> Http {
@@ -152,6 +157,11 @@ impl Http {
                 .await
                 .map_err(|_| unavailable(format!("{what}'s answer could not be read")))?
                 .to_bytes();
+            if crate::json_node_bound(&body, MAX_ANSWER_NODES) > MAX_ANSWER_NODES {
+                return Err(unavailable(format!(
+                    "{what}'s answer holds more than {MAX_ANSWER_NODES} JSON values: not parsed"
+                )));
+            }
             Ok(Answer {
                 status,
                 request_id,

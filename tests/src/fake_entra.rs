@@ -90,6 +90,8 @@ pub struct EntraState {
     /// A broken or hostile upstream: ARM and Graph list answers come back without their
     /// `value` list (`{}` with the paging fields only).
     pub lists_without_value: Mutex<bool>,
+    /// A hostile upstream: ARM and Graph list answers carry an array of this many zeros.
+    pub list_padding: Mutex<usize>,
     /// Azure RBAC role assignments: (scope, principal object id, role definition GUID).
     pub role_assignments: Mutex<Vec<(String, String, String)>>,
     signing: AppKey,
@@ -519,6 +521,12 @@ impl EntraState {
                 o.remove("value");
             }
         }
+        let padding = *self.list_padding.lock().unwrap();
+        if padding > 0 {
+            if let Some(o) = value.as_object_mut() {
+                o.insert("padding".into(), json!(vec![0u8; padding]));
+            }
+        }
         Response::builder()
             .status(status)
             .header("content-type", "application/json; charset=utf-8")
@@ -543,6 +551,7 @@ impl FakeEntra {
             federated: Mutex::new(None),
             require_federated: Mutex::new(false),
             lists_without_value: Mutex::new(false),
+            list_padding: Mutex::new(0),
             role_assignments: Mutex::new(Vec::new()),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),

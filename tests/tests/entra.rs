@@ -855,6 +855,19 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         "{v}"
     );
     *env.entra.state.lists_without_value.lock().unwrap() = false;
+    // One answering it densely (400 KB of `0,`, under the 1 MiB byte bound): refused before
+    // it is parsed into a value many times its size.
+    *env.entra.state.list_padding.lock().unwrap() = 200_000;
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!(code(&v), "provider_unavailable", "{s} {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 131072 JSON values"),
+        "{v}"
+    );
+    *env.entra.state.list_padding.lock().unwrap() = 0;
     // A role on a subscription the binding does not declare (its roles there unchecked):
     // refused.
     let other = "/subscriptions/55555555-6666-4777-8888-999999999999";
