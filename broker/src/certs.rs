@@ -33,6 +33,9 @@ pub struct CrlFacts {
     pub this_update: i64,
     /// When the next one is due, Unix seconds (absent: the CRL does not say).
     pub next_update: Option<i64>,
+    /// Its issuing distribution point extension, as encoded (absent: a full CRL of its
+    /// issuer). Two CRLs of one issuer with different ones are partitions, not duplicates.
+    pub partition: Option<Vec<u8>>,
 }
 
 /// Every certificate in the PEM file at `path`, in order.
@@ -86,6 +89,13 @@ pub fn crls(path: &Path) -> Result<Vec<CrlFacts>, String> {
                 issuer: crl.issuer().to_string(),
                 this_update: crl.last_update().timestamp(),
                 next_update: crl.next_update().map(|t| t.timestamp()),
+                partition: crl
+                    .extensions()
+                    .iter()
+                    .find(|e| {
+                        e.oid == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT
+                    })
+                    .map(|e| e.value.to_vec()),
             })
         })
         .collect()

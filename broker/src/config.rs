@@ -461,6 +461,12 @@ client_ca = "ca.crt"
         assert!(err.contains("tls.crl_check_interval_s"), "{err}");
         let ok = MIN.replace("ca.crt\"", "ca.crt\"\ncrl_check_interval_s = 86400");
         assert!(Config::load(&write(dir.path(), &ok)).is_ok());
+        let public = "\n[public]\nlisten = \"127.0.0.1:0\"\ncert = \"p.crt\"\nkey = \"p.key\"\n";
+        for (ttl, good) in [(0, false), (1, true), (86_400, true), (86_401, false)] {
+            let c = format!("{MIN}{public}state_ttl_s = {ttl}\n");
+            let got = Config::load(&write(dir.path(), &c));
+            assert_eq!(got.is_ok(), good, "state_ttl_s = {ttl}: {:?}", got.err());
+        }
     }
 
     #[test]

@@ -213,7 +213,7 @@ pub enum Fault {
 pub enum Tamper {
     /// `expires_at` ten years away.
     FarExpiry,
-    /// A well-formed answer padded with an array of 300,000 zeros (600 KB of text, well
+    /// A well-formed answer padded with an array of 600,000 zeros (1.2 MB of text, well
     /// under the byte bound, that a parser would make into many times that).
     ManyValues,
     /// `expires_at` 40 seconds away (a token GitHub issued an hour ago, as a cache would
@@ -235,7 +235,7 @@ impl Tamper {
     fn apply(self, body: &mut Value, headers: &mut http::HeaderMap) {
         match self {
             Tamper::FarExpiry => body["expires_at"] = json!("2036-01-01T00:00:00Z"),
-            Tamper::ManyValues => body["padding"] = json!(vec![0u8; 300_000]),
+            Tamper::ManyValues => body["padding"] = json!(vec![0u8; 600_000]),
             Tamper::NearExpiry => {
                 let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(40);
                 body["expires_at"] = json!(soon

@@ -2291,16 +2291,19 @@ async fn expired_caller_credentials_and_a_disabled_region_are_the_platforms_refu
 }
 
 /// A malicious or broken STS answering with far more than any real answer (a few KiB) is not
-/// read into memory: the read stops at 256 KiB (`provider_unavailable`, saying so), nothing is
-/// handed out, and an answer just under the bound still works.
+/// read into memory: the read stops at 256 KiB (`provider_unavailable`, saying so), it is not
+/// retried, nothing is handed out, and an answer just under the bound still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_sts_answer_is_cut_not_buffered() {
     let mut env = start().await;
     active_aws_binding(&mut env).await;
     env.sts.faults().padding = Some(16 * 1024 * 1024);
+    let calls = env.sts.state.calls();
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
     assert!(message(&v).contains("more than 256 KiB"), "{v}");
+    // Not taken for a transient failure: asked once, not max_attempts times.
+    assert_eq!(env.sts.state.calls(), calls + 1, "retried");
     env.sts.faults().padding = Some(200 * 1024);
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");

@@ -2806,7 +2806,7 @@ async fn an_oversized_github_answer_is_cut_not_buffered() {
         "{v}"
     );
     assert_eq!(env.gh.pending_faults(), 0, "the oversized answer was sent");
-    // Under the byte bound, but dense: 600 KB of `0,` would be a `Value` of 300,000 nodes.
+    // Under the byte bound, but dense: 1.2 MB of `0,` would be a `Value` of 600,000 nodes.
     env.gh
         .inject("/access_tokens", Fault::Tamper(Tamper::ManyValues), 1);
     let (s, v) = resolve_cold(&env, 2).await;
@@ -2815,7 +2815,7 @@ async fn an_oversized_github_answer_is_cut_not_buffered() {
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("more than 262144 JSON values"),
+            .contains("more than 524288 JSON values"),
         "{v}"
     );
     assert_eq!(env.gh.pending_faults(), 0, "the dense answer was sent");

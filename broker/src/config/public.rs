@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
+/// The longest `[public] state_ttl_s`: a day.
+pub const MAX_STATE_TTL_S: u64 = 86_400;
+
 /// `[public]`: the optional public TLS listener for provider callbacks (install redirects,
 /// webhooks). No client certificates; every callback is verified before it changes anything.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +143,13 @@ impl PublicSettings {
             return Err(ConfigError(
                 "[public] limits and rates must be positive (bursts at least 1)".into(),
             ));
+        }
+        // An opened install link blocks its Entra GUID for other tenants until it expires,
+        // revoked or not: a link's life is kept to a day.
+        if p.state_ttl_s == 0 || p.state_ttl_s > MAX_STATE_TTL_S {
+            return Err(ConfigError(format!(
+                "[public] state_ttl_s must be 1..={MAX_STATE_TTL_S} (seconds; an install link lives at most a day)"
+            )));
         }
         // One source holds at most a quarter of the listener's 32 MiB body budget: a larger
         // body could never be read.

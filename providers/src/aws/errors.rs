@@ -80,31 +80,21 @@ pub(super) fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Syn
             message: "cannot reach STS".into(),
             upstream_request_id: request_id,
         },
-        SdkError::ResponseError(_) if over_the_bound(&err) => ProviderError::Unavailable {
-            message: format!(
-                "STS answered with more than {} KiB: not read",
-                super::bounded::MAX_STS_ANSWER / 1024
-            ),
-            upstream_request_id: request_id,
-        },
+        SdkError::ResponseError(_) if super::bounded::over_the_bound(&err) => {
+            ProviderError::Unavailable {
+                message: format!(
+                    "STS answered with more than {} KiB: not read",
+                    super::bounded::MAX_STS_ANSWER / 1024
+                ),
+                upstream_request_id: request_id,
+            }
+        }
         SdkError::ResponseError(_) => ProviderError::Unavailable {
             message: "STS answered with a malformed response".into(),
             upstream_request_id: request_id,
         },
         _ => ProviderError::Internal("could not build the STS request".into()),
     }
-}
-
-/// Whether reading the answer stopped at its size bound ([`super::bounded`]).
-fn over_the_bound(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        next = e.source();
-    }
-    false
 }
 
 /// An AssumeRole refusal, worded for who can fix it.

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use bounded::BoundedAnswers;
+use bounded::{BoundedAnswers, NoRetryPastTheBound};
 pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
 use errors::{assume_error, is_trust_refusal, sdk_error};
 pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
@@ -337,7 +337,11 @@ impl AwsAssumeRole {
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
-        let bounded = || aws_sdk_sts::config::Builder::from(&shared).interceptor(BoundedAnswers);
+        let bounded = || {
+            aws_sdk_sts::config::Builder::from(&shared)
+                .interceptor(BoundedAnswers)
+                .retry_classifier(NoRetryPastTheBound)
+        };
         let mut unsigned = bounded();
         unsigned.set_credentials_provider(None);
         Ok(AwsAssumeRole {

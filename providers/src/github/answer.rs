@@ -62,10 +62,11 @@ pub(super) fn retry_pause() -> Duration {
     Duration::from_millis(200 + u64::from(b[0]) * 200 / 255)
 }
 
-/// Most JSON nodes (values and keys) a GitHub answer may hold. The largest real ones — a
-/// token for 500 named repositories, each in full; a page of 100 installations — hold well
-/// under a quarter of it.
-pub(super) const MAX_ANSWER_NODES: usize = 262_144;
+/// Most JSON nodes (values and keys) a GitHub answer may hold: one per 16 bytes of the
+/// largest answer read. The largest real one, a token for 500 named repositories each in
+/// full, holds about 110,000 in about 3 MB (GitHub's JSON runs at about 25 bytes a node), so
+/// the byte bound, not this one, limits a real answer.
+pub(super) const MAX_ANSWER_NODES: usize = 524_288;
 
 /// A GitHub answer's text as JSON: `Value::Null` when empty or not JSON (the caller keys on
 /// the status then); refused, unparsed, when it holds more than [`MAX_ANSWER_NODES`] nodes,

@@ -359,10 +359,14 @@ fn crl(path: &Path, stale: crate::config::StaleCrl, t: Thresholds, now: i64) -> 
             )
         }
     };
-    // The TLS verifier uses the first CRL of a CA in the file: a newer one appended after it is
-    // never consulted (its revocations unseen), a stale one before it refuses everyone.
+    // The TLS verifier uses the first CRL of a CA (of one partition: its issuing distribution
+    // point) in the file: a newer one appended after it is never consulted (its revocations
+    // unseen), a stale one before it refuses everyone.
     let mut issuers = std::collections::HashSet::new();
-    if let Some(twice) = crls.iter().find(|c| !issuers.insert(c.issuer.as_str())) {
+    if let Some(twice) = crls
+        .iter()
+        .find(|c| !issuers.insert((c.issuer.as_str(), c.partition.as_deref())))
+    {
         return Finding::fail(
             "tls.crl",
             format!(
