@@ -2308,3 +2308,24 @@ async fn an_oversized_sts_answer_is_cut_not_buffered() {
     let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
 }
+
+/// A malicious or broken STS answering an active binding's mint with a session in another
+/// account than the role's: not handed out (the probe refuses activation for the same
+/// reason, but a mint must not rely on the probe having seen the same answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_another_account_is_never_handed_out() {
+    let mut env = start().await;
+    let (_, arn) = active_aws_binding(&mut env).await;
+    env.sts
+        .state
+        .roles
+        .lock()
+        .unwrap()
+        .get_mut(&arn)
+        .unwrap()
+        .report_account = Some("333333333333".into());
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(message(&v).contains("account 333333333333"), "{v}");
+    assert!(v["credentials"].is_null(), "{v}");
+}

@@ -605,6 +605,11 @@ impl Provider for AwsAssumeRole {
                 narrowing: &narrowing,
             };
             let out = self.assume_web(parsed, call, request).await?;
+            minted_in_bound_account(
+                parsed,
+                out.assumed_role_user().map(|u| u.arn()),
+                out.request_id(),
+            )?;
             return credential_of(out.credentials(), out.request_id(), duration);
         }
         let source_identity = mint_source_identity(parsed, request.worker)?;
@@ -622,7 +627,33 @@ impl Provider for AwsAssumeRole {
                 request.timeout,
             )
             .await?;
+        minted_in_bound_account(
+            parsed,
+            out.assumed_role_user().map(|u| u.arn()),
+            out.request_id(),
+        )?;
         to_credential(&out, duration)
+    }
+}
+
+/// Refuses a minted session whose `AssumedRoleUser` is in another account than the binding's
+/// role, or names none: a broken or malicious STS must not get another account's credentials
+/// handed out as this tenant's. (The probe refuses activation for the same reason.)
+fn minted_in_bound_account(
+    parsed: &Parsed,
+    assumed: Option<&str>,
+    request_id: Option<&str>,
+) -> Result<(), ProviderError> {
+    match assumed.and_then(params::assumed_role_account) {
+        Some(account) if account == parsed.role.account() => Ok(()),
+        other => Err(ProviderError::Unavailable {
+            message: format!(
+                "STS returned a session in account {} but the binding's role is in account {}: not handed out",
+                other.unwrap_or("(none or unparseable)"),
+                parsed.role.account()
+            ),
+            upstream_request_id: crate::request_id_of(request_id),
+        }),
     }
 }
 
