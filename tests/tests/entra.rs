@@ -845,28 +845,12 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
     // A malicious upstream answering the role-assignment read without its list: not read as
     // "no roles held", the probe cannot pass.
     *env.entra.state.lists_without_value.lock().unwrap() = true;
-    let (s, v) = probe(&mut env.op, id).await;
-    assert_eq!(code(&v), "provider_unavailable", "{s} {v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no value list"),
-        "{v}"
-    );
+    probe_unavailable(&mut env.op, id, "no value list").await;
     *env.entra.state.lists_without_value.lock().unwrap() = false;
     // One answering it densely (400 KB of `0,`, under the 1 MiB byte bound): refused before
     // it is parsed into a value many times its size.
     *env.entra.state.list_padding.lock().unwrap() = 200_000;
-    let (s, v) = probe(&mut env.op, id).await;
-    assert_eq!(code(&v), "provider_unavailable", "{s} {v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("more than 131072 JSON values"),
-        "{v}"
-    );
+    probe_unavailable(&mut env.op, id, "more than 131072 JSON values").await;
     *env.entra.state.list_padding.lock().unwrap() = 0;
     // A role on a subscription the binding does not declare (its roles there unchecked):
     // refused.
@@ -990,6 +974,16 @@ async fn a_federated_credential_without_an_issuer_issues_no_link() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// Probes binding `id`, which must fail `provider_unavailable` saying `why`.
+async fn probe_unavailable(op: &mut BrokerClient, id: &str, why: &str) {
+    let (s, v) = probe(op, id).await;
+    assert_eq!(code(&v), "provider_unavailable", "{s} {v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(why),
+        "{why}: {v}"
+    );
 }
 
 /// "One live link per customer tenant GUID" holds while the other tenant's link can still
