@@ -3150,8 +3150,9 @@ async fn an_operator_lists_and_revokes_install_links() {
     let left = list(&v);
     assert_eq!(left.len(), 2, "{v}");
     assert!(
-        left.iter()
-            .any(|l| l["id"] == opened_id.as_str() && l["status"] == "revoked"),
+        left.iter().any(|l| l["id"] == opened_id.as_str()
+            && l["status"] == "revoked"
+            && l["opens"].is_null()),
         "{v}"
     );
     let (s, _, location) = open_link(&mut env.public, &opened).await;

@@ -80,7 +80,9 @@ impl AdminService {
                         "tenant": s.tenant, "account": s.pin,
                         "issued_at": s.issued_at.map(at),
                         "expires_at": at(s.expires_at),
-                        "opens": s.opens, "creator": s.creator, "status": standing,
+                        // A tombstone's openings were all used up by its revocation.
+                        "opens": (!s.revoked).then_some(s.opens),
+                        "creator": s.creator, "status": standing,
                         "governance": s.governance,
                     })
                 }
