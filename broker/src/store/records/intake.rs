@@ -88,21 +88,11 @@ impl Batch {
         read: &Stored<IntakeLink>,
         link: &IntakeLink,
     ) -> &mut Self {
-        self.push(Op::ExpectValue(
-            Table::Identifiers,
-            key.to_owned(),
-            read.raw.clone(),
-        ))
-        .push(Op::Put(Table::Identifiers, key.to_owned(), encode(link)))
+        self.replace_identifier_record(key, read, link)
     }
 
     /// Removes an intake link as read (used, revoked): of two concurrent uses one fails.
     pub fn remove_intake_link(&mut self, key: &str, read: &Stored<IntakeLink>) -> &mut Self {
-        self.push(Op::ExpectValue(
-            Table::Identifiers,
-            key.to_owned(),
-            read.raw.clone(),
-        ))
-        .push(Op::Delete(Table::Identifiers, key.to_owned()))
+        self.remove_identifier_record(key, read)
     }
 }

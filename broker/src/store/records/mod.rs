@@ -15,13 +15,15 @@ use serde::{Deserialize, Serialize};
 mod governance;
 mod identifiers;
 mod intake;
+mod onboarding;
 
 pub use governance::{LastUseKind, SecretMeta, WebhookScheme, WebhookSecret, WebhookVersion};
 pub use identifiers::{
-    binding_parameter_claim, outlives_binding, outstanding_id, AccountPin, CallbackState, Delivery,
-    ExpectedSite, IdentifierOwner, Outstanding, Unclaimed, MAX_UNCLAIMED, UNCLAIMED_TTL_S,
+    binding_parameter_claim, outlives_binding, AccountPin, Delivery, IdentifierOwner, Unclaimed,
+    MAX_UNCLAIMED, UNCLAIMED_TTL_S,
 };
 pub use intake::IntakeLink;
+pub use onboarding::{outstanding_id, CallbackState, ExpectedSite, Outstanding};
 
 use super::record_cache::RecordCache;
 use super::{Batch, Op, Store, StoreError, Table};
@@ -690,5 +692,37 @@ impl Batch {
             read.value.key(),
             read.raw.clone(),
         ))
+    }
+
+    // The same three for the identifiers table's records, whose keys are derived from what
+    // they are for (a state's hash, a site) rather than held in the value.
+
+    /// Requires `key` to hold still exactly `read` (its bytes as read).
+    fn expect_identifier_record<T>(&mut self, key: &str, read: &Stored<T>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
+        ))
+    }
+
+    /// Replaces the record at `key`, which must still be as read, with `value`.
+    fn replace_identifier_record<T, V: Serialize>(
+        &mut self,
+        key: &str,
+        read: &Stored<T>,
+        value: &V,
+    ) -> &mut Self {
+        self.expect_identifier_record(key, read).push(Op::Put(
+            Table::Identifiers,
+            key.to_owned(),
+            encode(value),
+        ))
+    }
+
+    /// Removes the record at `key`, which must still be as read.
+    fn remove_identifier_record<T>(&mut self, key: &str, read: &Stored<T>) -> &mut Self {
+        self.expect_identifier_record(key, read)
+            .push(Op::Delete(Table::Identifiers, key.to_owned()))
     }
 }
