@@ -94,18 +94,16 @@ pub(super) fn session_in_bound_account(
     call: &str,
     request_id: Option<String>,
 ) -> Result<(), ProviderError> {
-    match assumed_role_account(assumed) {
-        Some(account) if account == parsed.role.account() => Ok(()),
-        other => Err(ProviderError::ActivationRefused {
+    super::answer::in_role_account(parsed, Some(assumed)).map_err(|found| {
+        ProviderError::ActivationRefused {
             reason: RefusalReason::AccountMismatch,
             message: format!(
-                "{call} returned a session in account {} but the binding names account {}",
-                other.unwrap_or("(unparseable)"),
+                "{call} returned a session in account {found} but the binding names account {}",
                 parsed.role.account()
             ),
             upstream_request_id: request_id,
-        }),
-    }
+        }
+    })
 }
 
 /// A random ExternalId of the broker's form (40 alphanumerics), never any tenant's.
