@@ -207,6 +207,23 @@ impl AdminService {
         }
     }
 
+    /// [`AdminService::issuer_may_act`] as a yes or no: `false` once the issuer may no longer
+    /// act (what they issued is dead).
+    ///
+    /// # Errors
+    /// A store error when the operator's record cannot be read.
+    pub(crate) async fn issuer_alive(
+        &self,
+        issuer: Option<&str>,
+        revision: Option<u64>,
+    ) -> Result<bool, ApiError> {
+        match self.issuer_may_act(issuer, revision).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.code == ErrorCode::OperatorRequired => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `batch`, preconditioned on the record of the operator who issued what it acts through
     /// (see [`AdminService::issuer_may_act`]): active, at `revision` when one was recorded,
     /// and unchanged until the commit.

@@ -334,17 +334,12 @@ impl AdminService {
                 // for the new link. Such a link blocks until it expires.
                 let mut blocking = false;
                 for other in others.iter().filter(|s| s.tenant != tenant.as_str()) {
-                    if other.opens > 0 {
-                        blocking = true;
-                        continue;
-                    }
-                    match self
-                        .issuer_may_act(other.creator.as_deref(), other.creator_revision)
-                        .await
-                    {
-                        Ok(()) => blocking = true,
-                        Err(e) if e.code == ErrorCode::OperatorRequired => {}
-                        Err(e) => return Err(e),
+                    blocking = other.opens > 0
+                        || self
+                            .issuer_alive(other.creator.as_deref(), other.creator_revision)
+                            .await?;
+                    if blocking {
+                        break;
                     }
                 }
                 if blocking {

@@ -352,11 +352,11 @@ impl AdminService {
         // removed, their links are dead too (an offboarded operator must not keep a way to
         // replace a secret). Links made by a local command (`cli:…`) have no such operator.
         match self
-            .issuer_may_act(Some(&link.creator), link.creator_revision)
+            .issuer_alive(Some(&link.creator), link.creator_revision)
             .await
         {
-            Ok(()) => {}
-            Err(e) if e.code == ErrorCode::OperatorRequired => {
+            Ok(true) => {}
+            Ok(false) => {
                 self.count_intake("invalid_link", false);
                 return pages::invalid();
             }

@@ -46,11 +46,10 @@ impl AdminService {
         creator: Option<&str>,
         revision: Option<u64>,
     ) -> Result<&'static str, ApiError> {
-        match self.issuer_may_act(creator, revision).await {
-            Ok(()) => Ok("live"),
-            Err(e) if e.code == ErrorCode::OperatorRequired => Ok("dead"),
-            Err(e) => Err(e),
-        }
+        Ok(match self.issuer_alive(creator, revision).await? {
+            true => "live",
+            false => "dead",
+        })
     }
 
     pub(super) async fn plan_onboarding_list(&self) -> Result<Plan, ApiError> {

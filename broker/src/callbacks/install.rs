@@ -80,9 +80,8 @@ impl CallbackService {
         issuer: Option<&str>,
         revision: Option<u64>,
     ) -> Result<bool, Failure> {
-        match self.admin.issuer_may_act(issuer, revision).await {
-            Ok(()) => Ok(false),
-            Err(e) if e.code == ErrorCode::OperatorRequired => Ok(true),
+        match self.admin.issuer_alive(issuer, revision).await {
+            Ok(alive) => Ok(!alive),
             Err(_) => Err(anonymous(ApiError::new(
                 ErrorCode::Internal,
                 "store read failed",
