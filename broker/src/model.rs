@@ -486,6 +486,13 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+/// Unix seconds (as records keep expiries) in RFC 3339; `None` out of range.
+pub fn rfc3339_of_unix(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .map(rfc3339)
+}
+
 /// A fresh binding generation: 128 random bits, hex.
 ///
 /// # Errors

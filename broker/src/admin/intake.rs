@@ -263,7 +263,7 @@ impl AdminService {
                 json!({
                     "id": l.id, "tenant": l.tenant, "binding": l.binding, "fields": l.fields,
                     "creator": l.creator, "created_at": l.created_at,
-                    "expires_at": time::OffsetDateTime::from_unix_timestamp(l.expires_at).map(crate::model::rfc3339).unwrap_or_default(),
+                    "expires_at": crate::model::rfc3339_of_unix(l.expires_at).unwrap_or_default(),
                     "failed_attempts": l.failures,
                 })
             })
@@ -426,9 +426,7 @@ impl AdminService {
         let cookie = format!(
             "{INTAKE_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
         );
-        let expires = time::OffsetDateTime::from_unix_timestamp(link.expires_at)
-            .map(crate::model::rfc3339)
-            .unwrap_or_default();
+        let expires = crate::model::rfc3339_of_unix(link.expires_at).unwrap_or_default();
         pages::form(
             &tenant,
             &link.binding,

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::{store_err, AdminService, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::callbacks::MAX_LINK_OPENS;
+use crate::model::rfc3339_of_unix;
 use crate::store::records::{outstanding_id, CallbackState, Outstanding};
 
 /// What an opened link becomes when revoked: it completes nothing on any replica, this
@@ -29,13 +30,6 @@ fn tombstone(s: &CallbackState) -> CallbackState {
         revoked: true,
         ..s.clone()
     }
-}
-
-/// `expires_at` (Unix seconds) as RFC 3339.
-fn at(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .map(crate::model::rfc3339)
-        .unwrap_or_default()
 }
 
 impl AdminService {
@@ -77,8 +71,8 @@ impl AdminService {
                     json!({
                         "id": id, "kind": "install_link", "provider": s.provider,
                         "tenant": s.tenant, "account": s.pin,
-                        "issued_at": s.issued_at.map(at),
-                        "expires_at": at(s.expires_at),
+                        "issued_at": s.issued_at.and_then(rfc3339_of_unix),
+                        "expires_at": rfc3339_of_unix(s.expires_at),
                         // A tombstone's openings were all used up by its revocation.
                         "opens": (!s.revoked).then_some(s.opens),
                         "creator": s.creator, "status": standing,
@@ -94,7 +88,7 @@ impl AdminService {
                         "id": id, "kind": "expected_site", "provider": e.provider,
                         "tenant": e.tenant, "site": site,
                         "issued_at": e.recorded_at,
-                        "expires_at": at(e.expires_at),
+                        "expires_at": rfc3339_of_unix(e.expires_at),
                         "creator": e.creator, "status": standing,
                         "governance": e.governance,
                     })

@@ -97,12 +97,6 @@ fn parse(t: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
 }
 
-fn at(unix: i64) -> Option<String> {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .map(crate::model::rfc3339)
-}
-
 /// The expiry a provider's probe reported (Data Center PATs: `expiring_at`).
 fn upstream_expiry(b: &Binding) -> Option<OffsetDateTime> {
     b.trust_facts
@@ -272,7 +266,7 @@ impl<'a> Assessor<'a> {
             owner: b.governance.as_ref().map(|g| g.owner.clone()),
             purpose: b.governance.as_ref().map(|g| g.purpose.clone()),
             created_at: b.created_at.clone(),
-            last_resolve_at: f.used.and_then(at),
+            last_resolve_at: f.used.and_then(crate::model::rfc3339_of_unix),
             last_probe_at: b.last_tested_at.clone(),
             last_probe: b.last_probe.clone(),
             secret_version: f.version.map(|v| v.version),
@@ -303,7 +297,7 @@ impl<'a> Assessor<'a> {
             owner: w.governance.as_ref().map(|g| g.owner.clone()),
             purpose: w.governance.as_ref().map(|g| g.purpose.clone()),
             created_at: w.created_at.clone(),
-            last_resolve_at: used.and_then(at),
+            last_resolve_at: used.and_then(crate::model::rfc3339_of_unix),
             last_probe_at: None,
             last_probe: None,
             secret_version: None,
