@@ -6,16 +6,9 @@ use secrecy::SecretString;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::denied;
 use crate::http::Answer;
 use crate::ProviderError;
-
-fn denied(message: String, request_id: Option<String>) -> ProviderError {
-    ProviderError::Denied {
-        message,
-        upstream_request_id: request_id,
-        trust_broken: false,
-    }
-}
 
 /// A parsed token answer.
 pub struct TokenAnswer {

@@ -291,7 +291,7 @@ impl Probe for ServiceNow {
         let mut roles: Vec<String> = rows
             .iter()
             .filter_map(|r| r.get("role.name").and_then(Value::as_str))
-            .map(|r| r.chars().take(100).collect())
+            .map(str::to_owned)
             .collect();
         roles.sort();
         roles.dedup();
