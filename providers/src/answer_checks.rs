@@ -34,6 +34,20 @@ pub fn no_later_than(stated: OffsetDateTime, longest: OffsetDateTime) -> OffsetD
     }
 }
 
+/// `Err` (saying so, as `who`'s answer) when the JSON `text` holds more than `max` nodes by
+/// [`json_node_bound`]: it is not to be parsed.
+///
+/// # Errors
+/// The message to hand back.
+pub fn json_nodes_within(text: &[u8], max: usize, who: &str) -> Result<(), String> {
+    if json_node_bound(text, max) > max {
+        return Err(format!(
+            "{who}'s answer holds more than {max} JSON values: not parsed"
+        ));
+    }
+    Ok(())
+}
+
 /// An upper bound on the nodes (values and object keys) `serde_json` would build from the
 /// JSON `text`, counted without parsing it, stopping once past `stop`: one for the root and
 /// one after each `[`, `{`, `,` and `:` outside a string. A parsed `Value` costs tens of bytes

@@ -157,11 +157,7 @@ impl Http {
                 .await
                 .map_err(|_| unavailable(format!("{what}'s answer could not be read")))?
                 .to_bytes();
-            if crate::json_node_bound(&body, MAX_ANSWER_NODES) > MAX_ANSWER_NODES {
-                return Err(unavailable(format!(
-                    "{what}'s answer holds more than {MAX_ANSWER_NODES} JSON values: not parsed"
-                )));
-            }
+            crate::json_nodes_within(&body, MAX_ANSWER_NODES, what).map_err(unavailable)?;
             Ok(Answer {
                 status,
                 request_id,

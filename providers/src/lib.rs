@@ -37,7 +37,9 @@ mod secret;
 mod secret_json;
 pub mod servicenow;
 
-pub use answer_checks::{is_jwt_text, is_printable, json_node_bound, no_later_than, quoted};
+pub use answer_checks::{
+    is_jwt_text, is_printable, json_node_bound, json_nodes_within, no_later_than, quoted,
+};
 pub use error::{is_request_id, request_id_of, ProviderError, RefusalReason};
 pub use federation::{
     random_alphanumeric, random_subject, AssertionSigner, BindingParameter, NoIssuer, OIDC_SUBJECT,

@@ -2,8 +2,6 @@
 //! (AssumeRole and AssumeRoleWithWebIdentity alike), checked before anything is cached, and
 //! whether its session is in the account of the binding's role.
 
-use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
-use aws_sdk_sts::operation::RequestId;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -22,11 +20,22 @@ pub(super) fn in_role_account<'a>(
     }
 }
 
-pub(super) fn to_credential(
-    out: &AssumeRoleOutput,
+/// What a mint hands out for an answer of AssumeRole or AssumeRoleWithWebIdentity (its
+/// `AssumedRoleUser` ARN, `Credentials` and request id): its session must be in the account
+/// of the binding's role ([`minted_in_bound_account`]), its credentials as [`credential_of`]
+/// checks them.
+///
+/// # Errors
+/// As those two.
+pub(super) fn minted(
+    parsed: &Parsed,
+    assumed: Option<&str>,
+    credentials: Option<&aws_sdk_sts::types::Credentials>,
+    request_id: Option<&str>,
     duration_s: u32,
 ) -> Result<IssuedCredential, ProviderError> {
-    credential_of(out.credentials(), out.request_id(), duration_s)
+    minted_in_bound_account(parsed, assumed, request_id)?;
+    credential_of(credentials, request_id, duration_s)
 }
 
 /// The resolve answer for STS's `Credentials` (AssumeRole or AssumeRoleWithWebIdentity) of a
@@ -102,7 +111,7 @@ pub fn credential_of(
 /// Refuses a minted session whose `AssumedRoleUser` is in another account than the binding's
 /// role, or names none: a broken or malicious STS must not get another account's credentials
 /// handed out as this tenant's. (The probe refuses activation for the same reason.)
-pub(super) fn minted_in_bound_account(
+fn minted_in_bound_account(
     parsed: &Parsed,
     assumed: Option<&str>,
     request_id: Option<&str>,

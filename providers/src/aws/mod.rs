@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use answer::credential_of;
-use answer::{minted_in_bound_account, to_credential};
+use answer::minted;
 use bounded::{BoundedAnswers, NoRetryPastTheBound};
 pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
 use errors::{assume_error, is_trust_refusal, sdk_error};
@@ -529,12 +529,13 @@ impl Provider for AwsAssumeRole {
                 narrowing: &narrowing,
             };
             let out = self.assume_web(parsed, call, request).await?;
-            minted_in_bound_account(
+            return minted(
                 parsed,
                 out.assumed_role_user().map(|u| u.arn()),
+                out.credentials(),
                 out.request_id(),
-            )?;
-            return credential_of(out.credentials(), out.request_id(), duration);
+                duration,
+            );
         }
         let source_identity = mint_source_identity(parsed, request.worker)?;
         let out = self
@@ -551,11 +552,12 @@ impl Provider for AwsAssumeRole {
                 request.timeout,
             )
             .await?;
-        minted_in_bound_account(
+        minted(
             parsed,
             out.assumed_role_user().map(|u| u.arn()),
+            out.credentials(),
             out.request_id(),
-        )?;
-        to_credential(&out, duration)
+            duration,
+        )
     }
 }

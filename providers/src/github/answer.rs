@@ -78,11 +78,7 @@ pub(super) fn answer_body(text: &str) -> Result<Value, String> {
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
-    if crate::json_node_bound(text.as_bytes(), MAX_ANSWER_NODES) > MAX_ANSWER_NODES {
-        return Err(format!(
-            "GitHub answer holds more than {MAX_ANSWER_NODES} JSON values: not parsed"
-        ));
-    }
+    crate::json_nodes_within(text.as_bytes(), MAX_ANSWER_NODES, "GitHub")?;
     Ok(serde_json::from_str(text).unwrap_or(Value::Null))
 }
 
