@@ -53,8 +53,20 @@ impl AdminService {
         // The operator's record — the one the request was admitted on — is a precondition
         // of the commit, so a disable (on any replica) in the meantime makes it fail and
         // write nothing.
+        let issuer = ON_BEHALF_OF.try_with(Clone::clone).ok().flatten();
+        // The operators whose records guard the commit: a failure of their precondition is
+        // theirs, not the change's own (a record the change itself reads, as in
+        // `operator disable bob`, is a plain conflict).
+        let guards: Vec<String> = [
+            Some(event.actor.as_str()),
+            issuer.as_ref().map(|i| i.0.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.strip_prefix("operator:").map(str::to_owned))
+        .collect();
         let guarded = match self.actor_precondition(&event.actor, batch).await {
-            Ok(batch) => match ON_BEHALF_OF.try_with(Clone::clone).ok().flatten() {
+            Ok(batch) => match issuer {
                 Some((issuer, revision)) => {
                     self.issuer_precondition(&issuer, revision, batch).await
                 }
@@ -95,7 +107,10 @@ impl AdminService {
             };
             // An operator record changed between the check and the commit (a disable on
             // another replica): the actor or the issuer may no longer act.
-            let err = match e.changed_operator() {
+            let err = match e
+                .changed_operator()
+                .filter(|n| guards.iter().any(|g| g == n))
+            {
                 Some(name) => ApiError::new(
                     ErrorCode::OperatorRequired,
                     format!(
