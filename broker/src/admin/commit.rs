@@ -303,8 +303,7 @@ impl AdminService {
 
 /// `batch`, committed only while the operator record `read` is unchanged.
 fn guarded(read: &Stored<Operator>, batch: Batch) -> Batch {
-    let mut guarded = Batch::new();
-    guarded.expect_unchanged(read);
-    guarded.ops.extend(batch.ops);
-    guarded
+    let mut guard = Batch::new();
+    guard.expect_unchanged(read);
+    guard.then(batch)
 }

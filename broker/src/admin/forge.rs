@@ -468,10 +468,9 @@ impl AdminService {
         // tenant of the expectation as read here, so that one must still be in the store
         // when the batch commits (a revocation or a new onboarding on another replica in
         // between fails it). First: the batch removes it further on.
-        let mut guarded = Batch::new();
-        guarded.expect_expected_site(&key, &read);
-        guarded.ops.extend(std::mem::take(&mut plan.batch.ops));
-        plan.batch = guarded;
+        let mut guard = Batch::new();
+        guard.expect_expected_site(&key, &read);
+        plan.batch = guard.then(std::mem::take(&mut plan.batch));
         // A site kept unclaimed before the operator onboarded it is now claimed.
         if let Some((ukey, uread)) = self
             .core

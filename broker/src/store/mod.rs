@@ -159,6 +159,12 @@ impl Batch {
         self.ops.push(op);
         self
     }
+
+    /// This batch's operations (preconditions, usually), then `rest`'s: checked first.
+    pub fn then(mut self, rest: Batch) -> Batch {
+        self.ops.extend(rest.ops);
+        self
+    }
 }
 
 /// How a message (an error, a log line) names the key `key` of `table`: in the identifiers
