@@ -2,6 +2,12 @@
 //! `String` a char at a time, a visible cost where every resolve formats digests and ids (the
 //! audit record's hashes, the credential fingerprint, the request id).
 
+/// SHA-256 of `data`, lower-case hex (state nonces, webhook bodies, intake tokens, install
+/// states' keys and ids).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
 /// Appends the lower-case hex of `bytes` to `out`.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     out.reserve(bytes.len() * 2);

@@ -132,10 +132,7 @@ pub(crate) fn unclaimed_expiry() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp() + crate::store::records::UNCLAIMED_TTL_S
 }
 
-/// SHA-256 of `data`, lower-case hex (state nonces, webhook bodies, intake tokens).
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
-}
+pub(crate) use crate::hex_text::sha256_hex;
 
 /// The callback service: verifies inbound provider callbacks on the public listener and
 /// turns them into audited changes.

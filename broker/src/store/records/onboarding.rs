@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identifiers::AccountPin;
 use super::{decode, encode, Records, Stored};
+use crate::hex_text::sha256_hex;
 use crate::store::{Batch, Op, StoreError, Table};
 
 /// A single-use install `state` issued by onboarding.
@@ -89,8 +90,7 @@ fn expected_site_key(site: &str) -> String {
 /// The digest is under `sha256-`, which no state can spell (states are alphanumeric): the
 /// hashed key, read from a copy of the store, is not itself a state that opens the link.
 fn callback_state_key(state: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, state.as_bytes());
-    format!("callback-state:sha256-{}", hex::encode(digest.as_ref()))
+    format!("callback-state:sha256-{}", sha256_hex(state.as_bytes()))
 }
 
 /// Where the release before the state was hashed kept it (its states were 40 alphanumeric
@@ -115,10 +115,8 @@ pub enum Outstanding {
 /// `es_…` for a site expectation): a digest of what it is stored under, so neither a listing
 /// nor an audit record holds a state that opens the link. `None` for a key that is neither.
 pub fn outstanding_id(key: &str) -> Option<String> {
-    fn short(bytes: &[u8]) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-        hex::encode(&digest.as_ref()[..12])
-    }
+    // The first 12 bytes of the digest.
+    let short = |bytes: &[u8]| sha256_hex(bytes)[..24].to_owned();
     if let Some(hashed) = key.strip_prefix("callback-state:sha256-") {
         // The stored digest's first 12 bytes, as a legacy key's state hashes to.
         return (hashed.len() == 64 && hashed.bytes().all(|b| b.is_ascii_hexdigit()))
