@@ -26,13 +26,12 @@ fn web_error(err: SdkError<AssumeRoleWithWebIdentityError>) -> ProviderError {
         .as_service_error()
         .and_then(ProvideErrorMetadata::code)
         .map(str::to_owned);
-    let message = err
-        .as_service_error()
-        .and_then(ProvideErrorMetadata::message)
-        .unwrap_or("")
-        .chars()
-        .take(300)
-        .collect::<String>();
+    let message = crate::quoted(
+        err.as_service_error()
+            .and_then(ProvideErrorMetadata::message)
+            .unwrap_or(""),
+        300,
+    );
     let request_id = crate::request_id_of(err.request_id());
     match code.as_deref() {
         // The customer's trust or OIDC provider refused our assertion.

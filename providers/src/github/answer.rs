@@ -83,12 +83,10 @@ pub(super) fn answer_body(text: &str) -> Result<Value, String> {
 }
 
 pub(super) fn message_of(body: &Value) -> String {
-    body.get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect()
+    crate::quoted(
+        body.get("message").and_then(Value::as_str).unwrap_or(""),
+        200,
+    )
 }
 
 pub(super) fn error_for(answer: Answer, installation: u64) -> ProviderError {

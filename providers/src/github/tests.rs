@@ -116,3 +116,15 @@ fn error_codes_of_githubs_answers() {
     assert_eq!(limited.upstream_request_id(), Some("F00D:1"));
     assert!(!unavailable(&error_for(answer(403, "Forbidden", None), 1)));
 }
+
+/// GitHub's `message` goes into error messages, logs and audit records: an upstream's line
+/// breaks (a forged log line) are dropped, and it is cut to 200 characters.
+#[test]
+fn an_upstream_message_is_quoted_without_control_characters() {
+    let m = super::answer::message_of(
+        &serde_json::json!({"message": "Bad credentials\r\nlevel=error forged=yes"}),
+    );
+    assert_eq!(m, "Bad credentialslevel=error forged=yes");
+    let long = super::answer::message_of(&serde_json::json!({"message": "x".repeat(500)}));
+    assert_eq!(long.len(), 200);
+}
