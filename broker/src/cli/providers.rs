@@ -271,7 +271,8 @@ impl Subcommand for Onboard {
         .subcommand(Conn::augment_args(Command::new("links")).about(
             "List the install links and Atlassian site expectations still out: id, tenant, \
              account or site, expiry, issuer, and whether they can still complete \
-             (status live, or dead once their issuer may no longer act).",
+             (status live; dead once their issuer may no longer act; revoked for an opened \
+             link revoked, kept until it expires).",
         ))
         .subcommand(
             Conn::augment_args(
