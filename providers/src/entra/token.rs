@@ -266,12 +266,7 @@ pub async fn request_token(
             error,
         });
     }
-    read_token_answer(&answer, request_id).map_err(|(m, request_id)| {
-        TokenFailure::Unavailable(ProviderError::Unavailable {
-            message: format!("Entra token answer is malformed: {m}"),
-            upstream_request_id: request_id,
-        })
-    })
+    read_token_answer(&answer, request_id).map_err(TokenFailure::Unavailable)
 }
 
 /// Reads a 200 answer of the token endpoint: a Bearer token that decodes as a JWT, expiring
@@ -279,11 +274,11 @@ pub async fn request_token(
 /// now. Never panics on any input (fuzzed).
 ///
 /// # Errors
-/// What is missing or malformed, with the request id handed back.
+/// `provider_unavailable` naming what is missing or malformed.
 pub fn read_token_answer(
     answer: &[u8],
     request_id: Option<String>,
-) -> Result<TokenAnswer, (String, Option<String>)> {
+) -> Result<TokenAnswer, ProviderError> {
     match token_of(answer) {
         Ok((token, expires_at, claims)) => Ok(TokenAnswer {
             token,
@@ -291,7 +286,10 @@ pub fn read_token_answer(
             claims,
             request_id,
         }),
-        Err(m) => Err((m, request_id)),
+        Err(m) => Err(ProviderError::Unavailable {
+            message: format!("Entra token answer is malformed: {m}"),
+            upstream_request_id: request_id,
+        }),
     }
 }
 
