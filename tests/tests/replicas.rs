@@ -3,7 +3,8 @@
 //! - Resolves spread across the replicas; a worker disabled through one is refused by the
 //!   others on their very next resolve (no sleep: every resolve reads the store's change
 //!   generation first), and the time from the acknowledgement to that refusal is printed.
-//! - Replicas racing to bind one role ARN for three tenants: exactly one wins.
+//! - Replicas racing to bind one role ARN for three tenants: exactly one wins; racing to
+//!   issue Entra consent links for one GUID to three tenants: exactly one link is out.
 //! - One replica leads; killed, another takes the lease over.
 //! - A replica SIGKILLed under load: the others keep serving, every acknowledged resolve of
 //!   every replica is in the database's chains, and `audit verify` passes on each chain.
@@ -683,4 +684,92 @@ async fn an_operator_disabled_on_one_replica_is_refused_by_the_others() {
     assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
     let (s, _) = call(&mut op, Method::GET, "/v1/admin/tenants/sneaky", None).await;
     assert_eq!(s, 404, "nothing was added");
+}
+
+/// Entra's one live consent link per customer tenant GUID holds across replicas: three
+/// operators on three replicas issuing links for one GUID to three tenants at the same
+/// moment get one link out, and the others `conflict` — the pin record every issuance passes
+/// through as read, not one broker's lock, decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_entra_guid_gets_one_link_whichever_replica_issues_it() {
+    use credbroker_tests::fake_entra::{add_client_secret, FakeEntra};
+    const CLIENT_ID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let (tmp, pki) = setup();
+    let entra = FakeEntra::start(CLIENT_ID, "secretA~0123456789abcdefghijklmnop").await;
+    let sections: Vec<(String, u16)> = (0..3).map(|_| public_section(&pki)).collect();
+    let redirect = format!(
+        "https://127.0.0.1:{}/callbacks/entra_multi_tenant/setup",
+        sections[0].1
+    );
+    let set = ReplicaSet::start_each(
+        TestPostgres::start(),
+        tmp.path(),
+        &pki,
+        3,
+        &|i| {
+            format!(
+                "{}[providers.entra_multi_tenant]\nclient_id = \"{CLIENT_ID}\"\nauthority_host = \"{url}\"\narm_base_url = \"{url}\"\ngraph_base_url = \"{url}\"\nredirect_uri = \"{redirect}\"\nceiling_file = {ceiling:?}\ntimeout_ms = 3000\n",
+                sections[i - 1].0,
+                url = entra.url,
+                ceiling = repo_root().join("policies/azure.json").display().to_string(),
+            )
+        },
+        vec![],
+    )
+    .await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    add_client_secret(&mut op, "secretA~0123456789abcdefghijklmnop").await;
+
+    for round in 0..6 {
+        let guid = format!("4444444{round}-5555-4666-8777-888888888888");
+        let mut racers = Vec::new();
+        // Every connection is up before the race starts, and the three start together.
+        let start = Arc::new(tokio::sync::Barrier::new(3));
+        for (i, mut client) in clients(&pki, &set, "op").into_iter().enumerate() {
+            let (s, v) = call(&mut client, Method::GET, "/v1/admin/tenants/t1", None).await;
+            assert_eq!(s, 200, "{v}");
+            let body = json!({"owner": "team-tests", "purpose": "integration test", "tenant": format!("t{}", i + 1), "account": {"login": guid, "id": 0}});
+            let start = start.clone();
+            racers.push(tokio::spawn(async move {
+                start.wait().await;
+                call(
+                    &mut client,
+                    Method::POST,
+                    "/v1/admin/onboard/entra_multi_tenant",
+                    Some(body),
+                )
+                .await
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for r in racers {
+            let (s, v) = r.await.unwrap();
+            outcomes.push((s, code(&v).to_owned()));
+        }
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            vec![
+                (200, String::new()),
+                (409, "conflict".into()),
+                (409, "conflict".into())
+            ],
+            "round {round}: one GUID, one link out, whichever replica issues it"
+        );
+        let (links, v) = onboarding_links(&mut op).await;
+        let out = links
+            .iter()
+            .filter(|l| l["account"]["login"] == guid.as_str())
+            .count();
+        assert_eq!(out, 1, "round {round}: {v}");
+    }
 }

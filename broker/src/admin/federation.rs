@@ -21,7 +21,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
 use crate::ids::TenantId;
 use crate::model::{now_rfc3339, Binding, Status};
-use crate::store::records::{AccountPin, CallbackState, IdentifierOwner};
+use crate::store::records::{AccountPin, CallbackState, IdentifierOwner, LinkPin};
 
 /// `length` random characters of `[A-Za-z0-9]`, from the system CSPRNG.
 pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
@@ -302,10 +302,21 @@ impl AdminService {
                 .map_err(ApiError::bad_request)?;
             // A pin that is itself the identifier (Entra's tenant GUID) and is bound to
             // another tenant: no link is issued, nothing is minted for it.
+            let mut link_pin = None;
             if let Some(identifier) = cb.pin_identifier(&credbroker_providers::InstalledAccount {
                 login: pin.login.clone(),
                 id: pin.id,
             }) {
+                // Read before anything else is looked at, and passed through as read by this
+                // link's batch: an issuance for the account that commits meanwhile, on any
+                // replica, fails this one (`conflict`), whose retry then sees its link.
+                link_pin = Some(
+                    self.core
+                        .records
+                        .link_pin(provider.id(), &pin.login)
+                        .await
+                        .map_err(store_err)?,
+                );
                 let owner = self
                     .core
                     .records
@@ -357,10 +368,24 @@ impl AdminService {
             // A single-use, expiring state binds the install to this tenant, to the account
             // and (once the link is opened) to one browser.
             let state = random_alphanumeric(40)?;
-            let expires = time::OffsetDateTime::now_utc()
+            let issued = time::OffsetDateTime::now_utc();
+            let expires = issued
                 + time::Duration::seconds(
                     i64::try_from(self.core.callback_state_ttl_s()).unwrap_or(3600),
                 );
+            if let Some((key, read)) = &link_pin {
+                let expires_at = read.as_ref().map_or(i64::MIN, |r| r.value.expires_at);
+                plan.batch.pass_link_pin(
+                    key,
+                    read.as_ref(),
+                    &LinkPin {
+                        provider: provider.id().to_owned(),
+                        tenant: tenant.to_string(),
+                        issued_at: issued.unix_timestamp(),
+                        expires_at: expires_at.max(expires.unix_timestamp()),
+                    },
+                );
+            }
             plan.batch.put_callback_state(
                 &state,
                 &CallbackState {
@@ -370,7 +395,7 @@ impl AdminService {
                     pin: Some(pin.clone()),
                     browser: None,
                     opens: 0,
-                    issued_at: Some(time::OffsetDateTime::now_utc().unix_timestamp()),
+                    issued_at: Some(issued.unix_timestamp()),
                     governance: governance.clone(),
                     creator: issuer.as_ref().map(|i| i.0.clone()),
                     creator_revision: issuer.and_then(|i| i.1),
@@ -416,12 +441,13 @@ impl AdminService {
             batch.remove(v);
             destroyed.push(format!("{}/{}", v.binding, v.version));
         }
-        let (mut states, mut deliveries, mut unclaimed, mut sites) = (0usize, 0, 0, 0);
+        let (mut states, mut deliveries, mut unclaimed, mut sites, mut pins) = (0usize, 0, 0, 0, 0);
         for (key, raw) in expired.iter().take(1000) {
             let count = match key.split(':').next().unwrap_or("") {
                 "callback-state" | "intake" => &mut states,
                 "unclaimed" => &mut unclaimed,
                 "expected-site" => &mut sites,
+                "link-pin" => &mut pins,
                 _ => &mut deliveries,
             };
             *count += 1;
@@ -434,7 +460,7 @@ impl AdminService {
             actor: "credbroker:gc".into(),
             outcome: "allowed".into(),
             detail: Some(format!(
-                "forgot {states} expired install state(s) or intake link(s), {deliveries} expired webhook delivery id(s), {unclaimed} unclaimed installation(s) and {sites} site expectation(s); destroyed {} superseded secret version(s) past the overlap{}",
+                "forgot {states} expired install state(s) or intake link(s), {deliveries} expired webhook delivery id(s), {unclaimed} unclaimed installation(s), {sites} site expectation(s) and {pins} install link pin(s); destroyed {} superseded secret version(s) past the overlap{}",
                 destroyed.len(),
                 if destroyed.is_empty() { String::new() } else { format!(": {}", destroyed.join(", ")) }
             )),
@@ -443,7 +469,7 @@ impl AdminService {
         self.commit_audited(event, batch, None)
             .await
             .map_err(|(e, _)| e)?;
-        Ok(states + deliveries + unclaimed + sites + destroyed.len())
+        Ok(states + deliveries + unclaimed + sites + pins + destroyed.len())
     }
 
     /// Runs a binding's probe; stamps the result; activates a pending binding that passes.

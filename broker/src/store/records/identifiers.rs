@@ -189,6 +189,7 @@ impl Records {
             "intake:",
             "unclaimed:",
             "expected-site:",
+            "link-pin:",
         ] {
             for (key, raw) in self.store.scan(Table::Identifiers, prefix).await? {
                 // An unreadable record is kept (and reported by whoever reads it).

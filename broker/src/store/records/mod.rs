@@ -23,7 +23,7 @@ pub use identifiers::{
     MAX_UNCLAIMED, UNCLAIMED_TTL_S,
 };
 pub use intake::IntakeLink;
-pub use onboarding::{outstanding_id, CallbackState, ExpectedSite, Outstanding};
+pub use onboarding::{outstanding_id, CallbackState, ExpectedSite, LinkPin, Outstanding};
 
 use super::record_cache::RecordCache;
 use super::{Batch, Op, Store, StoreError, Table};

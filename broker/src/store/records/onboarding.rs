@@ -79,6 +79,28 @@ pub struct ExpectedSite {
     pub creator_revision: Option<u64>,
 }
 
+/// The record every install link pinning one account (an Entra tenant GUID) passes
+/// through: each issuance rewrites it, as it read it before looking for other links, in the
+/// batch that stores its own link. Two issuances for one account planned at the same moment
+/// (on two replicas) do not both land: the second fails that precondition (`conflict`), and
+/// when it is retried its check sees the first one's link. It holds nothing the check
+/// reads; the collector forgets it once every link through it has expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkPin {
+    /// The provider of the links.
+    pub provider: String,
+    /// The tenant of the last link issued through it.
+    pub tenant: String,
+    /// When that link was issued, Unix seconds.
+    pub issued_at: i64,
+    /// The latest expiry of a link issued through it, Unix seconds.
+    pub expires_at: i64,
+}
+
+fn link_pin_key(provider: &str, login: &str) -> String {
+    format!("link-pin:{provider}:{}", login.to_ascii_lowercase())
+}
+
 fn expected_site_key(site: &str) -> String {
     format!("expected-site:{site}")
 }
@@ -183,6 +205,21 @@ impl Records {
         Ok(out)
     }
 
+    /// The pin record of `provider`'s links for the account `login` (compared without
+    /// case), as read before an issuance looks for other links: `(key, record)`.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn link_pin(
+        &self,
+        provider: &str,
+        login: &str,
+    ) -> Result<(String, Option<Stored<LinkPin>>), StoreError> {
+        let key = link_pin_key(provider, login);
+        let read = self.get_stored(Table::Identifiers, &key).await?;
+        Ok((key, read))
+    }
+
     /// Every install link and site expectation still stored (expired ones too, until the
     /// collector forgets them), as read for a revocation: `(key, record)`.
     ///
@@ -282,6 +319,23 @@ impl Batch {
         }
     }
 
+    /// Passes an issuance through the pin record at `key`, which must still be as `read`
+    /// (absent when `None`): of two issuances for one account planned from the same state,
+    /// one fails.
+    pub fn pass_link_pin(
+        &mut self,
+        key: &str,
+        read: Option<&Stored<LinkPin>>,
+        record: &LinkPin,
+    ) -> &mut Self {
+        match read {
+            Some(r) => self.replace_identifier_record(key, r, record),
+            None => self
+                .push(Op::ExpectAbsent(Table::Identifiers, key.to_owned()))
+                .push(Op::Put(Table::Identifiers, key.to_owned(), encode(record))),
+        }
+    }
+
     /// Requires an expectation to be still as read (a bind it authorizes: a revocation or a
     /// new onboarding committed meanwhile, on any replica, fails the bind).
     pub fn expect_expected_site(&mut self, key: &str, read: &Stored<ExpectedSite>) -> &mut Self {
@@ -329,6 +383,53 @@ mod tests {
             creator_revision: None,
             revoked: false,
         }
+    }
+
+    /// Two issuances planned from one read of an account's pin record: the first lands, the
+    /// second fails its precondition; the record is one per account whatever its case, and
+    /// the collector forgets it once every link through it has expired.
+    #[tokio::test]
+    async fn a_link_pin_lets_one_of_two_issuances_planned_together_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let guid = "11111111-2222-4333-8444-55555555AAAA";
+        let pin = |tenant: &str, expires_at: i64| LinkPin {
+            provider: "entra_multi_tenant".into(),
+            tenant: tenant.into(),
+            issued_at: 1,
+            expires_at,
+        };
+        for (first, second) in [(1, 2), (3, 4)] {
+            let (key, read) = records.link_pin("entra_multi_tenant", guid).await.unwrap();
+            let (again, read_again) = records
+                .link_pin("entra_multi_tenant", &guid.to_ascii_lowercase())
+                .await
+                .unwrap();
+            assert_eq!(key, again);
+            assert_eq!(
+                read.map(|r| r.raw),
+                read_again.as_ref().map(|r| r.raw.clone())
+            );
+            let read = read_again;
+            let mut a = Batch::new();
+            a.pass_link_pin(&key, read.as_ref(), &pin("t1", first));
+            records.commit(a).await.unwrap();
+            let mut b = Batch::new();
+            b.pass_link_pin(&key, read.as_ref(), &pin("t2", second));
+            assert!(
+                matches!(
+                    records.commit(b).await,
+                    Err(StoreError::Precondition { .. })
+                ),
+                "two issuances planned from one read both landed"
+            );
+        }
+        let (_, read) = records.link_pin("entra_multi_tenant", guid).await.unwrap();
+        assert_eq!(read.unwrap().value, pin("t1", 3));
+        assert!(records.expired_ephemera(3).await.unwrap().is_empty());
+        let expired = records.expired_ephemera(4).await.unwrap();
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert!(expired[0].0.starts_with("link-pin:"), "{expired:?}");
     }
 
     /// A state is stored under its hash: the store holds no live state in clear, and a
