@@ -1,5 +1,6 @@
 //! Hostile clients: slow-loris (headers and body), oversized headers, more connections than
-//! the limit, a handshake flood, and an HTTP/2 stream flood. Throughout, a well-behaved worker
+//! the limit, a handshake flood, an HTTP/2 stream flood, and one worker certificate
+//! connecting from many addresses. Throughout, a well-behaved worker
 //! keeps being served and the daemon's memory stays bounded. Loopback only; every loop is
 //! bounded in count and time.
 
@@ -271,5 +272,113 @@ async fn hostile_clients_do_not_starve_workers() {
     assert!(
         after < rss_before + 96 * 1024,
         "RSS grew from {rss_before} KiB to {after} KiB"
+    );
+}
+
+/// Opens a connection from `local` as worker `name` and asks for `/healthz` on it: the
+/// stream, kept open, when it was served; `None` when the daemon closed it instead.
+async fn held_connection(
+    pki: &TestPki,
+    addr: std::net::SocketAddr,
+    local: &str,
+    name: &str,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.ok()?;
+    let mut tls = client_tls(pki, name, b"http/1.1")
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .ok()?;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    head.starts_with(b"HTTP/1.1 200").then_some(tls)
+}
+
+/// A worker certificate used from many addresses (a compromised worker's, spread so that no
+/// address reaches its per-source share) cannot take every connection: once half of the
+/// budget is in use it gets no more than its identity's share, and another worker is still
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_from_many_addresses_leaves_connections_for_others() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: "[limits]\nmax_connections = 16\nmax_connections_per_source = 2\nmax_connections_per_identity = 4\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    pki.worker("w2");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    drop(op);
+    let addr: std::net::SocketAddr = daemon.url.trim_start_matches("https://").parse().unwrap();
+
+    // w1 from 24 addresses, one connection each: it is given half of the 16 connections.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for host in 10..34 {
+        match held_connection(&pki, addr, &format!("127.0.0.{host}"), "w1").await {
+            Some(c) => held.push(c),
+            None => refused += 1,
+        }
+    }
+    assert_eq!(
+        (held.len(), refused),
+        (8, 16),
+        "one identity from many addresses took more than half of the connections"
+    );
+    // Another worker is served, on connections of its own beyond w1's.
+    let mut others = Vec::new();
+    for host in 50..53 {
+        let c = held_connection(&pki, addr, &format!("127.0.0.{host}"), "w2").await;
+        others.push(c.expect("another worker was refused a connection"));
+    }
+    let mut w2 = pki.client_for("w2", &daemon.url);
+    let (s, v) = resolve(&mut w2, json!({"instance_id": "i2"})).await;
+    assert_eq!(s, 200, "{v}");
+    // Closed, w1's connections no longer count against it: with w2 holding half of the
+    // budget (its four, then four more while under half), w1 still gets a connection.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for host in 53..57 {
+        let c = held_connection(&pki, addr, &format!("127.0.0.{host}"), "w2").await;
+        others.push(c.expect("w2 was refused a connection below half of the budget"));
+    }
+    assert!(
+        held_connection(&pki, addr, "127.0.0.60", "w1")
+            .await
+            .is_some(),
+        "w1's closed connections still count against it"
+    );
+    let (_, m) = scrape(&pki, &daemon.url).await;
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        metric_value(&m, "credbroker_connections_refused_total").unwrap_or(0.0) >= 16.0,
+        "{m}"
     );
 }

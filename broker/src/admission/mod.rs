@@ -146,6 +146,72 @@ impl Drop for HandshakePermit {
     }
 }
 
+/// Open connections per client identity on the mTLS listener (the certificate's identity,
+/// `worker:<name>`, …, whatever address it comes from): once half of the connection budget
+/// is in use, an identity that already holds `per_identity` connections gets no more. One
+/// certificate used from many addresses (a compromised worker's, each address under the
+/// per-source share) so holds at most half of the budget, or `per_identity` if larger, and
+/// every other identity keeps the rest.
+pub struct IdentityShare {
+    budget: Arc<Semaphore>,
+    reserve: usize,
+    counts: Mutex<HashMap<String, usize>>,
+    per_identity: usize,
+}
+
+/// An identity's connection; released when dropped.
+pub struct IdentitySlot {
+    share: Arc<IdentityShare>,
+    identity: String,
+}
+
+impl IdentityShare {
+    /// A share of the `total` connection slots of `budget` (the connection gate's
+    /// semaphore), `per_identity` of them for any one identity once half are in use.
+    pub fn new(budget: Arc<Semaphore>, total: usize, per_identity: usize) -> Arc<IdentityShare> {
+        Arc::new(IdentityShare {
+            budget,
+            reserve: total.max(1) / 2,
+            counts: Mutex::new(HashMap::new()),
+            per_identity: per_identity.max(1),
+        })
+    }
+
+    /// A slot for one more connection of `identity` (which already holds its connection
+    /// slot), or `None` when the identity has its share and the budget is under pressure.
+    pub fn try_enter(self: &Arc<Self>, identity: &str) -> Option<IdentitySlot> {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = counts.get(identity).copied().unwrap_or(0);
+        if held >= self.per_identity && self.budget.available_permits() < self.reserve {
+            return None;
+        }
+        counts.insert(identity.to_owned(), held + 1);
+        Some(IdentitySlot {
+            share: self.clone(),
+            identity: identity.to_owned(),
+        })
+    }
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .share
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.identity) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.identity);
+            }
+        }
+    }
+}
+
 /// A token bucket: `rate` tokens a second up to `burst`.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {

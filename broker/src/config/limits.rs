@@ -25,6 +25,10 @@ pub struct Limits {
     /// Open connections from one source once half of `max_connections` are in use (the
     /// public listener enforces its own cap always).
     pub max_connections_per_source: usize,
+    /// Open connections of one client identity (a worker's, operator's or scraper's
+    /// certificate, from whatever addresses) once half of `max_connections` are in use: one
+    /// identity never holds more than half of them (or this, if larger).
+    pub max_connections_per_identity: usize,
     /// A connection with no request in progress for this long is closed, milliseconds.
     pub idle_timeout_ms: u64,
     /// A connection is closed (gracefully) after this long whatever it does, seconds, so
@@ -48,6 +52,7 @@ impl Default for Limits {
             max_handshakes: 256,
             max_handshakes_per_source: 16,
             max_connections_per_source: 64,
+            max_connections_per_identity: 64,
             idle_timeout_ms: 300_000,
             max_connection_age_s: 3600,
             header_read_timeout_ms: 30_000,
@@ -74,6 +79,7 @@ impl Limits {
             || l.max_handshakes == 0
             || l.max_handshakes_per_source == 0
             || l.max_connections_per_source == 0
+            || l.max_connections_per_identity == 0
             || l.idle_timeout_ms == 0
             || l.max_connection_age_s == 0
         {

@@ -130,6 +130,13 @@ pub fn spawn_role(
         Role::Mtls => HandshakeGate::new(limits.max_connections, limits.max_connections_per_source),
     };
     let connections = connection_gate.slots();
+    // On the mTLS listener, per client identity too: one certificate used from many
+    // addresses cannot take the connections every other identity needs.
+    let identity_share = crate::admission::IdentityShare::new(
+        connections.clone(),
+        limits.max_connections,
+        limits.max_connections_per_identity,
+    );
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
     // handshake slot.
@@ -205,6 +212,7 @@ pub fn spawn_role(
             let limits = limits.clone();
             let detached = detached.clone();
             let connection_gate = connection_gate.clone();
+            let identity_share = identity_share.clone();
             let refused_log = refused_log.clone();
             let rate_limiter = rate_limiter.clone();
             let body_budget = body_budget.clone();
@@ -278,6 +286,27 @@ pub fn spawn_role(
                         }
                     },
                     None => None,
+                };
+                // Its identity's share, once the handshake named it (a verified certificate
+                // with no usable identity counts as one identity with all the others).
+                let _identity_slot = match role {
+                    Role::Public => None,
+                    Role::Mtls => {
+                        let identity = peer
+                            .as_ref()
+                            .map(PeerIdentity::audit_name)
+                            .unwrap_or_default();
+                        match identity_share.try_enter(&identity) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                broker.metrics().connections_refused.inc();
+                                if let Some(suppressed) = refused_log.admit() {
+                                    tracing::warn!(%remote, %identity, limit = "identity", suppressed, "connection limit reached; closing new connection");
+                                }
+                                return;
+                            }
+                        }
+                    }
                 };
                 let activity = Arc::new(Activity::new());
                 let service_activity = activity.clone();
