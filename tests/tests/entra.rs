@@ -654,14 +654,14 @@ async fn consent_takeover_attempts_are_refused() {
     assert!(v["error"]["audit_id"].is_string());
 
     // Two tenants never hold live links for one account at once (a consent given through
-    // one would count as "granted after the link was issued" for the other): while t2
-    // holds a link for ACME, t1's onboarding of ACME is refused.
-    let state2 = onboard(&mut env.op, "t2", ACME).await;
+    // one would count as "granted after the link was issued" for the other): while t1
+    // holds a link for ACME, t2's onboarding of ACME is refused.
+    let state2 = onboard(&mut env.op, "t1", ACME).await;
     let (s, v) = call(
         &mut env.op,
         Method::POST,
         "/v1/admin/onboard/entra_multi_tenant",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t2", "account": {"login": ACME, "id": 0}})),
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
@@ -674,13 +674,13 @@ async fn consent_takeover_attempts_are_refused() {
     );
     // A link still out when the account is bound to someone else (bound here by hand;
     // a link from before an upgrade, or issued on another replica in the same moment) can
-    // no longer take it, and nothing is minted for ACME on t2's behalf. No new link is
-    // issued for t2.
+    // no longer take it, and nothing is minted for ACME on t1's behalf. No new link is
+    // issued for t1.
     let (s, v) = call(
         &mut env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": BINDING, "tenant": "t1", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": BINDING, "tenant": "t2", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME}})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -702,13 +702,13 @@ async fn consent_takeover_attempts_are_refused() {
     assert_eq!(
         token_requests_for(&env.entra, ACME),
         acme_before,
-        "nothing minted for t2"
+        "nothing minted for t1"
     );
     let (s, v) = call(
         &mut env.op,
         Method::POST,
         "/v1/admin/onboard/entra_multi_tenant",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t2", "account": {"login": ACME, "id": 0}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t1", "account": {"login": ACME, "id": 0}})),
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
@@ -717,7 +717,7 @@ async fn consent_takeover_attempts_are_refused() {
         &mut env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-by-hand", "tenant": "t2", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME.to_uppercase()}})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-by-hand", "tenant": "t1", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME.to_uppercase()}})),
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
@@ -726,7 +726,7 @@ async fn consent_takeover_attempts_are_refused() {
     // the mint that should confirm it.
     let unconsented = "33333333-4444-4555-8666-777777777777";
     env.entra.add_unconsented(unconsented);
-    let state = onboard(&mut env.op, "t2", unconsented).await;
+    let state = onboard(&mut env.op, "t1", unconsented).await;
     let (s, v) = consent_round(
         &mut env.public,
         &state,
@@ -739,13 +739,13 @@ async fn consent_takeover_attempts_are_refused() {
         "{v}"
     );
 
-    // A worker of t2 cannot resolve t1's Entra instance.
+    // A worker of t1 cannot resolve t2's Entra instance.
     call(
         &mut env.op,
         Method::POST,
         "/v1/admin/instances",
         Some(
-            json!({"id": "i-entra", "tenant": "t1", "binding": BINDING, "connector_kind": "entra"}),
+            json!({"id": "i-entra", "tenant": "t2", "binding": BINDING, "connector_kind": "entra"}),
         ),
     )
     .await;
@@ -753,7 +753,7 @@ async fn consent_takeover_attempts_are_refused() {
         &mut env.op,
         Method::POST,
         "/v1/admin/workers",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t1"]})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -1080,4 +1080,65 @@ async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant_unless_opened() {
         (409, "conflict"),
         "an opened dead link stopped blocking: {v}"
     );
+}
+
+/// A return through an opened link that is refused — here Entra's `error`, sent without the
+/// link's cookie by anyone holding the link — uses the link up but does not lift the
+/// one-live-link rule: the customer's admin may still be on the consent page the link led
+/// to, and a consent given there must not count for another tenant's link issued meanwhile.
+/// The used link stays (listed `used`) until it expires, and further returns through it
+/// write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_return_through_an_opened_link_keeps_its_guid_blocked() {
+    let mut env = start().await;
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let _ = open_link(&mut env.public, &state).await;
+    let refused = format!("error=access_denied&error_description=x&state={state}");
+    let (s, v) = callback(&mut env.public, &refused, None).await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(v["error"]["audit_id"].is_string(), "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/onboard/entra_multi_tenant",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t2", "account": {"login": ACME, "id": 0}})),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (409, "conflict"),
+        "a refused return lifted the block on its GUID: {v}"
+    );
+    let (links, v) = onboarding_links(&mut env.op).await;
+    assert!(
+        links
+            .iter()
+            .any(|l| l["tenant"] == "t1" && l["status"] == "used" && l["opens"].is_null()),
+        "{v}"
+    );
+    // Returns through the used link, with or without its cookie, are refused unaudited; it
+    // opens no more; an operator cannot revoke what is already used.
+    let records = env.daemon.audit_records().len();
+    let (s, cookie, _) = open_link(&mut env.public, &state).await;
+    assert_eq!((s, cookie), (403, None), "a used link was opened again");
+    for query in [
+        refused.clone(),
+        format!("admin_consent=True&tenant={ACME}&state={state}"),
+    ] {
+        let (s, v) = callback(&mut env.public, &query, None).await;
+        assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+        assert!(v["error"]["audit_id"].is_null(), "{v}");
+    }
+    assert_eq!(env.daemon.audit_records().len(), records);
+    let id = links
+        .iter()
+        .find(|l| l["tenant"] == "t1")
+        .and_then(|l| l["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (s, v) = revoke_onboarding_link(&mut env.op, &id).await;
+    assert_eq!((s, code(&v)), (404, "unknown_record"), "{v}");
+    // The same tenant may be given a new link for its GUID.
+    let again = onboard(&mut env.op, "t1", ACME).await;
+    assert_ne!(again, state);
 }

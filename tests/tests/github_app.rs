@@ -3181,10 +3181,16 @@ async fn an_operator_lists_and_revokes_install_links() {
         let (s, v) = revoke_onboarding_link(&mut env.op, &id).await;
         assert_eq!((s, code(&v)), (404, "unknown_record"), "{id}: {v}");
     }
-    // The link not revoked still works, and is all that is listed: the opened one, kept as
-    // a tombstone (see above), was used up by the refused return.
+    // The link not revoked still works; the opened one stays listed as revoked until it
+    // expires (the refused return through it wrote nothing).
     let (_, v) = onboarding_links(&mut env.op).await;
-    assert_eq!(list(&v).len(), 1, "{v}");
+    let left = list(&v);
+    assert_eq!(left.len(), 2, "{v}");
+    assert!(
+        left.iter()
+            .any(|l| l["id"] == opened_id.as_str() && l["status"] == "revoked"),
+        "{v}"
+    );
     let (s, _, location) = open_link(&mut env.public, &kept).await;
     assert_eq!(s, 302, "the link left out was revoked too");
     assert!(location.is_some());

@@ -164,6 +164,7 @@ async fn every_record_type_round_trips(records: &Records) {
                 creator: None,
                 creator_revision: None,
                 revoked: false,
+                used: false,
             },
         );
     records.commit(b).await.unwrap();
@@ -408,6 +409,7 @@ async fn conflicting_commits_have_one_winner(records: &Records) {
             creator: None,
             creator_revision: None,
             revoked: false,
+            used: false,
         },
     );
     records.commit(b).await.unwrap();

@@ -356,7 +356,7 @@ impl AdminService {
                 if blocking {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
-                        format!("an install link for {identifier} is already out for another tenant: it must expire or be used first, or be revoked before it is opened (credbroker onboard links, onboard revoke ID); an opened one blocks until it expires"),
+                        format!("an install link for {identifier} is already out for another tenant: it must expire first, or be revoked before it is opened (credbroker onboard links, onboard revoke ID); an opened or used one blocks until it expires"),
                     ));
                 }
             }
@@ -400,6 +400,7 @@ impl AdminService {
                     creator: issuer.as_ref().map(|i| i.0.clone()),
                     creator_revision: issuer.and_then(|i| i.1),
                     revoked: false,
+                    used: false,
                 },
             );
             plan.response["install_url"] = json!(format!(

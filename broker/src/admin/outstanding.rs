@@ -8,7 +8,8 @@
 //! (counted, not audited). One already opened may have a customer's admin on the upstream's
 //! consent page: it is kept until it expires as a tombstone that completes nothing (no
 //! browser, every opening used, `revoked`), so that Entra's one-live-link-per-GUID rule still
-//! counts it and a consent given through it is not taken for another tenant's link. A
+//! counts it and a consent given through it is not taken for another tenant's link. A link
+//! the customer's return used up (accepted or refused) is kept the same way, listed `used`. A
 //! revoked expectation binds nothing: the site's next invocation is kept unclaimed, as any
 //! unexpected site's.
 
@@ -16,21 +17,8 @@ use serde_json::{json, Value};
 
 use super::{store_err, AdminService, Plan};
 use crate::api_error::{ApiError, ErrorCode};
-use crate::callbacks::MAX_LINK_OPENS;
 use crate::model::rfc3339_of_unix;
-use crate::store::records::{outstanding_id, CallbackState, Outstanding};
-
-/// What an opened link becomes when revoked: it completes nothing on any replica, this
-/// release's or an older one's (no browser can match, no opening is left), and is forgotten
-/// at its expiry as any.
-fn tombstone(s: &CallbackState) -> CallbackState {
-    CallbackState {
-        browser: None,
-        opens: s.opens.max(MAX_LINK_OPENS),
-        revoked: true,
-        ..s.clone()
-    }
-}
+use crate::store::records::{outstanding_id, Outstanding};
 
 impl AdminService {
     /// `live` while the issuer may still act, `dead` once they may not (disabled, removed,
@@ -64,6 +52,8 @@ impl AdminService {
                     let s = s.value;
                     let standing = if s.revoked {
                         "revoked"
+                    } else if s.used {
+                        "used"
                     } else {
                         self.standing_of(s.creator.as_deref(), s.creator_revision)
                             .await?
@@ -73,8 +63,8 @@ impl AdminService {
                         "tenant": s.tenant, "account": s.pin,
                         "issued_at": s.issued_at.and_then(rfc3339_of_unix),
                         "expires_at": rfc3339_of_unix(s.expires_at),
-                        // A tombstone's openings were all used up by its revocation.
-                        "opens": (!s.revoked).then_some(s.opens),
+                        // A tombstone's openings were all used up by its revocation or use.
+                        "opens": (!s.spent()).then_some(s.opens),
                         "creator": s.creator, "status": standing,
                         "governance": s.governance,
                     })
@@ -124,7 +114,7 @@ impl AdminService {
             .await
             .map_err(store_err)?
             .into_iter()
-            .filter(|(_, found)| !matches!(found, Outstanding::InstallLink(s) if s.value.revoked))
+            .filter(|(_, found)| !matches!(found, Outstanding::InstallLink(s) if s.value.spent()))
             .find(|(key, _)| outstanding_id(key).as_deref() == Some(id))
             .ok_or_else(unknown)?;
         let mut plan;
@@ -144,9 +134,10 @@ impl AdminService {
                     json!({ "revoked": id, "kind": "install_link", "tenant": s.tenant }),
                 );
                 if s.opens == 0 {
-                    plan.batch.consume_callback_state(&key, read);
+                    plan.batch.forget_callback_state(&key, read);
                 } else {
-                    plan.batch.replace_callback_state(&key, read, &tombstone(s));
+                    plan.batch
+                        .replace_callback_state(&key, read, &s.tombstone(true));
                 }
                 plan.tenant = Some(s.tenant.clone());
             }

@@ -59,6 +59,9 @@ const ISSUER_GONE: &str =
 /// Why a link an operator revoked after it was opened is refused.
 const REVOKED: &str = "this install link was revoked; ask for a new one";
 
+/// The refusal of a state that is unknown, or was used (or belongs to another provider).
+const USED: &str = "unknown or already used state";
+
 /// An error of a step taken on behalf of a link's issuer, as the customer's browser is told
 /// it: an issuer who may no longer act is not named (the audit record names them).
 fn for_the_browser(e: ApiError) -> ApiError {
@@ -119,7 +122,7 @@ impl CallbackService {
             .callback_state(&state)
             .await
             .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?
-            .ok_or_else(|| anonymous(rejected("unknown or already used state")))?;
+            .ok_or_else(|| anonymous(rejected(USED)))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if read.provider != provider.id() || read.expires_at < now {
             return Err(anonymous(rejected(
@@ -128,6 +131,9 @@ impl CallbackService {
         }
         if read.revoked {
             return Err(anonymous(rejected(REVOKED)));
+        }
+        if read.used {
+            return Err(anonymous(rejected(USED)));
         }
         if read.opens >= MAX_LINK_OPENS {
             return Err(anonymous(rejected(
@@ -201,13 +207,23 @@ impl CallbackService {
             .callback_state(&redirect.state)
             .await
             .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?
-            .ok_or_else(|| anonymous(rejected("unknown or already used state")))?;
+            .ok_or_else(|| anonymous(rejected(USED)))?;
         let expired = read.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
         // A state of another provider is not this callback's to consume: refused before
         // anything is written, and counted like an unknown one (anyone holding some install
         // link could otherwise repeat it here for one fsynced record each).
         if read.provider != provider.id() {
-            return Err(anonymous(rejected("unknown or already used state")));
+            return Err(anonymous(rejected(USED)));
+        }
+        // A revoked or used link (its tombstone, kept until it expires) completes nothing;
+        // refused before anything is written, and counted like an unknown state: the first
+        // return through it was audited, its revocation too.
+        if read.spent() {
+            return Err(anonymous(rejected(if read.revoked {
+                REVOKED
+            } else {
+                USED
+            })));
         }
         let tenant =
             TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
@@ -237,8 +253,6 @@ impl CallbackService {
             .map(|r| format!("the provider reported the install or consent did not happen ({r}); nothing was bound"));
         let refusal = if expired {
             Some("state expired; start onboarding again")
-        } else if read.revoked {
-            Some(REVOKED)
         } else if !cookie_ok {
             Some("the install did not finish in the browser that opened the install link (cookie missing or different); start onboarding again")
         } else if issuer_gone {

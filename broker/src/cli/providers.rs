@@ -272,7 +272,8 @@ impl Subcommand for Onboard {
             "List the install links and Atlassian site expectations still out: id, tenant, \
              account or site, expiry, issuer, and whether they can still complete \
              (status live; dead once their issuer may no longer act; revoked for an opened \
-             link revoked, kept until it expires).",
+             link revoked, used once the customer's return came back through it: both kept \
+             until they expire).",
         ))
         .subcommand(
             Conn::augment_args(

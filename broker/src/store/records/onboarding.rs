@@ -51,6 +51,34 @@ pub struct CallbackState {
     /// is never taken for another tenant's (Entra's one-live-link rule still counts it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
+    /// Used: its setup callback came back (accepted or refused) and consumed it. Kept until it
+    /// expires as a revoked link is, completing nothing, and for the same reason: the
+    /// customer's admin may still be on the consent page it led to, so Entra's one-live-link
+    /// rule still counts it (a used link deleted at once let a refused callback — anyone
+    /// holding the link can send one — lift the block).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub used: bool,
+}
+
+impl CallbackState {
+    /// Whether it can complete nothing more (revoked or used): what reaches it is refused
+    /// without a write.
+    pub fn spent(&self) -> bool {
+        self.revoked || self.used
+    }
+
+    /// What it becomes once it may complete nothing more: no browser can match and no
+    /// opening is left — on any replica, this release's or an older one's — and it is
+    /// forgotten at its expiry as any state.
+    pub fn tombstone(&self, revoked: bool) -> CallbackState {
+        CallbackState {
+            browser: None,
+            opens: u32::MAX,
+            revoked: self.revoked || revoked,
+            used: self.used || !revoked,
+            ..self.clone()
+        }
+    }
 }
 
 /// A site an operator's onboarding expects (Atlassian Forge): its first verified invocation
@@ -297,9 +325,10 @@ impl Batch {
         self.replace_identifier_record(key, read, record)
     }
 
-    /// Consumes an install `state` as it was read: a second consumption fails.
+    /// Consumes an install `state` as it was read, leaving its tombstone until it expires: a
+    /// second consumption fails.
     pub fn consume_callback_state(&mut self, key: &str, read: &Stored<CallbackState>) -> &mut Self {
-        self.remove_identifier_record(key, read)
+        self.replace_identifier_record(key, read, &read.value.tombstone(false))
     }
 
     /// Records that `site` is expected, replacing `read` (the expectation as read, if any;
@@ -334,6 +363,12 @@ impl Batch {
                 .push(Op::ExpectAbsent(Table::Identifiers, key.to_owned()))
                 .push(Op::Put(Table::Identifiers, key.to_owned(), encode(record))),
         }
+    }
+
+    /// Forgets an install `state` as read (a never-opened link revoked: nobody can be on a
+    /// consent page through it).
+    pub fn forget_callback_state(&mut self, key: &str, read: &Stored<CallbackState>) -> &mut Self {
+        self.remove_identifier_record(key, read)
     }
 
     /// Requires an expectation to be still as read (a bind it authorizes: a revocation or a
@@ -382,6 +417,7 @@ mod tests {
             creator: None,
             creator_revision: None,
             revoked: false,
+            used: false,
         }
     }
 
@@ -487,6 +523,9 @@ mod tests {
         let mut batch = Batch::new();
         batch.consume_callback_state(&key, &read);
         records.commit(batch).await.unwrap();
-        assert!(records.callback_state(old).await.unwrap().is_none());
+        // Consumed where it was read: a used tombstone there, nothing written elsewhere.
+        let (key, used) = records.callback_state(old).await.unwrap().unwrap();
+        assert_eq!(key, format!("callback-state:{old}"));
+        assert!(used.value.used && used.value.browser.is_none(), "{:?}", used.value);
     }
 }
