@@ -2329,3 +2329,63 @@ async fn a_session_in_another_account_is_never_handed_out() {
     assert!(message(&v).contains("account 333333333333"), "{v}");
     assert!(v["credentials"].is_null(), "{v}");
 }
+
+/// An enable racing the binding's creation (its routing found no binding yet) never
+/// activates it without the probe: the decision is taken again on the record the change is
+/// preconditioned on. The role here does not enforce the ExternalId, so a probe would refuse
+/// it: an `active` binding could only come from a skipped probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enable_racing_the_bindings_creation_never_skips_its_probe() {
+    let mut env = start().await;
+    onboard(&mut env.op, "t1").await;
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/Unenforced");
+    env.sts.add_role(&arn, role(None));
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..30 {
+        let id = format!("race{i}");
+        let mut adder = env.pki.client_for("op", &env.daemon.url);
+        let mut enabler = env.pki.client_for("op", &env.daemon.url);
+        for c in [&mut adder, &mut enabler] {
+            let (s, _) = call(c, Method::GET, "/v1/admin/tenants/t1", None).await;
+            assert_eq!(s, 200);
+        }
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let body = json!({"owner": "team-tests", "purpose": "integration test", "id": id, "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}});
+        let add = {
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                call(&mut adder, Method::POST, "/v1/admin/bindings", Some(body)).await
+            })
+        };
+        let path = format!("/v1/admin/bindings/{id}/enable");
+        let enable = tokio::spawn(async move {
+            start.wait().await;
+            call(&mut enabler, Method::POST, &path, Some(json!({}))).await
+        });
+        let (s, v) = add.await.unwrap();
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = enable.await.unwrap();
+        *outcomes.entry(format!("{s} {}", code(&v))).or_default() += 1;
+        let (_, b) = call(
+            &mut env.op,
+            Method::GET,
+            &format!("/v1/admin/bindings/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            b["binding"]["status"], "pending_activation",
+            "enabled without its probe (enable answered {s}: {v}): {b}"
+        );
+        let (s, v) = call(
+            &mut env.op,
+            Method::DELETE,
+            &format!("/v1/admin/bindings/{id}"),
+            None,
+        )
+        .await;
+        assert!(s == 200 || s == 204, "{v}");
+    }
+    println!("enable outcomes while racing the creation: {outcomes:?}");
+}

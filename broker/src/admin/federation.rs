@@ -30,23 +30,26 @@ pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
 }
 
 impl AdminService {
-    /// Whether `binding` is a binding whose provider requires an activation probe.
+    /// Whether `binding` is a binding whose provider requires an activation probe. A read
+    /// that fails says yes: the probe then reads it again and reports the failure, where a
+    /// no would let an enable skip the probe.
     pub(super) async fn needs_activation(&self, binding: &str) -> bool {
         let Ok(id) = crate::ids::BindingId::parse(binding) else {
             return false;
         };
+        match self.core.records.binding(&id).await {
+            Ok(Some(b)) => self.gates_activation(&b),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Whether `binding`'s provider activates it by a probe only.
+    pub(super) fn gates_activation(&self, binding: &Binding) -> bool {
         self.core
-            .records
-            .binding(&id)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|b| {
-                self.core
-                    .registry
-                    .get(&b.provider)
-                    .and_then(|p| p.probe().map(|probe| probe.gates_activation()))
-            })
+            .registry
+            .get(&binding.provider)
+            .and_then(|p| p.probe().map(|probe| probe.gates_activation()))
             .unwrap_or(false)
     }
 

@@ -419,6 +419,16 @@ impl AdminService {
             }
             Collection::Bindings => {
                 let stored = self.binding_or_404(id).await?;
+                // Decided again on the record this change is preconditioned on: an enable
+                // that was not routed to the activation probe (the binding added, or its
+                // read failing, only after the routing looked) never activates a binding
+                // whose provider gates activation.
+                if status == Status::Active && self.gates_activation(&stored.value) {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("binding {id} appeared or changed while this enable was under way, and its provider activates it only by a probe: enable it again to run the probe (credbroker binding enable {id})"),
+                    ));
+                }
                 let mut b = stored.value.clone();
                 b.status = status;
                 b.status_change = crate::model::StatusChange::now(

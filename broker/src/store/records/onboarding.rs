@@ -526,6 +526,10 @@ mod tests {
         // Consumed where it was read: a used tombstone there, nothing written elsewhere.
         let (key, used) = records.callback_state(old).await.unwrap().unwrap();
         assert_eq!(key, format!("callback-state:{old}"));
-        assert!(used.value.used && used.value.browser.is_none(), "{:?}", used.value);
+        assert!(
+            used.value.used && used.value.browser.is_none(),
+            "{:?}",
+            used.value
+        );
     }
 }
