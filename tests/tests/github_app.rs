@@ -3241,3 +3241,63 @@ async fn a_short_lived_token_is_still_served_from_the_cache() {
     .await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
 }
+
+/// A link outlives nothing of its tenant: once the tenant it was issued for is removed — and
+/// perhaps created again under its id, for another customer — the link neither opens nor
+/// completes, and nothing is bound to the successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_of_a_removed_tenant_binds_nothing_to_its_successor() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let opened = state_for_account(&mut env.op, "t3", "acme-org", account_of(1001)).await;
+    let unopened = state_for_account(&mut env.op, "t3", "acme-org", account_of(1001)).await;
+    let (_, cookie, _) = open_link(&mut env.public, &opened).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    // Created again within the second the links were issued in, it would still count as the
+    // same tenant: a second passes first.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, v) = call(&mut env.op, Method::DELETE, "/v1/admin/tenants/t3", None).await;
+    assert!(s == 200 || s == 204, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, _, location) = open_link(&mut env.public, &unopened).await;
+    assert_eq!(
+        (s, location),
+        (403, None),
+        "a removed tenant's link was opened"
+    );
+    env.gh.authorize("code-successor", &[1001]);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={opened}&code=code-successor"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tenant it was issued for was removed"),
+        "{v}"
+    );
+    let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert!(
+        !b.to_string().contains("github-app-1001"),
+        "bound to the tenant's successor: {b}"
+    );
+}

@@ -15,7 +15,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
 use crate::ids::{BindingId, TenantId};
 use crate::model::now_rfc3339;
-use crate::store::records::{outstanding_id, AccountPin, Unclaimed};
+use crate::store::records::{outstanding_id, AccountPin, CallbackState, Unclaimed};
 use crate::store::Batch;
 
 /// How many times an install link may be opened before it must be re-issued.
@@ -59,6 +59,17 @@ const ISSUER_GONE: &str =
 /// Why a link an operator revoked after it was opened is refused.
 const REVOKED: &str = "this install link was revoked; ask for a new one";
 
+/// Why a link whose tenant was removed since it was issued is refused.
+const TENANT_GONE: &str =
+    "this install link is no longer valid: the tenant it was issued for was removed since; ask for a new one";
+
+/// When a link was issued, Unix seconds: as recorded, or (states written before it was)
+/// its expiry less the configured lifetime.
+fn link_issued_at(read: &CallbackState, ttl_s: u64) -> i64 {
+    read.issued_at
+        .unwrap_or_else(|| read.expires_at - i64::try_from(ttl_s).unwrap_or(3600))
+}
+
 /// The refusal of a state that is unknown, or was used (or belongs to another provider).
 const USED: &str = "unknown or already used state";
 
@@ -90,6 +101,32 @@ impl CallbackService {
                 "store read failed",
             ))),
         }
+    }
+
+    /// Whether the tenant a link was issued for is still the one it was issued for: it exists
+    /// and was created no later than the link (`issued_at`, Unix seconds). A tenant removed
+    /// since, and perhaps created again under its id for someone else, is not.
+    ///
+    /// # Errors
+    /// The store could not be read.
+    async fn tenant_held(&self, read: &CallbackState) -> Result<bool, Failure> {
+        let Ok(id) = TenantId::parse(&read.tenant) else {
+            return Ok(false);
+        };
+        let tenant = self
+            .core
+            .records
+            .tenant(&id)
+            .await
+            .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?;
+        let issued_at = link_issued_at(read, self.core.callback_state_ttl_s());
+        Ok(tenant.is_some_and(|t| {
+            time::OffsetDateTime::parse(
+                &t.value.created_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .is_ok_and(|created| created.unix_timestamp() <= issued_at)
+        }))
     }
 
     /// `GET /callbacks/{provider}/start?state=…`: the install link. The browser that opens it
@@ -134,6 +171,9 @@ impl CallbackService {
         }
         if read.used {
             return Err(anonymous(rejected(USED)));
+        }
+        if !self.tenant_held(&read).await? {
+            return Err(anonymous(rejected(TENANT_GONE)));
         }
         if read.opens >= MAX_LINK_OPENS {
             return Err(anonymous(rejected(
@@ -247,6 +287,7 @@ impl CallbackService {
         let issuer_gone = self
             .issuer_gone(read.creator.as_deref(), read.creator_revision)
             .await?;
+        let tenant_gone = !self.tenant_held(&read).await?;
         let upstream_refusal = redirect
             .refused
             .as_ref()
@@ -257,6 +298,8 @@ impl CallbackService {
             Some("the install did not finish in the browser that opened the install link (cookie missing or different); start onboarding again")
         } else if issuer_gone {
             Some(ISSUER_GONE)
+        } else if tenant_gone {
+            Some(TENANT_GONE)
         } else {
             upstream_refusal.as_deref()
         };
@@ -318,9 +361,7 @@ impl CallbackService {
                 }
             }
         }
-        let issued_at = read.issued_at.unwrap_or_else(|| {
-            read.expires_at - i64::try_from(self.core.callback_state_ttl_s()).unwrap_or(3600)
-        });
+        let issued_at = link_issued_at(&read, self.core.callback_state_ttl_s());
         let signer = self.core.assertion_signer();
         // One deadline for the proof's reads (pages of the installer's installations: each
         // call has its own), so a slow upstream cannot hold a public-listener request for
