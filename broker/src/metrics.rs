@@ -96,6 +96,9 @@ pub struct Metrics {
     /// Public-listener request bodies refused because their source's share, or the whole
     /// body memory budget, was held.
     pub bodies_refused: Family<ScopeLabel, Counter>,
+    /// mTLS-listener request bodies refused because their identity's share, or the whole
+    /// body memory budget, was held.
+    pub mtls_bodies_refused: Family<ScopeLabel, Counter>,
     /// Open connections closed because a reload revoked (or stopped trusting) their client
     /// certificate.
     pub revoked_connections_closed: Counter,
@@ -221,6 +224,12 @@ impl Metrics {
             "Public-listener request bodies refused because the body memory budget was held",
             bodies_refused.clone(),
         );
+        let mtls_bodies_refused = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "mtls_bodies_refused",
+            "mTLS-listener request bodies refused because the body memory budget (per client identity, or in all) was held",
+            mtls_bodies_refused.clone(),
+        );
         let revoked_connections_closed = Counter::default();
         registry.register(
             "revoked_connections_closed",
@@ -311,6 +320,7 @@ impl Metrics {
             handshakes_refused,
             rate_limited,
             bodies_refused,
+            mtls_bodies_refused,
             revoked_connections_closed,
             admin_requests,
         }

@@ -382,3 +382,112 @@ async fn one_certificate_from_many_addresses_leaves_connections_for_others() {
         "{m}"
     );
 }
+
+/// A request body that sends what the test hands it, and ends when the test drops its end.
+struct Dribble(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl hyper::body::Body for Dribble {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A worker certificate holding many large, unfinished bodies at once (webhook envelopes on
+/// many HTTP/2 streams) gets no more than its identity's share of the listener's body
+/// memory: its further bodies are refused (`unavailable`), and another worker is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: "[limits]\nbody_read_timeout_ms = 8000\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    pki.worker("w2");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    // w1: 24 streams on one connection, each sending 1 MiB of a webhook envelope and then
+    // holding it open. Its share is 16 MiB.
+    let tls = tls_stream(&pki, &daemon.url, b"h2").await;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..24 {
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("https://localhost/v1/webhooks/verify")
+            .header("content-type", "application/json")
+            .body(Dribble(rx))
+            .unwrap();
+        let mut sender = sender.clone();
+        answers.push(tokio::spawn(async move {
+            match sender.send_request(req).await {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            }
+        }));
+        for _ in 0..16 {
+            let _ = tx.send(bytes::Bytes::from(vec![b'a'; 64 * 1024])).await;
+        }
+        held.push(tx);
+    }
+    // The bodies past w1's share are refused while the others are still held.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let (_, m) = scrape(&pki, &daemon.url).await;
+        let m = String::from_utf8(m).unwrap();
+        let refused = metric_value(&m, "credbroker_mtls_bodies_refused_total{scope=\"source\"}")
+            .unwrap_or(0.0);
+        if refused >= 1.0 || Instant::now() > deadline {
+            break refused;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused >= 1.0, "no body of w1 was refused");
+    let done: Vec<u16> = {
+        let mut out = Vec::new();
+        for a in &mut answers {
+            if a.is_finished() {
+                out.push(a.await.unwrap());
+            }
+        }
+        out
+    };
+    assert!(
+        !done.is_empty() && done.iter().all(|s| *s == 503),
+        "bodies past the share are answered 503, the others still held: {done:?}"
+    );
+    assert!(done.len() < 24, "every body was refused: {done:?}");
+    // Another worker is served meanwhile.
+    let mut w2 = pki.client_for("w2", &daemon.url);
+    let (s, v) = resolve(&mut w2, json!({"instance_id": "i2"})).await;
+    assert_eq!(s, 200, "{v}");
+    drop(held);
+}

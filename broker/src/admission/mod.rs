@@ -387,36 +387,37 @@ impl LogThrottle {
     }
 }
 
-/// Memory for request bodies in flight (KiB): a global budget, of which no one source holds
-/// more than its share. The public listener reserves a body's size here before reading it,
-/// so anonymous senders of large (or never finished) bodies are bounded together and no
-/// single source can take the budget from everyone else.
-pub struct BodyBudget {
+/// Memory for request bodies in flight (KiB): a global budget, of which no one holder (a
+/// source address on the public listener, a client identity on the mTLS listener) holds more
+/// than its share. A listener reserves a body's size here as its bytes arrive, so senders of
+/// large (or never finished) bodies are bounded together and no single one can take the
+/// budget from everyone else.
+pub struct BodyBudget<K = IpAddr> {
     global: Arc<Semaphore>,
-    held: Mutex<HashMap<IpAddr, u32>>,
+    held: Mutex<HashMap<K, u32>>,
     per_source: u32,
 }
 
 /// A reservation in a [`BodyBudget`], returned when dropped.
-pub struct BodyPermit {
+pub struct BodyPermit<K: Eq + std::hash::Hash + Clone = IpAddr> {
     global: OwnedSemaphorePermit,
-    budget: Arc<BodyBudget>,
-    source: IpAddr,
+    budget: Arc<BodyBudget<K>>,
+    source: K,
     kib: u32,
 }
 
 /// Why a body could not be reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyRefusal {
-    /// This source already holds its share.
+    /// This holder already holds its share.
     Source,
-    /// All sources together hold the whole budget.
+    /// All holders together hold the whole budget.
     Global,
 }
 
-impl BodyBudget {
-    /// A budget of `global_kib`, at most `per_source_kib` of it held by one source.
-    pub fn new(global_kib: u32, per_source_kib: u32) -> Arc<BodyBudget> {
+impl<K: Eq + std::hash::Hash + Clone> BodyBudget<K> {
+    /// A budget of `global_kib`, at most `per_source_kib` of it held by one holder.
+    pub fn new(global_kib: u32, per_source_kib: u32) -> Arc<BodyBudget<K>> {
         Arc::new(BodyBudget {
             global: Arc::new(Semaphore::new(global_kib as usize)),
             held: Mutex::new(HashMap::new()),
@@ -424,35 +425,35 @@ impl BodyBudget {
         })
     }
 
-    /// Reserves `kib` for a body from `peer`.
+    /// Reserves `kib` for a body of `holder` (on the public listener, [`source_of`] the
+    /// peer's address).
     ///
     /// # Errors
-    /// [`BodyRefusal`] when the source's share or the whole budget is held.
+    /// [`BodyRefusal`] when the holder's share or the whole budget is held.
     pub fn try_reserve(
         self: &Arc<Self>,
-        peer: IpAddr,
+        holder: K,
         kib: u32,
-    ) -> Result<BodyPermit, BodyRefusal> {
-        let source = source_of(peer);
+    ) -> Result<BodyPermit<K>, BodyRefusal> {
         let mut held = self.held.lock().map_err(|_| BodyRefusal::Global)?;
-        let now = held.get(&source).copied().unwrap_or(0);
+        let now = held.get(&holder).copied().unwrap_or(0);
         if now.saturating_add(kib) > self.per_source {
             return Err(BodyRefusal::Source);
         }
         let permit = Arc::clone(&self.global)
             .try_acquire_many_owned(kib)
             .map_err(|_| BodyRefusal::Global)?;
-        held.insert(source, now.saturating_add(kib));
+        held.insert(holder.clone(), now.saturating_add(kib));
         Ok(BodyPermit {
             global: permit,
             budget: Arc::clone(self),
-            source,
+            source: holder,
             kib,
         })
     }
 }
 
-impl BodyPermit {
+impl<K: Eq + std::hash::Hash + Clone> BodyPermit<K> {
     /// KiB reserved.
     pub fn kib(&self) -> u32 {
         self.kib
@@ -461,7 +462,7 @@ impl BodyPermit {
     /// Grows this reservation by `kib` (more of the body arrived than was reserved).
     ///
     /// # Errors
-    /// [`BodyRefusal`] when the source's share or the whole budget is held; the reservation
+    /// [`BodyRefusal`] when the holder's share or the whole budget is held; the reservation
     /// is then unchanged.
     pub fn grow(&mut self, kib: u32) -> Result<(), BodyRefusal> {
         let mut held = self.budget.held.lock().map_err(|_| BodyRefusal::Global)?;
@@ -473,13 +474,13 @@ impl BodyPermit {
             .try_acquire_many_owned(kib)
             .map_err(|_| BodyRefusal::Global)?;
         self.global.merge(more);
-        held.insert(self.source, now.saturating_add(kib));
+        held.insert(self.source.clone(), now.saturating_add(kib));
         self.kib = self.kib.saturating_add(kib);
         Ok(())
     }
 }
 
-impl Drop for BodyPermit {
+impl<K: Eq + std::hash::Hash + Clone> Drop for BodyPermit<K> {
     fn drop(&mut self) {
         if let Ok(mut held) = self.budget.held.lock() {
             let left = held
@@ -490,7 +491,7 @@ impl Drop for BodyPermit {
             if left == 0 {
                 held.remove(&self.source);
             } else {
-                held.insert(self.source, left);
+                held.insert(self.source.clone(), left);
             }
         }
     }

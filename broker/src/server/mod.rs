@@ -21,7 +21,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use crate::admission::{HandshakeGate, LogThrottle, RateLimiter, Rates};
+use crate::admission::{
+    BodyBudget, BodyPermit, BodyRefusal, HandshakeGate, LogThrottle, RateLimiter, Rates,
+};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Answer, Broker};
@@ -148,11 +150,19 @@ pub fn spawn_role(
     // configuration refuses more).
     let body_budget =
         crate::admission::BodyBudget::new(PUBLIC_BODY_BUDGET_KIB, PUBLIC_BODY_BUDGET_KIB / 4);
+    // Bodies in memory at once on the mTLS listener, KiB, per client identity: what the
+    // per-request limits leave open (a webhook event's envelope on each of many streams)
+    // is bounded together, and one certificate holds at most a quarter of it.
+    let mtls_bodies: Arc<BodyBudget<String>> =
+        BodyBudget::new(MTLS_BODY_BUDGET_KIB, MTLS_BODY_BUDGET_KIB / 4);
     // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
     let handshake_log = Arc::new(LogThrottle::new(5));
     // Requests that must run to completion after their client left (audited changes) hold
     // one of these: no more such work can be in flight than connections are allowed.
     let detached = Arc::new(Semaphore::new(limits.max_connections));
+    // The admin API's refusals of other certificates (audited, so run to completion too)
+    // take slots of their own: a worker's flood of them never leaves operators without.
+    let detached_refusals = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -211,6 +221,8 @@ pub fn spawn_role(
             let builder = builder.clone();
             let limits = limits.clone();
             let detached = detached.clone();
+            let detached_refusals = detached_refusals.clone();
+            let mtls_bodies = mtls_bodies.clone();
             let connection_gate = connection_gate.clone();
             let identity_share = identity_share.clone();
             let refused_log = refused_log.clone();
@@ -318,13 +330,22 @@ pub fn spawn_role(
                     let peer = peer.clone();
                     let limits = limits.clone();
                     let detached = detached.clone();
+                    let detached_refusals = detached_refusals.clone();
+                    let mtls_bodies = mtls_bodies.clone();
                     let rate_limiter = rate_limiter.clone();
                     let body_budget = body_budget.clone();
                     let busy = service_activity.begin();
                     async move {
                         let _busy = busy;
                         Ok::<_, Infallible>(match role {
-                            Role::Mtls => handle(broker, peer, &limits, &detached, req).await,
+                            Role::Mtls => {
+                                let pools = Pools {
+                                    detached: &detached,
+                                    detached_refusals: &detached_refusals,
+                                    bodies: &mtls_bodies,
+                                };
+                                handle(broker, peer, &limits, pools, req).await
+                            }
                             Role::Public => {
                                 handle_public(
                                     broker,
@@ -440,12 +461,82 @@ impl Drop for GaugeGuard {
     }
 }
 
-async fn read_body(
+/// How much more body memory is reserved at a time as a body arrives, KiB.
+pub(super) const RESERVE_STEP_KIB: u32 = 64;
+
+/// Reads a body of at most `max` bytes within the body deadline, growing `permit` as its
+/// bytes arrive: a sender holds memory for what it sent, not for what it declared.
+pub(super) async fn read_body_reserving<K: Eq + std::hash::Hash + Clone>(
     req: Request<Incoming>,
     limits: &Limits,
+    max: usize,
+    permit: &mut BodyPermit<K>,
+    refused: &BodiesRefused,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    read_body_max(req, limits, limits.max_body_bytes).await
+    use http_body_util::BodyExt;
+    check_declared_length(&req, max)?;
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(limits.body_read_timeout_ms);
+    let mut body = req.into_body();
+    let mut out = Zeroizing::new(Vec::new());
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::bad_request(
+                    "request body was not received in time",
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::bad_request("request body could not be read"))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = out.len().saturating_add(data.len());
+        if total > max {
+            return Err(too_large(max));
+        }
+        let need = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+        if need > permit.kib() {
+            // A step, never past what the largest body needs.
+            let most = u32::try_from(max.div_ceil(1024)).unwrap_or(u32::MAX);
+            let step = (need - permit.kib())
+                .max(RESERVE_STEP_KIB)
+                .min(most.saturating_sub(permit.kib()).max(need - permit.kib()));
+            permit
+                .grow(step)
+                .map_err(|why| bodies_refused(refused, why))?;
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok(out)
 }
+
+/// A body refused by the memory budget: counted, and answered `unavailable`.
+pub(super) fn bodies_refused(refused: &BodiesRefused, why: BodyRefusal) -> ApiError {
+    let scope = match why {
+        BodyRefusal::Source => "source",
+        BodyRefusal::Global => "global",
+    };
+    refused
+        .get_or_create(&crate::metrics::ScopeLabel {
+            scope: scope.into(),
+        })
+        .inc();
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "too many request bodies in progress; retry shortly",
+    )
+}
+
+/// The counter of one listener's refused bodies.
+pub(super) type BodiesRefused = prometheus_client::metrics::family::Family<
+    crate::metrics::ScopeLabel,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 /// `payload_too_large` for a body over `max` bytes.
 fn too_large(max: usize) -> ApiError {
@@ -519,13 +610,59 @@ fn json_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
+/// What the requests of the mTLS listener share.
+struct Pools<'a> {
+    /// Slots for admin operations run to completion (operators').
+    detached: &'a Arc<Semaphore>,
+    /// Slots for the admin API's refusals of other certificates.
+    detached_refusals: &'a Arc<Semaphore>,
+    /// Memory for bodies in flight, per client identity.
+    bodies: &'a Arc<BodyBudget<String>>,
+}
+
+/// Body memory of the mTLS listener, KiB (one identity holds at most a quarter: room for the
+/// largest webhook envelope, 8 MiB of event base64-encoded).
+const MTLS_BODY_BUDGET_KIB: u32 = 64 * 1024;
+
+/// Reads a body of at most `max` bytes for `peer`, reserving its memory in the listener's
+/// budget as it arrives; the reservation (in `permit`) is kept while the request is served.
+async fn read_mtls_body(
+    req: Request<Incoming>,
+    limits: &Limits,
+    max: usize,
+    peer: Option<&PeerIdentity>,
+    broker: &Broker,
+    bodies: &Arc<BodyBudget<String>>,
+    permit: &mut Option<BodyPermit<String>>,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    json_content_type(&req)?;
+    let holder = peer.map(PeerIdentity::audit_name).unwrap_or_default();
+    let first = u32::try_from(max.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, 4);
+    let reserved = permit.insert(
+        bodies
+            .try_reserve(holder, first)
+            .map_err(|why| bodies_refused(&broker.metrics().mtls_bodies_refused, why))?,
+    );
+    read_body_reserving(
+        req,
+        limits,
+        max,
+        reserved,
+        &broker.metrics().mtls_bodies_refused,
+    )
+    .await
+}
+
 async fn handle(
     broker: Arc<Broker>,
     peer: Option<PeerIdentity>,
     limits: &Limits,
-    detached: &Arc<Semaphore>,
+    pools: Pools<'_>,
     req: Request<Incoming>,
 ) -> Response<ZeroizingBody> {
+    let mut permit = None;
     let request_id = new_request_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -539,18 +676,32 @@ async fn handle(
             .uri()
             .path_and_query()
             .map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
-        let body = if method == Method::GET || method == Method::DELETE {
+        // Only an operator's body is read: any other certificate is refused whatever it
+        // sent, on slots of its own.
+        let operator = matches!(peer, Some(PeerIdentity::Operator(_)));
+        let body = if method == Method::GET || method == Method::DELETE || !operator {
             Ok(Zeroizing::new(Vec::new()))
         } else {
-            match json_content_type(&req) {
-                Ok(()) => read_body(req, limits).await,
-                Err(e) => Err(e),
-            }
+            read_mtls_body(
+                req,
+                limits,
+                limits.max_body_bytes,
+                peer.as_ref(),
+                &broker,
+                pools.bodies,
+                &mut permit,
+            )
+            .await
         };
         // Changes run in their own task: a client that disconnects cannot cancel an
         // operation between its audit record and its commit.
         let (m, p, rid) = (method.clone(), target, request_id.clone());
-        to_completion(&request_id, detached, async move {
+        let slots = if operator {
+            pools.detached
+        } else {
+            pools.detached_refusals
+        };
+        to_completion(&request_id, slots, async move {
             broker.admin_http(peer.as_ref(), &m, &p, body, &rid).await
         })
         .await
@@ -598,10 +749,16 @@ async fn handle(
                 body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
             },
             Ok(Endpoint::Resolve) => {
-                let body = match json_content_type(&req) {
-                    Ok(()) => read_body(req, limits).await,
-                    Err(e) => Err(e),
-                };
+                let body = read_mtls_body(
+                    req,
+                    limits,
+                    limits.max_body_bytes,
+                    peer.as_ref(),
+                    &broker,
+                    pools.bodies,
+                    &mut permit,
+                )
+                .await;
                 broker.resolve(peer.as_ref(), body, &request_id).await
             }
             Ok(Endpoint::WebhookVerify) => {
@@ -612,10 +769,16 @@ async fn handle(
                 } else {
                     limits.max_body_bytes
                 };
-                let body = match json_content_type(&req) {
-                    Ok(()) => read_body_max(req, limits, max).await,
-                    Err(e) => Err(e),
-                };
+                let body = read_mtls_body(
+                    req,
+                    limits,
+                    max,
+                    peer.as_ref(),
+                    &broker,
+                    pools.bodies,
+                    &mut permit,
+                )
+                .await;
                 broker.verify_webhook(peer.as_ref(), body, &request_id).await
             }
             // Admin routes live below /v1/admin/ (handled above); callbacks on the public listener.
@@ -636,6 +799,8 @@ async fn handle(
             Err(err) => error_answer(&err, None, &request_id),
         }
     };
+    // The body's memory is counted until the answer is made.
+    drop(permit);
     respond(answer, content_type, &request_id)
 }
 

@@ -10,10 +10,10 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::{
-    acknowledge_first, check_declared_length, new_request_id, plain_json, read_body_max, respond,
-    to_completion, too_large,
+    acknowledge_first, bodies_refused, new_request_id, plain_json, read_body_max,
+    read_body_reserving, respond, to_completion, RESERVE_STEP_KIB,
 };
-use crate::admission::{BodyBudget, BodyPermit, BodyRefusal, RateLimiter};
+use crate::admission::{BodyBudget, RateLimiter};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Broker};
@@ -53,79 +53,6 @@ fn intake_response(
         h.insert(header::SET_COOKIE, v);
     }
     response
-}
-
-/// How much more body memory is reserved at a time as a body arrives, KiB.
-const RESERVE_STEP_KIB: u32 = 64;
-
-/// Reads a body of at most `max` bytes within the body deadline, growing `permit` as its
-/// bytes arrive: a sender holds memory for what it sent, not for what it declared.
-async fn read_body_reserving(
-    req: Request<Incoming>,
-    limits: &Limits,
-    max: usize,
-    permit: &mut BodyPermit,
-    broker: &Broker,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    use http_body_util::BodyExt;
-    check_declared_length(&req, max)?;
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_millis(limits.body_read_timeout_ms);
-    let mut body = req.into_body();
-    let mut out = Zeroizing::new(Vec::new());
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => {
-                return Err(ApiError::bad_request(
-                    "request body was not received in time",
-                ))
-            }
-            Ok(None) => break,
-            Ok(Some(Err(_))) => {
-                return Err(ApiError::bad_request("request body could not be read"))
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let total = out.len().saturating_add(data.len());
-        if total > max {
-            return Err(too_large(max));
-        }
-        let need = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
-        if need > permit.kib() {
-            // A step, never past what the largest body needs.
-            let most = u32::try_from(max.div_ceil(1024)).unwrap_or(u32::MAX);
-            let step = (need - permit.kib())
-                .max(RESERVE_STEP_KIB)
-                .min(most.saturating_sub(permit.kib()).max(need - permit.kib()));
-            permit
-                .grow(step)
-                .map_err(|why| bodies_refused(broker, why))?;
-        }
-        out.extend_from_slice(&data);
-    }
-    Ok(out)
-}
-
-/// A body refused by the memory budget: counted, and answered `unavailable`.
-fn bodies_refused(broker: &Broker, why: BodyRefusal) -> ApiError {
-    let scope = match why {
-        BodyRefusal::Source => "source",
-        BodyRefusal::Global => "global",
-    };
-    broker
-        .metrics()
-        .bodies_refused
-        .get_or_create(&crate::metrics::ScopeLabel {
-            scope: scope.into(),
-        })
-        .inc();
-    ApiError::new(
-        ErrorCode::Unavailable,
-        "too many request bodies in progress; retry shortly",
-    )
 }
 
 /// The public listener: callbacks and health, nothing else.
@@ -235,10 +162,10 @@ pub(super) async fn handle_public(
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
                 let max = limits.max_body_bytes.min(UNSIGNED_BODY_MAX);
-                match body_budget.try_reserve(remote.ip(), 64) {
+                match body_budget.try_reserve(crate::admission::source_of(remote.ip()), 64) {
                     Ok(_permit) if form => read_body_max(req, limits, max).await,
                     Ok(_) => Err(ApiError::bad_request("a form is expected")),
-                    Err(why) => Err(bodies_refused(&broker, why)),
+                    Err(why) => Err(bodies_refused(&broker.metrics().bodies_refused, why)),
                 }
             } else {
                 Ok(Zeroizing::new(Vec::new()))
@@ -276,9 +203,11 @@ pub(super) async fn handle_public(
                 }
                 Ok(verified) => {
                     let max = limits.max_body_bytes.min(UNSIGNED_BODY_MAX);
-                    let body = match body_budget.try_reserve(remote.ip(), 64) {
+                    let body = match body_budget
+                        .try_reserve(crate::admission::source_of(remote.ip()), 64)
+                    {
                         Ok(_permit) => read_body_max(req, limits, max).await,
-                        Err(why) => Err(bodies_refused(&broker, why)),
+                        Err(why) => Err(bodies_refused(&broker.metrics().bodies_refused, why)),
                     };
                     let rid = request_id.clone();
                     acknowledge_first(&request_id, detached, move |ack| async move {
@@ -314,12 +243,19 @@ pub(super) async fn handle_public(
                 let kib = u32::try_from(declared.div_ceil(1024))
                     .unwrap_or(u32::MAX)
                     .clamp(1, RESERVE_STEP_KIB);
-                match body_budget.try_reserve(remote.ip(), kib) {
+                match body_budget.try_reserve(crate::admission::source_of(remote.ip()), kib) {
                     Ok(permit) => {
                         let permit = _budget.insert(permit);
-                        read_body_reserving(req, limits, max, permit, &broker).await
+                        read_body_reserving(
+                            req,
+                            limits,
+                            max,
+                            permit,
+                            &broker.metrics().bodies_refused,
+                        )
+                        .await
                     }
-                    Err(why) => Err(bodies_refused(&broker, why)),
+                    Err(why) => Err(bodies_refused(&broker.metrics().bodies_refused, why)),
                 }
             } else {
                 Ok(Zeroizing::new(Vec::new()))
