@@ -642,6 +642,26 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
         .lock()
         .unwrap()
         .contains(token.as_str().unwrap()));
+    // Its intent is on record before anything is dropped, then the result naming it.
+    let records: Vec<Value> = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "provider.github_app.revoke_cached")
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let detail = |r: &Value| r["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        detail(&records[0]).starts_with("dropping the cached credentials"),
+        "{records:?}"
+    );
+    assert!(
+        detail(&records[1]).contains(&format!(
+            "(intent aud_{})",
+            &records[0]["hash"].as_str().unwrap()[..20]
+        )),
+        "{records:?}"
+    );
     let (_, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!(v["cached"], false);
     assert_ne!(v["credentials"]["token"], token);

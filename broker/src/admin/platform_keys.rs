@@ -85,6 +85,19 @@ impl AdminService {
             .filter(|b| b.provider == provider_name)
             .map(|b| b.id.to_string())
             .collect();
+        // The record comes before the effect: the intent is audited (through the one
+        // pipeline, so on the operator's record as admitted) before anything is dropped; a
+        // log that cannot take it stops the revocation here.
+        event.provider = Some(provider_name.to_owned());
+        let mut intent = event.clone();
+        intent.outcome = "allowed".into();
+        intent.detail = Some(format!(
+            "dropping the cached credentials of {} binding(s) and revoking them upstream",
+            bindings.len()
+        ));
+        let intended = self
+            .commit_audited(intent, crate::store::Batch::new(), None)
+            .await?;
         let drained = self.core.cache.drain_bindings(&bindings);
         let (mut revoked, mut failed) = (0, 0);
         for cred in &drained {
@@ -97,15 +110,22 @@ impl AdminService {
             }
         }
         event.outcome = if failed == 0 { "allowed" } else { "failed" }.into();
-        event.provider = Some(provider_name.to_owned());
         event.detail = Some(format!(
-            "dropped {} cached credential(s): {revoked} revoked upstream, {failed} failed",
-            drained.len()
+            "dropped {} cached credential(s): {revoked} revoked upstream, {failed} failed (intent {})",
+            drained.len(),
+            intended.audit_id
         ));
         let receipt = self.core.audit.append(event).await.map_err(|_| {
             (
-                ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
-                None,
+                ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    format!(
+                        "the cached credentials were dropped ({} of them; {revoked} revoked upstream, {failed} failed), but the audit log could not take the result: the intent is record {}",
+                        drained.len(),
+                        intended.audit_id
+                    ),
+                ),
+                Some(intended.clone()),
             )
         })?;
         Ok(super::AdminOutcome {
