@@ -308,6 +308,9 @@ pub struct OAuth {
     pub user_tokens: HashMap<String, Vec<u64>>,
     /// Revoked user tokens.
     pub revoked_user_tokens: HashSet<String>,
+    /// Codes (then tokens) of people who can read the installations' repositories but own
+    /// none of their organizations (an organization `member`, not an `admin`).
+    pub readers: HashSet<String>,
     /// Code exchanges seen (to check codes are used once).
     pub exchanges: u32,
 }
@@ -692,6 +695,7 @@ impl GithubState {
                 self.exchange_code(body, json_accepted, n)
             }
             ("GET", ["user", "installations"]) => self.user_installations(auth, query, n),
+            ("GET", ["user", "memberships", "orgs", org]) => self.user_membership(auth, org, n),
             ("DELETE", ["applications", client, "token"]) => {
                 self.revoke_user_token(client, auth, body, n)
             }
@@ -763,6 +767,9 @@ impl GithubState {
             );
         };
         let token = format!("ghu_{n:036x}");
+        if o.readers.remove(&field("code")) {
+            o.readers.insert(token.clone());
+        }
         o.user_tokens.insert(token.clone(), installations);
         oauth_answer(
             json!({"access_token": token, "token_type": "bearer", "scope": ""}),
@@ -828,6 +835,48 @@ impl GithubState {
             );
         }
         resp
+    }
+
+    /// `GET /user/memberships/orgs/{org}` with a user token: the user's membership of an
+    /// organization one of their installations is on (`admin` unless they were authorized
+    /// as a reader), 404 for any other organization.
+    fn user_membership(&self, auth: &str, org: &str, n: u64) -> Response<Full<Bytes>> {
+        let token = auth.strip_prefix("Bearer ").unwrap_or("");
+        let o = self.oauth.lock().unwrap();
+        let Some(ids) = o
+            .user_tokens
+            .get(token)
+            .filter(|_| !o.revoked_user_tokens.contains(token))
+            .cloned()
+        else {
+            return error(401, "Bad credentials", n);
+        };
+        let role = if o.readers.contains(token) {
+            "member"
+        } else {
+            "admin"
+        };
+        drop(o);
+        let installations = self.installations.lock().unwrap();
+        let Some((id, inst)) = ids.iter().find_map(|id| {
+            installations
+                .get(id)
+                .filter(|inst| inst.login.eq_ignore_ascii_case(org))
+                .map(|inst| (*id, inst.clone()))
+        }) else {
+            return error(404, "Not Found", n);
+        };
+        gh(
+            200,
+            json!({
+                "url": format!("https://api.github.com/orgs/{}/memberships/installer", inst.login),
+                "state": "active", "role": role,
+                "organization_url": format!("https://api.github.com/orgs/{}", inst.login),
+                "organization": {"login": inst.login, "id": 9000 + id},
+                "user": {"login": "installer", "id": 77, "type": "User"},
+            }),
+            n,
+        )
     }
 
     /// `DELETE /applications/{client_id}/token`, basic auth with the client credentials.
@@ -970,6 +1019,15 @@ impl FakeGithub {
             .unwrap()
             .codes
             .insert(code.to_owned(), installations.to_vec());
+    }
+
+    /// A person who can read `installations`' repositories but owns none of their
+    /// organizations (an organization member) authorizes the App: GitHub redirects them with
+    /// `code`, and lists those installations as theirs.
+    pub fn authorize_reader(&self, code: &str, installations: &[u64]) {
+        let mut o = self.state.oauth.lock().unwrap();
+        o.codes.insert(code.to_owned(), installations.to_vec());
+        o.readers.insert(code.to_owned());
     }
 
     /// Registers a public key with the App (as uploading it in the App settings would).

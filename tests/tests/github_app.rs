@@ -3321,3 +3321,48 @@ async fn a_link_of_a_removed_tenant_binds_nothing_to_its_successor() {
         "bound to the tenant's successor: {b}"
     );
 }
+
+/// GitHub lists an installation among a user's when the user can merely read one of its
+/// repositories: a customer's admin who is a member (not an owner) of another organization
+/// that installed the App, and who had the operator pin that organization, cannot bind it.
+/// Only an active owner of the organization proves the install is theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_only_reads_the_organization_cannot_bind_its_installation() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let state = state_for(&mut env.op, "t1").await;
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    env.gh.authorize_reader("code-reader", &[1001]);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}&code=code-reader"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    let why = v["error"]["message"].as_str().unwrap();
+    assert!(why.contains("role member, not an owner"), "{v}");
+    let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert!(
+        !b.to_string().contains("github-app-1001"),
+        "bound by a reader: {b}"
+    );
+    let audit_id = v["error"]["audit_id"].as_str().expect("audited").to_owned();
+    assert!(env.daemon.audit_records().iter().any(|r| {
+        format!("aud_{}", &r["hash"].as_str().unwrap()[..20]) == audit_id
+            && r["detail"].as_str().unwrap().contains("not an owner")
+    }));
+    // An owner's return through a fresh link binds it.
+    let state = state_for(&mut env.op, "t1").await;
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    env.gh.authorize("code-owner", &[1001]);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={state}&code=code-owner"),
+        Some(&browser),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}

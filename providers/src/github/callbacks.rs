@@ -140,10 +140,24 @@ impl Callbacks for GithubApp {
         let (user_token, secret) = self
             .exchange_code(&client_id, code, &secrets, timeout)
             .await?;
-        // 2. Is the installation among the user's? Then whose is it?
+        // 2. Is the installation among the user's? Then whose is it, and does the person
+        //    administer that account? GET /user/installations also lists installations the
+        //    user can merely read (an organization member with read access to one
+        //    repository): only an owner of the organization (or the user account itself)
+        //    proves the install is theirs to bind.
         let found = tokio::time::timeout(
             context.proof_time.saturating_sub(started.elapsed()),
-            self.find_user_installation(&user_token, installation, timeout),
+            async {
+                let Some(listed) = self
+                    .find_user_installation(&user_token, installation, timeout)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                self.check_administers(&user_token, &listed, timeout)
+                    .await?;
+                Ok(Some(listed.account))
+            },
         )
         .await
         .unwrap_or_else(|_| Err(over()));
@@ -158,15 +172,26 @@ impl Callbacks for GithubApp {
     }
 }
 
-/// The account of `installation` in one page of `GET /user/installations`, if listed there.
-/// Never panics on any input (fuzzed).
+/// An installation as `GET /user/installations` lists it: its account and what kind of
+/// account that is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedInstallation {
+    /// The account the App is installed on.
+    pub account: InstalledAccount,
+    /// An organization (`target_type` `Organization`), or else a user account (`User`).
+    pub organization: bool,
+}
+
+/// `installation` in one page of `GET /user/installations`, if listed there. Never panics
+/// on any input (fuzzed).
 ///
 /// # Errors
-/// When the page is not GitHub's shape, or the listed installation has no usable account.
+/// When the page is not GitHub's shape, or the listed installation has no usable account
+/// (or one of another kind than an organization or a user: an enterprise's).
 pub fn installation_in_page(
     page: &Value,
     installation: u64,
-) -> Result<Option<InstalledAccount>, String> {
+) -> Result<Option<ListedInstallation>, String> {
     let list = page
         .get("installations")
         .and_then(Value::as_array)
@@ -175,11 +200,23 @@ pub fn installation_in_page(
         if i.get("id").and_then(Value::as_u64) == Some(installation) {
             let login = i.pointer("/account/login").and_then(Value::as_str);
             let id = i.pointer("/account/id").and_then(Value::as_u64);
+            let organization = match i.get("target_type").and_then(Value::as_str) {
+                Some("Organization") => true,
+                Some("User") => false,
+                _ => {
+                    return Err(
+                        "the installation is on neither an organization nor a user account".into(),
+                    )
+                }
+            };
             return match (login, id) {
-                (Some(login), Some(id)) if crate::is_printable(login, 100) && id > 0 => {
-                    Ok(Some(InstalledAccount {
-                        login: login.to_owned(),
-                        id,
+                (Some(login), Some(id)) if is_login(login) && id > 0 => {
+                    Ok(Some(ListedInstallation {
+                        account: InstalledAccount {
+                            login: login.to_owned(),
+                            id,
+                        },
+                        organization,
                     }))
                 }
                 _ => Err("the installation's account is missing from GitHub's answer".into()),
@@ -187,6 +224,62 @@ pub fn installation_in_page(
         }
     }
     Ok(None)
+}
+
+/// A GitHub login as it may stand in a URL path: 1–100 of `[A-Za-z0-9-_.]` (GitHub's logins
+/// are alphanumerics and hyphens; enterprise-managed ones add `_`).
+fn is_login(login: &str) -> bool {
+    !login.is_empty()
+        && login.len() <= 100
+        && login
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !login.starts_with('.')
+}
+
+/// Whether GitHub's `GET /user/memberships/orgs/{org}` answer shows an active owner
+/// (`role` `admin`) of `account`. Never panics on any input (fuzzed).
+///
+/// # Errors
+/// Saying what the answer shows instead.
+pub fn owner_in_membership(answer: &Value, account: &InstalledAccount) -> Result<(), String> {
+    let org_id = answer.pointer("/organization/id").and_then(Value::as_u64);
+    if org_id != Some(account.id) {
+        return Err(format!(
+            "GitHub's membership answer is for another organization than {}",
+            account.login
+        ));
+    }
+    let state = answer.get("state").and_then(Value::as_str);
+    let role = answer.get("role").and_then(Value::as_str);
+    match (state, role) {
+        (Some("active"), Some("admin")) => Ok(()),
+        (Some("active"), Some(role)) if is_login(role) => Err(format!(
+            "the person who came back is a member of {} with role {role}, not an owner",
+            account.login
+        )),
+        (Some(state), _) if state != "active" && is_login(state) => Err(format!(
+            "the person who came back has a {state} membership of {}, not an active owner's",
+            account.login
+        )),
+        _ => Err("GitHub's membership answer is malformed".into()),
+    }
+}
+
+/// Whether GitHub's `GET /user` answer is `account` itself. Never panics on any input
+/// (fuzzed).
+///
+/// # Errors
+/// Saying whose it is instead.
+pub fn same_user(answer: &Value, account: &InstalledAccount) -> Result<(), String> {
+    match answer.get("id").and_then(Value::as_u64) {
+        Some(id) if id == account.id => Ok(()),
+        Some(_) => Err(format!(
+            "the person who came back is not the user account {} the App is installed on",
+            account.login
+        )),
+        None => Err("GitHub's user answer is malformed".into()),
+    }
 }
 
 fn denied(message: &str) -> ProviderError {
@@ -270,7 +363,7 @@ impl GithubApp {
         user_token: &SecretString,
         installation: u64,
         timeout: Duration,
-    ) -> Result<Option<InstalledAccount>, ProviderError> {
+    ) -> Result<Option<ListedInstallation>, ProviderError> {
         for page in 1..=MAX_INSTALLATION_PAGES {
             let answer = self
                 .call_as(
@@ -329,6 +422,73 @@ impl GithubApp {
         Err(denied(
             "the person who installed administers more installations of this App than the broker pages through",
         ))
+    }
+
+    /// Whether the person behind `user_token` administers `listed`'s account: an active
+    /// owner of the organization (`GET /user/memberships/orgs/{org}`, which the App's
+    /// `members: read` permission opens to its user tokens), or the user account itself
+    /// (`GET /user`).
+    async fn check_administers(
+        &self,
+        user_token: &SecretString,
+        listed: &ListedInstallation,
+        timeout: Duration,
+    ) -> Result<(), ProviderError> {
+        let account = &listed.account;
+        let (path, what) = if listed.organization {
+            (
+                format!("/user/memberships/orgs/{}", account.login),
+                "reading the installer's organization membership",
+            )
+        } else {
+            ("/user".to_owned(), "reading the installer's user account")
+        };
+        let answer = self
+            .call_as(
+                &self.settings.api_base_url,
+                Auth::Bearer(user_token.expose_secret().to_owned()),
+                http::Method::GET,
+                &path,
+                None,
+                timeout,
+            )
+            .await?;
+        match answer.status {
+            200 => {}
+            404 if listed.organization => {
+                return Err(ProviderError::Denied {
+                    message: format!(
+                        "the person who came back is not a member of {}, only a reader of some of its repositories: only an owner's install binds it",
+                        account.login
+                    ),
+                    upstream_request_id: answer.request_id,
+                    trust_broken: false,
+                })
+            }
+            s if s >= 500 || s == 429 => {
+                return Err(ProviderError::Unavailable {
+                    message: format!("GitHub HTTP {s} {what}"),
+                    upstream_request_id: answer.request_id,
+                })
+            }
+            s => {
+                return Err(ProviderError::Denied {
+                    message: format!("GitHub HTTP {s} {what}"),
+                    upstream_request_id: answer.request_id,
+                    trust_broken: false,
+                })
+            }
+        }
+        let checked = if listed.organization {
+            owner_in_membership(&answer.body, account)
+        } else {
+            same_user(&answer.body, account)
+        };
+        checked.map_err(|m| ProviderError::Denied {
+            message: format!("{m}: only an owner's install binds it"),
+            upstream_request_id: answer.request_id,
+            trust_broken: false,
+        })
     }
 
     /// `DELETE /applications/{client_id}/token` (basic auth with the client credentials), in
@@ -530,6 +690,53 @@ mod tests {
             body,
             Some(&header[..header.len() - 2])
         ));
+    }
+
+    /// Only an active owner of that very organization, or the user account itself, counts
+    /// as administering an installation; an installation of another kind is refused.
+    #[test]
+    fn administering_an_installation_is_an_owner_s_or_the_user_s_own() {
+        let acme = InstalledAccount {
+            login: "acme-org".into(),
+            id: 9001,
+        };
+        let membership = |state: &str, role: &str, org: u64| serde_json::json!({"state": state, "role": role, "organization": {"login": "acme-org", "id": org}});
+        assert!(owner_in_membership(&membership("active", "admin", 9001), &acme).is_ok());
+        for (answer, says) in [
+            (membership("active", "member", 9001), "role member"),
+            (membership("pending", "admin", 9001), "pending membership"),
+            (membership("active", "admin", 9002), "another organization"),
+            (
+                serde_json::json!({"organization": {"id": 9001}}),
+                "malformed",
+            ),
+            (membership("active", "<script>", 9001), "malformed"),
+        ] {
+            let err = owner_in_membership(&answer, &acme).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+        assert!(same_user(&serde_json::json!({"id": 9001, "login": "acme-org"}), &acme).is_ok());
+        assert!(same_user(&serde_json::json!({"id": 1, "login": "acme-org"}), &acme).is_err());
+        assert!(same_user(&serde_json::json!({"login": "acme-org"}), &acme).is_err());
+
+        let page = |target: &str, login: &str| serde_json::json!({"installations": [{"id": 5, "target_type": target, "account": {"login": login, "id": 9001}}]});
+        let listed = installation_in_page(&page("Organization", "acme-org"), 5)
+            .unwrap()
+            .unwrap();
+        assert!(listed.organization);
+        assert_eq!(listed.account, acme);
+        assert!(
+            !installation_in_page(&page("User", "acme-org"), 5)
+                .unwrap()
+                .unwrap()
+                .organization
+        );
+        assert!(installation_in_page(&page("Enterprise", "acme-org"), 5).is_err());
+        assert!(installation_in_page(&page("Organization", "acme/../x"), 5).is_err());
+        assert_eq!(
+            installation_in_page(&page("Organization", "acme-org"), 6),
+            Ok(None)
+        );
     }
 
     #[test]

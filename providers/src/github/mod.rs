@@ -37,7 +37,8 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 pub use callbacks::{
-    installation_in_page, parse_installation_event, parse_setup_query, verify_signature,
+    installation_in_page, owner_in_membership, parse_installation_event, parse_setup_query,
+    same_user, verify_signature, ListedInstallation,
 };
 pub use permissions::{
     narrow, parse_permissions, GithubCeiling, Level, Permissions, TokenRequest, KNOWN_PERMISSIONS,

@@ -1,5 +1,6 @@
-//! What the GitHub install callback reads from outside: the browser's `Cookie` header and
-//! GitHub's `GET /user/installations` page.
+//! What the GitHub install callback reads from outside: the browser's `Cookie` header,
+//! GitHub's `GET /user/installations` page, and its `GET /user/memberships/orgs/{org}` and
+//! `GET /user` answers.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -11,11 +12,29 @@ fuzz_target!(|data: &[u8]| {
     let _ = credbroker::callbacks::install_cookie(&headers);
     if let Ok(page) = serde_json::from_slice::<serde_json::Value>(data) {
         let id = data.first().copied().map_or(0, u64::from);
-        if let Ok(Some(account)) = credbroker_providers::github::installation_in_page(&page, id) {
-            // An account the audit record and the pin check quote is printable and named.
+        if let Ok(Some(listed)) = credbroker_providers::github::installation_in_page(&page, id) {
+            // An account the audit record, the pin check and a URL path quote is named with
+            // a login's characters only.
+            let account = &listed.account;
             assert!(account.id > 0);
             assert!(!account.login.is_empty() && account.login.len() <= 100);
-            assert!(account.login.bytes().all(|b| b.is_ascii_graphic()));
+            assert!(account
+                .login
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
+        }
+        let account = credbroker_providers::InstalledAccount {
+            login: "acme".into(),
+            id: u64::from(data.first().copied().unwrap_or(1)),
+        };
+        // An owner is only ever an active admin of that very organization.
+        if credbroker_providers::github::owner_in_membership(&page, &account).is_ok() {
+            assert_eq!(page["state"], "active");
+            assert_eq!(page["role"], "admin");
+            assert_eq!(page["organization"]["id"].as_u64(), Some(account.id));
+        }
+        if credbroker_providers::github::same_user(&page, &account).is_ok() {
+            assert_eq!(page["id"].as_u64(), Some(account.id));
         }
     }
 });
