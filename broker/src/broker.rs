@@ -38,6 +38,8 @@ pub struct BrokerSettings {
     pub mint_timeout: Duration,
     /// Token cache bound.
     pub cache_max_entries: usize,
+    /// Token cache bound per tenant.
+    pub cache_max_entries_per_tenant: usize,
     /// Decoded records cached per store table (`[cache] record_entries`).
     pub record_cache_entries: usize,
     /// Audit writer settings.
@@ -69,6 +71,7 @@ impl BrokerSettings {
             trust_domain: config.trust_domain.clone(),
             mint_timeout: Duration::from_millis(config.cache.mint_timeout_ms),
             cache_max_entries: config.cache.max_entries,
+            cache_max_entries_per_tenant: config.cache.max_entries_per_tenant,
             record_cache_entries: config.cache.record_entries,
             audit: AuditConfig {
                 dir: config.audit_dir(),
@@ -274,6 +277,7 @@ impl Broker {
             fingerprint: keys.fingerprint,
             cache: TokenCache::with_join_counter(
                 settings.cache_max_entries,
+                settings.cache_max_entries_per_tenant,
                 metrics.cache_shared_mints.clone(),
             ),
             breakers: Arc::new(crate::breaker::Breakers::with_mint_limits(

@@ -139,6 +139,9 @@ impl Default for AuditSettings {
 pub struct CacheSettings {
     /// Most cached tokens.
     pub max_entries: usize,
+    /// Most cached tokens of one tenant (at most `max_entries`): past it a tenant's new token
+    /// replaces its own closest to expiry, never another tenant's.
+    pub max_entries_per_tenant: usize,
     /// Decoded store records (worker, instance, tenant, binding, sealed secret version) kept
     /// in memory per table for the resolve path; every store write empties them. 0 disables.
     pub record_entries: usize,
@@ -163,6 +166,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             max_entries: 100_000,
+            max_entries_per_tenant: 25_000,
             record_entries: crate::store::records::DEFAULT_RECORD_CACHE,
             mint_timeout_ms: 10_000,
             breaker_failures: 5,

@@ -58,6 +58,10 @@ pub enum Source {
 /// The cache.
 pub struct TokenCache {
     max_entries: usize,
+    /// Most tokens one tenant holds: past it a tenant's new token replaces its own closest
+    /// to expiry, never another tenant's (a worker varying its narrowing on every call would
+    /// otherwise push every other tenant's tokens out, and make them mint again).
+    max_per_tenant: usize,
     entries: Mutex<Entries>,
     in_flight: Mutex<HashMap<CacheKey, (u64, InFlight)>>,
     joins: Counter,
@@ -71,6 +75,8 @@ struct Entries {
     /// The same tokens ordered by expiry (ties by insertion): eviction takes the first, in
     /// O(log n), instead of scanning every token under the lock.
     by_expiry: std::collections::BTreeMap<(OffsetDateTime, u64), CacheKey>,
+    /// Each tenant's tokens' places in `by_expiry`, in the same order.
+    by_tenant: HashMap<String, std::collections::BTreeSet<(OffsetDateTime, u64)>>,
     /// Insertion counter for `by_expiry`.
     next_order: u64,
     /// Bumped by every invalidation.
@@ -104,15 +110,45 @@ impl Entries {
     fn remove(&mut self, key: &CacheKey) -> Option<Arc<IssuedCredential>> {
         let slot = self.tokens.remove(key)?;
         self.by_expiry.remove(&slot.order);
+        self.forget_order(&key.tenant, slot.order);
         Some(slot.cred)
+    }
+
+    fn forget_order(&mut self, tenant: &str, order: (OffsetDateTime, u64)) {
+        if let Some(orders) = self.by_tenant.get_mut(tenant) {
+            orders.remove(&order);
+            if orders.is_empty() {
+                self.by_tenant.remove(tenant);
+            }
+        }
     }
 
     /// Removes the token closest to expiry.
     fn evict_first(&mut self) -> bool {
-        let Some((_, key)) = self.by_expiry.pop_first() else {
+        let Some((order, key)) = self.by_expiry.pop_first() else {
             return false;
         };
+        self.forget_order(&key.tenant, order);
         self.tokens.remove(&key);
+        true
+    }
+
+    /// How many tokens `tenant` holds.
+    fn held_by(&self, tenant: &str) -> usize {
+        self.by_tenant
+            .get(tenant)
+            .map_or(0, std::collections::BTreeSet::len)
+    }
+
+    /// Removes `tenant`'s token closest to expiry.
+    fn evict_first_of(&mut self, tenant: &str) -> bool {
+        let Some(order) = self.by_tenant.get(tenant).and_then(|o| o.first().copied()) else {
+            return false;
+        };
+        self.forget_order(tenant, order);
+        if let Some(key) = self.by_expiry.remove(&order) {
+            self.tokens.remove(&key);
+        }
         true
     }
 }
@@ -125,16 +161,22 @@ fn fresh(cred: &IssuedCredential, now: OffsetDateTime, min_ttl_s: u64) -> bool {
 }
 
 impl TokenCache {
-    /// An empty cache holding at most `max_entries` tokens.
+    /// An empty cache holding at most `max_entries` tokens, of one tenant or many.
     pub fn new(max_entries: usize) -> Arc<TokenCache> {
-        Self::with_join_counter(max_entries, Counter::default())
+        Self::with_join_counter(max_entries, max_entries, Counter::default())
     }
 
-    /// As [`TokenCache::new`], counting in `joins` every caller that waits on another
-    /// caller's in-flight mint (when it joins, not when the mint ends).
-    pub fn with_join_counter(max_entries: usize, joins: Counter) -> Arc<TokenCache> {
+    /// An empty cache holding at most `max_entries` tokens, at most `max_per_tenant` of one
+    /// tenant, counting in `joins` every caller that waits on another caller's in-flight
+    /// mint (when it joins, not when the mint ends).
+    pub fn with_join_counter(
+        max_entries: usize,
+        max_per_tenant: usize,
+        joins: Counter,
+    ) -> Arc<TokenCache> {
         Arc::new(TokenCache {
             max_entries: max_entries.max(1),
+            max_per_tenant: max_per_tenant.clamp(1, max_entries.max(1)),
             entries: Mutex::new(Entries::default()),
             in_flight: Mutex::new(HashMap::new()),
             joins,
@@ -181,6 +223,10 @@ impl TokenCache {
             return;
         };
         entries.remove(&key);
+        // The tenant's own share first: past it, its own token closest to expiry goes.
+        while entries.held_by(&key.tenant) >= self.max_per_tenant
+            && entries.evict_first_of(&key.tenant)
+        {}
         if entries.tokens.len() >= self.max_entries {
             // Expired tokens go first (they sit at the front), then the one closest to expiry.
             let now = OffsetDateTime::now_utc();
@@ -196,6 +242,11 @@ impl TokenCache {
         entries.next_order = entries.next_order.wrapping_add(1);
         let order = (expires_at, entries.next_order);
         entries.by_expiry.insert(order, key.clone());
+        entries
+            .by_tenant
+            .entry(key.tenant.clone())
+            .or_default()
+            .insert(order);
         let floor_s = floor_for(expires_at, OffsetDateTime::now_utc());
         entries.tokens.insert(
             key,
@@ -399,6 +450,64 @@ mod tests {
             LEAST_REMAINING_S
         );
         assert_eq!(floor_for(now - time::Duration::seconds(5), now), 0);
+    }
+
+    fn key_of(tenant: &str, n: usize) -> CacheKey {
+        CacheKey {
+            tenant: tenant.into(),
+            ..key(&n.to_string())
+        }
+    }
+
+    /// A tenant whose worker varies its narrowing on every call fills its own share and then
+    /// replaces its own tokens: the other tenants' tokens stay cached, and a full cache
+    /// evicts across tenants as before.
+    #[test]
+    fn one_tenant_never_pushes_out_the_others_tokens() {
+        let cache = TokenCache::with_join_counter(10, 4, Counter::default());
+        for n in 0..3 {
+            cache.insert(key_of("quiet", n), Arc::new(cred(600)), cache.epoch());
+        }
+        // The noisy tenant's tokens live longer than the quiet one's: expiry alone would
+        // evict the quiet tenant's first.
+        for n in 0..50 {
+            cache.insert(key_of("noisy", n), Arc::new(cred(3600)), cache.epoch());
+        }
+        for n in 0..3 {
+            assert!(
+                cache.lookup(&key_of("quiet", n), 0).is_some(),
+                "quiet {n} evicted"
+            );
+        }
+        let entries = cache.entries.lock().unwrap();
+        assert_eq!(entries.held_by("noisy"), 4);
+        assert_eq!(entries.tokens.len(), 7);
+        assert_eq!(entries.by_expiry.len(), 7);
+        assert!(entries.tokens.contains_key(&key_of("noisy", 49)));
+        drop(entries);
+        // Invalidation and a full cache keep the books straight.
+        cache.invalidate_binding("b");
+        let entries = cache.entries.lock().unwrap();
+        assert!(entries.tokens.is_empty() && entries.by_expiry.is_empty());
+        assert!(entries.by_tenant.is_empty());
+        drop(entries);
+        for t in 0..5 {
+            for n in 0..3 {
+                cache.insert(
+                    key_of(&format!("t{t}"), n),
+                    Arc::new(cred(600)),
+                    cache.epoch(),
+                );
+            }
+        }
+        let entries = cache.entries.lock().unwrap();
+        assert_eq!(entries.tokens.len(), 10);
+        let held: usize = entries
+            .by_tenant
+            .values()
+            .map(std::collections::BTreeSet::len)
+            .sum();
+        assert_eq!(held, 10);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2389,3 +2389,53 @@ async fn an_enable_racing_the_bindings_creation_never_skips_its_probe() {
     }
     println!("enable outcomes while racing the creation: {outcomes:?}");
 }
+
+/// A worker that varies its narrowing on every call (each a new cache key, within the mint
+/// limits) fills only its own tenant's share of the token cache: another tenant's cached
+/// session is still served from the cache, not minted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_s_narrowing_churn_leaves_the_others_cached() {
+    let mut env = start_with("max_entries = 8\nmax_entries_per_tenant = 4\n").await;
+    active_aws_binding(&mut env).await;
+    let external_id = onboard(&mut env.op, "t2").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn2 = format!("arn:aws:iam::{CUSTOMER}:role/OtherTenant");
+    env.sts.add_role(&arn2, role(Some(&external_id)));
+    let (s, v) = bind_for(&mut env, "t2", "aws2", "i-aws2", &arn2).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws2").await;
+    assert_eq!(s, 200, "{v}");
+    let mut w2 = add_worker(&mut env, "w2", "t2").await;
+    let (s, v) = resolve(&mut w2, json!({"instance_id": "i-aws2"})).await;
+    assert_eq!(s, 200, "{v}");
+    let session = v["credentials"]["SessionToken"].clone();
+    // Sessions expiring later than t2's: by expiry alone, t2's would go first.
+    let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Churn{n}"), "Resource": "*"}}});
+    for n in 0..20 {
+        let (s, v) = resolve(
+            &mut env.w1,
+            json!({"instance_id": "i-aws", "narrow": narrow(n)}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["cached"], false, "{v}");
+    }
+    let calls = env.sts.state.calls();
+    let (s, v) = resolve(&mut w2, json!({"instance_id": "i-aws2"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["cached"].as_bool(), &v["credentials"]["SessionToken"]),
+        (Some(true), &session),
+        "another tenant's churn pushed t2's session out of the cache"
+    );
+    assert_eq!(env.sts.state.calls(), calls);
+    // t1's latest sessions are still its own to be served.
+    let (_, v) = resolve(
+        &mut env.w1,
+        json!({"instance_id": "i-aws", "narrow": narrow(19)}),
+    )
+    .await;
+    assert_eq!(v["cached"], true, "{v}");
+}
