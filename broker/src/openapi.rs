@@ -231,6 +231,11 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     None,
                     "200",
                 ),
+                AdminEndpoint::IgnoreUnclaimed => (
+                    "Ignore unclaimed installations (sites running the app that no tenant expects): kept until claimed, no longer counted against the cap of 256, their invocations counted, not recorded; an onboarding naming one is still refused.",
+                    Some(gen.subschema_for::<crate::admin::IgnoreBody>().to_value()),
+                    "200",
+                ),
                 AdminEndpoint::ClaimUnclaimed => (
                     "Bind an unclaimed installation to a tenant explicitly (pending activation).",
                     Some(gen.subschema_for::<crate::admin::ClaimBody>().to_value()),

@@ -89,6 +89,8 @@ pub enum AdminEndpoint {
     Unclaimed,
     /// `/v1/admin/unclaimed/claim`: bind one explicitly to a tenant.
     ClaimUnclaimed,
+    /// `/v1/admin/unclaimed/ignore`: stop counting some against the cap.
+    IgnoreUnclaimed,
     /// `/v1/admin/issuer/keys`: list (GET) or rotate (POST) the OIDC issuer's keys.
     IssuerKeys,
     /// `/v1/admin/issuer/keys/{version}/retire`.
@@ -241,6 +243,11 @@ pub const MTLS: &[Route] = &[
     route(
         "/v1/admin/unclaimed/claim",
         E::Admin(A::ClaimUnclaimed),
+        POST,
+    ),
+    route(
+        "/v1/admin/unclaimed/ignore",
+        E::Admin(A::IgnoreUnclaimed),
         POST,
     ),
     route("/v1/admin/keys/{provider}", E::Admin(A::Keys), GET_POST),

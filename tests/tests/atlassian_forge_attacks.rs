@@ -762,3 +762,103 @@ async fn a_revoked_expectation_binds_nothing() {
                 .as_str()
                 .is_some_and(|d| d.contains(&stray_site))));
 }
+
+/// Anyone who installs the app on 256 sites fills the unclaimed list, and with it full every
+/// Atlassian onboarding is refused (a site running the app may have gone unrecorded); the
+/// sites' hourly triggers keep the records alive. An operator ignores them: onboardings
+/// work again, the ignored sites' triggers write nothing, and an onboarding naming one is
+/// still refused (it was running the app before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unexpected_sites_is_ignored_and_onboarding_goes_on() {
+    let mut env = start_custom("", |s| {
+        s.replace(
+            "requests_per_second_per_source = 100.0\nburst_per_source = 100.0",
+            "requests_per_second_per_source = 1000.0\nburst_per_source = 1000.0",
+        )
+    })
+    .await;
+    let sites: Vec<Site> = (0..256u32)
+        .map(|n| {
+            Site::new(
+                &format!("{n:08x}-0000-4000-8000-00000000f100"),
+                &format!("{n:08x}-1111-4222-8333-00000000f100"),
+            )
+        })
+        .collect();
+    for site in &sites {
+        let fit = env.forge.fit(site).token();
+        let token = system_token(now() + 2 * HOUR);
+        let (s, v) = send(
+            &mut env.public,
+            "trigger",
+            Some(&fit),
+            Some(&token),
+            &trigger_body(site),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let deadline = std::time::Instant::now() + SETTLE;
+    let listed = loop {
+        let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/unclaimed", None).await;
+        let listed = v["unclaimed"].as_array().unwrap().clone();
+        if listed.len() == 256 || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(listed.len(), 256);
+    let (c, _, err) = env.onboard("t1", ACME);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("at their cap"), "{err}");
+
+    // Ignored, all at once.
+    let identifiers: Vec<String> = listed
+        .iter()
+        .map(|u| u["identifier"].as_str().unwrap().to_owned())
+        .collect();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/unclaimed/ignore",
+        Some(json!({"identifiers": identifiers})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["ignored"].as_array().unwrap().len(), 256, "{v}");
+    let ignoring = env.audited("unclaimed.ignore");
+    assert_eq!(ignoring.len(), 1, "{ignoring:?}");
+    assert!(ignoring[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("ignored 256 unclaimed installation(s)"));
+    let (c, _, err) = env.onboard("t1", ACME);
+    assert_eq!(
+        c, 0,
+        "onboarding still refused after the flood was ignored: {err}"
+    );
+
+    // An ignored site's trigger writes nothing; onboarding it is still refused.
+    let records = env.audit_count();
+    let (s, v) = env
+        .trigger(&sites[0], &system_token(now() + 3 * HOUR))
+        .await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("ignored")), "{v}");
+    assert_eq!(env.audit_count(), records);
+    let cloud = sites[0].cloud_id.clone();
+    let (c, _, err) = env.onboard("t2", &cloud);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("unclaimed"), "{err}");
+    // A name it does not hold is refused whole: nothing is ignored.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/unclaimed/ignore",
+        Some(json!({"identifiers": [identifiers[1].clone(), "atlassian_site:nothing"]})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (404, "unknown_record"), "{v}");
+    // A new unexpected site is kept again: the list has room.
+    let (s, v) = env.trigger(&stray(), &system_token(now() + 2 * HOUR)).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
+}

@@ -530,6 +530,10 @@ impl AdminService {
             .iter()
             .find(|(_, u)| u.value.identifier == invocation.site)
         {
+            // Ignored by an operator: counted, never written again.
+            if known.value.ignored {
+                return Ok(InvocationOutcome::Ignored);
+            }
             // Already kept (and audited once): nothing more is written, whichever
             // installation of the site calls — except, at most once a day, a later expiry,
             // so a site that keeps running the app never drops off the list (an onboarding
@@ -583,6 +587,7 @@ impl AdminService {
             reason: reason.clone(),
             seen_at: now_rfc3339(),
             expires_at: Some(crate::callbacks::unclaimed_expiry()),
+            ignored: false,
         });
         event.action = "forge.unclaimed".into();
         event.outcome = "denied".into();

@@ -50,8 +50,9 @@ mod unclaimed;
 mod workers;
 
 pub use request::{
-    parse_admin_request, AdminOp, ClaimBody, Collection, IssuerRetireBody, IssuerRotateBody,
-    NewBinding, NewInstance, NewOperator, NewTenant, NewWorker, OnboardBody, WorkerTenants,
+    parse_admin_request, AdminOp, ClaimBody, Collection, IgnoreBody, IssuerRetireBody,
+    IssuerRotateBody, NewBinding, NewInstance, NewOperator, NewTenant, NewWorker, OnboardBody,
+    WorkerTenants,
 };
 pub use secret_body::SecretBody;
 
@@ -572,6 +573,7 @@ impl AdminService {
                     .await
             }
             AdminOp::UnclaimedList => self.plan_unclaimed_list().await,
+            AdminOp::IgnoreUnclaimed(identifiers) => self.plan_ignore_unclaimed(&identifiers).await,
             AdminOp::ClaimUnclaimed(identifier, tenant, governance) => {
                 self.plan_claim_unclaimed(&identifier, tenant, governance)
                     .await

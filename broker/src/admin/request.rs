@@ -176,6 +176,14 @@ pub struct ClaimBody {
     pub purpose: String,
 }
 
+/// `POST /v1/admin/unclaimed/ignore`
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IgnoreBody {
+    /// The unclaimed installations' identifiers (from `GET /v1/admin/unclaimed`), 1–256.
+    pub identifiers: Vec<String>,
+}
+
 /// `POST /v1/admin/issuer/keys` (rotate).
 #[derive(Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +285,9 @@ pub enum AdminOp {
     /// Bind an unclaimed installation to a tenant (pending activation; probe next), with its
     /// owner and purpose.
     ClaimUnclaimed(String, TenantId, crate::model::Governance),
+    /// Ignore unclaimed installations: kept, not counted against the cap, their invocations
+    /// counted, not recorded.
+    IgnoreUnclaimed(Vec<String>),
     /// Mark a binding `trust_broken` after its upstream said the customer withdrew the trust
     /// (raised by the broker itself from a resolve, never parsed from a request). Applies only
     /// to the binding generation the resolve used.
@@ -322,6 +333,7 @@ impl AdminOp {
             AdminOp::Governance(g) => g.action(),
             AdminOp::UnclaimedList => "unclaimed.list".into(),
             AdminOp::ClaimUnclaimed(..) => "unclaimed.claim".into(),
+            AdminOp::IgnoreUnclaimed(..) => "unclaimed.ignore".into(),
             AdminOp::KeysList(k) => format!("keys.{k}.list"),
             AdminOp::KeysAdd(k, _) => format!("keys.{k}.add"),
             AdminOp::KeysActivate(k, _) => format!("keys.{k}.activate"),
@@ -539,6 +551,18 @@ pub fn parse_admin_request(
         }
         AdminEndpoint::IssuerJwks => Ok(AdminOp::IssuerJwks),
         AdminEndpoint::Unclaimed => Ok(AdminOp::UnclaimedList),
+        AdminEndpoint::IgnoreUnclaimed => {
+            let body: IgnoreBody = parse_body(body)?;
+            if body.identifiers.is_empty()
+                || body.identifiers.len() > crate::store::records::MAX_UNCLAIMED
+            {
+                return Err(ApiError::bad_request(format!(
+                    "identifiers: 1 to {} of them",
+                    crate::store::records::MAX_UNCLAIMED
+                )));
+            }
+            Ok(AdminOp::IgnoreUnclaimed(body.identifiers))
+        }
         AdminEndpoint::ClaimUnclaimed => {
             let body: ClaimBody = parse_body(body)?;
             let governance = super::governance::validated(body.owner, body.purpose)?;

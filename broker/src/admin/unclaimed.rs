@@ -21,6 +21,7 @@ impl AdminService {
                     "provider": u.value.provider, "identifier": u.value.identifier,
                     "config": u.value.config, "account": u.value.account,
                     "reason": u.value.reason, "seen_at": u.value.seen_at,
+                    "ignored": u.value.ignored,
                 })
             })
             .collect();
@@ -72,6 +73,56 @@ impl AdminService {
             "{}; claimed {} of account {} ({}) explicitly",
             plan.detail, u.identifier, u.account.login, u.account.id
         );
+        Ok(plan)
+    }
+
+    /// Ignores unclaimed installations (an operator who judged them none of ours, or a
+    /// flood of sites filling the list): each is kept until claimed, no longer counts
+    /// against [`MAX_UNCLAIMED`](crate::store::records::MAX_UNCLAIMED), and its further
+    /// invocations are counted, not recorded. One batch, each record as read.
+    pub(super) async fn plan_ignore_unclaimed(
+        &self,
+        identifiers: &[String],
+    ) -> Result<Plan, ApiError> {
+        let held = self.core.records.unclaimed().await.map_err(store_err)?;
+        let mut plan = Plan::new(String::new(), Value::Null);
+        let (mut ignored, mut already) = (Vec::new(), Vec::new());
+        for identifier in identifiers {
+            let (key, read) = held
+                .iter()
+                .find(|(_, u)| &u.value.identifier == identifier)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::UnknownRecord,
+                        format!("no unclaimed installation {identifier} (GET /v1/admin/unclaimed)"),
+                    )
+                })?;
+            if read.value.ignored || ignored.contains(identifier) {
+                already.push(identifier.clone());
+                continue;
+            }
+            let mut u = read.value.clone();
+            u.ignored = true;
+            u.expires_at = None;
+            plan.batch.replace_unclaimed(key, read, &u);
+            ignored.push(identifier.clone());
+        }
+        let shown: Vec<&str> = ignored.iter().take(20).map(String::as_str).collect();
+        plan.detail = format!(
+            "ignored {} unclaimed installation(s){}{}",
+            ignored.len(),
+            if shown.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", shown.join(", "))
+            },
+            if ignored.len() > shown.len() {
+                format!(" and {} more", ignored.len() - shown.len())
+            } else {
+                String::new()
+            }
+        );
+        plan.response = json!({ "ignored": ignored, "already_ignored": already });
         Ok(plan)
     }
 }

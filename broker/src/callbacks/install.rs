@@ -442,7 +442,16 @@ impl CallbackService {
                 account.login, account.id
             );
             let mut batch = Batch::new();
-            let kept = self.unclaimed_room(provider.id(), &identifier).await?;
+            // One an operator ignores stays as it is (not un-ignored by a new proof).
+            let ignored = self
+                .core
+                .records
+                .unclaimed()
+                .await
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+                .iter()
+                .any(|(_, u)| u.value.identifier == identifier && u.value.ignored);
+            let kept = !ignored && self.unclaimed_room(provider.id(), &identifier).await?;
             if kept {
                 batch.put_unclaimed(&Unclaimed {
                     provider: provider.id().to_owned(),
@@ -455,6 +464,7 @@ impl CallbackService {
                     reason: reason.clone(),
                     seen_at: now_rfc3339(),
                     expires_at: Some(super::unclaimed_expiry()),
+                    ignored: false,
                 });
             }
             let mut denied = event.clone();
@@ -462,6 +472,8 @@ impl CallbackService {
             denied.error_code = Some(ErrorCode::CallbackRejected.as_str().into());
             denied.detail = Some(if kept {
                 format!("{reason}; kept as unclaimed for an operator")
+            } else if ignored {
+                format!("{reason}; an operator ignores it (credbroker unclaimed list)")
             } else {
                 format!("{reason}; not kept: the unclaimed list is full")
             });

@@ -121,7 +121,7 @@ pub(crate) fn unclaimed_room(
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let live = held
         .iter()
-        .filter(|(_, u)| u.value.provider == provider)
+        .filter(|(_, u)| u.value.provider == provider && !u.value.ignored)
         .filter(|(_, u)| u.value.expires_at.is_none_or(|e| e >= now));
     held.iter().any(|(_, u)| u.value.identifier == identifier)
         || live.count() < crate::store::records::MAX_UNCLAIMED

@@ -150,6 +150,20 @@ pub enum UnclaimedCmd {
     List(Conn),
     /// Bind one explicitly to a tenant (pending activation; run `binding probe` next).
     Claim(UnclaimedClaim),
+    /// Ignore some (sites running the app that no tenant of ours expects, a flood of them
+    /// filling the list): each is kept until claimed, no longer counts against the cap of
+    /// 256 that refuses Atlassian onboardings once reached, and its further invocations are
+    /// counted, not recorded. An onboarding naming one is still refused.
+    Ignore(UnclaimedIgnore),
+}
+
+#[derive(Args, Debug)]
+pub struct UnclaimedIgnore {
+    /// An identifier, as listed (e.g. atlassian_site:…); repeat for several (at most 256).
+    #[arg(long = "identifier", required = true)]
+    identifiers: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
 }
 
 #[derive(Args, Debug)]
@@ -173,6 +187,15 @@ pub struct UnclaimedClaim {
 pub fn run_unclaimed(cmd: UnclaimedCmd) -> Result<ExitCode, String> {
     match cmd {
         UnclaimedCmd::List(conn) => call(&conn, Method::GET, "/v1/admin/unclaimed", None),
+        UnclaimedCmd::Ignore(c) => call(
+            &c.conn,
+            Method::POST,
+            "/v1/admin/unclaimed/ignore",
+            Some(
+                serde_json::to_vec(&serde_json::json!({ "identifiers": c.identifiers }))
+                    .map_err(|e| e.to_string())?,
+            ),
+        ),
         UnclaimedCmd::Claim(c) => call(
             &c.conn,
             Method::POST,

@@ -49,6 +49,11 @@ pub struct Unclaimed {
     /// unclaimed installations expired: kept until claimed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Ignored by an operator (`credbroker unclaimed ignore`): kept until claimed, not
+    /// counted against [`MAX_UNCLAIMED`], and its further invocations are counted, not
+    /// recorded. An onboarding naming it is still refused (it was running the app before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignored: bool,
 }
 
 /// Most unclaimed installations kept: beyond it a new one is refused (counted), so a stream
@@ -309,5 +314,15 @@ impl Batch {
     /// Removes an unclaimed installation as read (it is being claimed).
     pub fn remove_unclaimed(&mut self, key: &str, read: &Stored<Unclaimed>) -> &mut Self {
         self.remove_identifier_record(key, read)
+    }
+
+    /// Replaces an unclaimed installation, which must still be as read.
+    pub fn replace_unclaimed(
+        &mut self,
+        key: &str,
+        read: &Stored<Unclaimed>,
+        record: &Unclaimed,
+    ) -> &mut Self {
+        self.replace_identifier_record(key, read, record)
     }
 }
