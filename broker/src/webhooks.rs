@@ -58,7 +58,7 @@ impl std::fmt::Debug for ParsedVerify {
 
 /// The JSON envelope's largest size for a body limit of `max_body` bytes (base64 and the
 /// headers around it).
-pub fn envelope_limit(max_body: usize) -> usize {
+pub const fn envelope_limit(max_body: usize) -> usize {
     max_body
         .saturating_mul(4)
         .div_ceil(3)

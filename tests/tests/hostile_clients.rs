@@ -400,6 +400,77 @@ impl hyper::body::Body for Dribble {
     }
 }
 
+/// `name`'s flood: `streams` webhook verifications on one HTTP/2 connection, each sending
+/// 1 MiB of its body and then holding it open. The senders (dropping them ends the bodies)
+/// and the answers.
+async fn flood(
+    pki: &TestPki,
+    url: &str,
+    name: &str,
+    streams: usize,
+) -> (
+    Vec<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    Vec<tokio::task::JoinHandle<u16>>,
+) {
+    let addr = url.trim_start_matches("https://");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = client_tls(pki, name, b"h2")
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..streams {
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("https://localhost/v1/webhooks/verify")
+            .header("content-type", "application/json")
+            .body(Dribble(rx))
+            .unwrap();
+        let mut sender = sender.clone();
+        answers.push(tokio::spawn(async move {
+            match sender.send_request(req).await {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            }
+        }));
+        for _ in 0..16 {
+            let _ = tx.send(bytes::Bytes::from(vec![b'a'; 64 * 1024])).await;
+        }
+        held.push(tx);
+    }
+    (held, answers)
+}
+
+/// The bodies refused so far in `scope` (`source` or `global`), once at least one is.
+async fn bodies_refused_in(pki: &TestPki, url: &str, scope: &str) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, m) = scrape(pki, url).await;
+        let m = String::from_utf8(m).unwrap();
+        let refused = metric_value(
+            &m,
+            &format!("credbroker_mtls_bodies_refused_total{{scope=\"{scope}\"}}"),
+        )
+        .unwrap_or(0.0);
+        if refused >= 1.0 || Instant::now() > deadline {
+            return refused;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A worker certificate holding many large, unfinished bodies at once (webhook envelopes on
 /// many HTTP/2 streams) gets no more than its identity's share of the listener's body
 /// memory: its further bodies are refused (`unavailable`), and another worker is served.
@@ -426,60 +497,18 @@ async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
     .await;
     assert_eq!(s, 201, "{v}");
 
-    // w1: 24 streams on one connection, each sending 1 MiB of a webhook envelope and then
-    // holding it open. Its share is 16 MiB.
-    let tls = tls_stream(&pki, &daemon.url, b"h2").await;
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let mut held = Vec::new();
-    let mut answers = Vec::new();
-    for _ in 0..24 {
-        let (tx, rx) = tokio::sync::mpsc::channel(32);
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("https://localhost/v1/webhooks/verify")
-            .header("content-type", "application/json")
-            .body(Dribble(rx))
-            .unwrap();
-        let mut sender = sender.clone();
-        answers.push(tokio::spawn(async move {
-            match sender.send_request(req).await {
-                Ok(r) => r.status().as_u16(),
-                Err(_) => 0,
-            }
-        }));
-        for _ in 0..16 {
-            let _ = tx.send(bytes::Bytes::from(vec![b'a'; 64 * 1024])).await;
+    // w1: 24 streams of 1 MiB held open. Its share is about 21.5 MiB.
+    let (held, mut answers) = flood(&pki, &daemon.url, "w1", 24).await;
+    assert!(
+        bodies_refused_in(&pki, &daemon.url, "source").await >= 1.0,
+        "no body of w1 was refused"
+    );
+    let mut done = Vec::new();
+    for a in &mut answers {
+        if a.is_finished() {
+            done.push(a.await.unwrap());
         }
-        held.push(tx);
     }
-    // The bodies past w1's share are refused while the others are still held.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let refused = loop {
-        let (_, m) = scrape(&pki, &daemon.url).await;
-        let m = String::from_utf8(m).unwrap();
-        let refused = metric_value(&m, "credbroker_mtls_bodies_refused_total{scope=\"source\"}")
-            .unwrap_or(0.0);
-        if refused >= 1.0 || Instant::now() > deadline {
-            break refused;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(refused >= 1.0, "no body of w1 was refused");
-    let done: Vec<u16> = {
-        let mut out = Vec::new();
-        for a in &mut answers {
-            if a.is_finished() {
-                out.push(a.await.unwrap());
-            }
-        }
-        out
-    };
     assert!(
         !done.is_empty() && done.iter().all(|s| *s == 503),
         "bodies past the share are answered 503, the others still held: {done:?}"
@@ -489,5 +518,6 @@ async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
     let mut w2 = pki.client_for("w2", &daemon.url);
     let (s, v) = resolve(&mut w2, json!({"instance_id": "i2"})).await;
     assert_eq!(s, 200, "{v}");
+
     drop(held);
 }

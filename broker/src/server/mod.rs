@@ -150,11 +150,14 @@ pub fn spawn_role(
     // configuration refuses more).
     let body_budget =
         crate::admission::BodyBudget::new(PUBLIC_BODY_BUDGET_KIB, PUBLIC_BODY_BUDGET_KIB / 4);
-    // Bodies in memory at once on the mTLS listener, KiB, per client identity: what the
+    // Bodies in memory at once on the mTLS listener, bytes, per client identity: what the
     // per-request limits leave open (a webhook event's envelope on each of many streams)
-    // is bounded together, and one certificate holds at most a quarter of it.
+    // is bounded together, and one certificate holds at most a quarter of it. Operators'
+    // bodies have a budget of their own: no flood of workers' bodies holds up their changes.
     let mtls_bodies: Arc<BodyBudget<String>> =
-        BodyBudget::new(MTLS_BODY_BUDGET_KIB, MTLS_BODY_BUDGET_KIB / 4);
+        BodyBudget::new(MTLS_BODY_SHARE.saturating_mul(4), MTLS_BODY_SHARE);
+    let operator_bodies: Arc<BodyBudget<String>> =
+        BodyBudget::new(MTLS_BODY_SHARE.saturating_mul(4), MTLS_BODY_SHARE);
     // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
     let handshake_log = Arc::new(LogThrottle::new(5));
     // Requests that must run to completion after their client left (audited changes) hold
@@ -223,6 +226,7 @@ pub fn spawn_role(
             let detached = detached.clone();
             let detached_refusals = detached_refusals.clone();
             let mtls_bodies = mtls_bodies.clone();
+            let operator_bodies = operator_bodies.clone();
             let connection_gate = connection_gate.clone();
             let identity_share = identity_share.clone();
             let refused_log = refused_log.clone();
@@ -332,6 +336,7 @@ pub fn spawn_role(
                     let detached = detached.clone();
                     let detached_refusals = detached_refusals.clone();
                     let mtls_bodies = mtls_bodies.clone();
+                    let operator_bodies = operator_bodies.clone();
                     let rate_limiter = rate_limiter.clone();
                     let body_budget = body_budget.clone();
                     let busy = service_activity.begin();
@@ -342,7 +347,11 @@ pub fn spawn_role(
                                 let pools = Pools {
                                     detached: &detached,
                                     detached_refusals: &detached_refusals,
-                                    bodies: &mtls_bodies,
+                                    bodies: if matches!(peer, Some(PeerIdentity::Operator(_))) {
+                                        &operator_bodies
+                                    } else {
+                                        &mtls_bodies
+                                    },
                                 };
                                 handle(broker, peer, &limits, pools, req).await
                             }
@@ -464,6 +473,24 @@ impl Drop for GaugeGuard {
 /// How much more body memory is reserved at a time as a body arrives, KiB.
 pub(super) const RESERVE_STEP_KIB: u32 = 64;
 
+/// How a body budget counts: in units of `unit` bytes, reserving `step` units ahead at a time
+/// (0: exactly what arrived).
+#[derive(Clone, Copy)]
+pub(super) struct Reserving {
+    pub(super) unit: usize,
+    pub(super) step: u32,
+}
+
+/// The public listener's budget: KiB, 64 KiB ahead at a time.
+pub(super) const PUBLIC_RESERVING: Reserving = Reserving {
+    unit: 1024,
+    step: RESERVE_STEP_KIB,
+};
+
+/// The mTLS listener's: bytes, exactly what arrived (a stream that sends nothing, or one
+/// byte, holds that much and no more).
+const MTLS_RESERVING: Reserving = Reserving { unit: 1, step: 0 };
+
 /// Reads a body of at most `max` bytes within the body deadline, growing `permit` as its
 /// bytes arrive: a sender holds memory for what it sent, not for what it declared.
 pub(super) async fn read_body_reserving<K: Eq + std::hash::Hash + Clone>(
@@ -472,6 +499,7 @@ pub(super) async fn read_body_reserving<K: Eq + std::hash::Hash + Clone>(
     max: usize,
     permit: &mut BodyPermit<K>,
     refused: &BodiesRefused,
+    how: Reserving,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     use http_body_util::BodyExt;
     check_declared_length(&req, max)?;
@@ -499,12 +527,12 @@ pub(super) async fn read_body_reserving<K: Eq + std::hash::Hash + Clone>(
         if total > max {
             return Err(too_large(max));
         }
-        let need = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+        let need = u32::try_from(total.div_ceil(how.unit)).unwrap_or(u32::MAX);
         if need > permit.kib() {
             // A step, never past what the largest body needs.
-            let most = u32::try_from(max.div_ceil(1024)).unwrap_or(u32::MAX);
+            let most = u32::try_from(max.div_ceil(how.unit)).unwrap_or(u32::MAX);
             let step = (need - permit.kib())
-                .max(RESERVE_STEP_KIB)
+                .max(how.step)
                 .min(most.saturating_sub(permit.kib()).max(need - permit.kib()));
             permit
                 .grow(step)
@@ -620,9 +648,14 @@ struct Pools<'a> {
     bodies: &'a Arc<BodyBudget<String>>,
 }
 
-/// Body memory of the mTLS listener, KiB (one identity holds at most a quarter: room for the
-/// largest webhook envelope, 8 MiB of event base64-encoded).
-const MTLS_BODY_BUDGET_KIB: u32 = 64 * 1024;
+/// One client identity's share of the mTLS listener's body memory, bytes (the whole is four
+/// times as much): room for the largest webhook envelope a configuration may allow (the
+/// largest event, base64-encoded, with its headers).
+const MTLS_BODY_SHARE: u32 = {
+    let most = crate::webhooks::envelope_limit(crate::webhooks::MAX_BODY_LIMIT);
+    assert!(most <= u32::MAX as usize / 4);
+    most as u32
+};
 
 /// Reads a body of at most `max` bytes for `peer`, reserving its memory in the listener's
 /// budget as it arrives; the reservation (in `permit`) is kept while the request is served.
@@ -637,9 +670,8 @@ async fn read_mtls_body(
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     json_content_type(&req)?;
     let holder = peer.map(PeerIdentity::audit_name).unwrap_or_default();
-    let first = u32::try_from(max.div_ceil(1024))
-        .unwrap_or(u32::MAX)
-        .clamp(1, 4);
+    // Nothing is reserved before a byte arrives.
+    let first = 0;
     let reserved = permit.insert(
         bodies
             .try_reserve(holder, first)
@@ -651,6 +683,7 @@ async fn read_mtls_body(
         max,
         reserved,
         &broker.metrics().mtls_bodies_refused,
+        MTLS_RESERVING,
     )
     .await
 }

@@ -252,6 +252,7 @@ pub(super) async fn handle_public(
                             max,
                             permit,
                             &broker.metrics().bodies_refused,
+                            super::PUBLIC_RESERVING,
                         )
                         .await
                     }
