@@ -227,6 +227,7 @@ pub async fn seed(broker: &Arc<Broker>) -> Result<bool, DevError> {
                 owner: "credbroker dev".into(),
                 purpose: "demo binding of dev mode".into(),
                 max_secret_age_days: None,
+                tenant_created_by: None,
             }),
         )
         .await?;

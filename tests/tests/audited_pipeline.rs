@@ -207,6 +207,7 @@ async fn a_commit_that_fails_after_its_record_gets_a_second_record() {
             owner: "team-tests".into(),
             purpose: "integration test".into(),
             max_secret_age_days: None,
+            tenant_created_by: None,
         }),
         AdminOp::SecretSet(
             "b3".into(),

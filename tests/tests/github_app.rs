@@ -3320,6 +3320,51 @@ async fn a_link_of_a_removed_tenant_binds_nothing_to_its_successor() {
         !b.to_string().contains("github-app-1001"),
         "bound to the tenant's successor: {b}"
     );
+
+    // Removed and created again while the return's proof waits on GitHub: the binding's
+    // commit is checked on the tenant it is preconditioned on, and binds nothing either.
+    let state = state_for_account(&mut env.op, "t3", "acme-org", account_of(1001)).await;
+    let (_, cookie, _) = open_link(&mut env.public, &state).await;
+    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    env.gh.authorize("code-during", &[1001]);
+    env.gh.inject(
+        "/user/installations",
+        credbroker_tests::fake_github::Fault::Hold(std::time::Duration::from_millis(1500)),
+        1,
+    );
+    let mut public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
+    let query = format!("installation_id=1001&setup_action=install&state={state}&code=code-during");
+    let returning =
+        tokio::spawn(async move { callback(&mut public, &query, Some(&browser)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (s, v) = call(&mut env.op, Method::DELETE, "/v1/admin/tenants/t3", None).await;
+    assert!(s == 200 || s == 204, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = returning.await.unwrap();
+    assert_ne!(
+        s, 200,
+        "bound to the successor created during the proof: {v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("created again"),
+        "{v}"
+    );
+    let (_, b) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert!(
+        !b.to_string().contains("github-app-1001"),
+        "bound to the tenant's successor: {b}"
+    );
 }
 
 /// GitHub lists an installation among a user's when the user can merely read one of its

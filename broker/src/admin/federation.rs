@@ -93,6 +93,22 @@ impl AdminService {
             ));
         }
         let tenant = self.tenant_or_404(b.tenant.as_str()).await?;
+        if let Some(by) = b.tenant_created_by {
+            let same = time::OffsetDateTime::parse(
+                &tenant.value.created_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .is_ok_and(|created| created.unix_timestamp() <= by);
+            if !same {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "tenant {} was removed and created again since the install link was issued: nothing is bound to it",
+                        b.tenant
+                    ),
+                ));
+            }
+        }
         let provider = self
             .core
             .registry
@@ -376,36 +392,32 @@ impl AdminService {
                 + time::Duration::seconds(
                     i64::try_from(self.core.callback_state_ttl_s()).unwrap_or(3600),
                 );
+            let record = CallbackState {
+                provider: provider.id().to_owned(),
+                tenant: tenant.to_string(),
+                expires_at: expires.unix_timestamp(),
+                pin: Some(pin.clone()),
+                browser: None,
+                opens: 0,
+                issued_at: Some(issued.unix_timestamp()),
+                governance: governance.clone(),
+                creator: issuer.as_ref().map(|i| i.0.clone()),
+                creator_revision: issuer.and_then(|i| i.1),
+                revoked: false,
+                used: false,
+            };
             if let Some((key, read)) = &link_pin {
-                let expires_at = read.as_ref().map_or(i64::MIN, |r| r.value.expires_at);
                 plan.batch.pass_link_pin(
                     key,
                     read.as_ref(),
-                    &LinkPin {
-                        provider: provider.id().to_owned(),
-                        tenant: tenant.to_string(),
-                        issued_at: issued.unix_timestamp(),
-                        expires_at: expires_at.max(expires.unix_timestamp()),
-                    },
+                    &LinkPin::passed(
+                        read.as_ref().map(|r| &r.value),
+                        &record,
+                        issued.unix_timestamp(),
+                    ),
                 );
             }
-            plan.batch.put_callback_state(
-                &state,
-                &CallbackState {
-                    provider: provider.id().to_owned(),
-                    tenant: tenant.to_string(),
-                    expires_at: expires.unix_timestamp(),
-                    pin: Some(pin.clone()),
-                    browser: None,
-                    opens: 0,
-                    issued_at: Some(issued.unix_timestamp()),
-                    governance: governance.clone(),
-                    creator: issuer.as_ref().map(|i| i.0.clone()),
-                    creator_revision: issuer.and_then(|i| i.1),
-                    revoked: false,
-                    used: false,
-                },
-            );
+            plan.batch.put_callback_state(&state, &record);
             plan.response["install_url"] = json!(format!(
                 "{base}/callbacks/{}/start?state={state}",
                 provider.id()

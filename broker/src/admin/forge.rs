@@ -462,6 +462,7 @@ impl AdminService {
                     .map(|g| g.purpose.clone())
                     .unwrap_or_default(),
                 max_secret_age_days: None,
+                tenant_created_by: None,
             })
             .await?;
         // plan_add_binding consumed the expectation as it read it again; the bind is for the
@@ -526,7 +527,7 @@ impl AdminService {
         why: Option<String>,
     ) -> Result<InvocationOutcome, ApiError> {
         let held = self.core.records.unclaimed().await.map_err(store_err)?;
-        if let Some((_, known)) = held
+        if let Some((known_key, known)) = held
             .iter()
             .find(|(_, u)| u.value.identifier == invocation.site)
         {
@@ -549,7 +550,7 @@ impl AdminService {
             let mut renewed = known.value.clone();
             renewed.expires_at = Some(crate::callbacks::unclaimed_expiry());
             let mut batch = Batch::new();
-            batch.put_unclaimed(&renewed);
+            batch.put_unclaimed(Some((known_key, known)), &renewed);
             event.action = "forge.unclaimed".into();
             event.outcome = "denied".into();
             event.error_code = Some(ErrorCode::Conflict.as_str().into());
@@ -576,19 +577,22 @@ impl AdminService {
             )
         });
         let mut batch = Batch::new();
-        batch.put_unclaimed(&Unclaimed {
-            provider: provider.id().to_owned(),
-            identifier: invocation.site.clone(),
-            config: invocation.config.clone(),
-            account: crate::store::records::AccountPin {
-                login: cloud,
-                id: 0,
+        batch.put_unclaimed(
+            None,
+            &Unclaimed {
+                provider: provider.id().to_owned(),
+                identifier: invocation.site.clone(),
+                config: invocation.config.clone(),
+                account: crate::store::records::AccountPin {
+                    login: cloud,
+                    id: 0,
+                },
+                reason: reason.clone(),
+                seen_at: now_rfc3339(),
+                expires_at: Some(crate::callbacks::unclaimed_expiry()),
+                ignored: false,
             },
-            reason: reason.clone(),
-            seen_at: now_rfc3339(),
-            expires_at: Some(crate::callbacks::unclaimed_expiry()),
-            ignored: false,
-        });
+        );
         event.action = "forge.unclaimed".into();
         event.outcome = "denied".into();
         event.error_code = Some(ErrorCode::Conflict.as_str().into());

@@ -141,6 +141,13 @@ pub struct NewBinding {
     /// Rotation policy override: the most days its secret may age.
     #[serde(default)]
     pub max_secret_age_days: Option<u32>,
+    /// Set by a flow acting for an install link (never by a request body): the tenant must
+    /// have been created no later than this, Unix seconds (when the link was issued), or it
+    /// is not the tenant the link was issued for but one created again under its id. Checked
+    /// on the tenant record the binding's batch is preconditioned on.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub tenant_created_by: Option<i64>,
 }
 
 /// `POST /v1/admin/onboard/{provider}`

@@ -66,6 +66,7 @@ impl AdminService {
                 owner: governance.owner,
                 purpose: governance.purpose,
                 max_secret_age_days: None,
+                tenant_created_by: None,
             })
             .await?;
         plan.batch.remove_unclaimed(&key, &read);

@@ -15,7 +15,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
 use crate::ids::{BindingId, TenantId};
 use crate::model::now_rfc3339;
-use crate::store::records::{outstanding_id, AccountPin, CallbackState, Unclaimed};
+use crate::store::records::{outstanding_id, AccountPin, CallbackState, LinkPin, Unclaimed};
 use crate::store::Batch;
 
 /// How many times an install link may be opened before it must be re-issued.
@@ -172,6 +172,29 @@ impl CallbackService {
         if read.used {
             return Err(anonymous(rejected(USED)));
         }
+        // A link pinned to an account that is itself the identifier (Entra's tenant GUID):
+        // its opening passes through the account's pin record as read now, before the checks
+        // below, as an issuance does. An issuance elsewhere that judged this link unopened
+        // and its issuer gone, committing meanwhile, fails this opening; or this opening
+        // fails it (either way, never a second link out while this one is opened).
+        let link_pin = match read.pin.as_ref().and_then(|p| {
+            cb.pin_identifier(&credbroker_providers::InstalledAccount {
+                login: p.login.clone(),
+                id: p.id,
+            })
+            .map(|_| p.login.clone())
+        }) {
+            Some(login) => Some(
+                self.core
+                    .records
+                    .link_pin(provider.id(), &login)
+                    .await
+                    .map_err(|_| {
+                        anonymous(ApiError::new(ErrorCode::Internal, "store read failed"))
+                    })?,
+            ),
+            None => None,
+        };
         if !self.tenant_held(&read).await? {
             return Err(anonymous(rejected(TENANT_GONE)));
         }
@@ -188,6 +211,13 @@ impl CallbackService {
         }
         let nonce = crate::admin::random_alphanumeric(43)?;
         let mut batch = Batch::new();
+        if let Some((pin_key, pin_read)) = &link_pin {
+            batch.pass_link_pin(
+                pin_key,
+                pin_read.as_ref(),
+                &LinkPin::passed(pin_read.as_ref().map(|r| &r.value), &read, now),
+            );
+        }
         batch.start_callback_state(&key, &read, &sha256_hex(nonce.as_bytes()));
         event.tenant = Some(read.tenant.clone());
         event.outcome = "allowed".into();
@@ -442,30 +472,34 @@ impl CallbackService {
                 account.login, account.id
             );
             let mut batch = Batch::new();
-            // One an operator ignores stays as it is (not un-ignored by a new proof).
-            let ignored = self
+            // One an operator ignores stays as it is (not un-ignored by a new proof); one
+            // kept already is refreshed as read.
+            let held = self
                 .core
                 .records
                 .unclaimed()
                 .await
-                .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
-                .iter()
-                .any(|(_, u)| u.value.identifier == identifier && u.value.ignored);
-            let kept = !ignored && self.unclaimed_room(provider.id(), &identifier).await?;
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
+            let known = held.iter().find(|(_, u)| u.value.identifier == identifier);
+            let ignored = known.is_some_and(|(_, u)| u.value.ignored);
+            let kept = !ignored && super::unclaimed_room(&held, provider.id(), &identifier);
             if kept {
-                batch.put_unclaimed(&Unclaimed {
-                    provider: provider.id().to_owned(),
-                    identifier: identifier.clone(),
-                    config: redirect.config.clone(),
-                    account: AccountPin {
-                        login: account.login.clone(),
-                        id: account.id,
+                batch.put_unclaimed(
+                    known.map(|(k, u)| (k.as_str(), u)),
+                    &Unclaimed {
+                        provider: provider.id().to_owned(),
+                        identifier: identifier.clone(),
+                        config: redirect.config.clone(),
+                        account: AccountPin {
+                            login: account.login.clone(),
+                            id: account.id,
+                        },
+                        reason: reason.clone(),
+                        seen_at: now_rfc3339(),
+                        expires_at: Some(super::unclaimed_expiry()),
+                        ignored: false,
                     },
-                    reason: reason.clone(),
-                    seen_at: now_rfc3339(),
-                    expires_at: Some(super::unclaimed_expiry()),
-                    ignored: false,
-                });
+                );
             }
             let mut denied = event.clone();
             denied.outcome = "denied".into();
@@ -523,6 +557,10 @@ impl CallbackService {
                         .unwrap_or_default(),
                     purpose: governance.map(|g| g.purpose).unwrap_or_default(),
                     max_secret_age_days: None,
+                    tenant_created_by: Some(link_issued_at(
+                        &read,
+                        self.core.callback_state_ttl_s(),
+                    )),
                 });
                 self.admin
                     .execute_on_behalf(&actor, op, &event.request_id, issuer.clone())

@@ -165,18 +165,6 @@ impl CallbackService {
             .map_err(Failure::committing)
     }
 
-    /// Whether an unclaimed installation `identifier` may be kept: it already is, or the list
-    /// has room ([`MAX_UNCLAIMED`](crate::store::records::MAX_UNCLAIMED)).
-    async fn unclaimed_room(&self, provider: &str, identifier: &str) -> Result<bool, ApiError> {
-        let held = self
-            .core
-            .records
-            .unclaimed()
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?;
-        Ok(unclaimed_room(&held, provider, identifier))
-    }
-
     /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
     /// `POST /callbacks/{provider}/webhook`) on the public listener.
     pub async fn handle_http(

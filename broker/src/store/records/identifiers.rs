@@ -302,13 +302,22 @@ impl Batch {
         .push(Op::Delete(Table::Identifiers, key.to_owned()))
     }
 
-    /// Keeps (or refreshes) an unclaimed installation.
-    pub fn put_unclaimed(&mut self, record: &Unclaimed) -> &mut Self {
-        self.push(Op::Put(
-            Table::Identifiers,
-            unclaimed_key(&record.identifier),
-            encode(record),
-        ))
+    /// Keeps (or refreshes) an unclaimed installation, replacing `read` (the record as read,
+    /// `(key, record)`; none: there must be none): a change committed meanwhile (an
+    /// operator's ignore, another replica's refresh) fails this one instead of being undone.
+    pub fn put_unclaimed(
+        &mut self,
+        read: Option<(&str, &Stored<Unclaimed>)>,
+        record: &Unclaimed,
+    ) -> &mut Self {
+        match read {
+            Some((key, read)) => self.replace_identifier_record(key, read, record),
+            None => {
+                let key = unclaimed_key(&record.identifier);
+                self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
+                    .push(Op::Put(Table::Identifiers, key, encode(record)))
+            }
+        }
     }
 
     /// Removes an unclaimed installation as read (it is being claimed).

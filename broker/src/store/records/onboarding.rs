@@ -123,6 +123,24 @@ pub struct LinkPin {
     pub issued_at: i64,
     /// The latest expiry of a link issued through it, Unix seconds.
     pub expires_at: i64,
+    /// How many issuances and openings passed through it: every pass writes a record that
+    /// differs from the one read, so a precondition on the one read fails.
+    #[serde(default)]
+    pub passes: u64,
+}
+
+impl LinkPin {
+    /// The record a pass writes over `read` (absent: none yet) for a link of `link`'s
+    /// tenant, expiring no earlier than that link, at `now` (Unix seconds).
+    pub fn passed(read: Option<&LinkPin>, link: &CallbackState, now: i64) -> LinkPin {
+        LinkPin {
+            provider: link.provider.clone(),
+            tenant: link.tenant.clone(),
+            issued_at: now,
+            expires_at: read.map_or(i64::MIN, |r| r.expires_at).max(link.expires_at),
+            passes: read.map_or(0, |r| r.passes).wrapping_add(1),
+        }
+    }
 }
 
 fn link_pin_key(provider: &str, login: &str) -> String {
@@ -434,6 +452,7 @@ mod tests {
             tenant: tenant.into(),
             issued_at: 1,
             expires_at,
+            passes: 0,
         };
         for (first, second) in [(1, 2), (3, 4)] {
             let (key, read) = records.link_pin("entra_multi_tenant", guid).await.unwrap();
