@@ -154,9 +154,9 @@ pub fn spawn_role(
     // per-request limits leave open (a webhook event's envelope on each of many streams)
     // is bounded together, and one certificate holds at most a quarter of it. Operators'
     // bodies have a budget of their own: no flood of workers' bodies holds up their changes.
-    let mtls_bodies: Arc<BodyBudget<String>> =
+    let mtls_bodies: Arc<BodyBudget<Arc<str>>> =
         BodyBudget::new(MTLS_BODY_SHARE.saturating_mul(4), MTLS_BODY_SHARE);
-    let operator_bodies: Arc<BodyBudget<String>> =
+    let operator_bodies: Arc<BodyBudget<Arc<str>>> =
         BodyBudget::new(MTLS_BODY_SHARE.saturating_mul(4), MTLS_BODY_SHARE);
     // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
     let handshake_log = Arc::new(LogThrottle::new(5));
@@ -324,6 +324,12 @@ pub fn spawn_role(
                         }
                     }
                 };
+                // Who holds this connection's bodies in the listener's budget (named once).
+                let body_holder: Arc<str> = Arc::from(
+                    peer.as_ref()
+                        .map(PeerIdentity::audit_name)
+                        .unwrap_or_default(),
+                );
                 let activity = Arc::new(Activity::new());
                 let service_activity = activity.clone();
                 let conn_broker = broker.clone();
@@ -337,6 +343,7 @@ pub fn spawn_role(
                     let detached_refusals = detached_refusals.clone();
                     let mtls_bodies = mtls_bodies.clone();
                     let operator_bodies = operator_bodies.clone();
+                    let body_holder = body_holder.clone();
                     let rate_limiter = rate_limiter.clone();
                     let body_budget = body_budget.clone();
                     let busy = service_activity.begin();
@@ -352,6 +359,7 @@ pub fn spawn_role(
                                     } else {
                                         &mtls_bodies
                                     },
+                                    holder: &body_holder,
                                 };
                                 handle(broker, peer, &limits, pools, req).await
                             }
@@ -645,7 +653,9 @@ struct Pools<'a> {
     /// Slots for the admin API's refusals of other certificates.
     detached_refusals: &'a Arc<Semaphore>,
     /// Memory for bodies in flight, per client identity.
-    bodies: &'a Arc<BodyBudget<String>>,
+    bodies: &'a Arc<BodyBudget<Arc<str>>>,
+    /// This connection's identity in `bodies`.
+    holder: &'a Arc<str>,
 }
 
 /// One client identity's share of the mTLS listener's body memory, bytes (the whole is four
@@ -663,18 +673,17 @@ async fn read_mtls_body(
     req: Request<Incoming>,
     limits: &Limits,
     max: usize,
-    peer: Option<&PeerIdentity>,
     broker: &Broker,
-    bodies: &Arc<BodyBudget<String>>,
-    permit: &mut Option<BodyPermit<String>>,
+    pools: &Pools<'_>,
+    permit: &mut Option<BodyPermit<Arc<str>>>,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     json_content_type(&req)?;
-    let holder = peer.map(PeerIdentity::audit_name).unwrap_or_default();
     // Nothing is reserved before a byte arrives.
     let first = 0;
     let reserved = permit.insert(
-        bodies
-            .try_reserve(holder, first)
+        pools
+            .bodies
+            .try_reserve(Arc::clone(pools.holder), first)
             .map_err(|why| bodies_refused(&broker.metrics().mtls_bodies_refused, why))?,
     );
     read_body_reserving(
@@ -719,9 +728,8 @@ async fn handle(
                 req,
                 limits,
                 limits.max_body_bytes,
-                peer.as_ref(),
                 &broker,
-                pools.bodies,
+                &pools,
                 &mut permit,
             )
             .await
@@ -782,15 +790,7 @@ async fn handle(
                 body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
             },
             Ok(Endpoint::Resolve) => {
-                let body = read_mtls_body(
-                    req,
-                    limits,
-                    limits.max_body_bytes,
-                    peer.as_ref(),
-                    &broker,
-                    pools.bodies,
-                    &mut permit,
-                )
+                let body = read_mtls_body(req, limits, limits.max_body_bytes, &broker, &pools, &mut permit)
                 .await;
                 broker.resolve(peer.as_ref(), body, &request_id).await
             }
@@ -802,15 +802,7 @@ async fn handle(
                 } else {
                     limits.max_body_bytes
                 };
-                let body = read_mtls_body(
-                    req,
-                    limits,
-                    max,
-                    peer.as_ref(),
-                    &broker,
-                    pools.bodies,
-                    &mut permit,
-                )
+                let body = read_mtls_body(req, limits, max, &broker, &pools, &mut permit)
                 .await;
                 broker.verify_webhook(peer.as_ref(), body, &request_id).await
             }
