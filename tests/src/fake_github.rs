@@ -778,20 +778,25 @@ impl GithubState {
         )
     }
 
+    /// What a live user token (`Authorization: Bearer …`) grants: the installations listed as
+    /// the user's, and whether the user only reads them (not an owner).
+    fn user_grant(&self, auth: &str) -> Option<(Vec<u64>, bool)> {
+        let token = auth.strip_prefix("Bearer ").unwrap_or("");
+        let o = self.oauth.lock().unwrap();
+        let ids = o
+            .user_tokens
+            .get(token)
+            .filter(|_| !o.revoked_user_tokens.contains(token))?
+            .clone();
+        Some((ids, o.readers.contains(token)))
+    }
+
     /// `GET /user/installations?per_page&page` with a user token: the App's installations the
     /// user can administer, paginated with a `Link` header.
     fn user_installations(&self, auth: &str, query: &str, n: u64) -> Response<Full<Bytes>> {
-        let token = auth.strip_prefix("Bearer ").unwrap_or("");
-        let o = self.oauth.lock().unwrap();
-        let Some(ids) = o
-            .user_tokens
-            .get(token)
-            .filter(|_| !o.revoked_user_tokens.contains(token))
-            .cloned()
-        else {
+        let Some((ids, _)) = self.user_grant(auth) else {
             return error(401, "Bad credentials", n);
         };
-        drop(o);
         let q = |k: &str| {
             query.split('&').find_map(|p| {
                 let (a, b) = p.split_once('=')?;
@@ -841,22 +846,10 @@ impl GithubState {
     /// organization one of their installations is on (`admin` unless they were authorized
     /// as a reader), 404 for any other organization.
     fn user_membership(&self, auth: &str, org: &str, n: u64) -> Response<Full<Bytes>> {
-        let token = auth.strip_prefix("Bearer ").unwrap_or("");
-        let o = self.oauth.lock().unwrap();
-        let Some(ids) = o
-            .user_tokens
-            .get(token)
-            .filter(|_| !o.revoked_user_tokens.contains(token))
-            .cloned()
-        else {
+        let Some((ids, reader)) = self.user_grant(auth) else {
             return error(401, "Bad credentials", n);
         };
-        let role = if o.readers.contains(token) {
-            "member"
-        } else {
-            "admin"
-        };
-        drop(o);
+        let role = if reader { "member" } else { "admin" };
         let installations = self.installations.lock().unwrap();
         let Some((id, inst)) = ids.iter().find_map(|id| {
             installations

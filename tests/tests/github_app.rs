@@ -209,6 +209,28 @@ async fn state_for_account(op: &mut BrokerClient, tenant: &str, login: &str, id:
     url.rsplit("state=").next().unwrap().to_owned()
 }
 
+/// Opens the install link in a browser: the state's cookie as the browser sends it back.
+async fn browser_of(public: &mut BrokerClient, state: &str) -> String {
+    let (_, cookie, _) = open_link(public, state).await;
+    cookie.unwrap().split(';').next().unwrap().to_owned()
+}
+
+/// The installer's return to the setup URL for installation 1001 with `code`, from the
+/// browser that opened the link.
+async fn return_for_1001(
+    public: &mut BrokerClient,
+    state: &str,
+    code: &str,
+    browser: &str,
+) -> (u16, Value) {
+    callback(
+        public,
+        &format!("installation_id=1001&setup_action=install&state={state}&code={code}"),
+        Some(browser),
+    )
+    .await
+}
+
 /// Opens the install link: the status, the cookie it sets and where it redirects.
 async fn open_link(
     public: &mut BrokerClient,
@@ -3279,8 +3301,7 @@ async fn a_link_of_a_removed_tenant_binds_nothing_to_its_successor() {
     assert_eq!(s, 201, "{v}");
     let opened = state_for_account(&mut env.op, "t3", "acme-org", account_of(1001)).await;
     let unopened = state_for_account(&mut env.op, "t3", "acme-org", account_of(1001)).await;
-    let (_, cookie, _) = open_link(&mut env.public, &opened).await;
-    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    let browser = browser_of(&mut env.public, &opened).await;
     // Created again within the second the links were issued in, it would still count as the
     // same tenant: a second passes first.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -3301,12 +3322,7 @@ async fn a_link_of_a_removed_tenant_binds_nothing_to_its_successor() {
         "a removed tenant's link was opened"
     );
     env.gh.authorize("code-successor", &[1001]);
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("installation_id=1001&setup_action=install&state={opened}&code=code-successor"),
-        Some(&browser),
-    )
-    .await;
+    let (s, v) = return_for_1001(&mut env.public, &opened, "code-successor", &browser).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     assert!(
         v["error"]["message"]
@@ -3324,8 +3340,7 @@ async fn a_link_of_a_removed_tenant_binds_nothing_to_its_successor() {
     // Removed and created again while the return's proof waits on GitHub: the binding's
     // commit is checked on the tenant it is preconditioned on, and binds nothing either.
     let state = state_for_account(&mut env.op, "t3", "acme-org", account_of(1001)).await;
-    let (_, cookie, _) = open_link(&mut env.public, &state).await;
-    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    let browser = browser_of(&mut env.public, &state).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     env.gh.authorize("code-during", &[1001]);
     env.gh.inject(
@@ -3376,15 +3391,9 @@ async fn a_member_who_only_reads_the_organization_cannot_bind_its_installation()
     let mut env = start(3600).await;
     add_key(&mut env.op, &env.key_a).await;
     let state = state_for(&mut env.op, "t1").await;
-    let (_, cookie, _) = open_link(&mut env.public, &state).await;
-    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    let browser = browser_of(&mut env.public, &state).await;
     env.gh.authorize_reader("code-reader", &[1001]);
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("installation_id=1001&setup_action=install&state={state}&code=code-reader"),
-        Some(&browser),
-    )
-    .await;
+    let (s, v) = return_for_1001(&mut env.public, &state, "code-reader", &browser).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     let why = v["error"]["message"].as_str().unwrap();
     assert!(why.contains("role member, not an owner"), "{v}");
@@ -3400,14 +3409,8 @@ async fn a_member_who_only_reads_the_organization_cannot_bind_its_installation()
     }));
     // An owner's return through a fresh link binds it.
     let state = state_for(&mut env.op, "t1").await;
-    let (_, cookie, _) = open_link(&mut env.public, &state).await;
-    let browser = cookie.unwrap().split(';').next().unwrap().to_owned();
+    let browser = browser_of(&mut env.public, &state).await;
     env.gh.authorize("code-owner", &[1001]);
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("installation_id=1001&setup_action=install&state={state}&code=code-owner"),
-        Some(&browser),
-    )
-    .await;
+    let (s, v) = return_for_1001(&mut env.public, &state, "code-owner", &browser).await;
     assert_eq!(s, 200, "{v}");
 }

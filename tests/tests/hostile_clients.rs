@@ -275,6 +275,32 @@ async fn hostile_clients_do_not_starve_workers() {
     );
 }
 
+/// A daemon with `limits` added to its config, the two usual tenants, and worker w2 (of t2)
+/// registered beside w1.
+async fn with_two_workers(limits: &str) -> (tempfile::TempDir, std::sync::Arc<TestPki>, Daemon) {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: limits.into(),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    pki.worker("w2");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    (tmp, pki, daemon)
+}
+
 /// Opens a connection from `local` as worker `name` and asks for `/healthz` on it: the
 /// stream, kept open, when it was served; `None` when the daemon closed it instead.
 async fn held_connection(
@@ -315,27 +341,7 @@ async fn held_connection(
 /// served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_certificate_from_many_addresses_leaves_connections_for_others() {
-    let (tmp, pki) = setup();
-    let daemon = Daemon::start(
-        tmp.path(),
-        &pki,
-        &DaemonOptions {
-            extra_toml: "[limits]\nmax_connections = 16\nmax_connections_per_source = 2\nmax_connections_per_identity = 4\n".into(),
-            ..Default::default()
-        },
-    );
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    pki.worker("w2");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/workers",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    drop(op);
+    let (_tmp, pki, daemon) = with_two_workers("[limits]\nmax_connections = 16\nmax_connections_per_source = 2\nmax_connections_per_identity = 4\n").await;
     let addr: std::net::SocketAddr = daemon.url.trim_start_matches("https://").parse().unwrap();
 
     // w1 from 24 addresses, one connection each: it is given half of the 16 connections.
@@ -476,26 +482,7 @@ async fn bodies_refused_in(pki: &TestPki, url: &str, scope: &str) -> f64 {
 /// memory: its further bodies are refused (`unavailable`), and another worker is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
-    let (tmp, pki) = setup();
-    let daemon = Daemon::start(
-        tmp.path(),
-        &pki,
-        &DaemonOptions {
-            extra_toml: "[limits]\nbody_read_timeout_ms = 8000\n".into(),
-            ..Default::default()
-        },
-    );
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    pki.worker("w2");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/workers",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    let (_tmp, pki, daemon) = with_two_workers("[limits]\nbody_read_timeout_ms = 8000\n").await;
 
     // w1: 24 streams of 1 MiB held open. Its share is about 21.5 MiB.
     let (held, mut answers) = flood(&pki, &daemon.url, "w1", 24).await;
