@@ -354,11 +354,8 @@ pub fn spawn_role(
                                 let pools = Pools {
                                     detached: &detached,
                                     detached_refusals: &detached_refusals,
-                                    bodies: if matches!(peer, Some(PeerIdentity::Operator(_))) {
-                                        &operator_bodies
-                                    } else {
-                                        &mtls_bodies
-                                    },
+                                    bodies: &mtls_bodies,
+                                    operator_bodies: &operator_bodies,
                                     holder: &body_holder,
                                 };
                                 handle(broker, peer, &limits, pools, req).await
@@ -654,6 +651,8 @@ struct Pools<'a> {
     detached_refusals: &'a Arc<Semaphore>,
     /// Memory for bodies in flight, per client identity.
     bodies: &'a Arc<BodyBudget<Arc<str>>>,
+    /// The same for the admin bodies of active operators.
+    operator_bodies: &'a Arc<BodyBudget<Arc<str>>>,
     /// This connection's identity in `bodies`.
     holder: &'a Arc<str>,
 }
@@ -674,16 +673,15 @@ async fn read_mtls_body(
     limits: &Limits,
     max: usize,
     broker: &Broker,
-    pools: &Pools<'_>,
+    (budget, holder): (&Arc<BodyBudget<Arc<str>>>, &Arc<str>),
     permit: &mut Option<BodyPermit<Arc<str>>>,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     json_content_type(&req)?;
     // Nothing is reserved before a byte arrives.
     let first = 0;
     let reserved = permit.insert(
-        pools
-            .bodies
-            .try_reserve(Arc::clone(pools.holder), first)
+        budget
+            .try_reserve(Arc::clone(holder), first)
             .map_err(|why| bodies_refused(&broker.metrics().mtls_bodies_refused, why))?,
     );
     read_body_reserving(
@@ -718,9 +716,14 @@ async fn handle(
             .uri()
             .path_and_query()
             .map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
-        // Only an operator's body is read: any other certificate is refused whatever it
-        // sent, on slots of its own.
-        let operator = matches!(peer, Some(PeerIdentity::Operator(_)));
+        // Only an active operator's body is read, within the operators' budget: any other
+        // certificate (a worker's, a disabled operator's not yet on the CRL) is refused
+        // whatever it sent, on slots of its own. The admin service checks the operator's
+        // standing again, as the precondition of whatever it changes.
+        let operator = match &peer {
+            Some(PeerIdentity::Operator(name)) => broker.operator_is_active(name).await.is_ok(),
+            _ => false,
+        };
         let body = if method == Method::GET || method == Method::DELETE || !operator {
             Ok(Zeroizing::new(Vec::new()))
         } else {
@@ -729,7 +732,7 @@ async fn handle(
                 limits,
                 limits.max_body_bytes,
                 &broker,
-                &pools,
+                (pools.operator_bodies, pools.holder),
                 &mut permit,
             )
             .await
@@ -790,7 +793,7 @@ async fn handle(
                 body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
             },
             Ok(Endpoint::Resolve) => {
-                let body = read_mtls_body(req, limits, limits.max_body_bytes, &broker, &pools, &mut permit)
+                let body = read_mtls_body(req, limits, limits.max_body_bytes, &broker, (pools.bodies, pools.holder), &mut permit)
                 .await;
                 broker.resolve(peer.as_ref(), body, &request_id).await
             }
@@ -802,7 +805,7 @@ async fn handle(
                 } else {
                     limits.max_body_bytes
                 };
-                let body = read_mtls_body(req, limits, max, &broker, &pools, &mut permit)
+                let body = read_mtls_body(req, limits, max, &broker, (pools.bodies, pools.holder), &mut permit)
                 .await;
                 broker.verify_webhook(peer.as_ref(), body, &request_id).await
             }
