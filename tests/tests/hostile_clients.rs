@@ -479,7 +479,8 @@ async fn bodies_refused_in(pki: &TestPki, url: &str, scope: &str) -> f64 {
 
 /// A worker certificate holding many large, unfinished bodies at once (webhook envelopes on
 /// many HTTP/2 streams) gets no more than its identity's share of the listener's body
-/// memory: its further bodies are refused (`unavailable`), and another worker is served.
+/// memory: its further bodies are refused (`unavailable`), and resolves (its own too) are
+/// served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
     let (_tmp, pki, daemon) = with_two_workers("[limits]\nbody_read_timeout_ms = 8000\n").await;
@@ -490,6 +491,8 @@ async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
         bodies_refused_in(&pki, &daemon.url, "source").await >= 1.0,
         "no body of w1 was refused"
     );
+    // Every byte was sent at once: let the refusals settle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut done = Vec::new();
     for a in &mut answers {
         if a.is_finished() {
@@ -500,11 +503,19 @@ async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
         !done.is_empty() && done.iter().all(|s| *s == 503),
         "bodies past the share are answered 503, the others still held: {done:?}"
     );
-    assert!(done.len() < 24, "every body was refused: {done:?}");
-    // Another worker is served meanwhile.
+    // About 21 of the 24 MiB are held: envelopes have a pool of their own, beyond the 4 MiB
+    // one identity may hold of requests' own bodies.
+    assert!(
+        done.len() <= 4,
+        "more bodies refused than the envelope share explains: {done:?}"
+    );
+    // Another worker is served meanwhile; so is w1's own resolve: envelopes and requests'
+    // own bodies come from pools apart.
     let mut w2 = pki.client_for("w2", &daemon.url);
     let (s, v) = resolve(&mut w2, json!({"instance_id": "i2"})).await;
     assert_eq!(s, 200, "{v}");
-
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "w1's resolve was refused by its own envelopes: {v}");
     drop(held);
 }

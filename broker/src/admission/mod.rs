@@ -501,6 +501,34 @@ impl<K: Eq + std::hash::Hash + Clone> Drop for BodyPermit<K> {
 mod tests {
     use super::*;
 
+    /// A reservation may start at nothing (the mTLS listener reserves a body's bytes only as
+    /// they arrive) and grow a byte at a time up to the holder's share; whatever it held is
+    /// given back when it is dropped, and an empty holder leaves no entry behind.
+    #[test]
+    fn a_reservation_starts_at_nothing_and_grows_by_the_byte() {
+        let budget: Arc<BodyBudget<Arc<str>>> = BodyBudget::new(10, 5);
+        let w1: Arc<str> = Arc::from("worker:w1");
+        let mut idle: Vec<_> = (0..1000)
+            .map(|_| budget.try_reserve(w1.clone(), 0).unwrap())
+            .collect();
+        let mut growing = budget.try_reserve(w1.clone(), 0).unwrap();
+        for _ in 0..5 {
+            growing.grow(1).unwrap();
+        }
+        assert_eq!(growing.grow(1), Err(BodyRefusal::Source));
+        let w2: Arc<str> = Arc::from("worker:w2");
+        let other = budget.try_reserve(w2.clone(), 5).unwrap();
+        assert_eq!(
+            budget.try_reserve(w2.clone(), 1).err(),
+            Some(BodyRefusal::Source)
+        );
+        drop(growing);
+        idle.clear();
+        drop(other);
+        assert!(budget.held.lock().unwrap().is_empty());
+        assert_eq!(budget.global.available_permits(), 10);
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }

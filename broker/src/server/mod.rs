@@ -154,10 +154,18 @@ pub fn spawn_role(
     // per-request limits leave open (a webhook event's envelope on each of many streams)
     // is bounded together, and one certificate holds at most a quarter of it. Operators'
     // bodies have a budget of their own: no flood of workers' bodies holds up their changes.
+    // Requests' own bodies (a resolve's, an admin change's: at most `max_body_bytes`) and
+    // workers' webhook envelopes (up to about 21.5 MiB each) are apart: a flood of envelopes
+    // never holds up a resolve, and one identity holds a sixteenth of the small bodies' pool.
+    let small_share = u32::try_from(limits.max_body_bytes.max(SMALL_BODY_SHARE))
+        .unwrap_or(u32::MAX / 16)
+        .min(u32::MAX / 16);
     let mtls_bodies: Arc<BodyBudget<Arc<str>>> =
+        BodyBudget::new(small_share.saturating_mul(16), small_share);
+    let envelopes: Arc<BodyBudget<Arc<str>>> =
         BodyBudget::new(MTLS_BODY_SHARE.saturating_mul(4), MTLS_BODY_SHARE);
     let operator_bodies: Arc<BodyBudget<Arc<str>>> =
-        BodyBudget::new(MTLS_BODY_SHARE.saturating_mul(4), MTLS_BODY_SHARE);
+        BodyBudget::new(small_share.saturating_mul(16), small_share);
     // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
     let handshake_log = Arc::new(LogThrottle::new(5));
     // Requests that must run to completion after their client left (audited changes) hold
@@ -227,6 +235,7 @@ pub fn spawn_role(
             let detached_refusals = detached_refusals.clone();
             let mtls_bodies = mtls_bodies.clone();
             let operator_bodies = operator_bodies.clone();
+            let envelopes = envelopes.clone();
             let connection_gate = connection_gate.clone();
             let identity_share = identity_share.clone();
             let refused_log = refused_log.clone();
@@ -343,6 +352,7 @@ pub fn spawn_role(
                     let detached_refusals = detached_refusals.clone();
                     let mtls_bodies = mtls_bodies.clone();
                     let operator_bodies = operator_bodies.clone();
+                    let envelopes = envelopes.clone();
                     let body_holder = body_holder.clone();
                     let rate_limiter = rate_limiter.clone();
                     let body_budget = body_budget.clone();
@@ -356,6 +366,7 @@ pub fn spawn_role(
                                     detached_refusals: &detached_refusals,
                                     bodies: &mtls_bodies,
                                     operator_bodies: &operator_bodies,
+                                    envelopes: &envelopes,
                                     holder: &body_holder,
                                 };
                                 handle(broker, peer, &limits, pools, req).await
@@ -653,13 +664,19 @@ struct Pools<'a> {
     bodies: &'a Arc<BodyBudget<Arc<str>>>,
     /// The same for the admin bodies of active operators.
     operator_bodies: &'a Arc<BodyBudget<Arc<str>>>,
+    /// The same for workers' webhook envelopes.
+    envelopes: &'a Arc<BodyBudget<Arc<str>>>,
     /// This connection's identity in `bodies`.
     holder: &'a Arc<str>,
 }
 
-/// One client identity's share of the mTLS listener's body memory, bytes (the whole is four
-/// times as much): room for the largest webhook envelope a configuration may allow (the
-/// largest event, base64-encoded, with its headers).
+/// One client identity's share of the small bodies' pool (resolve, admin), bytes, unless
+/// `max_body_bytes` is larger (the pool is sixteen shares).
+const SMALL_BODY_SHARE: usize = 4 * 1024 * 1024;
+
+/// One client identity's share of the workers' webhook envelopes, bytes (the pool is four
+/// times as much): room for the largest envelope a configuration may allow (the largest
+/// event, base64-encoded, with its headers).
 const MTLS_BODY_SHARE: u32 = {
     let most = crate::webhooks::envelope_limit(crate::webhooks::MAX_BODY_LIMIT);
     assert!(most <= u32::MAX as usize / 4);
@@ -793,20 +810,22 @@ async fn handle(
                 body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
             },
             Ok(Endpoint::Resolve) => {
-                let body = read_mtls_body(req, limits, limits.max_body_bytes, &broker, (pools.bodies, pools.holder), &mut permit)
-                .await;
+                let budget = (pools.bodies, pools.holder);
+                let max = limits.max_body_bytes;
+                let body = read_mtls_body(req, limits, max, &broker, budget, &mut permit).await;
                 broker.resolve(peer.as_ref(), body, &request_id).await
             }
             Ok(Endpoint::WebhookVerify) => {
                 // Only a worker may send an event-sized body; anyone else is refused after
                 // the usual limit.
-                let max = if matches!(peer, Some(PeerIdentity::Worker(_))) {
-                    crate::webhooks::envelope_limit(broker.webhook_body_limit())
+                // Its envelopes come from a pool of their own.
+                let (max, budget) = if matches!(peer, Some(PeerIdentity::Worker(_))) {
+                    let max = crate::webhooks::envelope_limit(broker.webhook_body_limit());
+                    (max, (pools.envelopes, pools.holder))
                 } else {
-                    limits.max_body_bytes
+                    (limits.max_body_bytes, (pools.bodies, pools.holder))
                 };
-                let body = read_mtls_body(req, limits, max, &broker, (pools.bodies, pools.holder), &mut permit)
-                .await;
+                let body = read_mtls_body(req, limits, max, &broker, budget, &mut permit).await;
                 broker.verify_webhook(peer.as_ref(), body, &request_id).await
             }
             // Admin routes live below /v1/admin/ (handled above); callbacks on the public listener.

@@ -335,3 +335,58 @@ impl Batch {
         self.replace_identifier_record(key, read, record)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled_store::SledStore;
+    use std::sync::Arc;
+
+    fn site(reason: &str) -> Unclaimed {
+        Unclaimed {
+            provider: "atlassian_forge".into(),
+            identifier: "atlassian_site:abc".into(),
+            config: serde_json::Value::Null,
+            account: AccountPin {
+                login: "abc".into(),
+                id: 0,
+            },
+            reason: reason.into(),
+            seen_at: "2026-12-04T00:00:00Z".into(),
+            expires_at: Some(1),
+            ignored: false,
+        }
+    }
+
+    /// An unclaimed record is written as read: a new one over a record kept meanwhile, or a
+    /// refresh over one changed meanwhile (an operator's ignore), fails instead of undoing it.
+    #[tokio::test]
+    async fn unclaimed_records_are_written_as_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let mut b = Batch::new();
+        b.put_unclaimed(None, &site("first"));
+        records.commit(b).await.unwrap();
+        let mut b = Batch::new();
+        b.put_unclaimed(None, &site("second, planned before the first landed"));
+        assert!(matches!(
+            records.commit(b).await,
+            Err(StoreError::Precondition { .. })
+        ));
+        let (key, read) = records.unclaimed().await.unwrap().remove(0);
+        let mut ignored = read.value.clone();
+        ignored.ignored = true;
+        ignored.expires_at = None;
+        let mut b = Batch::new();
+        b.replace_unclaimed(&key, &read, &ignored);
+        records.commit(b).await.unwrap();
+        let mut b = Batch::new();
+        b.put_unclaimed(Some((&key, &read)), &site("a renewal from the older read"));
+        assert!(matches!(
+            records.commit(b).await,
+            Err(StoreError::Precondition { .. })
+        ));
+        let (_, now) = records.unclaimed().await.unwrap().remove(0);
+        assert!(now.value.ignored, "the ignore was undone");
+    }
+}
