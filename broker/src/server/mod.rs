@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,9 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use crate::admission::{
-    BodyBudget, BodyPermit, BodyRefusal, HandshakeGate, LogThrottle, RateLimiter, Rates,
-};
+use crate::admission::{HandshakeGate, LogThrottle, RateLimiter, Rates};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Answer, Broker};
@@ -32,12 +29,14 @@ use crate::identity::{peer_identity, PeerIdentity};
 use crate::routes::{route_request, Endpoint, Listener};
 use crate::tls::ReloadableTls;
 
+mod bodies;
 mod detached;
 mod health;
 mod public;
 
 pub use health::spawn_health;
 
+use bodies::{read_mtls_body, MtlsBodies};
 use detached::{acknowledge_first, to_completion};
 
 use public::{handle_public, PUBLIC_BODY_BUDGET_KIB};
@@ -150,22 +149,8 @@ pub fn spawn_role(
     // configuration refuses more).
     let body_budget =
         crate::admission::BodyBudget::new(PUBLIC_BODY_BUDGET_KIB, PUBLIC_BODY_BUDGET_KIB / 4);
-    // Bodies in memory at once on the mTLS listener, bytes, per client identity: what the
-    // per-request limits leave open (a webhook event's envelope on each of many streams)
-    // is bounded together, and one certificate holds at most a quarter of it. Operators'
-    // bodies have a budget of their own: no flood of workers' bodies holds up their changes.
-    // Requests' own bodies (a resolve's, an admin change's: at most `max_body_bytes`) and
-    // workers' webhook envelopes (up to about 21.5 MiB each) are apart: a flood of envelopes
-    // never holds up a resolve, and one identity holds a sixteenth of the small bodies' pool.
-    let small_share = u32::try_from(limits.max_body_bytes.max(SMALL_BODY_SHARE))
-        .unwrap_or(u32::MAX / 16)
-        .min(u32::MAX / 16);
-    let mtls_bodies: Arc<BodyBudget<Arc<str>>> =
-        BodyBudget::new(small_share.saturating_mul(16), small_share);
-    let envelopes: Arc<BodyBudget<Arc<str>>> =
-        BodyBudget::new(MTLS_BODY_SHARE.saturating_mul(4), MTLS_BODY_SHARE);
-    let operator_bodies: Arc<BodyBudget<Arc<str>>> =
-        BodyBudget::new(small_share.saturating_mul(16), small_share);
+    // Bodies in memory at once on the mTLS listener, per client identity (see `bodies`).
+    let mtls_bodies = MtlsBodies::new(limits.max_body_bytes);
     // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
     let handshake_log = Arc::new(LogThrottle::new(5));
     // Requests that must run to completion after their client left (audited changes) hold
@@ -234,8 +219,6 @@ pub fn spawn_role(
             let detached = detached.clone();
             let detached_refusals = detached_refusals.clone();
             let mtls_bodies = mtls_bodies.clone();
-            let operator_bodies = operator_bodies.clone();
-            let envelopes = envelopes.clone();
             let connection_gate = connection_gate.clone();
             let identity_share = identity_share.clone();
             let refused_log = refused_log.clone();
@@ -351,8 +334,6 @@ pub fn spawn_role(
                     let detached = detached.clone();
                     let detached_refusals = detached_refusals.clone();
                     let mtls_bodies = mtls_bodies.clone();
-                    let operator_bodies = operator_bodies.clone();
-                    let envelopes = envelopes.clone();
                     let body_holder = body_holder.clone();
                     let rate_limiter = rate_limiter.clone();
                     let body_budget = body_budget.clone();
@@ -365,8 +346,6 @@ pub fn spawn_role(
                                     detached: &detached,
                                     detached_refusals: &detached_refusals,
                                     bodies: &mtls_bodies,
-                                    operator_bodies: &operator_bodies,
-                                    envelopes: &envelopes,
                                     holder: &body_holder,
                                 };
                                 handle(broker, peer, &limits, pools, req).await
@@ -486,174 +465,6 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// How much more body memory is reserved at a time as a body arrives, KiB.
-pub(super) const RESERVE_STEP_KIB: u32 = 64;
-
-/// How a body budget counts: in units of `unit` bytes, reserving `step` units ahead at a time
-/// (0: exactly what arrived).
-#[derive(Clone, Copy)]
-pub(super) struct Reserving {
-    pub(super) unit: usize,
-    pub(super) step: u32,
-}
-
-/// The public listener's budget: KiB, 64 KiB ahead at a time.
-pub(super) const PUBLIC_RESERVING: Reserving = Reserving {
-    unit: 1024,
-    step: RESERVE_STEP_KIB,
-};
-
-/// The mTLS listener's: bytes, exactly what arrived (a stream that sends nothing, or one
-/// byte, holds that much and no more).
-const MTLS_RESERVING: Reserving = Reserving { unit: 1, step: 0 };
-
-/// Reads a body of at most `max` bytes within the body deadline, growing `permit` as its
-/// bytes arrive: a sender holds memory for what it sent, not for what it declared.
-pub(super) async fn read_body_reserving<K: Eq + std::hash::Hash + Clone>(
-    req: Request<Incoming>,
-    limits: &Limits,
-    max: usize,
-    permit: &mut BodyPermit<K>,
-    refused: &BodiesRefused,
-    how: Reserving,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    use http_body_util::BodyExt;
-    check_declared_length(&req, max)?;
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_millis(limits.body_read_timeout_ms);
-    let mut body = req.into_body();
-    let mut out = Zeroizing::new(Vec::new());
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => {
-                return Err(ApiError::bad_request(
-                    "request body was not received in time",
-                ))
-            }
-            Ok(None) => break,
-            Ok(Some(Err(_))) => {
-                return Err(ApiError::bad_request("request body could not be read"))
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let total = out.len().saturating_add(data.len());
-        if total > max {
-            return Err(too_large(max));
-        }
-        let need = u32::try_from(total.div_ceil(how.unit)).unwrap_or(u32::MAX);
-        if need > permit.kib() {
-            // A step, never past what the largest body needs.
-            let most = u32::try_from(max.div_ceil(how.unit)).unwrap_or(u32::MAX);
-            let step = (need - permit.kib())
-                .max(how.step)
-                .min(most.saturating_sub(permit.kib()).max(need - permit.kib()));
-            permit
-                .grow(step)
-                .map_err(|why| bodies_refused(refused, why))?;
-        }
-        out.extend_from_slice(&data);
-    }
-    Ok(out)
-}
-
-/// A body refused by the memory budget: counted, and answered `unavailable`.
-pub(super) fn bodies_refused(refused: &BodiesRefused, why: BodyRefusal) -> ApiError {
-    let scope = match why {
-        BodyRefusal::Source => "source",
-        BodyRefusal::Global => "global",
-    };
-    refused
-        .get_or_create(&crate::metrics::ScopeLabel {
-            scope: scope.into(),
-        })
-        .inc();
-    ApiError::new(
-        ErrorCode::Unavailable,
-        "too many request bodies in progress; retry shortly",
-    )
-}
-
-/// The counter of one listener's refused bodies.
-pub(super) type BodiesRefused = prometheus_client::metrics::family::Family<
-    crate::metrics::ScopeLabel,
-    prometheus_client::metrics::counter::Counter,
->;
-
-/// `payload_too_large` for a body over `max` bytes.
-fn too_large(max: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("request body exceeds {max} bytes"),
-    )
-}
-
-/// Refuses a body whose declared length is unreadable or over `max`, before a byte of it is
-/// read.
-fn check_declared_length(req: &Request<Incoming>, max: usize) -> Result<(), ApiError> {
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ApiError::bad_request("invalid content-length"))?;
-        if len > max as u64 {
-            return Err(too_large(max));
-        }
-    }
-    Ok(())
-}
-
-async fn read_body_max(
-    req: Request<Incoming>,
-    limits: &Limits,
-    max: usize,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let too_large = || too_large(max);
-    check_declared_length(&req, max)?;
-    let deadline = Duration::from_millis(limits.body_read_timeout_ms);
-    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), max).collect())
-        .await
-        .map_err(|_| ApiError::bad_request("request body was not received in time"))?
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                ApiError::bad_request("request body could not be read")
-            }
-        })?;
-    Ok(Zeroizing::new(Vec::from(collected.to_bytes())))
-}
-
-fn json_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
-    match req.headers().get(header::CONTENT_TYPE) {
-        None => Ok(()),
-        Some(v) => {
-            let ok = v
-                .to_str()
-                .map(|s| {
-                    s.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .eq_ignore_ascii_case("application/json")
-                })
-                .unwrap_or(false);
-            if ok {
-                Ok(())
-            } else {
-                Err(ApiError::bad_request(
-                    "content-type must be application/json",
-                ))
-            }
-        }
-    }
-}
-
 /// What the requests of the mTLS listener share.
 struct Pools<'a> {
     /// Slots for admin operations run to completion (operators').
@@ -661,55 +472,9 @@ struct Pools<'a> {
     /// Slots for the admin API's refusals of other certificates.
     detached_refusals: &'a Arc<Semaphore>,
     /// Memory for bodies in flight, per client identity.
-    bodies: &'a Arc<BodyBudget<Arc<str>>>,
-    /// The same for the admin bodies of active operators.
-    operator_bodies: &'a Arc<BodyBudget<Arc<str>>>,
-    /// The same for workers' webhook envelopes.
-    envelopes: &'a Arc<BodyBudget<Arc<str>>>,
+    bodies: &'a MtlsBodies,
     /// This connection's identity in `bodies`.
     holder: &'a Arc<str>,
-}
-
-/// One client identity's share of the small bodies' pool (resolve, admin), bytes, unless
-/// `max_body_bytes` is larger (the pool is sixteen shares).
-const SMALL_BODY_SHARE: usize = 4 * 1024 * 1024;
-
-/// One client identity's share of the workers' webhook envelopes, bytes (the pool is four
-/// times as much): room for the largest envelope a configuration may allow (the largest
-/// event, base64-encoded, with its headers).
-const MTLS_BODY_SHARE: u32 = {
-    let most = crate::webhooks::envelope_limit(crate::webhooks::MAX_BODY_LIMIT);
-    assert!(most <= u32::MAX as usize / 4);
-    most as u32
-};
-
-/// Reads a body of at most `max` bytes for `peer`, reserving its memory in the listener's
-/// budget as it arrives; the reservation (in `permit`) is kept while the request is served.
-async fn read_mtls_body(
-    req: Request<Incoming>,
-    limits: &Limits,
-    max: usize,
-    broker: &Broker,
-    (budget, holder): (&Arc<BodyBudget<Arc<str>>>, &Arc<str>),
-    permit: &mut Option<BodyPermit<Arc<str>>>,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    json_content_type(&req)?;
-    // Nothing is reserved before a byte arrives.
-    let first = 0;
-    let reserved = permit.insert(
-        budget
-            .try_reserve(Arc::clone(holder), first)
-            .map_err(|why| bodies_refused(&broker.metrics().mtls_bodies_refused, why))?,
-    );
-    read_body_reserving(
-        req,
-        limits,
-        max,
-        reserved,
-        &broker.metrics().mtls_bodies_refused,
-        MTLS_RESERVING,
-    )
-    .await
 }
 
 async fn handle(
@@ -749,7 +514,7 @@ async fn handle(
                 limits,
                 limits.max_body_bytes,
                 &broker,
-                (pools.operator_bodies, pools.holder),
+                (&pools.bodies.operators, pools.holder),
                 &mut permit,
             )
             .await
@@ -810,7 +575,7 @@ async fn handle(
                 body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
             },
             Ok(Endpoint::Resolve) => {
-                let budget = (pools.bodies, pools.holder);
+                let budget = (&pools.bodies.requests, pools.holder);
                 let max = limits.max_body_bytes;
                 let body = read_mtls_body(req, limits, max, &broker, budget, &mut permit).await;
                 broker.resolve(peer.as_ref(), body, &request_id).await
@@ -821,9 +586,9 @@ async fn handle(
                 // Its envelopes come from a pool of their own.
                 let (max, budget) = if matches!(peer, Some(PeerIdentity::Worker(_))) {
                     let max = crate::webhooks::envelope_limit(broker.webhook_body_limit());
-                    (max, (pools.envelopes, pools.holder))
+                    (max, (&pools.bodies.envelopes, pools.holder))
                 } else {
-                    (limits.max_body_bytes, (pools.bodies, pools.holder))
+                    (limits.max_body_bytes, (&pools.bodies.requests, pools.holder))
                 };
                 let body = read_mtls_body(req, limits, max, &broker, budget, &mut permit).await;
                 broker.verify_webhook(peer.as_ref(), body, &request_id).await

@@ -9,10 +9,10 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use super::{
-    acknowledge_first, bodies_refused, new_request_id, plain_json, read_body_max,
-    read_body_reserving, respond, to_completion, RESERVE_STEP_KIB,
+use super::bodies::{
+    bodies_refused, read_body_max, read_body_reserving, PUBLIC_RESERVING, RESERVE_STEP_KIB,
 };
+use super::{acknowledge_first, new_request_id, plain_json, respond, to_completion};
 use crate::admission::{BodyBudget, RateLimiter};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
@@ -252,7 +252,7 @@ pub(super) async fn handle_public(
                             max,
                             permit,
                             &broker.metrics().bodies_refused,
-                            super::PUBLIC_RESERVING,
+                            PUBLIC_RESERVING,
                         )
                         .await
                     }
