@@ -22,6 +22,12 @@ use time::OffsetDateTime;
 
 use credbroker_providers::{IssuedCredential, ProviderError};
 
+mod entries;
+#[cfg(test)]
+use entries::floor_for;
+pub use entries::LEAST_REMAINING_S;
+use entries::{fresh, Entries};
+
 /// Identifies one cacheable credential: everything the credential is scoped to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -65,99 +71,6 @@ pub struct TokenCache {
     entries: Mutex<Entries>,
     in_flight: Mutex<HashMap<CacheKey, (u64, InFlight)>>,
     joins: Counter,
-}
-
-/// Cached tokens and the invalidation epoch, under one lock: a mint caches its result only if
-/// no invalidation happened since it started.
-#[derive(Default)]
-struct Entries {
-    tokens: HashMap<CacheKey, Slot>,
-    /// The same tokens ordered by expiry (ties by insertion): eviction takes the first, in
-    /// O(log n), instead of scanning every token under the lock.
-    by_expiry: std::collections::BTreeMap<(OffsetDateTime, u64), CacheKey>,
-    /// Each tenant's tokens' places in `by_expiry`, in the same order.
-    by_tenant: HashMap<String, std::collections::BTreeSet<(OffsetDateTime, u64)>>,
-    /// Insertion counter for `by_expiry`.
-    next_order: u64,
-    /// Bumped by every invalidation.
-    epoch: u64,
-    /// Identifies in-flight mints, so a finished mint removes only its own entry.
-    next_flight: u64,
-}
-
-/// A cached token and its place in [`Entries::by_expiry`].
-struct Slot {
-    cred: Arc<IssuedCredential>,
-    order: (OffsetDateTime, u64),
-    /// The least remaining lifetime this credential is served with, seconds (see
-    /// [`LEAST_REMAINING_S`]).
-    floor_s: u64,
-}
-
-/// The least remaining lifetime, seconds, of a cached credential served whatever `min_ttl_s`
-/// the caller gave (none, usually): one expiring within the worker's first call upstream is
-/// of no use to it. Half the credential's own lifetime when that is shorter, so an upstream
-/// that issues short-lived credentials is still served from the cache.
-pub const LEAST_REMAINING_S: u64 = 60;
-
-/// [`LEAST_REMAINING_S`], or half the lifetime a credential had when it was cached.
-fn floor_for(expires_at: OffsetDateTime, now: OffsetDateTime) -> u64 {
-    let lifetime = u64::try_from((expires_at - now).whole_seconds()).unwrap_or(0);
-    LEAST_REMAINING_S.min(lifetime / 2)
-}
-
-impl Entries {
-    fn remove(&mut self, key: &CacheKey) -> Option<Arc<IssuedCredential>> {
-        let slot = self.tokens.remove(key)?;
-        self.by_expiry.remove(&slot.order);
-        self.forget_order(&key.tenant, slot.order);
-        Some(slot.cred)
-    }
-
-    fn forget_order(&mut self, tenant: &str, order: (OffsetDateTime, u64)) {
-        if let Some(orders) = self.by_tenant.get_mut(tenant) {
-            orders.remove(&order);
-            if orders.is_empty() {
-                self.by_tenant.remove(tenant);
-            }
-        }
-    }
-
-    /// Removes the token closest to expiry.
-    fn evict_first(&mut self) -> bool {
-        let Some((order, key)) = self.by_expiry.pop_first() else {
-            return false;
-        };
-        self.forget_order(&key.tenant, order);
-        self.tokens.remove(&key);
-        true
-    }
-
-    /// How many tokens `tenant` holds.
-    fn held_by(&self, tenant: &str) -> usize {
-        self.by_tenant
-            .get(tenant)
-            .map_or(0, std::collections::BTreeSet::len)
-    }
-
-    /// Removes `tenant`'s token closest to expiry.
-    fn evict_first_of(&mut self, tenant: &str) -> bool {
-        let Some(order) = self.by_tenant.get(tenant).and_then(|o| o.first().copied()) else {
-            return false;
-        };
-        self.forget_order(tenant, order);
-        if let Some(key) = self.by_expiry.remove(&order) {
-            self.tokens.remove(&key);
-        }
-        true
-    }
-}
-
-fn fresh(cred: &IssuedCredential, now: OffsetDateTime, min_ttl_s: u64) -> bool {
-    match cred.expires_at {
-        Some(exp) => (exp - now).whole_seconds() > i64::try_from(min_ttl_s).unwrap_or(i64::MAX),
-        None => false,
-    }
 }
 
 impl TokenCache {
@@ -210,52 +123,16 @@ impl TokenCache {
 
     /// Caches `cred` unless an invalidation happened since epoch `started`.
     fn insert(&self, key: CacheKey, cred: Arc<IssuedCredential>, started: u64) {
-        if cred.expires_at.is_none() {
+        let Some(expires_at) = cred.expires_at else {
             return;
-        }
+        };
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
         if entries.epoch != started {
             return;
         }
-        let Some(expires_at) = cred.expires_at else {
-            return;
-        };
-        entries.remove(&key);
-        // The tenant's own share first: past it, its own token closest to expiry goes.
-        while entries.held_by(&key.tenant) >= self.max_per_tenant
-            && entries.evict_first_of(&key.tenant)
-        {}
-        if entries.tokens.len() >= self.max_entries {
-            // Expired tokens go first (they sit at the front), then the one closest to expiry.
-            let now = OffsetDateTime::now_utc();
-            while entries
-                .by_expiry
-                .first_key_value()
-                .is_some_and(|((exp, _), _)| *exp <= now)
-            {
-                entries.evict_first();
-            }
-            while entries.tokens.len() >= self.max_entries && entries.evict_first() {}
-        }
-        entries.next_order = entries.next_order.wrapping_add(1);
-        let order = (expires_at, entries.next_order);
-        entries.by_expiry.insert(order, key.clone());
-        entries
-            .by_tenant
-            .entry(key.tenant.clone())
-            .or_default()
-            .insert(order);
-        let floor_s = floor_for(expires_at, OffsetDateTime::now_utc());
-        entries.tokens.insert(
-            key,
-            Slot {
-                cred,
-                order,
-                floor_s,
-            },
-        );
+        entries.store(key, cred, expires_at, self.max_entries, self.max_per_tenant);
     }
 
     /// Returns a credential for `key` with more than `min_ttl_s` seconds left, minting with
