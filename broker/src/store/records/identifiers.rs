@@ -311,12 +311,12 @@ impl Batch {
         record: &Unclaimed,
     ) -> &mut Self {
         match read {
-            Some((key, read)) => self.replace_identifier_record(key, read, record),
-            None => {
-                let key = unclaimed_key(&record.identifier);
-                self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
-                    .push(Op::Put(Table::Identifiers, key, encode(record)))
-            }
+            Some((key, read)) => self.put_identifier_record(key, Some(read), record),
+            None => self.put_identifier_record::<Unclaimed, _>(
+                &unclaimed_key(&record.identifier),
+                None,
+                record,
+            ),
         }
     }
 

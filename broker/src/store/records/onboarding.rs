@@ -6,9 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::identifiers::AccountPin;
-use super::{decode, encode, Records, Stored};
+use super::{decode, Records, Stored};
 use crate::hex_text::sha256_hex;
-use crate::store::{Batch, Op, StoreError, Table};
+use crate::store::{Batch, StoreError, Table};
 
 /// A single-use install `state` issued by onboarding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,9 +313,7 @@ impl Records {
 impl Batch {
     /// Stores a new install `state`.
     pub fn put_callback_state(&mut self, state: &str, record: &CallbackState) -> &mut Self {
-        let key = callback_state_key(state);
-        self.push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
-            .push(Op::Put(Table::Identifiers, key, encode(record)))
+        self.put_identifier_record::<CallbackState, _>(&callback_state_key(state), None, record)
     }
 
     /// Marks an install `state` as opened by one browser (`browser`: hash of its nonce), as
@@ -357,13 +355,7 @@ impl Batch {
         read: Option<&Stored<ExpectedSite>>,
         record: &ExpectedSite,
     ) -> &mut Self {
-        let key = expected_site_key(site);
-        match read {
-            Some(r) => self.replace_identifier_record(&key, r, record),
-            None => self
-                .push(Op::ExpectAbsent(Table::Identifiers, key.clone()))
-                .push(Op::Put(Table::Identifiers, key, encode(record))),
-        }
+        self.put_identifier_record(&expected_site_key(site), read, record)
     }
 
     /// Passes an issuance through the pin record at `key`, which must still be as `read`
@@ -375,12 +367,7 @@ impl Batch {
         read: Option<&Stored<LinkPin>>,
         record: &LinkPin,
     ) -> &mut Self {
-        match read {
-            Some(r) => self.replace_identifier_record(key, r, record),
-            None => self
-                .push(Op::ExpectAbsent(Table::Identifiers, key.to_owned()))
-                .push(Op::Put(Table::Identifiers, key.to_owned(), encode(record))),
-        }
+        self.put_identifier_record(key, read, record)
     }
 
     /// Forgets an install `state` as read (a never-opened link revoked: nobody can be on a
@@ -404,7 +391,9 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::records::encode;
     use crate::store::sled_store::SledStore;
+    use crate::store::Op;
     use std::sync::Arc;
 
     #[test]
