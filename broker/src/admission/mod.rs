@@ -435,6 +435,18 @@ impl<K: Eq + std::hash::Hash + Clone> BodyBudget<K> {
         holder: K,
         kib: u32,
     ) -> Result<BodyPermit<K>, BodyRefusal> {
+        // Nothing to hold (the mTLS listener starts every body so): no share to check, no
+        // entry to write, nothing to give back (a later `grow` writes the entry).
+        if kib == 0 {
+            return Ok(BodyPermit {
+                global: Arc::clone(&self.global)
+                    .try_acquire_many_owned(0)
+                    .map_err(|_| BodyRefusal::Global)?,
+                budget: Arc::clone(self),
+                source: holder,
+                kib,
+            });
+        }
         let mut held = self.held.lock().map_err(|_| BodyRefusal::Global)?;
         let now = held.get(&holder).copied().unwrap_or(0);
         if now.saturating_add(kib) > self.per_source {
@@ -482,6 +494,9 @@ impl<K: Eq + std::hash::Hash + Clone> BodyPermit<K> {
 
 impl<K: Eq + std::hash::Hash + Clone> Drop for BodyPermit<K> {
     fn drop(&mut self) {
+        if self.kib == 0 {
+            return;
+        }
         if let Ok(mut held) = self.budget.held.lock() {
             let left = held
                 .get(&self.source)

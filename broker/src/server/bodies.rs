@@ -105,9 +105,8 @@ pub(super) async fn read_body_reserving<K: Eq + std::hash::Hash + Clone>(
         if need > permit.kib() {
             // A step, never past what the largest body needs.
             let most = u32::try_from(max.div_ceil(how.unit)).unwrap_or(u32::MAX);
-            let step = (need - permit.kib())
-                .max(how.step)
-                .min(most.saturating_sub(permit.kib()).max(need - permit.kib()));
+            // (need ≤ most: a body past `max` was refused above.)
+            let step = (need - permit.kib()).max(how.step).min(most - permit.kib());
             permit
                 .grow(step)
                 .map_err(|why| bodies_refused(refused, why))?;

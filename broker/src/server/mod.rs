@@ -295,33 +295,28 @@ pub fn spawn_role(
                     },
                     None => None,
                 };
-                // Its identity's share, once the handshake named it (a verified certificate
-                // with no usable identity counts as one identity with all the others).
-                let _identity_slot = match role {
-                    Role::Public => None,
-                    Role::Mtls => {
-                        let identity = peer
-                            .as_ref()
-                            .map(PeerIdentity::audit_name)
-                            .unwrap_or_default();
-                        match identity_share.try_enter(&identity) {
-                            Some(slot) => Some(slot),
-                            None => {
-                                broker.metrics().connections_refused.inc();
-                                if let Some(suppressed) = refused_log.admit() {
-                                    tracing::warn!(%remote, %identity, limit = "identity", suppressed, "connection limit reached; closing new connection");
-                                }
-                                return;
-                            }
-                        }
-                    }
-                };
-                // Who holds this connection's bodies in the listener's budget (named once).
-                let body_holder: Arc<str> = Arc::from(
+                // The connection's client identity, named once: its share of the connections
+                // (a verified certificate with no usable identity counts as one identity with
+                // all the others) and the holder of its bodies in the listener's budget.
+                let identity: Arc<str> = Arc::from(
                     peer.as_ref()
                         .map(PeerIdentity::audit_name)
                         .unwrap_or_default(),
                 );
+                let _identity_slot = match role {
+                    Role::Public => None,
+                    Role::Mtls => match identity_share.try_enter(&identity) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            broker.metrics().connections_refused.inc();
+                            if let Some(suppressed) = refused_log.admit() {
+                                tracing::warn!(%remote, %identity, limit = "identity", suppressed, "connection limit reached; closing new connection");
+                            }
+                            return;
+                        }
+                    },
+                };
+                let body_holder = identity;
                 let activity = Arc::new(Activity::new());
                 let service_activity = activity.clone();
                 let conn_broker = broker.clone();
