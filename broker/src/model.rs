@@ -493,6 +493,21 @@ pub fn rfc3339_of_unix(unix: i64) -> Option<String> {
         .map(rfc3339)
 }
 
+/// Unix seconds of an RFC 3339 time, if `text` is one.
+pub fn unix_of_rfc3339(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
+impl Tenant {
+    /// Whether it was created no later than `unix` (Unix seconds, to the second): the tenant
+    /// an onboarding of that time named, not one created again under its id since.
+    pub fn created_by(&self, unix: i64) -> bool {
+        unix_of_rfc3339(&self.created_at).is_some_and(|created| created <= unix)
+    }
+}
+
 /// A fresh binding generation: 128 random bits, hex.
 ///
 /// # Errors

@@ -94,12 +94,7 @@ impl AdminService {
         }
         let tenant = self.tenant_or_404(b.tenant.as_str()).await?;
         if let Some(by) = b.tenant_created_by {
-            let same = time::OffsetDateTime::parse(
-                &tenant.value.created_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .is_ok_and(|created| created.unix_timestamp() <= by);
-            if !same {
+            if !tenant.value.created_by(by) {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
                     format!(

@@ -464,12 +464,7 @@ impl AdminService {
                 max_secret_age_days: None,
                 // The tenant that expected the site, not one created again since (checked
                 // on the tenant record the batch is preconditioned on).
-                tenant_created_by: time::OffsetDateTime::parse(
-                    &read.value.recorded_at,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok()
-                .map(time::OffsetDateTime::unix_timestamp),
+                tenant_created_by: crate::model::unix_of_rfc3339(&read.value.recorded_at),
             })
             .await?;
         // plan_add_binding consumed the expectation as it read it again; the bind is for the

@@ -120,13 +120,7 @@ impl CallbackService {
             .await
             .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?;
         let issued_at = link_issued_at(read, self.core.callback_state_ttl_s());
-        Ok(tenant.is_some_and(|t| {
-            time::OffsetDateTime::parse(
-                &t.value.created_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .is_ok_and(|created| created.unix_timestamp() <= issued_at)
-        }))
+        Ok(tenant.is_some_and(|t| t.value.created_by(issued_at)))
     }
 
     /// `GET /callbacks/{provider}/start?state=…`: the install link. The browser that opens it

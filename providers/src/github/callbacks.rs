@@ -282,6 +282,24 @@ pub fn same_user(answer: &Value, account: &InstalledAccount) -> Result<(), Strin
     }
 }
 
+/// A user-token call's answer other than 200: GitHub's own trouble (5xx, 429) is
+/// `Unavailable`, anything else a refusal, saying what the call was `doing`.
+fn status_error(status: u16, upstream_request_id: Option<String>, doing: &str) -> ProviderError {
+    let message = format!("GitHub HTTP {status} {doing}");
+    if status >= 500 || status == 429 {
+        ProviderError::Unavailable {
+            message,
+            upstream_request_id,
+        }
+    } else {
+        ProviderError::Denied {
+            message,
+            upstream_request_id,
+            trust_broken: false,
+        }
+    }
+}
+
 fn denied(message: &str) -> ProviderError {
     ProviderError::Denied {
         message: message.to_owned(),
@@ -376,24 +394,11 @@ impl GithubApp {
                 )
                 .await?;
             if answer.status != 200 {
-                return Err(if answer.status >= 500 || answer.status == 429 {
-                    ProviderError::Unavailable {
-                        message: format!(
-                            "GitHub HTTP {} listing the user's installations",
-                            answer.status
-                        ),
-                        upstream_request_id: answer.request_id,
-                    }
-                } else {
-                    ProviderError::Denied {
-                        message: format!(
-                            "GitHub HTTP {} listing the user's installations",
-                            answer.status
-                        ),
-                        upstream_request_id: answer.request_id,
-                        trust_broken: false,
-                    }
-                });
+                return Err(status_error(
+                    answer.status,
+                    answer.request_id,
+                    "listing the user's installations",
+                ));
             }
             match installation_in_page(&answer.body, installation) {
                 Ok(Some(account)) => return Ok(Some(account)),
@@ -465,19 +470,7 @@ impl GithubApp {
                     trust_broken: false,
                 })
             }
-            s if s >= 500 || s == 429 => {
-                return Err(ProviderError::Unavailable {
-                    message: format!("GitHub HTTP {s} {what}"),
-                    upstream_request_id: answer.request_id,
-                })
-            }
-            s => {
-                return Err(ProviderError::Denied {
-                    message: format!("GitHub HTTP {s} {what}"),
-                    upstream_request_id: answer.request_id,
-                    trust_broken: false,
-                })
-            }
+            s => return Err(status_error(s, answer.request_id, what)),
         }
         let checked = if listed.organization {
             owner_in_membership(&answer.body, account)
