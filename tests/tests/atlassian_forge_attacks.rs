@@ -812,11 +812,37 @@ async fn a_flood_of_unexpected_sites_is_ignored_and_onboarding_goes_on() {
     assert_eq!(c, 1, "{err}");
     assert!(err.contains("at their cap"), "{err}");
 
-    // Ignored, all at once.
     let identifiers: Vec<String> = listed
         .iter()
         .map(|u| u["identifier"].as_str().unwrap().to_owned())
         .collect();
+    // A worker's certificate ignores nothing (refused, audited as the worker's).
+    let mut w1 = env.worker("w1");
+    let (s, v) = call(
+        &mut w1,
+        Method::POST,
+        "/v1/admin/unclaimed/ignore",
+        Some(json!({"identifiers": identifiers})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
+    assert!(env.audited("unclaimed.ignore").is_empty());
+    // Neither does a call naming none, or more than the cap.
+    for body in [
+        json!({"identifiers": []}),
+        json!({"identifiers": vec!["x"; 257]}),
+    ] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/unclaimed/ignore",
+            Some(body),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    }
+
+    // Ignored by an operator, all at once.
     let (s, v) = call(
         &mut env.op,
         Method::POST,
