@@ -418,6 +418,31 @@ async fn flood(
     Vec<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     Vec<tokio::task::JoinHandle<u16>>,
 ) {
+    hold_bodies(
+        pki,
+        url,
+        name,
+        "/v1/webhooks/verify",
+        streams,
+        &[64 * 1024; 16],
+    )
+    .await
+}
+
+/// `streams` POSTs to `path` on one HTTP/2 connection of `name`, each sending chunks of the
+/// sizes `chunks` and then holding its body open. The senders (dropping them ends the
+/// bodies) and the answers (0: no answer).
+async fn hold_bodies(
+    pki: &TestPki,
+    url: &str,
+    name: &str,
+    path: &str,
+    streams: usize,
+    chunks: &[usize],
+) -> (
+    Vec<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    Vec<tokio::task::JoinHandle<u16>>,
+) {
     let addr = url.trim_start_matches("https://");
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = client_tls(pki, name, b"h2")
@@ -440,7 +465,7 @@ async fn flood(
         let (tx, rx) = tokio::sync::mpsc::channel(32);
         let req = http::Request::builder()
             .method("POST")
-            .uri("https://localhost/v1/webhooks/verify")
+            .uri(format!("https://localhost{path}"))
             .header("content-type", "application/json")
             .body(Dribble(rx))
             .unwrap();
@@ -451,8 +476,8 @@ async fn flood(
                 Err(_) => 0,
             }
         }));
-        for _ in 0..16 {
-            let _ = tx.send(bytes::Bytes::from(vec![b'a'; 64 * 1024])).await;
+        for &size in chunks {
+            let _ = tx.send(bytes::Bytes::from(vec![b' '; size])).await;
         }
         held.push(tx);
     }
@@ -517,5 +542,92 @@ async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "w1's resolve was refused by its own envelopes: {v}");
+    drop(held);
+}
+
+/// The bodies refused so far, in either scope (the metric's two series summed).
+async fn bodies_refused_now(pki: &TestPki, url: &str) -> f64 {
+    let (_, m) = scrape(pki, url).await;
+    let m = String::from_utf8(m).unwrap();
+    ["source", "global"]
+        .iter()
+        .map(|scope| {
+            metric_value(
+                &m,
+                &format!("credbroker_mtls_bodies_refused_total{{scope=\"{scope}\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// A stream holds body memory for the bytes it sent, not more: 1,100 resolves of one worker
+/// certificate, each sending one byte and then stalling, hold 1,100 bytes of its 4 MiB share
+/// (reserved ahead, at 4 KiB a stream they would hold all of it, at 64 KiB a sixteenth of the
+/// streams would), and its own next resolve is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_hold_only_the_bytes_they_sent() {
+    let (_tmp, pki, daemon) = with_two_workers(
+        "[limits]\nbody_read_timeout_ms = 20000\nhttp2_max_concurrent_streams = 1200\n",
+    )
+    .await;
+    let (held, answers) = hold_bodies(&pki, &daemon.url, "w1", "/v1/resolve", 1100, &[1]).await;
+    // Let the daemon read every stream's byte.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut probe = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut probe, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "w1's stalled bodies took its share: {v}");
+    assert_eq!(
+        bodies_refused_now(&pki, &daemon.url).await,
+        0.0,
+        "a stalled one-byte body was refused"
+    );
+    assert!(
+        answers.iter().all(|a| !a.is_finished()),
+        "the stalled bodies are still held, not answered"
+    );
+    drop(held);
+}
+
+/// Active operators' admin bodies have a pool of their own: sixteen worker certificates
+/// holding their whole share of requests' bodies (64 resolves each, 64 KiB sent and held)
+/// fill that pool to the byte — a seventeenth certificate's resolve is refused — and an
+/// operator's change is still read and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_request_pool_leaves_operators_bodies_their_own() {
+    let (_tmp, pki, daemon) =
+        with_two_workers("[limits]\nbody_read_timeout_ms = 30000\nmax_connections = 128\n").await;
+    let mut held = Vec::new();
+    for n in 0..16 {
+        let name = format!("flood{n}");
+        pki.worker(&name);
+        let (senders, _answers) =
+            hold_bodies(&pki, &daemon.url, &name, "/v1/resolve", 64, &[16 * 1024; 4]).await;
+        held.push(senders);
+    }
+    // Full once a one-byte body of another certificate is refused (`global`).
+    pki.worker("probe");
+    let mut probe = pki.client_for("probe", &daemon.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = resolve(&mut probe, json!({"instance_id": "i1"})).await;
+        if s == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool never filled: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!(
+        s, 201,
+        "the operator's body waited on the workers' pool: {v}"
+    );
     drop(held);
 }
