@@ -1166,55 +1166,12 @@ async fn kek_rotation_keeps_the_app_key_and_a_stale_keyring_is_refused() {
 /// (issue 10, item 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
-    use credbroker::store::{Batch, Op, Table};
     let mut env = start(3600).await;
     add_key(&mut env.op, &env.key_a).await;
     env.daemon.stop();
     // Rewrite the store as the previous release left it: schema 2, the key sealed with the
     // tenant-secret AAD of (platform, github_app, version), no `sealed_as` field.
-    {
-        let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
-        let store = credbroker::store::open(&config.store, &config.data_dir)
-            .await
-            .unwrap();
-        let keyring = credbroker::keys::Keyring::load(&config.kek_file()).unwrap();
-        let rows = store.scan(Table::PlatformKeys, "").await.unwrap();
-        assert_eq!(rows.len(), 2, "the OAuth client secret and the App key");
-        let (key, raw) = &rows[1];
-        let mut rec: Value = serde_json::from_slice(raw).unwrap();
-        assert_eq!(rec["version"], 2, "the App key");
-        assert_eq!(rec["sealed_as"], "platform_key");
-        let material = credbroker::seal::open(
-            &keyring,
-            credbroker::seal::SealContext::PlatformKey {
-                kind: "github_app",
-                version: 2,
-            },
-            rec["kek_version"].as_u64().unwrap() as u32,
-            rec["wrapped_dek"].as_str().unwrap(),
-            rec["sealed_payload"].as_str().unwrap(),
-        )
-        .unwrap();
-        let legacy = credbroker::seal::seal_secret(
-            &keyring,
-            &credbroker::ids::TenantId::parse("platform").unwrap(),
-            &credbroker::ids::BindingId::parse("github_app").unwrap(),
-            2,
-            &material,
-        )
-        .unwrap();
-        rec["wrapped_dek"] = json!(legacy.wrapped_dek);
-        rec["sealed_payload"] = json!(legacy.sealed_payload);
-        rec.as_object_mut().unwrap().remove("sealed_as");
-        let mut b = Batch::new();
-        b.push(Op::Put(
-            Table::PlatformKeys,
-            key.clone(),
-            serde_json::to_vec(&rec).unwrap(),
-        ));
-        b.push(Op::Put(Table::Meta, "schema_version".into(), b"2".to_vec()));
-        store.commit(b).await.unwrap();
-    }
+    seal_app_key_the_old_way(&env, Some(b"2")).await;
     for _ in 0..2 {
         env.daemon.restart();
         env.op = env.pki.client_for("op", &env.daemon.url);
@@ -1240,6 +1197,86 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
         .as_str()
         .unwrap()
         .contains("github_app/2"));
+}
+
+/// Rewrites the stopped daemon's App key (version 2) as releases before schema 3 sealed it:
+/// with the tenant-secret AAD of (platform, github_app, 2) and no `sealed_as` field; and the
+/// schema version to `schema`, if given.
+async fn seal_app_key_the_old_way(env: &Env, schema: Option<&[u8]>) {
+    use credbroker::store::{Batch, Op, Table};
+    let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
+    let store = credbroker::store::open(&config.store, &config.data_dir)
+        .await
+        .unwrap();
+    let keyring = credbroker::keys::Keyring::load(&config.kek_file()).unwrap();
+    let rows = store.scan(Table::PlatformKeys, "").await.unwrap();
+    assert_eq!(rows.len(), 2, "the OAuth client secret and the App key");
+    let (key, raw) = &rows[1];
+    let mut rec: Value = serde_json::from_slice(raw).unwrap();
+    assert_eq!(rec["version"], 2, "the App key");
+    assert_eq!(rec["sealed_as"], "platform_key");
+    let material = credbroker::seal::open(
+        &keyring,
+        credbroker::seal::SealContext::PlatformKey {
+            kind: "github_app",
+            version: 2,
+        },
+        rec["kek_version"].as_u64().unwrap() as u32,
+        rec["wrapped_dek"].as_str().unwrap(),
+        rec["sealed_payload"].as_str().unwrap(),
+    )
+    .unwrap();
+    let legacy = credbroker::seal::seal_secret(
+        &keyring,
+        &credbroker::ids::TenantId::parse("platform").unwrap(),
+        &credbroker::ids::BindingId::parse("github_app").unwrap(),
+        2,
+        &material,
+    )
+    .unwrap();
+    rec["wrapped_dek"] = json!(legacy.wrapped_dek);
+    rec["sealed_payload"] = json!(legacy.sealed_payload);
+    rec.as_object_mut().unwrap().remove("sealed_as");
+    let mut b = Batch::new();
+    b.push(Op::Put(
+        Table::PlatformKeys,
+        key.clone(),
+        serde_json::to_vec(&rec).unwrap(),
+    ));
+    if let Some(schema) = schema {
+        b.push(Op::Put(
+            Table::Meta,
+            "schema_version".into(),
+            schema.to_vec(),
+        ));
+    }
+    store.commit(b).await.unwrap();
+}
+
+/// Someone who can write the store copies a tenant secret's sealed fields into the platform
+/// keys' table as a key sealed the old way (a tenant called `platform` makes them open as
+/// one): the re-seal that upgrades an old store would turn it into a platform key they know
+/// (an issuer key every customer's trust accepts). It runs only on a store upgraded from
+/// before schema 3: in a current store such a key stops the start, and nothing is re-sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_sealed_the_old_way_in_a_current_store_is_refused_not_resealed() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    env.daemon.stop();
+    seal_app_key_the_old_way(&env, None).await;
+    let (code, err) = env.daemon.serve_refused(&[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("github_app/2") && err.contains("not upgraded from one"),
+        "{err}"
+    );
+    assert!(
+        !env.daemon
+            .audit_records()
+            .iter()
+            .any(|r| r["action"] == "store.migrate"),
+        "nothing was re-sealed"
+    );
 }
 
 /// GitHub installation takeover, every way we know (issue 10, item 1): the installation id in

@@ -220,25 +220,70 @@ impl AdminService {
 
     /// Store migration (schema 3): re-seals platform keys written before they had their own
     /// AAD domain (as tenant `platform`'s secrets) in the platform-key domain, with a fresh
-    /// data key under the active KEK. One audited batch; a no-op once done. Runs at start,
-    /// before the keys are loaded.
+    /// data key under the active KEK. One audited batch, which also removes the mark the
+    /// schema upgrade left; a no-op once done. Runs at start, before the keys are loaded.
+    ///
+    /// Only a store upgraded from before schema 3 (the mark present) is re-sealed: anywhere
+    /// else, a key sealed the old way is refused, since re-sealing it would make any tenant
+    /// secret copied into the platform keys' table (its sealed fields open as tenant
+    /// `platform`'s) a platform key — an issuer key its copier knows.
     ///
     /// # Errors
-    /// When a legacy key cannot be opened, or the audit record or batch cannot be written
-    /// (nothing is changed then).
+    /// When a legacy key is found with no mark or cannot be opened, or the audit record or
+    /// batch cannot be written (nothing is changed then).
     pub async fn migrate_platform_key_sealing(&self) -> Result<usize, ApiError> {
+        use crate::store::{Op, Table, RESEAL_PENDING, RESEAL_PLATFORM_KEYS_KEY};
         let keys = self
             .core
             .records
             .all_platform_keys()
             .await
             .map_err(store_err)?;
-        let mut batch = crate::store::Batch::new();
-        let mut moved = Vec::new();
-        for read in keys
+        let mark = self
+            .core
+            .records
+            .store()
+            .get(Table::Meta, RESEAL_PLATFORM_KEYS_KEY)
+            .await
+            .map_err(store_err)?;
+        let legacy: Vec<_> = keys
             .iter()
             .filter(|k| k.value.sealed_as == SealedAs::LegacyTenantSecret)
-        {
+            .collect();
+        match mark.as_deref() {
+            Some(RESEAL_PENDING) => {}
+            None if legacy.is_empty() => return Ok(0),
+            None => {
+                let names: Vec<String> = legacy
+                    .iter()
+                    .map(|k| format!("{}/{}", k.value.kind, k.value.version))
+                    .collect();
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "platform key(s) {} sealed the way releases before schema 3 sealed them, in a store that was not upgraded from one: refusing to re-seal them (written outside the broker?); restore the store from a backup",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            Some(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "the store's {RESEAL_PLATFORM_KEYS_KEY} mark is not one this build writes"
+                    ),
+                ))
+            }
+        }
+        let mut batch = crate::store::Batch::new();
+        batch.push(Op::ExpectValue(
+            Table::Meta,
+            RESEAL_PLATFORM_KEYS_KEY.into(),
+            RESEAL_PENDING.to_vec(),
+        ));
+        batch.push(Op::Delete(Table::Meta, RESEAL_PLATFORM_KEYS_KEY.into()));
+        let mut moved = Vec::new();
+        for read in legacy {
             let mut k = read.value.clone();
             if !k.wrapped_dek.is_empty() {
                 let (tenant, binding) = legacy_ids(&k.kind)?;
@@ -272,9 +317,6 @@ impl AdminService {
             moved.push(format!("{}/{}", k.kind, k.version));
             batch.replace(read, &k);
         }
-        if moved.is_empty() {
-            return Ok(0);
-        }
         let event = crate::audit::AuditEvent {
             kind: "admin".into(),
             action: "store.migrate".into(),
@@ -284,7 +326,11 @@ impl AdminService {
             detail: Some(format!(
                 "schema 3: re-sealed {} platform key(s) in the platform-key domain: {}",
                 moved.len(),
-                moved.join(", ")
+                if moved.is_empty() {
+                    "none held".to_string()
+                } else {
+                    moved.join(", ")
+                }
             )),
             ..Default::default()
         };

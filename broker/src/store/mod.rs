@@ -586,7 +586,9 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
     let mut batch = Batch::new();
     match found {
         Some(v) if v == current.as_slice() => return Ok(None),
-        None => batch.push(Op::ExpectAbsent(Table::Meta, SCHEMA_KEY.into())),
+        None => {
+            batch.push(Op::ExpectAbsent(Table::Meta, SCHEMA_KEY.into()));
+        }
         // Version 1 to 3 records read as version 4 (new fields default; platform keys sealed
         // the old way are re-sealed by the broker at start, audited); the bump makes an older
         // binary refuse the store with a clear schema error instead of reading records it
@@ -597,7 +599,16 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
                 to = SCHEMA_VERSION,
                 "upgrading the store schema in place"
             );
-            batch.push(Op::ExpectValue(Table::Meta, SCHEMA_KEY.into(), v.to_vec()))
+            batch.push(Op::ExpectValue(Table::Meta, SCHEMA_KEY.into(), v.to_vec()));
+            // Only a store from before schema 3 may hold platform keys sealed the old way:
+            // the broker re-seals them at its next start, and only while this mark is there.
+            if v != b"3" {
+                batch.push(Op::Put(
+                    Table::Meta,
+                    RESEAL_PLATFORM_KEYS_KEY.into(),
+                    RESEAL_PENDING.to_vec(),
+                ));
+            }
         }
         Some(v) => {
             return Err(StoreError::Schema {
@@ -612,6 +623,15 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
 
 /// The key of the schema version in [`Table::Meta`].
 pub(crate) const SCHEMA_KEY: &str = "schema_version";
+
+/// The key in [`Table::Meta`] that marks a store upgraded from before schema 3, whose
+/// platform keys sealed as tenant `platform`'s secrets the broker re-seals at start (and
+/// then removes the mark). A store without it that holds such a key is refused: re-sealing
+/// it would turn any tenant secret copied into the platform keys' table into a platform key.
+pub(crate) const RESEAL_PLATFORM_KEYS_KEY: &str = "reseal_platform_keys";
+
+/// The value of [`RESEAL_PLATFORM_KEYS_KEY`].
+pub(crate) const RESEAL_PENDING: &[u8] = b"pending";
 
 /// The key in [`Table::Meta`] that marks a store a `store migrate` is still copying into:
 /// no broker opens it.
@@ -638,7 +658,18 @@ mod tests {
                 batch.ops.last(),
                 Some(Op::Put(Table::Meta, _, v)) if v == b"4"
             ));
+            // Only stores from before schema 3 are marked for the platform keys' re-seal.
+            let marked = batch.ops.iter().any(|op| {
+                matches!(op, Op::Put(Table::Meta, k, v)
+                    if k == RESEAL_PLATFORM_KEYS_KEY && v == RESEAL_PENDING)
+            });
+            assert_eq!(marked, old != b"3", "{:?}", String::from_utf8_lossy(old));
         }
+        let new = schema_upgrade(None).unwrap().unwrap();
+        assert!(!new
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::Put(Table::Meta, k, _) if k == RESEAL_PLATFORM_KEYS_KEY)));
         assert!(matches!(
             schema_upgrade(Some(b"5")),
             Err(StoreError::Schema { supported: 4, .. })
