@@ -468,3 +468,96 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
     assert_eq!(got["plain"], 403);
     assert_eq!(got["rebound"], 403);
 }
+
+/// A worker that hangs up while the mint its resolve started is running (an HTTP/2 reset,
+/// or a closed connection) leaves no unaudited use of the broker's issuer: the mint goes on
+/// (its token is cached) and the resolve's record is written without it, naming the
+/// assertion the exchange carried (`error_code` `client_closed`). Without it, a jti seen in
+/// the customer's cloud logs would be missing from the export, as an attacker's would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_whose_client_hangs_up_mid_mint_is_still_audited() {
+    let mut env = IssuerEnv::start(3600, 300, "").await;
+    activated(&mut env, false).await;
+    env.gcp.set_delay_ms(700);
+    let sts0 = env.gcp.sts_calls();
+    {
+        let addr = env.daemon.url.trim_start_matches("https://").to_owned();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = client_tls(&env.pki, "w1", b"h2")
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("https://localhost/v1/resolve")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({"instance_id": "ig1", "job_id": "hung-up"}).to_string(),
+            )))
+            .unwrap();
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            sender.send_request(req),
+        )
+        .await;
+        assert!(
+            answer.is_err(),
+            "answered before the upstream did: {answer:?}"
+        );
+        // The request is reset and the connection closed.
+        drop(sender);
+        conn.abort();
+    }
+    // The mint finishes (STS, then IAM, each held 700 ms) and its record is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let record = loop {
+        let found = env
+            .daemon
+            .audit_records()
+            .into_iter()
+            .find(|r| r["action"] == "resolve" && r["job_id"] == "hung-up");
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record of the resolve whose client hung up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(env.gcp.sts_calls() - sts0, 1, "the exchange ran");
+    let jti = last_sts_claims(&env)["jti"].as_str().unwrap().to_owned();
+    assert_eq!(record["outcome"], "failed", "{record}");
+    assert_eq!(record["error_code"], "client_closed", "{record}");
+    assert_eq!(record["tenant"], "t1", "{record}");
+    assert_eq!(record["actor"], "worker:w1", "{record}");
+    let detail = record["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("jti={jti}")), "{detail}");
+    assert!(
+        record.get("token_fingerprint").is_none_or(Value::is_null),
+        "nothing was handed out: {record}"
+    );
+    // What it minted was cached: the next resolve is served without an exchange.
+    env.gcp.set_delay_ms(0);
+    let mut w = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = resolve(&mut w, json!({"instance_id": "ig1"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["cached"], true, "{v}");
+    assert_eq!(env.gcp.sts_calls() - sts0, 1);
+    // One record for that resolve, not two.
+    let records = env.daemon.audit_records();
+    assert_eq!(
+        records.iter().filter(|r| r["job_id"] == "hung-up").count(),
+        1
+    );
+}

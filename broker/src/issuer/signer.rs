@@ -1,6 +1,7 @@
 //! The signer a provider gets for one mint or probe: signs through the issuer and keeps
 //! what it signed (never the token) for that operation's one audit record.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use credbroker_providers::{AssertionSigner, ProviderError};
@@ -8,9 +9,19 @@ use credbroker_providers::{AssertionSigner, ProviderError};
 use super::{AssertionFacts, Issuer};
 
 /// Signs through the daemon's issuer (if any) and records each assertion's facts.
+///
+/// A resolve's mint runs in a task of its own (single flight), so it goes on when the
+/// resolve that started it is dropped (its client went away) before writing its record.
+/// Given that record's stand-in ([`RecordingSigner::until_reported`]), the signer writes it
+/// when dropped — by whichever of the resolve and the mint lets go of it last — unless the
+/// resolve reported its own ([`RecordingSigner::reported`]) or no upstream was called.
 pub struct RecordingSigner {
     issuer: Option<Arc<Issuer>>,
     signed: Mutex<Vec<AssertionFacts>>,
+    /// Whether a mint under this signer called its upstream.
+    called_upstream: AtomicBool,
+    /// The record to write if the operation never writes its own.
+    unreported: Mutex<Option<(crate::audit::AuditLog, crate::audit::AuditEvent)>>,
 }
 
 impl RecordingSigner {
@@ -19,6 +30,35 @@ impl RecordingSigner {
         RecordingSigner {
             issuer,
             signed: Mutex::new(Vec::new()),
+            called_upstream: AtomicBool::new(false),
+            unreported: Mutex::new(None),
+        }
+    }
+
+    /// This signer, which appends `event` to `audit` when dropped if an upstream was called
+    /// under it and [`RecordingSigner::reported`] was not (the detail names what was
+    /// signed).
+    #[must_use]
+    pub fn until_reported(
+        self,
+        audit: crate::audit::AuditLog,
+        event: crate::audit::AuditEvent,
+    ) -> RecordingSigner {
+        if let Ok(mut unreported) = self.unreported.lock() {
+            *unreported = Some((audit, event));
+        }
+        self
+    }
+
+    /// The mint under this signer is about to call its upstream.
+    pub fn calling_upstream(&self) {
+        self.called_upstream.store(true, Ordering::Release);
+    }
+
+    /// The operation wrote its own record: nothing is written on drop.
+    pub fn reported(&self) {
+        if let Ok(mut unreported) = self.unreported.lock() {
+            unreported.take();
         }
     }
 
@@ -38,6 +78,36 @@ impl RecordingSigner {
                 .collect::<Vec<_>>()
                 .join("; ")
         })
+    }
+}
+
+impl Drop for RecordingSigner {
+    fn drop(&mut self) {
+        let Some((audit, mut event)) = self.unreported.get_mut().ok().and_then(Option::take) else {
+            return;
+        };
+        let signed = self.detail();
+        if !self.called_upstream.load(Ordering::Acquire) && signed.is_none() {
+            return;
+        }
+        let gone = "the client went away before the answer; the mint it started ran (a credential it returned is cached, not handed out)";
+        event.detail = Some(match signed {
+            Some(signed) => format!("{gone}; {signed}"),
+            None => gone.to_owned(),
+        });
+        let request_id = event.request_id.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = audit.append(event).await {
+                        tracing::error!(request_id, error = %e, "the record of a resolve whose client went away could not be written");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::error!(request_id, "the record of a resolve whose client went away could not be written: no runtime");
+            }
+        }
     }
 }
 

@@ -148,6 +148,9 @@ impl MintJob {
                 upstream_request_id: None,
             });
         }
+        if upstream {
+            self.assertions.calling_upstream();
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.provider.mint(&request))
             .await

@@ -88,6 +88,10 @@ impl From<Denial> for Refused {
 struct Decision {
     job_id: Option<String>,
     result: Result<Granted, Refused>,
+    /// The signer of the mint this resolve started, if it started one: told once the
+    /// resolve's own record is written, or else it writes one when dropped (the client
+    /// went away and the resolve with it).
+    witness: Option<Arc<crate::issuer::RecordingSigner>>,
 }
 
 /// The resolve service: verifies the chain, mints through the token cache, audits the
@@ -120,9 +124,9 @@ impl ResolveService {
         request_id: &str,
     ) -> Answer {
         let started = Instant::now();
-        let decision = self.decide(peer, body).await;
-        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let actor = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
+        let decision = self.decide(peer, body, (request_id, &actor)).await;
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let credentials_json = match &decision.result {
             Ok(granted) => Some(granted.credential.credentials.to_json_zeroizing()),
             Err(_) => None,
@@ -144,6 +148,9 @@ impl ResolveService {
         };
         let provider_label = facts.provider.as_deref().unwrap_or("none");
         let receipt = self.core.audit.append(event).await;
+        if let Some(witness) = &decision.witness {
+            witness.reported();
+        }
         let tenant = facts.tenant.as_ref().map_or("", |t| t.as_str());
         let instance = facts.instance.as_ref().map_or("", |i| i.as_str());
         let worker = actor;
@@ -284,9 +291,11 @@ impl ResolveService {
         &self,
         peer: Option<&PeerIdentity>,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        who: (&str, &str),
     ) -> Decision {
         // The caller's identity is checked before its body is looked at.
         let refuse = |error: ApiError| Decision {
+            witness: None,
             job_id: None,
             result: Err(Refused::from(Denial {
                 error,
@@ -309,23 +318,34 @@ impl ResolveService {
         // Read before the records: a credential minted from records an invalidation made
         // stale meanwhile is not cached.
         let epoch = self.core.cache.epoch();
+        let mut witness = None;
         let result =
             match verify_chain(&self.core.records, &self.core.registry, peer, &request).await {
-                Ok(chain) => self.grant(&chain, &request, epoch).await,
+                Ok(chain) => {
+                    self.grant(&chain, &request, epoch, (who, &mut witness))
+                        .await
+                }
                 Err(denial) => Err(denial.into()),
             };
         Decision {
             job_id: request.job_id,
             result,
+            witness,
         }
     }
 
-    /// Narrows and mints (or serves from the token cache) for a verified chain.
+    /// Narrows and mints (or serves from the token cache) for a verified chain. `who` is the
+    /// resolve's request id and actor; `witness` receives the signer of the mint, for
+    /// [`Decision::witness`].
     async fn grant(
         &self,
         chain: &VerifiedChain,
         request: &ParsedResolve,
         epoch: u64,
+        (who, witness): (
+            (&str, &str),
+            &mut Option<Arc<crate::issuer::RecordingSigner>>,
+        ),
     ) -> Result<Granted, Refused> {
         let facts = chain.facts();
         let refused = |error: ApiError| Refused {
@@ -378,9 +398,18 @@ impl ResolveService {
             ),
             SecretRequirement::None => None,
         };
-        let signer = Arc::new(self.core.assertion_signer());
+        // Made when a mint starts (a cache hit needs none). Should the resolve be dropped
+        // while the mint it leads runs (the client hung up), the signer writes the record
+        // the resolve would have: the mint, and whatever the issuer signed for it, never go
+        // unaudited.
+        let slot = std::sync::OnceLock::new();
         let job = || {
-            let signer = Arc::clone(&signer);
+            let signer = Arc::clone(slot.get_or_init(|| {
+                Arc::new(self.core.assertion_signer().until_reported(
+                    self.core.audit.clone(),
+                    abandoned_event(&facts, request, who),
+                ))
+            }));
             let secret = match &sealed {
                 Some(sealed) => self.core.open_sealed(binding, sealed).map(Some),
                 None => Ok(None::<SecretFields>),
@@ -430,10 +459,13 @@ impl ResolveService {
                 got
             }
         };
+        let signer = slot.into_inner();
+        let assertion = signer.as_ref().and_then(|s| s.detail());
+        *witness = signer;
         match minted {
             Ok((credential, source)) => Ok(Granted {
                 facts,
-                assertion: signer.detail(),
+                assertion,
                 credential,
                 source,
             }),
@@ -459,12 +491,39 @@ impl ResolveService {
                     observed_probe: binding.last_tested_at.clone(),
                     error: e.into(),
                     facts,
-                    assertion: signer.detail(),
+                    assertion,
                 })
             }
         }
     }
 }
+
+/// The record of a resolve dropped while the mint it started ran (its client went away):
+/// written by the mint's signer, completed with what the mint did
+/// ([`crate::issuer::RecordingSigner::until_reported`]).
+fn abandoned_event(
+    facts: &ChainFacts,
+    request: &ParsedResolve,
+    (request_id, actor): (&str, &str),
+) -> AuditEvent {
+    AuditEvent {
+        kind: "resolve".into(),
+        action: "resolve".into(),
+        request_id: request_id.to_owned(),
+        actor: actor.to_owned(),
+        tenant: facts.tenant.as_ref().map(ToString::to_string),
+        instance: facts.instance.as_ref().map(ToString::to_string),
+        binding: facts.binding.as_ref().map(ToString::to_string),
+        provider: facts.provider.clone(),
+        outcome: "failed".into(),
+        error_code: Some(ABANDONED_CODE.into()),
+        job_id: request.job_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// The error code of a resolve whose client went away while its mint ran.
+const ABANDONED_CODE: &str = "client_closed";
 
 /// A decision's outcome as the audit record and the metrics name it.
 fn outcome_of(decision: &Decision) -> &'static str {
