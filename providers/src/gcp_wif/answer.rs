@@ -115,11 +115,19 @@ pub fn sts_answer(status: u16, body: &[u8]) -> Result<StsToken, ProviderError> {
     })
 }
 
-/// Whether STS refused an exchange the way a subject condition does: 400 `invalid_grant`.
+/// Whether STS refused an exchange the way a subject condition does: 400 `invalid_grant`
+/// whose description names the attribute condition ("The given credential is rejected by
+/// the attribute condition."). STS answers `invalid_grant` for other reasons too — the
+/// issuer unreachable, a signing key its JWKS (fetched or pinned inline) does not hold yet,
+/// a stale token — and none of them shows the condition pins the subject.
 pub fn refused_by_condition(status: u16, body: &[u8]) -> bool {
     status == 400
-        && serde_json::from_slice::<Value>(body)
-            .is_ok_and(|v| v.get("error").and_then(Value::as_str) == Some("invalid_grant"))
+        && serde_json::from_slice::<Value>(body).is_ok_and(|v| {
+            v.get("error").and_then(Value::as_str) == Some("invalid_grant")
+                && v.get("error_description")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| d.to_ascii_lowercase().contains("attribute condition"))
+        })
 }
 
 /// Whether IAM Credentials refused an impersonation the way a missing principal grant does:
@@ -139,8 +147,10 @@ pub fn refused_by_grant(status: u16, body: &[u8]) -> bool {
 /// # Errors
 /// `Denied` for 403 `PERMISSION_DENIED` and 404 (the customer removed the
 /// `workloadIdentityUser` grant or the service account: trust broken) and other 4xx;
-/// `Unavailable` for 429, 5xx and unreadable answers, or an expiry in the past or beyond 12 h.
-pub fn iam_answer(status: u16, body: &[u8]) -> Result<AccessToken, ProviderError> {
+/// `Unavailable` for 429, 5xx and unreadable answers, or an expiry in the past or later than
+/// the `lifetime_s` asked for (plus 5 minutes of clock skew): a token said to live longer
+/// than Google lets it would be served from the cache after it stopped working.
+pub fn iam_answer(status: u16, body: &[u8], lifetime_s: u64) -> Result<AccessToken, ProviderError> {
     if body.len() > MAX_ANSWER {
         return Err(unavailable(format!(
             "IAM Credentials answered {status} with an oversized body"
@@ -177,12 +187,11 @@ pub fn iam_answer(status: u16, body: &[u8]) -> Result<AccessToken, ProviderError
         .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
         .ok_or_else(|| unavailable("IAM Credentials expireTime missing or not RFC 3339".into()))?;
     let now = OffsetDateTime::now_utc();
-    if expires_at <= now
-        || expires_at > now + time::Duration::hours(12) + time::Duration::minutes(5)
-    {
-        return Err(unavailable(
-            "IAM Credentials expireTime is in the past or more than 12 h away".into(),
-        ));
+    let asked = time::Duration::seconds(i64::try_from(lifetime_s.min(43_200)).unwrap_or(43_200));
+    if expires_at <= now || expires_at > now + asked + time::Duration::minutes(5) {
+        return Err(unavailable(format!(
+            "IAM Credentials expireTime is in the past or later than the {lifetime_s} s asked for"
+        )));
     }
     Ok(AccessToken {
         access_token: SecretString::from(token.to_owned()),
@@ -228,6 +237,16 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(code(&e), ("denied", false));
+        // Two hours, when one was asked for: refused (a longer lifetime is never granted).
+        let in_two_hours = (OffsetDateTime::now_utc() + time::Duration::hours(2))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let long = format!(r#"{{"accessToken":"a","expireTime":"{in_two_hours}"}}"#);
+        assert_eq!(
+            code(&iam_answer(200, long.as_bytes(), 3600).err().unwrap()).0,
+            "unavailable"
+        );
+        assert!(iam_answer(200, long.as_bytes(), 7200).is_ok());
         for (s, b) in [
             (503, &b"{}"[..]),
             (429, b"{}"),
@@ -249,6 +268,21 @@ mod tests {
     }
 
     #[test]
+    fn only_the_attribute_condition_s_refusal_counts() {
+        let condition = br#"{"error":"invalid_grant","error_description":"The given credential is rejected by the attribute condition."}"#;
+        assert!(refused_by_condition(400, condition));
+        assert!(!refused_by_condition(403, condition));
+        for other in [
+            &br#"{"error":"invalid_grant","error_description":"Error connecting to the given credential's issuer."}"#[..],
+            br#"{"error":"invalid_grant","error_description":"Invalid JWT signature."}"#,
+            br#"{"error":"invalid_grant"}"#,
+            br#"{"error":"invalid_request","error_description":"attribute condition"}"#,
+        ] {
+            assert!(!refused_by_condition(400, other), "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
     fn iam_answers() {
         let in_an_hour = OffsetDateTime::now_utc() + time::Duration::hours(1);
         let t = in_an_hour
@@ -257,15 +291,17 @@ mod tests {
         let ok = iam_answer(
             200,
             format!(r#"{{"accessToken":"ya29.sa","expireTime":"{t}"}}"#).as_bytes(),
+            3600,
         )
         .unwrap();
         assert_eq!(ok.expires_at.unix_timestamp(), in_an_hour.unix_timestamp());
-        let e = iam_answer(403, br#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).","status":"PERMISSION_DENIED"}}"#).err().unwrap();
+        let e = iam_answer(403, br#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).","status":"PERMISSION_DENIED"}}"#, 3600).err().unwrap();
         assert_eq!(code(&e), ("denied", true));
         assert!(e.to_string().contains("PERMISSION_DENIED"));
         let e = iam_answer(
             400,
             br#"{"error":{"code":400,"message":"x","status":"INVALID_ARGUMENT"}}"#,
+            3600,
         )
         .err()
         .unwrap();
@@ -284,7 +320,7 @@ mod tests {
             (200, br#"{"accessToken":"a"}"#),
         ] {
             assert_eq!(
-                code(&iam_answer(s, b).err().unwrap()).0,
+                code(&iam_answer(s, b, 3600).err().unwrap()).0,
                 "unavailable",
                 "{s}"
             );

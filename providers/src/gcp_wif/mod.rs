@@ -148,7 +148,7 @@ impl GcpWif {
         budget: Duration,
     ) -> Result<AccessToken, ProviderError> {
         let (status, body) = self.impersonate_raw(b, federated, scopes, budget).await?;
-        iam_answer(status, &body)
+        iam_answer(status, &body, self.settings.lifetime_s)
     }
 
     /// `generateAccessToken`: IAM Credentials' status and body, unparsed.
@@ -209,7 +209,7 @@ impl GcpWif {
         if answer::refused_by_grant(status, &body) {
             return Ok(Some(Refusal::Iam));
         }
-        iam_answer(status, &body).map(|_| None)
+        iam_answer(status, &body, self.settings.lifetime_s).map(|_| None)
     }
 }
 

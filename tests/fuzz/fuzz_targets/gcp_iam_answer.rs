@@ -13,5 +13,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let status = STATUSES[usize::from(selector) % STATUSES.len()];
-    let _ = iam_answer(status, body);
+    // The lifetime asked for: one hour, or the longest an extended lifetime allows.
+    let lifetime_s = if selector & 0x80 == 0 { 3600 } else { 43_200 };
+    let _ = iam_answer(status, body, lifetime_s);
 });
