@@ -444,7 +444,15 @@ try:
     rebound = "served"
 except urllib.error.HTTPError as e:
     rebound = e.code
-print(json.dumps({"token": creds.token, "email": creds.service_account_email, "plain": plain, "rebound": rebound}))
+# A page served from the endpoint's own address (or rebound to it): the browser says so.
+try:
+    urllib.request.urlopen(urllib.request.Request(
+        "http://" + os.environ["GCE_METADATA_HOST"] + "/computeMetadata/v1/instance/service-accounts/default/token",
+        headers={"Metadata-Flavor": "Google", "Sec-Fetch-Site": "same-origin"}))
+    browser = "served"
+except urllib.error.HTTPError as e:
+    browser = e.code
+print(json.dumps({"token": creds.token, "email": creds.service_account_email, "plain": plain, "rebound": rebound, "browser": browser}))
 "#;
     let out = std::process::Command::new(test_python())
         .args(["-c", script])
@@ -467,6 +475,7 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
     assert_eq!(got["email"], SA);
     assert_eq!(got["plain"], 403);
     assert_eq!(got["rebound"], 403);
+    assert_eq!(got["browser"], 403);
 }
 
 /// A worker that hangs up while the mint its resolve started is running (an HTTP/2 reset,

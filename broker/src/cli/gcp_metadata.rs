@@ -69,13 +69,25 @@ fn loopback_host(host: Option<&http::HeaderValue>) -> bool {
             }
         }),
     };
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "localhost" | "metadata.google.internal" | "metadata"
-    ) || name
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
+    // No other name: `metadata` (one label) can be answered by LLMNR, mDNS or a search
+    // domain, and `metadata.google.internal` by whatever serves `.internal` on the network —
+    // names a page could rebind. With `GCE_METADATA_HOST` set, Google's libraries send the
+    // address itself.
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
+
+/// Headers a proxy adds to what it forwards, or a browser to what it sends.
+const FORWARDED_OR_BROWSER: [&str; 6] = [
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    "origin",
+    "sec-fetch-site",
+    "sec-fetch-mode",
+];
 
 /// The scopes of `?scopes=a,b` as a narrowing.
 fn narrowing(query: &str) -> Option<Value> {
@@ -92,9 +104,17 @@ async fn handle(args: &GcpMetadataArgs, req: &Request<Incoming>) -> Response<Ful
         .headers()
         .get("metadata-flavor")
         .is_some_and(|v| v.as_bytes() == b"Google");
-    // GCE refuses requests a proxy forwarded (SSRF through a web app on the same host).
-    if req.headers().contains_key("x-forwarded-for") {
-        return text(StatusCode::FORBIDDEN, "forwarded requests are refused");
+    // GCE refuses requests a proxy forwarded (SSRF through a web app on the same host);
+    // a browser's request (a page that rebound its name, or a local one) names where it
+    // came from. Client libraries send neither.
+    if FORWARDED_OR_BROWSER
+        .iter()
+        .any(|h| req.headers().contains_key(*h))
+    {
+        return text(
+            StatusCode::FORBIDDEN,
+            "forwarded or browser requests are refused",
+        );
     }
     // A web page on the same host that rebinds its own name to 127.0.0.1 sends its own
     // name as Host: only loopback names are answered (DNS rebinding).
@@ -253,7 +273,7 @@ mod tests {
             "127.0.0.1",
             "localhost:8954",
             "[::1]:8954",
-            "metadata.google.internal",
+            "LOCALHOST:8954",
         ] {
             assert!(ok(h), "{h}");
         }
@@ -263,6 +283,9 @@ mod tests {
             "127.0.0.1.evil.example",
             "10.0.0.1:8954",
             "[fe80::1]:80",
+            "metadata",
+            "metadata:8954",
+            "metadata.google.internal",
             "",
         ] {
             assert!(!ok(h), "{h}");
