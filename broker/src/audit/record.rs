@@ -29,7 +29,8 @@ pub struct AuditEvent {
     pub action: String,
     /// Request id (also returned to the caller).
     pub request_id: String,
-    /// `worker:<name>`, `operator:<name>`, `cli:<user>` or `unidentified`.
+    /// `worker:<name>`, `operator:<name>`, `cli:<account>` (an offline command: the account
+    /// of its real uid, `cli:root(sudo:<name>)` through sudo) or `unidentified`.
     pub actor: String,
     /// Tenant the store derived (never one taken from the request alone).
     pub tenant: Option<String>,

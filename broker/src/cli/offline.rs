@@ -308,14 +308,36 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Who runs an offline command, for its audit record: `cli:<name>`, the account of the
+/// process's real uid (from `/etc/passwd`; `uid-<N>` when it has no entry), never `$USER`,
+/// which whoever runs the command sets as they like. Run through `sudo` as root, the
+/// invoking user sudo names is added as `cli:root(sudo:<name>)`.
 pub(super) fn cli_actor() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let user: String = user
-        .chars()
+    let uid = rustix::process::getuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = account_of(&passwd, uid).map_or_else(|| format!("uid-{uid}"), clean_name);
+    match std::env::var("SUDO_USER") {
+        Ok(by) if uid == 0 && !by.is_empty() => format!("cli:{name}(sudo:{})", clean_name(&by)),
+        _ => format!("cli:{name}"),
+    }
+}
+
+/// The account name of `uid` in the text of `/etc/passwd`.
+fn account_of(passwd: &str, uid: u32) -> Option<&str> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then_some(name)
+    })
+}
+
+/// `name` reduced to the characters an audit actor keeps.
+fn clean_name(name: &str) -> String {
+    name.chars()
         .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
         .take(64)
-        .collect();
-    format!("cli:{user}")
+        .collect()
 }
 
 /// The pid of the daemon (`serve` or `dev`) running for `config`'s data directory, found by
@@ -369,4 +391,19 @@ pub fn running_daemon(config: &Config) -> Result<i32, String> {
         ));
     }
     Ok(raw)
+}
+
+#[cfg(test)]
+mod actor_tests {
+    #[test]
+    fn the_actor_is_the_uid_s_account_not_user() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(super::account_of(passwd, 1000), Some("alice"));
+        assert_eq!(super::account_of(passwd, 0), Some("root"));
+        assert_eq!(super::account_of(passwd, 4242), None);
+        assert_eq!(super::clean_name("al ice;rm"), "alicerm");
+        // $USER plays no part.
+        std::env::set_var("USER", "somebody-else");
+        assert!(!super::cli_actor().contains("somebody-else"));
+    }
 }
