@@ -339,3 +339,41 @@ async fn a_secret_that_needs_escapes_round_trips_and_bad_shapes_are_refused() {
         "a refused body stored a version: {b2}"
     );
 }
+
+/// A whole superseded version copied over the active one (its ciphertext opens under the
+/// binding and version it names, both in its AAD): a resolve is refused, not served the
+/// old secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_version_copied_over_the_active_one_is_refused() {
+    use credbroker::store::{Op, Table};
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    worker_for_both(&mut op, &pki).await;
+    let (s, _) = rotate_and_promote(&mut op, "b2", json!({"token": "t2-token-v2"})).await;
+    assert_eq!(s, 200);
+    daemon.stop();
+    {
+        let store = SledStore::open(&daemon.data_dir.join("store")).unwrap();
+        let old = store
+            .get(Table::Secrets, "b2/0000000001")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut old: serde_json::Value = serde_json::from_slice(&old).unwrap();
+        old["state"] = json!("active");
+        let mut batch = Batch::new();
+        batch.push(Op::Put(
+            Table::Secrets,
+            "b2/0000000002".into(),
+            serde_json::to_vec(&old).unwrap(),
+        ));
+        store.commit(batch).await.unwrap();
+    }
+    daemon.restart();
+    let mut both = pki.client_for("both", &daemon.url);
+    let (s, v) = resolve(&mut both, json!({"instance_id": "i2"})).await;
+    assert_eq!((s, code(&v)), (500, "internal"), "{v}");
+    assert!(!v.to_string().contains("t2-token"), "{v}");
+}

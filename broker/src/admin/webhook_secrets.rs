@@ -112,7 +112,8 @@ impl AdminService {
         &self,
         id: &str,
     ) -> Result<crate::store::records::Stored<WebhookSecret>, ApiError> {
-        self.core
+        let w = self
+            .core
             .records
             .webhook_secret(id)
             .await
@@ -122,7 +123,20 @@ impl AdminService {
                     ErrorCode::UnknownRecord,
                     format!("instance {id:?} has no webhook secret (credbroker webhook-secret generate)"),
                 )
-            })
+            })?;
+        // Its sealed value opens under the instance and tenant it names: a record copied
+        // under another instance's key would reveal (or rotate) that other instance's.
+        if w.value.instance != id {
+            tracing::error!(
+                instance = id,
+                "webhook secret record names another instance"
+            );
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "the stored webhook secret does not belong to this instance",
+            ));
+        }
+        Ok(w)
     }
 
     pub(super) async fn plan_webhook_generate(

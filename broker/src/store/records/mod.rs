@@ -74,6 +74,25 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Refuses a secret version stored under another version's key, or another binding's: its
+/// ciphertext opens under the binding and version it names (they are in its AAD), so a
+/// whole record copied over another (a superseded version over the active one) would open.
+fn is_at(
+    v: &SecretVersion,
+    binding: &BindingId,
+    version: u32,
+    key: &str,
+) -> Result<(), StoreError> {
+    if v.binding == *binding && v.version == version {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt {
+            table: Table::Secrets.name(),
+            key: key.to_owned(),
+        })
+    }
+}
+
 /// The key of one secret version: versions sort numerically under their binding.
 pub fn secret_key(binding: &BindingId, version: u32) -> String {
     format!("{binding}/{version:010}")
@@ -213,8 +232,12 @@ impl Records {
         binding: &BindingId,
         version: u32,
     ) -> Result<Option<Arc<SecretVersion>>, StoreError> {
-        self.shared(Table::Secrets, &secret_key(binding, version))
-            .await
+        let key = secret_key(binding, version);
+        let found: Option<Arc<SecretVersion>> = self.shared(Table::Secrets, &key).await?;
+        match found {
+            Some(v) => is_at(&v, binding, version, &key).map(|()| Some(v)),
+            None => Ok(None),
+        }
     }
 
     async fn get_stored<T: DeserializeOwned>(
@@ -454,8 +477,12 @@ impl Records {
         binding: &BindingId,
         version: u32,
     ) -> Result<Option<Stored<SecretVersion>>, StoreError> {
-        self.get_stored(Table::Secrets, &secret_key(binding, version))
-            .await
+        let key = secret_key(binding, version);
+        let found: Option<Stored<SecretVersion>> = self.get_stored(Table::Secrets, &key).await?;
+        match found {
+            Some(v) => is_at(&v.value, binding, version, &key).map(|()| Some(v)),
+            None => Ok(None),
+        }
     }
 
     /// The secret version stored at `key` (a key a pass over the table returned), as read
