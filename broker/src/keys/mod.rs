@@ -91,6 +91,20 @@ pub fn read_private_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     Ok(bytes)
 }
 
+/// The temporary file `path` is written through: `.<name>.tmp` beside it, never the file
+/// itself (`with_extension("tmp")` returns a path ending in `.tmp` unchanged, whose
+/// removal deleted the live key before its replacement was written) and not shared by two
+/// files of one stem (the audit key pair's `.key` and `.pub`).
+fn temporary_of(path: &Path) -> Result<PathBuf, KeyError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| KeyError::Invalid(format!("{}: not a file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    Ok(path.with_file_name(tmp_name))
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600.
 ///
 /// # Errors
@@ -99,7 +113,7 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = path.with_extension("tmp");
+    let tmp = temporary_of(path)?;
     // A leftover (a crash, or a link planted to redirect the write) is removed, never
     // followed: the new file is created fresh, without following a symlink.
     match fs::remove_file(&tmp) {
@@ -475,6 +489,36 @@ impl FingerprintKey {
 mod tests {
     use super::*;
 
+    /// A key path that ends in `.tmp` is replaced through another file (its temporary was
+    /// once the path itself, deleted first); the audit key pair's two files do not share a
+    /// temporary name; and a replacement leaves nothing behind.
+    #[test]
+    fn a_private_file_is_replaced_through_a_temporary_of_its_own() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            temporary_of(&p("/k/kek.tmp")).unwrap(),
+            p("/k/.kek.tmp.tmp")
+        );
+        assert_ne!(
+            temporary_of(&p("/k/audit-signing.key")).unwrap(),
+            temporary_of(&p("/k/audit-signing.pub")).unwrap()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.tmp");
+        write_private_file(&path, b"one").unwrap();
+        write_private_file(&path, b"two").unwrap();
+        assert_eq!(&read_private_file(&path).unwrap()[..], b"two");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("kek.tmp")],
+            "no temporary left"
+        );
+    }
+
     #[test]
     fn keyring_round_trip_and_rotation() {
         let mut k = Keyring::generate().unwrap();
@@ -549,7 +593,7 @@ mod tests {
         // A link planted where the writer puts its temporary file is removed, not followed.
         let target = dir.path().join("elsewhere");
         fs::write(&target, b"untouched").unwrap();
-        std::os::unix::fs::symlink(&target, path.with_extension("tmp")).unwrap();
+        std::os::unix::fs::symlink(&target, temporary_of(&path).unwrap()).unwrap();
         Keyring::generate().unwrap().save(&path).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"untouched");
         assert!(Keyring::load(&path).is_ok());
