@@ -145,6 +145,35 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     .unwrap();
     expect_fail(&d, "permissions.keys.kek_file", "0644");
 
+    // A key of the broker's through a symbolic link: `serve` refuses to read it so.
+    let d = copy(&healthy, root, "linked");
+    std::fs::rename(d.join("keys/fingerprint.key"), d.join("keys/real.key")).unwrap();
+    std::os::unix::fs::symlink(d.join("keys/real.key"), d.join("keys/fingerprint.key")).unwrap();
+    expect_fail(&d, "permissions.keys.fingerprint_key_file", "symbolic link");
+
+    // The TLS key readable by the daemon's group (the systemd layout): fine; by others: not.
+    let d = copy(&healthy, root, "tls-group");
+    std::fs::set_permissions(
+        d.join("pki/server.key"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let (_, v, _) = dev_doctor(&d);
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["check"] != "permissions.tls.key"),
+        "{v:#}"
+    );
+    std::fs::set_permissions(
+        d.join("pki/server.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    expect_fail(&d, "permissions.tls.key", "0644");
+
     // The server certificate expired (its key matches: the TLS setup itself loads).
     let d = copy(&healthy, root, "expired");
     let now = OffsetDateTime::now_utc();

@@ -100,15 +100,18 @@ pub fn installation_identifier(id: u64) -> String {
     format!("github_installation:{id}")
 }
 
-/// A secret file (the webhook secret, an App private key file) must be the daemon user's
-/// alone (mode 0600 or stricter): whoever reads the webhook secret forges GitHub's
-/// deliveries, whoever reads the App key mints for every installation.
-fn check_private_file(path: &std::path::Path) -> Result<(), String> {
+/// Reads a secret file (the webhook secret, an App private key file), which must be the
+/// daemon user's alone (mode 0600 or stricter): whoever reads the webhook secret forges
+/// GitHub's deliveries, whoever reads the App key mints for every installation. The mode is
+/// that of the file opened and read (a link's target: secret mounts are links), so a file
+/// swapped between the check and the read is not read unchecked.
+fn read_private_file(path: &std::path::Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .permissions()
-        .mode();
+    let shown = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(shown)?;
+    let meta = file.metadata().map_err(shown)?;
+    let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(format!(
             "{}: this secret file is open to group or others (mode {:o}); chmod 600 it",
@@ -116,7 +119,11 @@ fn check_private_file(path: &std::path::Path) -> Result<(), String> {
             mode & 0o777
         ));
     }
-    Ok(())
+    // Sized first: a buffer that grew would leave copies of the secret behind.
+    let size = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(size));
+    file.read_to_end(&mut bytes).map_err(shown)?;
+    Ok(bytes)
 }
 
 impl GithubApp {
@@ -130,9 +137,8 @@ impl GithubApp {
         let ceiling_value: Value = serde_json::from_slice(&read(&settings.ceiling_file)?)
             .map_err(|e| format!("{}: {e}", settings.ceiling_file.display()))?;
         let ceiling = GithubCeiling::from_value(&ceiling_value)?;
-        check_private_file(&settings.webhook_secret_file)?;
         // Read and trimmed in buffers wiped when dropped: only the SecretString keeps it.
-        let raw = zeroize::Zeroizing::new(read(&settings.webhook_secret_file)?);
+        let raw = read_private_file(&settings.webhook_secret_file)?;
         let mut secret = zeroize::Zeroizing::new(
             std::str::from_utf8(&raw)
                 .map_err(|_| "webhook secret must be text".to_owned())?
@@ -144,11 +150,8 @@ impl GithubApp {
         }
         let file_key = match &settings.private_key_file {
             Some(p) => Some(
-                EncodingKey::from_rsa_pem(&zeroize::Zeroizing::new({
-                    check_private_file(p)?;
-                    read(p)?
-                }))
-                .map_err(|_| format!("{}: not an RSA private key", p.display()))?,
+                EncodingKey::from_rsa_pem(&read_private_file(p)?)
+                    .map_err(|_| format!("{}: not an RSA private key", p.display()))?,
             ),
             None => None,
         };

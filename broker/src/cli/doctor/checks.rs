@@ -129,15 +129,43 @@ fn keys(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
         let Ok(meta) = std::fs::metadata(&path) else {
             continue; // said by `files`
         };
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        // The broker's own keys are opened without following a link (`serve` refuses one);
+        // the TLS keys may be links (a secret mount's files are).
+        let own = name.starts_with("keys.");
+        if own && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
             out.push(Finding::fail(
                 &format!("permissions.{name}"),
                 format!(
-                    "{} has mode {mode:04o}: readable by others than its owner",
+                    "{} is a symbolic link: `serve` refuses to read a key through one",
                     path.display()
                 ),
-                format!("chmod 600 {} (owned by the daemon's user)", path.display()),
+                format!(
+                    "replace the link with the file itself ({}, mode 0600)",
+                    path.display()
+                ),
+            ));
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        // A TLS key may be readable by the daemon's group (`root:credbroker 0640`, the
+        // systemd layout), never by others; the broker's keys by their owner only.
+        let open_to = if own { 0o077 } else { 0o137 };
+        if mode & open_to != 0 {
+            let (who, fix) = if own {
+                (
+                    "others than its owner",
+                    format!("chmod 600 {} (owned by the daemon's user)", path.display()),
+                )
+            } else {
+                (
+                    "others than its owner and group, or writable by its group",
+                    format!("chmod 640 {} (root-owned, the daemon's group) or 600 (owned by the daemon's user)", path.display()),
+                )
+            };
+            out.push(Finding::fail(
+                &format!("permissions.{name}"),
+                format!("{} has mode {mode:04o}: open to {who}", path.display()),
+                fix,
             ));
             continue;
         }
