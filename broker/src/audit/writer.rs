@@ -149,6 +149,8 @@ pub struct AuditLog {
 }
 
 struct Writer {
+    /// The audit directory's lock, held while this writer lives: one writer per log.
+    _lock: File,
     config: AuditConfig,
     live: Live,
     tail: Tail,
@@ -430,6 +432,38 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
     }
 }
 
+/// Takes the audit directory's lock (`<dir>/.lock`, an exclusive `flock`), which the writer
+/// holds while it lives: two processes appending to one log (a daemon and an offline
+/// command on a PostgreSQL store, which sled's own lock does not keep apart, or two offline
+/// commands) would each chain onto the same last record and fork it.
+fn lock_dir(dir: &std::path::Path) -> Result<File, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| AuditError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |e| AuditError::Open {
+            path: dir.display().to_string(),
+            reason: if e == rustix::io::Errno::WOULDBLOCK {
+                "another credbroker process is writing this audit log (its .lock is held): stop it first".into()
+            } else {
+                format!("cannot lock {}: {e}", path.display())
+            },
+        },
+    )?;
+    Ok(file)
+}
+
 impl AuditLog {
     /// Opens (creating if needed) the log, recovers its tail, and starts the writer thread.
     ///
@@ -461,6 +495,7 @@ impl AuditLog {
                 super::segments::sync_dir(parent).map_err(open_err)?;
             }
         }
+        let lock = lock_dir(&config.dir)?;
         let (live, tail, torn) = open_live(&config)?;
         let log = live.path.clone();
         let (checkpoints, last_checkpoint) = open_checkpoints(&checkpoints_path(&config.dir))?;
@@ -500,6 +535,7 @@ impl AuditLog {
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
         let writer = Writer {
+            _lock: lock,
             config,
             live,
             tail,

@@ -203,6 +203,7 @@ fn a_failed_batch_whose_rollback_did_not_happen_is_never_chained_onto() {
     let at = tail.len;
     let seg = live.path.clone();
     let mut writer = Writer {
+        _lock: lock_dir(&dir).unwrap(),
         config: config(&dir),
         live,
         tail,
@@ -503,4 +504,22 @@ async fn bytes_after_the_last_segments_seal_stop_the_start_and_are_kept() {
         planted,
         "the bytes were cleared"
     );
+}
+
+/// One writer per log: a second open of the same directory (another process, or an offline
+/// command beside a daemon on a PostgreSQL store) is refused while the first lives, and
+/// allowed once it closed.
+#[test]
+fn a_log_has_one_writer_at_a_time() {
+    let (_tmp, keys, dir) = dirs();
+    let first = AuditLog::open(config(&dir), signer(&keys)).unwrap();
+    let Err(second) = AuditLog::open(config(&dir), signer(&keys)) else {
+        panic!("a second writer opened the log");
+    };
+    assert!(
+        second.to_string().contains("another credbroker process"),
+        "{second}"
+    );
+    first.close();
+    AuditLog::open(config(&dir), signer(&keys)).unwrap().close();
 }
