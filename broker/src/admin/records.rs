@@ -257,6 +257,9 @@ impl AdminService {
             json!({ "operator": to_value(&operator) }),
         );
         plan.batch.create(&operator);
+        // Still not retired when the batch commits (on any replica).
+        plan.batch
+            .expect_identifier_free(&super::workers::retired_operator_name(operator.id.as_str()));
         // The first registration switches enforcement on: the caller is registered with it,
         // or they would lock themselves out with their next request.
         let first = self

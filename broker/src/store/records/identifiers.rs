@@ -242,6 +242,14 @@ impl Batch {
             .push(Op::Put(Table::Identifiers, key, encode(owner)))
     }
 
+    /// Requires `identifier` to be held by nobody when the batch commits.
+    pub fn expect_identifier_free(&mut self, identifier: &str) -> &mut Self {
+        self.push(Op::ExpectAbsent(
+            Table::Identifiers,
+            exclusive_key(identifier),
+        ))
+    }
+
     /// Frees `identifier`, which must be held.
     pub fn release_identifier(&mut self, identifier: &str) -> &mut Self {
         let key = exclusive_key(identifier);
