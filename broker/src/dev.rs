@@ -87,8 +87,27 @@ pub fn pki_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("pki")
 }
 
+/// Writes a file that is not secret (a certificate, the config) as the keys are written:
+/// through a fresh temporary renamed over it, never following a link planted in its place.
+/// (Mode 0600: the directory is the user's alone anyway.)
 fn write_public(path: &Path, text: &str) -> Result<(), DevError> {
-    std::fs::write(path, text).map_err(|e| DevError(format!("{}: {e}", path.display())))
+    write_private_file(path, text.as_bytes()).map_err(dev_err)
+}
+
+/// Refuses a dev directory another user could have prepared: one not owned by this user, or
+/// writable by group or others. `dev` trusts what it finds there (a CA, keys, a config), so
+/// a directory someone else made (`/tmp/credbroker-dev`) could hand them its operator.
+fn check_own_dir(dir: &Path) -> Result<(), DevError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).map_err(|e| DevError(format!("{}: {e}", dir.display())))?;
+    let me = rustix::process::getuid().as_raw();
+    if meta.uid() != me || meta.permissions().mode() & 0o022 != 0 {
+        return Err(DevError(format!(
+            "{} belongs to another user or is writable by group or others: `dev` trusts the CA and keys it finds there. Use a directory of your own (mode 0700)",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 fn ensure_pki(data_dir: &Path) -> Result<(), DevError> {
@@ -145,6 +164,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> 
             .map_err(|e| DevError(format!("{}: {e}", data_dir.display())))?;
     }
     let data_dir = data_dir.canonicalize().map_err(dev_err)?;
+    check_own_dir(&data_dir)?;
     ensure_pki(&data_dir)?;
     // Written from the config type itself, so the file always parses as the daemon reads it.
     let written = Config::with_defaults(

@@ -79,3 +79,46 @@ async fn dev_mode_contract() {
     let (c, out, err) = run_cli(&["audit", "verify", "--data-dir", d]);
     assert_eq!(c, 0, "{out}{err}");
 }
+
+/// `dev` trusts the CA and keys it finds in its directory: one another user could have
+/// prepared (group- or world-writable, as a shared `/tmp/credbroker-dev` would be) is
+/// refused before anything in it is read or written.
+#[test]
+fn a_dev_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut child = std::process::Command::new(daemon_bin())
+        .args([
+            "dev",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("dev started in a directory others can write");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing was written into it"
+    );
+}
