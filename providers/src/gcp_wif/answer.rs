@@ -57,8 +57,8 @@ fn unavailable(message: String) -> ProviderError {
 /// Parses STS's answer to the token exchange.
 ///
 /// # Errors
-/// `Denied` for Google's refusals (`invalid_grant`: the customer's provider rejected our
-/// assertion — its attribute condition, issuer or keys; `invalid_target`: the pool or
+/// `Denied` for Google's refusals (`unauthorized_client`: the customer's attribute condition
+/// rejected our assertion; `invalid_grant`: its issuer, keys or claims; `invalid_target`: the pool or
 /// provider is disabled, deleted or wrong — both flag the trust as broken), `Unavailable`
 /// for 429, 5xx and unreadable answers.
 pub fn sts_answer(status: u16, body: &[u8]) -> Result<StsToken, ProviderError> {
@@ -82,8 +82,8 @@ pub fn sts_answer(status: u16, body: &[u8]) -> Result<StsToken, ProviderError> {
             .map(clean)
             .unwrap_or_default();
         return Err(match error.as_deref() {
-            Some("invalid_grant") => denied(
-                format!("GCP STS refused the broker's assertion (invalid_grant): {description}"),
+            Some(e @ ("invalid_grant" | "unauthorized_client")) => denied(
+                format!("GCP STS refused the broker's assertion ({e}): {description}"),
                 true,
             ),
             Some("invalid_target") => denied(
@@ -115,18 +115,22 @@ pub fn sts_answer(status: u16, body: &[u8]) -> Result<StsToken, ProviderError> {
     })
 }
 
-/// Whether STS refused an exchange the way a subject condition does: 400 `invalid_grant`
-/// whose description names the attribute condition ("The given credential is rejected by
-/// the attribute condition."). STS answers `invalid_grant` for other reasons too — the
-/// issuer unreachable, a signing key its JWKS (fetched or pinned inline) does not hold yet,
-/// a stale token — and none of them shows the condition pins the subject.
+/// Whether STS refused an exchange the way a subject condition does: 400
+/// `unauthorized_client` (what Google answers; `invalid_grant` is accepted too) whose
+/// description names the attribute condition ("The given credential is rejected by the
+/// attribute condition."). STS answers `invalid_grant` for other reasons — the issuer
+/// unreachable, a signing key its JWKS (fetched or pinned inline) does not hold yet, a stale
+/// token — and none of them shows the condition pins the subject.
 pub fn refused_by_condition(status: u16, body: &[u8]) -> bool {
     status == 400
         && serde_json::from_slice::<Value>(body).is_ok_and(|v| {
-            v.get("error").and_then(Value::as_str) == Some("invalid_grant")
-                && v.get("error_description")
-                    .and_then(Value::as_str)
-                    .is_some_and(|d| d.to_ascii_lowercase().contains("attribute condition"))
+            matches!(
+                v.get("error").and_then(Value::as_str),
+                Some("unauthorized_client" | "invalid_grant")
+            ) && v
+                .get("error_description")
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.to_ascii_lowercase().contains("attribute condition"))
         })
 }
 
@@ -269,9 +273,17 @@ mod tests {
 
     #[test]
     fn only_the_attribute_condition_s_refusal_counts() {
-        let condition = br#"{"error":"invalid_grant","error_description":"The given credential is rejected by the attribute condition."}"#;
+        let condition = br#"{"error":"unauthorized_client","error_description":"The given credential is rejected by the attribute condition."}"#;
         assert!(refused_by_condition(400, condition));
         assert!(!refused_by_condition(403, condition));
+        assert!(refused_by_condition(
+            400,
+            br#"{"error":"invalid_grant","error_description":"The given credential is rejected by the attribute condition."}"#
+        ));
+        assert_eq!(
+            code(&sts_answer(400, condition).err().unwrap()),
+            ("denied", true)
+        );
         for other in [
             &br#"{"error":"invalid_grant","error_description":"Error connecting to the given credential's issuer."}"#[..],
             br#"{"error":"invalid_grant","error_description":"Invalid JWT signature."}"#,

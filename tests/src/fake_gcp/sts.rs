@@ -141,7 +141,9 @@ impl GcpState {
         }
         if let Some(pinned) = &spec.subject_condition {
             if *pinned != subject {
-                return grant(CONDITION_REJECTED.into());
+                // Google's own error code for it (not listed in PROTOCOLS.md, whose list
+                // has invalid_grant, invalid_request and invalid_target only).
+                return oauth_error("unauthorized_client", CONDITION_REJECTED);
             }
         }
         let ttl = *self.federated_ttl_s.lock().unwrap();

@@ -126,7 +126,7 @@ async fn foreign_subject_is_refused_unless_the_customer_left_it_open() {
     let (fake, key, spec) = setup().await;
     let foreign = jwt(&key, &claims(&spec, "cb-foreign"));
     let (s, v) = exchange(&fake, &spec, &foreign).await;
-    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!((s, v["error"].as_str()), (400, Some("unauthorized_client")));
     assert_eq!(v["error_description"], CONDITION_REJECTED);
     // No attribute condition: STS accepts it, the principal grant still refuses it.
     fake.update_provider(&spec.resource(), |p| p.subject_condition = None);
