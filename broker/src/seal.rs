@@ -32,6 +32,10 @@ pub enum SealError {
     /// The CSPRNG or cipher failed.
     #[error("cryptographic failure while sealing")]
     Crypto,
+    /// A secret of the tenant `platform`: releases before schema 3 sealed platform keys so,
+    /// and one sealed now could be passed off as such a key (see [`seal_secret`]).
+    #[error("the tenant id `platform` is reserved: nothing is sealed for it")]
+    ReservedTenant,
 }
 
 /// The sealed parts of one secret version.
@@ -193,6 +197,13 @@ pub fn seal_secret(
     version: u32,
     fields: &SecretFields,
 ) -> Result<Sealed, SealError> {
+    // Releases before schema 3 sealed platform keys (the issuer's, the GitHub App's) as
+    // secrets of a tenant `platform`, and the broker re-seals such a key as a platform key
+    // when it upgrades a store. A secret sealed for a tenant of that name (one planted in
+    // the store, given a value through its intake link) would read as one.
+    if tenant.as_str() == RESERVED_TENANT {
+        return Err(SealError::ReservedTenant);
+    }
     seal(
         keyring,
         SealContext::TenantSecret {
@@ -203,6 +214,9 @@ pub fn seal_secret(
         fields,
     )
 }
+
+/// The tenant id nothing is sealed for (see [`seal_secret`]).
+pub const RESERVED_TENANT: &str = "platform";
 
 /// Seals `fields` as the item `ctx` under the active KEK.
 ///
@@ -469,7 +483,21 @@ mod tests {
             .err(),
             Some(SealError::Authentication)
         );
-        let legacy = seal_secret(&k, &t, &b, 1, &fields()).unwrap();
+        assert_eq!(
+            seal_secret(&k, &t, &b, 1, &fields()).err(),
+            Some(SealError::ReservedTenant),
+            "nothing is sealed for the tenant platform"
+        );
+        let legacy = seal(
+            &k,
+            SealContext::TenantSecret {
+                tenant: &t,
+                binding: &b,
+                version: 1,
+            },
+            &fields(),
+        )
+        .unwrap();
         let as_key = SealContext::PlatformKey {
             kind: "github_app",
             version: 1,

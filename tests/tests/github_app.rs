@@ -1226,11 +1226,14 @@ async fn seal_app_key_the_old_way(env: &Env, schema: Option<&[u8]>) {
         rec["sealed_payload"].as_str().unwrap(),
     )
     .unwrap();
-    let legacy = credbroker::seal::seal_secret(
+    // (seal_secret refuses the tenant `platform`: the old sealing is made by hand.)
+    let legacy = credbroker::seal::seal(
         &keyring,
-        &credbroker::ids::TenantId::parse("platform").unwrap(),
-        &credbroker::ids::BindingId::parse("github_app").unwrap(),
-        2,
+        credbroker::seal::SealContext::TenantSecret {
+            tenant: &credbroker::ids::TenantId::parse("platform").unwrap(),
+            binding: &credbroker::ids::BindingId::parse("github_app").unwrap(),
+            version: 2,
+        },
         &material,
     )
     .unwrap();
@@ -1256,18 +1259,33 @@ async fn seal_app_key_the_old_way(env: &Env, schema: Option<&[u8]>) {
 /// Someone who can write the store copies a tenant secret's sealed fields into the platform
 /// keys' table as a key sealed the old way (a tenant called `platform` makes them open as
 /// one): the re-seal that upgrades an old store would turn it into a platform key they know
-/// (an issuer key every customer's trust accepts). It runs only on a store upgraded from
-/// before schema 3: in a current store such a key stops the start, and nothing is re-sealed.
+/// (an issuer key every customer's trust accepts). The tenant id `platform` is reserved, and
+/// the re-seal runs only on a store an upgrade marked: in a current store such a key stops
+/// the start, and nothing is re-sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_sealed_the_old_way_in_a_current_store_is_refused_not_resealed() {
     let mut env = start(3600).await;
     add_key(&mut env.op, &env.key_a).await;
+    // The way to such a copy: a tenant `platform` whose binding gets a secret. The id is
+    // reserved (and nothing is sealed for it: seal_secret's own test).
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "platform"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
     env.daemon.stop();
     seal_app_key_the_old_way(&env, None).await;
     let (code, err) = env.daemon.serve_refused(&[]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("github_app/2") && err.contains("not upgraded from one"),
+        err.contains("github_app/2") && err.contains("not marked for their re-seal"),
         "{err}"
     );
     assert!(

@@ -233,17 +233,20 @@ impl AdminService {
     /// batch cannot be written (nothing is changed then).
     pub async fn migrate_platform_key_sealing(&self) -> Result<usize, ApiError> {
         use crate::store::{Op, Table, RESEAL_PENDING, RESEAL_PLATFORM_KEYS_KEY};
-        let keys = self
-            .core
-            .records
-            .all_platform_keys()
-            .await
-            .map_err(store_err)?;
+        // The mark first: another replica's re-seal committed between the two reads then
+        // leaves it present and the keys re-sealed (a conflict below), never the keys old and
+        // the mark gone.
         let mark = self
             .core
             .records
             .store()
             .get(Table::Meta, RESEAL_PLATFORM_KEYS_KEY)
+            .await
+            .map_err(store_err)?;
+        let keys = self
+            .core
+            .records
+            .all_platform_keys()
             .await
             .map_err(store_err)?;
         let legacy: Vec<_> = keys
@@ -261,7 +264,7 @@ impl AdminService {
                 return Err(ApiError::new(
                     ErrorCode::Internal,
                     format!(
-                        "platform key(s) {} sealed the way releases before schema 3 sealed them, in a store that was not upgraded from one: refusing to re-seal them (written outside the broker?); restore the store from a backup",
+                        "platform key(s) {} sealed the way releases before schema 3 sealed them, in a store not marked for their re-seal by an upgrade from such a release: refusing to re-seal them (written outside the broker?). A store an offline command of an earlier release upgraded, never started since: start that release once first",
                         names.join(", ")
                     ),
                 ));
@@ -334,10 +337,26 @@ impl AdminService {
             )),
             ..Default::default()
         };
-        self.commit_audited(event, batch, None)
-            .await
-            .map_err(|(e, _)| e)?;
-        Ok(moved.len())
+        match self.commit_audited(event, batch, None).await {
+            Ok(_) => Ok(moved.len()),
+            // Another replica starting at the same moment removed the mark first: it
+            // re-sealed them (its record says so).
+            Err((e, _)) if e.code == ErrorCode::Conflict => {
+                let mark = self
+                    .core
+                    .records
+                    .store()
+                    .get(Table::Meta, RESEAL_PLATFORM_KEYS_KEY)
+                    .await
+                    .map_err(store_err)?;
+                if mark.is_none() {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            }
+            Err((e, _)) => Err(e),
+        }
     }
 
     /// Loads every provider's platform keys (at start).

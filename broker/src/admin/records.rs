@@ -287,6 +287,12 @@ impl AdminService {
     }
 
     pub(super) async fn plan_add_tenant(&self, t: NewTenant) -> Result<Plan, ApiError> {
+        if t.id.as_str() == crate::seal::RESERVED_TENANT {
+            return Err(ApiError::bad_request(format!(
+                "the tenant id {:?} is reserved (releases before schema 3 kept the platform keys under it)",
+                crate::seal::RESERVED_TENANT
+            )));
+        }
         let tenant = Tenant {
             id: t.id,
             name: t.name,

@@ -600,15 +600,15 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
                 "upgrading the store schema in place"
             );
             batch.push(Op::ExpectValue(Table::Meta, SCHEMA_KEY.into(), v.to_vec()));
-            // Only a store from before schema 3 may hold platform keys sealed the old way:
-            // the broker re-seals them at its next start, and only while this mark is there.
-            if v != b"3" {
-                batch.push(Op::Put(
-                    Table::Meta,
-                    RESEAL_PLATFORM_KEYS_KEY.into(),
-                    RESEAL_PENDING.to_vec(),
-                ));
-            }
+            // Only such a store may hold platform keys sealed the old way (a version 3 one
+            // too, if an offline command of that release upgraded it and no broker started
+            // on it since): the broker re-seals them at its next start, and only while this
+            // mark is there.
+            batch.push(Op::Put(
+                Table::Meta,
+                RESEAL_PLATFORM_KEYS_KEY.into(),
+                RESEAL_PENDING.to_vec(),
+            ));
         }
         Some(v) => {
             return Err(StoreError::Schema {
@@ -658,12 +658,12 @@ mod tests {
                 batch.ops.last(),
                 Some(Op::Put(Table::Meta, _, v)) if v == b"4"
             ));
-            // Only stores from before schema 3 are marked for the platform keys' re-seal.
+            // Every upgraded store is marked for the platform keys' re-seal.
             let marked = batch.ops.iter().any(|op| {
                 matches!(op, Op::Put(Table::Meta, k, v)
                     if k == RESEAL_PLATFORM_KEYS_KEY && v == RESEAL_PENDING)
             });
-            assert_eq!(marked, old != b"3", "{:?}", String::from_utf8_lossy(old));
+            assert!(marked, "{:?}", String::from_utf8_lossy(old));
         }
         let new = schema_upgrade(None).unwrap().unwrap();
         assert!(!new
