@@ -90,7 +90,7 @@ impl Drop for RecordingSigner {
         if !self.called_upstream.load(Ordering::Acquire) && signed.is_none() {
             return;
         }
-        let gone = "the client went away before the answer; the mint it started ran (a credential it returned is cached, not handed out)";
+        let gone = "the client went away before the answer while the mint it started ran (the token cache keeps what a cached provider's mint returns; an uncached one's is cut short); nothing was handed to this client";
         event.detail = Some(match signed {
             Some(signed) => format!("{gone}; {signed}"),
             None => gone.to_owned(),

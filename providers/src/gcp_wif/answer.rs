@@ -151,9 +151,10 @@ pub fn refused_by_grant(status: u16, body: &[u8]) -> bool {
 /// # Errors
 /// `Denied` for 403 `PERMISSION_DENIED` and 404 (the customer removed the
 /// `workloadIdentityUser` grant or the service account: trust broken) and other 4xx;
-/// `Unavailable` for 429, 5xx and unreadable answers, or an expiry in the past or later than
-/// the `lifetime_s` asked for (plus 5 minutes of clock skew): a token said to live longer
-/// than Google lets it would be served from the cache after it stopped working.
+/// `Unavailable` for 429, 5xx and unreadable answers, or an expiry in the past or more than
+/// 12 h away. An expiry later than the `lifetime_s` asked for is taken as now + `lifetime_s`:
+/// Google ends the token then, and a token said to live longer would be served from the
+/// cache after it stopped working (a clock behind Google's by minutes changes nothing).
 pub fn iam_answer(status: u16, body: &[u8], lifetime_s: u64) -> Result<AccessToken, ProviderError> {
     if body.len() > MAX_ANSWER {
         return Err(unavailable(format!(
@@ -191,15 +192,17 @@ pub fn iam_answer(status: u16, body: &[u8], lifetime_s: u64) -> Result<AccessTok
         .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
         .ok_or_else(|| unavailable("IAM Credentials expireTime missing or not RFC 3339".into()))?;
     let now = OffsetDateTime::now_utc();
-    let asked = time::Duration::seconds(i64::try_from(lifetime_s.min(43_200)).unwrap_or(43_200));
-    if expires_at <= now || expires_at > now + asked + time::Duration::minutes(5) {
-        return Err(unavailable(format!(
-            "IAM Credentials expireTime is in the past or later than the {lifetime_s} s asked for"
-        )));
+    if expires_at <= now
+        || expires_at > now + time::Duration::hours(12) + time::Duration::minutes(5)
+    {
+        return Err(unavailable(
+            "IAM Credentials expireTime is in the past or more than 12 h away".into(),
+        ));
     }
+    let asked = time::Duration::seconds(i64::try_from(lifetime_s.min(43_200)).unwrap_or(43_200));
     Ok(AccessToken {
         access_token: SecretString::from(token.to_owned()),
-        expires_at,
+        expires_at: expires_at.min(now + asked),
     })
 }
 
@@ -241,16 +244,17 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(code(&e), ("denied", false));
-        // Two hours, when one was asked for: refused (a longer lifetime is never granted).
-        let in_two_hours = (OffsetDateTime::now_utc() + time::Duration::hours(2))
+        // Two hours, when one was asked for: held for one (Google ends it then).
+        let now = OffsetDateTime::now_utc();
+        let in_two_hours = (now + time::Duration::hours(2))
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
         let long = format!(r#"{{"accessToken":"a","expireTime":"{in_two_hours}"}}"#);
-        assert_eq!(
-            code(&iam_answer(200, long.as_bytes(), 3600).err().unwrap()).0,
-            "unavailable"
-        );
-        assert!(iam_answer(200, long.as_bytes(), 7200).is_ok());
+        let held = iam_answer(200, long.as_bytes(), 3600).unwrap().expires_at;
+        assert!(held <= OffsetDateTime::now_utc() + time::Duration::hours(1));
+        assert!(held >= now + time::Duration::hours(1));
+        let held = iam_answer(200, long.as_bytes(), 7200).unwrap().expires_at;
+        assert!(held > now + time::Duration::minutes(119));
         for (s, b) in [
             (503, &b"{}"[..]),
             (429, b"{}"),

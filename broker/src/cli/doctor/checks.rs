@@ -147,11 +147,12 @@ fn keys(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
             continue;
         }
         let mode = meta.permissions().mode() & 0o777;
-        // A TLS key may be readable by the daemon's group (`root:credbroker 0640`, the
-        // systemd layout), never by others; the broker's keys by their owner only.
-        let open_to = if own { 0o077 } else { 0o137 };
+        // A root-owned TLS key may be readable by the daemon's group (`root:credbroker 0640`,
+        // the systemd layout), never by others; any other key by its owner only.
+        let root_owned = std::os::unix::fs::MetadataExt::uid(&meta) == 0;
+        let open_to = if own || !root_owned { 0o077 } else { 0o137 };
         if mode & open_to != 0 {
-            let (who, fix) = if own {
+            let (who, fix) = if open_to == 0o077 {
                 (
                     "others than its owner",
                     format!("chmod 600 {} (owned by the daemon's user)", path.display()),
