@@ -131,6 +131,9 @@ pub struct Core {
     pub(crate) records: Records,
     pub(crate) keyring: Keyring,
     pub(crate) audit: AuditLog,
+    /// Resolves' stand-in records not settled yet (a mint still running for a resolve whose
+    /// client went away): shutdown waits for them before closing the audit log.
+    pub(crate) pending_reports: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) fingerprint: FingerprintKey,
     pub(crate) cache: Arc<TokenCache>,
     pub(crate) breakers: Arc<crate::breaker::Breakers>,
@@ -294,6 +297,7 @@ impl Broker {
             bound: bound.clone(),
             replica,
             stop_renewal,
+            pending_reports: Arc::default(),
             governance: crate::governance::Governance::new(
                 settings.inventory.clone(),
                 settings.webhooks.clone(),
@@ -386,6 +390,26 @@ impl Broker {
     /// Stops the audit writer after a final checkpoint.
     pub fn shutdown(&self) {
         self.core.shutdown();
+    }
+
+    /// Waits, at most the mint timeout and 2 s, until no resolve's stand-in record is pending
+    /// (mints of resolves whose clients went away have ended and their records are written):
+    /// called before [`Broker::shutdown`] closes the audit log.
+    pub async fn settle_reports(&self) {
+        let within = self.core.mint_timeout() + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now() + within;
+        while self
+            .core
+            .pending_reports
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+        {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::error!("stopping with the record of a resolve whose client went away still unwritten (its mint had not ended)");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// See [`AdminService::catch_up`].

@@ -396,6 +396,9 @@ pub async fn run_with_broker(
     );
     let flushed = broker.flush_last_use().await;
     tracing::info!(rows = flushed, "wrote last-use times");
+    // Mints still running for resolves whose clients went away end within their timeout and
+    // then write those resolves' records.
+    broker.settle_reports().await;
     broker.shutdown();
     broker.leave().await;
     if wrote_pid.is_ok() {

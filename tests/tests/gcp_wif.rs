@@ -489,44 +489,7 @@ async fn a_resolve_whose_client_hangs_up_mid_mint_is_still_audited() {
     activated(&mut env, false).await;
     env.gcp.set_delay_ms(700);
     let sts0 = env.gcp.sts_calls();
-    {
-        let addr = env.daemon.url.trim_start_matches("https://").to_owned();
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = client_tls(&env.pki, "w1", b"h2")
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        let conn = tokio::spawn(conn);
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("https://localhost/v1/resolve")
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                json!({"instance_id": "ig1", "job_id": "hung-up"}).to_string(),
-            )))
-            .unwrap();
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            sender.send_request(req),
-        )
-        .await;
-        assert!(
-            answer.is_err(),
-            "answered before the upstream did: {answer:?}"
-        );
-        // The request is reset and the connection closed.
-        drop(sender);
-        conn.abort();
-    }
+    resolve_and_hang_up(&env, "hung-up").await;
     // The mint finishes (STS, then IAM, each held 700 ms) and its record is written.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let record = loop {
@@ -569,4 +532,62 @@ async fn a_resolve_whose_client_hangs_up_mid_mint_is_still_audited() {
         records.iter().filter(|r| r["job_id"] == "hung-up").count(),
         1
     );
+}
+
+/// As worker w1, asks for `ig1` with `job_id` over HTTP/2 and hangs up 300 ms later
+/// (the stream reset, the connection closed), before the answer.
+async fn resolve_and_hang_up(env: &IssuerEnv, job_id: &str) {
+    let addr = env.daemon.url.trim_start_matches("https://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = client_tls(&env.pki, "w1", b"h2")
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/v1/resolve")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json!({"instance_id": "ig1", "job_id": job_id}).to_string(),
+        )))
+        .unwrap();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        sender.send_request(req),
+    )
+    .await;
+    assert!(
+        answer.is_err(),
+        "answered before the upstream did: {answer:?}"
+    );
+    // The request is reset and the connection closed.
+    drop(sender);
+    conn.abort();
+}
+
+/// The daemon stopped (SIGTERM) while such a mint still runs: it waits for the mint to end
+/// and writes the resolve's record before closing the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_the_record_of_a_resolve_whose_client_hung_up() {
+    let mut env = IssuerEnv::start(3600, 300, "").await;
+    activated(&mut env, false).await;
+    env.gcp.set_delay_ms(1000);
+    resolve_and_hang_up(&env, "hung-up-at-stop").await;
+    env.daemon.stop();
+    let records = env.daemon.audit_records();
+    let record = records
+        .iter()
+        .find(|r| r["job_id"] == "hung-up-at-stop")
+        .expect("the record of the resolve whose client hung up, written before the stop");
+    assert_eq!(record["error_code"], "client_closed", "{record}");
 }

@@ -590,6 +590,19 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError`] when it could not be made durable: the caller must fail closed.
     pub async fn append(&self, event: AuditEvent) -> Result<AuditReceipt, AuditError> {
+        self.append_then(event, || {}).await
+    }
+
+    /// As [`AuditLog::append`], calling `queued` once the writer holds the event (before it
+    /// is durable): from then on it is written whether or not the caller still waits.
+    ///
+    /// # Errors
+    /// [`AuditError`] when it could not be made durable: the caller must fail closed.
+    pub async fn append_then(
+        &self,
+        event: AuditEvent,
+        queued: impl FnOnce(),
+    ) -> Result<AuditReceipt, AuditError> {
         // Back-pressure: at most QUEUE_BOUND appends are queued or being written; further
         // callers wait here (holding nothing else of the writer's) until one is durable.
         let _slot = self
@@ -601,6 +614,7 @@ impl AuditLog {
         self.tx
             .send(Msg::Append(Box::new(event), done))
             .map_err(|_| AuditError::Stopped)?;
+        queued();
         wait.await.map_err(|_| AuditError::Stopped)?
     }
 

@@ -25,7 +25,7 @@ use credbroker_providers::{ProviderError, SecretFields};
 
 use crate::model::{KeyState, PlatformKeyRecord};
 
-pub use signer::RecordingSigner;
+pub use signer::{PendingReport, RecordingSigner};
 
 /// The `kind` issuer keys are stored under (beside providers' platform keys).
 pub const KEY_KIND: &str = "issuer";

@@ -21,7 +21,31 @@ pub struct RecordingSigner {
     /// Whether a mint under this signer called its upstream.
     called_upstream: AtomicBool,
     /// The record to write if the operation never writes its own.
-    unreported: Mutex<Option<(crate::audit::AuditLog, crate::audit::AuditEvent)>>,
+    unreported: Mutex<
+        Option<(
+            crate::audit::AuditLog,
+            crate::audit::AuditEvent,
+            PendingReport,
+        )>,
+    >,
+}
+
+/// A stand-in record not settled yet (written, or found not needed), counted so that
+/// shutdown waits for it before closing the audit log.
+pub struct PendingReport(Arc<std::sync::atomic::AtomicUsize>);
+
+impl PendingReport {
+    /// One more pending in `count`.
+    pub fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> PendingReport {
+        count.fetch_add(1, Ordering::AcqRel);
+        PendingReport(Arc::clone(count))
+    }
+}
+
+impl Drop for PendingReport {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl RecordingSigner {
@@ -43,9 +67,10 @@ impl RecordingSigner {
         self,
         audit: crate::audit::AuditLog,
         event: crate::audit::AuditEvent,
+        pending: PendingReport,
     ) -> RecordingSigner {
         if let Ok(mut unreported) = self.unreported.lock() {
-            *unreported = Some((audit, event));
+            *unreported = Some((audit, event, pending));
         }
         self
     }
@@ -83,7 +108,9 @@ impl RecordingSigner {
 
 impl Drop for RecordingSigner {
     fn drop(&mut self) {
-        let Some((audit, mut event)) = self.unreported.get_mut().ok().and_then(Option::take) else {
+        let Some((audit, mut event, pending)) =
+            self.unreported.get_mut().ok().and_then(Option::take)
+        else {
             return;
         };
         let signed = self.detail();
@@ -99,6 +126,7 @@ impl Drop for RecordingSigner {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
+                    let _pending = pending;
                     if let Err(e) = audit.append(event).await {
                         tracing::error!(request_id, error = %e, "the record of a resolve whose client went away could not be written");
                     }

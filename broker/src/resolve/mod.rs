@@ -147,10 +147,17 @@ impl ResolveService {
             Err(r) => &r.facts,
         };
         let provider_label = facts.provider.as_deref().unwrap_or("none");
-        let receipt = self.core.audit.append(event).await;
-        if let Some(witness) = &decision.witness {
-            witness.reported();
-        }
+        // The stand-in is dropped as soon as this record is queued: from then on the writer
+        // has it, whether or not this resolve lives to hear that it is durable.
+        let receipt = self
+            .core
+            .audit
+            .append_then(event, || {
+                if let Some(witness) = &decision.witness {
+                    witness.reported();
+                }
+            })
+            .await;
         let tenant = facts.tenant.as_ref().map_or("", |t| t.as_str());
         let instance = facts.instance.as_ref().map_or("", |i| i.as_str());
         let worker = actor;
@@ -408,6 +415,7 @@ impl ResolveService {
                 Arc::new(self.core.assertion_signer().until_reported(
                     self.core.audit.clone(),
                     abandoned_event(&facts, request, who),
+                    crate::issuer::PendingReport::new(&self.core.pending_reports),
                 ))
             }));
             let secret = match &sealed {
