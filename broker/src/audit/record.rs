@@ -30,7 +30,8 @@ pub struct AuditEvent {
     /// Request id (also returned to the caller).
     pub request_id: String,
     /// `worker:<name>`, `operator:<name>`, `cli:<account>` (an offline command: the account
-    /// of its real uid, `cli:root(sudo:<name>)` through sudo) or `unidentified`.
+    /// of its real uid, then the login session's and sudo's caller in parentheses when
+    /// known) or `unidentified`.
     pub actor: String,
     /// Tenant the store derived (never one taken from the request alone).
     pub tenant: Option<String>,

@@ -312,16 +312,33 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
 }
 
 /// Who runs an offline command, for its audit record: `cli:<name>`, the account of the
-/// process's real uid (from `/etc/passwd`; `uid-<N>` when it has no entry), never `$USER`,
-/// which whoever runs the command sets as they like. Run through `sudo` as root, the
-/// invoking user sudo names is added as `cli:root(sudo:<name>)`.
+/// process's real uid (from `/etc/passwd`; `uid-<N>` when it has no entry there, as for
+/// directory-service accounts), never `$USER`, which whoever runs the command sets as they
+/// like. When the login session belongs to another account (`/proc/self/loginuid`, which
+/// `sudo -u credbroker` keeps), it is added: `cli:credbroker(login:alice)`; so is what sudo
+/// says of its caller, as a claim: `cli:root(login:alice,sudo:alice)`.
 pub(super) fn cli_actor() -> String {
     let uid = rustix::process::getuid().as_raw();
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let name = account_of(&passwd, uid).map_or_else(|| format!("uid-{uid}"), clean_name);
-    match std::env::var("SUDO_USER") {
-        Ok(by) if uid == 0 && !by.is_empty() => format!("cli:{name}(sudo:{})", clean_name(&by)),
-        _ => format!("cli:{name}"),
+    let name_of = |id: u32| account_of(&passwd, id).map_or_else(|| format!("uid-{id}"), clean_name);
+    let mut also = Vec::new();
+    // 4294967295: no login session (a service, a container).
+    if let Some(login) = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|l| *l != u32::MAX && *l != uid)
+    {
+        also.push(format!("login:{}", name_of(login)));
+    }
+    if let Ok(by) = std::env::var("SUDO_USER") {
+        if !by.is_empty() {
+            also.push(format!("sudo:{}", clean_name(&by)));
+        }
+    }
+    if also.is_empty() {
+        format!("cli:{}", name_of(uid))
+    } else {
+        format!("cli:{}({})", name_of(uid), also.join(","))
     }
 }
 
