@@ -201,11 +201,19 @@ pub async fn for_each_line(
             each(row.get::<_, &str>(1))?;
         }
         match rows.last() {
-            Some(last) if rows.len() as i64 == PAGE => next = last.get::<_, i64>(0) + 1,
+            // The column is the database's, not the record's: a page ending at the largest
+            // value (a row someone wrote) would wrap around and read the chain again forever.
+            Some(last) if rows.len() as i64 == PAGE => match last.get::<_, i64>(0).checked_add(1) {
+                Some(n) if n > next => next = n,
+                _ => return Err(format!("replica {replica}'s chain has a row at the largest sequence number: not a chain this broker wrote")),
+            },
             _ => return Ok(()),
         }
     }
 }
+
+/// What [`verify_chain`]'s reader returns to stop at the first failure.
+const STOPPED: &str = "stopped at the first failure";
 
 /// Verifies `replica`'s chain whole: every record, every checkpoint. The outer error is the
 /// database's, the inner the chain's first failure.
@@ -224,13 +232,19 @@ pub async fn verify_chain(
         Err(f) => return Ok(Err(f)),
     };
     let mut failure = None;
-    for_each_line(client, replica, 1, |line| {
-        if failure.is_none() {
-            failure = check.record(line.as_bytes()).err();
+    // Reading stops at the first failure: nothing after it changes the verdict.
+    let read = for_each_line(client, replica, 1, |line| match check.record(line.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(f) => {
+            failure = Some(f);
+            Err(STOPPED.into())
         }
-        Ok(())
     })
-    .await?;
+    .await;
+    match read {
+        Err(e) if e == STOPPED => {}
+        other => other?,
+    }
     Ok(match failure {
         Some(f) => Err(f),
         None => check.finish(),
