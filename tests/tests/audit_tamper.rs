@@ -248,6 +248,8 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     let (c, out) = verify_export_cli(&t2, &public_key);
     assert_eq!(c, 0, "{out}");
     assert!(out.contains("filtered export"), "{out}");
+    // ... and names the filter its signature covers.
+    assert!(out.contains("signed filter: tenant=t2"), "{out}");
 }
 
 /// Rewrites record line `line` of an export with `edit` applied and its own hash recomputed,

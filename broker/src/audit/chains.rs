@@ -233,11 +233,13 @@ pub async fn verify_chain(
     };
     let mut failure = None;
     // Reading stops at the first failure: nothing after it changes the verdict.
-    let read = for_each_line(client, replica, 1, |line| match check.record(line.as_bytes()) {
-        Ok(()) => Ok(()),
-        Err(f) => {
-            failure = Some(f);
-            Err(STOPPED.into())
+    let read = for_each_line(client, replica, 1, |line| {
+        match check.record(line.as_bytes()) {
+            Ok(()) => Ok(()),
+            Err(f) => {
+                failure = Some(f);
+                Err(STOPPED.into())
+            }
         }
     })
     .await;

@@ -42,6 +42,9 @@ pub struct VerifySummary {
     pub filtered: bool,
     /// For an export: the log's head sequence its signature covers.
     pub signed_head: Option<u64>,
+    /// For a filtered export: the filter its signature covers, as `tenant=… since=…
+    /// until=…` (the parts it has).
+    pub signed_filter: Option<String>,
     /// Hash of the last record checked.
     pub last_hash: Option<String>,
     /// Bytes of the log read (a live log: its length when the verification began).
@@ -108,6 +111,7 @@ impl<'a> Chain<'a> {
                 last_checkpoint: None,
                 filtered: !contiguous,
                 signed_head: None,
+                signed_filter: None,
                 last_hash: None,
                 bytes: 0,
             },

@@ -267,6 +267,9 @@ fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
             "last_seq": s.last_seq,
             "checkpoints": s.checkpoints,
             "last_checkpoint": s.last_checkpoint,
+            "filtered": s.filtered,
+            "signed_filter": s.signed_filter,
+            "signed_head": s.signed_head,
             "failure": null,
         }),
         Err(f) => serde_json::json!({
@@ -315,10 +318,10 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
         s.last_seq.map_or("-".into(), |v| v.to_string()),
         s.checkpoints,
         s.last_checkpoint.map_or("none".into(), |v| v.to_string()),
-        if s.filtered {
-            " (filtered export: every exported record is bound to the export's signature)"
-        } else {
-            ""
+        match (&s.signed_filter, s.filtered) {
+            (Some(f), _) => format!(" (filtered export, signed filter: {f}; it proves what it holds, not what the filter left out)"),
+            (None, true) => " (filtered: every record is bound to the signature)".to_owned(),
+            (None, false) => String::new(),
         },
         s.signed_head
             .map_or(String::new(), |h| format!(", export signed at log head {h}")),

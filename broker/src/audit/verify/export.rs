@@ -424,6 +424,17 @@ fn verify_document(
     }
     let mut summary = chain.finish()?;
     summary.signed_head = Some(h.head_seq);
+    if h.filtered {
+        let parts: Vec<String> = [
+            ("tenant", &h.tenant),
+            ("since", &h.since),
+            ("until", &h.until),
+        ]
+        .iter()
+        .filter_map(|(name, v)| v.as_ref().map(|v| format!("{name}={v}")))
+        .collect();
+        summary.signed_filter = Some(parts.join(" "));
+    }
     Ok((summary, h.set.clone(), h.replica))
 }
 
