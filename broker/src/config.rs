@@ -368,9 +368,13 @@ impl Config {
                 "audit.segment_mib must be between 1 and 4096 (MiB)".into(),
             ));
         }
-        if self.audit.max_batch == 0 || self.audit.checkpoint_every_records == 0 {
+        // Bounded: together they are the unsigned tail `audit verify` accepts (its
+        // `max_unanchored`), so a config could otherwise let a whole segment go unsigned.
+        if !(1..=4096).contains(&self.audit.max_batch)
+            || !(1..=100_000).contains(&self.audit.checkpoint_every_records)
+        {
             return Err(ConfigError(
-                "audit.max_batch and audit.checkpoint_every_records must be positive".into(),
+                "audit.max_batch must be between 1 and 4096 and audit.checkpoint_every_records between 1 and 100000".into(),
             ));
         }
         if let Some(id) = self

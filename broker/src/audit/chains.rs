@@ -136,22 +136,28 @@ pub async fn snapshot(client: &mut Client) -> Result<tokio_postgres::Transaction
         .map_err(|e| format!("database: {e}"))
 }
 
-/// The replicas that have a chain.
+/// The replicas that have a chain: that hold a record or a checkpoint. A chain whose
+/// records were all deleted still has its checkpoints, and is then verified (and fails)
+/// rather than left out.
 ///
 /// # Errors
-/// On a database error.
+/// On a database error, or a replica number no broker writes (negative).
 pub async fn replicas(client: &impl GenericClient) -> Result<Vec<u32>, String> {
     let rows = client
         .query(
-            "SELECT DISTINCT replica FROM credbroker_audit ORDER BY replica",
+            "SELECT replica FROM credbroker_audit UNION SELECT replica FROM credbroker_audit_checkpoints ORDER BY replica",
             &[],
         )
         .await
         .map_err(|e| format!("database: {e}"))?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| u32::try_from(r.get::<_, i32>(0)).ok())
-        .collect())
+    rows.iter()
+        .map(|r| {
+            let id = r.get::<_, i32>(0);
+            u32::try_from(id).map_err(|_| {
+                format!("the audit tables hold a chain of replica {id}, which no broker writes")
+            })
+        })
+        .collect()
 }
 
 /// Every checkpoint of `replica`'s chain, in sequence order.
