@@ -1171,7 +1171,7 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
     env.daemon.stop();
     // Rewrite the store as the previous release left it: schema 2, the key sealed with the
     // tenant-secret AAD of (platform, github_app, version), no `sealed_as` field.
-    seal_app_key_the_old_way(&env, Some(b"2")).await;
+    seal_app_key_the_old_way(&env, Some(b"2"), true).await;
     for _ in 0..2 {
         env.daemon.restart();
         env.op = env.pki.client_for("op", &env.daemon.url);
@@ -1202,7 +1202,7 @@ async fn platform_keys_of_the_previous_release_are_resealed_at_start() {
 /// Rewrites the stopped daemon's App key (version 2) as releases before schema 3 sealed it:
 /// with the tenant-secret AAD of (platform, github_app, 2) and no `sealed_as` field; and the
 /// schema version to `schema`, if given.
-async fn seal_app_key_the_old_way(env: &Env, schema: Option<&[u8]>) {
+async fn seal_app_key_the_old_way(env: &Env, schema: Option<&[u8]>, every_key: bool) {
     use credbroker::store::{Batch, Op, Table};
     let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
     let store = credbroker::store::open(&config.store, &config.data_dir)
@@ -1211,41 +1211,50 @@ async fn seal_app_key_the_old_way(env: &Env, schema: Option<&[u8]>) {
     let keyring = credbroker::keys::Keyring::load(&config.kek_file()).unwrap();
     let rows = store.scan(Table::PlatformKeys, "").await.unwrap();
     assert_eq!(rows.len(), 2, "the OAuth client secret and the App key");
-    let (key, raw) = &rows[1];
-    let mut rec: Value = serde_json::from_slice(raw).unwrap();
-    assert_eq!(rec["version"], 2, "the App key");
-    assert_eq!(rec["sealed_as"], "platform_key");
-    let material = credbroker::seal::open(
-        &keyring,
-        credbroker::seal::SealContext::PlatformKey {
-            kind: "github_app",
-            version: 2,
-        },
-        rec["kek_version"].as_u64().unwrap() as u32,
-        rec["wrapped_dek"].as_str().unwrap(),
-        rec["sealed_payload"].as_str().unwrap(),
-    )
-    .unwrap();
-    // (seal_secret refuses the tenant `platform`: the old sealing is made by hand.)
-    let legacy = credbroker::seal::seal(
-        &keyring,
-        credbroker::seal::SealContext::TenantSecret {
-            tenant: &credbroker::ids::TenantId::parse("platform").unwrap(),
-            binding: &credbroker::ids::BindingId::parse("github_app").unwrap(),
-            version: 2,
-        },
-        &material,
-    )
-    .unwrap();
-    rec["wrapped_dek"] = json!(legacy.wrapped_dek);
-    rec["sealed_payload"] = json!(legacy.sealed_payload);
-    rec.as_object_mut().unwrap().remove("sealed_as");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&rows[1].1).unwrap()["version"],
+        2,
+        "the App key"
+    );
     let mut b = Batch::new();
-    b.push(Op::Put(
-        Table::PlatformKeys,
-        key.clone(),
-        serde_json::to_vec(&rec).unwrap(),
-    ));
+    for (key, raw) in if every_key { &rows[..] } else { &rows[1..] } {
+        let mut rec: Value = serde_json::from_slice(raw).unwrap();
+        assert_eq!(rec["sealed_as"], "platform_key");
+        let kind = rec["kind"].as_str().unwrap().to_owned();
+        let version = rec["version"].as_u64().unwrap() as u32;
+        if !rec["wrapped_dek"].as_str().unwrap_or("").is_empty() {
+            let material = credbroker::seal::open(
+                &keyring,
+                credbroker::seal::SealContext::PlatformKey {
+                    kind: &kind,
+                    version,
+                },
+                rec["kek_version"].as_u64().unwrap() as u32,
+                rec["wrapped_dek"].as_str().unwrap(),
+                rec["sealed_payload"].as_str().unwrap(),
+            )
+            .unwrap();
+            // (seal_secret refuses the tenant `platform`: the old sealing is made by hand.)
+            let legacy = credbroker::seal::seal(
+                &keyring,
+                credbroker::seal::SealContext::TenantSecret {
+                    tenant: &credbroker::ids::TenantId::parse("platform").unwrap(),
+                    binding: &credbroker::ids::BindingId::parse(&kind).unwrap(),
+                    version,
+                },
+                &material,
+            )
+            .unwrap();
+            rec["wrapped_dek"] = json!(legacy.wrapped_dek);
+            rec["sealed_payload"] = json!(legacy.sealed_payload);
+        }
+        rec.as_object_mut().unwrap().remove("sealed_as");
+        b.push(Op::Put(
+            Table::PlatformKeys,
+            key.clone(),
+            serde_json::to_vec(&rec).unwrap(),
+        ));
+    }
     if let Some(schema) = schema {
         b.push(Op::Put(
             Table::Meta,
@@ -1281,13 +1290,28 @@ async fn a_key_sealed_the_old_way_in_a_current_store_is_refused_not_resealed() {
         "{v}"
     );
     env.daemon.stop();
-    seal_app_key_the_old_way(&env, None).await;
+    seal_app_key_the_old_way(&env, None, false).await;
     let (code, err) = env.daemon.serve_refused(&[]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("github_app/2") && err.contains("not marked for their re-seal"),
+        err.contains("github_app/2") && err.contains("written outside the broker"),
         "{err}"
     );
+    // The schema set back to 2 (the broker then marks the store for the re-seal itself):
+    // still refused, the old kind of key beside keys of the new.
+    {
+        use credbroker::store::{Batch, Op, Table};
+        let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir)
+            .await
+            .unwrap();
+        let mut b = Batch::new();
+        b.push(Op::Put(Table::Meta, "schema_version".into(), b"2".to_vec()));
+        store.commit(b).await.unwrap();
+    }
+    let (code, err) = env.daemon.serve_refused(&[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("written outside the broker"), "{err}");
     assert!(
         !env.daemon
             .audit_records()

@@ -232,17 +232,10 @@ impl AdminService {
     /// When a legacy key is found with no mark or cannot be opened, or the audit record or
     /// batch cannot be written (nothing is changed then).
     pub async fn migrate_platform_key_sealing(&self) -> Result<usize, ApiError> {
-        use crate::store::{Op, Table, RESEAL_PENDING, RESEAL_PLATFORM_KEYS_KEY};
         // The mark first: another replica's re-seal committed between the two reads then
         // leaves it present and the keys re-sealed (a conflict below), never the keys old and
         // the mark gone.
-        let mark = self
-            .core
-            .records
-            .store()
-            .get(Table::Meta, RESEAL_PLATFORM_KEYS_KEY)
-            .await
-            .map_err(store_err)?;
+        let mark = self.core.records.reseal_mark().await.map_err(store_err)?;
         let keys = self
             .core
             .records
@@ -253,8 +246,35 @@ impl AdminService {
             .iter()
             .filter(|k| k.value.sealed_as == SealedAs::LegacyTenantSecret)
             .collect();
-        match mark.as_deref() {
-            Some(RESEAL_PENDING) => {}
+        // Keys sealed both ways never come from the broker: the re-seal is one batch, and
+        // a release that seals keys in their own domain (the issuer key at its first start)
+        // re-seals the old ones first. A record of the old kind beside them was written
+        // outside it (a secret a tenant `platform` held before the id was reserved, copied
+        // in, the mark forged by setting the schema back).
+        if !legacy.is_empty() && keys.len() > legacy.len() {
+            let names: Vec<String> = legacy
+                .iter()
+                .map(|k| format!("{}/{}", k.value.kind, k.value.version))
+                .collect();
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "platform key(s) {} are sealed the way releases before schema 3 sealed them, beside keys sealed in their own domain: written outside the broker; refusing to re-seal them. Restore the store from a backup",
+                    names.join(", ")
+                ),
+            ));
+        }
+        match mark {
+            // Nothing to re-seal: the mark goes, unaudited like the schema bump it belongs to.
+            Some(true) if legacy.is_empty() => {
+                self.core
+                    .records
+                    .clear_reseal_mark()
+                    .await
+                    .map_err(store_err)?;
+                return Ok(0);
+            }
+            Some(true) => {}
             None if legacy.is_empty() => return Ok(0),
             None => {
                 let names: Vec<String> = legacy
@@ -269,22 +289,15 @@ impl AdminService {
                     ),
                 ));
             }
-            Some(_) => {
+            Some(false) => {
                 return Err(ApiError::new(
                     ErrorCode::Internal,
-                    format!(
-                        "the store's {RESEAL_PLATFORM_KEYS_KEY} mark is not one this build writes"
-                    ),
+                    "the store's platform-key re-seal mark is not one this build writes",
                 ))
             }
         }
         let mut batch = crate::store::Batch::new();
-        batch.push(Op::ExpectValue(
-            Table::Meta,
-            RESEAL_PLATFORM_KEYS_KEY.into(),
-            RESEAL_PENDING.to_vec(),
-        ));
-        batch.push(Op::Delete(Table::Meta, RESEAL_PLATFORM_KEYS_KEY.into()));
+        batch.finish_reseal();
         let mut moved = Vec::new();
         for read in legacy {
             let mut k = read.value.clone();
@@ -342,13 +355,7 @@ impl AdminService {
             // Another replica starting at the same moment removed the mark first: it
             // re-sealed them (its record says so).
             Err((e, _)) if e.code == ErrorCode::Conflict => {
-                let mark = self
-                    .core
-                    .records
-                    .store()
-                    .get(Table::Meta, RESEAL_PLATFORM_KEYS_KEY)
-                    .await
-                    .map_err(store_err)?;
+                let mark = self.core.records.reseal_mark().await.map_err(store_err)?;
                 if mark.is_none() {
                     Ok(0)
                 } else {

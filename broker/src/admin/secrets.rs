@@ -60,9 +60,14 @@ impl AdminService {
             version,
             fields,
         )
-        .map_err(|e| {
-            tracing::error!(error = %e, "sealing failed");
-            ApiError::new(ErrorCode::Internal, "sealing failed")
+        .map_err(|e| match e {
+            crate::seal::SealError::ReservedTenant => ApiError::bad_request(
+                "the tenant id `platform` is reserved: no secret is sealed for it (remove the tenant)",
+            ),
+            e => {
+                tracing::error!(error = %e, "sealing failed");
+                ApiError::new(ErrorCode::Internal, "sealing failed")
+            }
         })?;
         binding.last_secret_version = version;
         Ok(crate::model::SecretVersion {

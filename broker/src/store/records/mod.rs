@@ -74,6 +74,21 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+impl Batch {
+    /// Removes the re-seal mark, which must still be pending when the batch commits.
+    pub fn finish_reseal(&mut self) -> &mut Self {
+        self.push(super::Op::ExpectValue(
+            Table::Meta,
+            super::RESEAL_PLATFORM_KEYS_KEY.into(),
+            super::RESEAL_PENDING.to_vec(),
+        ))
+        .push(super::Op::Delete(
+            Table::Meta,
+            super::RESEAL_PLATFORM_KEYS_KEY.into(),
+        ))
+    }
+}
+
 /// Refuses a secret version stored under another version's key, or another binding's: its
 /// ciphertext opens under the binding and version it names (they are in its AAD), so a
 /// whole record copied over another (a superseded version over the active one) would open.
@@ -148,6 +163,33 @@ impl Records {
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.store.commit(batch).await
+    }
+
+    /// The mark a schema upgrade leaves for the platform keys' re-seal: `None` when absent,
+    /// `Some(true)` when pending, `Some(false)` for a value this build does not write.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn reseal_mark(&self) -> Result<Option<bool>, StoreError> {
+        Ok(self
+            .store
+            .get(Table::Meta, super::RESEAL_PLATFORM_KEYS_KEY)
+            .await?
+            .map(|v| v == super::RESEAL_PENDING))
+    }
+
+    /// Removes the re-seal mark when there is nothing to re-seal (schema bookkeeping, like
+    /// the version itself); one already gone (another replica) is fine.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn clear_reseal_mark(&self) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.finish_reseal();
+        match self.commit(batch).await {
+            Err(StoreError::Precondition { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Batches this process has committed (or tried to) since it started.
