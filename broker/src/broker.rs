@@ -134,6 +134,8 @@ pub struct Core {
     /// Resolves' stand-in records not settled yet (a mint still running for a resolve whose
     /// client went away): shutdown waits for them before closing the audit log.
     pub(crate) pending_reports: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when the daemon stops: no new mint starts (see [`Broker::settle_reports`]).
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) fingerprint: FingerprintKey,
     pub(crate) cache: Arc<TokenCache>,
     pub(crate) breakers: Arc<crate::breaker::Breakers>,
@@ -298,6 +300,7 @@ impl Broker {
             replica,
             stop_renewal,
             pending_reports: Arc::default(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             governance: crate::governance::Governance::new(
                 settings.inventory.clone(),
                 settings.webhooks.clone(),
@@ -392,11 +395,16 @@ impl Broker {
         self.core.shutdown();
     }
 
-    /// Waits, at most the mint timeout and 2 s, until no resolve's stand-in record is pending
-    /// (mints of resolves whose clients went away have ended and their records are written):
-    /// called before [`Broker::shutdown`] closes the audit log.
+    /// Stops new mints, then waits until no resolve's stand-in record is pending (mints of
+    /// resolves whose clients went away have ended and their records are written), at most
+    /// the mint timeout and 2 s, and never more than 10 s (a stop must end within systemd's
+    /// `TimeoutStopSec`): called before [`Broker::shutdown`] closes the audit log.
     pub async fn settle_reports(&self) {
-        let within = self.core.mint_timeout() + Duration::from_secs(2);
+        self.core
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        let within =
+            (self.core.mint_timeout() + Duration::from_secs(2)).min(Duration::from_secs(10));
         let deadline = tokio::time::Instant::now() + within;
         while self
             .core

@@ -98,7 +98,7 @@ fn serve_refuses_each_kind_of_bad_config_naming_it() {
             Box::new(|t| {
                 table(t, "audit").insert("max_batch".into(), 0.into());
             }),
-            "audit.max_batch and audit.checkpoint_every_records must be positive",
+            "audit.max_batch must be between 1 and 4096",
         ),
         (
             "unknown provider",

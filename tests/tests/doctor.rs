@@ -151,22 +151,30 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     std::os::unix::fs::symlink(d.join("keys/real.key"), d.join("keys/fingerprint.key")).unwrap();
     expect_fail(&d, "permissions.keys.fingerprint_key_file", "symbolic link");
 
-    // The TLS key readable by the daemon's group (the systemd layout): fine; by others: not.
+    // The TLS key readable by the daemon's group, root-owned (the systemd layout): fine;
+    // group-readable and owned by anyone else: not; readable by others: not. (Owners can
+    // be changed only as root, as CI runs.)
     let d = copy(&healthy, root, "tls-group");
-    std::fs::set_permissions(
-        d.join("pki/server.key"),
-        std::fs::Permissions::from_mode(0o640),
-    )
-    .unwrap();
-    let (_, v, _) = dev_doctor(&d);
-    assert!(
-        v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["check"] != "permissions.tls.key"),
-        "{v:#}"
-    );
+    let key = d.join("pki/server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // The copy belongs to whoever runs the test: root, when it is owned by root.
+    let root_runs = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&key).unwrap()) == 0;
+    if root_runs {
+        let (_, v, _) = dev_doctor(&d);
+        assert!(
+            v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["check"] != "permissions.tls.key"),
+            "{v:#}"
+        );
+        std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    }
+    expect_fail(&d, "permissions.tls.key", "0640");
+    if root_runs {
+        std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+    }
     std::fs::set_permissions(
         d.join("pki/server.key"),
         std::fs::Permissions::from_mode(0o644),

@@ -211,12 +211,15 @@ pub async fn for_each_line(
             // value (a row someone wrote) would wrap around and read the chain again forever.
             Some(last) if rows.len() as i64 == PAGE => match last.get::<_, i64>(0).checked_add(1) {
                 Some(n) if n > next => next = n,
-                _ => return Err(format!("replica {replica}'s chain has a row at the largest sequence number: not a chain this broker wrote")),
+                _ => return Err(format!("{NOT_WRITTEN_BY_US}: replica {replica}'s chain has a row at the largest sequence number")),
             },
             _ => return Ok(()),
         }
     }
 }
+
+/// How a read error for rows no broker writes begins.
+const NOT_WRITTEN_BY_US: &str = "not a chain this broker wrote";
 
 /// What [`verify_chain`]'s reader returns to stop at the first failure.
 const STOPPED: &str = "stopped at the first failure";
@@ -251,6 +254,13 @@ pub async fn verify_chain(
     .await;
     match read {
         Err(e) if e == STOPPED => {}
+        // Rows the broker never writes are the chain's failure (exit 1), not a read error.
+        Err(e) if e.starts_with(NOT_WRITTEN_BY_US) => {
+            return Ok(Err(super::VerifyFailure {
+                seq: u64::MAX,
+                reason: e,
+            }))
+        }
         other => other?,
     }
     Ok(match failure {

@@ -308,7 +308,10 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
             },
             s.signed_head.map_or(String::new(), |h| format!(
                 "; the log head was {h} when it was exported"
-            )),
+            )) + &s
+                .signed_filter
+                .as_ref()
+                .map_or(String::new(), |f| format!("; signed filter: {f}")),
         );
     }
     format!(

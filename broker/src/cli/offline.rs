@@ -330,8 +330,10 @@ pub(super) fn cli_actor() -> String {
     {
         also.push(format!("login:{}", name_of(login)));
     }
+    // Only where sudo could have set it: as root, or beside a known login session (with
+    // neither, anyone could name anyone).
     if let Ok(by) = std::env::var("SUDO_USER") {
-        if !by.is_empty() {
+        if !by.is_empty() && (uid == 0 || !also.is_empty()) {
             also.push(format!("sudo:{}", clean_name(&by)));
         }
     }

@@ -189,7 +189,8 @@ impl GcpWif {
     /// Whether a random subject of the binding subjects' own shape (so a condition that
     /// only checks the `cb-` prefix is caught) is refused, and where; `Ok(None)` when it was
     /// accepted all the way (the customer's trust pins no subject). Only the refusals a
-    /// subject condition produces count — STS `invalid_grant`, IAM Credentials 403; any other
+    /// subject condition produces count — STS `unauthorized_client` (or `invalid_grant`)
+    /// naming the attribute condition, IAM Credentials 403 `PERMISSION_DENIED`; any other
     /// answer proves nothing and fails the probe as it is.
     async fn foreign_subject_refused(
         &self,

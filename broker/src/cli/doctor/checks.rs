@@ -152,10 +152,15 @@ fn keys(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
         let root_owned = std::os::unix::fs::MetadataExt::uid(&meta) == 0;
         let open_to = if own || !root_owned { 0o077 } else { 0o137 };
         if mode & open_to != 0 {
-            let (who, fix) = if open_to == 0o077 {
+            let (who, fix) = if own {
                 (
                     "others than its owner",
                     format!("chmod 600 {} (owned by the daemon's user)", path.display()),
+                )
+            } else if open_to == 0o077 {
+                (
+                    "others than its owner (group read is for a root-owned key)",
+                    format!("chown root and chmod 640 {0} (the daemon's group), or chown the daemon's user and chmod 600 {0}", path.display()),
                 )
             } else {
                 (
