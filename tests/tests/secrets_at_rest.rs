@@ -28,6 +28,19 @@ async fn worker_for_both(op: &mut credbroker::client::BrokerClient, pki: &TestPk
     assert_eq!(s, 201, "{v}");
 }
 
+/// Two tenants, worker `both` allowed for them, and b2's secret rotated to version 2 (its
+/// version 1 superseded).
+async fn with_b2_at_version_2() -> (tempfile::TempDir, Arc<TestPki>, Daemon) {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    worker_for_both(&mut op, &pki).await;
+    let (s, _) = rotate_and_promote(&mut op, "b2", json!({"token": "t2-token-v2"})).await;
+    assert_eq!(s, 200);
+    (tmp, pki, daemon)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ciphertext_copied_onto_another_binding_fails_to_open() {
     let (tmp, pki) = setup();
@@ -64,14 +77,8 @@ async fn ciphertext_copied_onto_another_binding_fails_to_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
-    let (tmp, pki) = setup();
-    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    worker_for_both(&mut op, &pki).await;
     // A superseded version must survive rotation too.
-    let (s, _) = rotate_and_promote(&mut op, "b2", json!({"token": "t2-token-v2"})).await;
-    assert_eq!(s, 200);
+    let (_tmp, pki, mut daemon) = with_b2_at_version_2().await;
     let before: Vec<SecretVersion> = {
         daemon.stop();
         open_records(&daemon)
@@ -346,13 +353,7 @@ async fn a_secret_that_needs_escapes_round_trips_and_bad_shapes_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superseded_version_copied_over_the_active_one_is_refused() {
     use credbroker::store::{Op, Table};
-    let (tmp, pki) = setup();
-    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    worker_for_both(&mut op, &pki).await;
-    let (s, _) = rotate_and_promote(&mut op, "b2", json!({"token": "t2-token-v2"})).await;
-    assert_eq!(s, 200);
+    let (_tmp, pki, mut daemon) = with_b2_at_version_2().await;
     daemon.stop();
     {
         let store = SledStore::open(&daemon.data_dir.join("store")).unwrap();

@@ -251,11 +251,11 @@ impl AdminService {
         // re-seals the old ones first. A record of the old kind beside them was written
         // outside it (a secret a tenant `platform` held before the id was reserved, copied
         // in, the mark forged by setting the schema back).
+        let names: Vec<String> = legacy
+            .iter()
+            .map(|k| format!("{}/{}", k.value.kind, k.value.version))
+            .collect();
         if !legacy.is_empty() && keys.len() > legacy.len() {
-            let names: Vec<String> = legacy
-                .iter()
-                .map(|k| format!("{}/{}", k.value.kind, k.value.version))
-                .collect();
             return Err(ApiError::new(
                 ErrorCode::Internal,
                 format!(
@@ -277,10 +277,6 @@ impl AdminService {
             Some(true) => {}
             None if legacy.is_empty() => return Ok(0),
             None => {
-                let names: Vec<String> = legacy
-                    .iter()
-                    .map(|k| format!("{}/{}", k.value.kind, k.value.version))
-                    .collect();
                 return Err(ApiError::new(
                     ErrorCode::Internal,
                     format!(
