@@ -773,3 +773,84 @@ async fn one_entra_guid_gets_one_link_whichever_replica_issues_it() {
         assert_eq!(out, 1, "round {round}: {v}");
     }
 }
+
+/// `audit verify --config` of `d` as a child process, given at most `within`: its exit code
+/// and output (`None`: it was still running, and was killed).
+fn verify_within(set: &ReplicaSet, d: &Daemon, within: Duration) -> Option<(i32, String)> {
+    let mut child = std::process::Command::new(daemon_bin())
+        .args(["audit", "verify", "--config", d.config.to_str().unwrap()])
+        .envs(set.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    Some((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// Someone who can write the database adds or removes audit rows the brokers never wrote:
+/// `audit verify` ends, and fails (exit 1) naming the chain.
+/// - A full page of rows at the top of the sequence space (paging past it once wrapped
+///   around and read the chain again forever).
+/// - A replica's records deleted, its checkpoints left (the chain once vanished from the
+///   listing, and verify passed on the rest).
+/// - A row of a replica numbered below zero (once skipped silently): refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
+    let (_tmp, _pki, mut set) = seeded(TestPostgres::start(), 1).await;
+    // A checkpoint covers what the seeding wrote (checkpoint_interval_s = 1).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    set.daemons[0].stop();
+    let d = &set.daemons[0];
+    verify_every_chain(&set, d);
+    let db = set.sql().await;
+    let real = set
+        .scalar("SELECT min(replica)::bigint FROM credbroker_audit")
+        .await;
+
+    db.batch_execute(
+        "INSERT INTO credbroker_audit (replica, seq, line) \
+         SELECT 7, g, 'x' FROM generate_series(9223372036854765808, 9223372036854775807) g",
+    )
+    .await
+    .unwrap();
+    let (c, out) = verify_within(&set, d, Duration::from_secs(60))
+        .expect("audit verify ended on a chain at the largest sequence numbers");
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("replica 7"), "{out}");
+    db.batch_execute("DELETE FROM credbroker_audit WHERE replica = 7")
+        .await
+        .unwrap();
+
+    db.batch_execute(&format!(
+        "DELETE FROM credbroker_audit WHERE replica = {real}"
+    ))
+    .await
+    .unwrap();
+    let (c, out) = verify_within(&set, d, Duration::from_secs(60)).unwrap();
+    assert_eq!(c, 1, "a chain whose records were deleted passed: {out}");
+    assert!(out.contains(&format!("replica {real}")), "{out}");
+
+    db.batch_execute("INSERT INTO credbroker_audit (replica, seq, line) VALUES (-2, 1, 'x')")
+        .await
+        .unwrap();
+    let (c, out) = verify_within(&set, d, Duration::from_secs(60)).unwrap();
+    assert_ne!(c, 0, "{out}");
+    assert!(out.contains("replica -2"), "{out}");
+}
