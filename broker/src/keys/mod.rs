@@ -105,6 +105,39 @@ fn temporary_of(path: &Path) -> Result<PathBuf, KeyError> {
     Ok(path.with_file_name(tmp_name))
 }
 
+/// `value` as JSON (`pretty` or compact) in a wiped buffer sized first and written once: a
+/// buffer that grew would leave freed copies of the key text behind.
+fn json_exact<T: Serialize>(value: &T, pretty: bool) -> Zeroizing<Vec<u8>> {
+    let write = |w: &mut dyn std::io::Write| {
+        if pretty {
+            serde_json::to_writer_pretty(w, value)
+        } else {
+            serde_json::to_writer(w, value)
+        }
+    };
+    let mut size = ByteCount(0);
+    let _ = write(&mut size);
+    let mut out = Zeroizing::new(Vec::with_capacity(size.0));
+    if write(&mut *out).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600.
 ///
 /// # Errors
@@ -243,7 +276,7 @@ impl Keyring {
                 .map(|(v, k)| (*v, B64.encode(k.bytes.as_slice())))
                 .collect(),
         };
-        let out = Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default());
+        let out = json_exact(&file, true);
         for (_, mut b64) in file.keys {
             zeroize::Zeroize::zeroize(&mut b64);
         }
@@ -292,6 +325,12 @@ struct SigningKeyFile {
     pkcs8: String,
 }
 
+impl Drop for SigningKeyFile {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pkcs8);
+    }
+}
+
 /// Public key file format: `{"algorithm":"ed25519","public_key":"<base64>"}`.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -320,8 +359,7 @@ impl AuditSigner {
             algorithm: "ed25519".into(),
             pkcs8: B64.encode(pkcs8.as_ref()),
         };
-        let text = Zeroizing::new(serde_json::to_vec(&file).unwrap_or_default());
-        write_private_file(private_path, &text)?;
+        write_private_file(private_path, &json_exact(&file, false))?;
         let signer = AuditSigner { pair };
         signer.write_public_key(public_path)?;
         Ok(signer)
@@ -432,6 +470,12 @@ struct FingerprintKeyFile {
     hmac_sha256: String,
 }
 
+impl Drop for FingerprintKeyFile {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.hmac_sha256);
+    }
+}
+
 impl FingerprintKey {
     /// Generates a key and writes it (0600).
     ///
@@ -442,8 +486,7 @@ impl FingerprintKey {
         let file = FingerprintKeyFile {
             hmac_sha256: B64.encode(bytes.as_slice()),
         };
-        let text = Zeroizing::new(serde_json::to_vec(&file).unwrap_or_default());
-        write_private_file(path, &text)?;
+        write_private_file(path, &json_exact(&file, false))?;
         Ok(FingerprintKey::from_bytes(&bytes))
     }
 
@@ -524,6 +567,9 @@ mod tests {
         let mut k = Keyring::generate().unwrap();
         assert_eq!(k.active_version(), 1);
         assert_eq!(k.rotate().unwrap(), 2);
+        // Written into a buffer of exactly its size (never grown: no copy left behind).
+        let json = k.to_json();
+        assert_eq!(json.len(), json.capacity());
         let again = Keyring::parse(&k.to_json()).unwrap();
         assert_eq!(again.active_version(), 2);
         assert_eq!(*again.keys[&1].bytes, *k.keys[&1].bytes);
