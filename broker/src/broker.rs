@@ -395,22 +395,30 @@ impl Broker {
         self.core.shutdown();
     }
 
-    /// Stops new mints, then waits until no resolve's stand-in record is pending (mints of
-    /// resolves whose clients went away have ended and their records are written), at most
-    /// the mint timeout and 2 s, and never more than 10 s (a stop must end within systemd's
-    /// `TimeoutStopSec`): called before [`Broker::shutdown`] closes the audit log.
-    pub async fn settle_reports(&self) {
+    /// The daemon is stopping: no mint (a resolve's, a self-rotation's) starts from now on,
+    /// since its record could not be written once the audit log closes. Called when the
+    /// stop signal arrives, before the listeners drain.
+    pub fn begin_stop(&self) {
         self.core
             .stopping
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits until no resolve's stand-in record is pending (mints of resolves whose clients
+    /// went away have ended and their records are written) and no self-rotation runs: at
+    /// most the mint timeout and 2 s after `began` (when [`Broker::begin_stop`] was called:
+    /// every mint started before it), and never past 20 s after it (a stop must end within
+    /// systemd's `TimeoutStopSec`). Called before [`Broker::shutdown`] closes the audit log.
+    pub async fn settle_reports(&self, began: tokio::time::Instant) {
         let within =
-            (self.core.mint_timeout() + Duration::from_secs(2)).min(Duration::from_secs(10));
-        let deadline = tokio::time::Instant::now() + within;
+            (self.core.mint_timeout() + Duration::from_secs(2)).min(Duration::from_secs(20));
+        let deadline = began + within;
         while self
             .core
             .pending_reports
             .load(std::sync::atomic::Ordering::Acquire)
             > 0
+            || self.admin.rotations_running()
         {
             if tokio::time::Instant::now() >= deadline {
                 tracing::error!("stopping with the record of a resolve whose client went away still unwritten (its mint had not ended)");

@@ -376,6 +376,8 @@ pub async fn run_with_broker(
         }
     }
     tracing::info!("shutting down: draining connections");
+    let stop_began = tokio::time::Instant::now();
+    broker.begin_stop();
     // Every listener stops accepting at once and drains beside the others: one after the
     // other, the mTLS listener went on taking new resolves while the health and public ones
     // drained (up to 6 s), and the whole drain took up to 16 s.
@@ -398,7 +400,7 @@ pub async fn run_with_broker(
     tracing::info!(rows = flushed, "wrote last-use times");
     // Mints still running for resolves whose clients went away end within their timeout and
     // then write those resolves' records.
-    broker.settle_reports().await;
+    broker.settle_reports(stop_began).await;
     broker.shutdown();
     broker.leave().await;
     if wrote_pid.is_ok() {

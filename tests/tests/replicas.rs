@@ -806,8 +806,8 @@ fn verify_within(set: &ReplicaSet, d: &Daemon, within: Duration) -> Option<(i32,
 
 /// Someone who can write the database adds or removes audit rows the brokers never wrote:
 /// `audit verify` ends, and fails (exit 1) naming the chain.
-/// - A full page of rows at the top of the sequence space (paging past it once wrapped
-///   around and read the chain again forever).
+/// - A full page of rows at the top of the sequence space (verify and its paging once read
+///   the chain again forever; the paging itself is unit-tested in `audit::chains`).
 /// - A replica's records deleted, its checkpoints left (the chain once vanished from the
 ///   listing, and verify passed on the rest).
 /// - A row of a replica numbered below zero (once skipped silently): refused.

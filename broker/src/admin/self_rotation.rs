@@ -89,6 +89,21 @@ impl AdminService {
         actor: &str,
         request_id: &str,
     ) -> OpResult {
+        // A stopping broker starts none: the new credential would exist upstream with no
+        // record once the audit log closes.
+        if self
+            .core
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err((
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the broker is stopping; the rotation runs on the next start",
+                ),
+                None,
+            ));
+        }
         // One rotation per binding at a time in this process (the timer and an operator).
         let claimed = self
             .rotations
@@ -109,6 +124,11 @@ impl AdminService {
             r.running.remove(id);
         }
         result
+    }
+
+    /// Whether a rotation is running in this process.
+    pub(crate) fn rotations_running(&self) -> bool {
+        self.rotations.lock().is_ok_and(|r| !r.running.is_empty())
     }
 
     async fn self_rotate_inner(
@@ -313,8 +333,14 @@ impl AdminService {
         };
         let mut rotated = 0;
         for b in bindings {
-            // A replica that lost the lead meanwhile leaves the rest to the new leader.
-            if !self.core.replica.is_leader() {
+            // A replica that lost the lead meanwhile leaves the rest to the new leader; a
+            // stopping one leaves them to the next start.
+            if !self.core.replica.is_leader()
+                || self
+                    .core
+                    .stopping
+                    .load(std::sync::atomic::Ordering::Acquire)
+            {
                 break;
             }
             // A pending version that passed its probe waits for an operator's promotion.

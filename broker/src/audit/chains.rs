@@ -209,13 +209,20 @@ pub async fn for_each_line(
         match rows.last() {
             // The column is the database's, not the record's: a page ending at the largest
             // value (a row someone wrote) would wrap around and read the chain again forever.
-            Some(last) if rows.len() as i64 == PAGE => match last.get::<_, i64>(0).checked_add(1) {
-                Some(n) if n > next => next = n,
+            Some(last) if rows.len() as i64 == PAGE => match next_page(next, last.get::<_, i64>(0)) {
+                Some(n) => next = n,
                 _ => return Err(format!("{NOT_WRITTEN_BY_US}: replica {replica}'s chain has a row at the largest sequence number")),
             },
             _ => return Ok(()),
         }
     }
+}
+
+/// Where the page after one that began at `next` and ended at sequence `last` begins:
+/// `None` when there is no such place, the page ending at the largest sequence number (the
+/// next would wrap around to the chain's start) or not past where it began.
+fn next_page(next: i64, last: i64) -> Option<i64> {
+    last.checked_add(1).filter(|n| *n > next)
 }
 
 /// How a read error for rows no broker writes begins.
@@ -718,5 +725,17 @@ impl AuditLog {
             batch_sizes,
         };
         AuditLog::spawn(writer, healthy, stats, forensic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Paging never wraps around or stands still, whatever sequence numbers the rows carry.
+    #[test]
+    fn the_next_page_starts_past_the_last_or_nowhere() {
+        assert_eq!(super::next_page(1, 10_000), Some(10_001));
+        assert_eq!(super::next_page(1, i64::MAX), None);
+        assert_eq!(super::next_page(i64::MAX - 5, i64::MAX - 1), Some(i64::MAX));
+        assert_eq!(super::next_page(20_000, 10_000), None);
     }
 }
