@@ -395,24 +395,21 @@ impl Broker {
         self.core.shutdown();
     }
 
-    /// The daemon is stopping: no mint (a resolve's, a self-rotation's) starts from now on,
-    /// since its record could not be written once the audit log closes. Called when the
-    /// stop signal arrives, before the listeners drain.
-    pub fn begin_stop(&self) {
+    /// Once the listeners have drained (requests still connected have written their own
+    /// records): no mint (a resolve's, a self-rotation's) starts any more, since its record
+    /// could not be written once the audit log closes; then waits until no resolve's
+    /// stand-in record is pending (mints of resolves whose clients went away have ended and
+    /// their records are written) and no self-rotation runs — at most the mint timeout and
+    /// 2 s (every mint still running started before now), and never past 20 s after the
+    /// stop signal (`began`), so a stop ends within systemd's `TimeoutStopSec`. Called
+    /// before [`Broker::shutdown`] closes the audit log.
+    pub async fn settle_reports(&self, began: tokio::time::Instant) {
         self.core
             .stopping
             .store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Waits until no resolve's stand-in record is pending (mints of resolves whose clients
-    /// went away have ended and their records are written) and no self-rotation runs: at
-    /// most the mint timeout and 2 s after `began` (when [`Broker::begin_stop`] was called:
-    /// every mint started before it), and never past 20 s after it (a stop must end within
-    /// systemd's `TimeoutStopSec`). Called before [`Broker::shutdown`] closes the audit log.
-    pub async fn settle_reports(&self, began: tokio::time::Instant) {
-        let within =
-            (self.core.mint_timeout() + Duration::from_secs(2)).min(Duration::from_secs(20));
-        let deadline = began + within;
+        let deadline =
+            (tokio::time::Instant::now() + self.core.mint_timeout() + Duration::from_secs(2))
+                .min(began + Duration::from_secs(20));
         while self
             .core
             .pending_reports

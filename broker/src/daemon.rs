@@ -377,7 +377,6 @@ pub async fn run_with_broker(
     }
     tracing::info!("shutting down: draining connections");
     let stop_began = tokio::time::Instant::now();
-    broker.begin_stop();
     // Every listener stops accepting at once and drains beside the others: one after the
     // other, the mTLS listener went on taking new resolves while the health and public ones
     // drained (up to 6 s), and the whole drain took up to 16 s.
