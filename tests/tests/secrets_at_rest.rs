@@ -378,3 +378,59 @@ async fn a_superseded_version_copied_over_the_active_one_is_refused() {
     assert_eq!((s, code(&v)), (500, "internal"), "{v}");
     assert!(!v.to_string().contains("t2-token"), "{v}");
 }
+
+/// A tenant `platform` planted in the store (the id is reserved: `tenant add` refuses it)
+/// with a pasted-secret binding: no secret is sealed for it, so nothing the broker seals can
+/// pass for a platform key of the releases that sealed them as that tenant's secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_is_sealed_for_a_planted_tenant_platform() {
+    use credbroker::store::{Op, Table};
+    let (_tmp, pki, mut daemon) = with_b2_at_version_2().await;
+    daemon.stop();
+    {
+        let store = SledStore::open(&daemon.data_dir.join("store")).unwrap();
+        let get = |table, key: &'static str| {
+            let store = &store;
+            async move {
+                let raw = store.get(table, key).await.unwrap().unwrap();
+                serde_json::from_slice::<serde_json::Value>(&raw).unwrap()
+            }
+        };
+        let mut tenant = get(Table::Tenants, "t1").await;
+        tenant["id"] = json!("platform");
+        let mut binding = get(Table::Bindings, "b1").await;
+        binding["id"] = json!("issuer");
+        binding["tenant"] = json!("platform");
+        let mut batch = Batch::new();
+        batch.push(Op::Put(
+            Table::Tenants,
+            "platform".into(),
+            serde_json::to_vec(&tenant).unwrap(),
+        ));
+        batch.push(Op::Put(
+            Table::Bindings,
+            "issuer".into(),
+            serde_json::to_vec(&binding).unwrap(),
+        ));
+        store.commit(batch).await.unwrap();
+    }
+    daemon.restart();
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/issuer/secret/rotate",
+        Some(json!({"fields": {"private_key_pem": "-----BEGIN PRIVATE KEY-----"}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert!(v.to_string().contains("reserved"), "{v}");
+    daemon.stop();
+    let versions = open_records(&daemon).all_secret_versions().await.unwrap();
+    assert!(
+        versions
+            .iter()
+            .all(|v| v.value.binding.as_str() != "issuer"),
+        "a version was sealed for the planted binding"
+    );
+}
