@@ -91,11 +91,7 @@ impl AdminService {
     ) -> OpResult {
         // A stopping broker starts none: the new credential would exist upstream with no
         // record once the audit log closes.
-        if self
-            .core
-            .stopping
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if self.core.is_stopping() {
             return Err((
                 ApiError::new(
                     ErrorCode::Unavailable,
@@ -335,12 +331,7 @@ impl AdminService {
         for b in bindings {
             // A replica that lost the lead meanwhile leaves the rest to the new leader; a
             // stopping one leaves them to the next start.
-            if !self.core.replica.is_leader()
-                || self
-                    .core
-                    .stopping
-                    .load(std::sync::atomic::Ordering::Acquire)
-            {
+            if !self.core.replica.is_leader() || self.core.is_stopping() {
                 break;
             }
             // A pending version that passed its probe waits for an operator's promotion.

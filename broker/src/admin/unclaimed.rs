@@ -105,7 +105,7 @@ impl AdminService {
             let mut u = read.value.clone();
             u.ignored = true;
             u.expires_at = None;
-            plan.batch.replace_unclaimed(key, read, &u);
+            plan.batch.put_unclaimed(Some((key, read)), &u);
             ignored.push(identifier.clone());
         }
         let shown: Vec<&str> = ignored.iter().take(20).map(String::as_str).collect();

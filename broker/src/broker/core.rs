@@ -13,6 +13,12 @@ use crate::seal::open_secret;
 use crate::store::records::Records;
 
 impl Core {
+    /// Whether the daemon is stopping: no mint starts any more (see
+    /// [`super::Broker::settle_reports`]).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The broker's own OIDC issuer, when configured.
     pub fn issuer(&self) -> Option<&Arc<crate::issuer::Issuer>> {
         self.issuer.as_ref()

@@ -421,16 +421,10 @@ impl ResolveService {
             let secret = match &sealed {
                 // A stopping broker starts no mint: its record could not be written once
                 // the audit log closes.
-                _ if self
-                    .core
-                    .stopping
-                    .load(std::sync::atomic::Ordering::Acquire) =>
-                {
-                    Err(ProviderError::Unavailable {
-                        message: "the broker is stopping; retry on another replica".into(),
-                        upstream_request_id: None,
-                    })
-                }
+                _ if self.core.is_stopping() => Err(ProviderError::Unavailable {
+                    message: "the broker is stopping; retry on another replica".into(),
+                    upstream_request_id: None,
+                }),
                 Some(sealed) => self.core.open_sealed(binding, sealed).map(Some),
                 None => Ok(None::<SecretFields>),
             };

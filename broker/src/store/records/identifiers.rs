@@ -318,29 +318,13 @@ impl Batch {
         read: Option<(&str, &Stored<Unclaimed>)>,
         record: &Unclaimed,
     ) -> &mut Self {
-        match read {
-            Some((key, read)) => self.put_identifier_record(key, Some(read), record),
-            None => self.put_identifier_record::<Unclaimed, _>(
-                &unclaimed_key(&record.identifier),
-                None,
-                record,
-            ),
-        }
+        let key = read.map_or_else(|| unclaimed_key(&record.identifier), |(k, _)| k.to_owned());
+        self.put_identifier_record(&key, read.map(|(_, r)| r), record)
     }
 
     /// Removes an unclaimed installation as read (it is being claimed).
     pub fn remove_unclaimed(&mut self, key: &str, read: &Stored<Unclaimed>) -> &mut Self {
         self.remove_identifier_record(key, read)
-    }
-
-    /// Replaces an unclaimed installation, which must still be as read.
-    pub fn replace_unclaimed(
-        &mut self,
-        key: &str,
-        read: &Stored<Unclaimed>,
-        record: &Unclaimed,
-    ) -> &mut Self {
-        self.replace_identifier_record(key, read, record)
     }
 }
 
@@ -386,7 +370,7 @@ mod tests {
         ignored.ignored = true;
         ignored.expires_at = None;
         let mut b = Batch::new();
-        b.replace_unclaimed(&key, &read, &ignored);
+        b.put_unclaimed(Some((&key, &read)), &ignored);
         records.commit(b).await.unwrap();
         let mut b = Batch::new();
         b.put_unclaimed(Some((&key, &read)), &site("a renewal from the older read"));
