@@ -92,16 +92,7 @@ pub async fn start_custom(provider_extra: &str, public: impl FnOnce(String) -> S
         },
     );
     let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    pki.worker("w2");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/workers",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    seed_two_tenants_and_w2(&pki, &mut op).await;
     let public = public_client(&pki, daemon.public_url.as_ref().expect("public listener"));
     Env {
         _tmp: tmp,

@@ -839,6 +839,20 @@ pub async fn revoke_onboarding_link(op: &mut BrokerClient, id: &str) -> (u16, se
     .await
 }
 
+/// [`seed_two_tenants`], and a second worker `w2` (its certificate made) allowed for t2.
+pub async fn seed_two_tenants_and_w2(pki: &TestPki, op: &mut BrokerClient) {
+    seed_two_tenants(op).await;
+    pki.worker("w2");
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/workers",
+        Some(serde_json::json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
 pub async fn seed_two_tenants(op: &mut BrokerClient) {
     use serde_json::json;
     for t in ["t1", "t2"] {

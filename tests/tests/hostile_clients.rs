@@ -288,16 +288,7 @@ async fn with_two_workers(limits: &str) -> (tempfile::TempDir, std::sync::Arc<Te
         },
     );
     let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    pki.worker("w2");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/workers",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "w2", "tenants": ["t2"]})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    seed_two_tenants_and_w2(&pki, &mut op).await;
     (tmp, pki, daemon)
 }
 
