@@ -158,7 +158,14 @@ impl SnState {
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|r| json!({"role.name": r}))
+                // An empty name stands for a row whose role an ACL hides: the field is left out.
+                .map(|r| {
+                    if r.is_empty() {
+                        json!({})
+                    } else {
+                        json!({"role.name": r})
+                    }
+                })
                 .collect();
             return json_response(200, &json!({ "result": result }));
         }

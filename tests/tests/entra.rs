@@ -797,18 +797,8 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         binding(&mut env.op, id).await["trust_facts"]["arm"][0]["roles"][0],
         "Reader"
     );
-    // A write role on our service principal is refused by the probe...
-    env.entra.assign(sub, ACME_SP, CONTRIBUTOR);
-    let (s, v) = probe(&mut env.op, id).await;
-    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(CONTRIBUTOR),
-        "{v}"
-    );
-    // ...and by every ARM mint (the binding is still active from its earlier probe).
+    // A write role given to our service principal is refused by every ARM mint while the
+    // binding is active...
     let (s, v) = call(
         &mut env.op,
         Method::POST,
@@ -817,6 +807,7 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    env.entra.assign(sub, ACME_SP, CONTRIBUTOR);
     let arm = json!({"instance_id": "i-arm", "narrow": {"resource": "arm"}});
     let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
@@ -828,13 +819,28 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         "{v}"
     );
     assert!(v.get("credentials").is_none());
-    // Back to Reader only: ARM tokens are minted for ARM, one resource per token.
+    // ...and by the probe, which takes the binding out of service until a probe passes.
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(CONTRIBUTOR),
+        "{v}"
+    );
+    let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+    // Back to Reader only, probed again: ARM tokens are minted for ARM, one resource per
+    // token.
     env.entra
         .state
         .role_assignments
         .lock()
         .unwrap()
         .retain(|(_, _, r)| r == READER);
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!(s, 200, "{v}");
     let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(

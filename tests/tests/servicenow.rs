@@ -226,14 +226,35 @@ async fn minting_caching_and_every_error_shape() {
         v["error"]["message"].as_str().unwrap().contains("admin"),
         "{v}"
     );
+    // What the probe refused is not served: the binding was serving, its cached bearer
+    // (minted before the role was added) is forgotten and no new one is minted.
+    let minted = env.sn.token_requests();
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+    assert_eq!(env.sn.token_requests(), minted);
     env.sn.state.roles.lock().unwrap().retain(|r| r != "admin");
     let (s, v) = probe(&mut env.op).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"]["status"], "active", "{v}");
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
     assert_eq!(s, 200, "{v}");
     // No rows (ACLs can hide them) is not "no roles": refused.
     let kept: Vec<String> = std::mem::take(&mut *env.sn.state.roles.lock().unwrap());
     let (s, v) = probe(&mut env.op).await;
     assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
     *env.sn.state.roles.lock().unwrap() = kept;
+    // A row whose role name is hidden is a role the broker cannot vouch for: refused.
+    env.sn.state.roles.lock().unwrap().push(String::new());
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{v}"
+    );
+    env.sn.state.roles.lock().unwrap().retain(|r| !r.is_empty());
 
     // The client secret never left the broker: not in the audit log, the logs, or admin
     // answers.

@@ -540,6 +540,24 @@ impl AdminService {
                 if let Some(drift) = crate::model::Drift::of(&e) {
                     binding.drift = Some(drift);
                 }
+                // A probe that refuses the trust (the ExternalId or subject no longer pinned,
+                // roles beyond the ceiling, another account) refuses it for the binding that
+                // is serving too: its mints would hand out what the probe just refused (a
+                // ServiceNow bearer is never checked again at mint). It goes back to pending
+                // activation (the commit invalidates its cached credentials), and a probe
+                // that passes activates it again.
+                if let ProviderError::ActivationRefused { reason, .. } = &e {
+                    if binding.status == Status::Active {
+                        binding.status = Status::PendingActivation;
+                        binding.status_change = crate::model::StatusChange::now(
+                            crate::model::StatusSource::Broker,
+                            format!(
+                                "deactivated: its probe refused the trust ({})",
+                                reason.code()
+                            ),
+                        );
+                    }
+                }
                 let err = ApiError::from(e);
                 binding.last_probe = Some(format!("failed ({}): {}", err.code, err.message));
                 (Err(()), Some(err))

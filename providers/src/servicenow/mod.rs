@@ -288,11 +288,21 @@ impl Probe for ServiceNow {
                 message: "the application user's roles could not be read (sys_user_has_role answered no rows): give it snc_read_only so the broker can verify its roles".into(),
                 upstream_request_id: None,
             })?;
-        let mut roles: Vec<String> = rows
-            .iter()
-            .filter_map(|r| r.get("role.name").and_then(Value::as_str))
-            .map(str::to_owned)
-            .collect();
+        // A row whose role name cannot be read (an ACL hides it) is a role the broker cannot
+        // vouch for, not one to skip.
+        let mut roles = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row.get("role.name").and_then(Value::as_str) {
+                Some(name) if !name.is_empty() => roles.push(name.to_owned()),
+                _ => {
+                    return Err(ProviderError::ActivationRefused {
+                        reason: RefusalReason::Other,
+                        message: "a role of the application user could not be read (a sys_user_has_role row without role.name): the broker cannot verify it is within policies/servicenow.json".into(),
+                        upstream_request_id: None,
+                    })
+                }
+            }
+        }
         roles.sort();
         roles.dedup();
         let beyond: Vec<&str> = roles
