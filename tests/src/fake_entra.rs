@@ -47,6 +47,9 @@ pub struct FakeTenant {
     /// When the admin granted the application permissions (unix seconds): the
     /// `createdDateTime` of our service principal's app role assignments.
     pub granted_at: i64,
+    /// Directory roles (template ids) an admin gave our service principal: every token
+    /// carries them in `wids`, besides the app-only marker.
+    pub directory_roles: Vec<String>,
 }
 
 /// How the fake misbehaves (for the broker's claim checks).
@@ -297,6 +300,11 @@ impl EntraState {
             "oid": t.sp_oid, "sub": t.sp_oid,
             "idtyp": "app",
         });
+        // Entra's app-only tokens carry this id in `wids` (no directory role has it), and
+        // every directory role the service principal holds.
+        let mut wids = vec!["0997a1d0-0d1d-4acb-b408-d5ca73121e90".to_owned()];
+        wids.extend(t.directory_roles.iter().cloned());
+        claims["wids"] = json!(wids);
         if v1 {
             claims["iss"] = json!(format!("https://sts.windows.net/{tid}/"));
             claims["appid"] = json!(appid);
@@ -573,6 +581,7 @@ impl FakeEntra {
                 graph_roles: graph_roles.iter().map(|r| (*r).to_owned()).collect(),
                 propagating: 0,
                 granted_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                directory_roles: Vec::new(),
             },
         );
     }

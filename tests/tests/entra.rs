@@ -515,6 +515,27 @@ async fn tokens_failing_a_claim_check_are_never_handed_out() {
     *env.entra.state.v1_tokens.lock().unwrap() = true;
     let (s, v) = probe(&mut env.op, BINDING).await;
     assert_eq!(s, 200, "{v}");
+    // The customer's admin makes our service principal a Global Administrator: its tokens
+    // carry the role in `wids` whatever their `roles`, and none is handed out.
+    env.entra
+        .state
+        .tenants
+        .lock()
+        .unwrap()
+        .get_mut(ACME)
+        .unwrap()
+        .directory_roles = vec!["62e90394-69f5-4237-9190-012177145e10".into()];
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-entra", "narrow": {"resource": "graph"}}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(v.get("credentials").is_none());
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("wids") && m.contains("62e90394"), "{m}");
+    let (s, v) = probe(&mut env.op, BINDING).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

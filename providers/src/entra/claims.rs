@@ -118,7 +118,16 @@ pub struct TokenClaims {
     /// Delegated scopes: present only in tokens acting for a user (refused here).
     #[serde(default)]
     pub scp: Option<Value>,
+    /// Directory role template ids our service principal holds in the tenant. App-only
+    /// tokens carry [`APP_ONLY_WID`] (not a role); any other is a directory role (Global
+    /// Reader, Global Administrator…) that no binding's ceiling grants.
+    #[serde(default)]
+    pub wids: Option<Vec<String>>,
 }
+
+/// The id every app-only Entra token carries in `wids`: no directory role has it as its
+/// template id (it marks the token's subject as an application, not a grant).
+pub const APP_ONLY_WID: &str = "0997a1d0-0d1d-4acb-b408-d5ca73121e90";
 
 const MAX_TOKEN: usize = 16 * 1024;
 
@@ -251,6 +260,25 @@ pub fn check_claims(
         return Err(fail(
             "oid",
             "token carries no service principal object id".into(),
+        ));
+    }
+    // A directory role given to our service principal rides in every token it gets, for
+    // every API: a Graph token within `roles` would still act as a Global Administrator.
+    let held: Vec<String> = claims
+        .wids
+        .iter()
+        .flatten()
+        .map(|w| guid(w).unwrap_or_else(|| crate::quoted(w, 40)))
+        .filter(|w| w != APP_ONLY_WID)
+        .take(8)
+        .collect();
+    if !held.is_empty() {
+        return Err(fail(
+            "wids",
+            format!(
+                "our service principal holds directory role(s) {} in tenant {tenant}, which no binding's ceiling grants: an admin of that tenant removes the role assignment(s)",
+                held.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -440,6 +468,26 @@ mod tests {
                 .unwrap_err()
                 .check,
             "idtyp"
+        );
+        // The app-only marker passes; a directory role (Global Administrator) does not,
+        // whatever the case of its GUID.
+        let mut other = ok.clone();
+        other["wids"] = serde_json::json!([APP_ONLY_WID]);
+        check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app, &hosts()).unwrap();
+        other["wids"] = serde_json::json!([APP_ONLY_WID, "62E90394-69F5-4237-9190-012177145E10"]);
+        let f = check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app, &hosts()).unwrap_err();
+        assert_eq!(f.check, "wids");
+        assert!(
+            f.message.contains("62e90394-69f5-4237-9190-012177145e10"),
+            "{}",
+            f.message
+        );
+        other["wids"] = serde_json::json!(["not-a-guid\n"]);
+        assert_eq!(
+            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app, &hosts())
+                .unwrap_err()
+                .check,
+            "wids"
         );
         let mut other = ok;
         other["tid"] = serde_json::json!(42);

@@ -234,14 +234,19 @@ impl EntraApp {
 ///
 /// # Errors
 /// When the answer has no `value` list: read as an empty page, it would pass every check
-/// made over the items (no role held, no subscription seen).
+/// made over the items (no role held, no subscription seen). When it names a next page the
+/// broker will not follow (another host, not a string): the pages after it are unseen, and
+/// a check over the items read so far would pass what they hold.
 pub fn page_of(mut v: Value, base: &str) -> Result<(Vec<Value>, Option<String>), String> {
-    let next = v
-        .get("nextLink")
-        .or_else(|| v.get("@odata.nextLink"))
-        .and_then(Value::as_str)
-        .filter(|n| n.starts_with(&format!("{base}/")))
-        .map(str::to_owned);
+    let next = match v.get("nextLink").or_else(|| v.get("@odata.nextLink")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) if n.starts_with(&format!("{base}/")) => Some(n.clone()),
+        Some(_) => {
+            return Err(format!(
+                "the answer's next page is not on {base}: the rest of the list cannot be read"
+            ))
+        }
+    };
     match v.get_mut("value").map(Value::take) {
         Some(Value::Array(items)) => Ok((items, next)),
         _ => Err("the answer has no value list".into()),
@@ -301,4 +306,41 @@ pub fn newest_grant(items: &[Value]) -> Option<OffsetDateTime> {
             OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
         })
         .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_of;
+    use serde_json::json;
+
+    const BASE: &str = "https://management.azure.com";
+
+    #[test]
+    fn a_next_page_is_followed_on_its_host_or_refused() {
+        let (items, next) = page_of(
+            json!({"value": [1], "nextLink": format!("{BASE}/x?page=2")}),
+            BASE,
+        )
+        .unwrap();
+        assert_eq!(
+            (items.len(), next.as_deref()),
+            (1, Some("https://management.azure.com/x?page=2"))
+        );
+        for none in [
+            json!({"value": []}),
+            json!({"value": [], "@odata.nextLink": null}),
+        ] {
+            assert_eq!(page_of(none, BASE).unwrap().1, None);
+        }
+        // A next page elsewhere (or written another way) would leave the rest unread: the
+        // items read so far would pass checks the later pages fail.
+        for elsewhere in [
+            json!({"value": [], "nextLink": "https://evil.example/x"}),
+            json!({"value": [], "nextLink": "https://management.azure.com:443/x"}),
+            json!({"value": [], "nextLink": "https://management.azure.com.evil.example/x"}),
+            json!({"value": [], "@odata.nextLink": 7}),
+        ] {
+            assert!(page_of(elsewhere.clone(), BASE).is_err(), "{elsewhere}");
+        }
+    }
 }

@@ -16,17 +16,27 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     if let Ok(v) = serde_json::from_slice::<Value>(data) {
         let answered_a_list = v.get("value").is_some_and(Value::is_array);
+        let followable = match v.get("nextLink").or_else(|| v.get("@odata.nextLink")) {
+            None | Some(Value::Null) => true,
+            Some(n) => n
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("{BASE}/"))),
+        };
         match page_of(v, BASE) {
             Ok((items, next)) => {
-                assert!(answered_a_list);
+                assert!(answered_a_list && followable);
                 check(&items, next);
             }
-            // An answer without a list is an error, never an empty page.
-            Err(_) => assert!(!answered_a_list),
+            // An answer without a list is an error, never an empty page; one whose next page
+            // is elsewhere is an error, never a short list.
+            Err(_) => assert!(!answered_a_list || !followable),
         }
     }
+    // A next page the broker will not follow is an error, whatever the page holds.
+    let elsewhere = page_of(json!({"value": [], "nextLink": text}), BASE);
+    assert_eq!(elsewhere.is_ok(), text.starts_with(&format!("{BASE}/")), "{text}");
     let shaped = json!({
-        "nextLink": text,
+        "nextLink": format!("{BASE}/{text}"),
         "value": [
             {"properties": {"principalId": OID.to_uppercase(), "roleDefinitionId": text}},
             {"subscriptionId": text, "createdDateTime": text},
