@@ -759,13 +759,17 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
 
 /// `credbroker_callbacks_total{outcome="denied",…}` summed over codes.
 async fn callbacks_denied(env: &Env) -> u64 {
+    callbacks_counted(env, "denied").await
+}
+
+/// `credbroker_callbacks_total{outcome=OUTCOME,…}` summed over codes.
+async fn callbacks_counted(env: &Env, outcome: &str) -> u64 {
     let (_, m) = scrape(&env.pki, &env.daemon.url).await;
+    let label = format!("outcome=\"{outcome}\"");
     String::from_utf8(m)
         .unwrap()
         .lines()
-        .filter(|l| {
-            l.starts_with("credbroker_callbacks_total{") && l.contains("outcome=\"denied\"")
-        })
+        .filter(|l| l.starts_with("credbroker_callbacks_total{") && l.contains(&label))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -909,7 +913,11 @@ async fn expired_states_and_verified_webhooks() {
             .starts_with("drift:"),
         "{v}"
     );
-    // Other events are verified and ignored.
+    // Other events are verified and ignored. Events that concern no tenant — not handled,
+    // or naming an installation nobody holds — are counted, neither audited nor remembered:
+    // anyone can install our public App and have GitHub sign as many as they like.
+    let records = env.daemon.audit_records().len();
+    let ignored = callbacks_counted(&env, "ignored").await;
     let (s, v) = webhook(
         &mut env.public,
         &json!({"action": "created", "installation": {"id": 5, "account": {"login": "other", "id": 9005}}}),
@@ -917,6 +925,18 @@ async fn expired_states_and_verified_webhooks() {
     )
     .await;
     assert_eq!((s, v["result"].as_str()), (200, Some("ignored")));
+    for i in 0..20 {
+        let (s, v) = webhook(
+            &mut env.public,
+            &json!({"action": if i % 2 == 0 { "suspend" } else { "deleted" }, "installation": {"id": 5, "account": {"login": "other", "id": 9005}}, "sender": {"id": i}}),
+            None,
+        )
+        .await;
+        assert_eq!((s, v["result"].as_str()), (200, Some("ignored")), "{v}");
+        assert!(v["audit_id"].is_null(), "{v}");
+    }
+    assert_eq!(env.daemon.audit_records().len(), records);
+    assert_eq!(callbacks_counted(&env, "ignored").await, ignored + 21);
     // Deleted: binding inactive, resolves refused with binding_inactive.
     let (s, _) = webhook(
         &mut env.public,

@@ -590,7 +590,7 @@ impl CallbackService {
         };
         Ok((
             json!({ "result": "installation linked", "tenant": tenant.as_str(), "binding": binding_id, "status": status, "probe": summary }),
-            audit_id,
+            Some(audit_id),
         ))
     }
 }

@@ -12,7 +12,10 @@
 //!
 //! Every authenticated callback (a setup redirect carrying a state the broker issued, a
 //! webhook whose signature verified) leaves an audit record (actor `callback:<provider>`),
-//! rejected ones too, and the record is durable before anything it describes is committed.
+//! rejected ones too, and the record is durable before anything it describes is committed —
+//! except a verified webhook that concerns no tenant (an event not handled, an installation
+//! no tenant holds): anyone can install a public App and make its provider sign those, so
+//! they are counted (`outcome="ignored"`) like anonymous ones.
 //! Callbacks refused before they authenticate (no or unknown state, bad signature, malformed
 //! query or body) change nothing and are only counted (`credbroker_callbacks_total` by code)
 //! with throttled log lines: anyone on the internet can send them, and one audit record (one
@@ -74,7 +77,9 @@ fn anonymous(err: ApiError) -> Failure {
     }
 }
 
-type CallbackResult = Result<(Value, String), Failure>;
+/// An answer and its audit record's id; none for a verified callback that concerns no
+/// tenant (counted, not audited: anyone can make a provider send those).
+type CallbackResult = Result<(Value, Option<String>), Failure>;
 
 /// What the public listener sends back for a callback: an answer, and for the install link
 /// a redirect with the browser cookie.
@@ -201,7 +206,11 @@ impl CallbackService {
         if let Err(e) = self.admin.catch_up().await {
             return error_answer(&e, None, request_id).into();
         }
-        let outcome_label = |ok: bool| if ok { "allowed" } else { "denied" };
+        let outcome_label = |result: &CallbackResult| match result {
+            Ok((_, Some(_))) => "allowed",
+            Ok((_, None)) => "ignored",
+            Err(_) => "denied",
+        };
         let mut event = AuditEvent {
             kind: "callback".into(),
             action: format!("callback.{kind}"),
@@ -219,7 +228,7 @@ impl CallbackService {
                     redirect = Some((location, cookie));
                     (
                         json!({ "result": "redirecting to the install page" }),
-                        audit_id,
+                        Some(audit_id),
                     )
                 }),
             Endpoint::CallbackSetup => {
@@ -238,7 +247,7 @@ impl CallbackService {
             .metrics
             .callbacks
             .get_or_create(&crate::metrics::ResolveLabels {
-                outcome: outcome_label(result.is_ok()).into(),
+                outcome: outcome_label(&result).into(),
                 provider: provider.id().into(),
                 code: result
                     .as_ref()

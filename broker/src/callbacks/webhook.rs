@@ -52,6 +52,13 @@ impl CallbackService {
         let delivery = cb
             .delivery_id(headers)
             .map(|_| format!("body-{}", sha256_hex(body)));
+        // A signed event that changes nothing (an event we do not handle, a repository of any
+        // account that installed our public App) is counted, not audited nor remembered: its
+        // signature proves only that the provider sent it, and anyone can make the provider
+        // send as many as they like.
+        if let CallbackEvent::Ignored { reason } = &verified {
+            return Ok((json!({ "result": "ignored", "reason": reason }), None));
+        }
         let guard = self.admin.lock.lock().await;
         if let Some(id) = &delivery {
             let seen = self
@@ -67,6 +74,10 @@ impl CallbackService {
             }
         }
         let mut change = self.plan_webhook(verified).await?;
+        // An installation no tenant holds: the same (no link is needed to install the App).
+        if change.tenant.is_none() {
+            return Ok((change.response, None));
+        }
         if let Some(id) = &delivery {
             let expires = time::OffsetDateTime::now_utc().unix_timestamp() + DELIVERY_WINDOW_S;
             change.batch.record_delivery(
@@ -94,7 +105,7 @@ impl CallbackService {
                 .execute(&event.actor, AdminOp::Probe(b), &event.request_id)
                 .await;
         }
-        Ok((change.response, receipt.audit_id))
+        Ok((change.response, Some(receipt.audit_id)))
     }
 
     async fn plan_webhook(&self, verified: CallbackEvent) -> Result<Change, ApiError> {
