@@ -514,6 +514,70 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
     assert_ne!(s, 200, "{v}");
 }
 
+/// A link revoked while a submission's probe runs at the source system leaves nothing behind:
+/// the promotion fails on the revoked link, the link answers as dead, and the pending version
+/// (which passed its probe) is destroyed rather than left for an operator to promote later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_revoked_during_the_probe_leaves_nothing_to_promote() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    let (path, id) = create_link(&mut op, 3600).await;
+    let page = get(&mut public, &path).await;
+    assert_eq!(page.status, 200);
+    let (cookie, csrf) = form_state(&page);
+    let good = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
+        enc(&csrf),
+        enc(SECRET)
+    );
+    *sn.state.delay_ms.lock().unwrap() = 1500;
+    let submitting = {
+        let mut client = public_client(&pki, daemon.public_url.as_ref().unwrap());
+        let (path, cookie) = (path.clone(), cookie.clone());
+        tokio::spawn(async move { post(&mut client, &path, Some(&cookie), &good).await })
+    };
+    let pending_written = |d: &Daemon| {
+        d.audit_records()
+            .iter()
+            .any(|r| r["action"] == "secret.rotate" && r["outcome"] == "allowed")
+    };
+    for _ in 0..100 {
+        if pending_written(&daemon) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        pending_written(&daemon),
+        "the submission never got to its probe"
+    );
+    let (s, v) = call(
+        &mut op,
+        Method::DELETE,
+        &format!("/v1/admin/intake/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!submitting.is_finished(), "the probe had to be under way");
+    *sn.state.delay_ms.lock().unwrap() = 0;
+    let p = submitting.await.unwrap();
+    assert_eq!(p.status, 404, "{}", p.html);
+    let (_, b): (u16, Value) =
+        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    let written = b["binding"]["last_secret_version"].as_u64().unwrap();
+    assert_eq!(written, 1, "{b}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        &format!("/v1/admin/bindings/acme-snow/secret/{written}/promote"),
+        Some(json!({})),
+    )
+    .await;
+    assert_ne!(s, 200, "{v}");
+}
+
 /// A link's attempts cannot be stretched by overlapping submissions: while the third (last)
 /// one is still being probed, a fourth is refused as an invalid link before it reserves
 /// anything, and the link ends used up.

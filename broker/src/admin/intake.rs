@@ -495,12 +495,17 @@ impl AdminService {
             }
         };
         let (key, read) = (key.as_str(), &read);
-        // 1. Sealed as a pending version.
+        // 1. Sealed as a pending version, only while the link is as reserved: a link revoked
+        //    (or used up) meanwhile, on any replica, writes nothing.
         let written = {
             let _guard = self.lock.lock().await;
             let plan = self
                 .plan_secret_write(&link.binding, fields, None, true)
-                .await;
+                .await
+                .map(|mut p| {
+                    p.batch.expect_intake_link(key, read);
+                    p
+                });
             self.commit_plan(
                 Self::intake_event(&link, request_id, "secret.rotate"),
                 plan,
@@ -513,6 +518,10 @@ impl AdminService {
                 .as_u64()
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(0),
+            Err((e, _)) if e.code == ErrorCode::Conflict => {
+                self.count_intake("invalid_link", false);
+                return pages::invalid();
+            }
             Err(e) => return fail(e),
         };
         // 2. Probed against the source system.
@@ -570,9 +579,12 @@ impl AdminService {
                         }
                         pages::result(true, "", 0)
                     }
-                    Err((e, _)) if e.code == ErrorCode::OperatorRequired => {
-                        // Nothing the dead link brought stays behind to be promoted later:
-                        // the pending version is destroyed (audited).
+                    Err((e, _)) => {
+                        // Nothing a link that could not be used (revoked or used meanwhile,
+                        // its creator disabled, a failed commit) brought stays behind for an
+                        // operator to promote later: the pending version is destroyed
+                        // (audited). A promote whose outcome is unknown and that did land
+                        // left an active version, which this refuses to destroy.
                         let _guard = self.lock.lock().await;
                         let plan = self
                             .plan_secret_destroy(&link.binding, Some(version), false)
@@ -587,10 +599,13 @@ impl AdminService {
                         {
                             tracing::warn!(link = %link.id, code = %e.code, version, "the pending version of a dead intake link could not be destroyed");
                         }
-                        self.count_intake("invalid_link", false);
-                        pages::invalid()
+                        if e.code == ErrorCode::OperatorRequired || e.code == ErrorCode::Conflict {
+                            self.count_intake("invalid_link", false);
+                            pages::invalid()
+                        } else {
+                            fail((e, None))
+                        }
                     }
-                    Err(e) => fail(e),
                 }
             }
             Err((e, _)) => {

@@ -91,6 +91,12 @@ impl Batch {
         self.replace_identifier_record(key, read, link)
     }
 
+    /// Requires an intake link to be still as read (a write it authorizes: a revocation or a
+    /// use committed meanwhile, on any replica, fails the write).
+    pub fn expect_intake_link(&mut self, key: &str, read: &Stored<IntakeLink>) -> &mut Self {
+        self.expect_identifier_record(key, read)
+    }
+
     /// Removes an intake link as read (used, revoked): of two concurrent uses one fails.
     pub fn remove_intake_link(&mut self, key: &str, read: &Stored<IntakeLink>) -> &mut Self {
         self.remove_identifier_record(key, read)
