@@ -159,9 +159,13 @@ pub struct AdminService {
     /// Bindings whose secret this process is self-rotating now, and when each binding's last
     /// automatic rotation was tried (one at a time per binding; a failing one waits an hour).
     rotations: std::sync::Mutex<RotationState>,
-    /// Set by every change the store reports (this broker's or, on a shared store, another
-    /// replica's): the platform and issuer keys in memory may be stale until reloaded.
-    keys_changed: Arc<std::sync::atomic::AtomicBool>,
+    /// Counts every key change the store reports (this broker's or, on a shared store,
+    /// another replica's): the platform and issuer keys in memory are stale while it is
+    /// ahead of `keys_loaded`.
+    keys_changed: Arc<std::sync::atomic::AtomicU64>,
+    /// The count of `keys_changed` the keys in memory were last loaded at (read before the
+    /// load began, so a change during a load leaves them stale).
+    keys_loaded: std::sync::atomic::AtomicU64,
     /// One reload at a time.
     keys_reload: tokio::sync::Mutex<()>,
 }
@@ -176,13 +180,13 @@ struct RotationState {
 impl AdminService {
     /// The service over `core`.
     pub fn new(core: Arc<Core>) -> Arc<AdminService> {
-        let keys_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let keys_changed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let flag = Arc::clone(&keys_changed);
         // Platform and issuer keys live in the platform-key table, sealed under the KEKs the
         // key metadata names.
         core.records.on_change(Arc::new(move |changed| {
             if changed.keys() {
-                flag.store(true, std::sync::atomic::Ordering::Release);
+                flag.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             }
         }));
         Arc::new(AdminService {
@@ -190,6 +194,7 @@ impl AdminService {
             lock: tokio::sync::Mutex::new(()),
             rotations: std::sync::Mutex::new(RotationState::default()),
             keys_changed,
+            keys_loaded: std::sync::atomic::AtomicU64::new(0),
             keys_reload: tokio::sync::Mutex::new(()),
         })
     }
@@ -227,20 +232,26 @@ impl AdminService {
     /// When the keys cannot be read or opened (they are reloaded at the next call).
     pub async fn refresh_keys(&self) -> Result<(), ApiError> {
         use std::sync::atomic::Ordering;
-        if !self.keys_changed.load(Ordering::Acquire) {
+        // A caller that saw a change waits for a load that began after it: one already under
+        // way (started before the change, or by a caller that saw it) is not enough to skip
+        // on a flag another caller cleared, so the keys are judged by counts.
+        let seen = self.keys_changed.load(Ordering::Acquire);
+        if self.keys_loaded.load(Ordering::Acquire) >= seen {
             return Ok(());
         }
         let _one = self.keys_reload.lock().await;
-        if !self.keys_changed.swap(false, Ordering::AcqRel) {
+        if self.keys_loaded.load(Ordering::Acquire) >= seen {
             return Ok(());
         }
+        // Every change counted before the load begins is covered by it.
+        let covers = self.keys_changed.load(Ordering::Acquire);
         let loaded = async {
             self.load_all_platform_keys().await?;
             self.load_issuer_keys().await.map(|_| ())
         }
         .await;
-        if loaded.is_err() {
-            self.keys_changed.store(true, Ordering::Release);
+        if loaded.is_ok() {
+            self.keys_loaded.fetch_max(covers, Ordering::AcqRel);
         }
         loaded
     }
