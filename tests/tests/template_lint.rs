@@ -129,6 +129,25 @@ fn a_web_identity_trust_without_a_pinned_sub_fails() {
 }
 
 #[test]
+fn a_trust_statement_with_not_action_fails() {
+    // `NotAction` allows sts:AssumeRole without naming it, so no ExternalId condition is
+    // looked for: the statement itself is the finding.
+    let root = repo_root();
+    let shipped =
+        std::fs::read_to_string(root.join("onboarding-templates/aws/credbroker-role.json"))
+            .unwrap();
+    let named = r#""Action": "sts:AssumeRole",
+              "Condition": { "StringEquals": { "sts:ExternalId": { "Ref": "ExternalId" } } }"#;
+    assert!(shipped.contains(named), "the shipped trust changed shape");
+    let loose = shipped.replace(named, r#""NotAction": "sts:TagSession""#);
+    let tmp = aws_template_dir("credbroker-role.json", &loose);
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("uses NotAction"), "{out}");
+    assert!(out.contains("allows no named action"), "{out}");
+}
+
+#[test]
 fn a_stackset_that_drifts_from_the_role_template_fails() {
     let root = repo_root();
     let tmp = tempfile::tempdir().unwrap();

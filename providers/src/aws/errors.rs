@@ -50,8 +50,11 @@ pub(super) fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Syn
             upstream_request_id: request_id,
         },
         SdkError::ServiceError(ctx) => {
-            let code = ctx.err().code().unwrap_or("Unknown").to_owned();
-            let message = ctx.err().message().unwrap_or("").to_owned();
+            // Both go into the worker's error body, the audit record and `last_probe`: an
+            // upstream (or whatever answers as STS) must not plant a long text or a line
+            // break there.
+            let code = crate::quoted(ctx.err().code().unwrap_or("Unknown"), 64);
+            let message = crate::quoted(ctx.err().message().unwrap_or(""), 300);
             let status = ctx.raw().status().as_u16();
             if code == "AccessDenied" {
                 ProviderError::Denied {

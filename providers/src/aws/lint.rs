@@ -95,6 +95,16 @@ fn lint_role(
                 principal.map_or("(missing)".to_owned(), Value::to_string)
             ));
         }
+        // NotAction / NotPrincipal allow what they do not name (sts:AssumeRole without the
+        // ExternalId condition, say), and an Allow that names no action is read the same way
+        // by nothing: each is a finding, never a statement with nothing to check.
+        for not in ["NotAction", "NotPrincipal"] {
+            if st.get(not).is_some() {
+                say(format!(
+                    "trust policy statement uses {not}: name the principal and actions"
+                ));
+            }
+        }
         let actions: Vec<&str> = st
             .get("Action")
             .map(list)
@@ -102,6 +112,12 @@ fn lint_role(
             .into_iter()
             .filter_map(Value::as_str)
             .collect();
+        if actions.is_empty() {
+            say(
+                "trust policy statement allows no named action (Action missing or not strings)"
+                    .into(),
+            );
+        }
         if let Some(a) = actions.iter().find(|a| {
             !matches!(
                 **a,
