@@ -151,6 +151,8 @@ async fn discovery_jwks_rotation_and_retirement_as_a_relying_party_sees_them() {
     let (code, r) = cli(&env, &["keys", "issuer", "rotate"]);
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["key"]["phase"], "next", "{r}");
+    // Each live key names the KEK version wrapping it (a KEK rotation's check).
+    assert_eq!(r["key"]["kek_version"], 1, "{r}");
     let jwks2 = env.jwks().await;
     assert_eq!(jwks2["keys"].as_array().unwrap().len(), 2, "{jwks2}");
     // One waiting key at a time; the signing key is never retired.

@@ -374,6 +374,7 @@ fn kek_rotation_runbook_backs_up_after_stopping() {
         "credbroker binding list",
         "credbroker binding show",
         "credbroker keys github list",
+        "credbroker keys issuer list",
         "credbroker instance list",
         "credbroker webhook-secret show",
     ] {

@@ -474,6 +474,9 @@ pub(crate) fn key_view(
         "retired_at": k.retired_at,
         "compromised": k.compromised,
         "state": if k.state == KeyState::Retired { "retired" } else { "live" },
+        // The KEK version wrapping its sealed copy (a KEK rotation's check); a retired key's
+        // material is destroyed and needs none.
+        "kek_version": (k.state != KeyState::Retired).then_some(k.kek_version),
     })
 }
 

@@ -20,7 +20,8 @@ pub fn load_github_ceiling(policies: &Path) -> Result<GithubCeiling, String> {
 
 /// Lints a GitHub App manifest: default permissions within policies/github.json (names valid,
 /// levels not higher), every URL https, the webhook and setup URLs on the broker's callback
-/// paths, and no OAuth-on-install (the broker uses installation tokens only).
+/// paths, and OAuth-on-install requested (`request_oauth_on_install: true`: the broker proves
+/// who installed with the user's one-time code).
 pub fn lint_github_manifest(file: &str, m: &Value, ceiling: &GithubCeiling, out: &mut Vec<String>) {
     let mut say = |msg: String| out.push(format!("{file}: {msg}"));
     match m.get("default_permissions").map(parse_permissions) {
