@@ -282,6 +282,24 @@ pub trait Callbacks: Send + Sync {
         body: &[u8],
     ) -> Result<CallbackEvent, String>;
 
+    /// Whether the provider confirms, now, the state a verified webhook reports (GitHub: the
+    /// installation is gone, or suspended). A signed delivery replayed once the broker has
+    /// forgotten it, or one overtaken by a later change, reports a state that no longer
+    /// holds: `Ok(false)`. Only removals and suspensions are asked about (an unsuspension is
+    /// confirmed by the probe it triggers); the default confirms everything.
+    ///
+    /// # Errors
+    /// When the provider cannot be asked (unreachable, refused): the broker then acts on the
+    /// signed event, which only ever deactivates.
+    async fn confirm_event(
+        &self,
+        event: &CallbackEvent,
+        timeout: Duration,
+    ) -> Result<bool, ProviderError> {
+        let _ = (event, timeout);
+        Ok(true)
+    }
+
     /// Whether an install started now could complete (e.g. GitHub: the OAuth client id and an
     /// active client secret to prove who installed). Onboarding refuses to issue a link
     /// otherwise.

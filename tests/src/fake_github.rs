@@ -1042,6 +1042,12 @@ impl FakeGithub {
         self.state.installations.lock().unwrap().insert(id, inst);
     }
 
+    /// Removes installation `id`, as its owner can on GitHub: `GET /app/installations/{id}`
+    /// then answers 404.
+    pub fn uninstall(&self, id: u64) {
+        self.state.installations.lock().unwrap().remove(&id);
+    }
+
     /// Suspends (or unsuspends) installation `id`, as its owner can on GitHub: GitHub then
     /// refuses its token requests with 403.
     pub fn suspend(&self, id: u64, suspended: bool) {

@@ -837,12 +837,31 @@ async fn expired_states_and_verified_webhooks() {
     let (s, _) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!(s, 200, "binding still active");
 
-    // Valid suspend: binding deactivated, even a cached token is refused.
+    // A validly signed suspend that GitHub does not confirm (a delivery replayed once the
+    // broker forgot it, or one a later unsuspend overtook) changes nothing; it is audited,
+    // since it names a tenant's installation.
+    let before = env.daemon.audit_records().len();
     let (s, v) = webhook(&mut env.public, &suspend, None).await;
-    assert_eq!(s, 200, "{v}");
+    assert_eq!((s, v["result"].as_str()), (200, Some("ignored")), "{v}");
+    assert_eq!(env.daemon.audit_records().len(), before + 1);
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(
+        s, 200,
+        "an unconfirmed suspend deactivated the binding: {v}"
+    );
+    // Valid suspend, GitHub agrees: binding deactivated, even a cached token is refused.
+    env.gh.suspend(1001, true);
+    let (s, v) = webhook(
+        &mut env.public,
+        &json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}, "sender": {"login": "now"}}),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("suspended")), "{v}");
     let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
     // Unsuspend: re-probed (GitHub is asked) and active again.
+    env.gh.suspend(1001, false);
     let probes_before = installation_calls(&env.gh);
     let (s, v) = webhook(
         &mut env.public,
@@ -860,6 +879,7 @@ async fn expired_states_and_verified_webhooks() {
     // Suspended again, and an unsuspend event arrives while GitHub still reports the
     // installation suspended: the re-probe fails and the binding stays inactive (the event
     // alone proves nothing); once GitHub agrees, the operator's probe activates it.
+    env.gh.suspend(1001, true);
     let (s, v) = webhook(
         &mut env.public,
         &json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}, "sender": {"login": "again"}}),
@@ -867,7 +887,6 @@ async fn expired_states_and_verified_webhooks() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    env.gh.suspend(1001, true);
     let probes_before = installation_calls(&env.gh);
     let (s, v) = webhook(
         &mut env.public,
@@ -937,14 +956,24 @@ async fn expired_states_and_verified_webhooks() {
     }
     assert_eq!(env.daemon.audit_records().len(), records);
     assert_eq!(callbacks_counted(&env, "ignored").await, ignored + 21);
-    // Deleted: binding inactive, resolves refused with binding_inactive.
-    let (s, _) = webhook(
+    // A signed `deleted` for an installation GitHub still has (a replay) changes nothing.
+    let deleted = json!({"action": "deleted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}});
+    let (s, v) = webhook(&mut env.public, &deleted, None).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("ignored")), "{v}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(
+        s, 200,
+        "an unconfirmed removal deactivated the binding: {v}"
+    );
+    // Deleted on GitHub: binding inactive, resolves refused with binding_inactive.
+    env.gh.uninstall(1001);
+    let (s, v) = webhook(
         &mut env.public,
-        &json!({"action": "deleted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}}),
+        &json!({"action": "deleted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}, "sender": {"login": "owner"}}),
         None,
     )
     .await;
-    assert_eq!(s, 200);
+    assert_eq!((s, v["result"].as_str()), (200, Some("removed")), "{v}");
     let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
     let (_, v) = call(
@@ -1616,9 +1645,11 @@ async fn webhook_replays_relabels_and_undoing_an_operator_are_refused() {
     assert_eq!(s, 200, "{v}");
     let suspend = json!({"action": "suspend", "installation": {"id": 1001, "account": account}});
     let delivery = "aaaaaaaa-0000-11e3-81ab-4c9367dc0958";
+    env.gh.suspend(1001, true);
     let (s, v) = webhook_as(&mut env.public, "installation", delivery, &suspend, None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(binding_status(&mut env, &binding).await, "disabled");
+    env.gh.suspend(1001, false);
     let (s, v) = webhook(&mut env.public, &unsuspend, None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(binding_status(&mut env, &binding).await, "active");
@@ -2916,13 +2947,15 @@ async fn a_webhook_secret_readable_by_others_is_refused_at_start() {
 }
 
 /// Requests the fake saw about installation 1001 (a probe's token mint or lookup).
+/// Token requests for installation 1001: what a probe makes (a webhook's confirmation only
+/// reads the installation).
 fn installation_calls(gh: &FakeGithub) -> usize {
     gh.state
         .requests
         .lock()
         .unwrap()
         .iter()
-        .filter(|r| r.path.contains("/app/installations/1001"))
+        .filter(|r| r.path.contains("/app/installations/1001/access_tokens"))
         .count()
 }
 

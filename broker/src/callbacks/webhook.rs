@@ -59,21 +59,51 @@ impl CallbackService {
         if let CallbackEvent::Ignored { reason } = &verified {
             return Ok((json!({ "result": "ignored", "reason": reason }), None));
         }
-        let guard = self.admin.lock.lock().await;
-        if let Some(id) = &delivery {
-            let seen = self
+        // A replay is refused before the provider is asked anything (and again under the lock).
+        self.refuse_replay(provider.id(), delivery.as_deref())
+            .await?;
+        // A removal or suspension of an installation a tenant holds is confirmed with the
+        // provider first, outside the lock: its body stays signed for ever, and once its
+        // delivery is forgotten (or when it was overtaken by a later change) only the
+        // provider knows whether it still holds. When the provider cannot be asked, the
+        // signed event is acted on: it only ever deactivates.
+        let mut unconfirmed = None;
+        if let CallbackEvent::Removed { identifier } | CallbackEvent::Suspended { identifier } =
+            &verified
+        {
+            let owned = self
                 .core
                 .records
-                .delivery_seen(provider.id(), id)
+                .identifier_owner(identifier)
                 .await
                 .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?;
-            if seen {
-                return Err(anonymous(rejected(
-                    "this webhook delivery was already processed (replay)",
-                )));
+            if owned.is_none() {
+                return Ok((
+                    json!({ "result": "ignored", "reason": "not bound here" }),
+                    None,
+                ));
+            }
+            match cb.confirm_event(&verified, self.core.mint_timeout()).await {
+                Ok(true) => {}
+                Ok(false) => unconfirmed = Some(true),
+                Err(e) => {
+                    tracing::warn!(provider = provider.id(), error = %e, "a webhook's event could not be confirmed with the provider; acting on the signed event");
+                    unconfirmed = Some(false);
+                }
             }
         }
-        let mut change = self.plan_webhook(verified).await?;
+        let guard = self.admin.lock.lock().await;
+        self.refuse_replay(provider.id(), delivery.as_deref())
+            .await?;
+        let mut change = self
+            .plan_webhook(verified, unconfirmed == Some(true))
+            .await?;
+        if unconfirmed == Some(false) {
+            change.detail = format!(
+                "{} (not confirmed: the provider could not be asked)",
+                change.detail
+            );
+        }
         // An installation no tenant holds: the same (no link is needed to install the App).
         if change.tenant.is_none() {
             return Ok((change.response, None));
@@ -108,7 +138,34 @@ impl CallbackService {
         Ok((change.response, Some(receipt.audit_id)))
     }
 
-    async fn plan_webhook(&self, verified: CallbackEvent) -> Result<Change, ApiError> {
+    /// Refuses a delivery already processed (its signed body's hash is remembered): like an
+    /// unsigned one it is counted, not audited, since a replayer could otherwise write one
+    /// record per replay.
+    async fn refuse_replay(&self, provider: &str, delivery: Option<&str>) -> Result<(), Failure> {
+        let Some(id) = delivery else {
+            return Ok(());
+        };
+        let seen = self
+            .core
+            .records
+            .delivery_seen(provider, id)
+            .await
+            .map_err(|_| anonymous(ApiError::new(ErrorCode::Internal, "store read failed")))?;
+        if seen {
+            return Err(anonymous(rejected(
+                "this webhook delivery was already processed (replay)",
+            )));
+        }
+        Ok(())
+    }
+
+    /// What `verified` changes; `refuted` when the provider answered that the removal or
+    /// suspension it reports does not hold (a replay, or a later change overtook it).
+    async fn plan_webhook(
+        &self,
+        verified: CallbackEvent,
+        refuted: bool,
+    ) -> Result<Change, ApiError> {
         let (identifier, what) = match &verified {
             CallbackEvent::Ignored { reason } => {
                 return Ok(Change {
@@ -151,6 +208,19 @@ impl CallbackService {
             .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "identifier owner has no binding"))?;
         let mut binding: Binding = stored.value.clone();
+        if refuted {
+            return Ok(Change {
+                response: json!({ "result": "ignored", "reason": "the provider does not confirm it" }),
+                detail: format!(
+                    "binding={} {identifier} {what}: ignored, the provider says it does not hold now (a replayed delivery, or overtaken by a later change)",
+                    binding.id
+                ),
+                tenant: Some(binding.tenant.to_string()),
+                binding: Some(binding.id.to_string()),
+                batch: Batch::new(),
+                reprobe: None,
+            });
+        }
         let mut reprobe = None;
         let note = match verified {
             // A binding never activated stays pending: what a webhook disables, an unsuspend

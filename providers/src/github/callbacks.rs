@@ -83,6 +83,50 @@ impl Callbacks for GithubApp {
         Ok(())
     }
 
+    /// Asks GitHub, with the App JWT, about the installation a `deleted` or `suspend` event
+    /// names: `GET /app/installations/{id}` answers 404 once it is gone and carries
+    /// `suspended_at` while it is suspended. A replayed `deleted` for an installation that
+    /// is still there, or a `suspend` since undone, is not confirmed.
+    async fn confirm_event(
+        &self,
+        event: &CallbackEvent,
+        timeout: Duration,
+    ) -> Result<bool, ProviderError> {
+        let (identifier, removed) = match event {
+            CallbackEvent::Removed { identifier } => (identifier, true),
+            CallbackEvent::Suspended { identifier } => (identifier, false),
+            _ => return Ok(true),
+        };
+        let Some(installation) = identifier
+            .strip_prefix("github_installation:")
+            .and_then(|id| id.parse::<u64>().ok())
+        else {
+            return Ok(true);
+        };
+        let key = self
+            .signing_keys()
+            .into_iter()
+            .next()
+            .ok_or_else(|| ProviderError::Internal("no App key".into()))?;
+        let info = self
+            .call(
+                self.app_jwt(&key)?,
+                http::Method::GET,
+                &format!("/app/installations/{installation}"),
+                None,
+                timeout,
+            )
+            .await?;
+        self.note_rate_limit(&info);
+        match info.status {
+            // Gone: removed, and no longer usable whatever a suspension said.
+            404 => Ok(true),
+            200 if removed => Ok(false),
+            200 => Ok(info.body.get("suspended_at").is_some_and(|s| !s.is_null())),
+            _ => Err(super::answer::error_for(info, installation)),
+        }
+    }
+
     fn delivery_id(&self, headers: &http::HeaderMap) -> Option<String> {
         headers
             .get("x-github-delivery")
@@ -608,19 +652,10 @@ pub fn parse_installation_event(event: &str, body: &[u8]) -> Result<CallbackEven
         .pointer("/installation/id")
         .and_then(Value::as_u64)
         .ok_or("installation.id is missing")?;
-    // A signed body older than the broker remembers deliveries (seven days) could be replayed
-    // once its record is forgotten: refuse installation events that old.
-    if let Some(updated) = v
-        .pointer("/installation/updated_at")
-        .and_then(Value::as_str)
-        .and_then(|t| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-        })
-    {
-        if time::OffsetDateTime::now_utc() - updated > time::Duration::days(6) {
-            return Err("the installation event is older than six days (a replay?)".into());
-        }
-    }
+    // No age check: `installation.updated_at` is when the installation last changed, not
+    // when this event was sent, and refused genuine removals of installations untouched for
+    // a week. A replay outliving the broker's memory of deliveries is caught by asking GitHub
+    // (`confirm_event`).
     let identifier = installation_identifier(id);
     let action = v.get("action").and_then(Value::as_str).unwrap_or("");
     Ok(match action {
