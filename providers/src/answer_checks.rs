@@ -10,9 +10,17 @@ pub fn is_printable(v: &str, max: usize) -> bool {
 }
 
 /// Upstream text as an error message, a log line or an audit record may quote it: control
-/// characters (line breaks, escapes) dropped, at most `max` characters.
+/// characters (line breaks, escapes), Unicode's line and paragraph separators and its
+/// bidirectional overrides (which make a line read other than it is) dropped, at most `max`
+/// characters.
 pub fn quoted(v: &str, max: usize) -> String {
-    v.chars().filter(|c| !c.is_control()).take(max).collect()
+    v.chars()
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .take(max)
+        .collect()
 }
 
 /// Whether every byte of `v` is one a compact JWT is made of (base64url, `.`, padding): a
@@ -84,6 +92,14 @@ pub fn json_node_bound(text: &[u8], stop: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_text_stays_on_its_line_and_reads_as_it_is() {
+        assert_eq!(quoted("a\nb\r\u{1b}[31mc", 100), "ab[31mc");
+        assert_eq!(quoted("x\u{2028}y\u{2029}z", 100), "xyz");
+        assert_eq!(quoted("admin\u{202e}nimda\u{2066}", 100), "adminnimda");
+        assert_eq!(quoted("été", 2), "ét");
+    }
 
     /// Nodes as serde_json builds them: values, and keys of objects.
     fn nodes(v: &serde_json::Value) -> usize {

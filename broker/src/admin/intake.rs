@@ -518,7 +518,9 @@ impl AdminService {
                 .as_u64()
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(0),
-            Err((e, _)) if e.code == ErrorCode::Conflict => {
+            // A conflict is the link revoked or used meanwhile, or the binding changed under
+            // the write (a probe's stamp): only the first is a dead link.
+            Err((e, _)) if e.code == ErrorCode::Conflict && !self.intake_link_live(key).await => {
                 self.count_intake("invalid_link", false);
                 return pages::invalid();
             }
@@ -582,24 +584,17 @@ impl AdminService {
                     Err((e, _)) => {
                         // Nothing a link that could not be used (revoked or used meanwhile,
                         // its creator disabled, a failed commit) brought stays behind for an
-                        // operator to promote later: the pending version is destroyed
-                        // (audited). A promote whose outcome is unknown and that did land
-                        // left an active version, which this refuses to destroy.
-                        let _guard = self.lock.lock().await;
-                        let plan = self
-                            .plan_secret_destroy(&link.binding, Some(version), false)
-                            .await;
-                        if let Err((e, _)) = self
-                            .commit_plan(
-                                Self::intake_event(&link, request_id, "secret.destroy"),
-                                plan,
-                                &format!("{by}; its creator may no longer act"),
-                            )
-                            .await
-                        {
-                            tracing::warn!(link = %link.id, code = %e.code, version, "the pending version of a dead intake link could not be destroyed");
-                        }
-                        if e.code == ErrorCode::OperatorRequired || e.code == ErrorCode::Conflict {
+                        // operator to promote later.
+                        self.drop_intake_pending(
+                            &link,
+                            request_id,
+                            version,
+                            &format!("{by}; not promoted ({})", e.code),
+                        )
+                        .await;
+                        let dead = e.code == ErrorCode::OperatorRequired
+                            || (e.code == ErrorCode::Conflict && !self.intake_link_live(key).await);
+                        if dead {
                             self.count_intake("invalid_link", false);
                             pages::invalid()
                         } else {
@@ -620,13 +615,61 @@ impl AdminService {
                 ev.detail = Some(format!(
                     "pending version {version} {by} failed its probe; {left} attempt(s) left"
                 ));
-                let _guard = self.lock.lock().await;
-                if let Err(e) = self.commit_audited(ev, batch, None).await {
-                    return fail(e);
+                {
+                    let _guard = self.lock.lock().await;
+                    if let Err(e) = self.commit_audited(ev, batch, None).await {
+                        return fail(e);
+                    }
                 }
+                // A version that failed its probe is not kept: while it is pending,
+                // `binding probe` tests it instead of the active one (the next submission
+                // stages its own).
+                self.drop_intake_pending(
+                    &link,
+                    request_id,
+                    version,
+                    &format!("{by}; failed its probe"),
+                )
+                .await;
                 pages::result(false, &e.message, left)
             }
         }
+    }
+
+    /// Destroys pending version `version` that an intake submission wrote and could not use
+    /// (audited). A version promoted meanwhile is active and refused; one replaced is gone.
+    async fn drop_intake_pending(
+        &self,
+        link: &IntakeLink,
+        request_id: &str,
+        version: u32,
+        why: &str,
+    ) {
+        let _guard = self.lock.lock().await;
+        let plan = self
+            .plan_secret_destroy(&link.binding, Some(version), false)
+            .await;
+        if let Err((e, _)) = self
+            .commit_plan(
+                Self::intake_event(link, request_id, "secret.destroy"),
+                plan,
+                why,
+            )
+            .await
+        {
+            tracing::warn!(link = %link.id, code = %e.code, version, "the pending version of an intake submission could not be destroyed");
+        }
+    }
+
+    /// Whether intake link `key` (`intake:<hash>`) is still stored (not revoked nor used up).
+    async fn intake_link_live(&self, key: &str) -> bool {
+        matches!(
+            self.core
+                .records
+                .intake_link(key.trim_start_matches("intake:"))
+                .await,
+            Ok(Some(_))
+        )
     }
 
     /// Stamps who created an intake link, an install link or a site expectation (the admin

@@ -53,10 +53,11 @@ pub(super) fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Syn
             // Both go into the worker's error body, the audit record and `last_probe`: an
             // upstream (or whatever answers as STS) must not plant a long text or a line
             // break there.
-            let code = crate::quoted(ctx.err().code().unwrap_or("Unknown"), 64);
+            let raw_code = ctx.err().code().unwrap_or("Unknown");
+            let code = crate::quoted(raw_code, 64);
             let message = crate::quoted(ctx.err().message().unwrap_or(""), 300);
             let status = ctx.raw().status().as_u16();
-            if code == "AccessDenied" {
+            if raw_code == "AccessDenied" {
                 ProviderError::Denied {
                     message: format!("STS AccessDenied: {message} (the customer's role no longer trusts the vendor account with this ExternalId, or the role is gone)"),
                     upstream_request_id: request_id,
@@ -120,7 +121,10 @@ pub(super) fn assume_error(
         let upstream_request_id = crate::request_id_of(err.request_id());
         let sts = format!(
             "STS PackedPolicyTooLarge: {}",
-            err.message().unwrap_or("the session policies do not pack")
+            crate::quoted(
+                err.message().unwrap_or("the session policies do not pack"),
+                300
+            )
         );
         return match policies_from {
             PolicySource::Narrowing => ProviderError::Denied {

@@ -105,13 +105,15 @@ fn lint_role(
                 ));
             }
         }
-        let actions: Vec<&str> = st
-            .get("Action")
-            .map(list)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let named = st.get("Action").map(list).unwrap_or_default();
+        // An action that is not a plain string (an intrinsic function) cannot be checked:
+        // `{"Fn::Join": ["", ["sts:", "AssumeRole"]]}` would skip the ExternalId check.
+        if let Some(odd) = named.iter().find(|a| !a.is_string()) {
+            say(format!(
+                "trust policy action {odd} is not a plain string: it cannot be checked"
+            ));
+        }
+        let actions: Vec<&str> = named.into_iter().filter_map(Value::as_str).collect();
         if actions.is_empty() {
             say(
                 "trust policy statement allows no named action (Action missing or not strings)"

@@ -238,8 +238,21 @@ impl EntraApp {
 /// broker will not follow (another host, not a string): the pages after it are unseen, and
 /// a check over the items read so far would pass what they hold.
 pub fn page_of(mut v: Value, base: &str) -> Result<(Vec<Value>, Option<String>), String> {
-    let next = match v.get("nextLink").or_else(|| v.get("@odata.nextLink")) {
+    // ARM names it `nextLink`, Graph `@odata.nextLink`; null or empty is no next page. Both
+    // present must agree: one must not hide the other.
+    let link = |k: &str| match v.get(k) {
         None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(other) => Some(other),
+    };
+    let named = match (link("nextLink"), link("@odata.nextLink")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err("the answer names two different next pages".into());
+        }
+        (a, b) => a.or(b),
+    };
+    let next = match named {
+        None => None,
         Some(Value::String(n)) if n.starts_with(&format!("{base}/")) => Some(n.clone()),
         Some(_) => {
             return Err(format!(
@@ -329,9 +342,22 @@ mod tests {
         for none in [
             json!({"value": []}),
             json!({"value": [], "@odata.nextLink": null}),
+            json!({"value": [], "nextLink": ""}),
         ] {
             assert_eq!(page_of(none, BASE).unwrap().1, None);
         }
+        // A null `nextLink` does not hide the `@odata.nextLink` beside it.
+        let (_, next) = page_of(
+            json!({"value": [], "nextLink": null, "@odata.nextLink": format!("{BASE}/p2")}),
+            BASE,
+        )
+        .unwrap();
+        assert_eq!(next.as_deref(), Some("https://management.azure.com/p2"));
+        assert!(page_of(
+            json!({"value": [], "nextLink": format!("{BASE}/a"), "@odata.nextLink": format!("{BASE}/b")}),
+            BASE
+        )
+        .is_err());
         // A next page elsewhere (or written another way) would leave the rest unread: the
         // items read so far would pass checks the later pages fail.
         for elsewhere in [
