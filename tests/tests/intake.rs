@@ -355,6 +355,20 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
         );
     }
     assert_eq!(get(&mut public, &path).await.status, 404);
+    // No failed version is left pending (while one is, `binding probe` tests it instead of
+    // the active one): each was destroyed, audited.
+    let (_, b): (u16, Value) =
+        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    assert!(
+        daemon
+            .audit_records()
+            .iter()
+            .filter(|r| r["action"] == "secret.destroy"
+                && r["actor"].as_str().unwrap().starts_with("intake:"))
+            .count()
+            >= 3
+    );
     // A link outlives nothing: its binding removed and the id re-created for another
     // tenant, the link is dead (it must never write into t2's binding).
     let (path, _) = create_link(&mut op, 3600).await;

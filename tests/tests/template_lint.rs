@@ -145,6 +145,15 @@ fn a_trust_statement_with_not_action_fails() {
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("uses NotAction"), "{out}");
     assert!(out.contains("allows no named action"), "{out}");
+    // An action built by an intrinsic function cannot be checked either.
+    let joined = shipped.replace(
+        r#""Action": "sts:AssumeRole","#,
+        r#""Action": ["sts:TagSession", {"Fn::Join": ["", ["sts:", "AssumeRole"]]}],"#,
+    );
+    let tmp = aws_template_dir("credbroker-role.json", &joined);
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("is not a plain string"), "{out}");
 }
 
 #[test]
