@@ -439,7 +439,7 @@ impl AdminService {
         let expired = self
             .core
             .records
-            .expired_ephemera(now)
+            .expired_ephemera(now, 1000)
             .await
             .map_err(store_err)?;
         let overdue = self.superseded_past_overlap(now, 1000).await?;

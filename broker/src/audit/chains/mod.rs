@@ -108,7 +108,9 @@ pub async fn replicas(client: &impl GenericClient) -> Result<Vec<u32>, String> {
         .map_err(|e| format!("database: {e}"))?;
     rows.iter()
         .map(|r| {
-            let id = r.get::<_, i32>(0);
+            let id = r
+                .try_get::<_, i32>(0)
+                .map_err(|e| format!("database: {e}"))?;
             u32::try_from(id).map_err(|_| {
                 format!("the audit tables hold a chain of replica {id}, which no broker writes")
             })
@@ -133,7 +135,10 @@ pub async fn checkpoints(
         .map_err(|e| format!("database: {e}"))?;
     rows.iter()
         .map(|r| {
-            serde_json::from_str::<Checkpoint>(r.get::<_, &str>(0))
+            let line = r
+                .try_get::<_, &str>(0)
+                .map_err(|_| format!("a checkpoint of replica {replica}'s chain is not text"))?;
+            serde_json::from_str::<Checkpoint>(line)
                 .map_err(|_| format!("a checkpoint of replica {replica}'s chain does not parse"))
         })
         .collect()
@@ -160,12 +165,18 @@ pub async fn for_each_line(
             .await
             .map_err(|e| format!("database: {e}"))?;
         for row in &rows {
-            each(row.get::<_, &str>(1))?;
+            let line = row.try_get::<_, &str>(1).map_err(|_| {
+                format!("{NOT_WRITTEN_BY_US}: a line of replica {replica}'s chain is not text")
+            })?;
+            each(line)?;
         }
         match rows.last() {
             // The column is the database's, not the record's: a page ending at the largest
             // value (a row someone wrote) would wrap around and read the chain again forever.
-            Some(last) if rows.len() as i64 == PAGE => match next_page(next, last.get::<_, i64>(0)) {
+            Some(last) if rows.len() as i64 == PAGE => match next_page(
+                next,
+                last.try_get::<_, i64>(0).map_err(|e| format!("database: {e}"))?,
+            ) {
                 Some(n) => next = n,
                 _ => return Err(format!("{NOT_WRITTEN_BY_US}: replica {replica}'s chain has a row at the largest sequence number")),
             },

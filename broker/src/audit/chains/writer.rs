@@ -72,7 +72,10 @@ async fn last_record(client: &impl GenericClient, replica: u32) -> Result<(u64, 
     Ok(match last {
         None => (0, GENESIS_HASH.to_owned()),
         Some(row) => {
-            let rec: AuditRecord = serde_json::from_str(row.get::<_, &str>(0)).map_err(|_| {
+            let line = row
+                .try_get::<_, &str>(0)
+                .map_err(|_| format!("the last record of replica {replica}'s chain is not text"))?;
+            let rec: AuditRecord = serde_json::from_str(line).map_err(|_| {
                 format!("the last record of replica {replica}'s chain does not parse")
             })?;
             (rec.seq, rec.hash)
@@ -120,7 +123,8 @@ async fn read_tail(client: &Client, replica: u32) -> Result<ChainTail, String> {
         )
         .await
         .map_err(|e| format!("database: {e}"))?
-        .get(0);
+        .try_get(0)
+        .map_err(|e| format!("database: {e}"))?;
     Ok(ChainTail {
         seq,
         hash,

@@ -84,7 +84,8 @@ async fn listen(
         .query_one("SELECT generation FROM credbroker_state WHERE id = 1", &[])
         .await
         .map_err(|e| e.to_string())?
-        .get(0);
+        .try_get(0)
+        .map_err(|e| e.to_string())?;
     match inner.upgrade() {
         Some(inner) => inner.saw(generation),
         None => return Ok(()),

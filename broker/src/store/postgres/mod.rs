@@ -238,7 +238,9 @@ impl Inner {
                     .query_opt(lock_row, &[&t.name(), &k])
                     .await
                     .map_err(|e| db_error(&e))?;
-                Ok::<Option<Vec<u8>>, StoreError>(row.map(|r| r.get(0)))
+                row.map(|r| r.try_get::<_, Vec<u8>>(0))
+                    .transpose()
+                    .map_err(|e| db_error(&e))
             }
         };
         let failed = |t: &Table, k: &str, expected: &'static str| StoreError::Precondition {
@@ -305,7 +307,8 @@ impl Inner {
             )
             .await
             .map_err(|e| db_error(&e))?
-            .get(0);
+            .try_get(0)
+            .map_err(|e| db_error(&e))?;
         let generation = new_generation()?;
         tx.execute(
             "UPDATE credbroker_state SET generation = $1 WHERE id = 1",
@@ -345,7 +348,8 @@ impl PgStore {
             .query_one("SELECT to_regclass('credbroker_records') IS NOT NULL", &[])
             .await
             .map_err(|e| db_error(&e).to_string())?
-            .get(0);
+            .try_get(0)
+            .map_err(|e| db_error(&e).to_string())?;
         if !exists {
             return Ok(None);
         }
@@ -356,7 +360,12 @@ impl PgStore {
             )
             .await
             .map_err(|e| db_error(&e).to_string())?;
-        Ok(row.map(|r| String::from_utf8_lossy(&r.get::<_, Vec<u8>>(0)).into_owned()))
+        row.map(|r| {
+            r.try_get::<_, Vec<u8>>(0)
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        })
+        .transpose()
+        .map_err(|e| db_error(&e).to_string())
     }
 }
 
@@ -373,7 +382,9 @@ impl Store for PgStore {
                 .query_opt(&stmt, &[&table.name(), &key])
                 .await
                 .map_err(|e| db_error(&e))?;
-            Ok(row.map(|r| r.get(0)))
+            row.map(|r| r.try_get(0))
+                .transpose()
+                .map_err(|e| db_error(&e))
         })
         .await
     }
@@ -394,7 +405,10 @@ impl Store for PgStore {
                 .query(&stmt, &[&table.name(), &prefix])
                 .await
                 .map_err(|e| db_error(&e))?;
-            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            rows.into_iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                .map_err(|e| db_error(&e))
         })
         .await
     }
@@ -430,7 +444,10 @@ impl Store for PgStore {
             .await?;
             let full = rows.len() as i64 == PAGE;
             for row in rows {
-                let (key, value): (String, Vec<u8>) = (row.get(0), row.get(1));
+                let (key, value): (String, Vec<u8>) = (
+                    row.try_get(0).map_err(|e| db_error(&e))?,
+                    row.try_get(1).map_err(|e| db_error(&e))?,
+                );
                 each(&key, &value)?;
                 after = Some(key);
             }
@@ -486,7 +503,7 @@ impl Store for PgStore {
                 .query_one(&stmt, &[])
                 .await
                 .map_err(|e| db_error(&e))?;
-            Ok(row.get::<_, i64>(0))
+            row.try_get::<_, i64>(0).map_err(|e| db_error(&e))
         })
         .await?;
         self.inner.saw(generation);
@@ -536,7 +553,7 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(|e| db_error(&e))?;
-            Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+            Ok(usize::try_from(row.try_get::<_, i64>(0).map_err(|e| db_error(&e))?).unwrap_or(0))
         })
         .await
     }

@@ -105,7 +105,8 @@ async fn apply(client: &Client) -> Result<i32, StoreError> {
         )
         .await
         .map_err(db)?
-        .get(0);
+        .try_get(0)
+        .map_err(db)?;
     if applied > latest() {
         return Err(StoreError::Schema {
             found: format!("database migration {applied}"),

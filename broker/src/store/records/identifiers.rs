@@ -178,16 +178,22 @@ impl Records {
     }
 
     /// Expired ephemeral records (install states, webhook deliveries) at `now` (Unix
-    /// seconds), as read for their removal: `(key, raw)`.
+    /// seconds), as read for their removal: `(key, raw)`, at most `limit` of them. The rows
+    /// are read a page at a time and only expired ones kept: a store holding many live ones
+    /// (a week of webhook deliveries) is never read whole into memory, nor in one statement.
     ///
     /// # Errors
     /// On store failure.
-    pub async fn expired_ephemera(&self, now: i64) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub async fn expired_ephemera(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         #[derive(Deserialize)]
         struct Expiring {
             expires_at: i64,
         }
-        let mut out = Vec::new();
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         for prefix in [
             "callback-state:",
             "webhook-delivery:",
@@ -196,13 +202,32 @@ impl Records {
             "expected-site:",
             "link-pin:",
         ] {
-            for (key, raw) in self.store.scan(Table::Identifiers, prefix).await? {
-                // An unreadable record is kept (and reported by whoever reads it).
-                if serde_json::from_slice::<Expiring>(&raw).is_ok_and(|e| e.expires_at < now) {
-                    out.push((key, raw));
-                }
-            }
+            let sink = std::sync::Arc::clone(&kept);
+            self.store
+                .scan_each(
+                    Table::Identifiers,
+                    prefix,
+                    Box::new(move |key, raw| {
+                        // An unreadable record is kept (and reported by whoever reads it).
+                        if serde_json::from_slice::<Expiring>(raw).is_ok_and(|e| e.expires_at < now)
+                        {
+                            let mut out = sink
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if out.len() < limit {
+                                out.push((key.to_owned(), raw.to_vec()));
+                            }
+                        }
+                        Ok(())
+                    }),
+                )
+                .await?;
         }
+        let out = std::mem::take(
+            &mut *kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         Ok(out)
     }
 

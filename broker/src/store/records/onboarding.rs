@@ -470,8 +470,12 @@ mod tests {
         }
         let (_, read) = records.link_pin("entra_multi_tenant", guid).await.unwrap();
         assert_eq!(read.unwrap().value, pin("t1", 3));
-        assert!(records.expired_ephemera(3).await.unwrap().is_empty());
-        let expired = records.expired_ephemera(4).await.unwrap();
+        assert!(records.expired_ephemera(3, 1000).await.unwrap().is_empty());
+        let expired = records.expired_ephemera(4, 1000).await.unwrap();
+        assert!(
+            records.expired_ephemera(4, 0).await.unwrap().is_empty(),
+            "the limit holds"
+        );
         assert_eq!(expired.len(), 1, "{expired:?}");
         assert!(expired[0].0.starts_with("link-pin:"), "{expired:?}");
     }
