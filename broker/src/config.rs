@@ -391,6 +391,18 @@ impl Config {
                     .join(", ")
             )));
         }
+        // A typo must not keep a rotated-out webhook secret verifying for years, nor take
+        // every body or none.
+        let w = &self.webhooks;
+        if !(1..=30 * 86_400).contains(&w.overlap_s)
+            || !(1..=1_000).contains(&w.reveals_per_hour)
+            || !(1..=16 * 1024 * 1024).contains(&w.max_body_bytes)
+            || w.failure_logs_per_minute > 10_000
+        {
+            return Err(ConfigError(
+                "[webhooks]: overlap_s must be between 1 and 2592000 (30 days), reveals_per_hour between 1 and 1000, max_body_bytes between 1 and 16777216, failure_logs_per_minute at most 10000".into(),
+            ));
+        }
         if self.keys.kek_file.is_some() && self.keys.kek_env.is_some() {
             return Err(ConfigError(
                 "set keys.kek_file or keys.kek_env, not both".into(),

@@ -230,6 +230,42 @@ async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
         .audit_records()
         .iter()
         .any(|r| r["action"] == "binding.set_owner" && r["actor"] == "operator:op"));
+
+    // Restating who owns it keeps the rotation policy someone set; clearing it is explicit;
+    // a policy out of range is refused.
+    let set_owner = |extra: &[&str]| {
+        let mut args = vec![
+            "binding",
+            "set-owner",
+            "b2",
+            "--owner",
+            "team-b",
+            "--purpose",
+            "servicenow sync",
+        ];
+        args.extend_from_slice(extra);
+        operator_cli(&pki, &daemon.url, &args)
+    };
+    let policy = |out: &str| {
+        serde_json::from_str::<Value>(out).unwrap()["binding"]["max_secret_age_days"].clone()
+    };
+    let (c, out, err) = set_owner(&[]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert_eq!(policy(&out), 30, "{out}");
+    let (c, out, err) = set_owner(&["--clear-max-secret-age"]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(policy(&out).is_null(), "{out}");
+    let mut op = pki.client_for("op", &daemon.url);
+    for days in [0, 3651, u32::MAX] {
+        let (s, v) = call(
+            &mut op,
+            Method::PUT,
+            "/v1/admin/bindings/b2/governance",
+            Some(json!({"owner": "team-b", "purpose": "servicenow sync", "max_secret_age_days": days})),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{days}: {v}");
+    }
 }
 
 /// Adding a worker or binding without an owner and purpose is refused.

@@ -209,7 +209,10 @@ impl AdminService {
             trust_facts: None,
             pending_secret_version: None,
             governance,
-            max_secret_age_days: b.max_secret_age_days,
+            max_secret_age_days: b
+                .max_secret_age_days
+                .map(super::governance::secret_age_days)
+                .transpose()?,
             created_at: now_rfc3339(),
         };
         // The tenant gains a child: it cannot be removed meanwhile.

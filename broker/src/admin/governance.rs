@@ -22,9 +22,31 @@ pub struct GovernanceUpdate {
     pub owner: String,
     /// What it is for.
     pub purpose: String,
-    /// Bindings only: the most days its secret may age (absent: the provider's policy).
-    #[serde(default)]
-    pub max_secret_age_days: Option<u32>,
+    /// Bindings only: the most days its secret may age, 1-3650. Absent: the binding's
+    /// current policy is kept; `null`: cleared (the provider's policy applies).
+    #[serde(default, deserialize_with = "present")]
+    #[schemars(with = "Option<u32>", range(min = 1, max = 3650))]
+    pub max_secret_age_days: Option<Option<u32>>,
+}
+
+/// A field that is present (`null` included) as `Some`: absent stays `None` by
+/// `#[serde(default)]`, so "keep" and "clear" are told apart.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+/// The most days a binding's secret may be set to age: ten years.
+pub(crate) const MAX_SECRET_AGE_DAYS: u32 = 3650;
+
+/// `days` as a rotation policy: 1 to [`MAX_SECRET_AGE_DAYS`].
+pub(crate) fn secret_age_days(days: u32) -> Result<u32, ApiError> {
+    if (1..=MAX_SECRET_AGE_DAYS).contains(&days) {
+        Ok(days)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "max_secret_age_days must be between 1 and {MAX_SECRET_AGE_DAYS}"
+        )))
+    }
 }
 
 /// `POST /v1/admin/instances/{id}/webhook-secret/reveal`
@@ -254,7 +276,13 @@ impl AdminService {
                 let stored = self.binding_or_404(&id).await?;
                 let mut b = stored.value.clone();
                 b.governance = Some(validated(u.owner, u.purpose)?);
-                b.max_secret_age_days = u.max_secret_age_days;
+                // Absent keeps the policy: restating who owns it must not quietly drop a
+                // stricter rotation policy someone set.
+                match u.max_secret_age_days {
+                    None => {}
+                    Some(None) => b.max_secret_age_days = None,
+                    Some(Some(d)) => b.max_secret_age_days = Some(secret_age_days(d)?),
+                }
                 let mut plan = Plan::new(
                     format!(
                         "binding={id} owner={:?} max_secret_age_days={:?}",

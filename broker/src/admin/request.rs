@@ -138,8 +138,9 @@ pub struct NewBinding {
     pub owner: String,
     /// What it is for.
     pub purpose: String,
-    /// Rotation policy override: the most days its secret may age.
+    /// Rotation policy override: the most days its secret may age, 1-3650.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 3650))]
     pub max_secret_age_days: Option<u32>,
     /// Set by a flow acting for an install link (never by a request body): the tenant must
     /// have been created no later than this, Unix seconds (when the link was issued), or it

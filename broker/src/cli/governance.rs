@@ -20,10 +20,14 @@ pub struct SetOwner {
     /// What it is for.
     #[arg(long)]
     purpose: String,
-    /// (bindings) Rotation policy: the most days its secret may age (absent: the provider's
-    /// default from `[inventory] max_secret_age_days`).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    /// (bindings) Rotation policy: the most days its secret may age, 1-3650 (absent: the
+    /// binding's current policy is kept).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
     max_secret_age_days: Option<u32>,
+    /// (bindings) Clear the binding's rotation policy: the provider's default from
+    /// `[inventory] max_secret_age_days` applies again.
+    #[arg(long, conflicts_with = "max_secret_age_days")]
+    clear_max_secret_age: bool,
 }
 
 impl SetOwner {
@@ -31,6 +35,9 @@ impl SetOwner {
         let mut body = json!({ "owner": self.owner, "purpose": self.purpose });
         if let Some(d) = self.max_secret_age_days {
             body["max_secret_age_days"] = json!(d);
+        }
+        if self.clear_max_secret_age {
+            body["max_secret_age_days"] = Value::Null;
         }
         call(
             conn,
