@@ -268,6 +268,29 @@ async fn verification_refuses_forgeries_and_other_tenants() {
     assert_eq!((s, code(&v)), (404, "unknown_instance"), "{v}");
     let (s2, v2) = verify(&mut w2, "no-such", good.clone(), event).await;
     assert_eq!((s2, code(&v2)), (s, code(&v)));
+    // The probe is audited like a resolve's: the record names the worker, the instance and
+    // its real tenant (which the answer hid).
+    let probed = daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "webhook.verify" && r["instance"] == "i1")
+        .expect("the refusal's record");
+    assert_eq!(
+        (
+            &probed["actor"],
+            &probed["tenant"],
+            &probed["outcome"],
+            &probed["error_code"]
+        ),
+        (
+            &json!("worker:w2"),
+            &json!("t1"),
+            &json!("denied"),
+            &json!("unknown_instance")
+        ),
+        "{probed}"
+    );
+    assert!(v["error"]["audit_id"].is_string(), "{v}");
     let (s, v) = verify(&mut op, "i1", good.clone(), event).await;
     assert_eq!((s, code(&v)), (403, "worker_not_authorized"), "{v}");
     // Only a worker may send an event-sized body: anyone else is cut at the usual limit —

@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 use super::governance::RevealBody;
 use super::{store_err, AdminService, Plan};
 use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::AuditEvent;
 use crate::broker::{error_answer, Answer};
 use crate::identity::PeerIdentity;
 use crate::model::{now_rfc3339, rfc3339, Status};
@@ -336,7 +337,8 @@ impl AdminService {
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
     ) -> Answer {
-        match self.verify_webhook(peer, body).await {
+        let mut facts = crate::resolve::chain::ChainFacts::default();
+        match self.verify_webhook(peer, body, &mut facts).await {
             Ok((scheme, valid, version)) => {
                 let result = if valid { "valid" } else { "invalid" };
                 self.core
@@ -384,7 +386,48 @@ impl AdminService {
                 if self.core.governance.may_log_failure().0 {
                     tracing::warn!(request_id, code = %e.code, "webhook verification refused");
                 }
-                error_answer(&e, None, request_id)
+                // A refusal of the worker's chain (an instance it may not serve, or none, a
+                // disabled link) is audited like a resolve's: a worker probing other tenants'
+                // instance ids through this endpoint shows in the log, the real tenant named.
+                let audit_id = if facts.instance.is_some()
+                    && matches!(
+                        e.code,
+                        ErrorCode::UnknownInstance
+                            | ErrorCode::WorkerNotAuthorized
+                            | ErrorCode::InstanceInactive
+                            | ErrorCode::TenantInactive
+                            | ErrorCode::TenantMismatch
+                    ) {
+                    let event = AuditEvent {
+                        kind: "webhook".into(),
+                        action: "webhook.verify".into(),
+                        request_id: request_id.to_owned(),
+                        actor: peer
+                            .map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name),
+                        tenant: facts.tenant.as_ref().map(ToString::to_string),
+                        instance: facts.instance.as_ref().map(ToString::to_string),
+                        outcome: "denied".into(),
+                        error_code: Some(e.code.as_str().to_owned()),
+                        detail: facts.detail.map(str::to_owned),
+                        ..Default::default()
+                    };
+                    match self.core.audit.append(event).await {
+                        Ok(r) => Some(r.audit_id),
+                        Err(_) => {
+                            return error_answer(
+                                &ApiError::new(
+                                    ErrorCode::AuditUnavailable,
+                                    "audit log unavailable; nothing was checked",
+                                ),
+                                None,
+                                request_id,
+                            )
+                        }
+                    }
+                } else {
+                    None
+                };
+                error_answer(&e, audit_id.as_deref(), request_id)
             }
         }
     }
@@ -393,6 +436,7 @@ impl AdminService {
         &self,
         peer: Option<&PeerIdentity>,
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        facts: &mut crate::resolve::chain::ChainFacts,
     ) -> Result<(&'static str, bool, Option<u32>), ApiError> {
         // A body over the caller's limit (the usual one for anyone but a worker) is refused
         // as such first: it was never read past that limit.
@@ -405,13 +449,9 @@ impl AdminService {
         self.catch_up().await?;
         let r = &self.core.records;
         let internal = |e| store_err(e);
-        let instance = crate::resolve::chain::worker_and_instance(
-            r,
-            worker_id,
-            &req.instance,
-            &mut crate::resolve::chain::ChainFacts::default(),
-        )
-        .await?;
+        facts.instance = Some(req.instance.clone());
+        let instance =
+            crate::resolve::chain::worker_and_instance(r, worker_id, &req.instance, facts).await?;
         if instance.status != Status::Active {
             return Err(ApiError::new(
                 ErrorCode::InstanceInactive,
