@@ -54,6 +54,9 @@ pub struct Breakers {
     open_for: Duration,
     circuits: Mutex<HashMap<String, Circuit>>,
     limits: crate::admission::MintLimiter,
+    /// Providers without a provider-wide circuit: each customer is an upstream of its own
+    /// ([`credbroker_providers::Provider::shares_upstream`]).
+    own_upstreams: std::collections::HashSet<String>,
 }
 
 impl Breakers {
@@ -69,7 +72,16 @@ impl Breakers {
             open_for,
             circuits: Mutex::new(HashMap::new()),
             limits: crate::admission::MintLimiter::new(limits),
+            own_upstreams: std::collections::HashSet::new(),
         }
+    }
+
+    /// The same, with no provider-wide circuit for `providers`: each of their customers is
+    /// an upstream of its own, so failures spread over tenants prove no shared outage.
+    #[must_use]
+    pub fn with_own_upstreams(mut self, providers: impl IntoIterator<Item = String>) -> Breakers {
+        self.own_upstreams.extend(providers);
+        self
     }
 
     /// Takes a mint token for the worker, the binding and the tenant's share of the provider.
@@ -92,11 +104,15 @@ impl Breakers {
             return Admission::Allowed;
         };
         let now = Instant::now();
-        let keys = [provider_key(provider), binding_key(provider, binding)];
+        let shared = !self.own_upstreams.contains(provider);
+        let keys = [
+            shared.then(|| provider_key(provider)),
+            Some(binding_key(provider, binding)),
+        ];
         // Decide on both before touching either: a trial is claimed only when the mint
         // really goes ahead.
         let mut trials = Vec::new();
-        for key in &keys {
+        for key in keys.iter().flatten() {
             let c = all.entry(key.clone()).or_default();
             match c.open_until {
                 Some(until) if now < until => return Admission::Open(until - now),
@@ -176,7 +192,8 @@ impl Breakers {
             all.entry(binding_key(provider, binding)).or_default(),
             false,
         );
-        let provider_opened = step(all.entry(provider_key(provider)).or_default(), true);
+        let provider_opened = !self.own_upstreams.contains(provider)
+            && step(all.entry(provider_key(provider)).or_default(), true);
         (binding_opened, provider_opened)
     }
 
@@ -273,6 +290,25 @@ mod tests {
         assert!(b.record("p", "x", "t1", true).1);
         assert!(matches!(b.admit("p", "z"), Admission::Open(_)));
         assert_eq!(b.open_providers(), vec!["p".to_owned()]);
+    }
+
+    /// A provider whose customers are each an upstream of their own (ServiceNow) has no
+    /// provider-wide circuit: two tenants' broken instances open their own bindings' circuits
+    /// and leave a third tenant's mints alone.
+    #[test]
+    fn own_upstreams_have_no_provider_circuit() {
+        let b = Breakers::new(2, Duration::from_secs(60)).with_own_upstreams(["sn".to_owned()]);
+        for _ in 0..4 {
+            for (binding, tenant) in [("x", "t1"), ("y", "t2")] {
+                if b.admit("sn", binding) == Admission::Allowed {
+                    assert!(!b.record("sn", binding, tenant, true).1);
+                }
+            }
+        }
+        assert!(matches!(b.admit("sn", "x"), Admission::Open(_)));
+        assert!(matches!(b.admit("sn", "y"), Admission::Open(_)));
+        assert_eq!(b.admit("sn", "z"), Admission::Allowed);
+        assert!(b.open_providers().is_empty());
     }
 
     /// A half-open provider circuit is not held open by one tenant's failing trials.

@@ -284,11 +284,19 @@ impl Broker {
                 settings.cache_max_entries_per_tenant,
                 metrics.cache_shared_mints.clone(),
             ),
-            breakers: Arc::new(crate::breaker::Breakers::with_mint_limits(
-                settings.breaker.0,
-                settings.breaker.1,
-                settings.mint_limits,
-            )),
+            breakers: Arc::new(
+                crate::breaker::Breakers::with_mint_limits(
+                    settings.breaker.0,
+                    settings.breaker.1,
+                    settings.mint_limits,
+                )
+                .with_own_upstreams(
+                    registry
+                        .providers()
+                        .filter(|p| !p.shares_upstream())
+                        .map(|p| p.id().to_owned()),
+                ),
+            ),
             registry,
             issuer: settings
                 .issuer

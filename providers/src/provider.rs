@@ -412,6 +412,15 @@ pub trait Provider: Send + Sync + 'static {
         true
     }
 
+    /// Whether every binding's mints reach one upstream shared by all tenants (AWS STS,
+    /// Entra, GitHub): the provider-wide circuit breaker then guards it. A provider whose
+    /// every customer is an upstream of its own (a ServiceNow instance) says no: two
+    /// customers' hibernating instances say nothing about a third's, and must not stop its
+    /// mints (each binding keeps its own circuit).
+    fn shares_upstream(&self) -> bool {
+        true
+    }
+
     /// How issued credentials are kept within the binding's ceiling.
     fn ceiling_enforcement(&self) -> CeilingEnforcement;
 

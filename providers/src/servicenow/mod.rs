@@ -184,6 +184,10 @@ impl Provider for ServiceNow {
         CachePolicy::UntilExpiry
     }
 
+    fn shares_upstream(&self) -> bool {
+        false
+    }
+
     fn ceiling_enforcement(&self) -> CeilingEnforcement {
         // The bearer carries its application user's roles; nothing in the request can
         // narrow it. The probe verifies those roles against the ceiling.
