@@ -784,6 +784,58 @@ async fn consent_takeover_attempts_are_refused() {
     assert_eq!((s, code(&v)), (404, "unknown_instance"), "{v}");
 }
 
+/// A binding scoped to a management group: the subscriptions under the group are covered by
+/// its assignments, but a role our service principal holds on a subscription outside every
+/// declared scope rides in every ARM token too. Each subscription it sees outside the
+/// subscription scopes has its roles read and held to the ceiling, at mint and probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_group_scope_checks_the_subscriptions_outside_it() {
+    let mut env = start().await;
+    let mg = "/providers/Microsoft.Management/managementGroups/mg-scanners";
+    let outside = "/subscriptions/77777777-8888-4999-8aaa-bbbbbbbbbbbb";
+    consent_all(&env.entra, ACME, ACME_SP);
+    env.entra.assign(mg, ACME_SP, READER);
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-mg", "tenant": "t1", "provider": "entra_multi_tenant",
+                    "config": {"tenant_id": ACME, "resources": ["graph", "arm"], "arm_scopes": [mg]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env.op, "acme-mg").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(
+            json!({"id": "i-mg", "tenant": "t1", "binding": "acme-mg", "connector_kind": "azure"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // Contributor on a subscription outside the group: no ARM token is handed out.
+    env.entra.assign(outside, ACME_SP, CONTRIBUTOR);
+    let arm = json!({"instance_id": "i-mg", "narrow": {"resource": "arm"}});
+    let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains(CONTRIBUTOR) && m.contains(outside), "{m}");
+    assert!(v.get("credentials").is_none());
+    // Reader there is within the ceiling: served.
+    env.entra
+        .state
+        .role_assignments
+        .lock()
+        .unwrap()
+        .retain(|(_, _, r)| r == READER);
+    env.entra.assign(outside, ACME_SP, READER);
+    let (s, v) = resolve(&mut env.w1(), arm).await;
+    assert_eq!(s, 200, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm_role_assignments_are_checked_by_the_probe() {
     let mut env = start().await;

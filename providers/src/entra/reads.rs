@@ -173,16 +173,55 @@ impl EntraApp {
             .arm_scopes
             .iter()
             .all(|s| s.starts_with("/subscriptions/"));
+        let base = &self.settings.arm_base_url;
+        let url = format!("{base}/subscriptions?api-version=2022-12-01");
+        let subscriptions = self
+            .get_all(url, base, &arm.token, budget, "ARM subscriptions")
+            .await?;
+        let undeclared = undeclared_subscriptions(&subscriptions, &bound.config.arm_scopes);
         if all_subscriptions {
-            let base = &self.settings.arm_base_url;
-            let url = format!("{base}/subscriptions?api-version=2022-12-01");
-            let subscriptions = self
-                .get_all(url, base, &arm.token, budget, "ARM subscriptions")
-                .await?;
-            if let Some(id) = undeclared_subscription(&subscriptions, &bound.config.arm_scopes) {
+            if let Some(id) = undeclared.first() {
                 return Err(denied(
                     format!(
                         "our service principal {oid} can read subscription {id}, which is not among the binding's arm_scopes (its roles there are unchecked): add the scope or remove the assignment"
+                    ),
+                    arm.request_id.clone(),
+                ));
+            }
+            return Ok(out);
+        }
+        // A management-group scope: the subscriptions under the group are covered by its
+        // assignments, read above; one outside every declared scope is not, and a role given
+        // there (Contributor on another subscription) would ride in every ARM token. Each
+        // subscription the principal sees outside the subscription scopes has its roles read
+        // and held to the ceiling like a scope's (inherited ones included).
+        if undeclared.len() > MAX_UNDECLARED_SUBSCRIPTIONS {
+            return Err(denied(
+                format!(
+                    "our service principal {oid} sees {} subscriptions outside the binding's subscription scopes, more than the {MAX_UNDECLARED_SUBSCRIPTIONS} whose roles a mint reads: name them in arm_scopes",
+                    undeclared.len()
+                ),
+                arm.request_id.clone(),
+            ));
+        }
+        for id in &undeclared {
+            if id.is_empty() {
+                return Err(denied(
+                    "ARM listed a subscription without a subscription id: its roles cannot be checked".into(),
+                    arm.request_id.clone(),
+                ));
+            }
+            let scope = format!("/subscriptions/{id}");
+            let held = self
+                .role_assignments(&arm.token, &scope, &oid, budget)
+                .await?;
+            if let Some(r) = held
+                .iter()
+                .find(|r| !bound.ceiling.arm_roles.contains_key(*r))
+            {
+                return Err(denied(
+                    format!(
+                        "our service principal {oid} holds role {r} at {scope}, outside the binding's ceiling (policies/azure.json): no ARM token is handed out until that assignment is removed"
                     ),
                     arm.request_id.clone(),
                 ));
@@ -296,7 +335,14 @@ pub fn roles_held(items: &[Value], oid: &str) -> Result<Vec<String>, String> {
 /// its id as a lower-case GUID, or empty when it names none. Never panics on any input
 /// (fuzzed).
 pub fn undeclared_subscription(items: &[Value], scopes: &[String]) -> Option<String> {
-    items.iter().find_map(|sub| {
+    undeclared_subscriptions(items, scopes).into_iter().next()
+}
+
+/// Every subscription of `items` that is not among `scopes`, as
+/// [`undeclared_subscription`] names them, each once.
+pub fn undeclared_subscriptions(items: &[Value], scopes: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for sub in items {
         let id = sub
             .get("subscriptionId")
             .and_then(Value::as_str)
@@ -305,9 +351,16 @@ pub fn undeclared_subscription(items: &[Value], scopes: &[String]) -> Option<Str
         let declared = scopes
             .iter()
             .any(|s| s.eq_ignore_ascii_case(&format!("/subscriptions/{id}")));
-        (!declared).then_some(id)
-    })
+        if !declared && !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
 }
+
+/// Most subscriptions outside a binding's subscription scopes whose roles an ARM mint reads
+/// one by one (a binding with a management-group scope): beyond it the mint is refused.
+const MAX_UNDECLARED_SUBSCRIPTIONS: usize = 50;
 
 /// When the newest of `items` (Graph app role assignments) was created, if any says so in
 /// RFC 3339. Never panics on any input (fuzzed).
