@@ -421,7 +421,7 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
         tmp.path(),
         &pki,
         &DaemonOptions {
-            extra_toml: "[webhooks]\noverlap_s = 3\n".into(),
+            extra_toml: "[webhooks]\noverlap_s = 3\n[secrets]\ngc_interval_s = 1\n".into(),
             ..Default::default()
         },
     );
@@ -481,4 +481,37 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
     }
     let (_, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": newest}), body).await;
     assert_eq!(v["valid"], true, "{v}");
+    // Past their window the previous versions are destroyed by the collector (audited):
+    // neither a store copy nor a later KEK rotation keeps them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (c, out, err) = operator_cli(&pki, &daemon.url, &["webhook-secret", "show", "i1"]);
+        assert_eq!(c, 0, "{err}");
+        let shown: Value = serde_json::from_str(&out).unwrap();
+        if shown["webhook_secret"]["versions"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired versions outlived their window: {shown}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // One pass or two (the windows end a moment apart): two versions destroyed in all.
+    let destroyed: usize = daemon
+        .audit_records()
+        .iter()
+        .filter(|r| r["action"] == "store.gc")
+        .filter_map(|r| {
+            let d = r["detail"].as_str()?;
+            let (head, _) = d.split_once(" webhook secret version(s)")?;
+            head.rsplit(' ').next()?.parse::<usize>().ok()
+        })
+        .sum();
+    assert_eq!(destroyed, 2);
 }

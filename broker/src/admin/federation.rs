@@ -446,10 +446,43 @@ impl AdminService {
             .await
             .map_err(store_err)?;
         let overdue = self.superseded_past_overlap(now, 1000).await?;
-        if expired.is_empty() && overdue.is_empty() {
+        // Webhook secret versions whose overlap is over verify nothing: destroyed, so that
+        // neither a store copy nor a later KEK rotation keeps them.
+        let at = time::OffsetDateTime::now_utc();
+        let mut pruned = Vec::new();
+        for id in self
+            .core
+            .records
+            .webhook_secrets_past_overlap(at)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .take(1000)
+        {
+            if let Some(stored) = self
+                .core
+                .records
+                .webhook_secret(&id)
+                .await
+                .map_err(store_err)?
+            {
+                let mut w = stored.value.clone();
+                let before = w.versions.len();
+                w.versions.retain(|v| v.verifies_at(at));
+                if w.versions.len() < before {
+                    pruned.push((stored, w, before));
+                }
+            }
+        }
+        if expired.is_empty() && overdue.is_empty() && pruned.is_empty() {
             return Ok(0);
         }
         let mut batch = crate::store::Batch::new();
+        let mut webhook_versions = 0usize;
+        for (stored, w, before) in &pruned {
+            batch.replace(stored, w);
+            webhook_versions += before - w.versions.len();
+        }
         let mut destroyed = Vec::new();
         for v in &overdue {
             batch.remove(v);
@@ -474,7 +507,7 @@ impl AdminService {
             actor: "credbroker:gc".into(),
             outcome: "allowed".into(),
             detail: Some(format!(
-                "forgot {states} expired install state(s) or intake link(s), {deliveries} expired webhook delivery id(s), {unclaimed} unclaimed installation(s), {sites} site expectation(s) and {pins} install link pin(s); destroyed {} superseded secret version(s) past the overlap{}",
+                "forgot {states} expired install state(s) or intake link(s), {deliveries} expired webhook delivery id(s), {unclaimed} unclaimed installation(s), {sites} site expectation(s) and {pins} install link pin(s); destroyed {webhook_versions} webhook secret version(s) past their overlap and {} superseded secret version(s) past the overlap{}",
                 destroyed.len(),
                 if destroyed.is_empty() { String::new() } else { format!(": {}", destroyed.join(", ")) }
             )),
@@ -483,7 +516,7 @@ impl AdminService {
         self.commit_audited(event, batch, None)
             .await
             .map_err(|(e, _)| e)?;
-        Ok(states + deliveries + unclaimed + sites + pins + destroyed.len())
+        Ok(states + deliveries + unclaimed + sites + pins + destroyed.len() + webhook_versions)
     }
 
     /// Runs a binding's probe; stamps the result; activates a pending binding that passes.

@@ -33,11 +33,7 @@ pub(super) fn describe(w: &WebhookSecret) -> Value {
 }
 
 fn still_valid(v: &WebhookVersion, now: time::OffsetDateTime) -> bool {
-    match &v.valid_until {
-        None => true,
-        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-            .is_ok_and(|t| now < t),
-    }
+    v.verifies_at(now)
 }
 
 fn check_header(name: &str) -> Result<(), ApiError> {

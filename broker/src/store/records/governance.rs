@@ -81,6 +81,20 @@ pub struct WebhookVersion {
     pub valid_until: Option<String>,
 }
 
+impl WebhookVersion {
+    /// Whether it verifies at `now`: the current version always; a previous one until its
+    /// `valid_until` (an unreadable one never).
+    pub fn verifies_at(&self, now: time::OffsetDateTime) -> bool {
+        match &self.valid_until {
+            None => true,
+            Some(t) => {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .is_ok_and(|t| now < t)
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for WebhookVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookVersion")
@@ -204,6 +218,25 @@ impl Records {
         instance: &str,
     ) -> Result<Option<Stored<WebhookSecret>>, StoreError> {
         self.get_stored(Table::WebhookSecrets, instance).await
+    }
+
+    /// The webhook secrets holding a version that no longer verifies at `now` (its overlap
+    /// is over), as read for a change: read one at a time, only those kept.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn webhook_secrets_past_overlap(
+        &self,
+        now: time::OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .keyed_where(Table::WebhookSecrets, "", move |w: &WebhookSecret| {
+                w.versions.iter().any(|v| !v.verifies_at(now))
+            })
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// Every webhook secret (KEK rotation).
