@@ -97,6 +97,10 @@ pub struct EntraState {
     pub list_padding: Mutex<usize>,
     /// Azure RBAC role assignments: (scope, principal object id, role definition GUID).
     pub role_assignments: Mutex<Vec<(String, String, String)>>,
+    /// Subscriptions placed under a management group: (group name, subscription GUID).
+    pub placements: Mutex<Vec<(String, String)>>,
+    /// Role-assignment reads answered (any scope).
+    pub role_reads: Mutex<usize>,
     signing: AppKey,
     base_url: Mutex<String>,
     counter: AtomicU64,
@@ -424,6 +428,26 @@ impl EntraState {
                     .map(|r| r.split('/').next().unwrap_or("").to_owned())
             })
             .collect();
+        // A role at a management group reaches every subscription placed under it.
+        let groups: Vec<String> = self
+            .role_assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p, _)| *p == oid)
+            .filter_map(|(s, _, _)| {
+                s.strip_prefix("/providers/Microsoft.Management/managementGroups/")
+                    .map(str::to_owned)
+            })
+            .collect();
+        ids.extend(
+            self.placements
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(g, _)| groups.contains(g))
+                .map(|(_, s)| s.clone()),
+        );
         ids.sort();
         ids.dedup();
         let value: Vec<Value> = ids
@@ -436,9 +460,44 @@ impl EntraState {
         )
     }
 
+    /// ARM `GET /providers/Microsoft.Management/managementGroups/{group}/descendants?api-version=2020-05-01`:
+    /// the subscriptions placed under `group`, as ARM lists descendants.
+    fn descendants(&self, group: &str, query: &str, bearer: Option<&str>) -> (u16, Value) {
+        if self.bearer_claims(bearer, ARM).is_none() {
+            return (
+                401,
+                json!({"error": {"code": "InvalidAuthenticationToken", "message": "The access token is invalid."}}),
+            );
+        }
+        if parse_form(query).get("api-version").map(String::as_str) != Some("2020-05-01") {
+            return (
+                400,
+                json!({"error": {"code": "InvalidApiVersionParameter", "message": "The api-version is invalid."}}),
+            );
+        }
+        let parent = format!("/providers/Microsoft.Management/managementGroups/{group}");
+        let value: Vec<Value> = self
+            .placements
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(g, _)| g == group)
+            .map(|(_, s)| {
+                json!({
+                    "id": format!("/subscriptions/{s}"),
+                    "type": "Microsoft.Management/managementGroups/subscriptions",
+                    "name": s,
+                    "properties": {"displayName": "sub", "parent": {"id": parent}},
+                })
+            })
+            .collect();
+        (200, json!({ "value": value }))
+    }
+
     /// ARM `GET {scope}/providers/Microsoft.Authorization/roleAssignments?api-version=…&$filter=principalId eq '…'`
     /// with an ARM token this fake issued.
     fn role_assignments_at(&self, scope: &str, query: &str, bearer: Option<&str>) -> (u16, Value) {
+        *self.role_reads.lock().unwrap() += 1;
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&[ARM]);
         validation.validate_exp = true;
@@ -516,6 +575,11 @@ impl EntraState {
                 self.app_role_assignments(sp, bearer.as_deref())
             }
             ["subscriptions"] if !post => self.subscriptions(&query, bearer.as_deref()),
+            ["providers", "Microsoft.Management", "managementGroups", group, "descendants"]
+                if !post =>
+            {
+                self.descendants(group, &query, bearer.as_deref())
+            }
             _ if !post && path.ends_with(ASSIGNMENTS) => self.role_assignments_at(
                 path.trim_end_matches(ASSIGNMENTS),
                 &query,
@@ -561,6 +625,8 @@ impl FakeEntra {
             lists_without_value: Mutex::new(false),
             list_padding: Mutex::new(0),
             role_assignments: Mutex::new(Vec::new()),
+            placements: Mutex::new(Vec::new()),
+            role_reads: Mutex::new(0),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),
             counter: AtomicU64::new(1),
@@ -607,6 +673,15 @@ impl FakeEntra {
         if let Some(t) = self.state.tenants.lock().unwrap().get_mut(tenant) {
             t.consented = false;
         }
+    }
+
+    /// Places subscription `subscription` (a GUID) under management group `group`.
+    pub fn place(&self, group: &str, subscription: &str) {
+        self.state
+            .placements
+            .lock()
+            .unwrap()
+            .push((group.to_owned(), subscription.to_owned()));
     }
 
     /// Assigns Azure role `role` (a role definition GUID) to `principal` at `scope`.

@@ -784,6 +784,11 @@ async fn consent_takeover_attempts_are_refused() {
     assert_eq!((s, code(&v)), (404, "unknown_instance"), "{v}");
 }
 
+/// Role-assignment reads the fake ARM answered.
+fn role_reads(entra: &FakeEntra) -> usize {
+    *entra.state.role_reads.lock().unwrap()
+}
+
 /// A binding scoped to a management group: the subscriptions under the group are covered by
 /// its assignments, but a role our service principal holds on a subscription outside every
 /// declared scope rides in every ARM token too. Each subscription it sees outside the
@@ -795,6 +800,13 @@ async fn a_management_group_scope_checks_the_subscriptions_outside_it() {
     let outside = "/subscriptions/77777777-8888-4999-8aaa-bbbbbbbbbbbb";
     consent_all(&env.entra, ACME, ACME_SP);
     env.entra.assign(mg, ACME_SP, READER);
+    // Sixty subscriptions under the group: covered by its assignments, none read one by one.
+    for i in 0..60 {
+        env.entra.place(
+            "mg-scanners",
+            &format!("{i:08x}-1111-4222-8333-444444444444"),
+        );
+    }
     let (s, v) = call(
         &mut env.op,
         Method::POST,
@@ -804,8 +816,14 @@ async fn a_management_group_scope_checks_the_subscriptions_outside_it() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    let reads_before = role_reads(&env.entra);
     let (s, v) = probe(&mut env.op, "acme-mg").await;
     assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        role_reads(&env.entra) - reads_before,
+        1,
+        "the group's subscriptions were read one by one"
+    );
     let (s, v) = call(
         &mut env.op,
         Method::POST,

@@ -191,10 +191,27 @@ impl EntraApp {
             return Ok(out);
         }
         // A management-group scope: the subscriptions under the group are covered by its
-        // assignments, read above; one outside every declared scope is not, and a role given
-        // there (Contributor on another subscription) would ride in every ARM token. Each
-        // subscription the principal sees outside the subscription scopes has its roles read
-        // and held to the ceiling like a scope's (inherited ones included).
+        // assignments, read above (at, above and below the group); one outside every
+        // declared scope is not, and a role given there (Contributor on another
+        // subscription) would ride in every ARM token. The groups' descendants are listed;
+        // each subscription the principal sees outside them and the subscription scopes has
+        // its roles read and held to the ceiling like a scope's (inherited ones included).
+        let mut under_groups = std::collections::BTreeSet::new();
+        for group in bound
+            .config
+            .arm_scopes
+            .iter()
+            .filter(|s| s.starts_with("/providers/Microsoft.Management/managementGroups/"))
+        {
+            let url = format!("{base}{group}/descendants?api-version=2020-05-01");
+            let what = format!("ARM descendants of {group}");
+            let items = self.get_all(url, base, &arm.token, budget, &what).await?;
+            under_groups.extend(subscriptions_among(&items));
+        }
+        let undeclared: Vec<String> = undeclared
+            .into_iter()
+            .filter(|id| !under_groups.contains(id))
+            .collect();
         if undeclared.len() > MAX_UNDECLARED_SUBSCRIPTIONS {
             return Err(denied(
                 format!(
@@ -356,6 +373,21 @@ pub fn undeclared_subscriptions(items: &[Value], scopes: &[String]) -> Vec<Strin
         }
     }
     out
+}
+
+/// The subscription GUIDs (lower case) among `items`, a management group's descendants:
+/// entries whose `id` is `/subscriptions/{GUID}`. Never panics on any input.
+pub fn subscriptions_among(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|d| d.get("id").and_then(Value::as_str))
+        .filter_map(|id| {
+            let (head, tail) = (id.get(..15)?, id.get(15..)?);
+            head.eq_ignore_ascii_case("/subscriptions/")
+                .then(|| claims::guid(tail))
+                .flatten()
+        })
+        .collect()
 }
 
 /// Most subscriptions outside a binding's subscription scopes whose roles an ARM mint reads
