@@ -289,8 +289,8 @@ pub trait Callbacks: Send + Sync {
     /// confirmed by the probe it triggers); the default confirms everything.
     ///
     /// # Errors
-    /// When the provider cannot be asked (unreachable, refused): the broker then acts on the
-    /// signed event, which only ever deactivates.
+    /// When the provider cannot be asked (unreachable, rate-limited, no key it accepts): the
+    /// broker then changes nothing and answers 503, remembering nothing of the delivery.
     async fn confirm_event(
         &self,
         event: &CallbackEvent,

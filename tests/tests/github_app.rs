@@ -849,8 +849,20 @@ async fn expired_states_and_verified_webhooks() {
         s, 200,
         "an unconfirmed suspend deactivated the binding: {v}"
     );
-    // Valid suspend, GitHub agrees: binding deactivated, even a cached token is refused.
+    // When GitHub cannot be asked, nothing changes and nothing is remembered: 503, counted,
+    // and the same delivery is judged afresh once GitHub answers.
     env.gh.suspend(1001, true);
+    env.gh
+        .inject("/app/installations/1001", Fault::ServerError(502), 2);
+    let later = json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}, "sender": {"login": "now"}});
+    let (s, v) = webhook(&mut env.public, &later, None).await;
+    assert_eq!((s, code(&v)), (503, "unavailable"), "{v}");
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!(
+        s, 200,
+        "an unconfirmed suspend deactivated the binding: {v}"
+    );
+    // Valid suspend, GitHub agrees: binding deactivated, even a cached token is refused.
     let (s, v) = webhook(
         &mut env.public,
         &json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}, "sender": {"login": "now"}}),

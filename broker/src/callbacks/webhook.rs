@@ -66,8 +66,8 @@ impl CallbackService {
         // provider first, outside the lock: its body stays signed for ever, and once its
         // delivery is forgotten (or when it was overtaken by a later change) only the
         // provider knows whether it still holds. When the provider cannot be asked, the
-        // signed event is acted on: it only ever deactivates.
-        let mut unconfirmed = None;
+        // event is not acted on (503).
+        let mut refuted = false;
         if let CallbackEvent::Removed { identifier } | CallbackEvent::Suspended { identifier } =
             &verified
         {
@@ -85,25 +85,25 @@ impl CallbackService {
             }
             match cb.confirm_event(&verified, self.core.mint_timeout()).await {
                 Ok(true) => {}
-                Ok(false) => unconfirmed = Some(true),
+                Ok(false) => refuted = true,
+                // Not confirmed either way (GitHub unreachable, rate-limited, no key it
+                // accepts): nothing changes and nothing is remembered, so a redelivery is
+                // judged afresh. Deactivating here is no security boundary (GitHub refuses
+                // tokens for a removed or suspended installation); acting on an unconfirmed
+                // body would let a replay do it whenever GitHub cannot answer.
                 Err(e) => {
-                    tracing::warn!(provider = provider.id(), error = %e, "a webhook's event could not be confirmed with the provider; acting on the signed event");
-                    unconfirmed = Some(false);
+                    tracing::warn!(provider = provider.id(), error = %e, "a webhook's removal or suspension could not be confirmed with the provider; nothing changed");
+                    return Err(anonymous(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the event could not be confirmed with the provider; redeliver it later",
+                    )));
                 }
             }
         }
         let guard = self.admin.lock.lock().await;
         self.refuse_replay(provider.id(), delivery.as_deref())
             .await?;
-        let mut change = self
-            .plan_webhook(verified, unconfirmed == Some(true))
-            .await?;
-        if unconfirmed == Some(false) {
-            change.detail = format!(
-                "{} (not confirmed: the provider could not be asked)",
-                change.detail
-            );
-        }
+        let mut change = self.plan_webhook(verified, refuted).await?;
         // An installation no tenant holds: the same (no link is needed to install the App).
         if change.tenant.is_none() {
             return Ok((change.response, None));

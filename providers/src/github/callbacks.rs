@@ -103,26 +103,52 @@ impl Callbacks for GithubApp {
         else {
             return Ok(true);
         };
-        let key = self
-            .signing_keys()
-            .into_iter()
-            .next()
-            .ok_or_else(|| ProviderError::Internal("no App key".into()))?;
-        let info = self
-            .call(
-                self.app_jwt(&key)?,
-                http::Method::GET,
-                &format!("/app/installations/{installation}"),
-                None,
-                timeout,
-            )
-            .await?;
-        self.note_rate_limit(&info);
+        // Like a mint: nothing sent while a rate limit applies, each active key in turn (a
+        // key deleted on GitHub answers 401; the next may be the one that works).
+        self.check_paused()?;
+        let route = format!("/app/installations/{installation}");
+        let mut info = None;
+        for key in self.signing_keys() {
+            let answer = self
+                .call(
+                    self.app_jwt(&key)?,
+                    http::Method::GET,
+                    &route,
+                    None,
+                    timeout,
+                )
+                .await?;
+            self.note_rate_limit(&answer);
+            let unauthorized = answer.status == 401;
+            info = Some(answer);
+            if !unauthorized {
+                break;
+            }
+        }
+        let info = info
+            .ok_or_else(|| ProviderError::Internal("no GitHub App private key is active".into()))?;
         match info.status {
             // Gone: removed, and no longer usable whatever a suspension said.
             404 => Ok(true),
+            200 if info.body.get("id").and_then(Value::as_u64) != Some(installation) => {
+                Err(ProviderError::Unavailable {
+                    message: format!(
+                        "GitHub answered for another installation than {installation}"
+                    ),
+                    upstream_request_id: info.request_id,
+                })
+            }
             200 if removed => Ok(false),
-            200 => Ok(info.body.get("suspended_at").is_some_and(|s| !s.is_null())),
+            // `suspended_at` is a time while suspended and null otherwise; an answer without
+            // it says nothing.
+            200 => match info.body.get("suspended_at") {
+                Some(Value::Null) => Ok(false),
+                Some(_) => Ok(true),
+                None => Err(ProviderError::Unavailable {
+                    message: "GitHub's installation answer has no suspended_at".into(),
+                    upstream_request_id: info.request_id,
+                }),
+            },
             _ => Err(super::answer::error_for(info, installation)),
         }
     }
