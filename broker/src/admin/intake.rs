@@ -615,12 +615,10 @@ impl AdminService {
                 ev.detail = Some(format!(
                     "pending version {version} {by} failed its probe; {left} attempt(s) left"
                 ));
-                {
+                let recorded = {
                     let _guard = self.lock.lock().await;
-                    if let Err(e) = self.commit_audited(ev, batch, None).await {
-                        return fail(e);
-                    }
-                }
+                    self.commit_audited(ev, batch, None).await
+                };
                 // A version that failed its probe is not kept: while it is pending,
                 // `binding probe` tests it instead of the active one (the next submission
                 // stages its own).
@@ -631,6 +629,9 @@ impl AdminService {
                     &format!("{by}; failed its probe"),
                 )
                 .await;
+                if let Err(e) = recorded {
+                    return fail(e);
+                }
                 pages::result(false, &e.message, left)
             }
         }
@@ -661,15 +662,22 @@ impl AdminService {
         }
     }
 
-    /// Whether intake link `key` (`intake:<hash>`) is still stored (not revoked nor used up).
+    /// Whether intake link `key` (`intake:<hash>`) could take another submission: stored,
+    /// unexpired, an attempt left (the filter a submission is admitted by). A store that
+    /// cannot be read says yes: the page then answers "retry", never a live link dead.
     async fn intake_link_live(&self, key: &str) -> bool {
-        matches!(
-            self.core
-                .records
-                .intake_link(key.trim_start_matches("intake:"))
-                .await,
-            Ok(Some(_))
-        )
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match self
+            .core
+            .records
+            .intake_link(key.trim_start_matches("intake:"))
+            .await
+        {
+            Ok(found) => found.is_some_and(|(_, l)| {
+                l.value.expires_at >= now && l.value.failures < MAX_INTAKE_FAILURES
+            }),
+            Err(_) => true,
+        }
     }
 
     /// Stamps who created an intake link, an install link or a site expectation (the admin
