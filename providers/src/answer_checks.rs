@@ -10,14 +10,23 @@ pub fn is_printable(v: &str, max: usize) -> bool {
 }
 
 /// Upstream text as an error message, a log line or an audit record may quote it: control
-/// characters (line breaks, escapes), Unicode's line and paragraph separators and its
-/// bidirectional overrides (which make a line read other than it is) dropped, at most `max`
-/// characters.
+/// characters (line breaks, escapes), Unicode's line and paragraph separators, its
+/// bidirectional overrides and marks (which make a line read other than it is) and its
+/// zero-width characters dropped, at most `max` characters.
 pub fn quoted(v: &str, max: usize) -> String {
     v.chars()
         .filter(|c| {
             !c.is_control()
-                && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+                && !matches!(
+                    c,
+                    '\u{2028}'
+                        | '\u{2029}'
+                        | '\u{202a}'..='\u{202e}'
+                        | '\u{2066}'..='\u{2069}'
+                        | '\u{200b}'..='\u{200f}'
+                        | '\u{061c}'
+                        | '\u{feff}'
+                )
         })
         .take(max)
         .collect()
@@ -98,6 +107,10 @@ mod tests {
         assert_eq!(quoted("a\nb\r\u{1b}[31mc", 100), "ab[31mc");
         assert_eq!(quoted("x\u{2028}y\u{2029}z", 100), "xyz");
         assert_eq!(quoted("admin\u{202e}nimda\u{2066}", 100), "adminnimda");
+        assert_eq!(
+            quoted("a\u{200b}d\u{200f}m\u{061c}i\u{feff}n", 100),
+            "admin"
+        );
         assert_eq!(quoted("été", 2), "ét");
     }
 

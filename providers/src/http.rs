@@ -2,11 +2,16 @@
 //! ARM, Graph, ServiceNow): rustls with the platform's roots, plain http only where a
 //! provider's own URL rules allow it, every call under a deadline, answers capped at 1 MiB.
 
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
@@ -27,7 +32,108 @@ pub struct Answer {
 /// HTTP(S) to the authority and ARM, each call bounded.
 #[derive(Clone)]
 pub struct Http {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>,
+}
+
+/// Resolves host names for [`Http`]: the system's resolver, and for a client of
+/// customer-named hosts ([`Http::public_only`]) only public addresses. The check runs on
+/// every connection, so a name that answered a public address at validation and a private
+/// one now (DNS rebinding) is refused too. Address literals are never resolved: the
+/// provider's URL rules judge those.
+#[derive(Clone)]
+pub struct Resolver {
+    /// `None`: any address. Otherwise the hosts (lower case, no port) allowed to resolve to
+    /// non-public addresses.
+    public_only: Option<Arc<[String]>>,
+}
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let filter = self
+            .public_only
+            .as_ref()
+            .filter(|allowed| !allowed.contains(&host))
+            .is_some();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let kept: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| !filter || is_public(a.ip()))
+                .collect();
+            if kept.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{host} resolves to no public address (allow the host in allowed_hosts if it is meant)"),
+                ));
+            }
+            Ok(kept.into_iter())
+        })
+    }
+}
+
+/// The [`Resolver`]'s refusal somewhere in `e`'s chain of causes: the one reason worth
+/// naming (a host that resolves only to internal addresses), the rest stays "could not be
+/// reached".
+fn refused_address(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::PermissionDenied {
+                return Some(crate::quoted(&io.to_string(), 300));
+            }
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// Whether `ip` is an address of the public internet: not loopback, private, link-local,
+/// carrier-grade NAT, unspecified, broadcast, multicast, documentation, benchmarking or
+/// reserved space, nor an IPv6 unique-local, link-local or site-local one (an IPv4-mapped
+/// IPv6 address is judged as its IPv4 address).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || (first & 0xffc0) == 0xfec0
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first == 0x0064 && v6.segments()[1] == 0xff9b))
+        }
+    }
 }
 
 /// Largest answer read from Entra or ARM.
@@ -41,7 +147,39 @@ pub const MAX_ANSWER_NODES: usize = 131_072;
 impl Http {
     /// A client trusting the platform's root certificates.
     pub fn new() -> Http {
-        Self::with_roots(Vec::new())
+        Self::with_roots(Vec::new(), None)
+    }
+
+    /// A client for hosts a customer names (a Data Center base URL): names resolve only to
+    /// public addresses, except the hosts in `allowed` (an operator's allow-list: host or
+    /// `host:port`, matched on the host). `extra_roots`: CA certificates (PEM) trusted besides
+    /// the platform's.
+    ///
+    /// # Errors
+    /// When `extra_roots` holds no certificate or one that does not parse.
+    pub fn public_only(allowed: &[String], extra_roots: Option<&str>) -> Result<Http, String> {
+        let hosts: Arc<[String]> = allowed
+            .iter()
+            .map(|a| {
+                let a = a.trim().to_ascii_lowercase();
+                // `host:port`, `[v6]:port`: the host part.
+                match a.rsplit_once(':') {
+                    Some((h, p))
+                        if !h.is_empty()
+                            && p.bytes().all(|b| b.is_ascii_digit())
+                            && !h.ends_with(':') =>
+                    {
+                        h.trim_start_matches('[').trim_end_matches(']').to_owned()
+                    }
+                    _ => a,
+                }
+            })
+            .collect();
+        let certs = match extra_roots {
+            Some(pem) => Self::parse_roots(pem)?,
+            None => Vec::new(),
+        };
+        Ok(Self::with_roots(certs, Some(hosts)))
     }
 
     /// A client trusting the platform's roots and the CA certificates in `pem` too (a
@@ -50,6 +188,10 @@ impl Http {
     /// # Errors
     /// When `pem` holds no certificate or one that does not parse.
     pub fn with_extra_roots(pem: &str) -> Result<Http, String> {
+        Ok(Self::with_roots(Self::parse_roots(pem)?, None))
+    }
+
+    fn parse_roots(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
         use rustls::pki_types::pem::PemObject;
         let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
             rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -58,10 +200,13 @@ impl Http {
         if certs.is_empty() {
             return Err("the CA bundle holds no certificate".into());
         }
-        Ok(Self::with_roots(certs))
+        Ok(certs)
     }
 
-    fn with_roots(extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> Http {
+    fn with_roots(
+        extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+        public_only: Option<Arc<[String]>>,
+    ) -> Http {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
@@ -82,11 +227,13 @@ impl Http {
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth(),
         };
+        let mut http = HttpConnector::new_with_resolver(Resolver { public_only });
+        http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         Http {
             client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
         }
@@ -121,11 +268,14 @@ impl Http {
             upstream_request_id: None,
         };
         let exchange = async {
-            let resp = self
-                .client
-                .request(request)
-                .await
-                .map_err(|_| unavailable(format!("{what} could not be reached")))?;
+            let resp = self.client.request(request).await.map_err(|e| {
+                unavailable(format!(
+                    "{what} could not be reached{}",
+                    refused_address(&e)
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ))
+            })?;
             let status = resp.status().as_u16();
             let header = |name: &str| {
                 resp.headers()
@@ -179,5 +329,84 @@ impl Http {
 impl Default for Http {
     fn default() -> Self {
         Http::new()
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn public_addresses() {
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "13.107.42.14"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    /// A customer-named host that resolves to loopback is refused before any connection,
+    /// with the reason; allow-listed, it is reached.
+    #[tokio::test]
+    async fn names_resolving_to_internal_addresses_are_refused_unless_allowed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let get = || {
+            http::Request::get(format!("http://localhost:{port}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let refused = Http::public_only(&[], None)
+            .unwrap()
+            .send(get(), Duration::from_secs(5), "the test host")
+            .await;
+        match refused {
+            Err(ProviderError::Unavailable { message, .. }) => {
+                assert!(message.contains("no public address"), "{message}");
+            }
+            other => panic!("reached: {:?}", other.map(|a| a.0)),
+        }
+        assert!(!served.is_finished());
+        let allowed = Http::public_only(&[format!("LOCALHOST:{port}")], None)
+            .unwrap()
+            .send(get(), Duration::from_secs(5), "the test host")
+            .await;
+        assert_eq!(allowed.unwrap().0, 204);
+        served.await.unwrap();
     }
 }

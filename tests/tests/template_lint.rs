@@ -154,6 +154,13 @@ fn a_trust_statement_with_not_action_fails() {
     let (c, out, _) = lint(tmp.path());
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("is not a plain string"), "{out}");
+    // Nor an Effect built by one.
+    let effect = shipped.replace(r#""Effect": "Allow""#, r#""Effect": {"Fn::Sub": "Allow"}"#);
+    assert_ne!(effect, shipped, "the shipped trust changed shape");
+    let tmp = aws_template_dir("credbroker-role.json", &effect);
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("no plain Allow or Deny Effect"), "{out}");
 }
 
 #[test]

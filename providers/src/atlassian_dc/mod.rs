@@ -299,7 +299,10 @@ impl Provider for AtlassianDc {
         let (base, product) = parse_config(config, &self.settings.allowed_hosts)
             .map_err(ProviderError::InvalidConfig)?;
         let http = match config.get("ca_pem").and_then(Value::as_str) {
-            Some(pem) => Some(Http::with_extra_roots(pem).map_err(ProviderError::InvalidConfig)?),
+            Some(pem) => Some(
+                Http::public_only(&self.settings.allowed_hosts, Some(pem))
+                    .map_err(ProviderError::InvalidConfig)?,
+            ),
             None => None,
         };
         Ok(Bound::new(DcBinding {
@@ -528,10 +531,11 @@ fn build(section: toml::Value, _base: &std::path::Path) -> BuildFuture {
             if s.rotate_days_before_expiry >= s.new_token_days {
                 return Err("rotate_days_before_expiry must be below new_token_days".into());
             }
-            Ok(Arc::new(AtlassianDc {
-                settings: s,
-                http: Http::new(),
-            }) as Arc<dyn Provider>)
+            // Customers name the hosts: names resolve only to public addresses, checked on
+            // every connection (a name that rebinds to an internal address later is refused
+            // then), unless allow-listed.
+            let http = Http::public_only(&s.allowed_hosts, None)?;
+            Ok(Arc::new(AtlassianDc { settings: s, http }) as Arc<dyn Provider>)
         });
     let _ = resolve_path;
     Box::pin(async move { built })

@@ -68,8 +68,19 @@ fn lint_role(
         say("AssumeRolePolicyDocument has no statements".into());
     }
     for st in statements {
-        if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
-            continue;
+        // Only a plain Deny is skipped: an Effect built by an intrinsic function
+        // ({"Fn::Sub": "Allow"}) or a statement that is not an object cannot be judged, and
+        // skipping it would skip the ExternalId check.
+        match st.get("Effect").and_then(Value::as_str) {
+            Some("Deny") => continue,
+            Some("Allow") => {}
+            _ => {
+                say(format!(
+                    "trust policy statement {} has no plain Allow or Deny Effect: it cannot be checked",
+                    crate::quoted(&st.to_string(), 120)
+                ));
+                continue;
+            }
         }
         let principal = st.get("Principal");
         if principal.and_then(|p| p.get("Federated")).is_some() {
