@@ -459,15 +459,16 @@ async fn links_made_before_operators_were_registered_die_with_a_disable() {
     assert_eq!(get(&mut public, &early).await.status, 404);
 }
 
-/// A link acts for its creator to the end: a creator disabled while a submission's probe
-/// runs at the source system does not get the secret promoted — the link answers as dead,
-/// the refusal is audited, the binding keeps no active version, and the pending version is
-/// destroyed rather than left for someone to promote later.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
-    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
-    let theirs = second_operators_link(&pki, &daemon, &mut op).await;
-    let page = get(&mut public, &theirs).await;
+/// Opens `link`, submits a working secret while the fake source holds its probe for 1.5 s,
+/// and returns once the pending version is written (the probe under way): the submission.
+async fn submit_while_probing(
+    pki: &TestPki,
+    daemon: &Daemon,
+    sn: &FakeServiceNow,
+    public: &mut BrokerClient,
+    link: &str,
+) -> tokio::task::JoinHandle<Page> {
+    let page = get(public, link).await;
     assert_eq!(page.status, 200);
     let (cookie, csrf) = form_state(&page);
     let good = format!(
@@ -477,8 +478,8 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
     );
     *sn.state.delay_ms.lock().unwrap() = 1500;
     let submitting = {
-        let mut client = public_client(&pki, daemon.public_url.as_ref().unwrap());
-        let (path, cookie) = (theirs.clone(), cookie.clone());
+        let mut client = public_client(pki, daemon.public_url.as_ref().unwrap());
+        let path = link.to_owned();
         tokio::spawn(async move { post(&mut client, &path, Some(&cookie), &good).await })
     };
     let pending_written = |d: &Daemon| {
@@ -487,15 +488,27 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
             .any(|r| r["action"] == "secret.rotate" && r["outcome"] == "allowed")
     };
     for _ in 0..100 {
-        if pending_written(&daemon) {
+        if pending_written(daemon) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(
-        pending_written(&daemon),
+        pending_written(daemon),
         "the submission never got to its probe"
     );
+    submitting
+}
+
+/// A link acts for its creator to the end: a creator disabled while a submission's probe
+/// runs at the source system does not get the secret promoted — the link answers as dead,
+/// the refusal is audited, the binding keeps no active version, and the pending version is
+/// destroyed rather than left for someone to promote later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    let theirs = second_operators_link(&pki, &daemon, &mut op).await;
+    let submitting = submit_while_probing(&pki, &daemon, &sn, &mut public, &theirs).await;
     disable_op2(&mut op).await;
     assert!(!submitting.is_finished(), "the probe had to be under way");
     *sn.state.delay_ms.lock().unwrap() = 0;
@@ -535,35 +548,7 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
 async fn a_link_revoked_during_the_probe_leaves_nothing_to_promote() {
     let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
     let (path, id) = create_link(&mut op, 3600).await;
-    let page = get(&mut public, &path).await;
-    assert_eq!(page.status, 200);
-    let (cookie, csrf) = form_state(&page);
-    let good = format!(
-        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
-        enc(&csrf),
-        enc(SECRET)
-    );
-    *sn.state.delay_ms.lock().unwrap() = 1500;
-    let submitting = {
-        let mut client = public_client(&pki, daemon.public_url.as_ref().unwrap());
-        let (path, cookie) = (path.clone(), cookie.clone());
-        tokio::spawn(async move { post(&mut client, &path, Some(&cookie), &good).await })
-    };
-    let pending_written = |d: &Daemon| {
-        d.audit_records()
-            .iter()
-            .any(|r| r["action"] == "secret.rotate" && r["outcome"] == "allowed")
-    };
-    for _ in 0..100 {
-        if pending_written(&daemon) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(
-        pending_written(&daemon),
-        "the submission never got to its probe"
-    );
+    let submitting = submit_while_probing(&pki, &daemon, &sn, &mut public, &path).await;
     let (s, v) = call(
         &mut op,
         Method::DELETE,

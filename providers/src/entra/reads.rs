@@ -121,6 +121,36 @@ impl EntraApp {
         })
     }
 
+    /// The roles our principal `oid` holds at `scope` (read with the ARM token), all within
+    /// the binding's ceiling.
+    ///
+    /// # Errors
+    /// `Denied` naming a role outside the ceiling; others when ARM cannot be read.
+    async fn roles_within_ceiling(
+        &self,
+        arm: &TokenAnswer,
+        scope: &str,
+        oid: &str,
+        bound: &EntraBinding,
+        budget: Duration,
+    ) -> Result<Vec<String>, ProviderError> {
+        let held = self
+            .role_assignments(&arm.token, scope, oid, budget)
+            .await?;
+        if let Some(r) = held
+            .iter()
+            .find(|r| !bound.ceiling.arm_roles.contains_key(*r))
+        {
+            return Err(denied(
+                format!(
+                    "our service principal {oid} holds role {r} at {scope}, outside the binding's ceiling (policies/azure.json): no ARM token is handed out until that assignment is removed"
+                ),
+                arm.request_id.clone(),
+            ));
+        }
+        Ok(held)
+    }
+
     /// Checks what an ARM token of this binding can do: at each of the binding's scopes our
     /// principal holds only roles of the ceiling and, when every scope is a subscription, it
     /// sees no subscription outside them. Returns `[{scope, roles}]` (role names).
@@ -142,19 +172,8 @@ impl EntraApp {
         let mut out = Vec::new();
         for scope in &bound.config.arm_scopes {
             let held = self
-                .role_assignments(&arm.token, scope, &oid, budget)
+                .roles_within_ceiling(arm, scope, &oid, bound, budget)
                 .await?;
-            if let Some(r) = held
-                .iter()
-                .find(|r| !bound.ceiling.arm_roles.contains_key(*r))
-            {
-                return Err(denied(
-                    format!(
-                        "our service principal {oid} holds role {r} at {scope}, outside the binding's ceiling (policies/azure.json): no ARM token is handed out until that assignment is removed"
-                    ),
-                    arm.request_id.clone(),
-                ));
-            }
             let names: Vec<String> = held
                 .iter()
                 .map(|r| {
@@ -229,20 +248,8 @@ impl EntraApp {
                 ));
             }
             let scope = format!("/subscriptions/{id}");
-            let held = self
-                .role_assignments(&arm.token, &scope, &oid, budget)
+            self.roles_within_ceiling(arm, &scope, &oid, bound, budget)
                 .await?;
-            if let Some(r) = held
-                .iter()
-                .find(|r| !bound.ceiling.arm_roles.contains_key(*r))
-            {
-                return Err(denied(
-                    format!(
-                        "our service principal {oid} holds role {r} at {scope}, outside the binding's ceiling (policies/azure.json): no ARM token is handed out until that assignment is removed"
-                    ),
-                    arm.request_id.clone(),
-                ));
-            }
         }
         Ok(out)
     }
