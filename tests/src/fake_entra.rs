@@ -460,40 +460,6 @@ impl EntraState {
         )
     }
 
-    /// ARM `GET /providers/Microsoft.Management/managementGroups/{group}/descendants?api-version=2020-05-01`:
-    /// the subscriptions placed under `group`, as ARM lists descendants.
-    fn descendants(&self, group: &str, query: &str, bearer: Option<&str>) -> (u16, Value) {
-        if self.bearer_claims(bearer, ARM).is_none() {
-            return (
-                401,
-                json!({"error": {"code": "InvalidAuthenticationToken", "message": "The access token is invalid."}}),
-            );
-        }
-        if parse_form(query).get("api-version").map(String::as_str) != Some("2020-05-01") {
-            return (
-                400,
-                json!({"error": {"code": "InvalidApiVersionParameter", "message": "The api-version is invalid."}}),
-            );
-        }
-        let parent = format!("/providers/Microsoft.Management/managementGroups/{group}");
-        let value: Vec<Value> = self
-            .placements
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(g, _)| g == group)
-            .map(|(_, s)| {
-                json!({
-                    "id": format!("/subscriptions/{s}"),
-                    "type": "Microsoft.Management/managementGroups/subscriptions",
-                    "name": s,
-                    "properties": {"displayName": "sub", "parent": {"id": parent}},
-                })
-            })
-            .collect();
-        (200, json!({ "value": value }))
-    }
-
     /// ARM `GET {scope}/providers/Microsoft.Authorization/roleAssignments?api-version=…&$filter=principalId eq '…'`
     /// with an ARM token this fake issued.
     fn role_assignments_at(&self, scope: &str, query: &str, bearer: Option<&str>) -> (u16, Value) {
@@ -575,11 +541,6 @@ impl EntraState {
                 self.app_role_assignments(sp, bearer.as_deref())
             }
             ["subscriptions"] if !post => self.subscriptions(&query, bearer.as_deref()),
-            ["providers", "Microsoft.Management", "managementGroups", group, "descendants"]
-                if !post =>
-            {
-                self.descendants(group, &query, bearer.as_deref())
-            }
             _ if !post && path.ends_with(ASSIGNMENTS) => self.role_assignments_at(
                 path.trim_end_matches(ASSIGNMENTS),
                 &query,
