@@ -26,6 +26,13 @@ pub fn quoted(v: &str, max: usize) -> String {
                         | '\u{200b}'..='\u{200f}'
                         | '\u{061c}'
                         | '\u{feff}'
+                        | '\u{00ad}'
+                        | '\u{180e}'
+                        | '\u{2060}'..='\u{2064}'
+                        | '\u{206a}'..='\u{206f}'
+                        | '\u{fe00}'..='\u{fe0f}'
+                        | '\u{fff9}'..='\u{fffb}'
+                        | '\u{e0000}'..='\u{e007f}'
                 )
         })
         .take(max)
@@ -107,6 +114,10 @@ mod tests {
         assert_eq!(quoted("a\nb\r\u{1b}[31mc", 100), "ab[31mc");
         assert_eq!(quoted("x\u{2028}y\u{2029}z", 100), "xyz");
         assert_eq!(quoted("admin\u{202e}nimda\u{2066}", 100), "adminnimda");
+        assert_eq!(
+            quoted("a\u{2063}d\u{e0041}m\u{00ad}i\u{fe0f}n", 100),
+            "admin"
+        );
         assert_eq!(
             quoted("a\u{200b}d\u{200f}m\u{061c}i\u{feff}n", 100),
             "admin"

@@ -58,15 +58,19 @@ impl tower_service::Service<Name> for Resolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        // Looked up as written (a fully qualified name stays one); compared without case or
+        // the trailing dot.
+        let lookup = name.as_str().to_owned();
+        let host = lookup.trim_end_matches('.').to_ascii_lowercase();
         let filter = self
             .public_only
             .as_ref()
             .filter(|allowed| !allowed.contains(&host))
             .is_some();
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((lookup.as_str(), 0))
+                .await?
+                .collect();
             let kept: Vec<SocketAddr> = found
                 .into_iter()
                 .filter(|a| !filter || is_public(a.ip()))
@@ -74,12 +78,43 @@ impl tower_service::Service<Name> for Resolver {
             if kept.is_empty() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
-                    format!("{host} resolves to no public address (allow the host in allowed_hosts if it is meant)"),
+                    NoPublicAddress(host),
                 ));
             }
             Ok(kept.into_iter())
         })
     }
+}
+
+/// The [`Resolver`]'s refusal: the host resolved only to addresses it may not use.
+#[derive(Debug)]
+struct NoPublicAddress(String);
+
+impl std::fmt::Display for NoPublicAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} resolves to no public address (allow the host in allowed_hosts if it is meant)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NoPublicAddress {}
+
+/// The host an allow-list entry names (`host`, `host:port`, `[v6]:port`): lower case,
+/// without brackets or a trailing dot.
+pub fn allow_entry_host(entry: &str) -> String {
+    let a = entry.trim().to_ascii_lowercase();
+    let host = match a.rsplit_once(':') {
+        Some((h, p))
+            if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') =>
+        {
+            h.trim_start_matches('[').trim_end_matches(']').to_owned()
+        }
+        _ => a,
+    };
+    host.trim_end_matches('.').to_owned()
 }
 
 /// The [`Resolver`]'s refusal somewhere in `e`'s chain of causes: the one reason worth
@@ -88,10 +123,12 @@ impl tower_service::Service<Name> for Resolver {
 fn refused_address(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cause = Some(e);
     while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::PermissionDenied {
-                return Some(crate::quoted(&io.to_string(), 300));
-            }
+        if let Some(refused) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<NoPublicAddress>())
+        {
+            return Some(crate::quoted(&refused.to_string(), 300));
         }
         cause = c.source();
     }
@@ -123,15 +160,34 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || (first & 0xffc0) == 0xfec0
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
-                || (first == 0x0064 && v6.segments()[1] == 0xff9b))
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            match s {
+                // IPv4-compatible (deprecated), `::`, `::1` and the rest of `::/96`.
+                [0, 0, 0, 0, 0, 0, ..] => false,
+                // `::ffff:0:0:0/96` (SIIT).
+                [0, 0, 0, 0, 0xffff, 0, ..] => false,
+                // NAT64: the well-known prefix carries the IPv4 address it reaches; the
+                // local-use one is site-defined.
+                [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => embedded(hi, lo),
+                [0x64, 0xff9b, 1, ..] => false,
+                // 6to4 carries an IPv4 address in its second and third groups.
+                [0x2002, hi, lo, ..] => embedded(hi, lo),
+                // Teredo, documentation, discard-only, ORCHID.
+                [0x2001, 0, ..] | [0x2001, 0x0db8, ..] | [0x0100, 0, 0, 0, ..] => false,
+                [0x3fff, ..] => false,
+                [0x5f00, ..] => false,
+                [first, ..] => {
+                    !(v6.is_multicast()
+                        || (first & 0xfe00) == 0xfc00
+                        || (first & 0xffc0) == 0xfe80
+                        || (first & 0xffc0) == 0xfec0)
+                }
+            }
         }
     }
 }
@@ -158,23 +214,7 @@ impl Http {
     /// # Errors
     /// When `extra_roots` holds no certificate or one that does not parse.
     pub fn public_only(allowed: &[String], extra_roots: Option<&str>) -> Result<Http, String> {
-        let hosts: Arc<[String]> = allowed
-            .iter()
-            .map(|a| {
-                let a = a.trim().to_ascii_lowercase();
-                // `host:port`, `[v6]:port`: the host part.
-                match a.rsplit_once(':') {
-                    Some((h, p))
-                        if !h.is_empty()
-                            && p.bytes().all(|b| b.is_ascii_digit())
-                            && !h.ends_with(':') =>
-                    {
-                        h.trim_start_matches('[').trim_end_matches(']').to_owned()
-                    }
-                    _ => a,
-                }
-            })
-            .collect();
+        let hosts: Arc<[String]> = allowed.iter().map(|a| allow_entry_host(a)).collect();
         let certs = match extra_roots {
             Some(pem) => Self::parse_roots(pem)?,
             None => Vec::new(),
@@ -338,7 +378,14 @@ mod address_tests {
 
     #[test]
     fn public_addresses() {
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "13.107.42.14"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "13.107.42.14",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
         for ip in [
@@ -366,6 +413,15 @@ mod address_tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "::7f00:1",
+            "::ffff:0:a00:1",
+            "2002:a00:1::1",
+            "2002:7f00:1::",
+            "2001::1",
+            "100::1",
+            "3fff::1",
+            "5f00::1",
+            "64:ff9b:1::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

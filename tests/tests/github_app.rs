@@ -748,6 +748,18 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     // Tokens never reach logs or the audit log.
     assert!(!env.daemon.logs().contains(token.as_str().unwrap()));
     assert!(!audit_log_text(&env.daemon.data_dir).contains(token.as_str().unwrap()));
+    // A key activated before GitHub knows it: the probe's read of the installation falls
+    // back to B like a mint (it signed with the newest key only, and failed).
+    let key_c = AppKey::generate();
+    add_key(&mut env.op, &key_c).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
     let (c, out, err) = env.daemon.cli(&[
         "audit",
         "verify",

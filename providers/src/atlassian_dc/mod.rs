@@ -133,6 +133,29 @@ pub fn parse_config(config: &Value, allowed: &[String]) -> Result<(String, Produ
     let listed = allowed
         .iter()
         .any(|a| a.eq_ignore_ascii_case(&authority) || a.eq_ignore_ascii_case(&host));
+    // The resolver allows a listed host whatever the port (it sees names, not ports): a
+    // host listed only with ports is allowed on those ports only, judged here.
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    let entries: Vec<&String> = allowed
+        .iter()
+        .filter(|a| crate::http::allow_entry_host(a) == host)
+        .collect();
+    if !entries.is_empty()
+        && !entries.iter().any(|a| {
+            a.trim().trim_end_matches('.').eq_ignore_ascii_case(&host)
+                || a.to_ascii_lowercase().ends_with(&format!(":{port}"))
+        })
+    {
+        return Err(format!(
+            "base_url port {port} of {host}: allowed_hosts lists that host with other ports only"
+        ));
+    }
     let ip = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -632,6 +655,30 @@ mod tests {
             &listed
         )
         .is_ok());
+        // A host listed with a port is allowed (to resolve internally) on that port only.
+        let listed = vec![
+            "jira.corp.example:8443".to_owned(),
+            "wiki.corp.example".to_owned(),
+        ];
+        for (url, ok) in [
+            ("https://jira.corp.example:8443/", true),
+            ("https://JIRA.corp.example.:8443/", true),
+            ("https://jira.corp.example:6443/", false),
+            ("https://jira.corp.example/", false),
+            ("https://wiki.corp.example:6443/", true),
+            ("https://jira.acme.example:6443/", true),
+        ] {
+            assert_eq!(
+                parse_config(&json!({"base_url": url, "product": "jira"}), &listed).is_ok(),
+                ok,
+                "{url}"
+            );
+        }
+        assert_eq!(crate::http::allow_entry_host("[::1]:9000"), "::1");
+        assert_eq!(
+            crate::http::allow_entry_host("Jira.Corp.Example.:8443"),
+            "jira.corp.example"
+        );
     }
 
     #[test]

@@ -103,30 +103,7 @@ impl Callbacks for GithubApp {
         else {
             return Ok(true);
         };
-        // Like a mint: nothing sent while a rate limit applies, each active key in turn (a
-        // key deleted on GitHub answers 401; the next may be the one that works).
-        self.check_paused()?;
-        let route = format!("/app/installations/{installation}");
-        let mut info = None;
-        for key in self.signing_keys() {
-            let answer = self
-                .call(
-                    self.app_jwt(&key)?,
-                    http::Method::GET,
-                    &route,
-                    None,
-                    timeout,
-                )
-                .await?;
-            self.note_rate_limit(&answer);
-            let unauthorized = answer.status == 401;
-            info = Some(answer);
-            if !unauthorized {
-                break;
-            }
-        }
-        let info = info
-            .ok_or_else(|| ProviderError::Internal("no GitHub App private key is active".into()))?;
+        let info = self.read_installation(installation, timeout).await?;
         match info.status {
             // Gone: removed, and no longer usable whatever a suspension said.
             404 => Ok(true),

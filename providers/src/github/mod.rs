@@ -285,6 +285,40 @@ impl GithubApp {
         );
     }
 
+    /// GET /app/installations/{id} with the App JWT: like a mint, nothing is sent while a
+    /// rate limit applies, and each active key is tried in turn on 401 (a key deleted on
+    /// GitHub answers 401; the next may be the one that works).
+    async fn read_installation(
+        &self,
+        installation: u64,
+        timeout: Duration,
+    ) -> Result<Answer, ProviderError> {
+        self.check_paused()?;
+        let route = format!("/app/installations/{installation}");
+        let mut last = None;
+        for key in self.signing_keys() {
+            let answer = self
+                .call(
+                    self.app_jwt(&key)?,
+                    http::Method::GET,
+                    &route,
+                    None,
+                    timeout,
+                )
+                .await?;
+            self.note_rate_limit(&answer);
+            if answer.status != 401 {
+                return Ok(answer);
+            }
+            last = Some(answer);
+        }
+        last.ok_or_else(|| {
+            ProviderError::Internal(
+                "no GitHub App private key is active (credbroker keys github add/activate)".into(),
+            )
+        })
+    }
+
     /// POST /app/installations/{id}/access_tokens with each active key in turn (a 401 from
     /// one key falls through to the next: zero-downtime key rotation). Refused at once, with
     /// no request, while a rate limit GitHub answered still applies.
@@ -492,21 +526,9 @@ impl Probe for GithubApp {
             .unwrap_or("")
             .to_owned();
         // Read the installation's account with the App JWT.
-        let key = self
-            .signing_keys()
-            .into_iter()
-            .next()
-            .ok_or_else(|| ProviderError::Internal("no App key".into()))?;
         let info = self
-            .call(
-                self.app_jwt(&key)?,
-                http::Method::GET,
-                &format!("/app/installations/{installation}"),
-                None,
-                request.timeout,
-            )
+            .read_installation(installation, request.timeout)
             .await?;
-        self.note_rate_limit(&info);
         // The probe's token is not needed any more: revoke it (best effort).
         if !token.is_empty() {
             let _ = self
