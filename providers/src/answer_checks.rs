@@ -33,6 +33,7 @@ pub fn quoted(v: &str, max: usize) -> String {
                         | '\u{fe00}'..='\u{fe0f}'
                         | '\u{fff9}'..='\u{fffb}'
                         | '\u{e0000}'..='\u{e007f}'
+                        | '\u{e0100}'..='\u{e01ef}'
                 )
         })
         .take(max)

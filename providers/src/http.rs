@@ -175,10 +175,13 @@ pub fn is_public(ip: IpAddr) -> bool {
                 // local-use one is site-defined.
                 [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => embedded(hi, lo),
                 [0x64, 0xff9b, 1, ..] => false,
+                [0x64, 0xff9b, ..] => false,
                 // 6to4 carries an IPv4 address in its second and third groups.
                 [0x2002, hi, lo, ..] => embedded(hi, lo),
-                // Teredo, documentation, discard-only, ORCHID.
-                [0x2001, 0, ..] | [0x2001, 0x0db8, ..] | [0x0100, 0, 0, 0, ..] => false,
+                // IETF protocol assignments (Teredo, benchmarking, ORCHID: 2001::/23), documentation,
+                // discard-only.
+                [0x2001, s1, ..] if s1 < 0x200 => false,
+                [0x2001, 0x0db8, ..] | [0x0100, 0, 0, 0, ..] => false,
                 [0x3fff, ..] => false,
                 [0x5f00, ..] => false,
                 [first, ..] => {
@@ -422,6 +425,9 @@ mod address_tests {
             "3fff::1",
             "5f00::1",
             "64:ff9b:1::1",
+            "64:ff9b::1:0:a00:1",
+            "2001:2::1",
+            "2001:10::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -126,15 +126,9 @@ pub fn parse_config(config: &Value, allowed: &[String]) -> Result<(String, Produ
     if url.contains('@') || uri.query().is_some() {
         return Err("base_url must not carry credentials or a query".into());
     }
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .unwrap_or_default();
-    let listed = allowed
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(&authority) || a.eq_ignore_ascii_case(&host));
-    // The resolver allows a listed host whatever the port (it sees names, not ports): a
-    // host listed only with ports is allowed on those ports only, judged here.
+    // An allow-list entry names a host, or a host on one port (`host:port`, `[v6]:port`);
+    // the resolver sees names, not ports, so the port is held here. Entries and the URL are
+    // compared the same way: case, brackets, a trailing dot and a default port aside.
     let port = uri
         .port_u16()
         .unwrap_or(if uri.scheme_str() == Some("http") {
@@ -142,16 +136,21 @@ pub fn parse_config(config: &Value, allowed: &[String]) -> Result<(String, Produ
         } else {
             443
         });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let entry_port = |a: &str| -> Option<u16> {
+        match a.trim().rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => p.parse().ok(),
+            _ => None,
+        }
+    };
     let entries: Vec<&String> = allowed
         .iter()
-        .filter(|a| crate::http::allow_entry_host(a) == host)
+        .filter(|a| crate::http::allow_entry_host(a) == bare)
         .collect();
-    if !entries.is_empty()
-        && !entries.iter().any(|a| {
-            a.trim().trim_end_matches('.').eq_ignore_ascii_case(&host)
-                || a.to_ascii_lowercase().ends_with(&format!(":{port}"))
-        })
-    {
+    let listed = entries
+        .iter()
+        .any(|a| entry_port(a).is_none() || entry_port(a) == Some(port));
+    if !entries.is_empty() && !listed {
         return Err(format!(
             "base_url port {port} of {host}: allowed_hosts lists that host with other ports only"
         ));
@@ -667,6 +666,20 @@ mod tests {
             ("https://jira.corp.example/", false),
             ("https://wiki.corp.example:6443/", true),
             ("https://jira.acme.example:6443/", true),
+        ] {
+            assert_eq!(
+                parse_config(&json!({"base_url": url, "product": "jira"}), &listed).is_ok(),
+                ok,
+                "{url}"
+            );
+        }
+        // Default ports and written ones are the same; so are case and a trailing dot.
+        let listed = vec![" 10.0.0.5:443 ".to_owned(), "[::1]:9000".to_owned()];
+        for (url, ok) in [
+            ("https://10.0.0.5/", true),
+            ("https://10.0.0.5:8443/", false),
+            ("http://[::1]:9000/", true),
+            ("http://[::1]:9001/", false),
         ] {
             assert_eq!(
                 parse_config(&json!({"base_url": url, "product": "jira"}), &listed).is_ok(),

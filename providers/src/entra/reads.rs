@@ -374,10 +374,10 @@ pub fn undeclared_subscriptions(items: &[Value], scopes: &[String]) -> Vec<Strin
 
 /// Most subscriptions outside a binding's subscription scopes whose roles an ARM mint reads
 /// one by one (a binding with a management-group scope): beyond it the mint is refused.
-const MAX_UNDECLARED_SUBSCRIPTIONS: usize = 200;
+const MAX_UNDECLARED_SUBSCRIPTIONS: usize = 64;
 
 /// How many of those reads run at once.
-const SUBSCRIPTION_READS_AT_ONCE: usize = 8;
+const SUBSCRIPTION_READS_AT_ONCE: usize = 16;
 
 /// When the newest of `items` (Graph app role assignments) was created, if any says so in
 /// RFC 3339. Never panics on any input (fuzzed).

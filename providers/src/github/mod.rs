@@ -525,10 +525,9 @@ impl Probe for GithubApp {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        // Read the installation's account with the App JWT.
-        let info = self
-            .read_installation(installation, request.timeout)
-            .await?;
+        // Read the installation's account with the App JWT (its failure waits for the
+        // revocation below: the probe's token must not outlive the probe).
+        let info = self.read_installation(installation, request.timeout).await;
         // The probe's token is not needed any more: revoke it (best effort).
         if !token.is_empty() {
             let _ = self
@@ -541,6 +540,7 @@ impl Probe for GithubApp {
                 )
                 .await;
         }
+        let info = info?;
         if info.status != 200 {
             return Err(error_for(info, installation));
         }
