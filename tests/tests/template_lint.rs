@@ -161,6 +161,28 @@ fn a_trust_statement_with_not_action_fails() {
     let (c, out, _) = lint(tmp.path());
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("no plain Allow or Deny Effect"), "{out}");
+    // An inline policy whose document is a string built by Fn::Sub, or whose statement's
+    // Effect is, has nothing the lint can read.
+    for (document, finding) in [
+        (
+            r#"{"Fn::Sub": "{\"Statement\": [{\"Effect\": \"Allow\", \"Action\": \"*\", \"Resource\": \"*\"}]}"}"#,
+            "document has no Statement to read",
+        ),
+        (
+            r#"{"Statement": [{"Effect": {"Fn::Sub": "Allow"}, "Action": "*", "Resource": "*"}]}"#,
+            "inline policy statement has no plain Allow or Deny Effect",
+        ),
+    ] {
+        let inline = shipped.replace(
+            r#""ManagedPolicyArns""#,
+            &format!(r#""Policies": [{{"PolicyName": "extra", "PolicyDocument": {document}}}], "ManagedPolicyArns""#),
+        );
+        assert_ne!(inline, shipped, "the shipped role changed shape");
+        let tmp = aws_template_dir("credbroker-role.json", &inline);
+        let (c, out, _) = lint(tmp.path());
+        assert_eq!(c, 1, "{out}");
+        assert!(out.contains(finding), "{out}");
+    }
 }
 
 #[test]

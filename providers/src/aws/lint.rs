@@ -156,13 +156,23 @@ fn lint_role(
         }
     }
     for policy in props.get("Policies").map(list).unwrap_or_default() {
+        // A document built by an intrinsic function (`{"Fn::Sub": "…"}`) has no statements
+        // to read: nothing in it could be checked.
+        if policy.pointer("/PolicyDocument/Statement").is_none() {
+            say("inline policy document has no Statement to read: it cannot be checked".into());
+        }
         for st in policy
             .pointer("/PolicyDocument/Statement")
             .map(list)
             .unwrap_or_default()
         {
-            if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
-                continue;
+            match st.get("Effect").and_then(Value::as_str) {
+                Some("Deny") => continue,
+                Some("Allow") => {}
+                _ => {
+                    say("inline policy statement has no plain Allow or Deny Effect: it cannot be checked".into());
+                    continue;
+                }
             }
             if st.get("NotAction").is_some() {
                 say("inline policy uses Allow with NotAction".into());
