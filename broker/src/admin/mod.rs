@@ -32,7 +32,8 @@ mod webhook_secrets;
 pub(crate) use federation::random_alphanumeric;
 pub use forge::InvocationOutcome;
 pub use governance::{GovernanceOp, GovernanceUpdate, RevealBody, MAX_WINDOW_S};
-pub use intake::{parse_intake_form, NewIntake, MAX_INTAKE_FAILURES};
+pub use intake::{NewIntake, MAX_INTAKE_FAILURES};
+pub use intake_form::parse_intake_form;
 pub(crate) use workers::retired_operator_name;
 mod platform_keys;
 mod reclaim;
@@ -42,6 +43,7 @@ mod secret_body;
 
 pub use records::BindingDetail;
 mod intake;
+mod intake_form;
 mod issuer_keys;
 mod outstanding;
 mod secrets;

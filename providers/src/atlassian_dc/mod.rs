@@ -8,6 +8,7 @@
 //! (older Server versions) are detected by the probe and reported, never assumed.
 
 mod answer;
+mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::Full;
 use secrecy::SecretString;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
@@ -35,144 +35,13 @@ use crate::{
 pub const ID: &str = "atlassian_dc_pat";
 
 pub use answer::{created_pat, pat_expiry, pat_user};
-
-/// Platform-side settings (`[providers.atlassian_dc_pat]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DcSettings {
-    /// Hosts that may be IP literals, loopback or private (`host` or `host:port`); only
-    /// loopback ones may be plain http (a local test double).
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-    /// Lifetime of a PAT the broker creates, days.
-    #[serde(default = "default_days")]
-    pub new_token_days: u32,
-    /// Rotate (self-rotation) when the PAT expires within this many days; warn from then on.
-    #[serde(default = "default_rotate")]
-    pub rotate_days_before_expiry: u32,
-    /// Per-request deadline, milliseconds.
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
-}
-
-fn default_days() -> u32 {
-    90
-}
-fn default_rotate() -> u32 {
-    14
-}
-fn default_timeout() -> u64 {
-    5000
-}
-
-/// The product behind the base URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Product {
-    /// Jira Data Center.
-    Jira,
-    /// Confluence Data Center.
-    Confluence,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    base_url: String,
-    product: String,
-    /// PEM CA certificates of the instance's private PKI (trusted besides the platform's
-    /// roots, for this binding only).
-    #[serde(default)]
-    ca_pem: Option<String>,
-}
+pub use settings::{parse_config, DcSettings, Product};
 
 struct DcBinding {
     base: String,
     product: Product,
     /// A client that also trusts the binding's private CA, when it has one.
     http: Option<Http>,
-}
-
-/// Parses a binding's configuration (`{"base_url", "product": "jira"|"confluence"}`): https;
-/// IP literals, localhost, loopback/private/link-local hosts only when allow-listed; plain
-/// http only to an allow-listed loopback host. A context path (`/jira`) is kept.
-///
-/// # Errors
-/// Naming what is wrong.
-pub fn parse_config(config: &Value, allowed: &[String]) -> Result<(String, Product), String> {
-    let c: ConfigFile = serde_json::from_value(config.clone())
-        .map_err(|e| format!("atlassian_dc_pat config: {e}"))?;
-    if c.ca_pem.as_ref().is_some_and(|p| p.len() > 64 * 1024) {
-        return Err("ca_pem is larger than 64 KiB".into());
-    }
-    let product = match c.product.as_str() {
-        "jira" => Product::Jira,
-        "confluence" => Product::Confluence,
-        _ => return Err("product must be jira or confluence".into()),
-    };
-    let url = c.base_url.trim_end_matches('/');
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| "base_url is not a URL".to_owned())?;
-    // A fully qualified name's trailing dot (`localhost.`) names the same host: judged
-    // without it, so it cannot slip a local name past the rules below.
-    let host = uri
-        .host()
-        .ok_or("base_url has no host")?
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return Err("base_url has no host".into());
-    }
-    if url.contains('@') || uri.query().is_some() {
-        return Err("base_url must not carry credentials or a query".into());
-    }
-    // An allow-list entry names a host, or a host on one port (`host:port`, `[v6]:port`);
-    // the resolver sees names, not ports, so the port is held here. Entries and the URL are
-    // compared the same way: case, brackets, a trailing dot and a default port aside.
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("http") {
-            80
-        } else {
-            443
-        });
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let entry_port = |a: &str| -> Option<u16> {
-        match a.trim().rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => p.parse().ok(),
-            _ => None,
-        }
-    };
-    let entries: Vec<&String> = allowed
-        .iter()
-        .filter(|a| crate::http::allow_entry_host(a) == bare)
-        .collect();
-    let listed = entries
-        .iter()
-        .any(|a| entry_port(a).is_none() || entry_port(a) == Some(port));
-    if !entries.is_empty() && !listed {
-        return Err(format!(
-            "base_url port {port} of {host}: allowed_hosts lists that host with other ports only"
-        ));
-    }
-    let ip = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .ok();
-    let special = ip.is_some() || host == "localhost" || !host.contains('.');
-    if special && !listed {
-        return Err(format!(
-            "base_url host {host} is an address or local name; allow it in [providers.{ID}] allowed_hosts"
-        ));
-    }
-    let loopback = ip.is_some_and(|i| i.is_loopback()) || host == "localhost";
-    match uri.scheme_str() {
-        Some("https") => {}
-        Some("http") if listed && loopback => {}
-        _ => return Err("base_url must be https".into()),
-    }
-    Ok((url.to_owned(), product))
 }
 
 /// The provider.
@@ -619,80 +488,6 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_urls() {
-        let none: Vec<String> = Vec::new();
-        assert!(parse_config(
-            &json!({"base_url": "https://jira.acme.example/jira", "product": "jira"}),
-            &none
-        )
-        .is_ok());
-        for bad in [
-            "http://jira.acme.example",
-            "https://10.1.2.3",
-            "https://169.254.169.254",
-            "https://localhost:8443",
-            "https://localhost.:8443",
-            "https://jira.",
-            "https://jira",
-            "https://u:p@jira.acme.example",
-        ] {
-            assert!(
-                parse_config(&json!({"base_url": bad, "product": "jira"}), &none).is_err(),
-                "{bad}"
-            );
-        }
-        assert!(parse_config(
-            &json!({"base_url": "https://jira.acme.example", "product": "bitbucket"}),
-            &none
-        )
-        .is_err());
-        let listed = vec!["127.0.0.1:9000".to_owned()];
-        assert!(parse_config(
-            &json!({"base_url": "http://127.0.0.1:9000", "product": "confluence"}),
-            &listed
-        )
-        .is_ok());
-        // A host listed with a port is allowed (to resolve internally) on that port only.
-        let listed = vec![
-            "jira.corp.example:8443".to_owned(),
-            "wiki.corp.example".to_owned(),
-        ];
-        for (url, ok) in [
-            ("https://jira.corp.example:8443/", true),
-            ("https://JIRA.corp.example.:8443/", true),
-            ("https://jira.corp.example:6443/", false),
-            ("https://jira.corp.example/", false),
-            ("https://wiki.corp.example:6443/", true),
-            ("https://jira.acme.example:6443/", true),
-        ] {
-            assert_eq!(
-                parse_config(&json!({"base_url": url, "product": "jira"}), &listed).is_ok(),
-                ok,
-                "{url}"
-            );
-        }
-        // Default ports and written ones are the same; so are case and a trailing dot.
-        let listed = vec![" 10.0.0.5:443 ".to_owned(), "[::1]:9000".to_owned()];
-        for (url, ok) in [
-            ("https://10.0.0.5/", true),
-            ("https://10.0.0.5:8443/", false),
-            ("http://[::1]:9000/", true),
-            ("http://[::1]:9001/", false),
-        ] {
-            assert_eq!(
-                parse_config(&json!({"base_url": url, "product": "jira"}), &listed).is_ok(),
-                ok,
-                "{url}"
-            );
-        }
-        assert_eq!(crate::http::allow_entry_host("[::1]:9000"), "::1");
-        assert_eq!(
-            crate::http::allow_entry_host("Jira.Corp.Example.:8443"),
-            "jira.corp.example"
-        );
-    }
 
     #[test]
     fn expiry_formats() {

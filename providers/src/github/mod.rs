@@ -17,6 +17,7 @@
 mod answer;
 mod callbacks;
 mod client;
+mod inbound;
 mod keys;
 pub mod lint;
 mod permissions;
@@ -36,10 +37,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-pub use callbacks::{
-    installation_in_page, owner_in_membership, parse_installation_event, parse_setup_query,
-    same_user, verify_signature, ListedInstallation,
-};
+pub use callbacks::{installation_in_page, owner_in_membership, same_user, ListedInstallation};
+pub use inbound::{parse_installation_event, parse_setup_query, verify_signature};
 pub use permissions::{
     narrow, parse_permissions, GithubCeiling, Level, Permissions, TokenRequest, KNOWN_PERMISSIONS,
 };
