@@ -105,16 +105,24 @@ impl std::error::Error for NoPublicAddress {}
 /// The host an allow-list entry names (`host`, `host:port`, `[v6]:port`): lower case,
 /// without brackets or a trailing dot.
 pub fn allow_entry_host(entry: &str) -> String {
+    allow_entry(entry).0
+}
+
+/// An allow-list entry's host (as [`allow_entry_host`]) and port, when it names one.
+pub fn allow_entry(entry: &str) -> (String, Option<u16>) {
     let a = entry.trim().to_ascii_lowercase();
-    let host = match a.rsplit_once(':') {
+    let (host, port) = match a.rsplit_once(':') {
         Some((h, p))
             if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') =>
         {
-            h.trim_start_matches('[').trim_end_matches(']').to_owned()
+            (
+                h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                p.parse().ok(),
+            )
         }
-        _ => a,
+        _ => (a, None),
     };
-    host.trim_end_matches('.').to_owned()
+    (host.trim_end_matches('.').to_owned(), port)
 }
 
 /// The [`Resolver`]'s refusal somewhere in `e`'s chain of causes: the one reason worth

@@ -453,11 +453,9 @@ impl AdminService {
         for id in self
             .core
             .records
-            .webhook_secrets_past_overlap(at)
+            .webhook_secrets_past_overlap(at, 1000)
             .await
             .map_err(store_err)?
-            .into_iter()
-            .take(1000)
         {
             if let Some(stored) = self
                 .core

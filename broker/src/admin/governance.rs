@@ -36,7 +36,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>
 }
 
 /// The most days a binding's secret may be set to age: ten years.
-pub(crate) const MAX_SECRET_AGE_DAYS: u32 = 3650;
+pub const MAX_SECRET_AGE_DAYS: u32 = 3650;
 
 /// `days` as a rotation policy: 1 to [`MAX_SECRET_AGE_DAYS`].
 pub(crate) fn secret_age_days(days: u32) -> Result<u32, ApiError> {

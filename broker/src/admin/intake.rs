@@ -248,9 +248,7 @@ impl AdminService {
         // A link whose attempts are all reserved is used up, whether or not the submission
         // that reserved the last one has removed it yet (its probe may still be running, or
         // its removal lost a race): a fourth submission must not start.
-        let Some((key, read)) = found
-            .filter(|(_, l)| l.value.expires_at >= now && l.value.failures < MAX_INTAKE_FAILURES)
-        else {
+        let Some((key, read)) = found.filter(|(_, l)| l.value.admits(now)) else {
             self.count_intake("invalid_link", false);
             return pages::invalid();
         };
@@ -588,9 +586,7 @@ impl AdminService {
             .intake_link(key.trim_start_matches("intake:"))
             .await
         {
-            Ok(found) => found.is_some_and(|(_, l)| {
-                l.value.expires_at >= now && l.value.failures < MAX_INTAKE_FAILURES
-            }),
+            Ok(found) => found.is_some_and(|(_, l)| l.value.admits(now)),
             Err(_) => true,
         }
     }

@@ -31,7 +31,9 @@ mod governance;
 mod webhook_secrets;
 pub(crate) use federation::random_alphanumeric;
 pub use forge::InvocationOutcome;
-pub use governance::{GovernanceOp, GovernanceUpdate, RevealBody, MAX_WINDOW_S};
+pub use governance::{
+    GovernanceOp, GovernanceUpdate, RevealBody, MAX_SECRET_AGE_DAYS, MAX_WINDOW_S,
+};
 pub use intake::{NewIntake, MAX_INTAKE_FAILURES};
 pub use intake_form::parse_intake_form;
 pub(crate) use workers::retired_operator_name;

@@ -27,13 +27,9 @@ pub(super) fn describe(w: &WebhookSecret) -> Value {
             "kek_version": v.kek_version,
             "created_at": v.created_at,
             "valid_until": v.valid_until,
-            "valid": still_valid(v, now),
+            "valid": v.verifies_at(now),
         })).collect::<Vec<_>>(),
     })
-}
-
-fn still_valid(v: &WebhookVersion, now: time::OffsetDateTime) -> bool {
-    v.verifies_at(now)
 }
 
 fn check_header(name: &str) -> Result<(), ApiError> {
@@ -299,7 +295,7 @@ impl AdminService {
             if i == 0 {
                 v.valid_until = Some(until.clone());
             }
-            if still_valid(&v, now) && versions.len() < 3 {
+            if v.verifies_at(now) && versions.len() < 3 {
                 versions.push(v);
             }
         }
@@ -478,7 +474,7 @@ impl AdminService {
             .value
             .versions
             .iter()
-            .filter(|v| still_valid(v, now))
+            .filter(|v| v.verifies_at(now))
             .collect();
         let mut opened = Vec::with_capacity(live.len());
         for v in &live {

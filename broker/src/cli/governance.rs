@@ -22,7 +22,7 @@ pub struct SetOwner {
     purpose: String,
     /// (bindings) Rotation policy: the most days its secret may age, 1-3650 (absent: the
     /// binding's current policy is kept).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::admin::MAX_SECRET_AGE_DAYS)))]
     max_secret_age_days: Option<u32>,
     /// (bindings) Clear the binding's rotation policy: the provider's default from
     /// `[inventory] max_secret_age_days` applies again.

@@ -71,7 +71,7 @@ fn binding_add_command(d: &ProviderDescriptor) -> Command {
         .arg(
             Arg::new("max-secret-age-days")
                 .long("max-secret-age-days")
-                .value_parser(clap::value_parser!(u32).range(1..=3650))
+                .value_parser(clap::value_parser!(u32).range(1..=i64::from(crate::admin::MAX_SECRET_AGE_DAYS)))
                 .help("Rotation policy: the most days its secret may age (default: [inventory] max_secret_age_days for the provider)."),
         );
     for f in d.cli.binding_flags {

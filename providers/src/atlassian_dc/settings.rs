@@ -101,29 +101,19 @@ pub fn parse_config(config: &Value, allowed: &[String]) -> Result<(String, Produ
             443
         });
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let entry_port = |a: &str| -> Option<u16> {
-        match a.trim().rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => p.parse().ok(),
-            _ => None,
-        }
-    };
-    let entries: Vec<&String> = allowed
+    let entries: Vec<Option<u16>> = allowed
         .iter()
-        .filter(|a| crate::http::allow_entry_host(a) == bare)
+        .map(|a| crate::http::allow_entry(a))
+        .filter(|(h, _)| h == bare)
+        .map(|(_, p)| p)
         .collect();
-    let listed = entries
-        .iter()
-        .any(|a| entry_port(a).is_none() || entry_port(a) == Some(port));
+    let listed = entries.iter().any(|p| p.is_none() || *p == Some(port));
     if !entries.is_empty() && !listed {
         return Err(format!(
             "base_url port {port} of {host}: allowed_hosts lists that host with other ports only"
         ));
     }
-    let ip = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .ok();
+    let ip = bare.parse::<std::net::IpAddr>().ok();
     let special = ip.is_some() || host == "localhost" || !host.contains('.');
     if special && !listed {
         return Err(format!(

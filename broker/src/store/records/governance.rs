@@ -220,14 +220,16 @@ impl Records {
         self.get_stored(Table::WebhookSecrets, instance).await
     }
 
-    /// The webhook secrets holding a version that no longer verifies at `now` (its overlap
-    /// is over), as read for a change: read one at a time, only those kept.
+    /// The instances (at most `limit`) whose webhook secret holds a version that no longer
+    /// verifies at `now` (its overlap is over): the rows are read one at a time and only
+    /// these keys kept; the caller reads each again as read for its change.
     ///
     /// # Errors
     /// On store failure or corruption.
     pub async fn webhook_secrets_past_overlap(
         &self,
         now: time::OffsetDateTime,
+        limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         Ok(self
             .keyed_where(Table::WebhookSecrets, "", move |w: &WebhookSecret| {
@@ -235,6 +237,7 @@ impl Records {
             })
             .await?
             .into_iter()
+            .take(limit)
             .map(|(k, _)| k)
             .collect())
     }

@@ -73,6 +73,14 @@ impl Records {
     }
 }
 
+impl IntakeLink {
+    /// Whether the link takes a submission at `now` (Unix seconds): unexpired, with an
+    /// attempt left.
+    pub fn admits(&self, now: i64) -> bool {
+        self.expires_at >= now && self.failures < crate::admin::MAX_INTAKE_FAILURES
+    }
+}
+
 impl Batch {
     /// Stores a new intake link under its token's hash.
     pub fn put_intake_link(&mut self, token_hash: &str, link: &IntakeLink) -> &mut Self {
