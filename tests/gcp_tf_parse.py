@@ -5,7 +5,8 @@ maps google.subject=assertion.sub and its attribute condition pins assertion.sub
 var.subject; every role it names is in policies/gcp.json (never owner, editor or admin);
 project roles go to the service account only and never authoritatively; and
 roles/iam.workloadIdentityUser is bound on the service account to principal://…/subject/
-${var.subject} alone, never a principalSet.
+${var.subject} alone, never a principalSet, naming the project by the number a google_project
+data source of var.project_id reads and the pool the module creates.
 
 Prints one JSON document of what it read (tests/tests/template_lint_gcp.rs compares it) and,
 on stderr, one line per finding; exits 1 when there is a finding.
@@ -91,7 +92,7 @@ def pins_subject(cond):
 
 
 def load(module):
-    resources, variables = [], {}
+    resources, variables, data = [], {}, []
     files = sorted(pathlib.Path(module).glob("*.tf"))
     for f in files:
         with f.open() as fh:
@@ -102,11 +103,25 @@ def load(module):
                     resources.append((f.name, rtype, name, body))
         for group in tree.get("variable", []):
             variables.update(group)
-    return files, resources, variables
+        for group in tree.get("data", []):
+            for dtype, named in group.items():
+                for name, body in named.items():
+                    data.append((dtype, name, body))
+    return files, resources, variables, data
 
 
 def check(module):
-    files, resources, variables = load(module)
+    files, resources, variables, data = load(module)
+    # The principal names the project by the number Google reports for var.project_id (a
+    # google_project data source), and a pool the module creates.
+    projects = [n for t, n, b in data if t == "google_project" and attr(b, "project_id") == "${var.project_id}"]
+    pools = [n for _, t, n, _ in resources if t == "google_iam_workload_identity_pool"]
+    members = {
+        "principal://iam.googleapis.com/projects/${data.google_project.%s.number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.%s.workload_identity_pool_id}/subject/${var.subject}"
+        % (d, p)
+        for d in projects
+        for p in pools
+    }
     findings = []
     facts = {
         "files": [f.name for f in files],
@@ -167,13 +182,7 @@ def check(module):
                 findings.append(f"{where}: grants {role} on the service account")
                 continue
             facts["workload_identity_user_members"].append(member)
-            ok = (
-                isinstance(member, str)
-                and member.startswith("principal://iam.googleapis.com/projects/")
-                and "/locations/global/workloadIdentityPools/" in member
-                and member.endswith("/subject/${var.subject}")
-            )
-            if not ok:
+            if member not in members:
                 findings.append(f"{where}: {WIF_USER} bound to {member}")
     if not facts["providers"]:
         findings.append(f"{module}: no google_iam_workload_identity_pool_provider")

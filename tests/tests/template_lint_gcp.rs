@@ -347,7 +347,7 @@ fn the_module_parses_with_python_hcl2_into_the_linted_facts() {
     assert_eq!(provider["issuer_uri"], "${var.issuer_url}");
     assert_eq!(
         facts["workload_identity_user_members"],
-        serde_json::json!(["principal://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/subject/${var.subject}"])
+        serde_json::json!(["principal://iam.googleapis.com/projects/${data.google_project.credbroker.number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/subject/${var.subject}"])
     );
     assert_eq!(
         facts["roles_default"],

@@ -49,9 +49,23 @@ resource "google_project_iam_member" "credbroker" {
   member  = "serviceAccount:${google_service_account.credbroker.email}"
 }
 
+# The project's number as Google knows it, never taken on trust: the principal below names
+# the pool by project number, and a mistyped number would name a pool of the same id in
+# somebody else's project, whose owner could then act as the service account.
+data "google_project" "credbroker" {
+  project_id = var.project_id
+}
+
 # Exactly one federated identity, never a principalSet.
 resource "google_service_account_iam_member" "credbroker_workload_identity_user" {
   service_account_id = google_service_account.credbroker.name
   role               = "roles/iam.workloadIdentityUser"
-  member             = "principal://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/subject/${var.subject}"
+  member             = "principal://iam.googleapis.com/projects/${data.google_project.credbroker.number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/subject/${var.subject}"
+
+  lifecycle {
+    precondition {
+      condition     = data.google_project.credbroker.number == var.project_number
+      error_message = "project_number is not the number of project_id: copy it from `gcloud projects describe PROJECT_ID --format='value(projectNumber)'`."
+    }
+  }
 }

@@ -1,8 +1,8 @@
 # Hand these four values back to your credbroker provider.
 
 output "project_number" {
-  description = "The project number."
-  value       = var.project_number
+  description = "The project number (as Google reports it for project_id)."
+  value       = data.google_project.credbroker.number
 }
 
 output "pool_id" {
@@ -22,5 +22,5 @@ output "service_account" {
 
 output "audience" {
   description = "The audience the broker's tokens carry (for your records)."
-  value       = "https://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/providers/${google_iam_workload_identity_pool_provider.credbroker.workload_identity_pool_provider_id}"
+  value       = "https://iam.googleapis.com/projects/${data.google_project.credbroker.number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/providers/${google_iam_workload_identity_pool_provider.credbroker.workload_identity_pool_provider_id}"
 }

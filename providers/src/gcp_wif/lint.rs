@@ -8,7 +8,8 @@
 //! "Own OIDC issuer"). They grant the service account only roles of policies/gcp.json
 //! (`roles`; owner, editor and any admin role are findings even if the policy listed them),
 //! never authoritatively, and bind `roles/iam.workloadIdentityUser` on the service account
-//! alone to exactly `principal://…/subject/<subject>`, never to a `principalSet://`.
+//! alone to exactly `principal://…/subject/<subject>`, never to a `principalSet://`; the
+//! module names the principal's project by the number Google reports for `var.project_id`.
 //!
 //! The script is read as shell words of logical lines (continuations joined, comment lines
 //! dropped, in `script`); the module with a small HCL reader (`hcl`), which refuses what it cannot
@@ -132,13 +133,26 @@ fn pins_subject(condition: &str, subject_refs: &[&str]) -> bool {
         .any(|s| c == format!("assertion.sub=='{s}'") || c == format!("assertion.sub==\"{s}\""))
 }
 
-/// A member naming exactly one federated identity: this pool's `…/subject/<subject input>`.
-fn is_one_principal(member: &str, subject_refs: &[&str]) -> bool {
-    member.starts_with(PRINCIPAL_PREFIX)
-        && member.contains("/locations/global/workloadIdentityPools/")
-        && subject_refs
-            .iter()
-            .any(|s| member.ends_with(&format!("/subject/{s}")))
+/// A member naming exactly one federated identity of the module's own pool: the project by
+/// the number Google reports for `var.project_id` (a `google_project` data source in
+/// `projects`; never a number typed in, which could name a same-named pool in somebody
+/// else's project), a pool resource of the module in `pools`, the subject input.
+fn is_one_principal(
+    member: &str,
+    projects: &BTreeSet<String>,
+    pools: &BTreeSet<String>,
+    subject_refs: &[&str],
+) -> bool {
+    projects.iter().any(|project| {
+        pools.iter().any(|pool| {
+            subject_refs.iter().any(|s| {
+                member
+                    == format!(
+                        "{PRINCIPAL_PREFIX}${{data.google_project.{project}.number}}/locations/global/workloadIdentityPools/${{google_iam_workload_identity_pool.{pool}.workload_identity_pool_id}}/subject/{s}"
+                    )
+            })
+        })
+    })
 }
 
 // ---- the Terraform module ---------------------------------------------------------------
@@ -199,10 +213,24 @@ pub(crate) fn lint_module(
     let mut providers = 0;
     let mut wif_bindings = 0;
     let mut variables = BTreeMap::new();
+    // The `google_project` data sources reading `var.project_id`, and the pool resources.
+    let (mut projects, mut pools) = (BTreeSet::new(), BTreeSet::new());
     for (file, blocks) in files {
-        for b in blocks.iter().filter(|b| b.kind == "variable") {
-            if let Some(name) = b.labels.first() {
-                variables.insert(name.clone(), (file.clone(), b));
+        for b in blocks {
+            match (b.kind.as_str(), b.labels.first(), b.labels.get(1)) {
+                ("variable", Some(name), _) => {
+                    variables.insert(name.clone(), (file.clone(), b));
+                }
+                ("data", Some(t), Some(name))
+                    if t == "google_project"
+                        && b.attr("project_id").map(str::trim) == Some("var.project_id") =>
+                {
+                    projects.insert(name.clone());
+                }
+                ("resource", Some(t), Some(name)) if t == "google_iam_workload_identity_pool" => {
+                    pools.insert(name.clone());
+                }
+                _ => {}
             }
         }
     }
@@ -273,8 +301,8 @@ pub(crate) fn lint_module(
                         .attr("member")
                         .and_then(hcl::single_string)
                         .unwrap_or_default();
-                    if !is_one_principal(&member, &subject_refs) {
-                        say(format!("{WIF_USER} is bound to {member:?}; only principal://iam.googleapis.com/projects/${{var.project_number}}/locations/global/workloadIdentityPools/POOL/subject/${{var.subject}}"));
+                    if !is_one_principal(&member, &projects, &pools, &subject_refs) {
+                        say(format!("{WIF_USER} is bound to {member:?}; only principal://iam.googleapis.com/projects/${{data.google_project.P.number}}/locations/global/workloadIdentityPools/${{google_iam_workload_identity_pool.POOL.workload_identity_pool_id}}/subject/${{var.subject}}, with P a google_project data source of var.project_id (the number Google reports, never one typed in)"));
                     }
                 }
                 _ => {}

@@ -4,10 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
-    check_roles, is_one_principal, pins_subject, role_tokens, SUBJECT_MAPPING, SUBJECT_PATTERN,
-    WIF_USER,
-};
+use super::{check_roles, pins_subject, role_tokens, SUBJECT_MAPPING, SUBJECT_PATTERN, WIF_USER};
 
 /// The script's logical lines: comment lines dropped, `\` continuations joined.
 fn logical_lines(text: &str) -> Vec<String> {
@@ -235,9 +232,9 @@ pub(crate) fn lint_script(
                 wif_bindings += 1;
                 for m in members
                     .iter()
-                    .filter(|m| !is_one_principal(m, &subject_refs))
+                    .filter(|m| !is_one_script_principal(m, &subject_refs))
                 {
-                    say(format!("{WIF_USER} is bound to {m}; only principal://iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/subject/$SUBJECT"));
+                    say(format!("{WIF_USER} is bound to {m}; only principal://iam.googleapis.com/projects/${{PROJECT_NUMBER}}/locations/global/workloadIdentityPools/${{POOL_ID}}/subject/${{SUBJECT}}"));
                 }
             }
         } else if w.iter().any(|x| x == "projects") {
@@ -256,4 +253,16 @@ pub(crate) fn lint_script(
     if wif_bindings == 0 {
         say(format!("no `gcloud iam service-accounts add-iam-policy-binding --role={WIF_USER}` for principal://…/subject/$SUBJECT"));
     }
+}
+
+/// The script's one federated identity: the pool it creates (`POOL_ID`) in the project whose
+/// number it checked with gcloud (`PROJECT_NUMBER`, compared to `projects describe` before
+/// anything changes), the subject input.
+fn is_one_script_principal(member: &str, subject_refs: &[&str]) -> bool {
+    subject_refs.iter().any(|s| {
+        member
+            == format!(
+                "principal://iam.googleapis.com/projects/${{PROJECT_NUMBER}}/locations/global/workloadIdentityPools/${{POOL_ID}}/subject/{s}"
+            )
+    })
 }

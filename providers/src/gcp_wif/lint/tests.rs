@@ -282,11 +282,13 @@ fn a_module_without_the_condition_or_mapping_fails() {
     );
 }
 
+const MEMBER: &str = "principal://iam.googleapis.com/projects/${data.google_project.credbroker.number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/subject/${var.subject}";
+
 #[test]
 fn module_bindings_beyond_one_principal_fail() {
     let main = MAIN.replace(
-        "principal://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/subject/${var.subject}",
-        "principalSet://iam.googleapis.com/projects/${var.project_number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/*",
+        MEMBER,
+        "principalSet://iam.googleapis.com/projects/${data.google_project.credbroker.number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}/*",
     );
     assert_ne!(main, MAIN);
     let out = module_findings(&main, VARIABLES);
@@ -427,4 +429,46 @@ resource "a" "b" { // trailing
     ] {
         assert!(hcl::parse(broken).is_err(), "{broken:?}");
     }
+}
+
+/// The principal's project is the number Google reports for `var.project_id`: a number typed
+/// in (one digit wrong names a pool of the same id in somebody else's project), a data source
+/// of another project, or a pool the module does not create are findings.
+#[test]
+fn module_principals_name_the_modules_own_project_and_pool() {
+    assert!(MAIN.contains(MEMBER), "the shipped member changed");
+    for (from, to) in [
+        (
+            "${data.google_project.credbroker.number}",
+            "${var.project_number}",
+        ),
+        ("${data.google_project.credbroker.number}", "123456789012"),
+        (
+            "${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}",
+            "credbroker",
+        ),
+        (
+            "${google_iam_workload_identity_pool.credbroker.workload_identity_pool_id}",
+            "${google_iam_workload_identity_pool.other.workload_identity_pool_id}",
+        ),
+        ("/subject/${var.subject}", "/subject/${var.subject}/x"),
+    ] {
+        let main = MAIN.replace(MEMBER, &MEMBER.replace(from, to));
+        assert_ne!(main, MAIN);
+        let out = module_findings(&main, VARIABLES);
+        assert!(
+            has(&out, "roles/iam.workloadIdentityUser is bound to"),
+            "{to}: {out:#?}"
+        );
+    }
+    let main = MAIN.replace(
+        "data \"google_project\" \"credbroker\" {\n  project_id = var.project_id\n}",
+        "data \"google_project\" \"credbroker\" {\n  project_id = \"attacker-prod\"\n}",
+    );
+    assert_ne!(main, MAIN);
+    let out = module_findings(&main, VARIABLES);
+    assert!(
+        has(&out, "roles/iam.workloadIdentityUser is bound to"),
+        "{out:#?}"
+    );
 }
