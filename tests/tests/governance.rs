@@ -117,7 +117,9 @@ async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
     daemon.restart();
     let mut op = pki.client_for("op", &daemon.url);
     let mut w1 = pki.client_for("w1", &daemon.url);
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // b2 and b3, never resolved, grow older than the 5 s dormancy window asked for below;
+    // b1 and w1, resolved just before it is asked, keep seconds of margin inside it.
+    std::thread::sleep(std::time::Duration::from_secs(7));
     // The gauges of the start's pass (a binding at a time, no inventory asked for yet) count
     // what the inventory below flags under the configured windows. The pass runs at the
     // first tick after start: wait for its series.
@@ -145,7 +147,7 @@ async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "{v}");
 
-    let inv = inventory(&mut op, "?dormant_s=2").await;
+    let inv = inventory(&mut op, "?dormant_s=5").await;
     assert_eq!(flags(&inv, "binding", "b1"), ["rotation_overdue"], "{inv}");
     assert_eq!(row(&inv, "binding", "b1")["secret_age_days"], 200);
     assert_eq!(row(&inv, "binding", "b1")["max_secret_age_days"], 90);

@@ -421,7 +421,7 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
         tmp.path(),
         &pki,
         &DaemonOptions {
-            extra_toml: "[webhooks]\noverlap_s = 3\n[secrets]\ngc_interval_s = 1\n".into(),
+            extra_toml: "[webhooks]\noverlap_s = 10\n[secrets]\ngc_interval_s = 1\n".into(),
             ..Default::default()
         },
     );
@@ -461,6 +461,9 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
     // Rotating again before the vendor was updated keeps the secret it still signs with.
     let (c, _, err) = operator_cli(&pki, &daemon.url, &["webhook-secret", "rotate", "i1"]);
     assert_eq!(c, 0, "{err}");
+    // Both windows (10 s: room for the steps between the rotations on a slow machine) end
+    // by then: the second one began before its rotation answered.
+    let windows_end = std::time::Instant::now() + std::time::Duration::from_millis(10_500);
     let (_, v) = reveal(&mut op, "i1", "second rotation in this test").await;
     let newest = v["secret"].as_str().unwrap().to_owned();
     for (secret, version) in [(&newest, 3), (&new, 2), (&old, 1)] {
@@ -471,7 +474,7 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
             "{v}"
         );
     }
-    std::thread::sleep(std::time::Duration::from_millis(3500));
+    std::thread::sleep(windows_end.saturating_duration_since(std::time::Instant::now()));
     for stale in [&old, &new] {
         let (_, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": stale}), body).await;
         assert_eq!(
