@@ -6,9 +6,12 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
 use super::super::checkpoints_path;
 use super::super::lines::LogLines;
-use super::super::record::AuditRecord;
+use super::super::record::{AuditRecord, Checkpoint};
 use super::super::segments::{self, Line};
 use super::super::tail::open_checkpoints;
 use super::segment::{open_live, Live};
@@ -111,24 +114,28 @@ impl Writer {
 
     /// Re-opens the live segment and the checkpoint file and re-reads their tails (after a
     /// failed batch).
+    ///
+    /// What is found must be what this writer left: the chain ending at its last durable
+    /// record (once the failed batch's records, if its rollback did not happen, are removed)
+    /// and the checkpoint file ending at its last checkpoint. A log cut back, rewritten or
+    /// swapped while the writer was failed (anyone who can fill the disk can make it fail)
+    /// is never adopted and chained onto: the writer stays failed closed, nothing found is
+    /// cleared, and a restart runs the start-up verification over it. Bytes after the
+    /// durable end (the failed batch's remains) are cleared only once that holds.
     pub(super) fn reopen(&mut self) -> Result<(), AuditError> {
-        let (mut live, mut tail, torn) = open_live(&self.config)?;
-        if let Some(torn) = torn {
-            if let Some(planted) = torn.after_seal() {
-                return Err(planted);
-            }
-            torn.clear()?;
+        let (mut live, mut tail, mut torn) = open_live(&self.config)?;
+        if let Some(planted) = torn.as_ref().and_then(super::segment::Torn::after_seal) {
+            return Err(planted);
         }
+        let path = live.path.display().to_string();
+        let inconsistent = |reason: String| AuditError::Inconsistent {
+            path: path.clone(),
+            reason,
+        };
         if tail.seq > self.tail.seq && self.failed_batch_follows(&live) {
             // The failed batch's records survived its rollback: the record right after the
             // last durable one chains onto it. Nobody was told they are durable (their
-            // requests failed closed): they must not become part of the chain. (A log that
-            // was replaced meanwhile, e.g. restored from elsewhere, is read as it is.)
-            let path = live.path.display().to_string();
-            let inconsistent = |reason: String| AuditError::Inconsistent {
-                path: path.clone(),
-                reason,
-            };
+            // requests failed closed): they must not become part of the chain.
             let from = if live.n == self.live.n {
                 self.tail.len
             } else {
@@ -146,34 +153,54 @@ impl Writer {
                         self.tail.seq
                     ))
                 })?;
-            let torn;
             (live, tail, torn) = open_live(&self.config)?;
-            if let Some(torn) = torn {
-                torn.clear()?;
-            }
-            if tail.seq != self.tail.seq || tail.hash != self.tail.hash {
-                return Err(inconsistent(format!(
-                    "after removing a failed batch the log ends at {}, not at the last durable record {}",
-                    tail.seq, self.tail.seq
-                )));
-            }
         }
+        // A writer that never had a durable record (it started on an empty log, e.g. on a
+        // full disk) holds no proof of what the log was: what is found is read as a start
+        // reads it, verified from its last signed checkpoint.
+        let holds_nothing = self.tail.seq == 0 && self.last_checkpoint.is_none();
         let cp_path = checkpoints_path(&self.config.dir);
+        if holds_nothing {
+            super::super::verify::verify_since_last_checkpoint(
+                &self.config.dir,
+                &self.signer.verifier(),
+                self.config.max_unanchored(),
+            )
+            .map_err(|f| AuditError::Unverified {
+                path: path.clone(),
+                reason: f.to_string(),
+            })?;
+        } else if tail.seq != self.tail.seq || tail.hash != self.tail.hash {
+            return Err(inconsistent(format!(
+                "the log changed while its writer was failed: it now ends at record {}, not at the last durable record {} this writer wrote; nothing was adopted or cleared (restart the broker: the start-up verification reads it)",
+                tail.seq, self.tail.seq
+            )));
+        }
         let (checkpoints, last_checkpoint) = open_checkpoints(&cp_path)?;
-        let last_checkpoint_seq = last_checkpoint.as_ref().map_or(0, |c| c.seq);
-        if last_checkpoint_seq > tail.seq {
+        if last_checkpoint.as_ref().map_or(0, |c| c.seq) > tail.seq {
+            return Err(inconsistent(format!(
+                "a checkpoint covers record {} but the log ends at {}",
+                last_checkpoint.as_ref().map_or(0, |c| c.seq),
+                tail.seq
+            )));
+        }
+        if !holds_nothing && !self.is_own_last_checkpoint(last_checkpoint.as_ref()) {
             return Err(AuditError::Inconsistent {
-                path: live.path.display().to_string(),
+                path: cp_path.display().to_string(),
                 reason: format!(
-                    "a checkpoint covers record {last_checkpoint_seq} but the log ends at {}",
-                    tail.seq
+                    "the checkpoint file changed while the audit writer was failed: its last checkpoint covers record {}, this writer's covers {}; nothing was adopted (restart the broker: the start-up verification reads it)",
+                    last_checkpoint.as_ref().map_or(0, |c| c.seq),
+                    self.last_checkpoint_seq
                 ),
             });
+        }
+        if let Some(torn) = torn {
+            torn.clear()?;
         }
         self.live = live;
         self.tail = tail;
         self.checkpoints = checkpoints;
-        self.last_checkpoint_seq = last_checkpoint_seq;
+        self.last_checkpoint_seq = last_checkpoint.as_ref().map_or(0, |c| c.seq);
         self.last_checkpoint = last_checkpoint;
         self.needs_reopen = false;
         self.failed_first = None;
@@ -182,6 +209,27 @@ impl Writer {
             "audit log re-opened after a failed write"
         );
         Ok(())
+    }
+
+    /// Whether `found` (the checkpoint file's last, re-read) is this writer's: the last one
+    /// it wrote, or one over its durable tail signed with its key (a checkpoint whose write
+    /// reported a failure but reached the disk, and whose cut failed too).
+    fn is_own_last_checkpoint(&self, found: Option<&Checkpoint>) -> bool {
+        match (found, self.last_checkpoint.as_ref()) {
+            (None, None) => true,
+            (Some(f), Some(mine)) if f == mine => true,
+            (Some(f), _) => {
+                f.seq == self.tail.seq
+                    && f.hash == self.tail.hash
+                    && f.seq >= self.last_checkpoint_seq
+                    && B64.decode(&f.signature).is_ok_and(|sig| {
+                        self.signer
+                            .verifier()
+                            .verify(&Checkpoint::signed_message(f.seq, &f.hash, &f.time), &sig)
+                    })
+            }
+            (None, Some(_)) => false,
+        }
     }
 }
 
