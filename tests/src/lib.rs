@@ -1149,6 +1149,25 @@ pub fn servicenow_section(authority: &str) -> String {
     )
 }
 
+/// Points the stopped daemon's audit log at /dev/full (every write fails with ENOSPC; reads
+/// find an empty log), keeping the real one aside for [`restore_audit`].
+pub fn point_audit_at_dev_full(data_dir: &Path) {
+    let audit = data_dir.join("audit");
+    std::fs::rename(&audit, data_dir.join("audit.saved")).unwrap();
+    std::fs::create_dir(&audit).unwrap();
+    std::os::unix::fs::symlink(
+        "/dev/full",
+        audit.join(credbroker::audit::segments::segment_name(1)),
+    )
+    .unwrap();
+}
+
+/// Puts back the audit log [`point_audit_at_dev_full`] kept aside.
+pub fn restore_audit(data_dir: &Path) {
+    std::fs::remove_dir_all(data_dir.join("audit")).unwrap();
+    std::fs::rename(data_dir.join("audit.saved"), data_dir.join("audit")).unwrap();
+}
+
 /// Every file under `dir` whose bytes contain `needle`, into `hits` (canary tests: nothing
 /// secret in the clear at rest). The walk is [`for_every_file`]'s: a wrong or empty
 /// directory fails rather than finding nothing.

@@ -8,22 +8,6 @@ use credbroker_tests::*;
 use http::Method;
 use serde_json::json;
 
-fn point_audit_at_dev_full(data_dir: &Path) {
-    let audit = data_dir.join("audit");
-    std::fs::rename(&audit, data_dir.join("audit.saved")).unwrap();
-    std::fs::create_dir(&audit).unwrap();
-    std::os::unix::fs::symlink(
-        "/dev/full",
-        audit.join(credbroker::audit::segments::segment_name(1)),
-    )
-    .unwrap();
-}
-
-fn restore_audit(data_dir: &Path) {
-    std::fs::remove_dir_all(data_dir.join("audit")).unwrap();
-    std::fs::rename(data_dir.join("audit.saved"), data_dir.join("audit")).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_resolves_closed_and_service_recovers() {
     if !Path::new("/dev/full").exists() {

@@ -1444,6 +1444,57 @@ async fn confused_deputy_attempts_are_refused() {
     );
 }
 
+/// While the audit log is failing, nothing reaches STS: every exchange the customer's
+/// CloudTrail shows must be in the audit log, and no record of it could be made. The resolve
+/// that finds the log failing was minted before its record failed (nothing handed out); the
+/// ones after it, each asking a narrowing never minted, are refused before any call. Once the
+/// log is writable again, minting resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_exchange_is_made_while_the_audit_log_is_failing() {
+    let mut env = start().await;
+    let ext = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/Audit");
+    bind_active(&mut env, "aws1", "i-aws", &arn, &ext).await;
+    env.daemon.stop();
+    point_audit_at_dev_full(&env.daemon.data_dir);
+    env.daemon.restart();
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let narrowed = |action: &str| json!({"instance_id": "i-aws", "narrow": {"policy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [action], "Resource": "*"}]}}});
+    let calls = env.sts.state.calls();
+    let (s, v) = resolve(&mut w1, narrowed("ec2:DescribeInstances")).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    assert_eq!(env.sts.state.calls() - calls, 1, "the first one minted");
+    for action in [
+        "ec2:DescribeVpcs",
+        "ec2:DescribeSubnets",
+        "s3:ListAllMyBuckets",
+    ] {
+        let (s, v) = resolve(&mut w1, narrowed(action)).await;
+        assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+        assert!(v["credentials"].is_null(), "{v}");
+    }
+    assert_eq!(
+        env.sts.state.calls() - calls,
+        1,
+        "STS was called while the audit log was known to be failing"
+    );
+    restore_audit(&env.daemon.data_dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = resolve(&mut w1, narrowed("ec2:DescribeVpcs")).await;
+        if s == 200 {
+            break;
+        }
+        assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+        assert!(Instant::now() < deadline, "minting did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(env.sts.state.calls() - calls, 2);
+}
+
 /// A store written by the previous release keyed AWS roles on the raw ARN. At the first
 /// start the canonical identifiers are claimed; of two bindings of one role under two
 /// spellings (possible then), the later is disabled, audited (issue 10, item 4).

@@ -123,6 +123,21 @@ impl ResolveService {
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
     ) -> Answer {
+        // While the audit log is known to be failing, nothing is minted: an exchange the
+        // customer's cloud logs must be in the audit log, and no record of it could be made.
+        // (The writer probes the log while it is idle and reports it healthy again.)
+        if !self.core.ready() {
+            tracing::warn!(
+                request_id,
+                "resolve refused before any upstream call: the audit log is unavailable"
+            );
+            let err = ApiError::new(
+                ErrorCode::AuditUnavailable,
+                "the audit log is unavailable; nothing was issued",
+            );
+            self.count(err.code.as_str(), "failed", "none");
+            return error_answer(&err, None, request_id);
+        }
         let started = Instant::now();
         let actor = peer.map_or_else(|| "unidentified".to_owned(), PeerIdentity::audit_name);
         let decision = self.decide(peer, body, (request_id, &actor)).await;
