@@ -67,8 +67,32 @@ const WRONG_KEY: &str = "no signature verifies with this public key: it is not t
 fn fail(seq: u64, reason: impl Into<String>) -> VerifyFailure {
     VerifyFailure {
         seq,
-        reason: reason.into(),
+        reason: printable(reason.into()),
     }
+}
+
+/// `reason` with every character that could redraw an auditor's terminal escaped (`\u{1b}`):
+/// control characters, line and paragraph separators, bidi overrides and marks, zero-width
+/// and other invisible format characters. A failure quotes what it found in the log (a
+/// forged header's hash, a row's text), and whoever forged it chose those bytes.
+pub(crate) fn printable(reason: String) -> String {
+    let hostile = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !reason.chars().any(hostile) {
+        return reason;
+    }
+    reason
+        .chars()
+        .map(|c| {
+            if hostile(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 struct Chain<'a> {

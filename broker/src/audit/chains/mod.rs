@@ -232,7 +232,7 @@ pub async fn verify_chain(
         Err(e) if e.starts_with(NOT_WRITTEN_BY_US) => {
             return Ok(Err(super::VerifyFailure {
                 seq: u64::MAX,
-                reason: e,
+                reason: super::verify::printable(e),
             }))
         }
         other => other?,

@@ -134,6 +134,23 @@ async fn segments_rotate_seal_and_archive() {
         51,
         "does not continue the chain",
     );
+    // A header's hash is not signed: one carrying terminal controls (to redraw "FAILED" as
+    // "OK" on the auditor's screen) is named with them escaped.
+    let prev = header.split("\"prev_hash\":\"").nth(1).unwrap();
+    let prev = &prev[..prev.find('"').unwrap()];
+    let hostile = header.replacen(prev, "\\u001b[2K\\raudit OK\u{202e}", 1);
+    std::fs::write(third, text.replacen(header, &hostile, 1)).unwrap();
+    let f = verify_log(&dir, &verifier, 74).unwrap_err();
+    assert!(
+        f.reason.contains("after hash \\u{1b}[2K\\u{d}audit O…"),
+        "{f}"
+    );
+    assert!(
+        !f.to_string()
+            .chars()
+            .any(|c| c.is_control() || c == '\u{202e}'),
+        "{f:?}"
+    );
     // Its seal cut off (with or without its last record).
     let seal_at = text.find("{\"seal\":").unwrap();
     fails_with(&text[..seal_at], 76, "segment-0000000003.log is not sealed");
