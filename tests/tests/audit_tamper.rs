@@ -728,3 +728,67 @@ async fn a_wrong_key_and_an_empty_export_are_named_as_such() {
     assert!(out.contains("holds no records"), "{out}");
     assert!(!out.contains("-..-"), "{out}");
 }
+
+/// Someone who can write the data directory swaps the public key beside the log for their
+/// own (to have auditors verify a log they re-signed): the daemon refuses to start, `audit
+/// public-key` refuses to hand it out, an unpinned `audit verify` refuses to verify with it,
+/// and `doctor` names it. Put back, everything works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_key_swapped_beside_the_log_is_refused() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    daemon.stop();
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let public_key = daemon.data_dir.join("keys/audit-signing.pub");
+    let genuine = std::fs::read(&public_key).unwrap();
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    credbroker::keys::AuditSigner::generate(&other.join("k"), &other.join("k.pub")).unwrap();
+    std::fs::copy(other.join("k.pub"), &public_key).unwrap();
+
+    let (c, err) = daemon.serve_refused(&[]);
+    assert_ne!(c, 0);
+    assert!(
+        err.contains("is not the public key of the audit signing key"),
+        "{err}"
+    );
+    let (c, out, err) = run_cli(&["audit", "public-key", "--config", &config]);
+    assert_ne!(c, 0, "{out}");
+    assert!(out.is_empty(), "the swapped key was printed: {out}");
+    assert!(err.contains("is not the public key"), "{err}");
+    let (c, out) = verify_cli(&daemon);
+    assert_ne!(c, 0, "{out}");
+    assert!(out.contains("is not the public key"), "{out}");
+    let (c, out, err) = run_cli(&[
+        "doctor",
+        "--config",
+        &config,
+        "--output",
+        "json",
+        "--min-free-mib",
+        "64",
+    ]);
+    assert_ne!(c, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "audit.public_key")
+        .unwrap_or_else(|| panic!("{report:#}"))
+        .clone();
+    assert_eq!(finding["status"], "fail", "{finding}");
+
+    std::fs::write(&public_key, &genuine).unwrap();
+    let (c, out, err) = run_cli(&["audit", "public-key", "--config", &config]);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(
+        out.trim().as_bytes(),
+        String::from_utf8(genuine).unwrap().trim().as_bytes()
+    );
+    let (c, out) = verify_cli(&daemon);
+    assert_eq!(c, 0, "{out}");
+    daemon.restart();
+}

@@ -124,11 +124,25 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
         AuditCmd::Report(args) => super::audit_report::run(&args),
         AuditCmd::PublicKey(local) => {
             let config = local_config(&local)?;
+            check_host_public_key(&config)?;
             let text = std::fs::read_to_string(config.audit_public_key_file())
                 .map_err(|e| format!("{}: {e}", config.audit_public_key_file().display()))?;
             println!("{}", text.trim());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Where the signing key can be read (the broker's host), the public key file beside the log
+/// must be its key: one swapped in is never handed to auditors or verified with.
+fn check_host_public_key(config: &Config) -> Result<(), String> {
+    match AuditSigner::load(&config.audit_key_file()) {
+        Ok(signer) => {
+            crate::keys::loaded::check_audit_public_key(&signer, &config.audit_public_key_file())
+                .map_err(|e| e.to_string())
+        }
+        // An auditor's copy without the signing key: the file is all there is.
+        Err(_) => Ok(()),
     }
 }
 
@@ -183,6 +197,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         let key = match &args.public_key {
             Some(k) => k.clone(),
             None => {
+                check_host_public_key(&config)?;
                 let k = config.audit_public_key_file();
                 // Whoever can rewrite the log on this host can replace this key too.
                 trust_note = format!(

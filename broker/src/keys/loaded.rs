@@ -4,7 +4,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{AuditSigner, FingerprintKey, KeyError, Keyring};
+use super::{AuditSigner, AuditVerifier, FingerprintKey, KeyError, Keyring};
 use crate::config::Config;
 
 /// Key material the broker runs with.
@@ -74,9 +74,11 @@ impl BrokerKeys {
             }
             None => Keyring::load(&config.kek_file())?,
         };
+        let audit_signer = AuditSigner::load(&config.audit_key_file())?;
+        check_audit_public_key(&audit_signer, &config.audit_public_key_file())?;
         Ok(BrokerKeys {
             keyring,
-            audit_signer: AuditSigner::load(&config.audit_key_file())?,
+            audit_signer,
             fingerprint: FingerprintKey::load(&config.fingerprint_key_file())?,
         })
     }
@@ -120,4 +122,28 @@ impl BrokerKeys {
         }
         Ok(created)
     }
+}
+
+/// Refuses an audit public key file that is not the signing key's: auditors are handed that
+/// file (`audit public-key`) and verify with it when they pinned nothing, so a key swapped in
+/// beside the log would have them verify a log its holder re-signed. A missing file is left
+/// to `init` (it derives it again).
+///
+/// # Errors
+/// When the file exists and holds another key, or cannot be read as a public key.
+pub fn check_audit_public_key(
+    signer: &AuditSigner,
+    path: &std::path::Path,
+) -> Result<(), KeyError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let found = AuditVerifier::load(path)?;
+    if found.public_key_bytes() != signer.verifier().public_key_bytes() {
+        return Err(KeyError::Invalid(format!(
+            "{} is not the public key of the audit signing key: it was replaced or belongs to another broker; auditors verify with it, so restore it from the copy auditors pinned (or delete it and run `credbroker init`, which derives it from the signing key)",
+            path.display()
+        )));
+    }
+    Ok(())
 }

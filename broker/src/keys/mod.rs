@@ -450,6 +450,11 @@ impl AuditVerifier {
         AuditVerifier::parse(&fs::read(path).map_err(io_err(path))?)
     }
 
+    /// The raw Ed25519 public key.
+    pub fn public_key_bytes(&self) -> &[u8] {
+        &self.public_key
+    }
+
     /// Whether `signature` is valid for `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         UnparsedPublicKey::new(&ED25519, &self.public_key)
