@@ -118,6 +118,8 @@ pub(super) type Waiter = oneshot::Sender<Result<AuditReceipt, AuditError>>;
 
 pub(super) enum Msg {
     Append(Box<AuditEvent>, Waiter),
+    /// Whether the log takes records now (probed first when it failed).
+    Probe(oneshot::Sender<bool>),
     Close(std::sync::mpsc::SyncSender<()>),
 }
 
@@ -399,11 +401,13 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
             }
         };
         let mut batch = Vec::new();
+        let mut probes = Vec::new();
         let mut close = None;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Append(ev, done) => batch.push((ev, done)),
+                Msg::Probe(reply) => probes.push(reply),
                 Msg::Close(ack) => {
                     close = Some(ack);
                     break;
@@ -417,6 +421,16 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
         if !batch.is_empty() {
             sink.commit(batch);
             sink.maybe_checkpoint(false);
+        }
+        if !probes.is_empty() {
+            // One probe answers every caller that asked meanwhile.
+            if !sink.healthy() {
+                sink.probe();
+            }
+            let healthy = sink.healthy();
+            for reply in probes {
+                let _ = reply.send(healthy);
+            }
         }
         if let Some(ack) = close {
             // Refuse anything still queued rather than leave it waiting forever.
@@ -621,6 +635,21 @@ impl AuditLog {
     /// Whether the last batch was written successfully.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the log takes records now: at once while it is healthy; after a failure the
+    /// writer probes it first (it may have recovered since its last batch), so a caller
+    /// about to do something it must record (mint upstream) never does it on a log known to
+    /// be failing, and a transient failure costs no more than one probe.
+    pub async fn writable(&self) -> bool {
+        if self.healthy() {
+            return true;
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Msg::Probe(reply)).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 
     /// Commit counters.

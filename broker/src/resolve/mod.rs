@@ -125,8 +125,8 @@ impl ResolveService {
     ) -> Answer {
         // While the audit log is known to be failing, nothing is minted: an exchange the
         // customer's cloud logs must be in the audit log, and no record of it could be made.
-        // (The writer probes the log while it is idle and reports it healthy again.)
-        if !self.core.ready() {
+        // (After a failure the writer probes the log first: one that recovered serves at once.)
+        if !self.core.audit_log().writable().await {
             tracing::warn!(
                 request_id,
                 "resolve refused before any upstream call: the audit log is unavailable"
