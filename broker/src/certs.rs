@@ -75,6 +75,22 @@ pub fn certificates(path: &Path) -> Result<Vec<CertFacts>, String> {
         .collect()
 }
 
+/// The earliest `notAfter` of the certificates of a verified chain, Unix seconds: past it the
+/// chain no longer verifies. `None` for an empty chain or one a certificate of which does not
+/// parse (then only the periodic re-check catches its end).
+pub fn chain_not_after(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<i64> {
+    chain
+        .iter()
+        .map(|der| {
+            X509Certificate::from_der(der.as_ref())
+                .ok()
+                .map(|(_, c)| c.validity().not_after.timestamp())
+        })
+        .collect::<Option<Vec<i64>>>()?
+        .into_iter()
+        .min()
+}
+
 /// Every CRL in the PEM file at `path`.
 ///
 /// # Errors

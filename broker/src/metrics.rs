@@ -99,8 +99,8 @@ pub struct Metrics {
     /// mTLS-listener request bodies refused because their identity's share, or the whole
     /// body memory budget, was held.
     pub mtls_bodies_refused: Family<ScopeLabel, Counter>,
-    /// Open connections closed because a reload revoked (or stopped trusting) their client
-    /// certificate.
+    /// Open connections closed because their client certificate was revoked, stopped being
+    /// trusted, expired, or its CRL went stale (under `stale_crl = "refuse"`).
     pub revoked_connections_closed: Counter,
     /// Admin requests.
     pub admin_requests: Counter,
@@ -233,7 +233,7 @@ impl Metrics {
         let revoked_connections_closed = Counter::default();
         registry.register(
             "revoked_connections_closed",
-            "Open connections closed because a reload revoked their client certificate",
+            "Open connections closed because their client certificate was revoked, expired or is no longer trusted",
             revoked_connections_closed.clone(),
         );
         let admin_requests = Counter::default();

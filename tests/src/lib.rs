@@ -198,6 +198,20 @@ impl TestPki {
         self.client(name, &format!("spiffe://{TD}/metrics/{name}"))
     }
 
+    /// A worker certificate valid until `not_after` (from an hour ago).
+    pub fn worker_until(&self, name: &str, not_after: time::OffsetDateTime) {
+        let c = self
+            .ca
+            .issue_client(
+                &format!("spiffe://{TD}/worker/{name}"),
+                time::OffsetDateTime::now_utc() - time::Duration::hours(1),
+                not_after,
+                self.serial(),
+            )
+            .unwrap();
+        self.write(name, &c.cert_pem, &c.key_pem);
+    }
+
     /// A worker certificate that expired yesterday.
     pub fn expired_worker(&self, name: &str) {
         let now = time::OffsetDateTime::now_utc();

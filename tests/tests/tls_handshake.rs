@@ -595,3 +595,42 @@ async fn a_crl_past_its_next_update_refuses_clients_unless_accepted() {
     );
     daemon.stop();
 }
+
+/// A worker whose certificate expires keeps its connection busy so it never idles out
+/// (THREATS.md: short-lived certificates are how SPIFFE deployments end access): the chain is
+/// checked again when its first certificate expires, and the connection is closed; a new
+/// handshake is refused as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_outliving_its_certificate_is_closed() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    pki.worker_until(
+        "w1",
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(4),
+    );
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, _) = call(&mut w1, Method::GET, "/healthz", None).await;
+    assert_eq!(s, 200);
+    // Busy past the expiry (a request every 200 ms): the open connection is closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let served = w1
+            .request_with_headers(Method::GET, "/healthz", &[], None)
+            .await;
+        if served.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an expired certificate's connection was still served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    daemon
+        .wait_log(
+            "client certificate no longer valid (expired, revoked or its CRL stale); connection closed",
+            1,
+        )
+        .await;
+    assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
+}

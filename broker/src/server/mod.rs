@@ -41,6 +41,10 @@ use detached::{acknowledge_first, to_completion};
 
 use public::{handle_public, PUBLIC_BODY_BUDGET_KIB};
 
+/// Seconds between re-checks of an open connection's client chain (besides its expiry and
+/// every reload).
+const CHAIN_RECHECK_TICKS: u64 = 60;
+
 /// Which listener a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -365,6 +369,11 @@ pub fn spawn_role(
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let opened = std::time::Instant::now();
+                // A busy connection never idles out: the chain is checked again once its
+                // first certificate expires, and every minute (a CRL gone stale under
+                // `stale_crl = "refuse"` refuses it too).
+                let expires_at = crate::certs::chain_not_after(&chain);
+                let mut ticks: u64 = 0;
                 loop {
                     tokio::select! {
                         _ = conn.as_mut() => return,
@@ -382,6 +391,20 @@ pub fn spawn_role(
                             }
                         }
                         _ = tick.tick() => {
+                            ticks += 1;
+                            let expired = expires_at.is_some_and(|t| {
+                                std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .is_ok_and(|now| i64::try_from(now.as_secs()).is_ok_and(|now| now >= t))
+                            });
+                            if !chain.is_empty()
+                                && (expired || ticks.is_multiple_of(CHAIN_RECHECK_TICKS))
+                                && !tls.client_chain_still_valid(&chain)
+                            {
+                                conn_broker.metrics().revoked_connections_closed.inc();
+                                tracing::warn!(%remote, expired, "client certificate no longer valid (expired, revoked or its CRL stale); connection closed");
+                                return;
+                            }
                             let idle = activity.idle_for().is_some_and(|d| d >= idle_timeout);
                             if idle || opened.elapsed() >= max_age {
                                 break;
