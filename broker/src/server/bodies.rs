@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, Request};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use zeroize::Zeroizing;
 
@@ -75,10 +75,42 @@ pub(super) async fn read_body_reserving<K: Eq + std::hash::Hash + Clone>(
     refused: &BodiesRefused,
     how: Reserving,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    use http_body_util::BodyExt;
+    read_frames(req, limits, max, |total| {
+        let need = u32::try_from(total.div_ceil(how.unit)).unwrap_or(u32::MAX);
+        if need > permit.kib() {
+            // A step, never past what the largest body needs.
+            let most = u32::try_from(max.div_ceil(how.unit)).unwrap_or(u32::MAX);
+            // (need ≤ most: a body past `max` was refused before.)
+            let step = (need - permit.kib()).max(how.step).min(most - permit.kib());
+            permit
+                .grow(step)
+                .map_err(|why| bodies_refused(refused, why))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Reads a body of at most `max` bytes within the body deadline (its memory reserved by the
+/// caller beforehand).
+pub(super) async fn read_body_max(
+    req: Request<Incoming>,
+    limits: &Limits,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    read_frames(req, limits, max, |_| Ok(())).await
+}
+
+/// Reads a body's frames into one wiped-on-drop buffer within the body deadline, refusing it
+/// past `max` bytes; `admit` is told the total before each frame is kept (and may refuse).
+async fn read_frames(
+    req: Request<Incoming>,
+    limits: &Limits,
+    max: usize,
+    mut admit: impl FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     check_declared_length(&req, max)?;
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_millis(limits.body_read_timeout_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.body_read_timeout_ms);
     let mut body = req.into_body();
     let mut out = Zeroizing::new(Vec::new());
     loop {
@@ -101,19 +133,30 @@ pub(super) async fn read_body_reserving<K: Eq + std::hash::Hash + Clone>(
         if total > max {
             return Err(too_large(max));
         }
-        let need = u32::try_from(total.div_ceil(how.unit)).unwrap_or(u32::MAX);
-        if need > permit.kib() {
-            // A step, never past what the largest body needs.
-            let most = u32::try_from(max.div_ceil(how.unit)).unwrap_or(u32::MAX);
-            // (need ≤ most: a body past `max` was refused above.)
-            let step = (need - permit.kib()).max(how.step).min(most - permit.kib());
-            permit
-                .grow(step)
-                .map_err(|why| bodies_refused(refused, why))?;
-        }
-        out.extend_from_slice(&data);
+        admit(total)?;
+        append_zeroizing(&mut out, &data, max);
     }
     Ok(out)
+}
+
+/// Appends `data` to `out` without leaving a copy behind: when `out` must grow, its bytes move
+/// to a larger buffer of its own and the old one is wiped as it is dropped (a growing `Vec`
+/// frees its old buffer unwiped). Bodies carry secrets: pasted ones, GitHub App keys, Forge
+/// system tokens. Capacity never passes `max` (or what the bytes need).
+fn append_zeroizing(out: &mut Zeroizing<Vec<u8>>, data: &[u8], max: usize) {
+    let need = out.len().saturating_add(data.len());
+    if need > out.capacity() {
+        let capacity = out
+            .capacity()
+            .saturating_mul(2)
+            .max(4096)
+            .min(max)
+            .max(need);
+        let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
+        grown.extend_from_slice(out);
+        *out = grown;
+    }
+    out.extend_from_slice(data);
 }
 
 /// A body refused by the memory budget: counted, and answered `unavailable`.
@@ -161,29 +204,6 @@ pub(super) fn check_declared_length(req: &Request<Incoming>, max: usize) -> Resu
         }
     }
     Ok(())
-}
-
-pub(super) async fn read_body_max(
-    req: Request<Incoming>,
-    limits: &Limits,
-    max: usize,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let too_large = || too_large(max);
-    check_declared_length(&req, max)?;
-    let deadline = Duration::from_millis(limits.body_read_timeout_ms);
-    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), max).collect())
-        .await
-        .map_err(|_| ApiError::bad_request("request body was not received in time"))?
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                ApiError::bad_request("request body could not be read")
-            }
-        })?;
-    Ok(Zeroizing::new(Vec::from(collected.to_bytes())))
 }
 
 pub(super) fn json_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -251,4 +271,31 @@ pub(super) async fn read_mtls_body(
         MTLS_RESERVING,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::append_zeroizing;
+    use zeroize::Zeroizing;
+
+    /// Frame after frame, the bytes arrive whole and in order, and the buffer never grows
+    /// past the body's limit (or past what its bytes need).
+    #[test]
+    fn appended_frames_arrive_whole_within_the_limit() {
+        let max = 10_000;
+        let mut out = Zeroizing::new(Vec::new());
+        let mut expected = Vec::new();
+        for i in 0..100u8 {
+            let frame = vec![i; 97];
+            append_zeroizing(&mut out, &frame, max);
+            expected.extend_from_slice(&frame);
+            assert!(out.capacity() <= max.max(out.len()), "{}", out.capacity());
+        }
+        assert_eq!(&out[..], &expected[..]);
+        // One frame larger than the doubling: capacity is what it needs.
+        let mut out = Zeroizing::new(Vec::new());
+        append_zeroizing(&mut out, &[7; 9000], max);
+        assert_eq!(out.len(), 9000);
+        assert!(out.capacity() <= max);
+    }
 }
