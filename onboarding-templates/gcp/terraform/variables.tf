@@ -39,7 +39,7 @@ variable "subject" {
 }
 
 variable "jwks_json" {
-  description = "Optional: the broker's JWKS (output of `credbroker issuer jwks`) to pin inline, so Google never fetches keys from the issuer. Re-pin after every key rotation. Null: keys are fetched from the issuer's discovery document."
+  description = "Optional: the broker's JWKS (output of `credbroker issuer jwks`) to pin inline, so Google never fetches keys from the issuer. Re-pin when your provider asks (at every key rotation, and again once the old key is retired). Null: keys are fetched from the issuer's discovery document."
   type        = string
   default     = null
 
