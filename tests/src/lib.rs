@@ -1164,7 +1164,8 @@ pub fn servicenow_section(authority: &str) -> String {
 }
 
 /// Points the stopped daemon's audit log at /dev/full (every write fails with ENOSPC; reads
-/// find an empty log), keeping the real one aside for [`restore_audit`].
+/// find an empty log), keeping the real one aside; [`free_audit_space`] makes that empty log
+/// writable again.
 pub fn point_audit_at_dev_full(data_dir: &Path) {
     let audit = data_dir.join("audit");
     std::fs::rename(&audit, data_dir.join("audit.saved")).unwrap();
@@ -1176,10 +1177,15 @@ pub fn point_audit_at_dev_full(data_dir: &Path) {
     .unwrap();
 }
 
-/// Puts back the audit log [`point_audit_at_dev_full`] kept aside.
-pub fn restore_audit(data_dir: &Path) {
-    std::fs::remove_dir_all(data_dir.join("audit")).unwrap();
-    std::fs::rename(data_dir.join("audit.saved"), data_dir.join("audit")).unwrap();
+/// Space returns for the log [`point_audit_at_dev_full`] made: the empty log the daemon
+/// started on takes writes again. (Putting the real one back while the daemon runs would be
+/// a log changed underneath its writer, which it refuses to take up.)
+pub fn free_audit_space(data_dir: &Path) {
+    let segment = data_dir
+        .join("audit")
+        .join(credbroker::audit::segments::segment_name(1));
+    std::fs::remove_file(&segment).unwrap();
+    std::fs::File::create(&segment).unwrap();
 }
 
 /// Every file under `dir` whose bytes contain `needle`, into `hits` (canary tests: nothing

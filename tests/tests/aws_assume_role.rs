@@ -77,7 +77,9 @@ impl Default for StartOptions<'_> {
         StartOptions {
             cache_extra: "",
             through_proxy: false,
-            attempt_timeout_ms: 400,
+            // Long enough that a loaded machine never turns a fast answer into a retry (the
+            // tests count STS calls exactly); the slow-answer case sets its own.
+            attempt_timeout_ms: 2000,
             ceiling: None,
             secret: TEST_SECRET_ACCESS_KEY,
         }
@@ -95,7 +97,7 @@ async fn start_with(cache_extra: &str) -> Env {
 /// A daemon with the AWS provider on the fake STS, optionally reached through a TCP proxy
 /// that can reset connections.
 async fn start_full(cache_extra: &str, through_proxy: bool) -> Env {
-    start_opts(cache_extra, through_proxy, 400).await
+    start_opts(cache_extra, through_proxy, 2000).await
 }
 
 /// [`start_full`] with the per-attempt STS deadline in milliseconds.
@@ -578,7 +580,8 @@ async fn active_aws_binding(env: &mut Env) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_bounded_and_cached_tokens_survive_outages() {
-    let mut env = start().await;
+    // A per-attempt deadline short enough that three slow attempts end inside the mint's.
+    let mut env = start_opts("", false, 800).await;
     let (external_id, arn) = active_aws_binding(&mut env).await;
     let narrow = |n: u32| json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Nothing{n}"), "Resource": "*"}}});
 
@@ -609,7 +612,7 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
     );
     env.sts.faults().fail_next = 0;
 
-    // Slow answers: the per-attempt timeout bounds the wait (3 attempts × 400 ms + backoff).
+    // Slow answers: the per-attempt timeout bounds the wait (3 attempts × 800 ms + backoff).
     env.sts.faults().delay = Duration::from_secs(3);
     let started = Instant::now();
     let (s, v) = resolve(
@@ -1481,7 +1484,7 @@ async fn no_exchange_is_made_while_the_audit_log_is_failing() {
         1,
         "STS was called while the audit log was known to be failing"
     );
-    restore_audit(&env.daemon.data_dir);
+    free_audit_space(&env.daemon.data_dir);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (s, v) = resolve(&mut w1, narrowed("ec2:DescribeVpcs")).await;

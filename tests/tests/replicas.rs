@@ -474,6 +474,14 @@ async fn a_replica_without_its_lease_writes_nothing() {
         .scalar("SELECT count(*) FROM credbroker_audit WHERE replica = 1")
         .await;
     assert_eq!(after, before, "nothing was written to replica 1's chain");
+    // The database answers, but the lease is another's: the writer's probes (idle, and the
+    // one a resolve asks for) do not call the log writable, so nothing is minted that could
+    // not be recorded, and /readyz says so.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (s, _) = call(&mut w1[0], Method::GET, "/readyz", None).await;
+    assert_eq!(s, 503, "ready without its lease");
+    let (s, v) = resolve(&mut w1[0], json!({"instance_id": "i1"})).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
 
     // The lease free again: replica 1 re-claims it at its next renewal and serves.
     sql.execute(

@@ -166,6 +166,9 @@ struct Writer {
     /// Hash of the first record of the last failed batch, until the log is re-opened: if it
     /// is found right after the durable length, the batch's rollback did not happen.
     failed_first: Option<String>,
+    /// Set when a re-open found the log or its checkpoints changed underneath the writer:
+    /// it stays failed (no more I/O, no re-open) until a restart verifies the log.
+    changed_underneath: Option<String>,
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     batch_sizes: Option<BatchObserver>,
@@ -288,6 +291,11 @@ impl Writer {
     }
 
     fn maybe_checkpoint(&mut self, force: bool) {
+        // Not onto a file the last failed write may have left half a line in, nor one that
+        // was replaced: the re-open before the next batch reads it first.
+        if self.needs_reopen {
+            return;
+        }
         let unanchored = self.tail.seq.saturating_sub(self.last_checkpoint_seq);
         if unanchored == 0 {
             return;
@@ -560,6 +568,7 @@ impl AuditLog {
             last_checkpoint_at: Instant::now(),
             needs_reopen: false,
             failed_first: None,
+            changed_underneath: None,
             healthy: healthy.clone(),
             stats: stats.clone(),
             batch_sizes,
@@ -649,7 +658,10 @@ impl AuditLog {
         if self.tx.send(Msg::Probe(reply)).is_err() {
             return false;
         }
-        answer.await.unwrap_or(false)
+        // A writer busy for longer than this (a database not answering) is not writable now.
+        tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .is_ok_and(|a| a.unwrap_or(false))
     }
 
     /// Commit counters.

@@ -127,7 +127,8 @@ impl ResolveService {
         // customer's cloud logs must be in the audit log, and no record of it could be made.
         // (After a failure the writer probes the log first: one that recovered serves at once.)
         if !self.core.audit_log().writable().await {
-            tracing::warn!(
+            // Counted; the writer logs why the log is failing (once, not per request refused).
+            tracing::debug!(
                 request_id,
                 "resolve refused before any upstream call: the audit log is unavailable"
             );

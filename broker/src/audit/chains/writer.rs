@@ -147,15 +147,14 @@ impl DbWriter {
         Ok(())
     }
 
-    /// Connects when needed and asks the database for an answer.
+    /// Connects when needed and checks what a batch needs: the database answers, this
+    /// broker holds its lease, and its chain ends where it last wrote (a transaction rolled
+    /// back). A database that answers while another broker holds the lease is not writable.
     async fn ping(&mut self) -> Result<(), String> {
         self.ready().await?;
-        let client = self.client.as_ref().ok_or("no database connection")?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("database: {e}"))
+        let tail = self.tail.clone().ok_or("chain tail unknown")?;
+        let tx = self.owned_transaction(&tail).await?;
+        tx.rollback().await.map_err(|e| format!("database: {e}"))
     }
 
     /// A transaction on this writer's connection in which its chain was found to end where
@@ -372,13 +371,21 @@ impl Sink for DbWriter {
     }
 
     fn probe(&mut self) {
-        if self.block_on(|w| Box::pin(w.ping())).is_ok() {
-            self.last_contact = Instant::now();
-            tracing::info!(
-                replica = self.owner.replica,
-                "audit database reachable again"
-            );
-            self.healthy.store(true, Ordering::Relaxed);
+        match self.block_on(|w| Box::pin(w.ping())) {
+            Ok(()) => {
+                self.last_contact = Instant::now();
+                tracing::info!(
+                    replica = self.owner.replica,
+                    "audit database reachable again"
+                );
+                self.healthy.store(true, Ordering::Relaxed);
+            }
+            // Read the tail again at the next try (a chain whose end moved is taken up as it
+            // is, as a batch would).
+            Err(e) => {
+                self.tail = None;
+                tracing::debug!(error = %e, replica = self.owner.replica, "audit database still not writable");
+            }
         }
     }
 

@@ -77,6 +77,10 @@ impl Writer {
     /// `/readyz` recovers without waiting for a request a load balancer would never send.
     /// The probe writes bytes without a newline, syncs, and zeroes them again; if the process
     /// dies in between, start-up clears them as a torn tail (never a record).
+    ///
+    /// The room a batch needs is made first (a step of zero-filled space past the tail, as a
+    /// batch would): a probe that fitted in space already allocated would pass on a full disk
+    /// where the next batch fails.
     pub(super) fn probe(&mut self) {
         if self.needs_reopen {
             if let Err(e) = self.reopen() {
@@ -86,7 +90,7 @@ impl Writer {
         }
         let at = self.tail.len;
         let wrote = self
-            .fill_to(at + 512)
+            .fill_to(at + super::segment::FILL_STEP)
             .and_then(|()| self.live.file.write_all_at(&[b' '; 512], at))
             .and_then(|()| self.live.file.sync_data());
         let cut =
@@ -123,6 +127,54 @@ impl Writer {
     /// cleared, and a restart runs the start-up verification over it. Bytes after the
     /// durable end (the failed batch's remains) are cleared only once that holds.
     pub(super) fn reopen(&mut self) -> Result<(), AuditError> {
+        if let Some(why) = &self.changed_underneath {
+            return Err(AuditError::Inconsistent {
+                path: self.config.dir.display().to_string(),
+                reason: why.clone(),
+            });
+        }
+        let result = self.reopen_checked();
+        if let (Err(e), Some(_)) = (&result, &self.changed_underneath) {
+            self.anchor_own_tail();
+            tracing::error!(error = %e, seq = self.tail.seq, hash = %self.tail.hash, "the audit log changed underneath its writer: it is not written again until a restart verifies it (a checkpoint over the writer's last durable record was appended)");
+        }
+        result
+    }
+
+    /// Appends a checkpoint over this writer's last durable record to the checkpoint file as
+    /// it is now: the log found in its place (cut back, rewritten) then fails the start-up
+    /// verification and `audit verify`, naming it, instead of passing as a log whose tail
+    /// nobody signed. Best effort (the disk may be the reason the writer failed).
+    fn anchor_own_tail(&mut self) {
+        if self.tail.seq == 0 {
+            return;
+        }
+        let time = crate::model::now_rfc3339();
+        let cp = Checkpoint {
+            seq: self.tail.seq,
+            hash: self.tail.hash.clone(),
+            signature: B64.encode(self.signer.sign(&Checkpoint::signed_message(
+                self.tail.seq,
+                &self.tail.hash,
+                &time,
+            ))),
+            time,
+        };
+        let mut line = serde_json::to_vec(&cp).unwrap_or_default();
+        line.push(b'\n');
+        let wrote = std::fs::OpenOptions::new()
+            .append(true)
+            .open(checkpoints_path(&self.config.dir))
+            .and_then(|mut f| {
+                use std::io::Write as _;
+                f.write_all(&line).and_then(|()| f.sync_data())
+            });
+        if let Err(e) = wrote {
+            tracing::error!(error = %e, "could not append the writer's own checkpoint to the changed audit log");
+        }
+    }
+
+    fn reopen_checked(&mut self) -> Result<(), AuditError> {
         let (mut live, mut tail, mut torn) = open_live(&self.config)?;
         if let Some(planted) = torn.as_ref().and_then(super::segment::Torn::after_seal) {
             return Err(planted);
@@ -155,43 +207,26 @@ impl Writer {
                 })?;
             (live, tail, torn) = open_live(&self.config)?;
         }
-        // A writer that never had a durable record (it started on an empty log, e.g. on a
-        // full disk) holds no proof of what the log was: what is found is read as a start
-        // reads it, verified from its last signed checkpoint.
-        let holds_nothing = self.tail.seq == 0 && self.last_checkpoint.is_none();
         let cp_path = checkpoints_path(&self.config.dir);
-        if holds_nothing {
-            super::super::verify::verify_since_last_checkpoint(
-                &self.config.dir,
-                &self.signer.verifier(),
-                self.config.max_unanchored(),
-            )
-            .map_err(|f| AuditError::Unverified {
-                path: path.clone(),
-                reason: f.to_string(),
-            })?;
-        } else if tail.seq != self.tail.seq || tail.hash != self.tail.hash {
-            return Err(inconsistent(format!(
-                "the log changed while its writer was failed: it now ends at record {}, not at the last durable record {} this writer wrote; nothing was adopted or cleared (restart the broker: the start-up verification reads it)",
+        if tail.seq != self.tail.seq || tail.hash != self.tail.hash {
+            let why = format!(
+                "the log changed while its writer was failed: it now ends at record {}, not at the last durable record {} this writer wrote; nothing was adopted or cleared",
                 tail.seq, self.tail.seq
-            )));
+            );
+            self.changed_underneath = Some(why.clone());
+            return Err(inconsistent(why));
         }
         let (checkpoints, last_checkpoint) = open_checkpoints(&cp_path)?;
-        if last_checkpoint.as_ref().map_or(0, |c| c.seq) > tail.seq {
-            return Err(inconsistent(format!(
-                "a checkpoint covers record {} but the log ends at {}",
+        if !self.is_own_last_checkpoint(last_checkpoint.as_ref()) {
+            let why = format!(
+                "the checkpoint file changed while the audit writer was failed: its last checkpoint covers record {}, this writer's covers {}; nothing was adopted",
                 last_checkpoint.as_ref().map_or(0, |c| c.seq),
-                tail.seq
-            )));
-        }
-        if !holds_nothing && !self.is_own_last_checkpoint(last_checkpoint.as_ref()) {
+                self.last_checkpoint_seq
+            );
+            self.changed_underneath = Some(why.clone());
             return Err(AuditError::Inconsistent {
                 path: cp_path.display().to_string(),
-                reason: format!(
-                    "the checkpoint file changed while the audit writer was failed: its last checkpoint covers record {}, this writer's covers {}; nothing was adopted (restart the broker: the start-up verification reads it)",
-                    last_checkpoint.as_ref().map_or(0, |c| c.seq),
-                    self.last_checkpoint_seq
-                ),
+                reason: why,
             });
         }
         if let Some(torn) = torn {

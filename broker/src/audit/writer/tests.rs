@@ -259,6 +259,7 @@ fn failed_writer(dir: &Path, keys: &Path) -> Writer {
         last_checkpoint_at: Instant::now(),
         needs_reopen: true,
         failed_first: None,
+        changed_underneath: None,
         healthy: Arc::new(AtomicBool::new(false)),
         stats: Arc::new(AuditStats::default()),
         batch_sizes: None,
@@ -268,7 +269,9 @@ fn failed_writer(dir: &Path, keys: &Path) -> Writer {
 /// Someone who can fill the disk makes a batch fail, then edits the log before space comes
 /// back: the re-open finds a log cut back, one rewritten with recomputed hashes, a record
 /// hidden behind a zero byte, or a checkpoint file cut back. None of them is adopted and
-/// chained onto (the writer stays failed closed), and nothing found is cleared.
+/// chained onto (the writer stays failed closed, without trying again), nothing found is
+/// cleared, and a checkpoint over the writer's own last record is appended: the changed log
+/// then fails verification (a start would refuse it) where it would have passed.
 #[test]
 fn a_log_changed_while_its_writer_was_failed_is_not_adopted() {
     let (_tmp, keys, dir) = dirs();
@@ -328,6 +331,7 @@ fn a_log_changed_while_its_writer_was_failed_is_not_adopted() {
         std::fs::write(&seg, &seg_bytes).unwrap();
         std::fs::write(&cps, &cp_bytes).unwrap();
         let mut writer = failed_writer(&dir, &keys);
+        let own = (writer.tail.seq, writer.tail.hash.clone());
         std::fs::write(&seg, &segment).unwrap();
         std::fs::write(&cps, &checkpoints).unwrap();
         let err = writer.reopen().unwrap_err().to_string();
@@ -338,7 +342,20 @@ fn a_log_changed_while_its_writer_was_failed_is_not_adopted() {
             segment,
             "{what}: nothing cleared"
         );
-        assert_eq!(std::fs::read(&cps).unwrap(), checkpoints, "{what}");
+        // Stays so: the next re-open does not look again.
+        let again = writer.reopen().unwrap_err().to_string();
+        assert!(again.contains("changed while"), "{what}: {again}");
+        let now = std::fs::read(&cps).unwrap();
+        assert!(now.starts_with(&checkpoints), "{what}");
+        let added: Checkpoint = serde_json::from_slice(&now[checkpoints.len()..]).unwrap();
+        assert_eq!((added.seq, added.hash.clone()), own, "{what}");
+        let verified = verify_log(&dir, &signer(&keys).verifier(), 74);
+        if what == "checkpoints cut back" {
+            // The log is the writer's: its own checkpoint anchors it again.
+            assert!(verified.is_ok(), "{what}: {verified:?}");
+        } else {
+            assert!(verified.is_err(), "{what}: the changed log verifies");
+        }
     }
     // The log as the writer left it re-opens, and the chain goes on.
     std::fs::write(&seg, &seg_bytes).unwrap();
