@@ -761,6 +761,18 @@ async fn a_public_key_swapped_beside_the_log_is_refused() {
     let (c, out) = verify_cli(&daemon);
     assert_ne!(c, 0, "{out}");
     assert!(out.contains("is not the public key"), "{out}");
+    let report = tmp.path().join("report.json");
+    let (c, out, err) = run_cli(&[
+        "audit",
+        "report",
+        "--config",
+        &config,
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert_ne!(c, 0, "{out}");
+    assert!(err.contains("is not the public key"), "{err}");
+    assert!(!report.exists(), "a report verified with the swapped key");
     let (c, out, err) = run_cli(&[
         "doctor",
         "--config",

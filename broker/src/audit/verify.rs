@@ -71,15 +71,15 @@ fn fail(seq: u64, reason: impl Into<String>) -> VerifyFailure {
     }
 }
 
-/// `reason` with every character that could redraw an auditor's terminal escaped (`\u{1b}`):
-/// control characters, line and paragraph separators, bidi overrides and marks, zero-width
-/// and other invisible format characters. A failure quotes what it found in the log (a
-/// forged header's hash, a row's text), and whoever forged it chose those bytes.
+/// `reason` with every character that could redraw or hide text on an auditor's terminal
+/// escaped (`\u{1b}`): control characters and everything beyond ASCII but the punctuation our
+/// messages use (bidi overrides, zero-width and invisible characters, look-alikes). A failure
+/// quotes what it found in the log (a forged header's hash, a row's text), and whoever forged
+/// it chose those bytes.
 pub(crate) fn printable(reason: String) -> String {
-    let hostile = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
-    };
+    // Reasons are English text quoting log bytes: beyond ASCII only the punctuation our
+    // own messages use is shown as it is.
+    let hostile = |c: char| c.is_control() || !(c.is_ascii() || matches!(c, '…' | '—' | '–'));
     if !reason.chars().any(hostile) {
         return reason;
     }

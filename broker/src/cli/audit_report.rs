@@ -45,6 +45,9 @@ pub struct ReportArgs {
 pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
     let config = local_config(&args.local)?;
     let window = args.window.filter()?;
+    if args.public_key.is_none() {
+        super::audit::check_host_public_key(&config)?;
+    }
     let key = args
         .public_key
         .clone()
