@@ -146,12 +146,7 @@ async fn read_frames(
 fn append_zeroizing(out: &mut Zeroizing<Vec<u8>>, data: &[u8], max: usize) {
     let need = out.len().saturating_add(data.len());
     if need > out.capacity() {
-        let capacity = out
-            .capacity()
-            .saturating_mul(2)
-            .max(4096)
-            .min(max)
-            .max(need);
+        let capacity = out.capacity().saturating_mul(2).min(max).max(need);
         let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
         grown.extend_from_slice(out);
         *out = grown;

@@ -372,7 +372,7 @@ pub fn spawn_role(
                 // A busy connection never idles out: the chain is checked again once its
                 // first certificate expires, and every minute (a CRL gone stale under
                 // `stale_crl = "refuse"` refuses it too).
-                let expires_at = crate::certs::chain_not_after(&chain);
+                let mut expires_at = crate::certs::chain_not_after(&chain);
                 let mut ticks: u64 = 0;
                 loop {
                     tokio::select! {
@@ -392,11 +392,10 @@ pub fn spawn_role(
                         }
                         _ = tick.tick() => {
                             ticks += 1;
-                            let expired = expires_at.is_some_and(|t| {
-                                std::time::SystemTime::now()
-                                    .duration_since(std::time::UNIX_EPOCH)
-                                    .is_ok_and(|now| i64::try_from(now.as_secs()).is_ok_and(|now| now >= t))
-                            });
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                            let expired = expires_at.is_some_and(|t| now >= t);
                             if !chain.is_empty()
                                 && (expired || ticks.is_multiple_of(CHAIN_RECHECK_TICKS))
                                 && !tls.client_chain_still_valid(&chain)
@@ -404,6 +403,12 @@ pub fn spawn_role(
                                 conn_broker.metrics().revoked_connections_closed.inc();
                                 tracing::warn!(%remote, expired, "client certificate no longer valid (expired, revoked or its CRL stale); connection closed");
                                 return;
+                            }
+                            // Still valid well past that time (an expired extra certificate
+                            // off the verified path; notAfter itself is still valid): the
+                            // minute's re-check goes on, not one a second.
+                            if expires_at.is_some_and(|t| now > t.saturating_add(2)) {
+                                expires_at = None;
                             }
                             let idle = activity.idle_for().is_some_and(|d| d >= idle_timeout);
                             if idle || opened.elapsed() >= max_age {
