@@ -112,9 +112,16 @@ def load(module):
 
 def check(module):
     files, resources, variables, data = load(module)
+    findings = []
     # The principal names the project by the number Google reports for var.project_id (a
     # google_project data source), and a pool the module creates.
     projects = [n for t, n, b in data if t == "google_project" and attr(b, "project_id") == "${var.project_id}"]
+    for t, n, b in data:
+        if t == "google_project" and attr(b, "project_id") != "${var.project_id}":
+            findings.append(f"{module}: data google_project.{n} does not read var.project_id")
+    for f in files:
+        if f.name == "override.tf" or f.name.endswith("_override.tf"):
+            findings.append(f"{module}: {f.name} overrides the module's blocks")
     pools = [n for _, t, n, _ in resources if t == "google_iam_workload_identity_pool"]
     members = {
         "principal://iam.googleapis.com/projects/${data.google_project.%s.number}/locations/global/workloadIdentityPools/${google_iam_workload_identity_pool.%s.workload_identity_pool_id}/subject/${var.subject}"
@@ -122,7 +129,6 @@ def check(module):
         for d in projects
         for p in pools
     }
-    findings = []
     facts = {
         "files": [f.name for f in files],
         "providers": [],

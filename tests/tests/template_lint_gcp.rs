@@ -385,6 +385,30 @@ fn the_module_parses_with_python_hcl2_into_the_linted_facts() {
         "{e}"
     );
     assert!(e.contains("variable roles allows roles/editor"), "{e}");
+
+    // A principal naming the project by a number typed in (it could be somebody else's
+    // project's) fails there too.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(root.join(MODULE)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let main = tmp.path().join("main.tf");
+    let written = std::fs::read_to_string(&main).unwrap();
+    let typed = written.replace(
+        "principal://iam.googleapis.com/projects/${data.google_project.credbroker.number}/",
+        "principal://iam.googleapis.com/projects/${var.project_number}/",
+    );
+    assert_ne!(typed, written);
+    std::fs::write(&main, typed).unwrap();
+    let out = Command::new(python())
+        .arg(root.join("tests/gcp_tf_parse.py"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{o}{e}");
+    assert!(e.contains("workloadIdentityUser bound to principal://iam.googleapis.com/projects/${var.project_number}/"), "{e}");
 }
 
 fn checkov(dir: &Path) -> (bool, String) {

@@ -221,17 +221,29 @@ pub(crate) fn lint_module(
                 ("variable", Some(name), _) => {
                     variables.insert(name.clone(), (file.clone(), b));
                 }
-                ("data", Some(t), Some(name))
-                    if t == "google_project"
-                        && b.attr("project_id").map(str::trim) == Some("var.project_id") =>
-                {
-                    projects.insert(name.clone());
+                ("data", Some(t), Some(name)) if t == "google_project" => {
+                    if b.attr("project_id").map(str::trim) == Some("var.project_id") {
+                        projects.insert(name.clone());
+                    } else {
+                        // Any other reads some other project's number: named, not skipped.
+                        out.push(format!("{file}: data google_project.{name} does not read var.project_id; the module reads the number of the customer's own project only"));
+                    }
                 }
                 ("resource", Some(t), Some(name)) if t == "google_iam_workload_identity_pool" => {
                     pools.insert(name.clone());
                 }
                 _ => {}
             }
+        }
+    }
+    for (file, _) in files {
+        // Terraform merges `override.tf` and `*_override.tf` over the other files: what they
+        // say is not what the lint read in the blocks they override.
+        let name = Path::new(file)
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        if name == "override.tf" || name.ends_with("_override.tf") {
+            out.push(format!("{file}: an override file changes the module's blocks behind the lint; none belongs in it"));
         }
     }
     for (file, blocks) in files {

@@ -129,6 +129,17 @@ pub(crate) fn lint_script(
     if !lines.iter().any(|l| l.trim() == "set -euo pipefail") {
         say("does not `set -euo pipefail`".into());
     }
+    // The principal names the project by number: the number given must be checked against
+    // the id's before anything changes (a wrong one names a pool in somebody else's project).
+    let describes = lines
+        .iter()
+        .any(|l| l.contains("gcloud projects describe") && l.contains("value(projectNumber)"));
+    let compares = lines
+        .iter()
+        .any(|l| l.contains("== \"$PROJECT_NUMBER\"") || l.contains("== \"${PROJECT_NUMBER}\""));
+    if !(describes && compares) {
+        say("does not check PROJECT_NUMBER against `gcloud projects describe PROJECT_ID --format='value(projectNumber)'`".into());
+    }
     if !lines.iter().any(|l| l.contains(SUBJECT_PATTERN)) {
         say(format!(
             "does not validate SUBJECT against {SUBJECT_PATTERN}"

@@ -471,4 +471,45 @@ fn module_principals_name_the_modules_own_project_and_pool() {
         has(&out, "roles/iam.workloadIdentityUser is bound to"),
         "{out:#?}"
     );
+    assert!(
+        has(
+            &out,
+            "data google_project.credbroker does not read var.project_id"
+        ),
+        "{out:#?}"
+    );
+    // An override file re-pointing the data source behind the lint's back.
+    let files: Vec<(String, Vec<hcl::Block>)> = [
+        ("terraform/main.tf", MAIN),
+        ("terraform/variables.tf", VARIABLES),
+        ("terraform/outputs.tf", OUTPUTS),
+        ("terraform/versions.tf", VERSIONS),
+        (
+            "terraform/main_override.tf",
+            "data \"google_project\" \"credbroker\" {\n  project_id = var.project_id\n}\n",
+        ),
+    ]
+    .iter()
+    .map(|(name, text)| ((*name).to_owned(), hcl::parse(text).unwrap()))
+    .collect();
+    let mut out = Vec::new();
+    lint_module(&files, &ceiling(), &mut out);
+    assert!(has(&out, "main_override.tf: an override file"), "{out:#?}");
+}
+
+/// The script checks the project number it was given against the id's before it binds a
+/// principal named by it: without that check it is a finding.
+#[test]
+fn a_script_that_does_not_check_the_project_number_fails() {
+    let cut = SCRIPT.replace(
+        "[[ \"$actual_number\" == \"$PROJECT_NUMBER\" ]] ||",
+        "[[ -n \"$actual_number\" ]] ||",
+    );
+    assert_ne!(cut, SCRIPT);
+    assert!(
+        has(&script_findings(&cut), "does not check PROJECT_NUMBER"),
+        "{:#?}",
+        script_findings(&cut)
+    );
+    assert!(script_findings(SCRIPT).is_empty());
 }
