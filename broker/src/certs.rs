@@ -75,20 +75,20 @@ pub fn certificates(path: &Path) -> Result<Vec<CertFacts>, String> {
         .collect()
 }
 
-/// The earliest `notAfter` of the certificates of a verified chain, Unix seconds: past it the
-/// chain no longer verifies. `None` for an empty chain or one a certificate of which does not
-/// parse (then only the periodic re-check catches its end).
-pub fn chain_not_after(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Option<i64> {
-    chain
+/// The `notAfter` times of the certificates a client presented, Unix seconds, earliest
+/// first (those that do not parse left out): past the earliest of the verified path's the
+/// chain no longer verifies.
+pub fn chain_not_afters(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<i64> {
+    let mut times: Vec<i64> = chain
         .iter()
-        .map(|der| {
+        .filter_map(|der| {
             X509Certificate::from_der(der.as_ref())
                 .ok()
                 .map(|(_, c)| c.validity().not_after.timestamp())
         })
-        .collect::<Option<Vec<i64>>>()?
-        .into_iter()
-        .min()
+        .collect();
+    times.sort_unstable();
+    times
 }
 
 /// Every CRL in the PEM file at `path`.

@@ -179,6 +179,9 @@ impl Writer {
         if self.needs_reopen {
             if let Err(e) = self.reopen() {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                // Unhealthy: no resolve mints before the log takes records again (the idle
+                // probe, or a probe a resolve asks for, finds out).
+                self.healthy.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, records = events.len(), "audit log still unavailable; failing requests closed");
                 let err = AuditError::Write(e.to_string());
                 for (_, done) in events {
@@ -292,9 +295,14 @@ impl Writer {
 
     fn maybe_checkpoint(&mut self, force: bool) {
         // Not onto a file the last failed write may have left half a line in, nor one that
-        // was replaced: the re-open before the next batch reads it first.
+        // was replaced: re-opened (and checked) first; while that fails the writer is
+        // unhealthy, so the idle probe keeps trying.
         if self.needs_reopen {
-            return;
+            if let Err(e) = self.reopen() {
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::debug!(error = %e, "audit checkpoint waits for the log to re-open");
+                return;
+            }
         }
         let unanchored = self.tail.seq.saturating_sub(self.last_checkpoint_seq);
         if unanchored == 0 {

@@ -372,7 +372,8 @@ pub fn spawn_role(
                 // A busy connection never idles out: the chain is checked again once its
                 // first certificate expires, and every minute (a CRL gone stale under
                 // `stale_crl = "refuse"` refuses it too).
-                let mut expires_at = crate::certs::chain_not_after(&chain);
+                let not_afters = crate::certs::chain_not_afters(&chain);
+                let mut expires_at = not_afters.first().copied();
                 let mut ticks: u64 = 0;
                 loop {
                     tokio::select! {
@@ -405,10 +406,10 @@ pub fn spawn_role(
                                 return;
                             }
                             // Still valid well past that time (an expired extra certificate
-                            // off the verified path; notAfter itself is still valid): the
-                            // minute's re-check goes on, not one a second.
+                            // off the verified path; notAfter itself is still valid): the next
+                            // certificate's end is watched instead, not every second.
                             if expires_at.is_some_and(|t| now > t.saturating_add(2)) {
-                                expires_at = None;
+                                expires_at = not_afters.iter().copied().find(|&t| t > now);
                             }
                             let idle = activity.idle_for().is_some_and(|d| d >= idle_timeout);
                             if idle || opened.elapsed() >= max_age {

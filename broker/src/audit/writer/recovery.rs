@@ -135,6 +135,8 @@ impl Writer {
         }
         let result = self.reopen_checked();
         if let (Err(e), Some(_)) = (&result, &self.changed_underneath) {
+            self.healthy
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             self.anchor_own_tail();
             tracing::error!(error = %e, seq = self.tail.seq, hash = %self.tail.hash, "the audit log changed underneath its writer: it is not written again until a restart verifies it (a checkpoint over the writer's last durable record was appended)");
         }
@@ -162,13 +164,30 @@ impl Writer {
         };
         let mut line = serde_json::to_vec(&cp).unwrap_or_default();
         line.push(b'\n');
-        let wrote = std::fs::OpenOptions::new()
-            .append(true)
-            .open(checkpoints_path(&self.config.dir))
-            .and_then(|mut f| {
-                use std::io::Write as _;
-                f.write_all(&line).and_then(|()| f.sync_data())
-            });
+        let wrote = {
+            use std::io::{Read as _, Write as _};
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(checkpoints_path(&self.config.dir))
+                .and_then(|mut f| {
+                    // Never glued onto half a line (it would make the file unreadable).
+                    let len = f.metadata()?.len();
+                    if len > 0 {
+                        let mut last = [0u8; 1];
+                        f.seek(SeekFrom::Start(len - 1))?;
+                        f.read_exact(&mut last)?;
+                        if last[0] != b'\n' {
+                            return Err(std::io::Error::other(
+                                "the checkpoint file ends in half a line",
+                            ));
+                        }
+                    }
+                    f.write_all(&line).and_then(|()| f.sync_data())
+                })
+        };
         if let Err(e) = wrote {
             tracing::error!(error = %e, "could not append the writer's own checkpoint to the changed audit log");
         }

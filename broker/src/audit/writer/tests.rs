@@ -332,11 +332,17 @@ fn a_log_changed_while_its_writer_was_failed_is_not_adopted() {
         std::fs::write(&cps, &cp_bytes).unwrap();
         let mut writer = failed_writer(&dir, &keys);
         let own = (writer.tail.seq, writer.tail.hash.clone());
+        // A writer whose checkpoint write failed is still healthy until it re-opens.
+        writer.healthy.store(true, Ordering::Relaxed);
         std::fs::write(&seg, &segment).unwrap();
         std::fs::write(&cps, &checkpoints).unwrap();
         let err = writer.reopen().unwrap_err().to_string();
         assert!(err.contains("changed while"), "{what}: {err}");
         assert!(writer.needs_reopen, "{what}: still failed closed");
+        assert!(
+            !writer.healthy.load(Ordering::Relaxed),
+            "{what}: resolves would mint on a log that takes no records"
+        );
         assert_eq!(
             std::fs::read(&seg).unwrap(),
             segment,
