@@ -294,16 +294,6 @@ impl Writer {
     }
 
     fn maybe_checkpoint(&mut self, force: bool) {
-        // Not onto a file the last failed write may have left half a line in, nor one that
-        // was replaced: re-opened (and checked) first; while that fails the writer is
-        // unhealthy, so the idle probe keeps trying.
-        if self.needs_reopen {
-            if let Err(e) = self.reopen() {
-                self.healthy.store(false, Ordering::Relaxed);
-                tracing::debug!(error = %e, "audit checkpoint waits for the log to re-open");
-                return;
-            }
-        }
         let unanchored = self.tail.seq.saturating_sub(self.last_checkpoint_seq);
         if unanchored == 0 {
             return;
@@ -313,6 +303,20 @@ impl Writer {
             || self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval;
         if !due {
             return;
+        }
+        // Not onto a file the last failed write may have left half a line in, nor one that
+        // was replaced: re-opened (and checked) first. While the writer is unhealthy its
+        // probe does that (once a tick, not twice; a forced checkpoint, the last one at a
+        // close, tries itself); a failed re-open here makes it unhealthy.
+        if self.needs_reopen {
+            if !force && !self.healthy.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Err(e) = self.reopen() {
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "audit log still unavailable: a due checkpoint cannot be written; failing requests closed");
+                return;
+            }
         }
         let time = now_rfc3339();
         let message = Checkpoint::signed_message(self.tail.seq, &self.tail.hash, &time);

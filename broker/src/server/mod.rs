@@ -409,7 +409,7 @@ pub fn spawn_role(
                             // off the verified path; notAfter itself is still valid): the next
                             // certificate's end is watched instead, not every second.
                             if expires_at.is_some_and(|t| now > t.saturating_add(2)) {
-                                expires_at = not_afters.iter().copied().find(|&t| t > now);
+                                expires_at = not_afters.iter().copied().find(|&t| t >= now);
                             }
                             let idle = activity.idle_for().is_some_and(|d| d >= idle_timeout);
                             if idle || opened.elapsed() >= max_age {
