@@ -338,6 +338,33 @@ impl Checkpoint {
     pub fn signed_message(seq: u64, hash: &str, time: &str) -> Vec<u8> {
         format!("credbroker-audit-checkpoint/v1\n{seq}\n{hash}\n{time}\n").into_bytes()
     }
+
+    /// A checkpoint over (`seq`, `hash`) signed now with `signer`.
+    pub fn signed(seq: u64, hash: &str, signer: &crate::keys::AuditSigner) -> Checkpoint {
+        use base64::Engine as _;
+        let time = crate::model::now_rfc3339();
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(signer.sign(&Checkpoint::signed_message(seq, hash, &time)));
+        Checkpoint {
+            seq,
+            hash: hash.to_owned(),
+            time,
+            signature,
+        }
+    }
+
+    /// Whether its signature is valid base64 and verifies with `verifier`.
+    pub fn verifies(&self, verifier: &crate::keys::AuditVerifier) -> bool {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.signature)
+            .is_ok_and(|sig| {
+                verifier.verify(
+                    &Checkpoint::signed_message(self.seq, &self.hash, &self.time),
+                    &sig,
+                )
+            })
+    }
 }
 
 #[cfg(test)]

@@ -241,14 +241,7 @@ impl<'a> Chain<'a> {
         // A key that verifies none of them is the wrong key, not evidence of forgery:
         // tell the two apart before naming a forged checkpoint.
         if let Some(first) = cps.first() {
-            let genuine = |cp: &Checkpoint| {
-                B64.decode(&cp.signature).is_ok_and(|sig| {
-                    self.verifier.verify(
-                        &Checkpoint::signed_message(cp.seq, &cp.hash, &cp.time),
-                        &sig,
-                    )
-                })
-            };
+            let genuine = |cp: &Checkpoint| cp.verifies(self.verifier);
             if !cps.iter().any(genuine) {
                 return Err(fail(first.seq, WRONG_KEY));
             }

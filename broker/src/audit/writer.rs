@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use tokio::sync::oneshot;
 
 use super::checkpoints_path;
@@ -318,14 +316,7 @@ impl Writer {
                 return;
             }
         }
-        let time = now_rfc3339();
-        let message = Checkpoint::signed_message(self.tail.seq, &self.tail.hash, &time);
-        let cp = Checkpoint {
-            seq: self.tail.seq,
-            hash: self.tail.hash.clone(),
-            time,
-            signature: B64.encode(self.signer.sign(&message)),
-        };
+        let cp = Checkpoint::signed(self.tail.seq, &self.tail.hash, &self.signer);
         let mut line = serde_json::to_vec(&cp).unwrap_or_default();
         line.push(b'\n');
         let before = self.checkpoints.metadata().map(|m| m.len());

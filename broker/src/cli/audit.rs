@@ -135,7 +135,7 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
 
 /// Where the signing key can be read (the broker's host), the public key file beside the log
 /// must be its key: one swapped in is never handed to auditors or verified with.
-pub(super) fn check_host_public_key(config: &Config) -> Result<(), String> {
+pub(crate) fn check_host_public_key(config: &Config) -> Result<(), String> {
     match AuditSigner::load(&config.audit_key_file()) {
         Ok(signer) => {
             crate::keys::loaded::check_audit_public_key(&signer, &config.audit_public_key_file())

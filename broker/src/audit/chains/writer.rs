@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use tokio_postgres::{Client, GenericClient};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -173,14 +171,7 @@ impl DbWriter {
     }
 
     fn checkpoint_line(&self, seq: u64, hash: &str) -> Result<(Checkpoint, String), String> {
-        let time = now_rfc3339();
-        let message = Checkpoint::signed_message(seq, hash, &time);
-        let cp = Checkpoint {
-            seq,
-            hash: hash.to_owned(),
-            time,
-            signature: B64.encode(self.signer.sign(&message)),
-        };
+        let cp = Checkpoint::signed(seq, hash, &self.signer);
         let line = serde_json::to_string(&cp).map_err(|e| e.to_string())?;
         Ok((cp, line))
     }

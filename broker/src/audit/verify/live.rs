@@ -8,9 +8,6 @@
 
 use std::path::Path;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
-
 use super::{complete_lines, fail, Chain, VerifyFailure, VerifySummary};
 use crate::audit::checkpoints_path;
 use crate::audit::lines::LogLines;
@@ -323,14 +320,7 @@ fn holding(
                         _ => None,
                     });
                 let genuine = seal.as_ref().is_some_and(|cp| {
-                    cp.seq + 1 == h.first_seq
-                        && cp.hash == h.prev_hash
-                        && B64.decode(&cp.signature).is_ok_and(|sig| {
-                            verifier.verify(
-                                &Checkpoint::signed_message(cp.seq, &cp.hash, &cp.time),
-                                &sig,
-                            )
-                        })
+                    cp.seq + 1 == h.first_seq && cp.hash == h.prev_hash && cp.verifies(verifier)
                 });
                 if !genuine {
                     return Err(fail(
@@ -628,12 +618,7 @@ impl Walk<'_, '_> {
     }
 
     fn seal(&mut self, cp: &Checkpoint, name: &str) -> Result<(), VerifyFailure> {
-        let signed = B64.decode(&cp.signature).is_ok_and(|sig| {
-            self.chain.verifier.verify(
-                &Checkpoint::signed_message(cp.seq, &cp.hash, &cp.time),
-                &sig,
-            )
-        });
+        let signed = cp.verifies(self.chain.verifier);
         if !signed {
             return Err(fail(
                 cp.seq,

@@ -6,9 +6,6 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
-
 use super::super::checkpoints_path;
 use super::super::lines::LogLines;
 use super::super::record::{AuditRecord, Checkpoint};
@@ -151,17 +148,7 @@ impl Writer {
         if self.tail.seq == 0 {
             return;
         }
-        let time = crate::model::now_rfc3339();
-        let cp = Checkpoint {
-            seq: self.tail.seq,
-            hash: self.tail.hash.clone(),
-            signature: B64.encode(self.signer.sign(&Checkpoint::signed_message(
-                self.tail.seq,
-                &self.tail.hash,
-                &time,
-            ))),
-            time,
-        };
+        let cp = Checkpoint::signed(self.tail.seq, &self.tail.hash, &self.signer);
         let mut line = serde_json::to_vec(&cp).unwrap_or_default();
         line.push(b'\n');
         let wrote = {
@@ -276,11 +263,7 @@ impl Writer {
                 f.seq == self.tail.seq
                     && f.hash == self.tail.hash
                     && f.seq >= self.last_checkpoint_seq
-                    && B64.decode(&f.signature).is_ok_and(|sig| {
-                        self.signer
-                            .verifier()
-                            .verify(&Checkpoint::signed_message(f.seq, &f.hash, &f.time), &sig)
-                    })
+                    && f.verifies(&self.signer.verifier())
             }
             (None, Some(_)) => false,
         }

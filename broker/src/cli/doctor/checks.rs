@@ -602,15 +602,13 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
             return;
         }
     };
-    if let Ok(signer) = crate::keys::AuditSigner::load(&config.audit_key_file()) {
-        if let Err(e) = crate::keys::loaded::check_audit_public_key(&signer, &key) {
-            out.push(Finding::fail(
-                "audit.public_key",
-                e.to_string(),
-                "restore the public key from the copy auditors pinned (runbooks/audit-verification.md)",
-            ));
-            return;
-        }
+    if let Err(e) = crate::cli::audit::check_host_public_key(config) {
+        out.push(Finding::fail(
+            "audit.public_key",
+            e,
+            "restore the public key from the copy auditors pinned (runbooks/audit-verification.md)",
+        ));
+        return;
     }
     let fix =
         "see runbooks/audit-verification.md; `credbroker audit verify` names the first bad record";
