@@ -556,7 +556,6 @@ fn log_revoke(result: Result<super::Answer, ProviderError>) {
     }
 }
 
-/// Parses a setup redirect's query (`installation_id`, `setup_action`, `state`). Never panics
 #[cfg(test)]
 mod tests {
     use super::*;

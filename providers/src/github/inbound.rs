@@ -28,6 +28,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Parses a setup redirect's query (`installation_id`, `setup_action`, `state`). Never panics
 /// on any input (fuzzed).
 ///
 /// # Errors

@@ -284,26 +284,22 @@ impl GithubApp {
         );
     }
 
-    /// GET /app/installations/{id} with the App JWT: like a mint, nothing is sent while a
-    /// rate limit applies, and each active key is tried in turn on 401 (a key deleted on
-    /// GitHub answers 401; the next may be the one that works).
-    async fn read_installation(
+    /// One call with the App JWT: nothing is sent while a rate limit GitHub answered still
+    /// applies, and each active key is tried in turn on 401 (a key deleted on GitHub answers
+    /// 401; the next may be the one that works: zero-downtime key rotation). The first answer
+    /// that is not a 401, or the last 401.
+    async fn app_call(
         &self,
-        installation: u64,
+        method: http::Method,
+        route: &str,
+        body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Answer, ProviderError> {
         self.check_paused()?;
-        let route = format!("/app/installations/{installation}");
         let mut last = None;
         for key in self.signing_keys() {
             let answer = self
-                .call(
-                    self.app_jwt(&key)?,
-                    http::Method::GET,
-                    &route,
-                    None,
-                    timeout,
-                )
+                .call(self.app_jwt(&key)?, method.clone(), route, body, timeout)
                 .await?;
             self.note_rate_limit(&answer);
             if answer.status != 401 {
@@ -318,43 +314,33 @@ impl GithubApp {
         })
     }
 
-    /// POST /app/installations/{id}/access_tokens with each active key in turn (a 401 from
-    /// one key falls through to the next: zero-downtime key rotation). Refused at once, with
-    /// no request, while a rate limit GitHub answered still applies.
+    /// GET /app/installations/{id} with the App JWT ([`Self::app_call`]).
+    async fn read_installation(
+        &self,
+        installation: u64,
+        timeout: Duration,
+    ) -> Result<Answer, ProviderError> {
+        let route = format!("/app/installations/{installation}");
+        self.app_call(http::Method::GET, &route, None, timeout)
+            .await
+    }
+
+    /// POST /app/installations/{id}/access_tokens with the App JWT ([`Self::app_call`]); a
+    /// 401 from every active key is a denial.
     async fn mint_token(
         &self,
         installation: u64,
         request: &TokenRequest,
         timeout: Duration,
     ) -> Result<(Answer, Value), ProviderError> {
-        self.check_paused()?;
-        let keys = self.signing_keys();
-        if keys.is_empty() {
-            return Err(ProviderError::Internal(
-                "no GitHub App private key is active (credbroker keys github add/activate)".into(),
-            ));
-        }
         let body = request.to_value();
         let route = format!("/app/installations/{installation}/access_tokens");
-        let mut last = None;
-        for key in &keys {
-            let jwt = self.app_jwt(key)?;
-            let answer = self
-                .call(jwt, http::Method::POST, &route, Some(&body), timeout)
-                .await?;
-            self.note_rate_limit(&answer);
-            if answer.status == 401 {
-                last = Some(answer);
-                continue;
-            }
+        let answer = self
+            .app_call(http::Method::POST, &route, Some(&body), timeout)
+            .await?;
+        if answer.status != 401 {
             return Ok((answer, body));
         }
-        let answer = last.unwrap_or(Answer {
-            status: 401,
-            body: Value::Null,
-            request_id: None,
-            rate_limit: None,
-        });
         Err(ProviderError::Denied {
             message: format!(
                 "GitHub rejected the App JWT from every active key: {}",
