@@ -961,8 +961,10 @@ async fn expired_states_and_verified_webhooks() {
     // Other events are verified and ignored. Events that concern no tenant — not handled,
     // or naming an installation nobody holds — are counted, neither audited nor remembered:
     // anyone can install our public App and have GitHub sign as many as they like.
+    // Nor do they cost a call to GitHub: a stranger's installation is never confirmed.
     let records = env.daemon.audit_records().len();
     let ignored = callbacks_counted(&env, "ignored").await;
+    let github_calls = env.gh.state.requests.lock().unwrap().len();
     let (s, v) = webhook(
         &mut env.public,
         &json!({"action": "created", "installation": {"id": 5, "account": {"login": "other", "id": 9005}}}),
@@ -982,6 +984,11 @@ async fn expired_states_and_verified_webhooks() {
     }
     assert_eq!(env.daemon.audit_records().len(), records);
     assert_eq!(callbacks_counted(&env, "ignored").await, ignored + 21);
+    assert_eq!(
+        env.gh.state.requests.lock().unwrap().len(),
+        github_calls,
+        "GitHub was asked about an installation no tenant holds"
+    );
     // A signed `deleted` for an installation GitHub still has (a replay) changes nothing.
     let deleted = json!({"action": "deleted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}});
     let (s, v) = webhook(&mut env.public, &deleted, None).await;

@@ -433,7 +433,7 @@ impl AdminService {
                 .unwrap_or(0),
             // A conflict is the link revoked or used meanwhile, or the binding changed under
             // the write (a probe's stamp): only the first is a dead link.
-            Err((e, _)) if e.code == ErrorCode::Conflict && !self.intake_link_live(key).await => {
+            Err((e, _)) if self.link_died(&e, key).await => {
                 self.count_intake("invalid_link", false);
                 return pages::invalid();
             }
@@ -505,9 +505,7 @@ impl AdminService {
                             &format!("{by}; not promoted ({})", e.code),
                         )
                         .await;
-                        let dead = e.code == ErrorCode::OperatorRequired
-                            || (e.code == ErrorCode::Conflict && !self.intake_link_live(key).await);
-                        if dead {
+                        if self.link_died(&e, key).await {
                             self.count_intake("invalid_link", false);
                             pages::invalid()
                         } else {
@@ -573,6 +571,15 @@ impl AdminService {
         {
             tracing::warn!(link = %link.id, code = %e.code, version, "the pending version of an intake submission could not be destroyed");
         }
+    }
+
+    /// Whether `e`, refusing a step a submission takes on its link's behalf, means the link
+    /// died meanwhile: its creator can no longer act (`operator_required`), or a conflict
+    /// while the link no longer admits a submission (revoked, expired, used up). Any other
+    /// conflict (the binding changed under the write) is not the link's.
+    async fn link_died(&self, e: &ApiError, key: &str) -> bool {
+        e.code == ErrorCode::OperatorRequired
+            || (e.code == ErrorCode::Conflict && !self.intake_link_live(key).await)
     }
 
     /// Whether intake link `key` (`intake:<hash>`) could take another submission: stored,

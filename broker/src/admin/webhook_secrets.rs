@@ -388,7 +388,6 @@ impl AdminService {
                             | ErrorCode::WorkerNotAuthorized
                             | ErrorCode::InstanceInactive
                             | ErrorCode::TenantInactive
-                            | ErrorCode::TenantMismatch
                     ) {
                     let event = AuditEvent {
                         kind: "webhook".into(),

@@ -59,9 +59,6 @@ impl CallbackService {
         if let CallbackEvent::Ignored { reason } = &verified {
             return Ok((json!({ "result": "ignored", "reason": reason }), None));
         }
-        // A replay is refused before the provider is asked anything (and again under the lock).
-        self.refuse_replay(provider.id(), delivery.as_deref())
-            .await?;
         // A removal or suspension of an installation a tenant holds is confirmed with the
         // provider first, outside the lock: its body stays signed for ever, and once its
         // delivery is forgotten (or when it was overtaken by a later change) only the
@@ -83,6 +80,10 @@ impl CallbackService {
                     None,
                 ));
             }
+            // A replay is refused before the provider is asked (every event is checked again
+            // under the lock below).
+            self.refuse_replay(provider.id(), delivery.as_deref())
+                .await?;
             match cb.confirm_event(&verified, self.core.mint_timeout()).await {
                 Ok(true) => {}
                 Ok(false) => refuted = true,
