@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
@@ -35,13 +35,14 @@ pub struct Http {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>,
 }
 
-/// Resolves host names for [`Http`]: the system's resolver, and for a client of
-/// customer-named hosts ([`Http::public_only`]) only public addresses. The check runs on
+/// Resolves host names for [`Http`]: hyper-util's resolver (the system's), and for a client
+/// of customer-named hosts ([`Http::public_only`]) only public addresses. The check runs on
 /// every connection, so a name that answered a public address at validation and a private
 /// one now (DNS rebinding) is refused too. Address literals are never resolved: the
 /// provider's URL rules judge those.
 #[derive(Clone)]
 pub struct Resolver {
+    system: GaiResolver,
     /// `None`: any address. Otherwise the hosts (lower case, no port) allowed to resolve to
     /// non-public addresses.
     public_only: Option<Arc<[String]>>,
@@ -60,22 +61,18 @@ impl tower_service::Service<Name> for Resolver {
     fn call(&mut self, name: Name) -> Self::Future {
         // Looked up as written (a fully qualified name stays one); compared without case or
         // the trailing dot.
-        let lookup = name.as_str().to_owned();
-        let host = lookup.trim_end_matches('.').to_ascii_lowercase();
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
         let filter = self
             .public_only
             .as_ref()
-            .filter(|allowed| !allowed.contains(&host))
-            .is_some();
+            .is_some_and(|allowed| !allowed.contains(&host));
+        let found = self.system.call(name);
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((lookup.as_str(), 0))
-                .await?
-                .collect();
             let kept: Vec<SocketAddr> = found
-                .into_iter()
+                .await?
                 .filter(|a| !filter || is_public(a.ip()))
                 .collect();
-            if kept.is_empty() {
+            if kept.is_empty() && filter {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
                     NoPublicAddress(host),
@@ -278,7 +275,10 @@ impl Http {
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth(),
         };
-        let mut http = HttpConnector::new_with_resolver(Resolver { public_only });
+        let mut http = HttpConnector::new_with_resolver(Resolver {
+            system: GaiResolver::new(),
+            public_only,
+        });
         http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
