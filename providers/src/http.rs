@@ -456,20 +456,25 @@ mod address_tests {
                 .await
                 .unwrap();
         });
-        let get = || {
-            http::Request::get(format!("http://localhost:{port}/"))
+        let get_from = |host: &str| {
+            http::Request::get(format!("http://{host}:{port}/"))
                 .body(Full::new(Bytes::new()))
                 .unwrap()
         };
-        let refused = Http::public_only(&[], None)
-            .unwrap()
-            .send(get(), Duration::from_secs(5), "the test host")
-            .await;
-        match refused {
-            Err(ProviderError::Unavailable { message, .. }) => {
-                assert!(message.contains("no public address"), "{message}");
+        let get = || get_from("localhost");
+        // A local name, and loopback in the dotted short forms the system resolver reads
+        // as addresses (the URL rules let them through as names).
+        for host in ["localhost", "127.1", "0x7f.1", "127.0.1"] {
+            let refused = Http::public_only(&[], None)
+                .unwrap()
+                .send(get_from(host), Duration::from_secs(5), "the test host")
+                .await;
+            match refused {
+                Err(ProviderError::Unavailable { message, .. }) => {
+                    assert!(message.contains("no public address"), "{host}: {message}");
+                }
+                other => panic!("{host} reached: {:?}", other.map(|a| a.0)),
             }
-            other => panic!("reached: {:?}", other.map(|a| a.0)),
         }
         assert!(!served.is_finished());
         let allowed = Http::public_only(&[format!("LOCALHOST:{port}")], None)

@@ -151,6 +151,12 @@ mod tests {
             "https://jira.",
             "https://jira",
             "https://u:p@jira.acme.example",
+            // Addresses in other spellings (the resolver judges the dotted short forms).
+            "https://[::ffff:127.0.0.1]",
+            "https://[::ffff:a9fe:a9fe]",
+            "https://[64:ff9b::a00:1]",
+            "https://[fe80::1]",
+            "https://2130706433",
         ] {
             assert!(
                 parse_config(&json!({"base_url": bad, "product": "jira"}), &none).is_err(),
