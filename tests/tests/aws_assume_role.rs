@@ -1479,6 +1479,27 @@ async fn no_exchange_is_made_while_the_audit_log_is_failing() {
         assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
         assert!(v["credentials"].is_null(), "{v}");
     }
+    // A flood of them at once (a worker hammering during the outage): each refused the same
+    // way, none reaching STS.
+    let mut flood = Vec::new();
+    for n in 0..40 {
+        let pki = env.pki.clone();
+        let url = env.daemon.url.clone();
+        let body = narrowed(["ec2:DescribeImages", "ec2:DescribeVolumes"][n % 2]);
+        flood.push(tokio::spawn(async move {
+            let mut c = pki.client_for("w1", &url);
+            let (s, v) = resolve(&mut c, body).await;
+            (s, code(&v).to_owned())
+        }));
+    }
+    for f in flood {
+        assert_eq!(f.await.unwrap(), (503, "audit_unavailable".to_owned()));
+    }
+    // An operator's certificate on the resolve endpoint gets its own refusal decided (it
+    // is not a worker), not a probe of the log: refused all the same, nothing minted.
+    let mut op = env.pki.client_for("op", &env.daemon.url);
+    let (s, _) = resolve(&mut op, narrowed("ec2:DescribeVpcs")).await;
+    assert!(s == 403 || s == 503, "{s}");
     assert_eq!(
         env.sts.state.calls() - calls,
         1,

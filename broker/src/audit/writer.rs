@@ -114,6 +114,9 @@ pub struct AuditReceipt {
 
 pub(super) type Waiter = oneshot::Sender<Result<AuditReceipt, AuditError>>;
 
+/// How long the answer of a probe a caller asked for stands for the next callers.
+const PROBE_REUSE: Duration = Duration::from_millis(250);
+
 pub(super) enum Msg {
     Append(Box<AuditEvent>, Waiter),
     /// Whether the log takes records now (probed first when it failed).
@@ -396,6 +399,10 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
         .checkpoint_interval
         .min(Duration::from_secs(1));
     let max_batch = sink.config().max_batch;
+    // When the last probe a caller asked for ran: within PROBE_REUSE its answer stands, so
+    // callers asking one after another (a worker's flood during an outage) cost a few probes
+    // a second, not one each.
+    let mut last_asked: Option<Instant> = None;
     loop {
         let first = match rx.recv_timeout(tick) {
             Ok(m) => m,
@@ -435,8 +442,9 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
         }
         if !probes.is_empty() {
             // One probe answers every caller that asked meanwhile.
-            if !sink.healthy() {
+            if !sink.healthy() && last_asked.is_none_or(|at| at.elapsed() >= PROBE_REUSE) {
                 sink.probe();
+                last_asked = Some(Instant::now());
             }
             let healthy = sink.healthy();
             for reply in probes {

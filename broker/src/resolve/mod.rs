@@ -126,7 +126,10 @@ impl ResolveService {
         // While the audit log is known to be failing, nothing is minted: an exchange the
         // customer's cloud logs must be in the audit log, and no record of it could be made.
         // (After a failure the writer probes the log first: one that recovered serves at once.)
-        if !self.core.audit_log().writable().await {
+        // Asked for workers only: nothing is minted for any other peer, whose refusal (or
+        // lack of identity) is decided as before.
+        if matches!(peer, Some(PeerIdentity::Worker(_))) && !self.core.audit_log().writable().await
+        {
             // Counted; the writer logs why the log is failing (once, not per request refused).
             tracing::debug!(
                 request_id,
