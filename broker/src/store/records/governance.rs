@@ -231,15 +231,16 @@ impl Records {
         now: time::OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .keyed_where(Table::WebhookSecrets, "", move |w: &WebhookSecret| {
-                w.versions.iter().any(|v| !v.verifies_at(now))
-            })
-            .await?
-            .into_iter()
-            .take(limit)
-            .map(|(k, _)| k)
-            .collect())
+        // Only the keys are kept, at most `limit` (not every decoded secret, sealed versions
+        // and all, to be cut afterwards).
+        self.picked(Table::WebhookSecrets, "", limit, move |k, raw| {
+            let w: WebhookSecret = super::decode(Table::WebhookSecrets, k, raw)?;
+            Ok(w.versions
+                .iter()
+                .any(|v| !v.verifies_at(now))
+                .then(|| k.to_owned()))
+        })
+        .await
     }
 
     /// Every webhook secret (KEK rotation).

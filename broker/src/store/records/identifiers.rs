@@ -193,7 +193,7 @@ impl Records {
         struct Expiring {
             expires_at: i64,
         }
-        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut out = Vec::new();
         for prefix in [
             "callback-state:",
             "webhook-delivery:",
@@ -202,32 +202,17 @@ impl Records {
             "expected-site:",
             "link-pin:",
         ] {
-            let sink = std::sync::Arc::clone(&kept);
-            self.store
-                .scan_each(
-                    Table::Identifiers,
-                    prefix,
-                    Box::new(move |key, raw| {
-                        // An unreadable record is kept (and reported by whoever reads it).
-                        if serde_json::from_slice::<Expiring>(raw).is_ok_and(|e| e.expires_at < now)
-                        {
-                            let mut out = sink
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            if out.len() < limit {
-                                out.push((key.to_owned(), raw.to_vec()));
-                            }
-                        }
-                        Ok(())
-                    }),
-                )
-                .await?;
+            let room = limit.saturating_sub(out.len());
+            out.extend(
+                self.picked(Table::Identifiers, prefix, room, move |key, raw| {
+                    // An unreadable record is kept (and reported by whoever reads it).
+                    Ok(serde_json::from_slice::<Expiring>(raw)
+                        .is_ok_and(|e| e.expires_at < now)
+                        .then(|| (key.to_owned(), raw.to_vec())))
+                })
+                .await?,
+            );
         }
-        let out = std::mem::take(
-            &mut *kept
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
         Ok(out)
     }
 

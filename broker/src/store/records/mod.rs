@@ -359,6 +359,26 @@ impl Records {
         R: Send + 'static,
         F: Fn(&T) -> bool + Send + 'static,
     {
+        self.picked(table, prefix, usize::MAX, move |k, raw| {
+            let value: T = decode(table, k, raw)?;
+            Ok(keep(&value).then(|| make(k, value)))
+        })
+        .await
+    }
+
+    /// One pass over the rows under `prefix`, keeping what `pick` makes of a row (`None`: not
+    /// kept), at most `limit` of them: the rows are never all held at once.
+    async fn picked<R, P>(
+        &self,
+        table: Table,
+        prefix: &str,
+        limit: usize,
+        pick: P,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: Send + 'static,
+        P: Fn(&str, &[u8]) -> Result<Option<R>, StoreError> + Send + 'static,
+    {
         let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = Arc::clone(&kept);
         self.store
@@ -366,11 +386,13 @@ impl Records {
                 table,
                 prefix,
                 Box::new(move |k, raw| {
-                    let value: T = decode(table, k, raw)?;
-                    if keep(&value) {
-                        sink.lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(make(k, value));
+                    let mut out = sink
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if out.len() < limit {
+                        if let Some(r) = pick(k, raw)? {
+                            out.push(r);
+                        }
                     }
                     Ok(())
                 }),
