@@ -5,6 +5,9 @@
 //!   still commits: its "allowed" record is never left without the change.
 //! - A commit that fails after the record was written gets a second record saying so, and
 //!   the change is absent — for admin changes and for probes alike.
+//! - A value generated for a tenant (AWS's ExternalId) on one replica while another removes
+//!   the tenant fails the removal: it is never left behind for a tenant created again with
+//!   the same id, who would then be handed it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +20,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use credbroker::admin::{AdminOp, NewBinding, NewTenant};
+use credbroker::admin::{AdminOp, Collection, NewBinding, NewTenant};
 use credbroker::broker::{Broker, BrokerKeys, BrokerSettings};
 use credbroker::config::{Config, TlsSettings};
 use credbroker::ids::{BindingId, TenantId};
@@ -68,12 +71,10 @@ struct Env {
     records: Records,
 }
 
-async fn start() -> Env {
-    credbroker_tests::init_crypto();
-    let tmp = tempfile::tempdir().unwrap();
+fn config_in(dir: &std::path::Path) -> Config {
     let unused = PathBuf::from("unused");
-    let config = Config::with_defaults(
-        tmp.path().to_owned(),
+    Config::with_defaults(
+        dir.to_owned(),
         SocketAddr::from(([127, 0, 0, 1], 0)),
         credbroker_tests::TD,
         TlsSettings {
@@ -84,7 +85,13 @@ async fn start() -> Env {
             crl_check_interval_s: credbroker::config::DEFAULT_CRL_CHECK_S,
             stale_crl: credbroker::config::StaleCrl::Refuse,
         },
-    );
+    )
+}
+
+async fn start() -> Env {
+    credbroker_tests::init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_in(tmp.path());
     BrokerKeys::init(&config).unwrap();
     let inner = Arc::new(SledStore::open(&config.store_dir()).unwrap());
     let store = Arc::new(GatedStore {
@@ -245,4 +252,89 @@ async fn a_commit_that_fails_after_its_record_gets_a_second_record() {
         .unwrap()
         .unwrap();
     assert!(b3.last_tested_at.is_none(), "the failed stamp did not land");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_id_made_while_its_tenant_is_removed_fails_the_removal() {
+    let env = start().await;
+    env.broker
+        .admin("operator:test", add_tenant("t9"), "setup")
+        .await
+        .ok()
+        .unwrap();
+    // Another replica: a broker of its own (its own admin lock and audit log) over the same
+    // store.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let config2 = config_in(tmp2.path());
+    BrokerKeys::init(&config2).unwrap();
+    // (No STS is called: onboarding only generates the ExternalId.)
+    let aws: std::collections::BTreeMap<String, toml::Value> = toml::from_str(&format!(
+        "[aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:9\"\nvendor_account_id = \"111122223333\"\nceiling_file = {:?}\n",
+        credbroker_tests::repo_root().join("policies/aws.json").display().to_string()
+    ))
+    .unwrap();
+    let replica = Broker::open(
+        env.store.clone(),
+        BrokerKeys::load(&config2).unwrap(),
+        ProviderRegistry::from_settings(&aws, tmp2.path())
+            .await
+            .unwrap(),
+        BrokerSettings::from_config(&config2),
+    )
+    .await
+    .unwrap();
+    // The removal is planned (the tenant read, no parameter yet) and held in its commit …
+    env.store.hold.store(true, Ordering::SeqCst);
+    let broker = env.broker.clone();
+    let removal = tokio::spawn(async move {
+        broker
+            .admin(
+                "operator:test",
+                AdminOp::Remove(Collection::Tenants, "t9".into()),
+                "req-remove",
+            )
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(5), env.store.entered.notified())
+        .await
+        .expect("the removal's commit started");
+    // … while the other replica onboards the tenant to AWS, generating its ExternalId.
+    let t9 = TenantId::parse("t9").unwrap();
+    let onboarded = replica
+        .admin(
+            "operator:test",
+            AdminOp::Onboard(
+                "aws_assume_role".into(),
+                t9.clone(),
+                None,
+                None,
+                String::new(),
+            ),
+            "req-onboard",
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("onboarding failed: {}", e.message));
+    let external_id = onboarded.response["external_id"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| {
+            onboarded.response["parameters"]["external_id"]
+                .as_str()
+                .map(str::to_owned)
+        });
+    env.store.release.notify_one();
+    let removed = removal.await.unwrap();
+    let err = removed.err().expect("the removal must fail").0;
+    assert_eq!(err.code.as_str(), "conflict", "{}", err.message);
+    // The tenant stays, with its value: not a value without its tenant.
+    assert!(env.records.tenant(&t9).await.unwrap().is_some());
+    let kept = env
+        .records
+        .tenant_parameter("aws_assume_role", "external_id", &t9)
+        .await
+        .unwrap();
+    assert!(kept.is_some());
+    if let Some(id) = external_id {
+        assert_eq!(kept.as_deref(), Some(id.as_str()));
+    }
 }

@@ -59,8 +59,9 @@ impl AdminService {
         provider: &dyn credbroker_providers::Provider,
         tenant: &TenantId,
         plan: &mut Plan,
-    ) -> Result<serde_json::Map<String, Value>, ApiError> {
+    ) -> Result<(serde_json::Map<String, Value>, bool), ApiError> {
         let mut out = serde_json::Map::new();
+        let mut generated = false;
         for p in provider.tenant_parameters() {
             let existing = self
                 .core
@@ -75,12 +76,13 @@ impl AdminService {
                     let v = random_alphanumeric(p.length)?;
                     plan.batch
                         .put_tenant_parameter(provider.id(), p.name, tenant, &v);
+                    generated = true;
                     v
                 }
             };
             out.insert(p.name.to_owned(), Value::String(value));
         }
-        Ok(out)
+        Ok((out, generated))
     }
 
     pub(super) async fn plan_add_binding(&self, b: NewBinding) -> Result<Plan, ApiError> {
@@ -131,10 +133,10 @@ impl AdminService {
             ));
         }
         let mut plan = Plan::new(String::new(), Value::Null);
-        let params = self
+        // (A parameter generated here is covered by the tenant's bump below.)
+        let (mut params, _) = self
             .tenant_parameters(provider.as_ref(), &b.tenant, &mut plan)
             .await?;
-        let mut params = params;
         for p in provider.binding_parameters(&config) {
             // Generated for this binding only; its uniqueness claim is never released, so the
             // value (a subject a customer's trust pins) is never issued to anyone again.
@@ -250,7 +252,7 @@ impl AdminService {
                     provider_name.chars().take(48).collect::<String>()
                 ))
             })?;
-        self.tenant_or_404(tenant.as_str()).await?;
+        let tenant_read = self.tenant_or_404(tenant.as_str()).await?;
         // What the onboarding issues (an install link, a site expectation) acts for its
         // issuer, as they stand now.
         let issuer = match creator.as_str() {
@@ -261,9 +263,16 @@ impl AdminService {
             format!("provider={} tenant={tenant}", provider.id()),
             Value::Null,
         );
-        let params = self
+        let (params, generated) = self
             .tenant_parameters(provider.as_ref(), tenant, &mut plan)
             .await?;
+        if generated {
+            // A value generated now (an ExternalId) belongs to the tenant as read: a removal
+            // planned before this commits (on another replica) then fails its precondition,
+            // instead of leaving the value behind for a tenant created again with this id.
+            plan.batch
+                .replace(&tenant_read, &super::records::bumped(&tenant_read));
+        }
         plan.response = provider
             .onboarding(tenant.as_str(), &params)
             .ok_or_else(|| {
