@@ -291,6 +291,15 @@ async fn owner_and_purpose_are_required() {
             "/v1/admin/bindings",
             json!({"id": "b9", "tenant": "t1", "provider": "pasted_secret", "owner": "a\u{7}", "purpose": "x"}),
         ),
+        // A right-to-left override would reorder the inventory row on a reviewer's terminal.
+        (
+            "/v1/admin/bindings",
+            json!({"id": "b9", "tenant": "t1", "provider": "pasted_secret", "owner": "team\u{202e}live", "purpose": "x"}),
+        ),
+        (
+            "/v1/admin/workers",
+            json!({"id": "w9", "tenants": ["t1"], "owner": "a", "purpose": "scan\u{2066}x"}),
+        ),
     ] {
         let (s, v) = call(&mut op, Method::POST, path, Some(body.clone())).await;
         assert_eq!((s, code(&v)), (400, "bad_request"), "{body}: {v}");

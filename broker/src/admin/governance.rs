@@ -133,7 +133,9 @@ impl GovernanceOp {
 fn text(what: &str, value: &str, min: usize) -> Result<String, ApiError> {
     let v = value.trim();
     let n = v.chars().count();
-    if n < min || n > 200 || v.chars().any(char::is_control) {
+    // Shown to reviewers on terminals and pages: nothing that moves the text around it.
+    let hostile = |c: char| c.is_control() || crate::cli::output::is_bidi_control(c);
+    if n < min || n > 200 || v.chars().any(hostile) {
         return Err(ApiError::bad_request(format!(
             "{what} must be {min}-200 printable characters"
         )));

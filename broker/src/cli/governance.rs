@@ -149,9 +149,12 @@ pub fn render(items: &[Value], format: Format) -> String {
             let shown: Vec<usize> = (0..COLUMNS.len())
                 .filter(|i| COLUMNS[*i] != "purpose")
                 .collect();
+            // What the broker sends is shown, never obeyed: no control characters and no
+            // bidirectional overrides reach the terminal (an owner set before the broker
+            // refused them, or by a broker that did not).
             let clip = |s: &str| {
                 s.chars()
-                    .filter(|c| !c.is_control())
+                    .filter(|&c| !c.is_control() && !super::output::is_bidi_control(c))
                     .take(40)
                     .collect::<String>()
             };
@@ -432,5 +435,20 @@ mod tests {
         assert!(row.ends_with("unowned;dormant"), "{row}");
         let table = render(&items, Format::Table);
         assert!(table.starts_with("KIND"), "{table}");
+    }
+
+    /// An owner stored with bidirectional overrides (by a broker that let them in) is shown
+    /// in the table without them: the row reads as it is.
+    #[test]
+    fn the_table_shows_no_bidirectional_overrides() {
+        let items = vec![
+            json!({"kind": "binding", "id": "b1", "owner": "team\u{202e}evil\u{2066}x\u{200f}", "flags": []}),
+        ];
+        let table = render(&items, Format::Table);
+        assert!(table.contains("teamevilx"), "{table}");
+        assert!(
+            !table.chars().any(crate::cli::output::is_bidi_control),
+            "{table:?}"
+        );
     }
 }

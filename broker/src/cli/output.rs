@@ -192,14 +192,19 @@ fn clip(s: &str) -> String {
 pub fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
-            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-            if c.is_control() || bidi {
+            if c.is_control() || is_bidi_control(c) {
                 ' '
             } else {
                 c
             }
         })
         .collect()
+}
+
+/// Whether `c` reorders the text around it on a terminal (the bidirectional marks, embeddings,
+/// overrides and isolates).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn table(out: &mut String, items: &[Value]) {
