@@ -184,9 +184,11 @@ pub struct Binding {
     #[serde(default)]
     pub trust_broken: bool,
     /// Random value that changes whenever the binding is created (so a removed and re-added
-    /// id is a new binding) or its credential source changes; the token cache keys on it so
-    /// nothing minted for an earlier incarnation is ever served. Empty in stores written
-    /// before it existed (a re-created binding still gets a fresh one).
+    /// id is a new binding), its credential source changes, or what was minted from it must
+    /// not be served any more (its status changed, a drift was flagged, a probe refused its
+    /// trust); the token cache keys on it so nothing minted for an earlier incarnation is
+    /// ever served, by any replica. Empty in stores written before it existed (a re-created
+    /// binding still gets a fresh one).
     #[serde(default)]
     pub generation: String,
     /// Bumped whenever an instance of the binding is added or removed (see

@@ -3,6 +3,8 @@
 //! - Resolves spread across the replicas; a worker disabled through one is refused by the
 //!   others on their very next resolve (no sleep: every resolve reads the store's change
 //!   generation first), and the time from the acknowledgement to that refusal is printed.
+//! - A binding disabled and enabled through one replica (to drop sessions the customer
+//!   revoked) is minted afresh by the others: nothing they cached before is served again.
 //! - Replicas racing to bind one role ARN for three tenants: exactly one wins; racing to
 //!   issue Entra consent links for one GUID to three tenants: exactly one link is out.
 //! - One replica leads; killed, another takes the lease over.
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use credbroker::client::BrokerClient;
-use credbroker_tests::fake_sts::{FakeSts, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY};
+use credbroker_tests::fake_sts::{FakeRole, FakeSts, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY};
 use credbroker_tests::postgres::TestPostgres;
 use credbroker_tests::replicas::ReplicaSet;
 use credbroker_tests::*;
@@ -861,4 +863,105 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
     let (c, out) = verify_within(&set, d, Duration::from_secs(60)).unwrap();
     assert_ne!(c, 0, "{out}");
     assert!(out.contains("replica -2"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_disabled_on_one_replica_is_minted_afresh_by_the_others() {
+    let (tmp, pki) = setup();
+    let sts = FakeSts::start(VENDOR).await;
+    let aws = format!(
+        "{AUDIT}[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nceiling_file = {:?}\n",
+        sts.url,
+        repo_root().join("policies/aws.json").display().to_string()
+    );
+    let set = ReplicaSet::start(
+        TestPostgres::start(),
+        tmp.path(),
+        &pki,
+        2,
+        &aws,
+        aws_test_env(TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY),
+    )
+    .await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let (s, facts) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/onboard/aws_assume_role",
+        Some(json!({"tenant": "t1"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{facts}");
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/Cached");
+    sts.add_role(
+        &arn,
+        FakeRole {
+            account: CUSTOMER.into(),
+            trusted_account: VENDOR.into(),
+            external_id: facts["external_id"].as_str().map(str::to_owned),
+            max_session_s: 3600,
+            report_account: None,
+            any_external_id: false,
+            allow_set_source_identity: true,
+            allow_tag_session: true,
+            require_source_identity: false,
+            web_identity: None,
+        },
+    );
+    for (path, body) in [
+        (
+            "/v1/admin/bindings",
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "aws1", "tenant": "t1", "provider": "aws_assume_role", "config": {"role_arn": arn}}),
+        ),
+        (
+            "/v1/admin/instances",
+            json!({"id": "i-aws", "tenant": "t1", "binding": "aws1", "connector_kind": "aws"}),
+        ),
+    ] {
+        let (s, v) = call(&mut op, Method::POST, path, Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/aws1/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, &v["binding"]["status"]), (200, &json!("active")), "{v}");
+
+    // Replica 2 mints, then serves from its cache.
+    let mut w1 = clients(&pki, &set, "w1");
+    let key = |v: &Value| v["credentials"]["AccessKeyId"].as_str().unwrap().to_owned();
+    let (s, v) = resolve(&mut w1[1], json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, &v["cached"]), (200, &json!(false)), "{v}");
+    let before = key(&v);
+    let (s, v) = resolve(&mut w1[1], json!({"instance_id": "i-aws"})).await;
+    assert_eq!(
+        (s, &v["cached"], key(&v)),
+        (200, &json!(true), before.clone())
+    );
+
+    // The customer revoked the role's sessions; the operator drops them through replica 1
+    // (runbooks/worker-compromise.md): disable, then enable (which probes again).
+    for step in ["disable", "enable"] {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            &format!("/v1/admin/bindings/aws1/{step}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{step}: {v}");
+    }
+    let calls = sts.state.calls();
+    let (s, v) = resolve(&mut w1[1], json!({"instance_id": "i-aws"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["cached"], false,
+        "replica 2 served a credential it cached before the binding was disabled"
+    );
+    assert_ne!(key(&v), before);
+    assert_eq!(sts.state.calls() - calls, 1);
 }

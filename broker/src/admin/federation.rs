@@ -536,6 +536,8 @@ impl AdminService {
         let refuse = |e: ApiError| (e, None);
         let stored = self.binding_or_404(id).await.map_err(refuse)?;
         let mut binding = stored.value.clone();
+        // The generation the binding takes should the probe retire what was minted from it.
+        let renewed = super::fresh_generation().map_err(refuse)?;
         event.tenant = Some(binding.tenant.to_string());
         event.binding = Some(binding.id.to_string());
         event.provider = Some(binding.provider.clone());
@@ -581,6 +583,10 @@ impl AdminService {
                 // A probe that sees consent withdrawn or stale marks the binding as a
                 // resolve would.
                 if let Some(drift) = crate::model::Drift::of(&e) {
+                    if binding.drift.as_ref().map(|d| d.code) != Some(drift.code) {
+                        // What was minted under the consent as it was: served by no replica.
+                        binding.generation.clone_from(&renewed);
+                    }
                     binding.drift = Some(drift);
                 }
                 // A probe that refuses the trust (the ExternalId or subject no longer pinned,
@@ -592,6 +598,8 @@ impl AdminService {
                 if let ProviderError::ActivationRefused { reason, .. } = &e {
                     if binding.status == Status::Active {
                         binding.status = Status::PendingActivation;
+                        // Nor does any replica serve what it cached before the refusal.
+                        binding.generation.clone_from(&renewed);
                         binding.status_change = crate::model::StatusChange::now(
                             crate::model::StatusSource::Broker,
                             format!(

@@ -440,6 +440,9 @@ impl AdminService {
                 }
                 let mut b = stored.value.clone();
                 b.status = status;
+                // Nothing minted before this change is served again, by any replica: the
+                // token cache keys on the generation (the local cache is also emptied).
+                b.generation = super::fresh_generation()?;
                 b.status_change = crate::model::StatusChange::now(
                     crate::model::StatusSource::Operator,
                     format!("{word} by an operator"),
@@ -499,6 +502,8 @@ impl AdminService {
             if b.drift.as_ref().map(|x| x.code) != Some(d.code) {
                 b.drift = Some(d);
                 changed = true;
+                // What was minted under the consent as it was is served by no replica.
+                b.generation = super::fresh_generation()?;
                 plan.invalidate_binding = Some(id.to_owned());
             }
         }
