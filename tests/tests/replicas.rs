@@ -5,6 +5,10 @@
 //!   generation first), and the time from the acknowledgement to that refusal is printed.
 //! - A binding disabled and enabled through one replica (to drop sessions the customer
 //!   revoked) is minted afresh by the others: nothing they cached before is served again.
+//! - An audit batch the database commits after the broker gave up on it (its requests
+//!   answered `audit_unavailable`) is found on the next connection, and each of its records
+//!   is followed by one saying its request was refused: the chain never shows a change that
+//!   was not made as if it had been.
 //! - Replicas racing to bind one role ARN for three tenants: exactly one wins; racing to
 //!   issue Entra consent links for one GUID to three tenants: exactly one link is out.
 //! - One replica leads; killed, another takes the lease over.
@@ -964,4 +968,72 @@ async fn a_binding_disabled_on_one_replica_is_minted_afresh_by_the_others() {
     );
     assert_ne!(key(&v), before);
     assert_eq!(sts.state.calls() - calls, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_committed_after_the_broker_gave_up_is_followed_by_its_refusal() {
+    let (tmp, pki) = setup();
+    // `timeout_ms` (in [store], which the extra text continues) bounds a whole audit batch
+    // and, server side, each statement.
+    let extra = format!("timeout_ms = 2000\n{AUDIT}");
+    let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, &extra, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    // The database slows every statement of a batch to 1.2 s: each finishes within its
+    // statement timeout, the batch does not finish within the writer's. The writer gives up
+    // during COMMIT, which the server then completes.
+    let sql = set.sql().await;
+    sql.batch_execute(
+        "CREATE FUNCTION slow_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1.2); RETURN NULL; END $$;
+         CREATE TRIGGER slow_insert AFTER INSERT ON credbroker_audit FOR EACH STATEMENT EXECUTE FUNCTION slow_audit();
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON credbroker_audit DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_audit();",
+    )
+    .await
+    .unwrap();
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/workers/w1/disable", None).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    // (Waits for the commit under way to end.)
+    sql.batch_execute(
+        "DROP TRIGGER slow_insert ON credbroker_audit; DROP TRIGGER slow_commit ON credbroker_audit;",
+    )
+    .await
+    .unwrap();
+    let lines = |rows: Vec<tokio_postgres::Row>| -> Vec<Value> {
+        rows.iter()
+            .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+            .filter(|v: &Value| v["action"] == "worker.disable")
+            .collect()
+    };
+    let committed = lines(
+        sql.query("SELECT line FROM credbroker_audit ORDER BY seq", &[])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        committed.len(),
+        1,
+        "the case this test needs: {committed:?}"
+    );
+    assert_eq!(committed[0]["outcome"], "allowed");
+
+    // Nothing was changed: the worker still resolves, and the next batch (here, that
+    // resolve's) carries the record the disable is owed.
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    until_served(&mut w1).await;
+    let records = lines(
+        sql.query("SELECT line FROM credbroker_audit ORDER BY seq", &[])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[1]["outcome"], "failed", "{}", records[1]);
+    assert_eq!(records[1]["error_code"], "audit_unavailable");
+    assert_eq!(records[1]["request_id"], records[0]["request_id"]);
+    let first = format!("aud_{}", &records[0]["hash"].as_str().unwrap()[..20]);
+    assert!(
+        records[1]["detail"].as_str().unwrap().contains(&first),
+        "{}",
+        records[1]
+    );
+    verify_every_chain(&set, &set.daemons[0]);
 }

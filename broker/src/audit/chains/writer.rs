@@ -30,6 +30,18 @@ pub struct ChainOwner {
     pub holder: String,
 }
 
+/// A batch sent to the database whose outcome this writer may not have heard: a timeout or a
+/// lost connection can come after the server committed it. Its requests were refused, so if
+/// its records are in the chain, a record saying so must follow each.
+struct InFlight {
+    /// The sequence of its first record.
+    first_seq: u64,
+    /// Its lines as sent.
+    lines: Arc<Vec<String>>,
+    /// How many of `lines` (at the front) were corrections owed from an earlier batch.
+    owed: usize,
+}
+
 #[derive(Debug, Clone)]
 struct ChainTail {
     seq: u64,
@@ -55,6 +67,38 @@ struct DbWriter {
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     batch_sizes: Option<BatchObserver>,
+    /// The last batch sent, until its commit is heard (kept when it is not: settled against
+    /// the chain on the next connection).
+    in_flight: Option<InFlight>,
+    /// Records owed to the chain: for each record committed although its batch was reported
+    /// failed (its request refused), one that says so. Written first in the next batch.
+    owed: Vec<AuditEvent>,
+}
+
+/// The record owed for `line`, a record the database committed after its batch was reported
+/// failed: the request it records was refused (`audit_unavailable`), so nothing was issued
+/// or changed, whatever its outcome says.
+fn correction_of(line: &str) -> Option<AuditEvent> {
+    let rec: AuditRecord = serde_json::from_str(line).ok()?;
+    let e = rec.event.clone();
+    Some(AuditEvent {
+        kind: e.kind,
+        action: e.action,
+        request_id: e.request_id,
+        actor: e.actor,
+        tenant: e.tenant,
+        instance: e.instance,
+        binding: e.binding,
+        provider: e.provider,
+        outcome: "failed".into(),
+        error_code: Some("audit_unavailable".into()),
+        job_id: e.job_id,
+        detail: Some(format!(
+            "record {} was committed after its batch was reported failed: its request was answered audit_unavailable, so nothing was issued or changed",
+            rec.audit_id()
+        )),
+        ..Default::default()
+    })
 }
 
 /// The sequence and hash of the last record of `replica`'s chain (0 and the genesis hash for
@@ -142,6 +186,52 @@ impl DbWriter {
             let client = self.client.as_ref().ok_or("no database connection")?;
             self.tail = Some(read_tail(client, self.owner.replica).await?);
         }
+        self.settle().await
+    }
+
+    /// Finds out whether the batch whose commit went unheard is in the chain; if it is, its
+    /// records are owed a record each saying their requests were refused.
+    async fn settle(&mut self) -> Result<(), String> {
+        let Some(sent) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let Some(last) = sent.lines.last() else {
+            return Ok(());
+        };
+        let last_seq = sent.first_seq + (sent.lines.len() as u64 - 1);
+        let found = match self.client.as_ref() {
+            Some(client) => client
+                .query_opt(
+                    "SELECT line FROM credbroker_audit WHERE replica = $1 AND seq = $2",
+                    &[&replica_i32(self.owner.replica), &seq_i64(last_seq)],
+                )
+                .await
+                .map_err(|e| format!("database: {e}")),
+            None => Err("no database connection".to_owned()),
+        };
+        let row = match found {
+            Ok(row) => row,
+            Err(e) => {
+                self.in_flight = Some(sent);
+                return Err(e);
+            }
+        };
+        // A batch commits whole: its last line, as sent, tells.
+        let committed = row.is_some_and(|r| r.try_get::<_, &str>(0).is_ok_and(|l| l == last));
+        if committed {
+            // The corrections it carried are in; its own records are owed theirs.
+            self.owed = sent
+                .lines
+                .iter()
+                .skip(sent.owed)
+                .filter_map(|l| correction_of(l))
+                .collect();
+            tracing::error!(
+                replica = self.owner.replica,
+                records = self.owed.len(),
+                "an audit batch reported failed was committed after all; a record saying its request was refused follows each of its records"
+            );
+        }
         Ok(())
     }
 
@@ -183,11 +273,15 @@ impl DbWriter {
     ) -> Result<(Vec<AuditReceipt>, ChainTail), String> {
         self.ready().await?;
         let tail = self.tail.clone().ok_or("chain tail unknown")?;
+        if events.is_empty() && self.owed.is_empty() {
+            return Ok((Vec::new(), tail));
+        }
         let time = now_rfc3339();
         let mut seq = tail.seq;
         let mut prev = tail.hash.clone();
         let (mut seqs, mut lines, mut receipts) = (Vec::new(), Vec::new(), Vec::new());
-        for event in events {
+        let owed = self.owed.len();
+        for event in self.owed.iter().cloned().chain(events) {
             seq += 1;
             let mut rec = AuditRecord {
                 replica: Some(self.owner.replica),
@@ -214,10 +308,18 @@ impl DbWriter {
             None
         };
         let replica = replica_i32(self.owner.replica);
+        // Kept until the commit is heard: a commit the server makes after this writer gave
+        // up on it is found on the next connection (`settle`).
+        let lines = Arc::new(lines);
+        self.in_flight = Some(InFlight {
+            first_seq: tail.seq + 1,
+            lines: Arc::clone(&lines),
+            owed,
+        });
         let tx = self.owned_transaction(&tail).await?;
         tx.execute(
             "INSERT INTO credbroker_audit (replica, seq, line) SELECT $1, s, l FROM unnest($2::bigint[], $3::text[]) AS t(s, l)",
-            &[&replica, &seqs, &lines],
+            &[&replica, &seqs, &*lines],
         )
         .await
         .map_err(|e| format!("database: {e}"))?;
@@ -230,8 +332,10 @@ impl DbWriter {
             .map_err(|e| format!("database: {e}"))?;
         }
         tx.commit().await.map_err(|e| format!("database: {e}"))?;
+        self.in_flight = None;
+        self.owed.clear();
         Ok((
-            receipts,
+            receipts.split_off(owed),
             ChainTail {
                 seq,
                 hash: prev,
@@ -301,7 +405,8 @@ impl Sink for DbWriter {
                     .records
                     .fetch_add(count as u64, Ordering::Relaxed);
                 self.stats.last_batch.store(count as u64, Ordering::Relaxed);
-                if let Some(h) = &self.batch_sizes {
+                // (A batch of owed records only answers no request.)
+                if let Some(h) = self.batch_sizes.as_ref().filter(|_| count > 0) {
                     h.observe(count as f64);
                 }
                 for (done, receipt) in waiters.into_iter().zip(receipts) {
@@ -336,6 +441,10 @@ impl Sink for DbWriter {
                     return;
                 }
             }
+        }
+        // Records owed for a batch that committed unheard are not left waiting for traffic.
+        if self.healthy() && !self.owed.is_empty() {
+            self.commit(Vec::new());
         }
         let Some(tail) = &self.tail else {
             return;
@@ -456,6 +565,8 @@ impl AuditLog {
             healthy: healthy.clone(),
             stats: stats.clone(),
             batch_sizes,
+            in_flight: None,
+            owed: Vec::new(),
         };
         AuditLog::spawn(writer, healthy, stats, forensic)
     }
