@@ -17,8 +17,9 @@ pub fn entry(d: &ProviderDescriptor) -> Value {
             json!({
                 "flag": format!("--{}", f.long),
                 "config": match f.target {
-                    FlagTarget::Key(k) => k,
-                    FlagTarget::WholeConfig => "(whole config)",
+                    FlagTarget::Key(k) => k.to_owned(),
+                    FlagTarget::WholeConfig => "(whole config)".to_owned(),
+                    FlagTarget::Nested(outer, inner) => format!("{outer}.{inner}"),
                 },
                 "value": match f.value {
                     FlagValue::Text => "text",

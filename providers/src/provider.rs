@@ -474,6 +474,22 @@ pub trait Provider: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Checks a configuration for a binding being added (not one already stored, which
+    /// [`Provider::bind`] reads): what a new binding must say that an older one may lack.
+    ///
+    /// # Errors
+    /// `InvalidConfig`, saying what is missing.
+    fn check_new_binding(&self, _config: &Value) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    /// `config` with the customer account the broker proved the identifier belongs to (an
+    /// install's or an unclaimed installation's), where the provider's probe checks it
+    /// again. The default leaves `config` as it is.
+    fn with_account(&self, config: &Value, _account: &InstalledAccount) -> Value {
+        config.clone()
+    }
+
     /// Values the broker generates per tenant and injects under `config.broker`.
     fn tenant_parameters(&self) -> &'static [TenantParameter] {
         &[]

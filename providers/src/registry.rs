@@ -61,6 +61,8 @@ pub enum FlagTarget {
     Key(&'static str),
     /// The whole `config` object.
     WholeConfig,
+    /// `config[outer][inner]`.
+    Nested(&'static str, &'static str),
 }
 
 /// One flag of `credbroker binding add <provider>`. The CLI adds the binding id, `--tenant`

@@ -2376,7 +2376,7 @@ async fn the_app_jwt_iss_is_the_client_id_when_configured_else_the_app_id() {
         "/v1/admin/bindings",
         Some(
             json!({"owner": "team-tests", "purpose": "integration test", "id": "github-app-1001", "tenant": "t1", "provider": "github_app",
-                    "config": {"installation_id": 1001}}),
+                    "config": {"installation_id": 1001, "account": {"login": "acme-org", "id": account_of(1001)}}}),
         ),
     )
     .await;
@@ -3588,4 +3588,83 @@ async fn a_member_who_only_reads_the_organization_cannot_bind_its_installation()
     env.gh.authorize("code-owner", &[1001]);
     let (s, v) = return_for_1001(&mut env.public, &state, "code-owner", &browser).await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// An installation id bound by hand is a claim: the binding names the account it must belong
+/// to, and the probe refuses an installation of any other account. A customer who hands
+/// support another organisation's installation id (ids are sequential) gets nothing active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installation_bound_by_hand_must_belong_to_the_account_it_names() {
+    let mut env = start_full(3600, GENEROUS, None, "").await;
+    add_key(&mut env.op, &env.key_a).await;
+    let add = |config: Value| json!({"owner": "team-tests", "purpose": "integration test", "id": "github-app-2002", "tenant": "t1", "provider": "github_app", "config": config});
+    // Without the account: refused before anything is stored.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(add(json!({"installation_id": 2002}))),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("account"),
+        "{v}"
+    );
+    // t1's admin says 2002 is acme-org's; it is globex's: the probe refuses, nothing is active.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(add(json!({"installation_id": 2002, "account": {"login": "acme-org", "id": account_of(1001)}}))),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/github-app-2002/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("globex"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::GET,
+        "/v1/admin/bindings/github-app-2002",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"]["status"], "pending_activation", "{v}");
+    // The right login with another account's id (a renamed or look-alike organisation) is
+    // refused too.
+    let (s, v) = call(
+        &mut env.op,
+        Method::DELETE,
+        "/v1/admin/bindings/github-app-2002",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(add(json!({"installation_id": 2002, "account": {"login": "globex", "id": account_of(1001)}}))),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/github-app-2002/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
 }

@@ -157,6 +157,9 @@ impl AdminService {
             .bind(&config, &b.ceiling)
             .map(|_| ())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        provider
+            .check_new_binding(&config)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         for identifier in provider.exclusive_identifiers(&config) {
             // A friendly refusal now; the batch's own precondition is what guarantees it.
             if let Some(owner) = r.identifier_owner(&identifier).await.map_err(store_err)? {

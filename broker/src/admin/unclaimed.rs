@@ -56,12 +56,24 @@ impl AdminService {
             })?;
         let u = read.value.clone();
         let id = super::forge::site_binding_id(&u.provider, &u.identifier)?;
+        // With the account the broker proved the installation belongs to: every probe
+        // checks it again.
+        let config = match self.core.registry.get(&u.provider) {
+            Some(p) => p.with_account(
+                &u.config,
+                &credbroker_providers::InstalledAccount {
+                    login: u.account.login.clone(),
+                    id: u.account.id,
+                },
+            ),
+            None => u.config.clone(),
+        };
         let mut plan = self
             .plan_add_binding(NewBinding {
                 id,
                 tenant,
                 provider: u.provider.clone(),
-                config: u.config.clone(),
+                config,
                 ceiling: Value::Null,
                 owner: governance.owner,
                 purpose: governance.purpose,

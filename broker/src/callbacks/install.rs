@@ -543,7 +543,8 @@ impl CallbackService {
                     id: id.clone(),
                     tenant: tenant.clone(),
                     provider: provider.id().to_owned(),
-                    config: redirect.config.clone(),
+                    // With the account this install proved: every probe checks it again.
+                    config: provider.with_account(&redirect.config, &account),
                     ceiling: Value::Null,
                     owner: governance
                         .as_ref()

@@ -111,6 +111,12 @@ impl FromArgMatches for BindingAdd {
                     config[key] = value;
                 }
                 FlagTarget::WholeConfig => config = value,
+                FlagTarget::Nested(outer, inner) => {
+                    if !config[outer].is_object() {
+                        config[outer] = Value::Object(Map::new());
+                    }
+                    config[outer][inner] = value;
+                }
             }
         }
         let ceiling = match text("ceiling") {

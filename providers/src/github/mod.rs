@@ -47,9 +47,9 @@ pub(crate) use settings::DESCRIPTOR;
 pub use settings::{GithubSettings, ID};
 
 use crate::{
-    BindingContext, Bound, CachePolicy, Callbacks, CeilingEnforcement, IssuedCredential,
-    MintRequest, Narrowing, PlatformKeys, Probe, ProbeReport, Provider, ProviderError, Revocation,
-    SecretRequirement,
+    BindingContext, Bound, CachePolicy, Callbacks, CeilingEnforcement, InstalledAccount,
+    IssuedCredential, MintRequest, Narrowing, PlatformKeys, Probe, ProbeReport, Provider,
+    ProviderError, Revocation, SecretRequirement,
 };
 
 /// The media type every REST API request accepts (`Accept`).
@@ -75,15 +75,28 @@ pub struct GithubApp {
 #[serde(deny_unknown_fields)]
 struct BindingConfig {
     installation_id: u64,
+    /// The account the installation must belong to: proven by an install or named by the
+    /// operator who binds by hand, and checked by every probe. Absent in bindings made
+    /// before it existed (their probes check nothing of the account).
+    #[serde(default)]
+    account: Option<PinnedAccount>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct PinnedAccount {
+    login: String,
+    id: u64,
 }
 
 /// A binding as [`Provider::bind`] parsed it.
 struct GithubBinding {
     installation: u64,
+    account: Option<PinnedAccount>,
     ceiling: GithubCeiling,
 }
 
-fn parse_config(config: &Value) -> Result<u64, ProviderError> {
+fn parse_binding_config(config: &Value) -> Result<BindingConfig, ProviderError> {
     let c: BindingConfig = serde_json::from_value(config.clone())
         .map_err(|e| ProviderError::InvalidConfig(format!("github_app config: {e}")))?;
     if c.installation_id == 0 {
@@ -91,7 +104,19 @@ fn parse_config(config: &Value) -> Result<u64, ProviderError> {
             "installation_id must be positive".into(),
         ));
     }
-    Ok(c.installation_id)
+    if c.account
+        .as_ref()
+        .is_some_and(|a| a.id == 0 || a.login.is_empty())
+    {
+        return Err(ProviderError::InvalidConfig(
+            "account must name a login and a positive id".into(),
+        ));
+    }
+    Ok(c)
+}
+
+fn parse_config(config: &Value) -> Result<u64, ProviderError> {
+    parse_binding_config(config).map(|c| c.installation_id)
 }
 
 /// The exclusive identifier of an installation.
@@ -389,10 +414,35 @@ impl Provider for GithubApp {
     }
 
     fn bind(&self, config: &Value, ceiling: &Value) -> Result<Bound, ProviderError> {
+        let c = parse_binding_config(config)?;
         Ok(Bound::new(GithubBinding {
-            installation: parse_config(config)?,
+            installation: c.installation_id,
+            account: c.account,
             ceiling: self.binding_ceiling(ceiling)?,
         }))
+    }
+
+    fn check_new_binding(&self, config: &Value) -> Result<(), ProviderError> {
+        // An installation id is the customer's claim: the account it must belong to is
+        // named too (by the install that proved it, or by the operator binding by hand), and
+        // the probe refuses an installation of any other account.
+        if parse_binding_config(config)?.account.is_none() {
+            return Err(ProviderError::InvalidConfig(
+                "a github_app binding names the account its installation must belong to: config.account {\"login\": …, \"id\": …} (binding add github … --account-login L --account-id N); its probe refuses an installation of any other account".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn with_account(&self, config: &Value, account: &InstalledAccount) -> Value {
+        let mut config = config.clone();
+        if let Some(map) = config.as_object_mut() {
+            map.insert(
+                "account".into(),
+                json!({ "login": account.login, "id": account.id }),
+            );
+        }
+        config
     }
 
     fn credential_lifetime_s(&self, _binding: &BindingContext<'_>) -> Option<u64> {
@@ -534,6 +584,22 @@ impl Probe for GithubApp {
             .pointer("/account/login")
             .and_then(Value::as_str)
             .unwrap_or("?");
+        if let Some(pin) = &bound.account {
+            let id = info.body.pointer("/account/id").and_then(Value::as_u64);
+            if id != Some(pin.id) || !login.eq_ignore_ascii_case(&pin.login) {
+                return Err(ProviderError::ActivationRefused {
+                    reason: crate::RefusalReason::AccountMismatch,
+                    message: format!(
+                        "installation {installation} belongs to {} ({}), not to the account this binding names: {} ({})",
+                        crate::quoted(login, 100),
+                        id.map_or("?".to_owned(), |i| i.to_string()),
+                        pin.login,
+                        pin.id
+                    ),
+                    upstream_request_id: info.request_id.clone(),
+                });
+            }
+        }
         let kind = info
             .body
             .pointer("/account/type")

@@ -80,13 +80,29 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     cli: CliSpec {
         name: "github",
         about: "A GitHub App installation (normally bound by the install redirect; this binds by hand).",
-        binding_flags: &[ConfigFlag {
-            long: "installation-id",
-            help: "The installation id.",
-            value: FlagValue::Integer,
-            target: FlagTarget::Key("installation_id"),
-            required: true,
-        }],
+        binding_flags: &[
+            ConfigFlag {
+                long: "installation-id",
+                help: "The installation id.",
+                value: FlagValue::Integer,
+                target: FlagTarget::Key("installation_id"),
+                required: true,
+            },
+            ConfigFlag {
+                long: "account-login",
+                help: "The GitHub account (organisation or user) the installation must belong to: its probe refuses an installation of any other account.",
+                value: FlagValue::Text,
+                target: FlagTarget::Nested("account", "login"),
+                required: true,
+            },
+            ConfigFlag {
+                long: "account-id",
+                help: "That account's numeric id (GET /users/LOGIN → id): stable across renames.",
+                value: FlagValue::Integer,
+                target: FlagTarget::Nested("account", "id"),
+                required: true,
+            },
+        ],
         onboard: Some("Print the install link (the broker's public start URL with a single-use state bound to the tenant and to the expected GitHub account)."),
         onboard_pin: crate::registry::OnboardPin::Account,
         keys: Some(KeysCli {
