@@ -975,57 +975,52 @@ async fn a_batch_committed_after_the_broker_gave_up_is_followed_by_its_refusal()
     let (tmp, pki) = setup();
     // `timeout_ms` (in [store], which the extra text continues) bounds a whole audit batch
     // and, server side, each statement.
-    let extra = format!("timeout_ms = 2000\n{AUDIT}");
+    let extra = format!("timeout_ms = 3000\n{AUDIT}");
     let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, &extra, vec![]).await;
     let mut op = pki.client_for("op", &set.daemons[0].url);
     seed_two_tenants(&mut op).await;
-    // The database slows every statement of a batch to 1.2 s: each finishes within its
-    // statement timeout, the batch does not finish within the writer's. The writer gives up
-    // during COMMIT, which the server then completes.
+    // While `slow` holds a row, the database slows each statement of a batch to 2 s: each
+    // finishes within its statement timeout (3 s), the batch does not finish within the
+    // writer's (3 s). The writer gives up during COMMIT, a second before the server would
+    // complete it.
     let sql = set.sql().await;
     sql.batch_execute(
-        "CREATE FUNCTION slow_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1.2); RETURN NULL; END $$;
+        "CREATE TABLE slow (on_ boolean);
+         CREATE FUNCTION slow_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF EXISTS (SELECT 1 FROM slow) THEN PERFORM pg_sleep(2); END IF; RETURN NULL; END $$;
          CREATE TRIGGER slow_insert AFTER INSERT ON credbroker_audit FOR EACH STATEMENT EXECUTE FUNCTION slow_audit();
-         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON credbroker_audit DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_audit();",
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON credbroker_audit DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_audit();
+         INSERT INTO slow VALUES (true);",
     )
     .await
     .unwrap();
-    let (s, v) = call(&mut op, Method::POST, "/v1/admin/workers/w1/disable", None).await;
-    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
-    // (Waits for the commit under way to end.)
-    sql.batch_execute(
-        "DROP TRIGGER slow_insert ON credbroker_audit; DROP TRIGGER slow_commit ON credbroker_audit;",
-    )
-    .await
-    .unwrap();
-    let lines = |rows: Vec<tokio_postgres::Row>| -> Vec<Value> {
-        rows.iter()
+    let disables = || async {
+        set.sql()
+            .await
+            .query("SELECT line FROM credbroker_audit ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .iter()
             .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
             .filter(|v: &Value| v["action"] == "worker.disable")
-            .collect()
+            .collect::<Vec<Value>>()
     };
-    let committed = lines(
-        sql.query("SELECT line FROM credbroker_audit ORDER BY seq", &[])
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        committed.len(),
-        1,
-        "the case this test needs: {committed:?}"
-    );
-    assert_eq!(committed[0]["outcome"], "allowed");
-
-    // Nothing was changed: the worker still resolves, and the next batch (here, that
-    // resolve's) carries the record the disable is owed.
     let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+
+    // 1. The server completes the COMMIT (nothing asks meanwhile): the record is in the
+    //    chain, and the next batch carries the record it is owed.
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/workers/w1/disable", None).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    sql.batch_execute("DELETE FROM slow").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disables().await.is_empty() {
+        assert!(Instant::now() < deadline, "the COMMIT never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing was changed: the worker still resolves.
     until_served(&mut w1).await;
-    let records = lines(
-        sql.query("SELECT line FROM credbroker_audit ORDER BY seq", &[])
-            .await
-            .unwrap(),
-    );
+    let records = disables().await;
     assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["outcome"], "allowed");
     assert_eq!(records[1]["outcome"], "failed", "{}", records[1]);
     assert_eq!(records[1]["error_code"], "audit_unavailable");
     assert_eq!(records[1]["request_id"], records[0]["request_id"]);
@@ -1035,5 +1030,25 @@ async fn a_batch_committed_after_the_broker_gave_up_is_followed_by_its_refusal()
         "{}",
         records[1]
     );
+
+    // 2. The next request comes while the server is still in that COMMIT: the writer ends
+    //    the old connection's server process before it looks, so what it finds is final
+    //    (here: not committed, owed nothing), never a batch that lands behind its back.
+    sql.batch_execute("INSERT INTO slow VALUES (true)")
+        .await
+        .unwrap();
+    let (s, v) = call(&mut op, Method::POST, "/v1/admin/workers/w1/disable", None).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    sql.batch_execute("DELETE FROM slow").await.unwrap();
+    until_served(&mut w1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = disables().await;
+    let allowed = after.iter().filter(|r| r["outcome"] == "allowed").count();
+    let failed = after.iter().filter(|r| r["outcome"] == "failed").count();
+    assert_eq!(
+        allowed, failed,
+        "an allowed disable without its refusal: {after:?}"
+    );
+    until_served(&mut w1).await;
     verify_every_chain(&set, &set.daemons[0]);
 }

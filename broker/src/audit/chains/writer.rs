@@ -34,6 +34,9 @@ pub struct ChainOwner {
 /// lost connection can come after the server committed it. Its requests were refused, so if
 /// its records are in the chain, a record saying so must follow each.
 struct InFlight {
+    /// The server process of the connection it was sent on: until that process has ended,
+    /// a COMMIT it runs may still land.
+    backend: Option<i32>,
     /// The sequence of its first record.
     first_seq: u64,
     /// Its lines as sent.
@@ -70,9 +73,20 @@ struct DbWriter {
     /// The last batch sent, until its commit is heard (kept when it is not: settled against
     /// the chain on the next connection).
     in_flight: Option<InFlight>,
+    /// The server process of the current connection.
+    backend: Option<i32>,
     /// Records owed to the chain: for each record committed although its batch was reported
     /// failed (its request refused), one that says so. Written first in the next batch.
     owed: Vec<AuditEvent>,
+}
+
+/// Whether the server process `pid` has ended.
+async fn backend_gone(client: &Client, pid: i32) -> Result<bool, String> {
+    client
+        .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .map(|r| r.is_none())
+        .map_err(|e| format!("database: {e}"))
 }
 
 /// The record owed for `line`, a record the database committed after its batch was reported
@@ -94,7 +108,7 @@ fn correction_of(line: &str) -> Option<AuditEvent> {
         error_code: Some("audit_unavailable".into()),
         job_id: e.job_id,
         detail: Some(format!(
-            "record {} was committed after its batch was reported failed: its request was answered audit_unavailable, so nothing was issued or changed",
+            "record {} was committed after its batch was reported failed: what wrote it was told audit_unavailable and acted on that (a resolve answered so handed out no credential; an admin change refused so was not made)",
             rec.audit_id()
         )),
         ..Default::default()
@@ -180,7 +194,15 @@ impl DbWriter {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             self.tail = None;
-            self.client = Some(connect_with(&self.pg, self.tls.clone(), self.timeout).await?);
+            let client = connect_with(&self.pg, self.tls.clone(), self.timeout).await?;
+            self.backend = Some(
+                client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await
+                    .and_then(|r| r.try_get::<_, i32>(0))
+                    .map_err(|e| format!("database: {e}"))?,
+            );
+            self.client = Some(client);
         }
         if self.tail.is_none() {
             let client = self.client.as_ref().ok_or("no database connection")?;
@@ -190,40 +212,57 @@ impl DbWriter {
     }
 
     /// Finds out whether the batch whose commit went unheard is in the chain; if it is, its
-    /// records are owed a record each saying their requests were refused.
+    /// records are owed a record each saying their requests were refused. The batch stays in
+    /// flight until this is known (a settle cut short leaves it for the next).
     async fn settle(&mut self) -> Result<(), String> {
-        let Some(sent) = self.in_flight.take() else {
+        let Some(sent) = self.in_flight.as_ref() else {
             return Ok(());
         };
-        let Some(last) = sent.lines.last() else {
+        let (lines, first_seq, carried, backend) = (
+            Arc::clone(&sent.lines),
+            sent.first_seq,
+            sent.owed,
+            sent.backend,
+        );
+        let Some(last) = lines.last() else {
+            self.in_flight = None;
             return Ok(());
         };
-        let last_seq = sent.first_seq + (sent.lines.len() as u64 - 1);
-        let found = match self.client.as_ref() {
-            Some(client) => client
-                .query_opt(
-                    "SELECT line FROM credbroker_audit WHERE replica = $1 AND seq = $2",
-                    &[&replica_i32(self.owner.replica), &seq_i64(last_seq)],
-                )
-                .await
-                .map_err(|e| format!("database: {e}")),
-            None => Err("no database connection".to_owned()),
-        };
-        let row = match found {
-            Ok(row) => row,
-            Err(e) => {
-                self.in_flight = Some(sent);
-                return Err(e);
+        let last_seq = first_seq + (lines.len() as u64 - 1);
+        let client = self.client.as_ref().ok_or("no database connection")?;
+        // The connection the batch went out on may still be committing it (a trigger, the
+        // disk, a synchronous standby): end its server process first, so that what the
+        // chain shows is final. (Ended in its COMMIT, a transaction either committed or
+        // did not; ended waiting for a standby, it committed here.)
+        if let Some(pid) = backend.filter(|&p| Some(p) != self.backend) {
+            if !backend_gone(client, pid).await? {
+                // (A role that may not end it waits for it to end by itself: the batch's
+                // timeout cuts this short, and the batch stays in flight for the next try.)
+                let _ = client
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await;
+                while !backend_gone(client, pid).await? {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
-        };
+        }
+        let row = client
+            .query_opt(
+                "SELECT line FROM credbroker_audit WHERE replica = $1 AND seq = $2",
+                &[&replica_i32(self.owner.replica), &seq_i64(last_seq)],
+            )
+            .await
+            .map_err(|e| format!("database: {e}"))?;
         // A batch commits whole: its last line, as sent, tells.
         let committed = row.is_some_and(|r| r.try_get::<_, &str>(0).is_ok_and(|l| l == last));
+        // The tail read on connecting may predate that commit: read it again.
+        self.tail = Some(read_tail(client, self.owner.replica).await?);
+        self.in_flight = None;
         if committed {
             // The corrections it carried are in; its own records are owed theirs.
-            self.owed = sent
-                .lines
+            self.owed = lines
                 .iter()
-                .skip(sent.owed)
+                .skip(carried)
                 .filter_map(|l| correction_of(l))
                 .collect();
             tracing::error!(
@@ -312,6 +351,7 @@ impl DbWriter {
         // up on it is found on the next connection (`settle`).
         let lines = Arc::new(lines);
         self.in_flight = Some(InFlight {
+            backend: self.backend,
             first_seq: tail.seq + 1,
             lines: Arc::clone(&lines),
             owed,
@@ -442,8 +482,11 @@ impl Sink for DbWriter {
                 }
             }
         }
-        // Records owed for a batch that committed unheard are not left waiting for traffic.
-        if self.healthy() && !self.owed.is_empty() {
+        // Records owed for a batch that committed unheard are not left waiting for traffic,
+        // nor lost when the broker stops (which first settles a batch still in doubt).
+        if (self.healthy() && !self.owed.is_empty())
+            || (force && (!self.owed.is_empty() || self.in_flight.is_some()))
+        {
             self.commit(Vec::new());
         }
         let Some(tail) = &self.tail else {
@@ -566,6 +609,7 @@ impl AuditLog {
             stats: stats.clone(),
             batch_sizes,
             in_flight: None,
+            backend: None,
             owed: Vec::new(),
         };
         AuditLog::spawn(writer, healthy, stats, forensic)
