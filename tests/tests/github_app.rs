@@ -876,7 +876,19 @@ async fn expired_states_and_verified_webhooks() {
         s, 200,
         "an unconfirmed suspend deactivated the binding: {v}"
     );
-    // Valid suspend, GitHub agrees: binding deactivated, even a cached token is refused.
+    // Valid suspend, GitHub agrees: binding deactivated, even a cached token is refused; and
+    // the binding takes a new generation, so no replica serves, after an unsuspend, what it
+    // cached before (every replica's token cache keys on it).
+    let generation = |v: &Value| v["binding"]["generation"].as_str().unwrap_or("").to_owned();
+    let (_, v) = call(
+        &mut env.op,
+        Method::GET,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    let before_suspend = generation(&v);
+    assert!(!before_suspend.is_empty(), "{v}");
     let (s, v) = webhook(
         &mut env.public,
         &json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}, "sender": {"login": "now"}}),
@@ -886,6 +898,14 @@ async fn expired_states_and_verified_webhooks() {
     assert_eq!((s, v["result"].as_str()), (200, Some("suspended")), "{v}");
     let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+    let (_, v) = call(
+        &mut env.op,
+        Method::GET,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    assert_ne!(generation(&v), before_suspend, "{v}");
     // Unsuspend: re-probed (GitHub is asked) and active again.
     env.gh.suspend(1001, false);
     let probes_before = installation_calls(&env.gh);

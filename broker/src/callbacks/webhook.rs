@@ -240,6 +240,9 @@ impl CallbackService {
                     && binding.status_change.as_ref().map(|c| c.by) == Some(StatusSource::Operator);
                 binding.status = Status::Disabled;
                 binding.trust_broken = true;
+                // What was minted before is served by no replica once the installation comes
+                // back (the token cache keys on the generation).
+                binding.generation = crate::admin::fresh_generation()?;
                 // An operator's disable stays the operator's: a later unsuspend must not undo
                 // it (suspend-then-unsuspend would otherwise launder it into a webhook's).
                 if !operator_disabled {

@@ -288,9 +288,10 @@ impl ResolveService {
             // A denial that read the binding before an earlier flag landed finds it
             // flagged here: one record per flag, not one per denial in flight.
             let code = drift.as_ref().map(|d| d.code);
+            // (A drift flag gives the binding a new generation: one already carrying this
+            // drift is flagged whatever its generation now.)
             let flagged = matches!(core.records.binding(&binding).await,
-                Ok(Some(b)) if b.generation == generation
-                    && (if code.is_some() { b.drift.as_ref().map(|d| d.code) == code } else { b.trust_broken }));
+                Ok(Some(b)) if (if code.is_some() { b.drift.as_ref().map(|d| d.code) == code } else { b.generation == generation && b.trust_broken }));
             if !flagged {
                 let op = AdminOp::FlagTrustBroken {
                     binding: binding.to_string(),
