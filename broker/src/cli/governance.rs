@@ -114,11 +114,14 @@ fn cell(item: &Value, column: &str) -> String {
 }
 
 fn csv_field(s: &str) -> String {
+    // What a broker stored before it refused them (control characters, bidirectional
+    // overrides) reaches no terminal or spreadsheet as it is.
+    let s = super::output::sanitize(s);
     // A leading =, +, - or @ would be a formula in a spreadsheet: quote it with a '.
     let s = if s.starts_with(['=', '+', '-', '@']) {
         format!("'{s}")
     } else {
-        s.to_owned()
+        s
     };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -442,10 +445,15 @@ mod tests {
     #[test]
     fn the_table_shows_no_bidirectional_overrides() {
         let items = vec![
-            json!({"kind": "binding", "id": "b1", "owner": "team\u{202e}evil\u{2066}x\u{200f}", "flags": []}),
+            json!({"kind": "binding", "id": "b1", "owner": "team\u{202e}evil\u{2066}x\u{200f}\u{61c}", "flags": []}),
         ];
         let table = render(&items, Format::Table);
         assert!(table.contains("teamevilx"), "{table}");
+        let csv = render(&items, Format::Csv);
+        assert!(
+            !csv.chars().any(crate::cli::output::is_bidi_control),
+            "{csv:?}"
+        );
         assert!(
             !table.chars().any(crate::cli::output::is_bidi_control),
             "{table:?}"

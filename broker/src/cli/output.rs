@@ -201,10 +201,10 @@ pub fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// Whether `c` reorders the text around it on a terminal (the bidirectional marks, embeddings,
-/// overrides and isolates).
+/// Whether `c` reorders the text around it on a terminal (Unicode's Bidi_Control characters:
+/// the marks, embeddings, overrides and isolates).
 pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn table(out: &mut String, items: &[Value]) {
