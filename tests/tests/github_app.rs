@@ -3661,8 +3661,8 @@ async fn an_installation_bound_by_hand_must_belong_to_the_account_it_names() {
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["binding"]["status"], "pending_activation", "{v}");
-    // The right login with another account's id (a renamed or look-alike organisation) is
-    // refused too.
+    // The right login with another account's id (a look-alike organisation) is refused too:
+    // the id decides.
     let (s, v) = call(
         &mut env.op,
         Method::DELETE,
@@ -3687,4 +3687,51 @@ async fn an_installation_bound_by_hand_must_belong_to_the_account_it_names() {
     )
     .await;
     assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
+    // The right id under an older login (the organisation renamed since): the same account,
+    // activated, the old name noted.
+    let (s, v) = call(
+        &mut env.op,
+        Method::DELETE,
+        "/v1/admin/bindings/github-app-2002",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(add(json!({"installation_id": 2002, "account": {"login": "globex-old", "id": account_of(2002)}}))),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/github-app-2002/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["binding"]["status"].as_str()),
+        (200, Some("active")),
+        "{v}"
+    );
+    assert!(
+        v["probe"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("named globex-old when bound"),
+        "{v}"
+    );
+    // A login no GitHub account can have is refused when the binding is added.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "github-app-1001", "tenant": "t1", "provider": "github_app",
+            "config": {"installation_id": 1001, "account": {"login": "acme-org\u{1b}[2K", "id": account_of(1001)}}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
 }

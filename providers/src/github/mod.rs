@@ -104,12 +104,20 @@ fn parse_binding_config(config: &Value) -> Result<BindingConfig, ProviderError> 
             "installation_id must be positive".into(),
         ));
     }
+    // The rule of an onboarding's pin (Callbacks::check_pin): a GitHub login and a positive id.
+    let login_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 100
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
     if c.account
         .as_ref()
-        .is_some_and(|a| a.id == 0 || a.login.is_empty())
+        .is_some_and(|a| a.id == 0 || !login_ok(&a.login))
     {
         return Err(ProviderError::InvalidConfig(
-            "account must name a login and a positive id".into(),
+            "account must name a GitHub login (1-100 of A-Z a-z 0-9 - _ .) and a positive id"
+                .into(),
         ));
     }
     Ok(c)
@@ -544,6 +552,45 @@ impl Probe for GithubApp {
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
         let bound = request.binding.bound.get::<GithubBinding>()?;
         let installation = bound.installation;
+        // The installation's account first (with the App JWT): an installation of another
+        // account is refused before any token for it exists.
+        let info = self
+            .read_installation(installation, request.timeout)
+            .await?;
+        if info.status != 200 {
+            return Err(error_for(info, installation));
+        }
+        let text = |pointer: &str| {
+            crate::quoted(
+                info.body
+                    .pointer(pointer)
+                    .and_then(Value::as_str)
+                    .unwrap_or("?"),
+                100,
+            )
+        };
+        let (login, kind) = (text("/account/login"), text("/account/type"));
+        let id = info.body.pointer("/account/id").and_then(Value::as_u64);
+        let mut renamed = String::new();
+        if let Some(pin) = &bound.account {
+            // The numeric id decides: it stays when an organisation is renamed, and a login
+            // is only a name.
+            if id != Some(pin.id) {
+                return Err(ProviderError::ActivationRefused {
+                    reason: crate::RefusalReason::AccountMismatch,
+                    message: format!(
+                        "installation {installation} belongs to {login} ({}), not to the account this binding names: {} ({})",
+                        id.map_or("?".to_owned(), |i| i.to_string()),
+                        crate::quoted(&pin.login, 100),
+                        pin.id
+                    ),
+                    upstream_request_id: info.request_id.clone(),
+                });
+            }
+            if !login.eq_ignore_ascii_case(&pin.login) {
+                renamed = format!(" (named {} when bound)", crate::quoted(&pin.login, 100));
+            }
+        }
         let (answer, _) = self
             .mint_token(
                 installation,
@@ -560,9 +607,6 @@ impl Probe for GithubApp {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        // Read the installation's account with the App JWT (its failure waits for the
-        // revocation below: the probe's token must not outlive the probe).
-        let info = self.read_installation(installation, request.timeout).await;
         // The probe's token is not needed any more: revoke it (best effort).
         if !token.is_empty() {
             let _ = self
@@ -575,39 +619,9 @@ impl Probe for GithubApp {
                 )
                 .await;
         }
-        let info = info?;
-        if info.status != 200 {
-            return Err(error_for(info, installation));
-        }
-        let login = info
-            .body
-            .pointer("/account/login")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
-        if let Some(pin) = &bound.account {
-            let id = info.body.pointer("/account/id").and_then(Value::as_u64);
-            if id != Some(pin.id) || !login.eq_ignore_ascii_case(&pin.login) {
-                return Err(ProviderError::ActivationRefused {
-                    reason: crate::RefusalReason::AccountMismatch,
-                    message: format!(
-                        "installation {installation} belongs to {} ({}), not to the account this binding names: {} ({})",
-                        crate::quoted(login, 100),
-                        id.map_or("?".to_owned(), |i| i.to_string()),
-                        pin.login,
-                        pin.id
-                    ),
-                    upstream_request_id: info.request_id.clone(),
-                });
-            }
-        }
-        let kind = info
-            .body
-            .pointer("/account/type")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
         Ok(ProbeReport {
             summary: format!(
-                "installation {installation} on {kind} {login}; token minted within the ceiling"
+                "installation {installation} on {kind} {login}{renamed}; token minted within the ceiling"
             ),
             facts: Value::Null,
         })
