@@ -72,8 +72,12 @@ pub(crate) fn connection(
     // is cancelled there too (a stalled commit elsewhere cannot leave this connection queued
     // behind it), and a transaction left idle is ended.
     let ms = timeout.as_millis();
+    // And a commit is acknowledged only once durable, whatever the role or database says:
+    // `synchronous_commit = off` there would let a record, an audit record included, be
+    // answered for and then lost in a crash. (`on` waits for the synchronous standbys the
+    // server names, if any: runbooks/database-failover.md.)
     let server_side = format!(
-        "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
+        "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={} -c synchronous_commit=on",
         ms.saturating_mul(4)
     );
     let options = match config.get_options() {
@@ -92,4 +96,32 @@ pub(crate) fn connection(
         // data sent goes unacknowledged this long, not reused until the kernel gives up.
         .tcp_user_timeout(timeout);
     Ok((config, MakeRustlsConnect::new((*tls).clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection;
+    use crate::store::StoreSettings;
+
+    /// Every session the broker opens asks for durable commits and the broker's deadlines,
+    /// after whatever options the URL carries (the last of a repeated option wins).
+    #[test]
+    fn sessions_commit_durably_whatever_the_url_asks() {
+        let settings = StoreSettings {
+            url: Some(
+                "postgresql://broker@127.0.0.1:5432/credbroker?options=-c%20synchronous_commit%3Doff"
+                    .to_owned()
+                    .into(),
+            ),
+            ..StoreSettings::default()
+        };
+        let (config, _) = connection(&settings).unwrap();
+        let options = config.get_options().unwrap_or_default();
+        let (theirs, ours) = (
+            options.find("synchronous_commit=off"),
+            options.rfind("synchronous_commit=on"),
+        );
+        assert!(theirs.is_some() && ours > theirs, "{options}");
+        assert!(options.contains("statement_timeout="), "{options}");
+    }
 }
