@@ -5,6 +5,8 @@
 //!   still commits: its "allowed" record is never left without the change.
 //! - A commit that fails after the record was written gets a second record saying so, and
 //!   the change is absent — for admin changes and for probes alike.
+//! - A request refused because the broker cannot catch up with the store (another
+//!   replica's changes unknown) is audited like any other refusal.
 //! - A value generated for a tenant (AWS's ExternalId) on one replica while another removes
 //!   the tenant fails the removal: it is never left behind for a tenant created again with
 //!   the same id, who would then be handed it.
@@ -33,6 +35,8 @@ struct GatedStore {
     inner: Arc<SledStore>,
     hold: AtomicBool,
     fail: AtomicBool,
+    /// Fail the next `sync` (the store unreachable when a request is judged).
+    fail_sync: AtomicBool,
     entered: Notify,
     release: Notify,
 }
@@ -54,6 +58,12 @@ impl Store for GatedStore {
             return Err(StoreError::Backend("injected commit failure".into()));
         }
         self.inner.commit(batch).await
+    }
+    async fn sync(&self) -> Result<(), StoreError> {
+        if self.fail_sync.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected sync failure".into()));
+        }
+        self.inner.sync().await
     }
     fn on_change(&self, hook: ChangeHook) {
         self.inner.on_change(hook)
@@ -98,6 +108,7 @@ async fn start() -> Env {
         inner,
         hold: AtomicBool::new(false),
         fail: AtomicBool::new(false),
+        fail_sync: AtomicBool::new(false),
         entered: Notify::new(),
         release: Notify::new(),
     });
@@ -337,4 +348,31 @@ async fn an_external_id_made_while_its_tenant_is_removed_fails_the_removal() {
     if let Some(id) = external_id {
         assert_eq!(kept.as_deref(), Some(id.as_str()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_it_is_judged_is_audited() {
+    let env = start().await;
+    env.store.fail_sync.store(true, Ordering::SeqCst);
+    let (err, receipt) = env
+        .broker
+        .admin("operator:test", add_tenant("t5"), "req-unjudged")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code.as_str(), "unavailable");
+    let receipt = receipt.expect("the refusal has an audit record");
+    let records = audit_records(&env);
+    let mine: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["request_id"] == "req-unjudged")
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["outcome"], "failed");
+    assert_eq!(mine[0]["error_code"], "unavailable");
+    assert_eq!(mine[0]["action"], "tenant.add");
+    assert_eq!(
+        format!("aud_{}", &mine[0]["hash"].as_str().unwrap()[..20]),
+        receipt.audit_id
+    );
 }

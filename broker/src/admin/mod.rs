@@ -419,8 +419,26 @@ impl AdminService {
         request_id: &str,
         admitted: Option<crate::store::records::Stored<crate::model::Operator>>,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
-        // Keys a change on another replica retired are not used here either.
-        self.catch_up().await.map_err(|e| (e, None))?;
+        // Keys a change on another replica retired are not used here either. A request this
+        // replica cannot judge now is refused, and that refusal audited like any other
+        // (when the audit log can take it).
+        if let Err(e) = self.catch_up().await {
+            let event = AuditEvent {
+                kind: "admin".into(),
+                action: op.action(),
+                request_id: request_id.to_owned(),
+                actor: actor.to_owned(),
+                outcome: "failed".into(),
+                error_code: Some(e.code.as_str().to_owned()),
+                detail: Some(format!(
+                    "refused before it was judged: this replica could not catch up ({})",
+                    e.message
+                )),
+                ..Default::default()
+            };
+            let receipt = self.core.audit.append(event).await.ok();
+            return Err((e, receipt));
+        }
         let this = Arc::clone(self);
         let (actor, request_id) = (actor.to_owned(), request_id.to_owned());
         let run = async move { this.run_admin(&actor, op, &request_id).await };
