@@ -36,7 +36,7 @@ pub struct ChainOwner {
 struct InFlight {
     /// The server process of the connection it was sent on: until that process has ended,
     /// a COMMIT it runs may still land.
-    backend: Option<i32>,
+    backend: Option<Backend>,
     /// The sequence of its first record.
     first_seq: u64,
     /// Its lines as sent.
@@ -74,16 +74,43 @@ struct DbWriter {
     /// the chain on the next connection).
     in_flight: Option<InFlight>,
     /// The server process of the current connection.
-    backend: Option<i32>,
+    backend: Option<Backend>,
     /// Records owed to the chain: for each record committed although its batch was reported
     /// failed (its request refused), one that says so. Written first in the next batch.
     owed: Vec<AuditEvent>,
 }
 
-/// Whether the server process `pid` has ended.
-async fn backend_gone(client: &Client, pid: i32) -> Result<bool, String> {
+/// A server process: its id and when it started, which together name it on one server (an
+/// id alone is reused, and means nothing on another server after a failover).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Backend {
+    pid: i32,
+    started: String,
+}
+
+/// This connection's server process.
+async fn own_backend(client: &Client) -> Result<Backend, String> {
+    let row = client
+        .query_one(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    Ok(Backend {
+        pid: row.try_get(0).map_err(|e| format!("database: {e}"))?,
+        started: row.try_get(1).map_err(|e| format!("database: {e}"))?,
+    })
+}
+
+/// Whether the server process `backend` has ended (on this server: one of another server, or
+/// from before a restart, has).
+async fn backend_gone(client: &Client, backend: &Backend) -> Result<bool, String> {
     client
-        .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+            &[&backend.pid, &backend.started],
+        )
         .await
         .map(|r| r.is_none())
         .map_err(|e| format!("database: {e}"))
@@ -195,13 +222,7 @@ impl DbWriter {
             self.client = None;
             self.tail = None;
             let client = connect_with(&self.pg, self.tls.clone(), self.timeout).await?;
-            self.backend = Some(
-                client
-                    .query_one("SELECT pg_backend_pid()", &[])
-                    .await
-                    .and_then(|r| r.try_get::<_, i32>(0))
-                    .map_err(|e| format!("database: {e}"))?,
-            );
+            self.backend = Some(own_backend(&client).await?);
             self.client = Some(client);
         }
         if self.tail.is_none() {
@@ -222,7 +243,7 @@ impl DbWriter {
             Arc::clone(&sent.lines),
             sent.first_seq,
             sent.owed,
-            sent.backend,
+            sent.backend.clone(),
         );
         let Some(last) = lines.last() else {
             self.in_flight = None;
@@ -234,14 +255,18 @@ impl DbWriter {
         // disk, a synchronous standby): end its server process first, so that what the
         // chain shows is final. (Ended in its COMMIT, a transaction either committed or
         // did not; ended waiting for a standby, it committed here.)
-        if let Some(pid) = backend.filter(|&p| Some(p) != self.backend) {
-            if !backend_gone(client, pid).await? {
-                // (A role that may not end it waits for it to end by itself: the batch's
-                // timeout cuts this short, and the batch stays in flight for the next try.)
+        if let Some(old) = backend.filter(|b| Some(b) != self.backend.as_ref()) {
+            if !backend_gone(client, &old).await? {
+                // (It is this writer's own session, of the broker's role, which may end it.
+                // Should it not end, the batch's timeout cuts this short, and the batch
+                // stays in flight for the next try.)
                 let _ = client
-                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+                        &[&old.pid, &old.started],
+                    )
                     .await;
-                while !backend_gone(client, pid).await? {
+                while !backend_gone(client, &old).await? {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -351,7 +376,7 @@ impl DbWriter {
         // up on it is found on the next connection (`settle`).
         let lines = Arc::new(lines);
         self.in_flight = Some(InFlight {
-            backend: self.backend,
+            backend: self.backend.clone(),
             first_seq: tail.seq + 1,
             lines: Arc::clone(&lines),
             owed,
@@ -440,14 +465,16 @@ impl Sink for DbWriter {
                 }
                 self.tail = Some(tail);
                 self.healthy.store(true, Ordering::Relaxed);
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .records
-                    .fetch_add(count as u64, Ordering::Relaxed);
-                self.stats.last_batch.store(count as u64, Ordering::Relaxed);
-                // (A batch of owed records only answers no request.)
-                if let Some(h) = self.batch_sizes.as_ref().filter(|_| count > 0) {
-                    h.observe(count as f64);
+                // (A batch of owed records only, or none, answers no request: not counted.)
+                if count > 0 {
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .records
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    self.stats.last_batch.store(count as u64, Ordering::Relaxed);
+                    if let Some(h) = &self.batch_sizes {
+                        h.observe(count as f64);
+                    }
                 }
                 for (done, receipt) in waiters.into_iter().zip(receipts) {
                     let _ = done.send(Ok(receipt));
@@ -483,10 +510,9 @@ impl Sink for DbWriter {
             }
         }
         // Records owed for a batch that committed unheard are not left waiting for traffic,
-        // nor lost when the broker stops (which first settles a batch still in doubt).
-        if (self.healthy() && !self.owed.is_empty())
-            || (force && (!self.owed.is_empty() || self.in_flight.is_some()))
-        {
+        // nor lost when the broker stops while the database answers (it first settles a
+        // batch still in doubt; with the database gone, stopping does not wait for it).
+        if self.healthy() && (!self.owed.is_empty() || (force && self.in_flight.is_some())) {
             self.commit(Vec::new());
         }
         let Some(tail) = &self.tail else {
