@@ -2,7 +2,7 @@
 //! it is and when it expires; self-rotation creates the successor with the current PAT,
 //! stores it pending, probes and promotes it, and revokes the old PAT at the instance; a PAT
 //! close to expiry is rotated by the broker on its own; an instance without the PAT API is
-//! reported, not assumed.
+//! reported, not assumed; no successor is created upstream before its record is written.
 
 use std::time::Duration;
 
@@ -339,4 +339,32 @@ async fn a_private_pki_instance_is_trusted_only_with_its_ca() {
     )
     .await;
     assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+}
+
+/// A self-rotation is recorded before the upstream creates anything: with the audit log
+/// failing, no successor PAT is created (a live credential with no record of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_successor_is_created_while_the_audit_log_is_failing() {
+    let (_tmp, pki, mut daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    daemon.stop();
+    point_audit_at_dev_full(&daemon.data_dir);
+    daemon.restart();
+    let mut op = pki.client_for("op", &daemon.url);
+    let seen = dc.state.requests.lock().unwrap().len();
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/self-rotate",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    let after: Vec<String> = dc.state.requests.lock().unwrap()[seen..].to_vec();
+    assert!(
+        !after.iter().any(|r| r == "POST /rest/pat/latest/tokens"),
+        "a successor was created upstream with no audit record: {after:?}"
+    );
+    assert_eq!(dc.state.pats.lock().unwrap().len(), 1);
 }

@@ -164,7 +164,26 @@ impl AdminService {
         let narrowing = Narrowing::none();
         let timeout = self.core.mint_timeout();
         let request = |secret| mint_request(&binding, &bound, &narrowing, secret, timeout);
-        // 1. The current secret creates its successor upstream.
+        // 1. The current secret creates its successor upstream. The record comes before
+        //    the effect: a live credential created upstream is never without one, should the
+        //    broker stop (or the audit log fail) before the records of the steps after it.
+        let mut intent = Self::event(actor, request_id, "secret.self_rotate");
+        intent.tenant = Some(binding.tenant.to_string());
+        intent.binding = Some(binding.id.to_string());
+        intent.outcome = "allowed".into();
+        intent.detail = Some(format!(
+            "binding={id} the active secret (version {}) asks the upstream for its successor",
+            started_from.map_or("?".to_owned(), |v| v.to_string())
+        ));
+        self.core.audit.append(intent).await.map_err(|_| {
+            (
+                ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log is unavailable; nothing was created upstream",
+                ),
+                None,
+            )
+        })?;
         let created: Result<SecretFields, ProviderError> =
             rotation.create(&request(&current)).await;
         let successor = match created {
