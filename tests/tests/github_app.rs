@@ -3610,6 +3610,29 @@ async fn a_member_who_only_reads_the_organization_cannot_bind_its_installation()
     assert_eq!(s, 200, "{v}");
 }
 
+/// Binds installation 2002 to t1 by hand with `account` (removing an earlier such binding
+/// first) and probes it; the probe's answer.
+async fn bind_2002_by_hand(env: &mut Env, account: Value) -> (u16, Value) {
+    let path = "/v1/admin/bindings/github-app-2002";
+    let _ = call(&mut env.op, Method::DELETE, path, None).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "github-app-2002", "tenant": "t1", "provider": "github_app",
+            "config": {"installation_id": 2002, "account": account}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    call(
+        &mut env.op,
+        Method::POST,
+        &format!("{path}/probe"),
+        Some(json!({})),
+    )
+    .await
+}
+
 /// An installation id bound by hand is a claim: the binding names the account it must belong
 /// to, and the probe refuses an installation of any other account. A customer who hands
 /// support another organisation's installation id (ids are sequential) gets nothing active.
@@ -3617,34 +3640,29 @@ async fn a_member_who_only_reads_the_organization_cannot_bind_its_installation()
 async fn an_installation_bound_by_hand_must_belong_to_the_account_it_names() {
     let mut env = start_full(3600, GENEROUS, None, "").await;
     add_key(&mut env.op, &env.key_a).await;
-    let add = |config: Value| json!({"owner": "team-tests", "purpose": "integration test", "id": "github-app-2002", "tenant": "t1", "provider": "github_app", "config": config});
-    // Without the account: refused before anything is stored.
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(add(json!({"installation_id": 2002}))),
-    )
-    .await;
-    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("account"),
-        "{v}"
-    );
+    // Without the account, or with a login no GitHub account can have: refused before
+    // anything is stored.
+    for config in [
+        json!({"installation_id": 2002}),
+        json!({"installation_id": 2002, "account": {"login": "acme-org\u{1b}[2K", "id": account_of(1001)}}),
+    ] {
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            "/v1/admin/bindings",
+            Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "github-app-2002", "tenant": "t1", "provider": "github_app", "config": config})),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("account"),
+            "{v}"
+        );
+    }
     // t1's admin says 2002 is acme-org's; it is globex's: the probe refuses, nothing is active.
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(add(json!({"installation_id": 2002, "account": {"login": "acme-org", "id": account_of(1001)}}))),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/github-app-2002/probe",
-        Some(json!({})),
+    let (s, v) = bind_2002_by_hand(
+        &mut env,
+        json!({"login": "acme-org", "id": account_of(1001)}),
     )
     .await;
     assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
@@ -3663,53 +3681,14 @@ async fn an_installation_bound_by_hand_must_belong_to_the_account_it_names() {
     assert_eq!(v["binding"]["status"], "pending_activation", "{v}");
     // The right login with another account's id (a look-alike organisation) is refused too:
     // the id decides.
-    let (s, v) = call(
-        &mut env.op,
-        Method::DELETE,
-        "/v1/admin/bindings/github-app-2002",
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(add(json!({"installation_id": 2002, "account": {"login": "globex", "id": account_of(1001)}}))),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/github-app-2002/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) =
+        bind_2002_by_hand(&mut env, json!({"login": "globex", "id": account_of(1001)})).await;
     assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
     // The right id under an older login (the organisation renamed since): the same account,
     // activated, the old name noted.
-    let (s, v) = call(
-        &mut env.op,
-        Method::DELETE,
-        "/v1/admin/bindings/github-app-2002",
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(add(json!({"installation_id": 2002, "account": {"login": "globex-old", "id": account_of(2002)}}))),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings/github-app-2002/probe",
-        Some(json!({})),
+    let (s, v) = bind_2002_by_hand(
+        &mut env,
+        json!({"login": "globex-old", "id": account_of(2002)}),
     )
     .await;
     assert_eq!(
@@ -3724,14 +3703,4 @@ async fn an_installation_bound_by_hand_must_belong_to_the_account_it_names() {
             .contains("named globex-old when bound"),
         "{v}"
     );
-    // A login no GitHub account can have is refused when the binding is added.
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "github-app-1001", "tenant": "t1", "provider": "github_app",
-            "config": {"installation_id": 1001, "account": {"login": "acme-org\u{1b}[2K", "id": account_of(1001)}}})),
-    )
-    .await;
-    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
 }

@@ -78,6 +78,27 @@ async fn load(
     (acked, refused)
 }
 
+/// `n` replicas with the AWS provider (on a fake STS), not seeded.
+async fn aws_replicas(n: usize) -> (tempfile::TempDir, Arc<TestPki>, FakeSts, ReplicaSet) {
+    let (tmp, pki) = setup();
+    let sts = FakeSts::start(VENDOR).await;
+    let aws = format!(
+        "{AUDIT}[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nceiling_file = {:?}\n",
+        sts.url,
+        repo_root().join("policies/aws.json").display().to_string()
+    );
+    let set = ReplicaSet::start(
+        TestPostgres::start(),
+        tmp.path(),
+        &pki,
+        n,
+        &aws,
+        aws_test_env(TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY),
+    )
+    .await;
+    (tmp, pki, sts, set)
+}
+
 /// `n` replicas with the usual records (tenants t1, t2; worker w1) seeded through the first.
 async fn seeded(pg: TestPostgres, n: usize) -> (tempfile::TempDir, Arc<TestPki>, ReplicaSet) {
     let (tmp, pki) = setup();
@@ -108,22 +129,7 @@ fn verify_every_chain(set: &ReplicaSet, d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
-    let (tmp, pki) = setup();
-    let sts = FakeSts::start(VENDOR).await;
-    let aws = format!(
-        "{AUDIT}[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nceiling_file = {:?}\n",
-        sts.url,
-        repo_root().join("policies/aws.json").display().to_string()
-    );
-    let set = ReplicaSet::start(
-        TestPostgres::start(),
-        tmp.path(),
-        &pki,
-        3,
-        &aws,
-        aws_test_env(TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY),
-    )
-    .await;
+    let (tmp, pki, _sts, set) = aws_replicas(3).await;
     let mut op = pki.client_for("op", &set.daemons[0].url);
     seed_two_tenants(&mut op).await;
 
@@ -871,22 +877,7 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binding_disabled_on_one_replica_is_minted_afresh_by_the_others() {
-    let (tmp, pki) = setup();
-    let sts = FakeSts::start(VENDOR).await;
-    let aws = format!(
-        "{AUDIT}[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nceiling_file = {:?}\n",
-        sts.url,
-        repo_root().join("policies/aws.json").display().to_string()
-    );
-    let set = ReplicaSet::start(
-        TestPostgres::start(),
-        tmp.path(),
-        &pki,
-        2,
-        &aws,
-        aws_test_env(TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY),
-    )
-    .await;
+    let (_tmp, pki, sts, set) = aws_replicas(2).await;
     let mut op = pki.client_for("op", &set.daemons[0].url);
     seed_two_tenants(&mut op).await;
     let (s, facts) = call(
@@ -904,13 +895,7 @@ async fn a_binding_disabled_on_one_replica_is_minted_afresh_by_the_others() {
             account: CUSTOMER.into(),
             trusted_account: VENDOR.into(),
             external_id: facts["external_id"].as_str().map(str::to_owned),
-            max_session_s: 3600,
-            report_account: None,
-            any_external_id: false,
-            allow_set_source_identity: true,
-            allow_tag_session: true,
-            require_source_identity: false,
-            web_identity: None,
+            ..FakeRole::default()
         },
     );
     for (path, body) in [
