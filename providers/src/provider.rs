@@ -665,11 +665,19 @@ pub trait Probe: Send + Sync {
 /// The broker's own signing keys for a provider, sealed in the store under the provider's
 /// id (`/v1/admin/keys/<provider id>`).
 pub trait PlatformKeys: Send + Sync {
-    /// Checks a key before it is stored; returns a non-secret fingerprint.
+    /// Checks a key before it is stored; returns a non-secret fingerprint. A fingerprint of
+    /// secret material (a client secret) is made with `keyed` (an HMAC under the broker's
+    /// fingerprint key), never a plain hash: it is listed, audited and exported, and a plain
+    /// hash would let anyone holding it confirm a guessed or leaked secret offline. Public
+    /// material (a key's public half, a certificate) keeps its usual thumbprint.
     ///
     /// # Errors
     /// [`ProviderError::InvalidConfig`] when the material is not a usable key.
-    fn check(&self, material: &SecretFields) -> Result<String, ProviderError>;
+    fn check(
+        &self,
+        material: &SecretFields,
+        keyed: &dyn Fn(&[u8]) -> String,
+    ) -> Result<String, ProviderError>;
 
     /// Installs the active keys, preferred (most recently activated) first.
     ///

@@ -725,6 +725,13 @@ impl FakeEntra {
 
 // ---- Driving the broker's Entra admin API (shared by the Entra tests) ----
 
+/// The first 16 bytes of the SHA-256 of `secret`, in hex: what an unkeyed fingerprint of it
+/// would show.
+pub fn plain_secret_hash(secret: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.trim().as_bytes());
+    hex::encode(&d.as_ref()[..16])
+}
+
 /// Stores and activates one client secret of the app; its version.
 pub async fn add_client_secret(op: &mut credbroker::client::BrokerClient, secret: &str) -> u64 {
     let (s, v) = crate::call(
@@ -736,6 +743,19 @@ pub async fn add_client_secret(op: &mut credbroker::client::BrokerClient, secret
     .await;
     assert_eq!(s, 201, "{v}");
     assert!(!v.to_string().contains(secret), "secret echoed: {v}");
+    // Listed with a keyed fingerprint: a plain hash would let whoever reads the list or the
+    // audit log confirm a guessed secret offline.
+    assert!(
+        v["key"]["fingerprint"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("client-secret:hmac-sha256:"),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains(&plain_secret_hash(secret)),
+        "a plain hash of the secret: {v}"
+    );
     let version = v["key"]["version"].as_u64().unwrap();
     let (s, v) = crate::call(
         op,

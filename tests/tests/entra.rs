@@ -379,6 +379,14 @@ async fn consent_flow_minting_drift_and_rotation() {
 
     // Rotation: a second secret, both active; the first revoked at Entra: mints go on.
     add_secret(&mut env.op, SECRET_B).await;
+    // Neither secret's plain hash is in the audit log (its records name keyed fingerprints).
+    let audit = serde_json::to_string(&env.daemon.audit_records()).unwrap();
+    for secret in [SECRET_A, SECRET_B] {
+        assert!(
+            !audit.contains(&credbroker_tests::fake_entra::plain_secret_hash(secret)),
+            "a plain hash of a client secret in the audit log"
+        );
+    }
     env.entra
         .state
         .secrets

@@ -621,7 +621,7 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
         .unwrap()
         .iter()
         // App keys only (the OAuth client secret is a platform key of its own,
-        // `oauth-client-secret:sha256:…`); App keys show GitHub's `SHA256:…`.
+        // `oauth-client-secret:hmac-sha256:…`); App keys show GitHub's `SHA256:…`.
         .filter(|k| k["fingerprint"].as_str().unwrap().starts_with("SHA256:"))
         .map(|k| {
             (
@@ -2956,7 +2956,7 @@ async fn app_key_fingerprints_are_the_ones_github_shows() {
         .any(|k| k["fingerprint"]
             .as_str()
             .unwrap()
-            .starts_with("oauth-client-secret:sha256:")));
+            .starts_with("oauth-client-secret:hmac-sha256:")));
     // And the PKCS#1 key mints.
     env.gh.register_key("B", &key_b);
     let version = v["keys"]

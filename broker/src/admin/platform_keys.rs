@@ -404,7 +404,7 @@ impl AdminService {
         let fingerprint = provider
             .platform_keys()
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "provider lost its platform keys"))?
-            .check(&material)
+            .check(&material, &|bytes| self.core.fingerprint.fingerprint(bytes))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let existing = self.key_records(kind).await?;
         if existing

@@ -622,16 +622,22 @@ fn auth_of(k: &PlatformKey) -> Result<Arc<dyn ClientAuth>, ProviderError> {
 }
 
 impl PlatformKeys for EntraApp {
-    fn check(&self, material: &SecretFields) -> Result<String, ProviderError> {
+    fn check(
+        &self,
+        material: &SecretFields,
+        keyed: &dyn Fn(&[u8]) -> String,
+    ) -> Result<String, ProviderError> {
         let auth = auth_of(&PlatformKey {
             version: 0,
             material: material.clone(),
         })?;
         if let Some(secret) = material.expose("client_secret") {
-            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.trim().as_bytes());
             return Ok(format!(
-                "client-secret:sha256:{}",
-                hex::encode(&d.as_ref()[..16])
+                "client-secret:{}",
+                keyed(
+                    zeroize::Zeroizing::new(format!("entra client secret\0{}", secret.trim()))
+                        .as_bytes()
+                )
             ));
         }
         Ok(auth

@@ -17,10 +17,6 @@ use crate::{IssuedCredential, PlatformKey, PlatformKeys, ProviderError, Revocati
 
 /// `sha256:<first 16 bytes hex>` of a secret's text: identifies it, reveals nothing (OAuth
 /// client secrets, which GitHub shows only masked).
-fn text_fingerprint(text: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.trim().as_bytes());
-    format!("sha256:{}", hex::encode(&d.as_ref()[..16]))
-}
 
 /// The label and DER bytes of the first PEM block in `text`.
 fn pem_block(text: &str) -> Option<(String, Zeroizing<Vec<u8>>)> {
@@ -121,7 +117,11 @@ fn material_of(m: &SecretFields) -> Result<Material<'_>, ProviderError> {
 }
 
 impl PlatformKeys for GithubApp {
-    fn check(&self, material: &SecretFields) -> Result<String, ProviderError> {
+    fn check(
+        &self,
+        material: &SecretFields,
+        keyed: &dyn Fn(&[u8]) -> String,
+    ) -> Result<String, ProviderError> {
         match material_of(material)? {
             Material::PrivateKey(pem) => {
                 EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
@@ -141,7 +141,16 @@ impl PlatformKeys for GithubApp {
                         "oauth_client_secret must be 20-255 printable characters".into(),
                     ));
                 }
-                Ok(format!("oauth-client-secret:{}", text_fingerprint(secret)))
+                Ok(format!(
+                    "oauth-client-secret:{}",
+                    keyed(
+                        zeroize::Zeroizing::new(format!(
+                            "github oauth client secret\0{}",
+                            secret.trim()
+                        ))
+                        .as_bytes()
+                    )
+                ))
             }
         }
     }
