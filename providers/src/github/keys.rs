@@ -15,9 +15,6 @@ use zeroize::Zeroizing;
 use super::GithubApp;
 use crate::{IssuedCredential, PlatformKey, PlatformKeys, ProviderError, Revocation, SecretFields};
 
-/// `sha256:<first 16 bytes hex>` of a secret's text: identifies it, reveals nothing (OAuth
-/// client secrets, which GitHub shows only masked).
-
 /// The label and DER bytes of the first PEM block in `text`.
 fn pem_block(text: &str) -> Option<(String, Zeroizing<Vec<u8>>)> {
     const BEGIN: &str = "-----BEGIN ";
