@@ -85,14 +85,16 @@ struct DbWriter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Backend {
     pid: i32,
-    started: String,
+    /// `backend_start` in microseconds since the epoch (a number: its text form depends on
+    /// the session's time zone and date style).
+    started: i64,
 }
 
 /// This connection's server process.
 async fn own_backend(client: &Client) -> Result<Backend, String> {
     let row = client
         .query_one(
-            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity WHERE pid = pg_backend_pid()",
             &[],
         )
         .await
@@ -108,7 +110,7 @@ async fn own_backend(client: &Client) -> Result<Backend, String> {
 async fn backend_gone(client: &Client, backend: &Backend) -> Result<bool, String> {
     client
         .query_opt(
-            "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+            "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::bigint = $2",
             &[&backend.pid, &backend.started],
         )
         .await
@@ -262,7 +264,7 @@ impl DbWriter {
                 // stays in flight for the next try.)
                 let _ = client
                     .query(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::bigint = $2",
                         &[&old.pid, &old.started],
                     )
                     .await;
@@ -509,10 +511,14 @@ impl Sink for DbWriter {
                 }
             }
         }
+        // A stopping broker first settles a batch still in doubt (one try, within the
+        // database timeout: with the database gone, stopping waits no longer than that).
+        if force && self.in_flight.is_some() {
+            self.probe();
+        }
         // Records owed for a batch that committed unheard are not left waiting for traffic,
-        // nor lost when the broker stops while the database answers (it first settles a
-        // batch still in doubt; with the database gone, stopping does not wait for it).
-        if self.healthy() && (!self.owed.is_empty() || (force && self.in_flight.is_some())) {
+        // nor lost when the broker stops while the database answers.
+        if self.healthy() && !self.owed.is_empty() {
             self.commit(Vec::new());
         }
         let Some(tail) = &self.tail else {
