@@ -122,6 +122,7 @@ async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
     // Every step audited, no token in the log.
     let records = daemon.audit_records();
     for action in [
+        "secret.self_rotate",
         "secret.rotate",
         "binding.probe",
         "secret.promote",

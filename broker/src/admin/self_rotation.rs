@@ -175,7 +175,7 @@ impl AdminService {
             "binding={id} the active secret (version {}) asks the upstream for its successor",
             started_from.map_or("?".to_owned(), |v| v.to_string())
         ));
-        self.core.audit.append(intent).await.map_err(|_| {
+        let intent = self.core.audit.append(intent).await.map_err(|_| {
             (
                 ApiError::new(
                     ErrorCode::AuditUnavailable,
@@ -190,14 +190,15 @@ impl AdminService {
             Ok(s) => s,
             Err(e) => {
                 let err = ApiError::from(e);
+                // The result of the intent above (named), as a revocation's result is.
                 let mut ev = Self::event(actor, request_id, "secret.self_rotate");
                 ev.tenant = Some(binding.tenant.to_string());
                 ev.binding = Some(binding.id.to_string());
-                ev.outcome = "denied".into();
+                ev.outcome = "failed".into();
                 ev.error_code = Some(err.code.as_str().to_owned());
                 ev.detail = Some(format!(
-                    "the upstream did not create a successor: {}",
-                    err.message
+                    "the upstream did not create a successor (intent {}): {}",
+                    intent.audit_id, err.message
                 ));
                 let r = self.core.audit.append(ev).await.ok();
                 return Err((err, r));
