@@ -175,15 +175,11 @@ impl AdminService {
             "binding={id} the active secret (version {}) asks the upstream for its successor",
             started_from.map_or("?".to_owned(), |v| v.to_string())
         ));
-        let intent = self.core.audit.append(intent).await.map_err(|_| {
-            (
-                ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "the audit log is unavailable; nothing was created upstream",
-                ),
-                None,
-            )
-        })?;
+        // Through the one pipeline, so on the operator's record as admitted: an operator
+        // disabled meanwhile creates nothing either.
+        let intent = self
+            .commit_audited(intent, crate::store::Batch::new(), None)
+            .await?;
         let created: Result<SecretFields, ProviderError> =
             rotation.create(&request(&current)).await;
         let successor = match created {
