@@ -511,14 +511,12 @@ impl Sink for DbWriter {
                 }
             }
         }
-        // A stopping broker first settles a batch still in doubt (one try, within the
-        // database timeout: with the database gone, stopping waits no longer than that).
-        if force && self.in_flight.is_some() {
-            self.probe();
-        }
-        // Records owed for a batch that committed unheard are not left waiting for traffic,
-        // nor lost when the broker stops while the database answers.
-        if self.healthy() && !self.owed.is_empty() {
+        // Records owed for a batch that committed unheard are not left waiting for traffic.
+        // A stopping broker also settles a batch still in doubt and writes what that owes,
+        // healthy or not: one batch, within the database timeout (with the database gone,
+        // stopping waits no longer than that).
+        let owing = !self.owed.is_empty();
+        if (self.healthy() && owing) || (force && (owing || self.in_flight.is_some())) {
             self.commit(Vec::new());
         }
         let Some(tail) = &self.tail else {
