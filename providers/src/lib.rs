@@ -57,3 +57,24 @@ pub use registry::{
     ProviderRegistry, TemplateLint, CATALOG, DEMO_PROVIDER,
 };
 pub use secret::{validate_field_name, SecretFields, SecretFieldsError};
+
+/// `sha256:` and the first 16 bytes, in hex, of the SHA-256 of `text` (trimmed): how releases
+/// before keyed fingerprints listed a client secret (see
+/// [`PlatformKeys::earlier_fingerprint`]).
+pub fn plain_sha256_prefix(text: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.trim().as_bytes());
+    format!("sha256:{}", hex::encode(&d.as_ref()[..16]))
+}
+
+#[cfg(test)]
+mod plain_fingerprint_tests {
+    /// The form releases before keyed fingerprints listed client secrets under (checked
+    /// against SHA-256's "abc" test vector), so a secret stored then is still found.
+    #[test]
+    fn the_earlier_form_is_sha256_of_the_trimmed_text() {
+        assert_eq!(
+            super::plain_sha256_prefix(" abc\n"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223"
+        );
+    }
+}

@@ -679,6 +679,14 @@ pub trait PlatformKeys: Send + Sync {
         keyed: &dyn Fn(&[u8]) -> String,
     ) -> Result<String, ProviderError>;
 
+    /// The fingerprint an earlier release listed `material` under, when it differs from
+    /// [`PlatformKeys::check`]'s (client secrets: a plain hash then): compared with stored
+    /// keys so a secret stored before is still refused as already stored; never stored or
+    /// shown.
+    fn earlier_fingerprint(&self, _material: &SecretFields) -> Option<String> {
+        None
+    }
+
     /// Installs the active keys, preferred (most recently activated) first.
     ///
     /// # Errors

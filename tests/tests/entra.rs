@@ -1261,3 +1261,47 @@ async fn a_refused_return_through_an_opened_link_keeps_its_guid_blocked() {
     let again = onboard(&mut env.op, "t1", ACME).await;
     assert_ne!(again, state);
 }
+
+/// A client secret stored by a release before keyed fingerprints (listed then under a plain
+/// hash) is still refused when added again: accepted twice, a runbook's "activate the new
+/// one, retire the old one, delete it at Entra" would leave no working secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_stored_under_its_earlier_fingerprint_is_still_found() {
+    use credbroker::store::{Batch, Op, SledStore, Store, Table};
+    let mut env = start().await;
+    env.daemon.stop();
+    {
+        let store = SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
+        let key = "entra_multi_tenant/0000000001";
+        let raw = store.get(Table::PlatformKeys, key).await.unwrap().unwrap();
+        let mut record: Value = serde_json::from_slice(&raw).unwrap();
+        assert!(
+            record["fingerprint"]
+                .as_str()
+                .unwrap()
+                .starts_with("client-secret:hmac-sha256:"),
+            "{record}"
+        );
+        record["fingerprint"] = json!(format!(
+            "client-secret:{}",
+            credbroker_providers::plain_sha256_prefix(SECRET_A)
+        ));
+        let mut batch = Batch::new();
+        batch.push(Op::Put(
+            Table::PlatformKeys,
+            key.into(),
+            serde_json::to_vec(&record).unwrap(),
+        ));
+        store.commit(batch).await.unwrap();
+    }
+    env.daemon.restart();
+    let mut op = env.pki.client_for("op", &env.daemon.url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/keys/entra_multi_tenant",
+        Some(json!({"fields": {"client_secret": SECRET_A}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+}

@@ -401,16 +401,19 @@ impl AdminService {
         material: SecretFields,
     ) -> Result<Plan, ApiError> {
         let provider = self.key_provider(kind)?;
-        let fingerprint = provider
+        let keys = provider
             .platform_keys()
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "provider lost its platform keys"))?
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "provider lost its platform keys"))?;
+        let fingerprint = keys
             .check(&material, &|bytes| self.core.fingerprint.fingerprint(bytes))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // A secret stored by an earlier release is listed under the fingerprint it had then.
+        let earlier = keys.earlier_fingerprint(&material);
         let existing = self.key_records(kind).await?;
-        if existing
-            .iter()
-            .any(|k| k.fingerprint == fingerprint && k.state != KeyState::Retired)
-        {
+        if existing.iter().any(|k| {
+            (k.fingerprint == fingerprint || Some(&k.fingerprint) == earlier.as_ref())
+                && k.state != KeyState::Retired
+        }) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!("key {fingerprint} is already stored"),

@@ -646,6 +646,12 @@ impl PlatformKeys for EntraApp {
             .replace(['(', ')'], ""))
     }
 
+    fn earlier_fingerprint(&self, material: &SecretFields) -> Option<String> {
+        material
+            .expose("client_secret")
+            .map(|secret| format!("client-secret:{}", crate::plain_sha256_prefix(secret)))
+    }
+
     fn install(&self, keys: Vec<PlatformKey>) -> Result<(), ProviderError> {
         let parsed = keys.iter().map(auth_of).collect::<Result<Vec<_>, _>>()?;
         // A retired credential must stop being used even if a panic poisoned the lock.

@@ -152,6 +152,16 @@ impl PlatformKeys for GithubApp {
         }
     }
 
+    fn earlier_fingerprint(&self, material: &SecretFields) -> Option<String> {
+        match material_of(material).ok()? {
+            Material::OAuthClientSecret(secret) => Some(format!(
+                "oauth-client-secret:{}",
+                crate::plain_sha256_prefix(secret)
+            )),
+            Material::PrivateKey(_) => None,
+        }
+    }
+
     fn install(&self, keys: Vec<PlatformKey>) -> Result<(), ProviderError> {
         let mut parsed = Vec::with_capacity(keys.len());
         let mut secrets = Vec::new();
