@@ -30,6 +30,7 @@ mod federation;
 pub mod gcp_wif;
 pub mod github;
 pub mod http;
+mod inbound;
 pub mod pasted_secret;
 mod provider;
 pub mod registry;
@@ -44,12 +45,15 @@ pub use error::{is_request_id, request_id_of, ProviderError, RefusalReason};
 pub use federation::{
     random_alphanumeric, random_subject, AssertionSigner, BindingParameter, NoIssuer, OIDC_SUBJECT,
 };
+pub use inbound::{
+    CallbackEvent, Callbacks, CapturedToken, InstallContext, InstalledAccount, Invocation,
+    Invocations, SetupRedirect,
+};
 pub use pasted_secret::PastedSecret;
 pub use provider::{
-    BindingContext, Bound, CachePolicy, CallbackEvent, Callbacks, CapturedToken,
-    CeilingEnforcement, CredentialScope, InstallContext, InstalledAccount, Invocation, Invocations,
-    IssuedCredential, MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport,
-    Provider, Revocation, SecretRequirement, SelfRotation, SetupRedirect, TenantParameter,
+    BindingContext, Bound, CachePolicy, CeilingEnforcement, CredentialScope, IssuedCredential,
+    MintRequest, Narrowing, PlatformKey, PlatformKeys, Probe, ProbeReport, Provider, Revocation,
+    SecretRequirement, SelfRotation, TenantParameter,
 };
 pub use registry::{
     descriptor, resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec,

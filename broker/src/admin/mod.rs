@@ -38,6 +38,7 @@ pub use intake::{NewIntake, MAX_INTAKE_FAILURES};
 pub use intake_form::parse_intake_form;
 pub(crate) use workers::retired_operator_name;
 mod platform_keys;
+mod probe;
 mod reclaim;
 mod records;
 mod request;

@@ -1,0 +1,226 @@
+//! Activation and on-demand probes: which bindings a provider activates by a probe only,
+//! running a provider's probe with the binding's secret, and stamping (and, for a probe that
+//! refuses the trust, deactivating) the binding through the audited pipeline.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use credbroker_providers::{
+    BindingContext, MintRequest, Narrowing, ProviderError, SecretRequirement,
+};
+
+use super::{to_value, AdminOutcome, AdminService};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::audit::{AuditEvent, AuditReceipt};
+use crate::model::{now_rfc3339, Binding, Status};
+
+impl AdminService {
+    /// Whether `binding` is a binding whose provider requires an activation probe. A read
+    /// that fails says yes: the probe then reads it again and reports the failure, where a
+    /// no would let an enable skip the probe.
+    pub(super) async fn needs_activation(&self, binding: &str) -> bool {
+        let Ok(id) = crate::ids::BindingId::parse(binding) else {
+            return false;
+        };
+        match self.core.records.binding(&id).await {
+            Ok(Some(b)) => self.gates_activation(&b),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Whether `binding`'s provider activates it by a probe only.
+    pub(super) fn gates_activation(&self, binding: &Binding) -> bool {
+        self.core
+            .registry
+            .get(&binding.provider)
+            .and_then(|p| p.probe().map(|probe| probe.gates_activation()))
+            .unwrap_or(false)
+    }
+
+    /// Runs a binding's probe; stamps the result; activates a pending binding that passes.
+    pub(super) async fn probe_binding(
+        &self,
+        id: &str,
+        mut event: AuditEvent,
+        started: Instant,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        let refuse = |e: ApiError| (e, None);
+        let stored = self.binding_or_404(id).await.map_err(refuse)?;
+        let mut binding = stored.value.clone();
+        // The generation the binding takes should the probe retire what was minted from it.
+        let renewed = super::fresh_generation().map_err(refuse)?;
+        event.tenant = Some(binding.tenant.to_string());
+        event.binding = Some(binding.id.to_string());
+        event.provider = Some(binding.provider.clone());
+        // A rotation's pending version is what needs testing: the active one keeps serving.
+        if let Some(version) = binding.pending_secret_version {
+            if event.action != "binding.enable" {
+                return self.probe_pending(&binding, version, event, started).await;
+            }
+        }
+        let activate =
+            event.action == "binding.enable" || binding.status == Status::PendingActivation;
+        let signer = self.core.assertion_signer();
+        let result = self.run_probe(&binding, None, &signer).await;
+        event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        binding.last_tested_at = Some(now_rfc3339());
+        let (outcome, error) = match result {
+            Ok(report) => {
+                let summary = report.summary;
+                binding.last_probe = Some(format!("passed: {summary}"));
+                binding.trust_broken = false;
+                binding.drift = None;
+                if !report.facts.is_null() {
+                    binding.trust_facts = Some(report.facts);
+                }
+                if activate {
+                    binding.status = Status::Active;
+                    binding.status_change = if event.action == "binding.enable" {
+                        crate::model::StatusChange::now(
+                            crate::model::StatusSource::Operator,
+                            "enabled by an operator; probe passed",
+                        )
+                    } else {
+                        crate::model::StatusChange::now(
+                            crate::model::StatusSource::Broker,
+                            "activated by its probe",
+                        )
+                    };
+                }
+                (Ok(summary), None)
+            }
+            Err(e) => {
+                event.upstream_request_id = e.upstream_request_id().map(str::to_owned);
+                // A probe that sees consent withdrawn or stale marks the binding as a
+                // resolve would.
+                if let Some(drift) = crate::model::Drift::of(&e) {
+                    if binding.drift.as_ref().map(|d| d.code) != Some(drift.code) {
+                        // What was minted under the consent as it was: served by no replica.
+                        binding.generation.clone_from(&renewed);
+                    }
+                    binding.drift = Some(drift);
+                }
+                // A probe that refuses the trust (the ExternalId or subject no longer pinned,
+                // roles beyond the ceiling, another account) refuses it for the binding that
+                // is serving too: its mints would hand out what the probe just refused (a
+                // ServiceNow bearer is never checked again at mint). It goes back to pending
+                // activation (the commit invalidates its cached credentials), and a probe
+                // that passes activates it again.
+                if let ProviderError::ActivationRefused { reason, .. } = &e {
+                    if binding.status == Status::Active {
+                        binding.status = Status::PendingActivation;
+                        // Nor does any replica serve what it cached before the refusal.
+                        binding.generation.clone_from(&renewed);
+                        binding.status_change = crate::model::StatusChange::now(
+                            crate::model::StatusSource::Broker,
+                            format!(
+                                "deactivated: its probe refused the trust ({})",
+                                reason.code()
+                            ),
+                        );
+                    }
+                }
+                let err = ApiError::from(e);
+                binding.last_probe = Some(format!("failed ({}): {}", err.code, err.message));
+                (Err(()), Some(err))
+            }
+        };
+        event.outcome = if error.is_none() { "allowed" } else { "denied" }.into();
+        event.error_code = error.as_ref().map(|e| e.code.as_str().to_owned());
+        event.detail = Some(format!(
+            "binding={} status={:?} {}{}",
+            binding.id,
+            binding.status,
+            binding.last_probe.clone().unwrap_or_default(),
+            signer
+                .detail()
+                .map(|a| format!("; {a}"))
+                .unwrap_or_default()
+        ));
+        let mut batch = crate::store::Batch::new();
+        batch.replace(&stored, &binding);
+        let receipt = self
+            .commit_audited(event, batch, Some(binding.id.as_str()))
+            .await?;
+        match (outcome, error) {
+            (Ok(summary), _) => Ok(AdminOutcome {
+                raw: None,
+                response: json!({ "binding": to_value(&binding), "probe": { "result": "passed", "summary": summary } }),
+                created: false,
+                receipt,
+            }),
+            (Err(()), Some(err)) => Err((err, Some(receipt))),
+            (Err(()), None) => Err((
+                ApiError::new(ErrorCode::Internal, "probe failed"),
+                Some(receipt),
+            )),
+        }
+    }
+
+    /// Runs `binding`'s provider probe with its active secret, or with secret version
+    /// `version` when given (a pending rotation).
+    pub(super) async fn run_probe(
+        &self,
+        binding: &Binding,
+        version: Option<u32>,
+        signer: &crate::issuer::RecordingSigner,
+    ) -> Result<credbroker_providers::ProbeReport, ProviderError> {
+        let provider = self
+            .core
+            .registry
+            .get(&binding.provider)
+            .cloned()
+            .ok_or_else(|| {
+                ProviderError::InvalidConfig("the binding's provider is not configured".into())
+            })?;
+        let secret = match (provider.secret_requirement(), version) {
+            (SecretRequirement::Required, None) => {
+                Some(self.core.open_active_secret(binding).await?)
+            }
+            (SecretRequirement::Required, Some(v)) => {
+                let sealed = self
+                    .core
+                    .records
+                    .secret_version(&binding.id, v)
+                    .await
+                    .map_err(|e| ProviderError::Internal(format!("store: {e}")))?
+                    .ok_or(ProviderError::SecretMissing)?;
+                Some(self.core.open_sealed(binding, &sealed.value)?)
+            }
+            (SecretRequirement::None, _) => None,
+        };
+        let narrowing = Narrowing::none();
+        let timeout = self.core.mint_timeout();
+        let bound = provider.bind(&binding.config, &binding.ceiling)?;
+        let request = MintRequest {
+            binding: BindingContext {
+                tenant_id: binding.tenant.as_str(),
+                binding_id: binding.id.as_str(),
+                config: &binding.config,
+                ceiling: &binding.ceiling,
+                bound: &bound,
+            },
+            instance_id: "activation-probe",
+            worker: "credbroker",
+            narrowing: &narrowing,
+            secret: secret.as_ref(),
+            timeout,
+            min_ttl_s: 0,
+            assertions: signer,
+        };
+        let probe = provider.probe().ok_or_else(|| {
+            ProviderError::InvalidConfig(format!("provider {} has no probe", provider.id()))
+        })?;
+        let report = tokio::time::timeout(timeout * 2, probe.probe(&request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::Unavailable {
+                    message: "probe did not finish in time".into(),
+                    upstream_request_id: None,
+                })
+            })?;
+        Ok(report)
+    }
+}
