@@ -104,11 +104,6 @@ fn parse_binding_config(config: &Value) -> Result<BindingConfig, ProviderError> 
             "installation_id must be positive".into(),
         ));
     }
-    if c.account.as_ref().is_some_and(|a| a.id == 0) {
-        return Err(ProviderError::InvalidConfig(
-            "account must name a positive id".into(),
-        ));
-    }
     Ok(c)
 }
 
@@ -423,26 +418,21 @@ impl Provider for GithubApp {
         // An installation id is the customer's claim: the account it must belong to is
         // named too (by the install that proved it, or by the operator binding by hand), and
         // the probe refuses an installation of any other account.
-        let account = parse_binding_config(config)?.account;
-        // The rule of an onboarding's pin (Callbacks::check_pin): a GitHub login of 1-100
-        // of A-Z a-z 0-9 - _ . (checked when a binding is added, not on stored ones).
-        if let Some(a) = &account {
-            let login_ok = !a.login.is_empty()
-                && a.login.len() <= 100
-                && a.login
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !login_ok {
-                return Err(ProviderError::InvalidConfig(
-                    "account must name a GitHub login (1-100 of A-Z a-z 0-9 - _ .) and a positive id".into(),
-                ));
-            }
-        }
-        if account.is_none() {
-            return Err(ProviderError::InvalidConfig(
+        let account = parse_binding_config(config)?.account.ok_or_else(|| {
+            ProviderError::InvalidConfig(
                 "a github_app binding names the account its installation must belong to: config.account {\"login\": …, \"id\": …} (binding add github … --account-login L --account-id N); its probe refuses an installation of any other account".into(),
-            ));
-        }
+            )
+        })?;
+        // The rule of an onboarding's pin (checked when a binding is added, not on stored
+        // ones).
+        Callbacks::check_pin(
+            self,
+            InstalledAccount {
+                login: account.login,
+                id: account.id,
+            },
+        )
+        .map_err(ProviderError::InvalidConfig)?;
         Ok(())
     }
 
