@@ -9,22 +9,26 @@ pub fn is_printable(v: &str, max: usize) -> bool {
     !v.is_empty() && v.len() <= max && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Whether `c` reorders the text around it on a terminal or a page (Unicode's Bidi_Control
+/// characters: the marks, embeddings, overrides and isolates).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Upstream text as an error message, a log line or an audit record may quote it: control
 /// characters (line breaks, escapes), Unicode's line and paragraph separators, its
 /// bidirectional overrides and marks (which make a line read other than it is) and its
 /// zero-width characters dropped, at most `max` characters.
 pub fn quoted(v: &str, max: usize) -> String {
     v.chars()
-        .filter(|c| {
+        .filter(|&c| {
             !c.is_control()
+                && !is_bidi_control(c)
                 && !matches!(
                     c,
                     '\u{2028}'
                         | '\u{2029}'
-                        | '\u{202a}'..='\u{202e}'
-                        | '\u{2066}'..='\u{2069}'
-                        | '\u{200b}'..='\u{200f}'
-                        | '\u{061c}'
+                        | '\u{200b}'..='\u{200d}'
                         | '\u{feff}'
                         | '\u{00ad}'
                         | '\u{180e}'

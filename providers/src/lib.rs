@@ -39,7 +39,8 @@ mod secret_json;
 pub mod servicenow;
 
 pub use answer_checks::{
-    is_jwt_text, is_printable, json_node_bound, json_nodes_within, no_later_than, quoted,
+    is_bidi_control, is_jwt_text, is_printable, json_node_bound, json_nodes_within, no_later_than,
+    quoted,
 };
 pub use error::{is_request_id, request_id_of, ProviderError, RefusalReason};
 pub use federation::{
@@ -61,6 +62,18 @@ pub use registry::{
     ProviderRegistry, TemplateLint, CATALOG, DEMO_PROVIDER,
 };
 pub use secret::{validate_field_name, SecretFields, SecretFieldsError};
+
+/// `<prefix>:` and the broker's keyed fingerprint of `secret` (trimmed), domain-separated by
+/// `label`: how [`PlatformKeys::check`] lists secret material. The text hashed is wiped after.
+pub fn keyed_secret_fingerprint(
+    prefix: &str,
+    label: &str,
+    secret: &str,
+    keyed: &dyn Fn(&[u8]) -> String,
+) -> String {
+    let text = zeroize::Zeroizing::new(format!("{label}\0{}", secret.trim()));
+    format!("{prefix}:{}", keyed(text.as_bytes()))
+}
 
 /// `sha256:` and the first 16 bytes, in hex, of the SHA-256 of `text` (trimmed): how releases
 /// before keyed fingerprints listed a client secret (see

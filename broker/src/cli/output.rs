@@ -6,6 +6,8 @@
 //! same thing. Tables show what fits on a line: the scalar fields of each record (lists of
 //! scalars joined with commas); nested objects are left to `--output json`.
 
+/// Shared with the providers' quoting of upstream text.
+pub use credbroker_providers::is_bidi_control;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 
@@ -199,12 +201,6 @@ pub fn sanitize(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Whether `c` reorders the text around it on a terminal (Unicode's Bidi_Control characters:
-/// the marks, embeddings, overrides and isolates).
-pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn table(out: &mut String, items: &[Value]) {
