@@ -123,7 +123,8 @@ async fn backend_gone(client: &Client, backend: &Backend) -> Result<bool, String
 /// or changed, whatever its outcome says.
 fn correction_of(line: &str) -> Option<AuditEvent> {
     let rec: AuditRecord = serde_json::from_str(line).ok()?;
-    let e = rec.event.clone();
+    let corrected = rec.audit_id();
+    let e = rec.event;
     Some(AuditEvent {
         kind: e.kind,
         action: e.action,
@@ -138,7 +139,7 @@ fn correction_of(line: &str) -> Option<AuditEvent> {
         job_id: e.job_id,
         detail: Some(format!(
             "record {} was committed after its batch was reported failed: what wrote it was told audit_unavailable and acted on that (a resolve answered so handed out no credential; an admin change refused so was not made)",
-            rec.audit_id()
+            corrected
         )),
         ..Default::default()
     })
@@ -227,11 +228,13 @@ impl DbWriter {
             self.backend = Some(own_backend(&client).await?);
             self.client = Some(client);
         }
+        // (A batch in doubt is settled first: the settle reads the tail once it is final.)
+        self.settle().await?;
         if self.tail.is_none() {
             let client = self.client.as_ref().ok_or("no database connection")?;
             self.tail = Some(read_tail(client, self.owner.replica).await?);
         }
-        self.settle().await
+        Ok(())
     }
 
     /// Finds out whether the batch whose commit went unheard is in the chain; if it is, its
@@ -282,7 +285,7 @@ impl DbWriter {
             .map_err(|e| format!("database: {e}"))?;
         // A batch commits whole: its last line, as sent, tells.
         let committed = row.is_some_and(|r| r.try_get::<_, &str>(0).is_ok_and(|l| l == last));
-        // The tail read on connecting may predate that commit: read it again.
+        // The tail, now that the batch's fate is final.
         self.tail = Some(read_tail(client, self.owner.replica).await?);
         self.in_flight = None;
         if committed {
