@@ -424,19 +424,13 @@ impl AdminService {
         // replica cannot judge now is refused, and that refusal audited like any other
         // (when the audit log can take it).
         if let Err(e) = self.catch_up().await {
-            let event = AuditEvent {
-                kind: "admin".into(),
-                action: op.action(),
-                request_id: request_id.to_owned(),
-                actor: actor.to_owned(),
-                outcome: "failed".into(),
-                error_code: Some(e.code.as_str().to_owned()),
-                detail: Some(format!(
-                    "refused before it was judged: this replica could not catch up ({})",
-                    e.message
-                )),
-                ..Default::default()
-            };
+            let mut event = Self::event(actor, request_id, &op.action());
+            event.outcome = "failed".into();
+            event.error_code = Some(e.code.as_str().to_owned());
+            event.detail = Some(format!(
+                "refused before it was judged: this replica could not catch up ({})",
+                e.message
+            ));
             let receipt = self.core.audit.append(event).await.ok();
             return Err((e, receipt));
         }
@@ -463,13 +457,7 @@ impl AdminService {
         request_id: &str,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         let started = Instant::now();
-        let mut event = AuditEvent {
-            kind: "admin".into(),
-            action: op.action(),
-            request_id: request_id.to_owned(),
-            actor: actor.to_owned(),
-            ..Default::default()
-        };
+        let mut event = Self::event(actor, request_id, &op.action());
         let op = match op {
             AdminOp::SetStatus(Collection::Bindings, id, Status::Active)
                 if self.needs_activation(&id).await =>

@@ -43,7 +43,8 @@ fn mint_request<'a>(
 }
 
 impl AdminService {
-    fn event(actor: &str, request_id: &str, action: &str) -> AuditEvent {
+    /// An admin audit record of `actor`'s request for `action`, its outcome still to say.
+    pub(super) fn event(actor: &str, request_id: &str, action: &str) -> AuditEvent {
         AuditEvent {
             kind: "admin".into(),
             action: action.into(),
