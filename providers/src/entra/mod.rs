@@ -632,12 +632,11 @@ impl PlatformKeys for EntraApp {
             material: material.clone(),
         })?;
         if let Some(secret) = material.expose("client_secret") {
-            return Ok(format!(
-                "client-secret:{}",
-                keyed(
-                    zeroize::Zeroizing::new(format!("entra client secret\0{}", secret.trim()))
-                        .as_bytes()
-                )
+            return Ok(crate::keyed_secret_fingerprint(
+                "client-secret",
+                "entra client secret",
+                secret,
+                keyed,
             ));
         }
         Ok(auth

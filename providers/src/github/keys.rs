@@ -138,15 +138,11 @@ impl PlatformKeys for GithubApp {
                         "oauth_client_secret must be 20-255 printable characters".into(),
                     ));
                 }
-                Ok(format!(
-                    "oauth-client-secret:{}",
-                    keyed(
-                        zeroize::Zeroizing::new(format!(
-                            "github oauth client secret\0{}",
-                            secret.trim()
-                        ))
-                        .as_bytes()
-                    )
+                Ok(crate::keyed_secret_fingerprint(
+                    "oauth-client-secret",
+                    "github oauth client secret",
+                    secret,
+                    keyed,
                 ))
             }
         }
