@@ -960,21 +960,23 @@ async fn a_batch_committed_after_the_broker_gave_up_is_followed_by_its_refusal()
     let (tmp, pki) = setup();
     // `timeout_ms` (in [store], which the extra text continues) bounds a whole audit batch
     // and, server side, each statement.
-    let extra = format!("timeout_ms = 3000\n{AUDIT}");
+    let extra = format!("timeout_ms = 5000\n{AUDIT}");
     let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, &extra, vec![]).await;
     let mut op = pki.client_for("op", &set.daemons[0].url);
     seed_two_tenants(&mut op).await;
-    // While `slow` holds a row, the database slows each statement of a batch to 2 s: each
-    // finishes within its statement timeout (3 s), the batch does not finish within the
-    // writer's (3 s). The writer gives up during COMMIT, a second before the server would
-    // complete it.
+    // While `slow` holds a row, the database slows a batch's INSERT by `insert_s` and its
+    // COMMIT by `commit_s`: each finishes within its statement timeout (5 s), the batch not
+    // within the writer's (5 s), which it passes about a second into the COMMIT. In case 1
+    // the COMMIT then ends 0.3 s later, before the writer tries again (about a second after
+    // a failure); in case 2 it runs 3 s more, and the writer's next try ends it.
     let sql = set.sql().await;
     sql.batch_execute(
-        "CREATE TABLE slow (on_ boolean);
-         CREATE FUNCTION slow_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF EXISTS (SELECT 1 FROM slow) THEN PERFORM pg_sleep(2); END IF; RETURN NULL; END $$;
-         CREATE TRIGGER slow_insert AFTER INSERT ON credbroker_audit FOR EACH STATEMENT EXECUTE FUNCTION slow_audit();
-         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON credbroker_audit DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_audit();
-         INSERT INTO slow VALUES (true);",
+        "CREATE TABLE slow (insert_s float8, commit_s float8);
+         CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(COALESCE((SELECT insert_s FROM slow), 0)); RETURN NULL; END $$;
+         CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(COALESCE((SELECT commit_s FROM slow), 0)); RETURN NULL; END $$;
+         CREATE TRIGGER slow_insert AFTER INSERT ON credbroker_audit FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON credbroker_audit DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+         INSERT INTO slow VALUES (4.0, 1.3);",
     )
     .await
     .unwrap();
@@ -1019,7 +1021,7 @@ async fn a_batch_committed_after_the_broker_gave_up_is_followed_by_its_refusal()
     // 2. The next request comes while the server is still in that COMMIT: the writer ends
     //    the old connection's server process before it looks, so what it finds is final
     //    (here: not committed, owed nothing), never a batch that lands behind its back.
-    sql.batch_execute("INSERT INTO slow VALUES (true)")
+    sql.batch_execute("INSERT INTO slow VALUES (4.0, 4.0)")
         .await
         .unwrap();
     let (s, v) = call(&mut op, Method::POST, "/v1/admin/workers/w1/disable", None).await;
