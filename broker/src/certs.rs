@@ -36,6 +36,12 @@ pub struct CrlFacts {
     /// Its issuing distribution point extension, as encoded (absent: a full CRL of its
     /// issuer). Two CRLs of one issuer with different ones are partitions, not duplicates.
     pub partition: Option<Vec<u8>>,
+    /// Its CRL number (absent: the CRL carries none), as big-endian bytes without leading
+    /// zeros.
+    pub number: Option<Vec<u8>>,
+    /// Another CRL of the same issuer and partition in the file is newer (a later
+    /// `thisUpdate`, or the same one and a higher CRL number): the daemon leaves this one out.
+    pub superseded: bool,
 }
 
 /// Every certificate in the PEM file at `path`, in order.
@@ -91,13 +97,26 @@ pub fn chain_not_afters(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<
     times
 }
 
-/// Every CRL in the PEM file at `path`.
+/// Every CRL in the PEM file at `path`, each marked `superseded` when a newer CRL of its
+/// issuer and partition is in the file too.
 ///
 /// # Errors
 /// When the file cannot be read, holds no CRL, or one does not parse.
 pub fn crls(path: &Path) -> Result<Vec<CrlFacts>, String> {
-    let ders = crate::tls::load_crls(path).map_err(|e| e.to_string())?;
-    ders.iter()
+    let ders = crate::tls::read_crls(path).map_err(|e| e.to_string())?;
+    crl_facts(path, &ders)
+}
+
+/// The facts of `ders` (read from `path`), superseded ones marked.
+///
+/// # Errors
+/// When one does not parse.
+pub fn crl_facts(
+    path: &Path,
+    ders: &[rustls::pki_types::CertificateRevocationListDer<'_>],
+) -> Result<Vec<CrlFacts>, String> {
+    let mut facts = ders
+        .iter()
         .map(|der| {
             let (_, crl) = CertificateRevocationList::from_der(der.as_ref())
                 .map_err(|e| format!("{}: a CRL does not parse ({e})", path.display()))?;
@@ -112,9 +131,27 @@ pub fn crls(path: &Path) -> Result<Vec<CrlFacts>, String> {
                         e.oid == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT
                     })
                     .map(|e| e.value.to_vec()),
+                number: crl.crl_number().map(|n| n.to_bytes_be()),
+                superseded: false,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    // Newest first by thisUpdate, then by CRL number (compared as unsigned big-endian
+    // integers: the longer is larger, then byte by byte).
+    let rank = |c: &CrlFacts| {
+        let n = c.number.clone().unwrap_or_default();
+        (c.this_update, n.len(), n)
+    };
+    for i in 0..facts.len() {
+        let newer = facts.iter().enumerate().any(|(j, other)| {
+            j != i
+                && other.issuer == facts[i].issuer
+                && other.partition == facts[i].partition
+                && (rank(other) > rank(&facts[i]) || (rank(other) == rank(&facts[i]) && j < i))
+        });
+        facts[i].superseded = newer;
+    }
+    Ok(facts)
 }
 
 /// Seconds until the earliest `not_after` of the file's certificates (negative: expired).
@@ -137,6 +174,7 @@ pub fn seconds_to_expiry(path: &Path, now: i64) -> Result<i64, String> {
 pub fn seconds_to_crl_update(path: &Path, now: i64) -> Result<Option<i64>, String> {
     Ok(crls(path)?
         .iter()
+        .filter(|c| !c.superseded)
         .filter_map(|c| c.next_update.map(|n| n - now))
         .min())
 }

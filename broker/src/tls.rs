@@ -62,11 +62,36 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| TlsError(format!("{}: no usable private key ({e})", path.display())))
 }
 
-/// Loads every CRL of a PEM file.
+/// Loads the CRLs of a PEM file the verifier is to use: of several CRLs of one CA and one
+/// partition (issuing distribution point), only the newest. (rustls's verifier consults
+/// the first CRL of an issuer it finds, so a newer one appended after an older one would
+/// otherwise go unseen, its revocations with it.) Each CRL left out is logged.
+///
+/// # Errors
+/// When unreadable, holding no CRL, or holding one that does not parse.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let ders = read_crls(path)?;
+    let facts = crate::certs::crl_facts(path, &ders).map_err(TlsError)?;
+    let mut used = Vec::with_capacity(ders.len());
+    for (der, fact) in ders.into_iter().zip(&facts) {
+        if fact.superseded {
+            tracing::warn!(
+                file = %path.display(),
+                issuer = %fact.issuer,
+                "the CRL file holds more than one CRL of this CA: the older one is ignored; replace the file with the CA's current CRL rather than append to it"
+            );
+        } else {
+            used.push(der);
+        }
+    }
+    Ok(used)
+}
+
+/// Reads every CRL of a PEM file, in order.
 ///
 /// # Errors
 /// When unreadable or holding no CRL.
-pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let pem = read(path)?;
     let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -226,8 +251,12 @@ impl Source {
                         path: path.clone(),
                         crl: true,
                         refused_when_due: s.stale_crl == crate::config::StaleCrl::Refuse,
-                        at: crate::certs::crls(path)
-                            .map(|c| c.iter().filter_map(|c| c.next_update).min()),
+                        at: crate::certs::crls(path).map(|c| {
+                            c.iter()
+                                .filter(|c| !c.superseded)
+                                .filter_map(|c| c.next_update)
+                                .min()
+                        }),
                     });
                 }
                 all

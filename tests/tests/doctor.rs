@@ -76,14 +76,20 @@ fn self_signed(not_before: OffsetDateTime, not_after: OffsetDateTime) -> (String
 /// A CRL whose next update was yesterday, from a CA of its own (the doctor reads dates; the
 /// TLS setup loads it without checking its signer at load).
 fn stale_crl() -> String {
+    crl_of(8, -1, 2)
+}
+
+/// A CRL of a fresh CA with an empty name, issued `issued_days_ago`, due `next_in_days`
+/// from now.
+fn crl_of(issued_days_ago: i64, next_in_days: i64, number: u64) -> String {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let key = KeyPair::generate().unwrap();
     let now = OffsetDateTime::now_utc();
     let crl = CertificateRevocationListParams {
-        this_update: now - Duration::days(8),
-        next_update: now - Duration::days(1),
-        crl_number: SerialNumber::from(2u64),
+        this_update: now - Duration::days(issued_days_ago),
+        next_update: now + Duration::days(next_in_days),
+        crl_number: SerialNumber::from(number),
         issuing_distribution_point: None,
         revoked_certs: Vec::new(),
         key_identifier_method: KeyIdMethod::Sha256,
@@ -211,11 +217,28 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     let text = text.replace("[tls]\n", "[tls]\ncrl = \"pki/crl.pem\"\n");
     std::fs::write(&config, text).unwrap();
     expect_fail(&d, "tls.crl", "past its next update");
-    // Two CRLs of one CA (one appended after the other; the same issuer name): only the
-    // first counts.
+    // Two CRLs of one CA (a current one appended after a stale one; the same issuer name):
+    // the broker uses the newest, so the doctor warns about the file but does not fail it.
+    let twice = format!("{}{}", stale_crl(), crl_of(1, 6, 3));
+    std::fs::write(d.join("pki/crl.pem"), twice).unwrap();
+    let (code, v, err) = dev_doctor(&d);
+    let f = finding(&v, "tls.crl");
+    assert_eq!(f["status"], "warn", "{f:#} {err}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than one CRL of"),
+        "{f:#}"
+    );
+    assert_eq!(code, 0, "{v:#}");
+    // Newest first makes no difference; two stale ones fail as stale.
+    let twice = format!("{}{}", crl_of(1, 6, 3), stale_crl());
+    std::fs::write(d.join("pki/crl.pem"), twice).unwrap();
+    assert_eq!(finding(&dev_doctor(&d).1, "tls.crl")["status"], "warn");
     let twice = format!("{}{}", stale_crl(), stale_crl());
     std::fs::write(d.join("pki/crl.pem"), twice).unwrap();
-    expect_fail(&d, "tls.crl", "more than one CRL of");
+    expect_fail(&d, "tls.crl", "past its next update");
 
     // A store of a schema version this build does not read.
     let d = copy(&healthy, root, "schema");

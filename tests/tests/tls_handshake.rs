@@ -474,6 +474,52 @@ async fn a_changed_crl_is_loaded_without_a_signal() {
     daemon.stop();
 }
 
+/// A CRL file with the CA's new CRL appended after its old one (`cat old new > crl.pem`,
+/// against the README's advice): rustls's verifier consults the first CRL of an issuer, so
+/// the daemon gives it only the newest of each CA's, and what the new one revokes is
+/// revoked — on the open connection and at the next handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_crl_appended_to_the_file_is_the_one_used() {
+    let (tmp, pki) = setup();
+    let (mut daemon, revoked_serial, mut w1) = watching_crl(tmp.path(), &pki).await;
+    let w1_serial = 100; // first serial the PKI issued
+    let now = time::OffsetDateTime::now_utc();
+    // Issued an hour ago (due in 23 h), then five minutes ago (due in 7 days).
+    let old = pki
+        .ca
+        .crl_until(&[revoked_serial], now + time::Duration::hours(23))
+        .unwrap();
+    let new = pki
+        .ca
+        .crl_until(&[revoked_serial, w1_serial], now + time::Duration::days(7))
+        .unwrap();
+    std::fs::write(pki.dir.join("crl.pem"), format!("{old}{new}")).unwrap();
+    daemon
+        .wait_log(
+            "the CRL file changed: TLS certificates, client CA and CRL reloaded",
+            1,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served = w1
+        .request_with_headers(Method::GET, "/healthz", &[], None)
+        .await
+        .map(|(s, _)| s.as_u16());
+    assert!(
+        served.is_err(),
+        "w1 served after its revocation: {served:?}"
+    );
+    assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
+    assert!(refused(&mut pki.client_for("revoked", &daemon.url)).await);
+    assert!(daemon
+        .logs()
+        .contains("the CRL file holds more than one CRL of this CA"));
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, _) = call(&mut op, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(s, 200);
+    daemon.stop();
+}
+
 /// A changed CRL whose reload fails for a reason outside the CRL — the server key caught
 /// half-replaced — is tried again at every check, so the revocation takes effect once the
 /// files load, without a signal and without the CRL changing again. It is reported once.

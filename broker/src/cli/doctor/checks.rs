@@ -393,32 +393,31 @@ fn crl(path: &Path, stale: crate::config::StaleCrl, t: Thresholds, now: i64) -> 
             )
         }
     };
-    // The TLS verifier uses the first CRL of a CA (of one partition: its issuing distribution
-    // point) in the file: a newer one appended after it is never consulted (its revocations
-    // unseen), a stale one before it refuses everyone.
-    let mut issuers = std::collections::HashSet::new();
-    if let Some(twice) = crls
-        .iter()
-        .find(|c| !issuers.insert((c.issuer.as_str(), c.partition.as_deref())))
-    {
-        return Finding::fail(
+    // Of several CRLs of one CA (of one partition: its issuing distribution point) the
+    // daemon uses only the newest; the file should hold that one alone.
+    let appended = crls.iter().find(|c| c.superseded).map(|c| {
+        format!(
+            "{} holds more than one CRL of {}: the broker uses the newest and ignores the others",
+            path.display(),
+            c.issuer
+        )
+    });
+    let used: Vec<&crate::certs::CrlFacts> = crls.iter().filter(|c| !c.superseded).collect();
+    let next = used.iter().filter_map(|c| c.next_update).min();
+    let fix = format!(
+        "publish a fresh CRL from the CA, replace {}, then `credbroker reload --config FILE`",
+        path.display()
+    );
+    if let Some(text) = appended.filter(|_| next.is_none_or(|n| n >= now)) {
+        return Finding::warn(
             "tls.crl",
-            format!(
-                "{} holds more than one CRL of {}: the TLS verifier uses the first only, so what a later one revokes is not seen",
-                path.display(),
-                twice.issuer
-            ),
+            text,
             format!(
                 "keep one CRL per CA: replace {} with the CA's current CRL (do not append), then `credbroker reload --config FILE`",
                 path.display()
             ),
         );
     }
-    let next = crls.iter().filter_map(|c| c.next_update).min();
-    let fix = format!(
-        "publish a fresh CRL from the CA, replace {}, then `credbroker reload --config FILE`",
-        path.display()
-    );
     match next {
         Some(n) if n < now => Finding::fail(
             "tls.crl",
