@@ -325,6 +325,10 @@ pub struct VersionProbe {
     pub at: String,
     /// What it found (no secrets).
     pub summary: String,
+    /// The facts a passing probe established for this version (a PAT's expiry and id, the
+    /// roles a client holds): the binding's `trust_facts` once it is promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Value>,
 }
 
 /// One sealed secret version of a binding.

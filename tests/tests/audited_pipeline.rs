@@ -27,7 +27,7 @@ use credbroker::broker::{Broker, BrokerKeys, BrokerSettings};
 use credbroker::config::{Config, TlsSettings};
 use credbroker::ids::{BindingId, TenantId};
 use credbroker::store::records::Records;
-use credbroker::store::{Batch, ChangeHook, SledStore, Store, StoreError, Table};
+use credbroker::store::{Batch, ChangeHook, Op, SledStore, Store, StoreError, Table};
 use credbroker_providers::{ProviderRegistry, SecretFields};
 
 /// A store that can hold a commit until released, or fail the next one.
@@ -37,6 +37,9 @@ struct GatedStore {
     fail: AtomicBool,
     /// Fail the next `sync` (the store unreachable when a request is judged).
     fail_sync: AtomicBool,
+    /// Apply the next batch that makes a secret version active, then answer with an error
+    /// (a commit whose acknowledgement was lost).
+    lose_promotion_answer: AtomicBool,
     entered: Notify,
     release: Notify,
 }
@@ -56,6 +59,16 @@ impl Store for GatedStore {
         }
         if self.fail.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Backend("injected commit failure".into()));
+        }
+        let promotes = batch.ops.iter().any(|op| {
+            matches!(op, Op::Put(Table::Secrets, _, v)
+                if String::from_utf8_lossy(v).contains("\"state\":\"active\""))
+        });
+        if promotes && self.lose_promotion_answer.swap(false, Ordering::SeqCst) {
+            self.inner.commit(batch).await?;
+            return Err(StoreError::Backend(
+                "injected: committed, its answer lost".into(),
+            ));
         }
         self.inner.commit(batch).await
     }
@@ -99,6 +112,11 @@ fn config_in(dir: &std::path::Path) -> Config {
 }
 
 async fn start() -> Env {
+    start_with(None).await
+}
+
+/// As [`start`], with these `[providers.*]` sections (TOML) configured.
+async fn start_with(providers: Option<&str>) -> Env {
     credbroker_tests::init_crypto();
     let tmp = tempfile::tempdir().unwrap();
     let config = config_in(tmp.path());
@@ -109,13 +127,21 @@ async fn start() -> Env {
         hold: AtomicBool::new(false),
         fail: AtomicBool::new(false),
         fail_sync: AtomicBool::new(false),
+        lose_promotion_answer: AtomicBool::new(false),
         entered: Notify::new(),
         release: Notify::new(),
     });
     let broker = Broker::open(
         store.clone(),
         BrokerKeys::load(&config).unwrap(),
-        ProviderRegistry::builtin(),
+        match providers {
+            None => ProviderRegistry::builtin(),
+            Some(toml_text) => {
+                ProviderRegistry::from_settings(&toml::from_str(toml_text).unwrap(), tmp.path())
+                    .await
+                    .unwrap()
+            }
+        },
         BrokerSettings::from_config(&config),
     )
     .await
@@ -374,5 +400,81 @@ async fn a_request_refused_before_it_is_judged_is_audited() {
     assert_eq!(
         format!("aud_{}", &mine[0]["hash"].as_str().unwrap()[..20]),
         receipt.audit_id
+    );
+}
+
+/// A self-rotation whose promotion commit lands but whose answer is lost (the store applied
+/// it, then answered with an error): the successor is what resolves hand out, so it is not
+/// withdrawn upstream — the rotation reads the binding afresh and goes on as promoted,
+/// revoking the old PAT. (Before, any error withdrew the successor: the binding served a
+/// revoked PAT and the old, valid one was superseded, never served again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_rotation_whose_promotion_answer_is_lost_keeps_its_successor() {
+    let dc = credbroker_tests::fake_atlassian_dc::FakeAtlassianDc::start().await;
+    let env = start_with(Some(&format!(
+        "[atlassian_dc_pat]\nallowed_hosts = [\"{}\"]\nnew_token_days = 90\ntimeout_ms = 3000\n",
+        dc.authority
+    )))
+    .await;
+    let admin = |op| env.broker.admin("operator:test", op, "req-dc");
+    admin(add_tenant("t1"))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    let binding: NewBinding = serde_json::from_value(json!({
+        "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+        "owner": "team-tests", "purpose": "integration test",
+        "config": {"base_url": dc.url, "product": "jira"}
+    }))
+    .unwrap();
+    admin(AdminOp::AddBinding(binding))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    let old = dc.state.issue("scanner", 60);
+    let mut fields = SecretFields::new();
+    fields.insert("token", SecretString::from(old.raw.clone()));
+    fields.insert("token_id", SecretString::from(old.id.to_string()));
+    admin(AdminOp::SecretSet("acme-jira".into(), fields, None))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    admin(AdminOp::Probe("acme-jira".into()))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+
+    env.store
+        .lose_promotion_answer
+        .store(true, Ordering::SeqCst);
+    let rotated = admin(AdminOp::SecretSelfRotate("acme-jira".into())).await;
+    assert!(
+        !env.store.lose_promotion_answer.load(Ordering::SeqCst),
+        "the promotion was committed"
+    );
+    let id = BindingId::parse("acme-jira").unwrap();
+    let b = env.records.binding(&id).await.unwrap().unwrap();
+    assert_eq!(b.active_secret_version, Some(2));
+    let pats = dc.state.pats.lock().unwrap().clone();
+    assert_eq!(pats.len(), 1, "{pats:?}");
+    assert_ne!(
+        pats[0].id, old.id,
+        "the old PAT was revoked, its successor kept"
+    );
+    let outcome = rotated.map_err(|(e, _)| e.message).unwrap();
+    assert_eq!(
+        outcome.response["old_revoked_upstream"], true,
+        "{}",
+        outcome.response
+    );
+    let records = audit_records(&env);
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["action"] == "secret.revoke_upstream"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("successor"))),
+        "the successor was withdrawn: {records:?}"
     );
 }

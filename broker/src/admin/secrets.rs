@@ -240,6 +240,9 @@ impl AdminService {
         binding.active_secret_version = Some(version);
         binding.pending_secret_version = None;
         binding.generation = fresh_generation()?;
+        // What the binding's last probe found was of the secret now superseded (a PAT's
+        // expiry, which decides when it is rotated): the promoted one's probe is what holds.
+        binding.trust_facts = read.value.probe.as_ref().and_then(|p| p.facts.clone());
         plan.batch.replace(&stored, &binding);
         plan.detail = format!(
             "binding={} promoted version {version}{}",
@@ -376,18 +379,23 @@ impl AdminService {
         let result = self.run_probe(binding, Some(version), &signer).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let mut stamped = read.value.clone();
-        let (summary, error) = match result {
-            Ok(report) => (report.summary, None),
+        let (summary, facts, error) = match result {
+            Ok(report) => (
+                report.summary,
+                Some(report.facts).filter(|f| !f.is_null()),
+                None,
+            ),
             Err(e) => {
                 event.upstream_request_id = e.upstream_request_id().map(str::to_owned);
                 let err = ApiError::from(e);
-                (format!("{}: {}", err.code, err.message), Some(err))
+                (format!("{}: {}", err.code, err.message), None, Some(err))
             }
         };
         stamped.probe = Some(VersionProbe {
             passed: error.is_none(),
             at: now_rfc3339(),
             summary: summary.chars().take(500).collect(),
+            facts,
         });
         event.outcome = if error.is_none() { "allowed" } else { "denied" }.into();
         event.error_code = error.as_ref().map(|e| e.code.as_str().to_owned());

@@ -203,6 +203,7 @@ impl AdminService {
         };
         // 2-4. Stored pending, probed, promoted; on any failure the successor is withdrawn
         //      upstream again (audited), so no PAT the broker created outlives a failure.
+        let written_version = std::sync::atomic::AtomicU64::new(u64::MAX);
         let staged: Result<Value, (ApiError, Option<AuditReceipt>)> = async {
             let written = {
                 let _guard = self.lock.lock().await;
@@ -218,6 +219,7 @@ impl AdminService {
                 .as_u64()
                 .and_then(|v| u32::try_from(v).ok())
                 .unwrap_or(0);
+            written_version.store(u64::from(version), std::sync::atomic::Ordering::Relaxed);
             let stored = self.binding_or_404(id).await.map_err(refuse)?.value;
             self.probe_pending(
                 &stored,
@@ -250,31 +252,45 @@ impl AdminService {
         .await;
         let promoted = match staged {
             Ok(p) => p,
-            Err((e, r)) => {
-                let withdrawn = rotation.revoke(&request(&current), &successor).await;
-                let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
-                ev.tenant = Some(binding.tenant.to_string());
-                ev.binding = Some(binding.id.to_string());
-                ev.outcome = if matches!(withdrawn, Ok(true)) {
-                    "allowed"
-                } else {
-                    "failed"
+            Err((e, r)) => match self
+                .promotion_landed(
+                    &binding.id,
+                    u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed)).ok(),
+                )
+                .await
+            {
+                // A commit whose outcome was unknown (the store answered with an error after
+                // applying it, or the acknowledgement was lost) promoted the successor: it is
+                // what resolves hand out now, so the rotation goes on as promoted.
+                Some(Some(version)) => json!({ "version": version, "superseded": started_from }),
+                // Not promoted: the successor is withdrawn upstream again.
+                Some(None) => {
+                    self.withdraw_successor(
+                        &binding,
+                        actor,
+                        request_id,
+                        &e,
+                        rotation.revoke(&request(&current), &successor).await,
+                    )
+                    .await;
+                    return Err((e, r));
                 }
-                .into();
-                ev.detail = Some(format!(
-                    "binding={id} self-rotation failed ({}); its successor {}",
-                    e.code,
-                    match withdrawn {
-                        Ok(true) => "was withdrawn upstream".to_owned(),
-                        Ok(false) =>
-                            "could not be identified upstream: revoke it at the source".to_owned(),
-                        Err(_) =>
-                            "could not be withdrawn upstream: revoke it at the source".to_owned(),
-                    }
-                ));
-                let _ = self.core.audit.append(ev).await;
-                return Err((e, r));
-            }
+                // Unknown (the store does not answer): withdrawing it might revoke the
+                // credential being served, so it is kept and said.
+                None => {
+                    let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
+                    ev.tenant = Some(binding.tenant.to_string());
+                    ev.binding = Some(binding.id.to_string());
+                    ev.outcome = "failed".into();
+                    ev.error_code = Some(e.code.as_str().to_owned());
+                    ev.detail = Some(format!(
+                        "binding={id} self-rotation failed ({}) and whether its successor was promoted cannot be read: the successor was kept upstream; see `credbroker binding show {id}`, then promote its pending version or revoke it at the source",
+                        e.code
+                    ));
+                    let _ = self.core.audit.append(ev).await;
+                    return Err((e, r));
+                }
+            },
         };
         let version = promoted["version"]
             .as_u64()
@@ -320,6 +336,55 @@ impl AdminService {
             created: false,
             receipt,
         })
+    }
+
+    /// Whether the successor written as version `written` was promoted after all, read
+    /// afresh: `Some(Some(v))` promoted, `Some(None)` not (or never written), `None` when the
+    /// store cannot say.
+    async fn promotion_landed(
+        &self,
+        id: &crate::ids::BindingId,
+        written: Option<u32>,
+    ) -> Option<Option<u32>> {
+        let Some(version) = written else {
+            return Some(None);
+        };
+        match self.core.records.binding(id).await {
+            Ok(Some(b)) => Some((b.active_secret_version == Some(version)).then_some(version)),
+            Ok(None) => Some(None),
+            Err(_) => None,
+        }
+    }
+
+    /// Audits the withdrawal of a successor that failed its rotation.
+    async fn withdraw_successor(
+        &self,
+        binding: &crate::model::Binding,
+        actor: &str,
+        request_id: &str,
+        e: &ApiError,
+        withdrawn: Result<bool, ProviderError>,
+    ) {
+        let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
+        ev.tenant = Some(binding.tenant.to_string());
+        ev.binding = Some(binding.id.to_string());
+        ev.outcome = if matches!(withdrawn, Ok(true)) {
+            "allowed"
+        } else {
+            "failed"
+        }
+        .into();
+        ev.detail = Some(format!(
+            "binding={} self-rotation failed ({}); its successor {}",
+            binding.id,
+            e.code,
+            match withdrawn {
+                Ok(true) => "was withdrawn upstream".to_owned(),
+                Ok(false) => "could not be identified upstream: revoke it at the source".to_owned(),
+                Err(_) => "could not be withdrawn upstream: revoke it at the source".to_owned(),
+            }
+        ));
+        let _ = self.core.audit.append(ev).await;
     }
 
     /// Self-rotates every binding whose provider says its secret is due (its last probe saw
