@@ -26,6 +26,8 @@ pub struct FakePat {
     pub user: String,
     /// Expiry, Unix seconds.
     pub expires: i64,
+    /// Its name.
+    pub name: String,
 }
 
 /// State.
@@ -36,6 +38,9 @@ pub struct DcState {
     pub pat_api: Mutex<bool>,
     /// Every request: "METHOD path".
     pub requests: Mutex<Vec<String>>,
+    /// A create makes the PAT, then answers with this status and an HTML page (a proxy in
+    /// front of the instance giving up before it answered).
+    pub create_answer_lost: Mutex<Option<u16>>,
     counter: AtomicU64,
 }
 
@@ -92,6 +97,7 @@ impl DcState {
             raw: format!("NjQ{n:04}{:024x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             user: user.to_owned(),
             expires: time::OffsetDateTime::now_utc().unix_timestamp() + days * 86_400,
+            name: format!("pat {n}"),
         };
         self.pats.lock().unwrap().push(pat.clone());
         pat
@@ -147,7 +153,7 @@ impl DcState {
                     .unwrap()
                     .iter()
                     .filter(|p| p.user == me.user)
-                    .map(|p| json!({"id": p.id, "name": format!("pat {}", p.id), "createdAt": rfc(p.expires - 86_400), "expiringAt": rfc(p.expires)}))
+                    .map(|p| json!({"id": p.id, "name": p.name, "createdAt": rfc(p.expires - 86_400), "expiringAt": rfc(p.expires)}))
                     .collect();
                 json_response(200, &json!(list))
             }
@@ -160,7 +166,26 @@ impl DcState {
                 let Some(name) = v["name"].as_str() else {
                     return json_response(400, &json!({"message": "name is required"}));
                 };
-                let pat = self.issue(&me.user, days);
+                let mut pat = self.issue(&me.user, days);
+                pat.name = name.to_owned();
+                if let Some(p) = self
+                    .pats
+                    .lock()
+                    .unwrap()
+                    .iter_mut()
+                    .find(|p| p.id == pat.id)
+                {
+                    p.name = name.to_owned();
+                }
+                if let Some(status) = *self.create_answer_lost.lock().unwrap() {
+                    return Response::builder()
+                        .status(status)
+                        .header("content-type", "text/html")
+                        .body(Full::new(Bytes::from_static(
+                            b"<html>Gateway Timeout</html>",
+                        )))
+                        .unwrap_or_default();
+                }
                 json_response(
                     201,
                     &json!({"id": pat.id, "name": name, "createdAt": rfc(pat.expires - days * 86_400), "expiringAt": rfc(pat.expires), "rawToken": pat.raw}),
@@ -204,6 +229,7 @@ impl FakeAtlassianDc {
             pats: Mutex::new(Vec::new()),
             pat_api: Mutex::new(true),
             requests: Mutex::new(Vec::new()),
+            create_answer_lost: Mutex::new(None),
             counter: AtomicU64::new(100),
         });
         let s = state.clone();

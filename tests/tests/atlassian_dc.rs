@@ -209,6 +209,52 @@ async fn a_pat_close_to_expiry_is_rotated_by_the_broker() {
         .any(|r| r["action"] == "secret.revoke_upstream" && r["actor"] == "credbroker:rotation"));
 }
 
+/// A PAT pasted over another brings its own facts: once promoted, the binding's expiry (and
+/// so when the broker rotates it) is the new PAT's, not the one it replaced. (Before, the
+/// old PAT's facts stayed until someone probed again: a short-lived replacement was never
+/// rotated and expired in service.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_pat_brings_its_own_expiry() {
+    let (_tmp, _pki, _daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    let v = bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    assert_eq!(v["binding"]["trust_facts"]["rotation_due"], false, "{v}");
+    let old_expiry = v["binding"]["trust_facts"]["expiring_at"].clone();
+    assert!(old_expiry.is_string(), "{v}");
+    let short = dc.state.issue("scanner", 3);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/rotate",
+        Some(json!({"fields": {"token": short.raw, "token_id": short.id.to_string()}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["probe"]["result"].as_str()),
+        (200, Some("passed")),
+        "{v}"
+    );
+    let version = v["version"].as_u64().unwrap();
+    // Staged only: the binding still describes the PAT it serves.
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    assert_eq!(b["binding"]["trust_facts"]["rotation_due"], false, "{b}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        &format!("/v1/admin/bindings/acme-jira/secret/{version}/promote"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    let facts = &b["binding"]["trust_facts"];
+    assert_eq!(facts["rotation_due"], true, "{b}");
+    assert!(
+        facts["expiring_at"].is_string() && facts["expiring_at"] != old_expiry,
+        "{b}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_without_the_pat_api_is_reported() {
     let (_tmp, _pki, _daemon, dc, mut op) = start("").await;
@@ -340,6 +386,44 @@ async fn a_private_pki_instance_is_trusted_only_with_its_ca() {
     )
     .await;
     assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+}
+
+/// A create whose answer is lost (a proxy gives up with a 504 while the instance makes the
+/// PAT): the PAT exists upstream, with its user's full permissions. The broker looks for it
+/// by the unique name it sent and revokes it, and the failed rotation's record says so
+/// rather than that nothing was created. (Before, the record said "did not create" and the
+/// automatic rotation made one more such PAT every hour.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pat_created_behind_a_lost_answer_is_found_and_revoked() {
+    let (_tmp, _pki, daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    *dc.state.create_answer_lost.lock().unwrap() = Some(504);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/self-rotate",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    let pats = dc.state.pats.lock().unwrap().clone();
+    assert_eq!(
+        pats.len(),
+        1,
+        "a PAT created upstream was left live: {pats:?}"
+    );
+    assert_eq!(pats[0].id, old.id);
+    let records = daemon.audit_records();
+    let failed = records
+        .iter()
+        .find(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "failed")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.contains("was found and revoked"), "{detail}");
+    // The binding serves the PAT it served.
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
 }
 
 /// A self-rotation is recorded before the upstream creates anything: with the audit log

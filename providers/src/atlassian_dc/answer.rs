@@ -36,6 +36,25 @@ pub fn pat_expiry(body: &[u8], id: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The ids of the PATs named exactly `name` in a PAT list (`GET /rest/pat/latest/tokens`),
+/// each 1 to 64 characters of `[A-Za-z0-9-]` (so safe in a DELETE path); at most 16.
+pub fn pat_ids_named(body: &[u8], name: &str) -> Vec<String> {
+    let list: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    list.as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|t| t.get("name").and_then(Value::as_str) == Some(name))
+                .filter_map(|t| t.get("id").map(value_text))
+                .filter(|i| {
+                    (1..=64).contains(&i.len())
+                        && i.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                })
+                .take(16)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A created PAT (`POST /rest/pat/latest/tokens`): its `rawToken` (1 to 1,024 printable
 /// characters) and its `id` when that is 1 to 64 printable characters.
 ///

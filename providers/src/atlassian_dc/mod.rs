@@ -34,7 +34,7 @@ use crate::{
 /// The registry id.
 pub const ID: &str = "atlassian_dc_pat";
 
-pub use answer::{created_pat, pat_expiry, pat_user};
+pub use answer::{created_pat, pat_expiry, pat_ids_named, pat_user};
 pub use settings::{parse_config, DcSettings, Product};
 
 struct DcBinding {
@@ -135,6 +135,76 @@ impl AtlassianDc {
             return Ok(None);
         }
         Ok(pat_expiry(&a.body, id))
+    }
+
+    /// After a create whose outcome is unknown (`failed`): looks for PATs named `name` (the
+    /// unique name the create sent) and revokes them. The error returned says which it was
+    /// — none created, found and revoked, or not known — so the audit record of the failed
+    /// rotation does not claim nothing exists when something may.
+    async fn settle_create(
+        &self,
+        b: &DcBinding,
+        token: &str,
+        name: &str,
+        budget: Duration,
+        failed: ProviderError,
+    ) -> ProviderError {
+        let (message, upstream_request_id) = match failed {
+            ProviderError::Unavailable {
+                message,
+                upstream_request_id,
+            } => (message, upstream_request_id),
+            other => return other,
+        };
+        let listed = self
+            .call(
+                b,
+                http::Method::GET,
+                &format!("{}/rest/pat/latest/tokens", b.base),
+                token,
+                None,
+                budget,
+            )
+            .await;
+        let found = match listed {
+            Ok(a) if a.status == 200 => Some(pat_ids_named(&a.body, name)),
+            _ => None,
+        };
+        let outcome = match found {
+            Some(ids) if ids.is_empty() => format!(
+                "no PAT named '{name}' was listed afterwards (one the instance was still creating would appear later: look for it at the source)"
+            ),
+            Some(ids) => {
+                let mut revoked = 0;
+                for id in &ids {
+                    let gone = self
+                        .call(
+                            b,
+                            http::Method::DELETE,
+                            &format!("{}/rest/pat/latest/tokens/{id}", b.base),
+                            token,
+                            None,
+                            budget,
+                        )
+                        .await;
+                    if matches!(gone, Ok(a) if a.status == 204 || a.status == 200) {
+                        revoked += 1;
+                    }
+                }
+                if revoked == ids.len() {
+                    format!("the PAT it created ('{name}') was found and revoked")
+                } else {
+                    format!("a PAT named '{name}' was created and could not be revoked: revoke it at the source")
+                }
+            }
+            None => format!(
+                "whether a PAT named '{name}' was created could not be checked: look for it at the source and revoke it"
+            ),
+        };
+        ProviderError::Unavailable {
+            message: format!("{message}; {outcome}"),
+            upstream_request_id,
+        }
     }
 }
 
@@ -328,7 +398,7 @@ impl SelfRotation for AtlassianDc {
             request.binding.binding_id,
             OffsetDateTime::now_utc().unix_timestamp()
         );
-        let a = self
+        let sent = self
             .call(
                 b,
                 http::Method::POST,
@@ -337,7 +407,20 @@ impl SelfRotation for AtlassianDc {
                 Some(json!({"name": name, "expirationDuration": self.settings.new_token_days})),
                 request.timeout,
             )
-            .await?;
+            .await;
+        // A timeout, a server error (a proxy in front of the instance giving up while it
+        // creates), or a success without a usable token: the PAT may exist all the same, a
+        // live credential of the user's full permissions that nothing tracks. It is looked
+        // for by the unique name sent, and revoked.
+        let a = match sent {
+            Ok(a) => a,
+            Err(e @ ProviderError::Unavailable { .. }) => {
+                return Err(self
+                    .settle_create(b, token, &name, request.timeout, e)
+                    .await)
+            }
+            Err(e) => return Err(e),
+        };
         if a.status == 404 {
             return Err(denied(
                 "this instance has no PAT API (older Server version): rotate by pasting a new PAT"
@@ -350,10 +433,18 @@ impl SelfRotation for AtlassianDc {
                 a.status
             )));
         }
-        let (raw, id) = created_pat(&a.body).map_err(|message| ProviderError::Unavailable {
-            message,
-            upstream_request_id: None,
-        })?;
+        let (raw, id) = match created_pat(&a.body) {
+            Ok(created) => created,
+            Err(message) => {
+                let e = ProviderError::Unavailable {
+                    message,
+                    upstream_request_id: a.request_id,
+                };
+                return Err(self
+                    .settle_create(b, token, &name, request.timeout, e)
+                    .await);
+            }
+        };
         let mut fields = SecretFields::new();
         fields.insert("token", raw);
         if let Some(id) = id {
