@@ -489,6 +489,55 @@ mod tests {
                 .check,
             "wids"
         );
+        // Each remaining check alone: an issuer naming another tenant (or none), an `azp`
+        // that is not the `appid`, delegated scopes without `idtyp`, no object id.
+        let failed = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut other = ok.clone();
+            edit(&mut other);
+            check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app, &hosts())
+                .unwrap_err()
+                .check
+        };
+        assert_eq!(
+            failed(&|c| {
+                c["iss"] = serde_json::json!(
+                    "https://sts.windows.net/00000000-0000-0000-0000-000000000000/"
+                )
+            }),
+            "iss"
+        );
+        assert_eq!(
+            failed(&|c| c
+                .as_object_mut()
+                .unwrap()
+                .remove("iss")
+                .map(drop)
+                .unwrap_or(())),
+            "iss"
+        );
+        assert_eq!(
+            failed(&|c| {
+                c["azp"] = serde_json::json!(app);
+                c["appid"] = serde_json::json!(oid);
+            }),
+            "appid"
+        );
+        assert_eq!(
+            failed(&|c| {
+                c.as_object_mut().unwrap().remove("idtyp");
+                c["scp"] = serde_json::json!("User.Read");
+            }),
+            "idtyp"
+        );
+        assert_eq!(
+            failed(&|c| c
+                .as_object_mut()
+                .unwrap()
+                .remove("oid")
+                .map(drop)
+                .unwrap_or(())),
+            "oid"
+        );
         let mut other = ok;
         other["tid"] = serde_json::json!(42);
         assert!(decode_claims(&jwt(&other)).is_err());
