@@ -99,6 +99,8 @@ pub struct EntraState {
     pub role_assignments: Mutex<Vec<(String, String, String)>>,
     /// Subscriptions placed under a management group: (group name, subscription GUID).
     pub placements: Mutex<Vec<(String, String)>>,
+    /// Security groups: (group object id, member object id).
+    pub group_members: Mutex<Vec<(String, String)>>,
     /// Role-assignment reads answered (any scope).
     pub role_reads: Mutex<usize>,
     signing: AppKey,
@@ -417,12 +419,14 @@ impl EntraState {
         }
         let oid = claims["oid"].as_str().unwrap_or("").to_owned();
         let tid = claims["tid"].as_str().unwrap_or("").to_owned();
+        // What a role reaches the principal through: itself and the groups it is in.
+        let principals = self.principal_and_groups(&oid);
         let mut ids: Vec<String> = self
             .role_assignments
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, p, _)| *p == oid)
+            .filter(|(_, p, _)| principals.contains(p))
             .filter_map(|(s, _, _)| {
                 s.strip_prefix("/subscriptions/")
                     .map(|r| r.split('/').next().unwrap_or("").to_owned())
@@ -434,7 +438,7 @@ impl EntraState {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, p, _)| *p == oid)
+            .filter(|(_, p, _)| principals.contains(p))
             .filter_map(|(s, _, _)| {
                 s.strip_prefix("/providers/Microsoft.Management/managementGroups/")
                     .map(str::to_owned)
@@ -460,8 +464,24 @@ impl EntraState {
         )
     }
 
-    /// ARM `GET {scope}/providers/Microsoft.Authorization/roleAssignments?api-version=…&$filter=principalId eq '…'`
-    /// with an ARM token this fake issued.
+    /// `principal` and the security groups it is a member of.
+    fn principal_and_groups(&self, principal: &str) -> Vec<String> {
+        let mut all = vec![principal.to_owned()];
+        all.extend(
+            self.group_members
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, m)| m == principal)
+                .map(|(g, _)| g.clone()),
+        );
+        all
+    }
+
+    /// ARM `GET {scope}/providers/Microsoft.Authorization/roleAssignments?api-version=…&$filter=…`
+    /// with an ARM token this fake issued: `principalId eq '{id}'` lists what was given to
+    /// that principal itself, `assignedTo('{id}')` also what was given to a group it is in
+    /// (each naming the principal it was given to), no filter everything at the scope.
     fn role_assignments_at(&self, scope: &str, query: &str, bearer: Option<&str>) -> (u16, Value) {
         *self.role_reads.lock().unwrap() += 1;
         let mut validation = Validation::new(Algorithm::RS256);
@@ -484,18 +504,39 @@ impl EntraState {
                 json!({"error": {"code": "InvalidApiVersionParameter", "message": "The api-version is invalid."}}),
             );
         }
-        let principal = params
-            .get("$filter")
-            .and_then(|f| f.strip_prefix("principalId eq '"))
+        let filter = params.get("$filter").map(String::as_str).unwrap_or("");
+        let principals: Option<Vec<String>> = if let Some(id) = filter
+            .strip_prefix("principalId eq '")
             .and_then(|f| f.strip_suffix('\''))
-            .map(str::to_owned);
+        {
+            Some(vec![id.to_owned()])
+        } else if let Some(id) = filter
+            .strip_prefix("assignedTo('")
+            .and_then(|f| f.strip_suffix("')"))
+        {
+            Some(self.principal_and_groups(id))
+        } else if filter.is_empty() {
+            None
+        } else {
+            return (
+                400,
+                json!({"error": {"code": "InvalidFilter", "message": "The filter is invalid."}}),
+            );
+        };
         let tid = claims.claims["tid"].as_str().unwrap_or("").to_owned();
+        let groups: Vec<String> = self
+            .group_members
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(g, _)| g.clone())
+            .collect();
         let value: Vec<Value> = self
             .role_assignments
             .lock()
             .unwrap()
             .iter()
-            .filter(|(s, p, _)| s == scope && principal.as_deref().is_none_or(|x| x == p))
+            .filter(|(s, p, _)| s == scope && principals.as_ref().is_none_or(|x| x.contains(p)))
             .enumerate()
             .map(|(i, (s, p, role))| {
                 json!({
@@ -505,7 +546,7 @@ impl EntraState {
                     "properties": {
                         "roleDefinitionId": format!("{s}/providers/Microsoft.Authorization/roleDefinitions/{role}"),
                         "principalId": p,
-                        "principalType": "ServicePrincipal",
+                        "principalType": if groups.contains(p) { "Group" } else { "ServicePrincipal" },
                         "scope": s,
                         "tenantId": tid,
                     }
@@ -587,6 +628,7 @@ impl FakeEntra {
             list_padding: Mutex::new(0),
             role_assignments: Mutex::new(Vec::new()),
             placements: Mutex::new(Vec::new()),
+            group_members: Mutex::new(Vec::new()),
             role_reads: Mutex::new(0),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),
@@ -643,6 +685,15 @@ impl FakeEntra {
             .lock()
             .unwrap()
             .push((group.to_owned(), subscription.to_owned()));
+    }
+
+    /// Makes `member` (an object id) a member of security group `group`.
+    pub fn add_to_group(&self, group: &str, member: &str) {
+        self.state
+            .group_members
+            .lock()
+            .unwrap()
+            .push((group.to_owned(), member.to_owned()));
     }
 
     /// Assigns Azure role `role` (a role definition GUID) to `principal` at `scope`.

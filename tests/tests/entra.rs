@@ -961,6 +961,32 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         ARM
     );
     assert!(v["details"]["roles"].is_null());
+    // A write role given to a security group our service principal is a member of (a
+    // group's owner can add it; no admin needed) is a role our principal holds: ARM lists
+    // it for `assignedTo`, not for `principalId eq`. Refused by the probe, which takes the
+    // binding out of service (and drops the token cached above).
+    let group = "77777777-8888-4999-aaaa-bbbbbbbbbbbb";
+    env.entra.add_to_group(group, ACME_SP);
+    env.entra.assign(sub, group, CONTRIBUTOR);
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(CONTRIBUTOR),
+        "{v}"
+    );
+    let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+    env.entra
+        .state
+        .role_assignments
+        .lock()
+        .unwrap()
+        .retain(|(_, p, _)| p != group);
+    let (s, v) = probe(&mut env.op, id).await;
+    assert_eq!(s, 200, "{v}");
     // A malicious upstream answering the role-assignment read without its list: not read as
     // "no roles held", the probe cannot pass.
     *env.entra.state.lists_without_value.lock().unwrap() = true;

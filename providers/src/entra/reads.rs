@@ -100,7 +100,10 @@ impl EntraApp {
     }
 
     /// The role definition ids (lower-case GUIDs) our principal `oid` holds at `scope`
-    /// (assignments at, above and below it).
+    /// (assignments at, above and below it), those given to a group it is a member of
+    /// included: `assignedTo('{oid}')`, as `az role assignment list --include-groups` asks,
+    /// not PROTOCOLS.md's `principalId eq '{oid}'`, which lists only what was given to the
+    /// principal itself (Owner given to a group holding our app would go unseen).
     async fn role_assignments(
         &self,
         token: &SecretString,
@@ -110,13 +113,13 @@ impl EntraApp {
     ) -> Result<Vec<String>, ProviderError> {
         let base = &self.settings.arm_base_url;
         let filter: String =
-            form_urlencoded::byte_serialize(format!("principalId eq '{oid}'").as_bytes()).collect();
+            form_urlencoded::byte_serialize(format!("assignedTo('{oid}')").as_bytes()).collect();
         let url = format!(
             "{base}{scope}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter={filter}"
         );
         let what = format!("ARM role assignments at {scope}");
         let items = self.get_all(url, base, token, budget, &what).await?;
-        roles_held(&items, oid).map_err(|m| ProviderError::Unavailable {
+        roles_held(&items).map_err(|m| ProviderError::Unavailable {
             message: format!("{what}: {m}"),
             upstream_request_id: None,
         })
@@ -319,19 +322,16 @@ pub fn page_of(mut v: Value, base: &str) -> Result<(Vec<Value>, Option<String>),
     }
 }
 
-/// The role definition ids (lower-case GUIDs, each once) the role assignments `items` give
-/// our principal `oid` (a lower-case GUID): the server's `$filter` is checked again here.
-/// Never panics on any input (fuzzed).
+/// The role definition ids (lower-case GUIDs, each once) of the role assignments `items`:
+/// every one the server returned for `assignedTo(our principal)`, whichever principal it
+/// names (a group holding ours names the group), counts — one more role can only make the
+/// ceiling check stricter. Never panics on any input (fuzzed).
 ///
 /// # Errors
-/// An assignment of `oid` without a role definition id.
-pub fn roles_held(items: &[Value], oid: &str) -> Result<Vec<String>, String> {
+/// An assignment without a role definition id.
+pub fn roles_held(items: &[Value]) -> Result<Vec<String>, String> {
     let mut roles = Vec::new();
     for a in items {
-        let principal = a.pointer("/properties/principalId").and_then(Value::as_str);
-        if principal.map(str::to_ascii_lowercase).as_deref() != Some(oid) {
-            continue;
-        }
         let role = a
             .pointer("/properties/roleDefinitionId")
             .and_then(Value::as_str)
