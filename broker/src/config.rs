@@ -489,6 +489,44 @@ client_ca = "ca.crt"
         }
     }
 
+    /// A misspelt key is an error in every section, never a setting silently left at its
+    /// default (`[tls] crls = …` would turn revocation off): each section loads as given,
+    /// and fails with one unknown key added.
+    #[test]
+    fn every_section_refuses_a_key_it_does_not_know() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = "listen = \"127.0.0.1:0\"\ncert = \"p.crt\"\nkey = \"p.key\"\n";
+        let sections: &[(&str, &str)] = &[
+            ("keys", ""),
+            ("limits", ""),
+            ("audit", ""),
+            ("cache", ""),
+            ("secrets", ""),
+            ("log", ""),
+            ("inventory", ""),
+            ("webhooks", ""),
+            ("store", ""),
+            ("public", public),
+            ("health", "listen = \"127.0.0.1:9090\"\n"),
+        ];
+        let load = |text: &str| Config::load(&write(dir.path(), text));
+        for (section, body) in sections {
+            let good = format!("{MIN}\n[{section}]\n{body}");
+            assert!(load(&good).is_ok(), "[{section}]: {:?}", load(&good).err());
+            let bad = format!("{good}no_such_key = 1\n");
+            let err = load(&bad).expect_err(section).0;
+            assert!(err.contains("no_such_key"), "[{section}]: {err}");
+        }
+        // [tls] is in MIN; [issuer] needs the public listener.
+        let bad = MIN.replace("[tls]\n", "[tls]\ncrls = \"crl.pem\"\n");
+        assert!(load(&bad).expect_err("tls").0.contains("crls"));
+        let issuer =
+            format!("{MIN}\n[public]\n{public}\n[issuer]\nurl = \"https://issuer.example.org\"\n");
+        assert!(load(&issuer).is_ok(), "{:?}", load(&issuer).err());
+        let bad = format!("{issuer}no_such_key = 1\n");
+        assert!(load(&bad).expect_err("issuer").0.contains("no_such_key"));
+    }
+
     #[test]
     fn a_config_error_never_quotes_the_line() {
         let dir = tempfile::tempdir().unwrap();

@@ -90,7 +90,12 @@ pub fn peer_identity(cert_der: &[u8], trust_domain: &str) -> Result<PeerIdentity
 /// # Errors
 /// See [`IdentityError`].
 pub fn parse_spiffe_id(uri: &str, trust_domain: &str) -> Result<PeerIdentity, IdentityError> {
-    let rest = uri.get(9..).ok_or(IdentityError::NoSpiffeId)?;
+    // The scheme is checked here too, not only by the caller that picked the SAN.
+    let rest = uri
+        .get(..9)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("spiffe://"))
+        .and_then(|_| uri.get(9..))
+        .ok_or(IdentityError::NoSpiffeId)?;
     let (domain, path) = rest.split_once('/').ok_or(IdentityError::UnknownRole)?;
     // SPIFFE trust domains are lower-case by spec; compare exactly.
     if domain != trust_domain {
@@ -194,6 +199,9 @@ mod tests {
             "spiffe://example.org/admin/a",
             "spiffe://example.org/Worker/a",
             "spiffe://example.org/worker/../a",
+            "https://example.org/worker/a",
+            "spiffy://example.org/worker/a",
+            "https:///example.org/worker/a",
         ] {
             assert!(parse_spiffe_id(bad, TD).is_err(), "{bad} accepted");
         }
