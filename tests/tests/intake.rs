@@ -403,6 +403,60 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
     assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
 }
 
+/// A version an operator staged (rotated, not yet promoted) is not the customer's to
+/// destroy: a submission through a link while it waits is refused before an attempt is
+/// spent, and the staged version stays. (Before, the submission replaced it — destroyed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_staged_version_is_not_destroyed_by_a_submission() {
+    let (_tmp, _pki, _daemon, _sn, mut op, mut public) = start().await;
+    let fields = json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}});
+    let (s, v) = call(
+        &mut op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-snow/secret",
+        Some(fields.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-snow/secret/rotate",
+        Some(fields),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let staged = v["version"].clone();
+    let (path, _) = create_link(&mut op, 3600).await;
+    let page = get(&mut public, &path).await;
+    assert_eq!(page.status, 200);
+    let (cookie, csrf) = form_state(&page);
+    let good = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
+        enc(&csrf),
+        enc(SECRET)
+    );
+    let p = post(&mut public, &path, Some(&cookie), &good).await;
+    assert_eq!(p.status, 409, "{}", p.html);
+    assert!(p.html.contains("already waiting"), "{}", p.html);
+    let (_, b): (u16, Value) =
+        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert_eq!(b["binding"]["pending_secret_version"], staged, "{b}");
+    // Once the operator has promoted it, the link works, with every attempt left.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        &format!("/v1/admin/bindings/acme-snow/secret/{staged}/promote"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (cookie, form) = wrong_secret_form(&mut public, &path).await;
+    let p = post(&mut public, &path, Some(&cookie), &form).await;
+    assert_eq!(p.status, 422, "{}", p.html);
+    assert!(p.html.contains("2 attempt(s) left"), "{}", p.html);
+}
+
 /// Registers a second operator, op2, and has it create a link: the link's path.
 async fn second_operators_link(pki: &TestPki, daemon: &Daemon, op: &mut BrokerClient) -> String {
     let mut op2 = register_operator(op, pki, &daemon.url, "op2").await;

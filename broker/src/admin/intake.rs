@@ -378,6 +378,17 @@ impl AdminService {
                 "The credential could not be stored; open the link again and retry.",
             )
         };
+        // An operator's staged version is not the customer's to destroy: refused before an
+        // attempt is spent (and, should one be staged meanwhile, by the write itself).
+        if matches!(self.binding_or_404(&link.binding).await,
+            Ok(b) if b.value.pending_secret_version.is_some())
+        {
+            self.count_intake("pending_version", false);
+            return pages::refused(
+                StatusCode::CONFLICT,
+                "Another new credential for this connection is already waiting to be checked. Ask your contact to finish or discard it, then open the link again.",
+            );
+        }
         // 0. One attempt is reserved on the link as read, before anything is written: of
         //    concurrent submissions one proceeds, and a link revoked or used meanwhile
         //    stops them all.
@@ -413,7 +424,12 @@ impl AdminService {
         let written = {
             let _guard = self.lock.lock().await;
             let plan = self
-                .plan_secret_write(&link.binding, fields, None, true)
+                .plan_secret_write(
+                    &link.binding,
+                    fields,
+                    None,
+                    super::secrets::SecretWrite::StageBeside,
+                )
                 .await
                 .map(|mut p| {
                     p.batch.expect_intake_link(key, read);

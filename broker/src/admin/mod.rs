@@ -562,10 +562,12 @@ impl AdminService {
             AdminOp::SetStatus(c, id, status) => self.plan_status(c, &id, status).await,
             AdminOp::Remove(c, id) => self.plan_remove(c, &id).await,
             AdminOp::SecretSet(id, fields, expires) => {
-                self.plan_secret_write(&id, fields, expires, false).await
+                self.plan_secret_write(&id, fields, expires, secrets::SecretWrite::Set)
+                    .await
             }
             AdminOp::SecretRotate(id, fields, expires) => {
-                self.plan_secret_write(&id, fields, expires, true).await
+                self.plan_secret_write(&id, fields, expires, secrets::SecretWrite::Rotate)
+                    .await
             }
             AdminOp::Governance(g) => self.plan_governance(g).await,
             AdminOp::SecretDestroy(id, version, force) => {

@@ -17,6 +17,18 @@ use crate::audit::{AuditEvent, AuditReceipt};
 use crate::model::{Binding, VersionProbe};
 use std::time::Instant;
 
+/// How a secret write treats the binding's versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SecretWrite {
+    /// The first version, active at once.
+    Set,
+    /// A pending version; one pending version never promoted is replaced (destroyed).
+    Rotate,
+    /// A pending version, refused while another one waits (an intake link must not
+    /// destroy what an operator staged).
+    StageBeside,
+}
+
 impl AdminService {
     /// Marks version `old` of `binding` superseded in `batch` (kept, never served, destroyed
     /// after the overlap), as read: promotion, token capture and a reinstall's retirement.
@@ -90,8 +102,9 @@ impl AdminService {
         id: &str,
         fields: SecretFields,
         expires_at: Option<String>,
-        rotate: bool,
+        mode: SecretWrite,
     ) -> Result<Plan, ApiError> {
+        let rotate = mode != SecretWrite::Set;
         let stored = self.binding_or_404(id).await?;
         let mut binding = stored.value.clone();
         let provider = self.core.registry.get(&binding.provider).ok_or_else(|| {
@@ -123,6 +136,12 @@ impl AdminService {
         let mut replaced = None;
         if rotate {
             if let Some(p) = binding.pending_secret_version {
+                if mode == SecretWrite::StageBeside {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("binding {id} has pending version {p} waiting to be promoted or destroyed; it is not replaced"),
+                    ));
+                }
                 if let Some(read) = self
                     .core
                     .records

@@ -207,7 +207,9 @@ impl AdminService {
         let staged: Result<Value, (ApiError, Option<AuditReceipt>)> = async {
             let written = {
                 let _guard = self.lock.lock().await;
-                let plan = self.plan_secret_write(id, successor.clone(), None, true).await;
+                let plan = self
+                    .plan_secret_write(id, successor.clone(), None, super::secrets::SecretWrite::Rotate)
+                    .await;
                 self.commit_plan(
                     Self::event(actor, request_id, "secret.rotate"),
                     plan,
