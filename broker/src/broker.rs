@@ -130,8 +130,9 @@ pub struct Core {
     pub(crate) records: Records,
     pub(crate) keyring: Keyring,
     pub(crate) audit: AuditLog,
-    /// Resolves' stand-in records not settled yet (a mint still running for a resolve whose
-    /// client went away): shutdown waits for them before closing the audit log.
+    /// Records not settled yet — resolves' stand-in records (a mint still running for a
+    /// resolve whose client went away) and admin operations still running: shutdown waits
+    /// for them before closing the audit log.
     pub(crate) pending_reports: Arc<std::sync::atomic::AtomicUsize>,
     /// Set when the daemon stops: no new mint starts (see [`Broker::settle_reports`]).
     pub(crate) stopping: std::sync::atomic::AtomicBool,
@@ -406,7 +407,8 @@ impl Broker {
     /// records): no mint (a resolve's, a self-rotation's) starts any more, since its record
     /// could not be written once the audit log closes; then waits until no resolve's
     /// stand-in record is pending (mints of resolves whose clients went away have ended and
-    /// their records are written) and no self-rotation runs — at most the mint timeout and
+    /// their records are written), no admin operation (a probe whose operator went away)
+    /// is still running and no self-rotation runs — at most the mint timeout and
     /// 2 s (every mint still running started before now), and never past 20 s after the
     /// stop signal (`began`), so a stop ends within systemd's `TimeoutStopSec`. Called
     /// before [`Broker::shutdown`] closes the audit log.
@@ -425,7 +427,7 @@ impl Broker {
             || self.admin.rotations_running()
         {
             if tokio::time::Instant::now() >= deadline {
-                tracing::error!("stopping with the record of a resolve whose client went away still unwritten (its mint had not ended)");
+                tracing::error!("stopping with a record still unwritten: a mint or an operation whose client went away had not ended");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1255,6 +1255,42 @@ async fn a_slow_probe_does_not_hold_up_other_changes() {
     assert_eq!(s, 200, "{v}");
 }
 
+/// A probe calls the customer's STS. One under way when the daemon is told to stop, its
+/// operator's client gone (so the listener's drain does not wait for it), is waited for
+/// before the audit log closes: the customer's CloudTrail never shows an AssumeRole the
+/// broker's log has no record of. (Before, the stop closed the log under it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_under_way_at_a_stop_is_recorded_before_the_log_closes() {
+    let mut env = start_opts("", false, 5000).await;
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    bind(&mut env, "aws1", "i-aws", &arn).await;
+    let before = env.sts.state.calls();
+    env.sts.faults().delay = std::time::Duration::from_millis(1500);
+    let probing = spawn_probe(&env, "op", "aws1");
+    for _ in 0..200 {
+        if env.sts.state.calls() > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(env.sts.state.calls() > before, "the probe reached STS");
+    probing.abort();
+    let _ = probing.await;
+    env.daemon.stop();
+    let records = env.daemon.audit_records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "binding.probe" && r["binding"] == "aws1"),
+        "the probe's AssumeRole calls have no record: {records:?}"
+    );
+}
+
 /// A revoked operator cannot keep acting (THREATS.md): an operator disabled while their
 /// probe waits on STS does not get it landed — the binding stays pending and the refusal is
 /// audited as theirs — because the operator's record as read at the commit is one of its

@@ -436,7 +436,14 @@ impl AdminService {
         }
         let this = Arc::clone(self);
         let (actor, request_id) = (actor.to_owned(), request_id.to_owned());
-        let run = async move { this.run_admin(&actor, op, &request_id).await };
+        // Counted until it ends, so a stop waits for it before the audit log closes: an
+        // operation whose client went away (a probe calling the customer's cloud) still
+        // writes its record.
+        let running = crate::issuer::PendingReport::new(&self.core.pending_reports);
+        let run = async move {
+            let _running = running;
+            this.run_admin(&actor, op, &request_id).await
+        };
         // The task runs with the admitted record and, for a callback, the issuer it acts for.
         let issuer = commit::ON_BEHALF_OF.try_with(Clone::clone).ok().flatten();
         tokio::spawn(commit::ON_BEHALF_OF.scope(issuer, commit::ADMITTED.scope(admitted, run)))
