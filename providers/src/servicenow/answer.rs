@@ -108,6 +108,30 @@ pub fn token_or_error(a: &Answer, instance: &str) -> Result<TokenAnswer, Provide
     }
 }
 
+/// The role names of the application user's `sys_user_has_role` rows (`result` of the table
+/// read), sorted, each once. Untrusted input (fuzzed).
+///
+/// # Errors
+/// An empty answer or one of 1,000 rows or more (ACLs can hide rows, and the read asks for
+/// at most 1,000: neither is "no roles"), or a row whose `role.name` cannot be read (a role
+/// the broker cannot vouch for, not one to skip).
+pub fn application_roles(result: &Value) -> Result<Vec<String>, String> {
+    let rows = result
+        .as_array()
+        .filter(|r| !r.is_empty() && r.len() < 1000)
+        .ok_or("the application user's roles could not be read (sys_user_has_role answered no rows): give it snc_read_only so the broker can verify its roles")?;
+    let mut roles = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.get("role.name").and_then(Value::as_str) {
+            Some(name) if !name.is_empty() => roles.push(name.to_owned()),
+            _ => return Err("a role of the application user could not be read (a sys_user_has_role row without role.name): the broker cannot verify it is within policies/servicenow.json".into()),
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    Ok(roles)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-pub use answer::{parse_token_answer, token_or_error, TokenAnswer};
+pub use answer::{application_roles, parse_token_answer, token_or_error, TokenAnswer};
 pub use settings::parse_config as settings_parse_config;
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{ServiceNowCeiling, ServiceNowSettings, ID};
@@ -283,32 +283,13 @@ impl Probe for ServiceNow {
         let result = self
             .table(b, &t.access_token, roles_path, request.timeout)
             .await?;
-        // An empty or unreadable answer is not "no roles": ACLs can hide the rows.
-        let rows = result
-            .as_array()
-            .filter(|r| !r.is_empty() && r.len() < 1000)
-            .ok_or_else(|| ProviderError::ActivationRefused {
+        let roles = answer::application_roles(&result).map_err(|message| {
+            ProviderError::ActivationRefused {
                 reason: RefusalReason::Other,
-                message: "the application user's roles could not be read (sys_user_has_role answered no rows): give it snc_read_only so the broker can verify its roles".into(),
+                message,
                 upstream_request_id: None,
-            })?;
-        // A row whose role name cannot be read (an ACL hides it) is a role the broker cannot
-        // vouch for, not one to skip.
-        let mut roles = Vec::with_capacity(rows.len());
-        for row in rows {
-            match row.get("role.name").and_then(Value::as_str) {
-                Some(name) if !name.is_empty() => roles.push(name.to_owned()),
-                _ => {
-                    return Err(ProviderError::ActivationRefused {
-                        reason: RefusalReason::Other,
-                        message: "a role of the application user could not be read (a sys_user_has_role row without role.name): the broker cannot verify it is within policies/servicenow.json".into(),
-                        upstream_request_id: None,
-                    })
-                }
             }
-        }
-        roles.sort();
-        roles.dedup();
+        })?;
         let beyond: Vec<&str> = roles
             .iter()
             .filter(|r| !b.ceiling.roles.contains(*r))

@@ -1,13 +1,28 @@
 //! What a ServiceNow instance answers to the token request (a 200's body, and what every
 //! status and content type means), the instance or Data Center base URL an operator (or an
-//! intake) hands the broker, and Data Center's PAT expiry times.
+//! intake) hands the broker, Data Center's PAT expiry times, and the roles the application
+//! user's `sys_user_has_role` rows name.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-use credbroker_providers::servicenow::{parse_token_answer, token_or_error};
+use credbroker_providers::servicenow::{application_roles, parse_token_answer, token_or_error};
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_token_answer(data);
+    // The application user's roles (held to the ceiling by the probe): as the whole answer,
+    // and as one row's role name beside a known one.
+    let text = String::from_utf8_lossy(data);
+    let rows = serde_json::json!([{ "role.name": "snc_read_only" }, { "role.name": text }]);
+    for result in [serde_json::from_slice(data).unwrap_or_default(), rows] {
+        if let Ok(roles) = application_roles(&result) {
+            // Every row's name, none skipped: sorted, each once, none empty.
+            assert!(!roles.is_empty() && roles.len() < 1000);
+            assert!(roles.windows(2).all(|w| w[0] < w[1]), "{roles:?}");
+            assert!(roles.iter().all(|r| !r.is_empty()));
+            let listed = result.as_array().map_or(0, Vec::len);
+            assert!(roles.len() <= listed);
+        }
+    }
     // The first two bytes pick the status, the third the content type.
     // The body as it came, and the rest of the input as the `error` field of a JSON body.
     if let [a, b, c, body @ ..] = data {
