@@ -140,7 +140,7 @@ async fn start_custom(o: StartOptions<'_>) -> Env {
         None => repo_root().join("policies/aws.json"),
     };
     let extra = format!(
-        "[cache]\nmint_timeout_ms = 4000\n{cache_extra}\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nattempt_timeout_ms = {attempt_timeout_ms}\nmax_attempts = 3\nceiling_file = {:?}\n",
+        "[cache]\nmint_timeout_ms = 4000\n{cache_extra}\n[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"{VENDOR}\"\nbroker_principal_arn = \"arn:aws:iam::{VENDOR}:role/credbroker\"\nattempt_timeout_ms = {attempt_timeout_ms}\nmax_attempts = 3\nceiling_file = {:?}\n",
         endpoint,
         ceiling_file.display().to_string()
     );
@@ -250,6 +250,11 @@ async fn activation_minting_narrowing_and_caching() {
     assert_eq!(
         facts["template_parameters"]["ExternalId"],
         external_id.as_str()
+    );
+    // The templates trust the broker's own role only: the customer is handed its ARN.
+    assert_eq!(
+        facts["template_parameters"]["BrokerPrincipalArn"],
+        format!("arn:aws:iam::{VENDOR}:role/credbroker")
     );
     // Onboarding again gives the same ExternalId; another tenant gets another one.
     assert_eq!(

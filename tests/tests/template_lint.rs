@@ -137,8 +137,26 @@ fn a_trust_statement_with_not_action_fails() {
         std::fs::read_to_string(root.join("onboarding-templates/aws/credbroker-role.json"))
             .unwrap();
     let named = r#""Action": "sts:AssumeRole",
-              "Condition": { "StringEquals": { "sts:ExternalId": { "Ref": "ExternalId" } } }"#;
+              "Condition": {
+                "StringEquals": { "sts:ExternalId": { "Ref": "ExternalId" } },
+                "ArnEquals": { "aws:PrincipalArn": { "Ref": "BrokerPrincipalArn" } }
+              }"#;
     assert!(shipped.contains(named), "the shipped trust changed shape");
+    // Without the broker-role condition: every identity of the vendor account that may call
+    // sts:AssumeRole could assume it with the ExternalId, which is no secret.
+    let any_vendor_identity = shipped.replace(
+        r#",
+                "ArnEquals": { "aws:PrincipalArn": { "Ref": "BrokerPrincipalArn" } }"#,
+        "",
+    );
+    assert_ne!(any_vendor_identity, shipped);
+    let tmp = aws_template_dir("credbroker-role.json", &any_vendor_identity);
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("lacks Condition ArnEquals aws:PrincipalArn"),
+        "{out}"
+    );
     let loose = shipped.replace(named, r#""NotAction": "sts:TagSession""#);
     let tmp = aws_template_dir("credbroker-role.json", &loose);
     let (c, out, _) = lint(tmp.path());
@@ -217,6 +235,24 @@ fn a_stackset_that_drifts_from_the_role_template_fails() {
         "{out}"
     );
     assert!(out.contains("AdministratorAccess is outside"), "{out}");
+    // A StackSet that does not hand the broker's role to its instances (they could not be
+    // created, or would take whatever a default said) fails too.
+    let params = &mut stackset["Resources"]["CredbrokerRoleStackSet"]["Properties"]["Parameters"];
+    params
+        .as_array_mut()
+        .unwrap()
+        .retain(|p| p["ParameterKey"] != "BrokerPrincipalArn");
+    std::fs::write(
+        aws.join("credbroker-stackset.json"),
+        serde_json::to_vec_pretty(&stackset).unwrap(),
+    )
+    .unwrap();
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("Parameters must pass BrokerPrincipalArn"),
+        "{out}"
+    );
 }
 
 #[test]

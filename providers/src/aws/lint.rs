@@ -2,7 +2,9 @@
 //! CloudFormation JSON we ship in onboarding-templates/aws/ must stay within
 //! policies/aws.json (missing or unreadable: the lint fails — no ceiling, no pass). Every IAM role trusts only the
 //! `VendorAccountId` parameter, only with `sts:ExternalId` equal to the `ExternalId` parameter
-//! (NoEcho, at least 32 characters), allows sessions of at most 3600 s, and attaches only
+//! (NoEcho, at least 32 characters) and `aws:PrincipalArn` equal to the `BrokerPrincipalArn`
+//! parameter (the broker's own role: no other identity of the vendor account may assume it,
+//! the ExternalId being no secret), allows sessions of at most 3600 s, and attaches only
 //! managed policies / inline actions inside policies/aws.json. A service-managed StackSet must
 //! auto-deploy with CAPABILITY_NAMED_IAM and embed exactly the single-account role template.
 //! The web identity variant (a template with an `IssuerUrl` or `Subject` parameter, or an
@@ -144,6 +146,10 @@ fn lint_role(
             if cond != Some(&serde_json::json!({ "Ref": "ExternalId" })) {
                 say("trust policy lacks Condition StringEquals sts:ExternalId = {\"Ref\": \"ExternalId\"} (confused-deputy defence)".into());
             }
+            let broker = st.pointer("/Condition/ArnEquals/aws:PrincipalArn");
+            if broker != Some(&serde_json::json!({ "Ref": "BrokerPrincipalArn" })) {
+                say("trust policy lacks Condition ArnEquals aws:PrincipalArn = {\"Ref\": \"BrokerPrincipalArn\"} (only the broker's role, not every identity of the vendor account)".into());
+            }
         }
     }
     for arn in props.get("ManagedPolicyArns").map(list).unwrap_or_default() {
@@ -209,6 +215,15 @@ fn lint_parameters(file: &str, doc: &Value, out: &mut Vec<String>) {
             "{file}: ExternalId parameter needs the AWS AllowedPattern"
         ));
     }
+    if !doc
+        .pointer("/Parameters/BrokerPrincipalArn/AllowedPattern")
+        .and_then(Value::as_str)
+        .is_some_and(|p| p.starts_with("^arn:aws") && p.contains(":role/"))
+    {
+        out.push(format!(
+            "{file}: BrokerPrincipalArn parameter must have an AllowedPattern of IAM role ARNs"
+        ));
+    }
     if doc
         .pointer("/Parameters/VendorAccountId/AllowedPattern")
         .and_then(Value::as_str)
@@ -266,6 +281,22 @@ pub fn lint_cfn(
                     .contains(&&Value::String("CAPABILITY_NAMED_IAM".into()))
                 {
                     say("Capabilities must include CAPABILITY_NAMED_IAM");
+                }
+                // Every parameter the role template requires reaches the stack instances.
+                for key in ["VendorAccountId", "BrokerPrincipalArn", "ExternalId"] {
+                    let passed = props
+                        .get("Parameters")
+                        .map(list)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|p| {
+                            p.get("ParameterKey").and_then(Value::as_str) == Some(key)
+                                && p.get("ParameterValue")
+                                    == Some(&serde_json::json!({ "Ref": key }))
+                        });
+                    if !passed {
+                        say(&format!("Parameters must pass {key} to the stack instances ({{\"Ref\": \"{key}\"}})"));
+                    }
                 }
                 match props
                     .get("TemplateBody")

@@ -229,6 +229,14 @@ impl AwsAssumeRole {
                 "providers.aws_assume_role.vendor_account_id must be a 12-digit account id".into(),
             );
         }
+        if let Some(arn) = &settings.broker_principal_arn {
+            if !broker_principal_ok(arn, &settings.vendor_account_id) {
+                return Err(format!(
+                    "providers.aws_assume_role.broker_principal_arn must be an IAM role ARN in account {} (arn:aws:iam::{}:role/NAME)",
+                    settings.vendor_account_id, settings.vendor_account_id
+                ));
+            }
+        }
         if !(params::MIN_DURATION_S..=43_200).contains(&settings.max_duration_s)
             || settings.max_attempts == 0
         {
@@ -452,9 +460,14 @@ impl Provider for AwsAssumeRole {
             "web_identity": "with --model web_identity the role trusts the broker's OIDC issuer instead of the vendor account: the binding's subject (config.broker.subject, shown by binding add) is the template's Subject parameter; no ExternalId",
             "template_parameters": {
                 "VendorAccountId": self.settings.vendor_account_id,
+                "BrokerPrincipalArn": self.settings.broker_principal_arn,
                 "ExternalId": external_id,
                 "RoleName": "CredbrokerAccess"
             },
+            "broker_principal_arn": self.settings.broker_principal_arn.as_ref().map_or(
+                "not configured: set [providers.aws_assume_role] broker_principal_arn to the broker's IAM role ARN; the templates require it",
+                |_| "the only identity of the vendor account the customer's role trusts",
+            ),
             "hand_back": "the RoleArn stack output",
             "then": format!("credbroker binding add aws BINDING_ID --tenant {tenant_id} --role-arn ROLE_ARN, then credbroker binding probe BINDING_ID")
         }))
@@ -559,5 +572,62 @@ impl Provider for AwsAssumeRole {
             out.request_id(),
             duration,
         )
+    }
+}
+
+/// Whether `arn` names an IAM role (any path) in account `account`, in any partition, as
+/// the role template's `BrokerPrincipalArn` pattern accepts.
+fn broker_principal_ok(arn: &str, account: &str) -> bool {
+    let Some(rest) = arn.strip_prefix("arn:") else {
+        return false;
+    };
+    let mut parts = rest.splitn(5, ':');
+    let (partition, service, region, acct, resource) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let name = resource.strip_prefix("role/").unwrap_or("");
+    partition.starts_with("aws")
+        && partition
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-')
+        && service == "iam"
+        && region.is_empty()
+        && acct == account
+        && (1..=512).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@/-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::broker_principal_ok;
+
+    #[test]
+    fn the_broker_principal_is_a_role_of_the_vendor_account() {
+        let account = "111122223333";
+        for good in [
+            "arn:aws:iam::111122223333:role/credbroker",
+            "arn:aws-us-gov:iam::111122223333:role/platform/credbroker-prod",
+        ] {
+            assert!(broker_principal_ok(good, account), "{good}");
+        }
+        for bad in [
+            "arn:aws:iam::444455556666:role/credbroker",
+            "arn:aws:iam::111122223333:user/credbroker",
+            "arn:aws:iam::111122223333:root",
+            "arn:aws:sts::111122223333:assumed-role/credbroker/s",
+            "arn:aws:iam:us-east-1:111122223333:role/credbroker",
+            "arn:aws:iam::111122223333:role/",
+            "arn:aws:iam::111122223333:role/a*",
+            "arn:AWS:iam::111122223333:role/credbroker",
+            "role/credbroker",
+        ] {
+            assert!(!broker_principal_ok(bad, account), "{bad}");
+        }
     }
 }

@@ -23,6 +23,11 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
     /// The vendor (platform) AWS account customers' roles trust.
     pub vendor_account_id: String,
+    /// The broker's own IAM role in that account (the identity its STS calls are made as):
+    /// the shipped role template trusts only it (`aws:PrincipalArn`), and `onboard aws`
+    /// hands it to the customer as the template's `BrokerPrincipalArn`.
+    #[serde(default)]
+    pub broker_principal_arn: Option<String>,
     /// Session length when the binding does not say (clamped to 900..=max).
     #[serde(default = "default_duration")]
     pub default_duration_s: u32,

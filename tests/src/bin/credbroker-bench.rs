@@ -705,6 +705,7 @@ async fn run(args: Args) {
             region: "us-east-1".into(),
             endpoint_url: Some(sts.url.clone()),
             vendor_account_id: "111111111111".into(),
+            broker_principal_arn: None,
             default_duration_s: 3600,
             max_duration_s: 3600,
             attempt_timeout_ms: 3000,
