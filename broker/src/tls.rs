@@ -62,8 +62,8 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| TlsError(format!("{}: no usable private key ({e})", path.display())))
 }
 
-/// Loads the CRLs of a PEM file the verifier is to use: of several CRLs of one CA and one
-/// partition (issuing distribution point), only the newest. (rustls's verifier consults
+/// Loads the CRLs of a PEM file the verifier is to use, newest first: of several CRLs of one
+/// CA and one partition (issuing distribution point), only the newest. (rustls's verifier consults
 /// the first CRL of an issuer it finds, so a newer one appended after an older one would
 /// otherwise go unseen, its revocations with it.) Each CRL left out is logged.
 ///
@@ -81,10 +81,20 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
                 "the CRL file holds more than one CRL of this CA: the older one is ignored; replace the file with the CA's current CRL rather than append to it"
             );
         } else {
-            used.push(der);
+            used.push((fact.this_update, fact.number.clone(), der));
         }
     }
-    Ok(used)
+    // Newest first: a full CRL and a partitioned one of the same CA are both kept, and
+    // either can be the one rustls finds authoritative for a certificate; of those, the
+    // first in order is used.
+    used.sort_by(|a, b| {
+        let rank = |x: &(i64, Option<Vec<u8>>, _)| {
+            let n = x.1.clone().unwrap_or_default();
+            (x.0, n.len(), n)
+        };
+        rank(b).cmp(&rank(a))
+    });
+    Ok(used.into_iter().map(|(_, _, der)| der).collect())
 }
 
 /// Reads every CRL of a PEM file, in order.
