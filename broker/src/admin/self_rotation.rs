@@ -204,6 +204,9 @@ impl AdminService {
         // 2-4. Stored pending, probed, promoted; on any failure the successor is withdrawn
         //      upstream again (audited), so no PAT the broker created outlives a failure.
         let written_version = std::sync::atomic::AtomicU64::new(u64::MAX);
+        // Whether the promotion's commit was sent: a failure after it, other than a refused
+        // precondition, may still land (a PostgreSQL COMMIT whose answer the deadline cut).
+        let promotion_sent = std::sync::atomic::AtomicBool::new(false);
         let staged: Result<Value, (ApiError, Option<AuditReceipt>)> = async {
             let written = {
                 let _guard = self.lock.lock().await;
@@ -240,6 +243,7 @@ impl AdminService {
                 ));
             }
             let plan = self.plan_secret_promote(id, version).await;
+            promotion_sent.store(plan.is_ok(), std::sync::atomic::Ordering::Relaxed);
             let promoted = self
                 .commit_plan(
                     Self::event(actor, request_id, "secret.promote"),
@@ -260,7 +264,13 @@ impl AdminService {
                     u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed)).ok(),
                 )
                 .await
-            {
+                // Read as not promoted, but its commit was sent and not refused outright: it
+                // may land after this read, so the successor is kept as when unreadable.
+                .filter(|landed| {
+                    landed.is_some()
+                        || !promotion_sent.load(std::sync::atomic::Ordering::Relaxed)
+                        || e.code == ErrorCode::Conflict
+                }) {
                 // A commit whose outcome was unknown (the store answered with an error after
                 // applying it, or the acknowledgement was lost) promoted the successor: it is
                 // what resolves hand out now, so the rotation goes on as promoted.
@@ -277,8 +287,9 @@ impl AdminService {
                     .await;
                     return Err((e, r));
                 }
-                // Unknown (the store does not answer): withdrawing it might revoke the
-                // credential being served, so it is kept and said.
+                // Unknown (the store does not answer, or the promotion's commit failed in a
+                // way that may still land): withdrawing it might revoke the credential being
+                // served, so it is kept and said.
                 None => {
                     let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
                     ev.tenant = Some(binding.tenant.to_string());
@@ -286,7 +297,7 @@ impl AdminService {
                     ev.outcome = "failed".into();
                     ev.error_code = Some(e.code.as_str().to_owned());
                     ev.detail = Some(format!(
-                        "binding={id} self-rotation failed ({}) and whether its successor was promoted cannot be read: the successor was kept upstream; see `credbroker binding show {id}`, then promote its pending version or revoke it at the source",
+                        "binding={id} self-rotation failed ({}) and whether its successor was promoted is not known: the successor was kept upstream; see `credbroker binding show {id}`, then promote its pending version or revoke it at the source",
                         e.code
                     ));
                     let _ = self.core.audit.append(ev).await;

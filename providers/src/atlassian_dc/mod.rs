@@ -156,6 +156,27 @@ impl AtlassianDc {
             } => (message, upstream_request_id),
             other => return other,
         };
+        // One budget for the whole settling (the list and every revocation), so a rotation
+        // at a stop still ends within the bound the stop waits for.
+        let outcome = tokio::time::timeout(budget, self.find_and_revoke(b, token, name, budget))
+            .await
+            .unwrap_or_else(|_| format!(
+                "whether a PAT named '{name}' was created could not be checked in time: look for it at the source and revoke it"
+            ));
+        ProviderError::Unavailable {
+            message: format!("{message}; {outcome}"),
+            upstream_request_id,
+        }
+    }
+
+    /// Lists the PATs named `name` and revokes them: what was found, as text.
+    async fn find_and_revoke(
+        &self,
+        b: &DcBinding,
+        token: &str,
+        name: &str,
+        budget: Duration,
+    ) -> String {
         let listed = self
             .call(
                 b,
@@ -170,7 +191,7 @@ impl AtlassianDc {
             Ok(a) if a.status == 200 => Some(pat_ids_named(&a.body, name)),
             _ => None,
         };
-        let outcome = match found {
+        match found {
             Some(ids) if ids.is_empty() => format!(
                 "no PAT named '{name}' was listed afterwards (one the instance was still creating would appear later: look for it at the source)"
             ),
@@ -200,10 +221,6 @@ impl AtlassianDc {
             None => format!(
                 "whether a PAT named '{name}' was created could not be checked: look for it at the source and revoke it"
             ),
-        };
-        ProviderError::Unavailable {
-            message: format!("{message}; {outcome}"),
-            upstream_request_id,
         }
     }
 }
@@ -393,10 +410,16 @@ impl SelfRotation for AtlassianDc {
     async fn create(&self, request: &MintRequest<'_>) -> Result<SecretFields, ProviderError> {
         let b = request.binding.bound.get::<DcBinding>()?;
         let token = Self::token_of(request.secret)?;
+        // Unique to this create (a random part: two rotations of one binding in one second,
+        // on two replicas, must not share it), since a lost answer is settled by this name.
+        let mut nonce = [0u8; 6];
+        aws_lc_rs::rand::fill(&mut nonce)
+            .map_err(|_| ProviderError::Internal("no randomness for the PAT name".into()))?;
         let name = format!(
-            "credbroker {} {}",
+            "credbroker {} {} {}",
             request.binding.binding_id,
-            OffsetDateTime::now_utc().unix_timestamp()
+            OffsetDateTime::now_utc().unix_timestamp(),
+            nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
         let sent = self
             .call(
