@@ -364,6 +364,14 @@ pub struct SecretVersion {
     pub expires_at: Option<String>,
 }
 
+impl SecretVersion {
+    /// Whether a pending version is worth keeping for its promotion: it passed its last
+    /// probe, or has not been probed yet. One that failed is replaced by the next write.
+    pub fn worth_keeping(&self) -> bool {
+        self.probe.as_ref().is_none_or(|p| p.passed)
+    }
+}
+
 impl std::fmt::Debug for SecretVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretVersion")

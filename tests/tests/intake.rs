@@ -451,6 +451,20 @@ async fn an_operators_staged_version_is_not_destroyed_by_a_submission() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
+    // A version the operator staged that failed its probe is not worth keeping: the
+    // customer's submission replaces it (an attempt spent, the link still works).
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-snow/secret/rotate",
+        Some(json!({"fields": {"client_id": CLIENT, "client_secret": "not-it"}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["probe"]["result"].as_str()),
+        (200, Some("failed")),
+        "{v}"
+    );
     let (cookie, form) = wrong_secret_form(&mut public, &path).await;
     let p = post(&mut public, &path, Some(&cookie), &form).await;
     assert_eq!(p.status, 422, "{}", p.html);
@@ -552,6 +566,27 @@ async fn submit_while_probing(
         "the submission never got to its probe"
     );
     submitting
+}
+
+/// A submission runs detached from the customer's connection: one whose probe is calling
+/// the customer's instance when the daemon is told to stop, its client gone, is waited for
+/// before the audit log closes — its probe's record is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_probing_at_a_stop_is_recorded_before_the_log_closes() {
+    let (_tmp, pki, mut daemon, sn, mut op, mut public) = start().await;
+    let (path, _) = create_link(&mut op, 3600).await;
+    let submitting = submit_while_probing(&pki, &daemon, &sn, &mut public, &path).await;
+    submitting.abort();
+    let _ = submitting.await;
+    daemon.stop();
+    let records = daemon.audit_records();
+    assert!(
+        records.iter().any(|r| r["action"] == "binding.probe"
+            && r["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("intake:"))),
+        "the submission's probe has no record: {records:?}"
+    );
 }
 
 /// A link acts for its creator to the end: a creator disabled while a submission's probe

@@ -378,11 +378,21 @@ impl AdminService {
                 "The credential could not be stored; open the link again and retry.",
             )
         };
-        // An operator's staged version is not the customer's to destroy: refused before an
-        // attempt is spent (and, should one be staged meanwhile, by the write itself).
-        if matches!(self.binding_or_404(&link.binding).await,
-            Ok(b) if b.value.pending_secret_version.is_some())
-        {
+        // Counted until it ends, so a stop waits for its probe's record (the submission runs
+        // detached from the customer's connection).
+        let _running = crate::issuer::PendingReport::new(&self.core.pending_reports);
+        // An operator's staged version (passed its probe, or not probed yet) is not the
+        // customer's to destroy: refused before an attempt is spent (and, should one be staged
+        // meanwhile, by the write itself). One that failed its probe is replaced.
+        let staged = match self.binding_or_404(&link.binding).await {
+            Ok(b) => match b.value.pending_secret_version {
+                Some(p) => matches!(self.core.records.secret_version(&b.value.id, p).await,
+                    Ok(Some(v)) if v.value.worth_keeping()),
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if staged {
             self.count_intake("pending_version", false);
             return pages::refused(
                 StatusCode::CONFLICT,

@@ -24,8 +24,9 @@ pub(super) enum SecretWrite {
     Set,
     /// A pending version; one pending version never promoted is replaced (destroyed).
     Rotate,
-    /// A pending version, refused while another one waits (an intake link must not
-    /// destroy what an operator staged).
+    /// A pending version, refused while another one waits that passed its probe or was not
+    /// probed yet (an intake link must not destroy what an operator staged); one that failed
+    /// its probe is replaced.
     StageBeside,
 }
 
@@ -136,12 +137,6 @@ impl AdminService {
         let mut replaced = None;
         if rotate {
             if let Some(p) = binding.pending_secret_version {
-                if mode == SecretWrite::StageBeside {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("binding {id} has pending version {p} waiting to be promoted or destroyed; it is not replaced"),
-                    ));
-                }
                 if let Some(read) = self
                     .core
                     .records
@@ -149,6 +144,12 @@ impl AdminService {
                     .await
                     .map_err(store_err)?
                 {
+                    if mode == SecretWrite::StageBeside && read.value.worth_keeping() {
+                        return Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            format!("binding {id} has pending version {p} waiting to be promoted or destroyed; it is not replaced"),
+                        ));
+                    }
                     plan.batch.remove(&read);
                 }
                 replaced = Some(p);
@@ -382,6 +383,13 @@ impl AdminService {
         started: Instant,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         let refuse = |e: ApiError| (e, None);
+        // A stopping broker calls no upstream (its record could not be written).
+        if self.core.is_stopping() {
+            return Err(refuse(ApiError::new(
+                ErrorCode::Unavailable,
+                "the broker is stopping; probe again once it has started",
+            )));
+        }
         let read = self
             .core
             .records
