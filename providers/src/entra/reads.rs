@@ -119,7 +119,7 @@ impl EntraApp {
         );
         let what = format!("ARM role assignments at {scope}");
         let items = self.get_all(url, base, token, budget, &what).await?;
-        roles_held(&items).map_err(|m| ProviderError::Unavailable {
+        roles_held(&items, oid).map_err(|m| ProviderError::Unavailable {
             message: format!("{what}: {m}"),
             upstream_request_id: None,
         })
@@ -322,16 +322,25 @@ pub fn page_of(mut v: Value, base: &str) -> Result<(Vec<Value>, Option<String>),
     }
 }
 
-/// The role definition ids (lower-case GUIDs, each once) of the role assignments `items`:
-/// every one the server returned for `assignedTo(our principal)`, whichever principal it
-/// names (a group holding ours names the group), counts — one more role can only make the
-/// ceiling check stricter. Never panics on any input (fuzzed).
+/// The role definition ids (lower-case GUIDs, each once) of the role assignments `items`
+/// returned for `assignedTo(oid)`: those given to our principal `oid` (a lower-case GUID)
+/// and those given to a group (ARM lists a group's assignment for each of its members; the
+/// membership is ARM's to know). An assignment to another user or application is not ours,
+/// whatever the server's filter did. Never panics on any input (fuzzed).
 ///
 /// # Errors
-/// An assignment without a role definition id.
-pub fn roles_held(items: &[Value]) -> Result<Vec<String>, String> {
+/// An assignment counted without a role definition id.
+pub fn roles_held(items: &[Value], oid: &str) -> Result<Vec<String>, String> {
     let mut roles = Vec::new();
     for a in items {
+        let principal = a.pointer("/properties/principalId").and_then(Value::as_str);
+        let group = a
+            .pointer("/properties/principalType")
+            .and_then(Value::as_str)
+            == Some("Group");
+        if !group && principal.map(str::to_ascii_lowercase).as_deref() != Some(oid) {
+            continue;
+        }
         let role = a
             .pointer("/properties/roleDefinitionId")
             .and_then(Value::as_str)
@@ -393,10 +402,32 @@ pub fn newest_grant(items: &[Value]) -> Option<OffsetDateTime> {
 
 #[cfg(test)]
 mod tests {
-    use super::page_of;
+    use super::{page_of, roles_held};
     use serde_json::json;
 
     const BASE: &str = "https://management.azure.com";
+
+    #[test]
+    fn roles_of_our_principal_and_its_groups_count_and_no_one_elses() {
+        let ours = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        let assignment = |principal: &str, kind: &str, role: &str| {
+            json!({"properties": {"principalId": principal, "principalType": kind,
+                "roleDefinitionId": format!("/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/{role}")}})
+        };
+        let reader = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+        let contributor = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+        let owner = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
+        let items = [
+            assignment(&ours.to_uppercase(), "ServicePrincipal", reader),
+            assignment("11111111-2222-4333-8444-555555555555", "Group", contributor),
+            // Another principal's (a filter ARM did not apply): not ours.
+            assignment("99999999-2222-4333-8444-555555555555", "User", owner),
+        ];
+        assert_eq!(
+            roles_held(&items, ours).unwrap(),
+            vec![reader.to_owned(), contributor.to_owned()]
+        );
+    }
 
     #[test]
     fn a_next_page_is_followed_on_its_host_or_refused() {

@@ -54,15 +54,14 @@ fuzz_target!(|data: &[u8]| {
     });
     let (items, next) = page_of(shaped, BASE).expect("a page with a value list");
     check(&items, next);
-    // An assignment returned for our principal: its role is the GUID the id ends in, or an
-    // error.
+    // The assignment to our principal: its role is the GUID the id ends in, or an error.
     let role = text.rsplit('/').next().unwrap_or_default();
     let is_guid = role.len() == 36
         && role.bytes().enumerate().all(|(i, b)| match i {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_hexdigit(),
         });
-    match roles_held(&items[..1]) {
+    match roles_held(&items, OID) {
         Ok(roles) => assert!(is_guid && roles == [role.to_ascii_lowercase()], "{roles:?}"),
         Err(_) => assert!(!is_guid, "{role}"),
     }
@@ -81,7 +80,7 @@ fn check(items: &[Value], next: Option<String>) {
     if let Some(next) = next {
         assert!(next.starts_with("https://management.azure.com/"), "{next}");
     }
-    if let Ok(roles) = roles_held(items) {
+    if let Ok(roles) = roles_held(items, OID) {
         // What the ceiling is checked against: lower-case GUIDs, each once.
         for (i, r) in roles.iter().enumerate() {
             assert_eq!(r.len(), 36, "{r}");
