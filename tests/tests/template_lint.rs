@@ -157,6 +157,21 @@ fn a_trust_statement_with_not_action_fails() {
         out.contains("lacks Condition ArnEquals aws:PrincipalArn"),
         "{out}"
     );
+    // Nor with a parameter pattern that lets a wildcard through (ArnEquals reads `*`: every
+    // role of the vendor account).
+    let mut doc: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    doc["Parameters"]["BrokerPrincipalArn"]["AllowedPattern"] =
+        "^arn:aws:iam::[0-9]{12}:role/.*$".into();
+    let tmp = aws_template_dir(
+        "credbroker-role.json",
+        &serde_json::to_string_pretty(&doc).unwrap(),
+    );
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("BrokerPrincipalArn parameter must have AllowedPattern"),
+        "{out}"
+    );
     let loose = shipped.replace(named, r#""NotAction": "sts:TagSession""#);
     let tmp = aws_template_dir("credbroker-role.json", &loose);
     let (c, out, _) = lint(tmp.path());

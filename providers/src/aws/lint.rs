@@ -22,6 +22,10 @@ mod web_identity;
 
 const SINGLE_ACCOUNT_TEMPLATE: &str = "credbroker-role.json";
 
+/// The `AllowedPattern` of the `BrokerPrincipalArn` parameter: one IAM role ARN, whose name
+/// cannot hold the `*` or `?` that `ArnEquals` would read as wildcards.
+const BROKER_PRINCIPAL_PATTERN: &str = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$";
+
 fn is_vendor_principal(v: &Value) -> bool {
     v == &serde_json::json!({ "Fn::Sub": "arn:${AWS::Partition}:iam::${VendorAccountId}:root" })
         || v == &serde_json::json!({ "Ref": "VendorAccountId" })
@@ -215,13 +219,15 @@ fn lint_parameters(file: &str, doc: &Value, out: &mut Vec<String>) {
             "{file}: ExternalId parameter needs the AWS AllowedPattern"
         ));
     }
-    if !doc
+    // Exactly this pattern: ArnEquals honours `*` and `?`, so a looser one (`role/.*`) would
+    // let a stack trust every role of the vendor account.
+    if doc
         .pointer("/Parameters/BrokerPrincipalArn/AllowedPattern")
         .and_then(Value::as_str)
-        .is_some_and(|p| p.starts_with("^arn:aws") && p.contains(":role/"))
+        != Some(BROKER_PRINCIPAL_PATTERN)
     {
         out.push(format!(
-            "{file}: BrokerPrincipalArn parameter must have an AllowedPattern of IAM role ARNs"
+            "{file}: BrokerPrincipalArn parameter must have AllowedPattern {BROKER_PRINCIPAL_PATTERN} (one IAM role, no wildcard)"
         ));
     }
     if doc
