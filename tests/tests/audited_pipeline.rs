@@ -40,6 +40,9 @@ struct GatedStore {
     /// Apply the next batch that makes a secret version active, then answer with an error
     /// (a commit whose acknowledgement was lost).
     lose_promotion_answer: AtomicBool,
+    /// Fail the next batch that makes a secret version active without applying it (a
+    /// store failure whose outcome the broker cannot know).
+    fail_promotion: AtomicBool,
     entered: Notify,
     release: Notify,
 }
@@ -64,6 +67,11 @@ impl Store for GatedStore {
             matches!(op, Op::Put(Table::Secrets, _, v)
                 if String::from_utf8_lossy(v).contains("\"state\":\"active\""))
         });
+        if promotes && self.fail_promotion.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Backend(
+                "injected: the promotion's commit failed".into(),
+            ));
+        }
         if promotes && self.lose_promotion_answer.swap(false, Ordering::SeqCst) {
             self.inner.commit(batch).await?;
             return Err(StoreError::Backend(
@@ -128,6 +136,7 @@ async fn start_with(providers: Option<&str>) -> Env {
         fail: AtomicBool::new(false),
         fail_sync: AtomicBool::new(false),
         lose_promotion_answer: AtomicBool::new(false),
+        fail_promotion: AtomicBool::new(false),
         entered: Notify::new(),
         release: Notify::new(),
     });
@@ -476,5 +485,70 @@ async fn a_self_rotation_whose_promotion_answer_is_lost_keeps_its_successor() {
                     .as_str()
                     .is_some_and(|d| d.contains("successor"))),
         "the successor was withdrawn: {records:?}"
+    );
+}
+
+/// A self-rotation whose promotion commit fails in the store (the broker cannot know whether
+/// it landed: a PostgreSQL COMMIT may apply after its answer is lost): the successor is not
+/// withdrawn upstream (it might be what resolves hand out), it stays the pending version, and
+/// the record says the outcome is not known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_rotation_whose_promotion_commit_fails_keeps_its_successor() {
+    let dc = credbroker_tests::fake_atlassian_dc::FakeAtlassianDc::start().await;
+    let env = start_with(Some(&format!(
+        "[atlassian_dc_pat]\nallowed_hosts = [\"{}\"]\nnew_token_days = 90\ntimeout_ms = 3000\n",
+        dc.authority
+    )))
+    .await;
+    let admin = |op| env.broker.admin("operator:test", op, "req-dc");
+    admin(add_tenant("t1"))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    let binding: NewBinding = serde_json::from_value(json!({
+        "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+        "owner": "team-tests", "purpose": "integration test",
+        "config": {"base_url": dc.url, "product": "jira"}
+    }))
+    .unwrap();
+    admin(AdminOp::AddBinding(binding))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    let old = dc.state.issue("scanner", 60);
+    let mut fields = SecretFields::new();
+    fields.insert("token", SecretString::from(old.raw.clone()));
+    fields.insert("token_id", SecretString::from(old.id.to_string()));
+    admin(AdminOp::SecretSet("acme-jira".into(), fields, None))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    admin(AdminOp::Probe("acme-jira".into()))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+
+    env.store.fail_promotion.store(true, Ordering::SeqCst);
+    let rotated = admin(AdminOp::SecretSelfRotate("acme-jira".into())).await;
+    assert!(rotated.is_err(), "the promotion failed");
+    assert!(!env.store.fail_promotion.load(Ordering::SeqCst));
+    let id = BindingId::parse("acme-jira").unwrap();
+    let b = env.records.binding(&id).await.unwrap().unwrap();
+    assert_eq!(b.active_secret_version, Some(1));
+    assert_eq!(b.pending_secret_version, Some(2));
+    assert_eq!(
+        dc.state.pats.lock().unwrap().len(),
+        2,
+        "the successor was withdrawn, or the old PAT revoked"
+    );
+    let records = audit_records(&env);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "secret.revoke_upstream"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("is not known"))),
+        "{records:?}"
     );
 }

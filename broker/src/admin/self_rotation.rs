@@ -204,8 +204,8 @@ impl AdminService {
         // 2-4. Stored pending, probed, promoted; on any failure the successor is withdrawn
         //      upstream again (audited), so no PAT the broker created outlives a failure.
         let written_version = std::sync::atomic::AtomicU64::new(u64::MAX);
-        // Whether the promotion's commit was sent: a failure after it, other than a refused
-        // precondition, may still land (a PostgreSQL COMMIT whose answer the deadline cut).
+        // Whether the promotion's commit was sent: a store failure after it may still land
+        // (a PostgreSQL COMMIT whose answer the deadline cut).
         let promotion_sent = std::sync::atomic::AtomicBool::new(false);
         let staged: Result<Value, (ApiError, Option<AuditReceipt>)> = async {
             let written = {
@@ -264,12 +264,15 @@ impl AdminService {
                     u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed)).ok(),
                 )
                 .await
-                // Read as not promoted, but its commit was sent and not refused outright: it
-                // may land after this read, so the successor is kept as when unreadable.
+                // Read as not promoted, but its commit was sent and the store failed (the one
+                // failure after which a commit may still land, say a PostgreSQL COMMIT whose
+                // answer the deadline cut): the successor is kept as when unreadable. Every
+                // other refusal (a precondition, the operator's standing, the audit log)
+                // wrote nothing.
                 .filter(|landed| {
                     landed.is_some()
                         || !promotion_sent.load(std::sync::atomic::Ordering::Relaxed)
-                        || e.code == ErrorCode::Conflict
+                        || e.code != ErrorCode::Internal
                 }) {
                 // A commit whose outcome was unknown (the store answered with an error after
                 // applying it, or the acknowledgement was lost) promoted the successor: it is
