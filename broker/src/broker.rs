@@ -409,16 +409,21 @@ impl Broker {
     /// stand-in record is pending (mints of resolves whose clients went away have ended and
     /// their records are written), no admin operation (a probe whose operator went away)
     /// is still running and no self-rotation runs — at most the mint timeout and
-    /// 2 s (every mint still running started before now), and never past 20 s after the
+    /// 2 s (every mint still running started before now; twice the mint timeout while a
+    /// self-rotation settles a lost create), and never past 20 s after the
     /// stop signal (`began`), so a stop ends within systemd's `TimeoutStopSec`. Called
     /// before [`Broker::shutdown`] closes the audit log.
     pub async fn settle_reports(&self, began: tokio::time::Instant) {
         self.core
             .stopping
             .store(true, std::sync::atomic::Ordering::Release);
-        let deadline =
-            (tokio::time::Instant::now() + self.core.mint_timeout() + Duration::from_secs(2))
-                .min(began + Duration::from_secs(20));
+        let now = tokio::time::Instant::now();
+        let deadline = (now + self.core.mint_timeout() + Duration::from_secs(2))
+            .min(began + Duration::from_secs(20));
+        // A self-rotation whose create's answer was lost goes on to settle it (half a mint
+        // timeout more): waited for up to twice the mint timeout, within the same 20 s.
+        let rotation_deadline = (now + self.core.mint_timeout() * 2 + Duration::from_secs(2))
+            .min(began + Duration::from_secs(20));
         while self
             .core
             .pending_reports
@@ -426,7 +431,12 @@ impl Broker {
             > 0
             || self.admin.rotations_running()
         {
-            if tokio::time::Instant::now() >= deadline {
+            let until = if self.admin.rotations_running() {
+                rotation_deadline
+            } else {
+                deadline
+            };
+            if tokio::time::Instant::now() >= until {
                 tracing::error!("stopping with a record still unwritten: a mint or an operation whose client went away had not ended");
                 return;
             }

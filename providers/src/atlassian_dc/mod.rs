@@ -156,8 +156,10 @@ impl AtlassianDc {
             } => (message, upstream_request_id),
             other => return other,
         };
-        // One budget for the whole settling (the list and every revocation), so a rotation
-        // at a stop still ends within the bound the stop waits for.
+        // One budget for the whole settling (the list and every revocation), half the
+        // create's: with the create's own, a rotation at a stop ends within the bound the
+        // stop waits for while a rotation runs (twice the mint timeout, at most 20 s).
+        let budget = (budget / 2).max(Duration::from_secs(1));
         let outcome = tokio::time::timeout(budget, self.find_and_revoke(b, token, name, budget))
             .await
             .unwrap_or_else(|_| format!(
