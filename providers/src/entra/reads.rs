@@ -325,20 +325,27 @@ pub fn page_of(mut v: Value, base: &str) -> Result<(Vec<Value>, Option<String>),
 /// The role definition ids (lower-case GUIDs, each once) of the role assignments `items`
 /// returned for `assignedTo(oid)`: those given to our principal `oid` (a lower-case GUID)
 /// and those given to a group (ARM lists a group's assignment for each of its members; the
-/// membership is ARM's to know). An assignment to another user or application is not ours,
-/// whatever the server's filter did. Never panics on any input (fuzzed).
+/// membership is ARM's to know). Only an assignment that names another user, application or
+/// device is not ours, whatever the server's filter did; one of an unknown or absent type
+/// counts. Never panics on any input (fuzzed).
 ///
 /// # Errors
 /// An assignment counted without a role definition id.
 pub fn roles_held(items: &[Value], oid: &str) -> Result<Vec<String>, String> {
     let mut roles = Vec::new();
     for a in items {
+        // Skipped only when it names, for certain, another single principal: a group (a
+        // foreign one too), or an unknown or absent type, counts (failing closed).
         let principal = a.pointer("/properties/principalId").and_then(Value::as_str);
-        let group = a
+        let single = a
             .pointer("/properties/principalType")
             .and_then(Value::as_str)
-            == Some("Group");
-        if !group && principal.map(str::to_ascii_lowercase).as_deref() != Some(oid) {
+            .is_some_and(|t| {
+                ["User", "ServicePrincipal", "Device"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+            });
+        if single && principal.map(str::to_ascii_lowercase).as_deref() != Some(oid) {
             continue;
         }
         let role = a
@@ -417,15 +424,34 @@ mod tests {
         let reader = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
         let contributor = "b24988ac-6180-42a0-ab88-20f7382dd24c";
         let owner = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
+        let security_admin = "fb1c8493-542b-48eb-b624-b4c8fea62acd";
         let items = [
             assignment(&ours.to_uppercase(), "ServicePrincipal", reader),
             assignment("11111111-2222-4333-8444-555555555555", "Group", contributor),
             // Another principal's (a filter ARM did not apply): not ours.
             assignment("99999999-2222-4333-8444-555555555555", "User", owner),
+            assignment(
+                "99999999-2222-4333-8444-555555555556",
+                "servicePrincipal",
+                owner,
+            ),
+            // A type it cannot be sure of (absent, or one it does not know) counts.
+            json!({"properties": {"principalId": "99999999-2222-4333-8444-555555555557",
+                "roleDefinitionId": format!("/x/roleDefinitions/{security_admin}")}}),
+            assignment(
+                "99999999-2222-4333-8444-555555555558",
+                "ForeignGroup",
+                owner,
+            ),
         ];
         assert_eq!(
             roles_held(&items, ours).unwrap(),
-            vec![reader.to_owned(), contributor.to_owned()]
+            vec![
+                reader.to_owned(),
+                contributor.to_owned(),
+                security_admin.to_owned(),
+                owner.to_owned()
+            ]
         );
     }
 
