@@ -412,6 +412,52 @@ async fn a_request_refused_before_it_is_judged_is_audited() {
     );
 }
 
+/// A broker over the gated store with a Data Center binding `acme-jira` of tenant t1 on a
+/// fake instance, its PAT (60 days, with its id) set and probed active: the fake, the
+/// broker and that PAT.
+async fn active_pat_binding() -> (
+    credbroker_tests::fake_atlassian_dc::FakeAtlassianDc,
+    Env,
+    credbroker_tests::fake_atlassian_dc::FakePat,
+) {
+    let dc = credbroker_tests::fake_atlassian_dc::FakeAtlassianDc::start().await;
+    let env = start_with(Some(&format!(
+        "[atlassian_dc_pat]\nallowed_hosts = [\"{}\"]\nnew_token_days = 90\ntimeout_ms = 3000\n",
+        dc.authority
+    )))
+    .await;
+    let old = dc.state.issue("scanner", 60);
+    {
+        let admin = |op| env.broker.admin("operator:test", op, "req-dc");
+        admin(add_tenant("t1"))
+            .await
+            .map_err(|(e, _)| e.message)
+            .unwrap();
+        let binding: NewBinding = serde_json::from_value(json!({
+            "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+            "owner": "team-tests", "purpose": "integration test",
+            "config": {"base_url": dc.url, "product": "jira"}
+        }))
+        .unwrap();
+        admin(AdminOp::AddBinding(binding))
+            .await
+            .map_err(|(e, _)| e.message)
+            .unwrap();
+        let mut fields = SecretFields::new();
+        fields.insert("token", SecretString::from(old.raw.clone()));
+        fields.insert("token_id", SecretString::from(old.id.to_string()));
+        admin(AdminOp::SecretSet("acme-jira".into(), fields, None))
+            .await
+            .map_err(|(e, _)| e.message)
+            .unwrap();
+        admin(AdminOp::Probe("acme-jira".into()))
+            .await
+            .map_err(|(e, _)| e.message)
+            .unwrap();
+    }
+    (dc, env, old)
+}
+
 /// A self-rotation whose promotion commit lands but whose answer is lost (the store applied
 /// it, then answered with an error): the successor is what resolves hand out, so it is not
 /// withdrawn upstream — the rotation reads the binding afresh and goes on as promoted,
@@ -419,39 +465,8 @@ async fn a_request_refused_before_it_is_judged_is_audited() {
 /// revoked PAT and the old, valid one was superseded, never served again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_rotation_whose_promotion_answer_is_lost_keeps_its_successor() {
-    let dc = credbroker_tests::fake_atlassian_dc::FakeAtlassianDc::start().await;
-    let env = start_with(Some(&format!(
-        "[atlassian_dc_pat]\nallowed_hosts = [\"{}\"]\nnew_token_days = 90\ntimeout_ms = 3000\n",
-        dc.authority
-    )))
-    .await;
+    let (dc, env, old) = active_pat_binding().await;
     let admin = |op| env.broker.admin("operator:test", op, "req-dc");
-    admin(add_tenant("t1"))
-        .await
-        .map_err(|(e, _)| e.message)
-        .unwrap();
-    let binding: NewBinding = serde_json::from_value(json!({
-        "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
-        "owner": "team-tests", "purpose": "integration test",
-        "config": {"base_url": dc.url, "product": "jira"}
-    }))
-    .unwrap();
-    admin(AdminOp::AddBinding(binding))
-        .await
-        .map_err(|(e, _)| e.message)
-        .unwrap();
-    let old = dc.state.issue("scanner", 60);
-    let mut fields = SecretFields::new();
-    fields.insert("token", SecretString::from(old.raw.clone()));
-    fields.insert("token_id", SecretString::from(old.id.to_string()));
-    admin(AdminOp::SecretSet("acme-jira".into(), fields, None))
-        .await
-        .map_err(|(e, _)| e.message)
-        .unwrap();
-    admin(AdminOp::Probe("acme-jira".into()))
-        .await
-        .map_err(|(e, _)| e.message)
-        .unwrap();
 
     env.store
         .lose_promotion_answer
@@ -494,39 +509,8 @@ async fn a_self_rotation_whose_promotion_answer_is_lost_keeps_its_successor() {
 /// the record says the outcome is not known.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_rotation_whose_promotion_commit_fails_keeps_its_successor() {
-    let dc = credbroker_tests::fake_atlassian_dc::FakeAtlassianDc::start().await;
-    let env = start_with(Some(&format!(
-        "[atlassian_dc_pat]\nallowed_hosts = [\"{}\"]\nnew_token_days = 90\ntimeout_ms = 3000\n",
-        dc.authority
-    )))
-    .await;
+    let (dc, env, _old) = active_pat_binding().await;
     let admin = |op| env.broker.admin("operator:test", op, "req-dc");
-    admin(add_tenant("t1"))
-        .await
-        .map_err(|(e, _)| e.message)
-        .unwrap();
-    let binding: NewBinding = serde_json::from_value(json!({
-        "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
-        "owner": "team-tests", "purpose": "integration test",
-        "config": {"base_url": dc.url, "product": "jira"}
-    }))
-    .unwrap();
-    admin(AdminOp::AddBinding(binding))
-        .await
-        .map_err(|(e, _)| e.message)
-        .unwrap();
-    let old = dc.state.issue("scanner", 60);
-    let mut fields = SecretFields::new();
-    fields.insert("token", SecretString::from(old.raw.clone()));
-    fields.insert("token_id", SecretString::from(old.id.to_string()));
-    admin(AdminOp::SecretSet("acme-jira".into(), fields, None))
-        .await
-        .map_err(|(e, _)| e.message)
-        .unwrap();
-    admin(AdminOp::Probe("acme-jira".into()))
-        .await
-        .map_err(|(e, _)| e.message)
-        .unwrap();
 
     env.store.fail_promotion.store(true, Ordering::SeqCst);
     let rotated = admin(AdminOp::SecretSelfRotate("acme-jira".into())).await;
