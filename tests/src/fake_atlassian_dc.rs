@@ -41,6 +41,8 @@ pub struct DcState {
     /// A create makes the PAT, then answers with this status and an HTML page (a proxy in
     /// front of the instance giving up before it answered).
     pub create_answer_lost: Mutex<Option<u16>>,
+    /// A create hands out a PAT that has already expired (so it fails every probe).
+    pub create_expired: Mutex<bool>,
     counter: AtomicU64,
 }
 
@@ -168,6 +170,7 @@ impl DcState {
                 };
                 let mut pat = self.issue(&me.user, days);
                 pat.name = name.to_owned();
+                let expired = *self.create_expired.lock().unwrap();
                 if let Some(p) = self
                     .pats
                     .lock()
@@ -176,6 +179,9 @@ impl DcState {
                     .find(|p| p.id == pat.id)
                 {
                     p.name = name.to_owned();
+                    if expired {
+                        p.expires = time::OffsetDateTime::now_utc().unix_timestamp() - 1;
+                    }
                 }
                 if let Some(status) = *self.create_answer_lost.lock().unwrap() {
                     return Response::builder()
@@ -230,6 +236,7 @@ impl FakeAtlassianDc {
             pat_api: Mutex::new(true),
             requests: Mutex::new(Vec::new()),
             create_answer_lost: Mutex::new(None),
+            create_expired: Mutex::new(false),
             counter: AtomicU64::new(100),
         });
         let s = state.clone();

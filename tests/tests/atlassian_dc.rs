@@ -426,6 +426,39 @@ async fn a_pat_created_behind_a_lost_answer_is_found_and_revoked() {
     assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
 }
 
+/// A successor that fails its probe is withdrawn upstream (revoked with the current PAT)
+/// and its stored version destroyed: no PAT the broker created outlives the failed
+/// rotation, and no pending version is left to hold off an intake link. The binding keeps
+/// serving the PAT it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_failing_its_probe_is_withdrawn_and_destroyed() {
+    let (_tmp, _pki, daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    *dc.state.create_expired.lock().unwrap() = true;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/self-rotate",
+        Some(json!({})),
+    )
+    .await;
+    assert_ne!(s, 200, "{v}");
+    let pats = dc.state.pats.lock().unwrap().clone();
+    assert_eq!(pats.len(), 1, "the successor was left upstream: {pats:?}");
+    assert_eq!(pats[0].id, old.id);
+    assert!(daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "secret.revoke_upstream"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("was withdrawn upstream"))));
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+}
+
 /// A self-rotation is recorded before the upstream creates anything: with the audit log
 /// failing, no successor PAT is created (a live credential with no record of it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,14 +280,27 @@ impl AdminService {
                 Some(Some(version)) => json!({ "version": version, "superseded": started_from }),
                 // Not promoted: the successor is withdrawn upstream again.
                 Some(None) => {
-                    self.withdraw_successor(
-                        &binding,
-                        actor,
-                        request_id,
-                        &e,
-                        rotation.revoke(&request(&current), &successor).await,
-                    )
-                    .await;
+                    let withdrawn = rotation.revoke(&request(&current), &successor).await;
+                    let gone = matches!(withdrawn, Ok(true));
+                    self.withdraw_successor(&binding, actor, request_id, &e, withdrawn)
+                        .await;
+                    // Its stored version goes too: revoked upstream, it would only stand as a
+                    // pending version holding off intake links (one whose withdrawal failed
+                    // is kept, for the operator to find).
+                    let written =
+                        u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed))
+                            .ok();
+                    if let (true, Some(version)) = (gone, written) {
+                        let _guard = self.lock.lock().await;
+                        let plan = self.plan_secret_destroy(id, Some(version), false).await;
+                        let _ = self
+                            .commit_plan(
+                                Self::event(actor, request_id, "secret.destroy"),
+                                plan,
+                                "self-rotation: its successor was withdrawn upstream",
+                            )
+                            .await;
+                    }
                     return Err((e, r));
                 }
                 // Unknown (the store does not answer, or the promotion's commit failed in a
