@@ -96,6 +96,21 @@ pub(super) fn store_err(e: StoreError) -> ApiError {
     }
 }
 
+impl AdminService {
+    /// Refuses work that would call an upstream once the broker is stopping: the record of
+    /// what it did could not be written after the audit log closes. `then` says when it can
+    /// be done instead.
+    pub(super) fn refuse_when_stopping(&self, then: &str) -> Result<(), ApiError> {
+        if self.core.is_stopping() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("the broker is stopping; {then}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A new binding generation (see [`crate::model::Binding::generation`]).
 pub(crate) fn fresh_generation() -> Result<String, ApiError> {
     crate::model::new_generation()

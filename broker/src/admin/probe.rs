@@ -47,14 +47,8 @@ impl AdminService {
         started: Instant,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         let refuse = |e: ApiError| (e, None);
-        // A stopping broker calls no upstream: the record of what it did could not be
-        // written once the audit log closes.
-        if self.core.is_stopping() {
-            return Err(refuse(ApiError::new(
-                ErrorCode::Unavailable,
-                "the broker is stopping; probe again once it has started",
-            )));
-        }
+        self.refuse_when_stopping("probe again once it has started")
+            .map_err(refuse)?;
         let stored = self.binding_or_404(id).await.map_err(refuse)?;
         let mut binding = stored.value.clone();
         // The generation the binding takes should the probe retire what was minted from it.

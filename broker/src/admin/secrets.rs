@@ -383,13 +383,8 @@ impl AdminService {
         started: Instant,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         let refuse = |e: ApiError| (e, None);
-        // A stopping broker calls no upstream (its record could not be written).
-        if self.core.is_stopping() {
-            return Err(refuse(ApiError::new(
-                ErrorCode::Unavailable,
-                "the broker is stopping; probe again once it has started",
-            )));
-        }
+        self.refuse_when_stopping("probe again once it has started")
+            .map_err(refuse)?;
         let read = self
             .core
             .records

@@ -92,15 +92,8 @@ impl AdminService {
     ) -> OpResult {
         // A stopping broker starts none: the new credential would exist upstream with no
         // record once the audit log closes.
-        if self.core.is_stopping() {
-            return Err((
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the broker is stopping; the rotation runs on the next start",
-                ),
-                None,
-            ));
-        }
+        self.refuse_when_stopping("the rotation runs on the next start")
+            .map_err(|e| (e, None))?;
         // One rotation per binding at a time in this process (the timer and an operator).
         let claimed = self
             .rotations
