@@ -108,6 +108,43 @@ impl AtlassianDc {
             .ok_or_else(|| ProviderError::InvalidConfig("the secret has no field token".into()))
     }
 
+    /// `GET /rest/pat/latest/tokens`: the PATs of the token's user.
+    async fn list_pats(
+        &self,
+        b: &DcBinding,
+        token: &str,
+        budget: Duration,
+    ) -> Result<Answer, ProviderError> {
+        let url = format!("{}/rest/pat/latest/tokens", b.base);
+        self.call(b, http::Method::GET, &url, token, None, budget)
+            .await
+    }
+
+    /// `DELETE /rest/pat/latest/tokens/{id}` (`id` already restricted to `[A-Za-z0-9-]`):
+    /// `true` revoked, `false` not found (already gone, or not this user's).
+    ///
+    /// # Errors
+    /// `Denied` for another status; as [`Self::call`].
+    async fn delete_pat(
+        &self,
+        b: &DcBinding,
+        token: &str,
+        id: &str,
+        budget: Duration,
+    ) -> Result<bool, ProviderError> {
+        let url = format!("{}/rest/pat/latest/tokens/{id}", b.base);
+        let a = self
+            .call(b, http::Method::DELETE, &url, token, None, budget)
+            .await?;
+        match a.status {
+            204 | 200 => Ok(true),
+            404 => Ok(false),
+            s => Err(denied(format!(
+                "Data Center refused to revoke a PAT (HTTP {s})"
+            ))),
+        }
+    }
+
     /// `expiringAt` of PAT `id`, from the PAT API; `Err(None)` when the instance has no PAT
     /// API.
     async fn expiry(
@@ -117,17 +154,7 @@ impl AtlassianDc {
         id: Option<&str>,
         budget: Duration,
     ) -> Result<Option<String>, Option<ProviderError>> {
-        let a = self
-            .call(
-                b,
-                http::Method::GET,
-                &format!("{}/rest/pat/latest/tokens", b.base),
-                token,
-                None,
-                budget,
-            )
-            .await
-            .map_err(Some)?;
+        let a = self.list_pats(b, token, budget).await.map_err(Some)?;
         if a.status == 404 {
             return Err(None);
         }
@@ -179,16 +206,7 @@ impl AtlassianDc {
         name: &str,
         budget: Duration,
     ) -> String {
-        let listed = self
-            .call(
-                b,
-                http::Method::GET,
-                &format!("{}/rest/pat/latest/tokens", b.base),
-                token,
-                None,
-                budget,
-            )
-            .await;
+        let listed = self.list_pats(b, token, budget).await;
         let found = match listed {
             Ok(a) if a.status == 200 => Some(pat_ids_named(&a.body, name)),
             _ => None,
@@ -200,17 +218,7 @@ impl AtlassianDc {
             Some(ids) => {
                 let mut revoked = 0;
                 for id in &ids {
-                    let gone = self
-                        .call(
-                            b,
-                            http::Method::DELETE,
-                            &format!("{}/rest/pat/latest/tokens/{id}", b.base),
-                            token,
-                            None,
-                            budget,
-                        )
-                        .await;
-                    if matches!(gone, Ok(a) if a.status == 204 || a.status == 200) {
+                    if matches!(self.delete_pat(b, token, id, budget).await, Ok(true)) {
                         revoked += 1;
                     }
                 }
@@ -491,24 +499,8 @@ impl SelfRotation for AtlassianDc {
         else {
             return Ok(false);
         };
-        let a = self
-            .call(
-                b,
-                http::Method::DELETE,
-                &format!("{}/rest/pat/latest/tokens/{id}", b.base),
-                token,
-                None,
-                request.timeout,
-            )
-            .await?;
-        match a.status {
-            204 | 200 => Ok(true),
-            // Not found: already gone, or not this user's; either way not revoked by us.
-            404 => Ok(false),
-            s => Err(denied(format!(
-                "Data Center refused to revoke the superseded PAT (HTTP {s})"
-            ))),
-        }
+        // Not found: already gone, or not this user's; either way not revoked by us.
+        self.delete_pat(b, token, id, request.timeout).await
     }
 
     /// Due when the PAT API exists and the recorded `expiring_at` is within
