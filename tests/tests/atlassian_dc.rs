@@ -75,6 +75,28 @@ async fn bind(op: &mut BrokerClient, dc: &FakeAtlassianDc, token: &str, id: Opti
     v
 }
 
+/// `credbroker secret rotate acme-jira --self`.
+async fn self_rotate(op: &mut BrokerClient) -> (u16, Value) {
+    call(
+        op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/self-rotate",
+        Some(json!({})),
+    )
+    .await
+}
+
+/// The instance holds PAT `id` and no other: nothing the broker created was left live.
+fn only_pat_left(dc: &FakeAtlassianDc, id: u64) {
+    let pats = dc.state.pats.lock().unwrap().clone();
+    assert_eq!(
+        pats.len(),
+        1,
+        "a PAT created upstream was left live: {pats:?}"
+    );
+    assert_eq!(pats[0].id, id);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
     let (_tmp, pki, daemon, dc, mut op) = start("").await;
@@ -104,13 +126,7 @@ async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
     assert_eq!((s, code(&r)), (403, "narrowing_exceeds_ceiling"), "{r}");
 
     // `credbroker secret rotate acme-jira --self`.
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/secret/self-rotate",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = self_rotate(&mut op).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["old_revoked_upstream"], true, "{v}");
     assert_eq!(v["active_secret_version"], 2);
@@ -156,13 +172,7 @@ async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/secret/self-rotate",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = self_rotate(&mut op).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["old_revoked_upstream"], false, "{v}");
     assert!(v["note"].as_str().unwrap().contains("NOT revoked"), "{v}");
@@ -268,13 +278,7 @@ async fn an_instance_without_the_pat_api_is_reported() {
             .contains("no PAT API"),
         "{v}"
     );
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/secret/self-rotate",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = self_rotate(&mut op).await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
     assert!(
         v["error"]["message"]
@@ -399,21 +403,9 @@ async fn a_pat_created_behind_a_lost_answer_is_found_and_revoked() {
     let old = dc.state.issue("scanner", 60);
     bind(&mut op, &dc, &old.raw, Some(old.id)).await;
     *dc.state.create_answer_lost.lock().unwrap() = Some(504);
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/secret/self-rotate",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = self_rotate(&mut op).await;
     assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
-    let pats = dc.state.pats.lock().unwrap().clone();
-    assert_eq!(
-        pats.len(),
-        1,
-        "a PAT created upstream was left live: {pats:?}"
-    );
-    assert_eq!(pats[0].id, old.id);
+    only_pat_left(&dc, old.id);
     let records = daemon.audit_records();
     let failed = records
         .iter()
@@ -436,17 +428,9 @@ async fn a_successor_failing_its_probe_is_withdrawn_and_destroyed() {
     let old = dc.state.issue("scanner", 60);
     bind(&mut op, &dc, &old.raw, Some(old.id)).await;
     *dc.state.create_expired.lock().unwrap() = true;
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/secret/self-rotate",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = self_rotate(&mut op).await;
     assert_ne!(s, 200, "{v}");
-    let pats = dc.state.pats.lock().unwrap().clone();
-    assert_eq!(pats.len(), 1, "the successor was left upstream: {pats:?}");
-    assert_eq!(pats[0].id, old.id);
+    only_pat_left(&dc, old.id);
     assert!(daemon
         .audit_records()
         .iter()
@@ -471,13 +455,7 @@ async fn no_successor_is_created_while_the_audit_log_is_failing() {
     daemon.restart();
     let mut op = pki.client_for("op", &daemon.url);
     let seen = dc.state.requests.lock().unwrap().len();
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/secret/self-rotate",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = self_rotate(&mut op).await;
     assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
     let after: Vec<String> = dc.state.requests.lock().unwrap()[seen..].to_vec();
     assert!(
