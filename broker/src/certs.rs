@@ -44,6 +44,15 @@ pub struct CrlFacts {
     pub superseded: bool,
 }
 
+impl CrlFacts {
+    /// What orders CRLs from oldest to newest: `thisUpdate`, then the CRL number (compared as
+    /// an unsigned big-endian integer: the longer is larger, then byte by byte).
+    pub fn newness(&self) -> (i64, usize, Vec<u8>) {
+        let n = self.number.clone().unwrap_or_default();
+        (self.this_update, n.len(), n)
+    }
+}
+
 /// Every certificate in the PEM file at `path`, in order.
 ///
 /// # Errors
@@ -136,12 +145,7 @@ pub fn crl_facts(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    // Newest first by thisUpdate, then by CRL number (compared as unsigned big-endian
-    // integers: the longer is larger, then byte by byte).
-    let rank = |c: &CrlFacts| {
-        let n = c.number.clone().unwrap_or_default();
-        (c.this_update, n.len(), n)
-    };
+    let rank = CrlFacts::newness;
     for i in 0..facts.len() {
         let newer = facts.iter().enumerate().any(|(j, other)| {
             j != i

@@ -81,20 +81,14 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
                 "the CRL file holds more than one CRL of this CA: the older one is ignored; replace the file with the CA's current CRL rather than append to it"
             );
         } else {
-            used.push((fact.this_update, fact.number.clone(), der));
+            used.push((fact.newness(), der));
         }
     }
     // Newest first: a full CRL and a partitioned one of the same CA are both kept, and
     // either can be the one rustls finds authoritative for a certificate; of those, the
     // first in order is used.
-    used.sort_by(|a, b| {
-        let rank = |x: &(i64, Option<Vec<u8>>, _)| {
-            let n = x.1.clone().unwrap_or_default();
-            (x.0, n.len(), n)
-        };
-        rank(b).cmp(&rank(a))
-    });
-    Ok(used.into_iter().map(|(_, _, der)| der).collect())
+    used.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(used.into_iter().map(|(_, der)| der).collect())
 }
 
 /// Reads every CRL of a PEM file, in order.
