@@ -408,7 +408,7 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
 /// spent, and the staged version stays. (Before, the submission replaced it — destroyed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operators_staged_version_is_not_destroyed_by_a_submission() {
-    let (_tmp, _pki, _daemon, _sn, mut op, mut public) = start().await;
+    let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
     let fields = json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}});
     let (s, v) = call(
         &mut op,
@@ -437,8 +437,18 @@ async fn an_operators_staged_version_is_not_destroyed_by_a_submission() {
         enc(SECRET)
     );
     let p = post(&mut public, &path, Some(&cookie), &good).await;
+    let records_before = daemon.audit_records().len();
     assert_eq!(p.status, 409, "{}", p.html);
     assert!(p.html.contains("already waiting"), "{}", p.html);
+    // The link holder's refused submission is counted, not audited: no record is written
+    // (nor an attempt spent, below).
+    assert_eq!(daemon.audit_records().len(), records_before);
+    let (_, metrics) = scrape(&pki, &daemon.url).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("code=\"pending_version\""),
+        "the refusal is not counted"
+    );
     let (_, b): (u16, Value) =
         call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
     assert_eq!(b["binding"]["pending_secret_version"], staged, "{b}");
