@@ -426,8 +426,10 @@ pub fn parse_invocation_body(body: &[u8]) -> Result<Option<String>, String> {
     }))
 }
 
-/// Fuzzing entry: parses untrusted FIT claims and checks them (never panics).
-pub fn fuzz_fit_claims(bytes: &[u8]) {
+/// Fuzzing entry: parses untrusted FIT claims and checks them (never panics). The bytes are
+/// also read as an invocation's `x-forge-oauth-system` header: the expiry of a system token
+/// the broker would keep is returned, for the caller to check.
+pub fn fuzz_fit_claims(bytes: &[u8]) -> Option<i64> {
     if let Ok(claims) = serde_json::from_slice::<fit::FitClaims>(bytes) {
         let expect = fit::Expect {
             app_id: "ari:cloud:ecosystem::app/11111111-2222-3333-4444-555555555555".into(),
@@ -441,6 +443,8 @@ pub fn fuzz_fit_claims(bytes: &[u8]) {
         let _ = jsonwebtoken::decode_header(s);
     }
     let _ = fit::parse_jwks(bytes);
+    let value = http::HeaderValue::from_bytes(bytes).ok()?;
+    AtlassianForge::captured(&value).ok().map(|c| c.expires_at)
 }
 
 /// Fuzzing entry: parses an untrusted invocation body (never panics).

@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
             for id in ids {
                 // Safe in a DELETE path.
                 assert!((1..=64).contains(&id.len()));
-                assert!(id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'), "{id:?}");
+                assert!(
+                    id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'),
+                    "{id:?}"
+                );
             }
         }
         if let Ok((raw, id)) = created_pat(body) {

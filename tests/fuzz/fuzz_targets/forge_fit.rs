@@ -50,9 +50,22 @@ const POINTERS: &[&str] = &[
     "/principal",
 ];
 
+/// A system token kept from an invocation's header still works, and says it works for at
+/// most 4 h.
+fn check_kept(expires_at: Option<i64>) {
+    if let Some(exp) = expires_at {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(exp > now - 60, "an expired system token was kept");
+        assert!(
+            exp <= now + 4 * 3600,
+            "a system token living longer than 4 h was kept"
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    // The bytes themselves as the payload.
-    credbroker_providers::atlassian_forge::fuzz_fit_claims(data);
+    // The bytes themselves as the payload (and as the system token header).
+    check_kept(credbroker_providers::atlassian_forge::fuzz_fit_claims(data));
     // A well-formed claim set with the rest of the input in one field: as text, as a number,
     // or as whatever JSON it parses to.
     let Some((&selector, rest)) = data.split_first() else {
@@ -68,5 +81,5 @@ fuzz_target!(|data: &[u8]| {
             .fold(0i64, |a, b| a.wrapping_mul(257).wrapping_add(i64::from(*b)))),
         _ => Value::String(format!("https://api.atlassian.com/ex/jira/{text}")),
     };
-    credbroker_providers::atlassian_forge::fuzz_fit_claims(&claims_with(pointer, value));
+    let _ = credbroker_providers::atlassian_forge::fuzz_fit_claims(&claims_with(pointer, value));
 });

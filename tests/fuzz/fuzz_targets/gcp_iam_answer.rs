@@ -22,8 +22,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(status, 403);
         assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
     }
-    let shaped = serde_json::json!({"error": {"code": 403, "status": String::from_utf8_lossy(body)}})
-        .to_string();
+    let shaped =
+        serde_json::json!({"error": {"code": 403, "status": String::from_utf8_lossy(body)}})
+            .to_string();
     assert_eq!(
         refused_by_grant(403, shaped.as_bytes()),
         body == b"PERMISSION_DENIED"
