@@ -150,6 +150,13 @@ fn server_config_and_verifier(settings: &TlsSettings) -> Result<Built, TlsError>
         .with_single_cert(load_certs(&settings.cert)?, load_key(&settings.key)?)
         .map_err(|e| TlsError(format!("{}: {e}", settings.cert.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No session resumption: rustls takes a resumed session's client chain from the session
+    // and does not run the verifier again, so a client holding a ticket (or a TLS 1.2
+    // session id) would pass a CRL that has gone stale under `stale_crl = "refuse"`, or a
+    // certificate that has expired since, until the connection's next re-check. Every
+    // connection is a full handshake, verified against the CRL in force.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok((Arc::new(config), Some(verifier)))
 }
 

@@ -680,3 +680,59 @@ async fn a_busy_connection_outliving_its_certificate_is_closed() {
         .await;
     assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
 }
+
+/// One request over a new connection made with `tls` (which keeps the sessions the server
+/// resumes), `Connection: close`: the status line's code, or `None` when the connection was
+/// refused at or right after the handshake.
+async fn one_request(tls: &tokio_rustls::TlsConnector, url: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("https://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tls.connect(name, tcp).await.ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let head = String::from_utf8_lossy(&answer);
+    head.strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+}
+
+/// A client that resumes a TLS session is checked as a new one is: a CRL that went stale
+/// (its publisher blocked, so a revocation may be unseen) refuses it, though it holds a
+/// session from a connection made while the CRL was current (THREATS.md: a revoked
+/// certificate is refused at the handshake; README "stale_crl").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_under_a_stale_crl_is_refused() {
+    let (tmp, pki) = setup();
+    let due = time::OffsetDateTime::now_utc() + time::Duration::seconds(6);
+    let crl = pki.write_crl_until(&[], due);
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            crl: Some(crl),
+            extra_toml: "[tls]\ncrl_check_interval_s = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    // The same connector for every connection: it offers the server's session tickets (or
+    // session id) back, as a long-running client would.
+    let w1 = client_tls(&pki, "w1", b"http/1.1");
+    assert_eq!(one_request(&w1, &daemon.url).await, Some(200));
+    assert_eq!(one_request(&w1, &daemon.url).await, Some(200));
+    // Past the CRL's nextUpdate, nothing reloaded: a new client is refused…
+    while time::OffsetDateTime::now_utc() < due + time::Duration::seconds(1) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
+    // …and so is the one that could resume.
+    assert_eq!(
+        one_request(&w1, &daemon.url).await,
+        None,
+        "a resumed session skipped the client-certificate check"
+    );
+}
