@@ -367,3 +367,33 @@ async fn instance_urls_outside_servicenow_are_refused() {
     .await;
     assert_eq!(s, 201, "{v}");
 }
+
+/// A probe is an exchange with the customer's instance that its own logs keep: while the
+/// broker's audit log is known to be failing (a full disk), the probe is refused before
+/// anything is sent, as a resolve is, instead of being made and then left unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_probe_reaches_the_instance_while_the_audit_log_fails() {
+    let mut env = start().await;
+    bind(&mut env).await;
+    env.daemon.stop();
+    point_audit_at_dev_full(&env.daemon.data_dir);
+    env.daemon.restart();
+    let mut op = env.pki.client_for("op", &env.daemon.url);
+    // A change the log cannot take: it is now known to be failing.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3"})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    let before = env.sn.token_requests();
+    let (s, v) = probe(&mut op).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    assert_eq!(
+        env.sn.token_requests(),
+        before,
+        "the probe reached the instance with the audit log failing"
+    );
+}

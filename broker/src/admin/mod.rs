@@ -109,6 +109,20 @@ impl AdminService {
         }
         Ok(())
     }
+
+    /// Refuses a probe while the broker stops, or while its audit log is known to be
+    /// failing: a probe calls the customer's system (an AssumeRole, a token exchange) that
+    /// their own logs record, and the broker's must too, as for a resolve.
+    pub(super) async fn refuse_probe(&self) -> Result<(), ApiError> {
+        self.refuse_when_stopping("probe again once it has started")?;
+        if !self.core.audit_log().writable().await {
+            return Err(ApiError::new(
+                ErrorCode::AuditUnavailable,
+                "the audit log is unavailable; no probe was made",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A new binding generation (see [`crate::model::Binding::generation`]).

@@ -47,8 +47,7 @@ impl AdminService {
         started: Instant,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         let refuse = |e: ApiError| (e, None);
-        self.refuse_when_stopping("probe again once it has started")
-            .map_err(refuse)?;
+        self.refuse_probe().await.map_err(refuse)?;
         let stored = self.binding_or_404(id).await.map_err(refuse)?;
         let mut binding = stored.value.clone();
         // The generation the binding takes should the probe retire what was minted from it.

@@ -383,8 +383,7 @@ impl AdminService {
         started: Instant,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         let refuse = |e: ApiError| (e, None);
-        self.refuse_when_stopping("probe again once it has started")
-            .map_err(refuse)?;
+        self.refuse_probe().await.map_err(refuse)?;
         let read = self
             .core
             .records
