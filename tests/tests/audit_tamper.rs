@@ -804,3 +804,79 @@ async fn a_public_key_swapped_beside_the_log_is_refused() {
     assert_eq!(c, 0, "{out}");
     daemon.restart();
 }
+
+/// `audit verify --config` with a deadline: exit code and output, or a panic naming what
+/// hung.
+fn verify_within(config: &str, seconds: u64, what: &str) -> (i32, String) {
+    let out_path = std::env::temp_dir().join(format!("verify-within-{}.out", free_port()));
+    let mut child = std::process::Command::new(daemon_bin())
+        .args(["audit", "verify", "--config", config])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(out_path.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("audit verify still running after {seconds} s with {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    out += &std::fs::read_to_string(out_path.with_extension("err")).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(out_path.with_extension("err"));
+    (code, out)
+}
+
+/// Whoever can write the data directory (THREATS.md) cannot make the auditors' tools hang or
+/// abort instead of failing: a FIFO under a segment's name in the archive, and a checkpoint
+/// file made a sparse terabyte, each fail `audit verify` at once, named; neither passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_giant_sparse_file_fails_verification_instead_of_hanging_it() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    daemon.stop();
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let (c, out) = verify_within(&config, 30, "the genuine log");
+    assert_eq!(c, 0, "{out}");
+
+    let archive = daemon.data_dir.join("audit/archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    // The segment after the live one, as if it had been archived there.
+    let fifo = archive.join(segment_name(2));
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (c, out) = verify_within(&config, 30, "a FIFO in the archive");
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("FIFO"), "{out}");
+    std::fs::remove_file(&fifo).unwrap();
+
+    let cps = daemon.data_dir.join("audit/checkpoints.log");
+    let real = std::fs::read(&cps).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cps)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let (c, out) = verify_within(&config, 30, "a sparse 1 TiB checkpoint file");
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("more than a checkpoint file ever grows to"),
+        "{out}"
+    );
+    std::fs::write(&cps, real).unwrap();
+    let (c, out) = verify_within(&config, 30, "the genuine log again");
+    assert_eq!(c, 0, "{out}");
+}

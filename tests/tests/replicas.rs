@@ -551,6 +551,40 @@ async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
     assert!(out.contains("audit OK"), "{out}");
 }
 
+/// On the shared store the file log still holds what offline commands record (an operator
+/// bootstrapped, a migration, a KEK rotation). Its segments removed and its checkpoint file
+/// left, `audit verify` still verifies the file log — and fails, naming it — rather than
+/// skipping it as absent and passing on the replicas' chains alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_log_whose_segments_were_removed_still_fails_verification() {
+    let (_tmp, _pki, mut set) = seeded(TestPostgres::start(), 1).await;
+    set.daemons[0].stop();
+    let config = set.daemons[0].config.to_str().unwrap().to_owned();
+    let (c, out, err) = set.cli(&["bootstrap-operator", "--config", &config, "--id", "late"]);
+    assert_eq!(c, 0, "{out}{err}");
+    let out = verify_every_chain(&set, &set.daemons[0]);
+    assert!(out.contains("file log: audit OK"), "{out}");
+    let audit = set.daemons[0].data_dir.join("audit");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&audit).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("segment-")
+        {
+            std::fs::remove_file(path).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0);
+    let (c, out, err) = set.cli(&["audit", "verify", "--config", &config]);
+    assert_eq!(c, 1, "{out}{err}");
+    assert!(out.contains("file log"), "{out}{err}");
+}
+
 /// An issuer key retired as compromised through one replica is no longer published by the
 /// other, whose next JWKS answer reads the change (no resolve in between).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

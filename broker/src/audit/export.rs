@@ -275,7 +275,7 @@ pub fn export(
                     format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),
                 )
             })?;
-    let cps = std::fs::read(checkpoints_path(audit_dir)).or_else(|e| {
+    let cps = super::verify::read_checkpoint_file(&checkpoints_path(audit_dir)).or_else(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Ok(Vec::new())
         } else {

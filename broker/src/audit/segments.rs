@@ -65,9 +65,9 @@ impl SegmentFile {
     /// Opens it; one moved to the archive since it was listed is opened there.
     ///
     /// # Errors
-    /// When it is in neither place.
+    /// When it is in neither place, or is not a regular file.
     pub fn open(&self) -> std::io::Result<File> {
-        match File::open(&self.path) {
+        match open_regular(&self.path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.archived => {
                 let moved = self
                     .path
@@ -75,7 +75,7 @@ impl SegmentFile {
                     .map(archive_dir)
                     .zip(self.path.file_name())
                     .map(|(dir, name)| dir.join(name));
-                moved.map_or(Err(e), File::open)
+                moved.map_or(Err(e), |p| open_regular(&p))
             }
             other => other,
         }
@@ -89,6 +89,31 @@ impl SegmentFile {
             segment_name(self.n)
         }
     }
+}
+
+/// Opens `path` for reading without waiting: whoever can write the audit directory could
+/// put a FIFO under a segment's name, and opened as a file it would block `audit verify`
+/// (and the daemon's start) for good. A FIFO or socket is refused; the open itself does not
+/// wait (`O_NONBLOCK`, which changes nothing for a file). A device reads as empty where its
+/// length is what bounds the read, as everywhere here (a test's `/dev/full` stands in for a
+/// full disk).
+///
+/// # Errors
+/// When it cannot be opened, or is a FIFO or a socket.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_fifo() || kind.is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is a FIFO or a socket, not a file", path.display()),
+        ));
+    }
+    Ok(file)
 }
 
 fn list_dir(dir: &Path, archived: bool, out: &mut Vec<SegmentFile>) -> std::io::Result<()> {
@@ -129,9 +154,12 @@ pub fn list(audit_dir: &Path) -> std::io::Result<Vec<SegmentFile>> {
     Ok(out)
 }
 
-/// Whether `audit_dir` holds a file log (of this release or an earlier one).
+/// Whether `audit_dir` holds a file log (of this release or an earlier one), or what is left
+/// of one: a checkpoint file without segments is a log whose segments were removed, and is
+/// verified (and fails) as such.
 pub fn has_file_log(audit_dir: &Path) -> bool {
     list(audit_dir).is_ok_and(|l| !l.is_empty())
+        || std::fs::symlink_metadata(super::checkpoints_path(audit_dir)).is_ok()
 }
 
 /// What starts a segment.
@@ -313,10 +341,13 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// # Errors
 /// A read error.
 pub fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    if fa.metadata()?.len() != fb.metadata()?.len() {
+    let (fa, fb) = (open_regular(a)?, open_regular(b)?);
+    let len = fa.metadata()?.len();
+    if len != fb.metadata()?.len() {
         return Ok(false);
     }
+    // (Bounded by the length, as every read here: a device reads without end.)
+    let (mut fa, mut fb) = (fa.take(len), fb.take(len));
     let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
     loop {
         let n = fa.read(&mut ba)?;

@@ -33,16 +33,72 @@ fn read_checkpoints(audit_dir: &Path) -> Result<Vec<Checkpoint>, VerifyFailure> 
     }
 }
 
+/// The most bytes a checkpoint file is read into memory for: about 4 million checkpoints,
+/// which sign 4 billion records at the default `checkpoint_every_records`. A longer one
+/// (a sparse file, made to exhaust memory) fails instead of aborting the process.
+const MAX_CHECKPOINT_FILE: u64 = 1 << 30;
+
 /// The file's bytes up to the length it has now: appends made while it is read are left for
-/// the next verification, and a device standing in for the file (a test's `/dev/full`) reads
-/// as empty rather than without end.
-fn read_to_length(path: &Path) -> std::io::Result<Vec<u8>> {
+/// the next verification, and a device or FIFO standing in for the file (a test's
+/// `/dev/full`) reads as empty rather than without end, or blocking.
+pub(crate) fn read_to_length(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let len = if meta.is_file() { meta.len() } else { 0 };
+    if len > MAX_CHECKPOINT_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is {len} bytes long, more than a checkpoint file ever grows to ({MAX_CHECKPOINT_FILE})"),
+        ));
+    }
     let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     file.take(len).read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// Where the log's written part ends now, before the checkpoints are read: the live
+/// segment's number and the offset of the first NUL byte (the space the writer filled
+/// ahead) or its length. A walk reads no further: what the daemon appends while the walk
+/// runs is covered by checkpoints written after they were read, and is left for the next
+/// verification — read, it would look like an unsigned tail longer than the writer leaves.
+/// `None` (no segment yet, or the live one unreadable): the walk reads to the end, and the
+/// walk itself reports what is wrong.
+///
+/// The offset is found by bisection, a byte at a time: in a written segment only the space
+/// filled ahead holds NUL bytes. Whatever the bytes, the offset found holds a NUL byte, so
+/// it is never before the first one, where a walk stops anyway.
+fn frontier(audit_dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let segs = segments::list(audit_dir).ok()?;
+    let live = segs.last().filter(|s| s.n > 0 && !s.archived)?;
+    let file = live.open().ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let is_nul = |at: u64| {
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, at).map(|()| b[0] == 0)
+    };
+    let len = meta.len();
+    if len == 0 || !is_nul(len - 1).ok()? {
+        return Some((live.n, len));
+    }
+    let (mut lo, mut hi) = (0, len - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if is_nul(mid).ok()? {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some((live.n, hi))
 }
 
 fn segments_of(audit_dir: &Path) -> Result<Vec<SegmentFile>, VerifyFailure> {
@@ -114,8 +170,15 @@ fn walk_log(
     progress: &dyn Progress,
     visit: Option<&mut dyn FnMut(&AuditRecord)>,
 ) -> Result<VerifySummary, VerifyFailure> {
-    // Checkpoints first: a checkpoint written after we read the log would otherwise look
-    // like a truncated log.
+    // Where the log ends, then the checkpoints, then the log up to there: a checkpoint
+    // written after we read the log would otherwise look like a truncated log, and records
+    // appended after the checkpoints were read like an unsigned tail (a second pass over
+    // what a first one read has its own bound).
+    let frontier = if upto.is_none() {
+        frontier(audit_dir)
+    } else {
+        None
+    };
     let mut cps = read_checkpoints(audit_dir)?;
     if let Some((_, last_seq)) = upto {
         cps.retain(|cp| cp.seq <= last_seq);
@@ -127,6 +190,7 @@ fn walk_log(
     let mut walk = Walk {
         chain,
         budget: upto.map(|(bytes, _)| bytes),
+        frontier,
         skip_before: None,
         bytes: 0,
         progress,
@@ -157,7 +221,14 @@ pub fn verify_segment(
     verifier: &AuditVerifier,
 ) -> Result<VerifySummary, VerifyFailure> {
     let unreadable = |e: std::io::Error| fail(0, format!("cannot read {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(unreadable)?
+    };
     let len = file.metadata().map_err(unreadable)?;
     if !len.is_file() {
         return Err(fail(
@@ -216,6 +287,7 @@ pub fn verify_segment(
     let mut walk = Walk {
         chain,
         budget: None,
+        frontier: None,
         skip_before: None,
         bytes: 0,
         progress: &Silent,
@@ -259,6 +331,7 @@ pub fn verify_since_last_checkpoint(
     verifier: &AuditVerifier,
     max_unanchored: u64,
 ) -> Result<VerifySummary, VerifyFailure> {
+    let frontier = frontier(audit_dir);
     let cps = read_checkpoints(audit_dir)?;
     let Some(last) = cps.last() else {
         // No checkpoint at all: only a log shorter than the unsigned tail is acceptable,
@@ -275,6 +348,7 @@ pub fn verify_since_last_checkpoint(
     let mut walk = Walk {
         chain,
         budget: None,
+        frontier,
         skip_before: Some(last.seq),
         bytes: 0,
         progress: &Silent,
@@ -384,6 +458,9 @@ struct Walk<'a, 'p> {
     chain: Chain<'a>,
     /// Bytes to read at most (a second pass over what a first one read).
     budget: Option<u64>,
+    /// The live segment and its written length when the walk began ([`frontier`]): no
+    /// later segment is read, nor that one past there.
+    frontier: Option<(u64, u64)>,
     /// Records before this sequence are passed over (the start-up check).
     skip_before: Option<u64>,
     /// Bytes of complete lines read.
@@ -415,7 +492,9 @@ impl Walk<'_, '_> {
     ) -> Result<(), VerifyFailure> {
         let mut prev: Option<Previous> = None;
         for seg in segs {
-            if self.budget.is_some_and(|b| self.bytes >= b) {
+            if self.budget.is_some_and(|b| self.bytes >= b)
+                || self.frontier.is_some_and(|(n, _)| seg.n > n)
+            {
                 break;
             }
             let here = self.chain.next_seq();
@@ -490,6 +569,10 @@ impl Walk<'_, '_> {
             .map_err(|e| unreadable(self.chain.next_seq(), e))?;
         let len = file.metadata().map_or(0, |m| m.len());
         let len = self.budget.map_or(len, |b| len.min(b - self.bytes));
+        let len = match self.frontier {
+            Some((n, at)) if n == seg.n => len.min(at),
+            _ => len,
+        };
         let after_seal = file
             .try_clone()
             .map_err(|e| unreadable(self.chain.next_seq(), e))?;

@@ -652,3 +652,52 @@ fn a_log_has_one_writer_at_a_time() {
     first.close();
     AuditLog::open(config(&dir), signer(&keys)).unwrap().close();
 }
+
+/// Appends `extra` records, one batch each, when a verification begins its walk: the
+/// daemon writing on while `audit verify` (or an export, or the doctor) reads its log.
+struct AppendsMeanwhile<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    log: std::sync::Mutex<Option<AuditLog>>,
+    extra: usize,
+}
+
+impl crate::progress::Progress for AppendsMeanwhile<'_> {
+    fn begin(&self, _what: &str, _total: u64, _unit: crate::progress::Unit) {
+        if let Some(log) = self.log.lock().unwrap().take() {
+            for i in 0..self.extra {
+                self.rt.block_on(log.append(ev(1000 + i))).unwrap();
+            }
+            log.close();
+        }
+    }
+    fn advance(&self, _n: u64) {}
+    fn end(&self) {}
+}
+
+/// Records the daemon appends while a verification walks its log are left for the next
+/// one: their checkpoints were written after the walk read the checkpoint file, so read,
+/// they would look like an unsigned tail longer than the writer ever leaves (a genuine,
+/// busy log reported as rewritten, and its export refused).
+#[test]
+fn records_appended_during_a_verification_are_left_for_the_next() {
+    let (_tmp, keys, dir) = dirs();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let log = AuditLog::open(config(&dir), signer(&keys)).unwrap();
+    for i in 0..50 {
+        rt.block_on(log.append(ev(i))).unwrap();
+    }
+    let verifier = signer(&keys).verifier();
+    let meanwhile = AppendsMeanwhile {
+        rt: &rt,
+        log: std::sync::Mutex::new(Some(log)),
+        extra: 100,
+    };
+    let max_unanchored = config(&dir).max_unanchored();
+    let summary =
+        crate::audit::verify_log_with(&dir, &verifier, max_unanchored, &meanwhile).unwrap();
+    assert_eq!((summary.records, summary.last_seq), (50, Some(50)));
+    // The next verification reads them, anchored.
+    let summary = verify_log(&dir, &verifier, max_unanchored).unwrap();
+    assert_eq!(summary.records, 150);
+    assert_eq!(summary.last_checkpoint, Some(150));
+}
