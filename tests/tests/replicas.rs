@@ -551,6 +551,77 @@ async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
     assert!(out.contains("audit OK"), "{out}");
 }
 
+/// Someone with write access to the database but not the signing key (THREATS.md: a copy
+/// of, or access to, the store) appends a forged record to a running replica's chain,
+/// chained and hashed as the broker would. The replica finds its chain's end moved to a
+/// record it did not write, which no signed checkpoint names: it takes nothing up, chains
+/// nothing onto it and never signs a checkpoint over it — its audit fails closed — instead
+/// of adopting the end and making the forgery look genuine at its next checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_forged_onto_a_running_replicas_chain_is_never_signed() {
+    let (_tmp, pki, set) = seeded(TestPostgres::start(), 1).await;
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    for _ in 0..3 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let sql = set.sql().await;
+    let last: String = sql
+        .query_one(
+            "SELECT line FROM credbroker_audit WHERE replica = 1 ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let last: credbroker::audit::AuditRecord = serde_json::from_str(&last).unwrap();
+    let mut forged = credbroker::audit::AuditRecord {
+        replica: Some(1),
+        seq: last.seq + 1,
+        time: last.time.clone(),
+        event: credbroker::audit::AuditEvent {
+            kind: "admin".into(),
+            action: "webhook_secret.reveal".into(),
+            request_id: "forged".into(),
+            actor: "operator:mallory".into(),
+            outcome: "allowed".into(),
+            ..Default::default()
+        },
+        prev_hash: last.hash.clone(),
+        hash: String::new(),
+    };
+    let line = String::from_utf8(forged.seal()).unwrap();
+    let forged_seq = i64::try_from(forged.seq).unwrap();
+    sql.execute(
+        "INSERT INTO credbroker_audit (replica, seq, line) VALUES (1, $1, $2)",
+        &[&forged_seq, &line],
+    )
+    .await
+    .unwrap();
+    // Several checkpoint intervals (1 s here) and resolves: the first finds the end moved,
+    // every later one finds it is not the writer's.
+    for _ in 0..4 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    let signed = set
+        .scalar(&format!(
+            "SELECT count(*) FROM credbroker_audit_checkpoints WHERE replica = 1 AND seq >= {forged_seq}"
+        ))
+        .await;
+    assert_eq!(signed, 0, "a checkpoint signs the forged record");
+    let rows = set
+        .scalar(&format!(
+            "SELECT count(*) FROM credbroker_audit WHERE replica = 1 AND seq > {forged_seq}"
+        ))
+        .await;
+    assert_eq!(rows, 0, "records were chained onto the forged one");
+    set.daemons[0]
+        .wait_log("which this writer did not write", 1)
+        .await;
+}
+
 /// On the shared store the file log still holds what offline commands record (an operator
 /// bootstrapped, a migration, a KEK rotation). Its segments removed and its checkpoint file
 /// left, `audit verify` still verifies the file log — and fails, naming it — rather than

@@ -78,6 +78,20 @@ struct DbWriter {
     /// Records owed to the chain: for each record committed although its batch was reported
     /// failed (its request refused), one that says so. Written first in the next batch.
     owed: Vec<AuditEvent>,
+    /// The latest records of the chain this writer knows are genuine (sequence, hash; newest
+    /// last): the ones it wrote, and the end it found at its start. A chain end read again
+    /// after a failure is taken up only if it is one of these, or a signed checkpoint names
+    /// it ([`DbWriter::take_up`]).
+    known: std::collections::VecDeque<(u64, String)>,
+}
+
+/// How many of its latest records a writer keeps in [`DbWriter::known`]: a failover that
+/// lost more of the chain than this is taken up only at a signed checkpoint.
+fn known_bound(config: &AuditConfig) -> usize {
+    usize::try_from(config.max_unanchored())
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2)
+        .saturating_add(config.max_batch.saturating_mul(2))
 }
 
 /// A server process: its id and when it started, which together name it on one server (an
@@ -232,8 +246,67 @@ impl DbWriter {
         self.settle().await?;
         if self.tail.is_none() {
             let client = self.client.as_ref().ok_or("no database connection")?;
-            self.tail = Some(read_tail(client, self.owner.replica).await?);
+            let found = read_tail(client, self.owner.replica).await?;
+            self.take_up(found).await?;
         }
+        Ok(())
+    }
+
+    /// Remembers a record of the chain as genuine (see [`DbWriter::known`]).
+    fn remember(&mut self, seq: u64, hash: &str) {
+        if self.known.back().is_some_and(|(s, _)| *s >= seq) {
+            // Cut back (a failover): what followed it is no longer the chain.
+            self.known.retain(|(s, _)| *s < seq);
+        }
+        self.known.push_back((seq, hash.to_owned()));
+        while self.known.len() > known_bound(&self.config) {
+            self.known.pop_front();
+        }
+    }
+
+    /// Takes up `found`, the chain's end read again after a failure, as this writer's tail
+    /// — only when it is genuine: the end it last knew, an earlier record it knows (a
+    /// failover that lost the latest records), or a record a signed checkpoint names (the
+    /// end another broker holding this replica's lease wrote, signed at its stop). Anything
+    /// else was written by someone without the signing key — records added after its own,
+    /// or its own rewritten — and chaining onto it, then signing a checkpoint over it, would
+    /// make it look genuine: the writer stays failed closed instead, until a restart
+    /// verifies the chain from its last signed checkpoint.
+    async fn take_up(&mut self, found: ChainTail) -> Result<(), String> {
+        let known = self.known.is_empty()
+            || self
+                .known
+                .iter()
+                .any(|(seq, hash)| *seq == found.seq && *hash == found.hash);
+        let signed = known || {
+            let client = self.client.as_ref().ok_or("no database connection")?;
+            let row = client
+                .query_opt(
+                    "SELECT line FROM credbroker_audit_checkpoints WHERE replica = $1 AND seq = $2",
+                    &[&replica_i32(self.owner.replica), &seq_i64(found.seq)],
+                )
+                .await
+                .map_err(|e| format!("database: {e}"))?;
+            row.and_then(|r| r.try_get::<_, String>(0).ok())
+                .and_then(|l| serde_json::from_str::<Checkpoint>(&l).ok())
+                .is_some_and(|cp| cp.hash == found.hash && cp.verifies(&self.signer.verifier()))
+        };
+        if !signed {
+            let newest = self.known.back().map_or(0, |(seq, _)| *seq);
+            return Err(format!(
+                "replica {}'s chain now ends at record {}, which this writer did not write (its last is {newest}) and no signed checkpoint names: records were added or rewritten by someone else; nothing is chained onto them or signed, and this replica's audit fails closed until a restart verifies the chain (runbooks/audit-verification.md)",
+                self.owner.replica, found.seq
+            ));
+        }
+        if self.known.back().is_some_and(|(seq, _)| *seq > found.seq) {
+            tracing::error!(
+                replica = self.owner.replica,
+                seq = found.seq,
+                "this replica's audit chain ends before the last record this writer wrote (records lost in a failover); the chain goes on from its end"
+            );
+        }
+        self.remember(found.seq, &found.hash);
+        self.tail = Some(found);
         Ok(())
     }
 
@@ -285,8 +358,17 @@ impl DbWriter {
             .map_err(|e| format!("database: {e}"))?;
         // A batch commits whole: its last line, as sent, tells.
         let committed = row.is_some_and(|r| r.try_get::<_, &str>(0).is_ok_and(|l| l == last));
-        // The tail, now that the batch's fate is final.
-        self.tail = Some(read_tail(client, self.owner.replica).await?);
+        // The tail, now that the batch's fate is final: the batch's records are this
+        // writer's when it committed.
+        let found = read_tail(client, self.owner.replica).await?;
+        if committed {
+            for line in lines.iter() {
+                if let Ok(rec) = serde_json::from_str::<AuditRecord>(line) {
+                    self.remember(rec.seq, &rec.hash);
+                }
+            }
+        }
+        self.take_up(found).await?;
         self.in_flight = None;
         if committed {
             // The corrections it carried are in; its own records are owed theirs.
@@ -349,6 +431,7 @@ impl DbWriter {
         let mut seq = tail.seq;
         let mut prev = tail.hash.clone();
         let (mut seqs, mut lines, mut receipts) = (Vec::new(), Vec::new(), Vec::new());
+        let mut hashes = Vec::new();
         let owed = self.owed.len();
         for event in self.owed.iter().cloned().chain(events) {
             seq += 1;
@@ -367,6 +450,7 @@ impl DbWriter {
             });
             seqs.push(seq_i64(seq));
             lines.push(line);
+            hashes.push((seq, rec.hash.clone()));
             prev = rec.hash;
         }
         let due = seq - tail.checkpoint_seq >= self.config.checkpoint_every_records
@@ -404,6 +488,9 @@ impl DbWriter {
         tx.commit().await.map_err(|e| format!("database: {e}"))?;
         self.in_flight = None;
         self.owed.clear();
+        for (at, hash) in &hashes {
+            self.remember(*at, hash);
+        }
         Ok((
             receipts.split_off(owed),
             ChainTail {
@@ -644,6 +731,7 @@ impl AuditLog {
             in_flight: None,
             backend: None,
             owed: Vec::new(),
+            known: std::collections::VecDeque::new(),
         };
         AuditLog::spawn(writer, healthy, stats, forensic)
     }
