@@ -132,6 +132,30 @@ async fn backend_gone(client: &Client, backend: &Backend) -> Result<bool, String
         .map_err(|e| format!("database: {e}"))
 }
 
+/// Where a batch signs checkpoints: over the owed records' last one (`Some(seq)`), and over
+/// the batch's last record (`true`). `(last, signed)`: the chain's end and its last signed
+/// checkpoint before the batch; `(owed, events)`: the batch's records owed for an earlier
+/// batch, then its new ones; `every`: `checkpoint_every_records`; `late`: the checkpoint
+/// interval has passed.
+///
+/// Verification allows at most `every + max_batch` records between two checkpoints. Signing
+/// at a batch's end once `every` are unsigned keeps the stretch within it for a batch of at
+/// most `max_batch` records — but a batch that carries the records owed for one that
+/// committed unheard holds up to two batches' worth, and the stretch could reach
+/// `every - 1 + 2 × max_batch`: a genuine chain failing verification for good. Owed records
+/// are therefore signed over on their own, before the new ones.
+fn checkpoints_due(
+    (last, signed): (u64, u64),
+    (owed, events): (u64, u64),
+    every: u64,
+    late: bool,
+) -> (Option<u64>, bool) {
+    let after_owed = (owed > 0 && events > 0).then_some(last + owed);
+    let base = after_owed.unwrap_or(signed);
+    let end = last + owed + events;
+    (after_owed, end > base && (end - base >= every || late))
+}
+
 /// The record owed for `line`, a record the database committed after its batch was reported
 /// failed: the request it records was refused (`audit_unavailable`), so nothing was issued
 /// or changed, whatever its outcome says.
@@ -453,13 +477,24 @@ impl DbWriter {
             hashes.push((seq, rec.hash.clone()));
             prev = rec.hash;
         }
-        let due = seq - tail.checkpoint_seq >= self.config.checkpoint_every_records
-            || self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval;
-        let checkpoint = if due {
-            Some(self.checkpoint_line(seq, &prev)?)
-        } else {
-            None
-        };
+        let (after_owed, due) = checkpoints_due(
+            (tail.seq, tail.checkpoint_seq),
+            (owed as u64, seq - tail.seq - owed as u64),
+            self.config.checkpoint_every_records,
+            self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval,
+        );
+        let mut checkpoints = Vec::new();
+        if let Some(at) = after_owed {
+            let hash = hashes
+                .iter()
+                .find(|(s, _)| *s == at)
+                .map(|(_, h)| h.clone())
+                .ok_or("the owed records' last hash is missing")?;
+            checkpoints.push(self.checkpoint_line(at, &hash)?);
+        }
+        if due {
+            checkpoints.push(self.checkpoint_line(seq, &prev)?);
+        }
         let replica = replica_i32(self.owner.replica);
         // Kept until the commit is heard: a commit the server makes after this writer gave
         // up on it is found on the next connection (`settle`).
@@ -477,7 +512,7 @@ impl DbWriter {
         )
         .await
         .map_err(|e| format!("database: {e}"))?;
-        if let Some((cp, line)) = &checkpoint {
+        for (cp, line) in &checkpoints {
             tx.execute(
                 "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES ($1, $2, $3)",
                 &[&replica, &seq_i64(cp.seq), line],
@@ -496,7 +531,9 @@ impl DbWriter {
             ChainTail {
                 seq,
                 hash: prev,
-                checkpoint_seq: checkpoint.map_or(tail.checkpoint_seq, |(cp, _)| cp.seq),
+                checkpoint_seq: checkpoints
+                    .last()
+                    .map_or(tail.checkpoint_seq, |(cp, _)| cp.seq),
             },
         ))
     }
@@ -734,5 +771,54 @@ impl AuditLog {
             known: std::collections::VecDeque::new(),
         };
         AuditLog::spawn(writer, healthy, stats, forensic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checkpoints_due;
+
+    /// Whatever the batches — each at most `max_batch` new records, some carrying up to a
+    /// batch of owed records first — no stretch between two checkpoints, nor the unsigned
+    /// tail, is longer than verification allows (`every + max_batch`).
+    #[test]
+    fn no_stretch_between_checkpoints_passes_the_verified_bound() {
+        for every in [1u64, 2, 4, 10] {
+            for max_batch in [1u64, 2, 3, 8] {
+                let bound = every + max_batch;
+                // Every sequence of batches of length 3, each (owed, events) in range.
+                let shapes: Vec<(u64, u64)> = (0..=max_batch)
+                    .flat_map(|o| (0..=max_batch).map(move |e| (o, e)))
+                    .filter(|(o, e)| o + e > 0)
+                    .collect();
+                for start in 0..every {
+                    for a in &shapes {
+                        for b in &shapes {
+                            for c in &shapes {
+                                let (mut last, mut signed) = (start, 0u64);
+                                for &(owed, events) in [a, b, c] {
+                                    let (mid, end) = checkpoints_due(
+                                        (last, signed),
+                                        (owed, events),
+                                        every,
+                                        false,
+                                    );
+                                    if let Some(m) = mid {
+                                        assert!(m - signed <= bound, "{every} {max_batch}");
+                                        signed = m;
+                                    }
+                                    last += owed + events;
+                                    if end {
+                                        assert!(last - signed <= bound, "{every} {max_batch}");
+                                        signed = last;
+                                    }
+                                    assert!(last - signed < every + max_batch);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
