@@ -835,10 +835,11 @@ fn verify_within(config: &str, seconds: u64, what: &str) -> (i32, String) {
 }
 
 /// Whoever can write the data directory (THREATS.md) cannot make the auditors' tools hang or
-/// abort instead of failing: a FIFO under a segment's name in the archive, and a checkpoint
-/// file made a sparse terabyte, each fail `audit verify` at once, named; neither passes.
+/// abort instead of answering: a FIFO under a segment's name in the archive fails `audit
+/// verify` at once, named; a checkpoint file made a sparse terabyte is read up to its zeros,
+/// at once (they hold nothing), not read or held whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fifo_or_a_giant_sparse_file_fails_verification_instead_of_hanging_it() {
+async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
     let (tmp, pki) = setup();
     let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
     let mut op = pki.client_for("op", &daemon.url);
@@ -871,11 +872,7 @@ async fn a_fifo_or_a_giant_sparse_file_fails_verification_instead_of_hanging_it(
         .set_len(1 << 40)
         .unwrap();
     let (c, out) = verify_within(&config, 30, "a sparse 1 TiB checkpoint file");
-    assert_eq!(c, 1, "{out}");
-    assert!(
-        out.contains("more than a checkpoint file ever grows to"),
-        "{out}"
-    );
+    assert_eq!(c, 0, "{out}");
     std::fs::write(&cps, real).unwrap();
     let (c, out) = verify_within(&config, 30, "the genuine log again");
     assert_eq!(c, 0, "{out}");

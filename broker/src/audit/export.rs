@@ -25,7 +25,6 @@ use super::checkpoints_path;
 use super::lines::LogLines;
 use super::record::{AuditRecord, Checkpoint, GENESIS_HASH};
 use super::segments::{self, Line};
-use super::verify::complete_lines;
 use crate::keys::AuditSigner;
 use crate::model::now_rfc3339;
 use crate::progress::{Progress, Unit};
@@ -275,16 +274,16 @@ pub fn export(
                     format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),
                 )
             })?;
-    let cps = super::verify::read_checkpoint_file(&checkpoints_path(audit_dir)).or_else(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Ok(Vec::new())
-        } else {
-            Err(e)
+    let mut cps: Vec<Checkpoint> = Vec::new();
+    match super::verify::checkpoint_lines(&checkpoints_path(audit_dir)) {
+        Ok(mut lines) => {
+            while let Some(l) = lines.next_line()? {
+                cps.extend(serde_json::from_slice::<Checkpoint>(l).ok());
+            }
         }
-    })?;
-    let cps: Vec<Checkpoint> = complete_lines(&cps)
-        .filter_map(|l| serde_json::from_slice::<Checkpoint>(l).ok())
-        .collect();
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let lines = FileLines {
         dir: audit_dir.to_owned(),
         bytes: verified.bytes,

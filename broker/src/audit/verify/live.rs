@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::{complete_lines, fail, Chain, VerifyFailure, VerifySummary};
+use super::{fail, Chain, VerifyFailure, VerifySummary};
 use crate::audit::checkpoints_path;
 use crate::audit::lines::LogLines;
 use crate::audit::record::{AuditRecord, Checkpoint, GENESIS_HASH};
@@ -16,33 +16,32 @@ use crate::audit::segments::{self, Line, SegmentFile};
 use crate::keys::AuditVerifier;
 use crate::progress::{Progress, Silent, Unit};
 
-fn parse_checkpoints(bytes: &[u8]) -> Result<Vec<Checkpoint>, VerifyFailure> {
-    complete_lines(bytes)
-        .map(|l| {
-            serde_json::from_slice::<Checkpoint>(l)
-                .map_err(|_| fail(0, "a checkpoint line does not parse"))
-        })
-        .collect()
-}
-
 fn read_checkpoints(audit_dir: &Path) -> Result<Vec<Checkpoint>, VerifyFailure> {
-    match read_to_length(&checkpoints_path(audit_dir)) {
-        Ok(b) => parse_checkpoints(&b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(fail(0, format!("cannot read checkpoints: {e}"))),
+    let unreadable = |e: std::io::Error| fail(0, format!("cannot read checkpoints: {e}"));
+    let mut lines = match checkpoint_lines(&checkpoints_path(audit_dir)) {
+        Ok(lines) => lines,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(unreadable(e)),
+    };
+    let mut out = Vec::new();
+    while let Some(line) = lines.next_line().map_err(unreadable)? {
+        out.push(
+            serde_json::from_slice::<Checkpoint>(line)
+                .map_err(|_| fail(0, "a checkpoint line does not parse"))?,
+        );
     }
+    Ok(out)
 }
 
-/// The most bytes a checkpoint file is read into memory for: about 4 million checkpoints,
-/// which sign 4 billion records at the default `checkpoint_every_records`. A longer one
-/// (a sparse file, made to exhaust memory) fails instead of aborting the process.
-const MAX_CHECKPOINT_FILE: u64 = 1 << 30;
-
-/// The file's bytes up to the length it has now: appends made while it is read are left for
-/// the next verification, and a device or FIFO standing in for the file (a test's
-/// `/dev/full`) reads as empty rather than without end, or blocking.
-pub(crate) fn read_to_length(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
+/// The checkpoint file's complete lines, read one at a time up to the length it has now:
+/// appends made while it is read are left for the next verification. Opened without
+/// waiting, and a device or FIFO standing in for it (a test's `/dev/full`) reads as empty,
+/// rather than without end or blocking for good. Like a segment's, its written part ends at
+/// a NUL byte: a file made a sparse terabyte reads as the lines before the zeros, at once.
+///
+/// # Errors
+/// When it cannot be opened, or a line is longer than any checkpoint.
+pub(crate) fn checkpoint_lines(path: &Path) -> std::io::Result<LogLines> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -50,15 +49,7 @@ pub(crate) fn read_to_length(path: &Path) -> std::io::Result<Vec<u8>> {
         .open(path)?;
     let meta = file.metadata()?;
     let len = if meta.is_file() { meta.len() } else { 0 };
-    if len > MAX_CHECKPOINT_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("it is {len} bytes long, more than a checkpoint file ever grows to ({MAX_CHECKPOINT_FILE})"),
-        ));
-    }
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(len).read_to_end(&mut buf)?;
-    Ok(buf)
+    Ok(LogLines::of(file, len))
 }
 
 /// Where the log's written part ends now, before the checkpoints are read: the live
