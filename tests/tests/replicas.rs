@@ -551,6 +551,52 @@ async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
     assert!(out.contains("audit OK"), "{out}");
 }
 
+/// A failover that lost more of a replica's chain than its writer remembers (here: 30
+/// records deleted underneath it, its memory 24 records with these settings) is still taken
+/// up — the chain verifies from its last signed checkpoint to its new end, as at a start —
+/// and the replica goes on without a restart and without a gap (runbooks/database-failover.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_losing_more_than_the_writer_remembers_goes_on() {
+    let (tmp, pki) = setup();
+    let audit =
+        "[audit]\nmax_batch = 1\ncheckpoint_every_records = 10\ncheckpoint_interval_s = 3600\n";
+    let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, audit, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    for _ in 0..40 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let sql = set.sql().await;
+    let max: i64 = set
+        .scalar("SELECT max(seq) FROM credbroker_audit WHERE replica = 1")
+        .await;
+    for table in ["credbroker_audit", "credbroker_audit_checkpoints"] {
+        sql.execute(
+            &format!("DELETE FROM {table} WHERE replica = 1 AND seq > $1"),
+            &[&(max - 30)],
+        )
+        .await
+        .unwrap();
+    }
+    let mut served = 0;
+    for _ in 0..5 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        if s == 200 {
+            served += 1;
+        } else {
+            assert_eq!(code(&v), "audit_unavailable", "{v}");
+        }
+    }
+    assert!(
+        served >= 4,
+        "the replica did not go on: {served} of 5 served"
+    );
+    let out = verify_every_chain(&set, &set.daemons[0]);
+    assert!(out.contains("audit OK"), "{out}");
+}
+
 /// Someone with write access to the database but not the signing key (THREATS.md: a copy
 /// of, or access to, the store) appends a forged record to a running replica's chain,
 /// chained and hashed as the broker would. The replica finds its chain's end moved to a

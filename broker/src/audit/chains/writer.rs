@@ -202,6 +202,12 @@ async fn last_record(client: &impl GenericClient, replica: u32) -> Result<(u64, 
             let rec: AuditRecord = serde_json::from_str(line).map_err(|_| {
                 format!("the last record of replica {replica}'s chain does not parse")
             })?;
+            if rec.compute_hash() != rec.hash {
+                return Err(format!(
+                    "the last record of replica {replica}'s chain ({}) fails its hash",
+                    rec.seq
+                ));
+            }
             (rec.seq, rec.hash)
         }
     })
@@ -289,36 +295,57 @@ impl DbWriter {
     }
 
     /// Takes up `found`, the chain's end read again after a failure, as this writer's tail
-    /// — only when it is genuine: the end it last knew, an earlier record it knows (a
-    /// failover that lost the latest records), or a record a signed checkpoint names (the
-    /// end another broker holding this replica's lease wrote, signed at its stop). Anything
-    /// else was written by someone without the signing key — records added after its own,
-    /// or its own rewritten — and chaining onto it, then signing a checkpoint over it, would
-    /// make it look genuine: the writer stays failed closed instead, until a restart
-    /// verifies the chain from its last signed checkpoint.
+    /// — only when it is genuine:
+    /// - the end it last wrote, or an earlier record it knows (a failover lost the latest);
+    /// - a record a signed checkpoint names (the end another broker holding this replica's
+    ///   id wrote, signed at its stop);
+    /// - a record older than any it remembers (a failover lost more than that), if the
+    ///   chain verifies from its last signed checkpoint to it, as at a start.
+    ///
+    /// Anything else was written by someone without the signing key — records added after
+    /// its own, or its own rewritten — and chaining onto it, then signing a checkpoint over
+    /// it, would make it look genuine: the writer stays failed closed instead.
     async fn take_up(&mut self, found: ChainTail) -> Result<(), String> {
-        let known = self.known.is_empty()
+        let client = self.client.as_ref().ok_or("no database connection")?;
+        let verifier = self.signer.verifier();
+        let mut genuine = self.known.is_empty()
             || self
                 .known
                 .iter()
                 .any(|(seq, hash)| *seq == found.seq && *hash == found.hash);
-        let signed = known || {
-            let client = self.client.as_ref().ok_or("no database connection")?;
-            let row = client
+        if !genuine {
+            genuine = client
                 .query_opt(
                     "SELECT line FROM credbroker_audit_checkpoints WHERE replica = $1 AND seq = $2",
                     &[&replica_i32(self.owner.replica), &seq_i64(found.seq)],
                 )
                 .await
-                .map_err(|e| format!("database: {e}"))?;
-            row.and_then(|r| r.try_get::<_, String>(0).ok())
+                .map_err(|e| format!("database: {e}"))?
+                .and_then(|r| r.try_get::<_, String>(0).ok())
                 .and_then(|l| serde_json::from_str::<Checkpoint>(&l).ok())
-                .is_some_and(|cp| cp.hash == found.hash && cp.verifies(&self.signer.verifier()))
-        };
-        if !signed {
+                .is_some_and(|cp| {
+                    cp.seq == found.seq && cp.hash == found.hash && cp.verifies(&verifier)
+                });
+        }
+        if !genuine
+            && self
+                .known
+                .front()
+                .is_some_and(|(oldest, _)| found.seq < *oldest)
+        {
+            genuine = verify_tail(
+                client,
+                self.owner.replica,
+                &verifier,
+                self.config.max_unanchored(),
+            )
+            .await
+            .is_ok();
+        }
+        if !genuine {
             let newest = self.known.back().map_or(0, |(seq, _)| *seq);
             return Err(format!(
-                "replica {}'s chain now ends at record {}, which this writer did not write (its last is {newest}) and no signed checkpoint names: records were added or rewritten by someone else; nothing is chained onto them or signed, and this replica's audit fails closed until a restart verifies the chain (runbooks/audit-verification.md)",
+                "replica {}'s chain now ends at record {}, which this writer did not write (its last is {newest}) and no signed checkpoint names: records were added or rewritten by someone else; nothing is chained onto them or signed, and this replica's audit fails closed (runbooks/audit-unavailable.md: remove what follows record {newest} before a restart)",
                 self.owner.replica, found.seq
             ));
         }
@@ -725,19 +752,30 @@ impl AuditLog {
                 .build()
                 .map_err(|e| open_err(e.to_string()))?,
         );
-        // The start-up check runs on the caller's runtime, with a connection of its own.
-        let client = connect_with(&pg, tls.clone(), timeout)
+        // The start-up check runs on the caller's runtime, with a connection of its own. The
+        // chain's end it verified is where the writer starts: read in the same snapshot, so
+        // a record added after the check is not taken up unverified.
+        let mut client = connect_with(&pg, tls.clone(), timeout)
             .await
             .map_err(open_err)?;
-        let mut forensic = None;
-        if let Err(f) = verify_tail(
-            &client,
+        let snapshot = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| open_err(format!("database: {e}")))?;
+        let verified = verify_tail(
+            &snapshot,
             owner.replica,
             &signer.verifier(),
             config.max_unanchored(),
         )
-        .await
-        {
+        .await;
+        let start_end = last_record(&snapshot, owner.replica).await;
+        let _ = snapshot.commit().await;
+        let mut forensic = None;
+        if let Err(f) = verified {
             if !config.forensic_start {
                 return Err(AuditError::Unverified {
                     path: format!("database chain of replica {}", owner.replica),
@@ -768,7 +806,7 @@ impl AuditLog {
             in_flight: None,
             backend: None,
             owed: Vec::new(),
-            known: std::collections::VecDeque::new(),
+            known: start_end.into_iter().collect(),
         };
         AuditLog::spawn(writer, healthy, stats, forensic)
     }
