@@ -469,3 +469,48 @@ fn a_missing_audit_signing_key_is_not_replaced_over_its_public_key() {
     );
     assert!(!config.audit_key_file().exists());
 }
+
+/// An operator's refused attempt leaves a trace (THREATS.md: acting without a trace must be
+/// impossible): a probe of a binding that does not exist, a revocation a provider cannot
+/// make, a self-rotation a pasted secret cannot do, each refused before it wrote anything,
+/// answers with the audit id of a `denied` record naming the operator and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_probes_revocations_and_self_rotations_are_audited() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let attempts = [
+        ("/v1/admin/bindings/nope/probe", 404, "binding.probe"),
+        (
+            "/v1/admin/providers/pasted_secret/revoke-cached",
+            400,
+            "provider.pasted_secret.revoke_cached",
+        ),
+        (
+            "/v1/admin/bindings/b1/secret/self-rotate",
+            400,
+            "secret.self_rotate",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (path, status, _) in attempts {
+        let (s, v) = call(&mut op, Method::POST, path, Some(json!({}))).await;
+        assert_eq!(s, status, "{path}: {v}");
+        let id = v["error"]["audit_id"].as_str();
+        assert!(id.is_some(), "{path}: refused without a record: {v}");
+        ids.push(id.unwrap().to_owned());
+    }
+    daemon.stop();
+    let records = daemon.audit_records();
+    for ((path, _, action), id) in attempts.iter().zip(&ids) {
+        let hash = id.trim_start_matches("aud_");
+        let record = records
+            .iter()
+            .find(|r| r["hash"].as_str().is_some_and(|h| h.starts_with(hash)))
+            .unwrap_or_else(|| panic!("{path}: no record {id}"));
+        assert_eq!(record["outcome"], "denied", "{record}");
+        assert_eq!(record["action"], *action, "{record}");
+        assert!(record["actor"].as_str().unwrap().contains("op"), "{record}");
+    }
+}

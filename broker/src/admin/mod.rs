@@ -506,15 +506,21 @@ impl AdminService {
         // Operations that call an upstream run without the local lock, so a slow upstream
         // never holds up other changes; their commits are preconditioned on what they read
         // (a binding changed meanwhile makes the probe's stamp fail, not overwrite it).
+        // (A refusal before their first record is audited as a plan's is.)
         if let AdminOp::Probe(id) = &op {
-            return self.probe_binding(id, event, started).await;
+            let refused = event.clone();
+            let result = self.probe_binding(id, event, started).await;
+            return self.refusal_recorded(result, refused).await;
         }
         if let AdminOp::RevokeCached(provider) = &op {
-            return self.revoke_cached(provider, event).await;
+            let refused = event.clone();
+            let result = self.revoke_cached(provider, event).await;
+            return self.refusal_recorded(result, refused).await;
         }
         // Self-rotation calls the upstream between its audited steps: no lock held across.
         if let AdminOp::SecretSelfRotate(id) = &op {
-            return self.self_rotate(id, actor, request_id).await;
+            let result = self.self_rotate(id, actor, request_id).await;
+            return self.refusal_recorded(result, event).await;
         }
         let _guard = if op.is_read() {
             None
@@ -583,6 +589,33 @@ impl AdminService {
             receipt,
             raw: plan.raw,
         })
+    }
+
+    /// `result` of an operation that runs outside the plan-and-commit path (a probe, a
+    /// revocation of cached credentials, a self-rotation), with a refusal it answered before
+    /// writing any record audited as a plan's refusal is: an operator's refused attempt
+    /// leaves a trace (THREATS.md). A refusal because the log cannot take records has none to
+    /// add.
+    async fn refusal_recorded(
+        &self,
+        result: Result<AdminOutcome, (ApiError, Option<AuditReceipt>)>,
+        mut event: AuditEvent,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        match result {
+            Err((err, None)) if err.code != ErrorCode::AuditUnavailable => {
+                event.outcome = "denied".into();
+                event.error_code = Some(err.code.as_str().to_owned());
+                event.detail = Some(err.message.clone());
+                match self.core.audit.append(event).await {
+                    Ok(r) => Err((err, Some(r))),
+                    Err(_) => Err((
+                        ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
+                        None,
+                    )),
+                }
+            }
+            other => other,
+        }
     }
 
     async fn plan(&self, op: AdminOp) -> Result<Plan, ApiError> {
