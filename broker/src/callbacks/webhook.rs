@@ -84,6 +84,14 @@ impl CallbackService {
             // under the lock below).
             self.refuse_replay(provider.id(), delivery.as_deref())
                 .await?;
+            // Nor while the audit log is known to be failing: the delivery could not be
+            // remembered, so one captured body could be replayed for a GitHub call each time.
+            if !self.core.audit_log().writable().await {
+                return Err(anonymous(ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log is unavailable; redeliver the event later",
+                )));
+            }
             match cb.confirm_event(&verified, self.core.mint_timeout()).await {
                 Ok(true) => {}
                 Ok(false) => refuted = true,
