@@ -326,6 +326,20 @@ impl Metrics {
         }
     }
 
+    /// Counts a request on the public listener refused before any provider judged it (no
+    /// such route, no such callback, a replica that could not catch up): `denied` in
+    /// `credbroker_callbacks_total` under `provider` (never a name the caller chose) and the
+    /// error code. Anonymous refusals are counted, not audited one by one.
+    pub fn count_public_refusal(&self, provider: &str, code: &str) {
+        self.callbacks
+            .get_or_create(&ResolveLabels {
+                outcome: "denied".into(),
+                provider: provider.into(),
+                code: code.into(),
+            })
+            .inc();
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

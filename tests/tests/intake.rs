@@ -727,3 +727,80 @@ async fn overlapping_submissions_cannot_exceed_the_attempts() {
     assert_eq!(submitted(&daemon), 3, "a fourth attempt was reserved");
     assert_eq!(get(&mut public, &path).await.status, 404);
 }
+
+/// `credbroker_callbacks_total` summed over every label set whose labels contain `part`.
+async fn callbacks_with(pki: &TestPki, daemon: &Daemon, part: &str) -> u64 {
+    let (_, m) = scrape(pki, &daemon.url).await;
+    String::from_utf8(m)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("credbroker_callbacks_total{") && l.contains(part))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Anything the public listener refuses is counted, once (THREATS.md: unauthenticated
+/// requests are counted, not audited one by one): an empty intake form, a route that does
+/// not exist, a callback of no provider; a submission refused because a version is already
+/// staged is counted as that refusal alone, not also as admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_public_refusal_is_counted_once() {
+    let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
+    let (path, _) = create_link(&mut op, 3600).await;
+    let page = get(&mut public, &path).await;
+    let (cookie, csrf) = form_state(&page);
+    let intake = "provider=\"intake\"";
+    let before = callbacks_with(&pki, &daemon, intake).await;
+    let empty = format!("csrf={}&f_client_id=&f_client_secret=", enc(&csrf));
+    let p = post(&mut public, &path, Some(&cookie), &empty).await;
+    assert_eq!(p.status, 400, "{}", p.html);
+    assert!(p.html.contains("Nothing was entered"), "{}", p.html);
+    assert_eq!(callbacks_with(&pki, &daemon, intake).await, before + 1);
+
+    let before = callbacks_with(&pki, &daemon, "outcome=\"denied\"").await;
+    for path in ["/nope", "/callbacks/no-such-provider/setup?state=x"] {
+        let (s, _, _) = public.exchange(Method::GET, path, &[], None).await.unwrap();
+        assert_eq!(s.as_u16(), 404, "{path}");
+    }
+    assert_eq!(
+        callbacks_with(&pki, &daemon, "outcome=\"denied\"").await,
+        before + 2
+    );
+
+    // A staged version refuses the submission: one count, the refusal's.
+    let (s, v) = call(
+        &mut op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-snow/secret",
+        Some(json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-snow/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-snow/secret/rotate",
+        Some(json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let page = get(&mut public, &path).await;
+    let (cookie, csrf) = form_state(&page);
+    let before = callbacks_with(&pki, &daemon, intake).await;
+    let good = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
+        enc(&csrf),
+        enc(SECRET)
+    );
+    let p = post(&mut public, &path, Some(&cookie), &good).await;
+    assert_eq!(p.status, 409, "{}", p.html);
+    assert_eq!(callbacks_with(&pki, &daemon, intake).await, before + 1);
+}

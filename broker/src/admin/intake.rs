@@ -273,7 +273,10 @@ impl AdminService {
                 self.count_intake("invalid_link", false);
                 return pages::invalid();
             }
-            Err(_) => return pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again."),
+            Err(_) => {
+                self.count_intake("unavailable", false);
+                return pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again.");
+            }
         }
         if !post {
             self.count_intake("none", true);
@@ -282,7 +285,8 @@ impl AdminService {
         let body = match body {
             Ok(b) => b,
             Err(_) => {
-                return pages::refused(StatusCode::BAD_REQUEST, "The form could not be read.")
+                self.count_intake("bad_form", false);
+                return pages::refused(StatusCode::BAD_REQUEST, "The form could not be read.");
             }
         };
         let (sent_csrf, fields) = match parse_intake_form(&body, &link.fields) {
@@ -310,9 +314,9 @@ impl AdminService {
             );
         }
         if fields.is_empty() {
+            self.count_intake("bad_form", false);
             return pages::refused(StatusCode::BAD_REQUEST, "Nothing was entered.");
         }
-        self.count_intake("none", true);
         self.intake_submit(&key, &read, fields, request_id).await
     }
 
@@ -399,6 +403,8 @@ impl AdminService {
                 "Another new credential for this connection is already waiting to be checked. Ask your contact to finish or discard it, then open the link again.",
             );
         }
+        // Judged from here on (and audited): counted once, as admitted.
+        self.count_intake("none", true);
         // 0. One attempt is reserved on the link as read, before anything is written: of
         //    concurrent submissions one proceeds, and a link revoked or used meanwhile
         //    stops them all.

@@ -194,6 +194,10 @@ impl CallbackService {
             .cloned()
             .filter(|p| p.callbacks().is_some() && !kind.is_empty());
         let Some(provider) = provider else {
+            // (Labelled `unknown`: the name is the caller's, and every name would be a series.)
+            self.core
+                .metrics
+                .count_public_refusal("unknown", "not_found");
             return error_answer(
                 &ApiError::new(ErrorCode::NotFound, "no such callback"),
                 None,
@@ -204,6 +208,9 @@ impl CallbackService {
         // A platform key (a webhook secret, an App key) rotated on another replica is the one
         // this callback is judged with.
         if let Err(e) = self.admin.catch_up().await {
+            self.core
+                .metrics
+                .count_public_refusal(provider.id(), e.code.as_str());
             return error_answer(&e, None, request_id).into();
         }
         let outcome_label = |result: &CallbackResult| match result {

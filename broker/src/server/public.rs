@@ -188,16 +188,11 @@ pub(super) async fn handle_public(
                 .await
             {
                 Err(answer) => {
-                    if let Some(Err(l)) =
-                        rate_limiter.map(|rl| rl.check(remote.ip(), std::time::Instant::now()))
-                    {
-                        broker
-                            .metrics()
-                            .rate_limited
-                            .get_or_create(&crate::metrics::ScopeLabel {
-                                scope: l.as_str().into(),
-                            })
-                            .inc();
+                    // A refused invocation spends its source's budget for the other public
+                    // routes; it is answered 401 whatever is left, so it is no rate
+                    // limiting and is not counted as such (verify_invocation counted it).
+                    if let Some(rl) = rate_limiter {
+                        let _ = rl.check(remote.ip(), std::time::Instant::now());
                     }
                     answer
                 }
@@ -269,7 +264,12 @@ pub(super) async fn handle_public(
             })
             .await
         }
-        Err(err) => error_answer(&err, None, &request_id).into(),
+        Err(err) => {
+            broker
+                .metrics()
+                .count_public_refusal("none", err.code.as_str());
+            error_answer(&err, None, &request_id).into()
+        }
     };
     let mut response = respond(answer.answer, "application/json", &request_id);
     let h = response.headers_mut();
