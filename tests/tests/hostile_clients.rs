@@ -622,3 +622,77 @@ async fn a_full_request_pool_leaves_operators_bodies_their_own() {
     );
     drop(held);
 }
+
+/// An anonymous client that only connects, shakes hands and closes, over and over, costs the
+/// public listener a signature and a key exchange each time and never sends a request the
+/// request limit would see: such request-less connections are charged to their source, and
+/// once its budget is spent it is refused at accept (counted) until the budget refills.
+/// Connections that carry a request are never charged: a sender making a new connection
+/// per request is served however many it makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_less_connections_are_limited_per_source() {
+    let (tmp, pki) = setup();
+    let (public, _) = public_section(&pki);
+    let public = public
+        .replace(
+            "requests_per_second_per_source = 100.0",
+            "requests_per_second_per_source = 0.5",
+        )
+        .replace("burst_per_source = 100.0", "burst_per_source = 5.0");
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: public,
+            ..Default::default()
+        },
+    );
+    let url = daemon.public_url.clone().unwrap();
+    let addr = url.trim_start_matches("https://").to_owned();
+    // A connection per request, more than the burst: /healthz is exempt from the request
+    // limit, so only a charge per connection could refuse these.
+    for i in 0..12 {
+        let mut c = public_client(&pki, &url);
+        let (s, _) = call(&mut c, Method::GET, "/healthz", None).await;
+        assert_eq!(s, 200, "connection {i} with a request was refused");
+    }
+    // Handshakes and nothing else.
+    let tls = {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in credbroker::tls::load_certs(&pki.dir.join("ca.crt")).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(credbroker::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let mut completed = 0;
+    for _ in 0..20 {
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        if let Ok(mut s) = tls.connect(name, tcp).await {
+            completed += 1;
+            let _ = s.shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        completed >= 5,
+        "the burst's handshakes were served: {completed}"
+    );
+    assert!(completed < 20, "every request-less handshake was served");
+    let (_, m) = scrape(&pki, &daemon.url).await;
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        metric_value(
+            &m,
+            "credbroker_tls_handshakes_refused_total{scope=\"requestless\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "not counted"
+    );
+}
