@@ -43,6 +43,8 @@ struct GatedStore {
     /// Fail the next batch that makes a secret version active without applying it (a
     /// store failure whose outcome the broker cannot know).
     fail_promotion: AtomicBool,
+    /// Hold the next batch that writes a pending secret version until released.
+    hold_pending: AtomicBool,
     entered: Notify,
     release: Notify,
 }
@@ -56,7 +58,13 @@ impl Store for GatedStore {
         self.inner.scan(table, prefix).await
     }
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        if self.hold.swap(false, Ordering::SeqCst) {
+        let pending = batch.ops.iter().any(|op| {
+            matches!(op, Op::Put(Table::Secrets, _, v)
+                if String::from_utf8_lossy(v).contains("\"state\":\"pending\""))
+        });
+        if self.hold.swap(false, Ordering::SeqCst)
+            || (pending && self.hold_pending.swap(false, Ordering::SeqCst))
+        {
             self.entered.notify_one();
             self.release.notified().await;
         }
@@ -125,9 +133,22 @@ async fn start() -> Env {
 
 /// As [`start`], with these `[providers.*]` sections (TOML) configured.
 async fn start_with(providers: Option<&str>) -> Env {
+    start_configured(providers, false).await
+}
+
+/// As [`start_with`]; with `public`, a `[public]` section naming a base URL (intake links).
+async fn start_configured(providers: Option<&str>, public: bool) -> Env {
     credbroker_tests::init_crypto();
     let tmp = tempfile::tempdir().unwrap();
-    let config = config_in(tmp.path());
+    let mut config = config_in(tmp.path());
+    if public {
+        config.public = Some(
+            toml::from_str(
+                "listen = \"127.0.0.1:1\"\ncert = \"unused\"\nkey = \"unused\"\nbase_url = \"https://broker.example.org\"\n",
+            )
+            .unwrap(),
+        );
+    }
     BrokerKeys::init(&config).unwrap();
     let inner = Arc::new(SledStore::open(&config.store_dir()).unwrap());
     let store = Arc::new(GatedStore {
@@ -137,6 +158,7 @@ async fn start_with(providers: Option<&str>) -> Env {
         fail_sync: AtomicBool::new(false),
         lose_promotion_answer: AtomicBool::new(false),
         fail_promotion: AtomicBool::new(false),
+        hold_pending: AtomicBool::new(false),
         entered: Notify::new(),
         release: Notify::new(),
     });
@@ -535,4 +557,128 @@ async fn a_self_rotation_whose_promotion_commit_fails_keeps_its_successor() {
                     .is_some_and(|d| d.contains("is not known"))),
         "{records:?}"
     );
+}
+
+/// A customer who submits an intake link twice at once (a double click on "Store"): the
+/// second submission passes the staged-version check while the first one's version is
+/// being written, then reserves an attempt once it is. The first version passes its probe
+/// and is promoted — the link changed only by that reservation, which cannot write — and the
+/// second is refused. (Before, the first was refused at its promotion because the link had
+/// changed, its version destroyed, the second refused as staged: two attempts, nothing
+/// stored.) The interleaving is made exact by holding the first one's write in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_intake_submission_stores_the_first() {
+    use credbroker_tests::fake_servicenow::FakeServiceNow;
+    const CLIENT: &str = "3f1c0ffee0c0ffee0c0ffee0c0ffee01";
+    const SECRET: &str = "sn-client-secret-v1-0123456789";
+    let sn = FakeServiceNow::start(CLIENT, SECRET, &["snc_read_only"]).await;
+    let env = start_configured(
+        Some(&format!(
+            "[servicenow_oauth]\nceiling_file = {:?}\nallowed_hosts = [\"{}\"]\ntimeout_ms = 3000\n",
+            credbroker_tests::repo_root()
+                .join("policies/servicenow.json")
+                .display()
+                .to_string(),
+            sn.authority
+        )),
+        true,
+    )
+    .await;
+    let admin = |op| env.broker.admin("operator:test", op, "req-intake");
+    admin(add_tenant("t1"))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    let binding: NewBinding = serde_json::from_value(json!({
+        "id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth",
+        "owner": "team-tests", "purpose": "integration test",
+        "config": {"instance_url": sn.url}
+    }))
+    .unwrap();
+    admin(AdminOp::AddBinding(binding))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    let link: credbroker::admin::NewIntake =
+        serde_json::from_value(json!({"binding": "acme-snow", "ttl_s": 3600})).unwrap();
+    let created = admin(AdminOp::IntakeCreate(link))
+        .await
+        .map_err(|(e, _)| e.message)
+        .unwrap();
+    let url = created.response["url"].as_str().unwrap().to_owned();
+    let token = url.rsplit('/').next().unwrap().to_owned();
+
+    // The form, as the customer's browser gets it: its cookie and CSRF value.
+    let page = env
+        .broker
+        .intake_http(
+            false,
+            &token,
+            &http::HeaderMap::new(),
+            Ok(Default::default()),
+            "r0",
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    let cookie = page.set_cookie.unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let csrf = page
+        .html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let enc = |v: &str| -> String {
+        v.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let form = format!(
+        "csrf={}&f_client_id={}&f_client_secret={}",
+        enc(&csrf),
+        enc(CLIENT),
+        enc(SECRET)
+    );
+    let submit = |rid: &'static str| {
+        let broker = env.broker.clone();
+        let (token, cookie, form) = (token.clone(), cookie.clone(), form.clone());
+        tokio::spawn(async move {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::COOKIE, cookie.parse().unwrap());
+            broker
+                .intake_http(true, &token, &headers, Ok(form.into_bytes().into()), rid)
+                .await
+        })
+    };
+    // The first reserves its attempt; its pending version's write is held…
+    env.store.hold_pending.store(true, Ordering::SeqCst);
+    let entered = env.store.entered.notified();
+    let first = submit("r1");
+    entered.await;
+    // …while the second passes the staged check and waits to reserve its own.
+    let second = submit("r2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.store.release.notify_one();
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    let stored = [&first, &second]
+        .iter()
+        .filter(|p| p.status == 200 && p.html.contains("Stored and verified"))
+        .count();
+    assert_eq!(
+        stored, 1,
+        "first: {} {}\nsecond: {} {}",
+        first.status, first.html, second.status, second.html
+    );
+    let id = BindingId::parse("acme-snow").unwrap();
+    let b = env.records.binding(&id).await.unwrap().unwrap();
+    assert!(b.active_secret_version.is_some(), "nothing stored: {b:?}");
 }

@@ -492,7 +492,25 @@ impl AdminService {
                 let _guard = self.lock.lock().await;
                 let plan = async {
                     let mut p = self.plan_secret_promote(&link.binding, version).await?;
-                    p.batch.remove_intake_link(key, read);
+                    // The link as it is now, so long as it is still this link: another
+                    // submission that reserved an attempt meanwhile (it cannot write: this
+                    // version is staged) does not void this one, which has proved itself;
+                    // a link revoked, used or expired meanwhile is gone, and stops it.
+                    let now_read = self
+                        .core
+                        .records
+                        .intake_link(key.trim_start_matches("intake:"))
+                        .await
+                        .map_err(store_err)?
+                        .map(|(_, l)| l)
+                        .filter(|l| l.value.id == link.id)
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                ErrorCode::Conflict,
+                                "the intake link was revoked or used meanwhile",
+                            )
+                        })?;
+                    p.batch.remove_intake_link(key, &now_read);
                     p.batch = self
                         .issuer_precondition(
                             &link.creator,
