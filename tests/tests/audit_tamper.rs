@@ -836,12 +836,18 @@ fn verify_within(config: &str, seconds: u64, what: &str) -> (i32, String) {
 
 /// Whoever can write the data directory (THREATS.md) cannot make the auditors' tools hang or
 /// abort instead of answering: a FIFO under a segment's name in the archive fails `audit
-/// verify` at once, named; a checkpoint file made a sparse terabyte is read up to its zeros,
-/// at once (they hold nothing), not read or held whole.
+/// verify` at once, named; a sealed segment made a sparse terabyte fails at once (more after
+/// its seal than the writer ever leaves), not after walking its zeros for hours; a
+/// checkpoint file made a sparse terabyte is read up to its zeros, at once (they hold
+/// nothing), not read or held whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
     let (tmp, pki) = setup();
-    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let options = DaemonOptions {
+        extra_toml: "[audit]\nsegment_records = 3\n".into(),
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
     daemon.stop();
@@ -849,10 +855,36 @@ async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
     let (c, out) = verify_within(&config, 30, "the genuine log");
     assert_eq!(c, 0, "{out}");
 
+    // The first segment (sealed: three records each) made a sparse terabyte.
+    let first = daemon.data_dir.join("audit").join(segment_name(1));
+    let sealed = std::fs::read(&first).unwrap();
+    assert!(String::from_utf8_lossy(&sealed).contains("{\"seal\":"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let (c, out) = verify_within(&config, 30, "a sealed segment made a sparse 1 TiB");
+    assert_eq!(c, 1, "{out}");
+    assert!(out.contains("after its seal"), "{out}");
+    std::fs::write(&first, sealed).unwrap();
+
     let archive = daemon.data_dir.join("audit/archive");
     std::fs::create_dir_all(&archive).unwrap();
-    // The segment after the live one, as if it had been archived there.
-    let fifo = archive.join(segment_name(2));
+    // A segment after the live one, as if it had been archived there.
+    let live = std::fs::read_dir(daemon.data_dir.join("audit"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            name.strip_prefix("segment-")?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    let fifo = archive.join(segment_name(live + 1));
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()

@@ -154,6 +154,12 @@ pub fn list(audit_dir: &Path) -> std::io::Result<Vec<SegmentFile>> {
     Ok(out)
 }
 
+/// The most bytes a sealed segment holds after its seal: the space the writer filled ahead,
+/// left when a crash came between the seal and the cut (at most a fill step or two; see the
+/// writer). More is no crash's doing, and a reader does not walk through it (a segment made
+/// a sparse terabyte would take hours).
+pub const MAX_AFTER_SEAL: u64 = 8 << 20;
+
 /// Whether `audit_dir` holds a file log (of this release or an earlier one), or what is left
 /// of one: a checkpoint file without segments is a log whose segments were removed, and is
 /// verified (and fails) as such.

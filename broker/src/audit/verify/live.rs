@@ -52,7 +52,7 @@ pub(crate) fn checkpoint_lines(path: &Path) -> std::io::Result<LogLines> {
     Ok(LogLines::of(file, len))
 }
 
-/// Where the log's written part ends now, before the checkpoints are read: the live
+/// Where the log's written part ends now (see [`frontier_and_checkpoints`]): the live
 /// segment's number and the offset of the first NUL byte (the space the writer filled
 /// ahead) or its length. A walk reads no further: what the daemon appends while the walk
 /// runs is covered by checkpoints written after they were read, and is left for the next
@@ -63,7 +63,7 @@ pub(crate) fn checkpoint_lines(path: &Path) -> std::io::Result<LogLines> {
 /// The offset is found by bisection, a byte at a time: in a written segment only the space
 /// filled ahead holds NUL bytes. Whatever the bytes, the offset found holds a NUL byte, so
 /// it is never before the first one, where a walk stops anyway.
-fn frontier(audit_dir: &Path) -> Option<(u64, u64)> {
+fn frontier(audit_dir: &Path) -> Frontier {
     use std::os::unix::fs::FileExt;
     let segs = segments::list(audit_dir).ok()?;
     let live = segs.last().filter(|s| s.n > 0 && !s.archived)?;
@@ -90,6 +90,34 @@ fn frontier(audit_dir: &Path) -> Option<(u64, u64)> {
         }
     }
     Some((live.n, hi))
+}
+
+/// The live segment's number and the length of its written part (see [`frontier`]).
+type Frontier = Option<(u64, u64)>;
+
+/// The log's [`frontier`] and the checkpoints, read so that they agree: no checkpoint covers
+/// a record past the frontier, and every record before it existed when the checkpoints
+/// were read. The frontier is taken before and after the checkpoints are read; when the
+/// two are the same, nothing was appended in between. A log appended to every time (a busy
+/// daemon) gets the frontier taken right after a last read, so at most what the writer
+/// appends in that moment is past the checkpoints read.
+///
+/// # Errors
+/// When the checkpoints cannot be read.
+fn frontier_and_checkpoints(
+    audit_dir: &Path,
+) -> Result<(Frontier, Vec<Checkpoint>), VerifyFailure> {
+    let mut before = frontier(audit_dir);
+    for _ in 0..5 {
+        let cps = read_checkpoints(audit_dir)?;
+        let after = frontier(audit_dir);
+        if after == before {
+            return Ok((after, cps));
+        }
+        before = after;
+    }
+    let cps = read_checkpoints(audit_dir)?;
+    Ok((frontier(audit_dir), cps))
 }
 
 fn segments_of(audit_dir: &Path) -> Result<Vec<SegmentFile>, VerifyFailure> {
@@ -161,16 +189,15 @@ fn walk_log(
     progress: &dyn Progress,
     visit: Option<&mut dyn FnMut(&AuditRecord)>,
 ) -> Result<VerifySummary, VerifyFailure> {
-    // Where the log ends, then the checkpoints, then the log up to there: a checkpoint
-    // written after we read the log would otherwise look like a truncated log, and records
-    // appended after the checkpoints were read like an unsigned tail (a second pass over
-    // what a first one read has its own bound).
-    let frontier = if upto.is_none() {
-        frontier(audit_dir)
+    // Where the log ends and the checkpoints, agreeing, then the log up to there: a
+    // checkpoint written after we read the log would otherwise look like a truncated log,
+    // and records appended after the checkpoints were read like an unsigned tail (a second
+    // pass over what a first one read has its own bound).
+    let (frontier, mut cps) = if upto.is_none() {
+        frontier_and_checkpoints(audit_dir)?
     } else {
-        None
+        (None, read_checkpoints(audit_dir)?)
     };
-    let mut cps = read_checkpoints(audit_dir)?;
     if let Some((_, last_seq)) = upto {
         cps.retain(|cp| cp.seq <= last_seq);
     }
@@ -322,8 +349,7 @@ pub fn verify_since_last_checkpoint(
     verifier: &AuditVerifier,
     max_unanchored: u64,
 ) -> Result<VerifySummary, VerifyFailure> {
-    let frontier = frontier(audit_dir);
-    let cps = read_checkpoints(audit_dir)?;
+    let (frontier, cps) = frontier_and_checkpoints(audit_dir)?;
     let Some(last) = cps.last() else {
         // No checkpoint at all: only a log shorter than the unsigned tail is acceptable,
         // and it is short enough to read whole.
@@ -420,8 +446,13 @@ fn last_line(seg: &SegmentFile) -> std::io::Result<Option<Vec<u8>>> {
     const WINDOW: u64 = 64 << 10;
     let file = seg.open()?;
     let mut buf = Vec::new();
-    let mut end = file.metadata()?.len();
+    let len = file.metadata()?.len();
+    let mut end = len;
     loop {
+        // Not a seal with more zeros after it than the writer ever leaves there.
+        if len - end > segments::MAX_AFTER_SEAL {
+            return Ok(None);
+        }
         let start = end.saturating_sub(WINDOW);
         buf.resize(usize::try_from(end - start).unwrap_or(0), 0);
         file.read_exact_at(&mut buf, start)?;
@@ -633,6 +664,19 @@ impl Walk<'_, '_> {
         // follow, never a line hidden behind a NUL byte or left without its newline.
         if this.sealed {
             let at = lines.consumed();
+            let len = after_seal
+                .metadata()
+                .map_err(|e| unreadable(self.chain.next_seq(), e))?
+                .len();
+            if len.saturating_sub(at) > segments::MAX_AFTER_SEAL {
+                return Err(fail(
+                    self.chain.next_seq(),
+                    format!(
+                        "{name} holds {} byte(s) after its seal, more than the writer ever leaves there (written after it was sealed, or extended)",
+                        len - at
+                    ),
+                ));
+            }
             if let Some(end) = segments::dirty_after(&after_seal, at)
                 .map_err(|e| unreadable(self.chain.next_seq(), e))?
             {
