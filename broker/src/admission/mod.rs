@@ -302,47 +302,6 @@ impl RateLimiter {
         }
     }
 
-    /// Whether `peer`'s own bucket holds a token at `now` (none taken).
-    pub fn has_room(&self, peer: IpAddr, now: Instant) -> bool {
-        let r = self.rates;
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match inner.sources.get_mut(&source_of(peer)) {
-            None => true,
-            Some(b) => {
-                b.refill(r.per_source, r.per_source_burst, now);
-                b.tokens >= 1.0
-            }
-        }
-    }
-
-    /// Takes a token from `peer`'s own bucket at `now`, if one is left (the global bucket is
-    /// left alone: what one source does spends no one else's budget).
-    pub fn charge(&self, peer: IpAddr, now: Instant) {
-        let r = self.rates;
-        let source = source_of(peer);
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !inner.sources.contains_key(&source) && inner.sources.len() >= MAX_TRACKED_SOURCES {
-            let idle = Duration::from_secs_f64(r.per_source_burst / r.per_source.max(0.001));
-            inner
-                .sources
-                .retain(|_, b| now.saturating_duration_since(b.last) < idle);
-            if inner.sources.len() >= MAX_TRACKED_SOURCES {
-                return;
-            }
-        }
-        let _ = inner
-            .sources
-            .entry(source)
-            .or_insert_with(|| Bucket::full(r.per_source_burst, now))
-            .take(r.per_source, r.per_source_burst, now);
-    }
-
     /// Takes one request's token for `peer` at `now`: the source's bucket first (a source
     /// over its own limit does not drain the global one), then the global bucket.
     ///

@@ -147,13 +147,6 @@ pub fn spawn_role(
     // handshake slot.
     let handshakes = HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source);
     let rate_limiter = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
-    // Connections that end without a request (a handshake that failed, or a client that
-    // only connects, shakes hands and closes), charged to their source at its request
-    // rates: each costs the listener a signature and a key exchange, and the request limit
-    // never sees them. A source whose budget they used up is refused at accept until it
-    // refills. Connections that carry requests cost nothing here: signed senders (Forge
-    // invocations from Atlassian's addresses) are never refused for anyone else's load.
-    let requestless = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
     // Bodies in memory at once on the public listener, KiB: anonymous senders of large
     // bodies are bounded together, before any signature is checked.
     // One source holds at most a quarter of it (the largest body allowed, 8 MiB: the
@@ -208,20 +201,6 @@ pub fn spawn_role(
                     continue;
                 }
             };
-            if requestless
-                .as_ref()
-                .is_some_and(|rl| !rl.has_room(remote.ip(), std::time::Instant::now()))
-            {
-                broker
-                    .metrics()
-                    .handshakes_refused
-                    .get_or_create(&crate::metrics::ScopeLabel {
-                        scope: "requestless".into(),
-                    })
-                    .inc();
-                drop(tcp);
-                continue;
-            }
             let handshake_slot = match handshakes.try_enter(remote.ip()) {
                 Ok(p) => p,
                 Err(why) => {
@@ -251,15 +230,7 @@ pub fn spawn_role(
             let body_budget = body_budget.clone();
             let handshake_log = handshake_log.clone();
             let mut shutdown_rx = shutdown_rx.clone();
-            // Charges the source when the connection ends without a request.
-            let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let _requestless = requestless.clone().map(|limiter| ChargeIfRequestless {
-                limiter,
-                source: remote.ip(),
-                served: served.clone(),
-            });
             tokio::spawn(async move {
-                let _requestless = _requestless;
                 // Watch for reloads from before the handshake: one that lands while it is in
                 // progress (verified by the old CA bundle or CRL) re-checks the chain at once.
                 let mut reloads = tls.reloads();
@@ -366,7 +337,6 @@ pub fn spawn_role(
                     let rate_limiter = rate_limiter.clone();
                     let body_budget = body_budget.clone();
                     let busy = service_activity.begin();
-                    served.store(true, std::sync::atomic::Ordering::Relaxed);
                     async move {
                         let _busy = busy;
                         Ok::<_, Infallible>(match role {
@@ -460,22 +430,6 @@ pub fn spawn_role(
         connections,
         max_connections,
     })
-}
-
-/// Charges a public connection's source one token of its request-less budget when the
-/// connection ends without having carried a request (see `requestless` in [`spawn_role`]).
-struct ChargeIfRequestless {
-    limiter: Arc<RateLimiter>,
-    source: std::net::IpAddr,
-    served: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for ChargeIfRequestless {
-    fn drop(&mut self) {
-        if !self.served.load(std::sync::atomic::Ordering::Relaxed) {
-            self.limiter.charge(self.source, std::time::Instant::now());
-        }
-    }
 }
 
 /// Requests in progress on one connection and when the last one ended.
