@@ -549,6 +549,10 @@ async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
     );
     let out = verify_every_chain(&set, &set.daemons[0]);
     assert!(out.contains("audit OK"), "{out}");
+    let cuts = set
+        .scalar("SELECT count(*) FROM credbroker_audit WHERE replica = 1 AND line LIKE '%audit.chain_cut%a record this writer wrote%'")
+        .await;
+    assert_eq!(cuts, 1, "the cut is on the record");
 }
 
 /// A failover that lost more of a replica's chain than its writer remembers (here: 30
@@ -595,6 +599,20 @@ async fn a_failover_losing_more_than_the_writer_remembers_goes_on() {
     );
     let out = verify_every_chain(&set, &set.daemons[0]);
     assert!(out.contains("audit OK"), "{out}");
+    // The cut is on the record, in the chain, saying it was past what the writer remembered.
+    let cut: String = sql
+        .query_one(
+            "SELECT line FROM credbroker_audit WHERE replica = 1 AND line LIKE '%audit.chain_cut%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        cut.contains(&format!("it now ends at record {}", max - 30))
+            && cut.contains("older than any record this writer remembers"),
+        "{cut}"
+    );
 }
 
 /// Someone with write access to the database but not the signing key (THREATS.md: a copy

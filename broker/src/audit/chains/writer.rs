@@ -349,12 +349,45 @@ impl DbWriter {
                 self.owner.replica, found.seq
             ));
         }
-        if self.known.back().is_some_and(|(seq, _)| *seq > found.seq) {
+        if let Some(last) = self
+            .known
+            .back()
+            .map(|(seq, _)| *seq)
+            .filter(|last| *last > found.seq)
+        {
+            let remembered = self
+                .known
+                .front()
+                .is_some_and(|(oldest, _)| found.seq >= *oldest);
             tracing::error!(
                 replica = self.owner.replica,
                 seq = found.seq,
-                "this replica's audit chain ends before the last record this writer wrote (records lost in a failover); the chain goes on from its end"
+                last,
+                remembered,
+                "this replica's audit chain ends before the last record this writer wrote (records lost in a failover, or removed); the chain goes on from its end"
             );
+            // On the record, in the chain itself, first in the next batch: a cut is then
+            // in every later export, signed, whatever made it. A cut past what the writer
+            // remembers is taken up on the chain's own word (it verifies from its last
+            // signed checkpoint): a failover cannot be told from a rewrite there.
+            self.owed.push(AuditEvent {
+                kind: "admin".into(),
+                action: "audit.chain_cut".into(),
+                request_id: crate::server::new_request_id(),
+                actor: "credbroker:audit".into(),
+                outcome: "allowed".into(),
+                detail: Some(format!(
+                    "replica {}'s chain ended at record {last} when this writer last wrote; it now ends at record {} (records lost in a failover, or removed){}",
+                    self.owner.replica,
+                    found.seq,
+                    if remembered {
+                        ": a record this writer wrote"
+                    } else {
+                        ": older than any record this writer remembers, taken up because the chain verifies from its last signed checkpoint (if no failover happened, treat as tampering)"
+                    }
+                )),
+                ..Default::default()
+            });
         }
         self.remember(found.seq, &found.hash);
         self.tail = Some(found);
@@ -418,16 +451,17 @@ impl DbWriter {
                     self.remember(rec.seq, &rec.hash);
                 }
             }
-        }
-        self.take_up(found).await?;
-        self.in_flight = None;
-        if committed {
-            // The corrections it carried are in; its own records are owed theirs.
+            // The corrections it carried are in; its own records are owed theirs (before
+            // the end is taken up, which may owe a record of its own).
             self.owed = lines
                 .iter()
                 .skip(carried)
                 .filter_map(|l| correction_of(l))
                 .collect();
+        }
+        self.take_up(found).await?;
+        self.in_flight = None;
+        if committed {
             tracing::error!(
                 replica = self.owner.replica,
                 records = self.owed.len(),
