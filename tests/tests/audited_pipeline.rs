@@ -682,3 +682,54 @@ async fn a_double_intake_submission_stores_the_first() {
     let b = env.records.binding(&id).await.unwrap().unwrap();
     assert!(b.active_secret_version.is_some(), "nothing stored: {b:?}");
 }
+
+/// A self-rotation that fails after its intent is on record answers with that record, and is
+/// not audited again as a refusal: here the broker starts stopping while the successor's
+/// version is being written, so its probe is refused (no exchange starts once a stop has
+/// begun), and the successor is withdrawn. (Before, the refusal carried no receipt and a
+/// `denied` secret.self_rotate record was added after the steps that had happened.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_rotation_failing_after_its_intent_is_not_recorded_as_refused() {
+    let (_dc, env, _old) = active_pat_binding().await;
+    env.store.hold_pending.store(true, Ordering::SeqCst);
+    let entered = env.store.entered.notified();
+    let rotation = {
+        let broker = env.broker.clone();
+        tokio::spawn(async move {
+            broker
+                .admin(
+                    "operator:test",
+                    AdminOp::SecretSelfRotate("acme-jira".into()),
+                    "req-stop",
+                )
+                .await
+        })
+    };
+    entered.await;
+    let settling = {
+        let broker = env.broker.clone();
+        tokio::spawn(async move { broker.settle_reports(tokio::time::Instant::now()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.store.release.notify_one();
+    let refused = rotation.await.unwrap();
+    settling.await.unwrap();
+    let (err, receipt) = match refused {
+        Ok(o) => panic!("the rotation went through: {}", o.response),
+        Err(refused) => refused,
+    };
+    assert!(
+        receipt.is_some(),
+        "{}: answered without its record",
+        err.message
+    );
+    let records = audit_records(&env);
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "denied")
+        .collect();
+    assert!(denied.is_empty(), "{denied:?}");
+    assert!(records
+        .iter()
+        .any(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "allowed"));
+}

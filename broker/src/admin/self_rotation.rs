@@ -157,7 +157,6 @@ impl AdminService {
             .map_err(|e| refuse(e.into()))?;
         let narrowing = Narrowing::none();
         let timeout = self.core.mint_timeout();
-        let request = |secret| mint_request(&binding, &bound, &narrowing, secret, timeout);
         // 1. The current secret creates its successor upstream. The record comes before
         //    the effect: a live credential created upstream is never without one, should the
         //    broker stop (or the audit log fail) before the records of the steps after it.
@@ -174,190 +173,200 @@ impl AdminService {
         let intent = self
             .commit_audited(intent, crate::store::Batch::new(), None)
             .await?;
-        let created: Result<SecretFields, ProviderError> =
-            rotation.create(&request(&current)).await;
-        let successor = match created {
-            Ok(s) => s,
-            Err(e) => {
-                let err = ApiError::from(e);
-                // The result of the intent above (named), as a revocation's result is.
-                let mut ev = Self::event(actor, request_id, "secret.self_rotate");
-                ev.tenant = Some(binding.tenant.to_string());
-                ev.binding = Some(binding.id.to_string());
-                ev.outcome = "failed".into();
-                ev.error_code = Some(err.code.as_str().to_owned());
-                ev.detail = Some(format!(
-                    "the upstream did not create a successor (intent {}): {}",
-                    intent.audit_id, err.message
-                ));
-                let r = self.core.audit.append(ev).await.ok();
-                return Err((err, r));
-            }
-        };
-        // 2-4. Stored pending, probed, promoted; on any failure the successor is withdrawn
-        //      upstream again (audited), so no PAT the broker created outlives a failure.
-        let written_version = std::sync::atomic::AtomicU64::new(u64::MAX);
-        // Whether the promotion's commit was sent: a store failure after it may still land
-        // (a PostgreSQL COMMIT whose answer the deadline cut).
-        let promotion_sent = std::sync::atomic::AtomicBool::new(false);
-        let staged: Result<Value, (ApiError, Option<AuditReceipt>)> = async {
-            let written = {
-                let _guard = self.lock.lock().await;
-                let plan = self
-                    .plan_secret_write(id, successor.clone(), None, super::secrets::SecretWrite::Rotate)
-                    .await;
-                self.commit_plan(
-                    Self::event(actor, request_id, "secret.rotate"),
-                    plan,
-                    "self-rotation: created upstream by the current secret",
-                )
-                .await?
-            };
-            let version = written.0["version"]
-                .as_u64()
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(0);
-            written_version.store(u64::from(version), std::sync::atomic::Ordering::Relaxed);
-            let stored = self.binding_or_404(id).await.map_err(refuse)?.value;
-            self.probe_pending(
-                &stored,
-                version,
-                Self::event(actor, request_id, "binding.probe"),
-                Instant::now(),
-            )
-            .await?;
-            let _guard = self.lock.lock().await;
-            // An operator (or an intake) replaced the active secret meanwhile: theirs stands.
-            let now_active = self.binding_or_404(id).await.map_err(refuse)?.value.active_secret_version;
-            if now_active != started_from {
-                return Err((
-                    ApiError::new(ErrorCode::Conflict, "the active secret changed during the rotation; the successor was withdrawn"),
-                    None,
-                ));
-            }
-            let plan = self.plan_secret_promote(id, version).await;
-            promotion_sent.store(plan.is_ok(), std::sync::atomic::Ordering::Relaxed);
-            let promoted = self
-                .commit_plan(
-                    Self::event(actor, request_id, "secret.promote"),
-                    plan,
-                    "self-rotation: the successor passed its probe",
-                )
-                .await?;
-            let mut out = promoted.0;
-            out["version"] = json!(version);
-            Ok(out)
-        }
-        .await;
-        let promoted = match staged {
-            Ok(p) => p,
-            Err((e, r)) => match self
-                .promotion_landed(
-                    &binding.id,
-                    u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed)).ok(),
-                )
-                .await
-                // Read as not promoted, but its commit was sent and the store failed (the one
-                // failure after which a commit may still land, say a PostgreSQL COMMIT whose
-                // answer the deadline cut): the successor is kept as when unreadable. Every
-                // other refusal (a precondition, the operator's standing, the audit log)
-                // wrote nothing.
-                .filter(|landed| {
-                    landed.is_some()
-                        || !promotion_sent.load(std::sync::atomic::Ordering::Relaxed)
-                        || e.code != ErrorCode::Internal
-                }) {
-                // A commit whose outcome was unknown (the store answered with an error after
-                // applying it, or the acknowledgement was lost) promoted the successor: it is
-                // what resolves hand out now, so the rotation goes on as promoted.
-                Some(Some(version)) => json!({ "version": version, "superseded": started_from }),
-                // Not promoted: the successor is withdrawn upstream again.
-                Some(None) => {
-                    let withdrawn = rotation.revoke(&request(&current), &successor).await;
-                    let gone = matches!(withdrawn, Ok(true));
-                    self.withdraw_successor(&binding, actor, request_id, &e, withdrawn)
-                        .await;
-                    // Its stored version goes too: revoked upstream, it would only stand as a
-                    // pending version holding off intake links (one whose withdrawal failed
-                    // is kept, for the operator to find).
-                    let written =
-                        u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed))
-                            .ok();
-                    if let (true, Some(version)) = (gone, written) {
-                        let _guard = self.lock.lock().await;
-                        let plan = self.plan_secret_destroy(id, Some(version), false).await;
-                        let _ = self
-                            .commit_plan(
-                                Self::event(actor, request_id, "secret.destroy"),
-                                plan,
-                                "self-rotation: its successor was withdrawn upstream",
-                            )
-                            .await;
-                    }
-                    return Err((e, r));
-                }
-                // Unknown (the store does not answer, or the promotion's commit failed in a
-                // way that may still land): withdrawing it might revoke the credential being
-                // served, so it is kept and said.
-                None => {
-                    let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
+        // Every failure from here on follows the intent record: an error without a record of
+        // its own answers with the intent's (the operation is on record, and is not audited
+        // again as a refusal).
+        let on_record = intent.clone();
+        let rest: OpResult = async {
+            let request =
+                |secret| mint_request(&binding, &bound, &narrowing, secret, timeout);
+            let created: Result<SecretFields, ProviderError> =
+                rotation.create(&request(&current)).await;
+            let successor = match created {
+                Ok(s) => s,
+                Err(e) => {
+                    let err = ApiError::from(e);
+                    // The result of the intent above (named), as a revocation's result is.
+                    let mut ev = Self::event(actor, request_id, "secret.self_rotate");
                     ev.tenant = Some(binding.tenant.to_string());
                     ev.binding = Some(binding.id.to_string());
                     ev.outcome = "failed".into();
-                    ev.error_code = Some(e.code.as_str().to_owned());
+                    ev.error_code = Some(err.code.as_str().to_owned());
                     ev.detail = Some(format!(
-                        "binding={id} self-rotation failed ({}) and whether its successor was promoted is not known: the successor was kept upstream; see `credbroker binding show {id}`, then promote its pending version or revoke it at the source",
-                        e.code
+                        "the upstream did not create a successor (intent {}): {}",
+                        intent.audit_id, err.message
                     ));
-                    let _ = self.core.audit.append(ev).await;
-                    return Err((e, r));
+                    let r = self.core.audit.append(ev).await.ok();
+                    return Err((err, r));
                 }
-            },
-        };
-        let version = promoted["version"]
-            .as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(0);
-        // 5. The old secret revoked upstream, with its successor.
-        let revoked = rotation.revoke(&request(&successor), &current).await;
-        let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
-        ev.tenant = Some(binding.tenant.to_string());
-        ev.binding = Some(binding.id.to_string());
-        let old_version = promoted["superseded"].clone();
-        let (outcome, said) = match &revoked {
-            Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was revoked upstream")),
-            Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was NOT revoked upstream: its id is unknown (pasted without token_id); revoke it at the source")),
-            Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {old_version}) upstream failed: {e}; revoke it at the source")),
-        };
-        ev.outcome = outcome.into();
-        ev.detail = Some(said.clone());
-        let receipt = self.core.audit.append(ev).await.map_err(|_| {
-            (
-                ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
-                None,
-            )
-        })?;
-        // 6. The active secret probed again, so the binding's facts (the new expiry) are
-        //    current and the rotation is not due any more.
-        let _ = self
-            .probe_binding(
-                id,
-                Self::event(actor, request_id, "binding.probe"),
-                Instant::now(),
-            )
+            };
+            // 2-4. Stored pending, probed, promoted; on any failure the successor is withdrawn
+            //      upstream again (audited), so no PAT the broker created outlives a failure.
+            let written_version = std::sync::atomic::AtomicU64::new(u64::MAX);
+            // Whether the promotion's commit was sent: a store failure after it may still land
+            // (a PostgreSQL COMMIT whose answer the deadline cut).
+            let promotion_sent = std::sync::atomic::AtomicBool::new(false);
+            let staged: Result<Value, (ApiError, Option<AuditReceipt>)> = async {
+                let written = {
+                    let _guard = self.lock.lock().await;
+                    let plan = self
+                        .plan_secret_write(id, successor.clone(), None, super::secrets::SecretWrite::Rotate)
+                        .await;
+                    self.commit_plan(
+                        Self::event(actor, request_id, "secret.rotate"),
+                        plan,
+                        "self-rotation: created upstream by the current secret",
+                    )
+                    .await?
+                };
+                let version = written.0["version"]
+                    .as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(0);
+                written_version.store(u64::from(version), std::sync::atomic::Ordering::Relaxed);
+                let stored = self.binding_or_404(id).await.map_err(refuse)?.value;
+                self.probe_pending(
+                    &stored,
+                    version,
+                    Self::event(actor, request_id, "binding.probe"),
+                    Instant::now(),
+                )
+                .await?;
+                let _guard = self.lock.lock().await;
+                // An operator (or an intake) replaced the active secret meanwhile: theirs stands.
+                let now_active = self.binding_or_404(id).await.map_err(refuse)?.value.active_secret_version;
+                if now_active != started_from {
+                    return Err((
+                        ApiError::new(ErrorCode::Conflict, "the active secret changed during the rotation; the successor was withdrawn"),
+                        None,
+                    ));
+                }
+                let plan = self.plan_secret_promote(id, version).await;
+                promotion_sent.store(plan.is_ok(), std::sync::atomic::Ordering::Relaxed);
+                let promoted = self
+                    .commit_plan(
+                        Self::event(actor, request_id, "secret.promote"),
+                        plan,
+                        "self-rotation: the successor passed its probe",
+                    )
+                    .await?;
+                let mut out = promoted.0;
+                out["version"] = json!(version);
+                Ok(out)
+            }
             .await;
-        Ok(AdminOutcome {
-            raw: None,
-            response: json!({
-                "binding": id,
-                "active_secret_version": version,
-                "superseded": old_version,
-                "old_revoked_upstream": revoked.as_ref().ok().copied(),
-                "note": said,
-            }),
-            created: false,
-            receipt,
-        })
+            let promoted = match staged {
+                Ok(p) => p,
+                Err((e, r)) => match self
+                    .promotion_landed(
+                        &binding.id,
+                        u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed)).ok(),
+                    )
+                    .await
+                    // Read as not promoted, but its commit was sent and the store failed (the one
+                    // failure after which a commit may still land, say a PostgreSQL COMMIT whose
+                    // answer the deadline cut): the successor is kept as when unreadable. Every
+                    // other refusal (a precondition, the operator's standing, the audit log)
+                    // wrote nothing.
+                    .filter(|landed| {
+                        landed.is_some()
+                            || !promotion_sent.load(std::sync::atomic::Ordering::Relaxed)
+                            || e.code != ErrorCode::Internal
+                    }) {
+                    // A commit whose outcome was unknown (the store answered with an error after
+                    // applying it, or the acknowledgement was lost) promoted the successor: it is
+                    // what resolves hand out now, so the rotation goes on as promoted.
+                    Some(Some(version)) => json!({ "version": version, "superseded": started_from }),
+                    // Not promoted: the successor is withdrawn upstream again.
+                    Some(None) => {
+                        let withdrawn = rotation.revoke(&request(&current), &successor).await;
+                        let gone = matches!(withdrawn, Ok(true));
+                        self.withdraw_successor(&binding, actor, request_id, &e, withdrawn)
+                            .await;
+                        // Its stored version goes too: revoked upstream, it would only stand as a
+                        // pending version holding off intake links (one whose withdrawal failed
+                        // is kept, for the operator to find).
+                        let written =
+                            u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed))
+                                .ok();
+                        if let (true, Some(version)) = (gone, written) {
+                            let _guard = self.lock.lock().await;
+                            let plan = self.plan_secret_destroy(id, Some(version), false).await;
+                            let _ = self
+                                .commit_plan(
+                                    Self::event(actor, request_id, "secret.destroy"),
+                                    plan,
+                                    "self-rotation: its successor was withdrawn upstream",
+                                )
+                                .await;
+                        }
+                        return Err((e, r));
+                    }
+                    // Unknown (the store does not answer, or the promotion's commit failed in a
+                    // way that may still land): withdrawing it might revoke the credential being
+                    // served, so it is kept and said.
+                    None => {
+                        let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
+                        ev.tenant = Some(binding.tenant.to_string());
+                        ev.binding = Some(binding.id.to_string());
+                        ev.outcome = "failed".into();
+                        ev.error_code = Some(e.code.as_str().to_owned());
+                        ev.detail = Some(format!(
+                            "binding={id} self-rotation failed ({}) and whether its successor was promoted is not known: the successor was kept upstream; see `credbroker binding show {id}`, then promote its pending version or revoke it at the source",
+                            e.code
+                        ));
+                        let _ = self.core.audit.append(ev).await;
+                        return Err((e, r));
+                    }
+                },
+            };
+            let version = promoted["version"]
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0);
+            // 5. The old secret revoked upstream, with its successor.
+            let revoked = rotation.revoke(&request(&successor), &current).await;
+            let mut ev = Self::event(actor, request_id, "secret.revoke_upstream");
+            ev.tenant = Some(binding.tenant.to_string());
+            ev.binding = Some(binding.id.to_string());
+            let old_version = promoted["superseded"].clone();
+            let (outcome, said) = match &revoked {
+                Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was revoked upstream")),
+                Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was NOT revoked upstream: its id is unknown (pasted without token_id); revoke it at the source")),
+                Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {old_version}) upstream failed: {e}; revoke it at the source")),
+            };
+            ev.outcome = outcome.into();
+            ev.detail = Some(said.clone());
+            let receipt = self.core.audit.append(ev).await.map_err(|_| {
+                (
+                    ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
+                    None,
+                )
+            })?;
+            // 6. The active secret probed again, so the binding's facts (the new expiry) are
+            //    current and the rotation is not due any more.
+            let _ = self
+                .probe_binding(
+                    id,
+                    Self::event(actor, request_id, "binding.probe"),
+                    Instant::now(),
+                )
+                .await;
+            Ok(AdminOutcome {
+                raw: None,
+                response: json!({
+                    "binding": id,
+                    "active_secret_version": version,
+                    "superseded": old_version,
+                    "old_revoked_upstream": revoked.as_ref().ok().copied(),
+                    "note": said,
+                }),
+                created: false,
+                receipt,
+            })
+        }
+        .await;
+        rest.map_err(|(e, r)| (e, r.or(Some(on_record))))
     }
 
     /// Whether the successor written as version `written` was promoted after all, read
