@@ -17,20 +17,37 @@ use crate::keys::AuditVerifier;
 use crate::progress::{Progress, Silent, Unit};
 
 fn read_checkpoints(audit_dir: &Path) -> Result<Vec<Checkpoint>, VerifyFailure> {
+    let mut out = Vec::new();
+    each_checkpoint(audit_dir, &mut |cp| out.push(cp))?;
+    Ok(out)
+}
+
+/// The last checkpoint of the file, every line of it parsed but none held: the start-up
+/// check needs only the last, and a file of years of checkpoints is not held in memory.
+fn read_last_checkpoint(audit_dir: &Path) -> Result<Option<Checkpoint>, VerifyFailure> {
+    let mut last = None;
+    each_checkpoint(audit_dir, &mut |cp| last = Some(cp))?;
+    Ok(last)
+}
+
+/// Hands every checkpoint of the file to `each`, in order ([`checkpoint_lines`]).
+fn each_checkpoint(
+    audit_dir: &Path,
+    each: &mut dyn FnMut(Checkpoint),
+) -> Result<(), VerifyFailure> {
     let unreadable = |e: std::io::Error| fail(0, format!("cannot read checkpoints: {e}"));
     let mut lines = match checkpoint_lines(&checkpoints_path(audit_dir)) {
         Ok(lines) => lines,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(unreadable(e)),
     };
-    let mut out = Vec::new();
     while let Some(line) = lines.next_line().map_err(unreadable)? {
-        out.push(
+        each(
             serde_json::from_slice::<Checkpoint>(line)
                 .map_err(|_| fail(0, "a checkpoint line does not parse"))?,
         );
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The checkpoint file's complete lines, read one at a time up to the length it has now:
@@ -104,19 +121,20 @@ type Frontier = Option<(u64, u64)>;
 ///
 /// # Errors
 /// When the checkpoints cannot be read.
-fn frontier_and_checkpoints(
+fn frontier_and_checkpoints<T>(
     audit_dir: &Path,
-) -> Result<(Frontier, Vec<Checkpoint>), VerifyFailure> {
+    read: fn(&Path) -> Result<T, VerifyFailure>,
+) -> Result<(Frontier, T), VerifyFailure> {
     let mut before = frontier(audit_dir);
     for _ in 0..5 {
-        let cps = read_checkpoints(audit_dir)?;
+        let cps = read(audit_dir)?;
         let after = frontier(audit_dir);
         if after == before {
             return Ok((after, cps));
         }
         before = after;
     }
-    let cps = read_checkpoints(audit_dir)?;
+    let cps = read(audit_dir)?;
     Ok((frontier(audit_dir), cps))
 }
 
@@ -194,7 +212,7 @@ fn walk_log(
     // and records appended after the checkpoints were read like an unsigned tail (a second
     // pass over what a first one read has its own bound).
     let (frontier, mut cps) = if upto.is_none() {
-        frontier_and_checkpoints(audit_dir)?
+        frontier_and_checkpoints(audit_dir, read_checkpoints)?
     } else {
         (None, read_checkpoints(audit_dir)?)
     };
@@ -349,8 +367,8 @@ pub fn verify_since_last_checkpoint(
     verifier: &AuditVerifier,
     max_unanchored: u64,
 ) -> Result<VerifySummary, VerifyFailure> {
-    let (frontier, cps) = frontier_and_checkpoints(audit_dir)?;
-    let Some(last) = cps.last() else {
+    let (frontier, last) = frontier_and_checkpoints(audit_dir, read_last_checkpoint)?;
+    let Some(last) = last.as_ref() else {
         // No checkpoint at all: only a log shorter than the unsigned tail is acceptable,
         // and it is short enough to read whole.
         return verify_log(audit_dir, verifier, max_unanchored);
