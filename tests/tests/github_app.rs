@@ -1187,10 +1187,14 @@ async fn a_flood_of_anonymous_callbacks_is_counted_not_audited() {
         .collect();
     assert_eq!(added.len(), 30, "one record per resolve, none per callback");
     assert!(added.iter().all(|r| r["action"] == "resolve"), "{added:?}");
-    // …but every refusal was counted.
+    // …but every refusal was counted (a 404, for a path of no provider, too).
+    let not_found = statuses
+        .get(&(404, "not_found".to_owned()))
+        .copied()
+        .unwrap_or(0);
     assert_eq!(
         callbacks_denied(&env).await,
-        denied_before + rejected as u64
+        denied_before + rejected as u64 + not_found as u64
     );
     let (_, m) = scrape(&env.pki, &env.daemon.url).await;
     let m = String::from_utf8(m).unwrap();
