@@ -758,13 +758,24 @@ async fn every_public_refusal_is_counted_once() {
     assert_eq!(callbacks_with(&pki, &daemon, intake).await, before + 1);
 
     let before = callbacks_with(&pki, &daemon, "outcome=\"denied\"").await;
-    for path in ["/nope", "/callbacks/no-such-provider/setup?state=x"] {
+    for path in [
+        "/nope",
+        "/callbacks/no-such-provider/setup?state=x",
+        // No issuer configured here.
+        "/.well-known/openid-configuration",
+    ] {
         let (s, _, _) = public.exchange(Method::GET, path, &[], None).await.unwrap();
         assert_eq!(s.as_u16(), 404, "{path}");
     }
+    // No Forge provider configured here.
+    let (s, _, _) = public
+        .exchange(Method::POST, "/forge/trigger", &[], Some(b"{}".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(s.as_u16(), 404);
     assert_eq!(
         callbacks_with(&pki, &daemon, "outcome=\"denied\"").await,
-        before + 2
+        before + 4
     );
 
     // A staged version refuses the submission: one count, the refusal's.

@@ -144,13 +144,21 @@ pub(super) async fn handle_public(
                     }
                     return response;
                 }
-                Ok(None) => error_answer(
-                    &ApiError::new(ErrorCode::NotFound, "no OIDC issuer is configured"),
-                    None,
-                    &request_id,
-                )
-                .into(),
-                Err(e) => error_answer(&e, None, &request_id).into(),
+                Ok(None) => {
+                    broker.metrics().count_public_refusal("none", "not_found");
+                    error_answer(
+                        &ApiError::new(ErrorCode::NotFound, "no OIDC issuer is configured"),
+                        None,
+                        &request_id,
+                    )
+                    .into()
+                }
+                Err(e) => {
+                    broker
+                        .metrics()
+                        .count_public_refusal("issuer", e.code.as_str());
+                    error_answer(&e, None, &request_id).into()
+                }
             }
         }
         Ok(m) if m.endpoint == Endpoint::Intake => {
