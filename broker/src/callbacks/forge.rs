@@ -72,12 +72,16 @@ impl CallbackService {
             .filter(|_| INVOCATION_KINDS.contains(&kind));
         // (Labelled `unknown`: the kind in the path is the caller's.)
         let Some(provider) = provider else {
-            self.core.metrics.count_public_refusal("unknown", "not_found");
+            self.core
+                .metrics
+                .count_public_refusal("unknown", "not_found");
             let err = ApiError::new(ErrorCode::NotFound, "no such route");
             return Err(error_answer(&err, None, request_id).into());
         };
         let Some(inv) = provider.invocations() else {
-            self.core.metrics.count_public_refusal("unknown", "not_found");
+            self.core
+                .metrics
+                .count_public_refusal("unknown", "not_found");
             let err = ApiError::new(ErrorCode::NotFound, "no such route");
             return Err(error_answer(&err, None, request_id).into());
         };
