@@ -1177,6 +1177,34 @@ pub fn point_audit_at_dev_full(data_dir: &Path) {
     .unwrap();
 }
 
+/// The CSRF value an intake page's form carries.
+pub fn intake_csrf(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF value in the page: {html}"))
+        .to_owned()
+}
+
+/// Restarts `daemon` with its audit log on a full disk ([`point_audit_at_dev_full`]) and
+/// makes the log known to be failing, as a change it cannot take is refused: an operator's
+/// client of the restarted daemon.
+pub async fn restart_with_a_failing_audit_log(daemon: &mut Daemon, pki: &TestPki) -> BrokerClient {
+    daemon.stop();
+    point_audit_at_dev_full(&daemon.data_dir);
+    daemon.restart();
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(serde_json::json!({"id": "t-refused"})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    op
+}
+
 /// Space returns for the log [`point_audit_at_dev_full`] made: the empty log the daemon
 /// started on takes writes again. (Putting the real one back while the daemon runs would be
 /// a log changed underneath its writer, which it refuses to take up.)

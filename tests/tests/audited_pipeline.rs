@@ -622,15 +622,7 @@ async fn a_double_intake_submission_stores_the_first() {
     assert_eq!(page.status, 200, "{}", page.html);
     let cookie = page.set_cookie.unwrap();
     let cookie = cookie.split(';').next().unwrap().to_owned();
-    let csrf = page
-        .html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let csrf = credbroker_tests::intake_csrf(&page.html);
     let enc = |v: &str| -> String {
         v.bytes()
             .map(|b| {

@@ -3712,24 +3712,14 @@ async fn an_installation_bound_by_hand_must_belong_to_the_account_it_names() {
 /// While the audit log is known to be failing, a signed removal is not confirmed with GitHub:
 /// its delivery could not be remembered, so one captured body could otherwise be replayed
 /// for a GitHub call each time (THREATS.md: a malicious upstream or a replaying sender).
-/// Answered 503 `audit_unavailable`, GitHub not asked; GitHub redelivers later.
+/// Answered 503 `audit_unavailable`, GitHub not asked; the delivery can be sent again later
+/// (GitHub does not retry on its own: README, known limitations).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_webhook_is_confirmed_with_github_while_the_audit_log_fails() {
     let mut env = start(3600).await;
     add_key(&mut env.op, &env.key_a).await;
     bind_acme(&mut env).await;
-    env.daemon.stop();
-    point_audit_at_dev_full(&env.daemon.data_dir);
-    env.daemon.restart();
-    let mut op = env.pki.client_for("op", &env.daemon.url);
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/tenants",
-        Some(json!({"id": "t3"})),
-    )
-    .await;
-    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    restart_with_a_failing_audit_log(&mut env.daemon, &env.pki).await;
     let mut public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
     let github_calls = env.gh.state.requests.lock().unwrap().len();
     let deleted = json!({"action": "deleted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}}});

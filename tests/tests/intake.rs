@@ -108,16 +108,7 @@ fn form_state(page: &Page) -> (String, String) {
         "{cookie}"
     );
     let pair = cookie.split(';').next().unwrap().to_owned();
-    let csrf = page
-        .html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
-    (pair, csrf)
+    (pair, intake_csrf(&page.html))
 }
 
 /// Opens the link at `path` and fills its form with a secret the fake refuses: the cookie
@@ -143,6 +134,37 @@ fn enc(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The form with the working client and `csrf`.
+fn good_form(csrf: &str) -> String {
+    format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
+        enc(csrf),
+        enc(SECRET)
+    )
+}
+
+/// An operator's own rotation of acme-snow, staged (not promoted): its version.
+async fn stage_a_version(op: &mut BrokerClient) -> Value {
+    let fields = json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}});
+    let (s, v) = call(
+        op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-snow/secret",
+        Some(fields.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/bindings/acme-snow/secret/rotate",
+        Some(fields),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["version"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,18 +215,10 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
 
     // Without the cookie, with a forged CSRF value, or with a field the form does not ask
     // for: refused, nothing stored.
-    let good = format!(
-        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
-        enc(&csrf),
-        enc(SECRET)
-    );
+    let good = good_form(&csrf);
     let p = post(&mut public, &path, None, &good).await;
     assert_eq!(p.status, 403, "{}", p.html);
-    let forged = format!(
-        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
-        enc("hmac-sha256:00000000000000000000000000000000"),
-        enc(SECRET)
-    );
+    let forged = good_form("hmac-sha256:00000000000000000000000000000000");
     let p = post(&mut public, &path, Some(&cookie), &forged).await;
     assert_eq!(p.status, 403, "{}", p.html);
     let extra = format!("{good}&f_password=x");
@@ -409,33 +423,12 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operators_staged_version_is_not_destroyed_by_a_submission() {
     let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
-    let fields = json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}});
-    let (s, v) = call(
-        &mut op,
-        Method::PUT,
-        "/v1/admin/bindings/acme-snow/secret",
-        Some(fields.clone()),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-snow/secret/rotate",
-        Some(fields),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let staged = v["version"].clone();
+    let staged = stage_a_version(&mut op).await;
     let (path, _) = create_link(&mut op, 3600).await;
     let page = get(&mut public, &path).await;
     assert_eq!(page.status, 200);
     let (cookie, csrf) = form_state(&page);
-    let good = format!(
-        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
-        enc(&csrf),
-        enc(SECRET)
-    );
+    let good = good_form(&csrf);
     let p = post(&mut public, &path, Some(&cookie), &good).await;
     let records_before = daemon.audit_records().len();
     assert_eq!(p.status, 409, "{}", p.html);
@@ -549,11 +542,7 @@ async fn submit_while_probing(
     let page = get(public, link).await;
     assert_eq!(page.status, 200);
     let (cookie, csrf) = form_state(&page);
-    let good = format!(
-        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
-        enc(&csrf),
-        enc(SECRET)
-    );
+    let good = good_form(&csrf);
     *sn.state.delay_ms.lock().unwrap() = 1500;
     let submitting = {
         let mut client = public_client(pki, daemon.public_url.as_ref().unwrap());
@@ -779,38 +768,11 @@ async fn every_public_refusal_is_counted_once() {
     );
 
     // A staged version refuses the submission: one count, the refusal's.
-    let (s, v) = call(
-        &mut op,
-        Method::PUT,
-        "/v1/admin/bindings/acme-snow/secret",
-        Some(json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-snow/probe",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-snow/secret/rotate",
-        Some(json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    stage_a_version(&mut op).await;
     let page = get(&mut public, &path).await;
     let (cookie, csrf) = form_state(&page);
     let before = callbacks_with(&pki, &daemon, intake).await;
-    let good = format!(
-        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
-        enc(&csrf),
-        enc(SECRET)
-    );
+    let good = good_form(&csrf);
     let p = post(&mut public, &path, Some(&cookie), &good).await;
     assert_eq!(p.status, 409, "{}", p.html);
     assert_eq!(callbacks_with(&pki, &daemon, intake).await, before + 1);

@@ -121,6 +121,27 @@ async fn until_served(client: &mut BrokerClient) {
     }
 }
 
+/// `n` resolves of i1 through `client`, each served.
+async fn served(client: &mut BrokerClient, n: usize) {
+    for _ in 0..n {
+        let (s, v) = resolve(client, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+}
+
+/// Removes replica 1's records and checkpoints after sequence `after`, as a failover that
+/// lost them would.
+async fn cut_chain(sql: &tokio_postgres::Client, after: i64) {
+    for table in ["credbroker_audit", "credbroker_audit_checkpoints"] {
+        sql.execute(
+            &format!("DELETE FROM {table} WHERE replica = 1 AND seq > $1"),
+            &[&after],
+        )
+        .await
+        .unwrap();
+    }
+}
+
 fn verify_every_chain(set: &ReplicaSet, d: &Daemon) -> String {
     let (c, out, err) = set.cli(&["audit", "verify", "--config", d.config.to_str().unwrap()]);
     assert_eq!(c, 0, "audit verify: {out}{err}");
@@ -513,26 +534,12 @@ async fn a_replica_without_its_lease_writes_nothing() {
 async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
     let (_tmp, pki, set) = seeded(TestPostgres::start(), 1).await;
     let mut w1 = pki.client_for("w1", &set.daemons[0].url);
-    for _ in 0..5 {
-        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
-        assert_eq!(s, 200, "{v}");
-    }
+    served(&mut w1, 5).await;
     let sql = set.sql().await;
     let max: i64 = set
         .scalar("SELECT max(seq) FROM credbroker_audit WHERE replica = 1")
         .await;
-    sql.execute(
-        "DELETE FROM credbroker_audit WHERE replica = 1 AND seq > $1",
-        &[&(max - 3)],
-    )
-    .await
-    .unwrap();
-    sql.execute(
-        "DELETE FROM credbroker_audit_checkpoints WHERE replica = 1 AND seq > $1",
-        &[&(max - 3)],
-    )
-    .await
-    .unwrap();
+    cut_chain(&sql, max - 3).await;
     let (mut ok, mut refused) = (0, Vec::new());
     for _ in 0..5 {
         let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
@@ -568,22 +575,12 @@ async fn a_failover_losing_more_than_the_writer_remembers_goes_on() {
     let mut op = pki.client_for("op", &set.daemons[0].url);
     seed_two_tenants(&mut op).await;
     let mut w1 = pki.client_for("w1", &set.daemons[0].url);
-    for _ in 0..40 {
-        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
-        assert_eq!(s, 200, "{v}");
-    }
+    served(&mut w1, 40).await;
     let sql = set.sql().await;
     let max: i64 = set
         .scalar("SELECT max(seq) FROM credbroker_audit WHERE replica = 1")
         .await;
-    for table in ["credbroker_audit", "credbroker_audit_checkpoints"] {
-        sql.execute(
-            &format!("DELETE FROM {table} WHERE replica = 1 AND seq > $1"),
-            &[&(max - 30)],
-        )
-        .await
-        .unwrap();
-    }
+    cut_chain(&sql, max - 30).await;
     let mut served = 0;
     for _ in 0..5 {
         let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
@@ -625,10 +622,7 @@ async fn a_failover_losing_more_than_the_writer_remembers_goes_on() {
 async fn a_record_forged_onto_a_running_replicas_chain_is_never_signed() {
     let (_tmp, pki, set) = seeded(TestPostgres::start(), 1).await;
     let mut w1 = pki.client_for("w1", &set.daemons[0].url);
-    for _ in 0..3 {
-        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
-        assert_eq!(s, 200, "{v}");
-    }
+    served(&mut w1, 3).await;
     let sql = set.sql().await;
     let last: String = sql
         .query_one(

@@ -375,19 +375,7 @@ async fn instance_urls_outside_servicenow_are_refused() {
 async fn no_probe_reaches_the_instance_while_the_audit_log_fails() {
     let mut env = start().await;
     bind(&mut env).await;
-    env.daemon.stop();
-    point_audit_at_dev_full(&env.daemon.data_dir);
-    env.daemon.restart();
-    let mut op = env.pki.client_for("op", &env.daemon.url);
-    // A change the log cannot take: it is now known to be failing.
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/tenants",
-        Some(json!({"id": "t3"})),
-    )
-    .await;
-    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    let mut op = restart_with_a_failing_audit_log(&mut env.daemon, &env.pki).await;
     let before = env.sn.token_requests();
     let (s, v) = probe(&mut op).await;
     assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
