@@ -83,6 +83,9 @@ struct DbWriter {
     /// after a failure is taken up only if it is one of these, or a signed checkpoint names
     /// it ([`DbWriter::take_up`]).
     known: std::collections::VecDeque<(u64, String)>,
+    /// While the record of a cut is owed: the last record the writer knew of before the
+    /// first cut since its last write (a later cut's record names it too).
+    cut_from: Option<u64>,
 }
 
 /// How many of its latest records a writer keeps in [`DbWriter::known`]: a failover that
@@ -141,9 +144,10 @@ async fn backend_gone(client: &Client, backend: &Backend) -> Result<bool, String
 /// Verification allows at most `every + max_batch` records between two checkpoints. Signing
 /// at a batch's end once `every` are unsigned keeps the stretch within it for a batch of at
 /// most `max_batch` records — but a batch that carries the records owed for one that
-/// committed unheard holds up to two batches' worth, and the stretch could reach
-/// `every - 1 + 2 × max_batch`: a genuine chain failing verification for good. Owed records
-/// are therefore signed over on their own, before the new ones.
+/// committed unheard (and at most one record of a cut) holds up to two batches' worth and
+/// one, and the stretch could reach `every + 2 × max_batch`: a genuine chain failing
+/// verification for good. Owed records are therefore signed over on their own, before the
+/// new ones: `every - 1 + max_batch + 1` at most.
 fn checkpoints_due(
     (last, signed): (u64, u64),
     (owed, events): (u64, u64),
@@ -308,13 +312,15 @@ impl DbWriter {
     async fn take_up(&mut self, found: ChainTail) -> Result<(), String> {
         let client = self.client.as_ref().ok_or("no database connection")?;
         let verifier = self.signer.verifier();
-        let mut genuine = self.known.is_empty()
+        // Why the end is genuine, if it is (the record of a cut names it).
+        let mut why = (self.known.is_empty()
             || self
                 .known
                 .iter()
-                .any(|(seq, hash)| *seq == found.seq && *hash == found.hash);
-        if !genuine {
-            genuine = client
+                .any(|(seq, hash)| *seq == found.seq && *hash == found.hash))
+        .then_some("a record this writer wrote");
+        if why.is_none() {
+            let named = client
                 .query_opt(
                     "SELECT line FROM credbroker_audit_checkpoints WHERE replica = $1 AND seq = $2",
                     &[&replica_i32(self.owner.replica), &seq_i64(found.seq)],
@@ -326,14 +332,15 @@ impl DbWriter {
                 .is_some_and(|cp| {
                     cp.seq == found.seq && cp.hash == found.hash && cp.verifies(&verifier)
                 });
+            why = named.then_some("a record a signed checkpoint names");
         }
-        if !genuine
+        if why.is_none()
             && self
                 .known
                 .front()
                 .is_some_and(|(oldest, _)| found.seq < *oldest)
         {
-            genuine = verify_tail(
+            let verified = verify_tail(
                 client,
                 self.owner.replica,
                 &verifier,
@@ -341,35 +348,39 @@ impl DbWriter {
             )
             .await
             .is_ok();
+            why = verified.then_some(
+                "older than any record this writer remembers, taken up because the chain verifies from its last signed checkpoint (if no failover happened, treat as tampering)",
+            );
         }
-        if !genuine {
+        let Some(why) = why else {
             let newest = self.known.back().map_or(0, |(seq, _)| *seq);
             return Err(format!(
-                "replica {}'s chain now ends at record {}, which this writer did not write (its last is {newest}) and no signed checkpoint names: records were added or rewritten by someone else; nothing is chained onto them or signed, and this replica's audit fails closed (runbooks/audit-unavailable.md: remove what follows record {newest} before a restart)",
+                "replica {}'s chain now ends at record {}, which this writer did not write (its last is {newest}) and no signed checkpoint names: records were added or rewritten by someone else; nothing is chained onto them or signed, and this replica's audit fails closed (see runbooks/audit-unavailable.md)",
                 self.owner.replica, found.seq
             ));
-        }
+        };
         if let Some(last) = self
             .known
             .back()
             .map(|(seq, _)| *seq)
             .filter(|last| *last > found.seq)
         {
-            let remembered = self
-                .known
-                .front()
-                .is_some_and(|(oldest, _)| found.seq >= *oldest);
             tracing::error!(
                 replica = self.owner.replica,
                 seq = found.seq,
                 last,
-                remembered,
-                "this replica's audit chain ends before the last record this writer wrote (records lost in a failover, or removed); the chain goes on from its end"
+                why,
+                "this replica's audit chain ends before the last record this writer knew of (records lost in a failover, or removed); the chain goes on from its end"
             );
-            // On the record, in the chain itself, first in the next batch: a cut is then
-            // in every later export, signed, whatever made it. A cut past what the writer
-            // remembers is taken up on the chain's own word (it verifies from its last
-            // signed checkpoint): a failover cannot be told from a rewrite there.
+            // On the record, in the chain itself, in the next batch: a cut is then in every
+            // later export, signed, whatever made it. A cut past what the writer remembers
+            // is taken up on the chain's own word (it verifies from its last signed
+            // checkpoint): a failover cannot be told from a rewrite there. One record of a
+            // cut is owed at most: a later cut before it is written replaces it (naming
+            // the end the writer knew first), so the owed records never outgrow a batch and
+            // one (see `checkpoints_due`).
+            self.owed.retain(|e| e.action != "audit.chain_cut");
+            let first_last = *self.cut_from.get_or_insert(last);
             self.owed.push(AuditEvent {
                 kind: "admin".into(),
                 action: "audit.chain_cut".into(),
@@ -377,14 +388,9 @@ impl DbWriter {
                 actor: "credbroker:audit".into(),
                 outcome: "allowed".into(),
                 detail: Some(format!(
-                    "replica {}'s chain ended at record {last} when this writer last wrote; it now ends at record {} (records lost in a failover, or removed){}",
+                    "replica {}'s chain ended at record {first_last} (the last record this writer knew of); it now ends at record {} (records lost in a failover, or removed): {why}",
                     self.owner.replica,
                     found.seq,
-                    if remembered {
-                        ": a record this writer wrote"
-                    } else {
-                        ": older than any record this writer remembers, taken up because the chain verifies from its last signed checkpoint (if no failover happened, treat as tampering)"
-                    }
                 )),
                 ..Default::default()
             });
@@ -458,6 +464,8 @@ impl DbWriter {
                 .skip(carried)
                 .filter_map(|l| correction_of(l))
                 .collect();
+            // (A cut's record it carried is in, too.)
+            self.cut_from = None;
         }
         self.take_up(found).await?;
         self.in_flight = None;
@@ -584,6 +592,7 @@ impl DbWriter {
         tx.commit().await.map_err(|e| format!("database: {e}"))?;
         self.in_flight = None;
         self.owed.clear();
+        self.cut_from = None;
         for (at, hash) in &hashes {
             self.remember(*at, hash);
         }
@@ -841,6 +850,7 @@ impl AuditLog {
             backend: None,
             owed: Vec::new(),
             known: start_end.into_iter().collect(),
+            cut_from: None,
         };
         AuditLog::spawn(writer, healthy, stats, forensic)
     }
@@ -851,15 +861,16 @@ mod tests {
     use super::checkpoints_due;
 
     /// Whatever the batches — each at most `max_batch` new records, some carrying up to a
-    /// batch of owed records first — no stretch between two checkpoints, nor the unsigned
-    /// tail, is longer than verification allows (`every + max_batch`).
+    /// batch of owed corrections and one record of a cut first — no stretch between two
+    /// checkpoints, nor the unsigned tail, is longer than verification allows
+    /// (`every + max_batch`).
     #[test]
     fn no_stretch_between_checkpoints_passes_the_verified_bound() {
         for every in [1u64, 2, 4, 10] {
             for max_batch in [1u64, 2, 3, 8] {
                 let bound = every + max_batch;
                 // Every sequence of batches of length 3, each (owed, events) in range.
-                let shapes: Vec<(u64, u64)> = (0..=max_batch)
+                let shapes: Vec<(u64, u64)> = (0..=max_batch + 1)
                     .flat_map(|o| (0..=max_batch).map(move |e| (o, e)))
                     .filter(|(o, e)| o + e > 0)
                     .collect();
