@@ -196,8 +196,18 @@ impl AdminService {
                         "the upstream did not create a successor (intent {}): {}",
                         intent.audit_id, err.message
                     ));
-                    let r = self.core.audit.append(ev).await.ok();
-                    return Err((err, r));
+                    let Ok(r) = self.core.audit.append(ev).await else {
+                        // Answered with the intent's record (below), saying the outcome is
+                        // not on record.
+                        return Err((
+                            ApiError::new(
+                                ErrorCode::AuditUnavailable,
+                                "the upstream did not create a successor, and the audit log could not record it",
+                            ),
+                            None,
+                        ));
+                    };
+                    return Err((err, Some(r)));
                 }
             };
             // 2-4. Stored pending, probed, promoted; on any failure the successor is withdrawn
