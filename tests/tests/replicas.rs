@@ -557,7 +557,7 @@ async fn a_chain_cut_short_underneath_a_replica_goes_on_without_a_gap() {
     let out = verify_every_chain(&set, &set.daemons[0]);
     assert!(out.contains("audit OK"), "{out}");
     let cuts = set
-        .scalar("SELECT count(*) FROM credbroker_audit WHERE replica = 1 AND line LIKE '%audit.chain_cut%a record this writer wrote%'")
+        .scalar("SELECT count(*) FROM credbroker_audit WHERE replica = 1 AND line LIKE '%audit.chain_cut%a record this writer knows%'")
         .await;
     assert_eq!(cuts, 1, "the cut is on the record");
 }
@@ -678,6 +678,13 @@ async fn a_record_forged_onto_a_running_replicas_chain_is_never_signed() {
     set.daemons[0]
         .wait_log("which this writer did not write", 1)
         .await;
+    // At error, where an operator sees it (the runbook quotes it), once per end found.
+    let logs = set.daemons[0].logs();
+    let errors = logs
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("which this writer did not write"))
+        .count();
+    assert_eq!(errors, 1, "{logs}");
 }
 
 /// On the shared store the file log still holds what offline commands record (an operator

@@ -86,6 +86,8 @@ struct DbWriter {
     /// While the record of a cut is owed: the last record the writer knew of before the
     /// first cut since its last write (a later cut's record names it too).
     cut_from: Option<u64>,
+    /// The last chain end refused as not genuine (its refusal is logged at error once).
+    refused_end: Option<(u64, String)>,
 }
 
 /// How many of its latest records a writer keeps in [`DbWriter::known`]: a failover that
@@ -318,7 +320,9 @@ impl DbWriter {
                 .known
                 .iter()
                 .any(|(seq, hash)| *seq == found.seq && *hash == found.hash))
-        .then_some("a record this writer wrote");
+        .then_some(
+            "a record this writer knows (it wrote it, started from it, or took it up before)",
+        );
         if why.is_none() {
             let named = client
                 .query_opt(
@@ -354,23 +358,47 @@ impl DbWriter {
         }
         let Some(why) = why else {
             let newest = self.known.back().map_or(0, |(seq, _)| *seq);
-            return Err(format!(
+            let refusal = format!(
                 "replica {}'s chain now ends at record {}, which this writer did not write (its last is {newest}) and no signed checkpoint names: records were added or rewritten by someone else; nothing is chained onto them or signed, and this replica's audit fails closed (see runbooks/audit-unavailable.md)",
                 self.owner.replica, found.seq
-            ));
+            );
+            // Logged at error once per end found (the writer's probes ask again every
+            // second, and their failures are logged at debug only).
+            let end = (found.seq, found.hash.clone());
+            if self.refused_end.as_ref() != Some(&end) {
+                tracing::error!(replica = self.owner.replica, "{refusal}");
+                self.refused_end = Some(end);
+            }
+            return Err(refusal);
         };
-        if let Some(last) = self
-            .known
-            .back()
-            .map(|(seq, _)| *seq)
-            .filter(|last| *last > found.seq)
-        {
+        // A cut: the end is before the last record this writer knew of, or past it while
+        // that record is no longer in the chain as it knew it (its records lost, then the
+        // id's next holder's taken up through their signed checkpoint).
+        let cut = match self.known.back().cloned() {
+            Some((last, _)) if last > found.seq => Some(last),
+            Some((last, hash)) if last < found.seq => {
+                let client = self.client.as_ref().ok_or("no database connection")?;
+                let still = client
+                    .query_opt(
+                        "SELECT line FROM credbroker_audit WHERE replica = $1 AND seq = $2",
+                        &[&replica_i32(self.owner.replica), &seq_i64(last)],
+                    )
+                    .await
+                    .map_err(|e| format!("database: {e}"))?
+                    .and_then(|r| r.try_get::<_, String>(0).ok())
+                    .and_then(|l| serde_json::from_str::<AuditRecord>(&l).ok())
+                    .is_some_and(|r| r.hash == hash);
+                (!still).then_some(last)
+            }
+            _ => None,
+        };
+        if let Some(last) = cut {
             tracing::error!(
                 replica = self.owner.replica,
                 seq = found.seq,
                 last,
                 why,
-                "this replica's audit chain ends before the last record this writer knew of (records lost in a failover, or removed); the chain goes on from its end"
+                "this replica's audit chain no longer holds the last record this writer knew of (records lost in a failover, or removed); the chain goes on from its end"
             );
             // On the record, in the chain itself, in the next batch: a cut is then in every
             // later export, signed, whatever made it. A cut past what the writer remembers
@@ -388,7 +416,7 @@ impl DbWriter {
                 actor: "credbroker:audit".into(),
                 outcome: "allowed".into(),
                 detail: Some(format!(
-                    "replica {}'s chain ended at record {first_last} (the last record this writer knew of); it now ends at record {} (records lost in a failover, or removed): {why}",
+                    "replica {}'s chain no longer holds record {first_last} as this writer knew it (the last it knew of when the first of these cuts was found); it now ends at record {} (records lost in a failover, or removed): {why}",
                     self.owner.replica,
                     found.seq,
                 )),
@@ -467,12 +495,13 @@ impl DbWriter {
             // (A cut's record it carried is in, too.)
             self.cut_from = None;
         }
+        let corrections = self.owed.len();
         self.take_up(found).await?;
         self.in_flight = None;
         if committed {
             tracing::error!(
                 replica = self.owner.replica,
-                records = self.owed.len(),
+                records = corrections,
                 "an audit batch reported failed was committed after all; a record saying its request was refused follows each of its records"
             );
         }
@@ -851,6 +880,7 @@ impl AuditLog {
             owed: Vec::new(),
             known: start_end.into_iter().collect(),
             cut_from: None,
+            refused_end: None,
         };
         AuditLog::spawn(writer, healthy, stats, forensic)
     }
