@@ -202,7 +202,10 @@ impl AdminService {
                         return Err((
                             ApiError::new(
                                 ErrorCode::AuditUnavailable,
-                                "the upstream did not create a successor, and the audit log could not record it",
+                                format!(
+                                    "the upstream did not create a successor ({}), and the audit log could not record it",
+                                    err.message
+                                ),
                             ),
                             None,
                         ));
