@@ -395,19 +395,16 @@ impl AdminService {
         // never holds up other changes; their commits are preconditioned on what they read
         // (a binding changed meanwhile makes the probe's stamp fail, not overwrite it).
         // (A refusal before their first record is audited as a plan's is.)
-        if let AdminOp::Probe(id) = &op {
-            let refused = event.clone();
-            let result = self.probe_binding(id, event, started).await;
-            return self.refusal_recorded(result, refused).await;
-        }
-        if let AdminOp::RevokeCached(provider) = &op {
-            let refused = event.clone();
-            let result = self.revoke_cached(provider, event).await;
-            return self.refusal_recorded(result, refused).await;
-        }
-        // Self-rotation calls the upstream between its audited steps: no lock held across.
-        if let AdminOp::SecretSelfRotate(id) = &op {
-            let result = self.self_rotate(id, actor, request_id).await;
+        // (Self-rotation calls the upstream between its audited steps: no lock held across.)
+        let unlocked = match &op {
+            AdminOp::Probe(id) => Some(self.probe_binding(id, event.clone(), started).await),
+            AdminOp::RevokeCached(provider) => {
+                Some(self.revoke_cached(provider, event.clone()).await)
+            }
+            AdminOp::SecretSelfRotate(id) => Some(self.self_rotate(id, actor, request_id).await),
+            _ => None,
+        };
+        if let Some(result) = unlocked {
             return self.refusal_recorded(result, event).await;
         }
         let _guard = if op.is_read() {
@@ -424,17 +421,7 @@ impl AdminService {
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let plan = match planned {
             Ok(plan) => plan,
-            Err(err) => {
-                event.outcome = "denied".into();
-                event.error_code = Some(err.code.as_str().to_owned());
-                return match self.core.audit.append(event).await {
-                    Ok(r) => Err((err, Some(r))),
-                    Err(_) => Err((
-                        ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
-                        None,
-                    )),
-                };
-            }
+            Err(err) => return Err(self.audit_refusal(event, err).await),
         };
         event.outcome = "allowed".into();
         event.detail = Some(plan.detail.clone());
@@ -491,18 +478,28 @@ impl AdminService {
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         match result {
             Err((err, None)) if err.code != ErrorCode::AuditUnavailable => {
-                event.outcome = "denied".into();
-                event.error_code = Some(err.code.as_str().to_owned());
                 event.detail = Some(err.message.clone());
-                match self.core.audit.append(event).await {
-                    Ok(r) => Err((err, Some(r))),
-                    Err(_) => Err((
-                        ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
-                        None,
-                    )),
-                }
+                Err(self.audit_refusal(event, err).await)
             }
             other => other,
+        }
+    }
+
+    /// `err`, refusing the operation `event` describes, with the receipt of its `denied`
+    /// record; `audit_unavailable` when that record cannot be written.
+    async fn audit_refusal(
+        &self,
+        mut event: AuditEvent,
+        err: ApiError,
+    ) -> (ApiError, Option<AuditReceipt>) {
+        event.outcome = "denied".into();
+        event.error_code = Some(err.code.as_str().to_owned());
+        match self.core.audit.append(event).await {
+            Ok(r) => (err, Some(r)),
+            Err(_) => (
+                ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
+                None,
+            ),
         }
     }
 
