@@ -118,6 +118,46 @@ pub async fn replicas(client: &impl GenericClient) -> Result<Vec<u32>, String> {
         .collect()
 }
 
+/// The line of record `seq` of `replica`'s chain, if there is one.
+///
+/// # Errors
+/// On a database failure.
+pub async fn line_at(
+    client: &impl GenericClient,
+    replica: u32,
+    seq: u64,
+) -> Result<Option<String>, String> {
+    Ok(client
+        .query_opt(
+            "SELECT line FROM credbroker_audit WHERE replica = $1 AND seq = $2",
+            &[&replica_i32(replica), &seq_i64(seq)],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?
+        .and_then(|r| r.try_get::<_, String>(0).ok()))
+}
+
+/// The checkpoint signed at record `seq` of `replica`'s chain, if a row holds one that
+/// parses (its signature is the caller's to check).
+///
+/// # Errors
+/// On a database failure.
+pub async fn checkpoint_at(
+    client: &impl GenericClient,
+    replica: u32,
+    seq: u64,
+) -> Result<Option<Checkpoint>, String> {
+    Ok(client
+        .query_opt(
+            "SELECT line FROM credbroker_audit_checkpoints WHERE replica = $1 AND seq = $2",
+            &[&replica_i32(replica), &seq_i64(seq)],
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?
+        .and_then(|r| r.try_get::<_, String>(0).ok())
+        .and_then(|l| serde_json::from_str::<Checkpoint>(&l).ok()))
+}
+
 /// Every checkpoint of `replica`'s chain, in sequence order.
 ///
 /// # Errors

@@ -147,7 +147,8 @@ async fn last_record(client: &impl GenericClient, replica: u32) -> Result<(u64, 
             let rec: AuditRecord = serde_json::from_str(line).map_err(|_| {
                 format!("the last record of replica {replica}'s chain does not parse")
             })?;
-            if rec.compute_hash() != rec.hash {
+            // (The line as stored, hashed as it is: no second serialization per batch.)
+            if !AuditRecord::line_hash_matches(line, &rec.hash) {
                 return Err(format!(
                     "the last record of replica {replica}'s chain ({}) fails its hash",
                     rec.seq
@@ -302,9 +303,9 @@ impl DbWriter {
         );
         let mut checkpoints = Vec::new();
         if let Some(at) = after_owed {
+            // (The owed records come first: the last of them is the batch's record `owed`.)
             let hash = hashes
-                .iter()
-                .find(|(s, _)| *s == at)
+                .get(owed - 1)
                 .map(|(_, h)| h.clone())
                 .ok_or("the owed records' last hash is missing")?;
             checkpoints.push(self.checkpoint_line(at, &hash)?);
@@ -549,13 +550,7 @@ impl AuditLog {
         let mut client = connect_with(&pg, tls.clone(), timeout)
             .await
             .map_err(open_err)?;
-        let snapshot = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| open_err(format!("database: {e}")))?;
+        let snapshot = super::snapshot(&mut client).await.map_err(open_err)?;
         let verified = verify_tail(
             &snapshot,
             owner.replica,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::super::super::record::{AuditEvent, AuditRecord, Checkpoint};
-use super::super::{replica_i32, seq_i64, verify_tail};
+use super::super::super::record::{AuditEvent, AuditRecord};
+use super::super::{checkpoint_at, line_at, verify_tail};
 use super::{known_bound, read_tail, ChainTail, DbWriter};
 
 /// A server process: its id and when it started, which together name it on one server (an
@@ -114,15 +114,8 @@ impl DbWriter {
             "a record this writer knows (it wrote it, started from it, or took it up before)",
         );
         if why.is_none() {
-            let named = client
-                .query_opt(
-                    "SELECT line FROM credbroker_audit_checkpoints WHERE replica = $1 AND seq = $2",
-                    &[&replica_i32(self.owner.replica), &seq_i64(found.seq)],
-                )
-                .await
-                .map_err(|e| format!("database: {e}"))?
-                .and_then(|r| r.try_get::<_, String>(0).ok())
-                .and_then(|l| serde_json::from_str::<Checkpoint>(&l).ok())
+            let named = checkpoint_at(client, self.owner.replica, found.seq)
+                .await?
                 .is_some_and(|cp| {
                     cp.seq == found.seq && cp.hash == found.hash && cp.verifies(&verifier)
                 });
@@ -167,17 +160,9 @@ impl DbWriter {
         let cut = match self.known.back().cloned() {
             Some((last, _)) if last > found.seq => Some(last),
             Some((last, hash)) if last < found.seq => {
-                let client = self.client.as_ref().ok_or("no database connection")?;
-                let still = client
-                    .query_opt(
-                        "SELECT line FROM credbroker_audit WHERE replica = $1 AND seq = $2",
-                        &[&replica_i32(self.owner.replica), &seq_i64(last)],
-                    )
-                    .await
-                    .map_err(|e| format!("database: {e}"))?
-                    .and_then(|r| r.try_get::<_, String>(0).ok())
-                    .and_then(|l| serde_json::from_str::<AuditRecord>(&l).ok())
-                    .is_some_and(|r| r.hash == hash);
+                let still = line_at(client, self.owner.replica, last)
+                    .await?
+                    .is_some_and(|l| AuditRecord::line_hash_matches(&l, &hash));
                 (!still).then_some(last)
             }
             _ => None,
@@ -257,15 +242,10 @@ impl DbWriter {
                 }
             }
         }
-        let row = client
-            .query_opt(
-                "SELECT line FROM credbroker_audit WHERE replica = $1 AND seq = $2",
-                &[&replica_i32(self.owner.replica), &seq_i64(last_seq)],
-            )
-            .await
-            .map_err(|e| format!("database: {e}"))?;
         // A batch commits whole: its last line, as sent, tells.
-        let committed = row.is_some_and(|r| r.try_get::<_, &str>(0).is_ok_and(|l| l == last));
+        let committed = line_at(client, self.owner.replica, last_seq)
+            .await?
+            .is_some_and(|l| l == *last);
         // The tail, now that the batch's fate is final: the batch's records are this
         // writer's when it committed.
         let found = read_tail(client, self.owner.replica).await?;
