@@ -575,32 +575,10 @@ impl Provider for AwsAssumeRole {
     }
 }
 
-/// Whether `arn` names an IAM role (any path) in account `account`, in any partition, as
-/// the role template's `BrokerPrincipalArn` pattern accepts.
+/// Whether `arn` names an IAM role (any path) in account `account`, in a known partition
+/// (the role ARN rules every binding's `role_arn` is held to).
 fn broker_principal_ok(arn: &str, account: &str) -> bool {
-    let Some(rest) = arn.strip_prefix("arn:") else {
-        return false;
-    };
-    let mut parts = rest.splitn(5, ':');
-    let (partition, service, region, acct, resource) = (
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-    );
-    let name = resource.strip_prefix("role/").unwrap_or("");
-    partition.starts_with("aws")
-        && partition
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'-')
-        && service == "iam"
-        && region.is_empty()
-        && acct == account
-        && (1..=512).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@/-".contains(&b))
+    params::RoleArn::parse(arn).is_ok_and(|r| r.account() == account)
 }
 
 #[cfg(test)]
