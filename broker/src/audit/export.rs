@@ -21,7 +21,6 @@ use time::OffsetDateTime;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use super::checkpoints_path;
 use super::lines::LogLines;
 use super::record::{AuditRecord, Checkpoint, GENESIS_HASH};
 use super::segments::{self, Line};
@@ -274,16 +273,9 @@ pub fn export(
                     format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),
                 )
             })?;
-    let mut cps: Vec<Checkpoint> = Vec::new();
-    match super::verify::checkpoint_lines(&checkpoints_path(audit_dir)) {
-        Ok(mut lines) => {
-            while let Some(l) = lines.next_line()? {
-                cps.extend(serde_json::from_slice::<Checkpoint>(l).ok());
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    // (Read as the verification read them: it just passed on them.)
+    let cps = super::verify::read_checkpoints(audit_dir)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     let lines = FileLines {
         dir: audit_dir.to_owned(),
         bytes: verified.bytes,

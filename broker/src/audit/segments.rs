@@ -101,11 +101,8 @@ impl SegmentFile {
 /// # Errors
 /// When it cannot be opened, or is a FIFO or a socket.
 pub fn open_regular(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+    use std::os::unix::fs::FileTypeExt as _;
+    let file = open_nonblocking(path)?;
     let kind = file.metadata()?.file_type();
     if kind.is_fifo() || kind.is_socket() {
         return Err(std::io::Error::new(
@@ -114,6 +111,20 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// Opens `path` for reading without waiting (`O_NONBLOCK`: a FIFO opened to read blocks
+/// until a writer comes; a file is read as usual). Every reader of the audit directory opens
+/// through this.
+///
+/// # Errors
+/// When it cannot be opened.
+pub fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 fn list_dir(dir: &Path, archived: bool, out: &mut Vec<SegmentFile>) -> std::io::Result<()> {

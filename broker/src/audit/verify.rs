@@ -19,7 +19,7 @@ mod export;
 mod live;
 mod shared;
 pub use export::{verify_export, verify_exports, ReadAt};
-pub(crate) use live::checkpoint_lines;
+pub(crate) use live::read_checkpoints;
 pub use live::{
     verify_log, verify_log_visit, verify_log_with, verify_segment, verify_since_last_checkpoint,
 };

@@ -11,8 +11,8 @@ use std::path::Path;
 mod snapshot;
 mod walk;
 
-pub(crate) use snapshot::checkpoint_lines;
-use snapshot::{frontier_and_checkpoints, read_checkpoints, read_last_checkpoint};
+pub(crate) use snapshot::read_checkpoints;
+use snapshot::{frontier_and_checkpoints, read_last_checkpoint};
 use walk::Walk;
 
 use super::{fail, Chain, VerifyFailure, VerifySummary};
@@ -141,14 +141,7 @@ pub fn verify_segment(
     verifier: &AuditVerifier,
 ) -> Result<VerifySummary, VerifyFailure> {
     let unreadable = |e: std::io::Error| fail(0, format!("cannot read {}: {e}", path.display()));
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(unreadable)?
-    };
+    let file = segments::open_nonblocking(path).map_err(unreadable)?;
     let len = file.metadata().map_err(unreadable)?;
     if !len.is_file() {
         return Err(fail(

@@ -10,7 +10,7 @@ use crate::audit::lines::LogLines;
 use crate::audit::record::Checkpoint;
 use crate::audit::segments;
 
-pub(super) fn read_checkpoints(audit_dir: &Path) -> Result<Vec<Checkpoint>, VerifyFailure> {
+pub(crate) fn read_checkpoints(audit_dir: &Path) -> Result<Vec<Checkpoint>, VerifyFailure> {
     let mut out = Vec::new();
     each_checkpoint(audit_dir, &mut |cp| out.push(cp))?;
     Ok(out)
@@ -52,12 +52,8 @@ fn each_checkpoint(
 ///
 /// # Errors
 /// When it cannot be opened, or a line is longer than any checkpoint.
-pub(crate) fn checkpoint_lines(path: &Path) -> std::io::Result<LogLines> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+fn checkpoint_lines(path: &Path) -> std::io::Result<LogLines> {
+    let file = segments::open_nonblocking(path)?;
     let meta = file.metadata()?;
     let len = if meta.is_file() { meta.len() } else { 0 };
     Ok(LogLines::of(file, len))
