@@ -331,9 +331,15 @@ impl Metrics {
     /// `credbroker_callbacks_total` under `provider` (never a name the caller chose) and the
     /// error code. Anonymous refusals are counted, not audited one by one.
     pub fn count_public_refusal(&self, provider: &str, code: &str) {
+        self.count_callback("denied", provider, code);
+    }
+
+    /// Counts one request on the public listener in `credbroker_callbacks_total`: its
+    /// outcome (`allowed`, `ignored`, `denied`), provider and error code (`none`).
+    pub fn count_callback(&self, outcome: &str, provider: &str, code: &str) {
         self.callbacks
             .get_or_create(&ResolveLabels {
-                outcome: "denied".into(),
+                outcome: outcome.into(),
                 provider: provider.into(),
                 code: code.into(),
             })

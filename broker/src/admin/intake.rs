@@ -215,13 +215,7 @@ impl AdminService {
     fn count_intake(&self, code: &str, ok: bool) {
         self.core
             .metrics
-            .callbacks
-            .get_or_create(&crate::metrics::ResolveLabels {
-                outcome: if ok { "allowed" } else { "denied" }.into(),
-                provider: "intake".into(),
-                code: code.into(),
-            })
-            .inc();
+            .count_callback(if ok { "allowed" } else { "denied" }, "intake", code);
     }
 
     /// `GET|POST /intake/{token}` on the public listener.

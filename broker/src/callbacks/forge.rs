@@ -32,15 +32,11 @@ pub struct VerifiedInvocation {
 
 impl CallbackService {
     fn count_invocation(&self, provider: &str, error: Option<ErrorCode>) {
-        self.core
-            .metrics
-            .callbacks
-            .get_or_create(&crate::metrics::ResolveLabels {
-                outcome: if error.is_some() { "denied" } else { "allowed" }.into(),
-                provider: provider.into(),
-                code: error.map_or("none", ErrorCode::as_str).into(),
-            })
-            .inc();
+        self.core.metrics.count_callback(
+            if error.is_some() { "denied" } else { "allowed" },
+            provider,
+            error.map_or("none", ErrorCode::as_str),
+        );
     }
 
     /// A refusal before the invocation authenticated: counted, logged (throttled), answered.

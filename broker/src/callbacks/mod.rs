@@ -250,18 +250,14 @@ impl CallbackService {
                 Err(e) => Err(anonymous(e)),
             },
         };
-        self.core
-            .metrics
-            .callbacks
-            .get_or_create(&crate::metrics::ResolveLabels {
-                outcome: outcome_label(&result).into(),
-                provider: provider.id().into(),
-                code: result
-                    .as_ref()
-                    .err()
-                    .map_or("none".into(), |f| f.err.code.as_str().to_owned()),
-            })
-            .inc();
+        self.core.metrics.count_callback(
+            outcome_label(&result),
+            provider.id(),
+            result
+                .as_ref()
+                .err()
+                .map_or("none", |f| f.err.code.as_str()),
+        );
         match result {
             Ok((response, audit_id)) => {
                 let mut body = response;
