@@ -1110,6 +1110,21 @@ pub async fn scrape(pki: &TestPki, url: &str) -> (http::StatusCode, Vec<u8>) {
         .unwrap()
 }
 
+/// Promotes secret version `version` of `binding`: the answer.
+pub async fn promote(
+    op: &mut BrokerClient,
+    binding: &str,
+    version: impl std::fmt::Display,
+) -> (u16, serde_json::Value) {
+    call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/secret/{version}/promote"),
+        Some(serde_json::json!({})),
+    )
+    .await
+}
+
 /// Rotates `binding`'s secret to `fields` the staged way an operator does: the rotation
 /// writes a pending version and probes it (which must pass), then it is promoted. Returns
 /// the rotation's status and answer.
@@ -1132,13 +1147,7 @@ pub async fn rotate_and_promote(
     assert_eq!(v["state"], "pending", "{v}");
     assert_eq!(v["probe"]["result"], "passed", "{v}");
     let version = v["version"].as_u64().unwrap();
-    let (ps, pv) = call(
-        op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/secret/{version}/promote"),
-        Some(json!({})),
-    )
-    .await;
+    let (ps, pv) = promote(op, binding, version).await;
     assert_eq!(ps, 200, "{pv}");
     (s, v)
 }

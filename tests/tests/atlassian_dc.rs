@@ -151,24 +151,10 @@ async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
     assert!(!daemon.logs().contains(&new.raw));
 
     // A pasted PAT without its id: rotated, but the answer says the old one was not revoked.
-    let (s, v) = call(
+    let (s, v) = rotate_and_promote(
         &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/secret/rotate",
-        Some(json!({"fields": {"token": dc.state.issue("scanner", 60).raw}})),
-    )
-    .await;
-    assert_eq!(
-        (s, v["probe"]["result"].as_str()),
-        (200, Some("passed")),
-        "{v}"
-    );
-    let version = v["version"].as_u64().unwrap();
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        &format!("/v1/admin/bindings/acme-jira/secret/{version}/promote"),
-        Some(json!({})),
+        "acme-jira",
+        json!({"token": dc.state.issue("scanner", 60).raw}),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -248,13 +234,7 @@ async fn a_promoted_pat_brings_its_own_expiry() {
     // Staged only: the binding still describes the PAT it serves.
     let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
     assert_eq!(b["binding"]["trust_facts"]["rotation_due"], false, "{b}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        &format!("/v1/admin/bindings/acme-jira/secret/{version}/promote"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = promote(&mut op, "acme-jira", version).await;
     assert_eq!(s, 200, "{v}");
     let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
     let facts = &b["binding"]["trust_facts"];

@@ -212,6 +212,18 @@ async fn probe(env: &mut Env, binding: &str) -> (u16, Value) {
     .await
 }
 
+/// Onboards tenant t1 and has the customer create the role its template makes, trusting the
+/// broker with t1's ExternalId: the ExternalId and the role's ARN.
+async fn onboarded_role(env: &mut Env) -> (String, String) {
+    let external_id = onboard(&mut env.op, "t1").await["external_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
+    env.sts.add_role(&arn, role(Some(&external_id)));
+    (external_id, arn)
+}
+
 async fn bind(env: &mut Env, bid: &str, iid: &str, arn: &str) -> (u16, Value) {
     bind_for(env, "t1", bid, iid, arn).await
 }
@@ -571,12 +583,7 @@ async fn activation_refusals_and_identifier_rules() {
 /// Onboards t1, creates its role in the fake, binds it as `aws1` (instance `i-aws`) and
 /// activates it; returns the ExternalId and role ARN.
 async fn active_aws_binding(env: &mut Env) -> (String, String) {
-    let external_id = onboard(&mut env.op, "t1").await["external_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
-    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (external_id, arn) = onboarded_role(env).await;
     bind(env, "aws1", "i-aws", &arn).await;
     let (s, v) = probe(env, "aws1").await;
     assert_eq!(s, 200, "{v}");
@@ -1233,12 +1240,7 @@ async fn a_min_ttl_no_session_can_meet_is_refused_before_sts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_probe_does_not_hold_up_other_changes() {
     let mut env = start_opts("", false, 5000).await;
-    let external_id = onboard(&mut env.op, "t1").await["external_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
-    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (_, arn) = onboarded_role(&mut env).await;
     bind(&mut env, "aws1", "i-aws", &arn).await;
     env.sts.faults().delay = std::time::Duration::from_millis(1500);
     let probing = spawn_probe(&env, "op", "aws1");
@@ -1267,12 +1269,7 @@ async fn a_slow_probe_does_not_hold_up_other_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_under_way_at_a_stop_is_recorded_before_the_log_closes() {
     let mut env = start_opts("", false, 5000).await;
-    let external_id = onboard(&mut env.op, "t1").await["external_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
-    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (_, arn) = onboarded_role(&mut env).await;
     bind(&mut env, "aws1", "i-aws", &arn).await;
     let before = env.sts.state.calls();
     env.sts.faults().delay = std::time::Duration::from_millis(1500);
@@ -1322,12 +1319,7 @@ async fn an_operator_disabled_and_re_enabled_during_their_probe_does_not_land_it
 /// op2 probes a binding held 1.5 s at STS; meanwhile op applies `changes` to op2's record.
 async fn probe_while_the_operator_changes(changes: &[&str]) {
     let mut env = start_opts("", false, 5000).await;
-    let external_id = onboard(&mut env.op, "t1").await["external_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
-    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (_, arn) = onboarded_role(&mut env).await;
     bind(&mut env, "aws1", "i-aws", &arn).await;
     let url = env.daemon.url.clone();
     register_operator(&mut env.op, &env.pki, &url, "op2").await;
@@ -1876,12 +1868,7 @@ async fn a_daemon_signing_with_a_wrong_secret_is_refused_without_blaming_the_cus
         ..StartOptions::default()
     })
     .await;
-    let external_id = onboard(&mut env.op, "t1").await["external_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let arn = format!("arn:aws:iam::{CUSTOMER}:role/CredbrokerAccess");
-    env.sts.add_role(&arn, role(Some(&external_id)));
+    let (_, arn) = onboarded_role(&mut env).await;
     let (s, v) = bind(&mut env, "aws1", "i-aws", &arn).await;
     assert_eq!(s, 201, "{v}");
 

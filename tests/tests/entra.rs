@@ -933,15 +933,7 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
     );
     assert!(v.get("credentials").is_none());
     // ...and by the probe, which takes the binding out of service until a probe passes.
-    let (s, v) = probe(&mut env.op, id).await;
-    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(CONTRIBUTOR),
-        "{v}"
-    );
+    probe_refused(&mut env.op, id, CONTRIBUTOR).await;
     let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
     // Back to Reader only, probed again: ARM tokens are minted for ARM, one resource per
@@ -968,15 +960,7 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
     let group = "77777777-8888-4999-aaaa-bbbbbbbbbbbb";
     env.entra.add_to_group(group, ACME_SP);
     env.entra.assign(sub, group, CONTRIBUTOR);
-    let (s, v) = probe(&mut env.op, id).await;
-    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(CONTRIBUTOR),
-        "{v}"
-    );
+    probe_refused(&mut env.op, id, CONTRIBUTOR).await;
     let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
     env.entra
@@ -1001,15 +985,7 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
     // refused.
     let other = "/subscriptions/55555555-6666-4777-8888-999999999999";
     env.entra.assign(other, ACME_SP, READER);
-    let (s, v) = probe(&mut env.op, id).await;
-    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("55555555-6666-4777-8888-999999999999"),
-        "{v}"
-    );
+    probe_refused(&mut env.op, id, "55555555-6666-4777-8888-999999999999").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1119,6 +1095,16 @@ async fn a_federated_credential_without_an_issuer_issues_no_link() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// Probes binding `id`, which must be refused `activation_failed` naming `why`.
+async fn probe_refused(op: &mut BrokerClient, id: &str, why: &str) {
+    let (s, v) = probe(op, id).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(why),
+        "{why}: {v}"
+    );
 }
 
 /// Probes binding `id`, which must fail `provider_unavailable` saying `why`.

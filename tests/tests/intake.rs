@@ -446,13 +446,7 @@ async fn an_operators_staged_version_is_not_destroyed_by_a_submission() {
         call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
     assert_eq!(b["binding"]["pending_secret_version"], staged, "{b}");
     // Once the operator has promoted it, the link works, with every attempt left.
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        &format!("/v1/admin/bindings/acme-snow/secret/{staged}/promote"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = promote(&mut op, "acme-snow", staged).await;
     assert_eq!(s, 200, "{v}");
     // A version the operator staged that failed its probe is not worth keeping: the
     // customer's submission replaces it (an attempt spent, the link still works).
@@ -619,13 +613,7 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
     assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
     let written = b["binding"]["last_secret_version"].as_u64().unwrap();
     assert_eq!(written, 1, "{b}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        &format!("/v1/admin/bindings/acme-snow/secret/{written}/promote"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = promote(&mut op, "acme-snow", written).await;
     assert_ne!(s, 200, "{v}");
 }
 
@@ -655,13 +643,7 @@ async fn a_link_revoked_during_the_probe_leaves_nothing_to_promote() {
     assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
     let written = b["binding"]["last_secret_version"].as_u64().unwrap();
     assert_eq!(written, 1, "{b}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        &format!("/v1/admin/bindings/acme-snow/secret/{written}/promote"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = promote(&mut op, "acme-snow", written).await;
     assert_ne!(s, 200, "{v}");
 }
 

@@ -238,12 +238,7 @@ fn a_stackset_that_drifts_from_the_role_template_fails() {
         .unwrap()
         .replace("SecurityAudit", "AdministratorAccess");
     stackset["Resources"]["CredbrokerRoleStackSet"]["Properties"]["TemplateBody"] = body.into();
-    std::fs::write(
-        aws.join("credbroker-stackset.json"),
-        serde_json::to_vec_pretty(&stackset).unwrap(),
-    )
-    .unwrap();
-    let (c, out, _) = lint(tmp.path());
+    let (c, out) = lint_stackset(tmp.path(), &stackset);
     assert_eq!(c, 1, "{out}");
     assert!(
         out.contains("TemplateBody differs from credbroker-role.json"),
@@ -257,12 +252,7 @@ fn a_stackset_that_drifts_from_the_role_template_fails() {
         .as_array_mut()
         .unwrap()
         .retain(|p| p["ParameterKey"] != "BrokerPrincipalArn");
-    std::fs::write(
-        aws.join("credbroker-stackset.json"),
-        serde_json::to_vec_pretty(&stackset).unwrap(),
-    )
-    .unwrap();
-    let (c, out, _) = lint(tmp.path());
+    let (c, out) = lint_stackset(tmp.path(), &stackset);
     assert_eq!(c, 1, "{out}");
     assert!(
         out.contains("Parameters must pass BrokerPrincipalArn"),
@@ -372,4 +362,16 @@ fn a_bicep_template_beyond_the_ceiling_fails() {
     let (c, out, _) = lint(tmp.path());
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("(Contributor)"), "{out}");
+}
+
+/// Writes `stackset` as the StackSet template of the templates tree at `templates` and
+/// lints the tree: the exit code and output.
+fn lint_stackset(templates: &Path, stackset: &serde_json::Value) -> (i32, String) {
+    std::fs::write(
+        templates.join("aws/credbroker-stackset.json"),
+        serde_json::to_vec_pretty(stackset).unwrap(),
+    )
+    .unwrap();
+    let (c, out, _) = lint(templates);
+    (c, out)
 }
