@@ -62,6 +62,53 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| TlsError(format!("{}: no usable private key ({e})", path.display())))
 }
 
+/// What a served TLS key's mode opens it to beyond what a deployment may allow, if anything.
+/// A key owned by root may be read by the daemon's group (`root:credbroker 0640`, the
+/// systemd layout) but not written by it, and never be read by others; any other key by its
+/// owner only (`0600`, owned by the daemon's user). `serve` and the doctor judge by this one
+/// rule.
+#[must_use]
+pub fn key_mode_too_open(mode: u32, root_owned: bool) -> Option<&'static str> {
+    let (open_to, who) = if root_owned {
+        (
+            0o137,
+            "others than its owner and group, or writable by its group",
+        )
+    } else {
+        (
+            0o077,
+            "others than its owner (group read is for a root-owned key)",
+        )
+    };
+    (mode & open_to != 0).then_some(who)
+}
+
+/// Loads the private key a listener serves with, refusing a file that
+/// [`key_mode_too_open`] judges open: whoever can read it can impersonate the broker to its
+/// workers and operators. The key may be a symbolic link (a secret mount's files are); the
+/// mode judged is that of the file read.
+///
+/// # Errors
+/// When unreadable, too open, or holding no key.
+pub fn load_server_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |e: std::io::Error| TlsError(format!("{}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if let Some(who) = key_mode_too_open(mode, meta.uid() == 0) {
+        return Err(TlsError(format!(
+            "{} has mode {mode:04o}: open to {who}; chmod 600 it (owned by the daemon's user) or chown root and chmod 640 it (the daemon's group)",
+            path.display()
+        )));
+    }
+    let mut pem = zeroize::Zeroizing::new(Vec::new());
+    f.read_to_end(&mut pem).map_err(io)?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| TlsError(format!("{}: no usable private key ({e})", path.display())))
+}
+
 /// Loads the CRLs of a PEM file the verifier is to use, newest first: of several CRLs of one
 /// CA and one partition (issuing distribution point), only the newest. (rustls's verifier consults
 /// the first CRL of an issuer it finds, so a newer one appended after an older one would
@@ -147,7 +194,7 @@ fn server_config_and_verifier(settings: &TlsSettings) -> Result<Built, TlsError>
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
         .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(load_certs(&settings.cert)?, load_key(&settings.key)?)
+        .with_single_cert(load_certs(&settings.cert)?, load_server_key(&settings.key)?)
         .map_err(|e| TlsError(format!("{}: {e}", settings.cert.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // No session resumption: rustls takes a resumed session's client chain from the session
@@ -202,7 +249,7 @@ pub fn public_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .with_single_cert(load_certs(cert)?, load_server_key(key)?)
         .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))

@@ -154,6 +154,22 @@ pub struct TestPki {
     next_serial: std::sync::atomic::AtomicU64,
 }
 
+/// Writes a private key as a deployment keeps it: readable by its owner only (`serve`
+/// refuses a TLS key open to others). An existing file keeps its mode.
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}
+
 impl TestPki {
     /// A CA plus a localhost server certificate, written to `dir`.
     pub fn new(dir: &Path) -> TestPki {
@@ -162,7 +178,7 @@ impl TestPki {
         std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
         let server = ca.issue_server(&[], 1).unwrap();
         std::fs::write(dir.join("server.crt"), &server.cert_pem).unwrap();
-        std::fs::write(dir.join("server.key"), &server.key_pem).unwrap();
+        write_private(&dir.join("server.key"), server.key_pem.as_bytes());
         TestPki {
             dir: dir.to_owned(),
             ca,
@@ -252,7 +268,7 @@ impl TestPki {
 
     fn write(&self, name: &str, cert: &str, key: &str) {
         std::fs::write(self.dir.join(format!("{name}.crt")), cert).unwrap();
-        std::fs::write(self.dir.join(format!("{name}.key")), key).unwrap();
+        write_private(&self.dir.join(format!("{name}.key")), key.as_bytes());
     }
 
     /// A client presenting `<name>.crt` to `server`.

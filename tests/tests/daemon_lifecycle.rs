@@ -86,12 +86,47 @@ fn serve_refuses_each_kind_of_bad_config_naming_it() {
         (
             "server key is not a key",
             Box::new({
-                let ca = pki.dir.join("ca.crt").display().to_string();
+                let not_a_key = tmp.path().join("not-a-key.pem");
+                write_private(&not_a_key, &std::fs::read(pki.dir.join("ca.crt")).unwrap());
                 move |t| {
-                    table(t, "tls").insert("key".into(), ca.into());
+                    table(t, "tls").insert("key".into(), not_a_key.display().to_string().into());
                 }
             }),
-            "key",
+            "no usable private key",
+        ),
+        (
+            // Whoever can read the key can pose as the broker to its workers and operators.
+            "server key readable by others",
+            Box::new({
+                let open_key = tmp.path().join("open.key");
+                std::fs::copy(pki.dir.join("server.key"), &open_key).unwrap();
+                std::fs::set_permissions(
+                    &open_key,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                )
+                .unwrap();
+                move |t| {
+                    table(t, "tls").insert("key".into(), open_key.display().to_string().into());
+                }
+            }),
+            "has mode 0644: open to others",
+        ),
+        (
+            // Group read is the systemd layout's, for a root-owned key only; group write never.
+            "server key writable by its group",
+            Box::new({
+                let open_key = tmp.path().join("group-writable.key");
+                std::fs::copy(pki.dir.join("server.key"), &open_key).unwrap();
+                std::fs::set_permissions(
+                    &open_key,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o660),
+                )
+                .unwrap();
+                move |t| {
+                    table(t, "tls").insert("key".into(), open_key.display().to_string().into());
+                }
+            }),
+            "has mode 0660: open to others",
         ),
         (
             "zero audit batch",

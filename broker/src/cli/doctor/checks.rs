@@ -147,26 +147,19 @@ fn keys(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
             continue;
         }
         let mode = meta.permissions().mode() & 0o777;
-        // A root-owned TLS key may be readable by the daemon's group (`root:credbroker 0640`,
-        // the systemd layout), never by others; any other key by its owner only.
         let root_owned = std::os::unix::fs::MetadataExt::uid(&meta) == 0;
-        let open_to = if own || !root_owned { 0o077 } else { 0o137 };
-        if mode & open_to != 0 {
-            let (who, fix) = if own {
-                (
-                    "others than its owner",
-                    format!("chmod 600 {} (owned by the daemon's user)", path.display()),
-                )
-            } else if open_to == 0o077 {
-                (
-                    "others than its owner (group read is for a root-owned key)",
-                    format!("chown root and chmod 640 {0} (the daemon's group), or chown the daemon's user and chmod 600 {0}", path.display()),
-                )
+        let open = if own {
+            (mode & 0o077 != 0).then_some("others than its owner")
+        } else {
+            crate::tls::key_mode_too_open(mode, root_owned)
+        };
+        if let Some(who) = open {
+            let fix = if own {
+                format!("chmod 600 {} (owned by the daemon's user)", path.display())
+            } else if !root_owned {
+                format!("chown root and chmod 640 {0} (the daemon's group), or chown the daemon's user and chmod 600 {0}", path.display())
             } else {
-                (
-                    "others than its owner and group, or writable by its group",
-                    format!("chmod 640 {} (root-owned, the daemon's group) or 600 (owned by the daemon's user)", path.display()),
-                )
+                format!("chmod 640 {} (root-owned, the daemon's group) or 600 (owned by the daemon's user)", path.display())
             };
             out.push(Finding::fail(
                 &format!("permissions.{name}"),
