@@ -45,11 +45,15 @@ pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         })
 }
 
-fn query_value(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| v.to_owned())
-    })
+/// The install link's state in its query string: 1 to 128 ASCII letters and digits (what
+/// the broker issues), or none. Never panics on any input (fuzzed).
+pub fn link_state(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == "state"))
+        .map(|(_, v)| v)
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map(str::to_owned)
 }
 
 /// Why a link whose issuer may no longer act is refused (the browser and the audit record).
@@ -142,10 +146,7 @@ impl CallbackService {
                 "no such callback",
             )));
         };
-        let state = query_value(query, "state")
-            .filter(|s| {
-                !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric())
-            })
+        let state = link_state(query)
             .ok_or_else(|| anonymous(rejected("state is missing or malformed")))?;
         let (key, read) = self
             .core

@@ -55,6 +55,24 @@ pub(super) fn rate_limit_wait(
     Some(wait.clamp(Duration::from_secs(1), RATE_LIMIT_MAX_WAIT))
 }
 
+/// [`rate_limit_wait`] of an answer's status, headers and message: each header trimmed and
+/// read as a whole number, or left out.
+pub fn rate_limit_of(status: u16, headers: &http::HeaderMap, message: &str) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    rate_limit_wait(
+        status,
+        message,
+        header("retry-after").and_then(|v| v.parse::<u64>().ok()),
+        header("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok()),
+        header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok()),
+    )
+}
+
 /// The pause before the one retry of a 5xx: 200-400 ms, jittered.
 pub(super) fn retry_pause() -> Duration {
     let mut b = [0u8; 1];

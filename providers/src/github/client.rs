@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::answer::{message_of, rate_limit_wait, retry_pause, Answer};
+use super::answer::{message_of, rate_limit_of, retry_pause, Answer};
 use super::REST_MEDIA_TYPE;
 use crate::ProviderError;
 
@@ -112,9 +112,7 @@ pub(super) async fn call_github(
                 .map(|v| v.trim().to_owned())
         };
         let request_id = crate::request_id_of(header("x-github-request-id").as_deref());
-        let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
-        let remaining = header("x-ratelimit-remaining").and_then(|v| v.parse::<u64>().ok());
-        let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
+        let headers = resp.headers().clone();
         // Bounded, as every other upstream's answer (crate::http): a malicious or broken
         // upstream cannot make the broker buffer an unbounded body for as long as the
         // deadline lets it stream.
@@ -128,7 +126,7 @@ pub(super) async fn call_github(
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| unavailable("GitHub answer is not UTF-8".into()))?;
         let body = super::answer::answer_body(text).map_err(unavailable)?;
-        let rate_limit = rate_limit_wait(status, &message_of(&body), retry_after, remaining, reset);
+        let rate_limit = rate_limit_of(status, &headers, &message_of(&body));
         Ok(Answer {
             status,
             body,

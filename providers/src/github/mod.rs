@@ -37,6 +37,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+pub use answer::rate_limit_of;
 pub use callbacks::{installation_in_page, owner_in_membership, same_user, ListedInstallation};
 pub use inbound::{parse_installation_event, parse_setup_query, verify_signature};
 pub use permissions::{

@@ -1,4 +1,5 @@
-//! What the GitHub install callback reads from outside: the browser's `Cookie` header,
+//! What the GitHub install callback reads from outside: the install link's query, the
+//! browser's `Cookie` header,
 //! GitHub's `GET /user/installations` page, and its `GET /user/memberships/orgs/{org}` and
 //! `GET /user` answers.
 #![no_main]
@@ -10,6 +11,23 @@ fuzz_target!(|data: &[u8]| {
         headers.append(http::header::COOKIE, v);
     }
     let _ = credbroker::callbacks::install_cookie(&headers);
+    if let Ok(text) = std::str::from_utf8(data) {
+        // As it came, and as the value of a `state` pair (so the checks of the value are
+        // reached at once).
+        for query in [
+            text.to_owned(),
+            format!("state={text}"),
+            format!("x=1&state={text}"),
+        ] {
+            // A state that is looked up in the store (and quoted in records) is only ever
+            // what the broker issues, taken whole from the query's own `state=` pair.
+            if let Some(state) = credbroker::callbacks::link_state(&query) {
+                assert!((1..=128).contains(&state.len()));
+                assert!(state.bytes().all(|b| b.is_ascii_alphanumeric()));
+                assert!(query.split('&').any(|p| p == format!("state={state}")));
+            }
+        }
+    }
     if let Ok(page) = serde_json::from_slice::<serde_json::Value>(data) {
         let id = data.first().copied().map_or(0, u64::from);
         if let Ok(Some(listed)) = credbroker_providers::github::installation_in_page(&page, id) {
