@@ -20,7 +20,7 @@ use crate::ids::BindingId;
 pub use crate::keys::loaded::{take_kek_from_env, BrokerKeys};
 
 mod core;
-mod keyring_check;
+pub(crate) mod keyring_check;
 use crate::keys::{FingerprintKey, KeyError, Keyring};
 use crate::metrics::Metrics;
 use crate::resolve::ResolveService;

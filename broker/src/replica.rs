@@ -64,6 +64,97 @@ pub async fn ensure_no_replica_runs(store: &dyn Store) -> Result<(), String> {
     Ok(())
 }
 
+/// The lease an offline change holds on a shared store while it runs: one at a time, and
+/// no broker starts beside it (a broker checks for it after claiming its replica id, the
+/// change for replicas after claiming it, so one of the two always sees the other).
+const OFFLINE: &str = "offline/change";
+
+/// An offline change's hold on a store, taken by [`hold_offline`]: renewed while it lives,
+/// given up by [`OfflineHold::release`] (or, if the process dies, lapsing within
+/// [`LEASE_TTL`]). On a store one broker opens (sled) its directory lock does the same, and
+/// the hold is empty.
+pub struct OfflineHold {
+    store: Arc<dyn Store>,
+    holder: String,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Takes the store for an offline change (`what` names it in the refusals): refused while
+/// another offline change holds it or a replica runs on it.
+///
+/// # Errors
+/// When either runs, or the store cannot be asked.
+pub async fn hold_offline(store: Arc<dyn Store>, what: &str) -> Result<OfflineHold, String> {
+    let holder = new_holder().map_err(|e| e.to_string())?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    if !store
+        .claim_lease(OFFLINE, &holder, LEASE_TTL)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Err(format!(
+            "another offline change (a KEK rotation, an operator registered offline or a store move) holds this store: run the {what} when it has ended (a killed one's hold lapses within {} s)",
+            LEASE_TTL.as_secs()
+        ));
+    }
+    let hold = OfflineHold {
+        store: Arc::clone(&store),
+        holder: holder.clone(),
+        stop,
+    };
+    if let Err(e) = ensure_no_replica_runs(store.as_ref()).await {
+        hold.release().await;
+        return Err(e);
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.changed() => return,
+            }
+            if !matches!(
+                store.claim_lease(OFFLINE, &holder, LEASE_TTL).await,
+                Ok(true)
+            ) {
+                tracing::error!("the offline change's hold on the store could not be renewed");
+            }
+        }
+    });
+    Ok(hold)
+}
+
+/// Runs `change` while holding `store` for it ([`hold_offline`]), and gives the hold up
+/// after it, whatever its outcome.
+///
+/// # Errors
+/// As [`hold_offline`], or `change`'s own.
+pub async fn while_held<T>(
+    store: &Arc<dyn Store>,
+    what: &str,
+    change: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let hold = hold_offline(Arc::clone(store), what).await?;
+    let result = change.await;
+    hold.release().await;
+    result
+}
+
+impl OfflineHold {
+    /// Gives the hold up.
+    pub async fn release(self) {
+        let _ = self.stop.send(true);
+        let _ = self.store.release_lease(OFFLINE, &self.holder).await;
+    }
+}
+
+impl Drop for OfflineHold {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
 fn lease_name(id: u32) -> String {
     format!("replica/{id}")
 }
@@ -113,6 +204,14 @@ impl Replica {
                 "every replica id (1..={MAX_REPLICAS}) is held by a running broker"
             )));
         };
+        // An offline change (a KEK rotation) rewrites what this broker's start checks read:
+        // it must not start beside one.
+        if store.live_leases(OFFLINE).await? > 0 {
+            let _ = store.release_lease(&lease_name(id), &holder).await;
+            return Err(StoreError::Backend(
+                "an offline change (a KEK rotation, an operator registered offline or a store move) holds this store: start the broker when it has ended".into(),
+            ));
+        }
         let replica = Arc::new(Replica {
             store,
             id: Some(id),

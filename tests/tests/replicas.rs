@@ -1209,3 +1209,60 @@ async fn a_batch_committed_after_the_broker_gave_up_is_followed_by_its_refusal()
     until_served(&mut w1).await;
     verify_every_chain(&set, &set.daemons[0]);
 }
+
+/// An offline change holds the store while it runs: a KEK rotation from another host (its
+/// hold is a live `offline/change` lease) refuses a second rotation and a replica's start;
+/// once it has ended, a rotation with a keyring that does not open the store as it is now
+/// (another host's copy, saved before the rotation there) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_change_holds_the_store_and_a_stale_keyring_changes_nothing() {
+    let (_tmp, pki, mut set) = seeded(TestPostgres::start(), 2).await;
+    for d in &mut set.daemons {
+        d.stop();
+    }
+    let sql = set.sql().await;
+    sql.execute(
+        "INSERT INTO credbroker_leases (name, holder, expires_at) VALUES ('offline/change', 'elsewhere:1:x', now() + interval '1 minute')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let config = |i: usize| set.daemons[i].config.to_str().unwrap().to_owned();
+    let (c, out, err) = set.cli(&["keys", "rotate-kek", "--config", &config(0)]);
+    assert_ne!(c, 0, "{out}");
+    assert!(err.contains("another offline change"), "{err}");
+    let (c, err) = set.daemons[0].serve_refused(&[]);
+    assert_ne!(c, 0);
+    assert!(err.contains("an offline change"), "{err}");
+    // The refused start gave its replica id back at once.
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_leases WHERE name LIKE 'replica/%' AND expires_at > now()").await,
+        0
+    );
+
+    sql.execute(
+        "DELETE FROM credbroker_leases WHERE name = 'offline/change'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (c, out, err) = set.cli(&["keys", "rotate-kek", "--config", &config(0)]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_leases WHERE name = 'offline/change'")
+            .await,
+        0,
+        "the rotation gave its hold up"
+    );
+    // The second replica's keyring is the copy from before that rotation.
+    let (c, out, err) = set.cli(&["keys", "rotate-kek", "--config", &config(1)]);
+    assert_ne!(c, 0, "{out}");
+    assert!(
+        err.contains("which the keyring does not hold") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    // The first replica serves every secret with the rotated keyring.
+    set.daemons[0].restart();
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    served(&mut w1, 3).await;
+}

@@ -104,12 +104,36 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
     assert!(err.contains("locked"), "{err}");
     daemon.stop();
 
-    let (c, out, err) = daemon.cli(&[
-        "keys",
-        "rotate-kek",
-        "--config",
-        daemon.config.to_str().unwrap(),
-    ]);
+    // Another rotation of the same keyring file (another data directory, or another host
+    // sharing its mount) holds the keyring's directory: this one changes nothing. (Both
+    // would save their own new version over the other's.)
+    let kek = kek_file_for(&daemon.data_dir);
+    let rotate = || {
+        daemon.cli(&[
+            "keys",
+            "rotate-kek",
+            "--config",
+            daemon.config.to_str().unwrap(),
+        ])
+    };
+    {
+        let dir = std::fs::File::open(kek.parent().unwrap()).unwrap();
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
+        let (c, out, err) = rotate();
+        assert_ne!(c, 0, "{out}");
+        assert!(
+            err.contains("another KEK rotation holds the keyring's directory"),
+            "{err}"
+        );
+    }
+    let keyring: serde_json::Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
+    assert_eq!(keyring["active"], 1, "the refused rotation saved nothing");
+
+    let (c, out, err) = rotate();
     assert_eq!(c, 0, "{out}{err}");
     assert!(
         out.contains("version 1 -> 2; 3 data key(s) re-wrapped"),

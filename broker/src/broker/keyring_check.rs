@@ -12,7 +12,7 @@ use crate::store::records::Records;
 ///
 /// # Errors
 /// The first mismatch, naming the record and the KEK version.
-pub(super) async fn check(records: &Records, keyring: &Keyring) -> Result<(), StartError> {
+pub(crate) async fn check(records: &Records, keyring: &Keyring) -> Result<(), StartError> {
     if let Some(required) = records.kek_active_version().await? {
         if !keyring.versions().any(|v| u64::from(v) == required) {
             return Err(StartError::Other(format!(

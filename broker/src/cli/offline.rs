@@ -253,8 +253,8 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         let store = crate::store::open(&config.store, &config.data_dir)
             .await
             .map_err(|e| e.to_string())?;
-        crate::replica::ensure_no_replica_runs(store.as_ref()).await?;
-        let records = crate::store::records::Records::new(store);
+        crate::replica::while_held(&store, "operator registration", async {
+        let records = crate::store::records::Records::new(std::sync::Arc::clone(&store));
         if records
             .operator(&id)
             .await
@@ -306,6 +306,8 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         let committed = records.commit(batch).await.map_err(|e| e.to_string());
         log.close();
         committed
+        })
+        .await
     })?;
     println!("operator {id} registered; only registered, active operators administer from now on");
     Ok(ExitCode::SUCCESS)

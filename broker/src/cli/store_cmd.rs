@@ -69,16 +69,20 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
     let actor = cli_actor();
     runtime()?.block_on(async {
         let source = SledStore::open(&dir).map_err(|e| format!("sled store: {e}"))?;
-        let target = PgStore::open(&config.store)
-            .await
-            .map_err(|e| format!("PostgreSQL store: {e}"))?;
-        crate::replica::ensure_no_replica_runs(&target).await?;
-        migrate::begin(&target, &actor).await?;
+        let target = std::sync::Arc::new(
+            PgStore::open(&config.store)
+                .await
+                .map_err(|e| format!("PostgreSQL store: {e}"))?,
+        );
+        let held: std::sync::Arc<dyn crate::store::Store> = target.clone();
+        crate::replica::while_held(&held, "store move", async {
+        let target = target.as_ref();
+        migrate::begin(target, &actor).await?;
         let started = std::time::Instant::now();
         let bar = super::progress::Bar::new(super::output::Output::shows_progress(None));
         let total = migrate::copy_all(
             &source,
-            &target,
+            target,
             |table, copied| {
                 println!("copied {copied:>9} {table}");
             },
@@ -89,17 +93,19 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
             "copied {total} records in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let checked = migrate::verify(&source, &target).await?;
+        let checked = migrate::verify(&source, target).await?;
         println!("verified {checked} records: every key and value identical in both stores");
         // On the record before brokers may open the database.
         audit_migration(&config, &actor, total).await?;
-        migrate::finish(&target).await?;
+        migrate::finish(target).await?;
         println!(
             "the sled store ({}) and its file audit log ({}) stay where they are; set [store] backend = \"postgres\" and start the replicas",
             dir.display(),
             config.audit_dir().display()
         );
         Ok(ExitCode::SUCCESS)
+        })
+        .await
     })
 }
 

@@ -43,9 +43,55 @@ pub async fn rotate_kek(
     let store = crate::store::open(&config.store, &config.data_dir)
         .await
         .map_err(|e| e.to_string())?;
-    crate::replica::ensure_no_replica_runs(store.as_ref()).await?;
-    let records = Records::new(store);
+    // One rotation at a time, and no broker starting beside it: two rotations of one
+    // keyring file would each save their own new version over the other's, and the store's
+    // data keys would end up wrapped by a key no file holds.
+    crate::replica::while_held(&store, "KEK rotation", async {
+        let _lock = lock_keyring_dir(&config.kek_file())?;
+        rotate_held(
+            config,
+            Records::new(std::sync::Arc::clone(&store)),
+            actor,
+            progress,
+        )
+        .await
+    })
+    .await
+}
+
+/// Takes the exclusive lock of the keyring's directory (an `flock` on the directory
+/// itself, held while the returned handle lives): the file is replaced by a rename, so a
+/// lock on the file would not outlive the first save.
+fn lock_keyring_dir(kek_file: &std::path::Path) -> Result<std::fs::File, String> {
+    let dir = kek_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    let handle = std::fs::File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            format!(
+                "another KEK rotation holds the keyring's directory ({}): run this one when it has ended; nothing was changed",
+                dir.display()
+            )
+        },
+    )?;
+    Ok(handle)
+}
+
+async fn rotate_held(
+    config: &Config,
+    records: Records,
+    actor: &str,
+    progress: &dyn Progress,
+) -> Result<RotationReport, String> {
     let mut keyring = Keyring::load(&config.kek_file()).map_err(|e| e.to_string())?;
+    // The keyring must open the store as it is now: one that lacks the version the store was
+    // last rotated to, or holds another key under it (a copy saved by a rotation elsewhere),
+    // would wrap every data key afresh from keys it cannot read, or lose the newer ones.
+    crate::broker::keyring_check::check(&records, &keyring)
+        .await
+        .map_err(|e| format!("{e}; nothing was changed"))?;
     let old = keyring.active_version();
     let new = keyring.rotate().map_err(|e| e.to_string())?;
     let mut batch = Batch::new();
