@@ -510,6 +510,70 @@ async fn links_of_a_disabled_operator_are_dead() {
     assert_eq!(get(&mut public, &ours).await.status, 200);
 }
 
+/// Sets `path` (`tenants/t1`, `bindings/acme-snow`) to `status` (`enable`, `disable`).
+async fn set_status(op: &mut BrokerClient, path: &str, status: &str) {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/{path}/{status}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A connection an operator has switched off is not the customer's to change: while its
+/// tenant or its binding is disabled, the link shows nothing and a form fetched before
+/// changes nothing (no record, no version). The tenant enabled again, the link works as
+/// before (an operator who wants it gone revokes it). (A binding that never had a secret
+/// cannot be enabled again: `secret_missing`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_to_a_disabled_tenant_or_binding_are_dead_while_it_is() {
+    let (_tmp, _pki, daemon, _sn, mut op, mut public) = start().await;
+    let (path, _) = create_link(&mut op, 3600).await;
+    for target in ["tenants/t1", "bindings/acme-snow"] {
+        let page = get(&mut public, &path).await;
+        assert_eq!(page.status, 200, "{target}: {}", page.html);
+        let (cookie, csrf) = form_state(&page);
+        set_status(&mut op, target, "disable").await;
+        let before = daemon.audit_records().len();
+        assert_eq!(get(&mut public, &path).await.status, 404, "{target}");
+        let p = post(&mut public, &path, Some(&cookie), &good_form(&csrf)).await;
+        assert_eq!(p.status, 404, "{target}: {}", p.html);
+        assert_eq!(
+            daemon.audit_records().len(),
+            before,
+            "{target}: a submission to a disabled connection changed something"
+        );
+        let (_, b): (u16, Value) =
+            call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+        assert_eq!(b["binding"]["last_secret_version"], 0, "{target}: {b}");
+        if target.starts_with("tenants/") {
+            set_status(&mut op, target, "enable").await;
+            assert_eq!(get(&mut public, &path).await.status, 200);
+        }
+    }
+}
+
+/// A tenant disabled while a submission's probe runs at the source system: the promotion is
+/// refused on it, the link answers as dead, and nothing is left to promote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_disabled_during_the_probe_does_not_get_it_promoted() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    let (path, _) = create_link(&mut op, 3600).await;
+    let submitting = submit_while_probing(&pki, &daemon, &sn, &mut public, &path).await;
+    set_status(&mut op, "tenants/t1", "disable").await;
+    assert!(!submitting.is_finished(), "the probe had to be under way");
+    *sn.state.delay_ms.lock().unwrap() = 0;
+    let p = submitting.await.unwrap();
+    assert_eq!(p.status, 404, "{}", p.html);
+    let (_, b): (u16, Value) =
+        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
+}
+
 /// A link made while no operator was registered yet (an upgrade from a release without
 /// operator records) records its creator's revision as the one their record starts at: once
 /// operators are registered, a disable and re-enable of that creator kill it too.

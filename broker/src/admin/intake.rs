@@ -27,7 +27,7 @@ use crate::audit::{AuditEvent, AuditReceipt};
 use crate::callbacks::sha256_hex;
 use crate::intake_page::{self as pages, IntakeAnswer, INTAKE_COOKIE};
 use crate::model::now_rfc3339;
-use crate::store::records::IntakeLink;
+use crate::store::records::{IntakeLink, Stored};
 use crate::store::Batch;
 
 /// Failed submissions a link allows before it is used up.
@@ -247,11 +247,7 @@ impl AdminService {
             return pages::invalid();
         };
         let link = read.value.clone();
-        // The binding must still be the one the link was made for: same id, tenant and
-        // creation (an id removed and re-created, perhaps for another tenant, is not).
-        let same = matches!(self.binding_or_404(&link.binding).await,
-            Ok(b) if b.value.tenant.as_str() == link.tenant && b.value.created_at == link.binding_created_at);
-        if !same {
+        if self.link_target(&link).await.is_err() {
             self.count_intake("invalid_link", false);
             return pages::invalid();
         }
@@ -459,7 +455,7 @@ impl AdminService {
                 .unwrap_or(0),
             // A conflict is the link revoked or used meanwhile, or the binding changed under
             // the write (a probe's stamp): only the first is a dead link.
-            Err((e, _)) if self.link_died(&e, key).await => {
+            Err((e, _)) if self.link_died(&e, key, &link).await => {
                 self.count_intake("invalid_link", false);
                 return pages::invalid();
             }
@@ -505,6 +501,10 @@ impl AdminService {
                             )
                         })?;
                     p.batch.remove_intake_link(key, &now_read);
+                    // A tenant or binding disabled while the probe ran (on any replica)
+                    // stops it too.
+                    let tenant = self.link_target(&link).await?;
+                    p.batch.expect_unchanged(&tenant);
                     p.batch = self
                         .issuer_precondition(
                             &link.creator,
@@ -549,7 +549,7 @@ impl AdminService {
                             &format!("{by}; not promoted ({})", e.code),
                         )
                         .await;
-                        if self.link_died(&e, key).await {
+                        if self.link_died(&e, key, &link).await {
                             self.count_intake("invalid_link", false);
                             pages::invalid()
                         } else {
@@ -617,13 +617,48 @@ impl AdminService {
         }
     }
 
+    /// The tenant a link was made for, while the link may still act on its connection: the
+    /// binding the same (id, tenant and creation: an id removed and re-created, perhaps for
+    /// another tenant, is not) and not disabled, its tenant active. A customer must not
+    /// replace the credential of a connection an operator has switched off, nor have it
+    /// activated.
+    async fn link_target(
+        &self,
+        link: &IntakeLink,
+    ) -> Result<Stored<crate::model::Tenant>, ApiError> {
+        let gone = || {
+            ApiError::new(
+                ErrorCode::Conflict,
+                "the intake link's connection is gone or disabled",
+            )
+        };
+        let binding = self
+            .binding_or_404(&link.binding)
+            .await
+            .map_err(|_| gone())?;
+        let b = &binding.value;
+        if b.tenant.as_str() != link.tenant
+            || b.created_at != link.binding_created_at
+            || b.status == crate::model::Status::Disabled
+        {
+            return Err(gone());
+        }
+        let tenant = self.tenant_or_404(&link.tenant).await.map_err(|_| gone())?;
+        if tenant.value.status != crate::model::Status::Active {
+            return Err(gone());
+        }
+        Ok(tenant)
+    }
+
     /// Whether `e`, refusing a step a submission takes on its link's behalf, means the link
     /// died meanwhile: its creator can no longer act (`operator_required`), or a conflict
-    /// while the link no longer admits a submission (revoked, expired, used up). Any other
-    /// conflict (the binding changed under the write) is not the link's.
-    async fn link_died(&self, e: &ApiError, key: &str) -> bool {
+    /// while the link no longer admits a submission (revoked, expired, used up) or may no
+    /// longer act on its connection (disabled, removed). Any other conflict (the binding
+    /// changed under the write) is not the link's.
+    async fn link_died(&self, e: &ApiError, key: &str, link: &IntakeLink) -> bool {
         e.code == ErrorCode::OperatorRequired
-            || (e.code == ErrorCode::Conflict && !self.intake_link_live(key).await)
+            || (e.code == ErrorCode::Conflict
+                && (!self.intake_link_live(key).await || self.link_target(link).await.is_err()))
     }
 
     /// Whether intake link `key` (`intake:<hash>`) could take another submission: stored,
