@@ -285,12 +285,22 @@ impl Config {
                 .and_then(|span| text.get(..span.start))
                 .map(|before| {
                     let number = before.matches('\n').count() + 1;
-                    // The key (left of `=`) is named, never the value.
+                    // The key (left of `=`) is named, never the value; a line that is
+                    // not `key = …` (inside a multi-line string, a URL's `sslmode=`) names
+                    // nothing.
                     let key = text
                         .lines()
                         .nth(number - 1)
                         .and_then(|l| l.split_once('='))
-                        .map(|(k, _)| format!(" ({} = …)", k.trim()))
+                        .map(|(k, _)| k.trim())
+                        .filter(|k| {
+                            !k.is_empty()
+                                && k.bytes().all(|b| {
+                                    b.is_ascii_alphanumeric()
+                                        || matches!(b, b'_' | b'-' | b'.' | b' ')
+                                })
+                        })
+                        .map(|k| format!(" ({k} = …)"))
                         .unwrap_or_default();
                     format!(", line {number}{key}")
                 })
@@ -408,6 +418,18 @@ impl Config {
                 "set keys.kek_file or keys.kek_env, not both".into(),
             ));
         }
+        // Each names a variable, and errors quote that name: a value put there by mistake
+        // (the database URL with its password, the keyring JSON) must be refused unquoted.
+        for (setting, name) in [
+            ("[store] url_env", &self.store.url_env),
+            ("[keys] kek_env", &self.keys.kek_env),
+        ] {
+            if name.as_deref().is_some_and(|n| !env_var_name(n)) {
+                return Err(ConfigError(format!(
+                    "{setting} must be the name of an environment variable (a letter or '_', then letters, digits and '_'; at most 128), not its value; the value was not printed"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -433,6 +455,17 @@ impl Config {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.handshake_timeout_ms)
     }
+}
+
+/// Whether `name` can be an environment variable's name as a config names one: a letter
+/// or `_`, then letters, digits and `_`, at most 128 bytes.
+fn env_var_name(name: &str) -> bool {
+    name.len() <= 128
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]
@@ -536,6 +569,41 @@ client_ca = "ca.crt"
         let err = Config::load(&write(dir.path(), &bad)).unwrap_err().0;
         assert!(!err.contains("secret-pw"), "{err}");
         assert!(err.contains("line"), "{err}");
+        // An error inside a multi-line string points at a line of the value itself: a URL
+        // holds `=` (`sslmode=`), and what is left of it is not a key to name.
+        let bad = format!(
+            "{MIN}\n[store]\nbackend = \"postgres\"\nurl = \"\"\"\npostgresql://u:secret\\spw@db/x?sslmode=require\n\"\"\"\n"
+        );
+        let err = Config::load(&write(dir.path(), &bad)).unwrap_err().0;
+        assert!(!err.contains("secret"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    /// `url_env` and `kek_env` name a variable; a value put there (the URL itself, the
+    /// keyring JSON) is refused without being quoted.
+    #[test]
+    fn a_value_in_place_of_a_variable_name_is_refused_unquoted() {
+        let dir = tempfile::tempdir().unwrap();
+        for (section, value) in [
+            (
+                "[store]\nbackend = \"postgres\"\nurl_env",
+                "postgresql://u:secret-pw@db/x?sslmode=require",
+            ),
+            (
+                "[keys]\nkek_env",
+                "{\\\"active\\\": 1, \\\"keys\\\": {\\\"1\\\": \\\"secret-kek\\\"}}",
+            ),
+        ] {
+            let bad = format!("{MIN}\n{section} = \"{value}\"\n");
+            let err = Config::load(&write(dir.path(), &bad)).unwrap_err().0;
+            assert!(!err.contains("secret"), "{err}");
+            assert!(
+                err.contains("must be the name of an environment variable"),
+                "{err}"
+            );
+        }
+        let good = format!("{MIN}\n[keys]\nkek_env = \"CREDBROKER_KEK_2\"\n");
+        assert!(Config::load(&write(dir.path(), &good)).is_ok());
     }
 
     #[test]
