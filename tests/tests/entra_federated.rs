@@ -197,3 +197,43 @@ async fn a_consent_is_confirmed_with_the_federated_credential_alone() {
         entra.client_auths(ACME)
     );
 }
+
+/// A consent whose confirmation Entra refuses because the platform's own credential does
+/// not match (here the FIC names another subject): the browser is told it failed and which
+/// AADSTS code, never the FIC's subject; the audit record says which credential failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_consent_shows_the_browser_no_credential_detail() {
+    let (mut env, entra) = start().await;
+    entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
+    let state = fake_entra::onboard(&mut env.op, "t1", ACME).await;
+    entra.set_federated_credential(&env.issuer, "someone-else", FIC_AUDIENCE, env.jwks().await);
+    let mut public = public_client(&env.pki, &env.issuer);
+    let (status, cookie, _) = fake_entra::open_link(&mut public, &state).await;
+    assert_eq!(status, 302);
+    let (status, v) = fake_entra::callback(
+        &mut public,
+        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        cookie.as_deref(),
+    )
+    .await;
+    assert_ne!(status, 200, "{v}");
+    let shown = v.to_string();
+    assert!(shown.contains("700213"), "{shown}");
+    assert!(
+        !shown.contains(FIC_SUBJECT) && !shown.contains("subject"),
+        "the browser learnt the FIC's subject: {shown}"
+    );
+    let denied = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["outcome"] == "denied" && r["error_code"] == "callback_rejected")
+        .expect("the refusal is audited");
+    assert!(
+        denied["detail"]
+            .as_str()
+            .unwrap()
+            .contains("federated credential"),
+        "{denied}"
+    );
+}

@@ -217,7 +217,18 @@ impl EntraApp {
                     Err(TokenFailure::Refused {
                         error, request_id, ..
                     }) if error.codes.iter().any(|c| BAD_CREDENTIAL.contains(c)) => {
-                        refused.push(format!("{}: {}", auth.label(), error.description));
+                        // Entra's description names the credential's own details (an
+                        // assertion's subject, a key's thumbprint), and this refusal can
+                        // reach a customer's browser: it carries the codes; the daemon's
+                        // log the description.
+                        let codes = error
+                            .codes
+                            .iter()
+                            .map(|c| format!("AADSTS{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        tracing::warn!(credential = %auth.label(), codes = %codes, description = %error.description, request_id = ?request_id, "Entra refused an app credential");
+                        refused.push(format!("{}: {codes}", auth.name()));
                         last_request = request_id;
                     }
                     Err(TokenFailure::Refused {

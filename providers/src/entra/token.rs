@@ -40,6 +40,13 @@ pub trait ClientAuth: Send + Sync {
 
     /// What it is, for operators (never the secret): `client secret v3`.
     fn label(&self) -> String;
+
+    /// What it is, in a refusal that can reach a customer's browser (an install link's
+    /// callback): its kind and version, never the FIC's subject or a certificate's
+    /// thumbprint.
+    fn name(&self) -> String {
+        self.label()
+    }
 }
 
 /// A federated credential: the broker's own issuer signs the assertion (`sub` the FIC's
@@ -68,6 +75,10 @@ impl ClientAuth for FederatedAssertion {
 
     fn label(&self) -> String {
         format!("federated credential (subject {})", self.subject)
+    }
+
+    fn name(&self) -> String {
+        "federated credential".into()
     }
 }
 
@@ -132,6 +143,10 @@ impl ClientAuth for ClientCertificate {
 
     fn label(&self) -> String {
         format!("certificate v{} ({})", self.version, self.x5t_s256)
+    }
+
+    fn name(&self) -> String {
+        format!("certificate v{}", self.version)
     }
 }
 
