@@ -60,6 +60,9 @@ pub struct FakeRole {
     pub max_session_s: u32,
     /// Account to report in AssumedRoleUser.Arn instead of `account` (misbinding tests).
     pub report_account: Option<String>,
+    /// Role name to report in AssumedRoleUser.Arn instead of the role's own (a malicious
+    /// STS answering with a session of another role of the same account).
+    pub report_role: Option<String>,
     /// The trust policy allows `sts:SetSourceIdentity` for the trusted account: without it
     /// an AssumeRole that carries a `SourceIdentity` is AccessDenied.
     pub allow_set_source_identity: bool,
@@ -85,6 +88,7 @@ impl Default for FakeRole {
             any_external_id: false,
             max_session_s: 3600,
             report_account: None,
+            report_role: None,
             allow_set_source_identity: true,
             allow_tag_session: true,
             require_source_identity: false,

@@ -187,6 +187,7 @@ fn role(external_id: Option<&str>) -> FakeRole {
         external_id: external_id.map(str::to_owned),
         max_session_s: 3600,
         report_account: None,
+        report_role: None,
         any_external_id: false,
         allow_set_source_identity: true,
         allow_tag_session: true,
@@ -2431,6 +2432,31 @@ async fn a_session_in_another_account_is_never_handed_out() {
     assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
     assert!(message(&v).contains("account 333333333333"), "{v}");
     assert!(v["credentials"].is_null(), "{v}");
+}
+
+/// The same from a session of another role of the same account (two tenants may each bind
+/// a role of one AWS account): a mint is not handed out, and a probe refuses activation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_another_role_of_the_account_is_never_handed_out() {
+    let mut env = start().await;
+    let (_, arn) = active_aws_binding(&mut env).await;
+    env.sts
+        .state
+        .roles
+        .lock()
+        .unwrap()
+        .get_mut(&arn)
+        .unwrap()
+        .report_role = Some("OtherTenantsRole".into());
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        message(&v).contains("another role than the binding's"),
+        "{v}"
+    );
+    assert!(v["credentials"].is_null(), "{v}");
+    let (s, v) = probe(&mut env, "aws1").await;
+    assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
 }
 
 /// An enable racing the binding's creation (its routing found no binding yet) never

@@ -109,6 +109,7 @@ impl Aws {
                 external_id: Some(EXTERNAL_ID.into()),
                 max_session_s: 3600,
                 report_account: None,
+                report_role: None,
                 any_external_id: false,
                 ..FakeRole::default()
             },

@@ -8,15 +8,39 @@ use time::OffsetDateTime;
 use super::{params, Parsed};
 use crate::{IssuedCredential, ProviderError, SecretFields};
 
-/// Whether the session an STS call returned (`assumed`, its `AssumedRoleUser` ARN) is in the
-/// account of the binding's role: `Err` with the account it is in (or what stands for none).
+/// Whether the session an STS call returned (`assumed`, its `AssumedRoleUser` ARN) is one of
+/// the binding's role: `Err` with the account it is in (or what stands for none), and
+/// whether that account is the role's (then it is another role, or another partition).
 pub(super) fn in_role_account<'a>(
     parsed: &Parsed,
     assumed: Option<&'a str>,
-) -> Result<(), &'a str> {
-    match assumed.and_then(params::assumed_role_account) {
-        Some(account) if account == parsed.role.account() => Ok(()),
-        other => Err(other.unwrap_or("(none or unparseable)")),
+) -> Result<(), (&'a str, bool)> {
+    if assumed.is_some_and(|a| parsed.role.is_assumed_by(a)) {
+        return Ok(());
+    }
+    let account = assumed.and_then(params::assumed_role_account);
+    Err((
+        account.unwrap_or("(none or unparseable)"),
+        account == Some(parsed.role.account()),
+    ))
+}
+
+/// What a session that [`in_role_account`] refused is, for the refusal's message.
+pub(super) fn not_the_role(
+    parsed: &Parsed,
+    call: &str,
+    (found, same_account): (&str, bool),
+) -> String {
+    if same_account {
+        format!(
+            "{call} returned a session of another role than the binding's ({}), in its account",
+            parsed.role.as_str()
+        )
+    } else {
+        format!(
+            "{call} returned a session in account {found} but the binding's role is in account {}",
+            parsed.role.account()
+        )
     }
 }
 
@@ -108,8 +132,8 @@ pub fn credential_of(
     })
 }
 
-/// Refuses a minted session whose `AssumedRoleUser` is in another account than the binding's
-/// role, or names none: a broken or malicious STS must not get another account's credentials
+/// Refuses a minted session whose `AssumedRoleUser` is not the binding's role (another
+/// account, another role of its account, another partition), or names none: a broken or malicious STS must not get another account's credentials
 /// handed out as this tenant's. (The probe refuses activation for the same reason.)
 fn minted_in_bound_account(
     parsed: &Parsed,
@@ -117,10 +141,7 @@ fn minted_in_bound_account(
     request_id: Option<&str>,
 ) -> Result<(), ProviderError> {
     in_role_account(parsed, assumed).map_err(|found| ProviderError::Unavailable {
-        message: format!(
-            "STS returned a session in account {found} but the binding's role is in account {}: not handed out",
-            parsed.role.account()
-        ),
+        message: format!("{}: not handed out", not_the_role(parsed, "STS", found)),
         upstream_request_id: crate::request_id_of(request_id),
     })
 }

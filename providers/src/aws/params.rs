@@ -93,6 +93,18 @@ impl RoleArn {
     pub fn partition(&self) -> &str {
         &self.partition
     }
+
+    /// Whether an `AssumedRoleUser.Arn` is a session of this very role: same partition and
+    /// account, and the role's name (STS reports it without the path; IAM names are one
+    /// role whatever their case, as [`RoleArn::canonical`] says).
+    pub fn is_assumed_by(&self, assumed_arn: &str) -> bool {
+        let name = self.arn.rsplit('/').next().unwrap_or("");
+        assumed_role(assumed_arn).is_some_and(|(partition, account, role)| {
+            partition == self.partition
+                && account == self.account
+                && role.eq_ignore_ascii_case(name)
+        })
+    }
 }
 
 impl fmt::Debug for RoleArn {
@@ -103,10 +115,18 @@ impl fmt::Debug for RoleArn {
 
 /// The account in an `AssumedRoleUser.Arn` (`arn:aws:sts::<account>:assumed-role/<role>/<session>`).
 pub fn assumed_role_account(arn: &str) -> Option<&str> {
+    assumed_role(arn).map(|(_, account, _)| account)
+}
+
+/// The partition, account and role name of an `AssumedRoleUser.Arn`
+/// (`arn:<partition>:sts::<account>:assumed-role/<role>/<session>`; the role's name
+/// without its path, as STS reports it).
+pub fn assumed_role(arn: &str) -> Option<(&str, &str, &str)> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     match parts.as_slice() {
-        ["arn", _, "sts", "", account, resource] if resource.starts_with("assumed-role/") => {
-            Some(account)
+        ["arn", partition, "sts", "", account, resource] => {
+            let (role, session) = resource.strip_prefix("assumed-role/")?.split_once('/')?;
+            (!role.is_empty() && !session.is_empty()).then_some((*partition, *account, role))
         }
         _ => None,
     }
@@ -207,6 +227,21 @@ mod tests {
         assert_ne!(c("arn:aws:iam::333333333333:role/Audit"), base);
         assert_ne!(c("arn:aws-us-gov:iam::222222222222:role/Audit"), base);
         assert_ne!(c("arn:aws:iam::222222222222:role/Audit2"), base);
+    }
+
+    #[test]
+    fn a_session_is_of_its_role_only() {
+        let role = RoleArn::parse("arn:aws:iam::222222222222:role/team/Audit").unwrap();
+        let of = |arn: &str| role.is_assumed_by(arn);
+        assert!(of("arn:aws:sts::222222222222:assumed-role/Audit/cb.t.i"));
+        assert!(of("arn:aws:sts::222222222222:assumed-role/audit/cb.t.i"));
+        assert!(!of("arn:aws:sts::222222222222:assumed-role/Audit2/cb.t.i"));
+        assert!(!of("arn:aws:sts::333333333333:assumed-role/Audit/cb.t.i"));
+        assert!(!of(
+            "arn:aws-us-gov:sts::222222222222:assumed-role/Audit/cb.t.i"
+        ));
+        assert!(!of("arn:aws:sts::222222222222:assumed-role/Audit"));
+        assert!(!of("arn:aws:iam::222222222222:role/team/Audit"));
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Probe for AwsAssumeRole {
 }
 
 /// Refuses activation when the session `call` returned (`assumed`, an assumed-role ARN) is
-/// in another account than the binding's role.
+/// not one of the binding's role (another account, another role of its account).
 pub(super) fn session_in_bound_account(
     parsed: &Parsed,
     assumed: &str,
@@ -97,10 +97,7 @@ pub(super) fn session_in_bound_account(
     super::answer::in_role_account(parsed, Some(assumed)).map_err(|found| {
         ProviderError::ActivationRefused {
             reason: RefusalReason::AccountMismatch,
-            message: format!(
-                "{call} returned a session in account {found} but the binding names account {}",
-                parsed.role.account()
-            ),
+            message: super::answer::not_the_role(parsed, call, found),
             upstream_request_id: request_id,
         }
     })

@@ -468,6 +468,7 @@ async fn run(args: Args) {
             external_id: Some(ext),
             max_session_s: 3600,
             report_account: None,
+            report_role: None,
             any_external_id: false,
             ..FakeRole::default()
         },

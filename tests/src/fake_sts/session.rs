@@ -176,7 +176,10 @@ impl State {
                 .unwrap(),
             expiration.millisecond()
         );
-        let role_name = role_arn.rsplit('/').next().unwrap_or("role");
+        let role_name = role
+            .report_role
+            .clone()
+            .unwrap_or_else(|| role_arn.rsplit('/').next().unwrap_or("role").to_owned());
         let account = role.report_account.clone().unwrap_or(role.account.clone());
         let packed_size = packed
             .map(|pc| format!("    <PackedPolicySize>{pc}</PackedPolicySize>\n"))
