@@ -77,6 +77,45 @@ async fn a_key_file_readable_by_others_is_refused() {
     assert_eq!(s, 200);
 }
 
+/// The data directory the broker creates, and the store, audit log and key directories in
+/// it, are the daemon's user's alone (0700) whatever the umask: other users of the host
+/// must not read tenants, bindings or who resolved what. One made wider by hand is
+/// named by the doctor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_the_daemons_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let old = unsafe { libc::umask(0o022) };
+    let (_tmp, _pki, mut daemon, _op) = start_seeded(&DaemonOptions::default()).await;
+    unsafe { libc::umask(old) };
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for dir in ["", "store", "audit", "keys"] {
+        let path = daemon.data_dir.join(dir);
+        assert_eq!(mode(&path), 0o700, "{}", path.display());
+    }
+    daemon.stop();
+    std::fs::set_permissions(&daemon.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_, out, _) = daemon.cli(&[
+        "doctor",
+        "--output",
+        "json",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let finding = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "permissions.data_dir")
+        .unwrap_or_else(|| panic!("{v:#}"))
+        .clone();
+    assert_eq!(finding["status"], "warn", "{finding}");
+    assert!(
+        finding["detail"].as_str().unwrap().contains("0755"),
+        "{finding}"
+    );
+}
+
 /// Someone with a copy (a backup) of the data directory must not find the key that opens
 /// its ciphertext in it: `serve` refuses a KEK keyring inside the data or store directory,
 /// also when reached through a symbolic link (issue 10, item 11).

@@ -389,7 +389,7 @@ pub fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
 /// When it cannot be moved, or a different file of that name is already archived.
 pub fn archive(audit_dir: &Path, seg: &SegmentFile) -> std::io::Result<()> {
     let dir = archive_dir(audit_dir);
-    std::fs::create_dir_all(&dir)?;
+    crate::keys::create_private_dir(&dir)?;
     let target = dir.join(seg.name());
     if target.exists() {
         if !same_bytes(&seg.path, &target)? {

@@ -522,7 +522,7 @@ impl AuditLog {
         // A new audit directory's own entry is made durable in its parent (the segments'
         // entries are synced in it): lost in a crash, the next start would begin a new chain.
         let existed = config.dir.exists();
-        std::fs::create_dir_all(&config.dir).map_err(open_err)?;
+        crate::keys::create_private_dir(&config.dir).map_err(open_err)?;
         if !existed {
             if let Some(parent) = config.dir.parent() {
                 super::segments::sync_dir(parent).map_err(open_err)?;

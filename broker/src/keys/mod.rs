@@ -138,6 +138,21 @@ impl std::io::Write for ByteCount {
     }
 }
 
+/// Creates `dir` and any missing parents with mode 0700 (before the umask): the data
+/// directory, the store, the audit log and key directories hold tenants' bindings, who
+/// resolved what and wrapped keys, for the daemon's user alone. A directory that exists is
+/// left as it is (the doctor warns when the data directory is open to others).
+///
+/// # Errors
+/// On an I/O failure.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600.
 ///
 /// # Errors
@@ -145,7 +160,7 @@ impl std::io::Write for ByteCount {
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    create_private_dir(dir).map_err(io_err(dir))?;
     let tmp = temporary_of(path)?;
     // A leftover (a crash, or a link planted to redirect the write) is removed, never
     // followed: the new file is created fresh, without following a symlink.

@@ -93,6 +93,9 @@ impl SledStore {
     /// # Errors
     /// As [`SledStore::open`].
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        // sled would create it readable by all (and the data directory above it).
+        crate::keys::create_private_dir(dir)
+            .map_err(|e| StoreError::Backend(format!("store {}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)

@@ -96,6 +96,21 @@ fn files(config: &Config, out: &mut Vec<Finding>) {
             "correct the path, or create the keys with `credbroker init --config FILE` (it creates only what is missing)",
         ));
     }
+    // The data directory: tenants, bindings, the audit log (who resolved what) are the
+    // daemon's user's alone. Created 0700 by the broker; one made by hand may be wider.
+    if let Ok(meta) = std::fs::metadata(&config.data_dir) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(Finding::warn(
+                "permissions.data_dir",
+                format!(
+                    "{} has mode {mode:04o}: other users can list or read the store and the audit log",
+                    config.data_dir.display()
+                ),
+                format!("chmod 700 {} (owned by the daemon's user)", config.data_dir.display()),
+            ));
+        }
+    }
     if let Some(var) = &config.keys.kek_env {
         if std::env::var_os(var).is_none() {
             out.push(Finding::warn(
