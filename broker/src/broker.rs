@@ -230,9 +230,15 @@ impl Broker {
                 b.clear();
             }
         }));
-        keyring_check::check(&records, &keys.keyring).await?;
         let metrics = Metrics::new();
+        // The replica id first, then the keyring checked against the store: joining refuses
+        // while an offline change (a KEK rotation) holds the store, and the change refuses
+        // once a replica has joined, so the check never reads a store a rotation rewrites.
         let replica = crate::replica::Replica::join(records.store()).await?;
+        if let Err(e) = keyring_check::check(&records, &keys.keyring).await {
+            replica.leave().await;
+            return Err(e);
+        }
         let audit = match (replica.id(), replica.lease()) {
             // A shared store: this replica's chain in the database.
             (Some(id), Some(lease)) => {

@@ -77,6 +77,12 @@ pub struct OfflineHold {
     store: Arc<dyn Store>,
     holder: String,
     stop: tokio::sync::watch::Sender<bool>,
+    /// The renewal task: waited for before the lease is given up, so a renewal in flight
+    /// cannot claim it again after the release.
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    /// Set when a renewal failed: the hold may have lapsed, and another change or a
+    /// replica may have started since.
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Takes the store for an offline change (`what` names it in the refusals): refused while
@@ -97,17 +103,22 @@ pub async fn hold_offline(store: Arc<dyn Store>, what: &str) -> Result<OfflineHo
             LEASE_TTL.as_secs()
         ));
     }
-    let hold = OfflineHold {
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hold = OfflineHold {
         store: Arc::clone(&store),
         holder: holder.clone(),
         stop,
+        renewal: None,
+        lost: Arc::clone(&lost),
     };
     if let Err(e) = ensure_no_replica_runs(store.as_ref()).await {
         hold.release().await;
         return Err(e);
     }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RENEW_EVERY);
+    hold.renewal = Some(tokio::spawn(async move {
+        // The claim above is fresh: the first renewal is due a period from now.
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -118,10 +129,11 @@ pub async fn hold_offline(store: Arc<dyn Store>, what: &str) -> Result<OfflineHo
                 store.claim_lease(OFFLINE, &holder, LEASE_TTL).await,
                 Ok(true)
             ) {
-                tracing::error!("the offline change's hold on the store could not be renewed");
+                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
             }
         }
-    });
+    }));
     Ok(hold)
 }
 
@@ -142,9 +154,35 @@ pub async fn while_held<T>(
 }
 
 impl OfflineHold {
-    /// Gives the hold up.
-    pub async fn release(self) {
+    /// Whether the hold is still this change's, asked of the store once more (and renewed):
+    /// called before the change commits, so a hold that lapsed meanwhile (a database that
+    /// did not answer its renewals) commits nothing.
+    ///
+    /// # Errors
+    /// When a renewal failed, or the store no longer grants it.
+    pub async fn confirm(&self) -> Result<(), String> {
+        let lapsed = || {
+            "the offline change's hold on the store lapsed while it ran (the database did not answer its renewals): another change or a replica may have started since; nothing was committed, run it again".to_owned()
+        };
+        if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(lapsed());
+        }
+        match self
+            .store
+            .claim_lease(OFFLINE, &self.holder, LEASE_TTL)
+            .await
+        {
+            Ok(true) => Ok(()),
+            _ => Err(lapsed()),
+        }
+    }
+
+    /// Gives the hold up, once its renewal has stopped.
+    pub async fn release(mut self) {
         let _ = self.stop.send(true);
+        if let Some(renewal) = self.renewal.take() {
+            let _ = renewal.await;
+        }
         let _ = self.store.release_lease(OFFLINE, &self.holder).await;
     }
 }

@@ -117,16 +117,17 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
         ])
     };
     {
-        let dir = std::fs::File::open(kek.parent().unwrap()).unwrap();
+        let name = kek.file_name().unwrap().to_str().unwrap();
+        let lock = std::fs::File::create(kek.with_file_name(format!(".{name}.lock"))).unwrap();
         use std::os::fd::AsRawFd;
         assert_eq!(
-            unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
             0
         );
         let (c, out, err) = rotate();
         assert_ne!(c, 0, "{out}");
         assert!(
-            err.contains("another KEK rotation holds the keyring's directory"),
+            err.contains("another KEK rotation holds the keyring's lock"),
             "{err}"
         );
     }

@@ -46,34 +46,48 @@ pub async fn rotate_kek(
     // One rotation at a time, and no broker starting beside it: two rotations of one
     // keyring file would each save their own new version over the other's, and the store's
     // data keys would end up wrapped by a key no file holds.
-    crate::replica::while_held(&store, "KEK rotation", async {
-        let _lock = lock_keyring_dir(&config.kek_file())?;
-        rotate_held(
-            config,
-            Records::new(std::sync::Arc::clone(&store)),
-            actor,
-            progress,
-        )
-        .await
-    })
-    .await
+    let hold = crate::replica::hold_offline(std::sync::Arc::clone(&store), "KEK rotation").await?;
+    let result = match lock_keyring(&config.kek_file()) {
+        Ok(_lock) => rotate_held(config, &hold, Records::new(store), actor, progress).await,
+        Err(e) => Err(e),
+    };
+    hold.release().await;
+    result
 }
 
-/// Takes the exclusive lock of the keyring's directory (an `flock` on the directory
-/// itself, held while the returned handle lives): the file is replaced by a rename, so a
-/// lock on the file would not outlive the first save.
-fn lock_keyring_dir(kek_file: &std::path::Path) -> Result<std::fs::File, String> {
+/// Takes the keyring's rotation lock: an exclusive `flock` on `.<keyring name>.lock` beside
+/// it, held while the returned handle lives. (Not on the keyring itself: a save replaces the
+/// file by a rename, so a lock on it would not outlive the first save.)
+fn lock_keyring(kek_file: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = kek_file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or_else(|| std::path::Path::new("."));
-    let handle = std::fs::File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = kek_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = dir.join(format!(".{name}.lock"));
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}; nothing was changed", path.display()))?;
     rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-        |_| {
-            format!(
-                "another KEK rotation holds the keyring's directory ({}): run this one when it has ended; nothing was changed",
-                dir.display()
-            )
+        |e| {
+            if e == rustix::io::Errno::WOULDBLOCK {
+                format!(
+                    "another KEK rotation holds the keyring's lock ({}): run this one when it has ended; nothing was changed",
+                    path.display()
+                )
+            } else {
+                format!("cannot lock {}: {e}; nothing was changed", path.display())
+            }
         },
     )?;
     Ok(handle)
@@ -81,11 +95,19 @@ fn lock_keyring_dir(kek_file: &std::path::Path) -> Result<std::fs::File, String>
 
 async fn rotate_held(
     config: &Config,
+    hold: &crate::replica::OfflineHold,
     records: Records,
     actor: &str,
     progress: &dyn Progress,
 ) -> Result<RotationReport, String> {
     let mut keyring = Keyring::load(&config.kek_file()).map_err(|e| e.to_string())?;
+    // The store's record of the version, read before the keyring is checked against the
+    // store: the re-wrap lands only if no other rotation committed since.
+    let kek_as_read = records
+        .store()
+        .get(crate::store::Table::KeyMeta, "kek")
+        .await
+        .map_err(|e| e.to_string())?;
     // The keyring must open the store as it is now: one that lacks the version the store was
     // last rotated to, or holds another key under it (a copy saved by a rotation elsewhere),
     // would wrap every data key afresh from keys it cannot read, or lose the newer ones.
@@ -117,7 +139,9 @@ async fn rotate_held(
     let rewrapped: usize = counts.iter().map(|(_, n)| n).sum();
     // The store remembers the version it was rotated to: a daemon started with a stale copy
     // of the keyring (one without it) refuses to start.
-    batch.record_kek_version(new);
+    batch.record_kek_version(new, kek_as_read.as_deref());
+    // Still this rotation's store, before anything is saved or recorded.
+    hold.confirm().await?;
     keyring
         .save(&config.kek_file())
         .map_err(|e| e.to_string())?;

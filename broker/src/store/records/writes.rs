@@ -70,7 +70,13 @@ impl Record for PlatformKeyRecord {
 impl Batch {
     /// Records the KEK version the store's sealed material was last rotated to (read back by
     /// [`Records::kek_active_version`]: a daemon with a keyring lacking it refuses to start).
-    pub fn record_kek_version(&mut self, version: u32) -> &mut Self {
+    /// It must still be as the rotation read it (`as_read`, or absent): two rotations of
+    /// one store, whatever else keeps them apart, cannot both land.
+    pub fn record_kek_version(&mut self, version: u32, as_read: Option<&[u8]>) -> &mut Self {
+        match as_read {
+            Some(raw) => self.push(Op::ExpectValue(Table::KeyMeta, "kek".into(), raw.to_vec())),
+            None => self.push(Op::ExpectAbsent(Table::KeyMeta, "kek".into())),
+        };
         let value = format!("{{\"active_version\":{version}}}").into_bytes();
         self.push(Op::Put(Table::KeyMeta, "kek".into(), value))
     }
@@ -151,5 +157,45 @@ impl Batch {
                 .push(Op::ExpectAbsent(Table::Identifiers, key.to_owned()))
                 .push(Op::Put(Table::Identifiers, key.to_owned(), encode(value))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::store::records::Records;
+    use crate::store::sled_store::SledStore;
+    use crate::store::{Batch, StoreError, Table};
+
+    /// Two rotations of one store cannot both land: each records the new KEK version only
+    /// over the record it read (none, or the version before).
+    #[tokio::test]
+    async fn a_kek_version_lands_only_over_the_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let raw = || async { records.store().get(Table::KeyMeta, "kek").await.unwrap() };
+        let none = raw().await;
+        let mut first = Batch::new();
+        first.record_kek_version(2, none.as_deref());
+        let mut second = Batch::new();
+        second.record_kek_version(2, none.as_deref());
+        records.commit(first).await.unwrap();
+        assert!(matches!(
+            records.commit(second).await,
+            Err(StoreError::Precondition { .. })
+        ));
+        assert_eq!(records.kek_active_version().await.unwrap(), Some(2));
+        let read = raw().await;
+        let mut next = Batch::new();
+        next.record_kek_version(3, read.as_deref());
+        records.commit(next).await.unwrap();
+        let mut stale = Batch::new();
+        stale.record_kek_version(4, read.as_deref());
+        assert!(matches!(
+            records.commit(stale).await,
+            Err(StoreError::Precondition { .. })
+        ));
+        assert_eq!(records.kek_active_version().await.unwrap(), Some(3));
     }
 }
