@@ -247,9 +247,16 @@ impl AdminService {
             return pages::invalid();
         };
         let link = read.value.clone();
-        if self.link_target(&link).await.is_err() {
-            self.count_intake("invalid_link", false);
-            return pages::invalid();
+        match self.link_target(&link).await {
+            Ok(_) => {}
+            Err(e) if e.code == ErrorCode::Conflict => {
+                self.count_intake("invalid_link", false);
+                return pages::invalid();
+            }
+            Err(_) => {
+                self.count_intake("unavailable", false);
+                return pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again.");
+            }
         }
         // A link acts for the operator who made it: once that operator is disabled or
         // removed, their links are dead too (an offboarded operator must not keep a way to
@@ -429,18 +436,23 @@ impl AdminService {
         //    (or used up) meanwhile, on any replica, writes nothing.
         let written = {
             let _guard = self.lock.lock().await;
-            let plan = self
-                .plan_secret_write(
-                    &link.binding,
-                    fields,
-                    None,
-                    super::secrets::SecretWrite::StageBeside,
-                )
-                .await
-                .map(|mut p| {
-                    p.batch.expect_intake_link(key, read);
-                    p
-                });
+            let plan = async {
+                // The tenant as it is now, a precondition: one disabled since the admission
+                // (on any replica) gets nothing written.
+                let tenant = self.link_target(&link).await?;
+                let mut p = self
+                    .plan_secret_write(
+                        &link.binding,
+                        fields,
+                        None,
+                        super::secrets::SecretWrite::StageBeside,
+                    )
+                    .await?;
+                p.batch.expect_intake_link(key, read);
+                p.batch.expect_unchanged(&tenant);
+                Ok(p)
+            }
+            .await;
             self.commit_plan(
                 Self::intake_event(&link, request_id, "secret.rotate"),
                 plan,
@@ -632,10 +644,18 @@ impl AdminService {
                 "the intake link's connection is gone or disabled",
             )
         };
+        // Gone is gone; a store that cannot be read is not (the caller answers "retry").
+        let gone_if_unknown = |e: ApiError| {
+            if matches!(e.code, ErrorCode::UnknownRecord | ErrorCode::BadRequest) {
+                gone()
+            } else {
+                e
+            }
+        };
         let binding = self
             .binding_or_404(&link.binding)
             .await
-            .map_err(|_| gone())?;
+            .map_err(gone_if_unknown)?;
         let b = &binding.value;
         if b.tenant.as_str() != link.tenant
             || b.created_at != link.binding_created_at
@@ -643,7 +663,10 @@ impl AdminService {
         {
             return Err(gone());
         }
-        let tenant = self.tenant_or_404(&link.tenant).await.map_err(|_| gone())?;
+        let tenant = self
+            .tenant_or_404(&link.tenant)
+            .await
+            .map_err(gone_if_unknown)?;
         if tenant.value.status != crate::model::Status::Active {
             return Err(gone());
         }
@@ -657,8 +680,12 @@ impl AdminService {
     /// changed under the write) is not the link's.
     async fn link_died(&self, e: &ApiError, key: &str, link: &IntakeLink) -> bool {
         e.code == ErrorCode::OperatorRequired
-            || (e.code == ErrorCode::Conflict
-                && (!self.intake_link_live(key).await || self.link_target(link).await.is_err()))
+            || (matches!(e.code, ErrorCode::Conflict | ErrorCode::UnknownRecord)
+                && (!self.intake_link_live(key).await
+                    || self
+                        .link_target(link)
+                        .await
+                        .is_err_and(|t| t.code == ErrorCode::Conflict)))
     }
 
     /// Whether intake link `key` (`intake:<hash>`) could take another submission: stored,
