@@ -305,7 +305,11 @@ impl Config {
                     format!(", line {number}{key}")
                 })
                 .unwrap_or_default();
-            ConfigError(format!("{}{line}: {}", path.display(), e.message()))
+            ConfigError(format!(
+                "{}{line}: {}",
+                path.display(),
+                without_values(e.message())
+            ))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -458,14 +462,45 @@ impl Config {
 }
 
 /// Whether `name` can be an environment variable's name as a config names one: a letter
-/// or `_`, then letters, digits and `_`, at most 128 bytes.
+/// or `_`, then letters, digits, `_`, `.` and `-` (which systemd and Kubernetes allow), at
+/// most 128 bytes. A URL (`:`, `/`) or a keyring's JSON (`{`, `"`) is none.
 fn env_var_name(name: &str) -> bool {
     name.len() <= 128
         && name
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A TOML or serde error message with the values it quotes left out: `unknown variant
+/// `…``, `string "…"` (a URL with its password put where another value belongs). The
+/// expected values and the key names stay.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let next = [("unknown variant `", '`'), ("string \"", '"')]
+            .iter()
+            .filter_map(|(open, close)| rest.find(open).map(|i| (i, *open, *close)))
+            .min_by_key(|(i, _, _)| *i);
+        let Some((i, open, close)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let after = i + open.len();
+        out.push_str(&rest[..after]);
+        out.push('…');
+        match rest[after..].find(close) {
+            Some(end) => {
+                out.push(close);
+                rest = &rest[after + end + close.len_utf8()..];
+            }
+            None => return out,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -604,6 +639,35 @@ client_ca = "ca.crt"
         }
         let good = format!("{MIN}\n[keys]\nkek_env = \"CREDBROKER_KEK_2\"\n");
         assert!(Config::load(&write(dir.path(), &good)).is_ok());
+        let good = format!("{MIN}\n[keys]\nkek_env = \"credbroker.kek-2\"\n");
+        assert!(Config::load(&write(dir.path(), &good)).is_ok());
+    }
+
+    /// A value put where another kind belongs is not quoted by the parser's message either
+    /// (an enum's unknown variant, a string where a number goes); what was expected is.
+    #[test]
+    fn a_misplaced_value_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        for (section, expected) in [
+            ("[store]\nbackend", "expected `sled` or `postgres`"),
+            ("[store]\npool_size", "expected"),
+            ("[log]\nlevel = \"info\"\nformat", "expected"),
+        ] {
+            let bad =
+                format!("{MIN}\n{section} = \"postgresql://u:secret-pw@db/x?sslmode=require\"\n");
+            let err = Config::load(&write(dir.path(), &bad)).unwrap_err().0;
+            assert!(!err.contains("secret-pw"), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
+        assert_eq!(
+            without_values("unknown variant `a:b`, expected `x`"),
+            "unknown variant `…`, expected `x`"
+        );
+        assert_eq!(
+            without_values("invalid type: string \"p\", expected u32"),
+            "invalid type: string \"…\", expected u32"
+        );
+        assert_eq!(without_values("string \"unterminated"), "string \"…");
     }
 
     #[test]
