@@ -43,10 +43,9 @@ pub trait ClientAuth: Send + Sync {
 
     /// What it is, in a refusal that can reach a customer's browser (an install link's
     /// callback): its kind and version, never the FIC's subject or a certificate's
-    /// thumbprint.
-    fn name(&self) -> String {
-        self.label()
-    }
+    /// thumbprint. (Required of every credential type: a default of [`ClientAuth::label`]
+    /// would let a new one say more than it should.)
+    fn name(&self) -> String;
 }
 
 /// A federated credential: the broker's own issuer signs the assertion (`sub` the FIC's
@@ -102,6 +101,10 @@ impl ClientAuth for ClientSecret {
 
     fn label(&self) -> String {
         format!("client secret v{}", self.version)
+    }
+
+    fn name(&self) -> String {
+        self.label()
     }
 }
 
