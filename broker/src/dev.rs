@@ -124,7 +124,7 @@ fn ensure_pki(data_dir: &Path) -> Result<(), DevError> {
     if names.iter().all(|n| pki.join(n).exists()) {
         return Ok(());
     }
-    std::fs::create_dir_all(&pki).map_err(dev_err)?;
+    crate::keys::create_private_dir(&pki).map_err(dev_err)?;
     let ca = CertAuthority::generate("credbroker dev CA").map_err(dev_err)?;
     let server = ca.issue_server(&[], 2).map_err(dev_err)?;
     let worker = ca
@@ -155,14 +155,8 @@ fn ensure_pki(data_dir: &Path) -> Result<(), DevError> {
 /// # Errors
 /// On I/O or key generation failure.
 pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> {
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(|e| DevError(format!("{}: {e}", data_dir.display())))?;
-    }
+    crate::keys::create_private_dir(data_dir)
+        .map_err(|e| DevError(format!("{}: {e}", data_dir.display())))?;
     let data_dir = data_dir.canonicalize().map_err(dev_err)?;
     check_own_dir(&data_dir)?;
     ensure_pki(&data_dir)?;

@@ -96,11 +96,13 @@ fn files(config: &Config, out: &mut Vec<Finding>) {
             "correct the path, or create the keys with `credbroker init --config FILE` (it creates only what is missing)",
         ));
     }
-    // The data directory: tenants, bindings, the audit log (who resolved what) are the
-    // daemon's user's alone. Created 0700 by the broker; one made by hand may be wider.
+    // The data directory: tenants, bindings, the audit log (who resolved what) are not for
+    // other users of the host. Created 0700 by the broker; one made by hand may be wider.
+    // Group access is the deployment's choice (a Kubernetes volume's fsGroup is re-applied
+    // at every mount), so only access by others is named.
     if let Ok(meta) = std::fs::metadata(&config.data_dir) {
         let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & 0o007 != 0 {
             out.push(Finding::warn(
                 "permissions.data_dir",
                 format!(
