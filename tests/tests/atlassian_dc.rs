@@ -146,6 +146,26 @@ async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
     ] {
         assert!(records.iter().any(|r| r["action"] == action), "{action}");
     }
+    // The intent, recorded before any upstream effect, names the revocation as well as the
+    // creation: an old PAT revoked at the instance is never without a record, should the
+    // log fail between the revocation and its own record.
+    let intent = records
+        .iter()
+        .position(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "allowed")
+        .unwrap();
+    let revocation = records
+        .iter()
+        .position(|r| r["action"] == "secret.revoke_upstream")
+        .unwrap();
+    assert!(intent < revocation);
+    assert!(
+        records[intent]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the superseded secret is revoked upstream"),
+        "{}",
+        records[intent]
+    );
     let audit = serde_json::to_string(&records).unwrap();
     assert!(!audit.contains(&old.raw) && !audit.contains(&new.raw));
     assert!(!daemon.logs().contains(&new.raw));
