@@ -525,3 +525,32 @@ impl ReloadableTls {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The served key's mode rule: owner only, or group read for a root-owned key; never
+    /// others, never group write or execute.
+    #[test]
+    fn served_key_modes() {
+        for (mode, root_owned, open) in [
+            (0o600, false, false),
+            (0o400, false, false),
+            (0o640, false, true),
+            (0o644, false, true),
+            (0o600, true, false),
+            (0o640, true, false),
+            (0o440, true, false),
+            (0o660, true, true),
+            (0o650, true, true),
+            (0o644, true, true),
+            (0o604, true, true),
+            (0o641, true, true),
+        ] {
+            assert_eq!(
+                super::key_mode_too_open(mode, root_owned).is_some(),
+                open,
+                "{mode:o} root-owned {root_owned}"
+            );
+        }
+    }
+}

@@ -267,26 +267,6 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
         .await;
     assert!(healthy("w1").await);
 
-    // The server key made readable by others: the reload refuses it, naming the mode, and
-    // the config in force stays (as for any file that does not load).
-    let key_file = pki.dir.join("server.key");
-    let mode = |m| {
-        std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(m))
-            .unwrap()
-    };
-    mode(0o644);
-    reload_cli(&daemon);
-    daemon
-        .wait_log("SIGHUP: reload failed; keeping the previous TLS config", 1)
-        .await;
-    assert!(
-        daemon.logs().contains("has mode 0644: open to others"),
-        "{}",
-        daemon.logs()
-    );
-    assert!(healthy("w1").await);
-    mode(0o600);
-
     // The client CA bundle: replaced by another CA, this PKI's clients are refused and the
     // other CA's are admitted to the handshake.
     let outsider = other
@@ -338,6 +318,26 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     daemon.signal("HUP");
     daemon.wait_log("public listener reload failed", 1).await;
     assert!(!public_ok().await);
+
+    // The server key made readable by others: the reload refuses it, naming the mode, and
+    // the config in force stays (as for any file that does not load).
+    let key_file = pki.dir.join("server.key");
+    let mode = |m| {
+        std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(m))
+            .unwrap()
+    };
+    mode(0o644);
+    reload_cli(&daemon);
+    daemon
+        .wait_log("SIGHUP: reload failed; keeping the previous TLS config", 1)
+        .await;
+    assert!(
+        daemon.logs().contains("has mode 0644: open to others"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(healthy("w1").await);
+    mode(0o600);
 
     daemon.stop();
     assert!(
