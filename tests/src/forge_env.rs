@@ -179,10 +179,13 @@ impl Env {
         let deadline = Instant::now() + SETTLE;
         loop {
             let logs = self.daemon.logs();
+            // Whole lines only: the daemon's last line may be read half written (its
+            // message before its fields).
             let line = logs
-                .lines()
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
                 .find(|l| l.contains(&rid) && l.contains("invocation"))
-                .map(str::to_owned);
+                .map(|l| l.trim_end().to_owned());
             if let Some(line) = line {
                 // Text (`result="bound"`) or JSON (`"result":"bound"`) log lines.
                 let field = |name: &str| {
