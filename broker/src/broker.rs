@@ -235,7 +235,12 @@ impl Broker {
         // while an offline change (a KEK rotation) holds the store, and the change refuses
         // once a replica has joined, so the check never reads a store a rotation rewrites.
         let replica = crate::replica::Replica::join(records.store()).await?;
+        // Renewed from now on: the checks below read the whole store, which on a large
+        // PostgreSQL store can outlast a lease nobody renews.
+        let (stop_renewal, renewal_stopped) = tokio::sync::watch::channel(false);
+        replica.spawn_renewal(renewal_stopped);
         if let Err(e) = keyring_check::check(&records, &keys.keyring).await {
+            let _ = stop_renewal.send(true);
             replica.leave().await;
             return Err(e);
         }
@@ -261,8 +266,6 @@ impl Broker {
                 Some(metrics.audit_batch_size.clone()),
             )?,
         };
-        let (stop_renewal, renewal_stopped) = tokio::sync::watch::channel(false);
-        replica.spawn_renewal(renewal_stopped);
         if let Some(failure) = audit.forensic_failure() {
             // The forensic start is itself on the record, in the chain it continues.
             let event = crate::audit::AuditEvent {

@@ -128,29 +128,15 @@ pub async fn hold_offline(store: Arc<dyn Store>, what: &str) -> Result<OfflineHo
             if !matches!(
                 store.claim_lease(OFFLINE, &holder, LEASE_TTL).await,
                 Ok(true)
-            ) {
-                lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                return;
+            ) && !lost.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                // Kept trying (the lease may come back), but the change commits nothing
+                // now: another one, or a replica, may have started meanwhile.
+                tracing::error!("the offline change's hold on the store could not be renewed; it will commit nothing");
             }
         }
     }));
     Ok(hold)
-}
-
-/// Runs `change` while holding `store` for it ([`hold_offline`]), and gives the hold up
-/// after it, whatever its outcome.
-///
-/// # Errors
-/// As [`hold_offline`], or `change`'s own.
-pub async fn while_held<T>(
-    store: &Arc<dyn Store>,
-    what: &str,
-    change: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    let hold = hold_offline(Arc::clone(store), what).await?;
-    let result = change.await;
-    hold.release().await;
-    result
 }
 
 impl OfflineHold {
@@ -172,7 +158,10 @@ impl OfflineHold {
             .claim_lease(OFFLINE, &self.holder, LEASE_TTL)
             .await
         {
-            Ok(true) => Ok(()),
+            // Granted again, perhaps after it lapsed unnoticed (a process paused past the
+            // lease's end): a replica that started in that gap is looked for, as at the
+            // first claim.
+            Ok(true) => ensure_no_replica_runs(self.store.as_ref()).await,
             _ => Err(lapsed()),
         }
     }

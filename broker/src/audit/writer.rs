@@ -470,31 +470,13 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
 /// command on a PostgreSQL store, which sled's own lock does not keep apart, or two offline
 /// commands) would each chain onto the same last record and fork it.
 fn lock_dir(dir: &std::path::Path) -> Result<File, AuditError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| AuditError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-        |e| AuditError::Open {
-            path: dir.display().to_string(),
-            reason: if e == rustix::io::Errno::WOULDBLOCK {
-                "another credbroker process is writing this audit log (its .lock is held): stop it first".into()
-            } else {
-                format!("cannot lock {}: {e}", path.display())
-            },
+    crate::keys::lock_file(&dir.join(".lock")).map_err(|e| AuditError::Open {
+        path: dir.display().to_string(),
+        reason: match e {
+            crate::keys::LockFailure::Held => "another credbroker process is writing this audit log (its .lock is held): stop it first".into(),
+            crate::keys::LockFailure::Io(e) => e,
         },
-    )?;
-    Ok(file)
+    })
 }
 
 impl AuditLog {

@@ -253,7 +253,8 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         let store = crate::store::open(&config.store, &config.data_dir)
             .await
             .map_err(|e| e.to_string())?;
-        crate::replica::while_held(&store, "operator registration", async {
+        let hold = crate::replica::hold_offline(std::sync::Arc::clone(&store), "operator registration").await?;
+        let result = async {
         let records = crate::store::records::Records::new(std::sync::Arc::clone(&store));
         if records
             .operator(&id)
@@ -298,6 +299,11 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
             detail: Some(format!("operator={id} registered offline")),
             ..Default::default()
         };
+        // Still this command's store, before anything is recorded.
+        if let Err(e) = hold.confirm().await {
+            log.close();
+            return Err(e);
+        }
         let appended = log.append(event).await;
         if let Err(e) = appended {
             log.close();
@@ -306,8 +312,10 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         let committed = records.commit(batch).await.map_err(|e| e.to_string());
         log.close();
         committed
-        })
-        .await
+        }
+        .await;
+        hold.release().await;
+        result
     })?;
     println!("operator {id} registered; only registered, active operators administer from now on");
     Ok(ExitCode::SUCCESS)

@@ -74,8 +74,8 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| format!("PostgreSQL store: {e}"))?,
         );
-        let held: std::sync::Arc<dyn crate::store::Store> = target.clone();
-        crate::replica::while_held(&held, "store move", async {
+        let hold = crate::replica::hold_offline(target.clone(), "store move").await?;
+        let result = async {
         let target = target.as_ref();
         migrate::begin(target, &actor).await?;
         let started = std::time::Instant::now();
@@ -95,6 +95,8 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
         );
         let checked = migrate::verify(&source, target).await?;
         println!("verified {checked} records: every key and value identical in both stores");
+        // Still this command's store, before the move is recorded and finished.
+        hold.confirm().await?;
         // On the record before brokers may open the database.
         audit_migration(&config, &actor, total).await?;
         migrate::finish(target).await?;
@@ -104,8 +106,10 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
             config.audit_dir().display()
         );
         Ok(ExitCode::SUCCESS)
-        })
-        .await
+        }
+        .await;
+        hold.release().await;
+        result
     })
 }
 

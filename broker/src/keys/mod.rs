@@ -153,6 +153,42 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Why [`lock_file`] did not take its lock.
+#[derive(Debug)]
+pub enum LockFailure {
+    /// Another process holds it.
+    Held,
+    /// The file could not be opened or locked (the message names it).
+    Io(String),
+}
+
+/// Takes an exclusive `flock` on the lock file `path` (made 0600 if missing, never through
+/// a symbolic link), held while the returned handle lives; refused at once, not waited
+/// for, when another process holds it.
+///
+/// # Errors
+/// [`LockFailure::Held`], or the I/O failure.
+pub fn lock_file(path: &Path) -> Result<fs::File, LockFailure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| LockFailure::Io(format!("{}: {e}", path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(LockFailure::Held),
+        Err(e) => Err(LockFailure::Io(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600.
 ///
 /// # Errors

@@ -59,38 +59,18 @@ pub async fn rotate_kek(
 /// it, held while the returned handle lives. (Not on the keyring itself: a save replaces the
 /// file by a rename, so a lock on it would not outlive the first save.)
 fn lock_keyring(kek_file: &std::path::Path) -> Result<std::fs::File, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = kek_file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| std::path::Path::new("."));
     let name = kek_file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let path = dir.join(format!(".{name}.lock"));
-    let handle = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}; nothing was changed", path.display()))?;
-    rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-        |e| {
-            if e == rustix::io::Errno::WOULDBLOCK {
-                format!(
-                    "another KEK rotation holds the keyring's lock ({}): run this one when it has ended; nothing was changed",
-                    path.display()
-                )
-            } else {
-                format!("cannot lock {}: {e}; nothing was changed", path.display())
-            }
-        },
-    )?;
-    Ok(handle)
+    let path = kek_file.with_file_name(format!(".{name}.lock"));
+    crate::keys::lock_file(&path).map_err(|e| match e {
+        crate::keys::LockFailure::Held => format!(
+            "another KEK rotation holds the keyring's lock ({}): run this one when it has ended; nothing was changed",
+            path.display()
+        ),
+        crate::keys::LockFailure::Io(e) => format!("{e}; nothing was changed"),
+    })
 }
 
 async fn rotate_held(
@@ -104,8 +84,7 @@ async fn rotate_held(
     // The store's record of the version, read before the keyring is checked against the
     // store: the re-wrap lands only if no other rotation committed since.
     let kek_as_read = records
-        .store()
-        .get(crate::store::Table::KeyMeta, "kek")
+        .kek_version_as_read()
         .await
         .map_err(|e| e.to_string())?;
     // The keyring must open the store as it is now: one that lacks the version the store was
@@ -172,7 +151,30 @@ async fn rotate_held(
             "audit append failed; data keys not re-wrapped: {e}"
         ));
     }
-    if let Err(e) = records.commit(batch).await {
+    let committed = records.commit(batch).await;
+    if let Err(crate::store::StoreError::Precondition { .. }) = &committed {
+        // Another rotation landed first (their holds overlapped): the store is on its
+        // version, which this keyring (saved above) holds another key under.
+        let failed = AuditEvent {
+            kind: "admin".into(),
+            action: "keys.rotate_kek".into(),
+            request_id,
+            actor: actor.to_owned(),
+            outcome: "failed".into(),
+            error_code: Some("conflict".into()),
+            detail: Some(format!(
+                "kek {old} -> {new}: another rotation of this store committed first; nothing was re-wrapped by this one"
+            )),
+            ..Default::default()
+        };
+        let _ = log.append(failed).await;
+        log.close();
+        return Err(format!(
+            "the store changed under this rotation (another KEK rotation of it committed first): nothing was re-wrapped by this one, and the keyring file saved here holds a version {new} the store does not use. Copy the keyring from the host whose rotation landed over this one ({}) before starting a broker with it",
+            config.kek_file().display()
+        ));
+    }
+    if let Err(e) = committed {
         // The record above says the rotation was allowed; this one says it did not land
         // (or that its outcome is not known: an answer lost after the commit). Either way
         // the keyring holds both versions, so every data key stays openable.

@@ -628,6 +628,15 @@ impl Records {
             .await
     }
 
+    /// The store's record of its KEK version exactly as stored (none before the first
+    /// rotation): what [`Batch::record_kek_version`] is to find unchanged.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn kek_version_as_read(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.get(Table::KeyMeta, "kek").await
+    }
+
     /// The KEK version the store was last rotated to, if recorded.
     ///
     /// # Errors

@@ -166,7 +166,7 @@ mod tests {
 
     use crate::store::records::Records;
     use crate::store::sled_store::SledStore;
-    use crate::store::{Batch, StoreError, Table};
+    use crate::store::{Batch, StoreError};
 
     /// Two rotations of one store cannot both land: each records the new KEK version only
     /// over the record it read (none, or the version before).
@@ -174,7 +174,7 @@ mod tests {
     async fn a_kek_version_lands_only_over_the_one_read() {
         let dir = tempfile::tempdir().unwrap();
         let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
-        let raw = || async { records.store().get(Table::KeyMeta, "kek").await.unwrap() };
+        let raw = || async { records.kek_version_as_read().await.unwrap() };
         let none = raw().await;
         let mut first = Batch::new();
         first.record_kek_version(2, none.as_deref());
