@@ -229,13 +229,15 @@ impl AdminService {
     ) -> IntakeAnswer {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let token_hash = sha256_hex(token.as_bytes());
+        // A store that cannot be read answers "try again", never a live link dead.
         let found = if token_ok(token) {
-            self.core
-                .records
-                .intake_link(&token_hash)
-                .await
-                .ok()
-                .flatten()
+            match self.core.records.intake_link(&token_hash).await {
+                Ok(found) => found,
+                Err(_) => {
+                    self.count_intake("unavailable", false);
+                    return pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again.");
+                }
+            }
         } else {
             None
         };
@@ -428,7 +430,13 @@ impl AdminService {
                 .await
             {
                 Ok(Some(fresh)) => fresh,
-                _ => return pages::invalid(),
+                Ok(None) => return pages::invalid(),
+                Err(_) => {
+                    return pages::refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The credential could not be stored; open the link again and retry.",
+                    )
+                }
             }
         };
         let (key, read) = (key.as_str(), &read);
@@ -476,7 +484,22 @@ impl AdminService {
         // 2. Probed against the source system.
         let binding = match self.binding_or_404(&link.binding).await {
             Ok(b) => b.value,
-            Err(_) => return pages::invalid(),
+            // Not probed: the version just written is not left staged for a later
+            // promotion (nor in the way of the link's next submission).
+            Err(e) => {
+                self.drop_intake_pending(
+                    &link,
+                    request_id,
+                    version,
+                    &format!("{by}; not probed ({})", e.code),
+                )
+                .await;
+                return if e.code == ErrorCode::UnknownRecord {
+                    pages::invalid()
+                } else {
+                    pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again.")
+                };
+            }
         };
         let probed = self
             .probe_pending(
