@@ -430,7 +430,7 @@ impl Config {
         ] {
             if name.as_deref().is_some_and(|n| !env_var_name(n)) {
                 return Err(ConfigError(format!(
-                    "{setting} must be the name of an environment variable (a letter or '_', then letters, digits and '_'; at most 128), not its value; the value was not printed"
+                    "{setting} must be the name of an environment variable (a letter or '_', then letters, digits, '_', '.' and '-'; at most 128), not its value; the value was not printed"
                 )));
             }
         }
@@ -477,26 +477,52 @@ fn env_var_name(name: &str) -> bool {
 
 /// A TOML or serde error message with the values it quotes left out: `unknown variant
 /// `…``, `string "…"` (a URL with its password put where another value belongs). The
-/// expected values and the key names stay.
+/// expected values and the key names stay. A quoted string ends at its first unescaped
+/// `"` (serde escapes the value's own); a variant's name, printed as it is, where serde's
+/// "`, expected" (or "`, there are no variants") follows it (it may hold backticks itself).
 fn without_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     loop {
-        let next = [("unknown variant `", '`'), ("string \"", '"')]
-            .iter()
-            .filter_map(|(open, close)| rest.find(open).map(|i| (i, *open, *close)))
-            .min_by_key(|(i, _, _)| *i);
-        let Some((i, open, close)) = next else {
+        let variant = rest.find("unknown variant `").map(|i| (i, true));
+        let string = rest.find("string \"").map(|i| (i, false));
+        let next = match (variant, string) {
+            (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let Some((i, is_variant)) = next else {
             out.push_str(rest);
             return out;
+        };
+        let open = if is_variant {
+            "unknown variant `"
+        } else {
+            "string \""
         };
         let after = i + open.len();
         out.push_str(&rest[..after]);
         out.push('…');
-        match rest[after..].find(close) {
-            Some(end) => {
-                out.push(close);
-                rest = &rest[after + end + close.len_utf8()..];
+        let value = &rest[after..];
+        let end = if is_variant {
+            value
+                .rfind("`, expected")
+                .or_else(|| value.rfind("`, there are no variants"))
+                .map(|e| (e, 1))
+        } else {
+            let mut escaped = false;
+            value
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '"' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map(|(e, _)| (e, 1))
+        };
+        match end {
+            Some((e, close)) => {
+                out.push_str(&value[e..e + close]);
+                rest = &value[e + close..];
             }
             None => return out,
         }
@@ -668,6 +694,19 @@ client_ca = "ca.crt"
             "invalid type: string \"…\", expected u32"
         );
         assert_eq!(without_values("string \"unterminated"), "string \"…");
+        // The value's own quotes and backticks end nothing.
+        assert_eq!(
+            without_values(r#"invalid type: string "pa\"ss:w`d@db", expected u32"#),
+            r#"invalid type: string "…", expected u32"#
+        );
+        assert_eq!(
+            without_values("unknown variant `a`, b`, expected `sled` or `postgres`"),
+            "unknown variant `…`, expected `sled` or `postgres`"
+        );
+        assert_eq!(
+            without_values("unknown variant `x`, expected one of `a`, `b`, `c`"),
+            "unknown variant `…`, expected one of `a`, `b`, `c`"
+        );
     }
 
     #[test]
