@@ -166,9 +166,10 @@ impl AdminService {
         intent.outcome = "allowed".into();
         // Every upstream effect the rotation may have is named here, before any: the
         // successor's creation, and the revocations that follow it (the superseded secret
-        // once its successor is promoted; a successor left by a failed creation).
+        // once its successor is promoted; a successor not promoted, or left by a failed
+        // creation).
         intent.detail = Some(format!(
-            "binding={id} the active secret (version {}) asks the upstream for its successor; once the successor is promoted, the superseded secret is revoked upstream (a successor left by a failed creation is looked for and revoked)",
+            "binding={id} the active secret (version {}) asks the upstream for its successor; once the successor is promoted, the superseded secret is revoked upstream (a successor that is not promoted is revoked again; one a failed creation may have left is looked for and revoked)",
             started_from.map_or("?".to_owned(), |v| v.to_string())
         ));
         // Through the one pipeline, so on the operator's record as admitted: an operator
