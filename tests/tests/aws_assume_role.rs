@@ -2413,50 +2413,34 @@ async fn an_oversized_sts_answer_is_cut_not_buffered() {
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
 }
 
-/// A malicious or broken STS answering an active binding's mint with a session in another
-/// account than the role's: not handed out (the probe refuses activation for the same
-/// reason, but a mint must not rely on the probe having seen the same answer).
+/// A malicious or broken STS answering an active binding's mint with a session that is not
+/// the role's: in another account, or of another role of the same account (two tenants may
+/// each bind a role of one AWS account). Not handed out; and a probe refuses activation for
+/// the same reason, though a mint must not rely on the probe having seen the same answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_in_another_account_is_never_handed_out() {
-    let mut env = start().await;
-    let (_, arn) = active_aws_binding(&mut env).await;
-    env.sts
-        .state
-        .roles
-        .lock()
-        .unwrap()
-        .get_mut(&arn)
-        .unwrap()
-        .report_account = Some("333333333333".into());
-    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
-    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
-    assert!(message(&v).contains("account 333333333333"), "{v}");
-    assert!(v["credentials"].is_null(), "{v}");
-}
-
-/// The same from a session of another role of the same account (two tenants may each bind
-/// a role of one AWS account): a mint is not handed out, and a probe refuses activation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_of_another_role_of_the_account_is_never_handed_out() {
-    let mut env = start().await;
-    let (_, arn) = active_aws_binding(&mut env).await;
-    env.sts
-        .state
-        .roles
-        .lock()
-        .unwrap()
-        .get_mut(&arn)
-        .unwrap()
-        .report_role = Some("OtherTenantsRole".into());
-    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
-    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
-    assert!(
-        message(&v).contains("another role than the binding's"),
-        "{v}"
-    );
-    assert!(v["credentials"].is_null(), "{v}");
-    let (s, v) = probe(&mut env, "aws1").await;
-    assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
+async fn a_session_not_of_the_bindings_role_is_never_handed_out() {
+    type Lie = fn(&mut FakeRole);
+    let cases: [(Lie, &str); 2] = [
+        (
+            |r| r.report_account = Some("333333333333".into()),
+            "account 333333333333",
+        ),
+        (
+            |r| r.report_role = Some("OtherTenantsRole".into()),
+            "another role than the binding's",
+        ),
+    ];
+    for (lie, says) in cases {
+        let mut env = start().await;
+        let (_, arn) = active_aws_binding(&mut env).await;
+        lie(env.sts.state.roles.lock().unwrap().get_mut(&arn).unwrap());
+        let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
+        assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+        assert!(message(&v).contains(says), "{v}");
+        assert!(v["credentials"].is_null(), "{v}");
+        let (s, v) = probe(&mut env, "aws1").await;
+        assert_eq!((s, code(&v)), (422, "account_mismatch"), "{v}");
+    }
 }
 
 /// An enable racing the binding's creation (its routing found no binding yet) never

@@ -173,6 +173,20 @@ async fn a_stored_secret_still_serves_while_the_federated_credential_does_not_ma
     );
 }
 
+/// The customer's browser opens the consent link of `state` and comes back from Entra
+/// having consented: the callback's answer.
+async fn consent(env: &IssuerEnv, state: &str) -> (u16, Value) {
+    let mut public = public_client(&env.pki, &env.issuer);
+    let (status, cookie, _) = fake_entra::open_link(&mut public, state).await;
+    assert_eq!(status, 302);
+    fake_entra::callback(
+        &mut public,
+        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        cookie.as_deref(),
+    )
+    .await
+}
+
 /// A deployment with no stored secret at all (the README's end state) still onboards
 /// customers: the consent is confirmed with the federated assertion (it used to be refused
 /// with "no Entra app credential is active" before a link was issued).
@@ -181,15 +195,7 @@ async fn a_consent_is_confirmed_with_the_federated_credential_alone() {
     let (mut env, entra) = start().await;
     entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
     let state = fake_entra::onboard(&mut env.op, "t1", ACME).await;
-    let mut public = public_client(&env.pki, &env.issuer);
-    let (status, cookie, _) = fake_entra::open_link(&mut public, &state).await;
-    assert_eq!(status, 302);
-    let (status, v) = fake_entra::callback(
-        &mut public,
-        &format!("admin_consent=True&tenant={ACME}&state={state}"),
-        cookie.as_deref(),
-    )
-    .await;
+    let (status, v) = consent(&env, &state).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("active")), "{v}");
     assert!(
         entra.client_auths(ACME).iter().all(|a| a == "federated"),
@@ -207,15 +213,7 @@ async fn a_refused_consent_shows_the_browser_no_credential_detail() {
     entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
     let state = fake_entra::onboard(&mut env.op, "t1", ACME).await;
     entra.set_federated_credential(&env.issuer, "someone-else", FIC_AUDIENCE, env.jwks().await);
-    let mut public = public_client(&env.pki, &env.issuer);
-    let (status, cookie, _) = fake_entra::open_link(&mut public, &state).await;
-    assert_eq!(status, 302);
-    let (status, v) = fake_entra::callback(
-        &mut public,
-        &format!("admin_consent=True&tenant={ACME}&state={state}"),
-        cookie.as_deref(),
-    )
-    .await;
+    let (status, v) = consent(&env, &state).await;
     assert_ne!(status, 200, "{v}");
     let shown = v.to_string();
     assert!(shown.contains("700213"), "{shown}");

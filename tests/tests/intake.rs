@@ -563,14 +563,7 @@ async fn a_tenant_disabled_during_the_probe_does_not_get_it_promoted() {
     let (path, _) = create_link(&mut op, 3600).await;
     let submitting = submit_while_probing(&pki, &daemon, &sn, &mut public, &path).await;
     set_status(&mut op, "tenants/t1", "disable").await;
-    assert!(!submitting.is_finished(), "the probe had to be under way");
-    *sn.state.delay_ms.lock().unwrap() = 0;
-    let p = submitting.await.unwrap();
-    assert_eq!(p.status, 404, "{}", p.html);
-    let (_, b): (u16, Value) =
-        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
-    assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
-    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    let b = dead_after_its_probe(&sn, submitting, &mut op).await;
     assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
 }
 
@@ -646,6 +639,24 @@ async fn a_submission_probing_at_a_stop_is_recorded_before_the_log_closes() {
     );
 }
 
+/// The end of a submission whose link died while its probe ran (held by the fake source):
+/// the probe released, the page answers as a dead link, and the binding has neither an
+/// active nor a pending version (nothing left for a later promotion). The binding's record.
+async fn dead_after_its_probe(
+    sn: &FakeServiceNow,
+    submitting: tokio::task::JoinHandle<Page>,
+    op: &mut BrokerClient,
+) -> Value {
+    assert!(!submitting.is_finished(), "the probe had to be under way");
+    *sn.state.delay_ms.lock().unwrap() = 0;
+    let p = submitting.await.unwrap();
+    assert_eq!(p.status, 404, "{}", p.html);
+    let (_, b): (u16, Value) = call(op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    b
+}
+
 /// A link acts for its creator to the end: a creator disabled while a submission's probe
 /// runs at the source system does not get the secret promoted — the link answers as dead,
 /// the refusal is audited, the binding keeps no active version, and the pending version is
@@ -656,13 +667,7 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
     let theirs = second_operators_link(&pki, &daemon, &mut op).await;
     let submitting = submit_while_probing(&pki, &daemon, &sn, &mut public, &theirs).await;
     disable_op2(&mut op).await;
-    assert!(!submitting.is_finished(), "the probe had to be under way");
-    *sn.state.delay_ms.lock().unwrap() = 0;
-    let p = submitting.await.unwrap();
-    assert_eq!(p.status, 404, "{}", p.html);
-    let (_, b): (u16, Value) =
-        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
-    assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
+    let b = dead_after_its_probe(&sn, submitting, &mut op).await;
     let refused = daemon
         .audit_records()
         .into_iter()
@@ -697,14 +702,7 @@ async fn a_link_revoked_during_the_probe_leaves_nothing_to_promote() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    assert!(!submitting.is_finished(), "the probe had to be under way");
-    *sn.state.delay_ms.lock().unwrap() = 0;
-    let p = submitting.await.unwrap();
-    assert_eq!(p.status, 404, "{}", p.html);
-    let (_, b): (u16, Value) =
-        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
-    assert!(b["binding"]["active_secret_version"].is_null(), "{b}");
-    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    let b = dead_after_its_probe(&sn, submitting, &mut op).await;
     let written = b["binding"]["last_secret_version"].as_u64().unwrap();
     assert_eq!(written, 1, "{b}");
     let (s, v) = promote(&mut op, "acme-snow", written).await;
