@@ -150,8 +150,6 @@ pub struct Core {
     bound: Arc<BoundMap>,
     /// This broker's replica id and leadership.
     pub(crate) replica: Arc<crate::replica::Replica>,
-    /// Stops renewing the replica's leases (at shutdown).
-    stop_renewal: tokio::sync::watch::Sender<bool>,
     /// Last uses, reveal budgets, verification log budget.
     pub(crate) governance: crate::governance::Governance,
     settings: BrokerSettings,
@@ -237,139 +235,143 @@ impl Broker {
         let replica = crate::replica::Replica::join(records.store()).await?;
         // Renewed from now on: the checks below read the whole store, which on a large
         // PostgreSQL store can outlast a lease nobody renews.
-        let (stop_renewal, renewal_stopped) = tokio::sync::watch::channel(false);
-        replica.spawn_renewal(renewal_stopped);
-        if let Err(e) = keyring_check::check(&records, &keys.keyring).await {
-            let _ = stop_renewal.send(true);
-            replica.leave().await;
-            return Err(e);
-        }
-        let audit = match (replica.id(), replica.lease()) {
-            // A shared store: this replica's chain in the database.
-            (Some(id), Some(lease)) => {
-                AuditLog::open_database(
+        replica.spawn_renewal();
+        // A start that fails from here on stops the renewal and gives the leases up at once
+        // (the task would otherwise keep them alive in a process that goes on).
+        let held = Arc::clone(&replica);
+        let opened = async move {
+            keyring_check::check(&records, &keys.keyring).await?;
+            let audit = match (replica.id(), replica.lease()) {
+                // A shared store: this replica's chain in the database.
+                (Some(id), Some(lease)) => {
+                    AuditLog::open_database(
+                        settings.audit.clone(),
+                        keys.audit_signer,
+                        Some(metrics.audit_batch_size.clone()),
+                        &settings.store,
+                        crate::audit::chains::ChainOwner {
+                            replica: id,
+                            lease,
+                            holder: replica.holder().to_owned(),
+                        },
+                    )
+                    .await?
+                }
+                _ => AuditLog::open_observed(
                     settings.audit.clone(),
                     keys.audit_signer,
                     Some(metrics.audit_batch_size.clone()),
-                    &settings.store,
-                    crate::audit::chains::ChainOwner {
-                        replica: id,
-                        lease,
-                        holder: replica.holder().to_owned(),
-                    },
-                )
-                .await?
-            }
-            _ => AuditLog::open_observed(
-                settings.audit.clone(),
-                keys.audit_signer,
-                Some(metrics.audit_batch_size.clone()),
-            )?,
-        };
-        if let Some(failure) = audit.forensic_failure() {
-            // The forensic start is itself on the record, in the chain it continues.
-            let event = crate::audit::AuditEvent {
-                kind: "admin".into(),
-                action: "audit.forensic_start".into(),
-                request_id: crate::server::new_request_id(),
-                actor: "credbroker:start".into(),
-                outcome: "allowed".into(),
-                detail: Some(format!(
-                    "serve --forensic-start on a log that does not verify: {failure}"
-                )),
-                ..Default::default()
+                )?,
             };
-            audit
-                .append(event)
-                .await
-                .map_err(|e| StartError::Other(format!("audit: {e}")))?;
-        }
-        let core = Arc::new(Core {
-            records,
-            keyring: keys.keyring,
-            audit,
-            fingerprint: keys.fingerprint,
-            cache: TokenCache::with_join_counter(
-                settings.cache_max_entries,
-                settings.cache_max_entries_per_tenant,
-                metrics.cache_shared_mints.clone(),
-            ),
-            breakers: Arc::new(
-                crate::breaker::Breakers::with_mint_limits(
-                    settings.breaker.0,
-                    settings.breaker.1,
-                    settings.mint_limits,
-                )
-                .with_own_upstreams(
-                    registry
-                        .providers()
-                        .filter(|p| !p.shares_upstream())
-                        .map(|p| p.id().to_owned()),
+            if let Some(failure) = audit.forensic_failure() {
+                // The forensic start is itself on the record, in the chain it continues.
+                let event = crate::audit::AuditEvent {
+                    kind: "admin".into(),
+                    action: "audit.forensic_start".into(),
+                    request_id: crate::server::new_request_id(),
+                    actor: "credbroker:start".into(),
+                    outcome: "allowed".into(),
+                    detail: Some(format!(
+                        "serve --forensic-start on a log that does not verify: {failure}"
+                    )),
+                    ..Default::default()
+                };
+                audit
+                    .append(event)
+                    .await
+                    .map_err(|e| StartError::Other(format!("audit: {e}")))?;
+            }
+            let core = Arc::new(Core {
+                records,
+                keyring: keys.keyring,
+                audit,
+                fingerprint: keys.fingerprint,
+                cache: TokenCache::with_join_counter(
+                    settings.cache_max_entries,
+                    settings.cache_max_entries_per_tenant,
+                    metrics.cache_shared_mints.clone(),
                 ),
-            ),
-            registry,
-            issuer: settings
-                .issuer
-                .clone()
-                .map(|s| Arc::new(crate::issuer::Issuer::new(s))),
-            metrics,
-            bound: bound.clone(),
-            replica,
-            stop_renewal,
-            pending_reports: Arc::default(),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-            governance: crate::governance::Governance::new(
-                settings.inventory.clone(),
-                settings.webhooks.clone(),
-            ),
-            settings,
-        });
-        let admin = AdminService::new(Arc::clone(&core));
-        let migrated = admin
-            .migrate_platform_key_sealing()
-            .await
-            .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
-        if migrated > 0 {
-            tracing::info!(
-                keys = migrated,
-                "re-sealed platform keys in their own AAD domain"
-            );
+                breakers: Arc::new(
+                    crate::breaker::Breakers::with_mint_limits(
+                        settings.breaker.0,
+                        settings.breaker.1,
+                        settings.mint_limits,
+                    )
+                    .with_own_upstreams(
+                        registry
+                            .providers()
+                            .filter(|p| !p.shares_upstream())
+                            .map(|p| p.id().to_owned()),
+                    ),
+                ),
+                registry,
+                issuer: settings
+                    .issuer
+                    .clone()
+                    .map(|s| Arc::new(crate::issuer::Issuer::new(s))),
+                metrics,
+                bound: bound.clone(),
+                replica,
+                pending_reports: Arc::default(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                governance: crate::governance::Governance::new(
+                    settings.inventory.clone(),
+                    settings.webhooks.clone(),
+                ),
+                settings,
+            });
+            let admin = AdminService::new(Arc::clone(&core));
+            let migrated = admin
+                .migrate_platform_key_sealing()
+                .await
+                .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
+            if migrated > 0 {
+                tracing::info!(
+                    keys = migrated,
+                    "re-sealed platform keys in their own AAD domain"
+                );
+            }
+            let reclaimed = admin
+                .reclaim_exclusive_identifiers()
+                .await
+                .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
+            if reclaimed > 0 {
+                tracing::warn!(
+                    changes = reclaimed,
+                    "exclusive identifiers re-claimed in their current form (audited as store.migrate)"
+                );
+            }
+            if core
+                .records
+                .operators()
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?
+                .is_empty()
+            {
+                tracing::warn!("no operator records: every operator certificate the client CA accepts may administer until the first operator is registered (credbroker operator add, or credbroker bootstrap-operator offline); register every operator then");
+            }
+            admin
+                .load_all_platform_keys()
+                .await
+                .map_err(|e| StartError::Other(format!("platform keys: {}", e.message)))?;
+            admin
+                .ensure_issuer_key()
+                .await
+                .map_err(|e| StartError::Other(format!("issuer keys: {}", e.message)))?;
+            Ok(Arc::new(Broker {
+                resolver: ResolveService::new(Arc::clone(&core), Arc::clone(&admin)),
+                callbacks: CallbackService::new(Arc::clone(&core), Arc::clone(&admin)),
+                admin,
+                core,
+                shared_started: std::sync::atomic::AtomicU64::new(0),
+                shared_done: tokio::sync::Mutex::new((0, Ok(()))),
+            }))
         }
-        let reclaimed = admin
-            .reclaim_exclusive_identifiers()
-            .await
-            .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
-        if reclaimed > 0 {
-            tracing::warn!(
-                changes = reclaimed,
-                "exclusive identifiers re-claimed in their current form (audited as store.migrate)"
-            );
+        .await;
+        if opened.is_err() {
+            held.leave().await;
         }
-        if core
-            .records
-            .operators()
-            .await
-            .map_err(|e| StartError::Other(e.to_string()))?
-            .is_empty()
-        {
-            tracing::warn!("no operator records: every operator certificate the client CA accepts may administer until the first operator is registered (credbroker operator add, or credbroker bootstrap-operator offline); register every operator then");
-        }
-        admin
-            .load_all_platform_keys()
-            .await
-            .map_err(|e| StartError::Other(format!("platform keys: {}", e.message)))?;
-        admin
-            .ensure_issuer_key()
-            .await
-            .map_err(|e| StartError::Other(format!("issuer keys: {}", e.message)))?;
-        Ok(Arc::new(Broker {
-            resolver: ResolveService::new(Arc::clone(&core), Arc::clone(&admin)),
-            callbacks: CallbackService::new(Arc::clone(&core), Arc::clone(&admin)),
-            admin,
-            core,
-            shared_started: std::sync::atomic::AtomicU64::new(0),
-            shared_done: tokio::sync::Mutex::new((0, Ok(()))),
-        }))
+        opened
     }
 
     /// The shared core.

@@ -42,7 +42,15 @@ pub struct Replica {
     leader_until: Mutex<Option<Instant>>,
     /// Until when this broker's replica id is surely its own.
     id_until: Mutex<Option<Instant>>,
+    /// The renewal task and what stops it: [`Replica::leave`] stops it and waits for it
+    /// before giving the leases up, so a renewal in flight cannot claim them again after.
+    renewal: Mutex<Option<Renewal>>,
 }
+
+type Renewal = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+);
 
 /// Refuses an offline change (KEK rotation, an operator registered offline, a store move)
 /// while brokers run on `store`: on sled its directory lock refuses a running daemon's store;
@@ -213,6 +221,7 @@ impl Replica {
                 holder,
                 leader_until: Mutex::new(None),
                 id_until: Mutex::new(None),
+                renewal: Mutex::new(None),
             }));
         }
         let mut claimed = None;
@@ -245,6 +254,7 @@ impl Replica {
             holder,
             leader_until: Mutex::new(None),
             id_until: Mutex::new(Some(sent + LEASE_TTL - MARGIN)),
+            renewal: Mutex::new(None),
         });
         replica.try_lead().await;
         tracing::info!(replica = id, holder = %replica.holder, leader = replica.is_leader(), "joined the replicas sharing the store");
@@ -307,15 +317,17 @@ impl Replica {
         }
     }
 
-    /// Renews the replica id and tries the leader lease every [`RENEW_EVERY`] until `stop`
-    /// changes.
-    pub fn spawn_renewal(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Renews the replica id and tries the leader lease every [`RENEW_EVERY`] (the first a
+    /// period after joining, which claimed both) until [`Replica::leave`].
+    pub fn spawn_renewal(self: &Arc<Self>) {
         let Some(lease) = self.lease() else {
             return;
         };
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RENEW_EVERY);
+        let task = tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -329,10 +341,19 @@ impl Replica {
                 this.try_lead().await;
             }
         });
+        if let Ok(mut slot) = self.renewal.lock() {
+            *slot = Some((stop_tx, task));
+        }
     }
 
-    /// Gives both leases up (at shutdown), so another broker may lead at once.
+    /// Stops the renewal (waiting for a claim in flight) and gives both leases up (at
+    /// shutdown, or a start that failed), so another broker may lead at once.
     pub async fn leave(&self) {
+        let renewal = self.renewal.lock().ok().and_then(|mut slot| slot.take());
+        if let Some((stop, task)) = renewal {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         if let Some(lease) = self.lease() {
             if self.is_leader() {
                 let _ = self.store.release_lease(LEADER, &self.holder).await;

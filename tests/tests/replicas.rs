@@ -1261,6 +1261,16 @@ async fn an_offline_change_holds_the_store_and_a_stale_keyring_changes_nothing()
         err.contains("which the keyring does not hold") && err.contains("nothing was changed"),
         "{err}"
     );
+    // Its broker refuses to start on it, and gives its replica id (and the lead it took
+    // on joining) back at once, not when the leases lapse.
+    let (c, err) = set.daemons[1].serve_refused(&[]);
+    assert_ne!(c, 0);
+    assert!(err.contains("which the keyring does not hold"), "{err}");
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_leases WHERE expires_at > now()")
+            .await,
+        0
+    );
     // The first replica serves every secret with the rotated keyring.
     set.daemons[0].restart();
     let mut w1 = pki.client_for("w1", &set.daemons[0].url);

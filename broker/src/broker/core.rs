@@ -115,7 +115,6 @@ impl Core {
     /// Stops renewing the replica's leases and gives them up, so another broker may lead
     /// at once (at shutdown, after the last request).
     pub async fn leave(&self) {
-        let _ = self.stop_renewal.send(true);
         self.replica.leave().await;
     }
 
