@@ -430,7 +430,10 @@ impl AdminService {
                 .await
             {
                 Ok(Some(fresh)) => fresh,
-                Ok(None) => return pages::invalid(),
+                Ok(None) => {
+                    self.count_intake("invalid_link", false);
+                    return pages::invalid();
+                }
                 Err(_) => {
                     return pages::refused(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -487,17 +490,25 @@ impl AdminService {
             // Not probed: the version just written is not left staged for a later
             // promotion (nor in the way of the link's next submission).
             Err(e) => {
-                self.drop_intake_pending(
-                    &link,
-                    request_id,
-                    version,
-                    &format!("{by}; not probed ({})", e.code),
-                )
-                .await;
+                let dropped = self
+                    .drop_intake_pending(
+                        &link,
+                        request_id,
+                        version,
+                        &format!("{by}; not probed ({})", e.code),
+                    )
+                    .await;
                 return if e.code == ErrorCode::UnknownRecord {
+                    self.count_intake("invalid_link", false);
                     pages::invalid()
-                } else {
+                } else if dropped {
                     pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again.")
+                } else {
+                    // Still staged: the link's next submission would be refused for it.
+                    pages::refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The credential was stored but could not be checked. Ask your contact to check or discard it.",
+                    )
                 };
             }
         };
@@ -635,12 +646,12 @@ impl AdminService {
         request_id: &str,
         version: u32,
         why: &str,
-    ) {
+    ) -> bool {
         let _guard = self.lock.lock().await;
         let plan = self
             .plan_secret_destroy(&link.binding, Some(version), false)
             .await;
-        if let Err((e, _)) = self
+        match self
             .commit_plan(
                 Self::intake_event(link, request_id, "secret.destroy"),
                 plan,
@@ -648,7 +659,11 @@ impl AdminService {
             )
             .await
         {
-            tracing::warn!(link = %link.id, code = %e.code, version, "the pending version of an intake submission could not be destroyed");
+            Ok(_) => true,
+            Err((e, _)) => {
+                tracing::warn!(link = %link.id, code = %e.code, version, "the pending version of an intake submission could not be destroyed");
+                false
+            }
         }
     }
 

@@ -96,7 +96,9 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
         let checked = migrate::verify(&source, target).await?;
         println!("verified {checked} records: every key and value identical in both stores");
         // Still this command's store, before the move is recorded and finished.
-        hold.confirm().await?;
+        hold.confirm().await.map_err(|e| {
+            format!("{e}; the database holds the copy and stays marked incomplete (brokers refuse it): drop and recreate it, then migrate again")
+        })?;
         // On the record before brokers may open the database.
         audit_migration(&config, &actor, total).await?;
         migrate::finish(target).await?;

@@ -152,7 +152,13 @@ async fn rotate_held(
         ));
     }
     let committed = records.commit(batch).await;
-    if let Err(crate::store::StoreError::Precondition { .. }) = &committed {
+    // Another rotation landed first only if the store's KEK version moved on (a precondition
+    // on a re-wrapped row alone is some other writer's, and this keyring still holds both).
+    let overtaken = matches!(
+        &committed,
+        Err(crate::store::StoreError::Precondition { .. })
+    ) && !matches!(records.kek_version_as_read().await, Ok(now) if now == kek_as_read);
+    if overtaken {
         // Another rotation landed first (their holds overlapped): the store is on its
         // version, which this keyring (saved above) holds another key under.
         let failed = AuditEvent {
