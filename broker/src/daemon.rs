@@ -194,6 +194,21 @@ pub async fn run_with_broker(
     broker: Arc<Broker>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
+    // A start that fails here (TLS files, the listener, signals) gives the replica's
+    // leases back at once, as a clean stop does, instead of leaving them to lapse.
+    let held = Arc::clone(&broker);
+    let served = serve_with_broker(config, broker, on_ready).await;
+    if served.is_err() {
+        held.leave().await;
+    }
+    served
+}
+
+async fn serve_with_broker(
+    config: Config,
+    broker: Arc<Broker>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), StartError> {
     let tls = Arc::new(
         ReloadableTls::new(config.tls.clone())
             .map_err(|e| StartError::Other(format!("tls: {e}")))?,

@@ -156,7 +156,7 @@ impl OfflineHold {
     /// When a renewal failed, or the store no longer grants it.
     pub async fn confirm(&self) -> Result<(), String> {
         let lapsed = || {
-            "the offline change's hold on the store lapsed while it ran (the database did not answer its renewals): another change or a replica may have started since; nothing was committed, run it again".to_owned()
+            "the offline change's hold on the store lapsed while it ran (the database did not answer its renewals): another change or a replica may have started since".to_owned()
         };
         if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(lapsed());
@@ -317,23 +317,28 @@ impl Replica {
         }
     }
 
-    /// Renews the replica id and tries the leader lease every [`RENEW_EVERY`] (the first a
-    /// period after joining, which claimed both) until [`Replica::leave`].
+    /// Renews the replica id and tries the leader lease every [`RENEW_EVERY`] (the first at
+    /// once: a slow start must not let the id lapse) until [`Replica::leave`], or until the
+    /// replica is dropped.
     pub fn spawn_renewal(self: &Arc<Self>) {
         let Some(lease) = self.lease() else {
             return;
         };
         let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-        let this = Arc::clone(self);
+        // A weak reference: a broker dropped without leave() (a start that failed later)
+        // drops the stop sender with it, which ends the task.
+        let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+            let mut tick = tokio::time::interval(RENEW_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.changed() => return,
                 }
+                let Some(this) = weak.upgrade() else {
+                    return;
+                };
                 let had = this.holds_id();
                 if !this.claim(&lease, &this.id_until).await && had {
                     tracing::error!(lease, "this broker's replica id could not be renewed; its audit fails closed until it is re-claimed");
@@ -355,9 +360,9 @@ impl Replica {
             let _ = task.await;
         }
         if let Some(lease) = self.lease() {
-            if self.is_leader() {
-                let _ = self.store.release_lease(LEADER, &self.holder).await;
-            }
+            // Whether or not this broker counts itself leader: a claim that timed out here
+            // may have landed there, and the release is this holder's only.
+            let _ = self.store.release_lease(LEADER, &self.holder).await;
             let _ = self.store.release_lease(&lease, &self.holder).await;
         }
     }

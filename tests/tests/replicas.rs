@@ -1271,6 +1271,27 @@ async fn an_offline_change_holds_the_store_and_a_stale_keyring_changes_nothing()
             .await,
         0
     );
+    // With the rotated keyring, a start that fails after its broker opened (here a TLS key
+    // others may read) gives its leases back at once too.
+    std::fs::copy(
+        kek_file_for(&set.daemons[0].data_dir),
+        kek_file_for(&set.daemons[1].data_dir),
+    )
+    .unwrap();
+    let key = pki.dir.join("server.key");
+    let mode = |m| {
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(0o644);
+    let (c, err) = set.daemons[1].serve_refused(&[]);
+    mode(0o600);
+    assert_ne!(c, 0);
+    assert!(err.contains("has mode 0644"), "{err}");
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_leases WHERE expires_at > now()")
+            .await,
+        0
+    );
     // The first replica serves every secret with the rotated keyring.
     set.daemons[0].restart();
     let mut w1 = pki.client_for("w1", &set.daemons[0].url);

@@ -302,7 +302,7 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         // Still this command's store, before anything is recorded.
         if let Err(e) = hold.confirm().await {
             log.close();
-            return Err(e);
+            return Err(format!("{e}; nothing was registered, run it again"));
         }
         let appended = log.append(event).await;
         if let Err(e) = appended {

@@ -120,7 +120,9 @@ async fn rotate_held(
     // of the keyring (one without it) refuses to start.
     batch.record_kek_version(new, kek_as_read.as_deref());
     // Still this rotation's store, before anything is saved or recorded.
-    hold.confirm().await?;
+    hold.confirm()
+        .await
+        .map_err(|e| format!("{e}; nothing was changed, run the rotation again"))?;
     keyring
         .save(&config.kek_file())
         .map_err(|e| e.to_string())?;
@@ -157,7 +159,7 @@ async fn rotate_held(
     let overtaken = matches!(
         &committed,
         Err(crate::store::StoreError::Precondition { .. })
-    ) && !matches!(records.kek_version_as_read().await, Ok(now) if now == kek_as_read);
+    ) && matches!(records.kek_version_as_read().await, Ok(now) if now != kek_as_read);
     if overtaken {
         // Another rotation landed first (their holds overlapped): the store is on its
         // version, which this keyring (saved above) holds another key under.
