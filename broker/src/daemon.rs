@@ -219,10 +219,9 @@ async fn serve_with_broker(
     let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
-    let running = server::spawn(listener, broker.clone(), tls.clone(), config.limits.clone())
-        .map_err(|e| StartError::Other(e.to_string()))?;
-    tracing::info!(listen = %running.local_addr, trust_domain = %config.trust_domain, "credbroker listening (mTLS)");
-    let mut public = None;
+    // Every listener's files loaded and address bound before any accepts: a start that
+    // fails on one (the public certificate, a port taken) serves nothing meanwhile.
+    let mut public_ready = None;
     if let Some(p) = &config.public {
         let ptls = Arc::new(
             ReloadableTls::public(p.cert.clone(), p.key.clone())
@@ -231,6 +230,22 @@ async fn serve_with_broker(
         let plistener = TcpListener::bind(p.listen)
             .await
             .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", p.listen)))?;
+        public_ready = Some((p, ptls, plistener));
+    }
+    // The loopback health listener (plain HTTP, /healthz and /readyz only): config
+    // validation has refused any address off loopback.
+    let mut health_ready = None;
+    if let Some(h) = &config.health {
+        let hlistener = TcpListener::bind(h.listen).await.map_err(|e| {
+            StartError::Other(format!("cannot listen on {} ([health]): {e}", h.listen))
+        })?;
+        health_ready = Some(hlistener);
+    }
+    let running = server::spawn(listener, broker.clone(), tls.clone(), config.limits.clone())
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    tracing::info!(listen = %running.local_addr, trust_domain = %config.trust_domain, "credbroker listening (mTLS)");
+    let mut public = None;
+    if let Some((p, ptls, plistener)) = public_ready {
         // Its own small budgets: a flood on the public listener cannot take the workers'
         // connection or handshake slots.
         let limits = crate::config::Limits {
@@ -262,13 +277,8 @@ async fn serve_with_broker(
         println!("public {}", srv.local_addr);
         public = Some((srv, ptls));
     }
-    // The loopback health listener (plain HTTP, /healthz and /readyz only): config
-    // validation has refused any address off loopback.
     let mut health = None;
-    if let Some(h) = &config.health {
-        let hlistener = TcpListener::bind(h.listen).await.map_err(|e| {
-            StartError::Other(format!("cannot listen on {} ([health]): {e}", h.listen))
-        })?;
+    if let Some(hlistener) = health_ready {
         let srv = server::spawn_health(hlistener, broker.clone())
             .map_err(|e| StartError::Other(e.to_string()))?;
         tracing::info!(listen = %srv.local_addr, "health listener (plain HTTP, loopback): /healthz and /readyz only");

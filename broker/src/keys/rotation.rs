@@ -201,7 +201,7 @@ async fn rotate_held(
         let _ = log.append(failed).await;
         log.close();
         return Err(format!(
-            "the re-wrap of {rewrapped} data keys failed ({e}): they stay wrapped by KEK version {old} (unless the store committed without answering), and the keyring holds versions {old} and {new}, so every one stays openable. Fix the cause (a PostgreSQL store may need a larger [store] timeout_ms) and run the rotation again; it adds a further version"
+            "the re-wrap of {rewrapped} data keys failed ({e}): they stay wrapped by KEK version {old} (unless the store committed without answering), and the keyring holds versions {old} and {new}, so every one stays openable (unless another rotation of this store committed first: a broker then refuses this keyring at start, and the keyring to use is that rotation's). Fix the cause (a PostgreSQL store may need a larger [store] timeout_ms) and run the rotation again; it adds a further version"
         ));
     }
     log.close();
