@@ -160,49 +160,41 @@ async fn rotate_held(
         &committed,
         Err(crate::store::StoreError::Precondition { .. })
     ) && matches!(records.kek_version_as_read().await, Ok(now) if now != kek_as_read);
-    if overtaken {
-        // Another rotation landed first (their holds overlapped): the store is on its
-        // version, which this keyring (saved above) holds another key under.
-        let failed = AuditEvent {
-            kind: "admin".into(),
-            action: "keys.rotate_kek".into(),
-            request_id,
-            actor: actor.to_owned(),
-            outcome: "failed".into(),
-            error_code: Some("conflict".into()),
-            detail: Some(format!(
-                "kek {old} -> {new}: another rotation of this store committed first; nothing was re-wrapped by this one"
-            )),
-            ..Default::default()
-        };
-        let _ = log.append(failed).await;
-        log.close();
-        return Err(format!(
-            "the store changed under this rotation (another KEK rotation of it committed first): nothing was re-wrapped by this one, and the keyring file saved here holds a version {new} the store does not use. Copy the keyring from the host whose rotation landed over this one ({}) before starting a broker with it",
-            config.kek_file().display()
-        ));
-    }
     if let Err(e) = committed {
         // The record above says the rotation was allowed; this one says it did not land
-        // (or that its outcome is not known: an answer lost after the commit). Either way
-        // the keyring holds both versions, so every data key stays openable.
+        // (or that its outcome is not known: an answer lost after the commit).
+        let (code, detail, said) = if overtaken {
+            // Their holds overlapped: the store is on the other rotation's version, which
+            // this keyring (saved above) holds another key under.
+            (
+                "conflict",
+                format!("kek {old} -> {new}: another rotation of this store committed first; nothing was re-wrapped by this one"),
+                format!(
+                    "the store changed under this rotation (another KEK rotation of it committed first): nothing was re-wrapped by this one, and the keyring file saved here holds a version {new} the store does not use. Copy the keyring from the host whose rotation landed over this one ({}) before starting a broker with it",
+                    config.kek_file().display()
+                ),
+            )
+        } else {
+            // The keyring holds both versions, so every data key stays openable.
+            (
+                "internal",
+                format!("kek {old} -> {new}: the re-wrap batch failed ({e}); data keys stay wrapped by version {old} unless the store committed it without answering; the keyring holds both"),
+                format!("the re-wrap of {rewrapped} data keys failed ({e}): they stay wrapped by KEK version {old} (unless the store committed without answering), and the keyring holds versions {old} and {new}, so every one stays openable (unless another rotation of this store committed first: a broker then refuses this keyring at start, and the keyring to use is that rotation's). Fix the cause (a PostgreSQL store may need a larger [store] timeout_ms) and run the rotation again; it adds a further version"),
+            )
+        };
         let failed = AuditEvent {
             kind: "admin".into(),
             action: "keys.rotate_kek".into(),
             request_id,
             actor: actor.to_owned(),
             outcome: "failed".into(),
-            error_code: Some("internal".into()),
-            detail: Some(format!(
-                "kek {old} -> {new}: the re-wrap batch failed ({e}); data keys stay wrapped by version {old} unless the store committed it without answering; the keyring holds both"
-            )),
+            error_code: Some(code.into()),
+            detail: Some(detail),
             ..Default::default()
         };
         let _ = log.append(failed).await;
         log.close();
-        return Err(format!(
-            "the re-wrap of {rewrapped} data keys failed ({e}): they stay wrapped by KEK version {old} (unless the store committed without answering), and the keyring holds versions {old} and {new}, so every one stays openable (unless another rotation of this store committed first: a broker then refuses this keyring at start, and the keyring to use is that rotation's). Fix the cause (a PostgreSQL store may need a larger [store] timeout_ms) and run the rotation again; it adds a further version"
-        ));
+        return Err(said);
     }
     log.close();
     Ok(RotationReport {
