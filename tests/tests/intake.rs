@@ -740,8 +740,10 @@ async fn overlapping_submissions_cannot_exceed_the_attempts() {
             .filter(|r| r["action"] == "intake.submit")
             .count()
     };
+    // (Its record comes before its commit: waited for until the link shows the last
+    // attempt taken, so the fourth cannot read the link from before it.)
     for _ in 0..100 {
-        if submitted(&daemon) == 3 {
+        if submitted(&daemon) == 3 && get(&mut public, &path).await.status == 404 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

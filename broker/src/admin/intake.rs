@@ -421,6 +421,12 @@ impl AdminService {
             batch.update_intake_link(key, read, &reserved);
             let _guard = self.lock.lock().await;
             if let Err(e) = self.commit_audited(ev, batch, None).await {
+                // Refused on the link as read: another submission reserved its last
+                // attempt meanwhile (or it was revoked), and the link is dead to this one.
+                if self.link_died(&e.0, key, &link).await {
+                    self.count_intake("invalid_link", false);
+                    return pages::invalid();
+                }
                 return fail(e);
             }
             match self
