@@ -10,6 +10,9 @@ use super::{Finding, Thresholds};
 use crate::config::Config;
 use crate::store::{Backend, SCHEMA_VERSION};
 
+mod tls;
+use tls::tls;
+
 /// Every check against the config file at `path`.
 pub async fn all(path: &Path, t: Thresholds) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -121,349 +124,6 @@ fn files(config: &Config, out: &mut Vec<Finding>) {
                 format!("make sure the daemon's environment sets {var} (run the doctor in that environment to check it)"),
             ));
         }
-    }
-}
-
-/// Secret key files: readable by the owner only, and — outside dev — not in the data
-/// directory, so a copy of it holds ciphertext only.
-fn keys(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut secret = vec![("tls.key", config.tls.key.clone())];
-    if let Some(p) = &config.public {
-        secret.push(("public.key", p.key.clone()));
-    }
-    if config.keys.kek_env.is_none() {
-        secret.push(("keys.kek_file", config.kek_file()));
-    }
-    secret.push(("keys.audit_key_file", config.audit_key_file()));
-    secret.push(("keys.fingerprint_key_file", config.fingerprint_key_file()));
-    let data_dir = config
-        .data_dir
-        .canonicalize()
-        .unwrap_or_else(|_| config.data_dir.clone());
-    let mut good = 0;
-    for (name, path) in secret {
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue; // said by `files`
-        };
-        // The broker's own keys are opened without following a link (`serve` refuses one);
-        // the TLS keys may be links (a secret mount's files are).
-        let own = name.starts_with("keys.");
-        if own && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-            out.push(Finding::fail(
-                &format!("permissions.{name}"),
-                format!(
-                    "{} is a symbolic link: `serve` refuses to read a key through one",
-                    path.display()
-                ),
-                format!(
-                    "replace the link with the file itself ({}, mode 0600)",
-                    path.display()
-                ),
-            ));
-            continue;
-        }
-        let mode = meta.permissions().mode() & 0o777;
-        let root_owned = std::os::unix::fs::MetadataExt::uid(&meta) == 0;
-        let open = if own {
-            (mode & 0o077 != 0).then_some("others than its owner")
-        } else {
-            crate::tls::key_mode_too_open(mode, root_owned)
-        };
-        if let Some(who) = open {
-            let fix = if own {
-                format!("chmod 600 {} (owned by the daemon's user)", path.display())
-            } else if !root_owned {
-                format!("chown root and chmod 640 {0} (the daemon's group), or chown the daemon's user and chmod 600 {0}", path.display())
-            } else {
-                format!("chmod 640 {} (root-owned, the daemon's group) or 600 (owned by the daemon's user)", path.display())
-            };
-            out.push(Finding::fail(
-                &format!("permissions.{name}"),
-                format!("{} has mode {mode:04o}: open to {who}", path.display()),
-                fix,
-            ));
-            continue;
-        }
-        // The KEK: `serve` itself refuses one inside the data or store directory.
-        if name == "keys.kek_file" && !t.dev {
-            if let Err(e) = config.check_kek_outside_data() {
-                out.push(Finding::fail(
-                    "location.keys.kek_file",
-                    e.to_string(),
-                    "`serve` refuses to start so: move the keyring out and set [keys] kek_file (or kek_env)",
-                ));
-                continue;
-            }
-        }
-        let inside = path.canonicalize().is_ok_and(|p| p.starts_with(&data_dir));
-        if inside && !t.dev && name.starts_with("keys.") {
-            out.push(Finding::warn(
-                &format!("location.{name}"),
-                format!("{} is inside the data directory", path.display()),
-                format!("keep keys apart from the data directory (a secrets mount, another disk), so a copy of {} holds only ciphertext: move the file and set [keys] {} to its new path", config.data_dir.display(), name.trim_start_matches("keys.")),
-            ));
-            continue;
-        }
-        good += 1;
-    }
-    if good > 0 {
-        out.push(Finding::ok(
-            "keys",
-            format!(
-                "{good} key file(s) readable by their owner only{}",
-                if t.dev {
-                    ""
-                } else {
-                    ", outside the data directory"
-                }
-            ),
-        ));
-    }
-}
-
-fn tls(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
-    let now = now();
-    match crate::tls::server_config(&config.tls) {
-        Ok(_) => out.push(Finding::ok(
-            "tls.setup",
-            "certificate, key, client CA and CRL load together",
-        )),
-        Err(e) => out.push(Finding::fail(
-            "tls.setup",
-            e.to_string(),
-            "the daemon cannot start its listener: fix the file named (a key that does not match the certificate, a PEM that does not parse)",
-        )),
-    }
-    server_certificate(config, t, now, out);
-    match crate::certs::certificates(&config.tls.client_ca) {
-        Ok(cas) => out.push(validity(
-            "tls.client_ca",
-            &config.tls.client_ca,
-            cas.iter()
-                .map(|c| (c.subject.as_str(), c.not_before, c.not_after)),
-            t,
-            now,
-        )),
-        Err(e) => out.push(Finding::fail(
-            "tls.client_ca",
-            e,
-            "give a PEM bundle of the CA(s) that issue worker and operator certificates",
-        )),
-    }
-    if let Some(p) = &config.public {
-        match crate::certs::certificates(&p.cert) {
-            Ok(certs) => out.push(validity(
-                "public.cert",
-                &p.cert,
-                certs
-                    .iter()
-                    .take(1)
-                    .map(|c| (c.subject.as_str(), c.not_before, c.not_after)),
-                t,
-                now,
-            )),
-            Err(e) => out.push(Finding::fail(
-                "public.cert",
-                e,
-                "give the public listener's certificate chain (PEM)",
-            )),
-        }
-    }
-    match &config.tls.crl {
-        None => out.push(Finding::ok(
-            "tls.crl",
-            "none configured (a revoked client certificate is refused only once its operator or worker record is disabled)",
-        )),
-        Some(path) => out.push(crl(path, config.tls.stale_crl, t, now)),
-    }
-}
-
-/// Validity of a set of certificates: fail when one is expired or not yet valid, warn when
-/// one expires within the window.
-fn validity<'a>(
-    check: &str,
-    path: &Path,
-    certs: impl Iterator<Item = (&'a str, i64, i64)>,
-    t: Thresholds,
-    now: i64,
-) -> Finding {
-    let mut earliest: Option<(&str, i64)> = None;
-    for (subject, not_before, not_after) in certs {
-        if not_after < now {
-            return Finding::fail(
-                check,
-                format!(
-                    "{} ({subject}) expired on {}",
-                    path.display(),
-                    date(not_after)
-                ),
-                format!(
-                    "issue a new certificate, replace {}, then `credbroker reload --config FILE`",
-                    path.display()
-                ),
-            );
-        }
-        if not_before > now {
-            return Finding::fail(
-                check,
-                format!(
-                    "{} ({subject}) is not valid before {}",
-                    path.display(),
-                    date(not_before)
-                ),
-                "check this host's clock, or the certificate's validity",
-            );
-        }
-        if earliest.is_none_or(|(_, e)| not_after < e) {
-            earliest = Some((subject, not_after));
-        }
-    }
-    match earliest {
-        Some((subject, at)) if at - now < t.expiry_warn_s => Finding::warn(
-            check,
-            format!(
-                "{} ({subject}) expires on {} (in {} days)",
-                path.display(),
-                date(at),
-                (at - now) / 86_400
-            ),
-            format!(
-                "renew it before then, replace {}, then `credbroker reload --config FILE`",
-                path.display()
-            ),
-        ),
-        Some((_, at)) => Finding::ok(check, format!("valid until {}", date(at))),
-        None => Finding::fail(
-            check,
-            format!("{}: no certificate", path.display()),
-            "give a PEM file",
-        ),
-    }
-}
-
-fn server_certificate(config: &Config, t: Thresholds, now: i64, out: &mut Vec<Finding>) {
-    let path = &config.tls.cert;
-    let leaf = match crate::certs::certificates(path) {
-        Ok(certs) => certs.into_iter().next(),
-        Err(e) => {
-            out.push(Finding::fail(
-                "tls.server_certificate",
-                e,
-                "give the server certificate chain (PEM, leaf first)",
-            ));
-            return;
-        }
-    };
-    let Some(leaf) = leaf else { return };
-    out.push(validity(
-        "tls.server_certificate",
-        path,
-        std::iter::once((leaf.subject.as_str(), leaf.not_before, leaf.not_after)),
-        t,
-        now,
-    ));
-    let ip = config.listen.ip();
-    let names = format!("DNS {:?}, IP {:?}", leaf.dns_names, leaf.ips);
-    let finding = if leaf.dns_names.is_empty() && leaf.ips.is_empty() {
-        Finding::fail(
-            "tls.server_names",
-            "the server certificate has no subjectAltName: clients refuse it",
-            "issue it with the names (DNS or IP) workers dial",
-        )
-    } else if ip.is_unspecified() || leaf.ips.contains(&ip) {
-        Finding::ok(
-            "tls.server_names",
-            format!("listen {} is served as {names}", config.listen),
-        )
-    } else if leaf.dns_names.is_empty() {
-        Finding::fail(
-            "tls.server_names",
-            format!("listen {} is not among the certificate's names ({names}): clients dialling it refuse the certificate", config.listen),
-            format!("issue the certificate with IP {ip} (or the DNS name workers use), or change listen"),
-        )
-    } else {
-        Finding::warn(
-            "tls.server_names",
-            format!("listen {} is not among the certificate's IP names ({names})", config.listen),
-            "workers must dial one of the certificate's DNS names; add the IP to the certificate if they dial it",
-        )
-    };
-    out.push(finding);
-}
-
-fn crl(path: &Path, stale: crate::config::StaleCrl, t: Thresholds, now: i64) -> Finding {
-    let crls = match crate::certs::crls(path) {
-        Ok(c) => c,
-        Err(e) => {
-            return Finding::fail(
-                "tls.crl",
-                e,
-                "give the CA's CRL in PEM (-----BEGIN X509 CRL-----)",
-            )
-        }
-    };
-    // Of several CRLs of one CA (of one partition: its issuing distribution point) the
-    // daemon uses only the newest; the file should hold that one alone.
-    let appended = crls.iter().find(|c| c.superseded).map(|c| {
-        format!(
-            "{} holds more than one CRL of {}: the broker uses the newest and ignores the others",
-            path.display(),
-            c.issuer
-        )
-    });
-    let used: Vec<&crate::certs::CrlFacts> = crls.iter().filter(|c| !c.superseded).collect();
-    let next = used.iter().filter_map(|c| c.next_update).min();
-    let fix = format!(
-        "publish a fresh CRL from the CA, replace {}, then `credbroker reload --config FILE`",
-        path.display()
-    );
-    if let Some(text) = appended.filter(|_| next.is_none_or(|n| n >= now)) {
-        return Finding::warn(
-            "tls.crl",
-            text,
-            format!(
-                "keep one CRL per CA: replace {} with the CA's current CRL (do not append), then `credbroker reload --config FILE`",
-                path.display()
-            ),
-        );
-    }
-    match next {
-        Some(n) if n < now => Finding::fail(
-            "tls.crl",
-            format!(
-                "{} is past its next update ({}): {}",
-                path.display(),
-                date(n),
-                match stale {
-                    crate::config::StaleCrl::Refuse => {
-                        "every client certificate it checks is refused ([tls] stale_crl = \"refuse\")"
-                    }
-                    crate::config::StaleCrl::Accept => {
-                        "certificates revoked since are not known ([tls] stale_crl = \"accept\")"
-                    }
-                }
-            ),
-            fix,
-        ),
-        Some(n) if n - now < t.expiry_warn_s => Finding::warn(
-            "tls.crl",
-            format!(
-                "{} is due for its next update on {}",
-                path.display(),
-                date(n)
-            ),
-            fix,
-        ),
-        Some(n) => Finding::ok(
-            "tls.crl",
-            format!("{} CRL(s), next update {}", crls.len(), date(n)),
-        ),
-        None => Finding::warn(
-            "tls.crl",
-            format!("{} names no next update", path.display()),
-            "have the CA set nextUpdate so a stale CRL can be told",
-        ),
     }
 }
 
@@ -668,6 +328,104 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
                 "check [store] and that the database is reachable",
             )),
         }
+    }
+}
+
+/// Secret key files: readable by the owner only, and — outside dev — not in the data
+/// directory, so a copy of it holds ciphertext only.
+fn keys(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut secret = vec![("tls.key", config.tls.key.clone())];
+    if let Some(p) = &config.public {
+        secret.push(("public.key", p.key.clone()));
+    }
+    if config.keys.kek_env.is_none() {
+        secret.push(("keys.kek_file", config.kek_file()));
+    }
+    secret.push(("keys.audit_key_file", config.audit_key_file()));
+    secret.push(("keys.fingerprint_key_file", config.fingerprint_key_file()));
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| config.data_dir.clone());
+    let mut good = 0;
+    for (name, path) in secret {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // said by `files`
+        };
+        // The broker's own keys are opened without following a link (`serve` refuses one);
+        // the TLS keys may be links (a secret mount's files are).
+        let own = name.starts_with("keys.");
+        if own && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            out.push(Finding::fail(
+                &format!("permissions.{name}"),
+                format!(
+                    "{} is a symbolic link: `serve` refuses to read a key through one",
+                    path.display()
+                ),
+                format!(
+                    "replace the link with the file itself ({}, mode 0600)",
+                    path.display()
+                ),
+            ));
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        let root_owned = std::os::unix::fs::MetadataExt::uid(&meta) == 0;
+        let open = if own {
+            (mode & 0o077 != 0).then_some("others than its owner")
+        } else {
+            crate::tls::key_mode_too_open(mode, root_owned)
+        };
+        if let Some(who) = open {
+            let fix = if own {
+                format!("chmod 600 {} (owned by the daemon's user)", path.display())
+            } else if !root_owned {
+                format!("chown root and chmod 640 {0} (the daemon's group), or chown the daemon's user and chmod 600 {0}", path.display())
+            } else {
+                format!("chmod 640 {} (root-owned, the daemon's group) or 600 (owned by the daemon's user)", path.display())
+            };
+            out.push(Finding::fail(
+                &format!("permissions.{name}"),
+                format!("{} has mode {mode:04o}: open to {who}", path.display()),
+                fix,
+            ));
+            continue;
+        }
+        // The KEK: `serve` itself refuses one inside the data or store directory.
+        if name == "keys.kek_file" && !t.dev {
+            if let Err(e) = config.check_kek_outside_data() {
+                out.push(Finding::fail(
+                    "location.keys.kek_file",
+                    e.to_string(),
+                    "`serve` refuses to start so: move the keyring out and set [keys] kek_file (or kek_env)",
+                ));
+                continue;
+            }
+        }
+        let inside = path.canonicalize().is_ok_and(|p| p.starts_with(&data_dir));
+        if inside && !t.dev && name.starts_with("keys.") {
+            out.push(Finding::warn(
+                &format!("location.{name}"),
+                format!("{} is inside the data directory", path.display()),
+                format!("keep keys apart from the data directory (a secrets mount, another disk), so a copy of {} holds only ciphertext: move the file and set [keys] {} to its new path", config.data_dir.display(), name.trim_start_matches("keys.")),
+            ));
+            continue;
+        }
+        good += 1;
+    }
+    if good > 0 {
+        out.push(Finding::ok(
+            "keys",
+            format!(
+                "{good} key file(s) readable by their owner only{}",
+                if t.dev {
+                    ""
+                } else {
+                    ", outside the data directory"
+                }
+            ),
+        ));
     }
 }
 
