@@ -44,6 +44,60 @@ pub fn quoted(v: &str, max: usize) -> String {
         .collect()
 }
 
+/// The shortest run of a sent secret that, found again in an answer, counts as an echo of it.
+const ECHO_RUN: usize = 8;
+
+/// Whether `text` repeats what a request sent (`sent`: its secrets, a client secret or an
+/// assertion): any [`ECHO_RUN`] consecutive characters of one of them (a shorter one whole),
+/// as sent or as a form encodes it. An upstream, or a proxy before it, that echoes the
+/// request in an error would otherwise put the platform's secret into a message a worker or
+/// a browser is shown, or into the log.
+pub fn echoes(text: &str, sent: &[&str]) -> bool {
+    let encoded: Vec<String> = sent
+        .iter()
+        .map(|s| form_urlencoded::byte_serialize(s.as_bytes()).collect())
+        .collect();
+    sent.iter()
+        .copied()
+        .chain(encoded.iter().map(String::as_str))
+        .filter(|s| !s.is_empty())
+        .any(|secret| {
+            let chars: Vec<char> = secret.chars().collect();
+            if chars.len() <= ECHO_RUN {
+                return text.contains(secret);
+            }
+            chars
+                .windows(ECHO_RUN)
+                .any(|run| text.contains(&run.iter().collect::<String>()))
+        })
+}
+
+/// Upstream text as [`quoted`] gives it, or a stand-in when it [`echoes`] what the request
+/// sent (checked on the text as it came and as quoted: dropping a control character must
+/// not join a secret's pieces).
+pub fn quoted_unless_echo(v: &str, max: usize, sent: &[&str]) -> String {
+    let q = quoted(v, max);
+    if echoes(v, sent) || echoes(&q, sent) {
+        "(withheld: it repeats what the request sent)".to_owned()
+    } else {
+        q
+    }
+}
+
+/// An OAuth `error` code (RFC 6749 §5.2) as a message may name it: 1–64 of `[a-z_]`, and not
+/// one that [`echoes`] the request; anything else reads as `unrecognised_error`.
+pub fn oauth_error_code(v: &str, sent: &[&str]) -> String {
+    if !v.is_empty()
+        && v.len() <= 64
+        && v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        && !echoes(v, sent)
+    {
+        v.to_owned()
+    } else {
+        "unrecognised_error".to_owned()
+    }
+}
+
 /// Whether every byte of `v` is one a compact JWT is made of (base64url, `.`, padding): a
 /// token handed out as it is goes into a worker's `Authorization` header, so no segment may
 /// carry a space or a line break.
@@ -113,6 +167,35 @@ pub fn json_node_bound(text: &[u8], stop: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_echo_of_what_was_sent_is_withheld() {
+        let secret = "s3cr3t+Value/with=signs-0123456789";
+        let sent = [secret];
+        assert!(echoes(&format!("bad client {secret}"), &sent));
+        assert!(echoes("prefix s3cr3t+Va and no more", &sent));
+        assert!(echoes("ue/with=signs", &sent));
+        // As the form encoded it.
+        assert!(echoes("s3cr3t%2BValue%2Fwith%3Dsigns", &sent));
+        assert!(!echoes("invalid_client: the secret is wrong", &sent));
+        assert!(echoes("xx short yy", &["short"]));
+        assert!(!echoes("anything", &[""]));
+        assert_eq!(
+            quoted_unless_echo("no: s3cr3t\n+Value", 100, &sent),
+            "(withheld: it repeats what the request sent)"
+        );
+        assert_eq!(
+            quoted_unless_echo("Application is disabled.", 100, &sent),
+            "Application is disabled."
+        );
+        assert_eq!(oauth_error_code("invalid_client", &sent), "invalid_client");
+        assert_eq!(oauth_error_code(secret, &sent), "unrecognised_error");
+        assert_eq!(
+            oauth_error_code("abcdefghij", &["abcdefghij"]),
+            "unrecognised_error"
+        );
+        assert_eq!(oauth_error_code("bad\r\nline", &sent), "unrecognised_error");
+    }
 
     #[test]
     fn quoted_text_stays_on_its_line_and_reads_as_it_is() {

@@ -42,6 +42,9 @@ pub struct SnState {
     pub tokens: Mutex<Vec<String>>,
     /// Every request: (method and path, form fields or query minus secrets).
     pub requests: Mutex<Vec<(String, BTreeMap<String, String>)>>,
+    /// A hostile instance (or a proxy before it): the token request is answered 400 with
+    /// an `error` that repeats the form's `client_secret`.
+    pub echo_secret: Mutex<bool>,
     counter: AtomicU64,
 }
 
@@ -114,6 +117,9 @@ impl SnState {
         }
         let id = form.get("client_id").cloned().unwrap_or_default();
         let secret = form.get("client_secret").cloned().unwrap_or_default();
+        if *self.echo_secret.lock().unwrap() {
+            return json_response(400, &json!({ "error": secret }));
+        }
         let known = self
             .clients
             .lock()
@@ -234,6 +240,7 @@ impl FakeServiceNow {
             roles: Mutex::new(roles.iter().map(|r| (*r).to_owned()).collect()),
             tokens: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
+            echo_secret: Mutex::new(false),
             counter: AtomicU64::new(1),
         });
         let s = state.clone();

@@ -385,3 +385,45 @@ async fn no_probe_reaches_the_instance_while_the_audit_log_fails() {
         "the probe reached the instance with the audit log failing"
     );
 }
+
+/// A hostile instance (or a proxy before it) that answers the token request with an error
+/// repeating the client secret it was sent: the secret reaches neither the worker, the
+/// operator's probe answer, the binding's probe note, the audit log nor the daemon's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_client_secret_is_repeated_nowhere() {
+    let mut env = start().await;
+    bind(&mut env).await;
+    *env.sn.state.echo_secret.lock().unwrap() = true;
+    let leaked = |text: &str| text.contains(&SECRET[..12]);
+    let (s, v) = probe(&mut env.op).await;
+    assert_ne!(s, 200, "{v}");
+    assert!(!leaked(&v.to_string()), "probe answer: {v}");
+    // Nothing is cached: the probe's token never is.
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unrecognised_error"),
+        "{v}"
+    );
+    assert!(!leaked(&v.to_string()), "resolve answer: {v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::GET,
+        "/v1/admin/bindings/acme-snow",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!leaked(&v.to_string()), "binding: {v}");
+    for r in env.daemon.audit_records() {
+        assert!(!leaked(&r.to_string()), "audit record: {r}");
+    }
+    assert!(
+        !leaked(&env.daemon.logs()),
+        "the daemon's log holds the secret"
+    );
+}

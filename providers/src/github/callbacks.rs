@@ -390,14 +390,23 @@ impl GithubApp {
                 Ok((SecretString::from(t.to_owned()), secret))
             }
             _ => {
+                // An OAuth error code only: an answer (or a proxy) echoing the form must not
+                // put the App's client secret or the code into the browser's page or the log.
                 let why = answer
                     .body
                     .get("error")
                     .and_then(Value::as_str)
-                    .unwrap_or("no access_token");
+                    .map_or_else(
+                        || "no access_token".to_owned(),
+                        |e| {
+                            crate::oauth_error_code(
+                                e,
+                                &[secret.expose_secret(), code.expose_secret()],
+                            )
+                        },
+                    );
                 Err(denied(&format!(
-                    "GitHub refused the user authorization code ({}): start onboarding again",
-                    why.chars().take(64).collect::<String>()
+                    "GitHub refused the user authorization code ({why}): start onboarding again"
                 )))
             }
         }

@@ -62,16 +62,24 @@ pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, String> {
 
 /// The token, or the error ServiceNow's answer means: keyed on the HTTP status and content
 /// type first (ServiceNow's `error` strings are not standard). What the answer says is
-/// quoted only as printable text. Never panics on any input (fuzzed).
+/// named only as an OAuth error code, never when it repeats what the request sent
+/// (`sent`: the client secret; an instance or a proxy that echoes the form must not hand it
+/// to the worker, the audit log or the binding's probe note). Never panics on any input
+/// (fuzzed).
 ///
 /// # Errors
 /// `Unavailable` for a malformed answer, a non-JSON 200 (a hibernating instance), 429 and
 /// 5xx; `Denied` for a refused client and any other status.
-pub fn token_or_error(a: &Answer, instance: &str) -> Result<TokenAnswer, ProviderError> {
+pub fn token_or_error(
+    a: &Answer,
+    instance: &str,
+    sent: &[&str],
+) -> Result<TokenAnswer, ProviderError> {
     let error_field = || {
         serde_json::from_slice::<Value>(&a.body)
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .map(|e| crate::oauth_error_code(&e, sent))
             .unwrap_or_default()
     };
     match a.status {
@@ -101,7 +109,7 @@ pub fn token_or_error(a: &Answer, instance: &str) -> Result<TokenAnswer, Provide
         s => Err(denied(
             format!(
                 "ServiceNow HTTP {s} for the token request ({})",
-                crate::quoted(&error_field(), 64)
+                error_field()
             ),
             a.request_id.clone(),
         )),

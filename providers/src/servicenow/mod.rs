@@ -116,7 +116,7 @@ impl ServiceNow {
             .http
             .exchange(request, self.per_request(budget), "the ServiceNow instance")
             .await?;
-        token_or_error(&answer, &b.instance)
+        token_or_error(&answer, &b.instance, &[client_secret])
     }
 
     /// `GET {instance}{path}` with `token`; the JSON `result`.

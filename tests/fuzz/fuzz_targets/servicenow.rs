@@ -7,6 +7,9 @@ use libfuzzer_sys::fuzz_target;
 
 use credbroker_providers::servicenow::{application_roles, parse_token_answer, token_or_error};
 
+/// The client secret the token request sent.
+const SENT: &str = "Zq9!xK2#client-secret-4471";
+
 fuzz_target!(|data: &[u8]| {
     let _ = parse_token_answer(data);
     // The application user's roles (held to the ceiling by the probe): as the whole answer,
@@ -23,7 +26,18 @@ fuzz_target!(|data: &[u8]| {
             assert!(roles.len() <= listed);
         }
     }
-    // The first two bytes pick the status, the third the content type.
+    // The first two bytes pick the status, the third the content type. The `error` field
+    // is also tried as the client secret itself, then with the input around it.
+    let echoed = serde_json::json!({ "error": format!("{}{SENT}", String::from_utf8_lossy(data)) }).to_string();
+    let answer = credbroker_providers::http::Answer {
+        status: 400,
+        request_id: None,
+        content_type: "application/json".to_owned(),
+        body: bytes::Bytes::from(echoed),
+    };
+    if let Err(e) = token_or_error(&answer, "snow.acme.example", &[SENT]) {
+        assert!(!e.to_string().contains(&SENT[..8]), "the secret was echoed: {e}");
+    }
     // The body as it came, and the rest of the input as the `error` field of a JSON body.
     if let [a, b, c, body @ ..] = data {
         let wrapped = serde_json::json!({ "error": String::from_utf8_lossy(body) }).to_string();
@@ -39,10 +53,12 @@ fuzz_target!(|data: &[u8]| {
                 .to_owned(),
                 body: bytes::Bytes::copy_from_slice(body),
             };
-            if let Err(e) = token_or_error(&answer, "snow.acme.example") {
+            if let Err(e) = token_or_error(&answer, "snow.acme.example", &[SENT]) {
                 // What the answer says reaches the worker and the audit record only as text
-                // without control characters.
-                assert!(!e.to_string().chars().any(char::is_control), "{e}");
+                // without control characters, and never repeats the client secret.
+                let told = e.to_string();
+                assert!(!told.chars().any(char::is_control), "{e}");
+                assert!(!told.contains(&SENT[..8]), "the secret was echoed: {e}");
             }
         }
     }
