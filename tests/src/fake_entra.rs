@@ -103,6 +103,10 @@ pub struct EntraState {
     pub group_members: Mutex<Vec<(String, String)>>,
     /// Role-assignment reads answered (any scope).
     pub role_reads: Mutex<usize>,
+    /// A hostile upstream (or a proxy before it): token requests are answered with this
+    /// status and an error whose description repeats the form's `client_secret` (or
+    /// assertion), as some echo what they were sent.
+    pub echo_secret: Mutex<Option<u16>>,
     signing: AppKey,
     base_url: Mutex<String>,
     counter: AtomicU64,
@@ -173,6 +177,20 @@ impl EntraState {
             .unwrap()
             .push((tenant.to_owned(), recorded));
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if let Some(status) = *self.echo_secret.lock().unwrap() {
+            let sent = form
+                .get("client_secret")
+                .or_else(|| form.get("client_assertion"))
+                .cloned()
+                .unwrap_or_default();
+            return error_body(
+                status,
+                "invalid_request",
+                900144,
+                &format!("The request body is not as expected: client_secret={sent}"),
+                n,
+            );
+        }
         if matches!(tenant, "common" | "organizations" | "consumers") {
             return error_body(400, "invalid_request", 9001023, "The grant type isn't supported over the /common or /consumers endpoints. Please use the /organizations or tenant-specific endpoint.", n);
         }
@@ -212,7 +230,11 @@ impl EntraState {
                 400,
                 "unauthorized_client",
                 7000112,
-                "Application is disabled.",
+                // Entra's text names the app (its id and display name).
+                &format!(
+                    "Application '{}'(credbroker-fake-app) is disabled.",
+                    self.client_id
+                ),
                 n,
             );
         }
@@ -630,6 +652,7 @@ impl FakeEntra {
             placements: Mutex::new(Vec::new()),
             group_members: Mutex::new(Vec::new()),
             role_reads: Mutex::new(0),
+            echo_secret: Mutex::new(None),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),
             counter: AtomicU64::new(1),

@@ -479,6 +479,36 @@ async fn drift_seen_by_a_resolve_marks_the_binding() {
     assert_eq!(s, 200, "{v}");
 }
 
+/// A hostile token endpoint (or a proxy before it) that echoes the request's client secret
+/// in its error, as a server error and as a refusal: the secret reaches neither the worker,
+/// the operator's probe answer, the binding's probe note, the audit log nor the daemon's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_client_secret_is_repeated_nowhere() {
+    let mut env = start().await;
+    bind_acme(&mut env).await;
+    let leaked = |text: &str| text.contains(&SECRET_A[..12]);
+    for status in [503, 400] {
+        *env.entra.state.echo_secret.lock().unwrap() = Some(status);
+        let (s, v) = probe(&mut env.op, BINDING).await;
+        assert_ne!(s, 200, "{v}");
+        assert!(!leaked(&v.to_string()), "probe answer: {v}");
+        // Nothing is cached: a failed mint never is, nor a probe's token.
+        let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-entra"})).await;
+        assert_ne!(s, 200, "{v}");
+        assert!(!leaked(&v.to_string()), "resolve answer: {v}");
+    }
+    assert!(!leaked(&binding(&mut env.op, BINDING).await.to_string()));
+    for r in env.daemon.audit_records() {
+        assert!(!leaked(&r.to_string()), "audit record: {r}");
+    }
+    let logs = env.daemon.logs();
+    assert!(
+        logs.contains("withheld: it repeats what the request sent"),
+        "{logs}"
+    );
+    assert!(!leaked(&logs), "the daemon's log holds the secret");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_failing_a_claim_check_are_never_handed_out() {
     let mut env = start().await;

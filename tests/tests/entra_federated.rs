@@ -235,3 +235,39 @@ async fn a_refused_consent_shows_the_browser_no_credential_detail() {
         "{denied}"
     );
 }
+
+/// Entra's descriptions of refusals outside the bad-credential codes (here a disabled app:
+/// Entra's text names the app) go to the daemon's log; the consent browser and the worker
+/// are told the AADSTS code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_descriptions_stay_in_the_daemons_log() {
+    let (mut env, entra) = start().await;
+    entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
+    let (s, v) = bind(&mut env).await;
+    assert_eq!(s, 200, "{v}");
+    env.add_instance("ie", "t1", "acme-entra").await;
+    *entra.state.disabled.lock().unwrap() = true;
+
+    let state = fake_entra::onboard(&mut env.op, "t1", ACME).await;
+    let (_, v) = consent(&env, &state).await;
+    let shown = v.to_string();
+    assert!(shown.contains("7000112"), "{shown}");
+    assert!(
+        !shown.contains("credbroker-fake-app"),
+        "the browser was shown Entra's description: {shown}"
+    );
+
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "ie"})).await;
+    assert_ne!(s, 200, "{v}");
+    let told = v.to_string();
+    assert!(told.contains("7000112"), "{told}");
+    assert!(
+        !told.contains("credbroker-fake-app"),
+        "the worker was shown Entra's description: {told}"
+    );
+    assert!(
+        env.daemon.logs().contains("credbroker-fake-app"),
+        "the operator's log has Entra's description"
+    );
+}

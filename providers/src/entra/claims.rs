@@ -336,7 +336,11 @@ pub fn parse_error(body: &[u8]) -> AadError {
         !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
     });
     AadError {
-        error: text("error").chars().take(64).collect(),
+        // An OAuth error code is `[a-z_]`; anything else is not quoted onwards.
+        error: Some(text("error"))
+            .filter(|e| e.len() <= 64 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .unwrap_or("unrecognised_error")
+            .to_owned(),
         codes,
         description,
         trace_id,

@@ -340,6 +340,10 @@ fn refusal(
         .map(|c| format!("AADSTS{c}"))
         .collect::<Vec<_>>()
         .join(",");
+    // Entra's description can name the request's own details (the assertion's subject, the
+    // app's credential), and a refusal can reach a customer's consent browser: the message
+    // carries the codes, the daemon's log the description.
+    tracing::warn!(%status, codes = %codes, description = %error.description, error = %error.error, request_id = ?request_id, tenant, "Entra refused the token request");
     if error.codes.iter().any(|c| NO_CONSENT.contains(c)) {
         return ProviderError::ConsentMissing(format!(
             "tenant {tenant} has no consent for our app ({codes}: the enterprise application was deleted or consent withdrawn): an admin of that tenant must consent again (credbroker onboard entra …)"
@@ -353,10 +357,7 @@ fn refusal(
         };
     }
     if error.codes.contains(&7000112) {
-        return denied(
-            format!("our Entra app is disabled ({codes}): {}", error.description),
-            request_id,
-        );
+        return denied(format!("our Entra app is disabled ({codes})"), request_id);
     }
     if error.codes.contains(&53003) {
         return denied(
@@ -371,20 +372,18 @@ fn refusal(
         .any(|c| [9001023, 1002012, 70003].contains(c))
     {
         return ProviderError::Internal(format!(
-            "Entra refused the broker's request shape ({codes}): {}",
-            error.description
+            "Entra refused the broker's request shape ({codes}); Entra's description is in the broker's log"
         ));
     }
     denied(
         format!(
-            "Entra HTTP {status} {}{}: {}",
+            "Entra HTTP {status} {}{}; Entra's description is in the broker's log",
             error.error,
             if codes.is_empty() {
                 String::new()
             } else {
                 format!(" ({codes})")
             },
-            error.description
         ),
         request_id,
     )

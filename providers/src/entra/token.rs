@@ -248,7 +248,6 @@ pub async fn request_token(
         zeroize::Zeroizing::new(form.finish())
     };
     let mut body = body;
-    drop(fields);
     let request = http::Request::post(&token_url)
         .header(
             http::header::CONTENT_TYPE,
@@ -269,15 +268,25 @@ pub async fn request_token(
         .send(request, timeout, "the Entra token endpoint")
         .await
         .map_err(TokenFailure::Unavailable)?;
+    // Entra's description is for the daemon's log, and only when it does not repeat the
+    // client secret or assertion this request sent (an echo, by Entra or a proxy).
+    let error_of = |answer: &[u8]| {
+        let mut error = parse_error(answer);
+        let sent: Vec<&str> = fields.iter().map(|(_, v)| v.expose_secret()).collect();
+        error.description = crate::quoted_unless_echo(&error.description, 200, &sent);
+        error.error = crate::oauth_error_code(&error.error, &sent);
+        error
+    };
     if status == 429 || status >= 500 {
-        let error = parse_error(&answer);
+        let error = error_of(&answer);
+        tracing::warn!(%status, description = %error.description, request_id = ?request_id, "Entra's token endpoint is unavailable");
         return Err(TokenFailure::Unavailable(ProviderError::Unavailable {
-            message: format!("Entra HTTP {status}: {}", error.description),
+            message: format!("Entra HTTP {status}"),
             upstream_request_id: request_id.or(error.trace_id),
         }));
     }
     if status != 200 {
-        let error = parse_error(&answer);
+        let error = error_of(&answer);
         return Err(TokenFailure::Refused {
             status,
             request_id: request_id.or_else(|| error.trace_id.clone()),
