@@ -63,6 +63,9 @@ pub struct FakeRole {
     /// Role name to report in AssumedRoleUser.Arn instead of the role's own (a malicious
     /// STS answering with a session of another role of the same account).
     pub report_role: Option<String>,
+    /// Partition to report in AssumedRoleUser.Arn instead of `aws` (a malicious STS
+    /// answering with a session of the same account and role name in another partition).
+    pub report_partition: Option<String>,
     /// The trust policy allows `sts:SetSourceIdentity` for the trusted account: without it
     /// an AssumeRole that carries a `SourceIdentity` is AccessDenied.
     pub allow_set_source_identity: bool,
@@ -89,6 +92,7 @@ impl Default for FakeRole {
             max_session_s: 3600,
             report_account: None,
             report_role: None,
+            report_partition: None,
             allow_set_source_identity: true,
             allow_tag_session: true,
             require_source_identity: false,

@@ -188,6 +188,7 @@ fn role(external_id: Option<&str>) -> FakeRole {
         max_session_s: 3600,
         report_account: None,
         report_role: None,
+        report_partition: None,
         any_external_id: false,
         allow_set_source_identity: true,
         allow_tag_session: true,
@@ -2414,13 +2415,14 @@ async fn an_oversized_sts_answer_is_cut_not_buffered() {
 }
 
 /// A malicious or broken STS answering an active binding's mint with a session that is not
-/// the role's: in another account, or of another role of the same account (two tenants may
-/// each bind a role of one AWS account). Not handed out; and a probe refuses activation for
+/// the role's: in another account, of another role of the same account (two tenants may
+/// each bind a role of one AWS account), or of the same account and role name in another
+/// partition. Not handed out; and a probe refuses activation for
 /// the same reason, though a mint must not rely on the probe having seen the same answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_not_of_the_bindings_role_is_never_handed_out() {
     type Lie = fn(&mut FakeRole);
-    let cases: [(Lie, &str); 2] = [
+    let cases: [(Lie, &str); 3] = [
         (
             |r| r.report_account = Some("333333333333".into()),
             "account 333333333333",
@@ -2428,6 +2430,10 @@ async fn a_session_not_of_the_bindings_role_is_never_handed_out() {
         (
             |r| r.report_role = Some("OtherTenantsRole".into()),
             "another role than the binding's",
+        ),
+        (
+            |r| r.report_partition = Some("aws-us-gov".into()),
+            "in partition aws-us-gov but",
         ),
     ];
     for (lie, says) in cases {

@@ -8,39 +8,60 @@ use time::OffsetDateTime;
 use super::{params, Parsed};
 use crate::{IssuedCredential, ProviderError, SecretFields};
 
+/// How a session an STS call returned differs from the binding's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotTheRole<'a> {
+    /// No `AssumedRoleUser` ARN, or one that is not an assumed-role session.
+    Unparseable,
+    /// Another partition (`aws-us-gov`, `aws-cn`, …) than the role's.
+    Partition(&'a str),
+    /// Another account than the role's.
+    Account(&'a str),
+    /// Another role of the role's account.
+    Role,
+}
+
 /// Whether the session an STS call returned (`assumed`, its `AssumedRoleUser` ARN) is one of
-/// the binding's role: `Err` with the account it is in (or what stands for none), and
-/// whether that account is the role's (then it is another role, or another partition).
+/// the binding's role: `Err` says how it differs.
 pub(super) fn in_role_account<'a>(
     parsed: &Parsed,
     assumed: Option<&'a str>,
-) -> Result<(), (&'a str, bool)> {
+) -> Result<(), NotTheRole<'a>> {
     if assumed.is_some_and(|a| parsed.role.is_assumed_by(a)) {
         return Ok(());
     }
-    let account = assumed.and_then(params::assumed_role_account);
-    Err((
-        account.unwrap_or("(none or unparseable)"),
-        account == Some(parsed.role.account()),
-    ))
+    let Some((partition, account, _)) = assumed.and_then(params::assumed_role) else {
+        return Err(NotTheRole::Unparseable);
+    };
+    Err(if partition != parsed.role.partition() {
+        NotTheRole::Partition(partition)
+    } else if account != parsed.role.account() {
+        NotTheRole::Account(account)
+    } else {
+        NotTheRole::Role
+    })
 }
 
 /// What a session that [`in_role_account`] refused is, for the refusal's message.
-pub(super) fn not_the_role(
-    parsed: &Parsed,
-    call: &str,
-    (found, same_account): (&str, bool),
-) -> String {
-    if same_account {
-        format!(
-            "{call} returned a session of another role than the binding's ({}), in its account",
-            parsed.role.as_str()
-        )
-    } else {
-        format!(
-            "{call} returned a session in account {found} but the binding's role is in account {}",
+pub(super) fn not_the_role(parsed: &Parsed, call: &str, found: NotTheRole<'_>) -> String {
+    let role = parsed.role.as_str();
+    match found {
+        NotTheRole::Unparseable => {
+            format!("{call} returned no assumed-role session ARN for the binding's role ({role})")
+        }
+        NotTheRole::Partition(p) => format!(
+            "{call} returned a session in partition {} but the binding's role ({role}) is in partition {}",
+            crate::quoted(p, 32),
+            parsed.role.partition()
+        ),
+        NotTheRole::Account(a) => format!(
+            "{call} returned a session in account {} but the binding's role is in account {}",
+            crate::quoted(a, 32),
             parsed.role.account()
-        )
+        ),
+        NotTheRole::Role => format!(
+            "{call} returned a session of another role than the binding's ({role}), in its account"
+        ),
     }
 }
 

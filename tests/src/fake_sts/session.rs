@@ -181,11 +181,12 @@ impl State {
             .clone()
             .unwrap_or_else(|| role_arn.rsplit('/').next().unwrap_or("role").to_owned());
         let account = role.report_account.clone().unwrap_or(role.account.clone());
+        let partition = role.report_partition.as_deref().unwrap_or("aws");
         let packed_size = packed
             .map(|pc| format!("    <PackedPolicySize>{pc}</PackedPolicySize>\n"))
             .unwrap_or_default();
         let body = format!(
-            "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <{action}Result>\n{before}    <AssumedRoleUser>\n      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:{session}</AssumedRoleId>\n      <Arn>arn:aws:sts::{account}:assumed-role/{role_name}/{session}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <SecretAccessKey>fakeSecret{n:016x}wJalrXUtnFEMI</SecretAccessKey>\n      <SessionToken>{session_token}</SessionToken>\n      <Expiration>{exp}</Expiration>\n      <AccessKeyId>ASIAFAKE{n:012X}</AccessKeyId>\n    </Credentials>\n{packed_size}{after}  </{action}Result>\n  <ResponseMetadata>\n    <RequestId>{rid}</RequestId>\n  </ResponseMetadata>\n</{action}Response>\n{}",
+            "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <{action}Result>\n{before}    <AssumedRoleUser>\n      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:{session}</AssumedRoleId>\n      <Arn>arn:{partition}:sts::{account}:assumed-role/{role_name}/{session}</Arn>\n    </AssumedRoleUser>\n    <Credentials>\n      <SecretAccessKey>fakeSecret{n:016x}wJalrXUtnFEMI</SecretAccessKey>\n      <SessionToken>{session_token}</SessionToken>\n      <Expiration>{exp}</Expiration>\n      <AccessKeyId>ASIAFAKE{n:012X}</AccessKeyId>\n    </Credentials>\n{packed_size}{after}  </{action}Result>\n  <ResponseMetadata>\n    <RequestId>{rid}</RequestId>\n  </ResponseMetadata>\n</{action}Response>\n{}",
             " ".repeat(padding)
         );
         Response::builder()
