@@ -54,21 +54,38 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// Whether a `Host` header names a loopback endpoint: a loopback IP literal, `localhost` or
-/// the metadata server's own names, with an optional port.
+/// the metadata server's own names, with an optional port. Nothing else may follow the name.
 fn loopback_host(host: Option<&http::HeaderValue>) -> bool {
     let Some(host) = host.and_then(|h| h.to_str().ok()) else {
         return false;
     };
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        }),
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`, and only a loopback IPv6 address inside.
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if !ip
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => (ip, port),
+                None => return false,
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, port),
+            None => (host, "0"),
+        }
     };
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
     // No other name: `metadata` (one label) can be answered by LLMNR, mDNS or a search
     // domain, and `metadata.google.internal` by whatever serves `.internal` on the network —
     // names a page could rebind. With `GCE_METADATA_HOST` set, Google's libraries send the
@@ -89,109 +106,166 @@ const FORWARDED_OR_BROWSER: [&str; 6] = [
     "sec-fetch-mode",
 ];
 
-/// The scopes of `?scopes=a,b` as a narrowing.
-fn narrowing(query: &str) -> Option<Value> {
+/// The scopes of `?scopes=a,b`, when asked for.
+fn scopes(query: &str) -> Option<Vec<String>> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "scopes")
         .map(|(_, v)| {
-            let scopes: Vec<&str> = v.split(',').filter(|s| !s.is_empty()).collect();
-            json!({ "scopes": scopes })
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
         })
 }
 
-async fn handle(args: &GcpMetadataArgs, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let flavored = req
-        .headers()
-        .get("metadata-flavor")
-        .is_some_and(|v| v.as_bytes() == b"Google");
+/// What a request to the endpoint asks for, read from its method, target and headers alone
+/// (before anything is resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Refused before any resolve: the status and the text answered.
+    Refused(StatusCode, &'static str),
+    /// `/`, the ping.
+    Ping,
+    /// `project/numeric-project-id`.
+    ProjectNumber,
+    /// `instance/service-accounts/{account}/{leaf}`.
+    Account {
+        /// `default` or an email (matched against the resolved one later).
+        account: String,
+        /// What of the account.
+        leaf: Leaf,
+    },
+}
+
+/// What of a service account a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leaf {
+    /// `token`, with the scopes of `?scopes=`.
+    Token(Option<Vec<String>>),
+    /// `email`.
+    Email,
+    /// The account's directory (`…/{account}/`).
+    Directory,
+}
+
+/// Reads a request as GCE's metadata server would, refusing what it refuses: requests a
+/// proxy forwarded or a browser sent, a `Host` other than this loopback endpoint (one
+/// only), a target in absolute form, no `Metadata-Flavor: Google` (but for the ping), a
+/// method other than GET.
+pub fn route(method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Route {
     // GCE refuses requests a proxy forwarded (SSRF through a web app on the same host);
     // a browser's request (a page that rebound its name, or a local one) names where it
     // came from. Client libraries send neither.
     if FORWARDED_OR_BROWSER
         .iter()
-        .any(|h| req.headers().contains_key(*h))
+        .any(|h| headers.contains_key(*h))
     {
-        return text(
+        return Route::Refused(
             StatusCode::FORBIDDEN,
             "forwarded or browser requests are refused",
         );
     }
     // A web page on the same host that rebinds its own name to 127.0.0.1 sends its own
-    // name as Host: only loopback names are answered (DNS rebinding).
-    if !loopback_host(req.headers().get(http::header::HOST)) {
-        return text(
+    // name as Host: only loopback names are answered (DNS rebinding). A target in absolute
+    // form (a proxy's) names a host of its own.
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() || uri.authority().is_some() || !loopback_host(host) {
+        return Route::Refused(
             StatusCode::FORBIDDEN,
             "Host must name this loopback endpoint",
         );
     }
-    let path = req.uri().path();
+    let path = uri.path();
     if path == "/" {
-        return text(StatusCode::OK, "computeMetadata/\n");
+        return Route::Ping;
     }
+    let flavored = headers
+        .get_all("metadata-flavor")
+        .iter()
+        .any(|v| v.as_bytes() == b"Google");
     if !flavored {
-        return text(
+        return Route::Refused(
             StatusCode::FORBIDDEN,
             "Missing Metadata-Flavor:Google header.",
         );
     }
-    if req.method() != http::Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    if method != http::Method::GET {
+        return Route::Refused(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
-    let query = req.uri().query().unwrap_or("");
+    let not_found = Route::Refused(StatusCode::NOT_FOUND, "not found");
     let Some(rest) = path.strip_prefix(PREFIX) else {
-        return text(StatusCode::NOT_FOUND, "not found");
+        return not_found;
     };
-    let (account, leaf) = match rest.strip_prefix("instance/service-accounts/") {
-        Some(r) => match r.split_once('/') {
-            Some((a, l)) => (Some(a), l),
-            None => (Some(r), ""),
-        },
-        None => (None, rest),
+    let Some(rest) = rest.strip_prefix("instance/service-accounts/") else {
+        return if rest == "project/numeric-project-id" {
+            Route::ProjectNumber
+        } else {
+            not_found
+        };
     };
-    match (account, leaf) {
-        (None, "project/numeric-project-id") => match resolve_async(&args.client, None).await {
-            Ok(v) => text(
-                StatusCode::OK,
-                v["details"]["project_number"].as_str().unwrap_or(""),
-            ),
-            Err(e) => refused(&e),
-        },
-        (Some(account), leaf) if matches!(leaf, "token" | "email" | "") => {
-            let narrow = if leaf == "token" {
-                narrowing(query)
-            } else {
-                None
-            };
-            let v = match resolve_async(&args.client, narrow).await {
-                Ok(v) if v["kind"] == "gcp_access_token" => v,
-                Ok(v) => {
-                    return text(
-                        StatusCode::NOT_FOUND,
-                        &format!(
-                            "instance does not resolve to a GCP access token (kind {})",
-                            v["kind"]
-                        ),
-                    )
-                }
-                Err(e) => return refused(&e),
-            };
-            let email = v["details"]["service_account"].as_str().unwrap_or("");
-            if account != "default" && account != email {
-                return text(StatusCode::NOT_FOUND, "no such service account");
-            }
-            match leaf {
-                "email" => text(StatusCode::OK, email),
-                "" => answer(
+    let (account, leaf) = rest.split_once('/').unwrap_or((rest, ""));
+    let leaf = match leaf {
+        "token" => Leaf::Token(scopes(uri.query().unwrap_or(""))),
+        "email" => Leaf::Email,
+        "" => Leaf::Directory,
+        _ => return not_found,
+    };
+    if account.is_empty() {
+        return not_found;
+    }
+    Route::Account {
+        account: account.to_owned(),
+        leaf,
+    }
+}
+
+async fn handle(args: &GcpMetadataArgs, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (account, leaf) = match route(req.method(), req.uri(), req.headers()) {
+        Route::Refused(status, why) => return text(status, why),
+        Route::Ping => return text(StatusCode::OK, "computeMetadata/\n"),
+        Route::ProjectNumber => {
+            return match resolve_async(&args.client, None).await {
+                Ok(v) => text(
                     StatusCode::OK,
-                    "application/json",
-                    json!({ "email": email, "scopes": v["details"]["scopes"], "aliases": ["default"] })
-                        .to_string()
-                        .into_bytes(),
+                    v["details"]["project_number"].as_str().unwrap_or(""),
                 ),
-                _ => token_answer(&v),
+                Err(e) => refused(&e),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found"),
+        Route::Account { account, leaf } => (account, leaf),
+    };
+    let narrow = match &leaf {
+        Leaf::Token(Some(scopes)) => Some(json!({ "scopes": scopes })),
+        _ => None,
+    };
+    let v = match resolve_async(&args.client, narrow).await {
+        Ok(v) if v["kind"] == "gcp_access_token" => v,
+        Ok(v) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "instance does not resolve to a GCP access token (kind {})",
+                    v["kind"]
+                ),
+            )
+        }
+        Err(e) => return refused(&e),
+    };
+    let email = v["details"]["service_account"].as_str().unwrap_or("");
+    if account != "default" && account != email {
+        return text(StatusCode::NOT_FOUND, "no such service account");
+    }
+    match leaf {
+        Leaf::Email => text(StatusCode::OK, email),
+        Leaf::Directory => answer(
+            StatusCode::OK,
+            "application/json",
+            json!({ "email": email, "scopes": v["details"]["scopes"], "aliases": ["default"] })
+                .to_string()
+                .into_bytes(),
+        ),
+        Leaf::Token(_) => token_answer(&v),
     }
 }
 
@@ -273,7 +347,9 @@ mod tests {
             "127.0.0.1",
             "localhost:8954",
             "[::1]:8954",
+            "[::1]",
             "LOCALHOST:8954",
+            "127.1.2.3:80",
         ] {
             assert!(ok(h), "{h}");
         }
@@ -287,6 +363,13 @@ mod tests {
             "metadata:8954",
             "metadata.google.internal",
             "",
+            "[::1]evil.example",
+            "[::1]:80evil",
+            "[localhost]:80",
+            "127.0.0.1:",
+            "127.0.0.1:80:80",
+            "127.0.0.1:123456",
+            "::1",
         ] {
             assert!(!ok(h), "{h}");
         }

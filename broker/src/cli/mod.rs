@@ -12,7 +12,7 @@ mod audit_report;
 mod client;
 mod conn;
 mod doctor;
-mod gcp_metadata;
+pub mod gcp_metadata;
 mod governance;
 mod health;
 mod offline;
