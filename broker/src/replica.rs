@@ -6,7 +6,11 @@
 //! - The replica id is the lowest `replica/<n>` lease free at start-up (1..=[`MAX_REPLICAS`]):
 //!   no two live brokers hold one id, so each writes its own audit chain. A broker whose
 //!   renewal failed re-claims its id (free again unless its claim lapsed and another
-//!   broker took it meanwhile; its audit then fails closed until it is restarted).
+//!   broker took it meanwhile; its audit then fails closed until it is restarted). A broker
+//!   that re-claims its id after it lapsed holds it back from an offline change started in
+//!   the gap (the change's confirmation finds a replica running), and its audit chain takes
+//!   no record while an offline change's hold is live (checked in each write's
+//!   transaction).
 //! - The `leader` lease decides which broker runs the jobs one broker must run alone:
 //!   forgetting expired states and deliveries, destroying superseded secret versions past
 //!   their overlap, self-rotating pasted secrets. A broker counts itself leader only until
@@ -75,7 +79,7 @@ pub async fn ensure_no_replica_runs(store: &dyn Store) -> Result<(), String> {
 /// The lease an offline change holds on a shared store while it runs: one at a time, and
 /// no broker starts beside it (a broker checks for it after claiming its replica id, the
 /// change for replicas after claiming it, so one of the two always sees the other).
-const OFFLINE: &str = "offline/change";
+pub const OFFLINE: &str = "offline/change";
 
 /// An offline change's hold on a store, taken by [`hold_offline`]: renewed while it lives,
 /// given up by [`OfflineHold::release`] (or, if the process dies, lapsing within

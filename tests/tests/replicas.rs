@@ -480,7 +480,8 @@ async fn a_database_restart_fails_closed_and_recovers_without_restarting_brokers
 
 /// A replica whose lease another holder took (a paused broker whose claim lapsed and was
 /// taken over) writes nothing to the chain: its resolves fail closed, the other replica
-/// serves, and once the lease is free again the replica re-claims it and serves.
+/// serves, and once the lease is free again the replica re-claims it and serves, unless an
+/// offline change started meanwhile: then not before that change has ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_its_lease_writes_nothing() {
     let (_tmp, pki, set) = seeded(TestPostgres::start(), 2).await;
@@ -516,9 +517,49 @@ async fn a_replica_without_its_lease_writes_nothing() {
     let (s, v) = resolve(&mut w1[0], json!({"instance_id": "i1"})).await;
     assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
 
-    // The lease free again: replica 1 re-claims it at its next renewal and serves.
+    // The lease free again, but an offline change (a KEK rotation, started while no replica
+    // seemed to run) holds the store: replica 1 takes its id back, so the change's
+    // confirmation would find it running, but serves nothing while the hold lives. (A
+    // lease only lapses in the database after its holder's own deadline has passed, so the
+    // replica has seen its renewal fail first.)
+    set.daemons[0]
+        .wait_log("replica id could not be renewed", 1)
+        .await;
+    sql.execute(
+        "INSERT INTO credbroker_leases (name, holder, expires_at) VALUES ('offline/change', 'elsewhere:1:x', now() + interval '1 minute')",
+        &[],
+    )
+    .await
+    .unwrap();
     sql.execute(
         "UPDATE credbroker_leases SET expires_at = now() - interval '1 second' WHERE name = 'replica/1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(6000)).await;
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_leases WHERE name = 'replica/1' AND holder <> 'another-broker' AND expires_at > now()")
+            .await,
+        1,
+        "replica 1 holds its id again"
+    );
+    let (s, v) = resolve(&mut w1[0], json!({"instance_id": "i1"})).await;
+    assert_eq!(
+        (s, code(&v)),
+        (503, "audit_unavailable"),
+        "served beside an offline change: {v}"
+    );
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_audit WHERE replica = 1")
+            .await,
+        before,
+        "nothing was written to replica 1's chain"
+    );
+
+    // The change ended: replica 1 counts its id again at its next renewal and serves.
+    sql.execute(
+        "DELETE FROM credbroker_leases WHERE name = 'offline/change'",
         &[],
     )
     .await
@@ -1297,3 +1338,4 @@ async fn an_offline_change_holds_the_store_and_a_stale_keyring_changes_nothing()
     let mut w1 = pki.client_for("w1", &set.daemons[0].url);
     served(&mut w1, 3).await;
 }
+

@@ -167,18 +167,31 @@ async fn check_owned_tail(
     owner: &ChainOwner,
     tail: &ChainTail,
 ) -> Result<(), String> {
-    let held = tx
-        .query_opt(
-            "SELECT 1 FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > now()",
-            &[&owner.lease, &owner.holder],
+    // Both leases in one read, in the write's transaction: the chain's own, and an offline
+    // change's hold (a KEK rotation started while this broker's lease had lapsed, and which
+    // this broker then re-claimed: nothing is recorded, so nothing is served, beside it).
+    let leases = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > now()), \
+                    EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $3 AND expires_at > now())",
+            &[&owner.lease, &owner.holder, &crate::replica::OFFLINE],
         )
         .await
         .map_err(|e| format!("database: {e}"))?;
-    if held.is_none() {
+    let flag = |i: usize| -> Result<bool, String> {
+        leases.try_get(i).map_err(|e| format!("database: {e}"))
+    };
+    let (held, offline) = (flag(0)?, flag(1)?);
+    if !held {
         return Err(format!(
             "this broker no longer holds {}: its chain is not written (the lease lapsed or another broker took it)",
             owner.lease
         ));
+    }
+    if offline {
+        return Err(
+            "an offline change (a KEK rotation, an operator registered offline or a store move) holds this store: no record is written until it has ended".into(),
+        );
     }
     let (seq, hash) = last_record(tx, owner.replica).await?;
     if seq != tail.seq || hash != tail.hash {
