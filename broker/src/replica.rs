@@ -355,6 +355,23 @@ impl Replica {
         }
     }
 
+    /// Claims the lease `name` for this broker for `ttl`: a job that one broker at a time may
+    /// run on a shared store (a binding's self-rotation). Granted again to this broker while
+    /// it holds it; always granted on a store one broker opens.
+    ///
+    /// # Errors
+    /// When the store cannot be reached.
+    pub async fn claim_job(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.store.claim_lease(name, &self.holder, ttl).await
+    }
+
+    /// Gives a job's lease up (it lapses at its expiry if the store cannot be reached).
+    pub async fn release_job(&self, name: &str) {
+        if let Err(e) = self.store.release_lease(name, &self.holder).await {
+            tracing::warn!(lease = name, error = %e, "could not give a job's lease up; it lapses at its expiry");
+        }
+    }
+
     /// Stops the renewal (waiting for a claim in flight) and gives both leases up (at
     /// shutdown, or a start that failed), so another broker may lead at once.
     pub async fn leave(&self) {

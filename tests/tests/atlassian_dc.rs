@@ -464,3 +464,57 @@ async fn no_successor_is_created_while_the_audit_log_is_failing() {
     );
     assert_eq!(dc.state.pats.lock().unwrap().len(), 1);
 }
+
+/// A PAT is created upstream only for a tenant and a binding that are served: an operator
+/// who disabled either expects the stored PAT to run out, not to be renewed (by the timer or
+/// by a self-rotation request). A pending version that passed its probe (an operator's, an
+/// intake's, another rotation's successor) is not replaced either: nothing is created until
+/// it is promoted or destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_pat_is_created_for_a_disabled_tenant_or_binding_or_over_a_staged_one() {
+    let (_tmp, _pki, daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    let pats = || dc.state.pats.lock().unwrap().len();
+    let toggle = |what: &'static str, verb: &'static str| format!("/v1/admin/{what}/{verb}");
+
+    for (what, code_now) in [
+        ("tenants/t1", "tenant_inactive"),
+        ("bindings/acme-jira", "binding_inactive"),
+    ] {
+        let (s, v) = call(&mut op, Method::POST, &toggle(what, "disable"), None).await;
+        assert_eq!(s, 200, "{v}");
+        let before = pats();
+        let (s, v) = self_rotate(&mut op).await;
+        assert_eq!(code(&v), code_now, "{s} {v}");
+        assert_eq!(pats(), before, "a PAT was created for a disabled {what}");
+        let (s, v) = call(&mut op, Method::POST, &toggle(what, "enable"), None).await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    // Staged and passed, not promoted: kept, and nothing is created.
+    let staged = dc.state.issue("scanner", 60);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/rotate",
+        Some(json!({"fields": {"token": staged.raw, "token_id": staged.id.to_string()}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["probe"]["result"].as_str()),
+        (200, Some("passed")),
+        "{v}"
+    );
+    let version = v["version"].clone();
+    let before = pats();
+    let (s, v) = self_rotate(&mut op).await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert_eq!(pats(), before, "a PAT was created over a staged one");
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    assert_eq!(b["binding"]["pending_secret_version"], version, "{b}");
+    assert!(!daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "allowed"));
+}

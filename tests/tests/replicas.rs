@@ -1339,3 +1339,79 @@ async fn an_offline_change_holds_the_store_and_a_stale_keyring_changes_nothing()
     served(&mut w1, 3).await;
 }
 
+/// A self-rotation claims its binding among the replicas for its run (`rotation/<binding>`):
+/// while another broker's rotation holds it (the leader's timer there, an operator's request
+/// here), none starts, and nothing is created upstream; once it is free, one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_self_rotation_of_a_binding_runs_among_the_replicas() {
+    let (tmp, pki) = setup();
+    let dc = credbroker_tests::fake_atlassian_dc::FakeAtlassianDc::start().await;
+    let toml = format!(
+        "{AUDIT}[providers.atlassian_dc_pat]\nallowed_hosts = [\"{}\"]\nnew_token_days = 90\nrotate_days_before_expiry = 14\ntimeout_ms = 3000\n",
+        dc.authority
+    );
+    let set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, &toml, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let old = dc.state.issue("scanner", 60);
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+                    "config": {"base_url": dc.url, "product": "jira"}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-jira/secret",
+        Some(json!({"fields": {"token": old.raw, "token_id": old.id.to_string()}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    let sql = set.sql().await;
+    sql.execute(
+        "INSERT INTO credbroker_leases (name, holder, expires_at) VALUES ('rotation/acme-jira', 'elsewhere:1:x', now() + interval '1 minute')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let self_rotate = "/v1/admin/bindings/acme-jira/secret/self-rotate";
+    let (s, v) = call(&mut op, Method::POST, self_rotate, Some(json!({}))).await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another replica"),
+        "{v}"
+    );
+    assert_eq!(dc.state.pats.lock().unwrap().len(), 1, "a PAT was created");
+
+    sql.execute(
+        "DELETE FROM credbroker_leases WHERE name = 'rotation/acme-jira'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (s, v) = call(&mut op, Method::POST, self_rotate, Some(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["active_secret_version"], 2, "{v}");
+    // Given back when it ended.
+    assert_eq!(
+        set.scalar("SELECT count(*) FROM credbroker_leases WHERE name = 'rotation/acme-jira' AND expires_at > now()")
+            .await,
+        0
+    );
+}

@@ -15,6 +15,11 @@ use super::{AdminOutcome, AdminService, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
 
+/// How long a self-rotation's claim on its binding lasts among the replicas: past any run
+/// (each upstream step and the probe are bounded by the mint timeout), and what a broker
+/// killed mid-rotation holds the binding's rotations off for.
+const ROTATION_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
 type OpResult = Result<AdminOutcome, (ApiError, Option<AuditReceipt>)>;
 
 fn mint_request<'a>(
@@ -109,11 +114,75 @@ impl AdminService {
                 None,
             ));
         }
-        let result = self.self_rotate_inner(id, actor, request_id).await;
+        // And one among the replicas sharing the store (the leader's timer on one, an
+        // operator's request on another): a second would create a second successor from the
+        // same secret, and could not withdraw it once the first had revoked that secret.
+        let lease = format!("rotation/{id}");
+        let result = match self.core.replica.claim_job(&lease, ROTATION_LEASE).await {
+            Ok(true) => {
+                let result = self.self_rotate_inner(id, actor, request_id).await;
+                self.core.replica.release_job(&lease).await;
+                result
+            }
+            Ok(false) => Err((
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    "a rotation of this binding is already running on another replica",
+                ),
+                None,
+            )),
+            Err(e) => Err((
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("the store could not be asked whether a rotation runs elsewhere: {e}"),
+                ),
+                None,
+            )),
+        };
         if let Ok(mut r) = self.rotations.lock() {
             r.running.remove(id);
         }
         result
+    }
+
+    /// The tenant a self-rotation of `binding` acts for, while it and the binding are served:
+    /// a disabled tenant or binding gets no credential created or promoted upstream (an
+    /// operator who disabled it expects its secret to run out, not to be renewed).
+    ///
+    /// # Errors
+    /// `tenant_inactive` or `binding_inactive`, or the store's failure.
+    async fn rotation_tenant(
+        &self,
+        binding: &crate::model::Binding,
+    ) -> Result<crate::store::records::Stored<crate::model::Tenant>, ApiError> {
+        if binding.status == crate::model::Status::Disabled {
+            return Err(ApiError::new(
+                ErrorCode::BindingInactive,
+                "the binding is disabled: its secret is not rotated",
+            ));
+        }
+        let tenant = self.tenant_or_404(binding.tenant.as_str()).await?;
+        if tenant.value.status != crate::model::Status::Active {
+            return Err(ApiError::new(
+                ErrorCode::TenantInactive,
+                "the binding's tenant is disabled: its secret is not rotated",
+            ));
+        }
+        Ok(tenant)
+    }
+
+    /// `plan` (a rotation's write or promotion), committed only while the binding's tenant
+    /// is still as [`Self::rotation_tenant`] reads it now (on any replica).
+    async fn with_rotation_tenant(
+        &self,
+        id: &str,
+        plan: Result<Plan, ApiError>,
+    ) -> Result<Plan, ApiError> {
+        let mut plan = plan?;
+        let binding = self.binding_or_404(id).await?.value;
+        let tenant = self.rotation_tenant(&binding).await?;
+        plan.batch.expect_unchanged(&tenant);
+        Ok(plan)
     }
 
     /// Whether a rotation is running in this process.
@@ -129,6 +198,23 @@ impl AdminService {
     ) -> OpResult {
         let refuse = |e: ApiError| (e, None);
         let binding = self.binding_or_404(id).await.map_err(refuse)?.value;
+        let tenant = self.rotation_tenant(&binding).await.map_err(refuse)?;
+        // A pending version that passed its probe, or is not probed yet (an operator's or an
+        // intake's, or another rotation's successor), is not replaced: nothing is created.
+        if let Some(p) = binding.pending_secret_version {
+            let read = self
+                .core
+                .records
+                .secret_version(&binding.id, p)
+                .await
+                .map_err(|e| refuse(super::store_err(e)))?;
+            if read.is_some_and(|v| v.value.worth_keeping()) {
+                return Err(refuse(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("binding {id} has pending version {p} waiting to be promoted or destroyed; the rotation creates nothing until then"),
+                )));
+            }
+        }
         let provider = self
             .core
             .registry
@@ -174,9 +260,9 @@ impl AdminService {
         ));
         // Through the one pipeline, so on the operator's record as admitted: an operator
         // disabled meanwhile creates nothing either.
-        let intent = self
-            .commit_audited(intent, crate::store::Batch::new(), None)
-            .await?;
+        let mut unchanged = crate::store::Batch::new();
+        unchanged.expect_unchanged(&tenant);
+        let intent = self.commit_audited(intent, unchanged, None).await?;
         // Every failure from here on follows the intent record: an error without a record of
         // its own answers with the intent's (the operation is on record, and is not audited
         // again as a refusal).
@@ -227,7 +313,11 @@ impl AdminService {
                 let written = {
                     let _guard = self.lock.lock().await;
                     let plan = self
-                        .plan_secret_write(id, successor.clone(), None, super::secrets::SecretWrite::Rotate)
+                        .with_rotation_tenant(
+                            id,
+                            self.plan_secret_write(id, successor.clone(), None, super::secrets::SecretWrite::StageBeside)
+                                .await,
+                        )
                         .await;
                     self.commit_plan(
                         Self::event(actor, request_id, "secret.rotate"),
@@ -258,7 +348,9 @@ impl AdminService {
                         None,
                     ));
                 }
-                let plan = self.plan_secret_promote(id, version).await;
+                let plan = self
+                    .with_rotation_tenant(id, self.plan_secret_promote(id, version).await)
+                    .await;
                 promotion_sent.store(plan.is_ok(), std::sync::atomic::Ordering::Relaxed);
                 let promoted = self
                     .commit_plan(
@@ -464,11 +556,12 @@ impl AdminService {
             if !self.core.replica.is_leader() || self.core.is_stopping() {
                 break;
             }
-            // A pending version that passed its probe waits for an operator's promotion.
+            // A pending version that passed its probe, or was not probed yet (an intake's
+            // submission whose probe could not run), waits for an operator.
             if let Some(p) = b.pending_secret_version {
-                let passed = matches!(self.core.records.secret_version(&b.id, p).await,
-                    Ok(Some(v)) if v.value.probe.as_ref().is_some_and(|pr| pr.passed));
-                if passed {
+                let waits = matches!(self.core.records.secret_version(&b.id, p).await,
+                    Ok(Some(v)) if v.value.worth_keeping());
+                if waits {
                     continue;
                 }
             }
