@@ -73,6 +73,28 @@ pub struct TokenCache {
     joins: Counter,
 }
 
+/// A mint task's flight, removed from the in-flight map when the task ends (returns or
+/// panics). An invalidation may have dropped the flight and a newer one may hold the key:
+/// only this flight's own entry goes.
+struct FlightEnd {
+    cache: Arc<TokenCache>,
+    key: CacheKey,
+    flight: u64,
+}
+
+impl Drop for FlightEnd {
+    fn drop(&mut self) {
+        if let Ok(mut in_flight) = self.cache.in_flight.lock() {
+            if in_flight
+                .get(&self.key)
+                .is_some_and(|(id, _)| *id == self.flight)
+            {
+                in_flight.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl TokenCache {
     /// An empty cache holding at most `max_entries` tokens, of one tenant or many.
     pub fn new(max_entries: usize) -> Arc<TokenCache> {
@@ -186,19 +208,17 @@ impl TokenCache {
                     let task_key = key.clone();
                     let mint = mint();
                     let handle = tokio::spawn(async move {
+                        // Ends the flight when the task ends, also by a panic in the mint:
+                        // a flight left behind would answer every later miss of the key
+                        // with its failure, minting nothing.
+                        let landed = FlightEnd {
+                            cache,
+                            key: task_key,
+                            flight,
+                        };
                         let result = mint.await.map(Arc::new);
                         if let Ok(cred) = &result {
-                            cache.insert(task_key.clone(), cred.clone(), epoch);
-                        }
-                        if let Ok(mut in_flight) = cache.in_flight.lock() {
-                            // An invalidation may have dropped this flight and a newer one
-                            // may hold the key: remove only our own entry.
-                            if in_flight
-                                .get(&task_key)
-                                .is_some_and(|(id, _)| *id == flight)
-                            {
-                                in_flight.remove(&task_key);
-                            }
+                            landed.cache.insert(landed.key.clone(), cred.clone(), epoch);
                         }
                         result
                     });
@@ -589,5 +609,36 @@ mod tests {
             .unwrap();
         assert_eq!(s, Source::Minted);
         assert_eq!(cache.len(), 1);
+    }
+
+    /// A mint that panics ends its flight: the next miss of the key mints again instead of
+    /// joining the failed one (a panicking provider would otherwise make the key answer
+    /// `provider_unavailable` without minting until the binding changed).
+    #[tokio::test]
+    async fn a_panicking_mint_does_not_hold_its_key() {
+        let cache = TokenCache::new(10);
+        let failed = cache
+            .get_or_mint(key("p"), 60, cache.epoch(), || async {
+                if provider_bug() {
+                    panic!("a provider bug");
+                }
+                Ok(cred(3600))
+            })
+            .await;
+        assert!(failed.is_err());
+        let minted = AtomicUsize::new(0);
+        let (_, s) = cache
+            .get_or_mint(key("p"), 60, cache.epoch(), || {
+                minted.fetch_add(1, Ordering::SeqCst);
+                async { Ok(cred(3600)) }
+            })
+            .await
+            .unwrap();
+        assert_eq!((s, minted.load(Ordering::SeqCst)), (Source::Minted, 1));
+    }
+
+    /// Whether the provider under test has its bug (a panic in its mint).
+    fn provider_bug() -> bool {
+        true
     }
 }
