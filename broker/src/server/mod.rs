@@ -551,7 +551,7 @@ async fn handle(
         } else {
             pools.detached_refusals
         };
-        to_completion(&request_id, slots, async move {
+        to_completion(&request_id, (slots, || {}), async move {
             broker.admin_http(peer.as_ref(), &m, &p, body, &rid).await
         })
         .await

@@ -181,8 +181,14 @@ pub(super) async fn handle_public(
             let (token, rid) = (m.param("token").to_owned(), request_id.clone());
             // Run to completion even if the client goes away (its audited steps must not be
             // cut in two), within the listener's cap on detached work.
+            let counted = broker.clone();
+            let on_full = move || {
+                counted
+                    .metrics()
+                    .count_public_refusal("intake", ErrorCode::Unavailable.as_str())
+            };
             let page: crate::intake_page::IntakeAnswer =
-                to_completion(&request_id, detached, async move {
+                to_completion(&request_id, (detached, on_full), async move {
                     broker.intake_http(post, &token, &headers, body, &rid).await
                 })
                 .await;
@@ -213,7 +219,13 @@ pub(super) async fn handle_public(
                         Err(why) => Err(bodies_refused(&broker.metrics().bodies_refused, why)),
                     };
                     let rid = request_id.clone();
-                    acknowledge_first(&request_id, detached, move |ack| async move {
+                    let counted = broker.clone();
+                    let on_full = move || {
+                        counted
+                            .metrics()
+                            .count_public_refusal("none", ErrorCode::Unavailable.as_str())
+                    };
+                    acknowledge_first(&request_id, (detached, on_full), move |ack| async move {
                         broker
                             .callbacks()
                             .apply_invocation(verified, body, ack, &rid)
@@ -265,7 +277,13 @@ pub(super) async fn handle_public(
                 Ok(Zeroizing::new(Vec::new()))
             };
             let (provider, rid) = (m.param("provider").to_owned(), request_id.clone());
-            to_completion(&request_id, detached, async move {
+            let counted = broker.clone();
+            let on_full = move || {
+                counted
+                    .metrics()
+                    .count_public_refusal("none", ErrorCode::Unavailable.as_str())
+            };
+            to_completion(&request_id, (detached, on_full), async move {
                 broker
                     .callback_http(m.endpoint, &provider, &query, &headers, body, &rid)
                     .await
