@@ -518,3 +518,61 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
         .sum();
     assert_eq!(destroyed, 2);
 }
+
+/// A worker posting bad signatures in a loop spends its own budget of failure log lines
+/// (`[webhooks] failure_logs_per_minute`), not another tenant's worker's: that one's
+/// failure is still logged, naming the worker, the instance and its tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_workers_failures_do_not_silence_anothers() {
+    let (tmp, pki) = setup();
+    pki.worker("w2");
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: "[webhooks]\nfailure_logs_per_minute = 2\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed(&mut op).await;
+    for instance in ["i1", "i2"] {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            &format!("/v1/admin/instances/{instance}/webhook-secret"),
+            Some(json!({"scheme": "github"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let event = br#"{"action":"deleted","repository":{"id":1}}"#;
+    let forged = json!({"X-Hub-Signature-256": github_signature("not-the-secret", event)});
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    for _ in 0..6 {
+        let (s, v) = verify(&mut w1, "i1", forged.clone(), event).await;
+        assert_eq!((s, &v["valid"]), (200, &json!(false)), "{v}");
+    }
+    let mut w2 = pki.client_for("w2", &daemon.url);
+    let (s, v) = verify(&mut w2, "i2", forged, event).await;
+    assert_eq!((s, &v["valid"]), (200, &json!(false)), "{v}");
+    let logs = daemon.logs();
+    let lines = |worker: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains("webhook event failed verification") && l.contains(worker))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(lines("worker:w1").len(), 2, "{logs}");
+    let w2_lines = lines("worker:w2");
+    assert_eq!(
+        w2_lines.len(),
+        1,
+        "w2's failure was silenced by w1's: {logs}"
+    );
+    assert!(
+        w2_lines[0].contains("t2") && w2_lines[0].contains("i2"),
+        "{}",
+        w2_lines[0]
+    );
+}

@@ -268,10 +268,10 @@ impl AdminService {
                     inventory: &'a inventory::Inventory,
                 }
                 let mut plan = Plan::new(format!("{} rows", inv.items.len()), Value::Null);
-                plan.raw = Some(
+                plan.raw = Some(zeroize::Zeroizing::new(
                     serde_json::to_vec(&Answer { inventory: &inv })
                         .map_err(|_| ApiError::new(ErrorCode::Internal, "serialization failed"))?,
-                );
+                ));
                 Ok(plan)
             }
             GovernanceOp::SetBinding(id, u) => {

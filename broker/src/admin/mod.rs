@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
+use zeroize::Zeroizing;
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
@@ -153,7 +154,7 @@ struct Plan {
     invalidate_binding: Option<String>,
     /// The answer already serialized (a JSON object), when building `response` as a value
     /// would cost too much memory (the inventory); `response` is then unused.
-    raw: Option<Vec<u8>>,
+    raw: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl Plan {
@@ -180,7 +181,7 @@ pub struct AdminOutcome {
     /// Audit receipt.
     pub receipt: AuditReceipt,
     /// The answer as a serialized JSON object instead of `response` (see [`Plan`]).
-    pub raw: Option<Vec<u8>>,
+    pub raw: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// The admin service: plans, audits and commits every change (operator requests, the

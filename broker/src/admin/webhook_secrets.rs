@@ -252,13 +252,23 @@ impl AdminService {
                 "instance={id} version={} reason={reason:?}",
                 current.version
             ),
-            json!({
-                "instance": id,
-                "version": current.version,
-                "scheme": w.value.scheme,
-                "secret": secret.as_str(),
-            }),
+            Value::Null,
         );
+        // The answer is written straight into a wiped buffer, sized so it never moves: the
+        // plaintext is in no JSON value tree or reallocated copy left unwiped.
+        let described = serde_json::to_vec(&json!({
+            "instance": id,
+            "version": current.version,
+            "scheme": w.value.scheme,
+        }))
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "serialization failed"))?;
+        let mut raw = Zeroizing::new(Vec::with_capacity(described.len() + secret.len() * 6 + 16));
+        raw.extend_from_slice(described.strip_suffix(b"}").unwrap_or(&described));
+        raw.extend_from_slice(b",\"secret\":");
+        serde_json::to_writer(&mut *raw, secret.as_str())
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "serialization failed"))?;
+        raw.push(b'}');
+        plan.raw = Some(raw);
         // The reveal is counted in the record, preconditioned on it: a rotation committed
         // meanwhile (on any replica) makes this reveal fail rather than show a stale secret.
         plan.batch.replace(&w, &updated);
@@ -330,6 +340,7 @@ impl AdminService {
         request_id: &str,
     ) -> Answer {
         let mut facts = crate::resolve::chain::ChainFacts::default();
+        let caller = peer.map_or_else(|| "none".to_owned(), PeerIdentity::audit_name);
         match self.verify_webhook(peer, body, &mut facts).await {
             Ok((scheme, valid, version)) => {
                 let result = if valid { "valid" } else { "invalid" };
@@ -342,11 +353,14 @@ impl AdminService {
                     })
                     .inc();
                 if !valid {
-                    let (log, suppressed) = self.core.governance.may_log_failure();
+                    let (log, suppressed) = self.core.governance.may_log_failure(&caller);
                     if log {
                         tracing::warn!(
                             request_id,
                             scheme,
+                            caller,
+                            tenant = ?facts.tenant.as_ref().map(|t| t.as_str()),
+                            instance = ?facts.instance.as_ref().map(|i| i.as_str()),
                             suppressed_before = suppressed,
                             "webhook event failed verification"
                         );
@@ -375,8 +389,8 @@ impl AdminService {
                         result: e.code.as_str().to_owned(),
                     })
                     .inc();
-                if self.core.governance.may_log_failure().0 {
-                    tracing::warn!(request_id, code = %e.code, "webhook verification refused");
+                if self.core.governance.may_log_failure(&caller).0 {
+                    tracing::warn!(request_id, code = %e.code, caller, "webhook verification refused");
                 }
                 // A refusal of the worker's chain (an instance it may not serve, or none, a
                 // disabled link) is audited like a resolve's: a worker probing other tenants'

@@ -47,7 +47,7 @@ pub struct WebhookSettings {
     pub reveals_per_hour: u32,
     /// The largest event body a worker may post to verify, bytes.
     pub max_body_bytes: usize,
-    /// Failed verifications logged per minute at most (all are counted).
+    /// Failed verifications logged per minute at most, for each worker (all are counted).
     pub failure_logs_per_minute: u32,
 }
 

@@ -20,7 +20,9 @@ pub mod inventory;
 pub struct Governance {
     last_use: Mutex<LastUse>,
     reveals: Mutex<HashMap<String, VecDeque<Instant>>>,
-    failure_logs: Mutex<(Instant, u32, u64)>,
+    /// Per caller (a worker's name): the minute's start, lines logged in it, lines
+    /// suppressed since the last one logged.
+    failure_logs: Mutex<HashMap<String, (Instant, u32, u64)>>,
     settings: (
         crate::config::InventorySettings,
         crate::config::WebhookSettings,
@@ -63,7 +65,7 @@ impl Governance {
         Governance {
             last_use: Mutex::new(LastUse::default()),
             reveals: Mutex::new(HashMap::new()),
-            failure_logs: Mutex::new((Instant::now(), 0, 0)),
+            failure_logs: Mutex::new(HashMap::new()),
             settings: (inventory, webhooks),
         }
     }
@@ -181,14 +183,26 @@ impl Governance {
         true
     }
 
-    /// Whether a failed verification may be logged now (at most `failure_logs_per_minute`);
-    /// the second value is how many were suppressed before this one.
-    pub fn may_log_failure(&self) -> (bool, u64) {
+    /// Whether a failed verification `caller` (a worker) asked for may be logged now: at
+    /// most `failure_logs_per_minute` for each caller, so one worker posting bad signatures
+    /// in a loop cannot silence the failures of another tenant's. The second value is how
+    /// many of this caller's were suppressed before this one.
+    pub fn may_log_failure(&self, caller: &str) -> (bool, u64) {
         let limit = self.webhooks().failure_logs_per_minute;
-        let Ok(mut state) = self.failure_logs.lock() else {
+        let Ok(mut all) = self.failure_logs.lock() else {
             return (false, 0);
         };
-        let (since, logged, suppressed) = &mut *state;
+        // Callers are certificate identities (the CA bounds them); the map forgets the ones
+        // whose minute is over once it is large, and logs no newcomer while it stays full.
+        if all.len() >= MAX_FAILURE_LOG_CALLERS {
+            all.retain(|_, (since, _, _)| since.elapsed() < Duration::from_secs(60));
+            if all.len() >= MAX_FAILURE_LOG_CALLERS && !all.contains_key(caller) {
+                return (false, 0);
+            }
+        }
+        let (since, logged, suppressed) = all
+            .entry(caller.to_owned())
+            .or_insert_with(|| (Instant::now(), 0, 0));
         if since.elapsed() >= Duration::from_secs(60) {
             *since = Instant::now();
             *logged = 0;
@@ -203,6 +217,9 @@ impl Governance {
         }
     }
 }
+
+/// How many callers' failure-log budgets are kept at most.
+const MAX_FAILURE_LOG_CALLERS: usize = 4096;
 
 /// The governance entry points of the daemon.
 impl crate::broker::Broker {
