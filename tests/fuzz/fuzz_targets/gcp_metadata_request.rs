@@ -30,9 +30,9 @@ fn loopback(host: &str) -> bool {
         },
     };
     let port_ok = rest.is_empty()
-        || rest.strip_prefix(':').is_some_and(|p| {
-            (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())
-        });
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
     let bracketed = host.starts_with('[');
     let name_ok = if bracketed {
         name.parse::<std::net::Ipv6Addr>()
@@ -52,7 +52,9 @@ fn check(method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) {
         return;
     }
     assert!(
-        !FORWARDED_OR_BROWSER.iter().any(|h| headers.contains_key(*h)),
+        !FORWARDED_OR_BROWSER
+            .iter()
+            .any(|h| headers.contains_key(*h)),
         "a forwarded or browser request went on: {got:?}"
     );
     let hosts: Vec<_> = headers.get_all(http::header::HOST).iter().collect();
@@ -136,7 +138,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(u) = text.parse::<http::Uri>() {
         let mut h = plain;
-        h.insert(http::header::HOST, http::HeaderValue::from_static("127.0.0.1:8954"));
+        h.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("127.0.0.1:8954"),
+        );
         check(&http::Method::GET, &u, &h);
     }
 });

@@ -28,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // The first two bytes pick the status, the third the content type. The `error` field
     // is also tried as the client secret itself, then with the input around it.
-    let echoed = serde_json::json!({ "error": format!("{}{SENT}", String::from_utf8_lossy(data)) }).to_string();
+    let echoed = serde_json::json!({ "error": format!("{}{SENT}", String::from_utf8_lossy(data)) })
+        .to_string();
     let answer = credbroker_providers::http::Answer {
         status: 400,
         request_id: None,
@@ -36,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
         body: bytes::Bytes::from(echoed),
     };
     if let Err(e) = token_or_error(&answer, "snow.acme.example", &[SENT]) {
-        assert!(!e.to_string().contains(&SENT[..8]), "the secret was echoed: {e}");
+        assert!(
+            !e.to_string().contains(&SENT[..8]),
+            "the secret was echoed: {e}"
+        );
     }
     // The body as it came, and the rest of the input as the `error` field of a JSON body.
     if let [a, b, c, body @ ..] = data {
