@@ -53,23 +53,24 @@ const ECHO_RUN: usize = 8;
 /// request in an error would otherwise put the platform's secret into a message a worker or
 /// a browser is shown, or into the log.
 pub fn echoes(text: &str, sent: &[&str]) -> bool {
-    let encoded: Vec<String> = sent
-        .iter()
-        .map(|s| form_urlencoded::byte_serialize(s.as_bytes()).collect())
-        .collect();
-    sent.iter()
-        .copied()
-        .chain(encoded.iter().map(String::as_str))
-        .filter(|s| !s.is_empty())
-        .any(|secret| {
-            let chars: Vec<char> = secret.chars().collect();
-            if chars.len() <= ECHO_RUN {
-                return text.contains(secret);
-            }
-            chars
-                .windows(ECHO_RUN)
-                .any(|run| text.contains(&run.iter().collect::<String>()))
-        })
+    // Compared in place, byte runs against byte runs: no copy of a secret is made but the
+    // form-encoded one, itself wiped.
+    let repeats = |secret: &[u8]| {
+        let text = text.as_bytes();
+        if secret.is_empty() {
+            return false;
+        }
+        let run = secret.len().min(ECHO_RUN);
+        secret
+            .windows(run)
+            .any(|w| text.windows(run).any(|t| t == w))
+    };
+    sent.iter().any(|s| {
+        let encoded = zeroize::Zeroizing::new(
+            form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>(),
+        );
+        repeats(s.as_bytes()) || repeats(encoded.as_bytes())
+    })
 }
 
 /// Upstream text as [`quoted`] gives it, or a stand-in when it [`echoes`] what the request

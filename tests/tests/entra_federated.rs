@@ -221,6 +221,15 @@ async fn a_refused_consent_shows_the_browser_no_credential_detail() {
         !shown.contains(FIC_SUBJECT) && !shown.contains("subject"),
         "the browser learnt the FIC's subject: {shown}"
     );
+    // The operator's log has Entra's description (the echo check takes the assertion, not
+    // the fixed `client_assertion_type`, whose words every such description repeats).
+    let logs = env.daemon.logs();
+    assert!(
+        logs.contains(
+            "No matching federated identity record found for presented assertion subject"
+        ),
+        "{logs}"
+    );
     let denied = env
         .daemon
         .audit_records()

@@ -272,7 +272,13 @@ pub async fn request_token(
     // client secret or assertion this request sent (an echo, by Entra or a proxy).
     let error_of = |answer: &[u8]| {
         let mut error = parse_error(answer);
-        let sent: Vec<&str> = fields.iter().map(|(_, v)| v.expose_secret()).collect();
+        // The secret fields only: `client_assertion_type` is a fixed URN, and its words
+        // ("assertion") would withhold every description that names an assertion.
+        let sent: Vec<&str> = fields
+            .iter()
+            .filter(|(k, _)| matches!(*k, "client_secret" | "client_assertion"))
+            .map(|(_, v)| v.expose_secret())
+            .collect();
         error.description = crate::quoted_unless_echo(&error.description, 200, &sent);
         error.error = crate::oauth_error_code(&error.error, &sent);
         error

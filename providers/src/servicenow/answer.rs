@@ -79,8 +79,10 @@ pub fn token_or_error(
         serde_json::from_slice::<Value>(&a.body)
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .map(|e| crate::oauth_error_code(&e, sent))
-            .unwrap_or_default()
+            .map_or_else(
+                || "no error code".to_owned(),
+                |e| crate::oauth_error_code(&e, sent),
+            )
     };
     match a.status {
         200 if a.content_type != "application/json" => Err(ProviderError::Unavailable {

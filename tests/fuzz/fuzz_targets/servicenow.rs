@@ -9,6 +9,9 @@ use credbroker_providers::servicenow::{application_roles, parse_token_answer, to
 
 /// The client secret the token request sent.
 const SENT: &str = "Zq9!xK2#client-secret-4471";
+/// One made only of what an OAuth error code is made of (`[a-z_]`): only the echo check
+/// keeps it out.
+const SENT_PLAIN: &str = "plain_lowercase_secret";
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_token_answer(data);
@@ -26,22 +29,30 @@ fuzz_target!(|data: &[u8]| {
             assert!(roles.len() <= listed);
         }
     }
-    // The first two bytes pick the status, the third the content type. The `error` field
-    // is also tried as the client secret itself, then with the input around it.
-    let echoed = serde_json::json!({ "error": format!("{}{SENT}", String::from_utf8_lossy(data)) })
-        .to_string();
-    let answer = credbroker_providers::http::Answer {
-        status: 400,
-        request_id: None,
-        content_type: "application/json".to_owned(),
-        body: bytes::Bytes::from(echoed),
-    };
-    if let Err(e) = token_or_error(&answer, "snow.acme.example", &[SENT]) {
-        assert!(
-            !e.to_string().contains(&SENT[..8]),
-            "the secret was echoed: {e}"
-        );
+    // The `error` field as the client secret (one with symbols, one of `[a-z_]` only),
+    // alone and beside the input.
+    let input = String::from_utf8_lossy(data);
+    for sent in [SENT, SENT_PLAIN] {
+        for error in [
+            format!("{input}{sent}"),
+            format!("{sent}{input}"),
+            sent.to_owned(),
+        ] {
+            let answer = credbroker_providers::http::Answer {
+                status: 400,
+                request_id: None,
+                content_type: "application/json".to_owned(),
+                body: bytes::Bytes::from(serde_json::json!({ "error": error }).to_string()),
+            };
+            if let Err(e) = token_or_error(&answer, "snow.acme.example", &[sent]) {
+                assert!(
+                    !e.to_string().contains(&sent[..8]),
+                    "the secret was echoed: {e}"
+                );
+            }
+        }
     }
+    // The first two bytes pick the status, the third the content type.
     // The body as it came, and the rest of the input as the `error` field of a JSON body.
     if let [a, b, c, body @ ..] = data {
         let wrapped = serde_json::json!({ "error": String::from_utf8_lossy(body) }).to_string();
