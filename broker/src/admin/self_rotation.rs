@@ -556,15 +556,6 @@ impl AdminService {
             if !self.core.replica.is_leader() || self.core.is_stopping() {
                 break;
             }
-            // A pending version that passed its probe, or was not probed yet (an intake's
-            // submission whose probe could not run), waits for an operator.
-            if let Some(p) = b.pending_secret_version {
-                let waits = matches!(self.core.records.secret_version(&b.id, p).await,
-                    Ok(Some(v)) if v.value.worth_keeping());
-                if waits {
-                    continue;
-                }
-            }
             // At most one automatic attempt per binding an hour (a failing upstream, or one
             // that hands out PATs already close to expiry, is not hammered).
             let recent = self.rotations.lock().ok().is_some_and(|mut r| {
@@ -579,6 +570,17 @@ impl AdminService {
             });
             if recent {
                 continue;
+            }
+            // A pending version that passed its probe, or was not probed yet (an intake's
+            // submission whose probe could not run, a successor a stopped broker left),
+            // waits for an operator: said once an hour, as the secret nears its expiry.
+            if let Some(p) = b.pending_secret_version {
+                let waits = matches!(self.core.records.secret_version(&b.id, p).await,
+                    Ok(Some(v)) if v.value.worth_keeping());
+                if waits {
+                    tracing::warn!(binding = %b.id, pending = p, "the secret is due for rotation but pending version waits: promote or destroy it (credbroker secret promote / destroy), or the secret expires in service");
+                    continue;
+                }
             }
             let request_id = crate::server::new_request_id();
             match self
