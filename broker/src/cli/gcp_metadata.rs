@@ -337,7 +337,96 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::loopback_host;
+    use super::{loopback_host, route, Leaf, Route};
+
+    /// What Google's client libraries send (with `GCE_METADATA_HOST` set) is answered: the
+    /// fuzz target checks only that nothing else is, so a `route` that refused everything
+    /// would pass it.
+    #[test]
+    fn the_requests_client_libraries_send_are_routed() {
+        let ask = |method: &str, target: &str, host: &str, flavor: bool| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::HOST, host.parse().unwrap());
+            if flavor {
+                headers.insert("metadata-flavor", "Google".parse().unwrap());
+            }
+            route(&method.parse().unwrap(), &target.parse().unwrap(), &headers)
+        };
+        let sa = "/computeMetadata/v1/instance/service-accounts";
+        assert_eq!(ask("GET", "/", "127.0.0.1:8954", false), Route::Ping);
+        assert_eq!(
+            ask(
+                "GET",
+                &format!("{sa}/default/token?scopes=a,b"),
+                "[::1]:8954",
+                true
+            ),
+            Route::Account {
+                account: "default".into(),
+                leaf: Leaf::Token(Some(vec!["a".into(), "b".into()]))
+            }
+        );
+        assert_eq!(
+            ask(
+                "GET",
+                &format!("{sa}/x@p.iam.gserviceaccount.com/email"),
+                "localhost",
+                true
+            ),
+            Route::Account {
+                account: "x@p.iam.gserviceaccount.com".into(),
+                leaf: Leaf::Email
+            }
+        );
+        assert_eq!(
+            ask(
+                "GET",
+                &format!("{sa}/default/?recursive=true"),
+                "127.0.0.1",
+                true
+            ),
+            Route::Account {
+                account: "default".into(),
+                leaf: Leaf::Directory
+            }
+        );
+        assert_eq!(
+            ask(
+                "GET",
+                "/computeMetadata/v1/project/numeric-project-id",
+                "127.0.0.1:8954",
+                true
+            ),
+            Route::ProjectNumber
+        );
+        for (method, target, host, flavor) in [
+            (
+                "GET",
+                "/computeMetadata/v1/project/numeric-project-id",
+                "127.0.0.1",
+                false,
+            ),
+            (
+                "POST",
+                "/computeMetadata/v1/project/numeric-project-id",
+                "127.0.0.1",
+                true,
+            ),
+            (
+                "GET",
+                "http://evil.example/computeMetadata/v1/project/numeric-project-id",
+                "127.0.0.1",
+                true,
+            ),
+            ("GET", &format!("{sa}//token"), "127.0.0.1", true),
+            ("GET", &format!("{sa}/default/identity"), "127.0.0.1", true),
+        ] {
+            assert!(
+                matches!(ask(method, target, host, flavor), Route::Refused(..)),
+                "{method} {target}"
+            );
+        }
+    }
 
     #[test]
     fn only_loopback_hosts_are_answered() {
