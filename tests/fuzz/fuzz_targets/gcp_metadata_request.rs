@@ -128,13 +128,17 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut plain = http::HeaderMap::new();
     plain.insert("metadata-flavor", http::HeaderValue::from_static("Google"));
-    if let Ok(v) = http::HeaderValue::from_bytes(data) {
-        let mut h = plain.clone();
-        h.insert(http::header::HOST, v);
-        let token = "/computeMetadata/v1/instance/service-accounts/default/token"
-            .parse::<http::Uri>()
-            .expect("a literal target");
-        check(&http::Method::GET, &token, &h);
+    // The Host: the input, and the input after each loopback name (what follows a name
+    // is where a lax reading lets a rebound name through).
+    let token = "/computeMetadata/v1/instance/service-accounts/default/token"
+        .parse::<http::Uri>()
+        .expect("a literal target");
+    for prefix in [&b""[..], b"[::1]", b"127.0.0.1", b"localhost", b"[::1]:"] {
+        if let Ok(v) = http::HeaderValue::from_bytes(&[prefix, data].concat()) {
+            let mut h = plain.clone();
+            h.insert(http::header::HOST, v);
+            check(&http::Method::GET, &token, &h);
+        }
     }
     if let Ok(u) = text.parse::<http::Uri>() {
         let mut h = plain;
