@@ -257,3 +257,45 @@ impl FakeAtlassianDc {
         }
     }
 }
+
+/// Binds the fake instance to t1 as `acme-jira` (Jira) with PAT `token` (and its id, when
+/// known), and probes it; the probe's answer.
+pub async fn bind_jira(
+    op: &mut credbroker::client::BrokerClient,
+    dc: &FakeAtlassianDc,
+    token: &str,
+    id: Option<u64>,
+) -> Value {
+    let (s, v) = crate::call(
+        op,
+        http::Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+                    "config": {"base_url": dc.url, "product": "jira"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let mut fields = json!({"token": token});
+    if let Some(id) = id {
+        fields["token_id"] = json!(id.to_string());
+    }
+    let (s, v) = crate::call(
+        op,
+        http::Method::PUT,
+        "/v1/admin/bindings/acme-jira/secret",
+        Some(json!({ "fields": fields })),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = crate::call(
+        op,
+        http::Method::POST,
+        "/v1/admin/bindings/acme-jira/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use credbroker::client::BrokerClient;
-use credbroker_tests::fake_atlassian_dc::FakeAtlassianDc;
+use credbroker_tests::fake_atlassian_dc::{bind_jira as bind, FakeAtlassianDc};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
@@ -38,41 +38,6 @@ async fn start(
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
     (tmp, pki, daemon, dc, op)
-}
-
-async fn bind(op: &mut BrokerClient, dc: &FakeAtlassianDc, token: &str, id: Option<u64>) -> Value {
-    let (s, v) = call(
-        op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(
-            json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
-                    "config": {"base_url": dc.url, "product": "jira"}}),
-        ),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let mut fields = json!({"token": token});
-    if let Some(id) = id {
-        fields["token_id"] = json!(id.to_string());
-    }
-    let (s, v) = call(
-        op,
-        Method::PUT,
-        "/v1/admin/bindings/acme-jira/secret",
-        Some(json!({ "fields": fields })),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/probe",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    v
 }
 
 /// `credbroker secret rotate acme-jira --self`.

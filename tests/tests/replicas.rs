@@ -1354,31 +1354,9 @@ async fn one_self_rotation_of_a_binding_runs_among_the_replicas() {
     let mut op = pki.client_for("op", &set.daemons[0].url);
     seed_two_tenants(&mut op).await;
     let old = dc.state.issue("scanner", 60);
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
-                    "config": {"base_url": dc.url, "product": "jira"}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::PUT,
-        "/v1/admin/bindings/acme-jira/secret",
-        Some(json!({"fields": {"token": old.raw, "token_id": old.id.to_string()}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/probe",
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    let v =
+        credbroker_tests::fake_atlassian_dc::bind_jira(&mut op, &dc, &old.raw, Some(old.id)).await;
+    assert_eq!(v["binding"]["status"], "active", "{v}");
 
     let sql = set.sql().await;
     sql.execute(
