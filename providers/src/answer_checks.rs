@@ -44,11 +44,12 @@ pub fn quoted(v: &str, max: usize) -> String {
         .collect()
 }
 
-/// The shortest run of a sent secret that, found again in an answer, counts as an echo of it.
+/// The shortest run of a sent secret (bytes) that, found again in an answer, counts as an echo
+/// of it.
 const ECHO_RUN: usize = 8;
 
 /// Whether `text` repeats what a request sent (`sent`: its secrets, a client secret or an
-/// assertion): any [`ECHO_RUN`] consecutive characters of one of them (a shorter one whole),
+/// assertion): any [`ECHO_RUN`] consecutive bytes of one of them (a shorter one whole),
 /// as sent or as a form encodes it. An upstream, or a proxy before it, that echoes the
 /// request in an error would otherwise put the platform's secret into a message a worker or
 /// a browser is shown, or into the log.
