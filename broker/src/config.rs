@@ -12,12 +12,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod audit;
+mod cache;
 mod governance;
 mod health;
 mod keys;
 mod limits;
 mod public;
 mod tls;
+pub use audit::AuditSettings;
+pub use cache::CacheSettings;
 pub use governance::{InventorySettings, WebhookSettings};
 pub use health::HealthSettings;
 pub use keys::KeySettings;
@@ -88,94 +92,6 @@ pub struct Config {
     /// SIGHUP re-reads it.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
-}
-
-/// `[audit]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditSettings {
-    /// Most records per group commit (one fdatasync).
-    pub max_batch: usize,
-    /// Sign a checkpoint after this many records.
-    pub checkpoint_every_records: u64,
-    /// …or after this many seconds with unanchored records.
-    pub checkpoint_interval_s: u64,
-    /// Seal a segment of the file log and start the next one at this size (MiB, 1-4096).
-    pub segment_mib: u64,
-    /// …or at this many records (0: size only).
-    pub segment_records: u64,
-    /// Sealed segments kept in `audit/` beside the live one; older ones are moved to
-    /// `audit/archive/` (never deleted).
-    pub live_segments: usize,
-    /// Set by `serve --forensic-start`, never by the file.
-    #[serde(skip)]
-    pub forensic_start: bool,
-}
-
-impl AuditSettings {
-    /// The longest tail the writer leaves without a signed checkpoint.
-    pub fn max_unanchored(&self) -> u64 {
-        crate::audit::max_unanchored(self.checkpoint_every_records, self.max_batch)
-    }
-}
-
-impl Default for AuditSettings {
-    fn default() -> Self {
-        AuditSettings {
-            max_batch: 128,
-            checkpoint_every_records: 1000,
-            checkpoint_interval_s: 60,
-            segment_mib: 64,
-            segment_records: 0,
-            live_segments: 8,
-            forensic_start: false,
-        }
-    }
-}
-
-/// `[cache]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheSettings {
-    /// Most cached tokens.
-    pub max_entries: usize,
-    /// Most cached tokens of one tenant (at most `max_entries`): past it a tenant's new token
-    /// replaces its own closest to expiry, never another tenant's.
-    pub max_entries_per_tenant: usize,
-    /// Decoded store records (worker, instance, tenant, binding, sealed secret version) kept
-    /// in memory per table for the resolve path; every store write empties them. 0 disables.
-    pub record_entries: usize,
-    /// Deadline for one upstream mint, retries included, milliseconds.
-    pub mint_timeout_ms: u64,
-    /// Consecutive unavailable mints of one provider that open its circuit.
-    pub breaker_failures: u32,
-    /// How long an open circuit fails mints fast before one trial, milliseconds.
-    pub breaker_open_ms: u64,
-    /// Upstream mints one worker may cause per minute (0: unlimited); beyond it resolves
-    /// that need a fresh credential get `rate_limited`.
-    pub mints_per_minute_per_worker: u32,
-    /// Upstream mints per binding per minute, all workers together (0: unlimited).
-    pub mints_per_minute_per_binding: u32,
-    /// Upstream mints per tenant per minute of each provider, all its bindings and workers
-    /// together (0: unlimited): one tenant's share of a quota the provider keeps for the
-    /// whole platform (a GitHub App's), so that it cannot exhaust it for the others.
-    pub mints_per_minute_per_tenant: u32,
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        CacheSettings {
-            max_entries: 100_000,
-            max_entries_per_tenant: 25_000,
-            record_entries: crate::store::records::DEFAULT_RECORD_CACHE,
-            mint_timeout_ms: 10_000,
-            breaker_failures: 5,
-            breaker_open_ms: 30_000,
-            mints_per_minute_per_worker: 600,
-            mints_per_minute_per_binding: 600,
-            mints_per_minute_per_tenant: 120,
-        }
-    }
 }
 
 /// `[secrets]`: staged rotation of pasted secrets.
