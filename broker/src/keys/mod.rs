@@ -5,8 +5,11 @@
 //! fsync the directory) so a crash never leaves a half-written key file. In-memory key bytes
 //! are zeroizing and no type here implements `Debug` or `Display` over key bytes.
 
+mod audit;
 pub mod loaded;
 pub mod rotation;
+
+pub use audit::{AuditSigner, AuditVerifier};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,7 +17,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{RandomizedNonceKey, AES_256_GCM};
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -366,151 +368,6 @@ impl Keyring {
     /// The prepared AES-256-GCM key of one version.
     pub(crate) fn cipher(&self, version: u32) -> Option<&RandomizedNonceKey> {
         self.keys.get(&version).map(|k| &k.cipher)
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SigningKeyFile {
-    algorithm: String,
-    pkcs8: String,
-}
-
-impl Drop for SigningKeyFile {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.pkcs8);
-    }
-}
-
-/// Public key file format: `{"algorithm":"ed25519","public_key":"<base64>"}`.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublicKeyFile {
-    algorithm: String,
-    public_key: String,
-}
-
-/// The Ed25519 key that signs audit checkpoints.
-pub struct AuditSigner {
-    pair: Ed25519KeyPair,
-}
-
-impl AuditSigner {
-    /// Generates a key and writes the private (0600) and public key files.
-    ///
-    /// # Errors
-    /// On CSPRNG or I/O failure.
-    pub fn generate(private_path: &Path, public_path: &Path) -> Result<AuditSigner, KeyError> {
-        let pair = Ed25519KeyPair::generate()
-            .map_err(|_| KeyError::Invalid("could not generate Ed25519 key".into()))?;
-        let pkcs8 = pair
-            .to_pkcs8()
-            .map_err(|_| KeyError::Invalid("could not encode Ed25519 key".into()))?;
-        let file = SigningKeyFile {
-            algorithm: "ed25519".into(),
-            pkcs8: B64.encode(pkcs8.as_ref()),
-        };
-        write_private_file(private_path, &json_exact(&file, false))?;
-        let signer = AuditSigner { pair };
-        signer.write_public_key(public_path)?;
-        Ok(signer)
-    }
-
-    /// Writes the public key file (what `audit verify` and auditors pin).
-    ///
-    /// # Errors
-    /// On I/O failure.
-    pub fn write_public_key(&self, public_path: &Path) -> Result<(), KeyError> {
-        write_private_file(public_path, self.public_key_json().as_bytes())
-    }
-
-    /// Loads the private key file.
-    ///
-    /// # Errors
-    /// When the file is missing or not an Ed25519 PKCS#8 key file.
-    pub fn load(path: &Path) -> Result<AuditSigner, KeyError> {
-        let text = read_private_file(path)?;
-        let file: SigningKeyFile = serde_json::from_slice(&text)
-            .map_err(|_| KeyError::Invalid(format!("{}: not an audit key file", path.display())))?;
-        if file.algorithm != "ed25519" {
-            return Err(KeyError::Invalid(
-                "audit key algorithm must be ed25519".into(),
-            ));
-        }
-        let der = Zeroizing::new(
-            B64.decode(&file.pkcs8)
-                .map_err(|_| KeyError::Invalid("audit key is not valid base64".into()))?,
-        );
-        let pair = Ed25519KeyPair::from_pkcs8(&der)
-            .map_err(|_| KeyError::Invalid("audit key is not Ed25519 PKCS#8".into()))?;
-        Ok(AuditSigner { pair })
-    }
-
-    /// Signs `message`.
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.pair.sign(message).as_ref().to_vec()
-    }
-
-    /// The public key in its file format.
-    pub fn public_key_json(&self) -> String {
-        let file = PublicKeyFile {
-            algorithm: "ed25519".into(),
-            public_key: B64.encode(self.pair.public_key().as_ref()),
-        };
-        serde_json::to_string(&file).unwrap_or_default()
-    }
-
-    /// The verifier for this key.
-    pub fn verifier(&self) -> AuditVerifier {
-        AuditVerifier {
-            public_key: self.pair.public_key().as_ref().to_vec(),
-        }
-    }
-}
-
-/// Verifies audit checkpoint signatures with only the public key.
-#[derive(Clone)]
-pub struct AuditVerifier {
-    public_key: Vec<u8>,
-}
-
-impl AuditVerifier {
-    /// Parses the public key file format.
-    ///
-    /// # Errors
-    /// When the content is not an Ed25519 public key file.
-    pub fn parse(text: &[u8]) -> Result<AuditVerifier, KeyError> {
-        let file: PublicKeyFile = serde_json::from_slice(text)
-            .map_err(|_| KeyError::Invalid("not an audit public key file".into()))?;
-        let public_key = B64
-            .decode(&file.public_key)
-            .map_err(|_| KeyError::Invalid("public key is not valid base64".into()))?;
-        if file.algorithm != "ed25519" || public_key.len() != 32 {
-            return Err(KeyError::Invalid(
-                "public key must be a 32-byte ed25519 key".into(),
-            ));
-        }
-        Ok(AuditVerifier { public_key })
-    }
-
-    /// Loads a public key file.
-    ///
-    /// # Errors
-    /// See [`AuditVerifier::parse`].
-    pub fn load(path: &Path) -> Result<AuditVerifier, KeyError> {
-        AuditVerifier::parse(&fs::read(path).map_err(io_err(path))?)
-    }
-
-    /// The raw Ed25519 public key.
-    pub fn public_key_bytes(&self) -> &[u8] {
-        &self.public_key
-    }
-
-    /// Whether `signature` is valid for `message`.
-    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        UnparsedPublicKey::new(&ED25519, &self.public_key)
-            .verify(message, signature)
-            .is_ok()
     }
 }
 
