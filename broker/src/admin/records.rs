@@ -49,6 +49,34 @@ impl AdminService {
             .ok_or_else(|| unknown(Collection::Tenants, id))
     }
 
+    /// The tenant of `binding` while both are served: what a change made on their behalf
+    /// (a self-rotation, an intake link's submission) acts for. A disabled binding or tenant
+    /// gets nothing created or promoted for it (an operator who disabled it expects its
+    /// secret to run out, not to be renewed).
+    ///
+    /// # Errors
+    /// `binding_inactive` or `tenant_inactive`, or the tenant's read (`unknown_record`, the
+    /// store's failure).
+    pub(super) async fn serving_tenant(
+        &self,
+        binding: &Binding,
+    ) -> Result<Stored<Tenant>, ApiError> {
+        if binding.status == Status::Disabled {
+            return Err(ApiError::new(
+                ErrorCode::BindingInactive,
+                "the binding is disabled: nothing is created or promoted for it",
+            ));
+        }
+        let tenant = self.tenant_or_404(binding.tenant.as_str()).await?;
+        if tenant.value.status != Status::Active {
+            return Err(ApiError::new(
+                ErrorCode::TenantInactive,
+                "the binding's tenant is disabled: nothing is created or promoted for it",
+            ));
+        }
+        Ok(tenant)
+    }
+
     pub(super) async fn binding_or_404(&self, id: &str) -> Result<Stored<Binding>, ApiError> {
         let bid = BindingId::parse(id).map_err(ApiError::bad_request)?;
         self.core

@@ -145,34 +145,8 @@ impl AdminService {
         result
     }
 
-    /// The tenant a self-rotation of `binding` acts for, while it and the binding are served:
-    /// a disabled tenant or binding gets no credential created or promoted upstream (an
-    /// operator who disabled it expects its secret to run out, not to be renewed).
-    ///
-    /// # Errors
-    /// `tenant_inactive` or `binding_inactive`, or the store's failure.
-    async fn rotation_tenant(
-        &self,
-        binding: &crate::model::Binding,
-    ) -> Result<crate::store::records::Stored<crate::model::Tenant>, ApiError> {
-        if binding.status == crate::model::Status::Disabled {
-            return Err(ApiError::new(
-                ErrorCode::BindingInactive,
-                "the binding is disabled: its secret is not rotated",
-            ));
-        }
-        let tenant = self.tenant_or_404(binding.tenant.as_str()).await?;
-        if tenant.value.status != crate::model::Status::Active {
-            return Err(ApiError::new(
-                ErrorCode::TenantInactive,
-                "the binding's tenant is disabled: its secret is not rotated",
-            ));
-        }
-        Ok(tenant)
-    }
-
     /// `plan` (a rotation's write or promotion), committed only while the binding's tenant
-    /// is still as [`Self::rotation_tenant`] reads it now (on any replica).
+    /// is still as [`Self::serving_tenant`] reads it now (on any replica).
     async fn with_rotation_tenant(
         &self,
         id: &str,
@@ -180,7 +154,7 @@ impl AdminService {
     ) -> Result<Plan, ApiError> {
         let mut plan = plan?;
         let binding = self.binding_or_404(id).await?.value;
-        let tenant = self.rotation_tenant(&binding).await?;
+        let tenant = self.serving_tenant(&binding).await?;
         plan.batch.expect_unchanged(&tenant);
         Ok(plan)
     }
@@ -198,7 +172,7 @@ impl AdminService {
     ) -> OpResult {
         let refuse = |e: ApiError| (e, None);
         let binding = self.binding_or_404(id).await.map_err(refuse)?.value;
-        let tenant = self.rotation_tenant(&binding).await.map_err(refuse)?;
+        let tenant = self.serving_tenant(&binding).await.map_err(refuse)?;
         // A pending version that passed its probe, or is not probed yet (an operator's or an
         // intake's, or another rotation's successor), is not replaced: nothing is created.
         if let Some(p) = binding.pending_secret_version {

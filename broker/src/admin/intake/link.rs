@@ -53,7 +53,13 @@ impl AdminService {
         };
         // Gone is gone; a store that cannot be read is not (the caller answers "retry").
         let gone_if_unknown = |e: ApiError| {
-            if matches!(e.code, ErrorCode::UnknownRecord | ErrorCode::BadRequest) {
+            if matches!(
+                e.code,
+                ErrorCode::UnknownRecord
+                    | ErrorCode::BadRequest
+                    | ErrorCode::BindingInactive
+                    | ErrorCode::TenantInactive
+            ) {
                 gone()
             } else {
                 e
@@ -64,19 +70,10 @@ impl AdminService {
             .await
             .map_err(gone_if_unknown)?;
         let b = &binding.value;
-        if b.tenant.as_str() != link.tenant
-            || b.created_at != link.binding_created_at
-            || b.status == crate::model::Status::Disabled
-        {
+        if b.tenant.as_str() != link.tenant || b.created_at != link.binding_created_at {
             return Err(gone());
         }
-        let tenant = self
-            .tenant_or_404(&link.tenant)
-            .await
-            .map_err(gone_if_unknown)?;
-        if tenant.value.status != crate::model::Status::Active {
-            return Err(gone());
-        }
+        let tenant = self.serving_tenant(b).await.map_err(gone_if_unknown)?;
         Ok(tenant)
     }
 
