@@ -54,6 +54,11 @@ async fn probe(op: &mut BrokerClient) -> (u16, Value) {
     .await
 }
 
+/// `GET /v1/admin/bindings/acme-snow`.
+async fn binding(op: &mut BrokerClient) -> (u16, Value) {
+    call(op, Method::GET, "/v1/admin/bindings/acme-snow", None).await
+}
+
 /// Binds the fake instance to t1 with the OAuth client, activates it, adds `i-snow`.
 async fn bind(env: &mut Env) {
     let (s, v) = call(
@@ -261,13 +266,7 @@ async fn minting_caching_and_every_error_shape() {
     let audit = serde_json::to_string(&env.daemon.audit_records()).unwrap();
     assert!(!audit.contains(SECRET));
     assert!(!env.daemon.logs().contains(SECRET));
-    let (s, v) = call(
-        &mut env.op,
-        Method::GET,
-        "/v1/admin/bindings/acme-snow",
-        None,
-    )
-    .await;
+    let (s, v) = binding(&mut env.op).await;
     assert_eq!(
         (s, v["binding"]["id"].as_str()),
         (200, Some("acme-snow")),
@@ -410,13 +409,7 @@ async fn an_echoed_client_secret_is_repeated_nowhere() {
         "{v}"
     );
     assert!(!leaked(&v.to_string()), "resolve answer: {v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::GET,
-        "/v1/admin/bindings/acme-snow",
-        None,
-    )
-    .await;
+    let (s, v) = binding(&mut env.op).await;
     assert_eq!(s, 200, "{v}");
     assert!(!leaked(&v.to_string()), "binding: {v}");
     for r in env.daemon.audit_records() {
