@@ -2655,6 +2655,69 @@ async fn github_rate_limits_are_waited_out_not_retried() {
     assert!(env.daemon.logs().contains("GitHub rate limit"));
 }
 
+/// A tenant or an instance disabled and enabled again: what was cached before is not served
+/// after (the binding takes a new generation, so no replica serves it either). Fails if the
+/// re-enable brings the old token back for the rest of its hour, or if only this replica's
+/// cache forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_cached_before_a_tenant_or_instance_disable_are_not_served_after_it() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let binding = bind_acme(&mut env).await;
+    let generation = |v: &Value| v["binding"]["generation"].as_str().unwrap().to_owned();
+    let path = format!("/v1/admin/bindings/{binding}");
+    for (record, refused) in [
+        ("tenants/t1", "tenant_inactive"),
+        ("instances/i-gh", "instance_inactive"),
+    ] {
+        let (s, first) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+        assert_eq!(s, 200, "{first}");
+        let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+        let token = v["credentials"]["token"].clone();
+        let (_, before) = call(&mut env.op, Method::GET, &path, None).await;
+        for change in ["disable", "enable"] {
+            let (s, v) = call(
+                &mut env.op,
+                Method::POST,
+                &format!("/v1/admin/{record}/{change}"),
+                Some(json!({})),
+            )
+            .await;
+            assert_eq!(s, 200, "{record} {change}: {v}");
+            if change == "disable" {
+                let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+                assert_eq!((s, code(&v)), (403, refused), "{v}");
+            }
+        }
+        let (_, after) = call(&mut env.op, Method::GET, &path, None).await;
+        assert_ne!(
+            generation(&before),
+            generation(&after),
+            "{record}: the binding kept its generation"
+        );
+        let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+        assert_eq!(
+            (s, v["cached"].as_bool()),
+            (200, Some(false)),
+            "{record}: {v}"
+        );
+        assert_ne!(v["credentials"]["token"], token, "{record}");
+    }
+    // Enabling what is already enabled changes nothing (no token is dropped for it).
+    let (_, before) = call(&mut env.op, Method::GET, &path, None).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants/t1/enable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, after) = call(&mut env.op, Method::GET, &path, None).await;
+    assert_eq!(generation(&before), generation(&after));
+}
+
 /// GitHub holding its answer longer than the mint deadline (`[cache] mint_timeout_ms`): the
 /// resolve gets `provider_unavailable` at the deadline, not when GitHub answers; audited as
 /// `failed`; the request is not repeated; the cached token is still served, and whatever

@@ -45,7 +45,7 @@ impl AdminService {
         &self,
         mut event: AuditEvent,
         batch: Batch,
-        invalidate: Option<&str>,
+        invalidate: &[&str],
     ) -> Result<AuditReceipt, (ApiError, Option<AuditReceipt>)> {
         // An operator's change lands only while the operator is still active: their status
         // was checked when the request arrived, but a probe or a self-rotation calls an
@@ -128,7 +128,7 @@ impl AdminService {
             let second = self.core.audit.append(event).await.ok();
             return Err((err, second));
         }
-        if let Some(b) = invalidate {
+        for b in invalidate {
             self.core.cache.invalidate_binding(b);
         }
         Ok(receipt)

@@ -494,7 +494,7 @@ impl AdminService {
             )),
             ..Default::default()
         };
-        self.commit_audited(event, batch, None)
+        self.commit_audited(event, batch, &[])
             .await
             .map_err(|(e, _)| e)?;
         Ok(states + deliveries + unclaimed + sites + pins + destroyed.len() + webhook_versions)

@@ -423,7 +423,7 @@ impl AdminService {
             invocation.site,
             details.join("; ")
         ));
-        self.commit_audited(event, batch, Some(binding.id.as_str()))
+        self.commit_audited(event, batch, &[binding.id.as_str()])
             .await
             .map_err(|(e, _)| e)?;
         Ok(outcome)
@@ -497,7 +497,7 @@ impl AdminService {
             invocation.site,
             read.value.recorded_at
         ));
-        self.commit_audited(event.clone(), plan.batch, None)
+        self.commit_audited(event.clone(), plan.batch, &[])
             .await
             .map_err(|(e, _)| e)?;
         let stored = self.binding_or_404(id.as_str()).await?;
@@ -511,7 +511,7 @@ impl AdminService {
             event.action = "forge.token_captured".into();
             event.token_fingerprint = Some(fingerprint);
             event.detail = Some(format!("binding={id} site={}: {detail}", invocation.site));
-            self.commit_audited(event, batch, Some(id.as_str()))
+            self.commit_audited(event, batch, &[id.as_str()])
                 .await
                 .map_err(|(e, _)| e)?;
         }
@@ -561,7 +561,7 @@ impl AdminService {
                 invocation.site,
                 renewed.expires_at.unwrap_or_default()
             ));
-            self.commit_audited(event, batch, None)
+            self.commit_audited(event, batch, &[])
                 .await
                 .map_err(|(e, _)| e)?;
             return Ok(InvocationOutcome::Unclaimed);
@@ -602,7 +602,7 @@ impl AdminService {
             "{} of {} ({what}): {reason}; kept as unclaimed for an operator, nothing bound, its token not stored",
             invocation.installation, invocation.site
         ));
-        self.commit_audited(event, batch, None)
+        self.commit_audited(event, batch, &[])
             .await
             .map_err(|(e, _)| e)?;
         Ok(InvocationOutcome::Unclaimed)

@@ -422,7 +422,7 @@ impl AdminService {
             let mut batch = Batch::new();
             batch.update_intake_link(key, read, &reserved);
             let _guard = self.lock.lock().await;
-            if let Err(e) = self.commit_audited(ev, batch, None).await {
+            if let Err(e) = self.commit_audited(ev, batch, &[]).await {
                 // Refused on the link as read: another submission reserved its last
                 // attempt meanwhile (or it was revoked), and the link is dead to this one.
                 if self.link_died(&e.0, key, &link).await {
@@ -626,7 +626,7 @@ impl AdminService {
                 ));
                 let recorded = {
                     let _guard = self.lock.lock().await;
-                    self.commit_audited(ev, batch, None).await
+                    self.commit_audited(ev, batch, &[]).await
                 };
                 // A version that failed its probe is not kept: while it is pending,
                 // `binding probe` tests it instead of the active one (the next submission

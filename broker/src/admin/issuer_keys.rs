@@ -148,7 +148,7 @@ impl AdminService {
                 )),
                 ..Default::default()
             };
-            self.commit_audited(event, batch, None)
+            self.commit_audited(event, batch, &[])
                 .await
                 .map_err(|(e, _)| e)?;
         }

@@ -151,7 +151,9 @@ struct Plan {
     detail: String,
     tenant: Option<String>,
     binding: Option<String>,
-    invalidate_binding: Option<String>,
+    /// Bindings whose cached tokens the change makes stale (their generations are new in
+    /// `batch`).
+    invalidate_bindings: Vec<String>,
     /// The answer already serialized (a JSON object), when building `response` as a value
     /// would cost too much memory (the inventory); `response` is then unused.
     raw: Option<Zeroizing<Vec<u8>>>,
@@ -166,10 +168,15 @@ impl Plan {
             detail,
             tenant: None,
             binding: None,
-            invalidate_binding: None,
+            invalidate_bindings: Vec::new(),
             raw: None,
         }
     }
+}
+
+/// `ids` as the string slices [`AdminService::commit_audited`] takes.
+fn as_strs(ids: &[String]) -> Vec<&str> {
+    ids.iter().map(String::as_str).collect()
 }
 
 /// The result of an admin operation as the caller sees it.
@@ -428,12 +435,9 @@ impl AdminService {
         event.detail = Some(plan.detail.clone());
         event.tenant = plan.tenant.clone();
         event.binding = plan.binding.clone();
+        let stale = plan.invalidate_bindings.clone();
         let receipt = self
-            .commit_audited(
-                event.clone(),
-                plan.batch,
-                plan.invalidate_binding.as_deref(),
-            )
+            .commit_audited(event.clone(), plan.batch, &as_strs(&stale))
             .await?;
         // Keys it changed are reloaded by the next request's `catch_up`, here and on every
         // other replica alike (the commit reported the change).

@@ -96,7 +96,7 @@ impl AdminService {
             bindings.len()
         ));
         let intended = self
-            .commit_audited(intent, crate::store::Batch::new(), None)
+            .commit_audited(intent, crate::store::Batch::new(), &[])
             .await?;
         let drained = self.core.cache.drain_bindings(&bindings);
         let (mut revoked, mut failed) = (0, 0);
@@ -346,7 +346,7 @@ impl AdminService {
             )),
             ..Default::default()
         };
-        match self.commit_audited(event, batch, None).await {
+        match self.commit_audited(event, batch, &[]).await {
             Ok(_) => Ok(moved.len()),
             // Another replica starting at the same moment removed the mark first: it
             // re-sealed them (its record says so).

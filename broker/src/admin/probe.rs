@@ -143,7 +143,7 @@ impl AdminService {
         let mut batch = crate::store::Batch::new();
         batch.replace(&stored, &binding);
         let receipt = self
-            .commit_audited(event, batch, Some(binding.id.as_str()))
+            .commit_audited(event, batch, &[binding.id.as_str()])
             .await?;
         match (outcome, error) {
             (Ok(summary), _) => Ok(AdminOutcome {

@@ -125,7 +125,7 @@ impl AdminService {
             )),
             ..Default::default()
         };
-        self.commit_audited(event, batch, None)
+        self.commit_audited(event, batch, &[])
             .await
             .map_err(|(e, _)| e)?;
         Ok(notes.len())

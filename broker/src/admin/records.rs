@@ -420,6 +420,24 @@ impl AdminService {
             Collection::Tenants => {
                 let stored = self.tenant_or_404(id).await?;
                 let mut t = stored.value.clone();
+                if t.status != status {
+                    // Nothing minted for the tenant before the change is served after it,
+                    // by any replica (a binding added meanwhile bumps the tenant's
+                    // revision, so the commit fails rather than miss it).
+                    let tenant = t.id.clone();
+                    let ids: Vec<BindingId> = self
+                        .core
+                        .records
+                        .bindings_where(move |b| b.tenant == tenant)
+                        .await
+                        .map_err(store_err)?
+                        .into_iter()
+                        .map(|b| b.id)
+                        .collect();
+                    for b in ids {
+                        self.renew_generation(&mut plan, b.as_str()).await?;
+                    }
+                }
                 t.status = status;
                 plan.batch.replace(&stored, &t);
                 plan.tenant = Some(id.to_owned());
@@ -449,6 +467,11 @@ impl AdminService {
             Collection::Instances => {
                 let stored = self.instance_or_404(id).await?;
                 let mut i = stored.value.clone();
+                if i.status != status {
+                    // What was minted for the instance is not served after the change; a
+                    // binding's tokens may be shared by its instances, so all of them go.
+                    self.renew_generation(&mut plan, i.binding.as_str()).await?;
+                }
                 i.status = status;
                 plan.batch.replace(&stored, &i);
                 plan.tenant = Some(i.tenant.to_string());
@@ -478,11 +501,23 @@ impl AdminService {
                 plan.batch.replace(&stored, &b);
                 plan.tenant = Some(b.tenant.to_string());
                 plan.binding = Some(id.to_owned());
-                plan.invalidate_binding = Some(id.to_owned());
+                plan.invalidate_bindings.push(id.to_owned());
                 plan.response = json!({ "binding": to_value(&b) });
             }
         }
         Ok(plan)
+    }
+
+    /// Gives binding `id` a new generation in `plan` (preconditioned on the record read
+    /// here): nothing minted from it before the change is served again, by any replica, and
+    /// this replica's cache forgets it once the change is committed.
+    async fn renew_generation(&self, plan: &mut Plan, id: &str) -> Result<(), ApiError> {
+        let stored = self.binding_or_404(id).await?;
+        let mut b = stored.value.clone();
+        b.generation = super::fresh_generation()?;
+        plan.batch.replace(&stored, &b);
+        plan.invalidate_bindings.push(id.to_owned());
+        Ok(())
     }
 
     pub(super) async fn plan_flag_trust_broken(
@@ -532,7 +567,7 @@ impl AdminService {
                 changed = true;
                 // What was minted under the consent as it was is served by no replica.
                 b.generation = super::fresh_generation()?;
-                plan.invalidate_binding = Some(id.to_owned());
+                plan.invalidate_bindings.push(id.to_owned());
             }
         }
         if changed {
@@ -679,7 +714,7 @@ impl AdminService {
                 plan.batch.remove(&b);
                 plan.tenant = Some(b.tenant.to_string());
                 plan.binding = Some(id.to_owned());
-                plan.invalidate_binding = Some(id.to_owned());
+                plan.invalidate_bindings.push(id.to_owned());
             }
         }
         Ok(plan)

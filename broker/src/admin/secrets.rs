@@ -173,7 +173,7 @@ impl AdminService {
         } else {
             binding.active_secret_version = Some(version);
             binding.generation = fresh_generation()?;
-            plan.invalidate_binding = Some(binding.id.to_string());
+            plan.invalidate_bindings.push(binding.id.to_string());
         }
         plan.batch.replace(&stored, &binding);
         plan.detail = format!(
@@ -279,7 +279,7 @@ impl AdminService {
         });
         plan.tenant = Some(binding.tenant.to_string());
         plan.binding = Some(binding.id.to_string());
-        plan.invalidate_binding = Some(binding.id.to_string());
+        plan.invalidate_bindings.push(binding.id.to_string());
         Ok(plan)
     }
 
@@ -368,7 +368,7 @@ impl AdminService {
         });
         plan.tenant = Some(binding.tenant.to_string());
         plan.binding = Some(binding.id.to_string());
-        plan.invalidate_binding = Some(binding.id.to_string());
+        plan.invalidate_bindings.push(binding.id.to_string());
         Ok(plan)
     }
 
@@ -432,7 +432,7 @@ impl AdminService {
         ));
         let mut batch = crate::store::Batch::new();
         batch.replace(&read, &stamped);
-        let receipt = self.commit_audited(event, batch, None).await?;
+        let receipt = self.commit_audited(event, batch, &[]).await?;
         match error {
             None => Ok(AdminOutcome {
                 raw: None,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use credbroker_providers::{BindingContext, MintRequest, Narrowing, ProviderError, SecretFields};
 
-use super::{AdminOutcome, AdminService, Plan};
+use super::{as_strs, AdminOutcome, AdminService, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
 
@@ -81,8 +81,9 @@ impl AdminService {
         event.detail = Some(format!("{} ({note})", plan.detail));
         event.tenant = plan.tenant.clone();
         event.binding = plan.binding.clone();
+        let stale = plan.invalidate_bindings.clone();
         let receipt = self
-            .commit_audited(event, plan.batch, plan.invalidate_binding.as_deref())
+            .commit_audited(event, plan.batch, &as_strs(&stale))
             .await?;
         Ok((plan.response, receipt))
     }
@@ -236,7 +237,7 @@ impl AdminService {
         // disabled meanwhile creates nothing either.
         let mut unchanged = crate::store::Batch::new();
         unchanged.expect_unchanged(&tenant);
-        let intent = self.commit_audited(intent, unchanged, None).await?;
+        let intent = self.commit_audited(intent, unchanged, &[]).await?;
         // Every failure from here on follows the intent record: an error without a record of
         // its own answers with the intent's (the operation is on record, and is not audited
         // again as a refusal).

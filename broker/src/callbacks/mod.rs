@@ -165,7 +165,7 @@ impl CallbackService {
     ) -> Result<crate::audit::AuditReceipt, Failure> {
         let _guard = self.admin.lock.lock().await;
         self.admin
-            .commit_audited(event, batch, None)
+            .commit_audited(event, batch, &[])
             .await
             .map_err(Failure::committing)
     }

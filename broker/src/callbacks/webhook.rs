@@ -134,7 +134,11 @@ impl CallbackService {
         event.binding = change.binding.clone();
         let receipt = self
             .admin
-            .commit_audited(event.clone(), change.batch, change.binding.as_deref())
+            .commit_audited(
+                event.clone(),
+                change.batch,
+                change.binding.as_deref().as_slice(),
+            )
             .await
             .map_err(Failure::committing)?;
         drop(guard);
