@@ -2718,6 +2718,76 @@ async fn tokens_cached_before_a_tenant_or_instance_disable_are_not_served_after_
     assert_eq!(generation(&before), generation(&after));
 }
 
+/// `revoke-cached` while a mint is in flight (key compromise): the token GitHub issues for
+/// it still answers the resolve waiting on it, and is revoked upstream once it lands,
+/// counted as `in_flight`; it is never cached, so the next resolve mints anew. Fails if the
+/// drain leaves in-flight mints out (their tokens would live out their hour unrevoked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_minted_while_cached_tokens_are_revoked_is_revoked_too() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    env.gh.inject(
+        "/access_tokens",
+        Fault::Hold(Duration::from_millis(2500)),
+        1,
+    );
+    let before = mint_requests(&env).len();
+    let mut w1 = env.w1();
+    let waiting =
+        tokio::spawn(async move { resolve(&mut w1, json!({"instance_id": "i-gh"})).await });
+    // GitHub has the request (and has minted) before the revocation starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mint_requests(&env).len() == before {
+        assert!(Instant::now() < deadline, "the mint never reached GitHub");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let revoked_before = env.gh.state.revoked.lock().unwrap().len();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/providers/github_app/revoke-cached",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["dropped"], &v["in_flight"], &v["revoked"], &v["failed"]),
+        (&json!(1), &json!(1), &json!(1), &json!(0)),
+        "{v}"
+    );
+    let (s, answered) = waiting.await.unwrap();
+    assert_eq!(
+        s, 200,
+        "the waiting resolve still gets its token: {answered}"
+    );
+    let token = answered["credentials"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked = env.gh.state.revoked.lock().unwrap().clone();
+    assert_eq!(revoked.len(), revoked_before + 1);
+    assert!(
+        revoked.contains(&token),
+        "the in-flight token was not revoked"
+    );
+    let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    assert_ne!(v["credentials"]["token"].as_str(), Some(token.as_str()));
+    let detail = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "provider.github_app.revoke_cached")
+        .filter_map(|r| r["detail"].as_str().map(str::to_owned))
+        .next_back()
+        .unwrap();
+    assert!(
+        detail.contains("(1 of them minted while the revocation ran)"),
+        "{detail}"
+    );
+}
+
 /// GitHub holding its answer longer than the mint deadline (`[cache] mint_timeout_ms`): the
 /// resolve gets `provider_unavailable` at the deadline, not when GitHub answers; audited as
 /// `failed`; the request is not repeated; the cached token is still served, and whatever

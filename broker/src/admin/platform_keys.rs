@@ -98,10 +98,27 @@ impl AdminService {
         let intended = self
             .commit_audited(intent, crate::store::Batch::new(), &[])
             .await?;
+        // A mint in flight is drained too: its token still answers the resolves waiting on
+        // it, and is revoked with the cached ones once it lands (the mint is bounded by the
+        // mint deadline, so it lands within it).
         let drained = self.core.cache.drain_bindings(&bindings);
-        let (mut revoked, mut failed) = (0, 0);
-        for cred in &drained {
-            match revocation.revoke(cred, self.core.mint_timeout()).await {
+        let (drained, unlanded) = drained
+            .landed(self.core.mint_timeout() + std::time::Duration::from_secs(2))
+            .await;
+        let in_flight = drained.iter().filter(|d| d.was_in_flight).count();
+        let (mut revoked, mut failed) = (0, unlanded);
+        if unlanded > 0 {
+            tracing::error!(
+                provider = provider_name,
+                mints = unlanded,
+                "mints in flight had not landed by the mint deadline: whatever they issued is not revoked"
+            );
+        }
+        for d in &drained {
+            match revocation
+                .revoke(&d.credential, self.core.mint_timeout())
+                .await
+            {
                 Ok(()) => revoked += 1,
                 Err(e) => {
                     failed += 1;
@@ -109,10 +126,10 @@ impl AdminService {
                 }
             }
         }
+        let dropped = drained.len() + unlanded;
         event.outcome = if failed == 0 { "allowed" } else { "failed" }.into();
         event.detail = Some(format!(
-            "dropped {} cached credential(s): {revoked} revoked upstream, {failed} failed (intent {})",
-            drained.len(),
+            "dropped {dropped} cached credential(s) ({in_flight} of them minted while the revocation ran): {revoked} revoked upstream, {failed} failed (intent {})",
             intended.audit_id
         ));
         let receipt = self.core.audit.append(event).await.map_err(|_| {
@@ -120,8 +137,7 @@ impl AdminService {
                 ApiError::new(
                     ErrorCode::AuditUnavailable,
                     format!(
-                        "the cached credentials were dropped ({} of them; {revoked} revoked upstream, {failed} failed), but the audit log could not take the result: the intent is record {}",
-                        drained.len(),
+                        "the cached credentials were dropped ({dropped} of them; {revoked} revoked upstream, {failed} failed), but the audit log could not take the result: the intent is record {}",
                         intended.audit_id
                     ),
                 ),
@@ -130,7 +146,7 @@ impl AdminService {
         })?;
         Ok(super::AdminOutcome {
             raw: None,
-            response: json!({ "provider": provider_name, "dropped": drained.len(), "revoked": revoked, "failed": failed }),
+            response: json!({ "provider": provider_name, "dropped": dropped, "in_flight": in_flight, "revoked": revoked, "failed": failed }),
             created: false,
             receipt,
         })

@@ -61,6 +61,57 @@ pub enum Source {
     Shared,
 }
 
+/// What [`TokenCache::drain_bindings`] took out of the cache.
+pub struct Drained {
+    /// The tokens that were cached.
+    pub cached: Vec<Arc<IssuedCredential>>,
+    /// The mints that were in flight.
+    in_flight: Vec<InFlight>,
+}
+
+/// A drained credential, and how it was found.
+pub struct DrainedCredential {
+    /// The credential.
+    pub credential: Arc<IssuedCredential>,
+    /// Whether it was minted while (or after) it was drained, rather than cached.
+    pub was_in_flight: bool,
+}
+
+impl Drained {
+    /// Mints that were in flight when drained.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The cached tokens, then each in-flight mint's token once it lands (waiting at most
+    /// `wait` in all; a mint bounded by the mint deadline lands well within it). A mint
+    /// that fails issued nothing. Returns the tokens and how many mints had not landed by
+    /// then (their tokens, if any, are beyond reach).
+    pub async fn landed(self, wait: std::time::Duration) -> (Vec<DrainedCredential>, usize) {
+        let mut out: Vec<DrainedCredential> = self
+            .cached
+            .into_iter()
+            .map(|credential| DrainedCredential {
+                credential,
+                was_in_flight: false,
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut unlanded = 0;
+        for mint in self.in_flight {
+            match tokio::time::timeout_at(deadline, mint).await {
+                Ok(Ok(credential)) => out.push(DrainedCredential {
+                    credential,
+                    was_in_flight: true,
+                }),
+                Ok(Err(_)) => {}
+                Err(_) => unlanded += 1,
+            }
+        }
+        (out, unlanded)
+    }
+}
+
 /// The cache.
 pub struct TokenCache {
     max_entries: usize,
@@ -255,15 +306,27 @@ impl TokenCache {
         drop(self.drain_bindings(&[binding.to_owned()]));
     }
 
-    /// Removes and returns every cached token of the given bindings; in-flight mints of them
-    /// will not be cached (see [`TokenCache::invalidate_binding`]).
-    pub fn drain_bindings(&self, bindings: &[String]) -> Vec<Arc<IssuedCredential>> {
+    /// Removes every cached token of the given bindings, and the mints of them in flight:
+    /// those still answer the requests waiting on them, are not cached and are not joined
+    /// by later requests (see [`TokenCache::invalidate_binding`]). Both are returned, so a
+    /// revocation reaches a token that was being minted as well as the cached ones.
+    pub fn drain_bindings(&self, bindings: &[String]) -> Drained {
         // Lock order: in_flight, then entries (as in `get_or_mint`).
-        if let Ok(mut in_flight) = self.in_flight.lock() {
-            in_flight.retain(|k, _| !bindings.contains(&k.binding));
+        let mut in_flight = Vec::new();
+        if let Ok(mut flights) = self.in_flight.lock() {
+            flights.retain(|k, (_, mint)| {
+                let drop_it = bindings.contains(&k.binding);
+                if drop_it {
+                    in_flight.push(mint.clone());
+                }
+                !drop_it
+            });
         }
         let Ok(mut entries) = self.entries.lock() else {
-            return Vec::new();
+            return Drained {
+                cached: Vec::new(),
+                in_flight,
+            };
         };
         entries.epoch = entries.epoch.wrapping_add(1);
         let keys: Vec<CacheKey> = entries
@@ -272,7 +335,10 @@ impl TokenCache {
             .filter(|k| bindings.contains(&k.binding))
             .cloned()
             .collect();
-        keys.iter().filter_map(|k| entries.remove(k)).collect()
+        Drained {
+            cached: keys.iter().filter_map(|k| entries.remove(k)).collect(),
+            in_flight,
+        }
     }
 
     /// Number of cached tokens.
