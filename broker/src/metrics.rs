@@ -32,6 +32,14 @@ pub struct ScopeLabel {
     pub scope: String,
 }
 
+/// Labels naming whose admin request was refused: `operator` (an active operator's) or
+/// `other` (any other certificate's, refused by the admin API in any case).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallerLabel {
+    /// `operator` or `other`.
+    pub caller: String,
+}
+
 /// Labels of a webhook verification: the scheme and `valid` or `invalid`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
@@ -104,6 +112,9 @@ pub struct Metrics {
     pub revoked_connections_closed: Counter,
     /// Admin requests.
     pub admin_requests: Counter,
+    /// Admin requests refused before they ran, every slot for work run to completion
+    /// being taken (by whose certificate: `operator` or `other`).
+    pub admin_requests_shed: Family<CallerLabel, Counter>,
     /// Upstream mints by provider. (No per-customer label: metrics carry no customer
     /// identifiers.)
     pub mints: Family<ProviderLabel, Counter>,
@@ -242,6 +253,12 @@ impl Metrics {
             "Admin API requests",
             admin_requests.clone(),
         );
+        let admin_requests_shed = Family::<CallerLabel, Counter>::default();
+        registry.register(
+            "admin_requests_shed",
+            "Admin API requests refused before they ran because every slot for work run to completion was taken, by caller (operator or other)",
+            admin_requests_shed.clone(),
+        );
         let mints = Family::<ProviderLabel, Counter>::default();
         registry.register("mints", "Upstream mints by provider", mints.clone());
         let callbacks = Family::<ResolveLabels, Counter>::default();
@@ -323,6 +340,7 @@ impl Metrics {
             mtls_bodies_refused,
             revoked_connections_closed,
             admin_requests,
+            admin_requests_shed,
         }
     }
 

@@ -2718,6 +2718,71 @@ async fn tokens_cached_before_a_tenant_or_instance_disable_are_not_served_after_
     assert_eq!(generation(&before), generation(&after));
 }
 
+/// Operators' changes run to completion after their client leaves, each holding one of
+/// `max_connections` slots: with every slot held by a probe whose client hung up, the next
+/// change is refused `unavailable` before it runs, and counted in
+/// `credbroker_admin_requests_shed_total{caller="operator"}`; once the probes end, changes
+/// run again. Fails if a refusal goes uncounted or the cap is not enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_refused_for_want_of_a_slot_are_counted() {
+    let mut env = start_full(
+        3600,
+        GENEROUS,
+        Some(CLIENT_ID),
+        "[limits]\nmax_connections = 3\n",
+    )
+    .await;
+    add_key(&mut env.op, &env.key_a).await;
+    let binding = bind_acme(&mut env).await;
+    let probe = format!("/v1/admin/bindings/{binding}/probe");
+    let reads = || env.gh.state.requests_to("/app/installations/1001").len();
+    env.gh.inject(
+        "/app/installations/1001",
+        Fault::Hold(Duration::from_secs(4)),
+        3,
+    );
+    // One probe at a time, its client gone once GitHub has its request: three slots held
+    // by work that outlives its connection.
+    for _ in 0..3 {
+        let before = reads();
+        let mut op = env.pki.client_for("op", &env.daemon.url);
+        let path = probe.clone();
+        let probing =
+            tokio::spawn(async move { call(&mut op, Method::POST, &path, Some(json!({}))).await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reads() == before {
+            assert!(Instant::now() < deadline, "the probe never reached GitHub");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        probing.abort();
+        let _ = probing.await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, v) = call(&mut env.op, Method::POST, &probe, Some(json!({}))).await;
+    assert_eq!((s, code(&v)), (503, "unavailable"), "{v}");
+    let (_, m) = scrape(&env.pki, &env.daemon.url).await;
+    let m = String::from_utf8(m).unwrap();
+    assert_eq!(
+        metric_value(
+            &m,
+            "credbroker_admin_requests_shed_total{caller=\"operator\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // The held probes end (GitHub answers after 4 s) and give their slots back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, v) = call(&mut env.op, Method::POST, &probe, Some(json!({}))).await;
+        if s == 200 {
+            break;
+        }
+        assert_eq!((s, code(&v)), (503, "unavailable"), "{v}");
+        assert!(Instant::now() < deadline, "the slots were never given back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// `revoke-cached` while a mint is in flight (key compromise): the token GitHub issues for
 /// it still answers the resolve waiting on it, and is revoked upstream once it lands,
 /// counted as `in_flight`; it is never cached, so the next resolve mints anew. Fails if the

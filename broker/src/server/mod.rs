@@ -551,7 +551,15 @@ async fn handle(
         } else {
             pools.detached_refusals
         };
-        to_completion(&request_id, (slots, || {}), async move {
+        // A refusal for want of a slot is counted (and logged, throttled): it ran nothing.
+        let shed = broker.metrics().admin_requests_shed.clone();
+        let on_full = move || {
+            shed.get_or_create(&crate::metrics::CallerLabel {
+                caller: if operator { "operator" } else { "other" }.into(),
+            })
+            .inc();
+        };
+        to_completion(&request_id, (slots, on_full), async move {
             broker.admin_http(peer.as_ref(), &m, &p, body, &rid).await
         })
         .await
