@@ -217,6 +217,25 @@ pub struct AdminService {
 struct RotationState {
     running: std::collections::HashSet<String>,
     last_tried: std::collections::HashMap<String, Instant>,
+    /// When each binding's waiting pending version was last said (apart from `last_tried`:
+    /// once the operator promotes or destroys it, the rotation is not held back an hour).
+    last_warned: std::collections::HashMap<String, Instant>,
+}
+
+impl RotationState {
+    /// Whether `binding`'s entry of `times` is under an hour old; if not, it is set to now.
+    fn within_the_hour(
+        times: &mut std::collections::HashMap<String, Instant>,
+        binding: &str,
+    ) -> bool {
+        let recent = times
+            .get(binding)
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600));
+        if !recent {
+            times.insert(binding.to_owned(), Instant::now());
+        }
+        recent
+    }
 }
 
 impl AdminService {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use credbroker_providers::{BindingContext, MintRequest, Narrowing, ProviderError, SecretFields};
 
-use super::{as_strs, AdminOutcome, AdminService, Plan};
+use super::{as_strs, AdminOutcome, AdminService, Plan, RotationState};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
 
@@ -531,31 +531,31 @@ impl AdminService {
             if !self.core.replica.is_leader() || self.core.is_stopping() {
                 break;
             }
-            // At most one automatic attempt per binding an hour (a failing upstream, or one
-            // that hands out PATs already close to expiry, is not hammered).
-            let recent = self.rotations.lock().ok().is_some_and(|mut r| {
-                let recent = r
-                    .last_tried
-                    .get(b.id.as_str())
-                    .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600));
-                if !recent {
-                    r.last_tried.insert(b.id.to_string(), Instant::now());
-                }
-                recent
-            });
-            if recent {
-                continue;
-            }
             // A pending version that passed its probe, or was not probed yet (an intake's
             // submission whose probe could not run, a successor a stopped broker left),
-            // waits for an operator: said once an hour, as the secret nears its expiry.
+            // waits for an operator: said once an hour, as the secret nears its expiry. It
+            // does not spend the hour's attempt: once handled, the rotation runs at the next
+            // tick.
             if let Some(p) = b.pending_secret_version {
                 let waits = matches!(self.core.records.secret_version(&b.id, p).await,
                     Ok(Some(v)) if v.value.worth_keeping());
                 if waits {
-                    tracing::warn!(binding = %b.id, pending = p, "the secret is due for rotation but pending version waits: promote or destroy it (credbroker secret promote / destroy), or the secret expires in service");
+                    let said = self.rotations.lock().ok().is_none_or(|mut r| {
+                        RotationState::within_the_hour(&mut r.last_warned, b.id.as_str())
+                    });
+                    if !said {
+                        tracing::warn!(binding = %b.id, pending = p, "the secret is due for rotation but pending version waits: promote or destroy it (credbroker secret promote / destroy), or the secret expires in service");
+                    }
                     continue;
                 }
+            }
+            // At most one automatic attempt per binding an hour (a failing upstream, or one
+            // that hands out PATs already close to expiry, is not hammered).
+            let recent = self.rotations.lock().ok().is_some_and(|mut r| {
+                RotationState::within_the_hour(&mut r.last_tried, b.id.as_str())
+            });
+            if recent {
+                continue;
             }
             let request_id = crate::server::new_request_id();
             match self
