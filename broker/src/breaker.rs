@@ -47,6 +47,34 @@ pub enum Admission {
     Open(Duration),
 }
 
+/// An admitted mint's hold on its circuits until [`Breakers::record`] takes its outcome
+/// ([`Breakers::admit_held`]): dropped before that (a panic, a cancelled request), it gives
+/// up the trials it claimed, and only those.
+pub struct Admitted<'a> {
+    breakers: &'a Breakers,
+    provider: &'a str,
+    binding: &'a str,
+    /// The circuits whose half-open trial this mint is (emptied once recorded).
+    trials: Vec<String>,
+}
+
+impl Admitted<'_> {
+    /// Records the mint's outcome ([`Breakers::record`]), ending the hold.
+    pub fn record(mut self, tenant: &str, upstream_unavailable: bool) -> (bool, bool) {
+        self.trials.clear();
+        self.breakers
+            .record(self.provider, self.binding, tenant, upstream_unavailable)
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.trials.is_empty() {
+            self.breakers.abandon(&self.trials);
+        }
+    }
+}
+
 /// Circuits by provider and by binding, and the mint rate limits: what stands between a
 /// cold resolve and the upstream.
 pub struct Breakers {
@@ -100,8 +128,34 @@ impl Breakers {
     /// Whether a mint of `binding` (of `provider`) may call its upstream now: both the
     /// provider's and the binding's circuits must let it through.
     pub fn admit(&self, provider: &str, binding: &str) -> Admission {
+        self.admit_claiming(provider, binding).0
+    }
+
+    /// [`Breakers::admit`], holding the mint's circuits until its outcome is recorded
+    /// ([`Admitted`]): `Err` with how long until the next attempt when a circuit is open.
+    ///
+    /// # Errors
+    /// The time until the circuit tries again.
+    pub fn admit_held<'a>(
+        &'a self,
+        provider: &'a str,
+        binding: &'a str,
+    ) -> Result<Admitted<'a>, Duration> {
+        match self.admit_claiming(provider, binding) {
+            (Admission::Allowed, trials) => Ok(Admitted {
+                breakers: self,
+                provider,
+                binding,
+                trials,
+            }),
+            (Admission::Open(retry), _) => Err(retry),
+        }
+    }
+
+    /// The admission, and the circuits whose trial it claimed.
+    fn admit_claiming(&self, provider: &str, binding: &str) -> (Admission, Vec<String>) {
         let Ok(mut all) = self.circuits.lock() else {
-            return Admission::Allowed;
+            return (Admission::Allowed, Vec::new());
         };
         let now = Instant::now();
         let shared = !self.own_upstreams.contains(provider);
@@ -115,18 +169,34 @@ impl Breakers {
         for key in keys.iter().flatten() {
             let c = all.entry(key.clone()).or_default();
             match c.open_until {
-                Some(until) if now < until => return Admission::Open(until - now),
-                Some(_) if c.trial_in_flight => return Admission::Open(Duration::from_millis(100)),
+                Some(until) if now < until => return (Admission::Open(until - now), Vec::new()),
+                Some(_) if c.trial_in_flight => {
+                    return (Admission::Open(Duration::from_millis(100)), Vec::new())
+                }
                 Some(_) => trials.push(key.clone()),
                 None => {}
             }
         }
-        for key in trials {
-            if let Some(c) = all.get_mut(&key) {
+        for key in &trials {
+            if let Some(c) = all.get_mut(key) {
                 c.trial_in_flight = true;
             }
         }
-        Admission::Allowed
+        (Admission::Allowed, trials)
+    }
+
+    /// Gives up the trials `keys` an admitted mint claimed and will record no outcome for
+    /// (it panicked, or the request driving it was dropped): the circuit lets the next mint
+    /// through as its trial instead of failing fast until a restart. Counts nothing.
+    fn abandon(&self, keys: &[String]) {
+        let Ok(mut all) = self.circuits.lock() else {
+            return;
+        };
+        for key in keys {
+            if let Some(c) = all.get_mut(key) {
+                c.trial_in_flight = false;
+            }
+        }
     }
 
     /// Records the outcome of an admitted mint of `binding` (of `tenant`); returns whether
@@ -265,6 +335,40 @@ mod tests {
             "successful trial closes"
         );
         assert_eq!(b.open_bindings(), 0);
+    }
+
+    /// A trial whose mint never records an outcome (it panicked, or its request was
+    /// dropped) is given up when its hold drops: the next mint is the trial, rather than
+    /// every mint failing fast until a restart.
+    #[test]
+    fn a_trial_that_never_records_is_given_up() {
+        let b = Breakers::new(1, Duration::from_millis(20));
+        assert_eq!(b.admit("p", "b1"), Admission::Allowed);
+        b.record("p", "b1", "t1", true);
+        assert!(matches!(b.admit("p", "b1"), Admission::Open(_)));
+        std::thread::sleep(Duration::from_millis(30));
+        let trial = b.admit_held("p", "b1").expect("the trial");
+        assert!(
+            matches!(b.admit("p", "b1"), Admission::Open(_)),
+            "one trial at a time"
+        );
+        drop(trial);
+        let trial = b
+            .admit_held("p", "b1")
+            .expect("a trial whose mint ended without an outcome still holds the circuit");
+        // A recorded hold does not give up what its record decided.
+        trial.record("t1", true);
+        assert!(matches!(b.admit("p", "b1"), Admission::Open(_)));
+        // A mint admitted while the circuit was closed gives up nothing when dropped: the
+        // trial another mint holds stays held.
+        let b = Breakers::new(1, Duration::from_millis(20));
+        let early = b.admit_held("p", "b1").unwrap();
+        b.record("p", "b1", "t1", true);
+        std::thread::sleep(Duration::from_millis(30));
+        let trial = b.admit_held("p", "b1").expect("the trial");
+        drop(early);
+        assert!(matches!(b.admit("p", "b1"), Admission::Open(_)));
+        drop(trial);
     }
 
     /// One tenant's failing binding opens its own circuit, never the provider's.

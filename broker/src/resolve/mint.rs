@@ -17,7 +17,7 @@ use credbroker_providers::{
     SecretFields,
 };
 
-use crate::breaker::{Admission, Breakers};
+use crate::breaker::Breakers;
 use crate::metrics::ProviderLabel;
 use crate::model::Binding;
 
@@ -132,22 +132,26 @@ impl MintJob {
                 "too many fresh credentials for this {which}; cached ones are still served, retry shortly"
             )));
         }
-        let admission = if upstream {
-            self.breakers.admit(provider_id, binding_id)
+        // Held until the outcome is recorded: a panic in the mint, or the request dropped
+        // while it runs, gives up any trial it claimed.
+        let admitted = if upstream {
+            match self.breakers.admit_held(provider_id, binding_id) {
+                Ok(held) => Some(held),
+                Err(retry) => {
+                    // Failing fast calls nobody: it spends none of the mint limits.
+                    self.breakers.refund_mint(mint_for);
+                    return Err(ProviderError::Unavailable {
+                        message: format!(
+                            "{provider_id} upstream is failing for this binding or for everyone; circuit open, next attempt in {} ms",
+                            retry.as_millis()
+                        ),
+                        upstream_request_id: None,
+                    });
+                }
+            }
         } else {
-            Admission::Allowed
+            None
         };
-        if let Admission::Open(retry) = admission {
-            // Failing fast calls nobody: it spends none of the mint limits.
-            self.breakers.refund_mint(mint_for);
-            return Err(ProviderError::Unavailable {
-                message: format!(
-                    "{provider_id} upstream is failing for this binding or for everyone; circuit open, next attempt in {} ms",
-                    retry.as_millis()
-                ),
-                upstream_request_id: None,
-            });
-        }
         if upstream {
             self.assertions.calling_upstream();
         }
@@ -161,11 +165,9 @@ impl MintJob {
                 })
             });
         let unavailable = matches!(result, Err(ProviderError::Unavailable { .. }));
-        let (binding_opened, provider_opened) = if upstream {
-            self.breakers
-                .record(provider_id, binding_id, tenant_id, unavailable)
-        } else {
-            (false, false)
+        let (binding_opened, provider_opened) = match admitted {
+            Some(admitted) => admitted.record(tenant_id, unavailable),
+            None => (false, false),
         };
         if provider_opened {
             tracing::warn!(
