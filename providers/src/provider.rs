@@ -218,6 +218,14 @@ pub trait Provider: Send + Sync + 'static {
         true
     }
 
+    /// The error a mint fails fast with while the upstream's last answer asked the broker
+    /// to make no call for a while (a rate limit whose time has not passed), if it does.
+    /// Checked before the circuit breakers: such a fast failure calls nobody, says nothing
+    /// new about the upstream, and must not open a circuit that outlasts the wait.
+    fn paused(&self) -> Option<ProviderError> {
+        None
+    }
+
     /// Whether every binding's mints reach one upstream shared by all tenants (AWS STS,
     /// Entra, GitHub): the provider-wide circuit breaker then guards it. A provider whose
     /// every customer is an upstream of its own (a ServiceNow instance) says no: two

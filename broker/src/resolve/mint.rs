@@ -122,6 +122,14 @@ impl MintJob {
             tenant: tenant_id,
             provider: provider_id,
         };
+        // An upstream that asked for a pause is not called, and its fast failure spends no
+        // mint token and counts against no circuit (one that opened on them would outlast
+        // the pause).
+        if upstream {
+            if let Some(paused) = self.provider.paused() {
+                return Err(paused);
+            }
+        }
         let limited = if upstream {
             self.breakers.admit_mint(mint_for)
         } else {

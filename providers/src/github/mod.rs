@@ -474,6 +474,10 @@ impl Provider for GithubApp {
         Some(self)
     }
 
+    fn paused(&self) -> Option<ProviderError> {
+        self.check_paused().err()
+    }
+
     fn revocation(&self) -> Option<&dyn Revocation> {
         Some(self)
     }
