@@ -339,8 +339,20 @@ impl ResolveService {
         // Every change acknowledged before this point, on any replica, is judged: the store
         // reports the ones it had not (emptying the record caches) and changed keys are
         // reloaded. Unreachable: fail closed.
-        if let Err(e) = self.admin.catch_up().await {
-            return refuse(e);
+        if let Err(error) = self.admin.catch_up().await {
+            // Recorded with what the request asked for: an auditor searching an instance's
+            // resolves finds the ones an outage refused too.
+            return Decision {
+                witness: None,
+                job_id: request.job_id,
+                result: Err(Refused::from(Denial {
+                    error,
+                    facts: Box::new(ChainFacts {
+                        instance: Some(request.instance),
+                        ..ChainFacts::default()
+                    }),
+                })),
+            };
         }
         // Read before the records: a credential minted from records an invalidation made
         // stale meanwhile is not cached.
@@ -566,7 +578,7 @@ fn outcome_of(decision: &Decision) -> &'static str {
         Err(r)
             if matches!(
                 r.error.code,
-                ErrorCode::ProviderUnavailable | ErrorCode::Internal
+                ErrorCode::ProviderUnavailable | ErrorCode::Internal | ErrorCode::Unavailable
             ) =>
         {
             "failed"
