@@ -909,3 +909,124 @@ async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
     let (c, out) = verify_within(&config, 30, "the genuine log again");
     assert_eq!(c, 0, "{out}");
 }
+
+/// `audit verify --pinned FILE`, with a copy kept off the host (runbooks/audit-verification.md):
+/// whoever can write the data directory and restart the broker can remove the latest
+/// checkpoints, rewrite what they covered, and have the broker sign over it, or empty the
+/// log: both verify without the copy (the host holds nothing to compare with) and fail with
+/// it, naming the record. A copy that does not verify with the key is refused. Fails if a
+/// pin is not compared, or a chain ending before a pin passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
+    let (tmp, pki) = setup();
+    let options = DaemonOptions {
+        extra_toml: "[audit]\ncheckpoint_every_records = 5\nmax_batch = 4\n".into(),
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    for _ in 0..12 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    daemon.stop();
+    let public_key = daemon.data_dir.join("keys/audit-signing.pub");
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let verify_pinned = |pin: &Path| {
+        let (c, out, err) = run_cli(&[
+            "audit",
+            "verify",
+            "--config",
+            &config,
+            "--public-key",
+            public_key.to_str().unwrap(),
+            "--pinned",
+            pin.to_str().unwrap(),
+        ]);
+        (c, format!("{out}{err}"))
+    };
+    // The auditors' copies: checkpoints.log, and an export.
+    let checkpoints = daemon.data_dir.join("audit/checkpoints.log");
+    let original_cps = std::fs::read(&checkpoints).unwrap();
+    let copy = tmp.path().join("pinned-checkpoints.log");
+    std::fs::write(&copy, &original_cps).unwrap();
+    let export = tmp.path().join("pinned-export.jsonl");
+    let (c, out, err) = daemon.cli(&["audit", "export", "--config", &config]);
+    assert_eq!(c, 0, "{err}");
+    std::fs::write(&export, out).unwrap();
+    for pin in [&copy, &export] {
+        let (c, out) = verify_pinned(pin);
+        assert_eq!(c, 0, "{out}");
+        assert!(out.contains("pinned record(s) found unchanged"), "{out}");
+    }
+
+    // The last record rewritten, the final checkpoint (the one over it) removed: the broker
+    // starts (the unsigned tail is within the writer's bound) and signs over the forgery.
+    let log = audit_segments(&daemon.data_dir).pop().unwrap();
+    let original_log = std::fs::read(&log).unwrap();
+    let mut records = lines(&original_log);
+    let n = records.len();
+    records[n - 1] = forge(&records[n - 1], |r| r.event.outcome = "denied".into());
+    put(&log, &original_log, &records);
+    let mut cps = lines(&original_cps);
+    let last_cp = serde_json::from_slice::<serde_json::Value>(cps.last().unwrap()).unwrap();
+    assert_eq!(
+        last_cp["seq"].as_u64(),
+        Some(n as u64),
+        "stop signs a final checkpoint"
+    );
+    cps.pop();
+    std::fs::write(&checkpoints, join(&cps)).unwrap();
+    daemon.restart_with(&[]);
+    daemon.stop();
+    let (c, out) = verify_cli(&daemon);
+    assert_eq!(
+        c, 0,
+        "without a copy the host has nothing to compare with: {out}"
+    );
+    for pin in [&copy, &export] {
+        let (c, out) = verify_pinned(pin);
+        assert_eq!(c, 1, "{out}");
+        assert!(
+            out.contains(&format!("FAILED at sequence {n}"))
+                && out.contains("differs from the pinned copy"),
+            "{out}"
+        );
+    }
+
+    // The whole log removed: "no records" on the host, a failure against the copy.
+    for entry in std::fs::read_dir(daemon.data_dir.join("audit")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let (c, out) = verify_cli(&daemon);
+    assert_eq!(c, 0, "{out}");
+    for pin in [&copy, &export] {
+        let (c, out) = verify_pinned(pin);
+        assert_eq!(c, 1, "{out}");
+        assert!(
+            out.contains("records removed, or the log rolled back"),
+            "{out}"
+        );
+    }
+
+    // A copy whose checkpoint was altered does not verify with the key: refused, not used.
+    let mut forged = lines(&original_cps);
+    let mut cp: serde_json::Value = serde_json::from_slice(&forged[0]).unwrap();
+    cp["hash"] = json!("0".repeat(64));
+    forged[0] = serde_json::to_vec(&cp).unwrap();
+    let bad = tmp.path().join("forged-pin.log");
+    std::fs::write(&bad, join(&forged)).unwrap();
+    let (c, out) = verify_pinned(&bad);
+    assert_eq!(c, 2, "{out}");
+    assert!(
+        out.contains("does not verify with this public key"),
+        "{out}"
+    );
+}

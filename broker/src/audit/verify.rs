@@ -21,7 +21,8 @@ mod shared;
 pub use export::{verify_export, verify_exports, ReadAt};
 pub(crate) use live::read_checkpoints;
 pub use live::{
-    verify_log, verify_log_visit, verify_log_with, verify_segment, verify_since_last_checkpoint,
+    verify_log, verify_log_pinned, verify_log_visit, verify_log_with, verify_segment,
+    verify_since_last_checkpoint,
 };
 pub use shared::ChainCheck;
 
@@ -50,6 +51,8 @@ pub struct VerifySummary {
     pub last_hash: Option<String>,
     /// Bytes of the log read (a live log: its length when the verification began).
     pub bytes: u64,
+    /// Records found as a pinned copy held them (see [`Pins`]).
+    pub pinned: u64,
 }
 
 /// The first place the log fails verification.
@@ -111,6 +114,9 @@ struct Chain<'a> {
     prev_seq: Option<u64>,
     prev_hash: String,
     anchors: BTreeMap<u64, String>,
+    /// Records a copy kept off the host vouches for (sequence → hash): each must still be
+    /// in the chain, unchanged.
+    pins: BTreeMap<u64, String>,
     summary: VerifySummary,
     /// The canonical form of the record being checked (reused from record to record).
     canonical: Vec<u8>,
@@ -128,6 +134,7 @@ impl<'a> Chain<'a> {
             prev_seq: None,
             prev_hash: GENESIS_HASH.to_owned(),
             anchors: BTreeMap::new(),
+            pins: BTreeMap::new(),
             summary: VerifySummary {
                 records: 0,
                 first_seq: None,
@@ -139,6 +146,7 @@ impl<'a> Chain<'a> {
                 signed_filter: None,
                 last_hash: None,
                 bytes: 0,
+                pinned: 0,
             },
             canonical: Vec::new(),
         }
@@ -229,6 +237,12 @@ impl<'a> Chain<'a> {
             self.last_anchor = Some(rec.seq);
             self.summary.checkpoints += 1;
         }
+        if let Some(pin) = self.pins.get(&rec.seq) {
+            if *pin != *rec.hash {
+                return Err(fail(rec.seq, PIN_DIFFERS));
+            }
+            self.summary.pinned += 1;
+        }
         self.summary.records += 1;
         self.summary.first_seq.get_or_insert(rec.seq);
         self.summary.last_seq = Some(rec.seq);
@@ -266,9 +280,20 @@ impl<'a> Chain<'a> {
         Ok(())
     }
 
+    /// Adds the records `pins` vouches for (already authenticated: see [`Pins`]).
+    fn pin(&mut self, pins: &BTreeMap<u64, String>) {
+        self.pins.extend(pins.iter().map(|(s, h)| (*s, h.clone())));
+    }
+
     fn finish(self) -> Result<VerifySummary, VerifyFailure> {
         if self.contiguous {
             let last = self.prev_seq.unwrap_or(0);
+            if let Some((&pin, _)) = self.pins.range(last + 1..).next() {
+                return Err(fail(
+                    last + 1,
+                    format!("log ends at {last} but the pinned copy holds record {pin} (records removed, or the log rolled back)"),
+                ));
+            }
             if let Some((&cp_seq, _)) = self.anchors.range(last + 1..).next() {
                 return Err(fail(
                     last + 1,
@@ -300,6 +325,169 @@ impl<'a> Chain<'a> {
         summary.last_hash =
             (!self.prev_hash.is_empty() && summary.records > 0).then_some(self.prev_hash);
         Ok(summary)
+    }
+}
+
+/// How an export document's header line begins.
+const EXPORT_LINE: &[u8] = b"{\"export\":";
+
+/// Said when a record is not what a pinned copy says it was.
+const PIN_DIFFERS: &str =
+    "record differs from the pinned copy (the log was rewritten after it was pinned)";
+
+/// Records a copy of the log's checkpoints (or an export) kept off the host vouches for, by
+/// chain (`None`: the file log; `Some(r)`: replica `r`'s chain of a shared store): each
+/// must still be in the log, unchanged. A checkpoint alone proves a record only while the
+/// checkpoint is there; whoever can write the host can remove the latest checkpoints, rewrite
+/// what they covered and have the broker sign over it. A pin held elsewhere is not theirs to
+/// remove.
+#[derive(Debug, Default, Clone)]
+pub struct Pins {
+    chains: BTreeMap<Option<u32>, BTreeMap<u64, String>>,
+}
+
+impl Pins {
+    /// Reads a pinned copy from `path`: either lines of `checkpoints.log` (the file log's
+    /// checkpoints, each signature checked with `verifier`), or an export file (`audit
+    /// export`, verified whole with `verifier` first: its signed heads and checkpoints, by
+    /// chain). A file is read a line at a time (an export of any size); a pipe is read whole.
+    ///
+    /// # Errors
+    /// A copy that cannot be read, is neither, or does not verify with `verifier`.
+    pub fn from_path(path: &std::path::Path, verifier: &AuditVerifier) -> Result<Pins, String> {
+        use std::io::BufRead as _;
+        let shown = |e: std::io::Error| e.to_string();
+        let file = std::fs::File::open(path).map_err(shown)?;
+        if !file.metadata().map_err(shown)?.is_file() {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(shown)?;
+            return Pins::read(&bytes, verifier);
+        }
+        let mut lines = std::io::BufReader::new(&file).split(b'\n');
+        let first = lines.next().transpose().map_err(shown)?.unwrap_or_default();
+        let export = first.starts_with(EXPORT_LINE);
+        if export {
+            Pins::export_verifies(verify_exports(&file, verifier))?;
+        }
+        let mut pins = Pins::default();
+        let mut chain = None;
+        let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(shown)?);
+        for line in reader.split(b'\n') {
+            let line = line.map_err(shown)?;
+            if !line.is_empty() {
+                pins.take(&line, export, &mut chain, verifier)?;
+            }
+        }
+        pins.non_empty()
+    }
+
+    /// [`Pins::from_path`] of a copy held in memory.
+    ///
+    /// # Errors
+    /// As [`Pins::from_path`].
+    pub fn read(bytes: &[u8], verifier: &AuditVerifier) -> Result<Pins, String> {
+        let export = complete_lines(bytes)
+            .next()
+            .is_some_and(|l| l.starts_with(EXPORT_LINE));
+        if export {
+            Pins::export_verifies(verify_exports(&bytes, verifier))?;
+        }
+        let mut pins = Pins::default();
+        let mut chain = None;
+        for line in complete_lines(bytes) {
+            pins.take(line, export, &mut chain, verifier)?;
+        }
+        pins.non_empty()
+    }
+
+    fn export_verifies(
+        results: Vec<(Option<u32>, Result<VerifySummary, VerifyFailure>)>,
+    ) -> Result<(), String> {
+        match results.into_iter().find_map(|(_, r)| r.err()) {
+            Some(f) => Err(format!(
+                "the pinned export does not verify with this public key: {f}"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn non_empty(self) -> Result<Pins, String> {
+        if self.is_empty() {
+            return Err("the pinned copy holds no checkpoint".into());
+        }
+        Ok(self)
+    }
+
+    /// One line of the copy: an export's header or checkpoint (its records are passed
+    /// over: the signed head and checkpoints pin them), or a line of `checkpoints.log`.
+    fn take(
+        &mut self,
+        line: &[u8],
+        export: bool,
+        chain: &mut Option<Option<u32>>,
+        verifier: &AuditVerifier,
+    ) -> Result<(), String> {
+        #[derive(serde::Deserialize)]
+        struct HeaderLine {
+            export: super::export::ExportHeader,
+        }
+        #[derive(serde::Deserialize)]
+        struct CheckpointLine {
+            checkpoint: Checkpoint,
+        }
+        if !export {
+            let cp: Checkpoint = serde_json::from_slice(line)
+                .map_err(|_| "the pinned copy is neither an export nor lines of checkpoints.log")?;
+            if !cp.verifies(verifier) {
+                return Err(format!(
+                    "the pinned checkpoint at {} does not verify with this public key",
+                    cp.seq
+                ));
+            }
+            return self.add(None, cp.seq, cp.hash);
+        }
+        if line.starts_with(EXPORT_LINE) {
+            let h: HeaderLine = serde_json::from_slice(line)
+                .map_err(|_| "the pinned export's header does not parse")?;
+            *chain = Some(h.export.replica);
+            if h.export.head_seq > 0 {
+                self.add(h.export.replica, h.export.head_seq, h.export.head_hash)?;
+            }
+        } else if line.starts_with(b"{\"checkpoint\":") {
+            let c: CheckpointLine = serde_json::from_slice(line)
+                .map_err(|_| "a checkpoint of the pinned export does not parse")?;
+            let replica = chain.ok_or("the pinned export has a checkpoint before its header")?;
+            self.add(replica, c.checkpoint.seq, c.checkpoint.hash)?;
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, chain: Option<u32>, seq: u64, hash: String) -> Result<(), String> {
+        let pinned = self.chains.entry(chain).or_default();
+        match pinned.get(&seq) {
+            Some(h) if *h != hash => {
+                Err(format!("the pinned copy names two hashes for record {seq}"))
+            }
+            _ => {
+                pinned.insert(seq, hash);
+                Ok(())
+            }
+        }
+    }
+
+    /// The chains the copy pins (`None`: the file log).
+    pub fn chains(&self) -> impl Iterator<Item = Option<u32>> + '_ {
+        self.chains.keys().copied()
+    }
+
+    /// The records pinned in `chain`.
+    pub(crate) fn of(&self, chain: Option<u32>) -> Option<&BTreeMap<u64, String>> {
+        self.chains.get(&chain)
+    }
+
+    /// Whether the copy pins nothing.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty()
     }
 }
 

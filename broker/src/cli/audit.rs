@@ -56,9 +56,16 @@ pub struct VerifyArgs {
     /// Audit public key file (default: the data directory's).
     #[arg(long)]
     public_key: Option<PathBuf>,
+    /// A copy of the log's signed checkpoints kept off the host: a copy of
+    /// audit/checkpoints.log, or an earlier `audit export` file (every chain it holds).
+    /// Every record it vouches for must still be in the log, unchanged: a log rolled back,
+    /// emptied, or rewritten after its latest checkpoints were removed fails. Verified with
+    /// the same public key.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["export", "segment"])]
+    pinned: Option<PathBuf>,
     /// `table`: one line per chain (the default); `json`: {"verified", "chains": [{"chain",
     /// "replica", "verified", "records", "first_seq", "last_seq", "checkpoints",
-    /// "last_checkpoint", "failure"}]}.
+    /// "last_checkpoint", "pinned", "failure"}]}.
     #[arg(long, value_enum)]
     output: Option<Output>,
 }
@@ -208,21 +215,43 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
             }
         };
         let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
+        let pins = match &args.pinned {
+            Some(path) => audit::Pins::from_path(path, &verifier)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            None => audit::Pins::default(),
+        };
         let mut results = Vec::new();
         if !shared(&config) || audit::segments::has_file_log(&config.audit_dir()) {
             let bar = Bar::new(Output::shows_progress(args.output));
             results.push((
                 None,
-                audit::verify_log_with(
+                audit::verify_log_pinned(
                     &config.audit_dir(),
                     &verifier,
                     config.audit.max_unanchored(),
+                    pins.of(None),
                     &bar,
                 ),
             ));
         }
         if shared(&config) {
-            results.extend(runtime()?.block_on(verify_chains(&config, &verifier))?);
+            results.extend(runtime()?.block_on(verify_chains(&config, &verifier, &pins))?);
+        }
+        // A chain the copy pins that is not there at all (its records deleted, every row).
+        for chain in pins.chains() {
+            if !results.iter().any(|(r, _)| *r == chain) {
+                let last = pins
+                    .of(chain)
+                    .and_then(|p| p.keys().next_back().copied())
+                    .unwrap_or(0);
+                results.push((
+                    chain,
+                    Err(VerifyFailure {
+                        seq: 1,
+                        reason: format!("the pinned copy holds this chain's records up to {last}, but the log has no such chain (removed)"),
+                    }),
+                ));
+            }
         }
         results
     };
@@ -282,6 +311,7 @@ fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
             "last_seq": s.last_seq,
             "checkpoints": s.checkpoints,
             "last_checkpoint": s.last_checkpoint,
+            "pinned": s.pinned,
             "filtered": s.filtered,
             "signed_filter": s.signed_filter,
             "signed_head": s.signed_head,
@@ -299,14 +329,20 @@ fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
 async fn verify_chains(
     config: &Config,
     verifier: &AuditVerifier,
+    pins: &audit::Pins,
 ) -> Result<Vec<ChainResult>, String> {
     let mut client = chains::connect(&config.store).await?;
     let snapshot = chains::snapshot(&mut client).await?;
     let mut results = Vec::new();
     for replica in chains::replicas(&snapshot).await? {
-        let result =
-            chains::verify_chain(&snapshot, replica, verifier, config.audit.max_unanchored())
-                .await?;
+        let result = chains::verify_chain_pinned(
+            &snapshot,
+            replica,
+            verifier,
+            config.audit.max_unanchored(),
+            pins.of(Some(replica)),
+        )
+        .await?;
         results.push((Some(replica), result));
     }
     Ok(results)
@@ -343,7 +379,11 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
         },
         s.signed_head
             .map_or(String::new(), |h| format!(", export signed at log head {h}")),
-    )
+    ) + &if s.pinned > 0 {
+        format!(", {} pinned record(s) found unchanged", s.pinned)
+    } else {
+        String::new()
+    }
 }
 
 fn export(args: &ExportArgs) -> Result<ExitCode, String> {

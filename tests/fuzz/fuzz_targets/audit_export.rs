@@ -1,5 +1,5 @@
-//! Audit export verification (and with it audit record and checkpoint decoding): auditors
-//! feed it files from anywhere. And the export itself, as `audit export` writes it from the
+//! Audit export verification (and with it audit record and checkpoint decoding, and the
+//! pinned copies `audit verify --pinned` reads): auditors feed it files from anywhere. And the export itself, as `audit export` writes it from the
 //! lines of a log: a filtered export never carries a record its filter leaves out.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -91,6 +91,9 @@ fuzz_target!(|data: &[u8]| {
     // The whole file as `audit verify --export` reads it: split into documents by position,
     // each read by two cursors side by side.
     let _ = credbroker::audit::verify_exports(&data, &verifier);
+    // The same bytes as a pinned copy (`audit verify --pinned`): an export, or lines of
+    // checkpoints.log.
+    let _ = credbroker::audit::Pins::read(data, &verifier);
     let _ =
         serde_json::from_slice::<credbroker::audit::AuditRecord>(data).map(|r| r.compute_hash());
     export_filtered(data);

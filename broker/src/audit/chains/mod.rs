@@ -249,11 +249,29 @@ pub async fn verify_chain(
     verifier: &AuditVerifier,
     max_unanchored: u64,
 ) -> Result<Result<super::VerifySummary, super::VerifyFailure>, String> {
+    verify_chain_pinned(client, replica, verifier, max_unanchored, None).await
+}
+
+/// [`verify_chain`], and every record `pins` vouches for (a copy kept off the host, see
+/// [`super::Pins`]) must still be in the chain, unchanged.
+///
+/// # Errors
+/// As [`verify_chain`].
+pub async fn verify_chain_pinned(
+    client: &impl GenericClient,
+    replica: u32,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+    pins: Option<&std::collections::BTreeMap<u64, String>>,
+) -> Result<Result<super::VerifySummary, super::VerifyFailure>, String> {
     let cps = checkpoints(client, replica).await?;
     let mut check = match ChainCheck::new(replica, &cps, None, verifier, max_unanchored) {
         Ok(c) => c,
         Err(f) => return Ok(Err(f)),
     };
+    if let Some(pins) = pins {
+        check.pin(pins);
+    }
     let mut failure = None;
     // Reading stops at the first failure: nothing after it changes the verdict.
     let read = for_each_line(client, replica, 1, |line| {

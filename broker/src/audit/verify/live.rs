@@ -53,7 +53,38 @@ pub fn verify_log_with(
     max_unanchored: u64,
     progress: &dyn Progress,
 ) -> Result<VerifySummary, VerifyFailure> {
-    walk_log(audit_dir, verifier, max_unanchored, None, progress, None)
+    walk_log(
+        audit_dir,
+        verifier,
+        max_unanchored,
+        None,
+        progress,
+        None,
+        None,
+    )
+}
+
+/// [`verify_log_with`], and every record `pins` vouches for (a copy kept off the host, see
+/// [`super::Pins`]) must still be in the log, unchanged.
+///
+/// # Errors
+/// As [`verify_log`]; a pinned record changed or gone fails at its sequence.
+pub fn verify_log_pinned(
+    audit_dir: &Path,
+    verifier: &AuditVerifier,
+    max_unanchored: u64,
+    pins: Option<&std::collections::BTreeMap<u64, String>>,
+    progress: &dyn Progress,
+) -> Result<VerifySummary, VerifyFailure> {
+    walk_log(
+        audit_dir,
+        verifier,
+        max_unanchored,
+        None,
+        progress,
+        None,
+        pins,
+    )
 }
 
 /// [`verify_log_with`] handing every record to `visit` once it passed its checks — in
@@ -79,6 +110,7 @@ pub fn verify_log_visit(
         upto,
         progress,
         Some(visit),
+        None,
     )
 }
 
@@ -90,6 +122,7 @@ fn walk_log(
     upto: Option<(u64, u64)>,
     progress: &dyn Progress,
     visit: Option<&mut dyn FnMut(&AuditRecord)>,
+    pins: Option<&std::collections::BTreeMap<u64, String>>,
 ) -> Result<VerifySummary, VerifyFailure> {
     // Where the log ends and the checkpoints, agreeing, then the log up to there: a
     // checkpoint written after we read the log would otherwise look like a truncated log,
@@ -107,6 +140,9 @@ fn walk_log(
     let mut chain = Chain::new(verifier, true);
     chain.max_unanchored = Some(max_unanchored);
     chain.checkpoints(&cps)?;
+    if let Some(pins) = pins {
+        chain.pin(pins);
+    }
     let mut walk = Walk {
         chain,
         budget: upto.map(|(bytes, _)| bytes),

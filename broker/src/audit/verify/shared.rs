@@ -41,6 +41,12 @@ impl<'a> ChainCheck<'a> {
         })
     }
 
+    /// Every record `pins` vouches for (see [`super::Pins`]) must be in the chain,
+    /// unchanged.
+    pub fn pin(&mut self, pins: &std::collections::BTreeMap<u64, String>) {
+        self.chain.pin(pins);
+    }
+
     /// Checks the next record line.
     ///
     /// # Errors
