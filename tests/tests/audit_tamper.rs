@@ -981,6 +981,18 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     std::fs::write(&checkpoints, join(&cps)).unwrap();
     daemon.restart_with(&[]);
     daemon.stop();
+    // The start said so on the record: records it found no checkpoint over.
+    let said = daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "audit.unsigned_tail")
+        .map(|r| r["detail"].as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains(&format!("..{n} had no signed checkpoint at start")),
+        "{said:?}"
+    );
     let (c, out) = verify_cli(&daemon);
     assert_eq!(
         c, 0,

@@ -149,6 +149,8 @@ pub struct AuditLog {
     stats: Arc<AuditStats>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     forensic: Option<String>,
+    /// The records (first, last) no signed checkpoint covered when the log was opened.
+    unsigned_tail: Option<(u64, u64)>,
 }
 
 struct Writer {
@@ -547,6 +549,8 @@ impl AuditLog {
         if let Some(torn) = torn.filter(|t| t.after_seal().is_none()) {
             torn.clear()?;
         }
+        let unsigned_tail =
+            (tail.seq > last_checkpoint_seq).then_some((last_checkpoint_seq + 1, tail.seq));
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
         let writer = Writer {
@@ -567,7 +571,7 @@ impl AuditLog {
             batch_sizes,
         };
         writer.archive_old();
-        AuditLog::spawn(writer, healthy, stats, forensic)
+        AuditLog::spawn(writer, healthy, stats, forensic, unsigned_tail)
     }
 
     /// Starts the writer thread over `sink`.
@@ -576,6 +580,7 @@ impl AuditLog {
         healthy: Arc<AtomicBool>,
         stats: Arc<AuditStats>,
         forensic: Option<String>,
+        unsigned_tail: Option<(u64, u64)>,
     ) -> Result<AuditLog, AuditError> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -592,6 +597,7 @@ impl AuditLog {
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
             forensic,
+            unsigned_tail,
         })
     }
 
@@ -599,6 +605,14 @@ impl AuditLog {
     /// The caller records it as the first record of the run.
     pub fn forensic_failure(&self) -> Option<&str> {
         self.forensic.as_deref()
+    }
+
+    /// The records (first, last) no signed checkpoint covered when the log was opened: the
+    /// broker before stopped without signing its final checkpoint (a crash, a kill), or
+    /// checkpoints were removed. The caller records it as a record of the run; the writer
+    /// signs over them from then on.
+    pub fn unsigned_tail(&self) -> Option<(u64, u64)> {
+        self.unsigned_tail
     }
 
     /// Appends one event and waits until it is durable.

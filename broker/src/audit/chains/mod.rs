@@ -332,7 +332,7 @@ impl<C: GenericClient + Sync> super::LineSource for ChainLines<'_, C> {
 }
 
 /// The start-up check of this replica's chain: from its last signed checkpoint to its end
-/// (also the doctor's).
+/// (also the doctor's). The records after that checkpoint (first, last), if any.
 ///
 /// # Errors
 /// Where the chain fails, or the database cannot be read.
@@ -341,7 +341,7 @@ pub async fn verify_tail(
     replica: u32,
     verifier: &AuditVerifier,
     max_unanchored: u64,
-) -> Result<(), String> {
+) -> Result<Option<(u64, u64)>, String> {
     let cps = checkpoints(client, replica).await?;
     let last = cps.last();
     let mut check = ChainCheck::new(replica, &cps, last, verifier, max_unanchored)
@@ -350,7 +350,11 @@ pub async fn verify_tail(
         check.record(line.as_bytes()).map_err(|e| e.to_string())
     })
     .await?;
-    check.finish().map(|_| ()).map_err(|e| e.to_string())
+    let signed = last.map_or(0, |c| c.seq);
+    check
+        .finish()
+        .map(|s| s.last_seq.filter(|l| *l > signed).map(|l| (signed + 1, l)))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -574,6 +574,7 @@ impl AuditLog {
         let start_end = last_record(&snapshot, owner.replica).await;
         let _ = snapshot.commit().await;
         let mut forensic = None;
+        let unsigned_tail = verified.as_ref().ok().copied().flatten();
         if let Err(f) = verified {
             if !config.forensic_start {
                 return Err(AuditError::Unverified {
@@ -609,7 +610,7 @@ impl AuditLog {
             cut_from: None,
             refused_end: None,
         };
-        AuditLog::spawn(writer, healthy, stats, forensic)
+        AuditLog::spawn(writer, healthy, stats, forensic, unsigned_tail)
     }
 }
 

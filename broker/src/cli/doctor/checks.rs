@@ -317,7 +317,7 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
                 for (replica, r) in results {
                     let check = format!("audit.checkpoint.replica_{replica}");
                     out.push(match r {
-                        Ok(()) => Finding::ok(&check, "the last signed checkpoint verifies with the public key, and the chain runs on from it to its end"),
+                        Ok(_) => Finding::ok(&check, "the last signed checkpoint verifies with the public key, and the chain runs on from it to its end"),
                         Err(f) => Finding::fail(&check, f, fix),
                     });
                 }
