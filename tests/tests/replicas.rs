@@ -1069,6 +1069,34 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
         .await
         .unwrap();
 
+    // A checkpoint row no broker wrote: the chain's failure (exit 1, in the JSON a
+    // monitor reads), not a read error (exit 2, no verdict).
+    db.batch_execute(
+        "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES (8, 1, 'garbage')",
+    )
+    .await
+    .unwrap();
+    let (c, out) = verify_within(&set, d, Duration::from_secs(60)).unwrap();
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("replica 8") && out.contains("does not parse"),
+        "{out}"
+    );
+    let (c, out, err) = set.cli(&[
+        "audit",
+        "verify",
+        "--config",
+        d.config.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(c, 1, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verified"], false, "{v}");
+    db.batch_execute("DELETE FROM credbroker_audit_checkpoints WHERE replica = 8")
+        .await
+        .unwrap();
+
     db.batch_execute(&format!(
         "DELETE FROM credbroker_audit WHERE replica = {real}"
     ))

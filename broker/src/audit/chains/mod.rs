@@ -175,11 +175,17 @@ pub async fn checkpoints(
         .map_err(|e| format!("database: {e}"))?;
     rows.iter()
         .map(|r| {
-            let line = r
-                .try_get::<_, &str>(0)
-                .map_err(|_| format!("a checkpoint of replica {replica}'s chain is not text"))?;
-            serde_json::from_str::<Checkpoint>(line)
-                .map_err(|_| format!("a checkpoint of replica {replica}'s chain does not parse"))
+            // Rows the broker never writes: the chain's failure, not a read error.
+            let line = r.try_get::<_, &str>(0).map_err(|_| {
+                format!(
+                    "{NOT_WRITTEN_BY_US}: a checkpoint of replica {replica}'s chain is not text"
+                )
+            })?;
+            serde_json::from_str::<Checkpoint>(line).map_err(|_| {
+                format!(
+                    "{NOT_WRITTEN_BY_US}: a checkpoint of replica {replica}'s chain does not parse"
+                )
+            })
         })
         .collect()
 }
@@ -264,7 +270,15 @@ pub async fn verify_chain_pinned(
     max_unanchored: u64,
     pins: Option<&std::collections::BTreeMap<u64, String>>,
 ) -> Result<Result<super::VerifySummary, super::VerifyFailure>, String> {
-    let cps = checkpoints(client, replica).await?;
+    let not_ours = |e: String| super::VerifyFailure {
+        seq: 0,
+        reason: super::verify::printable(e),
+    };
+    let cps = match checkpoints(client, replica).await {
+        Ok(cps) => cps,
+        Err(e) if e.starts_with(NOT_WRITTEN_BY_US) => return Ok(Err(not_ours(e))),
+        Err(e) => return Err(e),
+    };
     let mut check = match ChainCheck::new(replica, &cps, None, verifier, max_unanchored) {
         Ok(c) => c,
         Err(f) => return Ok(Err(f)),
