@@ -847,6 +847,63 @@ async fn a_key_retired_on_one_replica_leaves_the_others_jwks_at_once() {
     assert_eq!(after.len(), 1);
 }
 
+/// Replicas started together on a store with no issuer key yet both come up: each finds no
+/// key and makes one, one commit wins, and the other (its commit refused) takes the
+/// winner's key rather than failing its start. Repeated, since who reads first is the
+/// scheduler's. Fails if the loser of the race refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_share_one_first_issuer_key() {
+    let (tmp, pki) = setup();
+    let sections: Vec<(String, u16)> = (0..2).map(|_| public_section(&pki)).collect();
+    let issuer = format!("https://127.0.0.1:{}", sections[0].1);
+    let mut set = ReplicaSet::start_each(
+        TestPostgres::start(),
+        tmp.path(),
+        &pki,
+        2,
+        &|i| sections[i - 1].0.clone(),
+        vec![],
+    )
+    .await;
+    for d in &mut set.daemons {
+        d.stop();
+        let mut config = std::fs::read_to_string(&d.config).unwrap();
+        config.push_str(&format!("\n[issuer]\nurl = \"{issuer}\"\n"));
+        std::fs::write(&d.config, config).unwrap();
+    }
+    for round in 0..3 {
+        // A store with no issuer key again (as new), then both at once.
+        set.sql()
+            .await
+            .batch_execute("DELETE FROM credbroker_records WHERE tbl = 'platform_keys' AND key LIKE 'issuer/%'")
+            .await
+            .unwrap();
+        std::thread::scope(|s| {
+            for d in set.daemons.iter_mut() {
+                s.spawn(move || d.restart());
+            }
+        });
+        let mut seen = Vec::new();
+        for d in &set.daemons {
+            let mut op = pki.client_for("op", &d.url);
+            let (s, v) = call(&mut op, Method::GET, "/v1/admin/issuer/keys", None).await;
+            assert_eq!(s, 200, "round {round}: {v}");
+            let kids: Vec<String> = v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(kids.len(), 1, "round {round}: {v}");
+            seen.push(kids[0].clone());
+        }
+        assert_eq!(seen[0], seen[1], "round {round}: two first keys");
+        for d in &mut set.daemons {
+            d.stop();
+        }
+    }
+}
+
 /// An idle replica tells a dead database by itself: `/readyz` turns 503 within the idle
 /// ping (no request has to fail first) and 200 again once the database answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,9 +148,21 @@ impl AdminService {
                 )),
                 ..Default::default()
             };
-            self.commit_audited(event, batch, &[])
-                .await
-                .map_err(|(e, _)| e)?;
+            if let Err((e, _)) = self.commit_audited(event, batch, &[]).await {
+                // Replicas starting together on a new store race to make the first key:
+                // one wins (the loser's record says its commit failed), and the winner's
+                // key is everyone's.
+                let made_meanwhile = e.code == ErrorCode::Conflict
+                    && self
+                        .issuer_records()
+                        .await?
+                        .iter()
+                        .any(|k| k.state != KeyState::Retired);
+                if !made_meanwhile {
+                    return Err(e);
+                }
+                tracing::info!("another replica made the issuer's first key meanwhile; using it");
+            }
         }
         self.load_issuer_keys().await?;
         Ok(())
