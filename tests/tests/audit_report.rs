@@ -26,6 +26,10 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
         let (s, v) = resolve(&mut worker, json!({"instance_id": "no-such-instance"})).await;
         assert_eq!(s, 404, "{v}");
     }
+    // A worker's certificate probing the admin API: a refused read, listed (not counted
+    // away with the reads).
+    let (s, v) = call(&mut worker, http::Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!((s, code(&v)), (403, "operator_required"), "{v}");
     // An insider aiming at the auditor's browser: a webhook-secret reveal whose reason (it
     // goes into the audit record's detail, and so into the report) is markup.
     let d = dir.to_str().unwrap();
@@ -116,6 +120,16 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
         !changes.contains(&"tenant.list"),
         "reads are counted, not listed"
     );
+    assert!(
+        v["admin_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["outcome"] == "denied"
+                && a["error_code"] == "operator_required"
+                && a["actor"].as_str().is_some_and(|w| w.contains("worker"))),
+        "the refused read is not listed: {v:#}"
+    );
     let page = std::fs::read_to_string(&html).unwrap();
     for (what, text) in [("page", page.as_str()), ("summary", &v.to_string())] {
         assert!(!text.contains(CANARY), "the canary is in the {what}");
@@ -144,7 +158,7 @@ async fn the_audit_report_shows_a_seeded_log_in_a_real_browser() {
     let said = banner.text().await.unwrap();
     assert!(said.contains("Audit log verified"), "{said}");
     // Dev mode's few records are not yet under a signed checkpoint: said, not glossed over.
-    assert!(said.contains("15 in the unsigned tail"), "{said}");
+    assert!(said.contains("16 in the unsigned tail"), "{said}");
     // The key came from the host whose log it is: the page says so.
     c.find(Locator::Id("unpinned")).await.unwrap();
     // The verification result is the first thing on the page.

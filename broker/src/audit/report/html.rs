@@ -417,7 +417,7 @@ fn denials(out: &mut String, s: &ReportSummary) {
 fn admin_changes(out: &mut String, s: &ReportSummary) {
     let _ = write!(
         out,
-        "<p id=\"admin-reads\">Every change an operator or the CLI made (reveals included), allowed or refused, and every callback from the public listener (installs, consents, invocations). Read-only admin requests (lists, shows) are audited too: {} in this window, not listed here.</p>",
+        "<p id=\"admin-reads\">Every change an operator or the CLI made (reveals included), allowed or refused, and every callback from the public listener (installs, consents, invocations). Read-only admin requests (lists, shows) are audited too: {} allowed in this window, not listed here; refused ones are listed.</p>",
         s.admin_reads
     );
     shown_note(out, s.admin_changes.len(), s.admin_changes_total);

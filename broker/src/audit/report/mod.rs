@@ -55,12 +55,13 @@ pub struct ReportSummary {
     pub denials: Vec<Denial>,
     /// All denied or failed resolves in the window (`denials` may list fewer).
     pub denials_total: u64,
-    /// Admin changes (every `admin` record but reads) and callbacks (every other record that
-    /// is not a resolve), newest first, at most [`MAX_ROWS`].
+    /// Admin changes (every `admin` record but allowed reads: a refused read is listed) and
+    /// callbacks (every other record that is not a resolve), newest first, at most
+    /// [`MAX_ROWS`].
     pub admin_changes: Vec<AdminChange>,
     /// All admin changes in the window.
     pub admin_changes_total: u64,
-    /// Read-only admin requests in the window (audited, not listed).
+    /// Allowed read-only admin requests in the window (audited, not listed).
     pub admin_reads: u64,
 }
 
@@ -335,7 +336,9 @@ impl ReportBuilder {
                         ),
                     );
                 }
-            } else if e.kind == "admin" && is_read_action(&e.action) {
+            // A refused read is listed with the changes: who tried (a disabled operator, a
+            // worker's certificate) is what the auditor looks for.
+            } else if e.kind == "admin" && is_read_action(&e.action) && e.outcome == "allowed" {
                 self.admin_reads += 1;
             } else {
                 self.admin_total += 1;
