@@ -304,12 +304,27 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
             log.close();
             return Err(format!("{e}; nothing was registered, run it again"));
         }
-        let appended = log.append(event).await;
-        if let Err(e) = appended {
-            log.close();
-            return Err(format!("audit append failed; nothing registered: {e}"));
-        }
+        let appended = match log.append(event.clone()).await {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                log.close();
+                return Err(format!("audit append failed; nothing registered: {e}"));
+            }
+        };
         let committed = records.commit(batch).await.map_err(|e| e.to_string());
+        if let Err(e) = &committed {
+            // The record above says it was registered: a second one says it was not, as
+            // for every change whose commit fails after its record.
+            let mut failed = event;
+            failed.outcome = "failed".into();
+            failed.detail = Some(format!(
+                "commit of {} failed after audit; operator={id} was not registered: {e}",
+                appended.audit_id
+            ));
+            if let Err(a) = log.append(failed).await {
+                tracing::error!(error = %a, "the failure of an offline bootstrap could not be recorded");
+            }
+        }
         log.close();
         committed
         }
