@@ -324,3 +324,39 @@ async fn the_issuer_routes_refuse_everyone_they_are_not_for() {
         .collect();
     assert_eq!(denied.len(), 3, "{denied:?}");
 }
+
+/// A platform key record read only at its own key: the issuer's key copied under another
+/// version's key (by whoever can write the store, not the KEK) would open — its seal names
+/// the version inside the record — and be published twice; the start refuses the store as
+/// corrupt, naming the key, and nothing is served from it. Fails if keys are read by the
+/// prefix they sit under alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_key_copied_under_another_key_stops_the_start() {
+    use credbroker::store::{Batch, Op, Store, Table};
+    let mut env = IssuerEnv::start(60, 300, "").await;
+    assert_eq!(env.jwks().await["keys"].as_array().unwrap().len(), 1);
+    env.daemon.stop();
+    {
+        let store = credbroker::store::SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
+        let key = store
+            .scan(Table::PlatformKeys, "issuer/")
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(key.0, "issuer/0000000001");
+        let mut batch = Batch::new();
+        batch.push(Op::Put(
+            Table::PlatformKeys,
+            "issuer/0000000002".into(),
+            key.1,
+        ));
+        store.commit(batch).await.unwrap();
+    }
+    let (c, err) = env.daemon.serve_refused(&[]);
+    assert_ne!(c, 0, "{err}");
+    assert!(
+        err.contains("platform_keys") && err.contains("issuer/0000000002"),
+        "{err}"
+    );
+}

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{decode, is_at, secret_key, Records, Stored};
+use super::{decode, is_at, platform_key_key, secret_key, Records, Stored};
 use crate::ids::BindingId;
 use crate::model::{PlatformKeyRecord, SecretVersion};
 use crate::store::{StoreError, Table};
@@ -76,7 +76,7 @@ impl Records {
     /// # Errors
     /// On store failure or corruption.
     pub async fn all_platform_keys(&self) -> Result<Vec<Stored<PlatformKeyRecord>>, StoreError> {
-        self.all_stored(Table::PlatformKeys, "").await
+        self.platform_keys_under("").await
     }
 
     /// Every platform key of `kind`, oldest first, as read for a change.
@@ -87,8 +87,31 @@ impl Records {
         &self,
         kind: &str,
     ) -> Result<Vec<Stored<PlatformKeyRecord>>, StoreError> {
-        self.all_stored(Table::PlatformKeys, &format!("{kind}/"))
-            .await
+        self.platform_keys_under(&format!("{kind}/")).await
+    }
+
+    /// The platform keys stored under `prefix`, each read only at its own key (its kind and
+    /// version): one copied under another key by whoever can write the store would be
+    /// handed to the wrong provider, or published twice, and is refused as corrupt.
+    async fn platform_keys_under(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Stored<PlatformKeyRecord>>, StoreError> {
+        self.store
+            .scan(Table::PlatformKeys, prefix)
+            .await?
+            .into_iter()
+            .map(|(k, raw)| {
+                let value: PlatformKeyRecord = decode(Table::PlatformKeys, &k, &raw)?;
+                if k != platform_key_key(&value.kind, value.version) {
+                    return Err(StoreError::Corrupt {
+                        table: Table::PlatformKeys.name(),
+                        key: k,
+                    });
+                }
+                Ok(Stored { value, raw })
+            })
+            .collect()
     }
 
     /// The store's record of its KEK version exactly as stored (none before the first
