@@ -85,6 +85,14 @@ impl IssuerSettings {
                     .into(),
             );
         }
+        // Relying parties compare `iss` byte for byte with the URL they registered, which
+        // some store with the host lower-cased: one spelling, lower case, everywhere.
+        if rest.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "[issuer] url must be lower case (relying parties compare iss byte for byte): https://{}",
+                rest.to_ascii_lowercase()
+            ));
+        }
         if !(60..=900).contains(&self.token_ttl_s) {
             return Err("[issuer] token_ttl_s must be 60..=900".into());
         }
@@ -630,6 +638,7 @@ mod tests {
             "https://broker.example.com/issuer",
             "https://broker.example.com?x=1",
             "https://",
+            "https://Broker.example.com",
         ] {
             let s = IssuerSettings {
                 url: bad.into(),
