@@ -78,9 +78,9 @@ async fn a_key_file_readable_by_others_is_refused() {
 }
 
 /// The data directory the broker creates, and the store, audit log and key directories in
-/// it, are the daemon's user's alone (0700) whatever the umask: other users of the host
-/// must not read tenants, bindings or who resolved what. One made wider by hand is
-/// named by the doctor.
+/// it, are the daemon's user's alone (0700) whatever the umask, and so is every file in
+/// them (the store's own included): other users of the host must not read tenants,
+/// bindings or who resolved what. One made wider by hand is named by the doctor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_directory_is_the_daemons_alone() {
     use std::os::unix::fs::PermissionsExt;
@@ -93,6 +93,28 @@ async fn the_data_directory_is_the_daemons_alone() {
         assert_eq!(mode(&path), 0o700, "{}", path.display());
     }
     daemon.stop();
+    // Every file in it too, whoever made it (sled makes its own with the process umask),
+    // were the directories opened up.
+    let mut pending = vec![daemon.data_dir.clone()];
+    let mut files = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "{} is open to others",
+                path.display()
+            );
+            if meta.is_dir() {
+                pending.push(path);
+            } else {
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 5, "{files}");
     std::fs::set_permissions(&daemon.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (_, out, _) = daemon.cli(&[
         "doctor",

@@ -192,6 +192,10 @@ where
 
 /// The process entry point.
 pub fn main() -> ExitCode {
+    // Whatever this process (or a library: sled's store files) creates is its user's alone:
+    // no file under the data directory, or any directory the configuration points at, is
+    // left readable by others by the umask of whoever started it.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
