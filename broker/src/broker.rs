@@ -281,30 +281,6 @@ impl Broker {
                     .await
                     .map_err(|e| StartError::Other(format!("audit: {e}")))?;
             }
-            if let Some((first, last)) = audit.unsigned_tail() {
-                // Signed from now on, but only the run that wrote them could have vouched
-                // for them: said on the record, in the chain, before anything else.
-                tracing::warn!(
-                    first,
-                    last,
-                    "audit records found without a signed checkpoint at start (the last run stopped without signing its final one, or checkpoints were removed); recorded as audit.unsigned_tail"
-                );
-                let event = crate::audit::AuditEvent {
-                    kind: "admin".into(),
-                    action: "audit.unsigned_tail".into(),
-                    request_id: crate::server::new_request_id(),
-                    actor: "credbroker:start".into(),
-                    outcome: "allowed".into(),
-                    detail: Some(format!(
-                        "records {first}..{last} had no signed checkpoint at start: the broker stopped without signing its final one (a crash, a kill, a power loss), or checkpoints were removed; checkpoints signed from here on cover them, and only a copy of the checkpoints kept off the host (audit verify --pinned) proves them"
-                    )),
-                    ..Default::default()
-                };
-                audit
-                    .append(event)
-                    .await
-                    .map_err(|e| StartError::Other(format!("audit: {e}")))?;
-            }
             let core = Arc::new(Core {
                 records,
                 keyring: keys.keyring,

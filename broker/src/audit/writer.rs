@@ -149,8 +149,25 @@ pub struct AuditLog {
     stats: Arc<AuditStats>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     forensic: Option<String>,
-    /// The records (first, last) no signed checkpoint covered when the log was opened.
-    unsigned_tail: Option<(u64, u64)>,
+}
+
+/// The record a writer makes first when the log it opens ends in records no signed
+/// checkpoint covers (first, last): the writer before it stopped without signing its final
+/// checkpoint (a crash, a kill), or checkpoints were removed. Its own checkpoints sign over
+/// them from then on; the record says so, in the chain, whoever opened the log (the daemon or
+/// an offline command).
+fn unsigned_tail_event((first, last): (u64, u64)) -> AuditEvent {
+    AuditEvent {
+        kind: "admin".into(),
+        action: "audit.unsigned_tail".into(),
+        request_id: crate::server::new_request_id(),
+        actor: "credbroker:audit".into(),
+        outcome: "allowed".into(),
+        detail: Some(format!(
+            "records {first}..{last} had no signed checkpoint when the log was opened: the writer before stopped without signing its final one (a crash, a kill, a power loss), or checkpoints were removed; checkpoints signed from here on cover them, and only a copy of the checkpoints kept off the host (audit verify --pinned) proves them"
+        )),
+        ..Default::default()
+    }
 }
 
 struct Writer {
@@ -583,6 +600,17 @@ impl AuditLog {
         unsigned_tail: Option<(u64, u64)>,
     ) -> Result<AuditLog, AuditError> {
         let (tx, rx) = mpsc::channel();
+        // Queued before the writer starts: the first record it writes, before any checkpoint
+        // signs over the tail.
+        if let Some(tail) = unsigned_tail {
+            tracing::warn!(
+                first = tail.0,
+                last = tail.1,
+                "audit records found without a signed checkpoint (the writer before stopped without signing its final one, or checkpoints were removed); recorded as audit.unsigned_tail"
+            );
+            let (done, _unheard) = oneshot::channel();
+            let _ = tx.send(Msg::Append(Box::new(unsigned_tail_event(tail)), done));
+        }
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || run(sink, rx))
@@ -597,7 +625,6 @@ impl AuditLog {
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
             forensic,
-            unsigned_tail,
         })
     }
 
@@ -605,14 +632,6 @@ impl AuditLog {
     /// The caller records it as the first record of the run.
     pub fn forensic_failure(&self) -> Option<&str> {
         self.forensic.as_deref()
-    }
-
-    /// The records (first, last) no signed checkpoint covered when the log was opened: the
-    /// broker before stopped without signing its final checkpoint (a crash, a kill), or
-    /// checkpoints were removed. The caller records it as a record of the run; the writer
-    /// signs over them from then on.
-    pub fn unsigned_tail(&self) -> Option<(u64, u64)> {
-        self.unsigned_tail
     }
 
     /// Appends one event and waits until it is durable.

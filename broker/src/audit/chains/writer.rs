@@ -572,9 +572,26 @@ impl AuditLog {
         )
         .await;
         let start_end = last_record(&snapshot, owner.replica).await;
+        // What follows the last checkpoint, as the file log reports it, also on a forensic
+        // start (whose check did not get to say).
+        let unsigned_tail = match &verified {
+            Ok(tail) => *tail,
+            Err(_) => {
+                let signed = super::checkpoints(&snapshot, owner.replica)
+                    .await
+                    .ok()
+                    .and_then(|c| c.last().map(|c| c.seq))
+                    .unwrap_or(0);
+                start_end
+                    .as_ref()
+                    .ok()
+                    .map(|(seq, _)| *seq)
+                    .filter(|seq| *seq > signed)
+                    .map(|seq| (signed + 1, seq))
+            }
+        };
         let _ = snapshot.commit().await;
         let mut forensic = None;
-        let unsigned_tail = verified.as_ref().ok().copied().flatten();
         if let Err(f) = verified {
             if !config.forensic_start {
                 return Err(AuditError::Unverified {
