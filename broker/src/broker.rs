@@ -321,43 +321,55 @@ impl Broker {
                 settings,
             });
             let admin = AdminService::new(Arc::clone(&core));
-            let migrated = admin
-                .migrate_platform_key_sealing()
-                .await
-                .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
-            if migrated > 0 {
-                tracing::info!(
-                    keys = migrated,
-                    "re-sealed platform keys in their own AAD domain"
-                );
+            let prepared: Result<(), StartError> = async {
+                let migrated = admin
+                    .migrate_platform_key_sealing()
+                    .await
+                    .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
+                if migrated > 0 {
+                    tracing::info!(
+                        keys = migrated,
+                        "re-sealed platform keys in their own AAD domain"
+                    );
+                }
+                let reclaimed = admin
+                    .reclaim_exclusive_identifiers()
+                    .await
+                    .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
+                if reclaimed > 0 {
+                    tracing::warn!(
+                        changes = reclaimed,
+                        "exclusive identifiers re-claimed in their current form (audited as store.migrate)"
+                    );
+                }
+                if core
+                    .records
+                    .operators()
+                    .await
+                    .map_err(|e| StartError::Other(e.to_string()))?
+                    .is_empty()
+                {
+                    tracing::warn!("no operator records: every operator certificate the client CA accepts may administer until the first operator is registered (credbroker operator add, or credbroker bootstrap-operator offline); register every operator then");
+                }
+                admin
+                    .load_all_platform_keys()
+                    .await
+                    .map_err(|e| StartError::Other(format!("platform keys: {}", e.message)))?;
+                admin
+                    .ensure_issuer_key()
+                    .await
+                    .map_err(|e| StartError::Other(format!("issuer keys: {}", e.message)))?;
+                Ok(())
             }
-            let reclaimed = admin
-                .reclaim_exclusive_identifiers()
-                .await
-                .map_err(|e| StartError::Other(format!("store migration: {}", e.message)))?;
-            if reclaimed > 0 {
-                tracing::warn!(
-                    changes = reclaimed,
-                    "exclusive identifiers re-claimed in their current form (audited as store.migrate)"
-                );
+            .await;
+            if let Err(e) = prepared {
+                // The log is open: closed here, its final checkpoint is signed before the
+                // process exits (dropped, the writer might not get to it, and each failed
+                // start of a restart loop would leave an unsigned tail behind).
+                let audit = core.audit.clone();
+                let _ = tokio::task::spawn_blocking(move || audit.close()).await;
+                return Err(e);
             }
-            if core
-                .records
-                .operators()
-                .await
-                .map_err(|e| StartError::Other(e.to_string()))?
-                .is_empty()
-            {
-                tracing::warn!("no operator records: every operator certificate the client CA accepts may administer until the first operator is registered (credbroker operator add, or credbroker bootstrap-operator offline); register every operator then");
-            }
-            admin
-                .load_all_platform_keys()
-                .await
-                .map_err(|e| StartError::Other(format!("platform keys: {}", e.message)))?;
-            admin
-                .ensure_issuer_key()
-                .await
-                .map_err(|e| StartError::Other(format!("issuer keys: {}", e.message)))?;
             Ok(Arc::new(Broker {
                 resolver: ResolveService::new(Arc::clone(&core), Arc::clone(&admin)),
                 callbacks: CallbackService::new(Arc::clone(&core), Arc::clone(&admin)),

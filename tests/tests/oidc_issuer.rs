@@ -328,14 +328,16 @@ async fn the_issuer_routes_refuse_everyone_they_are_not_for() {
 /// A platform key record read only at its own key: the issuer's key copied under another
 /// version's key (by whoever can write the store, not the KEK) would open — its seal names
 /// the version inside the record — and be published twice; the start refuses the store as
-/// corrupt, naming the key, and nothing is served from it. Fails if keys are read by the
-/// prefix they sit under alone.
+/// corrupt, naming the key, and nothing is served from it; the log it opened is left signed
+/// (the next start finds no unsigned tail). Fails if keys are read by the prefix they sit
+/// under alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_key_copied_under_another_key_stops_the_start() {
     use credbroker::store::{Batch, Op, Store, Table};
     let mut env = IssuerEnv::start(60, 300, "").await;
     assert_eq!(env.jwks().await["keys"].as_array().unwrap().len(), 1);
-    env.daemon.stop();
+    // Killed: its last records have no checkpoint (the next open records that, once).
+    env.daemon.kill_hard();
     {
         let store = credbroker::store::SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
         let key = store
@@ -359,4 +361,21 @@ async fn a_platform_key_copied_under_another_key_stops_the_start() {
         err.contains("platform_keys") && err.contains("issuer/0000000002"),
         "{err}"
     );
+    // The refused start closed the log it had opened (its record of the unsigned tail is
+    // signed over): once the copy is gone, the next start finds no unsigned tail.
+    {
+        let store = credbroker::store::SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
+        let mut batch = Batch::new();
+        batch.push(Op::Delete(Table::PlatformKeys, "issuer/0000000002".into()));
+        store.commit(batch).await.unwrap();
+    }
+    env.daemon.restart_with(&[]);
+    env.daemon.stop();
+    let tails = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "audit.unsigned_tail")
+        .count();
+    assert_eq!(tails, 1, "a refused start left its log unsigned");
 }
