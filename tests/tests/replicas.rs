@@ -1111,6 +1111,26 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
     let real = set
         .scalar("SELECT min(replica)::bigint FROM credbroker_audit")
         .await;
+    // An export kept off the host, pinned: the replica chain's signed head and checkpoints.
+    let config = d.config.to_str().unwrap().to_owned();
+    let (c, out, err) = set.cli(&["audit", "export", "--config", &config]);
+    assert_eq!(c, 0, "{err}");
+    let pin = d.root.join("pinned-export.jsonl");
+    std::fs::write(&pin, out).unwrap();
+    let pinned = |set: &ReplicaSet| {
+        let (c, out, err) = set.cli(&[
+            "audit",
+            "verify",
+            "--config",
+            &config,
+            "--pinned",
+            pin.to_str().unwrap(),
+        ]);
+        (c, format!("{out}{err}"))
+    };
+    let (c, out) = pinned(&set);
+    assert_eq!(c, 0, "{out}");
+    assert!(out.contains("pinned record(s) found unchanged"), "{out}");
 
     db.batch_execute(
         "INSERT INTO credbroker_audit (replica, seq, line) \
@@ -1162,6 +1182,19 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
     let (c, out) = verify_within(&set, d, Duration::from_secs(60)).unwrap();
     assert_eq!(c, 1, "a chain whose records were deleted passed: {out}");
     assert!(out.contains(&format!("replica {real}")), "{out}");
+    // Its checkpoints deleted too, the chain is gone from the listing: the host has nothing
+    // left to fail on, the pinned copy does.
+    db.batch_execute(&format!(
+        "DELETE FROM credbroker_audit_checkpoints WHERE replica = {real}"
+    ))
+    .await
+    .unwrap();
+    let (c, out) = pinned(&set);
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains(&format!("replica {real}")) && out.contains("no such chain (removed)"),
+        "{out}"
+    );
 
     db.batch_execute("INSERT INTO credbroker_audit (replica, seq, line) VALUES (-2, 1, 'x')")
         .await

@@ -328,6 +328,12 @@ impl<'a> Chain<'a> {
     }
 }
 
+/// The longest line a pinned copy may hold, its newline included: the audit readers' bound.
+const MAX_PIN_LINE: u64 = super::lines::MAX_LINE + 1;
+
+/// The most a pinned copy read from a pipe (held whole) may hold.
+const MAX_PIPED: u64 = 256 << 20;
+
 /// How an export document's header line begins.
 const EXPORT_LINE: &[u8] = b"{\"export\":";
 
@@ -356,27 +362,53 @@ impl Pins {
     /// A copy that cannot be read, is neither, or does not verify with `verifier`.
     pub fn from_path(path: &std::path::Path, verifier: &AuditVerifier) -> Result<Pins, String> {
         use std::io::BufRead as _;
+        use std::io::Read as _;
         let shown = |e: std::io::Error| e.to_string();
         let file = std::fs::File::open(path).map_err(shown)?;
         if !file.metadata().map_err(shown)?.is_file() {
             let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(shown)?;
+            (&file)
+                .take(MAX_PIPED + 1)
+                .read_to_end(&mut bytes)
+                .map_err(shown)?;
+            if bytes.len() as u64 > MAX_PIPED {
+                return Err(format!(
+                    "a pinned copy read from a pipe holds more than {MAX_PIPED} bytes: copy it to a file"
+                ));
+            }
             return Pins::read(&bytes, verifier);
         }
-        let mut lines = std::io::BufReader::new(&file).split(b'\n');
-        let first = lines.next().transpose().map_err(shown)?.unwrap_or_default();
-        let export = first.starts_with(EXPORT_LINE);
-        if export {
-            Pins::export_verifies(verify_exports(&file, verifier))?;
-        }
+        // One handle for both passes (the export's verification reads by position): the
+        // bytes pinned are the bytes verified, whatever happens to the path meanwhile. Each
+        // pin is also checked on its own (a signed checkpoint, or a signed header's head).
+        let mut reader = std::io::BufReader::new(&file);
         let mut pins = Pins::default();
         let mut chain = None;
-        let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(shown)?);
-        for line in reader.split(b'\n') {
-            let line = line.map_err(shown)?;
-            if !line.is_empty() {
-                pins.take(&line, export, &mut chain, verifier)?;
+        let mut export = None;
+        loop {
+            let mut line = Vec::new();
+            (&mut reader)
+                .take(MAX_PIN_LINE + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(shown)?;
+            if line.len() as u64 > MAX_PIN_LINE {
+                return Err(format!(
+                    "a line of the pinned copy is longer than {MAX_PIN_LINE} bytes"
+                ));
             }
+            // The end; an incomplete last line (a copy taken while the writer appended), or
+            // the zeros it fills ahead, end the copy too.
+            if line.pop() != Some(b'\n') || line.first() == Some(&0) {
+                break;
+            }
+            if line.is_empty() {
+                continue;
+            }
+            let is_export = *export.get_or_insert_with(|| line.starts_with(EXPORT_LINE));
+            if is_export && chain.is_none() {
+                Pins::export_verifies(verify_exports(&file, verifier))?;
+            }
+            pins.take(&line, is_export, &mut chain, verifier)?;
         }
         pins.non_empty()
     }
@@ -395,6 +427,9 @@ impl Pins {
         let mut pins = Pins::default();
         let mut chain = None;
         for line in complete_lines(bytes) {
+            if line.first() == Some(&0) {
+                break;
+            }
             pins.take(line, export, &mut chain, verifier)?;
         }
         pins.non_empty()
@@ -430,6 +465,7 @@ impl Pins {
         #[derive(serde::Deserialize)]
         struct HeaderLine {
             export: super::export::ExportHeader,
+            signature: String,
         }
         #[derive(serde::Deserialize)]
         struct CheckpointLine {
@@ -449,6 +485,14 @@ impl Pins {
         if line.starts_with(EXPORT_LINE) {
             let h: HeaderLine = serde_json::from_slice(line)
                 .map_err(|_| "the pinned export's header does not parse")?;
+            let signed = B64
+                .decode(&h.signature)
+                .is_ok_and(|sig| verifier.verify(&h.export.signed_message(), &sig));
+            if !signed {
+                return Err(
+                    "the pinned export's header does not verify with this public key".into(),
+                );
+            }
             *chain = Some(h.export.replica);
             if h.export.head_seq > 0 {
                 self.add(h.export.replica, h.export.head_seq, h.export.head_hash)?;
@@ -456,6 +500,12 @@ impl Pins {
         } else if line.starts_with(b"{\"checkpoint\":") {
             let c: CheckpointLine = serde_json::from_slice(line)
                 .map_err(|_| "a checkpoint of the pinned export does not parse")?;
+            if !c.checkpoint.verifies(verifier) {
+                return Err(format!(
+                    "the pinned export's checkpoint at {} does not verify with this public key",
+                    c.checkpoint.seq
+                ));
+            }
             let replica = chain.ok_or("the pinned export has a checkpoint before its header")?;
             self.add(replica, c.checkpoint.seq, c.checkpoint.hash)?;
         }
