@@ -512,7 +512,18 @@ impl AdminService {
     /// here): nothing minted from it before the change is served again, by any replica, and
     /// this replica's cache forgets it once the change is committed.
     async fn renew_generation(&self, plan: &mut Plan, id: &str) -> Result<(), ApiError> {
-        let stored = self.binding_or_404(id).await?;
+        // Listed a moment ago: gone now means removed meanwhile (the change that removed it
+        // bumped the tenant's revision too), a conflict to retry, not a missing binding.
+        let stored = self.binding_or_404(id).await.map_err(|e| {
+            if e.code == ErrorCode::UnknownRecord {
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("binding {id} was removed while this change was under way: try again"),
+                )
+            } else {
+                e
+            }
+        })?;
         let mut b = stored.value.clone();
         b.generation = super::fresh_generation()?;
         plan.batch.replace(&stored, &b);
