@@ -311,14 +311,18 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
                 return Err(format!("audit append failed; nothing registered: {e}"));
             }
         };
-        let committed = records.commit(batch).await.map_err(|e| e.to_string());
+        let committed = records.commit(batch).await;
         if let Err(e) = &committed {
-            // The record above says it was registered: a second one says it was not, as
-            // for every change whose commit fails after its record.
+            // The record above says it was registered: a second one says what became of it,
+            // as for every change whose commit fails after its record.
+            let outcome = match e {
+                crate::store::StoreError::Precondition { .. } => "nothing was written",
+                _ => "its outcome is unknown until the store is checked",
+            };
             let mut failed = event;
             failed.outcome = "failed".into();
             failed.detail = Some(format!(
-                "commit of {} failed after audit; operator={id} was not registered: {e}",
+                "commit of {} failed after audit; {outcome} (operator={id}): {e}",
                 appended.audit_id
             ));
             if let Err(a) = log.append(failed).await {
@@ -326,7 +330,7 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
             }
         }
         log.close();
-        committed
+        committed.map_err(|e| e.to_string())
         }
         .await;
         hold.release().await;
