@@ -431,6 +431,25 @@ async fn an_export_of_a_tampered_log_is_refused() {
 
 /// Re-chains `records` from index `from` on: every later `prev_hash` and `hash` recomputed,
 /// as a forger who can write the file (but has no key) would.
+/// A daemon signing a checkpoint every 5 records in batches of at most 4 (at most 9 unsigned
+/// records), seeded (tenants t1, t2, worker w1), after `n` resolves of i1 by w1.
+async fn seeded_with_resolves(n: usize) -> (tempfile::TempDir, std::sync::Arc<TestPki>, Daemon) {
+    let (tmp, pki) = setup();
+    let options = DaemonOptions {
+        extra_toml: "[audit]\ncheckpoint_every_records = 5\nmax_batch = 4\n".into(),
+        ..DaemonOptions::default()
+    };
+    let daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    for _ in 0..n {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    (tmp, pki, daemon)
+}
+
 fn rechain(records: &mut [Vec<u8>], from: usize) {
     for i in from..records.len() {
         let prev_hash = if i == 0 {
@@ -450,20 +469,7 @@ fn rechain(records: &mut [Vec<u8>], from: usize) {
 /// signed header and signed attestations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgeries_with_recomputed_hashes_fail_verification_and_start_up() {
-    let (tmp, pki) = setup();
-    // A checkpoint every 5 records, batches of at most 4: at most 9 unsigned records.
-    let options = DaemonOptions {
-        extra_toml: "[audit]\ncheckpoint_every_records = 5\nmax_batch = 4\n".into(),
-        ..DaemonOptions::default()
-    };
-    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    let mut w1 = pki.client_for("w1", &daemon.url);
-    for _ in 0..25 {
-        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
-        assert_eq!(s, 200, "{v}");
-    }
+    let (tmp, pki, mut daemon) = seeded_with_resolves(25).await;
     let public_key = daemon.data_dir.join("keys/audit-signing.pub");
     let (c, out, err) = daemon.cli(&[
         "audit",
@@ -918,19 +924,7 @@ async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
 /// pin is not compared, or a chain ending before a pin passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
-    let (tmp, pki) = setup();
-    let options = DaemonOptions {
-        extra_toml: "[audit]\ncheckpoint_every_records = 5\nmax_batch = 4\n".into(),
-        ..DaemonOptions::default()
-    };
-    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
-    let mut w1 = pki.client_for("w1", &daemon.url);
-    for _ in 0..12 {
-        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
-        assert_eq!(s, 200, "{v}");
-    }
+    let (tmp, _pki, mut daemon) = seeded_with_resolves(12).await;
     daemon.stop();
     let public_key = daemon.data_dir.join("keys/audit-signing.pub");
     let config = daemon.config.to_str().unwrap().to_owned();

@@ -642,13 +642,7 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     // Revoke every cached token (key compromise runbook): GitHub sees DELETE /installation/token
     // for each, and the next resolve mints a new one.
     let revoked_before = env.gh.state.revoked.lock().unwrap().len();
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/providers/github_app/revoke-cached",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = revoke_cached(&mut env.op).await;
     assert_eq!(s, 200, "{v}");
     let dropped = v["dropped"].as_u64().unwrap();
     assert!(dropped >= 4, "{v}");
@@ -2143,6 +2137,33 @@ fn audit_of(env: &Env, v: &Value) -> Value {
         .unwrap_or_else(|| panic!("no resolve record for request {id}"))
 }
 
+/// A cold resolve (`cold(n)`) answered `provider_unavailable` with a message saying `why`.
+async fn fails_fast(env: &Env, n: usize, why: &str) {
+    let (s, v) = resolve_cold(env, n).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains(why), "{v}");
+}
+
+/// `POST /v1/admin/providers/github_app/revoke-cached` as `op`: status and answer.
+async fn revoke_cached(op: &mut BrokerClient) -> (u16, Value) {
+    call(
+        op,
+        Method::POST,
+        "/v1/admin/providers/github_app/revoke-cached",
+        Some(json!({})),
+    )
+    .await
+}
+
+/// Waits until `done` holds, polling every 20 ms; fails saying `what` after 10 s.
+async fn within_10_s(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The first value of header `name` in a header list the fake answered with.
 fn header_of(headers: &[(String, String)], name: &str) -> Option<String> {
     headers
@@ -2164,13 +2185,7 @@ async fn every_github_request_carries_the_api_version_and_accept_headers() {
     bind_acme(&mut env).await;
     let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/providers/github_app/revoke-cached",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = revoke_cached(&mut env.op).await;
     assert_eq!(s, 200, "{v}");
     assert!(v["dropped"].as_u64().unwrap() >= 1, "{v}");
 
@@ -2504,15 +2519,7 @@ async fn github_server_errors_are_retried_once_then_open_the_circuit() {
     // The binding's circuit is open: cold mints fail fast, GitHub is not asked…
     let before = mint_requests(&env).len();
     for n in 3..6 {
-        let (s, v) = resolve_cold(&env, n).await;
-        assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("circuit open"),
-            "{v}"
-        );
+        fails_fast(&env, n, "circuit open").await;
     }
     assert_eq!(
         mint_requests(&env).len(),
@@ -2610,15 +2617,7 @@ async fn github_rate_limits_are_waited_out_not_retried() {
         // cached token is still served; the fast failures open no circuit that would
         // outlast the wait.
         for _ in 0..6 {
-            let (s, v) = resolve_cold(&env, n).await;
-            assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
-            assert!(
-                v["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("no call to GitHub"),
-                "{v}"
-            );
+            fails_fast(&env, n, "no call to GitHub").await;
         }
         assert_eq!(
             mint_requests(&env).len(),
@@ -2754,11 +2753,7 @@ async fn admin_requests_refused_for_want_of_a_slot_are_counted() {
         let path = probe.clone();
         let probing =
             tokio::spawn(async move { call(&mut op, Method::POST, &path, Some(json!({}))).await });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reads() == before {
-            assert!(Instant::now() < deadline, "the probe never reached GitHub");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        within_10_s("the probe never reached GitHub", || reads() > before).await;
         probing.abort();
         let _ = probing.await;
     }
@@ -2807,19 +2802,12 @@ async fn a_token_minted_while_cached_tokens_are_revoked_is_revoked_too() {
     let waiting =
         tokio::spawn(async move { resolve(&mut w1, json!({"instance_id": "i-gh"})).await });
     // GitHub has the request (and has minted) before the revocation starts.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while mint_requests(&env).len() == before {
-        assert!(Instant::now() < deadline, "the mint never reached GitHub");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let revoked_before = env.gh.state.revoked.lock().unwrap().len();
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        "/v1/admin/providers/github_app/revoke-cached",
-        Some(json!({})),
-    )
+    within_10_s("the mint never reached GitHub", || {
+        mint_requests(&env).len() > before
+    })
     .await;
+    let revoked_before = env.gh.state.revoked.lock().unwrap().len();
+    let (s, v) = revoke_cached(&mut env.op).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         (&v["dropped"], &v["in_flight"], &v["revoked"], &v["failed"]),
@@ -3238,28 +3226,12 @@ async fn an_oversized_github_answer_is_cut_not_buffered() {
     bind_acme(&mut env).await;
     env.gh
         .inject("/access_tokens", Fault::Oversized(12 * 1024 * 1024), 1);
-    let (s, v) = resolve_cold(&env, 0).await;
-    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("over 8 MiB"),
-        "{v}"
-    );
+    fails_fast(&env, 0, "over 8 MiB").await;
     assert_eq!(env.gh.pending_faults(), 0, "the oversized answer was sent");
     // Under the byte bound, but dense: 1.2 MB of `0,` would be a `Value` of 600,000 nodes.
     env.gh
         .inject("/access_tokens", Fault::Tamper(Tamper::ManyValues), 1);
-    let (s, v) = resolve_cold(&env, 2).await;
-    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("more than 524288 JSON values"),
-        "{v}"
-    );
+    fails_fast(&env, 2, "more than 524288 JSON values").await;
     assert_eq!(env.gh.pending_faults(), 0, "the dense answer was sent");
     let (s, v) = resolve_cold(&env, 1).await;
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
