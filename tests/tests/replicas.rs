@@ -904,6 +904,48 @@ async fn replicas_starting_together_share_one_first_issuer_key() {
     }
 }
 
+/// A replica killed before its records were signed, started again once its lease has
+/// lapsed, takes its chain back and first records the unsigned tail it found
+/// (`audit.unsigned_tail`, as the file log does). Fails if the database writer signs over
+/// such a tail silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_chain_left_unsigned_by_a_kill_says_so_when_taken_back() {
+    let (tmp, pki) = setup();
+    // No checkpoint for an hour or a thousand records: the seeding stays unsigned.
+    let quiet = "[audit]\ncheckpoint_every_records = 1000\ncheckpoint_interval_s = 3600\n";
+    let mut set =
+        ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, quiet, vec![]).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let last: i64 = set
+        .scalar("SELECT max(seq) FROM credbroker_audit WHERE replica = 1")
+        .await;
+    assert!(last > 3, "{last}");
+    set.daemons[0].kill_hard();
+    // Its lease lapses (15 s), so the restart takes replica number 1 again.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    set.daemons[0].restart();
+    set.daemons[0].stop();
+    let said: Vec<String> = set
+        .sql()
+        .await
+        .query(
+            "SELECT line FROM credbroker_audit WHERE replica = 1 AND line LIKE '%audit.unsigned_tail%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains(&format!("records 1..{last} had no signed checkpoint")),
+        "{said:?}"
+    );
+    verify_every_chain(&set, &set.daemons[0]);
+}
+
 /// An idle replica tells a dead database by itself: `/readyz` turns 503 within the idle
 /// ping (no request has to fail first) and 200 again once the database answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
