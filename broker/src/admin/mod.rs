@@ -52,6 +52,7 @@ mod issuer_keys;
 mod outstanding;
 mod secrets;
 mod self_rotation;
+mod status;
 mod unclaimed;
 mod workers;
 
