@@ -301,15 +301,31 @@ impl Records {
         table: Table,
         prefix: &str,
     ) -> Result<Vec<Stored<T>>, StoreError> {
+        self.all_stored_at(table, prefix, |_, _| true).await
+    }
+
+    /// [`Records::all_stored`], each record refused as corrupt unless `at_own_key` accepts
+    /// it under the key it was found at (a record copied under another key by whoever can
+    /// write the store).
+    async fn all_stored_at<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+        at_own_key: impl Fn(&str, &T) -> bool,
+    ) -> Result<Vec<Stored<T>>, StoreError> {
         self.store
             .scan(table, prefix)
             .await?
             .into_iter()
             .map(|(k, raw)| {
-                Ok(Stored {
-                    value: decode(table, &k, &raw)?,
-                    raw,
-                })
+                let value = decode(table, &k, &raw)?;
+                if !at_own_key(&k, &value) {
+                    return Err(StoreError::Corrupt {
+                        table: table.name(),
+                        key: k,
+                    });
+                }
+                Ok(Stored { value, raw })
             })
             .collect()
     }

@@ -97,21 +97,10 @@ impl Records {
         &self,
         prefix: &str,
     ) -> Result<Vec<Stored<PlatformKeyRecord>>, StoreError> {
-        self.store
-            .scan(Table::PlatformKeys, prefix)
-            .await?
-            .into_iter()
-            .map(|(k, raw)| {
-                let value: PlatformKeyRecord = decode(Table::PlatformKeys, &k, &raw)?;
-                if k != platform_key_key(&value.kind, value.version) {
-                    return Err(StoreError::Corrupt {
-                        table: Table::PlatformKeys.name(),
-                        key: k,
-                    });
-                }
-                Ok(Stored { value, raw })
-            })
-            .collect()
+        self.all_stored_at(Table::PlatformKeys, prefix, |k, v: &PlatformKeyRecord| {
+            k == platform_key_key(&v.kind, v.version)
+        })
+        .await
     }
 
     /// The store's record of its KEK version exactly as stored (none before the first
