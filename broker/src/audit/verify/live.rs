@@ -53,15 +53,7 @@ pub fn verify_log_with(
     max_unanchored: u64,
     progress: &dyn Progress,
 ) -> Result<VerifySummary, VerifyFailure> {
-    walk_log(
-        audit_dir,
-        verifier,
-        max_unanchored,
-        None,
-        progress,
-        None,
-        None,
-    )
+    verify_log_pinned(audit_dir, verifier, max_unanchored, None, progress)
 }
 
 /// [`verify_log_with`], and every record `pins` vouches for (a copy kept off the host, see
