@@ -60,6 +60,21 @@ fn verify_export_cli(export: &Path, public_key: &Path) -> (i32, String) {
     (c, format!("{out}{err}"))
 }
 
+/// `audit verify --config CONFIG --public-key KEY` and `extra`: exit code and output.
+fn verify_with_key(config: &str, key: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--public-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (c, out, err) = run_cli(&args);
+    (c, format!("{out}{err}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     let (tmp, pki) = setup();
@@ -657,14 +672,7 @@ async fn a_wrong_key_and_an_empty_export_are_named_as_such() {
     credbroker::keys::AuditSigner::generate(&other.join("k"), &other.join("k.pub")).unwrap();
     let other_key = other.join("k.pub");
 
-    let (c, out, _) = run_cli(&[
-        "audit",
-        "verify",
-        "--config",
-        &config,
-        "--public-key",
-        other_key.to_str().unwrap(),
-    ]);
+    let (c, out) = verify_with_key(&config, &other_key, &[]);
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("not the key that signed this log"), "{out}");
 
@@ -689,14 +697,7 @@ async fn a_wrong_key_and_an_empty_export_are_named_as_such() {
     cp["time"] = json!("2030-01-01T00:00:00Z");
     *cps.last_mut().unwrap() = serde_json::to_vec(&cp).unwrap();
     std::fs::write(&cps_path, join(&cps)).unwrap();
-    let (c, out, _) = run_cli(&[
-        "audit",
-        "verify",
-        "--config",
-        &config,
-        "--public-key",
-        public_key.to_str().unwrap(),
-    ]);
+    let (c, out) = verify_with_key(&config, &public_key, &[]);
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("checkpoint signature is invalid"), "{out}");
 
@@ -928,19 +929,8 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     daemon.stop();
     let public_key = daemon.data_dir.join("keys/audit-signing.pub");
     let config = daemon.config.to_str().unwrap().to_owned();
-    let verify_pinned = |pin: &Path| {
-        let (c, out, err) = run_cli(&[
-            "audit",
-            "verify",
-            "--config",
-            &config,
-            "--public-key",
-            public_key.to_str().unwrap(),
-            "--pinned",
-            pin.to_str().unwrap(),
-        ]);
-        (c, format!("{out}{err}"))
-    };
+    let verify_pinned =
+        |pin: &Path| verify_with_key(&config, &public_key, &["--pinned", pin.to_str().unwrap()]);
     // The auditors' copies: checkpoints.log, and an export.
     let checkpoints = daemon.data_dir.join("audit/checkpoints.log");
     let original_cps = std::fs::read(&checkpoints).unwrap();
