@@ -1032,4 +1032,13 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
         out.contains("does not verify with this public key"),
         "{out}"
     );
+    // So is an export whose signed head was moved to vouch for another record.
+    let mut forged = lines(&std::fs::read(&export).unwrap());
+    let mut header: serde_json::Value = serde_json::from_slice(&forged[0]).unwrap();
+    header["export"]["head_hash"] = json!("0".repeat(64));
+    forged[0] = serde_json::to_vec(&header).unwrap();
+    std::fs::write(&bad, join(&forged)).unwrap();
+    let (c, out) = verify_pinned(&bad);
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("the pinned export does not verify"), "{out}");
 }
