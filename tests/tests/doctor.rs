@@ -260,6 +260,15 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
         before,
         "the doctor changed the store"
     );
+    // A store the previous release wrote (version 3): upgraded at the next start, a warning.
+    std::fs::write(d.join("store/credbroker-schema-version"), "3\n").unwrap();
+    let (_, v, _) = dev_doctor(&d);
+    let schema = finding(&v, "store.schema");
+    assert_eq!(schema["status"], "warn", "{v:#}");
+    assert!(
+        schema.to_string().contains("upgrades it in place"),
+        "{schema}"
+    );
     // A store no broker of this release opened: said, not guessed.
     std::fs::remove_file(d.join("store/credbroker-schema-version")).unwrap();
     let (_, v, _) = dev_doctor(&d);

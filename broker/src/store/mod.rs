@@ -593,7 +593,7 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
         // the old way are re-sealed by the broker at start, audited); the bump makes an older
         // binary refuse the store with a clear schema error instead of reading records it
         // cannot decode or open.
-        Some(v) if v == b"1" || v == b"2" || v == b"3" => {
+        Some(v) if upgraded_in_place(v) => {
             tracing::info!(
                 from = %String::from_utf8_lossy(v),
                 to = SCHEMA_VERSION,
@@ -636,6 +636,12 @@ pub(crate) const RESEAL_PENDING: &[u8] = b"pending";
 /// The key in [`Table::Meta`] that marks a store a `store migrate` is still copying into:
 /// no broker opens it.
 pub(crate) const MIGRATING_KEY: &str = "migrating";
+
+/// Whether a store of schema version `found` is upgraded in place to [`SCHEMA_VERSION`] at
+/// the next start (the doctor says so before it happens).
+pub fn upgraded_in_place(found: &[u8]) -> bool {
+    matches!(found, b"1" | b"2" | b"3")
+}
 
 /// The schema version this build reads and writes.
 ///

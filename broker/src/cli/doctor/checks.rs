@@ -175,7 +175,7 @@ async fn store(config: &Config, out: &mut Vec<Finding>) {
     let current = SCHEMA_VERSION.to_string();
     out.push(match found {
         Ok(Some(v)) if v == current => Finding::ok("store.schema", format!("schema version {v}, as this build reads")),
-        Ok(Some(v)) if v == "1" || v == "2" => Finding::warn(
+        Ok(Some(v)) if crate::store::upgraded_in_place(v.as_bytes()) => Finding::warn(
             "store.schema",
             format!("schema version {v}: the next start upgrades it in place to {current}"),
             "back up the data directory (or the database) before the upgrade start",
