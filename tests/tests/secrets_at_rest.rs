@@ -133,6 +133,25 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
     }
     let keyring: serde_json::Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
     assert_eq!(keyring["active"], 1, "the refused rotation saved nothing");
+    // The audit log cannot be opened (another offline command holds it): the keyring is
+    // not changed either. A new KEK version is never active without its record.
+    {
+        let lock = std::fs::File::create(daemon.data_dir.join("audit/.lock")).unwrap();
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
+        let (c, out, err) = rotate();
+        assert_ne!(c, 0, "{out}");
+        assert!(err.contains("nothing was changed"), "{err}");
+    }
+    let keyring: serde_json::Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
+    assert_eq!(
+        keyring["active"], 1,
+        "a rotation that could not be audited saved nothing"
+    );
+    assert!(keyring["keys"].get("2").is_none(), "{}", keyring["keys"]);
 
     let (c, out, err) = rotate();
     assert_eq!(c, 0, "{out}{err}");

@@ -1,7 +1,7 @@
 //! KEK rotation, offline: add a KEK version and re-wrap every data key with it (payloads
 //! untouched): tenant secrets, platform keys, and any table that declares sealed material
 //! ([`crate::store::Table::holds_sealed_material`]). Order matters for crash safety: the keyring holding both the old and the new
-//! version is saved first, the rotation is audited, then all data keys are re-wrapped in one
+//! version is saved once the rotation is audited, then all data keys are re-wrapped in one
 //! atomic batch. A crash at any point leaves every secret openable.
 
 use crate::audit::{AuditEvent, AuditLog};
@@ -123,12 +123,13 @@ async fn rotate_held(
     hold.confirm()
         .await
         .map_err(|e| format!("{e}; nothing was changed, run the rotation again"))?;
-    keyring
-        .save(&config.kek_file())
-        .map_err(|e| e.to_string())?;
+    // The log is opened and the rotation recorded before the keyring changes: a new KEK
+    // version is never active (new seals use it) without a record saying who made it.
     let settings = BrokerSettings::from_config(config);
-    let signer = AuditSigner::load(&config.audit_key_file()).map_err(|e| e.to_string())?;
-    let log = AuditLog::open(settings.audit, signer).map_err(|e| e.to_string())?;
+    let signer = AuditSigner::load(&config.audit_key_file())
+        .map_err(|e| format!("{e}; nothing was changed"))?;
+    let log =
+        AuditLog::open(settings.audit, signer).map_err(|e| format!("{e}; nothing was changed"))?;
     let request_id = crate::server::new_request_id();
     let event = AuditEvent {
         kind: "admin".into(),
@@ -150,7 +151,26 @@ async fn rotate_held(
     if let Err(e) = receipt {
         log.close();
         return Err(format!(
-            "audit append failed; data keys not re-wrapped: {e}"
+            "audit append failed; nothing was changed (the keyring is as it was, no data key re-wrapped): {e}"
+        ));
+    }
+    if let Err(e) = keyring.save(&config.kek_file()) {
+        let failed = AuditEvent {
+            kind: "admin".into(),
+            action: "keys.rotate_kek".into(),
+            request_id,
+            actor: actor.to_owned(),
+            outcome: "failed".into(),
+            error_code: Some("internal".into()),
+            detail: Some(format!(
+                "kek {old} -> {new}: the keyring could not be saved; nothing was re-wrapped"
+            )),
+            ..Default::default()
+        };
+        let _ = log.append(failed).await;
+        log.close();
+        return Err(format!(
+            "{e}: the keyring could not be saved, so nothing was re-wrapped (the log records the attempt)"
         ));
     }
     let committed = records.commit(batch).await;
