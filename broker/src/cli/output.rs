@@ -45,23 +45,38 @@ impl Output {
 /// read it (0600; it names tenants, actors and token fingerprints) and whole or not at all:
 /// `write` fills a new temporary file beside `path` (never following a link), which is
 /// synced and renamed over `path` only when it succeeded. A failed run leaves any earlier
-/// file at `path` as it was.
+/// file at `path` as it was. A link at `path` is replaced, never written through.
+///
+/// Written as it is, with no file to replace: one of this process's own descriptors as a
+/// shell names them (`/dev/stdout`, `/dev/stderr`, `/dev/fd/N` from `>(…)`,
+/// `/proc/self/fd/N`), or a pipe, socket or character device that is not a link. A pipe or
+/// socket must belong to the caller: one another local user planted where the file goes (a
+/// FIFO in `/tmp`) would hand them the output. A block device is never written.
 ///
 /// # Errors
-/// On I/O failure, or the first error of `write` (the temporary file is then removed).
+/// On I/O failure, a refused pipe, socket or device, or the first error of `write` (the
+/// temporary file is then removed).
 pub fn write_private<T>(
     path: &std::path::Path,
     write: impl FnOnce(&mut std::fs::File) -> Result<T, String>,
 ) -> Result<T, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let shown = |e: std::io::Error| format!("{}: {e}", path.display());
-    // A device, pipe or socket (`/dev/stdout`, `>(…)`, a FIFO) is written as it is: there
-    // is no file to replace.
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+    let own = is_own_descriptor(path);
+    let special = std::fs::symlink_metadata(path).is_ok_and(|m| {
+        let t = m.file_type();
+        !t.is_file() && !t.is_dir() && !t.is_symlink()
+    });
+    if own || special {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
+            .custom_flags(if own { 0 } else { libc::O_NOFOLLOW })
             .open(path)
             .map_err(shown)?;
+        // Judged on what was opened: the name may have been swapped since it was looked at.
+        let m = f.metadata().map_err(shown)?;
+        written_as_is(&m, own, rustix::process::geteuid().as_raw())
+            .map_err(|why| format!("{}: {why}", path.display()))?;
         return write(&mut f);
     }
     let name = path
@@ -96,6 +111,36 @@ pub fn write_private<T>(
             .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     done
+}
+
+/// Whether `path` names one of this process's own descriptors, as a shell passes them.
+fn is_own_descriptor(path: &std::path::Path) -> bool {
+    let p = std::path::Path::new;
+    let numbered = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    path == p("/dev/stdout")
+        || path == p("/dev/stderr")
+        || (numbered
+            && [p("/dev/fd"), p("/proc/self/fd")].contains(&path.parent().unwrap_or(p(""))))
+}
+
+/// Whether an opened output (`m`) may be written as it is: not a block device, and a pipe
+/// or socket only when it is one of the process's `own` descriptors or belongs to `euid`.
+fn written_as_is(m: &std::fs::Metadata, own: bool, euid: u32) -> Result<(), &'static str> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let t = m.file_type();
+    if t.is_block_device() {
+        return Err("a block device is never written: give a file name, a pipe or /dev/stdout");
+    }
+    if !own && (t.is_file() || t.is_dir()) {
+        return Err("it was replaced while it was opened: run the command again");
+    }
+    if !own && (t.is_fifo() || t.is_socket()) && m.uid() != euid {
+        return Err("a pipe or socket that belongs to another user: it would hand them the output. Give a file name, or a pipe of your own");
+    }
+    Ok(())
 }
 
 /// Prints `value` in `format` on standard output.
@@ -347,7 +392,7 @@ mod tests {
 
     #[test]
     fn private_files_are_owner_only_and_whole_or_untouched() {
-        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("export.jsonl");
         super::write_private(&path, |f| {
@@ -392,5 +437,60 @@ mod tests {
         .unwrap();
         assert_eq!(reader.join().unwrap(), b"piped");
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        // The same pipe, had another user planted it (in /tmp, say), is not written: its
+        // reader would get the output. A link to it is replaced, not followed.
+        let euid = rustix::process::geteuid().as_raw();
+        let m = std::fs::metadata(&fifo).unwrap();
+        assert_eq!(super::written_as_is(&m, false, euid), Ok(()));
+        assert!(super::written_as_is(&m, false, euid + 1).is_err());
+        assert_eq!(super::written_as_is(&m, true, euid + 1), Ok(()));
+        let link = dir.path().join("to-fifo.jsonl");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        super::write_private(&link, |f| {
+            std::io::Write::write_all(f, b"not piped").map_err(|e| e.to_string())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&link).unwrap(), b"not piped");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        if euid == 0 {
+            std::os::unix::fs::chown(&fifo, Some(65534), Some(65534)).unwrap();
+            // Opened for writing only once a reader is there, as an attacker's would be.
+            let reader = {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || std::fs::read(fifo).unwrap())
+            };
+            let err = super::write_private(&fifo, |f| {
+                std::io::Write::write_all(f, b"leaked").map_err(|e| e.to_string())
+            })
+            .unwrap_err();
+            assert!(err.contains("belongs to another user"), "{err}");
+            assert_eq!(reader.join().unwrap(), b"");
+        }
+        // A regular file is never written in place unless it is one of the process's own
+        // descriptors, and a block device never.
+        let file = std::fs::metadata(&path).unwrap();
+        assert!(super::written_as_is(&file, false, euid).is_err());
+        assert_eq!(super::written_as_is(&file, true, euid), Ok(()));
+        let block = std::fs::read_dir("/dev")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .find(|m| m.file_type().is_block_device());
+        if let Some(m) = block {
+            assert!(super::written_as_is(&m, true, m.uid()).is_err());
+        }
+        assert!(super::is_own_descriptor(std::path::Path::new("/dev/fd/63")));
+        assert!(super::is_own_descriptor(std::path::Path::new(
+            "/dev/stdout"
+        )));
+        assert!(!super::is_own_descriptor(std::path::Path::new(
+            "/dev/shm/x"
+        )));
+        assert!(!super::is_own_descriptor(std::path::Path::new(
+            "/dev/fd/../shm/x"
+        )));
+        assert!(!super::is_own_descriptor(std::path::Path::new(
+            "/dev/fd/.."
+        )));
     }
 }
