@@ -182,7 +182,8 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     assert_eq!(mode & 0o077, 0, "export mode {mode:o}");
     let (c, out) = verify_export_cli(&export, &public_key);
     assert_eq!(c, 0, "{out}");
-    // A pipe cannot be read by position: it is read whole, and verifies the same.
+    // A pipe cannot be read by position: it is copied to an unnamed temporary file first
+    // (not into memory), and verifies the same.
     let mut child = std::process::Command::new(daemon_bin())
         .args(["audit", "verify", "--export", "/dev/stdin", "--public-key"])
         .arg(&public_key)
@@ -198,6 +199,19 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     assert!(
         String::from_utf8_lossy(&piped.stdout).contains("audit OK"),
         "{piped:?}"
+    );
+    // With nowhere to copy it, said so (never read into memory instead).
+    let refused = std::process::Command::new(daemon_bin())
+        .args(["audit", "verify", "--export", "/dev/stdin", "--public-key"])
+        .arg(&public_key)
+        .env("TMPDIR", tmp.path().join("no-such-dir"))
+        .stdin(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no unnamed temporary file"),
+        "{refused:?}"
     );
     let exported = lines(&std::fs::read(&export).unwrap());
     // Line 0 is the header; record k is line k.

@@ -188,16 +188,30 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     } else if let Some(export) = &args.export {
         let verifier = pinned()?;
         // A file is read by position, a line at a time: an export of any size verifies in
-        // constant memory. A pipe (`--export /dev/stdin`) cannot be read twice: it is read
-        // whole first.
+        // constant memory. A pipe (`--export /dev/stdin`) cannot be read twice: it is copied
+        // first to an unnamed file in the temporary directory (gone when it is closed), not
+        // into memory, which an export of millions of records would exhaust.
         let shown = |e: std::io::Error| format!("{}: {e}", export.display());
         let file = std::fs::File::open(export).map_err(shown)?;
         if file.metadata().map_err(shown)?.is_file() {
             audit::verify_exports(&file, &verifier)
         } else {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(shown)?;
-            audit::verify_exports(&bytes.as_slice(), &verifier)
+            use std::os::unix::fs::OpenOptionsExt;
+            let dir = std::env::temp_dir();
+            let mut spool = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE)
+                .open(&dir)
+                .map_err(|e| {
+                    format!(
+                        "{}: no unnamed temporary file to hold the piped export ({e}); set TMPDIR, or give the export as a file",
+                        dir.display()
+                    )
+                })?;
+            std::io::copy(&mut &file, &mut spool).map_err(shown)?;
+            audit::verify_exports(&spool, &verifier)
         }
     } else {
         let config = local_config(&args.local)?;
