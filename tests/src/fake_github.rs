@@ -229,6 +229,13 @@ pub enum Tamper {
     RaisedLevel,
     /// An `x-github-request-id` of 300 characters.
     LongRequestId,
+    /// A repository nobody asked for added to the named ones (`repository_selection` stays
+    /// `selected`).
+    ExtraRepository,
+    /// `expires_at` a minute ago.
+    PastExpiry,
+    /// An installation answer (`GET /app/installations/{id}`) for the next installation id.
+    OtherInstallation,
 }
 
 impl Tamper {
@@ -263,6 +270,22 @@ impl Tamper {
                         }
                     }
                 }
+            }
+            Tamper::ExtraRepository => {
+                if let Some(listed) = body["repositories"].as_array_mut() {
+                    listed.push(
+                        json!({"id": 4242, "name": "secrets", "full_name": "acme-org/secrets"}),
+                    );
+                }
+            }
+            Tamper::PastExpiry => {
+                let past = time::OffsetDateTime::now_utc() - time::Duration::seconds(60);
+                body["expires_at"] = json!(past
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default());
+            }
+            Tamper::OtherInstallation => {
+                body["id"] = json!(body["id"].as_u64().unwrap_or(0) + 1);
             }
             Tamper::LongRequestId => {
                 headers.insert(

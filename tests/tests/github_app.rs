@@ -1421,6 +1421,46 @@ async fn a_key_sealed_the_old_way_in_a_current_store_is_refused_not_resealed() {
     );
 }
 
+/// An install link opens at most five times (each opening is an audited, durable record an
+/// anonymous client causes): the sixth is refused, counted, not audited, with no cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_link_opened_too_often_must_be_issued_again() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let state = state_for(&mut env.op, "t1").await;
+    for _ in 0..5 {
+        let (s, cookie, _) = open_link(&mut env.public, &state).await;
+        assert_eq!(s, 302);
+        assert!(cookie.is_some());
+    }
+    let n = env.daemon.audit_records().len();
+    let (status, headers, out) = env
+        .public
+        .exchange(
+            Method::GET,
+            &format!("/callbacks/github_app/start?state={state}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    assert_eq!(
+        (status.as_u16(), code(&v)),
+        (403, "callback_rejected"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("opened too many times"),
+        "{v}"
+    );
+    assert!(headers.get(http::header::SET_COOKIE).is_none());
+    assert_eq!(env.daemon.audit_records().len(), n);
+}
+
 /// GitHub installation takeover, every way we know (issue 10, item 1): the installation id in
 /// the redirect is a claim until GitHub shows the person who came back administers it, the
 /// link only works in the browser that opened it, once, and the installation's account must
@@ -1719,7 +1759,63 @@ async fn webhook_replays_relabels_and_undoing_an_operator_are_refused() {
     assert_eq!(env.daemon.audit_records().len(), n);
     assert_eq!(binding_status(&mut env, &binding).await, "active");
 
-    // An operator's disable survives the customer suspending and unsuspending.
+    // A signed delivery without its delivery id (or with a malformed one) would escape the
+    // replay check: refused before it is acted on, counted, not audited.
+    let fresh = json!({"action": "suspend", "installation": {"id": 1001, "account": account},
+        "sender": {"login": "customer-admin", "id": 77}});
+    let bytes = serde_json::to_vec(&fresh).unwrap();
+    let sig = sign(&bytes);
+    env.gh.suspend(1001, true);
+    let n = env.daemon.audit_records().len();
+    for delivery in [None, Some("not a delivery id"), Some("")] {
+        let mut headers = vec![
+            ("x-github-event", "installation"),
+            ("x-hub-signature-256", sig.as_str()),
+        ];
+        if let Some(d) = delivery {
+            headers.push(("x-github-delivery", d));
+        }
+        let (s, out) = env
+            .public
+            .request_with_headers(
+                Method::POST,
+                "/callbacks/github_app/webhook",
+                &headers,
+                Some(bytes.clone()),
+            )
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+        assert_eq!(
+            (s.as_u16(), code(&v)),
+            (403, "callback_rejected"),
+            "{delivery:?}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("X-GitHub-Delivery"),
+            "{v}"
+        );
+    }
+    let records = env.daemon.audit_records();
+    assert_eq!(records.len(), n, "{:?}", &records[n.min(records.len())..]);
+    // A signed suspend GitHub's own answer cannot confirm (it answers for another
+    // installation, as a malicious upstream might): not acted on.
+    env.gh.inject(
+        "/app/installations/1001",
+        Fault::Tamper(Tamper::OtherInstallation),
+        1,
+    );
+    let (s, v) = webhook(&mut env.public, &fresh, None).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(env.gh.pending_faults(), 0);
+    env.gh.suspend(1001, false);
+    assert_eq!(binding_status(&mut env, &binding).await, "active");
+
+    // An operator's disable survives the customer suspending and unsuspending, each
+    // confirmed by GitHub (so applied as far as the operator's disable lets it).
     let (s, v) = call(
         &mut env.op,
         Method::POST,
@@ -1728,8 +1824,10 @@ async fn webhook_replays_relabels_and_undoing_an_operator_are_refused() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
+    env.gh.suspend(1001, true);
     let (s, v) = webhook(&mut env.public, &suspend, None).await;
-    assert_eq!(s, 200, "{v}");
+    assert_eq!((s, v["result"].as_str()), (200, Some("suspended")), "{v}");
+    env.gh.suspend(1001, false);
     let (s, v) = webhook(&mut env.public, &unsuspend, None).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("ignored")), "{v}");
     assert_eq!(binding_status(&mut env, &binding).await, "disabled");
@@ -3253,6 +3351,12 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
         (1, Tamper::AllRepositories, "repository selection"),
         (2, Tamper::ExtraPermission, "\"administration\" at admin"),
         (5, Tamper::RaisedLevel, "\"issues\" at write"),
+        (
+            6,
+            Tamper::ExtraRepository,
+            "repository \"secrets\" was not asked for",
+        ),
+        (7, Tamper::PastExpiry, "already expired"),
     ] {
         env.gh.inject("/access_tokens", Fault::Tamper(tamper), 1);
         let (s, v) = resolve_cold(&env, n).await;
