@@ -361,7 +361,7 @@ async fn verification_refuses_forgeries_and_other_tenants() {
     // Retired: nothing verifies.
     let (c, _, err) = operator_cli(&pki, &daemon.url, &["webhook-secret", "retire", "i1"]);
     assert_eq!(c, 0, "{err}");
-    let (s, v) = verify(&mut w1, "i1", good, event).await;
+    let (s, v) = verify(&mut w1, "i1", good.clone(), event).await;
     assert_eq!((s, code(&v)), (409, "secret_missing"), "{v}");
     // Unsigned only when said so.
     let (s, v) = call(
@@ -399,6 +399,34 @@ async fn verification_refuses_forgeries_and_other_tenants() {
         Some(2.0),
         "{metrics}"
     );
+    // A disabled instance, or an instance of a disabled tenant, has its webhooks checked
+    // for no one (as it has nothing resolved): refused as a resolve would be, and a good
+    // signature is valid again once it is enabled.
+    for (path, code_wanted) in [
+        ("/v1/admin/instances/i1", "instance_inactive"),
+        ("/v1/admin/tenants/t1", "tenant_inactive"),
+    ] {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            &format!("{path}/disable"),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = verify(&mut w1, "i1", good.clone(), event).await;
+        assert_eq!((s, code(&v)), (403, code_wanted), "{path}: {v}");
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            &format!("{path}/enable"),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = verify(&mut w1, "i1", good.clone(), event).await;
+        assert_eq!((s, &v["valid"]), (200, &json!(true)), "{path}: {v}");
+    }
     // Removing the instance destroys its secret.
     let (s, v) = call(&mut op, Method::DELETE, "/v1/admin/instances/i2", None).await;
     assert_eq!(s, 200, "{v}");
@@ -517,6 +545,51 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
         })
         .sum();
     assert_eq!(destroyed, 2);
+}
+
+/// A previous secret fails once its window ends even while its version is still stored
+/// (the collector has not run yet): the window is checked at each verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_secret_fails_after_its_window_before_the_collector_runs() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: "[webhooks]\noverlap_s = 2\n[secrets]\ngc_interval_s = 3600\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed(&mut op).await;
+    let (s, _) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/instances/i1/webhook-secret",
+        Some(json!({"scheme": "gitlab"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (_, v) = reveal(&mut op, "i1", "vendor setup in this test").await;
+    let old = v["secret"].as_str().unwrap().to_owned();
+    let (c, _, err) = operator_cli(&pki, &daemon.url, &["webhook-secret", "rotate", "i1"]);
+    assert_eq!(c, 0, "{err}");
+    let window_end = std::time::Instant::now() + std::time::Duration::from_millis(2_300);
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    std::thread::sleep(window_end.saturating_duration_since(std::time::Instant::now()));
+    let (s, v) = verify(&mut w1, "i1", json!({"X-Gitlab-Token": old}), b"{}").await;
+    assert_eq!((s, &v["valid"]), (200, &json!(false)), "{v}");
+    let (c, out, err) = operator_cli(&pki, &daemon.url, &["webhook-secret", "show", "i1"]);
+    assert_eq!(c, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        shown["webhook_secret"]["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "the previous version is still stored: {shown}"
+    );
 }
 
 /// A worker posting bad signatures in a loop spends its own budget of failure log lines
