@@ -361,6 +361,17 @@ async fn a_fresher_token_replaces_an_older_one_and_never_the_reverse() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.current_token("w1", "i-forge").await, fresher);
     assert_eq!(versions(&env.binding_for(ACME).await.unwrap()), v2);
+    // A token claiming to live longer than Atlassian issues them (4 h, plus clock skew):
+    // though it outlives the one held, it is not captured (a forged or mis-dated token
+    // would otherwise be handed out for as long as it claims).
+    let too_long = system_token(now() + 5 * HOUR);
+    let (s, v) = env.trigger(&acme(), &too_long).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("kept")), "{v}");
+    env.daemon
+        .wait_log("the system token claims to live longer than 4 h", 1)
+        .await;
+    assert_eq!(env.current_token("w1", "i-forge").await, fresher);
+    assert_eq!(versions(&env.binding_for(ACME).await.unwrap()), v2);
 
     // The remote endpoint (`core:endpoint` invocations) captures the same way.
     let freshest = system_token(t0 + 3 * HOUR + 1800);
