@@ -74,7 +74,7 @@ impl Config {
                 return Err(ConfigError(format!(
                     "the KEK keyring {} is inside the {what} {}: a backup or copy of it would hold the key with the ciphertext it protects. \
                      Move the file outside (e.g. /etc/credbroker/kek.json, mode 0600, owned by the daemon's user) and set keys.kek_file, \
-                     or provide it with keys.kek_env (README, \"Keys at rest\")",
+                     or provide it with keys.kek_env (README, \"Secrets at rest\")",
                     kek.display(),
                     dir.display()
                 )));
