@@ -49,9 +49,11 @@ impl Output {
 ///
 /// Written as it is, with no file to replace: one of this process's own descriptors as a
 /// shell names them (`/dev/stdout`, `/dev/stderr`, `/dev/fd/N` from `>(…)`,
-/// `/proc/self/fd/N`), or a pipe, socket or character device that is not a link. A pipe or
-/// socket must belong to the caller: one another local user planted where the file goes (a
-/// FIFO in `/tmp`) would hand them the output. A block device is never written.
+/// `/proc/self/fd/N`; appended to, so `>> FILE` keeps what FILE held), or a pipe or
+/// character device that is not a link. A pipe must belong to the caller: one another local
+/// user planted where the file goes (a FIFO in `/tmp`) would hand them the output, or hold
+/// the command (a pipe is opened only once a reader is there). A block device is never
+/// written.
 ///
 /// # Errors
 /// On I/O failure, a refused pipe, socket or device, or the first error of `write` (the
@@ -63,20 +65,26 @@ pub fn write_private<T>(
     use std::os::unix::fs::OpenOptionsExt;
     let shown = |e: std::io::Error| format!("{}: {e}", path.display());
     let own = is_own_descriptor(path);
-    let special = std::fs::symlink_metadata(path).is_ok_and(|m| {
-        let t = m.file_type();
-        !t.is_file() && !t.is_dir() && !t.is_symlink()
-    });
-    if own || special {
+    let euid = rustix::process::geteuid().as_raw();
+    let refused = |why| format!("{}: {why}", path.display());
+    let special = match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() && !m.is_symlink() => Some(m),
+        _ => None,
+    };
+    if own || special.is_some() {
+        // Judged before it is opened (opening another user's pipe would wait for its
+        // reader), and again on what was opened: the name may have been swapped meanwhile.
+        if let Some(m) = &special {
+            written_as_is(m, own, euid).map_err(refused)?;
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
+            .append(own)
             .custom_flags(if own { 0 } else { libc::O_NOFOLLOW })
             .open(path)
             .map_err(shown)?;
-        // Judged on what was opened: the name may have been swapped since it was looked at.
         let m = f.metadata().map_err(shown)?;
-        written_as_is(&m, own, rustix::process::geteuid().as_raw())
-            .map_err(|why| format!("{}: {why}", path.display()))?;
+        written_as_is(&m, own, euid).map_err(refused)?;
         return write(&mut f);
     }
     let name = path
@@ -453,18 +461,45 @@ mod tests {
         assert_eq!(std::fs::read(&link).unwrap(), b"not piped");
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
         if euid == 0 {
+            use std::os::unix::fs::OpenOptionsExt;
             std::os::unix::fs::chown(&fifo, Some(65534), Some(65534)).unwrap();
-            // Opened for writing only once a reader is there, as an attacker's would be.
-            let reader = {
-                let fifo = fifo.clone();
-                std::thread::spawn(move || std::fs::read(fifo).unwrap())
-            };
+            // Its reader is there, as an attacker's would be (held open read-write, so
+            // that no open here waits): nothing is written to it.
+            let reader = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap();
             let err = super::write_private(&fifo, |f| {
                 std::io::Write::write_all(f, b"leaked").map_err(|e| e.to_string())
             })
             .unwrap_err();
             assert!(err.contains("belongs to another user"), "{err}");
-            assert_eq!(reader.join().unwrap(), b"");
+            let mut got = [0u8; 16];
+            let read = std::io::Read::read(&mut &reader, &mut got);
+            assert!(
+                read.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+                "{read:?}"
+            );
+        }
+        // One of the process's own descriptors is appended to (`>> FILE` keeps FILE's
+        // start), as a shell would: through /proc/self/fd.
+        {
+            use std::os::fd::AsRawFd;
+            let kept = dir.path().join("kept.jsonl");
+            std::fs::write(&kept, b"earlier export\n").unwrap();
+            let held = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&kept)
+                .unwrap();
+            let own = std::path::PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+            super::write_private(&own, |f| {
+                std::io::Write::write_all(f, b"new\n").map_err(|e| e.to_string())
+            })
+            .unwrap();
+            assert_eq!(std::fs::read(&kept).unwrap(), b"earlier export\nnew\n");
         }
         // A regular file is never written in place unless it is one of the process's own
         // descriptors, and a block device never.
