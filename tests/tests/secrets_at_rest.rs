@@ -144,7 +144,11 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
         );
         let (c, out, err) = rotate();
         assert_ne!(c, 0, "{out}");
-        assert!(err.contains("nothing was changed"), "{err}");
+        assert!(
+            err.contains("another credbroker process is writing this audit log")
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
     }
     let keyring: serde_json::Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
     assert_eq!(
@@ -152,6 +156,37 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
         "a rotation that could not be audited saved nothing"
     );
     assert!(keyring["keys"].get("2").is_none(), "{}", keyring["keys"]);
+    // The keyring cannot be saved (its temporary name is taken by a directory): recorded
+    // as failed after its "allowed" record, and the keyring is said to be as it was.
+    {
+        let name = kek.file_name().unwrap().to_str().unwrap();
+        let blocker = kek.with_file_name(format!(".{name}.tmp"));
+        std::fs::create_dir_all(blocker.join("taken")).unwrap();
+        let (c, out, err) = rotate();
+        assert_ne!(c, 0, "{out}");
+        assert!(err.contains("could not be saved and is as it was"), "{err}");
+        std::fs::remove_dir_all(&blocker).unwrap();
+    }
+    let keyring: serde_json::Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
+    assert_eq!(keyring["active"], 1, "{keyring}");
+    let rotations: Vec<(String, String)> = daemon
+        .audit_records()
+        .iter()
+        .filter(|r| r["action"] == "keys.rotate_kek")
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap().to_owned(),
+                r["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(rotations.len(), 2, "{rotations:?}");
+    assert_eq!(rotations[0].0, "allowed");
+    assert_eq!(rotations[1].0, "failed");
+    assert!(
+        rotations[1].1.contains("the keyring could not be saved"),
+        "{rotations:?}"
+    );
 
     let (c, out, err) = rotate();
     assert_eq!(c, 0, "{out}{err}");

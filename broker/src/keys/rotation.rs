@@ -155,6 +155,23 @@ async fn rotate_held(
         ));
     }
     if let Err(e) = keyring.save(&config.kek_file()) {
+        // A save renames the new file over the keyring before it syncs the directory: a
+        // failure after the rename leaves the new keyring in place. What the file holds now
+        // is what is said.
+        let on_disk = Keyring::load(&config.kek_file())
+            .ok()
+            .map(|k| k.active_version());
+        let (detail, said) = if on_disk == Some(new) {
+            (
+                format!("kek {old} -> {new}: the keyring file holds version {new} but its directory could not be synced; nothing was re-wrapped"),
+                format!("{e}: the keyring file was replaced (it holds versions {old} and {new}, {new} active) but its directory could not be synced; nothing was re-wrapped. Keep this keyring (both versions open every secret) and run the rotation again once the file system is sound"),
+            )
+        } else {
+            (
+                format!("kek {old} -> {new}: the keyring could not be saved; nothing was re-wrapped"),
+                format!("{e}: the keyring could not be saved and is as it was, so nothing was re-wrapped (the log records the attempt)"),
+            )
+        };
         let failed = AuditEvent {
             kind: "admin".into(),
             action: "keys.rotate_kek".into(),
@@ -162,16 +179,12 @@ async fn rotate_held(
             actor: actor.to_owned(),
             outcome: "failed".into(),
             error_code: Some("internal".into()),
-            detail: Some(format!(
-                "kek {old} -> {new}: the keyring could not be saved; nothing was re-wrapped"
-            )),
+            detail: Some(detail),
             ..Default::default()
         };
         let _ = log.append(failed).await;
         log.close();
-        return Err(format!(
-            "{e}: the keyring could not be saved, so nothing was re-wrapped (the log records the attempt)"
-        ));
+        return Err(said);
     }
     let committed = records.commit(batch).await;
     // Another rotation landed first only if the store's KEK version moved on (a precondition
