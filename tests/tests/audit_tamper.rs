@@ -182,8 +182,8 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     assert_eq!(mode & 0o077, 0, "export mode {mode:o}");
     let (c, out) = verify_export_cli(&export, &public_key);
     assert_eq!(c, 0, "{out}");
-    // A pipe cannot be read by position: it is copied to an unnamed temporary file first
-    // (not into memory), and verifies the same.
+    // A pipe cannot be read by position: it is copied to a temporary file first (not into
+    // memory), and verifies the same.
     let mut child = std::process::Command::new(daemon_bin())
         .args(["audit", "verify", "--export", "/dev/stdin", "--public-key"])
         .arg(&public_key)
@@ -210,7 +210,8 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
         .unwrap();
     assert!(!refused.status.success(), "{refused:?}");
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("no unnamed temporary file"),
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("no temporary file to hold the piped export"),
         "{refused:?}"
     );
     let exported = lines(&std::fs::read(&export).unwrap());

@@ -189,28 +189,34 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         let verifier = pinned()?;
         // A file is read by position, a line at a time: an export of any size verifies in
         // constant memory. A pipe (`--export /dev/stdin`) cannot be read twice: it is copied
-        // first to an unnamed file in the temporary directory (gone when it is closed), not
-        // into memory, which an export of millions of records would exhaust.
+        // first to a file in the temporary directory (gone when it is closed), not into
+        // memory, which an export of millions of records would exhaust.
         let shown = |e: std::io::Error| format!("{}: {e}", export.display());
         let file = std::fs::File::open(export).map_err(shown)?;
         if file.metadata().map_err(shown)?.is_file() {
             audit::verify_exports(&file, &verifier)
         } else {
-            use std::os::unix::fs::OpenOptionsExt;
+            // tempfile: O_TMPFILE where the file system has it, else a random name (0600,
+            // never following a link) unlinked at once.
             let dir = std::env::temp_dir();
-            let mut spool = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(libc::O_TMPFILE)
-                .open(&dir)
-                .map_err(|e| {
-                    format!(
-                        "{}: no unnamed temporary file to hold the piped export ({e}); set TMPDIR, or give the export as a file",
-                        dir.display()
-                    )
-                })?;
-            std::io::copy(&mut &file, &mut spool).map_err(shown)?;
+            let spooled = |e: std::io::Error| {
+                format!(
+                    "{}: no temporary file to hold the piped export ({e}); point TMPDIR at a directory with room for it, or give the export as a file",
+                    dir.display()
+                )
+            };
+            let mut spool = tempfile::tempfile_in(&dir).map_err(spooled)?;
+            let mut from = &file;
+            loop {
+                let mut buf = [0u8; 64 * 1024];
+                let n = match std::io::Read::read(&mut from, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(shown(e)),
+                };
+                std::io::Write::write_all(&mut spool, &buf[..n]).map_err(spooled)?;
+            }
             audit::verify_exports(&spool, &verifier)
         }
     } else {
