@@ -823,3 +823,119 @@ async fn every_public_refusal_is_counted_once() {
     assert_eq!(p.status, 409, "{}", p.html);
     assert_eq!(callbacks_with(&pki, &daemon, intake).await, before + 1);
 }
+
+/// What a link and its form are bound to, each binding checked on its own: a link's
+/// limits when it is made; the CSRF value to the link and to the browser's cookie; the form
+/// to its content type; the link to the very binding it was made for (one re-created under
+/// the same id, in the same tenant, is another). None of these refusals spends an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_and_its_form_work_only_for_what_they_were_made_for() {
+    let (_tmp, _pki, daemon, _sn, mut op, mut public) = start().await;
+    // Limits of a link: a lifetime of 1 s to 7 days, 1 to 16 fields.
+    let many: Vec<String> = (0..17).map(|i| format!("field{i}")).collect();
+    for body in [
+        json!({"binding": "acme-snow", "ttl_s": 0}),
+        json!({"binding": "acme-snow", "ttl_s": 7 * 86_400 + 1}),
+        json!({"binding": "acme-snow", "fields": []}),
+        json!({"binding": "acme-snow", "fields": many}),
+    ] {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            "/v1/admin/intake",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{body}: {v}");
+    }
+    let (_, v) = call(&mut op, Method::GET, "/v1/admin/intake", None).await;
+    assert_eq!(v["intake_links"], json!([]), "{v}");
+
+    let attempts_left = |page: &Page, left: u32| {
+        assert_eq!(page.status, 422, "{}", page.html);
+        assert!(
+            page.html.contains(&format!("{left} attempt(s) left")),
+            "{}",
+            page.html
+        );
+    };
+    let (a, _) = create_link(&mut op, 3600).await;
+    let (b, _) = create_link(&mut op, 3600).await;
+    let page_a = get(&mut public, &a).await;
+    let (cookie_a, csrf_a) = form_state(&page_a);
+    // Link A's cookie and form posted to link B.
+    let p = post(&mut public, &b, Some(&cookie_a), &good_form(&csrf_a)).await;
+    assert_eq!(p.status, 403, "{}", p.html);
+    // The form of one opening with the cookie of another (of the same link).
+    let (cookie_a2, csrf_a2) = form_state(&get(&mut public, &a).await);
+    assert_ne!(cookie_a, cookie_a2);
+    let p = post(&mut public, &a, Some(&cookie_a), &good_form(&csrf_a2)).await;
+    assert_eq!(p.status, 403, "{}", p.html);
+    // The right pair as text/plain (what a cross-site form may send) or with no type.
+    for content_type in [Some("text/plain"), None] {
+        let mut headers = vec![("cookie", cookie_a2.as_str())];
+        if let Some(t) = content_type {
+            headers.push(("content-type", t));
+        }
+        let (s, _, body) = public
+            .exchange(
+                Method::POST,
+                &a,
+                &headers,
+                Some(good_form(&csrf_a2).into_bytes()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            s,
+            400,
+            "{content_type:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // A value longer than any secret.
+    let long = format!(
+        "csrf={}&f_client_id={CLIENT}&f_client_secret={}",
+        enc(&csrf_a2),
+        "x".repeat(9000)
+    );
+    let p = post(&mut public, &a, Some(&cookie_a2), &long).await;
+    assert_eq!(p.status, 400, "{}", p.html);
+    assert!(p.html.contains("A value is too long"), "{}", p.html);
+    // None of those was a submission, or spent an attempt of either link.
+    assert!(!daemon
+        .audit_records()
+        .iter()
+        .any(|r| r["action"] == "intake.submit"));
+    for path in [&a, &b] {
+        let (cookie, form) = wrong_secret_form(&mut public, path).await;
+        attempts_left(&post(&mut public, path, Some(&cookie), &form).await, 2);
+    }
+
+    // The binding removed and made again under its id, in the same tenant: the link made
+    // for the first one is dead (its links went with it; a link that outlived it, written
+    // back into the store, would still be refused by its creation time), and nothing is
+    // written into the second.
+    let (s, v) = call(
+        &mut op,
+        Method::DELETE,
+        "/v1/admin/bindings/acme-snow",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": "t1", "provider": "pasted_secret", "ceiling": {"fields": ["client_id", "client_secret"]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(get(&mut public, &a).await.status, 404);
+    let p = post(&mut public, &a, Some(&cookie_a2), &good_form(&csrf_a2)).await;
+    assert_eq!(p.status, 404, "{}", p.html);
+    let (_, v) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert!(v["binding"]["active_secret_version"].is_null(), "{v}");
+    assert!(v["binding"]["pending_secret_version"].is_null(), "{v}");
+}

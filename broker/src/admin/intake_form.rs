@@ -133,4 +133,27 @@ mod tests {
         assert_eq!(&decoded[..], b"pAss w+%2");
         assert_eq!(decoded.capacity(), 13, "one buffer at the raw length");
     }
+
+    #[test]
+    fn a_value_or_a_form_past_its_limit_is_refused() {
+        let allowed = ["a".to_owned()];
+        let at_most = format!("f_a={}", "x".repeat(8192));
+        assert!(parse_intake_form(at_most.as_bytes(), &allowed).is_ok());
+        let over = format!("f_a={}", "x".repeat(8193));
+        assert_eq!(
+            parse_intake_form(over.as_bytes(), &allowed).err(),
+            Some("A value is too long.")
+        );
+        // Escapes count as what they decode to.
+        let escaped = format!("f_a={}", "%41".repeat(8193));
+        assert_eq!(
+            parse_intake_form(escaped.as_bytes(), &allowed).err(),
+            Some("A value is too long.")
+        );
+        let big = format!("csrf={}", "x".repeat(64 * 1024));
+        assert_eq!(
+            parse_intake_form(big.as_bytes(), &allowed).err(),
+            Some("The form is too large.")
+        );
+    }
 }
