@@ -131,6 +131,32 @@ async fn tenant_chain_is_enforced_and_every_request_is_audited() {
     let (s, v) = resolve_raw(&mut w1, vec![b' '; 70 * 1024]).await;
     requests += 1;
     assert_eq!((s, code(&v)), (413, "payload_too_large"));
+    // The same body with no length declared (chunked): cut as it grows past the limit,
+    // not read whole (the declared-length check above never sees it).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = raw_http1(&pki, "w1", &daemon.url).await;
+        let head = "POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Writes may fail once the broker has answered and closed: the answer is what counts.
+        let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+        for _ in 0..5 {
+            if stream.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut answer),
+        )
+        .await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+    }
+    requests += 1;
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (s, v) = resolve_raw(&mut w1, b"{not json".to_vec()).await;
     requests += 1;
