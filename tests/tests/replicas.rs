@@ -150,7 +150,7 @@ fn verify_every_chain(set: &ReplicaSet, d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
-    let (tmp, pki, _sts, set) = aws_replicas(3).await;
+    let (tmp, pki, _sts, mut set) = aws_replicas(3).await;
     let mut op = pki.client_for("op", &set.daemons[0].url);
     seed_two_tenants(&mut op).await;
 
@@ -359,6 +359,20 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
     let (c, out, _) = verify_export(&cut);
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("document(s) 1 were removed"), "{out}");
+
+    // A replica that does not lead, stopped cleanly, releases its own leases only: the
+    // leader's lease is still the leader's (released, another replica would take the lead
+    // while the leader still counts itself leader, and leader-only jobs would run twice).
+    let holder = set.leader().await.expect("a leader");
+    let mut follower = None;
+    for (i, d) in set.daemons.iter().enumerate() {
+        let (_, m) = scrape(&pki, &d.url).await;
+        if metric_value(&String::from_utf8(m).unwrap(), "credbroker_leader") == Some(0.0) {
+            follower = Some(i);
+        }
+    }
+    set.daemons[follower.expect("a replica that does not lead")].stop();
+    assert_eq!(set.leader().await.as_deref(), Some(holder.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
