@@ -260,6 +260,18 @@ async fn minting_caching_and_every_error_shape() {
         "{v}"
     );
     env.sn.state.roles.lock().unwrap().retain(|r| !r.is_empty());
+    // A full page of rows (the read asks for at most 1,000) may leave a role past it
+    // unseen: refused, not judged on part of the list.
+    let kept = env.sn.state.roles.lock().unwrap().clone();
+    env.sn
+        .state
+        .roles
+        .lock()
+        .unwrap()
+        .resize(1000, "snc_read_only".to_owned());
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    *env.sn.state.roles.lock().unwrap() = kept;
 
     // The client secret never left the broker: not in the audit log, the logs, or admin
     // answers.

@@ -299,6 +299,22 @@ mod tests {
     }
 
     #[test]
+    fn only_a_403_permission_denied_is_a_missing_grant() {
+        let denied = br#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).","status":"PERMISSION_DENIED"}}"#;
+        assert!(refused_by_grant(403, denied));
+        // Another status with that body, or a 403 for another reason: nothing learned.
+        assert!(!refused_by_grant(400, denied));
+        assert!(!refused_by_grant(404, denied));
+        for other in [
+            &br#"{"error":{"code":403,"message":"API not enabled","status":"FAILED_PRECONDITION"}}"#[..],
+            br#"{"error":"PERMISSION_DENIED"}"#,
+            br#"<html>403 Forbidden</html>"#,
+        ] {
+            assert!(!refused_by_grant(403, other), "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
     fn iam_answers() {
         let in_an_hour = OffsetDateTime::now_utc() + time::Duration::hours(1);
         let t = in_an_hour

@@ -163,4 +163,17 @@ mod tests {
             assert!(parse_token_answer(bad).is_err());
         }
     }
+
+    #[test]
+    fn a_thousand_role_rows_or_more_are_not_judged() {
+        use serde_json::json;
+        let rows = |n: usize| Value::Array(vec![json!({"role.name": "snc_read_only"}); n]);
+        assert_eq!(
+            application_roles(&rows(999)),
+            Ok(vec!["snc_read_only".to_owned()])
+        );
+        // The read asks for at most 1,000: a full page may hide a role past it.
+        assert!(application_roles(&rows(1000)).is_err());
+        assert!(application_roles(&rows(0)).is_err());
+    }
 }
