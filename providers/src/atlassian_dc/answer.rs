@@ -36,8 +36,15 @@ pub fn pat_expiry(body: &[u8], id: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether `id` may name a PAT in a path (`DELETE /rest/pat/latest/tokens/{id}`): 1 to 64
+/// characters of `[A-Za-z0-9-]`, so no `/`, `..`, `?` or `#` takes the request elsewhere.
+/// Ids come from upstream answers and from pasted secrets (`token_id`).
+pub fn path_safe_pat_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+}
+
 /// The ids of the PATs named exactly `name` in a PAT list (`GET /rest/pat/latest/tokens`),
-/// each 1 to 64 characters of `[A-Za-z0-9-]` (so safe in a DELETE path); at most 16.
+/// each [`path_safe_pat_id`]; at most 16.
 pub fn pat_ids_named(body: &[u8], name: &str) -> Vec<String> {
     let list: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     list.as_array()
@@ -45,10 +52,7 @@ pub fn pat_ids_named(body: &[u8], name: &str) -> Vec<String> {
             all.iter()
                 .filter(|t| t.get("name").and_then(Value::as_str) == Some(name))
                 .filter_map(|t| t.get("id").map(value_text))
-                .filter(|i| {
-                    (1..=64).contains(&i.len())
-                        && i.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                })
+                .filter(|i| path_safe_pat_id(i))
                 .take(16)
                 .collect()
         })

@@ -495,7 +495,7 @@ impl SelfRotation for AtlassianDc {
         let token = Self::token_of(request.secret)?;
         let Some(id) = old
             .expose("token_id")
-            .filter(|i| !i.is_empty() && i.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+            .filter(|i| answer::path_safe_pat_id(i))
         else {
             return Ok(false);
         };
@@ -604,5 +604,30 @@ mod tests {
         assert!(parse_time("soon").is_none());
         // Found by the fuzz target: a multi-byte character across the cut.
         assert!(parse_time("\u{FFFD}").is_none());
+    }
+
+    #[test]
+    fn only_path_safe_pat_ids_are_used() {
+        for good in ["1", "42", "abc-DEF-9", &"7".repeat(64)] {
+            assert!(answer::path_safe_pat_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../../api/2/issue/X",
+            "1/../x",
+            "1?x=y",
+            "1#x",
+            "1 2",
+            "1%2F2",
+            &"7".repeat(65),
+        ] {
+            assert!(!answer::path_safe_pat_id(bad), "{bad}");
+        }
+        // A list naming hostile ids (a malicious or broken upstream): only the safe ones.
+        let list = br#"[{"id":"1/../x","name":"n"},{"id":12,"name":"n"},{"id":"..","name":"n"},{"id":"13","name":"other"},{"id":"a-b","name":"n"}]"#;
+        assert_eq!(
+            pat_ids_named(list, "n"),
+            vec!["12".to_owned(), "a-b".to_owned()]
+        );
     }
 }
