@@ -3359,6 +3359,7 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
         (7, Tamper::PastExpiry, "already expired"),
     ] {
         env.gh.inject("/access_tokens", Fault::Tamper(tamper), 1);
+        let revoked_before = env.gh.state.revoked.lock().unwrap().len();
         let (s, v) = resolve_cold(&env, n).await;
         assert_eq!(
             (s, code(&v)),
@@ -3370,6 +3371,11 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
             "{tamper:?}: {v}"
         );
         assert_eq!(env.gh.pending_faults(), 0);
+        // The token GitHub issued and nobody was handed is revoked (one whose text could
+        // not be sent back in a header cannot be).
+        let revoked = env.gh.state.revoked.lock().unwrap().len();
+        let expected = usize::from(!matches!(tamper, Tamper::TokenWithLineBreak));
+        assert_eq!(revoked, revoked_before + expected, "{tamper:?}");
         // Nothing was cached: the same request mints again.
         let (s, v) = resolve_cold(&env, n).await;
         assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");

@@ -166,10 +166,7 @@ pub(super) fn to_credential(
         upstream_request_id: request_id.clone(),
     };
     let b = &answer.body;
-    let token = b
-        .get("token")
-        .and_then(Value::as_str)
-        .filter(|t| crate::is_printable(t, MAX_TOKEN_LEN))
+    let token = issued_token(b)
         .ok_or_else(|| malformed("token missing, too long or not printable ASCII"))?;
     let expires_text = b
         .get("expires_at")
@@ -219,6 +216,14 @@ pub(super) fn to_credential(
         }),
         subject: Some(installation.to_string()),
     })
+}
+
+/// The token a token answer's body carries, when it is one a request could present
+/// (printable ASCII, at most [`MAX_TOKEN_LEN`]).
+pub(super) fn issued_token(body: &Value) -> Option<&str> {
+    body.get("token")
+        .and_then(Value::as_str)
+        .filter(|t| crate::is_printable(t, MAX_TOKEN_LEN))
 }
 
 /// Whether the permissions and repositories a token answer names are within `wanted`.

@@ -369,6 +369,34 @@ impl GithubApp {
         })
     }
 
+    /// Revokes `token`, an installation token GitHub issued that nobody was handed
+    /// (`DELETE /installation/token`, authenticated by the token itself), within `timeout`.
+    /// Best effort: a token it cannot revoke expires within the hour, said in the log.
+    async fn revoke_unused(&self, token: String, installation: u64, timeout: Duration) {
+        match self
+            .call(
+                token,
+                http::Method::DELETE,
+                "/installation/token",
+                None,
+                timeout,
+            )
+            .await
+        {
+            Ok(a) if a.status == 204 => {}
+            Ok(a) => tracing::warn!(
+                installation,
+                status = a.status,
+                "a GitHub token nobody was handed could not be revoked; it expires within the hour"
+            ),
+            Err(e) => tracing::warn!(
+                installation,
+                error = %e,
+                "a GitHub token nobody was handed could not be revoked; it expires within the hour"
+            ),
+        }
+    }
+
     fn note_mint(&self, installation: u64) {
         let Ok(mut windows) = self.mint_windows.lock() else {
             return;
@@ -534,7 +562,20 @@ impl Provider for GithubApp {
             return Err(error_for(answer, installation));
         }
         self.note_mint(installation);
-        to_credential(answer, installation, &wanted)
+        let issued = answer::issued_token(&answer.body).map(str::to_owned);
+        match to_credential(answer, installation, &wanted) {
+            Ok(credential) => Ok(credential),
+            Err(e) => {
+                // GitHub issued a token that is not handed out (beyond the request, already
+                // expired, its answer malformed around it): revoked now, not left live for
+                // its hour with nobody holding it to account.
+                if let Some(token) = issued {
+                    self.revoke_unused(token, installation, request.timeout)
+                        .await;
+                }
+                Err(e)
+            }
+        }
     }
 
     fn callbacks(&self) -> Option<&dyn Callbacks> {
@@ -600,22 +641,9 @@ impl Probe for GithubApp {
         if answer.status != 201 {
             return Err(error_for(answer, installation));
         }
-        let token = answer
-            .body
-            .get("token")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
         // The probe's token is not needed any more: revoke it (best effort).
-        if !token.is_empty() {
-            let _ = self
-                .call(
-                    token,
-                    http::Method::DELETE,
-                    "/installation/token",
-                    None,
-                    request.timeout,
-                )
+        if let Some(token) = answer::issued_token(&answer.body) {
+            self.revoke_unused(token.to_owned(), installation, request.timeout)
                 .await;
         }
         Ok(ProbeReport {
