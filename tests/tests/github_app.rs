@@ -3371,15 +3371,43 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
             "{tamper:?}: {v}"
         );
         assert_eq!(env.gh.pending_faults(), 0);
-        // The token GitHub issued and nobody was handed is revoked (one whose text could
-        // not be sent back in a header cannot be).
-        let revoked = env.gh.state.revoked.lock().unwrap().len();
-        let expected = usize::from(!matches!(tamper, Tamper::TokenWithLineBreak));
-        assert_eq!(revoked, revoked_before + expected, "{tamper:?}");
+        // The token GitHub issued and nobody was handed is revoked, after the refusal was
+        // answered (one whose text could not be sent back in a header cannot be).
+        let expected = revoked_before + usize::from(!matches!(tamper, Tamper::TokenWithLineBreak));
+        within_10_s(
+            &format!("{tamper:?}: the refused answer's token revoked"),
+            || env.gh.state.revoked.lock().unwrap().len() == expected,
+        )
+        .await;
         // Nothing was cached: the same request mints again.
         let (s, v) = resolve_cold(&env, n).await;
         assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
     }
+
+    // The revocation does not hold the refusal: with GitHub slow to revoke (past the
+    // provider's 3 s per call), the refusal still comes at once.
+    env.gh.inject(
+        "/installation/token",
+        Fault::Hold(Duration::from_secs(30)),
+        1,
+    );
+    env.gh
+        .inject("/access_tokens", Fault::Tamper(Tamper::ExtraPermission), 1);
+    let started = Instant::now();
+    let (s, v) = resolve_cold(&env, 8).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"administration\" at admin"),
+        "{v}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the refusal waited on the revocation: {:?}",
+        started.elapsed()
+    );
 
     env.gh
         .inject("/access_tokens", Fault::Tamper(Tamper::FarExpiry), 1);

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -369,32 +369,14 @@ impl GithubApp {
         })
     }
 
-    /// Revokes `token`, an installation token GitHub issued that nobody was handed
-    /// (`DELETE /installation/token`, authenticated by the token itself), within `timeout`.
-    /// Best effort: a token it cannot revoke expires within the hour, said in the log.
-    async fn revoke_unused(&self, token: String, installation: u64, timeout: Duration) {
-        match self
-            .call(
-                token,
-                http::Method::DELETE,
-                "/installation/token",
-                None,
-                timeout,
-            )
-            .await
-        {
-            Ok(a) if a.status == 204 => {}
-            Ok(a) => tracing::warn!(
-                installation,
-                status = a.status,
-                "a GitHub token nobody was handed could not be revoked; it expires within the hour"
-            ),
-            Err(e) => tracing::warn!(
-                installation,
-                error = %e,
-                "a GitHub token nobody was handed could not be revoked; it expires within the hour"
-            ),
-        }
+    /// Revokes `token`, an installation token GitHub issued that nobody was handed, in a
+    /// task of its own within `timeout` ([`revoke_installation_token`]): the refusal it
+    /// follows is answered at once, and no deadline of the caller's cuts it short.
+    fn revoke_unused(&self, token: SecretString, installation: u64, timeout: Duration) {
+        let (timeout_ms, base) = (self.settings.timeout_ms, self.settings.api_base_url.clone());
+        tokio::spawn(async move {
+            revoke_installation_token(timeout_ms, &base, token, installation, timeout).await;
+        });
     }
 
     fn note_mint(&self, installation: u64) {
@@ -562,7 +544,7 @@ impl Provider for GithubApp {
             return Err(error_for(answer, installation));
         }
         self.note_mint(installation);
-        let issued = answer::issued_token(&answer.body).map(str::to_owned);
+        let issued = answer::issued_token(&answer.body).map(|t| SecretString::from(t.to_owned()));
         match to_credential(answer, installation, &wanted) {
             Ok(credential) => Ok(credential),
             Err(e) => {
@@ -570,8 +552,7 @@ impl Provider for GithubApp {
                 // expired, its answer malformed around it): revoked now, not left live for
                 // its hour with nobody holding it to account.
                 if let Some(token) = issued {
-                    self.revoke_unused(token, installation, request.timeout)
-                        .await;
+                    self.revoke_unused(token, installation, request.timeout);
                 }
                 Err(e)
             }
@@ -641,10 +622,16 @@ impl Probe for GithubApp {
         if answer.status != 201 {
             return Err(error_for(answer, installation));
         }
-        // The probe's token is not needed any more: revoke it (best effort).
+        // The probe's token is not needed any more: revoked before the probe answers.
         if let Some(token) = answer::issued_token(&answer.body) {
-            self.revoke_unused(token.to_owned(), installation, request.timeout)
-                .await;
+            revoke_installation_token(
+                self.settings.timeout_ms,
+                &self.settings.api_base_url,
+                SecretString::from(token.to_owned()),
+                installation,
+                request.timeout,
+            )
+            .await;
         }
         Ok(ProbeReport {
             summary: format!(
@@ -652,6 +639,41 @@ impl Probe for GithubApp {
             ),
             facts: Value::Null,
         })
+    }
+}
+
+/// `DELETE /installation/token`, authenticated by `token` itself: revokes an installation
+/// token nobody was handed (a probe's, or one in an answer the broker refused), within
+/// `timeout`. Best effort: a token it cannot revoke expires within the hour, said in the log.
+async fn revoke_installation_token(
+    timeout_ms: u64,
+    base: &str,
+    token: SecretString,
+    installation: u64,
+    timeout: Duration,
+) {
+    let result = call_github(
+        timeout_ms,
+        base,
+        Auth::Bearer(token.expose_secret().to_owned()),
+        http::Method::DELETE,
+        "/installation/token",
+        None,
+        timeout,
+    )
+    .await;
+    match result {
+        Ok(a) if a.status == 204 => {}
+        Ok(a) => tracing::warn!(
+            installation,
+            status = a.status,
+            "a GitHub token nobody was handed could not be revoked; it expires within the hour"
+        ),
+        Err(e) => tracing::warn!(
+            installation,
+            error = %e,
+            "a GitHub token nobody was handed could not be revoked; it expires within the hour"
+        ),
     }
 }
 
