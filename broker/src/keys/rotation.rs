@@ -161,16 +161,20 @@ async fn rotate_held(
         let on_disk = Keyring::load(&config.kek_file())
             .ok()
             .map(|k| k.active_version());
-        let (detail, said) = if on_disk == Some(new) {
-            (
+        let file = config.kek_file();
+        let (detail, said) = match on_disk {
+            Some(v) if v == new => (
                 format!("kek {old} -> {new}: the keyring file holds version {new} but its directory could not be synced; nothing was re-wrapped"),
-                format!("{e}: the keyring file was replaced (it holds versions {old} and {new}, {new} active) but its directory could not be synced; nothing was re-wrapped. Keep this keyring (both versions open every secret) and run the rotation again once the file system is sound"),
-            )
-        } else {
-            (
+                format!("{e}: the keyring file was replaced (it holds versions {old} and {new}, {new} active) but its directory could not be synced, so a crash may still bring back the old file; nothing was re-wrapped. Keep this keyring (both versions open every secret), start no broker, and run the rotation again once the file system is sound"),
+            ),
+            Some(v) if v == old => (
                 format!("kek {old} -> {new}: the keyring could not be saved; nothing was re-wrapped"),
                 format!("{e}: the keyring could not be saved and is as it was, so nothing was re-wrapped (the log records the attempt)"),
-            )
+            ),
+            _ => (
+                format!("kek {old} -> {new}: the keyring could not be saved, and could not be read back; nothing was re-wrapped"),
+                format!("{e}: the keyring could not be saved, and could not be read back afterwards: check {} (it should hold version {old}, or {old} and {new}) before starting a broker; nothing was re-wrapped", file.display()),
+            ),
         };
         let failed = AuditEvent {
             kind: "admin".into(),
