@@ -55,6 +55,31 @@ pub async fn rotate_kek(
     result
 }
 
+/// The `keys.rotate_kek` record of `actor`'s rotation: allowed, or failed with
+/// `error_code`.
+fn rotation_record(
+    request_id: &str,
+    actor: &str,
+    error_code: Option<&str>,
+    detail: String,
+) -> AuditEvent {
+    AuditEvent {
+        kind: "admin".into(),
+        action: "keys.rotate_kek".into(),
+        request_id: request_id.to_owned(),
+        actor: actor.to_owned(),
+        outcome: if error_code.is_some() {
+            "failed"
+        } else {
+            "allowed"
+        }
+        .into(),
+        error_code: error_code.map(Into::into),
+        detail: Some(detail),
+        ..Default::default()
+    }
+}
+
 /// Takes the keyring's rotation lock: an exclusive `flock` on `.<keyring name>.lock` beside
 /// it, held while the returned handle lives. (Not on the keyring itself: a save replaces the
 /// file by a rename, so a lock on it would not outlive the first save.)
@@ -131,22 +156,19 @@ async fn rotate_held(
     let log =
         AuditLog::open(settings.audit, signer).map_err(|e| format!("{e}; nothing was changed"))?;
     let request_id = crate::server::new_request_id();
-    let event = AuditEvent {
-        kind: "admin".into(),
-        action: "keys.rotate_kek".into(),
-        request_id: request_id.clone(),
-        actor: actor.to_owned(),
-        outcome: "allowed".into(),
-        detail: Some(format!(
+    let event = rotation_record(
+        &request_id,
+        actor,
+        None,
+        format!(
             "kek {old} -> {new}; rewrapping {rewrapped} data keys ({})",
             counts
                 .iter()
                 .map(|(t, n)| format!("{t}: {n}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        )),
-        ..Default::default()
-    };
+        ),
+    );
     let receipt = log.append(event).await;
     if let Err(e) = receipt {
         log.close();
@@ -176,16 +198,7 @@ async fn rotate_held(
                 format!("{e}: the keyring could not be saved, and could not be read back afterwards: check {} (it should hold version {old}, or {old} and {new}) before starting a broker; nothing was re-wrapped", file.display()),
             ),
         };
-        let failed = AuditEvent {
-            kind: "admin".into(),
-            action: "keys.rotate_kek".into(),
-            request_id,
-            actor: actor.to_owned(),
-            outcome: "failed".into(),
-            error_code: Some("internal".into()),
-            detail: Some(detail),
-            ..Default::default()
-        };
+        let failed = rotation_record(&request_id, actor, Some("internal"), detail);
         let _ = log.append(failed).await;
         log.close();
         return Err(said);
@@ -219,16 +232,7 @@ async fn rotate_held(
                 format!("the re-wrap of {rewrapped} data keys failed ({e}): they stay wrapped by KEK version {old} (unless the store committed without answering), and the keyring holds versions {old} and {new}, so every one stays openable (unless another rotation of this store committed first: a broker then refuses this keyring at start, and the keyring to use is that rotation's). Fix the cause (a PostgreSQL store may need a larger [store] timeout_ms) and run the rotation again; it adds a further version"),
             )
         };
-        let failed = AuditEvent {
-            kind: "admin".into(),
-            action: "keys.rotate_kek".into(),
-            request_id,
-            actor: actor.to_owned(),
-            outcome: "failed".into(),
-            error_code: Some(code.into()),
-            detail: Some(detail),
-            ..Default::default()
-        };
+        let failed = rotation_record(&request_id, actor, Some(code), detail);
         let _ = log.append(failed).await;
         log.close();
         return Err(said);
