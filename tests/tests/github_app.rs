@@ -1445,18 +1445,7 @@ async fn an_install_link_opened_too_often_must_be_issued_again() {
         .await
         .unwrap();
     let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
-    assert_eq!(
-        (status.as_u16(), code(&v)),
-        (403, "callback_rejected"),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("opened too many times"),
-        "{v}"
-    );
+    rejected_for(status.as_u16(), &v, "opened too many times");
     assert!(headers.get(http::header::SET_COOKIE).is_none());
     assert_eq!(env.daemon.audit_records().len(), n);
 }
@@ -1786,18 +1775,7 @@ async fn webhook_replays_relabels_and_undoing_an_operator_are_refused() {
             .await
             .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
-        assert_eq!(
-            (s.as_u16(), code(&v)),
-            (403, "callback_rejected"),
-            "{delivery:?}: {v}"
-        );
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("X-GitHub-Delivery"),
-            "{v}"
-        );
+        rejected_for(s.as_u16(), &v, "X-GitHub-Delivery");
     }
     let records = env.daemon.audit_records();
     assert_eq!(records.len(), n, "{:?}", &records[n.min(records.len())..]);
@@ -2219,6 +2197,15 @@ async fn resolve_cold(env: &Env, n: usize) -> (u16, Value) {
         json!({"instance_id": "i-gh", "narrow": cold(n)}),
     )
     .await
+}
+
+/// A public-listener answer (`status`, `v`) refused as `callback_rejected` for `why`.
+fn rejected_for(status: u16, v: &Value, why: &str) {
+    assert_eq!((status, code(v)), (403, "callback_rejected"), "{why}: {v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap_or("").contains(why),
+        "{why}: {v}"
+    );
 }
 
 /// The audit record of the resolve that answered `v` (found by its request id).

@@ -145,6 +145,21 @@ fn good_form(csrf: &str) -> String {
     )
 }
 
+/// Removes binding acme-snow and makes another under its id, for `tenant` (a pasted
+/// secret with the same two fields).
+async fn remake_acme_snow(op: &mut BrokerClient, tenant: &str) {
+    let (s, v) = call(op, Method::DELETE, "/v1/admin/bindings/acme-snow", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": tenant, "provider": "pasted_secret", "ceiling": {"fields": ["client_id", "client_secret"]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
 /// An operator's own rotation of acme-snow, staged (not promoted): its version.
 async fn stage_a_version(op: &mut BrokerClient) -> Value {
     let fields = json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}});
@@ -386,22 +401,7 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
     // A link outlives nothing: its binding removed and the id re-created for another
     // tenant, the link is dead (it must never write into t2's binding).
     let (path, _) = create_link(&mut op, 3600).await;
-    let (s, v) = call(
-        &mut op,
-        Method::DELETE,
-        "/v1/admin/bindings/acme-snow",
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": "t2", "provider": "pasted_secret", "ceiling": {"fields": ["client_id", "client_secret"]}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    remake_acme_snow(&mut op, "t2").await;
     assert_eq!(get(&mut public, &path).await.status, 404);
     // Failures are audited; the old (absent) secret never served.
     assert_eq!(
@@ -916,22 +916,7 @@ async fn a_link_and_its_form_work_only_for_what_they_were_made_for() {
     // for the first one is dead (its links went with it; a link that outlived it, written
     // back into the store, would still be refused by its creation time), and nothing is
     // written into the second.
-    let (s, v) = call(
-        &mut op,
-        Method::DELETE,
-        "/v1/admin/bindings/acme-snow",
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": "t1", "provider": "pasted_secret", "ceiling": {"fields": ["client_id", "client_secret"]}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
+    remake_acme_snow(&mut op, "t1").await;
     assert_eq!(get(&mut public, &a).await.status, 404);
     let p = post(&mut public, &a, Some(&cookie_a2), &good_form(&csrf_a2)).await;
     assert_eq!(p.status, 404, "{}", p.html);

@@ -440,16 +440,29 @@ async fn verification_refuses_forgeries_and_other_tenants() {
     assert_eq!((s, code(&v)), (404, "unknown_record"), "{v}");
 }
 
-/// After `rotate`, the new and the previous secret both verify inside the overlap window;
-/// the previous one fails after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
+/// A daemon with `[webhooks] overlap_s` and `[secrets] gc_interval_s` as given, whose
+/// instance i1 has a GitLab webhook secret revealed (the old secret) and then rotated:
+/// the temporary directory, PKI, daemon, operator client, old secret and the rotation's
+/// answer.
+async fn gitlab_secret_rotated(
+    overlap_s: u64,
+    gc_interval_s: u64,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<TestPki>,
+    Daemon,
+    BrokerClient,
+    String,
+    String,
+) {
     let (tmp, pki) = setup();
     let daemon = Daemon::start(
         tmp.path(),
         &pki,
         &DaemonOptions {
-            extra_toml: "[webhooks]\noverlap_s = 10\n[secrets]\ngc_interval_s = 1\n".into(),
+            extra_toml: format!(
+                "[webhooks]\noverlap_s = {overlap_s}\n[secrets]\ngc_interval_s = {gc_interval_s}\n"
+            ),
             ..Default::default()
         },
     );
@@ -467,6 +480,14 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
     let old = v["secret"].as_str().unwrap().to_owned();
     let (c, out, err) = operator_cli(&pki, &daemon.url, &["webhook-secret", "rotate", "i1"]);
     assert_eq!(c, 0, "{err}");
+    (tmp, pki, daemon, op, old, out)
+}
+
+/// After `rotate`, the new and the previous secret both verify inside the overlap window;
+/// the previous one fails after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
+    let (_tmp, pki, daemon, mut op, old, out) = gitlab_secret_rotated(10, 1).await;
     let versions: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         versions["webhook_secret"]["versions"][0]["version"], 2,
@@ -551,29 +572,7 @@ async fn rotation_keeps_the_previous_secret_for_the_overlap_only() {
 /// (the collector has not run yet): the window is checked at each verification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_secret_fails_after_its_window_before_the_collector_runs() {
-    let (tmp, pki) = setup();
-    let daemon = Daemon::start(
-        tmp.path(),
-        &pki,
-        &DaemonOptions {
-            extra_toml: "[webhooks]\noverlap_s = 2\n[secrets]\ngc_interval_s = 3600\n".into(),
-            ..Default::default()
-        },
-    );
-    let mut op = pki.client_for("op", &daemon.url);
-    seed(&mut op).await;
-    let (s, _) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/instances/i1/webhook-secret",
-        Some(json!({"scheme": "gitlab"})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let (_, v) = reveal(&mut op, "i1", "vendor setup in this test").await;
-    let old = v["secret"].as_str().unwrap().to_owned();
-    let (c, _, err) = operator_cli(&pki, &daemon.url, &["webhook-secret", "rotate", "i1"]);
-    assert_eq!(c, 0, "{err}");
+    let (_tmp, pki, daemon, _op, old, _) = gitlab_secret_rotated(2, 3600).await;
     let window_end = std::time::Instant::now() + std::time::Duration::from_millis(2_300);
     let mut w1 = pki.client_for("w1", &daemon.url);
     std::thread::sleep(window_end.saturating_duration_since(std::time::Instant::now()));
