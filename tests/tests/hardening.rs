@@ -3,6 +3,7 @@
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
+use std::path::Path;
 
 /// An operator (or a script) writing an "empty" ceiling must not get the widest one: before,
 /// `{"fields": []}` meant every field of the pasted secret.
@@ -87,7 +88,7 @@ async fn the_data_directory_is_the_daemons_alone() {
     let old = unsafe { libc::umask(0o022) };
     let (_tmp, _pki, mut daemon, _op) = start_seeded(&DaemonOptions::default()).await;
     unsafe { libc::umask(old) };
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     for dir in ["", "store", "audit", "keys"] {
         let path = daemon.data_dir.join(dir);
         assert_eq!(mode(&path), 0o700, "{}", path.display());
@@ -139,16 +140,31 @@ async fn the_data_directory_is_the_daemons_alone() {
 }
 
 /// Someone with a copy (a backup) of the data directory must not find the key that opens
-/// its ciphertext in it: `serve` refuses a KEK keyring inside the data or store directory,
-/// also when reached through a symbolic link (issue 10, item 11).
+/// its ciphertext in it: `serve`, `init --config` and `keys rotate-kek --config` refuse a KEK
+/// keyring inside the data or store directory, also when reached through a symbolic link
+/// (issue 10, item 11). `init` used to create one there, for `serve` to refuse only later:
+/// a backup taken in between held the key with the data.
 #[test]
-fn serve_refuses_a_kek_inside_the_data_directory() {
+fn no_command_makes_or_uses_a_kek_inside_the_data_directory() {
     let (tmp, pki) = setup();
     let data = tmp.path().join("data");
     let link = tmp.path().join("data-link");
     std::fs::create_dir_all(&data).unwrap();
     std::os::unix::fs::symlink(&data, &link).unwrap();
     let store = tmp.path().join("elsewhere/store");
+    let outside = tmp.path().join("etc/kek.json");
+    let refused = |what: &str, code: i32, out: &str, err: &str, kek: &Path| {
+        assert_ne!(
+            code,
+            0,
+            "{what} accepted its KEK at {}: {out}",
+            kek.display()
+        );
+        assert!(
+            err.contains("is inside the") && err.contains("keys.kek_file"),
+            "{what}: {err}"
+        );
+    };
     for (kek, extra) in [
         (data.join("keys/kek.json"), String::new()),
         (link.join("kek.json"), String::new()),
@@ -157,29 +173,43 @@ fn serve_refuses_a_kek_inside_the_data_directory() {
             format!("[store]\npath = {:?}\n", store.display().to_string()),
         ),
     ] {
-        let config = tmp.path().join("credbroker.toml");
-        write_config(
-            &config,
-            &data,
-            &pki,
-            None,
-            &format!(
-                "{extra}[keys]\nkek_file = {:?}\n",
-                kek.display().to_string()
-            ),
-        );
+        let config_with = |kek: &Path, name: &str| {
+            let config = tmp.path().join(name);
+            write_config(
+                &config,
+                &data,
+                &pki,
+                None,
+                &format!(
+                    "{extra}[keys]\nkek_file = {:?}\n",
+                    kek.display().to_string()
+                ),
+            );
+            config
+        };
+        let config = config_with(&kek, "credbroker.toml");
         let (c, out, err) = run_cli(&["init", "--config", config.to_str().unwrap()]);
+        refused("init", c, &out, &err, &kek);
+        assert!(!kek.exists(), "init wrote {}", kek.display());
+        // The keyring made outside and moved in by hand: serve and rotate-kek refuse it, and
+        // the rotation leaves it as it was.
+        let (c, out, err) = run_cli(&[
+            "init",
+            "--config",
+            config_with(&outside, "outside.toml").to_str().unwrap(),
+        ]);
         assert_eq!(c, 0, "{out}{err}");
+        std::fs::create_dir_all(kek.parent().unwrap()).unwrap();
+        std::fs::copy(&outside, &kek).unwrap();
         let (code, err) = serve_refused(&config, &[], &[]);
-        assert_ne!(
-            code,
-            0,
-            "the daemon started with its KEK at {}",
-            kek.display()
-        );
-        assert!(
-            err.contains("is inside the") && err.contains("keys.kek_file"),
-            "{err}"
+        refused("serve", code, "", &err, &kek);
+        let before = std::fs::read(&kek).unwrap();
+        let (c, out, err) = run_cli(&["keys", "rotate-kek", "--config", config.to_str().unwrap()]);
+        refused("rotate-kek", c, &out, &err, &kek);
+        assert_eq!(
+            std::fs::read(&kek).unwrap(),
+            before,
+            "rotate-kek changed the keyring"
         );
         std::fs::remove_file(&kek).unwrap();
     }

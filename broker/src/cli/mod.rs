@@ -73,6 +73,7 @@ enum Command {
     /// Run the daemon from a TOML config file (production entry point).
     Serve(ServeArgs),
     /// Create the KEK keyring, audit signing key and fingerprint key if they do not exist.
+    /// With --config, a KEK keyring file inside the data or store directory is refused.
     Init(LocalArgs),
     /// Make the running daemon re-read its config's TLS files (certificate, key, client CA,
     /// CRL) — SIGHUP to the daemon of this data directory, found by its pid file.
@@ -167,7 +168,8 @@ enum IssuerCmd {
 #[derive(Subcommand, Debug)]
 enum KeysCmd {
     /// Add a new KEK version and re-wrap every data key with it (payloads untouched).
-    /// Offline: stop the daemon first (the store is locked while it runs).
+    /// Offline: stop the daemon first (the store is locked while it runs). With --config, a
+    /// keyring file inside the data or store directory is refused.
     RotateKek(LocalArgs),
     #[command(flatten)]
     Provider(ProviderKeys),

@@ -131,6 +131,18 @@ pub fn local_config(local: &LocalArgs) -> Result<Config, String> {
     ))
 }
 
+/// With `--config FILE` (a deployment's config, the one `serve` reads), `init` and
+/// `keys rotate-kek` refuse a KEK keyring inside the data or store directory, as `serve`
+/// does: otherwise they would write the key beside the ciphertext it protects, and a backup
+/// of the data taken before `serve` refused would hold both. `--data-dir DIR` is dev mode's
+/// layout, where the keys live beside the throwaway data.
+fn check_kek_placement(local: &LocalArgs, config: &Config) -> Result<(), String> {
+    if local.config.is_some() {
+        config.check_kek_outside_data().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// `credbroker serve --config FILE`.
 ///
 /// # Errors
@@ -181,6 +193,7 @@ pub fn run_reload(local: &LocalArgs) -> Result<ExitCode, String> {
 /// When a key cannot be created.
 pub fn run_init(local: &LocalArgs) -> Result<ExitCode, String> {
     let config = local_config(local)?;
+    check_kek_placement(local, &config)?;
     let created = BrokerKeys::init(&config).map_err(|e| e.to_string())?;
     if created.is_empty() {
         println!("all keys already exist; nothing created");
@@ -216,6 +229,7 @@ pub fn run_lint(a: &LintArgs) -> Result<ExitCode, String> {
 /// See [`crate::keys::rotation::rotate_kek`].
 pub fn run_rotate_kek(local: &LocalArgs) -> Result<ExitCode, String> {
     let config = local_config(local)?;
+    check_kek_placement(local, &config)?;
     let actor = cli_actor();
     let bar = super::progress::Bar::new(super::output::Output::shows_progress(None));
     let report = runtime()?.block_on(crate::keys::rotation::rotate_kek(&config, &actor, &bar))?;
