@@ -1260,6 +1260,43 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
     assert!(out.contains("replica -2"), "{out}");
 }
 
+/// Someone who can write the database moves a whole chain, records and checkpoints, to a
+/// replica number no broker uses. Every hash still links and every checkpoint's signature
+/// still holds: only the replica each record names shows the move, and `audit verify` fails
+/// on it (exit 1) rather than report a healthy chain 9 and a chain that was never there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_moved_to_another_replica_number_fails_verify() {
+    let (_tmp, _pki, mut set) = seeded(TestPostgres::start(), 1).await;
+    // A checkpoint covers what the seeding wrote (checkpoint_interval_s = 1).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    set.daemons[0].stop();
+    let d = &set.daemons[0];
+    verify_every_chain(&set, d);
+    let db = set.sql().await;
+    let real = set
+        .scalar("SELECT min(replica)::bigint FROM credbroker_audit")
+        .await;
+    let signed = set
+        .scalar(&format!(
+            "SELECT count(*)::bigint FROM credbroker_audit_checkpoints WHERE replica = {real}"
+        ))
+        .await;
+    assert!(signed > 0, "no checkpoint to carry over");
+    db.batch_execute(&format!(
+        "UPDATE credbroker_audit SET replica = 9 WHERE replica = {real}; \
+         UPDATE credbroker_audit_checkpoints SET replica = 9 WHERE replica = {real}"
+    ))
+    .await
+    .unwrap();
+    let (c, out) = verify_within(&set, d, Duration::from_secs(60)).unwrap();
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains(&format!("record names replica {real}, not this chain's 9"))
+            && out.contains("moved between chains"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binding_disabled_on_one_replica_is_minted_afresh_by_the_others() {
     let (_tmp, pki, sts, set) = aws_replicas(2).await;
