@@ -559,3 +559,53 @@ async fn no_pat_is_created_for_a_disabled_tenant_or_binding_or_over_a_staged_one
         .iter()
         .any(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "allowed"));
 }
+
+/// A `token_id` pasted with a PAT goes into the DELETE path that revokes that PAT at its next
+/// rotation, sent with the current PAT's authority. An id that would take the request
+/// elsewhere (with an administrator's PAT, `../../api/2/user?username=admin` deletes a user)
+/// fails the probe: the version is never promoted, no request to the instance names it, and
+/// the active PAT still rotates and is revoked by its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pasted_token_id_that_is_not_a_pat_id_is_never_used() {
+    let (_tmp, _pki, _daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    let long = "7".repeat(65);
+    for hostile in [
+        "../../api/2/user?username=admin",
+        "1/../../../api/2/user",
+        "1#x",
+        "1?x=y",
+        long.as_str(),
+    ] {
+        let pat = dc.state.issue("scanner", 60);
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            "/v1/admin/bindings/acme-jira/secret/rotate",
+            Some(json!({"fields": {"token": pat.raw, "token_id": hostile}})),
+        )
+        .await;
+        assert_eq!(
+            (s, v["probe"]["result"].as_str()),
+            (200, Some("failed")),
+            "{hostile}: {v}"
+        );
+        assert!(v.to_string().contains("token_id is not a PAT id"), "{v}");
+        assert!(!v.to_string().contains(hostile), "{v}");
+        let version = v["version"].as_u64().unwrap();
+        let (s, v) = promote(&mut op, "acme-jira", version).await;
+        assert_eq!((s, code(&v)), (409, "conflict"), "{hostile}: {v}");
+    }
+    let requests = dc.state.requests.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.starts_with("DELETE") && !r.contains("/api/2/user")),
+        "{requests:?}"
+    );
+    let (s, v) = self_rotate(&mut op).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["old_revoked_upstream"], true, "{v}");
+    assert!(!dc.state.pats.lock().unwrap().iter().any(|p| p.id == old.id));
+}

@@ -359,6 +359,16 @@ impl Probe for AtlassianDc {
     async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
         let b = request.binding.bound.get::<DcBinding>()?;
         let token = Self::token_of(request.secret)?;
+        // A `token_id` is put in a DELETE path when the PAT is rotated: one that could take
+        // that request elsewhere (`../`, `?`, `#`) never passes, so it is never promoted.
+        // The value itself is not repeated: it is a pasted field.
+        let id = request.secret.and_then(|s| s.expose("token_id"));
+        if id.is_some_and(|i| !answer::path_safe_pat_id(i)) {
+            return Err(denied(
+                "token_id is not a PAT id (1 to 64 letters, digits or '-': the `id` that GET /rest/pat/latest/tokens lists for the PAT)"
+                    .to_owned(),
+            ));
+        }
         let path = match b.product {
             Product::Jira => "/rest/api/2/myself",
             Product::Confluence => "/rest/api/user/current",
@@ -380,7 +390,6 @@ impl Probe for AtlassianDc {
             )));
         }
         let user = pat_user(&a.body);
-        let id = request.secret.and_then(|s| s.expose("token_id"));
         let (pat_api, expiring_at) = match self.expiry(b, token, id, request.timeout).await {
             Ok(e) => (true, e),
             Err(None) => (false, None),
