@@ -88,6 +88,24 @@ async fn discovery_jwks_rotation_and_retirement_as_a_relying_party_sees_them() {
     assert_eq!(d["id_token_signing_alg_values_supported"], json!(["RS256"]));
     assert_eq!(d["response_types_supported"], json!(["id_token"]));
     assert_eq!(d["subject_types_supported"], json!(["public"]));
+    // The test issuer listens on a port of its own: the doctor says AWS IAM would refuse it.
+    let config = env.daemon.config.to_str().unwrap().to_owned();
+    let (_, out, err) = run_cli(&["doctor", "--config", &config, "--output", "json"]);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "issuer.url")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(finding["status"], "warn", "{finding}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("AWS IAM refuses"),
+        "{finding}"
+    );
     let jwks = env.jwks().await;
     let keys = jwks["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1, "the first key, made at start");

@@ -40,7 +40,39 @@ pub async fn all(path: &Path, t: Thresholds) -> Vec<Finding> {
     audit_directory(&config, t, &mut out);
     audit_log(&config, &mut out).await;
     providers(&config, &mut out).await;
+    issuer(&config, &mut out);
     out
+}
+
+/// `[issuer] url` with a port: valid for the broker and for GCP's workload identity pools,
+/// but AWS IAM refuses an OIDC provider URL with a port (PROTOCOLS.md), so no AWS
+/// web-identity trust can be made for it. A warning: the URL cannot change later without
+/// every relying party's registration changing with it.
+fn issuer(config: &Config, out: &mut Vec<Finding>) {
+    if let Some(issuer) = &config.issuer {
+        out.push(issuer_url(&issuer.url));
+    }
+}
+
+fn issuer_url(url: &str) -> Finding {
+    let authority = url.strip_prefix("https://").unwrap_or(url);
+    let host_end = if authority.starts_with('[') {
+        authority.find(']').map_or(authority.len(), |i| i + 1)
+    } else {
+        authority.find(':').unwrap_or(authority.len())
+    };
+    if authority.len() > host_end {
+        Finding::warn(
+            "issuer.url",
+            format!("{url} carries a port: AWS IAM refuses an OIDC provider URL with one, so no AWS web-identity role can trust this issuer (GCP accepts it)"),
+            "serve discovery on port 443 (the public listener, or a load balancer in front of it) and drop the port from [issuer] url before any relying party registers it",
+        )
+    } else {
+        Finding::ok(
+            "issuer.url",
+            format!("{url} (no port: AWS IAM and GCP accept it)"),
+        )
+    }
 }
 
 fn now() -> i64 {
@@ -460,4 +492,26 @@ async fn providers(config: &Config, out: &mut Vec<Finding>) {
             "correct that [providers.<id>] section or the file it names (`credbroker provider show <id>` lists the runbook)",
         ),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issuer_url_with_a_port_is_warned_about() {
+        for (url, warned) in [
+            ("https://broker.example.com", false),
+            ("https://broker.example.com:8443", true),
+            ("https://broker.example.com:443", true),
+            ("https://[2001:db8::1]", false),
+            ("https://[2001:db8::1]:8443", true),
+        ] {
+            let f = issuer_url(url);
+            let v = serde_json::to_value(&f).unwrap();
+            assert_eq!(v["check"], "issuer.url");
+            assert_eq!(v["status"] == "warn", warned, "{url}: {v}");
+            assert_eq!(v["status"] == "ok", !warned, "{url}: {v}");
+        }
+    }
 }
