@@ -1338,6 +1338,20 @@ impl Dev {
         let _ = self.child.0.kill();
         let _ = self.child.0.wait();
     }
+
+    /// Stops it as Ctrl-C in its terminal does (SIGINT: a clean stop, its audit log closed
+    /// with a signed checkpoint) and waits; panics unless it exits 0.
+    pub fn interrupt(&mut self) {
+        let ok = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.0.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -INT failed");
+        let status = self.child.0.wait().unwrap();
+        assert!(status.success(), "dev mode exited with {status}");
+    }
 }
 
 #[cfg(test)]

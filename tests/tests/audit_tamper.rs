@@ -1057,3 +1057,72 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     assert_eq!(c, 2, "{out}");
     assert!(out.contains("the pinned export does not verify"), "{out}");
 }
+
+/// Someone who can write the data directory but holds no signing key removes every
+/// checkpoint (or writes a whole log of their own): the records still link, but the public
+/// key vouches for none of them. `audit verify` reported such a log "audit OK … last signed
+/// checkpoint at none", with the right public key or any other. With no daemon running to
+/// sign it, it now fails, whichever key it is given; while the daemon runs, before its first
+/// checkpoint, the log verifies as what it is; and a broker started on it signs it over
+/// (recording `audit.unsigned_tail`), after which it verifies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
+    let (tmp, pki) = setup();
+    let options = DaemonOptions {
+        extra_toml: "[audit]\ncheckpoint_interval_s = 3600\n".into(),
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    credbroker::keys::AuditSigner::generate(&other.join("k"), &other.join("k.pub")).unwrap();
+    let other_key = other.join("k.pub");
+    let (c, out) = verify_cli(&daemon);
+    assert_eq!(c, 0, "running, before its first checkpoint: {out}");
+    assert!(out.contains("last signed checkpoint at none"), "{out}");
+
+    daemon.kill_hard();
+    for (what, (c, out)) in [
+        ("the host's key", verify_cli(&daemon)),
+        ("another key", verify_with_key(&config, &other_key, &[])),
+    ] {
+        assert_eq!(c, 1, "{what}: {out}");
+        assert!(
+            out.contains("no signed checkpoint, and no daemon runs for this data directory"),
+            "{what}: {out}"
+        );
+    }
+    let (c, out, err) = daemon.cli(&["audit", "verify", "--config", &config, "--output", "json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!((c, &v["verified"]), (1, &json!(false)), "{v}");
+
+    // Started again: the broker signs what it found, and says so in the log.
+    daemon.restart();
+    daemon.stop();
+    let (c, out) = verify_cli(&daemon);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        daemon
+            .audit_records()
+            .iter()
+            .any(|r| r["action"] == "audit.unsigned_tail"),
+        "no audit.unsigned_tail record"
+    );
+
+    // Every checkpoint removed from a stopped broker's log: the same failure.
+    std::fs::remove_file(daemon.data_dir.join("audit/checkpoints.log")).unwrap();
+    let (c, out) = verify_with_key(
+        &config,
+        &daemon.data_dir.join("keys/audit-signing.pub"),
+        &[],
+    );
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("the public key vouches for none of them"),
+        "{out}"
+    );
+}

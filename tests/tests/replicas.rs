@@ -1260,6 +1260,65 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
     assert!(out.contains("replica -2"), "{out}");
 }
 
+/// Someone who can write the database, without the signing key, writes a whole chain for a
+/// replica number no broker holds: records in canonical form, hash-chained from the genesis
+/// hash, naming an operator's changes, and no checkpoint (they cannot sign one). `audit
+/// verify` reported "replica 7: audit OK … last signed checkpoint at none", with the right
+/// public key or any other, and `audit report` counted the records. With no broker holding
+/// replica 7's lease, it now fails whichever key it is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_no_broker_signed_fails_verify_with_any_key() {
+    let (tmp, _pki, mut set) = seeded(TestPostgres::start(), 1).await;
+    // A checkpoint covers what the seeding wrote (checkpoint_interval_s = 1).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    set.daemons[0].stop();
+    let d = &set.daemons[0];
+    verify_every_chain(&set, d);
+    let db = set.sql().await;
+    let mut prev = credbroker::audit::GENESIS_HASH.to_owned();
+    for seq in 1..=5u64 {
+        let mut record = credbroker::audit::AuditRecord {
+            replica: Some(7),
+            seq,
+            time: "2026-12-06T05:00:00.000000Z".into(),
+            event: credbroker::audit::AuditEvent {
+                kind: "admin".into(),
+                action: "operator.add".into(),
+                request_id: format!("req_forged{seq}"),
+                actor: "operator:alice".into(),
+                outcome: "allowed".into(),
+                ..Default::default()
+            },
+            prev_hash: prev.clone(),
+            hash: String::new(),
+        };
+        let line = String::from_utf8(record.seal()).unwrap();
+        db.execute(
+            "INSERT INTO credbroker_audit (replica, seq, line) VALUES (7, $1, $2)",
+            &[&i64::try_from(seq).unwrap(), &line],
+        )
+        .await
+        .unwrap();
+        prev = record.hash.clone();
+    }
+    let config = d.config.to_str().unwrap().to_owned();
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    credbroker::keys::AuditSigner::generate(&other.join("k"), &other.join("k.pub")).unwrap();
+    let other_key = other.join("k.pub");
+    for extra in [vec![], vec!["--public-key", other_key.to_str().unwrap()]] {
+        let mut args = vec!["audit", "verify", "--config", &config];
+        args.extend(extra);
+        let (c, out, err) = set.cli(&args);
+        assert_eq!(c, 1, "{args:?}: {out}{err}");
+        assert!(
+            out.contains("replica 7: audit FAILED at sequence 1")
+                && out.contains("no broker holds replica 7's lease"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
 /// Someone who can write the database moves a whole chain, records and checkpoints, to a
 /// replica number no broker uses. Every hash still links and every checkpoint's signature
 /// still holds: only the replica each record names shows the move, and `audit verify` fails

@@ -243,16 +243,22 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         let mut results = Vec::new();
         if !shared(&config) || audit::segments::has_file_log(&config.audit_dir()) {
             let bar = Bar::new(Output::shows_progress(args.output));
-            results.push((
-                None,
-                audit::verify_log_pinned(
-                    &config.audit_dir(),
-                    &verifier,
-                    config.audit.max_unanchored(),
-                    pins.of(None),
-                    &bar,
-                ),
-            ));
+            let mut result = audit::verify_log_pinned(
+                &config.audit_dir(),
+                &verifier,
+                config.audit.max_unanchored(),
+                pins.of(None),
+                &bar,
+            );
+            if result.as_ref().is_ok_and(never_signed)
+                && super::offline::running_daemon(&config).is_err()
+            {
+                result = Err(unsigned_chain(
+                    &result,
+                    "no daemon runs for this data directory",
+                ));
+            }
+            results.push((None, result));
         }
         if shared(&config) {
             results.extend(runtime()?.block_on(verify_chains(&config, &verifier, &pins))?);
@@ -318,6 +324,27 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// A chain with records and no signed checkpoint at all: the public key vouches for none
+/// of them, and a wrong key cannot be told from the right one. While its writer runs that
+/// is its first minute (it signs within `checkpoint_interval_s`); with no writer, nothing
+/// will ever sign them.
+fn never_signed(s: &VerifySummary) -> bool {
+    s.records > 0 && s.last_checkpoint.is_none()
+}
+
+/// The failure for a [`never_signed`] chain that no writer will sign (`why`).
+fn unsigned_chain(result: &Result<VerifySummary, VerifyFailure>, why: &str) -> VerifyFailure {
+    let (first, records) = result
+        .as_ref()
+        .map_or((1, 0), |s| (s.first_seq.unwrap_or(1), s.records));
+    VerifyFailure {
+        seq: first,
+        reason: format!(
+            "{records} record(s) and no signed checkpoint, and {why}: the public key vouches for none of them (records written by someone without the signing key, or a broker stopped before its first checkpoint: start it and it signs them, recording audit.unsigned_tail)"
+        ),
+    }
+}
+
 /// One chain's verification as JSON (the `--output json` of `audit verify`).
 fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
     let chain = replica.map_or_else(|| "file log".to_owned(), |r| format!("replica {r}"));
@@ -355,7 +382,7 @@ async fn verify_chains(
     let snapshot = chains::snapshot(&mut client).await?;
     let mut results = Vec::new();
     for replica in chains::replicas(&snapshot).await? {
-        let result = chains::verify_chain_pinned(
+        let mut result = chains::verify_chain_pinned(
             &snapshot,
             replica,
             verifier,
@@ -363,6 +390,14 @@ async fn verify_chains(
             pins.of(Some(replica)),
         )
         .await?;
+        if result.as_ref().is_ok_and(never_signed)
+            && !chains::writer_live(&snapshot, replica).await?
+        {
+            result = Err(unsigned_chain(
+                &result,
+                &format!("no broker holds replica {replica}'s lease"),
+            ));
+        }
         results.push((Some(replica), result));
     }
     Ok(results)

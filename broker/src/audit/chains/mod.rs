@@ -118,6 +118,22 @@ pub async fn replicas(client: &impl GenericClient) -> Result<Vec<u32>, String> {
         .collect()
 }
 
+/// Whether a broker holds `replica`'s lease now (`replica/<n>`, not yet expired), so that
+/// its writer is there to sign the chain's records after the last checkpoint.
+///
+/// # Errors
+/// On a database error.
+pub async fn writer_live(client: &impl GenericClient, replica: u32) -> Result<bool, String> {
+    client
+        .query_opt(
+            "SELECT 1 FROM credbroker_leases WHERE name = $1 AND expires_at > now()",
+            &[&format!("replica/{replica}")],
+        )
+        .await
+        .map(|row| row.is_some())
+        .map_err(|e| format!("database: {e}"))
+}
+
 /// The line of record `seq` of `replica`'s chain, if there is one.
 ///
 /// # Errors
