@@ -1317,6 +1317,28 @@ async fn a_chain_no_broker_signed_fails_verify_with_any_key() {
             "{args:?}: {out}"
         );
     }
+    // A lease row written by hand to pass for a running broker expires further ahead than
+    // any broker renews one: it does not count.
+    db.execute(
+        "INSERT INTO credbroker_leases (name, holder, expires_at) VALUES ('replica/7', 'forged', now() + interval '1 year')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (c, out, err) = set.cli(&["audit", "verify", "--config", &config]);
+    assert_eq!(c, 1, "{out}{err}");
+    assert!(out.contains("no broker holds replica 7's lease"), "{out}");
+    // One as a running broker keeps it (renewed, expiring within the lease's 15 s): its
+    // writer would sign within the checkpoint interval, so the chain is not failed yet.
+    db.execute(
+        "UPDATE credbroker_leases SET expires_at = now() + interval '10 seconds' WHERE name = 'replica/7'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (c, out, err) = set.cli(&["audit", "verify", "--config", &config]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("replica 7: audit OK"), "{out}");
 }
 
 /// Someone who can write the database moves a whole chain, records and checkpoints, to a
