@@ -4033,3 +4033,50 @@ async fn no_webhook_is_confirmed_with_github_while_the_audit_log_fails() {
         "GitHub was asked while the audit log was failing"
     );
 }
+
+/// GitHub sends every App's deliveries from its own shared addresses, and our App is public:
+/// anyone can install it on an account of their own and have GitHub send signed events at
+/// will, which the broker ignores. Those deliveries took the public listener's per-source
+/// rate budget (1/s, burst 10) before their signature was checked, so that, after a burst
+/// of them, a tenant's signed suspend was answered 429, and GitHub does not deliver it
+/// again. A signed delivery is now verified first and never rate-limited; one refused
+/// unauthenticated (a wrong signature) still spends its source's budget, and an unsigned
+/// request is limited as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_deliveries_are_not_rate_limited_by_other_tenants_events() {
+    let mut env = start_with(3600, "").await;
+    add_key(&mut env.op, &env.key_a).await;
+    let binding = bind_acme(&mut env).await;
+    // Someone else's installation of the public App: twenty signed events nobody handles.
+    for i in 0..20 {
+        let delivery = format!("{:016x}-0000-11e3-81ab-4c9367dc0958", rand_u64());
+        let body = json!({"action": "created", "repository": {"id": i, "name": format!("r{i}")}, "installation": {"id": 777}, "sender": {"id": i}});
+        let (s, v) = webhook_as(&mut env.public, "repository", &delivery, &body, None).await;
+        assert_eq!(s, 200, "delivery {i}: {v}");
+    }
+    // Acme's suspend, signed and confirmed by GitHub, is applied.
+    env.gh.suspend(1001, true);
+    let suspend = json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}});
+    let (s, v) = webhook(&mut env.public, &suspend, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(binding_status(&mut env, &binding).await, "disabled");
+
+    // Wrongly signed deliveries are refused, and spend the source's budget: within a burst
+    // of them the source is rate-limited on its other public routes.
+    let bad = "sha256=0000000000000000000000000000000000000000000000000000000000000000";
+    for _ in 0..20 {
+        let (s, v) = webhook(&mut env.public, &suspend, Some(bad)).await;
+        assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    }
+    let (s, v) = call(
+        &mut env.public,
+        Method::GET,
+        "/callbacks/github_app/setup?installation_id=1001&state=x",
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
+    // An unsigned request is limited before anything else.
+    let (s, v) = webhook(&mut env.public, &suspend, Some("")).await;
+    assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
+}

@@ -622,3 +622,68 @@ async fn a_full_request_pool_leaves_operators_bodies_their_own() {
     );
     drop(held);
 }
+
+/// The public listener admits anonymous handshakes under the strict rule: one source never
+/// holds more than `[public] max_handshakes_per_source` (8) of them, however many slots are
+/// free. Under the mTLS listener's rule (any source while more than half the budget is free)
+/// one address held 32 of the 64 public handshake slots with TCP connections that never send
+/// a ClientHello, renewed every 3 s, and a few more addresses the rest: every JWKS fetch,
+/// callback and intake page was then closed at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holds_only_its_share_of_public_handshakes() {
+    let (tmp, pki) = setup();
+    let (public, port) = public_section(&pki);
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: public,
+            ..DaemonOptions::default()
+        },
+    );
+    let refused = || async {
+        let (_, m) = scrape(&pki, &daemon.url).await;
+        metric_value(
+            &String::from_utf8(m).unwrap(),
+            "credbroker_tls_handshakes_refused_total{scope=\"source\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = refused().await;
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        idle.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    // Refused at accept: four of the twelve, once the accept loop has taken them all.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while refused().await - before < 4.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused().await - before, 4.0);
+    drop(idle);
+
+    // The public listener's JSON answers (a browser lands on some after an install) are
+    // never sniffed as HTML nor framed.
+    let public_url = daemon.public_url.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, headers) = loop {
+        let mut c = public_client(&pki, &public_url);
+        match c
+            .exchange(Method::GET, "/callbacks/nope/setup", &[], None)
+            .await
+        {
+            Ok((s, h, _)) => break (s, h),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+}

@@ -45,7 +45,7 @@ impl CallbackService {
         if let Some(suppressed) = self.anonymous_log.admit() {
             tracing::info!(request_id, provider, code = %err.code, reason = %err.message, suppressed, "unauthenticated invocation rejected (counted, not audited)");
         }
-        error_answer(err, None, request_id).into()
+        CallbackAnswer::unauthenticated(error_answer(err, None, request_id))
     }
 
     /// Verifies an invocation of `kind` from its headers alone (before its body is read).

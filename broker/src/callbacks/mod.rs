@@ -90,6 +90,20 @@ pub struct CallbackAnswer {
     pub location: Option<String>,
     /// `Set-Cookie` binding the state to this browser.
     pub set_cookie: Option<String>,
+    /// Refused before anything proved who sent it (a missing or wrong signature, an unknown
+    /// state, an unknown provider): what the public listener charges to its source's rate
+    /// budget when the route was let through uncharged.
+    pub unauthenticated_refusal: bool,
+}
+
+impl CallbackAnswer {
+    /// `answer`, refused unauthenticated.
+    fn unauthenticated(answer: Answer) -> Self {
+        CallbackAnswer {
+            unauthenticated_refusal: true,
+            ..answer.into()
+        }
+    }
 }
 
 impl From<Answer> for CallbackAnswer {
@@ -98,6 +112,7 @@ impl From<Answer> for CallbackAnswer {
             answer,
             location: None,
             set_cookie: None,
+            unauthenticated_refusal: false,
         }
     }
 }
@@ -198,12 +213,11 @@ impl CallbackService {
             self.core
                 .metrics
                 .count_public_refusal("unknown", "not_found");
-            return error_answer(
+            return CallbackAnswer::unauthenticated(error_answer(
                 &ApiError::new(ErrorCode::NotFound, "no such callback"),
                 None,
                 request_id,
-            )
-            .into();
+            ));
         };
         // A platform key (a webhook secret, an App key) rotated on another replica is the one
         // this callback is judged with.
@@ -276,6 +290,7 @@ impl CallbackService {
                     answer,
                     location,
                     set_cookie,
+                    unauthenticated_refusal: false,
                 }
             }
             Err(Failure {
@@ -286,7 +301,7 @@ impl CallbackService {
                 if let Some(suppressed) = self.anonymous_log.admit() {
                     tracing::info!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, suppressed, "unauthenticated callback rejected (counted, not audited)");
                 }
-                error_answer(&err, None, request_id).into()
+                CallbackAnswer::unauthenticated(error_answer(&err, None, request_id))
             }
             Err(Failure { err, audit_id, .. }) => {
                 tracing::warn!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, "callback rejected");

@@ -143,8 +143,15 @@ pub fn spawn_role(
     );
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
-    // handshake slot.
-    let handshakes = HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source);
+    // handshake slot. On the public listener, as for its connections, no source ever holds
+    // more than its share: anyone may open them, and a source holding half the budget with
+    // connections that never send a ClientHello would leave a few more addresses the rest.
+    let handshakes = match role {
+        Role::Public => {
+            HandshakeGate::strict(limits.max_handshakes, limits.max_handshakes_per_source)
+        }
+        Role::Mtls => HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source),
+    };
     let rate_limiter = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
     // Bodies in memory at once on the public listener, KiB: anonymous senders of large
     // bodies are bounded together, before any signature is checked.
@@ -505,6 +512,17 @@ fn respond(
     h.insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
+    );
+    // A browser lands on some answers (a callback's JSON after an install): never sniffed
+    // as HTML, never framed, nothing loaded for it. The intake pages set a policy of their
+    // own over this one.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     );
     if let Ok(v) = header::HeaderValue::from_str(request_id) {
         h.insert("x-request-id", v);

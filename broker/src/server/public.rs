@@ -71,6 +71,15 @@ pub(super) async fn handle_public(
     let query = req.uri().query().unwrap_or("").to_owned();
     let headers = req.headers().clone();
     let route = route_request(Listener::Public, &method, &path);
+    // A signed webhook delivery is verified before it is charged, as a Forge invocation
+    // is: GitHub sends every App's deliveries from its own shared addresses, and our App is
+    // public, so anyone can have GitHub send signed events (which the broker ignores) at
+    // will. Charged up front, they left a tenant's next suspend or unsuspend answered 429,
+    // and GitHub does not deliver it again. Only a delivery refused unauthenticated (no
+    // valid signature) is charged to its source, after the fact; an unsigned request is
+    // charged first, as on every other route, and may send only a small body.
+    let signed_delivery = matches!(&route, Ok(m) if m.endpoint == Endpoint::CallbackWebhook)
+        && req.headers().contains_key("x-hub-signature-256");
     // Health checks are free; everything else takes a token first, before any body is read
     // or any store is touched. Refusals are counted, never audited.
     // Forge calls come from Atlassian's shared egress addresses, and anyone can point a Forge
@@ -79,13 +88,14 @@ pub(super) async fn handle_public(
     let limited = match (&route, rate_limiter) {
         // Discovery and JWKS are read from memory by clouds' shared fetchers: as free as health.
         (Ok(m), _)
-            if matches!(
-                m.endpoint,
-                Endpoint::Healthz
-                    | Endpoint::ForgeRemote
-                    | Endpoint::OidcDiscovery
-                    | Endpoint::OidcJwks
-            ) =>
+            if signed_delivery
+                || matches!(
+                    m.endpoint,
+                    Endpoint::Healthz
+                        | Endpoint::ForgeRemote
+                        | Endpoint::OidcDiscovery
+                        | Endpoint::OidcJwks
+                ) =>
         {
             None
         }
@@ -297,6 +307,13 @@ pub(super) async fn handle_public(
             error_answer(&err, None, &request_id).into()
         }
     };
+    if signed_delivery && answer.unauthenticated_refusal {
+        // Spends its source's budget for the other public routes; it was answered already,
+        // so it is no rate limiting and is not counted as such.
+        if let Some(rl) = rate_limiter {
+            let _ = rl.check(remote.ip(), std::time::Instant::now());
+        }
+    }
     let mut response = respond(answer.answer, "application/json", &request_id);
     let h = response.headers_mut();
     if let Some(v) = answer
