@@ -4080,3 +4080,50 @@ async fn signed_deliveries_are_not_rate_limited_by_other_tenants_events() {
     let (s, v) = webhook(&mut env.public, &suspend, Some("")).await;
     assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
 }
+
+/// Anyone holding an install link's state (the link's holder, a scanner, a chat log) can
+/// send many openings at once. Each read the state unopened, and all but one then lost the
+/// commit's precondition under the admin lock: each loser wrote an "allowed" record and then
+/// a "failed" one, two records per request that changed nothing. Losers are now refused as a
+/// used state is (counted, not audited): one record per opening that happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_openings_of_one_link_write_one_record_each_that_happened() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let state = state_for(&mut env.op, "t1").await;
+    let url = env.daemon.public_url.clone().unwrap();
+    let before = env.daemon.audit_records().len();
+    // Three at once: the public listener's per-source connection cap is four, and the
+    // test's own client holds one.
+    let openings: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = public_client(&env.pki, &url);
+            let state = state.clone();
+            tokio::spawn(async move { open_link(&mut client, &state).await.0 })
+        })
+        .collect();
+    let mut opened = 0;
+    for o in openings {
+        match o.await.unwrap() {
+            302 => opened += 1,
+            403 => {}
+            other => panic!("an opening answered {other}"),
+        }
+    }
+    assert!(
+        (1..=credbroker::callbacks::MAX_LINK_OPENS).contains(&u32::try_from(opened).unwrap()),
+        "{opened} openings"
+    );
+    // A record written after the answer would still count: give one the time to land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = env.daemon.audit_records();
+    let starts: Vec<_> = records[before..]
+        .iter()
+        .filter(|r| r["action"] == "callback.start")
+        .collect();
+    assert!(
+        starts.iter().all(|r| r["outcome"] == "allowed"),
+        "{starts:#?}"
+    );
+    assert_eq!(starts.len(), opened, "{starts:#?}");
+}

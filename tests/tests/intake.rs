@@ -763,6 +763,49 @@ async fn overlapping_submissions_cannot_exceed_the_attempts() {
     assert_eq!(get(&mut public, &path).await.status, 404);
 }
 
+/// Submissions of one link sent at once: each read the link with its attempts untouched, and
+/// those that lost the race for the attempt under the admin lock each wrote an "allowed"
+/// `intake.submit` record and then a "failed" one, for a submission that changed nothing,
+/// and were answered 503. They are now refused (409) before any record: one record per
+/// attempt actually taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_write_one_record_per_attempt_taken() {
+    let (_tmp, pki, daemon, _sn, mut op, mut public) = start().await;
+    let (path, _) = create_link(&mut op, 3600).await;
+    let (cookie, form) = wrong_secret_form(&mut public, &path).await;
+    let before = daemon.audit_records().len();
+    // Three at once: the public listener's per-source connection cap is four, and the
+    // test's own client holds one.
+    let submissions: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = public_client(&pki, daemon.public_url.as_ref().unwrap());
+            let (path, cookie, form) = (path.clone(), cookie.clone(), form.clone());
+            tokio::spawn(async move { post(&mut client, &path, Some(&cookie), &form).await })
+        })
+        .collect();
+    let mut judged = 0;
+    for s in submissions {
+        let page = s.await.unwrap();
+        match page.status {
+            422 => judged += 1,
+            409 => assert!(page.html.contains("Another submission"), "{}", page.html),
+            other => panic!("a submission answered {other}: {}", page.html),
+        }
+    }
+    assert!(judged >= 1);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let records = daemon.audit_records();
+    let submits: Vec<_> = records[before..]
+        .iter()
+        .filter(|r| r["action"] == "intake.submit")
+        .collect();
+    assert!(
+        submits.iter().all(|r| r["outcome"] == "allowed"),
+        "{submits:#?}"
+    );
+    assert_eq!(submits.len(), judged, "{submits:#?}");
+}
+
 /// `credbroker_callbacks_total` summed over every label set whose labels contain `part`.
 async fn callbacks_with(pki: &TestPki, daemon: &Daemon, part: &str) -> u64 {
     let (_, m) = scrape(pki, &daemon.url).await;

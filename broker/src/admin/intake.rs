@@ -422,6 +422,21 @@ impl AdminService {
             let mut batch = Batch::new();
             batch.update_intake_link(key, read, &reserved);
             let _guard = self.lock.lock().await;
+            // Of concurrent submissions of one link, those that lost the race for its
+            // attempt are refused here, before any record (each wrote an "allowed" record
+            // and a "failed" one), as a used link is.
+            if !matches!(self.core.records.preconditions_hold(&batch).await, Ok(true)) {
+                let changed = ApiError::new(ErrorCode::Conflict, "intake link changed meanwhile");
+                if self.link_died(&changed, key, &link).await {
+                    self.count_intake("invalid_link", false);
+                    return pages::invalid();
+                }
+                self.count_intake("conflict", false);
+                return pages::refused(
+                    StatusCode::CONFLICT,
+                    "Another submission of this link is being checked. Wait a moment, then open the link again.",
+                );
+            }
             if let Err(e) = self.commit_audited(ev, batch, &[]).await {
                 // Refused on the link as read: another submission reserved its last
                 // attempt meanwhile (or it was revoked), and the link is dead to this one.

@@ -172,13 +172,31 @@ impl CallbackService {
         }
     }
 
-    /// Commits `batch` audited by `event` under the admin lock.
+    /// Commits `batch` audited by `event` under the admin lock. A callback that lost a
+    /// race under that lock (the same state or link used by concurrent requests: only one
+    /// can pass its preconditions) is refused as what it now is, a used state, before any
+    /// record: anyone holding the state could send a hundred at once, each of which wrote an
+    /// "allowed" record and then a "failed" one.
     async fn commit_locked(
         &self,
         event: AuditEvent,
         batch: Batch,
     ) -> Result<crate::audit::AuditReceipt, Failure> {
         let _guard = self.admin.lock.lock().await;
+        match self.core.records.preconditions_hold(&batch).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(anonymous(rejected(
+                    "this link or state was used or changed by another request meanwhile; ask for a new one if it was not yours",
+                )))
+            }
+            Err(_) => {
+                return Err(anonymous(ApiError::new(
+                    ErrorCode::Internal,
+                    "store read failed",
+                )))
+            }
+        }
         self.admin
             .commit_audited(event, batch, &[])
             .await

@@ -30,7 +30,7 @@ pub use sealed::SealedTable;
 pub use writes::Record;
 
 use super::record_cache::RecordCache;
-use super::{Batch, Store, StoreError, Table};
+use super::{Batch, Op, Store, StoreError, Table};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
 use crate::model::{Binding, Instance, SecretVersion, ServingWorker, Tenant, Worker};
 
@@ -163,6 +163,46 @@ impl Records {
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.store.commit(batch).await
+    }
+
+    /// Whether every precondition of `batch` holds now, read from the store itself (not the
+    /// record cache). A precondition on a key an earlier operation of the batch writes is
+    /// judged by the commit alone. Run under the lock that orders the change with the
+    /// others, it lets a change that lost a race be refused before its audit record is
+    /// written; the commit checks them again.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn preconditions_hold(&self, batch: &Batch) -> Result<bool, StoreError> {
+        let mut written: Vec<(Table, &str)> = Vec::new();
+        for op in &batch.ops {
+            let (table, key, expected) = match op {
+                Op::Put(t, k, _) | Op::Delete(t, k) => {
+                    written.push((*t, k.as_str()));
+                    continue;
+                }
+                Op::ExpectAbsent(t, k) => (*t, k, Expected::Absent),
+                Op::ExpectPresent(t, k) => (*t, k, Expected::Present),
+                Op::ExpectValue(t, k, v) => (*t, k, Expected::Bytes(v)),
+            };
+            if written
+                .iter()
+                .any(|(t, k)| *t == table && *k == key.as_str())
+            {
+                continue;
+            }
+            let now = self.store.get(table, key).await?;
+            let holds = match (expected, now) {
+                (Expected::Absent, now) => now.is_none(),
+                (Expected::Present, now) => now.is_some(),
+                (Expected::Bytes(v), Some(now)) => now == *v,
+                (Expected::Bytes(_), None) => false,
+            };
+            if !holds {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The mark a schema upgrade leaves for the platform keys' re-seal: `None` when absent,
@@ -562,4 +602,11 @@ impl Records {
             )
             .await
     }
+}
+
+/// What a precondition of a batch expects of its key.
+enum Expected<'a> {
+    Absent,
+    Present,
+    Bytes(&'a Vec<u8>),
 }
