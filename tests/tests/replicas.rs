@@ -925,7 +925,8 @@ async fn replicas_starting_together_share_one_first_issuer_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_chain_left_unsigned_by_a_kill_says_so_when_taken_back() {
     let (tmp, pki) = setup();
-    // No checkpoint for an hour or a thousand records: the seeding stays unsigned.
+    // No checkpoint for an hour or a thousand records: the seeding stays unsigned (all but
+    // the first batch, signed at once).
     let quiet = "[audit]\ncheckpoint_every_records = 1000\ncheckpoint_interval_s = 3600\n";
     let mut set =
         ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, quiet, vec![]).await;
@@ -953,8 +954,9 @@ async fn a_replica_chain_left_unsigned_by_a_kill_says_so_when_taken_back() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(said.len(), 1, "{said:?}");
+    // (The first batch was signed with it: the tail runs from the record after it.)
     assert!(
-        said[0].contains(&format!("records 1..{last} had no signed checkpoint")),
+        said[0].contains(&format!("..{last} had no signed checkpoint")),
         "{said:?}"
     );
     verify_every_chain(&set, &set.daemons[0]);
@@ -1317,6 +1319,23 @@ async fn a_chain_no_broker_signed_fails_verify_with_any_key() {
             "{args:?}: {out}"
         );
     }
+    // Nor is it exported under the key, or summed up in a report.
+    let (c, out, err) = set.cli(&["audit", "export", "--config", &config]);
+    assert_ne!(c, 0, "an export signed records no checkpoint signs: {out}");
+    assert!(
+        err.contains("replica 7") && err.contains("export refused"),
+        "{err}"
+    );
+    let report = tmp.path().join("report.json");
+    let (c, out, err) = set.cli(&[
+        "audit",
+        "report",
+        "--config",
+        &config,
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 1, "{out}{err}");
     // A lease row written by hand to pass for a running broker expires further ahead than
     // any broker renews one: it does not count.
     db.execute(
@@ -1339,6 +1358,36 @@ async fn a_chain_no_broker_signed_fails_verify_with_any_key() {
     let (c, out, err) = set.cli(&["audit", "verify", "--config", &config]);
     assert_eq!(c, 0, "{out}{err}");
     assert!(out.contains("replica 7: audit OK"), "{out}");
+}
+
+/// A replica killed long before its checkpoint interval: its chain's first batch was signed
+/// in the batch's own transaction, so the chain verifies, and is not taken for records no
+/// broker wrote (which a chain without any checkpoint now is, once its lease has gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_in_its_first_interval_leaves_a_signed_chain() {
+    let (tmp, pki) = setup();
+    let mut set = ReplicaSet::start(
+        TestPostgres::start(),
+        tmp.path(),
+        &pki,
+        1,
+        "[audit]\ncheckpoint_interval_s = 3600\n",
+        vec![],
+    )
+    .await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    set.daemons[0].kill_hard();
+    set.sql()
+        .await
+        .execute(
+            "DELETE FROM credbroker_leases WHERE name LIKE 'replica/%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = verify_every_chain(&set, &set.daemons[0]);
+    assert!(!out.contains("last signed checkpoint at none"), "{out}");
 }
 
 /// Someone who can write the database moves a whole chain, records and checkpoints, to a

@@ -251,6 +251,9 @@ impl LineSource for Vec<String> {
 /// number of records. The log is verified first, and exactly the bytes verified are
 /// exported (a record appended meanwhile waits for the next export).
 ///
+/// A log no checkpoint signs is refused too ([`super::never_signed`]): the export's signature
+/// would vouch for records the key never signed.
+///
 /// # Errors
 /// On I/O failure, or a record that does not parse (run `audit verify` to locate it).
 pub fn export(
@@ -265,9 +268,12 @@ pub fn export(
     // Never attest a log that does not verify: a record altered or removed in the live log
     // (by someone who can write the data directory but has no key) would otherwise come out
     // of a filtered export looking signed.
-    let verified =
-        super::verify::verify_log_with(audit_dir, &signer.verifier(), max_unanchored, progress)
-            .map_err(|e| {
+    let verified = super::verify::judged(
+        super::verify::verify_log_with(audit_dir, &signer.verifier(), max_unanchored, progress),
+        false,
+        "an export signs only what a checkpoint signed",
+    )
+    .map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("the live audit log does not verify ({e}); export refused — see runbooks/audit-verification.md"),

@@ -328,6 +328,43 @@ impl<'a> Chain<'a> {
     }
 }
 
+/// A chain `s` with records and no signed checkpoint at all, as a failure naming `why` no
+/// writer will sign it (`None` when it has a checkpoint, or no record). The public key
+/// vouches for none of its records, and a wrong key cannot be told from the right one: the
+/// writer signs its first batch at once, so only a log cut from its checkpoints, or records
+/// written by someone without the key, look so. `audit verify`, `export` and `report` take
+/// it only while its writer runs (it may sign any moment), and never sign an export of it.
+pub fn never_signed(s: &VerifySummary, why: &str) -> Option<VerifyFailure> {
+    (s.records > 0 && s.last_checkpoint.is_none()).then(|| {
+        fail(
+            s.first_seq.unwrap_or(1),
+            format!(
+                "{} record(s) and no signed checkpoint, and {why}: the public key vouches for none of them (records written by someone without the signing key, or a log cut from its checkpoints; a broker killed before its first batch was signed signs them over when started again, recording audit.unsigned_tail)",
+                s.records
+            ),
+        )
+    })
+}
+
+/// `result`, failed when it is a [`never_signed`] chain and its writer does not run
+/// (`live`; `why` says whose).
+///
+/// # Errors
+/// `result`'s failure, or the unsigned chain's.
+pub fn judged(
+    result: Result<VerifySummary, VerifyFailure>,
+    live: bool,
+    why: &str,
+) -> Result<VerifySummary, VerifyFailure> {
+    match result {
+        Ok(s) if !live => match never_signed(&s, why) {
+            Some(f) => Err(f),
+            None => Ok(s),
+        },
+        other => other,
+    }
+}
+
 /// The longest line a pinned copy may hold, its newline included: the audit readers' bound.
 const MAX_PIN_LINE: u64 = super::lines::MAX_LINE + 1;
 

@@ -317,7 +317,11 @@ impl Writer {
         if unanchored == 0 {
             return;
         }
+        // A log's first records are signed at once (after their batch): a log without any
+        // checkpoint is, to `audit verify`, records nobody with the key wrote, and a broker
+        // killed within its first interval left one.
         let due = force
+            || self.last_checkpoint_seq == 0
             || unanchored >= self.config.checkpoint_every_records
             || self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval;
         if !due {

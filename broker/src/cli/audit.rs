@@ -243,22 +243,14 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         let mut results = Vec::new();
         if !shared(&config) || audit::segments::has_file_log(&config.audit_dir()) {
             let bar = Bar::new(Output::shows_progress(args.output));
-            let mut result = audit::verify_log_pinned(
+            let result = audit::verify_log_pinned(
                 &config.audit_dir(),
                 &verifier,
                 config.audit.max_unanchored(),
                 pins.of(None),
                 &bar,
             );
-            if result.as_ref().is_ok_and(never_signed)
-                && super::offline::running_daemon(&config).is_err()
-            {
-                result = Err(unsigned_chain(
-                    &result,
-                    "no daemon runs for this data directory",
-                ));
-            }
-            results.push((None, result));
+            results.push((None, judged_file_log(&config, result)));
         }
         if shared(&config) {
             results.extend(runtime()?.block_on(verify_chains(&config, &verifier, &pins))?);
@@ -324,24 +316,29 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// A chain with records and no signed checkpoint at all: the public key vouches for none
-/// of them, and a wrong key cannot be told from the right one. While its writer runs that
-/// is its first minute (it signs within `checkpoint_interval_s`); with no writer, nothing
-/// will ever sign them.
-fn never_signed(s: &VerifySummary) -> bool {
-    s.records > 0 && s.last_checkpoint.is_none()
-}
-
-/// The failure for a [`never_signed`] chain that no writer will sign (`why`).
-fn unsigned_chain(result: &Result<VerifySummary, VerifyFailure>, why: &str) -> VerifyFailure {
-    let (first, records) = result
-        .as_ref()
-        .map_or((1, 0), |s| (s.first_seq.unwrap_or(1), s.records));
-    VerifyFailure {
-        seq: first,
-        reason: format!(
-            "{records} record(s) and no signed checkpoint, and {why}: the public key vouches for none of them (records written by someone without the signing key, or a broker stopped before its first checkpoint: start it and it signs them, recording audit.unsigned_tail)"
-        ),
+/// A file log's verification, failed when no checkpoint signs it and its writer does not
+/// run ([`audit::never_signed`]). Its writer is the daemon of this data directory on a
+/// single broker's store (found by its pid file); on a PostgreSQL store no daemon writes the
+/// file log (offline commands do, and sign it when they end).
+pub(super) fn judged_file_log(
+    config: &Config,
+    result: Result<VerifySummary, VerifyFailure>,
+) -> Result<VerifySummary, VerifyFailure> {
+    if result.as_ref().is_ok_and(|s| s.last_checkpoint.is_some()) {
+        return result;
+    }
+    if shared(config) {
+        audit::judged(
+            result,
+            false,
+            "no broker writes this file log (the offline commands that do sign it when they end)",
+        )
+    } else {
+        audit::judged(
+            result,
+            super::offline::running_daemon(config).is_ok(),
+            "no daemon runs for this data directory",
+        )
     }
 }
 
@@ -390,13 +387,12 @@ async fn verify_chains(
             pins.of(Some(replica)),
         )
         .await?;
-        if result.as_ref().is_ok_and(never_signed)
-            && !chains::writer_live(&snapshot, replica).await?
-        {
-            result = Err(unsigned_chain(
-                &result,
+        if result.as_ref().is_ok_and(|s| s.last_checkpoint.is_none()) {
+            result = audit::judged(
+                result,
+                chains::writer_live(&snapshot, replica).await?,
                 &format!("no broker holds replica {replica}'s lease"),
-            ));
+            );
         }
         results.push((Some(replica), result));
     }
@@ -511,15 +507,20 @@ fn export_all(
             .map_err(|e| e.to_string())?;
         }
         for replica in replicas {
-            // Never attest a chain that does not verify (as for the file log).
-            if let Err(f) = chains::verify_chain(
+            // Never attest a chain that does not verify, nor one no checkpoint signs (as for
+            // the file log).
+            let verified = chains::verify_chain(
                 &snapshot,
                 replica,
                 &signer.verifier(),
                 config.audit.max_unanchored(),
             )
-            .await?
-            {
+            .await?;
+            if let Err(f) = audit::judged(
+                verified,
+                false,
+                "an export signs only what a checkpoint signed",
+            ) {
                 return Err(format!("replica {replica}'s audit chain does not verify ({f}); export refused — see runbooks/audit-verification.md"));
             }
             let cps = chains::checkpoints(&snapshot, replica).await?;
