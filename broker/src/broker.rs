@@ -161,10 +161,6 @@ pub struct Broker {
     admin: Arc<AdminService>,
     resolver: ResolveService,
     callbacks: CallbackService,
-    /// [`Broker::catch_up_shared`]: catch-ups started, and (under the lock) the number of
-    /// the last one finished with its result.
-    shared_started: std::sync::atomic::AtomicU64,
-    shared_done: tokio::sync::Mutex<(u64, Result<(), ApiError>)>,
 }
 
 /// An HTTP answer with a body that is zeroized when dropped.
@@ -375,8 +371,6 @@ impl Broker {
                 callbacks: CallbackService::new(Arc::clone(&core), Arc::clone(&admin)),
                 admin,
                 core,
-                shared_started: std::sync::atomic::AtomicU64::new(0),
-                shared_done: tokio::sync::Mutex::new((0, Ok(()))),
             }))
         }
         .await;
@@ -475,28 +469,12 @@ impl Broker {
         self.admin.catch_up().await
     }
 
-    /// As [`Broker::catch_up`], for anonymous callers that are not rate-limited (the issuer's
-    /// discovery document and JWKS, fetched by clouds' shared fetchers): one catch-up at a
-    /// time, and a caller whose arrival an already finished catch-up started after takes
-    /// that one's result instead of making another. Every answer still reflects every change
-    /// acknowledged before its request arrived (a key retired on another replica is withdrawn
-    /// at once), but a flood of them holds at most one store connection, not the pool the
-    /// resolves need.
+    /// See [`AdminService::catch_up_shared`].
     ///
     /// # Errors
     /// `unavailable` when the catch-up it relies on failed.
     pub async fn catch_up_shared(&self) -> Result<(), ApiError> {
-        use std::sync::atomic::Ordering;
-        let arrived = self.shared_started.load(Ordering::Acquire);
-        let mut done = self.shared_done.lock().await;
-        if done.0 > arrived {
-            // Started after this caller arrived, and finished: fresh enough.
-            return done.1.clone();
-        }
-        let number = self.shared_started.fetch_add(1, Ordering::AcqRel) + 1;
-        let caught_up = self.catch_up().await;
-        *done = (number, caught_up.clone());
-        caught_up
+        self.admin.catch_up_shared().await
     }
 
     /// Gives up the replica's leases (see [`Core::leave`]).

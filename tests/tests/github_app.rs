@@ -4060,6 +4060,20 @@ async fn signed_deliveries_are_not_rate_limited_by_other_tenants_events() {
     let (s, v) = webhook(&mut env.public, &suspend, None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(binding_status(&mut env, &binding).await, "disabled");
+    // Its replays (signed, but refused after the signature verified) spend nothing: GitHub
+    // redelivers from its shared addresses too.
+    for _ in 0..20 {
+        let (s, v) = webhook(&mut env.public, &json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}, "sender": {"login": "once"}}), None).await;
+        assert!(s == 200 || s == 403, "{v}");
+    }
+    let (s, v) = call(
+        &mut env.public,
+        Method::GET,
+        "/callbacks/github_app/setup?installation_id=1001&state=x",
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
 
     // Wrongly signed deliveries are refused, and spend the source's budget: within a burst
     // of them the source is rate-limited on its other public routes.

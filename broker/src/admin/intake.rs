@@ -425,7 +425,11 @@ impl AdminService {
             // Of concurrent submissions of one link, those that lost the race for its
             // attempt are refused here, before any record (each wrote an "allowed" record
             // and a "failed" one), as a used link is.
-            if !matches!(self.core.records.preconditions_hold(&batch).await, Ok(true)) {
+            let holds = match self.core.records.preconditions_hold(&batch).await {
+                Ok(holds) => holds,
+                Err(e) => return fail((super::store_err(e), None)),
+            };
+            if !holds {
                 let changed = ApiError::new(ErrorCode::Conflict, "intake link changed meanwhile");
                 if self.link_died(&changed, key, &link).await {
                     self.count_intake("invalid_link", false);

@@ -211,6 +211,10 @@ pub struct AdminService {
     keys_loaded: std::sync::atomic::AtomicU64,
     /// One reload at a time.
     keys_reload: tokio::sync::Mutex<()>,
+    /// Catch-ups started for anonymous callers ([`AdminService::catch_up_shared`]).
+    shared_started: std::sync::atomic::AtomicU64,
+    /// The number and result of the last of them to finish; held while one runs.
+    shared_done: tokio::sync::Mutex<(u64, Result<(), ApiError>)>,
 }
 
 /// See [`AdminService::rotations`].
@@ -258,7 +262,34 @@ impl AdminService {
             keys_changed,
             keys_loaded: std::sync::atomic::AtomicU64::new(0),
             keys_reload: tokio::sync::Mutex::new(()),
+            shared_started: std::sync::atomic::AtomicU64::new(0),
+            shared_done: tokio::sync::Mutex::new((0, Ok(()))),
         })
+    }
+
+    /// As [`AdminService::catch_up`], for anonymous callers (the issuer's discovery document
+    /// and JWKS, fetched by clouds' shared fetchers; callbacks and webhook deliveries, some
+    /// verified before they are charged to any rate): one catch-up at a time, and a caller
+    /// whose arrival an already finished catch-up started after takes that one's result
+    /// instead of making another. Every answer still reflects every change acknowledged
+    /// before its request arrived (a key rotated or retired on another replica is the one
+    /// used), but a flood of them holds at most one store connection, not the pool the
+    /// resolves need.
+    ///
+    /// # Errors
+    /// `unavailable` when the catch-up it relies on failed.
+    pub async fn catch_up_shared(&self) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering;
+        let arrived = self.shared_started.load(Ordering::Acquire);
+        let mut done = self.shared_done.lock().await;
+        if done.0 > arrived {
+            // Started after this caller arrived, and finished: fresh enough.
+            return done.1.clone();
+        }
+        let number = self.shared_started.fetch_add(1, Ordering::AcqRel) + 1;
+        let caught_up = self.catch_up().await;
+        *done = (number, caught_up.clone());
+        caught_up
     }
 
     /// Brings this replica up to every change acknowledged anywhere before this call: the

@@ -221,7 +221,7 @@ impl CallbackService {
             outstanding_id(&key).unwrap_or_default(),
             read.opens + 1
         ));
-        let receipt = self.commit_locked(event.clone(), batch).await?;
+        let receipt = self.commit_locked(event.clone(), batch, false).await?;
         let max_age = (read.expires_at - now).max(1);
         let cookie = format!(
             "{INSTALL_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
@@ -351,13 +351,14 @@ impl CallbackService {
         }
         let mut batch = Batch::new();
         batch.consume_callback_state(&state_key, &read);
-        let receipt = self.commit_locked(event.clone(), batch).await?;
+        let receipt = self.commit_locked(event.clone(), batch, false).await?;
         if let Some(why) = refusal {
             // Already audited above: no second record.
             return Err(Failure {
                 err: rejected(why),
                 audit_id: Some(receipt.audit_id),
                 anonymous: false,
+                unproven: false,
             });
         }
         // The installation id is a claim until the provider proves the person who came back
@@ -434,6 +435,7 @@ impl CallbackService {
                         err: rejected(why),
                         audit_id: Some(receipt.audit_id),
                         anonymous: false,
+                        unproven: false,
                     }),
                     // Fails closed like any audited step (the caller's own attempt to record
                     // the failure meets the same log).
@@ -506,13 +508,14 @@ impl CallbackService {
             } else {
                 format!("{reason}; not kept: the unclaimed list is full")
             });
-            let receipt = self.commit_locked(denied, batch).await?;
+            let receipt = self.commit_locked(denied, batch, true).await?;
             return Err(Failure {
                 err: rejected(
                     "this installation belongs to another account than the one expected for your organisation; nothing was bound (an operator has been told)",
                 ),
                 audit_id: Some(receipt.audit_id),
                 anonymous: false,
+                unproven: false,
             });
         }
         let tenant = (tenant, receipt.audit_id);

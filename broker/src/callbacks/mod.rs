@@ -40,10 +40,13 @@ fn rejected(m: impl Into<String>) -> ApiError {
 
 /// A callback failure; `audit_id` is set when its audit record is already written.
 /// `anonymous` failures happened before the callback authenticated: counted, not audited.
+/// `unproven` ones before anything proved who sent it (no valid signature): what a source is
+/// charged for when its route was let through uncharged.
 struct Failure {
     err: ApiError,
     audit_id: Option<String>,
     anonymous: bool,
+    unproven: bool,
 }
 
 impl From<ApiError> for Failure {
@@ -53,6 +56,7 @@ impl From<ApiError> for Failure {
             err,
             audit_id: None,
             anonymous: false,
+            unproven: false,
         }
     }
 }
@@ -64,6 +68,7 @@ impl Failure {
             err,
             audit_id: second.map(|r| r.audit_id),
             anonymous: false,
+            unproven: false,
         }
     }
 }
@@ -74,6 +79,16 @@ fn anonymous(err: ApiError) -> Failure {
         err,
         audit_id: None,
         anonymous: true,
+        unproven: false,
+    }
+}
+
+/// A failure before anything proved who sent the callback: a missing or wrong signature, a
+/// body that could not be read.
+fn unproven(err: ApiError) -> Failure {
+    Failure {
+        unproven: true,
+        ..anonymous(err)
     }
 }
 
@@ -176,16 +191,28 @@ impl CallbackService {
     /// race under that lock (the same state or link used by concurrent requests: only one
     /// can pass its preconditions) is refused as what it now is, a used state, before any
     /// record: anyone holding the state could send a hundred at once, each of which wrote an
-    /// "allowed" record and then a "failed" one.
+    /// "allowed" record and then a "failed" one. A change that records a refusal
+    /// (`refusal`: a denied install kept for an operator) is audited whatever happened
+    /// meanwhile.
     async fn commit_locked(
         &self,
         event: AuditEvent,
         batch: Batch,
+        refusal: bool,
     ) -> Result<crate::audit::AuditReceipt, Failure> {
         let _guard = self.admin.lock.lock().await;
-        match self.core.records.preconditions_hold(&batch).await {
-            Ok(true) => {}
-            Ok(false) => {
+        let lost = if refusal {
+            Ok(false)
+        } else {
+            self.core
+                .records
+                .preconditions_hold(&batch)
+                .await
+                .map(|holds| !holds)
+        };
+        match lost {
+            Ok(false) => {}
+            Ok(true) => {
                 return Err(anonymous(rejected(
                     "this link or state was used or changed by another request meanwhile; ask for a new one if it was not yours",
                 )))
@@ -238,8 +265,10 @@ impl CallbackService {
             ));
         };
         // A platform key (a webhook secret, an App key) rotated on another replica is the one
-        // this callback is judged with.
-        if let Err(e) = self.admin.catch_up().await {
+        // this callback is judged with. Shared between concurrent callers: signed webhook
+        // deliveries are verified before they are charged to any rate, so a flood of forged
+        // ones must not cost a store round trip each.
+        if let Err(e) = self.admin.catch_up_shared().await {
             self.core
                 .metrics
                 .count_public_refusal(provider.id(), e.code.as_str());
@@ -279,7 +308,7 @@ impl CallbackService {
                     self.handle_webhook(provider.as_ref(), headers, &b, &mut event)
                         .await
                 }
-                Err(e) => Err(anonymous(e)),
+                Err(e) => Err(unproven(e)),
             },
         };
         self.core.metrics.count_callback(
@@ -314,12 +343,18 @@ impl CallbackService {
             Err(Failure {
                 err,
                 anonymous: true,
+                unproven,
                 ..
             }) => {
                 if let Some(suppressed) = self.anonymous_log.admit() {
                     tracing::info!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, suppressed, "unauthenticated callback rejected (counted, not audited)");
                 }
-                CallbackAnswer::unauthenticated(error_answer(&err, None, request_id))
+                let answer = error_answer(&err, None, request_id);
+                if unproven {
+                    CallbackAnswer::unauthenticated(answer)
+                } else {
+                    answer.into()
+                }
             }
             Err(Failure { err, audit_id, .. }) => {
                 tracing::warn!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, "callback rejected");

@@ -5,7 +5,7 @@
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use super::{anonymous, rejected, sha256_hex, CallbackResult, CallbackService, Failure};
+use super::{anonymous, rejected, sha256_hex, unproven, CallbackResult, CallbackService, Failure};
 use credbroker_providers::{CallbackEvent, Callbacks, Provider};
 
 use crate::admin::AdminOp;
@@ -39,12 +39,12 @@ impl CallbackService {
     ) -> CallbackResult {
         let cb: &dyn Callbacks = provider
             .callbacks()
-            .ok_or_else(|| anonymous(ApiError::new(ErrorCode::NotFound, "no such callback")))?;
+            .ok_or_else(|| unproven(ApiError::new(ErrorCode::NotFound, "no such callback")))?;
         // Verified (constant-time signature) before the body is parsed. Until it verifies,
         // nothing is known about the sender: a refusal is counted, not audited.
         let verified = cb
             .verify_webhook(headers, body)
-            .map_err(|m| anonymous(rejected(m)))?;
+            .map_err(|m| unproven(rejected(m)))?;
         // A signed delivery replayed (by anyone who saw it) is refused; like an unsigned one it
         // is counted, not audited: a replayer could otherwise write one record per replay.
         // The delivery id header is not signed: a replay is recognized by the signed body

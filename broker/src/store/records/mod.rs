@@ -610,3 +610,46 @@ enum Expected<'a> {
     Present,
     Bytes(&'a Vec<u8>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled_store::SledStore;
+
+    /// The pre-check says what the commit would: each kind of precondition, judged on the
+    /// store as it is now, and one on a key an earlier operation writes left to the commit.
+    #[tokio::test]
+    async fn preconditions_are_judged_as_the_commit_judges_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let t = Table::Identifiers;
+        let mut put = Batch::new();
+        put.push(Op::Put(t, "a".into(), b"one".to_vec()));
+        records.commit(put).await.unwrap();
+        let judged = |ops: Vec<Op>| {
+            let records = &records;
+            async move {
+                let batch = Batch { ops };
+                let pre = records.preconditions_hold(&batch).await.unwrap();
+                let committed = records.commit(batch).await.is_ok();
+                assert_eq!(pre, committed, "the pre-check and the commit disagree");
+                pre
+            }
+        };
+        assert!(judged(vec![Op::ExpectValue(t, "a".into(), b"one".to_vec())]).await);
+        assert!(!judged(vec![Op::ExpectValue(t, "a".into(), b"two".to_vec())]).await);
+        assert!(!judged(vec![Op::ExpectValue(t, "b".into(), b"one".to_vec())]).await);
+        assert!(judged(vec![Op::ExpectPresent(t, "a".into())]).await);
+        assert!(!judged(vec![Op::ExpectPresent(t, "b".into())]).await);
+        assert!(judged(vec![Op::ExpectAbsent(t, "b".into())]).await);
+        assert!(!judged(vec![Op::ExpectAbsent(t, "a".into())]).await);
+        // Written first by the batch itself: the commit judges it, after the write.
+        assert!(
+            judged(vec![
+                Op::Put(t, "c".into(), b"new".to_vec()),
+                Op::ExpectValue(t, "c".into(), b"new".to_vec()),
+            ])
+            .await
+        );
+    }
+}
