@@ -170,14 +170,10 @@ async fn check_owned_tail(
     // Both leases in one read, in the write's transaction: the chain's own, and an offline
     // change's hold (a KEK rotation started while this broker's lease had lapsed, and which
     // this broker then re-claimed: nothing is recorded, so nothing is served, beside it).
-    // The chain's own lease row is locked (FOR SHARE) until the batch commits, and judged
-    // on the clock at the read, not at the transaction's start: a broker claiming the id
-    // meanwhile waits for this batch, so its chain starts from a snapshot that holds it,
-    // rather than find an end it did not write and fail closed until restarted.
     let leases = tx
         .query_one(
-            "SELECT (SELECT true FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp() FOR SHARE) IS NOT NULL, \
-                    EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $3 AND expires_at > clock_timestamp())",
+            "SELECT EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > now()), \
+                    EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $3 AND expires_at > now())",
             &[&owner.lease, &owner.holder, &crate::replica::OFFLINE],
         )
         .await
