@@ -283,6 +283,15 @@ impl TestPki {
     }
 }
 
+/// An audit public key that signed nothing here: `<dir>/other/k.pub` (its private key beside
+/// it), for a verifier given the wrong key.
+pub fn another_audit_key(dir: &Path) -> PathBuf {
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    credbroker::keys::AuditSigner::generate(&other.join("k"), &other.join("k.pub")).unwrap();
+    other.join("k.pub")
+}
+
 /// Where test configs keep the KEK keyring of `data_dir`: beside it, as `serve` requires.
 pub fn kek_file_for(data_dir: &Path) -> PathBuf {
     let name = data_dir

@@ -682,10 +682,7 @@ async fn a_wrong_key_and_an_empty_export_are_named_as_such() {
     daemon.stop(); // a final signed checkpoint
     let config = daemon.config.to_str().unwrap().to_owned();
     let public_key = daemon.data_dir.join("keys/audit-signing.pub");
-    let other = tmp.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    credbroker::keys::AuditSigner::generate(&other.join("k"), &other.join("k.pub")).unwrap();
-    let other_key = other.join("k.pub");
+    let other_key = another_audit_key(tmp.path());
 
     let (c, out) = verify_with_key(&config, &other_key, &[]);
     assert_eq!(c, 1, "{out}");
@@ -765,10 +762,7 @@ async fn a_public_key_swapped_beside_the_log_is_refused() {
     let config = daemon.config.to_str().unwrap().to_owned();
     let public_key = daemon.data_dir.join("keys/audit-signing.pub");
     let genuine = std::fs::read(&public_key).unwrap();
-    let other = tmp.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    credbroker::keys::AuditSigner::generate(&other.join("k"), &other.join("k.pub")).unwrap();
-    std::fs::copy(other.join("k.pub"), &public_key).unwrap();
+    std::fs::copy(another_audit_key(tmp.path()), &public_key).unwrap();
 
     let (c, err) = daemon.serve_refused(&[]);
     assert_ne!(c, 0);
@@ -1061,11 +1055,10 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
 /// Someone who can write the data directory but holds no signing key removes every
 /// checkpoint (or writes a whole log of their own): the records still link, but the public
 /// key vouches for none of them. `audit verify` reported such a log "audit OK … last signed
-/// checkpoint at none", with the right public key or any other. With no daemon running to
-/// sign it, it now fails, whichever key it is given; a broker started on it signs it over
-/// (recording `audit.unsigned_tail`), after which it verifies again. A genuine log is never
-/// without a checkpoint: the writer signs its first batch at once, so one killed within its
-/// first interval still verifies.
+/// checkpoint at none", with the right public key or any other. A genuine log is never
+/// without a checkpoint (the writer signs its first batch at once, so one killed within its
+/// first interval verifies), so such a log now fails, whichever key it is given; a broker
+/// started on it signs it over (recording `audit.unsigned_tail`), after which it verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
     let (tmp, pki) = setup();
@@ -1077,10 +1070,7 @@ async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
     let config = daemon.config.to_str().unwrap().to_owned();
-    let other = tmp.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    credbroker::keys::AuditSigner::generate(&other.join("k"), &other.join("k.pub")).unwrap();
-    let other_key = other.join("k.pub");
+    let other_key = another_audit_key(tmp.path());
     // Killed long before its interval's checkpoint: the first batch's is there.
     daemon.kill_hard();
     let (c, out) = verify_cli(&daemon);
@@ -1096,7 +1086,7 @@ async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
     ] {
         assert_eq!(c, 1, "{what}: {out}");
         assert!(
-            out.contains("no signed checkpoint, and no daemon runs for this data directory")
+            out.contains("no signed checkpoint, though a broker signs its first batch at once")
                 && out.contains("the public key vouches for none of them"),
             "{what}: {out}"
         );

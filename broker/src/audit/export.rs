@@ -268,11 +268,12 @@ pub fn export(
     // Never attest a log that does not verify: a record altered or removed in the live log
     // (by someone who can write the data directory but has no key) would otherwise come out
     // of a filtered export looking signed.
-    let verified = super::verify::judged(
-        super::verify::verify_log_with(audit_dir, &signer.verifier(), max_unanchored, progress),
-        false,
-        "an export signs only what a checkpoint signed",
-    )
+    let verified = super::verify::judged(super::verify::verify_log_with(
+        audit_dir,
+        &signer.verifier(),
+        max_unanchored,
+        progress,
+    ))
     .map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,

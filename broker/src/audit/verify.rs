@@ -328,36 +328,35 @@ impl<'a> Chain<'a> {
     }
 }
 
-/// A chain `s` with records and no signed checkpoint at all, as a failure naming `why` no
-/// writer will sign it (`None` when it has a checkpoint, or no record). The public key
-/// vouches for none of its records, and a wrong key cannot be told from the right one: the
-/// writer signs its first batch at once, so only a log cut from its checkpoints, or records
-/// written by someone without the key, look so. `audit verify`, `export` and `report` take
-/// it only while its writer runs (it may sign any moment), and never sign an export of it.
-pub fn never_signed(s: &VerifySummary, why: &str) -> Option<VerifyFailure> {
+/// A chain `s` with records and no signed checkpoint at all, as a failure (`None` when it
+/// has a checkpoint, or no record). The public key vouches for none of its records, and a
+/// wrong key cannot be told from the right one. Both writers sign a log's first batch at
+/// once (the database writer in the batch's own transaction), so a genuine log or chain is
+/// never in this state, whether or not its writer runs: only a log cut from its checkpoints,
+/// or records written by someone without the key (a whole chain for a replica number no
+/// broker holds, with a lease row beside it), look so. `audit verify`, `report`, `export`
+/// and the doctor refuse it.
+pub fn never_signed(s: &VerifySummary) -> Option<VerifyFailure> {
     (s.records > 0 && s.last_checkpoint.is_none()).then(|| {
         fail(
             s.first_seq.unwrap_or(1),
             format!(
-                "{} record(s) and no signed checkpoint, and {why}: the public key vouches for none of them (records written by someone without the signing key, or a log cut from its checkpoints; a broker killed before its first batch was signed signs them over when started again, recording audit.unsigned_tail)",
+                "{} record(s) and no signed checkpoint, though a broker signs its first batch at once: the public key vouches for none of them (records written by someone without the signing key, or a log cut from its checkpoints; a broker of an earlier release killed within its first minute could leave one: started there, it signs them over, recording audit.unsigned_tail)",
                 s.records
             ),
         )
     })
 }
 
-/// `result`, failed when it is a [`never_signed`] chain and its writer does not run
-/// (`live`; `why` says whose).
+/// `result`, failed when it is a [`never_signed`] chain.
 ///
 /// # Errors
 /// `result`'s failure, or the unsigned chain's.
 pub fn judged(
     result: Result<VerifySummary, VerifyFailure>,
-    live: bool,
-    why: &str,
 ) -> Result<VerifySummary, VerifyFailure> {
     match result {
-        Ok(s) if !live => match never_signed(&s, why) {
+        Ok(s) => match never_signed(&s) {
             Some(f) => Err(f),
             None => Ok(s),
         },

@@ -250,7 +250,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
                 pins.of(None),
                 &bar,
             );
-            results.push((None, judged_file_log(&config, result)));
+            results.push((None, audit::judged(result)));
         }
         if shared(&config) {
             results.extend(runtime()?.block_on(verify_chains(&config, &verifier, &pins))?);
@@ -316,32 +316,6 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// A file log's verification, failed when no checkpoint signs it and its writer does not
-/// run ([`audit::never_signed`]). Its writer is the daemon of this data directory on a
-/// single broker's store (found by its pid file); on a PostgreSQL store no daemon writes the
-/// file log (offline commands do, and sign it when they end).
-pub(super) fn judged_file_log(
-    config: &Config,
-    result: Result<VerifySummary, VerifyFailure>,
-) -> Result<VerifySummary, VerifyFailure> {
-    if result.as_ref().is_ok_and(|s| s.last_checkpoint.is_some()) {
-        return result;
-    }
-    if shared(config) {
-        audit::judged(
-            result,
-            false,
-            "no broker writes this file log (the offline commands that do sign it when they end)",
-        )
-    } else {
-        audit::judged(
-            result,
-            super::offline::running_daemon(config).is_ok(),
-            "no daemon runs for this data directory",
-        )
-    }
-}
-
 /// One chain's verification as JSON (the `--output json` of `audit verify`).
 fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
     let chain = replica.map_or_else(|| "file log".to_owned(), |r| format!("replica {r}"));
@@ -379,7 +353,7 @@ async fn verify_chains(
     let snapshot = chains::snapshot(&mut client).await?;
     let mut results = Vec::new();
     for replica in chains::replicas(&snapshot).await? {
-        let mut result = chains::verify_chain_pinned(
+        let result = chains::verify_chain_pinned(
             &snapshot,
             replica,
             verifier,
@@ -387,14 +361,7 @@ async fn verify_chains(
             pins.of(Some(replica)),
         )
         .await?;
-        if result.as_ref().is_ok_and(|s| s.last_checkpoint.is_none()) {
-            result = audit::judged(
-                result,
-                chains::writer_live(&snapshot, replica).await?,
-                &format!("no broker holds replica {replica}'s lease"),
-            );
-        }
-        results.push((Some(replica), result));
+        results.push((Some(replica), audit::judged(result)));
     }
     Ok(results)
 }
@@ -516,11 +483,7 @@ fn export_all(
                 config.audit.max_unanchored(),
             )
             .await?;
-            if let Err(f) = audit::judged(
-                verified,
-                false,
-                "an export signs only what a checkpoint signed",
-            ) {
+            if let Err(f) = audit::judged(verified) {
                 return Err(format!("replica {replica}'s audit chain does not verify ({f}); export refused — see runbooks/audit-verification.md"));
             }
             let cps = chains::checkpoints(&snapshot, replica).await?;

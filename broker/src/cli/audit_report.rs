@@ -65,20 +65,16 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         // passes, the two results differ and the chain is reported as failed.
         let bar = Bar::new(Output::shows_progress(None));
         let dir = config.audit_dir();
-        let first = super::audit::judged_file_log(
-            &config,
-            audit::verify_log_with(&dir, &verifier, max, &bar),
-        );
+        let first = audit::judged(audit::verify_log_with(&dir, &verifier, max, &bar));
         let upto = first
             .as_ref()
             .ok()
             .map(|s| (s.bytes, s.last_seq.unwrap_or(0)));
         let mut second = None;
         builder.chain("file log", &first, |each| {
-            second = Some(super::audit::judged_file_log(
-                &config,
-                audit::verify_log_visit(&dir, &verifier, max, upto, &bar, each),
-            ));
+            second = Some(audit::judged(audit::verify_log_visit(
+                &dir, &verifier, max, upto, &bar, each,
+            )));
         });
         // The same records, ending in the same hash (checkpoints signed meanwhile may
         // differ in number, not in what they prove).
@@ -102,14 +98,8 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
             // One repeatable-read snapshot: the chain verified is the chain summed up.
             let snapshot = chains::snapshot(&mut client).await?;
             for replica in chains::replicas(&snapshot).await? {
-                let mut verified = chains::verify_chain(&snapshot, replica, &verifier, max).await?;
-                if verified.as_ref().is_ok_and(|s| s.last_checkpoint.is_none()) {
-                    verified = audit::judged(
-                        verified,
-                        chains::writer_live(&snapshot, replica).await?,
-                        &format!("no broker holds replica {replica}'s lease"),
-                    );
-                }
+                let verified =
+                    audit::judged(chains::verify_chain(&snapshot, replica, &verifier, max).await?);
                 let lines = chains::ChainLines {
                     client: &snapshot,
                     replica,

@@ -118,26 +118,6 @@ pub async fn replicas(client: &impl GenericClient) -> Result<Vec<u32>, String> {
         .collect()
 }
 
-/// Whether a broker holds `replica`'s lease now (`replica/<n>`, not yet expired), so that
-/// its writer is there to sign the chain's records after the last checkpoint. A lease no
-/// broker could have renewed (expiring further ahead than [`crate::replica::LEASE_TTL`]:
-/// a row written by hand to pass for a running broker) does not count.
-///
-/// # Errors
-/// On a database error.
-pub async fn writer_live(client: &impl GenericClient, replica: u32) -> Result<bool, String> {
-    let ttl = i64::try_from(crate::replica::LEASE_TTL.as_millis()).unwrap_or(i64::MAX);
-    client
-        .query_opt(
-            "SELECT 1 FROM credbroker_leases WHERE name = $1 AND expires_at > now() \
-             AND expires_at <= now() + make_interval(secs => $2::bigint / 1000.0)",
-            &[&format!("replica/{replica}"), &ttl],
-        )
-        .await
-        .map(|row| row.is_some())
-        .map_err(|e| format!("database: {e}"))
-}
-
 /// The line of record `seq` of `replica`'s chain, if there is one.
 ///
 /// # Errors

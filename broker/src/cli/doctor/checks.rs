@@ -317,12 +317,12 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
     if crate::audit::segments::has_file_log(&config.audit_dir()) {
         let checked =
             crate::audit::verify_since_last_checkpoint(&config.audit_dir(), &verifier, max);
-        out.push(match crate::cli::audit::judged_file_log(config, checked) {
+        out.push(match crate::audit::judged(checked) {
             Ok(s) => Finding::ok(
                 "audit.checkpoint",
                 match s.last_checkpoint {
                     Some(cp) => format!("the last signed checkpoint (sequence {cp}) verifies with the public key, and the log chains on from it to {}", s.last_seq.unwrap_or(cp)),
-                    None => format!("no checkpoint yet (its writer runs, and signs its first batch at once); the {} record(s) chain from genesis", s.records),
+                    None => "no audit record yet".to_owned(),
                 },
             ),
             Err(f) => Finding::fail("audit.checkpoint", f.to_string(), fix),
@@ -340,12 +340,10 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
             let mut results = Vec::new();
             for replica in crate::audit::chains::replicas(&snapshot).await? {
                 let r = crate::audit::chains::verify_tail(&snapshot, replica, &verifier, max).await;
-                // Unsigned from its first record: no checkpoint at all (`audit verify`
-                // fails such a chain unless its broker runs).
-                let unsigned = matches!(r, Ok(Some((1, _))))
-                    && !crate::audit::chains::writer_live(&snapshot, replica).await?;
+                // Unsigned from its first record: no checkpoint at all, which a broker
+                // never leaves (`audit::never_signed`).
                 results.push((replica, r.and_then(|tail| match tail {
-                    Some((1, last)) if unsigned => Err(format!("records 1..{last} and no signed checkpoint, and no broker holds replica {replica}'s lease: the public key vouches for none of them")),
+                    Some((1, last)) => Err(format!("records 1..{last} and no signed checkpoint, though a broker signs its first batch at once: the public key vouches for none of them")),
                     other => Ok(other),
                 })));
             }
