@@ -4034,6 +4034,18 @@ async fn no_webhook_is_confirmed_with_github_while_the_audit_log_fails() {
     );
 }
 
+/// A request to the setup callback with a state the broker never issued (refused, and
+/// charged to the source's rate budget like any request on that route).
+async fn setup_with_an_unknown_state(public: &mut BrokerClient) -> (u16, Value) {
+    call(
+        public,
+        Method::GET,
+        "/callbacks/github_app/setup?installation_id=1001&state=x",
+        None,
+    )
+    .await
+}
+
 /// GitHub sends every App's deliveries from its own shared addresses, and our App is public:
 /// anyone can install it on an account of their own and have GitHub send signed events at
 /// will, which the broker ignores. Those deliveries took the public listener's per-source
@@ -4066,13 +4078,7 @@ async fn signed_deliveries_are_not_rate_limited_by_other_tenants_events() {
         let (s, v) = webhook(&mut env.public, &json!({"action": "suspend", "installation": {"id": 1001, "account": {"login": "acme-org"}}, "sender": {"login": "once"}}), None).await;
         assert!(s == 200 || s == 403, "{v}");
     }
-    let (s, v) = call(
-        &mut env.public,
-        Method::GET,
-        "/callbacks/github_app/setup?installation_id=1001&state=x",
-        None,
-    )
-    .await;
+    let (s, v) = setup_with_an_unknown_state(&mut env.public).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
 
     // Wrongly signed deliveries are refused, and spend the source's budget: within a burst
@@ -4082,13 +4088,7 @@ async fn signed_deliveries_are_not_rate_limited_by_other_tenants_events() {
         let (s, v) = webhook(&mut env.public, &suspend, Some(bad)).await;
         assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     }
-    let (s, v) = call(
-        &mut env.public,
-        Method::GET,
-        "/callbacks/github_app/setup?installation_id=1001&state=x",
-        None,
-    )
-    .await;
+    let (s, v) = setup_with_an_unknown_state(&mut env.public).await;
     assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
     // An unsigned request is limited before anything else.
     let (s, v) = webhook(&mut env.public, &suspend, Some("")).await;
