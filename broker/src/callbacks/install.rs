@@ -508,12 +508,18 @@ impl CallbackService {
             } else {
                 format!("{reason}; not kept: the unclaimed list is full")
             });
-            let receipt = self.commit_locked(denied, batch, true).await?;
+            // The refusal is the answer even when keeping the installation failed (its
+            // unclaimed record changed meanwhile: the denial and the failure are both on
+            // the record).
+            let audit_id = match self.commit_locked(denied, batch, true).await {
+                Ok(receipt) => Some(receipt.audit_id),
+                Err(failed) => failed.audit_id,
+            };
             return Err(Failure {
                 err: rejected(
                     "this installation belongs to another account than the one expected for your organisation; nothing was bound (an operator has been told)",
                 ),
-                audit_id: Some(receipt.audit_id),
+                audit_id,
                 anonymous: false,
                 unproven: false,
             });

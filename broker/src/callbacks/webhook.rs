@@ -65,6 +65,16 @@ impl CallbackService {
         // provider knows whether it still holds. When the provider cannot be asked, the
         // event is not acted on (503).
         let mut refuted = false;
+        if !matches!(
+            verified,
+            CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. }
+        ) {
+            // A replay is refused before the admin lock (and checked again under it): one
+            // captured body sent in a loop, never rate-limited once its signature verified,
+            // must not hold every change behind it.
+            self.refuse_replay(provider.id(), delivery.as_deref())
+                .await?;
+        }
         if let CallbackEvent::Removed { identifier } | CallbackEvent::Suspended { identifier } =
             &verified
         {
