@@ -1095,6 +1095,24 @@ async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
     let v: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert_eq!((c, &v["verified"]), (1, &json!(false)), "{v}");
+    // The doctor fails it too.
+    let (_, out, err) = daemon.cli(&["doctor", "--config", &config, "--output", "json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let finding = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "audit.checkpoint")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(finding["status"], "fail", "{finding}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no signed checkpoint"),
+        "{finding}"
+    );
     // Nor is it exported under the key, or summed up in a report.
     let (c, out, err) = daemon.cli(&["audit", "export", "--config", &config]);
     assert_ne!(c, 0, "an export signed records no checkpoint signs: {out}");
