@@ -143,3 +143,38 @@ pub(super) async fn call_github(
             )))
         })
 }
+
+/// `DELETE /installation/token`, authenticated by `token` itself: revokes an installation
+/// token nobody was handed (a probe's, or one in an answer the broker refused), within
+/// `timeout`. Best effort: a token it cannot revoke expires within the hour, said in the log.
+pub(super) async fn revoke_installation_token(
+    timeout_ms: u64,
+    base: &str,
+    token: SecretString,
+    installation: u64,
+    timeout: Duration,
+) {
+    let result = call_github(
+        timeout_ms,
+        base,
+        Auth::Bearer(token.expose_secret().to_owned()),
+        http::Method::DELETE,
+        "/installation/token",
+        None,
+        timeout,
+    )
+    .await;
+    match result {
+        Ok(a) if a.status == 204 => {}
+        Ok(a) => tracing::warn!(
+            installation,
+            status = a.status,
+            "a GitHub token nobody was handed could not be revoked; it expires within the hour"
+        ),
+        Err(e) => tracing::warn!(
+            installation,
+            error = %e,
+            "a GitHub token nobody was handed could not be revoked; it expires within the hour"
+        ),
+    }
+}

@@ -21,9 +21,10 @@ mod inbound;
 mod keys;
 pub mod lint;
 mod permissions;
+mod probe;
 
 use answer::{error_for, message_of, to_credential, Answer};
-use client::{call_github, Auth};
+use client::{call_github, revoke_installation_token, Auth};
 pub(crate) mod settings;
 
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -49,8 +50,8 @@ pub use settings::{GithubSettings, ID};
 
 use crate::{
     BindingContext, Bound, CachePolicy, Callbacks, CeilingEnforcement, InstalledAccount,
-    IssuedCredential, MintRequest, Narrowing, PlatformKeys, Probe, ProbeReport, Provider,
-    ProviderError, Revocation, SecretRequirement,
+    IssuedCredential, MintRequest, Narrowing, PlatformKeys, Probe, Provider, ProviderError,
+    Revocation, SecretRequirement,
 };
 
 /// The media type every REST API request accepts (`Accept`).
@@ -561,119 +562,6 @@ impl Provider for GithubApp {
 
     fn callbacks(&self) -> Option<&dyn Callbacks> {
         Some(self)
-    }
-}
-
-#[async_trait]
-impl Probe for GithubApp {
-    fn gates_activation(&self) -> bool {
-        true
-    }
-
-    async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
-        let bound = request.binding.bound.get::<GithubBinding>()?;
-        let installation = bound.installation;
-        // The installation's account first (with the App JWT): an installation of another
-        // account is refused before any token for it exists.
-        let info = self
-            .read_installation(installation, request.timeout)
-            .await?;
-        if info.status != 200 {
-            return Err(error_for(info, installation));
-        }
-        let text = |pointer: &str| {
-            crate::quoted(
-                info.body
-                    .pointer(pointer)
-                    .and_then(Value::as_str)
-                    .unwrap_or("?"),
-                100,
-            )
-        };
-        let (login, kind) = (text("/account/login"), text("/account/type"));
-        let id = info.body.pointer("/account/id").and_then(Value::as_u64);
-        let mut renamed = String::new();
-        if let Some(pin) = &bound.account {
-            // The numeric id decides: it stays when an organisation is renamed, and a login
-            // is only a name.
-            if id != Some(pin.id) {
-                return Err(ProviderError::ActivationRefused {
-                    reason: crate::RefusalReason::AccountMismatch,
-                    message: format!(
-                        "installation {installation} belongs to {login} ({}), not to the account this binding names: {} ({})",
-                        id.map_or("?".to_owned(), |i| i.to_string()),
-                        crate::quoted(&pin.login, 100),
-                        pin.id
-                    ),
-                    upstream_request_id: info.request_id.clone(),
-                });
-            }
-            if !login.eq_ignore_ascii_case(&pin.login) {
-                renamed = format!(" (named {} when bound)", crate::quoted(&pin.login, 100));
-            }
-        }
-        let (answer, _) = self
-            .mint_token(
-                installation,
-                &TokenRequest::from_ceiling(&bound.ceiling),
-                request.timeout,
-            )
-            .await?;
-        if answer.status != 201 {
-            return Err(error_for(answer, installation));
-        }
-        // The probe's token is not needed any more: revoked before the probe answers.
-        if let Some(token) = answer::issued_token(&answer.body) {
-            revoke_installation_token(
-                self.settings.timeout_ms,
-                &self.settings.api_base_url,
-                SecretString::from(token.to_owned()),
-                installation,
-                request.timeout,
-            )
-            .await;
-        }
-        Ok(ProbeReport {
-            summary: format!(
-                "installation {installation} on {kind} {login}{renamed}; token minted within the ceiling"
-            ),
-            facts: Value::Null,
-        })
-    }
-}
-
-/// `DELETE /installation/token`, authenticated by `token` itself: revokes an installation
-/// token nobody was handed (a probe's, or one in an answer the broker refused), within
-/// `timeout`. Best effort: a token it cannot revoke expires within the hour, said in the log.
-async fn revoke_installation_token(
-    timeout_ms: u64,
-    base: &str,
-    token: SecretString,
-    installation: u64,
-    timeout: Duration,
-) {
-    let result = call_github(
-        timeout_ms,
-        base,
-        Auth::Bearer(token.expose_secret().to_owned()),
-        http::Method::DELETE,
-        "/installation/token",
-        None,
-        timeout,
-    )
-    .await;
-    match result {
-        Ok(a) if a.status == 204 => {}
-        Ok(a) => tracing::warn!(
-            installation,
-            status = a.status,
-            "a GitHub token nobody was handed could not be revoked; it expires within the hour"
-        ),
-        Err(e) => tracing::warn!(
-            installation,
-            error = %e,
-            "a GitHub token nobody was handed could not be revoked; it expires within the hour"
-        ),
     }
 }
 

@@ -1,0 +1,90 @@
+//! The activation probe of a `github_app` binding: the installation's account checked
+//! against the binding's pin with the App JWT, then one token minted within the ceiling and
+//! revoked again before the probe answers.
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use serde_json::Value;
+
+use super::answer::{self, error_for};
+use super::client::revoke_installation_token;
+use super::{GithubApp, GithubBinding, TokenRequest};
+use crate::{MintRequest, Probe, ProbeReport, ProviderError};
+
+#[async_trait]
+impl Probe for GithubApp {
+    fn gates_activation(&self) -> bool {
+        true
+    }
+
+    async fn probe(&self, request: &MintRequest<'_>) -> Result<ProbeReport, ProviderError> {
+        let bound = request.binding.bound.get::<GithubBinding>()?;
+        let installation = bound.installation;
+        // The installation's account first (with the App JWT): an installation of another
+        // account is refused before any token for it exists.
+        let info = self
+            .read_installation(installation, request.timeout)
+            .await?;
+        if info.status != 200 {
+            return Err(error_for(info, installation));
+        }
+        let text = |pointer: &str| {
+            crate::quoted(
+                info.body
+                    .pointer(pointer)
+                    .and_then(Value::as_str)
+                    .unwrap_or("?"),
+                100,
+            )
+        };
+        let (login, kind) = (text("/account/login"), text("/account/type"));
+        let id = info.body.pointer("/account/id").and_then(Value::as_u64);
+        let mut renamed = String::new();
+        if let Some(pin) = &bound.account {
+            // The numeric id decides: it stays when an organisation is renamed, and a login
+            // is only a name.
+            if id != Some(pin.id) {
+                return Err(ProviderError::ActivationRefused {
+                    reason: crate::RefusalReason::AccountMismatch,
+                    message: format!(
+                        "installation {installation} belongs to {login} ({}), not to the account this binding names: {} ({})",
+                        id.map_or("?".to_owned(), |i| i.to_string()),
+                        crate::quoted(&pin.login, 100),
+                        pin.id
+                    ),
+                    upstream_request_id: info.request_id.clone(),
+                });
+            }
+            if !login.eq_ignore_ascii_case(&pin.login) {
+                renamed = format!(" (named {} when bound)", crate::quoted(&pin.login, 100));
+            }
+        }
+        let (answer, _) = self
+            .mint_token(
+                installation,
+                &TokenRequest::from_ceiling(&bound.ceiling),
+                request.timeout,
+            )
+            .await?;
+        if answer.status != 201 {
+            return Err(error_for(answer, installation));
+        }
+        // The probe's token is not needed any more: revoked before the probe answers.
+        if let Some(token) = answer::issued_token(&answer.body) {
+            revoke_installation_token(
+                self.settings.timeout_ms,
+                &self.settings.api_base_url,
+                SecretString::from(token.to_owned()),
+                installation,
+                request.timeout,
+            )
+            .await;
+        }
+        Ok(ProbeReport {
+            summary: format!(
+                "installation {installation} on {kind} {login}{renamed}; token minted within the ceiling"
+            ),
+            facts: Value::Null,
+        })
+    }
+}
