@@ -283,6 +283,24 @@ impl TestPki {
     }
 }
 
+/// The arguments of `credbroker audit <what> --config <config> <flag> <path>`: an audit
+/// command (`export --output`, `report --json`) writing to a file.
+pub fn audit_to_file<'a>(
+    what: &'a str,
+    config: &'a str,
+    flag: &'a str,
+    path: &'a Path,
+) -> [&'a str; 6] {
+    [
+        "audit",
+        what,
+        "--config",
+        config,
+        flag,
+        path.to_str().unwrap(),
+    ]
+}
+
 /// An audit public key that signed nothing here: `<dir>/other/k.pub` (its private key beside
 /// it), for a verifier given the wrong key.
 pub fn another_audit_key(dir: &Path) -> PathBuf {

@@ -459,19 +459,30 @@ async fn an_export_of_a_tampered_log_is_refused() {
     assert!(err.contains("does not verify"), "{err}");
 }
 
+/// A daemon with `audit_toml` (an `[audit]` section) and two tenants seeded by an operator.
+async fn seeded_with(root: &Path, pki: &TestPki, audit_toml: &str) -> Daemon {
+    let options = DaemonOptions {
+        extra_toml: audit_toml.into(),
+        ..DaemonOptions::default()
+    };
+    let daemon = Daemon::start(root, pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    daemon
+}
+
 /// Re-chains `records` from index `from` on: every later `prev_hash` and `hash` recomputed,
 /// as a forger who can write the file (but has no key) would.
 /// A daemon signing a checkpoint every 5 records in batches of at most 4 (at most 9 unsigned
 /// records), seeded (tenants t1, t2, worker w1), after `n` resolves of i1 by w1.
 async fn seeded_with_resolves(n: usize) -> (tempfile::TempDir, std::sync::Arc<TestPki>, Daemon) {
     let (tmp, pki) = setup();
-    let options = DaemonOptions {
-        extra_toml: "[audit]\ncheckpoint_every_records = 5\nmax_batch = 4\n".into(),
-        ..DaemonOptions::default()
-    };
-    let daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
+    let daemon = seeded_with(
+        tmp.path(),
+        &pki,
+        "[audit]\ncheckpoint_every_records = 5\nmax_batch = 4\n",
+    )
+    .await;
     let mut w1 = pki.client_for("w1", &daemon.url);
     for _ in 0..n {
         let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
@@ -672,13 +683,12 @@ async fn forgeries_with_recomputed_hashes_fail_verification_and_start_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_and_an_empty_export_are_named_as_such() {
     let (tmp, pki) = setup();
-    let options = DaemonOptions {
-        extra_toml: "[audit]\ncheckpoint_every_records = 3\nmax_batch = 2\n".into(),
-        ..DaemonOptions::default()
-    };
-    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
+    let mut daemon = seeded_with(
+        tmp.path(),
+        &pki,
+        "[audit]\ncheckpoint_every_records = 3\nmax_batch = 2\n",
+    )
+    .await;
     daemon.stop(); // a final signed checkpoint
     let config = daemon.config.to_str().unwrap().to_owned();
     let public_key = daemon.data_dir.join("keys/audit-signing.pub");
@@ -689,14 +699,7 @@ async fn a_wrong_key_and_an_empty_export_are_named_as_such() {
     assert!(out.contains("not the key that signed this log"), "{out}");
 
     let export = tmp.path().join("all.jsonl");
-    let (c, _, err) = run_cli(&[
-        "audit",
-        "export",
-        "--config",
-        &config,
-        "--output",
-        export.to_str().unwrap(),
-    ]);
+    let (c, _, err) = run_cli(&audit_to_file("export", &config, "--output", &export));
     assert_eq!(c, 0, "{err}");
     let (c, out) = verify_export_cli(&export, &other_key);
     assert_eq!(c, 1, "{out}");
@@ -778,14 +781,7 @@ async fn a_public_key_swapped_beside_the_log_is_refused() {
     assert_ne!(c, 0, "{out}");
     assert!(out.contains("is not the public key"), "{out}");
     let report = tmp.path().join("report.json");
-    let (c, out, err) = run_cli(&[
-        "audit",
-        "report",
-        "--config",
-        &config,
-        "--json",
-        report.to_str().unwrap(),
-    ]);
+    let (c, out, err) = run_cli(&audit_to_file("report", &config, "--json", &report));
     assert_ne!(c, 0, "{out}");
     assert!(err.contains("is not the public key"), "{err}");
     assert!(!report.exists(), "a report verified with the swapped key");
@@ -859,13 +855,7 @@ fn verify_within(config: &str, seconds: u64, what: &str) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
     let (tmp, pki) = setup();
-    let options = DaemonOptions {
-        extra_toml: "[audit]\nsegment_records = 3\n".into(),
-        ..DaemonOptions::default()
-    };
-    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
+    let mut daemon = seeded_with(tmp.path(), &pki, "[audit]\nsegment_records = 3\n").await;
     daemon.stop();
     let config = daemon.config.to_str().unwrap().to_owned();
     let (c, out) = verify_within(&config, 30, "the genuine log");
@@ -1062,13 +1052,7 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
     let (tmp, pki) = setup();
-    let options = DaemonOptions {
-        extra_toml: "[audit]\ncheckpoint_interval_s = 3600\n".into(),
-        ..DaemonOptions::default()
-    };
-    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
+    let mut daemon = seeded_with(tmp.path(), &pki, "[audit]\ncheckpoint_interval_s = 3600\n").await;
     let config = daemon.config.to_str().unwrap().to_owned();
     let other_key = another_audit_key(tmp.path());
     // Killed long before its interval's checkpoint: the first batch's is there.
@@ -1118,14 +1102,7 @@ async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
     assert_ne!(c, 0, "an export signed records no checkpoint signs: {out}");
     assert!(err.contains("export refused"), "{err}");
     let report = tmp.path().join("report.json");
-    let (c, out, err) = daemon.cli(&[
-        "audit",
-        "report",
-        "--config",
-        &config,
-        "--json",
-        report.to_str().unwrap(),
-    ]);
+    let (c, out, err) = daemon.cli(&audit_to_file("report", &config, "--json", &report));
     assert_eq!(c, 1, "{out}{err}");
     // Started on it, the broker signs what it found, and says so in the log.
     daemon.restart();

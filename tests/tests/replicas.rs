@@ -306,14 +306,7 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
 
     // One export holds every chain; each document verifies, and removing one is found.
     let export = tmp.path().join("export.jsonl");
-    let (c, out, err) = set.cli(&[
-        "audit",
-        "export",
-        "--config",
-        &config,
-        "--output",
-        export.to_str().unwrap(),
-    ]);
+    let (c, out, err) = set.cli(&audit_to_file("export", &config, "--output", &export));
     assert_eq!(c, 0, "{out}{err}");
     let key = set.daemons[0].data_dir.join("keys/audit-signing.pub");
     let verify_export = |path: &std::path::Path| {
@@ -334,14 +327,7 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
     // The audit report reads the same chains a page at a time: every acknowledged resolve
     // is counted in its replica's chain.
     let report = tmp.path().join("report.json");
-    let (c, out, err) = set.cli(&[
-        "audit",
-        "report",
-        "--config",
-        &config,
-        "--json",
-        report.to_str().unwrap(),
-    ]);
+    let (c, out, err) = set.cli(&audit_to_file("report", &config, "--json", &report));
     assert_eq!(c, 0, "{out}{err}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -1327,14 +1313,7 @@ async fn a_chain_no_broker_signed_fails_verify_with_any_key() {
         "{err}"
     );
     let report = tmp.path().join("report.json");
-    let (c, out, err) = set.cli(&[
-        "audit",
-        "report",
-        "--config",
-        &config,
-        "--json",
-        report.to_str().unwrap(),
-    ]);
+    let (c, out, err) = set.cli(&audit_to_file("report", &config, "--json", &report));
     assert_eq!(c, 1, "{out}{err}");
     // A lease row written by hand to pass for a running broker changes nothing.
     db.execute(
