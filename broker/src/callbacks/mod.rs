@@ -105,9 +105,9 @@ pub struct CallbackAnswer {
     pub location: Option<String>,
     /// `Set-Cookie` binding the state to this browser.
     pub set_cookie: Option<String>,
-    /// Refused before anything proved who sent it (a missing or wrong signature, an unknown
-    /// state, an unknown provider): what the public listener charges to its source's rate
-    /// budget when the route was let through uncharged.
+    /// Refused before anything proved who sent it (a missing or wrong signature or token, an
+    /// unreadable body, an unknown provider): what the public listener charges to its
+    /// source's rate budget when the route was let through uncharged (a signed delivery).
     pub unauthenticated_refusal: bool,
 }
 
