@@ -1315,6 +1315,33 @@ async fn a_chain_no_broker_signed_fails_verify_with_any_key() {
     let report = tmp.path().join("report.json");
     let (c, out, err) = set.cli(&audit_to_file("report", &config, "--json", &report));
     assert_eq!(c, 1, "{out}{err}");
+    // The doctor fails that chain, and only that one.
+    let (_, out, err) = set.cli(&["doctor", "--config", &config, "--output", "json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let finding = |check: &str| {
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {check}: {v:#}"))
+    };
+    let forged = finding("audit.checkpoint.replica_7");
+    assert_eq!(forged["status"], "fail", "{forged}");
+    assert!(
+        forged["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no signed checkpoint"),
+        "{forged}"
+    );
+    let real = set
+        .scalar("SELECT min(replica)::bigint FROM credbroker_audit WHERE replica <> 7")
+        .await;
+    let genuine = finding(&format!("audit.checkpoint.replica_{real}"));
+    assert_eq!(genuine["status"], "ok", "{genuine}");
     // A lease row written by hand to pass for a running broker changes nothing.
     db.execute(
         "INSERT INTO credbroker_leases (name, holder, expires_at) VALUES ('replica/7', 'forged', now() + interval '10 seconds')",
