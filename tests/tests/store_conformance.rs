@@ -6,6 +6,7 @@
 //! - Every record type round-trips through the typed layer (`Records` and `Batch`).
 //! - A batch is all or nothing: a failed precondition (absent, present, unchanged) writes
 //!   nothing.
+//! - The pre-check of a batch's preconditions agrees with its commit.
 //! - Concurrent conflicting commits: of many writers claiming one identifier, consuming one
 //!   callback state or replacing one record as read, exactly one wins; a tenant removal and
 //!   an instance add planned from the same state never both land.
@@ -297,6 +298,44 @@ async fn a_batch_is_all_or_nothing(store: &Arc<dyn Store>) {
     assert_eq!(keys, vec!["p/1", "p/10", "p/2"]);
 }
 
+/// The pre-check (`Records::preconditions_hold`, which lets a change that lost a race be
+/// refused before its audit record is written) says what the commit would: each kind of
+/// precondition, judged on the store as it is now, and one on a key an earlier operation of
+/// the batch writes left to the commit.
+async fn the_pre_check_judges_as_the_commit_does(records: &Records) {
+    let t = Table::Identifiers;
+    let mut put = Batch::new();
+    put.push(Op::Put(t, "pre/a".into(), b"one".to_vec()));
+    records.commit(put).await.unwrap();
+    let judged = |ops: Vec<Op>| async move {
+        let mut batch = Batch::new();
+        for op in ops {
+            batch.push(op);
+        }
+        let pre = records.preconditions_hold(&batch).await.unwrap();
+        let committed = records.commit(batch).await.is_ok();
+        assert_eq!(pre, committed, "the pre-check and the commit disagree");
+        pre
+    };
+    let a = || "pre/a".to_owned();
+    let b = || "pre/b".to_owned();
+    assert!(judged(vec![Op::ExpectValue(t, a(), b"one".to_vec())]).await);
+    assert!(!judged(vec![Op::ExpectValue(t, a(), b"two".to_vec())]).await);
+    assert!(!judged(vec![Op::ExpectValue(t, b(), b"one".to_vec())]).await);
+    assert!(judged(vec![Op::ExpectPresent(t, a())]).await);
+    assert!(!judged(vec![Op::ExpectPresent(t, b())]).await);
+    assert!(judged(vec![Op::ExpectAbsent(t, b())]).await);
+    assert!(!judged(vec![Op::ExpectAbsent(t, a())]).await);
+    // Written first by the batch itself: the commit judges it, after the write.
+    assert!(
+        judged(vec![
+            Op::Put(t, "pre/c".into(), b"new".to_vec()),
+            Op::ExpectValue(t, "pre/c".into(), b"new".to_vec()),
+        ])
+        .await
+    );
+}
+
 /// A pass over a table (`scan_each`) sees every row under its prefix once, in key order,
 /// across more than one PostgreSQL page, as `scan` does; an error of the callback stops it
 /// and is returned.
@@ -549,6 +588,7 @@ async fn every_backend_conforms() {
             every_record_type_round_trips(&records).await;
             a_batch_is_all_or_nothing(&store).await;
             a_pass_reads_every_row_once(&store).await;
+            the_pre_check_judges_as_the_commit_does(&records).await;
             conflicting_commits_have_one_winner(&records).await;
             changes_are_reported_and_the_cache_follows(store.clone()).await;
             // The schema version on disk must be one this build reads.
