@@ -263,6 +263,7 @@ fn a_second_pass_over_a_growing_log_verifies_the_same_records() {
         &verifier,
         max,
         Some((first.bytes, first.last_seq.unwrap())),
+        None,
         &silent,
         &mut |_| seen += 1,
     )

@@ -930,6 +930,31 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     let config = daemon.config.to_str().unwrap().to_owned();
     let verify_pinned =
         |pin: &Path| verify_with_key(&config, &public_key, &["--pinned", pin.to_str().unwrap()]);
+    // `audit report --pinned` judges each chain as `audit verify --pinned` does.
+    let (json_out, html_out) = (tmp.path().join("r.json"), tmp.path().join("r.html"));
+    let report_pinned = |pin: &Path| {
+        let _ = std::fs::remove_file(&json_out);
+        let (c, out, err) = run_cli(&[
+            "audit",
+            "report",
+            "--config",
+            &config,
+            "--public-key",
+            public_key.to_str().unwrap(),
+            "--pinned",
+            pin.to_str().unwrap(),
+            "--json",
+            json_out.to_str().unwrap(),
+            "--html",
+            html_out.to_str().unwrap(),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&json_out).unwrap_or_else(|e| panic!("{e}: {out}{err}")),
+        )
+        .unwrap();
+        let html = std::fs::read_to_string(&html_out).unwrap();
+        (c, v, html)
+    };
     // The auditors' copies: checkpoints.log, and an export.
     let checkpoints = daemon.data_dir.join("audit/checkpoints.log");
     let original_cps = std::fs::read(&checkpoints).unwrap();
@@ -943,6 +968,11 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
         let (c, out) = verify_pinned(pin);
         assert_eq!(c, 0, "{out}");
         assert!(out.contains("pinned record(s) found unchanged"), "{out}");
+        let (c, v, html) = report_pinned(pin);
+        assert_eq!((c, &v["verified"]), (0, &json!(true)), "{v:#}");
+        assert!(v["chains"][0]["pinned"].as_u64().unwrap() > 0, "{v:#}");
+        assert_eq!(v["pinned_copy"], json!(pin.to_str().unwrap()), "{v:#}");
+        assert!(html.contains("id=\"pinned\""), "{html}");
     }
 
     // The last record rewritten, the final checkpoint (the one over it) removed: the broker
@@ -996,6 +1026,20 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
                 && out.contains("differs from the pinned copy"),
             "{out}"
         );
+        let (c, v, _) = report_pinned(pin);
+        let failure = &v["chains"][0]["failure"];
+        assert_eq!(
+            (c, &v["verified"], &failure["seq"]),
+            (1, &json!(false), &json!(n)),
+            "{v:#}"
+        );
+        assert!(
+            failure["reason"]
+                .as_str()
+                .unwrap()
+                .contains("differs from the pinned copy"),
+            "{v:#}"
+        );
     }
 
     // The whole log removed: "no records" on the host, a failure against the copy.
@@ -1015,6 +1059,18 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
         assert!(
             out.contains("records removed, or the log rolled back"),
             "{out}"
+        );
+        let (c, v, _) = report_pinned(pin);
+        assert_eq!((c, &v["verified"]), (1, &json!(false)), "{v:#}");
+        assert!(
+            v["chains"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|ch| ch["failure"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("records removed") || r.contains("no such chain"))),
+            "{v:#}"
         );
     }
 

@@ -1181,6 +1181,25 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
     let (c, out) = pinned(&set);
     assert_eq!(c, 0, "{out}");
     assert!(out.contains("pinned record(s) found unchanged"), "{out}");
+    // `audit report --pinned` judges the chains as `audit verify --pinned` does.
+    let report = d.root.join("pinned-report.json");
+    let report_pinned = |set: &ReplicaSet| {
+        let mut args = audit_to_file("report", &config, "--json", &report).to_vec();
+        args.extend(["--pinned", pin.to_str().unwrap()]);
+        let (c, out, err) = set.cli(&args);
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&report).unwrap_or_else(|e| panic!("{e}: {out}{err}")),
+        )
+        .unwrap();
+        (c, v)
+    };
+    let (c, v) = report_pinned(&set);
+    assert_eq!((c, &v["verified"]), (0, &json!(true)), "{v:#}");
+    assert!(
+        v["chains"][0]["pinned"].as_u64().unwrap() > 0,
+        "{:#}",
+        v["chains"]
+    );
 
     db.batch_execute(
         "INSERT INTO credbroker_audit (replica, seq, line) \
@@ -1244,6 +1263,21 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
     assert!(
         out.contains(&format!("replica {real}")) && out.contains("no such chain (removed)"),
         "{out}"
+    );
+    let (c, v) = report_pinned(&set);
+    assert_eq!((c, &v["verified"]), (1, &json!(false)), "{v:#}");
+    let gone = v["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ch| ch["label"] == format!("replica {real}"))
+        .unwrap_or_else(|| panic!("{:#}", v["chains"]));
+    assert!(
+        gone["failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no such chain (removed)"),
+        "{gone}"
     );
 
     db.batch_execute("INSERT INTO credbroker_audit (replica, seq, line) VALUES (-2, 1, 'x')")

@@ -571,6 +571,25 @@ impl Pins {
         self.chains.get(&chain)
     }
 
+    /// The chains the copy pins that are not among `present` (every record of theirs
+    /// deleted), each failed at its first record.
+    pub fn missing_chains(&self, present: &[Option<u32>]) -> Vec<(Option<u32>, VerifyFailure)> {
+        self.chains
+            .iter()
+            .filter(|(chain, _)| !present.contains(chain))
+            .map(|(chain, pinned)| {
+                let last = pinned.keys().next_back().copied().unwrap_or(0);
+                (
+                    *chain,
+                    VerifyFailure {
+                        seq: 1,
+                        reason: format!("the pinned copy holds this chain's records up to {last}, but the log has no such chain (removed)"),
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Whether the copy pins nothing.
     pub fn is_empty(&self) -> bool {
         self.chains.is_empty()

@@ -256,21 +256,12 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
             results.extend(runtime()?.block_on(verify_chains(&config, &verifier, &pins))?);
         }
         // A chain the copy pins that is not there at all (its records deleted, every row).
-        for chain in pins.chains() {
-            if !results.iter().any(|(r, _)| *r == chain) {
-                let last = pins
-                    .of(chain)
-                    .and_then(|p| p.keys().next_back().copied())
-                    .unwrap_or(0);
-                results.push((
-                    chain,
-                    Err(VerifyFailure {
-                        seq: 1,
-                        reason: format!("the pinned copy holds this chain's records up to {last}, but the log has no such chain (removed)"),
-                    }),
-                ));
-            }
-        }
+        let present: Vec<Option<u32>> = results.iter().map(|(r, _)| *r).collect();
+        results.extend(
+            pins.missing_chains(&present)
+                .into_iter()
+                .map(|(chain, f)| (chain, Err(f))),
+        );
         results
     };
     if args.output == Some(Output::Json) {

@@ -35,6 +35,12 @@ pub struct ReportArgs {
     /// elsewhere).
     #[arg(long)]
     public_key: Option<PathBuf>,
+    /// A copy of the log's signed checkpoints kept off the host (a copy of
+    /// audit/checkpoints.log, or an earlier `audit export` file), as `audit verify --pinned`
+    /// takes it: every record it vouches for must still be in the log, unchanged, or the
+    /// chain is reported as failed.
+    #[arg(long, value_name = "FILE")]
+    pinned: Option<PathBuf>,
 }
 
 /// Runs `audit report`: exit 0 when every chain verified, 1 when one did not (the report is
@@ -54,6 +60,12 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         .unwrap_or_else(|| config.audit_public_key_file());
     let key_text = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
     let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
+    let pins = match &args.pinned {
+        Some(path) => audit::Pins::from_path(path, &verifier)
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        None => audit::Pins::default(),
+    };
+    let mut present = Vec::new();
     let fingerprint = hex::encode(digest(&SHA256, key_text.trim_ascii()).as_ref());
     let mut builder = ReportBuilder::new(window);
     let max = config.audit.max_unanchored();
@@ -65,7 +77,14 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         // passes, the two results differ and the chain is reported as failed.
         let bar = Bar::new(Output::shows_progress(None));
         let dir = config.audit_dir();
-        let first = audit::judged(audit::verify_log_with(&dir, &verifier, max, &bar));
+        let first = audit::judged(audit::verify_log_pinned(
+            &dir,
+            &verifier,
+            max,
+            pins.of(None),
+            &bar,
+        ));
+        present.push(None);
         let upto = first
             .as_ref()
             .ok()
@@ -73,7 +92,13 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         let mut second = None;
         builder.chain("file log", &first, |each| {
             second = Some(audit::judged(audit::verify_log_visit(
-                &dir, &verifier, max, upto, &bar, each,
+                &dir,
+                &verifier,
+                max,
+                upto,
+                pins.of(None),
+                &bar,
+                each,
             )));
         });
         // The same records, ending in the same hash (checkpoints signed meanwhile may
@@ -98,8 +123,17 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
             // One repeatable-read snapshot: the chain verified is the chain summed up.
             let snapshot = chains::snapshot(&mut client).await?;
             for replica in chains::replicas(&snapshot).await? {
-                let verified =
-                    audit::judged(chains::verify_chain(&snapshot, replica, &verifier, max).await?);
+                present.push(Some(replica));
+                let verified = audit::judged(
+                    chains::verify_chain_pinned(
+                        &snapshot,
+                        replica,
+                        &verifier,
+                        max,
+                        pins.of(Some(replica)),
+                    )
+                    .await?,
+                );
                 let lines = chains::ChainLines {
                     client: &snapshot,
                     replica,
@@ -118,11 +152,17 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
             Ok::<_, String>(())
         })?;
     }
-    let summary = builder.finish(
+    // A chain the copy pins that is not there at all (its records deleted, every row).
+    for (chain, failure) in pins.missing_chains(&present) {
+        let label = chain.map_or_else(|| "file log".to_owned(), |r| format!("replica {r}"));
+        builder.chain(&label, &Err(failure), |_| {});
+    }
+    let mut summary = builder.finish(
         fingerprint,
         key.display().to_string(),
         args.public_key.is_some(),
     );
+    summary.pinned_copy = args.pinned.as_ref().map(|p| p.display().to_string());
     write(args, &summary)?;
     Ok(if summary.verified {
         ExitCode::SUCCESS

@@ -238,6 +238,23 @@ fn verification(out: &mut String, s: &ReportSummary) {
              <code>--public-key</code>.</p>\n",
         );
     }
+    match &s.pinned_copy {
+        Some(copy) => {
+            let (copy, n) = (esc(copy), num(s.chains.iter().map(|c| c.pinned).sum()));
+            let _ = writeln!(
+                out,
+                "<p class=\"note\" id=\"pinned\">Checked against the copy of the checkpoints \
+                 kept off the host, <code>{copy}</code>: {n} record(s) it vouches for found \
+                 unchanged.</p>"
+            );
+        }
+        None => out.push_str(
+            "<p class=\"note\" id=\"no-pinned-copy\">Not checked against a copy of the \
+             checkpoints kept off the host: a log rolled back, emptied, or rewritten after its \
+             latest checkpoints were removed verifies on the host alone. Make the report with \
+             <code>--pinned</code>.</p>\n",
+        ),
+    }
     let (key, src) = (esc(&s.public_key_sha256), esc(&s.public_key_source));
     let (filter, at) = (filter_text(s), esc(&s.generated_at));
     let _ = write!(
@@ -509,6 +526,7 @@ mod tests {
             checkpoints: 12,
             last_checkpoint: Some(1197),
             unanchored: 3,
+            pinned: 0,
             last_checkpoint_time: Some("2025-01-02T03:04:05Z".into()),
         }
     }
@@ -541,6 +559,7 @@ mod tests {
             verified: true,
             public_key_sha256: "ab".repeat(32),
             public_key_source: "/etc/credbroker/audit.pub".into(),
+            pinned_copy: None,
             chains: vec![chain("file log")],
             records: 50,
             resolves_by_outcome: outcomes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -577,6 +596,13 @@ mod tests {
     fn esc_escapes_script_in_tenant() {
         assert_eq!(esc("<script>\"&'"), "&lt;script&gt;&quot;&amp;&#39;");
         assert!(render(&summary()).contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        // The pinned copy's path is the operator's text: escaped too.
+        let mut s = summary();
+        s.pinned_copy = Some(XSS.into());
+        s.chains[0].pinned = 1197;
+        let page = render(&s);
+        assert!(page.contains("id=\"pinned\"") && page.contains("1,197 record(s)"));
+        assert!(!page.contains(XSS) && !page.contains("id=\"no-pinned-copy\""));
     }
 
     #[test]
@@ -585,6 +611,7 @@ mod tests {
         assert_self_contained(&page);
         assert!(page.contains("id=\"verification\" class=\"banner ok\" data-verified=\"true\""));
         assert!(page.contains("Audit log verified") && page.contains("No gap"));
+        assert!(page.contains("id=\"no-pinned-copy\"") && !page.contains("id=\"pinned\""));
         assert!(page.contains("<svg") && page.contains("1 hour per bar"));
         assert!(page.contains("<tr data-outcome=\"denied\">"));
         assert!(page.contains("<td class=\"count\">3</td>"));

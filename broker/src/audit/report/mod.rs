@@ -35,6 +35,9 @@ pub struct ReportSummary {
     pub public_key_sha256: String,
     /// The file the public key was read from.
     pub public_key_source: String,
+    /// The copy of the checkpoints kept off the host the chains were checked against
+    /// (`--pinned`), if one was given.
+    pub pinned_copy: Option<String>,
     /// One entry per chain (the file log, and each replica's chain on a shared store).
     pub chains: Vec<ChainReport>,
     /// Records inside the window (and tenant).
@@ -108,6 +111,8 @@ pub struct ChainReport {
     pub last_checkpoint: Option<u64>,
     /// Records after the last checkpoint (not yet signed; the writer signs them soon).
     pub unanchored: u64,
+    /// Records found unchanged as the pinned copy (`--pinned`) held them.
+    pub pinned: u64,
     /// Time of the last checkpointed record, if known.
     pub last_checkpoint_time: Option<String>,
 }
@@ -382,6 +387,7 @@ impl ReportBuilder {
             checkpoints: verified.as_ref().map_or(0, |s| s.checkpoints),
             last_checkpoint,
             unanchored: last_seq.map_or(0, |l| l.saturating_sub(last_checkpoint.unwrap_or(0))),
+            pinned: verified.as_ref().map_or(0, |s| s.pinned),
             last_checkpoint_time,
         });
     }
@@ -467,6 +473,7 @@ impl ReportBuilder {
             public_key_pinned,
             public_key_sha256,
             public_key_source,
+            pinned_copy: None,
             chains: self.chains,
             records: self.records,
             resolves_by_outcome,

@@ -83,7 +83,7 @@ pub fn verify_log_pinned(
 /// order, and never one after a record that failed. With `upto` = (bytes, last sequence) of
 /// an earlier verification, only those bytes are read and only checkpoints up to that
 /// sequence count (the daemon may have signed later ones meanwhile): the same log is
-/// verified again.
+/// verified again. With `pins`, as [`verify_log_pinned`].
 ///
 /// # Errors
 /// As [`verify_log`].
@@ -92,6 +92,7 @@ pub fn verify_log_visit(
     verifier: &AuditVerifier,
     max_unanchored: u64,
     upto: Option<(u64, u64)>,
+    pins: Option<&std::collections::BTreeMap<u64, String>>,
     progress: &dyn Progress,
     visit: &mut dyn FnMut(&AuditRecord),
 ) -> Result<VerifySummary, VerifyFailure> {
@@ -102,7 +103,7 @@ pub fn verify_log_visit(
         upto,
         progress,
         Some(visit),
-        None,
+        pins,
     )
 }
 
