@@ -202,6 +202,14 @@ pub trait Callbacks: Send + Sync {
         let _ = pin;
         None
     }
+
+    /// The pin an exclusive identifier is (the inverse of [`Callbacks::pin_identifier`]):
+    /// a binding of that identifier added any other way is refused while another tenant's
+    /// install link for that pin is out.
+    fn identifier_pin(&self, identifier: &str) -> Option<InstalledAccount> {
+        let _ = identifier;
+        None
+    }
 }
 
 /// A credential an upstream attached to a verified invocation (a Forge app system token):

@@ -731,18 +731,65 @@ async fn consent_takeover_attempts_are_refused() {
             .contains("already out for another tenant"),
         "{v}"
     );
-    // A link still out when the account is bound to someone else (bound here by hand;
-    // a link from before an upgrade, or issued on another replica in the same moment) can
-    // no longer take it, and nothing is minted for ACME on t1's behalf. No new link is
-    // issued for t1.
+    // Nor does the operator bind ACME to t2 by hand meanwhile (t2's customer naming ACME's
+    // GUID): ACME's admin consenting through t1's link would give t2's binding the consent
+    // its probe finds.
+    let by_hand = json!({"owner": "team-tests", "purpose": "integration test", "id": BINDING, "tenant": "t2", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME}});
     let (s, v) = call(
         &mut env.op,
         Method::POST,
         "/v1/admin/bindings",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": BINDING, "tenant": "t2", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME}})),
+        Some(by_hand.clone()),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already out for another tenant"),
+        "{v}"
+    );
+    // A link still out when the account is bound to someone else (links from before this
+    // check, set aside here while the binding is added by hand) can no longer take it, and
+    // nothing is minted for ACME on t1's behalf. No new link is issued for t1.
+    use credbroker::store::{Batch, Op, SledStore, Store, Table};
+    env.daemon.stop();
+    let links = {
+        let store = SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
+        let links = store
+            .scan(Table::Identifiers, "callback-state:")
+            .await
+            .unwrap();
+        let mut batch = Batch::new();
+        for (key, _) in &links {
+            batch.push(Op::Delete(Table::Identifiers, key.clone()));
+        }
+        store.commit(batch).await.unwrap();
+        links
+    };
+    env.daemon.restart();
+    env.op = env.pki.client_for("op", &env.daemon.url);
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(by_hand),
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    env.daemon.stop();
+    {
+        let store = SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
+        let mut batch = Batch::new();
+        for (key, raw) in links {
+            batch.push(Op::Put(Table::Identifiers, key, raw));
+        }
+        store.commit(batch).await.unwrap();
+    }
+    env.daemon.restart();
+    env.op = env.pki.client_for("op", &env.daemon.url);
+    env.public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
     let acme_before = token_requests_for(&env.entra, ACME);
     let (s, v) = consent_round(
         &mut env.public,

@@ -23,7 +23,46 @@ pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(ErrorCode::Internal, "CSPRNG failure"))
 }
 
+/// The refusal of a link or a binding for `identifier` while another tenant's link for it
+/// is out.
+fn link_out_conflict(identifier: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!("an install link for {identifier} is already out for another tenant: it must expire first, or be revoked before it is opened (credbroker onboard links, onboard revoke ID); an opened or used one blocks until it expires"),
+    )
+}
+
 impl AdminService {
+    /// Whether an install link of `provider` pinning the account `login` is out for a tenant
+    /// other than `tenant`. A link that can no longer complete (revoked, or its issuer
+    /// disabled, removed or re-enabled since) blocks nobody, unless it was opened: the
+    /// customer's admin may be on the consent page, and their consent would count for the
+    /// other tenant. Such a link blocks until it expires.
+    async fn link_out_for_another_tenant(
+        &self,
+        provider: &str,
+        login: &str,
+        tenant: &str,
+    ) -> Result<bool, ApiError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let links = self
+            .core
+            .records
+            .live_links_pinning(provider, login, now)
+            .await
+            .map_err(store_err)?;
+        for other in links.iter().filter(|s| s.tenant != tenant) {
+            if other.opens > 0
+                || self
+                    .issuer_alive(other.creator.as_deref(), other.creator_revision)
+                    .await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The tenant's parameters for `provider`, generating (into `plan`) the missing ones.
     async fn tenant_parameters(
         &self,
@@ -148,6 +187,39 @@ impl AdminService {
                     tenant: b.tenant.to_string(),
                     binding: Some(b.id.to_string()),
                 },
+            );
+            // An identifier that is itself an install link's pin (Entra's tenant GUID),
+            // bound by any path (by hand above all): not while another tenant's link for it
+            // is out, as no link is issued while this tenant's is. The customer's admin
+            // consenting through that link would prove the consent this binding's probe
+            // only finds. Passed through the pin's record as read, as an issuance is: of a
+            // link and a binding for one GUID committing at once, one fails.
+            let Some(pin) = provider
+                .callbacks()
+                .and_then(|cb| cb.identifier_pin(&identifier))
+            else {
+                continue;
+            };
+            let (key, read) = r
+                .link_pin(provider.id(), &pin.login)
+                .await
+                .map_err(store_err)?;
+            if self
+                .link_out_for_another_tenant(provider.id(), &pin.login, b.tenant.as_str())
+                .await?
+            {
+                return Err(link_out_conflict(&identifier));
+            }
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            plan.batch.pass_link_pin(
+                &key,
+                read.as_ref(),
+                &LinkPin::bound(
+                    read.as_ref().map(|r| &r.value),
+                    provider.id(),
+                    b.tenant.as_str(),
+                    now,
+                ),
             );
         }
         // A site bound by any path (its first invocation, a claim, by hand) is no longer
@@ -332,32 +404,11 @@ impl AdminService {
                 // Nor while another tenant holds a live link for it: the account's consent
                 // through one link would prove a grant "newer than the link" for the other
                 // link too, so two links for one account are never out at once.
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                let others = self
-                    .core
-                    .records
-                    .live_links_pinning(provider.id(), &pin.login, now)
-                    .await
-                    .map_err(store_err)?;
-                // A link that can no longer complete (revoked, or its issuer disabled,
-                // removed or re-enabled since) blocks nobody, unless it was opened: the
-                // customer's admin may be on the consent page, and their consent would count
-                // for the new link. Such a link blocks until it expires.
-                let mut blocking = false;
-                for other in others.iter().filter(|s| s.tenant != tenant.as_str()) {
-                    blocking = other.opens > 0
-                        || self
-                            .issuer_alive(other.creator.as_deref(), other.creator_revision)
-                            .await?;
-                    if blocking {
-                        break;
-                    }
-                }
+                let blocking = self
+                    .link_out_for_another_tenant(provider.id(), &pin.login, tenant.as_str())
+                    .await?;
                 if blocking {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!("an install link for {identifier} is already out for another tenant: it must expire first, or be revoked before it is opened (credbroker onboard links, onboard revoke ID); an opened or used one blocks until it expires"),
-                    ));
+                    return Err(link_out_conflict(&identifier));
                 }
             }
             let base = self.core.public_base_url().ok_or_else(|| {

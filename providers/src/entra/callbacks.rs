@@ -102,6 +102,14 @@ impl Callbacks for EntraApp {
         guid(&pin.login).map(|t| super::tenant_identifier(&t))
     }
 
+    fn identifier_pin(&self, identifier: &str) -> Option<InstalledAccount> {
+        let tenant = guid(identifier.strip_prefix(super::TENANT_IDENTIFIER_PREFIX)?)?;
+        Some(InstalledAccount {
+            login: tenant,
+            id: 0,
+        })
+    }
+
     fn check_pin(&self, pin: InstalledAccount) -> Result<InstalledAccount, String> {
         let tenant = guid(&pin.login).ok_or(
             "the customer's Entra tenant must be a tenant GUID (not common, organizations or a domain name)",

@@ -78,8 +78,11 @@ struct EntraBinding {
 
 /// The exclusive identifier of a customer tenant.
 pub fn tenant_identifier(guid: &str) -> String {
-    format!("entra_tenant:{guid}")
+    format!("{TENANT_IDENTIFIER_PREFIX}{guid}")
 }
+
+/// What [`tenant_identifier`] puts before the GUID.
+const TENANT_IDENTIFIER_PREFIX: &str = "entra_tenant:";
 
 fn denied(message: String, request_id: Option<String>) -> ProviderError {
     ProviderError::Denied {

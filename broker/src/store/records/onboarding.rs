@@ -141,6 +141,19 @@ impl LinkPin {
             passes: read.map_or(0, |r| r.passes).wrapping_add(1),
         }
     }
+
+    /// The record a binding of the pinned identifier to `tenant` writes over `read` at `now`
+    /// (Unix seconds): it changes the record, so an issuance planned before it fails, and
+    /// extends no link's life.
+    pub fn bound(read: Option<&LinkPin>, provider: &str, tenant: &str, now: i64) -> LinkPin {
+        LinkPin {
+            provider: provider.to_owned(),
+            tenant: tenant.to_owned(),
+            issued_at: now,
+            expires_at: read.map_or(now, |r| r.expires_at),
+            passes: read.map_or(0, |r| r.passes).wrapping_add(1),
+        }
+    }
 }
 
 fn link_pin_key(provider: &str, login: &str) -> String {
@@ -478,6 +491,46 @@ mod tests {
         );
         assert_eq!(expired.len(), 1, "{expired:?}");
         assert!(expired[0].0.starts_with("link-pin:"), "{expired:?}");
+    }
+
+    /// A binding of the pinned identifier and an issuance planned from one read of the pin
+    /// record: whichever lands first, the other fails its precondition.
+    #[tokio::test]
+    async fn a_binding_and_a_link_planned_together_do_not_both_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let guid = "11111111-2222-4333-8444-55555555aaaa";
+        let provider = "entra_multi_tenant";
+        let mut link = state_record();
+        link.expires_at = 500;
+        for binding_first in [true, false, true] {
+            let (key, read) = records.link_pin(provider, guid).await.unwrap();
+            let value = read.as_ref().map(|r| &r.value);
+            let mut bind = Batch::new();
+            bind.pass_link_pin(
+                &key,
+                read.as_ref(),
+                &LinkPin::bound(value, provider, "t2", 7),
+            );
+            let mut issue = Batch::new();
+            issue.pass_link_pin(&key, read.as_ref(), &LinkPin::passed(value, &link, 7));
+            let (first, second) = if binding_first {
+                (bind, issue)
+            } else {
+                (issue, bind)
+            };
+            records.commit(first).await.unwrap();
+            assert!(
+                matches!(
+                    records.commit(second).await,
+                    Err(StoreError::Precondition { .. })
+                ),
+                "a binding and a link for one GUID both landed (binding first: {binding_first})"
+            );
+        }
+        // A bind extends no link's life.
+        let (_, read) = records.link_pin(provider, guid).await.unwrap();
+        assert_eq!(read.unwrap().value.expires_at, 500);
     }
 
     /// A state is stored under its hash: the store holds no live state in clear, and a
