@@ -20,6 +20,7 @@ use crate::ids::BindingId;
 pub use crate::keys::loaded::{take_kek_from_env, BrokerKeys};
 
 mod core;
+pub(crate) use self::core::secret_read_failed;
 pub(crate) mod keyring_check;
 use crate::keys::{FingerprintKey, KeyError, Keyring};
 use crate::metrics::Metrics;

@@ -456,6 +456,18 @@ async fn a_superseded_version_copied_over_the_active_one_is_refused() {
     let (s, v) = resolve(&mut both, json!({"instance_id": "i2"})).await;
     assert_eq!((s, code(&v)), (500, "internal"), "{v}");
     assert!(!v.to_string().contains("t2-token"), "{v}");
+    // The store's own words (the record's key, what is wrong with it) are for the
+    // operator's log, not for the worker.
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.ends_with("store read failed") && !message.contains("b2/"),
+        "{v}"
+    );
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("store read of a sealed secret failed") && logs.contains("b2/0000000002"),
+        "{logs}"
+    );
 }
 
 /// A tenant `platform` planted in the store (the id is reserved: `tenant add` refuses it)

@@ -186,7 +186,7 @@ impl AdminService {
                     .records
                     .secret_version(&binding.id, v)
                     .await
-                    .map_err(|e| ProviderError::Internal(format!("store: {e}")))?
+                    .map_err(|e| crate::broker::secret_read_failed(binding, &e))?
                     .ok_or(ProviderError::SecretMissing)?;
                 Some(self.core.open_sealed(binding, &sealed.value)?)
             }

@@ -138,7 +138,7 @@ impl Core {
         self.records
             .shared_secret_version(&binding.id, version)
             .await
-            .map_err(|e| ProviderError::Internal(format!("store: {e}")))?
+            .map_err(|e| secret_read_failed(binding, &e))?
             .ok_or(ProviderError::SecretMissing)
     }
 
@@ -162,4 +162,12 @@ impl Core {
             ProviderError::Internal("stored secret could not be opened".into())
         })
     }
+}
+
+/// A store failure reading a binding's sealed secret: logged for the operator, answered with
+/// no word of the store's own (a database's error text, a key) to the worker or operator who
+/// asked.
+pub(crate) fn secret_read_failed(binding: &Binding, e: &crate::store::StoreError) -> ProviderError {
+    tracing::error!(binding = %binding.id, error = %e, "store read of a sealed secret failed");
+    ProviderError::Internal("store read failed".into())
 }
