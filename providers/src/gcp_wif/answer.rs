@@ -35,8 +35,10 @@ fn token_text(v: Option<&Value>) -> Option<&str> {
 }
 
 /// Printable, bounded text of an upstream message (never a secret: Google's error texts).
-fn clean(s: &str) -> String {
-    crate::quoted(s, 300)
+/// Upstream text for a message: quoted, and withheld when it repeats what the request sent
+/// (`sent`: the assertion or the federated token; an echo, by Google or a proxy before it).
+fn clean(s: &str, sent: &[&str]) -> String {
+    crate::quoted_unless_echo(s, 300, sent)
 }
 
 fn denied(message: String, trust_broken: bool) -> ProviderError {
@@ -60,8 +62,9 @@ fn unavailable(message: String) -> ProviderError {
 /// `Denied` for Google's refusals (`unauthorized_client`: the customer's attribute condition
 /// rejected our assertion; `invalid_grant`: its issuer, keys or claims; `invalid_target`: the pool or
 /// provider is disabled, deleted or wrong — both flag the trust as broken), `Unavailable`
-/// for 429, 5xx and unreadable answers.
-pub fn sts_answer(status: u16, body: &[u8]) -> Result<StsToken, ProviderError> {
+/// for 429, 5xx and unreadable answers. Google's text is quoted in a message only when it
+/// repeats nothing of `sent` (the assertion the exchange sent).
+pub fn sts_answer(status: u16, body: &[u8], sent: &[&str]) -> Result<StsToken, ProviderError> {
     if body.len() > MAX_ANSWER {
         return Err(unavailable(format!(
             "GCP STS answered {status} with an oversized body"
@@ -75,11 +78,14 @@ pub fn sts_answer(status: u16, body: &[u8]) -> Result<StsToken, ProviderError> {
         return Err(unavailable(format!("GCP STS HTTP {status}: not JSON")));
     };
     if status != 200 {
-        let error = v.get("error").and_then(Value::as_str).map(clean);
+        let error = v
+            .get("error")
+            .and_then(Value::as_str)
+            .map(|t| clean(t, sent));
         let description = v
             .get("error_description")
             .and_then(Value::as_str)
-            .map(clean)
+            .map(|t| clean(t, sent))
             .unwrap_or_default();
         return Err(match error.as_deref() {
             Some(e @ ("invalid_grant" | "unauthorized_client")) => denied(
@@ -155,7 +161,14 @@ pub fn refused_by_grant(status: u16, body: &[u8]) -> bool {
 /// 12 h away. An expiry later than the `lifetime_s` asked for is taken as now + `lifetime_s`:
 /// Google ends the token then, and a token said to live longer would be served from the
 /// cache after it stopped working (a clock behind Google's by minutes changes nothing).
-pub fn iam_answer(status: u16, body: &[u8], lifetime_s: u64) -> Result<AccessToken, ProviderError> {
+/// Google's text is quoted in a message only when it repeats nothing of `sent` (the
+/// federated token the request sent).
+pub fn iam_answer(
+    status: u16,
+    body: &[u8],
+    lifetime_s: u64,
+    sent: &[&str],
+) -> Result<AccessToken, ProviderError> {
     if body.len() > MAX_ANSWER {
         return Err(unavailable(format!(
             "IAM Credentials answered {status} with an oversized body"
@@ -171,12 +184,12 @@ pub fn iam_answer(status: u16, body: &[u8], lifetime_s: u64) -> Result<AccessTok
         let gstatus = e
             .and_then(|e| e.get("status"))
             .and_then(Value::as_str)
-            .map(clean)
+            .map(|t| clean(t, sent))
             .unwrap_or_default();
         let message = e
             .and_then(|e| e.get("message"))
             .and_then(Value::as_str)
-            .map(clean)
+            .map(|t| clean(t, sent))
             .unwrap_or_default();
         let broken = matches!(status, 403 | 404);
         return Err(denied(
@@ -220,19 +233,21 @@ mod tests {
 
     #[test]
     fn sts_answers() {
-        let ok = sts_answer(200, br#"{"access_token":"ya29.x","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3599}"#).unwrap();
+        let ok = sts_answer(200, br#"{"access_token":"ya29.x","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3599}"#, &[]).unwrap();
         assert!(ok.expires_at > OffsetDateTime::now_utc() + time::Duration::seconds(3500));
         assert!(sts_answer(
             200,
-            br#"{"access_token":"ya29.x","token_type":"Bearer","expires_in":"3599"}"#
+            br#"{"access_token":"ya29.x","token_type":"Bearer","expires_in":"3599"}"#,
+            &[]
         )
         .is_ok());
-        let e = sts_answer(400, br#"{"error":"invalid_grant","error_description":"The given credential is rejected by the attribute condition."}"#).err().unwrap();
+        let e = sts_answer(400, br#"{"error":"invalid_grant","error_description":"The given credential is rejected by the attribute condition."}"#, &[]).err().unwrap();
         assert_eq!(code(&e), ("denied", true));
         assert!(e.to_string().contains("attribute condition"));
         let e = sts_answer(
             400,
             br#"{"error":"invalid_target","error_description":"x"}"#,
+            &[],
         )
         .err()
         .unwrap();
@@ -240,6 +255,7 @@ mod tests {
         let e = sts_answer(
             400,
             br#"{"error":"invalid_request","error_description":"x"}"#,
+            &[],
         )
         .err()
         .unwrap();
@@ -250,10 +266,14 @@ mod tests {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
         let long = format!(r#"{{"accessToken":"a","expireTime":"{in_two_hours}"}}"#);
-        let held = iam_answer(200, long.as_bytes(), 3600).unwrap().expires_at;
+        let held = iam_answer(200, long.as_bytes(), 3600, &[])
+            .unwrap()
+            .expires_at;
         assert!(held <= OffsetDateTime::now_utc() + time::Duration::hours(1));
         assert!(held >= now + time::Duration::hours(1));
-        let held = iam_answer(200, long.as_bytes(), 7200).unwrap().expires_at;
+        let held = iam_answer(200, long.as_bytes(), 7200, &[])
+            .unwrap()
+            .expires_at;
         assert!(held > now + time::Duration::minutes(119));
         for (s, b) in [
             (503, &b"{}"[..]),
@@ -268,7 +288,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                code(&sts_answer(s, b).err().unwrap()).0,
+                code(&sts_answer(s, b, &[]).err().unwrap()).0,
                 "unavailable",
                 "{s}"
             );
@@ -285,7 +305,7 @@ mod tests {
             br#"{"error":"invalid_grant","error_description":"The given credential is rejected by the attribute condition."}"#
         ));
         assert_eq!(
-            code(&sts_answer(400, condition).err().unwrap()),
+            code(&sts_answer(400, condition, &[]).err().unwrap()),
             ("denied", true)
         );
         for other in [
@@ -324,16 +344,18 @@ mod tests {
             200,
             format!(r#"{{"accessToken":"ya29.sa","expireTime":"{t}"}}"#).as_bytes(),
             3600,
+            &[],
         )
         .unwrap();
         assert_eq!(ok.expires_at.unix_timestamp(), in_an_hour.unix_timestamp());
-        let e = iam_answer(403, br#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).","status":"PERMISSION_DENIED"}}"#, 3600).err().unwrap();
+        let e = iam_answer(403, br#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).","status":"PERMISSION_DENIED"}}"#, 3600, &[]).err().unwrap();
         assert_eq!(code(&e), ("denied", true));
         assert!(e.to_string().contains("PERMISSION_DENIED"));
         let e = iam_answer(
             400,
             br#"{"error":{"code":400,"message":"x","status":"INVALID_ARGUMENT"}}"#,
             3600,
+            &[],
         )
         .err()
         .unwrap();
@@ -352,10 +374,34 @@ mod tests {
             (200, br#"{"accessToken":"a"}"#),
         ] {
             assert_eq!(
-                code(&iam_answer(s, b, 3600).err().unwrap()).0,
+                code(&iam_answer(s, b, 3600, &[]).err().unwrap()).0,
                 "unavailable",
                 "{s}"
             );
         }
+    }
+
+    /// Google's text that repeats what the request sent (an echo, by Google or a proxy) is
+    /// withheld from the message: the assertion for STS, the federated token for IAM.
+    #[test]
+    fn an_echo_of_what_was_sent_is_withheld() {
+        let sent = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjYi1ab3EifQ.Zq3sIgNaTuRe_x-Y";
+        let body = format!(
+            r#"{{"error":"invalid_grant","error_description":"bad subject_token {}"}}"#,
+            &sent[20..]
+        );
+        let e = sts_answer(400, body.as_bytes(), &[sent]).err().unwrap();
+        assert_eq!(code(&e), ("denied", true));
+        assert!(!crate::echoes(&e.to_string(), &[sent]), "{e}");
+        assert!(e.to_string().contains("withheld"), "{e}");
+        let body = format!(
+            r#"{{"error":{{"code":401,"message":"token {} expired","status":"UNAUTHENTICATED"}}}}"#,
+            &sent[30..]
+        );
+        let e = iam_answer(401, body.as_bytes(), 3600, &[sent])
+            .err()
+            .unwrap();
+        assert!(!crate::echoes(&e.to_string(), &[sent]), "{e}");
+        assert!(e.to_string().contains("UNAUTHENTICATED"), "{e}");
     }
 }

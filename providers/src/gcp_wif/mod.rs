@@ -92,17 +92,18 @@ impl GcpWif {
         subject: &str,
         request: &MintRequest<'_>,
     ) -> Result<StsToken, ProviderError> {
-        let (status, body) = self.exchange_raw(b, subject, request).await?;
-        sts_answer(status, &body)
+        let (status, body, assertion) = self.exchange_raw(b, subject, request).await?;
+        sts_answer(status, &body, &[assertion.expose_secret()])
     }
 
-    /// The token exchange for `subject`: STS's status and body, unparsed.
+    /// The token exchange for `subject`: STS's status and body, unparsed, and the assertion
+    /// sent (an echo of it in the answer is never quoted).
     async fn exchange_raw(
         &self,
         b: &GcpBinding,
         subject: &str,
         request: &MintRequest<'_>,
-    ) -> Result<(u16, Bytes), ProviderError> {
+    ) -> Result<(u16, Bytes, SecretString), ProviderError> {
         let assertion = request
             .assertions
             .sign(subject, &b.config.assertion_audience())?;
@@ -136,7 +137,7 @@ impl GcpWif {
             .http
             .exchange(req, self.per_request(request.timeout), "GCP STS")
             .await?;
-        Ok((a.status, a.body))
+        Ok((a.status, a.body, assertion))
     }
 
     /// `generateAccessToken` for the binding's service account with the federated token.
@@ -148,7 +149,12 @@ impl GcpWif {
         budget: Duration,
     ) -> Result<AccessToken, ProviderError> {
         let (status, body) = self.impersonate_raw(b, federated, scopes, budget).await?;
-        iam_answer(status, &body, self.settings.lifetime_s)
+        iam_answer(
+            status,
+            &body,
+            self.settings.lifetime_s,
+            &[federated.expose_secret()],
+        )
     }
 
     /// `generateAccessToken`: IAM Credentials' status and body, unparsed.
@@ -198,11 +204,11 @@ impl GcpWif {
         request: &MintRequest<'_>,
     ) -> Result<Option<Refusal>, ProviderError> {
         let foreign = crate::random_subject()?;
-        let (status, body) = self.exchange_raw(b, &foreign, request).await?;
+        let (status, body, assertion) = self.exchange_raw(b, &foreign, request).await?;
         if answer::refused_by_condition(status, &body) {
             return Ok(Some(Refusal::Sts));
         }
-        let federated = sts_answer(status, &body)?;
+        let federated = sts_answer(status, &body, &[assertion.expose_secret()])?;
         let scopes: Vec<String> = b.ceiling.scopes.iter().cloned().collect();
         let (status, body) = self
             .impersonate_raw(b, &federated.access_token, &scopes, request.timeout)
@@ -210,7 +216,13 @@ impl GcpWif {
         if answer::refused_by_grant(status, &body) {
             return Ok(Some(Refusal::Iam));
         }
-        iam_answer(status, &body, self.settings.lifetime_s).map(|_| None)
+        iam_answer(
+            status,
+            &body,
+            self.settings.lifetime_s,
+            &[federated.access_token.expose_secret()],
+        )
+        .map(|_| None)
     }
 }
 

@@ -9,6 +9,9 @@ use credbroker_providers::gcp_wif::answer::{iam_answer, refused_by_grant};
 
 const STATUSES: [u16; 8] = [200, 400, 401, 403, 404, 429, 500, 503];
 
+/// A secret the request sent (an assertion, a federated token).
+const SENT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjYi1ab3EifQ.Zq3sIgNaTuRe_x-Y";
+
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
@@ -16,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     let status = STATUSES[usize::from(selector) % STATUSES.len()];
     // The lifetime asked for: one hour, or the longest an extended lifetime allows.
     let lifetime_s = if selector & 0x80 == 0 { 3600 } else { 43_200 };
-    let _ = iam_answer(status, body, lifetime_s);
+    // What the request sent is never quoted back, whatever the answer.
+    if let Err(e) = iam_answer(status, body, lifetime_s, &[SENT]) {
+        assert!(!credbroker_providers::echoes(&e.to_string(), &[SENT]), "{e}");
+    }
     if refused_by_grant(status, body) {
         let v: serde_json::Value = serde_json::from_slice(body).expect("a JSON body");
         assert_eq!(status, 403);

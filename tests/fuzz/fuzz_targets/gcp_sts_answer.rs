@@ -9,12 +9,18 @@ use credbroker_providers::gcp_wif::answer::{refused_by_condition, sts_answer};
 
 const STATUSES: [u16; 8] = [200, 400, 401, 403, 404, 429, 500, 503];
 
+/// A secret the request sent (an assertion, a federated token).
+const SENT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjYi1ab3EifQ.Zq3sIgNaTuRe_x-Y";
+
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
     let status = STATUSES[usize::from(selector) % STATUSES.len()];
-    let _ = sts_answer(status, body);
+    // What the request sent is never quoted back, whatever the answer.
+    if let Err(e) = sts_answer(status, body, &[SENT]) {
+        assert!(!credbroker_providers::echoes(&e.to_string(), &[SENT]), "{e}");
+    }
     // Taken as the condition's refusal only for a 400 whose OAuth error is
     // unauthorized_client or invalid_grant and whose description names the condition.
     if refused_by_condition(status, body) {
