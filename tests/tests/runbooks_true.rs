@@ -324,11 +324,74 @@ async fn kek_rotation_runbook_as_written_ends_with_a_daemon_that_starts() {
         ]
     );
 
-    // Nothing names version 1 any more: remove it from the keyring (mode kept) and restart.
-    let mut ring: Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
-    assert_eq!(ring["active"], 2);
-    assert!(ring["keys"].as_object_mut().unwrap().remove("1").is_some());
-    std::fs::write(&kek, serde_json::to_vec(&ring).unwrap()).unwrap();
+    // Nothing names version 1 any more: remove it from the keyring with the runbook's own
+    // lines (the copy taken after step 3, then the one-line replacement), the paths made
+    // this test's.
+    let text = runbook("kek-rotation.md");
+    let line = |start: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?}"))
+            .replace("/etc/credbroker/kek.json", kek.to_str().unwrap())
+    };
+    let sh = |script: &str, path: Option<&Path>| {
+        let bash = ["/usr/bin/bash", "/bin/bash"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap();
+        let mut c = std::process::Command::new(bash);
+        c.args(["-c", script]);
+        if let Some(p) = path {
+            c.env("PATH", p);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = sh(&line("cp -p "), None);
+    assert!(ok, "{err}");
+    let rotated = PathBuf::from(format!("{}.rotated", kek.display()));
+    assert_eq!(
+        std::fs::read(&rotated).unwrap(),
+        std::fs::read(&kek).unwrap()
+    );
+    let replace = line("(umask 077 && jq -e");
+    // Without jq (or with a mistyped filter) the empty file it leaves is never moved over
+    // the keyring, the only copy of version 2 but the one just taken.
+    let no_jq = tmp.path().join("no-jq");
+    std::fs::create_dir_all(&no_jq).unwrap();
+    for tool in ["mv", "sync"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(found, no_jq.join(tool)).unwrap();
+    }
+    let before = std::fs::read(&kek).unwrap();
+    let (ok, _) = sh(&replace, Some(&no_jq));
+    assert!(!ok, "the replacement went on without jq");
+    assert_eq!(
+        std::fs::read(&kek).unwrap(),
+        before,
+        "the keyring was replaced"
+    );
+    let (ok, err) = sh(&replace, None);
+    assert!(
+        ok,
+        "the runbook's replacement failed (is jq installed?): {err}"
+    );
+    let ring: Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
+    assert_eq!(ring["active"], 2, "{ring}");
+    assert!(ring["keys"].get("1").is_none() && ring["keys"].get("2").is_some());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kek).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     daemon.restart();
     let mut w1 = pki.client_for("w1", &daemon.url);
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
