@@ -605,3 +605,91 @@ async fn refusals_of_probes_revocations_and_self_rotations_are_audited() {
         assert!(record["actor"].as_str().unwrap().contains("op"), "{record}");
     }
 }
+
+/// Whoever can create entries in the audit directory (a group-writable volume, a local
+/// user) plants links there to have the writer append to, or cut back, a file elsewhere: the
+/// KEK keyring, a key (written without a final newline, which the checkpoint file's recovery
+/// cut to nothing). A rotation refuses a planted next segment (the log fails closed), and a
+/// start refuses `checkpoints.log` as a symbolic link or as a second name of another file (a
+/// hard link); the file elsewhere is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_writes_through_no_planted_link() {
+    let (tmp, pki) = setup();
+    let options = DaemonOptions {
+        extra_toml: "[audit]\nsegment_records = 3\n".into(),
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let victim = tmp.path().join("precious.key");
+    let precious = b"{\"precious\":\"key material\"}";
+    std::fs::write(&victim, precious).unwrap();
+    let audit = daemon.data_dir.join("audit");
+    let add_tenants = async |op: &mut credbroker::client::BrokerClient, from: usize| {
+        for i in from..from + 10 {
+            let (s, v) = call(
+                op,
+                Method::POST,
+                "/v1/admin/tenants",
+                Some(json!({"id": format!("planted{i}")})),
+            )
+            .await;
+            if s != 201 {
+                return Some((s, v));
+            }
+        }
+        None
+    };
+
+    // The next segment, planted as a link while the daemon runs: the rotation that would
+    // open it fails closed.
+    let last = std::fs::read_dir(&audit)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            name.strip_prefix("segment-")?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    let next = audit.join(credbroker::audit::segments::segment_name(last + 1));
+    std::os::unix::fs::symlink(&victim, &next).unwrap();
+    let (s, v) = add_tenants(&mut op, 0)
+        .await
+        .expect("ten records written, none into a new segment");
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    assert_eq!(std::fs::read(&victim).unwrap(), precious);
+    assert!(
+        daemon.logs().contains("is a symbolic link"),
+        "{}",
+        daemon.logs()
+    );
+    daemon.kill_hard();
+    std::fs::remove_file(&next).unwrap();
+
+    // checkpoints.log planted as a link, then as a hard link: the start is refused.
+    let cps = audit.join("checkpoints.log");
+    let real = std::fs::read(&cps).unwrap();
+    std::fs::remove_file(&cps).unwrap();
+    std::os::unix::fs::symlink(&victim, &cps).unwrap();
+    let (exit, err) = daemon.serve_refused(&[]);
+    assert_ne!(exit, 0);
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), precious);
+    std::fs::remove_file(&cps).unwrap();
+    std::fs::hard_link(&victim, &cps).unwrap();
+    let (exit, err) = daemon.serve_refused(&[]);
+    assert_ne!(exit, 0);
+    assert!(err.contains("has another name (a hard link)"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), precious);
+
+    // The links gone, the log takes records again.
+    std::fs::remove_file(&cps).unwrap();
+    std::fs::write(&cps, real).unwrap();
+    daemon.restart();
+    let mut op = pki.client_for("op", &daemon.url);
+    assert!(add_tenants(&mut op, 100).await.is_none());
+}

@@ -345,6 +345,41 @@ pub fn zero(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Checks that `file`, opened at `path` to be written, is the log's own: a regular file
+/// reached without a symbolic link and with no other name (a hard link), or a character
+/// device (the fail-closed tests point the log at /dev/full). Whoever can create entries in
+/// the audit directory could otherwise have the writer append to, or cut back, a file
+/// elsewhere through a planted link — the KEK keyring, a key, a config — or write live
+/// records into a file they own under another name.
+///
+/// # Errors
+/// When `file` is anything else, or cannot be examined.
+pub fn own_file(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let refused = |why: &str| {
+        Err(std::io::Error::other(format!(
+            "{} {why}: the audit log writes only files of its own (nothing was written)",
+            path.display()
+        )))
+    };
+    let opened = file.metadata()?;
+    if opened.file_type().is_char_device() {
+        return Ok(());
+    }
+    if !opened.file_type().is_file() {
+        return refused("is not a regular file");
+    }
+    let named = std::fs::symlink_metadata(path)?;
+    if named.file_type().is_symlink() || (named.dev(), named.ino()) != (opened.dev(), opened.ino())
+    {
+        return refused("is a symbolic link");
+    }
+    if opened.nlink() != 1 {
+        return refused("has another name (a hard link)");
+    }
+    Ok(())
+}
+
 /// Syncs a directory, so a file created, renamed or removed in it stays so after a crash.
 ///
 /// # Errors
@@ -402,7 +437,21 @@ pub fn archive(audit_dir: &Path, seg: &SegmentFile) -> std::io::Result<()> {
     } else if std::fs::hard_link(&seg.path, &target).is_err() {
         let partial = dir.join(format!(".{}.partial", seg.name()));
         let mut from = File::open(&seg.path)?;
-        let mut to = File::create(&partial)?;
+        // A leftover (a crash, or a link planted to redirect the copy) is removed, never
+        // followed: the copy is created fresh.
+        match std::fs::remove_file(&partial) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut to = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&partial)?
+        };
         std::io::copy(&mut from, &mut to)?;
         to.sync_all()?;
         std::fs::hard_link(&partial, &target)?;

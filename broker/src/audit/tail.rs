@@ -88,6 +88,8 @@ pub(super) fn open_append(path: &Path) -> Result<File, AuditError> {
         .create(true)
         .open(path)
         .map_err(open_err)?;
+    // Checked before anything is cut back or appended.
+    super::segments::own_file(&file, path).map_err(open_err)?;
     // A file created here (checkpoints.log on a new log) has its directory entry made durable
     // before anything is written to it: syncing the file alone does not promise the entry
     // survives a crash, and a checkpoint file lost with it leaves the start nothing to

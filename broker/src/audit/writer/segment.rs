@@ -91,6 +91,7 @@ fn create(dir: &Path, n: u64) -> Result<Live, AuditError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| open_err(&path, e))?;
+    segments::own_file(&file, &path).map_err(|e| open_err(&path, e))?;
     segments::sync_dir(dir).map_err(|e| open_err(dir, e))?;
     let filled = file.metadata().map_err(|e| open_err(&path, e))?.len();
     Ok(Live {
@@ -212,6 +213,10 @@ pub(super) fn open_live(config: &AuditConfig) -> Result<(Live, Tail, Option<Torn
             &last.path,
             "records without the segment's header before them (it was removed)".into(),
         ));
+    }
+    if scan.header.is_none() || scan.seal.is_none() {
+        // The live segment is written from here on (a sealed one is only read).
+        segments::own_file(&file, &last.path).map_err(|e| open_err(&last.path, e))?;
     }
     if scan.header.is_none() {
         // Created, nothing written yet: the chain stands where the segment before it ends.
