@@ -80,6 +80,7 @@ pub fn refused(status: StatusCode, message: &str) -> IntakeAnswer {
 pub fn form(
     tenant: &str,
     connector: &str,
+    destination: Option<&str>,
     fields: &[String],
     csrf: &str,
     expires: &str,
@@ -92,8 +93,16 @@ pub fn form(
             "<p><label for=\"f_{name}\">{name}</label><br><input type=\"password\" id=\"f_{name}\" name=\"f_{name}\" autocomplete=\"off\" spellcheck=\"false\"></p>\n"
         ));
     }
+    // Where the credential goes, so that a link made for someone else's instance is seen
+    // for what it is before anything is pasted.
+    let destination = destination.map_or(String::new(), |d| {
+        format!(
+            "<p>It is used with <strong id=\"destination\">{}</strong> only: if that is not your instance, do not enter anything.</p>\n",
+            escape(d)
+        )
+    });
     let body = format!(
-        "<h1>Provide a credential</h1>\n<p>For <strong id=\"tenant\">{}</strong>, connection <strong id=\"connector\">{}</strong>.</p>\n<p>What you enter goes over TLS straight into sealed storage; no one can read it back, and this page never shows it again. The link works until {} or until a credential that works has been stored.</p>\n<form method=\"post\" action=\"\">\n<input type=\"hidden\" name=\"csrf\" value=\"{}\">\n{inputs}<p><button type=\"submit\" id=\"submit\">Store</button></p>\n</form>",
+        "<h1>Provide a credential</h1>\n<p>For <strong id=\"tenant\">{}</strong>, connection <strong id=\"connector\">{}</strong>.</p>\n{destination}<p>What you enter goes over TLS straight into sealed storage; no one can read it back, and this page never shows it again. The link works until {} or until a credential that works has been stored.</p>\n<form method=\"post\" action=\"\">\n<input type=\"hidden\" name=\"csrf\" value=\"{}\">\n{inputs}<p><button type=\"submit\" id=\"submit\">Store</button></p>\n</form>",
         escape(tenant),
         escape(connector),
         escape(expires),
@@ -142,10 +151,21 @@ mod tests {
             escape("<a href='x'>&\"</a>"),
             "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
         );
-        let f = form("T<", "c", &["token".into()], "abc", "soon", "c=1".into());
+        let f = form(
+            "T<",
+            "c",
+            Some("https://jira.example.com/<x>"),
+            &["token".into()],
+            "abc",
+            "soon",
+            "c=1".into(),
+        );
         assert!(!f.html.contains("<script"));
         assert!(!f.html.contains("style="));
         assert!(f.html.contains("type=\"password\""));
+        assert!(f
+            .html
+            .contains("<strong id=\"destination\">https://jira.example.com/&lt;x&gt;</strong>"));
         assert!(f.html.contains("T&lt;"));
     }
 }

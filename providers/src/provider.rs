@@ -331,6 +331,14 @@ pub trait Provider: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Where a pasted secret of a binding with `config` is sent (the origin of the
+    /// customer's instance), shown on the intake form so the customer sees where their
+    /// credential goes before they paste it; `None` when the provider sends it nowhere the
+    /// binding names.
+    fn secret_destination(&self, _config: &Value) -> Option<String> {
+        None
+    }
+
     /// The end-to-end check of a binding, when the provider has one.
     fn probe(&self) -> Option<&dyn Probe> {
         None

@@ -184,7 +184,21 @@ async fn stage_a_version(op: &mut BrokerClient) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
-    let (tmp, _pki, daemon, _sn, mut op, mut public) = start().await;
+    let (tmp, _pki, daemon, sn, mut op, mut public) = start().await;
+    // The binding's audit record says where its secret goes (an insider binding a host of
+    // their own, then removing the binding, leaves that on the record).
+    let added = daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "binding.add" && r["binding"] == "acme-snow")
+        .unwrap();
+    assert!(
+        added["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("config={{\"instance_url\":\"{}\"}}", sn.url)),
+        "{added}"
+    );
     let (path, id) = create_link(&mut op, 3600).await;
 
     // Opening the link (twice: mail scanners prefetch) changes nothing and shows the form.
@@ -218,6 +232,13 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
         .starts_with("text/html"));
     assert!(page.html.contains("id=\"tenant\">t1<"), "{}", page.html);
     assert!(page.html.contains("acme-snow"));
+    // The customer sees where the credential goes before pasting it.
+    assert!(
+        page.html
+            .contains(&format!("<strong id=\"destination\">{}</strong>", sn.url)),
+        "{}",
+        page.html
+    );
     for f in ["client_id", "client_secret"] {
         assert!(
             page.html

@@ -268,9 +268,12 @@ impl AdminService {
         t.revision = t.revision.wrapping_add(1);
         plan.batch.replace(&tenant, &t);
         plan.batch.create(&binding);
+        // What the binding reaches and how far (a pasted secret's destination host, a role
+        // ARN, a Data Center CA): the record of who bound what is incomplete without it,
+        // and `binding remove` deletes the only other copy. A config holds no secret.
         plan.detail = format!(
-            "binding={} provider={} status={:?}",
-            binding.id, binding.provider, binding.status
+            "binding={} provider={} status={:?} config={} ceiling={}",
+            binding.id, binding.provider, binding.status, binding.config, binding.ceiling
         );
         plan.response = json!({ "binding": to_value(&binding) });
         plan.tenant = Some(binding.tenant.to_string());

@@ -345,14 +345,26 @@ impl AdminService {
             "{INTAKE_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
         );
         let expires = crate::model::rfc3339_of_unix(link.expires_at).unwrap_or_default();
+        let destination = self.secret_destination(&link.binding).await;
         pages::form(
             &tenant,
             &link.binding,
+            destination.as_deref(),
             &link.fields,
             &csrf,
             &expires,
             cookie,
         )
+    }
+
+    /// Where the binding of an intake link sends the pasted secret, as its provider says.
+    async fn secret_destination(&self, binding: &str) -> Option<String> {
+        let id = crate::ids::BindingId::parse(binding).ok()?;
+        let b = self.core.records.binding(&id).await.ok().flatten()?;
+        self.core
+            .registry
+            .get(&b.provider)?
+            .secret_destination(&b.config)
     }
 
     fn intake_event(link: &IntakeLink, request_id: &str, action: &str) -> AuditEvent {

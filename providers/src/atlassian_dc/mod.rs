@@ -334,6 +334,12 @@ impl Provider for AtlassianDc {
         })
     }
 
+    fn secret_destination(&self, config: &Value) -> Option<String> {
+        parse_config(config, &self.settings.allowed_hosts)
+            .ok()
+            .map(|(base, _)| base)
+    }
+
     fn secret_fields(&self, _binding: &BindingContext<'_>) -> Vec<String> {
         // The id lets the broker revoke this PAT when it replaces it (optional on the form).
         vec!["token".into(), "token_id".into()]

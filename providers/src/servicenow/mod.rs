@@ -258,6 +258,12 @@ impl Provider for ServiceNow {
         })
     }
 
+    fn secret_destination(&self, config: &Value) -> Option<String> {
+        settings::parse_config(config, &self.settings.allowed_hosts)
+            .ok()
+            .map(|(instance, _)| instance)
+    }
+
     fn secret_fields(&self, _binding: &BindingContext<'_>) -> Vec<String> {
         vec!["client_id".into(), "client_secret".into()]
     }
