@@ -15,33 +15,34 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Upstream text as an error message, a log line or an audit record may quote it: control
-/// characters (line breaks, escapes), Unicode's line and paragraph separators, its
-/// bidirectional overrides and marks (which make a line read other than it is) and its
-/// zero-width characters dropped, at most `max` characters.
+/// Whether `c` is a character [`quoted`] drops: a control character (line breaks, escapes),
+/// Unicode's line and paragraph separators, a bidirectional override or mark (which make a
+/// line read other than it is), or a zero-width or otherwise invisible character (which make
+/// two texts look alike).
+pub fn is_unshowable(c: char) -> bool {
+    c.is_control()
+        || is_bidi_control(c)
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200b}'..='\u{200d}'
+                | '\u{feff}'
+                | '\u{00ad}'
+                | '\u{180e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{206a}'..='\u{206f}'
+                | '\u{fe00}'..='\u{fe0f}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e007f}'
+                | '\u{e0100}'..='\u{e01ef}'
+        )
+}
+
+/// Upstream text as an error message, a log line or an audit record may quote it: every
+/// [`is_unshowable`] character dropped, at most `max` characters.
 pub fn quoted(v: &str, max: usize) -> String {
-    v.chars()
-        .filter(|&c| {
-            !c.is_control()
-                && !is_bidi_control(c)
-                && !matches!(
-                    c,
-                    '\u{2028}'
-                        | '\u{2029}'
-                        | '\u{200b}'..='\u{200d}'
-                        | '\u{feff}'
-                        | '\u{00ad}'
-                        | '\u{180e}'
-                        | '\u{2060}'..='\u{2064}'
-                        | '\u{206a}'..='\u{206f}'
-                        | '\u{fe00}'..='\u{fe0f}'
-                        | '\u{fff9}'..='\u{fffb}'
-                        | '\u{e0000}'..='\u{e007f}'
-                        | '\u{e0100}'..='\u{e01ef}'
-                )
-        })
-        .take(max)
-        .collect()
+    v.chars().filter(|&c| !is_unshowable(c)).take(max).collect()
 }
 
 /// The shortest run of a sent secret (bytes) that, found again in an answer, counts as an echo

@@ -39,8 +39,8 @@ mod secret_json;
 pub mod servicenow;
 
 pub use answer_checks::{
-    echoes, is_bidi_control, is_jwt_text, is_printable, json_node_bound, json_nodes_within,
-    no_later_than, oauth_error_code, quoted, quoted_unless_echo,
+    echoes, is_bidi_control, is_jwt_text, is_printable, is_unshowable, json_node_bound,
+    json_nodes_within, no_later_than, oauth_error_code, quoted, quoted_unless_echo,
 };
 pub use error::{is_request_id, request_id_of, ProviderError, RefusalReason};
 pub use federation::{

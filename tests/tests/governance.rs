@@ -270,7 +270,8 @@ async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
     }
 }
 
-/// Adding a worker or binding without an owner and purpose is refused.
+/// Adding a worker or binding without an owner and purpose is refused, and so are owners,
+/// purposes and tenant names holding what reorders or hides text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_and_purpose_are_required() {
     let (tmp, pki) = setup();
@@ -300,6 +301,24 @@ async fn owner_and_purpose_are_required() {
             "/v1/admin/workers",
             json!({"id": "w9", "tenants": ["t1"], "owner": "a", "purpose": "scan\u{2066}x"}),
         ),
+        // Invisible characters make two owners look alike in the inventory.
+        (
+            "/v1/admin/workers",
+            json!({"id": "w9", "tenants": ["t1"], "owner": "team\u{200b}pay", "purpose": "x"}),
+        ),
+        (
+            "/v1/admin/workers",
+            json!({"id": "w9", "tenants": ["t1"], "owner": "a", "purpose": "line\u{2028}break"}),
+        ),
+        // A tenant's name is shown to the customer on the intake page: the same rules.
+        (
+            "/v1/admin/tenants",
+            json!({"id": "t9", "name": "Acme \u{202e}moc.evil"}),
+        ),
+        (
+            "/v1/admin/tenants",
+            json!({"id": "t9", "name": "x".repeat(201)}),
+        ),
     ] {
         let (s, v) = call(&mut op, Method::POST, path, Some(body.clone())).await;
         assert_eq!((s, code(&v)), (400, "bad_request"), "{body}: {v}");
@@ -311,6 +330,22 @@ async fn owner_and_purpose_are_required() {
     );
     assert_ne!(c, 0);
     assert!(err.contains("--owner"), "{err}");
+    // A tenant's name is on its record.
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t9", "name": " Acme Corp "})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["tenant"]["name"], "Acme Corp");
+    let added = daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "tenant.add" && r["tenant"] == "t9")
+        .unwrap();
+    assert_eq!(added["detail"], "tenant=t9 name=\"Acme Corp\"", "{added}");
 }
 
 fn commits(metrics: &[u8]) -> f64 {

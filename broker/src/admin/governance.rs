@@ -130,15 +130,21 @@ impl GovernanceOp {
     }
 }
 
-fn text(what: &str, value: &str, min: usize) -> Result<String, ApiError> {
+/// `value` trimmed, when it is `min`-200 characters and none of them unshowable.
+///
+/// # Errors
+/// `bad_request` naming `what`.
+pub(super) fn text(what: &str, value: &str, min: usize) -> Result<String, ApiError> {
     let v = value.trim();
     let n = v.chars().count();
-    // Shown to reviewers on terminals and pages: nothing that moves the text around it.
-    let hostile = |c: char| c.is_control() || crate::cli::output::is_bidi_control(c);
-    if n < min || n > 200 || v.chars().any(hostile) {
-        return Err(ApiError::bad_request(format!(
-            "{what} must be {min}-200 printable characters"
-        )));
+    // Shown to reviewers on terminals, pages and CSV: nothing that moves the text around
+    // it, and nothing invisible that makes two names look alike.
+    if n < min || n > 200 || v.chars().any(credbroker_providers::is_unshowable) {
+        return Err(ApiError::bad_request(if min == 0 {
+            format!("{what} must be at most 200 printable characters")
+        } else {
+            format!("{what} must be {min}-200 printable characters")
+        }));
     }
     Ok(v.to_owned())
 }

@@ -328,9 +328,12 @@ impl AdminService {
                 crate::seal::RESERVED_TENANT
             )));
         }
+        // Shown to the customer on the intake page and to reviewers: validated as owner and
+        // purpose are (empty allowed), and on the record.
+        let name = super::governance::text("name", &t.name, 0)?;
         let tenant = Tenant {
             id: t.id,
-            name: t.name,
+            name,
             status: Status::Active,
             revision: 0,
             created_at: now_rfc3339(),
@@ -349,7 +352,7 @@ impl AdminService {
             ));
         }
         let mut plan = Plan::new(
-            format!("tenant={}", tenant.id),
+            format!("tenant={} name={:?}", tenant.id, tenant.name),
             json!({ "tenant": to_value(&tenant) }),
         );
         plan.batch.create(&tenant);
