@@ -1393,4 +1393,17 @@ async fn a_secret_stored_under_its_earlier_fingerprint_is_still_found() {
     )
     .await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    // The unkeyed hash is kept for that comparison only: listed, it would let whoever reads
+    // the list test a leaked or guessed secret offline.
+    let (s, v) = call(
+        &mut op,
+        Method::GET,
+        "/v1/admin/keys/entra_multi_tenant",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let key = &v["keys"][0];
+    assert!(key["fingerprint"].is_null(), "{v}");
+    assert!(!v.to_string().contains(":sha256:"), "{v}");
 }

@@ -20,13 +20,27 @@ use crate::model::{now_rfc3339, KeyState, PlatformKeyRecord, SealedAs};
 use crate::seal::{open, seal, SealContext};
 use crate::store::records::Stored;
 
+/// Whether `fingerprint` is a client secret's unkeyed hash, as releases before keyed
+/// fingerprints stored it (`LABEL:sha256:` and 32 hex digits, see
+/// `credbroker_providers::plain_sha256_prefix`): whoever reads it can test a guessed or
+/// leaked secret against it offline, so it is kept for comparison only, never shown.
+fn unkeyed_secret_hash(fingerprint: &str) -> bool {
+    let mut parts = fingerprint.split(':');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(_), Some("sha256"), Some(hex), None)
+            if hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    )
+}
+
 fn view(k: &PlatformKeyRecord) -> Value {
     // The KEK version wrapping the key's data key; none once retired (its material is
     // destroyed, so no KEK version is needed to keep it: the KEK rotation runbook's check).
     let kek_version = (!k.wrapped_dek.is_empty()).then_some(k.kek_version);
+    let fingerprint = (!unkeyed_secret_hash(&k.fingerprint)).then_some(&k.fingerprint);
     json!({
         "kind": k.kind, "version": k.version, "state": k.state,
-        "fingerprint": k.fingerprint, "created_at": k.created_at,
+        "fingerprint": fingerprint, "created_at": k.created_at,
         "activated_at": k.activated_at, "retired_at": k.retired_at,
         "kek_version": kek_version,
     })
