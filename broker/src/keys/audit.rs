@@ -53,7 +53,13 @@ impl AuditSigner {
             algorithm: "ed25519".into(),
             pkcs8: B64.encode(pkcs8.as_ref()),
         };
-        write_private_file(private_path, &json_exact(&file, false))?;
+        if !super::create_private_file(private_path, &json_exact(&file, false))? {
+            // Another command created it meanwhile: that one is the key, and its public key
+            // is the one to write.
+            let signer = AuditSigner::load(private_path)?;
+            signer.write_public_key(public_path)?;
+            return Ok(signer);
+        }
         let signer = AuditSigner { pair };
         signer.write_public_key(public_path)?;
         Ok(signer)

@@ -91,8 +91,10 @@ impl BrokerKeys {
     /// key (never replaced by a new pair).
     pub fn init(config: &Config) -> Result<Vec<std::path::PathBuf>, KeyError> {
         let mut created = Vec::new();
-        if config.keys.kek_env.is_none() && !config.kek_file().exists() {
-            Keyring::generate()?.save(&config.kek_file())?;
+        if config.keys.kek_env.is_none()
+            && !config.kek_file().exists()
+            && Keyring::generate()?.create(&config.kek_file())?
+        {
             created.push(config.kek_file());
         }
         if !config.audit_key_file().exists() && config.audit_public_key_file().exists() {

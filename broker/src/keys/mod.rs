@@ -101,9 +101,11 @@ fn temporary_of(path: &Path) -> Result<PathBuf, KeyError> {
     let name = path
         .file_name()
         .ok_or_else(|| KeyError::Invalid(format!("{}: not a file name", path.display())))?;
+    // Random per writer: two commands writing one key at once (two `init`s) never remove or
+    // rename each other's half-written file.
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}.tmp", hex::encode(random_bytes(8)?.as_slice())));
     Ok(path.with_file_name(tmp_name))
 }
 
@@ -196,33 +198,65 @@ pub fn lock_file(path: &Path) -> Result<fs::File, LockFailure> {
 /// # Errors
 /// On any I/O failure; the previous file (if any) is then left untouched.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let (dir, tmp) = write_temporary(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
+    sync(&dir)
+}
+
+/// Writes `bytes` to `path` with mode 0600 when no file is there, atomically: of two
+/// commands creating one key at once, one creates it and the other is told it exists
+/// (`Ok(false)`) and reads it, rather than replacing it after the first used it.
+///
+/// # Errors
+/// On any I/O failure.
+pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
+    let (dir, tmp) = write_temporary(path, bytes)?;
+    // A hard link is made only where no name exists (never over one).
+    let linked = fs::hard_link(&tmp, path);
+    let removed = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            removed.map_err(io_err(&tmp))?;
+            sync(&dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// `bytes` in a new temporary file beside `path`, synced: its directory and its path.
+fn write_temporary(path: &Path, bytes: &[u8]) -> Result<(PathBuf, PathBuf), KeyError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir).map_err(io_err(dir))?;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    create_private_dir(&dir).map_err(io_err(&dir))?;
     let tmp = temporary_of(path)?;
-    // A leftover (a crash, or a link planted to redirect the write) is removed, never
-    // followed: the new file is created fresh, without following a symlink.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&tmp)(e)),
+    // Created fresh, without following a symbolic link (one planted to redirect the write
+    // makes it fail).
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
     }
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok((dir, tmp))
+}
+
+fn sync(dir: &Path) -> Result<(), KeyError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(())
+        .map_err(io_err(dir))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -344,6 +378,15 @@ impl Keyring {
         write_private_file(path, &self.to_json())
     }
 
+    /// Writes the keyring (mode 0600) when none is at `path`: `Ok(false)` when one is (made
+    /// meanwhile by another command), which is left as it is.
+    ///
+    /// # Errors
+    /// On I/O failure.
+    pub fn create(&self, path: &Path) -> Result<bool, KeyError> {
+        create_private_file(path, &self.to_json())
+    }
+
     /// Adds a new random version and makes it active; returns the new version.
     ///
     /// # Errors
@@ -399,7 +442,10 @@ impl FingerprintKey {
         let file = FingerprintKeyFile {
             hmac_sha256: B64.encode(bytes.as_slice()),
         };
-        write_private_file(path, &json_exact(&file, false))?;
+        if !create_private_file(path, &json_exact(&file, false))? {
+            // Another command created it meanwhile: that one is the key.
+            return FingerprintKey::load(path);
+        }
         Ok(FingerprintKey::from_bytes(&bytes))
     }
 
@@ -451,9 +497,19 @@ mod tests {
     #[test]
     fn a_private_file_is_replaced_through_a_temporary_of_its_own() {
         let p = |s: &str| PathBuf::from(s);
-        assert_eq!(
+        let tmp = temporary_of(&p("/k/kek.tmp")).unwrap();
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert!(
+            tmp.parent() == Some(Path::new("/k"))
+                && name.starts_with(".kek.tmp.")
+                && name.ends_with(".tmp")
+                && name.len() == ".kek.tmp.".len() + 16 + ".tmp".len(),
+            "{tmp:?}"
+        );
+        assert_ne!(
+            tmp,
             temporary_of(&p("/k/kek.tmp")).unwrap(),
-            p("/k/.kek.tmp.tmp")
+            "one per writer"
         );
         assert_ne!(
             temporary_of(&p("/k/audit-signing.key")).unwrap(),
@@ -513,6 +569,58 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// Keys made by commands running at once (two `init`s): one key per file, and the
+    /// audit public key is the public half of the private key on disk, whichever won. With
+    /// one temporary name per key file, one writer removed or renamed the other's file and
+    /// the two files could come from two keys.
+    #[test]
+    fn keys_created_at_once_are_one_key_each() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let (key, public, fp, kek) = (
+                dir.path().join("a.key"),
+                dir.path().join("a.pub"),
+                dir.path().join("fp.key"),
+                dir.path().join("kek.json"),
+            );
+            let made: Vec<_> = (0..8)
+                .map(|_| {
+                    let (key, public, fp, kek) =
+                        (key.clone(), public.clone(), fp.clone(), kek.clone());
+                    std::thread::spawn(move || {
+                        let signer = AuditSigner::generate(&key, &public).unwrap();
+                        let fingerprint = FingerprintKey::generate(&fp).unwrap().fingerprint(b"t");
+                        let created = Keyring::generate().unwrap().create(&kek).unwrap();
+                        (signer.public_key_json(), fingerprint, created)
+                    })
+                })
+                .collect();
+            let made: Vec<_> = made.into_iter().map(|t| t.join().unwrap()).collect();
+            let on_disk = AuditSigner::load(&key).unwrap().public_key_json();
+            assert_eq!(std::fs::read_to_string(&public).unwrap(), on_disk);
+            let fingerprint = FingerprintKey::load(&fp).unwrap().fingerprint(b"t");
+            for (signer, f, _) in &made {
+                assert_eq!(signer, &on_disk, "a signer of another key was handed out");
+                assert_eq!(
+                    f, &fingerprint,
+                    "a fingerprint key not on disk was handed out"
+                );
+            }
+            assert_eq!(
+                made.iter().filter(|m| m.2).count(),
+                1,
+                "one keyring created"
+            );
+            Keyring::load(&kek).unwrap();
+            let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "{leftovers:?}");
+        }
     }
 
     #[test]
