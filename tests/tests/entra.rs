@@ -781,6 +781,18 @@ async fn consent_takeover_attempts_are_refused() {
     env.daemon.stop();
     {
         let store = SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
+        // The binding passed through ACME's link pin: an issuance for ACME planned before it
+        // (another replica) fails its precondition instead of landing beside it.
+        let pin = store
+            .get(
+                Table::Identifiers,
+                &format!("link-pin:entra_multi_tenant:{ACME}"),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let pin: Value = serde_json::from_slice(&pin).unwrap();
+        assert_eq!(pin["tenant"], "t2", "{pin}");
         let mut batch = Batch::new();
         for (key, raw) in links {
             batch.push(Op::Put(Table::Identifiers, key, raw));
@@ -1406,4 +1418,30 @@ async fn a_secret_stored_under_its_earlier_fingerprint_is_still_found() {
     let key = &v["keys"][0];
     assert!(key["fingerprint"].is_null(), "{v}");
     assert!(!v.to_string().contains(":sha256:"), "{v}");
+    // Nor is it put on the record when that key is retired (its successor stored and
+    // activated first).
+    add_secret(&mut op, SECRET_B).await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/keys/entra_multi_tenant/1/retire",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let retired = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "keys.entra_multi_tenant.retire")
+        .unwrap();
+    assert!(
+        retired["detail"].as_str().unwrap().contains("withheld"),
+        "{retired}"
+    );
+    let audit = serde_json::to_string(&env.daemon.audit_records()).unwrap();
+    assert!(
+        !audit.contains(&credbroker_tests::fake_entra::plain_secret_hash(SECRET_A)),
+        "an unkeyed hash of a client secret in the audit log"
+    );
 }

@@ -33,11 +33,16 @@ fn unkeyed_secret_hash(fingerprint: &str) -> bool {
     )
 }
 
+/// A key's fingerprint as it may be shown or put on the record: `None` for an unkeyed hash.
+fn shown_fingerprint(k: &PlatformKeyRecord) -> Option<&str> {
+    (!unkeyed_secret_hash(&k.fingerprint)).then_some(k.fingerprint.as_str())
+}
+
 fn view(k: &PlatformKeyRecord) -> Value {
     // The KEK version wrapping the key's data key; none once retired (its material is
     // destroyed, so no KEK version is needed to keep it: the KEK rotation runbook's check).
     let kek_version = (!k.wrapped_dek.is_empty()).then_some(k.kek_version);
-    let fingerprint = (!unkeyed_secret_hash(&k.fingerprint)).then_some(&k.fingerprint);
+    let fingerprint = shown_fingerprint(k);
     json!({
         "kind": k.kind, "version": k.version, "state": k.state,
         "fingerprint": fingerprint, "created_at": k.created_at,
@@ -580,7 +585,9 @@ impl AdminService {
         let mut plan = Plan::new(
             format!(
                 "kind={kind} version={version} fingerprint={} state={:?}",
-                record.fingerprint, record.state
+                shown_fingerprint(&record)
+                    .unwrap_or("(an earlier release's unkeyed hash: withheld)"),
+                record.state
             ),
             json!({ "key": view(&record) }),
         );
