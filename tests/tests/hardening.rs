@@ -685,6 +685,21 @@ async fn the_audit_log_writes_through_no_planted_link() {
     assert_ne!(exit, 0);
     assert!(err.contains("has another name (a hard link)"), "{err}");
     assert_eq!(std::fs::read(&victim).unwrap(), precious);
+    // A link to nowhere: nothing is created where it points.
+    std::fs::remove_file(&cps).unwrap();
+    let nowhere = tmp.path().join("created-by-the-broker");
+    std::os::unix::fs::symlink(&nowhere, &cps).unwrap();
+    let (exit, _) = daemon.serve_refused(&[]);
+    assert_ne!(exit, 0);
+    assert!(!nowhere.exists(), "a file was created through the link");
+    // A file of one name that others may write (planted by another user, or opened up):
+    // whoever can write it can rewrite the checkpoints.
+    std::fs::remove_file(&cps).unwrap();
+    std::fs::write(&cps, &real).unwrap();
+    std::fs::set_permissions(&cps, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let (exit, err) = daemon.serve_refused(&[]);
+    assert_ne!(exit, 0);
+    assert!(err.contains("writable by others"), "{err}");
 
     // The links gone, the log takes records again.
     std::fs::remove_file(&cps).unwrap();

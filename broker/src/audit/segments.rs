@@ -345,12 +345,14 @@ pub fn zero(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Checks that `file`, opened at `path` to be written, is the log's own: a regular file
-/// reached without a symbolic link and with no other name (a hard link), or a character
-/// device (the fail-closed tests point the log at /dev/full). Whoever can create entries in
-/// the audit directory could otherwise have the writer append to, or cut back, a file
-/// elsewhere through a planted link — the KEK keyring, a key, a config — or write live
-/// records into a file they own under another name.
+/// Checks that `file`, opened at `path` to be written, is the log's own: a regular file of
+/// this process's user, not writable by other users (its group may: a volume's fsGroup),
+/// reached without a symbolic link and with no
+/// other name (a hard link); or /dev/full, where every write fails (the fail-closed tests
+/// point the log at it). Whoever can create entries in the audit directory could otherwise
+/// have the writer append to, or cut back, a file elsewhere through a planted link — the KEK
+/// keyring, a key, a config — or write live records into a file of their own, to read and
+/// rewrite.
 ///
 /// # Errors
 /// When `file` is anything else, or cannot be examined.
@@ -364,7 +366,15 @@ pub fn own_file(file: &File, path: &Path) -> std::io::Result<()> {
     };
     let opened = file.metadata()?;
     if opened.file_type().is_char_device() {
-        return Ok(());
+        // Linux's memory devices are major 1; /dev/full is minor 7.
+        let rdev = opened.rdev();
+        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+        return if (major, minor) == (1, 7) {
+            Ok(())
+        } else {
+            refused("is a device other than /dev/full")
+        };
     }
     if !opened.file_type().is_file() {
         return refused("is not a regular file");
@@ -377,7 +387,47 @@ pub fn own_file(file: &File, path: &Path) -> std::io::Result<()> {
     if opened.nlink() != 1 {
         return refused("has another name (a hard link)");
     }
+    // Group write stays allowed: a Kubernetes volume's fsGroup adds it at every mount, to
+    // files the daemon made. A file another user made or may write is not the log's.
+    let me = rustix::process::geteuid().as_raw();
+    if opened.uid() != me || opened.mode() & 0o002 != 0 {
+        return refused("is another user's, or writable by others");
+    }
     Ok(())
+}
+
+/// Opens the audit file `path` (read, and `options`' write mode) as it is, or creates it
+/// afresh (mode 0600, never through a symbolic link: a dangling one planted there makes
+/// the creation fail rather than create its target): the file and whether it was created.
+///
+/// # Errors
+/// When it can be neither opened nor created.
+pub fn open_or_create(path: &Path, append: bool) -> std::io::Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut existing = std::fs::OpenOptions::new();
+    existing.read(true);
+    if append {
+        existing.append(true);
+    } else {
+        existing.write(true);
+    }
+    match existing.open(path) {
+        Ok(f) => return Ok((f, false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut fresh = std::fs::OpenOptions::new();
+    fresh
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW);
+    if append {
+        fresh.append(true);
+    } else {
+        fresh.write(true);
+    }
+    Ok((fresh.open(path)?, true))
 }
 
 /// Syncs a directory, so a file created, renamed or removed in it stays so after a crash.

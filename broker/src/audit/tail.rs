@@ -2,7 +2,7 @@
 //! (newline-less) last line left by a crash mid-write was never acknowledged and is cut; the
 //! last complete record must parse and match its hash.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -81,13 +81,8 @@ pub(super) fn open_append(path: &Path) -> Result<File, AuditError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     };
-    let existed = path.exists();
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(open_err)?;
+    let (file, created) = super::segments::open_or_create(path, true).map_err(open_err)?;
+    let existed = !created;
     // Checked before anything is cut back or appended.
     super::segments::own_file(&file, path).map_err(open_err)?;
     // A file created here (checkpoints.log on a new log) has its directory entry made durable

@@ -84,13 +84,7 @@ fn finished_tail(seg: &SegmentFile) -> Result<(Tail, bool), AuditError> {
 /// Creates (or takes over an empty) segment file `n`.
 fn create(dir: &Path, n: u64) -> Result<Live, AuditError> {
     let path = dir.join(segments::segment_name(n));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| open_err(&path, e))?;
+    let (file, _) = segments::open_or_create(&path, false).map_err(|e| open_err(&path, e))?;
     segments::own_file(&file, &path).map_err(|e| open_err(&path, e))?;
     segments::sync_dir(dir).map_err(|e| open_err(dir, e))?;
     let filled = file.metadata().map_err(|e| open_err(&path, e))?.len();
