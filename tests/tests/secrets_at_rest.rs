@@ -156,16 +156,21 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
         "a rotation that could not be audited saved nothing"
     );
     assert!(keyring["keys"].get("2").is_none(), "{}", keyring["keys"]);
-    // The keyring cannot be saved (its temporary name is taken by a directory): recorded
-    // as failed after its "allowed" record, and the keyring is said to be as it was.
+    // The keyring cannot be saved (its name is so long that no temporary beside it can be
+    // named: ENAMETOOLONG): recorded as failed after its "allowed" record, and the keyring
+    // is said to be as it was.
     {
-        let name = kek.file_name().unwrap().to_str().unwrap();
-        let blocker = kek.with_file_name(format!(".{name}.tmp"));
-        std::fs::create_dir_all(blocker.join("taken")).unwrap();
+        let config = std::fs::read_to_string(&daemon.config).unwrap();
+        let long = kek.with_file_name(format!("{}.json", "k".repeat(235)));
+        std::fs::rename(&kek, &long).unwrap();
+        let at = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+        assert!(config.contains(&at(&kek)), "{config}");
+        std::fs::write(&daemon.config, config.replace(&at(&kek), &at(&long))).unwrap();
         let (c, out, err) = rotate();
         assert_ne!(c, 0, "{out}");
         assert!(err.contains("could not be saved and is as it was"), "{err}");
-        std::fs::remove_dir_all(&blocker).unwrap();
+        std::fs::rename(&long, &kek).unwrap();
+        std::fs::write(&daemon.config, config).unwrap();
     }
     let keyring: serde_json::Value = serde_json::from_slice(&std::fs::read(&kek).unwrap()).unwrap();
     assert_eq!(keyring["active"], 1, "{keyring}");

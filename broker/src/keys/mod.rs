@@ -215,16 +215,62 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
 pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
     let (dir, tmp) = write_temporary(path, bytes)?;
     // A hard link is made only where no name exists (never over one).
-    let linked = fs::hard_link(&tmp, path);
-    let removed = fs::remove_file(&tmp);
-    match linked {
+    match fs::hard_link(&tmp, path) {
         Ok(()) => {
-            removed.map_err(io_err(&tmp))?;
+            fs::remove_file(&tmp).map_err(io_err(&tmp))?;
             sync(&dir)?;
             Ok(true)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(io_err(path)(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(&tmp);
+            Ok(false)
+        }
+        // A filesystem without hard links (vfat, some network mounts): created by rename
+        // when nothing is there, as before (two creators at once are then not told apart).
+        Err(_) => {
+            if fs::symlink_metadata(path).is_ok() {
+                let _ = fs::remove_file(&tmp);
+                return Ok(false);
+            }
+            if let Err(e) = fs::rename(&tmp, path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_err(path)(e));
+            }
+            sync(&dir)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Removes what a writer of `path` killed midway left: temporaries of its name older than
+/// ten minutes (a live writer's is seconds old), and the one fixed name earlier releases
+/// used. A keyring's holds every KEK version it had, a rotation's old one included.
+fn remove_stale_temporaries(dir: &Path, path: &Path) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let (prefix, fixed) = (format!(".{name}."), format!(".{name}.tmp"));
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let random = file
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .is_some_and(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+        let stale = file == fixed
+            || (random
+                && entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(600)));
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -233,6 +279,7 @@ fn write_temporary(path: &Path, bytes: &[u8]) -> Result<(PathBuf, PathBuf), KeyE
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     create_private_dir(&dir).map_err(io_err(&dir))?;
+    remove_stale_temporaries(&dir, path);
     let tmp = temporary_of(path)?;
     // Created fresh, without following a symbolic link (one planted to redirect the write
     // makes it fail).
@@ -517,7 +564,21 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kek.tmp");
+        // What writers killed midway left: the fixed name of earlier releases and an hour-old
+        // temporary go; a temporary of a writer still at work (seconds old) stays.
+        let stale = dir.path().join(".kek.tmp.00112233445566aa.tmp");
+        let live = dir.path().join(".kek.tmp.99887766554433bb.tmp");
+        for p in [&dir.path().join(".kek.tmp.tmp"), &stale, &live] {
+            std::fs::write(p, b"KEK versions").unwrap();
+        }
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+            .unwrap();
         write_private_file(&path, b"one").unwrap();
+        std::fs::remove_file(&live).unwrap();
         write_private_file(&path, b"two").unwrap();
         assert_eq!(&read_private_file(&path).unwrap()[..], b"two");
         let left: Vec<_> = std::fs::read_dir(dir.path())
