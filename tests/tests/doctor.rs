@@ -157,6 +157,25 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     std::os::unix::fs::symlink(d.join("keys/real.key"), d.join("keys/fingerprint.key")).unwrap();
     expect_fail(&d, "permissions.keys.fingerprint_key_file", "symbolic link");
 
+    // Key files of the right mode that do not open as `serve` opens them: an empty keyring
+    // (what a runbook step gone wrong leaves), an emptied signing key, a cut fingerprint key.
+    for (name, file, cut) in [
+        ("empty-kek", "keys/kek.json", 0),
+        ("empty-audit-key", "keys/audit-signing.key", 0),
+        ("cut-fingerprint-key", "keys/fingerprint.key", 10),
+    ] {
+        let d = copy(&healthy, root, name);
+        let path = d.join(file);
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..cut]).unwrap();
+        let check = match file {
+            "keys/kek.json" => "content.keys.kek_file",
+            "keys/audit-signing.key" => "content.keys.audit_key_file",
+            _ => "content.keys.fingerprint_key_file",
+        };
+        expect_fail(&d, check, file.trim_start_matches("keys/"));
+    }
+
     // The TLS key readable by the daemon's group, root-owned (the systemd layout): fine;
     // group-readable and owned by anyone else: not; readable by others: not. (Owners can
     // be changed only as root, as CI runs.)

@@ -35,6 +35,7 @@ pub async fn all(path: &Path, t: Thresholds) -> Vec<Finding> {
     };
     files(&config, &mut out);
     keys(&config, t, &mut out);
+    key_contents(&config, &mut out);
     tls(&config, t, &mut out);
     store(&config, &mut out).await;
     audit_directory(&config, t, &mut out);
@@ -464,6 +465,62 @@ fn keys(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
                     ", outside the data directory"
                 }
             ),
+        ));
+    }
+}
+
+/// The broker's own key files open as `serve` opens them: a keyring, signing key or
+/// fingerprint key that is empty, cut short or garbled (a restore gone wrong, a runbook step
+/// that wrote an empty file) is found before `serve` refuses it. A file this user may not
+/// read is a warning: run the doctor as the daemon's user to check it.
+fn key_contents(config: &Config, out: &mut Vec<Finding>) {
+    use crate::keys::{AuditSigner, FingerprintKey, KeyError, Keyring};
+    type Load = fn(&Path) -> Result<(), KeyError>;
+    let mut checks: Vec<(&str, PathBuf, Load)> = Vec::new();
+    if config.keys.kek_env.is_none() {
+        checks.push(("keys.kek_file", config.kek_file(), |p| {
+            Keyring::load(p).map(|_| ())
+        }));
+    }
+    checks.push(("keys.audit_key_file", config.audit_key_file(), |p| {
+        AuditSigner::load(p).map(|_| ())
+    }));
+    checks.push((
+        "keys.fingerprint_key_file",
+        config.fingerprint_key_file(),
+        |p| FingerprintKey::load(p).map(|_| ()),
+    ));
+    let mut good = 0;
+    for (name, path, load) in checks {
+        if !path.is_file() {
+            continue; // said by `files`
+        }
+        if let Err(e) = std::fs::File::open(&path) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                out.push(Finding::warn(
+                    &format!("content.{name}"),
+                    format!(
+                        "{} cannot be read by this user: its content was not checked",
+                        path.display()
+                    ),
+                    "run the doctor as the daemon's user",
+                ));
+                continue;
+            }
+        }
+        match load(&path) {
+            Ok(()) => good += 1,
+            Err(e) => out.push(Finding::fail(
+                &format!("content.{name}"),
+                format!("{}: {e}", path.display()),
+                "`serve` refuses to start so: restore the file from its backup (a KEK keyring from after the last rotation, see runbooks/kek-rotation.md)",
+            )),
+        }
+    }
+    if good > 0 {
+        out.push(Finding::ok(
+            "content.keys",
+            format!("{good} key file(s) open as the daemon opens them"),
         ));
     }
 }
