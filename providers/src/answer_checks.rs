@@ -29,7 +29,15 @@ pub fn is_unshowable(c: char) -> bool {
                 | '\u{200b}'..='\u{200d}'
                 | '\u{feff}'
                 | '\u{00ad}'
-                | '\u{180e}'
+                | '\u{034f}'
+                | '\u{115f}'
+                | '\u{1160}'
+                | '\u{17b4}'
+                | '\u{17b5}'
+                | '\u{180b}'..='\u{180e}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{ffa0}'
                 | '\u{2060}'..='\u{2064}'
                 | '\u{206a}'..='\u{206f}'
                 | '\u{fe00}'..='\u{fe0f}'
@@ -211,6 +219,11 @@ mod tests {
         );
         assert_eq!(
             quoted("a\u{200b}d\u{200f}m\u{061c}i\u{feff}n", 100),
+            "admin"
+        );
+        // Fillers and blanks that render as nothing, or as a space that is not one.
+        assert_eq!(
+            quoted("a\u{3164}d\u{115f}m\u{034f}i\u{180b}n\u{2800}\u{ffa0}", 100),
             "admin"
         );
         assert_eq!(quoted("été", 2), "ét");

@@ -330,7 +330,9 @@ impl AdminService {
                 .await
                 .ok()
                 .flatten()
-                .map(|t| t.name.clone())
+                // A name stored before names were checked: shown without what reorders or
+                // hides text.
+                .map(|t| credbroker_providers::quoted(&t.name, 200))
                 .filter(|n| !n.trim().is_empty())
                 .unwrap_or_else(|| link.tenant.clone()),
             Err(_) => link.tenant.clone(),
