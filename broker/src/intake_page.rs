@@ -95,9 +95,17 @@ pub fn form(
     }
     // Where the credential goes, so that a link made for someone else's instance is seen
     // for what it is before anything is pasted.
+    // The host on its own (a path can be made to read like another host's name), then the
+    // whole URL.
     let destination = destination.map_or(String::new(), |d| {
+        let host = d
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_owned))
+            .unwrap_or_else(|| d.to_owned());
         format!(
-            "<p>It is used with <strong id=\"destination\">{}</strong> only: if that is not your instance, do not enter anything.</p>\n",
+            "<p>It is used with <strong id=\"destination\">{}</strong> only (<code>{}</code>): if that is not your instance, do not enter anything.</p>\n",
+            escape(&host),
             escape(d)
         )
     });
@@ -154,7 +162,7 @@ mod tests {
         let f = form(
             "T<",
             "c",
-            Some("https://jira.example.com/<x>"),
+            Some("https://jira.example.com/a&b"),
             &["token".into()],
             "abc",
             "soon",
@@ -163,9 +171,9 @@ mod tests {
         assert!(!f.html.contains("<script"));
         assert!(!f.html.contains("style="));
         assert!(f.html.contains("type=\"password\""));
-        assert!(f
-            .html
-            .contains("<strong id=\"destination\">https://jira.example.com/&lt;x&gt;</strong>"));
+        assert!(f.html.contains(
+            "<strong id=\"destination\">jira.example.com</strong> only (<code>https://jira.example.com/a&amp;b</code>)"
+        ));
         assert!(f.html.contains("T&lt;"));
     }
 }

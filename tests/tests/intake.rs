@@ -233,9 +233,18 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
     assert!(page.html.contains("id=\"tenant\">t1<"), "{}", page.html);
     assert!(page.html.contains("acme-snow"));
     // The customer sees where the credential goes before pasting it.
+    let host = sn
+        .url
+        .parse::<http::Uri>()
+        .unwrap()
+        .host()
+        .unwrap()
+        .to_owned();
     assert!(
-        page.html
-            .contains(&format!("<strong id=\"destination\">{}</strong>", sn.url)),
+        page.html.contains(&format!(
+            "<strong id=\"destination\">{host}</strong> only (<code>{}</code>)",
+            sn.url
+        )),
         "{}",
         page.html
     );

@@ -23,6 +23,37 @@ pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(ErrorCode::Internal, "CSPRNG failure"))
 }
 
+/// A binding's config or ceiling as its audit record holds it: long strings (a CA
+/// certificate) as their SHA-256 and length, and the whole as its SHA-256 when still longer
+/// than 8 KiB, so the record stays small whatever the request's size.
+fn on_record(v: &Value) -> String {
+    fn shortened(v: &Value) -> Value {
+        match v {
+            Value::String(s) if s.len() > 256 => Value::String(format!(
+                "sha256:{} ({} bytes)",
+                crate::hex_text::sha256_hex(s.as_bytes()),
+                s.len()
+            )),
+            Value::Array(a) => Value::Array(a.iter().map(shortened).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.clone(), shortened(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    let text = shortened(v).to_string();
+    if text.len() > 8192 {
+        let whole = v.to_string();
+        format!(
+            "sha256:{} ({} bytes)",
+            crate::hex_text::sha256_hex(whole.as_bytes()),
+            whole.len()
+        )
+    } else {
+        text
+    }
+}
+
 /// The refusal of a link or a binding for `identifier` while another tenant's link for it
 /// is out.
 fn link_out_conflict(identifier: &str) -> ApiError {
@@ -273,7 +304,11 @@ impl AdminService {
         // and `binding remove` deletes the only other copy. A config holds no secret.
         plan.detail = format!(
             "binding={} provider={} status={:?} config={} ceiling={}",
-            binding.id, binding.provider, binding.status, binding.config, binding.ceiling
+            binding.id,
+            binding.provider,
+            binding.status,
+            on_record(&binding.config),
+            on_record(&binding.ceiling)
         );
         plan.response = json!({ "binding": to_value(&binding) });
         plan.tenant = Some(binding.tenant.to_string());
@@ -552,5 +587,36 @@ impl AdminService {
             .await
             .map_err(|(e, _)| e)?;
         Ok(states + deliveries + unclaimed + sites + pins + destroyed.len() + webhook_versions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config's hosts and ids are on the record as they are; a long value (a CA
+    /// certificate) as its digest and length; a config too long even so, as its digest.
+    #[test]
+    fn a_binding_s_config_is_on_the_record_in_bounded_size() {
+        let pem = "-----BEGIN CERTIFICATE-----\n".to_owned() + &"A".repeat(1500);
+        let config = json!({"base_url": "https://jira.example.com", "ca_pem": pem});
+        let text = on_record(&config);
+        assert!(
+            text.contains("\"base_url\":\"https://jira.example.com\""),
+            "{text}"
+        );
+        assert!(!text.contains("AAAA"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "sha256:{} ({} bytes)",
+                crate::hex_text::sha256_hex(pem.as_bytes()),
+                pem.len()
+            )),
+            "{text}"
+        );
+        let many: serde_json::Map<String, Value> =
+            (0..2000).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let text = on_record(&Value::Object(many));
+        assert!(text.starts_with("sha256:") && text.len() < 100, "{text}");
     }
 }
