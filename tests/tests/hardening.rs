@@ -644,18 +644,9 @@ async fn the_audit_log_writes_through_no_planted_link() {
 
     // The next segment, planted as a link while the daemon runs: the rotation that would
     // open it fails closed.
-    let last = std::fs::read_dir(&audit)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().ok()?;
-            name.strip_prefix("segment-")?
-                .strip_suffix(".log")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap();
-    let next = audit.join(credbroker::audit::segments::segment_name(last + 1));
+    let next = audit.join(credbroker::audit::segments::segment_name(
+        last_segment_number(&audit) + 1,
+    ));
     std::os::unix::fs::symlink(&victim, &next).unwrap();
     let (s, v) = add_tenants(&mut op, 0)
         .await
@@ -700,6 +691,21 @@ async fn the_audit_log_writes_through_no_planted_link() {
     let (exit, err) = daemon.serve_refused(&[]);
     assert_ne!(exit, 0);
     assert!(err.contains("writable by others"), "{err}");
+    // Another user's file (neither this process's nor the directory's owner's); owners
+    // can be changed only as root, as CI runs.
+    std::fs::set_permissions(&cps, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&cps).unwrap()) == 0 {
+        std::os::unix::fs::chown(&cps, Some(54_321), None).unwrap();
+        let (exit, err) = daemon.serve_refused(&[]);
+        assert_ne!(exit, 0);
+        assert!(err.contains("belongs to user 54321"), "{err}");
+    }
+    // A device other than /dev/full (writes to /dev/null would vanish).
+    std::fs::remove_file(&cps).unwrap();
+    std::os::unix::fs::symlink("/dev/null", &cps).unwrap();
+    let (exit, err) = daemon.serve_refused(&[]);
+    assert_ne!(exit, 0);
+    assert!(err.contains("a device other than /dev/full"), "{err}");
 
     // The links gone, the log takes records again.
     std::fs::remove_file(&cps).unwrap();

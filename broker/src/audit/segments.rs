@@ -368,9 +368,7 @@ pub fn own_file(file: &File, path: &Path) -> std::io::Result<()> {
     if opened.file_type().is_char_device() {
         // Linux's memory devices are major 1; /dev/full is minor 7.
         let rdev = opened.rdev();
-        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
-        return if (major, minor) == (1, 7) {
+        return if (rustix::fs::major(rdev), rustix::fs::minor(rdev)) == (1, 7) {
             Ok(())
         } else {
             refused("is a device other than /dev/full")
@@ -387,11 +385,23 @@ pub fn own_file(file: &File, path: &Path) -> std::io::Result<()> {
     if opened.nlink() != 1 {
         return refused("has another name (a hard link)");
     }
-    // Group write stays allowed: a Kubernetes volume's fsGroup adds it at every mount, to
-    // files the daemon made. A file another user made or may write is not the log's.
+    // The log's owner is this process's user or the audit directory's (an offline command
+    // run as root on the daemon's log; a volume restored with its files' owner): a file of
+    // any other user was planted. Group write stays allowed: a Kubernetes volume's fsGroup
+    // adds it at every mount, to files the daemon made.
     let me = rustix::process::geteuid().as_raw();
-    if opened.uid() != me || opened.mode() & 0o002 != 0 {
-        return refused("is another user's, or writable by others");
+    let dir_owner = path
+        .parent()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .map(|m| m.uid());
+    if opened.uid() != me && Some(opened.uid()) != dir_owner {
+        return refused(&format!(
+            "belongs to user {}, neither this process's ({me}) nor the audit directory's owner",
+            opened.uid()
+        ));
+    }
+    if opened.mode() & 0o002 != 0 {
+        return refused("is writable by others than its owner and group");
     }
     Ok(())
 }
@@ -405,7 +415,11 @@ pub fn own_file(file: &File, path: &Path) -> std::io::Result<()> {
 pub fn open_or_create(path: &Path, append: bool) -> std::io::Result<(File, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut existing = std::fs::OpenOptions::new();
-    existing.read(true);
+    // Never made this process's controlling terminal, nor waited on (a link to a terminal
+    // or a FIFO is refused by `own_file` right after).
+    existing
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK);
     if append {
         existing.append(true);
     } else {

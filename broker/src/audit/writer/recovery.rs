@@ -157,9 +157,10 @@ impl Writer {
             std::fs::OpenOptions::new()
                 .read(true)
                 .append(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
                 .open(checkpoints_path(&self.config.dir))
                 .and_then(|mut f| {
+                    crate::audit::segments::own_file(&f, &checkpoints_path(&self.config.dir))?;
                     // Never glued onto half a line (it would make the file unreadable).
                     let len = f.metadata()?.len();
                     if len > 0 {
