@@ -24,13 +24,15 @@ pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
 }
 
 /// A binding's config or ceiling as its audit record holds it: long strings (a CA
-/// certificate) as their SHA-256 and length, and the whole as its SHA-256 when still longer
-/// than 8 KiB, so the record stays small whatever the request's size.
+/// certificate, a URL padded out) as their first 128 characters, SHA-256 and length, and the
+/// whole as its SHA-256 when still longer than 8 KiB, so the record stays small whatever
+/// the request's size and still names a host.
 fn on_record(v: &Value) -> String {
     fn shortened(v: &Value) -> Value {
         match v {
             Value::String(s) if s.len() > 256 => Value::String(format!(
-                "sha256:{} ({} bytes)",
+                "{}… (sha256:{}, {} bytes)",
+                s.chars().take(128).collect::<String>(),
                 crate::hex_text::sha256_hex(s.as_bytes()),
                 s.len()
             )),
@@ -605,10 +607,11 @@ mod tests {
             text.contains("\"base_url\":\"https://jira.example.com\""),
             "{text}"
         );
-        assert!(!text.contains("AAAA"), "{text}");
+        assert!(!text.contains(&"A".repeat(128)), "{text}");
+        assert!(text.contains("-----BEGIN CERTIFICATE-----"), "{text}");
         assert!(
             text.contains(&format!(
-                "sha256:{} ({} bytes)",
+                "sha256:{}, {} bytes)",
                 crate::hex_text::sha256_hex(pem.as_bytes()),
                 pem.len()
             )),

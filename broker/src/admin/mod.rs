@@ -483,7 +483,7 @@ impl AdminService {
             Err(err) => return Err(self.audit_refusal(event, err).await),
         };
         event.outcome = "allowed".into();
-        event.detail = Some(plan.detail.clone());
+        event.detail = Some(bounded_detail(&plan.detail));
         event.tenant = plan.tenant.clone();
         event.binding = plan.binding.clone();
         let stale = plan.invalidate_bindings.clone();
@@ -663,5 +663,42 @@ mod tests {
             "{}",
             err.message
         );
+    }
+}
+
+/// The most of an admin change's detail its audit record holds: a request names many values
+/// (tenants, connector kinds, secret fields, sites), and a record far longer than this
+/// would pass the bound the readers and the segment recovery hold a line to.
+const MAX_DETAIL: usize = 24 * 1024;
+
+/// `detail` as the record holds it: whole up to [`MAX_DETAIL`] bytes, else its beginning,
+/// its length and its SHA-256.
+fn bounded_detail(detail: &str) -> String {
+    if detail.len() <= MAX_DETAIL {
+        return detail.to_owned();
+    }
+    let mut cut = MAX_DETAIL;
+    while !detail.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}… ({} bytes in all, sha256:{})",
+        &detail[..cut],
+        detail.len(),
+        crate::hex_text::sha256_hex(detail.as_bytes())
+    )
+}
+
+#[cfg(test)]
+mod detail_tests {
+    /// A detail past the bound is cut at a character, with its length and digest.
+    #[test]
+    fn a_long_detail_is_cut_and_named() {
+        let short = "tenant=t1";
+        assert_eq!(super::bounded_detail(short), short);
+        let long = "é".repeat(super::MAX_DETAIL);
+        let cut = super::bounded_detail(&long);
+        assert!(cut.len() < super::MAX_DETAIL + 120, "{}", cut.len());
+        assert!(cut.contains(&format!("({} bytes in all, sha256:", long.len())));
     }
 }
