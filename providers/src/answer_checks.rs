@@ -34,16 +34,16 @@ pub fn is_unshowable(c: char) -> bool {
                 | '\u{1160}'
                 | '\u{17b4}'
                 | '\u{17b5}'
-                | '\u{180b}'..='\u{180e}'
+                | '\u{180b}'..='\u{180f}'
                 | '\u{2800}'
                 | '\u{3164}'
                 | '\u{ffa0}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{206a}'..='\u{206f}'
+                | '\u{2060}'..='\u{206f}'
                 | '\u{fe00}'..='\u{fe0f}'
-                | '\u{fff9}'..='\u{fffb}'
-                | '\u{e0000}'..='\u{e007f}'
-                | '\u{e0100}'..='\u{e01ef}'
+                | '\u{fff0}'..='\u{fffb}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}'
         )
 }
 
@@ -223,7 +223,10 @@ mod tests {
         );
         // Fillers and blanks that render as nothing, or as a space that is not one.
         assert_eq!(
-            quoted("a\u{3164}d\u{115f}m\u{034f}i\u{180b}n\u{2800}\u{ffa0}", 100),
+            quoted(
+                "a\u{3164}d\u{115f}m\u{034f}i\u{180b}n\u{2800}\u{ffa0}\u{180f}\u{1d173}\u{2065}\u{fff0}\u{e0080}",
+                100
+            ),
             "admin"
         );
         assert_eq!(quoted("été", 2), "ét");

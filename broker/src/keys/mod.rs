@@ -243,9 +243,10 @@ pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> 
 }
 
 /// Removes what a writer of `path` killed midway left: temporaries of its name older than
-/// ten minutes (a live writer's is seconds old), and the one fixed name earlier releases
-/// used. A keyring's holds every KEK version it had, a rotation's old one included.
-fn remove_stale_temporaries(dir: &Path, path: &Path) {
+/// `min_age` (a live writer's is seconds old; a writer holding the file's lock passes zero),
+/// and the one fixed name earlier releases used. A keyring's holds every KEK version it
+/// had, a rotation's old one included.
+fn remove_stale_temporaries(dir: &Path, path: &Path, min_age: std::time::Duration) {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return;
     };
@@ -267,7 +268,7 @@ fn remove_stale_temporaries(dir: &Path, path: &Path) {
                     .ok()
                     .and_then(|m| m.modified().ok())
                     .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > std::time::Duration::from_secs(600)));
+                    .is_some_and(|age| age >= min_age));
         if stale {
             let _ = fs::remove_file(entry.path());
         }
@@ -279,7 +280,7 @@ fn write_temporary(path: &Path, bytes: &[u8]) -> Result<(PathBuf, PathBuf), KeyE
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     create_private_dir(&dir).map_err(io_err(&dir))?;
-    remove_stale_temporaries(&dir, path);
+    remove_stale_temporaries(&dir, path, std::time::Duration::from_secs(600));
     let tmp = temporary_of(path)?;
     // Created fresh, without following a symbolic link (one planted to redirect the write
     // makes it fail).
@@ -422,6 +423,11 @@ impl Keyring {
     /// # Errors
     /// On I/O failure.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
+        // A rotation saves under the keyring's lock: no other writer of it is at work, and
+        // a killed one's temporary (every KEK version it had) goes now, whatever its age.
+        if let Some(dir) = path.parent() {
+            remove_stale_temporaries(dir, path, std::time::Duration::ZERO);
+        }
         write_private_file(path, &self.to_json())
     }
 
