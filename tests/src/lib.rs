@@ -1215,6 +1215,21 @@ pub fn servicenow_section(authority: &str) -> String {
     )
 }
 
+/// The number of the newest segment in the audit directory `audit` (the live one).
+pub fn last_segment_number(audit: &Path) -> u64 {
+    std::fs::read_dir(audit)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            name.strip_prefix("segment-")?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap()
+}
+
 /// Points the stopped daemon's audit log at /dev/full (every write fails with ENOSPC; reads
 /// find an empty log), keeping the real one aside; [`free_audit_space`] makes that empty log
 /// writable again.

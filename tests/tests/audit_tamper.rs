@@ -879,17 +879,7 @@ async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
     let archive = daemon.data_dir.join("audit/archive");
     std::fs::create_dir_all(&archive).unwrap();
     // A segment after the live one, as if it had been archived there.
-    let live = std::fs::read_dir(daemon.data_dir.join("audit"))
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().ok()?;
-            name.strip_prefix("segment-")?
-                .strip_suffix(".log")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap();
+    let live = last_segment_number(&daemon.data_dir.join("audit"));
     let fifo = archive.join(segment_name(live + 1));
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)

@@ -576,6 +576,18 @@ async fn tokens_failing_a_claim_check_are_never_handed_out() {
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
 }
 
+/// The refusal of a link or binding for a GUID another tenant's link is out for.
+fn link_out_for_another_tenant(s: u16, v: &Value) {
+    assert_eq!((s, code(v)), (409, "conflict"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already out for another tenant"),
+        "{v}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_takeover_attempts_are_refused() {
     let mut env = start().await;
@@ -723,14 +735,7 @@ async fn consent_takeover_attempts_are_refused() {
         Some(json!({"owner": "team-tests", "purpose": "integration test", "tenant": "t2", "account": {"login": ACME, "id": 0}})),
     )
     .await;
-    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("already out for another tenant"),
-        "{v}"
-    );
+    link_out_for_another_tenant(s, &v);
     // Nor does the operator bind ACME to t2 by hand meanwhile (t2's customer naming ACME's
     // GUID): ACME's admin consenting through t1's link would give t2's binding the consent
     // its probe finds.
@@ -742,14 +747,7 @@ async fn consent_takeover_attempts_are_refused() {
         Some(by_hand.clone()),
     )
     .await;
-    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("already out for another tenant"),
-        "{v}"
-    );
+    link_out_for_another_tenant(s, &v);
     // A link still out when the account is bound to someone else (links from before this
     // check, set aside here while the binding is added by hand) can no longer take it, and
     // nothing is minted for ACME on t1's behalf. No new link is issued for t1.
