@@ -386,8 +386,9 @@ pub fn own_file(file: &File, path: &Path) -> std::io::Result<()> {
         return refused("has another name (a hard link)");
     }
     // The log's owner is this process's user or the audit directory's (an offline command
-    // run as root on the daemon's log; a volume restored with its files' owner): a file of
-    // any other user was planted. Group write stays allowed: a Kubernetes volume's fsGroup
+    // run as root on the daemon's log; a volume restored with its files' owner; whoever owns
+    // the directory can replace any file in it anyway): a file of any other user was
+    // planted. Group write stays allowed: a Kubernetes volume's fsGroup
     // adds it at every mount, to files the daemon made.
     let me = rustix::process::geteuid().as_raw();
     let dir_owner = path
@@ -415,11 +416,9 @@ pub fn own_file(file: &File, path: &Path) -> std::io::Result<()> {
 pub fn open_or_create(path: &Path, append: bool) -> std::io::Result<(File, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut existing = std::fs::OpenOptions::new();
-    // Never made this process's controlling terminal, nor waited on (a link to a terminal
-    // or a FIFO is refused by `own_file` right after).
-    existing
-        .read(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK);
+    // Never made this process's controlling terminal (a link to a terminal is refused by
+    // `own_file` right after).
+    existing.read(true).custom_flags(libc::O_NOCTTY);
     if append {
         existing.append(true);
     } else {

@@ -157,7 +157,7 @@ impl Writer {
             std::fs::OpenOptions::new()
                 .read(true)
                 .append(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
                 .open(checkpoints_path(&self.config.dir))
                 .and_then(|mut f| {
                     crate::audit::segments::own_file(&f, &checkpoints_path(&self.config.dir))?;

@@ -171,11 +171,17 @@ pub(super) fn open_live(config: &AuditConfig) -> Result<(Live, Tail, Option<Torn
             "the newest segment is in the archive: the live one is missing".into(),
         ));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&last.path)
-        .map_err(|e| open_err(&last.path, e))?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Never made this process's controlling terminal (a terminal planted there is
+        // refused by `own_file` before anything is written).
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&last.path)
+            .map_err(|e| open_err(&last.path, e))?
+    };
     let scan = segments::scan(&file).map_err(|e| inconsistent(&last.path, e.to_string()))?;
     let torn = match segments::dirty_after(&file, scan.end).map_err(|e| open_err(&last.path, e))? {
         None => None,
