@@ -696,7 +696,8 @@ mod detail_tests {
     fn a_long_detail_is_cut_and_named() {
         let short = "tenant=t1";
         assert_eq!(super::bounded_detail(short), short);
-        let long = "é".repeat(super::MAX_DETAIL);
+        // One byte, then three-byte characters: the bound falls inside one.
+        let long = "a".to_owned() + &"€".repeat(super::MAX_DETAIL / 3 + 10);
         let cut = super::bounded_detail(&long);
         assert!(cut.len() < super::MAX_DETAIL + 120, "{}", cut.len());
         assert!(cut.contains(&format!("({} bytes in all, sha256:", long.len())));

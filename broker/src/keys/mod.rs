@@ -267,8 +267,11 @@ fn remove_stale_temporaries(dir: &Path, path: &Path, min_age: std::time::Duratio
                     .metadata()
                     .ok()
                     .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age >= min_age));
+                    // A time ahead of this clock (a network mount's) is old enough only
+                    // when any age is.
+                    .map_or(min_age.is_zero(), |t| {
+                        t.elapsed().map_or(min_age.is_zero(), |age| age >= min_age)
+                    }));
         if stale {
             let _ = fs::remove_file(entry.path());
         }
@@ -418,7 +421,8 @@ impl Keyring {
         out
     }
 
-    /// Writes the keyring atomically (mode 0600).
+    /// Writes the keyring atomically (mode 0600). Call it holding the keyring's lock (a
+    /// rotation's): every temporary of the keyring is removed first, whatever its age.
     ///
     /// # Errors
     /// On I/O failure.
@@ -724,12 +728,19 @@ mod tests {
         std::os::unix::fs::symlink(&path, &link).unwrap();
         let err = Keyring::load(&link).err().unwrap().to_string();
         assert!(err.contains("symbolic link"), "{err}");
-        // A link planted where the writer puts its temporary file is removed, not followed.
+        // A link planted under a temporary's name is removed, not followed: a keyring save
+        // (under the rotation's lock) removes every temporary of the keyring, a fresh one
+        // too.
         let target = dir.path().join("elsewhere");
         fs::write(&target, b"untouched").unwrap();
-        std::os::unix::fs::symlink(&target, temporary_of(&path).unwrap()).unwrap();
+        let planted = temporary_of(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
         Keyring::generate().unwrap().save(&path).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"untouched");
+        assert!(
+            fs::symlink_metadata(&planted).is_err(),
+            "the temporary stayed"
+        );
         assert!(Keyring::load(&path).is_ok());
     }
 }
