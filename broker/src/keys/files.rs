@@ -1,0 +1,292 @@
+//! Key files on disk: read only when private (mode 0600, no link), written atomically
+//! through a temporary of the writer's own (synced, renamed, the directory synced), created
+//! without replacing one another's, and the lock that keeps two rotations of one keyring
+//! apart.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::{io_err, random_bytes, KeyError};
+
+/// Reads a private key file: not through a symlink, and only when neither group nor others
+/// may read or write it (mode 0600 or stricter), so a key left readable is refused rather
+/// than used.
+///
+/// # Errors
+/// When the file is missing, a symlink, or accessible to group or others.
+pub fn read_private_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    use std::io::Read;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                KeyError::Invalid(format!(
+                    "{} is a symbolic link; key files are read only directly",
+                    path.display()
+                ))
+            } else {
+                io_err(path)(e)
+            }
+        })?;
+    let mode = f.metadata().map_err(io_err(path))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Invalid(format!(
+            "{} is accessible to group or others (mode {:o}); make it readable by its owner only: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )));
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    f.read_to_end(&mut bytes).map_err(io_err(path))?;
+    Ok(bytes)
+}
+
+/// The temporary file `path` is written through: `.<name>.tmp` beside it, never the file
+/// itself (`with_extension("tmp")` returns a path ending in `.tmp` unchanged, whose
+/// removal deleted the live key before its replacement was written) and not shared by two
+/// files of one stem (the audit key pair's `.key` and `.pub`).
+pub(super) fn temporary_of(path: &Path) -> Result<PathBuf, KeyError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| KeyError::Invalid(format!("{}: not a file name", path.display())))?;
+    // Random per writer: two commands writing one key at once (two `init`s) never remove or
+    // rename each other's half-written file.
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", hex::encode(random_bytes(8)?.as_slice())));
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// Creates `dir` and any missing parents with mode 0700 (before the umask): the data
+/// directory, the store, the audit log and key directories hold tenants' bindings, who
+/// resolved what and wrapped keys, for the daemon's user alone. A directory that exists is
+/// left as it is (the doctor warns when the data directory is open to others).
+///
+/// # Errors
+/// On an I/O failure.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Why [`lock_file`] did not take its lock.
+#[derive(Debug)]
+pub enum LockFailure {
+    /// Another process holds it.
+    Held,
+    /// The file could not be opened or locked (the message names it).
+    Io(String),
+}
+
+/// Takes an exclusive `flock` on the lock file `path` (made 0600 if missing, never through
+/// a symbolic link), held while the returned handle lives; refused at once, not waited
+/// for, when another process holds it.
+///
+/// # Errors
+/// [`LockFailure::Held`], or the I/O failure.
+pub fn lock_file(path: &Path) -> Result<fs::File, LockFailure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| LockFailure::Io(format!("{}: {e}", path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(LockFailure::Held),
+        Err(e) => Err(LockFailure::Io(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600.
+///
+/// # Errors
+/// On any I/O failure; the previous file (if any) is then left untouched.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let (dir, tmp) = write_temporary(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
+    sync(&dir)
+}
+
+/// Writes `bytes` to `path` with mode 0600 when no file is there, atomically: of two
+/// commands creating one key at once, one creates it and the other is told it exists
+/// (`Ok(false)`) and reads it, rather than replacing it after the first used it.
+///
+/// # Errors
+/// On any I/O failure.
+pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
+    let (dir, tmp) = write_temporary(path, bytes)?;
+    // A hard link is made only where no name exists (never over one).
+    match fs::hard_link(&tmp, path) {
+        Ok(()) => {
+            fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+            sync(&dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(&tmp);
+            Ok(false)
+        }
+        // A filesystem without hard links (vfat, some network mounts): created by rename
+        // when nothing is there, as before (two creators at once are then not told apart).
+        Err(_) => {
+            if fs::symlink_metadata(path).is_ok() {
+                let _ = fs::remove_file(&tmp);
+                return Ok(false);
+            }
+            if let Err(e) = fs::rename(&tmp, path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_err(path)(e));
+            }
+            sync(&dir)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Removes what a writer of `path` killed midway left: temporaries of its name older than
+/// `min_age` (a live writer's is seconds old; a writer holding the file's lock passes zero),
+/// and the one fixed name earlier releases used. A keyring's holds every KEK version it
+/// had, a rotation's old one included.
+pub(super) fn remove_stale_temporaries(dir: &Path, path: &Path, min_age: std::time::Duration) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let (prefix, fixed) = (format!(".{name}."), format!(".{name}.tmp"));
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let random = file
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .is_some_and(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+        let stale = file == fixed
+            || (random
+                && entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    // A time ahead of this clock (a network mount's) is old enough only
+                    // when any age is.
+                    .map_or(min_age.is_zero(), |t| {
+                        t.elapsed().map_or(min_age.is_zero(), |age| age >= min_age)
+                    }));
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// `bytes` in a new temporary file beside `path`, synced: its directory and its path.
+fn write_temporary(path: &Path, bytes: &[u8]) -> Result<(PathBuf, PathBuf), KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    create_private_dir(&dir).map_err(io_err(&dir))?;
+    remove_stale_temporaries(&dir, path, std::time::Duration::from_secs(600));
+    let tmp = temporary_of(path)?;
+    // Created fresh, without following a symbolic link (one planted to redirect the write
+    // makes it fail).
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    Ok((dir, tmp))
+}
+
+fn sync(dir: &Path) -> Result<(), KeyError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key path that ends in `.tmp` is replaced through another file (its temporary was
+    /// once the path itself, deleted first); the audit key pair's two files do not share a
+    /// temporary name; and a replacement leaves nothing behind.
+    #[test]
+    fn a_private_file_is_replaced_through_a_temporary_of_its_own() {
+        let p = |s: &str| PathBuf::from(s);
+        let tmp = temporary_of(&p("/k/kek.tmp")).unwrap();
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert!(
+            tmp.parent() == Some(Path::new("/k"))
+                && name.starts_with(".kek.tmp.")
+                && name.ends_with(".tmp")
+                && name.len() == ".kek.tmp.".len() + 16 + ".tmp".len(),
+            "{tmp:?}"
+        );
+        assert_ne!(
+            tmp,
+            temporary_of(&p("/k/kek.tmp")).unwrap(),
+            "one per writer"
+        );
+        assert_ne!(
+            temporary_of(&p("/k/audit-signing.key")).unwrap(),
+            temporary_of(&p("/k/audit-signing.pub")).unwrap()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.tmp");
+        // What writers killed midway left: the fixed name of earlier releases and an hour-old
+        // temporary go; a temporary of a writer still at work (seconds old) stays.
+        let stale = dir.path().join(".kek.tmp.00112233445566aa.tmp");
+        let live = dir.path().join(".kek.tmp.99887766554433bb.tmp");
+        for p in [&dir.path().join(".kek.tmp.tmp"), &stale, &live] {
+            std::fs::write(p, b"KEK versions").unwrap();
+        }
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+            .unwrap();
+        write_private_file(&path, b"one").unwrap();
+        std::fs::remove_file(&live).unwrap();
+        write_private_file(&path, b"two").unwrap();
+        assert_eq!(&read_private_file(&path).unwrap()[..], b"two");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("kek.tmp")],
+            "no temporary left"
+        );
+    }
+}
