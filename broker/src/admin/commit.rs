@@ -7,7 +7,7 @@ use crate::model::{Operator, Status};
 use crate::store::records::Stored;
 use crate::store::{Batch, StoreError};
 
-use super::{store_err, AdminService};
+use super::{store_err, AdminOutcome, AdminService};
 
 /// Who issued a link or a site expectation, as it recorded them: the actor of the request
 /// that made it (`operator:<name>` or a local command's `cli:…`) and, for an operator, the
@@ -306,4 +306,93 @@ fn guarded(read: &Stored<Operator>, batch: Batch) -> Batch {
     let mut guard = Batch::new();
     guard.expect_unchanged(read);
     guard.then(batch)
+}
+
+impl AdminService {
+    /// `result` of an operation that runs outside the plan-and-commit path (a probe, a
+    /// revocation of cached credentials, a self-rotation), with a refusal it answered before
+    /// writing any record audited as a plan's refusal is: an operator's refused attempt
+    /// leaves a trace (THREATS.md). A refusal because the log cannot take records has none to
+    /// add.
+    pub(super) async fn refusal_recorded(
+        &self,
+        result: Result<AdminOutcome, (ApiError, Option<AuditReceipt>)>,
+        mut event: AuditEvent,
+    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
+        match result {
+            Err((err, None)) if err.code != ErrorCode::AuditUnavailable => {
+                event.detail = Some(err.message.clone());
+                Err(self.audit_refusal(event, err).await)
+            }
+            other => other,
+        }
+    }
+
+    /// `err`, refusing the operation `event` describes, with the receipt of its `denied`
+    /// record; `audit_unavailable` when that record cannot be written.
+    pub(super) async fn audit_refusal(
+        &self,
+        mut event: AuditEvent,
+        err: ApiError,
+    ) -> (ApiError, Option<AuditReceipt>) {
+        event.outcome = "denied".into();
+        event.error_code = Some(err.code.as_str().to_owned());
+        event.detail = event.detail.as_deref().map(bounded_detail);
+        match self.core.audit.append(event).await {
+            Ok(r) => (err, Some(r)),
+            Err(_) => (
+                ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
+                None,
+            ),
+        }
+    }
+}
+
+/// The most of an admin change's detail its audit record holds: a request names many values
+/// (tenants, connector kinds, secret fields, sites), and a record far longer than this
+/// would pass the bound the readers and the segment recovery hold a line to.
+const MAX_DETAIL: usize = 24 * 1024;
+
+/// `detail` as the record holds it: whole up to [`MAX_DETAIL`] bytes, else its beginning,
+/// its length and its SHA-256.
+pub(super) fn bounded_detail(detail: &str) -> String {
+    if detail.len() <= MAX_DETAIL {
+        detail.to_owned()
+    } else {
+        cut_on_record(detail, MAX_DETAIL)
+    }
+}
+
+/// What an audit record holds of a value too long to hold whole: its first `keep` bytes (cut
+/// at a character; none when `keep` is 0), its SHA-256 and its length.
+pub(super) fn cut_on_record(text: &str, keep: usize) -> String {
+    let mut cut = keep.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = format!(
+        "sha256:{}, {} bytes",
+        crate::hex_text::sha256_hex(text.as_bytes()),
+        text.len()
+    );
+    if cut == 0 {
+        digest
+    } else {
+        format!("{}… ({digest})", &text[..cut])
+    }
+}
+
+#[cfg(test)]
+mod detail_tests {
+    /// A detail past the bound is cut at a character, with its length and digest.
+    #[test]
+    fn a_long_detail_is_cut_and_named() {
+        let short = "tenant=t1";
+        assert_eq!(super::bounded_detail(short), short);
+        // One byte, then three-byte characters: the bound falls inside one.
+        let long = "a".to_owned() + &"€".repeat(super::MAX_DETAIL / 3 + 10);
+        let cut = super::bounded_detail(&long);
+        assert!(cut.len() < super::MAX_DETAIL + 120, "{}", cut.len());
+        assert!(cut.contains("(sha256:") && cut.ends_with(&format!(", {} bytes)", long.len())));
+    }
 }

@@ -24,18 +24,15 @@ pub(crate) fn random_alphanumeric(length: usize) -> Result<String, ApiError> {
 }
 
 /// A binding's config or ceiling as its audit record holds it: long strings (a CA
-/// certificate, a URL padded out) as their first 128 characters, SHA-256 and length, and the
+/// certificate, a URL padded out) as their first 128 bytes, SHA-256 and length, and the
 /// whole as its SHA-256 when still longer than 8 KiB, so the record stays small whatever
 /// the request's size and still names a host.
 fn on_record(v: &Value) -> String {
     fn shortened(v: &Value) -> Value {
         match v {
-            Value::String(s) if s.len() > 256 => Value::String(format!(
-                "{}… (sha256:{}, {} bytes)",
-                s.chars().take(128).collect::<String>(),
-                crate::hex_text::sha256_hex(s.as_bytes()),
-                s.len()
-            )),
+            Value::String(s) if s.len() > 256 => {
+                Value::String(super::commit::cut_on_record(s, 128))
+            }
             Value::Array(a) => Value::Array(a.iter().map(shortened).collect()),
             Value::Object(o) => {
                 Value::Object(o.iter().map(|(k, v)| (k.clone(), shortened(v))).collect())
@@ -45,12 +42,7 @@ fn on_record(v: &Value) -> String {
     }
     let text = shortened(v).to_string();
     if text.len() > 8192 {
-        let whole = v.to_string();
-        format!(
-            "sha256:{} ({} bytes)",
-            crate::hex_text::sha256_hex(whole.as_bytes()),
-            whole.len()
-        )
+        super::commit::cut_on_record(&v.to_string(), 0)
     } else {
         text
     }

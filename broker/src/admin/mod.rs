@@ -483,7 +483,7 @@ impl AdminService {
             Err(err) => return Err(self.audit_refusal(event, err).await),
         };
         event.outcome = "allowed".into();
-        event.detail = Some(bounded_detail(&plan.detail));
+        event.detail = Some(commit::bounded_detail(&plan.detail));
         event.tenant = plan.tenant.clone();
         event.binding = plan.binding.clone();
         let stale = plan.invalidate_bindings.clone();
@@ -520,43 +520,6 @@ impl AdminService {
             receipt,
             raw: plan.raw,
         })
-    }
-
-    /// `result` of an operation that runs outside the plan-and-commit path (a probe, a
-    /// revocation of cached credentials, a self-rotation), with a refusal it answered before
-    /// writing any record audited as a plan's refusal is: an operator's refused attempt
-    /// leaves a trace (THREATS.md). A refusal because the log cannot take records has none to
-    /// add.
-    async fn refusal_recorded(
-        &self,
-        result: Result<AdminOutcome, (ApiError, Option<AuditReceipt>)>,
-        mut event: AuditEvent,
-    ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
-        match result {
-            Err((err, None)) if err.code != ErrorCode::AuditUnavailable => {
-                event.detail = Some(err.message.clone());
-                Err(self.audit_refusal(event, err).await)
-            }
-            other => other,
-        }
-    }
-
-    /// `err`, refusing the operation `event` describes, with the receipt of its `denied`
-    /// record; `audit_unavailable` when that record cannot be written.
-    async fn audit_refusal(
-        &self,
-        mut event: AuditEvent,
-        err: ApiError,
-    ) -> (ApiError, Option<AuditReceipt>) {
-        event.outcome = "denied".into();
-        event.error_code = Some(err.code.as_str().to_owned());
-        match self.core.audit.append(event).await {
-            Ok(r) => (err, Some(r)),
-            Err(_) => (
-                ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
-                None,
-            ),
-        }
     }
 
     async fn plan(&self, op: AdminOp) -> Result<Plan, ApiError> {
@@ -663,43 +626,5 @@ mod tests {
             "{}",
             err.message
         );
-    }
-}
-
-/// The most of an admin change's detail its audit record holds: a request names many values
-/// (tenants, connector kinds, secret fields, sites), and a record far longer than this
-/// would pass the bound the readers and the segment recovery hold a line to.
-const MAX_DETAIL: usize = 24 * 1024;
-
-/// `detail` as the record holds it: whole up to [`MAX_DETAIL`] bytes, else its beginning,
-/// its length and its SHA-256.
-fn bounded_detail(detail: &str) -> String {
-    if detail.len() <= MAX_DETAIL {
-        return detail.to_owned();
-    }
-    let mut cut = MAX_DETAIL;
-    while !detail.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!(
-        "{}… ({} bytes in all, sha256:{})",
-        &detail[..cut],
-        detail.len(),
-        crate::hex_text::sha256_hex(detail.as_bytes())
-    )
-}
-
-#[cfg(test)]
-mod detail_tests {
-    /// A detail past the bound is cut at a character, with its length and digest.
-    #[test]
-    fn a_long_detail_is_cut_and_named() {
-        let short = "tenant=t1";
-        assert_eq!(super::bounded_detail(short), short);
-        // One byte, then three-byte characters: the bound falls inside one.
-        let long = "a".to_owned() + &"€".repeat(super::MAX_DETAIL / 3 + 10);
-        let cut = super::bounded_detail(&long);
-        assert!(cut.len() < super::MAX_DETAIL + 120, "{}", cut.len());
-        assert!(cut.contains(&format!("({} bytes in all, sha256:", long.len())));
     }
 }
