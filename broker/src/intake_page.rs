@@ -18,6 +18,9 @@ pub const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("x-frame-options", "DENY"),
     ("cross-origin-opener-policy", "same-origin"),
     ("cache-control", "no-store"),
+    // The pages take secrets and are reached from links in mail: a browser that has seen
+    // one never tries the host over plain http for a year.
+    ("strict-transport-security", "max-age=31536000"),
 ];
 
 /// An intake answer: status, page, and the cookie to set.

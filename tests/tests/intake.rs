@@ -223,6 +223,7 @@ async fn the_intake_link_stores_a_working_secret_once_and_shows_it_nowhere() {
         ("cache-control", "no-store"),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
+        ("strict-transport-security", "max-age=31536000"),
     ] {
         assert_eq!(page.headers[h], v, "{h}");
     }
@@ -620,11 +621,23 @@ async fn submit_while_probing(
     public: &mut BrokerClient,
     link: &str,
 ) -> tokio::task::JoinHandle<Page> {
+    submit_while_probing_for(pki, daemon, sn, public, link, 1500).await
+}
+
+/// [`submit_while_probing`] with the probe held for `delay_ms`.
+async fn submit_while_probing_for(
+    pki: &TestPki,
+    daemon: &Daemon,
+    sn: &FakeServiceNow,
+    public: &mut BrokerClient,
+    link: &str,
+    delay_ms: u64,
+) -> tokio::task::JoinHandle<Page> {
     let page = get(public, link).await;
     assert_eq!(page.status, 200);
     let (cookie, csrf) = form_state(&page);
     let good = good_form(&csrf);
-    *sn.state.delay_ms.lock().unwrap() = 1500;
+    *sn.state.delay_ms.lock().unwrap() = delay_ms;
     let submitting = {
         let mut client = public_client(pki, daemon.public_url.as_ref().unwrap());
         let path = link.to_owned();
@@ -735,6 +748,39 @@ async fn a_link_revoked_during_the_probe_leaves_nothing_to_promote() {
     let b = dead_after_its_probe(&sn, submitting, &mut op).await;
     let written = b["binding"]["last_secret_version"].as_u64().unwrap();
     assert_eq!(written, 1, "{b}");
+    let (s, v) = promote(&mut op, "acme-snow", written).await;
+    assert_ne!(s, 200, "{v}");
+}
+
+/// A link that expires while a submission's probe runs at the source system gets nothing
+/// promoted: the submission was admitted in time, but a link is good until `expires_at`,
+/// not until its last probe ends. The page answers as a dead link, the refusal is audited,
+/// and the pending version (which passed its probe) is destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_expires_during_the_probe_gets_nothing_promoted() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    // Made just after a second begins and good for 1 s (to the second): usable for almost
+    // 2 s, admitted at once, probed for 2.5 s (within the probe's 3 s deadline).
+    let into_second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis()
+    };
+    while into_second() > 50 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (path, _) = create_link(&mut op, 1).await;
+    let submitting = submit_while_probing_for(&pki, &daemon, &sn, &mut public, &path, 2500).await;
+    let b = dead_after_its_probe(&sn, submitting, &mut op).await;
+    let written = b["binding"]["last_secret_version"].as_u64().unwrap();
+    assert_eq!(written, 1, "{b}");
+    let refused = daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "secret.promote" && r["outcome"] == "denied")
+        .count();
+    assert_eq!(refused, 1, "the refusal is audited");
     let (s, v) = promote(&mut op, "acme-snow", written).await;
     assert_ne!(s, 200, "{v}");
 }

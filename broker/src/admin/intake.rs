@@ -489,6 +489,15 @@ impl AdminService {
         let written = {
             let _guard = self.lock.lock().await;
             let plan = async {
+                // A link that expired while this submission waited for the lock writes
+                // nothing (the stored bytes, the write's precondition, do not change with
+                // time).
+                if link.expires_at < time::OffsetDateTime::now_utc().unix_timestamp() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        "the intake link expired meanwhile",
+                    ));
+                }
                 // The tenant as it is now, a precondition: one disabled since the admission
                 // (on any replica) gets nothing written.
                 let tenant = self.link_target(&link).await?;
@@ -572,7 +581,9 @@ impl AdminService {
                     // The link as it is now, so long as it is still this link: another
                     // submission that reserved an attempt meanwhile (it cannot write: this
                     // version is staged) does not void this one, which has proved itself;
-                    // a link revoked, used or expired meanwhile is gone, and stops it.
+                    // a link revoked, used or expired meanwhile is gone, and stops it (an
+                    // expired one may still be stored until the next sweep).
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
                     let now_read = self
                         .core
                         .records
@@ -580,11 +591,11 @@ impl AdminService {
                         .await
                         .map_err(store_err)?
                         .map(|(_, l)| l)
-                        .filter(|l| l.value.id == link.id)
+                        .filter(|l| l.value.id == link.id && l.value.expires_at >= now)
                         .ok_or_else(|| {
                             ApiError::new(
                                 ErrorCode::Conflict,
-                                "the intake link was revoked or used meanwhile",
+                                "the intake link was revoked, used or expired meanwhile",
                             )
                         })?;
                     p.batch.remove_intake_link(key, &now_read);
