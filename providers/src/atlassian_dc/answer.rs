@@ -6,15 +6,18 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 /// The user a `myself` / `user/current` answer names (`name`, else `username`): at most 100
-/// characters with control characters dropped, `?` when it names none.
-pub fn pat_user(body: &[u8]) -> String {
+/// characters with control characters dropped, `?` when it names none, withheld when it
+/// repeats what the request sent (`sent`: the PAT; the name goes into the probe's note and
+/// the audit record).
+pub fn pat_user(body: &[u8], sent: &[&str]) -> String {
     let me: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let user = crate::quoted(
+    let user = crate::quoted_unless_echo(
         me.get("name")
             .or_else(|| me.get("username"))
             .and_then(Value::as_str)
             .unwrap_or(""),
         100,
+        sent,
     );
     if user.is_empty() {
         "?".to_owned()
@@ -24,15 +27,16 @@ pub fn pat_user(body: &[u8]) -> String {
 }
 
 /// `expiringAt` of PAT `id` in a PAT list (`GET /rest/pat/latest/tokens`), when listed with
-/// one of at most 40 printable characters.
-pub fn pat_expiry(body: &[u8], id: Option<&str>) -> Option<String> {
+/// one of at most 40 printable characters that does not repeat what the request sent
+/// (`sent`: the PAT).
+pub fn pat_expiry(body: &[u8], id: Option<&str>, sent: &[&str]) -> Option<String> {
     let id = id?;
     let list: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     list.as_array()?
         .iter()
         .find(|t| t.get("id").map(value_text).as_deref() == Some(id))
         .and_then(|t| t.get("expiringAt").and_then(Value::as_str))
-        .filter(|s| crate::is_printable(s, 40))
+        .filter(|s| crate::is_printable(s, 40) && !crate::echoes(s, sent))
         .map(str::to_owned)
 }
 
@@ -83,5 +87,25 @@ pub(super) fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An instance (or a proxy before it) that names the user, or the expiry, with the PAT
+    /// it was sent: withheld, never put into the probe's note or the audit record.
+    #[test]
+    fn what_repeats_the_pat_is_not_kept() {
+        let pat = "NjQ2MzE5ODQ0NTc3OqZ1dC9yJtk5";
+        assert_eq!(pat_user(br#"{"name":"alice"}"#, &[pat]), "alice");
+        let echoed = format!(r#"{{"name":"Bearer {pat}"}}"#);
+        let user = pat_user(echoed.as_bytes(), &[pat]);
+        assert!(!user.contains(&pat[..8]), "{user}");
+        let list = format!(r#"[{{"id":1,"expiringAt":"{}"}}]"#, &pat[..20]);
+        assert_eq!(pat_expiry(list.as_bytes(), Some("1"), &[pat]), None);
+        let list = r#"[{"id":1,"expiringAt":"2027-01-01T00:00:00.000+0000"}]"#;
+        assert!(pat_expiry(list.as_bytes(), Some("1"), &[pat]).is_some());
     }
 }

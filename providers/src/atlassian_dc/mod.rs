@@ -161,7 +161,7 @@ impl AtlassianDc {
         if a.status != 200 {
             return Ok(None);
         }
-        Ok(pat_expiry(&a.body, id))
+        Ok(pat_expiry(&a.body, id, &[token]))
     }
 
     /// After a create whose outcome is unknown (`failed`): looks for PATs named `name` (the
@@ -395,7 +395,7 @@ impl Probe for AtlassianDc {
                 a.status, a.content_type
             )));
         }
-        let user = pat_user(&a.body);
+        let user = pat_user(&a.body, &[token]);
         let (pat_api, expiring_at) = match self.expiry(b, token, id, request.timeout).await {
             Ok(e) => (true, e),
             Err(None) => (false, None),

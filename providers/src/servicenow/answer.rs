@@ -20,11 +20,12 @@ pub struct TokenAnswer {
     pub expires_at: OffsetDateTime,
 }
 
-/// Parses a 200 answer of `/oauth_token.do`.
+/// Parses a 200 answer of `/oauth_token.do`. A `scope` that repeats what the request sent
+/// (`sent`: the client secret) is dropped: it is handed to the worker.
 ///
 /// # Errors
 /// A message naming what is missing or malformed.
-pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, String> {
+pub fn parse_token_answer(body: &[u8], sent: &[&str]) -> Result<TokenAnswer, String> {
     if body.len() > 64 * 1024 {
         return Err("answer too long".into());
     }
@@ -51,7 +52,9 @@ pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, String> {
     let scope = v
         .get("scope")
         .and_then(Value::as_str)
-        .map(|s| crate::quoted(s, 200));
+        .filter(|s| !crate::echoes(s, sent))
+        .map(|s| crate::quoted(s, 200))
+        .filter(|s| !crate::echoes(s, sent));
     Ok(TokenAnswer {
         access_token: SecretString::from(token.to_owned()),
         scope,
@@ -92,7 +95,7 @@ pub fn token_or_error(
             ),
             upstream_request_id: a.request_id.clone(),
         }),
-        200 => parse_token_answer(&a.body).map_err(|m| ProviderError::Unavailable {
+        200 => parse_token_answer(&a.body, sent).map_err(|m| ProviderError::Unavailable {
             message: format!("ServiceNow token answer is malformed: {m}"),
             upstream_request_id: a.request_id.clone(),
         }),
@@ -148,19 +151,27 @@ mod tests {
 
     #[test]
     fn answers() {
-        let ok = parse_token_answer(br#"{"access_token":"abc","scope":"useraccount","token_type":"Bearer","expires_in":1799}"#).unwrap();
+        let ok = parse_token_answer(br#"{"access_token":"abc","scope":"useraccount","token_type":"Bearer","expires_in":1799}"#, &["s3cret-value"]).unwrap();
         assert_eq!(ok.scope.as_deref(), Some("useraccount"));
         assert!(parse_token_answer(
-            br#"{"access_token":"abc","token_type":"Bearer","expires_in":"1799"}"#
+            br#"{"access_token":"abc","token_type":"Bearer","expires_in":"1799"}"#,
+            &[]
         )
         .is_ok());
+        // A scope that repeats the client secret is not handed on.
+        let echoed = parse_token_answer(
+            br#"{"access_token":"abc","scope":"client_secret=s3cret-value","token_type":"Bearer","expires_in":1799}"#,
+            &["s3cret-value"],
+        )
+        .unwrap();
+        assert_eq!(echoed.scope, None);
         for bad in [
             &br#"{"access_token":"","token_type":"Bearer","expires_in":1799}"#[..],
             br#"{"access_token":"a","token_type":"mac","expires_in":1799}"#,
             br#"{"access_token":"a","token_type":"Bearer","expires_in":5}"#,
             br#"<html>hibernating</html>"#,
         ] {
-            assert!(parse_token_answer(bad).is_err());
+            assert!(parse_token_answer(bad, &[]).is_err());
         }
     }
 

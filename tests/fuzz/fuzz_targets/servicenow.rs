@@ -14,7 +14,22 @@ const SENT: &str = "Zq9!xK2#client-secret-4471";
 const SENT_PLAIN: &str = "plain_lowercase_secret";
 
 fuzz_target!(|data: &[u8]| {
-    let _ = parse_token_answer(data);
+    let _ = parse_token_answer(data, &[SENT]);
+    // The `scope` of a 200 (handed to the worker) as the input beside the client secret.
+    let scoped = serde_json::json!({
+        "access_token": "abc",
+        "token_type": "Bearer",
+        "expires_in": 1799,
+        "scope": format!("{}{SENT}", String::from_utf8_lossy(data)),
+    })
+    .to_string();
+    if let Ok(t) = parse_token_answer(scoped.as_bytes(), &[SENT]) {
+        assert!(
+            t.scope.as_deref().is_none_or(|s| !s.contains(&SENT[..8])),
+            "the secret was echoed: {:?}",
+            t.scope
+        );
+    }
     // The application user's roles (held to the ceiling by the probe): as the whole answer,
     // and as one row's role name beside a known one.
     let text = String::from_utf8_lossy(data);
