@@ -99,6 +99,24 @@ impl std::fmt::Display for NoPublicAddress {
 
 impl std::error::Error for NoPublicAddress {}
 
+/// Bytes that are wiped when their last handle is dropped: a request body or a header value
+/// that carries a secret. (hyper and the TLS layer still copy what they send into buffers
+/// of their own.)
+pub fn wiped_bytes(v: Vec<u8>) -> Bytes {
+    Bytes::from_owner(zeroize::Zeroizing::new(v))
+}
+
+/// `Bearer {token}` as a sensitive header value whose bytes are wiped when it is dropped;
+/// `None` when the token cannot be a header value.
+pub fn bearer(token: &str) -> Option<http::HeaderValue> {
+    let mut v = Vec::with_capacity(7 + token.len());
+    v.extend_from_slice(b"Bearer ");
+    v.extend_from_slice(token.as_bytes());
+    let mut h = http::HeaderValue::from_maybe_shared(wiped_bytes(v)).ok()?;
+    h.set_sensitive(true);
+    Some(h)
+}
+
 /// The host an allow-list entry names (`host`, `host:port`, `[v6]:port`): lower case,
 /// without brackets or a trailing dot.
 pub fn allow_entry_host(entry: &str) -> String {
@@ -386,6 +404,16 @@ impl Default for Http {
 #[cfg(test)]
 mod address_tests {
     use super::*;
+
+    /// A bearer header holds the token as sent, marked sensitive; none for a token that
+    /// could split the header.
+    #[test]
+    fn a_bearer_header_is_sensitive_and_refuses_line_breaks() {
+        let h = bearer("abc.def").unwrap();
+        assert_eq!(h.as_bytes(), b"Bearer abc.def");
+        assert!(h.is_sensitive());
+        assert!(bearer("abc\r\nx-injected: 1").is_none());
+    }
 
     #[test]
     fn public_addresses() {

@@ -64,9 +64,8 @@ impl AtlassianDc {
         body: Option<Value>,
         budget: Duration,
     ) -> Result<Answer, ProviderError> {
-        let mut auth = http::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| ProviderError::InvalidConfig("the PAT is not a header value".into()))?;
-        auth.set_sensitive(true);
+        let auth = crate::http::bearer(token)
+            .ok_or_else(|| ProviderError::InvalidConfig("the PAT is not a header value".into()))?;
         let mut request = http::Request::builder()
             .method(method)
             .uri(url)

@@ -30,9 +30,8 @@ impl EntraApp {
         budget: Duration,
         what: &str,
     ) -> Result<(Value, Option<String>), ProviderError> {
-        let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| ProviderError::Internal("token is not a header value".into()))?;
-        auth.set_sensitive(true);
+        let auth = crate::http::bearer(token.expose_secret())
+            .ok_or_else(|| ProviderError::Internal("token is not a header value".into()))?;
         let request = http::Request::get(url)
             .header(http::header::AUTHORIZATION, auth)
             .header(http::header::ACCEPT, "application/json")

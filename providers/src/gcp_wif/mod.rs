@@ -165,10 +165,8 @@ impl GcpWif {
         scopes: &[String],
         budget: Duration,
     ) -> Result<(u16, Bytes), ProviderError> {
-        let mut auth =
-            http::HeaderValue::from_str(&format!("Bearer {}", federated.expose_secret()))
-                .map_err(|_| ProviderError::Internal("token is not a header value".into()))?;
-        auth.set_sensitive(true);
+        let auth = crate::http::bearer(federated.expose_secret())
+            .ok_or_else(|| ProviderError::Internal("token is not a header value".into()))?;
         let body = json!({
             "scope": scopes,
             "lifetime": format!("{}s", self.settings.lifetime_s),

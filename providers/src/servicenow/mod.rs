@@ -91,26 +91,27 @@ impl ServiceNow {
                 "the secret must have the fields client_id and client_secret".into(),
             ));
         };
+        // Sized up front (percent-encoding at most triples a byte), so the form never grows
+        // and leaves a copy of the secret behind; its bytes are wiped once sent.
+        let scope = b.scope.as_deref().unwrap_or("");
+        let room = 96 + 3 * (client_id.len() + client_secret.len() + scope.len());
         let body = {
-            let mut form = form_urlencoded::Serializer::new(String::new());
+            let mut form = form_urlencoded::Serializer::new(String::with_capacity(room));
             form.append_pair("grant_type", "client_credentials")
                 .append_pair("client_id", client_id)
                 .append_pair("client_secret", client_secret);
-            if let Some(scope) = &b.scope {
+            if b.scope.is_some() {
                 form.append_pair("scope", scope);
             }
-            zeroize::Zeroizing::new(form.finish())
+            crate::http::wiped_bytes(form.finish().into_bytes())
         };
-        let mut body = body;
         let request = http::Request::post(format!("{}/oauth_token.do", b.instance))
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
             .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(
-                std::mem::take(&mut *body).into_bytes(),
-            )))
+            .body(Full::new(body))
             .map_err(|_| ProviderError::InvalidConfig("instance URL is not a valid URI".into()))?;
         let answer = self
             .http
@@ -127,9 +128,8 @@ impl ServiceNow {
         path: &str,
         budget: Duration,
     ) -> Result<Value, ProviderError> {
-        let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| ProviderError::Internal("token is not a header value".into()))?;
-        auth.set_sensitive(true);
+        let auth = crate::http::bearer(token.expose_secret())
+            .ok_or_else(|| ProviderError::Internal("token is not a header value".into()))?;
         let request = http::Request::get(format!("{}{path}", b.instance))
             .header(http::header::AUTHORIZATION, auth)
             .header(http::header::ACCEPT, "application/json")
