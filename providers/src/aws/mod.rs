@@ -266,6 +266,9 @@ impl AwsAssumeRole {
                     .build(),
             );
         if let Some(url) = &settings.endpoint_url {
+            // Customers' session credentials and the broker's assertions cross it: never in
+            // clear text past this machine.
+            crate::github::settings::check_base("providers.aws_assume_role.endpoint_url", url)?;
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
@@ -584,6 +587,46 @@ fn broker_principal_ok(arn: &str, account: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::broker_principal_ok;
+
+    fn settings(endpoint_url: &str) -> super::AwsSettings {
+        super::AwsSettings {
+            region: "us-east-1".into(),
+            endpoint_url: Some(endpoint_url.into()),
+            vendor_account_id: "111111111111".into(),
+            broker_principal_arn: None,
+            default_duration_s: 3600,
+            max_duration_s: 3600,
+            attempt_timeout_ms: 3000,
+            max_attempts: 1,
+            ceiling_file: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../policies/aws.json"),
+            web_identity_audience: "sts.amazonaws.com".into(),
+        }
+    }
+
+    /// Customers' session credentials and the broker's assertions never cross a plain-http
+    /// STS endpoint past this machine.
+    #[tokio::test]
+    async fn the_sts_endpoint_is_https_or_loopback() {
+        for ok in ["https://sts.us-east-1.amazonaws.com", "http://127.0.0.1:9"] {
+            assert!(
+                super::AwsAssumeRole::new(settings(ok)).await.is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://sts.us-east-1.amazonaws.com",
+            "http://127.0.0.1.evil.example",
+            "ftp://127.0.0.1",
+        ] {
+            let e = super::AwsAssumeRole::new(settings(bad)).await.err();
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("endpoint_url must be https")),
+                "{bad}: {e:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_broker_principal_is_a_role_of_the_vendor_account() {
