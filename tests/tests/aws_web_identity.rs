@@ -21,13 +21,20 @@ struct Env {
 }
 
 async fn start() -> Env {
+    start_logging("debug").await
+}
+
+/// [`start`] with the daemon's `RUST_LOG` set to `rust_log`.
+async fn start_logging(rust_log: &str) -> Env {
     let sts = FakeSts::start("111111111111").await;
     let extra = format!(
         "[providers.aws_assume_role]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nvendor_account_id = \"111111111111\"\nattempt_timeout_ms = 2000\nmax_attempts = 1\nceiling_file = {:?}\n",
         sts.url,
         repo_root().join("policies/aws.json").display().to_string()
     );
-    let env = IssuerEnv::start_with_env(3600, 300, &extra, aws_env_without_credentials()).await;
+    let mut vars = aws_env_without_credentials();
+    vars.push(("RUST_LOG".into(), rust_log.into()));
+    let env = IssuerEnv::start_with_env(3600, 300, &extra, vars).await;
     let host = env.issuer.trim_start_matches("https://").to_owned();
     Env { env, sts, host }
 }
@@ -129,6 +136,45 @@ async fn web_identity_end_to_end_with_no_aws_credential() {
             .contains("InvalidIdentityToken"),
         "{v}"
     );
+}
+
+/// An operator who turns the AWS SDK's logs up to trace (to debug STS) does not get the
+/// broker's assertion in them: the SDK's request trace prints the form it sends (the
+/// `WebIdentityToken`, a bearer credential for the customer's role for its lifetime), so
+/// those crates log at most at debug whatever the filter names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logging_does_not_write_the_assertion() {
+    let mut e = start_logging(
+        "debug,aws_smithy_runtime=trace,aws_smithy_runtime::client::orchestrator=trace,aws_sigv4=trace",
+    )
+    .await;
+    let (s, v) = add_binding(
+        &mut e,
+        "wi",
+        "t1",
+        json!({"role_arn": ROLE, "model": "web_identity"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    customer_stack(&e, Some(&subject_of(&v))).await;
+    let (s, v) = e.env.probe("wi").await;
+    assert_eq!(s, 200, "{v}");
+    e.env.add_instance("iwi", "t1", "wi").await;
+    let mut w1 = e.env.pki.client_for("w1", &e.env.daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "iwi"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        e.sts.state.last_request()["Action"],
+        "AssumeRoleWithWebIdentity"
+    );
+    let logs = e.env.daemon.logs();
+    // The SDK did log (at debug): the filter reached it.
+    assert!(logs.contains("aws_smithy_runtime"), "no SDK log at all");
+    assert!(
+        !logs.contains("WebIdentityToken"),
+        "the request form was logged"
+    );
+    assert!(!logs.contains("eyJ"), "a JWT was logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,9 +216,27 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start runtime: {e}"))
 }
 
+/// Crates whose trace level logs what the broker sends upstream: the AWS SDK's request
+/// (its body holds the web-identity assertion, the ExternalId and the session policy) and
+/// its signer's canonical request. They log at most at debug, whatever `RUST_LOG` or
+/// `[log] level` asks for, however specific the directive.
+const TRACE_CAPPED: [&str; 4] = [
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sigv4",
+];
+
 fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // A second filter over the first: an event passes only if both let it.
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(TRACE_CAPPED.map(|t| (t, LevelFilter::DEBUG)));
     // Colour only on a terminal: a log file or a collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -226,8 +244,8 @@ fn init_logging(format: LogFormat, level: &str) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().finish().with(caps).try_init(),
+        LogFormat::Text => builder.finish().with(caps).try_init(),
     };
 }
 
