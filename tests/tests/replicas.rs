@@ -990,6 +990,66 @@ async fn an_idle_replica_reports_a_dead_database_not_ready() {
     until_served(&mut w1).await;
 }
 
+/// A newer build does not migrate the database, nor upgrade the records' schema, under
+/// replicas that are running (they read the schema once, at their start, and would go on
+/// writing what it no longer expects): it refuses to start, naming them, and starts once
+/// they are stopped. The older build is stood in for by undoing, underneath, what the
+/// running replica's build did: its last migration's row, then the schema version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_build_does_not_migrate_under_running_replicas() {
+    let (_tmp, _pki, mut set) = seeded(TestPostgres::start(), 2).await;
+    set.daemons[1].stop();
+    let db = set.sql().await;
+    let last: i32 = db
+        .query_one("SELECT max(version) FROM credbroker_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let name: String = db
+        .query_one(
+            "DELETE FROM credbroker_migrations WHERE version = $1 RETURNING name",
+            &[&last],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (code, err) = set.daemons[1].serve_refused(&[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "cannot migrate the database: 1 broker replica(s) of an older build run on this store"
+        ),
+        "{err}"
+    );
+    db.execute(
+        "INSERT INTO credbroker_migrations (version, name) VALUES ($1, $2)",
+        &[&last, &name],
+    )
+    .await
+    .unwrap();
+    let schema =
+        "SELECT value FROM credbroker_records WHERE tbl = 'meta' AND key = 'schema_version'";
+    let current: Vec<u8> = db.query_one(schema, &[]).await.unwrap().get(0);
+    assert_ne!(current, b"3");
+    db.execute(
+        "UPDATE credbroker_records SET value = '3' WHERE tbl = 'meta' AND key = 'schema_version'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (code, err) = set.daemons[1].serve_refused(&[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot upgrade the records' schema: 1 broker replica(s) of an older build run on this store"),
+        "{err}"
+    );
+    // With every replica stopped, the newer build upgrades and serves.
+    set.daemons[0].stop();
+    set.daemons[1].restart();
+    let upgraded: Vec<u8> = db.query_one(schema, &[]).await.unwrap().get(0);
+    assert_eq!(upgraded, current);
+}
+
 /// A revoked operator: disabled through one replica, its very next request to another — on a
 /// connection it had already opened there — is refused, and a new record it tries to add
 /// does not land.

@@ -167,10 +167,22 @@ impl PgStore {
             let found = self.get(Table::Meta, super::SCHEMA_KEY).await?;
             match schema_upgrade(found.as_deref())? {
                 None => return Ok(()),
-                Some(batch) => match self.commit(batch).await {
-                    Err(StoreError::Precondition { .. }) => continue,
-                    other => return other,
-                },
+                Some(batch) => {
+                    // Not under brokers that read the old version at their start.
+                    if found.is_some() {
+                        let running = self.live_leases("replica/").await?;
+                        if running > 0 {
+                            return Err(schema::replicas_run(
+                                "upgrade the records' schema",
+                                i64::try_from(running).unwrap_or(i64::MAX),
+                            ));
+                        }
+                    }
+                    match self.commit(batch).await {
+                        Err(StoreError::Precondition { .. }) => continue,
+                        other => return other,
+                    }
+                }
             }
         }
         Err(StoreError::Backend(

@@ -61,6 +61,15 @@ CREATE TABLE credbroker_audit_checkpoints (
     ),
 ];
 
+/// The refusal to `what` (migrate the database, upgrade the records' schema) while
+/// `running` replicas hold live leases.
+pub(super) fn replicas_run(what: &str, running: i64) -> StoreError {
+    StoreError::Backend(format!(
+        "cannot {what}: {running} broker replica(s) of an older build run on this store; stop every replica first (a stopped replica's lease is released at once, a killed one's lapses within {} s)",
+        crate::replica::LEASE_TTL.as_secs()
+    ))
+}
+
 /// The newest migration this build knows.
 pub fn latest() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.0)
@@ -112,6 +121,22 @@ async fn apply(client: &Client) -> Result<i32, StoreError> {
             found: format!("database migration {applied}"),
             supported: u32::try_from(latest()).unwrap_or(0),
         });
+    }
+    // A database other brokers run on is not migrated under them: they read its schema once,
+    // at their start, and would go on writing what this build no longer expects.
+    if applied > 0 && applied < latest() {
+        let running: i64 = client
+            .query_one(
+                "SELECT count(*) FROM credbroker_leases WHERE starts_with(name, 'replica/') AND expires_at > now()",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .try_get(0)
+            .map_err(db)?;
+        if running > 0 {
+            return Err(replicas_run("migrate the database", running));
+        }
     }
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
         tracing::info!(version, name, "applying database migration");
