@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::Bytes;
 use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
@@ -236,34 +235,27 @@ pub async fn request_token(
         .form_fields(client_id, &token_url, signer)
         .map_err(TokenFailure::Unavailable)?;
     let scope = format!("{resource}/.default");
-    // The body carries the secret: it lives in a zeroizing buffer until sent.
-    let body = {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("client_id", client_id)
-            .append_pair("scope", &scope)
-            .append_pair("grant_type", "client_credentials");
-        for (k, v) in &fields {
-            form.append_pair(k, v.expose_secret());
-        }
-        zeroize::Zeroizing::new(form.finish())
-    };
-    let mut body = body;
+    // The body carries the secret (or the assertion): in bytes wiped once sent.
+    let mut pairs = vec![
+        ("client_id", client_id),
+        ("scope", scope.as_str()),
+        ("grant_type", "client_credentials"),
+    ];
+    pairs.extend(fields.iter().map(|(k, v)| (*k, v.expose_secret())));
+    let body = crate::http::secret_form(&pairs);
+    drop(pairs);
     let request = http::Request::post(&token_url)
         .header(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
         .header(http::header::ACCEPT, "application/json")
-        // One copy of the form, owned by the request body (hyper cannot zeroize what it sends).
-        .body(Full::new(Bytes::from(
-            std::mem::take(&mut *body).into_bytes(),
-        )))
+        .body(Full::new(body))
         .map_err(|_| {
             TokenFailure::Unavailable(ProviderError::InvalidConfig(
                 "the token URL is not a valid URI".into(),
             ))
         })?;
-    drop(body);
     let (status, request_id, answer) = http
         .send(request, timeout, "the Entra token endpoint")
         .await

@@ -107,31 +107,28 @@ impl GcpWif {
         let assertion = request
             .assertions
             .sign(subject, &b.config.assertion_audience())?;
-        let mut body = zeroize::Zeroizing::new({
-            let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair(
+        let audience = b.config.provider_resource();
+        let body = crate::http::secret_form(&[
+            (
                 "grant_type",
                 "urn:ietf:params:oauth:grant-type:token-exchange",
-            )
-            .append_pair("audience", &b.config.provider_resource())
-            .append_pair("scope", "https://www.googleapis.com/auth/cloud-platform")
-            .append_pair(
+            ),
+            ("audience", &audience),
+            ("scope", "https://www.googleapis.com/auth/cloud-platform"),
+            (
                 "requested_token_type",
                 "urn:ietf:params:oauth:token-type:access_token",
-            )
-            .append_pair("subject_token", assertion.expose_secret())
-            .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt");
-            form.finish()
-        });
+            ),
+            ("subject_token", assertion.expose_secret()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ]);
         let req = http::Request::post(&self.settings.sts_url)
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
             .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(
-                std::mem::take(&mut *body).into_bytes(),
-            )))
+            .body(Full::new(body))
             .map_err(|_| ProviderError::InvalidConfig("sts_url is not a valid URI".into()))?;
         let a = self
             .http

@@ -91,20 +91,15 @@ impl ServiceNow {
                 "the secret must have the fields client_id and client_secret".into(),
             ));
         };
-        // Sized up front (percent-encoding at most triples a byte), so the form never grows
-        // and leaves a copy of the secret behind; its bytes are wiped once sent.
-        let scope = b.scope.as_deref().unwrap_or("");
-        let room = 96 + 3 * (client_id.len() + client_secret.len() + scope.len());
-        let body = {
-            let mut form = form_urlencoded::Serializer::new(String::with_capacity(room));
-            form.append_pair("grant_type", "client_credentials")
-                .append_pair("client_id", client_id)
-                .append_pair("client_secret", client_secret);
-            if b.scope.is_some() {
-                form.append_pair("scope", scope);
-            }
-            crate::http::wiped_bytes(form.finish().into_bytes())
-        };
+        let mut pairs = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("client_secret", client_secret),
+        ];
+        if let Some(scope) = &b.scope {
+            pairs.push(("scope", scope));
+        }
+        let body = crate::http::secret_form(&pairs);
         let request = http::Request::post(format!("{}/oauth_token.do", b.instance))
             .header(
                 http::header::CONTENT_TYPE,
