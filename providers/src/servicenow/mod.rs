@@ -297,14 +297,21 @@ impl Probe for ServiceNow {
             .map(String::as_str)
             .collect();
         if !beyond.is_empty() {
+            // What the requests sent: the client secret and the token just minted.
+            let sent = [
+                secret.expose("client_secret").unwrap_or_default(),
+                t.access_token.expose_secret(),
+            ];
             return Err(ProviderError::ActivationRefused {
                 reason: RefusalReason::Other,
                 message: format!(
                     "the OAuth Application User holds role(s) beyond policies/servicenow.json: {}; give it only read roles of the ceiling",
-                    // Quoted as printable text: a role name is the instance's to choose.
+                    // Quoted as printable text: a role name is the instance's to choose, and
+                    // one that repeats what was sent is withheld (the message reaches the
+                    // intake page and the audit record).
                     beyond
                         .iter()
-                        .map(|r| crate::quoted(r, 100))
+                        .map(|r| crate::quoted_unless_echo(r, 100, &sent))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
