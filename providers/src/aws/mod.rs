@@ -203,6 +203,22 @@ fn descriptors(arns: &[String]) -> Vec<PolicyDescriptorType> {
         .collect()
 }
 
+/// The STS endpoint the SDK takes when the settings name none, read as aws-sdk-sts's config
+/// reads it: `AWS_ENDPOINT_URL_STS` or a profile's `services` section, else
+/// `AWS_ENDPOINT_URL` or a profile's `endpoint_url`; `None` for the SDK's own regional one.
+fn configured_endpoint(shared: &aws_config::SdkConfig) -> Result<Option<String>, String> {
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("STS")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .map_err(|e| format!("providers.aws_assume_role: {e}"))?;
+    Ok(shared
+        .service_config()
+        .and_then(|c| c.load_config(key))
+        .or_else(|| shared.endpoint_url().map(str::to_owned)))
+}
+
 impl AwsAssumeRole {
     /// Builds the STS client from the standard AWS credential chain and `settings`.
     ///
@@ -272,6 +288,16 @@ impl AwsAssumeRole {
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
+        // With none in the settings, the SDK takes one from the environment or the AWS
+        // profile: held to the same rule.
+        if settings.endpoint_url.is_none() {
+            if let Some(url) = configured_endpoint(&shared)? {
+                crate::github::settings::check_base(
+                    "the STS endpoint the environment or the AWS profile names (AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL, endpoint_url)",
+                    &url,
+                )?;
+            }
+        }
         let bounded = || {
             aws_sdk_sts::config::Builder::from(&shared)
                 .interceptor(BoundedAnswers)
@@ -590,8 +616,15 @@ mod tests {
 
     fn settings(endpoint_url: &str) -> super::AwsSettings {
         super::AwsSettings {
-            region: "us-east-1".into(),
             endpoint_url: Some(endpoint_url.into()),
+            ..unset()
+        }
+    }
+
+    fn unset() -> super::AwsSettings {
+        super::AwsSettings {
+            region: "us-east-1".into(),
+            endpoint_url: None,
             vendor_account_id: "111111111111".into(),
             broker_principal_arn: None,
             default_duration_s: 3600,
@@ -626,6 +659,24 @@ mod tests {
                 "{bad}: {e:?}"
             );
         }
+    }
+
+    /// The same rule for an endpoint the environment names when the settings name none
+    /// (each test is a process of its own under nextest: the variable stays in this one).
+    #[tokio::test]
+    async fn an_sts_endpoint_from_the_environment_is_held_to_it_too() {
+        std::env::set_var("AWS_CONFIG_FILE", "/nonexistent/credbroker-test");
+        std::env::set_var("AWS_ENDPOINT_URL_STS", "http://sts.example.com");
+        let e = super::AwsAssumeRole::new(unset()).await.err();
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("must be https")),
+            "{e:?}"
+        );
+        std::env::set_var("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9");
+        assert!(super::AwsAssumeRole::new(unset()).await.is_ok());
+        std::env::remove_var("AWS_ENDPOINT_URL_STS");
+        std::env::set_var("AWS_ENDPOINT_URL", "http://sts.example.com");
+        assert!(super::AwsAssumeRole::new(unset()).await.is_err());
     }
 
     #[test]
