@@ -233,10 +233,13 @@ fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // A second filter over the first: an event passes only if both let it.
+    // A second filter over the first: an event passes only if both let it. It lets through
+    // no more than the first does (the subscriber's most verbose level is the greater of
+    // the two: more would only make every callsite ask).
+    let most = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let caps = Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_targets(TRACE_CAPPED.map(|t| (t, LevelFilter::DEBUG)));
+        .with_default(most)
+        .with_targets(TRACE_CAPPED.map(|t| (t, most.min(LevelFilter::DEBUG))));
     // Colour only on a terminal: a log file or a collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
