@@ -45,6 +45,9 @@ pub struct SnState {
     /// A hostile instance (or a proxy before it): the token request is answered 400 with
     /// an `error` that repeats the form's `client_secret`.
     pub echo_secret: Mutex<bool>,
+    /// Requests that have arrived, counted before any delay (one held by `delay_ms` is
+    /// counted while it waits).
+    pub arrived: AtomicU64,
     counter: AtomicU64,
 }
 
@@ -182,6 +185,7 @@ impl SnState {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
         let delay = *self.delay_ms.lock().unwrap();
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
@@ -241,6 +245,7 @@ impl FakeServiceNow {
             tokens: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
             echo_secret: Mutex::new(false),
+            arrived: AtomicU64::new(0),
             counter: AtomicU64::new(1),
         });
         let s = state.clone();

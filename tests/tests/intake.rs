@@ -759,19 +759,11 @@ async fn a_link_revoked_during_the_probe_leaves_nothing_to_promote() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_that_expires_during_the_probe_gets_nothing_promoted() {
     let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
-    // Made just after a second begins and good for 1 s (to the second): usable for almost
-    // 2 s, admitted at once, probed for 2.5 s (within the probe's 3 s deadline).
-    let into_second = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_millis()
-    };
-    while into_second() > 50 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let (path, _) = create_link(&mut op, 1).await;
+    // Admitted at once, probed for 2.5 s (within the probe's 3 s deadline).
+    let path = link_about_to_expire(&mut op).await;
+    let before = arrived(&sn);
     let submitting = submit_while_probing_for(&pki, &daemon, &sn, &mut public, &path, 2500).await;
+    held_at_the_source(&sn, before).await;
     let b = dead_after_its_probe(&sn, submitting, &mut op).await;
     let written = b["binding"]["last_secret_version"].as_u64().unwrap();
     assert_eq!(written, 1, "{b}");
@@ -783,6 +775,60 @@ async fn a_link_that_expires_during_the_probe_gets_nothing_promoted() {
     assert_eq!(refused, 1, "the refusal is audited");
     let (s, v) = promote(&mut op, "acme-snow", written).await;
     assert_ne!(s, 200, "{v}");
+}
+
+/// A link made just after a second begins and good for 1 s (to the second): usable for
+/// almost 2 s.
+async fn link_about_to_expire(op: &mut BrokerClient) -> String {
+    let into_second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis()
+    };
+    while into_second() > 50 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    create_link(op, 1).await.0
+}
+
+/// Requests the fake source has seen arrive.
+fn arrived(sn: &FakeServiceNow) -> u64 {
+    sn.state.arrived.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Waits (up to 5 s) until a request beyond the `before`th has arrived at the fake source:
+/// the probe's first call, held there by its delay, which can then be lifted for the rest.
+async fn held_at_the_source(sn: &FakeServiceNow, before: u64) {
+    for _ in 0..250 {
+        if arrived(sn) > before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the probe never called the source");
+}
+
+/// A wrong secret whose probe outlives the link: the page does not send the customer back
+/// to a link that no longer works ("No attempts are left").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_checked_past_the_links_expiry_leaves_no_attempt() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    let path = link_about_to_expire(&mut op).await;
+    let (cookie, form) = wrong_secret_form(&mut public, &path).await;
+    *sn.state.delay_ms.lock().unwrap() = 2500;
+    let before = arrived(&sn);
+    let submitting = {
+        let mut client = public_client(&pki, daemon.public_url.as_ref().unwrap());
+        let path = path.clone();
+        tokio::spawn(async move { post(&mut client, &path, Some(&cookie), &form).await })
+    };
+    held_at_the_source(&sn, before).await;
+    *sn.state.delay_ms.lock().unwrap() = 0;
+    let p = submitting.await.unwrap();
+    assert_eq!(p.status, 422, "{}", p.html);
+    assert!(p.html.contains("No attempts are left"), "{}", p.html);
+    assert_eq!(get(&mut public, &path).await.status, 404);
 }
 
 /// A link's attempts cannot be stretched by overlapping submissions: while the third (last)

@@ -657,7 +657,14 @@ impl AdminService {
                 }
             }
             Err((e, _)) => {
-                // The attempt was counted when reserved; the last one uses the link up.
+                // The attempt was counted when reserved; the last one uses the link up, and
+                // so does a probe that outlived the link (the customer is not told to open
+                // it again).
+                let left = if link.expires_at < time::OffsetDateTime::now_utc().unix_timestamp() {
+                    0
+                } else {
+                    left
+                };
                 let mut batch = Batch::new();
                 if left == 0 {
                     batch.remove_intake_link(key, read);
