@@ -7,9 +7,14 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+/// The memory allocator the daemon binaries install: built without the `jemalloc` feature
+/// (only the fuzz targets are, and they install none), the system's.
+#[cfg(not(feature = "jemalloc"))]
+pub use std::alloc::System as Allocator;
 /// The memory allocator the daemon binaries install (`#[global_allocator]`): jemalloc, whose
 /// size classes and per-thread caches cost less per allocation than glibc's under the
 /// resolve path's short-lived allocations, and which fragments less with a large store.
+#[cfg(feature = "jemalloc")]
 pub use tikv_jemallocator::Jemalloc as Allocator;
 
 pub mod admin;
