@@ -204,8 +204,10 @@ fn descriptors(arns: &[String]) -> Vec<PolicyDescriptorType> {
 }
 
 /// The STS endpoint the SDK takes when the settings name none, read as aws-sdk-sts's config
-/// reads it: `AWS_ENDPOINT_URL_STS` or a profile's `services` section, else
-/// `AWS_ENDPOINT_URL` or a profile's `endpoint_url`; `None` for the SDK's own regional one.
+/// reads it (the environment's `AWS_ENDPOINT_URL_STS` and `AWS_ENDPOINT_URL`, then the
+/// profile's `services` section and `endpoint_url`); `None` for the SDK's own regional one,
+/// or when `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is set (the variables are checked on their
+/// own, see the caller).
 fn configured_endpoint(shared: &aws_config::SdkConfig) -> Result<Option<String>, String> {
     let key = aws_types::service_config::ServiceConfigKey::builder()
         .service_id("STS")
@@ -288,15 +290,23 @@ impl AwsAssumeRole {
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
-        // With none in the settings, the SDK takes one from the environment or the AWS
-        // profile: held to the same rule.
-        if settings.endpoint_url.is_none() {
-            if let Some(url) = configured_endpoint(&shared)? {
+        // An endpoint the environment or the AWS profile names is held to the same rule,
+        // whatever the settings say: the SDK's own credential chain (web identity, a
+        // profile's role, SSO) makes its STS calls there even when the settings name ours,
+        // and even when AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is set.
+        for var in ["AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"] {
+            if let Some(url) = std::env::var(var).ok().filter(|u| !u.is_empty()) {
                 crate::github::settings::check_base(
-                    "the STS endpoint the environment or the AWS profile names (AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL, endpoint_url)",
+                    &format!("providers.aws_assume_role: {var}"),
                     &url,
                 )?;
             }
+        }
+        if let Some(url) = configured_endpoint(&shared)? {
+            crate::github::settings::check_base(
+                "providers.aws_assume_role: the STS endpoint the AWS profile (or the environment) names",
+                &url,
+            )?;
         }
         let bounded = || {
             aws_sdk_sts::config::Builder::from(&shared)
@@ -672,6 +682,19 @@ mod tests {
             e.as_deref().is_some_and(|e| e.contains("must be https")),
             "{e:?}"
         );
+        // Also when the settings name one (the SDK's credential chain would still call the
+        // environment's), and when the SDK is told to ignore it (the chain is not).
+        let e = super::AwsAssumeRole::new(settings("https://sts.us-east-1.amazonaws.com"))
+            .await
+            .err();
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("AWS_ENDPOINT_URL_STS must be https")),
+            "{e:?}"
+        );
+        std::env::set_var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true");
+        assert!(super::AwsAssumeRole::new(unset()).await.is_err());
+        std::env::remove_var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS");
         std::env::set_var("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9");
         assert!(super::AwsAssumeRole::new(unset()).await.is_ok());
         std::env::remove_var("AWS_ENDPOINT_URL_STS");
