@@ -436,6 +436,12 @@ impl AdminService {
             let mut batch = Batch::new();
             batch.update_intake_link(key, read, &reserved);
             let _guard = self.lock.lock().await;
+            // A link that expired while this submission waited (for the lock, for the
+            // store) is dead to it, as at its admission: nothing is recorded for it.
+            if link.expires_at < time::OffsetDateTime::now_utc().unix_timestamp() {
+                self.count_intake("invalid_link", false);
+                return pages::invalid();
+            }
             // Of concurrent submissions of one link, those that lost the race for its
             // attempt are refused here, before any record (each wrote an "allowed" record
             // and a "failed" one), as a used link is.
@@ -657,18 +663,16 @@ impl AdminService {
                 }
             }
             Err((e, _)) => {
-                // The attempt was counted when reserved; the last one uses the link up, and
-                // so does a probe that outlived the link (the customer is not told to open
-                // it again).
-                let left = if link.expires_at < time::OffsetDateTime::now_utc().unix_timestamp() {
-                    0
-                } else {
-                    left
-                };
+                // The attempt was counted when reserved; the last one uses the link up.
                 let mut batch = Batch::new();
                 if left == 0 {
                     batch.remove_intake_link(key, read);
                 }
+                // A probe that outlived the link leaves the customer no attempt either (they
+                // are not told to open it again); the expired link, admitting nothing, is
+                // left to the sweep.
+                let expired = link.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
+                let left = if expired { 0 } else { left };
                 let mut ev = Self::intake_event(&link, request_id, "intake.failed");
                 ev.outcome = "denied".into();
                 ev.error_code = Some(e.code.as_str().to_owned());
