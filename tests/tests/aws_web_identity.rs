@@ -74,11 +74,11 @@ async fn customer_stack(e: &Env, sub: Option<&str>) {
     e.sts.add_role(ROLE, web_role(&e.host, sub));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn web_identity_end_to_end_with_no_aws_credential() {
-    let mut e = start().await;
+/// Binding `wi` (tenant t1, web identity), the customer's stack trusting its subject, and
+/// its probe, which passes: the subject and the probe's answer.
+async fn probed_web_binding(e: &mut Env) -> (String, Value) {
     let (s, v) = add_binding(
-        &mut e,
+        e,
         "wi",
         "t1",
         json!({"role_arn": ROLE, "model": "web_identity"}),
@@ -86,15 +86,29 @@ async fn web_identity_end_to_end_with_no_aws_credential() {
     .await;
     assert_eq!(s, 201, "{v}");
     let subject = subject_of(&v);
-    customer_stack(&e, Some(&subject)).await;
+    customer_stack(e, Some(&subject)).await;
     let (s, v) = e.env.probe("wi").await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["binding"]["status"], "active", "{v}");
-    assert_eq!(v["binding"]["trust_facts"]["model"], "web_identity", "{v}");
+    (subject, v)
+}
+
+/// Instance `iwi` of binding `wi` and one resolve of it by worker w1, which is served: the
+/// worker's client and the answer.
+async fn resolved(e: &mut Env) -> (credbroker::client::BrokerClient, Value) {
     e.env.add_instance("iwi", "t1", "wi").await;
     let mut w1 = e.env.pki.client_for("w1", &e.env.daemon.url);
     let (s, v) = resolve(&mut w1, json!({"instance_id": "iwi"})).await;
     assert_eq!(s, 200, "{v}");
+    (w1, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_identity_end_to_end_with_no_aws_credential() {
+    let mut e = start().await;
+    let (subject, v) = probed_web_binding(&mut e).await;
+    assert_eq!(v["binding"]["status"], "active", "{v}");
+    assert_eq!(v["binding"]["trust_facts"]["model"], "web_identity", "{v}");
+    let (mut w1, v) = resolved(&mut e).await;
     assert_eq!(v["kind"], "aws_sts", "{v}");
     assert!(
         v["credentials"]["AccessKeyId"]
@@ -148,21 +162,8 @@ async fn trace_logging_does_not_write_the_assertion() {
         "debug,aws_smithy_runtime=trace,aws_smithy_runtime::client::orchestrator=trace,aws_sigv4=trace",
     )
     .await;
-    let (s, v) = add_binding(
-        &mut e,
-        "wi",
-        "t1",
-        json!({"role_arn": ROLE, "model": "web_identity"}),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    customer_stack(&e, Some(&subject_of(&v))).await;
-    let (s, v) = e.env.probe("wi").await;
-    assert_eq!(s, 200, "{v}");
-    e.env.add_instance("iwi", "t1", "wi").await;
-    let mut w1 = e.env.pki.client_for("w1", &e.env.daemon.url);
-    let (s, v) = resolve(&mut w1, json!({"instance_id": "iwi"})).await;
-    assert_eq!(s, 200, "{v}");
+    probed_web_binding(&mut e).await;
+    resolved(&mut e).await;
     assert_eq!(
         e.sts.state.last_request()["Action"],
         "AssumeRoleWithWebIdentity"
