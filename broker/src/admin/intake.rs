@@ -173,7 +173,7 @@ impl AdminService {
             .await
             .map_err(store_err)?
             .into_iter()
-            .filter(|(_, l)| l.value.expires_at >= now)
+            .filter(|(_, l)| !l.value.expired(now))
             .map(|(_, l)| {
                 let l = l.value;
                 json!({

@@ -76,7 +76,7 @@ impl AdminService {
             let _guard = self.lock.lock().await;
             // A link that expired while this submission waited (for the lock, for the
             // store) is dead to it, as at its admission: nothing is recorded for it.
-            if link.expires_at < time::OffsetDateTime::now_utc().unix_timestamp() {
+            if link.expired_now() {
                 self.count_intake("invalid_link", false);
                 return pages::invalid();
             }
@@ -136,7 +136,7 @@ impl AdminService {
                 // A link that expired while this submission waited for the lock writes
                 // nothing (the stored bytes, the write's precondition, do not change with
                 // time).
-                if link.expires_at < time::OffsetDateTime::now_utc().unix_timestamp() {
+                if link.expired_now() {
                     return Err(ApiError::new(
                         ErrorCode::Conflict,
                         "the intake link expired meanwhile",
@@ -235,7 +235,7 @@ impl AdminService {
                         .await
                         .map_err(store_err)?
                         .map(|(_, l)| l)
-                        .filter(|l| l.value.id == link.id && l.value.expires_at >= now)
+                        .filter(|l| l.value.id == link.id && !l.value.expired(now))
                         .ok_or_else(|| {
                             ApiError::new(
                                 ErrorCode::Conflict,
@@ -309,8 +309,7 @@ impl AdminService {
                 // A probe that outlived the link leaves the customer no attempt either (they
                 // are not told to open it again); the expired link, admitting nothing, is
                 // left to the sweep.
-                let expired = link.expires_at < time::OffsetDateTime::now_utc().unix_timestamp();
-                let left = if expired { 0 } else { left };
+                let left = if link.expired_now() { 0 } else { left };
                 let mut ev = Self::intake_event(&link, request_id, "intake.failed");
                 ev.outcome = "denied".into();
                 ev.error_code = Some(e.code.as_str().to_owned());

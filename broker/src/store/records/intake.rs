@@ -77,7 +77,18 @@ impl IntakeLink {
     /// Whether the link takes a submission at `now` (Unix seconds): unexpired, with an
     /// attempt left.
     pub fn admits(&self, now: i64) -> bool {
-        self.expires_at >= now && self.failures < crate::admin::MAX_INTAKE_FAILURES
+        !self.expired(now) && self.failures < crate::admin::MAX_INTAKE_FAILURES
+    }
+
+    /// Whether the link has expired by `now` (unix seconds): it admits nothing from then on,
+    /// whatever a submission it admitted before is still doing.
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at < now
+    }
+
+    /// [`IntakeLink::expired`] by the clock now.
+    pub fn expired_now(&self) -> bool {
+        self.expired(time::OffsetDateTime::now_utc().unix_timestamp())
     }
 }
 
