@@ -530,3 +530,29 @@ async fn no_secret_is_sealed_for_a_planted_tenant_platform() {
         "a version was sealed for the planted binding"
     );
 }
+
+/// sled logs every value it writes at trace (sealed secrets among them, and whole leaves of
+/// other records): the daemon lets it log at most at debug, even when `RUST_LOG` names it at
+/// trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_log_holds_no_stored_values() {
+    let (tmp, pki) = setup();
+    let options = DaemonOptions {
+        env: vec![("RUST_LOG".into(), "debug,sled=trace".into())],
+        ..Default::default()
+    };
+    let mut daemon = Daemon::start(tmp.path(), &pki, &options);
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let (s, v) = rotate_and_promote(&mut op, "b1", json!({"token": "not logged"})).await;
+    assert_eq!(s, 200, "{v}");
+    daemon.stop();
+    let logs = daemon.logs();
+    assert!(logs.contains(" DEBUG "), "debug lines were captured");
+    let leaked: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("TRACE sled"))
+        .take(3)
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:#?}");
+}

@@ -367,3 +367,30 @@ async fn postgres_survives_a_stalled_commit_lock_holder() {
     b.push(Op::Put(Table::Tenants, "after".into(), b"x".to_vec()));
     store.commit(b).await.unwrap();
 }
+
+/// tokio-postgres logs every statement's parameters at debug (sealed records, token hashes,
+/// audit records): the daemon lets it log at most at info, even when `RUST_LOG` names it at
+/// trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_log_holds_no_statement_parameters() {
+    use credbroker_tests::replicas::ReplicaSet;
+    use credbroker_tests::{resolve, seed_two_tenants, setup};
+    let (tmp, pki) = setup();
+    let env = vec![("RUST_LOG".into(), "debug,tokio_postgres=trace".into())];
+    let mut set = ReplicaSet::start(TestPostgres::start(), tmp.path(), &pki, 1, "", env).await;
+    let mut op = pki.client_for("op", &set.daemons[0].url);
+    seed_two_tenants(&mut op).await;
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "{v}");
+    set.daemons[0].stop();
+    let logs = set.daemons[0].logs();
+    assert!(logs.contains("resolve allowed"), "logs were captured");
+    assert!(logs.contains(" DEBUG "), "debug lines were captured");
+    let leaked: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("tokio_postgres") || l.contains("with parameters"))
+        .take(3)
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:#?}");
+}

@@ -26,6 +26,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use tracing_subscriber::filter::LevelFilter;
 
 use crate::config::LogFormat;
 
@@ -216,19 +217,30 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start runtime: {e}"))
 }
 
-/// Crates whose trace level logs what the broker sends upstream: the AWS SDK's request
-/// (its body holds the web-identity assertion, the ExternalId and the session policy) and
-/// its signer's canonical request. They log at most at debug, whatever `RUST_LOG` or
-/// `[log] level` asks for, however specific the directive.
-const TRACE_CAPPED: [&str; 4] = [
-    "aws_smithy_runtime",
-    "aws_smithy_runtime_api",
-    "aws_smithy_http_client",
-    "aws_sigv4",
+/// Crates that would log what the broker stores or sends upstream, each with the most it may
+/// log, whatever `RUST_LOG` or `[log] level` asks for, however specific the directive:
+/// - at trace, the AWS SDK's request (its body holds the web-identity assertion, the
+///   ExternalId and the session policy), its signer's canonical request, and the profile's
+///   `credential_process` command line: at most debug;
+/// - at trace, sled every value it writes (sealed secrets, platform keys, webhook secrets):
+///   at most debug;
+/// - at debug, tokio-postgres every statement's parameters (the same sealed records, token
+///   hashes, audit records): at most info;
+/// - at debug, octocrab a span holding each request's whole URL, printed with every line
+///   logged inside it: at most info.
+const LOG_CAPS: [(&str, LevelFilter); 8] = [
+    ("aws_smithy_runtime", LevelFilter::DEBUG),
+    ("aws_smithy_runtime_api", LevelFilter::DEBUG),
+    ("aws_smithy_http_client", LevelFilter::DEBUG),
+    ("aws_sigv4", LevelFilter::DEBUG),
+    ("aws_config", LevelFilter::DEBUG),
+    ("sled", LevelFilter::DEBUG),
+    ("tokio_postgres", LevelFilter::INFO),
+    ("octocrab", LevelFilter::INFO),
 ];
 
 fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -239,7 +251,7 @@ fn init_logging(format: LogFormat, level: &str) {
     let most = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let caps = Targets::new()
         .with_default(most)
-        .with_targets(TRACE_CAPPED.map(|t| (t, most.min(LevelFilter::DEBUG))));
+        .with_targets(LOG_CAPS.map(|(t, cap)| (t, most.min(cap))));
     // Colour only on a terminal: a log file or a collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
