@@ -220,20 +220,26 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Crates that would log what the broker stores or sends upstream, each with the most it may
 /// log, whatever `RUST_LOG` or `[log] level` asks for, however specific the directive:
 /// - at trace, the AWS SDK's request (its body holds the web-identity assertion, the
-///   ExternalId and the session policy), its signer's canonical request, and the profile's
-///   `credential_process` command line: at most debug;
+///   ExternalId and the session policy), its signer's canonical request, the environment
+///   and profile values it reads, and the profile's `credential_process` command line: every
+///   crate of the SDK at most debug;
 /// - at trace, sled every value it writes (sealed secrets, platform keys, webhook secrets):
 ///   at most debug;
 /// - at debug, tokio-postgres every statement's parameters (the same sealed records, token
 ///   hashes, audit records): at most info;
 /// - at debug, octocrab a span holding each request's whole URL, printed with every line
 ///   logged inside it: at most info.
-const LOG_CAPS: [(&str, LevelFilter); 8] = [
+///
+/// A target is capped when it starts with the name (`aws_smithy_http` covers
+/// `aws_smithy_http_client`).
+const LOG_CAPS: [(&str, LevelFilter); 10] = [
     ("aws_smithy_runtime", LevelFilter::DEBUG),
-    ("aws_smithy_runtime_api", LevelFilter::DEBUG),
-    ("aws_smithy_http_client", LevelFilter::DEBUG),
+    ("aws_smithy_http", LevelFilter::DEBUG),
+    ("aws_smithy_types", LevelFilter::DEBUG),
     ("aws_sigv4", LevelFilter::DEBUG),
     ("aws_config", LevelFilter::DEBUG),
+    ("aws_runtime", LevelFilter::DEBUG),
+    ("aws_sdk_sts", LevelFilter::DEBUG),
     ("sled", LevelFilter::DEBUG),
     ("tokio_postgres", LevelFilter::INFO),
     ("octocrab", LevelFilter::INFO),
