@@ -57,6 +57,15 @@ impl Store for GatedStore {
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.inner.scan(table, prefix).await
     }
+    async fn scan_page(
+        &self,
+        table: Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan_page(table, prefix, after, limit).await
+    }
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let pending = batch.ops.iter().any(|op| {
             matches!(op, Op::Put(Table::Secrets, _, v)

@@ -338,7 +338,7 @@ async fn the_pre_check_judges_as_the_commit_does(records: &Records) {
 
 /// A pass over a table (`scan_each`) sees every row under its prefix once, in key order,
 /// across more than one PostgreSQL page, as `scan` does; an error of the callback stops it
-/// and is returned.
+/// and is returned. Pages read by `scan_page` put together read the same rows.
 async fn a_pass_reads_every_row_once(store: &Arc<dyn Store>) {
     let mut b = Batch::new();
     for i in 0..1234 {
@@ -395,6 +395,41 @@ async fn a_pass_reads_every_row_once(store: &Arc<dyn Store>) {
         "{stopped:?}"
     );
     assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 701);
+    // Pages (`scan_page`) read the same rows in the same order, each after the last key of
+    // the one before; a page starts at the prefix whatever key before it is given.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .scan_page(Table::Instances, "pass/", after.as_deref(), 500)
+            .await
+            .unwrap();
+        assert!(page.len() <= 500);
+        let full = page.len() == 500;
+        after = page.last().map(|(k, _)| k.clone());
+        paged.extend(page);
+        if !full {
+            break;
+        }
+    }
+    assert!(paged == seen, "the pages read {} rows", paged.len());
+    for from in [None, Some("a"), Some("pas"), Some("pass")] {
+        let first = store
+            .scan_page(Table::Instances, "pass/", from, 2)
+            .await
+            .unwrap();
+        assert!(first == seen[..2], "after {from:?}: {first:?}");
+    }
+    let last = store
+        .scan_page(Table::Instances, "pass/", Some("pass/01232"), 5)
+        .await
+        .unwrap();
+    assert!(last == seen[1233..], "{last:?}");
+    let past = store
+        .scan_page(Table::Instances, "pass/", Some("pass/01233"), 5)
+        .await
+        .unwrap();
+    assert!(past.is_empty(), "{past:?}");
 }
 
 /// Runs `n` concurrent commits built by `make(i)`; returns how many succeeded.

@@ -342,6 +342,19 @@ pub trait Store: Send + Sync + 'static {
     /// On backend failure.
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
+    /// Reads one page of the keys starting with `prefix`, in key order: at most `limit` of
+    /// them, all after `after` when it is given (a listing that never holds a whole table).
+    ///
+    /// # Errors
+    /// On backend failure.
+    async fn scan_page(
+        &self,
+        table: Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
     /// Calls `each` with every key starting with `prefix` and its value, in key order, one
     /// at a time: for a pass over a whole table (the start-up check, the periodic jobs) that
     /// must not hold it all in memory. sled iterates its tree; PostgreSQL reads pages by

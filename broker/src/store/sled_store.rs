@@ -178,10 +178,28 @@ impl Inner {
             .map(|v| v.to_vec()))
     }
 
-    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// At most `limit` keys starting with `prefix`, after `after` when given, in key order.
+    fn scan(
+        &self,
+        table: Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(a) if a.as_bytes() >= prefix.as_bytes() => Bound::Excluded(a.as_bytes()),
+            _ => Bound::Included(prefix.as_bytes()),
+        };
         let mut out = Vec::new();
-        for item in self.tree(table).scan_prefix(prefix.as_bytes()) {
+        for item in self.tree(table).range::<&[u8], _>((from, Bound::Unbounded)) {
+            if out.len() == limit {
+                break;
+            }
             let (k, v) = item.map_err(backend)?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
             let key = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
                 table: table.name(),
                 key: String::from_utf8_lossy(&k).into_owned(),
@@ -266,7 +284,20 @@ impl Store for SledStore {
 
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking(move |s| s.scan(table, &prefix)).await
+        self.blocking(move |s| s.scan(table, &prefix, None, usize::MAX))
+            .await
+    }
+
+    async fn scan_page(
+        &self,
+        table: Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+        self.blocking(move |s| s.scan(table, &prefix, after.as_deref(), limit))
+            .await
     }
 
     async fn scan_each(
@@ -335,7 +366,10 @@ mod tests {
             .push(Op::ExpectAbsent(Table::Tenants, "a".into()));
         assert!(matches!(s.commit(b), Err(StoreError::Precondition { .. })));
         assert!(s.get(Table::Tenants, "b").unwrap().is_none());
-        assert_eq!(s.scan(Table::Tenants, "").unwrap().len(), 1);
+        assert_eq!(
+            s.scan(Table::Tenants, "", None, usize::MAX).unwrap().len(),
+            1
+        );
     }
 
     #[test]

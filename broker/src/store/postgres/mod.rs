@@ -379,6 +379,38 @@ impl PgStore {
         .transpose()
         .map_err(|e| db_error(&e).to_string())
     }
+
+    /// At most `limit` keys starting with `prefix`, after `after` when given, in key order:
+    /// one query under the store's deadline.
+    async fn page(
+        &self,
+        table: Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = deadline(self.inner.timeout, async {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT key, value FROM credbroker_records \
+                     WHERE tbl = $1 AND key >= $2 AND starts_with(key, $2) \
+                     AND ($3::text IS NULL OR key > $3) ORDER BY key LIMIT $4",
+                )
+                .await
+                .map_err(|e| db_error(&e))?;
+            client
+                .query(&stmt, &[&table.name(), &prefix, &after, &limit])
+                .await
+                .map_err(|e| db_error(&e))
+        })
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(|e| db_error(&e))
+    }
 }
 
 #[async_trait]
@@ -435,31 +467,12 @@ impl Store for PgStore {
         // table neither holds it whole nor runs as one long statement. Not a snapshot: a row
         // committed meanwhile behind the page being read is not seen (the passes are
         // periodic, or run at start before any change of this process).
-        const PAGE: i64 = 500;
+        const PAGE: usize = 500;
         let mut after: Option<String> = None;
         loop {
-            let rows = deadline(self.inner.timeout, async {
-                let client = self.client().await?;
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT key, value FROM credbroker_records \
-                         WHERE tbl = $1 AND key >= $2 AND starts_with(key, $2) \
-                         AND ($3::text IS NULL OR key > $3) ORDER BY key LIMIT $4",
-                    )
-                    .await
-                    .map_err(|e| db_error(&e))?;
-                client
-                    .query(&stmt, &[&table.name(), &prefix, &after, &PAGE])
-                    .await
-                    .map_err(|e| db_error(&e))
-            })
-            .await?;
-            let full = rows.len() as i64 == PAGE;
-            for row in rows {
-                let (key, value): (String, Vec<u8>) = (
-                    row.try_get(0).map_err(|e| db_error(&e))?,
-                    row.try_get(1).map_err(|e| db_error(&e))?,
-                );
+            let rows = self.page(table, prefix, after.as_deref(), PAGE).await?;
+            let full = rows.len() == PAGE;
+            for (key, value) in rows {
                 each(&key, &value)?;
                 after = Some(key);
             }
@@ -467,6 +480,16 @@ impl Store for PgStore {
                 return Ok(());
             }
         }
+    }
+
+    async fn scan_page(
+        &self,
+        table: Table,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.page(table, prefix, after, limit).await
     }
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {

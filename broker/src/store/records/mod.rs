@@ -472,6 +472,29 @@ impl Records {
         self.all_where(table, prefix, |_| true).await
     }
 
+    /// One page of a table's records, in key order: at most `limit`, all after the key
+    /// `after` when given; and the key the next page starts after (`None`: none follows).
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn page<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<T>, Option<String>), StoreError> {
+        let rows = self.store.scan_page(table, "", after, limit).await?;
+        let next = match rows.last() {
+            Some((k, _)) if rows.len() == limit => Some(k.clone()),
+            _ => None,
+        };
+        let items = rows
+            .iter()
+            .map(|(k, v)| decode(table, k, v))
+            .collect::<Result<Vec<T>, _>>()?;
+        Ok((items, next))
+    }
+
     /// One tenant, as read for a change.
     ///
     /// # Errors
