@@ -347,9 +347,25 @@ fn parameter(name: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "schema": schema})
 }
 
-/// The query parameters a route declares (the admin API refuses any other).
-fn query_parameters(endpoint: Endpoint) -> Vec<Value> {
+/// The query parameters a route declares for `method` (the admin API refuses any other).
+fn query_parameters(endpoint: Endpoint, method: &http::Method) -> Vec<Value> {
     match endpoint {
+        Endpoint::Admin(AdminEndpoint::Collection) if method == http::Method::GET => vec![
+            json!({
+                "name": "limit",
+                "in": "query",
+                "required": false,
+                "schema": {"type": "integer", "minimum": 1, "maximum": crate::admin::PAGE_MAX, "default": crate::admin::PAGE_MAX},
+                "description": "The most records the page holds."
+            }),
+            json!({
+                "name": "after",
+                "in": "query",
+                "required": false,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 512},
+                "description": "The id the page starts after: the previous page's `next` (records come in id order; `next` is null on the last page)."
+            }),
+        ],
         Endpoint::Admin(AdminEndpoint::SecretVersion) => vec![json!({
             "name": "force",
             "in": "query",
@@ -372,15 +388,16 @@ fn query_parameters(endpoint: Endpoint) -> Vec<Value> {
 }
 
 fn path_item(gen: &mut SchemaGenerator, route: &Route, error: &Value) -> Value {
-    let mut params: Vec<Value> = route
+    let path_params: Vec<Value> = route
         .path
         .split('/')
         .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
         .map(parameter)
         .collect();
-    params.extend(query_parameters(route.endpoint));
     let mut item = Map::new();
     for method in route.methods {
+        let mut params = path_params.clone();
+        params.extend(query_parameters(route.endpoint, method));
         let op = operation(gen, route, method);
         let content_type = if route.endpoint == Endpoint::Metrics {
             "text/plain"
@@ -403,7 +420,7 @@ fn path_item(gen: &mut SchemaGenerator, route: &Route, error: &Value) -> Value {
             }
         });
         if !params.is_empty() {
-            o["parameters"] = Value::Array(params.clone());
+            o["parameters"] = Value::Array(params);
         }
         if let Some(body) = op.request {
             o["requestBody"] = json!({

@@ -155,3 +155,134 @@ fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
     assert_eq!(code, 0, "{err}");
     assert!(man_dir.join("credbroker-doctor.1").exists());
 }
+
+/// Listings come in pages of at most 1,000 records in id order, each after the previous
+/// page's `next`; the CLI reads every page and prints them as one answer. A query a listing
+/// does not take is refused, as is any query on an addition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_come_in_pages_and_the_cli_reads_them_all() {
+    use http::Method;
+    use serde_json::json;
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let ids: Vec<String> = (0..1003).map(|i| format!("t{i:04}")).collect();
+    // Four operators' connections adding a quarter each.
+    let mut adding = tokio::task::JoinSet::new();
+    for k in 0..4 {
+        let mut op = pki.client_for("op", &daemon.url);
+        let mine: Vec<String> = ids.iter().skip(k).step_by(4).cloned().collect();
+        adding.spawn(async move {
+            for id in mine {
+                let (s, v) = call(
+                    &mut op,
+                    Method::POST,
+                    "/v1/admin/tenants",
+                    Some(json!({"id": id})),
+                )
+                .await;
+                assert_eq!(s, 201, "{v}");
+            }
+        });
+    }
+    while let Some(done) = adding.join_next().await {
+        done.unwrap();
+    }
+    let mut op = pki.client_for("op", &daemon.url);
+    let listed = |v: &Value| -> Vec<String> {
+        v["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let (s, v) = call(&mut op, Method::GET, "/v1/admin/tenants?limit=2", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (listed(&v), v["next"].clone()),
+        (ids[..2].to_vec(), json!("t0001"))
+    );
+    let (s, v) = call(
+        &mut op,
+        Method::GET,
+        "/v1/admin/tenants?after=t0001&limit=2",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (listed(&v), v["next"].clone()),
+        (ids[2..4].to_vec(), json!("t0003"))
+    );
+    // The default page is the largest.
+    let (s, v) = call(&mut op, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (listed(&v), v["next"].clone()),
+        (ids[..1000].to_vec(), json!("t0999"))
+    );
+    let (s, v) = call(&mut op, Method::GET, "/v1/admin/tenants?after=t0999", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (listed(&v), v["next"].clone()),
+        (ids[1000..].to_vec(), Value::Null)
+    );
+    // After an id that is not there: from the next one on.
+    let (s, v) = call(&mut op, Method::GET, "/v1/admin/tenants?after=t1001x", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (listed(&v), v["next"].clone()),
+        (ids[1002..].to_vec(), Value::Null)
+    );
+
+    for (query, says) in [
+        ("limit=0", "limit must be"),
+        ("limit=1001", "limit must be"),
+        ("limit=-1", "limit must be"),
+        ("limit=2&limit=3", "more than once"),
+        ("after=", "after must be"),
+        ("after=a&after=b", "more than once"),
+        ("page=2", "unknown query parameter"),
+    ] {
+        let (s, v) = call(
+            &mut op,
+            Method::GET,
+            &format!("/v1/admin/tenants?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{query}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{query}: {v}"
+        );
+    }
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/tenants?limit=2",
+        Some(json!({"id": "extra"})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    let long = "a".repeat(513);
+    let (s, v) = call(
+        &mut op,
+        Method::GET,
+        &format!("/v1/admin/tenants?after={long}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+
+    let (c, out, err) = operator_cli(&pki, &daemon.url, &["tenant", "list", "--output", "json"]);
+    assert_eq!(c, 0, "{err}");
+    let v = json_of(&out, "tenant list");
+    assert_eq!(listed(&v), ids);
+    assert!(
+        v.get("next").is_none(),
+        "the CLI's answer is whole: {}",
+        v["next"]
+    );
+}

@@ -59,7 +59,7 @@ mod workers;
 pub use request::{
     parse_admin_request, AdminOp, ClaimBody, Collection, IgnoreBody, IssuerRetireBody,
     IssuerRotateBody, NewBinding, NewInstance, NewOperator, NewTenant, NewWorker, OnboardBody,
-    WorkerTenants,
+    Page, WorkerTenants, PAGE_MAX,
 };
 pub use secret_body::SecretBody;
 
@@ -524,7 +524,7 @@ impl AdminService {
 
     async fn plan(&self, op: AdminOp) -> Result<Plan, ApiError> {
         match op {
-            AdminOp::List(c) => self.plan_list(c).await,
+            AdminOp::List(c, page) => self.plan_list(c, &page).await,
             AdminOp::Show(c, id) => self.plan_show(c, &id).await,
             AdminOp::AddTenant(t) => self.plan_add_tenant(t).await,
             AdminOp::AddWorker(w) => self.plan_add_worker(w).await,

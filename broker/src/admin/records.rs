@@ -10,13 +10,26 @@ use credbroker_providers::BindingContext;
 use super::AdminService;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
-use crate::model::{now_rfc3339, Binding, Instance, SecretVersionView, Status, Tenant, Worker};
+use crate::model::{
+    now_rfc3339, Binding, Instance, Operator, SecretVersionView, Status, Tenant, Worker,
+};
 use crate::store::records::Stored;
-use crate::store::Batch;
+use crate::store::{Batch, StoreError, Table};
 
+use super::request::Page;
 use super::{
     store_err, to_value, unknown, validate_kind, Collection, NewInstance, NewTenant, Plan,
 };
+
+/// A page of records as shown, and the id the next page starts after.
+type Shown = (Vec<Value>, Option<String>);
+
+fn values<T: serde::Serialize>(
+    page: Result<(Vec<T>, Option<String>), StoreError>,
+) -> Result<Shown, ApiError> {
+    let (items, next) = page.map_err(store_err)?;
+    Ok((items.iter().map(to_value).collect(), next))
+}
 
 /// What `GET /v1/admin/bindings/{id}` shows: the binding, its secret versions (metadata,
 /// never values) and the ceiling in force.
@@ -149,50 +162,26 @@ impl AdminService {
             .ok_or_else(|| unknown(Collection::Instances, id))
     }
 
-    pub(super) async fn plan_list(&self, c: Collection) -> Result<Plan, ApiError> {
+    pub(super) async fn plan_list(&self, c: Collection, page: &Page) -> Result<Plan, ApiError> {
         let r = &self.core.records;
-        let items: Vec<Value> = match c {
-            Collection::Tenants => r
-                .tenants()
-                .await
-                .map_err(store_err)?
-                .iter()
-                .map(to_value)
-                .collect(),
-            Collection::Workers => r
-                .workers()
-                .await
-                .map_err(store_err)?
-                .iter()
-                .map(to_value)
-                .collect(),
-            Collection::Instances => r
-                .instances()
-                .await
-                .map_err(store_err)?
-                .iter()
-                .map(to_value)
-                .collect(),
-            Collection::Bindings => r
-                .bindings()
-                .await
-                .map_err(store_err)?
-                .iter()
-                .map(to_value)
-                .collect(),
-            Collection::Operators => r
-                .operators()
-                .await
-                .map_err(store_err)?
-                .iter()
-                .map(to_value)
-                .collect(),
-        };
+        let (after, limit) = (page.after.as_deref(), page.limit);
+        let (items, next) = match c {
+            Collection::Tenants => values(r.page::<Tenant>(Table::Tenants, after, limit).await),
+            Collection::Workers => values(r.page::<Worker>(Table::Workers, after, limit).await),
+            Collection::Instances => {
+                values(r.page::<Instance>(Table::Instances, after, limit).await)
+            }
+            Collection::Bindings => values(r.page::<Binding>(Table::Bindings, after, limit).await),
+            Collection::Operators => {
+                values(r.page::<Operator>(Table::Operators, after, limit).await)
+            }
+        }?;
         let key = format!("{}s", c.noun());
-        Ok(Plan::new(
-            format!("{} records", items.len()),
-            json!({ key: items }),
-        ))
+        let detail = match after {
+            Some(a) => format!("{} records after {a}", items.len()),
+            None => format!("{} records", items.len()),
+        };
+        Ok(Plan::new(detail, json!({ key: items, "next": next })))
     }
 
     pub(super) async fn plan_show(&self, c: Collection, id: &str) -> Result<Plan, ApiError> {

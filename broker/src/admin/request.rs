@@ -213,8 +213,8 @@ pub struct IssuerRetireBody {
 
 /// One admin operation.
 pub enum AdminOp {
-    /// List a collection.
-    List(Collection),
+    /// List one page of a collection.
+    List(Collection, Page),
     /// Show one record.
     Show(Collection, String),
     /// Add a tenant.
@@ -315,7 +315,7 @@ pub enum AdminOp {
 impl AdminOp {
     pub(super) fn action(&self) -> String {
         match self {
-            AdminOp::List(c) => format!("{}.list", c.noun()),
+            AdminOp::List(c, _) => format!("{}.list", c.noun()),
             AdminOp::Show(c, _) => format!("{}.show", c.noun()),
             AdminOp::AddTenant(_) => "tenant.add".into(),
             AdminOp::AddWorker(_) => "worker.add".into(),
@@ -358,7 +358,7 @@ impl AdminOp {
     pub(super) fn is_read(&self) -> bool {
         matches!(
             self,
-            AdminOp::List(_)
+            AdminOp::List(..)
                 | AdminOp::Show(..)
                 | AdminOp::KeysList(_)
                 | AdminOp::IntakeList
@@ -396,6 +396,64 @@ fn destroy_force(query: &str) -> Result<bool, ApiError> {
     Ok(force.unwrap_or(false))
 }
 
+/// The most records one page of a listing holds (and the default).
+pub const PAGE_MAX: usize = 1000;
+
+/// The longest key a page may start after (ids are shorter).
+const AFTER_MAX: usize = 512;
+
+/// One page of a listing (`GET /v1/admin/{collection}?limit=N&after=ID`): at most `limit`
+/// records, all after the id `after` when given, in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The id the page starts after (the previous page's `next`).
+    pub after: Option<String>,
+    /// The most records the page holds, 1 to [`PAGE_MAX`].
+    pub limit: usize,
+}
+
+fn page_query(query: &str) -> Result<Page, ApiError> {
+    let (mut after, mut limit) = (None, None);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let given = match &*name {
+            "after" => {
+                if value.is_empty() || value.len() > AFTER_MAX {
+                    return Err(ApiError::bad_request(format!(
+                        "after must be a record id (1 to {AFTER_MAX} bytes): the previous page's next"
+                    )));
+                }
+                after.replace(value.into_owned()).is_some()
+            }
+            "limit" => {
+                let n = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=PAGE_MAX).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be a number of records from 1 to {PAGE_MAX}"
+                        ))
+                    })?;
+                limit.replace(n).is_some()
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "unknown query parameter: a listing takes limit and after",
+                ))
+            }
+        };
+        if given {
+            return Err(ApiError::bad_request(format!(
+                "{name} is given more than once"
+            )));
+        }
+    }
+    Ok(Page {
+        after,
+        limit: limit.unwrap_or(PAGE_MAX),
+    })
+}
+
 /// Parses method + path (with its query, if any) + body into an operation, routing by the
 /// admin routes of [`crate::routes::MTLS`].
 ///
@@ -414,7 +472,9 @@ pub fn parse_admin_request(
         return Err(not_found());
     };
     // A query is part of a route's contract: only the routes that declare one take one.
+    let listing = endpoint == AdminEndpoint::Collection && *method == Method::GET;
     if !query.is_empty()
+        && !listing
         && endpoint != AdminEndpoint::SecretVersion
         && endpoint != AdminEndpoint::Inventory
     {
@@ -437,7 +497,7 @@ pub fn parse_admin_request(
         AdminEndpoint::Collection => {
             let c = collection().ok_or_else(not_found)?;
             if *method == Method::GET {
-                return Ok(AdminOp::List(c));
+                return Ok(AdminOp::List(c, page_query(query)?));
             }
             match c {
                 Collection::Tenants => parse_body(body).map(AdminOp::AddTenant),
@@ -592,7 +652,13 @@ mod tests {
     fn routes() {
         assert!(matches!(
             parse_admin_request(&Method::GET, "/v1/admin/tenants", b""),
-            Ok(AdminOp::List(Collection::Tenants))
+            Ok(AdminOp::List(
+                Collection::Tenants,
+                Page {
+                    after: None,
+                    limit: PAGE_MAX
+                }
+            ))
         ));
         assert!(matches!(
             parse_admin_request(&Method::POST, "/v1/admin/bindings/b1/disable", b""),

@@ -13,7 +13,7 @@ use http::Method;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-pub use super::conn::{call, call_showing, request, Conn, DEFAULT_SERVER};
+pub use super::conn::{call, call_showing, list_all, request, Conn, DEFAULT_SERVER};
 use super::providers::BindingAdd;
 
 #[derive(Args, Debug)]
@@ -383,7 +383,7 @@ pub fn run_record<A: Args>(
                 Some(serde_json::to_vec(&v).map_err(|e| e.to_string())?),
             )
         }
-        RecordAction::List => call(&cmd.conn, Method::GET, &base, None),
+        RecordAction::List => list_all(&cmd.conn, &base, collection),
         RecordAction::Show(i) => call(
             &cmd.conn,
             Method::GET,
@@ -461,7 +461,7 @@ pub fn run_binding(cmd: BindingCmd) -> Result<ExitCode, String> {
             base,
             Some(serde_json::to_vec(&add.body).map_err(|e| e.to_string())?),
         ),
-        BindingAction::List => call(conn, Method::GET, base, None),
+        BindingAction::List => list_all(conn, base, "bindings"),
         BindingAction::Show(i) => call(
             conn,
             Method::GET,

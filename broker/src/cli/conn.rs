@@ -201,6 +201,55 @@ pub fn call_showing(
     }
 }
 
+/// Lists a whole collection (`key` in the answers of `path`) page by page, each page after
+/// the last id of the one before (`?after=`), and prints it as one answer: every record,
+/// with the first page's receipt.
+///
+/// # Errors
+/// As [`request`].
+pub fn list_all(conn: &Conn, path: &str, key: &str) -> Result<ExitCode, String> {
+    let mut shown: Option<Value> = None;
+    let mut records = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = match &after {
+            Some(a) => format!(
+                "{path}?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("after", a)
+                    .finish()
+            ),
+            None => path.to_owned(),
+        };
+        let mut answer = match request(conn, Method::GET, &page, None)? {
+            Ok(v) => v,
+            Err(code) => return Ok(code),
+        };
+        if let Some(items) = answer.get_mut(key).and_then(Value::as_array_mut) {
+            records.append(items);
+        }
+        // Ids come in order: a next that does not move forward ends the listing.
+        let next = answer["next"]
+            .as_str()
+            .filter(|n| after.as_deref().is_none_or(|a| *n > a))
+            .map(str::to_owned);
+        if shown.is_none() {
+            shown = Some(answer);
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut shown = shown.unwrap_or_else(|| json!({}));
+    if let Some(map) = shown.as_object_mut() {
+        map.remove("next");
+        map.insert(key.to_owned(), Value::Array(records));
+    }
+    output::print(&shown, conn.output());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Sends one admin request: the answer of a success, or — already said on standard error —
 /// the exit code of a refusal (1, naming the error code, audit id and request id) or of a
 /// broker that cannot be reached ([`EXIT_UNREACHABLE`], naming the address).
