@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -16,6 +16,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::tls::{client_config, TlsError};
+
+/// The largest answer read from the broker: a page of a listing is far smaller, and a
+/// broker (or whatever holds a certificate of its CA) cannot exhaust the caller's memory.
+pub const MAX_ANSWER: usize = 64 << 20;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
@@ -186,11 +190,16 @@ impl BrokerClient {
                 .map_err(|e| ClientError::Transport(e.to_string()))?;
             let status = resp.status();
             let response_headers = resp.headers().clone();
-            let bytes = resp
-                .into_body()
+            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
                 .await
-                .map_err(|e| ClientError::Transport(e.to_string()))?
+                .map_err(|e| {
+                    ClientError::Transport(if e.is::<http_body_util::LengthLimitError>() {
+                        format!("the answer is larger than {} MiB", MAX_ANSWER >> 20)
+                    } else {
+                        e.to_string()
+                    })
+                })?
                 .to_bytes();
             Ok::<_, ClientError>((status, response_headers, bytes.to_vec()))
         };

@@ -556,3 +556,55 @@ async fn the_daemons_log_holds_no_stored_values() {
         .collect();
     assert!(leaked.is_empty(), "{leaked:#?}");
 }
+
+/// A pasted token that is not one line of printable ASCII (a customer's intake submission
+/// can hold anything) is not printed bare by `client token`: a script writing it into an
+/// environment file would get the lines it carries. `--json` prints it escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_lines_of_its_own_is_not_printed_bare() {
+    const INJECTED: &str = "x\nNODE_OPTIONS=--require=/tmp/p\u{1b}[2J";
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let client_token = |extra: &[&str]| {
+        let file = |name: &str| pki.dir.join(name).display().to_string();
+        let mut args = vec!["client", "token", "--instance", "i1"];
+        args.extend_from_slice(extra);
+        std::process::Command::new(daemon_bin())
+            .args(&args)
+            .env("CREDBROKER_SERVER", &daemon.url)
+            .env("CREDBROKER_CA", file("ca.crt"))
+            .env("CREDBROKER_WORKER_CERT", file("w1.crt"))
+            .env("CREDBROKER_WORKER_KEY", file("w1.key"))
+            .output()
+            .unwrap()
+    };
+    let (s, v) = rotate_and_promote(&mut op, "b1", json!({"token": "one-line-token"})).await;
+    assert_eq!(s, 200, "{v}");
+    let out = client_token(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"one-line-token\n");
+
+    let (s, v) = rotate_and_promote(&mut op, "b1", json!({"token": INJECTED})).await;
+    assert_eq!(s, 200, "{v}");
+    let out = client_token(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+    assert!(err.contains("not one line of printable ASCII"), "{err}");
+    assert!(!err.contains("NODE_OPTIONS"), "{err}");
+    let out = client_token(&["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["access_token"], INJECTED);
+    assert_eq!(out.stdout.iter().filter(|b| **b == b'\n').count(), 1);
+}

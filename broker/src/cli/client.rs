@@ -97,12 +97,15 @@ pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Resu
     let v: Value =
         serde_json::from_slice(&bytes).map_err(|_| "broker answered with non-JSON".to_owned())?;
     if !status.is_success() {
+        // The broker's words, made safe for a terminal or a log (as the admin commands do).
+        let text =
+            |k: &str, or: &str| super::output::sanitize(v["error"][k].as_str().unwrap_or(or));
         return Err(format!(
             "resolve refused: {} ({}): {} [audit_id {}]",
-            v["error"]["code"].as_str().unwrap_or("unknown"),
+            text("code", "unknown"),
             status.as_u16(),
-            v["error"]["message"].as_str().unwrap_or(""),
-            v["error"]["audit_id"].as_str().unwrap_or("-")
+            text("message", ""),
+            text("audit_id", "-")
         ));
     }
     Ok(v)
@@ -115,6 +118,9 @@ fn print_secret(text: &Zeroizing<String>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     stdout.write_all(b"\n").map_err(|e| e.to_string())
 }
+
+/// The longest token `client token` prints bare.
+const MAX_BARE_TOKEN: usize = 65_536;
 
 /// `credbroker client token`: the bearer token of an instance's credential.
 pub fn token(a: &TokenArgs) -> Result<ExitCode, String> {
@@ -154,6 +160,14 @@ pub fn token(a: &TokenArgs) -> Result<ExitCode, String> {
         });
         Zeroizing::new(serde_json::to_string(&out).map_err(|e| e.to_string())?)
     } else {
+        // Bare, the token is a line a script puts into an environment file or an `export`:
+        // a pasted value with a newline or an escape would add lines of its own there.
+        if !credbroker_providers::is_printable(token, MAX_BARE_TOKEN) {
+            return Err(format!(
+                "instance {}'s token is not one line of printable ASCII (up to {MAX_BARE_TOKEN} bytes): not printed bare; --json prints it escaped",
+                a.client.instance
+            ));
+        }
         Zeroizing::new(token.to_owned())
     };
     print_secret(&text)?;
