@@ -15,7 +15,7 @@ use crate::admin::{
     BindingDetail, NewBinding, NewInstance, NewTenant, NewWorker, OnboardBody, SecretBody,
 };
 use crate::api_error::ErrorBody;
-use crate::model::{Binding, Instance, SecretVersionView, Tenant, Worker};
+use crate::model::{Binding, Instance, Operator, SecretVersionView, Tenant, Worker};
 use crate::resolve::request::ResolveRequest;
 use crate::resolve::ResolveHead;
 use crate::routes::{AdminEndpoint, Endpoint, Route, MTLS, PUBLIC};
@@ -43,6 +43,11 @@ fn admin_answer(gen: &mut SchemaGenerator) -> Value {
         "workers": {"type": "array", "items": gen.subschema_for::<Worker>()},
         "instances": {"type": "array", "items": gen.subschema_for::<Instance>()},
         "bindings": {"type": "array", "items": gen.subschema_for::<Binding>()},
+        "operators": {"type": "array", "items": gen.subschema_for::<Operator>()},
+        "next": {
+            "type": ["string", "null"],
+            "description": "A listing's page: the id the next page starts after (`?after=`), null on the last page."
+        },
         "secret_versions": {"type": "array", "items": gen.subschema_for::<SecretVersionView>()},
         "audit_id": {"type": "string"},
         "request_id": {"type": "string"},
@@ -118,7 +123,11 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
         Endpoint::Admin(a) => {
             let answer = admin_answer(gen);
             let (summary, request, ok_status) = match a {
-                AdminEndpoint::Collection if get => ("List the collection.", None, "200"),
+                AdminEndpoint::Collection if get => (
+                    "List one page of the collection (at most `limit` records, 8 MiB of them, in id order).",
+                    None,
+                    "200",
+                ),
                 AdminEndpoint::Collection if bindings => (
                     "Add a binding.",
                     Some(gen.subschema_for::<NewBinding>().to_value()),
@@ -362,8 +371,8 @@ fn query_parameters(endpoint: Endpoint, method: &http::Method) -> Vec<Value> {
                 "name": "after",
                 "in": "query",
                 "required": false,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 512},
-                "description": "The id the page starts after: the previous page's `next` (records come in id order; `next` is null on the last page)."
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,512}$"},
+                "description": "The id the page starts after: the previous page's `next` (records come in id order; `next` is null on the last page; a full page may be followed by an empty one)."
             }),
         ],
         Endpoint::Admin(AdminEndpoint::SecretVersion) => vec![json!({

@@ -62,9 +62,9 @@ impl Store for GatedStore {
         table: Table,
         prefix: &str,
         after: Option<&str>,
-        limit: usize,
+        bounds: (usize, usize),
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.inner.scan_page(table, prefix, after, limit).await
+        self.inner.scan_page(table, prefix, after, bounds).await
     }
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let pending = batch.ops.iter().any(|op| {

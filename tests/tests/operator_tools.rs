@@ -243,6 +243,9 @@ async fn listings_come_in_pages_and_the_cli_reads_them_all() {
         ("limit=2&limit=3", "more than once"),
         ("after=", "after must be"),
         ("after=a&after=b", "more than once"),
+        ("after=a%00b", "after must be"),
+        ("after=t%E2%80%AE1", "after must be"),
+        ("after=a%20b", "after must be"),
         ("page=2", "unknown query parameter"),
     ] {
         let (s, v) = call(

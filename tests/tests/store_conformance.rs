@@ -401,7 +401,12 @@ async fn a_pass_reads_every_row_once(store: &Arc<dyn Store>) {
     let mut after: Option<String> = None;
     loop {
         let page = store
-            .scan_page(Table::Instances, "pass/", after.as_deref(), 500)
+            .scan_page(
+                Table::Instances,
+                "pass/",
+                after.as_deref(),
+                (500, usize::MAX),
+            )
             .await
             .unwrap();
         assert!(page.len() <= 500);
@@ -415,21 +420,44 @@ async fn a_pass_reads_every_row_once(store: &Arc<dyn Store>) {
     assert!(paged == seen, "the pages read {} rows", paged.len());
     for from in [None, Some("a"), Some("pas"), Some("pass")] {
         let first = store
-            .scan_page(Table::Instances, "pass/", from, 2)
+            .scan_page(Table::Instances, "pass/", from, (2, usize::MAX))
             .await
             .unwrap();
         assert!(first == seen[..2], "after {from:?}: {first:?}");
     }
     let last = store
-        .scan_page(Table::Instances, "pass/", Some("pass/01232"), 5)
+        .scan_page(
+            Table::Instances,
+            "pass/",
+            Some("pass/01232"),
+            (5, usize::MAX),
+        )
         .await
         .unwrap();
     assert!(last == seen[1233..], "{last:?}");
     let past = store
-        .scan_page(Table::Instances, "pass/", Some("pass/01233"), 5)
+        .scan_page(
+            Table::Instances,
+            "pass/",
+            Some("pass/01233"),
+            (5, usize::MAX),
+        )
         .await
         .unwrap();
     assert!(past.is_empty(), "{past:?}");
+    // A page ends with the row that brings its values to the byte bound (values "0" to
+    // "1233": rows 0-9 are 1 byte, 10-99 are 2): across a PostgreSQL step of 100 rows too.
+    for (max_bytes, rows) in [(1, 1), (10, 10), (11, 11), (12, 11), (190, 100), (192, 101)] {
+        let page = store
+            .scan_page(Table::Instances, "pass/", None, (500, max_bytes))
+            .await
+            .unwrap();
+        assert!(
+            page == seen[..rows],
+            "{max_bytes} bytes: {} rows",
+            page.len()
+        );
+    }
 }
 
 /// Runs `n` concurrent commits built by `make(i)`; returns how many succeeded.

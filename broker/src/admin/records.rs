@@ -14,7 +14,7 @@ use crate::model::{
     now_rfc3339, Binding, Instance, Operator, SecretVersionView, Status, Tenant, Worker,
 };
 use crate::store::records::Stored;
-use crate::store::{Batch, StoreError, Table};
+use crate::store::{Batch, StoreError};
 
 use super::request::Page;
 use super::{
@@ -166,15 +166,11 @@ impl AdminService {
         let r = &self.core.records;
         let (after, limit) = (page.after.as_deref(), page.limit);
         let (items, next) = match c {
-            Collection::Tenants => values(r.page::<Tenant>(Table::Tenants, after, limit).await),
-            Collection::Workers => values(r.page::<Worker>(Table::Workers, after, limit).await),
-            Collection::Instances => {
-                values(r.page::<Instance>(Table::Instances, after, limit).await)
-            }
-            Collection::Bindings => values(r.page::<Binding>(Table::Bindings, after, limit).await),
-            Collection::Operators => {
-                values(r.page::<Operator>(Table::Operators, after, limit).await)
-            }
+            Collection::Tenants => values(r.page::<Tenant>(after, limit).await),
+            Collection::Workers => values(r.page::<Worker>(after, limit).await),
+            Collection::Instances => values(r.page::<Instance>(after, limit).await),
+            Collection::Bindings => values(r.page::<Binding>(after, limit).await),
+            Collection::Operators => values(r.page::<Operator>(after, limit).await),
         }?;
         let key = format!("{}s", c.noun());
         let detail = match after {

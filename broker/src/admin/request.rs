@@ -417,9 +417,13 @@ fn page_query(query: &str) -> Result<Page, ApiError> {
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         let given = match &*name {
             "after" => {
-                if value.is_empty() || value.len() > AFTER_MAX {
+                // An id's characters only: it goes into the audit record and the store's query.
+                let id_like = value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-:".contains(&b));
+                if value.is_empty() || value.len() > AFTER_MAX || !id_like {
                     return Err(ApiError::bad_request(format!(
-                        "after must be a record id (1 to {AFTER_MAX} bytes): the previous page's next"
+                        "after must be a record id (1 to {AFTER_MAX} letters, digits, '_', '.', '-', ':'): the previous page's next"
                     )));
                 }
                 after.replace(value.into_owned()).is_some()

@@ -203,7 +203,8 @@ pub fn call_showing(
 
 /// Lists a whole collection (`key` in the answers of `path`) page by page, each page after
 /// the last id of the one before (`?after=`), and prints it as one answer: every record,
-/// with the first page's receipt.
+/// with the first page's receipt. Not a snapshot: a record added meanwhile behind the page
+/// being read is not listed.
 ///
 /// # Errors
 /// As [`request`].
@@ -228,11 +229,18 @@ pub fn list_all(conn: &Conn, path: &str, key: &str) -> Result<ExitCode, String> 
         if let Some(items) = answer.get_mut(key).and_then(Value::as_array_mut) {
             records.append(items);
         }
-        // Ids come in order: a next that does not move forward ends the listing.
-        let next = answer["next"]
-            .as_str()
-            .filter(|n| after.as_deref().is_none_or(|a| *n > a))
-            .map(str::to_owned);
+        // Ids come in order: a next that does not move forward would read the same pages
+        // again (or end the listing short without saying so).
+        let next = match &answer["next"] {
+            Value::Null => None,
+            Value::String(n) if after.as_deref().is_none_or(|a| n.as_str() > a) => Some(n.clone()),
+            other => {
+                return Err(format!(
+                    "the broker's listing of {path} does not move forward (next {}): not printed",
+                    output::sanitize(&other.to_string())
+                ))
+            }
+        };
         if shown.is_none() {
             shown = Some(answer);
         }

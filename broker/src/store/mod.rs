@@ -342,8 +342,10 @@ pub trait Store: Send + Sync + 'static {
     /// On backend failure.
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
-    /// Reads one page of the keys starting with `prefix`, in key order: at most `limit` of
-    /// them, all after `after` when it is given (a listing that never holds a whole table).
+    /// Reads one page of the keys starting with `prefix`, in key order, all after `after`
+    /// when it is given: at most `limit` of them, and none past the one whose value brings
+    /// the page's values to `max_bytes` or more (a listing that never holds a whole table,
+    /// nor more than about `max_bytes` of it plus one value).
     ///
     /// # Errors
     /// On backend failure.
@@ -352,7 +354,7 @@ pub trait Store: Send + Sync + 'static {
         table: Table,
         prefix: &str,
         after: Option<&str>,
-        limit: usize,
+        (limit, max_bytes): (usize, usize),
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Calls `each` with every key starting with `prefix` and its value, in key order, one

@@ -178,13 +178,14 @@ impl Inner {
             .map(|v| v.to_vec()))
     }
 
-    /// At most `limit` keys starting with `prefix`, after `after` when given, in key order.
+    /// At most `limit` keys starting with `prefix`, after `after` when given, in key order,
+    /// ending with the one whose value brings the values read to `max_bytes` or more.
     fn scan(
         &self,
         table: Table,
         prefix: &str,
         after: Option<&str>,
-        limit: usize,
+        (limit, max_bytes): (usize, usize),
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         use std::ops::Bound;
         let from = match after {
@@ -192,8 +193,9 @@ impl Inner {
             _ => Bound::Included(prefix.as_bytes()),
         };
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in self.tree(table).range::<&[u8], _>((from, Bound::Unbounded)) {
-            if out.len() == limit {
+            if out.len() == limit || bytes >= max_bytes {
                 break;
             }
             let (k, v) = item.map_err(backend)?;
@@ -204,6 +206,7 @@ impl Inner {
                 table: table.name(),
                 key: String::from_utf8_lossy(&k).into_owned(),
             })?;
+            bytes = bytes.saturating_add(v.len());
             out.push((key, v.to_vec()));
         }
         Ok(out)
@@ -284,7 +287,7 @@ impl Store for SledStore {
 
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking(move |s| s.scan(table, &prefix, None, usize::MAX))
+        self.blocking(move |s| s.scan(table, &prefix, None, (usize::MAX, usize::MAX)))
             .await
     }
 
@@ -293,10 +296,10 @@ impl Store for SledStore {
         table: Table,
         prefix: &str,
         after: Option<&str>,
-        limit: usize,
+        bounds: (usize, usize),
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
-        self.blocking(move |s| s.scan(table, &prefix, after.as_deref(), limit))
+        self.blocking(move |s| s.scan(table, &prefix, after.as_deref(), bounds))
             .await
     }
 
@@ -367,7 +370,9 @@ mod tests {
         assert!(matches!(s.commit(b), Err(StoreError::Precondition { .. })));
         assert!(s.get(Table::Tenants, "b").unwrap().is_none());
         assert_eq!(
-            s.scan(Table::Tenants, "", None, usize::MAX).unwrap().len(),
+            s.scan(Table::Tenants, "", None, (usize::MAX, usize::MAX))
+                .unwrap()
+                .len(),
             1
         );
     }

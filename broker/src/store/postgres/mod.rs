@@ -487,9 +487,29 @@ impl Store for PgStore {
         table: Table,
         prefix: &str,
         after: Option<&str>,
-        limit: usize,
+        (limit, max_bytes): (usize, usize),
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.page(table, prefix, after, limit).await
+        // Read in steps of at most 100 rows, so that large values end the page after about
+        // max_bytes, not after `limit` of them.
+        const STEP: usize = 100;
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let from = out.last().map_or(after, |(k, _)| Some(k.as_str()));
+            let want = STEP.min(limit - out.len());
+            let rows = self.page(table, prefix, from, want).await?;
+            let full = rows.len() == want;
+            for row in rows {
+                if bytes >= max_bytes {
+                    return Ok(out);
+                }
+                bytes = bytes.saturating_add(row.1.len());
+                out.push(row);
+            }
+            if !full || out.len() == limit || bytes >= max_bytes {
+                return Ok(out);
+            }
+        }
     }
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {

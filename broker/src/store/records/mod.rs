@@ -59,6 +59,31 @@ pub struct Records {
     commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// A record type the admin API lists page by page, and the table it is kept in.
+pub trait Listed: DeserializeOwned {
+    /// Its table.
+    const TABLE: Table;
+}
+
+impl Listed for Tenant {
+    const TABLE: Table = Table::Tenants;
+}
+impl Listed for Worker {
+    const TABLE: Table = Table::Workers;
+}
+impl Listed for Instance {
+    const TABLE: Table = Table::Instances;
+}
+impl Listed for Binding {
+    const TABLE: Table = Table::Bindings;
+}
+impl Listed for crate::model::Operator {
+    const TABLE: Table = Table::Operators;
+}
+
+/// The stored bytes a page of a listing ends after (its last record may pass it).
+pub const PAGE_BYTES: usize = 8 << 20;
+
 /// Records cached per table by [`Records::new`].
 pub const DEFAULT_RECORD_CACHE: usize = 10_000;
 
@@ -472,20 +497,25 @@ impl Records {
         self.all_where(table, prefix, |_| true).await
     }
 
-    /// One page of a table's records, in key order: at most `limit`, all after the key
-    /// `after` when given; and the key the next page starts after (`None`: none follows).
+    /// One page of a table's records, in key order, all after the key `after` when given:
+    /// at most `limit`, ending once [`PAGE_BYTES`] of stored records are read; and the key
+    /// the next page starts after (`None`: none follows).
     ///
     /// # Errors
     /// On store failure or corruption.
-    pub async fn page<T: DeserializeOwned>(
+    pub async fn page<T: Listed>(
         &self,
-        table: Table,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<T>, Option<String>), StoreError> {
-        let rows = self.store.scan_page(table, "", after, limit).await?;
+        let table = T::TABLE;
+        let rows = self
+            .store
+            .scan_page(table, "", after, (limit, PAGE_BYTES))
+            .await?;
+        let bytes: usize = rows.iter().map(|(_, v)| v.len()).sum();
         let next = match rows.last() {
-            Some((k, _)) if rows.len() == limit => Some(k.clone()),
+            Some((k, _)) if rows.len() == limit || bytes >= PAGE_BYTES => Some(k.clone()),
             _ => None,
         };
         let items = rows
