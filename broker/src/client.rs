@@ -17,9 +17,10 @@ use tokio_rustls::TlsConnector;
 
 use crate::tls::{client_config, TlsError};
 
-/// The largest answer read from the broker: a page of a listing is far smaller, and a
-/// broker (or whatever holds a certificate of its CA) cannot exhaust the caller's memory.
-pub const MAX_ANSWER: usize = 64 << 20;
+/// The largest answer read from the broker: a page of a listing holds at most 8 MiB of
+/// records and the inventory of 100,000 bindings about 70 MiB; a broker (or whatever holds a
+/// certificate of its CA) cannot exhaust the caller's memory.
+pub const MAX_ANSWER: usize = 256 << 20;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum ClientError {
     /// The request was sent (or may have been) and no answer came: its outcome is unknown.
     #[error("{0}")]
     Transport(String),
+    /// An answer came, larger than [`MAX_ANSWER`]: not read.
+    #[error("the broker answered {0} with more than {max} MiB: not read", max = MAX_ANSWER >> 20)]
+    AnswerTooLarge(StatusCode),
 }
 
 /// A connection to the broker presenting one client certificate.
@@ -194,11 +198,11 @@ impl BrokerClient {
                 .collect()
                 .await
                 .map_err(|e| {
-                    ClientError::Transport(if e.is::<http_body_util::LengthLimitError>() {
-                        format!("the answer is larger than {} MiB", MAX_ANSWER >> 20)
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ClientError::AnswerTooLarge(status)
                     } else {
-                        e.to_string()
-                    })
+                        ClientError::Transport(e.to_string())
+                    }
                 })?
                 .to_bytes();
             Ok::<_, ClientError>((status, response_headers, bytes.to_vec()))

@@ -596,7 +596,7 @@ async fn a_token_with_lines_of_its_own_is_not_printed_bare() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "{:?}", out.stdout);
-    assert!(err.contains("not one line of printable ASCII"), "{err}");
+    assert!(err.contains("not one word of printable ASCII"), "{err}");
     assert!(!err.contains("NODE_OPTIONS"), "{err}");
     let out = client_token(&["--json"]);
     assert!(

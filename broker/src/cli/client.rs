@@ -68,8 +68,29 @@ fn resolve(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
     runtime()?.block_on(resolve_async(a, narrow))
 }
 
+/// Says once, on standard error, when the worker's key file is open to others than its
+/// owner: whoever can read it acts as this worker, for every tenant the worker serves.
+/// (Said, not refused: a secret mounted with a platform's default mode would stop working.)
+fn warn_if_key_open(key: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        let Ok(meta) = std::fs::metadata(key) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if let Some(who) = crate::tls::key_mode_too_open(mode, meta.uid() == 0) {
+            eprintln!(
+                "warning: {} has mode {mode:04o}: open to {who}; whoever can read it acts as this worker (chmod 600 it)",
+                key.display()
+            );
+        }
+    });
+}
+
 /// [`resolve`] on the caller's runtime.
 pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
+    warn_if_key_open(&a.key);
     let mut client =
         BrokerClient::new(&a.server, &a.ca, &a.cert, &a.key).map_err(|e| e.to_string())?;
     let mut body = json!({ "instance_id": a.instance, "min_ttl_s": 300 });
@@ -141,7 +162,8 @@ pub fn token(a: &TokenArgs) -> Result<ExitCode, String> {
         .ok_or_else(|| {
             format!(
                 "instance {} does not resolve to a bearer token (kind {})",
-                a.client.instance, v["kind"]
+                a.client.instance,
+                super::output::sanitize(&v["kind"].to_string())
             )
         })?;
     let text = if a.json {
@@ -164,7 +186,7 @@ pub fn token(a: &TokenArgs) -> Result<ExitCode, String> {
         // a pasted value with a newline or an escape would add lines of its own there.
         if !credbroker_providers::is_printable(token, MAX_BARE_TOKEN) {
             return Err(format!(
-                "instance {}'s token is not one line of printable ASCII (up to {MAX_BARE_TOKEN} bytes): not printed bare; --json prints it escaped",
+                "instance {}'s token is not one word of printable ASCII (letters, digits and punctuation, no space, up to {MAX_BARE_TOKEN} bytes): not printed bare; --json prints it escaped",
                 a.client.instance
             ));
         }
@@ -181,7 +203,8 @@ pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
     if v["kind"] != "aws_sts" {
         return Err(format!(
             "instance {} does not resolve to AWS credentials (kind {})",
-            a.instance, v["kind"]
+            a.instance,
+            super::output::sanitize(&v["kind"].to_string())
         ));
     }
     let c = &v["credentials"];

@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
 
 use super::client::{resolve_async, ClientArgs};
 use super::runtime;
@@ -38,8 +37,8 @@ pub struct GcpMetadataArgs {
 
 const PREFIX: &str = "/computeMetadata/v1/";
 
-fn answer(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert("metadata-flavor", http::HeaderValue::from_static("Google"));
@@ -246,7 +245,7 @@ async fn handle(args: &GcpMetadataArgs, req: &Request<Incoming>) -> Response<Ful
                 StatusCode::NOT_FOUND,
                 &format!(
                     "instance does not resolve to a GCP access token (kind {})",
-                    v["kind"]
+                    super::output::sanitize(&v["kind"].to_string())
                 ),
             )
         }
@@ -278,15 +277,18 @@ fn token_answer(v: &Value) -> Response<Full<Bytes>> {
         .map_or(0, |t| {
             (t - time::OffsetDateTime::now_utc()).whole_seconds().max(0)
         });
-    let body = Zeroizing::new(
-        json!({
-            "access_token": v["credentials"]["access_token"],
-            "expires_in": expires_in,
-            "token_type": "Bearer",
-        })
-        .to_string(),
-    );
-    answer(StatusCode::OK, "application/json", body.as_bytes().to_vec())
+    // The body the token goes out in is wiped once hyper has sent it.
+    let body = json!({
+        "access_token": v["credentials"]["access_token"],
+        "expires_in": expires_in,
+        "token_type": "Bearer",
+    })
+    .to_string();
+    answer(
+        StatusCode::OK,
+        "application/json",
+        credbroker_providers::http::wiped_bytes(body.into_bytes()),
+    )
 }
 
 /// A refused resolve, as GCE answers an unavailable token: 503 with the reason.
@@ -294,6 +296,9 @@ fn refused(e: &str) -> Response<Full<Bytes>> {
     tracing::warn!(error = e, "resolve refused");
     text(StatusCode::SERVICE_UNAVAILABLE, e)
 }
+
+/// The most connections served at once (the others wait in the listen backlog).
+const MAX_CONNECTIONS: usize = 16;
 
 /// Runs the server until interrupted.
 ///
@@ -314,13 +319,21 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
             args.client.instance
         );
         let args = std::sync::Arc::new(args.clone());
+        // Each connection may make a resolve (a TLS connection to the broker and an audit
+        // record there): a local process opening many is held to a few at a time.
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let slot = tokio::select! {
+                slot = std::sync::Arc::clone(&slots).acquire_owned() => slot.map_err(|e| e.to_string())?,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            };
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => accepted.map_err(|e| e.to_string())?,
                 _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
             };
             let args = std::sync::Arc::clone(&args);
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = service_fn(move |req: Request<Incoming>| {
                     let args = std::sync::Arc::clone(&args);
                     async move { Ok::<_, std::convert::Infallible>(handle(&args, &req).await) }

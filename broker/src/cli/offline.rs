@@ -60,6 +60,16 @@ pub struct LintArgs {
 
 pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
     init_logging(LogFormat::Text, "info");
+    if !args.listen.ip().is_loopback() {
+        // Allowed (a worker in a container may dial the host), but said: this broker keeps
+        // its KEK, audit key and CA key in its data directory, and its operator and worker
+        // certificates are files anyone who can read that directory can use.
+        eprintln!(
+            "warning: --listen {} is not a loopback address: this development broker, whose keys and certificates are plain files in {}, is reachable from other hosts",
+            args.listen,
+            args.data_dir.display()
+        );
+    }
     let config = dev::prepare(&args.data_dir, args.listen).map_err(|e| e.to_string())?;
     let data_dir = config.data_dir.clone();
     let url_dir = data_dir.clone();
