@@ -389,7 +389,11 @@ async fn the_daemons_log_holds_no_statement_parameters() {
     assert!(logs.contains(" DEBUG "), "debug lines were captured");
     let leaked: Vec<&str> = logs
         .lines()
-        .filter(|l| l.contains("tokio_postgres") || l.contains("with parameters"))
+        .filter(|l| {
+            l.contains("DEBUG tokio_postgres")
+                || l.contains("TRACE tokio_postgres")
+                || l.contains("with parameters")
+        })
         .take(3)
         .collect();
     assert!(leaked.is_empty(), "{leaked:#?}");

@@ -222,7 +222,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// - at trace, the AWS SDK's request (its body holds the web-identity assertion, the
 ///   ExternalId and the session policy), its signer's canonical request, the environment
 ///   and profile values it reads, and the profile's `credential_process` command line: every
-///   crate of the SDK at most debug;
+///   `aws_` crate at most debug;
 /// - at trace, sled every value it writes (sealed secrets, platform keys, webhook secrets):
 ///   at most debug;
 /// - at debug, tokio-postgres every statement's parameters (the same sealed records, token
@@ -230,16 +230,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// - at debug, octocrab a span holding each request's whole URL, printed with every line
 ///   logged inside it: at most info.
 ///
-/// A target is capped when it starts with the name (`aws_smithy_http` covers
-/// `aws_smithy_http_client`).
-const LOG_CAPS: [(&str, LevelFilter); 10] = [
-    ("aws_smithy_runtime", LevelFilter::DEBUG),
-    ("aws_smithy_http", LevelFilter::DEBUG),
-    ("aws_smithy_types", LevelFilter::DEBUG),
-    ("aws_sigv4", LevelFilter::DEBUG),
-    ("aws_config", LevelFilter::DEBUG),
-    ("aws_runtime", LevelFilter::DEBUG),
-    ("aws_sdk_sts", LevelFilter::DEBUG),
+/// A target is capped when it starts with the name (`aws_` covers every crate of the SDK,
+/// and `aws-lc-rs`, which logs nothing).
+const LOG_CAPS: [(&str, LevelFilter); 4] = [
+    ("aws_", LevelFilter::DEBUG),
     ("sled", LevelFilter::DEBUG),
     ("tokio_postgres", LevelFilter::INFO),
     ("octocrab", LevelFilter::INFO),
