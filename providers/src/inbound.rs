@@ -237,6 +237,8 @@ pub struct Invocation {
     pub config: Value,
     /// What was invoked (module key), for the audit record.
     pub module: Option<String>,
+    /// The upstream account of the person who invoked the app from its UI, if any.
+    pub principal: Option<String>,
     /// The credential attached, when any (`Err`: one was attached and refused, and why).
     pub token: Option<Result<CapturedToken, String>>,
 }
@@ -258,6 +260,18 @@ pub trait Invocations: Send + Sync {
     /// # Errors
     /// When the body is not what the upstream sends.
     fn parse_body(&self, body: &[u8]) -> Result<Option<String>, String>;
+
+    /// Reads a `connect` invocation: the connect code a site administrator typed on the
+    /// app's own admin page, which proves the site is the tenant's that onboarding gave the
+    /// code to. Refused unless the invocation came from that page, with a person invoking it.
+    ///
+    /// # Errors
+    /// When the invocation is not from the admin page, or the body holds no code.
+    fn connect_code(
+        &self,
+        invocation: &Invocation,
+        body: &[u8],
+    ) -> Result<zeroize::Zeroizing<String>, String>;
 
     /// The exclusive identifier of the site an operator names at onboarding.
     ///

@@ -286,6 +286,25 @@ impl Fit {
         self.set("/app/module", json!({"type": "core:endpoint", "key": key}))
     }
 
+    /// As sent by the app's admin page (`jira:adminPage` `credbroker-connect`, through
+    /// `invokeRemote`): the module, the user who typed the code (`principal`) and the page's
+    /// `context`, as Forge's contract describes a UI module's FIT.
+    pub fn admin_page(self, site: &Site, account_id: &str) -> Fit {
+        self.set(
+            "/app/module",
+            json!({"type": "jira:adminPage", "key": "credbroker-connect"}),
+        )
+        .principal(account_id)
+        .context(json!({
+            "cloudId": site.cloud_id,
+            "moduleKey": "credbroker-connect",
+            "siteUrl": format!("https://{}.atlassian.net", &site.cloud_id[..8]),
+            "extension": {"type": "jira:adminPage"},
+            "accountId": account_id,
+            "accountType": "licensed",
+        }))
+    }
+
     /// With an invocation `context` (cloudId, siteUrl, …: ignored by the broker).
     pub fn context(self, context: Value) -> Fit {
         self.set("/context", context)

@@ -219,6 +219,37 @@ impl Env {
         }
     }
 
+    /// The admin page's call from `site`: `code` typed by `account`, the system token
+    /// `token` attached (the page's endpoint carries it). Answered once applied.
+    pub async fn connect_as(
+        &mut self,
+        site: &Site,
+        account: &str,
+        code: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let fit = self.forge.fit(site).admin_page(site, account).token();
+        send(
+            &mut self.public,
+            "connect",
+            Some(fit.as_str()),
+            token,
+            &json!({ "code": code }),
+        )
+        .await
+    }
+
+    /// The admin page's call from `site` by its administrator, with `body` as it is.
+    pub async fn connect_raw(&mut self, site: &Site, body: &Value) -> (u16, Value) {
+        let fit = self.forge.fit(site).admin_page(site, ADMIN_ACCOUNT).token();
+        send(&mut self.public, "connect", Some(fit.as_str()), None, body).await
+    }
+
+    /// [`Env::connect_as`] by the site's administrator.
+    pub async fn connect(&mut self, site: &Site, code: &str, token: Option<&str>) -> (u16, Value) {
+        self.connect_as(site, ADMIN_ACCOUNT, code, token).await
+    }
+
     /// The hourly trigger from `site` carrying `token`.
     pub async fn trigger(&mut self, site: &Site, token: &str) -> (u16, Value) {
         self.invoke("trigger", site, Some(token)).await
@@ -306,8 +337,9 @@ impl Env {
     /// Onboards `site` for `tenant`, binds it with a trigger carrying `token`, adds instance
     /// `instance` on the binding and waits until `token` resolves through it; the binding id.
     pub async fn bind(&mut self, tenant: &str, site: &Site, token: &str, instance: &str) -> String {
-        self.expect_site(tenant, &site.cloud_id);
-        let (s, v) = self.trigger(site, token).await;
+        let onboarded = self.expect_site(tenant, &site.cloud_id);
+        let code = onboarded["connect_code"].as_str().unwrap().to_owned();
+        let (s, v) = self.connect(site, &code, Some(token)).await;
         assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
         let b = self
             .wait_binding(&site.cloud_id, |b| b["active_secret_version"].is_u64())
@@ -321,6 +353,9 @@ impl Env {
         id
     }
 }
+
+/// The Atlassian account id of the site administrator who types connect codes.
+pub const ADMIN_ACCOUNT: &str = "712020:5b10ac8d-82e0-4b22-8c7d-4ef5a1b2c3d4";
 
 /// An answer with any access token blanked (for assertion messages).
 pub fn redact(v: &Value) -> Value {

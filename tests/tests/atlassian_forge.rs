@@ -1,6 +1,7 @@
 //! `atlassian_forge` end to end against the local fake Forge: the real daemon binds an
-//! onboarded (expected) Atlassian site to its tenant on the first verified invocation
-//! (`POST /forge/{invoke,trigger,lifecycle}` on its public listener), keeps an unexpected site
+//! onboarded (expected) Atlassian site to its tenant once the site's administrator types the
+//! onboarding's connect code on the app's admin page (`POST /forge/connect`; the trigger and
+//! lifecycle calls alone bind nothing), keeps an unexpected site
 //! unclaimed until an operator claims it, re-binds a reinstall, captures the app system token
 //! each hourly trigger carries and hands it to that tenant's workers — never expired, never
 //! older than the one held, never narrowed. The attacks are in atlassian_forge_attacks.rs.
@@ -28,10 +29,29 @@ async fn a_trigger_from_an_expected_site_binds_it_and_its_token_resolves() {
         "{v}"
     );
     assert!(env.binding_for(ACME).await.is_none(), "expected, not bound");
+    let connect_code = v["connect_code"].as_str().unwrap().to_owned();
+    assert!(
+        connect_code.len() == 24 && connect_code.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{connect_code}"
+    );
 
+    // The site's own invocations are not proof that it is the tenant's: the trigger (and
+    // the install event) leave it unbound until its administrator types the code.
     let exp = now() + 2 * HOUR;
     let token = system_token(exp);
     let (s, v) = env.trigger(&site, &token).await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (200, Some("awaiting_code")),
+        "{v}"
+    );
+    assert!(
+        env.binding_for(ACME).await.is_none(),
+        "bound without the code"
+    );
+    let (s, v) = env
+        .connect(&site, &format!("  {connect_code} "), Some(&token))
+        .await;
     assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
     assert!(v["request_id"].is_string(), "{v}");
     assert!(!v.to_string().contains(&token), "token echoed: {v}");
@@ -51,6 +71,18 @@ async fn a_trigger_from_an_expected_site_binds_it_and_its_token_resolves() {
     let bound = env.audited("forge.bound");
     assert_eq!(bound.len(), 1, "{bound:?}");
     assert_eq!(bound[0]["tenant"], "t1");
+    let detail = bound[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("connect code"), "{detail}");
+    // No Atlassian user data is kept: not even who typed the code.
+    let everything = serde_json::to_string(&env.daemon.audit_records()).unwrap();
+    assert!(!everything.contains(ADMIN_ACCOUNT), "{detail}");
+    assert!(!env.daemon.logs().contains(ADMIN_ACCOUNT));
+    assert!(
+        !serde_json::to_string(&env.daemon.audit_records())
+            .unwrap()
+            .contains(&connect_code),
+        "the code is not on the record"
+    );
     let captured = env.audited("forge.token_captured");
     assert_eq!(captured.len(), 1, "{captured:?}");
     assert!(
@@ -206,6 +238,10 @@ async fn an_expectation_that_expired_binds_nothing() {
     let v = env.expect_site("t1", ACME);
     assert!(v["expires_at"].is_string(), "{v}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Even the right code, typed too late, binds nothing.
+    let connect_code = v["connect_code"].as_str().unwrap();
+    let (s, v) = env.connect(&acme(), connect_code, None).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
     let (s, v) = env.trigger(&acme(), &system_token(now() + 2 * HOUR)).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -255,11 +291,14 @@ async fn a_reinstall_rebinds_the_site_and_the_old_installation_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_are_never_handed_out() {
     let mut env = start().await;
-    env.expect_site("t1", ACME);
+    let connect_code = env.expect_site("t1", ACME)["connect_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // A token about to expire is captured…
     let short_exp = now() + 8;
     let short = system_token(short_exp);
-    let (s, v) = env.trigger(&acme(), &short).await;
+    let (s, v) = env.connect(&acme(), &connect_code, Some(&short)).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
     let b = env
         .wait_binding(ACME, |b| b["active_secret_version"].is_u64())
@@ -436,9 +475,19 @@ async fn narrowing_a_forge_token_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_bind_an_expected_site_and_triggers_bring_the_token() {
     let mut env = start().await;
-    env.expect_site("t1", ACME);
-    // The install event carries no system token: the site is bound, nothing to hand out yet.
+    let connect_code = env.expect_site("t1", ACME)["connect_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The install event changes nothing until the site's administrator types the code.
     let (s, v) = env.invoke("lifecycle", &acme(), None).await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (200, Some("awaiting_code")),
+        "{v}"
+    );
+    // A page call without a system token: the site is bound, nothing to hand out yet.
+    let (s, v) = env.connect(&acme(), &connect_code, None).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
     let b = env.wait_binding(ACME, |_| true).await;
     assert_eq!(b["tenant"], "t1", "{b}");

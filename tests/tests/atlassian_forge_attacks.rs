@@ -17,7 +17,10 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fit_defect_is_rejected_and_changes_nothing() {
     let mut env = start().await;
-    env.expect_site("t1", ACME);
+    let connect_code = env.expect_site("t1", ACME)["connect_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let token = system_token(now() + 2 * HOUR);
     let audit_before = env.audit_count();
     let rejected_before = invocations_rejected(&env).await;
@@ -87,8 +90,8 @@ async fn every_fit_defect_is_rejected_and_changes_nothing() {
     assert!(env.binding_for(STRAY).await.is_none());
     assert!(env.unclaimed().is_empty(), "a rejected FIT left a record");
 
-    // The expectation is intact: the first valid trigger binds.
-    let (s, v) = env.trigger(&acme(), &token).await;
+    // The expectation is intact: the administrator's code binds.
+    let (s, v) = env.connect(&acme(), &connect_code, Some(&token)).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
     let b = env.wait_binding(ACME, |_| true).await;
     assert_eq!(b["tenant"], "t1", "{b}");
@@ -279,18 +282,26 @@ async fn the_token_never_reaches_logs_audit_records_or_disk() {
     let mut env = start().await;
     let mut secrets: Vec<String> = Vec::new();
     let first = system_token(now() + 2 * HOUR);
-    env.expect_site("t1", ACME);
-    let fit = env.forge.fit(&acme()).token();
+    let connect_code = env.expect_site("t1", ACME)["connect_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fit = env
+        .forge
+        .fit(&acme())
+        .admin_page(&acme(), ADMIN_ACCOUNT)
+        .token();
     let (s, v) = send(
         &mut env.public,
-        "trigger",
+        "connect",
         Some(fit.as_str()),
         Some(first.as_str()),
-        &trigger_body(&acme()),
+        &json!({ "code": connect_code }),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
-    secrets.extend([first.clone(), fit]);
+    assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
+    // The connect code is a secret of the onboarding: only its hash is kept.
+    secrets.extend([first.clone(), fit, connect_code]);
     let b = env
         .wait_binding(ACME, |b| b["active_secret_version"].is_u64())
         .await;
@@ -640,7 +651,11 @@ async fn refused_invocations_do_not_starve_signed_ones() {
     // …but a signed invocation is still served.
     let token = system_token(now() + 2 * HOUR);
     let (s, v) = env.trigger(&acme(), &token).await;
-    assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (200, Some("awaiting_code")),
+        "{v}"
+    );
 }
 
 /// The capture record names the token by the broker's keyed fingerprint, the one the
@@ -716,6 +731,7 @@ async fn a_disabled_operators_expectation_binds_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_expectation_binds_nothing() {
     let mut env = start().await;
+    let mut codes = Vec::new();
     for (tenant, cloud_id) in [("t1", ACME), ("t2", STRAY)] {
         let (s, v) = call(
             &mut env.op,
@@ -725,6 +741,7 @@ async fn a_revoked_expectation_binds_nothing() {
         )
         .await;
         assert_eq!(s, 200, "{v}");
+        codes.push(v["connect_code"].as_str().unwrap().to_owned());
     }
     let (_, v) = onboarding_links(&mut env.op).await;
     let links = v["onboarding_links"].as_array().unwrap();
@@ -743,14 +760,19 @@ async fn a_revoked_expectation_binds_nothing() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["site"], stray_site.as_str(), "{v}");
 
-    let (s, v) = env.trigger(&stray(), &system_token(now() + 2 * HOUR)).await;
+    // The revoked onboarding's code binds nothing either.
+    let (s, v) = env
+        .connect(&stray(), &codes[1], Some(&system_token(now() + 2 * HOUR)))
+        .await;
     assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
     assert!(
         env.binding_for(STRAY).await.is_none(),
         "bound after revocation"
     );
-    let (s, v) = env.trigger(&acme(), &system_token(now() + 2 * HOUR)).await;
-    assert_eq!(s, 200, "{v}");
+    let (s, v) = env
+        .connect(&acme(), &codes[0], Some(&system_token(now() + 2 * HOUR)))
+        .await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
     assert!(env.binding_for(ACME).await.is_some(), "the other site: {v}");
     assert!(env
         .daemon

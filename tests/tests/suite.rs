@@ -9,6 +9,7 @@
 mod atlassian_dc;
 mod atlassian_forge;
 mod atlassian_forge_attacks;
+mod atlassian_forge_connect;
 mod audit_fail_closed;
 mod audit_report;
 mod audit_scale;

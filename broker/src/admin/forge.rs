@@ -33,6 +33,9 @@ pub enum InvocationOutcome {
     Captured,
     /// Nothing changed (the token held lives as long, or none came).
     Kept,
+    /// The site is expected, but none of its administrators has typed the onboarding's
+    /// connect code on the app's admin page yet: nothing changed.
+    AwaitingCode,
     /// The site is expected by nobody: kept for an operator.
     Unclaimed,
     /// An invocation of an installation the site no longer runs, or of an unclaimed site
@@ -48,10 +51,25 @@ impl InvocationOutcome {
             InvocationOutcome::Rebound => "rebound",
             InvocationOutcome::Captured => "captured",
             InvocationOutcome::Kept => "kept",
+            InvocationOutcome::AwaitingCode => "awaiting_code",
             InvocationOutcome::Unclaimed => "unclaimed",
             InvocationOutcome::Ignored => "ignored",
         }
     }
+}
+
+/// Length of a connect code (letters and digits: about 143 bits).
+const CONNECT_CODE_LEN: usize = 24;
+
+/// Whether `code` is the one whose hash an expectation holds (compared in constant time).
+fn code_matches(code_sha256: Option<&str>, code: &str) -> bool {
+    code_sha256.is_some_and(|held| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            held.as_bytes(),
+            crate::hex_text::sha256_hex(code.as_bytes()).as_bytes(),
+        )
+        .is_ok()
+    })
 }
 
 /// The binding id a site's installation is bound under.
@@ -139,6 +157,9 @@ impl AdminService {
         }
         let expires = now
             + time::Duration::seconds(i64::try_from(inv.expected_site_ttl_s()).unwrap_or(86400));
+        // The proof the site is this tenant's: a code only this onboarding hands out, which
+        // an administrator of the site types on the app's admin page. Only its hash is kept.
+        let code = zeroize::Zeroizing::new(super::random_alphanumeric(CONNECT_CODE_LEN)?);
         plan.batch.put_expected_site(
             &site,
             read.as_ref().map(|(_, s)| s),
@@ -150,9 +171,11 @@ impl AdminService {
                 governance,
                 creator: issuer.as_ref().map(|i| i.0.clone()),
                 creator_revision: issuer.and_then(|i| i.1),
+                code_sha256: Some(crate::hex_text::sha256_hex(code.as_bytes())),
             },
         );
         plan.response["expected_site"] = json!(site);
+        plan.response["connect_code"] = json!(code.as_str());
         plan.response["expires_at"] = json!(crate::model::rfc3339(expires));
         if let Some(base) = self.core.public_base_url() {
             plan.response["remote_base_url"] = json!(format!("{base}/forge"));
@@ -170,7 +193,7 @@ impl AdminService {
         &self,
         provider: &dyn Provider,
         invocation: Invocation,
-        event_type: Option<String>,
+        (event_type, code): (Option<String>, Option<zeroize::Zeroizing<String>>),
         request_id: &str,
     ) -> Result<InvocationOutcome, ApiError> {
         let inv = provider
@@ -230,6 +253,18 @@ impl AdminService {
                 .await?
             {
                 Ok(()) => {
+                    // An onboarding names a site anyone can name: the site is bound only when one of
+                    // its administrators types, on the app's own admin page, the code that onboarding
+                    // handed out (Forge signs the page's call with the site and the person).
+                    let Some(code) = code else {
+                        return Ok(InvocationOutcome::AwaitingCode);
+                    };
+                    if !code_matches(read.value.code_sha256.as_deref(), &code) {
+                        return Err(ApiError::new(
+                            ErrorCode::CallbackRejected,
+                            "this is not the connect code of the onboarding that expects this site (a newer onboarding replaces the code; an onboarding recorded before codes existed has none: onboard again)",
+                        ));
+                    }
                     // Bound on behalf of the operator who recorded the expectation: each
                     // commit requires them still active.
                     let issuer = read
@@ -489,13 +524,15 @@ impl AdminService {
         event.action = "forge.bound".into();
         event.tenant = Some(tenant.to_string());
         event.binding = Some(id.to_string());
+        // The person who typed the code is not named: the broker keeps no Atlassian user data
+        // (the manifest declares its remote storage out of end-user-data scope).
         event.detail = Some(format!(
-            "{}; {} ({}) bound to the tenant that expected {} since {} ({what})",
+            "{}; {} ({}) bound to the tenant that expected {} since {}, on the connect code typed on the site's admin page ({what})",
             plan.detail,
             invocation.installation,
             invocation.site,
             invocation.site,
-            read.value.recorded_at
+            read.value.recorded_at,
         ));
         self.commit_audited(event.clone(), plan.batch, &[])
             .await

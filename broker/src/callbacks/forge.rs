@@ -1,5 +1,10 @@
-//! Signed invocations on the public listener (`POST /forge/{invoke|trigger|lifecycle}`,
+//! Signed invocations on the public listener (`POST /forge/{invoke|trigger|lifecycle|connect}`,
 //! Atlassian Forge Remote).
+//!
+//! `connect` is the call of the app's admin page, where a site administrator types the
+//! connect code the tenant's onboarding handed out: it is applied before it is answered
+//! (the page shows the result; Forge gives a UI call 25 s), and it is what binds an expected
+//! site.
 //!
 //! The Forge Invocation Token is verified from the headers before the body is read; a
 //! failure is a 401 (`invocation_rejected`, so Forge retries), changes nothing and is counted,
@@ -22,12 +27,16 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::broker::{error_answer, Answer};
 
 /// The invocation kinds `/forge/{kind}` serves.
-pub const INVOCATION_KINDS: &[&str] = &["invoke", "trigger", "lifecycle"];
+pub const INVOCATION_KINDS: &[&str] = &["invoke", "trigger", "lifecycle", CONNECT];
+
+/// The admin page's call, which carries a connect code.
+const CONNECT: &str = "connect";
 
 /// A verified invocation, waiting for its body.
 pub struct VerifiedInvocation {
     provider: Arc<dyn Provider>,
     invocation: Invocation,
+    connect: bool,
 }
 
 impl CallbackService {
@@ -85,6 +94,7 @@ impl CallbackService {
             Ok(invocation) => Ok(VerifiedInvocation {
                 provider: provider.clone(),
                 invocation,
+                connect: kind == CONNECT,
             }),
             Err(reason) => Err(self.refuse_anonymous(
                 provider.id(),
@@ -106,10 +116,29 @@ impl CallbackService {
         let VerifiedInvocation {
             provider,
             invocation,
+            connect,
         } = verified;
         let Some(inv) = provider.invocations() else {
             return;
         };
+        if connect {
+            let code = body.and_then(|b| {
+                inv.connect_code(&invocation, &b)
+                    .map_err(|m| ApiError::new(ErrorCode::CallbackRejected, m))
+            });
+            let answer = match code {
+                Ok(code) => {
+                    self.connect(provider.as_ref(), invocation, code, request_id)
+                        .await
+                }
+                Err(err) => {
+                    self.count_invocation(provider.id(), Some(err.code));
+                    error_answer(&err, None, request_id).into()
+                }
+            };
+            let _ = ack.send(answer);
+            return;
+        }
         let event_type = match body.and_then(|b| inv.parse_body(&b).map_err(ApiError::bad_request))
         {
             Ok(e) => e,
@@ -130,7 +159,12 @@ impl CallbackService {
         let site = invocation.site.clone();
         match self
             .admin
-            .apply_invocation(provider.as_ref(), invocation, event_type, request_id)
+            .apply_invocation(
+                provider.as_ref(),
+                invocation,
+                (event_type, None),
+                request_id,
+            )
             .await
         {
             Ok(outcome) => {
@@ -140,6 +174,44 @@ impl CallbackService {
             Err(err) => {
                 self.count_invocation(provider.id(), Some(err.code));
                 tracing::warn!(request_id, provider = provider.id(), %site, code = %err.code, reason = %err.message, "invocation acknowledged but not applied");
+            }
+        }
+    }
+
+    /// Applies the admin page's connect code, then answers what it did: `{"result":
+    /// "bound"}` when it bound the site, another result when the site was bound already or
+    /// is expected by nobody, or the refusal (a code that is not the onboarding's).
+    async fn connect(
+        &self,
+        provider: &dyn Provider,
+        invocation: Invocation,
+        code: Zeroizing<String>,
+        request_id: &str,
+    ) -> CallbackAnswer {
+        let site = invocation.site.clone();
+        match self
+            .admin
+            .apply_invocation(provider, invocation, (None, Some(code)), request_id)
+            .await
+        {
+            Ok(outcome) => {
+                self.count_invocation(provider.id(), None);
+                tracing::info!(request_id, provider = provider.id(), %site, result = outcome.as_str(), "invocation applied (connect code)");
+                Answer {
+                    status: http::StatusCode::OK,
+                    body: Zeroizing::new(
+                        serde_json::to_vec(
+                            &json!({ "result": outcome.as_str(), "request_id": request_id }),
+                        )
+                        .unwrap_or_default(),
+                    ),
+                }
+                .into()
+            }
+            Err(err) => {
+                self.count_invocation(provider.id(), Some(err.code));
+                tracing::info!(request_id, provider = provider.id(), %site, code = %err.code, reason = %err.message, "connect code refused");
+                error_answer(&err, None, request_id).into()
             }
         }
     }

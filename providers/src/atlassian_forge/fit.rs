@@ -50,6 +50,9 @@ pub struct FitClaims {
     pub nbf: i64,
     /// The app and installation the call is for.
     pub app: AppClaim,
+    /// The Atlassian account that invoked the app: present on a call from a UI module only.
+    #[serde(default)]
+    pub principal: Option<String>,
 }
 
 /// `app` of a FIT.
@@ -102,6 +105,8 @@ pub struct VerifiedFit {
     pub environment: String,
     /// The module key, when a module was invoked.
     pub module: Option<String>,
+    /// The Atlassian account that invoked the app from a UI module, if any.
+    pub principal: Option<String>,
 }
 
 /// What claims must satisfy besides the signature.
@@ -185,18 +190,17 @@ pub fn check_claims(claims: &FitClaims, expect: &Expect) -> Result<VerifiedFit, 
         ));
     }
     let (cloud_id, api_base_url) = api_base(&claims.app.api_base_url, &expect.api_base_hosts)?;
-    let module = claims
-        .app
-        .module
-        .as_ref()
-        .map(|m| m.key.clone())
-        .filter(|k| k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()));
+    // Names kept only when short and printable: they go into the audit record and the log.
+    let shown =
+        |v: &str| (v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())).then(|| v.to_owned());
+    let module = claims.app.module.as_ref();
     Ok(VerifiedFit {
         cloud_id,
         api_base_url,
         installation_id: format!("ari:cloud:ecosystem::installation/{installation}"),
         environment: claims.app.environment.kind.clone(),
-        module,
+        module: module.and_then(|m| shown(&m.key)),
+        principal: claims.principal.as_deref().and_then(shown),
     })
 }
 

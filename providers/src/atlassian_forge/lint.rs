@@ -9,8 +9,9 @@
 //! own: the scopes equal the ceiling (nothing outside it, no `write:`/`manage:`/`delete:`
 //! scope, `read:app-system-token` present), every remote URL is https and ends at the
 //! broker's Forge routes (a region map needs its `default`), the hourly trigger and the
-//! lifecycle events reach endpoints that carry the system token, no user token is ever asked
-//! for, and the backend egress names the broker and nothing else.
+//! lifecycle events reach endpoints that carry the system token, the admin page where a site
+//! administrator types the connect code calls the broker through an endpoint of its own, no
+//! user token is ever asked for, and the backend egress names the broker and nothing else.
 //!
 //! The lint fails closed: a schema that cannot be found or read is a finding, not a skip.
 
@@ -40,6 +41,7 @@ const FORBIDDEN_PREFIXES: &[&str] = &["write:", "manage:", "delete:", "admin:"];
 const ROUTE_TRIGGER: &str = "/trigger";
 const ROUTE_LIFECYCLE: &str = "/lifecycle";
 const ROUTE_INVOKE: &str = "/invoke";
+const ROUTE_CONNECT: &str = "/connect";
 const BASE_PATH: &str = "/forge";
 
 /// Lifecycle events the broker binds and re-binds sites on.
@@ -261,12 +263,23 @@ fn lint_remotes(m: &Value, say: &mut dyn FnMut(String)) -> Vec<Remote> {
     remotes
 }
 
+/// The endpoints UI modules call (`resolver.endpoint`): their paths come from the page's
+/// `invokeRemote`, not from a route.
+fn ui_endpoints(m: &Value) -> BTreeSet<String> {
+    items(m, "/modules/jira:adminPage")
+        .iter()
+        .filter_map(|p| p.pointer("/resolver/endpoint").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn lint_endpoints(
     m: &Value,
     remotes: &[Remote],
     say: &mut dyn FnMut(String),
 ) -> BTreeMap<String, Endpoint> {
     let mut endpoints = BTreeMap::new();
+    let ui = ui_endpoints(m);
     for e in items(m, "/modules/endpoint") {
         let key = e
             .get("key")
@@ -284,6 +297,13 @@ fn lint_endpoints(
         }
         let path = e.pointer("/route/path").and_then(Value::as_str);
         match path {
+            _ if ui.contains(&key) => {
+                if let Some(p) = path {
+                    say(format!(
+                        "endpoint {key}: the admin page's endpoint has route.path {p:?} (the page names {ROUTE_CONNECT} in its invokeRemote call)"
+                    ));
+                }
+            }
             Some(ROUTE_TRIGGER | ROUTE_LIFECYCLE | ROUTE_INVOKE) => {}
             Some(p) => say(format!(
                 "endpoint {key}: route.path {p:?} is not a broker route ({ROUTE_TRIGGER}, {ROUTE_LIFECYCLE}, {ROUTE_INVOKE})"
@@ -389,6 +409,49 @@ fn lint_lifecycle(m: &Value, endpoints: &BTreeMap<String, Endpoint>, say: &mut d
     }
 }
 
+/// The admin page a site administrator types the connect code on: the only proof the broker
+/// takes that a site is the tenant's. It must exist, with its resource, and call the broker
+/// through an endpoint that sends the system token.
+fn lint_connect_page(
+    m: &Value,
+    endpoints: &BTreeMap<String, Endpoint>,
+    say: &mut dyn FnMut(String),
+) {
+    use super::CONNECT_MODULE_KEY as KEY;
+    let Some(page) = items(m, "/modules/jira:adminPage")
+        .iter()
+        .find(|p| p.get("key").and_then(Value::as_str) == Some(KEY))
+    else {
+        say(format!(
+            "no jira:adminPage {KEY} (where a site administrator types the connect code: the broker binds a site only on it)"
+        ));
+        return;
+    };
+    match page.pointer("/resolver/endpoint").and_then(Value::as_str) {
+        Some(target) => match endpoints.get(target) {
+            Some(e) if e.system_token => {}
+            Some(_) => say(format!(
+                "jira:adminPage {KEY}: endpoint {target} lacks auth.appSystemToken.enabled: true"
+            )),
+            None => say(format!(
+                "jira:adminPage {KEY}: endpoint {target} is not declared"
+            )),
+        },
+        None => say(format!(
+            "jira:adminPage {KEY}: no resolver.endpoint (the page calls the broker directly)"
+        )),
+    }
+    let resource = page.get("resource").and_then(Value::as_str);
+    let declared = items(m, "/resources")
+        .iter()
+        .any(|r| r.get("key").and_then(Value::as_str) == resource && resource.is_some());
+    if !declared {
+        say(format!(
+            "jira:adminPage {KEY}: its resource is not declared in resources"
+        ));
+    }
+}
+
 fn lint_egress(m: &Value, remotes: &[Remote], say: &mut dyn FnMut(String)) {
     let Some(backend) = m
         .pointer("/permissions/external/fetch/backend")
@@ -482,6 +545,7 @@ pub(crate) fn lint_forge_manifest(
     let endpoints = lint_endpoints(m, &remotes, &mut say);
     lint_scheduled(m, &endpoints, &mut say);
     lint_lifecycle(m, &endpoints, &mut say);
+    lint_connect_page(m, &endpoints, &mut say);
     lint_egress(m, &remotes, &mut say);
 }
 

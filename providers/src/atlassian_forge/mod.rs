@@ -4,7 +4,8 @@
 //! makes to the broker (the Forge Invocation Token, [`fit`]) and, because the manifest enables
 //! `auth.appSystemToken`, attaches a short-lived app system token (`x-forge-oauth-system`).
 //! The broker verifies the FIT before anything else, binds the installation to the tenant that
-//! expects the site (the cloudId read from the signed `app.apiBaseUrl`), seals each fresher
+//! expects the site (the cloudId read from the signed `app.apiBaseUrl`) once an administrator
+//! of the site types that onboarding's connect code on the app's admin page, seals each fresher
 //! token in the store with its `exp`, and hands the freshest one out on resolve. The hourly
 //! scheduled trigger keeps a token of at least 2 h available; tokens live at most 4 h.
 //!
@@ -39,6 +40,12 @@ pub const MIN_REMAINING_S: u64 = 60;
 pub const TRIGGER_INTERVAL_S: i64 = 3600;
 /// Largest invocation body read, bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The key of the app's admin page (manifest `jira:adminPage`), where a site administrator
+/// types the connect code.
+pub const CONNECT_MODULE_KEY: &str = "credbroker-connect";
+/// Connect codes are this many characters or more (the broker makes 24), at most 64.
+pub const MIN_CONNECT_CODE: usize = 16;
 
 /// The exclusive identifier of a site.
 pub fn site_identifier(cloud_id: &str) -> String {
@@ -296,7 +303,7 @@ impl Provider for AtlassianForge {
             "app_id": self.settings.app_id,
             "manifest": "onboarding-templates/atlassian/manifest.yml",
             "scopes": self.ceiling.scopes,
-            "customer_steps": "The site admin installs our Forge app; the site's first verified invocation (the install event or the hourly trigger) binds it to this tenant.",
+            "customer_steps": "The site admin installs our Forge app, opens its admin page (Jira settings, Apps, Connect to credbroker) and types the connect code this onboarding answers with: that call, signed by Forge for the site, binds it to this tenant.",
         }))
     }
 
@@ -337,12 +344,33 @@ impl Invocations for AtlassianForge {
                 "previous_installations": [],
             }),
             module: verified.module,
+            principal: verified.principal,
             token,
         })
     }
 
     fn parse_body(&self, body: &[u8]) -> Result<Option<String>, String> {
         parse_invocation_body(body)
+    }
+
+    fn connect_code(
+        &self,
+        invocation: &Invocation,
+        body: &[u8],
+    ) -> Result<zeroize::Zeroizing<String>, String> {
+        // Only the admin page carries a code, and only with the person who typed it: a call
+        // from a trigger, a lifecycle event or another module is not a site administrator.
+        // The page is known by its key, which our manifest gives it and Forge signs (the
+        // type Forge reports for a UI module's call is not documented: it is not relied on).
+        if invocation.module.as_deref() != Some(CONNECT_MODULE_KEY) {
+            return Err(format!(
+                "a connect code is taken only from the app's admin page ({CONNECT_MODULE_KEY})"
+            ));
+        }
+        if invocation.principal.is_none() {
+            return Err("the call from the admin page names no user (principal)".into());
+        }
+        parse_connect_body(body)
     }
 
     fn site_identifier(&self, site: &str) -> Result<String, String> {
@@ -424,6 +452,38 @@ pub fn parse_invocation_body(body: &[u8]) -> Result<Option<String>, String> {
             && e.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.'))
     }))
+}
+
+/// The connect code of an admin page's call: `{"code": "…"}`, the code 16 to 64 ASCII
+/// letters and digits once the spaces around it are trimmed.
+///
+/// # Errors
+/// When the body is not that (never quoting the code).
+pub fn parse_connect_body(body: &[u8]) -> Result<zeroize::Zeroizing<String>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        code: zeroize::Zeroizing<String>,
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err("the invocation body is too large".into());
+    }
+    let parsed: Body =
+        serde_json::from_slice(body).map_err(|_| "the body is not {\"code\": \"…\"}".to_owned())?;
+    let code = parsed.code.trim();
+    if !(MIN_CONNECT_CODE..=64).contains(&code.len())
+        || !code.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "the code is not a connect code ({MIN_CONNECT_CODE} to 64 letters and digits)"
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(code.to_owned()))
+}
+
+/// Fuzzing entry: parses an untrusted admin page's body (never panics).
+pub fn fuzz_connect_body(bytes: &[u8]) {
+    let _ = parse_connect_body(bytes);
 }
 
 /// Fuzzing entry: parses untrusted FIT claims and checks them (never panics). The bytes are

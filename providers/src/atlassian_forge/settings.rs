@@ -44,7 +44,8 @@ pub struct ForgeSettings {
     /// Deadline of a key-set fetch, milliseconds.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
-    /// How long `credbroker onboard atlassian` waits for the site's first invocation, seconds.
+    /// How long `credbroker onboard atlassian` expects the site, seconds: its administrator
+    /// must type the onboarding's connect code on the app's admin page within it.
     #[serde(default = "default_expected_ttl")]
     pub expected_site_ttl_s: u64,
 }
@@ -256,7 +257,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     availability: Availability::Configured(build),
     cli: CliSpec {
         name: "atlassian",
-        about: "A Jira or Confluence Cloud site running our Forge app (normally bound by the site's first verified invocation after `onboard atlassian`; this binds by hand).",
+        about: "A Jira or Confluence Cloud site running our Forge app (normally bound when its administrator types the connect code of `onboard atlassian` on the app's admin page; this binds by hand).",
         binding_flags: &[ConfigFlag {
             long: "config",
             help: "The binding as JSON: {\"cloud_id\", \"installation_id\", \"environment\", \"api_base_url\"} (from `credbroker unclaimed list`).",
@@ -264,7 +265,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
             target: FlagTarget::WholeConfig,
             required: true,
         }],
-        onboard: Some("Record that the tenant expects the Atlassian site with this cloudId: the site's first verified Forge invocation binds its installation to the tenant."),
+        onboard: Some("Record that the tenant expects the Atlassian site with this cloudId, and answer the connect code (shown once): the site is bound to the tenant when its administrator types that code on the app's admin page (Jira settings, Apps, Connect to credbroker)."),
         onboard_pin: OnboardPin::Identifier {
             long: "cloud-id",
             help: "The site's cloudId (a UUID; https://SITE.atlassian.net/_edge/tenant_info shows it). Invocations from any other site are never bound to this tenant.",

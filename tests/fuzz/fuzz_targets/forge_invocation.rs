@@ -1,6 +1,7 @@
 //! What Forge posts to the remote after a verified FIT: invocation, scheduled-trigger and
-//! lifecycle-event bodies (`avi:forge:installed:app`, `avi:forge:upgraded:app`). Raw bytes,
-//! and the real shapes with arbitrary text in each field. Never a panic.
+//! lifecycle-event bodies (`avi:forge:installed:app`, `avi:forge:upgraded:app`), and the
+//! admin page's connect code (`{"code": …}`). Raw bytes, and the real shapes with arbitrary
+//! text in each field. Never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
@@ -20,11 +21,20 @@ fn shapes(text: &str, parsed: &Value) -> [Value; 5] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    credbroker_providers::atlassian_forge::fuzz_invocation_body(data);
+    use credbroker_providers::atlassian_forge::{fuzz_connect_body, fuzz_invocation_body};
+    fuzz_invocation_body(data);
+    fuzz_connect_body(data);
     let text = String::from_utf8_lossy(data);
     let parsed: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
     for body in shapes(&text, &parsed) {
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        credbroker_providers::atlassian_forge::fuzz_invocation_body(&bytes);
+        fuzz_invocation_body(&bytes);
+    }
+    for body in [
+        json!({ "code": text }),
+        json!({ "code": parsed }),
+        json!({ "code": format!("  {text}  "), "extra": parsed }),
+    ] {
+        fuzz_connect_body(&serde_json::to_vec(&body).unwrap_or_default());
     }
 });

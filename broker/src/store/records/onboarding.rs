@@ -105,6 +105,11 @@ pub struct ExpectedSite {
     /// disable stays dead after a re-enable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator_revision: Option<u64>,
+    /// SHA-256 (hex) of the connect code the onboarding handed out: the site is bound only
+    /// when an administrator of it types that code on the app's admin page. Absent in
+    /// expectations written before codes existed: those bind nothing (onboard again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_sha256: Option<String>,
 }
 
 /// The record every install link pinning one account (an Entra tenant GUID) passes

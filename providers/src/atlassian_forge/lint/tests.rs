@@ -194,7 +194,7 @@ fn user_tokens_and_foreign_egress_are_refused() {
     assert!(
         has(
             &out,
-            "endpoint broker-trigger: auth.appUserToken is enabled"
+            "endpoint broker-connect: auth.appUserToken is enabled"
         ),
         "{out:#?}"
     );
