@@ -41,9 +41,9 @@ pub enum ClientError {
     /// The request was sent (or may have been) and no answer came: its outcome is unknown.
     #[error("{0}")]
     Transport(String),
-    /// An answer came, larger than [`MAX_ANSWER`]: not read.
-    #[error("the broker answered {0} with more than {max} MiB: not read", max = MAX_ANSWER >> 20)]
-    AnswerTooLarge(StatusCode),
+    /// An answer came, larger than the client reads: not read.
+    #[error("the broker answered {0} with more than {1} bytes: not read")]
+    AnswerTooLarge(StatusCode, usize),
 }
 
 /// A connection to the broker presenting one client certificate.
@@ -53,6 +53,7 @@ pub struct BrokerClient {
     server_name: ServerName<'static>,
     sender: Option<SendRequest<Full<Bytes>>>,
     timeout: Duration,
+    max_answer: usize,
 }
 
 impl BrokerClient {
@@ -96,7 +97,16 @@ impl BrokerClient {
             server_name,
             sender: None,
             timeout: Duration::from_secs(30),
+            max_answer: MAX_ANSWER,
         })
+    }
+
+    /// The same client reading answers of at most `bytes` (at most [`MAX_ANSWER`]): a
+    /// resolve's answer is a few KiB.
+    #[must_use]
+    pub fn with_max_answer(mut self, bytes: usize) -> BrokerClient {
+        self.max_answer = bytes.min(MAX_ANSWER);
+        self
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
@@ -194,12 +204,12 @@ impl BrokerClient {
                 .map_err(|e| ClientError::Transport(e.to_string()))?;
             let status = resp.status();
             let response_headers = resp.headers().clone();
-            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            let bytes = Limited::new(resp.into_body(), self.max_answer)
                 .collect()
                 .await
                 .map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
-                        ClientError::AnswerTooLarge(status)
+                        ClientError::AnswerTooLarge(status, self.max_answer)
                     } else {
                         ClientError::Transport(e.to_string())
                     }

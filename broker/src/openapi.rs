@@ -124,7 +124,7 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
             let answer = admin_answer(gen);
             let (summary, request, ok_status) = match a {
                 AdminEndpoint::Collection if get => (
-                    "List one page of the collection (at most `limit` records, 8 MiB of them, in id order).",
+                    "List one page of the collection (at most `limit` records in id order, ending at about 8 MiB).",
                     None,
                     "200",
                 ),

@@ -81,7 +81,7 @@ fn warn_if_key_open(key: &std::path::Path) {
         let mode = meta.permissions().mode() & 0o777;
         if let Some(who) = crate::tls::key_mode_too_open(mode, meta.uid() == 0) {
             eprintln!(
-                "warning: {} has mode {mode:04o}: open to {who}; whoever can read it acts as this worker (chmod 600 it)",
+                "warning: {} has mode {mode:04o}: open to {who}; whoever can read it acts as this worker (chmod 600, or 640 for a root-owned key read through the worker's group; a Kubernetes secret volume: defaultMode 0400)",
                 key.display()
             );
         }
@@ -91,8 +91,9 @@ fn warn_if_key_open(key: &std::path::Path) {
 /// [`resolve`] on the caller's runtime.
 pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
     warn_if_key_open(&a.key);
-    let mut client =
-        BrokerClient::new(&a.server, &a.ca, &a.cert, &a.key).map_err(|e| e.to_string())?;
+    let mut client = BrokerClient::new(&a.server, &a.ca, &a.cert, &a.key)
+        .map_err(|e| e.to_string())?
+        .with_max_answer(MAX_RESOLVE_ANSWER);
     let mut body = json!({ "instance_id": a.instance, "min_ttl_s": 300 });
     if let Some(job) = &a.job_id {
         body["job_id"] = json!(job);
@@ -139,6 +140,10 @@ fn print_secret(text: &Zeroizing<String>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     stdout.write_all(b"\n").map_err(|e| e.to_string())
 }
+
+/// The largest resolve answer read (a few KiB in practice; a pasted secret's fields are at
+/// most the broker's body limit).
+const MAX_RESOLVE_ANSWER: usize = 4 << 20;
 
 /// The longest token `client token` prints bare.
 const MAX_BARE_TOKEN: usize = 65_536;

@@ -112,10 +112,11 @@ pub const EXIT_OUTCOME_UNKNOWN: u8 = 4;
 /// and returns the exit code: [`EXIT_UNREACHABLE`] when nothing was sent (connection
 /// refused or timed out), [`EXIT_OUTCOME_UNKNOWN`] when the request went out and no answer
 /// came. A TLS handshake that fails (the server is not the broker the CA vouches for, or our
-/// certificate is refused) is an error of the command (exit 2).
+/// certificate is refused), and an answer too large to read, are errors of the command
+/// (exit 2).
 ///
 /// # Errors
-/// The handshake failure, as the command's error.
+/// The handshake failure or the oversized answer, as the command's error.
 pub fn transport_failure(server: &str, e: &crate::client::ClientError) -> Result<ExitCode, String> {
     use crate::client::ClientError;
     match e {
@@ -130,6 +131,7 @@ pub fn transport_failure(server: &str, e: &crate::client::ClientError) -> Result
             );
             Ok(ExitCode::from(EXIT_UNREACHABLE))
         }
+        ClientError::AnswerTooLarge(..) => Err(format!("{e} (broker at {server})")),
         ClientError::Transport(_) => {
             eprintln!(
                 "error: no answer from the broker at {server}: {e}\nThe request was sent and may have been applied: look for it in the audit log (`credbroker audit export`) before you retry."

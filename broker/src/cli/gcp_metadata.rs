@@ -269,6 +269,12 @@ async fn handle(args: &GcpMetadataArgs, req: &Request<Incoming>) -> Response<Ful
 }
 
 fn token_answer(v: &Value) -> Response<Full<Bytes>> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        access_token: &'a str,
+        expires_in: i64,
+        token_type: &'static str,
+    }
     let expires_in = v["expires_at"]
         .as_str()
         .and_then(|t| {
@@ -277,17 +283,25 @@ fn token_answer(v: &Value) -> Response<Full<Bytes>> {
         .map_or(0, |t| {
             (t - time::OffsetDateTime::now_utc()).whole_seconds().max(0)
         });
-    // The body the token goes out in is wiped once hyper has sent it.
-    let body = json!({
-        "access_token": v["credentials"]["access_token"],
-        "expires_in": expires_in,
-        "token_type": "Bearer",
-    })
-    .to_string();
+    // The body the token goes out in is built in one buffer sized up front (JSON escapes at
+    // most six bytes for one) and wiped once hyper has sent it.
+    let token = v["credentials"]["access_token"].as_str().unwrap_or("");
+    let mut body = Vec::with_capacity(6 * token.len() + 96);
+    let written = serde_json::to_writer(
+        &mut body,
+        &Body {
+            access_token: token,
+            expires_in,
+            token_type: "Bearer",
+        },
+    );
+    if written.is_err() {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot write the token");
+    }
     answer(
         StatusCode::OK,
         "application/json",
-        credbroker_providers::http::wiped_bytes(body.into_bytes()),
+        credbroker_providers::http::wiped_bytes(body),
     )
 }
 
@@ -320,16 +334,19 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
         );
         let args = std::sync::Arc::new(args.clone());
         // Each connection may make a resolve (a TLS connection to the broker and an audit
-        // record there): a local process opening many is held to a few at a time.
+        // record there): a local process opening many is held to a few at a time. One
+        // request per connection (no keep-alive), so an idle pooled connection holds no slot.
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let stop = tokio::signal::ctrl_c();
+        tokio::pin!(stop);
         loop {
             let slot = tokio::select! {
                 slot = std::sync::Arc::clone(&slots).acquire_owned() => slot.map_err(|e| e.to_string())?,
-                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                _ = &mut stop => return Ok(ExitCode::SUCCESS),
             };
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => accepted.map_err(|e| e.to_string())?,
-                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                _ = &mut stop => return Ok(ExitCode::SUCCESS),
             };
             let args = std::sync::Arc::clone(&args);
             tokio::spawn(async move {
@@ -341,6 +358,7 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(10))
+                    .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

@@ -60,7 +60,7 @@ pub struct LintArgs {
 
 pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
     init_logging(LogFormat::Text, "info");
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().to_canonical().is_loopback() {
         // Allowed (a worker in a container may dial the host), but said: this broker keeps
         // its KEK, audit key and CA key in its data directory, and its operator and worker
         // certificates are files anyone who can read that directory can use.
