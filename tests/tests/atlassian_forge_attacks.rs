@@ -483,22 +483,30 @@ async fn the_forge_routes_refuse_wrong_methods_oversized_bodies_and_missing_toke
     assert!(env.binding_for(ACME).await.is_none(), "nothing bound");
 }
 
-/// A cloudId is public: naming the cloudId of a site already running the app unclaimed does
-/// not win that site; an operator claims it after checking whose it is.
+/// A cloudId is public: naming the cloudId of a site already running the app unclaimed (the
+/// customer installed first) does not win that site; its administrator's code does, and the
+/// unclaimed record goes with the binding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn onboarding_a_site_already_running_the_app_unclaimed_is_refused() {
+async fn a_site_running_the_app_unclaimed_is_bound_only_on_its_code() {
     let mut env = start().await;
     let (s, v) = env.trigger(&stray(), &system_token(now() + 2 * HOUR)).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
-    let (c, _, err) = env.onboard("t2", STRAY);
-    assert_eq!(c, 1, "{err}");
-    assert!(
-        err.contains("conflict (409)") && err.contains("unclaimed claim"),
-        "{err}"
-    );
+    let (c, onboarded, err) = env.onboard("t2", STRAY);
+    assert_eq!(c, 0, "{err}");
+    assert!(onboarded["unclaimed_since"].is_string(), "{onboarded}");
     let (s, v) = env.trigger(&stray(), &system_token(now() + 3 * HOUR)).await;
-    assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (200, Some("awaiting_code")),
+        "{v}"
+    );
     assert!(env.binding_for(STRAY).await.is_none());
+    let (s, v) = env
+        .connect(&stray(), onboarded["connect_code"].as_str().unwrap(), None)
+        .await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
+    assert_eq!(env.binding_for(STRAY).await.unwrap()["tenant"], "t2");
+    assert!(env.unclaimed().is_empty(), "the unclaimed record stayed");
 }
 
 /// An onboarding outlives nothing it names: a tenant removed since (and created again under
@@ -785,11 +793,11 @@ async fn a_revoked_expectation_binds_nothing() {
                 .is_some_and(|d| d.contains(&stray_site))));
 }
 
-/// Anyone who installs the app on 256 sites fills the unclaimed list, and with it full every
-/// Atlassian onboarding is refused (a site running the app may have gone unrecorded); the
-/// sites' hourly triggers keep the records alive. An operator ignores them: onboardings
-/// work again, the ignored sites' triggers write nothing, and an onboarding naming one is
-/// still refused (it was running the app before).
+/// Anyone who installs the app on 256 sites fills the unclaimed list; the sites' hourly
+/// triggers keep the records alive. Onboarding goes on (a site binds only on its
+/// administrator's connect code, so a full list hides nothing an onboarding could win). An
+/// operator ignores them: the ignored sites' triggers write nothing, and one of them is
+/// bound only when onboarded and its administrator types the code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unexpected_sites_is_ignored_and_onboarding_goes_on() {
     let mut env = start_custom("", |s| {
@@ -844,8 +852,7 @@ async fn a_flood_of_unexpected_sites_is_ignored_and_onboarding_goes_on() {
     };
     assert_eq!(listed.len(), 256);
     let (c, _, err) = env.onboard("t1", ACME);
-    assert_eq!(c, 1, "{err}");
-    assert!(err.contains("at their cap"), "{err}");
+    assert_eq!(c, 0, "the full list blocks onboarding: {err}");
 
     let identifiers: Vec<String> = listed
         .iter()
@@ -895,13 +902,7 @@ async fn a_flood_of_unexpected_sites_is_ignored_and_onboarding_goes_on() {
     for id in &identifiers {
         assert!(detail.contains(id.as_str()), "{id} not on the record");
     }
-    let (c, _, err) = env.onboard("t1", ACME);
-    assert_eq!(
-        c, 0,
-        "onboarding still refused after the flood was ignored: {err}"
-    );
-
-    // An ignored site's trigger writes nothing; onboarding it is still refused.
+    // An ignored site's trigger writes nothing; onboarded, its administrator's code binds it.
     let records = env.audit_count();
     let (s, v) = env
         .trigger(&sites[0], &system_token(now() + 3 * HOUR))
@@ -909,9 +910,21 @@ async fn a_flood_of_unexpected_sites_is_ignored_and_onboarding_goes_on() {
     assert_eq!((s, v["result"].as_str()), (200, Some("ignored")), "{v}");
     assert_eq!(env.audit_count(), records);
     let cloud = sites[0].cloud_id.clone();
-    let (c, _, err) = env.onboard("t2", &cloud);
-    assert_eq!(c, 1, "{err}");
-    assert!(err.contains("unclaimed"), "{err}");
+    let (c, onboarded, err) = env.onboard("t2", &cloud);
+    assert_eq!(c, 0, "{err}");
+    assert!(onboarded["unclaimed_since"].is_string(), "{onboarded}");
+    let (s, v) = env
+        .trigger(&sites[0], &system_token(now() + 3 * HOUR))
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (200, Some("awaiting_code")),
+        "{v}"
+    );
+    let the_code = onboarded["connect_code"].as_str().unwrap();
+    let (s, v) = env.connect(&sites[0], the_code, None).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
+    assert_eq!(env.binding_for(&cloud).await.unwrap()["tenant"], "t2");
     // A name it does not hold is refused whole: nothing is ignored.
     let (s, v) = call(
         &mut env.op,

@@ -155,6 +155,16 @@ async fn the_code_counts_only_from_the_admin_page_and_a_person() {
     let (s, v) = env.connect(&site, &the_code, Some(&token)).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("bound")), "{v}");
     assert_eq!(env.binding_for(ACME).await.unwrap()["tenant"], "t1");
+    // That was the site's tenth signed connect call this minute: the next is refused before
+    // the admin lock (one site's page cannot hold what every tenant's triggers wait on).
+    let (s, v) = env.connect(&site, &the_code, None).await;
+    assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
+    let (s, v) = env.connect(&globex(), "A".repeat(24).as_str(), None).await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (200, Some("unclaimed")),
+        "another site is not limited: {v}"
+    );
 }
 
 /// Another onboarding's code (t2's, for globex) typed on acme's page: refused. A code a newer

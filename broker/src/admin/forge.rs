@@ -119,8 +119,9 @@ impl AdminService {
             plan.detail = format!("{}; {site} already bound here", plan.detail);
             return Ok(());
         }
-        // A site already running the app unclaimed is not bound by naming its cloudId (which
-        // anyone can read): an operator claims it after checking whose it is.
+        // A site already running the app unclaimed (or ignored, or uncounted beyond the
+        // list's cap) is onboarded like any: naming its cloudId wins nothing, its
+        // administrator's connect code binds it (and the unclaimed record goes with it).
         if let Some((_, u)) = r
             .unclaimed()
             .await
@@ -128,22 +129,7 @@ impl AdminService {
             .into_iter()
             .find(|(_, u)| u.value.identifier == site)
         {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "{site} has been running the app unclaimed since {}: check whose site it is, then `credbroker unclaimed claim --identifier {site} --tenant {tenant}` (runbooks/atlassian-unclaimed.md)",
-                    u.value.seen_at
-                ),
-            ));
-        }
-        // With the unclaimed list full, a site running the app may have gone unrecorded: no
-        // onboarding can tell it from one not yet installed until the list has room.
-        let held = r.unclaimed().await.map_err(store_err)?;
-        if !crate::callbacks::unclaimed_room(&held, provider, "") {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                "the unclaimed installations of this provider are at their cap: a site running the app may have gone unrecorded; review `credbroker unclaimed list` first",
-            ));
+            plan.response["unclaimed_since"] = json!(u.value.seen_at);
         }
         let now = time::OffsetDateTime::now_utc();
         let read = r.expected_site(&site).await.map_err(store_err)?;
@@ -238,11 +224,10 @@ impl AdminService {
                 )
                 .await;
         }
-        // Nobody holds the site: an onboarding that expects it binds it — unless the site was
-        // kept unclaimed before the onboarding was recorded (a cloudId is public: whoever
-        // names it first must not win a site that was already running our app; an operator
-        // claims it after checking whose it is), or the tenant it names is not the one the
-        // operator meant (removed, or removed and created again since).
+        // Nobody holds the site: an onboarding that expects it binds it on its administrator's
+        // connect code — unless the operator who recorded it may no longer act, or the tenant
+        // it names is not the one the operator meant (removed, or removed and created again
+        // since).
         let expected = r.expected_site(&invocation.site).await.map_err(store_err)?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if let Some((key, read)) =
@@ -298,26 +283,6 @@ impl AdminService {
         )
         .map_err(|_| ApiError::new(ErrorCode::Internal, "corrupt site expectation"))?;
         let r = &self.core.records;
-        let unclaimed_before = r
-            .unclaimed()
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .filter(|(_, u)| u.value.identifier == site)
-            .filter_map(|(_, u)| {
-                time::OffsetDateTime::parse(
-                    &u.value.seen_at,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok()
-            })
-            .any(|seen| seen <= recorded);
-        if unclaimed_before {
-            return Ok(Err(format!(
-                "tenant {} expects {site}, but the site was running the app before that onboarding was recorded: bind it with `credbroker unclaimed claim` after checking whose it is",
-                expected.tenant
-            )));
-        }
         // An expectation acts for the operator who recorded it: once they are disabled or
         // removed, it binds nothing.
         match self
@@ -576,8 +541,7 @@ impl AdminService {
             }
             // Already kept (and audited once): nothing more is written, whichever
             // installation of the site calls — except, at most once a day, a later expiry,
-            // so a site that keeps running the app never drops off the list (an onboarding
-            // of its public cloudId must keep being refused).
+            // so a site that keeps running the app stays listed for an operator.
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let fresh = known
                 .value

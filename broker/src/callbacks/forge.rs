@@ -32,6 +32,43 @@ pub const INVOCATION_KINDS: &[&str] = &["invoke", "trigger", "lifecycle", CONNEC
 /// The admin page's call, which carries a connect code.
 const CONNECT: &str = "connect";
 
+/// Connect calls a site may make in a [`CONNECT_WINDOW`] (a person typing a code makes a
+/// few): more are refused before the admin lock, so one site's page cannot hold the lock
+/// that every tenant's triggers and the admin API wait on.
+pub const CONNECT_PER_SITE: u32 = 10;
+/// The window [`CONNECT_PER_SITE`] counts in.
+pub const CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Sites whose connect calls are counted at once; beyond it the oldest windows are dropped
+/// (a site needs a real Forge installation, and its count only restarts).
+const CONNECT_SITES: usize = 4096;
+
+/// The connect calls of each site in its current window.
+#[derive(Default)]
+pub struct ConnectLimit(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
+);
+
+impl ConnectLimit {
+    /// Whether `site` may make one more connect call now.
+    fn admit(&self, site: &str, now: std::time::Instant) -> bool {
+        let Ok(mut sites) = self.0.lock() else {
+            return false;
+        };
+        if sites.len() >= CONNECT_SITES && !sites.contains_key(site) {
+            sites.retain(|_, (since, _)| now.duration_since(*since) < CONNECT_WINDOW);
+            if sites.len() >= CONNECT_SITES {
+                return false;
+            }
+        }
+        let entry = sites.entry(site.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= CONNECT_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= CONNECT_PER_SITE
+    }
+}
+
 /// A verified invocation, waiting for its body.
 pub struct VerifiedInvocation {
     provider: Arc<dyn Provider>,
@@ -122,6 +159,21 @@ impl CallbackService {
             return;
         };
         if connect {
+            if !self
+                .connects
+                .admit(&invocation.site, std::time::Instant::now())
+            {
+                let err = ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "at most {CONNECT_PER_SITE} connect calls per site in {} s: wait a minute",
+                        CONNECT_WINDOW.as_secs()
+                    ),
+                );
+                self.count_invocation(provider.id(), Some(err.code));
+                let _ = ack.send(error_answer(&err, None, request_id).into());
+                return;
+            }
             let code = body.and_then(|b| {
                 inv.connect_code(&invocation, &b)
                     .map_err(|m| ApiError::new(ErrorCode::CallbackRejected, m))
@@ -210,9 +262,29 @@ impl CallbackService {
             }
             Err(err) => {
                 self.count_invocation(provider.id(), Some(err.code));
-                tracing::info!(request_id, provider = provider.id(), %site, code = %err.code, reason = %err.message, "connect code refused");
+                // Any site running the app can send refusals: their lines are throttled.
+                if let Some(suppressed) = self.anonymous_log.admit() {
+                    tracing::info!(request_id, provider = provider.id(), %site, code = %err.code, reason = %err.message, suppressed, "connect code refused");
+                }
                 error_answer(&err, None, request_id).into()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConnectLimit, CONNECT_PER_SITE, CONNECT_WINDOW};
+
+    #[test]
+    fn a_site_makes_ten_connect_calls_a_minute_and_others_are_not_counted_with_it() {
+        let limit = ConnectLimit::default();
+        let t = std::time::Instant::now();
+        for _ in 0..CONNECT_PER_SITE {
+            assert!(limit.admit("atlassian_site:a", t));
+        }
+        assert!(!limit.admit("atlassian_site:a", t));
+        assert!(limit.admit("atlassian_site:b", t));
+        assert!(limit.admit("atlassian_site:a", t + CONNECT_WINDOW));
     }
 }

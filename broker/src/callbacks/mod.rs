@@ -175,6 +175,7 @@ pub struct CallbackService {
     core: Arc<Core>,
     admin: Arc<AdminService>,
     anonymous_log: crate::admission::LogThrottle,
+    connects: forge::ConnectLimit,
 }
 
 impl CallbackService {
@@ -184,6 +185,7 @@ impl CallbackService {
             core,
             admin,
             anonymous_log: crate::admission::LogThrottle::new(5),
+            connects: forge::ConnectLimit::default(),
         }
     }
 

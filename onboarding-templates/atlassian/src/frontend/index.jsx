@@ -26,6 +26,10 @@ const SAID = {
     'No onboarding expects this site. Ask your platform team to onboard it (they need its cloudId), then type the code they send.',
   ],
   ignored: ['warning', 'Nothing changed: this installation is not the one the broker holds.'],
+  rate_limited: [
+    'warning',
+    'Too many tries from this site in the last minute. Wait a minute, then press Connect again.',
+  ],
   callback_rejected: [
     'error',
     'This is not the code for this site. Check it with your platform team: a newer onboarding replaces the code.',
@@ -37,25 +41,36 @@ const App = () => {
   const [busy, setBusy] = useState(false);
   const [said, setSaid] = useState(null);
 
+  // What the broker answered, whether the bridge resolved with a non-2xx answer or
+  // rejected with it: the page shows the broker's result or refusal either way.
+  const show = (answer) => {
+    const body = (answer && answer.body) || {};
+    const key = body.result || (body.error && body.error.code);
+    if (SAID[key]) {
+      setSaid(SAID[key]);
+    } else if (answer && answer.status) {
+      setSaid(['error', `The broker answered ${answer.status}${key ? ` (${key})` : ''}.`]);
+    } else {
+      setSaid(['error', 'The broker could not be reached. Try again in a minute.']);
+    }
+    if (body.result) {
+      setCode('');
+    }
+  };
+
   const send = async () => {
     setBusy(true);
     setSaid(null);
     try {
-      const answer = await invokeRemote({
-        path: '/connect',
-        method: 'POST',
-        body: { code: code.trim() },
-      });
-      const body = answer.body || {};
-      const key = body.result || (body.error && body.error.code);
-      setSaid(
-        SAID[key] || ['error', `The broker answered ${answer.status}${key ? ` (${key})` : ''}.`],
+      show(
+        await invokeRemote({
+          path: '/connect',
+          method: 'POST',
+          body: { code: code.trim() },
+        }),
       );
-      if (body.result) {
-        setCode('');
-      }
     } catch (e) {
-      setSaid(['error', 'The broker could not be reached. Try again in a minute.']);
+      show(e);
     } finally {
       setBusy(false);
     }
@@ -73,7 +88,6 @@ const App = () => {
       <Textfield
         id="connect-code"
         value={code}
-        autoComplete="off"
         onChange={(e) => setCode(e.target.value)}
       />
       <Button appearance="primary" isDisabled={busy || code.trim() === ''} onClick={send}>

@@ -163,6 +163,58 @@ fn the_hourly_trigger_must_carry_the_system_token() {
 }
 
 #[test]
+fn the_connect_page_must_be_there_and_reach_the_broker_with_the_system_token() {
+    // No page: nothing could ever bind a site.
+    let start = SHIPPED.find("  jira:adminPage:\n").unwrap();
+    let end = SHIPPED.find("  endpoint:\n").unwrap();
+    let without = format!("{}{}", &SHIPPED[..start], &SHIPPED[end..]);
+    let out = findings(&without);
+    assert!(
+        has(&out, "no jira:adminPage credbroker-connect"),
+        "{out:#?}"
+    );
+    // The page under another key is not the page the broker takes codes from.
+    let out = findings(&SHIPPED.replace("- key: credbroker-connect", "- key: credbroker-settings"));
+    assert!(
+        has(&out, "no jira:adminPage credbroker-connect"),
+        "{out:#?}"
+    );
+    // Its endpoint without the system token, or with a route of its own.
+    let yaml = SHIPPED.replacen(
+        "      remote: broker\n      auth:\n        appSystemToken:\n          enabled: true\n",
+        "      remote: broker\n      auth:\n        appSystemToken:\n          enabled: false\n",
+        1,
+    );
+    assert_ne!(yaml, SHIPPED);
+    let out = findings(&yaml);
+    assert!(
+        has(
+            &out,
+            "jira:adminPage credbroker-connect: endpoint broker-connect lacks auth.appSystemToken"
+        ),
+        "{out:#?}"
+    );
+    let yaml = SHIPPED.replacen(
+        "    - key: broker-connect\n      remote: broker\n",
+        "    - key: broker-connect\n      remote: broker\n      route:\n        path: /trigger\n",
+        1,
+    );
+    assert_ne!(yaml, SHIPPED);
+    let out = findings(&yaml);
+    assert!(
+        has(&out, "the admin page's endpoint has route.path"),
+        "{out:#?}"
+    );
+    // Its resource undeclared, or no resolver.
+    let out = findings(&SHIPPED.replace("  - key: connect-page\n", "  - key: other-page\n"));
+    assert!(has(&out, "its resource is not declared"), "{out:#?}");
+    let out = findings(&SHIPPED.replace("      resolver:\n        endpoint: broker-connect\n", ""));
+    assert!(has(&out, "no resolver.endpoint"), "{out:#?}");
+    // The shipped manifest has none of these.
+    assert!(findings(SHIPPED).is_empty());
+}
+
+#[test]
 fn lifecycle_events_must_reach_the_lifecycle_route() {
     let out = findings(&SHIPPED.replace("        - avi:forge:installed:app\n", ""));
     assert!(
