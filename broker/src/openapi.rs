@@ -241,7 +241,7 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     "200",
                 ),
                 AdminEndpoint::IgnoreUnclaimed => (
-                    "Ignore unclaimed installations (sites running the app that no tenant expects): kept until claimed, no longer counted against the cap of 256, their invocations counted, not recorded; an onboarding naming one is still refused.",
+                    "Ignore unclaimed installations (sites running the app that no tenant expects): kept until bound, no longer counted against the cap of 256, their invocations counted, not recorded; an onboarding naming one binds it on its administrator's connect code.",
                     Some(gen.subschema_for::<crate::admin::IgnoreBody>().to_value()),
                     "200",
                 ),

@@ -377,6 +377,11 @@ pub fn assert_unavailable(s: u16, v: &Value, what: &str) {
 
 /// `credbroker_callbacks_total{provider="atlassian_forge",outcome="denied",code="invocation_rejected"}`.
 pub async fn invocations_rejected(env: &Env) -> u64 {
+    refused_with(env, "invocation_rejected").await
+}
+
+/// `credbroker_callbacks_total` of the Forge provider refused with `code`.
+pub async fn refused_with(env: &Env, code: &str) -> u64 {
     let (_, m) = scrape(&env.pki, &env.daemon.url).await;
     String::from_utf8(m)
         .unwrap()
@@ -385,7 +390,7 @@ pub async fn invocations_rejected(env: &Env) -> u64 {
             l.starts_with("credbroker_callbacks_total{")
                 && l.contains("provider=\"atlassian_forge\"")
                 && l.contains("outcome=\"denied\"")
-                && l.contains("code=\"invocation_rejected\"")
+                && l.contains(&format!("code=\"{code}\""))
         })
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum::<f64>() as u64

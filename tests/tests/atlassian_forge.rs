@@ -519,7 +519,8 @@ async fn lifecycle_events_bind_an_expected_site_and_triggers_bring_the_token() {
     let (s, v) = env.trigger(&acme(), &token).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("captured")), "{v}");
     env.wait_token("w1", "i-forge", &token).await;
-    // A FIT with an invocation context and a principal (a user-initiated call) verifies too.
+    // A FIT with an invocation context and a principal (a user-initiated call) verifies, and
+    // is then refused on any route but /forge/connect (the app's only page sends codes only).
     let fit = env
         .forge
         .fit(&acme())
@@ -535,5 +536,5 @@ async fn lifecycle_events_bind_an_expected_site_and_triggers_bring_the_token() {
         &invoke_body(&acme()),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
 }

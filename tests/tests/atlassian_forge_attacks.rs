@@ -501,6 +501,25 @@ async fn a_site_running_the_app_unclaimed_is_bound_only_on_its_code() {
         "{v}"
     );
     assert!(env.binding_for(STRAY).await.is_none());
+    // An operator persuaded to claim it for another tenant is refused while t2's onboarding
+    // is out (the claim would silently end it).
+    let (c, _, err) = env.cli(&[
+        "unclaimed",
+        "claim",
+        "--identifier",
+        &format!("atlassian_site:{STRAY}"),
+        "--tenant",
+        "t1",
+        "--owner",
+        "team-tests",
+        "--purpose",
+        "integration test",
+    ]);
+    assert_eq!(c, 1, "{err}");
+    assert!(
+        err.contains("conflict (409)") && err.contains("onboarding out"),
+        "{err}"
+    );
     let (s, v) = env
         .connect(&stray(), onboarded["connect_code"].as_str().unwrap(), None)
         .await;

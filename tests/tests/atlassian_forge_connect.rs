@@ -18,22 +18,6 @@ fn code_of(onboarded: &Value) -> String {
     onboarded["connect_code"].as_str().unwrap().to_owned()
 }
 
-/// `credbroker_callbacks_total` of the Forge provider refused with `code`.
-async fn refused(env: &Env, code: &str) -> u64 {
-    let (_, m) = scrape(&env.pki, &env.daemon.url).await;
-    String::from_utf8(m)
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.starts_with("credbroker_callbacks_total{")
-                && l.contains("provider=\"atlassian_forge\"")
-                && l.contains("outcome=\"denied\"")
-                && l.contains(&format!("code=\"{code}\""))
-        })
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// Tenant t2 names acme's cloudId (public) before acme's administrator does anything: acme's
 /// install event and triggers bind nothing, and no code but the one t2 holds would — which
 /// only acme's administrator can type on acme's admin page.
@@ -66,6 +50,24 @@ async fn naming_a_sites_cloud_id_binds_nothing_without_its_administrator() {
         (200, Some("awaiting_code")),
         "{v}"
     );
+    // The page (a call naming a person) reaches no route but /forge/connect: the others are
+    // not limited per site.
+    let page = env
+        .forge
+        .fit(&acme())
+        .admin_page(&acme(), ADMIN_ACCOUNT)
+        .token();
+    for kind in ["trigger", "lifecycle", "invoke"] {
+        let (s, v) = send(
+            &mut env.public,
+            kind,
+            Some(page.as_str()),
+            Some(token.as_str()),
+            &json!({}),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (403, "callback_rejected"), "{kind}: {v}");
+    }
     assert!(env.binding_for(ACME).await.is_none());
     assert!(env.audited("forge.bound").is_empty());
 }
@@ -78,7 +80,7 @@ async fn the_code_counts_only_from_the_admin_page_and_a_person() {
     let the_code = code_of(&env.expect_site("t1", ACME));
     let token = system_token(now() + 2 * HOUR);
     let audit_before = env.audit_count();
-    let refused_before = refused(&env, "callback_rejected").await;
+    let refused_before = refused_with(&env, "callback_rejected").await;
     let site = acme();
     let fits = [
         ("a trigger", env.forge.fit(&site).token()),
@@ -147,7 +149,7 @@ async fn the_code_counts_only_from_the_admin_page_and_a_person() {
         "refusals are counted, not audited"
     );
     assert_eq!(
-        refused(&env, "callback_rejected").await,
+        refused_with(&env, "callback_rejected").await,
         refused_before + fits.len() as u64 + 5
     );
     assert!(env.binding_for(ACME).await.is_none());

@@ -292,7 +292,7 @@ impl AdminService {
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::OperatorRequired => {
                 return Ok(Err(format!(
-                    "tenant {} expects {site}, but the operator who recorded that onboarding may no longer act ({}): bind it with `credbroker unclaimed claim` after checking whose it is",
+                    "tenant {} expects {site}, but the operator who recorded that onboarding may no longer act ({}): an active operator onboards it again (a new connect code), or binds it with `credbroker unclaimed claim` after checking whose it is",
                     expected.tenant, e.message
                 )))
             }

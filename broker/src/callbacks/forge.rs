@@ -38,8 +38,9 @@ const CONNECT: &str = "connect";
 pub const CONNECT_PER_SITE: u32 = 10;
 /// The window [`CONNECT_PER_SITE`] counts in.
 pub const CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-/// Sites whose connect calls are counted at once; beyond it the oldest windows are dropped
-/// (a site needs a real Forge installation, and its count only restarts).
+/// Sites whose connect calls are counted at once. Beyond it, ended windows are dropped, then
+/// the one that started first (its site's count only restarts early; a site needs a real
+/// Forge installation): no site is refused for others' calls.
 const CONNECT_SITES: usize = 4096;
 
 /// The connect calls of each site in its current window.
@@ -51,13 +52,18 @@ pub struct ConnectLimit(
 impl ConnectLimit {
     /// Whether `site` may make one more connect call now.
     fn admit(&self, site: &str, now: std::time::Instant) -> bool {
-        let Ok(mut sites) = self.0.lock() else {
-            return false;
-        };
+        let mut sites = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if sites.len() >= CONNECT_SITES && !sites.contains_key(site) {
             sites.retain(|_, (since, _)| now.duration_since(*since) < CONNECT_WINDOW);
-            if sites.len() >= CONNECT_SITES {
-                return false;
+            let first = sites
+                .iter()
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(k, _)| k.clone());
+            if let (true, Some(first)) = (sites.len() >= CONNECT_SITES, first) {
+                sites.remove(&first);
             }
         }
         let entry = sites.entry(site.to_owned()).or_insert((now, 0));
@@ -158,6 +164,18 @@ impl CallbackService {
         let Some(inv) = provider.invocations() else {
             return;
         };
+        // A call from a person (a UI module's FIT names its principal) is the admin page's,
+        // which sends connect codes only: its page cannot reach the trigger, lifecycle or
+        // invoke routes, which are not limited per site.
+        if invocation.principal.is_some() && !connect {
+            let err = ApiError::new(
+                ErrorCode::CallbackRejected,
+                "a call from the app's page goes to /forge/connect only",
+            );
+            self.count_invocation(provider.id(), Some(err.code));
+            let _ = ack.send(error_answer(&err, None, request_id).into());
+            return;
+        }
         if connect {
             if !self
                 .connects
@@ -286,5 +304,23 @@ mod tests {
         assert!(!limit.admit("atlassian_site:a", t));
         assert!(limit.admit("atlassian_site:b", t));
         assert!(limit.admit("atlassian_site:a", t + CONNECT_WINDOW));
+    }
+
+    #[test]
+    fn a_full_table_drops_the_oldest_window_and_refuses_no_new_site() {
+        let limit = ConnectLimit::default();
+        let t = std::time::Instant::now();
+        for n in 0..super::CONNECT_SITES {
+            let at = t + std::time::Duration::from_millis(u64::try_from(n).unwrap());
+            assert!(limit.admit(&format!("atlassian_site:{n}"), at));
+        }
+        let later = t + std::time::Duration::from_secs(5);
+        assert!(limit.admit("atlassian_site:new", later));
+        let sites = limit.0.lock().unwrap();
+        assert_eq!(sites.len(), super::CONNECT_SITES);
+        assert!(
+            !sites.contains_key("atlassian_site:0"),
+            "the oldest window stayed"
+        );
     }
 }

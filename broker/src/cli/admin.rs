@@ -151,9 +151,9 @@ pub enum UnclaimedCmd {
     /// Bind one explicitly to a tenant (pending activation; run `binding probe` next).
     Claim(UnclaimedClaim),
     /// Ignore some (sites running the app that no tenant of ours expects, a flood of them
-    /// filling the list): each is kept until claimed, no longer counts against the cap of
-    /// 256 that refuses Atlassian onboardings once reached, and its further invocations are
-    /// counted, not recorded. An onboarding naming one is still refused.
+    /// filling the list): each is kept until bound, no longer counts against the list's cap
+    /// of 256 (beyond which new sites go unrecorded), and its further invocations are
+    /// counted, not recorded. An onboarding naming one binds it on its administrator's code.
     Ignore(UnclaimedIgnore),
 }
 

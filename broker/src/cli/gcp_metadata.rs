@@ -285,7 +285,12 @@ fn token_answer(v: &Value) -> Response<Full<Bytes>> {
         });
     // The body the token goes out in is built in one buffer sized up front (JSON escapes at
     // most six bytes for one) and wiped once hyper has sent it.
-    let token = v["credentials"]["access_token"].as_str().unwrap_or("");
+    let Some(token) = v["credentials"]["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+    else {
+        return refused("the broker's answer holds no access token");
+    };
     let mut body = Vec::with_capacity(6 * token.len() + 96);
     let written = serde_json::to_writer(
         &mut body,

@@ -51,7 +51,7 @@ pub struct Unclaimed {
     pub expires_at: Option<i64>,
     /// Ignored by an operator (`credbroker unclaimed ignore`): kept until claimed, not
     /// counted against [`MAX_UNCLAIMED`], and its further invocations are counted, not
-    /// recorded. An onboarding naming it is still refused (it was running the app before).
+    /// recorded. An onboarding naming it binds it on its administrator's connect code.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignored: bool,
 }
