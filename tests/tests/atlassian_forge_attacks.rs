@@ -520,6 +520,17 @@ async fn a_site_running_the_app_unclaimed_is_bound_only_on_its_code() {
         err.contains("conflict (409)") && err.contains("onboarding out"),
         "{err}"
     );
+    // So is a binding by hand.
+    let site = stray();
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "by-hand", "tenant": "t1", "provider": "atlassian_forge",
+                    "config": {"cloud_id": STRAY, "installation_id": site.installation_id, "environment": "PRODUCTION", "api_base_url": site.api_base_url()}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     let (s, v) = env
         .connect(&stray(), onboarded["connect_code"].as_str().unwrap(), None)
         .await;

@@ -247,13 +247,35 @@ impl AdminService {
                 ),
             );
         }
-        // A site bound by any path (its first invocation, a claim, by hand) is no longer
+        // A site bound by any path (its administrator's code, a claim, by hand) is no longer
         // waiting for an onboarding: an expectation left behind could bind it elsewhere once
-        // this binding is removed.
+        // this binding is removed. Another tenant's onboarding that still holds is waiting
+        // for that site's administrator: a claim or a hand binding for this tenant is
+        // refused rather than ending it. The batch requires the expectation as read (or
+        // none), so one recorded meanwhile on another replica fails the commit.
         if provider.invocations().is_some() {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
             for identifier in provider.exclusive_identifiers(&config) {
-                if let Some((key, read)) = r.expected_site(&identifier).await.map_err(store_err)? {
-                    plan.batch.remove_expected_site(&key, &read);
+                match r.expected_site(&identifier).await.map_err(store_err)? {
+                    Some((key, read)) => {
+                        let e = &read.value;
+                        if e.tenant != b.tenant.as_str()
+                            && e.expires_at >= now
+                            && self.expectation_holds(e, &identifier).await?.is_ok()
+                        {
+                            return Err(ApiError::new(
+                                ErrorCode::Conflict,
+                                format!(
+                                    "tenant {} has an onboarding out for {identifier}, bound when the site's administrator types its connect code: if the site is not theirs, revoke it first (`credbroker onboard links` shows its es_ id; `credbroker onboard revoke ID`)",
+                                    e.tenant
+                                ),
+                            ));
+                        }
+                        plan.batch.remove_expected_site(&key, &read);
+                    }
+                    None => {
+                        plan.batch.expect_no_expected_site(&identifier);
+                    }
                 }
             }
         }

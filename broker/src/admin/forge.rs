@@ -272,7 +272,7 @@ impl AdminService {
     }
 
     /// Whether an onboarding's expectation may bind its site now: `Err(why not)`.
-    async fn expectation_holds(
+    pub(super) async fn expectation_holds(
         &self,
         expected: &ExpectedSite,
         site: &str,

@@ -55,27 +55,6 @@ impl AdminService {
                 )
             })?;
         let u = read.value.clone();
-        // Another tenant's live onboarding of the site is waiting for the site
-        // administrator's code: a claim would silently end it. Revoke it first if the site is
-        // not that tenant's.
-        if let Some((_, e)) = self
-            .core
-            .records
-            .expected_site(&u.identifier)
-            .await
-            .map_err(store_err)?
-        {
-            let live = e.value.expires_at >= time::OffsetDateTime::now_utc().unix_timestamp();
-            if live && e.value.tenant != tenant.as_str() {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!(
-                        "tenant {} has an onboarding out for {}, bound when the site's administrator types its connect code: revoke it first (`credbroker onboard revoke`) if the site is not theirs",
-                        e.value.tenant, u.identifier
-                    ),
-                ));
-            }
-        }
         let id = super::forge::site_binding_id(&u.provider, &u.identifier)?;
         // With the account the broker proved the installation belongs to: every probe
         // checks it again.

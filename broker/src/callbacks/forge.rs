@@ -8,7 +8,9 @@
 //!
 //! The Forge Invocation Token is verified from the headers before the body is read; a
 //! failure is a 401 (`invocation_rejected`, so Forge retries), changes nothing and is counted,
-//! not audited (anyone can send one). A verified invocation is acknowledged at once — Forge
+//! not audited (anyone can send one). A verified call naming a person (`principal`: the
+//! page's) is taken on `connect` only, 403 elsewhere. Any other verified invocation is
+//! acknowledged at once — Forge
 //! gives events and triggers 5 s — and what it changes (a binding, a reinstall, a captured
 //! token, an unclaimed site) is then planned, audited and committed in the background,
 //! within the listener's cap on detached work. A change that fails after the
@@ -173,6 +175,9 @@ impl CallbackService {
                 "a call from the app's page goes to /forge/connect only",
             );
             self.count_invocation(provider.id(), Some(err.code));
+            if let Some(suppressed) = self.anonymous_log.admit() {
+                tracing::info!(request_id, provider = provider.id(), site = %invocation.site, reason = %err.message, suppressed, "page call refused");
+            }
             let _ = ack.send(error_answer(&err, None, request_id).into());
             return;
         }

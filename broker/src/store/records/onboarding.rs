@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::identifiers::AccountPin;
 use super::{decode, Records, Stored};
 use crate::hex_text::sha256_hex;
-use crate::store::{Batch, StoreError, Table};
+use crate::store::{Batch, Op, StoreError, Table};
 
 /// A single-use install `state` issued by onboarding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,6 +400,15 @@ impl Batch {
         self.expect_identifier_record(key, read)
     }
 
+    /// Requires that no expectation of `site` exists when the batch commits: a binding
+    /// planned with none in view does not race one recorded meanwhile, on any replica.
+    pub fn expect_no_expected_site(&mut self, site: &str) -> &mut Self {
+        self.push(Op::ExpectAbsent(
+            Table::Identifiers,
+            expected_site_key(site),
+        ))
+    }
+
     /// Removes an expectation as read (its site was bound).
     pub fn remove_expected_site(&mut self, key: &str, read: &Stored<ExpectedSite>) -> &mut Self {
         self.remove_identifier_record(key, read)
@@ -411,7 +420,6 @@ mod tests {
     use super::*;
     use crate::store::records::encode;
     use crate::store::sled_store::SledStore;
-    use crate::store::Op;
     use std::sync::Arc;
 
     #[test]
