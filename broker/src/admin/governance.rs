@@ -176,33 +176,29 @@ pub(super) fn optional(owner: &str, purpose: &str) -> Result<Option<Governance>,
 pub const MAX_WINDOW_S: u64 = 10 * 366 * 86_400;
 
 fn windows_query(query: &str) -> Result<(Option<u64>, Option<u64>), ApiError> {
-    let (mut dormant, mut expiring) = (None, None);
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let slot = match &*name {
-            "dormant_s" => &mut dormant,
-            "expiring_s" => &mut expiring,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "unknown query parameter: this route takes dormant_s and expiring_s",
-                ))
-            }
-        };
-        let v: u64 = value
-            .parse()
-            .ok()
-            .filter(|v| *v <= MAX_WINDOW_S)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "{name} must be a number of seconds up to {MAX_WINDOW_S} (ten years)"
-                ))
-            })?;
-        if slot.replace(v).is_some() {
-            return Err(ApiError::bad_request(format!(
-                "{name} is given more than once"
-            )));
-        }
-    }
-    Ok((dormant, expiring))
+    let [dormant, expiring] = super::query::params(
+        query,
+        ["dormant_s", "expiring_s"],
+        "this route takes dormant_s and expiring_s",
+    )?;
+    let window = |name: &str, value: Option<String>| {
+        value
+            .map(|v| {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|v| *v <= MAX_WINDOW_S)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "{name} must be a number of seconds up to {MAX_WINDOW_S} (ten years)"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    Ok((
+        window("dormant_s", dormant)?,
+        window("expiring_s", expiring)?,
+    ))
 }
 
 fn body<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, ApiError> {

@@ -40,6 +40,7 @@ pub use intake_form::parse_intake_form;
 pub(crate) use workers::retired_operator_name;
 mod platform_keys;
 mod probe;
+mod query;
 mod reclaim;
 mod records;
 mod request;
@@ -56,10 +57,11 @@ mod status;
 mod unclaimed;
 mod workers;
 
+pub use query::{Page, PAGE_MAX};
 pub use request::{
     parse_admin_request, AdminOp, ClaimBody, Collection, IgnoreBody, IssuerRetireBody,
     IssuerRotateBody, NewBinding, NewInstance, NewOperator, NewTenant, NewWorker, OnboardBody,
-    Page, WorkerTenants, PAGE_MAX,
+    WorkerTenants,
 };
 pub use secret_body::SecretBody;
 

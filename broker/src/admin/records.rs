@@ -16,7 +16,7 @@ use crate::model::{
 use crate::store::records::Stored;
 use crate::store::{Batch, StoreError};
 
-use super::request::Page;
+use super::query::Page;
 use super::{
     store_err, to_value, unknown, validate_kind, Collection, NewInstance, NewTenant, Plan,
 };

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use credbroker_providers::SecretFields;
 
+use super::query::{destroy_force, page_query, Page};
 use super::secret_body::{parse_expiring_secret, parse_secret};
 use crate::api_error::{json_error, ApiError, ErrorCode};
 use crate::ids::{BindingId, InstanceId, TenantId, WorkerId};
@@ -374,90 +375,6 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", json_error(&e))))
 }
 
-/// The query of `DELETE …/secret/{version}`: `force=true|false`, at most once, nothing else.
-/// Whether the active version may be destroyed.
-fn destroy_force(query: &str) -> Result<bool, ApiError> {
-    let mut force = None;
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let value = match (&*name, &*value) {
-            ("force", "true") => true,
-            ("force", "false") => false,
-            ("force", _) => return Err(ApiError::bad_request("force must be true or false")),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "unknown query parameter: this route takes only force",
-                ))
-            }
-        };
-        if force.replace(value).is_some() {
-            return Err(ApiError::bad_request("force is given more than once"));
-        }
-    }
-    Ok(force.unwrap_or(false))
-}
-
-/// The most records one page of a listing holds (and the default).
-pub const PAGE_MAX: usize = 1000;
-
-/// The longest key a page may start after (ids are shorter).
-const AFTER_MAX: usize = 512;
-
-/// One page of a listing (`GET /v1/admin/{collection}?limit=N&after=ID`): at most `limit`
-/// records, all after the id `after` when given, in id order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    /// The id the page starts after (the previous page's `next`).
-    pub after: Option<String>,
-    /// The most records the page holds, 1 to [`PAGE_MAX`].
-    pub limit: usize,
-}
-
-fn page_query(query: &str) -> Result<Page, ApiError> {
-    let (mut after, mut limit) = (None, None);
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let given = match &*name {
-            "after" => {
-                // An id's characters only: it goes into the audit record and the store's query.
-                let id_like = value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-:".contains(&b));
-                if value.is_empty() || value.len() > AFTER_MAX || !id_like {
-                    return Err(ApiError::bad_request(format!(
-                        "after must be a record id (1 to {AFTER_MAX} letters, digits, '_', '.', '-', ':'): the previous page's next"
-                    )));
-                }
-                after.replace(value.into_owned()).is_some()
-            }
-            "limit" => {
-                let n = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=PAGE_MAX).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit must be a number of records from 1 to {PAGE_MAX}"
-                        ))
-                    })?;
-                limit.replace(n).is_some()
-            }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "unknown query parameter: a listing takes limit and after",
-                ))
-            }
-        };
-        if given {
-            return Err(ApiError::bad_request(format!(
-                "{name} is given more than once"
-            )));
-        }
-    }
-    Ok(Page {
-        after,
-        limit: limit.unwrap_or(PAGE_MAX),
-    })
-}
-
 /// Parses method + path (with its query, if any) + body into an operation, routing by the
 /// admin routes of [`crate::routes::MTLS`].
 ///
@@ -650,6 +567,7 @@ pub fn parse_admin_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::query::PAGE_MAX;
     use http::Method;
 
     #[test]
