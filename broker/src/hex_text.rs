@@ -8,6 +8,16 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
+/// Whether `secret`'s SHA-256 is `held_hex` (as [`sha256_hex`] wrote it), compared in
+/// constant time: a held digest checked against what a caller presents.
+pub fn sha256_matches(held_hex: &str, secret: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        held_hex.as_bytes(),
+        sha256_hex(secret).as_bytes(),
+    )
+    .is_ok()
+}
+
 /// Appends the lower-case hex of `bytes` to `out`.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     out.reserve(bytes.len() * 2);

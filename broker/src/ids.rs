@@ -7,7 +7,9 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-fn valid_id(s: &str) -> bool {
+/// Whether `s` is a record id: 1 to 64 letters, digits, `_`, `.` and `-`, starting with a
+/// letter or digit (every id type below, and every key of the tables the admin API lists).
+pub(crate) fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_alphanumeric()

@@ -371,7 +371,7 @@ fn query_parameters(endpoint: Endpoint, method: &http::Method) -> Vec<Value> {
                 "name": "after",
                 "in": "query",
                 "required": false,
-                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,512}$"},
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
                 "description": "The id the page starts after: the previous page's `next` (records come in id order; `next` is null on the last page; a full page may be followed by an empty one)."
             }),
         ],

@@ -260,7 +260,7 @@ impl AdminService {
                     Some((key, read)) => {
                         let e = &read.value;
                         if e.tenant != b.tenant.as_str()
-                            && e.expires_at >= now
+                            && !e.expired(now)
                             && self.expectation_holds(e, &identifier).await?.is_ok()
                         {
                             return Err(ApiError::new(

@@ -63,13 +63,7 @@ const CONNECT_CODE_LEN: usize = 24;
 
 /// Whether `code` is the one whose hash an expectation holds (compared in constant time).
 fn code_matches(code_sha256: Option<&str>, code: &str) -> bool {
-    code_sha256.is_some_and(|held| {
-        aws_lc_rs::constant_time::verify_slices_are_equal(
-            held.as_bytes(),
-            crate::hex_text::sha256_hex(code.as_bytes()).as_bytes(),
-        )
-        .is_ok()
-    })
+    code_sha256.is_some_and(|held| crate::hex_text::sha256_matches(held, code.as_bytes()))
 }
 
 /// The binding id a site's installation is bound under.
@@ -134,7 +128,7 @@ impl AdminService {
         let now = time::OffsetDateTime::now_utc();
         let read = r.expected_site(&site).await.map_err(store_err)?;
         if let Some((_, e)) = &read {
-            if e.value.tenant != tenant.as_str() && e.value.expires_at >= now.unix_timestamp() {
+            if e.value.tenant != tenant.as_str() && !e.value.expired(now.unix_timestamp()) {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
                     format!("{site} is already expected by another tenant"),
@@ -231,7 +225,7 @@ impl AdminService {
         let expected = r.expected_site(&invocation.site).await.map_err(store_err)?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if let Some((key, read)) =
-            expected.filter(|(_, e)| e.value.expires_at >= now && e.value.provider == provider.id())
+            expected.filter(|(_, e)| !e.value.expired(now) && e.value.provider == provider.id())
         {
             match self
                 .expectation_holds(&read.value, &invocation.site)

@@ -298,12 +298,7 @@ impl CallbackService {
         // callback URL alone — state included — is worth nothing.
         let cookie_ok = match (&read.browser, install_cookie(headers)) {
             (Some(expected), Some(nonce)) => {
-                let got = sha256_hex(nonce.as_bytes());
-                aws_lc_rs::constant_time::verify_slices_are_equal(
-                    got.as_bytes(),
-                    expected.as_bytes(),
-                )
-                .is_ok()
+                crate::hex_text::sha256_matches(expected, nonce.as_bytes())
             }
             _ => false,
         };

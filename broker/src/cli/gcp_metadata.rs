@@ -283,26 +283,20 @@ fn token_answer(v: &Value) -> Response<Full<Bytes>> {
         .map_or(0, |t| {
             (t - time::OffsetDateTime::now_utc()).whole_seconds().max(0)
         });
-    // The body the token goes out in is built in one buffer sized up front (JSON escapes at
-    // most six bytes for one) and wiped once hyper has sent it.
     let Some(token) = v["credentials"]["access_token"]
         .as_str()
         .filter(|t| !t.is_empty())
     else {
         return refused("the broker's answer holds no access token");
     };
-    let mut body = Vec::with_capacity(6 * token.len() + 96);
-    let written = serde_json::to_writer(
-        &mut body,
-        &Body {
-            access_token: token,
-            expires_in,
-            token_type: "Bearer",
-        },
-    );
-    if written.is_err() {
+    // The body the token goes out in is wiped once hyper has sent it.
+    let Ok(body) = serde_json::to_vec(&Body {
+        access_token: token,
+        expires_in,
+        token_type: "Bearer",
+    }) else {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot write the token");
-    }
+    };
     answer(
         StatusCode::OK,
         "application/json",

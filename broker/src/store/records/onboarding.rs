@@ -165,6 +165,14 @@ fn link_pin_key(provider: &str, login: &str) -> String {
     format!("link-pin:{provider}:{}", login.to_ascii_lowercase())
 }
 
+impl ExpectedSite {
+    /// Whether it has expired at `now` (Unix seconds): it then binds nothing.
+    #[must_use]
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at < now
+    }
+}
+
 fn expected_site_key(site: &str) -> String {
     format!("expected-site:{site}")
 }
