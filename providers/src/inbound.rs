@@ -55,8 +55,8 @@ pub struct SetupRedirect {
     /// authorization during installation). Never logged.
     pub code: Option<secrecy::SecretString>,
     /// Set when the upstream says the install or consent did not happen (Entra's `error`,
-    /// which overrides `admin_consent=True`): the state is consumed and the refusal audited,
-    /// nothing is bound.
+    /// which overrides a `code`): the state is consumed and the refusal audited, nothing is
+    /// bound.
     pub refused: Option<String>,
 }
 
@@ -180,9 +180,10 @@ pub trait Callbacks: Send + Sync {
     /// Proves that the person who came back with `redirect` administers the installation it
     /// names, and returns the installation's account. GitHub: exchange the user's one-time
     /// `code` for a user token, find the installation among the user's installations, revoke
-    /// the token (never stored). Entra: the tenant must be the pinned one, a token minted for
-    /// it must say so, and a permission must have been granted there after the link was
-    /// issued. The installation id in the redirect is a claim until this returns.
+    /// the token (never stored). Entra: redeem the sign-in's `code` at the pinned tenant and
+    /// read its `id_token` (an administrator of that tenant, this link's nonce), then a token
+    /// minted for the tenant must say so, and a permission must have been granted there after
+    /// the link was issued. The installation id in the redirect is a claim until this returns.
     ///
     /// # Errors
     /// [`ProviderError::Denied`] when the code is bad or the installation is not the user's;
@@ -199,6 +200,13 @@ pub trait Callbacks: Send + Sync {
     /// the tenant GUID): onboarding refuses a pin another tenant's binding already holds,
     /// before any link exists.
     fn pin_identifier(&self, pin: &InstalledAccount) -> Option<String> {
+        let _ = pin;
+        None
+    }
+
+    /// The binding configuration a pin names, for a provider whose setup redirect names
+    /// nothing itself (Entra: the tenant the operator named, which the sign-in must prove).
+    fn pin_config(&self, pin: &InstalledAccount) -> Option<Value> {
         let _ = pin;
         None
     }

@@ -107,9 +107,63 @@ pub struct EntraState {
     /// status and an error whose description repeats the form's `client_secret` (or
     /// assertion), as some echo what they were sent.
     pub echo_secret: Mutex<Option<u16>>,
+    /// Redirect URIs registered on the app: an authorization request naming another is
+    /// refused (AADSTS50011).
+    pub redirect_uris: Mutex<Vec<String>>,
+    /// Authorization codes issued by sign-ins, until redeemed or expired.
+    codes: Mutex<HashMap<String, CodeGrant>>,
     signing: AppKey,
     base_url: Mutex<String>,
     counter: AtomicU64,
+}
+
+/// The template id of Entra's Global Administrator role.
+pub const GLOBAL_ADMIN: &str = "62e90394-69f5-4237-9190-012177145e10";
+/// The template id of Entra's Privileged Role Administrator role.
+pub const PRIVILEGED_ROLE_ADMIN: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
+/// The template id of Entra's Cloud Application Administrator role (cannot grant Graph's
+/// application permissions).
+pub const CLOUD_APP_ADMIN: &str = "158c047a-c907-4556-b7ef-446551a6b5f7";
+
+/// A person signing in at the authorize page.
+#[derive(Clone, Debug)]
+pub struct SignIn {
+    /// The tenant (GUID) whose directory holds the person: they can sign in to it only.
+    pub tenant: String,
+    /// Their object id there.
+    pub oid: String,
+    /// Their directory roles (template ids); `None` when the app registration does not ask
+    /// for them in the `id_token` (`groupMembershipClaims` unset).
+    pub wids: Option<Vec<String>>,
+}
+
+impl SignIn {
+    /// A Global Administrator of `tenant`.
+    pub fn admin(tenant: &str) -> SignIn {
+        SignIn {
+            tenant: tenant.to_owned(),
+            oid: "cccccccc-0000-4000-8000-00000000000a".into(),
+            wids: Some(vec![GLOBAL_ADMIN.into()]),
+        }
+    }
+
+    /// A member of `tenant` without a directory role.
+    pub fn member(tenant: &str) -> SignIn {
+        SignIn {
+            tenant: tenant.to_owned(),
+            oid: "cccccccc-0000-4000-8000-00000000000b".into(),
+            wids: Some(Vec::new()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CodeGrant {
+    tenant: String,
+    redirect_uri: String,
+    nonce: Option<String>,
+    person: SignIn,
+    issued_at: i64,
 }
 
 /// A running fake.
@@ -194,7 +248,8 @@ impl EntraState {
         if matches!(tenant, "common" | "organizations" | "consumers") {
             return error_body(400, "invalid_request", 9001023, "The grant type isn't supported over the /common or /consumers endpoints. Please use the /organizations or tenant-specific endpoint.", n);
         }
-        if field("grant_type") != "client_credentials" {
+        let code_grant = field("grant_type") == "authorization_code";
+        if field("grant_type") != "client_credentials" && !code_grant {
             return error_body(
                 400,
                 "unsupported_grant_type",
@@ -202,6 +257,15 @@ impl EntraState {
                 "The app requested an unsupported grant type.",
                 n,
             );
+        }
+        if code_grant {
+            if field("client_id") != self.client_id {
+                return error_body(400, "unauthorized_client", 700016, &format!("Application with identifier '{}' was not found in the directory '{tenant}'.", field("client_id")), n);
+            }
+            if let Some(refused) = self.client_refused(tenant, form, auth, n) {
+                return refused;
+            }
+            return self.redeem(tenant, form, n);
         }
         let scope = field("scope");
         let resource = match scope.strip_suffix("/.default") {
@@ -238,36 +302,8 @@ impl EntraState {
                 n,
             );
         }
-        // Client authentication.
-        let federated_only = *self.require_federated.lock().unwrap();
-        if let Some(secret) = form.get("client_secret") {
-            if federated_only {
-                return error_body(401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.", n);
-            }
-            if self.expired_secrets.lock().unwrap().contains(secret) {
-                return error_body(
-                    401,
-                    "invalid_client",
-                    7000222,
-                    "The provided client secret keys for app are expired.",
-                    n,
-                );
-            }
-            if !self.secrets.lock().unwrap().contains(secret) {
-                return error_body(401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.", n);
-            }
-        } else if auth == ClientAuth::Federated {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let mut fic = self.federated.lock().unwrap();
-            if let Err(r) = federated::check(fic.as_mut(), field("client_assertion"), now) {
-                return error_body(r.status, r.error, r.code, &r.text, n);
-            }
-        } else if field("client_assertion_type") == JWT_BEARER {
-            if federated_only || !self.assertion_ok(tenant, field("client_assertion")) {
-                return error_body(401, "invalid_client", 700027, "The certificate with identifier used to sign the client assertion is not registered on application, or the assertion is invalid.", n);
-            }
-        } else {
-            return error_body(401, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.", n);
+        if let Some(refused) = self.client_refused(tenant, form, auth, n) {
+            return refused;
         }
         if !t.consented {
             return error_body(400, "invalid_client", 7000229, &format!("The client application {} is missing service principal in the tenant {tenant}.", self.client_id), n);
@@ -285,6 +321,183 @@ impl EntraState {
                 "expires_in": 3599,
                 "ext_expires_in": 3599,
                 "access_token": self.issue(tenant, &t, &resource),
+            }),
+        )
+    }
+
+    /// Entra's refusal of the request's client authentication, if any.
+    fn client_refused(
+        &self,
+        tenant: &str,
+        form: &HashMap<String, String>,
+        auth: ClientAuth,
+        n: u64,
+    ) -> Option<(u16, Value)> {
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let invalid_secret = "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.";
+        let federated_only = *self.require_federated.lock().unwrap();
+        if let Some(secret) = form.get("client_secret") {
+            if federated_only || !self.secrets.lock().unwrap().contains(secret) {
+                if self.expired_secrets.lock().unwrap().contains(secret) && !federated_only {
+                    return Some(error_body(
+                        401,
+                        "invalid_client",
+                        7000222,
+                        "The provided client secret keys for app are expired.",
+                        n,
+                    ));
+                }
+                return Some(error_body(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    invalid_secret,
+                    n,
+                ));
+            }
+        } else if auth == ClientAuth::Federated {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let mut fic = self.federated.lock().unwrap();
+            if let Err(r) = federated::check(fic.as_mut(), field("client_assertion"), now) {
+                return Some(error_body(r.status, r.error, r.code, &r.text, n));
+            }
+        } else if field("client_assertion_type") == JWT_BEARER {
+            if federated_only || !self.assertion_ok(tenant, field("client_assertion")) {
+                return Some(error_body(401, "invalid_client", 700027, "The certificate with identifier used to sign the client assertion is not registered on application, or the assertion is invalid.", n));
+            }
+        } else {
+            return Some(error_body(401, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.", n));
+        }
+        None
+    }
+
+    /// The browser at `GET /{tenant}/oauth2/v2.0/authorize?{query}` with `person` signing
+    /// in (and, for `prompt=consent`, accepting): where Entra sends the browser next, a
+    /// redirect to the app's `redirect_uri` with a one-time `code` (or an `error`); or, as
+    /// Entra's own error page, `Err` with its AADSTS text when the request cannot be
+    /// answered at the redirect URI at all (unknown app, unregistered redirect URI, a person
+    /// who is not in that tenant's directory).
+    pub fn authorize(&self, tenant: &str, query: &str, person: &SignIn) -> Result<String, String> {
+        let q: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+        if field("client_id") != self.client_id {
+            return Err(format!("AADSTS700016: Application with identifier '{}' was not found in the directory '{tenant}'.", field("client_id")));
+        }
+        let redirect_uri = field("redirect_uri").to_owned();
+        if !self.redirect_uris.lock().unwrap().contains(&redirect_uri) {
+            return Err(format!("AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{}'.", self.client_id));
+        }
+        if !is_guid(tenant) && !matches!(tenant, "organizations" | "common") {
+            return Err(format!("AADSTS90002: Tenant '{tenant}' not found."));
+        }
+        if matches!(tenant, "organizations" | "common") || person.tenant != tenant {
+            return Err(format!("AADSTS50020: User account from identity provider does not exist in tenant '{tenant}' and cannot access the application '{}' in that tenant.", self.client_id));
+        }
+        let back = |pairs: &[(&str, &str)]| {
+            let mut out = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in pairs {
+                out.append_pair(k, v);
+            }
+            if let Some(state) = q.get("state") {
+                out.append_pair("state", state);
+            }
+            format!("{redirect_uri}?{}", out.finish())
+        };
+        if field("response_type") != "code" {
+            return Ok(back(&[
+                ("error", "unsupported_response_type"),
+                (
+                    "error_description",
+                    "AADSTS70005: response_type 'token' is not enabled for the application.",
+                ),
+            ]));
+        }
+        let scopes: Vec<&str> = field("scope").split(' ').collect();
+        if !scopes.contains(&"openid") {
+            return Ok(back(&[
+                ("error", "invalid_request"),
+                ("error_description", "AADSTS900144: The request body must contain the following parameter: 'openid' scope for an id_token."),
+            ]));
+        }
+        let mut raw = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut raw).unwrap();
+        use base64::Engine;
+        let code = format!(
+            "1.AQ{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        self.codes.lock().unwrap().insert(
+            code.clone(),
+            CodeGrant {
+                tenant: tenant.to_owned(),
+                redirect_uri: redirect_uri.clone(),
+                nonce: q.get("nonce").cloned(),
+                person: person.clone(),
+                issued_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            },
+        );
+        Ok(back(&[
+            ("code", &code),
+            ("session_state", "dddddddd-0000-4000-8000-000000000001"),
+        ]))
+    }
+
+    /// The authorization-code grant: the code of a sign-in at this tenant, for our app and
+    /// the same redirect URI, once, within ten minutes; answered with an access token and
+    /// the `id_token` naming the person.
+    fn redeem(&self, tenant: &str, form: &HashMap<String, String>, n: u64) -> (u16, Value) {
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let invalid = |code: u32, text: &str| error_body(400, "invalid_grant", code, text, n);
+        // Redeemed or not, a code is good for one request.
+        let Some(grant) = self.codes.lock().unwrap().remove(field("code")) else {
+            return invalid(54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.");
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if now - grant.issued_at > 600 {
+            return invalid(70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.");
+        }
+        if grant.tenant != tenant || grant.redirect_uri != field("redirect_uri") {
+            return invalid(70000, "The request was denied because one or more scopes requested are unauthorized or expired. The user must first sign in and grant the client application access to the requested scope.");
+        }
+        let m = self.misissue.lock().unwrap().clone();
+        let tid = m.tid.unwrap_or_else(|| tenant.to_owned());
+        let mut claims = json!({
+            "aud": m.appid.clone().unwrap_or_else(|| self.client_id.clone()),
+            "iss": format!("https://login.microsoftonline.com/{tid}/v2.0"),
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "tid": tid,
+            "oid": grant.person.oid, "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ",
+            "ver": "2.0",
+        });
+        if let Some(nonce) = &grant.nonce {
+            claims["nonce"] = json!(nonce);
+        }
+        if let Some(wids) = &grant.person.wids {
+            claims["wids"] = json!(wids);
+        }
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("fake-entra-signing".into());
+        let key = EncodingKey::from_rsa_pem(self.signing.private_pem.as_bytes()).unwrap();
+        let id_token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let access = json!({
+            "aud": "00000003-0000-0000-c000-000000000000",
+            "iss": format!("https://sts.windows.net/{tid}/"),
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "tid": tid, "oid": grant.person.oid, "scp": "openid profile User.Read",
+            "appid": self.client_id,
+        });
+        let access_token = jsonwebtoken::encode(&header, &access, &key).unwrap();
+        (
+            200,
+            json!({
+                "token_type": "Bearer",
+                "scope": "openid profile https://graph.microsoft.com/.default",
+                "expires_in": 3599,
+                "ext_expires_in": 3599,
+                "access_token": access_token,
+                "id_token": id_token,
             }),
         )
     }
@@ -653,6 +866,8 @@ impl FakeEntra {
             group_members: Mutex::new(Vec::new()),
             role_reads: Mutex::new(0),
             echo_secret: Mutex::new(None),
+            redirect_uris: Mutex::new(Vec::new()),
+            codes: Mutex::new(HashMap::new()),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),
             counter: AtomicU64::new(1),
@@ -676,6 +891,30 @@ impl FakeEntra {
                 directory_roles: Vec::new(),
             },
         );
+    }
+
+    /// Registers `uri` as a redirect URI of our app.
+    pub fn register_redirect_uri(&self, uri: &str) {
+        self.state
+            .redirect_uris
+            .lock()
+            .unwrap()
+            .push(uri.to_owned());
+    }
+
+    /// The browser following `location` (an authorization request of this fake, as the
+    /// broker's consent link redirects to) with `person` signing in: the URL Entra sends the
+    /// browser back to, or Entra's error page text.
+    pub fn sign_in(&self, location: &str, person: &SignIn) -> Result<String, String> {
+        let rest = location
+            .strip_prefix(&self.url)
+            .unwrap_or_else(|| panic!("not this fake's URL: {location}"));
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match segs.as_slice() {
+            [tenant, "oauth2", "v2.0", "authorize"] => self.state.authorize(tenant, query, person),
+            _ => panic!("not an authorization request: {location}"),
+        }
     }
 
     /// Makes `tenant`'s grants `secs` older (a consent given long before any link).
@@ -912,4 +1151,25 @@ pub async fn callback(
         status.as_u16(),
         serde_json::from_slice(&out).unwrap_or(Value::Null),
     )
+}
+
+/// The admin's browser after opening the consent link: it follows the link's `location` to
+/// the fake's authorize page, where `person` signs in and consents, and brings what Entra
+/// sends back to the broker's setup callback with the link's `cookie`: (status, JSON
+/// answer).
+pub async fn come_back(
+    public: &mut credbroker::client::BrokerClient,
+    entra: &FakeEntra,
+    location: &str,
+    cookie: Option<&str>,
+    person: &SignIn,
+) -> (u16, Value) {
+    let back = entra
+        .sign_in(location, person)
+        .unwrap_or_else(|page| panic!("Entra showed an error page: {page}"));
+    let query = back
+        .split_once('?')
+        .map(|(_, q)| q.to_owned())
+        .unwrap_or_default();
+    callback(public, &query, cookie).await
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use credbroker::client::BrokerClient;
 use credbroker_tests::fake_entra::{
-    add_client_secret as add_secret, callback, onboard, open_link, FakeEntra, ARM,
+    add_client_secret as add_secret, callback, come_back, onboard, open_link, FakeEntra, SignIn,
+    ARM,
 };
 use credbroker_tests::*;
 use http::Method;
@@ -18,21 +19,21 @@ const CLIENT_ID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const SECRET_A: &str = "secretA~0123456789abcdefghijklmnop";
 const SECRET_B: &str = "secretB~0123456789abcdefghijklmnop";
 /// Customer tenants.
-const ACME: &str = "11111111-2222-4333-8444-555555555555";
+pub(crate) const ACME: &str = "11111111-2222-4333-8444-555555555555";
 const GLOBEX: &str = "22222222-3333-4444-8555-666666666666";
 /// Our service principal in each.
-const ACME_SP: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+pub(crate) const ACME_SP: &str = "aaaaaaaa-0000-4000-8000-000000000001";
 const GLOBEX_SP: &str = "bbbbbbbb-0000-4000-8000-000000000002";
 const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
 
-struct Env {
+pub(crate) struct Env {
     _tmp: tempfile::TempDir,
     pki: std::sync::Arc<TestPki>,
-    daemon: Daemon,
-    entra: FakeEntra,
-    op: BrokerClient,
-    public: BrokerClient,
+    pub(crate) daemon: Daemon,
+    pub(crate) entra: FakeEntra,
+    pub(crate) op: BrokerClient,
+    pub(crate) public: BrokerClient,
 }
 
 impl Env {
@@ -54,13 +55,13 @@ fn policy_roles() -> Vec<String> {
         .collect()
 }
 
-fn consent_all(entra: &FakeEntra, tenant: &str, sp: &str) {
+pub(crate) fn consent_all(entra: &FakeEntra, tenant: &str, sp: &str) {
     let roles = policy_roles();
     let refs: Vec<&str> = roles.iter().map(String::as_str).collect();
     entra.consent(tenant, sp, &refs);
 }
 
-async fn start() -> Env {
+pub(crate) async fn start() -> Env {
     start_with("", true).await
 }
 
@@ -77,6 +78,9 @@ async fn start_with(provider_lines: &str, secret: bool) -> Env {
         entra.url,
         repo_root().join("policies/azure.json").display().to_string(),
     );
+    entra.register_redirect_uri(&format!(
+        "https://127.0.0.1:{port}/callbacks/entra_multi_tenant/setup"
+    ));
     let daemon = Daemon::start(
         tmp.path(),
         &pki,
@@ -101,14 +105,31 @@ async fn start_with(provider_lines: &str, secret: bool) -> Env {
     }
 }
 
-/// The whole consent as the admin's browser does it: open the link, consent at Entra,
-/// come back with `query` (the state appended).
-async fn consent_round(public: &mut BrokerClient, state: &str, query: &str) -> (u16, Value) {
+/// The whole consent as the admin's browser does it: open the link, sign in at Entra as
+/// `person` and consent, come back with what Entra sends.
+pub(crate) async fn consent_round(
+    public: &mut BrokerClient,
+    entra: &FakeEntra,
+    state: &str,
+    person: &SignIn,
+) -> (u16, Value) {
+    let (s, cookie, location) = open_link(public, state).await;
+    assert_eq!(s, 302, "the link opens");
+    come_back(public, entra, &location, cookie.as_deref(), person).await
+}
+
+/// A return typed by whoever holds the link's browser: open the link, come back with
+/// `query` (the state appended) without signing in at Entra.
+pub(crate) async fn typed_return(
+    public: &mut BrokerClient,
+    state: &str,
+    query: &str,
+) -> (u16, Value) {
     let (_, cookie, _) = open_link(public, state).await;
     callback(public, &format!("{query}&state={state}"), cookie.as_deref()).await
 }
 
-fn token_requests_for(entra: &FakeEntra, tenant: &str) -> usize {
+pub(crate) fn token_requests_for(entra: &FakeEntra, tenant: &str) -> usize {
     entra
         .state
         .requests
@@ -147,7 +168,7 @@ fn claims_of(token: &str) -> Value {
 }
 
 /// The audit record a caller was given `audit_id` (`aud_` + 20 hex digits of its hash) for.
-fn record(daemon: &Daemon, audit_id: &str) -> Value {
+pub(crate) fn record(daemon: &Daemon, audit_id: &str) -> Value {
     daemon
         .audit_records()
         .into_iter()
@@ -155,20 +176,13 @@ fn record(daemon: &Daemon, audit_id: &str) -> Value {
         .unwrap_or_else(|| panic!("no audit record {audit_id}"))
 }
 
-const BINDING: &str = "entra-multi-tenant-11111111-2222-4333-8444-555555555555";
+pub(crate) const BINDING: &str = "entra-multi-tenant-11111111-2222-4333-8444-555555555555";
 
 /// Consents ACME for t1 and adds instance `i-entra` on its binding.
 async fn bind_acme(env: &mut Env) {
     consent_all(&env.entra, ACME, ACME_SP);
     let state = onboard(&mut env.op, "t1", ACME).await;
-    let (s, v) = consent_round(
-        &mut env.public,
-        &state,
-        &format!(
-            "admin_consent=True&tenant={ACME}&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
-        ),
-    )
-    .await;
+    let (s, v) = consent_round(&mut env.public, &env.entra, &state, &SignIn::admin(ACME)).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         (v["binding"].as_str(), v["status"].as_str()),
@@ -192,23 +206,28 @@ async fn consent_flow_minting_drift_and_rotation() {
     let mut env = start().await;
     consent_all(&env.entra, ACME, ACME_SP);
 
-    // The link opens Entra's admin-consent page of exactly the tenant the operator named.
+    // The link opens Entra's sign-in and consent page of exactly the tenant the operator
+    // named: the authorization-code flow, whose code only the broker can redeem.
     let state = onboard(&mut env.op, "t1", ACME).await;
     let (s, cookie, location) = open_link(&mut env.public, &state).await;
     assert_eq!(s, 302);
     assert!(cookie.is_some());
     assert!(
-        location.starts_with(&format!("{}/{ACME}/v2.0/adminconsent?", env.entra.url)),
+        location.starts_with(&format!("{}/{ACME}/oauth2/v2.0/authorize?", env.entra.url)),
         "{location}"
     );
     for part in [
         format!("client_id={CLIENT_ID}"),
         format!("state={state}"),
-        "scope=https%3A%2F%2Fgraph.microsoft.com%2F.default".to_owned(),
+        "response_type=code".to_owned(),
+        "scope=openid+https%3A%2F%2Fgraph.microsoft.com%2F.default".to_owned(),
         "redirect_uri=https%3A%2F%2F127.0.0.1%3A".to_owned(),
+        "prompt=consent".to_owned(),
+        "nonce=".to_owned(),
     ] {
         assert!(location.contains(&part), "{part} in {location}");
     }
+    assert!(!location.contains(&format!("nonce={state}")), "{location}");
     // Entra propagates the new service principal for a moment: answered by bounded retries.
     env.entra
         .state
@@ -218,14 +237,24 @@ async fn consent_flow_minting_drift_and_rotation() {
         .get_mut(ACME)
         .unwrap()
         .propagating = 2;
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("admin_consent=True&tenant={ACME}&state={state}"),
-        cookie.as_deref(),
-    )
-    .await;
+    let back = env.entra.sign_in(&location, &SignIn::admin(ACME)).unwrap();
+    let query = back.split_once('?').unwrap().1.to_owned();
+    let (s, v) = callback(&mut env.public, &query, cookie.as_deref()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "active", "{v}");
+    // The code was redeemed at ACME's token endpoint with our app's credential.
+    let redeemed = env
+        .entra
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, f)| {
+            t == ACME && f.get("grant_type").map(String::as_str) == Some("authorization_code")
+        })
+        .count();
+    assert_eq!(redeemed, 1);
     assert!(v["probe"].as_str().unwrap().contains(ACME_SP), "{v}");
     let b = binding(&mut env.op, BINDING).await;
     assert_eq!(b["tenant"], "t1");
@@ -239,13 +268,8 @@ async fn consent_flow_minting_drift_and_rotation() {
         policy_roles().len()
     );
     assert!(b["trust_facts"]["confirmed_at"].is_string());
-    // Replaying the callback (same state) is refused.
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("admin_consent=True&tenant={ACME}&state={state}"),
-        cookie.as_deref(),
-    )
-    .await;
+    // Replaying the callback (same state, same code) is refused.
+    let (s, v) = callback(&mut env.public, &query, cookie.as_deref()).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
 
     // Minting: a Graph token for ACME, checked, cached, one upstream call for many callers.
@@ -366,12 +390,7 @@ async fn consent_flow_minting_drift_and_rotation() {
     // Re-consent through a fresh link restores it.
     consent_all(&env.entra, ACME, ACME_SP);
     let state = onboard(&mut env.op, "t1", ACME).await;
-    let (s, v) = consent_round(
-        &mut env.public,
-        &state,
-        &format!("admin_consent=True&tenant={ACME}"),
-    )
-    .await;
+    let (s, v) = consent_round(&mut env.public, &env.entra, &state, &SignIn::admin(ACME)).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
     assert!(binding(&mut env.op, BINDING).await.get("drift").is_none());
     let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-entra"})).await;
@@ -606,14 +625,21 @@ async fn consent_takeover_attempts_are_refused() {
         assert_eq!((s, code(&v)), (400, "bad_request"), "{bad}: {v}");
     }
 
-    // A customer holding t1's valid link for ACME swaps the callback's tenant for GLOBEX
-    // (which consented to our app for someone else): refused before anything is minted.
+    // A customer holding t1's valid link for ACME points its sign-in at GLOBEX (which
+    // consented to our app for someone else) and comes back with a GLOBEX admin's code:
+    // the broker redeems codes only at the pinned tenant, where Entra refuses it, and
+    // nothing is minted for GLOBEX.
     let state = onboard(&mut env.op, "t1", ACME).await;
     let globex_before = token_requests_for(&env.entra, GLOBEX);
-    let (s, v) = consent_round(
+    let (_, cookie, location) = open_link(&mut env.public, &state).await;
+    let swapped = location.replace(&format!("/{ACME}/"), &format!("/{GLOBEX}/"));
+    assert_ne!(swapped, location);
+    let (s, v) = come_back(
         &mut env.public,
-        &state,
-        &format!("admin_consent=True&tenant={GLOBEX}"),
+        &env.entra,
+        &swapped,
+        cookie.as_deref(),
+        &SignIn::admin(GLOBEX),
     )
     .await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
@@ -621,13 +647,26 @@ async fn consent_takeover_attempts_are_refused() {
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("not the tenant"),
+            .contains("code was refused"),
         "{v}"
     );
     assert_eq!(
         token_requests_for(&env.entra, GLOBEX),
         globex_before,
         "nothing minted for the claimed tenant"
+    );
+    // An id_token naming another tenant (a broken or hostile upstream) proves nothing.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    env.entra.state.misissue.lock().unwrap().tid = Some(GLOBEX.into());
+    let (s, v) = consent_round(&mut env.public, &env.entra, &state, &SignIn::admin(ACME)).await;
+    env.entra.state.misissue.lock().unwrap().tid = None;
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the tenant"),
+        "{v}"
     );
     let (s, v) = call(&mut env.op, Method::GET, "/v1/admin/unclaimed", None).await;
     assert_eq!(s, 200, "{v}");
@@ -642,12 +681,7 @@ async fn consent_takeover_attempts_are_refused() {
     // permission was granted after the link was issued.
     env.entra.age(GLOBEX, 3600);
     let state = onboard(&mut env.op, "t1", GLOBEX).await;
-    let (s, v) = consent_round(
-        &mut env.public,
-        &state,
-        &format!("admin_consent=True&tenant={GLOBEX}"),
-    )
-    .await;
+    let (s, v) = consent_round(&mut env.public, &env.entra, &state, &SignIn::admin(GLOBEX)).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     assert!(
         v["error"]["message"]
@@ -664,12 +698,13 @@ async fn consent_takeover_attempts_are_refused() {
         "GLOBEX must not be bound: {v}"
     );
 
-    // `error` overrides admin_consent=True: the state is consumed, the refusal audited.
+    // `error` (the admin declined) overrides a code: the state is consumed, the refusal
+    // audited.
     let state = onboard(&mut env.op, "t1", ACME).await;
-    let (s, v) = consent_round(
+    let (s, v) = typed_return(
         &mut env.public,
         &state,
-        &format!("error=access_denied&error_description=AADSTS65004%3A+User+declined&admin_consent=True&tenant={ACME}"),
+        "error=access_denied&error_description=AADSTS65004%3A+User+declined&code=x",
     )
     .await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
@@ -679,46 +714,31 @@ async fn consent_takeover_attempts_are_refused() {
         rec["detail"].as_str().unwrap().contains("access_denied"),
         "{rec}"
     );
-    let (s, v) = consent_round(
-        &mut env.public,
-        &state,
-        &format!("admin_consent=True&tenant={ACME}"),
-    )
-    .await;
+    let (s, v) = typed_return(&mut env.public, &state, "code=abc").await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "consumed: {v}");
 
     // Forged and missing states: refused, counted, not audited (anonymous).
     let records = env.daemon.audit_records().len();
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("admin_consent=True&tenant={ACME}&state=forgedforgedforged"),
-        None,
-    )
-    .await;
-    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("admin_consent=True&tenant={ACME}"),
-        None,
-    )
-    .await;
-    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
-    let (s, v) = callback(
-        &mut env.public,
-        "admin_consent=True&tenant=common&state=abc",
-        None,
-    )
-    .await;
-    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    for query in [
+        "code=abc&state=forgedforgedforged".to_owned(),
+        "code=abc".to_owned(),
+        // What the admin-consent endpoint sends: typed by anyone, it names no code.
+        format!("admin_consent=True&tenant={ACME}&state=abc"),
+    ] {
+        let (s, v) = callback(&mut env.public, &query, None).await;
+        assert_eq!((s, code(&v)), (403, "callback_rejected"), "{query}: {v}");
+    }
     assert_eq!(env.daemon.audit_records().len(), records);
 
     // The link finished in another browser (no cookie): refused and audited, state used up.
     let state = onboard(&mut env.op, "t1", ACME).await;
-    let _ = open_link(&mut env.public, &state).await;
-    let (s, v) = callback(
+    let (_, _, location) = open_link(&mut env.public, &state).await;
+    let (s, v) = come_back(
         &mut env.public,
-        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        &env.entra,
+        &location,
         None,
+        &SignIn::admin(ACME),
     )
     .await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
@@ -801,12 +821,7 @@ async fn consent_takeover_attempts_are_refused() {
     env.op = env.pki.client_for("op", &env.daemon.url);
     env.public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
     let acme_before = token_requests_for(&env.entra, ACME);
-    let (s, v) = consent_round(
-        &mut env.public,
-        &state2,
-        &format!("admin_consent=True&tenant={ACME}"),
-    )
-    .await;
+    let (s, v) = consent_round(&mut env.public, &env.entra, &state2, &SignIn::admin(ACME)).await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
     assert!(
         v["error"]["message"]
@@ -845,8 +860,9 @@ async fn consent_takeover_attempts_are_refused() {
     let state = onboard(&mut env.op, "t1", unconsented).await;
     let (s, v) = consent_round(
         &mut env.public,
+        &env.entra,
         &state,
-        &format!("admin_consent=True&tenant={unconsented}"),
+        &SignIn::admin(unconsented),
     )
     .await;
     assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
@@ -1261,7 +1277,7 @@ async fn a_revoked_or_dead_consent_link_blocks_no_other_tenant_unless_opened() {
     assert_eq!(s, 403, "a revoked link was opened again");
     let (s, v) = callback(
         &mut env.public,
-        &format!("admin_consent=True&tenant={ACME}&state={t1_state}"),
+        &format!("code=abc&state={t1_state}"),
         cookie.as_deref(),
     )
     .await;
@@ -1339,10 +1355,7 @@ async fn a_refused_return_through_an_opened_link_keeps_its_guid_blocked() {
     let records = env.daemon.audit_records().len();
     let (s, cookie, _) = open_link(&mut env.public, &state).await;
     assert_eq!((s, cookie), (403, None), "a used link was opened again");
-    for query in [
-        refused.clone(),
-        format!("admin_consent=True&tenant={ACME}&state={state}"),
-    ] {
+    for query in [refused.clone(), format!("code=abc&state={state}")] {
         let (s, v) = callback(&mut env.public, &query, None).await;
         assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
         assert!(v["error"]["audit_id"].is_null(), "{v}");

@@ -36,6 +36,10 @@ async fn start() -> (IssuerEnv, FakeEntra) {
         repo_root().join("policies/azure.json").display().to_string(),
     );
     let env = IssuerEnv::start(3600, 300, &extra).await;
+    entra.register_redirect_uri(&format!(
+        "{}/callbacks/entra_multi_tenant/setup",
+        env.issuer
+    ));
     let roles = graph_roles();
     let refs: Vec<&str> = roles.iter().map(String::as_str).collect();
     entra.consent(ACME, ACME_SP, &refs);
@@ -175,14 +179,16 @@ async fn a_stored_secret_still_serves_while_the_federated_credential_does_not_ma
 
 /// The customer's browser opens the consent link of `state` and comes back from Entra
 /// having consented: the callback's answer.
-async fn consent(env: &IssuerEnv, state: &str) -> (u16, Value) {
+async fn consent(env: &IssuerEnv, entra: &FakeEntra, state: &str) -> (u16, Value) {
     let mut public = public_client(&env.pki, &env.issuer);
-    let (status, cookie, _) = fake_entra::open_link(&mut public, state).await;
+    let (status, cookie, location) = fake_entra::open_link(&mut public, state).await;
     assert_eq!(status, 302);
-    fake_entra::callback(
+    fake_entra::come_back(
         &mut public,
-        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        entra,
+        &location,
         cookie.as_deref(),
+        &fake_entra::SignIn::admin(ACME),
     )
     .await
 }
@@ -195,7 +201,7 @@ async fn a_consent_is_confirmed_with_the_federated_credential_alone() {
     let (mut env, entra) = start().await;
     entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
     let state = fake_entra::onboard(&mut env.op, "t1", ACME).await;
-    let (status, v) = consent(&env, &state).await;
+    let (status, v) = consent(&env, &entra, &state).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("active")), "{v}");
     assert!(
         entra.client_auths(ACME).iter().all(|a| a == "federated"),
@@ -213,7 +219,7 @@ async fn a_refused_consent_shows_the_browser_no_credential_detail() {
     entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
     let state = fake_entra::onboard(&mut env.op, "t1", ACME).await;
     entra.set_federated_credential(&env.issuer, "someone-else", FIC_AUDIENCE, env.jwks().await);
-    let (status, v) = consent(&env, &state).await;
+    let (status, v) = consent(&env, &entra, &state).await;
     assert_ne!(status, 200, "{v}");
     let shown = v.to_string();
     assert!(shown.contains("700213"), "{shown}");
@@ -258,7 +264,7 @@ async fn entra_descriptions_stay_in_the_daemons_log() {
     *entra.state.disabled.lock().unwrap() = true;
 
     let state = fake_entra::onboard(&mut env.op, "t1", ACME).await;
-    let (_, v) = consent(&env, &state).await;
+    let (_, v) = consent(&env, &entra, &state).await;
     let shown = v.to_string();
     assert!(shown.contains("7000112"), "{shown}");
     assert!(

@@ -30,6 +30,7 @@ mod durability_trace;
 mod entra;
 mod entra_fake;
 mod entra_federated;
+mod entra_sign_in;
 mod gcp_wif;
 mod github_app;
 mod governance;

@@ -254,15 +254,7 @@ impl CallbackService {
                 "no such callback",
             )));
         };
-        let redirect = cb.parse_setup(query).map_err(|m| anonymous(rejected(m)))?;
-        let identifiers = provider.exclusive_identifiers(&redirect.config);
-        // A redirect reporting the upstream refused (Entra's `error`) names nothing, but its
-        // state is still consumed and the refusal audited below.
-        let identifier = match (identifiers.first(), &redirect.refused) {
-            (Some(i), _) => i.clone(),
-            (None, Some(_)) => "(nothing)".to_owned(),
-            (None, None) => return Err(anonymous(rejected("redirect names no installation"))),
-        };
+        let mut redirect = cb.parse_setup(query).map_err(|m| anonymous(rejected(m)))?;
         // Looked up without the admin lock: an unknown state (the common anonymous probe)
         // is refused before it can queue behind operators' changes. Consumption below is a
         // precondition of its batch, so concurrent uses cannot both win.
@@ -290,6 +282,26 @@ impl CallbackService {
                 USED
             })));
         }
+        // The installation the redirect names, or (Entra, whose redirect names none) the one
+        // the operator pinned, which the provider's proof must then establish. A redirect
+        // reporting the upstream refused may still name nothing: its state is consumed and
+        // the refusal audited below all the same.
+        if provider.exclusive_identifiers(&redirect.config).is_empty() {
+            if let Some(config) = read.pin.as_ref().and_then(|p| {
+                cb.pin_config(&credbroker_providers::InstalledAccount {
+                    login: p.login.clone(),
+                    id: p.id,
+                })
+            }) {
+                redirect.config = config;
+            }
+        }
+        let identifiers = provider.exclusive_identifiers(&redirect.config);
+        let identifier = match (identifiers.first(), &redirect.refused) {
+            (Some(i), _) => i.clone(),
+            (None, Some(_)) => "(nothing)".to_owned(),
+            (None, None) => return Err(anonymous(rejected("redirect names no installation"))),
+        };
         let tenant =
             TenantId::parse(&read.tenant).map_err(|_| rejected("state record is corrupt"))?;
         let governance = read.governance.clone();

@@ -1,6 +1,7 @@
-//! The admin-consent flow: the consent URL for the tenant the operator named, the
-//! callback's parsing, and the proof that consent exists (a token minted for that tenant
-//! whose claims say so).
+//! The consent flow: the sign-in and consent URL of the tenant the operator named, the
+//! callback's parsing, and the proof: an administrator of that tenant signed in through this
+//! link (module `sign_in`), and the consent exists (a token minted for that tenant whose
+//! claims say so, with a permission granted after the link was issued).
 
 use std::time::Duration;
 
@@ -19,44 +20,27 @@ impl EntraApp {
 
 #[async_trait]
 impl Callbacks for EntraApp {
-    /// `{authority}/{GUID}/v2.0/adminconsent?client_id=…&redirect_uri=…&state=…&scope=…`:
-    /// the consent page of the tenant the operator named (a consent page for `organizations`
-    /// would let any tenant's admin answer).
+    /// `{authority}/{GUID}/oauth2/v2.0/authorize?…&response_type=code&scope=openid
+    /// {graph}/.default&prompt=consent&nonce=…`: the sign-in and consent page of the tenant
+    /// the operator named (one for `organizations` would let any tenant's admin answer).
     fn install_url(&self, state: &str, pin: Option<&InstalledAccount>) -> String {
         let tenant = Self::pinned_tenant(pin).unwrap_or_else(|| "organizations".into());
-        let query = form_urlencoded::Serializer::new(String::new())
-            .append_pair("client_id", &self.client_id())
-            .append_pair(
-                "redirect_uri",
-                self.settings.redirect_uri.as_deref().unwrap_or(""),
-            )
-            .append_pair("state", state)
-            .append_pair(
-                "scope",
-                &format!("{}/.default", self.settings.graph_resource),
-            )
-            .finish();
-        format!(
-            "{}/{tenant}/v2.0/adminconsent?{query}",
-            self.settings.authority_host
-        )
+        self.sign_in_url(state, &tenant)
     }
 
     fn parse_setup(&self, query: &str) -> Result<SetupRedirect, String> {
         let c = parse_consent_query(query)?;
-        let refused = match (&c.error, c.admin_consent) {
-            // `error` overrides `admin_consent=True`.
-            (Some((e, d)), _) => Some(format!("Entra reported {e}: {d}")),
-            (None, false) => Some("admin_consent is not True".to_owned()),
-            (None, true) => None,
-        };
+        let refused = c
+            .error
+            .as_ref()
+            .map(|(e, d)| format!("Entra reported {e}: {d}"));
         Ok(SetupRedirect {
             state: c.state,
-            config: c
-                .tenant
-                .map_or_else(|| json!({}), |t| json!({ "tenant_id": t })),
-            action: "admin_consent".into(),
-            code: None,
+            // The tenant is the pinned one (Callbacks::pin_config): the redirect names none.
+            config: json!({}),
+            action: "sign_in".into(),
+            // `error` overrides a code.
+            code: if refused.is_some() { None } else { c.code },
             refused,
         })
     }
@@ -123,42 +107,48 @@ impl Callbacks for EntraApp {
         })
     }
 
-    /// The callback's `tenant` is a claim: it must be the tenant the operator named, and a
-    /// token minted for it (retried while Entra propagates the consent) must pass the claim
-    /// checks. Nothing else proves an admin of that tenant consented.
+    fn pin_config(&self, pin: &InstalledAccount) -> Option<Value> {
+        guid(&pin.login).map(|t| json!({ "tenant_id": t }))
+    }
+
+    /// The person who came back must have signed in to the pinned tenant as one of its
+    /// administrators, in answer to this link's authorization request (their code, redeemed
+    /// here: module `sign_in`); a token minted for the tenant (retried while Entra
+    /// propagates the consent) must pass the claim checks; and a permission must have been
+    /// granted there after the link was issued.
     async fn prove_installer(
         &self,
         redirect: &SetupRedirect,
         context: &InstallContext<'_>,
         timeout: Duration,
     ) -> Result<InstalledAccount, ProviderError> {
-        let pinned = context.pin;
-        let tenant = redirect
-            .config
-            .get("tenant_id")
-            .and_then(Value::as_str)
-            .and_then(guid)
-            .ok_or_else(|| ProviderError::InvalidConfig("the redirect names no tenant".into()))?;
-        let expected = Self::pinned_tenant(pinned).ok_or_else(|| {
+        let tenant = Self::pinned_tenant(context.pin).ok_or_else(|| {
             ProviderError::InvalidConfig("the onboarding named no Entra tenant".into())
         })?;
-        if tenant != expected {
-            return Err(ProviderError::Denied {
-                message: format!(
-                    "the consent came back for tenant {tenant}, not the tenant {expected} named at onboarding; nothing was minted for it"
-                ),
+        if redirect.config.get("tenant_id").and_then(Value::as_str) != Some(tenant.as_str()) {
+            return Err(ProviderError::InvalidConfig(
+                "the redirect's tenant is not the pinned one".into(),
+            ));
+        }
+        let code = redirect
+            .code
+            .as_ref()
+            .ok_or_else(|| ProviderError::Denied {
+                message: "the redirect carries no sign-in code".into(),
                 upstream_request_id: None,
                 trust_broken: false,
-            });
-        }
+            })?;
+        // Each step has its own call budget; the broker bounds the whole proof.
+        self.prove_sign_in(&tenant, &redirect.state, code, timeout, context.assertions)
+            .await?;
         let started = std::time::Instant::now();
         self.note_consent(&tenant);
         let graph = self
             .token_for(&tenant, Resource::Graph, timeout, context.assertions)
             .await?;
-        // The tenant matches the pin, but anyone holding the link can claim it: only an
-        // administrator of that tenant can grant our app a permission, so one granted after
-        // the link was issued shows that this consent happened now.
+        // An administrator of the tenant signed in through this link; a permission granted
+        // after the link was issued shows that the consent was given now, not earlier (for
+        // another link, or a former customer).
         let left = timeout.saturating_sub(started.elapsed());
         self.check_fresh_grants(&graph, &tenant, context.issued_at, left)
             .await?;

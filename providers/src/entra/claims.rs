@@ -22,24 +22,37 @@ pub fn guid(s: &str) -> Option<String> {
     is_guid(s).then(|| s.to_ascii_lowercase())
 }
 
-/// The admin-consent redirect (`GET /callbacks/entra_multi_tenant/setup?…`), parsed. Still
-/// a claim: the `tenant` is only believed once a token minted for it says so.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The sign-in's redirect (`GET /callbacks/entra_multi_tenant/setup?…`), parsed. The
+/// `code` is a claim until the broker redeems it at the pinned tenant's token endpoint and
+/// reads the `id_token` Entra answers with (module `sign_in`).
+#[derive(Clone)]
 pub struct ConsentCallback {
     /// The `state` the broker issued.
     pub state: String,
-    /// The tenant GUID the redirect claims (lower case), when it carries a valid one.
-    pub tenant: Option<String>,
-    /// `admin_consent=True`.
-    pub admin_consent: bool,
-    /// `error` and `error_description` (truncated, printable): overrides `admin_consent`.
+    /// The one-time authorization code (never logged).
+    pub code: Option<secrecy::SecretString>,
+    /// `error` and `error_description` (truncated, printable): overrides a `code`.
     pub error: Option<(String, String)>,
 }
 
-const MAX_QUERY: usize = 4096;
+impl std::fmt::Debug for ConsentCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsentCallback")
+            .field("state", &self.state)
+            .field("code", &self.code.as_ref().map(|_| "(redacted)"))
+            .field("error", &self.error)
+            .finish()
+    }
+}
 
-/// Parses the consent callback's query string. The `state` must be 1-128 alphanumerics;
-/// every parameter at most once.
+const MAX_QUERY: usize = 4096;
+/// The longest authorization code read: Entra's are about 1,000 characters.
+const MAX_CODE: usize = 2048;
+
+/// Parses the sign-in callback's query string. The `state` must be 1-128 alphanumerics, the
+/// `code` 1-2048 characters of `[A-Za-z0-9._~-]`; every parameter at most once. Either a
+/// `code` or an `error` must be present. `tenant` and `admin_consent` (what the admin-consent
+/// endpoint sends) are not read: only a code redeemed by the broker proves anything.
 ///
 /// # Errors
 /// A message naming what is missing, repeated or malformed.
@@ -48,18 +61,16 @@ pub fn parse_consent_query(query: &str) -> Result<ConsentCallback, String> {
         return Err("query too long".into());
     }
     let mut state = None;
-    let mut tenant = None;
-    let mut admin_consent = None;
+    let mut code = None;
     let mut error = None;
     let mut description = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let slot = match k.as_ref() {
             "state" => &mut state,
-            "tenant" => &mut tenant,
-            "admin_consent" => &mut admin_consent,
+            "code" => &mut code,
             "error" => &mut error,
             "error_description" => &mut description,
-            // `scope`, `error_uri`, `error_subcode`, `trace_id`, `correlation_id`…
+            // `session_state`, `error_uri`, `error_subcode`, `trace_id`, `correlation_id`…
             _ => continue,
         };
         if slot.replace(v.into_owned()).is_some() {
@@ -71,19 +82,23 @@ pub fn parse_consent_query(query: &str) -> Result<ConsentCallback, String> {
         .ok_or("state is missing or malformed")?;
     let printable = |s: String| crate::quoted(&s, 300);
     let error = error.map(|e| (printable(e), printable(description.unwrap_or_default())));
-    let tenant = match tenant {
-        Some(t) => Some(guid(&t).ok_or("tenant is not a tenant GUID")?),
+    let code = match code {
+        Some(c)
+            if !c.is_empty()
+                && c.len() <= MAX_CODE
+                && c.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-')
+                }) =>
+        {
+            Some(secrecy::SecretString::from(c))
+        }
+        Some(_) => return Err("code is malformed".into()),
         None => None,
     };
-    if error.is_none() && tenant.is_none() {
-        return Err("the redirect names no tenant".into());
+    if error.is_none() && code.is_none() {
+        return Err("the redirect carries no code".into());
     }
-    Ok(ConsentCallback {
-        state,
-        tenant,
-        admin_consent: admin_consent.is_some_and(|v| v.eq_ignore_ascii_case("true")),
-        error,
-    })
+    Ok(ConsentCallback { state, code, error })
 }
 
 /// The claims of an Entra access token the broker looks at. Decoded, not verified: these
@@ -137,6 +152,11 @@ const MAX_TOKEN: usize = 16 * 1024;
 /// When the token is not three base64url segments or its payload is not a JSON object of
 /// the expected claim types.
 pub fn decode_claims(token: &str) -> Result<TokenClaims, String> {
+    decode_payload(token)
+}
+
+/// Decodes a JWT's payload into `T` (the signature is not checked).
+fn decode_payload<T: serde::de::DeserializeOwned>(token: &str) -> Result<T, String> {
     if token.len() > MAX_TOKEN {
         return Err("token too long".into());
     }
@@ -284,6 +304,133 @@ pub fn check_claims(
     Ok(())
 }
 
+/// The directory roles whose holders can grant our app its application permissions on
+/// Microsoft Graph for the whole tenant: Global Administrator and Privileged Role
+/// Administrator (template ids). Cloud Application and Application Administrators can
+/// consent for other APIs, not for Graph's application permissions.
+pub const CONSENT_ADMIN_ROLES: [&str; 2] = [
+    "62e90394-69f5-4237-9190-012177145e10",
+    "e8611ab8-c189-46e8-94e1-60213ab1f814",
+];
+
+/// The claims of the `id_token` a sign-in's code is redeemed for: who signed in, where.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct IdTokenClaims {
+    /// Our client id.
+    #[serde(default)]
+    pub aud: Option<String>,
+    /// `https://login.microsoftonline.com/{tid}/v2.0`.
+    #[serde(default)]
+    pub iss: Option<String>,
+    /// The tenant the person signed in to.
+    #[serde(default)]
+    pub tid: Option<String>,
+    /// The person's object id in that tenant.
+    #[serde(default)]
+    pub oid: Option<String>,
+    /// The nonce the authorization request carried.
+    #[serde(default)]
+    pub nonce: Option<String>,
+    /// Expiry, seconds since the epoch.
+    #[serde(default)]
+    pub exp: Option<i64>,
+    /// The person's directory roles (template ids), present when the app registration sets
+    /// `groupMembershipClaims` to `DirectoryRole` or `All`.
+    #[serde(default)]
+    pub wids: Option<Vec<String>>,
+}
+
+/// Reads a 200 answer of the token endpoint to an authorization-code grant: its `id_token`'s
+/// claims. The access token beside it is not read (nor kept). Never panics on any input
+/// (fuzzed).
+///
+/// # Errors
+/// When there is no `id_token`, or it is not a JWT of the expected claim types.
+pub fn read_sign_in_answer(answer: &[u8]) -> Result<IdTokenClaims, String> {
+    let v: Value = serde_json::from_slice(answer).map_err(|_| "not JSON".to_owned())?;
+    let token = v
+        .get("id_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or("no id_token")?;
+    if token.len() > MAX_TOKEN || !crate::is_jwt_text(token) {
+        return Err("the id_token is not a compact JWT".into());
+    }
+    decode_payload(token)
+}
+
+/// Checks that an `id_token` names a person who signed in to `tenant` (GUID, lower case)
+/// for our `client_id`, in answer to the authorization request that carried `nonce`, and
+/// who holds one of [`CONSENT_ADMIN_ROLES`] there; `now` in seconds since the epoch. Returns
+/// the person's object id.
+///
+/// # Errors
+/// What failed, for the audit record and the admin's browser (no token material).
+pub fn check_sign_in(
+    claims: &IdTokenClaims,
+    tenant: &str,
+    client_id: &str,
+    nonce: &str,
+    issuer_hosts: &[String],
+    now: i64,
+) -> Result<String, String> {
+    if !claims
+        .aud
+        .as_deref()
+        .is_some_and(|a| a.eq_ignore_ascii_case(client_id))
+    {
+        return Err("the sign-in was not for our app (id_token aud)".into());
+    }
+    let tid = claims.tid.as_deref().and_then(guid);
+    if tid.as_deref() != Some(tenant) {
+        return Err(format!(
+            "the person signed in to tenant {}, not the tenant {tenant} named at onboarding",
+            claims
+                .tid
+                .as_deref()
+                .map_or("(none)".into(), |t| crate::quoted(t, 40))
+        ));
+    }
+    let iss_tenant = claims
+        .iss
+        .as_deref()
+        .and_then(|i| issuer_tenant(i, issuer_hosts));
+    if iss_tenant.as_deref() != Some(tenant) {
+        return Err(format!(
+            "the id_token's issuer does not name the tenant {tenant}"
+        ));
+    }
+    let sent = claims.nonce.as_deref().unwrap_or("");
+    if aws_lc_rs::constant_time::verify_slices_are_equal(sent.as_bytes(), nonce.as_bytes()).is_err()
+    {
+        return Err(
+            "the sign-in answered another authorization request (id_token nonce): start again from the link"
+                .into(),
+        );
+    }
+    if claims.exp.is_none_or(|e| e <= now) {
+        return Err("the id_token has expired".into());
+    }
+    let oid = claims
+        .oid
+        .as_deref()
+        .and_then(guid)
+        .ok_or("the id_token names no person (oid)")?;
+    let Some(wids) = &claims.wids else {
+        return Err("the id_token lists no directory roles (wids): the app registration must set groupMembershipClaims to DirectoryRole (or All); see runbooks/entra-onboarding.md".into());
+    };
+    let admin = wids
+        .iter()
+        .filter_map(|w| guid(w))
+        .any(|w| CONSENT_ADMIN_ROLES.contains(&w.as_str()));
+    if !admin {
+        return Err(format!(
+            "the person who signed in is not a Global Administrator or Privileged Role Administrator of tenant {tenant}: only they can grant our app's permissions"
+        ));
+    }
+    Ok(oid)
+}
+
 /// An Entra error answer, parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AadError {
@@ -396,21 +543,29 @@ mod tests {
 
     #[test]
     fn consent_query() {
-        let q = format!(
-            "admin_consent=True&tenant={}&state=abc123&scope=x",
-            T.to_uppercase()
+        use secrecy::ExposeSecret;
+        let c = parse_consent_query("code=0.AAB~x_y-z&state=abc123&session_state=q").unwrap();
+        assert_eq!(
+            c.code.as_ref().map(|c| c.expose_secret()),
+            Some("0.AAB~x_y-z")
         );
-        let c = parse_consent_query(&q).unwrap();
-        assert_eq!(c.tenant.as_deref(), Some(T));
-        assert!(c.admin_consent && c.error.is_none());
-        let c = parse_consent_query("error=access_denied&error_description=AADSTS65004%3A+declined&admin_consent=True&state=s1").unwrap();
+        assert!(c.error.is_none());
+        assert!(!format!("{c:?}").contains("AAB"), "the code is not printed");
+        let c = parse_consent_query(
+            "error=access_denied&error_description=AADSTS65004%3A+declined&code=abc&state=s1",
+        )
+        .unwrap();
         assert_eq!(c.error.unwrap().0, "access_denied");
         for bad in [
-            "tenant=common&state=s1&admin_consent=True".to_owned(),
-            format!("tenant={T}&admin_consent=True"),
-            format!("tenant={T}&state=s1&state=s2"),
-            format!("tenant={T}&state=s%2F1"),
-            "state=s1&admin_consent=True".to_owned(),
+            // What the admin-consent endpoint sends: no code, nothing proven.
+            format!("admin_consent=True&tenant={T}&state=s1"),
+            "code=abc".to_owned(),
+            "code=abc&state=s1&state=s2".to_owned(),
+            "code=abc&code=abd&state=s1".to_owned(),
+            "code=abc&state=s%2F1".to_owned(),
+            "code=a%20b&state=s1".to_owned(),
+            format!("code={}&state=s1", "a".repeat(2049)),
+            "code=&state=s1".to_owned(),
         ] {
             assert!(parse_consent_query(&bad).is_err(), "{bad}");
         }

@@ -25,6 +25,7 @@ pub mod claims;
 pub mod lint;
 mod reads;
 mod settings;
+mod sign_in;
 pub mod token;
 
 use std::collections::{BTreeSet, HashMap};
@@ -36,7 +37,10 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 
 pub use ceiling::{parse_config, parse_narrowing, AzureCeiling, EntraConfig, Resource};
-pub use claims::{check_claims, decode_claims, parse_consent_query, parse_error, TokenClaims};
+pub use claims::{
+    check_claims, check_sign_in, decode_claims, parse_consent_query, parse_error,
+    read_sign_in_answer, IdTokenClaims, TokenClaims,
+};
 pub use reads::{newest_grant, page_of, roles_held, undeclared_subscription};
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{EntraSettings, ID};
@@ -147,20 +151,11 @@ impl EntraApp {
         }
     }
 
-    /// One token for `tenant` and `resource`, every active credential in turn (one refused
-    /// falls through to the next: zero-downtime rotation); "no service principal" answers
-    /// retried with backoff only while the tenant's consent is propagating. The token's
-    /// claims are checked before it is returned.
-    async fn token_for(
-        &self,
-        tenant: &str,
-        resource: Resource,
-        budget: Duration,
-        signer: &dyn crate::AssertionSigner,
-    ) -> Result<TokenAnswer, ProviderError> {
+    /// The app's credentials, in the order they are tried: the federated credential (no
+    /// secret at all) first; stored secrets and certificates, when any are still active,
+    /// after it.
+    fn app_credentials(&self) -> Result<Vec<Arc<dyn ClientAuth>>, ProviderError> {
         let mut credentials: Vec<Arc<dyn ClientAuth>> = Vec::new();
-        // The federated credential (no secret at all) is preferred; stored secrets and
-        // certificates, when any are still active, follow.
         if let Some(subject) = &self.settings.federated_subject {
             credentials.push(Arc::new(token::FederatedAssertion {
                 subject: subject.clone(),
@@ -178,6 +173,21 @@ impl EntraApp {
                 "no Entra app credential is active (set federated_subject, or credbroker keys entra add/activate)".into(),
             ));
         }
+        Ok(credentials)
+    }
+
+    /// One token for `tenant` and `resource`, every active credential in turn (one refused
+    /// falls through to the next: zero-downtime rotation); "no service principal" answers
+    /// retried with backoff only while the tenant's consent is propagating. The token's
+    /// claims are checked before it is returned.
+    async fn token_for(
+        &self,
+        tenant: &str,
+        resource: Resource,
+        budget: Duration,
+        signer: &dyn crate::AssertionSigner,
+    ) -> Result<TokenAnswer, ProviderError> {
+        let credentials = self.app_credentials()?;
         let deadline = Instant::now() + budget;
         let mut backoff = Duration::from_millis(250);
         let client_id = self.client_id();

@@ -230,17 +230,44 @@ pub async fn request_token(
     (auth, signer): (&dyn ClientAuth, &dyn crate::AssertionSigner),
     timeout: Duration,
 ) -> Result<TokenAnswer, TokenFailure> {
+    let scope = format!("{resource}/.default");
+    let grant = [
+        ("scope", scope.as_str()),
+        ("grant_type", "client_credentials"),
+    ];
+    let (request_id, answer) = post_token_form(
+        http,
+        (authority, tenant, client_id),
+        &grant,
+        (auth, signer),
+        timeout,
+    )
+    .await?;
+    read_token_answer(&answer, request_id).map_err(TokenFailure::Unavailable)
+}
+
+/// One form POST to `{authority}/{tenant}/oauth2/v2.0/token`: `client_id`, the `grant`'s
+/// fields and `auth`'s. The answer of a 200 (and its request id); Entra's refusal, parsed,
+/// otherwise. The grant's `code`, like the client secret or assertion, is in a body wiped
+/// once sent and never repeated from an error description.
+///
+/// # Errors
+/// [`TokenFailure::Refused`] on a 4xx answer, [`TokenFailure::Unavailable`] when Entra
+/// cannot be reached, times out or answers 429 or 5xx.
+pub async fn post_token_form(
+    http: &Http,
+    (authority, tenant, client_id): (&str, &str, &str),
+    grant: &[(&str, &str)],
+    (auth, signer): (&dyn ClientAuth, &dyn crate::AssertionSigner),
+    timeout: Duration,
+) -> Result<(Option<String>, bytes::Bytes), TokenFailure> {
     let token_url = format!("{authority}/{tenant}/oauth2/v2.0/token");
     let fields = auth
         .form_fields(client_id, &token_url, signer)
         .map_err(TokenFailure::Unavailable)?;
-    let scope = format!("{resource}/.default");
     // The body carries the secret (or the assertion): in bytes wiped once sent.
-    let mut pairs = vec![
-        ("client_id", client_id),
-        ("scope", scope.as_str()),
-        ("grant_type", "client_credentials"),
-    ];
+    let mut pairs = vec![("client_id", client_id)];
+    pairs.extend_from_slice(grant);
     pairs.extend(fields.iter().map(|(k, v)| (*k, v.expose_secret())));
     let body = crate::http::secret_form(&pairs);
     drop(pairs);
@@ -261,7 +288,7 @@ pub async fn request_token(
         .await
         .map_err(TokenFailure::Unavailable)?;
     // Entra's description is for the daemon's log, and only when it does not repeat the
-    // client secret or assertion this request sent (an echo, by Entra or a proxy).
+    // client secret, assertion or code this request sent (an echo, by Entra or a proxy).
     let error_of = |answer: &[u8]| {
         let mut error = parse_error(answer);
         // The secret fields only: `client_assertion_type` is a fixed URN, and its words
@@ -270,6 +297,7 @@ pub async fn request_token(
             .iter()
             .filter(|(k, _)| matches!(*k, "client_secret" | "client_assertion"))
             .map(|(_, v)| v.expose_secret())
+            .chain(grant.iter().filter(|(k, _)| *k == "code").map(|(_, v)| *v))
             .collect();
         error.description = crate::quoted_unless_echo(&error.description, 200, &sent);
         error.error = crate::oauth_error_code(&error.error, &sent);
@@ -291,7 +319,7 @@ pub async fn request_token(
             error,
         });
     }
-    read_token_answer(&answer, request_id).map_err(TokenFailure::Unavailable)
+    Ok((request_id, answer))
 }
 
 /// Reads a 200 answer of the token endpoint: a Bearer token that decodes as a JWT, expiring

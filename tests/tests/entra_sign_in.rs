@@ -1,0 +1,180 @@
+//! The Entra consent link binds a customer tenant only on the sign-in of one of that
+//! tenant's administrators, made through the link's own authorization request (THREATS.md:
+//! "a customer admin of tenant A … wants to bind an identifier that belongs to someone
+//! else"). Each attempt a customer holding a valid link could make against the real daemon,
+//! with the fake Entra answering as the real one does.
+
+use credbroker_tests::fake_entra::{
+    callback, come_back, onboard, open_link, SignIn, CLOUD_APP_ADMIN, PRIVILEGED_ROLE_ADMIN,
+};
+use credbroker_tests::*;
+use http::Method;
+use serde_json::Value;
+
+use crate::entra::{
+    consent_all, consent_round, record, start, token_requests_for, Env, ACME, ACME_SP, BINDING,
+};
+
+async fn bound(env: &mut Env) -> bool {
+    let (s, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings", None).await;
+    assert_eq!(s, 200, "{v}");
+    v.to_string().contains(BINDING)
+}
+
+fn refused_for(v: &Value, why: &str) {
+    assert_eq!(code(v), "callback_rejected", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap_or("").contains(why),
+        "{why} in {v}"
+    );
+}
+
+/// The takeover the admin-consent endpoint allowed: customer A, holding t1's link pinned to
+/// ACME (which is someone else's tenant), opens it, sends the consent page on to ACME's
+/// administrator with another state, and, once that admin has consented, comes back in its
+/// own browser claiming the consent. Nothing it can type proves a sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_given_through_anothers_browser_binds_nothing() {
+    let mut env = start().await;
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (s, cookie, location) = open_link(&mut env.public, &state).await;
+    assert_eq!(s, 302);
+    // ACME's admin follows the forwarded page (its state swapped) and consents: their
+    // browser comes back with a code under a state the broker never issued, refused and
+    // only counted.
+    consent_all(&env.entra, ACME, ACME_SP);
+    let forwarded = location.replace(&format!("state={state}"), "state=forwardedbyA");
+    let records = env.daemon.audit_records().len();
+    let (s, v) = come_back(
+        &mut env.public,
+        &env.entra,
+        &forwarded,
+        None,
+        &SignIn::admin(ACME),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    refused_for(&v, "");
+    assert_eq!(
+        env.daemon.audit_records().len(),
+        records,
+        "counted, not audited"
+    );
+    // A comes back with what the admin-consent endpoint would have sent: no code, refused
+    // before the state is touched.
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("admin_consent=True&tenant={ACME}&state={state}"),
+        cookie.as_deref(),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"]["audit_id"].is_null(), "{v}");
+    // With a made-up code: Entra redeems no such code, the refusal is audited, the state
+    // used up, and nothing is minted or bound.
+    let minted = token_requests_for(&env.entra, ACME);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("code=0.AXYZmadeup&state={state}"),
+        cookie.as_deref(),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    refused_for(&v, "code was refused");
+    assert!(v["error"]["audit_id"].is_string(), "{v}");
+    assert_eq!(
+        token_requests_for(&env.entra, ACME),
+        minted + 1,
+        "only the code's redemption, no mint"
+    );
+    assert!(!bound(&mut env).await, "ACME was bound to t1");
+}
+
+/// Who signs in through the link decides: a member without a directory role, a Cloud
+/// Application Administrator (who cannot grant Graph's application permissions), and a
+/// sign-in whose id_token lists no roles at all are refused, though a consent was given
+/// meanwhile; so is a code obtained through another authorization request (its nonce), and
+/// an id_token for another app. A Privileged Role Administrator's sign-in then binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_administrators_sign_in_through_the_link_binds() {
+    let mut env = start().await;
+    consent_all(&env.entra, ACME, ACME_SP);
+    let cases: [(SignIn, &str); 3] = [
+        (
+            SignIn::member(ACME),
+            "not a Global Administrator or Privileged Role Administrator",
+        ),
+        (
+            SignIn {
+                wids: Some(vec![CLOUD_APP_ADMIN.into()]),
+                ..SignIn::admin(ACME)
+            },
+            "not a Global Administrator or Privileged Role Administrator",
+        ),
+        (
+            SignIn {
+                wids: None,
+                ..SignIn::admin(ACME)
+            },
+            "groupMembershipClaims",
+        ),
+    ];
+    for (person, why) in cases {
+        let state = onboard(&mut env.op, "t1", ACME).await;
+        let (s, v) = consent_round(&mut env.public, &env.entra, &state, &person).await;
+        assert_eq!(s, 403, "{person:?}: {v}");
+        refused_for(&v, why);
+        let audit_id = v["error"]["audit_id"].as_str().expect("audited");
+        let rec = record(&env.daemon, audit_id);
+        assert_eq!(rec["outcome"], "denied", "{rec}");
+        assert!(!bound(&mut env).await, "{person:?} bound ACME");
+    }
+
+    // The admin signs in through an authorization request of their own making (another
+    // nonce) and brings the code back under the link's state and cookie.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (_, cookie, location) = open_link(&mut env.public, &state).await;
+    let nonce = location
+        .split('&')
+        .find_map(|p| p.strip_prefix("nonce="))
+        .unwrap()
+        .to_owned();
+    let other = location.replace(&format!("nonce={nonce}"), "nonce=chosenbytheattacker");
+    let (s, v) = come_back(
+        &mut env.public,
+        &env.entra,
+        &other,
+        cookie.as_deref(),
+        &SignIn::admin(ACME),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    refused_for(&v, "another authorization request");
+
+    // An id_token issued to another app.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    env.entra.state.misissue.lock().unwrap().appid =
+        Some("99999999-0000-4000-8000-000000000000".into());
+    let (s, v) = consent_round(&mut env.public, &env.entra, &state, &SignIn::admin(ACME)).await;
+    env.entra.state.misissue.lock().unwrap().appid = None;
+    assert_eq!(s, 403, "{v}");
+    refused_for(&v, "not for our app");
+    assert!(!bound(&mut env).await);
+
+    // A Privileged Role Administrator can grant the permissions: bound and active.
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let pra = SignIn {
+        wids: Some(vec![CLOUD_APP_ADMIN.into(), PRIVILEGED_ROLE_ADMIN.into()]),
+        ..SignIn::admin(ACME)
+    };
+    let (s, v) = consent_round(&mut env.public, &env.entra, &state, &pra).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
+    assert!(bound(&mut env).await);
+    // The admin's delegated access token and id_token are in no record, log or answer.
+    let audit = serde_json::to_string(&env.daemon.audit_records()).unwrap();
+    let logs = env.daemon.logs();
+    for text in [audit.as_str(), logs.as_str(), &v.to_string()] {
+        assert!(!text.contains("eyJ"), "a JWT was written: {text}");
+        assert!(!text.contains("1.AQ"), "a code was written");
+    }
+}
