@@ -65,19 +65,18 @@ impl CallbackService {
         // provider knows whether it still holds. When the provider cannot be asked, the
         // event is not acted on (503).
         let mut refuted = false;
-        if !matches!(
-            verified,
-            CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. }
-        ) {
-            // A replay is refused before the admin lock (and checked again under it): one
-            // captured body sent in a loop, never rate-limited once its signature verified,
-            // must not hold every change behind it.
-            self.refuse_replay(provider.id(), delivery.as_deref())
-                .await?;
-        }
-        if let CallbackEvent::Removed { identifier } | CallbackEvent::Suspended { identifier } =
-            &verified
-        {
+        // An installation no tenant holds changes nothing, whatever the event: answered
+        // before the replay check and the admin lock. Anyone can install the public App on an
+        // account of their own and toggle it, and GitHub signs each such event: none may
+        // queue behind operators' changes (the same answer as under the lock, below).
+        let identifier = match &verified {
+            CallbackEvent::Removed { identifier }
+            | CallbackEvent::Suspended { identifier }
+            | CallbackEvent::Unsuspended { identifier }
+            | CallbackEvent::Changed { identifier, .. } => Some(identifier),
+            CallbackEvent::Ignored { .. } => None,
+        };
+        if let Some(identifier) = identifier {
             let owned = self
                 .core
                 .records
@@ -90,6 +89,21 @@ impl CallbackService {
                     None,
                 ));
             }
+        }
+        if !matches!(
+            verified,
+            CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. }
+        ) {
+            // A replay is refused before the admin lock (and checked again under it): one
+            // captured body sent in a loop, never rate-limited once its signature verified,
+            // must not hold every change behind it.
+            self.refuse_replay(provider.id(), delivery.as_deref())
+                .await?;
+        }
+        if matches!(
+            verified,
+            CallbackEvent::Removed { .. } | CallbackEvent::Suspended { .. }
+        ) {
             // A replay is refused before the provider is asked (every event is checked again
             // under the lock below).
             self.refuse_replay(provider.id(), delivery.as_deref())
