@@ -347,16 +347,20 @@ pub struct IdTokenClaims {
 /// # Errors
 /// When there is no `id_token`, or it is not a JWT of the expected claim types.
 pub fn read_sign_in_answer(answer: &[u8]) -> Result<IdTokenClaims, String> {
-    let v: Value = serde_json::from_slice(answer).map_err(|_| "not JSON".to_owned())?;
-    let token = v
-        .get("id_token")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .ok_or("no id_token")?;
+    /// Only the `id_token`, borrowed from the answer: the access token beside it (and a
+    /// refresh token, if any) is skipped by the parser, never copied into a string.
+    #[derive(Deserialize)]
+    struct SignInAnswer<'a> {
+        #[serde(borrow, default)]
+        id_token: Option<&'a str>,
+    }
+    let v: SignInAnswer<'_> = serde_json::from_slice(answer)
+        .map_err(|_| "not a JSON object with a string id_token".to_owned())?;
+    let token = v.id_token.filter(|t| !t.is_empty()).ok_or("no id_token")?;
     if token.len() > MAX_TOKEN || !crate::is_jwt_text(token) {
         return Err("the id_token is not a compact JWT".into());
     }
-    decode_payload(token)
+    decode_payload(token).map_err(|_| "the id_token's claims are not of the expected types".into())
 }
 
 /// Checks that an `id_token` names a person who signed in to `tenant` (GUID, lower case)
@@ -568,6 +572,171 @@ mod tests {
             "code=&state=s1".to_owned(),
         ] {
             assert!(parse_consent_query(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_sign_in_is_checked_claim_by_claim() {
+        const APP: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        const NOW: i64 = 1_700_000_000;
+        let good = IdTokenClaims {
+            aud: Some(APP.to_uppercase()),
+            iss: Some(format!("https://login.microsoftonline.com/{T}/v2.0")),
+            tid: Some(T.to_uppercase()),
+            oid: Some("aaaaaaaa-0000-4000-8000-000000000001".into()),
+            nonce: Some("n1".into()),
+            exp: Some(NOW + 60),
+            wids: Some(vec![
+                "158c047a-c907-4556-b7ef-446551a6b5f7".into(),
+                CONSENT_ADMIN_ROLES[1].to_uppercase(),
+            ]),
+        };
+        let check = |c: &IdTokenClaims| check_sign_in(c, T, APP, "n1", &hosts(), NOW);
+        assert_eq!(
+            check(&good).as_deref(),
+            Ok("aaaaaaaa-0000-4000-8000-000000000001")
+        );
+        let other = "99999999-2222-3333-4444-555555555555";
+        let cases: Vec<(IdTokenClaims, &str)> = vec![
+            (
+                IdTokenClaims {
+                    aud: Some(other.into()),
+                    ..good.clone()
+                },
+                "not for our app",
+            ),
+            (
+                IdTokenClaims {
+                    aud: None,
+                    ..good.clone()
+                },
+                "not for our app",
+            ),
+            (
+                IdTokenClaims {
+                    tid: Some(other.into()),
+                    ..good.clone()
+                },
+                "signed in to tenant",
+            ),
+            (
+                IdTokenClaims {
+                    tid: None,
+                    ..good.clone()
+                },
+                "signed in to tenant",
+            ),
+            // The right tid, issued for another tenant or by another host.
+            (
+                IdTokenClaims {
+                    iss: Some(format!("https://login.microsoftonline.com/{other}/v2.0")),
+                    ..good.clone()
+                },
+                "issuer",
+            ),
+            (
+                IdTokenClaims {
+                    iss: Some(format!("https://login.example.com/{T}/v2.0")),
+                    ..good.clone()
+                },
+                "issuer",
+            ),
+            (
+                IdTokenClaims {
+                    nonce: None,
+                    ..good.clone()
+                },
+                "another authorization request",
+            ),
+            (
+                IdTokenClaims {
+                    nonce: Some(String::new()),
+                    ..good.clone()
+                },
+                "another authorization request",
+            ),
+            (
+                IdTokenClaims {
+                    nonce: Some("n2".into()),
+                    ..good.clone()
+                },
+                "another authorization request",
+            ),
+            (
+                IdTokenClaims {
+                    exp: Some(NOW),
+                    ..good.clone()
+                },
+                "expired",
+            ),
+            (
+                IdTokenClaims {
+                    exp: None,
+                    ..good.clone()
+                },
+                "expired",
+            ),
+            (
+                IdTokenClaims {
+                    oid: None,
+                    ..good.clone()
+                },
+                "oid",
+            ),
+            (
+                IdTokenClaims {
+                    oid: Some("nobody".into()),
+                    ..good.clone()
+                },
+                "oid",
+            ),
+            (
+                IdTokenClaims {
+                    wids: None,
+                    ..good.clone()
+                },
+                "groupMembershipClaims",
+            ),
+            (
+                IdTokenClaims {
+                    wids: Some(vec![]),
+                    ..good.clone()
+                },
+                "not a Global Administrator",
+            ),
+            (
+                IdTokenClaims {
+                    wids: Some(vec![APP_ONLY_WID.into()]),
+                    ..good.clone()
+                },
+                "not a Global Administrator",
+            ),
+        ];
+        for (claims, why) in cases {
+            let e = check(&claims).expect_err(why);
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_sign_in_answer_yields_its_id_token_alone() {
+        let token = jwt(&serde_json::json!({"tid": T, "nonce": "n", "wids": ["x"]}));
+        let answer = serde_json::json!({"token_type": "Bearer", "access_token": "AT", "refresh_token": "RT", "id_token": token});
+        let c = read_sign_in_answer(answer.to_string().as_bytes()).unwrap();
+        assert_eq!((c.tid.as_deref(), c.nonce.as_deref()), (Some(T), Some("n")));
+        for bad in [
+            serde_json::json!({"access_token": "AT"}),
+            serde_json::json!({"id_token": ""}),
+            serde_json::json!({"id_token": 7}),
+            serde_json::json!({"id_token": "a.b"}),
+            serde_json::json!({"id_token": jwt(&serde_json::json!({"aud": ["x"]}))}),
+            serde_json::json!({"id_token": jwt(&serde_json::json!({"wids": [1]}))}),
+            serde_json::json!([]),
+        ] {
+            assert!(
+                read_sign_in_answer(bad.to_string().as_bytes()).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -15,7 +15,9 @@
 //! The `id_token` comes straight from the token endpoint over TLS, in answer to the broker's
 //! own authenticated request, so its signature is not checked (OpenID Connect Core 1.0,
 //! 3.1.3.7, step 6: TLS server validation stands in for it). The access token that comes
-//! beside it (delegated, for the admin) is not read, kept or logged; its bytes are wiped.
+//! beside it (delegated, for the admin) is not read, copied, kept or logged: the answer is
+//! parsed for the `id_token` alone, and its buffer wiped when the broker holds it alone
+//! (best effort: the HTTP client may have copied the bytes on their way).
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +30,9 @@ use super::{denied, EntraApp, BAD_CREDENTIAL};
 use crate::ProviderError;
 
 /// AADSTS codes of a code Entra will not redeem: expired (70008), already redeemed (54005),
-/// malformed or for another client, tenant or redirect URI (70000, 9002313, 50148).
-const BAD_CODE: &[u32] = &[70008, 54005, 70000, 9002313, 50148];
+/// malformed or not for this client or redirect URI (70000, 9002313). Whatever Entra
+/// redeems, the id_token's `tid` and `iss` must still name the pinned tenant.
+const BAD_CODE: &[u32] = &[70008, 54005, 70000, 9002313];
 
 /// The `nonce` of the authorization request a link's `state` opens: derived from the state
 /// (which only the link's browser holds), so no second value is kept, and an `id_token`
@@ -108,13 +111,18 @@ impl EntraApp {
             match got {
                 Ok((request_id, answer)) => {
                     let claims = read_sign_in_answer(&answer);
-                    // The admin's delegated access token is in there: wiped, not kept.
+                    // The admin's delegated access token is in there: wiped when this is the
+                    // buffer's only handle (best effort), never kept.
                     if let Ok(mut bytes) = answer.try_into_mut() {
                         bytes.as_mut().zeroize();
                     }
-                    let claims = claims.map_err(|m| ProviderError::Unavailable {
-                        message: format!("Entra's answer to the sign-in is malformed: {m}"),
-                        upstream_request_id: request_id.clone(),
+                    // Refused, not retried: the answer came and proves nothing. The message
+                    // is fixed (a claim's value could otherwise reach the browser).
+                    let claims = claims.map_err(|m| {
+                        denied(
+                            format!("Entra's answer to the sign-in could not be read ({m})"),
+                            request_id.clone(),
+                        )
                     })?;
                     let now = time::OffsetDateTime::now_utc().unix_timestamp();
                     return check_sign_in(
