@@ -232,8 +232,10 @@ impl EntraState {
             .push((tenant.to_owned(), recorded));
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
         if let Some(status) = *self.echo_secret.lock().unwrap() {
+            // A code being redeemed is what such an upstream repeats first.
             let sent = form
-                .get("client_secret")
+                .get("code")
+                .or_else(|| form.get("client_secret"))
                 .or_else(|| form.get("client_assertion"))
                 .cloned()
                 .unwrap_or_default();
@@ -1131,26 +1133,13 @@ pub async fn open_link(
 }
 
 /// `GET /callbacks/entra_multi_tenant/setup?{query}`, with the browser's cookie if any:
-/// (status, JSON answer).
+/// (status, JSON answer), as [`crate::setup_return`] reports it.
 pub async fn callback(
     public: &mut credbroker::client::BrokerClient,
     query: &str,
     cookie: Option<&str>,
 ) -> (u16, Value) {
-    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
-    let (status, out) = public
-        .request_with_headers(
-            http::Method::GET,
-            &format!("/callbacks/entra_multi_tenant/setup?{query}"),
-            &headers,
-            None,
-        )
-        .await
-        .unwrap();
-    (
-        status.as_u16(),
-        serde_json::from_slice(&out).unwrap_or(Value::Null),
-    )
+    crate::setup_return(public, "entra_multi_tenant", query, cookie).await
 }
 
 /// The admin's browser after opening the consent link: it follows the link's `location` to

@@ -814,6 +814,62 @@ pub async fn call(
     (status.as_u16(), v)
 }
 
+/// A browser coming back to `GET /callbacks/{provider}/setup?{query}` with `cookie`:
+/// (status, JSON answer). A refused return is answered 403, or, when it carries a one-time
+/// `code`, `303 See Other` to `/callbacks/{provider}/setup?refused` with the same refusal
+/// as its body (the code leaves the address bar): checked here, and reported as the status
+/// its refusal stands for. (entra_sign_in::a_refused_return_clears_its_code_from_the_address_bar checks the
+/// 303 itself.)
+pub async fn setup_return(
+    public: &mut BrokerClient,
+    provider: &str,
+    query: &str,
+    cookie: Option<&str>,
+) -> (u16, Value) {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
+    let (status, answer_headers, out) = public
+        .exchange(
+            Method::GET,
+            &format!("/callbacks/{provider}/setup?{query}"),
+            &headers,
+            None,
+        )
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    let location = answer_headers
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok());
+    let carries_code = query
+        .split('&')
+        .any(|p| p.strip_prefix("code=").is_some_and(|c| !c.is_empty()));
+    if status.as_u16() == 303 {
+        assert!(carries_code, "a return without a code redirected: {query}");
+        assert_eq!(
+            location,
+            Some(format!("/callbacks/{provider}/setup?refused").as_str())
+        );
+        // The status the refusal stands for, by its error code.
+        let refused = credbroker::api_error::ErrorCode::ALL
+            .iter()
+            .find(|c| c.as_str() == code(&body))
+            .unwrap_or_else(|| panic!("a 303 without a refusal: {body}"));
+        assert!(refused.status().is_client_error(), "{body}");
+        return (refused.status().as_u16(), body);
+    }
+    assert!(
+        location.is_none() || status.as_u16() == 302,
+        "{status} with a Location: {location:?}"
+    );
+    if carries_code {
+        assert!(
+            status.is_success() || status.as_u16() >= 500,
+            "a refused return carrying a code was answered {status}, not 303: {body}"
+        );
+    }
+    (status.as_u16(), body)
+}
+
 /// `POST /v1/resolve` with a raw body.
 pub async fn resolve_raw(client: &mut BrokerClient, body: Vec<u8>) -> (u16, Value) {
     let (status, bytes) = client

@@ -54,7 +54,8 @@ async fn a_consent_given_through_anothers_browser_binds_nothing() {
     )
     .await;
     assert_eq!(s, 403, "{v}");
-    refused_for(&v, "");
+    refused_for(&v, "state");
+    assert!(v["error"]["audit_id"].is_null(), "{v}");
     assert_eq!(
         env.daemon.audit_records().len(),
         records,
@@ -177,4 +178,91 @@ async fn only_an_administrators_sign_in_through_the_link_binds() {
         assert!(!text.contains("eyJ"), "a JWT was written: {text}");
         assert!(!text.contains("1.AQ"), "a code was written");
     }
+}
+
+/// An upstream (or a proxy before it) that repeats the request it was sent, the sign-in's
+/// code included, in its error description: the code reaches no log, record or answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_code_echoed_by_entra_is_repeated_nowhere() {
+    let mut env = start().await;
+    consent_all(&env.entra, ACME, ACME_SP);
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (_, cookie, location) = open_link(&mut env.public, &state).await;
+    let back = env.entra.sign_in(&location, &SignIn::admin(ACME)).unwrap();
+    let query = back.split_once('?').unwrap().1.to_owned();
+    let code = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("code="))
+        .unwrap()
+        .to_owned();
+    *env.entra.state.echo_secret.lock().unwrap() = Some(500);
+    let (s, v) = callback(&mut env.public, &query, cookie.as_deref()).await;
+    assert_eq!(s, 403, "{v}");
+    let audit = serde_json::to_string(&env.daemon.audit_records()).unwrap();
+    let logs = env.daemon.logs();
+    assert!(
+        logs.contains("Entra's token endpoint is unavailable"),
+        "the refusal was logged: {logs}"
+    );
+    for (what, text) in [("answer", v.to_string()), ("audit", audit), ("log", logs)] {
+        assert!(!text.contains(&code), "the code is in the {what}");
+    }
+    assert!(!bound(&mut env).await);
+}
+
+/// The relay a customer could still try: it forwards its link's sign-in page (its state
+/// swapped) to the account's administrator and asks for "the address it showed" when that
+/// refuses, to bring the code back under its own link's state and cookie. A refused return
+/// carrying a code is sent on (303) to a page without it, whether the refusal was counted
+/// (an unknown state) or audited (another browser's state); a return without a code is
+/// answered where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_return_clears_its_code_from_the_address_bar() {
+    let mut env = start().await;
+    consent_all(&env.entra, ACME, ACME_SP);
+    let state = onboard(&mut env.op, "t1", ACME).await;
+    let (_, _, location) = open_link(&mut env.public, &state).await;
+    let cleared = "/callbacks/entra_multi_tenant/setup?refused".to_owned();
+    for forwarded in [
+        // Its state swapped: unknown, counted.
+        location.replace(&format!("state={state}"), "state=forwardedbyA"),
+        // Its state kept (another browser, no cookie): audited, the state used up.
+        location.clone(),
+    ] {
+        let back = env.entra.sign_in(&forwarded, &SignIn::admin(ACME)).unwrap();
+        let query = back.split_once('?').unwrap().1.to_owned();
+        assert!(query.contains("code="), "{query}");
+        let (s, to, v) = raw(
+            &mut env.public,
+            &format!("/callbacks/entra_multi_tenant/setup?{query}"),
+        )
+        .await;
+        assert_eq!((s, to.as_ref()), (303, Some(&cleared)), "{v}");
+        assert_eq!(code(&v), "callback_rejected", "{v}");
+        let (s, to, v) = raw(&mut env.public, &cleared).await;
+        assert_eq!((s, to), (403, None), "{v}");
+        refused_for(&v, "never send that address to anyone");
+    }
+    // Without a code, the refusal is answered where it is.
+    let (s, to, v) = raw(
+        &mut env.public,
+        "/callbacks/entra_multi_tenant/setup?state=unknownstate&error=access_denied",
+    )
+    .await;
+    assert_eq!((s, to), (403, None), "{v}");
+    assert!(!bound(&mut env).await);
+}
+
+/// A GET on the public listener as a browser makes it, redirects not followed: (status,
+/// `Location`, JSON body).
+async fn raw(
+    public: &mut credbroker::client::BrokerClient,
+    path: &str,
+) -> (u16, Option<String>, Value) {
+    let (s, h, body) = public.exchange(Method::GET, path, &[], None).await.unwrap();
+    let location = h
+        .get(http::header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (s.as_u16(), location, body)
 }

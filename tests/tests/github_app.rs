@@ -258,22 +258,10 @@ async fn open_link(
     )
 }
 
-/// GitHub's callback with `query` and, when given, the browser's cookie header value.
+/// GitHub's callback with `query` and, when given, the browser's cookie header value, as
+/// [`setup_return`] reports it.
 async fn callback(public: &mut BrokerClient, query: &str, cookie: Option<&str>) -> (u16, Value) {
-    let headers: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
-    let (status, out) = public
-        .request_with_headers(
-            Method::GET,
-            &format!("/callbacks/github_app/setup?{query}"),
-            &headers,
-            None,
-        )
-        .await
-        .unwrap();
-    (
-        status.as_u16(),
-        serde_json::from_slice(&out).unwrap_or(Value::Null),
-    )
+    setup_return(public, "github_app", query, cookie).await
 }
 
 /// The whole install as a customer's browser does it: open the link (cookie), install on

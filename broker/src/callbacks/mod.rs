@@ -74,6 +74,10 @@ impl Failure {
 }
 
 /// A failure before the callback authenticated.
+/// The query of the page a refused, code-bearing setup return is sent on to.
+const CLEARED: &str = "refused";
+const CLEARED_MESSAGE: &str = "the sign-in or install was refused, and the one-time code it came back with was removed from the address bar: never send that address to anyone. Ask for a new link";
+
 fn anonymous(err: ApiError) -> Failure {
     Failure {
         err,
@@ -234,7 +238,46 @@ impl CallbackService {
 
     /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
     /// `POST /callbacks/{provider}/webhook`) on the public listener.
+    ///
+    /// A setup return carrying a one-time `code` that is refused answers `303 See Other` to
+    /// `/callbacks/{provider}/setup?refused` (the refusal's JSON still its body): the code,
+    /// not redeemed when the refusal came before the proof, leaves the browser's address bar.
+    /// Whoever sent the person there (another customer, with a link of their own for the
+    /// same account) could otherwise ask for "the address it showed" and redeem the code
+    /// under their own link's state and cookie.
     pub async fn handle_http(
+        &self,
+        endpoint: Endpoint,
+        provider_name: &str,
+        query: &str,
+        headers: &HeaderMap,
+        body: Result<Zeroizing<Vec<u8>>, ApiError>,
+        request_id: &str,
+    ) -> CallbackAnswer {
+        if endpoint == Endpoint::CallbackSetup && query == CLEARED {
+            // Where a refused return was sent: nothing to read, nothing to count twice.
+            return CallbackAnswer::unauthenticated(error_answer(
+                &rejected(CLEARED_MESSAGE),
+                None,
+                request_id,
+            ));
+        }
+        let mut answer = self
+            .route_http(endpoint, provider_name, query, headers, body, request_id)
+            .await;
+        let carries_code = endpoint == Endpoint::CallbackSetup
+            && form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "code" && !v.is_empty());
+        let known = self.core.registry.get(provider_name);
+        if let (true, Some(provider)) = (carries_code, known) {
+            if !answer.answer.status.is_success() && answer.location.is_none() {
+                answer.answer.status = http::StatusCode::SEE_OTHER;
+                answer.location = Some(format!("/callbacks/{}/setup?{CLEARED}", provider.id()));
+            }
+        }
+        answer
+    }
+
+    async fn route_http(
         &self,
         endpoint: Endpoint,
         provider_name: &str,
