@@ -222,7 +222,12 @@ async fn a_refused_return_clears_its_code_from_the_address_bar() {
     consent_all(&env.entra, ACME, ACME_SP);
     let state = onboard(&mut env.op, "t1", ACME).await;
     let (_, _, location) = open_link(&mut env.public, &state).await;
-    let cleared = "/callbacks/entra_multi_tenant/setup?refused".to_owned();
+    let cleared = |v: &Value| {
+        format!(
+            "/callbacks/entra_multi_tenant/setup?refused={}",
+            v["error"]["request_id"].as_str().unwrap()
+        )
+    };
     for forwarded in [
         // Its state swapped: unknown, counted.
         location.replace(&format!("state={state}"), "state=forwardedbyA"),
@@ -237,11 +242,24 @@ async fn a_refused_return_clears_its_code_from_the_address_bar() {
             &format!("/callbacks/entra_multi_tenant/setup?{query}"),
         )
         .await;
-        assert_eq!((s, to.as_ref()), (303, Some(&cleared)), "{v}");
+        let page = cleared(&v);
+        assert_eq!((s, to.as_ref()), (303, Some(&page)), "{v}");
         assert_eq!(code(&v), "callback_rejected", "{v}");
-        let (s, to, v) = raw(&mut env.public, &cleared).await;
+        let rid = v["error"]["request_id"].as_str().unwrap().to_owned();
+        let (s, to, v) = raw(&mut env.public, &page).await;
         assert_eq!((s, to), (403, None), "{v}");
         refused_for(&v, "never send that address to anyone");
+        refused_for(&v, &format!("(request {rid}:"));
+    }
+    // The page names only a request id of the broker's own form.
+    for query in ["refused=%3Cscript%3E", "refused=req_zz", "refused=x"] {
+        let (s, _, v) = raw(
+            &mut env.public,
+            &format!("/callbacks/entra_multi_tenant/setup?{query}"),
+        )
+        .await;
+        assert_eq!(s, 403, "{v}");
+        assert!(!v.to_string().contains("(request"), "{v}");
     }
     // Without a code, the refusal is answered where it is.
     let (s, to, v) = raw(

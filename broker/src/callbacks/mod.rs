@@ -76,7 +76,31 @@ impl Failure {
 /// A failure before the callback authenticated.
 /// The query of the page a refused, code-bearing setup return is sent on to.
 const CLEARED: &str = "refused";
-const CLEARED_MESSAGE: &str = "the sign-in or install was refused, and the one-time code it came back with was removed from the address bar: never send that address to anyone. Ask for a new link";
+
+/// The refusal the cleared page shows: fixed, but for the refused request's id (validated:
+/// `req_` and hex digits), by which an operator finds its reason in the audit log or the
+/// broker's log.
+fn cleared_refusal(query: &str) -> Option<ApiError> {
+    let rest = query.strip_prefix(CLEARED)?;
+    let id = match rest.strip_prefix('=') {
+        None if rest.is_empty() => None,
+        Some(id)
+            if id.len() <= 64
+                && id
+                    .strip_prefix("req_")
+                    .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())) =>
+        {
+            Some(id)
+        }
+        _ => return None,
+    };
+    let named = id.map_or(String::new(), |id| {
+        format!(" (request {id}: give this to whoever sent you the link)")
+    });
+    Some(rejected(format!(
+        "the sign-in or install was refused{named}, and the one-time code it came back with was removed from the address bar: never send that address to anyone. Ask for a new link"
+    )))
+}
 
 fn anonymous(err: ApiError) -> Failure {
     Failure {
@@ -239,8 +263,9 @@ impl CallbackService {
     /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
     /// `POST /callbacks/{provider}/webhook`) on the public listener.
     ///
-    /// A setup return carrying a one-time `code` that is refused answers `303 See Other` to
-    /// `/callbacks/{provider}/setup?refused` (the refusal's JSON still its body): the code,
+    /// A setup return carrying a one-time `code` that is refused (or fails) answers `303 See
+    /// Other` to `/callbacks/{provider}/setup?refused={request id}` (the refusal's JSON still
+    /// its body): the code,
     /// not redeemed when the refusal came before the proof, leaves the browser's address bar.
     /// Whoever sent the person there (another customer, with a link of their own for the
     /// same account) could otherwise ask for "the address it showed" and redeem the code
@@ -254,13 +279,11 @@ impl CallbackService {
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
     ) -> CallbackAnswer {
-        if endpoint == Endpoint::CallbackSetup && query == CLEARED {
+        if let Some(refusal) =
+            cleared_refusal(query).filter(|_| endpoint == Endpoint::CallbackSetup)
+        {
             // Where a refused return was sent: nothing to read, nothing to count twice.
-            return CallbackAnswer::unauthenticated(error_answer(
-                &rejected(CLEARED_MESSAGE),
-                None,
-                request_id,
-            ));
+            return CallbackAnswer::unauthenticated(error_answer(&refusal, None, request_id));
         }
         let mut answer = self
             .route_http(endpoint, provider_name, query, headers, body, request_id)
@@ -271,7 +294,10 @@ impl CallbackService {
         if let (true, Some(provider)) = (carries_code, known) {
             if !answer.answer.status.is_success() && answer.location.is_none() {
                 answer.answer.status = http::StatusCode::SEE_OTHER;
-                answer.location = Some(format!("/callbacks/{}/setup?{CLEARED}", provider.id()));
+                answer.location = Some(format!(
+                    "/callbacks/{}/setup?{CLEARED}={request_id}",
+                    provider.id()
+                ));
             }
         }
         answer

@@ -148,7 +148,7 @@ impl EntraApp {
                     error, request_id, ..
                 }) => {
                     let why = if error.codes.iter().any(|c| BAD_CODE.contains(c)) {
-                        "the sign-in's code was refused (expired, used, or not issued for this tenant and app)"
+                        "the sign-in's code was refused (expired, already used, or not issued for this app and redirect URI)"
                     } else {
                         "the sign-in could not be completed"
                     };
