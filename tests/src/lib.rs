@@ -815,9 +815,9 @@ pub async fn call(
 }
 
 /// A browser coming back to `GET /callbacks/{provider}/setup?{query}` with `cookie`:
-/// (status, JSON answer). A refused return is answered 403, or, when it carries a one-time
-/// `code`, `303 See Other` to `/callbacks/{provider}/setup?refused={request id}` with the same refusal
-/// as its body (the code leaves the address bar): checked here, and reported as the status
+/// (status, JSON answer). A return not answered with success is sent on (`303 See Other`)
+/// to `/callbacks/{provider}/setup?refused={request id}#refused` with its refusal as the
+/// body (a one-time code leaves the address bar): checked here, and reported as the status
 /// its refusal stands for. (entra_sign_in::a_refused_return_clears_its_code_from_the_address_bar checks the
 /// 303 itself.)
 pub async fn setup_return(
@@ -840,34 +840,33 @@ pub async fn setup_return(
     let location = answer_headers
         .get(http::header::LOCATION)
         .and_then(|v| v.to_str().ok());
-    let carries_code = query
-        .split('&')
-        .any(|p| p.strip_prefix("code=").is_some_and(|c| !c.is_empty()));
     if status.as_u16() == 303 {
-        assert!(carries_code, "a return without a code redirected: {query}");
         let rid = body["error"]["request_id"].as_str().unwrap_or("");
         assert_eq!(
             location,
-            Some(format!("/callbacks/{provider}/setup?refused={rid}").as_str())
+            Some(format!("/callbacks/{provider}/setup?refused={rid}#refused").as_str())
         );
-        // The status the refusal stands for, by its error code.
-        let refused = credbroker::api_error::ErrorCode::ALL
-            .iter()
-            .find(|c| c.as_str() == code(&body))
-            .unwrap_or_else(|| panic!("a 303 without a refusal: {body}"));
-        return (refused.status().as_u16(), body);
+        return (refusal_status(303, &body), body);
     }
     assert!(
-        location.is_none() || status.as_u16() == 302,
-        "{status} with a Location: {location:?}"
+        status.is_success() && location.is_none(),
+        "a setup return answered {status} (Location {location:?}), not 303: {body}"
     );
-    if carries_code {
-        assert!(
-            status.is_success(),
-            "a refused return carrying a code was answered {status}, not 303: {body}"
-        );
-    }
     (status.as_u16(), body)
+}
+
+/// The status a refused setup return's answer stands for: a `303` (sent on to the page
+/// without its code) carries its refusal as the body, whose error code names the status.
+pub fn refusal_status(status: u16, body: &Value) -> u16 {
+    if status != 303 {
+        return status;
+    }
+    credbroker::api_error::ErrorCode::ALL
+        .iter()
+        .find(|c| c.as_str() == code(body))
+        .unwrap_or_else(|| panic!("a 303 without a refusal: {body}"))
+        .status()
+        .as_u16()
 }
 
 /// `POST /v1/resolve` with a raw body.

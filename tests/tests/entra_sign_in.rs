@@ -213,9 +213,9 @@ async fn a_sign_in_code_echoed_by_entra_is_repeated_nowhere() {
 /// The relay a customer could still try: it forwards its link's sign-in page (its state
 /// swapped) to the account's administrator and asks for "the address it showed" when that
 /// refuses, to bring the code back under its own link's state and cookie. A refused return
-/// carrying a code is sent on (303) to a page without it, whether the refusal was counted
-/// (an unknown state) or audited (another browser's state); a return without a code is
-/// answered where it is.
+/// is sent on (303) to a page without its code, whether the refusal was counted (an unknown
+/// state) or audited (another browser's state), and whether the code came in the query or
+/// (the forwarded page asking for it) in the fragment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_return_clears_its_code_from_the_address_bar() {
     let mut env = start().await;
@@ -224,7 +224,7 @@ async fn a_refused_return_clears_its_code_from_the_address_bar() {
     let (_, _, location) = open_link(&mut env.public, &state).await;
     let cleared = |v: &Value| {
         format!(
-            "/callbacks/entra_multi_tenant/setup?refused={}",
+            "/callbacks/entra_multi_tenant/setup?refused={}#refused",
             v["error"]["request_id"].as_str().unwrap()
         )
     };
@@ -246,7 +246,7 @@ async fn a_refused_return_clears_its_code_from_the_address_bar() {
         assert_eq!((s, to.as_ref()), (303, Some(&page)), "{v}");
         assert_eq!(code(&v), "callback_rejected", "{v}");
         let rid = v["error"]["request_id"].as_str().unwrap().to_owned();
-        let (s, to, v) = raw(&mut env.public, &page).await;
+        let (s, to, v) = raw(&mut env.public, page.trim_end_matches("#refused")).await;
         assert_eq!((s, to), (403, None), "{v}");
         refused_for(&v, "never send that address to anyone");
         refused_for(&v, &format!("(request {rid}:"));
@@ -261,13 +261,26 @@ async fn a_refused_return_clears_its_code_from_the_address_bar() {
         assert_eq!(s, 403, "{v}");
         assert!(!v.to_string().contains("(request"), "{v}");
     }
-    // Without a code, the refusal is answered where it is.
-    let (s, to, v) = raw(
-        &mut env.public,
-        "/callbacks/entra_multi_tenant/setup?state=unknownstate&error=access_denied",
-    )
-    .await;
-    assert_eq!((s, to), (403, None), "{v}");
+    // Without a code in the query — the forwarded page asked for `response_mode=fragment`,
+    // so the browser keeps the code after `#` and sends nothing — or with none at all: sent
+    // on all the same, and the Location's own fragment replaces the one holding the code.
+    for query in ["", "state=unknownstate&error=access_denied"] {
+        let (s, to, v) = raw(
+            &mut env.public,
+            &format!("/callbacks/entra_multi_tenant/setup?{query}"),
+        )
+        .await;
+        assert_eq!((s, to.as_ref()), (303, Some(&cleared(&v))), "{query}: {v}");
+    }
+    // Only a provider with callbacks has the page, or is sent to it.
+    for path in [
+        "/callbacks/aws/setup?code=abc&state=x",
+        "/callbacks/aws/setup?refused",
+        "/callbacks/nosuch/setup?refused",
+    ] {
+        let (s, to, v) = raw(&mut env.public, path).await;
+        assert_eq!((s, to), (404, None), "{path}: {v}");
+    }
     assert!(!bound(&mut env).await);
 }
 

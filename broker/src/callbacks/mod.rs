@@ -27,6 +27,8 @@ use http::HeaderMap;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
+use credbroker_providers::Provider;
+
 use crate::admin::AdminService;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::AuditEvent;
@@ -261,15 +263,9 @@ impl CallbackService {
     }
 
     /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
-    /// `POST /callbacks/{provider}/webhook`) on the public listener.
-    ///
-    /// A setup return carrying a one-time `code` that is refused (or fails) answers `303 See
-    /// Other` to `/callbacks/{provider}/setup?refused={request id}` (the refusal's JSON still
-    /// its body): the code,
-    /// not redeemed when the refusal came before the proof, leaves the browser's address bar.
-    /// Whoever sent the person there (another customer, with a link of their own for the
-    /// same account) could otherwise ask for "the address it showed" and redeem the code
-    /// under their own link's state and cookie.
+    /// `POST /callbacks/{provider}/webhook`) on the public listener. The page refused setup
+    /// returns are sent on to (see [`CallbackService::clear_refused_return`]) is answered
+    /// here, from memory.
     pub async fn handle_http(
         &self,
         endpoint: Endpoint,
@@ -279,28 +275,60 @@ impl CallbackService {
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
     ) -> CallbackAnswer {
-        if let Some(refusal) =
-            cleared_refusal(query).filter(|_| endpoint == Endpoint::CallbackSetup)
-        {
-            // Where a refused return was sent: nothing to read, nothing to count twice.
-            return CallbackAnswer::unauthenticated(error_answer(&refusal, None, request_id));
-        }
-        let mut answer = self
-            .route_http(endpoint, provider_name, query, headers, body, request_id)
-            .await;
-        let carries_code = endpoint == Endpoint::CallbackSetup
-            && form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "code" && !v.is_empty());
-        let known = self.core.registry.get(provider_name);
-        if let (true, Some(provider)) = (carries_code, known) {
-            if !answer.answer.status.is_success() && answer.location.is_none() {
-                answer.answer.status = http::StatusCode::SEE_OTHER;
-                answer.location = Some(format!(
-                    "/callbacks/{}/setup?{CLEARED}={request_id}",
-                    provider.id()
-                ));
+        if endpoint == Endpoint::CallbackSetup {
+            if let (Some(refusal), Some(provider)) =
+                (cleared_refusal(query), self.with_callbacks(provider_name))
+            {
+                // Nothing to read; counted as the page it is, not as a second refusal.
+                self.core
+                    .metrics
+                    .count_public_refusal(provider.id(), "cleared");
+                return CallbackAnswer::unauthenticated(error_answer(&refusal, None, request_id));
             }
         }
-        answer
+        self.route_http(endpoint, provider_name, query, headers, body, request_id)
+            .await
+    }
+
+    fn with_callbacks(&self, provider_name: &str) -> Option<&Arc<dyn Provider>> {
+        self.core
+            .registry
+            .get(provider_name)
+            .filter(|p| p.callbacks().is_some())
+    }
+
+    /// A setup return (`GET /callbacks/{provider}/setup?…`) that is not answered with
+    /// success, whatever answered it (the callback, or the public listener's rate limit,
+    /// work cap or a failure), is sent on (`303 See Other`, its answer still the body) to
+    /// `/callbacks/{provider}/setup?refused={request id}#refused`, a page that names the
+    /// request and says never to send the address on. Its one-time `code` leaves the
+    /// address bar, in the query or (`response_mode=fragment`, which whoever forwarded the
+    /// sign-in page may have chosen) in the fragment, which the `Location`'s own replaces.
+    /// Whoever sent the person there (another customer, with a link of their own for the
+    /// same account) could otherwise ask for "the address it showed" and redeem the code,
+    /// not redeemed when the refusal came before the proof, under their own link's state
+    /// and cookie. The page itself, and a start link's redirect, are left as they are.
+    pub fn clear_refused_return(
+        &self,
+        provider_name: &str,
+        query: &str,
+        answer: &mut CallbackAnswer,
+        request_id: &str,
+    ) {
+        let Some(provider) = self.with_callbacks(provider_name) else {
+            return;
+        };
+        if answer.answer.status.is_success()
+            || answer.location.is_some()
+            || query.starts_with(CLEARED)
+        {
+            return;
+        }
+        answer.answer.status = http::StatusCode::SEE_OTHER;
+        answer.location = Some(format!(
+            "/callbacks/{}/setup?{CLEARED}={request_id}#{CLEARED}",
+            provider.id()
+        ));
     }
 
     async fn route_http(

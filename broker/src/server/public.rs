@@ -102,7 +102,17 @@ pub(super) async fn handle_public(
         (_, Some(rl)) => rl.check(remote.ip(), std::time::Instant::now()).err(),
         (_, None) => None,
     };
-    let answer: CallbackAnswer = match route {
+    // A setup return not answered with success is sent on to a page without its one-time
+    // code, whatever answered it (CallbackService::clear_refused_return).
+    let setup_return = match &route {
+        Ok(m) if m.endpoint == Endpoint::CallbackSetup => Some((
+            m.param("provider").to_owned(),
+            query.clone(),
+            broker.clone(),
+        )),
+        _ => None,
+    };
+    let mut answer: CallbackAnswer = match route {
         _ if limited.is_some() => {
             let scope = limited.map_or("global", |l| l.as_str());
             broker
@@ -307,6 +317,11 @@ pub(super) async fn handle_public(
             error_answer(&err, None, &request_id).into()
         }
     };
+    if let Some((provider, query, broker)) = setup_return {
+        broker
+            .callbacks()
+            .clear_refused_return(&provider, &query, &mut answer, &request_id);
+    }
     if signed_delivery && answer.unauthenticated_refusal {
         // Spends its source's budget for the other public routes; it was answered already,
         // so it is no rate limiting and is not counted as such.
