@@ -262,34 +262,6 @@ impl CallbackService {
             .map_err(Failure::committing)
     }
 
-    /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
-    /// `POST /callbacks/{provider}/webhook`) on the public listener. The page refused setup
-    /// returns are sent on to (see [`CallbackService::clear_refused_return`]) is answered
-    /// here, from memory.
-    pub async fn handle_http(
-        &self,
-        endpoint: Endpoint,
-        provider_name: &str,
-        query: &str,
-        headers: &HeaderMap,
-        body: Result<Zeroizing<Vec<u8>>, ApiError>,
-        request_id: &str,
-    ) -> CallbackAnswer {
-        if endpoint == Endpoint::CallbackSetup {
-            if let (Some(refusal), Some(provider)) =
-                (cleared_refusal(query), self.with_callbacks(provider_name))
-            {
-                // Nothing to read; counted as the page it is, not as a second refusal.
-                self.core
-                    .metrics
-                    .count_public_refusal(provider.id(), "cleared");
-                return CallbackAnswer::unauthenticated(error_answer(&refusal, None, request_id));
-            }
-        }
-        self.route_http(endpoint, provider_name, query, headers, body, request_id)
-            .await
-    }
-
     fn with_callbacks(&self, provider_name: &str) -> Option<&Arc<dyn Provider>> {
         self.core
             .registry
@@ -331,7 +303,11 @@ impl CallbackService {
         ));
     }
 
-    async fn route_http(
+    /// Handles one routed callback (`GET /callbacks/{provider}/setup`,
+    /// `POST /callbacks/{provider}/webhook`) on the public listener. The page refused setup
+    /// returns are sent on to (see [`CallbackService::clear_refused_return`]) is answered
+    /// here, from memory.
+    pub async fn handle_http(
         &self,
         endpoint: Endpoint,
         provider_name: &str,
@@ -340,6 +316,17 @@ impl CallbackService {
         body: Result<Zeroizing<Vec<u8>>, ApiError>,
         request_id: &str,
     ) -> CallbackAnswer {
+        if endpoint == Endpoint::CallbackSetup {
+            if let (Some(refusal), Some(provider)) =
+                (cleared_refusal(query), self.with_callbacks(provider_name))
+            {
+                // Nothing to read; counted as the page it is, not as a second refusal.
+                self.core
+                    .metrics
+                    .count_public_refusal(provider.id(), "cleared");
+                return CallbackAnswer::unauthenticated(error_answer(&refusal, None, request_id));
+            }
+        }
         let kind = match endpoint {
             Endpoint::CallbackStart => "start",
             Endpoint::CallbackSetup => "setup",
