@@ -251,14 +251,21 @@ async fn a_refused_return_clears_its_code_from_the_address_bar() {
         refused_for(&v, "never send that address to anyone");
         refused_for(&v, &format!("(request {rid}:"));
     }
-    // The page names only a request id of the broker's own form.
-    for query in ["refused=%3Cscript%3E", "refused=req_zz", "refused=x"] {
-        let (s, _, v) = raw(
+    // The page names only a request id of the broker's own form: any other query that
+    // starts like the page's is a return like any other, refused and sent on to the page.
+    for query in [
+        "refused=%3Cscript%3E",
+        "refused=req_zz",
+        "refused=x",
+        "refused=req_zz&code=abc&state=x",
+        "refusedX&code=abc&state=x",
+    ] {
+        let (s, to, v) = raw(
             &mut env.public,
             &format!("/callbacks/entra_multi_tenant/setup?{query}"),
         )
         .await;
-        assert_eq!(s, 403, "{v}");
+        assert_eq!((s, to.as_ref()), (303, Some(&cleared(&v))), "{query}: {v}");
         assert!(!v.to_string().contains("(request"), "{v}");
     }
     // Without a code in the query — the forwarded page asked for `response_mode=fragment`,

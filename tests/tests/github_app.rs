@@ -1189,6 +1189,35 @@ async fn a_flood_of_anonymous_callbacks_is_counted_not_audited() {
             >= 1.0,
         "{m}"
     );
+    // A rate-limited setup return is sent on all the same, and the page it is sent to (a
+    // fixed answer from memory) is not itself rate-limited: the warning is what it shows.
+    let mut public = public_client(&env.pki, env.daemon.public_url.as_ref().unwrap());
+    let mut page = None;
+    for _ in 0..30 {
+        let (s, h, out) = public
+            .exchange(
+                Method::GET,
+                "/callbacks/github_app/setup?installation_id=1001&state=x&code=y",
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(s.as_u16(), 303, "{v}");
+        if code(&v) == "rate_limited" {
+            let to = h.get("location").unwrap().to_str().unwrap();
+            page = Some(to.trim_end_matches("#refused").to_owned());
+            break;
+        }
+    }
+    let page = page.expect("the source was rate-limited");
+    let (s, _, out) = public
+        .exchange(Method::GET, &page, &[], None)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((s.as_u16(), code(&v)), (403, "callback_rejected"), "{v}");
 }
 
 /// After `keys rotate-kek` and removing the old KEK version from the keyring (as the runbook

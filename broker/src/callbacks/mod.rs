@@ -79,6 +79,11 @@ impl Failure {
 /// The query of the page a refused, code-bearing setup return is sent on to.
 const CLEARED: &str = "refused";
 
+/// Whether `query` is that of the page refused setup returns are sent on to.
+pub(crate) fn is_cleared_page(query: &str) -> bool {
+    cleared_refusal(query).is_some()
+}
+
 /// The refusal the cleared page shows: fixed, but for the refused request's id (validated:
 /// `req_` and hex digits), by which an operator finds its reason in the audit log or the
 /// broker's log.
@@ -290,9 +295,7 @@ impl CallbackService {
         let Some(provider) = self.with_callbacks(provider_name) else {
             return;
         };
-        if answer.answer.status.is_success()
-            || answer.location.is_some()
-            || query.starts_with(CLEARED)
+        if answer.answer.status.is_success() || answer.location.is_some() || is_cleared_page(query)
         {
             return;
         }
@@ -323,7 +326,7 @@ impl CallbackService {
                 // Nothing to read; counted as the page it is, not as a second refusal.
                 self.core
                     .metrics
-                    .count_public_refusal(provider.id(), "cleared");
+                    .count_callback("cleared", provider.id(), "none");
                 return CallbackAnswer::unauthenticated(error_answer(&refusal, None, request_id));
             }
         }

@@ -95,7 +95,11 @@ pub(super) async fn handle_public(
                         | Endpoint::ForgeRemote
                         | Endpoint::OidcDiscovery
                         | Endpoint::OidcJwks
-                ) =>
+                )
+                // The page a refused setup return is sent on to: a fixed answer from
+                // memory, which a rate-limited return must still reach.
+                || (m.endpoint == Endpoint::CallbackSetup
+                    && crate::callbacks::is_cleared_page(&query)) =>
         {
             None
         }
