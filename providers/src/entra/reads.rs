@@ -275,7 +275,7 @@ impl EntraApp {
             Some(t) if t >= threshold => Ok(()),
             _ => Err(denied(
                 format!(
-                    "no permission of our app in tenant {tenant} was granted after this link was issued: the consent was not given now (the tenant consented earlier, perhaps for someone else). If this is the customer's own earlier consent, they delete the enterprise application and consent again through a new link"
+                    "no permission of our app in tenant {tenant} was granted after this link was issued: the consent was not given now. Either the administrator who signed in did not grant the permissions for the organisation on Entra's consent page (they open a new link and do), or the tenant consented earlier, perhaps for someone else (if it was the customer's own earlier consent, they delete the enterprise application and consent again through a new link)"
                 ),
                 graph.request_id.clone(),
             )),
