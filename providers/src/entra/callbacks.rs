@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::claims::{guid, parse_consent_query};
+use super::claims::guid;
+use super::sign_in_claims::parse_consent_query;
 use super::{EntraApp, Resource, ID};
 use crate::{Callbacks, InstallContext, InstalledAccount, ProviderError, SetupRedirect};
 

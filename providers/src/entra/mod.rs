@@ -26,6 +26,7 @@ pub mod lint;
 mod reads;
 mod settings;
 mod sign_in;
+pub mod sign_in_claims;
 pub mod token;
 
 use std::collections::{BTreeSet, HashMap};
@@ -37,13 +38,11 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 
 pub use ceiling::{parse_config, parse_narrowing, AzureCeiling, EntraConfig, Resource};
-pub use claims::{
-    check_claims, check_sign_in, decode_claims, parse_consent_query, parse_error,
-    read_sign_in_answer, IdTokenClaims, TokenClaims,
-};
+pub use claims::{check_claims, decode_claims, parse_error, TokenClaims};
 pub use reads::{newest_grant, page_of, roles_held, undeclared_subscription};
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{EntraSettings, ID};
+pub use sign_in_claims::{check_sign_in, parse_consent_query, read_sign_in_answer, IdTokenClaims};
 use token::{request_token, ClientAuth, ClientSecret, Http, TokenAnswer, TokenFailure};
 
 use crate::{
@@ -87,6 +86,18 @@ pub fn tenant_identifier(guid: &str) -> String {
 
 /// What [`tenant_identifier`] puts before the GUID.
 const TENANT_IDENTIFIER_PREFIX: &str = "entra_tenant:";
+
+/// Entra's codes as its descriptions name them: `AADSTS7000215, AADSTS700027`.
+fn aadsts(codes: &[u32]) -> String {
+    if codes.is_empty() {
+        return "no AADSTS code".into();
+    }
+    codes
+        .iter()
+        .map(|c| format!("AADSTS{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn denied(message: String, request_id: Option<String>) -> ProviderError {
     ProviderError::Denied {
@@ -234,12 +245,7 @@ impl EntraApp {
                         // assertion's subject, a key's thumbprint), and this refusal can
                         // reach a customer's browser: it carries the codes; the daemon's
                         // log the description.
-                        let codes = error
-                            .codes
-                            .iter()
-                            .map(|c| format!("AADSTS{c}"))
-                            .collect::<Vec<_>>()
-                            .join(", ");
+                        let codes = aadsts(&error.codes);
                         tracing::warn!(credential = %auth.label(), codes = %codes, description = %error.description, request_id = ?request_id, "Entra refused an app credential");
                         refused.push(format!("{}: {codes}", auth.name()));
                         last_request = request_id;

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroize;
 
-use super::claims::{check_sign_in, read_sign_in_answer};
+use super::sign_in_claims::{check_sign_in, read_sign_in_answer};
 use super::token::{post_token_form, TokenFailure};
-use super::{denied, EntraApp, BAD_CREDENTIAL};
+use super::{aadsts, denied, EntraApp, BAD_CREDENTIAL};
 use crate::ProviderError;
 
 /// AADSTS codes of a code Entra will not redeem: expired (70008), already redeemed (54005),
@@ -173,17 +173,6 @@ impl EntraApp {
             trust_broken: false,
         })
     }
-}
-
-fn aadsts(codes: &[u32]) -> String {
-    if codes.is_empty() {
-        return "no AADSTS code".into();
-    }
-    codes
-        .iter()
-        .map(|c| format!("AADSTS{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]
