@@ -337,11 +337,9 @@ impl CallbackService {
             _ => "",
         };
         let provider = self
-            .core
-            .registry
-            .get(provider_name)
-            .cloned()
-            .filter(|p| p.callbacks().is_some() && !kind.is_empty());
+            .with_callbacks(provider_name)
+            .filter(|_| !kind.is_empty())
+            .cloned();
         let Some(provider) = provider else {
             // (Labelled `unknown`: the name is the caller's, and every name would be a series.)
             self.core
