@@ -931,6 +931,46 @@ async fn concurrent_submissions_write_one_record_per_attempt_taken() {
     assert_eq!(submits.len(), judged, "{submits:#?}");
 }
 
+/// A second submission while the first one's version is being checked (a customer who
+/// pressed the button twice, or a colleague with another link of the connection) is told to
+/// wait, not to ask their contact to discard a credential: the staged version is the
+/// connection's own submission's. Refused before any record or attempt; the first one ends
+/// as if alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_beside_one_being_checked_is_told_to_wait() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    let (path, _) = create_link(&mut op, 3600).await;
+    let (other, _) = create_link(&mut op, 3600).await;
+    let submitting = submit_while_probing(&pki, &daemon, &sn, &mut public, &path).await;
+    let before = daemon.audit_records().len();
+    for link in [&path, &other] {
+        let page = get(&mut public, link).await;
+        assert_eq!(page.status, 200);
+        let (cookie, csrf) = form_state(&page);
+        let p = post(&mut public, link, Some(&cookie), &good_form(&csrf)).await;
+        assert_eq!(p.status, 409, "{}", p.html);
+        assert!(
+            p.html
+                .contains("Another submission for this connection is being checked"),
+            "{}",
+            p.html
+        );
+    }
+    assert!(!submitting.is_finished(), "the probe had to be under way");
+    assert_eq!(
+        daemon.audit_records().len(),
+        before,
+        "refused before any record"
+    );
+    *sn.state.delay_ms.lock().unwrap() = 0;
+    let p = submitting.await.unwrap();
+    assert_eq!(p.status, 200, "{}", p.html);
+    // The other link kept every attempt: it is refused now only because the secret is set
+    // (the page works).
+    let page = get(&mut public, &other).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+}
+
 /// `credbroker_callbacks_total` summed over every label set whose labels contain `part`.
 async fn callbacks_with(pki: &TestPki, daemon: &Daemon, part: &str) -> u64 {
     let (_, m) = scrape(pki, &daemon.url).await;

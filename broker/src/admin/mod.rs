@@ -204,6 +204,10 @@ pub struct AdminService {
     /// Bindings whose secret this process is self-rotating now, and when each binding's last
     /// automatic rotation was tried (one at a time per binding; a failing one waits an hour).
     rotations: std::sync::Mutex<RotationState>,
+    /// Bindings with an intake submission of this process between its attempt and its
+    /// answer, and how many: another submission that finds the version it staged is told
+    /// so, not sent to an operator for it.
+    intake_checking: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Counts every key change the store reports (this broker's or, on a shared store,
     /// another replica's): the platform and issuer keys in memory are stale while it is
     /// ahead of `keys_loaded`.
@@ -261,6 +265,7 @@ impl AdminService {
             core,
             lock: tokio::sync::Mutex::new(()),
             rotations: std::sync::Mutex::new(RotationState::default()),
+            intake_checking: std::sync::Mutex::new(std::collections::HashMap::new()),
             keys_changed,
             keys_loaded: std::sync::atomic::AtomicU64::new(0),
             keys_reload: tokio::sync::Mutex::new(()),

@@ -50,6 +50,16 @@ impl AdminService {
             Err(_) => false,
         };
         if staged {
+            // The version is this connection's own submission's, still being checked (of
+            // this link or another; seen on this replica): the customer is told to wait,
+            // not to ask for it to be discarded.
+            if self.intake_checking(&link.binding) {
+                self.count_intake("conflict", false);
+                return pages::refused(
+                    StatusCode::CONFLICT,
+                    "Another submission for this connection is being checked. Wait a moment, then open the link again.",
+                );
+            }
             self.count_intake("pending_version", false);
             return pages::refused(
                 StatusCode::CONFLICT,
@@ -64,6 +74,7 @@ impl AdminService {
         let mut reserved = link.clone();
         reserved.failures = reserved.failures.saturating_add(1);
         let left = MAX_INTAKE_FAILURES.saturating_sub(reserved.failures);
+        let mut _checking = None;
         let (key, read) = {
             let mut ev = Self::intake_event(&link, request_id, "intake.submit");
             ev.outcome = "allowed".into();
@@ -99,6 +110,8 @@ impl AdminService {
                     "Another submission of this link is being checked. Wait a moment, then open the link again.",
                 );
             }
+            // Marked before its version can be written, until its answer.
+            _checking = Some(Checking::new(self, &link.binding));
             if let Err(e) = self.commit_audited(ev, batch, &[]).await {
                 // Refused on the link as read: another submission reserved its last
                 // attempt meanwhile (or it was revoked), and the link is dead to this one.
@@ -334,6 +347,48 @@ impl AdminService {
                     return fail(e);
                 }
                 pages::result(false, &e.message, left)
+            }
+        }
+    }
+}
+
+impl AdminService {
+    /// Whether a submission of this process for `binding` is between its attempt and its
+    /// answer.
+    fn intake_checking(&self, binding: &str) -> bool {
+        self.intake_checking
+            .lock()
+            .is_ok_and(|m| m.get(binding).is_some_and(|&n| n > 0))
+    }
+}
+
+/// Marks a binding's intake submission as being checked (see
+/// [`AdminService::intake_checking`]) until dropped.
+struct Checking<'a> {
+    admin: &'a AdminService,
+    binding: String,
+}
+
+impl<'a> Checking<'a> {
+    fn new(admin: &'a AdminService, binding: &str) -> Checking<'a> {
+        if let Ok(mut m) = admin.intake_checking.lock() {
+            *m.entry(binding.to_owned()).or_insert(0) += 1;
+        }
+        Checking {
+            admin,
+            binding: binding.to_owned(),
+        }
+    }
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.admin.intake_checking.lock() {
+            if let Some(n) = m.get_mut(&self.binding) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.binding);
+                }
             }
         }
     }
