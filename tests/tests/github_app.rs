@@ -2172,6 +2172,64 @@ async fn unfinished_bodies_cannot_hold_the_body_budget() {
     drop(held);
 }
 
+/// A signature is only claimed until a body is in, and claiming one lets a body grow past
+/// 64 KiB: four addresses doing so, each within its share (8 MiB), would hold the public
+/// listener's whole body memory (32 MiB), and every other request, a genuine delivery
+/// among them, would be answered 503. Bodies grow into three quarters of it at most; the
+/// rest is kept for the first 64 KiB every request starts in. (Each sends exactly 2 MiB on
+/// each of its four connections: its share, reserved in 64 KiB steps.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_signatures_cannot_take_the_memory_requests_start_in() {
+    use tokio::io::AsyncWriteExt;
+    let mut env = start_with(
+        3600,
+        "requests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
+    )
+    .await;
+    let url = env.daemon.public_url.clone().unwrap();
+    let head = format!(
+        "POST /callbacks/github_app/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-GitHub-Event: installation\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: {}\r\n\r\n",
+        "0".repeat(64),
+        4 * 1024 * 1024
+    );
+    let mut held = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        for _ in 0..4 {
+            let mut c = anonymous_connection(&env.pki, &url, source)
+                .await
+                .expect("connects");
+            c.write_all(head.as_bytes()).await.unwrap();
+            c.flush().await.unwrap();
+            held.push(c);
+        }
+    }
+    let chunk = vec![b' '; 2 * 1024 * 1024];
+    for c in &mut held {
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            c.write_all(&chunk).await?;
+            c.flush().await
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delivery = json!({"action": "new_permissions_accepted", "installation": {"id": 2002, "account": {"login": "globex", "id": 10002}, "permissions": {}}});
+    let (s, v) = webhook(&mut env.public, &delivery, None).await;
+    assert_eq!(s, 200, "claimed signatures held the body memory: {v}");
+    // The bodies that could not grow were refused for the budget, not for their shares.
+    let (_, m) = scrape(&env.pki, &env.daemon.url).await;
+    let m = String::from_utf8(m).unwrap();
+    let refused = |scope: &str| {
+        metric_value(
+            &m,
+            &format!("credbroker_public_bodies_refused_total{{scope=\"{scope}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(refused("global") >= 1.0, "{m}");
+    assert_eq!(refused("source"), 0.0, "{m}");
+    drop(held);
+}
+
 /// The installer administers many installations of the App: the broker pages through
 /// `GET /user/installations` (100 a page) to find the one in the redirect (issue 10, item 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

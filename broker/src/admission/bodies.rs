@@ -15,6 +15,9 @@ pub struct BodyBudget<K = IpAddr> {
     global: Arc<Semaphore>,
     held: Mutex<HashMap<K, u32>>,
     per_source: u32,
+    /// Left free for bodies' first reservations: a body grows past its first one only
+    /// while this much of the budget stays free.
+    kept_for_first: u32,
 }
 
 /// A reservation in a [`BodyBudget`], returned when dropped.
@@ -37,10 +40,20 @@ pub enum BodyRefusal {
 impl<K: Eq + std::hash::Hash + Clone> BodyBudget<K> {
     /// A budget of `global_kib`, at most `per_source_kib` of it held by one holder.
     pub fn new(global_kib: u32, per_source_kib: u32) -> Arc<BodyBudget<K>> {
+        Self::keeping(global_kib, per_source_kib, 0)
+    }
+
+    /// As [`BodyBudget::new`], with `kept_kib` of it left to bodies' first reservations: a
+    /// body grows past its first reservation only while that much stays free. On the public
+    /// listener only a body claiming a webhook signature grows (its first step is at most
+    /// 64 KiB), and the claim is checked only once the body is in: a few sources making
+    /// that claim cannot take the memory every other request starts in.
+    pub fn keeping(global_kib: u32, per_source_kib: u32, kept_kib: u32) -> Arc<BodyBudget<K>> {
         Arc::new(BodyBudget {
             global: Arc::new(Semaphore::new(global_kib as usize)),
             held: Mutex::new(HashMap::new()),
             per_source: per_source_kib.max(1),
+            kept_for_first: kept_kib.min(global_kib),
         })
     }
 
@@ -93,13 +106,20 @@ impl<K: Eq + std::hash::Hash + Clone> BodyPermit<K> {
     /// Grows this reservation by `kib` (more of the body arrived than was reserved).
     ///
     /// # Errors
-    /// [`BodyRefusal`] when the holder's share or the whole budget is held; the reservation
+    /// [`BodyRefusal`] when the holder's share or the whole budget is held, or when growing
+    /// would leave less free than the budget keeps for first reservations; the reservation
     /// is then unchanged.
     pub fn grow(&mut self, kib: u32) -> Result<(), BodyRefusal> {
         let mut held = self.budget.held.lock().map_err(|_| BodyRefusal::Global)?;
         let now = held.get(&self.source).copied().unwrap_or(0);
         if now.saturating_add(kib) > self.budget.per_source {
             return Err(BodyRefusal::Source);
+        }
+        // Exact: every reservation and growth is made under `held` (drops only free more).
+        if self.budget.global.available_permits()
+            < (kib as usize).saturating_add(self.budget.kept_for_first as usize)
+        {
+            return Err(BodyRefusal::Global);
         }
         let more = Arc::clone(&self.budget.global)
             .try_acquire_many_owned(kib)
@@ -195,5 +215,34 @@ mod tests {
         drop(growing);
         assert!(budget.held.lock().unwrap().is_empty());
         assert!(budget.try_reserve(a, 8).is_ok());
+    }
+
+    /// What a budget keeps for first reservations is not grown into: sources growing their
+    /// bodies stop short of it, whatever their shares allow, while first reservations still
+    /// take it (and the whole budget); a growth refused so leaves the reservation as it was.
+    #[test]
+    fn growing_bodies_leave_what_is_kept_for_first_reservations() {
+        let budget = BodyBudget::keeping(32, 8, 8);
+        let growing: Vec<_> = (1..=4u8)
+            .map(|i| {
+                let mut p = budget.try_reserve(IpAddr::from([192, 0, 2, i]), 1).unwrap();
+                let grown = p.grow(7);
+                (p, grown)
+            })
+            .collect();
+        let refused: Vec<_> = growing.iter().map(|(_, g)| g.err()).collect();
+        assert_eq!(refused, [None, None, None, Some(BodyRefusal::Global)]);
+        assert_eq!(growing[3].0.kib(), 1);
+        // 24 + 1 held: seven first reservations fit (the last one past what is kept).
+        let firsts: Vec<_> = (10..17u8)
+            .map(|i| budget.try_reserve(IpAddr::from([192, 0, 2, i]), 1).unwrap())
+            .collect();
+        assert_eq!(
+            budget.try_reserve("192.0.2.99".parse().unwrap(), 1).err(),
+            Some(BodyRefusal::Global)
+        );
+        drop((growing, firsts));
+        assert!(budget.held.lock().unwrap().is_empty());
+        assert_eq!(budget.global.available_permits(), 32);
     }
 }

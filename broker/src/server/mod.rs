@@ -156,9 +156,14 @@ pub fn spawn_role(
     // Bodies in memory at once on the public listener, KiB: anonymous senders of large
     // bodies are bounded together, before any signature is checked.
     // One source holds at most a quarter of it (the largest body allowed, 8 MiB: the
-    // configuration refuses more).
-    let body_budget =
-        crate::admission::BodyBudget::new(PUBLIC_BODY_BUDGET_KIB, PUBLIC_BODY_BUDGET_KIB / 4);
+    // configuration refuses more). Bodies past their first step (only those claiming a
+    // webhook signature grow) hold three quarters at most: a few sources making the claim,
+    // checked only once a body is in, cannot take the memory other requests start in.
+    let body_budget = crate::admission::BodyBudget::keeping(
+        PUBLIC_BODY_BUDGET_KIB,
+        PUBLIC_BODY_BUDGET_KIB / 4,
+        PUBLIC_BODY_BUDGET_KIB / 4,
+    );
     // Bodies in memory at once on the mTLS listener, per client identity (see `bodies`).
     let mtls_bodies = MtlsBodies::new(limits.max_body_bytes);
     // Failed handshakes are counted; their log lines are throttled (anyone can cause them).
