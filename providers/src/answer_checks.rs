@@ -57,6 +57,21 @@ pub fn quoted(v: &str, max: usize) -> String {
 /// of it.
 const ECHO_RUN: usize = 8;
 
+/// As [`echoes`], ASCII letters compared without case and the sent values as sent only:
+/// for text an upstream gave that is kept in lower case (a content type).
+pub fn echoes_ignoring_case(text: &str, sent: &[&str]) -> bool {
+    let text = text.as_bytes();
+    sent.iter().any(|s| {
+        let s = s.as_bytes();
+        if s.is_empty() {
+            return false;
+        }
+        let run = s.len().min(ECHO_RUN);
+        s.windows(run)
+            .any(|w| text.windows(run).any(|t| t.eq_ignore_ascii_case(w)))
+    })
+}
+
 /// Whether `text` repeats what a request sent (`sent`: its secrets, a client secret or an
 /// assertion): any [`ECHO_RUN`] consecutive bytes of one of them (a shorter one whole),
 /// as sent or as a form encodes it. An upstream, or a proxy before it, that echoes the

@@ -320,7 +320,8 @@ impl Http {
         }
     }
 
-    /// Sends `request`; the status, the `x-ms-request-id` and the body (at most 1 MiB).
+    /// Sends `request`; the status, the `x-ms-request-id` and the body (at most 1 MiB). As
+    /// [`Http::exchange`] for `sent`.
     ///
     /// # Errors
     /// `Unavailable` when unreachable or slower than `timeout`.
@@ -329,12 +330,17 @@ impl Http {
         request: http::Request<Full<Bytes>>,
         timeout: Duration,
         what: &str,
+        sent: &[&str],
     ) -> Result<(u16, Option<String>, Bytes), ProviderError> {
-        let a = self.exchange(request, timeout, what).await?;
+        let a = self.exchange(request, timeout, what, sent).await?;
         Ok((a.status, a.request_id, a.body))
     }
 
-    /// Sends `request`; the whole [`Answer`].
+    /// Sends `request`; the whole [`Answer`]. Its request id and content type are quoted in
+    /// refusals, probe results, audit records and the intake page, so neither is kept when
+    /// it repeats what the request sent (`sent`: its secrets, a token or an assertion; an
+    /// upstream, a customer's own server among them, or a proxy before it, could echo one
+    /// there), and a content type only in a media type's shape.
     ///
     /// # Errors
     /// `Unavailable` when unreachable or slower than `timeout`.
@@ -343,6 +349,7 @@ impl Http {
         request: http::Request<Full<Bytes>>,
         timeout: Duration,
         what: &str,
+        sent: &[&str],
     ) -> Result<Answer, ProviderError> {
         let unavailable = |m: String| ProviderError::Unavailable {
             message: m,
@@ -362,7 +369,7 @@ impl Http {
                 resp.headers()
                     .get(name)
                     .and_then(|v| v.to_str().ok())
-                    .filter(|v| crate::is_request_id(v))
+                    .filter(|v| crate::is_request_id(v) && !crate::echoes(v, sent))
                     .map(str::to_owned)
             };
             let request_id = header("x-ms-request-id").or_else(|| header("x-transaction-id"));
@@ -377,7 +384,8 @@ impl Http {
             // Quoted in refusals, probe results and audit details: an upstream (a customer's
             // own server) must not plant an arbitrarily long text there.
             let content_type = if content_type.len() <= 100
-                && content_type.bytes().all(|b| b.is_ascii_graphic())
+                && is_media_type(&content_type)
+                && !crate::answer_checks::echoes_ignoring_case(&content_type, sent)
             {
                 content_type
             } else {
@@ -407,6 +415,18 @@ impl Http {
     }
 }
 
+/// Whether `v` (lower case) has a media type's shape: `type/subtype`, each of letters,
+/// digits and `.+-_!#$&^` (RFC 6838 section 4.2), starting with a letter or digit.
+fn is_media_type(v: &str) -> bool {
+    let name = |p: &str| {
+        p.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && p.len() <= 127
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    v.split_once('/').is_some_and(|(t, s)| name(t) && name(s))
+}
+
 impl Default for Http {
     fn default() -> Self {
         Http::new()
@@ -425,6 +445,35 @@ mod address_tests {
         assert_eq!(h.as_bytes(), b"Bearer abc.def");
         assert!(h.is_sensitive());
         assert!(bearer("abc\r\nx-injected: 1").is_none());
+    }
+
+    /// A content type is quoted only in a media type's shape, and never when it repeats,
+    /// in any case, what the request sent.
+    #[test]
+    fn a_content_type_is_a_media_type_that_repeats_nothing_sent() {
+        for ok in ["application/json", "text/html", "application/vnd.api+json"] {
+            assert!(is_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "json",
+            "/json",
+            "application/",
+            "a/b/c",
+            "text/html charset",
+            "x/(y)",
+        ] {
+            assert!(!is_media_type(bad), "{bad}");
+        }
+        let sent = ["Zq9xK2-Client-Secret"];
+        assert!(crate::answer_checks::echoes_ignoring_case(
+            "application/zq9xk2-client-secret",
+            &sent
+        ));
+        assert!(!crate::answer_checks::echoes_ignoring_case(
+            "application/json",
+            &sent
+        ));
     }
 
     /// A secret form is encoded as form_urlencoded does it, in a buffer that never grew
@@ -520,7 +569,7 @@ mod address_tests {
         for host in ["localhost", "127.1", "0x7f.1", "127.0.1"] {
             let refused = Http::public_only(&[], None)
                 .unwrap()
-                .send(get_from(host), Duration::from_secs(5), "the test host")
+                .send(get_from(host), Duration::from_secs(5), "the test host", &[])
                 .await;
             match refused {
                 Err(ProviderError::Unavailable { message, .. }) => {
@@ -532,7 +581,7 @@ mod address_tests {
         assert!(!served.is_finished());
         let allowed = Http::public_only(&[format!("LOCALHOST:{port}")], None)
             .unwrap()
-            .send(get(), Duration::from_secs(5), "the test host")
+            .send(get(), Duration::from_secs(5), "the test host", &[])
             .await;
         assert_eq!(allowed.unwrap().0, 204);
         served.await.unwrap();

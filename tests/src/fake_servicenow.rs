@@ -42,13 +42,26 @@ pub struct SnState {
     pub tokens: Mutex<Vec<String>>,
     /// Every request: (method and path, form fields or query minus secrets).
     pub requests: Mutex<Vec<(String, BTreeMap<String, String>)>>,
-    /// A hostile instance (or a proxy before it): the token request is answered 400 with
-    /// an `error` that repeats the form's `client_secret`.
-    pub echo_secret: Mutex<bool>,
+    /// A hostile instance (or a proxy before it) that repeats the form's `client_secret`
+    /// in its answer to the token request, where [`Echo`] says.
+    pub echo_secret: Mutex<Echo>,
     /// Requests that have arrived, counted before any delay (one held by `delay_ms` is
     /// counted while it waits).
     pub arrived: AtomicU64,
     counter: AtomicU64,
+}
+
+/// Where a hostile instance repeats the client secret it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Nowhere: an honest instance.
+    Off,
+    /// A 400 whose `error` is the secret.
+    ErrorField,
+    /// A 401 whose `X-Transaction-ID` (ServiceNow's request id header) is the secret.
+    RequestId,
+    /// A 200 whose `access_token` holds the secret.
+    AccessToken,
 }
 
 /// A running fake.
@@ -120,8 +133,22 @@ impl SnState {
         }
         let id = form.get("client_id").cloned().unwrap_or_default();
         let secret = form.get("client_secret").cloned().unwrap_or_default();
-        if *self.echo_secret.lock().unwrap() {
-            return json_response(400, &json!({ "error": secret }));
+        match *self.echo_secret.lock().unwrap() {
+            Echo::Off => {}
+            Echo::ErrorField => return json_response(400, &json!({ "error": secret })),
+            Echo::RequestId => {
+                let mut r = access_denied();
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&secret) {
+                    r.headers_mut().insert("x-transaction-id", v);
+                }
+                return r;
+            }
+            Echo::AccessToken => {
+                return json_response(
+                    200,
+                    &json!({"access_token": format!("tok.{secret}"), "token_type": "Bearer", "expires_in": 1799}),
+                )
+            }
         }
         let known = self
             .clients
@@ -244,7 +271,7 @@ impl FakeServiceNow {
             roles: Mutex::new(roles.iter().map(|r| (*r).to_owned()).collect()),
             tokens: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
-            echo_secret: Mutex::new(false),
+            echo_secret: Mutex::new(Echo::Off),
             arrived: AtomicU64::new(0),
             counter: AtomicU64::new(1),
         });

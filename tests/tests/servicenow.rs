@@ -397,30 +397,41 @@ async fn no_probe_reaches_the_instance_while_the_audit_log_fails() {
     );
 }
 
-/// A hostile instance (or a proxy before it) that answers the token request with an error
-/// repeating the client secret it was sent: the secret reaches neither the worker, the
-/// operator's probe answer, the binding's probe note, the audit log nor the daemon's log.
+/// A hostile instance (or a proxy before it) that repeats the client secret it was sent in
+/// its answer to the token request (in an error's `error`, as the `X-Transaction-ID` the
+/// broker keeps as the upstream request id, or inside the access token): the secret reaches
+/// neither the worker, the operator's probe answer, the binding's probe note, the audit log
+/// nor the daemon's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_echoed_client_secret_is_repeated_nowhere() {
+    use credbroker_tests::fake_servicenow::Echo;
     let mut env = start().await;
     bind(&mut env).await;
-    *env.sn.state.echo_secret.lock().unwrap() = true;
     let leaked = |text: &str| text.contains(&SECRET[..12]);
-    let (s, v) = probe(&mut env.op).await;
-    assert_ne!(s, 200, "{v}");
-    assert!(!leaked(&v.to_string()), "probe answer: {v}");
-    // Nothing is cached: the probe's token never is.
     let mut w1 = env.pki.client_for("w1", &env.daemon.url);
-    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
-    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unrecognised_error"),
-        "{v}"
-    );
-    assert!(!leaked(&v.to_string()), "resolve answer: {v}");
+    for (echo, expected) in [
+        (Echo::ErrorField, (502, "provider_denied")),
+        (Echo::RequestId, (502, "provider_denied")),
+        (Echo::AccessToken, (504, "provider_unavailable")),
+    ] {
+        *env.sn.state.echo_secret.lock().unwrap() = echo;
+        let (s, v) = probe(&mut env.op).await;
+        assert_ne!(s, 200, "{echo:?}: {v}");
+        assert!(!leaked(&v.to_string()), "{echo:?}: probe answer: {v}");
+        // Nothing is cached: the probe's token never is.
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
+        assert_eq!((s, code(&v)), expected, "{echo:?}: {v}");
+        if echo == Echo::ErrorField {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("unrecognised_error"),
+                "{v}"
+            );
+        }
+        assert!(!leaked(&v.to_string()), "{echo:?}: resolve answer: {v}");
+    }
     let (s, v) = binding(&mut env.op).await;
     assert_eq!(s, 200, "{v}");
     assert!(!leaked(&v.to_string()), "binding: {v}");

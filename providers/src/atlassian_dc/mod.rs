@@ -89,6 +89,7 @@ impl AtlassianDc {
                 request,
                 self.per_request(budget),
                 "the Data Center instance",
+                &[token],
             )
             .await?;
         if a.status == 429 || a.status >= 500 {

@@ -291,7 +291,7 @@ impl Jwks {
             .map_err(|_| "the JWKS request could not be built".to_owned())?;
         let answer = self
             .http
-            .exchange(request, self.timeout, "the Forge key set")
+            .exchange(request, self.timeout, "the Forge key set", &[])
             .await
             .map_err(|e| e.to_string())?;
         if answer.status != 200 {

@@ -39,7 +39,12 @@ impl EntraApp {
             .map_err(|_| ProviderError::InvalidConfig(format!("{what}: URL is not a valid URI")))?;
         let (status, request_id, body) = self
             .http
-            .send(request, self.per_request(budget), what)
+            .send(
+                request,
+                self.per_request(budget),
+                what,
+                &[token.expose_secret()],
+            )
             .await?;
         if status != 200 {
             let message = serde_json::from_slice::<Value>(&body)

@@ -283,22 +283,22 @@ pub async fn post_token_form(
                 "the token URL is not a valid URI".into(),
             ))
         })?;
+    // The secret fields only: `client_assertion_type` is a fixed URN, and its words
+    // ("assertion") would withhold every description that names an assertion.
+    let sent: Vec<&str> = fields
+        .iter()
+        .filter(|(k, _)| matches!(*k, "client_secret" | "client_assertion"))
+        .map(|(_, v)| v.expose_secret())
+        .chain(grant.iter().filter(|(k, _)| *k == "code").map(|(_, v)| *v))
+        .collect();
     let (status, request_id, answer) = http
-        .send(request, timeout, "the Entra token endpoint")
+        .send(request, timeout, "the Entra token endpoint", &sent)
         .await
         .map_err(TokenFailure::Unavailable)?;
     // Entra's description is for the daemon's log, and only when it does not repeat the
     // client secret, assertion or code this request sent (an echo, by Entra or a proxy).
     let error_of = |answer: &[u8]| {
         let mut error = parse_error(answer);
-        // The secret fields only: `client_assertion_type` is a fixed URN, and its words
-        // ("assertion") would withhold every description that names an assertion.
-        let sent: Vec<&str> = fields
-            .iter()
-            .filter(|(k, _)| matches!(*k, "client_secret" | "client_assertion"))
-            .map(|(_, v)| v.expose_secret())
-            .chain(grant.iter().filter(|(k, _)| *k == "code").map(|(_, v)| *v))
-            .collect();
         error.description = crate::quoted_unless_echo(&error.description, 200, &sent);
         error.error = crate::oauth_error_code(&error.error, &sent);
         error

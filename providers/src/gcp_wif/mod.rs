@@ -132,7 +132,12 @@ impl GcpWif {
             .map_err(|_| ProviderError::InvalidConfig("sts_url is not a valid URI".into()))?;
         let a = self
             .http
-            .exchange(req, self.per_request(request.timeout), "GCP STS")
+            .exchange(
+                req,
+                self.per_request(request.timeout),
+                "GCP STS",
+                &[assertion.expose_secret()],
+            )
             .await?;
         Ok((a.status, a.body, assertion))
     }
@@ -182,7 +187,12 @@ impl GcpWif {
             })?;
         let a = self
             .http
-            .exchange(req, self.per_request(budget), "GCP IAM Credentials")
+            .exchange(
+                req,
+                self.per_request(budget),
+                "GCP IAM Credentials",
+                &[federated.expose_secret()],
+            )
             .await?;
         Ok((a.status, a.body))
     }

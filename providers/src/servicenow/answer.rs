@@ -21,7 +21,8 @@ pub struct TokenAnswer {
 }
 
 /// Parses a 200 answer of `/oauth_token.do`. A `scope` that repeats what the request sent
-/// (`sent`: the client secret) is dropped: it is handed to the worker.
+/// (`sent`: the client secret) is dropped, and an `access_token` that does is refused:
+/// both are handed to the worker, which never holds the client secret.
 ///
 /// # Errors
 /// A message naming what is missing or malformed.
@@ -35,6 +36,9 @@ pub fn parse_token_answer(body: &[u8], sent: &[&str]) -> Result<TokenAnswer, Str
         .and_then(Value::as_str)
         .filter(|t| crate::is_printable(t, 8192))
         .ok_or("no usable access_token")?;
+    if crate::echoes(token, sent) {
+        return Err("the access_token repeats what the request sent".into());
+    }
     if !v
         .get("token_type")
         .and_then(Value::as_str)
@@ -165,6 +169,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(echoed.scope, None);
+        // So is an access token that does: refused.
+        let token = parse_token_answer(
+            br#"{"access_token":"x.s3cret-value.y","token_type":"Bearer","expires_in":1799}"#,
+            &["s3cret-value"],
+        );
+        assert_eq!(
+            token.err().as_deref(),
+            Some("the access_token repeats what the request sent")
+        );
         for bad in [
             &br#"{"access_token":"","token_type":"Bearer","expires_in":1799}"#[..],
             br#"{"access_token":"a","token_type":"mac","expires_in":1799}"#,

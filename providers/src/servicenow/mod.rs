@@ -110,7 +110,12 @@ impl ServiceNow {
             .map_err(|_| ProviderError::InvalidConfig("instance URL is not a valid URI".into()))?;
         let answer = self
             .http
-            .exchange(request, self.per_request(budget), "the ServiceNow instance")
+            .exchange(
+                request,
+                self.per_request(budget),
+                "the ServiceNow instance",
+                &[client_secret],
+            )
             .await?;
         token_or_error(&answer, &b.instance, &[client_secret])
     }
@@ -136,6 +141,7 @@ impl ServiceNow {
                 request,
                 self.per_request(budget),
                 "the ServiceNow table API",
+                &[token.expose_secret()],
             )
             .await?;
         if a.status == 429 || a.status >= 500 {
