@@ -752,6 +752,38 @@ async fn a_link_revoked_during_the_probe_leaves_nothing_to_promote() {
     assert_ne!(s, 200, "{v}");
 }
 
+/// A binding removed and made again under its id (for another tenant) while a
+/// submission's probe runs is another binding: the submission, its link gone with the old
+/// binding, ends as a dead link and destroys nothing of the new one's, though the version
+/// the new one has staged bears the number the submission wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_made_again_during_the_probe_keeps_its_staged_version() {
+    let (_tmp, pki, daemon, sn, mut op, mut public) = start().await;
+    // t1's connection works (version 1); its customer sends version 2.
+    let fields = json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}});
+    let (s, v) = call(
+        &mut op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-snow/secret",
+        Some(fields),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (path, _) = create_link(&mut op, 3600).await;
+    let submitting = submit_while_probing_for(&pki, &daemon, &sn, &mut public, &path, 3000).await;
+    *sn.state.delay_ms.lock().unwrap() = 0;
+    remake_acme_snow(&mut op, "t2").await;
+    let staged = stage_a_version(&mut op).await;
+    assert_eq!(staged, 2);
+    assert!(!submitting.is_finished(), "the probe had to be under way");
+    let p = submitting.await.unwrap();
+    assert_eq!(p.status, 404, "{}", p.html);
+    let (_, b): (u16, Value) =
+        call(&mut op, Method::GET, "/v1/admin/bindings/acme-snow", None).await;
+    assert_eq!(b["binding"]["tenant"], "t2", "{b}");
+    assert_eq!(b["binding"]["pending_secret_version"], staged, "{b}");
+}
+
 /// A link that expires while a submission's probe runs at the source system gets nothing
 /// promoted: the submission was admitted in time, but a link is good until `expires_at`,
 /// not until its last probe ends. The page answers as a dead link, the refusal is audited,

@@ -551,7 +551,7 @@ impl AdminService {
             }
             AdminOp::Governance(g) => self.plan_governance(g).await,
             AdminOp::SecretDestroy(id, version, force) => {
-                self.plan_secret_destroy(&id, version, force).await
+                self.plan_secret_destroy(&id, version, force, None).await
             }
             AdminOp::SecretPromote(id, version) => self.plan_secret_promote(&id, version).await,
             AdminOp::IntakeCreate(n) => self.plan_intake_create(n).await,

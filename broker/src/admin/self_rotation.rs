@@ -375,7 +375,14 @@ impl AdminService {
                                 .ok();
                         if let (true, Some(version)) = (gone, written) {
                             let _guard = self.lock.lock().await;
-                            let plan = self.plan_secret_destroy(id, Some(version), false).await;
+                            let plan = self
+                                .plan_secret_destroy(
+                                    id,
+                                    Some(version),
+                                    false,
+                                    Some((binding.tenant.as_str(), &binding.created_at)),
+                                )
+                                .await;
                             let _ = self
                                 .commit_plan(
                                     Self::event(actor, request_id, "secret.destroy"),

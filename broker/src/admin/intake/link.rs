@@ -18,7 +18,12 @@ impl AdminService {
     ) -> bool {
         let _guard = self.lock.lock().await;
         let plan = self
-            .plan_secret_destroy(&link.binding, Some(version), false)
+            .plan_secret_destroy(
+                &link.binding,
+                Some(version),
+                false,
+                Some((&link.tenant, &link.binding_created_at)),
+            )
             .await;
         match self
             .commit_plan(

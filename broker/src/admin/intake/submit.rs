@@ -191,9 +191,19 @@ impl AdminService {
             }
             Err(e) => return fail(e),
         };
-        // 2. Probed against the source system.
+        // 2. Probed against the source system: the link's binding, not one made again under
+        //    its id meanwhile (whose removal took this link and the version written with it).
         let binding = match self.binding_or_404(&link.binding).await {
-            Ok(b) => b.value,
+            Ok(b)
+                if b.value.tenant.as_str() == link.tenant
+                    && b.value.created_at == link.binding_created_at =>
+            {
+                b.value
+            }
+            Ok(_) => {
+                self.count_intake("invalid_link", false);
+                return pages::invalid();
+            }
             // Not probed: the version just written is not left staged for a later
             // promotion (nor in the way of the link's next submission).
             Err(e) => {
@@ -311,6 +321,30 @@ impl AdminService {
                             fail((e, None))
                         }
                     }
+                }
+            }
+            // No verdict on the value: the probe was refused before it ran (a stop, the
+            // audit log), or its result could not be recorded (the link's binding removed,
+            // perhaps made again under its id, meanwhile). Not shown as the value's fault
+            // (no provider's refusal has these codes).
+            Err((e, _))
+                if matches!(
+                    e.code,
+                    ErrorCode::Conflict | ErrorCode::Unavailable | ErrorCode::AuditUnavailable
+                ) =>
+            {
+                self.drop_intake_pending(
+                    &link,
+                    request_id,
+                    version,
+                    &format!("{by}; not probed ({})", e.code),
+                )
+                .await;
+                if self.link_died(&e, key, &link).await {
+                    self.count_intake("invalid_link", false);
+                    pages::invalid()
+                } else {
+                    fail((e, None))
                 }
             }
             Err((e, _)) => {
