@@ -59,9 +59,12 @@ fn unavailable(message: String) -> ProviderError {
 /// Parses STS's answer to the token exchange.
 ///
 /// # Errors
-/// `Denied` for Google's refusals (`unauthorized_client`: the customer's attribute condition
-/// rejected our assertion; `invalid_grant`: its issuer, keys or claims; `invalid_target`: the pool or
-/// provider is disabled, deleted or wrong — both flag the trust as broken), `Unavailable`
+/// `Denied` for Google's refusals (`unauthorized_client`, or `invalid_grant` naming the
+/// attribute condition: the customer's condition rejected our assertion; `invalid_target`:
+/// the pool or provider is disabled, deleted or wrong — these flag the trust as broken; any
+/// other `invalid_grant` — the pool could not reach the broker's issuer, does not hold its
+/// signing key yet, or found a claim stale — does not: the fault may be the broker's own),
+/// `Unavailable`
 /// for 429, 5xx and unreadable answers. Google's text is quoted in a message only when it
 /// repeats nothing of `sent` (the assertion the exchange sent).
 pub fn sts_answer(status: u16, body: &[u8], sent: &[&str]) -> Result<StsToken, ProviderError> {
@@ -88,9 +91,13 @@ pub fn sts_answer(status: u16, body: &[u8], sent: &[&str]) -> Result<StsToken, P
             .map(|t| clean(t, sent))
             .unwrap_or_default();
         return Err(match error.as_deref() {
-            Some(e @ ("invalid_grant" | "unauthorized_client")) => denied(
+            Some(e @ "unauthorized_client") => denied(
                 format!("GCP STS refused the broker's assertion ({e}): {description}"),
                 true,
+            ),
+            Some(e @ "invalid_grant") => denied(
+                format!("GCP STS refused the broker's assertion ({e}): {description}"),
+                refused_by_condition(status, body),
             ),
             Some("invalid_target") => denied(
                 format!("GCP STS: the workload identity pool or provider is disabled, deleted or wrong (invalid_target): {description}"),
@@ -244,6 +251,16 @@ mod tests {
         let e = sts_answer(400, br#"{"error":"invalid_grant","error_description":"The given credential is rejected by the attribute condition."}"#, &[]).err().unwrap();
         assert_eq!(code(&e), ("denied", true));
         assert!(e.to_string().contains("attribute condition"));
+        // Google could not reach the broker's issuer, or found no key for the assertion:
+        // refused, not the customer's trust withdrawn.
+        for body in [
+            &br#"{"error":"invalid_grant","error_description":"Error connecting to the given credential's issuer."}"#[..],
+            br#"{"error":"invalid_grant","error_description":"Invalid JWT signature."}"#,
+            br#"{"error":"invalid_grant"}"#,
+        ] {
+            let e = sts_answer(400, body, &[]).err().unwrap();
+            assert_eq!(code(&e), ("denied", false), "{e}");
+        }
         let e = sts_answer(
             400,
             br#"{"error":"invalid_target","error_description":"x"}"#,
@@ -391,7 +408,7 @@ mod tests {
             &sent[20..]
         );
         let e = sts_answer(400, body.as_bytes(), &[sent]).err().unwrap();
-        assert_eq!(code(&e), ("denied", true));
+        assert_eq!(code(&e), ("denied", false));
         assert!(!crate::echoes(&e.to_string(), &[sent]), "{e}");
         assert!(e.to_string().contains("withheld"), "{e}");
         let body = format!(
