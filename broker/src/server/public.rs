@@ -150,11 +150,13 @@ pub(super) async fn handle_public(
                 } else {
                     issuer.jwks(time::OffsetDateTime::now_utc())
                 };
-                (doc, issuer.settings().publish_lead_s.min(300))
+                (doc, (issuer.settings().publish_lead_s / 2).min(300))
             });
             match caught_up.map(|()| document) {
-                // Relying parties may cache both, never longer than a rotated key is
-                // published before it signs (at most 5 minutes).
+                // Relying parties may cache both for half the time a rotated key is
+                // published before it signs (at most 5 minutes): one that fetched just
+                // before a rotation still sees the new key well before any token needs it,
+                // whatever the replicas' clocks or a shared cache's age add.
                 Ok(Some((document, max_age))) => {
                     let mut response = respond(
                         plain_json(StatusCode::OK, document),
