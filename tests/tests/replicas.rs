@@ -858,6 +858,40 @@ async fn a_key_retired_on_one_replica_leaves_the_others_jwks_at_once() {
     assert_eq!(after.len(), 1);
 }
 
+/// While the store cannot be reached, the issuer's discovery document (which names no key)
+/// is still served, from the settings alone; its JWKS, which must not publish a key
+/// retired elsewhere, fails closed until the store is back. (A discovery answered 503 made
+/// Google refuse every exchange as it would a withdrawn trust.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_is_served_while_the_store_is_down_and_the_jwks_is_not() {
+    let (tmp, pki) = setup();
+    let (section, port) = public_section(&pki);
+    let issuer = format!("https://127.0.0.1:{port}");
+    let mut set = ReplicaSet::start_each(
+        TestPostgres::own(),
+        tmp.path(),
+        &pki,
+        1,
+        &|_| format!("{section}[issuer]\nurl = \"{issuer}\"\npublish_lead_s = 60\n"),
+        vec![],
+    )
+    .await;
+    let url = set.daemons[0].public_url.clone().unwrap();
+    let get = |path: &'static str| {
+        let (pki, url) = (pki.clone(), url.clone());
+        async move { call(&mut public_client(&pki, &url), Method::GET, path, None).await }
+    };
+    let (s, discovery) = get("/.well-known/openid-configuration").await;
+    assert_eq!(s, 200, "{discovery}");
+    assert_eq!(get("/.well-known/jwks.json").await.0, 200);
+    set.pg.stop();
+    let (s, v) = get("/.well-known/openid-configuration").await;
+    assert_eq!((s, &v), (200, &discovery));
+    let (s, v) = get("/.well-known/jwks.json").await;
+    assert_eq!(s, 503, "{v}");
+    set.pg.restart();
+}
+
 /// Replicas started together on a store with no issuer key yet both come up: each finds no
 /// key and makes one, one commit wins, and the other (its commit refused) takes the
 /// winner's key rather than failing its start. Repeated, since who reads first is the

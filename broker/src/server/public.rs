@@ -140,9 +140,11 @@ pub(super) async fn handle_public(
         Ok(m) if matches!(m.endpoint, Endpoint::OidcDiscovery | Endpoint::OidcJwks) => {
             // A key retired on another replica is not published here either. These
             // endpoints are not rate-limited: their catch-ups are shared, one at a time.
+            // Discovery names no key: it is served from the settings alone, the store
+            // reachable or not.
             let caught_up = match broker.core().issuer() {
-                Some(_) => broker.catch_up_shared().await,
-                None => Ok(()),
+                Some(_) if m.endpoint == Endpoint::OidcJwks => broker.catch_up_shared().await,
+                _ => Ok(()),
             };
             let document = broker.core().issuer().map(|issuer| {
                 let doc = if m.endpoint == Endpoint::OidcDiscovery {
