@@ -286,11 +286,11 @@ impl AdminService {
     /// Destroys every version of binding `id`'s secret (`version` None), or one version. The
     /// active version is destroyed on its own only when `force`d: without it resolves fail
     /// with `secret_missing` until another version is promoted, so the operator must say so.
-    /// Destroys `version` of binding `id` (every version when none). `made`: the binding's
-    /// tenant and creation time as the caller knew them, for a caller that wrote the version
-    /// itself (an intake submission, a self-rotation): a binding removed and re-created under
-    /// the same id meanwhile is another binding, and none of its versions is destroyed (the
-    /// binding as read is the batch's precondition, so this holds on any replica).
+    /// `made`: the binding's tenant and creation time as the caller knew them, for a caller
+    /// that wrote the version itself (an intake submission, a self-rotation): a binding
+    /// removed and re-created under the same id meanwhile is another binding, and none of its
+    /// versions is destroyed (the binding as read is the batch's precondition, so this holds
+    /// on any replica).
     pub(super) async fn plan_secret_destroy(
         &self,
         id: &str,

@@ -110,6 +110,17 @@ impl AdminService {
                     "Another submission of this link is being checked. Wait a moment, then open the link again.",
                 );
             }
+            // Another submission for this connection (through another link) being checked
+            // here: this one could not write its version, and is refused before its attempt
+            // is spent. (Marks are set under the lock held here: at most one submission
+            // per connection is between its attempt and its answer on this replica.)
+            if self.intake_checking(&link.binding) {
+                self.count_intake("conflict", false);
+                return pages::refused(
+                    StatusCode::CONFLICT,
+                    "Another submission for this connection is being checked. Wait a moment, then open the link again.",
+                );
+            }
             // Marked before its version can be written, until its answer.
             _checking = Some(Checking::new(self, &link.binding));
             if let Err(e) = self.commit_audited(ev, batch, &[]).await {
@@ -324,25 +335,45 @@ impl AdminService {
                 }
             }
             // No verdict on the value: the probe was refused before it ran (a stop, the
-            // audit log), or its result could not be recorded (the link's binding removed,
-            // perhaps made again under its id, meanwhile). Not shown as the value's fault
-            // (no provider's refusal has these codes).
+            // audit log, the store), or its result could not be recorded (the link's binding
+            // removed, perhaps made again under its id, meanwhile). Not shown as the value's
+            // fault (no provider's refusal of a value has these codes).
             Err((e, _))
                 if matches!(
                     e.code,
-                    ErrorCode::Conflict | ErrorCode::Unavailable | ErrorCode::AuditUnavailable
+                    ErrorCode::Conflict
+                        | ErrorCode::Unavailable
+                        | ErrorCode::AuditUnavailable
+                        | ErrorCode::Internal
                 ) =>
             {
-                self.drop_intake_pending(
-                    &link,
-                    request_id,
-                    version,
-                    &format!("{by}; not probed ({})", e.code),
-                )
-                .await;
+                let what = if e.code == ErrorCode::Conflict {
+                    "its probe not recorded"
+                } else {
+                    "not probed"
+                };
+                let dropped = self
+                    .drop_intake_pending(
+                        &link,
+                        request_id,
+                        version,
+                        &format!("{by}; {what} ({})", e.code),
+                    )
+                    .await;
                 if self.link_died(&e, key, &link).await {
                     self.count_intake("invalid_link", false);
                     pages::invalid()
+                } else if !dropped {
+                    // Still staged: the link's next submission would be refused for it.
+                    pages::refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The credential was stored but could not be checked. Ask your contact to check or discard it.",
+                    )
+                } else if left == 0 {
+                    pages::refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The credential could not be checked, and this link has no attempts left. Ask your contact for a new link.",
+                    )
                 } else {
                     fail((e, None))
                 }
