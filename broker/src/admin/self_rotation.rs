@@ -147,14 +147,24 @@ impl AdminService {
     }
 
     /// `plan` (a rotation's write or promotion), committed only while the binding's tenant
-    /// is still as [`Self::serving_tenant`] reads it now (on any replica).
+    /// is still as [`Self::serving_tenant`] reads it now (on any replica), and the binding
+    /// is still the one the rotation started on (`made`: its tenant and creation time): one
+    /// removed and made again under its id meanwhile is another binding, whose secret this
+    /// rotation neither writes nor promotes.
     async fn with_rotation_tenant(
         &self,
         id: &str,
+        made: (&str, &str),
         plan: Result<Plan, ApiError>,
     ) -> Result<Plan, ApiError> {
         let mut plan = plan?;
         let binding = self.binding_or_404(id).await?.value;
+        if (binding.tenant.as_str(), binding.created_at.as_str()) != made {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("binding {id} was removed and made again during the rotation; the successor was withdrawn"),
+            ));
+        }
         let tenant = self.serving_tenant(&binding).await?;
         plan.batch.expect_unchanged(&tenant);
         Ok(plan)
@@ -208,6 +218,7 @@ impl AdminService {
             )))
         })?;
         let started_from = binding.active_secret_version;
+        let made = (binding.tenant.as_str(), binding.created_at.as_str());
         let current = self
             .core
             .open_active_secret(&binding)
@@ -290,6 +301,7 @@ impl AdminService {
                     let plan = self
                         .with_rotation_tenant(
                             id,
+                            made,
                             self.plan_secret_write(id, successor.clone(), None, super::secrets::SecretWrite::StageBeside)
                                 .await,
                         )
@@ -307,6 +319,12 @@ impl AdminService {
                     .unwrap_or(0);
                 written_version.store(u64::from(version), std::sync::atomic::Ordering::Relaxed);
                 let stored = self.binding_or_404(id).await.map_err(refuse)?.value;
+                if (stored.tenant.as_str(), stored.created_at.as_str()) != made {
+                    return Err((
+                        ApiError::new(ErrorCode::Conflict, "the binding was removed and made again during the rotation; the successor was withdrawn"),
+                        None,
+                    ));
+                }
                 self.probe_pending(
                     &stored,
                     version,
@@ -324,7 +342,7 @@ impl AdminService {
                     ));
                 }
                 let plan = self
-                    .with_rotation_tenant(id, self.plan_secret_promote(id, version).await)
+                    .with_rotation_tenant(id, made, self.plan_secret_promote(id, version).await)
                     .await;
                 promotion_sent.store(plan.is_ok(), std::sync::atomic::Ordering::Relaxed);
                 let promoted = self
