@@ -320,8 +320,8 @@ impl Http {
         }
     }
 
-    /// Sends `request`; the status, the `x-ms-request-id` and the body (at most 1 MiB). As
-    /// [`Http::exchange`] for `sent`.
+    /// Sends `request`; the status, the request id (`x-ms-request-id` or `x-transaction-id`)
+    /// and the body (at most 1 MiB). As [`Http::exchange`] for `sent`.
     ///
     /// # Errors
     /// `Unavailable` when unreachable or slower than `timeout`.

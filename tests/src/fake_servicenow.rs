@@ -62,6 +62,8 @@ pub enum Echo {
     RequestId,
     /// A 200 whose `access_token` holds the secret.
     AccessToken,
+    /// A 200 page (not JSON) whose content type is `application/` and the secret.
+    ContentType,
 }
 
 /// A running fake.
@@ -148,6 +150,13 @@ impl SnState {
                     200,
                     &json!({"access_token": format!("tok.{secret}"), "token_type": "Bearer", "expires_in": 1799}),
                 )
+            }
+            Echo::ContentType => {
+                return Response::builder()
+                    .status(200)
+                    .header("content-type", format!("application/{secret}"))
+                    .body(Full::new(Bytes::from_static(b"<html></html>")))
+                    .unwrap_or_default()
             }
         }
         let known = self

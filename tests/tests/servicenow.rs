@@ -399,7 +399,8 @@ async fn no_probe_reaches_the_instance_while_the_audit_log_fails() {
 
 /// A hostile instance (or a proxy before it) that repeats the client secret it was sent in
 /// its answer to the token request (in an error's `error`, as the `X-Transaction-ID` the
-/// broker keeps as the upstream request id, or inside the access token): the secret reaches
+/// broker keeps as the upstream request id, inside the access token, or in the content type
+/// a refusal quotes): the secret reaches
 /// neither the worker, the operator's probe answer, the binding's probe note, the audit log
 /// nor the daemon's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,6 +414,7 @@ async fn an_echoed_client_secret_is_repeated_nowhere() {
         (Echo::ErrorField, (502, "provider_denied")),
         (Echo::RequestId, (502, "provider_denied")),
         (Echo::AccessToken, (504, "provider_unavailable")),
+        (Echo::ContentType, (504, "provider_unavailable")),
     ] {
         *env.sn.state.echo_secret.lock().unwrap() = echo;
         let (s, v) = probe(&mut env.op).await;

@@ -43,6 +43,23 @@ pub(super) async fn call_github(
         upstream_request_id: None,
     };
     let per_request = Duration::from_millis(timeout_ms).min(timeout);
+    // What the request sends that an echo must not carry on (the request id is kept in
+    // audit records): the credential, and every text of the body (the OAuth exchange's
+    // client secret and code, a revoked token; a client id among them only costs an echoed
+    // request id).
+    let sent: Vec<zeroize::Zeroizing<String>> = match &auth {
+        Auth::Bearer(token) => Some(token.clone()),
+        Auth::Basic(_, secret) => Some(secret.expose_secret().to_owned()),
+        Auth::OAuthExchange => None,
+    }
+    .into_iter()
+    .chain(
+        body.and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|o| o.values().filter_map(Value::as_str).map(str::to_owned)),
+    )
+    .map(zeroize::Zeroizing::new)
+    .collect();
     let builder = octocrab::Octocrab::builder()
         .base_uri(base)
         .map_err(|_| ProviderError::InvalidConfig("GitHub base URL is not a URI".into()))?;
@@ -111,7 +128,9 @@ pub(super) async fn call_github(
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.trim().to_owned())
         };
-        let request_id = crate::request_id_of(header("x-github-request-id").as_deref());
+        let sent: Vec<&str> = sent.iter().map(|s| s.as_str()).collect();
+        let request_id = crate::request_id_of(header("x-github-request-id").as_deref())
+            .filter(|id| !crate::echoes(id, &sent));
         let headers = resp.headers().clone();
         // Bounded, as every other upstream's answer (crate::http): a malicious or broken
         // upstream cannot make the broker buffer an unbounded body for as long as the
