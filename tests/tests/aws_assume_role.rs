@@ -698,7 +698,9 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
         "upstream denied: binding flagged trust_broken"
     );
     // DurationSeconds above the role's MaxSessionDuration: STS's ValidationError is a denial
-    // that is not the customer's doing (no trust_broken flag).
+    // that is not the customer's doing (no trust_broken flag). The probe asks for the
+    // duration a mint would, so such a binding never activates (it used to activate on the
+    // probe's 900 s and then fail every resolve).
     let short = format!("arn:aws:iam::{CUSTOMER}:role/ShortSessions");
     env.sts.add_role(
         &short,
@@ -726,23 +728,14 @@ async fn failures_are_bounded_and_cached_tokens_survive_outages() {
     )
     .await;
     let (s, v) = probe(&mut env, "short").await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-short"})).await;
-    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("MaxSessionDuration"),
-        "{v}"
-    );
+    assert_ne!(s, 200, "{v}");
+    assert!(v.to_string().contains("MaxSessionDuration"), "{v}");
     let sent = env.sts.state.last_request();
-    assert_eq!(sent["DurationSeconds"], "3600");
-    assert_eq!(
-        sent["SourceIdentity"], "w1",
-        "worker name as SourceIdentity"
-    );
+    assert_eq!(sent["DurationSeconds"], "3600", "what a mint asks for");
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-short"})).await;
+    assert_ne!(s, 200, "{v}");
     let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/short", None).await;
+    assert_eq!(v["binding"]["status"], "pending_activation", "{v}");
     assert_eq!(v["binding"]["trust_broken"], false);
 
     // Restoring the trust and re-probing clears the flag.

@@ -152,6 +152,39 @@ async fn web_identity_end_to_end_with_no_aws_credential() {
     );
 }
 
+/// AWS holding no key for the assertion's `kid` ("Couldn't retrieve verification key": the
+/// broker's JWKS unreachable, or a key it does not hold yet, here a rotation with `--now`)
+/// is the broker's side: `provider_unavailable`, and the binding is not flagged as if the
+/// customer had withdrawn the trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_aws_does_not_hold_is_not_a_withdrawn_trust() {
+    let mut e = start().await;
+    probed_web_binding(&mut e).await;
+    let (mut w1, _) = resolved(&mut e).await;
+    let (s, v) = call(
+        &mut e.env.op,
+        Method::POST,
+        "/v1/admin/issuer/keys",
+        Some(json!({"now": true})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let narrowed = json!({"instance_id": "iwi", "narrow": {"policy_arns": ["arn:aws:iam::aws:policy/SecurityAudit"]}});
+    let (s, v) = resolve(&mut w1, narrowed).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("verification key"),
+        "{v}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (s, b) = call(&mut e.env.op, Method::GET, "/v1/admin/bindings/wi", None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["binding"]["trust_broken"], false, "{b}");
+}
+
 /// An operator who turns the AWS SDK's logs up to trace (to debug STS) does not get the
 /// broker's assertion in them: the SDK's request trace prints the form it sends (the
 /// `WebIdentityToken`, a bearer credential for the customer's role for its lifetime), so

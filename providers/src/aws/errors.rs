@@ -25,10 +25,14 @@ pub(super) fn is_trust_refusal(e: &ProviderError) -> bool {
     ) || matches!(e, ProviderError::Denied { message, .. } if message == OPAQUE_403)
 }
 
+/// STS's refusal as a [`ProviderError`]; its text and request id are kept only when they
+/// repeat nothing of `sent` (what the request carried that is secret: a web-identity
+/// assertion; an echo, by whatever answers as STS, would reach the worker and the audit log).
 pub(super) fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     err: SdkError<E>,
+    sent: &[&str],
 ) -> ProviderError {
-    let request_id = crate::request_id_of(err.request_id());
+    let request_id = crate::request_id_of(err.request_id()).filter(|id| !crate::echoes(id, sent));
     match &err {
         // An error body the SDK cannot read: key on the status. STS answers refusals with 403
         // (some STS-compatible services wrap the error differently); anything else is an
@@ -53,9 +57,13 @@ pub(super) fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Syn
             // Both go into the worker's error body, the audit record and `last_probe`: an
             // upstream (or whatever answers as STS) must not plant a long text or a line
             // break there.
-            let raw_code = ctx.err().code().unwrap_or("Unknown");
+            let raw_code = ctx
+                .err()
+                .code()
+                .filter(|c| !crate::echoes(c, sent))
+                .unwrap_or("Unknown");
             let code = crate::quoted(raw_code, 64);
-            let message = crate::quoted(ctx.err().message().unwrap_or(""), 300);
+            let message = crate::quoted_unless_echo(ctx.err().message().unwrap_or(""), 300, sent);
             let status = ctx.raw().status().as_u16();
             if raw_code == "AccessDenied" {
                 ProviderError::Denied {
@@ -151,7 +159,7 @@ pub(super) fn assume_error(
             },
         };
     }
-    match sdk_error(err) {
+    match sdk_error(err, &[]) {
         ProviderError::Denied {
             message,
             upstream_request_id,

@@ -18,15 +18,21 @@ impl Probe for AwsAssumeRole {
             return self.probe_web(bound, request).await;
         }
         let session = session_name(request.binding.tenant_id, "activation-probe");
-        // The first call is what an unnarrowed mint sends, but for the session name and the
-        // shortest duration: the tenant's ExternalId, the SourceIdentity when the binding
-        // enables it (here the probe's own worker name) and the binding's ceiling as session
-        // policies. A role whose trust lacks sts:SetSourceIdentity, or a ceiling STS cannot
-        // pack into one session, would otherwise activate and then fail every resolve.
+        // The first call is what an unnarrowed mint sends, but for the session name: the
+        // tenant's ExternalId, the SourceIdentity when the binding enables it (here the
+        // probe's own worker name), the binding's ceiling as session policies and the
+        // duration a mint asks for. A role whose trust lacks sts:SetSourceIdentity, a
+        // ceiling STS cannot pack into one session, or a MaxSessionDuration below the
+        // binding's duration would otherwise activate and then fail every resolve.
         let source_identity = mint_source_identity(parsed, request.worker)?;
+        let duration_s = params::clamp_duration(
+            parsed.duration_s,
+            self.settings.default_duration_s,
+            self.settings.max_duration_s,
+        );
         let call = |external_id| AssumeCall {
             session: &session,
-            duration_s: params::MIN_DURATION_S,
+            duration_s,
             external_id,
             source_identity: source_identity.clone(),
             narrowing: Some(&bound.session),

@@ -21,18 +21,20 @@ pub(super) struct WebCall<'a> {
 }
 
 /// A refusal of AssumeRoleWithWebIdentity, worded for who can fix it.
-fn web_error(err: SdkError<AssumeRoleWithWebIdentityError>) -> ProviderError {
+/// Its text and request id are kept only when they repeat nothing of `sent` (the assertion).
+fn web_error(err: SdkError<AssumeRoleWithWebIdentityError>, sent: &[&str]) -> ProviderError {
     let code = err
         .as_service_error()
         .and_then(ProvideErrorMetadata::code)
         .map(str::to_owned);
-    let message = crate::quoted(
+    let message = crate::quoted_unless_echo(
         err.as_service_error()
             .and_then(ProvideErrorMetadata::message)
             .unwrap_or(""),
         300,
+        sent,
     );
-    let request_id = crate::request_id_of(err.request_id());
+    let request_id = crate::request_id_of(err.request_id()).filter(|id| !crate::echoes(id, sent));
     match code.as_deref() {
         // The customer's trust or OIDC provider refused our assertion.
         Some("AccessDenied") => ProviderError::Denied {
@@ -40,6 +42,18 @@ fn web_error(err: SdkError<AssumeRoleWithWebIdentityError>) -> ProviderError {
             upstream_request_id: request_id,
             trust_broken: true,
         },
+        // No key for the assertion's `kid`: AWS could not fetch the broker's JWKS, or holds
+        // one from before a rotation. The broker's side, not the customer's trust.
+        Some("InvalidIdentityToken")
+            if message
+                .to_ascii_lowercase()
+                .contains("retrieve verification key") =>
+        {
+            ProviderError::Unavailable {
+                message: format!("STS InvalidIdentityToken: {message} (AWS could not fetch the broker's JWKS, or does not hold its current key yet)"),
+                upstream_request_id: request_id,
+            }
+        }
         Some("InvalidIdentityToken" | "IDPRejectedClaim") => ProviderError::Denied {
             message: format!("STS {}: {message} (the customer's IAM OIDC provider for the broker's issuer is missing, lists another audience, or cannot verify the key)", code.as_deref().unwrap_or_default()),
             upstream_request_id: request_id,
@@ -50,7 +64,7 @@ fn web_error(err: SdkError<AssumeRoleWithWebIdentityError>) -> ProviderError {
             message: format!("STS IDPCommunicationError: {message} (AWS could not reach the broker's OIDC discovery or JWKS)"),
             upstream_request_id: request_id,
         },
-        _ => sdk_error(err),
+        _ => sdk_error(err, sent),
     }
 }
 
@@ -87,7 +101,7 @@ impl AwsAssumeRole {
             op = op.set_policy_arns(Some(descriptors(&call.narrowing.policy_arns)));
         }
         match tokio::time::timeout(request.timeout, op.send()).await {
-            Ok(result) => result.map_err(web_error),
+            Ok(result) => result.map_err(|e| web_error(e, &[token.expose_secret()])),
             Err(_) => Err(ProviderError::Unavailable {
                 message: format!(
                     "STS did not answer within {} ms",
@@ -108,10 +122,17 @@ impl AwsAssumeRole {
         let parsed = &bound.parsed;
         let subject = parsed.web_subject.as_deref().unwrap_or_default();
         let session = session_name(request.binding.tenant_id, "activation-probe");
+        // The duration a mint asks for: a role whose MaxSessionDuration is shorter would
+        // otherwise activate and then fail every resolve.
+        let duration_s = params::clamp_duration(
+            parsed.duration_s,
+            self.settings.default_duration_s,
+            self.settings.max_duration_s,
+        );
         let call = |subject| WebCall {
             subject,
             session: &session,
-            duration_s: params::MIN_DURATION_S,
+            duration_s,
             narrowing: &bound.session,
         };
         let out = self.assume_web(parsed, call(subject), request).await?;
