@@ -362,6 +362,7 @@ impl AdminService {
                 Err((e, r)) => match self
                     .promotion_landed(
                         &binding.id,
+                        made,
                         u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed)).ok(),
                     )
                     .await
@@ -479,17 +480,20 @@ impl AdminService {
     }
 
     /// Whether the successor written as version `written` was promoted after all, read
-    /// afresh: `Some(Some(v))` promoted, `Some(None)` not (or never written), `None` when the
-    /// store cannot say.
+    /// afresh: `Some(Some(v))` promoted, `Some(None)` not (or never written, or the binding
+    /// was made again under its id: `made`, its tenant and creation time as the rotation
+    /// began, differ, whatever version it has reached), `None` when the store cannot say.
     async fn promotion_landed(
         &self,
         id: &crate::ids::BindingId,
+        made: (&str, &str),
         written: Option<u32>,
     ) -> Option<Option<u32>> {
         let Some(version) = written else {
             return Some(None);
         };
         match self.core.records.binding(id).await {
+            Ok(Some(b)) if (b.tenant.as_str(), b.created_at.as_str()) != made => Some(None),
             Ok(Some(b)) => Some((b.active_secret_version == Some(version)).then_some(version)),
             Ok(None) => Some(None),
             Err(_) => None,

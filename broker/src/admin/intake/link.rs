@@ -34,6 +34,8 @@ impl AdminService {
             .await
         {
             Ok(_) => true,
+            // Gone already (destroyed by an operator, or replaced): nothing is left staged.
+            Err((e, _)) if e.code == ErrorCode::UnknownRecord => true,
             Err((e, _)) => {
                 tracing::warn!(link = %link.id, code = %e.code, version, "the pending version of an intake submission could not be destroyed");
                 false

@@ -229,6 +229,11 @@ impl AdminService {
                 return if e.code == ErrorCode::UnknownRecord {
                     self.count_intake("invalid_link", false);
                     pages::invalid()
+                } else if dropped && left == 0 {
+                    pages::refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The credential could not be checked, and this link has no attempts left. Ask your contact for a new link.",
+                    )
                 } else if dropped {
                     pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again.")
                 } else {
@@ -335,16 +340,14 @@ impl AdminService {
                 }
             }
             // No verdict on the value: the probe was refused before it ran (a stop, the
-            // audit log, the store), or its result could not be recorded (the link's binding
-            // removed, perhaps made again under its id, meanwhile). Not shown as the value's
-            // fault (no provider's refusal of a value has these codes).
+            // audit log), or its result could not be recorded (the link's binding removed,
+            // perhaps made again under its id, meanwhile). Not shown as the value's fault
+            // (no provider's refusal has these codes; an internal error may be a probe's that
+            // ran and is recorded, and is left to the branch below).
             Err((e, _))
                 if matches!(
                     e.code,
-                    ErrorCode::Conflict
-                        | ErrorCode::Unavailable
-                        | ErrorCode::AuditUnavailable
-                        | ErrorCode::Internal
+                    ErrorCode::Conflict | ErrorCode::Unavailable | ErrorCode::AuditUnavailable
                 ) =>
             {
                 let what = if e.code == ErrorCode::Conflict {
