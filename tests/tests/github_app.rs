@@ -2111,6 +2111,33 @@ async fn another_providers_state_is_refused_without_a_record() {
     assert_eq!(status, 302);
 }
 
+/// Four connections from each of `sources`, each having sent the head of a webhook POST that
+/// claims a signature and declares the largest body (4 MiB), and nothing of the body.
+async fn signed_heads(
+    env: &Env,
+    sources: &[&str],
+) -> Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let url = env.daemon.public_url.clone().unwrap();
+    let head = format!(
+        "POST /callbacks/github_app/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-GitHub-Event: installation\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: {}\r\n\r\n",
+        "0".repeat(64),
+        4 * 1024 * 1024
+    );
+    let mut held = Vec::new();
+    for source in sources {
+        for _ in 0..4 {
+            let mut c = anonymous_connection(&env.pki, &url, source)
+                .await
+                .expect("connects");
+            c.write_all(head.as_bytes()).await.unwrap();
+            c.flush().await.unwrap();
+            held.push(c);
+        }
+    }
+    held
+}
+
 /// Unfinished large bodies cannot take the public listener's body memory from everyone
 /// (THREATS.md, anonymous client). Two addresses each open four webhook POSTs declaring the
 /// largest body: sending nothing, they hold a first step each (64 KiB), not what they
@@ -2124,23 +2151,7 @@ async fn unfinished_bodies_cannot_hold_the_body_budget() {
         "requests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
     )
     .await;
-    let url = env.daemon.public_url.clone().unwrap();
-    let head = format!(
-        "POST /callbacks/github_app/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-GitHub-Event: installation\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: {}\r\n\r\n",
-        "0".repeat(64),
-        4 * 1024 * 1024
-    );
-    let mut held = Vec::new();
-    for source in ["127.0.0.2", "127.0.0.3"] {
-        for _ in 0..4 {
-            let mut c = anonymous_connection(&env.pki, &url, source)
-                .await
-                .expect("connects");
-            c.write_all(head.as_bytes()).await.unwrap();
-            c.flush().await.unwrap();
-            held.push(c);
-        }
-    }
+    let mut held = signed_heads(&env, &["127.0.0.2", "127.0.0.3"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let delivery = json!({"action": "new_permissions_accepted", "installation": {"id": 2002, "account": {"login": "globex", "id": 10002}, "permissions": {}}});
     let (s, v) = webhook(&mut env.public, &delivery, None).await;
@@ -2186,23 +2197,7 @@ async fn claimed_signatures_cannot_take_the_memory_requests_start_in() {
         "requests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
     )
     .await;
-    let url = env.daemon.public_url.clone().unwrap();
-    let head = format!(
-        "POST /callbacks/github_app/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-GitHub-Event: installation\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: {}\r\n\r\n",
-        "0".repeat(64),
-        4 * 1024 * 1024
-    );
-    let mut held = Vec::new();
-    for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
-        for _ in 0..4 {
-            let mut c = anonymous_connection(&env.pki, &url, source)
-                .await
-                .expect("connects");
-            c.write_all(head.as_bytes()).await.unwrap();
-            c.flush().await.unwrap();
-            held.push(c);
-        }
-    }
+    let mut held = signed_heads(&env, &["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]).await;
     let chunk = vec![b' '; 2 * 1024 * 1024];
     for c in &mut held {
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
