@@ -60,16 +60,20 @@ const ECHO_RUN: usize = 8;
 /// As [`echoes`], ASCII letters compared without case and the sent values as sent only:
 /// for text an upstream gave that is kept in lower case (a content type).
 pub fn echoes_ignoring_case(text: &str, sent: &[&str]) -> bool {
-    let text = text.as_bytes();
-    sent.iter().any(|s| {
-        let s = s.as_bytes();
-        if s.is_empty() {
-            return false;
-        }
-        let run = s.len().min(ECHO_RUN);
-        s.windows(run)
-            .any(|w| text.windows(run).any(|t| t.eq_ignore_ascii_case(w)))
-    })
+    sent.iter()
+        .any(|s| repeats(text.as_bytes(), s.as_bytes(), <[u8]>::eq_ignore_ascii_case))
+}
+
+/// Whether `text` holds any [`ECHO_RUN`] consecutive bytes of `secret` (a shorter one whole),
+/// byte runs compared by `same`, in place.
+fn repeats(text: &[u8], secret: &[u8], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+    if secret.is_empty() {
+        return false;
+    }
+    let run = secret.len().min(ECHO_RUN);
+    secret
+        .windows(run)
+        .any(|w| text.windows(run).any(|t| same(t, w)))
 }
 
 /// Whether `text` repeats what a request sent (`sent`: its secrets, a client secret or an
@@ -80,21 +84,13 @@ pub fn echoes_ignoring_case(text: &str, sent: &[&str]) -> bool {
 pub fn echoes(text: &str, sent: &[&str]) -> bool {
     // Compared in place, byte runs against byte runs: no copy of a secret is made but the
     // form-encoded one, itself wiped.
-    let repeats = |secret: &[u8]| {
-        let text = text.as_bytes();
-        if secret.is_empty() {
-            return false;
-        }
-        let run = secret.len().min(ECHO_RUN);
-        secret
-            .windows(run)
-            .any(|w| text.windows(run).any(|t| t == w))
-    };
+    let same = |a: &[u8], b: &[u8]| a == b;
     sent.iter().any(|s| {
         let encoded = zeroize::Zeroizing::new(
             form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>(),
         );
-        repeats(s.as_bytes()) || repeats(encoded.as_bytes())
+        repeats(text.as_bytes(), s.as_bytes(), same)
+            || repeats(text.as_bytes(), encoded.as_bytes(), same)
     })
 }
 
