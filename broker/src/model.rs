@@ -219,6 +219,15 @@ pub struct Binding {
     pub created_at: String,
 }
 
+impl Binding {
+    /// Which binding this is beyond its id: its tenant and creation time. A binding removed
+    /// and made again under the same id (perhaps for another tenant) differs here; a writer
+    /// that began on one (an intake link, a self-rotation) compares before it acts.
+    pub fn made(&self) -> (&str, &str) {
+        (self.tenant.as_str(), self.created_at.as_str())
+    }
+}
+
 /// Why a binding's consent no longer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -300,9 +300,7 @@ impl AdminService {
     ) -> Result<Plan, ApiError> {
         let stored = self.binding_or_404(id).await?;
         let mut binding = stored.value.clone();
-        if made.is_some_and(|(tenant, created_at)| {
-            binding.tenant.as_str() != tenant || binding.created_at != created_at
-        }) {
+        if made.is_some_and(|m| binding.made() != m) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!("binding {id} was removed and made again meanwhile: its versions are not this writer's"),

@@ -159,7 +159,7 @@ impl AdminService {
     ) -> Result<Plan, ApiError> {
         let mut plan = plan?;
         let binding = self.binding_or_404(id).await?.value;
-        if (binding.tenant.as_str(), binding.created_at.as_str()) != made {
+        if binding.made() != made {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!("binding {id} was removed and made again during the rotation; the successor was withdrawn"),
@@ -218,7 +218,7 @@ impl AdminService {
             )))
         })?;
         let started_from = binding.active_secret_version;
-        let made = (binding.tenant.as_str(), binding.created_at.as_str());
+        let made = binding.made();
         let current = self
             .core
             .open_active_secret(&binding)
@@ -319,7 +319,7 @@ impl AdminService {
                     .unwrap_or(0);
                 written_version.store(u64::from(version), std::sync::atomic::Ordering::Relaxed);
                 let stored = self.binding_or_404(id).await.map_err(refuse)?.value;
-                if (stored.tenant.as_str(), stored.created_at.as_str()) != made {
+                if stored.made() != made {
                     return Err((
                         ApiError::new(ErrorCode::Conflict, "the binding was removed and made again during the rotation; the successor was withdrawn"),
                         None,
@@ -399,7 +399,7 @@ impl AdminService {
                                     id,
                                     Some(version),
                                     false,
-                                    Some((binding.tenant.as_str(), &binding.created_at)),
+                                    Some(binding.made()),
                                 )
                                 .await;
                             let _ = self
@@ -493,7 +493,7 @@ impl AdminService {
             return Some(None);
         };
         match self.core.records.binding(id).await {
-            Ok(Some(b)) if (b.tenant.as_str(), b.created_at.as_str()) != made => Some(None),
+            Ok(Some(b)) if b.made() != made => Some(None),
             Ok(Some(b)) => Some((b.active_secret_version == Some(version)).then_some(version)),
             Ok(None) => Some(None),
             Err(_) => None,

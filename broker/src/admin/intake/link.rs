@@ -18,12 +18,7 @@ impl AdminService {
     ) -> bool {
         let _guard = self.lock.lock().await;
         let plan = self
-            .plan_secret_destroy(
-                &link.binding,
-                Some(version),
-                false,
-                Some((&link.tenant, &link.binding_created_at)),
-            )
+            .plan_secret_destroy(&link.binding, Some(version), false, Some(link.made()))
             .await;
         match self
             .commit_plan(
@@ -77,7 +72,7 @@ impl AdminService {
             .await
             .map_err(gone_if_unknown)?;
         let b = &binding.value;
-        if b.tenant.as_str() != link.tenant || b.created_at != link.binding_created_at {
+        if b.made() != link.made() {
             return Err(gone());
         }
         let tenant = self.serving_tenant(b).await.map_err(gone_if_unknown)?;

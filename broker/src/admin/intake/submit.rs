@@ -205,12 +205,7 @@ impl AdminService {
         // 2. Probed against the source system: the link's binding, not one made again under
         //    its id meanwhile (whose removal took this link and the version written with it).
         let binding = match self.binding_or_404(&link.binding).await {
-            Ok(b)
-                if b.value.tenant.as_str() == link.tenant
-                    && b.value.created_at == link.binding_created_at =>
-            {
-                b.value
-            }
+            Ok(b) if b.value.made() == link.made() => b.value,
             Ok(_) => {
                 self.count_intake("invalid_link", false);
                 return pages::invalid();

@@ -74,6 +74,11 @@ impl Records {
 }
 
 impl IntakeLink {
+    /// The binding the link was made for as [`crate::model::Binding::made`] names it.
+    pub fn made(&self) -> (&str, &str) {
+        (self.tenant.as_str(), self.binding_created_at.as_str())
+    }
+
     /// Whether the link takes a submission at `now` (Unix seconds): unexpired, with an
     /// attempt left.
     pub fn admits(&self, now: i64) -> bool {
