@@ -104,6 +104,26 @@ pub fn request_id_of(raw: Option<&str>) -> Option<String> {
 }
 
 impl ProviderError {
+    /// `self`, raised by a probe's later call, naming in its message the request ids of the
+    /// probe's `earlier` calls (the error's own field holds only the failing call's): the
+    /// audit record of a failed probe then names every call the upstream logged.
+    #[must_use]
+    pub fn after_calls(mut self, earlier: &[String]) -> Self {
+        if earlier.is_empty() {
+            return self;
+        }
+        if let ProviderError::Denied { message, .. }
+        | ProviderError::ActivationRefused { message, .. }
+        | ProviderError::Unavailable { message, .. } = &mut self
+        {
+            message.push_str(&format!(
+                " (the probe's earlier upstream requests: {})",
+                earlier.join(", ")
+            ));
+        }
+        self
+    }
+
     /// The upstream request id carried by the error, if any (and only when
     /// [`is_request_id`]).
     pub fn upstream_request_id(&self) -> Option<&str> {

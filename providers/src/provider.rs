@@ -166,6 +166,10 @@ pub struct ProbeReport {
     /// The same facts for machines (Entra: tenant, service principal object id, granted
     /// permissions, confirmation time), kept on the binding; `null` when there are none.
     pub facts: serde_json::Value,
+    /// The request ids of the upstream calls the probe made, in order, where the upstream
+    /// gave one ([`crate::is_request_id`]); the probe's audit record names them all (a
+    /// customer's CloudTrail lists each call, refused ones too).
+    pub upstream_request_ids: Vec<String>,
 }
 
 /// A value the broker generates once per tenant for a provider and injects into every

@@ -163,6 +163,9 @@ pub struct State {
     /// The IAM OIDC identity providers registered in the account, by URL without `https://`
     /// (the host, plus a path if the issuer has one).
     pub oidc_providers: Mutex<HashMap<String, OidcProvider>>,
+    /// Every request id the fake answered with, in order (refusals included), as a
+    /// customer's CloudTrail would list the calls.
+    pub answered: Mutex<Vec<String>>,
     counter: AtomicU64,
 }
 
@@ -580,7 +583,9 @@ type Answer = Response<Full<Bytes>>;
 impl State {
     fn request_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
-        format!("c6104cbe-af31-11e0-8154-{n:012x}")
+        let rid = format!("c6104cbe-af31-11e0-8154-{n:012x}");
+        self.answered.lock().unwrap().push(rid.clone());
+        rid
     }
 
     fn error(

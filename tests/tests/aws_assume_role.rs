@@ -582,6 +582,57 @@ async fn activation_refusals_and_identifier_rules() {
         .any(|r| r["action"] == "binding.add" && r["error_code"] == "conflict"));
 }
 
+/// Every STS call a probe makes is an AssumeRole in the customer's CloudTrail, refused ones
+/// included: the probe's audit record names each call's request id, and the calls carry a
+/// session name no instance's session can have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_accounts_for_every_sts_call_it_makes() {
+    let mut env = start().await;
+    let (_, arn) = onboarded_role(&mut env).await;
+    // An instance named as the probe's session once was.
+    let (s, v) = bind(&mut env, "aws1", "activation-probe", &arn).await;
+    assert_eq!(s, 201, "{v}");
+    let lax = format!("arn:aws:iam::{CUSTOMER}:role/Lax");
+    env.sts.add_role(&lax, role(None));
+    let (s, v) = bind(&mut env, "lax", "i-lax", &lax).await;
+    assert_eq!(s, 201, "{v}");
+
+    for (binding, status) in [("aws1", 200), ("lax", 422)] {
+        let answered = env.sts.state.answered.lock().unwrap().len();
+        let sent = env.sts.state.calls();
+        let (s, v) = probe(&mut env, binding).await;
+        assert_eq!(s, status, "{v}");
+        let ids: Vec<String> = env.sts.state.answered.lock().unwrap()[answered..].to_vec();
+        // The passing probe: with the ExternalId, without it, with another. The lax role's:
+        // with it, then without it (accepted, so the probe stops there).
+        assert_eq!(ids.len(), if status == 200 { 3 } else { 2 }, "{ids:?}");
+        for request in &env.sts.state.requests.lock().unwrap()[sent..] {
+            assert_eq!(request["RoleSessionName"], "cbprobe.t1", "{request:?}");
+        }
+        let records = env.daemon.audit_records();
+        let record = records
+            .iter()
+            .rev()
+            .find(|r| r["action"] == "binding.probe" && r["binding"] == binding)
+            .unwrap();
+        let named = format!(
+            "{} {}",
+            record["upstream_request_id"].as_str().unwrap_or(""),
+            record["detail"].as_str().unwrap_or("")
+        );
+        for id in &ids {
+            assert!(named.contains(id.as_str()), "{id} missing from {record}");
+        }
+    }
+    // The instance called `activation-probe` mints under its own session name.
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "activation-probe"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        env.sts.state.last_request()["RoleSessionName"],
+        "cb.t1.activation-probe"
+    );
+}
+
 /// Onboards t1, creates its role in the fake, binds it as `aws1` (instance `i-aws`) and
 /// activates it; returns the ExternalId and role ARN.
 async fn active_aws_binding(env: &mut Env) -> (String, String) {

@@ -67,8 +67,10 @@ impl AdminService {
         let result = self.run_probe(&binding, None, &signer).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         binding.last_tested_at = Some(now_rfc3339());
+        let mut calls = String::new();
         let (outcome, error) = match result {
             Ok(report) => {
+                calls = upstream_calls(&mut event, &report.upstream_request_ids);
                 let summary = report.summary;
                 binding.last_probe = Some(format!("passed: {summary}"));
                 binding.trust_broken = false;
@@ -131,7 +133,7 @@ impl AdminService {
         event.outcome = if error.is_none() { "allowed" } else { "denied" }.into();
         event.error_code = error.as_ref().map(|e| e.code.as_str().to_owned());
         event.detail = Some(format!(
-            "binding={} status={:?} {}{}",
+            "binding={} status={:?} {}{calls}{}",
             binding.id,
             binding.status,
             binding.last_probe.clone().unwrap_or_default(),
@@ -223,5 +225,18 @@ impl AdminService {
                 })
             })?;
         Ok(report)
+    }
+}
+
+/// Records a passed probe's upstream calls in its audit `event`: the first call's request id
+/// as the record's `upstream_request_id`, and every one (a customer's CloudTrail or audit log
+/// lists each, refused ones too) in the returned suffix for the record's detail. A failed
+/// probe's error names its earlier calls itself ([`ProviderError::after_calls`]).
+pub(super) fn upstream_calls(event: &mut AuditEvent, ids: &[String]) -> String {
+    event.upstream_request_id = ids.first().cloned();
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!("; upstream requests: {}", ids.join(" "))
     }
 }

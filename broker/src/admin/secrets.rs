@@ -412,12 +412,16 @@ impl AdminService {
         let result = self.run_probe(binding, Some(version), &signer).await;
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let mut stamped = read.value.clone();
+        let mut calls = String::new();
         let (summary, facts, error) = match result {
-            Ok(report) => (
-                report.summary,
-                Some(report.facts).filter(|f| !f.is_null()),
-                None,
-            ),
+            Ok(report) => {
+                calls = super::probe::upstream_calls(&mut event, &report.upstream_request_ids);
+                (
+                    report.summary,
+                    Some(report.facts).filter(|f| !f.is_null()),
+                    None,
+                )
+            }
             Err(e) => {
                 event.upstream_request_id = e.upstream_request_id().map(str::to_owned);
                 let err = ApiError::from(e);
@@ -433,7 +437,7 @@ impl AdminService {
         event.outcome = if error.is_none() { "allowed" } else { "denied" }.into();
         event.error_code = error.as_ref().map(|e| e.code.as_str().to_owned());
         event.detail = Some(format!(
-            "binding={} pending version {version} probe {}: {}{}",
+            "binding={} pending version {version} probe {}: {}{calls}{}",
             binding.id,
             if error.is_none() { "passed" } else { "failed" },
             summary.chars().take(300).collect::<String>(),

@@ -426,6 +426,7 @@ impl Probe for AtlassianDc {
                 "expiring_at": expiring_at,
                 "rotation_due": due,
             }),
+            upstream_request_ids: Vec::new(),
         })
     }
 }

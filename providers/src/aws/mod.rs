@@ -34,7 +34,7 @@ pub use answer::credential_of;
 use answer::minted;
 pub use ceiling::{action_within, narrow, AwsCeiling, AwsNarrowing};
 use errors::{assume_error, is_trust_refusal, sdk_error};
-pub use params::{assumed_role_account, session_name, ExternalId, RoleArn};
+pub use params::{assumed_role_account, probe_session_name, session_name, ExternalId, RoleArn};
 pub(crate) use settings::DESCRIPTOR;
 pub use settings::{AwsSettings, ID};
 

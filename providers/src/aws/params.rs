@@ -180,7 +180,12 @@ fn fnv1a(s: &str) -> u32 {
 /// a hash of the full name so distinct instances stay distinct). Appears in the customer's
 /// CloudTrail, so it names who acted for whom.
 pub fn session_name(tenant: &str, instance: &str) -> String {
-    let raw = format!("cb.{tenant}.{instance}");
+    fitted_session(&format!("cb.{tenant}.{instance}"))
+}
+
+/// `raw` as a RoleSessionName: characters outside `[\w+=,.@-]` replaced by `-`, at most 64
+/// characters (a longer name is cut and ends in a hash of `raw`).
+fn fitted_session(raw: &str) -> String {
     let clean: String = raw
         .bytes()
         .map(|b| if session_char(b) { b as char } else { '-' })
@@ -188,7 +193,15 @@ pub fn session_name(tenant: &str, instance: &str) -> String {
     if clean.len() <= 64 {
         return clean;
     }
-    format!("{}.{:08x}", &clean[..55], fnv1a(&raw))
+    format!("{}.{:08x}", &clean[..55], fnv1a(raw))
+}
+
+/// RoleSessionName of a binding's activation or on-demand probe: `cbprobe.<tenant>`, cleaned
+/// and cut as [`session_name`] does. The prefix is not `cb.`, so no instance's session name
+/// (`cb.<tenant>.<instance>`, whatever the instance is called) reads as a probe's, nor a
+/// probe's as an instance's.
+pub fn probe_session_name(tenant: &str) -> String {
+    fitted_session(&format!("cbprobe.{tenant}"))
 }
 
 /// Validates a SourceIdentity (2–64 characters of `[\w+=,.@-]`).
@@ -262,6 +275,19 @@ mod tests {
         ] {
             assert!(RoleArn::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn probe_sessions_are_no_instance_sessions() {
+        assert_eq!(probe_session_name("acme"), "cbprobe.acme");
+        // An instance named like the probe still gets the instance form.
+        assert_eq!(
+            session_name("acme", "activation-probe"),
+            "cb.acme.activation-probe"
+        );
+        let long = probe_session_name(&"t".repeat(80));
+        assert_eq!(long.len(), 64);
+        assert!(long.starts_with("cbprobe."));
     }
 
     #[test]

@@ -17,7 +17,7 @@ impl Probe for AwsAssumeRole {
         if parsed.web_subject.is_some() {
             return self.probe_web(bound, request).await;
         }
-        let session = session_name(request.binding.tenant_id, "activation-probe");
+        let session = probe_session_name(request.binding.tenant_id);
         // The first call is what an unnarrowed mint sends, but for the session name: the
         // tenant's ExternalId, the SourceIdentity when the binding enables it (here the
         // probe's own worker name), the binding's ceiling as session policies and the
@@ -41,6 +41,9 @@ impl Probe for AwsAssumeRole {
         let first = call(ExternalIdUse::Tenant);
         let out = self.assume(parsed, first, request.timeout).await?;
         let request_id = crate::request_id_of(out.request_id());
+        // Every call's id, refused ones too: each is an AssumeRole in the customer's
+        // CloudTrail that the probe's audit record must account for.
+        let mut calls: Vec<String> = request_id.iter().cloned().collect();
         let assumed = out
             .assumed_role_user()
             .map(|u| u.arn().to_owned())
@@ -66,7 +69,9 @@ impl Probe for AwsAssumeRole {
             {
                 // Only the trust policy's own refusal counts: an expired vendor credential or
                 // a disabled region would deny anything and prove nothing.
-                Err(e) if is_trust_refusal(&e) => {}
+                Err(e) if is_trust_refusal(&e) => {
+                    calls.extend(e.upstream_request_id().map(str::to_owned));
+                }
                 Ok(out) => {
                     return Err(ProviderError::ActivationRefused {
                         reason: RefusalReason::ExternalIdNotEnforced,
@@ -78,9 +83,10 @@ impl Probe for AwsAssumeRole {
                             self.settings.vendor_account_id
                         ),
                         upstream_request_id: crate::request_id_of(out.request_id()),
-                    })
+                    }
+                    .after_calls(&calls))
                 }
-                Err(other) => return Err(other),
+                Err(other) => return Err(other.after_calls(&calls)),
             }
         }
         Ok(ProbeReport {
@@ -88,6 +94,7 @@ impl Probe for AwsAssumeRole {
                 "assumed {assumed} with the ExternalId; AssumeRole without it or with another value is denied"
             ),
             facts: Value::Null,
+            upstream_request_ids: calls,
         })
     }
 }

@@ -121,7 +121,7 @@ impl AwsAssumeRole {
     ) -> Result<ProbeReport, ProviderError> {
         let parsed = &bound.parsed;
         let subject = parsed.web_subject.as_deref().unwrap_or_default();
-        let session = session_name(request.binding.tenant_id, "activation-probe");
+        let session = super::params::probe_session_name(request.binding.tenant_id);
         // The duration a mint asks for: a role whose MaxSessionDuration is shorter would
         // otherwise activate and then fail every resolve.
         let duration_s = params::clamp_duration(
@@ -137,6 +137,8 @@ impl AwsAssumeRole {
         };
         let out = self.assume_web(parsed, call(subject), request).await?;
         let request_id = crate::request_id_of(out.request_id());
+        // Both calls' ids, the refused one too (see the ExternalId probe).
+        let mut calls: Vec<String> = request_id.iter().cloned().collect();
         let assumed = out
             .assumed_role_user()
             .map(|u| u.arn().to_owned())
@@ -153,7 +155,9 @@ impl AwsAssumeRole {
         // unreadable 403 proves nothing about the `sub` condition.
         let foreign = crate::random_subject()?;
         match self.assume_web(parsed, call(&foreign), request).await {
-            Err(e) if is_access_denied(&e) => {}
+            Err(e) if is_access_denied(&e) => {
+                calls.extend(e.upstream_request_id().map(str::to_owned));
+            }
             Ok(out) => {
                 return Err(ProviderError::ActivationRefused {
                     reason: RefusalReason::SubjectNotEnforced,
@@ -165,15 +169,17 @@ impl AwsAssumeRole {
                         self.settings.web_identity_audience
                     ),
                     upstream_request_id: crate::request_id_of(out.request_id()),
-                })
+                }
+                .after_calls(&calls))
             }
-            Err(other) => return Err(other),
+            Err(other) => return Err(other.after_calls(&calls)),
         }
         Ok(ProbeReport {
             summary: format!(
                 "assumed {assumed} with the broker's assertion for this binding's subject; another subject is denied"
             ),
             facts: json!({ "model": "web_identity", "subject": subject, "assumed_role": assumed }),
+            upstream_request_ids: calls,
         })
     }
 }

@@ -623,6 +623,7 @@ impl Probe for EntraApp {
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
             }),
+            upstream_request_ids: Vec::new(),
         })
     }
 }

@@ -439,6 +439,7 @@ impl Probe for GcpWif {
                 "subject": b.subject,
                 "foreign_subject_refused_at": at,
             }),
+            upstream_request_ids: Vec::new(),
         })
     }
 }

@@ -59,16 +59,23 @@ impl Probe for GithubApp {
                 renamed = format!(" (named {} when bound)", crate::quoted(&pin.login, 100));
             }
         }
+        // Both calls' ids: the token the probe mints is in the organisation's audit log.
+        let calls: Vec<String> = info.request_id.iter().cloned().collect();
         let (answer, _) = self
             .mint_token(
                 installation,
                 &TokenRequest::from_ceiling(&bound.ceiling),
                 request.timeout,
             )
-            .await?;
+            .await
+            .map_err(|e| e.after_calls(&calls))?;
         if answer.status != 201 {
-            return Err(error_for(answer, installation));
+            return Err(error_for(answer, installation).after_calls(&calls));
         }
+        let calls: Vec<String> = calls
+            .into_iter()
+            .chain(answer.request_id.iter().cloned())
+            .collect();
         // The probe's token is not needed any more: revoked before the probe answers.
         if let Some(token) = answer::issued_token(&answer.body) {
             revoke_installation_token(
@@ -85,6 +92,7 @@ impl Probe for GithubApp {
                 "installation {installation} on {kind} {login}{renamed}; token minted within the ceiling"
             ),
             facts: Value::Null,
+            upstream_request_ids: calls,
         })
     }
 }

@@ -260,6 +260,7 @@ impl Probe for PastedSecret {
         Ok(ProbeReport {
             summary: format!("secret opens; {} field(s)", secret.len()),
             facts: Value::Null,
+            upstream_request_ids: Vec::new(),
         })
     }
 }

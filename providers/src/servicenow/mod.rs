@@ -342,6 +342,7 @@ impl Probe for ServiceNow {
                 }
             ),
             facts: json!({ "instance_url": b.instance, "roles": roles, "table_read": table }),
+            upstream_request_ids: Vec::new(),
         })
     }
 }

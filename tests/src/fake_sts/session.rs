@@ -151,6 +151,7 @@ impl State {
         drop(faults);
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         let rid = rid_override.unwrap_or_else(|| format!("c6104cbe-af31-11e0-8154-{n:012x}"));
+        self.answered.lock().unwrap().push(rid.clone());
         let session_token = token_override
             .map(|t| xml_escape(&t))
             .unwrap_or_else(|| format!("FwoGZXIvYXdzEfakeSessionToken{n:016x}"));
