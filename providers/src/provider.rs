@@ -292,6 +292,17 @@ pub trait Provider: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether a passed activation probe is what proves a binding's exclusive identifiers
+    /// belong to its tenant (AWS: the role requires this tenant's ExternalId, or admits only
+    /// this binding's subject; GCP: the service account admits only this binding's subject).
+    /// The core then claims them when the probe activates the binding, not when it is added:
+    /// naming another company's identifier, before any proof, blocks nobody. Providers whose
+    /// identifiers are proved some other way (an install callback, an administrator's
+    /// sign-in or connect code) claim them when the binding is made, as by default.
+    fn probe_proves_identifiers(&self) -> bool {
+        false
+    }
+
     /// Checks a configuration for a binding being added (not one already stored, which
     /// [`Provider::bind`] reads): what a new binding must say that an older one may lack.
     ///

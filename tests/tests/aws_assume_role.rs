@@ -544,9 +544,46 @@ async fn activation_refusals_and_identifier_rules() {
     let (s, v) = probe(&mut env, "other").await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
 
-    // One role ARN, one tenant.
-    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "steal", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
+    // Naming a role proves nothing and claims nothing: t2 may name the role t1 named (and
+    // its probe will fail: the role does not trust t2's ExternalId).
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "named", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
+    assert_eq!(s, 201, "{v}");
+    // A customer naming another company's role first does not block that company: t2 names
+    // the role t1's customer made before t1 does, and t1 still binds and activates it.
+    let early = format!("arn:aws:iam::{CUSTOMER}:role/Early");
+    env.sts.add_role(&early, role(Some(&external_id)));
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "squat", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": early}}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "squat").await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    let (s, v) = bind(&mut env, "early", "i-early", &early).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "early").await;
+    assert_eq!(s, 200, "{v}");
+    // One role ARN, one tenant, once proved: a new binding naming it is refused.
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "steal", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": early}}))).await;
     assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    // Two bindings named the role before either was proved: the first probe takes it, the
+    // second passes upstream and is refused, and stays pending.
+    let twin = format!("arn:aws:iam::{CUSTOMER}:role/Twin");
+    env.sts.add_role(&twin, role(Some(&external_id)));
+    for (b, i) in [("twin1", "i-twin1"), ("twin2", "i-twin2")] {
+        let (s, v) = bind(&mut env, b, i, &twin).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = probe(&mut env, "twin1").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = probe(&mut env, "twin2").await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert!(message(&v).contains("binding twin1"), "{v}");
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/twin2", None).await;
+    assert_eq!(v["binding"]["status"], "pending_activation", "{v}");
+    assert!(v["binding"]["last_probe"]
+        .as_str()
+        .unwrap()
+        .starts_with("passed upstream, but conflict"));
+    let (s, v) = resolve(&mut env.w1, json!({"instance_id": "i-twin2"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
     // The ExternalId is never accepted from an operator.
     let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "forced", "tenant": "t2", "provider": "aws_assume_role",
         "config": {"role_arn": format!("arn:aws:iam::{CUSTOMER}:role/X"), "broker": {"external_id": "chosen-by-the-customer-0123456789abcdef"}}}))).await;
@@ -560,17 +597,23 @@ async fn activation_refusals_and_identifier_rules() {
         let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "bad", "tenant": "t1", "provider": "aws_assume_role", "config": config}))).await;
         assert_eq!(s, 400, "{v}");
     }
-    // Removing the binding frees the ARN for another tenant.
+    // Removing the binding that proved a role frees it for another tenant.
     call(
         &mut env.op,
         Method::DELETE,
-        "/v1/admin/instances/i-lax",
+        "/v1/admin/instances/i-early",
         None,
     )
     .await;
-    let (s, _) = call(&mut env.op, Method::DELETE, "/v1/admin/bindings/lax", None).await;
+    let (s, _) = call(
+        &mut env.op,
+        Method::DELETE,
+        "/v1/admin/bindings/early",
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
-    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "lax2", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": lax}}))).await;
+    let (s, v) = call(&mut env.op, Method::POST, "/v1/admin/bindings", Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "early2", "tenant": "t2", "provider": "aws_assume_role", "config": {"role_arn": early}}))).await;
     assert_eq!(s, 201, "{v}");
     // Every refusal above is in the audit log.
     let records = env.daemon.audit_records();
@@ -1460,11 +1503,13 @@ async fn confused_deputy_attempts_are_refused() {
     let (s, v) = probe(&mut env, "aws-strict").await;
     assert_eq!(s, 200, "{v}");
 
-    // One role, two spellings: t1 binds role/Audit, t2 tries role/team/AUDIT.
+    // One role, two spellings: t1 binds role/Audit and proves it, t2 tries role/team/AUDIT.
     let audit = format!("arn:aws:iam::{CUSTOMER}:role/Audit");
     env.sts.add_role(&audit, role(Some(&ext1)));
     let (s, v) = bind(&mut env, "aws-audit", "i-audit", &audit).await;
     assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws-audit").await;
+    assert_eq!(s, 200, "{v}");
     for spelling in ["role/AUDIT", "role/team/audit", "role/Audit"] {
         let (s, v) = call(
             &mut env.op,

@@ -161,7 +161,7 @@ fn verify_every_chain(set: &ReplicaSet, d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
-    let (tmp, pki, _sts, mut set) = aws_replicas(3).await;
+    let (tmp, pki, sts, mut set) = aws_replicas(3).await;
     let mut op = pki.client_for("op", &set.daemons[0].url);
     seed_two_tenants(&mut op).await;
 
@@ -208,7 +208,10 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
     let (s, _) = resolve(&mut w1[2], json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200);
 
-    // Three replicas race to bind one role ARN, each for another tenant: one wins.
+    // Naming a role claims nothing: three replicas bind one role ARN at once, each for
+    // another tenant, and all three are made. The role trusts t1's ExternalId; t1 binds it
+    // twice more, and three replicas race to prove it: one probe activates its binding, the
+    // others are refused, whichever replica asks.
     let mut ops = clients(&pki, &set, "op");
     let (s, v) = call(
         &mut ops[1],
@@ -218,6 +221,7 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
+    let mut external_ids = Vec::new();
     for t in ["t1", "t2", "t3"] {
         let (s, v) = call(
             &mut ops[0],
@@ -227,38 +231,74 @@ async fn replicas_judge_every_change_at_once_and_race_to_one_winner() {
         )
         .await;
         assert_eq!(s, 200, "{v}");
+        external_ids.push(v["external_id"].as_str().unwrap().to_owned());
     }
     let arn = format!("arn:aws:iam::{CUSTOMER}:role/Contested");
-    let mut racers = Vec::new();
-    for (i, mut client) in ops.into_iter().enumerate() {
+    sts.add_role(
+        &arn,
+        FakeRole {
+            account: CUSTOMER.into(),
+            trusted_account: VENDOR.into(),
+            external_id: Some(external_ids[0].clone()),
+            ..FakeRole::default()
+        },
+    );
+    let race = |ops: Vec<BrokerClient>, request: fn(usize, &str) -> (String, Option<Value>)| {
         let arn = arn.clone();
-        racers.push(tokio::spawn(async move {
-            call(
-                &mut client,
-                Method::POST,
-                "/v1/admin/bindings",
-                Some(
-                    json!({"owner": "team-tests", "purpose": "integration test", "id": format!("race{i}"), "tenant": format!("t{}", i + 1),
-                    "provider": "aws_assume_role", "config": {"role_arn": arn}}),
-                ),
-            )
-            .await
-        }));
-    }
-    let mut outcomes = Vec::new();
-    for r in racers {
-        let (s, v) = r.await.unwrap();
-        outcomes.push((s, code(&v).to_owned()));
-    }
-    outcomes.sort();
+        async move {
+            let mut racers = Vec::new();
+            for (i, mut client) in ops.into_iter().enumerate() {
+                let (path, body) = request(i, &arn);
+                racers.push(tokio::spawn(async move {
+                    call(&mut client, Method::POST, &path, body).await
+                }));
+            }
+            let mut outcomes = Vec::new();
+            for r in racers {
+                let (s, v) = r.await.unwrap();
+                outcomes.push((s, code(&v).to_owned()));
+            }
+            outcomes.sort();
+            outcomes
+        }
+    };
+    let made = race(clients(&pki, &set, "op"), |i, arn| {
+        (
+            "/v1/admin/bindings".to_owned(),
+            Some(json!({"owner": "team-tests", "purpose": "integration test", "id": format!("named{i}"), "tenant": format!("t{}", i + 1),
+            "provider": "aws_assume_role", "config": {"role_arn": arn}})),
+        )
+    })
+    .await;
     assert_eq!(
-        outcomes,
+        made,
+        vec![(201, String::new()); 3],
+        "naming a role claims nothing"
+    );
+    // (One after the other: concurrent adds to one tenant conflict on the tenant's record.)
+    for i in 0..3 {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            "/v1/admin/bindings",
+            Some(json!({"owner": "team-tests", "purpose": "integration test", "id": format!("race{i}"), "tenant": "t1",
+            "provider": "aws_assume_role", "config": {"role_arn": arn}})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let proved = race(ops, |i, _| {
+        (format!("/v1/admin/bindings/race{i}/probe"), Some(json!({})))
+    })
+    .await;
+    assert_eq!(
+        proved,
         vec![
-            (201, String::new()),
+            (200, String::new()),
             (409, "conflict".into()),
             (409, "conflict".into())
         ],
-        "one role ARN, one tenant, whichever replica asks"
+        "one role ARN, one binding, whichever replica proves it"
     );
 
     // One replica leads; each has its own id (the database's lease and each /metrics agree).

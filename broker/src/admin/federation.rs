@@ -196,7 +196,8 @@ impl AdminService {
             .check_new_binding(&config)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         for identifier in provider.exclusive_identifiers(&config) {
-            // A friendly refusal now; the batch's own precondition is what guarantees it.
+            // A friendly refusal now; the batch's own precondition is what guarantees it
+            // (or, for an identifier a probe proves, the activating probe's).
             if let Some(owner) = r.identifier_owner(&identifier).await.map_err(store_err)? {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
@@ -206,13 +207,18 @@ impl AdminService {
                     ),
                 ));
             }
-            plan.batch.claim_identifier(
-                &identifier,
-                &IdentifierOwner {
-                    tenant: b.tenant.to_string(),
-                    binding: Some(b.id.to_string()),
-                },
-            );
+            // Claimed by the probe that proves it, where a probe is the proof: until then
+            // it is a claim of the customer's, and holding it would let one customer block
+            // another's onboarding by naming its role first.
+            if !provider.probe_proves_identifiers() {
+                plan.batch.claim_identifier(
+                    &identifier,
+                    &IdentifierOwner {
+                        tenant: b.tenant.to_string(),
+                        binding: Some(b.id.to_string()),
+                    },
+                );
+            }
             // An identifier that is itself an install link's pin (Entra's tenant GUID),
             // bound by any path (by hand above all): not while another tenant's link for it
             // is out, as no link is issued while this tenant's is. The customer's admin

@@ -14,6 +14,7 @@ use super::{to_value, AdminOutcome, AdminService};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
 use crate::model::{now_rfc3339, Binding, Status};
+use crate::store::records::IdentifierOwner;
 
 impl AdminService {
     /// Whether `binding` is a binding whose provider requires an activation probe. A read
@@ -65,6 +66,17 @@ impl AdminService {
             event.action == "binding.enable" || binding.status == Status::PendingActivation;
         let signer = self.core.assertion_signer();
         let result = self.run_probe(&binding, None, &signer).await;
+        // A passed probe that leaves the binding active is the proof of its identifiers
+        // where the provider's probe is (AWS, GCP): they are claimed with its stamp, unless
+        // another binding proved them first.
+        let (claims, held) = if result.is_ok() && (activate || binding.status == Status::Active) {
+            match self.proved_claims(&binding).await {
+                Ok(claims) => (claims, None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
+        } else {
+            (Vec::new(), None)
+        };
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         binding.last_tested_at = Some(now_rfc3339());
         let mut calls = String::new();
@@ -78,7 +90,23 @@ impl AdminService {
                 if !report.facts.is_null() {
                     binding.trust_facts = Some(report.facts);
                 }
-                if activate {
+                if let Some(err) = held {
+                    // The upstream's answer is kept; the binding is not activated (nor, if
+                    // active, left so: see proved_claims).
+                    if binding.status == Status::Active {
+                        binding.status = Status::PendingActivation;
+                        binding.generation.clone_from(&renewed);
+                        binding.status_change = crate::model::StatusChange::now(
+                            crate::model::StatusSource::Broker,
+                            "deactivated: another binding holds its identifier",
+                        );
+                    }
+                    binding.last_probe = Some(format!(
+                        "passed upstream, but {}: {}",
+                        err.code, err.message
+                    ));
+                    (Err(()), Some(err))
+                } else if activate {
                     binding.status = Status::Active;
                     binding.status_change = if event.action == "binding.enable" {
                         crate::model::StatusChange::now(
@@ -91,8 +119,10 @@ impl AdminService {
                             "activated by its probe",
                         )
                     };
+                    (Ok(summary), None)
+                } else {
+                    (Ok(summary), None)
                 }
-                (Ok(summary), None)
             }
             Err(e) => {
                 event.upstream_request_id = e.upstream_request_id().map(str::to_owned);
@@ -144,6 +174,17 @@ impl AdminService {
         ));
         let mut batch = crate::store::Batch::new();
         batch.replace(&stored, &binding);
+        for identifier in &claims {
+            // Absent when the batch commits, or it fails: of two probes proving one role at
+            // once, on any replica, one activates.
+            batch.claim_identifier(
+                identifier,
+                &IdentifierOwner {
+                    tenant: binding.tenant.to_string(),
+                    binding: Some(binding.id.to_string()),
+                },
+            );
+        }
         let receipt = self
             .commit_audited(event, batch, &[binding.id.as_str()])
             .await?;
@@ -160,6 +201,44 @@ impl AdminService {
                 Some(receipt),
             )),
         }
+    }
+
+    /// The exclusive identifiers a passed probe of `binding` proves and that it must claim
+    /// (none where its provider's probe proves nothing, or it holds them already).
+    ///
+    /// # Errors
+    /// `conflict` when another binding holds one: it was proved (or, made before this
+    /// release or by a provider whose identifiers are claimed at once, named) first.
+    async fn proved_claims(&self, binding: &Binding) -> Result<Vec<String>, ApiError> {
+        let Some(provider) = self.core.registry.get(&binding.provider) else {
+            return Ok(Vec::new());
+        };
+        if !provider.probe_proves_identifiers() {
+            return Ok(Vec::new());
+        }
+        let mut claims = Vec::new();
+        for identifier in provider.exclusive_identifiers(&binding.config) {
+            match self
+                .core
+                .records
+                .identifier_owner(&identifier)
+                .await
+                .map_err(super::store_err)?
+            {
+                None => claims.push(identifier),
+                Some(owner) if owner.binding.as_deref() == Some(binding.id.as_str()) => {}
+                Some(owner) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "{identifier} is already bound (binding {}); an identifier can belong to one tenant only, and is taken by the first binding whose probe proves it",
+                            owner.binding.as_deref().unwrap_or("?")
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(claims)
     }
 
     /// Runs `binding`'s provider probe with its active secret, or with secret version

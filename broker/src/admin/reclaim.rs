@@ -30,10 +30,16 @@ impl AdminService {
         // One pass, a row at a time: only the bindings that hold an exclusive identifier are
         // kept (at every start, so a store of 100,000 bindings is not held in memory at once).
         let registry = self.core.registry.clone();
+        // A binding awaiting the probe that proves its identifiers (AWS, GCP) holds none
+        // until that probe passes: it is left alone here, claimed by nothing and disabled for
+        // nothing (one it holds already, from before, stays until it is removed).
         let holds_identifiers = move |b: &crate::model::Binding| {
-            registry
-                .get(&b.provider)
-                .is_some_and(|p| !p.exclusive_identifiers(&b.config).is_empty())
+            registry.get(&b.provider).is_some_and(|p| {
+                if p.probe_proves_identifiers() && b.status == Status::PendingActivation {
+                    return false;
+                }
+                !p.exclusive_identifiers(&b.config).is_empty()
+            })
         };
         let mut bindings = r
             .bindings_where(holds_identifiers)

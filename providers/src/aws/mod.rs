@@ -339,6 +339,11 @@ impl Provider for AwsAssumeRole {
             .unwrap_or_default()
     }
 
+    fn probe_proves_identifiers(&self) -> bool {
+        // The probe shows the trust names this tenant's value (see Provider's doc).
+        true
+    }
+
     fn tenant_parameters(&self) -> &'static [TenantParameter] {
         &[TenantParameter {
             name: "external_id",

@@ -390,6 +390,11 @@ impl Provider for GcpWif {
             .unwrap_or_default()
     }
 
+    fn probe_proves_identifiers(&self) -> bool {
+        // The probe shows the trust names this tenant's value (see Provider's doc).
+        true
+    }
+
     fn probe(&self) -> Option<&dyn Probe> {
         Some(self)
     }
