@@ -1242,7 +1242,7 @@ async fn a_re_created_binding_never_receives_its_predecessors_credential() {
     let (_, _) = active_aws_binding(&mut env).await;
     let (s, old) = resolve(&mut env.w1, json!({"instance_id": "i-aws"})).await;
     assert_eq!(s, 200, "{old}");
-    let mut seen_before = vec![old["credentials"]["SessionToken"].clone()];
+    let seen_before = [old["credentials"]["SessionToken"].clone()];
 
     env.sts.faults().delay = Duration::from_millis(1500);
     let in_flight = {
@@ -1260,12 +1260,11 @@ async fn a_re_created_binding_never_receives_its_predecessors_credential() {
     }
     env.sts.faults().delay = Duration::ZERO;
     active_aws_binding(&mut env).await;
+    // The resolve verified before the removal; by the time its mint lands the binding is
+    // another one under the same id: what it minted is withheld, not handed out.
     let (s, v) = in_flight.await.unwrap();
-    assert_eq!(
-        s, 200,
-        "the resolve verified before the removal completes: {v}"
-    );
-    seen_before.push(v["credentials"]["SessionToken"].clone());
+    assert_eq!((s, code(&v)), (503, "unavailable"), "{v}");
+    assert!(message(&v).contains("binding changed"), "{v}");
 
     // The re-created binding: a new session for the unnarrowed and for the narrowed request,
     // never one minted for the binding that was removed.
@@ -1326,6 +1325,68 @@ async fn a_min_ttl_no_session_can_meet_is_refused_before_sts() {
 
 /// A probe waits on the customer's STS; it must not hold up other operators' changes
 /// (issue 10, item 12: no lock held across an upstream call).
+/// A mint takes up to the mint deadline: a worker or binding disabled while it runs (the
+/// operator told it is in force) is not answered with what the mint brought, and the
+/// refusal's record names the upstream call that minted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_mint_brings_is_withheld_from_a_chain_disabled_during_it() {
+    let mut env = start().await;
+    active_aws_binding(&mut env).await;
+    env.sts.faults().delay = Duration::from_millis(1000);
+    for (n, change, want) in [
+        (1, "/v1/admin/workers/w1/disable", "worker_not_authorized"),
+        (2, "/v1/admin/bindings/aws1/disable", "binding_inactive"),
+    ] {
+        let calls = env.sts.state.calls();
+        let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+        // A narrowing of its own: a cache miss, so a mint.
+        let narrow = json!({"policy": {"Statement": {"Effect": "Deny", "Action": format!("s3:Withheld{n}"), "Resource": "*"}}});
+        let mint = tokio::spawn(async move {
+            resolve(&mut w1, json!({"instance_id": "i-aws", "narrow": narrow})).await
+        });
+        // The mint is under way: the fake holds its answer.
+        let waited = Instant::now();
+        while env.sts.state.calls() == calls {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "no mint started"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (s, v) = call(&mut env.op, Method::POST, change, Some(json!({}))).await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = mint.await.unwrap();
+        assert_eq!((s, code(&v)), (403, want), "{v}");
+        assert!(v.get("credentials").is_none(), "{v}");
+        if n == 1 {
+            let (s, v) = call(
+                &mut env.op,
+                Method::POST,
+                "/v1/admin/workers/w1/enable",
+                Some(json!({})),
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+        }
+    }
+    let withheld: Vec<Value> = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| {
+            r["action"] == "resolve"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("minted, then withheld"))
+        })
+        .collect();
+    assert_eq!(withheld.len(), 2, "{withheld:?}");
+    for r in &withheld {
+        assert_eq!(r["outcome"], "denied", "{r}");
+        assert!(r["upstream_request_id"].is_string(), "{r}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_probe_does_not_hold_up_other_changes() {
     let mut env = start_opts("", false, 5000).await;

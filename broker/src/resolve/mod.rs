@@ -362,8 +362,16 @@ impl ResolveService {
         let result =
             match verify_chain(&self.core.records, &self.core.registry, peer, &request).await {
                 Ok(chain) => {
-                    self.grant(&chain, &request, epoch, (who, &mut witness))
+                    match self
+                        .grant(&chain, &request, epoch, (who, &mut witness))
                         .await
+                    {
+                        Ok(granted) if !matches!(granted.source, Source::Cached) => {
+                            let generation = &chain.binding().generation;
+                            self.judged_again(granted, generation, peer, &request).await
+                        }
+                        other => other,
+                    }
                 }
                 Err(denial) => Err(denial.into()),
             };
@@ -371,6 +379,53 @@ impl ResolveService {
             job_id: request.job_id,
             result,
             witness,
+        }
+    }
+
+    /// A mint takes up to the mint deadline. What an operator disabled or removed meanwhile
+    /// (the worker, its instance, tenant or binding, on any replica) and was told is in force
+    /// is not answered with what the mint brought: the chain is judged again, against every
+    /// change acknowledged since, and the credential is withheld when the chain no longer
+    /// holds or the binding changed under it (a rotated secret, a narrower ceiling). It stays
+    /// cached for the callers the chain still admits; a changed binding's key is not reached
+    /// again. The refusal's record names the upstream call that minted it.
+    async fn judged_again(
+        &self,
+        granted: Granted,
+        generation: &str,
+        peer: Option<&PeerIdentity>,
+        request: &ParsedResolve,
+    ) -> Result<Granted, Refused> {
+        let (assertion, upstream) = (
+            granted.assertion.clone(),
+            granted.credential.upstream_request_id.clone(),
+        );
+        let withheld = |error: ApiError, facts: ChainFacts| Refused {
+            error,
+            facts: ChainFacts {
+                detail: Some("minted, then withheld: the chain changed during the mint"),
+                ..facts
+            },
+            assertion: assertion.clone(),
+            upstream_request_id: upstream.clone(),
+            trust_broken: false,
+            flag: None,
+            drift: None,
+            observed_probe: None,
+        };
+        if let Err(error) = self.admin.catch_up().await {
+            return Err(withheld(error, granted.facts.clone()));
+        }
+        match verify_chain(&self.core.records, &self.core.registry, peer, request).await {
+            Ok(chain) if chain.binding().generation == generation => Ok(granted),
+            Ok(chain) => Err(withheld(
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the binding changed while its credential was minted: resolve again",
+                ),
+                chain.facts(),
+            )),
+            Err(denial) => Err(withheld(denial.error, *denial.facts)),
         }
     }
 
