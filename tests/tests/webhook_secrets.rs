@@ -648,3 +648,47 @@ async fn one_workers_failures_do_not_silence_anothers() {
         w2_lines[0]
     );
 }
+
+/// A reveal the instance's own budget refuses spends none of the operator's: the operator
+/// can still reveal another instance's secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_refused_for_the_instance_spends_none_of_the_operators_budget() {
+    let (tmp, pki) = setup();
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: "[webhooks]\nreveals_per_hour = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed(&mut op).await;
+    let mut op2 = register_operator(&mut op, &pki, &daemon.url, "op2").await;
+    for instance in ["i1", "i2"] {
+        let (s, v) = call(
+            &mut op,
+            Method::POST,
+            &format!("/v1/admin/instances/{instance}/webhook-secret"),
+            Some(json!({"scheme": "github"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{instance}: {v}");
+    }
+    let (s, v) = reveal(&mut op, "i1", "vendor setup in this test").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = reveal(&mut op2, "i1", "a second look at the same secret").await;
+    assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this instance's secret"),
+        "{v}"
+    );
+    let (s, v) = reveal(&mut op2, "i2", "vendor setup of the other instance").await;
+    assert_eq!(
+        s, 200,
+        "the refusal above spent nothing of op2's budget: {v}"
+    );
+}

@@ -224,15 +224,6 @@ impl AdminService {
         let current = w.value.versions.first().ok_or_else(|| {
             ApiError::bad_request("this instance accepts unsigned events: there is no secret")
         })?;
-        if !self.core.governance.take_reveal(&body.by) {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "reveal budget spent: at most {} reveals an hour per operator",
-                    self.core.governance.webhooks().reveals_per_hour
-                ),
-            ));
-        }
         // The instance's own budget, kept in the store: it holds across replicas and restarts.
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut updated = w.value.clone();
@@ -247,6 +238,17 @@ impl AdminService {
         }
         updated.reveals.push(now);
         let secret = self.open_webhook(&w.value, current)?;
+        // The operator's budget last: a reveal refused for the instance's budget, or one
+        // whose secret does not open, spends none of it.
+        if !self.core.governance.take_reveal(&body.by) {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "reveal budget spent: at most {} reveals an hour per operator",
+                    self.core.governance.webhooks().reveals_per_hour
+                ),
+            ));
+        }
         let mut plan = Plan::new(
             format!(
                 "instance={id} version={} reason={reason:?}",
