@@ -608,3 +608,63 @@ async fn a_token_with_lines_of_its_own_is_not_printed_bare() {
     assert_eq!(shown["access_token"], INJECTED);
     assert_eq!(out.stdout.iter().filter(|b| **b == b'\n').count(), 1);
 }
+
+/// A webhook secret version past its overlap is still in the store while the daemon (and so
+/// its collector) is stopped for a KEK rotation: the rotation destroys it, and says so,
+/// rather than carrying it under the new KEK, where a store copy would keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kek_rotation_destroys_webhook_secret_versions_past_their_overlap() {
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    for (path, body) in [
+        (
+            "/v1/admin/instances/i1/webhook-secret",
+            json!({"scheme": "github"}),
+        ),
+        ("/v1/admin/instances/i1/webhook-secret/rotate", json!({})),
+    ] {
+        let (s, v) = call(&mut op, Method::POST, path, Some(body)).await;
+        assert!(s == 200 || s == 201, "{path}: {v}");
+    }
+    daemon.stop();
+    {
+        let records = open_records(&daemon);
+        let read = records.all_webhook_secrets().await.unwrap().pop().unwrap();
+        assert_eq!(read.value.versions.len(), 2);
+        let mut ended = read.value.clone();
+        ended.versions[1].valid_until = Some("2026-01-01T00:00:00Z".into());
+        let mut batch = Batch::new();
+        batch.replace(&read, &ended);
+        records.commit(batch).await.unwrap();
+    }
+    let (c, out, err) = daemon.cli(&[
+        "keys",
+        "rotate-kek",
+        "--config",
+        daemon.config.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 0, "{out}{err}");
+    let w = open_records(&daemon)
+        .all_webhook_secrets()
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .value;
+    assert_eq!(w.versions.len(), 1, "{w:?}");
+    assert_eq!((w.versions[0].version, w.versions[0].kek_version), (2, 2));
+    let records = daemon.audit_records();
+    let rotation = records
+        .iter()
+        .find(|r| r["action"] == "keys.rotate_kek")
+        .unwrap();
+    assert!(
+        rotation["detail"]
+            .as_str()
+            .unwrap()
+            .contains("destroying 1 webhook secret version(s) past their overlap"),
+        "{rotation}"
+    );
+}

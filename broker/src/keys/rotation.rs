@@ -122,6 +122,7 @@ async fn rotate_held(
     let new = keyring.rotate().map_err(|e| e.to_string())?;
     let mut batch = Batch::new();
     let mut counts = Vec::new();
+    let mut expired = 0;
     // Every table that holds sealed material, or no rotation at all: a key left wrapped only
     // by a KEK version the operator then removes is lost.
     let tables = SealedTable::all().map_err(|e| format!("{e}; nothing was changed"))?;
@@ -134,7 +135,10 @@ async fn rotate_held(
                 rewrap_platform_keys(&records, &keyring, &mut batch, progress).await?
             }
             SealedTable::WebhookSecrets => {
-                rewrap_webhook_secrets(&records, &keyring, &mut batch, progress).await?
+                let (n, dropped) =
+                    rewrap_webhook_secrets(&records, &keyring, &mut batch, progress).await?;
+                expired = dropped;
+                n
             }
         };
         counts.push((table.name(), n));
@@ -161,12 +165,17 @@ async fn rotate_held(
         actor,
         None,
         format!(
-            "kek {old} -> {new}; rewrapping {rewrapped} data keys ({})",
+            "kek {old} -> {new}; rewrapping {rewrapped} data keys ({}){}",
             counts
                 .iter()
                 .map(|(t, n)| format!("{t}: {n}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if expired > 0 {
+                format!("; destroying {expired} webhook secret version(s) past their overlap")
+            } else {
+                String::new()
+            }
         ),
     );
     let receipt = log.append(event).await;
@@ -333,17 +342,22 @@ async fn rewrap_platform_keys(
     Ok(n)
 }
 
+/// Re-wraps every webhook secret version that still verifies; a version past its overlap
+/// (which the daemon's collector, stopped for the rotation, has not destroyed yet) is
+/// destroyed instead, not carried under the new KEK: neither a store copy nor a later KEK
+/// rotation keeps it. The re-wrapped and the destroyed versions.
 async fn rewrap_webhook_secrets(
     records: &Records,
     keyring: &Keyring,
     batch: &mut Batch,
     progress: &dyn Progress,
-) -> Result<usize, String> {
+) -> Result<(usize, usize), String> {
     let secrets = records
         .all_webhook_secrets()
         .await
         .map_err(|e| e.to_string())?;
-    let mut n = 0;
+    let (mut n, mut dropped) = (0, 0);
+    let now = time::OffsetDateTime::now_utc();
     progress.begin(
         "re-wrapping webhook secrets",
         secrets.len() as u64,
@@ -352,6 +366,12 @@ async fn rewrap_webhook_secrets(
     for read in &secrets {
         progress.advance(1);
         let mut w = read.value.clone();
+        // The newest version never expires, so one is always left.
+        if w.versions.iter().any(|v| v.verifies_at(now)) {
+            let before = w.versions.len();
+            w.versions.retain(|v| v.verifies_at(now));
+            dropped += before - w.versions.len();
+        }
         for v in &mut w.versions {
             let ctx = SealContext::WebhookSecret {
                 tenant: &read.value.tenant,
@@ -366,5 +386,5 @@ async fn rewrap_webhook_secrets(
         }
         batch.replace(read, &w);
     }
-    Ok(n)
+    Ok((n, dropped))
 }
