@@ -271,3 +271,75 @@ fn a_segment_numbered_at_the_end_of_the_range_is_refused_without_overflow() {
         assert!(!e.reason.is_empty(), "{e}");
     }
 }
+
+/// What an auditor is handed is hostile input, and `audit verify` prints what it found in it:
+/// a segment whose header quotes escape sequences (one cut inside a character, where a
+/// quotation once fell back to the whole text), and a configuration whose key is one, reach
+/// the terminal as text.
+#[test]
+fn escape_sequences_in_a_handed_over_log_or_config_never_reach_the_terminal() {
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let public_key = keys.join("audit.pub");
+    credbroker::keys::AuditSigner::generate(&keys.join("audit.key"), &public_key).unwrap();
+    let audit = tmp.path().join("handed/audit");
+    std::fs::create_dir_all(&audit).unwrap();
+    // ESC ] 0 ; … BEL sets a terminal's title; ESC [ 2 J clears its screen. `é` straddles
+    // the 12th byte.
+    let hostile = "\u{1b}]0;pwned\u{7}a\u{e9}\u{1b}[2J\u{9b}31m\u{202e}audit OK";
+    let header = segments::header_line(&segments::SegmentHeader {
+        n: 1,
+        first_seq: 1,
+        prev_hash: hostile.into(),
+        created: "2026-01-01T00:00:00Z".into(),
+    });
+    let mut record = credbroker::audit::AuditRecord {
+        replica: None,
+        seq: 1,
+        time: "2026-01-01T00:00:00Z".into(),
+        event: credbroker::audit::AuditEvent {
+            kind: "resolve".into(),
+            ..Default::default()
+        },
+        prev_hash: hostile.into(),
+        hash: String::new(),
+    };
+    let line = record.seal();
+    std::fs::write(
+        audit.join(segment_name(1)),
+        [&header[..], &line, b"\n"].concat(),
+    )
+    .unwrap();
+    let clean = |text: &str| {
+        !text
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || credbroker_providers::is_bidi_control(c))
+    };
+    let (c, out, err) = run_cli(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        tmp.path().join("handed").to_str().unwrap(),
+        "--public-key",
+        public_key.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 1, "{out}{err}");
+    assert!(
+        out.contains("audit FAILED") && out.contains("pwned"),
+        "{out:?}{err:?}"
+    );
+    assert!(clean(&out) && clean(&err), "{out:?}{err:?}");
+
+    let config = tmp.path().join("credbroker.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\n\"\\u001b]0;pwned\\u0007\\u001b[2J\" = 1\n",
+    )
+    .unwrap();
+    let (c, out, err) = run_cli(&["audit", "verify", "--config", config.to_str().unwrap()]);
+    assert_eq!(c, 2, "{out}{err}");
+    assert!(err.contains("error:") && err.contains("pwned"), "{err:?}");
+    assert!(clean(&out) && clean(&err), "{out:?}{err:?}");
+}

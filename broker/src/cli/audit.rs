@@ -134,7 +134,8 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
             check_host_public_key(&config)?;
             let text = std::fs::read_to_string(config.audit_public_key_file())
                 .map_err(|e| format!("{}: {e}", config.audit_public_key_file().display()))?;
-            println!("{}", text.trim());
+            // On an auditor's host the file is whatever was handed over.
+            println!("{}", super::output::sanitize_lines(text.trim()));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -293,7 +294,12 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
             Ok(s) => println!("{label}{}", ok_line(s, is_export)),
             Err(f) => {
                 failed = true;
-                println!("{label}audit FAILED at sequence {}: {}", f.seq, f.reason);
+                // The reason can quote what the log holds, which whoever wrote the log chose.
+                println!(
+                    "{label}audit FAILED at sequence {}: {}",
+                    f.seq,
+                    super::output::sanitize(&f.reason)
+                );
             }
         }
     }

@@ -172,7 +172,7 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
 }
 
 fn write(args: &ReportArgs, summary: &ReportSummary) -> Result<(), String> {
-    let json = serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?;
+    let json = super::output::json_pretty(summary)?;
     let save = |path: &PathBuf, text: &str| {
         super::output::write_private(path, |f| {
             std::io::Write::write_all(f, text.as_bytes())

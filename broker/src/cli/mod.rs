@@ -204,7 +204,9 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("error: {message}");
+            // An error can quote a file the command read (a configuration's key, a log's
+            // record): nothing in it reaches the terminal as a control sequence.
+            eprintln!("error: {}", output::sanitize_lines(&message));
             ExitCode::from(2)
         }
     }

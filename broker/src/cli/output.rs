@@ -154,11 +154,84 @@ fn written_as_is(m: &std::fs::Metadata, own: bool, euid: u32) -> Result<(), &'st
 /// Prints `value` in `format` on standard output.
 pub fn print(value: &Value, format: Output) {
     match format {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
+        Output::Json => println!("{}", json_pretty(value).unwrap_or_default()),
         Output::Table => print!("{}", render(value)),
+    }
+}
+
+/// `value` as pretty JSON that is safe on a terminal: serde_json escapes only U+0000–U+001F,
+/// so DEL, the C1 controls (U+009B opens an escape sequence on some terminals) and the
+/// bidirectional overrides and isolates are written `\uXXXX` too. The same JSON, read back.
+///
+/// # Errors
+/// When `value` cannot be serialized.
+pub fn json_pretty<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, String> {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(
+        &mut out,
+        TerminalSafe(serde_json::ser::PrettyFormatter::new()),
+    );
+    value.serialize(&mut ser).map_err(|e| e.to_string())?;
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+/// serde_json's pretty formatter, escaping what [`json_pretty`] says.
+struct TerminalSafe<'a>(serde_json::ser::PrettyFormatter<'a>);
+
+impl serde_json::ser::Formatter for TerminalSafe<'_> {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if c.is_control() || is_bidi_control(c) {
+                writer.write_all(&fragment.as_bytes()[start..i])?;
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    write!(writer, "\\u{unit:04x}")?;
+                }
+                start = i + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_array(w)
+    }
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array(w)
+    }
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_array_value(w, first)
+    }
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array_value(w)
+    }
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object(w)
+    }
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object(w)
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_object_key(w, first)
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object_value(w)
+    }
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object_value(w)
     }
 }
 
@@ -245,9 +318,19 @@ fn clip(s: &str) -> String {
 /// shows) become spaces. Everything a command prints from the broker, a file or a
 /// certificate goes through it.
 pub fn sanitize(s: &str) -> String {
+    sanitize_keeping(s, false)
+}
+
+/// [`sanitize`] for a text of several lines (an error naming a file's problems, a key file):
+/// line breaks are kept, every other control character replaced.
+pub fn sanitize_lines(s: &str) -> String {
+    sanitize_keeping(s, true)
+}
+
+fn sanitize_keeping(s: &str, lines: bool) -> String {
     s.chars()
         .map(|c| {
-            if c.is_control() || is_bidi_control(c) {
+            if (c.is_control() && !(lines && c == '\n')) || is_bidi_control(c) {
                 ' '
             } else {
                 c
@@ -365,6 +448,44 @@ fn clip_line(s: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_output_escapes_what_a_terminal_would_act_on() {
+        let v = json!({
+            "purpose": "a\u{1b}[2Jb\u{7f}c\u{9b}31md\u{202e}e\u{2066}f",
+            "plain": "üñï ✓",
+            "nested": ["\u{85}"],
+        });
+        let text = json_pretty(&v).unwrap();
+        assert!(
+            !text
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || is_bidi_control(c)),
+            "{text:?}"
+        );
+        for escaped in [
+            "\\u001b", "\\u007f", "\\u009b", "\\u202e", "\\u2066", "\\u0085",
+        ] {
+            assert!(text.contains(escaped), "{escaped} in {text}");
+        }
+        assert!(text.contains("üñï ✓"), "{text}");
+        // The same JSON, read back; and pretty as before.
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+        let plain = json!({"a": [1, {"b": "c"}]});
+        assert_eq!(
+            json_pretty(&plain).unwrap(),
+            serde_json::to_string_pretty(&plain).unwrap()
+        );
+    }
+
+    #[test]
+    fn texts_of_several_lines_keep_their_lines_only() {
+        assert_eq!(
+            sanitize_lines("line 1\nkey \u{1b}]0;title\u{7}\r\u{202e}x\n"),
+            "line 1\nkey  ]0;title   x\n"
+        );
+        assert_eq!(sanitize("a\nb"), "a b");
+    }
 
     #[test]
     fn a_list_answer_is_a_table_with_its_receipt() {

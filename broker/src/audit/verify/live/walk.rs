@@ -262,7 +262,7 @@ impl Walk<'_, '_> {
         // record the checkpoint covers, found after it, proves where the chain stands.
         let mid_chain = self.chain.prev_seq.is_none() && self.skip_before.is_some();
         if !mid_chain && (h.first_seq != here || h.prev_hash != self.chain.prev_hash) {
-            return Err(fail(here, format!("{name}'s header does not continue the chain (it starts at {} after hash {}…; the log is at {here})", h.first_seq, h.prev_hash.get(..12).unwrap_or(&h.prev_hash))));
+            return Err(fail(here, format!("{name}'s header does not continue the chain (it starts at {} after hash {}…; the log is at {here})", h.first_seq, h.prev_hash.chars().take(12).collect::<String>())));
         }
         Ok(())
     }
