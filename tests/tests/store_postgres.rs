@@ -398,3 +398,33 @@ async fn the_daemons_log_holds_no_statement_parameters() {
         .collect();
     assert!(leaked.is_empty(), "{leaked:#?}");
 }
+
+/// A server whose sessions are read-only (a standby, which a single host name can resolve
+/// to) is never read from: the store refuses to connect to it, where it would otherwise
+/// read a lagging generation and honour what other replicas already changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_take_writes_is_never_read_from() {
+    let pg = TestPostgres::start();
+    let (url, settings) = pg_database(&pg, None).await;
+    drop(pg_store(&settings).await);
+    let admin = session(&url).await;
+    let database: String = admin
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{database}\" SET default_transaction_read_only = on"
+        ))
+        .await
+        .unwrap();
+    let refused = match PgStore::open(&settings).await {
+        Err(e) => e.to_string(),
+        Ok(store) => match store.get(Table::Meta, "schema_version").await {
+            Err(e) => e.to_string(),
+            Ok(v) => panic!("read {v:?} from a server that takes no writes"),
+        },
+    };
+    assert!(refused.contains("does not allow writes"), "{refused}");
+}

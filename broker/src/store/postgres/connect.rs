@@ -65,6 +65,11 @@ pub(crate) fn connection(
             "a database URL naming several hosts must say target_session_attrs=read-write".into(),
         ));
     }
+    // One host too: its name may resolve to several servers (a headless service listing
+    // every database pod, a name still pointing at a failed primary brought back as a
+    // standby), and every address is tried in turn. A server whose sessions are read-only is
+    // skipped (one `SHOW transaction_read_only` per new connection), never read from.
+    config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
     let tls = crate::tls::server_auth_client_config(settings.ca_file.as_deref())
         .map_err(|e| StoreError::Backend(format!("database TLS: {e}")))?;
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));

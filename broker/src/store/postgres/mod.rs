@@ -82,6 +82,19 @@ pub(super) fn db_error(e: &tokio_postgres::Error) -> StoreError {
     StoreError::Backend(format!("database: {e}"))
 }
 
+/// A connection that could not be made, with its cause ("database does not allow writes",
+/// "Connection refused"): the client's own errors, never a server's message about a row.
+fn connect_error(e: &tokio_postgres::Error) -> StoreError {
+    let cause = if e.as_db_error().is_none() {
+        std::error::Error::source(e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    StoreError::Backend(format!("database: {e}{cause}"))
+}
+
 fn pool_error(e: &deadpool_postgres::PoolError) -> StoreError {
     StoreError::Backend(format!("database connection: {e}"))
 }
@@ -113,7 +126,7 @@ impl PgStore {
             let (client, conn) = config
                 .connect(tls.clone())
                 .await
-                .map_err(|e| db_error(&e))?;
+                .map_err(|e| connect_error(&e))?;
             let driver = tokio::spawn(conn);
             let migrated = schema::migrate(&client).await;
             drop(client);
