@@ -1587,6 +1587,62 @@ async fn a_chain_moved_to_another_replica_number_fails_verify() {
     );
 }
 
+/// A record copied in from another replica's chain, with that chain's checkpoint, hashes and
+/// is signed: a replica whose chain is made to end in it, underneath it or before it starts,
+/// does not take it as its own end and chain onto it (the record names the replica that
+/// wrote it), as `audit verify` does not. A start refused so exits with an error, not a
+/// panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_from_another_chain_is_not_taken_as_a_chains_end() {
+    let (_tmp, pki, mut set) = seeded(TestPostgres::start(), 2).await;
+    let mut w1 = clients(&pki, &set, "w1");
+    for client in &mut w1 {
+        served(client, 3).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let db = set.sql().await;
+    let signed = set
+        .scalar("SELECT max(seq) FROM credbroker_audit_checkpoints WHERE replica = 2")
+        .await;
+    assert!(signed > 0, "replica 2's chain has a checkpoint");
+    let graft = format!(
+        "DELETE FROM credbroker_audit WHERE replica = 1; \
+         DELETE FROM credbroker_audit_checkpoints WHERE replica = 1; \
+         INSERT INTO credbroker_audit (replica, seq, line) \
+           SELECT 1, seq, line FROM credbroker_audit WHERE replica = 2 AND seq = {signed}; \
+         INSERT INTO credbroker_audit_checkpoints (replica, seq, line) \
+           SELECT 1, seq, line FROM credbroker_audit_checkpoints WHERE replica = 2 AND seq = {signed}"
+    );
+    // Underneath the running replica 1: its next batch finds its chain changed, reads the
+    // end again, and refuses it.
+    db.batch_execute(&graft).await.unwrap();
+    let (s, v) = resolve(&mut w1[0], json!({"instance_id": "i1"})).await;
+    assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+    let (s, v) = resolve(&mut w1[0], json!({"instance_id": "i1"})).await;
+    assert_ne!(
+        s, 200,
+        "nothing is chained onto another chain's record: {v}"
+    );
+    assert!(
+        set.daemons[0]
+            .logs()
+            .contains("names replica 2 (moved between chains)"),
+        "{}",
+        set.daemons[0].logs()
+    );
+    // Before it starts: the start is refused, with the reason, and without a panic.
+    set.daemons[0].kill_hard();
+    db.batch_execute(&format!(
+        "{graft}; DELETE FROM credbroker_leases WHERE name = 'replica/1'"
+    ))
+    .await
+    .unwrap();
+    let (c, err) = set.daemons[0].serve_refused(&[]);
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("moved between chains"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binding_disabled_on_one_replica_is_minted_afresh_by_the_others() {
     let (_tmp, pki, sts, set) = aws_replicas(2).await;

@@ -154,6 +154,16 @@ async fn last_record(client: &impl GenericClient, replica: u32) -> Result<(u64, 
                     rec.seq
                 ));
             }
+            // A record copied in from another replica's chain (with that chain's checkpoint)
+            // hashes and is signed: only the replica it names tells it is not this chain's
+            // end. Nothing is chained onto it; `audit verify` names it too.
+            if rec.replica != Some(replica) {
+                return Err(format!(
+                    "the last record of replica {replica}'s chain ({}) names replica {} (moved between chains)",
+                    rec.seq,
+                    rec.replica.map_or("none".into(), |r| r.to_string())
+                ));
+            }
             (rec.seq, rec.hash)
         }
     })
@@ -555,12 +565,6 @@ impl AuditLog {
         let (pg, tls) =
             crate::store::postgres::connection(settings).map_err(|e| open_err(e.to_string()))?;
         let timeout = Duration::from_millis(settings.timeout_ms.max(1));
-        let rt = Arc::new(
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| open_err(e.to_string()))?,
-        );
         // The start-up check runs on the caller's runtime, with a connection of its own. The
         // chain's end it verified is where the writer starts: read in the same snapshot, so
         // a record added after the check is not taken up unverified.
@@ -607,6 +611,14 @@ impl AuditLog {
             forensic = Some(f);
         }
         drop(client);
+        // Made once nothing can refuse the start: a runtime dropped here, on the caller's
+        // runtime, panics instead of the start being refused.
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| open_err(e.to_string()))?,
+        );
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
         let writer = DbWriter {
