@@ -625,6 +625,33 @@ async fn activation_refusals_and_identifier_rules() {
         .any(|r| r["action"] == "binding.add" && r["error_code"] == "conflict"));
 }
 
+/// A binding that never proved its role holds nothing, whatever its status and across a
+/// restart: the start-up re-claim takes a role for an active binding only, so a customer's
+/// binding an operator disabled after its probe failed does not block the role's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unproved_binding_claims_its_role_at_no_start() {
+    let mut env = start().await;
+    let (_, arn) = onboarded_role(&mut env).await;
+    let (s, v) = bind_for(&mut env, "t2", "squat", "i-squat", &arn).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "squat").await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/squat/disable",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    env.daemon.restart();
+    env.op = env.pki.client_for("op", &env.daemon.url);
+    let (s, v) = bind(&mut env, "aws1", "i-aws", &arn).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut env, "aws1").await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// Every STS call a probe makes is an AssumeRole in the customer's CloudTrail, refused ones
 /// included: the probe's audit record names each call's request id, and the calls carry a
 /// session name no instance's session can have.

@@ -91,9 +91,10 @@ impl AdminService {
                     binding.trust_facts = Some(report.facts);
                 }
                 if let Some(err) = held {
-                    // The upstream's answer is kept; the binding is not activated (nor, if
-                    // active, left so: see proved_claims).
-                    if binding.status == Status::Active {
+                    // The upstream's answer is kept; the binding is not activated, nor, when
+                    // another binding holds its identifier, left active (see proved_claims).
+                    // A claim that could not be read (the store failing) changes no status.
+                    if binding.status == Status::Active && err.code == ErrorCode::Conflict {
                         binding.status = Status::PendingActivation;
                         binding.generation.clone_from(&renewed);
                         binding.status_change = crate::model::StatusChange::now(

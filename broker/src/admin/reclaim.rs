@@ -30,12 +30,13 @@ impl AdminService {
         // One pass, a row at a time: only the bindings that hold an exclusive identifier are
         // kept (at every start, so a store of 100,000 bindings is not held in memory at once).
         let registry = self.core.registry.clone();
-        // A binding awaiting the probe that proves its identifiers (AWS, GCP) holds none
-        // until that probe passes: it is left alone here, claimed by nothing and disabled for
-        // nothing (one it holds already, from before, stays until it is removed).
+        // Where a probe is what proves the identifiers (AWS, GCP), only an active binding
+        // passed it: one pending, or disabled (perhaps before it was ever proved), is left
+        // alone here, claimed by nothing and disabled for nothing (one it holds already, from
+        // its probe or from before, stays until it is removed).
         let holds_identifiers = move |b: &crate::model::Binding| {
             registry.get(&b.provider).is_some_and(|p| {
-                if p.probe_proves_identifiers() && b.status == Status::PendingActivation {
+                if p.probe_proves_identifiers() && b.status != Status::Active {
                     return false;
                 }
                 !p.exclusive_identifiers(&b.config).is_empty()
