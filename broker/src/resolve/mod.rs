@@ -396,15 +396,19 @@ impl ResolveService {
         peer: Option<&PeerIdentity>,
         request: &ParsedResolve,
     ) -> Result<Granted, Refused> {
-        let (assertion, upstream) = (
+        // The record names the chain the mint was made for (its tenant, binding and
+        // provider: a real upstream call, which that tenant's report must account for),
+        // whatever the second check found; its error code says which link failed.
+        let (assertion, upstream, minted_for) = (
             granted.assertion.clone(),
             granted.credential.upstream_request_id.clone(),
+            granted.facts.clone(),
         );
-        let withheld = |error: ApiError, facts: ChainFacts| Refused {
+        let withheld = |error: ApiError| Refused {
             error,
             facts: ChainFacts {
                 detail: Some("minted, then withheld: the chain changed during the mint"),
-                ..facts
+                ..minted_for.clone()
             },
             assertion: assertion.clone(),
             upstream_request_id: upstream.clone(),
@@ -414,18 +418,15 @@ impl ResolveService {
             observed_probe: None,
         };
         if let Err(error) = self.admin.catch_up().await {
-            return Err(withheld(error, granted.facts.clone()));
+            return Err(withheld(error));
         }
         match verify_chain(&self.core.records, &self.core.registry, peer, request).await {
             Ok(chain) if chain.binding().generation == generation => Ok(granted),
-            Ok(chain) => Err(withheld(
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the binding changed while its credential was minted: resolve again",
-                ),
-                chain.facts(),
-            )),
-            Err(denial) => Err(withheld(denial.error, *denial.facts)),
+            Ok(_) => Err(withheld(ApiError::new(
+                ErrorCode::Unavailable,
+                "the binding changed while its credential was minted: resolve again",
+            ))),
+            Err(denial) => Err(withheld(denial.error)),
         }
     }
 
