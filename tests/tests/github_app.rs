@@ -3873,6 +3873,44 @@ async fn a_short_lived_token_is_still_served_from_the_cache() {
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
 }
 
+/// A worker can make the cache let its tokens go (a `min_ttl_s` near an hour mints a fresh
+/// one on every call, each replacing the last in the cache): revoke-cached still revokes
+/// every token this broker handed out that is still valid, each once, not only the one the
+/// cache holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_the_cache_let_go_are_still_revoked() {
+    let mut env = start_full(3600, GENEROUS, Some(CLIENT_ID), "").await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    let mut handed = Vec::new();
+    for _ in 0..3 {
+        let (s, v) = resolve(
+            &mut env.w1(),
+            json!({"instance_id": "i-gh", "narrow": cold(0), "min_ttl_s": 3599}),
+        )
+        .await;
+        assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
+        handed.push(v["credentials"]["token"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let revoked_before = env.gh.state.revoked.lock().unwrap().len();
+    let (s, v) = revoke_cached(&mut env.op).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    let revoked = env.gh.state.revoked.lock().unwrap().clone();
+    for token in &handed {
+        assert!(revoked.contains(token), "a token handed out is still valid");
+    }
+    assert_eq!(
+        (revoked.len() - revoked_before) as u64,
+        v["dropped"].as_u64().unwrap(),
+        "each once: {v}"
+    );
+    // Taken by the revocation: a second one finds none of them.
+    let (s, v) = revoke_cached(&mut env.op).await;
+    assert_eq!((s, &v["dropped"]), (200, &json!(0)), "{v}");
+}
+
 /// A link outlives nothing of its tenant: once the tenant it was issued for is removed — and
 /// perhaps created again under its id, for another customer — the link neither opens nor
 /// completes, and nothing is bound to the successor.

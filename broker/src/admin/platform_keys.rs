@@ -124,6 +124,22 @@ impl AdminService {
         let (drained, unlanded) = drained
             .landed(self.core.mint_timeout() + std::time::Duration::from_secs(2))
             .await;
+        // And every token handed out that the cache no longer holds (a newer one for its
+        // key, a worker's min_ttl_s forcing a fresh mint, the tenant's share full): still
+        // valid upstream until it expires. Taken once the mints in flight landed, so theirs
+        // are among the drained ones and revoked once.
+        let mut drained = drained;
+        for credential in self.core.cache.take_issued(provider_name) {
+            if !drained
+                .iter()
+                .any(|d| std::sync::Arc::ptr_eq(&d.credential, &credential))
+            {
+                drained.push(crate::token_cache::DrainedCredential {
+                    credential,
+                    was_in_flight: false,
+                });
+            }
+        }
         let in_flight = drained.iter().filter(|d| d.was_in_flight).count();
         let (mut revoked, mut failed) = (0, unlanded);
         if unlanded > 0 {
@@ -148,7 +164,7 @@ impl AdminService {
         let dropped = drained.len() + unlanded;
         event.outcome = if failed == 0 { "allowed" } else { "failed" }.into();
         event.detail = Some(format!(
-            "dropped {dropped} cached credential(s) ({in_flight} of them minted while the revocation ran): {revoked} revoked upstream, {failed} failed (intent {})",
+            "dropped {dropped} credential(s) still valid, cached or handed out since ({in_flight} of them minted while the revocation ran): {revoked} revoked upstream, {failed} failed (intent {})",
             intended.audit_id
         ));
         let receipt = self.core.audit.append(event).await.map_err(|_| {

@@ -455,7 +455,7 @@ fn keys_command(d: &ProviderDescriptor, keys: &KeysCli) -> Command {
         );
     if d.cli.revoke_tokens {
         cmd = cmd.subcommand(Command::new("revoke-tokens").about(
-            "Revoke every credential the broker still caches for this provider upstream and drop them, so the next resolves mint fresh ones.",
+            "Revoke upstream every credential of this provider the answering replica minted that is still valid (cached, or handed out and no longer cached) and drop the cached ones, so the next resolves mint fresh ones.",
         ));
     }
     Conn::augment_args(cmd).about(format!(

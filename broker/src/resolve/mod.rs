@@ -532,8 +532,20 @@ impl ResolveService {
             });
             async move { job?.run().await }
         };
+        // A credential its provider can revoke upstream is kept until it expires, cached or
+        // not, so a revocation reaches every one this replica handed out.
+        let revocable = provider
+            .revocation()
+            .is_some()
+            .then(|| binding.provider.clone());
         let minted = match provider.cache_policy() {
-            CachePolicy::Never => job().await.map(|c| (Arc::new(c), Source::Minted)),
+            CachePolicy::Never => job().await.map(|c| {
+                let c = Arc::new(c);
+                if let Some(p) = &revocable {
+                    self.core.cache.keep_issued(p, &c);
+                }
+                (c, Source::Minted)
+            }),
             CachePolicy::UntilExpiry => {
                 let scope = provider.credential_scope(&ctx);
                 let key = CacheKey {
@@ -548,7 +560,7 @@ impl ResolveService {
                 let got = self
                     .core
                     .cache
-                    .get_or_mint(key, request.min_ttl_s, epoch, job)
+                    .get_or_mint_kept(key, request.min_ttl_s, epoch, revocable, job)
                     .await;
                 match &got {
                     Ok((_, Source::Cached)) => {

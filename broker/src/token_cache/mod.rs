@@ -24,6 +24,7 @@ use credbroker_providers::{IssuedCredential, ProviderError};
 
 mod drained;
 mod entries;
+mod issued;
 pub use drained::{Drained, DrainedCredential};
 #[cfg(test)]
 use entries::floor_for;
@@ -73,6 +74,8 @@ pub struct TokenCache {
     entries: Mutex<Entries>,
     in_flight: Mutex<HashMap<CacheKey, (u64, InFlight)>>,
     joins: Counter,
+    /// What a revocation must still reach (see `issued.rs`), at most `max_entries`.
+    issued: Mutex<issued::Issued>,
 }
 
 /// A mint task's flight, removed from the in-flight map when the task ends (returns or
@@ -117,6 +120,7 @@ impl TokenCache {
             entries: Mutex::new(Entries::default()),
             in_flight: Mutex::new(HashMap::new()),
             joins,
+            issued: Mutex::new(issued::Issued::default()),
         })
     }
 
@@ -178,6 +182,29 @@ impl TokenCache {
         M: FnOnce() -> F,
         F: std::future::Future<Output = Result<IssuedCredential, ProviderError>> + Send + 'static,
     {
+        self.get_or_mint_kept(key, min_ttl_s, observed_epoch, None, mint)
+            .await
+    }
+
+    /// [`TokenCache::get_or_mint`], keeping what a mint issues for a revocation of
+    /// `revocable`'s credentials (a provider that can revoke upstream) until it expires: see
+    /// [`TokenCache::take_issued`]. Kept as the mint lands, before any waiter is answered,
+    /// so a revocation that waited for the mint finds it.
+    ///
+    /// # Errors
+    /// As [`TokenCache::get_or_mint`].
+    pub async fn get_or_mint_kept<M, F>(
+        self: &Arc<Self>,
+        key: CacheKey,
+        min_ttl_s: u64,
+        observed_epoch: u64,
+        revocable: Option<String>,
+        mint: M,
+    ) -> Result<(Arc<IssuedCredential>, Source), ProviderError>
+    where
+        M: FnOnce() -> F,
+        F: std::future::Future<Output = Result<IssuedCredential, ProviderError>> + Send + 'static,
+    {
         if let Some(cred) = self.lookup(&key, min_ttl_s) {
             return Ok((cred, Source::Cached));
         }
@@ -220,6 +247,9 @@ impl TokenCache {
                         };
                         let result = mint.await.map(Arc::new);
                         if let Ok(cred) = &result {
+                            if let Some(provider) = &revocable {
+                                landed.cache.keep_issued(provider, cred);
+                            }
                             landed.cache.insert(landed.key.clone(), cred.clone(), epoch);
                         }
                         result
@@ -248,6 +278,32 @@ impl TokenCache {
                 Source::Shared
             },
         ))
+    }
+
+    /// Keeps `cred`, minted by `provider`, for a later [`TokenCache::take_issued`].
+    pub fn keep_issued(&self, provider: &str, cred: &Arc<IssuedCredential>) {
+        let Ok(mut issued) = self.issued.lock() else {
+            return;
+        };
+        let pushed = issued.keep(provider, cred, self.max_entries);
+        if pushed > 0 {
+            tracing::warn!(
+                provider,
+                pushed,
+                kept = issued.len(),
+                "more valid revocable credentials than [cache] max_entries: the ones closest to expiry are beyond a revocation's reach now"
+            );
+        }
+    }
+
+    /// Takes every still-valid credential kept for `provider` ([`TokenCache::keep_issued`]),
+    /// cached or not: what a revocation of the provider's credentials must reach besides the
+    /// cached ones.
+    pub fn take_issued(&self, provider: &str) -> Vec<Arc<IssuedCredential>> {
+        self.issued
+            .lock()
+            .map(|mut i| i.take(provider))
+            .unwrap_or_default()
     }
 
     /// Drops every cached token of a binding (disable, remove, secret change). Mints of it
