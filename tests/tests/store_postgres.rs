@@ -427,4 +427,13 @@ async fn a_server_that_does_not_take_writes_is_never_read_from() {
         },
     };
     assert!(refused.contains("does not allow writes"), "{refused}");
+    // The offline readers (audit export, verify, report; doctor) take the URL as it is: a
+    // database made read-only to keep it as evidence is what they may be run on.
+    let reader = credbroker::audit::chains::connect(&settings).await.unwrap();
+    let read_only: String = reader
+        .query_one("SHOW transaction_read_only", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(read_only, "on");
 }

@@ -562,8 +562,8 @@ impl AuditLog {
             path: format!("audit chain of replica {}", owner.replica),
             reason,
         };
-        let (pg, tls) =
-            crate::store::postgres::connection(settings).map_err(|e| open_err(e.to_string()))?;
+        let (pg, tls) = crate::store::postgres::writable_connection(settings)
+            .map_err(|e| open_err(e.to_string()))?;
         let timeout = Duration::from_millis(settings.timeout_ms.max(1));
         // The start-up check runs on the caller's runtime, with a connection of its own. The
         // chain's end it verified is where the writer starts: read in the same snapshot, so

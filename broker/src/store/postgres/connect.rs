@@ -30,6 +30,25 @@ fn loopback_only(config: &tokio_postgres::Config) -> bool {
         })
 }
 
+/// [`connection`] for what serves and records (the store's pool, the audit writer): one
+/// host's name may resolve to several servers too (a headless service listing every
+/// database pod, a name still pointing at a failed primary brought back as a standby), and
+/// every address is tried in turn. A server whose sessions are read-only is skipped (one
+/// `SHOW transaction_read_only` per new connection), never read from: a lagging standby
+/// would show another replica's disable or removal late. (The offline readers, `audit
+/// export|verify|report` and `doctor`, take the URL as it is: reading a standby, or a
+/// database made read-only to keep it as evidence, is what they may be run for.)
+///
+/// # Errors
+/// As [`connection`].
+pub(crate) fn writable_connection(
+    settings: &StoreSettings,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
+    let (mut config, tls) = connection(settings)?;
+    config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    Ok((config, tls))
+}
+
 /// The connection settings `settings` describe, checked: a database off this host is
 /// reached only over TLS with its certificate verified against `ca_file`.
 pub(crate) fn connection(
@@ -65,11 +84,6 @@ pub(crate) fn connection(
             "a database URL naming several hosts must say target_session_attrs=read-write".into(),
         ));
     }
-    // One host too: its name may resolve to several servers (a headless service listing
-    // every database pod, a name still pointing at a failed primary brought back as a
-    // standby), and every address is tried in turn. A server whose sessions are read-only is
-    // skipped (one `SHOW transaction_read_only` per new connection), never read from.
-    config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
     let tls = crate::tls::server_auth_client_config(settings.ca_file.as_deref())
         .map_err(|e| StoreError::Backend(format!("database TLS: {e}")))?;
     let timeout = Duration::from_millis(settings.timeout_ms.max(1));

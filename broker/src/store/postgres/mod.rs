@@ -27,7 +27,7 @@ mod connect;
 mod listen;
 mod schema;
 
-pub(crate) use connect::connection;
+pub(crate) use connect::{connection, writable_connection};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -96,7 +96,17 @@ fn connect_error(e: &tokio_postgres::Error) -> StoreError {
 }
 
 fn pool_error(e: &deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Backend(format!("database connection: {e}"))
+    // A connection the pool could not make says why ("database does not allow writes");
+    // a server's own message about a row is never quoted.
+    let cause = match e {
+        deadpool_postgres::PoolError::Backend(pg) if pg.as_db_error().is_none() => {
+            std::error::Error::source(pg)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default()
+        }
+        _ => String::new(),
+    };
+    StoreError::Backend(format!("database connection: {e}{cause}"))
 }
 
 /// Runs `work` within `limit`.
@@ -120,7 +130,7 @@ impl PgStore {
     /// [`StoreError::Backend`] when the URL is missing or refused, or the database is
     /// unreachable; [`StoreError::Schema`] on a version this build does not read.
     pub async fn open(settings: &StoreSettings) -> Result<PgStore, StoreError> {
-        let (config, tls) = connection(settings)?;
+        let (config, tls) = writable_connection(settings)?;
         let timeout = Duration::from_millis(settings.timeout_ms.max(1));
         deadline(timeout * 4, async {
             let (client, conn) = config
