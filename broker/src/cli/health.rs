@@ -113,10 +113,11 @@ async fn get_readyz(addr: SocketAddr) -> Result<String, String> {
         .await
         .map_err(|e| format!("GET http://{addr}/readyz: answer unreadable: {e}"))?
         .to_bytes();
+    // Whatever answers on that address chose the body: one line, nothing a terminal acts on.
     let summary = format!(
         "GET http://{addr}/readyz: {} {}",
         status.as_u16(),
-        String::from_utf8_lossy(&body).trim()
+        super::output::sanitize(String::from_utf8_lossy(&body).trim())
     );
     if status == StatusCode::OK {
         Ok(format!("ready ({summary})"))

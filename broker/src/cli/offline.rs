@@ -225,7 +225,8 @@ pub fn run_lint(a: &LintArgs) -> Result<ExitCode, String> {
         Ok(ExitCode::SUCCESS)
     } else {
         for f in &findings {
-            println!("{f}");
+            // A finding quotes the templates and policies it read.
+            println!("{}", super::output::sanitize(&f.to_string()));
         }
         println!("{} problem(s)", findings.len());
         Ok(ExitCode::from(1))
