@@ -3021,6 +3021,69 @@ async fn a_token_minted_while_cached_tokens_are_revoked_is_revoked_too() {
     );
 }
 
+/// A token minted while a revocation waits for the mints in flight is a new mint, cached and
+/// served: the revocation does not revoke it (it would be served dead for its hour), nor
+/// count it; the next revocation does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_minted_after_a_revocation_began_is_not_revoked_under_the_cache() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    bind_acme(&mut env).await;
+    env.gh.inject(
+        "/access_tokens",
+        Fault::Hold(Duration::from_millis(2500)),
+        1,
+    );
+    let before = mint_requests(&env).len();
+    let mut w1 = env.w1();
+    let waiting =
+        tokio::spawn(async move { resolve(&mut w1, json!({"instance_id": "i-gh"})).await });
+    within_10_s("the mint never reached GitHub", || {
+        mint_requests(&env).len() > before
+    })
+    .await;
+    let revoked_before = env.gh.state.revoked.lock().unwrap().len();
+    let mut op = env.pki.client_for("op", &env.daemon.url);
+    let revocation = tokio::spawn(async move { revoke_cached(&mut op).await });
+    // The revocation waits for the held mint; meanwhile another narrowing is minted.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (s, fresh) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-gh", "narrow": cold(1)}),
+    )
+    .await;
+    assert_eq!(
+        (s, fresh["cached"].as_bool()),
+        (200, Some(false)),
+        "{fresh}"
+    );
+    let fresh = fresh["credentials"]["token"].as_str().unwrap().to_owned();
+    let (s, v) = revocation.await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["dropped"], &v["revoked"]),
+        (&json!(1), &json!(1)),
+        "{v}"
+    );
+    assert_eq!(waiting.await.unwrap().0, 200);
+    assert_eq!(
+        env.gh.state.revoked.lock().unwrap().len(),
+        revoked_before + 1
+    );
+    assert!(!env.gh.state.revoked.lock().unwrap().contains(&fresh));
+    let (s, v) = resolve(
+        &mut env.w1(),
+        json!({"instance_id": "i-gh", "narrow": cold(1)}),
+    )
+    .await;
+    assert_eq!((s, v["cached"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(v["credentials"]["token"].as_str(), Some(fresh.as_str()));
+    // The next revocation takes it.
+    let (s, v) = revoke_cached(&mut env.op).await;
+    assert_eq!((s, &v["dropped"]), (200, &json!(1)), "{v}");
+    assert!(env.gh.state.revoked.lock().unwrap().contains(&fresh));
+}
+
 /// GitHub holding its answer longer than the mint deadline (`[cache] mint_timeout_ms`): the
 /// resolve gets `provider_unavailable` at the deadline, not when GitHub answers; audited as
 /// `failed`; the request is not repeated; the cached token is still served, and whatever
@@ -3894,19 +3957,25 @@ async fn tokens_the_cache_let_go_are_still_revoked() {
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     let revoked_before = env.gh.state.revoked.lock().unwrap().len();
+    // GitHub fails one revocation (a 503, and again on the retry): that token is kept for
+    // the next revocation.
+    env.gh
+        .inject("/installation/token", Fault::ServerError(503), 2);
     let (s, v) = revoke_cached(&mut env.op).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!((&v["dropped"], &v["failed"]), (&json!(3), &json!(1)), "{v}");
+    let (s, v) = revoke_cached(&mut env.op).await;
+    assert_eq!(
+        (s, &v["dropped"], &v["failed"]),
+        (200, &json!(1), &json!(0)),
+        "{v}"
+    );
     let revoked = env.gh.state.revoked.lock().unwrap().clone();
     for token in &handed {
         assert!(revoked.contains(token), "a token handed out is still valid");
     }
-    assert_eq!(
-        (revoked.len() - revoked_before) as u64,
-        v["dropped"].as_u64().unwrap(),
-        "each once: {v}"
-    );
-    // Taken by the revocation: a second one finds none of them.
+    assert_eq!(revoked.len() - revoked_before, 3, "each once");
+    // Taken by the revocations: a third finds none of them.
     let (s, v) = revoke_cached(&mut env.op).await;
     assert_eq!((s, &v["dropped"]), (200, &json!(0)), "{v}");
 }

@@ -111,7 +111,7 @@ impl AdminService {
         let mut intent = event.clone();
         intent.outcome = "allowed".into();
         intent.detail = Some(format!(
-            "dropping the cached credentials of {} binding(s) and revoking them upstream",
+            "dropping the cached credentials of {} binding(s) and revoking them upstream, with every other credential of the provider this replica minted that is still valid (bindings removed since included)",
             bindings.len()
         ));
         let intended = self
@@ -120,25 +120,24 @@ impl AdminService {
         // A mint in flight is drained too: its token still answers the resolves waiting on
         // it, and is revoked with the cached ones once it lands (the mint is bounded by the
         // mint deadline, so it lands within it).
+        // One revocation at a time: two would revoke one token twice.
+        let _revoking = self.core.cache.revoking().await;
         let drained = self.core.cache.drain_bindings(&bindings);
-        let (drained, unlanded) = drained
+        let mark = self.core.cache.issued_mark();
+        let (mut drained, unlanded) = drained
             .landed(self.core.mint_timeout() + std::time::Duration::from_secs(2))
             .await;
-        // And every token handed out that the cache no longer holds (a newer one for its
-        // key, a worker's min_ttl_s forcing a fresh mint, the tenant's share full): still
-        // valid upstream until it expires. Taken once the mints in flight landed, so theirs
-        // are among the drained ones and revoked once.
-        let mut drained = drained;
-        for credential in self.core.cache.take_issued(provider_name) {
-            if !drained
-                .iter()
-                .any(|d| std::sync::Arc::ptr_eq(&d.credential, &credential))
-            {
-                drained.push(crate::token_cache::DrainedCredential {
-                    credential,
-                    was_in_flight: false,
-                });
-            }
+        // And every token handed out before the drain that the cache no longer holds (a
+        // newer one for its key, a worker's min_ttl_s forcing a fresh mint, the tenant's
+        // share full): still valid upstream until it expires. Not one minted after the
+        // drain (a new mint, which may be cached and served), and not the drained ones
+        // again: each is revoked once.
+        let already: Vec<_> = drained.iter().map(|d| d.credential.clone()).collect();
+        for credential in self.core.cache.take_issued(provider_name, mark, &already) {
+            drained.push(crate::token_cache::DrainedCredential {
+                credential,
+                was_in_flight: false,
+            });
         }
         let in_flight = drained.iter().filter(|d| d.was_in_flight).count();
         let (mut revoked, mut failed) = (0, unlanded);
@@ -157,7 +156,13 @@ impl AdminService {
                 Ok(()) => revoked += 1,
                 Err(e) => {
                     failed += 1;
-                    tracing::error!(provider = provider_name, error = %e, "could not revoke a cached credential");
+                    // Kept again: the next revocation tries it once more.
+                    self.core.cache.keep_issued(
+                        provider_name,
+                        "(revocation failed)",
+                        &d.credential,
+                    );
+                    tracing::error!(provider = provider_name, error = %e, "could not revoke a credential: kept for the next revocation");
                 }
             }
         }

@@ -539,10 +539,13 @@ impl ResolveService {
             .is_some()
             .then(|| binding.provider.clone());
         let minted = match provider.cache_policy() {
+            // (No provider that can revoke is `Never` today; such a mint is not in flight for
+            // a revocation to wait on, so one landing after a revocation's mark is kept for
+            // the next.)
             CachePolicy::Never => job().await.map(|c| {
                 let c = Arc::new(c);
                 if let Some(p) = &revocable {
-                    self.core.cache.keep_issued(p, &c);
+                    self.core.cache.keep_issued(p, binding.tenant.as_str(), &c);
                 }
                 (c, Source::Minted)
             }),

@@ -4,67 +4,138 @@
 //! `min_ttl_s` forcing a fresh mint, the tenant's share full) is still valid upstream for
 //! the rest of its lifetime; `revoke-cached` revokes these too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
 use credbroker_providers::IssuedCredential;
 
-/// The kept credentials, ordered by expiry (ties by insertion): expired ones and, past the
-/// bound, those closest to expiry go first.
+/// A kept credential: who minted it, for which tenant, and when it was kept (a sequence
+/// number, so a revocation takes only what was kept before it began).
+struct Kept {
+    provider: String,
+    tenant: String,
+    seq: u64,
+    cred: Arc<IssuedCredential>,
+}
+
+/// The kept credentials, ordered by expiry (ties by insertion): expired ones and, past a
+/// bound, those closest to expiry go first — past a tenant's share, that tenant's own, so
+/// one tenant's minting never pushes another's tokens beyond a revocation's reach.
 #[derive(Default)]
 pub(super) struct Issued {
-    by_expiry: BTreeMap<(OffsetDateTime, u64), (String, Arc<IssuedCredential>)>,
+    by_expiry: BTreeMap<(OffsetDateTime, u64), Kept>,
+    per_tenant: HashMap<String, usize>,
     next: u64,
 }
 
 impl Issued {
-    /// Keeps `cred`, minted by `provider`, at most `bound` credentials in all. Returns how
-    /// many still-valid credentials the bound pushed out (beyond a revocation's reach now).
+    /// The sequence number the next kept credential gets: a revocation takes only what was
+    /// kept before the mark it read when it drained the cache.
+    pub(super) fn mark(&self) -> u64 {
+        self.next.wrapping_add(1)
+    }
+
+    /// Keeps `cred`, minted by `provider` for `tenant`: at most `bound` credentials in all
+    /// and `per_tenant` of one tenant. Returns how many still-valid credentials a bound
+    /// pushed out (beyond a revocation's reach now).
     pub(super) fn keep(
         &mut self,
-        provider: &str,
+        (provider, tenant): (&str, &str),
         cred: &Arc<IssuedCredential>,
-        bound: usize,
+        (bound, per_tenant): (usize, usize),
     ) -> usize {
         let Some(expires_at) = cred.expires_at else {
             return 0;
         };
-        let now = OffsetDateTime::now_utc();
-        while self
-            .by_expiry
-            .first_key_value()
-            .is_some_and(|((exp, _), _)| *exp <= now)
-        {
-            self.by_expiry.pop_first();
-        }
+        self.forget_expired();
         let mut pushed = 0;
-        while self.by_expiry.len() >= bound.max(1) && self.by_expiry.pop_first().is_some() {
+        if self.per_tenant.get(tenant).copied().unwrap_or(0) >= per_tenant.max(1) {
+            // The tenant's own closest to expiry (a scan, on this rare path only).
+            if let Some(key) = self
+                .by_expiry
+                .iter()
+                .find(|(_, k)| k.tenant == tenant)
+                .map(|(key, _)| *key)
+            {
+                self.remove(&key);
+                pushed += 1;
+            }
+        }
+        while self.by_expiry.len() >= bound.max(1) {
+            let Some(key) = self.by_expiry.keys().next().copied() else {
+                break;
+            };
+            self.remove(&key);
             pushed += 1;
         }
         self.next = self.next.wrapping_add(1);
+        *self.per_tenant.entry(tenant.to_owned()).or_default() += 1;
         self.by_expiry.insert(
             (expires_at, self.next),
-            (provider.to_owned(), Arc::clone(cred)),
+            Kept {
+                provider: provider.to_owned(),
+                tenant: tenant.to_owned(),
+                seq: self.next,
+                cred: Arc::clone(cred),
+            },
         );
         pushed
     }
 
-    /// Takes every still-valid credential `provider` minted.
-    pub(super) fn take(&mut self, provider: &str) -> Vec<Arc<IssuedCredential>> {
-        let now = OffsetDateTime::now_utc();
+    /// Takes every still-valid credential `provider` minted that was kept before `mark`,
+    /// but those in `also` (a revocation has them already), and forgets those in `also`
+    /// whenever kept: each token is revoked once.
+    pub(super) fn take(
+        &mut self,
+        provider: &str,
+        mark: u64,
+        also: &HashSet<*const IssuedCredential>,
+    ) -> Vec<Arc<IssuedCredential>> {
+        self.forget_expired();
         let mut out = Vec::new();
-        self.by_expiry.retain(|(exp, _), (p, cred)| {
-            if p != provider {
-                return true;
+        let keys: Vec<(OffsetDateTime, u64)> = self
+            .by_expiry
+            .iter()
+            .filter(|(_, k)| {
+                k.provider == provider && (k.seq < mark || also.contains(&Arc::as_ptr(&k.cred)))
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            if let Some(k) = self.remove(&key) {
+                if !also.contains(&Arc::as_ptr(&k.cred)) {
+                    out.push(k.cred);
+                }
             }
-            if *exp > now {
-                out.push(Arc::clone(cred));
-            }
-            false
-        });
+        }
         out
+    }
+
+    fn remove(&mut self, key: &(OffsetDateTime, u64)) -> Option<Kept> {
+        let kept = self.by_expiry.remove(key)?;
+        if let Some(n) = self.per_tenant.get_mut(&kept.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_tenant.remove(&kept.tenant);
+            }
+        }
+        Some(kept)
+    }
+
+    /// Drops the expired ones: nothing to revoke.
+    fn forget_expired(&mut self) {
+        let now = OffsetDateTime::now_utc();
+        while let Some(key) = self
+            .by_expiry
+            .keys()
+            .next()
+            .copied()
+            .filter(|(exp, _)| *exp <= now)
+        {
+            self.remove(&key);
+        }
     }
 
     pub(super) fn len(&self) -> usize {
@@ -88,25 +159,32 @@ mod tests {
         })
     }
 
+    fn none() -> HashSet<*const IssuedCredential> {
+        HashSet::new()
+    }
+
     /// Kept per provider until taken; expired ones are not handed to a revocation; past the
     /// bound the one closest to expiry goes, and says so.
     #[test]
     fn kept_until_taken_expired_or_pushed_out() {
         let mut issued = Issued::default();
         let (a, b, c) = (cred(3600), cred(1800), cred(-1));
-        assert_eq!(issued.keep("github_app", &a, 2), 0);
-        assert_eq!(issued.keep("other", &b, 2), 0);
+        assert_eq!(issued.keep(("github_app", "t1"), &a, (2, 2)), 0);
+        assert_eq!(issued.keep(("other", "t1"), &b, (2, 2)), 0);
         // An expired one is kept (it costs nothing to drop later) but never taken.
-        assert_eq!(issued.keep("github_app", &c, 3), 0);
-        let taken = issued.take("github_app");
+        assert_eq!(issued.keep(("github_app", "t1"), &c, (3, 3)), 0);
+        let taken = issued.take("github_app", issued.mark(), &none());
         assert_eq!(taken.len(), 1);
         assert!(Arc::ptr_eq(&taken[0], &a));
-        assert!(issued.take("github_app").is_empty(), "taken once");
+        assert!(
+            issued.take("github_app", issued.mark(), &none()).is_empty(),
+            "taken once"
+        );
         assert_eq!(issued.len(), 1, "the other provider's is left");
         // Bound 1: b (closest to expiry) is pushed out by a new one.
-        assert_eq!(issued.keep("github_app", &cred(3600), 1), 1);
-        assert!(issued.take("other").is_empty());
-        assert_eq!(issued.take("github_app").len(), 1);
+        assert_eq!(issued.keep(("github_app", "t1"), &cred(3600), (1, 1)), 1);
+        assert!(issued.take("other", issued.mark(), &none()).is_empty());
+        assert_eq!(issued.take("github_app", issued.mark(), &none()).len(), 1);
         // No expiry: nothing to revoke before it ends, not kept.
         let forever = Arc::new(IssuedCredential {
             kind: "test",
@@ -116,7 +194,39 @@ mod tests {
             details: serde_json::Value::Null,
             subject: None,
         });
-        assert_eq!(issued.keep("github_app", &forever, 1), 0);
+        assert_eq!(issued.keep(("github_app", "t1"), &forever, (1, 1)), 0);
         assert_eq!(issued.len(), 0);
+    }
+
+    /// A revocation takes what was kept before its mark, and forgets what it already has
+    /// (the mints it waited for) whenever they were kept; a tenant's minting pushes out only
+    /// its own.
+    #[test]
+    fn a_revocation_takes_what_was_kept_before_it_once() {
+        let mut issued = Issued::default();
+        let before = cred(3600);
+        issued.keep(("github_app", "t1"), &before, (10, 10));
+        let mark = issued.mark();
+        let (landed, after) = (cred(3600), cred(3600));
+        issued.keep(("github_app", "t1"), &landed, (10, 10));
+        issued.keep(("github_app", "t1"), &after, (10, 10));
+        let also: HashSet<_> = [Arc::as_ptr(&landed)].into_iter().collect();
+        let taken = issued.take("github_app", mark, &also);
+        assert_eq!(taken.len(), 1);
+        assert!(Arc::ptr_eq(&taken[0], &before));
+        // The one minted after the revocation began is still kept, for the next one.
+        let rest = issued.take("github_app", issued.mark(), &none());
+        assert_eq!(rest.len(), 1);
+        assert!(Arc::ptr_eq(&rest[0], &after));
+
+        // Tenant shares: t2 at its share of 2 pushes out its own, never t1's.
+        let t1 = cred(100);
+        issued.keep(("github_app", "t1"), &t1, (10, 2));
+        for _ in 0..3 {
+            issued.keep(("github_app", "t2"), &cred(3600), (10, 2));
+        }
+        let all = issued.take("github_app", issued.mark(), &none());
+        assert_eq!(all.len(), 3, "t1's one and t2's two");
+        assert!(all.iter().any(|c| Arc::ptr_eq(c, &t1)));
     }
 }

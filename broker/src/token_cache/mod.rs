@@ -74,8 +74,13 @@ pub struct TokenCache {
     entries: Mutex<Entries>,
     in_flight: Mutex<HashMap<CacheKey, (u64, InFlight)>>,
     joins: Counter,
-    /// What a revocation must still reach (see `issued.rs`), at most `max_entries`.
+    /// What a revocation must still reach (see `issued.rs`), at most `max_entries`, at most
+    /// `max_per_tenant` of one tenant.
     issued: Mutex<issued::Issued>,
+    /// When a bound last pushed kept credentials out, Unix seconds: warned of once a minute.
+    issued_warned: std::sync::atomic::AtomicI64,
+    /// Held by a revocation while it runs: two at once would revoke one token twice.
+    revoking: tokio::sync::Mutex<()>,
 }
 
 /// A mint task's flight, removed from the in-flight map when the task ends (returns or
@@ -121,6 +126,8 @@ impl TokenCache {
             in_flight: Mutex::new(HashMap::new()),
             joins,
             issued: Mutex::new(issued::Issued::default()),
+            issued_warned: std::sync::atomic::AtomicI64::new(0),
+            revoking: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -248,7 +255,7 @@ impl TokenCache {
                         let result = mint.await.map(Arc::new);
                         if let Ok(cred) = &result {
                             if let Some(provider) = &revocable {
-                                landed.cache.keep_issued(provider, cred);
+                                landed.cache.keep_issued(provider, &landed.key.tenant, cred);
                             }
                             landed.cache.insert(landed.key.clone(), cred.clone(), epoch);
                         }
@@ -280,30 +287,71 @@ impl TokenCache {
         ))
     }
 
-    /// Keeps `cred`, minted by `provider`, for a later [`TokenCache::take_issued`].
-    pub fn keep_issued(&self, provider: &str, cred: &Arc<IssuedCredential>) {
+    /// Keeps `cred`, minted by `provider` for `tenant`, for a later
+    /// [`TokenCache::take_issued`].
+    pub fn keep_issued(&self, provider: &str, tenant: &str, cred: &Arc<IssuedCredential>) {
         let Ok(mut issued) = self.issued.lock() else {
             return;
         };
-        let pushed = issued.keep(provider, cred, self.max_entries);
-        if pushed > 0 {
+        let pushed = issued.keep(
+            (provider, tenant),
+            cred,
+            (self.max_entries, self.max_per_tenant),
+        );
+        let kept = issued.len();
+        drop(issued);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let last = self
+            .issued_warned
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if pushed > 0
+            && now - last >= 60
+            && self
+                .issued_warned
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
             tracing::warn!(
                 provider,
-                pushed,
-                kept = issued.len(),
-                "more valid revocable credentials than [cache] max_entries: the ones closest to expiry are beyond a revocation's reach now"
+                kept,
+                "more valid revocable credentials than [cache] max_entries (or a tenant's share): the ones closest to expiry are beyond a revocation's reach now (warned once a minute)"
             );
         }
     }
 
-    /// Takes every still-valid credential kept for `provider` ([`TokenCache::keep_issued`]),
-    /// cached or not: what a revocation of the provider's credentials must reach besides the
-    /// cached ones.
-    pub fn take_issued(&self, provider: &str) -> Vec<Arc<IssuedCredential>> {
+    /// The mark a revocation reads once it drained the cache: [`TokenCache::take_issued`]
+    /// then takes only what was kept before it (what is minted afterwards is a new mint,
+    /// which it neither waited for nor dropped from the cache).
+    pub fn issued_mark(&self) -> u64 {
+        self.issued.lock().map(|i| i.mark()).unwrap_or(0)
+    }
+
+    /// Takes every still-valid credential kept for `provider` ([`TokenCache::keep_issued`])
+    /// before `mark`, cached or not, but those in `already` (the drained ones), which are
+    /// forgotten too: what a revocation of the provider's credentials must reach besides
+    /// the cached ones, each once.
+    pub fn take_issued(
+        &self,
+        provider: &str,
+        mark: u64,
+        already: &[Arc<IssuedCredential>],
+    ) -> Vec<Arc<IssuedCredential>> {
+        let already: std::collections::HashSet<*const IssuedCredential> =
+            already.iter().map(Arc::as_ptr).collect();
         self.issued
             .lock()
-            .map(|mut i| i.take(provider))
+            .map(|mut i| i.take(provider, mark, &already))
             .unwrap_or_default()
+    }
+
+    /// Held by a revocation of a provider's credentials while it runs.
+    pub async fn revoking(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.revoking.lock().await
     }
 
     /// Drops every cached token of a binding (disable, remove, secret change). Mints of it
