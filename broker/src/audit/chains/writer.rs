@@ -180,10 +180,14 @@ async fn check_owned_tail(
     // Both leases in one read, in the write's transaction: the chain's own, and an offline
     // change's hold (a KEK rotation started while this broker's lease had lapsed, and which
     // this broker then re-claimed: nothing is recorded, so nothing is served, beside it).
+    // Read as of now (`clock_timestamp()`, not the transaction's start), and locked until the
+    // batch commits: a broker claiming the lease once it lapses waits for this commit, and
+    // then reads a chain end that holds this batch, rather than one this batch is about to
+    // move past.
     let leases = tx
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > now()), \
-                    EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $3 AND expires_at > now())",
+            "SELECT EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp() FOR SHARE), \
+                    EXISTS (SELECT 1 FROM credbroker_leases WHERE name = $3 AND expires_at > clock_timestamp() FOR SHARE)",
             &[&owner.lease, &owner.holder, &crate::replica::OFFLINE],
         )
         .await
