@@ -2958,12 +2958,9 @@ async fn admin_requests_refused_for_want_of_a_slot_are_counted() {
     }
 }
 
-/// `revoke-cached` while a mint is in flight (key compromise): the token GitHub issues for
-/// it still answers the resolve waiting on it, and is revoked upstream once it lands,
-/// counted as `in_flight`; it is never cached, so the next resolve mints anew. Fails if the
-/// drain leaves in-flight mints out (their tokens would live out their hour unrevoked).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_minted_while_cached_tokens_are_revoked_is_revoked_too() {
+/// An App bound for acme whose next token GitHub mints at once but answers 2.5 s later: the
+/// resolve waiting on it, once GitHub has the request.
+async fn a_mint_held_by_github() -> (Env, tokio::task::JoinHandle<(u16, Value)>) {
     let mut env = start(3600).await;
     add_key(&mut env.op, &env.key_a).await;
     bind_acme(&mut env).await;
@@ -2976,11 +2973,20 @@ async fn a_token_minted_while_cached_tokens_are_revoked_is_revoked_too() {
     let mut w1 = env.w1();
     let waiting =
         tokio::spawn(async move { resolve(&mut w1, json!({"instance_id": "i-gh"})).await });
-    // GitHub has the request (and has minted) before the revocation starts.
     within_10_s("the mint never reached GitHub", || {
         mint_requests(&env).len() > before
     })
     .await;
+    (env, waiting)
+}
+
+/// `revoke-cached` while a mint is in flight (key compromise): the token GitHub issues for
+/// it still answers the resolve waiting on it, and is revoked upstream once it lands,
+/// counted as `in_flight`; it is never cached, so the next resolve mints anew. Fails if the
+/// drain leaves in-flight mints out (their tokens would live out their hour unrevoked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_minted_while_cached_tokens_are_revoked_is_revoked_too() {
+    let (mut env, waiting) = a_mint_held_by_github().await;
     let revoked_before = env.gh.state.revoked.lock().unwrap().len();
     let (s, v) = revoke_cached(&mut env.op).await;
     assert_eq!(s, 200, "{v}");
@@ -3026,22 +3032,7 @@ async fn a_token_minted_while_cached_tokens_are_revoked_is_revoked_too() {
 /// count it; the next revocation does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_minted_after_a_revocation_began_is_not_revoked_under_the_cache() {
-    let mut env = start(3600).await;
-    add_key(&mut env.op, &env.key_a).await;
-    bind_acme(&mut env).await;
-    env.gh.inject(
-        "/access_tokens",
-        Fault::Hold(Duration::from_millis(2500)),
-        1,
-    );
-    let before = mint_requests(&env).len();
-    let mut w1 = env.w1();
-    let waiting =
-        tokio::spawn(async move { resolve(&mut w1, json!({"instance_id": "i-gh"})).await });
-    within_10_s("the mint never reached GitHub", || {
-        mint_requests(&env).len() > before
-    })
-    .await;
+    let (mut env, waiting) = a_mint_held_by_github().await;
     let revoked_before = env.gh.state.revoked.lock().unwrap().len();
     let mut op = env.pki.client_for("op", &env.daemon.url);
     let revocation = tokio::spawn(async move { revoke_cached(&mut op).await });

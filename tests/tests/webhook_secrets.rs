@@ -55,22 +55,50 @@ async fn seed(op: &mut BrokerClient) {
     assert_eq!(s, 201, "{v}");
 }
 
-/// The secret is generated (never returned then), revealed only with a reason — audited,
-/// rate-limited — and appears nowhere else: not in list or detail answers, logs, the audit
-/// log or its export, metrics.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revealed_secret_is_audited_with_its_reason_and_found_nowhere_else() {
+/// Generates a `github` webhook secret for each of `instances`.
+async fn github_secrets(op: &mut BrokerClient, instances: &[&str]) {
+    for instance in instances {
+        let (s, v) = call(
+            op,
+            Method::POST,
+            &format!("/v1/admin/instances/{instance}/webhook-secret"),
+            Some(json!({"scheme": "github"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{instance}: {v}");
+    }
+}
+
+/// A daemon allowing `reveals` reveals an hour (per instance and per operator), seeded (see
+/// [`seed`]), and its operator.
+async fn seeded_with_reveals(
+    reveals: u32,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<TestPki>,
+    Daemon,
+    BrokerClient,
+) {
     let (tmp, pki) = setup();
     let daemon = Daemon::start(
         tmp.path(),
         &pki,
         &DaemonOptions {
-            extra_toml: "[webhooks]\nreveals_per_hour = 2\n".into(),
+            extra_toml: format!("[webhooks]\nreveals_per_hour = {reveals}\n"),
             ..Default::default()
         },
     );
     let mut op = pki.client_for("op", &daemon.url);
     seed(&mut op).await;
+    (tmp, pki, daemon, op)
+}
+
+/// The secret is generated (never returned then), revealed only with a reason — audited,
+/// rate-limited — and appears nowhere else: not in list or detail answers, logs, the audit
+/// log or its export, metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revealed_secret_is_audited_with_its_reason_and_found_nowhere_else() {
+    let (_tmp, pki, daemon, mut op) = seeded_with_reveals(2).await;
     let mut seen = String::new();
     let (c, out, err) = operator_cli(
         &pki,
@@ -608,16 +636,7 @@ async fn one_workers_failures_do_not_silence_anothers() {
     );
     let mut op = pki.client_for("op", &daemon.url);
     seed(&mut op).await;
-    for instance in ["i1", "i2"] {
-        let (s, v) = call(
-            &mut op,
-            Method::POST,
-            &format!("/v1/admin/instances/{instance}/webhook-secret"),
-            Some(json!({"scheme": "github"})),
-        )
-        .await;
-        assert_eq!(s, 201, "{v}");
-    }
+    github_secrets(&mut op, &["i1", "i2"]).await;
     let event = br#"{"action":"deleted","repository":{"id":1}}"#;
     let forged = json!({"X-Hub-Signature-256": github_signature("not-the-secret", event)});
     let mut w1 = pki.client_for("w1", &daemon.url);
@@ -653,28 +672,9 @@ async fn one_workers_failures_do_not_silence_anothers() {
 /// can still reveal another instance's secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reveal_refused_for_the_instance_spends_none_of_the_operators_budget() {
-    let (tmp, pki) = setup();
-    let daemon = Daemon::start(
-        tmp.path(),
-        &pki,
-        &DaemonOptions {
-            extra_toml: "[webhooks]\nreveals_per_hour = 1\n".into(),
-            ..Default::default()
-        },
-    );
-    let mut op = pki.client_for("op", &daemon.url);
-    seed(&mut op).await;
+    let (_tmp, pki, daemon, mut op) = seeded_with_reveals(1).await;
     let mut op2 = register_operator(&mut op, &pki, &daemon.url, "op2").await;
-    for instance in ["i1", "i2"] {
-        let (s, v) = call(
-            &mut op,
-            Method::POST,
-            &format!("/v1/admin/instances/{instance}/webhook-secret"),
-            Some(json!({"scheme": "github"})),
-        )
-        .await;
-        assert_eq!(s, 201, "{instance}: {v}");
-    }
+    github_secrets(&mut op, &["i1", "i2"]).await;
     let (s, v) = reveal(&mut op, "i1", "vendor setup in this test").await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = reveal(&mut op2, "i1", "a second look at the same secret").await;

@@ -149,14 +149,7 @@ mod tests {
     use credbroker_providers::SecretFields;
 
     fn cred(ttl_s: i64) -> Arc<IssuedCredential> {
-        Arc::new(IssuedCredential {
-            kind: "test",
-            credentials: SecretFields::new(),
-            expires_at: Some(OffsetDateTime::now_utc() + time::Duration::seconds(ttl_s)),
-            upstream_request_id: None,
-            details: serde_json::Value::Null,
-            subject: None,
-        })
+        Arc::new(crate::token_cache::tests::cred(ttl_s))
     }
 
     fn none() -> HashSet<*const IssuedCredential> {

@@ -426,7 +426,7 @@ mod tests {
         }
     }
 
-    fn cred(ttl_s: i64) -> IssuedCredential {
+    pub(super) fn cred(ttl_s: i64) -> IssuedCredential {
         IssuedCredential {
             kind: "test",
             credentials: SecretFields::new(),
