@@ -3036,8 +3036,11 @@ async fn a_token_minted_after_a_revocation_began_is_not_revoked_under_the_cache(
     let revoked_before = env.gh.state.revoked.lock().unwrap().len();
     let mut op = env.pki.client_for("op", &env.daemon.url);
     let revocation = tokio::spawn(async move { revoke_cached(&mut op).await });
-    // The revocation waits for the held mint; meanwhile another narrowing is minted.
+    // The revocation waits for the held mint; meanwhile another narrowing is minted, and a
+    // second revocation is told one is running rather than queued.
     tokio::time::sleep(Duration::from_millis(700)).await;
+    let (s, v) = revoke_cached(&mut env.op).await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     let (s, fresh) = resolve(
         &mut env.w1(),
         json!({"instance_id": "i-gh", "narrow": cold(1)}),

@@ -94,6 +94,17 @@ impl AdminService {
                 None,
             ));
         };
+        // One revocation at a time (two would revoke one token twice), and a second one is
+        // told so rather than queued behind a first that may take long.
+        let Some(_revoking) = self.core.cache.revoking() else {
+            return Err((
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    "a revocation of cached credentials is running on this replica: run it again once it has ended",
+                ),
+                None,
+            ));
+        };
         let bindings: Vec<String> = self
             .core
             .records
@@ -120,8 +131,6 @@ impl AdminService {
         // A mint in flight is drained too: its token still answers the resolves waiting on
         // it, and is revoked with the cached ones once it lands (the mint is bounded by the
         // mint deadline, so it lands within it).
-        // One revocation at a time: two would revoke one token twice.
-        let _revoking = self.core.cache.revoking().await;
         let drained = self.core.cache.drain_bindings(&bindings);
         let mark = self.core.cache.issued_mark();
         let (mut drained, unlanded) = drained
@@ -133,7 +142,9 @@ impl AdminService {
         // drain (a new mint, which may be cached and served), and not the drained ones
         // again: each is revoked once.
         let already: Vec<_> = drained.iter().map(|d| d.credential.clone()).collect();
-        for credential in self.core.cache.take_issued(provider_name, mark, &already) {
+        let taken = self.core.cache.take_issued(provider_name, mark, &already);
+        self.core.cache.forget_revoked(&taken);
+        for credential in taken {
             drained.push(crate::token_cache::DrainedCredential {
                 credential,
                 was_in_flight: false,
@@ -157,11 +168,7 @@ impl AdminService {
                 Err(e) => {
                     failed += 1;
                     // Kept again: the next revocation tries it once more.
-                    self.core.cache.keep_issued(
-                        provider_name,
-                        "(revocation failed)",
-                        &d.credential,
-                    );
+                    self.core.cache.keep_unrevoked(provider_name, &d.credential);
                     tracing::error!(provider = provider_name, error = %e, "could not revoke a credential: kept for the next revocation");
                 }
             }

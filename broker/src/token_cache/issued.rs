@@ -4,7 +4,7 @@
 //! `min_ttl_s` forcing a fresh mint, the tenant's share full) is still valid upstream for
 //! the rest of its lifetime; `revoke-cached` revokes these too.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -26,7 +26,9 @@ struct Kept {
 #[derive(Default)]
 pub(super) struct Issued {
     by_expiry: BTreeMap<(OffsetDateTime, u64), Kept>,
-    per_tenant: HashMap<String, usize>,
+    /// Each tenant's entries' places in `by_expiry`, in the same order: its own closest to
+    /// expiry is found in O(log n).
+    per_tenant: HashMap<String, BTreeSet<(OffsetDateTime, u64)>>,
     next: u64,
 }
 
@@ -38,29 +40,27 @@ impl Issued {
     }
 
     /// Keeps `cred`, minted by `provider` for `tenant`: at most `bound` credentials in all
-    /// and `per_tenant` of one tenant. Returns how many still-valid credentials a bound
-    /// pushed out (beyond a revocation's reach now).
+    /// and `per_tenant` of one tenant (`None`: no share of its own, as for a credential a
+    /// revocation could not revoke and keeps for the next). Returns how many still-valid
+    /// credentials a bound pushed out (beyond a revocation's reach now).
     pub(super) fn keep(
         &mut self,
         (provider, tenant): (&str, &str),
         cred: &Arc<IssuedCredential>,
-        (bound, per_tenant): (usize, usize),
+        (bound, per_tenant): (usize, Option<usize>),
     ) -> usize {
         let Some(expires_at) = cred.expires_at else {
             return 0;
         };
         self.forget_expired();
         let mut pushed = 0;
-        if self.per_tenant.get(tenant).copied().unwrap_or(0) >= per_tenant.max(1) {
-            // The tenant's own closest to expiry (a scan, on this rare path only).
-            if let Some(key) = self
-                .by_expiry
-                .iter()
-                .find(|(_, k)| k.tenant == tenant)
-                .map(|(key, _)| *key)
-            {
-                self.remove(&key);
-                pushed += 1;
+        if let Some(share) = per_tenant {
+            let own = self.per_tenant.get(tenant);
+            if own.map_or(0, BTreeSet::len) >= share.max(1) {
+                if let Some(key) = own.and_then(|o| o.first().copied()) {
+                    self.remove(&key);
+                    pushed += 1;
+                }
             }
         }
         while self.by_expiry.len() >= bound.max(1) {
@@ -71,7 +71,10 @@ impl Issued {
             pushed += 1;
         }
         self.next = self.next.wrapping_add(1);
-        *self.per_tenant.entry(tenant.to_owned()).or_default() += 1;
+        self.per_tenant
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert((expires_at, self.next));
         self.by_expiry.insert(
             (expires_at, self.next),
             Kept {
@@ -115,9 +118,9 @@ impl Issued {
 
     fn remove(&mut self, key: &(OffsetDateTime, u64)) -> Option<Kept> {
         let kept = self.by_expiry.remove(key)?;
-        if let Some(n) = self.per_tenant.get_mut(&kept.tenant) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(own) = self.per_tenant.get_mut(&kept.tenant) {
+            own.remove(key);
+            if own.is_empty() {
                 self.per_tenant.remove(&kept.tenant);
             }
         }
@@ -162,10 +165,10 @@ mod tests {
     fn kept_until_taken_expired_or_pushed_out() {
         let mut issued = Issued::default();
         let (a, b, c) = (cred(3600), cred(1800), cred(-1));
-        assert_eq!(issued.keep(("github_app", "t1"), &a, (2, 2)), 0);
-        assert_eq!(issued.keep(("other", "t1"), &b, (2, 2)), 0);
+        assert_eq!(issued.keep(("github_app", "t1"), &a, (2, Some(2))), 0);
+        assert_eq!(issued.keep(("other", "t1"), &b, (2, Some(2))), 0);
         // An expired one is kept (it costs nothing to drop later) but never taken.
-        assert_eq!(issued.keep(("github_app", "t1"), &c, (3, 3)), 0);
+        assert_eq!(issued.keep(("github_app", "t1"), &c, (3, Some(3))), 0);
         let taken = issued.take("github_app", issued.mark(), &none());
         assert_eq!(taken.len(), 1);
         assert!(Arc::ptr_eq(&taken[0], &a));
@@ -175,7 +178,10 @@ mod tests {
         );
         assert_eq!(issued.len(), 1, "the other provider's is left");
         // Bound 1: b (closest to expiry) is pushed out by a new one.
-        assert_eq!(issued.keep(("github_app", "t1"), &cred(3600), (1, 1)), 1);
+        assert_eq!(
+            issued.keep(("github_app", "t1"), &cred(3600), (1, Some(1))),
+            1
+        );
         assert!(issued.take("other", issued.mark(), &none()).is_empty());
         assert_eq!(issued.take("github_app", issued.mark(), &none()).len(), 1);
         // No expiry: nothing to revoke before it ends, not kept.
@@ -187,7 +193,7 @@ mod tests {
             details: serde_json::Value::Null,
             subject: None,
         });
-        assert_eq!(issued.keep(("github_app", "t1"), &forever, (1, 1)), 0);
+        assert_eq!(issued.keep(("github_app", "t1"), &forever, (1, Some(1))), 0);
         assert_eq!(issued.len(), 0);
     }
 
@@ -198,11 +204,11 @@ mod tests {
     fn a_revocation_takes_what_was_kept_before_it_once() {
         let mut issued = Issued::default();
         let before = cred(3600);
-        issued.keep(("github_app", "t1"), &before, (10, 10));
+        issued.keep(("github_app", "t1"), &before, (10, Some(10)));
         let mark = issued.mark();
         let (landed, after) = (cred(3600), cred(3600));
-        issued.keep(("github_app", "t1"), &landed, (10, 10));
-        issued.keep(("github_app", "t1"), &after, (10, 10));
+        issued.keep(("github_app", "t1"), &landed, (10, Some(10)));
+        issued.keep(("github_app", "t1"), &after, (10, Some(10)));
         let also: HashSet<_> = [Arc::as_ptr(&landed)].into_iter().collect();
         let taken = issued.take("github_app", mark, &also);
         assert_eq!(taken.len(), 1);
@@ -214,9 +220,9 @@ mod tests {
 
         // Tenant shares: t2 at its share of 2 pushes out its own, never t1's.
         let t1 = cred(100);
-        issued.keep(("github_app", "t1"), &t1, (10, 2));
+        issued.keep(("github_app", "t1"), &t1, (10, Some(2)));
         for _ in 0..3 {
-            issued.keep(("github_app", "t2"), &cred(3600), (10, 2));
+            issued.keep(("github_app", "t2"), &cred(3600), (10, Some(2)));
         }
         let all = issued.take("github_app", issued.mark(), &none());
         assert_eq!(all.len(), 3, "t1's one and t2's two");

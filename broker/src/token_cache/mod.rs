@@ -290,14 +290,26 @@ impl TokenCache {
     /// Keeps `cred`, minted by `provider` for `tenant`, for a later
     /// [`TokenCache::take_issued`].
     pub fn keep_issued(&self, provider: &str, tenant: &str, cred: &Arc<IssuedCredential>) {
+        self.keep((provider, tenant), cred, Some(self.max_per_tenant));
+    }
+
+    /// Keeps `cred`, which a revocation of `provider`'s credentials could not revoke, for
+    /// the next: in no tenant's share (failures are the oldest entries, and would be the
+    /// first a share pushes out).
+    pub fn keep_unrevoked(&self, provider: &str, cred: &Arc<IssuedCredential>) {
+        self.keep((provider, "(revocation failed)"), cred, None);
+    }
+
+    fn keep(
+        &self,
+        (provider, tenant): (&str, &str),
+        cred: &Arc<IssuedCredential>,
+        share: Option<usize>,
+    ) {
         let Ok(mut issued) = self.issued.lock() else {
             return;
         };
-        let pushed = issued.keep(
-            (provider, tenant),
-            cred,
-            (self.max_entries, self.max_per_tenant),
-        );
+        let pushed = issued.keep((provider, tenant), cred, (self.max_entries, share));
         let kept = issued.len();
         drop(issued);
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -349,9 +361,33 @@ impl TokenCache {
             .unwrap_or_default()
     }
 
-    /// Held by a revocation of a provider's credentials while it runs.
-    pub async fn revoking(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.revoking.lock().await
+    /// Held by a revocation of credentials while it runs; `None` while another one runs.
+    pub fn revoking(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.revoking.try_lock().ok()
+    }
+
+    /// Drops from the cache every token among `revoked` (found by pointer): a token a
+    /// revocation took from the kept ones may still be cached under a key the drain did not
+    /// reach (a binding made after the revocation listed the provider's bindings), and must
+    /// not be served revoked.
+    pub fn forget_revoked(&self, revoked: &[Arc<IssuedCredential>]) {
+        if revoked.is_empty() {
+            return;
+        }
+        let revoked: std::collections::HashSet<*const IssuedCredential> =
+            revoked.iter().map(Arc::as_ptr).collect();
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        let keys: Vec<CacheKey> = entries
+            .tokens
+            .iter()
+            .filter(|(_, slot)| revoked.contains(&Arc::as_ptr(&slot.cred)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            entries.remove(&key);
+        }
     }
 
     /// Drops every cached token of a binding (disable, remove, secret change). Mints of it
@@ -677,6 +713,44 @@ mod tests {
         assert_eq!(slow.await.unwrap().unwrap().1, Source::Minted);
         // …but its credential was not cached.
         assert!(cache.is_empty());
+    }
+
+    /// A revocation takes what was kept before its mark, whatever still caches it, and the
+    /// cache no longer serves what it took; what was kept after is left, still cached.
+    #[tokio::test]
+    async fn what_a_revocation_takes_is_no_longer_served() {
+        let cache = TokenCache::new(10);
+        let mint = |ttl| move || async move { Ok(cred(ttl)) };
+        let (old, _) = cache
+            .get_or_mint_kept(key("a"), 0, cache.epoch(), Some("gh".into()), mint(3600))
+            .await
+            .unwrap();
+        let mark = cache.issued_mark();
+        let (new, _) = cache
+            .get_or_mint_kept(key("b"), 0, cache.epoch(), Some("gh".into()), mint(3600))
+            .await
+            .unwrap();
+        let taken = cache.take_issued("gh", mark, &[]);
+        assert_eq!(taken.len(), 1);
+        assert!(Arc::ptr_eq(&taken[0], &old));
+        cache.forget_revoked(&taken);
+        let (again, s) = cache
+            .get_or_mint(key("a"), 0, cache.epoch(), mint(3600))
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Minted, "the revoked token is not served");
+        assert!(!Arc::ptr_eq(&again, &old));
+        let (kept, s) = cache
+            .get_or_mint(key("b"), 0, cache.epoch(), mint(3600))
+            .await
+            .unwrap();
+        assert_eq!(s, Source::Cached);
+        assert!(Arc::ptr_eq(&kept, &new));
+        // One revocation at a time.
+        let first = cache.revoking();
+        assert!(first.is_some() && cache.revoking().is_none());
+        drop(first);
+        assert!(cache.revoking().is_some());
     }
 
     #[tokio::test]

@@ -272,8 +272,13 @@ impl DbWriter {
         tail: &ChainTail,
     ) -> Result<tokio_postgres::Transaction<'_>, String> {
         let client = self.client.as_mut().ok_or("no database connection")?;
+        // Read committed whatever the database's default: the lease check's row lock may
+        // wait on a renewal, and re-reads the renewed row afterwards (under repeatable read
+        // or serializable that wait would fail the batch).
         let tx = client
-            .transaction()
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
             .await
             .map_err(|e| format!("database: {e}"))?;
         check_owned_tail(&tx, &self.owner, tail).await?;
