@@ -108,18 +108,37 @@ impl ProviderError {
     /// probe's `earlier` calls (the error's own field holds only the failing call's): the
     /// audit record of a failed probe then names every call the upstream logged.
     #[must_use]
+    ///
+    /// An id of `earlier` that is the error's own (a refusal read from the answer of a call
+    /// that succeeded upstream, e.g. a token whose claims failed a check) is not repeated.
     pub fn after_calls(mut self, earlier: &[String]) -> Self {
-        if earlier.is_empty() {
-            return self;
+        if let ProviderError::Denied {
+            message,
+            upstream_request_id,
+            ..
         }
-        if let ProviderError::Denied { message, .. }
-        | ProviderError::ActivationRefused { message, .. }
-        | ProviderError::Unavailable { message, .. } = &mut self
+        | ProviderError::ActivationRefused {
+            message,
+            upstream_request_id,
+            ..
+        }
+        | ProviderError::Unavailable {
+            message,
+            upstream_request_id,
+        } = &mut self
         {
-            message.push_str(&format!(
-                " (the probe's earlier upstream requests: {})",
-                earlier.join(", ")
-            ));
+            let own = upstream_request_id.as_deref();
+            let earlier: Vec<&str> = earlier
+                .iter()
+                .map(String::as_str)
+                .filter(|id| Some(*id) != own)
+                .collect();
+            if !earlier.is_empty() {
+                message.push_str(&format!(
+                    " (the probe's earlier upstream requests: {})",
+                    earlier.join(", ")
+                ));
+            }
         }
         self
     }

@@ -112,6 +112,10 @@ pub struct EntraState {
     pub redirect_uris: Mutex<Vec<String>>,
     /// Authorization codes issued by sign-ins, until redeemed or expired.
     codes: Mutex<HashMap<String, CodeGrant>>,
+    /// Every `x-ms-request-id` the token endpoint and ARM answered with, in order, refusals
+    /// included: (`token` | `arm`, id). A refused token request's id is its error's
+    /// `trace_id`, as Entra's are. (Graph answers carry `request-id` instead, as Graph's do.)
+    pub answered: Mutex<Vec<(&'static str, String)>>,
     signing: AppKey,
     base_url: Mutex<String>,
     counter: AtomicU64,
@@ -811,21 +815,42 @@ impl EntraState {
             .unwrap_or_default();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         const ASSIGNMENTS: &str = "/providers/Microsoft.Authorization/roleAssignments";
-        let (status, value) = match segs.as_slice() {
-            [tenant, "oauth2", "v2.0", "token"] if post => {
-                self.token(tenant, &parse_form(&String::from_utf8_lossy(&body)))
-            }
-            ["v1.0", sp, "appRoleAssignments"] if !post => {
-                self.app_role_assignments(sp, bearer.as_deref())
-            }
-            ["subscriptions"] if !post => self.subscriptions(&query, bearer.as_deref()),
-            _ if !post && path.ends_with(ASSIGNMENTS) => self.role_assignments_at(
-                path.trim_end_matches(ASSIGNMENTS),
-                &query,
-                bearer.as_deref(),
+        let ((status, value), service) = match segs.as_slice() {
+            [tenant, "oauth2", "v2.0", "token"] if post => (
+                self.token(tenant, &parse_form(&String::from_utf8_lossy(&body))),
+                Some("token"),
             ),
-            _ => (404, json!({"error": "not_found"})),
+            ["v1.0", sp, "appRoleAssignments"] if !post => {
+                (self.app_role_assignments(sp, bearer.as_deref()), None)
+            }
+            ["subscriptions"] if !post => {
+                (self.subscriptions(&query, bearer.as_deref()), Some("arm"))
+            }
+            _ if !post && path.ends_with(ASSIGNMENTS) => (
+                self.role_assignments_at(
+                    path.trim_end_matches(ASSIGNMENTS),
+                    &query,
+                    bearer.as_deref(),
+                ),
+                Some("arm"),
+            ),
+            _ => ((404, json!({"error": "not_found"})), None),
         };
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let request_id = value["trace_id"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{n:08x}-9999-4aaa-8bbb-cccccccccccc"));
+        let (id_header, service) = match service {
+            Some(service) => ("x-ms-request-id", service),
+            None => ("request-id", "graph"),
+        };
+        if service != "graph" {
+            self.answered
+                .lock()
+                .unwrap()
+                .push((service, request_id.clone()));
+        }
         let mut value = value;
         if *self.lists_without_value.lock().unwrap() {
             if let Some(o) = value.as_object_mut() {
@@ -841,6 +866,7 @@ impl EntraState {
         Response::builder()
             .status(status)
             .header("content-type", "application/json; charset=utf-8")
+            .header(id_header, request_id)
             .body(Full::new(Bytes::from(value.to_string())))
             .unwrap_or_default()
     }
@@ -870,6 +896,7 @@ impl FakeEntra {
             echo_secret: Mutex::new(None),
             redirect_uris: Mutex::new(Vec::new()),
             codes: Mutex::new(HashMap::new()),
+            answered: Mutex::new(Vec::new()),
             signing: AppKey::generate(),
             base_url: Mutex::new(String::new()),
             counter: AtomicU64::new(1),

@@ -1007,11 +1007,22 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         "{v}"
     );
     env.entra.assign(sub, ACME_SP, READER);
+    let answered = env.entra.state.answered.lock().unwrap().len();
     let (s, v) = probe(&mut env.op, id).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         binding(&mut env.op, id).await["trust_facts"]["arm"][0]["roles"][0],
         "Reader"
+    );
+    // Its record names both sign-ins (a Graph token, an ARM token), as the tenant's
+    // service-principal sign-in log lists them.
+    let tokens = sign_ins_since(&env, answered);
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    let named = probe_record_names(&env, id);
+    assert!(named.starts_with(&tokens[0]), "{named}");
+    assert!(
+        tokens.iter().all(|t| named.contains(t.as_str())),
+        "{tokens:?} {named}"
     );
     // A write role given to our service principal is refused by every ARM mint while the
     // binding is active...
@@ -1035,8 +1046,17 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
         "{v}"
     );
     assert!(v.get("credentials").is_none());
-    // ...and by the probe, which takes the binding out of service until a probe passes.
+    // ...and by the probe, which takes the binding out of service until a probe passes; its
+    // record still names both sign-ins.
+    let answered = env.entra.state.answered.lock().unwrap().len();
     probe_refused(&mut env.op, id, CONTRIBUTOR).await;
+    let tokens = sign_ins_since(&env, answered);
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    let named = probe_record_names(&env, id);
+    assert!(
+        tokens.iter().all(|t| named.contains(t.as_str())),
+        "{tokens:?} {named}"
+    );
     let (s, v) = resolve(&mut env.w1(), arm.clone()).await;
     assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
     // Back to Reader only, probed again: ARM tokens are minted for ARM, one resource per
@@ -1089,6 +1109,30 @@ async fn arm_role_assignments_are_checked_by_the_probe() {
     let other = "/subscriptions/55555555-6666-4777-8888-999999999999";
     env.entra.assign(other, ACME_SP, READER);
     probe_refused(&mut env.op, id, "55555555-6666-4777-8888-999999999999").await;
+}
+
+/// The request ids of the token sign-ins the fake answered after its `answered`-th answer.
+fn sign_ins_since(env: &Env, answered: usize) -> Vec<String> {
+    env.entra.state.answered.lock().unwrap()[answered..]
+        .iter()
+        .filter(|(service, _)| *service == "token")
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+/// The upstream request ids and detail of binding `id`'s newest probe record, as one text.
+fn probe_record_names(env: &Env, id: &str) -> String {
+    let records = env.daemon.audit_records();
+    let record = records
+        .iter()
+        .rev()
+        .find(|r| r["action"] == "binding.probe" && r["binding"] == id)
+        .unwrap();
+    format!(
+        "{} {}",
+        record["upstream_request_id"].as_str().unwrap_or(""),
+        record["detail"].as_str().unwrap_or("")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

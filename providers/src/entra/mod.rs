@@ -562,6 +562,10 @@ impl Probe for EntraApp {
         let answer = self
             .token_for(tenant, Resource::Graph, request.timeout, request.assertions)
             .await?;
+        // The sign-ins that issued the probe's tokens, as the tenant's service-principal
+        // sign-in log lists them (ARM's reads of role assignments are not in its activity
+        // log, and a refused app credential is in the daemon's log with its request id).
+        let mut calls: Vec<String> = answer.request_id.iter().cloned().collect();
         let roles = self.check_roles(&answer, bound)?;
         let oid = answer
             .claims
@@ -573,7 +577,9 @@ impl Probe for EntraApp {
         if !bound.config.arm_scopes.is_empty() {
             let arm_token = self
                 .token_for(tenant, Resource::Arm, request.timeout, request.assertions)
-                .await?;
+                .await
+                .map_err(|e| e.after_calls(&calls))?;
+            calls.extend(arm_token.request_id.iter().cloned());
             arm = self
                 .check_arm(&arm_token, bound, request.timeout)
                 .await
@@ -589,7 +595,8 @@ impl Probe for EntraApp {
                         upstream_request_id,
                     },
                     other => other,
-                })?;
+                })
+                .map_err(|e| e.after_calls(&calls))?;
             if let Some(empty) = arm
                 .iter()
                 .find(|a| a["roles"].as_array().is_some_and(Vec::is_empty))
@@ -601,7 +608,8 @@ impl Probe for EntraApp {
                         empty["scope"].as_str().unwrap_or("?")
                     ),
                     upstream_request_id: arm_token.request_id.clone(),
-                });
+                }
+                .after_calls(&calls));
             }
         }
         Ok(ProbeReport {
@@ -623,7 +631,7 @@ impl Probe for EntraApp {
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
             }),
-            upstream_request_ids: Vec::new(),
+            upstream_request_ids: calls,
         })
     }
 }
