@@ -44,14 +44,19 @@ pub fn take_kek_from_env(var: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// The keyring taken for `var`, moved out: no copy of every KEK version stays in a static for
+/// the life of the process once the keyring is parsed (wiped when dropped).
 fn taken_kek(var: &str) -> Option<Zeroizing<String>> {
-    let taken = TAKEN_KEK
+    let mut taken = TAKEN_KEK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    taken
-        .as_ref()
-        .filter(|(v, _)| v == var)
-        .map(|(_, value)| value.clone())
+    match taken.take() {
+        Some((v, value)) if v == var => Some(value),
+        other => {
+            *taken = other;
+            None
+        }
+    }
 }
 
 impl BrokerKeys {
