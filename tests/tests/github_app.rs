@@ -1279,6 +1279,18 @@ async fn kek_rotation_keeps_the_app_key_and_a_stale_keyring_is_refused() {
         err.contains("last rotated to KEK version 2") && err.contains("stale keyring"),
         "{err}"
     );
+    // A keyring holding another key under version 2 (the file a losing rotation of a race
+    // saved): refused at start, before anything is sealed under a key no other replica holds
+    // (a store without tenant secrets tries its platform keys: keyring_check's unit test).
+    ring["keys"]["2"] = json!("ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=");
+    std::fs::write(&kek, serde_json::to_vec(&ring).unwrap()).unwrap();
+    let out = std::process::Command::new(daemon_bin())
+        .args(["serve", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not open with KEK version 2"), "{err}");
 }
 
 /// A store written by the previous release holds the App key sealed as tenant `platform`'s

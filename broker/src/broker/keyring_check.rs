@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use super::StartError;
 use crate::keys::Keyring;
+use crate::model::SealedAs;
+use crate::seal::SealContext;
 use crate::store::records::Records;
 
 /// Runs every check.
@@ -43,16 +45,17 @@ pub(crate) async fn check(records: &Records, keyring: &Keyring) -> Result<(), St
                 &c.wrapped_dek,
             )
             .map_err(|_| {
-                StartError::Other(format!(
-                    "secret {}/{} does not open with KEK version {} of this keyring: it holds another key under that version (wrong keyring file or variable?)",
-                    c.binding, c.version, c.kek_version
-                ))
+                wrong_key(
+                    &format!("secret {}/{}", c.binding, c.version),
+                    c.kek_version,
+                )
             })?;
             opened.push(c.kek_version);
         }
     }
     crate::governance::check_keks(records, &held).await?;
-    for k in records.all_platform_keys().await? {
+    let platform_keys = records.all_platform_keys().await?;
+    for k in &platform_keys {
         if !k.wrapped_dek.is_empty() && !held.contains(&k.kek_version) {
             return Err(StartError::Other(format!(
                 "platform key {}/{} is wrapped by KEK version {}, which the keyring does not hold",
@@ -60,7 +63,56 @@ pub(crate) async fn check(records: &Records, keyring: &Keyring) -> Result<(), St
             )));
         }
     }
+    // A KEK version no tenant secret is under (a store that holds only platform keys and
+    // webhook secrets, as a federation-only one does) is tried on those: a keyring holding
+    // another key under it would otherwise start and seal what no other replica opens.
+    for k in &platform_keys {
+        if k.wrapped_dek.is_empty()
+            || k.sealed_as != SealedAs::PlatformKey
+            || opened.contains(&k.kek_version)
+        {
+            continue;
+        }
+        let ctx = SealContext::PlatformKey {
+            kind: &k.kind,
+            version: k.version,
+        };
+        crate::seal::rewrap(keyring, ctx, k.kek_version, &k.wrapped_dek).map_err(|_| {
+            wrong_key(
+                &format!("platform key {}/{}", k.kind, k.version),
+                k.kek_version,
+            )
+        })?;
+        opened.push(k.kek_version);
+    }
+    for w in records.all_webhook_secrets().await? {
+        for v in &w.value.versions {
+            if opened.contains(&v.kek_version) {
+                continue;
+            }
+            let ctx = SealContext::WebhookSecret {
+                tenant: &w.value.tenant,
+                instance: &w.value.instance,
+                version: v.version,
+            };
+            crate::seal::rewrap(keyring, ctx, v.kek_version, &v.wrapped_dek).map_err(|_| {
+                wrong_key(
+                    &format!("webhook secret {}/{}", w.value.instance, v.version),
+                    v.kek_version,
+                )
+            })?;
+            opened.push(v.kek_version);
+        }
+    }
     Ok(())
+}
+
+/// The start's refusal of a keyring holding another key under `kek_version` than the one
+/// that wrapped `item`.
+fn wrong_key(item: &str, kek_version: u32) -> StartError {
+    StartError::Other(format!(
+        "{item} does not open with KEK version {kek_version} of this keyring: it holds another key under that version (wrong keyring file or variable?)"
+    ))
 }
 
 /// A secret version whose data key is tried against the keyring at start-up.
@@ -112,4 +164,109 @@ async fn kek_candidates(
         Err(poisoned) => poisoned.into_inner(),
     };
     Ok(std::mem::take(&mut *p))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{KeyState, PlatformKeyRecord};
+    use crate::seal::seal;
+    use crate::store::records::{WebhookScheme, WebhookSecret, WebhookVersion};
+    use crate::store::Batch;
+    use crate::store::SledStore;
+    use credbroker_providers::SecretFields;
+
+    fn material() -> SecretFields {
+        SecretFields::from_json(br#"{"private_key_pem":"canary"}"#).unwrap()
+    }
+
+    async fn store_with(
+        item: impl FnOnce(&Keyring, &mut Batch),
+    ) -> (tempfile::TempDir, Records, Keyring) {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let keyring = Keyring::generate().unwrap();
+        let mut batch = Batch::new();
+        item(&keyring, &mut batch);
+        records.commit(batch).await.unwrap();
+        (dir, records, keyring)
+    }
+
+    /// A store holding no tenant secret (federation only) still refuses, at start, a
+    /// keyring holding another key under the version its platform keys and webhook secrets
+    /// are wrapped by; the keyring that wrapped them starts.
+    #[tokio::test]
+    async fn a_wrong_key_under_a_held_version_is_found_without_tenant_secrets() {
+        let platform_key = |keyring: &Keyring, batch: &mut Batch| {
+            let sealed = seal(
+                keyring,
+                SealContext::PlatformKey {
+                    kind: "github_app",
+                    version: 1,
+                },
+                &material(),
+            )
+            .unwrap();
+            batch.create(&PlatformKeyRecord {
+                kind: "github_app".into(),
+                version: 1,
+                state: KeyState::Active,
+                fingerprint: "SHA256:x".into(),
+                kek_version: sealed.kek_version,
+                wrapped_dek: sealed.wrapped_dek,
+                sealed_payload: sealed.sealed_payload,
+                created_at: "2026-12-07T00:00:00Z".into(),
+                activated_at: None,
+                retired_at: None,
+                sealed_as: SealedAs::PlatformKey,
+                signs_from: None,
+                compromised: false,
+            });
+        };
+        let webhook_secret = |keyring: &Keyring, batch: &mut Batch| {
+            let sealed = seal(
+                keyring,
+                SealContext::WebhookSecret {
+                    tenant: "t1",
+                    instance: "i1",
+                    version: 1,
+                },
+                &material(),
+            )
+            .unwrap();
+            batch.create(&WebhookSecret {
+                instance: "i1".into(),
+                tenant: "t1".into(),
+                scheme: WebhookScheme::Github,
+                last_version: 1,
+                versions: vec![WebhookVersion {
+                    version: 1,
+                    kek_version: sealed.kek_version,
+                    wrapped_dek: sealed.wrapped_dek,
+                    sealed_payload: sealed.sealed_payload,
+                    created_at: "2026-12-07T00:00:00Z".into(),
+                    valid_until: None,
+                }],
+                reveals: Vec::new(),
+                created_at: "2026-12-07T00:00:00Z".into(),
+            });
+        };
+        let other = Keyring::generate().unwrap();
+        let (_dir, records, keyring) = store_with(platform_key).await;
+        check(&records, &keyring).await.unwrap();
+        let refused = check(&records, &other).await.err().unwrap().to_string();
+        assert!(
+            refused.contains("platform key github_app/1 does not open with KEK version 1"),
+            "{refused}"
+        );
+        let (_dir, records, keyring) = store_with(webhook_secret).await;
+        check(&records, &keyring).await.unwrap();
+        let refused = check(&records, &other).await.err().unwrap().to_string();
+        assert!(
+            refused.contains("webhook secret i1/1 does not open with KEK version 1"),
+            "{refused}"
+        );
+    }
 }
