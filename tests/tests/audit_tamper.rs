@@ -804,6 +804,19 @@ async fn a_public_key_swapped_beside_the_log_is_refused() {
         .unwrap_or_else(|| panic!("{report:#}"))
         .clone();
     assert_eq!(finding["status"], "fail", "{finding}");
+    // The signing key spoiled as well (not removed): the swapped key is still not taken for
+    // an auditor's copy.
+    let signing_key = daemon.data_dir.join("keys/audit-signing.key");
+    let signing = std::fs::read(&signing_key).unwrap();
+    std::fs::write(&signing_key, b"{}").unwrap();
+    let (c, out) = verify_cli(&daemon);
+    assert_ne!(c, 0, "{out}");
+    assert!(out.contains("cannot be checked against it"), "{out}");
+    let (c, out, err) = run_cli(&["audit", "public-key", "--config", &config]);
+    assert_ne!(c, 0, "{out}");
+    assert!(out.is_empty(), "the swapped key was printed: {out}");
+    assert!(err.contains("--public-key"), "{err}");
+    std::fs::write(&signing_key, &signing).unwrap();
 
     std::fs::write(&public_key, &genuine).unwrap();
     let (c, out, err) = run_cli(&["audit", "public-key", "--config", &config]);
@@ -982,6 +995,16 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     );
     cps.pop();
     std::fs::write(&checkpoints, join(&cps)).unwrap();
+    // Verified as it is, the log is chained but its last records are signed by nothing: the
+    // OK line says which.
+    let (c, out) = verify_cli(&daemon);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "..{n} follow the last checkpoint and are not yet covered by a signature"
+        )),
+        "{out}"
+    );
     // An offline command opens the log first (it signs a checkpoint when it closes), then
     // the broker starts and stops.
     let (c, out, err) = daemon.cli(&["bootstrap-operator", "--config", &config, "--id", "late"]);

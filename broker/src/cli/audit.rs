@@ -141,17 +141,26 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
     }
 }
 
-/// Where the signing key can be read (the broker's host), the public key file beside the log
-/// must be its key: one swapped in is never handed to auditors or verified with.
+/// Where the signing key is (the broker's host), the public key file beside the log must be
+/// its key: one swapped in is never handed to auditors or verified with. Only a signing key
+/// that is not there at all (an auditor's copy of the log) leaves the file unchecked: one
+/// that is there but cannot be read as a key (corrupted, unreadable, replaced by something
+/// else) refuses, or whoever swapped the public key would only have to spoil the private one.
 pub(crate) fn check_host_public_key(config: &Config) -> Result<(), String> {
-    match AuditSigner::load(&config.audit_key_file()) {
-        Ok(signer) => {
-            crate::keys::loaded::check_audit_public_key(&signer, &config.audit_public_key_file())
-                .map_err(|e| e.to_string())
-        }
+    let key = config.audit_key_file();
+    match std::fs::symlink_metadata(&key) {
         // An auditor's copy without the signing key: the file is all there is.
-        Err(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        _ => {}
     }
+    let signer = AuditSigner::load(&key).map_err(|e| {
+        format!(
+            "{e}: the audit signing key is here but cannot be read as one, so the public key beside the log ({}) cannot be checked against it. Verify with --public-key naming the copy auditors pinned",
+            config.audit_public_key_file().display()
+        )
+    })?;
+    crate::keys::loaded::check_audit_public_key(&signer, &config.audit_public_key_file())
+        .map_err(|e| e.to_string())
 }
 
 fn shared(config: &Config) -> bool {
@@ -364,6 +373,7 @@ async fn verify_chains(
 }
 
 fn ok_line(s: &VerifySummary, is_export: bool) -> String {
+    use super::output::sanitize;
     if s.records == 0 {
         return format!(
             "audit OK: {} holds no records{}",
@@ -374,12 +384,25 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
             },
             s.signed_head.map_or(String::new(), |h| format!(
                 "; the log head was {h} when it was exported"
-            )) + &s
-                .signed_filter
-                .as_ref()
-                .map_or(String::new(), |f| format!("; signed filter: {f}")),
+            )) + &s.signed_filter.as_ref().map_or(String::new(), |f| format!(
+                "; signed filter: {}",
+                sanitize(f)
+            )),
         );
     }
+    // Records past the last checkpoint are chained, not signed: whoever can write the log
+    // could have written them (up to `max_unanchored`), so the line says how many.
+    let unsigned = match (s.last_seq, s.last_checkpoint, s.signed_head) {
+        (Some(last), Some(cp), None) if last > cp => format!(
+            "; records {}..{last} follow the last checkpoint and are not yet covered by a signature",
+            cp.saturating_add(1)
+        ),
+        (Some(last), None, None) => format!(
+            "; records {}..{last} are not yet covered by a signature",
+            s.first_seq.unwrap_or(1)
+        ),
+        _ => String::new(),
+    };
     format!(
         "audit OK: {} records (sequence {}..{}), {} checkpoint(s) matched, last signed checkpoint at {}{}{}",
         s.records,
@@ -388,7 +411,7 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
         s.checkpoints,
         s.last_checkpoint.map_or("none".into(), |v| v.to_string()),
         match (&s.signed_filter, s.filtered) {
-            (Some(f), _) => format!(" (filtered export, signed filter: {f}; it proves what it holds, not what the filter left out)"),
+            (Some(f), _) => format!(" (filtered export, signed filter: {}; it proves what it holds, not what the filter left out)", sanitize(f)),
             (None, true) => " (filtered: every record is bound to the signature)".to_owned(),
             (None, false) => String::new(),
         },
@@ -398,7 +421,7 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
         format!(", {} pinned record(s) found unchanged", s.pinned)
     } else {
         String::new()
-    }
+    } + &unsigned
 }
 
 fn export(args: &ExportArgs) -> Result<ExitCode, String> {
