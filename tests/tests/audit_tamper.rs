@@ -914,6 +914,12 @@ async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
         .unwrap();
     let (c, out) = verify_within(&config, 30, "a sparse 1 TiB checkpoint file");
     assert_eq!(c, 0, "{out}");
+    // The daemon opening it for append reads back at most four lines' worth for its last
+    // line, finds none, and refuses: neither a terabyte read into memory nor a file cut.
+    let (c, err) = daemon.serve_refused(&[]);
+    assert_ne!(c, 0, "{err}");
+    assert!(err.contains("not a write cut short by a crash"), "{err}");
+    assert_eq!(std::fs::metadata(&cps).unwrap().len(), 1 << 40);
     std::fs::write(&cps, real).unwrap();
     let (c, out) = verify_within(&config, 30, "the genuine log again");
     assert_eq!(c, 0, "{out}");

@@ -35,7 +35,21 @@ pub(super) fn recover_tail(
         return Ok((0, None));
     }
     // Records are far below 64 KiB; read a window large enough to hold the last full line.
+    // A line is at most MAX_LINE bytes and a torn write a part of one: a window of four holds
+    // a torn write and the line before it. Past that the file is not a log cut by a crash,
+    // and a larger read (a sparse file of any size) would only exhaust memory.
     let mut window = 64 * 1024u64;
+    let limit = 4 * super::lines::MAX_LINE;
+    let grown = |window: u64| {
+        if window >= limit {
+            Err(inconsistent(format!(
+                "its last {window} bytes hold no complete line, though a line is at most {} bytes: not a write cut short by a crash (the file was altered)",
+                super::lines::MAX_LINE
+            )))
+        } else {
+            Ok(window * 4)
+        }
+    };
     loop {
         let start = len.saturating_sub(window);
         file.seek(SeekFrom::Start(start))
@@ -50,7 +64,7 @@ pub(super) fn recover_tail(
                 file.sync_all().map_err(|e| inconsistent(e.to_string()))?;
                 return Ok((0, None));
             }
-            window *= 4;
+            window = grown(window)?;
             continue;
         };
         let good_len = start + last_nl as u64 + 1;
@@ -67,7 +81,7 @@ pub(super) fn recover_tail(
         let body = &buf[..last_nl];
         let line_start = body.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
         if line_start == 0 && start > 0 {
-            window *= 4;
+            window = grown(window)?;
             continue;
         }
         let line = String::from_utf8(body[line_start..].to_vec())

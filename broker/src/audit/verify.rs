@@ -8,6 +8,7 @@
 //! chain breaks — for an edited, deleted or swapped record, that record's own number.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -187,6 +188,14 @@ impl<'a> Chain<'a> {
                 ),
             ));
         }
+        // No log reaches this far (PostgreSQL's sequence is a bigint); past it the numbers
+        // would wrap or saturate and the checks below would compare nothing.
+        if rec.seq > i64::MAX as u64 {
+            return Err(fail(
+                here,
+                "record sequence is beyond any log's range (altered)",
+            ));
+        }
         let must_follow = self.contiguous || self.prev_seq.is_some_and(|p| rec.seq <= p);
         if must_follow && rec.seq != here {
             return Err(fail(
@@ -273,6 +282,14 @@ impl<'a> Chain<'a> {
             if cp.seq < last {
                 return Err(fail(cp.seq, "checkpoints out of order"));
             }
+            // Two signed heads at one sequence: the log forked (or was rewritten and signed
+            // again); the later must not silently replace the earlier.
+            if self.anchors.get(&cp.seq).is_some_and(|h| *h != cp.hash) {
+                return Err(fail(
+                    cp.seq,
+                    "two signed checkpoints at this sequence name different hashes (the log was rewritten and signed again)",
+                ));
+            }
             last = cp.seq;
             self.anchors.insert(cp.seq, cp.hash.clone());
         }
@@ -288,15 +305,16 @@ impl<'a> Chain<'a> {
     fn finish(self) -> Result<VerifySummary, VerifyFailure> {
         if self.contiguous {
             let last = self.prev_seq.unwrap_or(0);
-            if let Some((&pin, _)) = self.pins.range(last + 1..).next() {
+            let after = (Bound::Excluded(last), Bound::Unbounded);
+            if let Some((&pin, _)) = self.pins.range(after).next() {
                 return Err(fail(
-                    last + 1,
+                    last.saturating_add(1),
                     format!("log ends at {last} but the pinned copy holds record {pin} (records removed, or the log rolled back)"),
                 ));
             }
-            if let Some((&cp_seq, _)) = self.anchors.range(last + 1..).next() {
+            if let Some((&cp_seq, _)) = self.anchors.range(after).next() {
                 return Err(fail(
-                    last + 1,
+                    last.saturating_add(1),
                     format!("log ends at {last} but a signed checkpoint covers {cp_seq} (records removed)"),
                 ));
             }
@@ -658,5 +676,40 @@ mod tests {
             let f = chain.record(text.as_bytes()).unwrap_err();
             assert!(f.reason.contains("canonical form"), "{text}: {f}");
         }
+    }
+
+    /// Two signed checkpoints naming different hashes at one sequence are a fork; and a
+    /// record numbered past any log's range is refused before its number can wrap.
+    #[test]
+    fn a_forked_checkpoint_and_an_out_of_range_sequence_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let signer =
+            AuditSigner::generate(&tmp.path().join("k"), &tmp.path().join("k.pub")).unwrap();
+        let verifier = signer.verifier();
+        let a = Checkpoint::signed(5, &"a".repeat(64), &signer);
+        let b = Checkpoint::signed(5, &"b".repeat(64), &signer);
+        let mut chain = Chain::new(&verifier, true);
+        chain.checkpoints(&[a.clone(), a.clone()]).unwrap();
+        let mut chain = Chain::new(&verifier, true);
+        let f = chain.checkpoints(&[a, b]).unwrap_err();
+        assert_eq!(f.seq, 5);
+        assert!(f.reason.contains("different hashes"), "{f}");
+
+        let mut rec = AuditRecord {
+            replica: None,
+            seq: u64::MAX,
+            time: "2026-01-01T00:00:00Z".into(),
+            event: AuditEvent {
+                kind: "resolve".into(),
+                outcome: "allowed".into(),
+                ..Default::default()
+            },
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        let line = rec.seal();
+        let mut chain = Chain::new(&verifier, false);
+        let f = chain.record(&line).unwrap_err();
+        assert!(f.reason.contains("beyond any log's range"), "{f}");
     }
 }

@@ -335,7 +335,9 @@ fn holding(
                         _ => None,
                     });
                 let genuine = seal.as_ref().is_some_and(|cp| {
-                    cp.seq + 1 == h.first_seq && cp.hash == h.prev_hash && cp.verifies(verifier)
+                    cp.seq.checked_add(1) == Some(h.first_seq)
+                        && cp.hash == h.prev_hash
+                        && cp.verifies(verifier)
                 });
                 if !genuine {
                     return Err(fail(
