@@ -1269,12 +1269,15 @@ async fn kek_rotation_keeps_the_app_key_and_a_stale_keyring_is_refused() {
     // A stale keyring (a backup from before the rotation) is refused with a clear reason.
     env.daemon.stop();
     std::fs::write(&kek, &stale).unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args(["serve", "--config", &config])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = || {
+        let out = std::process::Command::new(daemon_bin())
+            .args(["serve", "--config", &config])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused();
     assert!(
         err.contains("last rotated to KEK version 2") && err.contains("stale keyring"),
         "{err}"
@@ -1284,12 +1287,7 @@ async fn kek_rotation_keeps_the_app_key_and_a_stale_keyring_is_refused() {
     // (a store without tenant secrets tries its platform keys: keyring_check's unit test).
     ring["keys"]["2"] = json!("ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=");
     std::fs::write(&kek, serde_json::to_vec(&ring).unwrap()).unwrap();
-    let out = std::process::Command::new(daemon_bin())
-        .args(["serve", "--config", &config])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused();
     assert!(err.contains("does not open with KEK version 2"), "{err}");
 }
 

@@ -367,24 +367,31 @@ impl Checkpoint {
     }
 }
 
+/// An allowed resolve record numbered `seq`, chained from genesis and not yet sealed (unit
+/// tests).
+#[cfg(test)]
+pub(crate) fn sample_record(seq: u64) -> AuditRecord {
+    AuditRecord {
+        replica: None,
+        seq,
+        time: "2026-01-01T00:00:00Z".into(),
+        event: AuditEvent {
+            kind: "resolve".into(),
+            outcome: "allowed".into(),
+            ..Default::default()
+        },
+        prev_hash: GENESIS_HASH.into(),
+        hash: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn hash_covers_every_field() {
-        let mut r = AuditRecord {
-            replica: None,
-            seq: 1,
-            time: "2026-01-01T00:00:00Z".into(),
-            event: AuditEvent {
-                kind: "resolve".into(),
-                outcome: "allowed".into(),
-                ..Default::default()
-            },
-            prev_hash: GENESIS_HASH.into(),
-            hash: String::new(),
-        };
+        let mut r = sample_record(1);
         let h = r.compute_hash();
         r.event.tenant = Some("t".into());
         assert_ne!(h, r.compute_hash());

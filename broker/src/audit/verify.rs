@@ -625,7 +625,7 @@ pub fn complete_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditEvent;
+    use crate::audit::record::sample_record;
     use crate::keys::AuditSigner;
 
     /// A line whose hash is right for its own bytes but that is not what the writer writes
@@ -637,18 +637,7 @@ mod tests {
         let signer =
             AuditSigner::generate(&tmp.path().join("k"), &tmp.path().join("k.pub")).unwrap();
         let verifier = signer.verifier();
-        let mut rec = AuditRecord {
-            replica: None,
-            seq: 1,
-            time: "2026-01-01T00:00:00Z".into(),
-            event: AuditEvent {
-                kind: "resolve".into(),
-                outcome: "allowed".into(),
-                ..Default::default()
-            },
-            prev_hash: GENESIS_HASH.into(),
-            hash: String::new(),
-        };
+        let mut rec = sample_record(1);
         let canonical = String::from_utf8(rec.seal()).unwrap();
         let mut chain = Chain::new(&verifier, true);
         chain.record(canonical.as_bytes()).unwrap();
@@ -695,18 +684,7 @@ mod tests {
         assert_eq!(f.seq, 5);
         assert!(f.reason.contains("different hashes"), "{f}");
 
-        let mut rec = AuditRecord {
-            replica: None,
-            seq: u64::MAX,
-            time: "2026-01-01T00:00:00Z".into(),
-            event: AuditEvent {
-                kind: "resolve".into(),
-                outcome: "allowed".into(),
-                ..Default::default()
-            },
-            prev_hash: GENESIS_HASH.into(),
-            hash: String::new(),
-        };
+        let mut rec = sample_record(u64::MAX);
         let line = rec.seal();
         let mut chain = Chain::new(&verifier, false);
         let f = chain.record(&line).unwrap_err();
