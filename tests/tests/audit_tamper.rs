@@ -49,14 +49,21 @@ fn verify_cli(daemon: &Daemon) -> (i32, String) {
 }
 
 fn verify_export_cli(export: &Path, public_key: &Path) -> (i32, String) {
-    let (c, out, err) = run_cli(&[
+    verify_export_with(export, public_key, &[])
+}
+
+/// `audit verify --export EXPORT --public-key KEY` and `extra`: exit code and output.
+fn verify_export_with(export: &Path, public_key: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![
         "audit",
         "verify",
         "--export",
         export.to_str().unwrap(),
         "--public-key",
         public_key.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (c, out, err) = run_cli(&args);
     (c, format!("{out}{err}"))
 }
 
@@ -973,6 +980,15 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     let (c, out, err) = daemon.cli(&["audit", "export", "--config", &config]);
     assert_eq!(c, 0, "{err}");
     std::fs::write(&export, out).unwrap();
+    let export_pinned = |export: &Path, pin: &Path| {
+        verify_export_with(export, &public_key, &["--pinned", pin.to_str().unwrap()])
+    };
+    let (c, out) = export_pinned(&export, &copy);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.contains("pinned record(s) found unchanged") && out.contains("export id"),
+        "{out}"
+    );
     for pin in [&copy, &export] {
         let (c, out) = verify_pinned(pin);
         assert_eq!(c, 0, "{out}");
@@ -1037,6 +1053,23 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
         c, 0,
         "without a copy the host has nothing to compare with: {out}"
     );
+    // An export of the rewritten log, signed by the broker that signed over the forgery
+    // and handed to an auditor: it verifies alone, and fails against either copy.
+    let (c, out, err) = daemon.cli(&["audit", "export", "--config", &config]);
+    assert_eq!(c, 0, "{err}");
+    let forged_export = tmp.path().join("forged-export.jsonl");
+    std::fs::write(&forged_export, out).unwrap();
+    let (c, out) = verify_export_cli(&forged_export, &public_key);
+    assert_eq!(c, 0, "{out}");
+    for pin in [&copy, &export] {
+        let (c, out) = export_pinned(&forged_export, pin);
+        assert_eq!(c, 1, "{out}");
+        assert!(
+            out.contains(&format!("FAILED at sequence {n}"))
+                && out.contains("differs from the pinned copy"),
+            "{out}"
+        );
+    }
     for pin in [&copy, &export] {
         let (c, out) = verify_pinned(pin);
         assert_eq!(c, 1, "{out}");

@@ -27,8 +27,8 @@ mod writer;
 pub use export::{export, write_document, ExportFilter, ExportSet, FileLines, LineSource};
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH};
 pub use verify::{
-    complete_lines, judged, never_signed, verify_export, verify_exports, verify_log,
-    verify_log_pinned, verify_log_visit, verify_log_with, verify_segment,
+    complete_lines, judged, never_signed, verify_export, verify_exports, verify_exports_pinned,
+    verify_log, verify_log_pinned, verify_log_visit, verify_log_with, verify_segment,
     verify_since_last_checkpoint, ChainCheck, Pins, ReadAt, VerifyFailure, VerifySummary,
 };
 pub use writer::{max_unanchored, AuditConfig, AuditError, AuditLog, AuditReceipt};

@@ -19,7 +19,7 @@ use crate::keys::AuditVerifier;
 mod export;
 mod live;
 mod shared;
-pub use export::{verify_export, verify_exports, ReadAt};
+pub use export::{verify_export, verify_exports, verify_exports_pinned, ReadAt};
 pub(crate) use live::read_checkpoints;
 pub use live::{
     verify_log, verify_log_pinned, verify_log_visit, verify_log_with, verify_segment,
@@ -54,6 +54,8 @@ pub struct VerifySummary {
     pub bytes: u64,
     /// Records found as a pinned copy held them (see [`Pins`]).
     pub pinned: u64,
+    /// For an export: when it was made, and its id (signed, as the header holds them).
+    pub exported: Option<(String, String)>,
 }
 
 /// The first place the log fails verification.
@@ -148,6 +150,7 @@ impl<'a> Chain<'a> {
                 last_hash: None,
                 bytes: 0,
                 pinned: 0,
+                exported: None,
             },
             canonical: Vec::new(),
         }
@@ -298,7 +301,7 @@ impl<'a> Chain<'a> {
     }
 
     /// Adds the records `pins` vouches for (already authenticated: see [`Pins`]).
-    fn pin(&mut self, pins: &BTreeMap<u64, String>) {
+    pub(super) fn pin(&mut self, pins: &BTreeMap<u64, String>) {
         self.pins.extend(pins.iter().map(|(s, h)| (*s, h.clone())));
     }
 

@@ -60,8 +60,10 @@ pub struct VerifyArgs {
     /// audit/checkpoints.log, or an earlier `audit export` file (every chain it holds).
     /// Every record it vouches for must still be in the log, unchanged: a log rolled back,
     /// emptied, or rewritten after its latest checkpoints were removed fails. Verified with
-    /// the same public key.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["export", "segment"])]
+    /// the same public key. With --export: every pinned record up to the head the export
+    /// signed must be in it as pinned (an unfiltered export holds them all; a filtered one
+    /// is checked on the records it holds).
+    #[arg(long, value_name = "FILE", conflicts_with = "segment")]
     pinned: Option<PathBuf>,
     /// `table`: one line per chain (the default); `json`: {"verified", "chains": [{"chain",
     /// "replica", "verified", "records", "first_seq", "last_seq", "checkpoints",
@@ -197,6 +199,11 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         vec![(None, result)]
     } else if let Some(export) = &args.export {
         let verifier = pinned()?;
+        let pins = match &args.pinned {
+            Some(path) => audit::Pins::from_path(path, &verifier)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            None => audit::Pins::default(),
+        };
         // A file is read by position, a line at a time: an export of any size verifies in
         // constant memory. A pipe (`--export /dev/stdin`) cannot be read twice: it is copied
         // first to a file in the temporary directory (gone when it is closed), not into
@@ -204,7 +211,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         let shown = |e: std::io::Error| format!("{}: {e}", export.display());
         let file = std::fs::File::open(export).map_err(shown)?;
         if file.metadata().map_err(shown)?.is_file() {
-            audit::verify_exports(&file, &verifier)
+            audit::verify_exports_pinned(&file, &verifier, &pins)
         } else {
             // tempfile: O_TMPFILE where the file system has it, else a random name (0600,
             // never following a link) unlinked at once.
@@ -227,7 +234,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
                 };
                 std::io::Write::write_all(&mut spool, &buf[..n]).map_err(spooled)?;
             }
-            audit::verify_exports(&spool, &verifier)
+            audit::verify_exports_pinned(&spool, &verifier, &pins)
         }
     } else {
         let config = local_config(&args.local)?;
@@ -336,6 +343,8 @@ fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
             "checkpoints": s.checkpoints,
             "last_checkpoint": s.last_checkpoint,
             "pinned": s.pinned,
+            "exported_at": s.exported.as_ref().map(|e| &e.0),
+            "export_id": s.exported.as_ref().map(|e| &e.1),
             "filtered": s.filtered,
             "signed_filter": s.signed_filter,
             "signed_head": s.signed_head,
@@ -417,7 +426,9 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
         },
         s.signed_head
             .map_or(String::new(), |h| format!(", export signed at log head {h}")),
-    ) + &if s.pinned > 0 {
+    ) + &s.exported.as_ref().map_or(String::new(), |(at, id)| {
+        format!(" (exported {}, export id {})", sanitize(at), sanitize(id))
+    }) + &if s.pinned > 0 {
         format!(", {} pinned record(s) found unchanged", s.pinned)
     } else {
         String::new()

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::super::export::{attest_message, Attestation, ExportHeader, ExportSet};
 use super::super::lines::MAX_LINE;
-use super::{fail, Chain, VerifyFailure, VerifySummary, WRONG_KEY};
+use super::{fail, Chain, Pins, VerifyFailure, VerifySummary, WRONG_KEY};
 use crate::audit::record::Checkpoint;
 use crate::keys::AuditVerifier;
 
@@ -257,7 +257,8 @@ pub fn verify_export(
     bytes: &[u8],
     verifier: &AuditVerifier,
 ) -> Result<VerifySummary, VerifyFailure> {
-    verify_document(&bytes, 0, bytes.len() as u64, verifier).map(|(summary, _, _)| summary)
+    verify_document(&bytes, 0, bytes.len() as u64, verifier, &Pins::default())
+        .map(|(summary, _, _)| summary)
 }
 
 /// Pass 1 over a document's lines after its header: where the records end (the offset of
@@ -296,6 +297,7 @@ fn verify_document(
     start: u64,
     end: u64,
     verifier: &AuditVerifier,
+    pins: &Pins,
 ) -> Result<Verified, VerifyFailure> {
     let mut lines = Lines::new(src, start, end);
     let first = lines
@@ -337,6 +339,16 @@ fn verify_document(
     let section = section.unwrap_or(end);
     let mut chain = Chain::new(verifier, !h.filtered);
     chain.replica = h.replica;
+    // What a copy kept off the host pins of this chain up to the head the export signed
+    // (a copy taken later pins records the export never held): each exported one must be
+    // as pinned, and an unfiltered export, the whole log up to its head, must hold them all.
+    if let Some(pinned) = pins.of(h.replica) {
+        let upto: std::collections::BTreeMap<u64, String> = pinned
+            .range(..=h.head_seq)
+            .map(|(s, hash)| (*s, hash.clone()))
+            .collect();
+        chain.pin(&upto);
+    }
     chain.checkpoints(&cps)?;
     drop(cps);
     // Pass 2: each record, then the attestation the export wrote for it.
@@ -424,6 +436,7 @@ fn verify_document(
     }
     let mut summary = chain.finish()?;
     summary.signed_head = Some(h.head_seq);
+    summary.exported = Some((h.exported_at.clone(), h.export_id.clone()));
     if h.filtered {
         let parts: Vec<String> = [
             ("tenant", &h.tenant),
@@ -445,6 +458,16 @@ fn verify_document(
 pub fn verify_exports(
     src: &dyn ReadAt,
     verifier: &AuditVerifier,
+) -> Vec<(Option<u32>, Result<VerifySummary, VerifyFailure>)> {
+    verify_exports_pinned(src, verifier, &Pins::default())
+}
+
+/// [`verify_exports`], each document also checked against what `pins` (a copy kept off the
+/// host, see [`Pins`]) holds of its chain up to the head it signed.
+pub fn verify_exports_pinned(
+    src: &dyn ReadAt,
+    verifier: &AuditVerifier,
+    pins: &Pins,
 ) -> Vec<(Option<u32>, Result<VerifySummary, VerifyFailure>)> {
     #[derive(Deserialize)]
     struct ReplicaOnly {
@@ -491,7 +514,7 @@ pub fn verify_exports(
         let claimed = header
             .as_ref()
             .map(|h| (h.export.set.clone(), h.export.replica));
-        match verify_document(src, *at, until, verifier) {
+        match verify_document(src, *at, until, verifier, pins) {
             Ok((summary, set, replica)) => {
                 sets.push(set);
                 results.push((replica, Ok(summary)));
