@@ -1481,6 +1481,30 @@ async fn an_install_link_opened_too_often_must_be_issued_again() {
     assert_eq!(env.daemon.audit_records().len(), n);
 }
 
+/// A customer holding a link of their own has a victim's browser open it (a page of theirs
+/// navigating it to `/start`): the cookie it sets is that link's own and replaces nothing,
+/// so the victim's install still finishes in the victim's browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_opened_in_another_links_browser_replaces_nothing() {
+    let mut env = start(3600).await;
+    add_key(&mut env.op, &env.key_a).await;
+    let first_cookie = |c: Option<String>| c.unwrap().split(';').next().unwrap().to_owned();
+    let victim = state_for(&mut env.op, "t1").await;
+    let victims = first_cookie(open_link(&mut env.public, &victim).await.1);
+    let theirs = state_for(&mut env.op, "t2").await;
+    let attackers = first_cookie(open_link(&mut env.public, &theirs).await.1);
+    env.gh.authorize("code-victim", &[1001]);
+    let (s, v) = callback(
+        &mut env.public,
+        &format!("installation_id=1001&setup_action=install&state={victim}&code=code-victim"),
+        Some(&format!("{attackers}; {victims}")),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "active", "{v}");
+    assert_ne!(attackers.split('=').next(), victims.split('=').next());
+}
+
 /// GitHub installation takeover, every way we know (issue 10, item 1): the installation id in
 /// the redirect is a claim until GitHub shows the person who came back administers it, the
 /// link only works in the browser that opened it, once, and the installation's account must
@@ -1499,7 +1523,7 @@ async fn github_install_takeover_attempts_are_refused() {
     assert_eq!(s, 302);
     let cookie = cookie.unwrap();
     for attr in [
-        "__Host-credbroker-install=",
+        &format!("{}=", credbroker::callbacks::install_cookie_name(&state)),
         "Path=/",
         "Secure",
         "HttpOnly",

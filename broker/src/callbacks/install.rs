@@ -21,14 +21,22 @@ use crate::store::Batch;
 /// How many times an install link may be opened before it must be re-issued.
 pub const MAX_LINK_OPENS: u32 = 5;
 
-/// The cookie that binds an opened install link to the browser that opened it. `__Host-`:
-/// Secure, no Domain, Path=/ — no other host can set or read it.
+/// The prefix of the cookie that binds an opened install link to the browser that opened
+/// it. `__Host-`: Secure, no Domain, Path=/ — no other host can set or read it.
 pub const INSTALL_COOKIE: &str = "__Host-credbroker-install";
 
-/// The install cookie's value in a request's `Cookie` headers, if any. Never panics on any
-/// input (fuzzed).
-pub fn install_cookie(headers: &HeaderMap) -> Option<String> {
-    cookie(headers, INSTALL_COOKIE)
+/// The install cookie's name for link `state`: one per link (a digest of the state, which
+/// the name must not carry), so a browser made to open another link — a page of whoever
+/// holds a link of their own navigating it to `/start` — never replaces this one's.
+pub fn install_cookie_name(state: &str) -> String {
+    let digest = sha256_hex(state.as_bytes());
+    format!("{INSTALL_COOKIE}-{}", digest.get(..16).unwrap_or(&digest))
+}
+
+/// The value of link `state`'s install cookie in a request's `Cookie` headers, if any.
+/// Never panics on any input (fuzzed).
+pub fn install_cookie(headers: &HeaderMap, state: &str) -> Option<String> {
+    cookie(headers, &install_cookie_name(state))
 }
 
 /// The value of cookie `name` in a request's `Cookie` headers, if any (install and intake
@@ -224,7 +232,8 @@ impl CallbackService {
         let receipt = self.commit_locked(event.clone(), batch, false).await?;
         let max_age = (read.expires_at - now).max(1);
         let cookie = format!(
-            "{INSTALL_COOKIE}={nonce}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+            "{}={nonce}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}",
+            install_cookie_name(&state)
         );
         let pin = read
             .pin
@@ -308,7 +317,7 @@ impl CallbackService {
         event.tenant = Some(tenant.to_string());
         // The install must finish in the browser that opened the link (its cookie), or the
         // callback URL alone — state included — is worth nothing.
-        let cookie_ok = match (&read.browser, install_cookie(headers)) {
+        let cookie_ok = match (&read.browser, install_cookie(headers, &redirect.state)) {
             (Some(expected), Some(nonce)) => {
                 crate::hex_text::sha256_matches(expected, nonce.as_bytes())
             }

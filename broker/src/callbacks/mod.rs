@@ -173,7 +173,9 @@ mod webhook;
 
 pub use forge::{VerifiedInvocation, INVOCATION_KINDS};
 pub(crate) use install::cookie;
-pub use install::{install_cookie, link_state, INSTALL_COOKIE, MAX_LINK_OPENS};
+pub use install::{
+    install_cookie, install_cookie_name, link_state, INSTALL_COOKIE, MAX_LINK_OPENS,
+};
 pub use webhook::DELIVERY_WINDOW_S;
 
 /// Whether `provider`'s unclaimed installation `identifier` may be kept besides `held`: it

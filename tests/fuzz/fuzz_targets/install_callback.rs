@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = http::HeaderValue::from_bytes(data) {
         headers.append(http::header::COOKIE, v);
     }
-    let _ = credbroker::callbacks::install_cookie(&headers);
+    let _ = credbroker::callbacks::install_cookie(&headers, "state0123456789");
     if let Ok(text) = std::str::from_utf8(data) {
         // As it came, and as the value of a `state` pair (so the checks of the value are
         // reached at once).
