@@ -112,33 +112,39 @@ impl ProviderError {
     /// An id of `earlier` that is the error's own (a refusal read from the answer of a call
     /// that succeeded upstream, e.g. a token whose claims failed a check) is not repeated.
     pub fn after_calls(mut self, earlier: &[String]) -> Self {
-        if let ProviderError::Denied {
-            message,
-            upstream_request_id,
-            ..
-        }
-        | ProviderError::ActivationRefused {
-            message,
-            upstream_request_id,
-            ..
-        }
-        | ProviderError::Unavailable {
-            message,
-            upstream_request_id,
-        } = &mut self
-        {
-            let own = upstream_request_id.as_deref();
-            let earlier: Vec<&str> = earlier
-                .iter()
-                .map(String::as_str)
-                .filter(|id| Some(*id) != own)
-                .collect();
-            if !earlier.is_empty() {
-                message.push_str(&format!(
-                    " (the probe's earlier upstream requests: {})",
-                    earlier.join(", ")
-                ));
+        let (message, own) = match &mut self {
+            ProviderError::Denied {
+                message,
+                upstream_request_id,
+                ..
             }
+            | ProviderError::ActivationRefused {
+                message,
+                upstream_request_id,
+                ..
+            }
+            | ProviderError::Unavailable {
+                message,
+                upstream_request_id,
+            } => (message, upstream_request_id.clone()),
+            // Refusals that carry no id of their own (a consent found missing or stale by
+            // a later call) still name the calls before them.
+            ProviderError::ConsentMissing(message)
+            | ProviderError::ConsentStale(message)
+            | ProviderError::Internal(message)
+            | ProviderError::RateLimited(message) => (message, None),
+            _ => return self,
+        };
+        let earlier: Vec<&str> = earlier
+            .iter()
+            .map(String::as_str)
+            .filter(|id| Some(*id) != own.as_deref())
+            .collect();
+        if !earlier.is_empty() {
+            message.push_str(&format!(
+                " (the probe's earlier upstream requests: {})",
+                earlier.join(", ")
+            ));
         }
         self
     }
@@ -161,5 +167,33 @@ impl ProviderError {
             } => upstream_request_id.as_deref().filter(|v| is_request_id(v)),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed probe's message names the calls before the failing one: never the failing
+    /// call's own id again, and also for refusals that carry no id of their own.
+    #[test]
+    fn after_calls_names_the_earlier_calls_once() {
+        let earlier = vec!["graph-1".to_owned(), "arm-2".to_owned()];
+        let denied = ProviderError::Denied {
+            message: "refused".into(),
+            upstream_request_id: Some("arm-2".into()),
+            trust_broken: false,
+        }
+        .after_calls(&earlier);
+        assert_eq!(denied.to_string().matches("arm-2").count(), 0, "{denied}");
+        assert!(denied
+            .to_string()
+            .contains("earlier upstream requests: graph-1"));
+        let stale = ProviderError::ConsentStale("no longer grants X".into()).after_calls(&earlier);
+        assert!(stale.to_string().contains("graph-1, arm-2"), "{stale}");
+        let untouched = ProviderError::InvalidConfig("bad".into()).after_calls(&earlier);
+        assert!(!untouched.to_string().contains("graph-1"));
+        let none = ProviderError::ConsentMissing("gone".into()).after_calls(&[]);
+        assert!(!none.to_string().contains("earlier"));
     }
 }

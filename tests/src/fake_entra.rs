@@ -820,9 +820,10 @@ impl EntraState {
                 self.token(tenant, &parse_form(&String::from_utf8_lossy(&body))),
                 Some("token"),
             ),
-            ["v1.0", sp, "appRoleAssignments"] if !post => {
-                (self.app_role_assignments(sp, bearer.as_deref()), None)
-            }
+            ["v1.0", sp, "appRoleAssignments"] if !post => (
+                self.app_role_assignments(sp, bearer.as_deref()),
+                Some("graph"),
+            ),
             ["subscriptions"] if !post => {
                 (self.subscriptions(&query, bearer.as_deref()), Some("arm"))
             }
@@ -841,16 +842,18 @@ impl EntraState {
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{n:08x}-9999-4aaa-8bbb-cccccccccccc"));
-        let (id_header, service) = match service {
-            Some(service) => ("x-ms-request-id", service),
-            None => ("request-id", "graph"),
+        // A path no service serves is answered without an id.
+        let id_header = match service {
+            Some("graph") => Some("request-id"),
+            Some(service) => {
+                self.answered
+                    .lock()
+                    .unwrap()
+                    .push((service, request_id.clone()));
+                Some("x-ms-request-id")
+            }
+            None => None,
         };
-        if service != "graph" {
-            self.answered
-                .lock()
-                .unwrap()
-                .push((service, request_id.clone()));
-        }
         let mut value = value;
         if *self.lists_without_value.lock().unwrap() {
             if let Some(o) = value.as_object_mut() {
@@ -863,10 +866,13 @@ impl EntraState {
                 o.insert("padding".into(), json!(vec![0u8; padding]));
             }
         }
-        Response::builder()
+        let mut answer = Response::builder()
             .status(status)
-            .header("content-type", "application/json; charset=utf-8")
-            .header(id_header, request_id)
+            .header("content-type", "application/json; charset=utf-8");
+        if let Some(name) = id_header {
+            answer = answer.header(name, request_id);
+        }
+        answer
             .body(Full::new(Bytes::from(value.to_string())))
             .unwrap_or_default()
     }

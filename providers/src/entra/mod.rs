@@ -566,7 +566,9 @@ impl Probe for EntraApp {
         // sign-in log lists them (ARM's reads of role assignments are not in its activity
         // log, and a refused app credential is in the daemon's log with its request id).
         let mut calls: Vec<String> = answer.request_id.iter().cloned().collect();
-        let roles = self.check_roles(&answer, bound)?;
+        let roles = self
+            .check_roles(&answer, bound)
+            .map_err(|e| e.after_calls(&calls))?;
         let oid = answer
             .claims
             .oid
