@@ -927,6 +927,17 @@ async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
     assert_ne!(c, 0, "{err}");
     assert!(err.contains("not a write cut short by a crash"), "{err}");
     assert_eq!(std::fs::metadata(&cps).unwrap().len(), 1 << 40);
+    // A 3 MiB line and 3 MiB after it without a newline: refused as well, and nothing of
+    // it cut (the bytes after the last newline are evidence, not a torn write).
+    let mut altered = real.clone();
+    altered.extend(std::iter::repeat_n(b'x', 3 << 20));
+    altered.push(b'\n');
+    altered.extend(std::iter::repeat_n(b'y', 3 << 20));
+    std::fs::write(&cps, &altered).unwrap();
+    let (c, err) = daemon.serve_refused(&[]);
+    assert_ne!(c, 0, "{err}");
+    assert!(err.contains("not a write cut short by a crash"), "{err}");
+    assert_eq!(std::fs::read(&cps).unwrap(), altered);
     std::fs::write(&cps, real).unwrap();
     let (c, out) = verify_within(&config, 30, "the genuine log again");
     assert_eq!(c, 0, "{out}");

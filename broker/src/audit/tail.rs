@@ -68,6 +68,16 @@ pub(super) fn recover_tail(
             continue;
         };
         let good_len = start + last_nl as u64 + 1;
+        let body = &buf[..last_nl];
+        let line_start = body.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        if line_start == 0 && start > 0 {
+            window = grown(window)?;
+            continue;
+        }
+        let line = String::from_utf8(body[line_start..].to_vec())
+            .map_err(|_| inconsistent("last line is not UTF-8".into()))?;
+        // Cut only once the last complete line is found: a file refused above (altered) is
+        // left whole, as evidence.
         if good_len < len {
             tracing::warn!(
                 path = %path.display(),
@@ -78,14 +88,6 @@ pub(super) fn recover_tail(
                 .map_err(|e| inconsistent(e.to_string()))?;
             file.sync_all().map_err(|e| inconsistent(e.to_string()))?;
         }
-        let body = &buf[..last_nl];
-        let line_start = body.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
-        if line_start == 0 && start > 0 {
-            window = grown(window)?;
-            continue;
-        }
-        let line = String::from_utf8(body[line_start..].to_vec())
-            .map_err(|_| inconsistent("last line is not UTF-8".into()))?;
         return Ok((good_len, Some(line)));
     }
 }
