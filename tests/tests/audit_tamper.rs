@@ -1000,6 +1000,27 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
         out.contains("pinned record(s) found unchanged") && out.contains("export id"),
         "{out}"
     );
+    // An export the copy vouches for nothing of (a window after every record): it verifies,
+    // and the output says the copy was not compared, rather than keep silent.
+    let empty = tmp.path().join("empty-export.jsonl");
+    let (c, out, err) = daemon.cli(&[
+        "audit",
+        "export",
+        "--config",
+        &config,
+        "--since",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert_eq!(c, 0, "{err}");
+    std::fs::write(&empty, out).unwrap();
+    let (c, out) = export_pinned(&empty, &copy);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.contains(
+            "the pinned copy vouches for no record this export holds of the file log: not compared"
+        ),
+        "{out}"
+    );
     for pin in [&copy, &export] {
         let (c, out) = verify_pinned(pin);
         assert_eq!(c, 0, "{out}");

@@ -155,6 +155,13 @@ pub(crate) fn check_host_public_key(config: &Config) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         _ => {}
     }
+    if signing_key_unreadable(config) {
+        return Err(format!(
+            "{} is not readable by this user, so the public key beside the log ({}) cannot be checked against it: run this as the daemon's user, or verify with --public-key naming the copy auditors pinned",
+            key.display(),
+            config.audit_public_key_file().display()
+        ));
+    }
     let signer = AuditSigner::load(&key).map_err(|e| {
         format!(
             "{e}: the audit signing key is here but cannot be read as one, so the public key beside the log ({}) cannot be checked against it. Verify with --public-key naming the copy auditors pinned",
@@ -163,6 +170,43 @@ pub(crate) fn check_host_public_key(config: &Config) -> Result<(), String> {
     })?;
     crate::keys::loaded::check_audit_public_key(&signer, &config.audit_public_key_file())
         .map_err(|e| e.to_string())
+}
+
+/// What a pinned copy could not vouch for in an export, one note a line: a chain of the copy
+/// the export does not hold (made before that chain began, or left out), and a chain of the
+/// export none of whose records the copy pins (a filtered export, or one older than the copy's
+/// first checkpoint). Neither was compared, and the OK lines alone would not say so.
+fn export_pin_notes(pins: &audit::Pins, results: &[ChainResult]) -> String {
+    let name = |chain: Option<u32>| {
+        chain.map_or_else(
+            || "the file log".to_owned(),
+            |r| format!("replica {r}'s chain"),
+        )
+    };
+    let present: Vec<Option<u32>> = results.iter().map(|(r, _)| *r).collect();
+    let mut notes = String::new();
+    for chain in pins.chains().filter(|c| !present.contains(c)) {
+        notes.push_str(&format!(
+            "\nnote: the pinned copy holds {}, which this export does not: not compared",
+            name(chain)
+        ));
+    }
+    for (chain, result) in results {
+        if matches!(result, Ok(s) if s.pinned == 0) {
+            notes.push_str(&format!(
+                "\nnote: the pinned copy vouches for no record this export holds of {}: not compared",
+                name(*chain)
+            ));
+        }
+    }
+    notes
+}
+
+/// Whether the signing key is there but this user may not read it (its mode is 0600: any
+/// user but the daemon's and root), which is no sign of tampering.
+pub(crate) fn signing_key_unreadable(config: &Config) -> bool {
+    std::fs::File::open(config.audit_key_file())
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 fn shared(config: &Config) -> bool {
@@ -210,7 +254,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         // memory, which an export of millions of records would exhaust.
         let shown = |e: std::io::Error| format!("{}: {e}", export.display());
         let file = std::fs::File::open(export).map_err(shown)?;
-        if file.metadata().map_err(shown)?.is_file() {
+        let results = if file.metadata().map_err(shown)?.is_file() {
             audit::verify_exports_pinned(&file, &verifier, &pins)
         } else {
             // tempfile: O_TMPFILE where the file system has it, else a random name (0600,
@@ -235,7 +279,11 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
                 std::io::Write::write_all(&mut spool, &buf[..n]).map_err(spooled)?;
             }
             audit::verify_exports_pinned(&spool, &verifier, &pins)
+        };
+        if args.pinned.is_some() {
+            trust_note.push_str(&export_pin_notes(&pins, &results));
         }
+        results
     } else {
         let config = local_config(&args.local)?;
         let key = match &args.public_key {
