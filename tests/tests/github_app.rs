@@ -1494,15 +1494,31 @@ async fn a_link_opened_in_another_links_browser_replaces_nothing() {
     let theirs = state_for(&mut env.op, "t2").await;
     let attackers = first_cookie(open_link(&mut env.public, &theirs).await.1);
     env.gh.authorize("code-victim", &[1001]);
-    let (s, v) = callback(
-        &mut env.public,
-        &format!("installation_id=1001&setup_action=install&state={victim}&code=code-victim"),
-        Some(&format!("{attackers}; {victims}")),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    let both = format!("{attackers}; {victims}");
+    let (s, headers, out) = env
+        .public
+        .exchange(
+            Method::GET,
+            &format!("/callbacks/github_app/setup?installation_id=1001&setup_action=install&state={victim}&code=code-victim"),
+            &[("cookie", both.as_str())],
+            None,
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(s.as_u16(), 200, "{v}");
     assert_eq!(v["status"], "active", "{v}");
-    assert_ne!(attackers.split('=').next(), victims.split('=').next());
+    let name = |c: &str| c.split('=').next().unwrap().to_owned();
+    assert_ne!(name(&attackers), name(&victims));
+    // The spent link's cookie is cleared; the other link's is left to its own return.
+    let cleared = headers
+        .get(http::header::SET_COOKIE)
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        cleared.starts_with(&format!("{}=;", name(&victims))) && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
 }
 
 /// GitHub installation takeover, every way we know (issue 10, item 1): the installation id in

@@ -376,6 +376,19 @@ impl CallbackService {
             provider: Some(provider.id().to_owned()),
             ..Default::default()
         };
+        // A setup return whose own record spent its link's state (accepted, or refused on the
+        // record) leaves the link's cookie of no further use: it is cleared, so a browser
+        // that opens many links does not carry each until it expires. (A failure before that
+        // record, a store error, leaves it: the browser may come back.)
+        let spent_cookie = (endpoint == Endpoint::CallbackSetup)
+            .then(|| link_state(query))
+            .flatten()
+            .map(|state| {
+                format!(
+                    "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+                    install_cookie_name(&state)
+                )
+            });
         let mut redirect = None;
         let result = match endpoint {
             Endpoint::CallbackStart => self
@@ -425,7 +438,7 @@ impl CallbackService {
                 CallbackAnswer {
                     answer,
                     location,
-                    set_cookie,
+                    set_cookie: set_cookie.or(spent_cookie),
                     unauthenticated_refusal: false,
                 }
             }
@@ -447,6 +460,7 @@ impl CallbackService {
             }
             Err(Failure { err, audit_id, .. }) => {
                 tracing::warn!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, "callback rejected");
+                let spent_cookie = spent_cookie.filter(|_| audit_id.is_some());
                 let audit_id = match audit_id {
                     Some(id) => Some(id),
                     None => {
@@ -456,7 +470,10 @@ impl CallbackService {
                         self.core.audit.append(event).await.ok().map(|r| r.audit_id)
                     }
                 };
-                error_answer(&err, audit_id.as_deref(), request_id).into()
+                CallbackAnswer {
+                    set_cookie: spent_cookie,
+                    ..error_answer(&err, audit_id.as_deref(), request_id).into()
+                }
             }
         }
     }
