@@ -199,6 +199,22 @@ async fn kek_rotation_rewraps_and_keeps_every_secret_resolvable() {
         out.contains("version 1 -> 2; 3 data key(s) re-wrapped"),
         "{out}"
     );
+    // Allowed before anything changed, then committed: a rotation's last record says it
+    // landed.
+    let last = daemon
+        .audit_records()
+        .into_iter()
+        .rev()
+        .find(|r| r["action"] == "keys.rotate_kek")
+        .unwrap();
+    assert_eq!(last["outcome"], "allowed", "{last}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kek 1 -> 2: committed, 3 data keys re-wrapped"),
+        "{last}"
+    );
     let after = open_records(&daemon).all_secret_versions().await.unwrap();
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(a.kek_version, 2);

@@ -246,6 +246,18 @@ async fn rotate_held(
         log.close();
         return Err(said);
     }
+    // The record above says the rotation was allowed, before anything changed; this one that
+    // it landed. A rotation killed between the two leaves the first alone: every sealed
+    // item's `kek_version` (and a broker's start) says whether its batch committed.
+    let committed = rotation_record(
+        &request_id,
+        actor,
+        None,
+        format!("kek {old} -> {new}: committed, {rewrapped} data keys re-wrapped"),
+    );
+    if let Err(e) = log.append(committed).await {
+        tracing::warn!(error = %e, "the KEK rotation committed, but its record saying so could not be appended");
+    }
     log.close();
     Ok(RotationReport {
         old_version: old,
