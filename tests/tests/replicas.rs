@@ -1398,6 +1398,9 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
         out.contains(&format!("replica {real}")) && out.contains("no such chain (removed)"),
         "{out}"
     );
+    // Without the copy, the host still says that a store in use holds no chain at all.
+    let (_, out) = verify_within(&set, d, Duration::from_secs(60)).unwrap();
+    assert!(out.contains("store record(s) but no audit chain"), "{out}");
     let (c, v) = report_pinned(&set);
     assert_eq!((c, &v["verified"]), (1, &json!(false)), "{v:#}");
     let gone = v["chains"]

@@ -318,7 +318,16 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
             results.push((None, audit::judged(result)));
         }
         if shared(&config) {
-            results.extend(runtime()?.block_on(verify_chains(&config, &verifier, &pins))?);
+            let (chains, store_rows) =
+                runtime()?.block_on(verify_chains(&config, &verifier, &pins))?;
+            if chains.is_empty() && store_rows > 0 {
+                // Every change of the store is audited, so a store in use has chains: none at
+                // all is expected only of a store migrated here and not yet served.
+                trust_note.push_str(&format!(
+                    "\nnote: the database holds {store_rows} store record(s) but no audit chain. That is expected only before the first broker started on it (a store just migrated: its history is in the migrating host's file log); after, every chain was removed. Verify with --pinned and a copy kept off the host"
+                ));
+            }
+            results.extend(chains);
         }
         // A chain the copy pins that is not there at all (its records deleted, every row).
         let present: Vec<Option<u32>> = results.iter().map(|(r, _)| *r).collect();
@@ -407,13 +416,20 @@ fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
     }
 }
 
+/// Every replica chain's verification, and how many store records the database holds (read
+/// in the same snapshot).
 async fn verify_chains(
     config: &Config,
     verifier: &AuditVerifier,
     pins: &audit::Pins,
-) -> Result<Vec<ChainResult>, String> {
+) -> Result<(Vec<ChainResult>, i64), String> {
     let mut client = chains::connect(&config.store).await?;
     let snapshot = chains::snapshot(&mut client).await?;
+    let store_rows: i64 = snapshot
+        .query_one("SELECT count(*) FROM credbroker_records", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| format!("database: {e}"))?;
     let mut results = Vec::new();
     for replica in chains::replicas(&snapshot).await? {
         let result = chains::verify_chain_pinned(
@@ -426,7 +442,7 @@ async fn verify_chains(
         .await?;
         results.push((Some(replica), audit::judged(result)));
     }
-    Ok(results)
+    Ok((results, store_rows))
 }
 
 fn ok_line(s: &VerifySummary, is_export: bool) -> String {
