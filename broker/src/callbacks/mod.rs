@@ -376,19 +376,9 @@ impl CallbackService {
             provider: Some(provider.id().to_owned()),
             ..Default::default()
         };
-        // A setup return whose own record spent its link's state (accepted, or refused on the
-        // record) leaves the link's cookie of no further use: it is cleared, so a browser
-        // that opens many links does not carry each until it expires. (A failure before that
-        // record, a store error, leaves it: the browser may come back.)
-        let spent_cookie = (endpoint == Endpoint::CallbackSetup)
+        let setup_state = (endpoint == Endpoint::CallbackSetup)
             .then(|| link_state(query))
-            .flatten()
-            .map(|state| {
-                format!(
-                    "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
-                    install_cookie_name(&state)
-                )
-            });
+            .flatten();
         let mut redirect = None;
         let result = match endpoint {
             Endpoint::CallbackStart => self
@@ -421,6 +411,31 @@ impl CallbackService {
                 .err()
                 .map_or("none", |f| f.err.code.as_str()),
         );
+        // A setup return that spent its link's state (accepted, or refused on the record)
+        // leaves the link's cookie of no further use: it is cleared, so a browser that opens
+        // many links does not carry each until it expires. Whether the state was spent is
+        // read back from the store: a commit that failed may not have spent it, and the
+        // browser may come back. (An anonymous refusal never clears: it proved nothing.)
+        let spent_cookie = match (&setup_state, &result) {
+            (
+                Some(state),
+                Ok(_)
+                | Err(Failure {
+                    anonymous: false, ..
+                }),
+            ) => match self.core.records.callback_state(state).await {
+                Ok(None) => true,
+                Ok(Some((_, read))) => read.spent(),
+                Err(_) => false,
+            }
+            .then(|| {
+                format!(
+                    "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+                    install_cookie_name(state)
+                )
+            }),
+            _ => None,
+        };
         match result {
             Ok((response, audit_id)) => {
                 let mut body = response;
@@ -460,7 +475,6 @@ impl CallbackService {
             }
             Err(Failure { err, audit_id, .. }) => {
                 tracing::warn!(request_id, provider = provider.id(), code = %err.code, reason = %err.message, "callback rejected");
-                let spent_cookie = spent_cookie.filter(|_| audit_id.is_some());
                 let audit_id = match audit_id {
                     Some(id) => Some(id),
                     None => {
