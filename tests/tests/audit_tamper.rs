@@ -938,6 +938,18 @@ async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
     assert_ne!(c, 0, "{err}");
     assert!(err.contains("not a write cut short by a crash"), "{err}");
     assert_eq!(std::fs::read(&cps).unwrap(), altered);
+    // More after the last line than a line can be (2 MiB), or a whole file of it: refused,
+    // not cut back to the line (or to nothing).
+    for altered in [
+        [real.clone(), vec![b'y'; 2 << 20]].concat(),
+        vec![b'z'; 2 << 20],
+    ] {
+        std::fs::write(&cps, &altered).unwrap();
+        let (c, err) = daemon.serve_refused(&[]);
+        assert_ne!(c, 0, "{err}");
+        assert!(err.contains("not a write cut short by a crash"), "{err}");
+        assert_eq!(std::fs::read(&cps).unwrap(), altered);
+    }
     std::fs::write(&cps, real).unwrap();
     let (c, out) = verify_within(&config, 30, "the genuine log again");
     assert_eq!(c, 0, "{out}");

@@ -59,7 +59,14 @@ pub(super) fn recover_tail(
             .map_err(|e| inconsistent(e.to_string()))?;
         let Some(last_nl) = buf.iter().rposition(|b| *b == b'\n') else {
             if start == 0 {
-                // Not one complete line: the whole file is a torn first write.
+                // Not one complete line: the whole file is a torn first write, if it is no
+                // longer than a line can be.
+                if len > super::lines::MAX_LINE {
+                    return Err(inconsistent(format!(
+                        "its {len} bytes hold no complete line, though a line is at most {} bytes: not a write cut short by a crash (the file was altered)",
+                        super::lines::MAX_LINE
+                    )));
+                }
                 file.set_len(0).map_err(|e| inconsistent(e.to_string()))?;
                 file.sync_all().map_err(|e| inconsistent(e.to_string()))?;
                 return Ok((0, None));
@@ -76,8 +83,15 @@ pub(super) fn recover_tail(
         }
         let line = String::from_utf8(body[line_start..].to_vec())
             .map_err(|_| inconsistent("last line is not UTF-8".into()))?;
-        // Cut only once the last complete line is found: a file refused above (altered) is
-        // left whole, as evidence.
+        // Cut only once the last complete line is found, and only what a torn write can
+        // leave (part of one line): a file refused (altered) is left whole, as evidence.
+        if len - good_len > super::lines::MAX_LINE {
+            return Err(inconsistent(format!(
+                "{} bytes follow its last complete line, though a line is at most {} bytes: not a write cut short by a crash (the file was altered)",
+                len - good_len,
+                super::lines::MAX_LINE
+            )));
+        }
         if good_len < len {
             tracing::warn!(
                 path = %path.display(),
