@@ -202,11 +202,26 @@ fn export_pin_notes(pins: &audit::Pins, results: &[ChainResult]) -> String {
     notes
 }
 
-/// Whether the signing key is there but this user may not read it (its mode is 0600: any
-/// user but the daemon's and root), which is no sign of tampering.
+/// Whether the signing key is the daemon's key as the daemon keeps it, which this user may
+/// not read: a regular file (not a link), owned by the owner of the data directory (the
+/// daemon's user), who is not this user, and readable by its owner alone (0600). That is no
+/// sign of tampering; a key of this user's that refuses it (`chmod 000`), a link, a key
+/// that is not 0600, or one owned by anyone but the data directory's owner is.
 pub(crate) fn signing_key_unreadable(config: &Config) -> bool {
-    std::fs::File::open(config.audit_key_file())
-        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    use std::os::unix::fs::MetadataExt;
+    let key = config.audit_key_file();
+    let (Ok(meta), Ok(data_dir)) = (
+        std::fs::symlink_metadata(&key),
+        std::fs::metadata(&config.data_dir),
+    ) else {
+        return false;
+    };
+    meta.file_type().is_file()
+        && meta.uid() == data_dir.uid()
+        && meta.uid() != rustix::process::geteuid().as_raw()
+        && meta.mode() & 0o077 == 0
+        && std::fs::File::open(&key)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 fn shared(config: &Config) -> bool {
