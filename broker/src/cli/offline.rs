@@ -251,6 +251,12 @@ pub fn run_rotate_kek(local: &LocalArgs) -> Result<ExitCode, String> {
         report.rewrapped,
         config.kek_file().display()
     );
+    if let Some(e) = &report.committed_unrecorded {
+        eprintln!(
+            "warning: the rotation committed, but the audit record saying so could not be appended ({}): the log holds only the record allowing it",
+            super::output::sanitize(e)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

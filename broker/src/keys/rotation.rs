@@ -16,7 +16,7 @@ use crate::store::records::{Records, SealedTable};
 use crate::store::Batch;
 
 /// What a rotation did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotationReport {
     /// The KEK version active before.
     pub old_version: u32,
@@ -24,6 +24,9 @@ pub struct RotationReport {
     pub new_version: u32,
     /// Data keys re-wrapped.
     pub rewrapped: usize,
+    /// Why the record saying the rotation committed could not be appended, if it could not
+    /// (the rotation stands; only its second record is missing).
+    pub committed_unrecorded: Option<String>,
 }
 
 /// Rotates the KEK of `config`'s data directory, auditing the rotation as `actor`.
@@ -255,14 +258,13 @@ async fn rotate_held(
         None,
         format!("kek {old} -> {new}: committed, {rewrapped} data keys re-wrapped"),
     );
-    if let Err(e) = log.append(committed).await {
-        tracing::warn!(error = %e, "the KEK rotation committed, but its record saying so could not be appended");
-    }
+    let committed_unrecorded = log.append(committed).await.err().map(|e| e.to_string());
     log.close();
     Ok(RotationReport {
         old_version: old,
         new_version: new,
         rewrapped,
+        committed_unrecorded,
     })
 }
 
