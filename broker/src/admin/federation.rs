@@ -199,12 +199,10 @@ impl AdminService {
             // A friendly refusal now; the batch's own precondition is what guarantees it
             // (or, for an identifier a probe proves, the activating probe's).
             if let Some(owner) = r.identifier_owner(&identifier).await.map_err(store_err)? {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!(
-                        "{identifier} is already bound (binding {}); an identifier can belong to one tenant only",
-                        owner.binding.as_deref().unwrap_or("?")
-                    ),
+                return Err(super::identifier_taken(
+                    &identifier,
+                    &owner,
+                    provider.probe_proves_identifiers(),
                 ));
             }
             // Claimed by the probe that proves it, where a probe is the proof: until then

@@ -80,6 +80,28 @@ pub(super) fn validate_kind(kind: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The refusal of an exclusive `identifier` that `owner`'s binding holds: one tenant's only,
+/// taken by the first binding that claims it (`by_probe`: claimed by the probe that proves
+/// it, as a role ARN or a service account is).
+pub(super) fn identifier_taken(
+    identifier: &str,
+    owner: &crate::store::records::IdentifierOwner,
+    by_probe: bool,
+) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!(
+            "{identifier} is already bound (binding {}); an identifier can belong to one tenant only{}",
+            owner.binding.as_deref().unwrap_or("?"),
+            if by_probe {
+                ", and is taken by the first binding whose probe proves it"
+            } else {
+                ""
+            }
+        ),
+    )
+}
+
 pub(super) fn store_err(e: StoreError) -> ApiError {
     match e {
         StoreError::Precondition {

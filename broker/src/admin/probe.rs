@@ -228,15 +228,7 @@ impl AdminService {
             {
                 None => claims.push(identifier),
                 Some(owner) if owner.binding.as_deref() == Some(binding.id.as_str()) => {}
-                Some(owner) => {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!(
-                            "{identifier} is already bound (binding {}); an identifier can belong to one tenant only, and is taken by the first binding whose probe proves it",
-                            owner.binding.as_deref().unwrap_or("?")
-                        ),
-                    ))
-                }
+                Some(owner) => return Err(super::identifier_taken(&identifier, &owner, true)),
             }
         }
         Ok(claims)
