@@ -132,28 +132,20 @@ async fn tenant_chain_is_enforced_and_every_request_is_audited() {
     // client still writing a body the broker refused may see the connection reset before
     // the answer (it did once, in CI).
     {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let mut stream = raw_http1(&pki, "w1", &daemon.url).await;
         let head = format!(
             "POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             70 * 1024
         );
         stream.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            stream.read_to_end(&mut answer),
-        )
-        .await;
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("payload_too_large"), "{answer}");
+        assert_payload_too_large(&mut stream).await;
     }
     requests += 1;
     // The same body with no length declared (chunked): cut as it grows past the limit,
     // not read whole (the declared-length check above never sees it).
     {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let mut stream = raw_http1(&pki, "w1", &daemon.url).await;
         let head = "POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
         stream.write_all(head.as_bytes()).await.unwrap();
@@ -165,15 +157,7 @@ async fn tenant_chain_is_enforced_and_every_request_is_audited() {
             }
         }
         let _ = stream.write_all(b"0\r\n\r\n").await;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            stream.read_to_end(&mut answer),
-        )
-        .await;
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("payload_too_large"), "{answer}");
+        assert_payload_too_large(&mut stream).await;
     }
     requests += 1;
     let mut w1 = pki.client_for("w1", &daemon.url);
@@ -370,4 +354,19 @@ async fn cached_chain_records_never_outlive_a_committed_change() {
     assert_eq!(s, 200, "{v}");
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i2"})).await;
     assert_eq!((s, code(&v)), (404, "unknown_instance"));
+}
+
+/// Reads what the broker answers on `stream` (for at most 5 s, until it closes) and checks it
+/// refused the body as too large.
+async fn assert_payload_too_large(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
 }
