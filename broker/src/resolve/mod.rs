@@ -398,35 +398,34 @@ impl ResolveService {
     ) -> Result<Granted, Refused> {
         // The record names the chain the mint was made for (its tenant, binding and
         // provider: a real upstream call, which that tenant's report must account for),
-        // whatever the second check found; its error code says which link failed.
-        let (assertion, upstream, minted_for) = (
-            granted.assertion.clone(),
-            granted.credential.upstream_request_id.clone(),
-            granted.facts.clone(),
-        );
-        let withheld = |error: ApiError| Refused {
+        // whatever the second check found; its error code says which link failed. Built
+        // from the grant only when it is withheld: a mint that stands copies nothing.
+        let withheld = |granted: &Granted, error: ApiError| Refused {
             error,
             facts: ChainFacts {
                 detail: Some("minted, then withheld: the chain changed during the mint"),
-                ..minted_for.clone()
+                ..granted.facts.clone()
             },
-            assertion: assertion.clone(),
-            upstream_request_id: upstream.clone(),
+            assertion: granted.assertion.clone(),
+            upstream_request_id: granted.credential.upstream_request_id.clone(),
             trust_broken: false,
             flag: None,
             drift: None,
             observed_probe: None,
         };
         if let Err(error) = self.admin.catch_up().await {
-            return Err(withheld(error));
+            return Err(withheld(&granted, error));
         }
         match verify_chain(&self.core.records, &self.core.registry, peer, request).await {
             Ok(chain) if chain.binding().generation == generation => Ok(granted),
-            Ok(_) => Err(withheld(ApiError::new(
-                ErrorCode::Unavailable,
-                "the binding changed while its credential was minted: resolve again",
-            ))),
-            Err(denial) => Err(withheld(denial.error)),
+            Ok(_) => Err(withheld(
+                &granted,
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the binding changed while its credential was minted: resolve again",
+                ),
+            )),
+            Err(denial) => Err(withheld(&granted, denial.error)),
         }
     }
 
