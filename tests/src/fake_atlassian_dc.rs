@@ -43,6 +43,12 @@ pub struct DcState {
     pub create_answer_lost: Mutex<Option<u16>>,
     /// A create hands out a PAT that has already expired (so it fails every probe).
     pub create_expired: Mutex<bool>,
+    /// A hostile or broken instance: a create's answer carries this `id` instead of the
+    /// PAT's (`Value::Null`: no `id` at all).
+    pub create_id: Mutex<Option<Value>>,
+    /// A hostile instance: a create hands out a PAT of this user (an administrator's), not
+    /// of the user whose PAT asked.
+    pub create_as: Mutex<Option<String>>,
     counter: AtomicU64,
 }
 
@@ -168,7 +174,13 @@ impl DcState {
                 let Some(name) = v["name"].as_str() else {
                     return json_response(400, &json!({"message": "name is required"}));
                 };
-                let mut pat = self.issue(&me.user, days);
+                let owner = self
+                    .create_as
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_else(|| me.user.clone());
+                let mut pat = self.issue(&owner, days);
                 pat.name = name.to_owned();
                 let expired = *self.create_expired.lock().unwrap();
                 if let Some(p) = self
@@ -192,10 +204,15 @@ impl DcState {
                         )))
                         .unwrap_or_default();
                 }
-                json_response(
-                    201,
-                    &json!({"id": pat.id, "name": name, "createdAt": rfc(pat.expires - days * 86_400), "expiringAt": rfc(pat.expires), "rawToken": pat.raw}),
-                )
+                let mut answer = json!({"id": pat.id, "name": name, "createdAt": rfc(pat.expires - days * 86_400), "expiringAt": rfc(pat.expires), "rawToken": pat.raw});
+                match self.create_id.lock().unwrap().clone() {
+                    Some(Value::Null) => {
+                        answer.as_object_mut().unwrap().remove("id");
+                    }
+                    Some(id) => answer["id"] = id,
+                    None => {}
+                }
+                json_response(201, &answer)
             }
             ("DELETE", p) if p.starts_with("/rest/pat/latest/tokens/") => {
                 let id: u64 = p
@@ -237,6 +254,8 @@ impl FakeAtlassianDc {
             requests: Mutex::new(Vec::new()),
             create_answer_lost: Mutex::new(None),
             create_expired: Mutex::new(false),
+            create_id: Mutex::new(None),
+            create_as: Mutex::new(None),
             counter: AtomicU64::new(100),
         });
         let s = state.clone();

@@ -459,6 +459,71 @@ async fn a_pat_created_behind_a_lost_answer_is_found_and_revoked() {
     assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
 }
 
+/// A hostile or broken instance answers the create without an id the PAT can be revoked by
+/// (none, or one that is not a PAT id): the successor could never be withdrawn nor, once
+/// superseded, revoked. It is found by the unique name sent and revoked, and the rotation
+/// fails; the binding serves the PAT it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_without_a_revocable_id_is_found_by_name_and_revoked() {
+    let (_tmp, _pki, daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    for id in [Value::Null, json!("1/../2")] {
+        *dc.state.create_id.lock().unwrap() = Some(id.clone());
+        let (s, v) = self_rotate(&mut op).await;
+        assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{id}: {v}");
+        only_pat_left(&dc, old.id);
+        let records = daemon.audit_records();
+        let failed = records
+            .iter()
+            .rev()
+            .find(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "failed")
+            .unwrap_or_else(|| panic!("{records:?}"));
+        let detail = failed["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("without an id") && detail.contains("was found and revoked"),
+            "{detail}"
+        );
+        let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+        assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
+        assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    }
+}
+
+/// A hostile instance answers the successor's creation with an administrator's PAT: it
+/// works (its probe passes), but it is not the user the customer chose for us, so it is
+/// never promoted nor handed to a worker; the binding serves the PAT it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_of_another_user_is_never_promoted() {
+    let (_tmp, pki, daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    *dc.state.create_as.lock().unwrap() = Some("admin".into());
+    let (s, v) = self_rotate(&mut op).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("of user admin, not of scanner"),
+        "{v}"
+    );
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
+    assert_eq!(b["binding"]["trust_facts"]["user"], "scanner", "{b}");
+    call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-jira", "tenant": "t1", "binding": "acme-jira", "connector_kind": "jira"})),
+    )
+    .await;
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-jira"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["credentials"]["token"], old.raw.as_str(), "{v}");
+}
+
 /// A successor that fails its probe is withdrawn upstream (revoked with the current PAT)
 /// and its stored version destroyed: no PAT the broker created outlives the failed
 /// rotation, and no pending version is left to hold off an intake link. The binding keeps

@@ -170,6 +170,49 @@ impl AdminService {
         Ok(plan)
     }
 
+    /// Refuses successor `version` of `binding` when its probe found another user than the
+    /// binding's (`user` of the facts; both known).
+    async fn same_user(
+        &self,
+        binding: &crate::model::Binding,
+        version: u32,
+    ) -> Result<(), ApiError> {
+        let user_of = |facts: Option<&Value>| {
+            facts
+                .and_then(|f| f.get("user"))
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty() && *u != "?")
+                .map(str::to_owned)
+        };
+        let before = user_of(binding.trust_facts.as_ref());
+        let read = self
+            .core
+            .records
+            .secret_version(&binding.id, version)
+            .await
+            .map_err(super::store_err)?;
+        let after = user_of(
+            read.as_ref()
+                .and_then(|r| r.value.probe.as_ref())
+                .and_then(|p| p.facts.as_ref()),
+        );
+        match (before, after) {
+            (Some(before), Some(after)) if before != after => Err(ApiError::new(
+                ErrorCode::ProviderDenied,
+                format!(
+                    "the upstream answered the successor's creation with a credential of user {after}, not of {before} whose secret created it: it is not promoted, and is withdrawn upstream"
+                ),
+            )),
+            (Some(before), None) => Err(ApiError::new(
+                ErrorCode::ProviderDenied,
+                format!(
+                    "the successor's probe did not name its user, so it cannot be shown to be {before}'s: it is not promoted, and is withdrawn upstream"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a rotation is running in this process.
     pub(crate) fn rotations_running(&self) -> bool {
         self.rotations.lock().is_ok_and(|r| !r.running.is_empty())
@@ -332,6 +375,10 @@ impl AdminService {
                     Instant::now(),
                 )
                 .await?;
+                // The successor was made by the current secret, so it is the same user's: an
+                // upstream answering with another user's credential (an administrator's PAT)
+                // would hand workers more than the user the customer chose for us.
+                self.same_user(&binding, version).await.map_err(refuse)?;
                 let _guard = self.lock.lock().await;
                 // An operator (or an intake) replaced the active secret meanwhile: theirs stands.
                 let now_active = self.binding_or_404(id).await.map_err(refuse)?.value.active_secret_version;

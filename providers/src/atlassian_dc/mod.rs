@@ -494,11 +494,22 @@ impl SelfRotation for AtlassianDc {
                     .await);
             }
         };
+        // A successor without an id the broker can revoke it by (none, or one unsafe in the
+        // DELETE's path) could never be withdrawn nor, once superseded, revoked: a live PAT
+        // of the user's full permissions nothing tracks. It is looked for by the unique name
+        // sent, revoked, and the rotation fails.
+        let Some(id) = id.filter(|i| answer::path_safe_pat_id(i)) else {
+            let e = ProviderError::Unavailable {
+                message: "Data Center created a PAT without an id it can be revoked by".into(),
+                upstream_request_id: a.request_id,
+            };
+            return Err(self
+                .settle_create(b, token, &name, request.timeout, e)
+                .await);
+        };
         let mut fields = SecretFields::new();
         fields.insert("token", raw);
-        if let Some(id) = id {
-            fields.insert("token_id", SecretString::from(id));
-        }
+        fields.insert("token_id", SecretString::from(id));
         Ok(fields)
     }
 
