@@ -4,8 +4,8 @@
 use super::{Batch, Op, StoreError, Table};
 
 /// What opening a store whose `schema_version` record holds `found` must write: nothing
-/// (current), the current version (a new store, or one of version 1 to 3, whose records read
-/// as version 4), or a refusal. The batch's precondition makes two brokers opening one new
+/// (current), the current version (a new store, or one of version 1 to 4, whose records read
+/// as version 5), or a refusal. The batch's precondition makes two brokers opening one new
 /// shared store at once agree.
 ///
 /// # Errors
@@ -18,10 +18,10 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
         None => {
             batch.push(Op::ExpectAbsent(Table::Meta, SCHEMA_KEY.into()));
         }
-        // Version 1 to 3 records read as version 4 (new fields default; platform keys sealed
+        // Version 1 to 4 records read as version 5 (new fields default; platform keys sealed
         // the old way are re-sealed by the broker at start, audited); the bump makes an older
         // binary refuse the store with a clear schema error instead of reading records it
-        // cannot decode or open.
+        // cannot decode or open, or acting on them by rules that no longer hold.
         Some(v) if upgraded_in_place(v) => {
             tracing::info!(
                 from = %String::from_utf8_lossy(v),
@@ -29,15 +29,17 @@ pub(crate) fn schema_upgrade(found: Option<&[u8]>) -> Result<Option<Batch>, Stor
                 "upgrading the store schema in place"
             );
             batch.push(Op::ExpectValue(Table::Meta, SCHEMA_KEY.into(), v.to_vec()));
-            // Only such a store may hold platform keys sealed the old way (a version 3 one
-            // too, if an offline command of that release upgraded it and no broker started
-            // on it since): the broker re-seals them at its next start, and only while this
-            // mark is there.
-            batch.push(Op::Put(
-                Table::Meta,
-                RESEAL_PLATFORM_KEYS_KEY.into(),
-                RESEAL_PENDING.to_vec(),
-            ));
+            // Only a store from before version 4 may hold platform keys sealed the old way (a
+            // version 3 one too, if an offline command of that release upgraded it and no
+            // broker started on it since): the broker re-seals them at its next start, and
+            // only while this mark is there.
+            if v != b"4" {
+                batch.push(Op::Put(
+                    Table::Meta,
+                    RESEAL_PLATFORM_KEYS_KEY.into(),
+                    RESEAL_PENDING.to_vec(),
+                ));
+            }
         }
         Some(v) => {
             return Err(StoreError::Schema {
@@ -69,7 +71,7 @@ pub(crate) const MIGRATING_KEY: &str = "migrating";
 /// Whether a store of schema version `found` is upgraded in place to [`SCHEMA_VERSION`] at
 /// the next start (the doctor says so before it happens).
 pub fn upgraded_in_place(found: &[u8]) -> bool {
-    matches!(found, b"1" | b"2" | b"3")
+    matches!(found, b"1" | b"2" | b"3" | b"4")
 }
 
 /// The schema version this build reads and writes.
@@ -77,8 +79,11 @@ pub fn upgraded_in_place(found: &[u8]) -> bool {
 /// 2: tenants and bindings carry `revision`, bindings `generation` (version 1 stores are
 /// upgraded in place on open). 3: platform keys sealed in their own AAD domain. 4: operators
 /// carry `revision` (a release before it could not read an operator whose status changed, and
-/// would not bump it).
-pub const SCHEMA_VERSION: u32 = 4;
+/// would not bump it). 5: records read as in 4, but an AWS or GCP identifier is claimed by the
+/// probe that proves it, not by `binding add`, and install links name the operator who issued
+/// them: a release before it, run beside this one, would activate a binding without claiming
+/// its role, and rewrite links without their issuer.
+pub const SCHEMA_VERSION: u32 = 5;
 
 #[cfg(test)]
 mod tests {
@@ -86,19 +91,19 @@ mod tests {
 
     #[test]
     fn older_schemas_are_upgraded_and_newer_refused() {
-        assert!(schema_upgrade(Some(b"4")).unwrap().is_none());
-        for old in [b"1", b"2", b"3"] {
+        assert!(schema_upgrade(Some(b"5")).unwrap().is_none());
+        for old in [b"1", b"2", b"3", b"4"] {
             let batch = schema_upgrade(Some(old)).unwrap().unwrap();
             assert!(matches!(
                 batch.ops.last(),
-                Some(Op::Put(Table::Meta, _, v)) if v == b"4"
+                Some(Op::Put(Table::Meta, _, v)) if v == b"5"
             ));
-            // Every upgraded store is marked for the platform keys' re-seal.
+            // A store from before version 4 is marked for the platform keys' re-seal.
             let marked = batch.ops.iter().any(|op| {
                 matches!(op, Op::Put(Table::Meta, k, v)
                     if k == RESEAL_PLATFORM_KEYS_KEY && v == RESEAL_PENDING)
             });
-            assert!(marked, "{:?}", String::from_utf8_lossy(old));
+            assert_eq!(marked, old != b"4", "{:?}", String::from_utf8_lossy(old));
         }
         let new = schema_upgrade(None).unwrap().unwrap();
         assert!(!new
@@ -106,8 +111,8 @@ mod tests {
             .iter()
             .any(|op| matches!(op, Op::Put(Table::Meta, k, _) if k == RESEAL_PLATFORM_KEYS_KEY)));
         assert!(matches!(
-            schema_upgrade(Some(b"5")),
-            Err(StoreError::Schema { supported: 4, .. })
+            schema_upgrade(Some(b"6")),
+            Err(StoreError::Schema { supported: 5, .. })
         ));
     }
 }
