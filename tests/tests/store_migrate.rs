@@ -163,3 +163,39 @@ async fn a_move_that_fails_half_way_leaves_a_database_no_broker_opens() {
     assert_ne!(c, 0);
     assert!(err.contains("did not finish"), "{err}");
 }
+
+/// A config naming another store path than the daemon's: no store there is refused (opening
+/// one would create it), and so is an empty one, before anything is written to the database;
+/// the real store then moves as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_from_no_store_or_an_empty_one_is_refused() {
+    let pg = TestPostgres::start();
+    let mut b = SledBroker::start(&pg).await;
+    b.daemon.stop();
+    let elsewhere = b.tmp.path().join("not-the-store");
+    let point_at = |path: &std::path::Path| {
+        credbroker_tests::write_config(
+            &b.daemon.config,
+            &b.daemon.data_dir,
+            &b.pki,
+            None,
+            &format!(
+                "[store]\nurl_env = \"{URL_VAR}\"\npath = {:?}\n",
+                path.display().to_string()
+            ),
+        );
+    };
+    point_at(&elsewhere);
+    let (c, out, err) = b.migrate();
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(err.contains("no sled store at"), "{err}");
+    assert!(!elsewhere.exists(), "the refusal created a store");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let (c, out, err) = b.migrate();
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(err.contains("holds no records"), "{err}");
+    // Nothing was written to the database: the real store moves into it.
+    b.configure(false);
+    let (c, out, err) = b.migrate();
+    assert_eq!(c, 0, "{out}{err}");
+}

@@ -48,6 +48,25 @@ pub async fn begin(target: &dyn Store, by: &str) -> Result<(), String> {
         .map_err(|e| format!("another migration into this database started: {e}"))
 }
 
+/// Whether `store` holds any record besides its own marks ([`Table::Meta`]): a store a
+/// broker ran on holds at least what set it up.
+///
+/// # Errors
+/// When a table cannot be read.
+pub async fn holds_records(store: &dyn Store) -> Result<bool, String> {
+    for table in Table::ALL.iter().filter(|t| **t != Table::Meta) {
+        if !store
+            .scan(*table, "")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_empty()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Copies every record of every table, telling `each` every table's name and count;
 /// returns the total.
 ///
