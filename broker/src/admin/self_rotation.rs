@@ -489,7 +489,7 @@ impl AdminService {
             let old_version = promoted["superseded"].clone();
             let (outcome, said) = match &revoked {
                 Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was revoked upstream")),
-                Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was NOT revoked upstream: its id is unknown (pasted without token_id); revoke it at the source")),
+                Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was NOT revoked upstream: its id is unknown (pasted without token_id), or the upstream found no PAT of this user under the id pasted as token_id (already gone, or not this PAT's id); revoke it at the source")),
                 Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {old_version}) upstream failed: {e}; revoke it at the source")),
             };
             ev.outcome = outcome.into();
