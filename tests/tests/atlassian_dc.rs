@@ -508,8 +508,12 @@ async fn a_successor_of_another_user_is_never_promoted() {
             .contains("of user admin, not of scanner"),
         "{v}"
     );
+    // Withdrawn: revoked upstream by itself (the scanner's PAT cannot delete an admin's),
+    // and its stored version destroyed, so no promotion can hand it out.
+    only_pat_left(&dc, old.id);
     let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
     assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
     assert_eq!(b["binding"]["trust_facts"]["user"], "scanner", "{b}");
     call(
         &mut op,

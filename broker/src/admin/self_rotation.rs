@@ -200,13 +200,13 @@ impl AdminService {
             (Some(before), Some(after)) if before != after => Err(ApiError::new(
                 ErrorCode::ProviderDenied,
                 format!(
-                    "the upstream answered the successor's creation with a credential of user {after}, not of {before} whose secret created it: it is not promoted, and is withdrawn upstream"
+                    "the upstream answered the successor's creation with a credential of user {after}, not of {before} whose secret created it: it is not promoted, and is withdrawn"
                 ),
             )),
             (Some(before), None) => Err(ApiError::new(
                 ErrorCode::ProviderDenied,
                 format!(
-                    "the successor's probe did not name its user, so it cannot be shown to be {before}'s: it is not promoted, and is withdrawn upstream"
+                    "the successor's probe did not name its user, so it cannot be shown to be {before}'s: it is not promoted, and is withdrawn"
                 ),
             )),
             _ => Ok(()),
@@ -338,6 +338,9 @@ impl AdminService {
             // Whether the promotion's commit was sent: a store failure after it may still land
             // (a PostgreSQL COMMIT whose answer the deadline cut).
             let promotion_sent = std::sync::atomic::AtomicBool::new(false);
+            // Whether the successor is another user's (refused by `same_user`): never kept
+            // sealed where a promotion could hand it out.
+            let foreign = std::sync::atomic::AtomicBool::new(false);
             let staged: Result<Value, (ApiError, Option<AuditReceipt>)> = async {
                 let written = {
                     let _guard = self.lock.lock().await;
@@ -378,7 +381,10 @@ impl AdminService {
                 // The successor was made by the current secret, so it is the same user's: an
                 // upstream answering with another user's credential (an administrator's PAT)
                 // would hand workers more than the user the customer chose for us.
-                self.same_user(&binding, version).await.map_err(refuse)?;
+                if let Err(e) = self.same_user(&binding, version).await {
+                    foreign.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(refuse(e));
+                }
                 let _guard = self.lock.lock().await;
                 // An operator (or an intake) replaced the active secret meanwhile: theirs stands.
                 let now_active = self.binding_or_404(id).await.map_err(refuse)?.value.active_secret_version;
@@ -429,17 +435,24 @@ impl AdminService {
                     Some(Some(version)) => json!({ "version": version, "superseded": started_from }),
                     // Not promoted: the successor is withdrawn upstream again.
                     Some(None) => {
-                        let withdrawn = rotation.revoke(&request(&current), &successor).await;
+                        let mut withdrawn = rotation.revoke(&request(&current), &successor).await;
+                        // Not found with the current secret (another user's PAT, which only its
+                        // own user may delete): the successor revokes itself.
+                        if matches!(withdrawn, Ok(false)) {
+                            withdrawn = rotation.revoke(&request(&successor), &successor).await;
+                        }
                         let gone = matches!(withdrawn, Ok(true));
                         self.withdraw_successor(&binding, actor, request_id, &e, withdrawn)
                             .await;
                         // Its stored version goes too: revoked upstream, it would only stand as a
                         // pending version holding off intake links (one whose withdrawal failed
-                        // is kept, for the operator to find).
+                        // is kept, for the operator to find; but never another user's, which a
+                        // promotion would hand out).
                         let written =
                             u32::try_from(written_version.load(std::sync::atomic::Ordering::Relaxed))
                                 .ok();
-                        if let (true, Some(version)) = (gone, written) {
+                        let destroy = gone || foreign.load(std::sync::atomic::Ordering::Relaxed);
+                        if let (true, Some(version)) = (destroy, written) {
                             let _guard = self.lock.lock().await;
                             let plan = self
                                 .plan_secret_destroy(
