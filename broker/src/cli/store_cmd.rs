@@ -67,23 +67,7 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
         .clone()
         .unwrap_or_else(|| config.data_dir.join("store"));
     let actor = cli_actor();
-    // Opening a sled store creates one where there is none: a config or data directory that
-    // names another path than the daemon's would copy an empty store, audited as the move,
-    // and leave the brokers on PostgreSQL with no operator records.
-    if !dir.is_dir() {
-        return Err(format!(
-            "no sled store at {}: [store] path (or the data directory's store/) names none; nothing was copied",
-            dir.display()
-        ));
-    }
     runtime()?.block_on(async {
-        let source = SledStore::open(&dir).map_err(|e| format!("sled store: {e}"))?;
-        if !migrate::holds_records(&source).await? {
-            return Err(format!(
-                "the sled store at {} holds no records (no tenant, operator, binding or any other): it is not the store a broker ran on; nothing was copied (a new deployment starts on PostgreSQL directly)",
-                dir.display()
-            ));
-        }
         let target = std::sync::Arc::new(
             PgStore::open(&config.store)
                 .await
@@ -91,6 +75,23 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
         );
         let hold = crate::replica::hold_offline(target.clone(), "store move").await?;
         let result = async {
+        // Opening a sled store creates one where there is none: a config or data directory
+        // that names another path than the daemon's would copy an empty store, audited as
+        // the move, and leave the brokers on PostgreSQL with no operator records. Both are
+        // refused before anything is written to the database.
+        if !dir.is_dir() {
+            return Err(format!(
+                "no sled store at {}: [store] path (or the data directory's store/) names none; nothing was copied",
+                dir.display()
+            ));
+        }
+        let source = SledStore::open(&dir).map_err(|e| format!("sled store: {e}"))?;
+        if !migrate::holds_records(&source).await? {
+            return Err(format!(
+                "the sled store at {} holds no records (no tenant, operator, binding or any other): it is not the store a broker ran on; nothing was copied (a new deployment starts on PostgreSQL directly)",
+                dir.display()
+            ));
+        }
         let target = target.as_ref();
         migrate::begin(target, &actor).await?;
         let started = std::time::Instant::now();
