@@ -51,6 +51,19 @@ async fn self_rotate(op: &mut BrokerClient) -> (u16, Value) {
     .await
 }
 
+/// Adds connector instance `i-jira` on binding `acme-jira`; returns worker w1's client.
+async fn jira_instance(op: &mut BrokerClient, pki: &TestPki, daemon: &Daemon) -> BrokerClient {
+    let (s, v) = call(
+        op,
+        Method::POST,
+        "/v1/admin/instances",
+        Some(json!({"id": "i-jira", "tenant": "t1", "binding": "acme-jira", "connector_kind": "jira"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    pki.client_for("w1", &daemon.url)
+}
+
 /// The instance holds PAT `id` and no other: nothing the broker created was left live.
 fn only_pat_left(dc: &FakeAtlassianDc, id: u64) {
     let pats = dc.state.pats.lock().unwrap().clone();
@@ -72,14 +85,7 @@ async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
         summary.contains("scanner") && summary.contains("expires"),
         "{v}"
     );
-    call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/instances",
-        Some(json!({"id": "i-jira", "tenant": "t1", "binding": "acme-jira", "connector_kind": "jira"})),
-    )
-    .await;
-    let mut w1 = pki.client_for("w1", &daemon.url);
+    let mut w1 = jira_instance(&mut op, &pki, &daemon).await;
     let (s, r) = resolve(&mut w1, json!({"instance_id": "i-jira"})).await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["credentials"]["token"], old.raw.as_str());
@@ -515,14 +521,7 @@ async fn a_successor_of_another_user_is_never_promoted() {
     assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
     assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
     assert_eq!(b["binding"]["trust_facts"]["user"], "scanner", "{b}");
-    call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/instances",
-        Some(json!({"id": "i-jira", "tenant": "t1", "binding": "acme-jira", "connector_kind": "jira"})),
-    )
-    .await;
-    let mut w1 = pki.client_for("w1", &daemon.url);
+    let mut w1 = jira_instance(&mut op, &pki, &daemon).await;
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i-jira"})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["credentials"]["token"], old.raw.as_str(), "{v}");
