@@ -64,6 +64,27 @@ async fn jira_instance(op: &mut BrokerClient, pki: &TestPki, daemon: &Daemon) ->
     pki.client_for("w1", &daemon.url)
 }
 
+/// The detail of the newest failed `secret.self_rotate` record.
+fn failed_rotation(daemon: &Daemon) -> String {
+    let records = daemon.audit_records();
+    records
+        .iter()
+        .rev()
+        .find(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "failed")
+        .and_then(|r| r["detail"].as_str())
+        .unwrap_or_else(|| panic!("{records:?}"))
+        .to_owned()
+}
+
+/// Binding `acme-jira` as the admin API shows it, checked to serve version 1 still with no
+/// version pending (a failed rotation left nothing behind); returned for further checks.
+async fn serves_version_1_with_nothing_pending(op: &mut BrokerClient) -> Value {
+    let (_, b) = call(op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
+    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    b
+}
+
 /// The instance holds PAT `id` and no other: nothing the broker created was left live.
 fn only_pat_left(dc: &FakeAtlassianDc, id: u64) {
     let pats = dc.state.pats.lock().unwrap().clone();
@@ -453,16 +474,10 @@ async fn a_pat_created_behind_a_lost_answer_is_found_and_revoked() {
     let (s, v) = self_rotate(&mut op).await;
     assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
     only_pat_left(&dc, old.id);
-    let records = daemon.audit_records();
-    let failed = records
-        .iter()
-        .find(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "failed")
-        .unwrap_or_else(|| panic!("{records:?}"));
-    let detail = failed["detail"].as_str().unwrap();
+    let detail = failed_rotation(&daemon);
     assert!(detail.contains("was found and revoked"), "{detail}");
     // The binding serves the PAT it served.
-    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
-    assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
+    serves_version_1_with_nothing_pending(&mut op).await;
 }
 
 /// A hostile or broken instance answers the create without an id the PAT can be revoked by
@@ -479,20 +494,12 @@ async fn a_successor_without_a_revocable_id_is_found_by_name_and_revoked() {
         let (s, v) = self_rotate(&mut op).await;
         assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{id}: {v}");
         only_pat_left(&dc, old.id);
-        let records = daemon.audit_records();
-        let failed = records
-            .iter()
-            .rev()
-            .find(|r| r["action"] == "secret.self_rotate" && r["outcome"] == "failed")
-            .unwrap_or_else(|| panic!("{records:?}"));
-        let detail = failed["detail"].as_str().unwrap();
+        let detail = failed_rotation(&daemon);
         assert!(
             detail.contains("without an id") && detail.contains("was found and revoked"),
             "{detail}"
         );
-        let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
-        assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
-        assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+        serves_version_1_with_nothing_pending(&mut op).await;
     }
 }
 
@@ -517,9 +524,7 @@ async fn a_successor_of_another_user_is_never_promoted() {
     // Withdrawn: revoked upstream by itself (the scanner's PAT cannot delete an admin's),
     // and its stored version destroyed, so no promotion can hand it out.
     only_pat_left(&dc, old.id);
-    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
-    assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
-    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    let b = serves_version_1_with_nothing_pending(&mut op).await;
     assert_eq!(b["binding"]["trust_facts"]["user"], "scanner", "{b}");
     let mut w1 = jira_instance(&mut op, &pki, &daemon).await;
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i-jira"})).await;
@@ -547,9 +552,7 @@ async fn a_successor_failing_its_probe_is_withdrawn_and_destroyed() {
             && r["detail"]
                 .as_str()
                 .is_some_and(|d| d.contains("was withdrawn upstream"))));
-    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
-    assert_eq!(b["binding"]["active_secret_version"], 1, "{b}");
-    assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
+    serves_version_1_with_nothing_pending(&mut op).await;
 }
 
 /// A self-rotation is recorded before the upstream creates anything: with the audit log
