@@ -258,6 +258,18 @@ fn unwrap_dek(
     Ok(dek)
 }
 
+/// Whether the data key of the item `ctx`, wrapped by `kek_version`, unwraps with this
+/// keyring: the start's check that the keyring holds the key that wrapped it, and not another
+/// under the same version number. Nothing is sealed again and no payload is opened.
+pub(crate) fn data_key_opens(
+    keyring: &Keyring,
+    ctx: SealContext<'_>,
+    kek_version: u32,
+    wrapped_dek: &str,
+) -> bool {
+    unwrap_dek(keyring, ctx, kek_version, wrapped_dek).is_ok()
+}
+
 /// Opens a sealed version of (tenant, binding).
 ///
 /// # Errors

@@ -29,31 +29,33 @@ pub(crate) async fn check(records: &Records, keyring: &Keyring) -> Result<(), St
     }
     // One data key per KEK version must unwrap: a keyring (file or variable) that holds
     // another key under the same version number would otherwise start and fail every
-    // resolve.
+    // resolve. Tried on a tenant secret first, then, for a version none is under (a store
+    // that holds only platform keys and webhook secrets, as a federation-only one does), on
+    // those: such a keyring would otherwise start and seal what no other replica opens.
     let mut opened: Vec<u32> = Vec::new();
+    let mut try_open =
+        |ctx: SealContext<'_>, kek_version: u32, wrapped: &str, item: &dyn Fn() -> String| {
+            if opened.contains(&kek_version) {
+                return Ok(());
+            }
+            if !crate::seal::data_key_opens(keyring, ctx, kek_version, wrapped) {
+                return Err(wrong_key(&item(), kek_version));
+            }
+            opened.push(kek_version);
+            Ok(())
+        };
     for c in candidates {
-        if opened.contains(&c.kek_version) {
-            continue;
-        }
         if let Some(b) = records.binding(&c.binding).await? {
-            crate::seal::rewrap_data_key(
-                keyring,
-                &b.value.tenant,
-                &c.binding,
-                c.version,
-                c.kek_version,
-                &c.wrapped_dek,
-            )
-            .map_err(|_| {
-                wrong_key(
-                    &format!("secret {}/{}", c.binding, c.version),
-                    c.kek_version,
-                )
+            let ctx = SealContext::TenantSecret {
+                tenant: &b.value.tenant,
+                binding: &c.binding,
+                version: c.version,
+            };
+            try_open(ctx, c.kek_version, &c.wrapped_dek, &|| {
+                format!("secret {}/{}", c.binding, c.version)
             })?;
-            opened.push(c.kek_version);
         }
     }
-    crate::governance::check_keks(records, &held).await?;
     let platform_keys = records.all_platform_keys().await?;
     for k in &platform_keys {
         if !k.wrapped_dek.is_empty() && !held.contains(&k.kek_version) {
@@ -63,45 +65,36 @@ pub(crate) async fn check(records: &Records, keyring: &Keyring) -> Result<(), St
             )));
         }
     }
-    // A KEK version no tenant secret is under (a store that holds only platform keys and
-    // webhook secrets, as a federation-only one does) is tried on those: a keyring holding
-    // another key under it would otherwise start and seal what no other replica opens.
     for k in &platform_keys {
-        if k.wrapped_dek.is_empty()
-            || k.sealed_as != SealedAs::PlatformKey
-            || opened.contains(&k.kek_version)
-        {
+        if k.wrapped_dek.is_empty() || k.sealed_as != SealedAs::PlatformKey {
             continue;
         }
         let ctx = SealContext::PlatformKey {
             kind: &k.kind,
             version: k.version,
         };
-        crate::seal::rewrap(keyring, ctx, k.kek_version, &k.wrapped_dek).map_err(|_| {
-            wrong_key(
-                &format!("platform key {}/{}", k.kind, k.version),
-                k.kek_version,
-            )
+        try_open(ctx, k.kek_version, &k.wrapped_dek, &|| {
+            format!("platform key {}/{}", k.kind, k.version)
         })?;
-        opened.push(k.kek_version);
     }
     for w in records.all_webhook_secrets().await? {
         for v in &w.value.versions {
-            if opened.contains(&v.kek_version) {
-                continue;
+            // As for tenant secrets and platform keys: fail at start, not at the first
+            // verification.
+            if !held.contains(&v.kek_version) {
+                return Err(StartError::Other(format!(
+                    "webhook secret {}/{} is wrapped by KEK version {}, which the keyring does not hold",
+                    w.value.instance, v.version, v.kek_version
+                )));
             }
             let ctx = SealContext::WebhookSecret {
                 tenant: &w.value.tenant,
                 instance: &w.value.instance,
                 version: v.version,
             };
-            crate::seal::rewrap(keyring, ctx, v.kek_version, &v.wrapped_dek).map_err(|_| {
-                wrong_key(
-                    &format!("webhook secret {}/{}", w.value.instance, v.version),
-                    v.kek_version,
-                )
+            try_open(ctx, v.kek_version, &v.wrapped_dek, &|| {
+                format!("webhook secret {}/{}", w.value.instance, v.version)
             })?;
-            opened.push(v.kek_version);
         }
     }
     Ok(())

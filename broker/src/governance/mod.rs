@@ -257,28 +257,6 @@ impl crate::broker::Broker {
     }
 }
 
-/// Fails the start when a webhook secret is wrapped by a KEK version the keyring lacks (as
-/// for tenant secrets and platform keys: fail at start, not at the first verification).
-///
-/// # Errors
-/// [`crate::broker::StartError::Other`] naming the secret.
-pub(crate) async fn check_keks(
-    records: &Records,
-    held: &[u32],
-) -> Result<(), crate::broker::StartError> {
-    for w in records.all_webhook_secrets().await? {
-        for v in &w.value.versions {
-            if !held.contains(&v.kek_version) {
-                return Err(crate::broker::StartError::Other(format!(
-                    "webhook secret {}/{} is wrapped by KEK version {}, which the keyring does not hold",
-                    w.value.instance, v.version, v.kek_version
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
