@@ -40,11 +40,17 @@ pub(super) fn recover_tail(
     // and a larger read (a sparse file of any size) would only exhaust memory.
     let mut window = 64 * 1024u64;
     let limit = 4 * super::lines::MAX_LINE;
+    // What no crash leaves: more bytes without a line than a line can hold.
+    let altered = |what: String| {
+        inconsistent(format!(
+            "{what}, though a line is at most {} bytes: not a write cut short by a crash (the file was altered)",
+            super::lines::MAX_LINE
+        ))
+    };
     let grown = |window: u64| {
         if window >= limit {
-            Err(inconsistent(format!(
-                "its last {window} bytes hold no complete line, though a line is at most {} bytes: not a write cut short by a crash (the file was altered)",
-                super::lines::MAX_LINE
+            Err(altered(format!(
+                "its last {window} bytes hold no complete line"
             )))
         } else {
             Ok(window * 4)
@@ -62,10 +68,7 @@ pub(super) fn recover_tail(
                 // Not one complete line: the whole file is a torn first write, if it is no
                 // longer than a line can be.
                 if len > super::lines::MAX_LINE {
-                    return Err(inconsistent(format!(
-                        "its {len} bytes hold no complete line, though a line is at most {} bytes: not a write cut short by a crash (the file was altered)",
-                        super::lines::MAX_LINE
-                    )));
+                    return Err(altered(format!("its {len} bytes hold no complete line")));
                 }
                 file.set_len(0).map_err(|e| inconsistent(e.to_string()))?;
                 file.sync_all().map_err(|e| inconsistent(e.to_string()))?;
@@ -86,10 +89,9 @@ pub(super) fn recover_tail(
         // Cut only once the last complete line is found, and only what a torn write can
         // leave (part of one line): a file refused (altered) is left whole, as evidence.
         if len - good_len > super::lines::MAX_LINE {
-            return Err(inconsistent(format!(
-                "{} bytes follow its last complete line, though a line is at most {} bytes: not a write cut short by a crash (the file was altered)",
-                len - good_len,
-                super::lines::MAX_LINE
+            return Err(altered(format!(
+                "{} bytes follow its last complete line",
+                len - good_len
             )));
         }
         if good_len < len {
