@@ -96,6 +96,9 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Failed TLS handshakes (no/invalid/revoked client certificate, timeouts).
     pub handshake_failures: Counter,
+    /// Requests on the mTLS listener refused because their certificate names no identity of
+    /// this deployment (counted, never audited one by one).
+    pub unidentified_refused: Counter,
     /// Connections closed at accept because the handshake budget (per source or overall)
     /// was used up.
     pub handshakes_refused: Family<ScopeLabel, Counter>,
@@ -217,6 +220,12 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             handshake_failures.clone(),
         );
+        let unidentified_refused = Counter::default();
+        registry.register(
+            "mtls_unidentified_refused",
+            "Requests refused on the mTLS listener: the certificate names no identity of this trust domain",
+            unidentified_refused.clone(),
+        );
         let handshakes_refused = Family::<ScopeLabel, Counter>::default();
         registry.register(
             "tls_handshakes_refused",
@@ -334,6 +343,7 @@ impl Metrics {
             connections,
             connections_refused,
             handshake_failures,
+            unidentified_refused,
             handshakes_refused,
             rate_limited,
             bodies_refused,

@@ -357,13 +357,33 @@ async fn certificates_without_a_usable_identity_get_no_access() {
     let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
+    let records = daemon.audit_records().len();
     for name in ["other-domain", "bad-role"] {
         let mut c = pki.client_for(name, &daemon.url);
         let (s, v) = resolve(&mut c, json!({"instance_id": "i1"})).await;
         assert_eq!((s, code(&v)), (403, "worker_not_authorized"), "{name}");
         let (s, v) = call(&mut c, Method::GET, "/v1/admin/tenants", None).await;
         assert_eq!((s, code(&v)), (403, "operator_required"), "{name}");
+        let (s, v) = call(
+            &mut c,
+            Method::POST,
+            "/v1/webhooks/verify",
+            Some(json!({"source": "github"})),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (403, "worker_not_authorized"), "{name}");
     }
+    // Nobody is authenticated: the refusals are counted, not audited, so such certificates
+    // cannot grow the log. (An operator's refused resolve still is audited.)
+    let (s, v) = resolve(&mut op, json!({"instance_id": "i1"})).await;
+    assert_eq!((s, code(&v)), (403, "worker_not_authorized"), "{v}");
+    let after = daemon.audit_records();
+    assert_eq!(after.len(), records + 1, "{:?}", &after[records..]);
+    assert_eq!(after[records]["actor"], "operator:op", "{}", after[records]);
+    let (status, body) = op.request(Method::GET, "/metrics", None).await.unwrap();
+    assert_eq!(status.as_u16(), 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("mtls_unidentified_refused_total 6"), "{text}");
 }
 
 /// A handshake that spans a CRL reload was verified by the old CRL: the connection is

@@ -2,13 +2,14 @@
 //! operator's, run to completion; any other certificate refused on slots of its own),
 //! health and metrics, each body read within its identity's budget.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
+use crate::admission::LogThrottle;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::body::ZeroizingBody;
 use crate::broker::{error_answer, Answer, Broker};
@@ -19,6 +20,40 @@ use crate::routes::{route_request, Endpoint, Listener};
 use super::bodies::{read_mtls_body, MtlsBodies};
 use super::detached::to_completion;
 use super::{health, new_request_id, respond};
+
+/// Lines a second about requests of certificates that name no identity.
+static UNIDENTIFIED_LOG: LazyLock<LogThrottle> = LazyLock::new(|| LogThrottle::new(5));
+
+/// The refusal of a request whose certificate the client CA accepts but that names no
+/// identity of this deployment (another trust domain, a role no identity has), on a route
+/// whose refusals are otherwise audited (resolve, webhook verification, the admin API).
+/// Nobody is authenticated: it is counted and logged throttled, its body is never read,
+/// and it is not audited, so such certificates cannot grow the audit log (THREATS.md).
+fn unidentified(broker: &Broker, method: &Method, path: &str, request_id: &str) -> Option<Answer> {
+    let err = if path.starts_with("/v1/admin/") {
+        ApiError::new(
+            ErrorCode::OperatorRequired,
+            "the admin API requires an operator certificate",
+        )
+    } else {
+        match route_request(Listener::Mtls, method, path).map(|m| m.endpoint) {
+            Ok(Endpoint::Resolve | Endpoint::WebhookVerify) => ApiError::new(
+                ErrorCode::WorkerNotAuthorized,
+                "client certificate names no worker identity in this trust domain",
+            ),
+            _ => return None,
+        }
+    };
+    broker.metrics().unidentified_refused.inc();
+    if let Some(suppressed) = UNIDENTIFIED_LOG.admit() {
+        tracing::warn!(
+            request_id,
+            suppressed,
+            "request refused: the client certificate names no identity of this trust domain (counted, not audited)"
+        );
+    }
+    Some(error_answer(&err, None, request_id))
+}
 
 /// What the requests of the mTLS listener share.
 pub(super) struct Pools<'a> {
@@ -44,6 +79,11 @@ pub(super) async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let mut content_type = "application/json";
+    if peer.is_none() {
+        if let Some(refusal) = unidentified(&broker, &method, &path, &request_id) {
+            return respond(refusal, content_type, &request_id);
+        }
+    }
     // Every request below /v1/admin/ goes to the admin service, matched or not: its
     // refusals are audited (the caller holds a certificate the client CA accepts).
     let answer = if path.starts_with("/v1/admin/") {
