@@ -205,86 +205,117 @@ impl TokenCache {
         key: CacheKey,
         min_ttl_s: u64,
         observed_epoch: u64,
-        revocable: Option<String>,
+        mut revocable: Option<String>,
         mint: M,
     ) -> Result<(Arc<IssuedCredential>, Source), ProviderError>
     where
         M: FnOnce() -> F,
         F: std::future::Future<Output = Result<IssuedCredential, ProviderError>> + Send + 'static,
     {
-        if let Some(cred) = self.lookup(&key, min_ttl_s) {
-            return Ok((cred, Source::Cached));
-        }
-        let (shared, leader) = {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .map_err(|_| ProviderError::Unavailable {
-                    message: "token cache lock poisoned".into(),
-                    upstream_request_id: None,
-                })?;
-            // Re-check under the in-flight lock: a mint may have finished meanwhile.
+        // Called only when this request leads a flight.
+        let mut mint = Some(mint);
+        let mut joined = 0;
+        loop {
             if let Some(cred) = self.lookup(&key, min_ttl_s) {
                 return Ok((cred, Source::Cached));
             }
-            match in_flight.get(&key) {
-                Some((_, existing)) => {
-                    self.joins.inc();
-                    (existing.clone(), false)
-                }
-                None => {
-                    let epoch = observed_epoch;
-                    let flight = self
-                        .start_flight()
-                        .ok_or_else(|| ProviderError::Unavailable {
+            let (shared, leader) = {
+                let mut in_flight =
+                    self.in_flight
+                        .lock()
+                        .map_err(|_| ProviderError::Unavailable {
                             message: "token cache lock poisoned".into(),
                             upstream_request_id: None,
                         })?;
-                    let cache = Arc::clone(self);
-                    let task_key = key.clone();
-                    let mint = mint();
-                    let handle = tokio::spawn(async move {
-                        // Ends the flight when the task ends, also by a panic in the mint:
-                        // a flight left behind would answer every later miss of the key
-                        // with its failure, minting nothing.
-                        let landed = FlightEnd {
-                            cache,
-                            key: task_key,
-                            flight,
-                        };
-                        let result = mint.await.map(Arc::new);
-                        if let Ok(cred) = &result {
-                            if let Some(provider) = &revocable {
-                                landed.cache.keep_issued(provider, &landed.key.tenant, cred);
-                            }
-                            landed.cache.insert(landed.key.clone(), cred.clone(), epoch);
-                        }
-                        result
-                    });
-                    let fut: BoxFuture<'static, MintResult> = async move {
-                        handle.await.unwrap_or_else(|_| {
-                            Err(ProviderError::Unavailable {
-                                message: "mint task failed".into(),
-                                upstream_request_id: None,
-                            })
-                        })
-                    }
-                    .boxed();
-                    let shared = fut.shared();
-                    in_flight.insert(key, (flight, shared.clone()));
-                    (shared, true)
+                // Re-check under the in-flight lock: a mint may have finished meanwhile.
+                if let Some(cred) = self.lookup(&key, min_ttl_s) {
+                    return Ok((cred, Source::Cached));
                 }
+                match in_flight.get(&key) {
+                    // (A request refused twice by the leaders' mint limits of flights it
+                    // joined mints on its own instead, below.)
+                    Some((_, existing)) if joined < 2 => {
+                        self.joins.inc();
+                        (existing.clone(), false)
+                    }
+                    _ => {
+                        // Beside another flight of the key: this request's own mint, which
+                        // no other request joins (the other flight keeps the key).
+                        let solo = in_flight.contains_key(&key);
+                        let Some(make) = mint.take() else {
+                            return Err(ProviderError::Unavailable {
+                                message: "mint already started".into(),
+                                upstream_request_id: None,
+                            });
+                        };
+                        let epoch = observed_epoch;
+                        let flight =
+                            self.start_flight()
+                                .ok_or_else(|| ProviderError::Unavailable {
+                                    message: "token cache lock poisoned".into(),
+                                    upstream_request_id: None,
+                                })?;
+                        let cache = Arc::clone(self);
+                        let task_key = key.clone();
+                        let revocable = revocable.take();
+                        let mint = make();
+                        let handle = tokio::spawn(async move {
+                            // Ends the flight when the task ends, also by a panic in the mint:
+                            // a flight left behind would answer every later miss of the key
+                            // with its failure, minting nothing.
+                            let landed = FlightEnd {
+                                cache,
+                                key: task_key,
+                                flight,
+                            };
+                            let result = mint.await.map(Arc::new);
+                            if let Ok(cred) = &result {
+                                if let Some(provider) = &revocable {
+                                    landed.cache.keep_issued(provider, &landed.key.tenant, cred);
+                                }
+                                landed.cache.insert(landed.key.clone(), cred.clone(), epoch);
+                            }
+                            result
+                        });
+                        let fut: BoxFuture<'static, MintResult> = async move {
+                            handle.await.unwrap_or_else(|_| {
+                                Err(ProviderError::Unavailable {
+                                    message: "mint task failed".into(),
+                                    upstream_request_id: None,
+                                })
+                            })
+                        }
+                        .boxed();
+                        let shared = fut.shared();
+                        if !solo {
+                            in_flight.insert(key.clone(), (flight, shared.clone()));
+                        }
+                        (shared, true)
+                    }
+                }
+            };
+            match shared.await {
+                Ok(cred) => {
+                    return Ok((
+                        cred,
+                        if leader {
+                            Source::Minted
+                        } else {
+                            Source::Shared
+                        },
+                    ))
+                }
+                // The broker's own mint limits refused the leader: perhaps for a limit of its
+                // own (its worker's), which is not this request's to share. A joiner tries
+                // again: it leads the next flight (charged to its own limits), which the
+                // other refused joiners share, or joins one that started meanwhile; refused
+                // a second time, it mints on its own beside any flight of the key, so a
+                // worker whose refusals keep landing first cannot hold it. (Each such mint
+                // is still held to the binding's and the tenant's limits.)
+                Err(ProviderError::RateLimited(_)) if !leader && joined < 2 => joined += 1,
+                Err(e) => return Err(e),
             }
-        };
-        let cred = shared.await?;
-        Ok((
-            cred,
-            if leader {
-                Source::Minted
-            } else {
-                Source::Shared
-            },
-        ))
+        }
     }
 
     /// Keeps `cred`, minted by `provider` for `tenant`, for a later

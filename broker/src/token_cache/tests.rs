@@ -157,6 +157,171 @@ async fn concurrent_misses_share_one_mint() {
     assert_eq!(s, Source::Minted);
 }
 
+/// A leader refused by the broker's mint limits (its worker's, perhaps) does not hand that
+/// refusal to a request that joined its flight: the joiner mints under its own limits.
+/// Another error of the flight is shared as before.
+#[tokio::test]
+async fn a_leaders_rate_limit_is_not_shared_with_joiners() {
+    let cache = TokenCache::new(10);
+    let (started, start) = tokio::sync::oneshot::channel::<()>();
+    let refused = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_mint(key(""), 60, cache.epoch(), || async move {
+                    let _ = started.send(());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(ProviderError::RateLimited(
+                        "too many for this worker".into(),
+                    ))
+                })
+                .await
+        })
+    };
+    start.await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let (_, source) = cache
+        .get_or_mint(key(""), 60, cache.epoch(), || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(cred(3600))
+        })
+        .await
+        .unwrap();
+    assert_eq!(source, Source::Minted, "the joiner minted on its own");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(matches!(
+        refused.await.unwrap(),
+        Err(ProviderError::RateLimited(_))
+    ));
+    // Any other failure of the flight is every waiter's.
+    let (started, start) = tokio::sync::oneshot::channel::<()>();
+    let failing = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_mint(key("y"), 60, cache.epoch(), || async move {
+                    let _ = started.send(());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(ProviderError::Unavailable {
+                        message: "down".into(),
+                        upstream_request_id: None,
+                    })
+                })
+                .await
+        })
+    };
+    start.await.unwrap();
+    let joined = cache
+        .get_or_mint(key("y"), 60, cache.epoch(), || async { Ok(cred(3600)) })
+        .await;
+    assert!(matches!(joined, Err(ProviderError::Unavailable { .. })));
+    assert!(failing.await.unwrap().is_err());
+}
+
+/// A flight of `key("")` whose leader's mint waits for the sender, then is refused by the
+/// leader's own mint limits; returned once the flight is in the map.
+async fn refused_leader(
+    cache: &Arc<TokenCache>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(Arc<IssuedCredential>, Source), ProviderError>>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let leader = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_mint(key(""), 60, cache.epoch(), || async move {
+                    let _ = released.await;
+                    Err(ProviderError::RateLimited(
+                        "too many for this worker".into(),
+                    ))
+                })
+                .await
+        })
+    };
+    while !cache.in_flight.lock().unwrap().contains_key(&key("")) {
+        tokio::task::yield_now().await;
+    }
+    (release, leader)
+}
+
+/// Joiners of a flight its leader's limits refused share the next flight among themselves:
+/// one mint for all of them, not one each.
+#[tokio::test]
+async fn refused_joiners_share_their_next_mint() {
+    let cache = TokenCache::new(10);
+    let (release, leader) = refused_leader(&cache).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut joiners = Vec::new();
+    for _ in 0..3 {
+        let (cache, calls) = (cache.clone(), calls.clone());
+        joiners.push(tokio::spawn(async move {
+            cache
+                .get_or_mint(key(""), 60, cache.epoch(), || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(cred(3600))
+                })
+                .await
+        }));
+    }
+    while cache.joins.get() < 3 {
+        tokio::task::yield_now().await;
+    }
+    release.send(()).unwrap();
+    assert!(leader.await.unwrap().is_err());
+    for j in joiners {
+        assert!(j.await.unwrap().is_ok());
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one mint for the refused joiners"
+    );
+}
+
+/// A joiner whose flight its leader's limits refused, and the next flight it joined too (a
+/// worker past its limit keeps starting them), mints on its own.
+#[tokio::test]
+async fn a_refused_joiner_mints_its_own_beside_another_flight() {
+    let cache = TokenCache::new(10);
+    let (release, leader) = refused_leader(&cache).await;
+    let joiner = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_mint(key(""), 60, cache.epoch(), || async { Ok(cred(3600)) })
+                .await
+        })
+    };
+    while cache.joins.get() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Another refused flight of the key, as the over-limit worker starts the moment the
+    // first ends (it stays in the map: the joiner may not join it a second time).
+    let refused: BoxFuture<'static, MintResult> = async {
+        Err(ProviderError::RateLimited(
+            "too many for this worker".into(),
+        ))
+    }
+    .boxed();
+    cache
+        .in_flight
+        .lock()
+        .unwrap()
+        .insert(key(""), (u64::MAX, refused.shared()));
+    release.send(()).unwrap();
+    assert!(leader.await.unwrap().is_err());
+    let (_, source) = tokio::time::timeout(Duration::from_secs(5), joiner)
+        .await
+        .expect("the refused joiner did not mint on its own")
+        .unwrap()
+        .unwrap();
+    assert_eq!(source, Source::Minted);
+}
+
 #[tokio::test]
 async fn min_ttl_forces_a_new_mint_and_errors_are_not_cached() {
     let cache = TokenCache::new(10);
