@@ -445,3 +445,59 @@ async fn an_echoed_client_secret_is_repeated_nowhere() {
         "the daemon's log holds the secret"
     );
 }
+
+/// An active binding whose versions were all destroyed does not serve the next secret set on
+/// it unprobed: a client whose application user now holds `admin` would otherwise mint past
+/// the ceiling, which only the probe checks. The binding goes back to pending activation, and
+/// its probe refuses the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_set_after_every_version_was_destroyed_is_probed_first() {
+    let mut env = start().await;
+    bind(&mut env).await;
+    let (s, v) = call(
+        &mut env.op,
+        Method::DELETE,
+        "/v1/admin/bindings/acme-snow/secret",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    env.sn.state.roles.lock().unwrap().push("admin".into());
+    let (s, v) = call(
+        &mut env.op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-snow/secret",
+        Some(json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["binding_status"], "pending_activation", "{v}");
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!((s, code(&v)), (422, "activation_failed"), "{v}");
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
+    assert_eq!((s, code(&v)), (403, "binding_inactive"), "{v}");
+    // The application user back at its roles: the probe passes and the binding serves.
+    env.sn.state.roles.lock().unwrap().retain(|r| r != "admin");
+    let (s, v) = probe(&mut env.op).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"]["status"], "active", "{v}");
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
+    assert_eq!(s, 200, "{v}");
+    let record = env
+        .daemon
+        .audit_records()
+        .into_iter()
+        .rev()
+        .find(|r| r["action"] == "secret.set")
+        .unwrap();
+    assert!(
+        record["detail"]
+            .as_str()
+            .unwrap()
+            .contains("binding_status=PendingActivation"),
+        "{record}"
+    );
+}

@@ -174,13 +174,27 @@ impl AdminService {
             binding.active_secret_version = Some(version);
             binding.generation = fresh_generation()?;
             plan.invalidate_bindings.push(binding.id.to_string());
+            // An active binding whose versions were all destroyed: a secret set on it is as
+            // unproved as a first one (a client whose user now holds admin, a PAT of another
+            // user). Where the probe is what holds the ceiling, it goes back to pending
+            // activation, and only a probe that passes serves the secret.
+            if binding.status == crate::model::Status::Active
+                && provider.probe().is_some_and(|p| p.gates_activation())
+            {
+                binding.status = crate::model::Status::PendingActivation;
+                binding.status_change = crate::model::StatusChange::now(
+                    crate::model::StatusSource::Broker,
+                    "deactivated: a secret was set with none active; its probe activates it",
+                );
+            }
         }
         plan.batch.replace(&stored, &binding);
         plan.detail = format!(
-            "binding={} version={version} state={} fields=[{}]{}",
+            "binding={} version={version} state={} fields=[{}] binding_status={:?}{}",
             binding.id,
             if rotate { "pending" } else { "active" },
             names.join(","),
+            binding.status,
             replaced.map_or(String::new(), |p| format!(
                 "; replaced pending version {p} (destroyed)"
             ))
@@ -191,6 +205,7 @@ impl AdminService {
             "state": if rotate { "pending" } else { "active" },
             "field_names": names,
             "active_secret_version": binding.active_secret_version,
+            "binding_status": binding.status,
             "replaced_pending_version": replaced,
         });
         plan.tenant = Some(binding.tenant.to_string());
