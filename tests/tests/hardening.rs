@@ -592,8 +592,40 @@ async fn refusals_of_probes_revocations_and_self_rotations_are_audited() {
         assert!(id.is_some(), "{path}: refused without a record: {v}");
         ids.push(id.unwrap().to_owned());
     }
+    // A planned operation refused: its record names what it was about, and why.
+    let (s, v) = call(
+        &mut op,
+        Method::DELETE,
+        "/v1/admin/bindings/b1/secret/1",
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "secret_version_active"), "{v}");
+    let destroy = v["error"]["audit_id"].as_str().unwrap().to_owned();
     daemon.stop();
     let records = daemon.audit_records();
+    let of = |id: &str| {
+        let hash = id.trim_start_matches("aud_").to_owned();
+        records
+            .iter()
+            .find(|r| r["hash"].as_str().is_some_and(|h| h.starts_with(&hash)))
+            .unwrap()
+            .clone()
+    };
+    for (id, detail) in [
+        (&ids[0], "binding=nope: "),
+        (&ids[2], "binding=b1: "),
+        (
+            &destroy,
+            "binding=b1 version=1: version 1 is binding b1's active version",
+        ),
+    ] {
+        let record = of(id);
+        assert!(
+            record["detail"].as_str().unwrap().starts_with(detail),
+            "{record}"
+        );
+    }
     for ((path, _, action), id) in attempts.iter().zip(&ids) {
         let hash = id.trim_start_matches("aud_");
         let record = records

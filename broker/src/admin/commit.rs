@@ -318,10 +318,11 @@ impl AdminService {
         &self,
         result: Result<AdminOutcome, (ApiError, Option<AuditReceipt>)>,
         mut event: AuditEvent,
+        target: &str,
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         match result {
             Err((err, None)) if err.code != ErrorCode::AuditUnavailable => {
-                event.detail = Some(err.message.clone());
+                event.detail = Some(refused_detail(target, &err));
                 Err(self.audit_refusal(event, err).await)
             }
             other => other,
@@ -345,6 +346,15 @@ impl AdminService {
                 None,
             ),
         }
+    }
+}
+
+/// The detail of a refused operation's record: what it named, and why it was refused.
+pub(super) fn refused_detail(target: &str, err: &ApiError) -> String {
+    if target.is_empty() {
+        err.message.clone()
+    } else {
+        format!("{target}: {}", err.message)
     }
 }
 

@@ -50,6 +50,7 @@ pub use records::BindingDetail;
 mod intake;
 mod intake_form;
 mod issuer_keys;
+mod op_record;
 mod outstanding;
 mod secrets;
 mod self_rotation;
@@ -470,6 +471,8 @@ impl AdminService {
     ) -> Result<AdminOutcome, (ApiError, Option<AuditReceipt>)> {
         let started = Instant::now();
         let mut event = Self::event(actor, request_id, &op.action());
+        // Named in the record of a refusal (which no plan describes).
+        let target = op.target();
         let op = match op {
             AdminOp::SetStatus(Collection::Bindings, id, Status::Active)
                 if self.needs_activation(&id).await =>
@@ -493,7 +496,7 @@ impl AdminService {
             _ => None,
         };
         if let Some(result) = unlocked {
-            return self.refusal_recorded(result, event).await;
+            return self.refusal_recorded(result, event, &target).await;
         }
         let _guard = if op.is_read() {
             None
@@ -509,7 +512,10 @@ impl AdminService {
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let plan = match planned {
             Ok(plan) => plan,
-            Err(err) => return Err(self.audit_refusal(event, err).await),
+            Err(err) => {
+                event.detail = Some(commit::refused_detail(&target, &err));
+                return Err(self.audit_refusal(event, err).await);
+            }
         };
         event.outcome = "allowed".into();
         event.detail = Some(commit::bounded_detail(&plan.detail));

@@ -313,63 +313,6 @@ pub enum AdminOp {
     },
 }
 
-impl AdminOp {
-    pub(super) fn action(&self) -> String {
-        match self {
-            AdminOp::List(c, _) => format!("{}.list", c.noun()),
-            AdminOp::Show(c, _) => format!("{}.show", c.noun()),
-            AdminOp::AddTenant(_) => "tenant.add".into(),
-            AdminOp::AddWorker(_) => "worker.add".into(),
-            AdminOp::UpdateWorker(..) => "worker.update".into(),
-            AdminOp::AddOperator(_) => "operator.add".into(),
-            AdminOp::AddInstance(_) => "instance.add".into(),
-            AdminOp::AddBinding(_) => "binding.add".into(),
-            AdminOp::SetStatus(c, _, Status::Active) => format!("{}.enable", c.noun()),
-            AdminOp::SetStatus(c, _, _) => format!("{}.disable", c.noun()),
-            AdminOp::Remove(c, _) => format!("{}.remove", c.noun()),
-            AdminOp::SecretSet(..) => "secret.set".into(),
-            AdminOp::SecretRotate(..) => "secret.rotate".into(),
-            AdminOp::SecretPromote(..) => "secret.promote".into(),
-            AdminOp::SecretSelfRotate(..) => "secret.self_rotate".into(),
-            AdminOp::IntakeCreate(..) => "intake.create".into(),
-            AdminOp::IntakeList => "intake.list".into(),
-            AdminOp::IntakeRevoke(..) => "intake.revoke".into(),
-            AdminOp::OnboardingList => "onboarding.list".into(),
-            AdminOp::OnboardingRevoke(..) => "onboarding.revoke".into(),
-            AdminOp::SecretDestroy(..) => "secret.destroy".into(),
-            AdminOp::Probe(_) => "binding.probe".into(),
-            AdminOp::Onboard(p, ..) => format!("onboard.{p}"),
-            AdminOp::Governance(g) => g.action(),
-            AdminOp::UnclaimedList => "unclaimed.list".into(),
-            AdminOp::ClaimUnclaimed(..) => "unclaimed.claim".into(),
-            AdminOp::IgnoreUnclaimed(..) => "unclaimed.ignore".into(),
-            AdminOp::KeysList(k) => format!("keys.{k}.list"),
-            AdminOp::KeysAdd(k, _) => format!("keys.{k}.add"),
-            AdminOp::KeysActivate(k, _) => format!("keys.{k}.activate"),
-            AdminOp::KeysRetire(k, _) => format!("keys.{k}.retire"),
-            AdminOp::RevokeCached(p) => format!("provider.{p}.revoke_cached"),
-            AdminOp::IssuerKeysList => "keys.issuer.list".into(),
-            AdminOp::IssuerJwks => "issuer.jwks".into(),
-            AdminOp::IssuerRotate(_) => "keys.issuer.rotate".into(),
-            AdminOp::IssuerRetire(..) => "keys.issuer.retire".into(),
-            AdminOp::FlagTrustBroken { .. } => "binding.flag_trust_broken".into(),
-        }
-    }
-
-    pub(super) fn is_read(&self) -> bool {
-        matches!(
-            self,
-            AdminOp::List(..)
-                | AdminOp::Show(..)
-                | AdminOp::KeysList(_)
-                | AdminOp::IntakeList
-                | AdminOp::OnboardingList
-                | AdminOp::IssuerKeysList
-                | AdminOp::IssuerJwks
-        ) || matches!(self, AdminOp::Governance(g) if g.is_read())
-    }
-}
-
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", json_error(&e))))
