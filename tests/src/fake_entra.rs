@@ -110,6 +110,8 @@ pub struct EntraState {
     /// Redirect URIs registered on the app: an authorization request naming another is
     /// refused (AADSTS50011).
     pub redirect_uris: Mutex<Vec<String>>,
+    /// How long the token endpoint takes to answer, ms (a slow sign-in redemption).
+    pub token_delay_ms: Mutex<u64>,
     /// Authorization codes issued by sign-ins, until redeemed or expired.
     codes: Mutex<HashMap<String, CodeGrant>>,
     /// Every `x-ms-request-id` the token endpoint and ARM answered with, in order, refusals
@@ -814,6 +816,12 @@ impl EntraState {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if post && path.ends_with("/oauth2/v2.0/token") {
+            let delay = *self.token_delay_ms.lock().unwrap();
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+        }
         const ASSIGNMENTS: &str = "/providers/Microsoft.Authorization/roleAssignments";
         let ((status, value), service) = match segs.as_slice() {
             [tenant, "oauth2", "v2.0", "token"] if post => (
@@ -901,6 +909,7 @@ impl FakeEntra {
             role_reads: Mutex::new(0),
             echo_secret: Mutex::new(None),
             redirect_uris: Mutex::new(Vec::new()),
+            token_delay_ms: Mutex::new(0),
             codes: Mutex::new(HashMap::new()),
             answered: Mutex::new(Vec::new()),
             signing: AppKey::generate(),
@@ -1194,4 +1203,37 @@ pub async fn come_back(
         .map(|(_, q)| q.to_owned())
         .unwrap_or_default();
     callback(public, &query, cookie).await
+}
+
+/// `guid`'s admin consents through a link of `tenant`'s, which proves the GUID is that
+/// tenant's; then the binding the consent made is removed. The GUID may then be bound by
+/// hand for `tenant` (as the onboarding runbook's ARM step does), and for no other tenant.
+pub async fn prove_then_unbind(
+    op: &mut credbroker::client::BrokerClient,
+    public: &mut credbroker::client::BrokerClient,
+    entra: &FakeEntra,
+    tenant: &str,
+    guid: &str,
+) {
+    let state = onboard(op, tenant, guid).await;
+    let (s, cookie, location) = open_link(public, &state).await;
+    assert_eq!(s, 302, "the link opens");
+    let (s, v) = come_back(
+        public,
+        entra,
+        &location,
+        cookie.as_deref(),
+        &SignIn::admin(guid),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let binding = v["binding"].as_str().unwrap().to_owned();
+    let (s, v) = crate::call(
+        op,
+        http::Method::DELETE,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
 }

@@ -788,6 +788,32 @@ async fn consent_takeover_attempts_are_refused() {
     };
     env.daemon.restart();
     env.op = env.pki.client_for("op", &env.daemon.url);
+    // With no link out, t2's customer naming ACME's GUID is still only a claim: one
+    // multi-tenant app serves every customer, so ACME's tokens (it consented for t1's
+    // onboarding before) would pass t2's probe. No consent of ACME was proven for t2.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(by_hand.clone()),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "consent_missing"), "{v}");
+    // Had ACME's admin consented through a link of t2's before (its proof planted here),
+    // the hand binding stands.
+    env.daemon.stop();
+    {
+        let store = SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
+        let mut batch = Batch::new();
+        batch.push(Op::Put(
+            Table::Identifiers,
+            format!("consent-proof:entra_tenant:{ACME}"),
+            br#"{"tenant":"t2"}"#.to_vec(),
+        ));
+        store.commit(batch).await.unwrap();
+    }
+    env.daemon.restart();
+    env.op = env.pki.client_for("op", &env.daemon.url);
     let (s, v) = call(
         &mut env.op,
         Method::POST,
@@ -910,6 +936,16 @@ async fn a_management_group_scope_checks_the_subscriptions_outside_it() {
     let mg = "/providers/Microsoft.Management/managementGroups/mg-scanners";
     let outside = "/subscriptions/77777777-8888-4999-8aaa-bbbbbbbbbbbb";
     consent_all(&env.entra, ACME, ACME_SP);
+    // ACME's consent proven for t1 first: the ARM binding is then added by hand, as the
+    // onboarding runbook's step 3 does.
+    credbroker_tests::fake_entra::prove_then_unbind(
+        &mut env.op,
+        &mut env.public,
+        &env.entra,
+        "t1",
+        ACME,
+    )
+    .await;
     env.entra.assign(mg, ACME_SP, READER);
     // Sixty subscriptions under the group: each read where it is (ARM's list is documented
     // for subscription scopes down, not for a group), a few at a time.
@@ -983,8 +1019,17 @@ async fn a_management_group_scope_checks_the_subscriptions_outside_it() {
 async fn arm_role_assignments_are_checked_by_the_probe() {
     let mut env = start().await;
     let sub = "/subscriptions/44444444-5555-4666-8777-888888888888";
-    // Bound by hand (pending its probe), with ARM and one subscription to check.
+    // Bound by hand (pending its probe), with ARM and one subscription to check, after
+    // ACME's consent was proven for t1.
     consent_all(&env.entra, ACME, ACME_SP);
+    credbroker_tests::fake_entra::prove_then_unbind(
+        &mut env.op,
+        &mut env.public,
+        &env.entra,
+        "t1",
+        ACME,
+    )
+    .await;
     let (s, v) = call(
         &mut env.op,
         Method::POST,
@@ -1499,4 +1544,145 @@ async fn a_secret_stored_under_its_earlier_fingerprint_is_still_found() {
         !audit.contains(&credbroker_tests::fake_entra::plain_secret_hash(SECRET_A)),
         "an unkeyed hash of a client secret in the audit log"
     );
+}
+
+/// A tenant GUID named by hand is a claim: only a broker tenant whose consent link ACME's
+/// admin came back through may bind it by hand (again, to add ARM), never another tenant,
+/// and not a tenant created again under that tenant's id after its removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_guid_bound_by_hand_needs_its_consent_proven_for_that_tenant() {
+    let mut env = start().await;
+    consent_all(&env.entra, ACME, ACME_SP);
+    let by_hand = |tenant: &str| json!({"owner": "team-tests", "purpose": "integration test", "id": format!("acme-{tenant}"), "tenant": tenant, "provider": "entra_multi_tenant", "config": {"tenant_id": ACME}});
+    let add = async |op: &mut BrokerClient, body: Value| {
+        call(op, Method::POST, "/v1/admin/bindings", Some(body)).await
+    };
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3", "name": "Third"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    // Proven for t3 only.
+    credbroker_tests::fake_entra::prove_then_unbind(
+        &mut env.op,
+        &mut env.public,
+        &env.entra,
+        "t3",
+        ACME,
+    )
+    .await;
+    // Its used link would refuse other tenants until it expires: set aside here, so the
+    // proof alone decides.
+    {
+        use credbroker::store::{Batch, Op, SledStore, Store, Table};
+        env.daemon.stop();
+        let store = SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
+        let mut batch = Batch::new();
+        for (key, _) in store
+            .scan(Table::Identifiers, "callback-state:")
+            .await
+            .unwrap()
+        {
+            batch.push(Op::Delete(Table::Identifiers, key));
+        }
+        store.commit(batch).await.unwrap();
+        drop(store);
+        env.daemon.restart();
+        env.op = env.pki.client_for("op", &env.daemon.url);
+    }
+    for tenant in ["t1", "t2"] {
+        let (s, v) = add(&mut env.op, by_hand(tenant)).await;
+        assert_eq!((s, code(&v)), (403, "consent_missing"), "{tenant}: {v}");
+    }
+    let (s, v) = add(&mut env.op, by_hand("t3")).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::DELETE,
+        "/v1/admin/bindings/acme-t3",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // t3 removed and made again: another customer, whose hand binding of ACME is a claim.
+    let (s, v) = call(&mut env.op, Method::DELETE, "/v1/admin/tenants/t3", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(json!({"id": "t3", "name": "Another third"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = add(&mut env.op, by_hand("t3")).await;
+    assert_eq!((s, code(&v)), (403, "consent_missing"), "{v}");
+    // The proof is on the record.
+    assert!(env.daemon.audit_records().iter().any(|r| r["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains(&format!(
+            "consent of entra_tenant:{ACME} proven for tenant t3"
+        )))));
+}
+
+/// A tenant removed, and made again under its id for another customer, while its consent
+/// link's return is being checked gets no proof: the new tenant may not bind the GUID by
+/// hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_made_again_during_its_consent_gets_no_proof() {
+    let mut env = start().await;
+    consent_all(&env.entra, ACME, ACME_SP);
+    let tenant = |name: &str| json!({"id": "t3", "name": name});
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/tenants",
+        Some(tenant("Third")),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let state = onboard(&mut env.op, "t3", ACME).await;
+    // (Records say when to the second: the new t3 is made in a later second than the link.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, cookie, location) =
+        credbroker_tests::fake_entra::open_link(&mut env.public, &state).await;
+    assert_eq!(s, 302);
+    // The code's redemption is slow: t3 is removed and made again meanwhile.
+    *env.entra.state.token_delay_ms.lock().unwrap() = 1500;
+    let admin = SignIn::admin(ACME);
+    let back = credbroker_tests::fake_entra::come_back(
+        &mut env.public,
+        &env.entra,
+        &location,
+        cookie.as_deref(),
+        &admin,
+    );
+    let op = &mut env.op;
+    let remake = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (s, v) = call(op, Method::DELETE, "/v1/admin/tenants/t3", None).await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = call(
+            op,
+            Method::POST,
+            "/v1/admin/tenants",
+            Some(tenant("Another")),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    };
+    let ((s, v), ()) = tokio::join!(back, remake);
+    assert_eq!((s, code(&v)), (403, "callback_rejected"), "{v}");
+    *env.entra.state.token_delay_ms.lock().unwrap() = 0;
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-t3", "tenant": "t3", "provider": "entra_multi_tenant", "config": {"tenant_id": ACME}})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "consent_missing"), "{v}");
 }

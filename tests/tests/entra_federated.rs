@@ -47,6 +47,13 @@ async fn start() -> (IssuerEnv, FakeEntra) {
     (env, entra)
 }
 
+/// ACME's consent proven for t1 through a link (with the federated credential as `entra`
+/// holds it now, which must match): only then is ACME bound by hand.
+async fn prove(env: &mut IssuerEnv, entra: &FakeEntra) {
+    let mut public = public_client(&env.pki, &env.issuer);
+    fake_entra::prove_then_unbind(&mut env.op, &mut public, entra, "t1", ACME).await;
+}
+
 async fn bind(env: &mut IssuerEnv) -> (u16, Value) {
     let (s, v) = call(
         &mut env.op,
@@ -73,6 +80,7 @@ async fn entra_tokens_with_a_federated_assertion_and_no_secret() {
         serde_json::from_str::<Value>(&out).unwrap()["keys"],
         json!([])
     );
+    prove(&mut env, &entra).await;
     let (s, v) = bind(&mut env).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["binding"]["status"], "active", "{v}");
@@ -102,6 +110,9 @@ async fn entra_tokens_with_a_federated_assertion_and_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_credential_that_does_not_match_is_refused() {
     let (mut env, entra) = start().await;
+    // ACME consented while the FIC matched.
+    entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
+    prove(&mut env, &entra).await;
     // The FIC names another subject: Entra finds no matching record (AADSTS700213).
     entra.set_federated_credential(&env.issuer, "someone-else", FIC_AUDIENCE, env.jwks().await);
     let (s, v) = bind(&mut env).await;
@@ -158,6 +169,7 @@ async fn a_stored_secret_still_serves_while_the_federated_credential_does_not_ma
     )
     .await;
     assert_eq!(s, 200, "{v}");
+    prove(&mut env, &entra).await;
     let (s, v) = bind(&mut env).await;
     assert_eq!(s, 200, "{v}");
     let auths = entra.client_auths(ACME);
@@ -258,6 +270,7 @@ async fn a_refused_consent_shows_the_browser_no_credential_detail() {
 async fn entra_descriptions_stay_in_the_daemons_log() {
     let (mut env, entra) = start().await;
     entra.set_federated_credential(&env.issuer, FIC_SUBJECT, FIC_AUDIENCE, env.jwks().await);
+    prove(&mut env, &entra).await;
     let (s, v) = bind(&mut env).await;
     assert_eq!(s, 200, "{v}");
     env.add_instance("ie", "t1", "acme-entra").await;

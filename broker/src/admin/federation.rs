@@ -239,6 +239,28 @@ impl AdminService {
             {
                 return Err(link_out_conflict(&identifier));
             }
+            // The identifier a consent proves (Entra's tenant GUID) is a claim when named by
+            // hand: one multi-tenant app serves every customer, so any tenant that ever
+            // consented issues tokens that pass the probe. Only a tenant a consent callback
+            // proved it for binds it by hand (to add ARM after the consent, say), while that
+            // proof stands; a consent link's own binding (`tenant_created_by`) is the proof,
+            // recorded by the callback.
+            if b.tenant_created_by.is_none() {
+                match r.consent_proof(&identifier).await.map_err(store_err)? {
+                    Some((key, read)) if read.value.tenant == b.tenant.as_str() => {
+                        plan.batch.expect_consent_proof(&key, &read);
+                    }
+                    _ => {
+                        return Err(ApiError::new(
+                            ErrorCode::ConsentMissing,
+                            format!(
+                                "no consent of {identifier} was proven for tenant {}: bind it through a consent link (credbroker onboard entra), which proves the customer's admin consented; by hand, only a tenant a consent link proved it for may bind it again",
+                                b.tenant
+                            ),
+                        ));
+                    }
+                }
+            }
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             plan.batch.pass_link_pin(
                 &key,

@@ -43,6 +43,7 @@ mod probe;
 mod query;
 mod reclaim;
 mod records;
+pub(crate) use records::bumped as bumped_tenant;
 mod request;
 mod secret_body;
 

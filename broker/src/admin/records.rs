@@ -45,7 +45,7 @@ pub struct BindingDetail {
 }
 
 /// `tenant` with its revision bumped: a child was added or removed.
-pub(super) fn bumped(tenant: &Tenant) -> Tenant {
+pub(crate) fn bumped(tenant: &Tenant) -> Tenant {
     let mut t = tenant.clone();
     t.revision = t.revision.wrapping_add(1);
     t
@@ -451,6 +451,11 @@ impl AdminService {
                             .collect::<Vec<_>>()
                             .join(", ")
                     );
+                }
+                // The consents proven for it go with it: a tenant created again under its id
+                // is another customer, who may not bind those identifiers by hand.
+                for (key, raw) in r.consent_proofs_of(&t.id).await.map_err(store_err)? {
+                    plan.batch.forget_expired(&key, &raw);
                 }
                 // Fails if a child was added since the scan (it bumps the revision).
                 plan.batch.remove(&t);

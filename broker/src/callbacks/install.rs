@@ -545,6 +545,70 @@ impl CallbackService {
         let actor = event.actor.clone();
         // The binding is created and activated on behalf of the link's issuer.
         let issuer = read.creator.clone().map(|c| (c, read.creator_revision));
+        // A consent that proves its identifier (Entra's tenant GUID: the admin signed in at
+        // the pinned tenant and consented after the link was issued) is recorded for the
+        // link's tenant, whether a binding is made now or was made before: an operator may
+        // bind it again by hand for this tenant only (to add ARM), never for another.
+        if read
+            .pin
+            .as_ref()
+            .and_then(|p| {
+                cb.pin_identifier(&credbroker_providers::InstalledAccount {
+                    login: p.login.clone(),
+                    id: p.id,
+                })
+            })
+            .is_some_and(|pinned| pinned == identifier)
+        {
+            let mut proven = event.clone();
+            proven.outcome = "allowed".into();
+            proven.error_code = None;
+            proven.detail = Some(format!(
+                "consent of {identifier} proven for tenant {tenant} (install link {})",
+                outstanding_id(&state_key).unwrap_or_default()
+            ));
+            // For the tenant the link was issued for, as it is now: one removed (or removed
+            // and created again) while the consent was checked gets no proof. The tenant is
+            // bumped as read, as a generated tenant parameter bumps it: a removal planned
+            // before the proof (on any replica) fails its precondition instead of leaving
+            // the proof behind for a tenant made again under its id. A concurrent change of
+            // the tenant (a worker or binding added) fails the proof's precondition: it is
+            // read and tried again, a few times.
+            let issued_at = link_issued_at(&read, self.core.callback_state_ttl_s());
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let now_tenant = self
+                    .core
+                    .records
+                    .tenant(&tenant)
+                    .await
+                    .map_err(|_| ApiError::new(ErrorCode::Internal, "store read failed"))?
+                    .filter(|t| t.value.created_by(issued_at))
+                    .ok_or_else(|| Failure::from(rejected(TENANT_GONE)))?;
+                let mut batch = Batch::new();
+                batch.replace(&now_tenant, &crate::admin::bumped_tenant(&now_tenant));
+                batch.prove_consent(&identifier, tenant.as_str());
+                match crate::admin::AdminService::on_behalf_of(
+                    issuer.clone(),
+                    self.commit_locked(proven.clone(), batch, false),
+                )
+                .await
+                {
+                    Ok(_) => break,
+                    // Lost before its record (the tenant changed meanwhile): again.
+                    Err(f) if f.anonymous && attempts < 3 => continue,
+                    // Still losing: refused as the link's own, audited failure.
+                    Err(f) if f.anonymous => {
+                        return Err(rejected(
+                            "the tenant kept changing while the consent was recorded; nothing was bound: ask for a new link",
+                        )
+                        .into())
+                    }
+                    Err(f) => return Err(f),
+                }
+            }
+        }
         // Already bound? To this tenant: re-probe; to another: refuse.
         let owner = self
             .core

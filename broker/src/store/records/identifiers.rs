@@ -71,6 +71,10 @@ fn tenant_param_key(provider: &str, name: &str, tenant: &TenantId) -> String {
     format!("tenant-param:{provider}:{name}:{tenant}")
 }
 
+fn consent_proof_key(identifier: &str) -> String {
+    format!("consent-proof:{identifier}")
+}
+
 fn unclaimed_key(identifier: &str) -> String {
     format!("unclaimed:{identifier}")
 }
@@ -100,6 +104,44 @@ impl Records {
             .get_stored(Table::Identifiers, &exclusive_key(identifier))
             .await?
             .map(|s| s.value))
+    }
+
+    /// The broker tenant a consent callback last proved `identifier` for (the customer's
+    /// admin consented through that tenant's link), with the record as read.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn consent_proof(
+        &self,
+        identifier: &str,
+    ) -> Result<Option<(String, Stored<IdentifierOwner>)>, StoreError> {
+        let key = consent_proof_key(identifier);
+        Ok(self
+            .get_stored(Table::Identifiers, &key)
+            .await?
+            .map(|s| (key, s)))
+    }
+
+    /// The consent proofs `tenant` holds, as read: `(key, raw record)`.
+    ///
+    /// # Errors
+    /// On store failure or corruption.
+    pub async fn consent_proofs_of(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, raw) in self
+            .store
+            .scan(Table::Identifiers, "consent-proof:")
+            .await?
+        {
+            let owner: IdentifierOwner = decode(Table::Identifiers, &key, &raw)?;
+            if owner.tenant == tenant.as_str() {
+                out.push((key, raw));
+            }
+        }
+        Ok(out)
     }
 
     /// The exclusive identifiers `binding` holds.
@@ -257,6 +299,30 @@ impl Batch {
         self.push(Op::ExpectAbsent(
             Table::Identifiers,
             exclusive_key(identifier),
+        ))
+    }
+
+    /// Records that a consent callback proved `identifier` for `tenant` (replacing any
+    /// earlier proof: the latest consent is the customer's word). A binding added by hand
+    /// for an identifier a consent proves is refused without it.
+    pub fn prove_consent(&mut self, identifier: &str, tenant: &str) -> &mut Self {
+        self.push(Op::Put(
+            Table::Identifiers,
+            consent_proof_key(identifier),
+            encode(&IdentifierOwner {
+                tenant: tenant.to_owned(),
+                binding: None,
+            }),
+        ))
+    }
+
+    /// Requires the consent proof `key` as read (a newer consent for another tenant, or the
+    /// tenant's removal, committed meanwhile fails the batch).
+    pub fn expect_consent_proof(&mut self, key: &str, read: &Stored<IdentifierOwner>) -> &mut Self {
+        self.push(Op::ExpectValue(
+            Table::Identifiers,
+            key.to_owned(),
+            read.raw.clone(),
         ))
     }
 
