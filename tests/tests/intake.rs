@@ -711,16 +711,22 @@ async fn a_creator_disabled_during_the_probe_does_not_get_it_promoted() {
     let submitting = submit_while_probing(&pki, &daemon, &sn, &mut public, &theirs).await;
     disable_op2(&mut op).await;
     let b = dead_after_its_probe(&sn, submitting, &mut op).await;
-    let refused = daemon
-        .audit_records()
-        .into_iter()
+    // The probe's own stamp acts for the creator too: refused (and audited), so nothing is
+    // recorded in their name after the disable, and no promotion is tried.
+    let records = daemon.audit_records();
+    let refused = records
+        .iter()
         .filter(|r| {
-            r["action"] == "secret.promote"
+            r["action"] == "binding.probe"
                 && r["outcome"] == "denied"
                 && r["error_code"] == "operator_required"
         })
         .count();
     assert_eq!(refused, 1, "the refusal is audited");
+    assert!(
+        !records.iter().any(|r| r["action"] == "secret.promote"),
+        "a promotion was tried for a disabled creator"
+    );
     // Nothing the dead link brought stays behind for a later promotion.
     assert!(b["binding"]["pending_secret_version"].is_null(), "{b}");
     let written = b["binding"]["last_secret_version"].as_u64().unwrap();

@@ -28,6 +28,10 @@ impl AdminService {
     ) -> IntakeAnswer {
         let link = read.value.clone();
         let by = format!("set by intake link {} created by {}", link.id, link.creator);
+        // The link acts for its creator: each write below requires their record as it was
+        // when the link was made, so a creator disabled meanwhile (on any replica) gets no
+        // attempt reserved and no version written in their name.
+        let issuer = Some((link.creator.clone(), link.creator_revision));
         let fail = |e: (ApiError, Option<AuditReceipt>)| {
             tracing::warn!(link = %link.id, code = %e.0.code, "intake submission could not be stored");
             pages::refused(
@@ -123,7 +127,9 @@ impl AdminService {
             }
             // Marked before its version can be written, until its answer.
             _checking = Some(Checking::new(self, &link.binding));
-            if let Err(e) = self.commit_audited(ev, batch, &[]).await {
+            if let Err(e) =
+                Self::on_behalf_of(issuer.clone(), self.commit_audited(ev, batch, &[])).await
+            {
                 // Refused on the link as read: another submission reserved its last
                 // attempt meanwhile (or it was revoked), and the link is dead to this one.
                 if self.link_died(&e.0, key, &link).await {
@@ -182,10 +188,13 @@ impl AdminService {
                 Ok(p)
             }
             .await;
-            self.commit_plan(
-                Self::intake_event(&link, request_id, "secret.rotate"),
-                plan,
-                &by,
+            Self::on_behalf_of(
+                issuer.clone(),
+                self.commit_plan(
+                    Self::intake_event(&link, request_id, "secret.rotate"),
+                    plan,
+                    &by,
+                ),
             )
             .await
         };
@@ -224,30 +233,49 @@ impl AdminService {
                 return if e.code == ErrorCode::UnknownRecord {
                     self.count_intake("invalid_link", false);
                     pages::invalid()
-                } else if dropped && left == 0 {
-                    pages::refused(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "The credential could not be checked, and this link has no attempts left. Ask your contact for a new link.",
-                    )
-                } else if dropped {
-                    pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again.")
                 } else {
-                    // Still staged: the link's next submission would be refused for it.
-                    pages::refused(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "The credential was stored but could not be checked. Ask your contact to check or discard it.",
-                    )
+                    unprobed(dropped, left)
                 };
             }
         };
-        let probed = self
-            .probe_pending(
+        // Nor is the customer's system called for a creator disabled since the write: the
+        // version is dropped unprobed, and the link is dead.
+        let alive = self
+            .issuer_alive(Some(&link.creator), link.creator_revision)
+            .await;
+        if !matches!(alive, Ok(true)) {
+            let why = if alive.is_ok() {
+                "its creator was disabled"
+            } else {
+                "its creator's record could not be read"
+            };
+            let dropped = self
+                .drop_intake_pending(
+                    &link,
+                    request_id,
+                    version,
+                    &format!("{by}; not probed: {why}"),
+                )
+                .await;
+            return if alive.is_ok() {
+                self.count_intake("invalid_link", false);
+                pages::invalid()
+            } else {
+                unprobed(dropped, left)
+            };
+        }
+        // Its stamp, too, is written for the creator: one disabled while the probe ran gets
+        // nothing recorded in their name (the version is dropped below, the link dead).
+        let probed = Self::on_behalf_of(
+            issuer.clone(),
+            self.probe_pending(
                 &binding,
                 version,
                 Self::intake_event(&link, request_id, "binding.probe"),
                 Instant::now(),
-            )
-            .await;
+            ),
+        )
+        .await;
         match probed {
             Ok(_) => {
                 // 3. Promoted; the link is used up in the same batch. The link acts for its
@@ -304,7 +332,6 @@ impl AdminService {
                         // A binding waiting for its first secret is activated by its probe.
                         // The activation, too, acts for the link's creator.
                         if binding.status == crate::model::Status::PendingActivation {
-                            let issuer = Some((link.creator.clone(), link.creator_revision));
                             let probe = self.probe_binding(
                                 &link.binding,
                                 Self::intake_event(&link, request_id, "binding.probe"),
@@ -342,13 +369,16 @@ impl AdminService {
             Err((e, _))
                 if matches!(
                     e.code,
-                    ErrorCode::Conflict | ErrorCode::Unavailable | ErrorCode::AuditUnavailable
+                    ErrorCode::Conflict
+                        | ErrorCode::Unavailable
+                        | ErrorCode::AuditUnavailable
+                        | ErrorCode::OperatorRequired
                 ) =>
             {
-                let what = if e.code == ErrorCode::Conflict {
-                    "its probe not recorded"
-                } else {
-                    "not probed"
+                let what = match e.code {
+                    ErrorCode::Conflict => "its probe not recorded",
+                    ErrorCode::OperatorRequired => "its creator was disabled during the probe",
+                    _ => "not probed",
                 };
                 let dropped = self
                     .drop_intake_pending(
@@ -412,6 +442,25 @@ impl AdminService {
                 pages::result(false, &e.message, left)
             }
         }
+    }
+}
+
+/// The page of a submission whose version was not probed: dropped (`dropped`; with `left`
+/// attempts on its link) or, its removal failed, still staged.
+fn unprobed(dropped: bool, left: u32) -> IntakeAnswer {
+    if dropped && left == 0 {
+        pages::refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The credential could not be checked, and this link has no attempts left. Ask your contact for a new link.",
+        )
+    } else if dropped {
+        pages::refused(StatusCode::SERVICE_UNAVAILABLE, "Try again.")
+    } else {
+        // Still staged: the link's next submission would be refused for it.
+        pages::refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The credential was stored but could not be checked. Ask your contact to check or discard it.",
+        )
     }
 }
 
