@@ -396,33 +396,7 @@ async fn google_auth_gets_tokens_through_client_gcp_metadata() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), token);
 
-    let mut server = KillOnDrop(
-        std::process::Command::new(daemon_bin())
-            .args([
-                "client",
-                "gcp-metadata",
-                "--instance",
-                "ig1",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .envs(worker_env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let host = line
-        .trim()
-        .strip_prefix("GCE_METADATA_HOST=")
-        .unwrap()
-        .to_owned();
+    let (server, host) = metadata_server(&worker_env, &[]);
     let script = r#"
 import json, urllib.request
 import google.auth.compute_engine
@@ -460,7 +434,12 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
         .env("GCE_METADATA_IP", &host)
         .output()
         .unwrap();
+    // Another local user's process reaches loopback too: it is refused, unless allowed.
+    assert_eq!(token_status_as(65534, &host), "403");
     drop(server);
+    let (allowing, allowing_host) = metadata_server(&worker_env, &["--allow-uid", "65534"]);
+    assert_eq!(token_status_as(65534, &allowing_host), "200");
+    drop(allowing);
     assert!(
         out.status.success(),
         "{}",
@@ -476,6 +455,70 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
     assert_eq!(got["plain"], 403);
     assert_eq!(got["rebound"], 403);
     assert_eq!(got["browser"], 403);
+}
+
+/// `client gcp-metadata` for instance ig1 on a free loopback port, with `worker_env` and
+/// `extra` arguments: the running server and the address it printed.
+fn metadata_server(worker_env: &[(&str, String)], extra: &[&str]) -> (KillOnDrop, String) {
+    let mut server = KillOnDrop(
+        std::process::Command::new(daemon_bin())
+            .args([
+                "client",
+                "gcp-metadata",
+                "--instance",
+                "ig1",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .envs(worker_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let host = line
+        .trim()
+        .strip_prefix("GCE_METADATA_HOST=")
+        .unwrap()
+        .to_owned();
+    (server, host)
+}
+
+/// The status `client gcp-metadata` at `host` answers a token request sent by a process of
+/// user `uid` (curl under setpriv: the suite runs as root).
+fn token_status_as(uid: u32, host: &str) -> String {
+    let uid = uid.to_string();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Metadata-Flavor: Google",
+            &format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A worker that hangs up while the mint its resolve started is running (an HTTP/2 reset,

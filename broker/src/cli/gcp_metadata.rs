@@ -7,7 +7,9 @@
 //! Served (like GCE, only with `Metadata-Flavor: Google`, never through a proxy that adds
 //! `X-Forwarded-For`): `/` (the ping), `…/service-accounts/{default|EMAIL}/token[?scopes=…]`,
 //! `…/{default|EMAIL}/email`, `…/{default|EMAIL}/?recursive=true` and
-//! `project/numeric-project-id`. Anything else is 404.
+//! `project/numeric-project-id`. Anything else is 404. Only processes of this command's user
+//! (or of the users `--allow-uid` names) are served: the kernel's socket table names the user
+//! owning each connection's other end.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -33,6 +35,49 @@ pub struct GcpMetadataArgs {
     /// `GCE_METADATA_HOST=…` on the first line of stdout.
     #[arg(long, default_value = "127.0.0.1:8954")]
     listen: SocketAddr,
+    /// A local user (numeric uid) whose processes may take tokens (repeatable; replaces the
+    /// default, so name this command's own uid too if it should still be served). By default
+    /// only this command's own user: any other process on the host reaches loopback too,
+    /// and would be handed this instance's tokens under this worker's identity.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
+}
+
+/// The kernel's socket tables, read for the user who owns a loopback connection's other end.
+struct ThisHost;
+
+impl procfs_core::SystemInfoInterface for ThisHost {
+    fn boot_time_secs(&self) -> procfs_core::ProcResult<u64> {
+        Ok(0)
+    }
+    fn ticks_per_second(&self) -> u64 {
+        100
+    }
+    fn page_size(&self) -> u64 {
+        4096
+    }
+    fn is_little_endian(&self) -> bool {
+        cfg!(target_endian = "little")
+    }
+}
+
+/// The user owning the client's end of the loopback connection from `peer` to `local`: the
+/// socket in the kernel's table whose local address is `peer` and remote `local`. `None`
+/// when it is not found (the client already gone, no `/proc`).
+fn connecting_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    use procfs_core::FromReadSI;
+    let same = |a: &SocketAddr, b: &SocketAddr| a.ip() == b.ip() && a.port() == b.port();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let file = std::fs::File::open(table).ok()?;
+            let entries = procfs_core::net::TcpNetEntries::from_read(file, &ThisHost).ok()?;
+            entries
+                .0
+                .iter()
+                .find(|e| same(&e.local_address, &peer) && same(&e.remote_address, &local))
+                .map(|e| e.uid)
+        })
 }
 
 const PREFIX: &str = "/computeMetadata/v1/";
@@ -332,6 +377,12 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
             args.client.instance
         );
         let args = std::sync::Arc::new(args.clone());
+        let mut allowed = args.allow_uid.clone();
+        if allowed.is_empty() {
+            allowed.push(rustix::process::getuid().as_raw());
+        }
+        eprintln!("tokens only for local processes of uid {allowed:?}");
+        let allowed = std::sync::Arc::new(allowed);
         // Each connection may make a resolve (a TLS connection to the broker and an audit
         // record there): a local process opening many is held to a few at a time. One
         // request per connection (no keep-alive), so an idle pooled connection holds no slot.
@@ -343,16 +394,42 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
                 slot = std::sync::Arc::clone(&slots).acquire_owned() => slot.map_err(|e| e.to_string())?,
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),
             };
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => accepted.map_err(|e| e.to_string())?,
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),
             };
             let args = std::sync::Arc::clone(&args);
+            let allowed = std::sync::Arc::clone(&allowed);
             tokio::spawn(async move {
                 let _slot = slot;
+                // Who is asking, before anything is resolved: the kernel's socket table
+                // names the user owning the other end.
+                let uid = match stream.local_addr() {
+                    Ok(local) => tokio::task::spawn_blocking(move || connecting_uid(peer, local))
+                        .await
+                        .ok()
+                        .flatten(),
+                    Err(_) => None,
+                };
+                let admitted = uid.is_some_and(|u| allowed.contains(&u));
+                if !admitted {
+                    tracing::warn!(
+                        uid = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
+                        "a local process whose user is not allowed (--allow-uid) asked for a token; refused"
+                    );
+                }
                 let service = service_fn(move |req: Request<Incoming>| {
                     let args = std::sync::Arc::clone(&args);
-                    async move { Ok::<_, std::convert::Infallible>(handle(&args, &req).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(if admitted {
+                            handle(&args, &req).await
+                        } else {
+                            text(
+                                StatusCode::FORBIDDEN,
+                                "this process's user may not take tokens here (see --allow-uid)",
+                            )
+                        })
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
