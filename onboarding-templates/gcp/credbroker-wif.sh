@@ -18,6 +18,8 @@
 #   --issuer-url ISSUER_URL          the broker's issuer URL (https://…), from your provider
 #   --subject SUBJECT                the subject your provider gave you (cb- + 40 characters)
 #   --jwks-file JWKS_FILE            optional: the JWKS your provider gave you, pinned inline
+#                                    (once pinned, every later run needs it: a run without it
+#                                    would keep the old keys, and is refused)
 #   --pool-id POOL_ID                default credbroker
 #   --provider-id PROVIDER_ID        default credbroker
 #   --sa-name SA_NAME                default credbroker-reader
@@ -159,7 +161,16 @@ fi
 if gcloud iam workload-identity-pools providers describe "$PROVIDER_ID" \
   --project="$PROJECT_ID" --location=global --workload-identity-pool="$POOL_ID" \
   >/dev/null 2>&1; then
-  # Run again (e.g. to re-pin the JWKS after a key rotation): update in place.
+  # Run again (e.g. to re-pin the JWKS after a key rotation): update in place. Keys pinned
+  # inline are never fetched from the issuer, and an update without --jwk-json-path keeps
+  # them: a key the broker retired (even as compromised) would stay trusted.
+  if [[ -z "$JWKS_FILE" ]]; then
+    pinned="$(gcloud iam workload-identity-pools providers describe "$PROVIDER_ID" \
+      --project="$PROJECT_ID" --location=global --workload-identity-pool="$POOL_ID" \
+      --format='value(oidc.jwksJson)')"
+    [[ -z "$pinned" ]] ||
+      die "provider $PROVIDER_ID pins the broker's keys inline (oidc.jwksJson), and an update without --jwks-file keeps them: run again with --jwks-file and the broker's current JWKS (${ISSUER_URL}/.well-known/jwks.json)"
+  fi
   gcloud iam workload-identity-pools providers update-oidc "$PROVIDER_ID" "${provider_flags[@]}"
 else
   gcloud iam workload-identity-pools providers create-oidc "$PROVIDER_ID" "${provider_flags[@]}"

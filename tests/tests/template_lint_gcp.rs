@@ -155,6 +155,12 @@ fn the_script_passes_shellcheck() {
 /// line of arguments) and knows project acme-prod as number 123456789012 and no resource
 /// yet. Returns (success, output, recorded calls).
 fn run_script(args: &[&str]) -> (bool, String, Vec<String>) {
+    run_script_with(args, "")
+}
+
+/// [`run_script`] with `existing` first in the fake's `case`: the answers of resources that
+/// exist already.
+fn run_script_with(args: &[&str], existing: &str) -> (bool, String, Vec<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -165,7 +171,7 @@ fn run_script(args: &[&str]) -> (bool, String, Vec<String>) {
     let fake = bin.join("gcloud");
     std::fs::write(
         &fake,
-        "#!/usr/bin/env bash\nprintf '%s\\n' \"$*\" >>\"$GCLOUD_LOG\"\ncase \"$*\" in\n  \"projects describe acme-prod \"*) echo 123456789012 ;;\n  *\" describe \"*) exit 1 ;;\nesac\n",
+        format!("#!/usr/bin/env bash\nprintf '%s\\n' \"$*\" >>\"$GCLOUD_LOG\"\ncase \"$*\" in\n{existing}  \"projects describe acme-prod \"*) echo 123456789012 ;;\n  *\" describe \"*) exit 1 ;;\nesac\n"),
     )
     .unwrap();
     {
@@ -240,6 +246,27 @@ fn the_script_federates_one_subject_to_one_read_only_account() {
     ] {
         assert!(out.contains(line), "{out}");
     }
+
+    // A provider that pins the keys inline is not updated without them: the old keys (a
+    // retired one among them) would stay trusted.
+    let pinned = "  *\"providers describe credbroker \"*--format=*) echo '{\"keys\":[{\"kid\":\"old\"}]}' ;;\n  *\"providers describe credbroker \"*) exit 0 ;;\n";
+    let (ok, out, calls) = run_script_with(&base, pinned);
+    assert!(!ok, "{out}");
+    assert!(out.contains("pins the broker's keys inline"), "{out}");
+    assert!(
+        !calls.iter().any(|c| c.contains("update-oidc")),
+        "{calls:#?}"
+    );
+    // One that fetches them from the issuer is updated in place.
+    let (ok, out, calls) = run_script_with(
+        &base,
+        "  *\"providers describe credbroker \"*--format=*) ;;\n  *\"providers describe credbroker \"*) exit 0 ;;\n",
+    );
+    assert!(ok, "{out}");
+    assert!(
+        calls.iter().any(|c| c.contains("update-oidc")),
+        "{calls:#?}"
+    );
 
     // Inline JWKS: the provider gets --jwk-json-path.
     let tmp = tempfile::tempdir().unwrap();
