@@ -195,7 +195,11 @@ impl BrokerClient {
             builder = builder.header(*k, *v);
         }
         let req = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            // A body may carry a secret (`secret set`, `keys add`): sent from a buffer wiped
+            // when hyper lets go of it.
+            .body(Full::new(credbroker_providers::http::wiped_bytes(
+                body.unwrap_or_default(),
+            )))
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let exchange = async {
             let resp = sender

@@ -4,7 +4,6 @@
 //! id.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -497,24 +496,41 @@ pub fn run_binding(cmd: BindingCmd) -> Result<ExitCode, String> {
 }
 
 fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {
-    let mut raw = Zeroizing::new(Vec::new());
-    let source = match &w.from_file {
+    // A secret is far smaller than the broker's request limit; the buffers it passes
+    // through are wiped.
+    const MAX_SECRET_INPUT: usize = 1024 * 1024;
+    let (raw, source) = match &w.from_file {
         Some(path) => {
-            let mut f =
-                std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            f.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-            format!("the secret file {}", path.display())
+            let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            (
+                crate::keys::read_wiped(f, MAX_SECRET_INPUT)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                format!("the secret file {}", path.display()),
+            )
         }
-        None => {
-            std::io::stdin()
-                .read_to_end(&mut raw)
-                .map_err(|e| e.to_string())?;
-            "the secret on standard input".to_owned()
-        }
+        None => (
+            crate::keys::read_wiped(std::io::stdin(), MAX_SECRET_INPUT)
+                .map_err(|e| format!("standard input: {e}"))?,
+            "the secret on standard input".to_owned(),
+        ),
     };
     // Checked here, where a position means something to the operator (line and column of
     // the file, not of the body the broker gets); values go into zeroizing strings only.
-    if let Err(e) = serde_json::from_slice::<BTreeMap<String, Zeroizing<String>>>(&raw) {
+    // Values are looked at raw (borrowed from the input, never unescaped into a buffer of
+    // serde_json's own that is not wiped): each must be a JSON string.
+    let checked = serde_json::from_slice::<
+        BTreeMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue>,
+    >(&raw)
+    .and_then(
+        |fields| match fields.iter().find(|(_, v)| !v.get().starts_with('"')) {
+            Some((name, _)) => Err(serde::de::Error::custom(format!(
+                "field {:?} is not a string",
+                crate::cli::output::sanitize(name)
+            ))),
+            None => Ok(()),
+        },
+    );
+    if let Err(e) = checked {
         let why = crate::api_error::json_error(&e);
         return Err(if e.is_syntax() || e.is_eof() {
             format!("{source} is not valid JSON: {why}")
@@ -531,12 +547,19 @@ fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {
             "secret input must be a JSON object of string fields, e.g. {\"token\":\"…\"}".into(),
         );
     }
-    let mut body = Zeroizing::new(Vec::with_capacity(trimmed.len() + 12));
+    let expires = match &w.expires_at {
+        Some(t) => Some(serde_json::to_vec(t).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    // Sized up front: a buffer that grew would leave a copy of the secret behind.
+    let mut body = Zeroizing::new(Vec::with_capacity(
+        trimmed.len() + 32 + expires.as_ref().map_or(0, Vec::len),
+    ));
     body.extend_from_slice(b"{\"fields\":");
     body.extend_from_slice(trimmed);
-    if let Some(t) = &w.expires_at {
+    if let Some(t) = &expires {
         body.extend_from_slice(b",\"expires_at\":");
-        body.extend_from_slice(&serde_json::to_vec(t).map_err(|e| e.to_string())?);
+        body.extend_from_slice(t);
     }
     body.push(b'}');
     Ok(body)
@@ -546,9 +569,15 @@ pub fn run_secret(cmd: SecretCmd) -> Result<ExitCode, String> {
     match cmd {
         SecretCmd::Set(w) if w.self_rotate => Err("--self is for `secret rotate`".to_owned()),
         SecretCmd::Set(w) => {
-            let body = read_secret_fields(&w)?;
+            let mut body = read_secret_fields(&w)?;
             let path = format!("/v1/admin/bindings/{}/secret", path_segment(&w.binding)?);
-            call(&w.conn, Method::PUT, &path, Some(body.to_vec()))
+            // Moved, not copied: the client sends it from a buffer wiped when dropped.
+            call(
+                &w.conn,
+                Method::PUT,
+                &path,
+                Some(std::mem::take(&mut *body)),
+            )
         }
         SecretCmd::Rotate(w) if w.self_rotate => {
             let path = format!(
@@ -558,12 +587,17 @@ pub fn run_secret(cmd: SecretCmd) -> Result<ExitCode, String> {
             call(&w.conn, Method::POST, &path, Some(b"{}".to_vec()))
         }
         SecretCmd::Rotate(w) => {
-            let body = read_secret_fields(&w)?;
+            let mut body = read_secret_fields(&w)?;
             let path = format!(
                 "/v1/admin/bindings/{}/secret/rotate",
                 path_segment(&w.binding)?
             );
-            call(&w.conn, Method::POST, &path, Some(body.to_vec()))
+            call(
+                &w.conn,
+                Method::POST,
+                &path,
+                Some(std::mem::take(&mut *body)),
+            )
         }
         SecretCmd::Promote(p) => {
             let path = format!(

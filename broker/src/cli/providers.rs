@@ -587,17 +587,25 @@ pub fn run_provider_keys(k: &ProviderKeys) -> Result<ExitCode, String> {
     let base = format!("/v1/admin/keys/{}", k.provider);
     match &k.action {
         KeysAction::Add(file, field) => {
-            let material = Zeroizing::new(
-                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?,
-            );
+            // Read into buffers wiped as they grow (a pipe, `/dev/stdin`, has no size).
+            let material = std::fs::File::open(file)
+                .and_then(|f| crate::keys::read_wiped(f, 1024 * 1024))
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let text = std::str::from_utf8(&material)
+                .map_err(|_| format!("{}: not UTF-8 text", file.display()))?;
             let mut fields = SecretFields::new();
-            fields.insert(*field, secrecy::SecretString::from(material.as_str()));
+            fields.insert(*field, secrecy::SecretString::from(text));
             let inner = fields.to_json_zeroizing();
             let mut body = Zeroizing::new(Vec::with_capacity(inner.len() + 12));
             body.extend_from_slice(b"{\"fields\":");
             body.extend_from_slice(&inner);
             body.push(b'}');
-            call(&k.conn, Method::POST, &base, Some(body.to_vec()))
+            call(
+                &k.conn,
+                Method::POST,
+                &base,
+                Some(std::mem::take(&mut *body)),
+            )
         }
         KeysAction::List => call(&k.conn, Method::GET, &base, None),
         KeysAction::Activate(v) => call(

@@ -48,6 +48,42 @@ pub fn read_private_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     Ok(bytes)
 }
 
+/// Everything `reader` holds, read into buffers wiped when dropped, up to `limit` bytes: a
+/// buffer that grows is copied into a larger one and the smaller wiped (`read_to_end`
+/// would leave each outgrown buffer to the allocator as it was). For a secret of unknown
+/// length (standard input).
+///
+/// # Errors
+/// On an I/O failure, or past `limit` bytes.
+pub fn read_wiped(
+    mut reader: impl std::io::Read,
+    limit: usize,
+) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut all = Zeroizing::new(Vec::with_capacity(8192));
+    let mut chunk = Zeroizing::new([0u8; 8192]);
+    loop {
+        let n = match reader.read(&mut chunk[..]) {
+            Ok(0) => return Ok(all),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if all.len() + n > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("more than {limit} bytes"),
+            ));
+        }
+        if all.len() + n > all.capacity() {
+            let mut larger =
+                Zeroizing::new(Vec::with_capacity((all.capacity() * 2).max(all.len() + n)));
+            larger.extend_from_slice(&all);
+            all = larger;
+        }
+        all.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// The temporary file `path` is written through: `.<name>.tmp` beside it, never the file
 /// itself (`with_extension("tmp")` returns a path ending in `.tmp` unchanged, whose
 /// removal deleted the live key before its replacement was written) and not shared by two
@@ -235,6 +271,27 @@ fn sync(dir: &Path) -> Result<(), KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a reader of unknown length holds is read whole through buffers that grow, in
+    /// reads of any size; past the limit it is refused.
+    #[test]
+    fn a_secret_of_unknown_length_is_read_whole_and_bounded() {
+        /// Hands out at most 1,000 bytes a read.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(1000);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let input: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let read = read_wiped(Trickle(&input), 50_000).unwrap();
+        assert_eq!(read.as_slice(), input.as_slice());
+        assert!(read_wiped(Trickle(&input), 49_999).is_err());
+        assert!(read_wiped(Trickle(b""), 10).unwrap().is_empty());
+    }
 
     /// A key path that ends in `.tmp` is replaced through another file (its temporary was
     /// once the path itself, deleted first); the audit key pair's two files do not share a

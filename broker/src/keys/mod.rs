@@ -12,8 +12,8 @@ pub mod rotation;
 
 pub use audit::{AuditSigner, AuditVerifier};
 pub use files::{
-    create_private_dir, create_private_file, lock_file, read_private_file, write_private_file,
-    LockFailure,
+    create_private_dir, create_private_file, lock_file, read_private_file, read_wiped,
+    write_private_file, LockFailure,
 };
 
 use std::collections::BTreeMap;
