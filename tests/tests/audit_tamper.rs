@@ -823,7 +823,31 @@ async fn a_public_key_swapped_beside_the_log_is_refused() {
     assert_ne!(c, 0, "{out}");
     assert!(out.is_empty(), "the swapped key was printed: {out}");
     assert!(err.contains("--public-key"), "{err}");
+    // Removed, where the deployment's config names it: not taken for an auditor's copy
+    // either. A copy of the data directory without it (`--data-dir`) is one.
+    std::fs::remove_file(&signing_key).unwrap();
+    let (c, out) = verify_cli(&daemon);
+    assert_ne!(c, 0, "{out}");
+    assert!(out.contains("named by this config is missing"), "{out}");
+    std::fs::write(&public_key, &genuine).unwrap();
+    let copy = tmp.path().join("auditors-copy");
+    std::fs::create_dir_all(copy.join("keys")).unwrap();
+    std::fs::copy(&public_key, copy.join("keys/audit-signing.pub")).unwrap();
+    let status = std::process::Command::new("cp")
+        .args(["-r"])
+        .arg(daemon.data_dir.join("audit"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let copy_arg = copy.to_str().unwrap();
+    let (c, out, err) = run_cli(&["audit", "verify", "--data-dir", copy_arg]);
+    assert_eq!(c, 0, "{out}{err}");
     std::fs::write(&signing_key, &signing).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     std::fs::write(&public_key, &genuine).unwrap();
     let (c, out, err) = run_cli(&["audit", "public-key", "--config", &config]);

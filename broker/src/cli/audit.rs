@@ -133,7 +133,7 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
         AuditCmd::Report(args) => super::audit_report::run(&args),
         AuditCmd::PublicKey(local) => {
             let config = local_config(&local)?;
-            check_host_public_key(&config)?;
+            check_host_public_key(&config, local.names_config())?;
             let text = std::fs::read_to_string(config.audit_public_key_file())
                 .map_err(|e| format!("{}: {e}", config.audit_public_key_file().display()))?;
             // On an auditor's host the file is whatever was handed over.
@@ -145,12 +145,26 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
 
 /// Where the signing key is (the broker's host), the public key file beside the log must be
 /// its key: one swapped in is never handed to auditors or verified with. Only a signing key
-/// that is not there at all (an auditor's copy of the log) leaves the file unchecked: one
-/// that is there but cannot be read as a key (corrupted, unreadable, replaced by something
-/// else) refuses, or whoever swapped the public key would only have to spoil the private one.
-pub(crate) fn check_host_public_key(config: &Config) -> Result<(), String> {
+/// that is not there at all in an auditor's copy of the data directory (`--data-dir`) leaves
+/// the file unchecked: one that is there but cannot be read as a key (corrupted, unreadable,
+/// replaced by something else) refuses, or whoever swapped the public key would only have to
+/// spoil the private one; and so does one missing where a deployment's config (`deployment`:
+/// `--config`, the doctor) names it beside a public key, or they would only have to delete it.
+pub(crate) fn check_host_public_key(config: &Config, deployment: bool) -> Result<(), String> {
     let key = config.audit_key_file();
     match std::fs::symlink_metadata(&key) {
+        // A deployment not yet initialized has neither key: nothing to check.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && deployment
+                && config.audit_public_key_file().exists() =>
+        {
+            return Err(format!(
+                "the audit signing key {} named by this config is missing, so the public key beside the log ({}) cannot be checked against it: verify with --public-key naming the copy auditors pinned (an auditor's copy of the data directory, without credbroker.toml, is verified with --data-dir)",
+                key.display(),
+                config.audit_public_key_file().display()
+            ));
+        }
         // An auditor's copy without the signing key: the file is all there is.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         _ => {}
@@ -304,7 +318,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         let key = match &args.public_key {
             Some(k) => k.clone(),
             None => {
-                check_host_public_key(&config)?;
+                check_host_public_key(&config, args.local.names_config())?;
                 let k = config.audit_public_key_file();
                 // Whoever can rewrite the log on this host can replace this key too.
                 trust_note = format!(

@@ -52,7 +52,7 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
     let config = local_config(&args.local)?;
     let window = args.window.filter()?;
     if args.public_key.is_none() {
-        super::audit::check_host_public_key(&config)?;
+        super::audit::check_host_public_key(&config, args.local.names_config())?;
     }
     let key = args
         .public_key

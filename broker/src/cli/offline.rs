@@ -113,6 +113,19 @@ pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
 
 /// The config for an offline command: `--config FILE`, or `--data-dir DIR` (its
 /// `credbroker.toml` when present, else defaults under DIR).
+impl LocalArgs {
+    /// Whether a deployment's config is used: `--config`, or a data directory holding its
+    /// `credbroker.toml` (a dev directory, or a deployment's own). A data directory without
+    /// one is an auditor's copy.
+    pub fn names_config(&self) -> bool {
+        self.config.is_some()
+            || self
+                .data_dir
+                .as_ref()
+                .is_some_and(|d| d.join("credbroker.toml").exists())
+    }
+}
+
 pub fn local_config(local: &LocalArgs) -> Result<Config, String> {
     if let Some(path) = &local.config {
         return Config::load(path).map_err(|e| e.to_string());

@@ -304,7 +304,7 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
             return;
         }
     };
-    if let Err(e) = crate::cli::audit::check_host_public_key(config) {
+    if let Err(e) = crate::cli::audit::check_host_public_key(config, true) {
         // A key this user may not read says nothing of the public key beside it: the log
         // is still checked, with that key.
         if crate::cli::audit::signing_key_unreadable(config) {
