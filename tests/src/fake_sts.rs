@@ -132,6 +132,9 @@ pub struct Faults {
     /// `RegionDisabledException` instead of AccessDenied (a refusal that says nothing about
     /// the trust policy).
     pub region_disabled_on_external_id_mismatch: bool,
+    /// Answer a call whose ExternalId the role does not accept with a 403 that is not STS's
+    /// (an egress proxy's or a WAF's HTML page): nothing about the trust policy either.
+    pub html_403_on_external_id_mismatch: bool,
     /// The broker's own caller credentials (temporary ones: an instance profile's or an
     /// assumed role's) have expired: every correctly signed call gets 403 `ExpiredToken`,
     /// "The security token included in the request is expired".
@@ -707,6 +710,15 @@ impl State {
                 .region_disabled_on_external_id_mismatch
             {
                 return self.region_disabled(&caller);
+            }
+            if self.faults.lock().unwrap().html_403_on_external_id_mismatch {
+                return Response::builder()
+                    .status(StatusCode::FORBIDDEN)
+                    .header("content-type", "text/html")
+                    .body(Full::new(Bytes::from_static(
+                        b"<html><body><h1>403 Forbidden</h1>Request blocked.</body></html>",
+                    )))
+                    .unwrap();
             }
             return denied("sts:AssumeRole");
         }

@@ -5,7 +5,9 @@
 //! is exactly the trap the activation probe exists to catch. With `enforce` on, the shim
 //! answers an ExternalId-less AssumeRole with STS's own AccessDenied error; everything else is
 //! forwarded to moto byte for byte (SigV4 headers included), and moto's answer relayed
-//! unchanged. With `enforce` off it is a transparent proxy.
+//! unchanged but for its error bodies, which moto wraps in `<Errors>` where STS does not
+//! (the SDK cannot read moto's; the broker counts only a readable AccessDenied as the trust
+//! refusing). With `enforce` off it forwards every call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -66,9 +68,26 @@ async fn forward(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
+            let mut parts = parts;
+            let body = sts_shaped(body);
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, body.len().into());
             Response::from_parts(parts, Full::new(body))
         }
         Err(_) => bad_gateway(),
+    }
+}
+
+/// moto's error in the shape real STS answers: moto wraps `<Error>` in `<Errors>` (the
+/// query-protocol shape of other services), which the SDK cannot read; STS's own
+/// `<ErrorResponse>` holds `<Error>` directly (PROTOCOLS.md). Nothing else is changed.
+fn sts_shaped(body: Bytes) -> Bytes {
+    let text = String::from_utf8_lossy(&body);
+    if text.contains("<ErrorResponse") && text.contains("<Errors>") {
+        Bytes::from(text.replace("<Errors>", "").replace("</Errors>", ""))
+    } else {
+        body
     }
 }
 

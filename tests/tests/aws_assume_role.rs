@@ -1602,6 +1602,16 @@ async fn confused_deputy_attempts_are_refused() {
     .await;
     assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
     env.sts.faults().region_disabled_on_external_id_mismatch = false;
+    // Nor does a 403 that is not STS's (a proxy's HTML page in the path): only a readable
+    // AccessDenied is the trust policy refusing.
+    env.sts.faults().html_403_on_external_id_mismatch = true;
+    let (s, v) = probe(&mut env, "aws-strict").await;
+    assert_eq!(
+        (s, code(&v)),
+        (502, "provider_denied"),
+        "activated on a 403 that proves nothing: {v}"
+    );
+    env.sts.faults().html_403_on_external_id_mismatch = false;
     let (s, v) = probe(&mut env, "aws-strict").await;
     assert_eq!(s, 200, "{v}");
 

@@ -12,9 +12,9 @@ use crate::{ProviderError, RefusalReason};
 /// The refusal of an STS-compatible service whose error body the SDK cannot read (moto).
 const OPAQUE_403: &str = "STS refused with HTTP 403 (error body not in the STS format)";
 
-/// Whether `e` is the trust policy refusing the call: STS's AccessDenied, or the unreadable
-/// 403 of an STS-compatible service. Anything else (expired vendor credentials, a disabled
-/// region) proves nothing about the trust policy.
+/// Whether `e` is the trust policy refusing the call: STS's AccessDenied, read as such.
+/// Anything else (expired vendor credentials, a disabled region, a 403 whose body is not
+/// STS's: a proxy's or a WAF's page in the path) proves nothing about the trust policy.
 pub(super) fn is_trust_refusal(e: &ProviderError) -> bool {
     matches!(
         e,
@@ -22,7 +22,7 @@ pub(super) fn is_trust_refusal(e: &ProviderError) -> bool {
             trust_broken: true,
             ..
         }
-    ) || matches!(e, ProviderError::Denied { message, .. } if message == OPAQUE_403)
+    )
 }
 
 /// STS's refusal as a [`ProviderError`]; its text and request id are kept only when they
