@@ -79,18 +79,76 @@ async fn a_sled_store_moves_into_postgres_and_keeps_serving() {
     assert!(err.contains("locked"), "{err}");
 
     b.daemon.stop();
+    // Nothing is merged: a database holding a record is refused, before anything is copied.
+    let sql = session(&b.url).await;
+    let settings = credbroker::store::StoreSettings {
+        backend: credbroker::store::Backend::Postgres,
+        url: Some(b.url.clone().into()),
+        ..Default::default()
+    };
+    drop(credbroker::store::PgStore::open(&settings).await.unwrap());
+    let planted =
+        "INSERT INTO credbroker_records (tbl, key, value) VALUES ('tenants', 'planted', '{}')";
+    sql.batch_execute(planted).await.unwrap();
+    let (c, out, err) = b.migrate();
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(
+        err.contains("already holds 1 record(s) in tenants"),
+        "{err}"
+    );
+    // Nor a database that lost its records but kept a broker's audit chain.
+    sql.batch_execute(
+        "DELETE FROM credbroker_records WHERE key = 'planted';
+         INSERT INTO credbroker_audit (replica, seq, line) VALUES (1, 1, '{}')",
+    )
+    .await
+    .unwrap();
+    let (c, out, err) = b.migrate();
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(err.contains("audit chain(s) of replica(s) [1]"), "{err}");
+    sql.batch_execute("DELETE FROM credbroker_audit")
+        .await
+        .unwrap();
+
     let (c, out, err) = b.migrate();
     assert_eq!(c, 0, "{out}{err}");
     assert!(out.contains("verified"), "{out}");
     assert!(out.contains("copied         2 tenants"), "{out}");
     assert!(!out.contains("t1-token") && !err.contains("t1-token"));
     eprintln!("{out}");
-    // Nothing is merged: a second move into the same database is refused.
+    // The sled store is marked moved: a second move from it is refused, and so is a broker
+    // started on it, which would take changes the replicas never see.
     let (c, out, err) = b.migrate();
     assert_ne!(c, 0, "{out}{err}");
-    assert!(err.contains("already holds"), "{err}");
+    assert!(err.contains("was moved into PostgreSQL"), "{err}");
+    assert!(err.contains("nothing was copied"), "{err}");
+    let (c, err) = serve_refused(&b.daemon.config, &[], &b.env);
+    assert_ne!(c, 0);
+    assert!(err.contains("was moved into PostgreSQL"), "{err}");
+    // The doctor, which never opens sled, says so too.
+    let config = b.daemon.config.to_str().unwrap().to_owned();
+    let (c, out, err) = run_cli_env(&["doctor", "--config", &config, "--output", "json"], &b.env);
+    assert_ne!(c, 0, "{out}{err}");
+    assert!(out.contains("was moved into PostgreSQL"), "{out}");
+    // A move that stopped before marking the sled store (the mark taken away here): moving
+    // again only marks it, the database holding exactly its records.
+    {
+        use credbroker::store::{Batch, Op, SledStore, Store, Table};
+        let store = SledStore::open(&b.daemon.data_dir.join("store")).unwrap();
+        let mut batch = Batch::new();
+        batch.push(Op::Delete(Table::Meta, "moved_to_postgres".into()));
+        store.commit(batch).await.unwrap();
+    }
+    let (c, out, err) = b.migrate();
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(
+        out.contains("is now marked moved; nothing was copied"),
+        "{out}"
+    );
+    let (c, err) = serve_refused(&b.daemon.config, &[], &b.env);
+    assert_ne!(c, 0);
+    assert!(err.contains("was moved into PostgreSQL"), "{err}");
     // The secrets were copied sealed: the database holds no plaintext.
-    let sql = session(&b.url).await;
     let plaintext: i64 = sql
         .query_one(
             "SELECT count(*) FROM credbroker_records WHERE position('t1-token'::bytea in value) > 0",

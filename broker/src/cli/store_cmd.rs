@@ -86,10 +86,38 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
             ));
         }
         let source = SledStore::open(&dir).map_err(|e| format!("sled store: {e}"))?;
+        // A second move would leave two databases each taking its own changes.
+        migrate::refuse_moved(&source, &dir)
+            .await
+            .map_err(|e| format!("{e}; nothing was copied"))?;
         if !migrate::holds_records(&source).await? {
             return Err(format!(
                 "the sled store at {} holds no records (no tenant, operator, binding or any other): it is not the store a broker ran on; nothing was copied (a new deployment starts on PostgreSQL directly)",
                 dir.display()
+            ));
+        }
+        // A move that stopped between finishing the database and marking this store left
+        // both usable: a database that holds exactly this store's records (a broker that
+        // ran on it since would have changed them) only needs the mark.
+        if migrate::holds_records(target.as_ref()).await?
+            && migrate::verify(&source, target.as_ref()).await.is_ok()
+        {
+            migrate::mark_moved(&source, &dir, &actor).await?;
+            println!(
+                "the database already holds this store's records, identical (a move that stopped before marking the sled store): the sled store at {} is now marked moved; nothing was copied",
+                dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        // A database a broker ran on whose records were since deleted still holds its
+        // chains: the moved broker, replica 1, would continue another history's chain.
+        let chains = {
+            let client = crate::audit::chains::connect(&config.store).await?;
+            crate::audit::chains::replicas(&client).await?
+        };
+        if !chains.is_empty() {
+            return Err(format!(
+                "the database already holds the audit chain(s) of replica(s) {chains:?}: a broker ran on it. Migrate only into a new database (nothing was copied)"
             ));
         }
         let target = target.as_ref();
@@ -118,8 +146,12 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
         // On the record before brokers may open the database.
         audit_migration(&config, &actor, total).await?;
         migrate::finish(target).await?;
+        // Still holding the sled store's lock: no broker started on it meanwhile.
+        migrate::mark_moved(&source, &dir, &actor).await.map_err(|e| {
+            format!("the database holds the verified copy and brokers may open it, but the sled store at {} could not be marked moved ({e}): start no broker on it again", dir.display())
+        })?;
         println!(
-            "the sled store ({}) and its file audit log ({}) stay where they are; set [store] backend = \"postgres\" and start the replicas",
+            "the sled store ({}, now marked moved: nothing opens it as a store again) and its file audit log ({}) stay where they are; set [store] backend = \"postgres\" and start the replicas",
             dir.display(),
             config.audit_dir().display()
         );

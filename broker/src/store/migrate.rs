@@ -5,7 +5,7 @@
 //! and a second copy cannot start. Nothing is overwritten: every copied record must be absent
 //! from the target, so a record written meanwhile fails the copy.
 
-use super::{Batch, Op, Store, StoreError, Table, MIGRATING_KEY, SCHEMA_KEY};
+use super::{Batch, Op, Store, StoreError, Table, MIGRATING_KEY, MOVED_KEY, SCHEMA_KEY};
 use crate::progress::{Progress, Unit};
 
 /// Records written per transaction.
@@ -167,6 +167,55 @@ pub async fn finish(target: &dyn Store) -> Result<(), String> {
     let mut done = Batch::new();
     done.push(Op::Delete(Table::Meta, MIGRATING_KEY.into()));
     target.commit(done).await.map_err(|e| e.to_string())
+}
+
+/// Marks the sled store a move copied from: from now on brokers and offline commands refuse
+/// it, and so does a second move (two databases would each take their own changes).
+///
+/// # Errors
+/// When the backend fails.
+pub async fn mark_moved(source: &dyn Store, dir: &std::path::Path, by: &str) -> Result<(), String> {
+    let mark = serde_json::json!({ "at": crate::model::now_rfc3339(), "by": by });
+    // For the doctor, which reads no sled file (best effort: the store's mark refuses it).
+    let _ = std::fs::write(dir.join(super::SLED_MOVED_FILE), format!("{mark}\n"));
+    let mut batch = Batch::new();
+    batch
+        .push(Op::ExpectAbsent(Table::Meta, MOVED_KEY.into()))
+        .push(Op::Put(
+            Table::Meta,
+            MOVED_KEY.into(),
+            mark.to_string().into_bytes(),
+        ));
+    source.commit(batch).await.map_err(|e| e.to_string())
+}
+
+/// When `store` is a sled store a move copied from, the refusal that names the move (when,
+/// by whom, and what to do).
+///
+/// # Errors
+/// When the store cannot be read.
+pub async fn refuse_moved(store: &dyn Store, dir: &std::path::Path) -> Result<(), StoreError> {
+    let Some(mark) = store.get(Table::Meta, MOVED_KEY).await? else {
+        return Ok(());
+    };
+    let mark: serde_json::Value = serde_json::from_slice(&mark).unwrap_or_default();
+    // Only what the mark may hold: it is read from a file anyone with the data directory
+    // could have written.
+    let field = |name: &str| -> String {
+        mark[name]
+            .as_str()
+            .unwrap_or("?")
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(100)
+            .collect()
+    };
+    Err(StoreError::Backend(format!(
+        "the sled store at {} was moved into PostgreSQL (`credbroker store migrate`, {} by {}): the replicas hold every change made since, so it is not opened again. Set [store] backend = \"postgres\". To go back to sled, restore the copy of the store taken before the move (it lacks every change made on PostgreSQL since)",
+        dir.display(),
+        field("at"),
+        field("by")
+    )))
 }
 
 #[cfg(test)]

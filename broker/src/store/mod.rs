@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 
 pub use postgres::PgStore;
 pub(crate) use schema::{
-    schema_upgrade, MIGRATING_KEY, RESEAL_PENDING, RESEAL_PLATFORM_KEYS_KEY, SCHEMA_KEY,
+    schema_upgrade, MIGRATING_KEY, MOVED_KEY, RESEAL_PENDING, RESEAL_PLATFORM_KEYS_KEY, SCHEMA_KEY,
 };
 pub use schema::{upgraded_in_place, SCHEMA_VERSION};
-pub use sled_store::{SledStore, SCHEMA_FILE as SLED_SCHEMA_FILE};
+pub use sled_store::{SledStore, MOVED_FILE as SLED_MOVED_FILE, SCHEMA_FILE as SLED_SCHEMA_FILE};
 
 /// The tables of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -585,10 +585,10 @@ pub async fn open(
                 .path
                 .clone()
                 .unwrap_or_else(|| data_dir.join("store"));
-            Ok(Arc::new(SledStore::open_with_cache(
-                &dir,
-                settings.cache_mib.saturating_mul(1024 * 1024),
-            )?))
+            let store =
+                SledStore::open_with_cache(&dir, settings.cache_mib.saturating_mul(1024 * 1024))?;
+            migrate::refuse_moved(&store, &dir).await?;
+            Ok(Arc::new(store))
         }
         Backend::Postgres => Ok(Arc::new(PgStore::open(settings).await?)),
     }

@@ -68,6 +68,10 @@ pub(crate) const RESEAL_PENDING: &[u8] = b"pending";
 /// no broker opens it.
 pub(crate) const MIGRATING_KEY: &str = "migrating";
 
+/// The key in [`Table::Meta`] that marks a sled store `store migrate` copied into PostgreSQL:
+/// the replicas hold every change since, so nothing opens it as its store again.
+pub(crate) const MOVED_KEY: &str = "moved_to_postgres";
+
 /// Whether a store of schema version `found` is upgraded in place to [`SCHEMA_VERSION`] at
 /// the next start (the doctor says so before it happens).
 pub fn upgraded_in_place(found: &[u8]) -> bool {

@@ -35,6 +35,10 @@ struct Inner {
 /// every open, after the schema check), for tools that must not open the database.
 pub const SCHEMA_FILE: &str = "credbroker-schema-version";
 
+/// The file beside a sled store `store migrate` moved into PostgreSQL, saying when and by
+/// whom, for `doctor` (which never opens sled): the store's own mark is what refuses it.
+pub const MOVED_FILE: &str = "credbroker-moved-to-postgres";
+
 /// Writes [`SCHEMA_FILE`] (a new file renamed over the old one). A failure is logged, not
 /// fatal: the database itself is the authority.
 fn record_schema_version(dir: &Path) {

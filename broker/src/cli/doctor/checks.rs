@@ -176,6 +176,18 @@ async fn store(config: &Config, out: &mut Vec<Finding>) {
                 ));
                 return;
             }
+            if dir.join(crate::store::SLED_MOVED_FILE).exists() {
+                out.push(Finding::fail(
+                    "store.schema",
+                    format!(
+                        "the sled store at {} was moved into PostgreSQL by `store migrate` ({}): a broker on it is refused",
+                        dir.display(),
+                        dir.join(crate::store::SLED_MOVED_FILE).display()
+                    ),
+                    "set [store] backend = \"postgres\" (the replicas hold every change since the move)",
+                ));
+                return;
+            }
             // Never opened here: opening sled writes to it and takes its lock.
             match crate::store::SledStore::recorded_schema_version(&dir) {
                 Ok(Some(v)) => Ok(Some(v)),
