@@ -73,6 +73,10 @@ pub struct TokenCache {
     max_per_tenant: usize,
     entries: Mutex<Entries>,
     in_flight: Mutex<HashMap<CacheKey, (u64, InFlight)>>,
+    /// Mints a refused joiner makes on its own beside another flight of their key, by flight
+    /// id: joined by nobody, but drained by a revocation as the others are. Locked after
+    /// `in_flight`, never before it.
+    solo: Mutex<HashMap<u64, (CacheKey, InFlight)>>,
     joins: Counter,
     /// What a revocation must still reach (see `issued.rs`), at most `max_entries`, at most
     /// `max_per_tenant` of one tenant.
@@ -100,6 +104,10 @@ impl Drop for FlightEnd {
                 .is_some_and(|(id, _)| *id == self.flight)
             {
                 in_flight.remove(&self.key);
+            } else if let Ok(mut solo) = self.cache.solo.lock() {
+                // (Under the in-flight lock: a solo flight is entered under it too, so one
+                // that ends at once is entered before it is removed.)
+                solo.remove(&self.flight);
             }
         }
     }
@@ -124,6 +132,7 @@ impl TokenCache {
             max_per_tenant: max_per_tenant.clamp(1, max_entries.max(1)),
             entries: Mutex::new(Entries::default()),
             in_flight: Mutex::new(HashMap::new()),
+            solo: Mutex::new(HashMap::new()),
             joins,
             issued: Mutex::new(issued::Issued::default()),
             issued_warned: std::sync::atomic::AtomicI64::new(0),
@@ -289,6 +298,8 @@ impl TokenCache {
                         let shared = fut.shared();
                         if !solo {
                             in_flight.insert(key.clone(), (flight, shared.clone()));
+                        } else if let Ok(mut solo) = self.solo.lock() {
+                            solo.insert(flight, (key.clone(), shared.clone()));
                         }
                         (shared, true)
                     }
@@ -433,7 +444,7 @@ impl TokenCache {
     /// by later requests (see [`TokenCache::invalidate_binding`]). Both are returned, so a
     /// revocation reaches a token that was being minted as well as the cached ones.
     pub fn drain_bindings(&self, bindings: &[String]) -> Drained {
-        // Lock order: in_flight, then entries (as in `get_or_mint`).
+        // Lock order: in_flight, solo, then entries (as in `get_or_mint`).
         let mut in_flight = Vec::new();
         if let Ok(mut flights) = self.in_flight.lock() {
             flights.retain(|k, (_, mint)| {
@@ -443,6 +454,16 @@ impl TokenCache {
                 }
                 !drop_it
             });
+            // A solo mint is waited for too (the drain's new epoch keeps it out of the
+            // cache, as any drained flight). Joined by nobody, it stays listed until it
+            // ends, for a later revocation as well.
+            if let Ok(solo) = self.solo.lock() {
+                in_flight.extend(
+                    solo.values()
+                        .filter(|(k, _)| bindings.contains(&k.binding))
+                        .map(|(_, mint)| mint.clone()),
+                );
+            }
         }
         let Ok(mut entries) = self.entries.lock() else {
             return Drained {

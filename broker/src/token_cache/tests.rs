@@ -322,6 +322,64 @@ async fn a_refused_joiner_mints_its_own_beside_another_flight() {
     assert_eq!(source, Source::Minted);
 }
 
+/// A refused joiner's own mint is reached by a revocation as any flight is: the drain
+/// hands it over (to be waited for and revoked), and what it brings is not cached.
+#[tokio::test]
+async fn a_refused_joiners_own_mint_is_drained() {
+    let cache = TokenCache::new(10);
+    let (release, leader) = refused_leader(&cache).await;
+    let (land, landing) = tokio::sync::oneshot::channel::<()>();
+    let joiner = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_mint(key(""), 60, cache.epoch(), || async move {
+                    let _ = landing.await;
+                    Ok(cred(3600))
+                })
+                .await
+        })
+    };
+    while cache.joins.get() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let refused: BoxFuture<'static, MintResult> = async {
+        Err(ProviderError::RateLimited(
+            "too many for this worker".into(),
+        ))
+    }
+    .boxed();
+    let planted = refused.shared();
+    cache
+        .in_flight
+        .lock()
+        .unwrap()
+        .insert(key(""), (u64::MAX, planted.clone()));
+    release.send(()).unwrap();
+    assert!(leader.await.unwrap().is_err());
+    while cache.solo.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let drained = cache.drain_bindings(&["b".to_owned()]);
+    assert_eq!(
+        drained.in_flight(),
+        2,
+        "the planted flight and the solo mint"
+    );
+    drop(planted);
+    land.send(()).unwrap();
+    let (_, source) = tokio::time::timeout(Duration::from_secs(5), joiner)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(source, Source::Minted);
+    assert!(cache.lookup(&key(""), 0).is_none(), "a drained mint cached");
+    while !cache.solo.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test]
 async fn min_ttl_forces_a_new_mint_and_errors_are_not_cached() {
     let cache = TokenCache::new(10);
