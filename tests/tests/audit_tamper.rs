@@ -843,6 +843,11 @@ async fn a_public_key_swapped_beside_the_log_is_refused() {
     let copy_arg = copy.to_str().unwrap();
     let (c, out, err) = run_cli(&["audit", "verify", "--data-dir", copy_arg]);
     assert_eq!(c, 0, "{out}{err}");
+    // What auditors pin is never printed from beside no signing key: a host's directory
+    // with its key and its config deleted looks like this copy.
+    let (c, out, err) = run_cli(&["audit", "public-key", "--data-dir", copy_arg]);
+    assert_ne!(c, 0, "{out}");
+    assert!(err.contains("is missing"), "{err}");
     std::fs::write(&signing_key, &signing).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;

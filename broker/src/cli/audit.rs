@@ -133,7 +133,10 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
         AuditCmd::Report(args) => super::audit_report::run(&args),
         AuditCmd::PublicKey(local) => {
             let config = local_config(&local)?;
-            check_host_public_key(&config, local.names_config())?;
+            // What this prints is what auditors pin: it comes only from beside a signing key
+            // it matches, never from a directory whose signing key is gone (deleting it, and
+            // the config beside it, would otherwise pass a swapped key on).
+            check_host_public_key(&config, true)?;
             let text = std::fs::read_to_string(config.audit_public_key_file())
                 .map_err(|e| format!("{}: {e}", config.audit_public_key_file().display()))?;
             // On an auditor's host the file is whatever was handed over.
