@@ -171,6 +171,10 @@ impl BrokerClient {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, http::HeaderMap, Vec<u8>), ClientError> {
+        // A body may carry a secret (`secret set`, `keys add`): held from here on in a buffer
+        // wiped when dropped, whether it is sent or the connection fails first.
+        let has_body = body.is_some();
+        let body = credbroker_providers::http::wiped_bytes(body.unwrap_or_default());
         let mut sender = match self.sender.take() {
             Some(mut s) => {
                 if s.ready().await.is_ok() {
@@ -188,18 +192,14 @@ impl BrokerClient {
         let typed = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
-        if body.is_some() && !typed {
+        if has_body && !typed {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
         let req = builder
-            // A body may carry a secret (`secret set`, `keys add`): sent from a buffer wiped
-            // when hyper lets go of it.
-            .body(Full::new(credbroker_providers::http::wiped_bytes(
-                body.unwrap_or_default(),
-            )))
+            .body(Full::new(body))
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let exchange = async {
             let resp = sender

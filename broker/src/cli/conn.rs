@@ -272,8 +272,13 @@ pub fn request(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<Result<Value, ExitCode>, String> {
+    // A body may carry a secret: wiped if the client or runtime cannot be made (the client
+    // holds it wiped from there on).
+    let mut body = body.map(zeroize::Zeroizing::new);
     let mut client = admin_client(conn)?;
-    let (status, bytes) = match runtime()?.block_on(client.request(method, path, body)) {
+    let rt = runtime()?;
+    let body = body.as_mut().map(|b| std::mem::take(&mut **b));
+    let (status, bytes) = match rt.block_on(client.request(method, path, body)) {
         Ok(answer) => answer,
         Err(e) => return transport_failure(&conn.server()?, &e).map(Err),
     };
