@@ -366,7 +366,14 @@ impl ResolveService {
                         .grant(&chain, &request, epoch, (who, &mut witness))
                         .await
                     {
-                        Ok(granted) if !matches!(granted.source, Source::Cached) => {
+                        // Judged again only after an upstream call: opening what the broker
+                        // holds (a pasted secret, a captured token) takes the request's own
+                        // microseconds, as a cache hit does, and a second generation read
+                        // would double the store round trips of every such resolve.
+                        Ok(granted)
+                            if !matches!(granted.source, Source::Cached)
+                                && chain.provider().mints_upstream() =>
+                        {
                             let generation = &chain.binding().generation;
                             self.judged_again(granted, generation, peer, &request).await
                         }
