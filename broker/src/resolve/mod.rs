@@ -362,17 +362,17 @@ impl ResolveService {
         let result =
             match verify_chain(&self.core.records, &self.core.registry, peer, &request).await {
                 Ok(chain) => {
+                    let granting = Instant::now();
                     match self
                         .grant(&chain, &request, epoch, (who, &mut witness))
                         .await
                     {
-                        // Judged again only after an upstream call: opening what the broker
-                        // holds (a pasted secret, a captured token) takes the request's own
-                        // microseconds, as a cache hit does, and a second generation read
-                        // would double the store round trips of every such resolve.
                         Ok(granted)
-                            if !matches!(granted.source, Source::Cached)
-                                && chain.provider().mints_upstream() =>
+                            if judge_again(
+                                &granted.source,
+                                chain.provider().mints_upstream(),
+                                granting.elapsed(),
+                            ) =>
                         {
                             let generation = &chain.binding().generation;
                             self.judged_again(granted, generation, peer, &request).await
@@ -619,5 +619,41 @@ impl ResolveService {
                 })
             }
         }
+    }
+}
+
+/// How long a grant may take and still be answered on the first judgement of its chain: the
+/// request's own work (a cache hit, opening a pasted secret from the record cache). Anything
+/// longer waited for something (a store read, a pool, the core), and an operator's change
+/// may have been acknowledged meanwhile.
+const FIRST_JUDGEMENT_HOLDS: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Whether a grant is judged again before it is answered ([`ResolveService::judged_again`]):
+/// a mint that called an upstream (up to the mint deadline), and any grant that took longer
+/// than [`FIRST_JUDGEMENT_HOLDS`] (a cache hit or a pasted secret whose sealed version was
+/// read from a slow store). A quick one is not: a second generation read would double the
+/// store round trips of every resolve on PostgreSQL for a window of microseconds.
+fn judge_again(source: &Source, mints_upstream: bool, took: std::time::Duration) -> bool {
+    (mints_upstream && !matches!(source, Source::Cached)) || took > FIRST_JUDGEMENT_HOLDS
+}
+
+#[cfg(test)]
+mod judgement_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_grant_is_judged_again_after_an_upstream_mint_or_a_wait() {
+        let quick = Duration::from_micros(50);
+        let slow = Duration::from_millis(5);
+        // An upstream mint, led or joined, whatever it took.
+        assert!(judge_again(&Source::Minted, true, quick));
+        assert!(judge_again(&Source::Shared, true, quick));
+        // A quick cache hit, or a quick opening of what the broker holds: not.
+        assert!(!judge_again(&Source::Cached, true, quick));
+        assert!(!judge_again(&Source::Minted, false, quick));
+        // Either one that waited (a store read parked behind a saturated pool): judged again.
+        assert!(judge_again(&Source::Cached, true, slow));
+        assert!(judge_again(&Source::Minted, false, slow));
     }
 }
