@@ -375,9 +375,14 @@ async fn a_refused_joiners_own_mint_is_drained() {
         .unwrap();
     assert_eq!(source, Source::Minted);
     assert!(cache.lookup(&key(""), 0).is_none(), "a drained mint cached");
-    while !cache.solo.lock().unwrap().is_empty() {
-        tokio::task::yield_now().await;
-    }
+    // Its entry goes when it ends.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !cache.solo.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a solo flight left listed after it ended");
 }
 
 #[tokio::test]
