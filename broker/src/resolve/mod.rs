@@ -355,6 +355,10 @@ impl ResolveService {
                 })),
             };
         }
+        // The first judgement stands for changes acknowledged before this instant: whatever
+        // waits from here on (a chain read behind a busy pool, a store read of the sealed
+        // secret, a mint) is judged again (see `judge_again`).
+        let caught_up = Instant::now();
         // Read before the records: a credential minted from records an invalidation made
         // stale meanwhile is not cached.
         let epoch = self.core.cache.epoch();
@@ -362,7 +366,6 @@ impl ResolveService {
         let result =
             match verify_chain(&self.core.records, &self.core.registry, peer, &request).await {
                 Ok(chain) => {
-                    let granting = Instant::now();
                     match self
                         .grant(&chain, &request, epoch, (who, &mut witness))
                         .await
@@ -371,7 +374,7 @@ impl ResolveService {
                             if judge_again(
                                 &granted.source,
                                 chain.provider().mints_upstream(),
-                                granting.elapsed(),
+                                caught_up.elapsed(),
                             ) =>
                         {
                             let generation = &chain.binding().generation;
@@ -406,21 +409,34 @@ impl ResolveService {
         // The record names the chain the mint was made for (its tenant, binding and
         // provider: a real upstream call, which that tenant's report must account for),
         // whatever the second check found; its error code says which link failed. Built
-        // from the grant only when it is withheld: a mint that stands copies nothing.
+        // from the grant only when it is withheld: a mint that stands copies nothing. A
+        // cache hit judged again (it waited) names no mint: its upstream call was another
+        // resolve's, already on the record.
+        let cached = matches!(granted.source, Source::Cached);
         let withheld = |granted: &Granted, error: ApiError| Refused {
             error,
             facts: ChainFacts {
-                detail: Some("minted, then withheld: the chain changed during the mint"),
+                detail: Some(if cached {
+                    "served from the cache, then withheld: the chain changed while it was read"
+                } else {
+                    "minted, then withheld: the chain changed during the mint"
+                }),
                 ..granted.facts.clone()
             },
             assertion: granted.assertion.clone(),
-            upstream_request_id: granted.credential.upstream_request_id.clone(),
+            upstream_request_id: if cached {
+                None
+            } else {
+                granted.credential.upstream_request_id.clone()
+            },
             trust_broken: false,
             flag: None,
             drift: None,
             observed_probe: None,
         };
-        if let Err(error) = self.admin.catch_up().await {
+        // Shared: grants judged again at once (a pool that slowed many) take one catch-up
+        // that started after each of them finished, not one store read each.
+        if let Err(error) = self.admin.catch_up_shared().await {
             return Err(withheld(&granted, error));
         }
         match verify_chain(&self.core.records, &self.core.registry, peer, request).await {
@@ -622,17 +638,18 @@ impl ResolveService {
     }
 }
 
-/// How long a grant may take and still be answered on the first judgement of its chain: the
-/// request's own work (a cache hit, opening a pasted secret from the record cache). Anything
-/// longer waited for something (a store read, a pool, the core), and an operator's change
-/// may have been acknowledged meanwhile.
+/// How long a resolve may take from its first catch-up to its grant and still be answered on
+/// that judgement: the request's own work (the chain and a cache hit, or a pasted secret,
+/// read from the record cache). Anything longer waited for something (a store read, a pool,
+/// the core), and an operator's change may have been acknowledged meanwhile.
 const FIRST_JUDGEMENT_HOLDS: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Whether a grant is judged again before it is answered ([`ResolveService::judged_again`]):
-/// a mint that called an upstream (up to the mint deadline), and any grant that took longer
-/// than [`FIRST_JUDGEMENT_HOLDS`] (a cache hit or a pasted secret whose sealed version was
-/// read from a slow store). A quick one is not: a second generation read would double the
-/// store round trips of every resolve on PostgreSQL for a window of microseconds.
+/// a mint that called an upstream (up to the mint deadline), and any resolve that took
+/// longer than [`FIRST_JUDGEMENT_HOLDS`] from its catch-up to its grant (chain records or a
+/// sealed version read from a slow store). A quick one is not: a second generation read
+/// would double the store round trips of every resolve on PostgreSQL for a window of
+/// microseconds.
 fn judge_again(source: &Source, mints_upstream: bool, took: std::time::Duration) -> bool {
     (mints_upstream && !matches!(source, Source::Cached)) || took > FIRST_JUDGEMENT_HOLDS
 }
