@@ -282,63 +282,24 @@ async fn refused_joiners_share_their_next_mint() {
     );
 }
 
-/// A joiner whose flight its leader's limits refused, and the next flight it joined too (a
-/// worker past its limit keeps starting them), mints on its own.
-#[tokio::test]
-async fn a_refused_joiner_mints_its_own_beside_another_flight() {
-    let cache = TokenCache::new(10);
-    let (release, leader) = refused_leader(&cache).await;
+/// A joiner refused by its flight's leader, then by the next flight of the key (a worker
+/// past its limit keeps starting them, the moment the first ends; it stays in the map, and
+/// the joiner may not join it a second time): the joiner's task, minting with `mint`, and
+/// the planted flight.
+async fn joiner_refused_twice<F>(
+    cache: &Arc<TokenCache>,
+    mint: F,
+) -> (
+    tokio::task::JoinHandle<Result<(Arc<IssuedCredential>, Source), ProviderError>>,
+    InFlight,
+)
+where
+    F: std::future::Future<Output = Result<IssuedCredential, ProviderError>> + Send + 'static,
+{
+    let (release, leader) = refused_leader(cache).await;
     let joiner = {
         let cache = cache.clone();
-        tokio::spawn(async move {
-            cache
-                .get_or_mint(key(""), 60, cache.epoch(), || async { Ok(cred(3600)) })
-                .await
-        })
-    };
-    while cache.joins.get() == 0 {
-        tokio::task::yield_now().await;
-    }
-    // Another refused flight of the key, as the over-limit worker starts the moment the
-    // first ends (it stays in the map: the joiner may not join it a second time).
-    let refused: BoxFuture<'static, MintResult> = async {
-        Err(ProviderError::RateLimited(
-            "too many for this worker".into(),
-        ))
-    }
-    .boxed();
-    cache
-        .in_flight
-        .lock()
-        .unwrap()
-        .insert(key(""), (u64::MAX, refused.shared()));
-    release.send(()).unwrap();
-    assert!(leader.await.unwrap().is_err());
-    let (_, source) = tokio::time::timeout(Duration::from_secs(5), joiner)
-        .await
-        .expect("the refused joiner did not mint on its own")
-        .unwrap()
-        .unwrap();
-    assert_eq!(source, Source::Minted);
-}
-
-/// A refused joiner's own mint is reached by a revocation as any flight is: the drain
-/// hands it over (to be waited for and revoked), and what it brings is not cached.
-#[tokio::test]
-async fn a_refused_joiners_own_mint_is_drained() {
-    let cache = TokenCache::new(10);
-    let (release, leader) = refused_leader(&cache).await;
-    let (land, landing) = tokio::sync::oneshot::channel::<()>();
-    let joiner = {
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            cache
-                .get_or_mint(key(""), 60, cache.epoch(), || async move {
-                    let _ = landing.await;
-                    Ok(cred(3600))
-                })
-                .await
-        })
+        tokio::spawn(async move { cache.get_or_mint(key(""), 60, cache.epoch(), || mint).await })
     };
     while cache.joins.get() == 0 {
         tokio::task::yield_now().await;
@@ -357,6 +318,34 @@ async fn a_refused_joiners_own_mint_is_drained() {
         .insert(key(""), (u64::MAX, planted.clone()));
     release.send(()).unwrap();
     assert!(leader.await.unwrap().is_err());
+    (joiner, planted)
+}
+
+/// A joiner whose flight its leader's limits refused, and the next flight it joined too,
+/// mints on its own.
+#[tokio::test]
+async fn a_refused_joiner_mints_its_own_beside_another_flight() {
+    let cache = TokenCache::new(10);
+    let (joiner, _planted) = joiner_refused_twice(&cache, async { Ok(cred(3600)) }).await;
+    let (_, source) = tokio::time::timeout(Duration::from_secs(5), joiner)
+        .await
+        .expect("the refused joiner did not mint on its own")
+        .unwrap()
+        .unwrap();
+    assert_eq!(source, Source::Minted);
+}
+
+/// A refused joiner's own mint is reached by a revocation as any flight is: the drain
+/// hands it over (to be waited for and revoked), and what it brings is not cached.
+#[tokio::test]
+async fn a_refused_joiners_own_mint_is_drained() {
+    let cache = TokenCache::new(10);
+    let (land, landing) = tokio::sync::oneshot::channel::<()>();
+    let (joiner, planted) = joiner_refused_twice(&cache, async move {
+        let _ = landing.await;
+        Ok(cred(3600))
+    })
+    .await;
     while cache.solo.lock().unwrap().is_empty() {
         tokio::task::yield_now().await;
     }
