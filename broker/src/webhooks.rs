@@ -31,9 +31,64 @@ pub struct VerifyRequest {
     instance_id: String,
     /// The vendor's request headers that carry the signature or token (names are
     /// case-insensitive; others may be left out).
+    #[serde(deserialize_with = "bounded_headers")]
     headers: BTreeMap<String, String>,
     /// The raw request body, base64 (standard alphabet, padded).
     body_base64: String,
+}
+
+/// Reads a verify request's headers entry by entry, refusing as soon as one breaks a rule:
+/// at most [`MAX_HEADERS`] (the next is refused before its value is read, so an envelope of
+/// many short headers never becomes a map many times its size), names HTTP tokens of at
+/// most 128 bytes, values of at most [`MAX_HEADER_VALUE`] visible bytes, no name twice
+/// (case-insensitive, and an exact repeat, which a map would take last-one-wins). Names
+/// are kept lower case. Errors name no value.
+fn bounded_headers<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Headers;
+    impl<'de> serde::de::Visitor<'de> for Headers {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of header names to values")
+        }
+
+        fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+        where
+            A: serde::de::MapAccess<'de>,
+        {
+            use serde::de::Error as _;
+            let mut headers = BTreeMap::new();
+            while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if headers.len() == MAX_HEADERS {
+                    return Err(A::Error::custom(format!("at most {MAX_HEADERS} headers")));
+                }
+                let token = !name.is_empty()
+                    && name.len() <= 128
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    return Err(A::Error::custom("a header name is not an HTTP token"));
+                }
+                let value: String = map.next_value()?;
+                if value.len() > MAX_HEADER_VALUE || value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                    return Err(A::Error::custom(format!(
+                        "header {name} has a value longer than {MAX_HEADER_VALUE} bytes or with control characters"
+                    )));
+                }
+                if headers.insert(name.to_ascii_lowercase(), value).is_some() {
+                    return Err(A::Error::custom(
+                        "a header is given twice (names are case-insensitive)",
+                    ));
+                }
+            }
+            Ok(headers)
+        }
+    }
+    d.deserialize_map(Headers)
 }
 
 /// A validated verify request.
@@ -78,32 +133,8 @@ pub fn parse_verify_request(raw: &[u8], max_body: usize) -> Result<ParsedVerify,
     })?;
     let instance = InstanceId::parse(&request.instance_id)
         .map_err(|_| ApiError::bad_request("instance_id is not a valid instance id"))?;
-    if request.headers.len() > MAX_HEADERS {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_HEADERS} headers"
-        )));
-    }
-    let mut headers = BTreeMap::new();
-    for (name, value) in request.headers {
-        let token = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
-            return Err(ApiError::bad_request("a header name is not an HTTP token"));
-        }
-        if value.len() > MAX_HEADER_VALUE || value.bytes().any(|b| b < 0x20 || b == 0x7f) {
-            return Err(ApiError::bad_request(format!(
-                "header {name} has a value longer than {MAX_HEADER_VALUE} bytes or with control characters"
-            )));
-        }
-        if headers.insert(name.to_ascii_lowercase(), value).is_some() {
-            return Err(ApiError::bad_request(
-                "a header is given twice (names are case-insensitive)",
-            ));
-        }
-    }
+    // (The headers were checked as they were read: `bounded_headers`.)
+    let headers = request.headers;
     if request.body_base64.len() > envelope_limit(max_body) {
         return Err(too_large(max_body));
     }
@@ -294,6 +325,7 @@ mod tests {
             br#"{"instance_id":"i1","headers":{"a b":"c"},"body_base64":""}"#,
             br#"{"instance_id":"i1","headers":{"a":"c\n"},"body_base64":""}"#,
             br#"{"instance_id":"i1","headers":{"A":"1","a":"2"},"body_base64":""}"#,
+            br#"{"instance_id":"i1","headers":{"a":"1","a":"2"},"body_base64":""}"#,
             br#"{"instance_id":"i1","headers":{},"body_base64":"!!"}"#,
         ] {
             assert!(parse_verify_request(bad, 16).is_err());
@@ -304,5 +336,30 @@ mod tests {
         );
         let e = parse_verify_request(big.as_bytes(), 16).err().unwrap();
         assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+    }
+
+    /// Many short headers are refused at the one past the limit, before the rest of the
+    /// map is read (here: before the syntax error that ends it), so they never become a map
+    /// many times the envelope's size.
+    #[test]
+    fn headers_past_the_limit_are_refused_as_they_are_read() {
+        let names: Vec<String> = (0..10_000).map(|i| format!(r#""k{i}":"""#)).collect();
+        let raw = format!(
+            r#"{{"instance_id":"i1","headers":{{{}, not json"#,
+            names.join(",")
+        );
+        let e = parse_verify_request(raw.as_bytes(), 16).err().unwrap();
+        assert!(e.message.contains("at most 32 headers"), "{}", e.message);
+        let at_limit = format!(
+            r#"{{"instance_id":"i1","headers":{{{}}},"body_base64":""}}"#,
+            names[..MAX_HEADERS].join(",")
+        );
+        assert_eq!(
+            parse_verify_request(at_limit.as_bytes(), 16)
+                .unwrap()
+                .headers
+                .len(),
+            MAX_HEADERS
+        );
     }
 }
