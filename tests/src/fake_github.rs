@@ -236,6 +236,9 @@ pub enum Tamper {
     PastExpiry,
     /// An installation answer (`GET /app/installations/{id}`) for the next installation id.
     OtherInstallation,
+    /// An installation answer whose `suspended_at` is `false`: neither GitHub's time nor
+    /// its null.
+    SuspendedAtNotATime,
 }
 
 impl Tamper {
@@ -287,6 +290,7 @@ impl Tamper {
             Tamper::OtherInstallation => {
                 body["id"] = json!(body["id"].as_u64().unwrap_or(0) + 1);
             }
+            Tamper::SuspendedAtNotATime => body["suspended_at"] = json!(false),
             Tamper::LongRequestId => {
                 headers.insert(
                     "x-github-request-id",

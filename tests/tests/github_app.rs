@@ -1860,6 +1860,16 @@ async fn webhook_replays_relabels_and_undoing_an_operator_are_refused() {
     let (s, v) = webhook(&mut env.public, &fresh, None).await;
     assert_eq!(s, 503, "{v}");
     assert_eq!(env.gh.pending_faults(), 0);
+    // Nor one whose `suspended_at` is neither a time nor null: it says nothing.
+    env.gh.inject(
+        "/app/installations/1001",
+        Fault::Tamper(Tamper::SuspendedAtNotATime),
+        1,
+    );
+    let (s, v) = webhook(&mut env.public, &fresh, None).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(env.gh.pending_faults(), 0);
+    assert_eq!(binding_status(&mut env, &binding).await, "active");
     env.gh.suspend(1001, false);
     assert_eq!(binding_status(&mut env, &binding).await, "active");
 

@@ -99,12 +99,20 @@ impl Callbacks for GithubApp {
             }
             200 if removed => Ok(false),
             // `suspended_at` is a time while suspended and null otherwise; an answer without
-            // it says nothing.
+            // it, or with anything else there, says nothing.
             200 => match info.body.get("suspended_at") {
                 Some(Value::Null) => Ok(false),
-                Some(_) => Ok(true),
-                None => Err(ProviderError::Unavailable {
-                    message: "GitHub's installation answer has no suspended_at".into(),
+                Some(Value::String(at))
+                    if time::OffsetDateTime::parse(
+                        at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .is_ok() =>
+                {
+                    Ok(true)
+                }
+                _ => Err(ProviderError::Unavailable {
+                    message: "GitHub's installation answer has no suspended_at time or null".into(),
                     upstream_request_id: info.request_id,
                 }),
             },
