@@ -498,18 +498,17 @@ pub fn run_binding(cmd: BindingCmd) -> Result<ExitCode, String> {
 fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {
     // A secret is far smaller than the broker's request limit; the buffers it passes
     // through are wiped.
-    const MAX_SECRET_INPUT: usize = 1024 * 1024;
     let (raw, source) = match &w.from_file {
         Some(path) => {
             let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
             (
-                crate::keys::read_wiped(f, MAX_SECRET_INPUT)
+                crate::keys::read_wiped(f, crate::keys::MAX_SECRET_INPUT)
                     .map_err(|e| format!("{}: {e}", path.display()))?,
                 format!("the secret file {}", path.display()),
             )
         }
         None => (
-            crate::keys::read_wiped(std::io::stdin(), MAX_SECRET_INPUT)
+            crate::keys::read_wiped(std::io::stdin(), crate::keys::MAX_SECRET_INPUT)
                 .map_err(|e| format!("standard input: {e}"))?,
             "the secret on standard input".to_owned(),
         ),

@@ -589,7 +589,7 @@ pub fn run_provider_keys(k: &ProviderKeys) -> Result<ExitCode, String> {
         KeysAction::Add(file, field) => {
             // Read into buffers wiped as they grow (a pipe, `/dev/stdin`, has no size).
             let material = std::fs::File::open(file)
-                .and_then(|f| crate::keys::read_wiped(f, 1024 * 1024))
+                .and_then(|f| crate::keys::read_wiped(f, crate::keys::MAX_SECRET_INPUT))
                 .map_err(|e| format!("{}: {e}", file.display()))?;
             let text = std::str::from_utf8(&material)
                 .map_err(|_| format!("{}: not UTF-8 text", file.display()))?;

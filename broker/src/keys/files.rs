@@ -49,9 +49,9 @@ pub fn read_private_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
 }
 
 /// Everything `reader` holds, read into buffers wiped when dropped, up to `limit` bytes: a
-/// buffer that grows is copied into a larger one and the smaller wiped (`read_to_end`
-/// would leave each outgrown buffer to the allocator as it was). For a secret of unknown
-/// length (standard input).
+/// buffer that grows is copied into a larger one and the smaller wiped ([`append_zeroizing`];
+/// `read_to_end` would leave each outgrown buffer to the allocator as it was). For a secret
+/// of unknown length (standard input).
 ///
 /// # Errors
 /// On an I/O failure, or past `limit` bytes.
@@ -74,14 +74,28 @@ pub fn read_wiped(
                 format!("more than {limit} bytes"),
             ));
         }
-        if all.len() + n > all.capacity() {
-            let mut larger =
-                Zeroizing::new(Vec::with_capacity((all.capacity() * 2).max(all.len() + n)));
-            larger.extend_from_slice(&all);
-            all = larger;
-        }
-        all.extend_from_slice(&chunk[..n]);
+        append_zeroizing(&mut all, &chunk[..n], limit);
     }
+}
+
+/// The most a CLI reads of a secret it uploads (a file or standard input), bytes: far more
+/// than any secret, far less than the broker's request limit.
+pub const MAX_SECRET_INPUT: usize = 1024 * 1024;
+
+/// Appends `data` to `out` without leaving a copy behind: when `out` must grow, its bytes move
+/// to a larger buffer of its own and the old one is wiped as it is dropped (a growing `Vec`
+/// frees its old buffer unwiped). Request bodies and secrets read by the CLI carry secrets:
+/// pasted ones, GitHub App keys, Forge system tokens. Capacity never passes `max` (or what
+/// the bytes need).
+pub(crate) fn append_zeroizing(out: &mut Zeroizing<Vec<u8>>, data: &[u8], max: usize) {
+    let need = out.len().saturating_add(data.len());
+    if need > out.capacity() {
+        let capacity = out.capacity().saturating_mul(2).min(max).max(need);
+        let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
+        grown.extend_from_slice(out);
+        *out = grown;
+    }
+    out.extend_from_slice(data);
 }
 
 /// The temporary file `path` is written through: `.<name>.tmp` beside it, never the file

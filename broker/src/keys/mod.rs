@@ -11,9 +11,10 @@ pub mod loaded;
 pub mod rotation;
 
 pub use audit::{AuditSigner, AuditVerifier};
+pub(crate) use files::append_zeroizing;
 pub use files::{
     create_private_dir, create_private_file, lock_file, read_private_file, read_wiped,
-    write_private_file, LockFailure,
+    write_private_file, LockFailure, MAX_SECRET_INPUT,
 };
 
 use std::collections::BTreeMap;

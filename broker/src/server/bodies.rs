@@ -15,6 +15,7 @@ use crate::admission::{BodyBudget, BodyPermit, BodyRefusal};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::broker::Broker;
 use crate::config::Limits;
+use crate::keys::append_zeroizing;
 
 /// The mTLS listener's body pools. Requests' own bodies (a resolve's, an admin change's: at
 /// most `max_body_bytes`) and workers' webhook envelopes (up to about 21.5 MiB each) are
@@ -137,21 +138,6 @@ async fn read_frames(
         append_zeroizing(&mut out, &data, max);
     }
     Ok(out)
-}
-
-/// Appends `data` to `out` without leaving a copy behind: when `out` must grow, its bytes move
-/// to a larger buffer of its own and the old one is wiped as it is dropped (a growing `Vec`
-/// frees its old buffer unwiped). Bodies carry secrets: pasted ones, GitHub App keys, Forge
-/// system tokens. Capacity never passes `max` (or what the bytes need).
-fn append_zeroizing(out: &mut Zeroizing<Vec<u8>>, data: &[u8], max: usize) {
-    let need = out.len().saturating_add(data.len());
-    if need > out.capacity() {
-        let capacity = out.capacity().saturating_mul(2).min(max).max(need);
-        let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
-        grown.extend_from_slice(out);
-        *out = grown;
-    }
-    out.extend_from_slice(data);
 }
 
 /// A body refused by the memory budget: counted, and answered `unavailable`.
