@@ -37,6 +37,16 @@ pub struct VerifyRequest {
     body_base64: String,
 }
 
+/// Whether `name` is a header name a webhook scheme or verify request may use: an HTTP
+/// token of at most 128 bytes.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Reads a verify request's headers entry by entry, refusing as soon as one breaks a rule:
 /// at most [`MAX_HEADERS`] (the next is refused before its value is read, so an envelope of
 /// many short headers never becomes a map many times its size), names HTTP tokens of at
@@ -65,12 +75,7 @@ where
                 if headers.len() == MAX_HEADERS {
                     return Err(A::Error::custom(format!("at most {MAX_HEADERS} headers")));
                 }
-                let token = !name.is_empty()
-                    && name.len() <= 128
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                if !token {
+                if !is_header_name(&name) {
                     return Err(A::Error::custom("a header name is not an HTTP token"));
                 }
                 let value: String = map.next_value()?;

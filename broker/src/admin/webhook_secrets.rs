@@ -33,12 +33,7 @@ pub(super) fn describe(w: &WebhookSecret) -> Value {
 }
 
 fn check_header(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if ok {
+    if crate::webhooks::is_header_name(name) {
         Ok(())
     } else {
         Err(ApiError::bad_request("header must be an HTTP header name"))
