@@ -454,8 +454,8 @@ impl AdminService {
                 }
                 // The consents proven for it go with it: a tenant created again under its id
                 // is another customer, who may not bind those identifiers by hand.
-                for (key, raw) in r.consent_proofs_of(&t.id).await.map_err(store_err)? {
-                    plan.batch.forget_expired(&key, &raw);
+                for (key, read) in r.consent_proofs_of(&t.id).await.map_err(store_err)? {
+                    plan.batch.forget_consent_proof(&key, &read);
                 }
                 // Fails if a child was added since the scan (it bumps the revision).
                 plan.batch.remove(&t);

@@ -122,23 +122,23 @@ impl Records {
             .map(|s| (key, s)))
     }
 
-    /// The consent proofs `tenant` holds, as read: `(key, raw record)`.
+    /// The consent proofs `tenant` holds, as read: `(key, record)`.
     ///
     /// # Errors
     /// On store failure or corruption.
     pub async fn consent_proofs_of(
         &self,
         tenant: &TenantId,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<(String, Stored<IdentifierOwner>)>, StoreError> {
         let mut out = Vec::new();
         for (key, raw) in self
             .store
             .scan(Table::Identifiers, "consent-proof:")
             .await?
         {
-            let owner: IdentifierOwner = decode(Table::Identifiers, &key, &raw)?;
-            if owner.tenant == tenant.as_str() {
-                out.push((key, raw));
+            let value: IdentifierOwner = decode(Table::Identifiers, &key, &raw)?;
+            if value.tenant == tenant.as_str() {
+                out.push((key, Stored { value, raw }));
             }
         }
         Ok(out)
@@ -319,11 +319,12 @@ impl Batch {
     /// Requires the consent proof `key` as read (a newer consent for another tenant, or the
     /// tenant's removal, committed meanwhile fails the batch).
     pub fn expect_consent_proof(&mut self, key: &str, read: &Stored<IdentifierOwner>) -> &mut Self {
-        self.push(Op::ExpectValue(
-            Table::Identifiers,
-            key.to_owned(),
-            read.raw.clone(),
-        ))
+        self.expect_identifier_record(key, read)
+    }
+
+    /// Removes the consent proof `key`, which must still be as read (with its tenant).
+    pub fn forget_consent_proof(&mut self, key: &str, read: &Stored<IdentifierOwner>) -> &mut Self {
+        self.remove_identifier_record(key, read)
     }
 
     /// Frees `identifier`, which must be held.
