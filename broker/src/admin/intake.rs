@@ -124,7 +124,10 @@ impl AdminService {
             .map_err(|_| ApiError::new(ErrorCode::Internal, "no randomness"))?;
         use base64::Engine;
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        let id = format!("ik_{}", random_alphanumeric(12)?.to_ascii_lowercase());
+        let id = format!(
+            "ik_{}",
+            random_alphanumeric(INTAKE_ID_LEN)?.to_ascii_lowercase()
+        );
         let expires = time::OffsetDateTime::now_utc()
             + time::Duration::seconds(i64::try_from(ttl).unwrap_or(86_400));
         let link = IntakeLink {
@@ -395,4 +398,18 @@ impl AdminService {
             other => other,
         }
     }
+}
+
+/// Random characters in an intake link's id (`ik_` and as many lower-case letters or
+/// digits).
+const INTAKE_ID_LEN: usize = 12;
+
+/// Whether `id` has an intake link id's shape (`ik_` and [`INTAKE_ID_LEN`] lower-case
+/// letters or digits).
+pub(super) fn is_intake_link_id(id: &str) -> bool {
+    id.len() == 3 + INTAKE_ID_LEN
+        && id.starts_with("ik_")
+        && id[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }

@@ -100,14 +100,9 @@ impl AdminOp {
             // Only an id of a link's shape: what else was sent may be the link's state or
             // token itself (an operator pasting the URL), never to be recorded.
             AdminOp::IntakeRevoke(i) | AdminOp::OnboardingRevoke(i) => {
-                let shaped = |prefix: &str, len: usize| {
-                    i.len() == prefix.len() + len
-                        && i.starts_with(prefix)
-                        && i[prefix.len()..]
-                            .bytes()
-                            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
-                };
-                if shaped("il_", 24) || shaped("es_", 24) || shaped("ik_", 12) {
+                if super::intake::is_intake_link_id(i)
+                    || super::outstanding::is_onboarding_link_id(i)
+                {
                     format!("link={i}")
                 } else {
                     "link=(not a link id)".to_owned()

@@ -98,13 +98,7 @@ impl AdminService {
 
     pub(super) async fn plan_onboarding_revoke(&self, id: &str) -> Result<Plan, ApiError> {
         let unknown = || ApiError::new(ErrorCode::UnknownRecord, "no such onboarding link");
-        // Ids are `il_` or `es_` and 24 hex digits: anything else names nothing.
-        let well_formed = id.len() == 27
-            && (id.starts_with("il_") || id.starts_with("es_"))
-            && id[3..]
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-        if !well_formed {
+        if !is_onboarding_link_id(id) {
             return Err(unknown());
         }
         let (key, found) = self
@@ -156,4 +150,14 @@ impl AdminService {
         }
         Ok(plan)
     }
+}
+
+/// Whether `id` has an onboarding link id's shape: `il_` or `es_` and 24 lower-case hex
+/// digits ([`crate::store::records::outstanding_id`]). Anything else names nothing.
+pub(super) fn is_onboarding_link_id(id: &str) -> bool {
+    id.len() == 27
+        && (id.starts_with("il_") || id.starts_with("es_"))
+        && id[3..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
