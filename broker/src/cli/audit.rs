@@ -31,7 +31,8 @@ pub enum AuditCmd {
     /// Export records as JSON lines (header, records, checkpoints) for auditors; on a shared
     /// store one signed document per chain in one file.
     Export(ExportArgs),
-    /// Print the audit public key auditors verify exports with.
+    /// Print the audit public key auditors verify exports with (on the broker's host: it
+    /// refuses unless the signing key beside it is there and matches).
     PublicKey(LocalArgs),
     /// Verify every chain, then write one self-contained HTML page (--html) and/or a JSON
     /// summary (--json): resolves over time by outcome, counts by provider, tenant and

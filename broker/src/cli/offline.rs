@@ -111,33 +111,35 @@ pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The config for an offline command: `--config FILE`, or `--data-dir DIR` (its
-/// `credbroker.toml` when present, else defaults under DIR).
 impl LocalArgs {
-    /// Whether a deployment's config is used: `--config`, or a data directory holding its
-    /// `credbroker.toml` (a dev directory, or a deployment's own). A data directory without
-    /// one is an auditor's copy.
-    pub fn names_config(&self) -> bool {
-        self.config.is_some()
-            || self
-                .data_dir
+    /// The config file used: `--config`, or the data directory's `credbroker.toml` when
+    /// present (a dev directory, or a deployment's own).
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            self.data_dir
                 .as_ref()
-                .is_some_and(|d| d.join("credbroker.toml").exists())
+                .map(|d| d.join("credbroker.toml"))
+                .filter(|f| f.exists())
+        })
+    }
+
+    /// Whether a deployment's config is used ([`LocalArgs::config_file`]). A data directory
+    /// without one is an auditor's copy.
+    pub fn names_config(&self) -> bool {
+        self.config_file().is_some()
     }
 }
 
+/// The config for an offline command: `--config FILE`, or `--data-dir DIR` (its
+/// `credbroker.toml` when present, else defaults under DIR).
 pub fn local_config(local: &LocalArgs) -> Result<Config, String> {
-    if let Some(path) = &local.config {
-        return Config::load(path).map_err(|e| e.to_string());
+    if let Some(file) = local.config_file() {
+        return Config::load(&file).map_err(|e| e.to_string());
     }
     let dir = local
         .data_dir
         .clone()
         .ok_or("give --config FILE or --data-dir DIR")?;
-    let file = dir.join("credbroker.toml");
-    if file.exists() {
-        return Config::load(&file).map_err(|e| e.to_string());
-    }
     let unused = PathBuf::from("unused");
     Ok(Config::with_defaults(
         dir,
