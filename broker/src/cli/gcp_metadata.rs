@@ -43,41 +43,34 @@ pub struct GcpMetadataArgs {
     allow_uid: Vec<u32>,
 }
 
-/// The kernel's socket tables, read for the user who owns a loopback connection's other end.
-struct ThisHost;
-
-impl procfs_core::SystemInfoInterface for ThisHost {
-    fn boot_time_secs(&self) -> procfs_core::ProcResult<u64> {
-        Ok(0)
-    }
-    fn ticks_per_second(&self) -> u64 {
-        100
-    }
-    fn page_size(&self) -> u64 {
-        4096
-    }
-    fn is_little_endian(&self) -> bool {
-        cfg!(target_endian = "little")
-    }
-}
+/// What reading the kernel's socket tables needs of the host: only its byte order (the
+/// addresses are in it); the rest serves other tables.
+const THIS_HOST: procfs_core::ExplicitSystemInfo = procfs_core::ExplicitSystemInfo {
+    boot_time_secs: 0,
+    ticks_per_second: 100,
+    page_size: 4096,
+    is_little_endian: cfg!(target_endian = "little"),
+};
 
 /// The user owning the client's end of the loopback connection from `peer` to `local`: the
-/// socket in the kernel's table whose local address is `peer` and remote `local`. `None`
-/// when it is not found (the client already gone, no `/proc`).
+/// socket in the kernel's table of the listener's address family whose local address is
+/// `peer` and remote `local`. `None` when it is not found (the client already gone, no
+/// `/proc`).
 fn connecting_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     use procfs_core::FromReadSI;
     let same = |a: &SocketAddr, b: &SocketAddr| a.ip() == b.ip() && a.port() == b.port();
-    ["/proc/net/tcp", "/proc/net/tcp6"]
+    let table = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let file = std::fs::File::open(table).ok()?;
+    let entries = procfs_core::net::TcpNetEntries::from_read(file, &THIS_HOST).ok()?;
+    entries
+        .0
         .iter()
-        .find_map(|table| {
-            let file = std::fs::File::open(table).ok()?;
-            let entries = procfs_core::net::TcpNetEntries::from_read(file, &ThisHost).ok()?;
-            entries
-                .0
-                .iter()
-                .find(|e| same(&e.local_address, &peer) && same(&e.remote_address, &local))
-                .map(|e| e.uid)
-        })
+        .find(|e| same(&e.local_address, &peer) && same(&e.remote_address, &local))
+        .map(|e| e.uid)
 }
 
 const PREFIX: &str = "/computeMetadata/v1/";
