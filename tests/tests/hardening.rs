@@ -605,12 +605,10 @@ async fn refusals_of_probes_revocations_and_self_rotations_are_audited() {
     daemon.stop();
     let records = daemon.audit_records();
     let of = |id: &str| {
-        let hash = id.trim_start_matches("aud_").to_owned();
+        let hash = id.trim_start_matches("aud_");
         records
             .iter()
-            .find(|r| r["hash"].as_str().is_some_and(|h| h.starts_with(&hash)))
-            .unwrap()
-            .clone()
+            .find(|r| r["hash"].as_str().is_some_and(|h| h.starts_with(hash)))
     };
     for (id, detail) in [
         (&ids[0], "binding=nope: "),
@@ -620,18 +618,14 @@ async fn refusals_of_probes_revocations_and_self_rotations_are_audited() {
             "binding=b1 version=1: version 1 is binding b1's active version",
         ),
     ] {
-        let record = of(id);
+        let record = of(id).unwrap();
         assert!(
             record["detail"].as_str().unwrap().starts_with(detail),
             "{record}"
         );
     }
     for ((path, _, action), id) in attempts.iter().zip(&ids) {
-        let hash = id.trim_start_matches("aud_");
-        let record = records
-            .iter()
-            .find(|r| r["hash"].as_str().is_some_and(|h| h.starts_with(hash)))
-            .unwrap_or_else(|| panic!("{path}: no record {id}"));
+        let record = of(id).unwrap_or_else(|| panic!("{path}: no record {id}"));
         assert_eq!(record["outcome"], "denied", "{record}");
         assert_eq!(record["action"], *action, "{record}");
         assert!(record["actor"].as_str().unwrap().contains("op"), "{record}");

@@ -383,7 +383,11 @@ async fn certificates_without_a_usable_identity_get_no_access() {
     let (status, body) = op.request(Method::GET, "/metrics", None).await.unwrap();
     assert_eq!(status.as_u16(), 200);
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("mtls_unidentified_refused_total 6"), "{text}");
+    assert_eq!(
+        metric_value(&text, "credbroker_mtls_unidentified_refused_total"),
+        Some(6.0),
+        "{text}"
+    );
 }
 
 /// A handshake that spans a CRL reload was verified by the old CRL: the connection is
