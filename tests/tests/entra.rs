@@ -805,11 +805,7 @@ async fn consent_takeover_attempts_are_refused() {
     {
         let store = SledStore::open(&env.daemon.data_dir.join("store")).unwrap();
         let mut batch = Batch::new();
-        batch.push(Op::Put(
-            Table::Identifiers,
-            format!("consent-proof:entra_tenant:{ACME}"),
-            br#"{"tenant":"t2"}"#.to_vec(),
-        ));
+        batch.prove_consent(&format!("entra_tenant:{ACME}"), "t2");
         store.commit(batch).await.unwrap();
     }
     env.daemon.restart();
