@@ -390,7 +390,46 @@ async fn expired_revoked_and_exhausted_links_are_no_longer_valid() {
     let (_, v) = call(&mut op, Method::GET, "/v1/admin/intake", None).await;
     let links = v["intake_links"].as_array().unwrap();
     assert!(links.iter().any(|l| l["id"] == id.as_str()));
-    assert!(!v.to_string().contains(&path[8..]), "the token is listed");
+    let token = &path[8..];
+    assert!(!v.to_string().contains(token), "the token is listed");
+    // An operator who pastes the link's token where its id belongs is refused, and the
+    // refusal's record names no token: only that what was sent was not a link id.
+    let (s, v) = call(
+        &mut op,
+        Method::DELETE,
+        &format!("/v1/admin/intake/{token}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (404, "unknown_record"), "{v}");
+    let refused = v["error"]["audit_id"].as_str().unwrap();
+    let records = daemon.audit_records();
+    let record = records
+        .iter()
+        .find(|r| {
+            r["hash"]
+                .as_str()
+                .is_some_and(|h| h.starts_with(refused.trim_start_matches("aud_")))
+        })
+        .unwrap();
+    assert_eq!(
+        (&record["action"], &record["outcome"]),
+        (&json!("intake.revoke"), &json!("denied")),
+        "{record}"
+    );
+    assert!(
+        record["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("link=(not a link id)"),
+        "{record}"
+    );
+    assert!(
+        !records.iter().any(|r| r.to_string().contains(token)),
+        "the token is in the audit log"
+    );
+    assert!(!daemon.logs().contains(token), "the token is in the log");
+    assert_eq!(get(&mut public, &path).await.status, 200, "the link died");
     let (s, v) = call(
         &mut op,
         Method::DELETE,
