@@ -61,19 +61,39 @@ const ECHO_RUN: usize = 8;
 /// for text an upstream gave that is kept in lower case (a content type).
 pub fn echoes_ignoring_case(text: &str, sent: &[&str]) -> bool {
     sent.iter()
-        .any(|s| repeats(text.as_bytes(), s.as_bytes(), <[u8]>::eq_ignore_ascii_case))
+        .any(|s| repeats(text.as_bytes(), s.as_bytes(), u8::to_ascii_lowercase))
 }
 
 /// Whether `text` holds any [`ECHO_RUN`] consecutive bytes of `secret` (a shorter one whole),
-/// byte runs compared by `same`, in place.
-fn repeats(text: &[u8], secret: &[u8], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+/// each byte compared as `fold` gives it.
+///
+/// In time linear in both lengths (a sorted table of the secret's runs, one pass over the
+/// text): both may be long and chosen by an upstream (an answer of up to a MiB, a pasted
+/// secret of kilobytes, a successor the upstream created), and comparing every run with
+/// every run held a runtime thread for minutes. The table is a copy of the secret, wiped.
+fn repeats(text: &[u8], secret: &[u8], fold: fn(&u8) -> u8) -> bool {
     if secret.is_empty() {
         return false;
     }
-    let run = secret.len().min(ECHO_RUN);
-    secret
-        .windows(run)
-        .any(|w| text.windows(run).any(|t| same(t, w)))
+    if secret.len() < ECHO_RUN {
+        return text
+            .windows(secret.len())
+            .any(|t| t.iter().zip(secret).all(|(a, b)| fold(a) == fold(b)));
+    }
+    let pack = |acc: u64, b: &u8| (acc << 8) | u64::from(fold(b));
+    let mut runs = zeroize::Zeroizing::new(
+        secret
+            .windows(ECHO_RUN)
+            .map(|w| w.iter().fold(0, pack))
+            .collect::<Vec<u64>>(),
+    );
+    runs.sort_unstable();
+    // The last ECHO_RUN bytes of the text (folded), the oldest in the high bits.
+    let mut last = 0u64;
+    text.iter().enumerate().any(|(i, b)| {
+        last = pack(last, b);
+        i + 1 >= ECHO_RUN && runs.binary_search(&last).is_ok()
+    })
 }
 
 /// Whether `text` repeats what a request sent (`sent`: its secrets, a client secret or an
@@ -82,9 +102,9 @@ fn repeats(text: &[u8], secret: &[u8], same: impl Fn(&[u8], &[u8]) -> bool) -> b
 /// request in an error would otherwise put the platform's secret into a message a worker or
 /// a browser is shown, or into the log.
 pub fn echoes(text: &str, sent: &[&str]) -> bool {
-    // Compared in place, byte runs against byte runs: no copy of a secret is made but the
-    // form-encoded one, itself wiped.
-    let same = |a: &[u8], b: &[u8]| a == b;
+    // The copies of a secret made are the form-encoded one and the table of its runs, both
+    // wiped.
+    let same = |b: &u8| *b;
     sent.iter().any(|s| {
         let encoded = zeroize::Zeroizing::new(
             form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>(),
@@ -217,6 +237,67 @@ mod tests {
             "unrecognised_error"
         );
         assert_eq!(oauth_error_code("bad\r\nline", &sent), "unrecognised_error");
+    }
+
+    /// The runs compared one by one with every run: what the table must answer as.
+    fn repeats_slowly(text: &[u8], secret: &[u8], fold: fn(&u8) -> u8) -> bool {
+        if secret.is_empty() {
+            return false;
+        }
+        let run = secret.len().min(ECHO_RUN);
+        secret.windows(run).any(|w| {
+            text.windows(run)
+                .any(|t| t.iter().zip(w).all(|(a, b)| fold(a) == fold(b)))
+        })
+    }
+
+    #[test]
+    fn the_run_table_finds_what_comparing_every_run_finds() {
+        // Texts and secrets over a small alphabet (so runs recur), from a fixed generator.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let alphabet = b"aAbB%1";
+        let mut found = 0;
+        for _ in 0..4000 {
+            let mut make = |max: u64| -> Vec<u8> {
+                let len = next(max);
+                (0..len)
+                    .map(|_| alphabet[usize::try_from(next(6)).unwrap()])
+                    .collect()
+            };
+            let (text, secret) = (make(40), make(14));
+            for fold in [(|b: &u8| *b) as fn(&u8) -> u8, u8::to_ascii_lowercase] {
+                let fast = repeats(&text, &secret, fold);
+                assert_eq!(
+                    fast,
+                    repeats_slowly(&text, &secret, fold),
+                    "{text:?} {secret:?}"
+                );
+                found += usize::from(fast);
+            }
+        }
+        // Both answers occur often (at least a tenth of the 8,000 times each).
+        assert!((800..7200).contains(&found), "{found}");
+    }
+
+    /// An upstream answering with a MiB of text, for a secret of kilobytes that shares no run
+    /// with it (a pasted 8 KiB PAT of one character, 24 KiB form-encoded): compared run by run
+    /// that held a runtime thread for minutes, every probe.
+    #[test]
+    fn a_long_answer_to_a_long_secret_is_checked_at_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let secret = "!".repeat(8192);
+            let text = "a".repeat(1 << 20);
+            let _ = tx.send(echoes(&text, &[&secret]) || echoes_ignoring_case(&text, &[&secret]));
+        });
+        let echoed = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(echoed, Ok(false), "not answered within 20 s");
     }
 
     #[test]
