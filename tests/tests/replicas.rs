@@ -779,6 +779,37 @@ async fn a_record_forged_onto_a_running_replicas_chain_is_never_signed() {
     assert_eq!(errors, 1, "{logs}");
 }
 
+/// Someone who can write the database plants a checkpoint row past a running replica's
+/// chain end. Taken as the chain's last signed point when the writer next reads its tail (a
+/// reconnect), it would have the writer sign nothing more, leaving every later record open to
+/// rewriting: the writer refuses it and fails closed, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_row_planted_past_the_end_fails_the_writer_closed() {
+    let (_tmp, pki, set) = seeded(TestPostgres::start(), 1).await;
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    served(&mut w1, 3).await;
+    let sql = set.sql().await;
+    sql.execute(
+        "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES (1, 9000000000000000000, 'planted')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // Every connection of the broker's cut: the writer connects again and reads its tail.
+    sql.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'credbroker%' AND datname = current_database()",
+        &[],
+    )
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+        assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    set.daemons[0].wait_log("which no broker wrote", 1).await;
+}
+
 /// On the shared store the file log still holds what offline commands record (an operator
 /// bootstrapped, a migration, a KEK rotation). Its segments removed and its checkpoint file
 /// left, `audit verify` still verifies the file log — and fails, naming it — rather than

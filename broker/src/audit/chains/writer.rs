@@ -219,19 +219,29 @@ async fn check_owned_tail(
 
 async fn read_tail(client: &Client, replica: u32) -> Result<ChainTail, String> {
     let (seq, hash) = last_record(client, replica).await?;
-    let checkpoint_seq: i64 = client
+    // The last checkpoint at or before the chain's end. One past it covers a record no
+    // broker wrote: taken as this chain's last, it would have this writer sign nothing more
+    // (every later record "already covered"), and whoever planted it could rewrite the
+    // unsigned records at leisure. It fails the writer closed instead.
+    let row = client
         .query_one(
-            "SELECT COALESCE(max(seq), 0) FROM credbroker_audit_checkpoints WHERE replica = $1",
-            &[&replica_i32(replica)],
+            "SELECT COALESCE(max(seq) FILTER (WHERE seq <= $2), 0), COALESCE(max(seq), 0) FROM credbroker_audit_checkpoints WHERE replica = $1",
+            &[&replica_i32(replica), &seq_i64(seq)],
         )
         .await
-        .map_err(|e| format!("database: {e}"))?
-        .try_get(0)
         .map_err(|e| format!("database: {e}"))?;
+    let at_or_before: i64 = row.try_get(0).map_err(|e| format!("database: {e}"))?;
+    let last: i64 = row.try_get(1).map_err(|e| format!("database: {e}"))?;
+    if last > at_or_before {
+        return Err(format!(
+            "{}: replica {replica}'s chain ends at {seq} but a checkpoint row claims record {last}, which no broker wrote; nothing is written until it is examined (runbooks/audit-unavailable.md)",
+            super::NOT_WRITTEN_BY_US
+        ));
+    }
     Ok(ChainTail {
         seq,
         hash,
-        checkpoint_seq: u64::try_from(checkpoint_seq).unwrap_or(0),
+        checkpoint_seq: u64::try_from(at_or_before).unwrap_or(0),
     })
 }
 
@@ -403,12 +413,37 @@ impl DbWriter {
         // Never sign over a record that is not (or no longer) there.
         let replica = replica_i32(self.owner.replica);
         let tx = self.owned_transaction(&tail).await?;
-        tx.execute(
-            "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&replica, &seq_i64(cp.seq), &line],
-        )
-        .await
-        .map_err(|e| format!("database: {e}"))?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&replica, &seq_i64(cp.seq), &line],
+            )
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        // A row already there is this writer's own only if it covers the same record (one
+        // whose commit went unheard); any other was planted, and nothing is signed over it.
+        if inserted == 0 {
+            let there = tx
+                .query_one(
+                    "SELECT line FROM credbroker_audit_checkpoints WHERE replica = $1 AND seq = $2",
+                    &[&replica, &seq_i64(cp.seq)],
+                )
+                .await
+                .map_err(|e| format!("database: {e}"))?;
+            let same = there
+                .try_get::<_, &str>(0)
+                .ok()
+                .and_then(|l| serde_json::from_str::<Checkpoint>(l).ok())
+                .is_some_and(|c| c.seq == cp.seq && c.hash == cp.hash);
+            if !same {
+                return Err(format!(
+                    "{}: replica {}'s checkpoint row at {} was already there and covers another record; nothing is signed over it (runbooks/audit-unavailable.md)",
+                    super::NOT_WRITTEN_BY_US,
+                    replica,
+                    cp.seq
+                ));
+            }
+        }
         tx.commit().await.map_err(|e| format!("database: {e}"))?;
         Ok(Some(cp.seq))
     }
