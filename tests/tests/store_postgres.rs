@@ -368,6 +368,43 @@ async fn postgres_survives_a_stalled_commit_lock_holder() {
     store.commit(b).await.unwrap();
 }
 
+/// Under synchronous replication a commit is acknowledged only once its standby has it
+/// (`synchronous_commit = on` on every connection, whatever the role or database says): with
+/// the standby gone (a name no standby has), a commit fails at the store's deadline, never
+/// succeeds. (PostgreSQL's statement timeout, `timeout_ms` here too, does not cut the wait
+/// short: it is disabled before the commit runs; a cancelled wait would answer success.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_synchronous_standby_has_not_is_never_acknowledged() {
+    let pg = TestPostgres::own();
+    let (url, settings) = pg_database(&pg, Some(1000)).await;
+    let store: Arc<dyn Store> = pg_store(&settings).await;
+    let sql = session(&url).await;
+    let standby = async |names: &str| {
+        sql.batch_execute(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
+        ))
+        .await
+        .unwrap();
+        sql.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    let batch = |name: &str| {
+        let mut b = Batch::new();
+        for i in 0..50 {
+            b.push(Op::Put(Table::Tenants, format!("{name}{i}"), b"x".to_vec()));
+        }
+        b
+    };
+    store.commit(batch("before")).await.unwrap();
+    standby("nobody").await;
+    let started = std::time::Instant::now();
+    let answer = store.commit(batch("unreplicated")).await;
+    assert!(answer.is_err(), "acknowledged without its standby");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    standby("").await;
+    store.commit(batch("after")).await.unwrap();
+}
+
 /// tokio-postgres logs every statement's parameters at debug (sealed records, token hashes,
 /// audit records): the daemon lets it log at most at info, even when `RUST_LOG` names it at
 /// trace.
