@@ -371,6 +371,12 @@ pub struct SecretVersion {
     /// PAT's expiry date): the inventory flags it `expiring_soon`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// A self-rotation superseded it and its revocation upstream is owed: set in the
+    /// promotion's own commit, cleared once the upstream answered. A broker that stopped (or
+    /// an upstream that failed) in between leaves it set, and the leader tries again at every
+    /// `[secrets] gc_interval_s` tick; the collector keeps the version until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream_revocation_owed: bool,
 }
 
 impl SecretVersion {
@@ -414,6 +420,10 @@ pub struct SecretVersionView {
     /// Declared expiry of the secret itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// Its revocation upstream, promised by the self-rotation that superseded it, is still
+    /// to be made (tried again at every `[secrets] gc_interval_s` tick). Absent when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream_revocation_owed: bool,
 }
 
 impl From<&SecretVersion> for SecretVersionView {
@@ -427,6 +437,7 @@ impl From<&SecretVersion> for SecretVersionView {
             probe: v.probe.clone(),
             superseded_at: v.superseded_at.clone(),
             expires_at: v.expires_at.clone(),
+            upstream_revocation_owed: v.upstream_revocation_owed,
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct DcState {
     /// A hostile instance: a create hands out a PAT of this user (an administrator's), not
     /// of the user whose PAT asked.
     pub create_as: Mutex<Option<String>>,
+    /// The next this many revocations (`DELETE`) fail: 503 with the HTML page of a proxy
+    /// whose instance did not answer, the PAT left as it was.
+    pub delete_fails: Mutex<u32>,
     counter: AtomicU64,
 }
 
@@ -215,6 +218,19 @@ impl DcState {
                 json_response(201, &answer)
             }
             ("DELETE", p) if p.starts_with("/rest/pat/latest/tokens/") => {
+                {
+                    let mut fails = self.delete_fails.lock().unwrap();
+                    if *fails > 0 {
+                        *fails -= 1;
+                        return Response::builder()
+                            .status(503)
+                            .header("content-type", "text/html")
+                            .body(Full::new(Bytes::from_static(
+                                b"<html>Service Unavailable</html>",
+                            )))
+                            .unwrap_or_default();
+                    }
+                }
                 let id: u64 = p
                     .rsplit('/')
                     .next()
@@ -256,6 +272,7 @@ impl FakeAtlassianDc {
             create_expired: Mutex::new(false),
             create_id: Mutex::new(None),
             create_as: Mutex::new(None),
+            delete_fails: Mutex::new(0),
             counter: AtomicU64::new(100),
         });
         let s = state.clone();

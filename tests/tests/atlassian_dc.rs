@@ -190,6 +190,81 @@ async fn self_rotation_replaces_the_pat_and_revokes_the_old_one() {
     );
 }
 
+/// The old PAT's revocation, promised by the self-rotation's intent, fails at the instance
+/// (a proxy answering 503): it stays owed, marked on the superseded version in the
+/// promotion's own commit, and the leader's tick makes it once the instance answers (each
+/// attempt audited); the collector keeps the version, whose overlap is over, until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_pat_whose_revocation_failed_is_revoked_later() {
+    let (_tmp, _pki, daemon, dc, mut op) =
+        start("[secrets]\ngc_interval_s = 1\nsuperseded_overlap_s = 0\n").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    // The rotation's own attempt and the next two ticks' fail.
+    *dc.state.delete_fails.lock().unwrap() = 3;
+    let (s, v) = self_rotate(&mut op).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["active_secret_version"], 2, "{v}");
+    assert!(v["old_revoked_upstream"].is_null(), "{v}");
+    assert_eq!(v["revocation_owed"], true, "{v}");
+    let live = || dc.state.pats.lock().unwrap().iter().any(|p| p.id == old.id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while live() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old PAT was never revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let records = daemon.audit_records();
+    let revocations: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"] == "secret.revoke_upstream")
+        .collect();
+    let failed = revocations
+        .iter()
+        .filter(|r| r["outcome"] == "failed")
+        .count();
+    assert_eq!(failed, 3, "{revocations:#?}");
+    let made = revocations
+        .iter()
+        .find(|r| r["outcome"] == "allowed")
+        .unwrap_or_else(|| panic!("{revocations:#?}"));
+    assert_eq!(made["actor"], "credbroker:rotation", "{made}");
+    assert!(
+        made["detail"]
+            .as_str()
+            .unwrap()
+            .contains("whose revocation its self-rotation owed, was revoked upstream"),
+        "{made}"
+    );
+    // Version 1 outlived its overlap while its revocation was owed: the collector destroyed
+    // it only after the revocation was made.
+    let destroyed = |r: &&Value| {
+        r["action"] == "store.gc" && r["detail"].as_str().unwrap().contains("acme-jira/1")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let records = daemon.audit_records();
+        if records.iter().any(|r| destroyed(&r)) {
+            break records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 1 was never destroyed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let at = |pred: &dyn Fn(&Value) -> bool| records.iter().position(pred).unwrap();
+    assert!(
+        at(&|r| destroyed(&r))
+            > at(&|r| r["action"] == "secret.revoke_upstream" && r["outcome"] == "allowed"),
+        "destroyed before its revocation was made"
+    );
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    assert_eq!(b["binding"]["active_secret_version"], 2, "{b}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pat_close_to_expiry_is_rotated_by_the_broker() {
     let (_tmp, _pki, daemon, dc, mut op) = start("[secrets]\ngc_interval_s = 1\n").await;

@@ -127,6 +127,7 @@ async fn every_record_type_round_trips(records: &Records) {
             probe: None,
             superseded_at: None,
             expires_at: None,
+            upstream_revocation_owed: false,
         })
         .create(&PlatformKeyRecord {
             kind: "k".into(),

@@ -582,7 +582,9 @@ impl AdminService {
             AdminOp::SecretDestroy(id, version, force) => {
                 self.plan_secret_destroy(&id, version, force, None).await
             }
-            AdminOp::SecretPromote(id, version) => self.plan_secret_promote(&id, version).await,
+            AdminOp::SecretPromote(id, version) => {
+                self.plan_secret_promote(&id, version, false).await
+            }
             AdminOp::IntakeCreate(n) => self.plan_intake_create(n).await,
             AdminOp::IntakeList => self.plan_intake_list().await,
             AdminOp::IntakeRevoke(id) => self.plan_intake_revoke(&id).await,

@@ -37,6 +37,7 @@ impl AdminService {
         &self,
         binding: &crate::ids::BindingId,
         old: u32,
+        owe_revocation: bool,
         batch: &mut crate::store::Batch,
     ) -> Result<(), ApiError> {
         if let Some(read_old) = self
@@ -49,6 +50,7 @@ impl AdminService {
             let mut superseded = read_old.value.clone();
             superseded.state = SecretState::Superseded;
             superseded.superseded_at = Some(now_rfc3339());
+            superseded.upstream_revocation_owed = owe_revocation;
             batch.replace(&read_old, &superseded);
         }
         Ok(())
@@ -95,6 +97,7 @@ impl AdminService {
             probe: None,
             superseded_at: None,
             expires_at: None,
+            upstream_revocation_owed: false,
         })
     }
 
@@ -222,6 +225,7 @@ impl AdminService {
         &self,
         id: &str,
         version: u32,
+        owe_revocation: bool,
     ) -> Result<Plan, ApiError> {
         let stored = self.binding_or_404(id).await?;
         let mut binding = stored.value.clone();
@@ -269,7 +273,7 @@ impl AdminService {
         plan.batch.replace(&read, &promoted);
         let previous = binding.active_secret_version;
         if let Some(old) = previous {
-            self.plan_supersede(&binding.id, old, &mut plan.batch)
+            self.plan_supersede(&binding.id, old, owe_revocation, &mut plan.batch)
                 .await?;
         }
         binding.active_secret_version = Some(version);
@@ -482,7 +486,8 @@ impl AdminService {
 
     /// At most `limit` superseded secret versions whose overlap (`[secrets]
     /// superseded_overlap_s`) ended before `now` (Unix seconds). Versions superseded before
-    /// the time was recorded are kept until destroyed by hand.
+    /// the time was recorded are kept until destroyed by hand, and so is one whose upstream
+    /// revocation is still owed (destroyed, it could never be revoked by the broker).
     pub(super) async fn superseded_past_overlap(
         &self,
         now: i64,
@@ -497,7 +502,8 @@ impl AdminService {
             .core
             .records
             .keyed_secret_metas_where(move |v| {
-                past_overlap(v.state, v.superseded_at.as_deref(), overlap, now)
+                !v.upstream_revocation_owed
+                    && past_overlap(v.state, v.superseded_at.as_deref(), overlap, now)
             })
             .await
             .map_err(store_err)?;
@@ -508,12 +514,13 @@ impl AdminService {
             }
             match self.core.records.secret_version_at(&key).await {
                 Ok(Some(v))
-                    if past_overlap(
-                        v.value.state,
-                        v.value.superseded_at.as_deref(),
-                        overlap,
-                        now,
-                    ) =>
+                    if !v.value.upstream_revocation_owed
+                        && past_overlap(
+                            v.value.state,
+                            v.value.superseded_at.as_deref(),
+                            overlap,
+                            now,
+                        ) =>
                 {
                     out.push(v);
                 }

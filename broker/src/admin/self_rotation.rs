@@ -100,6 +100,18 @@ impl AdminService {
         // record once the audit log closes.
         self.refuse_when_stopping("the rotation runs on the next start")
             .map_err(|e| (e, None))?;
+        self.claimed(id, self.self_rotate_inner(id, actor, request_id))
+            .await
+    }
+
+    /// Runs `work` while this process and every replica sharing the store hold binding `id`'s
+    /// rotation claim (`rotation/ID`): one rotation, or owed revocation, of a binding at a
+    /// time. Refused with `conflict` while another holds it.
+    async fn claimed<T>(
+        &self,
+        id: &str,
+        work: impl std::future::Future<Output = Result<T, (ApiError, Option<AuditReceipt>)>>,
+    ) -> Result<T, (ApiError, Option<AuditReceipt>)> {
         // One rotation per binding at a time in this process (the timer and an operator).
         let claimed = self
             .rotations
@@ -121,7 +133,7 @@ impl AdminService {
         let lease = format!("rotation/{id}");
         let result = match self.core.replica.claim_job(&lease, ROTATION_LEASE).await {
             Ok(true) => {
-                let result = self.self_rotate_inner(id, actor, request_id).await;
+                let result = work.await;
                 self.core.replica.release_job(&lease).await;
                 result
             }
@@ -395,7 +407,7 @@ impl AdminService {
                     ));
                 }
                 let plan = self
-                    .with_rotation_tenant(id, made, self.plan_secret_promote(id, version).await)
+                    .with_rotation_tenant(id, made, self.plan_secret_promote(id, version, true).await)
                     .await;
                 promotion_sent.store(plan.is_ok(), std::sync::atomic::Ordering::Relaxed);
                 let promoted = self
@@ -503,11 +515,17 @@ impl AdminService {
             let (outcome, said) = match &revoked {
                 Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was revoked upstream")),
                 Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {old_version}) was NOT revoked upstream: its id is unknown (pasted without token_id), or the upstream found no PAT of this user under the id pasted as token_id (already gone, or not this PAT's id); revoke it at the source")),
-                Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {old_version}) upstream failed: {e}; revoke it at the source")),
+                Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {old_version}) upstream failed: {e}; it stays owed, and is tried again at every [secrets] gc_interval_s tick (or revoke it at the source)")),
             };
             ev.outcome = outcome.into();
             ev.detail = Some(said.clone());
-            let receipt = self.core.audit.append(ev).await.map_err(|_| {
+            // Answered: the owed mark the promotion set goes with the record. Failed: it
+            // stays, for the leader's next tick.
+            let recorded = match revoked {
+                Ok(_) => self.settle_revocation(&binding.id, started_from, ev).await,
+                Err(_) => self.core.audit.append(ev).await.map_err(|_| ()),
+            };
+            let receipt = recorded.map_err(|()| {
                 (
                     ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
                     None,
@@ -529,6 +547,7 @@ impl AdminService {
                     "active_secret_version": version,
                     "superseded": old_version,
                     "old_revoked_upstream": revoked.as_ref().ok().copied(),
+                    "revocation_owed": revoked.is_err(),
                     "note": said,
                 }),
                 created: false,
@@ -591,9 +610,175 @@ impl AdminService {
         let _ = self.core.audit.append(ev).await;
     }
 
+    /// Records `ev`, the upstream's answer to the revocation of binding `id`'s superseded
+    /// `version`, and clears that version's owed mark in the same audited commit. When there
+    /// is no mark to clear (never set, or the version destroyed meanwhile) or that commit is
+    /// refused, the record alone (a mark left is found settled at the next tick).
+    ///
+    /// # Errors
+    /// When the audit log cannot record it.
+    async fn settle_revocation(
+        &self,
+        id: &crate::ids::BindingId,
+        version: Option<u32>,
+        ev: AuditEvent,
+    ) -> Result<AuditReceipt, ()> {
+        if let Some(version) = version {
+            let _guard = self.lock.lock().await;
+            if let Ok(Some(read)) = self.core.records.secret_version(id, version).await {
+                if read.value.upstream_revocation_owed {
+                    let mut settled = read.value.clone();
+                    settled.upstream_revocation_owed = false;
+                    let mut batch = crate::store::Batch::new();
+                    batch.replace(&read, &settled);
+                    if let Ok(receipt) = self.commit_audited(ev.clone(), batch, &[]).await {
+                        return Ok(receipt);
+                    }
+                }
+            }
+        }
+        self.core.audit.append(ev).await.map_err(|_| ())
+    }
+
+    /// Makes the upstream revocations self-rotations still owe (the broker stopped, or the
+    /// upstream failed, between a promotion and its revocation), each with its binding's
+    /// active secret under the binding's rotation claim, audited as `secret.revoke_upstream`
+    /// by `credbroker:rotation`. Returns how many were settled.
+    async fn revoke_owed(self: &Arc<Self>) -> usize {
+        let owed = match self
+            .core
+            .records
+            .keyed_secret_metas_where(|m| m.upstream_revocation_owed)
+            .await
+        {
+            Ok(owed) => owed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the upstream revocations owed; will retry");
+                return 0;
+            }
+        };
+        let mut settled = 0;
+        for (_, meta) in owed {
+            if !self.core.replica.is_leader() || self.core.is_stopping() {
+                break;
+            }
+            let Ok(id) = crate::ids::BindingId::parse(&meta.binding) else {
+                continue;
+            };
+            match self
+                .claimed(id.as_str(), self.revoke_owed_one(&id, meta.version))
+                .await
+            {
+                Ok(true) => settled += 1,
+                Ok(false) => {}
+                Err((e, _)) => {
+                    tracing::warn!(binding = %id, version = meta.version, code = %e.code, error = %e.message, "an owed upstream revocation could not be made; will retry");
+                }
+            }
+        }
+        settled
+    }
+
+    /// The owed revocation of binding `id`'s superseded `version`: whether it was settled
+    /// (the upstream answered, and the answer is on record).
+    async fn revoke_owed_one(
+        &self,
+        id: &crate::ids::BindingId,
+        version: u32,
+    ) -> Result<bool, (ApiError, Option<AuditReceipt>)> {
+        let refuse = |e: ApiError| (e, None);
+        let binding = self
+            .binding_or_404(id.as_str())
+            .await
+            .map_err(refuse)?
+            .value;
+        // Read again under the claim: settled meanwhile (by the rotation itself), or gone.
+        let read = self
+            .core
+            .records
+            .secret_version(id, version)
+            .await
+            .map_err(|e| refuse(super::store_err(e)))?;
+        let Some(read) = read.filter(|r| r.value.upstream_revocation_owed) else {
+            return Ok(false);
+        };
+        let provider = self
+            .core
+            .registry
+            .get(&binding.provider)
+            .cloned()
+            .ok_or_else(|| {
+                refuse(ApiError::new(
+                    ErrorCode::BindingInactive,
+                    "the binding's provider is not configured",
+                ))
+            })?;
+        let rotation = provider.self_rotation().ok_or_else(|| {
+            refuse(ApiError::bad_request(format!(
+                "provider {} cannot revoke its own secrets",
+                binding.provider
+            )))
+        })?;
+        // The active secret (the successor) authenticates the revocation of the one it
+        // superseded, as in the rotation itself.
+        let active = self
+            .core
+            .open_active_secret(&binding)
+            .await
+            .map_err(|e| refuse(e.into()))?;
+        let old = self
+            .core
+            .open_sealed(&binding, &read.value)
+            .map_err(|e| refuse(e.into()))?;
+        let bound = provider
+            .bind(&binding.config, &binding.ceiling)
+            .map_err(|e| refuse(e.into()))?;
+        let narrowing = Narrowing::none();
+        let request = mint_request(
+            &binding,
+            &bound,
+            &narrowing,
+            &active,
+            self.core.mint_timeout(),
+        );
+        let revoked = rotation.revoke(&request, &old).await;
+        let request_id = crate::server::new_request_id();
+        let mut ev = Self::event("credbroker:rotation", &request_id, "secret.revoke_upstream");
+        ev.tenant = Some(binding.tenant.to_string());
+        ev.binding = Some(binding.id.to_string());
+        let (outcome, said) = match &revoked {
+            Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was revoked upstream")),
+            Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was NOT revoked upstream: the upstream found no PAT of this user under its id (already gone, or not this PAT's id); revoke it at the source if it is live")),
+            Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {version}) upstream, owed by its self-rotation, failed again: {e}; tried again at the next tick (or revoke it at the source)")),
+        };
+        ev.outcome = outcome.into();
+        ev.detail = Some(said);
+        if revoked.is_err() {
+            let _ = self.core.audit.append(ev).await;
+            return Ok(false);
+        }
+        self.settle_revocation(id, Some(version), ev)
+            .await
+            .map(|_| true)
+            .map_err(|()| {
+                refuse(ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "audit log unavailable",
+                ))
+            })
+    }
+
     /// Self-rotates every binding whose provider says its secret is due (its last probe saw
-    /// it close to expiry). Returns how many were rotated.
+    /// it close to expiry), after making the revocations earlier rotations still owe.
+    /// Returns how many were rotated.
     pub async fn rotate_due(self: &Arc<Self>) -> usize {
+        let revoked = self.revoke_owed().await;
+        if revoked > 0 {
+            tracing::info!(
+                revoked,
+                "made upstream revocations owed by earlier self-rotations"
+            );
+        }
         // One pass over the bindings, a row at a time: only the due ones are held.
         let registry = self.core.registry.clone();
         let due = move |b: &crate::model::Binding| {

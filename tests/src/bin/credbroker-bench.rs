@@ -1227,6 +1227,7 @@ fn fill_big_store(
             probe: None,
             superseded_at: None,
             expires_at: None,
+            upstream_revocation_owed: false,
         });
         batch.create(&Binding {
             id: bid.clone(),

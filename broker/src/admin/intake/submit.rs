@@ -283,7 +283,9 @@ impl AdminService {
                 //    disabled while the probe ran (on any replica) does not get it landed.
                 let _guard = self.lock.lock().await;
                 let plan = async {
-                    let mut p = self.plan_secret_promote(&link.binding, version).await?;
+                    let mut p = self
+                        .plan_secret_promote(&link.binding, version, false)
+                        .await?;
                     // The link as it is now, so long as it is still this link: another
                     // submission that reserved an attempt meanwhile (it cannot write: this
                     // version is staged) does not void this one, which has proved itself;

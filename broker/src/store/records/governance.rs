@@ -157,6 +157,9 @@ pub struct SecretMeta {
     /// When it was superseded, RFC 3339.
     #[serde(default)]
     pub superseded_at: Option<String>,
+    /// Its upstream revocation is owed.
+    #[serde(default)]
+    pub upstream_revocation_owed: bool,
 }
 
 impl Records {
