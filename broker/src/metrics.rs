@@ -94,6 +94,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Connections refused at the limit.
     pub connections_refused: Counter,
+    /// Idle public connections closed to make room for a newcomer.
+    pub public_idle_connections_closed: Counter,
     /// Failed TLS handshakes (no/invalid/revoked client certificate, timeouts).
     pub handshake_failures: Counter,
     /// Requests on the mTLS listener refused because their certificate names no identity of
@@ -213,6 +215,12 @@ impl Metrics {
             "connections_refused",
             "Connections closed at accept because the limit was reached",
             connections_refused.clone(),
+        );
+        let public_idle_connections_closed = Counter::default();
+        registry.register(
+            "public_idle_connections_closed",
+            "Idle public-listener connections closed to make room for a new one (every slot was taken)",
+            public_idle_connections_closed.clone(),
         );
         let handshake_failures = Counter::default();
         registry.register(
@@ -342,6 +350,7 @@ impl Metrics {
             replica_id,
             connections,
             connections_refused,
+            public_idle_connections_closed,
             handshake_failures,
             unidentified_refused,
             handshakes_refused,

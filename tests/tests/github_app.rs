@@ -2005,6 +2005,68 @@ async fn closed(
     )
 }
 
+/// A GET of `/healthz` on `conn`: whether it was answered 200.
+async fn healthz_on(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if conn
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = vec![0u8; 512];
+    match tokio::time::timeout(Duration::from_secs(3), conn.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        _ => false,
+    }
+}
+
+/// A few anonymous sources each keeping its share of connections open with a request now and
+/// then no longer hold the public listener: with every slot taken, a newcomer has the
+/// connection idle longest closed for it, and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_keeping_their_share_open_cannot_hold_the_public_listener() {
+    let env = start_with(
+        3600,
+        "max_connections = 8\nmax_connections_per_source = 4\nidle_timeout_ms = 60000\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
+    )
+    .await;
+    let url = env.daemon.public_url.clone().unwrap();
+    // Two sources hold all eight connections, each used once (so none is new) and idle since.
+    let mut held = Vec::new();
+    for source in ["127.0.0.1", "127.0.0.2"] {
+        for _ in 0..4 {
+            let mut c = anonymous_connection(&env.pki, &url, source).await.unwrap();
+            assert!(healthz_on(&mut c).await, "held connection not served");
+            held.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A newcomer is served: one held connection was closed for it, no more.
+    let mut newcomer = anonymous_connection(&env.pki, &url, "127.0.0.3")
+        .await
+        .expect("a newcomer connects");
+    assert!(
+        healthz_on(&mut newcomer).await,
+        "the newcomer was not served"
+    );
+    let mut open = 0;
+    for c in &mut held {
+        if !closed(c, Duration::from_millis(100)).await {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 7, "one idle connection makes room, no more");
+    let (_, metrics) = scrape(&env.pki, &env.daemon.url).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert_eq!(
+        metric_value(&metrics, "credbroker_public_idle_connections_closed_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
 /// One anonymous source cannot hold the public listener (issue 10, items 2 and 9): it keeps
 /// at most its share of connections whatever it opens, others are still served, and
 /// connections that send nothing are closed after the idle timeout.

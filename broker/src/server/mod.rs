@@ -5,6 +5,7 @@
 //! The only plaintext listener is the optional loopback health listener (`health.rs`):
 //! `/healthz` and `/readyz`, nothing else.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use crate::admission::{HandshakeGate, LogThrottle, RateLimiter, Rates};
+use crate::admission::{HandshakeGate, HandshakeRefusal, LogThrottle, RateLimiter, Rates};
 use crate::body::ZeroizingBody;
 use crate::broker::{Answer, Broker};
 use crate::config::Limits;
@@ -153,6 +154,9 @@ pub fn spawn_role(
         Role::Mtls => HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source),
     };
     let rate_limiter = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
+    // The public listener's open connections: when every slot is taken, a newcomer has the
+    // one idle longest closed (see `IdleConnections`).
+    let idle_connections = Arc::new(IdleConnections::default());
     // Bodies in memory at once on the public listener, KiB: anonymous senders of large
     // bodies are bounded together, before any signature is checked.
     // One source holds at most a quarter of it (the largest body allowed, 8 MiB: the
@@ -235,6 +239,7 @@ pub fn spawn_role(
             let detached_refusals = detached_refusals.clone();
             let mtls_bodies = mtls_bodies.clone();
             let connection_gate = connection_gate.clone();
+            let idle_connections = idle_connections.clone();
             let identity_share = identity_share.clone();
             let refused_log = refused_log.clone();
             let rate_limiter = rate_limiter.clone();
@@ -265,8 +270,23 @@ pub fn spawn_role(
                     }
                 };
                 drop(handshake_slot);
-                // A connection slot only for a completed handshake.
-                let _slot = match connection_gate.try_enter(remote.ip()) {
+                // A connection slot only for a completed handshake. On the public listener,
+                // with every slot taken, the connection idle longest is closed for it.
+                let mut entered = connection_gate.try_enter(remote.ip());
+                if role == Role::Public
+                    && entered.as_ref().err() == Some(&HandshakeRefusal::Global)
+                    && idle_connections.close_longest_idle(EVICTABLE_AFTER)
+                {
+                    broker.metrics().public_idle_connections_closed.inc();
+                    for _ in 0..EVICTION_WAIT_STEPS {
+                        tokio::time::sleep(EVICTION_WAIT_STEP).await;
+                        entered = connection_gate.try_enter(remote.ip());
+                        if entered.is_ok() {
+                            break;
+                        }
+                    }
+                }
+                let _slot = match entered {
                     Ok(slot) => slot,
                     Err(why) => {
                         broker.metrics().connections_refused.inc();
@@ -334,6 +354,9 @@ pub fn spawn_role(
                 let body_holder = identity;
                 let activity = Arc::new(Activity::new());
                 let service_activity = activity.clone();
+                let close = Arc::new(tokio::sync::Notify::new());
+                let _evictable = (role == Role::Public)
+                    .then(|| idle_connections.register(activity.clone(), close.clone()));
                 let conn_broker = broker.clone();
                 let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
                 let max_age = Duration::from_secs(limits.max_connection_age_s);
@@ -390,6 +413,9 @@ pub fn spawn_role(
                     tokio::select! {
                         _ = conn.as_mut() => return,
                         _ = shutdown_rx.changed() => break,
+                        // Closed for a newcomer: the request in progress, if one started
+                        // since, is answered first.
+                        () = close.notified() => break,
                         changed = reloads.changed() => {
                             if changed.is_err() {
                                 continue;
@@ -441,6 +467,81 @@ pub fn spawn_role(
         connections,
         max_connections,
     })
+}
+
+/// How long a public connection must have been idle (no request in progress) before a
+/// newcomer finding every slot taken may have it closed.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+/// How long, in steps, a newcomer waits for the slot of the connection closed for it.
+const EVICTION_WAIT_STEP: Duration = Duration::from_millis(20);
+const EVICTION_WAIT_STEPS: usize = 50;
+
+/// The public listener's open connections, for the one idle longest to be closed when a
+/// newcomer finds every slot taken. Without it, `max_connections / max_connections_per_source`
+/// sources (16 at the defaults) each keeping its share open with a request every few seconds
+/// held every public connection: deliveries, setup returns and the clouds' JWKS fetches were
+/// closed after their handshake. Now such connections, idle between their requests, make
+/// room; only connections kept busy with requests all the time cannot be closed.
+#[derive(Default)]
+struct IdleConnections {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<HashMap<u64, OpenConnection>>,
+}
+
+/// A connection's activity, and how to ask it to close.
+type OpenConnection = (Arc<Activity>, Arc<tokio::sync::Notify>);
+
+/// A connection's place in [`IdleConnections`], given up when dropped.
+struct Evictable(Arc<IdleConnections>, u64);
+
+impl IdleConnections {
+    fn register(
+        self: &Arc<Self>,
+        activity: Arc<Activity>,
+        close: Arc<tokio::sync::Notify>,
+    ) -> Evictable {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, (activity, close));
+        Evictable(self.clone(), id)
+    }
+
+    /// Asks the connection idle longest, at least `floor`, to close (it leaves the list at
+    /// once, so no other newcomer counts on it); whether there was one.
+    fn close_longest_idle(&self, floor: Duration) -> bool {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let longest = open
+            .iter()
+            .filter_map(|(id, (activity, _))| {
+                activity
+                    .idle_for()
+                    .filter(|idle| *idle >= floor)
+                    .map(|idle| (idle, *id))
+            })
+            .max();
+        let Some((_, id)) = longest else {
+            return false;
+        };
+        if let Some((_, close)) = open.remove(&id) {
+            close.notify_one();
+        }
+        true
+    }
+}
+
+impl Drop for Evictable {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.1);
+    }
 }
 
 /// Requests in progress on one connection and when the last one ended.
