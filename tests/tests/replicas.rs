@@ -779,35 +779,44 @@ async fn a_record_forged_onto_a_running_replicas_chain_is_never_signed() {
     assert_eq!(errors, 1, "{logs}");
 }
 
-/// Someone who can write the database plants a checkpoint row past a running replica's
-/// chain end. Taken as the chain's last signed point when the writer next reads its tail (a
-/// reconnect), it would have the writer sign nothing more, leaving every later record open to
+/// Someone who can write the database plants a checkpoint row on a running replica's chain:
+/// past its end, or in place of its last checkpoint (a line that does not verify). Taken as
+/// the chain's last signed point when the writer next reads its tail (a reconnect), either
+/// would have the writer sign nothing (more, or up to it), leaving those records open to
 /// rewriting: the writer refuses it and fails closed, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkpoint_row_planted_past_the_end_fails_the_writer_closed() {
-    let (_tmp, pki, set) = seeded(TestPostgres::start(), 1).await;
-    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
-    served(&mut w1, 3).await;
-    let sql = set.sql().await;
-    sql.execute(
-        "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES (1, 9000000000000000000, 'planted')",
-        &[],
-    )
-    .await
-    .unwrap();
-    // Every connection of the broker's cut: the writer connects again and reads its tail.
-    sql.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'credbroker%' AND datname = current_database()",
-        &[],
-    )
-    .await
-    .unwrap();
-    for _ in 0..4 {
-        let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
-        assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{v}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+async fn checkpoint_rows_planted_on_a_running_chain_fail_the_writer_closed() {
+    for (plant, logged) in [
+        (
+            "INSERT INTO credbroker_audit_checkpoints (replica, seq, line) VALUES (1, 9000000000000000000, 'planted')",
+            "which no broker wrote",
+        ),
+        (
+            "UPDATE credbroker_audit_checkpoints SET line = 'planted' WHERE replica = 1 AND seq = (SELECT max(seq) FROM credbroker_audit_checkpoints WHERE replica = 1)",
+            "does not verify over its record",
+        ),
+    ] {
+        let (_tmp, pki, set) = seeded(TestPostgres::start(), 1).await;
+        let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+        served(&mut w1, 3).await;
+        // Signed (checkpoint_interval_s = 1).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let sql = set.sql().await;
+        assert_eq!(sql.execute(plant, &[]).await.unwrap(), 1, "{plant}");
+        // Every connection of the broker's cut: the writer connects again and reads its tail.
+        sql.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'credbroker%' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+        for _ in 0..4 {
+            let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+            assert_eq!((s, code(&v)), (503, "audit_unavailable"), "{plant}: {v}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        set.daemons[0].wait_log(logged, 1).await;
     }
-    set.daemons[0].wait_log("which no broker wrote", 1).await;
 }
 
 /// On the shared store the file log still holds what offline commands record (an operator

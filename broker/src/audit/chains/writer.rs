@@ -217,31 +217,84 @@ async fn check_owned_tail(
     Ok(())
 }
 
-async fn read_tail(client: &Client, replica: u32) -> Result<ChainTail, String> {
+/// The end of `replica`'s chain and its last signed checkpoint at or before that end, which
+/// must verify (`verifier`) over the record it names. Anything else fails the writer closed:
+/// a checkpoint row past the end (one the key signed: records removed after it; one it did
+/// not: a row no broker wrote), or a last checkpoint that does not verify over its record.
+/// Taken as the chain's last signed point, such a row would have this writer sign nothing up
+/// to it (or nothing more), leaving those records open to rewriting.
+async fn read_tail(
+    client: &Client,
+    replica: u32,
+    verifier: &crate::keys::AuditVerifier,
+) -> Result<ChainTail, String> {
     let (seq, hash) = last_record(client, replica).await?;
-    // The last checkpoint at or before the chain's end. One past it covers a record no
-    // broker wrote: taken as this chain's last, it would have this writer sign nothing more
-    // (every later record "already covered"), and whoever planted it could rewrite the
-    // unsigned records at leisure. It fails the writer closed instead.
-    let row = client
-        .query_one(
-            "SELECT COALESCE(max(seq) FILTER (WHERE seq <= $2), 0), COALESCE(max(seq), 0) FROM credbroker_audit_checkpoints WHERE replica = $1",
+    let db = |e: tokio_postgres::Error| format!("database: {e}");
+    // Two index lookups (an aggregate with a filter would read every checkpoint row).
+    let last_at_or_before = client
+        .query_opt(
+            "SELECT seq, line FROM credbroker_audit_checkpoints WHERE replica = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1",
             &[&replica_i32(replica), &seq_i64(seq)],
         )
         .await
-        .map_err(|e| format!("database: {e}"))?;
-    let at_or_before: i64 = row.try_get(0).map_err(|e| format!("database: {e}"))?;
-    let last: i64 = row.try_get(1).map_err(|e| format!("database: {e}"))?;
-    if last > at_or_before {
-        return Err(format!(
-            "{}: replica {replica}'s chain ends at {seq} but a checkpoint row claims record {last}, which no broker wrote; nothing is written until it is examined (runbooks/audit-unavailable.md)",
-            super::NOT_WRITTEN_BY_US
-        ));
+        .map_err(db)?;
+    let past_end = client
+        .query_opt(
+            "SELECT seq, line FROM credbroker_audit_checkpoints WHERE replica = $1 AND seq > $2 ORDER BY seq DESC LIMIT 1",
+            &[&replica_i32(replica), &seq_i64(seq)],
+        )
+        .await
+        .map_err(db)?;
+    let parsed = |row: &tokio_postgres::Row| -> (u64, Option<Checkpoint>) {
+        let at = row
+            .try_get::<_, i64>(0)
+            .ok()
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0);
+        let cp = row
+            .try_get::<_, &str>(1)
+            .ok()
+            .and_then(|l| serde_json::from_str::<Checkpoint>(l).ok())
+            .filter(|c| c.seq == at && c.verifies(verifier));
+        (at, cp)
+    };
+    if let Some(row) = past_end {
+        let (at, cp) = parsed(&row);
+        return Err(match cp {
+            Some(_) => format!(
+                "replica {replica}'s chain ends at {seq} but its signed checkpoint names record {at}: records were removed from it (nothing is written until it is examined; runbooks/audit-unavailable.md)"
+            ),
+            None => format!(
+                "{}: replica {replica}'s chain ends at {seq} but a checkpoint row claims record {at}, which no broker wrote; nothing is written until it is examined (runbooks/audit-unavailable.md)",
+                super::NOT_WRITTEN_BY_US
+            ),
+        });
     }
+    let checkpoint_seq = match last_at_or_before {
+        None => 0,
+        Some(row) => {
+            let (at, cp) = parsed(&row);
+            let covered = if at == seq {
+                Some(hash.clone())
+            } else {
+                super::line_at(client, replica, at)
+                    .await?
+                    .and_then(|l| serde_json::from_str::<AuditRecord>(&l).ok())
+                    .map(|r| r.hash)
+            };
+            if cp.is_none_or(|c| Some(&c.hash) != covered.as_ref()) {
+                return Err(format!(
+                    "{}: replica {replica}'s checkpoint row at {at} does not verify over its record, which no broker wrote; nothing is written until it is examined (runbooks/audit-unavailable.md)",
+                    super::NOT_WRITTEN_BY_US
+                ));
+            }
+            at
+        }
+    };
     Ok(ChainTail {
         seq,
         hash,
-        checkpoint_seq: u64::try_from(at_or_before).unwrap_or(0),
+        checkpoint_seq,
     })
 }
 
@@ -259,7 +312,7 @@ impl DbWriter {
         self.settle().await?;
         if self.tail.is_none() {
             let client = self.client.as_ref().ok_or("no database connection")?;
-            let found = read_tail(client, self.owner.replica).await?;
+            let found = read_tail(client, self.owner.replica, &self.signer.verifier()).await?;
             self.take_up(found).await?;
         }
         Ok(())
@@ -412,6 +465,7 @@ impl DbWriter {
         let (cp, line) = self.checkpoint_line(tail.seq, &tail.hash)?;
         // Never sign over a record that is not (or no longer) there.
         let replica = replica_i32(self.owner.replica);
+        let verifier = self.signer.verifier();
         let tx = self.owned_transaction(&tail).await?;
         let inserted = tx
             .execute(
@@ -434,7 +488,7 @@ impl DbWriter {
                 .try_get::<_, &str>(0)
                 .ok()
                 .and_then(|l| serde_json::from_str::<Checkpoint>(l).ok())
-                .is_some_and(|c| c.seq == cp.seq && c.hash == cp.hash);
+                .is_some_and(|c| c.seq == cp.seq && c.hash == cp.hash && c.verifies(&verifier));
             if !same {
                 return Err(format!(
                     "{}: replica {}'s checkpoint row at {} was already there and covers another record; nothing is signed over it (runbooks/audit-unavailable.md)",

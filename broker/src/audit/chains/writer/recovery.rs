@@ -248,7 +248,7 @@ impl DbWriter {
             .is_some_and(|l| l == *last);
         // The tail, now that the batch's fate is final: the batch's records are this
         // writer's when it committed.
-        let found = read_tail(client, self.owner.replica).await?;
+        let found = read_tail(client, self.owner.replica, &self.signer.verifier()).await?;
         if committed {
             for line in lines.iter() {
                 if let Ok(rec) = serde_json::from_str::<AuditRecord>(line) {
