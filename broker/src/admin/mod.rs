@@ -255,6 +255,9 @@ struct RotationState {
     /// When each binding's waiting pending version was last said (apart from `last_tried`:
     /// once the operator promotes or destroys it, the rotation is not held back an hour).
     last_warned: std::collections::HashMap<String, Instant>,
+    /// Owed upstream revocations (`binding/version`) that failed: when last tried, and how
+    /// many times in a row.
+    revoke_failures: std::collections::HashMap<String, (Instant, u32)>,
 }
 
 impl RotationState {

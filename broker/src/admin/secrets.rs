@@ -367,6 +367,13 @@ impl AdminService {
         }
         let mut plan = Plan::new(String::new(), Value::Null);
         let mut destroyed = Vec::new();
+        // Versions whose upstream revocation was still owed: destroyed, the broker can no
+        // longer make it, so the record says so.
+        let owed: Vec<String> = doomed
+            .iter()
+            .filter(|v| v.value.upstream_revocation_owed)
+            .map(|v| v.version.to_string())
+            .collect();
         for v in &doomed {
             plan.batch.remove(v);
             destroyed.push(v.version);
@@ -392,6 +399,13 @@ impl AdminService {
                 ""
             }
         );
+        if !owed.is_empty() {
+            plan.detail = format!(
+                "{}; the upstream revocation of version(s) {} was still owed and will not be made: revoke them at the source",
+                plan.detail,
+                owed.join(",")
+            );
+        }
         plan.response = json!({
             "binding": binding.id.as_str(),
             "destroyed_versions": destroyed,

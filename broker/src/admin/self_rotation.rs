@@ -239,6 +239,24 @@ impl AdminService {
         let refuse = |e: ApiError| (e, None);
         let binding = self.binding_or_404(id).await.map_err(refuse)?.value;
         let tenant = self.serving_tenant(&binding).await.map_err(refuse)?;
+        // At most one revocation owed per binding: an instance that fails every revocation
+        // (or hands out PATs close to expiry, so a rotation is due every hour) must not pile
+        // up live PATs, each retried at every tick. The rotation waits for the one owed.
+        let versions = self
+            .core
+            .records
+            .secret_versions(&binding.id)
+            .await
+            .map_err(|e| refuse(super::store_err(e)))?;
+        if let Some(v) = versions.iter().find(|v| {
+            v.value.upstream_revocation_owed
+                && v.value.state == crate::model::SecretState::Superseded
+        }) {
+            return Err(refuse(ApiError::new(
+                ErrorCode::Conflict,
+                format!("binding {id} still owes the upstream revocation of version {}: the rotation creates nothing until it is made (retried at every [secrets] gc_interval_s tick), or until the version is destroyed (after revoking it at the source)", v.version),
+            )));
+        }
         // A pending version that passed its probe, or is not probed yet (an operator's or an
         // intake's, or another rotation's successor), is not replaced: nothing is created.
         if let Some(p) = binding.pending_secret_version {
@@ -631,8 +649,12 @@ impl AdminService {
                     settled.upstream_revocation_owed = false;
                     let mut batch = crate::store::Batch::new();
                     batch.replace(&read, &settled);
-                    if let Ok(receipt) = self.commit_audited(ev.clone(), batch, &[]).await {
-                        return Ok(receipt);
+                    match self.commit_audited(ev.clone(), batch, &[]).await {
+                        Ok(receipt) => return Ok(receipt),
+                        // A record was written (the change refused with the event's detail as
+                        // planned, or the event itself before a failed commit): not twice.
+                        Err((_, Some(receipt))) => return Ok(receipt),
+                        Err((_, None)) => {}
                     }
                 }
             }
@@ -648,7 +670,9 @@ impl AdminService {
         let owed = match self
             .core
             .records
-            .keyed_secret_metas_where(|m| m.upstream_revocation_owed)
+            .keyed_secret_metas_where(|m| {
+                m.upstream_revocation_owed && m.state == crate::model::SecretState::Superseded
+            })
             .await
         {
             Ok(owed) => owed,
@@ -665,10 +689,33 @@ impl AdminService {
             let Ok(id) = crate::ids::BindingId::parse(&meta.binding) else {
                 continue;
             };
-            match self
+            // An upstream that keeps failing is asked less and less often: after k failed
+            // attempts, not before 2^k seconds (at most an hour) since the last.
+            let key = format!("{id}/{}", meta.version);
+            let waits = self.rotations.lock().ok().is_some_and(|r| {
+                r.revoke_failures.get(&key).is_some_and(|(at, failures)| {
+                    at.elapsed()
+                        < std::time::Duration::from_secs(
+                            1u64.checked_shl(*failures).unwrap_or(u64::MAX).min(3600),
+                        )
+                })
+            });
+            if waits {
+                continue;
+            }
+            let made = self
                 .claimed(id.as_str(), self.revoke_owed_one(&id, meta.version))
-                .await
-            {
+                .await;
+            if let Ok(mut r) = self.rotations.lock() {
+                if matches!(made, Ok(true)) {
+                    r.revoke_failures.remove(&key);
+                } else {
+                    let failures = r.revoke_failures.get(&key).map_or(0, |f| f.1);
+                    r.revoke_failures
+                        .insert(key, (std::time::Instant::now(), failures.saturating_add(1)));
+                }
+            }
+            match made {
                 Ok(true) => settled += 1,
                 Ok(false) => {}
                 Err((e, _)) => {
@@ -699,7 +746,10 @@ impl AdminService {
             .secret_version(id, version)
             .await
             .map_err(|e| refuse(super::store_err(e)))?;
-        let Some(read) = read.filter(|r| r.value.upstream_revocation_owed) else {
+        let Some(read) = read.filter(|r| {
+            r.value.upstream_revocation_owed
+                && r.value.state == crate::model::SecretState::Superseded
+        }) else {
             return Ok(false);
         };
         let provider = self
@@ -741,11 +791,35 @@ impl AdminService {
             &active,
             self.core.mint_timeout(),
         );
-        let revoked = rotation.revoke(&request, &old).await;
         let request_id = crate::server::new_request_id();
         let mut ev = Self::event("credbroker:rotation", &request_id, "secret.revoke_upstream");
         ev.tenant = Some(binding.tenant.to_string());
         ev.binding = Some(binding.id.to_string());
+        // The same PAT in service again (an operator pasted the old one back and promoted
+        // it, as a rollback): revoking it would cut the binding off. Not revoked, and no
+        // longer owed.
+        let in_service = self.serves_same_pat(&binding, &old, &active).await;
+        if let Some(serving) = in_service {
+            ev.outcome = "allowed".into();
+            ev.detail = Some(format!("binding={id} the superseded secret (version {version}) was NOT revoked upstream: the same PAT is in service again as version {serving}"));
+            return self
+                .settle_revocation(id, Some(version), ev)
+                .await
+                .map(|_| true)
+                .map_err(|()| {
+                    refuse(ApiError::new(
+                        ErrorCode::AuditUnavailable,
+                        "audit log unavailable",
+                    ))
+                });
+        }
+        let mut revoked = rotation.revoke(&request, &old).await;
+        // Not found among the active PAT's user's (the active secret is another user's, an
+        // operator's paste since): the old PAT revokes itself, as a withdrawn successor does.
+        if matches!(revoked, Ok(false)) && Self::other_users(&binding, &read.value) {
+            let own = mint_request(&binding, &bound, &narrowing, &old, self.core.mint_timeout());
+            revoked = rotation.revoke(&own, &old).await;
+        }
         let (outcome, said) = match &revoked {
             Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was revoked upstream")),
             Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was NOT revoked upstream: the upstream found no PAT of this user under its id (already gone, or not this PAT's id); revoke it at the source if it is live")),
@@ -766,6 +840,49 @@ impl AdminService {
                     "audit log unavailable",
                 ))
             })
+    }
+
+    /// The version (active or pending) of `binding` whose secret is the PAT `old` again
+    /// (the same `token_id`), if any.
+    async fn serves_same_pat(
+        &self,
+        binding: &crate::model::Binding,
+        old: &SecretFields,
+        active: &SecretFields,
+    ) -> Option<u32> {
+        let old_id = old.expose("token_id")?;
+        let same = |s: &SecretFields| s.expose("token_id").is_some_and(|i| i == old_id);
+        if same(active) {
+            return binding.active_secret_version;
+        }
+        let pending = binding.pending_secret_version?;
+        let read = self
+            .core
+            .records
+            .secret_version(&binding.id, pending)
+            .await
+            .ok()??;
+        let opened = self.core.open_sealed(binding, &read.value).ok()?;
+        same(&opened).then_some(pending)
+    }
+
+    /// Whether the binding's active secret (its last probe) and `old` (the probe of that
+    /// version) name different users: a PAT of one user is not found among another's.
+    fn other_users(binding: &crate::model::Binding, old: &crate::model::SecretVersion) -> bool {
+        let user = |facts: Option<&Value>| {
+            facts
+                .and_then(|f| f.get("user"))
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty() && *u != "?")
+                .map(str::to_owned)
+        };
+        match (
+            user(binding.trust_facts.as_ref()),
+            user(old.probe.as_ref().and_then(|p| p.facts.as_ref())),
+        ) {
+            (Some(now), Some(then)) => now != then,
+            _ => false,
+        }
     }
 
     /// Self-rotates every binding whose provider says its secret is due (its last probe saw
