@@ -436,6 +436,31 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
         .unwrap();
     // Another local user's process reaches loopback too: it is refused, unless allowed.
     assert_eq!(token_status_as(65534, &host), "403");
+    // Nor can it hold the endpoint: its connections that send nothing (more than the 16 the
+    // endpoint serves at once) take no slot, and the endpoint's own user is still served.
+    let mut holder = KillOnDrop(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args([
+                "/bin/bash",
+                "-c",
+                "h=${1%:*}; p=${1##*:}; for i in $(seq 24); do exec {fd}<>\"/dev/tcp/$h/$p\" || exit 1; done; echo held; sleep 60",
+                "holder",
+                &host,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    assert_eq!(token_status_as(0, &host), "200");
+    drop(holder);
     drop(server);
     let (allowing, allowing_host) = metadata_server(&worker_env, &["--allow-uid", "65534"]);
     assert_eq!(token_status_as(65534, &allowing_host), "200");
@@ -507,6 +532,8 @@ fn token_status_as(uid: u32, host: &str) -> String {
             "/dev/null",
             "-w",
             "%{http_code}",
+            "--max-time",
+            "5",
             "-H",
             "Metadata-Flavor: Google",
             &format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token"),

@@ -376,35 +376,48 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
         }
         eprintln!("tokens only for local processes of uid {allowed:?}");
         let allowed = std::sync::Arc::new(allowed);
-        // Each connection may make a resolve (a TLS connection to the broker and an audit
-        // record there): a local process opening many is held to a few at a time. One
-        // request per connection (no keep-alive), so an idle pooled connection holds no slot.
+        // Each connection of an allowed user may make a resolve (a TLS connection to the
+        // broker and an audit record there): a local process opening many is held to a few
+        // at a time. One request per connection (no keep-alive), so an idle pooled connection
+        // holds no slot. A slot is taken only once the connection's user is known to be
+        // allowed: another local user's connections that send nothing (another tenant's
+        // worker on a shared host) would otherwise hold every slot for their 10 s header
+        // deadline, and the allowed processes' metadata requests time out behind them.
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        // The socket-table lookups run a few at a time (each reads the kernel's table).
+        let lookups = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let stop = tokio::signal::ctrl_c();
         tokio::pin!(stop);
         loop {
-            let slot = tokio::select! {
-                slot = std::sync::Arc::clone(&slots).acquire_owned() => slot.map_err(|e| e.to_string())?,
-                _ = &mut stop => return Ok(ExitCode::SUCCESS),
-            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => accepted.map_err(|e| e.to_string())?,
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),
             };
             let args = std::sync::Arc::clone(&args);
             let allowed = std::sync::Arc::clone(&allowed);
+            let slots = std::sync::Arc::clone(&slots);
+            let lookups = std::sync::Arc::clone(&lookups);
             tokio::spawn(async move {
-                let _slot = slot;
                 // Who is asking, before anything is resolved: the kernel's socket table
                 // names the user owning the other end.
-                let uid = match stream.local_addr() {
-                    Ok(local) => tokio::task::spawn_blocking(move || connecting_uid(peer, local))
-                        .await
-                        .ok()
-                        .flatten(),
-                    Err(_) => None,
+                let uid = match (lookups.acquire_owned().await, stream.local_addr()) {
+                    (Ok(_lookup), Ok(local)) => {
+                        tokio::task::spawn_blocking(move || connecting_uid(peer, local))
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    _ => None,
                 };
                 let admitted = uid.is_some_and(|u| allowed.contains(&u));
+                let _slot = if admitted {
+                    match slots.acquire_owned().await {
+                        Ok(slot) => Some(slot),
+                        Err(_) => return,
+                    }
+                } else {
+                    None
+                };
                 if !admitted {
                     tracing::warn!(
                         uid = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
