@@ -444,7 +444,7 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
             .args([
                 "/bin/bash",
                 "-c",
-                "h=${1%:*}; p=${1##*:}; for i in $(seq 24); do exec {fd}<>\"/dev/tcp/$h/$p\" || exit 1; done; echo held; sleep 60",
+                "h=${1%:*}; p=${1##*:}; for i in $(seq 200); do exec {fd}<>\"/dev/tcp/$h/$p\" || exit 1; done; echo held; sleep 60",
                 "holder",
                 &host,
             ])

@@ -379,63 +379,84 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
         // Each connection of an allowed user may make a resolve (a TLS connection to the
         // broker and an audit record there): a local process opening many is held to a few
         // at a time. One request per connection (no keep-alive), so an idle pooled connection
-        // holds no slot. A slot is taken only once the connection's user is known to be
-        // allowed: another local user's connections that send nothing (another tenant's
-        // worker on a shared host) would otherwise hold every slot for their 10 s header
-        // deadline, and the allowed processes' metadata requests time out behind them.
+        // holds no slot. Another local user's connections (another tenant's worker on a
+        // shared host) take none of these: sending nothing, they would hold every slot for
+        // the 10 s header deadline and the allowed processes' requests would time out behind
+        // them. They are answered 403 a few at a time, within 2 s each, and any beyond those
+        // are closed at once (so they cannot hold this process's file descriptors either).
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        // The socket-table lookups run a few at a time (each reads the kernel's table).
-        let lookups = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let refusing = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        // Refusals are logged at most once in 10 s, with how many came since.
+        let (mut refusals_said, mut refused_since) = (None::<std::time::Instant>, 0u64);
         let stop = tokio::signal::ctrl_c();
         tokio::pin!(stop);
         loop {
             let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => accepted.map_err(|e| e.to_string())?,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors and the like: wait and go on, never exit.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),
             };
-            let args = std::sync::Arc::clone(&args);
-            let allowed = std::sync::Arc::clone(&allowed);
-            let slots = std::sync::Arc::clone(&slots);
-            let lookups = std::sync::Arc::clone(&lookups);
-            tokio::spawn(async move {
-                // Who is asking, before anything is resolved: the kernel's socket table
-                // names the user owning the other end.
-                let uid = match (lookups.acquire_owned().await, stream.local_addr()) {
-                    (Ok(_lookup), Ok(local)) => {
-                        tokio::task::spawn_blocking(move || connecting_uid(peer, local))
-                            .await
-                            .ok()
-                            .flatten()
-                    }
-                    _ => None,
-                };
-                let admitted = uid.is_some_and(|u| allowed.contains(&u));
-                let _slot = if admitted {
-                    match slots.acquire_owned().await {
-                        Ok(slot) => Some(slot),
-                        Err(_) => return,
-                    }
-                } else {
-                    None
-                };
-                if !admitted {
+            // Who is asking, before anything else: the kernel's socket table names the user
+            // owning the other end. One lookup at a time, here: another user's connections
+            // cost the allowed ones no more than their turn in the accept queue.
+            let uid = match stream.local_addr() {
+                Ok(local) => tokio::task::spawn_blocking(move || connecting_uid(peer, local))
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
+            let admitted = uid.is_some_and(|u| allowed.contains(&u));
+            if !admitted {
+                refused_since += 1;
+                if refusals_said.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
                     tracing::warn!(
                         uid = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
+                        refused = refused_since,
                         "a local process whose user is not allowed (--allow-uid) asked for a token; refused"
                     );
+                    (refusals_said, refused_since) = (Some(std::time::Instant::now()), 0);
                 }
+                let Ok(answering) = std::sync::Arc::clone(&refusing).try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _answering = answering;
+                    let service = service_fn(|_req: Request<Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(text(
+                            StatusCode::FORBIDDEN,
+                            "this process's user may not take tokens here (see --allow-uid)",
+                        ))
+                    });
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(std::time::Duration::from_secs(2))
+                            .keep_alive(false)
+                            .serve_connection(TokioIo::new(stream), service),
+                    )
+                    .await;
+                });
+                continue;
+            }
+            let args = std::sync::Arc::clone(&args);
+            let slots = std::sync::Arc::clone(&slots);
+            tokio::spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let args = std::sync::Arc::clone(&args);
-                    async move {
-                        Ok::<_, std::convert::Infallible>(if admitted {
-                            handle(&args, &req).await
-                        } else {
-                            text(
-                                StatusCode::FORBIDDEN,
-                                "this process's user may not take tokens here (see --allow-uid)",
-                            )
-                        })
-                    }
+                    async move { Ok::<_, std::convert::Infallible>(handle(&args, &req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
