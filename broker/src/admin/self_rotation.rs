@@ -15,6 +15,12 @@ use super::{as_strs, AdminOutcome, AdminService, Plan, RotationState};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
 
+/// How many upstream revocations a binding may owe before its self-rotation creates nothing
+/// more: an instance that fails every revocation (or hands out PATs close to expiry, so a
+/// rotation is due every hour) must not pile up live PATs, each retried at the ticks; one
+/// failing for a while (an outage) must not stop a PAT close to expiry from being rotated.
+const MAX_OWED_REVOCATIONS: usize = 3;
+
 /// How long a self-rotation's claim on its binding lasts among the replicas: past any run
 /// (each upstream step and the probe are bounded by the mint timeout), and what a broker
 /// killed mid-rotation holds the binding's rotations off for.
@@ -239,22 +245,25 @@ impl AdminService {
         let refuse = |e: ApiError| (e, None);
         let binding = self.binding_or_404(id).await.map_err(refuse)?.value;
         let tenant = self.serving_tenant(&binding).await.map_err(refuse)?;
-        // At most one revocation owed per binding: an instance that fails every revocation
-        // (or hands out PATs close to expiry, so a rotation is due every hour) must not pile
-        // up live PATs, each retried at every tick. The rotation waits for the one owed.
+        // At most MAX_OWED_REVOCATIONS owed per binding (see there).
         let versions = self
             .core
             .records
             .secret_versions(&binding.id)
             .await
             .map_err(|e| refuse(super::store_err(e)))?;
-        if let Some(v) = versions.iter().find(|v| {
-            v.value.upstream_revocation_owed
-                && v.value.state == crate::model::SecretState::Superseded
-        }) {
+        let owed: Vec<String> = versions
+            .iter()
+            .filter(|v| {
+                v.value.upstream_revocation_owed
+                    && v.value.state == crate::model::SecretState::Superseded
+            })
+            .map(|v| v.version.to_string())
+            .collect();
+        if owed.len() >= MAX_OWED_REVOCATIONS {
             return Err(refuse(ApiError::new(
                 ErrorCode::Conflict,
-                format!("binding {id} still owes the upstream revocation of version {}: the rotation creates nothing until it is made (retried at every [secrets] gc_interval_s tick), or until the version is destroyed (after revoking it at the source)", v.version),
+                format!("binding {id} still owes the upstream revocation of versions {}: the rotation creates nothing until one is made (retried at the [secrets] gc_interval_s ticks), or destroyed (after revoking it at the source)", owed.join(", ")),
             )));
         }
         // A pending version that passed its probe, or is not probed yet (an operator's or an
@@ -681,6 +690,14 @@ impl AdminService {
                 return 0;
             }
         };
+        // Failures of revocations no longer owed (made, destroyed) are forgotten.
+        if let Ok(mut r) = self.rotations.lock() {
+            let still: std::collections::HashSet<String> = owed
+                .iter()
+                .map(|(_, m)| format!("{}/{}", m.binding, m.version))
+                .collect();
+            r.revoke_failures.retain(|k, _| still.contains(k));
+        }
         let mut settled = 0;
         for (_, meta) in owed {
             if !self.core.replica.is_leader() || self.core.is_stopping() {
@@ -707,7 +724,8 @@ impl AdminService {
                 .claimed(id.as_str(), self.revoke_owed_one(&id, meta.version))
                 .await;
             if let Ok(mut r) = self.rotations.lock() {
-                if matches!(made, Ok(true)) {
+                // Settled, or nothing owed any more: forgotten. Refused or failed: counted.
+                if made.is_ok() {
                     r.revoke_failures.remove(&key);
                 } else {
                     let failures = r.revoke_failures.get(&key).map_or(0, |f| f.1);
@@ -827,9 +845,15 @@ impl AdminService {
         };
         ev.outcome = outcome.into();
         ev.detail = Some(said);
-        if revoked.is_err() {
-            let _ = self.core.audit.append(ev).await;
-            return Ok(false);
+        if let Err(e) = revoked {
+            let receipt = self.core.audit.append(ev).await.ok();
+            return Err((
+                ApiError::new(
+                    ErrorCode::ProviderUnavailable,
+                    format!("the upstream did not make the revocation: {e}"),
+                ),
+                receipt,
+            ));
         }
         self.settle_revocation(id, Some(version), ev)
             .await
@@ -850,8 +874,14 @@ impl AdminService {
         old: &SecretFields,
         active: &SecretFields,
     ) -> Option<u32> {
-        let old_id = old.expose("token_id")?;
-        let same = |s: &SecretFields| s.expose("token_id").is_some_and(|i| i == old_id);
+        // The same PAT: the same token (compared in constant time), or the same id (an id
+        // names one PAT).
+        let same = |s: &SecretFields| {
+            let by_token = matches!((s.expose("token"), old.expose("token")), (Some(a), Some(b))
+                if aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok());
+            let by_id = matches!((s.expose("token_id"), old.expose("token_id")), (Some(a), Some(b)) if a == b);
+            by_token || by_id
+        };
         if same(active) {
             return binding.active_secret_version;
         }
