@@ -427,13 +427,17 @@ pub fn spawn_role(
                 let not_afters = crate::certs::chain_not_afters(&chain);
                 let mut expires_at = not_afters.first().copied();
                 let mut ticks: u64 = 0;
+                let mut evicted = false;
                 loop {
                     tokio::select! {
                         _ = conn.as_mut() => return,
                         _ = shutdown_rx.changed() => break,
                         // Closed for a newcomer: the request in progress, if one started
-                        // since, is answered first.
-                        () = close.notified() => break,
+                        // since, is answered first, within a short grace.
+                        () = close.notified() => {
+                            evicted = true;
+                            break;
+                        }
                         changed = reloads.changed() => {
                             if changed.is_err() {
                                 continue;
@@ -474,7 +478,15 @@ pub fn spawn_role(
                     }
                 }
                 conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                // One closed for a newcomer gets a second: its client may have left a response
+                // unread (pipelined requests, nothing read), which would hold the slot the
+                // newcomer waits for.
+                let grace = if evicted {
+                    EVICTION_GRACE
+                } else {
+                    Duration::from_secs(10)
+                };
+                let _ = tokio::time::timeout(grace, conn).await;
             });
         }
     });
@@ -490,16 +502,21 @@ pub fn spawn_role(
 /// How long a public connection must have been idle (no request in progress) before a
 /// newcomer finding every slot taken may have it closed.
 const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
-/// How long, in steps, a newcomer waits for the slot of the connection closed for it.
+/// How long a connection closed for a newcomer has to finish what it is writing.
+const EVICTION_GRACE: Duration = Duration::from_secs(1);
+/// How long, in steps, a newcomer waits for the slot of the connection closed for it (past
+/// that grace).
 const EVICTION_WAIT_STEP: Duration = Duration::from_millis(20);
-const EVICTION_WAIT_STEPS: usize = 50;
+const EVICTION_WAIT_STEPS: usize = 75;
 
 /// The public listener's open connections, for the one idle longest to be closed when a
 /// newcomer finds every slot taken. Without it, `max_connections / max_connections_per_source`
 /// sources (16 at the defaults) each keeping its share open with a request every few seconds
 /// held every public connection: deliveries, setup returns and the clouds' JWKS fetches were
 /// closed after their handshake. Now such connections, idle between their requests, make
-/// room; only connections kept busy with requests all the time cannot be closed.
+/// room; only connections kept busy with requests all the time cannot be closed. (Idle is
+/// counted from when the handler answered: a response still unread by its client a second
+/// later, or a next request whose head is still arriving, may be cut.)
 #[derive(Default)]
 struct IdleConnections {
     next: std::sync::atomic::AtomicU64,
