@@ -228,6 +228,26 @@ async fn read_tail(
     replica: u32,
     verifier: &crate::keys::AuditVerifier,
 ) -> Result<ChainTail, String> {
+    // One snapshot for all of it: another broker taking the replica id over may commit
+    // records and a checkpoint between two of these reads, which would read as a checkpoint
+    // past the end.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    let read = read_tail_within(client, replica, verifier).await;
+    let ended = client.batch_execute("ROLLBACK").await;
+    let tail = read?;
+    ended.map_err(|e| format!("database: {e}"))?;
+    Ok(tail)
+}
+
+/// [`read_tail`]'s reads, in the snapshot it opened.
+async fn read_tail_within(
+    client: &Client,
+    replica: u32,
+    verifier: &crate::keys::AuditVerifier,
+) -> Result<ChainTail, String> {
     let (seq, hash) = last_record(client, replica).await?;
     let db = |e: tokio_postgres::Error| format!("database: {e}");
     // Two index lookups (an aggregate with a filter would read every checkpoint row).
