@@ -138,6 +138,17 @@ echo "== workload identity pool $POOL_ID"
 if gcloud iam workload-identity-pools describe "$POOL_ID" \
   --project="$PROJECT_ID" --location=global >/dev/null 2>&1; then
   echo "exists"
+  # The grant below names a subject of the pool, whichever of its providers vouches for it:
+  # another provider whose subject mapping takes a value someone else controls (a user name,
+  # an email) could vouch for ours. The pool must hold our provider alone.
+  others="$(gcloud iam workload-identity-pools providers list \
+    --project="$PROJECT_ID" --location=global --workload-identity-pool="$POOL_ID" \
+    --format='value(name.basename())')" ||
+    die "could not list the providers of pool $POOL_ID"
+  while IFS= read -r other; do
+    [[ -z "$other" || "$other" == "$PROVIDER_ID" ]] ||
+      die "pool $POOL_ID also holds provider $other: its subjects could be granted the account too; use a pool of its own for credbroker (--pool-id)"
+  done <<<"$others"
 else
   gcloud iam workload-identity-pools create "$POOL_ID" \
     --project="$PROJECT_ID" \

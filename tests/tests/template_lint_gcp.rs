@@ -268,6 +268,31 @@ fn the_script_federates_one_subject_to_one_read_only_account() {
         "{calls:#?}"
     );
 
+    // An existing pool holding another provider is refused before anything is granted: the
+    // grant names a subject of the pool, which that provider could vouch for.
+    let shared = "  *\"workload-identity-pools describe credbroker \"*) exit 0 ;;\n  *\"providers list \"*) printf 'credbroker\\nsso-idp\\n' ;;\n";
+    let (ok, out, calls) = run_script_with(&base, shared);
+    assert!(!ok, "{out}");
+    assert!(out.contains("also holds provider sso-idp"), "{out}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("add-iam-policy-binding") || c.contains("-oidc")),
+        "{calls:#?}"
+    );
+    // One holding ours alone is used.
+    let (ok, out, calls) = run_script_with(
+        &base,
+        "  *\"workload-identity-pools describe credbroker \"*) exit 0 ;;\n  *\"providers list \"*) echo credbroker ;;\n",
+    );
+    assert!(ok, "{out}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("workload-identity-pools create")),
+        "{calls:#?}"
+    );
+
     // Inline JWKS: the provider gets --jwk-json-path.
     let tmp = tempfile::tempdir().unwrap();
     let jwks = tmp.path().join("jwks.json");
