@@ -288,7 +288,7 @@ async fn audit_ids_do_not_count_requests() {
 /// Request ids are the broker's, never the client's: a worker that sends another request's id
 /// (to make its resolve look like someone else's in the logs and the audit log), or an
 /// anonymous client on the public listener sending one with a forged line, gets a fresh id —
-/// `req_`, the process's 16-digit prefix, then a counter, all lower-case hex — on every answer,
+/// `req_`, the process's 16-digit prefix, then its permuted counter, all lower-case hex — on every answer,
 /// and the resolve's audit record carries that id, never the one sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_choose_or_reuse_a_request_id() {
