@@ -646,8 +646,12 @@ impl Sink for DbWriter {
             }
             // Read the tail again at the next try (a chain whose end moved is taken up as it
             // is, as a batch would).
+            // The connection is dropped too, as on every other failure: a probe cut short by
+            // its deadline may have left it inside read_tail's snapshot, which every later
+            // statement on it would fail in.
             Err(e) => {
                 self.tail = None;
+                self.client = None;
                 tracing::debug!(error = %e, replica = self.owner.replica, "audit database still not writable");
             }
         }
