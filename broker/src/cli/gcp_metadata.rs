@@ -53,9 +53,10 @@ const THIS_HOST: procfs_core::ExplicitSystemInfo = procfs_core::ExplicitSystemIn
 };
 
 /// The user owning the client's end of the loopback connection from `peer` to `local`: the
-/// socket in the kernel's table of the listener's address family whose local address is
-/// `peer` and remote `local`. `None` when it is not found (the client already gone, no
-/// `/proc`).
+/// established socket in the kernel's table of the listener's address family whose local
+/// address is `peer` and remote `local`, held by a process (an inode). `None` when there is
+/// none (the client already gone, no `/proc`): a client that closed at once leaves an entry
+/// in TIME_WAIT, which the table shows as root's, and must not be taken for one.
 fn connecting_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     use procfs_core::FromReadSI;
     let same = |a: &SocketAddr, b: &SocketAddr| a.ip() == b.ip() && a.port() == b.port();
@@ -69,7 +70,12 @@ fn connecting_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     entries
         .0
         .iter()
-        .find(|e| same(&e.local_address, &peer) && same(&e.remote_address, &local))
+        .find(|e| {
+            same(&e.local_address, &peer)
+                && same(&e.remote_address, &local)
+                && e.state == procfs_core::net::TcpState::Established
+                && e.inode != 0
+        })
         .map(|e| e.uid)
 }
 
@@ -425,6 +431,9 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
                     (refusals_said, refused_since) = (Some(std::time::Instant::now()), 0);
                 }
                 let Ok(answering) = std::sync::Arc::clone(&refusing).try_acquire_owned() else {
+                    // Reset, not closed: no TIME_WAIT entry is left to grow the table every
+                    // lookup reads.
+                    let _ = stream.set_zero_linger();
                     drop(stream);
                     continue;
                 };
