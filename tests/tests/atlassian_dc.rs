@@ -271,7 +271,7 @@ async fn an_old_pat_whose_revocation_failed_is_revoked_later() {
 /// as not revoked, and the PAT keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owed_revocations_hold_rotations_and_spare_a_pat_back_in_service() {
-    let (_tmp, _pki, daemon, dc, mut op) = start("").await;
+    let (_tmp, pki, daemon, dc, mut op) = start("").await;
     let old = dc.state.issue("scanner", 60);
     bind(&mut op, &dc, &old.raw, Some(old.id)).await;
     *dc.state.delete_fails.lock().unwrap() = u32::MAX;
@@ -300,12 +300,49 @@ async fn owed_revocations_hold_rotations_and_spare_a_pat_back_in_service() {
         pats,
         "a PAT was created"
     );
-    // The old PAT pasted back (without its id) and promoted.
-    let (s, v) = rotate_and_promote(&mut op, "acme-jira", json!({"token": old.raw})).await;
-    assert_eq!(s, 200, "{v}");
+    // The old PAT pasted back (without its id), staged: the two other revocations are made at
+    // the next tick (gc_interval_s is 600 here: a restart runs one at once), but not version
+    // 1's while its PAT waits to be promoted (it may be destroyed instead: still owed).
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/secret/rotate",
+        Some(json!({"fields": {"token": old.raw}})),
+    )
+    .await;
+    assert_eq!((s, &v["probe"]["result"]), (200, &json!("passed")), "{v}");
+    let pending = v["version"].as_u64().unwrap();
     *dc.state.delete_fails.lock().unwrap() = 0;
-    // The next tick (gc_interval_s is 600 here): a restart runs one at once.
     let mut daemon = daemon;
+    daemon.restart();
+    let rotation_records = |daemon: &Daemon| {
+        daemon
+            .audit_records()
+            .into_iter()
+            .filter(|r| {
+                r["action"] == "secret.revoke_upstream" && r["actor"] == "credbroker:rotation"
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while rotation_records(&daemon).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "never revoked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let made = rotation_records(&daemon);
+    assert_eq!(made.len(), 2, "{made:#?}");
+    assert!(
+        !made
+            .iter()
+            .any(|r| r["detail"].as_str().unwrap().contains("(version 1)")),
+        "{made:#?}"
+    );
+    assert!(dc.state.pats.lock().unwrap().iter().any(|p| p.id == old.id));
+    // Promoted: settled as in service at the next tick, not revoked.
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, v) = promote(&mut op, "acme-jira", pending).await;
+    assert_eq!(s, 200, "{v}");
     daemon.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

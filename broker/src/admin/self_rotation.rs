@@ -816,10 +816,32 @@ impl AdminService {
         // The same PAT in service again (an operator pasted the old one back and promoted
         // it, as a rollback): revoking it would cut the binding off. Not revoked, and no
         // longer owed.
-        let in_service = self.serves_same_pat(&binding, &old, &active).await;
-        if let Some(serving) = in_service {
+        // The same PAT staged again (pending): nothing is revoked while it waits, and the
+        // revocation stays owed (the pending version may be destroyed, not promoted).
+        let in_service = match self.serves_same_pat(&binding, &old, &active).await {
+            Some((_, false)) => return Ok(false),
+            Some((serving, true)) => Some(serving),
+            None => None,
+        };
+        // Expired already (its declared expiry, a PAT's): nothing left to revoke.
+        let expired = read
+            .value
+            .expires_at
+            .as_deref()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .filter(|t| *t <= time::OffsetDateTime::now_utc());
+        let settled_without = match (in_service, expired) {
+            (Some(serving), _) => Some(format!(
+                "the same PAT is in service again as version {serving}"
+            )),
+            (None, Some(t)) => Some(format!("it expired at {}", crate::model::rfc3339(t))),
+            (None, None) => None,
+        };
+        if let Some(why) = settled_without {
             ev.outcome = "allowed".into();
-            ev.detail = Some(format!("binding={id} the superseded secret (version {version}) was NOT revoked upstream: the same PAT is in service again as version {serving}"));
+            ev.detail = Some(format!("binding={id} the superseded secret (version {version}) was NOT revoked upstream: {why}"));
             return self
                 .settle_revocation(id, Some(version), ev)
                 .await
@@ -866,14 +888,14 @@ impl AdminService {
             })
     }
 
-    /// The version (active or pending) of `binding` whose secret is the PAT `old` again
-    /// (the same `token_id`), if any.
+    /// The version of `binding` whose secret is the PAT `old` again (the same token or
+    /// `token_id`), if any, and whether it is the active one (else the pending one).
     async fn serves_same_pat(
         &self,
         binding: &crate::model::Binding,
         old: &SecretFields,
         active: &SecretFields,
-    ) -> Option<u32> {
+    ) -> Option<(u32, bool)> {
         // The same PAT: the same token (compared in constant time), or the same id (an id
         // names one PAT).
         let same = |s: &SecretFields| {
@@ -883,7 +905,7 @@ impl AdminService {
             by_token || by_id
         };
         if same(active) {
-            return binding.active_secret_version;
+            return binding.active_secret_version.map(|v| (v, true));
         }
         let pending = binding.pending_secret_version?;
         let read = self
@@ -893,7 +915,7 @@ impl AdminService {
             .await
             .ok()??;
         let opened = self.core.open_sealed(binding, &read.value).ok()?;
-        same(&opened).then_some(pending)
+        same(&opened).then_some((pending, false))
     }
 
     /// Whether the binding's active secret (its last probe) and `old` (the probe of that

@@ -130,7 +130,6 @@ impl AtlassianDc {
         b: &DcBinding,
         token: &str,
         id: &str,
-        itself: bool,
         budget: Duration,
     ) -> Result<bool, ProviderError> {
         let url = format!("{}/rest/pat/latest/tokens/{id}", b.base);
@@ -140,7 +139,6 @@ impl AtlassianDc {
         match a.status {
             204 | 200 => Ok(true),
             404 => Ok(false),
-            401 if itself => Ok(false),
             s => Err(denied(format!(
                 "Data Center refused to revoke a PAT (HTTP {s})"
             ))),
@@ -220,7 +218,7 @@ impl AtlassianDc {
             Some(ids) => {
                 let mut revoked = 0;
                 for id in &ids {
-                    if matches!(self.delete_pat(b, token, id, false, budget).await, Ok(true)) {
+                    if matches!(self.delete_pat(b, token, id, budget).await, Ok(true)) {
                         revoked += 1;
                     }
                 }
@@ -528,14 +526,8 @@ impl SelfRotation for AtlassianDc {
         else {
             return Ok(false);
         };
-        // A PAT revoking itself that the instance no longer takes (401) is gone already:
-        // revoked at the source, or expired.
-        let itself = old.expose("token").is_some_and(|t| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(t.as_bytes(), token.as_bytes())
-                .is_ok()
-        });
         // Not found: already gone, or not this user's; either way not revoked by us.
-        self.delete_pat(b, token, id, itself, request.timeout).await
+        self.delete_pat(b, token, id, request.timeout).await
     }
 
     /// Due when the PAT API exists and the recorded `expiring_at` is within
