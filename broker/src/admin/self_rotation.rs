@@ -823,11 +823,16 @@ impl AdminService {
             Some((serving, true)) => Some(serving),
             None => None,
         };
-        // Expired already (its declared expiry, a PAT's): nothing left to revoke.
+        // Expired already, as the instance itself said when the version was probed (its
+        // PAT API's `expiringAt`; an operator's declared `expires_at` is a claim, not proof):
+        // nothing left to revoke.
         let expired = read
             .value
-            .expires_at
-            .as_deref()
+            .probe
+            .as_ref()
+            .and_then(|p| p.facts.as_ref())
+            .and_then(|f| f.get("expiring_at"))
+            .and_then(Value::as_str)
             .and_then(|t| {
                 time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
             })
@@ -888,21 +893,19 @@ impl AdminService {
             })
     }
 
-    /// The version of `binding` whose secret is the PAT `old` again (the same token or
-    /// `token_id`), if any, and whether it is the active one (else the pending one).
+    /// The version of `binding` whose secret is the PAT `old` again (the same token), if
+    /// any, and whether it is the active one (else the pending one).
     async fn serves_same_pat(
         &self,
         binding: &crate::model::Binding,
         old: &SecretFields,
         active: &SecretFields,
     ) -> Option<(u32, bool)> {
-        // The same PAT: the same token (compared in constant time), or the same id (an id
-        // names one PAT).
+        // The same PAT: the same token, compared in constant time (a pasted `token_id` is a
+        // claim: another token pasted with the old one's id must not spare the old one).
         let same = |s: &SecretFields| {
-            let by_token = matches!((s.expose("token"), old.expose("token")), (Some(a), Some(b))
-                if aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok());
-            let by_id = matches!((s.expose("token_id"), old.expose("token_id")), (Some(a), Some(b)) if a == b);
-            by_token || by_id
+            matches!((s.expose("token"), old.expose("token")), (Some(a), Some(b))
+                if aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok())
         };
         if same(active) {
             return binding.active_secret_version.map(|v| (v, true));
