@@ -380,6 +380,18 @@ pub fn serve(args: &GcpMetadataArgs) -> Result<ExitCode, String> {
         if allowed.is_empty() {
             allowed.push(rustix::process::getuid().as_raw());
         }
+        // Inside a user namespace the socket table shows every user the namespace does not
+        // map as the kernel's overflow uid (65534, `nobody`): allowing it, by name or by
+        // running as it, allows all of them.
+        let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .unwrap_or(65_534);
+        if allowed.contains(&overflow) {
+            eprintln!(
+                "warning: uid {overflow} is the kernel's overflow uid: inside a user namespace every user it does not map shows as {overflow}, and is served too; run this as a user of its own"
+            );
+        }
         eprintln!("tokens only for local processes of uid {allowed:?}");
         let allowed = std::sync::Arc::new(allowed);
         // Each connection of an allowed user may make a resolve (a TLS connection to the
