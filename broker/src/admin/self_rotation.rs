@@ -231,6 +231,33 @@ impl AdminService {
         }
     }
 
+    /// `binding`'s provider, when it is configured and rotates its own secrets; refused
+    /// saying it `cannot` otherwise.
+    fn rotating_provider(
+        &self,
+        binding: &crate::model::Binding,
+        cannot: &str,
+    ) -> Result<Arc<dyn credbroker_providers::Provider>, ApiError> {
+        let provider = self
+            .core
+            .registry
+            .get(&binding.provider)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BindingInactive,
+                    "the binding's provider is not configured",
+                )
+            })?;
+        if provider.self_rotation().is_none() {
+            return Err(ApiError::bad_request(format!(
+                "provider {} {cannot}",
+                binding.provider
+            )));
+        }
+        Ok(provider)
+    }
+
     /// Whether a rotation is running in this process.
     pub(crate) fn rotations_running(&self) -> bool {
         self.rotations.lock().is_ok_and(|r| !r.running.is_empty())
@@ -283,22 +310,14 @@ impl AdminService {
             }
         }
         let provider = self
-            .core
-            .registry
-            .get(&binding.provider)
-            .cloned()
-            .ok_or_else(|| {
-                refuse(ApiError::new(
-                    ErrorCode::BindingInactive,
-                    "the binding's provider is not configured",
-                ))
-            })?;
-        let rotation = provider.self_rotation().ok_or_else(|| {
-            refuse(ApiError::bad_request(format!(
-                "provider {} cannot create its own successor secret: rotate with a pasted one",
-                binding.provider
-            )))
-        })?;
+            .rotating_provider(
+                &binding,
+                "cannot create its own successor secret: rotate with a pasted one",
+            )
+            .map_err(refuse)?;
+        let rotation = provider
+            .self_rotation()
+            .ok_or_else(|| refuse(ApiError::new(ErrorCode::Internal, "no self-rotation")))?;
         let started_from = binding.active_secret_version;
         let made = binding.made();
         let current = self
@@ -771,22 +790,11 @@ impl AdminService {
             return Ok(false);
         };
         let provider = self
-            .core
-            .registry
-            .get(&binding.provider)
-            .cloned()
-            .ok_or_else(|| {
-                refuse(ApiError::new(
-                    ErrorCode::BindingInactive,
-                    "the binding's provider is not configured",
-                ))
-            })?;
-        let rotation = provider.self_rotation().ok_or_else(|| {
-            refuse(ApiError::bad_request(format!(
-                "provider {} cannot revoke its own secrets",
-                binding.provider
-            )))
-        })?;
+            .rotating_provider(&binding, "cannot revoke its own secrets")
+            .map_err(refuse)?;
+        let rotation = provider
+            .self_rotation()
+            .ok_or_else(|| refuse(ApiError::new(ErrorCode::Internal, "no self-rotation")))?;
         // The active secret (the successor) authenticates the revocation of the one it
         // superseded, as in the rotation itself.
         let active = self
