@@ -152,7 +152,7 @@ pub fn check_claims(
             "tid",
             format!(
                 "token tid {:?} is not the bound tenant {tenant}",
-                claims.tid.as_deref().unwrap_or("(none)")
+                crate::quoted(claims.tid.as_deref().unwrap_or("(none)"), 64)
             ),
         ));
     }
@@ -165,7 +165,7 @@ pub fn check_claims(
             "iss",
             format!(
                 "token iss {:?} does not name the bound tenant {tenant}",
-                claims.iss.as_deref().unwrap_or("(none)")
+                crate::quoted(claims.iss.as_deref().unwrap_or("(none)"), 128)
             ),
         ));
     }
@@ -180,7 +180,7 @@ pub fn check_claims(
             "appid",
             format!(
                 "token appid/azp {:?} is not our client id",
-                app.unwrap_or("(none)")
+                crate::quoted(app.unwrap_or("(none)"), 64)
             ),
         ));
     }
@@ -377,6 +377,16 @@ mod tests {
                 .check,
             "tid"
         );
+        // An upstream's long claim is quoted short: a token endpoint cannot bloat the
+        // refusal (an audit record, a worker's error) with kilobytes of its own text.
+        for claim in ["tid", "iss", "appid"] {
+            let mut other = ok.clone();
+            other[claim] = serde_json::json!("x".repeat(10_000));
+            let refused =
+                check_claims(&decode_claims(&jwt(&other)).unwrap(), T, app, &hosts()).unwrap_err();
+            assert_eq!(refused.check, claim);
+            assert!(refused.message.len() < 300, "{}", refused.message.len());
+        }
         let mut other = ok.clone();
         other["appid"] = serde_json::json!(oid);
         assert_eq!(
