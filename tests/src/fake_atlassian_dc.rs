@@ -80,10 +80,14 @@ fn json_response(status: u16, v: &Value) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
+/// A time as Data Center writes it: milliseconds and a `+0000` offset (not RFC 3339's
+/// `+00:00` or `Z`).
 fn rfc(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].000+0000"
+        ))
         .unwrap()
 }
 

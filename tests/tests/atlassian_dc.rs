@@ -377,6 +377,38 @@ async fn owed_revocations_hold_rotations_and_spare_a_pat_back_in_service() {
     );
 }
 
+/// The expiry the instance reports for a PAT (`expiringAt`, in Data Center's own form:
+/// `….000+0000`, not RFC 3339) flags the binding in the inventory as expiring soon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instances_pat_expiry_flags_the_inventory() {
+    let (_tmp, _pki, _daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 3);
+    let v = bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    let reported = v["binding"]["trust_facts"]["expiring_at"].as_str().unwrap();
+    assert!(reported.ends_with(".000+0000"), "{v}");
+    let (s, inv) = call(
+        &mut op,
+        Method::GET,
+        "/v1/admin/inventory?expiring_s=604800",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{inv}");
+    let row = inv["inventory"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "binding" && i["id"] == "acme-jira")
+        .unwrap_or_else(|| panic!("{inv}"));
+    assert!(
+        row["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("expiring_soon")),
+        "{row}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pat_close_to_expiry_is_rotated_by_the_broker() {
     let (_tmp, _pki, daemon, dc, mut op) = start("[secrets]\ngc_interval_s = 1\n").await;

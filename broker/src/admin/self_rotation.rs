@@ -841,9 +841,7 @@ impl AdminService {
             .and_then(|p| p.facts.as_ref())
             .and_then(|f| f.get("expiring_at"))
             .and_then(Value::as_str)
-            .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
+            .and_then(credbroker_providers::atlassian_dc::parse_time)
             .filter(|t| *t <= time::OffsetDateTime::now_utc());
         let settled_without = match (in_service, expired) {
             (Some(serving), _) => Some(format!(

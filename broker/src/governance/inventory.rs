@@ -97,13 +97,14 @@ fn parse(t: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
 }
 
-/// The expiry a provider's probe reported (Data Center PATs: `expiring_at`).
+/// The expiry a provider's probe reported (Data Center PATs: `expiring_at`, as the instance
+/// wrote it: `2026-12-31T10:00:00.000+0000`, which strict RFC 3339 refuses).
 fn upstream_expiry(b: &Binding) -> Option<OffsetDateTime> {
     b.trust_facts
         .as_ref()
         .and_then(|f| f.get("expiring_at"))
         .and_then(|v| v.as_str())
-        .and_then(parse)
+        .and_then(credbroker_providers::atlassian_dc::parse_time)
 }
 
 /// Rows flagged, by flag and kind: every flag and kind present, zero when none.
