@@ -101,7 +101,15 @@ pub(super) fn decode_payload<T: serde::de::DeserializeOwned>(token: &str) -> Res
     if !value.is_object() {
         return Err("token payload is not a JSON object".into());
     }
-    serde_json::from_value(value).map_err(|e| format!("token claims malformed: {e}"))
+    // serde's message quotes a wrong-typed value whole (up to the token's size): the claim's
+    // position is enough.
+    serde_json::from_value(value).map_err(|e| {
+        format!(
+            "token claims malformed (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })
 }
 
 /// The tenant GUID an `iss` names: v1 `https://{host}/{guid}/`, v2
@@ -194,7 +202,10 @@ pub fn check_claims(
         if t != "app" {
             return Err(fail(
                 "idtyp",
-                format!("token idtyp {t:?} is not an app-only token"),
+                format!(
+                    "token idtyp {:?} is not an app-only token",
+                    crate::quoted(t, 32)
+                ),
             ));
         }
     }
@@ -379,7 +390,7 @@ mod tests {
         );
         // An upstream's long claim is quoted short: a token endpoint cannot bloat the
         // refusal (an audit record, a worker's error) with kilobytes of its own text.
-        for claim in ["tid", "iss", "appid"] {
+        for claim in ["tid", "iss", "appid", "idtyp"] {
             let mut other = ok.clone();
             other[claim] = serde_json::json!("x".repeat(10_000));
             let refused =
