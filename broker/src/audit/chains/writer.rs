@@ -707,11 +707,11 @@ impl AuditLog {
         let unsigned_tail = match &verified {
             Ok(tail) => *tail,
             Err(_) => {
-                let signed = super::checkpoints(&snapshot, owner.replica)
+                let signed = super::last_checkpoint(&snapshot, owner.replica)
                     .await
                     .ok()
-                    .and_then(|c| c.last().map(|c| c.seq))
-                    .unwrap_or(0);
+                    .flatten()
+                    .map_or(0, |c| c.seq);
                 start_end
                     .as_ref()
                     .ok()
