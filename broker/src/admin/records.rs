@@ -529,8 +529,20 @@ impl AdminService {
                         plan.batch.release_identifier(&identifier);
                     }
                 }
+                let mut owed = Vec::new();
                 for v in r.secret_versions(&b.id).await.map_err(store_err)? {
+                    if v.value.upstream_revocation_owed {
+                        owed.push(v.version.to_string());
+                    }
                     plan.batch.remove(&v);
+                }
+                // Revocations still owed upstream die with the binding: the record says so.
+                if !owed.is_empty() {
+                    plan.detail = format!(
+                        "{}; the upstream revocation of secret version(s) {} was still owed and will not be made: revoke them at the source",
+                        plan.detail,
+                        owed.join(",")
+                    );
                 }
                 // Its open intake links die with it (a re-created id is another binding).
                 for (key, link) in r.intake_links().await.map_err(store_err)? {

@@ -743,7 +743,8 @@ impl AdminService {
                 .claimed(id.as_str(), self.revoke_owed_one(&id, meta.version))
                 .await;
             if let Ok(mut r) = self.rotations.lock() {
-                // Settled, or nothing owed any more: forgotten. Refused or failed: counted.
+                // Settled, nothing owed any more, or waiting on the same PAT staged again (no
+                // call made): forgotten. Refused or failed: counted.
                 if made.is_ok() {
                     r.revoke_failures.remove(&key);
                 } else {
@@ -873,7 +874,7 @@ impl AdminService {
         }
         let (outcome, said) = match &revoked {
             Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was revoked upstream")),
-            Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was NOT revoked upstream: the upstream found no PAT of this user under its id (already gone, or not this PAT's id); revoke it at the source if it is live")),
+            Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was NOT revoked upstream: its id is unknown (pasted without token_id), or the upstream found no PAT of this user under it (already gone, or not this PAT's id); revoke it at the source if it is live")),
             Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {version}) upstream, owed by its self-rotation, failed again: {e}; tried again at the next tick (or revoke it at the source)")),
         };
         ev.outcome = outcome.into();
