@@ -104,13 +104,13 @@ fn repeats(text: &[u8], secret: &[u8], fold: fn(&u8) -> u8) -> bool {
 pub fn echoes(text: &str, sent: &[&str]) -> bool {
     // The copies of a secret made are the form-encoded one and the table of its runs, both
     // wiped.
-    let same = |b: &u8| *b;
+    let as_is = |b: &u8| *b;
     sent.iter().any(|s| {
         let encoded = zeroize::Zeroizing::new(
             form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>(),
         );
-        repeats(text.as_bytes(), s.as_bytes(), same)
-            || repeats(text.as_bytes(), encoded.as_bytes(), same)
+        repeats(text.as_bytes(), s.as_bytes(), as_is)
+            || repeats(text.as_bytes(), encoded.as_bytes(), as_is)
     })
 }
 

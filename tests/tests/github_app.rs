@@ -2033,7 +2033,7 @@ async fn sources_keeping_their_share_open_cannot_hold_the_public_listener() {
     )
     .await;
     let url = env.daemon.public_url.clone().unwrap();
-    // Two sources hold all eight connections, each used once (so none is new) and idle since.
+    // Two sources hold all eight connections, each used once and idle since.
     let mut held = Vec::new();
     for source in ["127.0.0.1", "127.0.0.2"] {
         for _ in 0..4 {
