@@ -5,7 +5,6 @@
 //! The only plaintext listener is the optional loopback health listener (`health.rs`):
 //! `/healthz` and `/readyz`, nothing else.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,19 +26,26 @@ use crate::config::Limits;
 use crate::identity::{peer_identity, PeerIdentity};
 use crate::tls::ReloadableTls;
 
+mod activity;
 mod bodies;
 mod detached;
 mod health;
 mod mtls;
 mod public;
+mod request_id;
 
 pub use health::spawn_health;
 
+use activity::{
+    Activity, IdleConnections, EVICTABLE_AFTER, EVICTION_GRACE, EVICTION_WAIT_STEP,
+    EVICTION_WAIT_STEPS,
+};
 use bodies::MtlsBodies;
 use detached::{acknowledge_first, to_completion};
 use mtls::{handle, Pools};
 
 use public::{handle_public, PUBLIC_BODY_BUDGET_KIB};
+pub use request_id::new_request_id;
 
 /// Seconds between re-checks of an open connection's client chain (besides its expiry and
 /// every reload).
@@ -73,53 +79,6 @@ impl RunningServer {
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(grace, self.connections.acquire_many(all)).await;
     }
-}
-
-/// A fresh request id: `req_` and 32 hex digits — a random 64-bit prefix drawn once per
-/// process, then a counter under a keyed permutation. Unique (not secret): a correlation
-/// handle for logs and audit. Drawing 16 random bytes per request was ~2 % of the resolve
-/// path's CPU; the counter as it is told anyone polling `/healthz` on the public listener
-/// how many requests the broker served in between (tenants' job times, operators' work).
-pub fn new_request_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    // `req_` and the prefix's digits, formatted once.
-    static PREFIX: OnceLock<String> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
-        let mut b = [0u8; 8];
-        let prefix = if aws_lc_rs::rand::fill(&mut b).is_err() {
-            // Uniqueness across restarts still holds well enough from the clock.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            t as u64
-        } else {
-            u64::from_be_bytes(b)
-        };
-        format!("req_{prefix:016x}")
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut id = String::with_capacity(prefix.len() + 16);
-    id.push_str(prefix);
-    crate::hex_text::push_hex(&mut id, &permuted(n).to_be_bytes());
-    id
-}
-
-/// `n` under a permutation of the 64-bit numbers keyed once per process (a four-round
-/// Feistel network over its halves, SipHash with random keys as the round function):
-/// distinct counters stay distinct ids, and consecutive ones look unrelated.
-fn permuted(n: u64) -> u64 {
-    use std::hash::BuildHasher;
-    use std::sync::OnceLock;
-    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    let keys = KEYS.get_or_init(std::collections::hash_map::RandomState::new);
-    let (mut left, mut right) = ((n >> 32) as u32, n as u32);
-    for round in 0u8..4 {
-        let f = keys.hash_one((round, right)) as u32;
-        (left, right) = (right, left ^ f);
-    }
-    (u64::from(left) << 32) | u64::from(right)
 }
 
 /// Starts serving on `listener`.
@@ -499,135 +458,6 @@ pub fn spawn_role(
     })
 }
 
-/// How long a public connection must have been idle (no request in progress) before a
-/// newcomer finding every slot taken may have it closed.
-const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
-/// How long a connection closed for a newcomer has to finish what it is writing.
-const EVICTION_GRACE: Duration = Duration::from_secs(1);
-/// How long, in steps, a newcomer waits for the slot of the connection closed for it (past
-/// that grace).
-const EVICTION_WAIT_STEP: Duration = Duration::from_millis(20);
-const EVICTION_WAIT_STEPS: usize = 75;
-
-/// The public listener's open connections, for the one idle longest to be closed when a
-/// newcomer finds every slot taken. Without it, `max_connections / max_connections_per_source`
-/// sources (16 at the defaults) each keeping its share open with a request every few seconds
-/// held every public connection: deliveries, setup returns and the clouds' JWKS fetches were
-/// closed after their handshake. Now such connections, idle between their requests, make
-/// room; only connections kept busy with requests all the time cannot be closed. (Idle is
-/// counted from when the handler answered: a response still unread by its client a second
-/// later, or a next request whose head is still arriving, may be cut.)
-#[derive(Default)]
-struct IdleConnections {
-    next: std::sync::atomic::AtomicU64,
-    open: std::sync::Mutex<HashMap<u64, OpenConnection>>,
-}
-
-/// A connection's activity, and how to ask it to close.
-type OpenConnection = (Arc<Activity>, Arc<tokio::sync::Notify>);
-
-/// A connection's place in [`IdleConnections`], given up when dropped.
-struct Evictable(Arc<IdleConnections>, u64);
-
-impl IdleConnections {
-    fn register(
-        self: &Arc<Self>,
-        activity: Arc<Activity>,
-        close: Arc<tokio::sync::Notify>,
-    ) -> Evictable {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, (activity, close));
-        Evictable(self.clone(), id)
-    }
-
-    /// Asks the connection idle longest, at least `floor`, to close (it leaves the list at
-    /// once, so no other newcomer counts on it); whether there was one.
-    fn close_longest_idle(&self, floor: Duration) -> bool {
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let longest = open
-            .iter()
-            .filter_map(|(id, (activity, _))| {
-                activity
-                    .idle_for()
-                    .filter(|idle| *idle >= floor)
-                    .map(|idle| (idle, *id))
-            })
-            .max();
-        let Some((_, id)) = longest else {
-            return false;
-        };
-        if let Some((_, close)) = open.remove(&id) {
-            close.notify_one();
-        }
-        true
-    }
-}
-
-impl Drop for Evictable {
-    fn drop(&mut self) {
-        self.0
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.1);
-    }
-}
-
-/// Requests in progress on one connection and when the last one ended.
-struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    since: std::sync::Mutex<std::time::Instant>,
-}
-
-/// Marks a request in progress until dropped.
-struct Busy(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            since: std::sync::Mutex::new(std::time::Instant::now()),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Busy(self.clone())
-    }
-
-    /// How long the connection has had no request in progress, or `None` while one is.
-    fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            return None;
-        }
-        let since = *self
-            .since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Some(since.elapsed())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        *self
-            .0
-            .since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 struct GaugeGuard(Arc<Broker>);
 
 impl Drop for GaugeGuard {
@@ -678,43 +508,5 @@ fn plain_json(status: StatusCode, value: serde_json::Value) -> Answer {
     Answer {
         status,
         body: Zeroizing::new(serde_json::to_vec(&value).unwrap_or_default()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn request_ids_are_unique_and_well_formed() {
-        let a = super::new_request_id();
-        let b = super::new_request_id();
-        assert_ne!(a, b);
-        for id in [&a, &b] {
-            let hex = id.strip_prefix("req_").unwrap();
-            assert_eq!(hex.len(), 32);
-            assert!(hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
-        }
-        assert_eq!(a[..20], b[..20], "one process prefix");
-    }
-
-    /// The ids' last 16 digits tell nothing of how many requests came between two: the
-    /// counter is permuted, so consecutive ones are neither consecutive nor ordered, and
-    /// distinct counters stay distinct.
-    #[test]
-    fn request_ids_do_not_count_the_requests_between_them() {
-        let tail = |n: u64| super::permuted(n);
-        let mut seen = std::collections::HashSet::new();
-        let mut ascending = 0;
-        for n in 0..100_000u64 {
-            assert!(seen.insert(tail(n)), "two counters, one id");
-            if n > 0 && tail(n) > tail(n - 1) {
-                ascending += 1;
-            }
-            assert_ne!(tail(n + 1).wrapping_sub(tail(n)), 1);
-        }
-        // About half the steps go up, as for random numbers (not all of them).
-        assert!((45_000..55_000).contains(&ascending), "{ascending}");
-        for edge in [u64::MAX, u64::MAX - 1, 1 << 32, (1 << 32) - 1] {
-            assert!(seen.insert(tail(edge)) || edge < 100_000);
-        }
     }
 }
