@@ -74,17 +74,7 @@ impl AdminService {
     pub(super) async fn plan_intake_create(&self, n: NewIntake) -> Result<Plan, ApiError> {
         let stored = self.binding_or_404(&n.binding).await?;
         let b = stored.value;
-        let provider = self
-            .core
-            .registry
-            .get(&b.provider)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::BindingInactive,
-                    "the binding's provider is not configured",
-                )
-            })?;
+        let provider = self.provider_of(&b)?;
         if provider.secret_requirement() != SecretRequirement::Required {
             return Err(ApiError::bad_request(format!(
                 "provider {} is federated and takes no secret",

@@ -243,13 +243,8 @@ impl AdminService {
         signer: &crate::issuer::RecordingSigner,
     ) -> Result<credbroker_providers::ProbeReport, ProviderError> {
         let provider = self
-            .core
-            .registry
-            .get(&binding.provider)
-            .cloned()
-            .ok_or_else(|| {
-                ProviderError::InvalidConfig("the binding's provider is not configured".into())
-            })?;
+            .provider_of(binding)
+            .map_err(|e| ProviderError::InvalidConfig(e.message))?;
         let secret = match (provider.secret_requirement(), version) {
             (SecretRequirement::Required, None) => {
                 Some(self.core.open_active_secret(binding).await?)

@@ -90,6 +90,23 @@ impl AdminService {
         Ok(tenant)
     }
 
+    /// `binding`'s provider, or `binding_inactive` when this broker does not configure it.
+    pub(super) fn provider_of(
+        &self,
+        binding: &Binding,
+    ) -> Result<std::sync::Arc<dyn credbroker_providers::Provider>, ApiError> {
+        self.core
+            .registry
+            .get(&binding.provider)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BindingInactive,
+                    "the binding's provider is not configured",
+                )
+            })
+    }
+
     pub(super) async fn binding_or_404(&self, id: &str) -> Result<Stored<Binding>, ApiError> {
         let bid = BindingId::parse(id).map_err(ApiError::bad_request)?;
         self.core

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use credbroker_providers::{BindingContext, MintRequest, Narrowing, ProviderError, SecretFields};
 
-use super::{as_strs, AdminOutcome, AdminService, Plan, RotationState};
+use super::{as_strs, AdminOutcome, AdminService, Plan};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
 
@@ -26,7 +26,19 @@ const MAX_OWED_REVOCATIONS: usize = 3;
 /// killed mid-rotation holds the binding's rotations off for.
 const ROTATION_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
 
+mod owed;
+mod timer;
+
 type OpResult = Result<AdminOutcome, (ApiError, Option<AuditReceipt>)>;
+
+/// `provider`'s self-rotation (checked by `rotating_provider` before it is asked for).
+fn self_rotation_of(
+    provider: &dyn credbroker_providers::Provider,
+) -> Result<&dyn credbroker_providers::SelfRotation, ApiError> {
+    provider
+        .self_rotation()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "the provider has no self-rotation"))
+}
 
 fn mint_request<'a>(
     binding: &'a crate::model::Binding,
@@ -238,23 +250,10 @@ impl AdminService {
         binding: &crate::model::Binding,
         cannot: &str,
     ) -> Result<Arc<dyn credbroker_providers::Provider>, ApiError> {
-        let provider = self
-            .core
-            .registry
-            .get(&binding.provider)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::BindingInactive,
-                    "the binding's provider is not configured",
-                )
-            })?;
-        if provider.self_rotation().is_none() {
-            return Err(ApiError::bad_request(format!(
-                "provider {} {cannot}",
-                binding.provider
-            )));
-        }
+        let provider = self.provider_of(binding)?;
+        self_rotation_of(provider.as_ref()).map_err(|_| {
+            ApiError::bad_request(format!("provider {} {cannot}", binding.provider))
+        })?;
         Ok(provider)
     }
 
@@ -315,9 +314,7 @@ impl AdminService {
                 "cannot create its own successor secret: rotate with a pasted one",
             )
             .map_err(refuse)?;
-        let rotation = provider
-            .self_rotation()
-            .ok_or_else(|| refuse(ApiError::new(ErrorCode::Internal, "no self-rotation")))?;
+        let rotation = self_rotation_of(provider.as_ref()).map_err(refuse)?;
         let started_from = binding.active_secret_version;
         let made = binding.made();
         let current = self
@@ -654,376 +651,5 @@ impl AdminService {
             }
         ));
         let _ = self.core.audit.append(ev).await;
-    }
-
-    /// Records `ev`, the upstream's answer to the revocation of binding `id`'s superseded
-    /// `version`, and clears that version's owed mark in the same audited commit. When there
-    /// is no mark to clear (never set, or the version destroyed meanwhile) or that commit is
-    /// refused, the record alone (a mark left is found settled at the next tick).
-    ///
-    /// # Errors
-    /// When the audit log cannot record it.
-    async fn settle_revocation(
-        &self,
-        id: &crate::ids::BindingId,
-        version: Option<u32>,
-        ev: AuditEvent,
-    ) -> Result<AuditReceipt, ()> {
-        if let Some(version) = version {
-            let _guard = self.lock.lock().await;
-            if let Ok(Some(read)) = self.core.records.secret_version(id, version).await {
-                if read.value.upstream_revocation_owed {
-                    let mut settled = read.value.clone();
-                    settled.upstream_revocation_owed = false;
-                    let mut batch = crate::store::Batch::new();
-                    batch.replace(&read, &settled);
-                    match self.commit_audited(ev.clone(), batch, &[]).await {
-                        Ok(receipt) => return Ok(receipt),
-                        // A record was written (the change refused with the event's detail as
-                        // planned, or the event itself before a failed commit): not twice.
-                        Err((_, Some(receipt))) => return Ok(receipt),
-                        Err((_, None)) => {}
-                    }
-                }
-            }
-        }
-        self.core.audit.append(ev).await.map_err(|_| ())
-    }
-
-    /// Makes the upstream revocations self-rotations still owe (the broker stopped, or the
-    /// upstream failed, between a promotion and its revocation), each with its binding's
-    /// active secret under the binding's rotation claim, audited as `secret.revoke_upstream`
-    /// by `credbroker:rotation`. Returns how many were settled.
-    async fn revoke_owed(self: &Arc<Self>) -> usize {
-        let owed = match self
-            .core
-            .records
-            .keyed_secret_metas_where(|m| {
-                m.upstream_revocation_owed && m.state == crate::model::SecretState::Superseded
-            })
-            .await
-        {
-            Ok(owed) => owed,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the upstream revocations owed; will retry");
-                return 0;
-            }
-        };
-        // Failures of revocations no longer owed (made, destroyed) are forgotten.
-        if let Ok(mut r) = self.rotations.lock() {
-            let still: std::collections::HashSet<String> = owed
-                .iter()
-                .map(|(_, m)| format!("{}/{}", m.binding, m.version))
-                .collect();
-            r.revoke_failures.retain(|k, _| still.contains(k));
-        }
-        let mut settled = 0;
-        for (_, meta) in owed {
-            if !self.core.replica.is_leader() || self.core.is_stopping() {
-                break;
-            }
-            let Ok(id) = crate::ids::BindingId::parse(&meta.binding) else {
-                continue;
-            };
-            // An upstream that keeps failing is asked less and less often: after k failed
-            // attempts, not before 2^k seconds (at most an hour) since the last.
-            let key = format!("{id}/{}", meta.version);
-            let waits = self.rotations.lock().ok().is_some_and(|r| {
-                r.revoke_failures.get(&key).is_some_and(|(at, failures)| {
-                    at.elapsed()
-                        < std::time::Duration::from_secs(
-                            1u64.checked_shl(*failures).unwrap_or(u64::MAX).min(3600),
-                        )
-                })
-            });
-            if waits {
-                continue;
-            }
-            let made = self
-                .claimed(id.as_str(), self.revoke_owed_one(&id, meta.version))
-                .await;
-            if let Ok(mut r) = self.rotations.lock() {
-                // Settled, nothing owed any more, or waiting on the same PAT staged again (no
-                // call made): forgotten. Refused or failed: counted.
-                if made.is_ok() {
-                    r.revoke_failures.remove(&key);
-                } else {
-                    let failures = r.revoke_failures.get(&key).map_or(0, |f| f.1);
-                    r.revoke_failures
-                        .insert(key, (std::time::Instant::now(), failures.saturating_add(1)));
-                }
-            }
-            match made {
-                Ok(true) => settled += 1,
-                Ok(false) => {}
-                Err((e, _)) => {
-                    tracing::warn!(binding = %id, version = meta.version, code = %e.code, error = %e.message, "an owed upstream revocation could not be made; will retry");
-                }
-            }
-        }
-        settled
-    }
-
-    /// The owed revocation of binding `id`'s superseded `version`: whether it was settled
-    /// (the upstream answered, and the answer is on record).
-    async fn revoke_owed_one(
-        &self,
-        id: &crate::ids::BindingId,
-        version: u32,
-    ) -> Result<bool, (ApiError, Option<AuditReceipt>)> {
-        let refuse = |e: ApiError| (e, None);
-        let binding = self
-            .binding_or_404(id.as_str())
-            .await
-            .map_err(refuse)?
-            .value;
-        // Read again under the claim: settled meanwhile (by the rotation itself), or gone.
-        let read = self
-            .core
-            .records
-            .secret_version(id, version)
-            .await
-            .map_err(|e| refuse(super::store_err(e)))?;
-        let Some(read) = read.filter(|r| {
-            r.value.upstream_revocation_owed
-                && r.value.state == crate::model::SecretState::Superseded
-        }) else {
-            return Ok(false);
-        };
-        let provider = self
-            .rotating_provider(&binding, "cannot revoke its own secrets")
-            .map_err(refuse)?;
-        let rotation = provider
-            .self_rotation()
-            .ok_or_else(|| refuse(ApiError::new(ErrorCode::Internal, "no self-rotation")))?;
-        // The active secret (the successor) authenticates the revocation of the one it
-        // superseded, as in the rotation itself.
-        let active = self
-            .core
-            .open_active_secret(&binding)
-            .await
-            .map_err(|e| refuse(e.into()))?;
-        let old = self
-            .core
-            .open_sealed(&binding, &read.value)
-            .map_err(|e| refuse(e.into()))?;
-        let bound = provider
-            .bind(&binding.config, &binding.ceiling)
-            .map_err(|e| refuse(e.into()))?;
-        let narrowing = Narrowing::none();
-        let request = mint_request(
-            &binding,
-            &bound,
-            &narrowing,
-            &active,
-            self.core.mint_timeout(),
-        );
-        let request_id = crate::server::new_request_id();
-        let mut ev = Self::event("credbroker:rotation", &request_id, "secret.revoke_upstream");
-        ev.tenant = Some(binding.tenant.to_string());
-        ev.binding = Some(binding.id.to_string());
-        // The same PAT in service again (an operator pasted the old one back and promoted
-        // it, as a rollback): revoking it would cut the binding off. Not revoked, and no
-        // longer owed.
-        // The same PAT staged again (pending): nothing is revoked while it waits, and the
-        // revocation stays owed (the pending version may be destroyed, not promoted).
-        let in_service = match self.serves_same_pat(&binding, &old, &active).await {
-            Some((_, false)) => return Ok(false),
-            Some((serving, true)) => Some(serving),
-            None => None,
-        };
-        // Expired already, as the instance itself said when the version was probed (its
-        // PAT API's `expiringAt`; an operator's declared `expires_at` is a claim, not proof):
-        // nothing left to revoke.
-        let expired = read
-            .value
-            .probe
-            .as_ref()
-            .and_then(|p| p.facts.as_ref())
-            .and_then(|f| f.get("expiring_at"))
-            .and_then(Value::as_str)
-            .and_then(credbroker_providers::atlassian_dc::parse_time)
-            .filter(|t| *t <= time::OffsetDateTime::now_utc());
-        let settled_without = match (in_service, expired) {
-            (Some(serving), _) => Some(format!(
-                "the same PAT is in service again as version {serving}"
-            )),
-            (None, Some(t)) => Some(format!("it expired at {}", crate::model::rfc3339(t))),
-            (None, None) => None,
-        };
-        if let Some(why) = settled_without {
-            ev.outcome = "allowed".into();
-            ev.detail = Some(format!("binding={id} the superseded secret (version {version}) was NOT revoked upstream: {why}"));
-            return self
-                .settle_revocation(id, Some(version), ev)
-                .await
-                .map(|_| true)
-                .map_err(|()| {
-                    refuse(ApiError::new(
-                        ErrorCode::AuditUnavailable,
-                        "audit log unavailable",
-                    ))
-                });
-        }
-        let mut revoked = rotation.revoke(&request, &old).await;
-        // Not found among the active PAT's user's (the active secret is another user's, an
-        // operator's paste since): the old PAT revokes itself, as a withdrawn successor does.
-        if matches!(revoked, Ok(false)) && Self::other_users(&binding, &read.value) {
-            let own = mint_request(&binding, &bound, &narrowing, &old, self.core.mint_timeout());
-            revoked = rotation.revoke(&own, &old).await;
-        }
-        let (outcome, said) = match &revoked {
-            Ok(true) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was revoked upstream")),
-            Ok(false) => ("allowed", format!("binding={id} the superseded secret (version {version}), whose revocation its self-rotation owed, was NOT revoked upstream: its id is unknown (pasted without token_id), or the upstream found no PAT of this user under it (already gone, or not this PAT's id); revoke it at the source if it is live")),
-            Err(e) => ("failed", format!("binding={id} revoking the superseded secret (version {version}) upstream, owed by its self-rotation, failed again: {e}; tried again at the next tick (or revoke it at the source)")),
-        };
-        ev.outcome = outcome.into();
-        ev.detail = Some(said);
-        if let Err(e) = revoked {
-            let receipt = self.core.audit.append(ev).await.ok();
-            return Err((
-                ApiError::new(
-                    ErrorCode::ProviderUnavailable,
-                    format!("the upstream did not make the revocation: {e}"),
-                ),
-                receipt,
-            ));
-        }
-        self.settle_revocation(id, Some(version), ev)
-            .await
-            .map(|_| true)
-            .map_err(|()| {
-                refuse(ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "audit log unavailable",
-                ))
-            })
-    }
-
-    /// The version of `binding` whose secret is the PAT `old` again (the same token), if
-    /// any, and whether it is the active one (else the pending one).
-    async fn serves_same_pat(
-        &self,
-        binding: &crate::model::Binding,
-        old: &SecretFields,
-        active: &SecretFields,
-    ) -> Option<(u32, bool)> {
-        // The same PAT: the same token, compared in constant time (a pasted `token_id` is a
-        // claim: another token pasted with the old one's id must not spare the old one).
-        let same = |s: &SecretFields| {
-            matches!((s.expose("token"), old.expose("token")), (Some(a), Some(b))
-                if aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok())
-        };
-        if same(active) {
-            return binding.active_secret_version.map(|v| (v, true));
-        }
-        let pending = binding.pending_secret_version?;
-        let read = self
-            .core
-            .records
-            .secret_version(&binding.id, pending)
-            .await
-            .ok()??;
-        let opened = self.core.open_sealed(binding, &read.value).ok()?;
-        same(&opened).then_some((pending, false))
-    }
-
-    /// Whether the binding's active secret (its last probe) and `old` (the probe of that
-    /// version) name different users: a PAT of one user is not found among another's.
-    fn other_users(binding: &crate::model::Binding, old: &crate::model::SecretVersion) -> bool {
-        let user = |facts: Option<&Value>| {
-            facts
-                .and_then(|f| f.get("user"))
-                .and_then(Value::as_str)
-                .filter(|u| !u.is_empty() && *u != "?")
-                .map(str::to_owned)
-        };
-        match (
-            user(binding.trust_facts.as_ref()),
-            user(old.probe.as_ref().and_then(|p| p.facts.as_ref())),
-        ) {
-            (Some(now), Some(then)) => now != then,
-            _ => false,
-        }
-    }
-
-    /// Self-rotates every binding whose provider says its secret is due (its last probe saw
-    /// it close to expiry), after making the revocations earlier rotations still owe.
-    /// Returns how many were rotated.
-    pub async fn rotate_due(self: &Arc<Self>) -> usize {
-        let revoked = self.revoke_owed().await;
-        if revoked > 0 {
-            tracing::info!(
-                revoked,
-                "made upstream revocations owed by earlier self-rotations"
-            );
-        }
-        // One pass over the bindings, a row at a time: only the due ones are held.
-        let registry = self.core.registry.clone();
-        let due = move |b: &crate::model::Binding| {
-            b.status == crate::model::Status::Active
-                && b.trust_facts.as_ref().is_some_and(|facts| {
-                    registry
-                        .get(&b.provider)
-                        .and_then(|p| p.self_rotation().map(|r| r.due(facts)))
-                        .unwrap_or(false)
-                })
-        };
-        let bindings = match self.core.records.bindings_where(due).await {
-            Ok(b) => b,
-            Err(e) => {
-                // As the other periodic jobs: said, and tried again at the next tick.
-                tracing::warn!(error = %e, "could not read the bindings due for rotation; will retry");
-                return 0;
-            }
-        };
-        let mut rotated = 0;
-        for b in bindings {
-            // A replica that lost the lead meanwhile leaves the rest to the new leader; a
-            // stopping one leaves them to the next start.
-            if !self.core.replica.is_leader() || self.core.is_stopping() {
-                break;
-            }
-            // A pending version that passed its probe, or was not probed yet (an intake's
-            // submission whose probe could not run, a successor a stopped broker left),
-            // waits for an operator: said once an hour, as the secret nears its expiry. It
-            // does not spend the hour's attempt: once handled, the rotation runs at the next
-            // tick.
-            if let Some(p) = b.pending_secret_version {
-                let waits = matches!(self.core.records.secret_version(&b.id, p).await,
-                    Ok(Some(v)) if v.value.worth_keeping());
-                if waits {
-                    let said = self.rotations.lock().ok().is_none_or(|mut r| {
-                        RotationState::within_the_hour(&mut r.last_warned, b.id.as_str())
-                    });
-                    if !said {
-                        tracing::warn!(binding = %b.id, pending = p, "the secret is due for rotation but pending version waits: promote or destroy it (credbroker secret promote / destroy), or the secret expires in service");
-                    }
-                    continue;
-                }
-            }
-            // At most one automatic attempt per binding an hour (a failing upstream, or one
-            // that hands out PATs already close to expiry, is not hammered).
-            let recent = self.rotations.lock().ok().is_some_and(|mut r| {
-                RotationState::within_the_hour(&mut r.last_tried, b.id.as_str())
-            });
-            if recent {
-                continue;
-            }
-            let request_id = crate::server::new_request_id();
-            match self
-                .self_rotate(b.id.as_str(), "credbroker:rotation", &request_id)
-                .await
-            {
-                Ok(_) => {
-                    rotated += 1;
-                    tracing::info!(binding = %b.id, "secret rotated before expiry");
-                }
-                Err((e, _)) => {
-                    tracing::warn!(binding = %b.id, code = %e.code, error = %e.message, "automatic rotation failed; will retry");
-                }
-            }
-        }
-        rotated
     }
 }
