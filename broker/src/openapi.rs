@@ -187,7 +187,7 @@ fn operation(gen: &mut SchemaGenerator, route: &Route, method: &Method) -> Opera
                     "200",
                 ),
                 AdminEndpoint::SecretSelfRotate => (
-                    "Let the current secret create its successor upstream (Data Center PAT): stored pending, probed, promoted, the old one revoked upstream.",
+                    "Let the current secret create its successor upstream (Data Center PAT): stored pending, probed, promoted, the old one revoked upstream (owed until the instance answers, retried by the leader: revocation_owed). Refused with conflict while three revocations are owed.",
                     None,
                     "200",
                 ),

@@ -318,7 +318,8 @@ pub struct SecretWrite {
     #[arg(long, conflicts_with = "self_rotate")]
     from_stdin: bool,
     /// (rotate) Let the current secret create its successor upstream (Data Center PAT):
-    /// stored pending, probed, promoted, the old one revoked.
+    /// stored pending, probed, promoted, the old one revoked (owed until the instance
+    /// answers: retried by the leader; `revocation_owed` in the answer says so).
     #[arg(long = "self")]
     self_rotate: bool,
     /// When the secret itself expires (RFC 3339, e.g. a PAT's expiry date): the inventory
