@@ -380,6 +380,11 @@ pub struct SecretVersion {
 }
 
 impl SecretVersion {
+    /// Whether its upstream revocation is still owed (set only on a superseded version).
+    pub fn owes_revocation(&self) -> bool {
+        self.upstream_revocation_owed && self.state == SecretState::Superseded
+    }
+
     /// Whether a pending version is worth keeping for its promotion: it passed its last
     /// probe, or has not been probed yet. One that failed is replaced by the next write.
     pub fn worth_keeping(&self) -> bool {

@@ -546,21 +546,15 @@ impl AdminService {
                         plan.batch.release_identifier(&identifier);
                     }
                 }
-                let mut owed = Vec::new();
-                for v in r.secret_versions(&b.id).await.map_err(store_err)? {
-                    if v.value.upstream_revocation_owed {
-                        owed.push(v.version.to_string());
-                    }
-                    plan.batch.remove(&v);
+                let versions = r.secret_versions(&b.id).await.map_err(store_err)?;
+                for v in &versions {
+                    plan.batch.remove(v);
                 }
                 // Revocations still owed upstream die with the binding: the record says so.
-                if !owed.is_empty() {
-                    plan.detail = format!(
-                        "{}; the upstream revocation of secret version(s) {} was still owed and will not be made: revoke them at the source",
-                        plan.detail,
-                        owed.join(",")
-                    );
-                }
+                super::secrets::note_revocations_lost(
+                    &mut plan.detail,
+                    versions.iter().map(|v| &v.value),
+                );
                 // Its open intake links die with it (a re-created id is another binding).
                 for (key, link) in r.intake_links().await.map_err(store_err)? {
                     if link.value.binding == b.id.as_str() {

@@ -367,13 +367,6 @@ impl AdminService {
         }
         let mut plan = Plan::new(String::new(), Value::Null);
         let mut destroyed = Vec::new();
-        // Versions whose upstream revocation was still owed: destroyed, the broker can no
-        // longer make it, so the record says so.
-        let owed: Vec<String> = doomed
-            .iter()
-            .filter(|v| v.value.upstream_revocation_owed)
-            .map(|v| v.version.to_string())
-            .collect();
         for v in &doomed {
             plan.batch.remove(v);
             destroyed.push(v.version);
@@ -399,13 +392,7 @@ impl AdminService {
                 ""
             }
         );
-        if !owed.is_empty() {
-            plan.detail = format!(
-                "{}; the upstream revocation of version(s) {} was still owed and will not be made: revoke them at the source",
-                plan.detail,
-                owed.join(",")
-            );
-        }
+        note_revocations_lost(&mut plan.detail, doomed.iter().map(|v| &v.value));
         plan.response = json!({
             "binding": binding.id.as_str(),
             "destroyed_versions": destroyed,
@@ -516,8 +503,13 @@ impl AdminService {
             .core
             .records
             .keyed_secret_metas_where(move |v| {
-                !v.upstream_revocation_owed
-                    && past_overlap(v.state, v.superseded_at.as_deref(), overlap, now)
+                past_overlap(
+                    v.owes_revocation(),
+                    v.state,
+                    v.superseded_at.as_deref(),
+                    overlap,
+                    now,
+                )
             })
             .await
             .map_err(store_err)?;
@@ -528,13 +520,13 @@ impl AdminService {
             }
             match self.core.records.secret_version_at(&key).await {
                 Ok(Some(v))
-                    if !v.value.upstream_revocation_owed
-                        && past_overlap(
-                            v.value.state,
-                            v.value.superseded_at.as_deref(),
-                            overlap,
-                            now,
-                        ) =>
+                    if past_overlap(
+                        v.value.owes_revocation(),
+                        v.value.state,
+                        v.value.superseded_at.as_deref(),
+                        overlap,
+                        now,
+                    ) =>
                 {
                     out.push(v);
                 }
@@ -551,9 +543,38 @@ impl AdminService {
     }
 }
 
+/// Appends to `detail`, when any of the `destroyed` versions still owed its upstream
+/// revocation, that the broker can no longer make it (destroyed, or with its binding).
+pub(super) fn note_revocations_lost<'a>(
+    detail: &mut String,
+    destroyed: impl IntoIterator<Item = &'a SecretVersion>,
+) {
+    let owed: Vec<String> = destroyed
+        .into_iter()
+        .filter(|v| v.owes_revocation())
+        .map(|v| v.version.to_string())
+        .collect();
+    if !owed.is_empty() {
+        detail.push_str(&format!(
+            "; the upstream revocation of secret version(s) {} was still owed and will not be made: revoke them at the source",
+            owed.join(",")
+        ));
+    }
+}
+
 /// Whether a secret version in `state`, superseded at `superseded_at` (RFC 3339), is past
-/// the `overlap` (seconds) at `now` (Unix seconds).
-fn past_overlap(state: SecretState, superseded_at: Option<&str>, overlap: i64, now: i64) -> bool {
+/// the `overlap` (seconds) at `now` (Unix seconds) and may go: never while its upstream
+/// revocation is `owed` (destroyed, the broker could no longer make it).
+fn past_overlap(
+    owed: bool,
+    state: SecretState,
+    superseded_at: Option<&str>,
+    overlap: i64,
+    now: i64,
+) -> bool {
+    if owed {
+        return false;
+    }
     let since = superseded_at
         .and_then(|t| {
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
@@ -570,13 +591,52 @@ mod tests {
     fn only_a_superseded_version_past_its_overlap_is_due() {
         let at = "2026-12-01T00:00:00Z";
         let t = 1_796_083_200; // 2026-12-01T00:00:00Z
-        assert!(past_overlap(SecretState::Superseded, Some(at), 60, t + 60));
-        assert!(!past_overlap(SecretState::Superseded, Some(at), 60, t + 59));
-        assert!(!past_overlap(SecretState::Active, Some(at), 60, t + 3600));
-        assert!(!past_overlap(SecretState::Pending, Some(at), 60, t + 3600));
-        // No (or no readable) time: kept until destroyed by hand.
-        assert!(!past_overlap(SecretState::Superseded, None, 0, i64::MAX));
+        assert!(past_overlap(
+            false,
+            SecretState::Superseded,
+            Some(at),
+            60,
+            t + 60
+        ));
+        // Kept while its upstream revocation is owed, however long past.
         assert!(!past_overlap(
+            true,
+            SecretState::Superseded,
+            Some(at),
+            60,
+            i64::MAX
+        ));
+        assert!(!past_overlap(
+            false,
+            SecretState::Superseded,
+            Some(at),
+            60,
+            t + 59
+        ));
+        assert!(!past_overlap(
+            false,
+            SecretState::Active,
+            Some(at),
+            60,
+            t + 3600
+        ));
+        assert!(!past_overlap(
+            false,
+            SecretState::Pending,
+            Some(at),
+            60,
+            t + 3600
+        ));
+        // No (or no readable) time: kept until destroyed by hand.
+        assert!(!past_overlap(
+            false,
+            SecretState::Superseded,
+            None,
+            0,
+            i64::MAX
+        ));
+        assert!(!past_overlap(
+            false,
             SecretState::Superseded,
             Some("yesterday"),
             0,
@@ -584,6 +644,7 @@ mod tests {
         ));
         // An overlap too large to add never comes due.
         assert!(!past_overlap(
+            false,
             SecretState::Superseded,
             Some(at),
             i64::MAX,

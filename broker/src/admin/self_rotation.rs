@@ -31,15 +31,6 @@ mod timer;
 
 type OpResult = Result<AdminOutcome, (ApiError, Option<AuditReceipt>)>;
 
-/// `provider`'s self-rotation (checked by `rotating_provider` before it is asked for).
-fn self_rotation_of(
-    provider: &dyn credbroker_providers::Provider,
-) -> Result<&dyn credbroker_providers::SelfRotation, ApiError> {
-    provider
-        .self_rotation()
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "the provider has no self-rotation"))
-}
-
 fn mint_request<'a>(
     binding: &'a crate::model::Binding,
     bound: &'a credbroker_providers::Bound,
@@ -243,20 +234,6 @@ impl AdminService {
         }
     }
 
-    /// `binding`'s provider, when it is configured and rotates its own secrets; refused
-    /// saying it `cannot` otherwise.
-    fn rotating_provider(
-        &self,
-        binding: &crate::model::Binding,
-        cannot: &str,
-    ) -> Result<Arc<dyn credbroker_providers::Provider>, ApiError> {
-        let provider = self.provider_of(binding)?;
-        self_rotation_of(provider.as_ref()).map_err(|_| {
-            ApiError::bad_request(format!("provider {} {cannot}", binding.provider))
-        })?;
-        Ok(provider)
-    }
-
     /// Whether a rotation is running in this process.
     pub(crate) fn rotations_running(&self) -> bool {
         self.rotations.lock().is_ok_and(|r| !r.running.is_empty())
@@ -280,10 +257,7 @@ impl AdminService {
             .map_err(|e| refuse(super::store_err(e)))?;
         let owed: Vec<String> = versions
             .iter()
-            .filter(|v| {
-                v.value.upstream_revocation_owed
-                    && v.value.state == crate::model::SecretState::Superseded
-            })
+            .filter(|v| v.value.owes_revocation())
             .map(|v| v.version.to_string())
             .collect();
         if owed.len() >= MAX_OWED_REVOCATIONS {
@@ -308,13 +282,13 @@ impl AdminService {
                 )));
             }
         }
-        let provider = self
-            .rotating_provider(
-                &binding,
-                "cannot create its own successor secret: rotate with a pasted one",
-            )
-            .map_err(refuse)?;
-        let rotation = self_rotation_of(provider.as_ref()).map_err(refuse)?;
+        let provider = self.provider_of(&binding).map_err(refuse)?;
+        let rotation = provider.self_rotation().ok_or_else(|| {
+            refuse(ApiError::bad_request(format!(
+                "provider {} cannot create its own successor secret: rotate with a pasted one",
+                binding.provider
+            )))
+        })?;
         let started_from = binding.active_secret_version;
         let made = binding.made();
         let current = self

@@ -102,9 +102,7 @@ fn parse(t: &str) -> Option<OffsetDateTime> {
 fn upstream_expiry(b: &Binding) -> Option<OffsetDateTime> {
     b.trust_facts
         .as_ref()
-        .and_then(|f| f.get("expiring_at"))
-        .and_then(|v| v.as_str())
-        .and_then(credbroker_providers::atlassian_dc::parse_time)
+        .and_then(credbroker_providers::atlassian_dc::reported_expiry)
 }
 
 /// Rows flagged, by flag and kind: every flag and kind present, zero when none.

@@ -243,6 +243,14 @@ fn denied(message: String) -> ProviderError {
     }
 }
 
+/// The PAT expiry a probe reported in its facts (`expiring_at`, as the instance wrote it).
+pub fn reported_expiry(facts: &Value) -> Option<OffsetDateTime> {
+    facts
+        .get("expiring_at")
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+}
+
 /// Parses Data Center's `expiringAt` (RFC 3339, or with a `+0000` offset).
 pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
     let rfc = time::format_description::well_known::Rfc3339;
@@ -533,10 +541,7 @@ impl SelfRotation for AtlassianDc {
     /// Due when the PAT API exists and the recorded `expiring_at` is within
     /// `rotate_days_before_expiry` of now (evaluated now, not when the probe ran).
     fn due(&self, facts: &Value) -> bool {
-        let expiring = facts
-            .get("expiring_at")
-            .and_then(Value::as_str)
-            .and_then(parse_time);
+        let expiring = reported_expiry(facts);
         facts.get("pat_api").and_then(Value::as_bool) == Some(true)
             && expiring.is_some_and(|t| {
                 t - OffsetDateTime::now_utc()

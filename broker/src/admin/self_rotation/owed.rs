@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use credbroker_providers::{Narrowing, SecretFields};
 
-use super::{mint_request, self_rotation_of};
+use super::mint_request;
 use crate::admin::AdminService;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
@@ -57,9 +57,7 @@ impl AdminService {
         let owed = match self
             .core
             .records
-            .keyed_secret_metas_where(|m| {
-                m.upstream_revocation_owed && m.state == crate::model::SecretState::Superseded
-            })
+            .keyed_secret_metas_where(|m| m.owes_revocation())
             .await
         {
             Ok(owed) => owed,
@@ -143,16 +141,16 @@ impl AdminService {
             .secret_version(id, version)
             .await
             .map_err(|e| refuse(crate::admin::store_err(e)))?;
-        let Some(read) = read.filter(|r| {
-            r.value.upstream_revocation_owed
-                && r.value.state == crate::model::SecretState::Superseded
-        }) else {
+        let Some(read) = read.filter(|r| r.value.owes_revocation()) else {
             return Ok(false);
         };
-        let provider = self
-            .rotating_provider(&binding, "cannot revoke its own secrets")
-            .map_err(refuse)?;
-        let rotation = self_rotation_of(provider.as_ref()).map_err(refuse)?;
+        let provider = self.provider_of(&binding).map_err(refuse)?;
+        let rotation = provider.self_rotation().ok_or_else(|| {
+            refuse(ApiError::bad_request(format!(
+                "provider {} cannot revoke its own secrets",
+                binding.provider
+            )))
+        })?;
         // The active secret (the successor) authenticates the revocation of the one it
         // superseded, as in the rotation itself.
         let active = self
@@ -197,9 +195,7 @@ impl AdminService {
             .probe
             .as_ref()
             .and_then(|p| p.facts.as_ref())
-            .and_then(|f| f.get("expiring_at"))
-            .and_then(Value::as_str)
-            .and_then(credbroker_providers::atlassian_dc::parse_time)
+            .and_then(credbroker_providers::atlassian_dc::reported_expiry)
             .filter(|t| *t <= time::OffsetDateTime::now_utc());
         let settled_without = match (in_service, expired) {
             (Some(serving), _) => Some(format!(

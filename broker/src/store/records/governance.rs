@@ -162,6 +162,13 @@ pub struct SecretMeta {
     pub upstream_revocation_owed: bool,
 }
 
+impl SecretMeta {
+    /// As [`crate::model::SecretVersion::owes_revocation`].
+    pub fn owes_revocation(&self) -> bool {
+        self.upstream_revocation_owed && self.state == crate::model::SecretState::Superseded
+    }
+}
+
 impl Records {
     /// The metadata of the secret versions `keep` accepts, without their sealed material;
     /// the table is read one row at a time and only what is kept is held.
