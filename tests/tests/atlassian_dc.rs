@@ -377,6 +377,48 @@ async fn owed_revocations_hold_rotations_and_spare_a_pat_back_in_service() {
     );
 }
 
+/// An owed revocation the broker can no longer make (its version destroyed by an operator,
+/// or its binding removed) is named in that change's record, for the operator to make at the
+/// source: it does not vanish silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_revocation_dropped_by_an_operator_is_named() {
+    let (_tmp, _pki, daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    *dc.state.delete_fails.lock().unwrap() = u32::MAX;
+    let lost = |daemon: &Daemon, action: &str, version: u32| {
+        daemon.audit_records().iter().any(|r| {
+            r["action"] == action
+                && r["outcome"] == "allowed"
+                && r["detail"].as_str().unwrap().contains(&format!(
+                    "the upstream revocation of secret version(s) {version} was still owed and will not be made"
+                ))
+        })
+    };
+    let (s, v) = self_rotate(&mut op).await;
+    assert_eq!((s, &v["revocation_owed"]), (200, &json!(true)), "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::DELETE,
+        "/v1/admin/bindings/acme-jira/secret/1",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(lost(&daemon, "secret.destroy", 1));
+    let (s, v) = self_rotate(&mut op).await;
+    assert_eq!((s, &v["revocation_owed"]), (200, &json!(true)), "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::DELETE,
+        "/v1/admin/bindings/acme-jira",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(lost(&daemon, "binding.remove", 2));
+}
+
 /// The expiry the instance reports for a PAT (`expiringAt`, in Data Center's own form:
 /// `….000+0000`, not RFC 3339) flags the binding in the inventory as expiring soon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
