@@ -106,12 +106,18 @@ impl DcState {
 
     /// Mints a PAT for `user` valid `days`.
     pub fn issue(&self, user: &str, days: i64) -> FakePat {
+        self.issue_for_seconds(user, days * 86_400)
+    }
+
+    /// Mints a PAT for `user` valid `seconds` (the instance refuses it after that, and its
+    /// `expiringAt` says so).
+    pub fn issue_for_seconds(&self, user: &str, seconds: i64) -> FakePat {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         let pat = FakePat {
             id: n,
             raw: format!("NjQ{n:04}{:024x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             user: user.to_owned(),
-            expires: time::OffsetDateTime::now_utc().unix_timestamp() + days * 86_400,
+            expires: time::OffsetDateTime::now_utc().unix_timestamp() + seconds,
             name: format!("pat {n}"),
         };
         self.pats.lock().unwrap().push(pat.clone());

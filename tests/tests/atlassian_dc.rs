@@ -265,6 +265,76 @@ async fn an_old_pat_whose_revocation_failed_is_revoked_later() {
     assert_eq!(b["binding"]["active_secret_version"], 2, "{b}");
 }
 
+/// An owed revocation of a PAT the instance itself said expires (its PAT API's
+/// `expiringAt`, read at the probe) is settled once that time has passed, without a call:
+/// nothing is left to revoke, and the version may go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_revocation_of_an_expired_pat_is_settled_without_a_call() {
+    let (_tmp, _pki, daemon, dc, mut op) =
+        start("[secrets]\ngc_interval_s = 1\nsuperseded_overlap_s = 0\n").await;
+    let old = dc.state.issue_for_seconds("scanner", 5);
+    bind(&mut op, &dc, &old.raw, Some(old.id)).await;
+    *dc.state.delete_fails.lock().unwrap() = u32::MAX;
+    let (s, v) = self_rotate(&mut op).await;
+    assert_eq!((s, &v["revocation_owed"]), (200, &json!(true)), "{v}");
+    let revocations = |daemon: &Daemon| -> Vec<Value> {
+        daemon
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["action"] == "secret.revoke_upstream")
+            .collect()
+    };
+    let settled = |r: &Value| {
+        r["outcome"] == "allowed"
+            && r["detail"]
+                .as_str()
+                .unwrap()
+                .contains("was NOT revoked upstream: it expired at")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let records = loop {
+        let records = revocations(&daemon);
+        if records.iter().any(settled) {
+            break records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never settled: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Every call before the expiry failed (the instance refused the DELETE); none was made
+    // once the PAT had expired, and the settlement is the last word.
+    let (last, tried) = records.split_last().unwrap();
+    assert!(settled(last), "{records:#?}");
+    assert!(!tried.is_empty(), "{records:#?}");
+    assert!(
+        tried.iter().all(|r| r["outcome"] == "failed"),
+        "{records:#?}"
+    );
+    let settled_at = time::OffsetDateTime::parse(
+        last["time"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        settled_at.unix_timestamp() >= old.expires,
+        "settled before the PAT expired: {last}"
+    );
+    let deletes = || {
+        let requests = dc.state.requests.lock().unwrap();
+        requests.iter().filter(|r| r.starts_with("DELETE ")).count()
+    };
+    assert_eq!(deletes(), tried.len(), "{records:#?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        deletes(),
+        tried.len(),
+        "a revocation was tried after the settlement"
+    );
+    assert_eq!(revocations(&daemon).len(), records.len());
+}
+
 /// While three revocations are owed, no further rotation creates a PAT (live PATs do not
 /// pile up); and an owed revocation is never made of a PAT back in service (an operator
 /// pasted the old PAT again, without its id, and promoted it, as a rollback): it is settled

@@ -13,7 +13,7 @@ use credbroker_providers::{
 use super::{to_value, AdminOutcome, AdminService};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::audit::{AuditEvent, AuditReceipt};
-use crate::model::{now_rfc3339, Binding, Status};
+use crate::model::{now_rfc3339, Binding, Status, VersionProbe};
 use crate::store::records::IdentifierOwner;
 
 impl AdminService {
@@ -79,6 +79,19 @@ impl AdminService {
         };
         event.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         binding.last_tested_at = Some(now_rfc3339());
+        // The probe of the active version is that version's own too: what a passing one
+        // established (a PAT's expiry, as the upstream reported it) stays with the version
+        // once it is superseded, where an owed revocation of it is judged.
+        let active = match binding.active_secret_version {
+            Some(v) => self
+                .core
+                .records
+                .secret_version(&binding.id, v)
+                .await
+                .map_err(|e| refuse(super::store_err(e)))?,
+            None => None,
+        };
+        let (mut upstream_passed, mut established) = (false, None);
         let mut calls = String::new();
         let (outcome, error) = match result {
             Ok(report) => {
@@ -87,7 +100,9 @@ impl AdminService {
                 binding.last_probe = Some(format!("passed: {summary}"));
                 binding.trust_broken = false;
                 binding.drift = None;
+                upstream_passed = true;
                 if !report.facts.is_null() {
+                    established = Some(report.facts.clone());
                     binding.trust_facts = Some(report.facts);
                 }
                 if let Some(err) = held {
@@ -175,6 +190,24 @@ impl AdminService {
         ));
         let mut batch = crate::store::Batch::new();
         batch.replace(&stored, &binding);
+        if let Some(read) = &active {
+            let mut stamped = read.value.clone();
+            // A failed probe keeps what an earlier passing one established of this version.
+            let kept = stamped.probe.take().and_then(|p| p.facts);
+            stamped.probe = Some(VersionProbe {
+                passed: upstream_passed,
+                at: now_rfc3339(),
+                summary: binding
+                    .last_probe
+                    .as_deref()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(500)
+                    .collect(),
+                facts: established.or(kept),
+            });
+            batch.replace(read, &stamped);
+        }
         for identifier in &claims {
             // Absent when the batch commits, or it fails: of two probes proving one role at
             // once, on any replica, one activates.
