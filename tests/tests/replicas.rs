@@ -1465,6 +1465,74 @@ async fn audit_verify_ends_and_fails_on_rows_no_broker_wrote() {
     assert!(out.contains("replica -2"), "{out}");
 }
 
+/// Someone who can write the database breaks a chain with a row that does not parse, then
+/// adds rows past it claiming small sequence numbers (an operator's changes that never
+/// happened). `audit report` fails the chain and sums up only what preceded the failure: the
+/// planted rows, never checked, were counted among those records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_of_a_broken_chain_sums_up_only_what_verified() {
+    let (tmp, set, db) = seeded_signed_and_stopped().await;
+    let config = set.daemons[0].config.to_str().unwrap().to_owned();
+    let report_path = tmp.path().join("report.json");
+    let report = || {
+        let (c, out, err) = set.cli(&audit_to_file("report", &config, "--json", &report_path));
+        let text =
+            std::fs::read_to_string(&report_path).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (c, text)
+    };
+    let (c, text) = report();
+    assert_eq!(c, 0, "{text}");
+    let before: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let row = db
+        .query_one(
+            "SELECT replica, max(seq) FROM credbroker_audit GROUP BY replica",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (replica, end): (i32, i64) = (row.get(0), row.get(1));
+    let planted = |seq: i64, claimed: u64, action: &str| {
+        let mut record = credbroker::audit::AuditRecord {
+            replica: Some(u32::try_from(replica).unwrap()),
+            seq: claimed,
+            time: "2026-12-06T05:00:00.000000Z".into(),
+            event: credbroker::audit::AuditEvent {
+                kind: "admin".into(),
+                action: action.into(),
+                request_id: format!("req_planted{seq}"),
+                actor: "operator:mallory".into(),
+                outcome: "allowed".into(),
+                ..Default::default()
+            },
+            prev_hash: credbroker::audit::GENESIS_HASH.to_owned(),
+            hash: String::new(),
+        };
+        (seq, String::from_utf8(record.seal()).unwrap())
+    };
+    let mut rows = vec![(end + 1, "garbage".to_owned())];
+    rows.push(planted(end + 2, 3, "operator.add"));
+    rows.push(planted(end + 3, 4, "secret.set"));
+    for (seq, line) in &rows {
+        db.execute(
+            "INSERT INTO credbroker_audit (replica, seq, line) VALUES ($1, $2, $3)",
+            &[&replica, seq, line],
+        )
+        .await
+        .unwrap();
+    }
+    let (c, text) = report();
+    assert_eq!(c, 1, "{text}");
+    let after: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(after["verified"], false, "{after:#}");
+    assert!(
+        !text.contains("mallory"),
+        "planted rows were summed up: {text}"
+    );
+    for figure in ["records", "admin_changes_total", "denials_total"] {
+        assert_eq!(after[figure], before[figure], "{figure}: {after:#}");
+    }
+}
+
 /// Someone who can write the database, without the signing key, writes a whole chain for a
 /// replica number no broker holds: records in canonical form, hash-chained from the genesis
 /// hash, naming an operator's changes, and no checkpoint (they cannot sign one). `audit

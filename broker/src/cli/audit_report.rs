@@ -140,9 +140,13 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
                 };
                 let mut read = Ok(());
                 builder.chain(&format!("replica {replica}"), &verified, |each| {
+                    // Nothing past a row that does not parse is summed up: the verification
+                    // stopped there, and what follows was never checked.
+                    let mut unreadable = false;
                     read = audit::LineSource::each(&lines, &mut |line| {
-                        if let Ok(rec) = serde_json::from_slice::<audit::AuditRecord>(line) {
-                            each(&rec);
+                        match serde_json::from_slice::<audit::AuditRecord>(line) {
+                            Ok(rec) if !unreadable => each(&rec),
+                            _ => unreadable = true,
                         }
                         Ok(())
                     });

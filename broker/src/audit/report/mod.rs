@@ -281,7 +281,16 @@ impl ReportBuilder {
         let mut last_seq = None;
         let mut first_seq = None;
         let mut last_checkpoint_time = None;
+        // Fed in sequence order without a gap, or nothing more is summed up: a record out of
+        // order is a row the verification never reached (one planted past a chain's failure
+        // with a small seq, to be counted among the records before it).
+        let (mut last_fed, mut broken) = (None::<u64>, false);
         let mut each = |rec: &super::AuditRecord| {
+            if broken || last_fed.is_some_and(|p| p.checked_add(1) != Some(rec.seq)) {
+                broken = true;
+                return;
+            }
+            last_fed = Some(rec.seq);
             if rec.seq > through {
                 return;
             }
