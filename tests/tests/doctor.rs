@@ -73,18 +73,30 @@ fn self_signed(not_before: OffsetDateTime, not_after: OffsetDateTime) -> (String
     (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
 }
 
-/// A CRL whose next update was yesterday, from a CA of its own (the doctor reads dates; the
-/// TLS setup loads it without checking its signer at load).
-fn stale_crl() -> String {
-    crl_of(8, -1, 2)
+/// A CRL of `dir`'s client CA whose next update was yesterday.
+fn stale_crl(dir: &Path) -> String {
+    crl_of(dir, 8, -1, 2)
 }
 
-/// A CRL of a fresh CA with an empty name, issued `issued_days_ago`, due `next_in_days`
-/// from now.
-fn crl_of(issued_days_ago: i64, next_in_days: i64, number: u64) -> String {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let key = KeyPair::generate().unwrap();
+/// A CRL of `dir`'s client CA (the dev CA, `pki/ca.crt` and `pki/ca.key`), issued
+/// `issued_days_ago`, due `next_in_days` from now.
+fn crl_of(dir: &Path, issued_days_ago: i64, next_in_days: i64, number: u64) -> String {
+    let pem = std::fs::read_to_string(dir.join("pki/ca.crt")).unwrap();
+    let key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("pki/ca.key")).unwrap()).unwrap();
+    signed_crl(
+        &Issuer::from_ca_cert_pem(&pem, key).unwrap(),
+        issued_days_ago,
+        next_in_days,
+        number,
+    )
+}
+
+fn signed_crl(
+    issuer: &Issuer<'_, KeyPair>,
+    issued_days_ago: i64,
+    next_in_days: i64,
+    number: u64,
+) -> String {
     let now = OffsetDateTime::now_utc();
     let crl = CertificateRevocationListParams {
         this_update: now - Duration::days(issued_days_ago),
@@ -94,10 +106,7 @@ fn crl_of(issued_days_ago: i64, next_in_days: i64, number: u64) -> String {
         revoked_certs: Vec::new(),
         key_identifier_method: KeyIdMethod::Sha256,
     };
-    crl.signed_by(&Issuer::from_params(&ca, &key))
-        .unwrap()
-        .pem()
-        .unwrap()
+    crl.signed_by(issuer).unwrap().pem().unwrap()
 }
 
 #[test]
@@ -230,7 +239,7 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
 
     // A CRL past its next update.
     let d = copy(&healthy, root, "crl");
-    std::fs::write(d.join("pki/crl.pem"), stale_crl()).unwrap();
+    std::fs::write(d.join("pki/crl.pem"), stale_crl(&d)).unwrap();
     let config = d.join("credbroker.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replace("[tls]\n", "[tls]\ncrl = \"pki/crl.pem\"\n");
@@ -238,7 +247,7 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     expect_fail(&d, "tls.crl", "past its next update");
     // Two CRLs of one CA (a current one appended after a stale one; the same issuer name):
     // the broker uses the newest, so the doctor warns about the file but does not fail it.
-    let twice = format!("{}{}", stale_crl(), crl_of(1, 6, 3));
+    let twice = format!("{}{}", stale_crl(&d), crl_of(&d, 1, 6, 3));
     std::fs::write(d.join("pki/crl.pem"), twice).unwrap();
     let (code, v, err) = dev_doctor(&d);
     let f = finding(&v, "tls.crl");
@@ -252,12 +261,72 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     );
     assert_eq!(code, 0, "{v:#}");
     // Newest first makes no difference; two stale ones fail as stale.
-    let twice = format!("{}{}", crl_of(1, 6, 3), stale_crl());
+    let twice = format!("{}{}", crl_of(&d, 1, 6, 3), stale_crl(&d));
     std::fs::write(d.join("pki/crl.pem"), twice).unwrap();
     assert_eq!(finding(&dev_doctor(&d).1, "tls.crl")["status"], "warn");
-    let twice = format!("{}{}", stale_crl(), stale_crl());
+    let twice = format!("{}{}", stale_crl(&d), stale_crl(&d));
     std::fs::write(d.join("pki/crl.pem"), twice).unwrap();
     expect_fail(&d, "tls.crl", "past its next update");
+    // A current CRL of another CA: the daemon would refuse every client, since no CRL
+    // speaks for the certificates the client CA issued.
+    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let elsewhere = signed_crl(
+        &Issuer::from_params(&other, KeyPair::generate().unwrap()),
+        1,
+        6,
+        4,
+    );
+    std::fs::write(d.join("pki/crl.pem"), &elsewhere).unwrap();
+    expect_fail(&d, "tls.crl_issuers", "holds no CRL of");
+    // One naming the client CA, signed by another key.
+    let pem = std::fs::read_to_string(d.join("pki/ca.crt")).unwrap();
+    let forged = signed_crl(
+        &Issuer::from_ca_cert_pem(&pem, KeyPair::generate().unwrap()).unwrap(),
+        1,
+        6,
+        5,
+    );
+    std::fs::write(d.join("pki/crl.pem"), forged).unwrap();
+    expect_fail(&d, "tls.crl_issuers", "is not signed by that CA's key");
+    // Beside the client CA's own, another CA's (an intermediate's) is fine.
+    std::fs::write(
+        d.join("pki/crl.pem"),
+        format!("{}{elsewhere}", crl_of(&d, 1, 6, 6)),
+    )
+    .unwrap();
+    let (code, v, err) = dev_doctor(&d);
+    let f = finding(&v, "tls.crl_issuers");
+    assert_eq!(f["status"], "ok", "{f:#} {err}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 CRL(s) of other issuers"),
+        "{f:#}"
+    );
+    assert_eq!(code, 0, "{v:#}");
+
+    // A public listener whose key is not its certificate's: `serve` would not start.
+    let d = copy(&healthy, root, "public");
+    let now = OffsetDateTime::now_utc();
+    let (cert, _) = self_signed(now - Duration::days(1), now + Duration::days(90));
+    let (_, other_key) = self_signed(now - Duration::days(1), now + Duration::days(90));
+    std::fs::write(d.join("pki/public.crt"), cert).unwrap();
+    std::fs::write(d.join("pki/public.key"), other_key).unwrap();
+    std::fs::set_permissions(
+        d.join("pki/public.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let config = d.join("credbroker.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[public]\nlisten = \"127.0.0.1:0\"\nbase_url = \"https://broker.example\"\ncert = \"pki/public.crt\"\nkey = \"pki/public.key\"\n"),
+    )
+    .unwrap();
+    expect_fail(&d, "public.setup", "");
 
     // A store of a schema version this build does not read.
     let d = copy(&healthy, root, "schema");

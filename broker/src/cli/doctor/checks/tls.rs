@@ -37,6 +37,13 @@ pub(super) fn tls(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
         )),
     }
     if let Some(p) = &config.public {
+        if let Err(e) = crate::tls::public_server_config(&p.cert, &p.key) {
+            out.push(Finding::fail(
+                "public.setup",
+                e.to_string(),
+                "the daemon cannot start its public listener: give the public certificate chain and the key that matches it (PEM)",
+            ));
+        }
         match crate::certs::certificates(&p.cert) {
             Ok(certs) => out.push(validity(
                 "public.cert",
@@ -55,13 +62,126 @@ pub(super) fn tls(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
             )),
         }
     }
+    let none = "none configured (a revoked client certificate is refused only once its operator or worker record is disabled)";
     match &config.tls.crl {
-        None => out.push(Finding::ok(
+        None if t.dev => out.push(Finding::ok("tls.crl", none)),
+        None => out.push(Finding::warn(
             "tls.crl",
-            "none configured (a revoked client certificate is refused only once its operator or worker record is disabled)",
+            none,
+            "set [tls] crl to the client CA's CRL, so that revoking a certificate at the CA takes effect at the next request",
         )),
-        Some(path) => out.push(crl(path, config.tls.stale_crl, t, now)),
+        Some(path) => {
+            out.push(crl(path, config.tls.stale_crl, t, now));
+            out.push(crl_issuers(&config.tls.client_ca, path));
+        }
     }
+}
+
+/// Whether every CA of the client CA bundle has a CRL in `crl`, signed by its own key. The
+/// daemon checks each certificate of a client's chain against its issuer's CRL and refuses
+/// one no CRL speaks for: a CRL of another CA (or one signed by another key) would lock out
+/// every worker and operator that CA issued.
+fn crl_issuers(client_ca: &Path, crl: &Path) -> Finding {
+    use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
+    const CHECK: &str = "tls.crl_issuers";
+    let fix = format!(
+        "put the current CRL of every CA in {} (and of each intermediate CA that issues client certificates) in {}, then `credbroker reload --config FILE`",
+        client_ca.display(),
+        crl.display()
+    );
+    let (cas, ders) = match (
+        crate::tls::load_certs(client_ca),
+        crate::tls::read_crls(crl),
+    ) {
+        (Ok(cas), Ok(ders)) => (cas, ders),
+        (Err(e), _) | (_, Err(e)) => return Finding::fail(CHECK, e.to_string(), fix),
+    };
+    let facts = match crate::certs::crl_facts(crl, &ders) {
+        Ok(f) => f,
+        Err(e) => return Finding::fail(CHECK, e, fix),
+    };
+    let mut crls = Vec::new();
+    for (der, f) in ders.iter().zip(&facts) {
+        match CertificateRevocationList::from_der(der.as_ref()) {
+            Ok((_, c)) if !f.superseded => crls.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return Finding::fail(
+                    CHECK,
+                    format!("{}: a CRL does not parse ({e})", crl.display()),
+                    fix,
+                )
+            }
+        }
+    }
+    let mut covered = 0usize;
+    for der in &cas {
+        let ca = match X509Certificate::from_der(der.as_ref()) {
+            Ok((_, c)) => c,
+            Err(e) => {
+                return Finding::fail(
+                    CHECK,
+                    format!(
+                        "{}: a certificate does not parse ({e})",
+                        client_ca.display()
+                    ),
+                    fix,
+                )
+            }
+        };
+        let subject = crate::cli::output::sanitize(&ca.subject().to_string());
+        let own: Vec<_> = crls
+            .iter()
+            .filter(|c| c.issuer().as_raw() == ca.subject().as_raw())
+            .collect();
+        if own.is_empty() {
+            return Finding::fail(
+                CHECK,
+                format!(
+                    "{} holds no CRL of {subject} (a CA of {}): the daemon refuses every client certificate it issued, since no CRL says whether it is revoked",
+                    crl.display(),
+                    client_ca.display()
+                ),
+                fix,
+            );
+        }
+        if let Some(bad) = own
+            .iter()
+            .find(|c| c.verify_signature(ca.public_key()).is_err())
+        {
+            return Finding::fail(
+                CHECK,
+                format!(
+                    "{}: the CRL naming {subject} as its issuer (issued {}) is not signed by that CA's key: the daemon refuses every client certificate the CA issued",
+                    crl.display(),
+                    super::date(bad.last_update().timestamp())
+                ),
+                fix,
+            );
+        }
+        covered += 1;
+    }
+    let others = crls
+        .iter()
+        .filter(|c| {
+            !cas.iter().any(|der| {
+                X509Certificate::from_der(der.as_ref())
+                    .is_ok_and(|(_, ca)| ca.subject().as_raw() == c.issuer().as_raw())
+            })
+        })
+        .count();
+    Finding::ok(
+        CHECK,
+        format!(
+            "each of the {covered} CA(s) of {} has its CRL, signed by its key{}",
+            client_ca.display(),
+            if others == 0 {
+                String::new()
+            } else {
+                format!("; {others} CRL(s) of other issuers (intermediate CAs: not checked here)")
+            }
+        ),
+    )
 }
 
 /// Validity of a set of certificates: fail when one is expired or not yet valid, warn when
