@@ -219,10 +219,18 @@ async fn a_revealed_secret_is_audited_with_its_reason_and_found_nowhere_else() {
         .as_str()
         .unwrap()
         .contains("paste into the GitHub org webhook (CHG-1234)"));
-    assert_eq!(
-        reveals.iter().filter(|r| r["outcome"] == "denied").count(),
-        3,
-        "two without a reason, one over budget"
+    let denied: Vec<&str> = reveals
+        .iter()
+        .filter(|r| r["outcome"] == "denied")
+        .map(|r| r["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(denied.len(), 3, "two without a reason, one over budget");
+    // Each refusal names the instance and the reason given, as a reveal does.
+    assert!(
+        denied[0].starts_with("instance=i1 reason=\"\": ")
+            && denied[1].starts_with("instance=i1 reason=\"because\": ")
+            && denied[2].starts_with("instance=i1 reason=\"third look for the vendor form\": "),
+        "{denied:#?}"
     );
     // A revoked operator reveals nothing, whatever the reason.
     pki.operator("op2");

@@ -118,6 +118,28 @@ impl GovernanceOp {
         )
     }
 
+    /// What it names, for the record of its refusal (see `AdminOp::target`): the binding,
+    /// worker, provider or instance as the request claimed it, bounded; a reveal's reason
+    /// too, quoted, so that a refused reveal says why it was asked for.
+    pub(super) fn target(&self) -> String {
+        let id = |s: &str| s.chars().take(128).collect::<String>();
+        match self {
+            GovernanceOp::Inventory { .. } | GovernanceOp::Providers => String::new(),
+            GovernanceOp::SetBinding(b, _) => format!("binding={}", id(b)),
+            GovernanceOp::SetWorker(w, _) => format!("worker={}", id(w)),
+            GovernanceOp::Provider(p) => format!("provider={}", id(p)),
+            GovernanceOp::WebhookReveal(i, body) => format!(
+                "instance={} reason={:?}",
+                id(i),
+                body.reason.chars().take(200).collect::<String>()
+            ),
+            GovernanceOp::WebhookGenerate(i, _)
+            | GovernanceOp::WebhookShow(i)
+            | GovernanceOp::WebhookRotate(i)
+            | GovernanceOp::WebhookRetire(i) => format!("instance={}", id(i)),
+        }
+    }
+
     /// Names the operator on operations that need it (reveal budgets).
     pub(super) fn by(self, actor: &str) -> GovernanceOp {
         match self {

@@ -116,6 +116,7 @@ impl AdminOp {
             AdminOp::IssuerRetire(v, _) => format!("issuer_key={v}"),
             AdminOp::ClaimUnclaimed(i, t, _) => format!("installation={} tenant={t}", id(i)),
             AdminOp::FlagTrustBroken { binding, .. } => format!("binding={}", id(binding)),
+            AdminOp::Governance(g) => g.target(),
             _ => String::new(),
         }
     }
