@@ -514,6 +514,12 @@ pub enum SealedAs {
     PlatformKey,
 }
 
+/// Whether a binding's `last_probe` says its last probe did not pass: it failed, or it
+/// passed upstream but was not taken (another binding holds its identifier).
+pub fn probe_failed(last_probe: &str) -> bool {
+    last_probe.starts_with("failed") || last_probe.starts_with("passed upstream, but")
+}
+
 /// The current UTC time in RFC 3339.
 pub fn now_rfc3339() -> String {
     rfc3339(time::OffsetDateTime::now_utc())

@@ -960,6 +960,57 @@ async fn expired_states_and_verified_webhooks() {
             .starts_with("drift:"),
         "{v}"
     );
+    // A probe that failed (GitHub answering 503) stays flagged in the inventory when a
+    // permission change is delivered after it: the event is told after the failure, which
+    // it does not clear.
+    env.gh
+        .inject("/app/installations/1001", Fault::ServerError(503), 20);
+    env.gh.inject("/access_tokens", Fault::ServerError(503), 20);
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await;
+    assert_ne!(s, 200, "{v}");
+    env.gh.state.faults.lock().unwrap().clear();
+    let (s, _) = webhook(&mut env.public, &json!({"action": "new_permissions_accepted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}, "permissions": {"contents": "read"}}}), None).await;
+    assert_eq!(s, 200);
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/inventory", None).await;
+    let row = v["inventory"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "binding" && i["id"] == binding.as_str())
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        row["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("last_probe_failed")),
+        "{row}"
+    );
+    let (_, v) = call(
+        &mut env.op,
+        Method::GET,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    let said = v["binding"]["last_probe"].as_str().unwrap();
+    assert!(
+        said.starts_with("failed") && said.contains("; then drift:"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
     // Other events are verified and ignored. Events that concern no tenant — not handled,
     // or naming an installation nobody holds — are counted, neither audited nor remembered:
     // anyone can install our public App and have GitHub sign as many as they like.

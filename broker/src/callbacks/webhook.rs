@@ -325,7 +325,22 @@ impl CallbackService {
             CallbackEvent::Changed { detail, .. } => format!("drift: {detail}"),
             CallbackEvent::Ignored { .. } => String::new(),
         };
-        binding.last_probe = Some(format!("{} at {}", note, now_rfc3339()));
+        let told = format!("{note} at {}", now_rfc3339());
+        binding.last_probe = Some(
+            match binding
+                .last_probe
+                .as_deref()
+                .filter(|p| crate::model::probe_failed(p))
+            {
+                // A failed probe stays what the binding's last probe says (the inventory
+                // flags it) until one passes: the event is told after it, within a bound.
+                Some(failed) => format!("{failed}; then {told}")
+                    .chars()
+                    .take(2048)
+                    .collect(),
+                None => told,
+            },
+        );
         let mut batch = Batch::new();
         batch.replace(&stored, &binding);
         Ok(Change {

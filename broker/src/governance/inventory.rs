@@ -213,7 +213,7 @@ impl<'a> Assessor<'a> {
             || b.drift.is_some()
             || b.last_probe
                 .as_deref()
-                .is_some_and(|p| p.starts_with("failed"))
+                .is_some_and(crate::model::probe_failed)
         {
             flags.push(PROBE_FAILED);
         }
