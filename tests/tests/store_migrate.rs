@@ -110,8 +110,20 @@ async fn a_sled_store_moves_into_postgres_and_keeps_serving() {
         .await
         .unwrap();
 
+    // The moved mark beside the store is written through no link planted under its name
+    // (the move may run as root): the file it points to is left as it was.
+    let victim = b.daemon.data_dir.parent().unwrap().join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    let mark = b
+        .daemon
+        .data_dir
+        .join("store")
+        .join(credbroker::store::SLED_MOVED_FILE);
+    std::os::unix::fs::symlink(&victim, &mark).unwrap();
     let (c, out, err) = b.migrate();
     assert_eq!(c, 0, "{out}{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    assert!(std::fs::symlink_metadata(&mark).unwrap().is_file());
     assert!(out.contains("verified"), "{out}");
     assert!(out.contains("copied         2 tenants"), "{out}");
     assert!(!out.contains("t1-token") && !err.contains("t1-token"));

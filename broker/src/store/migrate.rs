@@ -177,7 +177,8 @@ pub async fn finish(target: &dyn Store) -> Result<(), String> {
 pub async fn mark_moved(source: &dyn Store, dir: &std::path::Path, by: &str) -> Result<(), String> {
     let mark = serde_json::json!({ "at": crate::model::now_rfc3339(), "by": by });
     // For the doctor, which reads no sled file (best effort: the store's mark refuses it).
-    let _ = std::fs::write(dir.join(super::SLED_MOVED_FILE), format!("{mark}\n"));
+    // Never through a link planted under its name: the move may run as root.
+    let _ = super::sled_store::write_beside(dir, super::SLED_MOVED_FILE, &format!("{mark}\n"));
     let mut batch = Batch::new();
     batch
         .push(Op::ExpectAbsent(Table::Meta, MOVED_KEY.into()))

@@ -42,25 +42,36 @@ pub const MOVED_FILE: &str = "credbroker-moved-to-postgres";
 /// Writes [`SCHEMA_FILE`] (a new file renamed over the old one). A failure is logged, not
 /// fatal: the database itself is the authority.
 fn record_schema_version(dir: &Path) {
+    if let Err(e) = write_beside(dir, SCHEMA_FILE, &format!("{}\n", super::SCHEMA_VERSION)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot record the store's schema version beside it (`credbroker doctor` will not see it)");
+    }
+}
+
+/// Writes `text` as file `name` in `dir`, replacing what was there: through a temporary
+/// created afresh (never through a link planted under either name: a rename replaces the
+/// link itself), synced before the rename, the directory after it, so that after a crash
+/// the file is the old one or the new one, never empty.
+///
+/// # Errors
+/// When the file cannot be written; the temporary is removed.
+pub(super) fn write_beside(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = dir.join(format!(".{SCHEMA_FILE}.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
         .and_then(|mut f| {
-            f.write_all(format!("{}\n", super::SCHEMA_VERSION).as_bytes())?;
-            // Synced before the rename, the directory after it: after a crash the file is
-            // the old one or the new one, never empty.
+            f.write_all(text.as_bytes())?;
             f.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, dir.join(SCHEMA_FILE)))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(name)))
         .and_then(|()| std::fs::File::open(dir)?.sync_all());
-    if let Err(e) = written {
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot record the store's schema version beside it (`credbroker doctor` will not see it)");
     }
+    written
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
