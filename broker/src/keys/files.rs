@@ -171,6 +171,24 @@ pub fn lock_file(path: &Path) -> Result<fs::File, LockFailure> {
 /// On any I/O failure; the previous file (if any) is then left untouched.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let (dir, tmp) = write_temporary(path, bytes)?;
+    // The file keeps its owner: a keyring rotated with sudo stays the daemon's to read,
+    // where a new root-owned one would stop the next start.
+    let kept = match fs::symlink_metadata(path) {
+        Ok(old) => {
+            use std::os::unix::fs::MetadataExt;
+            let ours = fs::symlink_metadata(&tmp).map_err(io_err(&tmp))?;
+            if (old.uid(), old.gid()) == (ours.uid(), ours.gid()) {
+                Ok(())
+            } else {
+                std::os::unix::fs::chown(&tmp, Some(old.uid()), Some(old.gid()))
+            }
+        }
+        Err(_) => Ok(()),
+    };
+    if let Err(e) = kept {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(io_err(path)(e));
@@ -285,6 +303,25 @@ fn sync(dir: &Path) -> Result<(), KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key file replaced by a command run as root (`sudo credbroker keys rotate-kek`)
+    /// keeps the owner it had: the daemon's user still reads it at the next start.
+    #[test]
+    fn a_replaced_key_file_keeps_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys").join("kek.json");
+        write_private_file(&path, b"one").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        write_private_file(&path, b"two").unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+    }
 
     /// What a reader of unknown length holds is read whole through buffers that grow, in
     /// reads of any size; past the limit it is refused.
