@@ -980,6 +980,26 @@ async fn a_fifo_or_a_giant_sparse_file_cannot_hang_verification() {
         assert_eq!(std::fs::read(&cps).unwrap(), altered);
     }
     std::fs::write(&cps, real).unwrap();
+    // The public key replaced by a FIFO, or by a link to an endless device: refused at
+    // once, not waited on or read into memory.
+    let key = daemon.data_dir.join("keys/audit-signing.pub");
+    let real_key = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    let (c, out) = verify_within(&config, 30, "a FIFO for the public key");
+    assert_ne!(c, 0, "{out}");
+    assert!(out.contains("FIFO"), "{out}");
+    std::fs::remove_file(&key).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &key).unwrap();
+    let (c, out) = verify_within(&config, 30, "/dev/zero for the public key");
+    assert_ne!(c, 0, "{out}");
+    assert!(out.contains("not a regular file"), "{out}");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::write(&key, real_key).unwrap();
     let (c, out) = verify_within(&config, 30, "the genuine log again");
     assert_eq!(c, 0, "{out}");
 }

@@ -138,7 +138,8 @@ pub fn run_audit(cmd: AuditCmd) -> Result<ExitCode, String> {
             // it matches, never from a directory whose signing key is gone (deleting it, and
             // the config beside it, would otherwise pass a swapped key on).
             check_host_public_key(&config, true)?;
-            let text = std::fs::read_to_string(config.audit_public_key_file())
+            let text = crate::keys::read_public_key_file(&config.audit_public_key_file())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .map_err(|e| format!("{}: {e}", config.audit_public_key_file().display()))?;
             // On an auditor's host the file is whatever was handed over.
             println!("{}", super::output::sanitize_lines(text.trim()));

@@ -58,7 +58,8 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         .public_key
         .clone()
         .unwrap_or_else(|| config.audit_public_key_file());
-    let key_text = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key_text =
+        crate::keys::read_public_key_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
     let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
     let pins = match &args.pinned {
         Some(path) => audit::Pins::from_path(path, &verifier)

@@ -1,7 +1,6 @@
 //! The Ed25519 key pair that signs the audit log's checkpoints: the private key file the
 //! daemon signs with, and the public one auditors verify with.
 
-use std::fs;
 use std::path::Path;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
@@ -147,7 +146,7 @@ impl AuditVerifier {
     /// # Errors
     /// See [`AuditVerifier::parse`].
     pub fn load(path: &Path) -> Result<AuditVerifier, KeyError> {
-        AuditVerifier::parse(&fs::read(path).map_err(io_err(path))?)
+        AuditVerifier::parse(&read_public_key_file(path).map_err(io_err(path))?)
     }
 
     /// The raw Ed25519 public key.
@@ -161,4 +160,37 @@ impl AuditVerifier {
             .verify(message, signature)
             .is_ok()
     }
+}
+
+/// The most a public key file holds (a JSON key file is under 200 bytes).
+const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
+
+/// Reads a public key file, as handed over to an auditor or left on the host: a regular
+/// file of at most 64 KiB. A FIFO (which would hang the reader), a device or a file past the
+/// bound (a link to `/dev/zero`) is refused.
+///
+/// # Errors
+/// When it cannot be read, or is not such a file.
+pub fn read_public_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = crate::audit::segments::open_regular(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PUBLIC_KEY_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PUBLIC_KEY_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} KiB: not a public key file",
+                MAX_PUBLIC_KEY_FILE / 1024
+            ),
+        ));
+    }
+    Ok(bytes)
 }

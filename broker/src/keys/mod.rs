@@ -10,7 +10,7 @@ mod files;
 pub mod loaded;
 pub mod rotation;
 
-pub use audit::{AuditSigner, AuditVerifier};
+pub use audit::{read_public_key_file, AuditSigner, AuditVerifier};
 pub(crate) use files::append_zeroizing;
 pub use files::{
     create_private_dir, create_private_file, lock_file, read_private_file, read_wiped,
