@@ -45,6 +45,11 @@ async fn a_log_of_the_previous_release_verifies_and_is_continued_in_archived_seg
     assert_eq!(c, 0, "{v}");
     assert_eq!(v["chains"][0]["records"], 32, "{v}");
     assert_eq!(v["chains"][0]["last_checkpoint"], 32, "{v}");
+    assert_eq!(
+        (&v["public_key_pinned"], &v["notes"]),
+        (&json!(true), &json!([])),
+        "{v}"
+    );
 
     // A daemon on it: a segment every 5 records, none kept beside the live one.
     let (tmp, pki) = setup();

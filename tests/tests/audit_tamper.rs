@@ -1280,6 +1280,15 @@ async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
     let v: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert_eq!((c, &v["verified"]), (1, &json!(false)), "{v}");
+    // The key was the host's: the JSON says so, as the text does.
+    assert_eq!(v["public_key_pinned"], false, "{v}");
+    assert!(
+        v["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("verified with the public key found on this host"),
+        "{v}"
+    );
     // The doctor fails it too.
     let (_, out, err) = daemon.cli(&["doctor", "--config", &config, "--output", "json"]);
     let v: serde_json::Value =

@@ -375,8 +375,20 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     if args.output == Some(Output::Json) {
         let chains: Vec<serde_json::Value> = results.iter().map(chain_json).collect();
         let verified = results.iter().all(|r| r.1.is_ok());
+        // What the text form notes after its verdict (a key taken from this host, a pinned
+        // copy's findings): a monitor reading the JSON is told as much.
+        let notes: Vec<&str> = trust_note
+            .lines()
+            .map(|l| l.trim_start_matches("note: "))
+            .filter(|l| !l.is_empty())
+            .collect();
         output::print(
-            &serde_json::json!({ "verified": verified, "chains": chains }),
+            &serde_json::json!({
+                "verified": verified,
+                "public_key_pinned": args.public_key.is_some(),
+                "notes": notes,
+                "chains": chains,
+            }),
             Output::Json,
         );
         return Ok(if verified {
