@@ -127,7 +127,15 @@ pub fn open_nonblocking(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-fn list_dir(dir: &Path, archived: bool, out: &mut Vec<SegmentFile>) -> std::io::Result<()> {
+/// Lists the segments of `dir` into `out`; `at` maps a number to its place in `out` (a
+/// segment in both directories is looked up, not searched for: an archive holds one file per
+/// segment ever sealed).
+fn list_dir(
+    dir: &Path,
+    archived: bool,
+    out: &mut Vec<SegmentFile>,
+    at: &mut std::collections::HashMap<u64, usize>,
+) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -138,11 +146,12 @@ fn list_dir(dir: &Path, archived: bool, out: &mut Vec<SegmentFile>) -> std::io::
         let Some(n) = entry.file_name().to_str().and_then(parse_name) else {
             continue;
         };
-        if let Some(live) = out.iter_mut().find(|s| s.n == n) {
+        if let Some(live) = at.get(&n).and_then(|&i| out.get_mut(i)) {
             // Moved while listing, or copied and not yet removed: the live copy is read.
             live.also = Some(entry.path());
             continue;
         }
+        at.insert(n, out.len());
         out.push(SegmentFile {
             n,
             path: entry.path(),
@@ -158,9 +167,9 @@ fn list_dir(dir: &Path, archived: bool, out: &mut Vec<SegmentFile>) -> std::io::
 /// # Errors
 /// When a directory cannot be read.
 pub fn list(audit_dir: &Path) -> std::io::Result<Vec<SegmentFile>> {
-    let mut out = Vec::new();
-    list_dir(audit_dir, false, &mut out)?;
-    list_dir(&archive_dir(audit_dir), true, &mut out)?;
+    let (mut out, mut at) = (Vec::new(), std::collections::HashMap::new());
+    list_dir(audit_dir, false, &mut out, &mut at)?;
+    list_dir(&archive_dir(audit_dir), true, &mut out, &mut at)?;
     out.sort_by_key(|s| s.n);
     Ok(out)
 }
