@@ -374,6 +374,18 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
     std::fs::write(&log, text.replacen("\"tenant.add\"", "\"tenant.adX\"", 1)).unwrap();
     expect_fail(&d, "audit.checkpoint", "sequence");
 
+    // The audit log removed from beside a store a broker opened: not "no audit log yet".
+    let d = copy(&healthy, root, "audit-gone");
+    for segment in audit_segments(&d) {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let _ = std::fs::remove_file(d.join("audit/checkpoints.log"));
+    expect_fail(
+        &d,
+        "audit.checkpoint",
+        "holds no audit log, though a broker opened",
+    );
+
     // A provider section that does not load.
     let d = copy(&healthy, root, "provider");
     let config = d.join("credbroker.toml");

@@ -351,10 +351,27 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
             Err(f) => Finding::fail("audit.checkpoint", f.to_string(), fix),
         });
     } else if config.store.backend == Backend::Sled {
-        out.push(Finding::ok(
-            "audit.checkpoint",
-            "no audit log yet (the first start creates it)",
-        ));
+        // A store a broker opened (it recorded the schema version it checked) has an audit
+        // log beside it: every change is audited. None at all is a removed audit directory,
+        // or `[audit] dir` pointing elsewhere; a start would begin a new chain at 1.
+        let dir = config.store_dir();
+        out.push(
+            match crate::store::SledStore::recorded_schema_version(&dir) {
+                Ok(Some(_)) => Finding::fail(
+                    "audit.checkpoint",
+                    format!(
+                        "{} holds no audit log, though a broker opened the store at {}: the log was removed, or [audit] dir names another directory (a start would begin a new chain at sequence 1)",
+                        config.audit_dir().display(),
+                        dir.display()
+                    ),
+                    "point [audit] dir at the log, or restore it from a backup; if it is lost, treat it as an incident (runbooks/audit-verification.md) before starting the broker",
+                ),
+                _ => Finding::ok(
+                    "audit.checkpoint",
+                    "no audit log yet (the first start creates it)",
+                ),
+            },
+        );
     }
     if config.store.backend == Backend::Postgres {
         let checked = tokio::time::timeout(Duration::from_secs(60), async {
