@@ -8,7 +8,9 @@
 #     issuer's keys are pinned inline and Google never fetches them), maps
 #     google.subject=assertion.sub and accepts only tokens whose sub is SUBJECT;
 #   - a service account (SA_NAME, default "credbroker-reader") holding read-only roles
-#     (ROLES, default "roles/viewer roles/iam.securityReviewer");
+#     (ROLES, default "roles/iam.securityReviewer roles/cloudasset.viewer roles/browser":
+#     configuration, IAM policies and the asset inventory, not data; roles/viewer is an
+#     opt-in, since Viewers can read data too: BigQuery gives them every dataset's rows);
 #   - roles/iam.workloadIdentityUser on that service account for exactly the one federated
 #     principal principal://…/subject/SUBJECT (never a principalSet).
 #
@@ -23,7 +25,8 @@
 #   --pool-id POOL_ID                default credbroker
 #   --provider-id PROVIDER_ID        default credbroker
 #   --sa-name SA_NAME                default credbroker-reader
-#   --roles "ROLE ROLE…"             default "roles/viewer roles/iam.securityReviewer"
+#   --roles "ROLE ROLE…"             default "roles/iam.securityReviewer roles/cloudasset.viewer
+#                                    roles/browser"
 #
 # Needs gcloud, authenticated as someone who may administer IAM in the project.
 # `credbroker lint-templates` checks this file against policies/gcp.json.
@@ -39,7 +42,7 @@ readonly ALLOWED_ROLES=(
   roles/logging.viewer
   roles/securitycenter.findingsViewer
 )
-readonly DEFAULT_ROLES="roles/viewer roles/iam.securityReviewer"
+readonly DEFAULT_ROLES="roles/iam.securityReviewer roles/cloudasset.viewer roles/browser"
 
 die() {
   echo "credbroker-wif: $*" >&2

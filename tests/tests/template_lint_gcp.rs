@@ -224,8 +224,9 @@ fn the_script_federates_one_subject_to_one_read_only_account() {
             "iam workload-identity-pools providers create-oidc credbroker --project=acme-prod --location=global --workload-identity-pool=credbroker --issuer-uri=https://broker.example.com --attribute-mapping=google.subject=assertion.sub --attribute-condition=assertion.sub == '{SUBJECT}'"
         ),
         "iam service-accounts create credbroker-reader --project=acme-prod".to_owned(),
-        format!("projects add-iam-policy-binding acme-prod --member=serviceAccount:{sa} --role=roles/viewer --condition=None"),
         format!("projects add-iam-policy-binding acme-prod --member=serviceAccount:{sa} --role=roles/iam.securityReviewer --condition=None"),
+        format!("projects add-iam-policy-binding acme-prod --member=serviceAccount:{sa} --role=roles/cloudasset.viewer --condition=None"),
+        format!("projects add-iam-policy-binding acme-prod --member=serviceAccount:{sa} --role=roles/browser --condition=None"),
         format!("iam service-accounts add-iam-policy-binding {sa} --project=acme-prod --role=roles/iam.workloadIdentityUser --member={principal}"),
     ] {
         assert!(
@@ -237,7 +238,12 @@ fn the_script_federates_one_subject_to_one_read_only_account() {
         .iter()
         .filter(|c| c.contains("add-iam-policy-binding"))
         .collect();
-    assert_eq!(bindings.len(), 3, "{calls:#?}");
+    assert_eq!(bindings.len(), 4, "{calls:#?}");
+    // Not roles/viewer by default: Viewers read data too (BigQuery datasets' rows).
+    assert!(
+        !bindings.iter().any(|c| c.contains("--role=roles/viewer ")),
+        "{calls:#?}"
+    );
     for line in [
         "project number:   123456789012",
         "pool id:          credbroker",
@@ -403,7 +409,11 @@ fn the_module_parses_with_python_hcl2_into_the_linted_facts() {
     );
     assert_eq!(
         facts["roles_default"],
-        serde_json::json!(["roles/viewer", "roles/iam.securityReviewer"])
+        serde_json::json!([
+            "roles/iam.securityReviewer",
+            "roles/cloudasset.viewer",
+            "roles/browser"
+        ])
     );
     // The roles the module accepts are exactly the ceiling's.
     let ceiling: serde_json::Value =

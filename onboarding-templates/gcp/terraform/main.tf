@@ -39,9 +39,10 @@ resource "google_service_account" "credbroker" {
 
 # Non-authoritative grants: other members of these roles are left alone.
 resource "google_project_iam_member" "credbroker" {
-  # roles/viewer is a basic role, but the read-only one policies/gcp.json allows; owner and
-  # editor are refused by var.roles' validation and by `credbroker lint-templates`.
-  #checkov:skip=CKV_GCP_117:roles/viewer is the read-only basic role of policies/gcp.json; owner/editor are refused
+  # roles/viewer (not granted by default: an opt-in through var.roles) is a basic role, but
+  # the read-only one policies/gcp.json allows; owner and editor are refused by var.roles'
+  # validation and by `credbroker lint-templates`.
+  #checkov:skip=CKV_GCP_117:roles/viewer is an opt-in, the read-only basic role of policies/gcp.json; owner/editor are refused
   for_each = toset(var.roles)
 
   project = var.project_id

@@ -96,9 +96,9 @@ variable "sa_name" {
 # The only roles this module grants: policies/gcp.json "roles" (`credbroker lint-templates`
 # keeps the list inside it). Owner, editor and admin roles are never granted.
 variable "roles" {
-  description = "Read-only project roles for the service account."
+  description = "Read-only project roles for the service account. The default reads configuration, IAM policies and the asset inventory, not data; roles/viewer is an opt-in, since Viewers can read data too (BigQuery gives them every dataset's rows)."
   type        = list(string)
-  default     = ["roles/viewer", "roles/iam.securityReviewer"]
+  default     = ["roles/iam.securityReviewer", "roles/cloudasset.viewer", "roles/browser"]
 
   validation {
     condition = length(var.roles) > 0 && alltrue([
