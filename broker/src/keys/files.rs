@@ -170,25 +170,17 @@ pub fn lock_file(path: &Path) -> Result<fs::File, LockFailure> {
 /// # Errors
 /// On any I/O failure; the previous file (if any) is then left untouched.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    let (dir, tmp) = write_temporary(path, bytes)?;
-    // The file keeps its owner: a keyring rotated with sudo stays the daemon's to read,
-    // where a new root-owned one would stop the next start.
-    let kept = match fs::symlink_metadata(path) {
-        Ok(old) => {
-            use std::os::unix::fs::MetadataExt;
-            let ours = fs::symlink_metadata(&tmp).map_err(io_err(&tmp))?;
-            if (old.uid(), old.gid()) == (ours.uid(), ours.gid()) {
-                Ok(())
-            } else {
-                std::os::unix::fs::chown(&tmp, Some(old.uid()), Some(old.gid()))
-            }
-        }
-        Err(_) => Ok(()),
+    // The file keeps its owner when root replaces it: a keyring rotated with sudo stays the
+    // daemon's to read, where a new root-owned one would stop the next start.
+    let owner = if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(path)
+            .ok()
+            .map(|old| (old.uid(), old.gid()))
+    } else {
+        None
     };
-    if let Err(e) = kept {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
+    let (dir, tmp) = write_temporary(path, bytes, owner)?;
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(io_err(path)(e));
@@ -203,7 +195,7 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
 /// # Errors
 /// On any I/O failure.
 pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
-    let (dir, tmp) = write_temporary(path, bytes)?;
+    let (dir, tmp) = write_temporary(path, bytes, None)?;
     // A hard link is made only where no name exists (never over one).
     match fs::hard_link(&tmp, path) {
         Ok(()) => {
@@ -269,7 +261,13 @@ pub(super) fn remove_stale_temporaries(dir: &Path, path: &Path, min_age: std::ti
 }
 
 /// `bytes` in a new temporary file beside `path`, synced: its directory and its path.
-fn write_temporary(path: &Path, bytes: &[u8]) -> Result<(PathBuf, PathBuf), KeyError> {
+/// Writes `bytes` to a fresh temporary beside `path`; `owner`: the uid and gid it is given
+/// (through its open handle: a name swapped for a link meanwhile is never followed).
+fn write_temporary(
+    path: &Path,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(PathBuf, PathBuf), KeyError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     create_private_dir(&dir).map_err(io_err(&dir))?;
@@ -284,6 +282,9 @@ fn write_temporary(path: &Path, bytes: &[u8]) -> Result<(PathBuf, PathBuf), KeyE
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .and_then(|mut f| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+            }
             f.write_all(bytes)?;
             f.sync_all()
         });
