@@ -120,7 +120,12 @@ fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>, 
         Ok(()) => tracing::info!("SIGHUP: TLS certificates, client CA and CRL reloaded"),
         Err(e) => {
             broker.metrics().tls_reload_failures.inc();
-            tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config")
+            tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config");
+            // A revocation does not wait for the failing file: the CRL in force is read
+            // again alone, with the certificate, key and client CA in force.
+            if tls.reload_crl().is_ok() {
+                tracing::warn!("SIGHUP: the CRL in force was read again alone (the certificate, key and client CA in force are kept)");
+            }
         }
     }
     if let Some(ptls) = public {
@@ -340,17 +345,29 @@ async fn serve_with_broker(
                 // Reading the files and building the TLS config block: done off the runtime's
                 // worker threads, which serve resolves meanwhile.
                 let watched = Arc::clone(&tls);
+                // When another file fails to load (a key caught half-renewed), the CRL is
+                // applied alone, with the certificate, key and CA bundle in force: a
+                // revocation never waits for an unrelated file to be fixed.
                 let checked = tokio::task::spawn_blocking(move || {
                     watched.crl_changed().map(|file| {
-                        let reloaded = watched.reload();
+                        let reloaded = watched
+                            .reload()
+                            .map(|()| None)
+                            .or_else(|e| watched.reload_crl().map(|()| Some(e)));
                         (file, reloaded)
                     })
                 })
                 .await;
                 match checked {
-                    Ok(Some((_, Ok(())))) => {
+                    Ok(Some((_, Ok(None)))) => {
                         crl_reported = None;
                         tracing::info!("the CRL file changed: TLS certificates, client CA and CRL reloaded");
+                        check_tls_expiry(&broker, &listeners());
+                    }
+                    Ok(Some((_, Ok(Some(other))))) => {
+                        crl_reported = None;
+                        broker.metrics().tls_reload_failures.inc();
+                        tracing::error!(error = %other, "the CRL file changed: the CRL alone was loaded, with the certificate, key and client CA in force, since another TLS file does not load (fix it, then reload)");
                         check_tls_expiry(&broker, &listeners());
                     }
                     Ok(Some((file, Err(e)))) if crl_reported.as_ref() != Some(&file) => {

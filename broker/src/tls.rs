@@ -175,14 +175,54 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
 /// The verifier of client certificates and the config using it.
 type Built = (Arc<ServerConfig>, Option<Arc<dyn ClientCertVerifier>>);
 
+/// What an mTLS listener's config is built from besides its CRL, as last loaded: a change of
+/// the CRL alone is applied with these ([`ReloadableTls::reload_crl`]), whatever the other
+/// files hold meanwhile (a key being renewed must not hold back a revocation).
+struct Material {
+    roots: Arc<RootCertStore>,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Material {
+    fn clone(&self) -> Self {
+        Material {
+            roots: Arc::clone(&self.roots),
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Material {
+    fn load(settings: &TlsSettings) -> Result<Material, TlsError> {
+        let roots = Arc::new(roots(&settings.client_ca)?);
+        Ok(Material {
+            roots,
+            certs: load_certs(&settings.cert)?,
+            key: load_server_key(&settings.key)?,
+        })
+    }
+}
+
 fn server_config_and_verifier(settings: &TlsSettings) -> Result<Built, TlsError> {
+    let material = Material::load(settings)?;
+    let crls = settings.crl.as_deref().map(load_crls).transpose()?;
+    assemble(&material, crls, settings)
+}
+
+/// The listener config of `material` and `crls` (`settings`: the CRL policy, and the
+/// certificate's path for errors).
+fn assemble(
+    material: &Material,
+    crls: Option<Vec<CertificateRevocationListDer<'static>>>,
+    settings: &TlsSettings,
+) -> Result<Built, TlsError> {
     let provider = provider();
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots(&settings.client_ca)?),
-        provider.clone(),
-    );
-    if let Some(crl) = &settings.crl {
-        verifier = verifier.with_crls(load_crls(crl)?);
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&material.roots), provider.clone());
+    if let Some(crls) = crls {
+        verifier = verifier.with_crls(crls);
         if settings.stale_crl == crate::config::StaleCrl::Refuse {
             verifier = verifier.enforce_revocation_expiration();
         }
@@ -194,7 +234,7 @@ fn server_config_and_verifier(settings: &TlsSettings) -> Result<Built, TlsError>
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
         .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(load_certs(&settings.cert)?, load_server_key(&settings.key)?)
+        .with_single_cert(material.certs.clone(), material.key.clone_key())
         .map_err(|e| TlsError(format!("{}: {e}", settings.cert.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // No session resumption: rustls takes a resumed session's client chain from the session
@@ -266,10 +306,17 @@ enum Source {
 }
 
 impl Source {
-    fn build(&self) -> Result<Built, TlsError> {
+    /// The config, and for mTLS the material it was built from.
+    fn build(&self) -> Result<(Built, Option<Material>), TlsError> {
         match self {
-            Source::Mtls(s) => server_config_and_verifier(s),
-            Source::Public { cert, key } => public_server_config(cert, key).map(|c| (c, None)),
+            Source::Mtls(s) => {
+                let material = Material::load(s)?;
+                let crls = s.crl.as_deref().map(load_crls).transpose()?;
+                Ok((assemble(&material, crls, s)?, Some(material)))
+            }
+            Source::Public { cert, key } => {
+                public_server_config(cert, key).map(|c| ((c, None), None))
+            }
         }
     }
 }
@@ -336,6 +383,8 @@ pub struct ReloadableTls {
     /// The CRL file in force: as it was read by the last load that succeeded, for
     /// [`ReloadableTls::crl_changed`].
     crl_seen: std::sync::Mutex<CrlFile>,
+    /// What the mTLS config in force was built from besides its CRL.
+    material: std::sync::Mutex<Option<Material>>,
 }
 
 /// A CRL file as it was read: the SHA-256 of its bytes, `None` when it could not be read.
@@ -372,13 +421,14 @@ impl ReloadableTls {
         let source = Source::Mtls(settings);
         let deadlines = std::sync::Mutex::new(source.deadlines());
         let crl_seen = std::sync::Mutex::new(CrlFile::read(source.crl_path()));
-        let current = RwLock::new(source.build()?);
+        let (built, material) = source.build()?;
         Ok(ReloadableTls {
             source: std::sync::Mutex::new(source),
-            current,
+            current: RwLock::new(built),
             deadlines,
             reloads: tokio::sync::watch::channel(0).0,
             crl_seen,
+            material: std::sync::Mutex::new(material),
         })
     }
 
@@ -389,13 +439,14 @@ impl ReloadableTls {
     pub fn public(cert: std::path::PathBuf, key: std::path::PathBuf) -> Result<Self, TlsError> {
         let source = Source::Public { cert, key };
         let deadlines = std::sync::Mutex::new(source.deadlines());
-        let current = RwLock::new(source.build()?);
+        let (built, _) = source.build()?;
         Ok(ReloadableTls {
             source: std::sync::Mutex::new(source),
-            current,
+            current: RwLock::new(built),
             deadlines,
             reloads: tokio::sync::watch::channel(0).0,
             crl_seen: std::sync::Mutex::new(CrlFile(None)),
+            material: std::sync::Mutex::new(None),
         })
     }
 
@@ -479,12 +530,67 @@ impl ReloadableTls {
         self.install(source)
     }
 
+    /// Loads the CRL file in force again, with the certificate, key and CA bundle as they
+    /// were last loaded: what applies a revocation while another file fails to load (a key
+    /// caught half-renewed, a bundle rewritten with the wrong mode), which would otherwise
+    /// hold it back until that file is fixed. On failure nothing changes.
+    ///
+    /// # Errors
+    /// When the CRL does not load, or this listener has none.
+    pub fn reload_crl(&self) -> Result<(), TlsError> {
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Source::Mtls(settings) = &source else {
+            return Err(TlsError("the public listener has no CRL".into()));
+        };
+        let Some(path) = settings.crl.as_deref() else {
+            return Err(TlsError("no CRL is configured".into()));
+        };
+        let material = self
+            .material
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| TlsError("no TLS config was loaded".into()))?;
+        let crl = CrlFile::read(Some(path));
+        let due = source.deadlines().into_iter().find(|d| d.crl);
+        let fresh = assemble(&material, Some(load_crls(path)?), settings)?;
+        *self.crl_seen.lock().unwrap_or_else(PoisonError::into_inner) = crl;
+        {
+            let mut deadlines = self
+                .deadlines
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            deadlines.retain(|d| !d.crl);
+            deadlines.extend(due);
+        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        self.reloads.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
     /// Replaces the mTLS settings (paths of certificate, key, CA bundle, CRL) with those of
     /// a re-read config and loads them. On failure nothing changes.
     ///
     /// # Errors
     /// As [`server_config`]; or when this is the public listener's config.
     pub fn reload_with(&self, settings: TlsSettings) -> Result<(), TlsError> {
+        // A reload that drops the CRL in force would let every certificate it revokes back
+        // in, at once and on open connections too: that takes a restart.
+        let had_crl = self
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .crl_path()
+            .is_some();
+        if had_crl && settings.crl.is_none() {
+            return Err(TlsError(
+                "the config no longer names [tls] crl: a reload does not drop the CRL in force (every certificate it revokes would be served again); restart the daemon to run without one".into(),
+            ));
+        }
         self.install(Source::Mtls(settings))
     }
 
@@ -513,7 +619,8 @@ impl ReloadableTls {
         // ones and the next reload corrects the deadlines (and the next CRL check reloads).
         let deadlines = source.deadlines();
         let crl = CrlFile::read(source.crl_path());
-        let fresh = source.build()?;
+        let (fresh, material) = source.build()?;
+        *self.material.lock().unwrap_or_else(PoisonError::into_inner) = material;
         *self.crl_seen.lock().unwrap_or_else(PoisonError::into_inner) = crl;
         *self
             .deadlines

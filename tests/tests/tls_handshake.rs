@@ -217,6 +217,13 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
         .await;
     assert!(!healthy("rv").await);
     assert!(healthy("w1").await);
+    // A config that no longer names the CRL in force: refused, loudly; the CRL stays (a
+    // reload must not serve every certificate it revokes again, open connections too).
+    write_config(&daemon.config, &daemon.data_dir, &pki, None, &extra);
+    reload_cli(&daemon);
+    daemon.wait_log("no longer names [tls] crl", 1).await;
+    assert!(!healthy("rv").await, "a reload dropped the CRL in force");
+    assert!(healthy("w1").await);
     std::fs::write(&daemon.config, &good).unwrap();
 
     // A change outside the TLS files is named as needing a restart; so is a change in [tls]
@@ -276,8 +283,10 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     std::fs::write(pki.dir.join("outsider.key"), &outsider.key_pem).unwrap();
     assert!(!healthy("outsider").await);
     std::fs::write(&client_ca, &other.cert_pem).unwrap();
-    // The CRL is this PKI's; with another CA it no longer verifies: take it out.
-    write_config(&daemon.config, &daemon.data_dir, &pki, None, &extra);
+    // The CRL is this PKI's; with another CA, that CA's CRL goes with it.
+    let crl_file = pki.dir.join("crl.pem");
+    let this_crl = std::fs::read(&crl_file).unwrap();
+    std::fs::write(&crl_file, other.crl(&[]).unwrap()).unwrap();
     reload_cli(&daemon);
     daemon
         .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 7)
@@ -288,6 +297,7 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     );
     assert!(healthy("outsider").await);
     std::fs::copy(pki.dir.join("ca.crt"), &client_ca).unwrap();
+    std::fs::write(&crl_file, this_crl).unwrap();
     reload_cli(&daemon);
     daemon
         .wait_log("SIGHUP: TLS certificates, client CA and CRL reloaded", 8)
@@ -328,8 +338,9 @@ async fn reloads_apply_the_config_files_or_refuse_loudly() {
     };
     mode(0o644);
     reload_cli(&daemon);
+    // (The first failed reload was the config without its CRL, above.)
     daemon
-        .wait_log("SIGHUP: reload failed; keeping the previous TLS config", 1)
+        .wait_log("SIGHUP: reload failed; keeping the previous TLS config", 2)
         .await;
     assert!(
         daemon.logs().contains("has mode 0644: open to others"),
@@ -565,42 +576,56 @@ async fn a_newer_crl_appended_to_the_file_is_the_one_used() {
 }
 
 /// A changed CRL whose reload fails for a reason outside the CRL — the server key caught
-/// half-replaced — is tried again at every check, so the revocation takes effect once the
-/// files load, without a signal and without the CRL changing again. It is reported once.
+/// half-replaced — is applied alone, with the files in force: the revocation never waits for
+/// the other file. A CRL that itself does not load keeps the one in force, is tried again at
+/// every check and takes effect once it loads, without a signal. It is reported once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crl_whose_reload_failed_is_tried_again() {
     let (tmp, pki) = setup();
     let (mut daemon, revoked_serial, _) = watching_crl(tmp.path(), &pki).await;
 
+    // The server key caught half-renewed when a revocation is published: the CRL is applied
+    // alone, with the certificate, key and client CA in force. The revocation does not wait
+    // for the key to be fixed, and the listener keeps serving.
     let key_file = pki.dir.join("server.key");
     let key = std::fs::read(&key_file).unwrap();
     std::fs::write(&key_file, "-----BEGIN PRIVATE KEY-----\nhalf\n").unwrap();
     let w1_serial = 100; // first serial the PKI issued
     pki.write_crl(&[revoked_serial, w1_serial]);
-    daemon
-        .wait_log("the CRL file changed but does not load", 1)
-        .await;
-    // The previous config is in force meanwhile: w1 is still served.
+    daemon.wait_log("the CRL alone was loaded", 1).await;
+    assert!(
+        refused(&mut pki.client_for("w1", &daemon.url)).await,
+        "the revocation waited for an unrelated file"
+    );
     let (s, _) = call(
-        &mut pki.client_for("w1", &daemon.url),
+        &mut pki.client_for("op", &daemon.url),
         Method::GET,
         "/healthz",
         None,
     )
     .await;
     assert_eq!(s, 200);
-
     std::fs::write(&key_file, key).unwrap();
+
+    // A CRL caught half-written: the previous one stays in force (w1 still refused), it is
+    // reported once, and tried again at every check until it loads.
+    let crl_file = pki.dir.join("crl.pem");
+    std::fs::write(&crl_file, "-----BEGIN X509 CRL-----\nhalf\n").unwrap();
+    daemon
+        .wait_log("the CRL file changed but does not load", 1)
+        .await;
+    assert!(
+        refused(&mut pki.client_for("w1", &daemon.url)).await,
+        "a CRL that failed to load dropped the one in force"
+    );
+    pki.write_crl(&[revoked_serial, w1_serial]);
     daemon
         .wait_log(
             "the CRL file changed: TLS certificates, client CA and CRL reloaded",
             1,
         )
         .await;
-    assert!(
-        refused(&mut pki.client_for("w1", &daemon.url)).await,
-        "the revocation was forgotten after a failed reload"
-    );
+    assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
     assert_eq!(crl_failures_logged(&daemon), 1, "reported once");
     daemon.stop();
 }
