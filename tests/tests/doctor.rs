@@ -306,6 +306,54 @@ fn the_doctor_passes_a_healthy_dev_directory_and_fails_each_breakage() {
         "{f:#}"
     );
     assert_eq!(code, 0, "{v:#}");
+    // A bundle with a root and the intermediate it issued (which issues clients): the root,
+    // never checked as an anchor of the bundle, needs no CRL of its own; said, not failed.
+    let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "doctor test root");
+    let root_key = KeyPair::generate().unwrap();
+    let root_cert = root_params.self_signed(&root_key).unwrap();
+    let mut mid_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    mid_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    mid_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "doctor test intermediate");
+    let mid_key = KeyPair::generate().unwrap();
+    let mid_cert = mid_params
+        .signed_by(&mid_key, &Issuer::from_params(&root_params, &root_key))
+        .unwrap();
+    let mid_crl = signed_crl(&Issuer::from_params(&mid_params, mid_key), 1, 6, 7);
+    let dev_ca = std::fs::read_to_string(d.join("pki/ca.crt")).unwrap();
+    std::fs::write(
+        d.join("pki/ca.crt"),
+        format!("{dev_ca}{}{}", root_cert.pem(), mid_cert.pem()),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pki/crl.pem"),
+        format!("{}{mid_crl}", crl_of(&d, 1, 6, 8)),
+    )
+    .unwrap();
+    let (code, v, err) = dev_doctor(&d);
+    let f = finding(&v, "tls.crl_issuers");
+    assert_eq!(f["status"], "warn", "{f:#} {err}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .contains("doctor test root has no CRL"),
+        "{f:#}"
+    );
+    assert_eq!(code, 0, "{v:#}");
+    // Without the intermediate's CRL, its clients would be refused: a failure.
+    std::fs::write(d.join("pki/crl.pem"), crl_of(&d, 1, 6, 9)).unwrap();
+    expect_fail(
+        &d,
+        "tls.crl_issuers",
+        "holds no CRL of CN=doctor test intermediate",
+    );
 
     // A public listener whose key is not its certificate's: `serve` would not start.
     let d = copy(&healthy, root, "public");

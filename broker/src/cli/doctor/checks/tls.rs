@@ -114,27 +114,59 @@ fn crl_issuers(client_ca: &Path, crl: &Path) -> Finding {
             }
         }
     }
-    let mut covered = 0usize;
-    for der in &cas {
-        let ca = match X509Certificate::from_der(der.as_ref()) {
-            Ok((_, c)) => c,
-            Err(e) => {
-                return Finding::fail(
-                    CHECK,
-                    format!(
-                        "{}: a certificate does not parse ({e})",
-                        client_ca.display()
-                    ),
-                    fix,
-                )
-            }
-        };
+    let parsed = match cas
+        .iter()
+        .map(|der| X509Certificate::from_der(der.as_ref()).map(|(_, c)| c))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            return Finding::fail(
+                CHECK,
+                format!(
+                    "{}: a certificate does not parse ({e})",
+                    client_ca.display()
+                ),
+                fix,
+            )
+        }
+    };
+    let (mut covered, mut unchecked) = (0usize, Vec::new());
+    for (i, ca) in parsed.iter().enumerate() {
         let subject = crate::cli::output::sanitize(&ca.subject().to_string());
+        // A CA of the bundle that issued another CA of it: the daemon never checks an anchor
+        // of the bundle itself, so a chain ending at the one it issued needs only that one's
+        // CRL. Its own missing CRL refuses only clients that present the issued CA as an
+        // intermediate.
+        let issued_another = parsed
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j != i && other.issuer().as_raw() == ca.subject().as_raw());
+        if ca
+            .key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|ku| !ku.value.crl_sign())
+        {
+            if issued_another {
+                unchecked.push(format!("{subject} may not sign CRLs (needed only for clients presenting a CA it issued as an intermediate)"));
+                continue;
+            }
+            return Finding::fail(
+                CHECK,
+                format!("{subject} (a CA of {}) may not sign CRLs (its key usage has no cRLSign): no CRL of it is taken, and the daemon refuses every client certificate it issued", client_ca.display()),
+                fix,
+            );
+        }
         let own: Vec<_> = crls
             .iter()
             .filter(|c| c.issuer().as_raw() == ca.subject().as_raw())
             .collect();
         if own.is_empty() {
+            if issued_another {
+                unchecked.push(format!("{subject} has no CRL (needed only for clients presenting a CA it issued as an intermediate)"));
+                continue;
+            }
             return Finding::fail(
                 CHECK,
                 format!(
@@ -145,29 +177,38 @@ fn crl_issuers(client_ca: &Path, crl: &Path) -> Finding {
                 fix,
             );
         }
-        if let Some(bad) = own
-            .iter()
-            .find(|c| c.verify_signature(ca.public_key()).is_err())
-        {
-            return Finding::fail(
-                CHECK,
-                format!(
-                    "{}: the CRL naming {subject} as its issuer (issued {}) is not signed by that CA's key: the daemon refuses every client certificate the CA issued",
-                    crl.display(),
-                    super::date(bad.last_update().timestamp())
-                ),
-                fix,
-            );
+        for c in &own {
+            match c.verify_signature(ca.public_key()) {
+                Ok(()) => {}
+                // An algorithm this check cannot verify (P-521, ECDSA with SHA-512) that the
+                // daemon's TLS may well accept: said, not failed.
+                Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {
+                    unchecked.push(format!("the CRL of {subject}: its signature algorithm is not one this check verifies"));
+                }
+                Err(_) => {
+                    return Finding::fail(
+                        CHECK,
+                        format!(
+                            "{}: the CRL naming {subject} as its issuer (issued {}) is not signed by that CA's key: the daemon refuses every client certificate the CA issued",
+                            crl.display(),
+                            super::date(c.last_update().timestamp())
+                        ),
+                        fix,
+                    );
+                }
+            }
         }
         covered += 1;
+    }
+    if !unchecked.is_empty() {
+        return Finding::warn(CHECK, unchecked.join("; "), fix);
     }
     let others = crls
         .iter()
         .filter(|c| {
-            !cas.iter().any(|der| {
-                X509Certificate::from_der(der.as_ref())
-                    .is_ok_and(|(_, ca)| ca.subject().as_raw() == c.issuer().as_raw())
-            })
+            !parsed
+                .iter()
+                .any(|ca| ca.subject().as_raw() == c.issuer().as_raw())
         })
         .count();
     Finding::ok(
