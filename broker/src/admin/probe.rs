@@ -82,13 +82,16 @@ impl AdminService {
         // The probe of the active version is that version's own too: what a passing one
         // established (a PAT's expiry, as the upstream reported it) stays with the version
         // once it is superseded, where an owed revocation of it is judged.
+        // A read that fails stamps nothing: the probe (its upstream calls made) is still
+        // recorded, and its commit fails on the store as it would.
         let active = match binding.active_secret_version {
-            Some(v) => self
-                .core
-                .records
-                .secret_version(&binding.id, v)
-                .await
-                .map_err(|e| refuse(super::store_err(e)))?,
+            Some(v) => match self.core.records.secret_version(&binding.id, v).await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(binding = %binding.id, error = %e, "cannot read the active secret version to stamp its probe");
+                    None
+                }
+            },
             None => None,
         };
         let (mut upstream_passed, mut established) = (false, None);

@@ -33,11 +33,16 @@ pub(super) enum SecretWrite {
 impl AdminService {
     /// Marks version `old` of `binding` superseded in `batch` (kept, never served, destroyed
     /// after the overlap), as read: promotion, token capture and a reinstall's retirement.
+    /// `served_facts`: what the binding's probes established of it while it served (its
+    /// `trust_facts`), kept on a version whose revocation is owed and that holds none of its
+    /// own (one activated before its probes stamped it), so that an owed revocation of a PAT
+    /// expired meanwhile is settled without a call.
     pub(super) async fn plan_supersede(
         &self,
         binding: &crate::ids::BindingId,
         old: u32,
         owe_revocation: bool,
+        served_facts: Option<&serde_json::Value>,
         batch: &mut crate::store::Batch,
     ) -> Result<(), ApiError> {
         if let Some(read_old) = self
@@ -51,6 +56,18 @@ impl AdminService {
             superseded.state = SecretState::Superseded;
             superseded.superseded_at = Some(now_rfc3339());
             superseded.upstream_revocation_owed = owe_revocation;
+            let has_facts = superseded
+                .probe
+                .as_ref()
+                .is_some_and(|p| p.facts.is_some());
+            if let (true, false, Some(facts)) = (owe_revocation, has_facts, served_facts) {
+                superseded.probe = Some(VersionProbe {
+                    passed: true,
+                    at: now_rfc3339(),
+                    summary: "what the binding's probes established while it served (kept when superseded)".into(),
+                    facts: Some(facts.clone()),
+                });
+            }
             batch.replace(&read_old, &superseded);
         }
         Ok(())
@@ -273,7 +290,8 @@ impl AdminService {
         plan.batch.replace(&read, &promoted);
         let previous = binding.active_secret_version;
         if let Some(old) = previous {
-            self.plan_supersede(&binding.id, old, owe_revocation, &mut plan.batch)
+            let served = binding.trust_facts.as_ref();
+            self.plan_supersede(&binding.id, old, owe_revocation, served, &mut plan.batch)
                 .await?;
         }
         binding.active_secret_version = Some(version);
