@@ -1003,6 +1003,23 @@ async fn expired_states_and_verified_webhooks() {
         said.starts_with("failed") && said.contains("; then drift:"),
         "{v}"
     );
+    // A later event replaces the earlier one's note; the failure stays first.
+    let (s, _) = webhook(&mut env.public, &json!({"action": "new_permissions_accepted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}, "permissions": {"issues": "read"}}}), None).await;
+    assert_eq!(s, 200);
+    let (_, v) = call(
+        &mut env.op,
+        Method::GET,
+        &format!("/v1/admin/bindings/{binding}"),
+        None,
+    )
+    .await;
+    let said = v["binding"]["last_probe"].as_str().unwrap();
+    assert!(
+        said.starts_with("failed")
+            && said.matches("; then ").count() == 1
+            && said.contains("issues"),
+        "{v}"
+    );
     let (s, v) = call(
         &mut env.op,
         Method::POST,

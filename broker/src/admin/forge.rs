@@ -630,7 +630,8 @@ impl AdminService {
         }
         let record = self.sealed_version(binding, &token.fields, SecretState::Active)?;
         if let Some(old) = binding.active_secret_version {
-            self.plan_supersede(&binding.id, old, false, None, batch).await?;
+            self.plan_supersede(&binding.id, old, false, None, batch)
+                .await?;
         }
         batch.create(&record);
         binding.active_secret_version = Some(record.version);
@@ -673,7 +674,8 @@ impl AdminService {
         let Some(old) = binding.active_secret_version.take() else {
             return Ok(None);
         };
-        self.plan_supersede(&binding.id, old, false, None, batch).await?;
+        self.plan_supersede(&binding.id, old, false, None, batch)
+            .await?;
         if let Some(Value::Object(facts)) = binding.trust_facts.as_mut() {
             facts.remove(HELD);
         }

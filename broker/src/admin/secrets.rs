@@ -56,10 +56,7 @@ impl AdminService {
             superseded.state = SecretState::Superseded;
             superseded.superseded_at = Some(now_rfc3339());
             superseded.upstream_revocation_owed = owe_revocation;
-            let has_facts = superseded
-                .probe
-                .as_ref()
-                .is_some_and(|p| p.facts.is_some());
+            let has_facts = superseded.probe.as_ref().is_some_and(|p| p.facts.is_some());
             if let (true, false, Some(facts)) = (owe_revocation, has_facts, served_facts) {
                 superseded.probe = Some(VersionProbe {
                     passed: true,

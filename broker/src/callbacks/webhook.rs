@@ -333,11 +333,18 @@ impl CallbackService {
                 .filter(|p| crate::model::probe_failed(p))
             {
                 // A failed probe stays what the binding's last probe says (the inventory
-                // flags it) until one passes: the event is told after it, within a bound.
-                Some(failed) => format!("{failed}; then {told}")
-                    .chars()
-                    .take(2048)
-                    .collect(),
+                // flags it) until one passes: the latest event is told after it (the
+                // failure bounded; an earlier event's note replaced).
+                Some(failed) => {
+                    let failure: String = failed
+                        .split("; then ")
+                        .next()
+                        .unwrap_or(failed)
+                        .chars()
+                        .take(1536)
+                        .collect();
+                    format!("{failure}; then {told}")
+                }
                 None => told,
             },
         );
