@@ -151,6 +151,14 @@ async fn a_log_of_the_previous_release_verifies_and_is_continued_in_archived_seg
     assert_eq!(c, 0, "{v}");
     assert_eq!(v["chains"][0]["first_seq"], seq - 1, "{v}");
     assert_eq!(v["chains"][0]["checkpoints"], 1, "{v}");
+    // What one file does not prove is said in the JSON too.
+    assert!(
+        v["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("It does not prove it is the whole segment"),
+        "{v}"
+    );
     let whole = segment_bytes(&sealed.path);
     let text = String::from_utf8(whole.clone()).unwrap();
     let body: Vec<&str> = text.lines().collect();

@@ -261,7 +261,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     let results: Vec<ChainResult> = if let Some(segment) = &args.segment {
         let verifier = pinned()?;
         let result = audit::verify_segment(segment, &verifier);
-        if let (Ok(s), true) = (&result, args.output != Some(Output::Json)) {
+        if let Ok(s) = &result {
             let first = s.first_seq.unwrap_or(1);
             let start = if first == 1 {
                 "it starts the log".to_owned()
