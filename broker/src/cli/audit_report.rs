@@ -58,9 +58,11 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         .public_key
         .clone()
         .unwrap_or_else(|| config.audit_public_key_file());
+    // Read once: the fingerprint shown is of the key verified with.
     let key_text =
         crate::keys::read_public_key_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
+    let verifier =
+        AuditVerifier::parse(&key_text).map_err(|e| format!("{}: {e}", key.display()))?;
     let pins = match &args.pinned {
         Some(path) => audit::Pins::from_path(path, &verifier)
             .map_err(|e| format!("{}: {e}", path.display()))?,
