@@ -610,6 +610,9 @@ impl AuditLog {
 
     /// Writes a final checkpoint and stops the writer; queued appends are refused.
     pub fn close(&self) {
+        // Not ready from now on: nothing more is appended (`/readyz` answers so while the
+        // last connections are served).
+        self.healthy.store(false, Ordering::Relaxed);
         let (ack, wait) = std::sync::mpsc::sync_channel(1);
         if self.tx.send(Msg::Close(ack)).is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(10));
