@@ -1531,6 +1531,31 @@ async fn a_report_of_a_broken_chain_sums_up_only_what_verified() {
     for figure in ["records", "admin_changes_total", "denials_total"] {
         assert_eq!(after[figure], before[figure], "{figure}: {after:#}");
     }
+    // Without the unparsable row: a planted record right after the end, claiming seq 3.
+    // The failure is there; the record out of sequence order is not summed up either.
+    db.execute(
+        "DELETE FROM credbroker_audit WHERE replica = $1 AND seq > $2",
+        &[&replica, &end],
+    )
+    .await
+    .unwrap();
+    let (seq, line) = planted(end + 1, 3, "operator.add");
+    db.execute(
+        "INSERT INTO credbroker_audit (replica, seq, line) VALUES ($1, $2, $3)",
+        &[&replica, &seq, &line],
+    )
+    .await
+    .unwrap();
+    let (c, text) = report();
+    assert_eq!(c, 1, "{text}");
+    let after: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        !text.contains("mallory"),
+        "a planted row was summed up: {text}"
+    );
+    for figure in ["records", "admin_changes_total", "denials_total"] {
+        assert_eq!(after[figure], before[figure], "{figure}: {after:#}");
+    }
 }
 
 /// Someone who can write the database, without the signing key, writes a whole chain for a
