@@ -312,6 +312,8 @@ fn a_github_manifest_beyond_the_ceiling_fails() {
         // The flipped rule: the App must ask the installer to authorize it.
         "request_oauth_on_install must be true",
         "callback_urls is missing",
+        // Events the broker never acts on, pushed to the public listener.
+        "default_events must be empty",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }

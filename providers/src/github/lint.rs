@@ -68,6 +68,22 @@ pub fn lint_github_manifest(file: &str, m: &Value, ceiling: &GithubCeiling, out:
     if m.get("request_oauth_on_install") != Some(&Value::Bool(true)) {
         say("request_oauth_on_install must be true (the broker proves who installed with the installer's authorization code)".into());
     }
+    // The broker acts only on `installation` events, which GitHub sends every App without a
+    // subscription: any event subscribed is a customer's activity pushed to the public
+    // listener for nothing (and delivered signed at will by anyone who installs the App).
+    match m.get("default_events") {
+        None => {}
+        Some(Value::Array(events)) if events.is_empty() => {}
+        Some(Value::Array(events)) => say(format!(
+            "default_events must be empty (the broker acts only on installation events, sent to every App unsubscribed): {}",
+            events
+                .iter()
+                .map(|e| e.as_str().unwrap_or("?"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Some(_) => say("default_events must be an array".into()),
+    }
     let callbacks: Vec<&str> = m
         .get("callback_urls")
         .and_then(Value::as_array)
