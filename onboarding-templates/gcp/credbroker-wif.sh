@@ -137,6 +137,35 @@ actual_number="$(gcloud projects describe "$PROJECT_ID" --format='value(projectN
 sa_email="${SA_NAME}@${PROJECT_ID}.iam.gserviceaccount.com"
 principal="principal://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/global/workloadIdentityPools/${POOL_ID}/subject/${SUBJECT}"
 
+# An existing service account (an earlier run, or one made by hand) must hold no more than
+# asked for, and be usable by our one subject alone: a run adds grants, it never removes
+# them, so what it would leave in place is refused before anything changes.
+if gcloud iam service-accounts describe "$sa_email" --project="$PROJECT_ID" >/dev/null 2>&1; then
+  held="$(gcloud projects get-iam-policy "$PROJECT_ID" \
+    --flatten='bindings[].members' \
+    --filter="bindings.members=serviceAccount:${sa_email}" \
+    --format='value(bindings.role)')" ||
+    die "could not read the IAM policy of project $PROJECT_ID"
+  while IFS= read -r r; do
+    [[ -n "$r" ]] || continue
+    wanted=false
+    for w in "${roles[@]}"; do
+      if [[ "$r" == "$w" ]]; then wanted=true; fi
+    done
+    [[ "$wanted" == true ]] ||
+      die "service account $sa_email also holds $r, which --roles does not ask for: remove it first (gcloud projects remove-iam-policy-binding $PROJECT_ID --member=serviceAccount:$sa_email --role=$r), or name it in --roles if it is one of: ${ALLOWED_ROLES[*]}"
+  done <<<"$held"
+  users="$(gcloud iam service-accounts get-iam-policy "$sa_email" --project="$PROJECT_ID" \
+    --flatten='bindings[].members' \
+    --filter='bindings.role=roles/iam.workloadIdentityUser' \
+    --format='value(bindings.members)')" ||
+    die "could not read the IAM policy of service account $sa_email"
+  while IFS= read -r m; do
+    [[ -z "$m" || "$m" == "$principal" ]] ||
+      die "$m may also act as $sa_email (roles/iam.workloadIdentityUser): remove it first (gcloud iam service-accounts remove-iam-policy-binding $sa_email --project=$PROJECT_ID --role=roles/iam.workloadIdentityUser --member=$m)"
+  done <<<"$users"
+fi
+
 echo "== workload identity pool $POOL_ID"
 if gcloud iam workload-identity-pools describe "$POOL_ID" \
   --project="$PROJECT_ID" --location=global >/dev/null 2>&1; then

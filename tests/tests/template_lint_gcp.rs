@@ -299,6 +299,38 @@ fn the_script_federates_one_subject_to_one_read_only_account() {
         "{calls:#?}"
     );
 
+    // An existing service account holding more than asked for (an earlier run's roles/viewer)
+    // is refused before anything changes: a run adds grants, it never removes them.
+    let wider = "  *\"service-accounts describe \"*) exit 0 ;;\n  \"projects get-iam-policy acme-prod \"*) printf 'roles/iam.securityReviewer\\nroles/viewer\\n' ;;\n";
+    let (ok, out, calls) = run_script_with(&base, wider);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("also holds roles/viewer, which --roles does not ask for"),
+        "{out}"
+    );
+    let changed = |calls: &[String]| {
+        calls.iter().any(|c| {
+            c.contains("add-iam-policy-binding") || c.contains("-oidc") || c.contains(" create ")
+        })
+    };
+    assert!(!changed(&calls), "{calls:#?}");
+    // Nor one another principal may act as (an earlier run's subject).
+    let stale = "  *\"service-accounts describe \"*) exit 0 ;;\n  *\"service-accounts get-iam-policy \"*) echo principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/credbroker/subject/cb-old ;;\n";
+    let (ok, out, calls) = run_script_with(&base, stale);
+    assert!(!ok, "{out}");
+    assert!(out.contains("subject/cb-old may also act as"), "{out}");
+    assert!(!changed(&calls), "{calls:#?}");
+    // One holding what is asked for, used by our subject alone, is used as it is.
+    let ours = format!(
+        "  *\"service-accounts describe \"*) exit 0 ;;\n  \"projects get-iam-policy acme-prod \"*) echo roles/browser ;;\n  *\"service-accounts get-iam-policy \"*) echo principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/credbroker/subject/{SUBJECT} ;;\n"
+    );
+    let (ok, out, calls) = run_script_with(&base, &ours);
+    assert!(ok, "{out}");
+    assert!(
+        !calls.iter().any(|c| c.contains("service-accounts create")),
+        "{calls:#?}"
+    );
+
     // Inline JWKS: the provider gets --jwk-json-path.
     let tmp = tempfile::tempdir().unwrap();
     let jwks = tmp.path().join("jwks.json");
