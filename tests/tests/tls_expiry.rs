@@ -33,7 +33,7 @@ async fn metrics(pki: &TestPki, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_expiry_gauge_follows_the_certificates_in_use() {
     let (tmp, pki) = setup();
-    let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
     let text = metrics(&pki, &daemon.url).await;
     let server = gauge(&text, "server").expect("server series");
     let ca = gauge(&text, "client_ca").expect("client CA series");
@@ -78,8 +78,12 @@ async fn the_expiry_gauge_follows_the_certificates_in_use() {
     let due = gauge(&text, "crl").expect("crl series after the reload");
     assert!(due > 6.0 * 86_400.0 && due <= 7.0 * 86_400.0, "{due}");
 
-    // Removed again: the series goes.
+    // Dropped from the config: a reload keeps the CRL in force (running without one takes a
+    // restart), and its series stays; after a restart without it, the series goes.
     std::fs::write(&daemon.config, &config).unwrap();
-    let text = reload(&daemon, &pki, RELOADED, 2).await;
+    let text = reload(&daemon, &pki, "no longer names [tls] crl", 1).await;
+    assert!(gauge(&text, "crl").is_some(), "{text}");
+    daemon.restart();
+    let text = metrics(&pki, &daemon.url).await;
     assert!(gauge(&text, "crl").is_none(), "{text}");
 }
