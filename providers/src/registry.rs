@@ -116,6 +116,10 @@ pub struct CliSpec {
     pub about: &'static str,
     /// The provider's own flags for `binding add <name>`.
     pub binding_flags: &'static [ConfigFlag],
+    /// Whether an operator may bind it by hand (`binding add <name>`). Not a provider whose
+    /// sites are bound on their own proof only (Atlassian Forge: the connect code, or an
+    /// unclaimed installation's signed invocation).
+    pub by_hand: bool,
     /// Help for `onboard <name>`, when onboarding starts at the broker.
     pub onboard: Option<&'static str>,
     /// Which customer account `onboard <name>` pins: the install callback is accepted only

@@ -520,7 +520,9 @@ async fn a_site_running_the_app_unclaimed_is_bound_only_on_its_code() {
         err.contains("conflict (409)") && err.contains("onboarding out"),
         "{err}"
     );
-    // So is a binding by hand.
+    // A binding by hand is refused for any site, whatever is out: a cloudId and installation
+    // id named by hand are the customer's word, and the site's next signed invocation would
+    // hand its system token to that tenant's workers.
     let site = stray();
     let (s, v) = call(
         &mut env.op,
@@ -530,7 +532,17 @@ async fn a_site_running_the_app_unclaimed_is_bound_only_on_its_code() {
                     "config": {"cloud_id": STRAY, "installation_id": site.installation_id, "environment": "PRODUCTION", "api_base_url": site.api_base_url()}})),
     )
     .await;
-    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not bound by hand"),
+        "{v}"
+    );
+    // Nor does the CLI offer it.
+    let (c, _, err) = env.cli(&["binding", "add", "atlassian", "by-hand", "--tenant", "t1"]);
+    assert_ne!(c, 0, "{err}");
     let (s, v) = env
         .connect(&stray(), onboarded["connect_code"].as_str().unwrap(), None)
         .await;

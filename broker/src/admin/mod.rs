@@ -570,7 +570,26 @@ impl AdminService {
             AdminOp::UpdateWorker(id, u) => self.plan_update_worker(&id, u).await,
             AdminOp::AddOperator(o) => self.plan_add_operator(o).await,
             AdminOp::AddInstance(i) => self.plan_add_instance(i).await,
-            AdminOp::AddBinding(b) => self.plan_add_binding(b).await,
+            AdminOp::AddBinding(b) => {
+                // A site of a provider invoked by its installations (Atlassian Forge) is bound
+                // on proof only: its administrator's connect code, or an unclaimed
+                // installation's signed invocation with the runbook's checks. A cloudId and
+                // installation id named by hand are the customer's claim: bound, the next
+                // signed invocation of that site would be re-pointed here and its system
+                // token served to this tenant's workers.
+                if self
+                    .core
+                    .registry
+                    .get(&b.provider)
+                    .is_some_and(|p| p.invocations().is_some())
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "a {} site is not bound by hand: its administrator binds it with the connect code of `credbroker onboard atlassian --tenant {}`; a site already running the app is bound with `credbroker unclaimed claim` after the checks of runbooks/atlassian-unclaimed.md",
+                        b.provider, b.tenant
+                    )));
+                }
+                self.plan_add_binding(b).await
+            }
             AdminOp::SetStatus(c, id, status) => self.plan_status(c, &id, status).await,
             AdminOp::Remove(c, id) => self.plan_remove(c, &id).await,
             AdminOp::SecretSet(id, fields, expires) => {

@@ -93,7 +93,9 @@ impl FromArgMatches for BindingAdd {
         let (name, m) = matches
             .subcommand()
             .ok_or_else(|| clap::Error::new(ErrorKind::MissingSubcommand))?;
-        let d = by_cli_name(name).ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
+        let d = by_cli_name(name)
+            .filter(|d| d.cli.by_hand)
+            .ok_or_else(|| clap::Error::new(ErrorKind::InvalidSubcommand))?;
         let text = |id: &str| m.get_one::<String>(id).cloned();
         let mut config = Value::Object(Map::new());
         for f in d.cli.binding_flags {
@@ -145,8 +147,13 @@ impl FromArgMatches for BindingAdd {
 
 impl Subcommand for BindingAdd {
     fn augment_subcommands(cmd: Command) -> Command {
-        cmd.subcommands(CATALOG.iter().map(|d| binding_add_command(d)))
-            .subcommand_required(true)
+        cmd.subcommands(
+            CATALOG
+                .iter()
+                .filter(|d| d.cli.by_hand)
+                .map(|d| binding_add_command(d)),
+        )
+        .subcommand_required(true)
     }
 
     fn augment_subcommands_for_update(cmd: Command) -> Command {
@@ -154,7 +161,7 @@ impl Subcommand for BindingAdd {
     }
 
     fn has_subcommand(name: &str) -> bool {
-        by_cli_name(name).is_some()
+        by_cli_name(name).is_some_and(|d| d.cli.by_hand)
     }
 }
 

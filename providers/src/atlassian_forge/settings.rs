@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use super::{fit, lint, AtlassianForge};
 use crate::github::settings::check_base;
 use crate::registry::{
-    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, ConfigFlag,
-    CredentialSource, FlagTarget, FlagValue, OnboardPin, ProviderDescriptor, TemplateLint,
+    resolve_path, Availability, BuildFuture, CatalogEntry, CeilingMode, CliSpec, CredentialSource,
+    OnboardPin, ProviderDescriptor, TemplateLint,
 };
 use crate::Provider;
 
@@ -257,14 +257,9 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     availability: Availability::Configured(build),
     cli: CliSpec {
         name: "atlassian",
-        about: "A Jira or Confluence Cloud site running our Forge app (normally bound when its administrator types the connect code of `onboard atlassian` on the app's admin page; this binds by hand).",
-        binding_flags: &[ConfigFlag {
-            long: "config",
-            help: "The binding as JSON: {\"cloud_id\", \"installation_id\", \"environment\", \"api_base_url\"} (from `credbroker unclaimed list`).",
-            value: FlagValue::JsonObject,
-            target: FlagTarget::WholeConfig,
-            required: true,
-        }],
+        about: "A Jira or Confluence Cloud site running our Forge app: bound when its administrator types the connect code of `onboard atlassian` on the app's admin page, or with `unclaimed claim`; never by hand.",
+        binding_flags: &[],
+        by_hand: false,
         onboard: Some("Record that the tenant expects the Atlassian site with this cloudId, and answer the connect code (shown once): the site is bound to the tenant when its administrator types that code on the app's admin page (Jira settings, Apps, Connect to credbroker)."),
         onboard_pin: OnboardPin::Identifier {
             long: "cloud-id",

@@ -123,6 +123,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
                 required: false,
             },
         ],
+        by_hand: true,
         onboard: Some("Print the tenant's ExternalId, the vendor account id and the template parameters."),
         keys: None,
         onboard_pin: crate::registry::OnboardPin::None,

@@ -173,6 +173,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
                 required: true,
             },
         ],
+        by_hand: true,
         onboard: Some("Print the admin-consent link (the broker's public start URL with a single-use state bound to the tenant, to the customer's tenant GUID and, once opened, to one browser)."),
         onboard_pin: OnboardPin::Identifier {
             long: "entra-tenant",

@@ -357,6 +357,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
                 required: true,
             },
         ],
+        by_hand: true,
         onboard: None,
         onboard_pin: OnboardPin::None,
         keys: None,

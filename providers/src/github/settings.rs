@@ -103,6 +103,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
                 required: true,
             },
         ],
+        by_hand: true,
         onboard: Some("Print the install link (the broker's public start URL with a single-use state bound to the tenant and to the expected GitHub account)."),
         onboard_pin: crate::registry::OnboardPin::Account,
         keys: Some(KeysCli {

@@ -47,6 +47,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
             target: FlagTarget::WholeConfig,
             required: false,
         }],
+        by_hand: true,
         onboard: None,
         keys: None,
         onboard_pin: crate::registry::OnboardPin::None,

@@ -232,6 +232,7 @@ pub(crate) const DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
                 required: false,
             },
         ],
+        by_hand: true,
         onboard: None,
         onboard_pin: OnboardPin::None,
         keys: None,
