@@ -357,14 +357,16 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
         let dir = config.store_dir();
         out.push(
             match crate::store::SledStore::recorded_schema_version(&dir) {
-                Ok(Some(_)) => Finding::fail(
+                // A warning: a first start (or `bootstrap-operator`) that failed after opening
+                // the store and before appending leaves the same.
+                Ok(Some(_)) => Finding::warn(
                     "audit.checkpoint",
                     format!(
-                        "{} holds no audit log, though a broker opened the store at {}: the log was removed, or [audit] dir names another directory (a start would begin a new chain at sequence 1)",
+                        "{} holds no audit log, though a broker opened the store at {}: a first start that failed before its first record, or a log that was removed, or data_dir and [store] path naming different deployments (a start would begin a new chain at sequence 1)",
                         config.audit_dir().display(),
                         dir.display()
                     ),
-                    "point [audit] dir at the log, or restore it from a backup; if it is lost, treat it as an incident (runbooks/audit-verification.md) before starting the broker",
+                    "if the store holds changes, the log is missing: restore it into <data_dir>/audit from a backup (or correct data_dir / [store] path), and treat a lost log as an incident (runbooks/audit-verification.md) before starting the broker",
                 ),
                 _ => Finding::ok(
                     "audit.checkpoint",

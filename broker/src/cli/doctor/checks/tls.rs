@@ -138,25 +138,20 @@ fn crl_issuers(client_ca: &Path, crl: &Path) -> Finding {
         // of the bundle itself, so a chain ending at the one it issued needs only that one's
         // CRL. Its own missing CRL refuses only clients that present the issued CA as an
         // intermediate.
-        let issued_another = parsed
-            .iter()
-            .enumerate()
-            .any(|(j, other)| j != i && other.issuer().as_raw() == ca.subject().as_raw());
+        let issued_another = parsed.iter().enumerate().any(|(j, other)| {
+            j != i
+                && other.issuer().as_raw() == ca.subject().as_raw()
+                && other.subject().as_raw() != ca.subject().as_raw()
+        });
         if ca
             .key_usage()
             .ok()
             .flatten()
             .is_some_and(|ku| !ku.value.crl_sign())
         {
-            if issued_another {
-                unchecked.push(format!("{subject} may not sign CRLs (needed only for clients presenting a CA it issued as an intermediate)"));
-                continue;
-            }
-            return Finding::fail(
-                CHECK,
-                format!("{subject} (a CA of {}) may not sign CRLs (its key usage has no cRLSign): no CRL of it is taken, and the daemon refuses every client certificate it issued", client_ca.display()),
-                fix,
-            );
+            // The daemon's verifier does not check a trust anchor's key usage, so its CRLs
+            // are taken today; OpenSSL and other verifiers refuse them.
+            unchecked.push(format!("{subject} may not sign CRLs (its key usage has no cRLSign): the broker takes its CRLs, other verifiers do not"));
         }
         let own: Vec<_> = crls
             .iter()
@@ -164,7 +159,7 @@ fn crl_issuers(client_ca: &Path, crl: &Path) -> Finding {
             .collect();
         if own.is_empty() {
             if issued_another {
-                unchecked.push(format!("{subject} has no CRL (needed only for clients presenting a CA it issued as an intermediate)"));
+                unchecked.push(format!("{subject} has no CRL: a client certificate it issued directly, or a chain through a CA it issued that is not itself in the bundle, is refused; chains ending at the CA of the bundle it issued are not"));
                 continue;
             }
             return Finding::fail(
