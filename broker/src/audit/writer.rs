@@ -145,6 +145,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     queue: Arc<tokio::sync::Semaphore>,
     healthy: Arc<AtomicBool>,
+    /// Set by [`AuditLog::close`]: healthy no more, whatever the writer's last batch did.
+    closed: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     forensic: Option<String>,
@@ -535,6 +537,7 @@ impl AuditLog {
             tx,
             queue: Arc::new(tokio::sync::Semaphore::new(QUEUE_BOUND)),
             healthy,
+            closed: Arc::new(AtomicBool::new(false)),
             stats,
             thread: Arc::new(Mutex::new(Some(thread))),
             forensic,
@@ -580,9 +583,9 @@ impl AuditLog {
         wait.await.map_err(|_| AuditError::Stopped)?
     }
 
-    /// Whether the last batch was written successfully.
+    /// Whether the last batch was written successfully, and the log is not closed.
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        !self.closed.load(Ordering::Relaxed) && self.healthy.load(Ordering::Relaxed)
     }
 
     /// Whether the log takes records now: at once while it is healthy; after a failure the
@@ -590,6 +593,9 @@ impl AuditLog {
     /// about to do something it must record (mint upstream) never does it on a log known to
     /// be failing, and a transient failure costs no more than one probe.
     pub async fn writable(&self) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
         if self.healthy() {
             return true;
         }
@@ -611,8 +617,9 @@ impl AuditLog {
     /// Writes a final checkpoint and stops the writer; queued appends are refused.
     pub fn close(&self) {
         // Not ready from now on: nothing more is appended (`/readyz` answers so while the
-        // last connections are served).
-        self.healthy.store(false, Ordering::Relaxed);
+        // last connections are served). A flag of its own: a batch queued before the close
+        // still sets the writer's health as it lands.
+        self.closed.store(true, Ordering::Relaxed);
         let (ack, wait) = std::sync::mpsc::sync_channel(1);
         if self.tx.send(Msg::Close(ack)).is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(10));
