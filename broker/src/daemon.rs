@@ -121,10 +121,16 @@ fn reload(config: &Config, tls: &ReloadableTls, public: Option<&ReloadableTls>, 
         Err(e) => {
             broker.metrics().tls_reload_failures.inc();
             tracing::error!(error = %e, "SIGHUP: reload failed; keeping the previous TLS config");
-            // A revocation does not wait for the failing file: the CRL in force is read
-            // again alone, with the certificate, key and client CA in force.
-            if tls.reload_crl().is_ok() {
-                tracing::warn!("SIGHUP: the CRL in force was read again alone (the certificate, key and client CA in force are kept)");
+            // A revocation does not wait for the failing file: the CRL in force (at the path
+            // of the config in force, not of the new one) is read again alone, with the
+            // certificate, key and client CA in force.
+            match tls.reload_crl() {
+                Ok(()) => {
+                    tracing::warn!(crl = %tls.crl_in_force().unwrap_or_default(), "SIGHUP: the CRL in force was read again alone (the certificate, key and client CA in force are kept)")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the CRL in force could not be read again either")
+                }
             }
         }
     }

@@ -530,6 +530,15 @@ impl ReloadableTls {
         self.install(source)
     }
 
+    /// The path of the CRL in force, when there is one.
+    pub fn crl_in_force(&self) -> Option<String> {
+        self.source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .crl_path()
+            .map(|p| p.display().to_string())
+    }
+
     /// Loads the CRL file in force again, with the certificate, key and CA bundle as they
     /// were last loaded: what applies a revocation while another file fails to load (a key
     /// caught half-renewed, a bundle rewritten with the wrong mode), which would otherwise
