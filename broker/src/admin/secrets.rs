@@ -58,12 +58,18 @@ impl AdminService {
             superseded.upstream_revocation_owed = owe_revocation;
             let has_facts = superseded.probe.as_ref().is_some_and(|p| p.facts.is_some());
             if let (true, false, Some(facts)) = (owe_revocation, has_facts, served_facts) {
-                superseded.probe = Some(VersionProbe {
-                    passed: true,
-                    at: now_rfc3339(),
-                    summary: "what the binding's probes established while it served (kept when superseded)".into(),
-                    facts: Some(facts.clone()),
-                });
+                match superseded.probe.as_mut() {
+                    // Its own probe record stays as it was; only the facts are added.
+                    Some(p) => p.facts = Some(facts.clone()),
+                    None => {
+                        superseded.probe = Some(VersionProbe {
+                            passed: true,
+                            at: now_rfc3339(),
+                            summary: "what the binding's probes established while it served (kept when superseded)".into(),
+                            facts: Some(facts.clone()),
+                        });
+                    }
+                }
             }
             batch.replace(&read_old, &superseded);
         }
