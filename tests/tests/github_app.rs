@@ -2135,6 +2135,57 @@ async fn sources_keeping_their_share_open_cannot_hold_the_public_listener() {
     );
 }
 
+/// Nor can sources that keep every slot reading a body fed slowly: an intake form, or a
+/// delivery carrying a signature header (neither is verified before its body is read). A
+/// connection is busy only once its request is read, so a newcomer has one of them closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_drip_feeding_bodies_cannot_hold_the_public_listener() {
+    use tokio::io::AsyncWriteExt;
+    let env = start_with(
+        3600,
+        "max_connections = 8\nmax_connections_per_source = 4\nidle_timeout_ms = 60000\nrequests_per_second_per_source = 100.0\nburst_per_source = 100.0\n",
+    )
+    .await;
+    let url = env.daemon.public_url.clone().unwrap();
+    let token = "A".repeat(43);
+    let intake = format!(
+        "POST /intake/{token} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000\r\n\r\nf_"
+    );
+    let delivery = "POST /callbacks/github_app/webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-Hub-Signature-256: sha256=00\r\nX-GitHub-Event: installation\r\nX-GitHub-Delivery: d1\r\nContent-Length: 60000\r\n\r\n{";
+    let mut held = Vec::new();
+    for (source, head) in [("127.0.0.1", intake.as_str()), ("127.0.0.2", delivery)] {
+        for _ in 0..4 {
+            let mut c = anonymous_connection(&env.pki, &url, source).await.unwrap();
+            c.write_all(head.as_bytes()).await.unwrap();
+            c.flush().await.unwrap();
+            held.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // One more byte each: still arriving, long before the body deadline.
+    for c in &mut held {
+        c.write_all(b"a").await.unwrap();
+        c.flush().await.unwrap();
+    }
+    let mut newcomer = anonymous_connection(&env.pki, &url, "127.0.0.3")
+        .await
+        .expect("a newcomer connects");
+    assert!(
+        healthz_on(&mut newcomer).await,
+        "the newcomer was not served"
+    );
+    let mut open = 0;
+    for c in &mut held {
+        if !closed(c, Duration::from_millis(100)).await {
+            open += 1;
+        }
+    }
+    assert_eq!(
+        open, 7,
+        "one connection reading an unverified body makes room, no more"
+    );
+}
+
 /// One anonymous source cannot hold the public listener (issue 10, items 2 and 9): it keeps
 /// at most its share of connections whatever it opens, others are still served, and
 /// connections that send nothing are closed after the idle timeout.

@@ -347,7 +347,10 @@ pub fn spawn_role(
                     let body_holder = body_holder.clone();
                     let rate_limiter = rate_limiter.clone();
                     let body_budget = body_budget.clone();
-                    let busy = service_activity.begin();
+                    let activity = service_activity.clone();
+                    // The public listener marks its requests busy itself (handle_public):
+                    // not while an unverified body is still arriving.
+                    let busy = (role == Role::Mtls).then(|| service_activity.begin());
                     async move {
                         let _busy = busy;
                         Ok::<_, Infallible>(match role {
@@ -367,7 +370,10 @@ pub fn spawn_role(
                                     &detached,
                                     &body_budget,
                                     rate_limiter.as_deref(),
-                                    remote,
+                                    public::PublicConnection {
+                                        remote,
+                                        activity: &activity,
+                                    },
                                     req,
                                 )
                                 .await

@@ -55,6 +55,14 @@ fn intake_response(
     response
 }
 
+/// The connection a public request came on.
+pub(super) struct PublicConnection<'a> {
+    /// The client's address.
+    pub(super) remote: SocketAddr,
+    /// Its activity, which the request marks busy (see [`handle_public`]).
+    pub(super) activity: &'a Arc<super::activity::Activity>,
+}
+
 /// The public listener: callbacks and health, nothing else.
 pub(super) async fn handle_public(
     broker: Arc<Broker>,
@@ -62,15 +70,24 @@ pub(super) async fn handle_public(
     detached: &Arc<Semaphore>,
     body_budget: &Arc<BodyBudget>,
     rate_limiter: Option<&RateLimiter>,
-    remote: SocketAddr,
+    connection: PublicConnection<'_>,
     req: Request<Incoming>,
 ) -> Response<ZeroizingBody> {
+    let PublicConnection { remote, activity } = connection;
     let request_id = new_request_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let headers = req.headers().clone();
     let route = route_request(Listener::Public, &method, &path);
+    // The connection is busy (never closed to make room for a newcomer) once its request is
+    // read, and at once for a request without a body nobody verified: a body still arriving
+    // unverified (a form or a delivery fed a byte at a time) leaves it idle, so sources that
+    // keep every slot reading bodies cannot hold the listener. A Forge invocation is verified
+    // from its headers before its body is read.
+    let unverified_body =
+        method == Method::POST && matches!(&route, Ok(m) if m.endpoint != Endpoint::ForgeRemote);
+    let mut busy = (!unverified_body).then(|| activity.begin());
     // A signed webhook delivery is verified before it is charged, as a Forge invocation
     // is: GitHub sends every App's deliveries from its own shared addresses, and our App is
     // public, so anyone can have GitHub send signed events (which the broker ignores) at
@@ -206,6 +223,7 @@ pub(super) async fn handle_public(
             } else {
                 Ok(Zeroizing::new(Vec::new()))
             };
+            busy.get_or_insert_with(|| activity.begin());
             let (token, rid) = (m.param("token").to_owned(), request_id.clone());
             // Run to completion even if the client goes away (its audited steps must not be
             // cut in two), within the listener's cap on detached work.
@@ -304,6 +322,7 @@ pub(super) async fn handle_public(
             } else {
                 Ok(Zeroizing::new(Vec::new()))
             };
+            busy.get_or_insert_with(|| activity.begin());
             let (provider, rid) = (m.param("provider").to_owned(), request_id.clone());
             let counted = broker.clone();
             let on_full = move || {
