@@ -141,28 +141,31 @@ principal="principal://iam.googleapis.com/projects/${PROJECT_NUMBER}/locations/g
 # asked for, and be usable by our one subject alone: a run adds grants, it never removes
 # them, so what it would leave in place is refused before anything changes.
 if gcloud iam service-accounts describe "$sa_email" --project="$PROJECT_ID" >/dev/null 2>&1; then
+  # Every (role, member) of the project's policy, compared here exactly (no server-side
+  # filter: its matching rules differ between fields).
   held="$(gcloud projects get-iam-policy "$PROJECT_ID" \
     --flatten='bindings[].members' \
-    --filter="bindings.members=serviceAccount:${sa_email}" \
-    --format='value(bindings.role)')" ||
+    --format='csv[no-heading](bindings.role,bindings.members)')" ||
     die "could not read the IAM policy of project $PROJECT_ID"
-  while IFS= read -r r; do
-    [[ -n "$r" ]] || continue
+  while IFS=, read -r r m; do
+    [[ "$m" == "serviceAccount:${sa_email}" ]] || continue
     wanted=false
     for w in "${roles[@]}"; do
       if [[ "$r" == "$w" ]]; then wanted=true; fi
     done
     [[ "$wanted" == true ]] ||
-      die "service account $sa_email also holds $r, which --roles does not ask for: remove it first (gcloud projects remove-iam-policy-binding $PROJECT_ID --member=serviceAccount:$sa_email --role=$r), or name it in --roles if it is one of: ${ALLOWED_ROLES[*]}"
+      die "service account $sa_email also holds $r, which --roles does not ask for: remove it first (gcloud projects remove-iam-policy-binding $PROJECT_ID --member=serviceAccount:$sa_email --role=$r --all), or name it in --roles if it is one of: ${ALLOWED_ROLES[*]}"
   done <<<"$held"
+  # Who may act as the account (or administer it): our one subject, as workloadIdentityUser,
+  # and nobody else, by any role.
   users="$(gcloud iam service-accounts get-iam-policy "$sa_email" --project="$PROJECT_ID" \
     --flatten='bindings[].members' \
-    --filter='bindings.role=roles/iam.workloadIdentityUser' \
-    --format='value(bindings.members)')" ||
+    --format='csv[no-heading](bindings.role,bindings.members)')" ||
     die "could not read the IAM policy of service account $sa_email"
-  while IFS= read -r m; do
-    [[ -z "$m" || "$m" == "$principal" ]] ||
-      die "$m may also act as $sa_email (roles/iam.workloadIdentityUser): remove it first (gcloud iam service-accounts remove-iam-policy-binding $sa_email --project=$PROJECT_ID --role=roles/iam.workloadIdentityUser --member=$m)"
+  while IFS=, read -r r m; do
+    [[ -n "$m" ]] || continue
+    [[ "$r" == "roles/iam.workloadIdentityUser" && "$m" == "$principal" ]] ||
+      die "$m holds $r on $sa_email (only the federated subject may act as it): remove it first (gcloud iam service-accounts remove-iam-policy-binding $sa_email --project=$PROJECT_ID --role=$r --member=$m --all)"
   done <<<"$users"
 fi
 

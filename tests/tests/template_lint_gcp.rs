@@ -301,7 +301,7 @@ fn the_script_federates_one_subject_to_one_read_only_account() {
 
     // An existing service account holding more than asked for (an earlier run's roles/viewer)
     // is refused before anything changes: a run adds grants, it never removes them.
-    let wider = "  *\"service-accounts describe \"*) exit 0 ;;\n  \"projects get-iam-policy acme-prod \"*) printf 'roles/iam.securityReviewer\\nroles/viewer\\n' ;;\n";
+    let wider = "  *\"service-accounts describe \"*) exit 0 ;;\n  \"projects get-iam-policy acme-prod \"*) printf 'roles/iam.securityReviewer,serviceAccount:credbroker-reader@acme-prod.iam.gserviceaccount.com\\nroles/viewer,serviceAccount:credbroker-reader@acme-prod.iam.gserviceaccount.com\\nroles/owner,user:admin@acme.example\\n' ;;\n";
     let (ok, out, calls) = run_script_with(&base, wider);
     assert!(!ok, "{out}");
     assert!(
@@ -315,14 +315,26 @@ fn the_script_federates_one_subject_to_one_read_only_account() {
     };
     assert!(!changed(&calls), "{calls:#?}");
     // Nor one another principal may act as (an earlier run's subject).
-    let stale = "  *\"service-accounts describe \"*) exit 0 ;;\n  *\"service-accounts get-iam-policy \"*) echo principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/credbroker/subject/cb-old ;;\n";
+    let stale = "  *\"service-accounts describe \"*) exit 0 ;;\n  *\"service-accounts get-iam-policy \"*) echo roles/iam.workloadIdentityUser,principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/credbroker/subject/cb-old ;;\n";
     let (ok, out, calls) = run_script_with(&base, stale);
     assert!(!ok, "{out}");
-    assert!(out.contains("subject/cb-old may also act as"), "{out}");
+    assert!(
+        out.contains("subject/cb-old holds roles/iam.workloadIdentityUser on"),
+        "{out}"
+    );
+    assert!(!changed(&calls), "{calls:#?}");
+    // Nor one someone else may mint tokens of, by any role on it.
+    let creator = "  *\"service-accounts describe \"*) exit 0 ;;\n  *\"service-accounts get-iam-policy \"*) echo roles/iam.serviceAccountTokenCreator,user:mallory@example.com ;;\n";
+    let (ok, out, calls) = run_script_with(&base, creator);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("user:mallory@example.com holds roles/iam.serviceAccountTokenCreator"),
+        "{out}"
+    );
     assert!(!changed(&calls), "{calls:#?}");
     // One holding what is asked for, used by our subject alone, is used as it is.
     let ours = format!(
-        "  *\"service-accounts describe \"*) exit 0 ;;\n  \"projects get-iam-policy acme-prod \"*) echo roles/browser ;;\n  *\"service-accounts get-iam-policy \"*) echo principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/credbroker/subject/{SUBJECT} ;;\n"
+        "  *\"service-accounts describe \"*) exit 0 ;;\n  \"projects get-iam-policy acme-prod \"*) printf 'roles/browser,serviceAccount:credbroker-reader@acme-prod.iam.gserviceaccount.com\\nroles/owner,user:admin@acme.example\\n' ;;\n  *\"service-accounts get-iam-policy \"*) echo roles/iam.workloadIdentityUser,principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/credbroker/subject/{SUBJECT} ;;\n"
     );
     let (ok, out, calls) = run_script_with(&base, &ours);
     assert!(ok, "{out}");
