@@ -543,6 +543,7 @@ async fn a_site_running_the_app_unclaimed_is_bound_only_on_its_code() {
     // Nor does the CLI offer it.
     let (c, _, err) = env.cli(&["binding", "add", "atlassian", "by-hand", "--tenant", "t1"]);
     assert_ne!(c, 0, "{err}");
+    assert!(err.contains("unrecognized subcommand 'atlassian'"), "{err}");
     let (s, v) = env
         .connect(&stray(), onboarded["connect_code"].as_str().unwrap(), None)
         .await;

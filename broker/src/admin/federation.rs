@@ -273,7 +273,7 @@ impl AdminService {
                 ),
             );
         }
-        // A site bound by any path (its administrator's code, a claim, by hand) is no longer
+        // A site bound by either path (its administrator's code, a claim) is no longer
         // waiting for an onboarding: an expectation left behind could bind it elsewhere once
         // this binding is removed. Another tenant's onboarding that still holds is waiting
         // for that site's administrator: a claim or a hand binding for this tenant is
