@@ -175,11 +175,17 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
 /// The verifier of client certificates and the config using it.
 type Built = (Arc<ServerConfig>, Option<Arc<dyn ClientCertVerifier>>);
 
+/// A config as loaded, with (mTLS) the material it was built from and the issuers (raw
+/// names) of its CRLs.
+type Loaded = (Built, Option<Material>, Vec<Vec<u8>>);
+
 /// What an mTLS listener's config is built from besides its CRL, as last loaded: a change of
 /// the CRL alone is applied with these ([`ReloadableTls::reload_crl`]), whatever the other
 /// files hold meanwhile (a key being renewed must not hold back a revocation).
 struct Material {
     roots: Arc<RootCertStore>,
+    /// The CA bundle's certificates, for [`Material::check_crls`].
+    cas: Vec<CertificateDer<'static>>,
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 }
@@ -188,6 +194,7 @@ impl Clone for Material {
     fn clone(&self) -> Self {
         Material {
             roots: Arc::clone(&self.roots),
+            cas: self.cas.clone(),
             certs: self.certs.clone(),
             key: self.key.clone_key(),
         }
@@ -199,10 +206,69 @@ impl Material {
         let roots = Arc::new(roots(&settings.client_ca)?);
         Ok(Material {
             roots,
+            cas: load_certs(&settings.client_ca)?,
             certs: load_certs(&settings.cert)?,
             key: load_server_key(&settings.key)?,
         })
     }
+
+    /// Whether `crls` (applied alone, with this bundle) still speak for what `in_force` did:
+    /// every issuer the CRLs in force named is named again, and a CRL naming a CA of this
+    /// bundle is signed by its key. A CRL of a CA rotated meanwhile (its new bundle failing
+    /// to load), paired with the old bundle, would refuse every client: it is not applied.
+    fn check_crls(
+        &self,
+        crls: &[CertificateRevocationListDer<'static>],
+        in_force: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, TlsError> {
+        use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
+        let parsed = crls
+            .iter()
+            .map(|der| CertificateRevocationList::from_der(der.as_ref()).map(|(_, c)| c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError(format!("a CRL does not parse ({e})")))?;
+        let issuers: Vec<Vec<u8>> = parsed
+            .iter()
+            .map(|c| c.issuer().as_raw().to_vec())
+            .collect();
+        if let Some(gone) = in_force.iter().find(|i| !issuers.contains(i)) {
+            let name = x509_parser::x509::X509Name::from_der(gone)
+                .map_or_else(|_| "an issuer".to_owned(), |(_, n)| n.to_string());
+            return Err(TlsError(format!(
+                "the changed CRL file no longer holds a CRL of {name}, which the CRL in force covered: not applied alone with the CA bundle in force (a CA changed with a bundle that does not load?)"
+            )));
+        }
+        for der in &self.cas {
+            let Ok((_, ca)) = X509Certificate::from_der(der.as_ref()) else {
+                continue;
+            };
+            for crl in parsed
+                .iter()
+                .filter(|c| c.issuer().as_raw() == ca.subject().as_raw())
+            {
+                match crl.verify_signature(ca.public_key()) {
+                    Ok(()) | Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {}
+                    Err(_) => {
+                        return Err(TlsError(format!(
+                            "the changed CRL of {} is not signed by the key of that CA in the bundle in force: not applied alone (a CA re-keyed with a bundle that does not load?)",
+                            ca.subject()
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(issuers)
+    }
+}
+
+/// The issuers (raw names) of `crls`; none for a CRL that does not parse (the verifier
+/// refuses those anyway).
+fn crl_issuers(crls: &[CertificateRevocationListDer<'static>]) -> Vec<Vec<u8>> {
+    use x509_parser::prelude::{CertificateRevocationList, FromDer};
+    crls.iter()
+        .filter_map(|der| CertificateRevocationList::from_der(der.as_ref()).ok())
+        .map(|(_, c)| c.issuer().as_raw().to_vec())
+        .collect()
 }
 
 fn server_config_and_verifier(settings: &TlsSettings) -> Result<Built, TlsError> {
@@ -307,15 +373,16 @@ enum Source {
 
 impl Source {
     /// The config, and for mTLS the material it was built from.
-    fn build(&self) -> Result<(Built, Option<Material>), TlsError> {
+    fn build(&self) -> Result<Loaded, TlsError> {
         match self {
             Source::Mtls(s) => {
                 let material = Material::load(s)?;
                 let crls = s.crl.as_deref().map(load_crls).transpose()?;
-                Ok((assemble(&material, crls, s)?, Some(material)))
+                let issuers = crls.as_deref().map(crl_issuers).unwrap_or_default();
+                Ok((assemble(&material, crls, s)?, Some(material), issuers))
             }
             Source::Public { cert, key } => {
-                public_server_config(cert, key).map(|c| ((c, None), None))
+                public_server_config(cert, key).map(|c| ((c, None), None, Vec::new()))
             }
         }
     }
@@ -385,6 +452,8 @@ pub struct ReloadableTls {
     crl_seen: std::sync::Mutex<CrlFile>,
     /// What the mTLS config in force was built from besides its CRL.
     material: std::sync::Mutex<Option<Material>>,
+    /// The issuers (raw names) of the CRLs in force.
+    crl_issuers: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 /// A CRL file as it was read: the SHA-256 of its bytes, `None` when it could not be read.
@@ -421,7 +490,7 @@ impl ReloadableTls {
         let source = Source::Mtls(settings);
         let deadlines = std::sync::Mutex::new(source.deadlines());
         let crl_seen = std::sync::Mutex::new(CrlFile::read(source.crl_path()));
-        let (built, material) = source.build()?;
+        let (built, material, issuers) = source.build()?;
         Ok(ReloadableTls {
             source: std::sync::Mutex::new(source),
             current: RwLock::new(built),
@@ -429,6 +498,7 @@ impl ReloadableTls {
             reloads: tokio::sync::watch::channel(0).0,
             crl_seen,
             material: std::sync::Mutex::new(material),
+            crl_issuers: std::sync::Mutex::new(issuers),
         })
     }
 
@@ -439,7 +509,7 @@ impl ReloadableTls {
     pub fn public(cert: std::path::PathBuf, key: std::path::PathBuf) -> Result<Self, TlsError> {
         let source = Source::Public { cert, key };
         let deadlines = std::sync::Mutex::new(source.deadlines());
-        let (built, _) = source.build()?;
+        let (built, _, _) = source.build()?;
         Ok(ReloadableTls {
             source: std::sync::Mutex::new(source),
             current: RwLock::new(built),
@@ -447,6 +517,7 @@ impl ReloadableTls {
             reloads: tokio::sync::watch::channel(0).0,
             crl_seen: std::sync::Mutex::new(CrlFile(None)),
             material: std::sync::Mutex::new(None),
+            crl_issuers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -566,8 +637,19 @@ impl ReloadableTls {
             .ok_or_else(|| TlsError("no TLS config was loaded".into()))?;
         let crl = CrlFile::read(Some(path));
         let due = source.deadlines().into_iter().find(|d| d.crl);
-        let fresh = assemble(&material, Some(load_crls(path)?), settings)?;
+        let crls = load_crls(path)?;
+        let in_force = self
+            .crl_issuers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let issuers = material.check_crls(&crls, &in_force)?;
+        let fresh = assemble(&material, Some(crls), settings)?;
         *self.crl_seen.lock().unwrap_or_else(PoisonError::into_inner) = crl;
+        *self
+            .crl_issuers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = issuers;
         {
             let mut deadlines = self
                 .deadlines
@@ -628,8 +710,12 @@ impl ReloadableTls {
         // ones and the next reload corrects the deadlines (and the next CRL check reloads).
         let deadlines = source.deadlines();
         let crl = CrlFile::read(source.crl_path());
-        let (fresh, material) = source.build()?;
+        let (fresh, material, issuers) = source.build()?;
         *self.material.lock().unwrap_or_else(PoisonError::into_inner) = material;
+        *self
+            .crl_issuers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = issuers;
         *self.crl_seen.lock().unwrap_or_else(PoisonError::into_inner) = crl;
         *self
             .deadlines

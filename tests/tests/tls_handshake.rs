@@ -605,14 +605,31 @@ async fn a_crl_whose_reload_failed_is_tried_again() {
     )
     .await;
     assert_eq!(s, 200);
+    // A CRL of another CA (a CA changed with a bundle that fails to load): applied alone with
+    // the bundle in force it would refuse every client. It is not; the CRL in force stays.
+    let crl_file = pki.dir.join("crl.pem");
+    let in_force = std::fs::read(&crl_file).unwrap();
+    let other = credbroker::pki::CertAuthority::generate("other CA").unwrap();
+    std::fs::write(&crl_file, other.crl(&[]).unwrap()).unwrap();
+    daemon.wait_log("no longer holds a CRL of", 1).await;
+    assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
+    let (s, _) = call(
+        &mut pki.client_for("op", &daemon.url),
+        Method::GET,
+        "/healthz",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "a CRL of another CA was applied alone");
+    assert_eq!(crl_failures_logged(&daemon), 1);
+    std::fs::write(&crl_file, in_force).unwrap();
     std::fs::write(&key_file, key).unwrap();
 
     // A CRL caught half-written: the previous one stays in force (w1 still refused), it is
     // reported once, and tried again at every check until it loads.
-    let crl_file = pki.dir.join("crl.pem");
     std::fs::write(&crl_file, "-----BEGIN X509 CRL-----\nhalf\n").unwrap();
     daemon
-        .wait_log("the CRL file changed but does not load", 1)
+        .wait_log("the CRL file changed but does not load", 2)
         .await;
     assert!(
         refused(&mut pki.client_for("w1", &daemon.url)).await,
@@ -626,7 +643,7 @@ async fn a_crl_whose_reload_failed_is_tried_again() {
         )
         .await;
     assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
-    assert_eq!(crl_failures_logged(&daemon), 1, "reported once");
+    assert_eq!(crl_failures_logged(&daemon), 2, "each file reported once");
     daemon.stop();
 }
 
