@@ -123,6 +123,38 @@ pub enum StartError {
     Other(String),
 }
 
+/// Refuses to start a file log over a store that holds changes but has no audit log at
+/// all: every change is audited before it commits, so that is a log removed (or a data
+/// directory put together from two deployments), and a start would begin a new chain at
+/// sequence 1 over the loss, which verifies with the key. A forensic start goes on, saying so.
+async fn refuse_a_lost_log(
+    records: &Records,
+    audit: &crate::audit::AuditConfig,
+) -> Result<(), StartError> {
+    if crate::audit::segments::has_file_log(&audit.dir) {
+        return Ok(());
+    }
+    let mut held = false;
+    for table in [crate::store::Table::Operators, crate::store::Table::Tenants] {
+        held |= !records
+            .store()
+            .scan_page(table, "", None, (1, 1 << 20))
+            .await?
+            .is_empty();
+    }
+    if !held {
+        return Ok(());
+    }
+    if audit.forensic_start {
+        tracing::error!(dir = %audit.dir.display(), "FORENSIC START: the store holds operators or tenants but there is no audit log; a new chain starts at sequence 1");
+        return Ok(());
+    }
+    Err(StartError::Other(format!(
+        "the store holds operators or tenants but {} holds no audit log: it was removed, or data_dir and [store] path name different deployments. Every change is audited, so starting would begin a new chain over the loss: restore the log (runbooks/audit-verification.md), or start with `serve --forensic-start` to override",
+        audit.dir.display()
+    )))
+}
+
 /// Parsed bindings by binding id: (the generation parsed, what the provider bound).
 type BoundMap = std::sync::Mutex<std::collections::HashMap<BindingId, (String, Bound)>>;
 
@@ -254,11 +286,14 @@ impl Broker {
                     )
                     .await?
                 }
-                _ => AuditLog::open_observed(
-                    settings.audit.clone(),
-                    keys.audit_signer,
-                    Some(metrics.audit_batch_size.clone()),
-                )?,
+                _ => {
+                    refuse_a_lost_log(&records, &settings.audit).await?;
+                    AuditLog::open_observed(
+                        settings.audit.clone(),
+                        keys.audit_signer,
+                        Some(metrics.audit_batch_size.clone()),
+                    )?
+                }
             };
             if let Some(failure) = audit.forensic_failure() {
                 // The forensic start is itself on the record, in the chain it continues.

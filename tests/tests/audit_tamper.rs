@@ -1328,3 +1328,35 @@ async fn a_log_no_checkpoint_signs_fails_verify_with_any_key() {
     );
     assert!(!kept.is_empty());
 }
+
+/// The whole audit log removed beside a store that holds changes (someone who can write the
+/// data directory): the broker does not start a new chain over the loss, which would verify
+/// with the key on the host. A forensic start goes on, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_over_a_removed_log_is_refused() {
+    let (tmp, pki) = setup();
+    let mut daemon = seeded_with(tmp.path(), &pki, "").await;
+    daemon.stop();
+    for entry in std::fs::read_dir(daemon.data_dir.join("audit")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let (c, err) = daemon.serve_refused(&[]);
+    assert_ne!(c, 0, "{err}");
+    assert!(
+        err.contains("holds no audit log") && err.contains("--forensic-start"),
+        "{err}"
+    );
+    daemon.restart_with(&["--forensic-start"]);
+    assert!(
+        daemon.logs().contains(
+            "FORENSIC START: the store holds operators or tenants but there is no audit log"
+        ),
+        "{}",
+        daemon.logs()
+    );
+}

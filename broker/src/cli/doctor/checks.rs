@@ -362,7 +362,7 @@ async fn audit_log(config: &Config, out: &mut Vec<Finding>) {
                 Ok(Some(_)) => Finding::warn(
                     "audit.checkpoint",
                     format!(
-                        "{} holds no audit log, though a broker opened the store at {}: a first start that failed before its first record, or a log that was removed, or data_dir and [store] path naming different deployments (a start would begin a new chain at sequence 1)",
+                        "{} holds no audit log, though a broker opened the store at {}: a first start that failed before its first record, or a log that was removed, or data_dir and [store] path naming different deployments (a start refuses a store that holds operators or tenants without its log)",
                         config.audit_dir().display(),
                         dir.display()
                     ),
