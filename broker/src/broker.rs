@@ -134,15 +134,7 @@ async fn refuse_a_lost_log(
     if crate::audit::segments::has_file_log(&audit.dir) {
         return Ok(());
     }
-    let mut held = false;
-    for table in [crate::store::Table::Operators, crate::store::Table::Tenants] {
-        held |= !records
-            .store()
-            .scan_page(table, "", None, (1, 1 << 20))
-            .await?
-            .is_empty();
-    }
-    if !held {
+    if !records.holds_changes().await? {
         return Ok(());
     }
     if audit.forensic_start {

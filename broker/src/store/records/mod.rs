@@ -568,6 +568,25 @@ impl Records {
         self.all(Table::Operators, "").await
     }
 
+    /// Whether the store holds any operator or tenant: changes were made (each audited), as
+    /// opposed to a store just created.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn holds_changes(&self) -> Result<bool, StoreError> {
+        for table in [Table::Operators, Table::Tenants] {
+            if !self
+                .store()
+                .scan_page(table, "", None, (1, 1 << 20))
+                .await?
+                .is_empty()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// All operators as read, for a change that depends on them (see [`Stored`]).
     ///
     /// # Errors
