@@ -123,28 +123,58 @@ pub enum StartError {
     Other(String),
 }
 
-/// Refuses to start a file log over a store that holds changes but has no audit log at
+/// Refuses to open a file log over a store that holds changes but has no audit log at
 /// all: every change is audited before it commits, so that is a log removed (or a data
-/// directory put together from two deployments), and a start would begin a new chain at
-/// sequence 1 over the loss, which verifies with the key. A forensic start goes on, saying so.
-async fn refuse_a_lost_log(
-    records: &Records,
+/// directory put together from two deployments), and opening would begin a new chain at
+/// sequence 1 over the loss, which verifies with the key. Every opener of a sled store's log
+/// checks it (serve, and the offline commands that append). With `forensic_start` it goes
+/// on: the returned reason is recorded as the new chain's first record.
+///
+/// # Errors
+/// The refusal, or a store failure.
+pub async fn refuse_a_lost_log(
+    store: &dyn crate::store::Store,
     audit: &crate::audit::AuditConfig,
-) -> Result<(), StartError> {
-    if crate::audit::segments::has_file_log(&audit.dir) {
-        return Ok(());
+) -> Result<Option<String>, StartError> {
+    if crate::audit::segments::has_file_log(&audit.dir)
+        || !crate::store::records::holds_changes(store).await?
+    {
+        return Ok(None);
     }
-    if !records.holds_changes().await? {
-        return Ok(());
-    }
+    let what = format!(
+        "the store holds operators or tenants but {} holds no audit log",
+        audit.dir.display()
+    );
     if audit.forensic_start {
-        tracing::error!(dir = %audit.dir.display(), "FORENSIC START: the store holds operators or tenants but there is no audit log; a new chain starts at sequence 1");
-        return Ok(());
+        tracing::error!("FORENSIC START: {what}; a new chain starts at sequence 1");
+        return Ok(Some(format!(
+            "{what}: a new chain starts at sequence 1 (what came before is not in it)"
+        )));
     }
     Err(StartError::Other(format!(
-        "the store holds operators or tenants but {} holds no audit log: it was removed, or data_dir and [store] path name different deployments. Every change is audited, so starting would begin a new chain over the loss: restore the log (runbooks/audit-verification.md), or start with `serve --forensic-start` to override",
-        audit.dir.display()
+        "{what}: it was removed, or data_dir and [store] path name different deployments. Every change is audited, so opening it would begin a new chain over the loss: restore the log (runbooks/audit-verification.md), or start the daemon with `serve --forensic-start` to override"
     )))
+}
+
+/// [`refuse_a_lost_log`] for an offline command about to append to the file log
+/// (`bootstrap-operator`, `keys rotate-kek`, `store migrate`), on a sled store: a shared
+/// store's history is in its chains, and a host's file log holds only its offline commands.
+///
+/// # Errors
+/// The refusal, said for an offline command.
+pub async fn refuse_a_lost_log_offline(
+    config: &crate::config::Config,
+    store: &dyn crate::store::Store,
+) -> Result<(), String> {
+    if config.store.backend != crate::store::Backend::Sled {
+        return Ok(());
+    }
+    let mut audit = BrokerSettings::from_config(config).audit;
+    audit.forensic_start = false;
+    refuse_a_lost_log(store, &audit)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e}; nothing was changed"))
 }
 
 /// Parsed bindings by binding id: (the generation parsed, what the provider bound).
@@ -262,6 +292,7 @@ impl Broker {
         let held = Arc::clone(&replica);
         let opened = async move {
             keyring_check::check(&records, &keys.keyring).await?;
+            let mut lost = None;
             let audit = match (replica.id(), replica.lease()) {
                 // A shared store: this replica's chain in the database.
                 (Some(id), Some(lease)) => {
@@ -279,7 +310,7 @@ impl Broker {
                     .await?
                 }
                 _ => {
-                    refuse_a_lost_log(&records, &settings.audit).await?;
+                    lost = refuse_a_lost_log(records.store().as_ref(), &settings.audit).await?;
                     AuditLog::open_observed(
                         settings.audit.clone(),
                         keys.audit_signer,
@@ -287,17 +318,20 @@ impl Broker {
                     )?
                 }
             };
-            if let Some(failure) = audit.forensic_failure() {
-                // The forensic start is itself on the record, in the chain it continues.
+            let forensic = audit
+                .forensic_failure()
+                .map(|f| format!("serve --forensic-start on a log that does not verify: {f}"))
+                .or_else(|| lost.map(|l| format!("serve --forensic-start: {l}")));
+            if let Some(detail) = forensic {
+                // The forensic start is itself on the record, in the chain it continues (or,
+                // over a lost log, the one it begins).
                 let event = crate::audit::AuditEvent {
                     kind: "admin".into(),
                     action: "audit.forensic_start".into(),
                     request_id: crate::server::new_request_id(),
                     actor: "credbroker:start".into(),
                     outcome: "allowed".into(),
-                    detail: Some(format!(
-                        "serve --forensic-start on a log that does not verify: {failure}"
-                    )),
+                    detail: Some(detail),
                     ..Default::default()
                 };
                 audit

@@ -1351,12 +1351,37 @@ async fn a_start_over_a_removed_log_is_refused() {
         err.contains("holds no audit log") && err.contains("--forensic-start"),
         "{err}"
     );
+    // Nor does an offline command that appends begin the new chain (after which `serve`
+    // would find a log and start).
+    let config = daemon.config.to_str().unwrap().to_owned();
+    for args in [
+        vec!["bootstrap-operator", "--config", &config, "--id", "late"],
+        vec!["keys", "rotate-kek", "--config", &config],
+    ] {
+        let (c, out, err) = daemon.cli(&args);
+        assert_ne!(c, 0, "{args:?}: {out}{err}");
+        assert!(err.contains("holds no audit log"), "{args:?}: {err}");
+    }
+    assert!(!credbroker::audit::segments::has_file_log(
+        &daemon.data_dir.join("audit")
+    ));
+    // A forensic start goes on, and its new chain says why it begins there.
     daemon.restart_with(&["--forensic-start"]);
     assert!(
-        daemon.logs().contains(
-            "FORENSIC START: the store holds operators or tenants but there is no audit log"
-        ),
+        daemon
+            .logs()
+            .contains("FORENSIC START: the store holds operators or tenants but"),
         "{}",
         daemon.logs()
+    );
+    let records = daemon.audit_records();
+    assert_eq!(records[0]["action"], "audit.forensic_start", "{records:?}");
+    assert!(
+        records[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("holds no audit log: a new chain starts at sequence 1"),
+        "{}",
+        records[0]
     );
 }

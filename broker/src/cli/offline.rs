@@ -331,6 +331,7 @@ pub fn run_bootstrap_operator(args: &BootstrapOperatorArgs) -> Result<ExitCode, 
         // The name is still not retired when the batch commits (a removal committed since
         // the read above, by anything else writing the store, fails it).
         batch.expect_identifier_free(&crate::admin::retired_operator_name(id.as_str()));
+        crate::broker::refuse_a_lost_log_offline(&config, store.as_ref()).await?;
         let settings = crate::broker::BrokerSettings::from_config(&config);
         let signer =
             crate::keys::AuditSigner::load(&config.audit_key_file()).map_err(|e| e.to_string())?;

@@ -90,6 +90,9 @@ fn migrate(args: &MigrateArgs) -> Result<ExitCode, String> {
         migrate::refuse_moved(&source, &dir)
             .await
             .map_err(|e| format!("{e}; nothing was copied"))?;
+        // The move is recorded in the sled store's own log: never in a new chain begun over
+        // a removed one.
+        crate::broker::refuse_a_lost_log_offline(&config, &source).await?;
         if !migrate::holds_records(&source).await? {
             return Err(format!(
                 "the sled store at {} holds no records (no tenant, operator, binding or any other): it is not the store a broker ran on; nothing was copied (a new deployment starts on PostgreSQL directly)",

@@ -157,6 +157,7 @@ async fn rotate_held(
         .map_err(|e| format!("{e}; nothing was changed, run the rotation again"))?;
     // The log is opened and the rotation recorded before the keyring changes: a new KEK
     // version is never active (new seals use it) without a record saying who made it.
+    crate::broker::refuse_a_lost_log_offline(config, records.store().as_ref()).await?;
     let settings = BrokerSettings::from_config(config);
     let signer = AuditSigner::load(&config.audit_key_file())
         .map_err(|e| format!("{e}; nothing was changed"))?;

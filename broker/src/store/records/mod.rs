@@ -568,25 +568,6 @@ impl Records {
         self.all(Table::Operators, "").await
     }
 
-    /// Whether the store holds any operator or tenant: changes were made (each audited), as
-    /// opposed to a store just created.
-    ///
-    /// # Errors
-    /// On store failure.
-    pub async fn holds_changes(&self) -> Result<bool, StoreError> {
-        for table in [Table::Operators, Table::Tenants] {
-            if !self
-                .store()
-                .scan_page(table, "", None, (1, 1 << 20))
-                .await?
-                .is_empty()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// All operators as read, for a change that depends on them (see [`Stored`]).
     ///
     /// # Errors
@@ -681,4 +662,22 @@ enum Expected<'a> {
     Absent,
     Present,
     Bytes(&'a Vec<u8>),
+}
+
+/// Whether `store` holds any operator or tenant: changes were made (each audited), as
+/// opposed to a store just created.
+///
+/// # Errors
+/// On store failure.
+pub async fn holds_changes(store: &dyn Store) -> Result<bool, StoreError> {
+    for table in [Table::Operators, Table::Tenants] {
+        if !store
+            .scan_page(table, "", None, (1, 1 << 20))
+            .await?
+            .is_empty()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
