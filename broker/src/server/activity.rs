@@ -109,6 +109,15 @@ impl Activity {
         Busy(self.clone())
     }
 
+    /// A request has started (its headers are read): idle time counts from now, also while
+    /// its body arrives before the request is marked busy.
+    pub(super) fn touch(&self) {
+        *self
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+    }
+
     /// How long the connection has had no request in progress, or `None` while one is.
     pub(super) fn idle_for(&self) -> Option<Duration> {
         if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {

@@ -87,6 +87,9 @@ pub(super) async fn handle_public(
     // from its headers before its body is read.
     let unverified_body =
         method == Method::POST && matches!(&route, Ok(m) if m.endpoint != Endpoint::ForgeRemote);
+    // Idle from now, not from the connection's last request: a form posted on the
+    // keep-alive connection its page came on is not the one closed first.
+    activity.touch();
     let mut busy = (!unverified_body).then(|| activity.begin());
     // A signed webhook delivery is verified before it is charged, as a Forge invocation
     // is: GitHub sends every App's deliveries from its own shared addresses, and our App is
