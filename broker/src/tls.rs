@@ -238,23 +238,29 @@ impl Material {
                 "the changed CRL file no longer holds a CRL of {name}, which the CRL in force covered: not applied alone with the CA bundle in force (a CA changed with a bundle that does not load?)"
             )));
         }
-        for der in &self.cas {
-            let Ok((_, ca)) = X509Certificate::from_der(der.as_ref()) else {
-                continue;
-            };
-            for crl in parsed
+        let cas: Vec<X509Certificate<'_>> = self
+            .cas
+            .iter()
+            .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, c)| c))
+            .collect();
+        for crl in &parsed {
+            // Any CA of the bundle under that name may have signed it (the old and the new
+            // certificate of a CA re-keyed under one name, side by side).
+            let named: Vec<_> = cas
                 .iter()
-                .filter(|c| c.issuer().as_raw() == ca.subject().as_raw())
-            {
-                match crl.verify_signature(ca.public_key()) {
-                    Ok(()) | Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {}
-                    Err(_) => {
-                        return Err(TlsError(format!(
-                            "the changed CRL of {} is not signed by the key of that CA in the bundle in force: not applied alone (a CA re-keyed with a bundle that does not load?)",
-                            ca.subject()
-                        )))
-                    }
-                }
+                .filter(|ca| ca.subject().as_raw() == crl.issuer().as_raw())
+                .collect();
+            let signed = named.iter().any(|ca| {
+                matches!(
+                    crl.verify_signature(ca.public_key()),
+                    Ok(()) | Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm)
+                )
+            });
+            if !named.is_empty() && !signed {
+                return Err(TlsError(format!(
+                    "the changed CRL of {} is not signed by the key of any CA of that name in the bundle in force: not applied alone (a CA re-keyed with a bundle that does not load?)",
+                    crl.issuer()
+                )));
             }
         }
         Ok(issuers)
