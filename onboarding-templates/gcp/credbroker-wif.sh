@@ -245,7 +245,8 @@ echo "== allow $principal to use $sa_email"
 gcloud iam service-accounts add-iam-policy-binding "$sa_email" \
   --project="$PROJECT_ID" \
   --role="roles/iam.workloadIdentityUser" \
-  --member="$principal" >/dev/null
+  --member="$principal" \
+  --condition=None >/dev/null
 
 cat <<EOF
 
