@@ -2126,11 +2126,33 @@ async fn sources_keeping_their_share_open_cannot_hold_the_public_listener() {
         }
     }
     assert_eq!(open, 7, "one idle connection makes room, no more");
+    // Health checks (free of the rate limit) every 300 ms on every held connection do not
+    // keep them from being closed for the next newcomer: they are no use of the connection.
+    let mut still: Vec<_> = vec![newcomer];
+    for mut c in held {
+        if !closed(&mut c, Duration::from_millis(50)).await {
+            still.push(c);
+        }
+    }
+    assert_eq!(still.len(), 8);
+    for _ in 0..6 {
+        for c in &mut still {
+            assert!(healthz_on(c).await, "held connection not served");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut second = anonymous_connection(&env.pki, &url, "127.0.0.4")
+        .await
+        .expect("a second newcomer connects");
+    assert!(
+        healthz_on(&mut second).await,
+        "a newcomer was refused while health checks kept the slots"
+    );
     let (_, metrics) = scrape(&env.pki, &env.daemon.url).await;
     let metrics = String::from_utf8(metrics).unwrap();
     assert_eq!(
         metric_value(&metrics, "credbroker_public_idle_connections_closed_total"),
-        Some(1.0),
+        Some(2.0),
         "{metrics}"
     );
 }

@@ -92,8 +92,9 @@ pub(super) struct Activity {
     since: std::sync::Mutex<std::time::Instant>,
 }
 
-/// Marks a request in progress until dropped.
-pub(super) struct Busy(Arc<Activity>);
+/// Marks a request in progress until dropped; a request that counts as use (not a free
+/// one: health, discovery, JWKS, a refusal) makes the connection idle from its end.
+pub(super) struct Busy(Arc<Activity>, bool);
 
 impl Activity {
     pub(super) fn new() -> Activity {
@@ -106,7 +107,17 @@ impl Activity {
     pub(super) fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Busy(self.clone())
+        Busy(self.clone(), true)
+    }
+
+    /// [`Activity::begin`] for a request that is no use of the connection (answered from
+    /// memory, free of the rate limit): the idle time it finds goes on counting after it, so
+    /// a connection kept open with health checks alone is still the first closed for a
+    /// newcomer.
+    pub(super) fn begin_free(self: &Arc<Self>) -> Busy {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(self.clone(), false)
     }
 
     /// A request has started (its headers are read): idle time counts from now, also while
@@ -133,11 +144,13 @@ impl Activity {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self
-            .0
-            .since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        if self.1 {
+            *self
+                .0
+                .since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        }
         self.0
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

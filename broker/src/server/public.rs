@@ -80,17 +80,6 @@ pub(super) async fn handle_public(
     let query = req.uri().query().unwrap_or("").to_owned();
     let headers = req.headers().clone();
     let route = route_request(Listener::Public, &method, &path);
-    // The connection is busy (never closed to make room for a newcomer) once its request is
-    // read, and at once for a request without a body nobody verified: a body still arriving
-    // unverified (a form or a delivery fed a byte at a time) leaves it idle, so sources that
-    // keep every slot reading bodies cannot hold the listener. A Forge invocation is verified
-    // from its headers before its body is read.
-    let unverified_body =
-        method == Method::POST && matches!(&route, Ok(m) if m.endpoint != Endpoint::ForgeRemote);
-    // Idle from now, not from the connection's last request: a form posted on the
-    // keep-alive connection its page came on is not the one closed first.
-    activity.touch();
-    let mut busy = (!unverified_body).then(|| activity.begin());
     // A signed webhook delivery is verified before it is charged, as a Forge invocation
     // is: GitHub sends every App's deliveries from its own shared addresses, and our App is
     // public, so anyone can have GitHub send signed events (which the broker ignores) at
@@ -126,6 +115,36 @@ pub(super) async fn handle_public(
         (_, Some(rl)) => rl.check(remote.ip(), std::time::Instant::now()).err(),
         (_, None) => None,
     };
+    // The connection is busy (never closed to make room for a newcomer) once its request is
+    // read, and at once for a request without a body nobody verified: a body still arriving
+    // unverified (a form or a delivery fed a byte at a time) leaves it idle, so sources that
+    // keep every slot reading bodies cannot hold the listener. A Forge invocation is verified
+    // from its headers before its body is read.
+    let unverified_body =
+        method == Method::POST && matches!(&route, Ok(m) if m.endpoint != Endpoint::ForgeRemote);
+    // Idle from now, not from the connection's last request: a form posted on the
+    // keep-alive connection its page came on is not the one closed first. Not for a free
+    // request (health, discovery, JWKS: answered from memory, not rate-limited; or one refused
+    // by the rate limit): a
+    // connection kept open with those alone stays idle since its last real use.
+    let free = limited.is_some()
+        || matches!(
+            &route,
+            Ok(m) if matches!(
+                m.endpoint,
+                Endpoint::Healthz | Endpoint::OidcDiscovery | Endpoint::OidcJwks
+            )
+        );
+    if !free {
+        activity.touch();
+    }
+    let mut busy = (!unverified_body).then(|| {
+        if free {
+            activity.begin_free()
+        } else {
+            activity.begin()
+        }
+    });
     // A setup return not answered with success is sent on to a page without its one-time
     // code, whatever answered it (CallbackService::clear_refused_return).
     let setup_return = match &route {
