@@ -1188,14 +1188,7 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     }
 
     // The whole log removed: "no records" on the host, a failure against the copy.
-    for entry in std::fs::read_dir(daemon.data_dir.join("audit")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).unwrap();
-        } else {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    empty_dir(&daemon.data_dir.join("audit"));
     let (c, out) = verify_cli(&daemon);
     assert_eq!(c, 0, "{out}");
     for pin in [&copy, &export] {
@@ -1337,14 +1330,7 @@ async fn a_start_over_a_removed_log_is_refused() {
     let (tmp, pki) = setup();
     let mut daemon = seeded_with(tmp.path(), &pki, "").await;
     daemon.stop();
-    for entry in std::fs::read_dir(daemon.data_dir.join("audit")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).unwrap();
-        } else {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    empty_dir(&daemon.data_dir.join("audit"));
     let (c, err) = daemon.serve_refused(&[]);
     assert_ne!(c, 0, "{err}");
     assert!(
@@ -1384,4 +1370,16 @@ async fn a_start_over_a_removed_log_is_refused() {
         "{}",
         records[0]
     );
+}
+
+/// Removes everything in `dir` (the directory itself stays).
+fn empty_dir(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
 }

@@ -597,14 +597,7 @@ async fn a_crl_whose_reload_failed_is_tried_again() {
         refused(&mut pki.client_for("w1", &daemon.url)).await,
         "the revocation waited for an unrelated file"
     );
-    let (s, _) = call(
-        &mut pki.client_for("op", &daemon.url),
-        Method::GET,
-        "/healthz",
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
+    assert!(!refused(&mut pki.client_for("op", &daemon.url)).await);
     // A CRL of another CA (a CA changed with a bundle that fails to load): applied alone with
     // the bundle in force it would refuse every client. It is not; the CRL in force stays.
     let crl_file = pki.dir.join("crl.pem");
@@ -613,14 +606,10 @@ async fn a_crl_whose_reload_failed_is_tried_again() {
     std::fs::write(&crl_file, other.crl(&[]).unwrap()).unwrap();
     daemon.wait_log("no longer holds a CRL of", 1).await;
     assert!(refused(&mut pki.client_for("w1", &daemon.url)).await);
-    let (s, _) = call(
-        &mut pki.client_for("op", &daemon.url),
-        Method::GET,
-        "/healthz",
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "a CRL of another CA was applied alone");
+    assert!(
+        !refused(&mut pki.client_for("op", &daemon.url)).await,
+        "a CRL of another CA was applied alone"
+    );
     assert_eq!(crl_failures_logged(&daemon), 1);
     std::fs::write(&crl_file, in_force).unwrap();
     std::fs::write(&key_file, key).unwrap();
