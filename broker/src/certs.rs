@@ -183,6 +183,40 @@ pub fn seconds_to_crl_update(path: &Path, now: i64) -> Result<Option<i64>, Strin
         .min())
 }
 
+/// What the CAs of a bundle say of a CRL's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlSigner {
+    /// No CA of the bundle has the CRL's issuer name.
+    NoCa,
+    /// A CA of that name signed it.
+    Signed,
+    /// Its signature algorithm is not one x509-parser verifies (P-521, ECDSA with SHA-512),
+    /// which the daemon's TLS may well accept.
+    Unchecked,
+    /// CAs of that name are in the bundle, and none of their keys signed it.
+    NotSigned,
+}
+
+/// Whether `crl` is signed by a CA of `cas` with its issuer's name: any of them, for a CA
+/// re-keyed under one name has its old and new certificate side by side in a bundle.
+pub fn crl_signer(crl: &CertificateRevocationList<'_>, cas: &[X509Certificate<'_>]) -> CrlSigner {
+    let mut found = CrlSigner::NoCa;
+    for ca in cas
+        .iter()
+        .filter(|ca| ca.subject().as_raw() == crl.issuer().as_raw())
+    {
+        match crl.verify_signature(ca.public_key()) {
+            Ok(()) => return CrlSigner::Signed,
+            Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {
+                found = CrlSigner::Unchecked;
+            }
+            Err(_) if found == CrlSigner::NoCa => found = CrlSigner::NotSigned,
+            Err(_) => {}
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,19 +83,7 @@ impl Material {
             .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, c)| c))
             .collect();
         for crl in &parsed {
-            // Any CA of the bundle under that name may have signed it (the old and the new
-            // certificate of a CA re-keyed under one name, side by side).
-            let named: Vec<_> = cas
-                .iter()
-                .filter(|ca| ca.subject().as_raw() == crl.issuer().as_raw())
-                .collect();
-            let signed = named.iter().any(|ca| {
-                matches!(
-                    crl.verify_signature(ca.public_key()),
-                    Ok(()) | Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm)
-                )
-            });
-            if !named.is_empty() && !signed {
+            if crate::certs::crl_signer(crl, &cas) == crate::certs::CrlSigner::NotSigned {
                 return Err(TlsError(format!(
                     "the changed CRL of {} is not signed by the key of any CA of that name in the bundle in force: not applied alone (a CA re-keyed with a bundle that does not load?)",
                     crl.issuer()

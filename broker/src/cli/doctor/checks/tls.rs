@@ -173,14 +173,14 @@ fn crl_issuers(client_ca: &Path, crl: &Path) -> Finding {
             );
         }
         for c in &own {
-            match c.verify_signature(ca.public_key()) {
-                Ok(()) => {}
-                // An algorithm this check cannot verify (P-521, ECDSA with SHA-512) that the
-                // daemon's TLS may well accept: said, not failed.
-                Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {
+            match crate::certs::crl_signer(c, &parsed) {
+                crate::certs::CrlSigner::Signed | crate::certs::CrlSigner::NoCa => {}
+                // An algorithm this check cannot verify that the daemon's TLS may well
+                // accept: said, not failed.
+                crate::certs::CrlSigner::Unchecked => {
                     unchecked.push(format!("the CRL of {subject}: its signature algorithm is not one this check verifies"));
                 }
-                Err(_) => {
+                crate::certs::CrlSigner::NotSigned => {
                     return Finding::fail(
                         CHECK,
                         format!(
