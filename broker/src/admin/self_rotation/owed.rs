@@ -207,16 +207,7 @@ impl AdminService {
         if let Some(why) = settled_without {
             ev.outcome = "allowed".into();
             ev.detail = Some(format!("binding={id} the superseded secret (version {version}) was NOT revoked upstream: {why}"));
-            return self
-                .settle_revocation(id, Some(version), ev)
-                .await
-                .map(|_| true)
-                .map_err(|()| {
-                    refuse(ApiError::new(
-                        ErrorCode::AuditUnavailable,
-                        "audit log unavailable",
-                    ))
-                });
+            return self.settled(id, version, ev).await;
         }
         let mut revoked = rotation.revoke(&request, &old).await;
         // Not found among the active PAT's user's (the active secret is another user's, an
@@ -242,14 +233,25 @@ impl AdminService {
                 receipt,
             ));
         }
+        self.settled(id, version, ev).await
+    }
+
+    /// Settles `id`'s owed revocation of `version` with its record `ev`: whether it was
+    /// settled (on record), or the log's refusal.
+    async fn settled(
+        &self,
+        id: &crate::ids::BindingId,
+        version: u32,
+        ev: AuditEvent,
+    ) -> Result<bool, (ApiError, Option<AuditReceipt>)> {
         self.settle_revocation(id, Some(version), ev)
             .await
             .map(|_| true)
             .map_err(|()| {
-                refuse(ApiError::new(
-                    ErrorCode::AuditUnavailable,
-                    "audit log unavailable",
-                ))
+                (
+                    ApiError::new(ErrorCode::AuditUnavailable, "audit log unavailable"),
+                    None,
+                )
             })
     }
 
