@@ -32,7 +32,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CREDBROKER_CONFIG")]
     config: PathBuf,
     /// Start even though the audit log does not verify from its last signed checkpoint to
-    /// its end (forensic starts only; new records are chained onto the unverified log).
+    /// its end, or is missing beside a store that holds operators or tenants (forensic starts
+    /// only; new records are chained onto the unverified log, or begin a new chain whose
+    /// first record says the log was missing).
     #[arg(long)]
     forensic_start: bool,
 }
