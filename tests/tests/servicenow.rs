@@ -379,6 +379,66 @@ async fn instance_urls_outside_servicenow_are_refused() {
     assert_eq!(s, 201, "{v}");
 }
 
+/// A custom domain on `allowed_hosts` that resolves to an internal address (set so from the
+/// start, or re-pointed later) is refused on connection, before anything is sent: the
+/// customer who controls the name learns nothing about what answers inside, and the client
+/// secret goes nowhere. `localhost` (allowed, so plain http is accepted) stands for a
+/// customer's DNS record pointing at an internal address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_domain_resolving_to_an_internal_address_is_never_contacted() {
+    let (tmp, pki) = setup();
+    // What answers inside: it counts the connections it is offered.
+    let inside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = inside.local_addr().unwrap().port();
+    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = offered.clone();
+    let _inside = tokio::spawn(async move {
+        while let Ok((s, _)) = inside.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let extra = servicenow_section(&format!("localhost:{port}"));
+    let daemon = Daemon::start(
+        tmp.path(),
+        &pki,
+        &DaemonOptions {
+            extra_toml: extra,
+            ..Default::default()
+        },
+    );
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(
+            json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-snow", "tenant": "t1", "provider": "servicenow_oauth",
+                    "config": {"instance_url": format!("http://localhost:{port}")}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-snow/secret",
+        Some(json!({"fields": {"client_id": CLIENT, "client_secret": SECRET}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = probe(&mut op).await;
+    assert_eq!((s, code(&v)), (504, "provider_unavailable"), "{v}");
+    assert_eq!(
+        offered.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the internal address was contacted"
+    );
+    drop(daemon);
+    drop(tmp);
+}
+
 /// A probe is an exchange with the customer's instance that its own logs keep: while the
 /// broker's audit log is known to be failing (a full disk), the probe is refused before
 /// anything is sent, as a resolve is, instead of being made and then left unrecorded.

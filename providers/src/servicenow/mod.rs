@@ -65,10 +65,16 @@ impl ServiceNow {
         let v: Value =
             serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let ceiling = ServiceNowCeiling::from_value(&v)?;
+        // Every instance name is resolved to public addresses only, on every connection (a
+        // name answering a private one later is refused too), whatever `allowed_hosts` says:
+        // ServiceNow is a cloud service, and a customer's custom domain points at it. A
+        // local test double is named by its address literal, which the URL rules judge and
+        // nothing resolves.
+        let http = Http::public_only(&[], None)?;
         Ok(ServiceNow {
             settings,
             ceiling,
-            http: Http::new(),
+            http,
         })
     }
 

@@ -25,7 +25,9 @@ pub struct ServiceNowSettings {
     pub ceiling_file: std::path::PathBuf,
     /// Instance hosts allowed besides `*.service-now.com` (`host` or `host:port`): a
     /// customer's custom domain, or a local test double. Only these may be IP literals,
-    /// loopback or link-local, and only loopback ones may be plain http.
+    /// loopback or link-local, and only loopback ones may be plain http. A name (a custom
+    /// domain, `localhost` too) must still resolve to public addresses, checked on every
+    /// connection: a local test double is named by its address literal.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// Per-request deadline, milliseconds.
