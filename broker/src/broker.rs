@@ -339,6 +339,9 @@ impl Broker {
                     .await
                     .map_err(|e| StartError::Other(format!("audit: {e}")))?;
             }
+            // A replica whose audit log takes no records runs no leader-only job (each is
+            // audited first): it leaves them to one whose log does.
+            replica.lead_only_while(Arc::new(audit.health()));
             let core = Arc::new(Core {
                 records,
                 keyring: keys.keyring,

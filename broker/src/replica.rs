@@ -49,7 +49,13 @@ pub struct Replica {
     /// The renewal task and what stops it: [`Replica::leave`] stops it and waits for it
     /// before giving the leases up, so a renewal in flight cannot claim them again after.
     renewal: Mutex<Option<Renewal>>,
+    /// What else leading needs besides this broker's replica id (its audit log taking
+    /// records): see [`Replica::lead_only_while`].
+    lead_while: Mutex<Option<LeadCondition>>,
 }
+
+/// A condition of leadership, asked at every renewal.
+pub type LeadCondition = Arc<dyn Fn() -> bool + Send + Sync>;
 
 type Renewal = (
     tokio::sync::watch::Sender<bool>,
@@ -226,6 +232,7 @@ impl Replica {
                 leader_until: Mutex::new(None),
                 id_until: Mutex::new(None),
                 renewal: Mutex::new(None),
+                lead_while: Mutex::new(None),
             }));
         }
         let mut claimed = None;
@@ -259,6 +266,7 @@ impl Replica {
             leader_until: Mutex::new(None),
             id_until: Mutex::new(Some(sent + LEASE_TTL - MARGIN)),
             renewal: Mutex::new(None),
+            lead_while: Mutex::new(None),
         });
         replica.try_lead().await;
         tracing::info!(replica = id, holder = %replica.holder, leader = replica.is_leader(), "joined the replicas sharing the store");
@@ -321,6 +329,38 @@ impl Replica {
         }
     }
 
+    /// Leads only while `condition` holds too (asked at every renewal): the audit log
+    /// taking records. Every leader-only job (owed revocations, self-rotation, the store's
+    /// clean-up) is audited first, so a leader whose log fails would hold the lease and
+    /// run none of them, on every replica, for as long as it lives.
+    pub fn lead_only_while(&self, condition: LeadCondition) {
+        if let Ok(mut slot) = self.lead_while.lock() {
+            *slot = Some(condition);
+        }
+    }
+
+    /// Whether this broker may lead now: it holds its replica id, and what
+    /// [`Replica::lead_only_while`] set holds.
+    fn may_lead(&self) -> bool {
+        let condition = self.lead_while.lock().ok().and_then(|c| c.clone());
+        self.holds_id() && condition.is_none_or(|holds| holds())
+    }
+
+    /// Gives leadership up (when it may not lead): another replica takes it at its next
+    /// renewal, not once the lease lapses.
+    async fn step_down(&self) {
+        let was = self.is_leader();
+        if let Ok(mut until) = self.leader_until.lock() {
+            *until = None;
+        }
+        if was {
+            tracing::warn!(replica = ?self.id, holds_id = self.holds_id(), "leadership given up: this broker's replica id is not surely its own, or its audit log does not take records");
+            if let Err(e) = self.store.release_lease(LEADER, &self.holder).await {
+                tracing::warn!(error = %e, "could not give the leader lease up; it lapses at its expiry");
+            }
+        }
+    }
+
     /// Renews the replica id and tries the leader lease every [`RENEW_EVERY`] (the first at
     /// once: a slow start must not let the id lapse) until [`Replica::leave`], or until the
     /// replica is dropped.
@@ -347,7 +387,11 @@ impl Replica {
                 if !this.claim(&lease, &this.id_until).await && had {
                     tracing::error!(lease, "this broker's replica id could not be renewed; its audit fails closed until it is re-claimed");
                 }
-                this.try_lead().await;
+                if this.may_lead() {
+                    this.try_lead().await;
+                } else {
+                    this.step_down().await;
+                }
             }
         });
         if let Ok(mut slot) = self.renewal.lock() {

@@ -545,6 +545,10 @@ async fn a_replica_without_its_lease_writes_nothing() {
     let before: i64 = set
         .scalar("SELECT count(*) FROM credbroker_audit WHERE replica = 1")
         .await;
+    let leads = |id: u32| {
+        format!("SELECT count(*) FROM credbroker_leases l JOIN credbroker_leases r ON r.name = 'replica/{id}' WHERE l.name = 'leader' AND l.holder = r.holder AND l.expires_at > now()")
+    };
+    assert_eq!(set.scalar(&leads(1)).await, 1, "replica 1 leads first");
     sql.execute(
         "UPDATE credbroker_leases SET holder = 'another-broker', expires_at = now() + interval '1 hour' WHERE name = 'replica/1'",
         &[],
@@ -576,6 +580,18 @@ async fn a_replica_without_its_lease_writes_nothing() {
     set.daemons[0]
         .wait_log("replica id could not be renewed", 1)
         .await;
+    // Without its id (its log takes no records) it leads no more: it gives the lease up,
+    // and the other replica runs the leader-only jobs (each audited first) at its next
+    // renewal, instead of nobody for as long as replica 1 lives.
+    set.daemons[0].wait_log("leadership given up", 1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    while set.scalar(&leads(2)).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica 2 never took the leadership replica 1 could not use"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     sql.execute(
         "INSERT INTO credbroker_leases (name, holder, expires_at) VALUES ('offline/change', 'elsewhere:1:x', now() + interval '1 minute')",
         &[],

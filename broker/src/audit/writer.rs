@@ -583,6 +583,13 @@ impl AuditLog {
         wait.await.map_err(|_| AuditError::Stopped)?
     }
 
+    /// [`AuditLog::healthy`], as a condition that keeps no handle to the writer (which
+    /// would keep it from stopping).
+    pub fn health(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let (closed, healthy) = (Arc::clone(&self.closed), Arc::clone(&self.healthy));
+        move || !closed.load(Ordering::Relaxed) && healthy.load(Ordering::Relaxed)
+    }
+
     /// Whether the last batch was written successfully, and the log is not closed.
     pub fn healthy(&self) -> bool {
         !self.closed.load(Ordering::Relaxed) && self.healthy.load(Ordering::Relaxed)
