@@ -114,12 +114,26 @@ pub struct AuditReceipt {
     pub audit_id: String,
 }
 
-pub(super) type Waiter = oneshot::Sender<Result<AuditReceipt, AuditError>>;
+/// Who waits for a record, with the queue slot its record holds until the writer answers:
+/// a caller that goes away (a worker resetting its stream while the disk is slow) frees no
+/// slot while its record is still queued, so the queue stays within [`QUEUE_BOUND`].
+pub(super) struct Waiter {
+    tx: oneshot::Sender<Result<AuditReceipt, AuditError>>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Waiter {
+    /// Answers the caller (gone or not) and frees the slot.
+    pub(super) fn send(self, answer: Result<AuditReceipt, AuditError>) {
+        let _ = self.tx.send(answer);
+    }
+}
 
 pub(super) enum Msg {
     Append(Box<AuditEvent>, Waiter),
-    /// Whether the log takes records now (probed first when it failed).
-    Probe(oneshot::Sender<bool>),
+    /// Whether the log takes records now (probed first when it failed), holding a queue
+    /// slot as an append does.
+    Probe(oneshot::Sender<bool>, tokio::sync::OwnedSemaphorePermit),
     Close(std::sync::mpsc::SyncSender<()>),
 }
 
@@ -206,7 +220,7 @@ impl Writer {
                 tracing::error!(error = %e, records = events.len(), "audit log still unavailable; failing requests closed");
                 let err = AuditError::Write(e.to_string());
                 for (_, done) in events {
-                    let _ = done.send(Err(err.clone()));
+                    done.send(Err(err.clone()));
                 }
                 return;
             }
@@ -225,7 +239,7 @@ impl Writer {
                     "audit checkpoints cannot be written: records would go unsigned".into(),
                 );
                 for (_, done) in events {
-                    let _ = done.send(Err(err.clone()));
+                    done.send(Err(err.clone()));
                 }
                 return;
             }
@@ -276,7 +290,7 @@ impl Writer {
                     h.observe(count as f64);
                 }
                 for (done, receipt) in waiters.into_iter().zip(receipts) {
-                    let _ = done.send(Ok(receipt));
+                    done.send(Ok(receipt));
                 }
             }
             Err(e) => {
@@ -287,7 +301,7 @@ impl Writer {
                 self.failed_first = first_hash;
                 let err = AuditError::Write(e.to_string());
                 for done in waiters {
-                    let _ = done.send(Err(err.clone()));
+                    done.send(Err(err.clone()));
                 }
             }
         }
@@ -515,20 +529,19 @@ impl AuditLog {
         unsigned_tail: Option<(u64, u64)>,
     ) -> Result<AuditLog, AuditError> {
         let (tx, rx) = mpsc::channel();
-        // Queued before the writer starts: the first record it writes, before any checkpoint
-        // signs over the tail.
-        if let Some(tail) = unsigned_tail {
+        // The first record the writer writes, before any checkpoint signs over the tail;
+        // kept at the head of every batch until one is written (see thread::run).
+        let marker = unsigned_tail.map(|tail| {
             tracing::warn!(
                 first = tail.0,
                 last = tail.1,
                 "audit records found without a signed checkpoint (the writer before stopped without signing its final one, or checkpoints were removed); recorded as audit.unsigned_tail"
             );
-            let (done, _unheard) = oneshot::channel();
-            let _ = tx.send(Msg::Append(Box::new(unsigned_tail_event(tail)), done));
-        }
+            Box::new(unsigned_tail_event(tail))
+        });
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || thread::run(sink, rx))
+            .spawn(move || thread::run(sink, rx, marker))
             .map_err(|e| AuditError::Open {
                 path: "audit-writer thread".into(),
                 reason: e.to_string(),
@@ -569,13 +582,17 @@ impl AuditLog {
         queued: impl FnOnce(),
     ) -> Result<AuditReceipt, AuditError> {
         // Back-pressure: at most QUEUE_BOUND appends are queued or being written; further
-        // callers wait here (holding nothing else of the writer's) until one is durable.
-        let _slot = self
-            .queue
-            .acquire()
+        // callers wait here (holding nothing else of the writer's) until one is answered.
+        // The slot goes with the record, not with this caller.
+        let slot = Arc::clone(&self.queue)
+            .acquire_owned()
             .await
             .map_err(|_| AuditError::Stopped)?;
         let (done, wait) = oneshot::channel();
+        let done = Waiter {
+            tx: done,
+            _slot: Some(slot),
+        };
         self.tx
             .send(Msg::Append(Box::new(event), done))
             .map_err(|_| AuditError::Stopped)?;
@@ -606,8 +623,14 @@ impl AuditLog {
         if self.healthy() {
             return true;
         }
+        // A probe holds a queue slot until the writer answers it, as an append does: callers
+        // giving up on a writer that does not answer leave no more queued than the bound. With
+        // no slot free, the log is not writable now.
+        let Ok(slot) = Arc::clone(&self.queue).try_acquire_owned() else {
+            return false;
+        };
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Msg::Probe(reply)).is_err() {
+        if self.tx.send(Msg::Probe(reply, slot)).is_err() {
             return false;
         }
         // A writer busy for longer than this (a database not answering) is not writable now.

@@ -375,7 +375,7 @@ impl Sink for DbWriter {
                     }
                 }
                 for (done, receipt) in waiters.into_iter().zip(receipts) {
-                    let _ = done.send(Ok(receipt));
+                    done.send(Ok(receipt));
                 }
             }
             Err(e) => {
@@ -388,7 +388,7 @@ impl Sink for DbWriter {
                 tracing::error!(error = %e, replica = self.owner.replica, records = count, "audit batch failed; failing its requests closed");
                 let err = AuditError::Write(e);
                 for done in waiters {
-                    let _ = done.send(Err(err.clone()));
+                    done.send(Err(err.clone()));
                 }
             }
         }

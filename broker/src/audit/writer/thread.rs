@@ -3,7 +3,9 @@
 //! between batches, and refuses what is still queued when it closes.
 
 use std::sync::mpsc;
+
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 use super::{AuditConfig, AuditError, AuditEvent, Msg, Waiter};
 
@@ -28,7 +30,18 @@ pub(in crate::audit) trait Sink: Send + 'static {
 /// The writer thread: takes everything queued (up to `max_batch`) as one batch, checkpoints
 /// on time, probes a failed log between batches; on close, refuses what is still queued and
 /// signs a last checkpoint.
-pub(super) fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
+///
+/// `marker` (`audit.unsigned_tail`, when the log was opened with records no checkpoint
+/// signs) is written first, at the head of the first batch; a batch that fails keeps it for
+/// the next, and while it is not written no checkpoint is signed (not on time, not by a
+/// probe, not at the close): a checkpoint would sign over the records it speaks of and the
+/// chain would keep no trace of them having been unsigned. The unsigned-record limit then
+/// fails the log closed, and a start after a close finds the tail unsigned again.
+pub(super) fn run(
+    mut sink: impl Sink,
+    rx: mpsc::Receiver<Msg>,
+    mut marker: Option<Box<AuditEvent>>,
+) {
     let tick = sink
         .config()
         .checkpoint_interval
@@ -38,10 +51,16 @@ pub(super) fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
     // callers asking one after another (a worker's flood during an outage) cost a few probes
     // a second, not one each.
     let mut last_asked: Option<Instant> = None;
+    write_marker(&mut sink, &mut marker);
     loop {
         let first = match rx.recv_timeout(tick) {
             Ok(m) => m,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if marker.is_some() {
+                    // Writing it is the probe.
+                    write_marker(&mut sink, &mut marker);
+                    continue;
+                }
                 if !sink.healthy() {
                     sink.probe();
                 }
@@ -49,7 +68,10 @@ pub(super) fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                sink.maybe_checkpoint(true);
+                write_marker(&mut sink, &mut marker);
+                if marker.is_none() {
+                    sink.maybe_checkpoint(true);
+                }
                 return;
             }
         };
@@ -60,7 +82,7 @@ pub(super) fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Append(ev, done) => batch.push((ev, done)),
-                Msg::Probe(reply) => probes.push(reply),
+                Msg::Probe(reply, slot) => probes.push((reply, slot)),
                 Msg::Close(ack) => {
                     close = Some(ack);
                     break;
@@ -72,17 +94,42 @@ pub(super) fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
             next = rx.try_recv().ok();
         }
         if !batch.is_empty() {
+            let written = marker.take().map(|m| {
+                let (done, heard) = oneshot::channel();
+                batch.insert(
+                    0,
+                    (
+                        m.clone(),
+                        Waiter {
+                            tx: done,
+                            _slot: None,
+                        },
+                    ),
+                );
+                (m, heard)
+            });
             sink.commit(batch);
-            sink.maybe_checkpoint(false);
+            if let Some((m, mut heard)) = written {
+                if !matches!(heard.try_recv(), Ok(Ok(_))) {
+                    marker = Some(m);
+                }
+            }
+            if marker.is_none() {
+                sink.maybe_checkpoint(false);
+            }
         }
         if !probes.is_empty() {
             // One probe answers every caller that asked meanwhile.
             if !sink.healthy() && last_asked.is_none_or(|at| at.elapsed() >= PROBE_REUSE) {
-                sink.probe();
+                if marker.is_some() {
+                    write_marker(&mut sink, &mut marker);
+                } else {
+                    sink.probe();
+                }
                 last_asked = Some(Instant::now());
             }
             let healthy = sink.healthy();
-            for reply in probes {
+            for (reply, _slot) in probes {
                 let _ = reply.send(healthy);
             }
         }
@@ -90,12 +137,37 @@ pub(super) fn run(mut sink: impl Sink, rx: mpsc::Receiver<Msg>) {
             // Refuse anything still queued rather than leave it waiting forever.
             while let Ok(msg) = rx.try_recv() {
                 if let Msg::Append(_, done) = msg {
-                    let _ = done.send(Err(AuditError::Stopped));
+                    done.send(Err(AuditError::Stopped));
                 }
             }
-            sink.maybe_checkpoint(true);
+            write_marker(&mut sink, &mut marker);
+            if marker.is_none() {
+                sink.maybe_checkpoint(true);
+            }
             let _ = ack.send(());
             return;
         }
+    }
+}
+
+/// Writes `marker` as a batch of its own, if it is still to be written; kept when the batch
+/// fails.
+fn write_marker(sink: &mut impl Sink, marker: &mut Option<Box<AuditEvent>>) {
+    let Some(m) = marker.take() else {
+        return;
+    };
+    let (done, mut heard) = oneshot::channel();
+    sink.commit(vec![(
+        m.clone(),
+        Waiter {
+            tx: done,
+            _slot: None,
+        },
+    )]);
+    if !matches!(heard.try_recv(), Ok(Ok(_))) {
+        tracing::warn!(
+            "audit.unsigned_tail could not be written yet; no checkpoint is signed before it is"
+        );
+        *marker = Some(m);
     }
 }
