@@ -497,6 +497,9 @@ pub fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
 pub fn archive(audit_dir: &Path, seg: &SegmentFile) -> std::io::Result<()> {
     let dir = archive_dir(audit_dir);
     crate::keys::create_private_dir(&dir)?;
+    // The archive's own entry is durable before a segment moved into it leaves the live
+    // directory.
+    sync_dir(audit_dir)?;
     let target = dir.join(seg.name());
     if target.exists() {
         if !same_bytes(&seg.path, &target)? {

@@ -220,6 +220,9 @@ pub(super) fn open_live(config: &AuditConfig) -> Result<(Live, Tail, Option<Torn
     }
     if scan.header.is_none() {
         // Created, nothing written yet: the chain stands where the segment before it ends.
+        // Its creator may have died (or failed) before syncing the directory that names it:
+        // synced now, before any record written in it is acknowledged.
+        segments::sync_dir(dir).map_err(|e| open_err(dir, e))?;
         let tail = match segs.iter().rev().find(|s| s.n + 1 == last.n) {
             None if last.n == 1 => Tail {
                 seq: 0,
