@@ -379,6 +379,48 @@ async fn instance_urls_outside_servicenow_are_refused() {
     assert_eq!(s, 201, "{v}");
 }
 
+/// An operator destroys the active client secret at once (it leaked) while a mint from it
+/// is under way: what the mint brings is withheld (the binding's generation is unchanged,
+/// its secret version is not), and the next resolve finds no secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mint_from_a_secret_destroyed_meanwhile_is_withheld() {
+    use std::sync::atomic::Ordering;
+    let mut env = start().await;
+    bind(&mut env).await;
+    *env.sn.state.delay_ms.lock().unwrap() = 1000;
+    let before = env.sn.state.arrived.load(Ordering::SeqCst);
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let mint =
+        tokio::spawn(async move { resolve(&mut w1, json!({"instance_id": "i-snow"})).await });
+    // The mint is under way: the fake holds its answer.
+    let waited = std::time::Instant::now();
+    while env.sn.state.arrived.load(Ordering::SeqCst) == before {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(10),
+            "no mint started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (s, v) = call(
+        &mut env.op,
+        Method::DELETE,
+        "/v1/admin/bindings/acme-snow/secret/1?force=true",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        waited.elapsed() < std::time::Duration::from_millis(900),
+        "destroyed after the mint landed: the test proves nothing"
+    );
+    let (s, v) = mint.await.unwrap();
+    assert_eq!((s, code(&v)), (503, "unavailable"), "{v}");
+    assert!(v.get("credentials").is_none(), "{v}");
+    let mut w1 = env.pki.client_for("w1", &env.daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i-snow"})).await;
+    assert_eq!((s, code(&v)), (409, "secret_missing"), "{v}");
+}
+
 /// A custom domain on `allowed_hosts` that resolves to an internal address (set so from the
 /// start, or re-pointed later) is refused on connection, before anything is sent: the
 /// customer who controls the name learns nothing about what answers inside, and the client

@@ -377,8 +377,10 @@ impl ResolveService {
                                 caught_up.elapsed(),
                             ) =>
                         {
-                            let generation = &chain.binding().generation;
-                            self.judged_again(granted, generation, peer, &request).await
+                            let b = chain.binding();
+                            let minted_from = (b.generation.as_str(), b.active_secret_version);
+                            self.judged_again(granted, minted_from, peer, &request)
+                                .await
                         }
                         other => other,
                     }
@@ -398,11 +400,13 @@ impl ResolveService {
     /// change acknowledged since, and the credential is withheld when the chain no longer
     /// holds or the binding changed under it (a rotated secret, a narrower ceiling). It stays
     /// cached for the callers the chain still admits; a changed binding's key is not reached
-    /// again. The refusal's record names the upstream call that minted it.
+    /// again. The secret version it was minted from must still be the active one too: a
+    /// version destroyed at once (a leaked secret) leaves the generation as it was. The
+    /// refusal's record names the upstream call that minted it.
     async fn judged_again(
         &self,
         granted: Granted,
-        generation: &str,
+        (generation, secret_version): (&str, Option<u32>),
         peer: Option<&PeerIdentity>,
         request: &ParsedResolve,
     ) -> Result<Granted, Refused> {
@@ -440,7 +444,12 @@ impl ResolveService {
             return Err(withheld(&granted, error));
         }
         match verify_chain(&self.core.records, &self.core.registry, peer, request).await {
-            Ok(chain) if chain.binding().generation == generation => Ok(granted),
+            Ok(chain)
+                if chain.binding().generation == generation
+                    && chain.binding().active_secret_version == secret_version =>
+            {
+                Ok(granted)
+            }
             Ok(_) => Err(withheld(
                 &granted,
                 ApiError::new(
