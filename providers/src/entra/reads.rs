@@ -47,14 +47,7 @@ impl EntraApp {
             )
             .await?;
         if status != 200 {
-            let message = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .map(|s| crate::quoted(s, 200))
-                })
-                .unwrap_or_else(|| parse_error(&body).description);
+            let message = error_message(&body, token.expose_secret());
             return Err(if status == 429 || status >= 500 {
                 ProviderError::Unavailable {
                     message: format!("{what}: HTTP {status}: {message}"),
@@ -411,9 +404,22 @@ pub fn newest_grant(items: &[Value]) -> Option<OffsetDateTime> {
         .max()
 }
 
+/// What a Graph or ARM refusal says (`error.message`, or an OAuth-style description), quoted
+/// and never repeating the bearer it was sent (a proxy echoing the request back).
+fn error_message(body: &[u8], bearer: &str) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(|s| crate::quoted_unless_echo(s, 200, &[bearer]))
+        })
+        .unwrap_or_else(|| parse_error(body).description)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{page_of, roles_held};
+    use super::{error_message, page_of, roles_held};
     use serde_json::json;
 
     const BASE: &str = "https://management.azure.com";
@@ -457,6 +463,27 @@ mod tests {
                 owner.to_owned()
             ]
         );
+    }
+
+    #[test]
+    fn a_refusal_repeating_the_bearer_is_not_quoted() {
+        let bearer = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.payload.signature";
+        let said = |message: &str| {
+            error_message(
+                json!({"error": {"code": "Authorization_RequestDenied", "message": message}})
+                    .to_string()
+                    .as_bytes(),
+                bearer,
+            )
+        };
+        assert!(said("Insufficient privileges").contains("Insufficient privileges"));
+        for echoed in [
+            format!("Bearer {bearer}"),
+            format!("token {} was refused", &bearer[..40]),
+        ] {
+            let m = said(&echoed);
+            assert!(!m.contains("eyJ0eXAi"), "{m}");
+        }
     }
 
     #[test]
