@@ -476,7 +476,7 @@ impl Provider for EntraApp {
             "provider": ID,
             "tenant": tenant_id,
             "client_id": self.client_id(),
-            "then": "send the install_url to an admin of the customer's tenant (Global Administrator or Privileged Role Administrator): it opens Microsoft's admin-consent page; the tenant is bound to this broker tenant when Entra redirects back (single use, expires in one hour). Then the customer deploys onboarding-templates/azure/*.bicep with principalId = the service principal object id shown on the binding."
+            "then": "send the install_url to an admin of the customer's tenant (Global Administrator or Privileged Role Administrator): they sign in to that tenant through it and grant admin consent; the tenant is bound to this broker tenant when Entra sends them back with a code the broker redeems at that tenant and whose sign-in proves an administrator of it consented through this link (single use, expires in one hour; runbooks/entra-onboarding.md). Then the customer deploys onboarding-templates/azure/*.bicep with principalId = the service principal object id shown on the binding."
         }))
     }
 
