@@ -142,7 +142,30 @@ impl AdminService {
         let lease = format!("rotation/{id}");
         let result = match self.core.replica.claim_job(&lease, ROTATION_LEASE).await {
             Ok(true) => {
-                let result = work.await;
+                // Renewed while the work runs, however long its upstream steps take (each is
+                // bounded by the mint timeout, which has no upper limit): a lease that lapsed
+                // mid-rotation would let a second replica start one beside it.
+                let renew = async {
+                    let mut tick = tokio::time::interval(ROTATION_LEASE / 4);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        match self.core.replica.claim_job(&lease, ROTATION_LEASE).await {
+                            Ok(true) => {}
+                            Ok(false) => tracing::error!(
+                                lease,
+                                "a rotation's claim was taken by another holder while it ran"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(lease, error = %e, "a rotation's claim could not be renewed; it lapses at its expiry")
+                            }
+                        }
+                    }
+                };
+                let result = tokio::select! {
+                    result = work => result,
+                    never = renew => never,
+                };
                 self.core.replica.release_job(&lease).await;
                 result
             }
