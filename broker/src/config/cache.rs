@@ -10,7 +10,8 @@ pub struct CacheSettings {
     /// Most cached tokens.
     pub max_entries: usize,
     /// Most cached tokens of one tenant (at most `max_entries`): past it a tenant's new token
-    /// replaces its own closest to expiry, never another tenant's.
+    /// replaces its own closest to expiry, never another tenant's. The shares may add up to
+    /// more than `max_entries`: a full cache makes room from the tenant holding the most.
     pub max_entries_per_tenant: usize,
     /// Decoded store records (worker, instance, tenant, binding, sealed secret version) kept
     /// in memory per table for the resolve path; every store write empties them. 0 disables.

@@ -99,7 +99,10 @@ impl Entries {
     /// Caches `cred` (expiring at `expires_at`) under `key`, replacing what `key` held: the
     /// tenant's own share first (past `max_per_tenant`, its own token closest to expiry
     /// goes, never another tenant's), then the whole (`max_entries`: expired tokens first,
-    /// then the one closest to expiry, whoever's).
+    /// then the token closest to expiry of the tenant holding the most). The shares may add
+    /// up to more than the whole: a full cache is made room in by its largest holder, so a
+    /// tenant filling its share (a worker varying its narrowing) cannot push a quieter
+    /// tenant's few tokens out.
     pub(super) fn store(
         &mut self,
         key: CacheKey,
@@ -119,7 +122,20 @@ impl Entries {
             {
                 self.evict_first();
             }
-            while self.tokens.len() >= max_entries && self.evict_first() {}
+            while self.tokens.len() >= max_entries {
+                let heaviest = self
+                    .by_tenant
+                    .iter()
+                    .max_by_key(|(_, orders)| orders.len())
+                    .map(|(tenant, _)| tenant.clone());
+                let evicted = match heaviest {
+                    Some(tenant) => self.evict_first_of(&tenant),
+                    None => self.evict_first(),
+                };
+                if !evicted {
+                    break;
+                }
+            }
         }
         self.next_order = self.next_order.wrapping_add(1);
         let order = (expires_at, self.next_order);

@@ -20,9 +20,10 @@ struct Kept {
     cred: Arc<IssuedCredential>,
 }
 
-/// The kept credentials, ordered by expiry (ties by insertion): expired ones and, past a
-/// bound, those closest to expiry go first — past a tenant's share, that tenant's own, so
-/// one tenant's minting never pushes another's tokens beyond a revocation's reach.
+/// The kept credentials, ordered by expiry (ties by insertion): expired ones go first;
+/// past a tenant's share, that tenant's own closest to expiry; past the bound, the largest
+/// holder's — so one tenant's minting never pushes another's tokens beyond a revocation's
+/// reach.
 #[derive(Default)]
 pub(super) struct Issued {
     by_expiry: BTreeMap<(OffsetDateTime, u64), Kept>,
@@ -63,8 +64,16 @@ impl Issued {
                 }
             }
         }
+        // Past the bound, the largest holder's closest to expiry: a tenant filling its share
+        // pushes no quieter tenant's tokens beyond a revocation's reach.
         while self.by_expiry.len() >= bound.max(1) {
-            let Some(key) = self.by_expiry.keys().next().copied() else {
+            let key = self
+                .per_tenant
+                .values()
+                .max_by_key(|own| own.len())
+                .and_then(|own| own.first().copied())
+                .or_else(|| self.by_expiry.keys().next().copied());
+            let Some(key) = key else {
                 break;
             };
             self.remove(&key);
@@ -195,6 +204,34 @@ mod tests {
         });
         assert_eq!(issued.keep(("github_app", "t1"), &forever, (1, Some(1))), 0);
         assert_eq!(issued.len(), 0);
+    }
+
+    /// Past the bound (the shares add up to more than it), the largest holder's token goes,
+    /// not whoever's expires first: a quiet tenant's one token stays within reach.
+    #[test]
+    fn past_the_bound_the_largest_holder_makes_room() {
+        let mut issued = Issued::default();
+        let quiet = cred(600);
+        assert_eq!(
+            issued.keep(("github_app", "quiet"), &quiet, (4, Some(3))),
+            0
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                issued.keep(("github_app", "noisy"), &cred(3600), (4, Some(3))),
+                0
+            );
+        }
+        assert_eq!(
+            issued.keep(("github_app", "third"), &cred(3600), (4, Some(3))),
+            1
+        );
+        let taken = issued.take("github_app", issued.mark(), &none());
+        assert_eq!(taken.len(), 4);
+        assert!(
+            taken.iter().any(|c| Arc::ptr_eq(c, &quiet)),
+            "the quiet tenant's was pushed out"
+        );
     }
 
     /// A revocation takes what was kept before its mark, and forgets what it already has

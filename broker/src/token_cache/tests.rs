@@ -117,6 +117,33 @@ fn one_tenant_never_pushes_out_the_others_tokens() {
     assert_eq!(held, 10);
 }
 
+/// A full cache (the shares add up to more than the whole) makes room from the tenant
+/// holding the most, not from whoever's token expires first: a tenant filling its share
+/// with long-lived tokens cannot push a quieter tenant's out.
+#[test]
+fn a_full_cache_makes_room_from_its_largest_holder() {
+    let cache = TokenCache::with_join_counter(6, 4, Counter::default());
+    for n in 0..2 {
+        cache.insert(key_of("quiet", n), Arc::new(cred(600)), cache.epoch());
+    }
+    for n in 0..4 {
+        cache.insert(key_of("noisy", n), Arc::new(cred(3600)), cache.epoch());
+    }
+    // Full; a third tenant arrives, then the noisy one again.
+    cache.insert(key_of("third", 0), Arc::new(cred(3600)), cache.epoch());
+    cache.insert(key_of("noisy", 9), Arc::new(cred(3600)), cache.epoch());
+    for n in 0..2 {
+        assert!(
+            cache.lookup(&key_of("quiet", n), 0).is_some(),
+            "quiet {n} evicted"
+        );
+    }
+    assert!(cache.lookup(&key_of("third", 0), 0).is_some());
+    let entries = cache.entries.lock().unwrap();
+    assert_eq!(entries.tokens.len(), 6);
+    assert_eq!(entries.held_by("noisy"), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_share_one_mint() {
     let cache = TokenCache::new(10);
