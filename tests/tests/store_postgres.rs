@@ -325,6 +325,45 @@ async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
     );
     rename("after the failover").await;
     assert_eq!(name_on_b().await, "after the failover");
+
+    // A replica that read (and cached) a commit before hearing of it, which the failover
+    // then lost: the promoted server's generation is the one the replica last saw, so no
+    // generation read tells them apart. Its listening connection was cut by the failover;
+    // the reconnection forgets every cached record.
+    let kept: Vec<u8> = sql
+        .query_one(
+            "SELECT value FROM credbroker_records WHERE tbl = 'tenants' AND key = 'gen'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    rename("read, then lost in the failover").await;
+    assert_eq!(name_on_b().await, "read, then lost in the failover");
+    sql.execute(
+        "UPDATE credbroker_records SET value = $1 WHERE tbl = 'tenants' AND key = 'gen'",
+        &[&kept],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        name_on_b().await,
+        "read, then lost in the failover",
+        "the generation alone cannot tell (the case this guards)"
+    );
+    sql.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'credbroker-listen'",
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while name_on_b().await != "after the failover" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record lost in the failover is still served after the reconnection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// A broker stalled while holding the commit lock (paused, or its network gone) cannot

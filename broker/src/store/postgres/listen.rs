@@ -4,7 +4,7 @@
 //! Notifications only shorten the time a cache holds a changed record when no resolve asks
 //! ([`super::PgStore::sync`] is what bounds it); so a lost connection is re-established with
 //! a growing pause (up to 5 s), and on every (re)connection the generation is read and a
-//! change reported if it moved meanwhile. The task ends when the store is dropped.
+//! change to every table reported. The task ends when the store is dropped.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -86,8 +86,15 @@ async fn listen(
         .map_err(|e| e.to_string())?
         .try_get(0)
         .map_err(|e| e.to_string())?;
+    // And every cached record is forgotten: a connection is lost in a failover, and a record
+    // this replica read (and cached) from a commit it had not heard of yet may be one the
+    // promoted server lost, while its generation is the one last seen here, so no generation
+    // read tells them apart.
     match inner.upgrade() {
-        Some(inner) => inner.saw(generation),
+        Some(inner) => {
+            inner.notify(super::Changed::ALL);
+            inner.saw(generation);
+        }
         None => return Ok(()),
     }
     // A payload is a hint, never trusted: `saw` reports any value other than the last one
