@@ -414,7 +414,9 @@ fn error_message(body: &[u8], bearer: &str) -> String {
                 .and_then(Value::as_str)
                 .map(|s| crate::quoted_unless_echo(s, 200, &[bearer]))
         })
-        .unwrap_or_else(|| parse_error(body).description)
+        .unwrap_or_else(|| {
+            crate::quoted_unless_echo(&parse_error(body).description, 200, &[bearer])
+        })
 }
 
 #[cfg(test)]
@@ -482,6 +484,14 @@ mod tests {
             format!("token {} was refused", &bearer[..40]),
         ] {
             let m = said(&echoed);
+            assert!(!m.contains("eyJ0eXAi"), "{m}");
+            // Or as an OAuth-style description, without error.message.
+            let m = error_message(
+                json!({"error": "invalid_request", "error_description": echoed})
+                    .to_string()
+                    .as_bytes(),
+                bearer,
+            );
             assert!(!m.contains("eyJ0eXAi"), "{m}");
         }
     }
