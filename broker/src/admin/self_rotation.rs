@@ -145,11 +145,17 @@ impl AdminService {
                 // Renewed while the work runs, however long its upstream steps take (each is
                 // bounded by the mint timeout, which has no upper limit): a lease that lapsed
                 // mid-rotation would let a second replica start one beside it.
+                // Stopped, and a claim in flight waited for, before the release: one landing
+                // after it would hold the binding's rotations off for a whole lease.
+                let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
                 let renew = async {
                     let mut tick = tokio::time::interval(ROTATION_LEASE / 4);
                     tick.tick().await;
                     loop {
-                        tick.tick().await;
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            _ = &mut stopped => return,
+                        }
                         match self.core.replica.claim_job(&lease, ROTATION_LEASE).await {
                             Ok(true) => {}
                             Ok(false) => tracing::error!(
@@ -162,10 +168,12 @@ impl AdminService {
                         }
                     }
                 };
-                let result = tokio::select! {
-                    result = work => result,
-                    never = renew => never,
+                let worked = async {
+                    let result = work.await;
+                    let _ = stop.send(());
+                    result
                 };
+                let (result, ()) = tokio::join!(worked, renew);
                 self.core.replica.release_job(&lease).await;
                 result
             }
