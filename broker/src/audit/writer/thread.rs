@@ -32,11 +32,11 @@ pub(in crate::audit) trait Sink: Send + 'static {
 /// signs a last checkpoint.
 ///
 /// `marker` (`audit.unsigned_tail`, when the log was opened with records no checkpoint
-/// signs) is written first, at the head of the first batch; a batch that fails keeps it for
-/// the next, and while it is not written no checkpoint is signed (not on time, not by a
-/// probe, not at the close): a checkpoint would sign over the records it speaks of and the
-/// chain would keep no trace of them having been unsigned. The unsigned-record limit then
-/// fails the log closed, and a start after a close finds the tail unsigned again.
+/// signs) is written first, in a batch of its own; while it is not written (a full disk)
+/// every batch is refused and no checkpoint is signed (not on time, not by a probe, not at
+/// the close): a checkpoint would sign over the records it speaks of and the chain would
+/// keep no trace of them having been unsigned. A start after a close finds the tail
+/// unsigned again.
 pub(super) fn run(
     mut sink: impl Sink,
     rx: mpsc::Receiver<Msg>,
@@ -94,27 +94,20 @@ pub(super) fn run(
             next = rx.try_recv().ok();
         }
         if !batch.is_empty() {
-            let written = marker.take().map(|m| {
-                let (done, heard) = oneshot::channel();
-                batch.insert(
-                    0,
-                    (
-                        m.clone(),
-                        Waiter {
-                            tx: done,
-                            _slot: None,
-                        },
-                    ),
+            // The marker first, in a batch of its own: no batch is written (nor any checkpoint
+            // a batch may sign, at the unsigned-record limit or sealing a full segment) before
+            // it is durable. While it is not, the batch is refused.
+            write_marker(&mut sink, &mut marker);
+            if marker.is_some() {
+                let err = AuditError::Write(
+                    "the audit log does not take records yet (its unsigned-tail record is not written)"
+                        .into(),
                 );
-                (m, heard)
-            });
-            sink.commit(batch);
-            if let Some((m, mut heard)) = written {
-                if !matches!(heard.try_recv(), Ok(Ok(_))) {
-                    marker = Some(m);
+                for (_, done) in batch {
+                    done.send(Err(err.clone()));
                 }
-            }
-            if marker.is_none() {
+            } else {
+                sink.commit(batch);
                 sink.maybe_checkpoint(false);
             }
         }

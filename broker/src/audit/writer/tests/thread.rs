@@ -77,8 +77,8 @@ async fn callers_that_go_away_keep_their_records_slots_until_written() {
     log.close();
 }
 
-/// What [`Flaky`] did, in order: the actions of the records it wrote, and `checkpoint`
-/// wherever it signed one.
+/// What [`Flaky`] did, in order: `batch` where a batch it wrote begins, the actions of the
+/// records in it, and `checkpoint` wherever it signed one.
 type Done = Arc<Mutex<Vec<String>>>;
 
 /// A writer whose first `fails` batches fail (a full disk).
@@ -94,6 +94,10 @@ impl Sink for Flaky {
         let ok = self.fails == 0;
         self.fails = self.fails.saturating_sub(1);
         self.healthy.store(ok, Ordering::Relaxed);
+        if ok {
+            // Where a batch begins (a checkpoint the batch signed would come here).
+            self.done.lock().unwrap().push("batch".into());
+        }
         for (n, (ev, done)) in events.into_iter().enumerate() {
             if ok {
                 self.done.lock().unwrap().push(ev.action.clone());
@@ -124,11 +128,12 @@ impl Sink for Flaky {
     }
 }
 
-/// A log opened with records no checkpoint signs records `audit.unsigned_tail` first. When
-/// the disk that made the last writer stop unsigned is still full, the record is kept for
-/// the next batch (not dropped with the failed one), and no checkpoint signs over the tail
-/// before it is written: not at a close, not by a probe. Without it, the chain would keep no
-/// trace of the tail having been unsigned.
+/// A log opened with records no checkpoint signs records `audit.unsigned_tail` first, in a
+/// batch of its own. When the disk that made the last writer stop unsigned is still full,
+/// the record is kept (not dropped with a failed batch), the batches behind it are refused,
+/// and no checkpoint signs over the tail before it is written: not at a close, not by a
+/// probe, not by a batch (which may sign one at the unsigned-record limit or sealing a full
+/// segment). Without it, the chain would keep no trace of the tail having been unsigned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unsigned_tail_is_recorded_before_any_checkpoint_however_often_batches_fail() {
     let tmp = tempfile::tempdir().unwrap();
@@ -159,9 +164,15 @@ async fn the_unsigned_tail_is_recorded_before_any_checkpoint_however_often_batch
     log.close();
     let done = done.lock().unwrap().clone();
     assert_eq!(
-        done.first().map(String::as_str),
-        Some("audit.unsigned_tail"),
-        "{done:?} ({answers:?})"
+        done.get(..3),
+        Some(
+            &[
+                "batch".to_owned(),
+                "audit.unsigned_tail".into(),
+                "batch".into()
+            ][..]
+        ),
+        "the marker alone, then the others: {done:?} ({answers:?})"
     );
     assert!(answers[1], "{answers:?}");
     // Never written: no checkpoint at all, the close's neither (the next start finds the
