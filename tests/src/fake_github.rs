@@ -206,6 +206,8 @@ pub enum Fault {
     /// A malicious or broken upstream: the endpoint's own answer (and its side effects, such
     /// as a token minted), changed by this before it is sent.
     Tamper(Tamper),
+    /// A redirect (307) to this URL, as a compromised or misconfigured front would answer.
+    Redirect(String),
 }
 
 /// How [`Fault::Tamper`] changes an installation token answer.
@@ -565,6 +567,12 @@ impl GithubState {
                 }
             }
             Fault::Hold(_) | Fault::Tamper(_) => error(500, "Server Error", n),
+            Fault::Redirect(to) => Response::builder()
+                .status(307)
+                .header("location", to.as_str())
+                .header("x-github-request-id", request_id(n))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
             Fault::Oversized(len) => {
                 let mut body = vec![b' '; len.saturating_sub(2)];
                 body.extend_from_slice(b"{}");

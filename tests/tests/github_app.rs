@@ -3728,6 +3728,52 @@ async fn an_oversized_github_answer_is_cut_not_buffered() {
     assert_eq!((s, v["cached"].as_bool()), (200, Some(false)), "{v}");
 }
 
+/// A compromised or misconfigured front of GitHub (a GHES proxy) answering a redirect: it is
+/// never followed (to an internal address, or to plain http), whatever the endpoint. The
+/// resolve fails and nothing reaches the redirect's target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_redirect_is_never_followed() {
+    let mut env = start_full(3600, GENEROUS, Some(CLIENT_ID), "").await;
+    add_key(&mut env.op, &env.key_a).await;
+    let binding = bind_acme(&mut env).await;
+    let inside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/internal", inside.local_addr().unwrap());
+    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = offered.clone();
+    let _inside = tokio::spawn(async move {
+        while let Ok((s, _)) = inside.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    // A read (the probe's of the installation) and a mint.
+    env.gh.inject(
+        "/app/installations/1001",
+        Fault::Redirect(target.clone()),
+        1,
+    );
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert_eq!(env.gh.pending_faults(), 0, "the redirect was answered");
+    env.gh
+        .inject("/access_tokens", Fault::Redirect(target.clone()), 1);
+    let (s, v) = resolve_cold(&env, 0).await;
+    assert_ne!(s, 200, "{v}");
+    assert_eq!(env.gh.pending_faults(), 0, "the redirect was answered");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        offered.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+}
+
 /// A malicious or broken upstream (THREATS.md) answering a token request with more than was
 /// asked — any repository where named ones were asked, a permission beyond the request or at
 /// a higher level than asked — or with a token a worker could not put into a header as it is,
