@@ -241,11 +241,18 @@ pub enum Tamper {
     /// An installation answer whose `suspended_at` is `false`: neither GitHub's time nor
     /// its null.
     SuspendedAtNotATime,
+    /// The `token` replaced by the bearer the request carried (the App JWT), as a broken
+    /// proxy echoing the request would answer.
+    EchoBearer,
 }
 
 impl Tamper {
-    fn apply(self, body: &mut Value, headers: &mut http::HeaderMap) {
+    fn apply(self, body: &mut Value, headers: &mut http::HeaderMap, auth: &str) {
         match self {
+            Tamper::EchoBearer => {
+                let bearer = auth.split_once(' ').map_or(auth, |(_, b)| b);
+                body["token"] = json!(bearer);
+            }
             Tamper::FarExpiry => body["expires_at"] = json!("2036-01-01T00:00:00Z"),
             Tamper::ManyValues => body["padding"] = json!(vec![0u8; 600_000]),
             Tamper::NearExpiry => {
@@ -700,7 +707,7 @@ impl GithubState {
                     .unwrap()
                     .to_bytes();
                 let mut v: Value = serde_json::from_slice(&bytes).unwrap();
-                t.apply(&mut v, &mut parts.headers);
+                t.apply(&mut v, &mut parts.headers, auth);
                 parts.headers.remove(http::header::CONTENT_LENGTH);
                 Response::from_parts(parts, Full::new(Bytes::from(v.to_string())))
             }

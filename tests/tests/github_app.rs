@@ -3796,6 +3796,7 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
             "repository \"secrets\" was not asked for",
         ),
         (7, Tamper::PastExpiry, "already expired"),
+        (9, Tamper::EchoBearer, "repeats what the request sent"),
     ] {
         env.gh.inject("/access_tokens", Fault::Tamper(tamper), 1);
         let revoked_before = env.gh.state.revoked.lock().unwrap().len();
@@ -3812,7 +3813,12 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
         assert_eq!(env.gh.pending_faults(), 0);
         // The token GitHub issued and nobody was handed is revoked, after the refusal was
         // answered (one whose text could not be sent back in a header cannot be).
-        let expected = revoked_before + usize::from(!matches!(tamper, Tamper::TokenWithLineBreak));
+        // Nor one that is the request's own bearer (the App JWT): never presented anywhere.
+        let expected = revoked_before
+            + usize::from(!matches!(
+                tamper,
+                Tamper::TokenWithLineBreak | Tamper::EchoBearer
+            ));
         within_10_s(
             &format!("{tamper:?}: the refused answer's token revoked"),
             || env.gh.state.revoked.lock().unwrap().len() == expected,

@@ -23,6 +23,37 @@ pub(super) struct Answer {
     pub(super) request_id: Option<String>,
     /// How long GitHub asked callers to stay away, when the answer is a rate limit.
     pub(super) rate_limit: Option<Duration>,
+    /// Whether its `token` repeated what the request sent (the App JWT): taken out of
+    /// `body`, never handed out nor presented (see [`withhold_echoes`]).
+    pub(super) echoed_token: bool,
+}
+
+/// Takes out of a GitHub answer what repeats what the request sent (the App JWT, a client
+/// secret, a code): a `message` (replaced, never quoted) and a `token` (removed: a broken
+/// proxy echoing the request's bearer would otherwise have the App JWT, which mints for
+/// every installation, handed to a worker as an installation token). Returns whether the
+/// token was one.
+pub(super) fn withhold_echoes(body: &mut Value, sent: &[&str]) -> bool {
+    let Some(o) = body.as_object_mut() else {
+        return false;
+    };
+    if o.get("message")
+        .and_then(Value::as_str)
+        .is_some_and(|m| crate::echoes(m, sent))
+    {
+        o.insert(
+            "message".into(),
+            json!("(withheld: it repeats what the request sent)"),
+        );
+    }
+    let echoed = o
+        .get("token")
+        .and_then(Value::as_str)
+        .is_some_and(|t| crate::echoes(t, sent));
+    if echoed {
+        o.remove("token");
+    }
+    echoed
 }
 
 /// Whether an answer is one of GitHub's rate limits, and how long it asks callers to wait:
@@ -165,6 +196,9 @@ pub(super) fn to_credential(
         message: format!("GitHub token answer is malformed: {what}"),
         upstream_request_id: request_id.clone(),
     };
+    if answer.echoed_token {
+        return Err(malformed("the token repeats what the request sent"));
+    }
     let b = &answer.body;
     let token = issued_token(b)
         .ok_or_else(|| malformed("token missing, too long or not printable ASCII"))?;

@@ -144,13 +144,15 @@ pub(super) async fn call_github(
         .to_bytes();
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| unavailable("GitHub answer is not UTF-8".into()))?;
-        let body = super::answer::answer_body(text).map_err(unavailable)?;
+        let mut body = super::answer::answer_body(text).map_err(unavailable)?;
+        let echoed_token = super::answer::withhold_echoes(&mut body, &sent);
         let rate_limit = rate_limit_of(status, &headers, &message_of(&body));
         Ok(Answer {
             status,
             body,
             request_id,
             rate_limit,
+            echoed_token,
         })
     };
     tokio::time::timeout(per_request + Duration::from_millis(500), exchange)

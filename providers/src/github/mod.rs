@@ -595,6 +595,7 @@ pub fn read_token_answer(
             body,
             request_id: request_id.map(str::to_owned),
             rate_limit: None,
+            echoed_token: false,
         },
         0,
         &wanted,

@@ -85,6 +85,7 @@ fn error_codes_of_githubs_answers() {
         body: json!({ "message": message }),
         request_id: Some("F00D:1".into()),
         rate_limit,
+        echoed_token: false,
     };
     let unavailable = |e: &ProviderError| matches!(e, ProviderError::Unavailable { .. });
     let withdrawn = |e: &ProviderError| {
