@@ -97,7 +97,7 @@ fn write_public(path: &Path, text: &str) -> Result<(), DevError> {
 /// Refuses a dev directory another user could have prepared: one not owned by this user, or
 /// writable by group or others. `dev` trusts what it finds there (a CA, keys, a config), so
 /// a directory someone else made (`/tmp/credbroker-dev`) could hand them its operator.
-fn check_own_dir(dir: &Path) -> Result<(), DevError> {
+pub(crate) fn check_own_dir(dir: &Path) -> Result<(), DevError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(dir).map_err(|e| DevError(format!("{}: {e}", dir.display())))?;
     let me = rustix::process::getuid().as_raw();

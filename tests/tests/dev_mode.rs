@@ -127,4 +127,29 @@ fn a_dev_directory_others_can_write_is_refused() {
         std::fs::read_dir(&dir).unwrap().next().is_none(),
         "nothing was written into it"
     );
+    // Admin commands given it (`--dev-dir`, or CREDBROKER_DEV_DIR) refuse it too: another
+    // user who prepared it would get the secret `secret set` sends, at the address it names.
+    let theirs = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    std::fs::write(
+        dir.join("server-url"),
+        format!("https://{}\n", theirs.local_addr().unwrap()),
+    )
+    .unwrap();
+    let secret = tmp.path().join("secret.json");
+    std::fs::write(&secret, r#"{"token": "for the broker only"}"#).unwrap();
+    let out = std::process::Command::new(daemon_bin())
+        .args(["secret", "set", "b1", "--from-file"])
+        .arg(&secret)
+        .arg("--dev-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert!(
+        theirs.accept().is_err(),
+        "the command connected to the address the directory names"
+    );
 }

@@ -289,3 +289,72 @@ async fn listings_come_in_pages_and_the_cli_reads_them_all() {
         v["next"]
     );
 }
+
+/// The operator's key file open to others is said (whoever reads it acts as this operator),
+/// as the worker helper says it of a worker key; a secret typed on a terminal (`secret set
+/// --from-stdin` without a pipe) is refused before anything is read: it would be echoed and
+/// kept in the terminal's scrollback.
+#[test]
+fn an_open_operator_key_is_said_and_a_secret_is_never_typed_on_a_terminal() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let _dev = start_dev(&dir);
+    let d = dev_dir_arg(&dir);
+    let key = dir.join("pki/operator.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run_cli(&["tenant", "list", "--dev-dir", &d]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("has mode 0644") && err.contains("acts as this operator"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&["tenant", "list", "--dev-dir", &d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // Standard input a terminal (a pseudo-terminal's far end).
+    let (mut master, mut slave) = (0, 0);
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0);
+    let (_master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let mut child = Command::new(daemon_bin())
+        .args(["secret", "set", "anything", "--from-stdin", "--dev-dir", &d])
+        .stdin(slave)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that reads the terminal waits for what is typed: not for ever here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("secret set read the terminal");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("standard input is a terminal"), "{err}");
+}

@@ -314,7 +314,8 @@ pub struct SecretWrite {
         required_unless_present_any = ["from_stdin", "self_rotate"]
     )]
     from_file: Option<PathBuf>,
-    /// …or from standard input. Values are never taken from the command line.
+    /// …or from standard input, piped (a terminal is refused: what is typed there is
+    /// echoed). Values are never taken from the command line.
     #[arg(long, conflicts_with = "self_rotate")]
     from_stdin: bool,
     /// (rotate) Let the current secret create its successor upstream (Data Center PAT):
@@ -508,11 +509,18 @@ fn read_secret_fields(w: &SecretWrite) -> Result<Zeroizing<Vec<u8>>, String> {
                 format!("the secret file {}", path.display()),
             )
         }
-        None => (
-            crate::keys::read_wiped(std::io::stdin(), crate::keys::MAX_SECRET_INPUT)
-                .map_err(|e| format!("standard input: {e}"))?,
-            "the secret on standard input".to_owned(),
-        ),
+        None => {
+            // Typed on a terminal, the secret is echoed, kept in its scrollback and in any
+            // session recording.
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                return Err("standard input is a terminal: a secret typed there is echoed and kept in its scrollback; pipe the JSON in (e.g. from a password manager's CLI) or use --from-file".into());
+            }
+            (
+                crate::keys::read_wiped(std::io::stdin(), crate::keys::MAX_SECRET_INPUT)
+                    .map_err(|e| format!("standard input: {e}"))?,
+                "the secret on standard input".to_owned(),
+            )
+        }
     };
     // Checked here, where a position means something to the operator (line and column of
     // the file, not of the body the broker gets); values go into zeroizing strings only.

@@ -70,20 +70,13 @@ fn resolve(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
 
 /// Says once, on standard error, when the worker's key file is open to others than its
 /// owner: whoever can read it acts as this worker, for every tenant the worker serves.
-/// (Said, not refused: a secret mounted with a platform's default mode would stop working.)
 fn warn_if_key_open(key: &std::path::Path) {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     static SAID: std::sync::Once = std::sync::Once::new();
     SAID.call_once(|| {
-        let Ok(meta) = std::fs::metadata(key) else {
-            return;
-        };
-        let mode = meta.permissions().mode() & 0o777;
-        if let Some(who) = crate::tls::key_mode_too_open(mode, meta.uid() == 0) {
-            eprintln!(
-                "warning: {} has mode {mode:04o}: open to {who}; whoever can read it acts as this worker (chmod 600, or 640 for a root-owned key read through the worker's group; a Kubernetes secret volume: defaultMode 0400)",
-                key.display()
-            );
+        if let Some(warning) =
+            super::conn::key_open_warning(key, "this worker, for every tenant it serves")
+        {
+            eprintln!("{warning}");
         }
     });
 }

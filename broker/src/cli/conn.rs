@@ -72,6 +72,7 @@ impl Conn {
 /// When `server-url` holds no https URL, or there is none and the config cannot be read or
 /// asks for a port chosen at start (port 0).
 pub fn dev_server(dir: &std::path::Path) -> Result<String, String> {
+    own_dev_dir(dir)?;
     let recorded = dev::server_url_file(dir);
     if let Ok(text) = std::fs::read_to_string(&recorded) {
         let url = output::sanitize(text.trim());
@@ -152,6 +153,7 @@ pub fn transport_failure(server: &str, e: &crate::client::ClientError) -> Result
 pub fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
     let (ca, cert, key) = match &conn.dev_dir {
         Some(dir) => {
+            own_dev_dir(dir)?;
             let pki = dev::pki_dir(dir);
             (
                 conn.ca.clone().unwrap_or_else(|| pki.join("ca.crt")),
@@ -169,7 +171,31 @@ pub fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
             conn.key.clone().ok_or("--key is required (or --dev-dir)")?,
         ),
     };
+    if let Some(warning) = key_open_warning(&key, "this operator") {
+        eprintln!("{warning}");
+    }
     BrokerClient::new(&conn.server()?, &ca, &cert, &key).map_err(|e| e.to_string())
+}
+
+/// Refuses a dev directory another user owns or can write, as `dev` does: the server URL,
+/// the CA and the operator key an admin command takes from it would be theirs (a secret
+/// sent to their broker, checked against their CA).
+fn own_dev_dir(dir: &std::path::Path) -> Result<(), String> {
+    dev::check_own_dir(dir).map_err(|e| format!("--dev-dir: {e}"))
+}
+
+/// The warning for a client key file open to others than its owner (whoever can read it
+/// acts as `acts_as`), if it is. Said, not refused: a secret mounted with a platform's
+/// default mode would stop working.
+pub(super) fn key_open_warning(key: &std::path::Path, acts_as: &str) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(key).ok()?;
+    let mode = meta.permissions().mode() & 0o777;
+    let who = crate::tls::key_mode_too_open(mode, meta.uid() == 0)?;
+    Some(format!(
+        "warning: {} has mode {mode:04o}: open to {who}; whoever can read it acts as {acts_as} (chmod 600, or 640 for a root-owned key read through a group; a Kubernetes secret volume: defaultMode 0400)",
+        output::sanitize(&key.display().to_string())
+    ))
 }
 
 /// Sends one admin request and prints the answer (see [`request`]).
