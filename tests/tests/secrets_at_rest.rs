@@ -578,7 +578,9 @@ async fn the_daemons_log_holds_no_stored_values() {
 /// environment file would get the lines it carries. `--json` prints it escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_with_lines_of_its_own_is_not_printed_bare() {
-    const INJECTED: &str = "x\nNODE_OPTIONS=--require=/tmp/p\u{1b}[2J";
+    // ESC and a line break (serde_json escapes those), DEL, the C1 CSI (an escape sequence
+    // on some terminals) and a right-to-left override (serde_json writes those raw).
+    const INJECTED: &str = "x\nNODE_OPTIONS=--require=/tmp/p\u{1b}[2J\u{7f}\u{9b}2J\u{202e}";
     let (tmp, pki) = setup();
     let daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
     let mut op = pki.client_for("op", &daemon.url);
@@ -623,6 +625,14 @@ async fn a_token_with_lines_of_its_own_is_not_printed_bare() {
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["access_token"], INJECTED);
     assert_eq!(out.stdout.iter().filter(|b| **b == b'\n').count(), 1);
+    // Escaped, every one: the output is printable ASCII.
+    assert!(
+        out.stdout
+            .iter()
+            .all(|b| (0x20..0x7f).contains(b) || *b == b'\n'),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// A webhook secret version past its overlap is still in the store while the daemon (and so

@@ -178,7 +178,7 @@ pub fn token(a: &TokenArgs) -> Result<ExitCode, String> {
             "expires_on": expires_on,
             "kind": v["kind"],
         });
-        Zeroizing::new(serde_json::to_string(&out).map_err(|e| e.to_string())?)
+        super::output::json_line(&out)?
     } else {
         // Bare, the token is a line a script puts into an environment file or an `export`:
         // a pasted value with a newline or an escape would add lines of its own there.
@@ -213,7 +213,7 @@ pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
         "SessionToken": c["SessionToken"],
         "Expiration": c["Expiration"],
     });
-    let text = Zeroizing::new(serde_json::to_string(&out).map_err(|e| e.to_string())?);
+    let text = super::output::json_line(&out)?;
     print_secret(&text)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -175,10 +175,30 @@ pub fn json_pretty<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, St
     String::from_utf8(out).map_err(|e| e.to_string())
 }
 
-/// serde_json's pretty formatter, escaping what [`json_pretty`] says.
-struct TerminalSafe<'a>(serde_json::ser::PrettyFormatter<'a>);
+/// `value` as one line of JSON, escaped as [`json_pretty`] says, in a buffer wiped when
+/// dropped (a credential a helper prints for a script: `client token --json`,
+/// `aws-credential-process`).
+///
+/// # Errors
+/// When `value` cannot be serialized.
+pub fn json_line<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    // Room for any credential up front: a buffer that grows leaves unwiped copies behind.
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(64 * 1024));
+    let mut ser = serde_json::Serializer::with_formatter(
+        &mut *out,
+        TerminalSafe(serde_json::ser::CompactFormatter),
+    );
+    value.serialize(&mut ser).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(&out).map_err(|e| e.to_string())?;
+    Ok(zeroize::Zeroizing::new(text.to_owned()))
+}
 
-impl serde_json::ser::Formatter for TerminalSafe<'_> {
+/// A serde_json formatter (pretty or compact), escaping what [`json_pretty`] says.
+struct TerminalSafe<F>(F);
+
+impl<F: serde_json::ser::Formatter> serde_json::ser::Formatter for TerminalSafe<F> {
     fn write_string_fragment<W: ?Sized + std::io::Write>(
         &mut self,
         writer: &mut W,
