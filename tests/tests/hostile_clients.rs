@@ -380,6 +380,48 @@ async fn one_certificate_from_many_addresses_leaves_connections_for_others() {
     );
 }
 
+/// Workers holding every connection slot (one tenant's fleet of certificates, or a connector
+/// leaking connections) leave the operator who would disable them a connection of those kept
+/// for operators; another worker is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_holding_every_connection_leave_the_operator_one() {
+    let (_tmp, pki, daemon) = with_two_workers("[limits]\nmax_connections = 8\nmax_connections_per_source = 8\nmax_connections_per_identity = 2\n").await;
+    let addr: std::net::SocketAddr = daemon.url.trim_start_matches("https://").parse().unwrap();
+    let names: Vec<String> = (3..=8).map(|n| format!("w{n}")).collect();
+    for name in &names {
+        pki.worker(name);
+    }
+    let mut held = Vec::new();
+    let mut host = 10;
+    for name in ["w1", "w2"]
+        .iter()
+        .copied()
+        .chain(names.iter().map(String::as_str))
+    {
+        for _ in 0..2 {
+            host += 1;
+            if held.len() < 8 {
+                if let Some(c) = held_connection(&pki, addr, &format!("127.0.1.{host}"), name).await
+                {
+                    held.push(c);
+                }
+            }
+        }
+    }
+    assert_eq!(held.len(), 8, "the workers hold every connection");
+    assert!(
+        held_connection(&pki, addr, "127.0.2.1", "w2")
+            .await
+            .is_none(),
+        "a worker was given a connection past the budget"
+    );
+    let operator = held_connection(&pki, addr, "127.0.2.2", "op").await;
+    assert!(operator.is_some(), "the operator was locked out");
+    let mut op = pki.client_for("op", &daemon.url);
+    let (s, v) = call(&mut op, Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// A request body that sends what the test hands it, and ends when the test drops its end.
 struct Dribble(tokio::sync::mpsc::Receiver<bytes::Bytes>);
 

@@ -51,6 +51,11 @@ pub use request_id::new_request_id;
 /// every reload).
 const CHAIN_RECHECK_TICKS: u64 = 60;
 
+/// Connections of the mTLS listener kept for operators beyond `[limits] max_connections`:
+/// taken only when every other slot is held, so the operator who would disable the workers
+/// holding them can still connect.
+const OPERATOR_CONNECTIONS: usize = 16;
+
 /// Which listener a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -119,6 +124,9 @@ pub fn spawn_role(
         limits.max_connections,
         limits.max_connections_per_identity,
     );
+    // Connections beyond `max_connections` that only operators take, when the others are
+    // all held (the mTLS listener).
+    let operator_reserve = Arc::new(tokio::sync::Semaphore::new(OPERATOR_CONNECTIONS));
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
     // handshake slot. On the public listener, as for its connections, no source ever holds
@@ -218,6 +226,7 @@ pub fn spawn_role(
             let connection_gate = connection_gate.clone();
             let idle_connections = idle_connections.clone();
             let identity_share = identity_share.clone();
+            let operator_reserve = operator_reserve.clone();
             let refused_log = refused_log.clone();
             let rate_limiter = rate_limiter.clone();
             let body_budget = body_budget.clone();
@@ -247,6 +256,21 @@ pub fn spawn_role(
                     }
                 };
                 drop(handshake_slot);
+                let peer = match stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                {
+                    Some(cert) => match peer_identity(cert.as_ref(), broker.trust_domain()) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            tracing::warn!(%remote, error = %e, "verified client certificate names no usable identity");
+                            None
+                        }
+                    },
+                    None => None,
+                };
                 // A connection slot only for a completed handshake. On the public listener,
                 // with every slot taken, the connection idle longest is closed for it.
                 let mut entered = connection_gate.try_enter(remote.ip());
@@ -263,9 +287,20 @@ pub fn spawn_role(
                         }
                     }
                 }
-                let _slot = match entered {
-                    Ok(slot) => slot,
-                    Err(why) => {
+                // On the mTLS listener an operator still gets one of the connections kept
+                // for operators: workers holding every slot (one tenant's fleet of
+                // certificates, or a connector leaking connections) cannot lock out the
+                // operator who would disable them.
+                let reserved = match (&entered, &peer) {
+                    (Err(_), Some(PeerIdentity::Operator(_))) if role == Role::Mtls => {
+                        Arc::clone(&operator_reserve).try_acquire_owned().ok()
+                    }
+                    _ => None,
+                };
+                let _slot = match (entered, reserved) {
+                    (Ok(slot), _) => (Some(slot), None),
+                    (Err(_), Some(reserved)) => (None, Some(reserved)),
+                    (Err(why), None) => {
                         broker.metrics().connections_refused.inc();
                         if let Some(suppressed) = refused_log.admit() {
                             tracing::warn!(%remote, limit = why.as_str(), suppressed, "connection limit reached; closing new connection");
@@ -292,21 +327,6 @@ pub fn spawn_role(
                 }
                 broker.metrics().connections.inc();
                 let _gauge = GaugeGuard(broker.clone());
-                let peer = match stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                {
-                    Some(cert) => match peer_identity(cert.as_ref(), broker.trust_domain()) {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            tracing::warn!(%remote, error = %e, "verified client certificate names no usable identity");
-                            None
-                        }
-                    },
-                    None => None,
-                };
                 // The connection's client identity, named once: its share of the connections
                 // (a verified certificate with no usable identity counts as one identity with
                 // all the others) and the holder of its bodies in the listener's budget.
