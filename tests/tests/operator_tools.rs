@@ -154,6 +154,28 @@ fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
     let (code, _, err) = run_cli(&["man", "--dir", man_dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(man_dir.join("credbroker-doctor.1").exists());
+    // Readable by everyone (the CLI's umask is 077), whoever installs them; a link planted
+    // under a page's name (a directory others can write) is replaced, never written
+    // through.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&man_dir), 0o755);
+    assert_eq!(mode(&man_dir.join("credbroker-doctor.1")), 0o644);
+    let victim = tmp.path().join("authorized_keys");
+    std::fs::write(&victim, "ssh-ed25519 AAAA mine\n").unwrap();
+    std::fs::remove_file(man_dir.join("credbroker-tenant.1")).unwrap();
+    std::os::unix::fs::symlink(&victim, man_dir.join("credbroker-tenant.1")).unwrap();
+    let (code, _, err) = run_cli(&["man", "--dir", man_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "ssh-ed25519 AAAA mine\n"
+    );
+    assert!(
+        !std::fs::symlink_metadata(man_dir.join("credbroker-tenant.1"))
+            .unwrap()
+            .is_symlink()
+    );
 }
 
 /// Listings come in pages of at most 1,000 records in id order, each after the previous

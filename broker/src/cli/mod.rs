@@ -327,8 +327,18 @@ fn man(dir: Option<&std::path::Path>) -> Result<ExitCode, String> {
     let cmd = <Cli as clap::CommandFactory>::command();
     match dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            clap_mangen::generate_to(cmd, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            // As clap_mangen::generate_to, but each page written to a new file renamed into
+            // place (a link planted under a page's name is replaced, never followed), readable
+            // by everyone (the process's umask is 077: a page under /usr/local/share/man would
+            // be root's alone).
+            let mut cmd = cmd.disable_help_subcommand(true);
+            cmd.build();
+            write_man_pages(&cmd, dir)?;
             println!("man pages written to {}", dir.display());
         }
         None => {
@@ -339,6 +349,38 @@ fn man(dir: Option<&std::path::Path>) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the man page of `cmd` and of every visible subcommand into `dir`.
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub, dir)?;
+    }
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut page = Vec::new();
+    man.render(&mut page).map_err(|e| e.to_string())?;
+    let path = dir.join(man.get_filename());
+    let shown = |e: std::io::Error| format!("{}: {e}", path.display());
+    let partial = dir.join(format!(".{}.partial", man.get_filename()));
+    match std::fs::remove_file(&partial) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(shown(e)),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&partial)
+        .map_err(shown)?;
+    // create_new's mode is cut by the umask: set it on the file itself.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(shown)?;
+    f.write_all(&page).map_err(shown)?;
+    f.sync_all().map_err(shown)?;
+    std::fs::rename(&partial, &path).map_err(shown)
 }
 
 fn announce_ready() {
