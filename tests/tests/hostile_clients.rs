@@ -385,7 +385,7 @@ async fn one_certificate_from_many_addresses_leaves_connections_for_others() {
 /// for operators; another worker is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_holding_every_connection_leave_the_operator_one() {
-    let (_tmp, pki, daemon) = with_two_workers("[limits]\nmax_connections = 8\nmax_connections_per_source = 8\nmax_connections_per_identity = 2\n").await;
+    let (_tmp, pki, daemon) = with_two_workers("[limits]\nmax_connections = 8\nmax_connections_per_source = 8\nmax_connections_per_identity = 4\n").await;
     let addr: std::net::SocketAddr = daemon.url.trim_start_matches("https://").parse().unwrap();
     let names: Vec<String> = (3..=8).map(|n| format!("w{n}")).collect();
     for name in &names {
@@ -420,6 +420,13 @@ async fn workers_holding_every_connection_leave_the_operator_one() {
     let mut op = pki.client_for("op", &daemon.url);
     let (s, v) = call(&mut op, Method::GET, "/v1/admin/tenants", None).await;
     assert_eq!(s, 200, "{v}");
+    // Two each: one operator (a script leaking connections) cannot take the others'.
+    assert!(
+        held_connection(&pki, addr, "127.0.2.3", "op")
+            .await
+            .is_none(),
+        "one operator took a third kept connection"
+    );
 }
 
 /// A request body that sends what the test hands it, and ends when the test drops its end.

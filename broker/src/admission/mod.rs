@@ -214,6 +214,76 @@ impl Drop for IdentitySlot {
     }
 }
 
+/// Connections kept for one kind of client (operators, on the mTLS listener): `total` in
+/// all, at most `per_holder` for one (an operator's script leaking connections, or a
+/// disabled operator not yet on the CRL, cannot take the others').
+pub struct Reserve {
+    slots: Arc<Semaphore>,
+    total: usize,
+    held: Mutex<HashMap<String, usize>>,
+    per_holder: usize,
+}
+
+/// A [`Reserve`] slot; given back when dropped.
+pub struct ReserveSlot {
+    reserve: Arc<Reserve>,
+    holder: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Reserve {
+    /// `total` slots, `per_holder` of them for one holder.
+    pub fn new(total: usize, per_holder: usize) -> Arc<Reserve> {
+        Arc::new(Reserve {
+            slots: Arc::new(Semaphore::new(total)),
+            total,
+            held: Mutex::new(HashMap::new()),
+            per_holder: per_holder.max(1),
+        })
+    }
+
+    /// A slot for `holder`, when one is free and it holds fewer than its share.
+    pub fn try_take(self: &Arc<Self>, holder: &str) -> Option<ReserveSlot> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = held.get(holder).copied().unwrap_or(0);
+        if n >= self.per_holder {
+            return None;
+        }
+        let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        held.insert(holder.to_owned(), n + 1);
+        Some(ReserveSlot {
+            reserve: Arc::clone(self),
+            holder: holder.to_owned(),
+            _permit: permit,
+        })
+    }
+
+    /// Waits until every slot is back (at shutdown).
+    pub async fn all_back(&self) {
+        let all = u32::try_from(self.total).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+    }
+}
+
+impl Drop for ReserveSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .reserve
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.holder) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.holder);
+            }
+        }
+    }
+}
+
 /// A token bucket: `rate` tokens a second up to `burst`.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -426,6 +496,20 @@ mod tests {
         drop(a);
         assert!(gate.try_enter(ip("10.0.0.4")).is_ok());
         assert!(gate.per_source.lock().unwrap().len() <= 3);
+    }
+
+    #[test]
+    fn a_reserve_holder_takes_only_its_share() {
+        let r = Reserve::new(3, 2);
+        let a1 = r.try_take("a").unwrap();
+        let _a2 = r.try_take("a").unwrap();
+        assert!(r.try_take("a").is_none(), "past its share");
+        let b = r.try_take("b").unwrap();
+        assert!(r.try_take("c").is_none(), "all taken");
+        drop(a1);
+        assert!(r.try_take("c").is_some());
+        drop(b);
+        assert!(r.held.lock().unwrap().get("b").is_none());
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub fn spawn_health(listener: TcpListener, broker: Arc<Broker>) -> std::io::Resu
         accept_task,
         connections,
         max_connections: MAX_CONNECTIONS,
+        // Nothing is kept for operators on the health listener.
+        operator_reserve: crate::admission::Reserve::new(0, 1),
     })
 }
 

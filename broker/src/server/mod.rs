@@ -55,6 +55,8 @@ const CHAIN_RECHECK_TICKS: u64 = 60;
 /// taken only when every other slot is held, so the operator who would disable the workers
 /// holding them can still connect.
 const OPERATOR_CONNECTIONS: usize = 16;
+/// Of [`OPERATOR_CONNECTIONS`], the most one operator identity holds.
+const OPERATOR_CONNECTIONS_EACH: usize = 2;
 
 /// Which listener a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,7 @@ pub struct RunningServer {
     accept_task: tokio::task::JoinHandle<()>,
     connections: Arc<Semaphore>,
     max_connections: usize,
+    operator_reserve: Arc<crate::admission::Reserve>,
 }
 
 impl RunningServer {
@@ -82,7 +85,11 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         self.accept_task.abort();
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(grace, self.connections.acquire_many(all)).await;
+        let every = async {
+            let _ = self.connections.acquire_many(all).await;
+            self.operator_reserve.all_back().await;
+        };
+        let _ = tokio::time::timeout(grace, every).await;
     }
 }
 
@@ -126,7 +133,9 @@ pub fn spawn_role(
     );
     // Connections beyond `max_connections` that only operators take, when the others are
     // all held (the mTLS listener).
-    let operator_reserve = Arc::new(tokio::sync::Semaphore::new(OPERATOR_CONNECTIONS));
+    let operator_reserve =
+        crate::admission::Reserve::new(OPERATOR_CONNECTIONS, OPERATOR_CONNECTIONS_EACH);
+    let kept_for_operators = operator_reserve.clone();
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
     // handshake slot. On the public listener, as for its connections, no source ever holds
@@ -291,9 +300,14 @@ pub fn spawn_role(
                 // for operators: workers holding every slot (one tenant's fleet of
                 // certificates, or a connector leaking connections) cannot lock out the
                 // operator who would disable them.
+                // Only an operator whose record is active (a disabled one not yet on the CRL
+                // takes none), two connections each.
                 let reserved = match (&entered, &peer) {
-                    (Err(_), Some(PeerIdentity::Operator(_))) if role == Role::Mtls => {
-                        Arc::clone(&operator_reserve).try_acquire_owned().ok()
+                    (Err(_), Some(PeerIdentity::Operator(name))) if role == Role::Mtls => {
+                        match broker.operator_is_active(name).await {
+                            Ok(()) => operator_reserve.try_take(name.as_str()),
+                            Err(_) => None,
+                        }
                     }
                     _ => None,
                 };
@@ -481,6 +495,7 @@ pub fn spawn_role(
         accept_task,
         connections,
         max_connections,
+        operator_reserve: kept_for_operators,
     })
 }
 
