@@ -550,3 +550,43 @@ fn is_root() -> bool {
         .and_then(|l| l.split_whitespace().nth(1))
         == Some("0")
 }
+
+/// A database password written in the config file (`[store] url`) is said when the file is
+/// readable by group or others (whoever reads it reaches every tenant's sealed secrets and
+/// the audit chains), and never quoted.
+#[test]
+fn a_database_password_in_a_readable_config_is_said() {
+    use std::os::unix::fs::PermissionsExt;
+    init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = start_dev(&dir);
+    dev.stop();
+    let config = dir.join("credbroker.toml");
+    let mut parsed: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    let mut store = toml::Table::new();
+    store.insert("backend".into(), "postgres".into());
+    store.insert(
+        "url".into(),
+        "postgresql://cb:s3cret-pw@127.0.0.1:1/cb".into(),
+    );
+    parsed.insert("store".into(), toml::Value::Table(store));
+    std::fs::write(&config, toml::to_string(&parsed).unwrap()).unwrap();
+    let path = config.to_str().unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_, v, _) = doctor(&["--config", path]);
+    let f = finding(&v, "store.url");
+    assert_eq!(f["status"], "warn", "{f:#}");
+    assert!(f["detail"].as_str().unwrap().contains("0644"), "{f:#}");
+    assert!(!v.to_string().contains("s3cret-pw"), "{v:#}");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_, v, _) = doctor(&["--config", path]);
+    assert!(
+        !v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "store.url"),
+        "{v:#}"
+    );
+}

@@ -37,6 +37,7 @@ pub async fn all(path: &Path, t: Thresholds) -> Vec<Finding> {
     keys(&config, t, &mut out);
     key_contents(&config, &mut out);
     tls(&config, t, &mut out);
+    store_url(path, &config, &mut out);
     store(&config, &mut out).await;
     audit_directory(&config, t, &mut out);
     audit_log(&config, &mut out).await;
@@ -157,6 +158,45 @@ fn files(config: &Config, out: &mut Vec<Finding>) {
                 format!("make sure the daemon's environment sets {var} (run the doctor in that environment to check it)"),
             ));
         }
+    }
+}
+
+/// A database password written in the config file (`[store] url`) is only as private as
+/// the file: group- or world-readable, anyone who can read it reaches the database (every
+/// tenant's sealed secrets, the audit chains).
+fn store_url(path: &Path, config: &Config, out: &mut Vec<Finding>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(url) = &config.store.url else {
+        return;
+    };
+    if !url_has_password(url.expose()) {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o037 != 0 {
+        out.push(Finding::warn(
+            "store.url",
+            format!("[store] url carries the database password, and {} has mode {mode:04o}", path.display()),
+            "chmod 600 the config file (640 for a group the daemon reads it through), or move the URL out of it: [store] url_env names the environment variable holding it",
+        ));
+    }
+}
+
+/// Whether a PostgreSQL connection string carries a password: in the URL's user info
+/// (`postgresql://user:password@host`) or as a `password=` keyword.
+fn url_has_password(url: &str) -> bool {
+    match url.split_once("://") {
+        Some((_, rest)) => {
+            rest.split(['/', '?'])
+                .next()
+                .and_then(|authority| authority.rsplit_once('@'))
+                .is_some_and(|(user_info, _)| user_info.contains(':'))
+                || rest.contains("password=")
+        }
+        None => url.contains("password"),
     }
 }
 
@@ -617,6 +657,31 @@ mod tests {
             assert_eq!(v["check"], "issuer.url");
             assert_eq!(v["status"] == "warn", warned, "{url}: {v}");
             assert_eq!(v["status"] == "ok", !warned, "{url}: {v}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::url_has_password;
+
+    #[test]
+    fn a_password_in_a_connection_string_is_found() {
+        for with in [
+            "postgresql://cb:pw@db.example/cb",
+            "postgres://cb:p%40w@db.example:5432/cb?sslmode=require",
+            "postgresql://db.example/cb?user=cb&password=pw",
+            "host=db.example user=cb password=pw",
+        ] {
+            assert!(url_has_password(with), "{with}");
+        }
+        for without in [
+            "postgresql://cb@db.example/cb",
+            "postgresql://db.example:5432/cb",
+            "postgresql://cb@[::1]:5432/cb",
+            "host=/run/postgresql user=cb",
+        ] {
+            assert!(!url_has_password(without), "{without}");
         }
     }
 }

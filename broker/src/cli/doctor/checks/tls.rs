@@ -62,7 +62,7 @@ pub(super) fn tls(config: &Config, t: Thresholds, out: &mut Vec<Finding>) {
             )),
         }
     }
-    let none = "none configured (a revoked client certificate is refused only once its operator or worker record is disabled)";
+    let none = "none configured (a revoked client certificate is refused only once its operator or worker record is disabled; a metrics certificate, which has no record, is served until it expires)";
     match &config.tls.crl {
         None if t.dev => out.push(Finding::ok("tls.crl", none)),
         None => out.push(Finding::warn(
