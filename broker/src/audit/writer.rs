@@ -529,8 +529,8 @@ impl AuditLog {
         unsigned_tail: Option<(u64, u64)>,
     ) -> Result<AuditLog, AuditError> {
         let (tx, rx) = mpsc::channel();
-        // The first record the writer writes, before any checkpoint signs over the tail;
-        // kept at the head of every batch until one is written (see thread::run).
+        // The first record the writer writes, in a batch of its own, before any checkpoint
+        // signs over the tail (see thread::run).
         let marker = unsigned_tail.map(|tail| {
             tracing::warn!(
                 first = tail.0,
