@@ -152,4 +152,17 @@ fn a_dev_directory_others_can_write_is_refused() {
         theirs.accept().is_err(),
         "the command connected to the address the directory names"
     );
+    // A directory of one's own, in a directory others may rename entries of (no sticky
+    // bit): it could be swapped for theirs between the check and the reads.
+    let mine = dir.join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = std::process::Command::new(daemon_bin())
+        .args(["tenant", "list", "--dev-dir"])
+        .arg(&mine)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("others may rename its entries"), "{err}");
 }

@@ -72,7 +72,7 @@ impl Conn {
 /// When `server-url` holds no https URL, or there is none and the config cannot be read or
 /// asks for a port chosen at start (port 0).
 pub fn dev_server(dir: &std::path::Path) -> Result<String, String> {
-    own_dev_dir(dir)?;
+    let dir = &own_dev_dir(dir)?;
     let recorded = dev::server_url_file(dir);
     if let Ok(text) = std::fs::read_to_string(&recorded) {
         let url = output::sanitize(text.trim());
@@ -153,7 +153,7 @@ pub fn transport_failure(server: &str, e: &crate::client::ClientError) -> Result
 pub fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
     let (ca, cert, key) = match &conn.dev_dir {
         Some(dir) => {
-            own_dev_dir(dir)?;
+            let dir = &own_dev_dir(dir)?;
             let pki = dev::pki_dir(dir);
             (
                 conn.ca.clone().unwrap_or_else(|| pki.join("ca.crt")),
@@ -179,9 +179,34 @@ pub fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
 
 /// Refuses a dev directory another user owns or can write, as `dev` does: the server URL,
 /// the CA and the operator key an admin command takes from it would be theirs (a secret
-/// sent to their broker, checked against their CA).
-fn own_dev_dir(dir: &std::path::Path) -> Result<(), String> {
-    dev::check_own_dir(dir).map_err(|e| format!("--dev-dir: {e}"))
+/// sent to their broker, checked against their CA). The directory is resolved once (a link
+/// followed now, and not again) and every directory above it must be this user's or root's,
+/// and not open to others without the sticky bit: someone able to rename entries there could
+/// swap the directory for theirs after the check. Returns the resolved path, the one used.
+fn own_dev_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let real = std::fs::canonicalize(dir).map_err(|e| {
+        format!(
+            "--dev-dir {}: {e}",
+            output::sanitize(&dir.display().to_string())
+        )
+    })?;
+    dev::check_own_dir(&real).map_err(|e| format!("--dev-dir: {e}"))?;
+    let me = rustix::process::getuid().as_raw();
+    for above in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
+        let mode = meta.permissions().mode();
+        let owner_ok = meta.uid() == me || meta.uid() == 0;
+        let others_rename = mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if !owner_ok || others_rename {
+            return Err(format!(
+                "--dev-dir: {} is above {} and belongs to another user, or others may rename its entries: the dev directory could be swapped for theirs. Use a directory under your home",
+                above.display(),
+                real.display()
+            ));
+        }
+    }
+    Ok(real)
 }
 
 /// The warning for a client key file open to others than its owner (whoever can read it
