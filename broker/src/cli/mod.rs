@@ -329,7 +329,16 @@ fn man(dir: Option<&std::path::Path>) -> Result<ExitCode, String> {
         Some(dir) => {
             if !dir.exists() {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                // Set through a handle of the directory itself, never by a path a link
+                // swapped in since could send elsewhere.
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                    .open(dir)
+                    .and_then(|d| {
+                        d.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    })
                     .map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             // As clap_mangen::generate_to, but each page written to a new file renamed into
@@ -376,11 +385,15 @@ fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<(), Str
         .open(&partial)
         .map_err(shown)?;
     // create_new's mode is cut by the umask: set it on the file itself.
-    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .map_err(shown)?;
-    f.write_all(&page).map_err(shown)?;
-    f.sync_all().map_err(shown)?;
-    std::fs::rename(&partial, &path).map_err(shown)
+    let written = f
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .and_then(|()| f.write_all(&page))
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&partial, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written.map_err(shown)
 }
 
 fn announce_ready() {
