@@ -185,19 +185,11 @@ fn store_url(path: &Path, config: &Config, out: &mut Vec<Finding>) {
     }
 }
 
-/// Whether a PostgreSQL connection string carries a password: in the URL's user info
-/// (`postgresql://user:password@host`) or as a `password=` keyword.
+/// Whether a PostgreSQL connection string carries a password, read as the driver reads it
+/// (a URL's user info up to its first `@`, percent-encoded query keys, the key-value form).
 fn url_has_password(url: &str) -> bool {
-    match url.split_once("://") {
-        Some((_, rest)) => {
-            rest.split(['/', '?'])
-                .next()
-                .and_then(|authority| authority.rsplit_once('@'))
-                .is_some_and(|(user_info, _)| user_info.contains(':'))
-                || rest.contains("password=")
-        }
-        None => url.contains("password"),
-    }
+    url.parse::<tokio_postgres::Config>()
+        .is_ok_and(|c| c.get_password().is_some())
 }
 
 async fn store(config: &Config, out: &mut Vec<Finding>) {
@@ -671,6 +663,8 @@ mod url_tests {
             "postgresql://cb:pw@db.example/cb",
             "postgres://cb:p%40w@db.example:5432/cb?sslmode=require",
             "postgresql://db.example/cb?user=cb&password=pw",
+            "postgresql://db.example/cb?user=cb&pass%77ord=pw",
+            "postgresql://cb:ab/cd@db.example/cb",
             "host=db.example user=cb password=pw",
         ] {
             assert!(url_has_password(with), "{with}");
