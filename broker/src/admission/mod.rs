@@ -242,6 +242,17 @@ impl Reserve {
         })
     }
 
+    /// Whether [`Reserve::try_take`] could give `holder` a slot now (checked before any
+    /// costlier check of the holder's standing).
+    pub fn could_take(&self, holder: &str) -> bool {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.slots.available_permits() > 0
+            && held.get(holder).copied().unwrap_or(0) < self.per_holder
+    }
+
     /// A slot for `holder`, when one is free and it holds fewer than its share.
     pub fn try_take(self: &Arc<Self>, holder: &str) -> Option<ReserveSlot> {
         let mut held = self

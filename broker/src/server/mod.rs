@@ -303,7 +303,9 @@ pub fn spawn_role(
                 // Only an operator whose record is active (a disabled one not yet on the CRL
                 // takes none), two connections each.
                 let reserved = match (&entered, &peer) {
-                    (Err(_), Some(PeerIdentity::Operator(name))) if role == Role::Mtls => {
+                    (Err(HandshakeRefusal::Global), Some(PeerIdentity::Operator(name)))
+                        if role == Role::Mtls && operator_reserve.could_take(name.as_str()) =>
+                    {
                         match broker.operator_is_active(name).await {
                             Ok(()) => operator_reserve.try_take(name.as_str()),
                             Err(_) => None,
