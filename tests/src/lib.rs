@@ -782,6 +782,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits for `child` to exit, at most `limit`: killed and the test failed with `what`
+/// otherwise (a command that should refuse at once must not hang the suite).
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs the CLI; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     run_cli_env(args, &[])

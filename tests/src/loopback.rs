@@ -95,3 +95,24 @@ where
     });
     (url, task)
 }
+
+/// A listener on 127.0.0.1 that accepts and closes every connection, counting them: what an
+/// internal address answering would see of a broker that should never reach it. Stopped when
+/// the returned task is aborted (or the runtime ends).
+pub async fn counting_listener() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = offered.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (addr, offered, task)
+}

@@ -3736,16 +3736,8 @@ async fn a_github_redirect_is_never_followed() {
     let mut env = start_full(3600, GENEROUS, Some(CLIENT_ID), "").await;
     add_key(&mut env.op, &env.key_a).await;
     let binding = bind_acme(&mut env).await;
-    let inside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = format!("http://{}/internal", inside.local_addr().unwrap());
-    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = offered.clone();
-    let _inside = tokio::spawn(async move {
-        while let Ok((s, _)) = inside.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(s);
-        }
-    });
+    let (inside, offered, _inside) = credbroker_tests::loopback::counting_listener().await;
+    let target = format!("http://{inside}/internal");
     // A read (the probe's of the installation) and a mint.
     env.gh.inject(
         "/app/installations/1001",

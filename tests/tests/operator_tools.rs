@@ -364,17 +364,11 @@ fn an_open_operator_key_is_said_and_a_secret_is_never_typed_on_a_terminal() {
         .spawn()
         .unwrap();
     // A command that reads the terminal waits for what is typed: not for ever here.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("secret set read the terminal");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = exit_within(
+        &mut child,
+        std::time::Duration::from_secs(20),
+        "secret set read the terminal",
+    );
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success());

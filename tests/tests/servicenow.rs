@@ -21,10 +21,16 @@ struct Env {
     op: BrokerClient,
 }
 
-async fn start() -> Env {
+/// A daemon with `extra` in its config and the two test tenants; its operator client.
+async fn daemon_with(
+    extra: String,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<TestPki>,
+    Daemon,
+    BrokerClient,
+) {
     let (tmp, pki) = setup();
-    let sn = FakeServiceNow::start(CLIENT, SECRET, &["snc_read_only", "sn_cmdb_user"]).await;
-    let extra = servicenow_section(&sn.authority);
     let daemon = Daemon::start(
         tmp.path(),
         &pki,
@@ -35,6 +41,12 @@ async fn start() -> Env {
     );
     let mut op = pki.client_for("op", &daemon.url);
     seed_two_tenants(&mut op).await;
+    (tmp, pki, daemon, op)
+}
+
+async fn start() -> Env {
+    let sn = FakeServiceNow::start(CLIENT, SECRET, &["snc_read_only", "sn_cmdb_user"]).await;
+    let (tmp, pki, daemon, op) = daemon_with(servicenow_section(&sn.authority)).await;
     Env {
         _tmp: tmp,
         pki,
@@ -428,29 +440,11 @@ async fn a_mint_from_a_secret_destroyed_meanwhile_is_withheld() {
 /// customer's DNS record pointing at an internal address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_domain_resolving_to_an_internal_address_is_never_contacted() {
-    let (tmp, pki) = setup();
     // What answers inside: it counts the connections it is offered.
-    let inside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = inside.local_addr().unwrap().port();
-    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = offered.clone();
-    let _inside = tokio::spawn(async move {
-        while let Ok((s, _)) = inside.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(s);
-        }
-    });
-    let extra = servicenow_section(&format!("localhost:{port}"));
-    let daemon = Daemon::start(
-        tmp.path(),
-        &pki,
-        &DaemonOptions {
-            extra_toml: extra,
-            ..Default::default()
-        },
-    );
-    let mut op = pki.client_for("op", &daemon.url);
-    seed_two_tenants(&mut op).await;
+    let (inside, offered, _inside) = credbroker_tests::loopback::counting_listener().await;
+    let port = inside.port();
+    let (_tmp, _pki, _daemon, mut op) =
+        daemon_with(servicenow_section(&format!("localhost:{port}"))).await;
     let (s, v) = call(
         &mut op,
         Method::POST,
@@ -477,8 +471,6 @@ async fn a_custom_domain_resolving_to_an_internal_address_is_never_contacted() {
         0,
         "the internal address was contacted"
     );
-    drop(daemon);
-    drop(tmp);
 }
 
 /// A probe is an exchange with the customer's instance that its own logs keep: while the
