@@ -1173,8 +1173,54 @@ async fn a_newer_build_does_not_migrate_under_running_replicas() {
         err.contains("cannot upgrade the records' schema: 1 broker replica(s) of an older build run on this store"),
         "{err}"
     );
-    // With every replica stopped, the newer build upgrades and serves.
+    // Every replica stopped, but an offline change holds the store: neither the migration
+    // nor the records' upgrade runs beside it (each takes that hold itself while it runs: a
+    // broker of an older build that read the old schema and joins later finds it).
     set.daemons[0].stop();
+    db.execute(
+        "INSERT INTO credbroker_leases (name, holder, expires_at) VALUES ('offline/change', 'elsewhere:1:x', now() + interval '1 minute')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (code, err) = set.daemons[1].serve_refused(&[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot upgrade the records' schema: an offline change"),
+        "{err}"
+    );
+    db.execute(
+        "DELETE FROM credbroker_migrations WHERE version = $1",
+        &[&last],
+    )
+    .await
+    .unwrap();
+    let (code, err) = set.daemons[1].serve_refused(&[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot migrate the database: an offline change"),
+        "{err}"
+    );
+    let applied: i32 = db
+        .query_one("SELECT max(version) FROM credbroker_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, last - 1, "migrated beside an offline change");
+    // (Its objects are all there: recorded as applied again, as above.)
+    db.execute(
+        "INSERT INTO credbroker_migrations (version, name) VALUES ($1, $2)",
+        &[&last, &name],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "DELETE FROM credbroker_leases WHERE name = 'offline/change'",
+        &[],
+    )
+    .await
+    .unwrap();
+    // With every replica stopped and nothing held, the newer build upgrades and serves.
     set.daemons[1].restart();
     let upgraded: Vec<u8> = db.query_one(schema, &[]).await.unwrap().get(0);
     assert_eq!(upgraded, current);

@@ -191,17 +191,39 @@ impl PgStore {
             match schema_upgrade(found.as_deref())? {
                 None => return Ok(()),
                 Some(batch) => {
-                    // Not under brokers that read the old version at their start.
-                    if found.is_some() {
-                        let running = self.live_leases("replica/").await?;
-                        if running > 0 {
-                            return Err(schema::replicas_run(
-                                "upgrade the records' schema",
-                                i64::try_from(running).unwrap_or(i64::MAX),
+                    // Not under brokers that read the old version at their start, and under
+                    // the offline hold (as a migration: one that claims its replica id after
+                    // the count finds the hold when it joins).
+                    let holder = format!("schema-upgrade:{}", std::process::id());
+                    let held = found.is_some();
+                    if held {
+                        let ttl = std::time::Duration::from_secs(600);
+                        if !self
+                            .claim_lease(crate::replica::OFFLINE, &holder, ttl)
+                            .await?
+                        {
+                            return Err(StoreError::Backend(
+                                "cannot upgrade the records' schema: an offline change (a KEK rotation, an operator registered offline or a store move) holds this store; start the broker when it has ended".into(),
                             ));
                         }
                     }
-                    match self.commit(batch).await {
+                    let upgraded = async {
+                        if held {
+                            let running = self.live_leases("replica/").await?;
+                            if running > 0 {
+                                return Err(schema::replicas_run(
+                                    "upgrade the records' schema",
+                                    i64::try_from(running).unwrap_or(i64::MAX),
+                                ));
+                            }
+                        }
+                        self.commit(batch).await
+                    }
+                    .await;
+                    if held {
+                        let _ = self.release_lease(crate::replica::OFFLINE, &holder).await;
+                    }
+                    match upgraded {
                         Err(StoreError::Precondition { .. }) => continue,
                         other => return other,
                     }

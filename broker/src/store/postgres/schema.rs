@@ -123,8 +123,43 @@ async fn apply(client: &Client) -> Result<i32, StoreError> {
         });
     }
     // A database other brokers run on is not migrated under them: they read its schema once,
-    // at their start, and would go on writing what this build no longer expects.
-    if applied > 0 && applied < latest() {
+    // at their start, and would go on writing what this build no longer expects. The offline
+    // hold is taken first, and kept until the migration ends: a broker that read the old
+    // schema before this began and claims its replica id after the count below finds the
+    // hold when it joins, and does not start; one that claimed first is counted.
+    let holder = format!("migration:{}", std::process::id());
+    let held = applied > 0 && applied < latest();
+    if held {
+        let claimed = client
+            .query_opt(
+                "INSERT INTO credbroker_leases (name, holder, expires_at) VALUES ($1, $2, now() + interval '10 minutes') \
+                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE credbroker_leases.expires_at <= now() RETURNING holder",
+                &[&crate::replica::OFFLINE, &holder],
+            )
+            .await
+            .map_err(db)?;
+        if claimed.is_none() {
+            return Err(StoreError::Backend(
+                "cannot migrate the database: an offline change (a KEK rotation, an operator registered offline or a store move) holds this store; start the broker when it has ended".into(),
+            ));
+        }
+    }
+    let result = migrate_held(client, applied, held).await;
+    if held {
+        let _ = client
+            .execute(
+                "DELETE FROM credbroker_leases WHERE name = $1 AND holder = $2",
+                &[&crate::replica::OFFLINE, &holder],
+            )
+            .await;
+    }
+    result
+}
+
+/// [`apply`] from `applied`, the offline hold taken when `held`.
+async fn migrate_held(client: &Client, applied: i32, held: bool) -> Result<i32, StoreError> {
+    if held {
         let running: i64 = client
             .query_one(
                 "SELECT count(*) FROM credbroker_leases WHERE starts_with(name, 'replica/') AND expires_at > now()",
