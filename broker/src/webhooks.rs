@@ -140,7 +140,9 @@ pub fn parse_verify_request(raw: &[u8], max_body: usize) -> Result<ParsedVerify,
         .map_err(|_| ApiError::bad_request("instance_id is not a valid instance id"))?;
     // (The headers were checked as they were read: `bounded_headers`.)
     let headers = request.headers;
-    if request.body_base64.len() > envelope_limit(max_body) {
+    // Refused before it is decoded: no more base64 than a body of `max_body` bytes takes
+    // (the decoded copy is not counted in the listener's body budget).
+    if request.body_base64.len() > max_body.div_ceil(3).saturating_mul(4) {
         return Err(too_large(max_body));
     }
     let body = Zeroizing::new(
@@ -340,6 +342,25 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode([0u8; 17])
         );
         let e = parse_verify_request(big.as_bytes(), 16).err().unwrap();
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+        // The largest body is taken; base64 longer than it takes (here: not even valid
+        // base64, so only a refusal by length says so) is refused before it is decoded.
+        let most = format!(
+            r#"{{"instance_id":"i1","headers":{{}},"body_base64":"{}"}}"#,
+            base64::engine::general_purpose::STANDARD.encode([7u8; 16])
+        );
+        assert_eq!(
+            parse_verify_request(most.as_bytes(), 16)
+                .unwrap()
+                .body
+                .len(),
+            16
+        );
+        let long = format!(
+            r#"{{"instance_id":"i1","headers":{{}},"body_base64":"{}"}}"#,
+            "!".repeat(25)
+        );
+        let e = parse_verify_request(long.as_bytes(), 16).err().unwrap();
         assert_eq!(e.code, ErrorCode::PayloadTooLarge);
     }
 
