@@ -132,19 +132,23 @@ impl HandshakeGate {
     }
 }
 
+/// Gives one back of what `key` holds in `counts`, forgetting a key that holds nothing (the
+/// per-source, per-identity and reserve counts alike).
+fn give_back<K: Eq + std::hash::Hash>(counts: &Mutex<HashMap<K, usize>>, key: &K) {
+    let mut counts = counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
-        let mut counts = self
-            .gate
-            .per_source
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.source);
-            }
-        }
+        give_back(&self.gate.per_source, &self.source);
     }
 }
 
@@ -200,17 +204,7 @@ impl IdentityShare {
 
 impl Drop for IdentitySlot {
     fn drop(&mut self) {
-        let mut counts = self
-            .share
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&self.identity) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.identity);
-            }
-        }
+        give_back(&self.share.counts, &self.identity);
     }
 }
 
@@ -281,17 +275,7 @@ impl Reserve {
 
 impl Drop for ReserveSlot {
     fn drop(&mut self) {
-        let mut held = self
-            .reserve
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&self.holder) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.remove(&self.holder);
-            }
-        }
+        give_back(&self.reserve.held, &self.holder);
     }
 }
 
