@@ -387,6 +387,19 @@ async fn one_certificate_from_many_addresses_leaves_connections_for_others() {
 async fn workers_holding_every_connection_leave_the_operator_one() {
     let (_tmp, pki, daemon) = with_two_workers("[limits]\nmax_connections = 8\nmax_connections_per_source = 8\nmax_connections_per_identity = 4\n").await;
     let addr: std::net::SocketAddr = daemon.url.trim_start_matches("https://").parse().unwrap();
+    // A revoked operator (its record disabled, its certificate not on the CRL) is given none
+    // of the kept connections: registered, then disabled.
+    pki.operator("op2");
+    let mut op = pki.client_for("op", &daemon.url);
+    for (path, body) in [
+        ("/v1/admin/operators", json!({"id": "op"})),
+        ("/v1/admin/operators", json!({"id": "op2"})),
+        ("/v1/admin/operators/op2/disable", json!({})),
+    ] {
+        let (s, v) = call(&mut op, Method::POST, path, Some(body)).await;
+        assert!(s == 200 || s == 201, "{path}: {v}");
+    }
+    drop(op);
     let names: Vec<String> = (3..=8).map(|n| format!("w{n}")).collect();
     for name in &names {
         pki.worker(name);
@@ -414,6 +427,12 @@ async fn workers_holding_every_connection_leave_the_operator_one() {
             .await
             .is_none(),
         "a worker was given a connection past the budget"
+    );
+    assert!(
+        held_connection(&pki, addr, "127.0.2.4", "op2")
+            .await
+            .is_none(),
+        "a disabled operator took a kept connection"
     );
     let operator = held_connection(&pki, addr, "127.0.2.2", "op").await;
     assert!(operator.is_some(), "the operator was locked out");
