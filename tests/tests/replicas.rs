@@ -1125,6 +1125,13 @@ async fn an_idle_replica_reports_a_dead_database_not_ready() {
 /// writing what it no longer expects): it refuses to start, naming them, and starts once
 /// they are stopped. The older build is stood in for by undoing, underneath, what the
 /// running replica's build did: its last migration's row, then the schema version.
+/// `serve` on `daemon` refuses to start, saying `says`.
+fn refused_saying(daemon: &Daemon, says: &str) {
+    let (code, err) = daemon.serve_refused(&[]);
+    assert_ne!(code, 0);
+    assert!(err.contains(says), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_build_does_not_migrate_under_running_replicas() {
     let (_tmp, _pki, mut set) = seeded(TestPostgres::start(), 2).await;
@@ -1143,13 +1150,9 @@ async fn a_newer_build_does_not_migrate_under_running_replicas() {
         .await
         .unwrap()
         .get(0);
-    let (code, err) = set.daemons[1].serve_refused(&[]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains(
-            "cannot migrate the database: 1 broker replica(s) of an older build run on this store"
-        ),
-        "{err}"
+    refused_saying(
+        &set.daemons[1],
+        "cannot migrate the database: 1 broker replica(s) of an older build run on this store",
     );
     db.execute(
         "INSERT INTO credbroker_migrations (version, name) VALUES ($1, $2)",
@@ -1167,12 +1170,7 @@ async fn a_newer_build_does_not_migrate_under_running_replicas() {
     )
     .await
     .unwrap();
-    let (code, err) = set.daemons[1].serve_refused(&[]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("cannot upgrade the records' schema: 1 broker replica(s) of an older build run on this store"),
-        "{err}"
-    );
+    refused_saying(&set.daemons[1], "cannot upgrade the records' schema: 1 broker replica(s) of an older build run on this store");
     // Every replica stopped, but an offline change holds the store: neither the migration
     // nor the records' upgrade runs beside it (each takes that hold itself while it runs: a
     // broker of an older build that read the old schema and joins later finds it).
@@ -1183,11 +1181,9 @@ async fn a_newer_build_does_not_migrate_under_running_replicas() {
     )
     .await
     .unwrap();
-    let (code, err) = set.daemons[1].serve_refused(&[]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("cannot upgrade the records' schema: an offline change"),
-        "{err}"
+    refused_saying(
+        &set.daemons[1],
+        "cannot upgrade the records' schema: an offline change",
     );
     db.execute(
         "DELETE FROM credbroker_migrations WHERE version = $1",
@@ -1195,11 +1191,9 @@ async fn a_newer_build_does_not_migrate_under_running_replicas() {
     )
     .await
     .unwrap();
-    let (code, err) = set.daemons[1].serve_refused(&[]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("cannot migrate the database: an offline change"),
-        "{err}"
+    refused_saying(
+        &set.daemons[1],
+        "cannot migrate the database: an offline change",
     );
     let applied: i32 = db
         .query_one("SELECT max(version) FROM credbroker_migrations", &[])
