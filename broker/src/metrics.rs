@@ -237,7 +237,7 @@ impl Metrics {
         let handshakes_refused = Family::<ScopeLabel, Counter>::default();
         registry.register(
             "tls_handshakes_refused",
-            "Connections closed at accept because the handshake budget was used up",
+            "Connections closed at accept because the handshake budget was used up (source, global), or during their handshake because a newcomer took their slot (evicted)",
             handshakes_refused.clone(),
         );
         let rate_limited = Family::<ScopeLabel, Counter>::default();

@@ -755,3 +755,62 @@ async fn one_source_holds_only_its_share_of_public_handshakes() {
         "default-src 'none'; frame-ancestors 'none'"
     );
 }
+
+/// A TCP connection from `local` to `addr` that never says hello.
+async fn silent_from(addr: std::net::SocketAddr, local: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Waits until the daemon closes `stream` (refused at accept, or its slot taken); panics
+/// after `within`.
+async fn closed_within(mut stream: TcpStream, within: Duration) {
+    let (_, took) = read_all(&mut stream, within).await;
+    assert!(
+        took < within,
+        "the connection was not closed within {within:?}"
+    );
+}
+
+/// A few sources holding every mTLS handshake slot with connections that never say hello —
+/// 127.0.0.2 half of the 32, four more addresses four each — shut every worker out for the
+/// whole handshake deadline (30 s here), and renewed it after. Now a worker's handshake from
+/// another address takes the oldest slot of the largest holder, whose connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_sources_holding_every_handshake_slot_leave_a_newcomer_one() {
+    let limits = LIMITS.replace(
+        "handshake_timeout_ms = 5000",
+        "handshake_timeout_ms = 30000",
+    );
+    let (_tmp, pki, daemon) = with_two_workers(&limits).await;
+    let addr: std::net::SocketAddr = daemon.url.trim_start_matches("https://").parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(silent_from(addr, "127.0.0.2").await);
+    }
+    // Its seventeenth is refused at accept, once the sixteen before it hold their slots.
+    closed_within(silent_from(addr, "127.0.0.2").await, Duration::from_secs(5)).await;
+    for n in 3..7 {
+        for _ in 0..4 {
+            held.push(silent_from(addr, &format!("127.0.0.{n}")).await);
+        }
+    }
+    closed_within(silent_from(addr, "127.0.0.6").await, Duration::from_secs(5)).await;
+    // Every slot is held now.
+    good_worker_is_served_within(&pki, &daemon.url, Duration::from_secs(3)).await;
+    let oldest = held.remove(0);
+    closed_within(oldest, Duration::from_secs(2)).await;
+    let (_, m) = scrape(&pki, &daemon.url).await;
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        metric_value(
+            &m,
+            "credbroker_tls_handshakes_refused_total{scope=\"evicted\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    drop(held);
+}

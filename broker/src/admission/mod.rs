@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod bodies;
+mod gate;
 mod mint;
 pub use bodies::{BodyBudget, BodyPermit, BodyRefusal};
+pub use gate::{HandshakeGate, HandshakePermit, HandshakeRefusal};
 pub use mint::{MintFor, MintLimiter, MintLimits};
 
 /// Most sources the rate limiter remembers at once; beyond it, idle sources are forgotten
@@ -35,103 +37,6 @@ pub fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Slots (handshakes in progress, or open connections): at most `global` at once. While more
-/// than half of them are free a source may take any; past that, only a source with fewer than
-/// `per_source` gets one. So one source (a flood, or a fleet of workers behind one NAT
-/// starting together) can hold at most half the budget (or `per_source`, if larger); a few
-/// sources together can still take it all, which the short handshake deadline and the idle
-/// timeout bound in time. [`HandshakeGate::strict`] enforces `per_source` always. A
-/// connection waits for no slot: without one it is closed.
-pub struct HandshakeGate {
-    global: Arc<Semaphore>,
-    reserve: usize,
-    per_source: Mutex<HashMap<IpAddr, usize>>,
-    per_source_max: usize,
-}
-
-/// A handshake slot; released when dropped.
-pub struct HandshakePermit {
-    gate: Arc<HandshakeGate>,
-    source: IpAddr,
-    _global: OwnedSemaphorePermit,
-}
-
-/// Why a handshake was not started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeRefusal {
-    /// This source already has its share of handshakes in progress.
-    Source,
-    /// The listener's handshake budget is used up.
-    Global,
-}
-
-impl HandshakeRefusal {
-    /// The metrics label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandshakeRefusal::Source => "source",
-            HandshakeRefusal::Global => "global",
-        }
-    }
-}
-
-impl HandshakeGate {
-    /// A gate of `global` slots, `per_source` of them for any one source once half are in
-    /// use.
-    pub fn new(global: usize, per_source: usize) -> Arc<HandshakeGate> {
-        Arc::new(HandshakeGate {
-            global: Arc::new(Semaphore::new(global.max(1))),
-            reserve: global.max(1) / 2,
-            per_source: Mutex::new(HashMap::new()),
-            per_source_max: per_source.max(1),
-        })
-    }
-
-    /// A gate of `global` slots where no source ever holds more than `per_source` (for
-    /// anonymous listeners: nothing unauthenticated takes more than a small share).
-    pub fn strict(global: usize, per_source: usize) -> Arc<HandshakeGate> {
-        Arc::new(HandshakeGate {
-            global: Arc::new(Semaphore::new(global.max(1))),
-            reserve: usize::MAX,
-            per_source: Mutex::new(HashMap::new()),
-            per_source_max: per_source.max(1),
-        })
-    }
-
-    /// The semaphore of the global budget (to wait for every slot to come back).
-    pub fn slots(&self) -> Arc<Semaphore> {
-        self.global.clone()
-    }
-
-    /// A slot for a handshake from `peer`, or why there is none.
-    ///
-    /// # Errors
-    /// [`HandshakeRefusal`] when the source's share or the listener's budget is used up.
-    pub fn try_enter(self: &Arc<Self>, peer: IpAddr) -> Result<HandshakePermit, HandshakeRefusal> {
-        let source = source_of(peer);
-        let mut counts = self
-            .per_source
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = counts.entry(source).or_insert(0);
-        if *n >= self.per_source_max && self.global.available_permits() <= self.reserve {
-            return Err(HandshakeRefusal::Source);
-        }
-        let Ok(global) = self.global.clone().try_acquire_owned() else {
-            if *n == 0 {
-                counts.remove(&source);
-            }
-            return Err(HandshakeRefusal::Global);
-        };
-        *n += 1;
-        Ok(HandshakePermit {
-            gate: self.clone(),
-            source,
-            _global: global,
-        })
-    }
-}
-
 /// Gives one back of what `key` holds in `counts`, forgetting a key that holds nothing (the
 /// per-source, per-identity and reserve counts alike).
 fn give_back<K: Eq + std::hash::Hash>(counts: &Mutex<HashMap<K, usize>>, key: &K) {
@@ -143,12 +48,6 @@ fn give_back<K: Eq + std::hash::Hash>(counts: &Mutex<HashMap<K, usize>>, key: &K
         if *n == 0 {
             counts.remove(key);
         }
-    }
-}
-
-impl Drop for HandshakePermit {
-    fn drop(&mut self) {
-        give_back(&self.gate.per_source, &self.source);
     }
 }
 
@@ -460,37 +359,6 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn handshake_slots_are_shared_fairly_and_returned() {
-        let gate = HandshakeGate::new(8, 2);
-        // One source takes half the budget, then is refused.
-        let a: Vec<_> = (0..4)
-            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
-            .collect();
-        assert_eq!(
-            gate.try_enter(ip("10.0.0.1")).err(),
-            Some(HandshakeRefusal::Source)
-        );
-        // Others still get their share of what is left, no more.
-        let _b: Vec<_> = (0..2)
-            .map(|_| gate.try_enter(ip("10.0.0.2")).unwrap())
-            .collect();
-        assert_eq!(
-            gate.try_enter(ip("10.0.0.2")).err(),
-            Some(HandshakeRefusal::Source)
-        );
-        let _c: Vec<_> = (0..2)
-            .map(|_| gate.try_enter(ip("10.0.0.3")).unwrap())
-            .collect();
-        assert_eq!(
-            gate.try_enter(ip("10.0.0.4")).err(),
-            Some(HandshakeRefusal::Global)
-        );
-        drop(a);
-        assert!(gate.try_enter(ip("10.0.0.4")).is_ok());
-        assert!(gate.per_source.lock().unwrap().len() <= 3);
     }
 
     #[test]

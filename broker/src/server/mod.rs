@@ -138,14 +138,20 @@ pub fn spawn_role(
     let kept_for_operators = operator_reserve.clone();
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
-    // handshake slot. On the public listener, as for its connections, no source ever holds
+    // handshake slot (with all taken, a newcomer gets the oldest of the largest holder's). On the public listener, as for its connections, no source ever holds
     // more than its share: anyone may open them, and a source holding half the budget with
     // connections that never send a ClientHello would leave a few more addresses the rest.
     let handshakes = match role {
-        Role::Public => {
-            HandshakeGate::strict(limits.max_handshakes, limits.max_handshakes_per_source)
-        }
-        Role::Mtls => HandshakeGate::new(limits.max_handshakes, limits.max_handshakes_per_source),
+        Role::Public => HandshakeGate::handshakes(
+            limits.max_handshakes,
+            limits.max_handshakes_per_source,
+            true,
+        ),
+        Role::Mtls => HandshakeGate::handshakes(
+            limits.max_handshakes,
+            limits.max_handshakes_per_source,
+            false,
+        ),
     };
     let rate_limiter = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
     // The public listener's open connections: when every slot is taken, a newcomer has the
@@ -247,7 +253,22 @@ pub fn spawn_role(
                 let mut reloads = tls.reloads();
                 let acceptor = TlsAcceptor::from(tls.current());
                 let handshake = Duration::from_millis(limits.handshake_timeout_ms);
-                let stream = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                // With every slot taken, a newcomer from a source holding fewer may take this
+                // one's: the handshake is then dropped.
+                let accepted = tokio::select! {
+                    accepted = tokio::time::timeout(handshake, acceptor.accept(tcp)) => accepted,
+                    () = handshake_slot.evicted() => {
+                        broker
+                            .metrics()
+                            .handshakes_refused
+                            .get_or_create(&crate::metrics::ScopeLabel {
+                                scope: "evicted".into(),
+                            })
+                            .inc();
+                        return;
+                    }
+                };
+                let stream = match accepted {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         broker.metrics().handshake_failures.inc();

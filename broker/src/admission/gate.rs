@@ -1,0 +1,285 @@
+//! Slot gates of a listener (handshakes in progress, or open connections), shared between
+//! sources; a handshake gate gives a newcomer the oldest slot of the source holding most.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::source_of;
+
+/// Slots (handshakes in progress, or open connections): at most `global` at once. While more
+/// than half of them are free a source may take any; past that, only a source with fewer than
+/// `per_source` gets one. So one source (a flood, or a fleet of workers behind one NAT
+/// starting together) can hold at most half the budget (or `per_source`, if larger).
+/// [`HandshakeGate::strict`] enforces `per_source` always. A connection waits for no slot:
+/// without one it is closed.
+///
+/// A handshake gate ([`HandshakeGate::handshakes`]) does not refuse a newcomer while some
+/// source holds at least two slots more than the newcomer's: it takes that source's oldest
+/// handshake from it (which is then dropped, see [`HandshakePermit::evicted`]). A few sources
+/// holding every slot with connections that never finish a handshake so no longer shut the
+/// others out: to hold them all, a flood needs one source per slot.
+pub struct HandshakeGate {
+    global: Arc<Semaphore>,
+    reserve: usize,
+    /// Slots held, per source, oldest first.
+    held: Mutex<HashMap<IpAddr, VecDeque<Arc<Held>>>>,
+    per_source_max: usize,
+    evicts: bool,
+}
+
+/// One slot held: its global permit (taken away when the slot is given to a newcomer), and
+/// how its holder hears of that.
+struct Held {
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    evicted: Notify,
+}
+
+/// A slot; released when dropped.
+pub struct HandshakePermit {
+    gate: Arc<HandshakeGate>,
+    source: IpAddr,
+    held: Arc<Held>,
+}
+
+/// Why a handshake was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    /// This source already has its share of handshakes in progress.
+    Source,
+    /// The listener's handshake budget is used up.
+    Global,
+}
+
+impl HandshakeRefusal {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeRefusal::Source => "source",
+            HandshakeRefusal::Global => "global",
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl HandshakeGate {
+    fn build(global: usize, per_source: usize, strict: bool, evicts: bool) -> Arc<HandshakeGate> {
+        Arc::new(HandshakeGate {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            reserve: if strict {
+                usize::MAX
+            } else {
+                global.max(1) / 2
+            },
+            held: Mutex::new(HashMap::new()),
+            per_source_max: per_source.max(1),
+            evicts,
+        })
+    }
+
+    /// A gate of `global` slots, `per_source` of them for any one source once half are in
+    /// use.
+    pub fn new(global: usize, per_source: usize) -> Arc<HandshakeGate> {
+        Self::build(global, per_source, false, false)
+    }
+
+    /// A gate of `global` slots where no source ever holds more than `per_source` (for
+    /// anonymous listeners: nothing unauthenticated takes more than a small share).
+    pub fn strict(global: usize, per_source: usize) -> Arc<HandshakeGate> {
+        Self::build(global, per_source, true, false)
+    }
+
+    /// A gate of handshakes in progress (as [`HandshakeGate::new`], or
+    /// [`HandshakeGate::strict`] when `strict`), where a full budget gives a newcomer the
+    /// oldest slot of the source holding most, when that source holds at least two more than
+    /// the newcomer. Holders must watch [`HandshakePermit::evicted`].
+    pub fn handshakes(global: usize, per_source: usize, strict: bool) -> Arc<HandshakeGate> {
+        Self::build(global, per_source, strict, true)
+    }
+
+    /// The semaphore of the global budget (to wait for every slot to come back).
+    pub fn slots(&self) -> Arc<Semaphore> {
+        self.global.clone()
+    }
+
+    /// A slot for a handshake from `peer`, or why there is none.
+    ///
+    /// # Errors
+    /// [`HandshakeRefusal`] when the source's share or the listener's budget is used up.
+    pub fn try_enter(self: &Arc<Self>, peer: IpAddr) -> Result<HandshakePermit, HandshakeRefusal> {
+        let source = source_of(peer);
+        let mut held = lock(&self.held);
+        let holds = held.get(&source).map_or(0, VecDeque::len);
+        if holds >= self.per_source_max && self.global.available_permits() <= self.reserve {
+            return Err(HandshakeRefusal::Source);
+        }
+        let permit = match self.global.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => self
+                .take_from_largest(&mut held, source, holds)
+                .ok_or(HandshakeRefusal::Global)?,
+        };
+        let slot = Arc::new(Held {
+            permit: Mutex::new(Some(permit)),
+            evicted: Notify::new(),
+        });
+        held.entry(source).or_default().push_back(slot.clone());
+        Ok(HandshakePermit {
+            gate: self.clone(),
+            source,
+            held: slot,
+        })
+    }
+
+    /// The global permit of the oldest slot of the source holding most, when this gate
+    /// evicts and that source holds at least two more than `newcomer` (`holds`): after it, it
+    /// still holds at least as many as the newcomer.
+    fn take_from_largest(
+        &self,
+        held: &mut HashMap<IpAddr, VecDeque<Arc<Held>>>,
+        newcomer: IpAddr,
+        holds: usize,
+    ) -> Option<OwnedSemaphorePermit> {
+        if !self.evicts {
+            return None;
+        }
+        let largest = held
+            .iter()
+            .filter(|(source, slots)| **source != newcomer && slots.len() > holds + 1)
+            .max_by_key(|(_, slots)| slots.len())
+            .map(|(source, _)| *source)?;
+        let slots = held.get_mut(&largest)?;
+        let victim = slots.pop_front()?;
+        if slots.is_empty() {
+            held.remove(&largest);
+        }
+        let permit = lock(&victim.permit).take()?;
+        victim.evicted.notify_one();
+        Some(permit)
+    }
+}
+
+impl HandshakePermit {
+    /// Completes when this slot was given to a newcomer (a handshake gate with a full
+    /// budget): the handshake it was taken for is to be dropped.
+    pub async fn evicted(&self) {
+        self.held.evicted.notified().await;
+    }
+}
+
+impl Drop for HandshakePermit {
+    fn drop(&mut self) {
+        let mut held = lock(&self.gate.held);
+        if let Some(slots) = held.get_mut(&self.source) {
+            slots.retain(|s| !Arc::ptr_eq(s, &self.held));
+            if slots.is_empty() {
+                held.remove(&self.source);
+            }
+        }
+        drop(held);
+        drop(lock(&self.held.permit).take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn handshake_slots_are_shared_fairly_and_returned() {
+        let gate = HandshakeGate::new(8, 2);
+        // One source takes half the budget, then is refused.
+        let a: Vec<_> = (0..4)
+            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
+            .collect();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.1")).err(),
+            Some(HandshakeRefusal::Source)
+        );
+        // Others still get their share of what is left, no more.
+        let _b: Vec<_> = (0..2)
+            .map(|_| gate.try_enter(ip("10.0.0.2")).unwrap())
+            .collect();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.2")).err(),
+            Some(HandshakeRefusal::Source)
+        );
+        let _c: Vec<_> = (0..2)
+            .map(|_| gate.try_enter(ip("10.0.0.3")).unwrap())
+            .collect();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.4")).err(),
+            Some(HandshakeRefusal::Global)
+        );
+        drop(a);
+        assert!(gate.try_enter(ip("10.0.0.4")).is_ok());
+        assert!(gate.held.lock().unwrap().len() <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_handshake_budget_gives_a_newcomer_the_oldest_slot_of_the_largest_holder() {
+        let gate = HandshakeGate::handshakes(8, 2, false);
+        let a: Vec<_> = (0..4)
+            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
+            .collect();
+        let b: Vec<_> = (0..2)
+            .map(|_| gate.try_enter(ip("10.0.0.2")).unwrap())
+            .collect();
+        let c: Vec<_> = (0..2)
+            .map(|_| gate.try_enter(ip("10.0.0.3")).unwrap())
+            .collect();
+        // Full: a newcomer takes the oldest of 10.0.0.1's four.
+        let d1 = gate.try_enter(ip("10.0.0.4")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), a[0].evicted())
+            .await
+            .expect("the oldest slot of the largest holder is evicted");
+        assert_eq!(gate.held.lock().unwrap()[&ip("10.0.0.1")].len(), 3);
+        // Again: 10.0.0.1 holds three, two more than the newcomer's one.
+        let d2 = gate.try_enter(ip("10.0.0.4")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), a[1].evicted())
+            .await
+            .expect("the next oldest");
+        // Now every source holds two: 10.0.0.4 is at its share, and each newcomer takes a
+        // slot from a source holding two until every source holds one.
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.4")).err(),
+            Some(HandshakeRefusal::Source)
+        );
+        let late: Vec<_> = (5..9)
+            .map(|n| gate.try_enter(ip(&format!("10.0.0.{n}"))).unwrap())
+            .collect();
+        assert!(gate.held.lock().unwrap().values().all(|s| s.len() == 1));
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.9")).err(),
+            Some(HandshakeRefusal::Global)
+        );
+        assert_eq!(gate.global.available_permits(), 0);
+        // Every permit comes back once, evicted or not.
+        drop((a, b, c, d1, d2, late));
+        assert_eq!(gate.global.available_permits(), 8);
+        assert!(gate.held.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_connection_gate_never_takes_a_slot_away() {
+        let gate = HandshakeGate::new(4, 1);
+        let _a: Vec<_> = (0..2)
+            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
+            .collect();
+        let _b = gate.try_enter(ip("10.0.0.2")).unwrap();
+        let _c = gate.try_enter(ip("10.0.0.3")).unwrap();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.4")).err(),
+            Some(HandshakeRefusal::Global)
+        );
+    }
+}
