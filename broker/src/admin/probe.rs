@@ -68,9 +68,9 @@ impl AdminService {
         let result = self.run_probe(&binding, None, &signer).await;
         // A passed probe that leaves the binding active is the proof of its identifiers
         // where the provider's probe is (AWS, GCP): they are claimed with its stamp, unless
-        // another binding proved them first.
+        // another binding proved them first. Elsewhere an activation needs them held.
         let (claims, held) = if result.is_ok() && (activate || binding.status == Status::Active) {
-            match self.proved_claims(&binding).await {
+            match self.claims_to_hold(&binding, activate).await {
                 Ok(claims) => (claims, None),
                 Err(e) => (Vec::new(), Some(e)),
             }
@@ -110,7 +110,7 @@ impl AdminService {
                 }
                 if let Some(err) = held {
                     // The upstream's answer is kept; the binding is not activated, nor, when
-                    // another binding holds its identifier, left active (see proved_claims).
+                    // another binding holds its identifier, left active (see claims_to_hold).
                     // A claim that could not be read (the store failing) changes no status.
                     if binding.status == Status::Active && err.code == ErrorCode::Conflict {
                         binding.status = Status::PendingActivation;
@@ -240,17 +240,25 @@ impl AdminService {
         }
     }
 
-    /// The exclusive identifiers a passed probe of `binding` proves and that it must claim
-    /// (none where its provider's probe proves nothing, or it holds them already).
+    /// The exclusive identifiers `binding` must claim to be active (none where it holds
+    /// them already): where its provider's probe proves them (AWS, GCP), those a passed
+    /// probe proves; elsewhere, when it is being `activate`d, those its provider names, which
+    /// it was given when it was made but may not hold (the schema-3 migration disabled,
+    /// claiming nothing, a binding whose identifier another binding held).
     ///
     /// # Errors
     /// `conflict` when another binding holds one: it was proved (or, made before this
     /// release or by a provider whose identifiers are claimed at once, named) first.
-    async fn proved_claims(&self, binding: &Binding) -> Result<Vec<String>, ApiError> {
+    pub(super) async fn claims_to_hold(
+        &self,
+        binding: &Binding,
+        activate: bool,
+    ) -> Result<Vec<String>, ApiError> {
         let Some(provider) = self.core.registry.get(&binding.provider) else {
             return Ok(Vec::new());
         };
-        if !provider.probe_proves_identifiers() {
+        let proves = provider.probe_proves_identifiers();
+        if !proves && !activate {
             return Ok(Vec::new());
         }
         let mut claims = Vec::new();
@@ -264,7 +272,7 @@ impl AdminService {
             {
                 None => claims.push(identifier),
                 Some(owner) if owner.binding.as_deref() == Some(binding.id.as_str()) => {}
-                Some(owner) => return Err(super::identifier_taken(&identifier, &owner, true)),
+                Some(owner) => return Err(super::identifier_taken(&identifier, &owner, proves)),
             }
         }
         Ok(claims)

@@ -98,6 +98,19 @@ impl AdminService {
                         format!("binding {id} appeared or changed while this enable was under way, and its provider activates it only by a probe: enable it again to run the probe (credbroker binding enable {id})"),
                     ));
                 }
+                // An activation needs the binding's exclusive identifiers held by it, by
+                // nobody else (one tenant each).
+                if status == Status::Active && stored.value.status != Status::Active {
+                    for identifier in self.claims_to_hold(&stored.value, true).await? {
+                        plan.batch.claim_identifier(
+                            &identifier,
+                            &crate::store::records::IdentifierOwner {
+                                tenant: stored.value.tenant.to_string(),
+                                binding: Some(id.to_owned()),
+                            },
+                        );
+                    }
+                }
                 let mut b = stored.value.clone();
                 b.status = status;
                 // Nothing minted before this change is served again, by any replica: the
