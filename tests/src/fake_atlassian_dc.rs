@@ -49,6 +49,9 @@ pub struct DcState {
     /// A hostile instance: a create hands out a PAT of this user (an administrator's), not
     /// of the user whose PAT asked.
     pub create_as: Mutex<Option<String>>,
+    /// A proxy answering for the instance: `myself` / `user/current` answer 200 naming
+    /// nobody (`{}`; Confluence's anonymous caller).
+    pub names_nobody: Mutex<bool>,
     /// The next this many revocations (`DELETE`) fail: 503 with the HTML page of a proxy
     /// whose instance did not answer, the PAT left as it was.
     pub delete_fails: Mutex<u32>,
@@ -155,7 +158,13 @@ impl DcState {
             );
         };
         let pat_api = *self.pat_api.lock().unwrap();
+        let names_nobody = *self.names_nobody.lock().unwrap();
         match (method.as_str(), path.as_str()) {
+            ("GET", "/rest/api/2/myself") if names_nobody => json_response(200, &json!({})),
+            ("GET", "/rest/api/user/current") if names_nobody => json_response(
+                200,
+                &json!({"type": "anonymous", "username": "anonymous", "displayName": "Anonymous"}),
+            ),
             ("GET", "/rest/api/2/myself") => json_response(
                 200,
                 &json!({"name": me.user, "key": me.user, "displayName": "Scanner", "active": true}),
@@ -282,6 +291,7 @@ impl FakeAtlassianDc {
             create_expired: Mutex::new(false),
             create_id: Mutex::new(None),
             create_as: Mutex::new(None),
+            names_nobody: Mutex::new(false),
             delete_fails: Mutex::new(0),
             counter: AtomicU64::new(100),
         });

@@ -1011,3 +1011,93 @@ async fn a_pasted_token_id_that_is_not_a_pat_id_is_never_used() {
     assert_eq!(v["old_revoked_upstream"], true, "{v}");
     assert!(!dc.state.pats.lock().unwrap().iter().any(|p| p.id == old.id));
 }
+
+/// Who a PAT is decides whether its successor may be promoted. An instance (or a proxy
+/// answering for it) whose `myself` names nobody proves nothing: the probe fails and the
+/// binding is not activated — activated, it would have no user to compare a successor with,
+/// and an administrator's PAT handed out by the next rotation would be promoted. A binding
+/// whose user is not known (activated by an earlier release) has no successor promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pat_of_nobody_in_particular_proves_nothing() {
+    use credbroker::store::{Batch, Op, Table};
+    let (_tmp, pki, mut daemon, dc, mut op) = start("").await;
+    let old = dc.state.issue("scanner", 60);
+    *dc.state.names_nobody.lock().unwrap() = true;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings",
+        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
+                    "config": {"base_url": dc.url, "product": "jira"}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::PUT,
+        "/v1/admin/bindings/acme-jira/secret",
+        Some(json!({"fields": {"token": old.raw, "token_id": old.id.to_string()}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_ne!(s, 200, "{v}");
+    assert!(v.to_string().contains("named no user"), "{v}");
+    let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;
+    assert_eq!(b["binding"]["status"], "pending_activation", "{b}");
+
+    // The instance names the user again: activated. Then its user is made unknown, as an
+    // earlier release could leave it, and the next rotation hands out an admin's PAT.
+    *dc.state.names_nobody.lock().unwrap() = false;
+    let (s, v) = call(
+        &mut op,
+        Method::POST,
+        "/v1/admin/bindings/acme-jira/probe",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    daemon.stop();
+    {
+        let config = credbroker::config::Config::load(&daemon.config).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir)
+            .await
+            .unwrap();
+        let mut binding: Value = serde_json::from_slice(
+            &store
+                .get(Table::Bindings, "acme-jira")
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        binding["trust_facts"]["user"] = json!("?");
+        let mut batch = Batch::new();
+        batch.push(Op::Put(
+            Table::Bindings,
+            "acme-jira".into(),
+            serde_json::to_vec(&binding).unwrap(),
+        ));
+        store.commit(batch).await.unwrap();
+    }
+    daemon.restart();
+    let mut op = pki.client_for("op", &daemon.url);
+    *dc.state.create_as.lock().unwrap() = Some("admin".into());
+    let (s, v) = self_rotate(&mut op).await;
+    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("own user is not known"),
+        "{v}"
+    );
+    only_pat_left(&dc, old.id);
+    serves_version_1_with_nothing_pending(&mut op).await;
+}

@@ -222,8 +222,8 @@ impl AdminService {
         Ok(plan)
     }
 
-    /// Refuses successor `version` of `binding` when its probe found another user than the
-    /// binding's (`user` of the facts; both known).
+    /// Refuses successor `version` of `binding` unless its probe found the binding's user
+    /// (`user` of the facts; both known).
     async fn same_user(
         &self,
         binding: &crate::model::Binding,
@@ -254,6 +254,10 @@ impl AdminService {
                 format!(
                     "the upstream answered the successor's creation with a credential of user {after}, not of {before} whose secret created it: it is not promoted, and is withdrawn"
                 ),
+            )),
+            (None, _) => Err(ApiError::new(
+                ErrorCode::ProviderDenied,
+                "the binding's own user is not known (its last passing probe named none), so the successor cannot be shown to be the same user's: it is not promoted, and is withdrawn; probe the binding (credbroker binding probe) and rotate again".to_owned(),
             )),
             (Some(before), None) => Err(ApiError::new(
                 ErrorCode::ProviderDenied,

@@ -5,25 +5,27 @@
 use secrecy::SecretString;
 use serde_json::Value;
 
-/// The user a `myself` / `user/current` answer names (`name`, else `username`): at most 100
-/// characters with control characters dropped, `?` when it names none, withheld when it
-/// repeats what the request sent (`sent`: the PAT; the name goes into the probe's note and
-/// the audit record).
-pub fn pat_user(body: &[u8], sent: &[&str]) -> String {
+/// The user a `myself` / `user/current` answer names (`name`, or `username`): at most 100
+/// characters with control characters dropped; `None` when it names none (absent, empty, or
+/// only what is dropped), when the name repeats what the request sent (`sent`: the PAT; the
+/// name goes into the probe's note and the audit record), or when Confluence describes the
+/// caller as `anonymous` (a request whose bearer did not reach it). Who a PAT is decides
+/// whether its successor may be promoted: a PAT of nobody in particular is not probed good.
+pub fn pat_user(body: &[u8], sent: &[&str]) -> Option<String> {
     let me: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let user = crate::quoted_unless_echo(
-        me.get("name")
-            .or_else(|| me.get("username"))
-            .and_then(Value::as_str)
-            .unwrap_or(""),
-        100,
-        sent,
-    );
-    if user.is_empty() {
-        "?".to_owned()
-    } else {
-        user
+    if me.get("type").and_then(Value::as_str) == Some("anonymous") {
+        return None;
     }
+    let name = me
+        .get("name")
+        .or_else(|| me.get("username"))
+        .and_then(Value::as_str)?;
+    if crate::echoes(name, sent) {
+        return None;
+    }
+    let user = crate::quoted_unless_echo(name, 100, sent);
+    let named = !user.is_empty() && !crate::echoes(&user, sent);
+    named.then_some(user)
 }
 
 /// `expiringAt` of PAT `id` in a PAT list (`GET /rest/pat/latest/tokens`), when listed with
@@ -96,13 +98,39 @@ mod tests {
 
     /// An instance (or a proxy before it) that names the user, or the expiry, with the PAT
     /// it was sent: withheld, never put into the probe's note or the audit record.
+    /// An answer that names nobody in particular: no user, so the probe fails.
+    #[test]
+    fn an_answer_naming_no_user_names_none() {
+        for body in [
+            &br#"{}"#[..],
+            br#"{"name":""}"#,
+            br#"{"name":"\u0007"}"#,
+            br#"{"name":7}"#,
+            br#"{"type":"anonymous","username":"anonymous"}"#,
+            b"not json",
+        ] {
+            assert_eq!(
+                pat_user(body, &["pat"]),
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            pat_user(br#"{"type":"known","username":"scan"}"#, &["pat"]).as_deref(),
+            Some("scan")
+        );
+    }
+
     #[test]
     fn what_repeats_the_pat_is_not_kept() {
         let pat = "NjQ2MzE5ODQ0NTc3OqZ1dC9yJtk5";
-        assert_eq!(pat_user(br#"{"name":"alice"}"#, &[pat]), "alice");
+        assert_eq!(
+            pat_user(br#"{"name":"alice"}"#, &[pat]).as_deref(),
+            Some("alice")
+        );
         let echoed = format!(r#"{{"name":"Bearer {pat}"}}"#);
-        let user = pat_user(echoed.as_bytes(), &[pat]);
-        assert!(!user.contains(&pat[..8]), "{user}");
+        assert_eq!(pat_user(echoed.as_bytes(), &[pat]), None);
         let list = format!(r#"[{{"id":1,"expiringAt":"{}"}}]"#, &pat[..20]);
         assert_eq!(pat_expiry(list.as_bytes(), Some("1"), &[pat]), None);
         let list = r#"[{"id":1,"expiringAt":"2027-01-01T00:00:00.000+0000"}]"#;

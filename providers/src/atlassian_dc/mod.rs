@@ -403,7 +403,13 @@ impl Probe for AtlassianDc {
                 a.status, a.content_type
             )));
         }
-        let user = pat_user(&a.body, &[token]);
+        // A PAT's user is what a successor is checked against: an answer that names none
+        // (a proxy answering for the instance, an anonymous caller) proves nothing.
+        let Some(user) = pat_user(&a.body, &[token]) else {
+            return Err(denied(format!(
+                "{path} answered HTTP 200 but named no user (or an anonymous one): the answer is not the instance's for this PAT"
+            )));
+        };
         let (pat_api, expiring_at) = match self.expiry(b, token, id, request.timeout).await {
             Ok(e) => (true, e),
             Err(None) => (false, None),
