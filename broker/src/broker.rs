@@ -291,6 +291,7 @@ impl Broker {
         // (the task would otherwise keep them alive in a process that goes on).
         let held = Arc::clone(&replica);
         let opened = async move {
+            keyring_check::active_not_ahead(&records, &keys.keyring).await?;
             keyring_check::check(&records, &keys.keyring).await?;
             let mut lost = None;
             let audit = match (replica.id(), replica.lease()) {

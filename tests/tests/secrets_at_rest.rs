@@ -694,3 +694,56 @@ async fn a_kek_rotation_destroys_webhook_secret_versions_past_their_overlap() {
         "{rotation}"
     );
 }
+
+/// A KEK rotation saves the keyring (the new version active) before its re-wrap batch
+/// lands. Killed in between, or with the batch failing, it left a keyring a broker started
+/// with, sealing under a version no other replica holds, while every replica with the old
+/// keyring also started (the store never recorded the new version). Here the store of
+/// before the second rotation is put back under its keyring: that broker refuses to start,
+/// and a further rotation puts the two in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_ahead_of_the_store_is_refused_at_start() {
+    let (tmp, pki, mut daemon) = with_b2_at_version_2().await;
+    daemon.stop();
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let rotate = |daemon: &Daemon| daemon.cli(&["keys", "rotate-kek", "--config", &config]);
+    let (c, out, err) = rotate(&daemon);
+    assert_eq!(c, 0, "{out}{err}");
+    let store = daemon.data_dir.join("store");
+    let at_2 = tmp.path().join("store-at-2");
+    copy_dir(&store, &at_2);
+    let (c, out, err) = rotate(&daemon);
+    assert_eq!(c, 0, "{out}{err}");
+    std::fs::remove_dir_all(&store).unwrap();
+    copy_dir(&at_2, &store);
+    let mut serve = std::process::Command::new(daemon_bin())
+        .args(["serve", "--config", &config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_within(
+        &mut serve,
+        std::time::Duration::from_secs(30),
+        "a broker started with a keyring ahead of its store",
+    );
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains(
+            "active KEK version 3 is newer than the version the store was last rotated to (2)"
+        ),
+        "{err}"
+    );
+    let (c, out, err) = rotate(&daemon);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("version 3 -> 4"), "{out}");
+    daemon.restart();
+    let mut both = pki.client_for("both", &daemon.url);
+    let (s, v) = resolve(&mut both, json!({"instance_id": "i2"})).await;
+    assert_eq!(
+        (s, v["credentials"]["token"].as_str()),
+        (200, Some("t2-token-v2"))
+    );
+}

@@ -10,6 +10,27 @@ use crate::model::SealedAs;
 use crate::seal::SealContext;
 use crate::store::records::Records;
 
+/// At a daemon's start (not a rotation's): a keyring whose active version is newer than the
+/// version the store was last rotated to is one a KEK rotation saved before its re-wrap
+/// batch landed (killed, or the store failed). A broker started with it would seal under a
+/// version only this keyring holds, and every replica still holding the old keyring (which
+/// the store does not refuse) would fail to open what it sealed.
+///
+/// # Errors
+/// Naming both versions and what to do.
+pub(crate) async fn active_not_ahead(
+    records: &Records,
+    keyring: &Keyring,
+) -> Result<(), StartError> {
+    let active = keyring.active_version();
+    match records.kek_active_version().await? {
+        Some(recorded) if u64::from(active) > recorded => Err(StartError::Other(format!(
+            "the keyring's active KEK version {active} is newer than the version the store was last rotated to ({recorded}): a KEK rotation saved this keyring but its re-wrap did not land. Start no broker with it: run `credbroker keys rotate-kek` again (it adds a further version and re-wraps every data key), or put back the keyring copy taken before that rotation"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Runs every check.
 ///
 /// # Errors
