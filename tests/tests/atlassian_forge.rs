@@ -447,10 +447,21 @@ async fn a_fresher_token_replaces_an_older_one_and_never_the_reverse() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn narrowing_a_forge_token_is_refused() {
+async fn narrowing_a_forge_token_or_pasting_one_is_refused() {
     let mut env = start().await;
     let token = system_token(now() + 2 * HOUR);
-    env.bind("t1", &acme(), &token, "i-forge").await;
+    let binding = env.bind("t1", &acme(), &token, "i-forge").await;
+    // Nor is an intake link made for it: its token comes from signed invocations, and the
+    // write a pasted one would end in is refused after the customer spent an attempt.
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/intake",
+        Some(json!({"binding": binding, "fields": ["access_token"]})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert!(v.to_string().contains("signed invocations"), "{v}");
     let mut w1 = env.worker("w1");
     for narrow in [
         json!({"scopes": ["read:jira-work"]}),

@@ -1116,13 +1116,14 @@ async fn every_public_refusal_is_counted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_and_its_form_work_only_for_what_they_were_made_for() {
     let (_tmp, _pki, daemon, _sn, mut op, mut public) = start().await;
-    // Limits of a link: a lifetime of 1 s to 7 days, 1 to 16 fields.
+    // Limits of a link: a lifetime of 1 s to 7 days, 1 to 16 fields, each named once.
     let many: Vec<String> = (0..17).map(|i| format!("field{i}")).collect();
     for body in [
         json!({"binding": "acme-snow", "ttl_s": 0}),
         json!({"binding": "acme-snow", "ttl_s": 7 * 86_400 + 1}),
         json!({"binding": "acme-snow", "fields": []}),
         json!({"binding": "acme-snow", "fields": many}),
+        json!({"binding": "acme-snow", "fields": ["client_id", "client_secret", "client_id"]}),
     ] {
         let (s, v) = call(
             &mut op,

@@ -81,6 +81,14 @@ impl AdminService {
                 b.provider
             )));
         }
+        // Nor one whose secret is captured from signed invocations (Forge): the write it
+        // would end in is refused, after the customer pasted something and spent an attempt.
+        if provider.invocations().is_some() {
+            return Err(ApiError::bad_request(format!(
+                "provider {} captures its tokens from signed invocations; none is pasted",
+                b.provider
+            )));
+        }
         let fields = match n.fields {
             Some(f) => f,
             None => {
@@ -99,8 +107,12 @@ impl AdminService {
                 "name the fields to ask for (1-16): the provider does not declare them",
             ));
         }
-        for f in &fields {
+        for (i, f) in fields.iter().enumerate() {
             credbroker_providers::validate_field_name(f).map_err(ApiError::bad_request)?;
+            // The page would show two inputs of one name, and a form carrying both is refused.
+            if fields[..i].contains(f) {
+                return Err(ApiError::bad_request(format!("field {f} is named twice")));
+            }
         }
         let ttl = n.ttl_s.unwrap_or(86_400);
         if !(1..=7 * 86_400).contains(&ttl) {
