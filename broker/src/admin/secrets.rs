@@ -443,10 +443,13 @@ impl AdminService {
             .secret_version(&binding.id, version)
             .await
             .map_err(|e| refuse(store_err(e)))?
+            // Destroyed since it was staged (an operator's rotation or discard): no verdict
+            // on its value, and no internal fault (an intake submission's page and record
+            // would say its value failed).
             .ok_or_else(|| {
                 refuse(ApiError::new(
-                    ErrorCode::Internal,
-                    "pending secret version is missing",
+                    ErrorCode::Conflict,
+                    format!("pending secret version {version} was destroyed before its probe ran"),
                 ))
             })?;
         let signer = self.core.assertion_signer();
