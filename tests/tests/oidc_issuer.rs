@@ -106,6 +106,21 @@ async fn discovery_jwks_rotation_and_retirement_as_a_relying_party_sees_them() {
             .contains("AWS IAM refuses"),
         "{finding}"
     );
+    // And that a 10 s lead signs before relying parties caching the JWKS have fetched it.
+    let lead = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "issuer.publish_lead")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(lead["status"], "warn", "{lead}");
+    assert!(
+        lead["detail"]
+            .as_str()
+            .unwrap()
+            .contains("publish_lead_s is 10 s"),
+        "{lead}"
+    );
     let jwks = env.jwks().await;
     let keys = jwks["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1, "the first key, made at start");

@@ -53,8 +53,23 @@ pub async fn all(path: &Path, t: Thresholds) -> Vec<Finding> {
 fn issuer(config: &Config, out: &mut Vec<Finding>) {
     if let Some(issuer) = &config.issuer {
         out.push(issuer_url(&issuer.url));
+        if issuer.publish_lead_s < ISSUER_LEAD_FLOOR_S {
+            out.push(Finding::warn(
+                "issuer.publish_lead",
+                format!(
+                    "[issuer] publish_lead_s is {} s: a rotated key signs before relying parties that cache the JWKS (up to 300 s) have fetched it, and before customers who pin it inline can re-pin; their mints (GCP, AWS web identity, Entra federated credentials) fail until they do",
+                    issuer.publish_lead_s
+                ),
+                format!("set [issuer] publish_lead_s to at least {ISSUER_LEAD_FLOOR_S} (the default, 86400, gives inline-JWKS customers a day); `keys issuer rotate --now` stays the way to sign at once"),
+            ));
+        }
     }
 }
+
+/// The shortest lead that lets a relying party holding a JWKS fetched just before a
+/// rotation (cached up to 300 s) fetch it again before the new key signs, twice over, with
+/// a minute of clock skew.
+const ISSUER_LEAD_FLOOR_S: u64 = 2 * 300 + 60;
 
 fn issuer_url(url: &str) -> Finding {
     let authority = url.strip_prefix("https://").unwrap_or(url);
