@@ -446,6 +446,37 @@ async fn a_fresher_token_replaces_an_older_one_and_never_the_reverse() {
     assert_eq!(env.current_token("w1", "i-forge").await, freshest);
 }
 
+/// The admin page's call carries a system token header that the invocation token does not
+/// sign, and its caller (a site administrator in a browser) may have had a hand in it. Its
+/// token fills a gap and never keeps a trigger's out: one taken at connect gives way to the
+/// next trigger's even when that one expires sooner, and one planted with a later expiry
+/// while a trigger's token lives is not taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_the_admin_page_never_keeps_a_triggers_out() {
+    let mut env = start().await;
+    let t0 = now();
+    let from_page = system_token(t0 + 2 * HOUR);
+    env.bind("t1", &acme(), &from_page, "i-forge").await;
+    let from_trigger = system_token(t0 + 2 * HOUR - 600);
+    let (s, v) = env.trigger(&acme(), &from_trigger).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("captured")), "{v}");
+    env.wait_token("w1", "i-forge", &from_trigger).await;
+    let planted = system_token(t0 + 3 * HOUR);
+    // The site is bound: the page's call is taken whatever code it carries.
+    let (s, v) = env
+        .connect(&acme(), "AnyCodeTypedOnTheAdminPage1", Some(&planted))
+        .await;
+    let (s, v) = env.outcome(s, v).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("kept")), "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.current_token("w1", "i-forge").await, from_trigger);
+    // Triggers go on as before: a fresher one is taken.
+    let fresher = system_token(t0 + 2 * HOUR + 600);
+    let (s, v) = env.trigger(&acme(), &fresher).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("captured")), "{v}");
+    env.wait_token("w1", "i-forge", &fresher).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_a_forge_token_or_pasting_one_is_refused() {
     let mut env = start().await;

@@ -393,7 +393,11 @@ impl AdminService {
             outcome = InvocationOutcome::Rebound;
         }
         let captured = self
-            .plan_capture(&mut binding, invocation.token, &mut batch)
+            .plan_capture(
+                &mut binding,
+                (invocation.token, invocation.principal.is_some()),
+                &mut batch,
+            )
             .await?;
         if let Some((detail, fingerprint)) = captured {
             details.push(detail);
@@ -500,7 +504,11 @@ impl AdminService {
         let mut binding = stored.value.clone();
         let mut batch = Batch::new();
         if let Some((detail, fingerprint)) = self
-            .plan_capture(&mut binding, invocation.token, &mut batch)
+            .plan_capture(
+                &mut binding,
+                (invocation.token, invocation.principal.is_some()),
+                &mut batch,
+            )
             .await?
         {
             batch.replace(&stored, &binding);
@@ -608,7 +616,10 @@ impl AdminService {
     async fn plan_capture(
         &self,
         binding: &mut Binding,
-        token: Option<Result<credbroker_providers::CapturedToken, String>>,
+        (token, from_page): (
+            Option<Result<credbroker_providers::CapturedToken, String>>,
+            bool,
+        ),
         batch: &mut Batch,
     ) -> Result<Option<(String, String)>, ApiError> {
         let token = match token {
@@ -619,13 +630,25 @@ impl AdminService {
             }
             Some(Ok(t)) => t,
         };
-        let held_exp = binding
-            .trust_facts
-            .as_ref()
-            .and_then(|f| f[HELD]["expires_at_unix"].as_i64());
-        if binding.active_secret_version.is_some()
-            && held_exp.is_some_and(|h| h >= token.expires_at)
-        {
+        let held = binding.trust_facts.as_ref().map(|f| &f[HELD]);
+        let held_exp = held.and_then(|h| h["expires_at_unix"].as_i64());
+        let held_from_page = held.is_some_and(|h| h["from_page"] == json!(true));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // A call from a page (one with a principal: the admin page's connect) carries a
+        // header its caller may have had a hand in, which the invocation token does not
+        // sign: its token fills a gap (nothing held, or nothing live from a trigger or a
+        // lifecycle event) and never keeps theirs out. A fresher one replaces an older one,
+        // and one from a trigger or an event always replaces a page's.
+        let keep_held = binding.active_secret_version.is_some() && {
+            let fresher_held = held_exp.is_some_and(|h| h >= token.expires_at);
+            let live_from_elsewhere = !held_from_page && held_exp.is_some_and(|h| h > now);
+            if from_page {
+                live_from_elsewhere || fresher_held
+            } else {
+                !held_from_page && fresher_held
+            }
+        };
+        if keep_held {
             return Ok(None);
         }
         let record = self.sealed_version(binding, &token.fields, SecretState::Active)?;
@@ -648,6 +671,7 @@ impl AdminService {
             "expires_at_unix": token.expires_at,
             "captured_at": now_rfc3339(),
             "fingerprint": token.fingerprint,
+            "from_page": from_page,
         });
         binding.trust_facts = Some(facts);
         // The keyed fingerprint of what a resolve hands out: the same as its resolve records'.
