@@ -106,6 +106,16 @@ pub struct ParsedVerify {
     pub body: Zeroizing<Vec<u8>>,
 }
 
+impl Drop for ParsedVerify {
+    /// A shared-token scheme (`gitlab`, `token`) presents the webhook secret itself in a
+    /// header: wiped with the rest of what the request carried.
+    fn drop(&mut self) {
+        for value in self.headers.values_mut() {
+            zeroize::Zeroize::zeroize(value);
+        }
+    }
+}
+
 impl std::fmt::Debug for ParsedVerify {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParsedVerify")
@@ -179,18 +189,21 @@ pub fn generate_secret() -> Result<Zeroizing<String>, ApiError> {
 }
 
 /// What a scheme compares: the MAC or token the event presents.
-enum Presented {
+enum Presented<'a> {
     /// An HMAC-SHA256 digest (decoded from hex).
     Mac(Vec<u8>),
-    /// A shared token.
-    Token(Vec<u8>),
+    /// A shared token (borrowed from the headers, which are wiped: no copy of it is made).
+    Token(&'a [u8]),
 }
 
 fn header<'a>(headers: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
     headers.get(&name.to_ascii_lowercase()).map(String::as_str)
 }
 
-fn presented(scheme: &WebhookScheme, headers: &BTreeMap<String, String>) -> Option<Presented> {
+fn presented<'a>(
+    scheme: &WebhookScheme,
+    headers: &'a BTreeMap<String, String>,
+) -> Option<Presented<'a>> {
     let mac = |value: &str, prefix: &str| {
         value
             .strip_prefix(prefix)
@@ -202,10 +215,10 @@ fn presented(scheme: &WebhookScheme, headers: &BTreeMap<String, String>) -> Opti
         WebhookScheme::Github => mac(header(headers, "x-hub-signature-256")?, "sha256="),
         WebhookScheme::HmacSha256 { header: h, prefix } => mac(header(headers, h)?, prefix),
         WebhookScheme::Gitlab => {
-            header(headers, "x-gitlab-token").map(|t| Presented::Token(t.as_bytes().to_vec()))
+            header(headers, "x-gitlab-token").map(|t| Presented::Token(t.as_bytes()))
         }
         WebhookScheme::Token { header: h } => {
-            header(headers, h).map(|t| Presented::Token(t.as_bytes().to_vec()))
+            header(headers, h).map(|t| Presented::Token(t.as_bytes()))
         }
         WebhookScheme::Unsigned => None,
     }
