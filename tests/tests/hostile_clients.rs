@@ -797,7 +797,9 @@ async fn a_few_sources_holding_every_handshake_slot_leave_a_newcomer_one() {
         }
     }
     closed_within(silent_from(addr, "127.0.0.6").await, Duration::from_secs(5)).await;
-    // Every slot is held now.
+    // Every slot is held now, the oldest for longer than an honest handshake takes (a
+    // second here, a quarter of the deadline at most).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     good_worker_is_served_within(&pki, &daemon.url, Duration::from_secs(3)).await;
     let oldest = held.remove(0);
     closed_within(oldest, Duration::from_secs(2)).await;

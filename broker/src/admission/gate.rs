@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -17,17 +18,20 @@ use super::source_of;
 /// without one it is closed.
 ///
 /// A handshake gate ([`HandshakeGate::handshakes`]) does not refuse a newcomer while some
-/// source holds at least two slots more than the newcomer's: it takes that source's oldest
-/// handshake from it (which is then dropped, see [`HandshakePermit::evicted`]). A few sources
-/// holding every slot with connections that never finish a handshake so no longer shut the
-/// others out: to hold them all, a flood needs one source per slot.
+/// source holds at least two slots more than the newcomer's and has held its oldest longer
+/// than a handshake takes: it takes that oldest handshake from it (which is then dropped, see
+/// [`HandshakePermit::evicted`]). A few sources holding every slot with connections that
+/// never finish a handshake so no longer shut the others out: to hold them all, a flood needs
+/// one source per slot. A handshake younger than that (an honest one takes milliseconds) is
+/// never taken.
 pub struct HandshakeGate {
     global: Arc<Semaphore>,
     reserve: usize,
     /// Slots held, per source, oldest first.
     held: Mutex<HashMap<IpAddr, VecDeque<Arc<Held>>>>,
     per_source_max: usize,
-    evicts: bool,
+    /// How long a handshake is held before a newcomer may take its slot (`None`: never).
+    evictable_after: Option<Duration>,
 }
 
 /// One slot held: its global permit (taken away when the slot is given to a newcomer), and
@@ -35,6 +39,7 @@ pub struct HandshakeGate {
 struct Held {
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     evicted: Notify,
+    since: Instant,
 }
 
 /// A slot; released when dropped.
@@ -68,7 +73,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl HandshakeGate {
-    fn build(global: usize, per_source: usize, strict: bool, evicts: bool) -> Arc<HandshakeGate> {
+    fn build(
+        global: usize,
+        per_source: usize,
+        strict: bool,
+        evictable_after: Option<Duration>,
+    ) -> Arc<HandshakeGate> {
         Arc::new(HandshakeGate {
             global: Arc::new(Semaphore::new(global.max(1))),
             reserve: if strict {
@@ -78,28 +88,34 @@ impl HandshakeGate {
             },
             held: Mutex::new(HashMap::new()),
             per_source_max: per_source.max(1),
-            evicts,
+            evictable_after,
         })
     }
 
     /// A gate of `global` slots, `per_source` of them for any one source once half are in
     /// use.
     pub fn new(global: usize, per_source: usize) -> Arc<HandshakeGate> {
-        Self::build(global, per_source, false, false)
+        Self::build(global, per_source, false, None)
     }
 
     /// A gate of `global` slots where no source ever holds more than `per_source` (for
     /// anonymous listeners: nothing unauthenticated takes more than a small share).
     pub fn strict(global: usize, per_source: usize) -> Arc<HandshakeGate> {
-        Self::build(global, per_source, true, false)
+        Self::build(global, per_source, true, None)
     }
 
     /// A gate of handshakes in progress (as [`HandshakeGate::new`], or
     /// [`HandshakeGate::strict`] when `strict`), where a full budget gives a newcomer the
     /// oldest slot of the source holding most, when that source holds at least two more than
-    /// the newcomer. Holders must watch [`HandshakePermit::evicted`].
-    pub fn handshakes(global: usize, per_source: usize, strict: bool) -> Arc<HandshakeGate> {
-        Self::build(global, per_source, strict, true)
+    /// the newcomer and has held that slot `evictable_after` or longer. Holders must watch
+    /// [`HandshakePermit::evicted`].
+    pub fn handshakes(
+        global: usize,
+        per_source: usize,
+        strict: bool,
+        evictable_after: Duration,
+    ) -> Arc<HandshakeGate> {
+        Self::build(global, per_source, strict, Some(evictable_after))
     }
 
     /// The semaphore of the global budget (to wait for every slot to come back).
@@ -127,6 +143,7 @@ impl HandshakeGate {
         let slot = Arc::new(Held {
             permit: Mutex::new(Some(permit)),
             evicted: Notify::new(),
+            since: Instant::now(),
         });
         held.entry(source).or_default().push_back(slot.clone());
         Ok(HandshakePermit {
@@ -137,20 +154,22 @@ impl HandshakeGate {
     }
 
     /// The global permit of the oldest slot of the source holding most, when this gate
-    /// evicts and that source holds at least two more than `newcomer` (`holds`): after it, it
-    /// still holds at least as many as the newcomer.
+    /// evicts, that source holds at least two more than `newcomer` (`holds`: after it, it
+    /// still holds at least as many as the newcomer) and the slot is old enough.
     fn take_from_largest(
         &self,
         held: &mut HashMap<IpAddr, VecDeque<Arc<Held>>>,
         newcomer: IpAddr,
         holds: usize,
     ) -> Option<OwnedSemaphorePermit> {
-        if !self.evicts {
-            return None;
-        }
+        let after = self.evictable_after?;
         let largest = held
             .iter()
-            .filter(|(source, slots)| **source != newcomer && slots.len() > holds + 1)
+            .filter(|(source, slots)| {
+                **source != newcomer
+                    && slots.len() > holds + 1
+                    && slots.front().is_some_and(|s| s.since.elapsed() >= after)
+            })
             .max_by_key(|(_, slots)| slots.len())
             .map(|(source, _)| *source)?;
         let slots = held.get_mut(&largest)?;
@@ -227,7 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_handshake_budget_gives_a_newcomer_the_oldest_slot_of_the_largest_holder() {
-        let gate = HandshakeGate::handshakes(8, 2, false);
+        let gate = HandshakeGate::handshakes(8, 2, false, Duration::ZERO);
         let a: Vec<_> = (0..4)
             .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
             .collect();
@@ -267,6 +286,18 @@ mod tests {
         drop((a, b, c, d1, d2, late));
         assert_eq!(gate.global.available_permits(), 8);
         assert!(gate.held.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_handshake_younger_than_the_floor_is_never_taken() {
+        let gate = HandshakeGate::handshakes(2, 2, false, Duration::from_secs(3600));
+        let _a: Vec<_> = (0..2)
+            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
+            .collect();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.2")).err(),
+            Some(HandshakeRefusal::Global)
+        );
     }
 
     #[test]

@@ -138,21 +138,19 @@ pub fn spawn_role(
     let kept_for_operators = operator_reserve.clone();
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
-    // handshake slot (with all taken, a newcomer gets the oldest of the largest holder's). On the public listener, as for its connections, no source ever holds
+    // handshake slot (with all taken, a newcomer gets the oldest of the largest holder's,
+    // once it has lasted longer than an honest handshake does: a quarter of the deadline, at
+    // most a second). On the public listener, as for its connections, no source ever holds
     // more than its share: anyone may open them, and a source holding half the budget with
     // connections that never send a ClientHello would leave a few more addresses the rest.
-    let handshakes = match role {
-        Role::Public => HandshakeGate::handshakes(
-            limits.max_handshakes,
-            limits.max_handshakes_per_source,
-            true,
-        ),
-        Role::Mtls => HandshakeGate::handshakes(
-            limits.max_handshakes,
-            limits.max_handshakes_per_source,
-            false,
-        ),
-    };
+    let evictable_after =
+        Duration::from_millis(limits.handshake_timeout_ms / 4).min(Duration::from_secs(1));
+    let handshakes = HandshakeGate::handshakes(
+        limits.max_handshakes,
+        limits.max_handshakes_per_source,
+        role == Role::Public,
+        evictable_after,
+    );
     let rate_limiter = request_rates.map(|r| Arc::new(RateLimiter::new(r)));
     // The public listener's open connections: when every slot is taken, a newcomer has the
     // one idle longest closed (see `IdleConnections`).
