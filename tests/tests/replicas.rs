@@ -2088,6 +2088,52 @@ async fn an_offline_change_holds_the_store_and_a_stale_keyring_changes_nothing()
     served(&mut w1, 3).await;
 }
 
+/// The first KEK rotation of a store (one with no record of its version yet) whose re-wrap
+/// batch fails (here the database refuses every write of a sealed secret) has saved its
+/// keyring with the new version active: a broker refuses to start with it, since the store
+/// was given the version it is on before the keyring was saved. A replica with the old
+/// keyring starts (nothing was re-wrapped), and a rotation run again puts the two in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_rotation_whose_rewrap_fails_leaves_its_keyring_refused() {
+    let (_tmp, pki, mut set) = seeded(TestPostgres::start(), 2).await;
+    for d in &mut set.daemons {
+        d.stop();
+    }
+    let sql = set.sql().await;
+    sql.batch_execute(
+        "CREATE FUNCTION cb_refuse_secrets() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no space left on device'; END $$;
+         CREATE TRIGGER cb_refuse_secrets BEFORE INSERT OR UPDATE ON credbroker_records FOR EACH ROW WHEN (NEW.tbl = 'secrets') EXECUTE FUNCTION cb_refuse_secrets();",
+    )
+    .await
+    .unwrap();
+    let config0 = set.daemons[0].config.to_str().unwrap().to_owned();
+    let (c, out, err) = set.cli(&["keys", "rotate-kek", "--config", &config0]);
+    assert_ne!(c, 0, "{out}");
+    assert!(err.contains("the re-wrap of"), "{err}");
+    let (c, err) = set.daemons[0].serve_refused(&[]);
+    assert_ne!(c, 0);
+    assert!(
+        err.contains(
+            "active KEK version 2 is newer than the version the store was last rotated to (1)"
+        ),
+        "{err}"
+    );
+    // The other replica's keyring (version 1 alone) opens the store as it is.
+    set.daemons[1].restart();
+    let mut w1 = pki.client_for("w1", &set.daemons[1].url);
+    served(&mut w1, 3).await;
+    set.daemons[1].stop();
+    sql.batch_execute("DROP TRIGGER cb_refuse_secrets ON credbroker_records")
+        .await
+        .unwrap();
+    let (c, out, err) = set.cli(&["keys", "rotate-kek", "--config", &config0]);
+    assert_eq!(c, 0, "{out}{err}");
+    assert!(out.contains("version 2 -> 3"), "{out}");
+    set.daemons[0].restart();
+    let mut w1 = pki.client_for("w1", &set.daemons[0].url);
+    served(&mut w1, 3).await;
+}
+
 /// A self-rotation claims its binding among the replicas for its run (`rotation/<binding>`):
 /// while another broker's rotation holds it (the leader's timer there, an operator's request
 /// here), none starts, and nothing is created upstream; once it is free, one runs.

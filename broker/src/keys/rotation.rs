@@ -150,7 +150,14 @@ async fn rotate_held(
     let rewrapped: usize = counts.iter().map(|(_, n)| n).sum();
     // The store remembers the version it was rotated to: a daemon started with a stale copy
     // of the keyring (one without it) refuses to start.
-    batch.record_kek_version(new, kek_as_read.as_deref());
+    // A store never rotated has no record of its version: the one it is on is recorded
+    // first (below, before the keyring is saved), so that a keyring saved ahead of the store
+    // by a rotation whose re-wrap does not land is refused at a broker's start, the first
+    // rotation's as every later one's.
+    let first_record = kek_as_read
+        .is_none()
+        .then(|| format!("{{\"active_version\":{old}}}").into_bytes());
+    batch.record_kek_version(new, kek_as_read.as_deref().or(first_record.as_deref()));
     // Still this rotation's store, before anything is saved or recorded.
     hold.confirm()
         .await
@@ -189,6 +196,23 @@ async fn rotate_held(
             "audit append failed; nothing was changed (the keyring is as it was, no data key re-wrapped): {e}"
         ));
     }
+    if first_record.is_some() {
+        let mut record = Batch::new();
+        record.record_kek_version(old, None);
+        if let Err(e) = records.commit(record).await {
+            let failed = rotation_record(
+                &request_id,
+                actor,
+                Some("internal"),
+                format!("kek {old} -> {new}: the store's KEK version could not be recorded ({e}); nothing was changed"),
+            );
+            let _ = log.append(failed).await;
+            log.close();
+            return Err(format!(
+                "the store's current KEK version ({old}) could not be recorded before the keyring is saved ({e}): nothing was changed (the log records the attempt); run the rotation again"
+            ));
+        }
+    }
     if let Err(e) = keyring.save(&config.kek_file()) {
         // A save renames the new file over the keyring before it syncs the directory: a
         // failure after the rename leaves the new keyring in place. What the file holds now
@@ -222,7 +246,10 @@ async fn rotate_held(
     let overtaken = matches!(
         &committed,
         Err(crate::store::StoreError::Precondition { .. })
-    ) && matches!(records.kek_version_as_read().await, Ok(now) if now != kek_as_read);
+    ) && matches!(
+        records.kek_version_as_read().await,
+        Ok(now) if now.as_deref() != kek_as_read.as_deref().or(first_record.as_deref())
+    );
     if let Err(e) = committed {
         // The record above says the rotation was allowed; this one says it did not land
         // (or that its outcome is not known: an answer lost after the commit).
