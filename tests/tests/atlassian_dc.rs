@@ -1090,13 +1090,23 @@ async fn a_pat_of_nobody_in_particular_proves_nothing() {
     let mut op = pki.client_for("op", &daemon.url);
     *dc.state.create_as.lock().unwrap() = Some("admin".into());
     let (s, v) = self_rotate(&mut op).await;
-    assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
     assert!(
         v["error"]["message"]
             .as_str()
             .unwrap()
             .contains("own user is not known"),
         "{v}"
+    );
+    // Refused before anything was created upstream.
+    assert!(
+        !dc.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r == "POST /rest/pat/latest/tokens"),
+        "a successor was created"
     );
     only_pat_left(&dc, old.id);
     serves_version_1_with_nothing_pending(&mut op).await;

@@ -229,13 +229,7 @@ impl AdminService {
         binding: &crate::model::Binding,
         version: u32,
     ) -> Result<(), ApiError> {
-        let user_of = |facts: Option<&Value>| {
-            facts
-                .and_then(|f| f.get("user"))
-                .and_then(Value::as_str)
-                .filter(|u| !u.is_empty() && *u != "?")
-                .map(str::to_owned)
-        };
+        let user_of = probed_user;
         let before = user_of(binding.trust_facts.as_ref());
         let read = self
             .core
@@ -324,6 +318,14 @@ impl AdminService {
                 binding.provider
             )))
         })?;
+        // A successor is promoted only when its probe names the binding's own user: with that
+        // user unknown, it would be created upstream (a live credential) only to be withdrawn.
+        if probed_user(binding.trust_facts.as_ref()).is_none() {
+            return Err(refuse(ApiError::new(
+                ErrorCode::Conflict,
+                format!("binding {id}'s own user is not known (its last passing probe named none), so a successor could not be shown to be the same user's: nothing was created; probe the binding (credbroker binding probe {id}) and rotate again"),
+            )));
+        }
         let started_from = binding.active_secret_version;
         let made = binding.made();
         let current = self
@@ -661,4 +663,13 @@ impl AdminService {
         ));
         let _ = self.core.audit.append(ev).await;
     }
+}
+
+/// The user a passing probe named in `facts` (`user`), if it named one.
+fn probed_user(facts: Option<&Value>) -> Option<String> {
+    facts
+        .and_then(|f| f.get("user"))
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty() && *u != "?")
+        .map(str::to_owned)
 }
