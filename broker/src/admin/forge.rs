@@ -632,7 +632,8 @@ impl AdminService {
         };
         let held = binding.trust_facts.as_ref().map(|f| &f[HELD]);
         let held_exp = held.and_then(|h| h["expires_at_unix"].as_i64());
-        let held_from_page = held.is_some_and(|h| h["from_page"] == json!(true));
+        // A token held from before the origin was recorded may have been a page's.
+        let held_from_page = held.is_some_and(|h| h["from_page"] != json!(false));
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         // A call from a page (one with a principal: the admin page's connect) carries a
         // header its caller may have had a hand in, which the invocation token does not
