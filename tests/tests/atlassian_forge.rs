@@ -477,6 +477,51 @@ async fn a_token_from_the_admin_page_never_keeps_a_triggers_out() {
     env.wait_token("w1", "i-forge", &fresher).await;
 }
 
+/// A binding the schema-3 migration disabled, because another tenant's binding holds its
+/// site, is not activated by an operator's enable (Forge has no probe: a plain enable):
+/// 409 `conflict`, and it stays disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enable_never_activates_a_binding_of_another_bindings_site() {
+    use credbroker::store::{Batch, Op, Table};
+    let mut env = start().await;
+    let token = system_token(now() + 2 * HOUR);
+    let f1 = env.bind("t1", &acme(), &token, "i-forge").await;
+    env.daemon.stop();
+    {
+        let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir)
+            .await
+            .unwrap();
+        let mut other: Value =
+            serde_json::from_slice(&store.get(Table::Bindings, &f1).await.unwrap().unwrap())
+                .unwrap();
+        other["id"] = json!("f2");
+        other["tenant"] = json!("t2");
+        let mut b = Batch::new();
+        b.push(Op::Put(
+            Table::Bindings,
+            "f2".into(),
+            serde_json::to_vec(&other).unwrap(),
+        ));
+        store.commit(b).await.unwrap();
+    }
+    env.daemon.restart();
+    env.op = env.pki.client_for("op", &env.daemon.url);
+    let status = |v: &Value| v["binding"]["status"].as_str().unwrap_or("").to_owned();
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/f2", None).await;
+    assert_eq!(status(&v), "disabled", "{v}");
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/bindings/f2/enable",
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/bindings/f2", None).await;
+    assert_eq!(status(&v), "disabled", "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_a_forge_token_or_pasting_one_is_refused() {
     let mut env = start().await;
