@@ -981,3 +981,61 @@ async fn a_flood_of_unexpected_sites_is_ignored_and_onboarding_goes_on() {
     let (s, v) = env.trigger(&stray(), &system_token(now() + 2 * HOUR)).await;
     assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
 }
+
+/// Ignored sites do not count against the unclaimed list's cap, but are kept: at most 4096
+/// of them. With that many ignored (planted in the store), ignoring one more is refused
+/// whole (`conflict`), and the site stays listed, not ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_sites_are_kept_up_to_their_own_cap() {
+    use credbroker::store::{Batch, Op, Table};
+    let mut env = start().await;
+    let (s, v) = env.trigger(&stray(), &system_token(now() + 2 * HOUR)).await;
+    assert_eq!((s, v["result"].as_str()), (200, Some("unclaimed")), "{v}");
+    env.daemon.stop();
+    {
+        let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
+        let store = credbroker::store::open(&config.store, &config.data_dir)
+            .await
+            .unwrap();
+        let rows = store.scan(Table::Identifiers, "unclaimed:").await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let mut record: Value = serde_json::from_slice(&rows[0].1).unwrap();
+        record["ignored"] = json!(true);
+        record.as_object_mut().unwrap().remove("expires_at");
+        let mut batch = Batch::new();
+        for n in 0..4096u32 {
+            let identifier = format!("atlassian_site:{n:08x}-0000-4000-8000-00000000e100");
+            record["identifier"] = json!(identifier);
+            batch.push(Op::Put(
+                Table::Identifiers,
+                format!("unclaimed:{identifier}"),
+                serde_json::to_vec(&record).unwrap(),
+            ));
+        }
+        store.commit(batch).await.unwrap();
+    }
+    env.daemon.restart();
+    env.op = env.pki.client_for("op", &env.daemon.url);
+    let stray_id = format!("atlassian_site:{}", stray().cloud_id);
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        "/v1/admin/unclaimed/ignore",
+        Some(json!({"identifiers": [stray_id]})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4096 unclaimed installations are ignored already"),
+        "{v}"
+    );
+    let (_, v) = call(&mut env.op, Method::GET, "/v1/admin/unclaimed", None).await;
+    let listed = v["unclaimed"].as_array().unwrap();
+    assert_eq!(listed.len(), 4097);
+    assert!(listed
+        .iter()
+        .any(|u| u["identifier"] == stray_id.as_str() && u["ignored"] != true));
+}

@@ -120,6 +120,14 @@ impl AdminService {
             plan.batch.put_unclaimed(Some((key, read)), &u);
             ignored.push(identifier.clone());
         }
+        let kept = held.iter().filter(|(_, u)| u.value.ignored).count();
+        let max = crate::store::records::MAX_IGNORED_UNCLAIMED;
+        if kept + ignored.len() > max {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{kept} unclaimed installations are ignored already, and at most {max} are kept: nothing was ignored. Further sites stay listed, and past the list's cap new ones are refused (counted); see runbooks/atlassian-unclaimed.md"),
+            ));
+        }
         // Every identifier, however many (at most a request's worth): one left out would be
         // a site whose invocations are only counted from now on, with no record of who said
         // so.

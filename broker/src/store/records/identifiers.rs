@@ -60,6 +60,10 @@ pub struct Unclaimed {
 /// of installations from unknown accounts cannot grow the store without bound.
 pub const MAX_UNCLAIMED: usize = 256;
 
+/// Most unclaimed installations kept ignored: ignoring more is refused, so an operator
+/// ignoring flood after flood cannot grow the store (and the listing) without bound either.
+pub const MAX_IGNORED_UNCLAIMED: usize = 16 * MAX_UNCLAIMED;
+
 /// How long an unclaimed installation is kept, seconds (30 days).
 pub const UNCLAIMED_TTL_S: i64 = 30 * 24 * 3600;
 

@@ -22,7 +22,7 @@ mod writes;
 pub use governance::{LastUseKind, SecretMeta, WebhookScheme, WebhookSecret, WebhookVersion};
 pub use identifiers::{
     binding_parameter_claim, outlives_binding, AccountPin, Delivery, IdentifierOwner, Unclaimed,
-    MAX_UNCLAIMED, UNCLAIMED_TTL_S,
+    MAX_IGNORED_UNCLAIMED, MAX_UNCLAIMED, UNCLAIMED_TTL_S,
 };
 pub use intake::IntakeLink;
 pub use onboarding::{outstanding_id, CallbackState, ExpectedSite, LinkPin, Outstanding};
