@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use credbroker_providers::ProviderRegistry;
 
@@ -28,10 +28,23 @@ use crate::tls::ReloadableTls;
 pub async fn run(
     config: Config,
     registry: ProviderRegistry,
+    hup: Signal,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
     let broker = Broker::open_with_config(&config, registry).await?;
-    run_with_broker(config, broker, on_ready).await
+    run_with_broker(config, broker, hup, on_ready).await
+}
+
+/// SIGHUP taken from now on ([`run`] and [`run_with_broker`] apply it as a reload). Taken
+/// first thing at start: until a process handles SIGHUP it terminates it, and a reload asked
+/// for while the broker opens (a certificate renewal hook's `systemctl reload`) would end
+/// it — cleanly in systemd's eyes, so not restarted. One asked for during the start is
+/// applied once the listeners run.
+///
+/// # Errors
+/// When the signal cannot be taken.
+pub fn hangups() -> Result<Signal, StartError> {
+    signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))
 }
 
 /// How far ahead the daemon warns that a certificate expires or a CRL is due.
@@ -203,12 +216,13 @@ fn changes_needing_restart(old: &Config, new: &Config) -> Vec<String> {
 pub async fn run_with_broker(
     config: Config,
     broker: Arc<Broker>,
+    hup: Signal,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
     // A start that fails here (TLS files, the listener, signals) gives the replica's
     // leases back at once, as a clean stop does, instead of leaving them to lapse.
     let held = Arc::clone(&broker);
-    let served = serve_with_broker(config, broker, on_ready).await;
+    let served = serve_with_broker(config, broker, hup, on_ready).await;
     if served.is_err() {
         held.leave().await;
     }
@@ -218,6 +232,7 @@ pub async fn run_with_broker(
 async fn serve_with_broker(
     config: Config,
     broker: Arc<Broker>,
+    mut hup: Signal,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
     let tls = Arc::new(
@@ -227,7 +242,6 @@ async fn serve_with_broker(
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Other(e.to_string()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| StartError::Other(e.to_string()))?;
     // Every listener's files loaded and address bound before any accepts: a start that

@@ -428,3 +428,63 @@ async fn the_pid_file_is_not_written_through_a_link_and_reload_signals_only_a_da
         "{err}"
     );
 }
+
+/// SIGHUP ends a process that does not handle it: one sent while the broker opened (a
+/// certificate renewal hook's `systemctl reload` during a restart) ended the daemon, cleanly
+/// in systemd's eyes, so it was not restarted. From its first log line on the daemon takes
+/// SIGHUP: signalled every few milliseconds while it starts, it starts, and the reload asked
+/// for is applied once it has.
+#[test]
+fn sighup_while_starting_does_not_end_the_daemon() {
+    use std::io::BufRead;
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    daemon.stop();
+    let err_path = tmp.path().join("starting.stderr");
+    let mut child = std::process::Command::new(daemon_bin())
+        .args(["serve", "--config"])
+        .arg(&daemon.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let listening = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stdout = child.stdout.take().unwrap();
+    let seen = listening.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line.is_ok_and(|l| l.starts_with("listening ")) {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let logs = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !logs().contains("starting: a SIGHUP") {
+        assert!(child.try_wait().unwrap().is_none(), "{}", logs());
+        assert!(std::time::Instant::now() < deadline, "{}", logs());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = i32::try_from(child.id()).unwrap();
+    let mut sent = 0;
+    while !listening.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the daemon ended ({status}) after {sent} SIGHUP(s) while starting: {}",
+                logs()
+            );
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", logs());
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    assert!(sent > 0);
+    while !logs().contains("SIGHUP: TLS certificates, client CA and CRL reloaded") {
+        assert!(child.try_wait().unwrap().is_none(), "{}", logs());
+        assert!(std::time::Instant::now() < deadline, "{}", logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+}

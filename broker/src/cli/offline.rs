@@ -76,12 +76,13 @@ pub fn run_dev(args: DevArgs) -> Result<ExitCode, String> {
     let data_dir = config.data_dir.clone();
     let url_dir = data_dir.clone();
     runtime()?.block_on(async move {
+        let hup = crate::daemon::hangups().map_err(|e| e.to_string())?;
         let registry = credbroker_providers::ProviderRegistry::from_settings(&config.providers, &config.config_dir).await?;
         let broker = Broker::open_with_config(&config, registry)
             .await
             .map_err(|e| e.to_string())?;
         let seeded = dev::seed(&broker).await.map_err(|e| e.to_string())?;
-        crate::daemon::run_with_broker(config, broker, |addr| {
+        crate::daemon::run_with_broker(config, broker, hup, |addr| {
             if let Err(e) = dev::record_server_url(&data_dir, addr) {
                 tracing::warn!(error = %e, "cannot record the dev broker's URL; give --server to admin commands");
             }
@@ -184,9 +185,11 @@ pub fn run_serve(args: &ServeArgs) -> Result<ExitCode, String> {
     }
     init_logging(config.log.format, &config.log.level);
     runtime()?.block_on(async {
+        let hup = crate::daemon::hangups().map_err(|e| e.to_string())?;
+        tracing::info!("starting: a SIGHUP from now on is applied as a reload once started");
         let registry =
             ProviderRegistry::from_settings(&config.providers, &config.config_dir).await?;
-        crate::daemon::run(config, registry, |addr| {
+        crate::daemon::run(config, registry, hup, |addr| {
             println!("listening {addr}");
             announce_ready();
         })
