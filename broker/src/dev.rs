@@ -110,6 +110,32 @@ pub(crate) fn check_own_dir(dir: &Path) -> Result<(), DevError> {
     Ok(())
 }
 
+/// The first line of the config `dev` writes: how a directory is known to be a dev broker's.
+const DEV_CONFIG_MARK: &str = "# Written by `credbroker dev`: development only.";
+
+/// Refuses a directory that holds anything but a dev broker (a production data directory
+/// given by mistake): `dev` writes its CA, keys and config there and seeds demo records into
+/// whatever store it finds, so a production store would get a dev operator, worker and
+/// tenant, and a config in the directory the dev CA as its client CA. A new or empty
+/// directory, or one whose `credbroker.toml` `dev` wrote, is a dev broker's.
+fn check_dev_dir(dir: &Path) -> Result<(), DevError> {
+    let mut entries =
+        std::fs::read_dir(dir).map_err(|e| DevError(format!("{}: {e}", dir.display())))?;
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let config = dir.join("credbroker.toml");
+    let written_by_dev = std::fs::read_to_string(&config)
+        .is_ok_and(|text| text.lines().next() == Some(DEV_CONFIG_MARK));
+    if written_by_dev {
+        return Ok(());
+    }
+    Err(DevError(format!(
+        "{} is not empty and holds no dev broker (its credbroker.toml was not written by `credbroker dev`): dev writes its own CA, keys and config there and seeds demo records into any store it finds. Give it a directory of its own (new or empty); a production data directory is served with `credbroker serve --config FILE`",
+        dir.display()
+    )))
+}
+
 fn ensure_pki(data_dir: &Path) -> Result<(), DevError> {
     let pki = pki_dir(data_dir);
     let names = [
@@ -159,6 +185,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> 
         .map_err(|e| DevError(format!("{}: {e}", data_dir.display())))?;
     let data_dir = data_dir.canonicalize().map_err(dev_err)?;
     check_own_dir(&data_dir)?;
+    check_dev_dir(&data_dir)?;
     ensure_pki(&data_dir)?;
     // Written from the config type itself, so the file always parses as the daemon reads it.
     let written = Config::with_defaults(
@@ -175,7 +202,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> 
         },
     );
     let config_text = format!(
-        "# Written by `credbroker dev`: development only.\n{}",
+        "{DEV_CONFIG_MARK}\n{}",
         toml::to_string(&written).map_err(dev_err)?
     );
     let config_path = data_dir.join("credbroker.toml");

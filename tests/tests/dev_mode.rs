@@ -160,3 +160,53 @@ fn a_dev_directory_others_can_write_is_refused() {
     assert!(!out.status.success());
     assert!(err.contains("others may rename its entries"), "{err}");
 }
+
+/// `dev` given a production data directory by mistake (as the daemon's user, so it owns it)
+/// is refused before it writes anything: it would have written its CA, keys and a config
+/// there, and seeded a dev operator, worker and tenant into the store it found.
+#[test]
+fn a_directory_holding_anything_but_a_dev_broker_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("production");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = "data_dir = \"/var/lib/credbroker\"\n";
+    std::fs::write(dir.join("credbroker.toml"), config).unwrap();
+    std::fs::create_dir(dir.join("store")).unwrap();
+    let mut child = std::process::Command::new(daemon_bin())
+        .args([
+            "dev",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_within(
+        &mut child,
+        std::time::Duration::from_secs(20),
+        "dev started in a production data directory",
+    );
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("holds no dev broker"), "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["credbroker.toml", "store"], "dev wrote into it");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("credbroker.toml")).unwrap(),
+        config
+    );
+    assert!(std::fs::read_dir(dir.join("store"))
+        .unwrap()
+        .next()
+        .is_none());
+}
