@@ -281,6 +281,7 @@ impl Config {
             issuer.validate().map_err(ConfigError)?;
         }
         self.limits.validate()?;
+        self.cache.validate()?;
         self.tls.validate()?;
         if let Some(p) = &self.public {
             p.validate()?;

@@ -47,6 +47,13 @@ fn serve_refuses_each_kind_of_bad_config_naming_it() {
             "unknown field `max_conections`",
         ),
         (
+            "mint deadline of nothing",
+            Box::new(|t| {
+                table(t, "cache").insert("mint_timeout_ms".into(), 0.into());
+            }),
+            "mint_timeout_ms must be 100..=600000",
+        ),
+        (
             "listen address",
             Box::new(|t| {
                 t.insert("listen".into(), "localhost".into());

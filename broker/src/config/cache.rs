@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+
 /// `[cache]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,5 +48,36 @@ impl Default for CacheSettings {
             mints_per_minute_per_binding: 600,
             mints_per_minute_per_tenant: 120,
         }
+    }
+}
+
+impl CacheSettings {
+    /// The caches hold something, a tenant's share fits in the whole, a mint has time to
+    /// happen, and a circuit opens after a failure and stays open a while. (The mint rate
+    /// limits take 0 for none, as documented.)
+    ///
+    /// # Errors
+    /// Naming the rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_entries == 0
+            || self.max_entries_per_tenant == 0
+            || self.max_entries_per_tenant > self.max_entries
+        {
+            return Err(ConfigError(
+                "[cache] max_entries and max_entries_per_tenant must be positive, the tenant's share at most max_entries".into(),
+            ));
+        }
+        if !(100..=600_000).contains(&self.mint_timeout_ms) {
+            return Err(ConfigError(
+                "[cache] mint_timeout_ms must be 100..=600000 (a mint needs time to happen, and a caller waits for it)".into(),
+            ));
+        }
+        if self.breaker_failures == 0 || !(100..=3_600_000).contains(&self.breaker_open_ms) {
+            return Err(ConfigError(
+                "[cache] breaker_failures must be positive and breaker_open_ms 100..=3600000"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
