@@ -492,6 +492,13 @@ fn sighup_while_starting_does_not_end_the_daemon() {
         assert!(std::time::Instant::now() < deadline, "{}", logs());
         std::thread::sleep(Duration::from_millis(20));
     }
+    // What the doctor warns of is said at start too: this test daemon keeps its audit
+    // signing key in its data directory.
+    assert!(
+        logs().contains("the audit signing key is inside the data directory"),
+        "{}",
+        logs()
+    );
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert!(child.wait().unwrap().success());
 }

@@ -184,6 +184,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<ExitCode, String> {
         crate::broker::take_kek_from_env(var).map_err(|e| e.to_string())?;
     }
     init_logging(config.log.format, &config.log.level);
+    warn_of_weak_defaults(&config);
     runtime()?.block_on(async {
         let hup = crate::daemon::hangups().map_err(|e| e.to_string())?;
         tracing::info!("starting: a SIGHUP from now on is applied as a reload once started");
@@ -197,6 +198,25 @@ pub fn run_serve(args: &ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `doctor` warns of and a production broker starts with all the same, said at every
+/// start: otherwise such a broker works and never says so.
+fn warn_of_weak_defaults(config: &Config) {
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| config.data_dir.clone());
+    let audit_key = config.audit_key_file();
+    if audit_key
+        .canonicalize()
+        .is_ok_and(|p| p.starts_with(&data_dir))
+    {
+        tracing::warn!(path = %audit_key.display(), "the audit signing key is inside the data directory: whoever has a copy of it can re-sign a rewritten log; move it out and set [keys] audit_key_file (see credbroker doctor)");
+    }
+    if config.tls.crl.is_none() {
+        tracing::warn!("no [tls] crl: a client certificate is cut off only by disabling its worker or operator record, and one not registered (a scraper's) not at all until it expires (see credbroker doctor)");
+    }
 }
 
 /// `credbroker reload`: SIGHUP to the daemon of this config's data directory, found by its
