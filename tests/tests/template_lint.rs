@@ -57,6 +57,7 @@ fn the_bad_fixture_fails_on_every_count() {
         "lacks Condition StringEquals sts:ExternalId",
         "AdministratorAccess is outside policies/aws.json",
         "MaxSessionDuration 43200 exceeds 3600",
+        "ExternalId parameter must have no Default",
     ] {
         assert!(
             out.contains(expected),
@@ -126,6 +127,17 @@ fn a_web_identity_trust_without_a_pinned_sub_fails() {
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("condition operator StringLike"), "{out}");
     assert!(out.contains("lacks the sub condition"), "{out}");
+    // A Subject with a default: one subject every stack made without it shares.
+    let mut doc: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    doc["Parameters"]["Subject"]["Default"] =
+        serde_json::json!("cb-0123456789abcdefghijABCDEFGHIJ0123456789");
+    let tmp = aws_template_dir("web-identity-default.json", &doc.to_string());
+    let (c, out, _) = lint(tmp.path());
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("Subject parameter must have no Default"),
+        "{out}"
+    );
 }
 
 #[test]

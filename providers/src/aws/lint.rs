@@ -219,6 +219,13 @@ fn lint_parameters(file: &str, doc: &Value, out: &mut Vec<String>) {
             "{file}: ExternalId parameter needs the AWS AllowedPattern"
         ));
     }
+    // A default is one value every stack made without it shares: the confused deputy the
+    // ExternalId exists to stop.
+    if ext.get("Default").is_some() {
+        out.push(format!(
+            "{file}: ExternalId parameter must have no Default (each tenant's is the broker's)"
+        ));
+    }
     // Exactly this pattern: ArnEquals honours `*` and `?`, so a looser one (`role/.*`) would
     // let a stack trust every role of the vendor account.
     if doc

@@ -190,6 +190,12 @@ pub(super) fn lint_parameters(file: &str, doc: &Value, out: &mut Vec<String>) {
             "{file}: Subject parameter must have AllowedPattern {SUBJECT_PATTERN}"
         ));
     }
+    // Each binding's subject is the broker's; a default would be one every stack shares.
+    if doc.pointer("/Parameters/Subject/Default").is_some() {
+        out.push(format!(
+            "{file}: Subject parameter must have no Default (each binding's is the broker's)"
+        ));
+    }
     if !pattern("IssuerUrl").is_some_and(|p| p.starts_with("^https://") && p.ends_with('$')) {
         out.push(format!(
             "{file}: IssuerUrl parameter must have an AllowedPattern ^https://…$"
