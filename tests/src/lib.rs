@@ -377,6 +377,28 @@ pub fn tenant_record(id: &str) -> credbroker::model::Tenant {
     }
 }
 
+/// Writes into the stopped daemon's store (config `config`) a copy of binding `from` as
+/// binding `to` of `tenant`, holding no identifier: what a store made before identifiers
+/// were exclusive could hold.
+pub async fn copy_binding(config: &Path, from: &str, to: &str, tenant: &str) {
+    use credbroker::store::{Batch, Op, Table};
+    let config = credbroker::config::Config::load(config).unwrap();
+    let store = credbroker::store::open(&config.store, &config.data_dir)
+        .await
+        .unwrap();
+    let mut other: serde_json::Value =
+        serde_json::from_slice(&store.get(Table::Bindings, from).await.unwrap().unwrap()).unwrap();
+    other["id"] = serde_json::json!(to);
+    other["tenant"] = serde_json::json!(tenant);
+    let mut b = Batch::new();
+    b.push(Op::Put(
+        Table::Bindings,
+        to.into(),
+        serde_json::to_vec(&other).unwrap(),
+    ));
+    store.commit(b).await.unwrap();
+}
+
 /// Copies the directory `from` to `to` (files and subdirectories, permissions kept).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

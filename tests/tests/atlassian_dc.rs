@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use credbroker::client::BrokerClient;
-use credbroker_tests::fake_atlassian_dc::{bind_jira as bind, FakeAtlassianDc};
+use credbroker_tests::fake_atlassian_dc::{add_jira_and_probe, bind_jira as bind, FakeAtlassianDc};
 use credbroker_tests::*;
 use http::Method;
 use serde_json::{json, Value};
@@ -1023,30 +1023,7 @@ async fn a_pat_of_nobody_in_particular_proves_nothing() {
     let (_tmp, pki, mut daemon, dc, mut op) = start("").await;
     let old = dc.state.issue("scanner", 60);
     *dc.state.names_nobody.lock().unwrap() = true;
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings",
-        Some(json!({"owner": "team-tests", "purpose": "integration test", "id": "acme-jira", "tenant": "t1", "provider": "atlassian_dc_pat",
-                    "config": {"base_url": dc.url, "product": "jira"}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::PUT,
-        "/v1/admin/bindings/acme-jira/secret",
-        Some(json!({"fields": {"token": old.raw, "token_id": old.id.to_string()}})),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &mut op,
-        Method::POST,
-        "/v1/admin/bindings/acme-jira/probe",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = add_jira_and_probe(&mut op, &dc, &old.raw, Some(old.id)).await;
     assert_ne!(s, 200, "{v}");
     assert!(v.to_string().contains("named no user"), "{v}");
     let (_, b) = call(&mut op, Method::GET, "/v1/admin/bindings/acme-jira", None).await;

@@ -482,29 +482,13 @@ async fn a_token_from_the_admin_page_never_keeps_a_triggers_out() {
 /// 409 `conflict`, and it stays disabled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enable_never_activates_a_binding_of_another_bindings_site() {
-    use credbroker::store::{Batch, Op, Table};
     let mut env = start().await;
     let token = system_token(now() + 2 * HOUR);
     let f1 = env.bind("t1", &acme(), &token, "i-forge").await;
     env.daemon.stop();
-    {
-        let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
-        let store = credbroker::store::open(&config.store, &config.data_dir)
-            .await
-            .unwrap();
-        let mut other: Value =
-            serde_json::from_slice(&store.get(Table::Bindings, &f1).await.unwrap().unwrap())
-                .unwrap();
-        other["id"] = json!("f2");
-        other["tenant"] = json!("t2");
-        let mut b = Batch::new();
-        b.push(Op::Put(
-            Table::Bindings,
-            "f2".into(),
-            serde_json::to_vec(&other).unwrap(),
-        ));
-        store.commit(b).await.unwrap();
-    }
+    // A second binding of it, for t2, as a store could hold it before identifiers were
+    // exclusive.
+    copy_binding(&env.daemon.config, &f1, "f2", "t2").await;
     env.daemon.restart();
     env.op = env.pki.client_for("op", &env.daemon.url);
     let status = |v: &Value| v["binding"]["status"].as_str().unwrap_or("").to_owned();

@@ -96,26 +96,7 @@ fn a_dev_directory_others_can_write_is_refused() {
     let dir = tmp.path().join("shared");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut child = std::process::Command::new(daemon_bin())
-        .args([
-            "dev",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = exit_within(
-        &mut child,
-        std::time::Duration::from_secs(20),
-        "dev started in a directory others can write",
-    );
-    assert!(!status.success());
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let err = dev_refused(&dir, "dev started in a directory others can write");
     assert!(err.contains("writable by group or others"), "{err}");
     assert!(
         std::fs::read_dir(&dir).unwrap().next().is_none(),
@@ -174,26 +155,7 @@ fn a_directory_holding_anything_but_a_dev_broker_is_refused() {
     let config = "data_dir = \"/var/lib/credbroker\"\n";
     std::fs::write(dir.join("credbroker.toml"), config).unwrap();
     std::fs::create_dir(dir.join("store")).unwrap();
-    let mut child = std::process::Command::new(daemon_bin())
-        .args([
-            "dev",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = exit_within(
-        &mut child,
-        std::time::Duration::from_secs(20),
-        "dev started in a production data directory",
-    );
-    assert!(!status.success());
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let err = dev_refused(&dir, "dev started in a production data directory");
     assert!(err.contains("holds no dev broker"), "{err}");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -209,4 +171,26 @@ fn a_directory_holding_anything_but_a_dev_broker_is_refused() {
         .unwrap()
         .next()
         .is_none());
+}
+
+/// Runs `credbroker dev` on `dir`, which it must refuse (`what` says what a start would
+/// mean); its standard error.
+fn dev_refused(dir: &std::path::Path, what: &str) -> String {
+    let mut child = std::process::Command::new(daemon_bin())
+        .args([
+            "dev",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_within(&mut child, std::time::Duration::from_secs(20), what);
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    err
 }

@@ -4635,31 +4635,13 @@ async fn concurrent_openings_of_one_link_write_one_record_each_that_happened() {
 /// the installation is the other binding's (409 `conflict`), and it stays disabled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enable_never_activates_a_binding_of_another_bindings_installation() {
-    use credbroker::store::{Batch, Op, Table};
     let mut env = start(3600).await;
     add_key(&mut env.op, &env.key_a).await;
     let g1 = bind_acme(&mut env).await;
     env.daemon.stop();
-    {
-        let config = credbroker::config::Config::load(&env.daemon.config).unwrap();
-        let store = credbroker::store::open(&config.store, &config.data_dir)
-            .await
-            .unwrap();
-        // A second binding of installation 1001, for t2, as a store could hold it before
-        // installations were exclusive.
-        let mut other: Value =
-            serde_json::from_slice(&store.get(Table::Bindings, &g1).await.unwrap().unwrap())
-                .unwrap();
-        other["id"] = json!("g2");
-        other["tenant"] = json!("t2");
-        let mut b = Batch::new();
-        b.push(Op::Put(
-            Table::Bindings,
-            "g2".into(),
-            serde_json::to_vec(&other).unwrap(),
-        ));
-        store.commit(b).await.unwrap();
-    }
+    // A second binding of it, for t2, as a store could hold it before identifiers were
+    // exclusive.
+    copy_binding(&env.daemon.config, &g1, "g2", "t2").await;
     env.daemon.restart();
     env.op = env.pki.client_for("op", &env.daemon.url);
     assert_eq!(binding_status(&mut env, "g2").await, "disabled");
