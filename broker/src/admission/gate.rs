@@ -18,20 +18,38 @@ use super::source_of;
 /// without one it is closed.
 ///
 /// A handshake gate ([`HandshakeGate::handshakes`]) does not refuse a newcomer while some
-/// source holds at least two slots more than the newcomer's and has held its oldest longer
-/// than a handshake takes: it takes that oldest handshake from it (which is then dropped, see
-/// [`HandshakePermit::evicted`]). A few sources holding every slot with connections that
-/// never finish a handshake so no longer shut the others out: to hold them all, a flood needs
-/// one source per slot. A handshake younger than that (an honest one takes milliseconds) is
-/// never taken.
+/// source holds at least two slots more than the newcomer's and has held slots without a
+/// break for longer than a handshake takes: it takes that source's oldest handshake from it
+/// (which is then dropped, see [`HandshakePermit::evicted`]). A few sources holding every
+/// slot with connections that never finish a handshake so no longer shut the others out: to
+/// hold them all, a flood needs one source per slot. The time counted is the source's, not
+/// the slot's: a source renewing its connections faster than that would otherwise never be
+/// taken from; an honest client's burst (handshakes of milliseconds) is over before it.
 pub struct HandshakeGate {
     global: Arc<Semaphore>,
     reserve: usize,
-    /// Slots held, per source, oldest first.
-    held: Mutex<HashMap<IpAddr, VecDeque<Arc<Held>>>>,
+    /// Slots held, per source.
+    held: Mutex<HashMap<IpAddr, Source>>,
     per_source_max: usize,
-    /// How long a handshake is held before a newcomer may take its slot (`None`: never).
+    /// How long a source holds slots without a break before a newcomer may take its oldest
+    /// (`None`: never).
     evictable_after: Option<Duration>,
+}
+
+/// What one source holds: its slots, oldest first, and since when it has held any without
+/// a break.
+struct Source {
+    slots: VecDeque<Arc<Held>>,
+    busy_since: Instant,
+}
+
+impl Source {
+    fn new() -> Source {
+        Source {
+            slots: VecDeque::new(),
+            busy_since: Instant::now(),
+        }
+    }
 }
 
 /// One slot held: its global permit (taken away when the slot is given to a newcomer), and
@@ -39,7 +57,6 @@ pub struct HandshakeGate {
 struct Held {
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     evicted: Notify,
-    since: Instant,
 }
 
 /// A slot; released when dropped.
@@ -107,7 +124,8 @@ impl HandshakeGate {
     /// A gate of handshakes in progress (as [`HandshakeGate::new`], or
     /// [`HandshakeGate::strict`] when `strict`), where a full budget gives a newcomer the
     /// oldest slot of the source holding most, when that source holds at least two more than
-    /// the newcomer and has held that slot `evictable_after` or longer. Holders must watch
+    /// the newcomer and has held slots without a break for `evictable_after` or longer.
+    /// Holders must watch
     /// [`HandshakePermit::evicted`].
     pub fn handshakes(
         global: usize,
@@ -130,7 +148,7 @@ impl HandshakeGate {
     pub fn try_enter(self: &Arc<Self>, peer: IpAddr) -> Result<HandshakePermit, HandshakeRefusal> {
         let source = source_of(peer);
         let mut held = lock(&self.held);
-        let holds = held.get(&source).map_or(0, VecDeque::len);
+        let holds = held.get(&source).map_or(0, |s| s.slots.len());
         if holds >= self.per_source_max && self.global.available_permits() <= self.reserve {
             return Err(HandshakeRefusal::Source);
         }
@@ -143,9 +161,11 @@ impl HandshakeGate {
         let slot = Arc::new(Held {
             permit: Mutex::new(Some(permit)),
             evicted: Notify::new(),
-            since: Instant::now(),
         });
-        held.entry(source).or_default().push_back(slot.clone());
+        held.entry(source)
+            .or_insert_with(Source::new)
+            .slots
+            .push_back(slot.clone());
         Ok(HandshakePermit {
             gate: self.clone(),
             source,
@@ -155,24 +175,24 @@ impl HandshakeGate {
 
     /// The global permit of the oldest slot of the source holding most, when this gate
     /// evicts, that source holds at least two more than `newcomer` (`holds`: after it, it
-    /// still holds at least as many as the newcomer) and the slot is old enough.
+    /// still holds at least as many as the newcomer) and has held slots long enough.
     fn take_from_largest(
         &self,
-        held: &mut HashMap<IpAddr, VecDeque<Arc<Held>>>,
+        held: &mut HashMap<IpAddr, Source>,
         newcomer: IpAddr,
         holds: usize,
     ) -> Option<OwnedSemaphorePermit> {
         let after = self.evictable_after?;
         let largest = held
             .iter()
-            .filter(|(source, slots)| {
+            .filter(|(source, held)| {
                 **source != newcomer
-                    && slots.len() > holds + 1
-                    && slots.front().is_some_and(|s| s.since.elapsed() >= after)
+                    && held.slots.len() > holds + 1
+                    && held.busy_since.elapsed() >= after
             })
-            .max_by_key(|(_, slots)| slots.len())
+            .max_by_key(|(_, held)| held.slots.len())
             .map(|(source, _)| *source)?;
-        let slots = held.get_mut(&largest)?;
+        let slots = &mut held.get_mut(&largest)?.slots;
         let victim = slots.pop_front()?;
         if slots.is_empty() {
             held.remove(&largest);
@@ -194,9 +214,9 @@ impl HandshakePermit {
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
         let mut held = lock(&self.gate.held);
-        if let Some(slots) = held.get_mut(&self.source) {
-            slots.retain(|s| !Arc::ptr_eq(s, &self.held));
-            if slots.is_empty() {
+        if let Some(source) = held.get_mut(&self.source) {
+            source.slots.retain(|s| !Arc::ptr_eq(s, &self.held));
+            if source.slots.is_empty() {
                 held.remove(&self.source);
             }
         }
@@ -261,7 +281,7 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), a[0].evicted())
             .await
             .expect("the oldest slot of the largest holder is evicted");
-        assert_eq!(gate.held.lock().unwrap()[&ip("10.0.0.1")].len(), 3);
+        assert_eq!(gate.held.lock().unwrap()[&ip("10.0.0.1")].slots.len(), 3);
         // Again: 10.0.0.1 holds three, two more than the newcomer's one.
         let d2 = gate.try_enter(ip("10.0.0.4")).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(1), a[1].evicted())
@@ -276,7 +296,12 @@ mod tests {
         let late: Vec<_> = (5..9)
             .map(|n| gate.try_enter(ip(&format!("10.0.0.{n}"))).unwrap())
             .collect();
-        assert!(gate.held.lock().unwrap().values().all(|s| s.len() == 1));
+        assert!(gate
+            .held
+            .lock()
+            .unwrap()
+            .values()
+            .all(|s| s.slots.len() == 1));
         assert_eq!(
             gate.try_enter(ip("10.0.0.9")).err(),
             Some(HandshakeRefusal::Global)
@@ -298,6 +323,23 @@ mod tests {
             gate.try_enter(ip("10.0.0.2")).err(),
             Some(HandshakeRefusal::Global)
         );
+    }
+
+    /// A source renewing its connections so that none is older than the floor is still
+    /// taken from: the time counted is how long it has held slots without a break.
+    #[test]
+    fn a_source_renewing_its_slots_is_taken_from_all_the_same() {
+        let floor = Duration::from_millis(50);
+        let gate = HandshakeGate::handshakes(4, 4, false, floor);
+        let mut a: VecDeque<_> = (0..4)
+            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
+            .collect();
+        std::thread::sleep(floor + Duration::from_millis(20));
+        for _ in 0..4 {
+            drop(a.pop_front());
+            a.push_back(gate.try_enter(ip("10.0.0.1")).unwrap());
+        }
+        assert!(gate.try_enter(ip("10.0.0.2")).is_ok());
     }
 
     #[test]

@@ -139,8 +139,8 @@ pub fn spawn_role(
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
     // handshake slot (with all taken, a newcomer gets the oldest of the largest holder's,
-    // once it has lasted longer than an honest handshake does: a quarter of the deadline, at
-    // most a second). On the public listener, as for its connections, no source ever holds
+    // once that source has held slots without a break for longer than an honest handshake
+    // takes: a quarter of the deadline, at most a second). On the public listener, as for its connections, no source ever holds
     // more than its share: anyone may open them, and a source holding half the budget with
     // connections that never send a ClientHello would leave a few more addresses the rest.
     let evictable_after =
