@@ -52,19 +52,18 @@ impl Default for CacheSettings {
 }
 
 impl CacheSettings {
-    /// The caches hold something, a tenant's share fits in the whole, a mint has time to
-    /// happen, and a circuit opens after a failure and stays open a while. (The mint rate
-    /// limits take 0 for none, as documented.)
+    /// The caches hold something, a mint has time to happen, and a circuit opens after a
+    /// failure and stays open a while. (The mint rate limits take 0 for none, as
+    /// documented.)
     ///
     /// # Errors
     /// Naming the rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_entries == 0
-            || self.max_entries_per_tenant == 0
-            || self.max_entries_per_tenant > self.max_entries
-        {
+        // (A tenant's share above the whole is taken as the whole, as it always was: a
+        // config lowering only max_entries keeps working.)
+        if self.max_entries == 0 || self.max_entries_per_tenant == 0 {
             return Err(ConfigError(
-                "[cache] max_entries and max_entries_per_tenant must be positive, the tenant's share at most max_entries".into(),
+                "[cache] max_entries and max_entries_per_tenant must be positive".into(),
             ));
         }
         if !(100..=600_000).contains(&self.mint_timeout_ms) {
