@@ -221,6 +221,24 @@ async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
             .contains("no temporary file to hold the piped export"),
         "{refused:?}"
     );
+    // A device put in the export's place (someone with write access to where it is kept)
+    // is no export: refused, never copied (`/dev/zero` would fill the temporary directory).
+    let planted = tmp.path().join("planted-export.jsonl");
+    std::os::unix::fs::symlink("/dev/zero", &planted).unwrap();
+    let refused = std::process::Command::new(daemon_bin())
+        .args(["audit", "verify", "--export"])
+        .arg(&planted)
+        .arg("--public-key")
+        .arg(&public_key)
+        .env("TMPDIR", tmp.path().join("no-such-dir"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("not an export (a device or a directory)"),
+        "{refused:?}"
+    );
     let exported = lines(&std::fs::read(&export).unwrap());
     // Line 0 is the header; record k is line k.
     let export_cases: Vec<(&str, Vec<Vec<u8>>)> = vec![

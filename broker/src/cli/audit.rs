@@ -288,7 +288,19 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         // memory, which an export of millions of records would exhaust.
         let shown = |e: std::io::Error| format!("{}: {e}", export.display());
         let file = std::fs::File::open(export).map_err(shown)?;
-        let results = if file.metadata().map_err(shown)?.is_file() {
+        let kind = file.metadata().map_err(shown)?.file_type();
+        // A device is no export: one put in its place (`/dev/zero`) would be copied until
+        // the temporary directory (a tmpfs: memory) is full.
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if kind.is_char_device() || kind.is_block_device() || kind.is_dir() {
+                return Err(format!(
+                    "{}: not an export (a device or a directory): give the export's file, or a pipe",
+                    export.display()
+                ));
+            }
+        }
+        let results = if kind.is_file() {
             audit::verify_exports_pinned(&file, &verifier, &pins)
         } else {
             // tempfile: O_TMPFILE where the file system has it, else a random name (0600,
