@@ -23,10 +23,15 @@ use super::source_of;
 /// (which is then dropped, see [`HandshakePermit::evicted`]). A few sources holding every
 /// slot with connections that never finish a handshake so no longer shut the others out: to
 /// hold them all, a flood needs one source per slot. The time counted is the source's, not
-/// the slot's: a source renewing its connections faster than that would otherwise never be
-/// taken from; an honest client's burst (handshakes of milliseconds) is over before it.
+/// the slot's, and a break shorter than the floor does not end it: a source renewing its
+/// connections, one at a time or all at once, is taken from all the same. An honest client's
+/// short burst is over before the floor; a source busy for longer (a NAT'd fleet) may lose
+/// its oldest handshake in progress to a newcomer while the budget is full, as fairness
+/// between sources asks.
 pub struct HandshakeGate {
     global: Arc<Semaphore>,
+    /// How many slots there are in all.
+    slots_total: usize,
     reserve: usize,
     /// Slots held, per source.
     held: Mutex<HashMap<IpAddr, Source>>,
@@ -36,11 +41,13 @@ pub struct HandshakeGate {
     evictable_after: Option<Duration>,
 }
 
-/// What one source holds: its slots, oldest first, and since when it has held any without
-/// a break.
+/// What one source holds: its slots, oldest first; since when it has held any without a
+/// break; and, once it holds none, since when (remembered for the floor on an evicting gate,
+/// so a break shorter than the floor does not restart its time).
 struct Source {
     slots: VecDeque<Arc<Held>>,
     busy_since: Instant,
+    idle_since: Option<Instant>,
 }
 
 impl Source {
@@ -48,6 +55,7 @@ impl Source {
         Source {
             slots: VecDeque::new(),
             busy_since: Instant::now(),
+            idle_since: None,
         }
     }
 }
@@ -98,6 +106,7 @@ impl HandshakeGate {
     ) -> Arc<HandshakeGate> {
         Arc::new(HandshakeGate {
             global: Arc::new(Semaphore::new(global.max(1))),
+            slots_total: global.max(1),
             reserve: if strict {
                 usize::MAX
             } else {
@@ -148,6 +157,7 @@ impl HandshakeGate {
     pub fn try_enter(self: &Arc<Self>, peer: IpAddr) -> Result<HandshakePermit, HandshakeRefusal> {
         let source = source_of(peer);
         let mut held = lock(&self.held);
+        self.forget_idle(&mut held);
         let holds = held.get(&source).map_or(0, |s| s.slots.len());
         if holds >= self.per_source_max && self.global.available_permits() <= self.reserve {
             return Err(HandshakeRefusal::Source);
@@ -162,15 +172,39 @@ impl HandshakeGate {
             permit: Mutex::new(Some(permit)),
             evicted: Notify::new(),
         });
-        held.entry(source)
-            .or_insert_with(Source::new)
-            .slots
-            .push_back(slot.clone());
+        let entry = held.entry(source).or_insert_with(Source::new);
+        // Back after a break as long as the floor: its time starts again.
+        if let Some(idle) = entry.idle_since.take() {
+            if self
+                .evictable_after
+                .is_none_or(|after| idle.elapsed() >= after)
+            {
+                entry.busy_since = Instant::now();
+            }
+        }
+        entry.slots.push_back(slot.clone());
         Ok(HandshakePermit {
             gate: self.clone(),
             source,
             held: slot,
         })
+    }
+
+    /// Forgets the sources that hold nothing and have not for the floor's length, once they
+    /// are more than the slots; past four times the slots, every source holding nothing (a
+    /// flood of addresses: memory stays bounded, the floor's memory of them goes).
+    fn forget_idle(&self, held: &mut HashMap<IpAddr, Source>) {
+        let slots = self.slots_total;
+        if held.len() <= 2 * slots {
+            return;
+        }
+        let after = self.evictable_after.unwrap_or_default();
+        held.retain(|_, s| {
+            !s.slots.is_empty() || s.idle_since.is_some_and(|t| t.elapsed() < after)
+        });
+        if held.len() > 4 * slots {
+            held.retain(|_, s| !s.slots.is_empty());
+        }
     }
 
     /// The global permit of the oldest slot of the source holding most, when this gate
@@ -214,10 +248,15 @@ impl HandshakePermit {
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
         let mut held = lock(&self.gate.held);
+        let remember = self.gate.evictable_after.is_some();
         if let Some(source) = held.get_mut(&self.source) {
             source.slots.retain(|s| !Arc::ptr_eq(s, &self.held));
             if source.slots.is_empty() {
-                held.remove(&self.source);
+                if remember {
+                    source.idle_since = Some(Instant::now());
+                } else {
+                    held.remove(&self.source);
+                }
             }
         }
         drop(held);
@@ -310,7 +349,12 @@ mod tests {
         // Every permit comes back once, evicted or not.
         drop((a, b, c, d1, d2, late));
         assert_eq!(gate.global.available_permits(), 8);
-        assert!(gate.held.lock().unwrap().is_empty());
+        assert!(gate
+            .held
+            .lock()
+            .unwrap()
+            .values()
+            .all(|s| s.slots.is_empty()));
     }
 
     #[test]
@@ -325,8 +369,9 @@ mod tests {
         );
     }
 
-    /// A source renewing its connections so that none is older than the floor is still
-    /// taken from: the time counted is how long it has held slots without a break.
+    /// A source renewing its connections so that none is older than the floor, one at a time
+    /// or all at once, is still taken from: the time counted is how long it has held slots
+    /// without a break as long as the floor.
     #[test]
     fn a_source_renewing_its_slots_is_taken_from_all_the_same() {
         let floor = Duration::from_millis(50);
@@ -339,7 +384,35 @@ mod tests {
             drop(a.pop_front());
             a.push_back(gate.try_enter(ip("10.0.0.1")).unwrap());
         }
+        let b = gate.try_enter(ip("10.0.0.2")).unwrap();
+        // All at once: every slot given back, the source back within the floor.
+        drop((a, b));
+        let _a: Vec<_> = (0..4)
+            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
+            .collect();
         assert!(gate.try_enter(ip("10.0.0.2")).is_ok());
+        // Back after a break as long as the floor, its time starts again.
+        drop(_a);
+        std::thread::sleep(floor + Duration::from_millis(20));
+        let _a: Vec<_> = (0..4)
+            .map(|_| gate.try_enter(ip("10.0.0.1")).unwrap())
+            .collect();
+        assert_eq!(
+            gate.try_enter(ip("10.0.0.2")).err(),
+            Some(HandshakeRefusal::Global)
+        );
+    }
+
+    /// The sources remembered while they hold nothing stay bounded, however many addresses
+    /// come and go.
+    #[test]
+    fn sources_holding_nothing_are_forgotten() {
+        let gate = HandshakeGate::handshakes(4, 4, false, Duration::from_secs(3600));
+        for n in 0..1000u32 {
+            let addr = std::net::Ipv4Addr::from(0x0a00_0000 + n);
+            drop(gate.try_enter(IpAddr::V4(addr)).unwrap());
+        }
+        assert!(gate.held.lock().unwrap().len() <= 16 + 1);
     }
 
     #[test]
