@@ -287,18 +287,34 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         // first to a file in the temporary directory (gone when it is closed), not into
         // memory, which an export of millions of records would exhaust.
         let shown = |e: std::io::Error| format!("{}: {e}", export.display());
-        let file = std::fs::File::open(export).map_err(shown)?;
-        let kind = file.metadata().map_err(shown)?.file_type();
         // A device is no export: one put in its place (`/dev/zero`) would be copied until
-        // the temporary directory (a tmpfs: memory) is full.
-        {
+        // the temporary directory (a tmpfs: memory) is full, and opening some (a watchdog, a
+        // tape) acts. Refused before it is opened, and again as opened (a swap between the
+        // two), never made the controlling terminal.
+        let not_an_export = |kind: std::fs::FileType| {
             use std::os::unix::fs::FileTypeExt;
-            if kind.is_char_device() || kind.is_block_device() || kind.is_dir() {
-                return Err(format!(
+            (kind.is_char_device() || kind.is_block_device() || kind.is_dir()).then(|| {
+                format!(
                     "{}: not an export (a device or a directory): give the export's file, or a pipe",
                     export.display()
-                ));
-            }
+                )
+            })
+        };
+        if let Some(refused) = not_an_export(std::fs::metadata(export).map_err(shown)?.file_type())
+        {
+            return Err(refused);
+        }
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(export)
+                .map_err(shown)?
+        };
+        let kind = file.metadata().map_err(shown)?.file_type();
+        if let Some(refused) = not_an_export(kind) {
+            return Err(refused);
         }
         let results = if kind.is_file() {
             audit::verify_exports_pinned(&file, &verifier, &pins)
