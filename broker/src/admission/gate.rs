@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ pub struct HandshakeGate {
     global: Arc<Semaphore>,
     /// How many slots there are in all.
     slots_total: usize,
+    /// The size of the sources' map past which the next pass forgets idle ones (see
+    /// [`HandshakeGate::forget_idle`]); read and written under the map's lock.
+    prune_at: AtomicUsize,
     reserve: usize,
     /// Slots held, per source.
     held: Mutex<HashMap<IpAddr, Source>>,
@@ -107,6 +111,7 @@ impl HandshakeGate {
         Arc::new(HandshakeGate {
             global: Arc::new(Semaphore::new(global.max(1))),
             slots_total: global.max(1),
+            prune_at: AtomicUsize::new(0),
             reserve: if strict {
                 usize::MAX
             } else {
@@ -190,12 +195,14 @@ impl HandshakeGate {
         })
     }
 
-    /// Forgets the sources that hold nothing and have not for the floor's length, once they
-    /// are more than the slots; past four times the slots, every source holding nothing (a
-    /// flood of addresses: memory stays bounded, the floor's memory of them goes).
+    /// Forgets the sources that hold nothing and have not for the floor's length, once the
+    /// map has grown to twice its size at the last pass (at least twice the slots: each
+    /// accept's share of the work stays constant); past four times the slots, the ones idle
+    /// longest too, down to twice the slots (a flood of addresses: memory stays bounded, and
+    /// the sources idle most recently, those the floor is about, are kept).
     fn forget_idle(&self, held: &mut HashMap<IpAddr, Source>) {
         let slots = self.slots_total;
-        if held.len() <= 2 * slots {
+        if held.len() <= self.prune_at.load(Ordering::Relaxed).max(2 * slots) {
             return;
         }
         let after = self.evictable_after.unwrap_or_default();
@@ -203,8 +210,19 @@ impl HandshakeGate {
             !s.slots.is_empty() || s.idle_since.is_some_and(|t| t.elapsed() < after)
         });
         if held.len() > 4 * slots {
-            held.retain(|_, s| !s.slots.is_empty());
+            let mut idle: Vec<(Instant, IpAddr)> = held
+                .iter()
+                .filter_map(|(ip, s)| s.idle_since.map(|t| (t, *ip)))
+                .collect();
+            let excess = held.len().saturating_sub(2 * slots).min(idle.len());
+            if excess > 0 {
+                idle.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
+                for (_, ip) in &idle[..excess] {
+                    held.remove(ip);
+                }
+            }
         }
+        self.prune_at.store(2 * held.len(), Ordering::Relaxed);
     }
 
     /// The global permit of the oldest slot of the source holding most, when this gate
@@ -250,8 +268,10 @@ impl Drop for HandshakePermit {
         let mut held = lock(&self.gate.held);
         let remember = self.gate.evictable_after.is_some();
         if let Some(source) = held.get_mut(&self.source) {
+            let before = source.slots.len();
             source.slots.retain(|s| !Arc::ptr_eq(s, &self.held));
-            if source.slots.is_empty() {
+            // An evicted slot was taken out already: its drop changes nothing.
+            if source.slots.is_empty() && source.slots.len() < before {
                 if remember {
                     source.idle_since = Some(Instant::now());
                 } else {
@@ -412,7 +432,18 @@ mod tests {
             let addr = std::net::Ipv4Addr::from(0x0a00_0000 + n);
             drop(gate.try_enter(IpAddr::V4(addr)).unwrap());
         }
-        assert!(gate.held.lock().unwrap().len() <= 16 + 1);
+        assert!(gate.held.lock().unwrap().len() <= 4 * 4 + 1);
+        // Past four times the slots, the ones idle longest go, down to twice the slots: the
+        // most recently idle (those the floor is about) are kept. Twenty addresses: the
+        // twentieth's entry finds nineteen, forgets the eleven idle longest.
+        let gate = HandshakeGate::handshakes(4, 4, false, Duration::from_secs(3600));
+        let addr = |n: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        for n in 0..20u32 {
+            drop(gate.try_enter(addr(n)).unwrap());
+        }
+        let held = gate.held.lock().unwrap();
+        let kept: Vec<u32> = (0..20).filter(|n| held.contains_key(&addr(*n))).collect();
+        assert_eq!(kept, (11..20).collect::<Vec<_>>());
     }
 
     #[test]
