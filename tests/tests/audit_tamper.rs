@@ -1254,6 +1254,137 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     assert!(out.contains("the pinned export does not verify"), "{out}");
 }
 
+/// Someone who can write the data directory cuts the log's last records, and the checkpoint
+/// over them, leaving fewer unsigned records than the writer's bound: the host's own
+/// verification passes (nothing signed is missing), and so does one with a copy of the
+/// checkpoints taken before the cut records were signed. The JSON of the previous
+/// verification, kept off the host, names each chain's last record and hash: `--previous`
+/// fails the cut, and an emptied log, naming the sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_run_catches_a_tail_cut_inside_the_unsigned_limit() {
+    let (tmp, _pki, mut daemon) = seeded_with_resolves(12).await;
+    daemon.stop();
+    let public_key = daemon.data_dir.join("keys/audit-signing.pub");
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let (c, out) = verify_with_key(&config, &public_key, &["--output", "json"]);
+    assert_eq!(c, 0, "{out}");
+    let run: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let chain = &run["chains"][0];
+    let n = chain["last_seq"].as_u64().unwrap();
+    let hash = chain["last_hash"].as_str().unwrap().to_owned();
+    let log = audit_segments(&daemon.data_dir).pop().unwrap();
+    let original_log = std::fs::read(&log).unwrap();
+    let records = lines(&original_log);
+    let last: serde_json::Value = serde_json::from_slice(records.last().unwrap()).unwrap();
+    assert_eq!(
+        (last["seq"].as_u64(), last["hash"].as_str()),
+        (Some(n), Some(hash.as_str()))
+    );
+    let previous = tmp.path().join("previous-run.json");
+    std::fs::write(&previous, &out).unwrap();
+    let with_previous = |extra: &[&str]| {
+        let mut args = vec!["--previous", previous.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        verify_with_key(&config, &public_key, &args)
+    };
+    let (c, out) = with_previous(&[]);
+    assert_eq!(c, 0, "{out}");
+    assert!(out.contains("1 pinned record(s) found unchanged"), "{out}");
+
+    // The last two records cut, with every checkpoint over them.
+    let checkpoints = daemon.data_dir.join("audit/checkpoints.log");
+    let cps = lines(&std::fs::read(&checkpoints).unwrap());
+    let kept: Vec<Vec<u8>> = cps
+        .into_iter()
+        .filter(|cp| {
+            serde_json::from_slice::<serde_json::Value>(cp).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+                <= n - 2
+        })
+        .collect();
+    std::fs::write(&checkpoints, join(&kept)).unwrap();
+    put(&log, &original_log, &records[..records.len() - 2]);
+    let (c, out) = verify_with_key(&config, &public_key, &[]);
+    assert_eq!(c, 0, "the host alone has nothing to compare with: {out}");
+    let (c, out) = with_previous(&[]);
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains(&format!("audit FAILED at sequence {}", n - 1))
+            && out.contains(&format!("pinned copy holds record {n}")),
+        "{out}"
+    );
+    let (c, out) = with_previous(&["--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (c, &v["verified"], &v["chains"][0]["failure"]["seq"]),
+        (1, &json!(false), &json!(n - 1)),
+        "{v:#}"
+    );
+    // `audit report --previous` fails the chain as well.
+    let (json_out, html_out) = (tmp.path().join("r.json"), tmp.path().join("r.html"));
+    let (c, out, err) = run_cli(&[
+        "audit",
+        "report",
+        "--config",
+        &config,
+        "--public-key",
+        public_key.to_str().unwrap(),
+        "--previous",
+        previous.to_str().unwrap(),
+        "--json",
+        json_out.to_str().unwrap(),
+        "--html",
+        html_out.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 1, "{out}{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    assert_eq!(report["verified"], json!(false), "{report:#}");
+    assert_eq!(report["previous_run"], json!(previous.to_str().unwrap()));
+    assert!(std::fs::read_to_string(&html_out)
+        .unwrap()
+        .contains("id=\"previous-run\""));
+
+    // The whole log removed: "no records" on the host, which says it cannot tell; a failure
+    // against the previous run.
+    empty_dir(&daemon.data_dir.join("audit"));
+    let (c, out) = verify_with_key(&config, &public_key, &[]);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.contains("a log never written to, or one emptied"),
+        "{out}"
+    );
+    let (c, out) = with_previous(&[]);
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("records removed, or the log rolled back"),
+        "{out}"
+    );
+
+    // A run that is not one, or that names a record with a bad hash, is refused (exit 2)
+    // rather than compared with nothing.
+    for (text, said) in [
+        (
+            "{\"chains\": []}".to_owned(),
+            "names no verified chain's last record",
+        ),
+        (
+            "not json".to_owned(),
+            "is not the JSON of `audit verify --output json`",
+        ),
+        (
+            run.to_string().replace(&hash, &hash.to_uppercase()),
+            "not 64 lowercase hex digits",
+        ),
+    ] {
+        std::fs::write(&previous, text).unwrap();
+        let (c, out) = with_previous(&[]);
+        assert_eq!(c, 2, "{out}");
+        assert!(out.contains(said), "{out}");
+    }
+}
+
 /// Someone who can write the data directory but holds no signing key removes every
 /// checkpoint (or writes a whole log of their own): the records still link, but the public
 /// key vouches for none of them. `audit verify` reported such a log "audit OK … last signed

@@ -582,6 +582,50 @@ impl Pins {
         }
     }
 
+    /// Adds, from the JSON of an earlier `audit verify --output json` run kept off the host,
+    /// each verified chain's last record (`last_seq`, `last_hash`): records signed later
+    /// than a copy of the checkpoints and the unsigned tail since the last checkpoint are
+    /// pinned too, so a tail cut after that run, even inside the unsigned limit, or a log
+    /// emptied, fails. That run's JSON is not signed: it is worth where it was kept.
+    /// Returns how many chains it pinned.
+    ///
+    /// # Errors
+    /// Bytes that are not such a run's JSON, a run naming no verified chain's last record,
+    /// or a record given two hashes (by the run, or by it and a pinned copy).
+    pub fn add_previous(&mut self, bytes: &[u8]) -> Result<usize, String> {
+        #[derive(serde::Deserialize)]
+        struct Run {
+            chains: Vec<RunChain>,
+        }
+        #[derive(serde::Deserialize)]
+        struct RunChain {
+            replica: Option<u32>,
+            verified: bool,
+            last_seq: Option<u64>,
+            last_hash: Option<String>,
+        }
+        let run: Run = serde_json::from_slice(bytes).map_err(|_| {
+            "the previous run is not the JSON of `audit verify --output json`".to_owned()
+        })?;
+        let mut pinned = 0;
+        for chain in run.chains.into_iter().filter(|c| c.verified) {
+            let (Some(seq), Some(hash)) = (chain.last_seq, chain.last_hash) else {
+                continue;
+            };
+            if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(format!(
+                    "the previous run names record {seq} with a hash that is not 64 lowercase hex digits"
+                ));
+            }
+            self.add(chain.replica, seq, hash)?;
+            pinned += 1;
+        }
+        if pinned == 0 {
+            return Err("the previous run names no verified chain's last record (a run of a release before `last_hash` was printed names none: keep this run's JSON for the next)".into());
+        }
+        Ok(pinned)
+    }
+
     /// The chains the copy pins (`None`: the file log).
     pub fn chains(&self) -> impl Iterator<Item = Option<u32>> + '_ {
         self.chains.keys().copied()

@@ -66,9 +66,16 @@ pub struct VerifyArgs {
     /// is checked on the records it holds).
     #[arg(long, value_name = "FILE", conflicts_with = "segment")]
     pinned: Option<PathBuf>,
+    /// The JSON of an earlier `audit verify --output json` run, kept off the host: each
+    /// chain's last record it names (`last_seq`, `last_hash`) must still be in the log,
+    /// unchanged. Catches what signed checkpoints cannot: a tail cut since that run inside
+    /// the unsigned limit, or a log emptied. Combines with --pinned.
+    #[arg(long, value_name = "FILE", conflicts_with = "segment")]
+    previous: Option<PathBuf>,
     /// `table`: one line per chain (the default); `json`: {"verified", "chains": [{"chain",
-    /// "replica", "verified", "records", "first_seq", "last_seq", "checkpoints",
-    /// "last_checkpoint", "pinned", "failure"}]}.
+    /// "replica", "verified", "records", "first_seq", "last_seq", "last_hash",
+    /// "checkpoints", "last_checkpoint", "pinned", "failure"}]}: keep it off the host for the
+    /// next run's --previous.
     #[arg(long, value_enum)]
     output: Option<Output>,
 }
@@ -277,11 +284,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         vec![(None, result)]
     } else if let Some(export) = &args.export {
         let verifier = pinned()?;
-        let pins = match &args.pinned {
-            Some(path) => audit::Pins::from_path(path, &verifier)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
-            None => audit::Pins::default(),
-        };
+        let pins = pins_of(args.pinned.as_deref(), args.previous.as_deref(), &verifier)?;
         // A file is read by position, a line at a time: an export of any size verifies in
         // constant memory. A pipe (`--export /dev/stdin`) cannot be read twice: it is copied
         // first to a file in the temporary directory (gone when it is closed), not into
@@ -342,7 +345,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
             }
             audit::verify_exports_pinned(&spool, &verifier, &pins)
         };
-        if args.pinned.is_some() {
+        if args.pinned.is_some() || args.previous.is_some() {
             trust_note.push_str(&export_pin_notes(&pins, &results));
         }
         results
@@ -362,11 +365,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
             }
         };
         let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
-        let pins = match &args.pinned {
-            Some(path) => audit::Pins::from_path(path, &verifier)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
-            None => audit::Pins::default(),
-        };
+        let pins = pins_of(args.pinned.as_deref(), args.previous.as_deref(), &verifier)?;
         let mut results = Vec::new();
         if !shared(&config) || audit::segments::has_file_log(&config.audit_dir()) {
             let bar = Bar::new(Output::shows_progress(args.output));
@@ -460,6 +459,43 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// The records `--pinned` and `--previous` vouch for.
+///
+/// # Errors
+/// A copy or a run that cannot be read, or is refused (see [`audit::Pins`]).
+pub(super) fn pins_of(
+    pinned: Option<&std::path::Path>,
+    previous: Option<&std::path::Path>,
+    verifier: &AuditVerifier,
+) -> Result<audit::Pins, String> {
+    let mut pins = match pinned {
+        Some(path) => audit::Pins::from_path(path, verifier)
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        None => audit::Pins::default(),
+    };
+    if let Some(path) = previous {
+        /// A run's JSON names each chain in a few hundred bytes.
+        const MAX_RUN: u64 = 16 << 20;
+        let shown = |e: String| format!("{}: {e}", path.display());
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(|e| shown(e.to_string()))?,
+                MAX_RUN + 1,
+            ),
+            &mut bytes,
+        )
+        .map_err(|e| shown(e.to_string()))?;
+        if bytes.len() as u64 > MAX_RUN {
+            return Err(shown(format!(
+                "more than {MAX_RUN} bytes: not the JSON of one `audit verify --output json` run"
+            )));
+        }
+        pins.add_previous(&bytes).map_err(shown)?;
+    }
+    Ok(pins)
+}
+
 /// One chain's verification as JSON (the `--output json` of `audit verify`).
 fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
     let chain = replica.map_or_else(|| "file log".to_owned(), |r| format!("replica {r}"));
@@ -471,6 +507,7 @@ fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
             "records": s.records,
             "first_seq": s.first_seq,
             "last_seq": s.last_seq,
+            "last_hash": s.last_hash,
             "checkpoints": s.checkpoints,
             "last_checkpoint": s.last_checkpoint,
             "pinned": s.pinned,
@@ -523,7 +560,7 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
     use super::output::sanitize;
     if s.records == 0 {
         return format!(
-            "audit OK: {} holds no records{}",
+            "audit OK: {} holds no records{}{}",
             if is_export {
                 "the export (signature valid)"
             } else {
@@ -535,6 +572,11 @@ fn ok_line(s: &VerifySummary, is_export: bool) -> String {
                 "; signed filter: {}",
                 sanitize(f)
             )),
+            if is_export {
+                ""
+            } else {
+                " (a log never written to, or one emptied: nothing on this host tells which; --previous or --pinned with a copy kept off the host does)"
+            },
         );
     }
     // Records past the last checkpoint are chained, not signed: whoever can write the log

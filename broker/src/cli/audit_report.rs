@@ -41,6 +41,11 @@ pub struct ReportArgs {
     /// chain is reported as failed.
     #[arg(long, value_name = "FILE")]
     pinned: Option<PathBuf>,
+    /// The JSON of an earlier `audit verify --output json` run kept off the host, as `audit
+    /// verify --previous` takes it: each chain's last record it names must still be in the
+    /// log, unchanged, or the chain is reported as failed.
+    #[arg(long, value_name = "FILE")]
+    previous: Option<PathBuf>,
 }
 
 /// Runs `audit report`: exit 0 when every chain verified, 1 when one did not (the report is
@@ -63,11 +68,7 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         crate::keys::read_public_key_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
     let verifier =
         AuditVerifier::parse(&key_text).map_err(|e| format!("{}: {e}", key.display()))?;
-    let pins = match &args.pinned {
-        Some(path) => audit::Pins::from_path(path, &verifier)
-            .map_err(|e| format!("{}: {e}", path.display()))?,
-        None => audit::Pins::default(),
-    };
+    let pins = super::audit::pins_of(args.pinned.as_deref(), args.previous.as_deref(), &verifier)?;
     let mut present = Vec::new();
     let fingerprint = hex::encode(digest(&SHA256, key_text.trim_ascii()).as_ref());
     let mut builder = ReportBuilder::new(window);
@@ -170,6 +171,7 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         args.public_key.is_some(),
     );
     summary.pinned_copy = args.pinned.as_ref().map(|p| p.display().to_string());
+    summary.previous_run = args.previous.as_ref().map(|p| p.display().to_string());
     write(args, &summary)?;
     Ok(if summary.verified {
         ExitCode::SUCCESS

@@ -255,6 +255,15 @@ fn verification(out: &mut String, s: &ReportSummary) {
              <code>--pinned</code>.</p>\n",
         ),
     }
+    if let Some(run) = &s.previous_run {
+        let _ = writeln!(
+            out,
+            "<p class=\"note\" id=\"previous-run\">Checked against the earlier verification \
+             <code>{}</code>: each chain's last record it named must still be in the log, \
+             unchanged (a tail cut since then fails its chain).</p>",
+            esc(run)
+        );
+    }
     let (key, src) = (esc(&s.public_key_sha256), esc(&s.public_key_source));
     let (filter, at) = (filter_text(s), esc(&s.generated_at));
     let _ = write!(
@@ -560,6 +569,7 @@ mod tests {
             public_key_sha256: "ab".repeat(32),
             public_key_source: "/etc/credbroker/audit.pub".into(),
             pinned_copy: None,
+            previous_run: None,
             chains: vec![chain("file log")],
             records: 50,
             resolves_by_outcome: outcomes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -599,6 +609,7 @@ mod tests {
         // The pinned copy's path is the operator's text: escaped too.
         let mut s = summary();
         s.pinned_copy = Some(XSS.into());
+        s.previous_run = Some(XSS.into());
         s.chains[0].pinned = 1197;
         let page = render(&s);
         assert!(page.contains("id=\"pinned\"") && page.contains("1,197 record(s)"));

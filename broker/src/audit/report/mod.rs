@@ -38,6 +38,9 @@ pub struct ReportSummary {
     /// The copy of the checkpoints kept off the host the chains were checked against
     /// (`--pinned`), if one was given.
     pub pinned_copy: Option<String>,
+    /// The earlier `audit verify --output json` run the chains' last records were checked
+    /// against (`--previous`), if one was given.
+    pub previous_run: Option<String>,
     /// One entry per chain (the file log, and each replica's chain on a shared store).
     pub chains: Vec<ChainReport>,
     /// Records inside the window (and tenant).
@@ -483,6 +486,7 @@ impl ReportBuilder {
             public_key_sha256,
             public_key_source,
             pinned_copy: None,
+            previous_run: None,
             chains: self.chains,
             records: self.records,
             resolves_by_outcome,
