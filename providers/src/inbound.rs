@@ -227,9 +227,6 @@ pub struct CapturedToken {
     pub fields: SecretFields,
     /// When it stops working, Unix seconds.
     pub expires_at: i64,
-    /// `sha256:` and 16 hex digits of the token's SHA-256, for matching a token found
-    /// elsewhere without the broker's key.
-    pub fingerprint: String,
     /// The credentials a resolve hands out for it: the broker audits their keyed
     /// fingerprint, the same one its resolve records carry.
     pub credentials: SecretFields,

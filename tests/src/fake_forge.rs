@@ -71,12 +71,17 @@ pub fn uuid() -> String {
     )
 }
 
-/// `sha256:` + the first 16 hex digits of SHA-256(`token`): the fingerprint the broker
-/// audits a captured system token under (never the token).
-pub fn fingerprint(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{}", &hex[..16])
+/// The broker's keyed fingerprint (its key in `data_dir`) of what a resolve hands out for
+/// `token`: what it audits a captured system token under (never the token, nor an unkeyed
+/// hash of it).
+pub fn fingerprint(data_dir: &std::path::Path, token: &str) -> String {
+    let key = credbroker::keys::FingerprintKey::load(&data_dir.join("keys/fingerprint.key"))
+        .expect("the broker's fingerprint key");
+    key.fingerprint(
+        serde_json::json!({ "access_token": token })
+            .to_string()
+            .as_bytes(),
+    )
 }
 
 /// (n, e) big-endian without leading zeros, from a PKCS#1 `RSAPublicKey` DER

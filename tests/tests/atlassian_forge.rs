@@ -86,10 +86,24 @@ async fn a_trigger_from_an_expected_site_binds_it_and_its_token_resolves() {
     let captured = env.audited("forge.token_captured");
     assert_eq!(captured.len(), 1, "{captured:?}");
     assert!(
-        captured[0].to_string().contains(&fingerprint(&token)),
+        captured[0]
+            .to_string()
+            .contains(&fingerprint(&env.daemon.data_dir, &token)),
         "the capture names the token's fingerprint: {}",
         captured[0]
     );
+    // Only the keyed one: an unkeyed hash on the binding or the record would let whoever
+    // reads them test a leaked token offline, and learn whose it is.
+    assert_eq!(
+        b["trust_facts"]["system_token"]["fingerprint"],
+        json!(fingerprint(&env.daemon.data_dir, &token)),
+        "{b}"
+    );
+    let unkeyed = hex::encode(
+        &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref()[..8],
+    );
+    assert!(!b.to_string().contains(&unkeyed), "{b}");
+    assert!(!everything.contains(&unkeyed));
 
     let (s, v) = env.add_instance("i-forge", "t1", &binding).await;
     assert_eq!(s, 201, "{v}");
@@ -433,10 +447,12 @@ async fn a_fresher_token_replaces_an_older_one_and_never_the_reverse() {
         (&same, false),
     ] {
         assert_eq!(
-            captures.iter().any(|c| c.contains(&fingerprint(t))),
+            captures
+                .iter()
+                .any(|c| c.contains(&fingerprint(&env.daemon.data_dir, t))),
             expected,
             "{}",
-            fingerprint(t)
+            fingerprint(&env.daemon.data_dir, t)
         );
     }
     // An invocation without a system token changes nothing.

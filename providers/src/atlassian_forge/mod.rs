@@ -57,12 +57,6 @@ pub fn installation_identifier(installation: &str) -> String {
     format!("forge_installation:{installation}")
 }
 
-/// `sha256:` and 16 hex digits of `token`'s SHA-256.
-pub fn fingerprint(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    format!("sha256:{}", hex::encode(&d.as_ref()[..8]))
-}
-
 /// The credentials a resolve hands out for `token`.
 fn handed_out(token: &str) -> SecretFields {
     let mut credentials = SecretFields::new();
@@ -146,7 +140,6 @@ impl AtlassianForge {
         Ok(CapturedToken {
             fields,
             expires_at: exp,
-            fingerprint: fingerprint(token),
             credentials: handed_out(token),
         })
     }

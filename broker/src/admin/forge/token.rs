@@ -63,6 +63,13 @@ impl AdminService {
         let expires = time::OffsetDateTime::from_unix_timestamp(token.expires_at)
             .map(rfc3339)
             .unwrap_or_default();
+        // The keyed fingerprint of what a resolve hands out: the same as its resolve records'.
+        // Never an unkeyed hash: whoever reads the binding or the audit could test a leaked
+        // token against one offline (and learn whose it is).
+        let keyed = self
+            .core
+            .fingerprint
+            .fingerprint(&token.credentials.to_json_zeroizing());
         let mut facts = match binding.trust_facts.take() {
             Some(Value::Object(m)) => Value::Object(m),
             _ => json!({}),
@@ -72,19 +79,14 @@ impl AdminService {
             "expires_at": expires,
             "expires_at_unix": token.expires_at,
             "captured_at": now_rfc3339(),
-            "fingerprint": token.fingerprint,
+            "fingerprint": keyed,
             "from_page": from_page,
         });
         binding.trust_facts = Some(facts);
-        // The keyed fingerprint of what a resolve hands out: the same as its resolve records'.
-        let keyed = self
-            .core
-            .fingerprint
-            .fingerprint(&token.credentials.to_json_zeroizing());
         Ok(Some((
             format!(
-                "system token {} (expires {expires}) sealed as version {}",
-                token.fingerprint, record.version
+                "system token {keyed} (expires {expires}) sealed as version {}",
+                record.version
             ),
             keyed,
         )))
