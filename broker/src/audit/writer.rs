@@ -449,13 +449,26 @@ impl AuditLog {
             path: config.dir.display().to_string(),
             reason: e.to_string(),
         };
-        // A new audit directory's own entry is made durable in its parent (the segments'
+        // The audit directory's own entry is made durable in its parent (the segments'
         // entries are synced in it): lost in a crash, the next start would begin a new chain.
+        // At every open, not only when it is made here: a run killed between making it and
+        // syncing its parent leaves one that exists and was never synced.
         let existed = config.dir.exists();
         crate::keys::create_private_dir(&config.dir).map_err(open_err)?;
-        if !existed {
-            if let Some(parent) = config.dir.parent() {
-                super::segments::sync_dir(parent).map_err(open_err)?;
+        if let Some(parent) = config.dir.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                parent
+            };
+            match super::segments::sync_dir(parent) {
+                Ok(()) => {}
+                // One this user may not open (mode 0711) was never synced by earlier releases
+                // either: said, not refused, when the directory was there before.
+                Err(e) if existed && e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    tracing::warn!(parent = %parent.display(), "the audit directory's parent cannot be opened to sync its entry; a crash soon after its creation could lose it");
+                }
+                Err(e) => return Err(open_err(e)),
             }
         }
         let lock = lock_dir(&config.dir)?;
