@@ -207,6 +207,75 @@ async fn every_response_leaves_after_its_audit_record_is_synced() {
     }
 }
 
+/// What the writer finds at open is the page cache's view of the log: a batch written by a
+/// process killed before its sync returned, whose write-back to disk then failed, is shown
+/// there (its pages are marked clean: never written again), and chained onto, it and every
+/// record acknowledged after it would be lost at a power cut. So the log's tail is written
+/// back in place and synced before anything is appended: the first write an opening process
+/// makes to the live segment is of bytes already there, and a sync of it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_found_at_open_is_written_to_disk_before_anything_is_chained_onto_it() {
+    let strace = on_path("strace", "-V").expect("this test needs strace (tests/run installs it)");
+    let (tmp, pki) = setup();
+    let mut daemon = Daemon::start(tmp.path(), &pki, &DaemonOptions::default());
+    let mut op = pki.client_for("op", &daemon.url);
+    seed_two_tenants(&mut op).await;
+    daemon.stop();
+    let segment = audit_segments(&daemon.data_dir).pop().unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len()) as u64;
+    assert!(end > 0);
+    let trace_path = tmp.path().join("open.strace");
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let out = Command::new(strace)
+        .args(["-f", "-qq", "-yy", "-s", "0", "-e", "signal=none"])
+        .args(["-e", "trace=pwrite64,write,fdatasync,fsync"])
+        .arg("-o")
+        .arg(&trace_path)
+        .arg(daemon_bin())
+        .args(["bootstrap-operator", "--config", &config, "--id", "late"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = segment.file_name().unwrap().to_str().unwrap().to_owned();
+    let trace = std::fs::read_to_string(&trace_path).unwrap();
+    let on_segment: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains(&format!("{name}>")) && !l.contains("resumed>"))
+        .collect();
+    let first_write = on_segment
+        .iter()
+        .position(|l| l.contains("pwrite64(") || l.contains(" write("))
+        .unwrap_or_else(|| panic!("no write to {name}:\n{trace}"));
+    let line = on_segment[first_write];
+    let args = line
+        .split_once("pwrite64(")
+        .unwrap_or_else(|| panic!("the first write is not positioned: {line}"))
+        .1;
+    let args = args.split(" <unfinished").next().unwrap();
+    let args = args.rsplit_once(')').map_or(args, |(a, _)| a);
+    let offset: u64 = args.rsplit(", ").next().unwrap().trim().parse().unwrap();
+    assert!(
+        offset < end,
+        "the first write at open starts at {offset}, at or past the log's end {end}: nothing found was written back:\n{}",
+        on_segment.join("\n")
+    );
+    assert!(
+        on_segment[first_write..]
+            .iter()
+            .any(|l| l.contains("fdatasync(") || l.contains("fsync(")),
+        "no sync of {name} after the write-back:\n{}",
+        on_segment.join("\n")
+    );
+    daemon.restart_with(&[]);
+    let (c, out, err) = daemon.cli(&["audit", "verify", "--config", &config]);
+    assert_eq!(c, 0, "{out}{err}");
+}
+
 #[test]
 fn a_resumed_sync_counts_only_for_the_audit_segment_its_thread_started() {
     let seg = "/d/audit/segment-0000000001.log";

@@ -354,6 +354,22 @@ pub fn zero(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes the bytes of `file` in `from..to` back where they are, as read (through the page
+/// cache), a MiB at a time; bytes past the file's end are left alone. Whether it wrote any.
+pub fn write_back(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let to = to.min(file.metadata()?.len());
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from((to - at).min(chunk.len() as u64)).unwrap_or(chunk.len());
+        file.read_exact_at(&mut chunk[..n], at)?;
+        file.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    Ok(from < to)
+}
+
 /// Checks that `file`, opened at `path` to be written, is the log's own: a regular file of
 /// this process's user, not writable by other users (its group may: a volume's fsGroup),
 /// reached without a symbolic link and with no

@@ -508,6 +508,15 @@ impl AuditLog {
         if let Some(torn) = torn.filter(|t| t.after_seal().is_none()) {
             torn.clear()?;
         }
+        // The tail found is the page cache's: made the disk's before anything is chained onto
+        // it (see `Live::write_back`).
+        live.write_back(tail.len, segment::one_batch_bytes(&config))
+            .map_err(|e| AuditError::Open {
+                path: log.display().to_string(),
+                reason: format!(
+                    "the log's last records could not be written to disk again ({e}): the disk failed a write the log depends on; nothing was appended"
+                ),
+            })?;
         let unsigned_tail =
             (tail.seq > last_checkpoint_seq).then_some((last_checkpoint_seq + 1, tail.seq));
         let healthy = Arc::new(AtomicBool::new(true));

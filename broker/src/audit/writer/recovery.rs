@@ -239,6 +239,13 @@ impl Writer {
         if let Some(torn) = torn {
             torn.clear()?;
         }
+        // What the failed batch or its rollback left only in the page cache (see
+        // `Live::write_back`) is put on disk, or the writer stays failed.
+        live.write_back(tail.len, super::segment::one_batch_bytes(&self.config))
+            .map_err(|e| AuditError::Open {
+                path: path.clone(),
+                reason: format!("the log's last records could not be written to disk again: {e}"),
+            })?;
         self.live = live;
         self.tail = tail;
         self.checkpoints = checkpoints;

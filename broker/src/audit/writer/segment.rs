@@ -31,6 +31,36 @@ pub(super) struct Live {
     pub(super) filled: u64,
 }
 
+/// The most one batch writes: every record line of it (at most `max_batch`), and a segment
+/// header.
+pub(super) fn one_batch_bytes(config: &AuditConfig) -> u64 {
+    (config.max_batch as u64 + 1) * super::super::lines::MAX_LINE.min(64 << 10)
+}
+
+impl Live {
+    /// Writes back in place what the page cache shows of the live segment within one batch
+    /// either side of its durable end `end`, then syncs it; fails if the disk does not take
+    /// it.
+    ///
+    /// What the writer finds at open (or at a re-open after a failed write) is what the page
+    /// cache holds, not what the disk does. A batch written by a process killed before its
+    /// sync returned (never acknowledged), whose write-back then failed, stays in the cache
+    /// marked clean: the error is reported once, to whichever sync comes first, and the
+    /// pages are never written again. Read as the tail and chained onto, it would be lost
+    /// at a power cut together with every record acknowledged after it (the scan stops at
+    /// the zeros where it should be). Likewise zeros a failed rollback left only in the
+    /// cache. Written again, those pages are dirty, and this sync either puts them on disk
+    /// or reports the error.
+    pub(super) fn write_back(&self, end: u64, most: u64) -> std::io::Result<()> {
+        let from = end.saturating_sub(most) & !4095;
+        let to = end.saturating_add(most).min(self.filled);
+        if segments::write_back(&self.file, from, to)? {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
 fn open_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
     AuditError::Open {
         path: path.display().to_string(),
@@ -186,8 +216,8 @@ pub(super) fn open_live(config: &AuditConfig) -> Result<(Live, Tail, Option<Torn
     let torn = match segments::dirty_after(&file, scan.end).map_err(|e| open_err(&last.path, e))? {
         None => None,
         Some(to) => {
-            // One batch at most: every record line of it, and a segment header.
-            let most = (config.max_batch as u64 + 1) * super::super::lines::MAX_LINE.min(64 << 10);
+            // One batch at most.
+            let most = one_batch_bytes(config);
             if to - scan.end > most {
                 return Err(inconsistent(
                     &last.path,
