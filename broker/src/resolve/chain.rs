@@ -49,6 +49,18 @@ pub trait ChainView {
     /// # Errors
     /// On a store read failure.
     async fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError>;
+    /// Whether the instance record is held in memory (a lookup would not read the store).
+    fn instance_in_memory(&self, _id: &InstanceId) -> bool {
+        false
+    }
+    /// Reads the instance record from the store, past any record held in memory, and drops
+    /// it: what a lookup of an id the store does not hold costs.
+    ///
+    /// # Errors
+    /// On a store read failure.
+    async fn instance_from_store(&self, _id: &InstanceId) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl ChainView for Records {
@@ -63,6 +75,12 @@ impl ChainView for Records {
     }
     async fn binding(&self, id: &BindingId) -> Result<Option<Arc<Binding>>, StoreError> {
         self.shared_binding(id).await
+    }
+    fn instance_in_memory(&self, id: &InstanceId) -> bool {
+        self.instance_is_cached(id)
+    }
+    async fn instance_from_store(&self, id: &InstanceId) -> Result<(), StoreError> {
+        self.read_instance_past_cache(id).await
     }
 }
 
@@ -218,6 +236,7 @@ pub async fn worker_and_instance(
             )
         })?;
     // Instance, and the tenant the store (not the request) says it belongs to.
+    let in_memory = view.instance_in_memory(instance_id);
     let instance = view
         .instance(instance_id)
         .await
@@ -226,6 +245,15 @@ pub async fn worker_and_instance(
     facts.tenant = Some(instance.tenant.clone());
     if !worker.serves(&instance.tenant) {
         facts.detail = Some("the instance belongs to a tenant the worker may not serve");
+        // An id the store does not hold costs a store read at every try; another tenant's
+        // instance, once read, is held in memory and answered at once. The same refusal
+        // then came back faster, and a worker timing it learned which ids other tenants use
+        // (which customers exist). It costs the same store read here.
+        if in_memory {
+            view.instance_from_store(instance_id)
+                .await
+                .map_err(store_failure)?;
+        }
         return Err(unknown_instance());
     }
     if !worker.connector_kinds.is_empty()
@@ -328,6 +356,10 @@ mod tests {
         tenants: HashMap<TenantId, Arc<Tenant>>,
         bindings: HashMap<BindingId, Arc<Binding>>,
         fail: bool,
+        /// Whether instances are held in memory (a record cache), and the store reads of
+        /// instances made.
+        cached: bool,
+        instance_reads: std::sync::atomic::AtomicUsize,
     }
 
     fn read<K: std::hash::Hash + Eq, V>(
@@ -347,7 +379,19 @@ mod tests {
                 .map(|w| Arc::new(ServingWorker::from(Worker::clone(&w)))))
         }
         async fn instance(&self, id: &InstanceId) -> Result<Option<Arc<Instance>>, StoreError> {
+            if !self.instance_in_memory(id) {
+                self.instance_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             read(self.fail, &self.instances, id)
+        }
+        fn instance_in_memory(&self, id: &InstanceId) -> bool {
+            self.cached && self.instances.contains_key(id)
+        }
+        async fn instance_from_store(&self, _id: &InstanceId) -> Result<(), StoreError> {
+            self.instance_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
         }
         async fn tenant(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
             read(self.fail, &self.tenants, id)
@@ -553,6 +597,33 @@ mod tests {
             "the store's tenant is recorded"
         );
         assert!(facts.detail.is_some(), "the audit record says why");
+    }
+
+    /// Another tenant's instance held in memory is refused at the cost of an id the store
+    /// does not hold (one store read), not at once: a worker timing the refusals cannot
+    /// tell which ids other tenants use. A served one held in memory costs no read.
+    #[test]
+    fn another_tenants_instance_in_memory_costs_what_an_unknown_id_costs() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut v = world();
+        v.cached = true;
+        mutate(v.workers.get_mut(&wid("w1")).unwrap(), |w| {
+            w.tenants = vec![tid("t2")]
+        });
+        let reads = |v: &View, instance: &str| {
+            let before = v.instance_reads.load(Relaxed);
+            let (code, _) = denied(v, Some(&worker_peer("w1")), &req(instance, None));
+            assert_eq!(code, ErrorCode::UnknownInstance);
+            v.instance_reads.load(Relaxed) - before
+        };
+        assert_eq!(reads(&v, "nowhere"), 1);
+        assert_eq!(reads(&v, "i1"), 1, "another tenant's, held in memory");
+        mutate(v.workers.get_mut(&wid("w1")).unwrap(), |w| {
+            w.tenants = vec![tid("t1")]
+        });
+        let before = v.instance_reads.load(Relaxed);
+        assert!(check(&v, Some(&worker_peer("w1")), &req("i1", None)).is_ok());
+        assert_eq!(v.instance_reads.load(Relaxed), before, "served from memory");
     }
 
     #[test]

@@ -314,6 +314,25 @@ impl Records {
         self.shared(Table::Instances, id.as_str()).await
     }
 
+    /// Whether the instance record is held by the record cache.
+    pub fn instance_is_cached(&self, id: &InstanceId) -> bool {
+        self.cache
+            .get::<Instance>(Table::Instances, id.as_str())
+            .is_some()
+    }
+
+    /// Reads the instance record from the store, past the record cache, and drops it (what
+    /// a lookup of an id the store does not hold costs).
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn read_instance_past_cache(&self, id: &InstanceId) -> Result<(), StoreError> {
+        self.store
+            .get(Table::Instances, id.as_str())
+            .await
+            .map(drop)
+    }
+
     /// One tenant, shared.
     ///
     /// # Errors
