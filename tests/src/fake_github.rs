@@ -234,6 +234,9 @@ pub enum Tamper {
     /// A repository nobody asked for added to the named ones (`repository_selection` stays
     /// `selected`).
     ExtraRepository,
+    /// The named repositories listed as another account's (`othercorp`, id 4242): the same
+    /// names, another owner.
+    ForeignOwner,
     /// `expires_at` a minute ago.
     PastExpiry,
     /// An installation answer (`GET /app/installations/{id}`) for the next installation id.
@@ -286,7 +289,7 @@ impl Tamper {
             Tamper::ExtraRepository => {
                 if let Some(listed) = body["repositories"].as_array_mut() {
                     listed.push(
-                        json!({"id": 4242, "name": "secrets", "full_name": "acme-org/secrets"}),
+                        json!({"id": 4242, "name": "secrets", "full_name": "acme-org/secrets", "owner": {"login": "acme-org", "id": 10001, "type": "Organization"}}),
                     );
                 }
             }
@@ -295,6 +298,16 @@ impl Tamper {
                 body["expires_at"] = json!(past
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default());
+            }
+            Tamper::ForeignOwner => {
+                if let Some(listed) = body["repositories"].as_array_mut() {
+                    for repo in listed {
+                        let name = repo["name"].as_str().unwrap_or("").to_owned();
+                        repo["full_name"] = json!(format!("othercorp/{name}"));
+                        repo["owner"] =
+                            json!({"login": "othercorp", "id": 4242, "type": "Organization"});
+                    }
+                }
             }
             Tamper::OtherInstallation => {
                 body["id"] = json!(body["id"].as_u64().unwrap_or(0) + 1);
@@ -1013,7 +1026,16 @@ impl GithubState {
             "repository_selection": if repos.is_some() { "selected" } else { "all" },
         });
         if let Some(r) = repos {
-            out["repositories"] = json!(r.iter().enumerate().map(|(i, name)| json!({"id": 100 + i, "name": name, "full_name": format!("{}/{name}", inst.login)})).collect::<Vec<_>>());
+            // GitHub lists each repository as a full repository object: its owner is the
+            // installation's account.
+            out["repositories"] = json!(r
+                .iter()
+                .enumerate()
+                .map(|(i, name)| json!({
+                    "id": 100 + i, "name": name, "full_name": format!("{}/{name}", inst.login),
+                    "owner": {"login": inst.login, "id": 9000 + id, "type": "Organization"},
+                }))
+                .collect::<Vec<_>>());
         }
         gh(201, out, n)
     }

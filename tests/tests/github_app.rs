@@ -3766,6 +3766,66 @@ async fn a_github_redirect_is_never_followed() {
     );
 }
 
+/// The activation probe checks what it was answered as a mint does: an installation answer
+/// about another installation, or a token beyond the ceiling, fails it (the token revoked
+/// all the same), rather than reporting "token minted within the ceiling" for a binding
+/// whose every mint would then be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_answered_beyond_the_ceiling_or_for_another_installation_fails() {
+    let mut env = start_full(3600, GENEROUS, Some(CLIENT_ID), "").await;
+    add_key(&mut env.op, &env.key_a).await;
+    let binding = bind_acme(&mut env).await;
+    for (path, tamper, why, revokes) in [
+        (
+            "/access_tokens",
+            Tamper::ExtraPermission,
+            "\"administration\" at admin",
+            1,
+        ),
+        (
+            "/app/installations/1001",
+            Tamper::OtherInstallation,
+            "answered for another installation than 1001",
+            0,
+        ),
+    ] {
+        env.gh.inject(path, Fault::Tamper(tamper), 1);
+        let revoked_before = env.gh.state.revoked.lock().unwrap().len();
+        let (s, v) = call(
+            &mut env.op,
+            Method::POST,
+            &format!("/v1/admin/bindings/{binding}/probe"),
+            Some(json!({})),
+        )
+        .await;
+        assert_ne!(s, 200, "{tamper:?}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap_or("").contains(why),
+            "{tamper:?}: {v}"
+        );
+        assert_eq!(env.gh.pending_faults(), 0);
+        assert_eq!(
+            env.gh.state.revoked.lock().unwrap().len(),
+            revoked_before + revokes,
+            "{tamper:?}: the probe's token revoked"
+        );
+        assert!(
+            last_probe(&mut env.op, &binding)
+                .await
+                .starts_with("failed"),
+            "{tamper:?}"
+        );
+    }
+    let (s, v) = call(
+        &mut env.op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// A malicious or broken upstream (THREATS.md) answering a token request with more than was
 /// asked — any repository where named ones were asked, a permission beyond the request or at
 /// a higher level than asked — or with a token a worker could not put into a header as it is,
@@ -3788,6 +3848,11 @@ async fn a_github_answer_beyond_the_request_is_never_handed_out() {
             "repository \"secrets\" was not asked for",
         ),
         (7, Tamper::PastExpiry, "already expired"),
+        (
+            10,
+            Tamper::ForeignOwner,
+            "belongs to account 4242, not to the binding's",
+        ),
         (9, Tamper::EchoBearer, "repeats what the request sent"),
     ] {
         env.gh.inject("/access_tokens", Fault::Tamper(tamper), 1);

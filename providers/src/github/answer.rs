@@ -185,10 +185,12 @@ const MAX_TOKEN_LEN: usize = 8192;
 /// be a header injection in the worker), it expires in the future and at most an hour from
 /// now (a later expiry is taken as an hour), and what the answer says the token carries is
 /// within what was asked — the permissions at most at the requested levels (`metadata: read`
-/// GitHub grants every token), and named repositories only when named ones were asked.
+/// GitHub grants every token), and named repositories only when named ones were asked, each
+/// owned by the binding's pinned `account` (its numeric id) when it pins one.
 pub(super) fn to_credential(
     answer: Answer,
     installation: u64,
+    account: Option<u64>,
     wanted: &TokenRequest,
 ) -> Result<IssuedCredential, ProviderError> {
     let request_id = crate::request_id_of(answer.request_id.as_deref());
@@ -224,7 +226,7 @@ pub(super) fn to_credential(
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(|_| malformed("expires_at cannot be formatted"))?
     };
-    check_grant(b, wanted).map_err(|what| ProviderError::Unavailable {
+    check_grant(b, account, wanted).map_err(|what| ProviderError::Unavailable {
         message: format!("GitHub answered a token beyond the request: {what}"),
         upstream_request_id: request_id.clone(),
     })?;
@@ -260,8 +262,9 @@ pub(super) fn issued_token(body: &Value) -> Option<&str> {
         .filter(|t| crate::is_printable(t, MAX_TOKEN_LEN))
 }
 
-/// Whether the permissions and repositories a token answer names are within `wanted`.
-fn check_grant(body: &Value, wanted: &TokenRequest) -> Result<(), String> {
+/// Whether the permissions and repositories a token answer names are within `wanted` (and,
+/// with `account`, the repositories that account's).
+fn check_grant(body: &Value, account: Option<u64>, wanted: &TokenRequest) -> Result<(), String> {
     let permissions = body
         .get("permissions")
         .and_then(Value::as_object)
@@ -297,6 +300,17 @@ fn check_grant(body: &Value, wanted: &TokenRequest) -> Result<(), String> {
             .ok_or("a repository without a name")?;
         if !asked.iter().any(|a| a.eq_ignore_ascii_case(name)) {
             return Err(format!("repository {name:?} was not asked for"));
+        }
+        // A name is only unique within its owner: `api` of another account (a token of
+        // another installation, a misrouted Enterprise Server) is not this binding's `api`.
+        if let Some(account) = account {
+            let owner = repo.pointer("/owner/id").and_then(Value::as_u64);
+            if owner != Some(account) {
+                return Err(format!(
+                    "repository {name:?} belongs to account {}, not to the binding's {account}",
+                    owner.map_or("?".to_owned(), |o| o.to_string())
+                ));
+            }
         }
     }
     Ok(())

@@ -546,7 +546,12 @@ impl Provider for GithubApp {
         }
         self.note_mint(installation);
         let issued = answer::issued_token(&answer.body).map(|t| SecretString::from(t.to_owned()));
-        match to_credential(answer, installation, &wanted) {
+        match to_credential(
+            answer,
+            installation,
+            bound.account.as_ref().map(|a| a.id),
+            &wanted,
+        ) {
             Ok(credential) => Ok(credential),
             Err(e) => {
                 // GitHub issued a token that is not handed out (beyond the request, already
@@ -598,6 +603,7 @@ pub fn read_token_answer(
             echoed_token: false,
         },
         0,
+        None,
         &wanted,
     )
 }

@@ -28,6 +28,13 @@ impl Probe for GithubApp {
         if info.status != 200 {
             return Err(error_for(info, installation));
         }
+        // The answer is about the installation asked for, or it proves nothing of it.
+        if info.body.get("id").and_then(Value::as_u64) != Some(installation) {
+            return Err(ProviderError::Unavailable {
+                message: format!("GitHub answered for another installation than {installation}"),
+                upstream_request_id: crate::request_id_of(info.request_id.as_deref()),
+            });
+        }
         let text = |pointer: &str| {
             crate::quoted(
                 info.body
@@ -61,12 +68,9 @@ impl Probe for GithubApp {
         }
         // Both calls' ids: the token the probe mints is in the organisation's audit log.
         let calls: Vec<String> = info.request_id.iter().cloned().collect();
+        let wanted = TokenRequest::from_ceiling(&bound.ceiling);
         let (answer, _) = self
-            .mint_token(
-                installation,
-                &TokenRequest::from_ceiling(&bound.ceiling),
-                request.timeout,
-            )
+            .mint_token(installation, &wanted, request.timeout)
             .await
             .map_err(|e| e.after_calls(&calls))?;
         if answer.status != 201 {
@@ -76,17 +80,28 @@ impl Probe for GithubApp {
             .into_iter()
             .chain(answer.request_id.iter().cloned())
             .collect();
-        // The probe's token is not needed any more: revoked before the probe answers.
-        if let Some(token) = answer::issued_token(&answer.body) {
+        // The probe's token is not needed any more: revoked before the probe answers. What
+        // the answer says it carries is checked as a mint checks it: a binding whose every
+        // mint would be refused (beyond the ceiling, another account's repositories) is not
+        // activated as "minted within the ceiling".
+        let issued = answer::issued_token(&answer.body).map(|t| SecretString::from(t.to_owned()));
+        let checked = answer::to_credential(
+            answer,
+            installation,
+            bound.account.as_ref().map(|a| a.id),
+            &wanted,
+        );
+        if let Some(token) = issued {
             revoke_installation_token(
                 self.settings.timeout_ms,
                 &self.settings.api_base_url,
-                SecretString::from(token.to_owned()),
+                token,
                 installation,
                 request.timeout,
             )
             .await;
         }
+        checked.map_err(|e| e.after_calls(&calls))?;
         Ok(ProbeReport {
             summary: format!(
                 "installation {installation} on {kind} {login}{renamed}; token minted within the ceiling"
