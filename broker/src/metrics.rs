@@ -133,6 +133,11 @@ pub struct Metrics {
     pub webhook_verifications: Family<WebhookLabels, Counter>,
     /// Inventory rows carrying each flag, by flag and kind (as of the last computation).
     pub inventory_flagged: Family<FlagLabels, Gauge>,
+    /// Unix time of the last computation of `inventory_flagged` that succeeded (0: none yet).
+    pub inventory_computed: Gauge,
+    /// Periodic computations of `inventory_flagged` that failed (the gauges kept their last
+    /// values).
+    pub inventory_failures: Counter,
     /// Store batches this process committed since it started.
     pub store_commits: Gauge,
     /// Seconds until the earliest certificate of each TLS file expires (negative: expired),
@@ -308,6 +313,18 @@ impl Metrics {
             "Bindings and workers carrying each inventory flag, as of the last computation",
             inventory_flagged.clone(),
         );
+        let inventory_computed = Gauge::default();
+        registry.register(
+            "inventory_computed_timestamp_seconds",
+            "Unix time of the last computation of inventory_flagged that succeeded (0: none yet); alert when it is older than a few metrics_interval_s",
+            inventory_computed.clone(),
+        );
+        let inventory_failures = Counter::default();
+        registry.register(
+            "inventory_computation_failures",
+            "Periodic computations of inventory_flagged that failed (the gauges keep their last values)",
+            inventory_failures.clone(),
+        );
         let store_commits = Gauge::default();
         registry.register(
             "store_commits",
@@ -331,6 +348,8 @@ impl Metrics {
             tls_expiry,
             webhook_verifications,
             inventory_flagged,
+            inventory_computed,
+            inventory_failures,
             store_commits,
             circuit_open,
             open_binding_circuits,

@@ -144,6 +144,16 @@ async fn the_inventory_flags_unowned_overdue_expiring_and_dormant() {
         assert_eq!(metric_value(&metrics, &name), Some(n), "{name}\n{metrics}");
     }
     assert!(!metrics.contains("b2") && !metrics.contains("team-a"));
+    // When the gauges were last computed, for an alert on their going stale.
+    let computed = metric_value(&metrics, "credbroker_inventory_computed_timestamp_seconds")
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    assert!(computed > now - 60.0 && computed <= now + 1.0, "{computed}");
+    assert_eq!(
+        metric_value(&metrics, "credbroker_inventory_computation_failures_total"),
+        Some(0.0),
+        "{metrics}"
+    );
     let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
     assert_eq!(s, 200, "{v}");
 

@@ -493,6 +493,10 @@ impl AdminService {
                     .set(i64::try_from(*n).unwrap_or(i64::MAX));
             }
         }
+        self.core
+            .metrics
+            .inventory_computed
+            .set(time::OffsetDateTime::now_utc().unix_timestamp());
     }
 
     /// Writes this broker's unwritten last uses (periodically and at shutdown).

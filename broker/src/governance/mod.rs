@@ -252,6 +252,7 @@ impl crate::broker::Broker {
     /// Recomputes the inventory's flag gauges.
     pub async fn refresh_inventory_metrics(&self) {
         if let Err(e) = self.admin_service().refresh_flag_gauges().await {
+            self.core().metrics.inventory_failures.inc();
             tracing::warn!(error = %e.message, "could not compute the inventory for its metrics");
         }
     }
