@@ -108,8 +108,36 @@ async fn workers_change_tenants_in_place_and_removed_names_stay_retired() {
     let mut w1b = pki.client_for("w1b", &daemon.url);
     let (s, _) = resolve(&mut w1b, json!({"instance_id": "i2"})).await;
     assert_eq!(s, 200);
+    // Reading a tenant's binding or instance is a read of that tenant's.
+    for path in ["/v1/admin/bindings/b2", "/v1/admin/instances/i2"] {
+        let (s, v) = call(&mut op, Method::GET, path, None).await;
+        assert_eq!(s, 200, "{v}");
+    }
 
     daemon.stop();
+    // A change of a worker touching one tenant (gaining t2; w1b made for t2 only), and a
+    // read of a tenant's record, are in that tenant's export: their records name it. One
+    // touching two (w1 losing t1 and changing what it may serve in t2) names both in its
+    // detail and no tenant.
+    let tenant_of = |action: &str| -> Vec<serde_json::Value> {
+        daemon
+            .audit_records()
+            .iter()
+            .filter(|r| r["outcome"] == "allowed" && r["action"] == action)
+            .map(|r| r["tenant"].clone())
+            .collect()
+    };
+    assert_eq!(tenant_of("worker.update"), [json!("t2"), json!(null)]);
+    assert_eq!(tenant_of("worker.add").last(), Some(&json!("t2")));
+    assert_eq!(tenant_of("binding.show"), [json!("t2")]);
+    assert_eq!(tenant_of("instance.show"), [json!("t2")]);
+    let config = daemon.config.to_str().unwrap().to_owned();
+    let (c, out, err) = daemon.cli(&["audit", "export", "--config", &config, "--tenant", "t2"]);
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        out.contains("\"action\":\"worker.update\"") && out.contains("\"action\":\"binding.show\""),
+        "{out}"
+    );
     let actions: Vec<String> = daemon
         .audit_records()
         .iter()

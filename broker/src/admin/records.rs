@@ -198,12 +198,21 @@ impl AdminService {
     }
 
     pub(super) async fn plan_show(&self, c: Collection, id: &str) -> Result<Plan, ApiError> {
+        // The tenant a record read belongs to, so that the read is in that tenant's audit
+        // export (`audit export --tenant`) like every change of it.
+        let mut tenant = None;
         let value = match c {
-            Collection::Tenants => to_value(&self.tenant_or_404(id).await?.value),
+            Collection::Tenants => {
+                let t = self.tenant_or_404(id).await?.value;
+                tenant = Some(t.id.to_string());
+                to_value(&t)
+            }
             Collection::Workers => to_value(&self.worker_or_404(id).await?.value),
             Collection::Operators => to_value(&self.operator_or_404(id).await?.value),
             Collection::Instances => {
-                let mut v = to_value(&self.instance_or_404(id).await?.value);
+                let instance = self.instance_or_404(id).await?.value;
+                tenant = Some(instance.tenant.to_string());
+                let mut v = to_value(&instance);
                 // What its webhook secret is, never the secret.
                 if let Some(w) = self
                     .core
@@ -218,6 +227,7 @@ impl AdminService {
             }
             Collection::Bindings => {
                 let b = self.binding_or_404(id).await?.value;
+                tenant = Some(b.tenant.to_string());
                 let versions: Vec<SecretVersionView> = self
                     .core
                     .records
@@ -247,7 +257,9 @@ impl AdminService {
             }
         };
         let noun = c.noun();
-        Ok(Plan::new(format!("{noun}={id}"), json!({ noun: value })))
+        let mut plan = Plan::new(format!("{noun}={id}"), json!({ noun: value }));
+        plan.tenant = tenant;
+        Ok(plan)
     }
 
     pub(super) async fn plan_add_operator(

@@ -84,6 +84,7 @@ impl AdminService {
                 .join(","),
             worker.connector_kinds.join(",")
         );
+        plan.tenant = only_tenant(worker.tenants.iter());
         plan.response = json!({ "worker": to_value(&worker) });
         plan.created = true;
         Ok(plan)
@@ -120,6 +121,18 @@ impl AdminService {
             join(&w.tenants),
             join(&tenants)
         );
+        // The tenants the change touches: each gained or lost, and, when what the worker may
+        // serve changes, every one it serves.
+        let kinds_change = u
+            .connector_kinds
+            .as_ref()
+            .is_some_and(|k| *k != w.connector_kinds);
+        let touched: std::collections::BTreeSet<&TenantId> = tenants
+            .iter()
+            .filter(|t| kinds_change || !w.tenants.contains(t))
+            .chain(w.tenants.iter().filter(|t| !tenants.contains(t)))
+            .collect();
+        plan.tenant = only_tenant(touched.into_iter());
         w.tenants = tenants;
         if let Some(kinds) = u.connector_kinds {
             plan.detail
@@ -150,6 +163,16 @@ impl AdminService {
             batch.claim_identifier(&name, &worker_name_owner());
         }
         Ok(())
+    }
+}
+
+/// The tenant of a worker change's audit record, when it touches one tenant only: the record
+/// is then in that tenant's export (`audit export --tenant`). A change touching several
+/// names them all in its detail and no tenant (a record has one).
+fn only_tenant<'a>(mut touched: impl Iterator<Item = &'a TenantId>) -> Option<String> {
+    match (touched.next(), touched.next()) {
+        (Some(t), None) => Some(t.to_string()),
+        _ => None,
     }
 }
 
