@@ -120,6 +120,9 @@ pub struct Metrics {
     /// Admin requests refused before they ran, every slot for work run to completion
     /// being taken (by whose certificate: `operator` or `other`).
     pub admin_requests_shed: Family<CallerLabel, Counter>,
+    /// Resolves and webhook verifications refused before any work for want of an in-flight
+    /// slot, by scope (`identity`: the caller's share; `global`: every slot taken).
+    pub requests_shed: Family<ScopeLabel, Counter>,
     /// Upstream mints by provider. (No per-customer label: metrics carry no customer
     /// identifiers.)
     pub mints: Family<ProviderLabel, Counter>,
@@ -275,6 +278,12 @@ impl Metrics {
             "Admin API requests",
             admin_requests.clone(),
         );
+        let requests_shed = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "requests_shed",
+            "Resolves and webhook verifications refused before any work for want of an in-flight slot, by scope (identity: the caller's share; global: every slot taken); counted, not audited",
+            requests_shed.clone(),
+        );
         let admin_requests_shed = Family::<CallerLabel, Counter>::default();
         registry.register(
             "admin_requests_shed",
@@ -379,6 +388,7 @@ impl Metrics {
             revoked_connections_closed,
             admin_requests,
             admin_requests_shed,
+            requests_shed,
         }
     }
 

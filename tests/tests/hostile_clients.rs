@@ -604,6 +604,57 @@ async fn one_worker_s_unfinished_bodies_hold_only_its_share_of_memory() {
     drop(held);
 }
 
+/// One worker certificate keeping many resolves in progress at once (here: streams whose
+/// bodies never finish) holds at most its share of the listener's in-flight slots: its
+/// further resolves are refused at once with 429 `rate_limited`, counted and not audited,
+/// and another worker's resolve is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_s_requests_in_flight_hold_only_its_share() {
+    let (_tmp, pki, daemon) = with_two_workers(
+        "[limits]\nmax_requests_in_flight = 8\nmax_requests_in_flight_per_identity = 2\n",
+    )
+    .await;
+    let records = daemon.audit_records().len();
+    // Half of the 8 slots, then its share of 2 is long exceeded: 4 held, 2 refused.
+    let (held, mut answers) = hold_bodies(&pki, &daemon.url, "w1", "/v1/resolve", 6, &[1]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while answers.iter().filter(|a| a.is_finished()).count() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut refused = Vec::new();
+    let mut pending = Vec::new();
+    for a in answers.drain(..) {
+        if a.is_finished() {
+            refused.push(a.await.unwrap());
+        } else {
+            pending.push(a);
+        }
+    }
+    assert_eq!(refused, [429, 429], "two past w1's share refused at once");
+    let mut w1 = pki.client_for("w1", &daemon.url);
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!((s, code(&v)), (429, "rate_limited"), "{v}");
+    let mut w2 = pki.client_for("w2", &daemon.url);
+    let (s, v) = resolve(&mut w2, json!({"instance_id": "i2"})).await;
+    assert_eq!(s, 200, "another worker is served: {v}");
+    let (_, m) = scrape(&pki, &daemon.url).await;
+    let m = String::from_utf8(m).unwrap();
+    assert_eq!(
+        metric_value(&m, "credbroker_requests_shed_total{scope=\"identity\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    // Counted, not audited: the one record is w2's resolve.
+    assert_eq!(daemon.audit_records().len(), records + 1);
+    // Its held requests over, w1 is served again.
+    drop(held);
+    for a in pending {
+        let _ = a.await;
+    }
+    let (s, v) = resolve(&mut w1, json!({"instance_id": "i1"})).await;
+    assert_eq!(s, 200, "{v}");
+}
+
 /// The bodies refused so far, in either scope (the metric's two series summed).
 async fn bodies_refused_now(pki: &TestPki, url: &str) -> f64 {
     let (_, m) = scrape(pki, url).await;

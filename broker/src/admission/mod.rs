@@ -107,6 +107,51 @@ impl Drop for IdentitySlot {
     }
 }
 
+/// Requests in progress on the mTLS listener that cost shared work (resolves and webhook
+/// verifications: a store read, a durable audit record, maybe a mint): `total` at once, and
+/// once half are taken an identity that already holds `per_identity` gets no more. One
+/// worker certificate's flood (64 connections of 64 streams each) so holds at most half of
+/// them, and the audit queue and the store's connections stay open to every other identity.
+pub struct InFlight {
+    budget: Arc<Semaphore>,
+    share: Arc<IdentityShare>,
+}
+
+/// A request's [`InFlight`] slot; given back when dropped.
+pub struct InFlightSlot {
+    _permit: OwnedSemaphorePermit,
+    _share: IdentitySlot,
+}
+
+impl InFlight {
+    /// `total` requests at once, `per_identity` for one identity once half are taken.
+    pub fn new(total: usize, per_identity: usize) -> Arc<InFlight> {
+        let budget = Arc::new(Semaphore::new(total.max(1)));
+        Arc::new(InFlight {
+            share: IdentityShare::new(budget.clone(), total.max(1), per_identity),
+            budget,
+        })
+    }
+
+    /// A slot for one more request of `identity`, or the limit that refused it: `global`
+    /// (every slot taken) or `identity` (its share, with half the slots taken).
+    ///
+    /// # Errors
+    /// The scope of the limit that refused.
+    pub fn try_take(&self, identity: &str) -> Result<InFlightSlot, &'static str> {
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "global")?;
+        let share = self.share.try_enter(identity).ok_or("identity")?;
+        Ok(InFlightSlot {
+            _permit: permit,
+            _share: share,
+        })
+    }
+}
+
 /// Connections kept for one kind of client (operators, on the mTLS listener): `total` in
 /// all, at most `per_holder` for one (an operator's script leaking connections, or a
 /// disabled operator not yet on the CRL, cannot take the others').

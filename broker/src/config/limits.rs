@@ -40,6 +40,14 @@ pub struct Limits {
     pub body_read_timeout_ms: u64,
     /// HTTP/2 concurrent streams per connection.
     pub http2_max_concurrent_streams: u32,
+    /// Resolves and webhook verifications in progress on the mTLS listener at once (a
+    /// request's slot is taken before its body is read and given back with its answer);
+    /// further ones are answered 429 `rate_limited` before any work.
+    pub max_requests_in_flight: usize,
+    /// Of those, held by one client identity (from any number of connections and
+    /// addresses) once half of `max_requests_in_flight` are in progress: one identity never
+    /// holds more than half of them (or this, if larger).
+    pub max_requests_in_flight_per_identity: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +66,8 @@ impl Default for Limits {
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 10_000,
             http2_max_concurrent_streams: 64,
+            max_requests_in_flight: 4096,
+            max_requests_in_flight_per_identity: 256,
         }
     }
 }
@@ -82,6 +92,8 @@ impl Limits {
             || l.max_connections_per_identity == 0
             || l.idle_timeout_ms == 0
             || l.max_connection_age_s == 0
+            || l.max_requests_in_flight == 0
+            || l.max_requests_in_flight_per_identity == 0
         {
             return Err(ConfigError(
                 "limits must be positive (max_header_bytes at least 8192, hyper's minimum buffer)"

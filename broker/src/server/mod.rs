@@ -136,6 +136,11 @@ pub fn spawn_role(
     let operator_reserve =
         crate::admission::Reserve::new(OPERATOR_CONNECTIONS, OPERATOR_CONNECTIONS_EACH);
     let kept_for_operators = operator_reserve.clone();
+    // Requests that cost shared work (a store read, an audit record, a mint), per identity.
+    let in_flight = crate::admission::InFlight::new(
+        limits.max_requests_in_flight,
+        limits.max_requests_in_flight_per_identity,
+    );
     // Handshakes have their own small budget, shared fairly between sources: a flood of
     // connections that never finish a handshake takes neither connection slots nor every
     // handshake slot (with all taken, a newcomer gets the oldest of the largest holder's,
@@ -239,6 +244,7 @@ pub fn spawn_role(
             let connection_gate = connection_gate.clone();
             let idle_connections = idle_connections.clone();
             let identity_share = identity_share.clone();
+            let in_flight = in_flight.clone();
             let operator_reserve = operator_reserve.clone();
             let refused_log = refused_log.clone();
             let rate_limiter = rate_limiter.clone();
@@ -400,6 +406,7 @@ pub fn spawn_role(
                     let detached_refusals = detached_refusals.clone();
                     let mtls_bodies = mtls_bodies.clone();
                     let body_holder = body_holder.clone();
+                    let in_flight = in_flight.clone();
                     let rate_limiter = rate_limiter.clone();
                     let body_budget = body_budget.clone();
                     let activity = service_activity.clone();
@@ -415,6 +422,7 @@ pub fn spawn_role(
                                     detached_refusals: &detached_refusals,
                                     bodies: &mtls_bodies,
                                     holder: &body_holder,
+                                    in_flight: &in_flight,
                                 };
                                 handle(broker, peer, &limits, pools, req).await
                             }

@@ -65,6 +65,49 @@ pub(super) struct Pools<'a> {
     pub(super) bodies: &'a MtlsBodies,
     /// This connection's identity in `bodies`.
     pub(super) holder: &'a Arc<str>,
+    /// Slots of the requests that cost shared work, per client identity.
+    pub(super) in_flight: &'a crate::admission::InFlight,
+}
+
+/// Lines a second about requests refused for want of an in-flight slot.
+static SHED_LOG: LazyLock<LogThrottle> = LazyLock::new(|| LogThrottle::new(5));
+
+/// A slot for a request that costs shared work, or its refusal: 429 `rate_limited`, before
+/// its body is read or anything is done. Counted and logged (throttled), not audited: a
+/// flood of them must not take the audit queue it is refused to protect.
+fn in_flight_slot(
+    broker: &Broker,
+    pools: &Pools<'_>,
+    request_id: &str,
+) -> Result<crate::admission::InFlightSlot, Answer> {
+    pools.in_flight.try_take(pools.holder).map_err(|scope| {
+        broker
+            .metrics()
+            .requests_shed
+            .get_or_create(&crate::metrics::ScopeLabel {
+                scope: scope.into(),
+            })
+            .inc();
+        if let Some(suppressed) = SHED_LOG.admit() {
+            tracing::warn!(
+                request_id,
+                identity = %pools.holder,
+                limit = scope,
+                suppressed,
+                "request refused: too many requests in progress (counted, not audited)"
+            );
+        }
+        let why = if scope == "identity" {
+            "too many requests of this client identity are in progress; retry shortly"
+        } else {
+            "too many requests are in progress; retry shortly"
+        };
+        error_answer(
+            &ApiError::new(ErrorCode::RateLimited, why),
+            None,
+            request_id,
+        )
+    })
 }
 
 pub(super) async fn handle(
@@ -177,13 +220,21 @@ pub(super) async fn handle(
                 status: StatusCode::OK,
                 body: Zeroizing::new(crate::openapi::document_text().into_bytes()),
             },
-            Ok(Endpoint::Resolve) => {
-                let budget = (&pools.bodies.requests, pools.holder);
-                let max = limits.max_body_bytes;
-                let body = read_mtls_body(req, limits, max, &broker, budget, &mut permit).await;
-                broker.resolve(peer.as_ref(), body, &request_id).await
-            }
+            Ok(Endpoint::Resolve) => match in_flight_slot(&broker, &pools, &request_id) {
+                Err(refused) => refused,
+                Ok(_slot) => {
+                    let budget = (&pools.bodies.requests, pools.holder);
+                    let max = limits.max_body_bytes;
+                    let body =
+                        read_mtls_body(req, limits, max, &broker, budget, &mut permit).await;
+                    broker.resolve(peer.as_ref(), body, &request_id).await
+                }
+            },
             Ok(Endpoint::WebhookVerify) => {
+                let _slot = match in_flight_slot(&broker, &pools, &request_id) {
+                    Err(refused) => return respond(refused, content_type, &request_id),
+                    Ok(slot) => slot,
+                };
                 // Only a worker may send an event-sized body; anyone else is refused after
                 // the usual limit.
                 // Its envelopes come from a pool of their own.
