@@ -52,7 +52,8 @@ pub struct WebhookLabels {
 /// Labels of an inventory flag count: the flag and `binding` or `worker` (no record named).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlagLabels {
-    /// `unowned`, `dormant`, `rotation_overdue`, `expiring_soon`, `last_probe_failed`.
+    /// `unowned`, `dormant`, `rotation_overdue`, `expiring_soon`, `last_probe_failed`,
+    /// `revocation_owed`.
     pub flag: String,
     /// `binding` or `worker`.
     pub kind: String,

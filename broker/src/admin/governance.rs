@@ -453,6 +453,25 @@ impl AdminService {
         {
             active.insert(v.binding.clone(), v);
         }
+        // Each binding's oldest replaced credential whose upstream revocation is still owed
+        // (since it was superseded).
+        let mut owed: HashMap<String, time::OffsetDateTime> = HashMap::new();
+        for v in r
+            .secret_metas_where(|v| v.owes_revocation())
+            .await
+            .map_err(store_err)?
+        {
+            let since = v
+                .superseded_at
+                .as_deref()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let slot = owed.entry(v.binding.clone()).or_insert(since);
+            *slot = (*slot).min(since);
+        }
         let mut uses = r.last_uses().await.map_err(store_err)?;
         for (k, at) in self.core.governance.seen() {
             let slot = uses.entry(k).or_insert(at);
@@ -466,6 +485,7 @@ impl AdminService {
         policy.extend(settings.max_secret_age_days.clone());
         Ok(InventoryFacts {
             active,
+            owed,
             uses,
             policy,
         })
@@ -520,12 +540,20 @@ impl AdminService {
 /// The inputs of an inventory besides its rows (see [`AdminService::inventory`]).
 struct InventoryFacts {
     active: HashMap<String, crate::store::records::SecretMeta>,
+    owed: HashMap<String, time::OffsetDateTime>,
     uses: HashMap<(crate::store::records::LastUseKind, String), i64>,
     policy: std::collections::BTreeMap<String, u32>,
 }
 
 impl InventoryFacts {
     fn assessor(&self, windows: Windows, now: time::OffsetDateTime) -> inventory::Assessor<'_> {
-        inventory::Assessor::new(&self.active, &self.uses, &self.policy, windows, now)
+        inventory::Assessor::new(
+            &self.active,
+            &self.owed,
+            &self.uses,
+            &self.policy,
+            windows,
+            now,
+        )
     }
 }

@@ -126,7 +126,7 @@ enum Command {
     Intake(admin::IntakeCmd),
     /// Every binding and worker as a non-human identity: owner, purpose, last use, secret
     /// age, known expiry, rotation policy, revocation path, and flags (unowned, dormant,
-    /// rotation_overdue, expiring_soon, last_probe_failed) (admin API).
+    /// rotation_overdue, expiring_soon, last_probe_failed, revocation_owed) (admin API).
     Inventory(governance::InventoryArgs),
     /// Webhook secrets of connector instances: generate, show, reveal (audited, with a
     /// reason), rotate (with an overlap window), retire (admin API).

@@ -18,6 +18,7 @@ pub const FLAGS: &[&str] = &[
     ROTATION_OVERDUE,
     EXPIRING_SOON,
     PROBE_FAILED,
+    REVOCATION_OWED,
 ];
 /// No owner or purpose recorded.
 pub const UNOWNED: &str = "unowned";
@@ -29,6 +30,13 @@ pub const ROTATION_OVERDUE: &str = "rotation_overdue";
 pub const EXPIRING_SOON: &str = "expiring_soon";
 /// The last probe failed, or the upstream said the trust or consent is gone.
 pub const PROBE_FAILED: &str = "last_probe_failed";
+/// A credential a self-rotation replaced still works upstream: its revocation, retried by
+/// the broker, has been owed for longer than [`OWED_GRACE_S`].
+pub const REVOCATION_OWED: &str = "revocation_owed";
+
+/// How long a replaced credential's revocation may be owed before it is flagged: the
+/// broker makes it at once after the promotion, and retries it at its rotation ticks.
+pub const OWED_GRACE_S: i64 = 900;
 
 /// The windows an inventory is computed with.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +134,7 @@ fn count(counts: &mut Counts, kind: &'static str, flags: &[&'static str]) {
 /// id → its active version), the last uses, the rotation policy and the windows.
 pub struct Assessor<'a> {
     active: &'a HashMap<String, SecretMeta>,
+    owed: &'a HashMap<String, OffsetDateTime>,
     last_use: &'a HashMap<(LastUseKind, String), i64>,
     policy: &'a BTreeMap<String, u32>,
     windows: Windows,
@@ -148,6 +157,7 @@ impl<'a> Assessor<'a> {
     /// An assessor over these facts.
     pub fn new(
         active: &'a HashMap<String, SecretMeta>,
+        owed: &'a HashMap<String, OffsetDateTime>,
         last_use: &'a HashMap<(LastUseKind, String), i64>,
         policy: &'a BTreeMap<String, u32>,
         windows: Windows,
@@ -160,6 +170,7 @@ impl<'a> Assessor<'a> {
         let expiring_before = now.checked_add(duration(windows.expiring_s)).unwrap_or(now);
         Assessor {
             active,
+            owed,
             last_use,
             policy,
             windows,
@@ -216,6 +227,13 @@ impl<'a> Assessor<'a> {
                 .is_some_and(crate::model::probe_failed)
         {
             flags.push(PROBE_FAILED);
+        }
+        if self
+            .owed
+            .get(id)
+            .is_some_and(|since| self.now - *since > time::Duration::seconds(OWED_GRACE_S))
+        {
+            flags.push(REVOCATION_OWED);
         }
         BindingFacts {
             used,
@@ -409,8 +427,10 @@ mod tests {
                 .unwrap()
             })
             .collect();
+        let owed = HashMap::new();
         let assessor = Assessor::new(
             &active,
+            &owed,
             &uses,
             &policy,
             Windows {
@@ -439,5 +459,37 @@ mod tests {
         assert_eq!(counts[EXPIRING_SOON]["binding"], 1);
         assert_eq!(counts[UNOWNED]["worker"], 1);
         assert_eq!(counts[DORMANT]["worker"], 1);
+    }
+
+    /// A replaced credential whose revocation has been owed past the grace is flagged on
+    /// its binding; one owed for less is not (the broker is making it).
+    #[test]
+    fn a_revocation_owed_past_the_grace_is_flagged() {
+        let now = OffsetDateTime::now_utc();
+        let created = crate::model::rfc3339(now);
+        let bindings = vec![
+            binding("b-late", true, &created),
+            binding("b-now", true, &created),
+        ];
+        let owed: HashMap<String, OffsetDateTime> = [
+            (
+                "b-late".to_owned(),
+                now - time::Duration::seconds(OWED_GRACE_S + 60),
+            ),
+            ("b-now".to_owned(), now - time::Duration::seconds(30)),
+        ]
+        .into_iter()
+        .collect();
+        let (active, uses, policy) = (HashMap::new(), HashMap::new(), BTreeMap::new());
+        let windows = Windows {
+            dormant_s: 30 * 86_400,
+            expiring_s: 86_400,
+        };
+        let assessor = Assessor::new(&active, &owed, &uses, &policy, windows, now);
+        let inv = assessor.inventory(&bindings, &[]);
+        let flags = |id: &str| inv.items.iter().find(|i| i.id == id).unwrap().flags.clone();
+        assert_eq!(flags("b-late"), vec![REVOCATION_OWED]);
+        assert!(flags("b-now").is_empty());
+        assert_eq!(inv.counts[REVOCATION_OWED]["binding"], 1);
     }
 }
