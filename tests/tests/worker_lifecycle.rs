@@ -128,6 +128,18 @@ async fn workers_change_tenants_in_place_and_removed_names_stay_retired() {
             .collect()
     };
     assert_eq!(tenant_of("worker.update"), [json!("t2"), json!(null)]);
+    // The record in t2's export names no other tenant: t2's customer does not learn that w1
+    // serves t1 too.
+    let gained = daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "worker.update" && r["tenant"] == "t2")
+        .unwrap();
+    let detail = gained["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("gains tenant t2") && !detail.contains("t1"),
+        "{detail}"
+    );
     assert_eq!(tenant_of("worker.add").last(), Some(&json!("t2")));
     assert_eq!(tenant_of("binding.show"), [json!("t2")]);
     assert_eq!(tenant_of("instance.show"), [json!("t2")]);

@@ -132,7 +132,22 @@ impl AdminService {
             .filter(|t| kinds_change || !w.tenants.contains(t))
             .chain(w.tenants.iter().filter(|t| !tenants.contains(t)))
             .collect();
-        plan.tenant = only_tenant(touched.into_iter());
+        plan.tenant = only_tenant(touched.iter().copied());
+        if let Some(t) = &plan.tenant {
+            // In that tenant's export: its detail names no other tenant (a customer reading
+            // its own export must not learn which other customers the worker serves).
+            let change = if !w.tenants.iter().any(|o| o.as_str() == t) {
+                "gains"
+            } else if !tenants.iter().any(|n| n.as_str() == t) {
+                "loses"
+            } else {
+                "changes what it may serve in"
+            };
+            plan.detail = format!(
+                "worker={id} {change} tenant {t} ({} tenant(s) in all)",
+                tenants.len()
+            );
+        }
         w.tenants = tenants;
         if let Some(kinds) = u.connector_kinds {
             plan.detail
