@@ -1321,6 +1321,37 @@ async fn a_previous_run_catches_a_tail_cut_inside_the_unsigned_limit() {
         (1, &json!(false), &json!(n - 1)),
         "{v:#}"
     );
+    // That failed run's JSON, handed to the next run as the runbook chains them, still
+    // holds the chain to the record cut: the cut is not forgiven a run later.
+    assert_eq!(
+        (
+            &v["chains"][0]["carried_seq"],
+            &v["chains"][0]["carried_hash"]
+        ),
+        (&json!(n), &json!(hash)),
+        "{v:#}"
+    );
+    let failed_run = tmp.path().join("failed-run.json");
+    std::fs::write(&failed_run, &out).unwrap();
+    let (c, out) = verify_with_key(
+        &config,
+        &public_key,
+        &["--previous", failed_run.to_str().unwrap()],
+    );
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains(&format!("pinned copy holds record {n}")),
+        "{out}"
+    );
+    // An export proves the log up to the head it signed, which a run's last record may be
+    // past: --previous is refused with --export (an auditor's export is checked --pinned).
+    let (c, out) = verify_export_with(
+        &previous,
+        &public_key,
+        &["--previous", previous.to_str().unwrap()],
+    );
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("cannot be used with"), "{out}");
     // `audit report --previous` fails the chain as well.
     let (json_out, html_out) = (tmp.path().join("r.json"), tmp.path().join("r.html"));
     let (c, out, err) = run_cli(&[

@@ -583,7 +583,8 @@ impl Pins {
     }
 
     /// Adds, from the JSON of an earlier `audit verify --output json` run kept off the host,
-    /// each verified chain's last record (`last_seq`, `last_hash`): records signed later
+    /// each verified chain's last record (`last_seq`, `last_hash`; a failed chain's: the
+    /// record that run held it to, `carried_seq`, `carried_hash`): records signed later
     /// than a copy of the checkpoints and the unsigned tail since the last checkpoint are
     /// pinned too, so a tail cut after that run, even inside the unsigned limit, or a log
     /// emptied, fails. That run's JSON is not signed: it is worth where it was kept.
@@ -603,13 +604,25 @@ impl Pins {
             verified: bool,
             last_seq: Option<u64>,
             last_hash: Option<String>,
+            /// A failed chain's: the record that run held it to.
+            #[serde(default)]
+            carried_seq: Option<u64>,
+            #[serde(default)]
+            carried_hash: Option<String>,
         }
         let run: Run = serde_json::from_slice(bytes).map_err(|_| {
             "the previous run is not the JSON of `audit verify --output json`".to_owned()
         })?;
         let mut pinned = 0;
-        for chain in run.chains.into_iter().filter(|c| c.verified) {
-            let (Some(seq), Some(hash)) = (chain.last_seq, chain.last_hash) else {
+        for chain in run.chains {
+            // A chain that failed in that run is held to what that run held it to: a cut
+            // that failed once is not forgiven by the next run.
+            let last = if chain.verified {
+                (chain.last_seq, chain.last_hash)
+            } else {
+                (chain.carried_seq, chain.carried_hash)
+            };
+            let (Some(seq), Some(hash)) = last else {
                 continue;
             };
             if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {

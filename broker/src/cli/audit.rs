@@ -69,8 +69,12 @@ pub struct VerifyArgs {
     /// The JSON of an earlier `audit verify --output json` run, kept off the host: each
     /// chain's last record it names (`last_seq`, `last_hash`) must still be in the log,
     /// unchanged. Catches what signed checkpoints cannot: a tail cut since that run inside
-    /// the unsigned limit, or a log emptied. Combines with --pinned.
-    #[arg(long, value_name = "FILE", conflicts_with = "segment")]
+    /// the unsigned limit, or a log emptied. Combines with --pinned. Not with --export (an
+    /// export proves the log up to the head it signed, which may precede the run's last
+    /// record: give the auditor's --pinned copy instead). A chain that fails carries the
+    /// record it was held to (`carried_seq`, `carried_hash`), so the next run given this
+    /// run's JSON still holds it to it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["segment", "export"])]
     previous: Option<PathBuf>,
     /// `table`: one line per chain (the default); `json`: {"verified", "chains": [{"chain",
     /// "replica", "verified", "records", "first_seq", "last_seq", "last_hash",
@@ -265,6 +269,8 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
             .ok_or("--export and --segment need --public-key")?;
         AuditVerifier::load(key).map_err(|e| e.to_string())
     };
+    // What the chains were held to (--pinned, --previous): a failed chain's JSON carries it.
+    let mut carried = audit::Pins::default();
     let results: Vec<ChainResult> = if let Some(segment) = &args.segment {
         let verifier = pinned()?;
         let result = audit::verify_segment(segment, &verifier);
@@ -285,6 +291,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
     } else if let Some(export) = &args.export {
         let verifier = pinned()?;
         let pins = pins_of(args.pinned.as_deref(), args.previous.as_deref(), &verifier)?;
+        carried = pins.clone();
         // A file is read by position, a line at a time: an export of any size verifies in
         // constant memory. A pipe (`--export /dev/stdin`) cannot be read twice: it is copied
         // first to a file in the temporary directory (gone when it is closed), not into
@@ -345,7 +352,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
             }
             audit::verify_exports_pinned(&spool, &verifier, &pins)
         };
-        if args.pinned.is_some() || args.previous.is_some() {
+        if args.pinned.is_some() {
             trust_note.push_str(&export_pin_notes(&pins, &results));
         }
         results
@@ -366,6 +373,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         };
         let verifier = AuditVerifier::load(&key).map_err(|e| e.to_string())?;
         let pins = pins_of(args.pinned.as_deref(), args.previous.as_deref(), &verifier)?;
+        carried = pins.clone();
         let mut results = Vec::new();
         if !shared(&config) || audit::segments::has_file_log(&config.audit_dir()) {
             let bar = Bar::new(Output::shows_progress(args.output));
@@ -400,7 +408,8 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, String> {
         results
     };
     if args.output == Some(Output::Json) {
-        let chains: Vec<serde_json::Value> = results.iter().map(chain_json).collect();
+        let chains: Vec<serde_json::Value> =
+            results.iter().map(|r| chain_json(r, &carried)).collect();
         let verified = results.iter().all(|r| r.1.is_ok());
         // What the text form notes after its verdict (a key taken from this host, a pinned
         // copy's findings): a monitor reading the JSON is told as much.
@@ -496,9 +505,15 @@ pub(super) fn pins_of(
     Ok(pins)
 }
 
-/// One chain's verification as JSON (the `--output json` of `audit verify`).
-fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
+/// One chain's verification as JSON (the `--output json` of `audit verify`). A chain that
+/// failed carries the last record `carried` held it to (from --pinned or --previous), so a
+/// run given this JSON as --previous still holds it to that record.
+fn chain_json((replica, result): &ChainResult, carried: &audit::Pins) -> serde_json::Value {
     let chain = replica.map_or_else(|| "file log".to_owned(), |r| format!("replica {r}"));
+    let last_pin = carried
+        .of(*replica)
+        .and_then(|p| p.last_key_value())
+        .map(|(seq, hash)| (*seq, hash.clone()));
     match result {
         Ok(s) => serde_json::json!({
             "chain": chain,
@@ -523,6 +538,8 @@ fn chain_json((replica, result): &ChainResult) -> serde_json::Value {
             "replica": replica,
             "verified": false,
             "failure": { "seq": f.seq, "reason": f.reason },
+            "carried_seq": last_pin.as_ref().map(|p| p.0),
+            "carried_hash": last_pin.map(|p| p.1),
         }),
     }
 }
