@@ -52,13 +52,18 @@ impl Live {
     /// cache. Written again, those pages are dirty, and this sync either puts them on disk
     /// or reports the error.
     pub(super) fn write_back(&self, end: u64, most: u64) -> std::io::Result<()> {
-        let from = end.saturating_sub(most) & !4095;
-        let to = end.saturating_add(most).min(self.filled);
-        if segments::write_back(&self.file, from, to)? {
-            self.file.sync_data()?;
-        }
-        Ok(())
+        write_back_around(&self.file, end, most, self.filled)
     }
+}
+
+/// [`Live::write_back`] of `file`, `len` bytes long.
+fn write_back_around(file: &File, end: u64, most: u64, len: u64) -> std::io::Result<()> {
+    let from = end.saturating_sub(most) & !4095;
+    let to = end.saturating_add(most).min(len);
+    if segments::write_back(file, from, to)? {
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 fn open_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -289,6 +294,13 @@ pub(super) fn open_live(config: &AuditConfig) -> Result<(Live, Tail, Option<Torn
     let tail = tail_of(&scan, &last.path)?
         .ok_or_else(|| inconsistent(&last.path, "segment header without a tail".into()))?;
     if scan.seal.is_some() {
+        // The seal found is the page cache's: a writer killed between writing it and its
+        // sync, whose write-back then failed, left it there only (see `Live::write_back`).
+        // Made the disk's before the next segment is created after it, or a power cut would
+        // leave the next segment following an unsealed one (the log refused).
+        segments::own_file(&file, &last.path).map_err(|e| open_err(&last.path, e))?;
+        write_back_around(&file, scan.end, one_batch_bytes(config), scan.file_len)
+            .map_err(|e| open_err(&last.path, e))?;
         // Bytes after a complete seal were put there: never cleared; the verification that
         // comes before any clearing refuses them.
         let torn = torn.map(|t| Torn {
