@@ -194,7 +194,16 @@ impl PgStore {
                     // Not under brokers that read the old version at their start, and under
                     // the offline hold (as a migration: one that claims its replica id after
                     // the count finds the hold when it joins).
-                    let holder = format!("schema-upgrade:{}", std::process::id());
+                    // Unique to this attempt: a holder's name is its claim (two brokers in
+                    // containers, both pid 1, would otherwise both hold it, and the first to
+                    // finish release it under the second).
+                    let holder = format!(
+                        "schema-upgrade:{}:{}",
+                        std::process::id(),
+                        credbroker_providers::random_alphanumeric(12).map_err(|e| {
+                            StoreError::Backend(format!("schema upgrade claim token: {e}"))
+                        })?
+                    );
                     let held = found.is_some();
                     if held {
                         let ttl = std::time::Duration::from_secs(600);
