@@ -352,7 +352,8 @@ async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
         "the generation alone cannot tell (the case this guards)"
     );
     sql.batch_execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'credbroker-listen'",
+        // This test's database only: the cluster is shared with tests running beside it.
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'credbroker-listen' AND datname = current_database()",
     )
     .await
     .unwrap();
