@@ -227,6 +227,11 @@ async fn postgres_replicas_see_each_others_changes() {
         on_b.shared_tenant(&id).await.unwrap().unwrap().name,
         "notified"
     );
+    // A notification is a wake-up to read the generation: the reads of the notifications
+    // still in flight (this replica's own commit's among them) may each report the change
+    // once more before they settle.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    while rx.try_recv().is_ok() {}
 
     // Last-use rows are each replica's own and read straight from the store: writing them
     // changes no generation, so the other replica's caches stay warm.
@@ -287,12 +292,21 @@ async fn postgres_replicas_follow_a_forged_or_rolled_back_generation() {
 
     // A forged notification with the highest generation there is.
     assert_eq!(name_on_b().await, "");
+    // Read again once b's listening connection is up (its start forgets what is cached).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(name_on_b().await, "");
+    let cached = on_b.cached_records();
+    assert!(cached > 0);
     sql.batch_execute("NOTIFY credbroker_changes, '9223372036854775807'")
         .await
         .unwrap();
     sql.batch_execute("NOTIFY credbroker_changes, 'not a number'")
         .await
         .unwrap();
+    // A wake-up only: the real generation has not moved, so nothing cached is dropped (a
+    // forger's flood of them emptied every replica's cache).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(on_b.cached_records(), cached, "the cache was emptied");
     rename("after the forged notification").await;
     assert_eq!(name_on_b().await, "after the forged notification");
 

@@ -59,13 +59,13 @@ async fn listen(
     let (client, mut connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
     // Only the latest notification matters (a burst is one change to report), so they are
     // coalesced: a flood of them costs one report, not a queue without bound.
-    let (tx, mut rx) = tokio::sync::watch::channel::<Option<i64>>(None);
+    let (tx, mut rx) = tokio::sync::watch::channel(());
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let driver = tokio::spawn(async move {
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().parse::<i64>().ok()).is_err() {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
                         return Ok(());
                     }
                 }
@@ -97,17 +97,29 @@ async fn listen(
         }
         None => return Ok(()),
     }
-    // A payload is a hint, never trusted: `saw` reports any value other than the last one
-    // recorded, and the next `sync` reads the real generation again.
+    // A notification is a wake-up, its payload never trusted: any login to the database may
+    // NOTIFY, and taking each payload as a change emptied every replica's record cache (and
+    // had the platform and issuer keys unsealed again) at a forger's rate. The real
+    // generation is read instead, a read at a time (notifications arriving meanwhile are
+    // coalesced into one more), and only a change of it is reported.
     while rx.changed().await.is_ok() {
-        let payload = *rx.borrow_and_update();
+        rx.borrow_and_update();
         let Some(inner) = inner.upgrade() else {
             return Ok(());
         };
-        match payload {
-            Some(generation) => inner.saw(generation),
-            // Not a generation: report a change anyway rather than miss one.
-            None => inner.notify(super::Changed::ALL),
+        let before = inner.saws.load(std::sync::atomic::Ordering::Acquire);
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.query_one("SELECT generation FROM credbroker_state WHERE id = 1", &[]),
+        )
+        .await
+        .map_err(|_| "reading the generation after a notification timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let generation: i64 = read.try_get(0).map_err(|e| e.to_string())?;
+        // A generation judged meanwhile (a resolve's sync) may be newer than this one:
+        // judging this one after it would only report a change that is not one.
+        if inner.saws.load(std::sync::atomic::Ordering::Acquire) == before {
+            inner.saw(generation);
         }
     }
     drop(client);

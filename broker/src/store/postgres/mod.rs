@@ -55,6 +55,9 @@ struct Inner {
     hooks: Hooks,
     /// The change generation whose state this process's caches reflect at least.
     seen: AtomicI64,
+    /// Generations judged by [`Inner::saw`] so far (a count): the listener drops a
+    /// generation it read while another was judged (which may have been newer).
+    saws: std::sync::atomic::AtomicU64,
     /// Dropped with the store: stops the listening connection.
     _stop: tokio::sync::watch::Sender<()>,
 }
@@ -165,6 +168,7 @@ impl PgStore {
             timeout,
             hooks: Hooks::default(),
             seen: AtomicI64::new(0),
+            saws: std::sync::atomic::AtomicU64::new(0),
             _stop: stop,
         });
         let store = PgStore { inner };
@@ -259,6 +263,7 @@ impl Inner {
     /// runs them too or finds them already run. (Out-of-order callers only cause one more
     /// report, never a missed one.)
     fn saw(&self, generation: i64) {
+        self.saws.fetch_add(1, Ordering::AcqRel);
         if self.seen.load(Ordering::Acquire) != generation {
             // Another replica's change: which tables it touched is not known here.
             self.notify(Changed::ALL);
