@@ -396,7 +396,12 @@ async fn google_auth_gets_tokens_through_client_gcp_metadata() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), token);
 
-    let (server, host) = metadata_server(&worker_env, &[]);
+    let log_path = env.daemon.data_dir.join("gcp-metadata.log");
+    let (server, host) = metadata_server_logging(
+        &worker_env,
+        &[],
+        std::fs::File::create(&log_path).unwrap().into(),
+    );
     let script = r#"
 import json, urllib.request
 import google.auth.compute_engine
@@ -436,6 +441,16 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
         .unwrap();
     // Another local user's process reaches loopback too: it is refused, unless allowed.
     assert_eq!(token_status_as(65534, &host), "403");
+    // A client on a dual-stack socket (Java's, .NET's) is found in the IPv6 table: served
+    // when it is this user's, refused when another's.
+    assert_eq!(token_status_from(0, &host, true), "200");
+    assert_eq!(token_status_from(65534, &host, true), "403");
+    // And said in the endpoint's log (throttled: the first refusal at least).
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("a local process whose user is not allowed (--allow-uid) asked for a token"),
+        "{log}"
+    );
     // Nor can it hold the endpoint: its connections that send nothing (more than the 16 the
     // endpoint serves at once) take no slot, and the endpoint's own user is still served.
     let mut holder = KillOnDrop(
@@ -492,6 +507,15 @@ print(json.dumps({"token": creds.token, "email": creds.service_account_email, "p
 /// `client gcp-metadata` for instance ig1 on a free loopback port, with `worker_env` and
 /// `extra` arguments: the running server and the address it printed.
 fn metadata_server(worker_env: &[(&str, String)], extra: &[&str]) -> (KillOnDrop, String) {
+    metadata_server_logging(worker_env, extra, std::process::Stdio::null())
+}
+
+/// As [`metadata_server`], its standard error (its log) to `stderr`.
+fn metadata_server_logging(
+    worker_env: &[(&str, String)],
+    extra: &[&str],
+    stderr: std::process::Stdio,
+) -> (KillOnDrop, String) {
     let mut server = KillOnDrop(
         std::process::Command::new(daemon_bin())
             .args([
@@ -505,7 +529,7 @@ fn metadata_server(worker_env: &[(&str, String)], extra: &[&str]) -> (KillOnDrop
             .args(extra)
             .envs(worker_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     );
@@ -526,7 +550,19 @@ fn metadata_server(worker_env: &[(&str, String)], extra: &[&str]) -> (KillOnDrop
 /// The status `client gcp-metadata` at `host` answers a token request sent by a process of
 /// user `uid` (curl under setpriv: the suite runs as root).
 fn token_status_as(uid: u32, host: &str) -> String {
+    token_status_from(uid, host, false)
+}
+
+/// As [`token_status_as`], from a dual-stack socket when `mapped` (as the JVM and .NET
+/// connect: to `::ffff:127.0.0.1`, their end in the kernel's IPv6 table).
+fn token_status_from(uid: u32, host: &str, mapped: bool) -> String {
     let uid = uid.to_string();
+    let target = if mapped {
+        let port = host.rsplit(':').next().unwrap();
+        format!("[::ffff:127.0.0.1]:{port}")
+    } else {
+        host.to_owned()
+    };
     let out = std::process::Command::new("setpriv")
         .args([
             &format!("--reuid={uid}"),
@@ -543,7 +579,9 @@ fn token_status_as(uid: u32, host: &str) -> String {
             "5",
             "-H",
             "Metadata-Flavor: Google",
-            &format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token"),
+            "-H",
+            &format!("Host: {host}"),
+            &format!("http://{target}/computeMetadata/v1/instance/service-accounts/default/token"),
         ])
         .output()
         .unwrap();

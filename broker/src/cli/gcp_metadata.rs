@@ -59,24 +59,31 @@ const THIS_HOST: procfs_core::ExplicitSystemInfo = procfs_core::ExplicitSystemIn
 /// in TIME_WAIT, which the table shows as root's, and must not be taken for one.
 fn connecting_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     use procfs_core::FromReadSI;
-    let same = |a: &SocketAddr, b: &SocketAddr| a.ip() == b.ip() && a.port() == b.port();
-    let table = if local.is_ipv4() {
-        "/proc/net/tcp"
-    } else {
-        "/proc/net/tcp6"
+    // Addresses compared as IPv4 where they are mapped ones: a client on a dual-stack socket
+    // (the JVM's and .NET's default) that connects to 127.0.0.1 has its end in the IPv6 table,
+    // as `::ffff:127.0.0.1`, whatever family the listener is.
+    let same = |a: &SocketAddr, b: &SocketAddr| {
+        a.ip().to_canonical() == b.ip().to_canonical() && a.port() == b.port()
     };
-    let file = std::fs::File::open(table).ok()?;
-    let entries = procfs_core::net::TcpNetEntries::from_read(file, &THIS_HOST).ok()?;
-    entries
-        .0
-        .iter()
-        .find(|e| {
-            same(&e.local_address, &peer)
-                && same(&e.remote_address, &local)
-                && e.state == procfs_core::net::TcpState::Established
-                && e.inode != 0
-        })
-        .map(|e| e.uid)
+    let tables = if local.is_ipv4() {
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+    } else {
+        ["/proc/net/tcp6", "/proc/net/tcp"]
+    };
+    tables.into_iter().find_map(|table| {
+        let file = std::fs::File::open(table).ok()?;
+        let entries = procfs_core::net::TcpNetEntries::from_read(file, &THIS_HOST).ok()?;
+        entries
+            .0
+            .iter()
+            .find(|e| {
+                same(&e.local_address, &peer)
+                    && same(&e.remote_address, &local)
+                    && e.state == procfs_core::net::TcpState::Established
+                    && e.inode != 0
+            })
+            .map(|e| e.uid)
+    })
 }
 
 const PREFIX: &str = "/computeMetadata/v1/";

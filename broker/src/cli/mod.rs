@@ -297,11 +297,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Operator(cmd) => {
             run_record(cmd, "operators", |a: OperatorAdd| Ok(json!({ "id": a.id })))
         }
-        Command::BootstrapOperator(args) => offline::run_bootstrap_operator(&args),
+        // Its warnings (a failure it could not record) go to standard error.
+        Command::BootstrapOperator(args) => {
+            init_logging(LogFormat::Text, "warn");
+            offline::run_bootstrap_operator(&args)
+        }
         Command::Onboard(o) => run_onboard(&o),
         Command::Client(ClientCmd::AwsCredentialProcess(a)) => aws_credential_process(&a),
         Command::Client(ClientCmd::Token(a)) => token(&a),
-        Command::Client(ClientCmd::GcpMetadata(a)) => gcp_metadata::serve(&a),
+        // A long-running endpoint: its refusals (another local user, the broker's) are logged.
+        Command::Client(ClientCmd::GcpMetadata(a)) => {
+            init_logging(LogFormat::Text, "info");
+            gcp_metadata::serve(&a)
+        }
         Command::LintTemplates(a) => offline::run_lint(&a),
         Command::Secret(cmd) => run_secret(cmd),
         Command::Unclaimed(cmd) => admin::run_unclaimed(cmd),
