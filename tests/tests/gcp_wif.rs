@@ -395,6 +395,29 @@ async fn google_auth_gets_tokens_through_client_gcp_metadata() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), token);
+    // Its exit status says what happened (README "Exit status"): 1 the broker refused, 3
+    // the broker could not be reached.
+    let out = std::process::Command::new(daemon_bin())
+        .args(["client", "token", "--instance", "nowhere"])
+        .envs(worker_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("resolve refused: unknown_instance"), "{err}");
+    assert!(out.stdout.is_empty());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = std::process::Command::new(daemon_bin())
+        .args(["client", "token", "--instance", "ig1"])
+        .envs(worker_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("CREDBROKER_SERVER", &nobody)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot reach the broker"), "{err}");
 
     let log_path = env.daemon.data_dir.join("gcp-metadata.log");
     let (server, host) = metadata_server_logging(

@@ -63,9 +63,52 @@ pub struct ClientArgs {
     job_id: Option<String>,
 }
 
-/// Resolves `a.instance` (with `narrow`); the answer's JSON, or the refusal as an error.
-fn resolve(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
-    runtime()?.block_on(resolve_async(a, narrow))
+/// Why a resolve gave no credential, each with its exit status (README "Exit status").
+#[derive(Debug)]
+pub(super) enum ResolveFailure {
+    /// The broker answered with a refusal: exit 1.
+    Refused(String),
+    /// The broker could not be reached, nothing was sent: exit 3.
+    Unreachable(String),
+    /// Sent, and no answer came: exit 4.
+    NoAnswer(String),
+    /// The command could not run (a file, TLS, a malformed answer): exit 2.
+    Failed(String),
+}
+
+impl std::fmt::Display for ResolveFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveFailure::Refused(m)
+            | ResolveFailure::Unreachable(m)
+            | ResolveFailure::NoAnswer(m)
+            | ResolveFailure::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for ResolveFailure {
+    fn from(m: String) -> Self {
+        ResolveFailure::Failed(m)
+    }
+}
+
+/// Resolves `a.instance` (with `narrow`); the answer's JSON, or how it failed: a failure
+/// that has an exit status of its own is said on standard error and returned as it.
+fn resolve(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, Result<ExitCode, String>> {
+    let said = |code: u8, m: String| {
+        eprintln!("error: {}", super::output::sanitize_lines(&m));
+        Ok(ExitCode::from(code))
+    };
+    runtime()
+        .map_err(Err)?
+        .block_on(resolve_async(a, narrow))
+        .map_err(|f| match f {
+            ResolveFailure::Refused(m) => said(1, m),
+            ResolveFailure::Unreachable(m) => said(super::conn::EXIT_UNREACHABLE, m),
+            ResolveFailure::NoAnswer(m) => said(super::conn::EXIT_OUTCOME_UNKNOWN, m),
+            ResolveFailure::Failed(m) => Err(m),
+        })
 }
 
 /// Says once, on standard error, when the worker's key file is open to others than its
@@ -82,7 +125,10 @@ fn warn_if_key_open(key: &std::path::Path) {
 }
 
 /// [`resolve`] on the caller's runtime.
-pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Result<Value, String> {
+pub(super) async fn resolve_async(
+    a: &ClientArgs,
+    narrow: Option<Value>,
+) -> Result<Value, ResolveFailure> {
     warn_if_key_open(&a.key);
     let mut client = BrokerClient::new(&a.server, &a.ca, &a.cert, &a.key)
         .map_err(|e| e.to_string())?
@@ -102,11 +148,15 @@ pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Resu
         )
         .await
         .map_err(|e| match e {
-            crate::client::ClientError::Connect(_) => format!(
+            crate::client::ClientError::Connect(_) => ResolveFailure::Unreachable(format!(
                 "cannot reach the broker at {}: {e}; is it running there? Give its address with --server URL (or CREDBROKER_SERVER)",
                 a.server
-            ),
-            other => format!("broker at {}: {other}", a.server),
+            )),
+            crate::client::ClientError::Transport(_) => ResolveFailure::NoAnswer(format!(
+                "no answer from the broker at {}: {e} (the resolve was sent; it is in the audit log if the broker made it)",
+                a.server
+            )),
+            other => ResolveFailure::Failed(format!("broker at {}: {other}", a.server)),
         })?;
     let bytes = Zeroizing::new(bytes);
     let v: Value =
@@ -115,13 +165,13 @@ pub(super) async fn resolve_async(a: &ClientArgs, narrow: Option<Value>) -> Resu
         // The broker's words, made safe for a terminal or a log (as the admin commands do).
         let text =
             |k: &str, or: &str| super::output::sanitize(v["error"][k].as_str().unwrap_or(or));
-        return Err(format!(
+        return Err(ResolveFailure::Refused(format!(
             "resolve refused: {} ({}): {} [audit_id {}]",
             text("code", "unknown"),
             status.as_u16(),
             text("message", ""),
             text("audit_id", "-")
-        ));
+        )));
     }
     Ok(v)
 }
@@ -152,7 +202,10 @@ pub fn token(a: &TokenArgs) -> Result<ExitCode, String> {
         ),
         None => None,
     };
-    let v = resolve(&a.client, narrow)?;
+    let v = match resolve(&a.client, narrow) {
+        Ok(v) => v,
+        Err(stop) => return stop,
+    };
     let c = &v["credentials"];
     let token = ["access_token", "token"]
         .iter()
@@ -197,7 +250,10 @@ pub fn token(a: &TokenArgs) -> Result<ExitCode, String> {
 /// `credential_process` output: the AWS CLI and every AWS SDK run this command and read
 /// `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}`.
 pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
-    let v = resolve(a, None)?;
+    let v = match resolve(a, None) {
+        Ok(v) => v,
+        Err(stop) => return stop,
+    };
     if v["kind"] != "aws_sts" {
         return Err(format!(
             "instance {} does not resolve to AWS credentials (kind {})",
@@ -206,12 +262,27 @@ pub fn aws_credential_process(a: &ClientArgs) -> Result<ExitCode, String> {
         ));
     }
     let c = &v["credentials"];
+    // Each field a string, the expiry a time: an SDK given no Expiration takes the keys for
+    // ones that never expire and never asks again.
+    let field = |k: &str| {
+        c[k].as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("the broker's AWS credentials lack {k}: not printed"))
+    };
+    let expiration = field("Expiration")?;
+    if time::OffsetDateTime::parse(expiration, &time::format_description::well_known::Rfc3339)
+        .is_err()
+    {
+        return Err(
+            "the broker's AWS credentials' Expiration is not an RFC 3339 time: not printed".into(),
+        );
+    }
     let out = json!({
         "Version": 1,
-        "AccessKeyId": c["AccessKeyId"],
-        "SecretAccessKey": c["SecretAccessKey"],
-        "SessionToken": c["SessionToken"],
-        "Expiration": c["Expiration"],
+        "AccessKeyId": field("AccessKeyId")?,
+        "SecretAccessKey": field("SecretAccessKey")?,
+        "SessionToken": field("SessionToken")?,
+        "Expiration": expiration,
     });
     let text = super::output::json_line(&out)?;
     print_secret(&text)?;

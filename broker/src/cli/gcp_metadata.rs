@@ -280,7 +280,7 @@ async fn handle(args: &GcpMetadataArgs, req: &Request<Incoming>) -> Response<Ful
                     StatusCode::OK,
                     v["details"]["project_number"].as_str().unwrap_or(""),
                 ),
-                Err(e) => refused(&e),
+                Err(e) => refused(&e.to_string()),
             }
         }
         Route::Account { account, leaf } => (account, leaf),
@@ -300,7 +300,7 @@ async fn handle(args: &GcpMetadataArgs, req: &Request<Incoming>) -> Response<Ful
                 ),
             )
         }
-        Err(e) => return refused(&e),
+        Err(e) => return refused(&e.to_string()),
     };
     let email = v["details"]["service_account"].as_str().unwrap_or("");
     if account != "default" && account != email {
