@@ -398,6 +398,13 @@ fn credbroker_health_checks_the_daemon_without_a_certificate() {
     let (code, _, err) = run_cli(&["health", "--config", &bare.display().to_string()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no [health] section"), "{err}");
+    // Nor bad arguments: an address that is no socket address is 1 too, not clap's 2.
+    let (code, _, err) = run_cli(&["health", "--addr", "localhost:9090"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--addr"), "{err}");
+    // Other commands' bad arguments still exit 2; help still 0.
+    assert_eq!(run_cli(&["inventory", "--no-such-flag"]).0, 2);
+    assert_eq!(run_cli(&["health", "--help"]).0, 0);
 }
 
 #[test]

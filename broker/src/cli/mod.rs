@@ -200,7 +200,16 @@ pub fn main() -> ExitCode {
     // left readable by others by the umask of whoever started it.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            // `health` never exits 2 (container engines reserve it), bad arguments included.
+            let health = std::env::args_os().nth(1).is_some_and(|a| a == "health");
+            return ExitCode::from(if health && code != 0 { 1 } else { code });
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(message) => {
