@@ -161,6 +161,18 @@ fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&man_dir), 0o755);
     assert_eq!(mode(&man_dir.join("credbroker-doctor.1")), 0o644);
+    // Parents it makes are readable by everyone too (`share/man/man1` under a new prefix).
+    let deep = tmp.path().join("prefix/share/man/man1");
+    let (code, _, err) = run_cli(&["man", "--dir", deep.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for made in [
+        "prefix",
+        "prefix/share",
+        "prefix/share/man",
+        "prefix/share/man/man1",
+    ] {
+        assert_eq!(mode(&tmp.path().join(made)), 0o755, "{made}");
+    }
     let victim = tmp.path().join("authorized_keys");
     std::fs::write(&victim, "ssh-ed25519 AAAA mine\n").unwrap();
     std::fs::remove_file(man_dir.join("credbroker-tenant.1")).unwrap();

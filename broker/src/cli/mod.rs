@@ -345,18 +345,27 @@ fn man(dir: Option<&std::path::Path>) -> Result<ExitCode, String> {
     match dir {
         Some(dir) => {
             if !dir.exists() {
+                // Each directory made here is made readable by all (man pages are public),
+                // the parents too: under this process's umask (077) they would be made 0700,
+                // leaving `/usr/local/share/man` root's alone when root ran it.
+                let missing: Vec<&std::path::Path> = dir
+                    .ancestors()
+                    .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+                    .collect();
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                // Set through a handle of the directory itself, never by a path a link
-                // swapped in since could send elsewhere.
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-                    .open(dir)
-                    .and_then(|d| {
-                        d.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                    })
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+                for made in missing.iter().rev() {
+                    // Set through a handle of the directory itself, never by a path a link
+                    // swapped in since could send elsewhere.
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                        .open(made)
+                        .and_then(|d| {
+                            d.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                        })
+                        .map_err(|e| format!("{}: {e}", made.display()))?;
+                }
             }
             // As clap_mangen::generate_to, but each page written to a new file renamed into
             // place (a link planted under a page's name is replaced, never followed), readable
