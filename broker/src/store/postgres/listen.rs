@@ -107,19 +107,23 @@ async fn listen(
         let Some(inner) = inner.upgrade() else {
             return Ok(());
         };
-        let before = inner.saws.load(std::sync::atomic::Ordering::Acquire);
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.query_one("SELECT generation FROM credbroker_state WHERE id = 1", &[]),
-        )
-        .await
-        .map_err(|_| "reading the generation after a notification timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-        let generation: i64 = read.try_get(0).map_err(|e| e.to_string())?;
-        // A generation judged meanwhile (a resolve's sync) may be newer than this one:
-        // judging this one after it would only report a change that is not one.
-        if inner.saws.load(std::sync::atomic::Ordering::Acquire) == before {
-            inner.saw(generation);
+        // A generation judged meanwhile (a resolve's sync, a commit) may be newer than the
+        // one read, or older: read again, so that what is judged last is the latest (a few
+        // times at most; then judged as read: an extra report of a change, never a missed one).
+        for attempt in 0..4 {
+            let before = inner.saws.load(std::sync::atomic::Ordering::Acquire);
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                client.query_one("SELECT generation FROM credbroker_state WHERE id = 1", &[]),
+            )
+            .await
+            .map_err(|_| "reading the generation after a notification timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+            let generation: i64 = read.try_get(0).map_err(|e| e.to_string())?;
+            if attempt == 3 || inner.saws.load(std::sync::atomic::Ordering::Acquire) == before {
+                inner.saw(generation);
+                break;
+            }
         }
     }
     drop(client);

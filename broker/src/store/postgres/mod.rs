@@ -55,8 +55,9 @@ struct Inner {
     hooks: Hooks,
     /// The change generation whose state this process's caches reflect at least.
     seen: AtomicI64,
-    /// Generations judged by [`Inner::saw`] so far (a count): the listener drops a
-    /// generation it read while another was judged (which may have been newer).
+    /// Generations judged by [`Inner::saw`] or set by a commit so far (a count): the
+    /// listener reads again when another was judged while it read (which may have been
+    /// newer, or older).
     saws: std::sync::atomic::AtomicU64,
     /// Dropped with the store: stops the listening connection.
     _stop: tokio::sync::watch::Sender<()>,
@@ -597,6 +598,7 @@ impl Store for PgStore {
             };
             inner.notify(changed);
             if let Ok(Some(r)) = &result {
+                inner.saws.fetch_add(1, Ordering::AcqRel);
                 inner.seen.store(r.generation, Ordering::Release);
             }
             result.map(|_| ())
