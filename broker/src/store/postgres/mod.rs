@@ -217,7 +217,7 @@ impl PgStore {
                             .await?
                         {
                             return Err(StoreError::Backend(
-                                "cannot upgrade the records' schema: an offline change (a KEK rotation, an operator registered offline or a store move) holds this store; start the broker when it has ended".into(),
+                                "cannot upgrade the records' schema: an offline change (a KEK rotation, an operator registered offline, a store move, or another broker's schema upgrade — one interrupted holds it for up to 10 minutes) holds this store; start the broker when it has ended".into(),
                             ));
                         }
                     }
