@@ -143,10 +143,8 @@ impl AdminService {
             } else {
                 "changes what it may serve in"
             };
-            plan.detail = format!(
-                "worker={id} {change} tenant {t} ({} tenant(s) in all)",
-                tenants.len()
-            );
+            // Nor how many others it serves.
+            plan.detail = format!("worker={id} {change} tenant {t}");
         }
         w.tenants = tenants;
         if let Some(kinds) = u.connector_kinds {
