@@ -173,6 +173,16 @@ fn dev_dir_dials_the_dev_broker_and_every_list_has_json() {
     ] {
         assert_eq!(mode(&tmp.path().join(made)), 0o755, "{made}");
     }
+    // A `..` would name a directory that exists as one it made (`new/..` is the parent, once
+    // `new` is made): refused, nothing opened up.
+    let private = tmp.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dotted = private.join("new/../man1");
+    let (code, _, err) = run_cli(&["man", "--dir", dotted.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("without '..'"), "{err}");
+    assert_eq!(mode(&private), 0o700);
     let victim = tmp.path().join("authorized_keys");
     std::fs::write(&victim, "ssh-ed25519 AAAA mine\n").unwrap();
     std::fs::remove_file(man_dir.join("credbroker-tenant.1")).unwrap();

@@ -344,6 +344,14 @@ fn man(dir: Option<&std::path::Path>) -> Result<ExitCode, String> {
     let cmd = <Cli as clap::CommandFactory>::command();
     match dir {
         Some(dir) => {
+            // `..` would name a directory that exists (after its parent is made) as one to
+            // open up: `/root/new/../man1` would make /root readable by all.
+            if dir
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(format!("{}: give --dir without '..'", dir.display()));
+            }
             if !dir.exists() {
                 // Each directory made here is made readable by all (man pages are public),
                 // the parents too: under this process's umask (077) they would be made 0700,
