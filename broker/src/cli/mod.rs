@@ -44,8 +44,9 @@ use providers::{run_onboard, run_provider_keys, Onboard, ProviderKeys};
 /// What every command's exit status means (also in README, "Command line").
 const EXIT_CODES: &str = "Exit status:
   0  success
-  1  the broker refused the request (the error code, audit id and request id are printed),
-     or a check failed (audit verify, audit report, doctor, health)
+  1  the broker refused the request (the error code, audit id and request id are printed;
+     rate_limited and unavailable are worth retrying), or a check failed (audit verify,
+     audit report, doctor, health; health exits 1 for every failure, bad arguments too)
   2  the command could not run: bad arguments, a file that cannot be read, a TLS handshake
      that failed (the CA does not vouch for the server, or the certificate was refused)
   3  the broker could not be reached: nothing was sent (the address tried is printed)
