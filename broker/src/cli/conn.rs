@@ -262,10 +262,19 @@ pub fn call_showing(
 /// # Errors
 /// As [`request`].
 pub fn list_all(conn: &Conn, path: &str, key: &str) -> Result<ExitCode, String> {
+    /// The most pages read (a page holds up to 1,000 records: ten million at most), so a
+    /// broker that hands out `next` for ever cannot keep the command reading, and holding,
+    /// without end.
+    const MAX_PAGES: usize = 10_000;
     let mut shown: Option<Value> = None;
     let mut records = Vec::new();
     let mut after: Option<String> = None;
-    loop {
+    for pages in 1.. {
+        if pages > MAX_PAGES {
+            return Err(format!(
+                "the broker's listing of {path} goes on past {MAX_PAGES} pages: not printed (read it with the API's ?after= pages)"
+            ));
+        }
         let page = match &after {
             Some(a) => format!(
                 "{path}?{}",
