@@ -394,21 +394,18 @@ async fn a_doctored_second_copy_and_a_live_segment_moved_to_the_archive_are_refu
     assert!(e.to_string().contains("the live one is missing"), "{e}");
 }
 
-/// A seal found as the last thing in the log (a writer killed after writing it, before it
-/// made the next segment) may be in the page cache only: it is written back (its file
-/// written to: its modification time moves) before the next segment is created after it.
-#[tokio::test]
-async fn a_seal_found_last_is_written_back_before_the_next_segment() {
-    let (_tmp, keys, dir) = dirs();
-    let mut c = config(&dir);
+/// A log of 51 records in segments of 25 (checkpoints only at stops), left as a writer
+/// killed right after sealing segment 2 leaves it, before segment 3 held anything: record 51
+/// was never acknowledged, nor checkpointed. Its config.
+async fn killed_after_sealing_segment_2(dir: &Path, keys: &Path) -> AuditConfig {
+    let mut c = config(dir);
     c.segment_records = 25;
     c.checkpoint_every_records = 1000;
-    let log = AuditLog::open(c.clone(), signer(&keys)).unwrap();
+    let log = AuditLog::open(c.clone(), signer(keys)).unwrap();
     for i in 0..51 {
         log.append(ev(i)).await.unwrap();
     }
     log.close();
-    // As if killed right after sealing segment 2 (record 51 never acknowledged).
     std::fs::remove_file(dir.join(crate::audit::segments::segment_name(3))).unwrap();
     let checkpoints = dir.join("checkpoints.log");
     let kept: String = std::fs::read_to_string(&checkpoints)
@@ -423,6 +420,16 @@ async fn a_seal_found_last_is_written_back_before_the_next_segment() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&checkpoints, kept).unwrap();
+    c
+}
+
+/// A seal found as the last thing in the log (a writer killed after writing it, before it
+/// made the next segment) may be in the page cache only: it is written back (its file
+/// written to: its modification time moves) before the next segment is created after it.
+#[tokio::test]
+async fn a_seal_found_last_is_written_back_before_the_next_segment() {
+    let (_tmp, keys, dir) = dirs();
+    let c = killed_after_sealing_segment_2(&dir, &keys).await;
     let second = dir.join(crate::audit::segments::segment_name(2));
     let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
     std::fs::File::options()
@@ -449,30 +456,7 @@ async fn a_seal_found_last_is_written_back_before_the_next_segment() {
 #[tokio::test]
 async fn bytes_after_the_last_segments_seal_stop_the_start_and_are_kept() {
     let (tmp, keys, dir) = dirs();
-    let mut c = config(&dir);
-    c.segment_records = 25;
-    c.checkpoint_every_records = 1000;
-    let log = AuditLog::open(c.clone(), signer(&keys)).unwrap();
-    for i in 0..51 {
-        log.append(ev(i)).await.unwrap();
-    }
-    log.close();
-    // As if killed right after sealing segment 2, before segment 3 held anything (record
-    // 51 was never acknowledged, nor checkpointed).
-    std::fs::remove_file(dir.join(crate::audit::segments::segment_name(3))).unwrap();
-    let checkpoints = dir.join("checkpoints.log");
-    let kept: String = std::fs::read_to_string(&checkpoints)
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-                .is_some_and(|s| s <= 50)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&checkpoints, kept).unwrap();
+    let mut c = killed_after_sealing_segment_2(&dir, &keys).await;
     let second = dir.join(crate::audit::segments::segment_name(2));
     let sealed = std::fs::read(&second).unwrap();
     let planted = [sealed.as_slice(), b"planted"].concat();
