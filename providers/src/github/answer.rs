@@ -293,6 +293,7 @@ fn check_grant(body: &Value, account: Option<u64>, wanted: &TokenRequest) -> Res
         .get("repositories")
         .and_then(Value::as_array)
         .ok_or("named repositories were asked and none are listed")?;
+    let mut first_owner: Option<u64> = None;
     for repo in listed {
         let name = repo
             .get("name")
@@ -303,14 +304,23 @@ fn check_grant(body: &Value, account: Option<u64>, wanted: &TokenRequest) -> Res
         }
         // A name is only unique within its owner: `api` of another account (a token of
         // another installation, a misrouted Enterprise Server) is not this binding's `api`.
-        if let Some(account) = account {
-            let owner = repo.pointer("/owner/id").and_then(Value::as_u64);
-            if owner != Some(account) {
-                return Err(format!(
-                    "repository {name:?} belongs to account {}, not to the binding's {account}",
-                    owner.map_or("?".to_owned(), |o| o.to_string())
-                ));
-            }
+        // A binding that pins no account (made by hand before accounts were pinned) holds
+        // its repositories to one owner, the first listed's.
+        let owner = repo.pointer("/owner/id").and_then(Value::as_u64);
+        let expected = account.or(first_owner).or(owner);
+        first_owner = first_owner.or(owner);
+        if owner.is_none() || owner != expected {
+            return Err(format!(
+                "repository {name:?} belongs to account {}, not to {}",
+                owner.map_or("?".to_owned(), |o| o.to_string()),
+                match account {
+                    Some(a) => format!("the binding's {a}"),
+                    None => format!(
+                        "{}, the owner of the others",
+                        expected.map_or("?".to_owned(), |o| o.to_string())
+                    ),
+                }
+            ));
         }
     }
     Ok(())

@@ -85,10 +85,12 @@ impl Probe for GithubApp {
         // mint would be refused (beyond the ceiling, another account's repositories) is not
         // activated as "minted within the ceiling".
         let issued = answer::issued_token(&answer.body).map(|t| SecretString::from(t.to_owned()));
+        // The repositories are the installation's account's: the pinned one, or (a binding
+        // pinning none) the one the installation answer just named.
         let checked = answer::to_credential(
             answer,
             installation,
-            bound.account.as_ref().map(|a| a.id),
+            bound.account.as_ref().map(|a| a.id).or(id),
             &wanted,
         );
         if let Some(token) = issued {

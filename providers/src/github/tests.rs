@@ -129,3 +129,52 @@ fn an_upstream_message_is_quoted_without_control_characters() {
     let long = super::answer::message_of(&serde_json::json!({"message": "x".repeat(500)}));
     assert_eq!(long.len(), 200);
 }
+
+/// A token answer's named repositories are one account's: the binding's pinned account, or,
+/// for a binding that pins none, the first listed's. Another owner, or none, is refused.
+#[test]
+fn a_token_answers_repositories_are_one_accounts() {
+    let wanted = super::permissions::TokenRequest::from_value(&serde_json::json!({
+        "permissions": {"contents": "read"}, "repositories": ["api", "web"]
+    }))
+    .unwrap();
+    let answer = |owners: [Option<u64>; 2]| {
+        let repos: Vec<serde_json::Value> = ["api", "web"]
+            .iter()
+            .zip(owners)
+            .map(|(name, owner)| match owner {
+                Some(id) => serde_json::json!({"name": name, "owner": {"id": id}}),
+                None => serde_json::json!({"name": name}),
+            })
+            .collect();
+        Answer {
+            status: 201,
+            body: serde_json::json!({
+                "token": "ghs_abc", "expires_at": "2999-01-01T00:00:00Z",
+                "permissions": {"contents": "read"}, "repository_selection": "selected",
+                "repositories": repos,
+            }),
+            request_id: None,
+            rate_limit: None,
+            echoed_token: false,
+        }
+    };
+    let judged = |owners, account| {
+        super::answer::to_credential(answer(owners), 7, account, &wanted).map(|_| ())
+    };
+    assert!(judged([Some(1), Some(1)], Some(1)).is_ok());
+    assert!(judged([Some(1), Some(1)], None).is_ok());
+    for (owners, account) in [
+        ([Some(1), Some(2)], Some(1)),
+        ([Some(2), Some(2)], Some(1)),
+        ([Some(1), Some(2)], None),
+        ([Some(1), None], None),
+        ([None, None], None),
+    ] {
+        let e = judged(owners, account).unwrap_err().to_string();
+        assert!(
+            e.contains("belongs to account"),
+            "{owners:?} {account:?}: {e}"
+        );
+    }
+}
