@@ -110,30 +110,6 @@ pub(crate) fn check_own_dir(dir: &Path) -> Result<(), DevError> {
     Ok(())
 }
 
-/// Refuses a dev directory (`dir`, resolved) under a directory another user owns, or one
-/// others may rename entries of (writable without the sticky bit): someone able to rename
-/// entries there could swap the directory for theirs between the checks and the moment the
-/// CA and the operator key are written (or an admin command reads them).
-pub(crate) fn check_ancestors(dir: &Path) -> Result<(), DevError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let me = rustix::process::getuid().as_raw();
-    for above in dir.ancestors().skip(1) {
-        let meta =
-            std::fs::metadata(above).map_err(|e| DevError(format!("{}: {e}", above.display())))?;
-        let mode = meta.permissions().mode();
-        let owner_ok = meta.uid() == me || meta.uid() == 0;
-        let others_rename = mode & 0o022 != 0 && mode & 0o1000 == 0;
-        if !owner_ok || others_rename {
-            return Err(DevError(format!(
-                "{} is above {} and belongs to another user, or others may rename its entries: the dev directory could be swapped for theirs. Use a directory under your home",
-                above.display(),
-                dir.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// The first line of the config `dev` writes: how a directory is known to be a dev broker's.
 const DEV_CONFIG_MARK: &str = "# Written by `credbroker dev`: development only.";
 
@@ -209,7 +185,6 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<Config, DevError> 
         .map_err(|e| DevError(format!("{}: {e}", data_dir.display())))?;
     let data_dir = data_dir.canonicalize().map_err(dev_err)?;
     check_own_dir(&data_dir)?;
-    check_ancestors(&data_dir)?;
     check_dev_dir(&data_dir)?;
     ensure_pki(&data_dir)?;
     // Written from the config type itself, so the file always parses as the daemon reads it.

@@ -184,6 +184,7 @@ pub fn admin_client(conn: &Conn) -> Result<BrokerClient, String> {
 /// and not open to others without the sticky bit: someone able to rename entries there could
 /// swap the directory for theirs after the check. Returns the resolved path, the one used.
 fn own_dev_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let real = std::fs::canonicalize(dir).map_err(|e| {
         format!(
             "--dev-dir {}: {e}",
@@ -191,7 +192,20 @@ fn own_dev_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
         )
     })?;
     dev::check_own_dir(&real).map_err(|e| format!("--dev-dir: {e}"))?;
-    dev::check_ancestors(&real).map_err(|e| format!("--dev-dir: {e}"))?;
+    let me = rustix::process::getuid().as_raw();
+    for above in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
+        let mode = meta.permissions().mode();
+        let owner_ok = meta.uid() == me || meta.uid() == 0;
+        let others_rename = mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if !owner_ok || others_rename {
+            return Err(format!(
+                "--dev-dir: {} is above {} and belongs to another user, or others may rename its entries: the dev directory could be swapped for theirs. Use a directory under your home",
+                above.display(),
+                real.display()
+            ));
+        }
+    }
     Ok(real)
 }
 
