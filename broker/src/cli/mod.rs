@@ -45,7 +45,7 @@ use providers::{run_onboard, run_provider_keys, Onboard, ProviderKeys};
 const EXIT_CODES: &str = "Exit status:
   0  success
   1  the broker refused the request (the error code, audit id and request id are printed;
-     rate_limited and unavailable are worth retrying), or a check failed (audit verify,
+     rate_limited, unavailable, audit_unavailable and provider_unavailable are worth retrying), or a check failed (audit verify,
      audit report, doctor, health; health exits 1 for every failure, bad arguments too)
   2  the command could not run: bad arguments, a file that cannot be read, a TLS handshake
      that failed (the CA does not vouch for the server, or the certificate was refused)
@@ -347,9 +347,10 @@ fn man(dir: Option<&std::path::Path>) -> Result<ExitCode, String> {
         Some(dir) => {
             // `..` would name a directory that exists (after its parent is made) as one to
             // open up: `/root/new/../man1` would make /root readable by all.
-            if dir
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
+            if !dir.exists()
+                && dir
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
             {
                 return Err(format!("{}: give --dir without '..'", dir.display()));
             }
