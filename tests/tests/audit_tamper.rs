@@ -82,6 +82,39 @@ fn verify_with_key(config: &str, key: &Path, extra: &[&str]) -> (i32, String) {
     (c, format!("{out}{err}"))
 }
 
+/// `audit report --config CONFIG --public-key KEY FLAG FILE` (`--pinned` or `--previous`),
+/// its JSON and HTML written into `dir`: exit code, the JSON summary, the page.
+fn report_with(
+    dir: &Path,
+    config: &str,
+    key: &Path,
+    flag: &str,
+    file: &Path,
+) -> (i32, serde_json::Value, String) {
+    let (json_out, html_out) = (dir.join("r.json"), dir.join("r.html"));
+    let _ = std::fs::remove_file(&json_out);
+    let (c, out, err) = run_cli(&[
+        "audit",
+        "report",
+        "--config",
+        config,
+        "--public-key",
+        key.to_str().unwrap(),
+        flag,
+        file.to_str().unwrap(),
+        "--json",
+        json_out.to_str().unwrap(),
+        "--html",
+        html_out.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&json_out).unwrap_or_else(|e| panic!("{e}: {out}{err}")),
+    )
+    .unwrap();
+    let html = std::fs::read_to_string(&html_out).unwrap();
+    (c, v, html)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_and_exported_logs_reveal_edits_deletions_and_swaps() {
     let (tmp, pki) = setup();
@@ -1037,30 +1070,7 @@ async fn a_pinned_copy_catches_a_rewrite_signed_over_and_an_emptied_log() {
     let verify_pinned =
         |pin: &Path| verify_with_key(&config, &public_key, &["--pinned", pin.to_str().unwrap()]);
     // `audit report --pinned` judges each chain as `audit verify --pinned` does.
-    let (json_out, html_out) = (tmp.path().join("r.json"), tmp.path().join("r.html"));
-    let report_pinned = |pin: &Path| {
-        let _ = std::fs::remove_file(&json_out);
-        let (c, out, err) = run_cli(&[
-            "audit",
-            "report",
-            "--config",
-            &config,
-            "--public-key",
-            public_key.to_str().unwrap(),
-            "--pinned",
-            pin.to_str().unwrap(),
-            "--json",
-            json_out.to_str().unwrap(),
-            "--html",
-            html_out.to_str().unwrap(),
-        ]);
-        let v: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&json_out).unwrap_or_else(|e| panic!("{e}: {out}{err}")),
-        )
-        .unwrap();
-        let html = std::fs::read_to_string(&html_out).unwrap();
-        (c, v, html)
-    };
+    let report_pinned = |pin: &Path| report_with(tmp.path(), &config, &public_key, "--pinned", pin);
     // The auditors' copies: checkpoints.log, and an export.
     let checkpoints = daemon.data_dir.join("audit/checkpoints.log");
     let original_cps = std::fs::read(&checkpoints).unwrap();
@@ -1353,29 +1363,11 @@ async fn a_previous_run_catches_a_tail_cut_inside_the_unsigned_limit() {
     assert_eq!(c, 2, "{out}");
     assert!(out.contains("cannot be used with"), "{out}");
     // `audit report --previous` fails the chain as well.
-    let (json_out, html_out) = (tmp.path().join("r.json"), tmp.path().join("r.html"));
-    let (c, out, err) = run_cli(&[
-        "audit",
-        "report",
-        "--config",
-        &config,
-        "--public-key",
-        public_key.to_str().unwrap(),
-        "--previous",
-        previous.to_str().unwrap(),
-        "--json",
-        json_out.to_str().unwrap(),
-        "--html",
-        html_out.to_str().unwrap(),
-    ]);
-    assert_eq!(c, 1, "{out}{err}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    let (c, report, html) = report_with(tmp.path(), &config, &public_key, "--previous", &previous);
+    assert_eq!(c, 1, "{report:#}");
     assert_eq!(report["verified"], json!(false), "{report:#}");
     assert_eq!(report["previous_run"], json!(previous.to_str().unwrap()));
-    assert!(std::fs::read_to_string(&html_out)
-        .unwrap()
-        .contains("id=\"previous-run\""));
+    assert!(html.contains("id=\"previous-run\""));
 
     // The whole log removed: "no records" on the host, which says it cannot tell; a failure
     // against the previous run.

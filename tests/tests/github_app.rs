@@ -734,13 +734,7 @@ async fn install_flow_minting_narrowing_and_key_rotation() {
     // back to B like a mint (it signed with the newest key only, and failed).
     let key_c = AppKey::generate();
     add_key(&mut env.op, &key_c).await;
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/probe"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env.op, &binding).await;
     assert_eq!(s, 200, "{v}");
     let (c, out, err) = env.daemon.cli(&[
         "audit",
@@ -933,13 +927,7 @@ async fn expired_states_and_verified_webhooks() {
         "served although GitHub still reports it suspended: {v}"
     );
     env.gh.suspend(1001, false);
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/probe"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env.op, &binding).await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = resolve(&mut env.w1(), json!({"instance_id": "i-gh"})).await;
     assert_eq!(s, 200, "{v}");
@@ -966,13 +954,7 @@ async fn expired_states_and_verified_webhooks() {
     env.gh
         .inject("/app/installations/1001", Fault::ServerError(503), 20);
     env.gh.inject("/access_tokens", Fault::ServerError(503), 20);
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/probe"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env.op, &binding).await;
     assert_ne!(s, 200, "{v}");
     env.gh.state.faults.lock().unwrap().clear();
     let (s, _) = webhook(&mut env.public, &json!({"action": "new_permissions_accepted", "installation": {"id": 1001, "account": {"login": "acme-org", "id": 10001}, "permissions": {"contents": "read"}}}), None).await;
@@ -1006,13 +988,7 @@ async fn expired_states_and_verified_webhooks() {
             && said.contains("issues"),
         "{said}"
     );
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/probe"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env.op, &binding).await;
     assert_eq!(s, 200, "{v}");
     // Other events are verified and ignored. Events that concern no tenant — not handled,
     // or naming an installation nobody holds — are counted, neither audited nor remembered:
@@ -1709,13 +1685,7 @@ async fn github_install_takeover_attempts_are_refused() {
     .await;
     assert_eq!(s, 201, "{v}");
     let binding = v["binding"]["id"].as_str().unwrap().to_owned();
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/probe"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env.op, &binding).await;
     assert_eq!(
         (s, v["binding"]["status"].as_str()),
         (200, Some("active")),
@@ -2121,6 +2091,17 @@ async fn sources_keeping_their_share_open_cannot_hold_the_public_listener() {
         Some(2.0),
         "{metrics}"
     );
+}
+
+/// Probes `binding` now (`binding probe`): status and body.
+async fn probe(op: &mut BrokerClient, binding: &str) -> (u16, Value) {
+    call(
+        op,
+        Method::POST,
+        &format!("/v1/admin/bindings/{binding}/probe"),
+        Some(json!({})),
+    )
+    .await
 }
 
 /// Binding `binding`'s `last_probe`, as the admin API shows it.
@@ -3475,13 +3456,7 @@ async fn a_suspended_installation_is_denied_and_flags_the_binding() {
 
     // Unsuspended on GitHub: a probe passes and clears the flag; cold mints work again.
     env.gh.suspend(1001, false);
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/probe"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env.op, &binding).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["binding"]["trust_broken"], false, "{v}");
     let (s, v) = resolve_cold(&env, 0).await;
@@ -3744,13 +3719,7 @@ async fn a_github_redirect_is_never_followed() {
         Fault::Redirect(target.clone()),
         1,
     );
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/probe"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env.op, &binding).await;
     assert_eq!((s, code(&v)), (502, "provider_denied"), "{v}");
     assert_eq!(env.gh.pending_faults(), 0, "the redirect was answered");
     env.gh
@@ -3791,13 +3760,7 @@ async fn a_probe_answered_beyond_the_ceiling_or_for_another_installation_fails()
     ] {
         env.gh.inject(path, Fault::Tamper(tamper), 1);
         let revoked_before = env.gh.state.revoked.lock().unwrap().len();
-        let (s, v) = call(
-            &mut env.op,
-            Method::POST,
-            &format!("/v1/admin/bindings/{binding}/probe"),
-            Some(json!({})),
-        )
-        .await;
+        let (s, v) = probe(&mut env.op, &binding).await;
         assert_ne!(s, 200, "{tamper:?}: {v}");
         assert!(
             v["error"]["message"].as_str().unwrap_or("").contains(why),
@@ -3816,13 +3779,7 @@ async fn a_probe_answered_beyond_the_ceiling_or_for_another_installation_fails()
             "{tamper:?}"
         );
     }
-    let (s, v) = call(
-        &mut env.op,
-        Method::POST,
-        &format!("/v1/admin/bindings/{binding}/probe"),
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = probe(&mut env.op, &binding).await;
     assert_eq!(s, 200, "{v}");
 }
 
