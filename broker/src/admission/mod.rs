@@ -60,14 +60,14 @@ fn give_back<K: Eq + std::hash::Hash>(counts: &Mutex<HashMap<K, usize>>, key: &K
 pub struct IdentityShare {
     budget: Arc<Semaphore>,
     reserve: usize,
-    counts: Mutex<HashMap<String, usize>>,
+    counts: Mutex<HashMap<Arc<str>, usize>>,
     per_identity: usize,
 }
 
 /// An identity's connection; released when dropped.
 pub struct IdentitySlot {
     share: Arc<IdentityShare>,
-    identity: String,
+    identity: Arc<str>,
 }
 
 impl IdentityShare {
@@ -84,19 +84,20 @@ impl IdentityShare {
 
     /// A slot for one more connection of `identity` (which already holds its connection
     /// slot), or `None` when the identity has its share and the budget is under pressure.
-    pub fn try_enter(self: &Arc<Self>, identity: &str) -> Option<IdentitySlot> {
+    /// The identity is shared, not copied: this runs for every resolve (see [`InFlight`]).
+    pub fn try_enter(self: &Arc<Self>, identity: &Arc<str>) -> Option<IdentitySlot> {
         let mut counts = self
             .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = counts.get(identity).copied().unwrap_or(0);
-        if held >= self.per_identity && self.budget.available_permits() < self.reserve {
+        let held = counts.entry(Arc::clone(identity)).or_insert(0);
+        if *held >= self.per_identity && self.budget.available_permits() < self.reserve {
             return None;
         }
-        counts.insert(identity.to_owned(), held + 1);
+        *held += 1;
         Some(IdentitySlot {
             share: self.clone(),
-            identity: identity.to_owned(),
+            identity: Arc::clone(identity),
         })
     }
 }
@@ -138,7 +139,7 @@ impl InFlight {
     ///
     /// # Errors
     /// The scope of the limit that refused.
-    pub fn try_take(&self, identity: &str) -> Result<InFlightSlot, &'static str> {
+    pub fn try_take(&self, identity: &Arc<str>) -> Result<InFlightSlot, &'static str> {
         let permit = self
             .budget
             .clone()
