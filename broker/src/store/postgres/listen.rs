@@ -80,12 +80,7 @@ async fn listen(
         .await
         .map_err(|e| e.to_string())?;
     // Changes committed while no connection listened.
-    let generation: i64 = client
-        .query_one("SELECT generation FROM credbroker_state WHERE id = 1", &[])
-        .await
-        .map_err(|e| e.to_string())?
-        .try_get(0)
-        .map_err(|e| e.to_string())?;
+    let generation = read_generation(&client).await?;
     // And every cached record is forgotten: a connection is lost in a failover, and a record
     // this replica read (and cached) from a commit it had not heard of yet may be one the
     // promoted server lost, while its generation is the one last seen here, so no generation
@@ -112,14 +107,11 @@ async fn listen(
         // times at most; then judged as read: an extra report of a change, never a missed one).
         for attempt in 0..4 {
             let before = inner.saws.load(std::sync::atomic::Ordering::Acquire);
-            let read = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                client.query_one("SELECT generation FROM credbroker_state WHERE id = 1", &[]),
-            )
-            .await
-            .map_err(|_| "reading the generation after a notification timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-            let generation: i64 = read.try_get(0).map_err(|e| e.to_string())?;
+            let generation = read_generation(&client).await?;
+            // Already judged (this replica's own commit, a sync): nothing to report.
+            if inner.seen.load(std::sync::atomic::Ordering::Acquire) == generation {
+                break;
+            }
             if attempt == 3 || inner.saws.load(std::sync::atomic::Ordering::Acquire) == before {
                 inner.saw(generation);
                 break;
@@ -132,4 +124,17 @@ async fn listen(
         .map_err(|e| e.to_string())
         .and_then(|r| r)
         .map_err(|e| format!("listening connection closed: {e}"))
+}
+
+/// The store's change generation, read on the listening connection (within 5 s).
+async fn read_generation(client: &tokio_postgres::Client) -> Result<i64, String> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.query_one("SELECT generation FROM credbroker_state WHERE id = 1", &[]),
+    )
+    .await
+    .map_err(|_| "reading the change generation timed out".to_owned())?
+    .map_err(|e| e.to_string())?
+    .try_get(0)
+    .map_err(|e| e.to_string())
 }
